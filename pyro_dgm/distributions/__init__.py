@@ -1,0 +1,15 @@
+"""The Distribution API: distributions that wrap networks, multiply into joints, and run as Pyro models."""
+from pyro_dgm.distributions.base import Distribution, sum_samples
+from pyro_dgm.distributions.exponential import (Bernoulli, Beta, Categorical, Dirichlet, FactorizedBernoulli, Gamma,
+                                                Laplace, Multinomial, Normal, RelaxedBernoulli, RelaxedCategorical)
+from pyro_dgm.distributions.family import DistributionBase
+from pyro_dgm.distributions.joint import MultiplyDistribution
+from pyro_dgm.distributions.ops import MarginalizeVarDistribution, ReplaceVarDistribution
+from pyro_dgm.distributions.special import (CustomLikelihoodDistribution, CustomProb, DataDistribution, Deterministic,
+                                            EmpiricalDistribution)
+
+__all__ = ["Distribution", "DistributionBase", "MultiplyDistribution", "ReplaceVarDistribution",
+           "MarginalizeVarDistribution", "Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli",
+           "Categorical", "RelaxedCategorical", "Multinomial", "Dirichlet", "Beta", "Laplace", "Gamma",
+           "Deterministic", "EmpiricalDistribution", "DataDistribution", "CustomProb", "CustomLikelihoodDistribution",
+           "sum_samples"]

@@ -1,0 +1,621 @@
+"""The :class:`Distribution` base class.
+
+A distribution names its variables (``var``) and conditioning variables (``cond_var``), prints itself as the paper
+writes it, multiplies with others into a joint, and runs one generic ancestral loop over its *factors* for sampling
+(:meth:`Distribution.sample`), scoring (:meth:`Distribution.get_log_prob`) and Pyro (:meth:`Distribution.model`).
+An atomic distribution is its own single factor; a joint (:mod:`.joint`) holds several in a topological order fixed at
+construction, so no call searches the graph.
+
+Every factor draws through ``pyro.sample(<variable name>, <pyro distribution>)``: with no Pyro handler active that is
+a plain call, and under ``poutine.trace``/``condition``/``replay``/``plate``... the draw is an ordinary Pyro site.
+"""
+from __future__ import annotations
+
+import inspect
+import textwrap
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import networkx as nx
+import pyro
+import torch
+from pyro.poutine.runtime import _PYRO_STACK, effectful
+from torch import Tensor, nn
+
+from pyro_dgm.utils.checks import as_var_list, check_present, describe
+from pyro_dgm.utils.latex import prob_text as _prob_text
+from pyro_dgm.utils.latex import print_latex as _print_latex
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyro_dgm.losses.pdf import LogProb, Prob
+
+__all__ = ["Distribution", "sum_samples"]
+
+ValuesLike = Mapping[str, Any] | Tensor | Sequence[Tensor] | None
+
+
+def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return module(*args, **kwargs)
+
+
+#: Every network forward pass of a distribution goes through this effectful call (message type ``"dgm_params"``),
+#: so an effect handler such as a memoizer can answer it; with no handler active it is a plain call.
+run_network = effectful(_call_network, type="dgm_params")
+
+
+class _Pass:
+    """The state of one ancestral pass: the options of the call and the event dims of what it drew so far."""
+
+    __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs")
+
+    def __init__(self, batch_n: int | None = None, sample_shape: Iterable[int] = (), reparam: bool = False,
+                 sample_mean: bool = False, obs: Mapping[str, Any] | None = None,
+                 kwargs: Mapping[str, Any] | None = None) -> None:
+        self.batch_n = batch_n
+        self.sample_shape = torch.Size(sample_shape)
+        self.reparam = reparam
+        self.sample_mean = sample_mean
+        self.obs = obs  # None: not a Pyro model/guide run; else the observed values by name
+        self.event_dims: dict[str, int] = {}
+        self.kwargs = kwargs or {}
+
+
+class _Binding:
+    """Which variable names an atomic distribution reads and writes.
+
+    ``replace_var`` makes a renamed binding over the same modules, so a renamed distribution runs the same code
+    with other names instead of translating dicts on every call.
+    """
+
+    __slots__ = ("var", "cond_var", "input_var", "fwd_pos", "fwd_kw", "param_vars")
+
+    def __init__(self, var: Sequence[str], cond_var: Sequence[str], input_var: Sequence[str],
+                 fwd_pos: Sequence[str] = (), fwd_kw: Sequence[tuple[str, str]] = (),
+                 param_vars: Sequence[tuple[str, str]] = ()) -> None:
+        self.var = tuple(var)
+        self.cond_var = tuple(cond_var)
+        self.input_var = tuple(input_var)
+        self.fwd_pos = tuple(fwd_pos)        # variables passed positionally to forward(), in its order
+        self.fwd_kw = tuple(fwd_kw)          # (forward's keyword, variable) for forward(**kwargs)
+        self.param_vars = tuple(param_vars)  # (parameter name, variable) for parameters given as a name
+
+    def renamed(self, m: Mapping[str, str]) -> "_Binding":
+        r = [lambda names: tuple(m.get(v, v) for v in names)][0]
+        return _Binding(r(self.var), r(self.cond_var), r(self.input_var), r(self.fwd_pos),
+                        tuple((k, m.get(v, v)) for k, v in self.fwd_kw),
+                        tuple((p, m.get(v, v)) for p, v in self.param_vars))
+
+
+class _EntryPoint:
+    """A method that yields to a submodule, parameter or buffer of the same name.
+
+    ``model`` and ``guide`` are common attribute names in user networks (``self.model = nn.Linear(...)`` as in
+    Pixyz's own examples); ``nn.Module`` keeps those out of ``__dict__``, so a plain method would shadow them.
+    """
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self.fn
+        d = obj.__dict__
+        for store in ("_modules", "_parameters", "_buffers"):
+            hit = d.get(store, {}).get(self.__name__)
+            if hit is not None:
+                return hit
+        return self.fn.__get__(obj, objtype)
+
+
+_MODULE_NAMES: dict[str, int] = {}
+
+
+def _unique_module_name(text: str) -> str:
+    n = _MODULE_NAMES.get(text, 0)
+    _MODULE_NAMES[text] = n + 1
+    return text if n == 0 else f"{text}_{n}"
+
+
+def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
+    """Sum ``x`` over ``dims`` (Pixyz's default: every dim but the first, the batch dim).
+
+    Examples
+    --------
+    >>> sum_samples(torch.ones(2, 3, 4)).tolist()
+    [12.0, 12.0]
+    """
+    if dims is None:
+        dims = list(range(1, x.dim()))
+    return x.sum(dim=list(dims)) if len(dims) else x
+
+
+class Distribution(nn.Module):
+    r"""Base class of every pyro_dgm distribution: named variables, a formula, products, and Pyro model/guide.
+
+    Parameters
+    ----------
+    var : list of str
+        The variables this distribution generates, e.g. ``["z"]``.
+    cond_var : list of str, optional
+        The variables it is conditioned on, e.g. ``["x"]`` for :math:`q(z|x)`.
+    name : str, default ``"p"``
+        The name printed in formulas (LaTeX allowed: ``"p_{prior}"``).
+    features_shape : tuple of int, optional
+        The shape of one sample without batch dims.
+
+    Notes
+    -----
+    Subclasses are either *atomic* (they implement ``_draw_with``/``_score_with`` over a :class:`_Binding`) or
+    combinations of other distributions (joint, marginal). Shapes follow Pixyz: the first dim of a value given from
+    outside is its batch dim, the rest are feature dims summed by :meth:`get_log_prob`.
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> p = Normal(loc=0., scale=1., var=["x"], name="p")
+    >>> print(p.prob_text, p.distribution_name)
+    p(x) Normal
+    """
+
+    def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = None, name: str = "p",
+                 features_shape: Iterable[int] = ()) -> None:
+        super().__init__()
+        if not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}: name must be a string, got {name!r}")
+        owner = f"{type(self).__name__} {name}"
+        self._var = as_var_list(var, owner, "var")
+        if not self._var:
+            raise ValueError(f"{owner}: var must name at least one variable, e.g. var=['x']")
+        self._cond_var = as_var_list(cond_var, owner, "cond_var")
+        both = [v for v in self._var if v in self._cond_var]
+        if both:
+            raise ValueError(f"{owner}: {both[0]!r} is both in var {self._var} and in cond_var {self._cond_var}; "
+                             "a distribution cannot be conditioned on the variable it generates")
+        self._name = name
+        self._input_var = list(self._cond_var)
+        self._features_shape = torch.Size(features_shape)
+        self._pyro_name: str | None = None
+        self._order: tuple[Distribution, ...] = (self,)
+
+    # ------------------------------------------------------------------ names and text
+    @property
+    def var(self) -> list[str]:
+        """The variables this distribution generates."""
+        return self._var
+
+    @property
+    def cond_var(self) -> list[str]:
+        """The variables this distribution is conditioned on."""
+        return self._cond_var
+
+    @property
+    def input_var(self) -> list[str]:
+        """The variables a call needs as input (normally ``cond_var``)."""
+        return self._input_var
+
+    @property
+    def name(self) -> str:
+        """The name printed in formulas; settable."""
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
+        self._name = name
+
+    @property
+    def features_shape(self) -> torch.Size:
+        """The shape of one sample without batch dims (``torch.Size([])`` when a network decides it)."""
+        return self._features_shape
+
+    @property
+    def distribution_name(self) -> str:
+        """The family's name, e.g. ``"Normal"``."""
+        return type(self).__name__
+
+    @property
+    def has_reparam(self) -> bool:
+        """Whether samples can be reparameterized (gradients flow through them)."""
+        factors = self.factors
+        return factors != (self,) and all(f.has_reparam for f in factors)
+
+    @property
+    def factors(self) -> tuple["Distribution", ...]:
+        """The atomic factors of this distribution, in the order they were multiplied."""
+        return (self,)
+
+    @property
+    def prob_text(self) -> str:
+        """The formula's left side, e.g. ``p(x|z)``."""
+        return _prob_text(self._name, self._var, self._cond_var)
+
+    @property
+    def prob_factorized_text(self) -> str:
+        """The formula's right side, e.g. ``p(x|z)p_{prior}(z)`` for a joint."""
+        return self.prob_text
+
+    @property
+    def prob_joint_factorized_and_text(self) -> str:
+        """``p(x,z) = p(x|z)p(z)`` for a joint, ``p(x|z)`` for an atomic distribution."""
+        if self.prob_factorized_text == self.prob_text:
+            return self.prob_text
+        return f"{self.prob_text} = {self.prob_factorized_text}"
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The dependency graph: one node per variable, an edge ``c -> v`` labelled with the factor of ``v``."""
+        from pyro_dgm.distributions.joint import build_graph
+
+        return build_graph(self.factors)
+
+    def extra_repr(self) -> str:
+        lines = [f"name={self._name}, distribution_name={self.distribution_name},",
+                 f"var={self._var}, cond_var={self._cond_var}, input_var={self._input_var}, "
+                 f"features_shape={self._features_shape}"]
+        lines += [f"({k}): {v.shape}" for k, v in self._buffers.items() if v is not None]
+        return "\n".join(lines)
+
+    def _network_text(self) -> str:
+        return repr(self)
+
+    def __str__(self) -> str:
+        return (f"Distribution:\n  {self.prob_joint_factorized_and_text}\nNetwork architecture:\n"
+                f"{textwrap.indent(self._network_text(), '  ')}")
+
+    def _latex_text(self) -> str:
+        return self.prob_joint_factorized_and_text
+
+    def _repr_latex_(self) -> str:
+        return f"$${self._latex_text()}$$"
+
+    def print_latex(self) -> Any:
+        """Show the formula as LaTeX (rendered in a notebook); see :func:`pyro_dgm.utils.print_latex`."""
+        return _print_latex(self)
+
+    # ------------------------------------------------------------------ inputs
+    def _input_dict(self, x: ValuesLike, needed: Sequence[str] | None = None) -> dict[str, Any]:
+        """A fresh dict of the given values (a tensor or list maps onto ``input_var`` in order); checks ``needed``."""
+        needed = self._input_var if needed is None else needed
+        if x is None:
+            values: dict[str, Any] = {}
+        elif isinstance(x, Mapping):
+            values = dict(x)
+        elif isinstance(x, Tensor):
+            if len(self._input_var) != 1:
+                raise ValueError(f"{describe(self)}: a bare tensor can stand only for a single input variable, "
+                                 f"but input_var is {self._input_var}; pass a dict")
+            values = {self._input_var[0]: x}
+        elif isinstance(x, (list, tuple)):
+            if len(x) != len(self._input_var):
+                raise ValueError(f"{describe(self)}: got {len(x)} values for input_var {self._input_var}; "
+                                 "pass one per variable, in that order, or a dict")
+            values = dict(zip(self._input_var, x))
+        else:
+            raise TypeError(f"{describe(self)}: inputs must be a dict, a tensor or a list of tensors, "
+                            f"got {type(x).__name__}")
+        for k in needed:
+            if k not in values:
+                check_present(self, values, needed)
+        return values
+
+    # ------------------------------------------------------------------ the generic ancestral loop
+    def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None,
+               sample_shape: Iterable[int] = torch.Size(), return_all: bool = True, reparam: bool = False,
+               sample_mean: bool = False, **kwargs: Any) -> dict[str, Tensor]:
+        """Draw the variables of this distribution given its inputs.
+
+        Parameters
+        ----------
+        x_dict : dict, tensor or list of tensors, optional
+            Values of ``input_var``; extra keys pass through to the output.
+        batch_n : int, optional
+            Batch size for factors without inputs (their parameters have batch size 1).
+        sample_shape : tuple of int, optional
+            Extra leading dims drawn by the factors whose inputs are all given.
+        return_all : bool, default True
+            Return the given values too (else only ``var``).
+        reparam : bool, default False
+            Keep the reparameterized samples in the autograd graph (else samples carry no gradient).
+        sample_mean : bool, default False
+            Take each factor's mean instead of a random draw.
+        **kwargs
+            Passed on to the networks' ``forward``.
+
+        Returns
+        -------
+        dict
+            Values by variable name.
+
+        Raises
+        ------
+        ValueError
+            If an input variable is missing.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2])
+        >>> p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"])
+        >>> {k: tuple(v.shape) for k, v in (p * prior).sample(batch_n=3).items()}
+        {'z': (3, 2), 'x': (3, 2)}
+        """
+        values = self._input_dict(x_dict)
+        ctx = _Pass(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
+        for f in self._order:
+            f._draw(values, ctx)
+        if return_all:
+            return values
+        return {v: values[v] for v in self._var}
+
+    def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        """The log-density of the values of ``var`` given ``input_var``: the sum over the factors.
+
+        Parameters
+        ----------
+        x_dict : dict
+            Values of ``var`` and ``input_var``.
+        sum_features : bool, default True
+            Sum over the feature dims (the result has the batch shape); else element-wise.
+        feature_dims : list of int, optional
+            Sum over these dims of the element-wise log-density instead.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> p = Normal(loc=0., scale=1., var=["x"], features_shape=[2])
+        >>> round(float(p.get_log_prob({"x": torch.zeros(1, 2)})), 4)
+        -1.8379
+        """
+        values = self._input_dict(x_dict, list(self._var) + [v for v in self._input_var if v not in self._var])
+        ctx = _Pass(kwargs=kwargs)
+        total: Tensor | None = None
+        for f in self._order:
+            lp = f._score(values, ctx, sum_features, feature_dims)
+            total = lp if total is None else total + lp
+        assert total is not None
+        return total
+
+    def log_likelihood(self, x_dict: ValuesLike, **kwargs: Any) -> Tensor:
+        """Seed-era name of :meth:`get_log_prob`."""
+        return self.get_log_prob(x_dict, **kwargs)
+
+    # ------------------------------------------------------------------ Pyro model / guide
+    def _run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Tensor]:
+        values = dict(data) if data is not None else {}
+        values.update(kwargs)
+        check_present(self, values, self._input_var) if any(v not in values for v in self._input_var) else None
+        for f in self._order:
+            f._register()
+        batch_n = self._data_batch_n(values)
+        ctx = _Pass(batch_n=batch_n, reparam=True, obs=dict(values))
+        if any(getattr(m, "dim", None) == -1 for m in _PYRO_STACK):  # the caller's plate covers the batch dim
+            for f in self._order:
+                f._draw(values, ctx)
+            return values
+        with pyro.plate("data", batch_n or 1, dim=-1):
+            for f in self._order:
+                f._draw(values, ctx)
+        return values
+
+    def _data_batch_n(self, values: Mapping[str, Any]) -> int | None:
+        """The batch size of the data (dim 0 of the first given variable): factors without inputs draw that many."""
+        for v in (*self._var, *self._input_var):
+            x = values.get(v)
+            if isinstance(x, Tensor) and x.dim() >= 1:
+                return x.shape[0]
+        return None
+
+    def _model(self, data: Mapping[str, Any] | None = None, /, **data_kwargs: Any) -> dict[str, Tensor]:
+        """This distribution as a Pyro model: ``pyro.sample`` per variable, observed where ``data`` gives it.
+
+        The networks are registered with ``pyro.module``, so ``pyro.infer.SVI`` optimizes them. Variables in the
+        data are observed (``obs=``), the others are sampled ancestrally; ``input_var`` must be given. Factors
+        without inputs draw one value per data point (dim 0 of the data), as Pixyz's losses broadcast them, and
+        the batch dim is a ``pyro.plate("data", N, dim=-1)`` (unless the caller already opened a plate at dim -1),
+        as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is. Returns all values by
+        name.
+
+        Examples
+        --------
+        >>> import pyro.poutine as poutine
+        >>> from pyro_dgm.distributions import Normal
+        >>> joint = Normal(loc="z", scale=1., var=["x"], cond_var=["z"]) * Normal(loc=0., scale=1., var=["z"])
+        >>> tr = poutine.trace(joint.model).get_trace(x=torch.zeros(1))
+        >>> [(n, tr.nodes[n]["is_observed"]) for n in ("z", "x")]
+        [('z', False), ('x', True)]
+        """
+        return self._run_pyro(data, data_kwargs)
+
+    def _guide(self, data: Mapping[str, Any] | None = None, /, **data_kwargs: Any) -> dict[str, Tensor]:
+        """This distribution as a Pyro guide; the same as :meth:`model` (variables given in the data are observed,
+        as in Pyro's semi-supervised guides), named for the role it plays in ``SVI(model, guide, ...)``."""
+        return self._run_pyro(data, data_kwargs)
+
+    model = _EntryPoint(_model)
+    guide = _EntryPoint(_guide)
+    model.__name__, guide.__name__ = "model", "guide"
+
+    def _register(self) -> None:
+        """Register this factor's networks with ``pyro.module`` (once per model/guide call)."""
+        if next(self.parameters(), None) is None:
+            return
+        if self._pyro_name is None:
+            self._pyro_name = _unique_module_name(f"{self.prob_text}")
+        pyro.module(self._pyro_name, self)
+
+    # ------------------------------------------------------------------ per-factor hooks (atomic subclasses)
+    @property
+    def _binding(self) -> _Binding:
+        return _Binding(self._var, self._cond_var, self._input_var)
+
+    def _draw(self, values: dict[str, Any], ctx: _Pass) -> None:
+        self._draw_with(self._binding, values, ctx)
+
+    def _score(self, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+               feature_dims: Sequence[int] | None) -> Tensor:
+        return self._score_with(self._binding, values, ctx, sum_features, feature_dims)
+
+    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+        raise NotImplementedError(f"{describe(self)} cannot be sampled")
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        raise NotImplementedError(f"{describe(self)} has no log-density")
+
+    @staticmethod
+    def _batch_ndim(b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> int:
+        """How many leading dims of this factor's parameters are batch dims.
+
+        A value drawn in this pass knows its event dims; a value given from outside has one batch dim (Pixyz).
+        A factor without inputs has the batch dim of its constant parameters (size 1) plus ``sample_shape``.
+        """
+        if not b.input_var:
+            return 1 + len(ctx.sample_shape)
+        n = 1
+        ev = ctx.event_dims
+        for v in b.input_var:
+            e = ev.get(v)
+            if e is not None:
+                d = values[v].dim() - e
+                if d > n:
+                    n = d
+        return n
+
+    @staticmethod
+    def _site(name: str, fn: Any, ctx: _Pass) -> Tensor:
+        """One ``pyro.sample`` site; observed in a model/guide run when the data holds ``name``."""
+        obs = ctx.obs
+        if obs is not None:
+            if name in obs:
+                return pyro.sample(name, fn, obs=obs[name])
+            return pyro.sample(name, fn)
+        if ctx.reparam:
+            return pyro.sample(name, fn)
+        with torch.no_grad():
+            return pyro.sample(name, fn)
+
+    @staticmethod
+    def _record(name: str, value: Tensor, event_dim: int) -> Tensor:
+        """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value."""
+        if _PYRO_STACK:
+            return pyro.deterministic(name, value, event_dim=event_dim)
+        return value
+
+    # ------------------------------------------------------------------ queries that atomic families answer
+    def _only_atomic(self, what: str) -> None:
+        raise NotImplementedError(f"{describe(self)}: {what} is defined for a single distribution, not for a "
+                                  f"product of {len(self.factors)} factors; call it on a factor")
+
+    def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
+        """The parameters of this distribution given its inputs (constants and network outputs)."""
+        self._only_atomic("get_params")
+        raise AssertionError  # pragma: no cover
+
+    def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
+        """The ``pyro.distributions`` object given the inputs, with the feature dims as event dims."""
+        self._only_atomic("dist")
+
+    def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
+                    feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        """The analytic entropy given the inputs."""
+        self._only_atomic("get_entropy")
+        raise AssertionError  # pragma: no cover
+
+    def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
+        """The mean of ``var`` given the inputs."""
+        self._only_atomic("sample_mean")
+        raise AssertionError  # pragma: no cover
+
+    def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
+        """The variance of ``var`` given the inputs."""
+        self._only_atomic("sample_variance")
+        raise AssertionError  # pragma: no cover
+
+    # ------------------------------------------------------------------ graph operations (new objects)
+    def __mul__(self, other: Any) -> "Distribution":
+        from pyro_dgm.distributions.joint import MultiplyDistribution
+
+        if not isinstance(other, Distribution):
+            return NotImplemented
+        return MultiplyDistribution(self, other)
+
+    def replace_var(self, **replace_dict: str) -> "Distribution":
+        """A distribution over renamed variables that shares this one's networks, e.g. ``p.replace_var(z="w")``.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> Normal(loc=0., scale=1., var=["z"], name="p_{prior}").replace_var(z="w").prob_text
+        'p_{prior}(w)'
+        """
+        from pyro_dgm.distributions.ops import replace_var
+
+        return replace_var(self, replace_dict)
+
+    def marginalize_var(self, marginalize_list: str | Sequence[str]) -> "Distribution":
+        r"""The marginal :math:`\int p(x,z)dz` of a joint: sampling drops the variables, scoring is intractable."""
+        from pyro_dgm.distributions.ops import MarginalizeVarDistribution
+
+        return MarginalizeVarDistribution(self, marginalize_list)
+
+    # ------------------------------------------------------------------ loss terms
+    def log_prob(self, sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> "LogProb":
+        r"""The loss term :math:`\log p(x|z)`, evaluated lazily with ``.eval(x_dict)``."""
+        from pyro_dgm.losses.pdf import LogProb
+
+        return LogProb(self, sum_features=sum_features, feature_dims=feature_dims)
+
+    def prob(self, sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> "Prob":
+        r"""The loss term :math:`p(x|z)`, evaluated lazily with ``.eval(x_dict)``."""
+        from pyro_dgm.losses.pdf import Prob
+
+        return Prob(self, sum_features=sum_features, feature_dims=feature_dims)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Subclasses that hold a network override this: it maps ``cond_var`` values to parameters."""
+        raise NotImplementedError(f"{describe(self)} has no network: forward() is not defined")
+
+
+def forward_binding(dist: Distribution, used_by_params: Iterable[str],
+                    example_param: str = "loc") -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Bind ``forward``'s arguments to ``cond_var``; raise naming the distribution if they differ.
+
+    Returns the variables passed positionally (in forward's order) and ``(keyword, variable)`` pairs for a
+    ``forward(**kwargs)``. Every ``cond_var`` must reach forward or a parameter given by name.
+    """
+    used = set(used_by_params)
+    cond = dist.cond_var
+    if type(dist).forward is Distribution.forward:
+        unused = [v for v in cond if v not in used]
+        if unused:
+            raise ValueError(f"{describe(dist)}: cond_var {unused[0]!r} is used by no parameter; name it as a "
+                             f"parameter (e.g. {example_param}={unused[0]!r}) or subclass {type(dist).__name__} with "
+                             f"forward({', '.join(cond)}) returning the parameters")
+        return (), ()
+    sig = inspect.signature(type(dist).forward)
+    params = list(sig.parameters.values())[1:]  # skip self
+    pos: list[str] = []
+    var_kw = False
+    for prm in params:
+        if prm.kind is prm.VAR_KEYWORD:
+            var_kw = True
+        elif prm.kind is prm.VAR_POSITIONAL:
+            raise TypeError(f"{describe(dist)}: forward(*{prm.name}) cannot be bound to cond_var {cond}; "
+                            "name forward's arguments after cond_var")
+        elif prm.name in cond:
+            pos.append(prm.name)
+        elif prm.default is prm.empty:
+            raise ValueError(f"{describe(dist)}: forward() takes {prm.name!r}, which is not in cond_var {cond}; "
+                             "name forward's arguments after cond_var")
+    kw: list[tuple[str, str]] = []
+    if var_kw:
+        kw = [(v, v) for v in cond if v not in pos and v not in used]
+    unused = [v for v in cond if v not in pos and v not in used and (v, v) not in kw]
+    if unused:
+        raise ValueError(f"{describe(dist)}: cond_var {unused[0]!r} is not an argument of forward("
+                         f"{', '.join(p.name for p in params)}) nor a parameter given by name; "
+                         "name forward's arguments after cond_var")
+    return tuple(pos), tuple(kw)

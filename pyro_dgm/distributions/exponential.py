@@ -1,0 +1,251 @@
+r"""The parametric families: each is its Pyro class and its parameter names.
+
+Pixyz scores Bernoulli variables with the cross-entropy form, so values in ``[0, 1]`` (grey-level pixels) are
+accepted; the relaxed families draw relaxed samples and score them under the hard distribution, as Pixyz does.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Iterable, Sequence
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import constraints
+from torch.distributions.utils import broadcast_all
+
+from pyro_dgm.distributions.family import DistributionBase
+
+__all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Categorical", "RelaxedCategorical",
+           "Multinomial", "Dirichlet", "Beta", "Laplace", "Gamma"]
+
+
+class BernoulliBCE(dist.Bernoulli):
+    """Bernoulli whose log-density is the binary cross-entropy, defined for any value in ``[0, 1]``."""
+
+    support = constraints.unit_interval
+
+
+class FactorizedBernoulliBCE(BernoulliBCE):
+    """:class:`BernoulliBCE` that scores zeros as 0 (missing features, Vedantam et al. 2017)."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        lp = super().log_prob(value)
+        return torch.where(value == 0, torch.zeros((), dtype=lp.dtype, device=lp.device), lp)
+
+
+class RelaxedBernoulliHardScore(dist.RelaxedBernoulli):
+    """Relaxed (Concrete) samples, scored under the Bernoulli of the same logits."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        logits, value = broadcast_all(self.logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+
+
+class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
+    """Relaxed (Gumbel-softmax) samples, scored under the one-hot categorical of their arg-max."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        logits = self.logits - self.logits.logsumexp(-1, keepdim=True)
+        logits, value = torch.broadcast_tensors(logits, value)
+        return logits.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
+
+
+class Normal(DistributionBase):
+    r"""Normal distribution :math:`\mathcal{N}(x; \mu, \sigma^2)` with ``loc`` and ``scale``.
+
+    Examples
+    --------
+    >>> p = Normal(loc=0., scale=1., var=["x"], features_shape=[2], name="p")
+    >>> print(p.prob_text, tuple(p.sample(batch_n=3)["x"].shape))
+    p(x) (3, 2)
+    """
+
+    pyro_dist = dist.Normal
+    param_groups = (("loc",), ("scale",))
+    distribution_name: ClassVar[str] = "Normal"  # type: ignore[misc]
+
+
+class Laplace(DistributionBase):
+    """Laplace distribution with ``loc`` and ``scale``.
+
+    Examples
+    --------
+    >>> float(Laplace(loc=0., scale=1., var=["x"]).get_log_prob({"x": torch.zeros(1)}))  # log(1/2)
+    -0.6931471824645996
+    """
+
+    pyro_dist = dist.Laplace
+    param_groups = (("loc",), ("scale",))
+    distribution_name: ClassVar[str] = "Laplace"  # type: ignore[misc]
+
+
+class Bernoulli(DistributionBase):
+    """Bernoulli distribution with ``probs`` (or ``logits``); scores any value in ``[0, 1]`` by cross-entropy.
+
+    Examples
+    --------
+    >>> p = Bernoulli(probs=torch.tensor([0.25, 0.5]), var=["x"])
+    >>> p.get_log_prob({"x": torch.tensor([[1., 0.]])}).exp()
+    tensor([0.1250])
+    """
+
+    pyro_dist = BernoulliBCE
+    param_groups = (("probs", "logits"),)
+    distribution_name: ClassVar[str] = "Bernoulli"  # type: ignore[misc]
+
+
+class FactorizedBernoulli(Bernoulli):
+    """Bernoulli that ignores features whose value is 0 (Vedantam et al. 2017, visually grounded imagination).
+
+    Examples
+    --------
+    >>> p = FactorizedBernoulli(probs=torch.tensor([0.25, 0.5]), var=["x"])
+    >>> p.get_log_prob({"x": torch.tensor([[1., 0.]])}).exp()
+    tensor([0.2500])
+    """
+
+    pyro_dist = FactorizedBernoulliBCE
+    distribution_name: ClassVar[str] = "FactorizedBernoulli"  # type: ignore[misc]
+
+
+class RelaxedBernoulli(DistributionBase):
+    """Relaxed Bernoulli (binary Concrete) with ``temperature`` and ``probs``/``logits``.
+
+    Samples are relaxed and reparameterized; ``get_log_prob`` scores them under the Bernoulli (as Pixyz).
+
+    Examples
+    --------
+    >>> p = RelaxedBernoulli(temperature=0.1, probs=torch.tensor([0.3]), var=["x"])
+    >>> x = p.sample(batch_n=4)["x"]
+    >>> bool(((x > 0) & (x < 1)).all())
+    True
+    """
+
+    pyro_dist = RelaxedBernoulliHardScore
+    param_groups = (("temperature",), ("probs", "logits"))
+    distribution_name: ClassVar[str] = "RelaxedBernoulli"  # type: ignore[misc]
+
+    def __init__(self, temperature: Any = 0.1, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None,
+                 name: str = "p", features_shape: Iterable[int] = (), **params: Any) -> None:
+        super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape,
+                         temperature=temperature, **params)
+
+
+class Categorical(DistributionBase):
+    """Categorical distribution with ``probs`` (or ``logits``) over the last dim.
+
+    With ``one_hot=True`` (Pixyz's default) values are one-hot vectors, else indices.
+
+    Examples
+    --------
+    >>> p = Categorical(probs=torch.tensor([0.2, 0.3, 0.5]), var=["y"])
+    >>> p.get_log_prob({"y": torch.eye(3)}).exp()
+    tensor([0.2000, 0.3000, 0.5000])
+    >>> Categorical(probs=torch.tensor([0.2, 0.3, 0.5]), var=["y"], one_hot=False).get_log_prob(
+    ...     {"y": torch.tensor([2])}).exp()
+    tensor([0.5000])
+    """
+
+    param_groups = (("probs", "logits"),)
+    distribution_name: ClassVar[str] = "Categorical"  # type: ignore[misc]
+
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None, name: str = "p",
+                 features_shape: Iterable[int] = (), one_hot: bool = True, **params: Any) -> None:
+        self.one_hot = one_hot
+        super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape, **params)
+
+    @property
+    def pyro_dist(self) -> Any:  # type: ignore[override]
+        return dist.OneHotCategorical if self.one_hot else dist.Categorical
+
+
+class RelaxedCategorical(DistributionBase):
+    """Relaxed one-hot categorical (Gumbel-softmax) with ``temperature`` and ``probs``/``logits``.
+
+    Samples are relaxed and reparameterized; ``get_log_prob`` scores the arg-max under the categorical.
+
+    Examples
+    --------
+    >>> p = RelaxedCategorical(temperature=0.5, probs=torch.tensor([0.5, 0.5]), var=["y"])
+    >>> float(p.get_log_prob({"y": torch.tensor([[0.9, 0.1]])}).exp())
+    0.5
+    """
+
+    pyro_dist = RelaxedOneHotCategoricalHardScore
+    param_groups = (("temperature",), ("probs", "logits"))
+    distribution_name: ClassVar[str] = "RelaxedCategorical"  # type: ignore[misc]
+
+    def __init__(self, temperature: Any = 0.1, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None,
+                 name: str = "p", features_shape: Iterable[int] = (), **params: Any) -> None:
+        super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape,
+                         temperature=temperature, **params)
+
+
+class Multinomial(DistributionBase):
+    """Multinomial distribution of ``total_count`` draws with ``probs`` (or ``logits``).
+
+    Examples
+    --------
+    >>> p = Multinomial(total_count=2, probs=torch.tensor([0.5, 0.5]), var=["x"])
+    >>> p.get_log_prob({"x": torch.tensor([[1., 1.]])}).exp()
+    tensor([0.5000])
+    """
+
+    param_groups = (("probs", "logits"),)
+    distribution_name: ClassVar[str] = "Multinomial"  # type: ignore[misc]
+
+    def __init__(self, total_count: int = 1, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None,
+                 name: str = "p", features_shape: Iterable[int] = (), **params: Any) -> None:
+        if not isinstance(total_count, int) or total_count < 0:
+            raise ValueError(f"Multinomial {name}: total_count must be a non-negative int, got {total_count!r}")
+        self.total_count = total_count
+        super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape, **params)
+
+    def pyro_dist(self, **params: Tensor) -> Any:  # type: ignore[override]
+        return dist.Multinomial(self.total_count, **params)
+
+    pyro_dist.has_rsample = False  # type: ignore[attr-defined]
+
+
+class Dirichlet(DistributionBase):
+    """Dirichlet distribution with ``concentration`` over the last dim.
+
+    Examples
+    --------
+    >>> p = Dirichlet(concentration=torch.ones(3), var=["x"])
+    >>> p.get_log_prob({"x": torch.tensor([[0.2, 0.3, 0.5]])}).exp()  # uniform on the simplex: 1 / (1/2)
+    tensor([2.0000])
+    """
+
+    pyro_dist = dist.Dirichlet
+    param_groups = (("concentration",),)
+    distribution_name: ClassVar[str] = "Dirichlet"  # type: ignore[misc]
+
+
+class Beta(DistributionBase):
+    """Beta distribution with ``concentration1`` (alpha) and ``concentration0`` (beta).
+
+    Examples
+    --------
+    >>> float(Beta(concentration1=2., concentration0=1., var=["x"]).get_log_prob({"x": torch.tensor([0.5])}).exp())
+    1.0
+    """
+
+    pyro_dist = dist.Beta
+    param_groups = (("concentration1",), ("concentration0",))
+    distribution_name: ClassVar[str] = "Beta"  # type: ignore[misc]
+
+
+class Gamma(DistributionBase):
+    """Gamma distribution with ``concentration`` and ``rate``.
+
+    Examples
+    --------
+    >>> float(Gamma(concentration=1., rate=2., var=["x"]).get_log_prob({"x": torch.tensor([0.])}).exp())
+    2.0
+    """
+
+    pyro_dist = dist.Gamma
+    param_groups = (("concentration",), ("rate",))
+    distribution_name: ClassVar[str] = "Gamma"  # type: ignore[misc]

@@ -1,0 +1,273 @@
+"""Parametric families backed by ``pyro.distributions``: :class:`DistributionBase`.
+
+A family declares its Pyro class and its parameter names; this module does the plumbing once for all of them:
+parameters given as constants (kept as buffers of shape ``[1, *features_shape]``), as the name of a conditioning
+variable, or returned by ``forward`` of a subclass that holds a network.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from pyro_dgm.distributions.base import Distribution, ValuesLike, _Binding, _Pass, forward_binding, run_network
+from pyro_dgm.utils.checks import describe
+
+__all__ = ["DistributionBase"]
+
+
+def _shape_text(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else v!r}" for k, v in params.items())
+
+
+class DistributionBase(Distribution):
+    r"""A distribution of one variable from a ``pyro.distributions`` family.
+
+    Subclasses set :attr:`pyro_dist` (the Pyro class) and :attr:`param_groups` (each group lists alternative
+    parameter names, of which exactly one is needed, e.g. ``("probs", "logits")``).
+
+    Parameters
+    ----------
+    var : list of str
+        One variable, e.g. ``["x"]``.
+    cond_var : list of str, optional
+        Conditioning variables: the arguments of ``forward``, or the values of parameters given by name.
+    name : str, default ``"p"``
+    features_shape : tuple of int, optional
+        The shape of one sample; constant parameters are broadcast to it (by default it is their broadcast shape).
+    **params
+        The family's parameters: a number or tensor (a constant, stored as a buffer so ``.to(device)`` and
+        ``state_dict`` carry it), the name of a ``cond_var`` (its value is the parameter), or left out and returned
+        by ``forward``.
+    """
+
+    pyro_dist: ClassVar[Any]
+    param_groups: ClassVar[tuple[tuple[str, ...], ...]] = ()
+
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None, name: str = "p",
+                 features_shape: Iterable[int] = (), **params: Any) -> None:
+        super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape)
+        if len(self._var) != 1:
+            raise ValueError(f"{describe(self)}: a {self.distribution_name} distribution generates one variable, "
+                             f"got var={self._var}")
+        accepted = [n for g in self.param_groups for n in g]
+        unknown = [k for k in params if k not in accepted]
+        if unknown:
+            raise TypeError(f"{describe(self)}: unknown parameter {unknown[0]!r}; {self.distribution_name} takes "
+                            f"{', '.join(accepted)}")
+        self._accepted = frozenset(accepted)
+        var_params: list[tuple[str, str]] = []
+        consts: dict[str, Tensor] = {}
+        for pname, value in params.items():
+            if value is None:
+                continue
+            if isinstance(value, str):
+                if value not in self._cond_var:
+                    raise ValueError(f"{describe(self)}: parameter {pname}={value!r} names a variable that is not "
+                                     f"in cond_var {self._cond_var}; add it to cond_var")
+                var_params.append((pname, value))
+            else:
+                consts[pname] = self._as_tensor(pname, value)
+        for group in self.param_groups:
+            given = [n for n in group if n in consts or n in dict(var_params)]
+            if len(given) > 1:
+                raise ValueError(f"{describe(self)}: give one of {', '.join(group)}, not {' and '.join(given)}")
+        self._store_constants(consts)
+        fwd_pos, fwd_kw = forward_binding(self, [v for _, v in var_params], accepted[-1] if accepted else "loc")
+        self._has_network = type(self).forward is not Distribution.forward
+        covered = set(consts) | {p for p, _ in var_params}
+        self._missing_groups = tuple(g for g in self.param_groups if not covered.intersection(g))
+        if self._missing_groups and not self._has_network:
+            g = self._missing_groups[0]
+            raise ValueError(f"{describe(self)}: parameter {' or '.join(g)} is not given; pass {g[0]}=<number, "
+                             f"tensor or cond_var name>, or subclass {type(self).__name__} with a forward() that "
+                             f"returns it")
+        self._const_names = tuple(consts)
+        self._b = _Binding(self._var, self._cond_var, self._input_var, fwd_pos, fwd_kw, var_params)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _as_tensor(self, pname: str, value: Any) -> Tensor:
+        if isinstance(value, Tensor):
+            t = value.detach()
+        elif isinstance(value, (int, float)) or (isinstance(value, (list, tuple)) and value):
+            t = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        else:
+            raise TypeError(f"{describe(self)}: parameter {pname} must be a number, a tensor or the name of a "
+                            f"cond_var, got {type(value).__name__}")
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        return t
+
+    def _store_constants(self, consts: dict[str, Tensor]) -> None:
+        shape = self._features_shape
+        if not shape and consts:
+            try:
+                shape = torch.broadcast_shapes(*(t.shape for t in consts.values()))
+            except RuntimeError:
+                raise ValueError(f"{describe(self)}: constant parameters do not broadcast together "
+                                 f"({_shape_text(consts)})") from None
+            self._features_shape = torch.Size(shape)
+        for pname, t in consts.items():
+            try:
+                full = t.expand(shape)
+            except RuntimeError:
+                raise ValueError(f"{describe(self)}: parameter {pname} has shape {tuple(t.shape)}, which does not "
+                                 f"broadcast to features_shape {tuple(shape)}") from None
+            self.register_buffer(pname, full.clone().unsqueeze(0))
+
+    @property
+    def _binding(self) -> _Binding:
+        return self._b
+
+    @property
+    def has_reparam(self) -> bool:
+        return bool(self.pyro_dist.has_rsample)
+
+    # ------------------------------------------------------------------ parameters and the Pyro distribution
+    def _params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> dict[str, Tensor]:
+        bufs = self._buffers
+        params = {n: bufs[n] for n in self._const_names}
+        for p, v in b.param_vars:
+            params[p] = values[v]
+        if self._has_network:
+            if b.fwd_kw:
+                kw = {k: values[v] for k, v in b.fwd_kw}
+                kw.update(ctx.kwargs)
+                out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
+            else:
+                out = run_network(self, *[values[v] for v in b.fwd_pos], **ctx.kwargs)
+            if not isinstance(out, dict):
+                raise TypeError(f"{describe(self)}: forward() must return a dict of parameters, e.g. "
+                                f"{{'{self.param_groups[0][0]}': ...}}, got {type(out).__name__}")
+            if not self._accepted.issuperset(out):
+                bad = [k for k in out if k not in self._accepted]
+                raise ValueError(f"{describe(self)}: forward() returned unknown parameter {bad[0]!r}; "
+                                 f"{self.distribution_name} takes {', '.join(sorted(self._accepted))}")
+            params.update(out)
+        for g in self._missing_groups:
+            if not any(n in params for n in g):
+                raise ValueError(f"{describe(self)}: forward() did not return {' or '.join(g)}; it returned "
+                                 f"{sorted(params)}")
+        return params
+
+    def _base(self, params: dict[str, Tensor]) -> Any:
+        """The Pyro distribution over the full parameter shape (no event dims reinterpreted)."""
+        try:
+            return self.pyro_dist(**params)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
+
+    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True) -> tuple[Any, Any]:
+        """The site's distribution (feature dims as event dims, expanded for batch_n/sample_shape) and its base."""
+        base = self._base(self._params(b, values, ctx))
+        bn = self._batch_ndim(b, values, ctx)
+        batch_shape = base.batch_shape
+        ev = len(batch_shape) - bn
+        root = expand and not any(v in ctx.event_dims for v in b.input_var)
+        if root and ctx.batch_n is not None and not b.input_var and bn >= 1:
+            lead = batch_shape[0] if batch_shape else 1
+            if lead != ctx.batch_n:
+                if lead != 1:
+                    raise ValueError(f"{describe(self)}: batch_n={ctx.batch_n} does not match the batch size {lead} "
+                                     "of its parameters")
+                base = base.expand(torch.Size([ctx.batch_n]) + batch_shape[1:])
+        fn = base.to_event(ev) if ev > 0 else base
+        if root and ctx.sample_shape:
+            fn = fn.expand(ctx.sample_shape + fn.batch_shape)
+        return fn, base
+
+    def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
+        """The ``pyro.distributions`` object given the inputs; feature dims are its event dims.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> d = Normal(loc=0., scale=1., var=["x"], features_shape=[3]).dist(batch_n=2)
+        >>> tuple(d.batch_shape), tuple(d.event_shape)
+        ((2,), (3,))
+        """
+        values = self._input_dict(x_dict, self._b.input_var)
+        return self._fn(self._b, values, _Pass(batch_n=batch_n, kwargs=kwargs))[0]
+
+    def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
+        """The parameters given the inputs: constants (with their batch dim of 1) and network outputs.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> Normal(loc=0., scale=1., var=["x"]).get_params()
+        {'loc': tensor([0.]), 'scale': tensor([1.])}
+        """
+        values = self._input_dict(params_dict, self._b.input_var)
+        return self._params(self._b, values, _Pass(kwargs=kwargs))
+
+    # ------------------------------------------------------------------ the factor hooks
+    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+        fn, _ = self._fn(b, values, ctx)
+        name = b.var[0]
+        if ctx.sample_mean:
+            value = fn.mean
+            value = self._record(name, value, fn.event_dim)
+        else:
+            value = self._site(name, fn, ctx)
+        values[name] = value
+        ctx.event_dims[name] = fn.event_dim
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        fn, base = self._fn(b, values, ctx, expand=False)
+        x = values[b.var[0]]
+        try:
+            if sum_features and feature_dims is None:
+                return fn.log_prob(x)
+            lp = base.log_prob(x)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "
+                             f"batch shape {tuple(fn.batch_shape)} and event shape {tuple(fn.event_shape)}: "
+                             f"{e}") from e
+        return lp.sum(dim=list(feature_dims)) if sum_features and feature_dims else lp
+
+    # ------------------------------------------------------------------ moments
+    def _moment(self, x_dict: ValuesLike, kwargs: Mapping[str, Any]) -> Any:
+        values = self._input_dict(x_dict, self._b.input_var)
+        return self._fn(self._b, values, _Pass(kwargs=kwargs), expand=False)
+
+    def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
+                    feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        """The analytic entropy given the inputs, summed over the feature dims unless told otherwise.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> h = Normal(loc=0., scale=1., var=["x"]).get_entropy()
+        >>> bool(torch.allclose(h, torch.tensor([0.5 * (1 + torch.log(2 * torch.tensor(torch.pi)))])))
+        True
+        """
+        fn, base = self._moment(x_dict, kwargs)
+        if sum_features and feature_dims is None:
+            return fn.entropy()
+        h = base.entropy()
+        return h.sum(dim=list(feature_dims)) if sum_features and feature_dims else h
+
+    def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
+        """The mean of the variable given the inputs.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> Normal(loc=2., scale=3., var=["x"]).sample_mean()
+        tensor([2.])
+        """
+        return self._moment(x_dict, kwargs)[1].mean
+
+    def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
+        """The variance of the variable given the inputs.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> Normal(loc=2., scale=3., var=["x"]).sample_variance()
+        tensor([9.])
+        """
+        return self._moment(x_dict, kwargs)[1].variance

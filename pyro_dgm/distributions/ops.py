@@ -1,0 +1,185 @@
+r"""Graph operations that return new distributions: renaming variables and marginalizing them out."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from torch import Tensor
+
+from pyro_dgm.distributions.base import Distribution, _Binding, _Pass
+from pyro_dgm.distributions.joint import MultiplyDistribution
+from pyro_dgm.utils.checks import describe
+
+__all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
+
+
+def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
+    """Rename variables of ``d`` (a single distribution or a joint); the result shares ``d``'s networks."""
+    names = set(d.var) | set(d.cond_var) | set(d.input_var)
+    for old, new in replace_dict.items():
+        if old not in names:
+            raise ValueError(f"{describe(d)}.replace_var: {d.prob_text} has no variable {old!r}; its variables are "
+                             f"{sorted(names)}")
+        if not isinstance(new, str) or not new:
+            raise TypeError(f"{describe(d)}.replace_var: the new name of {old!r} must be a non-empty string, "
+                            f"got {new!r}")
+    renamed = [replace_dict.get(v, v) for v in names]
+    if len(set(renamed)) != len(renamed):
+        clash = sorted({v for v in renamed if renamed.count(v) > 1})
+        raise ValueError(f"{describe(d)}.replace_var({replace_dict}): two variables would both be named "
+                         f"{clash[0]!r}; pick a new name")
+    if d.factors == (d,):
+        return ReplaceVarDistribution(d, replace_dict)
+    factors = [f if not set(replace_dict) & (set(f.var) | set(f.input_var)) else
+               ReplaceVarDistribution(f, {k: v for k, v in replace_dict.items()
+                                          if k in set(f.var) | set(f.input_var)}) for f in d.factors]
+    return MultiplyDistribution.from_factors(factors, d.name)
+
+
+class ReplaceVarDistribution(Distribution):
+    """A single distribution with renamed variables, sharing the original's networks and buffers.
+
+    Parameters
+    ----------
+    p : Distribution
+        A single (atomic) distribution.
+    replace_dict : dict
+        ``{old name: new name}``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"]).replace_var(z="w", x="y")
+    >>> print(p.prob_text, sorted(p.sample({"w": torch.zeros(2, 1)})))
+    p(y|w) ['w', 'y']
+    """
+
+    def __init__(self, p: Distribution, replace_dict: Mapping[str, str]) -> None:
+        if p.factors != (p,):
+            raise TypeError(f"ReplaceVarDistribution: {describe(p)} is a product; use p.replace_var(...) instead")
+        m = dict(replace_dict)
+        super().__init__(var=[m.get(v, v) for v in p.var], cond_var=[m.get(v, v) for v in p.cond_var],
+                         name=p.name, features_shape=p.features_shape)
+        self.p = p
+        self.replace_dict = m
+        self._input_var = [m.get(v, v) for v in p.input_var]
+        self._b = p._binding.renamed(m)
+
+    @property
+    def _binding(self) -> _Binding:
+        return self._b
+
+    @property
+    def distribution_name(self) -> str:
+        return self.p.distribution_name
+
+    @property
+    def has_reparam(self) -> bool:
+        return self.p.has_reparam
+
+    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+        self.p._draw_with(b, values, ctx)
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        return self.p._score_with(b, values, ctx, sum_features, feature_dims)
+
+    def _register(self) -> None:
+        self.p._register()
+
+    def _network_text(self) -> str:
+        return f"{self.prob_text} -> {self.p.prob_text}:\n{self.p._network_text()}"
+
+    def extra_repr(self) -> str:
+        return f"replace_dict={self.replace_dict}"
+
+    def _inner(self, x_dict: Any) -> dict[str, Any]:
+        values = self._input_dict(x_dict)
+        inverse = {new: old for old, new in self.replace_dict.items()}
+        return {inverse.get(k, k): v for k, v in values.items()}
+
+    def get_params(self, params_dict: Any = None, **kwargs: Any) -> dict[str, Tensor]:
+        return self.p.get_params(self._inner(params_dict), **kwargs)
+
+    def dist(self, x_dict: Any = None, batch_n: int | None = None, **kwargs: Any) -> Any:
+        return self.p.dist(self._inner(x_dict), batch_n=batch_n, **kwargs)
+
+    def get_entropy(self, x_dict: Any = None, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
+                    **kwargs: Any) -> Tensor:
+        return self.p.get_entropy(self._inner(x_dict), sum_features, feature_dims, **kwargs)
+
+    def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
+        return self.p.sample_mean(self._inner(x_dict), **kwargs)
+
+    def sample_variance(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
+        return self.p.sample_variance(self._inner(x_dict), **kwargs)
+
+
+class MarginalizeVarDistribution(Distribution):
+    r"""The marginal :math:`p(x) = \int p(x,z)dz` of a joint.
+
+    Sampling draws every factor and drops the marginalized variables; the log-density has no closed form and raises.
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> prior = Normal(loc=0., scale=1., var=["z"], name="p_{prior}")
+    >>> p = (Normal(loc="z", scale=1., var=["x"], cond_var=["z"]) * prior).marginalize_var(["z"])
+    >>> print(p.prob_joint_factorized_and_text)
+    p(x) = \int p(x|z)p_{prior}(z)dz
+    >>> sorted(p.sample(batch_n=2))
+    ['x']
+    """
+
+    def __init__(self, p: Distribution, marginalize_list: str | Sequence[str]) -> None:
+        names = [marginalize_list] if isinstance(marginalize_list, str) else list(marginalize_list)
+        if not names:
+            raise ValueError(f"{describe(p)}.marginalize_var: name at least one variable")
+        for v in names:
+            if v not in p.var:
+                raise ValueError(f"{describe(p)}.marginalize_var: {v!r} is not a variable of {p.prob_text}; "
+                                 f"it can marginalize {p.var}")
+        kept = [v for v in p.var if v not in names]
+        if not kept:
+            raise ValueError(f"{describe(p)}.marginalize_var: marginalizing every variable {names} leaves nothing")
+        if p.factors == (p,):
+            raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
+                            "variables of a product (joint) distribution")
+        super().__init__(var=kept, cond_var=p.cond_var, name=p.name)
+        self.p = p
+        self._marginalized = names
+        self._input_var = list(p.input_var)
+
+    @property
+    def marginalize_list(self) -> list[str]:
+        """The variables integrated out."""
+        return self._marginalized
+
+    @property
+    def distribution_name(self) -> str:
+        return self.p.distribution_name
+
+    @property
+    def prob_factorized_text(self) -> str:
+        return rf"\int {self.p.prob_factorized_text}" + "".join(f"d{v}" for v in self._marginalized)
+
+    def _network_text(self) -> str:
+        return self.p._network_text()
+
+    def _register(self) -> None:
+        for f in self.p._order:
+            f._register()
+
+    def _draw(self, values: dict[str, Any], ctx: _Pass) -> None:
+        given = [v for v in self._marginalized if v in values]
+        for f in self.p._order:
+            f._draw(values, ctx)
+        for v in self._marginalized:
+            if v not in given:
+                values.pop(v, None)
+                ctx.event_dims.pop(v, None)
+
+    def _score(self, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+               feature_dims: Sequence[int] | None) -> Tensor:
+        raise NotImplementedError(f"{describe(self)}: the marginal log-density {self.prob_joint_factorized_and_text}"
+                                  " has no closed form; estimate it with an importance-weighted bound")

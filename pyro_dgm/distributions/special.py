@@ -1,0 +1,168 @@
+"""Distributions outside the parametric families: :class:`Deterministic`, :class:`EmpiricalDistribution` and
+:class:`CustomProb` (with their seed-era names ``DataDistribution`` and ``CustomLikelihoodDistribution``)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import pyro
+from torch import Tensor
+
+from pyro_dgm.distributions.base import Distribution, _Binding, _Pass, forward_binding, run_network, sum_samples
+from pyro_dgm.utils.checks import describe
+
+__all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
+
+
+class Deterministic(Distribution):
+    """A degenerate distribution: ``forward`` maps ``cond_var`` to the values of ``var``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Generator(Deterministic):
+    ...     def __init__(self):
+    ...         super().__init__(var=["x"], cond_var=["z"])
+    ...         self.model = torch.nn.Linear(2, 3)
+    ...     def forward(self, z):
+    ...         return {"x": self.model(z)}
+    >>> p = Generator()
+    >>> tuple(p.sample({"z": torch.randn(4, 2)})["x"].shape)
+    (4, 3)
+    >>> p.get_log_prob({"z": torch.zeros(1, 2), "x": torch.zeros(1, 3)})
+    Traceback (most recent call last):
+     ...
+    NotImplementedError: Deterministic p(x|z): the log-density of a deterministic distribution is not defined
+    """
+
+    distribution_name = "Deterministic"  # type: ignore[assignment]
+
+    def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = None, name: str = "p",
+                 **kwargs: Any) -> None:
+        super().__init__(var=var, cond_var=cond_var, name=name, **kwargs)
+        if type(self).forward is Distribution.forward:
+            raise TypeError(f"{describe(self)}: subclass Deterministic with a forward({', '.join(self._cond_var)}) "
+                            f"that returns {{{', '.join(repr(v) for v in self._var)}: ...}}")
+        pos, kw = forward_binding(self, ())
+        self._b = _Binding(self._var, self._cond_var, self._input_var, pos, kw)
+
+    @property
+    def _binding(self) -> _Binding:
+        return self._b
+
+    @property
+    def has_reparam(self) -> bool:
+        return True
+
+    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+        kw = {k: values[v] for k, v in b.fwd_kw}
+        kw.update(ctx.kwargs)
+        out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
+        if not isinstance(out, dict) or set(out) != set(self._var):
+            got = sorted(out) if isinstance(out, dict) else type(out).__name__
+            raise ValueError(f"{describe(self)}: forward() must return a dict with exactly the keys {self._var}, "
+                             f"got {got}")
+        bn = self._batch_ndim(b, values, ctx)
+        for own, v in zip(self._var, b.var):
+            value = out[own]
+            ev = max(value.dim() - bn, 0)
+            values[v] = self._record(v, value, ev)
+            ctx.event_dims[v] = ev
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        raise NotImplementedError(f"{describe(self)}: the log-density of a deterministic distribution is not "
+                                  "defined")
+
+    def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
+        """The value of the (first) variable given the inputs."""
+        return self.sample(x_dict, return_all=False, **kwargs)[self._var[0]]
+
+
+class EmpiricalDistribution(Distribution):
+    """The data distribution :math:`p_{data}(x)`: sampling returns the given data; it has no density.
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = EmpiricalDistribution(var=["x"])
+    >>> print(p.prob_text)
+    p_{data}(x)
+    >>> x = torch.randn(2, 3)
+    >>> p.sample({"x": x})["x"] is x
+    True
+    """
+
+    distribution_name = "Data distribution"  # type: ignore[assignment]
+
+    def __init__(self, var: Sequence[str], name: str = "p_{data}") -> None:
+        super().__init__(var=var, cond_var=None, name=name)
+        self._input_var = list(self._var)
+
+    @property
+    def has_reparam(self) -> bool:
+        return True
+
+    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+        for v in b.var:
+            if v not in ctx.event_dims:
+                ctx.event_dims[v] = max(values[v].dim() - 1, 0)
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        raise NotImplementedError(f"{describe(self)}: the data distribution has no density")
+
+    def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
+        """The given data."""
+        return self.sample(x_dict, return_all=False)[self._var[0]]
+
+
+DataDistribution = EmpiricalDistribution
+
+
+class CustomProb(Distribution):
+    """A distribution given by its log-density function ``log_prob_function(**{var: value})``; it cannot sample.
+
+    In a Pyro model its log-density enters as ``pyro.factor``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = CustomProb(lambda x: -0.5 * x ** 2, var=["x"])
+    >>> p.get_log_prob({"x": torch.ones(3, 2)})
+    tensor([-1., -1., -1.])
+    """
+
+    def __init__(self, log_prob_function: Callable[..., Tensor], var: Sequence[str],
+                 distribution_name: str = "Custom PDF", **kwargs: Any) -> None:
+        if not callable(log_prob_function):
+            raise TypeError(f"CustomProb: log_prob_function must be callable, got {type(log_prob_function).__name__}")
+        super().__init__(var=var, **kwargs)
+        self._log_prob_function = log_prob_function
+        self._distribution_name = distribution_name
+        self._input_var = list(self._var)
+
+    @property
+    def log_prob_function(self) -> Callable[..., Tensor]:
+        """The user's log-density function."""
+        return self._log_prob_function
+
+    @property
+    def distribution_name(self) -> str:  # type: ignore[override]
+        return self._distribution_name
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        lp = self._log_prob_function(**{own: values[v] for own, v in zip(self._var, b.var)})
+        return sum_samples(lp, feature_dims) if sum_features else lp
+
+    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+        if ctx.obs is None:
+            raise NotImplementedError(f"{describe(self)}: a distribution given by its log-density cannot sample")
+        pyro.factor(_prob_site(self, b), self._score_with(b, values, ctx, True, None))
+
+
+def _prob_site(d: Distribution, b: _Binding) -> str:
+    return f"{d.name}({','.join(b.var)})"
+
+
+CustomLikelihoodDistribution = CustomProb

@@ -1,0 +1,1 @@
+"""Flow-based models: not built yet, see the flows issue."""
