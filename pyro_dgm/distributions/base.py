@@ -21,6 +21,7 @@ import torch
 from pyro.poutine.runtime import _PYRO_STACK, effectful
 from torch import Tensor, nn
 
+from pyro_dgm.poutine.memoize_messenger import MemoizeMessenger
 from pyro_dgm.utils.checks import as_var_list, check_present, describe
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.latex import print_latex as _print_latex
@@ -37,9 +38,29 @@ def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return module(*args, **kwargs)
 
 
-#: Every network forward pass of a distribution goes through this effectful call (message type ``"dgm_params"``),
-#: so an effect handler such as a memoizer can answer it; with no handler active it is a plain call.
-run_network = effectful(_call_network, type="dgm_params")
+_effectful_network = effectful(_call_network, type="dgm_params")
+
+
+def _only_memo(stack: list[Any]) -> bool:
+    """Whether every active handler is a memoizer (which touches no sample site)."""
+    for m in stack:
+        if type(m) is not MemoizeMessenger:
+            return False
+    return True
+
+
+def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Run a distribution's network: the effect ``"dgm_params"`` that a memoizing handler answers.
+
+    With no handler active it is ``module(*args, **kwargs)``; with only memoizers active it asks the innermost one
+    directly, without building a Pyro message; otherwise it goes through Pyro's handler stack.
+    """
+    stack = _PYRO_STACK
+    if not stack:
+        return module(*args, **kwargs)
+    if _only_memo(stack):
+        return stack[-1].call(module, args, kwargs)
+    return _effectful_network(module, *args, **kwargs)
 
 
 class _Pass:
@@ -492,15 +513,21 @@ class Distribution(nn.Module):
             if name in obs:
                 return pyro.sample(name, fn, obs=obs[name])
             return pyro.sample(name, fn)
+        stack = _PYRO_STACK
+        if stack and not _only_memo(stack):
+            if ctx.reparam:
+                return pyro.sample(name, fn)
+            with torch.no_grad():
+                return pyro.sample(name, fn)
+        # what pyro.sample does when no handler (or only a memoizer, which ignores sample sites) is active
         if ctx.reparam:
-            return pyro.sample(name, fn)
-        with torch.no_grad():
-            return pyro.sample(name, fn)
+            return fn.rsample() if fn.has_rsample else fn.sample()
+        return fn.sample()
 
     @staticmethod
     def _record(name: str, value: Tensor, event_dim: int) -> Tensor:
         """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value."""
-        if _PYRO_STACK:
+        if _PYRO_STACK and not _only_memo(_PYRO_STACK):
             return pyro.deterministic(name, value, event_dim=event_dim)
         return value
 
