@@ -1,37 +1,120 @@
-"""The :class:`Loss` base class: a formula over distributions, evaluated lazily with :meth:`Loss.eval`."""
+r"""The :class:`Loss` base class: a formula over distributions, evaluated lazily with :meth:`Loss.eval`.
+
+A loss is a tree: leaves are terms built from distributions (:class:`~pyro_dgm.losses.pdf.LogProb`,
+:class:`~pyro_dgm.losses.divergences.KullbackLeibler`, ...) and inner nodes are operators (:mod:`.operators`).
+Each node knows its ``input_var``, its LaTeX text (built by hand, in the order the user wrote it, with parentheses by
+precedence) and how to compute its value from a dict of values (``forward``).
+
+:class:`Loss` is also a :class:`pyro.infer.ELBO`, so ``SVI(model, guide, optim, loss=our_loss)`` optimizes it: the
+data passed to ``svi.step`` become ``x_dict``, and every distribution in the loss registers its networks with
+``pyro.module`` so SVI's parameter capture finds them.
+"""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextlib
+import numbers
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+import torch
+from pyro.infer import ELBO as _PyroELBO
 from torch import Tensor
 
 from pyro_dgm.utils.checks import check_present
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
-__all__ = ["Loss"]
+if TYPE_CHECKING:  # pragma: no cover
+    from pyro_dgm.distributions.base import Distribution
+    from pyro_dgm.losses.expectation import Expectation
+    from pyro_dgm.losses.operators import BatchMean, BatchSum
+
+__all__ = ["Loss", "ordered_union", "PREC_ADD", "PREC_NEG", "PREC_MUL", "PREC_FUNC", "PREC_ATOM"]
+
+# Precedence of a term's LaTeX text, used to decide where operators put parentheses.
+PREC_ADD = 10   # a + b, a - b
+PREC_NEG = 15   # - a
+PREC_MUL = 20   # a b
+PREC_FUNC = 25  # \log p(x): an operator name without brackets
+PREC_ATOM = 100  # bracketed or single symbols: mean \left(...\right), D_{KL} \left[...\right], x, 2
+
+# State of the evaluation in progress: the depth of nested ``eval`` calls (the outermost opens the memoizing scope)
+# and, when ``return_terms=True`` was asked, the value each loss node took.
+_DEPTH = [0]
+_RECORDERS: list[dict[int, Tensor]] = []
 
 
-class Loss:
-    """A loss term: its input variables, its LaTeX text, and :meth:`eval`.
+def ordered_union(*lists: Sequence[str]) -> list[str]:
+    """The names of all ``lists``, each once, in order of first appearance.
 
-    Subclasses implement :meth:`forward` (the value given a dict of values) and :attr:`latex`.
+    Examples
+    --------
+    >>> ordered_union(["x", "z"], ["z", "y"], ["x"])
+    ['x', 'z', 'y']
+    """
+    out: list[str] = []
+    for names in lists:
+        out += [n for n in names if n not in out]
+    return out
+
+
+def _memoize_scope() -> Any:
+    try:
+        from pyro_dgm.poutine import memoize
+    except ImportError:  # pragma: no cover - the poutine layer is optional for losses
+        return contextlib.nullcontext()
+    return memoize()
+
+
+class Loss(_PyroELBO):
+    r"""Base class of every loss term: its input variables, its formula, arithmetic, :meth:`eval`, and Pyro's ELBO API.
+
+    Subclasses implement :meth:`forward` (the value given the values of :attr:`input_var`; it may also return the
+    samples it drew, as ``(value, samples)``) and :attr:`latex`.
+
+    Parameters
+    ----------
+    input_var : list of str, optional
+        The variables :meth:`eval` needs.
+
+    Notes
+    -----
+    ``eval`` is Pixyz's name for evaluating a loss (not ``nn.Module.eval``). As a :class:`pyro.infer.ELBO` a loss
+    ignores ``num_particles`` and the model/guide that SVI passes: it evaluates its own formula on the data (see
+    :meth:`differentiable_loss`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> p = Normal(loc=0., scale=1., var=["x"])
+    >>> loss = (-p.log_prob()).mean() * 2
+    >>> print(loss)
+    mean \left(- \log p(x) \right) \cdot 2
+    >>> loss.input_var
+    ['x']
+    >>> round(float(loss.eval({"x": torch.zeros(3, 1)})), 4)  # 2 * 0.5 log(2 pi)
+    1.8379
     """
 
-    def __init__(self, input_var: Sequence[str] = ()) -> None:
-        self._input_var = list(input_var)
+    _prec: int = PREC_ATOM
 
+    def __init__(self, input_var: Sequence[str] | None = None) -> None:
+        _PyroELBO.__init__(self, num_particles=1)
+        self._input_var = list(input_var) if input_var is not None else []
+
+    # ------------------------------------------------------------------ names and text
     @property
     def input_var(self) -> list[str]:
-        """The variables :meth:`eval` needs."""
+        """The variables :meth:`eval` needs, in order."""
         return self._input_var
 
     @property
     def latex(self) -> str:
-        raise NotImplementedError
+        """The formula as LaTeX text (subclasses define it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its LaTeX text (the latex property)")
 
     @property
     def loss_text(self) -> str:
-        """The formula as LaTeX text."""
+        """The formula as LaTeX text (Pixyz's name)."""
         return self.latex
 
     def __str__(self) -> str:
@@ -47,15 +130,322 @@ class Loss:
         return f"$${self.loss_text}$$"
 
     def print_latex(self) -> Any:
-        """Show the formula as LaTeX (rendered in a notebook)."""
+        """Show the formula as LaTeX (rendered in a notebook, printed elsewhere)."""
         return _print_latex(self)
 
-    def forward(self, values: Mapping[str, Any], **kwargs: Any) -> Tensor:
-        raise NotImplementedError
+    def named(self, name: str) -> "Loss":
+        r"""A copy of this term that ``eval(..., return_terms=True)`` reports under ``name`` instead of its formula.
 
-    def eval(self, x_dict: Mapping[str, Any] | None = None, return_dict: bool = False, **kwargs: Any) -> Any:
-        """The value of the loss given the values of :attr:`input_var` (``eval`` as in Pixyz, not ``nn.Module``)."""
-        values = dict(x_dict) if x_dict is not None else {}
-        check_present(self, values, self._input_var)
-        out = self.forward(values, **kwargs)
-        return (out, values) if return_dict else out
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> nll = -Normal(loc=0., scale=1., var=["x"]).log_prob()
+        >>> print(nll.named("nll").term_name, "|", nll.term_name)
+        nll | - \log p(x)
+        """
+        import copy
+
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{type(self).__name__}.named: name must be a non-empty string, got {name!r}")
+        out = copy.copy(self)
+        out._term_name = name
+        return out
+
+    @property
+    def term_name(self) -> str:
+        """The key of this term in ``eval(..., return_terms=True)``: its :meth:`named` name, else its formula."""
+        return getattr(self, "_term_name", None) or self.loss_text
+
+    # ------------------------------------------------------------------ the tree
+    def _children(self) -> Iterator[Any]:
+        """The losses and distributions this node holds (found among its attributes)."""
+        for value in vars(self).values():
+            if isinstance(value, (list, tuple)):
+                yield from value
+            else:
+                yield value
+
+    @property
+    def distributions(self) -> list["Distribution"]:
+        """Every distribution in this loss (each once, in the order met), e.g. for an optimizer or ``pyro.module``.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> p, q = Normal(loc=0., scale=1., var=["x"]), Normal(loc=1., scale=1., var=["x"], name="q")
+        >>> [d.prob_text for d in (p.log_prob() - q.log_prob() + p.log_prob()).distributions]
+        ['p(x)', 'q(x)']
+        """
+        from pyro_dgm.distributions.base import Distribution
+
+        out: list[Distribution] = []
+        seen: set[int] = set()
+        stack: list[Any] = [self]
+        visited: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            found: list[Any] = []
+            for child in node._children():
+                if isinstance(child, Distribution) and id(child) not in seen:
+                    seen.add(id(child))
+                    out.append(child)
+                elif isinstance(child, Loss):
+                    found.append(child)
+            stack.extend(reversed(found))
+        return out
+
+    # ------------------------------------------------------------------ arithmetic (new objects)
+    def __add__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import AddLoss
+        return AddLoss(self, other)
+
+    def __radd__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import AddLoss
+        return AddLoss(other, self)
+
+    def __sub__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import SubLoss
+        return SubLoss(self, other)
+
+    def __rsub__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import SubLoss
+        return SubLoss(other, self)
+
+    def __mul__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import MulLoss
+        return MulLoss(self, other)
+
+    def __rmul__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import MulLoss
+        return MulLoss(other, self)
+
+    def __truediv__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import DivLoss
+        return DivLoss(self, other)
+
+    def __rtruediv__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import DivLoss
+        return DivLoss(other, self)
+
+    def __pow__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import PowLoss
+        return PowLoss(self, other)
+
+    def __rpow__(self, other: Any) -> "Loss":
+        from pyro_dgm.losses.operators import PowLoss
+        return PowLoss(other, self)
+
+    def __neg__(self) -> "Loss":
+        from pyro_dgm.losses.operators import NegLoss
+        return NegLoss(self)
+
+    def __abs__(self) -> "Loss":
+        return self.abs()
+
+    def abs(self) -> "Loss":
+        """The absolute value :math:`|\\mathcal{L}|` (also ``abs(loss)``)."""
+        from pyro_dgm.losses.operators import AbsLoss
+        return AbsLoss(self)
+
+    def mean(self) -> "BatchMean":
+        """The mean over the batch, :math:`mean(\\mathcal{L})`."""
+        from pyro_dgm.losses.operators import BatchMean
+        return BatchMean(self)
+
+    def sum(self) -> "BatchSum":
+        """The sum over the batch, :math:`sum(\\mathcal{L})`."""
+        from pyro_dgm.losses.operators import BatchSum
+        return BatchSum(self)
+
+    def detach(self) -> "Loss":
+        """The same value without gradient (``detach`` in the formula)."""
+        from pyro_dgm.losses.operators import Detach
+        return Detach(self)
+
+    def expectation(self, p: "Distribution", sample_shape: Sequence[int] = torch.Size()) -> "Expectation":
+        r"""The expectation :math:`\mathbb{E}_{p}[\mathcal{L}]` of this loss over samples of ``p``."""
+        from pyro_dgm.losses.expectation import Expectation
+        return Expectation(p, self, sample_shape=sample_shape)
+
+    def constant_var(self, constant_dict: Mapping[str, Any]) -> "Loss":
+        """This loss with some input variables fixed to constants (:class:`ConstantVar`)."""
+        from pyro_dgm.losses.special import ConstantVar
+        return ConstantVar(self, constant_dict)
+
+    # ------------------------------------------------------------------ evaluation
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor | tuple[Tensor, dict[str, Any]]:
+        """The value of this term given ``values`` (which hold :attr:`input_var`); subclasses define it.
+
+        It returns the value, or ``(value, samples)`` with the samples it drew, by variable name.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def eval(self, x_dict: Mapping[str, Any] | None = None, return_dict: bool = False, return_all: bool = True,
+             return_terms: bool = False, **kwargs: Any) -> Any:
+        r"""The value of the loss given the values of :attr:`input_var` (Pixyz's ``eval``, not ``nn.Module.eval``).
+
+        Parameters
+        ----------
+        x_dict : dict, optional
+            Values by variable name; keys beyond :attr:`input_var` are ignored by the computation.
+        return_dict : bool, default False
+            Also return a dict of values: ``x_dict`` with the samples drawn while evaluating (Pixyz semantics).
+        return_all : bool, default True
+            With ``return_dict``: include the given values (else only the samples drawn).
+        return_terms : bool, default False
+            Also return ``{name: value}`` for each term of the top-level arithmetic (the leaves of ``+ - * / ...``
+            that are not constants), detached, as computed in this evaluation: for logging the parts of an
+            objective. A term's name is its formula, or the name given with :meth:`named`; repeated names get
+            ``" (2)"``, ``" (3)"``...
+        **kwargs
+            Passed on to the distributions' networks (Pixyz semantics) and to special terms (``mask=`` for
+            :class:`~pyro_dgm.losses.iteration.IterativeLoss`).
+
+        Returns
+        -------
+        Tensor, or a tuple
+            ``loss``; ``(loss, x_dict)`` with ``return_dict``; ``(loss, terms)`` with ``return_terms``;
+            ``(loss, x_dict, terms)`` with both.
+
+        Raises
+        ------
+        ValueError
+            If a variable of :attr:`input_var` is missing from ``x_dict`` (the error names it).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from pyro_dgm.distributions import Normal
+        >>> p = Normal(loc=0., scale=1., var=["x"])
+        >>> loss = (-p.log_prob()).mean().named("nll") + 0.5
+        >>> value, terms = loss.eval({"x": torch.zeros(2, 1)}, return_terms=True)
+        >>> sorted(terms), round(float(value - terms["nll"]), 4)
+        (['nll'], 0.5)
+        >>> loss.eval({"y": torch.zeros(2, 1)})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+         ...
+        ValueError: AddLoss mean \left(- \log p(x) \right) + 0.5: missing input variable 'x'; ...
+        """
+        if x_dict is None:
+            given: dict[str, Any] = {}
+        elif isinstance(x_dict, Mapping):
+            given = dict(x_dict)
+        else:
+            raise TypeError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
+                            f"got {type(x_dict).__name__}")
+        missing = [v for v in self._input_var if v not in given]
+        if missing:
+            _raise_missing(self, given, missing)
+        inputs = {k: given[k] for k in self._input_var}
+        outer = _DEPTH[0] == 0
+        recorder: dict[int, Tensor] | None = {} if return_terms else None
+        with (_memoize_scope() if outer else contextlib.nullcontext()):
+            if recorder is not None:
+                _RECORDERS.append(recorder)
+            _DEPTH[0] += 1
+            try:
+                out = self.forward(inputs, **kwargs)
+            finally:
+                _DEPTH[0] -= 1
+                if recorder is not None:
+                    _RECORDERS.pop()
+        loss, samples = out if isinstance(out, tuple) else (out, {})
+        if outer and not isinstance(loss, Tensor):
+            loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
+        if _RECORDERS:
+            _RECORDERS[-1][id(self)] = loss
+        result: list[Any] = [loss]
+        if return_dict:
+            output = dict(given) if return_all else {}
+            output.update(samples)
+            result.append(output)
+        if recorder is not None:
+            result.append(self._terms(recorder))
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def _terms(self, recorder: Mapping[int, Tensor]) -> dict[str, Tensor]:
+        from pyro_dgm.losses.operators import LossOperator, LossSelfOperator
+        from pyro_dgm.losses.special import ValueLoss
+
+        leaves: list[Loss] = []
+
+        def walk(node: Loss) -> None:
+            if getattr(node, "_term_name", None) is None and isinstance(node, (LossOperator, LossSelfOperator)):
+                for child in node.operands:
+                    walk(child)
+            elif not isinstance(node, ValueLoss):
+                leaves.append(node)
+
+        walk(self)
+        terms: dict[str, Tensor] = {}
+        for leaf in leaves:
+            if id(leaf) not in recorder:
+                continue
+            name, n = leaf.term_name, 1
+            while name in terms:
+                n += 1
+                name = f"{leaf.term_name} ({n})"
+            value = recorder[id(leaf)]
+            terms[name] = value.detach() if isinstance(value, Tensor) else value
+        return terms
+
+    # ------------------------------------------------------------------ pyro.infer.ELBO interface
+    @staticmethod
+    def _data(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        if len(args) > 1 or (args and not isinstance(args[0], Mapping)):
+            raise TypeError("pass the data to svi.step by name (svi.step(x=x)) or as one dict (svi.step({'x': x})), "
+                            f"got {len(args)} positional argument(s) of type "
+                            f"{', '.join(type(a).__name__ for a in args)}")
+        data = dict(args[0]) if args else {}
+        data.update(kwargs)
+        return data
+
+    def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
+        """The value of this loss on the data given as ``kwargs`` (``svi.step(x=x)``) or one dict (``step({"x": x})``).
+
+        Every distribution in the loss registers its networks with ``pyro.module`` first, so ``SVI`` updates them.
+        ``model`` and ``guide`` are not run: the loss is its own formula.
+
+        Raises
+        ------
+        ValueError
+            If the value is not a scalar (SVI minimizes a number; take ``.mean()`` or ``.sum()``).
+        """
+        data = self._data(args, kwargs)
+        for d in self.distributions:
+            d._register()
+        value = self.eval(data)
+        if not isinstance(value, Tensor):
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        if value.numel() != 1:
+            raise ValueError(f"{type(self).__name__} {self.loss_text}: the loss has shape {tuple(value.shape)}, but "
+                             "SVI minimizes a scalar; use loss.mean() or loss.sum()")
+        return value.reshape(())
+
+    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """The value of :meth:`differentiable_loss` as a float (``SVI.evaluate_loss`` calls it)."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """Backpropagate :meth:`differentiable_loss` and return its value (``SVI.step`` calls it)."""
+        value = self.differentiable_loss(model, guide, *args, **kwargs)
+        if value.requires_grad:
+            value.backward(retain_graph=self.retain_graph)
+        return float(value.detach())
+
+    def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}: a pyro_dgm loss evaluates its own formula and does not "
+                                  "trace model/guide; use differentiable_loss or eval")
+
+
+def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str]) -> None:
+    check_present(loss, given, loss.input_var)  # raises ValueError naming the missing variables
+
+
+def is_operand(x: Any) -> bool:
+    """Whether ``x`` can take part in loss arithmetic: a loss, a number or a tensor."""
+    return isinstance(x, (Loss, numbers.Number, Tensor))

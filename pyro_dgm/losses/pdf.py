@@ -1,34 +1,52 @@
-r"""Log-density terms: :class:`LogProb` (:math:`\log p(x|z)`) and :class:`Prob` (:math:`p(x|z)`)."""
+r"""Density terms: :class:`LogProb` (:math:`\log p(x|z)`), :class:`Prob` (:math:`p(x|z)`) and :func:`NLL`."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from torch import Tensor
 
-from pyro_dgm.losses.base import Loss
+from pyro_dgm.losses.base import PREC_ATOM, PREC_FUNC, Loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["LogProb", "Prob"]
+__all__ = ["LogProb", "Prob", "NLL"]
+
+
+def _check_distribution(p: Any, owner: str, arg: str = "p") -> None:
+    from pyro_dgm.distributions.base import Distribution
+
+    if not isinstance(p, Distribution):
+        raise TypeError(f"{owner}: {arg} must be a pyro_dgm Distribution, got {type(p).__name__}")
 
 
 class LogProb(Loss):
-    r"""The log-density :math:`\log p(x|z)` of a distribution, as a loss term.
+    r"""The log-density :math:`\log p(x|z)` of a distribution, as a loss term (one value per batch element).
+
+    Parameters
+    ----------
+    p : Distribution
+    sum_features : bool, default True
+        Sum over the feature dims (else element-wise).
+    feature_dims : list of int, optional
+        Sum over these dims instead.
 
     Examples
     --------
     >>> import torch
     >>> from pyro_dgm.distributions import Normal
     >>> p = Normal(loc=0., scale=1., var=["x"])
-    >>> print(p.log_prob())
-    \log p(x)
+    >>> print(p.log_prob(), p.log_prob().input_var)
+    \log p(x) ['x']
     >>> p.log_prob().eval({"x": torch.zeros(1)})
     tensor([-0.9189])
     """
 
+    _prec = PREC_FUNC
+
     def __init__(self, p: "Distribution", sum_features: bool = True,
                  feature_dims: Sequence[int] | None = None) -> None:
+        _check_distribution(p, type(self).__name__)
         super().__init__(input_var=list(p.var) + [v for v in p.input_var if v not in p.var])
         self.p = p
         self.sum_features = sum_features
@@ -38,16 +56,43 @@ class LogProb(Loss):
     def latex(self) -> str:
         return rf"\log {self.p.prob_text}"
 
-    def forward(self, values: Mapping[str, Any], **kwargs: Any) -> Tensor:
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         return self.p.get_log_prob(values, sum_features=self.sum_features, feature_dims=self.feature_dims, **kwargs)
 
 
 class Prob(LogProb):
-    r"""The density :math:`p(x|z)` of a distribution, as a loss term."""
+    r"""The density :math:`p(x|z)` of a distribution, as a loss term.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> p = Normal(loc=0., scale=1., var=["x"])
+    >>> print(p.prob())
+    p(x)
+    >>> p.prob().eval({"x": torch.zeros(1)})
+    tensor([0.3989])
+    """
+
+    _prec = PREC_ATOM
 
     @property
     def latex(self) -> str:
         return self.p.prob_text
 
-    def forward(self, values: Mapping[str, Any], **kwargs: Any) -> Tensor:
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         return super().forward(values, **kwargs).exp()
+
+
+def NLL(p: "Distribution", sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> Loss:
+    r"""The negative log-likelihood :math:`-\log p(x|z)` (seed-era name).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> nll = NLL(Normal(loc=0., scale=1., var=["x"]))
+    >>> print(nll, nll.eval({"x": torch.zeros(1)}))
+    - \log p(x) tensor([0.9189])
+    """
+    return -LogProb(p, sum_features=sum_features, feature_dims=feature_dims)

@@ -1,0 +1,249 @@
+r"""Divergences and entropies: :class:`KullbackLeibler`, :class:`Entropy`, :func:`CrossEntropy`.
+
+Analytic values come from ``torch.distributions.kl.kl_divergence`` and ``entropy()`` on the Pyro distributions that
+our distributions build (:meth:`Distribution.dist`, feature dims as event dims, so they are already summed). A product
+of distributions is handled factor by factor when every factor's inputs lie outside the product's variables
+(mean-field); anything else raises and says to pass ``analytical=False`` for an explicit Monte Carlo estimate. There is
+no silent fallback.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Independent, kl_divergence
+
+from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.expectation import Expectation
+from pyro_dgm.losses.pdf import LogProb, _check_distribution
+from pyro_dgm.utils.checks import describe
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyro_dgm.distributions.base import Distribution
+
+__all__ = ["KullbackLeibler", "Entropy", "CrossEntropy"]
+
+
+def _check_same_var(owner: str, p: "Distribution", q: "Distribution") -> None:
+    _check_distribution(p, owner, "p")
+    _check_distribution(q, owner, "q")
+    if set(p.var) != set(q.var):
+        raise ValueError(f"{owner}: {p.prob_text} and {q.prob_text} must be over the same variables, but "
+                         f"{p.prob_text} has var {p.var} and {q.prob_text} has var {q.var}")
+
+
+def _mean_field(d: "Distribution", owner: str, fix: str) -> tuple["Distribution", ...]:
+    """The factors of ``d`` if none of them is conditioned on a variable of ``d``; else raise."""
+    factors = d.factors
+    own = set(d.var)
+    for f in factors:
+        inner = [v for v in f.input_var if v in own]
+        if inner:
+            raise NotImplementedError(
+                f"{owner}: {f.prob_text} is conditioned on {inner[0]!r}, which {d.prob_text} itself generates, so "
+                f"the analytic value is not a sum over factors; {fix}")
+    return factors
+
+
+def _elementwise(d: Any) -> Any:
+    while isinstance(d, Independent):
+        d = d.base_dist
+    return d
+
+
+def _sum_dims(x: Tensor, dim: int | Sequence[int] | None) -> Tensor:
+    if dim is None:
+        return x
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    return x.sum(dim=dims) if dims else x  # torch sums over every dim for dim=[]; [] means element-wise here
+
+
+class KullbackLeibler(Loss):
+    r"""The Kullback-Leibler divergence :math:`D_{KL}[p \| q]`, one value per batch element.
+
+    Analytic (``analytical=True``): ``torch.distributions.kl.kl_divergence`` of the two distributions given the
+    inputs, summed over the feature dims. Products of distributions are summed factor by factor when both are
+    mean-field products over the same variables. Monte Carlo (``analytical=False``):
+    :math:`\mathbb{E}_{p}[\log p - \log q]` with ``sample_shape`` samples, printed as that expectation.
+
+    Parameters
+    ----------
+    p, q : Distribution
+        Distributions over the same ``var``.
+    dim : int or list of int, optional
+        Analytic only: sum the element-wise divergence over these dims instead of over the feature dims.
+    analytical : bool, default True
+    sample_shape : tuple of int, default ``(1,)``
+        Monte Carlo only: the number of samples is its product.
+
+    Raises
+    ------
+    ValueError
+        If ``p`` and ``q`` have different ``var``, or their shapes do not broadcast.
+    NotImplementedError
+        If no analytic divergence is known for the pair (pass ``analytical=False``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> q = Normal(loc=0., scale=1., var=["z"], name="q")
+    >>> p = Normal(loc=1., scale=1., var=["z"])
+    >>> kl = KullbackLeibler(q, p)
+    >>> print(kl)
+    D_{KL} \left[q(z)||p(z) \right]
+    >>> kl.eval()
+    tensor([0.5000])
+    >>> print(KullbackLeibler(q, p, analytical=False))
+    \mathbb{E}_{q(z)} \left[\log q(z) - \log p(z) \right]
+    """
+
+    def __init__(self, p: "Distribution", q: "Distribution", dim: int | Sequence[int] | None = None,
+                 analytical: bool = True, sample_shape: Sequence[int] = torch.Size([1])) -> None:
+        _check_same_var("KullbackLeibler", p, q)
+        self.p, self.q = p, q
+        self.dim = dim
+        self.analytical = analytical
+        self._mc: Loss | None = None
+        if analytical:
+            super().__init__(ordered_union(p.input_var, q.input_var))
+        else:
+            self._mc = Expectation(p, LogProb(p) - LogProb(q), sample_shape=sample_shape)
+            super().__init__(self._mc.input_var)
+
+    @property
+    def latex(self) -> str:
+        if self._mc is not None:
+            return self._mc.latex
+        return rf"D_{{KL}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
+
+    def _pairs(self) -> list[tuple["Distribution", "Distribution"]]:
+        p, q = self.p, self.q
+        if p.factors == (p,) and q.factors == (q,):
+            return [(p, q)]
+        fix = "pass analytical=False for a Monte Carlo estimate"
+        owner = f"KullbackLeibler {self.latex}"
+        pf, qf = _mean_field(p, owner, fix), _mean_field(q, owner, fix)
+        by_var = {frozenset(f.var): f for f in qf}
+        pairs = []
+        for f in pf:
+            g = by_var.get(frozenset(f.var))
+            if g is None or len(pf) != len(qf):
+                raise NotImplementedError(
+                    f"{owner}: the factors of {p.prob_factorized_text} and {q.prob_factorized_text} do not match "
+                    f"one to one (each factor of one over the same variables as a factor of the other), so there is "
+                    f"no analytic sum over factors; {fix}")
+            pairs.append((f, g))
+        return pairs
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
+        if self._mc is not None:
+            return self._mc.eval(values, return_dict=True, return_all=False, **kwargs)
+        total: Tensor | None = None
+        for f, g in self._pairs():
+            pd, qd = f.dist(values, **kwargs), g.dist(values, **kwargs)
+            if self.dim is not None:
+                pd, qd = _elementwise(pd), _elementwise(qd)
+            try:
+                kl = kl_divergence(pd, qd)
+            except NotImplementedError:
+                raise NotImplementedError(
+                    f"KullbackLeibler: no analytic KL divergence between {describe(f)} ({type(_elementwise(pd)).__name__}"
+                    f") and {describe(g)} ({type(_elementwise(qd)).__name__}) is registered in torch.distributions.kl;"
+                    " pass analytical=False for a Monte Carlo estimate, or register one with "
+                    "torch.distributions.kl.register_kl") from None
+            except (ValueError, RuntimeError) as e:
+                raise ValueError(f"KullbackLeibler: cannot compare {describe(f)} (batch shape {tuple(pd.batch_shape)}"
+                                 f", event shape {tuple(pd.event_shape)}) with {describe(g)} (batch shape "
+                                 f"{tuple(qd.batch_shape)}, event shape {tuple(qd.event_shape)}): {e}") from e
+            kl = _sum_dims(kl, self.dim)
+            total = kl if total is None else total + kl
+        assert total is not None
+        return total
+
+
+class Entropy(Loss):
+    r"""The entropy :math:`H[p] = -\mathbb{E}_{p}[\log p]`, one value per batch element.
+
+    Analytic (``analytical=True``): the family's ``entropy()`` (:meth:`Distribution.get_entropy`), summed over the
+    feature dims, and over the factors of a mean-field product. Monte Carlo (``analytical=False``):
+    :math:`-\mathbb{E}_{p}[\log p]` with ``sample_shape`` samples.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> h = Entropy(Normal(loc=0., scale=1., var=["x"], features_shape=[2]))
+    >>> print(h)
+    H \left[ {p(x)} \right]
+    >>> bool(torch.allclose(h.eval(), torch.tensor([1 + math.log(2 * math.pi)])))
+    True
+    >>> print(Entropy(Normal(loc=0., scale=1., var=["x"]), analytical=False))
+    - \mathbb{E}_{p(x)} \left[\log p(x) \right]
+    """
+
+    def __init__(self, p: "Distribution", analytical: bool = True,
+                 sample_shape: Sequence[int] = torch.Size([1])) -> None:
+        _check_distribution(p, "Entropy")
+        self.p = p
+        self.analytical = analytical
+        self._mc: Loss | None = None
+        if analytical:
+            super().__init__(list(p.input_var))
+        else:
+            self._mc = -Expectation(p, LogProb(p), sample_shape=sample_shape)
+            super().__init__(self._mc.input_var)
+
+    @property
+    def _prec(self) -> int:  # type: ignore[override]
+        return self._mc._prec if self._mc is not None else super()._prec
+
+    @property
+    def latex(self) -> str:
+        if self._mc is not None:
+            return self._mc.latex
+        return rf"H \left[ {{{self.p.prob_text}}} \right]"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
+        if self._mc is not None:
+            return self._mc.eval(values, return_dict=True, return_all=False, **kwargs)
+        p = self.p
+        factors = (p,) if p.factors == (p,) else _mean_field(
+            p, f"Entropy {self.latex}", "pass analytical=False for a Monte Carlo estimate")
+        total: Tensor | None = None
+        for f in factors:
+            try:
+                h = f.get_entropy(values, **kwargs)
+            except NotImplementedError as e:
+                raise NotImplementedError(f"Entropy: {describe(f)} has no analytic entropy ({e}); pass "
+                                          "analytical=False for a Monte Carlo estimate") from e
+            total = h if total is None else total + h
+        assert total is not None
+        return total
+
+
+def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,
+                 sample_shape: Sequence[int] = torch.Size([1])) -> Loss:
+    r"""The cross-entropy :math:`H[p, q] = -\mathbb{E}_{p}[\log q]`.
+
+    Monte Carlo by default (``analytical=False``): :math:`-\mathbb{E}_{p}[\log q]`. Analytic: :math:`H[p] +
+    D_{KL}[p \| q]` (both analytic).
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> p, q = Normal(loc=0., scale=1., var=["x"]), Normal(loc=1., scale=1., var=["x"], name="q")
+    >>> print(CrossEntropy(p, q))
+    - \mathbb{E}_{p(x)} \left[\log q(x) \right]
+    >>> ce = CrossEntropy(p, q, analytical=True)
+    >>> print(ce)
+    H \left[ {p(x)} \right] + D_{KL} \left[p(x)||q(x) \right]
+    >>> bool(torch.allclose(ce.eval(), torch.tensor([0.5 * math.log(2 * math.pi) + 1.0])))
+    True
+    """
+    _check_same_var("CrossEntropy", p, q)
+    if analytical:
+        return Entropy(p) + KullbackLeibler(p, q)
+    return -Expectation(p, LogProb(q), sample_shape=sample_shape)

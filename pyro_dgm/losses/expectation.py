@@ -1,0 +1,143 @@
+r"""The expectation :math:`\mathbb{E}_{p(z|x)}[f]` of a loss under samples of a distribution, and ``REINFORCE``."""
+from __future__ import annotations
+
+import numbers
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import Tensor
+
+from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.pdf import _check_distribution
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyro_dgm.distributions.base import Distribution
+
+__all__ = ["Expectation", "E", "REINFORCE", "StochasticReconstructionLoss"]
+
+
+def _num_samples(sample_shape: Sequence[int] | int | None, num_samples: int | None, owner: str) -> int:
+    if num_samples is not None:
+        if not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+            raise ValueError(f"{owner}: num_samples must be a positive int, got {num_samples!r}")
+        return int(num_samples)
+    if sample_shape is None:
+        return 1
+    if isinstance(sample_shape, numbers.Integral):
+        sample_shape = (int(sample_shape),)
+    n = torch.Size(sample_shape).numel()
+    if n < 1:
+        raise ValueError(f"{owner}: sample_shape {tuple(sample_shape)} holds no sample")
+    return n
+
+
+class Expectation(Loss):
+    r"""Monte Carlo expectation :math:`\mathbb{E}_{p(z|x)}[f] \approx \frac{1}{L}\sum_{l=1}^L f(z_l)`, :math:`z_l \sim p`.
+
+    ``p`` draws its variables given its inputs (reparameterized where its family has ``rsample``, so gradients flow
+    through the samples; for other families the samples carry no gradient: use :func:`REINFORCE`), then ``f`` is
+    evaluated on the given values plus the samples. With ``L > 1`` samples the values are averaged.
+
+    Parameters
+    ----------
+    p : Distribution
+        The distribution to sample.
+    f : Loss
+        The term to average.
+    sample_shape : tuple of int, default ``(1,)``
+        The number of samples is its product (Pixyz's argument).
+    reparam : bool, default True
+        Keep reparameterized samples in the autograd graph.
+    num_samples : int, optional
+        The number of samples (overrides ``sample_shape``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    >>> p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"])
+    >>> e = E(q, p.log_prob())
+    >>> print(e, e.input_var)
+    \mathbb{E}_{q(z|x)} \left[\log p(x|z) \right] ['x']
+    >>> _ = torch.manual_seed(0)
+    >>> value, samples = e.eval({"x": torch.zeros(3, 1)}, return_dict=True)
+    >>> tuple(value.shape), sorted(samples)
+    ((3,), ['x', 'z'])
+    """
+
+    def __init__(self, p: "Distribution", f: Loss, sample_shape: Sequence[int] | int = torch.Size([1]),
+                 reparam: bool = True, num_samples: int | None = None) -> None:
+        _check_distribution(p, "Expectation")
+        if not isinstance(f, Loss):
+            raise TypeError(f"Expectation: f must be a Loss (e.g. p.log_prob()), got {type(f).__name__}")
+        self.num_samples = _num_samples(sample_shape, num_samples, f"Expectation over {p.prob_text}")
+        super().__init__(ordered_union(p.input_var, [v for v in f.input_var if v not in p.var]))
+        self.p = p
+        self.f = f
+        self.reparam = reparam
+
+    @property
+    def latex(self) -> str:
+        return rf"\mathbb{{E}}_{{{self.p.prob_text}}} \left[{self.f.latex} \right]"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        results = []
+        first: dict[str, Any] = {}
+        for i in range(self.num_samples):
+            drawn = self.p.sample(values, reparam=self.reparam, return_all=False, **kwargs)
+            inputs = dict(values)
+            inputs.update(drawn)
+            value, f_samples = self.f.eval(inputs, return_dict=True, return_all=False, **kwargs)
+            results.append(value)
+            if i == 0:
+                first = dict(drawn)
+                first.update(f_samples)
+        if len(results) == 1:
+            return results[0], first
+        stacked = [r if isinstance(r, Tensor) else torch.as_tensor(r, dtype=torch.get_default_dtype())
+                   for r in results]
+        value = torch.stack(torch.broadcast_tensors(*stacked)).mean(dim=0)
+        return value, first
+
+
+E = Expectation
+
+
+def REINFORCE(p: "Distribution", f: Loss, b: Loss | float = 0.0, sample_shape: Sequence[int] = torch.Size([1]),
+              reparam: bool = True) -> Expectation:
+    r"""The surrogate loss of the score-function (policy-gradient) estimator with reward ``f`` and baseline ``b``:
+    :math:`\mathbb{E}_{p(x)}[detach(f(x) - b(x)) \log p(x) + f(x) - b(x)]`.
+
+    It is a surrogate: its *gradient* with respect to ``p``'s parameters is the REINFORCE estimate of the gradient of
+    :math:`\mathbb{E}_p[f - b]` (so it works for families without ``rsample``, e.g. Bernoulli); its *value* is not
+    :math:`\mathbb{E}_p[f - b]` (log that separately).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Bernoulli, Normal
+    >>> p = Bernoulli(probs=0.3, var=["a"])
+    >>> reward = Normal(loc=1., scale=1., var=["a"], name="r").log_prob()
+    >>> print(REINFORCE(p, reward))
+    \mathbb{E}_{p(a)} \left[detach \left(\log r(a) \right) \log p(a) + \log r(a) \right]
+    """
+    diff = f if isinstance(b, numbers.Number) and b == 0 else f - b
+    return Expectation(p, diff.detach() * p.log_prob() + diff, sample_shape=sample_shape, reparam=reparam)
+
+
+def StochasticReconstructionLoss(encoder: "Distribution", decoder: "Distribution",
+                                 sample_shape: Sequence[int] = torch.Size([1])) -> Loss:
+    r"""The reconstruction loss :math:`-\mathbb{E}_{q(z|x)}[\log p(x|z)]` (seed-era name).
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    >>> p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"])
+    >>> print(StochasticReconstructionLoss(q, p))
+    - \mathbb{E}_{q(z|x)} \left[\log p(x|z) \right]
+    """
+    from pyro_dgm.losses.pdf import LogProb
+
+    return -Expectation(encoder, LogProb(decoder), sample_shape=sample_shape)

@@ -1,0 +1,128 @@
+r"""Losses over time steps: :class:`IterativeLoss` (:math:`\sum_t \mathcal{L}_{step}`), as in Pixyz 0.3.3."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from torch import Tensor
+
+from pyro_dgm.losses.base import PREC_MUL, Loss, ordered_union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyro_dgm.distributions.base import Distribution
+
+__all__ = ["IterativeLoss"]
+
+
+def _rename_keys(values: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    """``values`` with each key ``k`` of ``renames`` renamed to ``renames[k]`` (in one pass, as Pixyz does)."""
+    return dict((renames.get(k, k), v) for k, v in values.items())
+
+
+class IterativeLoss(Loss):
+    r"""The sum of a step loss over time, :math:`\sum_{t=0}^{T-1} \mathcal{L}_{step}(x_t, h_t)`.
+
+    At each step ``t``: the time-step variable (if any) is set to ``t``; each ``series_var`` value is sliced at ``t``
+    (``x[t]``: the time dim comes first) unless ``slice_step`` is given; the step loss is evaluated and the samples it
+    drew join the values; the step's value (times ``mask[t]`` when ``eval(..., mask=mask)`` is given) is added;
+    finally the keys of ``update_value`` are renamed to its values (``{"z_t": "z_t_1"}``: this step's sample is the
+    next step's previous state).
+
+    Parameters
+    ----------
+    step_loss : Loss
+        The loss of one step.
+    max_iter : int, optional
+        The number of steps (default: the length of the first ``series_var``).
+    input_var : list of str, optional
+        Override the computed input variables.
+    series_var : list of str, optional
+        Variables whose values are sequences (time first), sliced at each step.
+    update_value : dict, optional
+        ``{sampled name: name at the next step}``.
+    slice_step : Distribution, optional
+        A distribution that draws each step's inputs; the step loss becomes
+        :math:`\mathbb{E}_{slice\_step}[\mathcal{L}_{step}]` and series values are not sliced (TD-VAE).
+    timestep_var : list of str, optional
+        A variable that holds the step index ``t`` (it is not an input).
+
+    Raises
+    ------
+    ValueError
+        If neither ``series_var`` nor ``max_iter`` is given, or (at evaluation) a series is shorter than ``max_iter``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> q = Normal(loc="h_prev", scale=1., var=["h"], cond_var=["h_prev"], name="q")
+    >>> p = Normal(loc="h", scale=1., var=["x"], cond_var=["h"])
+    >>> step = p.log_prob().expectation(q).mean()
+    >>> loss = IterativeLoss(step, max_iter=3, series_var=["x"], update_value={"h": "h_prev"})
+    >>> print(loss)
+    \sum_{t=0}^{2} mean \left(\mathbb{E}_{q(h|h_prev)} \left[\log p(x|h) \right] \right)
+    >>> loss.input_var
+    ['h_prev', 'x']
+    >>> loss.eval({"x": torch.zeros(3, 4, 1), "h_prev": torch.zeros(4, 1)}).shape
+    torch.Size([])
+    """
+
+    def __init__(self, step_loss: Loss, max_iter: int | None = None, input_var: Sequence[str] | None = None,
+                 series_var: Sequence[str] | None = None, update_value: Mapping[str, str] | None = None,
+                 slice_step: "Distribution | None" = None, timestep_var: Sequence[str] | str | None = None) -> None:
+        if not isinstance(step_loss, Loss):
+            raise TypeError(f"IterativeLoss: step_loss must be a Loss, got {type(step_loss).__name__}")
+        series = [series_var] if isinstance(series_var, str) else list(series_var or [])
+        updates = dict(update_value or {})
+        timestep = [timestep_var] if isinstance(timestep_var, str) else list(timestep_var or [])
+        if not series and max_iter is None:
+            raise ValueError("IterativeLoss: give max_iter or series_var (the number of steps is the length of the "
+                             "first series_var)")
+        if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
+            raise ValueError(f"IterativeLoss: max_iter must be a positive int, got {max_iter!r}")
+        if slice_step is not None:
+            step_loss = step_loss.expectation(slice_step)
+        names = ordered_union(step_loss.input_var, series, list(updates.values()))
+        if timestep:
+            names = [v for v in names if v != timestep[0]]
+        super().__init__(list(input_var) if input_var is not None else names)
+        self.step_loss = step_loss
+        self.max_iter = max_iter
+        self.series_var = series
+        self.update_value = updates
+        self.slice_step = slice_step
+        self.timestep_var = timestep
+
+    @property
+    def latex(self) -> str:
+        t = self.timestep_var[0] if self.timestep_var else "t"
+        top = str(self.max_iter - 1) if self.max_iter else f"{t}_{{max}} - 1"
+        body = self.step_loss.latex
+        if self.step_loss._prec < PREC_MUL:
+            body = rf"\left({body}\right)"
+        return rf"\sum_{{{t}=0}}^{{{top}}} {body}"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        x = dict(values)
+        series = {v: x[v] for v in self.series_var}
+        updated = {v: x[v] for v in self.update_value.values() if v in x}
+        steps = self.max_iter if self.max_iter is not None else len(series[self.series_var[0]])
+        for v, s in series.items():
+            if len(s) < steps:
+                raise ValueError(f"IterativeLoss: series_var {v!r} has {len(s)} steps (its first dim), fewer than "
+                                 f"max_iter={steps}; give a longer series or a smaller max_iter")
+        mask = kwargs.pop("mask", None)
+        total: Any = 0
+        for t in range(steps):
+            if self.timestep_var:
+                x[self.timestep_var[0]] = t
+            if self.slice_step is None:
+                x.update({v: s[t] for v, s in series.items()})
+            value, samples = self.step_loss.eval(x, return_dict=True, return_all=False, **kwargs)
+            x.update(samples)
+            if mask is not None:
+                value = value * mask[t].to(value.dtype) if isinstance(mask, Tensor) else value * mask[t]
+            total = total + value
+            x = _rename_keys(x, self.update_value)
+        x.update(series)
+        x.update(updated)
+        return total, x

@@ -1,0 +1,374 @@
+r"""Operators on losses: ``+ - * / **``, unary ``-``, ``abs``, ``mean()``, ``sum()``, ``detach()``, min and max.
+
+Each operator is a small class whose value is the operation on its operands' values and whose LaTeX text joins its
+operands' texts in the order the user wrote them, with parentheses where precedence needs them:
+``(kl + reconst).mean()`` prints ``mean \left(D_{KL} \left[...\right] - \mathbb{E}_{...} \left[...\right] \right)``
+when ``reconst`` is a negated term.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyro_dgm.losses.base import PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union
+from pyro_dgm.losses.special import ValueLoss
+
+__all__ = ["LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
+           "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach"]
+
+
+def _as_loss(x: Any, op: str, other: Any) -> Loss:
+    if isinstance(x, Loss):
+        return x
+    if isinstance(x, (numbers.Number, Tensor)) and not isinstance(x, bool):
+        return ValueLoss(x)
+    raise TypeError(f"{op}: cannot combine a loss with {type(x).__name__} ({x!r}); a loss combines with losses, "
+                    f"numbers and tensors (the other operand is {type(other).__name__})")
+
+
+def _tensors(a: Any, b: Any) -> tuple[Tensor, Tensor]:
+    """Both values as tensors; a number takes the dtype and device of the other value."""
+    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else None
+    if like is None:
+        return torch.as_tensor(a, dtype=torch.get_default_dtype()), torch.as_tensor(b, dtype=torch.get_default_dtype())
+    conv = [v if isinstance(v, Tensor) else torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in (a, b)]
+    return conv[0], conv[1]
+
+
+def _reduce(v: Any, how: str) -> Any:
+    return getattr(v, how)() if isinstance(v, Tensor) else v
+
+
+def _paren(text: str) -> str:
+    return rf"\left({text}\right)"
+
+
+def _wrap(loss: Loss, below: int) -> str:
+    """The operand's text, in parentheses if its precedence is below ``below``."""
+    return _paren(loss.latex) if loss._prec < below else loss.latex
+
+
+class LossOperator(Loss):
+    """Base of the binary operators: two operands (losses, numbers or tensors) evaluated on the same values."""
+
+    def __init__(self, loss1: Any, loss2: Any) -> None:
+        name = type(self).__name__
+        a, b = _as_loss(loss1, name, loss2), _as_loss(loss2, name, loss1)
+        super().__init__(ordered_union(a.input_var, b.input_var))
+        self.loss1, self.loss2 = a, b
+
+    @property
+    def operands(self) -> tuple[Loss, ...]:
+        """The operands, in order."""
+        return (self.loss1, self.loss2)
+
+    def _both(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        v1, s1 = self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)
+        v2, s2 = self.loss2.eval(values, return_dict=True, return_all=False, **kwargs)
+        s1.update(s2)
+        return v1, v2, s1
+
+
+class AddLoss(LossOperator):
+    """``a + b``; adding a negated term prints as ``a - b``.
+
+    Examples
+    --------
+    >>> from pyro_dgm.losses import Parameter
+    >>> x = Parameter("x")
+    >>> print(x + 2, "|", x + (-x))
+    x + 2 | x - x
+    >>> float((x + 2).eval({"x": 3.}))
+    5.0
+    """
+
+    _prec = PREC_ADD
+
+    @property
+    def latex(self) -> str:
+        b = self.loss2
+        if isinstance(b, NegLoss):
+            return f"{self.loss1.latex} - {_wrap(b.loss1, PREC_NEG + 1)}"
+        if isinstance(b, ValueLoss) and b.is_negative_number:
+            return f"{self.loss1.latex} - {ValueLoss(-b.value).latex}"
+        return f"{self.loss1.latex} + {_wrap(b, PREC_NEG + 1)}"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._both(values, kwargs)
+        return v1 + v2, s
+
+
+class SubLoss(LossOperator):
+    """``a - b``.
+
+    Examples
+    --------
+    >>> from pyro_dgm.losses import Parameter
+    >>> x, y = Parameter("x"), Parameter("y")
+    >>> print(x - (y - 2), "|", (x - y) - 2)
+    x - \\left(y - 2\\right) | x - y - 2
+    >>> float((2 - x).eval({"x": 4.}))
+    -2.0
+    """
+
+    _prec = PREC_ADD
+
+    @property
+    def latex(self) -> str:
+        return f"{self.loss1.latex} - {_wrap(self.loss2, PREC_NEG + 1)}"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._both(values, kwargs)
+        return v1 - v2, s
+
+
+class MulLoss(LossOperator):
+    r"""``a * b``, printed as ``a b`` (``a \cdot b`` when ``b`` is a number).
+
+    Examples
+    --------
+    >>> from pyro_dgm.losses import Parameter
+    >>> x, y = Parameter("x"), Parameter("y")
+    >>> print(2 * (x + y), "|", x * 2, "|", -x * y)
+    2 \left(x + y\right) | x \cdot 2 | \left(- x\right) y
+    >>> float((2 * x).eval({"x": 4.}))
+    8.0
+    """
+
+    _prec = PREC_MUL
+
+    @property
+    def latex(self) -> str:
+        a, b = self.loss1, self.loss2
+        left = _wrap(a, PREC_MUL)
+        right = _wrap(b, PREC_MUL)
+        if isinstance(b, ValueLoss) and b.is_number:
+            return rf"{left} \cdot {right}"
+        return f"{left} {right}"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._both(values, kwargs)
+        return v1 * v2, s
+
+
+class DivLoss(LossOperator):
+    r"""``a / b``, printed as ``\frac{a}{b}``.
+
+    Examples
+    --------
+    >>> from pyro_dgm.losses import Parameter
+    >>> x = Parameter("x")
+    >>> print(2 / x, "|", x / 2)
+    \frac{2}{x} | \frac{x}{2}
+    >>> float((2 / x).eval({"x": 4.}))
+    0.5
+    """
+
+    _prec = PREC_ATOM
+
+    @property
+    def latex(self) -> str:
+        return rf"\frac{{{self.loss1.latex}}}{{{self.loss2.latex}}}"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._both(values, kwargs)
+        return v1 / v2, s
+
+
+class PowLoss(LossOperator):
+    r"""``a ** b``, printed as ``a^{b}``.
+
+    Examples
+    --------
+    >>> from pyro_dgm.losses import Parameter
+    >>> x = Parameter("x")
+    >>> print(x ** 2, "|", (x + 1) ** 2, "|", 2 ** x)
+    x^{2} | \left(x + 1\right)^{2} | 2^{x}
+    >>> float(((x + 1) ** 2).eval({"x": 2.}))
+    9.0
+    """
+
+    _prec = PREC_ATOM
+
+    @property
+    def latex(self) -> str:
+        return f"{_wrap(self.loss1, PREC_ATOM)}^{{{self.loss2.latex}}}"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._both(values, kwargs)
+        return v1 ** v2, s
+
+
+class MinLoss(LossOperator):
+    r"""The element-wise minimum of two losses, :math:`min(a, b)`.
+
+    Examples
+    --------
+    >>> from pyro_dgm.losses import ValueLoss
+    >>> loss = MinLoss(ValueLoss(3), ValueLoss(1))
+    >>> print(loss, float(loss.eval()))
+    min \left(3, 1\right) 1.0
+    """
+
+    @property
+    def latex(self) -> str:
+        return rf"min \left({self.loss1.latex}, {self.loss2.latex}\right)"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._both(values, kwargs)
+        return torch.minimum(*_tensors(v1, v2)), s
+
+
+class MaxLoss(LossOperator):
+    r"""The element-wise maximum of two losses, :math:`max(a, b)`.
+
+    Examples
+    --------
+    >>> from pyro_dgm.losses import ValueLoss
+    >>> loss = MaxLoss(ValueLoss(3), ValueLoss(1))
+    >>> print(loss, float(loss.eval()))
+    max \left(3, 1\right) 3.0
+    """
+
+    @property
+    def latex(self) -> str:
+        return rf"max \left({self.loss1.latex}, {self.loss2.latex}\right)"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._both(values, kwargs)
+        return torch.maximum(*_tensors(v1, v2)), s
+
+
+class LossSelfOperator(Loss):
+    """Base of the unary operators: one operand (a loss, a number or a tensor)."""
+
+    def __init__(self, loss1: Any) -> None:
+        a = _as_loss(loss1, type(self).__name__, None)
+        super().__init__(list(a.input_var))
+        self.loss1 = a
+
+    @property
+    def operands(self) -> tuple[Loss, ...]:
+        """The operand."""
+        return (self.loss1,)
+
+    def _one(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        return self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)
+
+
+class NegLoss(LossSelfOperator):
+    """``-a``.
+
+    Examples
+    --------
+    >>> from pyro_dgm.losses import Parameter
+    >>> x = Parameter("x")
+    >>> print(-x, "|", -(x + 1))
+    - x | - \\left(x + 1\\right)
+    >>> float((-x).eval({"x": 4.}))
+    -4.0
+    """
+
+    _prec = PREC_NEG
+
+    @property
+    def latex(self) -> str:
+        return f"- {_wrap(self.loss1, PREC_NEG + 1)}"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._one(values, kwargs)
+        return -v, s
+
+
+class AbsLoss(LossSelfOperator):
+    r"""``abs(a)``, printed as ``|a|``.
+
+    Examples
+    --------
+    >>> from pyro_dgm.losses import Parameter
+    >>> x = Parameter("x")
+    >>> print(abs(x - 5))
+    |x - 5|
+    >>> float(abs(x - 5).eval({"x": 4.}))
+    1.0
+    """
+
+    @property
+    def latex(self) -> str:
+        return f"|{self.loss1.latex}|"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._one(values, kwargs)
+        return abs(v), s
+
+
+class BatchMean(LossSelfOperator):
+    r"""The mean over the batch (all dims), :math:`\frac{1}{N}\sum_{i=1}^N \mathcal{L}(x_i)`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> loss = Normal(loc=0., scale=1., var=["x"]).log_prob().mean()
+    >>> print(loss)
+    mean \left(\log p(x) \right)
+    >>> loss.eval({"x": torch.zeros(4, 1)}).shape
+    torch.Size([])
+    """
+
+    @property
+    def latex(self) -> str:
+        return rf"mean \left({self.loss1.latex} \right)"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._one(values, kwargs)
+        return _reduce(v, "mean"), s
+
+
+class BatchSum(LossSelfOperator):
+    r"""The sum over the batch (all dims), :math:`\sum_{i=1}^N \mathcal{L}(x_i)`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> loss = Normal(loc=0., scale=1., var=["x"]).log_prob().sum()
+    >>> print(loss)
+    sum \left(\log p(x) \right)
+    >>> round(float(loss.eval({"x": torch.zeros(2, 1)})), 4)
+    -1.8379
+    """
+
+    @property
+    def latex(self) -> str:
+        return rf"sum \left({self.loss1.latex} \right)"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._one(values, kwargs)
+        return _reduce(v, "sum"), s
+
+
+class Detach(LossSelfOperator):
+    r"""The value of a loss without its gradient.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.losses import Parameter
+    >>> print(Parameter("x").detach())
+    detach \left(x \right)
+    >>> Parameter("x").detach().eval({"x": torch.ones(1, requires_grad=True)}).requires_grad
+    False
+    """
+
+    @property
+    def latex(self) -> str:
+        return rf"detach \left({self.loss1.latex} \right)"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._one(values, kwargs)
+        return _reduce(v, "detach"), s
+

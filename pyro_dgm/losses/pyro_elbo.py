@@ -1,0 +1,82 @@
+r"""A term made of plain Pyro model/guide functions: :class:`PyroELBO`, composable with every other loss."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+from pyro.infer import ELBO as _PyroELBOBase
+from pyro.infer import Trace_ELBO
+from torch import Tensor
+
+from pyro_dgm.losses.base import Loss
+
+__all__ = ["PyroELBO"]
+
+
+def _required_args(fn: Callable[..., Any]) -> list[str]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty]
+
+
+class PyroELBO(Loss):
+    r"""Pyro's loss (the negative ELBO) of a plain Pyro ``model`` and ``guide`` as a loss term.
+
+    Its value is ``elbo.differentiable_loss(model, guide, **data)``, with ``data`` the values of :attr:`input_var`
+    (default: the arguments of ``model`` that have no default), so its gradients are Pyro's own (surrogate terms for
+    non-reparameterized sites included). Any Pyro ELBO works, e.g. ``TraceEnum_ELBO`` for a discrete label. The value
+    is a scalar summed over the data, as Pyro computes it; add per-datum terms after ``.sum()`` to match it.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro model and guide functions taking the data by name.
+    elbo : pyro.infer.ELBO, default ``Trace_ELBO()``
+    input_var : list of str, optional
+        The data names passed to ``model``/``guide``.
+
+    Examples
+    --------
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> def model(x):
+    ...     z = pyro.sample("z", dist.Normal(0., 1.))
+    ...     with pyro.plate("data", len(x)):
+    ...         pyro.sample("x", dist.Normal(z, 1.), obs=x)
+    >>> def guide(x):
+    ...     pyro.sample("z", dist.Normal(pyro.param("m", torch.tensor(0.)), 1.))
+    >>> from pyro_dgm.losses import Parameter
+    >>> loss = PyroELBO(model, guide) + 0.1 * Parameter("c")
+    >>> print(loss, loss.input_var)
+    -\mathrm{ELBO}_{Trace\_ELBO} \left[model, guide \right] + 0.1 c ['x', 'c']
+    >>> loss.eval({"x": torch.zeros(3), "c": 1.}).shape
+    torch.Size([])
+    """
+
+    def __init__(self, model: Callable[..., Any], guide: Callable[..., Any],
+                 elbo: _PyroELBOBase | None = None, input_var: Sequence[str] | None = None) -> None:
+        if not callable(model) or not callable(guide):
+            raise TypeError(f"PyroELBO: model and guide must be callables, got {type(model).__name__} and "
+                            f"{type(guide).__name__}")
+        elbo = Trace_ELBO() if elbo is None else elbo
+        if not isinstance(elbo, _PyroELBOBase) or isinstance(elbo, Loss):
+            raise TypeError(f"PyroELBO: elbo must be a Pyro ELBO such as Trace_ELBO(), got {type(elbo).__name__}")
+        super().__init__(list(input_var) if input_var is not None else _required_args(model))
+        self.model, self.guide, self.elbo = model, guide, elbo
+
+    @property
+    def _prec(self) -> int:  # type: ignore[override]
+        from pyro_dgm.losses.base import PREC_NEG
+        return PREC_NEG
+
+    @property
+    def latex(self) -> str:
+        name = type(self.elbo).__name__.replace("_", r"\_")
+        m = getattr(self.model, "__name__", "model").replace("_", r"\_")
+        g = getattr(self.guide, "__name__", "guide").replace("_", r"\_")
+        return rf"-\mathrm{{ELBO}}_{{{name}}} \left[{m}, {g} \right]"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+        return self.elbo.differentiable_loss(self.model, self.guide, **values, **kwargs)

@@ -1,0 +1,137 @@
+"""Terms that are not built from a distribution: :class:`ValueLoss`, :class:`Parameter`, :class:`ConstantVar`."""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Mapping
+
+from torch import Tensor
+
+from pyro_dgm.losses.base import PREC_ATOM, PREC_NEG, Loss
+
+__all__ = ["ValueLoss", "Parameter", "ConstantVar"]
+
+
+def _number_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, numbers.Integral):
+        return str(v)
+    if isinstance(v, numbers.Real):
+        return f"{float(v):g}"
+    return str(v)
+
+
+class ValueLoss(Loss):
+    """A constant: a number or a tensor. Numbers and tensors in loss arithmetic become a ``ValueLoss``.
+
+    A number prints as itself; a one-element tensor prints as its value; a larger tensor prints as ``c``.
+
+    Parameters
+    ----------
+    value : number or Tensor
+
+    Examples
+    --------
+    >>> loss = ValueLoss(2)
+    >>> print(loss, loss.eval())
+    2 tensor(2.)
+    """
+
+    def __init__(self, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (numbers.Number, Tensor)):
+            raise TypeError(f"ValueLoss: value must be a number or a tensor, got {type(value).__name__}")
+        super().__init__([])
+        self.value = value
+
+    @property
+    def is_number(self) -> bool:
+        """Whether the value prints as a number (a Python number or a one-element tensor)."""
+        return not isinstance(self.value, Tensor) or self.value.numel() == 1
+
+    @property
+    def is_negative_number(self) -> bool:
+        """Whether the value prints as a negative number."""
+        if not self.is_number:
+            return False
+        v = self.value.item() if isinstance(self.value, Tensor) else self.value
+        return isinstance(v, numbers.Real) and v < 0
+
+    @property
+    def _prec(self) -> int:  # type: ignore[override]
+        return PREC_NEG if self.is_negative_number else PREC_ATOM
+
+    @property
+    def latex(self) -> str:
+        if isinstance(self.value, Tensor):
+            return _number_text(self.value.item()) if self.value.numel() == 1 else "c"
+        return _number_text(self.value)
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
+        return self.value  # a number stays a number inside a formula (no float32 rounding); eval() makes a tensor
+
+
+class Parameter(Loss):
+    """A variable of ``x_dict`` as a loss term, e.g. a coefficient given at evaluation time.
+
+    Parameters
+    ----------
+    input_var : str
+        The variable's name.
+
+    Examples
+    --------
+    >>> beta = Parameter("beta")
+    >>> print(beta * 2, float((beta * 2).eval({"beta": 3.})))
+    beta \\cdot 2 6.0
+    """
+
+    def __init__(self, input_var: str) -> None:
+        if not isinstance(input_var, str) or not input_var:
+            raise TypeError(f"Parameter: input_var must be a variable name (a string), got {input_var!r}")
+        super().__init__([input_var])
+
+    @property
+    def latex(self) -> str:
+        return self._input_var[0]
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
+        return values[self._input_var[0]]
+
+
+class ConstantVar(Loss):
+    """A loss with some input variables fixed to constants; it prints as the loss.
+
+    Parameters
+    ----------
+    base_loss : Loss
+    constant_dict : dict
+        Values by variable name; these variables are no longer inputs.
+
+    Examples
+    --------
+    >>> loss = ConstantVar(Parameter("x") * 2, {"x": 1.5})
+    >>> print(loss, loss.input_var, float(loss.eval()))
+    x \\cdot 2 [] 3.0
+    """
+
+    def __init__(self, base_loss: Loss, constant_dict: Mapping[str, Any]) -> None:
+        if not isinstance(base_loss, Loss):
+            raise TypeError(f"ConstantVar: base_loss must be a Loss, got {type(base_loss).__name__}")
+        if not isinstance(constant_dict, Mapping):
+            raise TypeError(f"ConstantVar: constant_dict must be a dict, got {type(constant_dict).__name__}")
+        super().__init__([v for v in base_loss.input_var if v not in constant_dict])
+        self.base_loss = base_loss
+        self.constant_dict = dict(constant_dict)
+
+    @property
+    def _prec(self) -> int:  # type: ignore[override]
+        return self.base_loss._prec
+
+    @property
+    def latex(self) -> str:
+        return self.base_loss.latex
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        inputs = dict(values)
+        inputs.update(self.constant_dict)
+        return self.base_loss.eval(inputs, return_dict=True, return_all=False, **kwargs)

@@ -1,0 +1,66 @@
+r"""An upper bound of the Wasserstein distance between two distributions: :class:`WassersteinDistance`."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from torch import Tensor
+from torch.nn import PairwiseDistance
+
+from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.mmd import _draw
+from pyro_dgm.losses.pdf import _check_distribution
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyro_dgm.distributions.base import Distribution
+
+__all__ = ["WassersteinDistance"]
+
+
+class WassersteinDistance(Loss):
+    r"""The distance between samples, :math:`W'(p, q) = \mathbb{E}_{x_p \sim p, x_q \sim q}[d(x_p, x_q)]`.
+
+    One sample of each per batch element and the ``metric`` between them (default: the Euclidean norm of the
+    difference, ``torch.nn.PairwiseDistance(p=2)``), one value per batch element. :math:`W'` bounds the Wasserstein
+    distance from above and equals it when both distributions are deterministic (as in Pixyz).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> p = Normal(loc="x", scale=1e-6, var=["z"], cond_var=["x"])
+    >>> q = Normal(loc=0., scale=1e-6, var=["z"], features_shape=[2], name="q")
+    >>> w = WassersteinDistance(p, q)
+    >>> print(w)
+    W^{upper} \left(p(z|x), q(z) \right)
+    >>> w.eval({"x": torch.tensor([[3., 4.]])}).round()
+    tensor([5.])
+    """
+
+    def __init__(self, p: "Distribution", q: "Distribution",
+                 metric: Callable[[Tensor, Tensor], Tensor] | None = None, batch_n: int | None = None) -> None:
+        _check_distribution(p, "WassersteinDistance", "p")
+        _check_distribution(q, "WassersteinDistance", "q")
+        if set(p.var) != set(q.var) or len(p.var) != 1:
+            raise ValueError(f"WassersteinDistance: p and q must be over the same single variable, got {p.prob_text} "
+                             f"(var {p.var}) and {q.prob_text} (var {q.var})")
+        super().__init__(ordered_union(p.input_var, q.input_var))
+        self.p, self.q = p, q
+        self.metric = metric if metric is not None else PairwiseDistance(p=2)
+        self.batch_n = batch_n
+
+    @property
+    def latex(self) -> str:
+        return rf"W^{{upper}} \left({self.p.prob_text}, {self.q.prob_text} \right)"
+
+    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+        n = self.batch_n
+        for v in self._input_var:
+            x = values[v]
+            if isinstance(x, Tensor) and x.dim() >= 1:
+                n = x.shape[0]
+                break
+        a, b = _draw(self.p, values, n, kwargs), _draw(self.q, values, n, kwargs)
+        if a.shape != b.shape:
+            raise ValueError(f"WassersteinDistance {self.latex}: the samples have different shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        return self.metric(a, b)

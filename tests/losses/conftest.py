@@ -1,0 +1,49 @@
+"""Shared small models for the Loss API tests."""
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from torch import nn
+
+from pyro_dgm.distributions import Bernoulli, Normal
+
+
+class Encoder(Normal):
+    """q(z|x) with a linear network."""
+
+    def __init__(self, x_dim: int = 4, z_dim: int = 2) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.loc = nn.Linear(x_dim, z_dim)
+        self.log_scale = nn.Linear(x_dim, z_dim)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return {"loc": self.loc(x), "scale": self.log_scale(x).exp()}
+
+
+class Decoder(Bernoulli):
+    """p(x|z) with a linear network."""
+
+    def __init__(self, x_dim: int = 4, z_dim: int = 2) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.fc = nn.Linear(z_dim, x_dim)
+
+    def forward(self, z):  # type: ignore[no-untyped-def]
+        return {"probs": torch.sigmoid(self.fc(z))}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro():  # type: ignore[no-untyped-def]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def vae():  # type: ignore[no-untyped-def]
+    torch.manual_seed(1)
+    q, p = Encoder(), Decoder()
+    prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
+    x = torch.bernoulli(torch.full((8, 4), 0.5))
+    return q, p, prior, x

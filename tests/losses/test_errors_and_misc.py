@@ -1,0 +1,132 @@
+"""Bad inputs raise with clear messages; MMD, Wasserstein, REINFORCE and the Distribution shortcuts."""
+from __future__ import annotations
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from pyro_dgm.distributions import Bernoulli, Normal
+from pyro_dgm.losses import (MMD, NLL, REINFORCE, E, Expectation, KullbackLeibler, LogProb, Parameter, Prob,
+                             StochasticReconstructionLoss, WassersteinDistance)
+
+
+def test_missing_variable_is_named(vae) -> None:  # type: ignore[no-untyped-def]
+    q, p, prior, x = vae
+    loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()
+    with pytest.raises(ValueError, match=r"missing input variable 'x'.*got \['y'\]"):
+        loss.eval({"y": x})
+    with pytest.raises(ValueError, match=r"missing input variables 'x', 'z'"):
+        LogProb(p).eval({})
+
+
+def test_kl_between_different_vars_names_both(vae) -> None:  # type: ignore[no-untyped-def]
+    q, p, prior, x = vae
+    with pytest.raises(ValueError, match=r"q\(z\|x\) has var \['z'\] and p\(x\|z\) has var \['x'\]"):
+        KullbackLeibler(q, p)
+
+
+def test_kl_with_incompatible_shapes_is_a_value_error() -> None:
+    q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    p = Normal(loc=0., scale=1., var=["z"], features_shape=[3])
+    with pytest.raises(ValueError, match="cannot compare"):
+        KullbackLeibler(q, p).eval({"x": torch.zeros(2, 4)})
+
+
+@pytest.mark.parametrize("bad", ["string", [1, 2], None, object()])
+def test_arithmetic_with_unsupported_type_names_it(vae, bad) -> None:  # type: ignore[no-untyped-def]
+    q, p, prior, x = vae
+    with pytest.raises(TypeError, match=type(bad).__name__):
+        LogProb(p) + bad
+    with pytest.raises(TypeError, match=type(bad).__name__):
+        bad * LogProb(p)
+
+
+def test_expectation_argument_types(vae) -> None:  # type: ignore[no-untyped-def]
+    q, p, prior, x = vae
+    with pytest.raises(TypeError, match="f must be a Loss"):
+        Expectation(q, p)
+    with pytest.raises(TypeError, match="Distribution"):
+        Expectation(LogProb(p), LogProb(p))
+
+
+def test_expectation_averages_num_samples(vae) -> None:  # type: ignore[no-untyped-def]
+    q, p, prior, x = vae
+    pyro.set_rng_seed(1)
+    many = E(q, LogProb(p), num_samples=3).eval({"x": x})
+    pyro.set_rng_seed(1)
+    single = [E(q, LogProb(p)).eval({"x": x}) for _ in range(3)]
+    assert torch.allclose(many, torch.stack(single).mean(0), atol=1e-6)
+
+
+def test_expectation_is_reparameterized(vae) -> None:  # type: ignore[no-untyped-def]
+    q, p, prior, x = vae
+    E(q, LogProb(p)).mean().eval({"x": x}).backward()
+    assert q.loc.weight.grad is not None and q.loc.weight.grad.abs().sum() > 0
+
+
+def test_aliases(vae) -> None:  # type: ignore[no-untyped-def]
+    q, p, prior, x = vae
+    values = {"x": x, "z": torch.zeros(8, 2)}
+    assert torch.allclose(NLL(p).eval(values), -p.get_log_prob(values))
+    assert torch.allclose(Prob(p).eval(values), p.get_log_prob(values).exp())
+    assert torch.allclose(p.log_prob().eval(values), p.get_log_prob(values))  # Distribution.log_prob() shortcut
+    assert torch.allclose(p.prob().eval(values), p.get_log_prob(values).exp())
+    pyro.set_rng_seed(2)
+    a = StochasticReconstructionLoss(q, p).eval({"x": x})
+    pyro.set_rng_seed(2)
+    assert torch.allclose(a, -E(q, LogProb(p)).eval({"x": x}))
+
+
+def test_mmd_equals_hand_computed_unbiased_estimate() -> None:
+    q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
+    x = torch.randn(16, 2)
+    pyro.set_rng_seed(9)
+    value = MMD(q, prior, kernel="inv-multiquadratic", sigma_sqr=1.5).eval({"x": x})
+    pyro.set_rng_seed(9)
+    a = q.sample({"x": x})["z"]
+    b = prior.sample(batch_n=16)["z"]
+
+    def k(u, v):  # type: ignore[no-untyped-def]
+        return 1.5 / (((u[:, None] - v[None]) ** 2).sum(-1) + 1.5)
+
+    n = 16
+    off = ~torch.eye(n, dtype=torch.bool)
+    expected = k(a, a)[off].mean() + k(b, b)[off].mean() - 2 * k(a, b).mean()
+    assert torch.allclose(value, expected, atol=1e-6)
+
+
+def test_mmd_separates_different_distributions() -> None:
+    same = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p")
+    x = torch.zeros(400, 2)
+    near = float(MMD(same, prior).eval({"x": x}))
+    far = float(MMD(same, prior).eval({"x": x + 3}))
+    assert abs(near) < 0.02 < far
+    with pytest.raises(ValueError, match="unknown kernel"):
+        MMD(same, prior, kernel="cosine")
+
+
+def test_wasserstein_is_the_distance_between_samples() -> None:
+    p = Normal(loc="x", scale=1e-6, var=["z"], cond_var=["x"])
+    q = Normal(loc=0., scale=1e-6, var=["z"], features_shape=[2], name="q")
+    x = torch.tensor([[3., 4.], [6., 8.]])
+    assert torch.allclose(WassersteinDistance(p, q).eval({"x": x}), torch.tensor([5., 10.]), atol=1e-4)
+
+
+def test_reinforce_gradient_is_the_score_function_estimate() -> None:
+    # E_{a ~ Bernoulli(u)}[a] = u, so d/du = 1; each batch element gives a one-sample estimate a/u with variance
+    # 1/u - 1; their mean must be within 5 standard errors of 1.
+    n, u0 = 20000, 0.3
+    u = torch.full((n,), u0, requires_grad=True)  # no feature dim: the reward a and log p(a|u) both have shape (n,)
+    p = Bernoulli(probs="u", var=["a"], cond_var=["u"])
+    loss = REINFORCE(p, Parameter("a"))
+    value = loss.eval({"u": u})
+    value.sum().backward()
+    se = math.sqrt((1 / u0 - 1) / n)
+    assert abs(float(u.grad.mean()) - 1.0) < 5 * se
+    # the surrogate's value is a log p(a) + a: 0 for a = 0, log(u) + 1 for a = 1
+    expected = torch.where(value.detach() == 0, 0.0, math.log(u0) + 1)
+    assert torch.allclose(value.detach(), expected, atol=1e-5)
