@@ -197,6 +197,30 @@ class Loss(_PyroELBO):
             stack.extend(reversed(found))
         return out
 
+    def loss_terms(self) -> list["Loss"]:
+        """Every loss node of this formula (itself included), each once, parents before children."""
+        out: list[Loss] = []
+        stack: list[Loss] = [self]
+        seen: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            out.append(node)
+            stack.extend(reversed([c for c in node._children() if isinstance(c, Loss)]))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """State this term owns beyond its distributions' networks (e.g. an adversarial term's discriminator
+        optimizer), for checkpoints; empty for most terms."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} {self.loss_text}: holds no state, got keys {sorted(state)}")
+
     # ------------------------------------------------------------------ arithmetic (new objects)
     def __add__(self, other: Any) -> "Loss":
         from pyro_dgm.losses.operators import AddLoss
