@@ -35,20 +35,56 @@ class FactorizedBernoulliBCE(BernoulliBCE):
 
 
 class RelaxedBernoulliHardScore(dist.RelaxedBernoulli):
-    """Relaxed (Concrete) samples, scored under the Bernoulli of the same logits."""
+    """Relaxed (Concrete) samples, scored under the Bernoulli of the same logits.
+
+    ``mean``, ``variance`` and ``entropy`` are those of that Bernoulli too (as Pixyz's), so that they agree with the
+    scoring; torch's relaxed distribution defines none of them.
+    """
 
     def log_prob(self, value: Tensor) -> Tensor:
         logits, value = broadcast_all(self.logits, value)
         return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
 
+    def _hard(self) -> dist.Bernoulli:
+        return dist.Bernoulli(logits=self.logits, validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        return self._hard().mean
+
+    @property
+    def variance(self) -> Tensor:
+        return self._hard().variance
+
+    def entropy(self) -> Tensor:
+        return self._hard().entropy()
+
 
 class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
-    """Relaxed (Gumbel-softmax) samples, scored under the one-hot categorical of their arg-max."""
+    """Relaxed (Gumbel-softmax) samples, scored under the one-hot categorical of their arg-max.
+
+    ``mean``, ``variance`` and ``entropy`` are those of that one-hot categorical (torch's relaxed distribution
+    defines none of them).
+    """
 
     def log_prob(self, value: Tensor) -> Tensor:
         logits = self.logits - self.logits.logsumexp(-1, keepdim=True)
         logits, value = torch.broadcast_tensors(logits, value)
         return logits.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
+
+    def _hard(self) -> dist.OneHotCategorical:
+        return dist.OneHotCategorical(logits=self.logits, validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        return self._hard().mean
+
+    @property
+    def variance(self) -> Tensor:
+        return self._hard().variance
+
+    def entropy(self) -> Tensor:
+        return self._hard().entropy()
 
 
 class Normal(DistributionBase):
@@ -214,8 +250,8 @@ class Dirichlet(DistributionBase):
     Examples
     --------
     >>> p = Dirichlet(concentration=torch.ones(3), var=["x"])
-    >>> p.get_log_prob({"x": torch.tensor([[0.2, 0.3, 0.5]])}).exp()  # uniform on the simplex: 1 / (1/2)
-    tensor([2.0000])
+    >>> float(p.get_log_prob({"x": torch.tensor([[0.2, 0.3, 0.5]])}).exp())  # uniform: 1 / area (1/2)
+    2.0
     """
 
     pyro_dist = dist.Dirichlet

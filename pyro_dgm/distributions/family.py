@@ -158,11 +158,24 @@ class DistributionBase(Distribution):
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
 
-    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True) -> tuple[Any, Any]:
-        """The site's distribution (feature dims as event dims, expanded for batch_n/sample_shape) and its base."""
+    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+            value: Tensor | None = None) -> tuple[Any, Any]:
+        """The site's distribution (feature dims as event dims, expanded for batch_n/sample_shape) and its base.
+
+        ``value`` is the value to score or observe, if any: a factor without inputs whose constants are scalars
+        (empty ``features_shape``) takes its feature dims from it, every dim after the first (Pixyz's convention).
+        """
         base = self._base(self._params(b, values, ctx))
         bn = self._batch_ndim(b, values, ctx)
         batch_shape = base.batch_shape
+        if value is not None and not b.input_var and not self._features_shape:
+            vb = value.shape[:value.dim() - len(base.event_shape)]
+            if len(vb) > len(batch_shape):
+                try:
+                    base = base.expand(vb)
+                except (ValueError, RuntimeError):
+                    pass  # scoring raises below, naming the shapes
+                batch_shape = base.batch_shape
         ev = len(batch_shape) - bn
         root = expand and not any(v in ctx.event_dims for v in b.input_var)
         if root and ctx.batch_n is not None and not b.input_var and bn >= 1:
@@ -204,8 +217,9 @@ class DistributionBase(Distribution):
 
     # ------------------------------------------------------------------ the factor hooks
     def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
-        fn, _ = self._fn(b, values, ctx)
         name = b.var[0]
+        obs = ctx.obs
+        fn, _ = self._fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
         if ctx.sample_mean:
             value = fn.mean
             value = self._record(name, value, fn.event_dim)
@@ -216,8 +230,11 @@ class DistributionBase(Distribution):
 
     def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
-        fn, base = self._fn(b, values, ctx, expand=False)
         x = values[b.var[0]]
+        fn, base = self._fn(b, values, ctx, expand=False, value=x)
+        # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
+        # batch) stay batch dims of theirs too, and the factors' log-densities have one shape
+        ctx.event_dims[b.var[0]] = fn.event_dim
         try:
             if sum_features and feature_dims is None:
                 return fn.log_prob(x)
@@ -226,7 +243,18 @@ class DistributionBase(Distribution):
             raise ValueError(f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "
                              f"batch shape {tuple(fn.batch_shape)} and event shape {tuple(fn.event_shape)}: "
                              f"{e}") from e
-        return lp.sum(dim=list(feature_dims)) if sum_features and feature_dims else lp
+        return self._sum_dims(lp, sum_features, feature_dims, "log-density")
+
+    def _sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:
+        """Sum the element-wise ``t`` over ``feature_dims``; an out-of-range dim raises naming this distribution."""
+        if not (sum_features and feature_dims):
+            return t
+        try:
+            return t.sum(dim=list(feature_dims))
+        except (IndexError, RuntimeError) as e:
+            raise ValueError(f"{describe(self)}: cannot sum the element-wise {what} of shape {tuple(t.shape)} over "
+                             f"feature_dims={list(feature_dims)}: it has {t.dim() - 1} feature dim(s) after the batch "
+                             f"dim (a {self.distribution_name}'s own event dim, if any, is already summed)") from e
 
     # ------------------------------------------------------------------ moments
     def _moment(self, x_dict: ValuesLike, kwargs: Mapping[str, Any]) -> Any:
@@ -247,8 +275,7 @@ class DistributionBase(Distribution):
         fn, base = self._moment(x_dict, kwargs)
         if sum_features and feature_dims is None:
             return fn.entropy()
-        h = base.entropy()
-        return h.sum(dim=list(feature_dims)) if sum_features and feature_dims else h
+        return self._sum_dims(base.entropy(), sum_features, feature_dims, "entropy")
 
     def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mean of the variable given the inputs.
