@@ -169,7 +169,9 @@ class Distribution(nn.Module):
     -----
     Subclasses are either *atomic* (they implement ``_draw_with``/``_score_with`` over a :class:`_Binding`) or
     combinations of other distributions (joint, marginal). Shapes follow Pixyz: the first dim of a value given from
-    outside is its batch dim, the rest are feature dims summed by :meth:`get_log_prob`.
+    outside is its batch dim, the feature dims (those of the parameters after their batch dim) are summed by
+    :meth:`get_log_prob`, and extra leading dims (a ``sample_shape``) stay batch dims. A factor without inputs whose
+    constants are scalars takes every dim of a scored value after the first as a feature dim.
 
     Examples
     --------
@@ -305,8 +307,9 @@ class Distribution(nn.Module):
             values = dict(x)
         elif isinstance(x, Tensor):
             if len(self._input_var) != 1:
+                takes = f"input_var is {self._input_var}" if self._input_var else "it takes no input variables"
                 raise ValueError(f"{describe(self)}: a bare tensor can stand only for a single input variable, "
-                                 f"but input_var is {self._input_var}; pass a dict")
+                                 f"but {takes}; pass a dict")
             values = {self._input_var[0]: x}
         elif isinstance(x, (list, tuple)):
             if len(x) != len(self._input_var):
@@ -362,6 +365,8 @@ class Distribution(nn.Module):
         >>> {k: tuple(v.shape) for k, v in (p * prior).sample(batch_n=3).items()}
         {'z': (3, 2), 'x': (3, 2)}
         """
+        if batch_n is not None and (not isinstance(batch_n, int) or isinstance(batch_n, bool) or batch_n < 1):
+            raise ValueError(f"{describe(self)}: batch_n must be a positive int, got {batch_n!r}")
         values = self._input_dict(x_dict)
         ctx = _Pass(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
         for f in self._order:
@@ -566,7 +571,8 @@ class Distribution(nn.Module):
         from pyro_dgm.distributions.joint import MultiplyDistribution
 
         if not isinstance(other, Distribution):
-            return NotImplemented
+            raise TypeError(f"{describe(self)} * {type(other).__name__}: a distribution multiplies only with another "
+                            "distribution (a product p(x|z)p(z) is a joint distribution)")
         return MultiplyDistribution(self, other)
 
     def replace_var(self, **replace_dict: str) -> "Distribution":

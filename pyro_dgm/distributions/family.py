@@ -134,9 +134,19 @@ class DistributionBase(Distribution):
             if b.fwd_kw:
                 kw = {k: values[v] for k, v in b.fwd_kw}
                 kw.update(ctx.kwargs)
-                out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
+                args = [values[v] for v in b.fwd_pos]
+                try:
+                    out = run_network(self, *args, **kw)
+                except (RuntimeError, TypeError, ValueError) as e:
+                    self._note_inputs(e, b, values)
+                    raise
             else:
-                out = run_network(self, *[values[v] for v in b.fwd_pos], **ctx.kwargs)
+                args = [values[v] for v in b.fwd_pos]
+                try:
+                    out = run_network(self, *args, **ctx.kwargs)
+                except (RuntimeError, TypeError, ValueError) as e:
+                    self._note_inputs(e, b, values)
+                    raise
             if not isinstance(out, dict):
                 raise TypeError(f"{describe(self)}: forward() must return a dict of parameters, e.g. "
                                 f"{{'{self.param_groups[0][0]}': ...}}, got {type(out).__name__}")
@@ -150,6 +160,12 @@ class DistributionBase(Distribution):
                 raise ValueError(f"{describe(self)}: forward() did not return {' or '.join(g)}; it returned "
                                  f"{sorted(params)}")
         return params
+
+    def _note_inputs(self, e: BaseException, b: _Binding, values: Mapping[str, Any]) -> None:
+        """Say which distribution's network failed, and on which inputs (the error keeps its type)."""
+        shapes = ", ".join(f"{v!r}: {tuple(values[v].shape) if isinstance(values[v], Tensor) else type(values[v])}"
+                           for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw)))
+        e.add_note(f"while {describe(self)} ran forward() on {shapes}")
 
     def _base(self, params: dict[str, Tensor]) -> Any:
         """The Pyro distribution over the full parameter shape (no event dims reinterpreted)."""
@@ -231,6 +247,8 @@ class DistributionBase(Distribution):
     def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
         x = values[b.var[0]]
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{describe(self)}: the value of {b.var[0]!r} must be a tensor, got {type(x).__name__}")
         fn, base = self._fn(b, values, ctx, expand=False, value=x)
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
         # batch) stay batch dims of theirs too, and the factors' log-densities have one shape

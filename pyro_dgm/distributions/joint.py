@@ -71,7 +71,9 @@ class MultiplyDistribution(Distribution):
     def __init__(self, a: Distribution, b: Distribution) -> None:
         for d in (a, b):
             if not isinstance(d, Distribution):
-                raise TypeError(f"MultiplyDistribution: can only multiply distributions, got {type(d).__name__}")
+                text = " * ".join(x.prob_text if isinstance(x, Distribution) else type(x).__name__ for x in (a, b))
+                raise TypeError(f"MultiplyDistribution {text}: can only multiply distributions, got "
+                                f"{type(d).__name__} {d!r}")
         self._init_factors(a.factors + b.factors, a.name, f"{a.prob_text} * {b.prob_text}")
 
     @classmethod
@@ -91,8 +93,11 @@ class MultiplyDistribution(Distribution):
                 owner[v] = f
         graph = build_graph(factors)
         if not nx.is_directed_acyclic_graph(graph):
-            cycle = [u for u, _ in nx.find_cycle(graph)]
-            raise ValueError(f"{what}: the factors depend on each other in a cycle "
+            edges = nx.find_cycle(graph)
+            cycle = [u for u, _ in edges]
+            texts = list(dict.fromkeys(graph.edges[u, v]["factor"] for u, v in edges))
+            who = f"{', '.join(texts[:-1])} and {texts[-1]}" if len(texts) > 1 else texts[0]
+            raise ValueError(f"{what}: the factors {who} depend on each other in a cycle "
                              f"({' -> '.join(cycle + cycle[:1])}); a joint distribution must be acyclic")
         var = _ordered_union(*(f.var for f in factors))
         generated = {v for f in factors for v in f.var if v not in f.input_var}
@@ -133,7 +138,9 @@ class MultiplyDistribution(Distribution):
         return ""
 
     def _network_text(self) -> str:
-        return "\n".join(f"{f.prob_text}:\n{f._network_text()}" for f in self._factors)
+        """The factors' networks in the order they run (Pixyz's order), each under its formula."""
+        return "\n".join(f._network_text() if getattr(f, "_network_text_headed", False)
+                         else f"{f.prob_text}:\n{f._network_text()}" for f in self._order)
 
     def _register(self) -> None:
         for f in self._factors:

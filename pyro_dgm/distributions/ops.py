@@ -13,7 +13,11 @@ __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"
 
 
 def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
-    """Rename variables of ``d`` (a single distribution or a joint); the result shares ``d``'s networks."""
+    """Rename variables of ``d`` (a single distribution, a joint or a marginal); the result shares ``d``'s networks.
+
+    Renaming a renamed distribution composes the two renamings over the original (``p(x|v) -> p(x|z)``), and
+    renaming a marginal renames the joint inside it.
+    """
     names = set(d.var) | set(d.cond_var) | set(d.input_var)
     for old, new in replace_dict.items():
         if old not in names:
@@ -22,16 +26,29 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
         if not isinstance(new, str) or not new:
             raise TypeError(f"{describe(d)}.replace_var: the new name of {old!r} must be a non-empty string, "
                             f"got {new!r}")
-    renamed = [replace_dict.get(v, v) for v in names]
+    hidden = set(d.marginalize_list) if isinstance(d, MarginalizeVarDistribution) else set()
+    renamed = [replace_dict.get(v, v) for v in names | hidden]
     if len(set(renamed)) != len(renamed):
         clash = sorted({v for v in renamed if renamed.count(v) > 1})
-        raise ValueError(f"{describe(d)}.replace_var({replace_dict}): two variables would both be named "
-                         f"{clash[0]!r}; pick a new name")
+        what = f" (the marginalized variable of {d.prob_joint_factorized_and_text})" if set(clash) & hidden else ""
+        raise ValueError(f"{describe(d)}.replace_var({dict(replace_dict)}): two variables would both be named "
+                         f"{clash[0]!r}{what}; pick a new name")
+    if isinstance(d, MarginalizeVarDistribution):
+        return MarginalizeVarDistribution(replace_var(d.p, replace_dict), d.marginalize_list)
+    if isinstance(d, ReplaceVarDistribution):  # compose with the renaming it already has
+        inner = d.p
+        composed: dict[str, str] = {}
+        for o in (*inner.var, *inner.cond_var, *inner.input_var):
+            mid = d.replace_dict.get(o, o)
+            n = replace_dict.get(mid, mid)
+            if n != o:
+                composed[o] = n
+        return ReplaceVarDistribution(inner, composed) if composed else inner
     if d.factors == (d,):
         return ReplaceVarDistribution(d, replace_dict)
     factors = [f if not set(replace_dict) & (set(f.var) | set(f.input_var)) else
-               ReplaceVarDistribution(f, {k: v for k, v in replace_dict.items()
-                                          if k in set(f.var) | set(f.input_var)}) for f in d.factors]
+               replace_var(f, {k: v for k, v in replace_dict.items() if k in set(f.var) | set(f.input_var)})
+               for f in d.factors]
     return MultiplyDistribution.from_factors(factors, d.name)
 
 
@@ -55,8 +72,9 @@ class ReplaceVarDistribution(Distribution):
     """
 
     def __init__(self, p: Distribution, replace_dict: Mapping[str, str]) -> None:
-        if p.factors != (p,):
-            raise TypeError(f"ReplaceVarDistribution: {describe(p)} is a product; use p.replace_var(...) instead")
+        if p.factors != (p,) or isinstance(p, MarginalizeVarDistribution):
+            raise TypeError(f"ReplaceVarDistribution: {describe(p)} is not a single distribution; use "
+                            "p.replace_var(...) instead")
         m = dict(replace_dict)
         super().__init__(var=[m.get(v, v) for v in p.var], cond_var=[m.get(v, v) for v in p.cond_var],
                          name=p.name, features_shape=p.features_shape)
@@ -86,6 +104,9 @@ class ReplaceVarDistribution(Distribution):
 
     def _register(self) -> None:
         self.p._register()
+
+    #: the network text already starts with this factor's formula (a product prints no second header)
+    _network_text_headed = True
 
     def _network_text(self) -> str:
         return f"{self.prob_text} -> {self.p.prob_text}:\n{self.p._network_text()}"
@@ -142,6 +163,8 @@ class MarginalizeVarDistribution(Distribution):
         kept = [v for v in p.var if v not in names]
         if not kept:
             raise ValueError(f"{describe(p)}.marginalize_var: marginalizing every variable {names} leaves nothing")
+        if isinstance(p, MarginalizeVarDistribution):  # a marginal of a marginal integrates out both lists
+            p, names = p.p, p.marginalize_list + [v for v in names if v not in p.marginalize_list]
         if p.factors == (p,):
             raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
                             "variables of a product (joint) distribution")
@@ -171,13 +194,17 @@ class MarginalizeVarDistribution(Distribution):
             f._register()
 
     def _draw(self, values: dict[str, Any], ctx: _Pass) -> None:
-        given = [v for v in self._marginalized if v in values]
+        # the marginalized variables are internal: a value of the same name given from outside passes through as is
+        given = {v: (values[v], ctx.event_dims.get(v)) for v in self._marginalized if v in values}
         for f in self.p._order:
             f._draw(values, ctx)
         for v in self._marginalized:
-            if v not in given:
-                values.pop(v, None)
-                ctx.event_dims.pop(v, None)
+            values.pop(v, None)
+            ctx.event_dims.pop(v, None)
+            if v in given:
+                values[v], ev = given[v]
+                if ev is not None:
+                    ctx.event_dims[v] = ev
 
     def _score(self, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
                feature_dims: Sequence[int] | None) -> Tensor:

@@ -2,6 +2,7 @@
 :class:`CustomProb` (with their seed-era names ``DataDistribution`` and ``CustomLikelihoodDistribution``)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 import pyro
@@ -31,7 +32,7 @@ class Deterministic(Distribution):
     >>> p.get_log_prob({"z": torch.zeros(1, 2), "x": torch.zeros(1, 3)})
     Traceback (most recent call last):
      ...
-    NotImplementedError: Deterministic p(x|z): the log-density of a deterministic distribution is not defined
+    NotImplementedError: Generator p(x|z): the log-density of a deterministic distribution is not defined
     """
 
     distribution_name = "Deterministic"  # type: ignore[assignment]
@@ -140,6 +141,28 @@ class CustomProb(Distribution):
         self._log_prob_function = log_prob_function
         self._distribution_name = distribution_name
         self._input_var = list(self._var)
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        """``log_prob_function`` is called with the variables as keywords: check that it takes them (and no more)."""
+        fn = self._log_prob_function
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without a signature: it will tell at the call
+            return
+        prms = list(sig.parameters.values())
+        call = f"log_prob_function({', '.join(f'{v}=...' for v in self._var)})"
+        if not any(p.kind is p.VAR_KEYWORD for p in prms):
+            names = {p.name for p in prms if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            missing = [v for v in self._var if v not in names]
+            if missing:
+                raise TypeError(f"{describe(self)}: log_prob_function{sig} takes no argument {missing[0]!r}; it is "
+                                f"called as {call}, so name its arguments after var {self._var}")
+        extra = [p.name for p in prms if p.default is p.empty and p.name not in self._var
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if extra:
+            raise TypeError(f"{describe(self)}: log_prob_function{sig} requires {extra[0]!r}, which is not in var "
+                            f"{self._var}; it is called as {call}")
 
     @property
     def log_prob_function(self) -> Callable[..., Tensor]:

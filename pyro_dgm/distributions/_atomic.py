@@ -1,0 +1,80 @@
+"""Helpers for distributions built from other distributions (flows, products and mixtures of experts).
+
+An inner distribution is used through the same hooks as a factor of a joint: ``_fn(binding, values, ctx, expand)``
+(the Pyro distribution of its site in the current pass, see :class:`~pyro_dgm.distributions.family.DistributionBase`)
+and ``_params(binding, values, ctx)``, under its binding renamed to the outer distribution's variable names.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping, Sequence
+
+from pyro_dgm.distributions.base import Distribution, _Binding, _Pass
+from pyro_dgm.distributions.ops import ReplaceVarDistribution
+from pyro_dgm.utils.checks import describe
+
+__all__ = ["unwrap", "site_fn", "site_params", "check_inner", "OptionalInputs"]
+
+
+def unwrap(d: Distribution) -> tuple[Distribution, _Binding]:
+    """The distribution that implements ``d``'s hooks, and the binding ``d`` runs it under."""
+    b = d._binding
+    while isinstance(d, ReplaceVarDistribution):
+        d = d.p
+    return d, b
+
+
+def check_inner(owner: str, d: Any, what: str, need: str = "_fn") -> None:
+    """Raise ``TypeError`` unless ``d`` is a single distribution that has a Pyro site distribution (``need``)."""
+    if not isinstance(d, Distribution):
+        raise TypeError(f"{owner}: {what} must be a pyro_dgm distribution, got {type(d).__name__}")
+    if d.factors != (d,):
+        raise TypeError(f"{owner}: {what} {d.prob_text} is a product of {len(d.factors)} factors; it must be a "
+                        "single distribution")
+    core, _ = unwrap(d)
+    if not hasattr(core, need):
+        kind = "a Pyro distribution" if need == "_fn" else "parameters"
+        raise TypeError(f"{owner}: {what} {describe(d)} has no {kind} to build on; use a parametric family "
+                        "(Normal, ...) or a flow, product or mixture distribution")
+
+
+def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass,
+            expand: bool = True) -> tuple[Any, Any]:
+    """``d``'s site distribution (feature dims as event dims) and its base, with ``d``'s names renamed by
+    ``mapping`` (the outer distribution's renaming)."""
+    core, b = unwrap(d)
+    return core._fn(b.renamed(mapping) if mapping else b, values, ctx, expand)  # type: ignore[attr-defined]
+
+
+def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass) -> dict[str, Any]:
+    """``d``'s parameters (constants and network outputs) under the outer names."""
+    core, b = unwrap(d)
+    return core._params(b.renamed(mapping) if mapping else b, values, ctx)  # type: ignore[attr-defined]
+
+
+def inputs_of(d: Distribution, mapping: Mapping[str, str]) -> tuple[str, ...]:
+    """The input variables of ``d`` under the outer names."""
+    return tuple(mapping.get(v, v) for v in d.input_var)
+
+
+class OptionalInputs:
+    """Mixin for distributions whose inputs may be left out (experts that are missing): a call needs only ``var``.
+
+    ``input_var`` still lists every input, so products order this factor after the factors that generate them.
+    """
+
+    _var: list[str]
+    _cond_var: list[str]
+    _input_var: list[str]
+
+    def _input_dict(self, x: Any, needed: Sequence[str] | None = None) -> dict[str, Any]:
+        needed = self._input_var if needed is None else needed
+        return super()._input_dict(x, [v for v in needed if v not in self._cond_var])  # type: ignore[misc]
+
+    def _run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        given = set(data or ()) | set(kwargs)
+        if all(v in given for v in self._input_var):
+            return super()._run_pyro(data, kwargs)  # type: ignore[misc]
+        view = copy.copy(self)  # shares modules and Pyro name; its factor loop still runs (and registers) self
+        view._input_var = [v for v in self._input_var if v in given]
+        return Distribution._run_pyro(view, data, kwargs)  # type: ignore[arg-type]

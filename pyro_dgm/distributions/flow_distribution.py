@@ -1,0 +1,424 @@
+r"""Flow-based distributions (seed paper §5.2): a prior pushed through a flow, scored by change of variables.
+
+- :class:`TransformedDistribution`: :math:`z = f(x)`, :math:`x \sim p_{prior}(x)` (normalizing flows in variational
+  inference, where ``f`` runs in the sampling direction);
+- :class:`InverseTransformedDistribution`: :math:`x = f^{-1}(z, y)`, :math:`z \sim p_{prior}(z)` (density models such
+  as Real NVP and Glow, where ``f`` maps data to the latent space, optionally given a context ``y``);
+- the seed-era conveniences :class:`PlanarFlowDistribution` and :class:`RealNVPDistribution` (alias ``RealNVP``).
+
+Each draws its variable as one Pyro site, ``pyro.sample(var, pyro.distributions.TransformedDistribution(prior, flow))``,
+so it multiplies with other distributions, runs in ``model``/``guide`` and in any loss that calls ``sample`` and
+``get_log_prob``. The log-density is exact: :math:`\log p(z) = \log p_{prior}(f^{-1}(z)) - \log|\det \partial f/\partial
+x|`. A value just sampled is scored from the flow's memory of ``(x, z, logdet)``, as in Pixyz, so a flow without a
+closed-form inverse scores its own samples.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.conditional import ConditionalTransform
+from torch import Tensor
+from torch.distributions import Transform
+
+from pyro_dgm.distributions._atomic import check_inner, site_fn
+from pyro_dgm.distributions.base import Distribution, ValuesLike, _Binding, _Pass
+from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
+from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
+from pyro_dgm.utils.checks import as_var_list, describe
+
+__all__ = ["TransformedDistribution", "InverseTransformedDistribution", "PlanarFlowDistribution",
+           "RealNVPDistribution", "RealNVP"]
+
+
+def as_flow(flow: Any, owner: str) -> Flow:
+    """``flow`` as a pyro_dgm flow: a flow is kept, a transform or a list becomes a :class:`FlowList`."""
+    if isinstance(flow, Flow):
+        return flow
+    if isinstance(flow, (Transform, ConditionalTransform)) or (isinstance(flow, (list, tuple)) and flow):
+        return FlowList(flow)
+    raise TypeError(f"{owner}: flow must be a Flow, a torch/Pyro transform or a list of them, got "
+                    f"{type(flow).__name__}")
+
+
+def _one_var(var: Any, owner: str) -> list[str]:
+    names = as_var_list(var, owner, "var")
+    if len(names) != 1:
+        raise ValueError(f"{owner}: a flow distribution generates one variable, got var={names}")
+    return names
+
+
+def _shape_through(shape: torch.Size, fn: Any) -> torch.Size:
+    if not shape:
+        return torch.Size()
+    try:
+        return torch.Size(fn(shape))
+    except (ValueError, RuntimeError, TypeError):
+        return torch.Size()
+
+
+class _FlowDistribution(Distribution):
+    """What the two flow distributions share: the prior, the flow, sampling, scoring and the Pyro site."""
+
+    prior: Distribution
+    flow: Flow
+
+    def _init_flow(self, prior: Distribution, flow: Flow, hidden: str) -> None:
+        self.prior = prior
+        self.flow = flow
+        self._hidden = hidden
+
+    @property
+    def has_reparam(self) -> bool:
+        return self.prior.has_reparam
+
+    @property
+    def logdet_jacobian(self) -> Tensor | None:
+        """The log-determinant stored by the flow's last ``forward(..., compute_jacobian=True)`` (Pixyz)."""
+        return self.flow.logdet_jacobian
+
+    def _mapping(self, b: _Binding) -> dict[str, str]:
+        return {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
+
+    def _transform(self, b: _Binding, values: Mapping[str, Any]) -> Transform:
+        raise NotImplementedError
+
+    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True) -> tuple[Any, Any]:
+        """The Pyro ``TransformedDistribution`` of this site, and the prior's site distribution."""
+        base, _ = site_fn(self.prior, self._mapping(b), values, ctx, expand)
+        if expand and b.input_var:  # a context given to the flow only (not to the prior) sets the batch shape too
+            batch = torch.broadcast_shapes(base.batch_shape, *(self._input_batch_shape(v, values, ctx)
+                                                               for v in b.input_var))
+            if batch != base.batch_shape:
+                base = base.expand(batch)
+        return dist.TransformedDistribution(base, [self._transform(b, values)]), base
+
+    @staticmethod
+    def _input_batch_shape(v: str, values: Mapping[str, Any], ctx: _Pass) -> torch.Size:
+        x = values[v]
+        ev = ctx.event_dims.get(v)
+        return x.shape[:x.dim() - ev] if ev is not None else x.shape[:1]
+
+    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+        fn, base = self._fn(b, values, ctx)
+        t = fn.transforms[0]
+        name = b.var[0]
+        if ctx.sample_mean:
+            value = self._record(name, t(base.mean), fn.event_dim)
+        else:
+            value = self._site(name, fn, ctx)
+        values[name] = value
+        ctx.event_dims[name] = fn.event_dim
+        hidden = self._hidden
+        if ctx.obs is None and hidden not in values and hidden != name:  # Pixyz returns the prior's sample too
+            try:
+                values[hidden] = t.inv(value)
+            except NotImplementedError:
+                return
+            ctx.event_dims[hidden] = base.event_dim
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        if not sum_features or feature_dims is not None:
+            raise ValueError(f"{describe(self)}: the log-density of a flow does not factorize over features; call "
+                             "get_log_prob with sum_features=True and no feature_dims")
+        fn, _ = self._fn(b, values, ctx, expand=False)
+        return fn.log_prob(values[b.var[0]])
+
+    def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
+        """The ``pyro.distributions.TransformedDistribution`` given the inputs (event dims: the features).
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> from pyro_dgm.flows import PlanarFlow
+        >>> p = TransformedDistribution(Normal(loc=torch.zeros(2), scale=1., var=["x"]), PlanarFlow(2), var=["z"])
+        >>> d = p.dist(batch_n=3)
+        >>> tuple(d.batch_shape), tuple(d.event_shape)
+        ((3,), (2,))
+        """
+        values = self._input_dict(x_dict)
+        return self._fn(self._binding, values, _Pass(batch_n=batch_n, kwargs=kwargs))[0]
+
+    def _no_closed_form(self, what: str) -> NotImplementedError:
+        return NotImplementedError(f"{describe(self)}: {what} of a flow distribution has no closed form; estimate "
+                                   "it from samples")
+
+    def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
+        """The prior's parameters given the inputs."""
+        return self.prior.get_params(params_dict, **kwargs)
+
+    def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
+                    feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        raise self._no_closed_form("the entropy")
+
+    def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
+        raise self._no_closed_form("the mean")
+
+    def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
+        raise self._no_closed_form("the variance")
+
+
+class TransformedDistribution(_FlowDistribution):
+    r"""The distribution of :math:`z = f(x)` for :math:`x \sim p_{prior}(x)` (a flow in the sampling direction).
+
+    :math:`\log p(z) = \log p_{prior}(x) - \log|\det \partial f/\partial x|` with :math:`x = f^{-1}(z)`; samples also
+    return ``x`` under the prior's variable name (as Pixyz), unless that name already has a value.
+
+    Parameters
+    ----------
+    prior : Distribution
+        The base distribution :math:`p_{prior}(x)` (or :math:`q(x|c)`; its ``cond_var`` become this one's).
+    flow : Flow, transform or list of them
+        :math:`f`; a list becomes a :class:`~pyro_dgm.flows.FlowList`.
+    var : list of str
+        The one variable :math:`z`.
+    name : str, default ``"p"``
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> from pyro_dgm.flows import PlanarFlow
+    >>> prior = Normal(loc=torch.zeros(2), scale=1., var=["x"], name="p_{prior}")
+    >>> q = TransformedDistribution(prior, [PlanarFlow(2), PlanarFlow(2)], var=["z"], name="q")
+    >>> print(q.prob_joint_factorized_and_text)
+    q(z) = q(z=f_{flow}(x))
+    >>> s = q.sample(batch_n=3)
+    >>> sorted(s), tuple(q.get_log_prob(s).shape)
+    (['x', 'z'], (3,))
+    """
+
+    def __init__(self, prior: Distribution, flow: Any, var: Sequence[str], name: str = "p") -> None:
+        owner = f"TransformedDistribution {name}"
+        check_inner(owner, prior, "prior")
+        var = _one_var(var, owner)
+        flow = as_flow(flow, owner)
+        super().__init__(var=var, cond_var=prior.cond_var, name=name,
+                         features_shape=_shape_through(prior.features_shape, flow.forward_shape))
+        self._init_flow(prior, flow, prior.var[0])
+
+    @property
+    def distribution_name(self) -> str:
+        return "TransformedDistribution"
+
+    @property
+    def flow_input_var(self) -> list[str]:
+        """The prior's variable, the input of the flow."""
+        return [self._hidden]
+
+    @property
+    def prob_factorized_text(self) -> str:
+        cond = f"|{','.join(self._cond_var)}" if self._cond_var else ""
+        return f"{self._name}({self._var[0]}=f_{{flow}}({self._hidden}){cond})"
+
+    def _transform(self, b: _Binding, values: Mapping[str, Any]) -> Transform:
+        return self.flow
+
+    def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
+        """:math:`z = f(x)` (the flow's ``forward``; stores ``logdet_jacobian``)."""
+        return self.flow.forward(x, y, compute_jacobian=compute_jacobian)
+
+    def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        r""":math:`x = f^{-1}(z)`."""
+        return self.flow.inverse(z, y)
+
+
+class InverseTransformedDistribution(_FlowDistribution):
+    r"""The distribution of :math:`x = f^{-1}(z, y)` for :math:`z \sim p_{prior}(z)`: a flow ``f`` maps data ``x`` to
+    the latent space (given an optional context ``y``), and the model samples through its inverse.
+
+    :math:`\log p(x|y) = \log p_{prior}(f(x, y)) + \log|\det \partial f/\partial x|`.
+
+    Parameters
+    ----------
+    prior : Distribution
+        :math:`p_{prior}(z)`.
+    flow : Flow, transform or list of them
+        :math:`f`, from the data to the latent space.
+    var : list of str
+        The one variable :math:`x`.
+    cond_var : list of str, optional
+        One context variable passed to the flow as ``y`` (a conditional flow); the prior's own ``cond_var`` are added.
+    name : str, default ``"p"``
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> from pyro_dgm.flows import AffineCoupling
+    >>> prior = Normal(loc=torch.zeros(2), scale=1., var=["z"], name="p_{prior}")
+    >>> shift = lambda x, y: (torch.zeros_like(x), y.expand_as(x))  # z_2 = x_2 + y
+    >>> p = InverseTransformedDistribution(prior, AffineCoupling(2, scale_translate_net=shift), var=["x"],
+    ...                                    cond_var=["y"])
+    >>> print(p.prob_joint_factorized_and_text)
+    p(x|y) = p(x=f^{-1}_{flow}(z,y))
+    >>> x, y = torch.tensor([[0.5, 1.0]]), torch.tensor([[3.0]])
+    >>> expected = prior.get_log_prob({"z": torch.tensor([[0.5, 4.0]])})
+    >>> bool(torch.allclose(p.get_log_prob({"x": x, "y": y}), expected))
+    True
+    """
+
+    def __init__(self, prior: Distribution, flow: Any, var: Sequence[str], cond_var: Sequence[str] | None = None,
+                 name: str = "p") -> None:
+        owner = f"InverseTransformedDistribution {name}"
+        check_inner(owner, prior, "prior")
+        var = _one_var(var, owner)
+        flow_cond = as_var_list(cond_var, owner, "cond_var")
+        if len(flow_cond) > 1:
+            raise ValueError(f"{owner}: the flow takes one context variable, got cond_var={flow_cond}; concatenate "
+                             "them into one variable")
+        flow = as_flow(flow, owner)
+        cond = flow_cond + [v for v in prior.cond_var if v not in flow_cond]
+        super().__init__(var=var, cond_var=cond, name=name,
+                         features_shape=_shape_through(prior.features_shape, flow.inverse_shape))
+        self._init_flow(prior, flow, prior.var[0])
+        self._flow_cond_var = flow_cond
+
+    @property
+    def distribution_name(self) -> str:
+        return "InverseTransformedDistribution"
+
+    @property
+    def flow_output_var(self) -> list[str]:
+        """The prior's variable, the output of the flow."""
+        return [self._hidden]
+
+    @property
+    def prob_factorized_text(self) -> str:
+        return f"{self._name}({self._var[0]}=f^{{-1}}_{{flow}}({','.join([self._hidden] + self._cond_var)}))"
+
+    def _transform(self, b: _Binding, values: Mapping[str, Any]) -> Transform:
+        if not self._flow_cond_var:
+            return self.flow.inv
+        y = values[self._mapping(b).get(self._flow_cond_var[0], self._flow_cond_var[0])]
+        return self.flow.condition(y).inv
+
+    def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
+        """:math:`z = f(x, y)` (the flow's ``forward``; stores ``logdet_jacobian``)."""
+        return self.flow.forward(x, y, compute_jacobian=compute_jacobian)
+
+    def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        r""":math:`x = f^{-1}(z, y)`."""
+        return self.flow.inverse(z, y)
+
+    def inference(self, x_dict: Mapping[str, Any], return_all: bool = True, compute_jacobian: bool = False
+                  ) -> dict[str, Tensor]:
+        """Map the data to the latent space: ``{prior var: f(x, y)}`` (plus ``x_dict`` if ``return_all``), as Pixyz."""
+        values = self._input_dict(x_dict, self._var + self._flow_cond_var)
+        y = values[self._flow_cond_var[0]] if self._flow_cond_var else None
+        out = {self._hidden: self.flow.forward(values[self._var[0]], y, compute_jacobian=compute_jacobian)}
+        return {**values, **out} if return_all else out
+
+
+class PlanarFlowDistribution(TransformedDistribution):
+    r"""The seed's ``PlanarFlow(prior, dim, num_layers)`` distribution: ``num_layers`` planar flows on ``prior``.
+
+    Named so as not to clash with the flow :class:`pyro_dgm.flows.PlanarFlow` (Pixyz 0.3.3 keeps only the flow).
+    The flows are built with ``constraint_u=True``, so they are invertible and any value can be scored.
+
+    Parameters
+    ----------
+    prior : Distribution
+    dim : int
+        The prior's number of features.
+    num_layers : int, default 1
+    var : list of str, default ``["x"]``
+    name : str, default ``"p"``
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> q0 = Normal(loc="h", scale=1., var=["z_0"], cond_var=["h"], name="q")
+    >>> q = PlanarFlowDistribution(q0, dim=2, num_layers=4, var=["z"], name="q")
+    >>> print(q.prob_text, len(q.flow))
+    q(z|h) 4
+    >>> s = q.sample({"h": torch.zeros(5, 2)})
+    >>> tuple(q.get_log_prob({"z": torch.randn(5, 2), "h": torch.zeros(5, 2)}).shape)
+    (5,)
+    """
+
+    def __init__(self, prior: Distribution, dim: int, num_layers: int = 1, var: Sequence[str] = ("x",),
+                 name: str = "p", constraint_u: bool = True) -> None:
+        if num_layers < 1:
+            raise ValueError(f"PlanarFlowDistribution: num_layers must be at least 1, got {num_layers}")
+        super().__init__(prior, FlowList([PlanarFlow(dim, constraint_u=constraint_u) for _ in range(num_layers)]),
+                         var=var, name=name)
+
+
+def _image_couplings(channels: int, n: int, mask_type: str, mid_channels: int, num_blocks: int,
+                     first: bool) -> list[Flow]:
+    return [AffineCoupling(channels, mask_type=mask_type, event_dim=3, inverse_mask=bool(i % 2),
+                           scale_translate_net=ScaleTranslate(
+                               ResNet(channels, mid_channels, 2 * channels, num_blocks, kernel_size=3, padding=1,
+                                      double_after_norm=first and i == 0), channels, event_dim=3))
+            for i in range(n)]
+
+
+def real_nvp_flow(dim: int, num_multiscale_layers: int = 2, image: bool = False, hidden_features: int = 64,
+                  mid_channels: int = 32, num_blocks: int = 2) -> FlowList:
+    """The flow of :class:`RealNVPDistribution` (from the data to the latent space).
+
+    Vectors: ``num_multiscale_layers`` pairs of affine couplings with alternating masks and MLP networks.
+    Images (``dim`` channels): per scale, 3 checkerboard couplings, a squeeze and 3 channel-wise couplings; then 4
+    checkerboard couplings and as many unsqueezes as scales, so the latent has the image's shape (Dinh et al.'s
+    multi-scale architecture without factoring out half of the variables at each scale).
+    """
+    flows: list[Flow] = []
+    if not image:
+        if dim < 2:
+            raise ValueError(f"RealNVP: a coupling needs at least 2 features, got dim={dim}")
+        for _ in range(num_multiscale_layers):
+            for inverse_mask in (False, True):
+                net = ScaleTranslate(MLP(dim, hidden_features, 2 * dim), dim)
+                flows.append(AffineCoupling(dim, mask_type="checkerboard", event_dim=1, inverse_mask=inverse_mask,
+                                            scale_translate_net=net))
+        return FlowList(flows)
+    c = dim
+    for scale in range(num_multiscale_layers):
+        flows += _image_couplings(c, 3, "checkerboard", mid_channels, num_blocks, first=scale == 0)
+        flows.append(Squeeze())
+        c *= 4
+        flows += _image_couplings(c, 3, "channel_wise", mid_channels, num_blocks, first=False)
+    flows += _image_couplings(c, 4, "checkerboard", mid_channels, num_blocks, first=num_multiscale_layers == 0)
+    flows += [Unsqueeze() for _ in range(num_multiscale_layers)]
+    return FlowList(flows)
+
+
+class RealNVPDistribution(InverseTransformedDistribution):
+    r"""The seed's ``RealNVP(prior, dim, num_multiscale_layers, image)``: a Real NVP density model
+    :math:`x = f^{-1}(z)`, :math:`z \sim p_{prior}(z)` (Dinh et al. 2017); see :func:`real_nvp_flow`.
+
+    Parameters
+    ----------
+    prior : Distribution
+        :math:`p(z)` with the data's shape (``dim`` features, or ``(dim, H, W)`` images).
+    dim : int
+        Features of a vector, or channels of an image.
+    num_multiscale_layers : int, default 2
+    var : list of str, default ``["x"]``
+    image : bool, default False
+    name : str, default ``"p"``
+    hidden_features : int, default 64
+        Width of the coupling MLPs (vectors).
+    mid_channels, num_blocks : int
+        Width and depth of the coupling ResNets (images).
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> p = RealNVPDistribution(Normal(loc=torch.zeros(2), scale=1., var=["z"]), dim=2, var=["x"])
+    >>> x = torch.randn(4, 2)
+    >>> bool(torch.allclose(p.get_log_prob({"x": x}), p.prior.get_log_prob({"z": x}), atol=1e-6))  # starts at f = id
+    True
+    >>> tuple(p.sample(batch_n=4)["x"].shape)
+    (4, 2)
+    """
+
+    def __init__(self, prior: Distribution, dim: int, num_multiscale_layers: int = 2, var: Sequence[str] = ("x",),
+                 image: bool = False, name: str = "p", hidden_features: int = 64, mid_channels: int = 32,
+                 num_blocks: int = 2) -> None:
+        flow = real_nvp_flow(dim, num_multiscale_layers, image, hidden_features, mid_channels, num_blocks)
+        super().__init__(prior, flow, var=var, name=name)
+
+
+RealNVP = RealNVPDistribution

@@ -1,0 +1,404 @@
+r"""Mixtures: :class:`MixtureModel` :math:`p(x) = \sum_k p(x|z=k)p(z=k)` with its posterior :math:`p(z|x)` (EM, GMM),
+and :class:`MixtureOfNormal` :math:`q(z|x,y) = \sum_k w_k q_k(z|x_k)` (mixture of experts, Shi et al. 2019, MMVAE).
+
+A mixture is one Pyro site whose distribution marginalizes the component exactly (log-sum-exp over the components),
+so ``model``/``guide`` need no enumeration; samples pick a component, then draw from it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor, nn
+from torch.distributions import Categorical as _TorchCategorical
+
+from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, inputs_of, site_fn, unwrap
+from pyro_dgm.distributions.base import Distribution, ValuesLike, _Binding, _Pass
+from pyro_dgm.distributions.exponential import Categorical
+from pyro_dgm.utils.checks import describe
+
+__all__ = ["MixtureModel", "PosteriorMixtureModel", "MixtureOfNormal", "MixtureDistribution"]
+
+
+def _ordered_union(*lists: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for names in lists:
+        out += [n for n in names if n not in out]
+    return out
+
+
+class MixtureDistribution(TorchDistribution):
+    r"""A Pyro distribution :math:`\sum_k \pi_k p_k(x)` over components of any family with one event shape.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(..., K)`` unnormalized log-weights.
+    components : list of distributions
+        ``K`` Pyro/torch distributions whose batch shapes broadcast with ``logits.shape[:-1]``.
+
+    Examples
+    --------
+    >>> import pyro.distributions as dist
+    >>> m = MixtureDistribution(torch.log(torch.tensor([0.25, 0.75])),
+    ...                         [dist.Normal(torch.tensor(-1.0), 1.0), dist.Normal(torch.tensor(1.0), 1.0)])
+    >>> x = torch.tensor(0.5)
+    >>> expected = torch.log(0.25 * dist.Normal(-1.0, 1.0).log_prob(x).exp() + 0.75 * dist.Normal(1.0, 1.0).log_prob(x).exp())
+    >>> bool(torch.allclose(m.log_prob(x), expected)), round(float(m.mean), 4)
+    (True, 0.5)
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, components: Sequence[Any], validate_args: bool | None = None) -> None:
+        if logits.shape[-1] != len(components):
+            raise ValueError(f"MixtureDistribution: {logits.shape[-1]} weights for {len(components)} components")
+        event = components[0].event_shape
+        for c in components:
+            if c.event_shape != event:
+                raise ValueError(f"MixtureDistribution: components must share one event shape, got {tuple(event)} "
+                                 f"and {tuple(c.event_shape)}")
+        batch = torch.broadcast_shapes(logits.shape[:-1], *(c.batch_shape for c in components))
+        self.components = [c if c.batch_shape == batch else c.expand(batch) for c in components]
+        self.logits = (logits - logits.logsumexp(-1, keepdim=True)).expand(*batch, logits.shape[-1])
+        super().__init__(batch, event, validate_args=False)
+
+    @property
+    def support(self) -> Any:  # type: ignore[override]
+        return self.components[0].support
+
+    def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> "MixtureDistribution":
+        batch_shape = torch.Size(batch_shape)
+        return MixtureDistribution(self.logits.expand(*batch_shape, self.logits.shape[-1]),
+                                   [c.expand(batch_shape) for c in self.components])
+
+    def component_log_prob(self, value: Tensor) -> Tensor:
+        r"""The joint :math:`\log \pi_k + \log p_k(x)`, shape ``(..., K)``."""
+        return torch.stack([c.log_prob(value) for c in self.components], dim=-1) + self.logits
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.component_log_prob(value).logsumexp(-1)
+
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        shape = sample_shape + self.batch_shape
+        with torch.no_grad():
+            xs = torch.stack([c.sample(sample_shape) for c in self.components], dim=len(shape))
+            k = _TorchCategorical(logits=self.logits).sample(sample_shape)
+            idx = k.reshape(*shape, 1, *([1] * len(self.event_shape))).expand(*shape, 1, *self.event_shape)
+            return xs.gather(len(shape), idx).squeeze(len(shape))
+
+    def _weights(self) -> Tensor:
+        return self.logits.exp().reshape(*self.logits.shape, *([1] * len(self.event_shape)))
+
+    @property
+    def mean(self) -> Tensor:
+        means = torch.stack([c.mean for c in self.components], dim=len(self.batch_shape))
+        return (self._weights() * means).sum(len(self.batch_shape))
+
+    @property
+    def variance(self) -> Tensor:
+        d = len(self.batch_shape)
+        means = torch.stack([c.mean for c in self.components], dim=d)
+        second = torch.stack([c.variance for c in self.components], dim=d) + means ** 2
+        return (self._weights() * second).sum(d) - self.mean ** 2
+
+
+class _Mixture(Distribution):
+    """What the mixtures share: one site whose distribution is a :class:`MixtureDistribution`."""
+
+    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool) -> MixtureDistribution:
+        raise NotImplementedError
+
+    def _mapping(self, b: _Binding) -> dict[str, str]:
+        return {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
+
+    @property
+    def has_reparam(self) -> bool:
+        return False
+
+    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True) -> tuple[Any, Any]:
+        fn = self._mixture(b, values, ctx, expand)
+        return fn, fn
+
+    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+        fn, _ = self._fn(b, values, ctx)
+        name = b.var[0]
+        value = self._record(name, fn.mean, fn.event_dim) if ctx.sample_mean else self._site(name, fn, ctx)
+        values[name] = value
+        ctx.event_dims[name] = fn.event_dim
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        if not sum_features or feature_dims is not None:
+            raise ValueError(f"{describe(self)}: the log-density of a mixture does not factorize over features; "
+                             "call get_log_prob with sum_features=True and no feature_dims")
+        return self._fn(b, values, ctx, expand=False)[0].log_prob(values[b.var[0]])
+
+    def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> MixtureDistribution:
+        """The :class:`MixtureDistribution` given the inputs (event dims: the features)."""
+        values = self._input_dict(x_dict)
+        return self._mixture(self._binding, values, _Pass(batch_n=batch_n, kwargs=kwargs), True)
+
+    def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
+        """The mixture's mean :math:`\\sum_k \\pi_k \\mu_k` given the inputs."""
+        return self._mixture(self._binding, self._input_dict(x_dict), _Pass(kwargs=kwargs), False).mean
+
+    def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
+        """The mixture's variance (law of total variance) given the inputs."""
+        return self._mixture(self._binding, self._input_dict(x_dict), _Pass(kwargs=kwargs), False).variance
+
+    def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
+                    feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        raise NotImplementedError(f"{describe(self)}: the entropy of a mixture has no closed form; estimate it "
+                                  "from samples")
+
+
+class MixtureModel(_Mixture):
+    r"""A mixture model :math:`p(x) = \sum_k p(x|z=k)\,p(z=k)` with a categorical prior over the component ``z``.
+
+    The component is marginalized exactly: ``get_log_prob`` is :math:`\log\sum_k` (with ``return_hidden=True``, the
+    joint :math:`\log p(x, z=k)` of shape ``(K, batch)``, as Pixyz), and :meth:`posterior` is :math:`p(z|x)`, a
+    categorical distribution that samples and scores (the E-step of EM).
+
+    Parameters
+    ----------
+    distributions : list of Distribution
+        The components :math:`p(x|z=k)`; they share one variable.
+    prior : Categorical
+        :math:`p(z)` over ``len(distributions)`` categories.
+    name : str, default ``"p"``
+
+    Raises
+    ------
+    ValueError
+        If the components generate different variables, or the prior is not categorical over ``K`` categories.
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal, Categorical
+    >>> comps = [Normal(loc=torch.tensor([float(k)]), scale=1., var=["x"], name=f"p_{k}") for k in range(2)]
+    >>> p = MixtureModel(comps, Categorical(probs=torch.tensor([0.3, 0.7]), var=["z"], name="p_{z}"))
+    >>> print(p.prob_joint_factorized_and_text)
+    p(x) = p_0(x|z=0)p_{z}(z=0) + p_1(x|z=1)p_{z}(z=1)
+    >>> x = torch.tensor([[0.5]])
+    >>> bool(torch.allclose(p.get_log_prob({"x": x}).exp(),
+    ...                     0.3 * comps[0].get_log_prob({"x": x}).exp() + 0.7 * comps[1].get_log_prob({"x": x}).exp()))
+    True
+    >>> p.posterior().get_params({"x": x})["probs"]  # equal likelihoods at 0.5: the prior
+    tensor([[0.3000, 0.7000]])
+    """
+
+    def __init__(self, distributions: Sequence[Distribution], prior: Distribution, name: str = "p") -> None:
+        owner = f"MixtureModel {name}"
+        comps = list(distributions)
+        if not comps:
+            raise ValueError(f"{owner}: expected at least one component distribution")
+        var = list(comps[0].var)
+        for i, d in enumerate(comps):
+            check_inner(owner, d, f"component {i}")
+            if list(d.var) != var or len(var) != 1:
+                raise ValueError(f"{owner}: all distributions must generate the same one variable; component 0 "
+                                 f"generates {var}, component {i} {d.prob_text} generates {d.var}")
+        check_inner(owner, prior, "prior")
+        if prior.distribution_name != "Categorical" or len(prior.var) != 1:
+            raise ValueError(f"{owner}: the prior must be a Categorical distribution of one variable, got "
+                             f"{describe(prior)}")
+        k = prior.features_shape[-1] if prior.features_shape else None
+        if k is not None and k != len(comps):
+            raise ValueError(f"{owner}: the prior has {k} categories but there are {len(comps)} components")
+        hidden = prior.var[0]
+        cond = [v for v in _ordered_union(prior.cond_var, *(d.cond_var for d in comps)) if v not in var]
+        if hidden in var or hidden in cond:
+            raise ValueError(f"{owner}: the component variable {hidden!r} cannot be the data variable or an input")
+        super().__init__(var=var, cond_var=cond, name=name, features_shape=comps[0].features_shape)
+        self.distributions = nn.ModuleList(comps)
+        self.prior = prior
+        self._hidden_var = [hidden]
+
+    @property
+    def hidden_var(self) -> list[str]:
+        """The component variable (the prior's)."""
+        return self._hidden_var
+
+    @property
+    def distribution_name(self) -> str:
+        return "Mixture Model"
+
+    @property
+    def prob_factorized_text(self) -> str:
+        x, z = self._var[0], self._hidden_var[0]
+        return " + ".join(f"{d.name}({x}|{z}={k}){self.prior.name}({z}={k})" for k, d in enumerate(self.distributions))
+
+    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool) -> MixtureDistribution:
+        m = self._mapping(b)
+        comps = [site_fn(d, m, values, ctx, expand)[0] for d in self.distributions]
+        prior_fn = site_fn(self.prior, m, values, ctx, expand)[0]
+        k = len(comps)
+        nb = len(prior_fn.batch_shape)
+        if getattr(unwrap(self.prior)[0], "one_hot", True):
+            if prior_fn.event_shape[-1:] != (k,):
+                raise ValueError(f"{describe(self)}: the prior has {tuple(prior_fn.event_shape)[-1:]} categories but "
+                                 f"there are {k} components")
+            support = torch.eye(k, dtype=comps[0].mean.dtype, device=comps[0].mean.device)
+            support = support.reshape(k, *([1] * nb), k)
+        else:
+            support = torch.arange(k, device=comps[0].mean.device).reshape(k, *([1] * nb))
+        logits = prior_fn.log_prob(support).movedim(0, -1)
+        return MixtureDistribution(logits, comps)
+
+    def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
+                     return_hidden: bool = False, **kwargs: Any) -> Tensor:
+        r""":math:`\log p(x)`, or with ``return_hidden=True`` the joint :math:`\log p(x, z=k)` of shape ``(K, batch)``.
+        """
+        if not return_hidden:
+            return super().get_log_prob(x_dict, sum_features=sum_features, feature_dims=feature_dims, **kwargs)
+        values = self._input_dict(x_dict, self._var + self._input_var)
+        fn = self._mixture(self._binding, values, _Pass(kwargs=kwargs), False)
+        return fn.component_log_prob(values[self._var[0]]).movedim(-1, 0)
+
+    def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None, sample_shape: Sequence[int] = torch.Size(),
+               return_all: bool = True, reparam: bool = False, sample_mean: bool = False, return_hidden: bool = False,
+               **kwargs: Any) -> dict[str, Tensor]:
+        """Draw ``x`` (see :meth:`Distribution.sample`); with ``return_hidden=True`` also its component ``z``, drawn
+        from the posterior :math:`p(z|x)` (so ``(x, z)`` is a draw from the joint)."""
+        out = super().sample(x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=True, reparam=reparam,
+                             sample_mean=sample_mean, **kwargs)
+        keep = list(self._var)
+        if return_hidden:
+            z = self._hidden_var[0]
+            out[z] = self.posterior().sample(out, return_all=False)[z]
+            keep.append(z)
+        return out if return_all else {v: out[v] for v in keep}
+
+    def posterior(self, name: str | None = None) -> "PosteriorMixtureModel":
+        """The posterior over the component, :math:`p(z|x) = p(x, z)/p(x)`."""
+        return PosteriorMixtureModel(self, name=name)
+
+
+class PosteriorMixtureModel(Categorical):
+    r"""The posterior :math:`p(z|x) = p(x|z)p(z)/p(x)` of a :class:`MixtureModel`: a categorical distribution over
+    the component, conditioned on the data (and the mixture's inputs), sharing the mixture's networks.
+
+    ``get_params({"x": x})["probs"]`` are the responsibilities of EM's E-step.
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal, Categorical
+    >>> comps = [Normal(loc=torch.tensor([float(k)]), scale=1., var=["x"]) for k in range(2)]
+    >>> post = MixtureModel(comps, Categorical(probs=torch.tensor([0.5, 0.5]), var=["z"])).posterior()
+    >>> print(post.prob_joint_factorized_and_text)
+    p(z|x) = \frac{p(z,x)}{p(x)}
+    >>> post.get_params({"x": torch.tensor([[0.0]])})["probs"]  # e^{-1/2} : 1
+    tensor([[0.6225, 0.3775]])
+    """
+
+    distribution_name = "Mixture Model (Posterior)"  # type: ignore[assignment]
+
+    def __init__(self, p: MixtureModel, name: str | None = None) -> None:
+        one_hot = getattr(unwrap(p.prior)[0], "one_hot", True)
+        super().__init__(var=p.hidden_var, cond_var=p.var + p.cond_var, name=p.name if name is None else name,
+                         features_shape=p.prior.features_shape, one_hot=one_hot)
+        self.p = p
+
+    @property
+    def prob_factorized_text(self) -> str:
+        return f"\\frac{{{self._name}({self._var[0]},{self.p.var[0]})}}{{{self._name}({self.p.var[0]})}}"
+
+    def forward(self, **inputs: Tensor) -> dict[str, Tensor]:
+        """The posterior's ``logits`` given the data and the mixture's inputs."""
+        return self._params(self._binding, inputs, _Pass())
+
+    def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
+        """The posterior's ``logits`` (normalized) and ``probs`` (the responsibilities) given ``x``."""
+        params = super().get_params(params_dict, **kwargs)
+        return {**params, "probs": params["logits"].exp()}
+
+    def _params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> dict[str, Tensor]:
+        m = dict(zip(self._cond_var, b.cond_var))
+        mb = self.p._binding.renamed(m)
+        joint = self.p._mixture(mb, values, ctx, False).component_log_prob(values[mb.var[0]])
+        return {"logits": joint - joint.logsumexp(-1, keepdim=True)}
+
+
+class MixtureOfNormal(OptionalInputs, _Mixture):
+    r"""A mixture of experts :math:`q(z|x_1, \dots, x_K) = \sum_k w_k\, q_k(z|x_k)` (Shi et al. 2019, MMVAE).
+
+    Experts whose inputs are not given are left out and the weights of the others renormalized. Samples choose an
+    expert per sample at random (Pixyz instead splits the batch into fixed blocks per expert); the log-density is
+    :math:`\log\sum_k w_k q_k(z|x_k)` (Pixyz weights the log-densities instead, :math:`\log\sum_k e^{w_k\log q_k}`).
+
+    Parameters
+    ----------
+    p : list of Distribution
+        The experts (usually Normal); they share one variable.
+    weight_modalities : list of float, optional
+        :math:`w_k` (uniform by default).
+    name : str, default ``"p"``
+    features_shape : tuple of int, optional
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> qx = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q_x")
+    >>> qy = Normal(loc="y", scale=1., var=["z"], cond_var=["y"], name="q_y")
+    >>> q = MixtureOfNormal([qx, qy], name="q")
+    >>> print(q.prob_joint_factorized_and_text)
+    q(z|x,y) = \frac{1}{2}q_x(z|x) + \frac{1}{2}q_y(z|y)
+    >>> v = {"x": torch.zeros(1, 1), "y": torch.ones(1, 1), "z": torch.zeros(1, 1)}
+    >>> bool(torch.allclose(q.get_log_prob(v).exp(), 0.5 * (qx.get_log_prob(v).exp() + qy.get_log_prob(v).exp())))
+    True
+    """
+
+    def __init__(self, p: Sequence[Distribution], weight_modalities: Sequence[float] | None = None, name: str = "p",
+                 features_shape: Sequence[int] = ()) -> None:
+        owner = f"MixtureOfNormal {name}"
+        experts = [p] if isinstance(p, Distribution) else list(p)
+        if not experts:
+            raise ValueError(f"{owner}: expected at least one expert, got an empty list")
+        var = list(experts[0].var)
+        for i, e in enumerate(experts):
+            check_inner(owner, e, f"expert {i}")
+            if list(e.var) != var:
+                raise ValueError(f"{owner}: every expert must generate {var}, but expert {i} {e.prob_text} generates "
+                                 f"{e.var}")
+        weights = [1.0 / len(experts)] * len(experts) if weight_modalities is None else [float(w) for w in
+                                                                                        weight_modalities]
+        if len(weights) != len(experts) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"{owner}: expected {len(experts)} non-negative weights (one per expert), got {weights}")
+        if not features_shape:
+            features_shape = next((e.features_shape for e in experts if e.features_shape), torch.Size())
+        super().__init__(var=var, cond_var=_ordered_union(*(e.cond_var for e in experts)), name=name,
+                         features_shape=features_shape)
+        self.p = nn.ModuleList(experts)
+        self.register_buffer("weight_modalities", torch.tensor(weights))
+
+    @property
+    def distribution_name(self) -> str:
+        return "MixtureOfNormal"
+
+    @property
+    def prob_factorized_text(self) -> str:
+        w = self.weight_modalities.tolist()
+        if all(math.isclose(v, w[0]) for v in w):
+            k = len(w)
+            return " + ".join(f"\\frac{{1}}{{{k}}}{e.prob_text}" for e in self.p)
+        return " + ".join(f"{v:.3g}{e.prob_text}" for v, e in zip(w, self.p))
+
+    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool) -> MixtureDistribution:
+        m = self._mapping(b)
+        comps, logw = [], []
+        for i, e in enumerate(self.p):
+            ins = inputs_of(e, m)
+            if all(v in values for v in ins):
+                comps.append(site_fn(e, m, values, ctx, expand)[0])
+                logw.append(torch.log(self.weight_modalities[i]))
+            elif any(v in values for v in ins):
+                raise ValueError(f"{describe(self)}: expert {e.prob_text} is given only some of its inputs "
+                                 f"{[v for v in ins if v in values]}; give all of them, or none to leave it out")
+        if not comps:
+            raise ValueError(f"{describe(self)}: no expert has its inputs; give at least one of {self._cond_var}")
+        return MixtureDistribution(torch.stack(logw), comps)

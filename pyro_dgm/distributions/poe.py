@@ -1,0 +1,241 @@
+r"""Products of Gaussian experts (Wu & Goodman 2018, MVAE; Vedantam et al. 2018):
+:math:`p(z|x,y) \propto p(z)\,p(z|x)\,p(z|y)`.
+
+The product of Gaussians :math:`\mathcal N(\mu_k, \sigma_k^2)` with weights :math:`w_k` is Gaussian with precision
+:math:`\sum_k w_k \sigma_k^{-2}` and mean :math:`\sum_k w_k \sigma_k^{-2}\mu_k / \sum_k w_k \sigma_k^{-2}`. An expert
+whose inputs are not given is left out of the product (a missing modality); an expert with scale 0 counts as missing
+for that element (Pixyz's convention, which :class:`ElementWiseProductOfNormal` uses per sample).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, inputs_of, site_params
+from pyro_dgm.distributions.base import Distribution, _Binding, _Pass
+from pyro_dgm.distributions.exponential import Normal
+from pyro_dgm.utils.checks import describe
+
+__all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal"]
+
+
+def _ordered_union(*lists: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for names in lists:
+        out += [n for n in names if n not in out]
+    return out
+
+
+def _precision(scale: Tensor) -> Tensor:
+    var = scale * scale
+    return torch.where(var > 0, 1.0 / var.clamp_min(torch.finfo(var.dtype).tiny), torch.zeros_like(var))
+
+
+class ProductOfNormal(OptionalInputs, Normal):
+    r"""The product of Gaussian experts and a prior expert, renormalized: a Normal distribution.
+
+    .. math::
+        p(z|x_1, \dots, x_K) \propto p(z)^{w_0} \prod_k p_k(z|x_k)^{w_k}
+
+    The prior expert is :math:`\mathcal N(0, I)` unless ``prior`` is given. Experts whose inputs are missing from the
+    values are left out, so ``sample``, ``get_log_prob``, ``model`` and ``guide`` accept any subset of the inputs
+    (with none, it is the prior).
+
+    Parameters
+    ----------
+    p : list of Normal
+        The experts; they share one variable.
+    weight_modalities : list of float, optional
+        :math:`w_0, w_1, \dots, w_K` (prior first); all 1 by default.
+    name : str, default ``"p"``
+    features_shape : tuple of int, optional
+        Taken from the experts when they have constant parameters; needed when no expert is given.
+    prior : Normal, optional
+        The prior expert (default :math:`\mathcal N(0, I)`, as in Pixyz).
+
+    Raises
+    ------
+    ValueError
+        For no experts, experts of different variables or families, or a wrong number of weights.
+
+    Examples
+    --------
+    >>> qx = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q_x")
+    >>> qy = Normal(loc="y", scale=0.5, var=["z"], cond_var=["y"], name="q_y")
+    >>> q = ProductOfNormal([qx, qy], name="q")
+    >>> print(q.prob_joint_factorized_and_text)
+    q(z|x,y) \propto p(z)q_x(z|x)q_y(z|y)
+    >>> params = q.get_params({"x": torch.tensor([[3.0]]), "y": torch.tensor([[1.0]])})
+    >>> params["loc"], params["scale"] ** 2  # precisions 1 + 1 + 4, mean (3 + 4) / 6
+    (tensor([[1.1667]]), tensor([[0.1667]]))
+    >>> q.get_params({"x": torch.tensor([[3.0]])})["loc"]  # y missing: prior and q_x only
+    tensor([[1.5000]])
+    """
+
+    def __init__(self, p: Sequence[Distribution] | Distribution, weight_modalities: Sequence[float] | None = None,
+                 name: str = "p", features_shape: Sequence[int] = (), prior: Distribution | None = None) -> None:
+        owner = f"{type(self).__name__} {name}"
+        experts = [p] if isinstance(p, Distribution) else list(p)
+        if not experts:
+            raise ValueError(f"{owner}: expected at least one expert, got an empty list")
+        var = list(experts[0].var)
+        for i, e in enumerate([*experts, *([prior] if prior is not None else [])]):
+            what = "prior" if i == len(experts) else f"expert {i}"
+            check_inner(owner, e, what, need="_params")
+            if list(e.var) != var:
+                raise ValueError(f"{owner}: every expert must generate {var}, but {what} {e.prob_text} generates "
+                                 f"{e.var}")
+            if e.distribution_name != "Normal":
+                raise ValueError(f"{owner}: experts must be Normal distributions, but {what} {e.prob_text} is "
+                                 f"{e.distribution_name}")
+        n = len(experts) + 1
+        weights = [1.0] * n if weight_modalities is None else [float(w) for w in weight_modalities]
+        if len(weights) != n:
+            raise ValueError(f"{owner}: expected {n} weights (the prior's, then one per expert), got {len(weights)}")
+        cond = _ordered_union(*(e.cond_var for e in experts), prior.cond_var if prior is not None else [])
+        if not features_shape:
+            features_shape = next((e.features_shape for e in [*experts, prior] if e is not None and e.features_shape),
+                                  torch.Size())
+        super().__init__(var=var, cond_var=cond, name=name, features_shape=features_shape)
+        self.p = nn.ModuleList(experts)
+        self.prior = prior
+        self.register_buffer("weight_modalities", torch.tensor(weights))
+
+    @property
+    def experts(self) -> list[Distribution]:
+        """The experts (without the prior)."""
+        return list(self.p)
+
+    @property
+    def prob_factorized_text(self) -> str:
+        prior = self.prior.prob_text if self.prior is not None else f"p({','.join(self._var)})"
+        return prior + "".join(e.prob_text for e in self.p)
+
+    @property
+    def prob_joint_factorized_and_text(self) -> str:
+        return f"{self.prob_text} \\propto {self.prob_factorized_text}"
+
+    def forward(self, **inputs: Tensor) -> dict[str, Tensor]:
+        """The product's ``loc`` and ``scale`` given the inputs of the experts that are present."""
+        return self.get_params(inputs)
+
+    # ------------------------------------------------------------------ the product
+    def _expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass
+                      ) -> list[tuple[Tensor, Tensor]]:
+        """``(w * precision * loc, w * precision)`` of each expert whose inputs are given."""
+        terms = []
+        for i, e in enumerate(self.p):
+            ins = inputs_of(e, m)
+            have = [v in values for v in ins]
+            if not all(have):
+                if any(have):
+                    missing = [v for v, h in zip(ins, have) if not h]
+                    raise ValueError(f"{describe(self)}: expert {e.prob_text} is given only some of its inputs; "
+                                     f"missing {missing} (give all of them, or none to leave the expert out)")
+                continue
+            params = site_params(e, m, values, ctx)
+            w = self.weight_modalities[i + 1]
+            prec = w * _precision(params["scale"])
+            terms.append((prec * params["loc"], prec))
+        return terms
+
+    def _params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> dict[str, Tensor]:
+        m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
+        w0 = self.weight_modalities[0]
+        if self.prior is None:
+            num: Tensor = torch.zeros((1, *self._features_shape), dtype=w0.dtype, device=w0.device)
+            den: Tensor = w0.expand_as(num)
+        else:
+            pp = site_params(self.prior, m, values, ctx)
+            den = w0 * _precision(pp["scale"])
+            num = den * pp["loc"]
+        for tn, td in self._expert_terms(m, values, ctx):
+            num, den = num + tn, den + td
+        loc, scale = torch.broadcast_tensors(num / den, torch.rsqrt(den))
+        return {"loc": loc, "scale": scale}
+
+    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True) -> tuple[Any, Any]:
+        present = tuple(v for v in b.input_var if v in values)
+        if len(present) != len(b.input_var):  # missing experts: batch dims come from the inputs given
+            b = _Binding(b.var, b.cond_var, present, b.fwd_pos, b.fwd_kw, b.param_vars)
+        return super()._fn(b, values, ctx, expand)
+
+
+class NormalPoE(ProductOfNormal):
+    r"""The seed's ``NormalPoE(prior, dists)``: :math:`p(z|x,y) \propto p(z)p(z|x)p(z|y)` with an explicit prior.
+
+    Examples
+    --------
+    >>> prior = Normal(loc=0., scale=1., var=["z"], name="p_{prior}")
+    >>> a = Normal(loc="x", scale=1., var=["z"], cond_var=["x"])
+    >>> print(NormalPoE(prior, [a]).prob_joint_factorized_and_text)
+    p(z|x) \propto p_{prior}(z)p(z|x)
+    """
+
+    def __init__(self, prior: Distribution, dists: Sequence[Distribution] = (), **kwargs: Any) -> None:
+        super().__init__(list(dists), prior=prior, **kwargs)
+
+
+class ElementWiseProductOfNormal(ProductOfNormal):
+    r"""A product of Normal experts, one per element of the input vector, all given by one network ``p(z|x)``:
+
+    .. math::
+        p(z|x) \propto p(z) \prod_{i: x_i \ne 0} p(z|x_i)
+
+    Expert :math:`i` is the network applied to :math:`x` with every element but :math:`x_i` set to 0; where
+    :math:`x_i = 0` the expert is missing for that sample (Vedantam et al. 2018; the MVAE's per-sample subsets).
+    The network runs once on all ``D`` masked copies of the batch.
+
+    Parameters
+    ----------
+    p : Normal
+        The expert network, with one conditioning variable (a vector).
+    name : str, default ``"p"``
+    features_shape : tuple of int, optional
+
+    Examples
+    --------
+    >>> class Expert(Normal):
+    ...     def __init__(self):
+    ...         super().__init__(var=["z"], cond_var=["x"], name="q")
+    ...     def forward(self, x):  # expert i alone: mean 2 * x_i, scale 1
+    ...         return {"loc": 2 * x.sum(-1, keepdim=True), "scale": torch.ones_like(x[..., :1])}
+    >>> q = ElementWiseProductOfNormal(Expert())
+    >>> q.get_params({"x": torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])})["loc"]  # (2/2, 4/3)
+    tensor([[1.0000],
+            [1.3333]])
+    """
+
+    def __init__(self, p: Distribution, name: str = "p", features_shape: Sequence[int] = ()) -> None:
+        if len(p.cond_var) != 1:
+            raise ValueError(f"ElementWiseProductOfNormal {name}: the expert network must have one conditioning "
+                             f"variable, got cond_var={p.cond_var}")
+        super().__init__([p], name=name, features_shape=features_shape)
+
+    @property
+    def prob_factorized_text(self) -> str:
+        e = self.p[0]
+        x = e.cond_var[0]
+        return f"p({','.join(self._var)})\\prod_{{i}}{e.name}({','.join(e.var)}|{x}_{{i}})"
+
+    def _expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass
+                      ) -> list[tuple[Tensor, Tensor]]:
+        e = self.p[0]
+        xname = inputs_of(e, m)[0]
+        if xname not in values:
+            return []
+        x = values[xname]
+        d = x.shape[-1]
+        lead = x.shape[:-1]
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        masked = (x.unsqueeze(-2) * eye).movedim(-2, 0).reshape(-1, d)  # expert i sees only x_i
+        params = site_params(e, m, {**values, xname: masked}, ctx)
+        loc, scale = torch.broadcast_tensors(params["loc"], params["scale"])
+        loc = loc.reshape(d, *lead, *loc.shape[1:])
+        scale = scale.reshape(d, *lead, *scale.shape[1:])
+        present = (x != 0).movedim(-1, 0).to(loc.dtype)
+        present = present.reshape(*present.shape, *([1] * (loc.dim() - present.dim())))
+        prec = self.weight_modalities[1] * _precision(scale) * present
+        return [((prec * loc).sum(0), prec.sum(0))]
