@@ -118,6 +118,10 @@ class _EntryPoint:
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.__name__ = self.fn.__name__ = name
+        self.fn.__qualname__ = f"{owner.__qualname__}.{name}"
+
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
             return self.fn
@@ -441,8 +445,9 @@ class Distribution(nn.Module):
         data are observed (``obs=``), the others are sampled ancestrally; ``input_var`` must be given. Factors
         without inputs draw one value per data point (dim 0 of the data), as Pixyz's losses broadcast them, and
         the batch dim is a ``pyro.plate("data", N, dim=-1)`` (unless the caller already opened a plate at dim -1),
-        as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is. Returns all values by
-        name.
+        as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is. Pass the data as
+        arguments (a model called with none, e.g. under ``poutine.condition``, cannot know ``N``: it draws one
+        value, so open ``pyro.plate`` yourself there). Returns all values by name.
 
         Examples
         --------
@@ -462,7 +467,6 @@ class Distribution(nn.Module):
 
     model = _EntryPoint(_model)
     guide = _EntryPoint(_guide)
-    model.__name__, guide.__name__ = "model", "guide"
 
     def _register(self) -> None:
         """Register this factor's networks with ``pyro.module`` (once per model/guide call)."""
