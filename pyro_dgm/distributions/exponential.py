@@ -21,9 +21,21 @@ __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Ca
 
 
 class BernoulliBCE(dist.Bernoulli):
-    """Bernoulli whose log-density is the binary cross-entropy, defined for any value in ``[0, 1]``."""
+    """Bernoulli whose log-density is the binary cross-entropy, defined for any value in ``[0, 1]``.
+
+    Built from ``probs`` it scores them directly (``F.binary_cross_entropy``, as hand-written VAEs do) instead of
+    going through logits; built from ``logits``, with the logits.
+    """
 
     support = constraints.unit_interval
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if "logits" in self.__dict__ or "probs" not in self.__dict__:
+            return super().log_prob(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        probs, value = broadcast_all(self.probs, value)
+        return -F.binary_cross_entropy(probs, value, reduction="none")
 
 
 class FactorizedBernoulliBCE(BernoulliBCE):
