@@ -1,0 +1,381 @@
+r"""The :class:`Model` class: a loss, the distributions it trains, an optimizer, and a training step.
+
+``Model`` keeps Pixyz 0.3.3's constructor and its ``train``/``test``/``save``/``load`` API, and adds what a long run
+needs: :meth:`Model.fit` (epochs over a data set, a progress bar, a history, callbacks, TensorBoard, early failure on a
+non-finite loss; :mod:`.trainer`), checkpoints that resume exactly (:mod:`.checkpoint`) and data-parallel training
+under ``torch.distributed`` (:mod:`.distributed`).
+
+Subclasses (``VAE``, ``VI``, ``ML``, ``GAN``) only build a loss and call ``Model.__init__``; a subclass with an extra
+step (a discriminator's) overrides :meth:`Model.train`/:meth:`Model.test` and calls ``super()``.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import clip_grad_norm_, clip_grad_value_
+
+from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.losses.base import Loss
+from pyro_dgm.models import distributed as _dist
+from pyro_dgm.utils.latex import print_latex as _print_latex
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyro_dgm.models.trainer import History
+
+__all__ = ["Model", "NonFiniteLossError", "build_optimizer"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training or test loss became NaN or infinite; the message names the step, the epoch and the terms."""
+
+
+def _check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
+    if distributions is None:
+        return []
+    if isinstance(distributions, (nn.Module, Distribution)):
+        distributions = [distributions]
+    if isinstance(distributions, (str, bytes, Mapping)) or not isinstance(distributions, Iterable):
+        raise TypeError(f"{owner}: distributions must be a list of pyro_dgm distributions, got "
+                        f"{type(distributions).__name__}")
+    out: list[nn.Module] = []
+    for i, d in enumerate(distributions):
+        if isinstance(d, Distribution):
+            out.append(d)
+            continue
+        module = type(d).__module__ or ""
+        foreign = (module.split(".")[0] in ("pixyz", "pyro", "torch") and hasattr(d, "log_prob")) or \
+            isinstance(d, torch.distributions.Distribution) or hasattr(d, "prob_text")
+        if isinstance(d, nn.Module) and not foreign:
+            out.append(d)  # Pixyz also trains plain networks ("Deterministic functions (for training)")
+            continue
+        raise TypeError(f"{owner}: distributions[{i}] is a {type(d).__module__}.{type(d).__qualname__} ({d!r:.80}), "
+                        "not a pyro_dgm distribution; build it with pyro_dgm.distributions (e.g. Normal(var=['x'], "
+                        "...)) or pass a torch.nn.Module to train a plain network")
+    return out
+
+
+def _check_loss(owner: str, loss: Any, arg: str) -> Loss:
+    if not isinstance(loss, Loss):
+        raise TypeError(f"{owner}: {arg} must be a pyro_dgm Loss (e.g. (-p.log_prob()).mean()), got "
+                        f"{type(loss).__module__}.{type(loss).__qualname__}")
+    return loss
+
+
+def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
+                    optimizer_params: Mapping[str, Any] | None = None,
+                    ) -> tuple[torch.optim.Optimizer, dict[str, float]]:
+    """A torch optimizer over ``params`` from a torch optimizer class, a ``pyro.optim`` optimizer or a factory.
+
+    Accepted: a subclass of :class:`torch.optim.Optimizer` (called with ``optimizer_params``), a
+    :class:`pyro.optim.PyroOptim` instance such as ``pyro.optim.Adam({"lr": 1e-3})`` (its torch class and arguments
+    are used; a callable ``optim_args`` gives each parameter its own group; its ``clip_args`` are returned), a
+    ``pyro.optim`` factory such as ``pyro.optim.Adam`` (called with ``optimizer_params``), or any callable
+    ``f(params, **optimizer_params)`` returning a torch optimizer.
+
+    Returns
+    -------
+    (torch.optim.Optimizer, dict)
+        The optimizer and the clipping arguments of a ``pyro.optim`` optimizer (``{"clip_norm": ...}``), else ``{}``.
+
+    Raises
+    ------
+    ValueError
+        If ``params`` is empty (nothing to optimize).
+    TypeError
+        If ``optimizer`` is none of the above.
+    """
+    from pyro.optim import PyroOptim
+    from pyro.optim.lr_scheduler import PyroLRScheduler
+
+    params = list(params)
+    if not params:
+        raise ValueError(f"{owner}: there are no parameters to optimize: the distributions given have no networks or "
+                         "parameters that require grad; pass the trained distributions in distributions=[...]")
+    kwargs = dict(optimizer_params or {})
+    if isinstance(optimizer, PyroLRScheduler):
+        raise TypeError(f"{owner}: a pyro.optim learning-rate scheduler ({type(optimizer).__name__}) is not "
+                        "supported; pass its optimizer and step a torch scheduler on model.optimizer")
+    if isinstance(optimizer, PyroOptim):
+        if kwargs:
+            raise ValueError(f"{owner}: optimizer_params={kwargs} cannot be combined with a pyro.optim optimizer, "
+                             "which carries its own arguments")
+        args = optimizer.pt_optim_args
+        if callable(args):  # per-parameter arguments: one group per parameter (pyro calls it with the param name)
+            names = {id(p): n for n, p in _named(params)}
+            groups = [dict(args(names[id(p)], p), params=[p]) for p in params]
+            torch_optim = optimizer.pt_optim_constructor(groups)
+        else:
+            torch_optim = optimizer.pt_optim_constructor(params, **dict(args))
+        clip = dict(optimizer.pt_clip_args or {})
+        return torch_optim, clip
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        return optimizer(params, **kwargs), {}
+    if callable(optimizer) and (getattr(optimizer, "__module__", "") or "").startswith("pyro.optim"):
+        made = optimizer(kwargs)  # pyro.optim.Adam: a factory taking one dict of arguments
+        return build_optimizer(owner, made, params)
+    if callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
+        made = optimizer(params, **kwargs)
+        if isinstance(made, torch.optim.Optimizer):
+            return made, {}
+    raise TypeError(f"{owner}: optimizer must be a torch.optim.Optimizer class (torch.optim.Adam), a pyro.optim "
+                    f"optimizer (pyro.optim.Adam({{'lr': 1e-3}})) or a factory returning a torch optimizer, got "
+                    f"{optimizer!r:.100}")
+
+
+def _named(params: Sequence[nn.Parameter]) -> list[tuple[str, nn.Parameter]]:
+    return [(f"param_{i}", p) for i, p in enumerate(params)]
+
+
+class Model:
+    r"""Training and testing of a loss: Pixyz's Model API.
+
+    Parameters
+    ----------
+    loss : Loss
+        The loss minimized by :meth:`train` (a scalar: end it with ``.mean()`` or ``.sum()``).
+    test_loss : Loss, optional
+        The loss evaluated by :meth:`test`; defaults to ``loss``.
+    distributions : list of Distribution, optional
+        The distributions whose parameters are trained (plain ``torch.nn.Module`` networks are also accepted, as in
+        Pixyz).
+    optimizer : torch optimizer class or pyro.optim optimizer, default ``torch.optim.Adam``
+        See :func:`build_optimizer`; ``pyro.optim.Adam({"lr": 1e-3})`` works as well as ``torch.optim.Adam``.
+    optimizer_params : dict, optional
+        Keyword arguments of a torch optimizer class, e.g. ``{"lr": 1e-3}``.
+    clip_grad_norm : float, optional
+        Clip the total gradient norm to this value before each step.
+    clip_grad_value : float, optional
+        Clip every gradient element to ``[-value, value]`` before each step.
+    retain_graph : bool, default False
+        Passed to ``backward``.
+
+    Attributes
+    ----------
+    distributions : torch.nn.ModuleList
+        The trained distributions.
+    optimizer : torch.optim.Optimizer
+    step, epoch : int
+        Training steps taken by :meth:`train` and epochs completed by :meth:`fit` (both saved by :meth:`save`).
+    last_terms : dict
+        The named terms of the last :meth:`train` or :meth:`test` evaluation (``eval(..., return_terms=True)``).
+
+    Raises
+    ------
+    TypeError
+        If ``loss`` is not a Loss, if an entry of ``distributions`` is not a pyro_dgm distribution, or if the optimizer
+        is not one of the accepted kinds.
+    ValueError
+        If the distributions have no parameters to optimize.
+
+    Notes
+    -----
+    Under ``torch.distributed`` (launched with ``torchrun``), the process group is set up from the environment when
+    it is not yet, rank 0's parameters are broadcast at construction, and gradients are averaged across processes
+    after each ``backward`` (see :mod:`pyro_dgm.models.distributed`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from pyro_dgm.distributions import Normal
+    >>> from pyro_dgm.models import Model
+    >>> class P(Normal):
+    ...     def __init__(self):
+    ...         super().__init__(var=["x"], cond_var=["y"], name="p")
+    ...         self.net = nn.Linear(1, 1)
+    ...     def forward(self, y):
+    ...         return {"loc": self.net(y), "scale": torch.ones_like(y)}
+    >>> p = P()
+    >>> model = Model((-p.log_prob()).mean(), distributions=[p], optimizer_params={"lr": 0.1})
+    >>> print(model)  # doctest: +ELLIPSIS
+    Distributions (for training):
+      p(x|y)
+    Loss function:
+      mean \left(- \log p(x|y) \right)
+    Optimizer:
+      Adam (
+      Parameter Group 0
+      ...
+    >>> data = {"y": torch.linspace(-1, 1, 8)[:, None]}
+    >>> data["x"] = 2 * data["y"]
+    >>> first = model.train(data)
+    >>> for _ in range(50):
+    ...     _ = model.train(data)
+    >>> bool(model.test(data) < first), model.step
+    (True, 51)
+    """
+
+    def __init__(self, loss: Loss, test_loss: Loss | None = None, distributions: Sequence[nn.Module] | None = None,
+                 optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
+                 clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
+                 retain_graph: bool = False) -> None:
+        owner = type(self).__name__
+        self.loss_cls: Loss
+        self.test_loss_cls: Loss
+        self.set_loss(loss, test_loss)
+        self.distributions = nn.ModuleList(_check_distributions(owner, distributions))
+        _dist.setup_from_env()
+        _dist.broadcast_module(self.distributions)
+        self._params = [p for p in self.distributions.parameters() if p.requires_grad]
+        self.optimizer, clip = build_optimizer(owner, optimizer, self._params, optimizer_params)
+        self.clip_norm = clip_grad_norm if clip_grad_norm is not None else clip.get("clip_norm")
+        self.clip_value = clip_grad_value if clip_grad_value is not None else clip.get("clip_value")
+        self.retain_graph = retain_graph
+        self.step = 0
+        self.epoch = 0
+        self.last_terms: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ losses and text
+    def set_loss(self, loss: Loss, test_loss: Loss | None = None) -> None:
+        """Set the training loss and the test loss (``test_loss`` defaults to ``loss``)."""
+        owner = type(self).__name__
+        self.loss_cls = _check_loss(owner, loss, "loss")
+        self.test_loss_cls = _check_loss(owner, test_loss, "test_loss") if test_loss is not None else loss
+
+    def __str__(self) -> str:
+        probs = [d.prob_text for d in self.distributions if isinstance(d, Distribution)]
+        funcs = [str(d) for d in self.distributions if not isinstance(d, Distribution)]
+        text = "Distributions (for training):\n  {}\n".format(", ".join(probs))
+        if funcs:
+            text += "Deterministic functions (for training):\n  {}\n".format(", ".join(funcs))
+        text += "Loss function:\n  {}\n".format(self.loss_cls)
+        text += "Optimizer:\n{}".format(re.sub("^", " " * 2, str(self.optimizer), flags=re.MULTILINE))
+        return text
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+    def _latex_text(self) -> str:
+        return self.loss_cls.loss_text
+
+    def print_latex(self) -> Any:
+        """Show the training loss as LaTeX (rendered in a notebook, printed elsewhere)."""
+        return _print_latex(self)
+
+    # ------------------------------------------------------------------ one step
+    def parameters(self) -> list[nn.Parameter]:
+        """The trained parameters (those of :attr:`distributions` that required grad when the model was built)."""
+        return list(self._params)
+
+    def _check_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str) -> None:
+        bad_here = torch.logical_not(torch.isfinite(loss.detach()).all()).to(torch.int32)
+        if not bool(_dist.all_reduce_max(bad_here)):  # every process raises together under torch.distributed
+            return
+        bad = [name for name, v in terms.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())]
+        where = f"epoch {self.epoch + 1}, " if getattr(self, "_in_fit", False) else ""
+        which = (f"non-finite term(s): {', '.join(repr(b) for b in bad)}" if bad else
+                 "every term is finite, the combination is not" if bool(bad_here) else "see that process's error")
+        formula = self.loss_cls if what == "training" else self.test_loss_cls
+        value = float(loss.detach().sum()) if bool(bad_here) else "finite here but non-finite on another process"
+        raise NonFiniteLossError(f"{type(self).__name__}: the {what} loss is {value} at "
+                                 f"{where}step {self.step + (what == 'training')} ({which}); loss: {formula}")
+
+    def train(self, x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
+        """One optimization step: evaluate the loss, ``zero_grad``, ``backward``, clip, ``step``.
+
+        Parameters
+        ----------
+        x_dict : dict, optional
+            The data, by variable name.
+        **kwargs
+            Passed to ``loss.eval`` (and on to the networks).
+
+        Returns
+        -------
+        Tensor
+            The loss value (detached).
+
+        Raises
+        ------
+        NonFiniteLossError
+            If the loss is NaN or infinite (before any parameter changes); the message names the step and terms.
+        RuntimeError
+            If the loss has no gradient (it does not depend on the trained parameters).
+        """
+        self.distributions.train()
+        self.optimizer.zero_grad()
+        loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+        self.last_terms = terms
+        self._check_finite(loss, terms, "training")
+        if not loss.requires_grad:
+            raise RuntimeError(f"{type(self).__name__}: the loss {self.loss_cls} does not depend on the trained "
+                               "parameters (it has no gradient); check that distributions=[...] holds the "
+                               "distributions the loss uses")
+        loss.backward(retain_graph=self.retain_graph)
+        _dist.average_gradients(self._params)
+        if self.clip_norm:
+            clip_grad_norm_(self._params, self.clip_norm)
+        if self.clip_value:
+            clip_grad_value_(self._params, self.clip_value)
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+    def test(self, x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
+        """The test loss, under ``torch.no_grad`` with every network in eval mode (their modes restored after).
+
+        Returns
+        -------
+        Tensor
+            The test loss value.
+        """
+        modules = [m for d in [*self.distributions, *self.test_loss_cls.distributions] for m in d.modules()]
+        modes = [(m, m.training) for m in dict.fromkeys(modules)]
+        try:
+            for m, _ in modes:
+                m.training = False
+            with torch.no_grad():
+                loss, terms = self.test_loss_cls.eval(x_dict, return_terms=True, **kwargs)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        self.last_terms = terms
+        return loss
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume training exactly (see :func:`pyro_dgm.models.checkpoint.model_state`)."""
+        from pyro_dgm.models.checkpoint import model_state
+        return model_state(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (shapes checked first; a mismatch names the tensor and both shapes)."""
+        from pyro_dgm.models.checkpoint import load_model_state
+        load_model_state(self, state)
+
+    def save(self, path: Any) -> None:
+        """Save a checkpoint that resumes exactly: networks and buffers of every distribution, the optimizers
+        (loss terms' too), the step/epoch counters and the RNG states (torch, python, numpy)."""
+        from pyro_dgm.models.checkpoint import save
+        save(self, path)
+
+    def load(self, path: Any) -> None:
+        """Load a checkpoint written by :meth:`save` into this (freshly built) model.
+
+        Raises
+        ------
+        ValueError
+            If a tensor's shape differs from this model's (the message names it and both shapes).
+        """
+        from pyro_dgm.models.checkpoint import load
+        load(self, path)
+
+    # ------------------------------------------------------------------ epochs
+    def fit(self, train_data: Any, epochs: int = 1, test_data: Any = None, batch_size: int | None = None,
+            callbacks: Sequence[Callable[..., Any]] | None = None, progress: bool = True,
+            log_dir: Any = None, shuffle: bool = True, **kwargs: Any) -> "History":
+        """Train for ``epochs`` epochs; see :func:`pyro_dgm.models.trainer.fit` for the parameters."""
+        from pyro_dgm.models.trainer import fit
+        return fit(self, train_data, epochs=epochs, test_data=test_data, batch_size=batch_size, callbacks=callbacks,
+                   progress=progress, log_dir=log_dir, shuffle=shuffle, **kwargs)
+
+    def to(self, *args: Any, **kwargs: Any) -> "Model":
+        """Move the distributions (those trained and those the losses hold) like ``nn.Module.to``; do it before
+        training, as the optimizer state already built is not moved."""
+        self.distributions.to(*args, **kwargs)
+        for d in self.loss_cls.distributions + self.test_loss_cls.distributions:
+            d.to(*args, **kwargs)
+        return self

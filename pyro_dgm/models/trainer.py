@@ -1,0 +1,360 @@
+r"""Epochs over a data set: :func:`fit` (``Model.fit``), its :class:`History`, and ready-made callbacks.
+
+``fit`` runs ``model.train`` on every batch of an epoch and ``model.test`` on the test batches, shows a tqdm progress
+bar with the running loss (when tqdm is installed), records per epoch the train and test loss and every named term of
+the objective (``loss.eval(..., return_terms=True)``), writes them to TensorBoard when ``log_dir`` is given and
+tensorboard is installed, and calls the callbacks. A NaN or infinite loss stops training with
+:class:`~pyro_dgm.models.NonFiniteLossError` naming the epoch, the step and the non-finite terms.
+
+Data
+----
+``train_data``/``test_data`` may be
+
+- a dict of tensors (the whole data set, rows along dim 0), cut into batches of ``batch_size`` rows (all rows when
+  ``batch_size`` is None), shuffled each epoch with torch's random generator when ``shuffle`` (so checkpoints
+  resume the same order);
+- a tensor (for a loss with one input variable), treated like ``{input_var[0]: tensor}``;
+- a map-style ``torch.utils.data.Dataset`` (items collated with ``default_collate``), batched and shuffled the same
+  way;
+- any re-iterable of batches (a ``DataLoader``, a list): each batch a dict by variable name, a tensor, or a
+  tuple/list of tensors matched in order to the loss's ``input_var`` (``TensorDataset`` gives these).
+
+Under ``torch.distributed`` every batch is a global batch: each process trains on its contiguous slice of it
+(:func:`pyro_dgm.models.distributed.shard`; for a dict of tensors or a Dataset only that slice is read), the shuffled
+order is rank 0's, and the epoch's numbers are averaged over the processes. A ``DataLoader`` you pass must give the
+same batches on every process (``shuffle=False``, or a seeded ``generator``).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from pyro_dgm.models import distributed as _dist
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyro_dgm.models.model import Model
+
+__all__ = ["fit", "History"]
+
+
+class History(dict):
+    r"""Per-epoch numbers: ``history[key]`` is a list with one float per epoch.
+
+    Keys: ``"epoch"`` (1-based, counting across ``fit`` calls), ``"train_loss"``, ``"test_loss"`` (with test data),
+    ``"train/<term>"`` and ``"test/<term>"`` for each named term of the objective, ``"time"`` (seconds).
+
+    Examples
+    --------
+    >>> h = History()
+    >>> h.append({"epoch": 1, "train_loss": 2.0})
+    >>> h.append({"epoch": 2, "train_loss": 1.5})
+    >>> h["train_loss"], h.last["epoch"]
+    ([2.0, 1.5], 2)
+    """
+
+    def append(self, record: Mapping[str, float]) -> None:
+        """Add one epoch's numbers (a key missing in earlier epochs is padded with NaN)."""
+        n = len(self.get("epoch", []))
+        for key, value in record.items():
+            self.setdefault(key, [math.nan] * n).append(value)
+        for key, values in self.items():
+            if len(values) < n + 1:
+                values.append(math.nan)
+
+    @property
+    def last(self) -> dict[str, float]:
+        """The last epoch's numbers."""
+        return {k: v[-1] for k, v in self.items() if v}
+
+
+# ------------------------------------------------------------------------------------------------------------- batches
+def _as_dict(batch: Any, input_var: Sequence[str], what: str) -> dict[str, Any]:
+    if isinstance(batch, Mapping):
+        return dict(batch)
+    if isinstance(batch, Tensor):
+        batch = [batch]
+    if isinstance(batch, (list, tuple)) and all(isinstance(b, Tensor) for b in batch):
+        if len(batch) != len(input_var):
+            raise ValueError(f"fit: a batch of {what} holds {len(batch)} tensor(s) but the loss takes the variables "
+                             f"{list(input_var)}; give batches as dicts by variable name, e.g. {{'x': x}}")
+        return dict(zip(input_var, batch))
+    raise TypeError(f"fit: a batch of {what} must be a dict of tensors by variable name, a tensor or a tuple of "
+                    f"tensors, got {type(batch).__name__}")
+
+
+def _rows(batch: Mapping[str, Any]) -> int:
+    for v in batch.values():
+        if isinstance(v, Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    return 1
+
+
+class _Batches:
+    """The batches of one data argument of ``fit``, as dicts of this process's rows; iterable once per epoch."""
+
+    def __init__(self, data: Any, input_var: Sequence[str], batch_size: int | None, shuffle: bool, what: str):
+        from torch.utils.data import Dataset, IterableDataset
+
+        self.what, self.input_var = what, list(input_var)
+        self.table: dict[str, Any] | None = None
+        self.dataset: Any = None
+        self.iterable: Iterable[Any] | None = None
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"fit: batch_size must be a positive integer or None, got {batch_size!r}")
+        self.batch_size, self.shuffle = batch_size, shuffle
+        if isinstance(data, (Tensor, Mapping)):
+            table = _as_dict(data, input_var, what)
+            sizes = {k: v.shape[0] for k, v in table.items() if isinstance(v, Tensor) and v.dim() > 0}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(f"fit: the tensors of {what} have different numbers of rows: {sizes}")
+            self.table, self.n = table, next(iter(sizes.values()), 1)
+        elif isinstance(data, Dataset) and not isinstance(data, IterableDataset) and _has_len(data):
+            self.dataset, self.n = data, len(data)
+        elif isinstance(data, Iterator):
+            raise TypeError(f"fit: {what} is an iterator, which is used up after one epoch; pass a DataLoader, a "
+                            "list of batches or a dict of tensors")
+        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
+            self.iterable = data
+        else:
+            raise TypeError(f"fit: {what} must be a DataLoader, an iterable of batches, a Dataset, a dict of tensors "
+                            f"or a tensor, got {type(data).__name__}")
+
+    def __len__(self) -> int:
+        if self.iterable is None:
+            return math.ceil(self.n / (self.batch_size or self.n or 1))
+        return len(self.iterable)  # type: ignore[arg-type]
+
+    def _order(self) -> Tensor | None:
+        size = self.batch_size or self.n
+        if not self.shuffle or size >= self.n:
+            return None
+        order = torch.randperm(self.n)
+        return _dist.broadcast_tensor(order)  # every process cuts the same global batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.iterable is not None:
+            for batch in self.iterable:
+                yield _dist.shard(_as_dict(batch, self.input_var, self.what))
+            return
+        size = self.batch_size or self.n
+        order = self._order()
+        n, r = _dist.world_size(), _dist.rank()
+        for start in range(0, self.n, size):
+            idx = order[start:start + size] if order is not None else torch.arange(start, min(start + size, self.n))
+            if n > 1:
+                if len(idx) < n:
+                    raise ValueError(f"fit: a batch of {self.what} has {len(idx)} rows, fewer than the {n} processes")
+                idx = idx.tensor_split(n)[r]
+            if self.table is not None:
+                yield {k: v[idx] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in self.table.items()}
+            else:
+                from torch.utils.data import default_collate
+                yield _as_dict(default_collate([self.dataset[int(i)] for i in idx]), self.input_var, self.what)
+
+
+def _has_len(obj: Any) -> bool:
+    try:
+        len(obj)
+    except TypeError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------------- writers
+def _writer(log_dir: Any) -> Any:
+    if log_dir is None or _dist.rank() != 0:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn("fit: log_dir was given but tensorboard is not installed (pip install tensorboard); "
+                      "training goes on without TensorBoard logs", RuntimeWarning, stacklevel=3)
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class _Accumulator:
+    """Row-weighted sums of the loss and of each term over an epoch (summed over processes at the end)."""
+
+    def __init__(self) -> None:
+        self.rows = 0.0
+        self.sums: dict[str, float] = {}
+
+    def add(self, loss: Tensor, terms: Mapping[str, Any], rows: int) -> None:
+        self.rows += rows
+        for key, value in [("loss", loss), *terms.items()]:
+            v = torch.as_tensor(value).detach()
+            self.sums[key] = self.sums.get(key, 0.0) + float(v.float().mean()) * rows
+
+    @property
+    def running(self) -> float:
+        return self.sums.get("loss", math.nan) / max(self.rows, 1)
+
+    def means(self) -> dict[str, float]:
+        keys = sorted(self.sums)
+        values = torch.tensor([self.rows] + [self.sums[k] for k in keys], dtype=torch.float64)
+        if _dist.is_distributed():
+            import torch.distributed as tdist
+            device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
+            values = values.to(device)
+            tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
+            values = values.cpu()
+        rows = float(values[0]) or 1.0
+        return {k: float(v) / rows for k, v in zip(keys, values[1:].tolist())}
+
+
+# ------------------------------------------------------------------------------------------------------------- fit
+def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None, batch_size: int | None = None,
+        callbacks: Sequence[Callable[..., Any]] | None = None, progress: bool = True, log_dir: Any = None,
+        shuffle: bool = True, **kwargs: Any) -> History:
+    r"""Train ``model`` for ``epochs`` more epochs; return the history of this call.
+
+    Parameters
+    ----------
+    model : Model
+    train_data : DataLoader, iterable of batches, Dataset, dict of tensors or tensor
+        See the module docstring.
+    epochs : int, default 1
+        Epochs to run now (``model.epoch`` counts on from where it is, so a loaded checkpoint continues).
+    test_data : same kinds as ``train_data``, optional
+        Evaluated with ``model.test`` after each epoch.
+    batch_size : int, optional
+        Rows per batch for a dict of tensors, a tensor or a Dataset (default: all rows); the global batch under
+        ``torch.distributed``.
+    callbacks : list of callables, optional
+        Each called after every epoch as ``callback(model, epoch, logs)`` with that epoch's numbers; setting
+        ``model.stop_training = True`` ends training after the epoch. See
+        :mod:`pyro_dgm.models.callbacks`.
+    progress : bool, default True
+        Show a tqdm bar with the running loss (when tqdm is installed; rank 0 only).
+    log_dir : str or path, optional
+        Write the history to TensorBoard there (``torch.utils.tensorboard``; skipped with a warning when
+        tensorboard is not installed). ``model.tb_writer`` holds the writer during ``fit``.
+    shuffle : bool, default True
+        Shuffle the rows of a dict of tensors, a tensor or a Dataset every epoch.
+    **kwargs
+        Passed to ``model.train`` and ``model.test``.
+
+    Returns
+    -------
+    History
+        This call's epochs (``model.history`` holds every epoch since the model was built or loaded).
+
+    Raises
+    ------
+    NonFiniteLossError
+        If a loss is NaN or infinite; it names the epoch, the step and the non-finite terms.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from pyro_dgm.distributions import Normal
+    >>> from pyro_dgm.losses import KullbackLeibler
+    >>> from pyro_dgm.models import Model
+    >>> class P(Normal):
+    ...     def __init__(self):
+    ...         super().__init__(var=["x"], name="p")
+    ...         self.loc = nn.Parameter(torch.zeros(1))
+    ...     def forward(self):
+    ...         return {"loc": self.loc, "scale": torch.ones(1)}
+    >>> p = P()
+    >>> prior = Normal(loc=0., scale=1., var=["x"], name="r")
+    >>> loss = (-p.log_prob()).mean().named("nll") + 0.1 * KullbackLeibler(p, prior).named("kl")
+    >>> model = Model(loss, distributions=[p], optimizer_params={"lr": 0.1})
+    >>> data = {"x": 3 + torch.randn(64, 1)}
+    >>> history = model.fit(data, epochs=5, test_data=data, batch_size=16, progress=False)
+    >>> history["epoch"], sorted(history)  # doctest: +NORMALIZE_WHITESPACE
+    ([1, 2, 3, 4, 5], ['epoch', 'test/kl', 'test/nll', 'test_loss', 'time', 'train/kl', 'train/nll',
+                       'train_loss'])
+    >>> history["train_loss"][-1] < history["train_loss"][0]
+    True
+    """
+    import time
+
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+    train_batches = _Batches(train_data, model.loss_cls.input_var, batch_size, shuffle, "train_data")
+    test_batches = (None if test_data is None else
+                    _Batches(test_data, model.test_loss_cls.input_var, batch_size, False, "test_data"))
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"fit: callbacks must be callables f(model, epoch, logs), got {type(cb).__name__}")
+    if not hasattr(model, "history"):
+        model.history = History()
+    history = History()
+    writer = _writer(log_dir)
+    show = progress and _dist.rank() == 0
+    tqdm: Any = None
+    if show:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            tqdm = None
+    model.stop_training = False
+    model.tb_writer = writer
+    model._in_fit = True
+    try:
+        for _ in range(epochs):
+            start = time.perf_counter()
+            epoch = model.epoch + 1
+            acc = _Accumulator()
+            batches: Iterable[dict[str, Any]] = train_batches
+            bar = None
+            if tqdm is not None:
+                total = len(train_batches) if _has_len(train_batches) else None
+                bar = tqdm(train_batches, total=total, desc=f"epoch {epoch}", leave=False)
+                batches = bar
+            for batch in batches:
+                loss = model.train(batch, **kwargs)
+                acc.add(loss, model.last_terms, _rows(batch))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{acc.running:.4g}")
+            if bar is not None:
+                bar.close()
+            if acc.rows == 0:
+                raise ValueError(f"fit: train_data gave no batch in epoch {epoch}; pass a re-iterable (a DataLoader, a "
+                                 "list of batches) or a dict of tensors")
+            record: dict[str, Any] = {"epoch": epoch}
+            means = acc.means()
+            record["train_loss"] = means.pop("loss")
+            record.update({f"train/{k}": v for k, v in means.items()})
+            if test_batches is not None:
+                tacc = _Accumulator()
+                for batch in test_batches:
+                    loss = model.test(batch, **kwargs)
+                    model._check_finite(loss, model.last_terms, "test")
+                    tacc.add(loss, model.last_terms, _rows(batch))
+                tmeans = tacc.means()
+                record["test_loss"] = tmeans.pop("loss")
+                record.update({f"test/{k}": v for k, v in tmeans.items()})
+            record["time"] = time.perf_counter() - start
+            model.epoch = epoch
+            history.append(record)
+            model.history.append(record)
+            if writer is not None:
+                for key, value in record.items():
+                    if key not in ("epoch", "time"):
+                        writer.add_scalar(key, value, epoch)
+                writer.flush()
+            if show:
+                text = ", ".join(f"{k} {record[k]:.4g}" for k in ("train_loss", "test_loss") if k in record)
+                (tqdm.write if tqdm is not None else print)(f"epoch {epoch}: {text}")
+            for cb in callbacks:
+                cb(model, epoch, dict(record))
+            if model.stop_training:
+                break
+    finally:
+        model._in_fit = False
+        model.tb_writer = None
+        if writer is not None:
+            writer.close()
+    return history
+
+

@@ -1,0 +1,84 @@
+r"""The variational autoencoder: :class:`VAE` minimizes :math:`mean(-\mathbb{E}_{q(z|x)}[\log p(x|z)] + R)`."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.losses.base import Loss
+from pyro_dgm.losses.pdf import _check_distribution
+from pyro_dgm.models.model import Model, _check_distributions, _check_loss
+
+__all__ = ["VAE"]
+
+
+class VAE(Model):
+    r"""Variational autoencoder (Kingma and Welling 2013), Pixyz 0.3.3's ``VAE``.
+
+    The loss is the reconstruction term plus a regularizer, averaged over the batch:
+    :math:`mean(-\mathbb{E}_{q(z|x)}[\log p(x|z)] + R)`. The KL term to a prior is *not* added for you: pass it as
+    ``regularizer=KullbackLeibler(q, prior)`` (as in Pixyz).
+
+    Parameters
+    ----------
+    encoder : Distribution
+        :math:`q(z|x)`.
+    decoder : Distribution
+        :math:`p(x|z)`.
+    other_distributions : list of Distribution, optional
+        More distributions to train with the same optimizer.
+    regularizer : Loss, optional
+        Added to the reconstruction term inside the mean (e.g. a KL divergence); none when omitted.
+    optimizer, optimizer_params, clip_grad_norm, clip_grad_value, retain_graph
+        As in :class:`~pyro_dgm.models.Model`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from pyro_dgm.distributions import Bernoulli, Normal
+    >>> from pyro_dgm.losses import KullbackLeibler
+    >>> from pyro_dgm.models import VAE
+    >>> class Q(Normal):
+    ...     def __init__(self):
+    ...         super().__init__(var=["z"], cond_var=["x"], name="q")
+    ...         self.loc, self.scale = nn.Linear(4, 2), nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         return {"loc": self.loc(x), "scale": nn.functional.softplus(self.scale(x))}
+    >>> class P(Bernoulli):
+    ...     def __init__(self):
+    ...         super().__init__(var=["x"], cond_var=["z"], name="p")
+    ...         self.net = nn.Linear(2, 4)
+    ...     def forward(self, z):
+    ...         return {"probs": torch.sigmoid(self.net(z))}
+    >>> q, p = Q(), P()
+    >>> prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    >>> model = VAE(q, p, regularizer=KullbackLeibler(q, prior), optimizer_params={"lr": 0.05})
+    >>> print(model.loss_cls)
+    mean \left(- \mathbb{E}_{q(z|x)} \left[\log p(x|z) \right] + D_{KL} \left[q(z|x)||p_{prior}(z) \right] \right)
+    >>> x = torch.tensor([[1., 1., 0., 0.], [0., 0., 1., 1.]]).repeat(8, 1)
+    >>> before = model.test({"x": x})
+    >>> for _ in range(100):
+    ...     _ = model.train({"x": x})
+    >>> bool(model.test({"x": x}) < before - 0.5)
+    True
+    """
+
+    def __init__(self, encoder: Distribution, decoder: Distribution,
+                 other_distributions: Sequence[nn.Module] | None = None, regularizer: Loss | None = None,
+                 optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
+                 clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
+                 retain_graph: bool = False) -> None:
+        _check_distribution(encoder, "VAE", "encoder")
+        _check_distribution(decoder, "VAE", "decoder")
+        distributions = [encoder, decoder] + _check_distributions("VAE", other_distributions)
+        reconstruction = -decoder.log_prob().expectation(encoder)
+        if regularizer is None:
+            loss = reconstruction.mean()
+        else:
+            loss = (reconstruction + _check_loss("VAE", regularizer, "regularizer")).mean()
+        super().__init__(loss, test_loss=loss, distributions=distributions, optimizer=optimizer,
+                         optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,
+                         clip_grad_value=clip_grad_value, retain_graph=retain_graph)

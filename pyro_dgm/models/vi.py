@@ -1,0 +1,67 @@
+r"""Variational inference: :class:`VI` minimizes :math:`mean(-\mathrm{ELBO})`, Pixyz 0.3.3's ``VI``."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.losses.elbo import ELBO
+from pyro_dgm.losses.pdf import _check_distribution
+from pyro_dgm.models.model import Model, _check_distributions
+
+__all__ = ["VI"]
+
+
+class VI(Model):
+    r"""Variational inference (amortized): the loss is :math:`-mean(\mathbb{E}_{q}[\log p - \log q])`.
+
+    Parameters
+    ----------
+    p : Distribution
+        The joint model over the observed and the latent variables, e.g. :math:`p(x|z)p(z)`.
+    approximate_dist : Distribution
+        The approximate posterior, e.g. :math:`q(z|x)`.
+    other_distributions : list of Distribution, optional
+        More distributions to train with the same optimizer.
+    optimizer, optimizer_params, clip_grad_norm, clip_grad_value, retain_graph
+        As in :class:`~pyro_dgm.models.Model`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from pyro_dgm.distributions import Normal
+    >>> from pyro_dgm.models import VI
+    >>> class Q(Normal):
+    ...     def __init__(self):
+    ...         super().__init__(var=["z"], cond_var=["x"], name="q")
+    ...         self.net = nn.Linear(1, 2)
+    ...     def forward(self, x):
+    ...         out = self.net(x)
+    ...         return {"loc": out[:, :1], "scale": nn.functional.softplus(out[:, 1:])}
+    >>> p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"]) * Normal(loc=0., scale=1., var=["z"])
+    >>> model = VI(p, Q(), optimizer_params={"lr": 0.05})
+    >>> print(model.loss_cls)
+    - mean \left(\mathbb{E}_{q(z|x)} \left[\log p(x,z) - \log q(z|x) \right] \right)
+    >>> x = torch.linspace(-2, 2, 64)[:, None]
+    >>> before = model.test({"x": x})
+    >>> for _ in range(150):
+    ...     _ = model.train({"x": x})
+    >>> bool(model.test({"x": x}) < before - 0.2)
+    True
+    """
+
+    def __init__(self, p: Distribution, approximate_dist: Distribution,
+                 other_distributions: Sequence[nn.Module] | None = None,
+                 optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
+                 clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
+                 retain_graph: bool = False) -> None:
+        _check_distribution(p, "VI", "p")
+        _check_distribution(approximate_dist, "VI", "approximate_dist")
+        distributions = [p, approximate_dist] + _check_distributions("VI", other_distributions)
+        loss = -ELBO(p, approximate_dist).mean()
+        super().__init__(loss, test_loss=loss, distributions=distributions, optimizer=optimizer,
+                         optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,
+                         clip_grad_value=clip_grad_value, retain_graph=retain_graph)
