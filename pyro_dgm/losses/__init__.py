@@ -3,6 +3,8 @@
 Every loss is also a :class:`pyro.infer.ELBO`, so it trains through ``pyro.infer.SVI`` as well as through our Model
 API.
 """
+from pyro_dgm.losses.adversarial import (AdversarialJensenShannon, AdversarialJSDivergence,
+                                         AdversarialKullbackLeibler, AdversarialLoss, AdversarialWassersteinDistance)
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.losses.divergences import CrossEntropy, Entropy, KullbackLeibler
 from pyro_dgm.losses.elbo import ELBO, IWELBO, LogMarginal
@@ -20,4 +22,6 @@ __all__ = ["Loss", "LogProb", "Prob", "NLL", "Expectation", "E", "REINFORCE", "S
            "IterativeLoss", "MMD", "WassersteinDistance", "PyroELBO", "KullbackLeibler", "Entropy",
            "CrossEntropy", "ELBO", "IWELBO", "LogMarginal", "ValueLoss", "Parameter", "ConstantVar",
            "LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
-           "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach"]
+           "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach", "AdversarialLoss",
+           "AdversarialJensenShannon", "AdversarialJSDivergence", "AdversarialKullbackLeibler",
+           "AdversarialWassersteinDistance"]

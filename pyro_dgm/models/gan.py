@@ -1,0 +1,200 @@
+r"""The generative adversarial network: :class:`GAN` minimizes :math:`D_{JS}^{Adv}[p_{data}(x)||p(x)]`."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.distributions.special import EmpiricalDistribution
+from pyro_dgm.losses.adversarial import AdversarialJensenShannon
+from pyro_dgm.losses.pdf import _check_distribution
+from pyro_dgm.models.model import Model
+
+__all__ = ["GAN"]
+
+D_LOSS = "d_loss"  # the name of the discriminator's loss in ``model.last_terms`` (and in ``fit``'s history)
+
+
+class GAN(Model):
+    r"""Generative adversarial network ([Goodfellow+ 2014]), Pixyz's ``GAN`` with the API reference's signature.
+
+    The loss is :class:`~pyro_dgm.losses.AdversarialJensenShannon` between the data distribution and the generator;
+    the generator ``p`` is trained by ``optimizer``, the discriminator by the loss term's own ``d_optimizer``. Each
+    :meth:`train` call takes one discriminator step, then one generator step, on the same batch (as Pixyz does).
+
+    Parameters
+    ----------
+    p_data : Distribution or None
+        The data distribution, normally ``EmpiricalDistribution(p.var)``; ``None`` builds that one.
+    p : Distribution
+        The generator, e.g. ``(generator * prior).marginalize_var("z")``, over the same variables as ``p_data``.
+    discriminator : Distribution
+        :math:`d(t|x)`, whose output is the probability that ``x`` is data (end its network with a sigmoid).
+    optimizer, optimizer_params
+        The generator's optimizer, as in :class:`~pyro_dgm.models.Model`.
+    d_optimizer, d_optimizer_params
+        The discriminator's optimizer (a torch optimizer class or factory) and its arguments.
+    clip_grad_norm, clip_grad_value, retain_graph
+        As in :class:`~pyro_dgm.models.Model` (the generator's step).
+    inverse_g_loss : bool, default True
+        The generator's non-saturating loss (see :class:`~pyro_dgm.losses.AdversarialJensenShannon`).
+
+    Attributes
+    ----------
+    discriminator : Distribution
+    d_optimizer : torch.optim.Optimizer
+        The discriminator's optimizer (held by the loss term; checkpoints save it once, through the term).
+
+    Raises
+    ------
+    TypeError
+        If the discriminator is missing (``None``) or not a pyro_dgm distribution, or ``p``/``p_data`` is not one.
+    ValueError
+        If ``p_data`` and ``p`` differ in ``var``, the discriminator is not conditioned on those variables, or the
+        generator has no parameters.
+
+    Notes
+    -----
+    Pixyz 0.3.3's own code has ``GAN(p, discriminator, ...)`` and builds the data distribution itself; here the first
+    argument is ``p_data`` (as in its API reference), and ``GAN(None, p, d)`` does what ``GAN(p, d)`` did there.
+    :meth:`train` and :meth:`test` return ``(loss, d_loss)`` with ``adversarial_loss=True`` (Pixyz). Within
+    :meth:`~pyro_dgm.models.Model.fit` they return the generator's loss, and the discriminator's loss is logged as the
+    term ``"d_loss"`` (``model.last_terms`` and the history's ``train/d_loss``, ``test/d_loss``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from pyro_dgm.distributions import Deterministic, Normal
+    >>> from pyro_dgm.models import GAN
+    >>> class Generator(Deterministic):
+    ...     def __init__(self):
+    ...         super().__init__(var=["x"], cond_var=["z"], name="p")
+    ...         self.net = nn.Linear(4, 2)
+    ...     def forward(self, z):
+    ...         return {"x": self.net(z)}
+    >>> class Discriminator(Deterministic):
+    ...     def __init__(self):
+    ...         super().__init__(var=["t"], cond_var=["x"], name="d")
+    ...         self.net = nn.Sequential(nn.Linear(2, 8), nn.LeakyReLU(), nn.Linear(8, 1), nn.Sigmoid())
+    ...     def forward(self, x):
+    ...         return {"t": self.net(x)}
+    >>> prior = Normal(loc=0., scale=1., var=["z"], features_shape=[4], name="p_{prior}")
+    >>> p = (Generator() * prior).marginalize_var("z")
+    >>> model = GAN(None, p, Discriminator(), optimizer_params={"lr": 2e-4}, d_optimizer_params={"lr": 2e-4})
+    >>> print(model)  # doctest: +ELLIPSIS
+    Distributions (for training):
+      p(x)
+    Loss function:
+      D_{JS}^{Adv} \left[p_{data}(x)||p(x) \right]
+    Optimizer:
+      Adam (
+      ...
+    Discriminator (trained by d_optimizer):
+      d(t|x)
+    >>> x = torch.randn(16, 2) + 3.
+    >>> loss, d_loss = model.train({"x": x})
+    >>> loss, d_loss = model.test({"x": x})
+    >>> model.step, model.loss_cls.d_steps
+    (1, 1)
+
+    References
+    ----------
+    [Goodfellow+ 2014] Generative Adversarial Networks
+    """
+
+    def __init__(self, p_data: Distribution | None, p: Distribution, discriminator: Distribution | None = None,
+                 optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
+                 d_optimizer: Any = torch.optim.Adam, d_optimizer_params: Mapping[str, Any] | None = None,
+                 clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
+                 retain_graph: bool = False, inverse_g_loss: bool = True) -> None:
+        if discriminator is None:
+            hint = ""
+            if isinstance(p_data, Distribution) and isinstance(p, Distribution) and \
+                    any(v in p_data.var for v in p.cond_var):
+                hint = (f"; the arguments look like Pixyz 0.3.3's GAN(p, discriminator): write GAN(None, "
+                        f"{p_data.prob_text}, {p.prob_text}) (p_data=None builds EmpiricalDistribution(p.var))")
+            raise TypeError("GAN(p_data, p, discriminator): a discriminator is required: a pyro_dgm distribution "
+                            "d(t|x) whose output is the probability that x is data" + hint)
+        _check_distribution(p, "GAN", "p")
+        if p_data is None:
+            p_data = EmpiricalDistribution(list(p.var))
+        else:
+            _check_distribution(p_data, "GAN", "p_data")
+        loss = AdversarialJensenShannon(p_data, p, discriminator, optimizer=d_optimizer,
+                                        optimizer_params=d_optimizer_params, inverse_g_loss=inverse_g_loss)
+        super().__init__(loss, test_loss=loss, distributions=[p], optimizer=optimizer,
+                         optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,
+                         clip_grad_value=clip_grad_value, retain_graph=retain_graph)
+
+    @property
+    def adversarial_loss(self) -> AdversarialJensenShannon:
+        """The adversarial term (the loss), which holds the discriminator and its optimizer."""
+        loss = self.loss_cls
+        assert isinstance(loss, AdversarialJensenShannon)
+        return loss
+
+    @property
+    def discriminator(self) -> Distribution:
+        """The discriminator."""
+        return self.adversarial_loss.discriminator
+
+    @property
+    def d_optimizer(self) -> torch.optim.Optimizer:
+        """The discriminator's optimizer."""
+        return self.adversarial_loss.d_optimizer
+
+    def __str__(self) -> str:
+        return (super().__str__() + "\nDiscriminator (trained by d_optimizer):\n  "
+                + self.discriminator.prob_text)
+
+    def train(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,
+              **kwargs: Any) -> Any:
+        """One discriminator step (with ``adversarial_loss``), then one generator step, on the same batch.
+
+        Parameters
+        ----------
+        x_dict : dict
+            The data, e.g. ``{"x": batch}``.
+        adversarial_loss : bool, default True
+            Whether to train the discriminator too.
+        **kwargs
+            Passed on to the networks.
+
+        Returns
+        -------
+        Tensor or (Tensor, Tensor)
+            The generator's loss, and the discriminator's loss when ``adversarial_loss`` (but see the class notes
+            for :meth:`~pyro_dgm.models.Model.fit`).
+        """
+        d_loss = self.adversarial_loss.loss_train(x_dict, **kwargs) if adversarial_loss else None
+        loss = super().train(x_dict, **kwargs)
+        return self._result(loss, d_loss)
+
+    def test(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True, **kwargs: Any) -> Any:
+        """The generator's test loss and (with ``adversarial_loss``) the discriminator's, without updates.
+
+        Returns
+        -------
+        Tensor or (Tensor, Tensor)
+            As :meth:`train`.
+        """
+        loss = super().test(x_dict, **kwargs)
+        d_loss = self.adversarial_loss.loss_test(x_dict, **kwargs) if adversarial_loss else None
+        return self._result(loss, d_loss)
+
+    def _result(self, loss: Tensor, d_loss: Tensor | None) -> Any:
+        if d_loss is None:
+            return loss
+        self.last_terms = {**self.last_terms, D_LOSS: d_loss.detach()}
+        if getattr(self, "_in_fit", False):  # Model.fit expects one tensor; d_loss goes to the history as a term
+            return loss
+        return loss, d_loss
+
+    def to(self, *args: Any, **kwargs: Any) -> "GAN":
+        """Move the generator, the data distribution and the discriminator like ``nn.Module.to``."""
+        super().to(*args, **kwargs)
+        self.adversarial_loss.to(*args, **kwargs)
+        return self
