@@ -169,6 +169,9 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         if i >= len(terms) or type(terms[i]).__name__ != entry["type"]:
             raise ValueError(f"Model.load: the checkpoint holds the state of a {entry['type']} loss term (term {i}) "
                              "that this model's loss does not have at that place")
+        check = getattr(terms[i], "check_state_dict", None)
+        if callable(check):
+            check(entry["state"])
     # every check passed: change the model
     model.distributions.load_state_dict(state["distributions"])
     for i, d in enumerate(others):

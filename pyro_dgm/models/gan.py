@@ -189,12 +189,12 @@ class GAN(Model):
         if d_loss is None:
             return loss
         self.last_terms = {**self.last_terms, D_LOSS: d_loss.detach()}
-        if getattr(self, "_in_fit", False):  # Model.fit expects one tensor; d_loss goes to the history as a term
-            return loss
         return loss, d_loss
 
-    def to(self, *args: Any, **kwargs: Any) -> "GAN":
-        """Move the generator, the data distribution and the discriminator like ``nn.Module.to``."""
-        super().to(*args, **kwargs)
-        self.adversarial_loss.to(*args, **kwargs)
-        return self
+    def _fit_train(self, x_dict: Mapping[str, Any], **kwargs: Any) -> Tensor:
+        out = self.train(x_dict, **kwargs)  # d_loss goes to the history through last_terms
+        return out[0] if isinstance(out, tuple) else out
+
+    def _fit_test(self, x_dict: Mapping[str, Any], **kwargs: Any) -> Tensor:
+        out = self.test(x_dict, **kwargs)
+        return out[0] if isinstance(out, tuple) else out

@@ -372,10 +372,23 @@ class Model:
         return fit(self, train_data, epochs=epochs, test_data=test_data, batch_size=batch_size, callbacks=callbacks,
                    progress=progress, log_dir=log_dir, shuffle=shuffle, **kwargs)
 
+    def _fit_train(self, x_dict: Mapping[str, Any], **kwargs: Any) -> Tensor:
+        """One training step as :meth:`fit` takes it: the loss as one tensor (subclasses that return more, like
+        ``GAN``, override this and put the rest in :attr:`last_terms`)."""
+        return self.train(x_dict, **kwargs)
+
+    def _fit_test(self, x_dict: Mapping[str, Any], **kwargs: Any) -> Tensor:
+        """One test evaluation as :meth:`fit` takes it (see :meth:`_fit_train`)."""
+        return self.test(x_dict, **kwargs)
+
     def to(self, *args: Any, **kwargs: Any) -> "Model":
-        """Move the distributions (those trained and those the losses hold) like ``nn.Module.to``; do it before
-        training, as the optimizer state already built is not moved."""
+        """Move the distributions (those trained and those the losses hold, discriminators of adversarial terms
+        included) like ``nn.Module.to``; do it before training, as the optimizer state already built is not moved."""
         self.distributions.to(*args, **kwargs)
         for d in self.loss_cls.distributions + self.test_loss_cls.distributions:
             d.to(*args, **kwargs)
+        for term in self.loss_cls.loss_terms() + self.test_loss_cls.loss_terms():
+            move = getattr(term, "to", None)
+            if callable(move):
+                move(*args, **kwargs)
         return self

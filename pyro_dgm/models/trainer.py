@@ -312,7 +312,7 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
                 bar = tqdm(train_batches, total=total, desc=f"epoch {epoch}", leave=False)
                 batches = bar
             for batch in batches:
-                loss = model.train(batch, **kwargs)
+                loss = model._fit_train(batch, **kwargs)
                 acc.add(loss, model.last_terms, _rows(batch))
                 if bar is not None:
                     bar.set_postfix(loss=f"{acc.running:.4g}")
@@ -328,7 +328,7 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
             if test_batches is not None:
                 tacc = _Accumulator()
                 for batch in test_batches:
-                    loss = model.test(batch, **kwargs)
+                    loss = model._fit_test(batch, **kwargs)
                     model._check_finite(loss, model.last_terms, "test")
                     tacc.add(loss, model.last_terms, _rows(batch))
                 tmeans = tacc.means()
