@@ -148,6 +148,7 @@ class Loss(_PyroELBO):
         if not isinstance(name, str) or not name:
             raise TypeError(f"{type(self).__name__}.named: name must be a non-empty string, got {name!r}")
         out = copy.copy(self)
+        out.__dict__.pop("_leaves", None)
         out._term_name = name
         return out
 
@@ -353,6 +354,17 @@ class Loss(_PyroELBO):
          ...
         ValueError: AddLoss mean \left(- \log p(x) \right) + 0.5: missing input variable 'x'; ...
         """
+        if _DEPTH[0] and return_dict and not return_all and not return_terms and type(x_dict) is dict:
+            # a term evaluated by its parent, inside one evaluation: the values are the parent's (already a fresh
+            # dict that terms do not mutate), so skip the copies and the memoizing scope
+            for v in self._input_var:
+                if v not in x_dict:
+                    _raise_missing(self, x_dict, [v])
+            out = self.forward(x_dict, **kwargs)
+            loss, samples = out if type(out) is tuple else (out, {})
+            if _RECORDERS:
+                _RECORDERS[-1][id(self)] = loss
+            return loss, samples
         if x_dict is None:
             given: dict[str, Any] = {}
         elif isinstance(x_dict, Mapping):
@@ -394,16 +406,19 @@ class Loss(_PyroELBO):
         from pyro_dgm.losses.operators import LossOperator, LossSelfOperator
         from pyro_dgm.losses.special import ValueLoss
 
-        leaves: list[Loss] = []
+        leaves: list[Loss] | None = self.__dict__.get("_leaves")
+        if leaves is None:  # the formula is fixed once built: find its terms once
+            leaves = []
 
-        def walk(node: Loss) -> None:
-            if getattr(node, "_term_name", None) is None and isinstance(node, (LossOperator, LossSelfOperator)):
-                for child in node.operands:
-                    walk(child)
-            elif not isinstance(node, ValueLoss):
-                leaves.append(node)
+            def walk(node: Loss) -> None:
+                if getattr(node, "_term_name", None) is None and isinstance(node, (LossOperator, LossSelfOperator)):
+                    for child in node.operands:
+                        walk(child)
+                elif not isinstance(node, ValueLoss):
+                    leaves.append(node)
 
-        walk(self)
+            walk(self)
+            self._leaves = leaves
         terms: dict[str, Tensor] = {}
         for leaf in leaves:
             if id(leaf) not in recorder:
