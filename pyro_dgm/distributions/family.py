@@ -84,6 +84,12 @@ class DistributionBase(Distribution):
                              f"tensor or cond_var name>, or subclass {type(self).__name__} with a forward() that "
                              f"returns it")
         self._const_names = tuple(consts)
+        # parameters that are all constants are checked here, once (torch's validation, if on), not at every call
+        self._const_only = not self._has_network and not var_params
+        self._base_cache: tuple[Any, Any] | None = None
+        if self._const_only:
+            bufs = self._buffers
+            self._base({n: bufs[n] for n in self._const_names}, validate=None)
         self._b = _Binding(self._var, self._cond_var, self._input_var, fwd_pos, fwd_kw, var_params)
 
     # ------------------------------------------------------------------ construction helpers
@@ -167,21 +173,46 @@ class DistributionBase(Distribution):
                            for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw)))
         e.add_note(f"while {describe(self)} ran forward() on {shapes}")
 
-    def _base(self, params: dict[str, Tensor]) -> Any:
-        """The Pyro distribution over the full parameter shape (no event dims reinterpreted)."""
+    def _base(self, params: dict[str, Tensor], validate: bool | None = None) -> Any:
+        """The Pyro distribution over the full parameter shape (no event dims reinterpreted).
+
+        ``validate=None`` follows torch's default (``Distribution.set_default_validate_args``).
+        """
         try:
-            return self.pyro_dist(**params)
+            return self.pyro_dist(**params, validate_args=validate)
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
 
+    def _const_base(self) -> Any:
+        """The base distribution of constant parameters, built once per set of buffers (a new buffer after
+        ``.to(...)``/``load_state_dict`` or an in-place change rebuilds it); validated at construction."""
+        bufs = self._buffers
+        key = tuple((id(t), t._version) for t in (bufs[n] for n in self._const_names))
+        cached = self._base_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        base = self._base({n: bufs[n] for n in self._const_names}, validate=False)
+        self._base_cache = (key, base)
+        return base
+
     def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
             value: Tensor | None = None) -> tuple[Any, Any]:
-        """The site's distribution (feature dims as event dims, expanded for batch_n/sample_shape) and its base.
+        """The site's distribution (feature dims as event dims, expanded for batch_n/sample_shape) and its base."""
+        base, ev, root = self._parts(b, values, ctx, expand, value)
+        fn = base.to_event(ev) if ev > 0 else base
+        if root and ctx.sample_shape:
+            fn = fn.expand(ctx.sample_shape + fn.batch_shape)
+        return fn, base
+
+    def _parts(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+               value: Tensor | None = None) -> tuple[Any, int, bool]:
+        """The base distribution (expanded for ``batch_n``), how many of its batch dims are feature dims, and
+        whether this factor is a root of the pass (none of its inputs drawn in it).
 
         ``value`` is the value to score or observe, if any: a factor without inputs whose constants are scalars
         (empty ``features_shape``) takes its feature dims from it, every dim after the first (Pixyz's convention).
         """
-        base = self._base(self._params(b, values, ctx))
+        base = self._const_base() if self._const_only else self._base(self._params(b, values, ctx))
         bn = self._batch_ndim(b, values, ctx)
         batch_shape = base.batch_shape
         if value is not None and not b.input_var and not self._features_shape:
@@ -201,10 +232,7 @@ class DistributionBase(Distribution):
                     raise ValueError(f"{describe(self)}: batch_n={ctx.batch_n} does not match the batch size {lead} "
                                      "of its parameters")
                 base = base.expand(torch.Size([ctx.batch_n]) + batch_shape[1:])
-        fn = base.to_event(ev) if ev > 0 else base
-        if root and ctx.sample_shape:
-            fn = fn.expand(ctx.sample_shape + fn.batch_shape)
-        return fn, base
+        return base, ev, root
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         """The ``pyro.distributions`` object given the inputs; feature dims are its event dims.
@@ -249,18 +277,20 @@ class DistributionBase(Distribution):
         x = values[b.var[0]]
         if not isinstance(x, Tensor):
             raise TypeError(f"{describe(self)}: the value of {b.var[0]!r} must be a tensor, got {type(x).__name__}")
-        fn, base = self._fn(b, values, ctx, expand=False, value=x)
+        base, ev, _ = self._parts(b, values, ctx, expand=False, value=x)
+        ev = max(ev, 0)
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
         # batch) stay batch dims of theirs too, and the factors' log-densities have one shape
-        ctx.event_dims[b.var[0]] = fn.event_dim
+        ctx.event_dims[b.var[0]] = ev + len(base.event_shape)
         try:
-            if sum_features and feature_dims is None:
-                return fn.log_prob(x)
             lp = base.log_prob(x)
         except (ValueError, RuntimeError) as e:
+            bs = base.batch_shape
             raise ValueError(f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "
-                             f"batch shape {tuple(fn.batch_shape)} and event shape {tuple(fn.event_shape)}: "
-                             f"{e}") from e
+                             f"batch shape {tuple(bs[:len(bs) - ev])} and event shape "
+                             f"{tuple(bs[len(bs) - ev:] + base.event_shape)}: {e}") from e
+        if sum_features and feature_dims is None:
+            return lp.sum(tuple(range(-ev, 0))) if ev else lp
         return self._sum_dims(lp, sum_features, feature_dims, "log-density")
 
     def _sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:

@@ -79,4 +79,5 @@ class PyroELBO(Loss):
         return rf"-\mathrm{{ELBO}}_{{{name}}} \left[{m}, {g} \right]"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
-        return self.elbo.differentiable_loss(self.model, self.guide, **values, **kwargs)
+        data = {v: values[v] for v in self._input_var}  # the values of a larger formula may hold other variables
+        return self.elbo.differentiable_loss(self.model, self.guide, **data, **kwargs)

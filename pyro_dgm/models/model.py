@@ -10,6 +10,8 @@ step (a discriminator's) overrides :meth:`Model.train`/:meth:`Model.test` and ca
 """
 from __future__ import annotations
 
+import math
+
 import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
@@ -261,9 +263,14 @@ class Model:
         return list(self._params)
 
     def _check_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str) -> None:
-        bad_here = torch.logical_not(torch.isfinite(loss.detach()).all()).to(torch.int32)
-        if not bool(_dist.all_reduce_max(bad_here)):  # every process raises together under torch.distributed
-            return
+        if loss.numel() == 1 and not _dist.is_distributed():
+            if math.isfinite(loss.item()):
+                return
+            bad_here = torch.ones((), dtype=torch.int32)
+        else:
+            bad_here = torch.logical_not(torch.isfinite(loss.detach()).all()).to(torch.int32)
+            if not bool(_dist.all_reduce_max(bad_here)):  # every process raises together under torch.distributed
+                return
         bad = [name for name, v in terms.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())]
         where = f"epoch {self.epoch + 1}, " if getattr(self, "_in_fit", False) else ""
         which = (f"non-finite term(s): {', '.join(repr(b) for b in bad)}" if bad else
@@ -295,7 +302,10 @@ class Model:
         RuntimeError
             If the loss has no gradient (it does not depend on the trained parameters).
         """
-        self.distributions.train()
+        for m in self.distributions.modules():  # train mode, without nn.Module.train()'s setattr walk each step
+            if not m.training:
+                self.distributions.train()
+                break
         self.optimizer.zero_grad()
         loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
         self.last_terms = terms
