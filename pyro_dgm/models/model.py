@@ -302,7 +302,10 @@ class Model:
         RuntimeError
             If the loss has no gradient (it does not depend on the trained parameters).
         """
-        for m in self.distributions.modules():  # train mode, without nn.Module.train()'s setattr walk each step
+        mods = self.__dict__.get("_mode_modules")
+        if mods is None:
+            mods = self._mode_modules = list(self.distributions.modules())
+        for m in mods:  # train mode, without nn.Module.train()'s setattr walk at each step
             if not m.training:
                 self.distributions.train()
                 break
