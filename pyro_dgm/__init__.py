@@ -2,8 +2,8 @@
 
 Importing it changes nothing in Pyro or torch: no global settings, no patched classes, no registered KLs.
 """
-from pyro_dgm import distributions, losses, models, poutine, utils
+from pyro_dgm import distributions, flows, layers, losses, models, poutine, utils
 from pyro_dgm.utils.latex import print_latex
 
 __version__ = "0.1.0"
-__all__ = ["distributions", "losses", "models", "poutine", "utils", "print_latex", "__version__"]
+__all__ = ["distributions", "flows", "layers", "losses", "models", "poutine", "utils", "print_latex", "__version__"]

@@ -3,6 +3,10 @@ from pyro_dgm.distributions.base import Distribution, sum_samples
 from pyro_dgm.distributions.exponential import (Bernoulli, Beta, Categorical, Dirichlet, FactorizedBernoulli, Gamma,
                                                 Laplace, Multinomial, Normal, RelaxedBernoulli, RelaxedCategorical)
 from pyro_dgm.distributions.family import DistributionBase
+from pyro_dgm.distributions.flow_distribution import (InverseTransformedDistribution, PlanarFlowDistribution, RealNVP,
+                                                      RealNVPDistribution, TransformedDistribution)
+from pyro_dgm.distributions.mixture import MixtureModel, MixtureOfNormal, PosteriorMixtureModel
+from pyro_dgm.distributions.poe import ElementWiseProductOfNormal, NormalPoE, ProductOfNormal
 from pyro_dgm.distributions.joint import MultiplyDistribution
 from pyro_dgm.distributions.ops import MarginalizeVarDistribution, ReplaceVarDistribution
 from pyro_dgm.distributions.special import (CustomLikelihoodDistribution, CustomProb, DataDistribution, Deterministic,
@@ -12,4 +16,6 @@ __all__ = ["Distribution", "DistributionBase", "MultiplyDistribution", "ReplaceV
            "MarginalizeVarDistribution", "Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli",
            "Categorical", "RelaxedCategorical", "Multinomial", "Dirichlet", "Beta", "Laplace", "Gamma",
            "Deterministic", "EmpiricalDistribution", "DataDistribution", "CustomProb", "CustomLikelihoodDistribution",
-           "sum_samples"]
+           "sum_samples", "ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal", "MixtureOfNormal",
+           "MixtureModel", "PosteriorMixtureModel", "TransformedDistribution", "InverseTransformedDistribution",
+           "PlanarFlowDistribution", "RealNVPDistribution", "RealNVP"]

@@ -9,11 +9,13 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping, Sequence
 
+import torch
+
 from pyro_dgm.distributions.base import Distribution, _Binding, _Pass
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.utils.checks import describe
 
-__all__ = ["unwrap", "site_fn", "site_params", "check_inner", "OptionalInputs"]
+__all__ = ["unwrap", "site_fn", "site_params", "check_inner", "expand_root", "OptionalInputs"]
 
 
 def unwrap(d: Distribution) -> tuple[Distribution, _Binding]:
@@ -39,17 +41,38 @@ def check_inner(owner: str, d: Any, what: str, need: str = "_fn") -> None:
 
 
 def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass,
-            expand: bool = True) -> tuple[Any, Any]:
+            expand: bool = True, value: Any = None) -> tuple[Any, Any]:
     """``d``'s site distribution (feature dims as event dims) and its base, with ``d``'s names renamed by
-    ``mapping`` (the outer distribution's renaming)."""
+    ``mapping`` (the outer distribution's renaming); ``value`` is the value to be scored, when known."""
     core, b = unwrap(d)
-    return core._fn(b.renamed(mapping) if mapping else b, values, ctx, expand)  # type: ignore[attr-defined]
+    b = b.renamed(mapping) if mapping else b
+    if value is None:
+        return core._fn(b, values, ctx, expand)  # type: ignore[attr-defined]
+    return core._fn(b, values, ctx, expand, value=value)  # type: ignore[attr-defined]
 
 
 def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass) -> dict[str, Any]:
     """``d``'s parameters (constants and network outputs) under the outer names."""
     core, b = unwrap(d)
     return core._params(b.renamed(mapping) if mapping else b, values, ctx)  # type: ignore[attr-defined]
+
+
+def expand_root(owner: Distribution, fn: Any, b: _Binding, ctx: _Pass) -> Any:
+    """Expand a site distribution built from unexpanded parts as a factor's is: to ``batch_n`` when it has no inputs,
+    and by ``sample_shape`` when none of its inputs was drawn in this pass."""
+    if any(v in ctx.event_dims for v in b.input_var):
+        return fn
+    if ctx.batch_n is not None and not b.input_var:
+        batch = fn.batch_shape
+        lead = batch[0] if batch else 1
+        if lead != ctx.batch_n:
+            if lead != 1:
+                raise ValueError(f"{describe(owner)}: batch_n={ctx.batch_n} does not match the batch size {lead} of "
+                                 "its parameters")
+            fn = fn.expand(torch.Size([ctx.batch_n]) + batch[1:])
+    if ctx.sample_shape:
+        fn = fn.expand(ctx.sample_shape + fn.batch_shape)
+    return fn
 
 
 def inputs_of(d: Distribution, mapping: Mapping[str, str]) -> tuple[str, ...]:
@@ -60,12 +83,18 @@ def inputs_of(d: Distribution, mapping: Mapping[str, str]) -> tuple[str, ...]:
 class OptionalInputs:
     """Mixin for distributions whose inputs may be left out (experts that are missing): a call needs only ``var``.
 
-    ``input_var`` still lists every input, so products order this factor after the factors that generate them.
+    ``input_var`` still lists every input, so products order this factor after the factors that generate them;
+    ``replace_var`` keeps the behaviour.
     """
 
     _var: list[str]
     _cond_var: list[str]
     _input_var: list[str]
+
+    @property
+    def required_input_var(self) -> list[str]:
+        """The inputs a call cannot do without: none (every expert may be missing)."""
+        return []
 
     def _input_dict(self, x: Any, needed: Sequence[str] | None = None) -> dict[str, Any]:
         needed = self._input_var if needed is None else needed
@@ -78,3 +107,13 @@ class OptionalInputs:
         view = copy.copy(self)  # shares modules and Pyro name; its factor loop still runs (and registers) self
         view._input_var = [v for v in self._input_var if v in given]
         return Distribution._run_pyro(view, data, kwargs)  # type: ignore[arg-type]
+
+    def replace_var(self, **replace_dict: str) -> Distribution:
+        r = super().replace_var(**replace_dict)  # type: ignore[misc]
+        if type(r) is ReplaceVarDistribution and isinstance(r.p, OptionalInputs):
+            return OptionalReplaceVarDistribution(r.p, r.replace_dict)
+        return r
+
+
+class OptionalReplaceVarDistribution(OptionalInputs, ReplaceVarDistribution):
+    """A renamed distribution whose inputs may be left out (see :class:`OptionalInputs`)."""

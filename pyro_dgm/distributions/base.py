@@ -222,6 +222,12 @@ class Distribution(nn.Module):
         return self._input_var
 
     @property
+    def required_input_var(self) -> list[str]:
+        """The input variables a call cannot do without (all of ``input_var`` but for distributions such as a
+        product of experts, whose experts may be missing)."""
+        return self._input_var
+
+    @property
     def name(self) -> str:
         """The name printed in formulas; settable."""
         return self._name
@@ -304,7 +310,7 @@ class Distribution(nn.Module):
     # ------------------------------------------------------------------ inputs
     def _input_dict(self, x: ValuesLike, needed: Sequence[str] | None = None) -> dict[str, Any]:
         """A fresh dict of the given values (a tensor or list maps onto ``input_var`` in order); checks ``needed``."""
-        needed = self._input_var if needed is None else needed
+        needed = self.required_input_var if needed is None else needed
         if x is None:
             values: dict[str, Any] = {}
         elif isinstance(x, Mapping):
@@ -399,7 +405,8 @@ class Distribution(nn.Module):
         >>> round(float(p.get_log_prob({"x": torch.zeros(1, 2)})), 4)
         -1.8379
         """
-        values = self._input_dict(x_dict, list(self._var) + [v for v in self._input_var if v not in self._var])
+        values = self._input_dict(x_dict, list(self._var) + [v for v in self.required_input_var
+                                                             if v not in self._var])
         ctx = _Pass(kwargs=kwargs)
         total: Tensor | None = None
         for f in self._order:
@@ -416,7 +423,9 @@ class Distribution(nn.Module):
     def _run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Tensor]:
         values = dict(data) if data is not None else {}
         values.update(kwargs)
-        check_present(self, values, self._input_var) if any(v not in values for v in self._input_var) else None
+        required = self.required_input_var
+        if any(v not in values for v in required):
+            check_present(self, values, required)
         for f in self._order:
             f._register()
         batch_n = self._data_batch_n(values)
@@ -500,10 +509,11 @@ class Distribution(nn.Module):
         """How many leading dims of this factor's parameters are batch dims.
 
         A value drawn in this pass knows its event dims; a value given from outside has one batch dim (Pixyz).
-        A factor without inputs has the batch dim of its constant parameters (size 1) plus ``sample_shape``.
+        A factor without inputs has the batch dim of its constant parameters (size 1); ``sample_shape`` comes on
+        top of that, after the event dims are set.
         """
         if not b.input_var:
-            return 1 + len(ctx.sample_shape)
+            return 1  # sample_shape is added after the feature dims are reinterpreted as event dims
         n = 1
         ev = ctx.event_dims
         for v in b.input_var:

@@ -22,7 +22,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor
 from torch.distributions import Transform
 
-from pyro_dgm.distributions._atomic import check_inner, site_fn
+from pyro_dgm.distributions._atomic import check_inner, expand_root, site_fn
 from pyro_dgm.distributions.base import Distribution, ValuesLike, _Binding, _Pass
 from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
@@ -84,15 +84,19 @@ class _FlowDistribution(Distribution):
     def _transform(self, b: _Binding, values: Mapping[str, Any]) -> Transform:
         raise NotImplementedError
 
-    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True) -> tuple[Any, Any]:
-        """The Pyro ``TransformedDistribution`` of this site, and the prior's site distribution."""
-        base, _ = site_fn(self.prior, self._mapping(b), values, ctx, expand)
+    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+            value: Tensor | None = None) -> tuple[Any, Any]:
+        """The Pyro ``TransformedDistribution`` of this site, and its base distribution (the prior's)."""
+        base, _ = site_fn(self.prior, self._mapping(b), values, ctx, False)
         if expand and b.input_var:  # a context given to the flow only (not to the prior) sets the batch shape too
             batch = torch.broadcast_shapes(base.batch_shape, *(self._input_batch_shape(v, values, ctx)
                                                                for v in b.input_var))
             if batch != base.batch_shape:
                 base = base.expand(batch)
-        return dist.TransformedDistribution(base, [self._transform(b, values)]), base
+        fn = dist.TransformedDistribution(base, [self._transform(b, values)])
+        if expand:
+            fn = expand_root(self, fn, b, ctx)
+        return fn, fn.base_dist
 
     @staticmethod
     def _input_batch_shape(v: str, values: Mapping[str, Any], ctx: _Pass) -> torch.Size:
@@ -113,7 +117,8 @@ class _FlowDistribution(Distribution):
         hidden = self._hidden
         if ctx.obs is None and hidden not in values and hidden != name:  # Pixyz returns the prior's sample too
             try:
-                values[hidden] = t.inv(value)
+                with torch.set_grad_enabled(ctx.reparam and torch.is_grad_enabled()):  # from the flow's memory
+                    values[hidden] = t.inv(value)
             except NotImplementedError:
                 return
             ctx.event_dims[hidden] = base.event_dim
@@ -124,7 +129,14 @@ class _FlowDistribution(Distribution):
             raise ValueError(f"{describe(self)}: the log-density of a flow does not factorize over features; call "
                              "get_log_prob with sum_features=True and no feature_dims")
         fn, _ = self._fn(b, values, ctx, expand=False)
-        return fn.log_prob(values[b.var[0]])
+        x = values[b.var[0]]
+        ev = fn.event_shape
+        if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{describe(self)}: expected {b.var[0]!r} of shape (..., {', '.join(map(str, ev))}), "
+                             f"got {got}")
+        ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
+        return fn.log_prob(x)
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         """The ``pyro.distributions.TransformedDistribution`` given the inputs (event dims: the features).
@@ -324,6 +336,8 @@ class PlanarFlowDistribution(TransformedDistribution):
     num_layers : int, default 1
     var : list of str, default ``["x"]``
     name : str, default ``"p"``
+    constraint_u : bool, default True
+        Build the planar flows with the invertibility constraint (see :class:`pyro_dgm.flows.PlanarFlow`).
 
     Examples
     --------
@@ -333,8 +347,8 @@ class PlanarFlowDistribution(TransformedDistribution):
     >>> print(q.prob_text, len(q.flow))
     q(z|h) 4
     >>> s = q.sample({"h": torch.zeros(5, 2)})
-    >>> tuple(q.get_log_prob({"z": torch.randn(5, 2), "h": torch.zeros(5, 2)}).shape)
-    (5,)
+    >>> sorted(s), tuple(q.get_log_prob(s).shape)
+    (['h', 'z', 'z_0'], (5,))
     """
 
     def __init__(self, prior: Distribution, dim: int, num_layers: int = 1, var: Sequence[str] = ("x",),

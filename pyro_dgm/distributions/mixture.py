@@ -14,7 +14,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
 
-from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, inputs_of, site_fn, unwrap
+from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, expand_root, inputs_of, site_fn, unwrap
 from pyro_dgm.distributions.base import Distribution, ValuesLike, _Binding, _Pass
 from pyro_dgm.distributions.exponential import Categorical
 from pyro_dgm.utils.checks import describe
@@ -42,10 +42,10 @@ class MixtureDistribution(TorchDistribution):
     Examples
     --------
     >>> import pyro.distributions as dist
-    >>> m = MixtureDistribution(torch.log(torch.tensor([0.25, 0.75])),
-    ...                         [dist.Normal(torch.tensor(-1.0), 1.0), dist.Normal(torch.tensor(1.0), 1.0)])
+    >>> a, b = dist.Normal(torch.tensor(-1.0), 1.0), dist.Normal(torch.tensor(1.0), 1.0)
+    >>> m = MixtureDistribution(torch.log(torch.tensor([0.25, 0.75])), [a, b])
     >>> x = torch.tensor(0.5)
-    >>> expected = torch.log(0.25 * dist.Normal(-1.0, 1.0).log_prob(x).exp() + 0.75 * dist.Normal(1.0, 1.0).log_prob(x).exp())
+    >>> expected = torch.log(0.25 * a.log_prob(x).exp() + 0.75 * b.log_prob(x).exp())
     >>> bool(torch.allclose(m.log_prob(x), expected)), round(float(m.mean), 4)
     (True, 0.5)
     """
@@ -110,7 +110,7 @@ class MixtureDistribution(TorchDistribution):
 class _Mixture(Distribution):
     """What the mixtures share: one site whose distribution is a :class:`MixtureDistribution`."""
 
-    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool) -> MixtureDistribution:
+    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> MixtureDistribution:
         raise NotImplementedError
 
     def _mapping(self, b: _Binding) -> dict[str, str]:
@@ -120,8 +120,11 @@ class _Mixture(Distribution):
     def has_reparam(self) -> bool:
         return False
 
-    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True) -> tuple[Any, Any]:
-        fn = self._mixture(b, values, ctx, expand)
+    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+            value: Tensor | None = None) -> tuple[Any, Any]:
+        fn = self._mixture(b, values, ctx)
+        if expand:
+            fn = expand_root(self, fn, b, ctx)
         return fn, fn
 
     def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
@@ -136,20 +139,28 @@ class _Mixture(Distribution):
         if not sum_features or feature_dims is not None:
             raise ValueError(f"{describe(self)}: the log-density of a mixture does not factorize over features; "
                              "call get_log_prob with sum_features=True and no feature_dims")
-        return self._fn(b, values, ctx, expand=False)[0].log_prob(values[b.var[0]])
+        fn = self._fn(b, values, ctx, expand=False)[0]
+        x = values[b.var[0]]
+        ev = fn.event_shape
+        if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{describe(self)}: expected {b.var[0]!r} of shape (..., {', '.join(map(str, ev))}), "
+                             f"got {got}")
+        ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
+        return fn.log_prob(x)
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> MixtureDistribution:
         """The :class:`MixtureDistribution` given the inputs (event dims: the features)."""
         values = self._input_dict(x_dict)
-        return self._mixture(self._binding, values, _Pass(batch_n=batch_n, kwargs=kwargs), True)
+        return self._fn(self._binding, values, _Pass(batch_n=batch_n, kwargs=kwargs))[0]
 
     def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mixture's mean :math:`\\sum_k \\pi_k \\mu_k` given the inputs."""
-        return self._mixture(self._binding, self._input_dict(x_dict), _Pass(kwargs=kwargs), False).mean
+        return self._mixture(self._binding, self._input_dict(x_dict), _Pass(kwargs=kwargs)).mean
 
     def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mixture's variance (law of total variance) given the inputs."""
-        return self._mixture(self._binding, self._input_dict(x_dict), _Pass(kwargs=kwargs), False).variance
+        return self._mixture(self._binding, self._input_dict(x_dict), _Pass(kwargs=kwargs)).variance
 
     def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -233,10 +244,10 @@ class MixtureModel(_Mixture):
         x, z = self._var[0], self._hidden_var[0]
         return " + ".join(f"{d.name}({x}|{z}={k}){self.prior.name}({z}={k})" for k, d in enumerate(self.distributions))
 
-    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool) -> MixtureDistribution:
+    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> MixtureDistribution:
         m = self._mapping(b)
-        comps = [site_fn(d, m, values, ctx, expand)[0] for d in self.distributions]
-        prior_fn = site_fn(self.prior, m, values, ctx, expand)[0]
+        comps = [site_fn(d, m, values, ctx, False)[0] for d in self.distributions]
+        prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
         k = len(comps)
         nb = len(prior_fn.batch_shape)
         if getattr(unwrap(self.prior)[0], "one_hot", True):
@@ -257,7 +268,7 @@ class MixtureModel(_Mixture):
         if not return_hidden:
             return super().get_log_prob(x_dict, sum_features=sum_features, feature_dims=feature_dims, **kwargs)
         values = self._input_dict(x_dict, self._var + self._input_var)
-        fn = self._mixture(self._binding, values, _Pass(kwargs=kwargs), False)
+        fn = self._mixture(self._binding, values, _Pass(kwargs=kwargs))
         return fn.component_log_prob(values[self._var[0]]).movedim(-1, 0)
 
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None, sample_shape: Sequence[int] = torch.Size(),
@@ -320,7 +331,7 @@ class PosteriorMixtureModel(Categorical):
     def _params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> dict[str, Tensor]:
         m = dict(zip(self._cond_var, b.cond_var))
         mb = self.p._binding.renamed(m)
-        joint = self.p._mixture(mb, values, ctx, False).component_log_prob(values[mb.var[0]])
+        joint = self.p._mixture(mb, values, ctx).component_log_prob(values[mb.var[0]])
         return {"logits": joint - joint.logsumexp(-1, keepdim=True)}
 
 
@@ -388,13 +399,13 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
             return " + ".join(f"\\frac{{1}}{{{k}}}{e.prob_text}" for e in self.p)
         return " + ".join(f"{v:.3g}{e.prob_text}" for v, e in zip(w, self.p))
 
-    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool) -> MixtureDistribution:
+    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> MixtureDistribution:
         m = self._mapping(b)
         comps, logw = [], []
         for i, e in enumerate(self.p):
             ins = inputs_of(e, m)
             if all(v in values for v in ins):
-                comps.append(site_fn(e, m, values, ctx, expand)[0])
+                comps.append(site_fn(e, m, values, ctx, False)[0])
                 logw.append(torch.log(self.weight_modalities[i]))
             elif any(v in values for v in ins):
                 raise ValueError(f"{describe(self)}: expert {e.prob_text} is given only some of its inputs "

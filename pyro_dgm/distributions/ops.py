@@ -88,6 +88,10 @@ class ReplaceVarDistribution(Distribution):
         return self._b
 
     @property
+    def required_input_var(self) -> list[str]:
+        return [self.replace_dict.get(v, v) for v in self.p.required_input_var]
+
+    @property
     def distribution_name(self) -> str:
         return self.p.distribution_name
 

@@ -156,11 +156,12 @@ class ProductOfNormal(OptionalInputs, Normal):
         loc, scale = torch.broadcast_tensors(num / den, torch.rsqrt(den))
         return {"loc": loc, "scale": scale}
 
-    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True) -> tuple[Any, Any]:
+    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+            value: Tensor | None = None) -> tuple[Any, Any]:
         present = tuple(v for v in b.input_var if v in values)
         if len(present) != len(b.input_var):  # missing experts: batch dims come from the inputs given
             b = _Binding(b.var, b.cond_var, present, b.fwd_pos, b.fwd_kw, b.param_vars)
-        return super()._fn(b, values, ctx, expand)
+        return super()._fn(b, values, ctx, expand, value=value)
 
 
 class NormalPoE(ProductOfNormal):

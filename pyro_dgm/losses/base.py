@@ -198,6 +198,18 @@ class Loss(_PyroELBO):
             stack.extend(reversed(found))
         return out
 
+    @property
+    def _optional_var(self) -> frozenset[str]:
+        """Input variables that may be missing: those of distributions that do without them (the experts of a
+        product of experts)."""
+        cached = self.__dict__.get("_optional_cache")
+        if cached is None:
+            opt: set[str] = set()
+            for d in self.distributions:
+                opt |= set(d.input_var) - set(d.required_input_var)
+            cached = self._optional_cache = frozenset(opt)
+        return cached
+
     def loss_terms(self) -> list["Loss"]:
         """Every loss node of this formula (itself included), each once, parents before children."""
         out: list[Loss] = []
@@ -358,7 +370,7 @@ class Loss(_PyroELBO):
             # a term evaluated by its parent, inside one evaluation: the values are the parent's (already a fresh
             # dict that terms do not mutate), so skip the copies and the memoizing scope
             for v in self._input_var:
-                if v not in x_dict:
+                if v not in x_dict and v not in self._optional_var:
                     _raise_missing(self, x_dict, [v])
             out = self.forward(x_dict, **kwargs)
             loss, samples = out if type(out) is tuple else (out, {})
@@ -372,10 +384,10 @@ class Loss(_PyroELBO):
         else:
             raise TypeError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
                             f"got {type(x_dict).__name__}")
-        missing = [v for v in self._input_var if v not in given]
+        missing = [v for v in self._input_var if v not in given and v not in self._optional_var]
         if missing:
             _raise_missing(self, given, missing)
-        inputs = {k: given[k] for k in self._input_var}
+        inputs = {k: given[k] for k in self._input_var if k in given}
         outer = _DEPTH[0] == 0
         recorder: dict[int, Tensor] | None = {} if return_terms else None
         with (_memoize_scope() if outer else contextlib.nullcontext()):
@@ -482,7 +494,7 @@ class Loss(_PyroELBO):
 
 
 def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str]) -> None:
-    check_present(loss, given, loss.input_var)  # raises ValueError naming the missing variables
+    check_present(loss, given, [v for v in loss.input_var if v not in loss._optional_var])  # raises, naming them
 
 
 def is_operand(x: Any) -> bool:

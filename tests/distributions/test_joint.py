@@ -536,3 +536,16 @@ def test_log_prob_of_a_joint_sample_drawn_with_sample_shape():
     N = lambda loc, x: td.Normal(loc, 1.0).log_prob(x).sum(-1)  # noqa: E731
     expected = N(s["z"] + 100., s["x"]) + N(s["w"] + 10., s["z"]) + N(torch.ones(FEAT), s["w"])
     assert lp.shape == (5, 2) and torch.allclose(lp, expected)
+
+
+def test_sample_shape_keeps_feature_dims_as_event_dims():
+    """With sample_shape, a root factor's feature dims stay event dims, and its children see them so."""
+    import pyro.poutine as poutine
+
+    prior = Normal(loc=torch.zeros(2), scale=1., var=["z"])
+    p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"])
+    tr = poutine.trace(lambda: (p * prior).sample(batch_n=4, sample_shape=[3], reparam=True)).get_trace()
+    for name in ("z", "x"):
+        site = tr.nodes[name]
+        assert site["value"].shape == (3, 4, 2)
+        assert site["fn"].event_shape == (2,) and site["fn"].batch_shape == (3, 4)

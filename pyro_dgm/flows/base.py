@@ -1,0 +1,446 @@
+r"""The :class:`Flow` base class and :class:`FlowList`: invertible maps with exact log-determinants.
+
+A flow is a Pyro ``TransformModule`` (a ``torch.distributions.Transform`` that is also an ``nn.Module``), so it can go
+into ``pyro.distributions.TransformedDistribution``, and Pyro's own transforms (``Planar``, ``Radial``, ``Spline``,
+``AffineAutoregressive``...) can go into a :class:`FlowList`. It also keeps Pixyz's interface:
+``forward(x, y=None, compute_jacobian=True)`` returns :math:`z = f(x)` and stores :attr:`Flow.logdet_jacobian`,
+``inverse(z, y=None)`` returns :math:`x = f^{-1}(z)`; ``y`` is an optional context (conditional flows).
+
+A subclass implements two methods, each returning its output and :math:`\log|\det \partial f/\partial x|` evaluated
+at the input side ``x`` (so both directions return the same number for the same pair):
+
+- ``_forward_logdet(x, context) -> (z, logdet)``
+- ``_inverse_logdet(z, context) -> (x, logdet)``
+
+``logdet`` has the batch shape of ``x`` (every dim but the last ``event_dim``). Any number of leading batch dims is
+accepted. As Pyro transforms, flows remember their last ``(x, z, logdet)`` (``cache_size=1``), so a value the flow has
+just produced (a sample) is mapped back and scored without inverting the flow again; this is how a flow without a
+closed-form inverse scores its samples, as Pixyz's ``stored_x`` does. The memory answers only the reverse of the
+computation that filled it, for the same tensor objects and context, while the parameters are unchanged (an optimizer
+step invalidates it) and, when gradients are wanted, only if it was filled with gradients.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from pyro.distributions.conditional import ConditionalTransform
+from pyro.distributions.torch_transform import TransformModule
+from torch import Tensor, nn
+from torch.distributions import Transform, constraints
+
+__all__ = ["Flow", "FlowList", "ConditionedFlow", "sum_rightmost", "zero_logdet"]
+
+_SHAPE_HINTS = {1: "(..., {n})", 2: "(..., {n}, L)", 3: "(..., {n}, H, W)"}
+
+
+def sum_rightmost(x: Tensor, n: int) -> Tensor:
+    """Sum ``x`` over its ``n`` rightmost dims (``x`` itself when ``n <= 0``).
+
+    Examples
+    --------
+    >>> sum_rightmost(torch.ones(2, 3, 4), 2).tolist()
+    [12.0, 12.0]
+    """
+    return x.sum(dim=list(range(-n, 0))) if n > 0 else x
+
+
+def zero_logdet(v: Tensor, event_dim: int) -> Tensor:
+    """The log-determinant of a volume-preserving map of ``v``: zeros of its batch shape (a float dtype)."""
+    dtype = v.dtype if v.is_floating_point() else torch.get_default_dtype()
+    return torch.zeros(v.shape[:v.dim() - event_dim], dtype=dtype, device=v.device)
+
+
+def _real(event_dim: int) -> constraints.Constraint:
+    return constraints.real if event_dim == 0 else constraints.independent(constraints.real, event_dim)
+
+
+class _Memory:
+    """A flow's last computation ``x <-> z`` with its log-det, the context, and the state of its parameters."""
+
+    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state")
+
+    def __init__(self, x: Tensor, z: Tensor, logdet: Tensor, context: Any, by_inverse: bool, state: tuple) -> None:
+        self.x, self.z, self.logdet, self.context, self.by_inverse, self.state = x, z, logdet, context, by_inverse, state
+
+
+def _state(flow: nn.Module) -> tuple:
+    """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it)."""
+    return tuple((id(t), t._version) for t in (*flow.parameters(), *flow.buffers()))
+
+
+def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | None = None,
+            by_inverse: bool | None = None) -> _Memory | None:
+    """The flow's memory if it answers this query and is still valid: same tensors and context, parameters unchanged
+    since, and it carries gradients if they are wanted now."""
+    m = flow._memory
+    if m is None or m.context is not context or (x is not None and m.x is not x) or (z is not None and m.z is not z):
+        return None
+    if by_inverse is not None and m.by_inverse != by_inverse:
+        return None
+    if torch.is_grad_enabled() and not m.logdet.requires_grad and any(p.requires_grad for p in flow.parameters()):
+        return None
+    return m if m.state == _state(flow) else None
+
+
+def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool) -> Tensor:
+    """``flow`` (or its inverse) applied to ``value``. A value this flow has just *produced* is mapped back from its
+    memory (a sample is scored without inverting the flow); an input is always recomputed, so data given again after
+    an optimizer step is never answered with stale values."""
+    m = _recall(flow, context, z=value, by_inverse=False) if inverse else _recall(flow, context, x=value,
+                                                                                   by_inverse=True)
+    if m is not None:
+        return m.x if inverse else m.z
+    try:
+        out, ld = flow.inverse_with_logdet(value, context) if inverse else flow.forward_with_logdet(value, context)
+    except NotImplementedError:
+        m = flow._memory  # no inverse to recompute with: what it remembers is the only answer
+        if m is not None and m.context is context and (m.z if inverse else m.x) is value:
+            return m.x if inverse else m.z
+        raise
+    if flow._keep:
+        x, z = (out, value) if inverse else (value, out)
+        flow._memory = _Memory(x, z, ld, context, inverse, _state(flow))
+    return out
+
+
+def _logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
+    m = _recall(flow, context, x=x, z=z)
+    return m.logdet if m is not None else flow.forward_with_logdet(x, context)[1]
+
+
+class Flow(TransformModule, ConditionalTransform):
+    r"""Base class of every flow: an invertible map :math:`z = f(x)` with its exact log-determinant.
+
+    The base class itself is the identity (as in Pixyz).
+
+    Parameters
+    ----------
+    in_features : int, optional
+        The size of the first event dim of the input (the features of a vector, the channels of an image); inputs of
+        another size raise ``ValueError``. ``None`` accepts any size.
+    event_dim : int, default 1
+        How many rightmost dims form one sample: 1 for vectors ``(..., D)``, 3 for images ``(..., C, H, W)``.
+    codomain_event_dim : int, optional
+        The event dims of the output, when they differ (``Flatten``).
+    cache_size : {1, 0}
+        Remember the last ``(x, z, logdet)`` (1, Pyro's default for flows) or not (0).
+
+    Notes
+    -----
+    Differences from Pixyz: ``logdet_jacobian`` is also returned (``forward_with_logdet``), so no state is needed;
+    ``forward``/``inverse`` accept any number of leading batch dims.
+
+    Examples
+    --------
+    >>> f = Flow(3)
+    >>> z = f.forward(torch.ones(2, 3))
+    >>> z.tolist(), f.logdet_jacobian.tolist()
+    ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [0.0, 0.0])
+    >>> f.forward(torch.ones(2, 4))
+    Traceback (most recent call last):
+     ...
+    ValueError: Flow(in_features=3): expected 3 features at dim -1 of the input, i.e. shape (..., 3), got shape (2, 4)
+    """
+
+    bijective = True
+    _feature_name = "features"
+    __repr__ = nn.Module.__repr__
+
+    def __init__(self, in_features: int | None = None, event_dim: int = 1, codomain_event_dim: int | None = None,
+                 cache_size: int = 1) -> None:
+        super().__init__(cache_size=0)  # Pyro's (x, y) memory is replaced by ours, which also keeps the log-det
+        if cache_size not in (0, 1):
+            raise ValueError(f"{type(self).__name__}: cache_size must be 0 or 1, got {cache_size!r}")
+        if in_features is not None and (not isinstance(in_features, int) or in_features < 1):
+            raise ValueError(f"{type(self).__name__}: in_features must be a positive int, got {in_features!r}")
+        self._in_features = in_features
+        self._domain_event_dim = int(event_dim)
+        self._codomain_event_dim = int(event_dim if codomain_event_dim is None else codomain_event_dim)
+        self._keep = bool(cache_size)
+        self._memory: _Memory | None = None
+        self._logdet_jacobian: Tensor | None = None
+
+    # ------------------------------------------------------------------ description
+    @property
+    def in_features(self) -> int | None:
+        """The size of the first event dim of the input (``None``: any)."""
+        return self._in_features
+
+    @property
+    def domain(self) -> constraints.Constraint:  # type: ignore[override]
+        return _real(self._domain_event_dim)
+
+    @property
+    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
+        return _real(self._codomain_event_dim)
+
+    @property
+    def logdet_jacobian(self) -> Tensor | None:
+        """The log-determinant stored by the last ``forward(..., compute_jacobian=True)`` (Pixyz's interface)."""
+        return self._logdet_jacobian
+
+    def extra_repr(self) -> str:
+        return f"in_features={self._in_features}" if self._in_features is not None else ""
+
+    def _describe(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _expected_size(self, inverse: bool) -> int | None:
+        """The size expected at dim ``-event_dim`` of the input (of the output when ``inverse``)."""
+        return self._in_features
+
+    def _check(self, x: Tensor, inverse: bool) -> None:
+        ev = self._codomain_event_dim if inverse else self._domain_event_dim
+        n = self._expected_size(inverse)
+        hint = _SHAPE_HINTS.get(ev, "(..., {n}, ...)").format(n=n if n is not None else "N")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{self._describe()}: expected a tensor of shape {hint}, got {type(x).__name__}")
+        if x.dim() < ev:
+            raise ValueError(f"{self._describe()}: expected an input with at least {ev} dims, i.e. shape {hint}, "
+                             f"got shape {tuple(x.shape)}")
+        if ev > 0 and n is not None and x.shape[-ev] != n:
+            raise ValueError(f"{self._describe()}: expected {n} {self._feature_name} at dim {-ev} of the input, "
+                             f"i.e. shape {hint}, got shape {tuple(x.shape)}")
+
+    # ------------------------------------------------------------------ the two methods a subclass implements
+    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return x, zero_logdet(x, self._domain_event_dim)
+
+    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return z, zero_logdet(z, self._codomain_event_dim)
+
+    # ------------------------------------------------------------------ public interface
+    def forward_with_logdet(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""Return :math:`z = f(x)` and :math:`\log|\det \partial z/\partial x|` (batch-shaped), given context ``y``."""
+        self._check(x, inverse=False)
+        return self._forward_logdet(x, y)
+
+    def inverse_with_logdet(self, z: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""Return :math:`x = f^{-1}(z)` and the *forward* log-determinant :math:`\log|\det \partial z/\partial x|`
+        at that ``x``, so that :math:`\log p_X(x) = \log p_Z(z) + \text{logdet}`."""
+        self._check(z, inverse=True)
+        return self._inverse_logdet(z, y)
+
+    def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
+        """Return :math:`z = f(x)` given context ``y``; store the log-determinant in :attr:`logdet_jacobian`."""
+        z, ld = self.forward_with_logdet(x, y)
+        if compute_jacobian:
+            self._logdet_jacobian = ld
+        return z
+
+    def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        r"""Return :math:`x = f^{-1}(z)` given context ``y``."""
+        return self.inverse_with_logdet(z, y)[0]
+
+    def condition(self, context: Tensor) -> "ConditionedFlow":
+        """This flow with its context fixed: a ``torch.distributions.Transform`` (Pyro's conditional interface)."""
+        return ConditionedFlow(self, context)
+
+    # ------------------------------------------------------------------ torch.distributions.Transform hooks
+    def _call(self, x: Tensor) -> Tensor:
+        return _apply(self, None, x, inverse=False)
+
+    def _inverse(self, z: Tensor) -> Tensor:
+        return _apply(self, None, z, inverse=True)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return _logdet(self, None, x, y)
+
+    def with_cache(self, cache_size: int = 1) -> "Flow":
+        """This flow (its memory is already the cache ``torch.distributions.ComposeTransform`` asks for)."""
+        if cache_size not in (0, 1):
+            raise ValueError(f"{self._describe()}: cache_size must be 0 or 1, got {cache_size!r}")
+        return self
+
+
+class ConditionedFlow(Transform):
+    """A flow with its context fixed (returned by :meth:`Flow.condition`); a plain ``Transform``.
+
+    Examples
+    --------
+    >>> from pyro_dgm.flows import AffineCoupling
+    >>> net = lambda x, y: (torch.zeros_like(x), y.expand_as(x))  # translate the unmasked half by y
+    >>> f = AffineCoupling(2, scale_translate_net=net)
+    >>> f.condition(torch.tensor([[1.0, 2.0]]))(torch.zeros(1, 2)).tolist()
+    [[0.0, 2.0]]
+    """
+
+    bijective = True
+
+    def __init__(self, flow: Flow, context: Tensor) -> None:
+        super().__init__(cache_size=0)
+        self.flow = flow
+        self.context = context
+
+    @property
+    def domain(self) -> constraints.Constraint:  # type: ignore[override]
+        return self.flow.domain
+
+    @property
+    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
+        return self.flow.codomain
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        return self.flow.forward_shape(shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        return self.flow.inverse_shape(shape)
+
+    def _call(self, x: Tensor) -> Tensor:
+        return _apply(self.flow, self.context, x, inverse=False)
+
+    def _inverse(self, z: Tensor) -> Tensor:
+        return _apply(self.flow, self.context, z, inverse=True)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return _logdet(self.flow, self.context, x, y)
+
+    def __repr__(self) -> str:
+        return f"ConditionedFlow({self.flow._describe()})"
+
+
+def _event_dims(t: Any) -> tuple[int, int]:
+    if isinstance(t, Flow):
+        return t._domain_event_dim, t._codomain_event_dim
+    dom, cod = getattr(t, "domain", constraints.real_vector), getattr(t, "codomain", constraints.real_vector)
+    return dom.event_dim, cod.event_dim
+
+
+def _resolve(part: Any, context: Tensor | None) -> Transform:
+    """A Pyro/torch part of a FlowList as a plain transform (conditioned on ``context`` when it is conditional)."""
+    if isinstance(part, ConditionalTransform) and context is not None:
+        return part.condition(context)
+    if isinstance(part, Transform):
+        return part
+    raise ValueError(f"FlowList: {type(part).__name__} is a conditional transform; pass its context "
+                     "(flow.forward(x, y=...), or cond_var=[...] in InverseTransformedDistribution)")
+
+
+def _as_logdet(ld: Any, x: Tensor, event_dim: int) -> Tensor:
+    if isinstance(ld, Tensor):
+        return ld
+    return x.new_full(x.shape[:x.dim() - event_dim], float(ld))
+
+
+class FlowList(Flow):
+    r"""A sequence of flows applied in order, itself a flow: :math:`f = f_K \circ \dots \circ f_1`.
+
+    Parts may be pyro_dgm flows, Pyro/torch transforms (``pyro.distributions.transforms.Planar``...) or Pyro
+    conditional transforms (given the context ``y``). Log-determinants of parts with fewer event dims are summed over
+    the extra dims, as ``torch.distributions.ComposeTransform`` does.
+
+    Parameters
+    ----------
+    flow_list : sequence of flows or transforms
+    cache_size : {1, 0}
+
+    Raises
+    ------
+    ValueError
+        If the list is empty.
+
+    Examples
+    --------
+    >>> import pyro.distributions.transforms as T
+    >>> from pyro_dgm.flows import PlanarFlow, Reverse
+    >>> f = FlowList([PlanarFlow(3), T.Planar(3), Reverse(3), T.ExpTransform()])
+    >>> x = torch.randn(5, 3)
+    >>> z, logdet = f.forward_with_logdet(x)
+    >>> tuple(z.shape), tuple(logdet.shape), len(f)
+    ((5, 3), (5,), 4)
+    """
+
+    def __init__(self, flow_list: Sequence[Any], cache_size: int = 1) -> None:
+        parts = list(flow_list) if not isinstance(flow_list, (Transform, ConditionalTransform)) else [flow_list]
+        if not parts:
+            raise ValueError("FlowList: expected at least one flow, got an empty list")
+        for i, p in enumerate(parts):
+            if not isinstance(p, (Transform, ConditionalTransform)):
+                raise TypeError(f"FlowList: part {i} must be a flow or a torch/Pyro transform, got "
+                                f"{type(p).__name__}")
+        # the event dims of the composition, as torch's ComposeTransform computes them
+        dom = _event_dims(parts[-1])[1]
+        for p in reversed(parts):
+            d, c = _event_dims(p)
+            dom = max(dom + d - c, d)
+        cod = _event_dims(parts[0])[0]
+        for p in parts:
+            d, c = _event_dims(p)
+            cod = max(cod + c - d, c)
+        super().__init__(in_features=getattr(parts[0], "in_features", None), event_dim=dom,
+                         codomain_event_dim=cod, cache_size=cache_size)
+        self.flow_list = nn.ModuleList([p for p in parts if isinstance(p, nn.Module)])
+        self._parts = parts
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._parts)
+
+    def __getitem__(self, i: int) -> Any:
+        return self._parts[i]
+
+    def __repr__(self) -> str:
+        return repr(self.flow_list).replace("ModuleList", "FlowList", 1) if len(self.flow_list) == len(
+            self._parts) else "FlowList(\n" + "\n".join(f"  ({i}): {p!r}" for i, p in enumerate(self._parts)) + "\n)"
+
+    def _expected_size(self, inverse: bool) -> int | None:
+        return None  # the parts check their own inputs
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        for p in self._parts:
+            shape = p.forward_shape(shape) if hasattr(p, "forward_shape") else shape
+        return torch.Size(shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        for p in reversed(self._parts):
+            shape = p.inverse_shape(shape) if hasattr(p, "inverse_shape") else shape
+        return torch.Size(shape)
+
+    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        ev = self._domain_event_dim
+        total: Tensor | None = None
+        for part in self._parts:
+            if isinstance(part, Flow):
+                part._check(x, inverse=False)
+                y, ld = part._forward_logdet(x, context)
+                d, c = part._domain_event_dim, part._codomain_event_dim
+            else:
+                t = _resolve(part, context)
+                if getattr(t, "_cache_size", 0) == 1:  # never answer an input from Pyro's memory (it may be stale)
+                    t._cached_x_y = None, None
+                y = t(x)
+                d, c = t.domain.event_dim, t.codomain.event_dim
+                ld = _as_logdet(t.log_abs_det_jacobian(x, y), x, d)
+            ld = sum_rightmost(ld, ev - d)
+            total = ld if total is None else total + ld
+            ev += c - d
+            x = y
+        assert total is not None
+        return x, total
+
+    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        ev = self._codomain_event_dim
+        total: Tensor | None = None
+        for part in reversed(self._parts):
+            if isinstance(part, Flow):
+                part._check(z, inverse=True)
+                x, ld = part._inverse_logdet(z, context)
+                d, c = part._domain_event_dim, part._codomain_event_dim
+            else:
+                t = _resolve(part, context)
+                try:
+                    x = t.inv(z)
+                except (NotImplementedError, KeyError) as e:  # Pyro's Planar/Radial raise KeyError
+                    raise NotImplementedError(f"FlowList: {type(part).__name__} has no inverse, so only a value this "
+                                              "flow has just computed can be mapped back") from e
+                d, c = t.domain.event_dim, t.codomain.event_dim
+                ld = _as_logdet(t.log_abs_det_jacobian(x, z), x, d)
+            ld = sum_rightmost(ld, ev - c)
+            total = ld if total is None else total + ld
+            ev += d - c
+            z = x
+        assert total is not None
+        return z, total

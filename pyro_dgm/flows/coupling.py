@@ -1,0 +1,182 @@
+r"""Affine coupling (Dinh et al. 2017, Real NVP): half of the input, chosen by a mask, scales and shifts the rest."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from pyro_dgm.flows.base import Flow, sum_rightmost
+
+__all__ = ["AffineCoupling", "checkerboard_mask", "channel_wise_mask"]
+
+MASK_TYPES = ("checkerboard", "channel_wise")
+
+
+def checkerboard_mask(height: int, width: int, inverse_mask: bool = False, dtype: torch.dtype | None = None,
+                      device: Any = None) -> Tensor:
+    """A ``(height, width)`` checkerboard of ones and zeros; the top-left entry is 1 unless ``inverse_mask``.
+
+    Examples
+    --------
+    >>> checkerboard_mask(3, 4)
+    tensor([[1., 0., 1., 0.],
+            [0., 1., 0., 1.],
+            [1., 0., 1., 0.]])
+    """
+    idx = torch.arange(height, device=device).view(-1, 1) + torch.arange(width, device=device)
+    return ((idx + (0 if inverse_mask else 1)) % 2).to(dtype or torch.get_default_dtype())
+
+
+def channel_wise_mask(channels: int, inverse_mask: bool = False, dtype: torch.dtype | None = None,
+                      device: Any = None) -> Tensor:
+    """Ones on the first half of ``channels`` (the second half if ``inverse_mask``), zeros elsewhere.
+
+    Examples
+    --------
+    >>> channel_wise_mask(4), channel_wise_mask(4, inverse_mask=True)
+    (tensor([1., 1., 0., 0.]), tensor([0., 0., 1., 1.]))
+    """
+    mask = torch.zeros(channels, dtype=dtype or torch.get_default_dtype(), device=device)
+    if inverse_mask:
+        mask[channels // 2:] = 1
+    else:
+        mask[:channels // 2] = 1
+    return mask
+
+
+class AffineCoupling(Flow):
+    r"""Affine coupling layer: with a binary mask :math:`m`,
+
+    .. math::
+        z = m \odot x + (1 - m) \odot \left(x \odot \exp(s(m \odot x, y)) + t(m \odot x, y)\right),
+
+    so :math:`\log|\det \partial z/\partial x| = \sum (1 - m) \odot s`. The inverse is exact.
+
+    Parameters
+    ----------
+    in_features : int
+        Features of a vector, or channels of an image.
+    mask_type : {"channel_wise", "checkerboard"}
+        ``"channel_wise"`` keeps the first half of the features/channels (requires an even number);
+        ``"checkerboard"`` keeps alternate pixels of an image (or alternate features of a vector).
+    scale_net, translate_net : callable, optional
+        :math:`s` and :math:`t`: each maps the masked input (and the context ``y``, for a conditional flow) to a
+        tensor of the input's shape.
+    scale_translate_net : callable, optional
+        One network returning ``(s, t)`` instead.
+    inverse_mask : bool, default False
+        Swap the roles of the two halves.
+    event_dim : int, optional
+        3 for images ``(..., C, H, W)``, 1 for vectors ``(..., D)``; by default 3 for a checkerboard mask and 1 for a
+        channel-wise mask (pass ``event_dim=3`` for a channel-wise coupling on images).
+    cache_size : {1, 0}
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mask_type``, missing networks, or a channel-wise mask over an odd number of features.
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(4, 8)
+    >>> f = AffineCoupling(4, scale_translate_net=lambda x: net(x).chunk(2, dim=-1))
+    >>> x = torch.randn(3, 4)
+    >>> z, logdet = f.forward_with_logdet(x)
+    >>> bool(torch.equal(z[:, :2], x[:, :2])), bool(torch.allclose(f.inverse(z), x, atol=1e-6))
+    (True, True)
+    >>> AffineCoupling(5, scale_translate_net=net)
+    Traceback (most recent call last):
+     ...
+    ValueError: AffineCoupling: a channel-wise mask splits the features into two halves; ... got 5
+    """
+
+    def __init__(self, in_features: int, mask_type: str = "channel_wise",
+                 scale_net: Callable[..., Tensor] | None = None, translate_net: Callable[..., Tensor] | None = None,
+                 scale_translate_net: Callable[..., tuple[Tensor, Tensor]] | None = None,
+                 inverse_mask: bool = False, event_dim: int | None = None, cache_size: int = 1) -> None:
+        if mask_type not in MASK_TYPES:
+            raise ValueError(f"AffineCoupling: mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
+        if event_dim is None:
+            event_dim = 3 if mask_type == "checkerboard" else 1
+        if event_dim not in (1, 3):
+            raise ValueError(f"AffineCoupling: event_dim must be 1 (vectors) or 3 (images), got {event_dim!r}")
+        what = "channels" if event_dim == 3 else "features"
+        if mask_type == "channel_wise" and isinstance(in_features, int) and in_features % 2:
+            raise ValueError(f"AffineCoupling: a channel-wise mask splits the {what} into two halves; expected an "
+                             f"even in_features, got {in_features}")
+        if scale_translate_net is None and (scale_net is None or translate_net is None):
+            raise ValueError("AffineCoupling: give scale_translate_net (returning (s, t)), or both scale_net and "
+                             "translate_net")
+        if scale_translate_net is not None and (scale_net is not None or translate_net is not None):
+            raise ValueError("AffineCoupling: give scale_translate_net or scale_net/translate_net, not both")
+        super().__init__(in_features, event_dim=event_dim, cache_size=cache_size)
+        self._feature_name = what
+        self.mask_type = mask_type
+        self.inverse_mask = inverse_mask
+        self.scale_net = scale_net
+        self.translate_net = translate_net
+        self.scale_translate_net = scale_translate_net
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, mask_type={self.mask_type}, inverse_mask={self.inverse_mask}"
+
+    def build_mask(self, x: Tensor) -> Tensor:
+        """The mask for input ``x``, broadcastable to it: ``(1, D)``, ``(1, C, 1, 1)`` or ``(1, 1, H, W)``.
+
+        Examples
+        --------
+        >>> f = AffineCoupling(2, mask_type="checkerboard", scale_translate_net=lambda x: (x, x),
+        ...                    inverse_mask=True)
+        >>> f.build_mask(torch.zeros(1, 2, 3, 3))
+        tensor([[[[0., 1., 0.],
+                  [1., 0., 1.],
+                  [0., 1., 0.]]]])
+        """
+        kw = {"dtype": x.dtype, "device": x.device}
+        if self._domain_event_dim == 3:
+            c, h, w = x.shape[-3:]
+            if self.mask_type == "checkerboard":
+                return checkerboard_mask(h, w, self.inverse_mask, **kw).view(1, 1, h, w)
+            return channel_wise_mask(c, self.inverse_mask, **kw).view(1, c, 1, 1)
+        d = x.shape[-1]
+        if self.mask_type == "checkerboard":
+            return checkerboard_mask(1, d, self.inverse_mask, **kw)
+        return channel_wise_mask(d, self.inverse_mask, **kw).view(1, d)
+
+    def get_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(s, t)`` from the networks given the masked input ``x`` and the context ``y``."""
+        args = (x,) if y is None else (x, y)
+        if self.scale_translate_net is not None:
+            out = self.scale_translate_net(*args)
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
+                raise TypeError(f"{self._describe()}: scale_translate_net must return a pair (s, t), got "
+                                f"{type(out).__name__}")
+            log_s, t = out
+        else:
+            log_s = self.scale_net(*args)
+            t = self.translate_net(*args)
+        for name, v in (("s", log_s), ("t", t)):
+            if not isinstance(v, Tensor) or v.shape[-self._domain_event_dim:] != x.shape[-self._domain_event_dim:]:
+                got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                raise ValueError(f"{self._describe()}: the network's {name} must have the input's shape "
+                                 f"{tuple(x.shape)}, got {got}")
+        return log_s, t
+
+    def _coupling(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The kept part, the complement of the mask, and ``s``, ``t`` restricted to the transformed part."""
+        mask = self.build_mask(v)
+        kept = mask * v
+        log_s, t = self.get_parameters(kept, context)
+        free = 1 - mask
+        return kept, free, log_s * free, t * free
+
+    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        kept, free, log_s, t = self._coupling(x, context)
+        z = kept + free * x * torch.exp(log_s) + t
+        return z, sum_rightmost(log_s, self._domain_event_dim)
+
+    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        kept, free, log_s, t = self._coupling(z, context)
+        x = kept + free * (z - t) * torch.exp(-log_s)
+        return x, sum_rightmost(log_s, self._domain_event_dim)

@@ -1,0 +1,329 @@
+r"""Volume-preserving reshapes and permutations, and the dequantize-and-logit preprocessing of images."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import constraints
+
+from pyro_dgm.flows.base import Flow, sum_rightmost, zero_logdet
+
+__all__ = ["Squeeze", "Unsqueeze", "Permutation", "Shuffle", "Reverse", "Flatten", "Preprocess"]
+
+
+def _squeeze(x: Tensor) -> Tensor:
+    *lead, c, h, w = x.shape
+    n = len(lead)
+    x = x.reshape(*lead, c, h // 2, 2, w // 2, 2)
+    x = x.permute(*range(n), n, n + 2, n + 4, n + 1, n + 3)
+    return x.reshape(*lead, c * 4, h // 2, w // 2)
+
+
+def _unsqueeze(z: Tensor) -> Tensor:
+    *lead, c, h, w = z.shape
+    n = len(lead)
+    z = z.reshape(*lead, c // 4, 2, 2, h, w)
+    z = z.permute(*range(n), n, n + 3, n + 1, n + 4, n + 2)
+    return z.reshape(*lead, c // 4, h * 2, w * 2)
+
+
+class Squeeze(Flow):
+    r"""Space-to-depth: ``(..., C, H, W) -> (..., 4C, H/2, W/2)``; each 2x2 block of a channel becomes 4 channels.
+
+    Raises
+    ------
+    ValueError
+        When the height or width is odd.
+
+    Examples
+    --------
+    >>> a = torch.arange(1, 17).view(1, 1, 4, 4)
+    >>> f = Squeeze()
+    >>> f.forward(a)[0, :2]
+    tensor([[[ 1,  3],
+             [ 9, 11]],
+    <BLANKLINE>
+            [[ 2,  4],
+             [10, 12]]])
+    >>> bool(torch.equal(f.inverse(f.forward(a)), a))
+    True
+    >>> f.forward(torch.zeros(1, 1, 3, 4))
+    Traceback (most recent call last):
+     ...
+    ValueError: Squeeze(): expected an even height and width, i.e. shape (..., C, 2H, 2W), got shape (1, 1, 3, 4)
+    """
+
+    _feature_name = "channels"
+
+    def __init__(self, cache_size: int = 1) -> None:
+        super().__init__(None, event_dim=3, cache_size=cache_size)
+
+    def _check(self, x: Tensor, inverse: bool) -> None:
+        super()._check(x, inverse)
+        if self._squeezes(inverse):
+            if x.shape[-1] % 2 or x.shape[-2] % 2:
+                raise ValueError(f"{self._describe()}: expected an even height and width, i.e. shape "
+                                 f"(..., C, 2H, 2W), got shape {tuple(x.shape)}")
+        elif x.shape[-3] % 4:
+            raise ValueError(f"{self._describe()}: expected a number of channels divisible by 4, i.e. shape "
+                             f"(..., 4C, H, W), got shape {tuple(x.shape)}")
+
+    def _squeezes(self, inverse: bool) -> bool:
+        return not inverse
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        *lead, c, h, w = shape
+        return torch.Size([*lead, c * 4, h // 2, w // 2])
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        *lead, c, h, w = shape
+        return torch.Size([*lead, c // 4, h * 2, w * 2])
+
+    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return _squeeze(x), zero_logdet(x, 3)
+
+    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return _unsqueeze(z), zero_logdet(z, 3)
+
+
+class Unsqueeze(Squeeze):
+    r"""Depth-to-space, the inverse of :class:`Squeeze`: ``(..., 4C, H, W) -> (..., C, 2H, 2W)``.
+
+    Examples
+    --------
+    >>> a = torch.arange(1, 17).view(1, 4, 2, 2)
+    >>> Unsqueeze().forward(a)
+    tensor([[[[ 1,  5,  2,  6],
+              [ 9, 13, 10, 14],
+              [ 3,  7,  4,  8],
+              [11, 15, 12, 16]]]])
+    """
+
+    def _squeezes(self, inverse: bool) -> bool:
+        return inverse
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        return super().inverse_shape(shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        return super().forward_shape(shape)
+
+    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return super()._inverse_logdet(x, context)
+
+    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return super()._forward_logdet(z, context)
+
+
+class Permutation(Flow):
+    r"""Permute the features of a vector (``event_dim=1``) or the channels of an image (``event_dim=3``).
+
+    Parameters
+    ----------
+    permute_indices : sequence of int
+        A permutation of ``range(n)``: output feature ``i`` is input feature ``permute_indices[i]``.
+    event_dim : {1, 3}
+    cache_size : {1, 0}
+
+    Examples
+    --------
+    >>> f = Permutation([0, 3, 1, 2], event_dim=3)
+    >>> a = torch.arange(4.).view(1, 4, 1, 1)
+    >>> f.forward(a).flatten().tolist(), f.inverse(f.forward(a)).flatten().tolist()
+    ([0.0, 3.0, 1.0, 2.0], [0.0, 1.0, 2.0, 3.0])
+    """
+
+    def __init__(self, permute_indices: Sequence[int] | Tensor, event_dim: int = 1, cache_size: int = 1) -> None:
+        perm = torch.as_tensor(permute_indices, dtype=torch.long).flatten()
+        n = perm.numel()
+        if n == 0 or not torch.equal(torch.sort(perm).values, torch.arange(n)):
+            raise ValueError(f"{type(self).__name__}: permute_indices must be a permutation of range(n), got "
+                             f"{perm.tolist()}")
+        if event_dim not in (1, 3):
+            raise ValueError(f"{type(self).__name__}: event_dim must be 1 (vectors) or 3 (images), got {event_dim!r}")
+        super().__init__(n, event_dim=event_dim, cache_size=cache_size)
+        self._feature_name = "channels" if event_dim == 3 else "features"
+        self.register_buffer("permute_indices", perm)
+        self.register_buffer("inv_permute_indices", torch.argsort(perm))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, event_dim={self._domain_event_dim}"
+
+    def _permute(self, v: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        ev = self._domain_event_dim
+        out = v.index_select(v.dim() - ev, idx)
+        return out, zero_logdet(v, ev)
+
+    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._permute(x, self.permute_indices)
+
+    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._permute(z, self.inv_permute_indices)
+
+
+class Shuffle(Permutation):
+    """A random permutation of the features (or channels), drawn from torch's generator and kept in the state dict.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0)
+    >>> f = Shuffle(5)
+    >>> sorted(f.permute_indices.tolist())
+    [0, 1, 2, 3, 4]
+    """
+
+    def __init__(self, in_features: int, event_dim: int = 1, cache_size: int = 1) -> None:
+        super().__init__(torch.randperm(in_features), event_dim=event_dim, cache_size=cache_size)
+
+
+class Reverse(Permutation):
+    """Reverse the order of the features (or channels).
+
+    Examples
+    --------
+    >>> Reverse(3).forward(torch.tensor([[1., 2., 3.]]))
+    tensor([[3., 2., 1.]])
+    """
+
+    def __init__(self, in_features: int, event_dim: int = 1, cache_size: int = 1) -> None:
+        super().__init__(torch.arange(in_features - 1, -1, -1), event_dim=event_dim, cache_size=cache_size)
+
+
+class Flatten(Flow):
+    r"""Flatten images ``(..., C, H, W)`` into vectors ``(..., C*H*W)``.
+
+    Parameters
+    ----------
+    in_size : tuple of int, optional
+        ``(C, H, W)``; needed by :meth:`inverse`. If not given, the first :meth:`forward` records it (as Pixyz).
+
+    Examples
+    --------
+    >>> f = Flatten((2, 3, 3))
+    >>> x = torch.randn(4, 2, 3, 3)
+    >>> tuple(f.forward(x).shape), bool(torch.equal(f.inverse(f.forward(x)), x))
+    ((4, 18), True)
+    >>> Flatten().inverse(torch.zeros(4, 18))
+    Traceback (most recent call last):
+     ...
+    ValueError: Flatten(in_size=None): the image shape is unknown until forward() has run; pass in_size=(C, H, W)
+    """
+
+    def __init__(self, in_size: Sequence[int] | None = None, cache_size: int = 1) -> None:
+        super().__init__(None, event_dim=3, codomain_event_dim=1, cache_size=cache_size)
+        if in_size is not None and len(in_size) != 3:
+            raise ValueError(f"Flatten: in_size must be (C, H, W), got {tuple(in_size)}")
+        self.in_size = tuple(int(s) for s in in_size) if in_size is not None else None
+
+    def extra_repr(self) -> str:
+        return f"in_size={self.in_size}"
+
+    def _size(self) -> tuple[int, ...]:
+        if self.in_size is None:
+            raise ValueError(f"{self._describe()}: the image shape is unknown until forward() has run; pass "
+                             "in_size=(C, H, W)")
+        return self.in_size
+
+    def _check(self, x: Tensor, inverse: bool) -> None:
+        super()._check(x, inverse)
+        if inverse:
+            n = math.prod(self._size())
+            if x.shape[-1] != n:
+                raise ValueError(f"{self._describe()}: expected {n} features at dim -1 of the input, i.e. shape "
+                                 f"(..., {n}), got shape {tuple(x.shape)}")
+        elif self.in_size is not None and tuple(x.shape[-3:]) != self.in_size:
+            raise ValueError(f"{self._describe()}: expected images of shape (..., {', '.join(map(str, self.in_size))})"
+                             f", got shape {tuple(x.shape)}")
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        return torch.Size([*shape[:-3], math.prod(shape[-3:])])
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        return torch.Size([*shape[:-1], *self._size()])
+
+    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.in_size is None:
+            self.in_size = tuple(x.shape[-3:])
+        return x.reshape(*x.shape[:-3], -1), zero_logdet(x, 3)
+
+    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return z.reshape(*z.shape[:-1], *self._size()), zero_logdet(z, 1)
+
+
+class Preprocess(Flow):
+    r"""Dequantize pixel values in :math:`[0, 1]` and map them to the real line with a logit (Real NVP's input map).
+
+    Forward: :math:`x \to \tilde x = (x (n-1) + u)/n` with :math:`u \sim U[0, 1)` (if ``dequantize``), then
+    :math:`s = \alpha/2 + (1 - \alpha)\tilde x` and :math:`z = \mathrm{logit}(s)`. The log-determinant is exact for the
+    map applied: :math:`\sum \log\frac{n-1}{n} + \log(1-\alpha) + \mathrm{softplus}(z) + \mathrm{softplus}(-z)`
+    (Pixyz leaves out the constant :math:`\log\frac{n-1}{n}`).
+
+    Inverse: :math:`\tilde x = (\sigma(z) - \alpha/2)/(1 - \alpha)`; with ``dequantize`` it is rounded down to the
+    pixel level :math:`\lfloor \tilde x n\rfloor/(n-1)`, so ``inverse(forward(x)) == x`` for quantized pixels (Pixyz's
+    inverse returns :math:`\sigma(z)`, which undoes only the logit).
+
+    Parameters
+    ----------
+    dequantize : bool, default True
+        Add uniform noise within each pixel level (forward) and round to the level (inverse).
+    alpha : float, default 0.05
+        Keeps :math:`s` in :math:`[\alpha/2, 1-\alpha/2]` (Pixyz's ``data_constraint``).
+    num_levels : int, default 256
+    event_dim : int, default 3
+        The event dims the log-determinant is summed over (3 for images, 1 for vectors).
+
+    Examples
+    --------
+    >>> f = Preprocess()
+    >>> x = torch.randint(0, 256, (2, 1, 4, 4)) / 255.
+    >>> z, logdet = f.forward_with_logdet(x)
+    >>> bool(torch.allclose(f.inverse(z), x)), tuple(logdet.shape)
+    (True, (2,))
+    """
+
+    def __init__(self, dequantize: bool = True, alpha: float = 0.05, num_levels: int = 256, event_dim: int = 3,
+                 cache_size: int = 1) -> None:
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"Preprocess: alpha must be in [0, 1), got {alpha!r}")
+        if num_levels < 2:
+            raise ValueError(f"Preprocess: num_levels must be at least 2, got {num_levels!r}")
+        super().__init__(None, event_dim=event_dim, cache_size=cache_size)
+        self.dequantize = dequantize
+        self.num_levels = int(num_levels)
+        self.register_buffer("data_constraint", torch.tensor([float(alpha)]))
+
+    def extra_repr(self) -> str:
+        return (f"dequantize={self.dequantize}, alpha={float(self.data_constraint):g}, num_levels={self.num_levels}, "
+                f"event_dim={self._domain_event_dim}")
+
+    @property
+    def domain(self) -> constraints.Constraint:  # type: ignore[override]
+        ev = self._domain_event_dim
+        return constraints.unit_interval if ev == 0 else constraints.independent(constraints.unit_interval, ev)
+
+    def _logdet(self, z: Tensor) -> Tensor:
+        alpha = self.data_constraint.to(z.dtype)
+        ld = F.softplus(z) + F.softplus(-z) + torch.log1p(-alpha)
+        if self.dequantize:
+            ld = ld + math.log((self.num_levels - 1) / self.num_levels)
+        return sum_rightmost(ld, self._domain_event_dim)
+
+    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        n = self.num_levels
+        if self.dequantize:
+            x = (x * (n - 1) + torch.rand_like(x)) / n
+        alpha = self.data_constraint.to(x.dtype)
+        s = alpha / 2 + (1 - alpha) * x
+        z = torch.log(s) - torch.log1p(-s)
+        return z, self._logdet(z)
+
+    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        alpha = self.data_constraint.to(z.dtype)
+        x = (torch.sigmoid(z) - alpha / 2) / (1 - alpha)
+        if self.dequantize:
+            n = self.num_levels
+            x = torch.floor(x * n).clamp(0, n - 1) / (n - 1)
+        return x, self._logdet(z)

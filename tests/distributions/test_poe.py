@@ -1,0 +1,182 @@
+"""Products of Gaussian experts against the closed form: precision-weighted means, missing experts left out."""
+from __future__ import annotations
+
+import itertools
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from torch import nn
+
+from pyro_dgm.distributions import Categorical, Normal
+from pyro_dgm.distributions.poe import ElementWiseProductOfNormal, NormalPoE, ProductOfNormal
+
+
+class Expert(Normal):
+    """q(z|v) with a network: loc and scale depend on the input."""
+
+    def __init__(self, v: str, d_in: int, d_z: int = 3) -> None:
+        super().__init__(var=["z"], cond_var=[v], name=f"q_{v}")
+        self.net = nn.Linear(d_in, 2 * d_z)
+        self.v = v
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        loc, s = self.net(inputs[self.v]).chunk(2, -1)
+        return {"loc": loc, "scale": nn.functional.softplus(s) + 0.1}
+
+
+def _closed_form(params: list[tuple[torch.Tensor, torch.Tensor]], weights: list[float]) -> tuple[torch.Tensor, ...]:
+    """The normalized product of N(loc_k, scale_k^2)^{w_k}: precision-weighted mean, summed precisions."""
+    prec = sum(w / s ** 2 for (_, s), w in zip(params, weights))
+    loc = sum(w * m / s ** 2 for (m, s), w in zip(params, weights)) / prec
+    return loc, prec.rsqrt()
+
+
+@pytest.fixture
+def experts() -> dict[str, Expert]:
+    torch.manual_seed(0)
+    return {"x": Expert("x", 4), "y": Expert("y", 2), "w": Expert("w", 5)}
+
+
+@pytest.fixture
+def inputs() -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return {"x": torch.randn(6, 4), "y": torch.randn(6, 2), "w": torch.randn(6, 5)}
+
+
+@pytest.mark.parametrize("weights", [None, [0.5, 1.0, 2.0, 0.3]])
+def test_product_matches_closed_form_for_every_subset_of_experts(experts, inputs, weights) -> None:
+    q = ProductOfNormal(list(experts.values()), weight_modalities=weights, name="q", features_shape=[3])
+    w = weights or [1.0] * 4
+    std = (torch.zeros(1, 3), torch.ones(1, 3))
+    for r in range(4):
+        for subset in itertools.combinations(["x", "y", "w"], r):
+            given = {v: inputs[v] for v in subset}
+            params = [std] + [tuple(experts[v].get_params({v: inputs[v]}).values()) for v in subset]
+            ws = [w[0]] + [w[1 + ["x", "y", "w"].index(v)] for v in subset]
+            loc, scale = _closed_form(params, ws)
+            got = q.get_params(given)
+            assert torch.allclose(got["loc"], loc.expand_as(got["loc"]), atol=1e-6), subset
+            assert torch.allclose(got["scale"], scale.expand_as(got["scale"]), atol=1e-6), subset
+            if r:  # the log-density is that Normal's, summed over the features
+                z = torch.randn(6, 3)
+                expected = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+                assert torch.allclose(q.get_log_prob({"z": z, **given}), expected, atol=1e-5), subset
+
+
+def test_no_expert_given_is_the_prior(experts) -> None:
+    q = ProductOfNormal(list(experts.values()), features_shape=[3])
+    s = q.sample(batch_n=5)
+    assert s["z"].shape == (5, 3)
+    assert torch.allclose(q.get_log_prob({"z": s["z"]}), Normal(loc=torch.zeros(3), scale=1.0, var=["z"])
+                          .get_log_prob({"z": s["z"]}))
+
+
+def test_explicit_prior_expert(experts, inputs) -> None:
+    prior = Normal(loc=torch.tensor([1.0, -1.0, 0.5]), scale=torch.tensor([2.0, 0.5, 1.0]), var=["z"],
+                   name="p_{prior}")
+    q = NormalPoE(prior, [experts["x"]], name="q")
+    assert q.prob_joint_factorized_and_text == r"q(z|x) \propto p_{prior}(z)q_x(z|x)"
+    loc, scale = _closed_form([tuple(prior.get_params().values()), tuple(experts["x"].get_params(inputs).values())],
+                              [1.0, 1.0])
+    got = q.get_params({"x": inputs["x"]})
+    assert torch.allclose(got["loc"], loc) and torch.allclose(got["scale"], scale)
+
+
+def test_zero_scale_expert_is_missing_for_that_element() -> None:
+    a = Normal(loc="x", scale="s", var=["z"], cond_var=["x", "s"])
+    q = ProductOfNormal([a])
+    x = torch.tensor([[4.0, 4.0]])
+    got = q.get_params({"x": x, "s": torch.tensor([[1.0, 0.0]])})
+    assert torch.allclose(got["loc"], torch.tensor([[2.0, 0.0]]))  # element 2: the prior alone
+    assert torch.allclose(got["scale"], torch.tensor([[0.5 ** 0.5, 1.0]]))
+
+
+def test_samples_follow_the_product() -> None:
+    torch.manual_seed(0)
+    a = Normal(loc="x", scale=0.5, var=["z"], cond_var=["x"])
+    b = Normal(loc="y", scale=2.0, var=["z"], cond_var=["y"])
+    q = ProductOfNormal([a, b])
+    x, y = torch.full((1, 1), 3.0), torch.full((1, 1), -2.0)
+    z = q.sample({"x": x, "y": y}, sample_shape=[40000])["z"]
+    prec = 1 + 4 + 0.25
+    assert z.shape == (40000, 1, 1)
+    assert abs(float(z.mean()) - (12 - 0.5) / prec) < 4 * (1 / prec) ** 0.5 / 200  # 4 standard errors
+    assert abs(float(z.var()) - 1 / prec) < 0.02 / prec * 4
+
+
+def test_elementwise_experts_missing_per_sample() -> None:
+    """Expert i is the network on x with every element but x_i zeroed; where x_i == 0 it is left out."""
+    torch.manual_seed(0)
+
+    class Attr(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["a"], name="q")
+            self.net = nn.Linear(4, 4)
+
+        def forward(self, a: torch.Tensor) -> dict[str, torch.Tensor]:
+            loc, s = self.net(a).chunk(2, -1)
+            return {"loc": loc, "scale": nn.functional.softplus(s) + 0.1}
+
+    net = Attr()
+    q = ElementWiseProductOfNormal(net, name="q")
+    a = torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [3.0, -1.0, 0.5, 2.0]])
+    got = q.get_params({"a": a})
+    for n in range(3):
+        params = [(torch.zeros(2), torch.ones(2))]
+        for i in range(4):
+            if a[n, i] != 0:
+                only = torch.zeros(1, 4)
+                only[0, i] = a[n, i]
+                pp = net.get_params({"a": only})
+                params.append((pp["loc"][0], pp["scale"][0]))
+        loc, scale = _closed_form(params, [1.0] * len(params))
+        assert torch.allclose(got["loc"][n], loc, atol=1e-6) and torch.allclose(got["scale"][n], scale, atol=1e-6)
+    z = q.sample({"a": a})["z"]
+    assert z.shape == (3, 2) and q.get_log_prob({"a": a, "z": z}).shape == (3,)
+
+
+def test_poe_as_a_pyro_guide_with_a_missing_modality(experts, inputs) -> None:
+    pyro.clear_param_store()
+    q = ProductOfNormal([experts["x"], experts["y"]], name="q", features_shape=[3])
+    tr = poutine.trace(q.guide).get_trace(x=inputs["x"])  # y missing
+    assert tr.nodes["z"]["value"].shape == (6, 3) and not tr.nodes["z"]["is_observed"]
+    assert torch.allclose(tr.nodes["z"]["fn"].base_dist.loc, q.get_params({"x": inputs["x"]})["loc"])
+    px = Normal(loc="z", scale=1.0, var=["xr"], cond_var=["z"])
+    model = px * Normal(loc=torch.zeros(3), scale=1.0, var=["z"])
+    loss = Trace_ELBO().differentiable_loss(model.model, q.guide, xr=torch.randn(6, 3), x=inputs["x"])
+    loss.backward()
+    assert torch.isfinite(loss) and experts["x"].net.weight.grad is not None and experts["y"].net.weight.grad is None
+
+
+def test_renamed_product(experts, inputs) -> None:
+    q = ProductOfNormal([experts["x"], experts["y"]], features_shape=[3]).replace_var(x="image", z="h")
+    assert q.prob_text == "p(h|image,y)"
+    s = q.sample({"image": inputs["x"]})
+    assert torch.allclose(s["h"] * 0 + q.get_params({"image": inputs["x"]})["loc"],
+                          ProductOfNormal([experts["x"], experts["y"]], features_shape=[3]).get_params(
+                              {"x": inputs["x"]})["loc"])
+
+
+def test_printing(experts) -> None:
+    q = ProductOfNormal([experts["x"], experts["y"]], name="q")
+    text = str(q)
+    assert r"q(z|x,y) \propto p(z)q_x(z|x)q_y(z|y)" in text and "Linear(in_features=4" in text
+
+
+def test_errors(experts) -> None:
+    with pytest.raises(ValueError, match="at least one expert"):
+        ProductOfNormal([])
+    with pytest.raises(ValueError, match="every expert must generate"):
+        ProductOfNormal([experts["x"], Normal(loc="y", scale=1.0, var=["h"], cond_var=["y"])])
+    with pytest.raises(ValueError, match="experts must be Normal"):
+        ProductOfNormal([experts["x"], Categorical(probs=torch.ones(3) / 3, var=["z"])])
+    with pytest.raises(ValueError, match="expected 3 weights"):
+        ProductOfNormal([experts["x"], experts["y"]], weight_modalities=[1.0, 1.0])
+    two = Normal(loc="a", scale="b", var=["z"], cond_var=["a", "b"])
+    with pytest.raises(ValueError, match=r"given only some of its inputs; missing \['b'\]"):
+        ProductOfNormal([two]).get_params({"a": torch.zeros(1, 1)})
+    with pytest.raises(ValueError, match="one conditioning variable"):
+        ElementWiseProductOfNormal(two)
