@@ -134,6 +134,7 @@ class _EntryPoint:
 
 
 _MODULE_NAMES: dict[str, int] = {}
+_SAMPLING_OPTIONS = frozenset({"batch_n", "sample_shape", "reparam", "sample_mean", "return_all"})
 
 
 def _unique_module_name(text: str) -> str:
@@ -407,6 +408,8 @@ class Distribution(nn.Module):
         """
         values = self._input_dict(x_dict, list(self._var) + [v for v in self.required_input_var
                                                              if v not in self._var])
+        if kwargs:  # sampling options a loss passes along for its sampling terms are not network arguments
+            kwargs = {k: v for k, v in kwargs.items() if k not in _SAMPLING_OPTIONS}
         ctx = _Pass(kwargs=kwargs)
         total: Tensor | None = None
         for f in self._order:
