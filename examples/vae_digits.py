@@ -45,6 +45,7 @@ except ImportError:  # run from a source checkout without installing: python exa
     from pyro_dgm.distributions import Bernoulli, Normal
 
 X_DIM = 64  # 8x8 pixels
+METRIC = ("test_elbo", "max")  # the test ELBO per image, nats (see tests/examples/test_examples.py)
 
 
 class Inference(Normal):
@@ -123,8 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> float:
-    """Train, print the ELBO per epoch, write the figure; returns the final test ELBO per image."""
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+    """Train, print the ELBO per epoch, write the figure; returns the history: ``"epoch"``, ``"train_elbo"`` and
+    ``"test_elbo"`` (per image), one value per epoch."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
@@ -148,11 +150,15 @@ def main(argv: list[str] | None = None) -> float:
     n = len(x_train)
     start = time.perf_counter()
     test_elbo = float("nan")
+    history: dict[str, list[float]] = {"epoch": [], "train_elbo": [], "test_elbo": []}
     for epoch in range(1, epochs + 1):
         total = 0.0
         for idx in torch.randperm(n).split(args.batch_size):
             total += svi.step(x=x_train[idx])
         test_elbo = -svi.evaluate_loss(x=x_test) / len(x_test)
+        history["epoch"].append(epoch)
+        history["train_elbo"].append(-total / n)
+        history["test_elbo"].append(test_elbo)
         print(f"epoch {epoch:3d}  train ELBO {-total / n:8.3f}  test ELBO {test_elbo:8.3f}  per image  "
               f"({time.perf_counter() - start:5.1f} s)")
 
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> float:
     save_figure(args.out, shown, recon, samples, cols,
                 f"VAE on sklearn digits: z_dim={args.z_dim}, {epochs} epochs, test ELBO {test_elbo:.2f} nats/image")
     print(f"final test ELBO {test_elbo:.3f} nats per image; wrote {args.out}")
-    return test_elbo
+    return history
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ __all__ = ["PyroELBO"]
 
 
 def _required_args(fn: Callable[..., Any]) -> list[str]:
+    from pyro_dgm.distributions.base import Distribution
+
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, Distribution):  # a distribution's .model/.guide takes its data by name: its inputs
+        return list(owner.required_input_var)
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -26,7 +31,8 @@ class PyroELBO(Loss):
     r"""Pyro's loss (the negative ELBO) of a plain Pyro ``model`` and ``guide`` as a loss term.
 
     Its value is ``elbo.differentiable_loss(model, guide, **data)``, with ``data`` the values of :attr:`input_var`
-    (default: the arguments of ``model`` that have no default), so its gradients are Pyro's own (surrogate terms for
+    (default: the arguments of ``model`` and ``guide`` that have no default; for a pyro_dgm distribution's
+    ``.model``/``.guide``, its required inputs), so its gradients are Pyro's own (surrogate terms for
     non-reparameterized sites included). Any Pyro ELBO works, e.g. ``TraceEnum_ELBO`` for a discrete label. The value
     is a scalar summed over the data, as Pyro computes it; add per-datum terms after ``.sum()`` to match it.
 
@@ -63,7 +69,13 @@ class PyroELBO(Loss):
         elbo = Trace_ELBO() if elbo is None else elbo
         if not isinstance(elbo, _PyroELBOBase) or isinstance(elbo, Loss):
             raise TypeError(f"PyroELBO: elbo must be a Pyro ELBO such as Trace_ELBO(), got {type(elbo).__name__}")
-        super().__init__(list(input_var) if input_var is not None else _required_args(model))
+        if input_var is None:
+            input_var = [v for v in _required_args(model) + _required_args(guide)]
+            input_var = list(dict.fromkeys(input_var))
+            if not input_var:
+                raise ValueError("PyroELBO: cannot tell which data model and guide take (neither has a required "
+                                 "argument); pass input_var=[...] naming them")
+        super().__init__(list(input_var))
         self.model, self.guide, self.elbo = model, guide, elbo
 
     @property

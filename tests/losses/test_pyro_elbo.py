@@ -63,3 +63,23 @@ def test_pyro_elbo_composes_with_our_terms() -> None:
     expected = Trace_ELBO().differentiable_loss(model, guide, x) + 0.5 * term.eval({"x": x})
     assert torch.allclose(value, expected)
     assert str(loss).startswith(r"-\mathrm{ELBO}_{Trace\_ELBO} \left[model, guide \right] + 0.5 sum")
+
+
+def test_pyro_elbo_of_pyro_dgm_model_and_guide_takes_their_inputs() -> None:
+    """A distribution's .model/.guide take data by keyword: the term reads the guide's inputs, and equals Pyro's."""
+    import pyro
+    from pyro.infer import Trace_ELBO as _TraceELBO
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import PyroELBO as _PyroELBO
+
+    p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"]) * Normal(loc=0., scale=1., var=["z"], features_shape=[1])
+    q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    term = _PyroELBO(p.model, q.guide)
+    assert term.input_var == ["x"]
+    x = torch.randn(5, 1)
+    pyro.set_rng_seed(3)
+    ours = term.eval({"x": x})
+    pyro.set_rng_seed(3)
+    theirs = _TraceELBO().differentiable_loss(p.model, q.guide, x=x)
+    assert torch.allclose(ours, theirs)
