@@ -9,9 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping, Sequence
 
-import torch
 
-from pyro_dgm.distributions.base import Distribution, _Binding, _Pass
+from pyro_dgm.distributions.base import Distribution, _Binding, _Pass, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.utils.checks import describe
 
@@ -63,13 +62,7 @@ def expand_root(owner: Distribution, fn: Any, b: _Binding, ctx: _Pass) -> Any:
     if any(v in ctx.event_dims for v in b.input_var):
         return fn
     if ctx.batch_n is not None and not b.input_var:
-        batch = fn.batch_shape
-        lead = batch[0] if batch else 1
-        if lead != ctx.batch_n:
-            if lead != 1:
-                raise ValueError(f"{describe(owner)}: batch_n={ctx.batch_n} does not match the batch size {lead} of "
-                                 "its parameters")
-            fn = fn.expand(torch.Size([ctx.batch_n]) + batch[1:])
+        fn = expand_batch_n(owner, fn, ctx.batch_n)
     if ctx.sample_shape:
         fn = fn.expand(ctx.sample_shape + fn.batch_shape)
     return fn

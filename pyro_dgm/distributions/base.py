@@ -143,6 +143,18 @@ def _unique_module_name(text: str) -> str:
     return text if n == 0 else f"{text}_{n}"
 
 
+def expand_batch_n(owner: Any, d: Any, batch_n: int) -> Any:
+    """``d`` with its leading batch dim (of size 1) expanded to ``batch_n``; raises naming ``owner`` if it differs."""
+    batch = d.batch_shape
+    lead = batch[0] if batch else 1
+    if lead == batch_n:
+        return d
+    if lead != 1:
+        raise ValueError(f"{describe(owner)}: batch_n={batch_n} does not match the batch size {lead} of its "
+                         "parameters")
+    return d.expand(torch.Size([batch_n]) + batch[1:])
+
+
 def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
     """Sum ``x`` over ``dims`` (Pixyz's default: every dim but the first, the batch dim).
 

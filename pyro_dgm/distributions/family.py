@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from pyro_dgm.distributions.base import Distribution, ValuesLike, _Binding, _Pass, forward_binding, run_network
+from pyro_dgm.distributions.base import (Distribution, ValuesLike, _Binding, _Pass, expand_batch_n, forward_binding,
+                                         run_network)
 from pyro_dgm.utils.checks import describe
 
 __all__ = ["DistributionBase"]
@@ -226,12 +227,7 @@ class DistributionBase(Distribution):
         ev = len(batch_shape) - bn
         root = expand and not any(v in ctx.event_dims for v in b.input_var)
         if root and ctx.batch_n is not None and not b.input_var and bn >= 1:
-            lead = batch_shape[0] if batch_shape else 1
-            if lead != ctx.batch_n:
-                if lead != 1:
-                    raise ValueError(f"{describe(self)}: batch_n={ctx.batch_n} does not match the batch size {lead} "
-                                     "of its parameters")
-                base = base.expand(torch.Size([ctx.batch_n]) + batch_shape[1:])
+            base = expand_batch_n(self, base, ctx.batch_n)
         return base, ev, root
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
