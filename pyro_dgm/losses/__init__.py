@@ -15,6 +15,7 @@ from pyro_dgm.losses.operators import (AbsLoss, AddLoss, BatchMean, BatchSum, De
                                        LossSelfOperator, MaxLoss, MinLoss, MulLoss, NegLoss, PowLoss, SubLoss)
 from pyro_dgm.losses.pdf import NLL, LogProb, Prob
 from pyro_dgm.losses.pyro_elbo import PyroELBO
+from pyro_dgm.losses.similarity import MultiModalContrastivenessLoss, SimilarityLoss
 from pyro_dgm.losses.special import ConstantVar, Parameter, ValueLoss
 from pyro_dgm.losses.wasserstein import WassersteinDistance
 
@@ -24,4 +25,4 @@ __all__ = ["Loss", "LogProb", "Prob", "NLL", "Expectation", "E", "REINFORCE", "S
            "LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
            "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach", "AdversarialLoss",
            "AdversarialJensenShannon", "AdversarialJSDivergence", "AdversarialKullbackLeibler",
-           "AdversarialWassersteinDistance"]
+           "AdversarialWassersteinDistance", "SimilarityLoss", "MultiModalContrastivenessLoss"]
