@@ -123,12 +123,12 @@ class MemoizeMessenger(Messenger):
         if msg["done"]:
             return
         module, *args = msg["args"]
-        key, hit = self.lookup(module, tuple(args), msg["kwargs"])
-        msg["infer"]["_memo_key"] = key  # type: ignore[typeddict-unknown-key]
+        _, hit = self.lookup(module, tuple(args), msg["kwargs"])
         if hit is not None:
             msg["value"], msg["done"] = hit, True
 
     def _pyro_post_dgm_params(self, msg: Message) -> None:
-        key = msg["infer"].pop("_memo_key", None)  # type: ignore[typeddict-item]
-        if key is not None and msg["value"] is not None:
-            self.store(key, msg["value"], msg["args"])
+        if msg["value"] is None:
+            return
+        module, *args = msg["args"]
+        self.store(self._key(module, tuple(args), msg["kwargs"]), msg["value"], msg["args"])

@@ -1,0 +1,174 @@
+"""The memoizing handler: one encoder pass per scope, never stale, identical results with and without it."""
+from __future__ import annotations
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import SVI
+from torch import nn
+
+from pyro_dgm.distributions import Bernoulli, Normal
+from pyro_dgm.losses import ELBO, Expectation, KullbackLeibler, LogProb
+from pyro_dgm.models import Model
+from pyro_dgm.poutine import get_cache_maxsize, memoize, set_cache_maxsize
+
+
+class Encoder(Normal):
+    """q(z|x) counting its forward passes; optional dropout."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.fc = nn.Linear(4, 4)
+        self.drop = nn.Dropout(dropout)
+        self.calls = 0
+
+    def forward(self, x, scale=1.0):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        h = self.drop(self.fc(x))
+        return {"loc": h[:, :2], "scale": scale * nn.functional.softplus(h[:, 2:]) + 1e-3}
+
+
+class Decoder(Bernoulli):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.fc = nn.Linear(2, 4)
+
+    def forward(self, z):  # type: ignore[no-untyped-def]
+        return {"probs": torch.sigmoid(self.fc(z))}
+
+
+@pytest.fixture(autouse=True)
+def _restore_maxsize():  # type: ignore[no-untyped-def]
+    size = get_cache_maxsize()
+    yield
+    set_cache_maxsize(size)
+
+
+@pytest.fixture
+def vae():  # type: ignore[no-untyped-def]
+    q, p = Encoder(), Decoder()
+    prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
+    x = torch.bernoulli(torch.full((6, 4), 0.5))
+    return q, p, prior, x
+
+
+def _mc_loss(q, p, prior):  # type: ignore[no-untyped-def]
+    return -ELBO(p * prior, q).mean()  # samples q(z|x) and scores it: the encoder is asked twice
+
+
+def test_an_mc_elbo_evaluation_runs_the_encoder_once_with_memoization_twice_without(vae) -> None:
+    q, p, prior, x = vae
+    loss = _mc_loss(q, p, prior)
+    loss.eval({"x": x})
+    assert q.calls == 1
+    set_cache_maxsize(0)
+    q.calls = 0
+    loss.eval({"x": x})
+    assert q.calls == 2
+
+
+def test_losses_and_gradients_are_identical_with_and_without(vae) -> None:
+    q, p, prior, x = vae
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
+    params = list(q.parameters()) + list(p.parameters())
+    results = []
+    for size in (128, 0):
+        set_cache_maxsize(size)
+        pyro.set_rng_seed(7)
+        value = loss.eval({"x": x})
+        grads = torch.autograd.grad(value, params)
+        results.append((value.detach(), grads))
+    (v1, g1), (v0, g0) = results
+    assert torch.equal(v1, v0)
+    assert all(torch.allclose(a, b) for a, b in zip(g1, g0))
+
+
+def test_the_same_tensor_across_optimizer_steps_is_never_stale(vae) -> None:
+    # Pixyz 0.3.3 returns the previous step's parameters here and fails with "backward through the graph a second
+    # time"; a scope lasts one evaluation, so each step runs the encoder once on the updated weights
+    q, p, prior, x = vae
+    model = Model(_mc_loss(q, p, prior), distributions=[p, q], optimizer_params={"lr": 0.1})
+    for step in range(3):
+        before = q.fc.weight.detach().clone()
+        model.train({"x": x})
+        assert q.calls == step + 1
+        assert not torch.equal(before, q.fc.weight)
+
+
+def test_an_svi_step_memoizes_within_the_step(vae) -> None:
+    q, p, prior, x = vae
+    svi = SVI((p * prior).model, q.guide, pyro.optim.Adam({"lr": 1e-2}), loss=_mc_loss(q, p, prior))
+    svi.step(x=x)
+    svi.step(x=x)
+    assert q.calls == 2
+
+
+def test_in_place_changes_mode_switches_grad_mode_and_kwargs_miss_the_cache(vae) -> None:
+    q, _, _, x = vae
+    x = x.clone()
+    with memoize():
+        a = q.get_params({"x": x})["loc"]
+        assert q.get_params({"x": x})["loc"] is a and q.calls == 1  # a hit: the same tensors
+        x.add_(1.0)  # in place: a new version, a new key
+        b = q.get_params({"x": x})["loc"]
+        assert q.calls == 2 and not torch.equal(a, b)
+        q.eval()
+        q.get_params({"x": x})
+        assert q.calls == 3
+        q.train()
+        with torch.no_grad():
+            q.get_params({"x": x})
+        assert q.calls == 4
+        q.get_params({"x": x}, scale=2.0)
+        assert q.calls == 5
+        assert q.get_params({"x": x})["loc"] is b  # the original entry is still there
+
+
+def test_a_distribution_marked_not_memoizable_runs_every_time() -> None:
+    q = Encoder(dropout=0.5)
+    x = torch.ones(6, 4)
+    with memoize():
+        a, b = q.get_params({"x": x})["loc"], q.get_params({"x": x})["loc"]
+    assert q.calls == 1 and a is b  # memoizable: one dropout mask shared within the scope
+    q.memoizable = False
+    q.calls = 0
+    torch.manual_seed(0)
+    with memoize():
+        a, b = q.get_params({"x": x})["loc"], q.get_params({"x": x})["loc"]
+    assert q.calls == 2 and not torch.equal(a, b)  # two forward passes, two dropout masks
+
+
+def test_set_cache_maxsize_acts_at_once_and_bounds_the_scope() -> None:
+    q = Encoder()
+    xs = [torch.randn(2, 4) for _ in range(3)]
+    with memoize():
+        set_cache_maxsize(2)
+        for x in xs:
+            q.get_params({"x": x})
+        q.get_params({"x": xs[0]})  # evicted (least recently used): recomputed
+        assert q.calls == 4
+        q.get_params({"x": xs[2]})  # still cached
+        assert q.calls == 4
+        set_cache_maxsize(0)  # off at once, inside the open scope
+        q.get_params({"x": xs[2]})
+        assert q.calls == 5
+    with pytest.raises(ValueError, match="maxsize"):
+        set_cache_maxsize(-1)
+
+
+def test_handler_as_decorator_and_under_other_pyro_handlers(vae) -> None:
+    q, _, _, x = vae
+
+    @memoize
+    def twice():  # type: ignore[no-untyped-def]
+        return q.get_params({"x": x}), q.get_params({"x": x})
+
+    twice()
+    assert q.calls == 1
+    twice()  # a new call, a new scope
+    assert q.calls == 2
+    with memoize():
+        tr = poutine.trace(lambda: (q.sample({"x": x}), q.get_log_prob({"x": x, "z": x[:, :2]}))).get_trace()
+    assert q.calls == 3  # through Pyro's handler stack (a trace is active) it still hits
+    assert tr.nodes["z"]["type"] == "sample"
