@@ -38,6 +38,21 @@ def _tensors(a: Any, b: Any) -> tuple[Tensor, Tensor]:
     return conv[0], conv[1]
 
 
+def _check_broadcast(op: Loss, v1: Tensor, v2: Tensor) -> None:
+    """Raise if combining the two values would give a shape neither has, e.g. ``(N,)`` with ``(N, 1)`` -> ``(N, N)``:
+    a silent outer product of two per-batch-element terms."""
+    try:
+        shape = torch.broadcast_shapes(v1.shape, v2.shape)
+    except RuntimeError:
+        shape = None
+    if shape != v1.shape and shape != v2.shape:
+        raise ValueError(f"{type(op).__name__}: cannot combine {op.loss1.latex} of shape {tuple(v1.shape)} with "
+                         f"{op.loss2.latex} of shape {tuple(v2.shape)}: "
+                         + (f"broadcasting would give {tuple(shape)}, a shape neither term has"
+                            if shape is not None else "the shapes do not broadcast")
+                         + "; reduce one of them (.mean(), .sum()) or give both the same batch shape")
+
+
 def _reduce(v: Any, how: str) -> Any:
     return getattr(v, how)() if isinstance(v, Tensor) else v
 
@@ -68,6 +83,8 @@ class LossOperator(Loss):
     def _both(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
         v1, s1 = self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)
         v2, s2 = self.loss2.eval(values, return_dict=True, return_all=False, **kwargs)
+        if isinstance(v1, Tensor) and isinstance(v2, Tensor) and v1.shape != v2.shape:
+            _check_broadcast(self, v1, v2)
         s1.update(s2)
         return v1, v2, s1
 

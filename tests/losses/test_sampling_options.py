@@ -26,3 +26,16 @@ def test_batch_n_sizes_the_monte_carlo_kl_of_a_network_distribution() -> None:
     # q = N(0, I) in 2-D: E_q[log q - (-z^2/2)] = -log(2 pi) - 1 + 1 = -log(2 pi) exactly in expectation; the
     # per-sample spread is sd(-|z|^2/2 + |z|^2/2) = 0: every sample gives exactly -log(2 pi)
     assert torch.allclose(values, torch.full((4000,), -torch.log(torch.tensor(2 * torch.pi))), atol=1e-5)
+
+
+def test_combining_terms_whose_shapes_would_broadcast_to_a_new_shape_raises() -> None:
+    """(N,) + (N, 1) would silently become (N, N); (N,) + scalar and (S, N) + (N,) are fine."""
+    import pytest
+
+    from pyro_dgm.losses import Parameter
+
+    a, b = Parameter("a"), Parameter("b")
+    with pytest.raises(ValueError, match=r"shape \(3,\).*shape \(3, 1\).*\(3, 3\)"):
+        (a + b).eval({"a": torch.zeros(3), "b": torch.zeros(3, 1)})
+    assert (a + b).eval({"a": torch.zeros(3), "b": torch.tensor(1.)}).shape == (3,)
+    assert (a * b).eval({"a": torch.zeros(2, 3), "b": torch.zeros(3)}).shape == (2, 3)
