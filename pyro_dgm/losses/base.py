@@ -36,6 +36,9 @@ PREC_MUL = 20   # a b
 PREC_FUNC = 25  # \log p(x): an operator name without brackets
 PREC_ATOM = 100  # bracketed or single symbols: mean \left(...\right), D_{KL} \left[...\right], x, 2
 
+#: Keyword options of ``eval`` that belong to loss terms (``IterativeLoss``'s ``mask``), not to networks.
+LOSS_OPTIONS = frozenset({"mask"})
+
 # State of the evaluation in progress: the depth of nested ``eval`` calls (the outermost opens the memoizing scope)
 # and, when ``return_terms=True`` was asked, the value each loss node took.
 _DEPTH = [0]

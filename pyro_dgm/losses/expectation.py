@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor
 
-from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.base import LOSS_OPTIONS, Loss, ordered_union
 from pyro_dgm.losses.pdf import _check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,10 +82,12 @@ class Expectation(Loss):
         return rf"\mathbb{{E}}_{{{self.p.prob_text}}} \left[{self.f.latex} \right]"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        # options meant for loss terms (IterativeLoss's mask) go to f, not to p's networks
+        sampler_kwargs = {k: v for k, v in kwargs.items() if k not in LOSS_OPTIONS} if kwargs else kwargs
         results = []
         first: dict[str, Any] = {}
         for i in range(self.num_samples):
-            drawn = self.p.sample(values, reparam=self.reparam, return_all=False, **kwargs)
+            drawn = self.p.sample(values, reparam=self.reparam, return_all=False, **sampler_kwargs)
             inputs = dict(values)
             inputs.update(drawn)
             value, f_samples = self.f.eval(inputs, return_dict=True, return_all=False, **kwargs)

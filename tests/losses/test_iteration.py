@@ -102,3 +102,29 @@ def test_series_shorter_than_max_iter_raises(dmm) -> None:  # type: ignore[no-un
         loss.eval({"x": xs, "z_prev": z0})
     with pytest.raises(ValueError, match="max_iter or series_var"):
         IterativeLoss(-E(comb, LogProb(emit)))
+
+
+def test_a_mask_given_to_an_expectation_of_an_iterative_loss_reaches_the_loss_not_the_sampler() -> None:
+    """eval(mask=...) on E_{q(h|x)}[IterativeLoss] masks the steps; q's network never sees the option."""
+    from torch import nn
+
+    from pyro_dgm.distributions import Deterministic, Normal
+    from pyro_dgm.losses import IterativeLoss, LogProb
+
+    class H(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"])
+            self.fc = nn.Linear(1, 1)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]  # no **kwargs: a mask here would raise
+            return {"h": self.fc(x)}
+
+    step = -Normal(loc="h", scale=1., var=["x"], cond_var=["h"]).log_prob()
+    loss = IterativeLoss(step, max_iter=3, series_var=["x", "h"]).expectation(H())
+    x = torch.randn(3, 2, 1)
+    full = loss.eval({"x": x})
+    masked = loss.eval({"x": x}, mask=torch.tensor([1., 0., 1.]))
+    h = H.forward(loss.p, x)["h"]
+    per_step = [-torch.distributions.Normal(h[t], 1.).log_prob(x[t]).sum(-1) for t in range(3)]
+    assert torch.allclose(full, sum(per_step), atol=1e-5)
+    assert torch.allclose(masked, per_step[0] + per_step[2], atol=1e-5)
