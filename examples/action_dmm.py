@@ -26,17 +26,10 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-import warnings
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
@@ -49,36 +42,13 @@ except ImportError:  # run from a source checkout without installing: python exa
 from pyro_dgm.losses import E, IterativeLoss, KullbackLeibler, LogProb  # noqa: E402
 from pyro_dgm.models import Model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the data, the emission, the figure and the command line are dmm.py's: only the transition and inference change
+from dmm import X_DIM, Emission, cartpole_rollouts, parse_args, save_figure  # noqa: E402
+
 METRIC = ("test_nelbo", "min")
-X_DIM = 4  # CartPole's state: cart position, cart velocity, pole angle, pole angular velocity
 A_DIM = 2  # the action, one-hot: push left, push right
-STATE_NAMES = ["cart position", "cart velocity", "pole angle", "pole angular velocity"]
 
-
-# ----------------------------------------------------------------------------------------------------------- data
-def cartpole_rollouts(n: int, steps: int, seed: int, eps: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` CartPole trajectories of ``steps`` states each, and the actions taken (0: push left, 1: push right).
-
-    The policy pushes the cart under the pole (``a = 1`` when ``angle + 0.5 * angular velocity > 0``) and takes a
-    random action with probability ``eps``, so the pole wobbles but mostly stays up. Episodes are not cut when
-    the pole falls (the unwrapped environment keeps integrating), so every trajectory has the same length.
-    """
-    import gymnasium as gym
-
-    env = gym.make("CartPole-v1").unwrapped
-    rng = np.random.default_rng(seed)
-    states = np.zeros((n, steps, X_DIM), dtype=np.float32)
-    actions = np.zeros((n, steps), dtype=np.int64)
-    with warnings.catch_warnings():  # stepping on after the pole fell: gymnasium warns, the physics is fine
-        warnings.simplefilter("ignore")
-        for i in range(n):
-            obs, _ = env.reset(seed=seed * 100_003 + i)
-            for t in range(steps):
-                a = int(obs[2] + 0.5 * obs[3] > 0) if rng.random() > eps else int(rng.integers(2))
-                states[i, t], actions[i, t] = obs, a
-                obs, *_ = env.step(a)
-    env.close()
-    return states, actions
 
 
 # ----------------------------------------------------------------------------------------------------------- model
@@ -132,20 +102,6 @@ class Transition(Normal):
         return {"loc": loc, "scale": F.softplus(self.fc_scale(F.relu(proposal))) + 1e-3}
 
 
-class Emission(Normal):
-    r"""The emission :math:`p(x_t|z_t)`: a Normal over the (standardized) state."""
-
-    def __init__(self, z_dim: int, hidden: int) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = nn.Sequential(nn.Linear(z_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.fc_loc = nn.Linear(hidden, X_DIM)
-        self.fc_scale = nn.Linear(hidden, X_DIM)
-
-    def forward(self, z: Tensor) -> dict[str, Tensor]:
-        g = self.net(z)
-        return {"loc": self.fc_loc(g), "scale": F.softplus(self.fc_scale(g)) + 1e-3}
-
-
 # ----------------------------------------------------------------------------------------------------------- use
 @torch.no_grad()
 def predict(rnn: BackwardRNN, q: Combiner, transition: Transition, emission: Emission, x: Tensor, a_prev: Tensor,
@@ -173,60 +129,9 @@ def predict(rnn: BackwardRNN, q: Combiner, transition: Transition, emission: Emi
     return torch.stack(filtered), torch.stack(out, dim=1)
 
 
-def save_figure(path: Path, x: Tensor, filtered: Tensor, pred: Tensor, observe: int, mean: np.ndarray,
-                std: np.ndarray, title: str) -> None:
-    """Rows: test trajectories; columns: the four state variables; truth (black), the states inferred from the
-    observed steps (orange) and predictions (blue)."""
-    rows = x.shape[1]
-    steps = x.shape[0]
-    xs = x.numpy() * std + mean
-    fs = filtered.numpy() * std + mean  # [observe, B, X]
-    ps = pred.numpy() * std + mean  # [S, T - observe, B, X]
-    t_all, t_obs, t_pred = np.arange(steps), np.arange(observe), np.arange(observe, steps)
-    fig, axes = plt.subplots(rows, X_DIM, figsize=(3.2 * X_DIM, 2.2 * rows + 0.6), squeeze=False)
-    for r in range(rows):
-        for c in range(X_DIM):
-            ax = axes[r, c]
-            for s in range(ps.shape[0]):
-                ax.plot(t_pred, ps[s, :, r, c], color="tab:blue", alpha=0.15, lw=0.8)
-            ax.plot(t_pred, ps[:, :, r, c].mean(0), color="tab:blue", lw=1.5, label="predicted (mean of samples)")
-            ax.plot(t_obs, fs[:, r, c], color="tab:orange", lw=1.5, label="inferred (observed steps)")
-            ax.plot(t_all, xs[:, r, c], color="black", lw=1.2, label="true")
-            ax.axvline(observe - 0.5, color="gray", ls=":", lw=1)
-            if r == 0:
-                ax.set_title(STATE_NAMES[c], fontsize=9)
-            if r == rows - 1:
-                ax.set_xlabel("t")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=60, help="passes over the training set (default 60)")
-    ap.add_argument("--n-train", type=int, default=512, help="training trajectories (default 512)")
-    ap.add_argument("--n-test", type=int, default=128, help="test trajectories (default 128)")
-    ap.add_argument("--steps", type=int, default=30, help="time steps per trajectory (default 30)")
-    ap.add_argument("--observe", type=int, default=10, help="steps seen before predicting, in the figure (default 10)")
-    ap.add_argument("--z-dim", type=int, default=4, help="latent dimension (default 4, as the state)")
-    ap.add_argument("--hidden", type=int, default=64, help="hidden units of the networks (default 64)")
-    ap.add_argument("--lr", type=float, default=1e-2,
-                    help="Adam learning rate at the start (default 1e-2; it decays to a tenth by the end)")
-    ap.add_argument("--batch-size", type=int, default=64, help="trajectories per minibatch (default 64)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data, the networks and the draws")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path("out/action_dmm.png"), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 3 epochs on a small data set")
-    return ap.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Train, print the metric per epoch, write the figure; returns the per-epoch history."""
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__.splitlines()[0], "out/action_dmm.png")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.smoke:

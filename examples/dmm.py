@@ -199,8 +199,10 @@ def save_figure(path: Path, x: Tensor, filtered: Tensor, pred: Tensor, observe: 
     plt.close(fig)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None, description: str | None = None,
+               out: str = "out/dmm.png") -> argparse.Namespace:
+    """The command line of the DMM examples (``action_dmm.py`` shares it)."""
+    ap = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=60, help="passes over the training set (default 60)")
     ap.add_argument("--n-train", type=int, default=512, help="training trajectories (default 512)")
     ap.add_argument("--n-test", type=int, default=128, help="test trajectories (default 128)")
@@ -213,7 +215,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=64, help="trajectories per minibatch (default 64)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data, the networks and the draws")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path("out/dmm.png"), help="where to write the PNG")
+    ap.add_argument("--out", type=Path, default=Path(out), help="where to write the PNG")
     ap.add_argument("--smoke", action="store_true", help="a few seconds: 3 epochs on a small data set")
     return ap.parse_args(argv)
 

@@ -100,7 +100,9 @@ class _Binding:
         self.param_vars = tuple(param_vars)  # (parameter name, variable) for parameters given as a name
 
     def renamed(self, m: Mapping[str, str]) -> "_Binding":
-        r = [lambda names: tuple(m.get(v, v) for v in names)][0]
+        def r(names: Sequence[str]) -> tuple[str, ...]:
+            return tuple(m.get(v, v) for v in names)
+
         return _Binding(r(self.var), r(self.cond_var), r(self.input_var), r(self.fwd_pos),
                         tuple((k, m.get(v, v)) for k, v in self.fwd_kw),
                         tuple((p, m.get(v, v)) for p, v in self.param_vars))

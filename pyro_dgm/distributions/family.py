@@ -141,19 +141,13 @@ class DistributionBase(Distribution):
             if b.fwd_kw:
                 kw = {k: values[v] for k, v in b.fwd_kw}
                 kw.update(ctx.kwargs)
-                args = [values[v] for v in b.fwd_pos]
-                try:
-                    out = run_network(self, *args, **kw)
-                except (RuntimeError, TypeError, ValueError) as e:
-                    self._note_inputs(e, b, values)
-                    raise
             else:
-                args = [values[v] for v in b.fwd_pos]
-                try:
-                    out = run_network(self, *args, **ctx.kwargs)
-                except (RuntimeError, TypeError, ValueError) as e:
-                    self._note_inputs(e, b, values)
-                    raise
+                kw = ctx.kwargs
+            try:
+                out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
+            except (RuntimeError, TypeError, ValueError) as e:
+                self._note_inputs(e, b, values)
+                raise
             if not isinstance(out, dict):
                 raise TypeError(f"{describe(self)}: forward() must return a dict of parameters, e.g. "
                                 f"{{'{self.param_groups[0][0]}': ...}}, got {type(out).__name__}")
