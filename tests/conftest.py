@@ -14,13 +14,35 @@ from torch import nn
 from pyro_dgm.distributions import Bernoulli, Normal
 
 
+def pytest_addoption(parser):  # type: ignore[no-untyped-def]
+    parser.addoption("--validate-args", choices=("on", "off"), default="on",
+                     help="torch/Pyro distribution argument validation during the tests (pyro.enable_validation); "
+                          "'off' runs the closed-form hot paths of pyro_dgm.distributions.closed_forms")
+
+
+def pytest_configure(config):  # type: ignore[no-untyped-def]
+    config.addinivalue_line("markers", "needs_validation: asserts an error that only torch's argument validation "
+                                       "raises (skipped under --validate-args=off)")
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    if config.getoption("--validate-args") == "off":
+        skip = pytest.mark.skip(reason="checks torch's argument validation, which --validate-args=off turns off")
+        for item in items:
+            if "needs_validation" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
-def _fresh_state():  # type: ignore[no-untyped-def]
+def _fresh_state(request):  # type: ignore[no-untyped-def]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)  # seeds torch, random and numpy
+    validate = request.config.getoption("--validate-args") == "on"
+    pyro.enable_validation(validate)
     yield
+    pyro.enable_validation(validate)
     pyro.clear_param_store()
     torch.set_num_threads(threads)
 

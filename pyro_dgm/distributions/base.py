@@ -19,10 +19,12 @@ import networkx as nx
 import pyro
 import torch
 from pyro.poutine.runtime import _PYRO_STACK, effectful
+from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor, nn
 
 from pyro_dgm.poutine.memoize_messenger import MemoizeMessenger
 from pyro_dgm.utils.checks import as_var_list, check_present, describe
+from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
@@ -41,10 +43,12 @@ def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
 _effectful_network = effectful(_call_network, type="dgm_params")
 
 
-def _only_memo(stack: list[Any]) -> bool:
-    """Whether every active handler is a memoizer (which touches no sample site)."""
+def _quiet(stack: list[Any]) -> bool:
+    """Whether no active handler looks at sample sites or network calls: each is a memoizer, or the param-only
+    trace with which ``SVI.step`` collects the parameters (it records ``pyro.param`` sites and nothing else)."""
     for m in stack:
-        if type(m) is not MemoizeMessenger:
+        t = type(m)
+        if t is not MemoizeMessenger and not (t is TraceMessenger and m.param_only):
             return False
     return True
 
@@ -52,15 +56,22 @@ def _only_memo(stack: list[Any]) -> bool:
 def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """Run a distribution's network: the effect ``"dgm_params"`` that a memoizing handler answers.
 
-    With no handler active it is ``module(*args, **kwargs)``; with only memoizers active it asks the innermost one
-    directly, without building a Pyro message; otherwise it goes through Pyro's handler stack.
+    With no handler active it is ``module(*args, **kwargs)``; with only memoizers active (and handlers that ignore
+    it, see :func:`_quiet`) it asks the innermost memoizer directly, without building a Pyro message; otherwise
+    it goes through Pyro's handler stack.
     """
     stack = _PYRO_STACK
     if not stack:
         return module(*args, **kwargs)
-    if _only_memo(stack):
-        return stack[-1].call(module, args, kwargs)
+    if _quiet(stack):
+        for m in reversed(stack):
+            if type(m) is MemoizeMessenger:
+                return m.call(module, args, kwargs)
+        return module(*args, **kwargs)
     return _effectful_network(module, *args, **kwargs)
+
+
+_NO_SHAPE = torch.Size()
 
 
 class _Pass:
@@ -68,11 +79,11 @@ class _Pass:
 
     __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs")
 
-    def __init__(self, batch_n: int | None = None, sample_shape: Iterable[int] = (), reparam: bool = False,
+    def __init__(self, batch_n: int | None = None, sample_shape: Iterable[int] = _NO_SHAPE, reparam: bool = False,
                  sample_mean: bool = False, obs: Mapping[str, Any] | None = None,
                  kwargs: Mapping[str, Any] | None = None) -> None:
         self.batch_n = batch_n
-        self.sample_shape = torch.Size(sample_shape)
+        self.sample_shape = sample_shape if type(sample_shape) is torch.Size else torch.Size(sample_shape)
         self.reparam = reparam
         self.sample_mean = sample_mean
         self.obs = obs  # None: not a Pyro model/guide run; else the observed values by name
@@ -200,6 +211,10 @@ class Distribution(nn.Module):
     p(x) Normal
     """
 
+    #: Whether a memoizing scope may reuse this distribution's network outputs; set it to ``False`` on a
+    #: distribution whose ``forward`` is random (dropout), so that each use runs it.
+    memoizable: bool = True
+
     def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = None, name: str = "p",
                  features_shape: Iterable[int] = ()) -> None:
         super().__init__()
@@ -252,6 +267,7 @@ class Distribution(nn.Module):
         if not isinstance(name, str):
             raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
         self._name = name
+        NAMES_VERSION[0] += 1  # formulas printed before (cached term names of losses) are out of date
 
     @property
     def features_shape(self) -> torch.Size:
@@ -326,8 +342,10 @@ class Distribution(nn.Module):
     def _input_dict(self, x: ValuesLike, needed: Sequence[str] | None = None) -> dict[str, Any]:
         """A fresh dict of the given values (a tensor or list maps onto ``input_var`` in order); checks ``needed``."""
         needed = self.required_input_var if needed is None else needed
-        if x is None:
-            values: dict[str, Any] = {}
+        if type(x) is dict:
+            values = dict(x)
+        elif x is None:
+            values = {}
         elif isinstance(x, Mapping):
             values = dict(x)
         elif isinstance(x, Tensor):
@@ -420,8 +438,10 @@ class Distribution(nn.Module):
         >>> round(float(p.get_log_prob({"x": torch.zeros(1, 2)})), 4)
         -1.8379
         """
-        values = self._input_dict(x_dict, list(self._var) + [v for v in self.required_input_var
-                                                             if v not in self._var])
+        needed = self.__dict__.get("_scored_var")
+        if needed is None:  # var and input_var are fixed at construction
+            needed = self._scored_var = list(self._var) + [v for v in self.required_input_var if v not in self._var]
+        values = self._input_dict(x_dict, needed)
         if kwargs:  # sampling options a loss passes along for its sampling terms are not network arguments
             kwargs = {k: v for k, v in kwargs.items() if k not in _SAMPLING_OPTIONS}
         ctx = _Pass(kwargs=kwargs)
@@ -550,12 +570,12 @@ class Distribution(nn.Module):
                 return pyro.sample(name, fn, obs=obs[name])
             return pyro.sample(name, fn)
         stack = _PYRO_STACK
-        if stack and not _only_memo(stack):
+        if stack and not _quiet(stack):
             if ctx.reparam:
                 return pyro.sample(name, fn)
             with torch.no_grad():
                 return pyro.sample(name, fn)
-        # what pyro.sample does when no handler (or only a memoizer, which ignores sample sites) is active
+        # what pyro.sample does when no handler is active (or only ones that ignore sample sites, see _quiet)
         if ctx.reparam:
             return fn.rsample() if fn.has_rsample else fn.sample()
         return fn.sample()
@@ -563,7 +583,7 @@ class Distribution(nn.Module):
     @staticmethod
     def _record(name: str, value: Tensor, event_dim: int) -> Tensor:
         """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value."""
-        if _PYRO_STACK and not _only_memo(_PYRO_STACK):
+        if _PYRO_STACK and not _quiet(_PYRO_STACK):
             return pyro.deterministic(name, value, event_dim=event_dim)
         return value
 

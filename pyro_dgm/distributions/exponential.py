@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.family import DistributionBase
 
 __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Categorical", "RelaxedCategorical",
@@ -36,6 +37,9 @@ class BernoulliBCE(dist.Bernoulli):
             self._validate_sample(value)
         probs, value = broadcast_all(self.probs, value)
         return -F.binary_cross_entropy(probs, value, reduction="none")
+
+
+closed_forms.LOG_PROB[BernoulliBCE] = closed_forms.bernoulli_log_prob
 
 
 class FactorizedBernoulliBCE(BernoulliBCE):

@@ -11,9 +11,11 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from pyro_dgm.distributions.base import (Distribution, ValuesLike, _Binding, _Pass, expand_batch_n, forward_binding,
-                                         run_network)
+from pyro_dgm.distributions import closed_forms
+from pyro_dgm.distributions.base import (_PYRO_STACK, Distribution, ValuesLike, _Binding, _quiet, _Pass,
+                                         expand_batch_n, forward_binding, run_network)
 from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["DistributionBase"]
 
@@ -88,10 +90,16 @@ class DistributionBase(Distribution):
         # parameters that are all constants are checked here, once (torch's validation, if on), not at every call
         self._const_only = not self._has_network and not var_params
         self._base_cache: tuple[Any, Any] | None = None
+        self._standard_cache: tuple[Any, bool] | None = None
         if self._const_only:
             bufs = self._buffers
             self._base({n: bufs[n] for n in self._const_names}, validate=None)
         self._b = _Binding(self._var, self._cond_var, self._input_var, fwd_pos, fwd_kw, var_params)
+        # the closed forms of this family (closed_forms.py), unless a subclass builds its distribution its own way
+        cls = type(self)
+        self._plain = cls._fn is DistributionBase._fn and cls._parts is DistributionBase._parts
+        self._closed_lp = closed_forms.LOG_PROB.get(self.pyro_dist) if self._plain else None
+        self._closed_rs = closed_forms.RSAMPLE.get(self.pyro_dist) if self._plain else None
 
     # ------------------------------------------------------------------ construction helpers
     def _as_tensor(self, pname: str, value: Any) -> Tensor:
@@ -157,7 +165,10 @@ class DistributionBase(Distribution):
                                  f"{self.distribution_name} takes {', '.join(sorted(self._accepted))}")
             params.update(out)
         for g in self._missing_groups:
-            if not any(n in params for n in g):
+            for n in g:
+                if n in params:
+                    break
+            else:
                 raise ValueError(f"{describe(self)}: forward() did not return {' or '.join(g)}; it returned "
                                  f"{sorted(params)}")
         return params
@@ -178,11 +189,76 @@ class DistributionBase(Distribution):
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
 
+    def _closed_params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass
+                       ) -> tuple[dict[str, Tensor], int] | None:
+        """The parameters and their largest number of dims, for the closed forms of :mod:`.closed_forms`.
+
+        ``None`` where the general path must run: torch's argument validation is on (the distribution objects
+        check the arguments), an input is missing (the general path names it), or a parameter is not a tensor.
+        """
+        if closed_forms.validating():
+            return None
+        for v in b.input_var:
+            if v not in values:
+                return None
+        params = self._params(b, values, ctx)
+        nd = 0
+        for t in params.values():
+            if not isinstance(t, Tensor):
+                return None
+            if t.dim() > nd:
+                nd = t.dim()
+        return params, nd
+
+    def _closed_kl(self, other: Distribution, values: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Tensor | None:
+        """:math:`D_{KL}[self \\| other]` summed over the feature dims by a closed form, or ``None`` where
+        ``kl_divergence`` on the distribution objects must answer (no closed form, different feature dims...)."""
+        fn = closed_forms.KL.get((self.pyro_dist, getattr(other, "pyro_dist", None)))
+        if fn is None or not (self._plain and isinstance(other, DistributionBase) and other._plain):
+            return None
+        ctx = _Pass(kwargs=kwargs)
+        p, q = self._closed_params(self._b, values, ctx), other._closed_params(other._b, values, ctx)
+        if p is None or q is None or p[1] != q[1]:
+            return None
+        try:
+            if other._is_standard():  # the same value with fewer operations; q's parameters only broadcast
+                kl = closed_forms.KL_TO_STANDARD[self.pyro_dist](p[0])
+                shape = kl.shape
+                for t in q[0].values():
+                    shape = broadcast_shape(shape, t.shape)
+                if shape != kl.shape:
+                    kl = kl.expand(shape)
+            else:
+                kl = fn(p[0], q[0])
+        except (RuntimeError, ValueError):
+            return None
+        ev = p[1] - 1  # inputs given from outside have one batch dim (Pixyz); the rest are feature dims
+        return kl.sum(tuple(range(-ev, 0))) if ev > 0 else kl
+
+    def _const_key(self) -> tuple[tuple[int, int], ...]:
+        """Identifies the current constant buffers: a new buffer (``.to(...)``, ``load_state_dict``) or an in-place
+        change gives a new key."""
+        bufs = self._buffers
+        return tuple((id(t), t._version) for t in (bufs[n] for n in self._const_names))
+
+    def _is_standard(self) -> bool:
+        """Whether this is a constant distribution in its family's standard form (``closed_forms.IS_STANDARD``,
+        e.g. N(0, I)); checked once per set of buffers."""
+        test = closed_forms.IS_STANDARD.get(self.pyro_dist) if self._const_only and self._plain else None
+        if test is None:
+            return False
+        key = self._const_key()
+        cached = self._standard_cache
+        if cached is None or cached[0] != key:
+            bufs = self._buffers
+            cached = self._standard_cache = (key, test({n: bufs[n] for n in self._const_names}))
+        return cached[1]
+
     def _const_base(self) -> Any:
         """The base distribution of constant parameters, built once per set of buffers (a new buffer after
         ``.to(...)``/``load_state_dict`` or an in-place change rebuilds it); validated at construction."""
+        key = self._const_key()
         bufs = self._buffers
-        key = tuple((id(t), t._version) for t in (bufs[n] for n in self._const_names))
         cached = self._base_cache
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -253,6 +329,13 @@ class DistributionBase(Distribution):
     def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
         name = b.var[0]
         obs = ctx.obs
+        if (self._closed_rs is not None and obs is None and ctx.reparam and not ctx.sample_mean and b.input_var
+                and not ctx.sample_shape and (not _PYRO_STACK or _quiet(_PYRO_STACK))):
+            got = self._closed_params(b, values, ctx)
+            if got is not None:  # a reparameterized draw, as pyro.sample would make with no handler listening
+                values[name] = self._closed_rs(got[0])
+                ctx.event_dims[name] = max(got[1] - self._batch_ndim(b, values, ctx), 0)
+                return
         fn, _ = self._fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
         if ctx.sample_mean:
             value = fn.mean
@@ -267,6 +350,21 @@ class DistributionBase(Distribution):
         x = values[b.var[0]]
         if not isinstance(x, Tensor):
             raise TypeError(f"{describe(self)}: the value of {b.var[0]!r} must be a tensor, got {type(x).__name__}")
+        if self._closed_lp is not None and (b.input_var or self._features_shape):
+            got = self._closed_params(b, values, ctx)
+            if got is not None:
+                ev = max(got[1] - self._batch_ndim(b, values, ctx), 0)
+                whole = sum_features and feature_dims is None
+                fn = self._closed_lp
+                if self._const_only and self._is_standard():
+                    fn = closed_forms.LOG_PROB_STANDARD[self.pyro_dist]
+                try:
+                    lp = fn(got[0], x, tuple(range(-ev, 0)) if whole else ())
+                except (RuntimeError, ValueError):
+                    pass  # the general path below reports it, naming the shapes
+                else:
+                    ctx.event_dims[b.var[0]] = ev
+                    return lp if whole else self._sum_dims(lp, sum_features, feature_dims, "log-density")
         base, ev, _ = self._parts(b, values, ctx, expand=False, value=x)
         ev = max(ev, 0)
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and

@@ -20,6 +20,7 @@ from pyro.infer import ELBO as _PyroELBO
 from torch import Tensor
 
 from pyro_dgm.utils.checks import check_present
+from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,11 +61,9 @@ def ordered_union(*lists: Sequence[str]) -> list[str]:
 
 
 def _memoize_scope() -> Any:
-    try:
-        from pyro_dgm.poutine import memoize
-    except ImportError:  # pragma: no cover - the poutine layer is optional for losses
-        return contextlib.nullcontext()
-    return memoize()
+    from pyro_dgm.poutine.memoize_messenger import MemoizeMessenger
+
+    return MemoizeMessenger()
 
 
 class Loss(_PyroELBO):
@@ -151,7 +150,8 @@ class Loss(_PyroELBO):
         if not isinstance(name, str) or not name:
             raise TypeError(f"{type(self).__name__}.named: name must be a non-empty string, got {name!r}")
         out = copy.copy(self)
-        out.__dict__.pop("_leaves", None)
+        out.__dict__.pop("_leaf_names", None)
+        out.__dict__.pop("_registered", None)
         out._term_name = name
         return out
 
@@ -382,7 +382,7 @@ class Loss(_PyroELBO):
             return loss, samples
         if x_dict is None:
             given: dict[str, Any] = {}
-        elif isinstance(x_dict, Mapping):
+        elif type(x_dict) is dict or isinstance(x_dict, Mapping):
             given = dict(x_dict)
         else:
             raise TypeError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
@@ -417,33 +417,42 @@ class Loss(_PyroELBO):
             result.append(self._terms(recorder))
         return result[0] if len(result) == 1 else tuple(result)
 
-    def _terms(self, recorder: Mapping[int, Tensor]) -> dict[str, Tensor]:
+    def _leaves(self) -> list[tuple[int, str]]:
+        """``(id, name)`` of the terms of the top-level arithmetic; names are unique (``" (2)"``...)."""
+        cached = self.__dict__.get("_leaf_names")
+        if cached is not None and cached[0] == NAMES_VERSION[0]:
+            return cached[1]
         from pyro_dgm.losses.operators import LossOperator, LossSelfOperator
         from pyro_dgm.losses.special import ValueLoss
 
-        leaves: list[Loss] | None = self.__dict__.get("_leaves")
-        if leaves is None:  # the formula is fixed once built: find its terms once
-            leaves = []
+        leaves: list[Loss] = []
 
-            def walk(node: Loss) -> None:
-                if getattr(node, "_term_name", None) is None and isinstance(node, (LossOperator, LossSelfOperator)):
-                    for child in node.operands:
-                        walk(child)
-                elif not isinstance(node, ValueLoss):
-                    leaves.append(node)
+        def walk(node: Loss) -> None:
+            if getattr(node, "_term_name", None) is None and isinstance(node, (LossOperator, LossSelfOperator)):
+                for child in node.operands:
+                    walk(child)
+            elif not isinstance(node, ValueLoss):
+                leaves.append(node)
 
-            walk(self)
-            self._leaves = leaves
-        terms: dict[str, Tensor] = {}
+        walk(self)  # the formula is fixed once built; only the distributions' names may change (NAMES_VERSION)
+        named: list[tuple[int, str]] = []
+        taken: set[str] = set()
         for leaf in leaves:
-            if id(leaf) not in recorder:
-                continue
             name, n = leaf.term_name, 1
-            while name in terms:
+            while name in taken:
                 n += 1
                 name = f"{leaf.term_name} ({n})"
-            value = recorder[id(leaf)]
-            terms[name] = value.detach() if isinstance(value, Tensor) else value
+            taken.add(name)
+            named.append((id(leaf), name))
+        self._leaf_names = (NAMES_VERSION[0], named)
+        return named
+
+    def _terms(self, recorder: Mapping[int, Tensor]) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        for key, name in self._leaves():
+            value = recorder.get(key)
+            if value is not None:
+                terms[name] = value.detach() if isinstance(value, Tensor) else value
         return terms
 
     # ------------------------------------------------------------------ pyro.infer.ELBO interface
@@ -469,7 +478,10 @@ class Loss(_PyroELBO):
             If the value is not a scalar (SVI minimizes a number; take ``.mean()`` or ``.sum()``).
         """
         data = self._data(args, kwargs)
-        for d in self.distributions:
+        dists = self.__dict__.get("_registered")
+        if dists is None:  # the formula, and so its distributions, is fixed once built
+            dists = self._registered = self.distributions
+        for d in dists:
             d._register()
         value = self.eval(data)
         if not isinstance(value, Tensor):

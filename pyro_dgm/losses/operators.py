@@ -15,6 +15,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union
 from pyro_dgm.losses.special import ValueLoss
+from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
            "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach"]
@@ -42,8 +43,8 @@ def _check_broadcast(op: Loss, v1: Tensor, v2: Tensor) -> None:
     """Raise if combining the two values would give a shape neither has, e.g. ``(N,)`` with ``(N, 1)`` -> ``(N, N)``:
     a silent outer product of two per-batch-element terms."""
     try:
-        shape = torch.broadcast_shapes(v1.shape, v2.shape)
-    except RuntimeError:
+        shape = broadcast_shape(v1.shape, v2.shape)
+    except ValueError:
         shape = None
     if shape != v1.shape and shape != v2.shape:
         raise ValueError(f"{type(op).__name__}: cannot combine {op.loss1.latex} of shape {tuple(v1.shape)} with "

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+#: Bumped whenever a distribution is renamed, so that text cached from formulas knows it is out of date.
+NAMES_VERSION = [0]
+
 
 def prob_text(name: str, var: Sequence[str], cond_var: Sequence[str] = ()) -> str:
     """Pixyz's text of a distribution.

@@ -177,6 +177,7 @@ def test_constant_shapes_do_not_broadcast_with_features_shape():
         Normal(loc=torch.zeros(3), scale=torch.ones(2), var=["x"])
 
 
+@pytest.mark.needs_validation
 def test_invalid_parameter_values(prior):
     with pytest.raises(ValueError, match=names("Normal p(x)", "scale", "GreaterThan")):
         Normal(loc=0., scale=-1., var=["x"]).sample()

@@ -1,0 +1,111 @@
+r"""Closed forms on parameter tensors: the hot path of scoring, drawing and the analytic KL.
+
+Building a ``pyro.distributions`` object per call (argument broadcasting, ``Independent`` wrappers, the KL
+registry's dispatch) costs more Python time than the arithmetic of a small latent layer. For the families that
+deep generative models use on every step, these functions compute the same values straight from the parameters:
+
+* :data:`LOG_PROB` — the element-wise log-density of a value, summed over ``dims`` (the Pyro class's formula, up
+  to rounding); a Bernoulli negates *after* summing, so a 784-pixel likelihood allocates no negated copy of its
+  cross-entropy;
+* :data:`RSAMPLE` — a reparameterized draw, with the same random stream as the Pyro class's ``rsample``;
+* :data:`KL` — the analytic :math:`D_{KL}[p \| q]` element-wise, as ``torch.distributions.kl`` defines it, and
+  :data:`KL_TO_STANDARD` for a constant ``q`` in its standard form (:data:`IS_STANDARD`: N(0, I) for a Normal),
+  which :data:`LOG_PROB_STANDARD` also scores with fewer operations.
+
+They are keyed by the Pyro class of a family (``DistributionBase.pyro_dist``), so a family with its own class (a
+subclass, e.g. :class:`~pyro_dgm.distributions.FactorizedBernoulli`) never inherits a closed form that is not its
+own. The callers use them only when torch's argument validation is off (:func:`validating`): with it on, the
+distribution objects are built as before, so a bad parameter or value is reported exactly as torch reports it.
+
+Examples
+--------
+>>> import torch, pyro.distributions as dist
+>>> loc, scale, x = torch.zeros(2, 3), torch.ones(2, 3), torch.randn(2, 3)
+>>> lp = LOG_PROB[dist.Normal]({"loc": loc, "scale": scale}, x, (-1,))
+>>> bool(torch.allclose(lp, dist.Normal(loc, scale).to_event(1).log_prob(x)))
+True
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pyro_dgm.utils.shapes import broadcast_shape
+
+__all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "validating",
+           "bernoulli_log_prob"]
+
+Params = Mapping[str, Tensor]
+_HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
+
+
+def validating() -> bool:
+    """Whether torch checks distribution arguments by default (``pyro.enable_validation``)."""
+    return bool(torch.distributions.Distribution._validate_args)
+
+
+def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    return t.sum(dims) if dims else t
+
+
+def _normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    loc, scale = params["loc"], params["scale"]
+    return _sum(-0.5 * ((x - loc) / scale).pow(2) - scale.log() - _HALF_LOG_2PI, dims)
+
+
+def _standard_normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    shape = broadcast_shape(x.shape, params["loc"].shape)
+    return _sum(-0.5 * (x if shape == x.shape else x.expand(shape)).pow(2) - _HALF_LOG_2PI, dims)
+
+
+def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """A Bernoulli scored by cross-entropy (any value in ``[0, 1]``), from ``probs`` or ``logits``."""
+    probs = params.get("probs")
+    if probs is None:
+        logits = params["logits"]
+        if logits.shape != x.shape:
+            logits, x = torch.broadcast_tensors(logits, x)
+        return -_sum(F.binary_cross_entropy_with_logits(logits, x, reduction="none"), dims)
+    if probs.shape != x.shape:
+        probs, x = torch.broadcast_tensors(probs, x)
+    return -_sum(F.binary_cross_entropy(probs, x, reduction="none"), dims)
+
+
+def _normal_rsample(params: Params) -> Tensor:
+    loc, scale = params["loc"], params["scale"]
+    shape = broadcast_shape(loc.shape, scale.shape)
+    eps = torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_()
+    return loc + eps * scale
+
+
+def _kl_normal_normal(p: Params, q: Params) -> Tensor:
+    var_ratio = (p["scale"] / q["scale"]).pow(2)
+    t1 = ((p["loc"] - q["loc"]) / q["scale"]).pow(2)
+    return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
+
+
+def _kl_normal_standard(p: Params) -> Tensor:
+    scale = p["scale"]
+    return 0.5 * (p["loc"].pow(2) + scale.pow(2) - 1) - scale.log()
+
+
+def _is_standard_normal(params: Params) -> bool:
+    return bool((params["loc"] == 0).all()) and bool((params["scale"] == 1).all())
+
+
+LOG_PROB: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {
+    dist.Normal: _normal_log_prob,  # the Bernoulli of pyro_dgm.distributions.exponential registers itself
+}
+RSAMPLE: dict[type, Callable[[Params], Tensor]] = {dist.Normal: _normal_rsample}
+KL: dict[tuple[type, type], Callable[[Params, Params], Tensor]] = {(dist.Normal, dist.Normal): _kl_normal_normal}
+#: For a constant ``q`` in its standard form (``IS_STANDARD``, e.g. the prior N(0, I)), :math:`D_{KL}[p \| q]`
+#: from ``p``'s parameters alone: fewer operations than the general form, the same value.
+IS_STANDARD: dict[type, Callable[[Params], bool]] = {dist.Normal: _is_standard_normal}
+LOG_PROB_STANDARD: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {
+    dist.Normal: _standard_normal_log_prob}
+KL_TO_STANDARD: dict[type, Callable[[Params], Tensor]] = {dist.Normal: _kl_normal_standard}

@@ -1,0 +1,231 @@
+"""The closed forms of the hot path (``pyro_dgm.distributions.closed_forms``).
+
+With torch's argument validation off, scoring, reparameterized draws and the analytic KL of the common families
+skip the distribution objects. These tests hold them to the objects they replace: the same values (compared with
+``torch.distributions``), the same random stream, the same gradients, the same errors, and the general path
+wherever a closed form does not apply (a Pyro handler listening, a family of its own, validation on).
+"""
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyro import poutine
+from torch import nn
+
+from pyro_dgm.distributions import Bernoulli, FactorizedBernoulli, Normal, ProductOfNormal, closed_forms
+from pyro_dgm.losses import ELBO, Expectation, KullbackLeibler, LogProb
+
+shapes = st.tuples(st.integers(1, 4), st.integers(1, 5))
+seeds = st.integers(0, 2 ** 16)
+
+
+@pytest.fixture
+def no_validation():  # type: ignore[no-untyped-def]
+    was = closed_forms.validating()
+    pyro.enable_validation(False)
+    yield
+    pyro.enable_validation(was)
+
+
+def _normal_params(shape: tuple[int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64), \
+        torch.rand(shape, generator=g, dtype=torch.float64) * 2 + 0.1
+
+
+# ---------------------------------------------------------------------------------------------- the formulas
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, seed=seeds)
+def test_normal_log_prob_is_torchs(shape, seed):  # type: ignore[no-untyped-def]
+    loc, scale = _normal_params(shape, seed)
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
+    lp = closed_forms.LOG_PROB[dist.Normal]({"loc": loc, "scale": scale}, x, (-1,))
+    torch.testing.assert_close(lp, torch.distributions.Normal(loc, scale).log_prob(x).sum(-1), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, seed=seeds, by_logits=st.booleans())
+def test_bernoulli_log_prob_is_the_cross_entropy(shape, seed, by_logits):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(shape, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    x = torch.rand(shape, generator=g, dtype=torch.float64)  # grey levels: the cross-entropy form
+    params = {"logits": probs.log() - (1 - probs).log()} if by_logits else {"probs": probs}
+    lp = closed_forms.LOG_PROB[Bernoulli.pyro_dist](params, x, (-1,))
+    expected = (x * probs.log() + (1 - x) * (1 - probs).log()).sum(-1)
+    torch.testing.assert_close(lp, expected, rtol=1e-10, atol=1e-10)
+    binary = torch.bernoulli(probs, generator=g)  # on {0, 1}, torch's Bernoulli
+    torch.testing.assert_close(closed_forms.LOG_PROB[Bernoulli.pyro_dist](params, binary, ()),
+                               torch.distributions.Bernoulli(probs=probs).log_prob(binary), rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, seed=seeds)
+def test_normal_rsample_is_torchs_stream_and_gradient(shape, seed):  # type: ignore[no-untyped-def]
+    loc, scale = (t.requires_grad_() for t in _normal_params(shape, seed))
+    torch.manual_seed(seed)
+    z = closed_forms.RSAMPLE[dist.Normal]({"loc": loc, "scale": scale})
+    torch.manual_seed(seed)
+    expected = torch.distributions.Normal(loc, scale).rsample()
+    assert torch.equal(z, expected)
+    g_loc, g_scale = torch.autograd.grad(z.sum(), (loc, scale))
+    assert torch.equal(g_loc, torch.ones_like(loc))  # dz/dloc = 1, dz/dscale = eps
+    torch.testing.assert_close(g_scale, ((z - loc) / scale).detach())
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, seed=seeds)
+def test_normal_kl_is_torchs(shape, seed):  # type: ignore[no-untyped-def]
+    p_loc, p_scale = _normal_params(shape, seed)
+    q_loc, q_scale = _normal_params(shape, seed + 1)
+    P, Q = torch.distributions.Normal(p_loc, p_scale), torch.distributions.Normal(q_loc, q_scale)
+    kl = closed_forms.KL[dist.Normal, dist.Normal]({"loc": p_loc, "scale": p_scale}, {"loc": q_loc, "scale": q_scale})
+    torch.testing.assert_close(kl, torch.distributions.kl_divergence(P, Q), rtol=1e-10, atol=1e-12)
+    std = closed_forms.KL_TO_STANDARD[dist.Normal]({"loc": p_loc, "scale": p_scale})
+    S = torch.distributions.Normal(torch.zeros(shape, dtype=torch.float64), torch.ones(shape, dtype=torch.float64))
+    torch.testing.assert_close(std, torch.distributions.kl_divergence(P, S), rtol=1e-10, atol=1e-12)
+
+
+def test_standard_form_is_recognized_only_for_standard_constants():
+    assert closed_forms.IS_STANDARD[dist.Normal]({"loc": torch.zeros(1, 3), "scale": torch.ones(1, 3)})
+    assert not closed_forms.IS_STANDARD[dist.Normal]({"loc": torch.zeros(1, 3), "scale": torch.full((1, 3), 2.)})
+    assert not closed_forms.IS_STANDARD[dist.Normal]({"loc": torch.tensor([[0., 1e-7]]), "scale": torch.ones(1, 2)})
+
+
+# ---------------------------------------------------------------------------------------------- the hot path
+class _Enc(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.fc = nn.Linear(6, 3)
+        self.fs = nn.Linear(6, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return {"loc": self.fc(x), "scale": nn.functional.softplus(self.fs(x)) + 0.1}
+
+
+class _Dec(Bernoulli):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.fc = nn.Linear(3, 6)
+
+    def forward(self, z):  # type: ignore[no-untyped-def]
+        return {"probs": torch.sigmoid(self.fc(z))}
+
+
+def _losses():  # type: ignore[no-untyped-def]
+    torch.manual_seed(3)
+    q, p = _Enc(), _Dec()
+    prior = Normal(loc=0., scale=1., var=["z"], features_shape=[3], name="p_{prior}")
+    shifted = Normal(loc=0.5, scale=2., var=["z"], features_shape=[3], name="r")
+    return (q, p, prior), {
+        "analytic": (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).sum(),
+        "analytic, other prior": (KullbackLeibler(q, shifted) - Expectation(q, LogProb(p))).mean(),
+        "MC": -ELBO(p * prior, q).sum(),
+        "MC, 3 samples": -ELBO(p * prior, q, sample_shape=[3]).mean(),
+        "element-wise": (-Expectation(q, p.log_prob(sum_features=False).sum())),
+        "replace_var": (KullbackLeibler(q.replace_var(x="y"), prior) - LogProb(p.replace_var(x="y"))).sum(),
+    }
+
+
+@pytest.mark.parametrize("name", ["analytic", "analytic, other prior", "MC", "MC, 3 samples", "element-wise",
+                                  "replace_var"])
+def test_values_and_gradients_match_the_general_path(name):  # type: ignore[no-untyped-def]
+    (q, p, _), losses = _losses()
+    loss = losses[name]
+    x = torch.bernoulli(torch.full((5, 6), 0.4))
+    data = {"x": x, "y": x, "z": torch.randn(5, 3)}
+    out = {}
+    for validate in (True, False):  # on: distribution objects; off: closed forms
+        pyro.enable_validation(validate)
+        try:
+            torch.manual_seed(11)
+            value = loss.eval(data)
+            grads = torch.autograd.grad(value, [*q.parameters(), *p.parameters()], allow_unused=True)
+        finally:
+            pyro.enable_validation(True)
+        out[validate] = (value, grads)
+    torch.testing.assert_close(out[False][0], out[True][0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(out[False][1], out[True][1]):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_hot_path_builds_no_distribution_objects(no_validation, monkeypatch):  # type: ignore[no-untyped-def]
+    (q, p, prior), losses = _losses()
+    built = []
+    for cls in (dist.Normal, Bernoulli.pyro_dist):
+        init = cls.__init__
+        monkeypatch.setattr(cls, "__init__", lambda self, *a, _init=init, **k: (built.append(type(self)),
+                                                                                  _init(self, *a, **k))[1])
+    x = torch.bernoulli(torch.full((5, 6), 0.4))
+    losses["analytic"].eval({"x": x}).backward()
+    losses["MC"].eval({"x": x}).backward()
+    assert built == []
+    pyro.enable_validation(True)  # the general path builds them (the check above would see it)
+    losses["analytic"].eval({"x": x})
+    assert dist.Normal in built and Bernoulli.pyro_dist in built
+
+
+def test_draws_are_pyro_sites_when_a_handler_listens(no_validation):  # type: ignore[no-untyped-def]
+    (q, _, _), _ = _losses()
+    x = torch.randn(4, 6)
+    with poutine.trace() as tr:
+        z = q.sample({"x": x}, reparam=True)["z"]
+    assert tr.trace.nodes["z"]["type"] == "sample" and tr.trace.nodes["z"]["value"] is z
+    with poutine.condition(data={"z": torch.zeros(4, 3)}):
+        assert torch.equal(q.sample({"x": x}, reparam=True)["z"], torch.zeros(4, 3))
+
+
+def test_families_with_their_own_class_keep_it(no_validation):  # type: ignore[no-untyped-def]
+    p = FactorizedBernoulli(probs=torch.tensor([0.25, 0.5]), var=["x"])  # zeros are missing features: log 1 = 0
+    assert torch.allclose(p.get_log_prob({"x": torch.tensor([[1., 0.]])}), torch.tensor([math.log(0.25)]))
+    a = Normal(loc="x", scale=1., var=["z"], cond_var=["x"])
+    poe = ProductOfNormal([a], name="q")
+    assert not poe._plain and poe._closed_lp is None  # it builds its distribution its own way
+    z = poe.sample({"x": torch.zeros(2, 1)}, reparam=True)["z"]
+    assert z.shape == (2, 1)
+
+
+def test_the_standard_form_follows_in_place_changes(no_validation):  # type: ignore[no-untyped-def]
+    (q, _, prior), _ = _losses()
+    kl = KullbackLeibler(q, prior)
+    x = torch.randn(4, 6)
+    before = kl.eval({"x": x})
+    with torch.no_grad():
+        prior.loc.fill_(1.0)  # no longer N(0, I): the cached test must not answer
+    after = kl.eval({"x": x})
+    pyro.enable_validation(True)
+    torch.testing.assert_close(after, kl.eval({"x": x}))
+    assert not torch.allclose(before, after)
+
+
+def test_errors_name_the_distribution_without_validation(no_validation):  # type: ignore[no-untyped-def]
+    (q, p, prior), _ = _losses()
+    with pytest.raises(ValueError, match=r"_Enc q\(z\|x\).*'z'.*\(4, 2\)"):
+        q.get_log_prob({"x": torch.randn(4, 6), "z": torch.randn(4, 2)})
+    with pytest.raises(ValueError, match=r"missing.*'x'|'x'.*missing"):
+        KullbackLeibler(q, prior).eval({"y": torch.randn(4, 6)})
+    narrow = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="r")
+    with pytest.raises(ValueError, match=r"KullbackLeibler.*q\(z\|x\).*r\(z\)"):
+        KullbackLeibler(q, narrow).eval({"x": torch.randn(4, 6)})
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=shapes, seed=seeds, wide=st.booleans())
+def test_standard_normal_log_prob_is_torchs(shape, seed, wide):  # type: ignore[no-untyped-def]
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    n, f = shape
+    params = {"loc": torch.zeros(1, f, dtype=torch.float64), "scale": torch.ones(1, f, dtype=torch.float64)}
+    if wide:  # a value narrower than the parameters broadcasts to them, as torch's log_prob does
+        x = x[:, :1]
+    lp = closed_forms.LOG_PROB_STANDARD[dist.Normal](params, x, ())
+    expected = torch.distributions.Normal(params["loc"], params["scale"]).log_prob(x)
+    assert lp.shape == expected.shape
+    torch.testing.assert_close(lp, expected, rtol=1e-12, atol=1e-12)
