@@ -87,6 +87,21 @@ class Result:
         return (q[0], q[2])
 
 
+def paired_ratio(res: Result, base: Result | None) -> tuple[float, float, float] | None:
+    """The median and 25–75 % range of ``res``'s per-round time over ``base``'s in the same round.
+
+    Contenders of one round run back to back, so a slow phase of a shared machine (another job, a frequency change)
+    hits both times of a pair; taking the ratio within each round, before the median, cancels it.
+    """
+    if base is None or not base.ms or not res.ms:
+        return None
+    ratios = [a / b for a, b in zip(res.ms, base.ms)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q = statistics.quantiles(ratios, n=4, method="inclusive")
+    return statistics.median(ratios), q[0], q[2]
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -267,9 +282,9 @@ def _fmt(x: float | None, nd: int = 2) -> str:
 
 def markdown_table(results: dict[str, Result], title_cols: Sequence[str] = (), title_vals: Sequence[str] = ()
                    ) -> str:
-    """One row per contender: median ms/step, 25–75 % range, fastest round, ratio of medians to its raw-PyTorch
-    baseline, peak memory."""
-    head = [*title_cols, "contender", "ms/step (median)", "25–75 %", "min", "× torch", "peak mem (MiB)"]
+    """One row per contender: median ms/step, 25–75 % range, fastest round, its time over its raw-PyTorch baseline's
+    (median and 25–75 % range of the per-round ratios, :func:`paired_ratio`), peak memory."""
+    head = [*title_cols, "contender", "ms/step (median)", "25–75 %", "min", "× torch (25–75 %)", "peak mem (MiB)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for res in results.values():
         if res.error and not res.ms:
@@ -278,9 +293,10 @@ def markdown_table(results: dict[str, Result], title_cols: Sequence[str] = (), t
             lines.append("| " + " | ".join(row) + " |")
             continue
         base = results.get(res.baseline) if res.baseline else None
-        ratio = res.median / base.median if base is not None and base.ms else None
+        ratio = paired_ratio(res, base)
         lo, hi = res.spread
-        ratio_text = "1.00 (baseline)" if res.baseline == res.name else _fmt(ratio)
+        ratio_text = ("1.00 (baseline)" if res.baseline == res.name else
+                      f"{_fmt(ratio[0])} ({_fmt(ratio[1])}–{_fmt(ratio[2])})" if ratio else "–")
         row = [*title_vals, res.name, _fmt(res.median), f"{_fmt(lo)}–{_fmt(hi)}", _fmt(min(res.ms)), ratio_text,
                _fmt(res.mem_mib, 1)]
         lines.append("| " + " | ".join(row) + " |")
@@ -309,8 +325,8 @@ def pivot_tables(per_config: dict[str, dict[str, Result]], config_header: str) -
                 t_row.append("skipped" if r.error else "–")
             else:
                 base = per_config[c].get(r.baseline) if r.baseline else None
-                ratio = r.median / base.median if base is not None and base.ms else None
-                t_row.append(f"{r.median:.1f} ({_fmt(ratio)})")
+                ratio = paired_ratio(r, base)
+                t_row.append(f"{r.median:.1f} ({_fmt(ratio[0] if ratio else None)})")
             m_row.append(_fmt(r.mem_mib, 1))
         t_lines.append("| " + " | ".join(t_row) + " |")
         m_lines.append("| " + " | ".join(m_row) + " |")

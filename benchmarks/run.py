@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import os
 import platform
@@ -65,11 +66,25 @@ def environment(device: torch.device, args: argparse.Namespace) -> str:
         f"- machine: {machine}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); pyro "
         f"{pyro.__version__}; pixyz {pixyz_version}; Python {platform.python_version()}",
         f"- settings: {'--quick' if args.quick else 'full'}; rounds overridden: {args.rounds or 'no'}; "
-        f"distribution argument validation: {'off (--no-validate)' if args.no_validate else 'library default (on)'}",
+        f"distribution argument validation: {'off (--no-validate)' if args.no_validate else 'library default (on)'}"
+        f"; allocator: {'glibc, fixed thresholds (--steady-malloc)' if args.steady_malloc else 'glibc defaults'}",
         f"- load average at the start (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())} "
         "(other jobs on the machine make every row slower and noisier; the rows are interleaved, so ratios suffer "
         "less than absolute times)",
     ])
+
+
+def steady_malloc() -> None:
+    """Fix glibc's allocator thresholds for the whole process, before any contender is built.
+
+    By default glibc returns the free top of the heap to the OS once it exceeds a threshold that it adapts as the
+    program runs; the next step then faults those pages back in (hundreds of faults a step at #h = 400). Which
+    contender pays depends on the heap's history (the order they run in, what ran before), not on its code. With
+    mmap threshold 32 MiB and trim threshold 1 GiB, freed memory is kept and reused, so steps measure computation.
+    """
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD (its maximum on 64-bit)
+    libc.mallopt(-1, 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD
 
 
 def cleanup() -> None:
@@ -92,7 +107,8 @@ def _long_table(per_config: dict[str, dict[str, harness.Result]], cols: list[str
 
 def _report(per_config: dict[str, dict[str, harness.Result]], header: str, cols: list[str], memory: bool) -> str:
     times, mems = harness.pivot_tables(per_config, header)
-    out = ["ms per step, median over rounds (ratio to the raw-PyTorch row of the same estimator):", "", times, ""]
+    out = ["ms per step, median over rounds; in parentheses, × raw PyTorch: the median over rounds of the step time "
+           "over that of the raw-PyTorch row of the same estimator in the same round:", "", times, ""]
     if memory:
         out += ["Peak memory (MiB; see harness.py for what it measures):", "", mems, ""]
     out += ["<details><summary>Per-configuration details (25–75 % range of the per-round times)</summary>", "",
@@ -168,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-validate", action="store_true",
                     help="pyro.enable_validation(False): no argument checks in Pyro/torch distributions")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (default 1)")
+    ap.add_argument("--steady-malloc", action="store_true",
+                    help="glibc keeps freed memory (fixed mmap/trim thresholds, the same for every contender): "
+                         "no page faults from heap trimming, whose cost depends on the allocation history")
     args = ap.parse_args(argv)
+    if args.steady_malloc:
+        steady_malloc()
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -10,7 +10,8 @@ import copy
 from typing import Any, Mapping, Sequence
 
 
-from pyro_dgm.distributions.base import Distribution, _Binding, _Pass, expand_batch_n
+from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.distributions.calls import _Binding, _Pass, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.utils.checks import describe
 

@@ -11,18 +11,16 @@ a plain call, and under ``poutine.trace``/``condition``/``replay``/``plate``... 
 """
 from __future__ import annotations
 
-import inspect
 import textwrap
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import networkx as nx
 import pyro
 import torch
-from pyro.poutine.runtime import _PYRO_STACK, effectful
-from pyro.poutine.trace_messenger import TraceMessenger
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor, nn
 
-from pyro_dgm.poutine.memoize_messenger import MemoizeMessenger
+from pyro_dgm.distributions.calls import _Binding, _Pass, _quiet
 from pyro_dgm.utils.checks import as_var_list, check_present, describe
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import prob_text as _prob_text
@@ -34,89 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Distribution", "sum_samples"]
 
 ValuesLike = Mapping[str, Any] | Tensor | Sequence[Tensor] | None
-
-
-def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    return module(*args, **kwargs)
-
-
-_effectful_network = effectful(_call_network, type="dgm_params")
-
-
-def _quiet(stack: list[Any]) -> bool:
-    """Whether no active handler looks at sample sites or network calls: each is a memoizer, or the param-only
-    trace with which ``SVI.step`` collects the parameters (it records ``pyro.param`` sites and nothing else)."""
-    for m in stack:
-        t = type(m)
-        if t is not MemoizeMessenger and not (t is TraceMessenger and m.param_only):
-            return False
-    return True
-
-
-def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """Run a distribution's network: the effect ``"dgm_params"`` that a memoizing handler answers.
-
-    With no handler active it is ``module(*args, **kwargs)``; with only memoizers active (and handlers that ignore
-    it, see :func:`_quiet`) it asks the innermost memoizer directly, without building a Pyro message; otherwise
-    it goes through Pyro's handler stack.
-    """
-    stack = _PYRO_STACK
-    if not stack:
-        return module(*args, **kwargs)
-    if _quiet(stack):
-        for m in reversed(stack):
-            if type(m) is MemoizeMessenger:
-                return m.call(module, args, kwargs)
-        return module(*args, **kwargs)
-    return _effectful_network(module, *args, **kwargs)
-
-
-_NO_SHAPE = torch.Size()
-
-
-class _Pass:
-    """The state of one ancestral pass: the options of the call and the event dims of what it drew so far."""
-
-    __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs")
-
-    def __init__(self, batch_n: int | None = None, sample_shape: Iterable[int] = _NO_SHAPE, reparam: bool = False,
-                 sample_mean: bool = False, obs: Mapping[str, Any] | None = None,
-                 kwargs: Mapping[str, Any] | None = None) -> None:
-        self.batch_n = batch_n
-        self.sample_shape = sample_shape if type(sample_shape) is torch.Size else torch.Size(sample_shape)
-        self.reparam = reparam
-        self.sample_mean = sample_mean
-        self.obs = obs  # None: not a Pyro model/guide run; else the observed values by name
-        self.event_dims: dict[str, int] = {}
-        self.kwargs = kwargs or {}
-
-
-class _Binding:
-    """Which variable names an atomic distribution reads and writes.
-
-    ``replace_var`` makes a renamed binding over the same modules, so a renamed distribution runs the same code
-    with other names instead of translating dicts on every call.
-    """
-
-    __slots__ = ("var", "cond_var", "input_var", "fwd_pos", "fwd_kw", "param_vars")
-
-    def __init__(self, var: Sequence[str], cond_var: Sequence[str], input_var: Sequence[str],
-                 fwd_pos: Sequence[str] = (), fwd_kw: Sequence[tuple[str, str]] = (),
-                 param_vars: Sequence[tuple[str, str]] = ()) -> None:
-        self.var = tuple(var)
-        self.cond_var = tuple(cond_var)
-        self.input_var = tuple(input_var)
-        self.fwd_pos = tuple(fwd_pos)        # variables passed positionally to forward(), in its order
-        self.fwd_kw = tuple(fwd_kw)          # (forward's keyword, variable) for forward(**kwargs)
-        self.param_vars = tuple(param_vars)  # (parameter name, variable) for parameters given as a name
-
-    def renamed(self, m: Mapping[str, str]) -> "_Binding":
-        def r(names: Sequence[str]) -> tuple[str, ...]:
-            return tuple(m.get(v, v) for v in names)
-
-        return _Binding(r(self.var), r(self.cond_var), r(self.input_var), r(self.fwd_pos),
-                        tuple((k, m.get(v, v)) for k, v in self.fwd_kw),
-                        tuple((p, m.get(v, v)) for p, v in self.param_vars))
 
 
 class _EntryPoint:
@@ -154,18 +69,6 @@ def _unique_module_name(text: str) -> str:
     n = _MODULE_NAMES.get(text, 0)
     _MODULE_NAMES[text] = n + 1
     return text if n == 0 else f"{text}_{n}"
-
-
-def expand_batch_n(owner: Any, d: Any, batch_n: int) -> Any:
-    """``d`` with its leading batch dim (of size 1) expanded to ``batch_n``; raises naming ``owner`` if it differs."""
-    batch = d.batch_shape
-    lead = batch[0] if batch else 1
-    if lead == batch_n:
-        return d
-    if lead != 1:
-        raise ValueError(f"{describe(owner)}: batch_n={batch_n} does not match the batch size {lead} of its "
-                         "parameters")
-    return d.expand(torch.Size([batch_n]) + batch[1:])
 
 
 def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
@@ -661,45 +564,3 @@ class Distribution(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Subclasses that hold a network override this: it maps ``cond_var`` values to parameters."""
         raise NotImplementedError(f"{describe(self)} has no network: forward() is not defined")
-
-
-def forward_binding(dist: Distribution, used_by_params: Iterable[str],
-                    example_param: str = "loc") -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """Bind ``forward``'s arguments to ``cond_var``; raise naming the distribution if they differ.
-
-    Returns the variables passed positionally (in forward's order) and ``(keyword, variable)`` pairs for a
-    ``forward(**kwargs)``. Every ``cond_var`` must reach forward or a parameter given by name.
-    """
-    used = set(used_by_params)
-    cond = dist.cond_var
-    if type(dist).forward is Distribution.forward:
-        unused = [v for v in cond if v not in used]
-        if unused:
-            raise ValueError(f"{describe(dist)}: cond_var {unused[0]!r} is used by no parameter; name it as a "
-                             f"parameter (e.g. {example_param}={unused[0]!r}) or subclass {type(dist).__name__} with "
-                             f"forward({', '.join(cond)}) returning the parameters")
-        return (), ()
-    sig = inspect.signature(type(dist).forward)
-    params = list(sig.parameters.values())[1:]  # skip self
-    pos: list[str] = []
-    var_kw = False
-    for prm in params:
-        if prm.kind is prm.VAR_KEYWORD:
-            var_kw = True
-        elif prm.kind is prm.VAR_POSITIONAL:
-            raise TypeError(f"{describe(dist)}: forward(*{prm.name}) cannot be bound to cond_var {cond}; "
-                            "name forward's arguments after cond_var")
-        elif prm.name in cond:
-            pos.append(prm.name)
-        elif prm.default is prm.empty:
-            raise ValueError(f"{describe(dist)}: forward() takes {prm.name!r}, which is not in cond_var {cond}; "
-                             "name forward's arguments after cond_var")
-    kw: list[tuple[str, str]] = []
-    if var_kw:
-        kw = [(v, v) for v in cond if v not in pos and v not in used]
-    unused = [v for v in cond if v not in pos and v not in used and (v, v) not in kw]
-    if unused:
-        raise ValueError(f"{describe(dist)}: cond_var {unused[0]!r} is not an argument of forward("
-                         f"{', '.join(p.name for p in params)}) nor a parameter given by name; "
-                         "name forward's arguments after cond_var")
-    return tuple(pos), tuple(kw)

@@ -10,10 +10,12 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution as _TorchDistribution
 
 from pyro_dgm.distributions import closed_forms
-from pyro_dgm.distributions.base import (_PYRO_STACK, Distribution, ValuesLike, _Binding, _quiet, _Pass,
-                                         expand_batch_n, forward_binding, run_network)
+from pyro_dgm.distributions.base import Distribution, ValuesLike
+from pyro_dgm.distributions.calls import (_PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n, forward_binding,
+                                          run_network)
 from pyro_dgm.utils.checks import describe
 from pyro_dgm.utils.shapes import broadcast_shape
 
@@ -135,6 +137,13 @@ class DistributionBase(Distribution):
     def _binding(self) -> _Binding:
         return self._b
 
+    def _draw(self, values: dict[str, Any], ctx: _Pass) -> None:
+        self._draw_with(self._b, values, ctx)
+
+    def _score(self, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+               feature_dims: Sequence[int] | None) -> Tensor:
+        return self._score_with(self._b, values, ctx, sum_features, feature_dims)
+
     @property
     def has_reparam(self) -> bool:
         return bool(self.pyro_dist.has_rsample)
@@ -196,7 +205,7 @@ class DistributionBase(Distribution):
         ``None`` where the general path must run: torch's argument validation is on (the distribution objects
         check the arguments), an input is missing (the general path names it), or a parameter is not a tensor.
         """
-        if closed_forms.validating():
+        if _TorchDistribution._validate_args:
             return None
         for v in b.input_var:
             if v not in values:

@@ -23,7 +23,8 @@ from torch import Tensor
 from torch.distributions import Transform
 
 from pyro_dgm.distributions._atomic import check_inner, expand_root, site_fn
-from pyro_dgm.distributions.base import Distribution, ValuesLike, _Binding, _Pass
+from pyro_dgm.distributions.base import Distribution, ValuesLike
+from pyro_dgm.distributions.calls import _Binding, _Pass
 from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import as_var_list, describe

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
 
 from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, expand_root, inputs_of, site_fn, unwrap
-from pyro_dgm.distributions.base import Distribution, ValuesLike, _Binding, _Pass
+from pyro_dgm.distributions.base import Distribution, ValuesLike
+from pyro_dgm.distributions.calls import _Binding, _Pass
 from pyro_dgm.distributions.exponential import Categorical
 from pyro_dgm.utils.checks import describe
 

@@ -5,7 +5,8 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
-from pyro_dgm.distributions.base import Distribution, _Binding, _Pass
+from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.distributions.calls import _Binding, _Pass
 from pyro_dgm.distributions.joint import MultiplyDistribution
 from pyro_dgm.utils.checks import describe
 

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, inputs_of, site_params
-from pyro_dgm.distributions.base import Distribution, _Binding, _Pass
+from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.distributions.calls import _Binding, _Pass
 from pyro_dgm.distributions.exponential import Normal
 from pyro_dgm.utils.checks import describe
 

@@ -8,7 +8,8 @@ from typing import Any, Callable, Mapping, Sequence
 import pyro
 from torch import Tensor
 
-from pyro_dgm.distributions.base import Distribution, _Binding, _Pass, forward_binding, run_network, sum_samples
+from pyro_dgm.distributions.base import Distribution, sum_samples
+from pyro_dgm.distributions.calls import _Binding, _Pass, forward_binding, run_network
 from pyro_dgm.utils.checks import describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]

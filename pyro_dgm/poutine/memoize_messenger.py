@@ -47,7 +47,7 @@ def _arg_key(a: Any) -> Hashable:
 class MemoizeMessenger(Messenger):
     """Reuse a distribution's parameters (its network's forward pass) for the same inputs within one scope.
 
-    Networks run through the ``"dgm_params"`` effect (see :func:`pyro_dgm.distributions.base.run_network`). The key
+    Networks run through the ``"dgm_params"`` effect (see :func:`pyro_dgm.distributions.calls.run_network`). The key
     is the module, the identity and version of each input tensor, the other arguments, the module's train/eval mode
     and whether grad is enabled; a hit returns the same parameter tensors, so autograd sees one forward pass. The
     cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives it, so a tensor
@@ -86,7 +86,10 @@ class MemoizeMessenger(Messenger):
         if not getattr(module, "memoizable", True):
             return None
         kw = tuple((k, _arg_key(v)) for k, v in kwargs.items()) if kwargs else ()
-        return (id(module), module.training, torch.is_grad_enabled(), tuple(_arg_key(a) for a in args), kw)
+        keys = []
+        for a in args:
+            keys.append((id(a), a._version) if type(a) is torch.Tensor else _arg_key(a))
+        return (id(module), module.training, torch.is_grad_enabled(), tuple(keys), kw)
 
     def lookup(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Hashable | None, Any]:
         """The key of a call and its cached value (``None`` on a miss or when memoization is off)."""
