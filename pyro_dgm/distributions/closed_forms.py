@@ -98,14 +98,19 @@ def _is_standard_normal(params: Params) -> bool:
     return bool((params["loc"] == 0).all()) and bool((params["scale"] == 1).all())
 
 
+#: Pyro class -> ``f(params, value, dims)``: the log-density of ``value``, summed over ``dims``.
 LOG_PROB: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {
     dist.Normal: _normal_log_prob,  # the Bernoulli of pyro_dgm.distributions.exponential registers itself
 }
+#: Pyro class -> ``f(params)``: a reparameterized draw, with the random stream of the class's ``rsample``.
 RSAMPLE: dict[type, Callable[[Params], Tensor]] = {dist.Normal: _normal_rsample}
+#: (Pyro class of p, Pyro class of q) -> ``f(p_params, q_params)``: the element-wise analytic KL[p || q].
 KL: dict[tuple[type, type], Callable[[Params, Params], Tensor]] = {(dist.Normal, dist.Normal): _kl_normal_normal}
-#: For a constant ``q`` in its standard form (``IS_STANDARD``, e.g. the prior N(0, I)), :math:`D_{KL}[p \| q]`
-#: from ``p``'s parameters alone: fewer operations than the general form, the same value.
+#: Pyro class -> ``f(params)``: whether constant parameters are the family's standard form (N(0, I) for a Normal).
 IS_STANDARD: dict[type, Callable[[Params], bool]] = {dist.Normal: _is_standard_normal}
+#: Pyro class -> ``f(params, value, dims)``: :data:`LOG_PROB` for parameters in the standard form, with fewer
+#: operations.
 LOG_PROB_STANDARD: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {
     dist.Normal: _standard_normal_log_prob}
+#: Pyro class -> ``f(p_params)``: :data:`KL` against ``q`` in the standard form, from ``p``'s parameters alone.
 KL_TO_STANDARD: dict[type, Callable[[Params], Tensor]] = {dist.Normal: _kl_normal_standard}
