@@ -21,7 +21,7 @@ demo: $(VENV)/.installed
 # their closed-form hot path (pyro_dgm/distributions/closed_forms.py), which must give the same results
 test: $(VENV)/.installed
 	$(PY) -m pytest
-	$(PY) -m pytest -q --validate-args=off tests/distributions tests/losses tests/models tests/poutine tests/flows \
+	$(PY) -m pytest --validate-args=off tests/distributions tests/losses tests/models tests/poutine tests/flows \
 		tests/test_pyro_contract.py
 
 # the HTML documentation in docs/_build/html (API pages from the docstrings, the tutorials as stored, not executed)

@@ -14,8 +14,13 @@ deep generative models use on every step, these functions compute the same value
 
 They are keyed by the Pyro class of a family (``DistributionBase.pyro_dist``), so a family with its own class (a
 subclass, e.g. :class:`~pyro_dgm.distributions.FactorizedBernoulli`) never inherits a closed form that is not its
-own. The callers use them only when torch's argument validation is off (:func:`validating`): with it on, the
-distribution objects are built as before, so a bad parameter or value is reported exactly as torch reports it.
+own.
+
+With torch's argument validation on (:func:`validating`, torch's and Pyro's default), the callers first make the
+checks the distribution object would make (:func:`valid_params`, :func:`valid_value`: the class's
+``arg_constraints`` and ``support``); when one fails they build the object after all, so a bad parameter or value
+is reported exactly as torch reports it. :func:`disabled` turns the closed forms off (for comparisons and
+debugging).
 
 Examples
 --------
@@ -27,8 +32,9 @@ True
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import pyro.distributions as dist
 import torch
@@ -38,15 +44,62 @@ from torch import Tensor
 from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "validating",
-           "bernoulli_log_prob"]
+           "valid_params", "valid_value", "disabled", "bernoulli_log_prob"]
 
 Params = Mapping[str, Tensor]
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
 
 
+ENABLED = [True]
+
+
 def validating() -> bool:
     """Whether torch checks distribution arguments by default (``pyro.enable_validation``)."""
     return bool(torch.distributions.Distribution._validate_args)
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block, every distribution builds its ``pyro.distributions`` object (the general path).
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> p = Normal(loc=0., scale=1., var=["x"], features_shape=[2])
+    >>> with disabled():
+    ...     general = p.get_log_prob({"x": torch.ones(1, 2)})
+    >>> bool(torch.allclose(general, p.get_log_prob({"x": torch.ones(1, 2)})))
+    True
+    """
+    was = ENABLED[0]
+    ENABLED[0] = False
+    try:
+        yield
+    finally:
+        ENABLED[0] = was
+
+
+def valid_params(cls: type, params: Params, skip: tuple[str, ...] = ()) -> bool:
+    """Whether ``params`` satisfy ``cls.arg_constraints``, as ``cls(**params)`` checks them under validation.
+
+    ``skip`` names parameters checked before (constants, checked when the distribution was built).
+    """
+    constraints = cls.arg_constraints
+    for name, value in params.items():
+        c = constraints.get(name)
+        if c is None or name in skip or torch.distributions.constraints.is_dependent(c):
+            continue
+        if not torch._is_all_true(c.check(value)):
+            return False
+    return True
+
+
+def valid_value(cls: type, value: Tensor) -> bool:
+    """Whether ``value`` lies in ``cls.support``, as ``log_prob`` checks it under validation."""
+    support = cls.support
+    if torch.distributions.constraints.is_dependent(support):
+        return False  # a support that depends on the parameters: let the object check it
+    return bool(torch._is_all_true(support.check(value)))
 
 
 def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:

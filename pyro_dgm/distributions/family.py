@@ -202,10 +202,11 @@ class DistributionBase(Distribution):
                        ) -> tuple[dict[str, Tensor], int] | None:
         """The parameters and their largest number of dims, for the closed forms of :mod:`.closed_forms`.
 
-        ``None`` where the general path must run: torch's argument validation is on (the distribution objects
-        check the arguments), an input is missing (the general path names it), or a parameter is not a tensor.
+        ``None`` where the general path must run: the closed forms are off, an input is missing (the general path
+        names it), a parameter is not a tensor, or, under torch's argument validation, a parameter breaks its
+        constraint (the general path raises torch's error).
         """
-        if _TorchDistribution._validate_args:
+        if not closed_forms.ENABLED[0]:
             return None
         for v in b.input_var:
             if v not in values:
@@ -217,6 +218,9 @@ class DistributionBase(Distribution):
                 return None
             if t.dim() > nd:
                 nd = t.dim()
+        if _TorchDistribution._validate_args and not closed_forms.valid_params(self.pyro_dist, params,
+                                                                                self._const_names):
+            return None
         return params, nd
 
     def _closed_kl(self, other: Distribution, values: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Tensor | None:
@@ -361,6 +365,9 @@ class DistributionBase(Distribution):
             raise TypeError(f"{describe(self)}: the value of {b.var[0]!r} must be a tensor, got {type(x).__name__}")
         if self._closed_lp is not None and (b.input_var or self._features_shape):
             got = self._closed_params(b, values, ctx)
+            if got is not None and _TorchDistribution._validate_args and not closed_forms.valid_value(
+                    self.pyro_dist, x):
+                got = None  # the general path raises torch's error about the value
             if got is not None:
                 ev = max(got[1] - self._batch_ndim(b, values, ctx), 0)
                 whole = sum_features and feature_dims is None

@@ -1,9 +1,10 @@
 """The closed forms of the hot path (``pyro_dgm.distributions.closed_forms``).
 
-With torch's argument validation off, scoring, reparameterized draws and the analytic KL of the common families
-skip the distribution objects. These tests hold them to the objects they replace: the same values (compared with
-``torch.distributions``), the same random stream, the same gradients, the same errors, and the general path
-wherever a closed form does not apply (a Pyro handler listening, a family of its own, validation on).
+Scoring, reparameterized draws and the analytic KL of the common families skip the distribution objects (under
+torch's argument validation, after making the objects' checks). These tests hold them to the objects they replace:
+the same values (compared with ``torch.distributions``), the same random stream, the same gradients, the same
+errors, and the general path wherever a closed form does not apply (a Pyro handler listening, a family of its own,
+``closed_forms.disabled()``).
 """
 from __future__ import annotations
 
@@ -132,32 +133,36 @@ def _losses():  # type: ignore[no-untyped-def]
     }
 
 
+@pytest.mark.parametrize("validate", [True, False])
 @pytest.mark.parametrize("name", ["analytic", "analytic, other prior", "MC", "MC, 3 samples", "element-wise",
                                   "replace_var"])
-def test_values_and_gradients_match_the_general_path(name):  # type: ignore[no-untyped-def]
+def test_values_and_gradients_match_the_general_path(name, validate):  # type: ignore[no-untyped-def]
     (q, p, _), losses = _losses()
     loss = losses[name]
     x = torch.bernoulli(torch.full((5, 6), 0.4))
     data = {"x": x, "y": x, "z": torch.randn(5, 3)}
+    pyro.enable_validation(validate)
     out = {}
-    for validate in (True, False):  # on: distribution objects; off: closed forms
-        pyro.enable_validation(validate)
-        try:
-            torch.manual_seed(11)
+    for closed in (False, True):  # the distribution objects, then the closed forms
+        torch.manual_seed(11)
+        if closed:
             value = loss.eval(data)
-            grads = torch.autograd.grad(value, [*q.parameters(), *p.parameters()], allow_unused=True)
-        finally:
-            pyro.enable_validation(True)
-        out[validate] = (value, grads)
-    torch.testing.assert_close(out[False][0], out[True][0], rtol=1e-6, atol=1e-6)
-    for a, b in zip(out[False][1], out[True][1]):
+        else:
+            with closed_forms.disabled():
+                value = loss.eval(data)
+        grads = torch.autograd.grad(value, [*q.parameters(), *p.parameters()], allow_unused=True)
+        out[closed] = (value, grads)
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(out[True][1], out[False][1]):
         if a is None or b is None:
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_the_hot_path_builds_no_distribution_objects(no_validation, monkeypatch):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("validate", [True, False])
+def test_the_hot_path_builds_no_distribution_objects(validate, monkeypatch):  # type: ignore[no-untyped-def]
+    pyro.enable_validation(validate)
     (q, p, prior), losses = _losses()
     built = []
     for cls in (dist.Normal, Bernoulli.pyro_dist):
@@ -168,8 +173,8 @@ def test_the_hot_path_builds_no_distribution_objects(no_validation, monkeypatch)
     losses["analytic"].eval({"x": x}).backward()
     losses["MC"].eval({"x": x}).backward()
     assert built == []
-    pyro.enable_validation(True)  # the general path builds them (the check above would see it)
-    losses["analytic"].eval({"x": x})
+    with closed_forms.disabled():  # the general path builds them (the check above would see it)
+        losses["analytic"].eval({"x": x})
     assert dist.Normal in built and Bernoulli.pyro_dist in built
 
 
@@ -201,8 +206,8 @@ def test_the_standard_form_follows_in_place_changes(no_validation):  # type: ign
     with torch.no_grad():
         prior.loc.fill_(1.0)  # no longer N(0, I): the cached test must not answer
     after = kl.eval({"x": x})
-    pyro.enable_validation(True)
-    torch.testing.assert_close(after, kl.eval({"x": x}))
+    with closed_forms.disabled():
+        torch.testing.assert_close(after, kl.eval({"x": x}))
     assert not torch.allclose(before, after)
 
 
@@ -229,3 +234,41 @@ def test_standard_normal_log_prob_is_torchs(shape, seed, wide):  # type: ignore[
     expected = torch.distributions.Normal(params["loc"], params["scale"]).log_prob(x)
     assert lp.shape == expected.shape
     torch.testing.assert_close(lp, expected, rtol=1e-12, atol=1e-12)
+
+
+class _Signed(Normal):
+    """q(z|x) whose network can return a negative scale."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return {"loc": self.fc(x), "scale": x}
+
+
+def test_under_validation_bad_arguments_raise_torchs_error():  # type: ignore[no-untyped-def]
+    pyro.enable_validation(True)
+    q = _Signed()
+    good, bad = torch.ones(3, 2), -torch.ones(3, 2)
+    q.get_log_prob({"x": good, "z": good})  # fine
+    for call in (lambda: q.get_log_prob({"x": bad, "z": good}), lambda: q.sample({"x": bad}, reparam=True),
+                 lambda: KullbackLeibler(q, Normal(loc=0., scale=1., var=["z"], features_shape=[2])).eval({"x": bad})):
+        with pytest.raises(ValueError, match=r"_Signed q\(z\|x\).*scale.*GreaterThan"):
+            call()
+    p = Bernoulli(probs=torch.full((1, 2), 0.5), var=["x"])
+    for validate in (True, False):  # a value outside [0, 1]: the cross-entropy itself refuses it
+        pyro.enable_validation(validate)
+        with pytest.raises(ValueError, match=r"Bernoulli p\(x\).*'x'.*between 0 and 1"):
+            p.get_log_prob({"x": torch.full((3, 2), 2.0)})
+
+
+def test_the_checks_are_the_objects_checks():  # type: ignore[no-untyped-def]
+    ok = {"loc": torch.zeros(2), "scale": torch.ones(2)}
+    assert closed_forms.valid_params(dist.Normal, ok)
+    assert not closed_forms.valid_params(dist.Normal, {**ok, "scale": torch.tensor([1., 0.])})
+    assert not closed_forms.valid_params(dist.Normal, {**ok, "loc": torch.tensor([0., float("nan")])})
+    assert closed_forms.valid_params(dist.Normal, {**ok, "scale": -torch.ones(2)}, skip=("scale",))
+    assert closed_forms.valid_value(Bernoulli.pyro_dist, torch.tensor([0., 0.3, 1.]))
+    assert not closed_forms.valid_value(Bernoulli.pyro_dist, torch.tensor([0., 1.5]))
+    assert not closed_forms.valid_value(dist.Normal, torch.tensor([float("nan")]))
