@@ -3,8 +3,9 @@
 Every loss is also a :class:`pyro.infer.ELBO`, so it trains through ``pyro.infer.SVI`` as well as through our Model
 API.
 """
-from pyro_dgm.losses.adversarial import (AdversarialJensenShannon, AdversarialJSDivergence,
-                                         AdversarialKullbackLeibler, AdversarialLoss, AdversarialWassersteinDistance)
+from pyro_dgm.losses.adversarial import AdversarialLoss
+from pyro_dgm.losses.adversarial_divergences import (AdversarialJensenShannon, AdversarialJSDivergence,
+                                                     AdversarialKullbackLeibler, AdversarialWassersteinDistance)
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.losses.divergences import CrossEntropy, Entropy, KullbackLeibler
 from pyro_dgm.losses.elbo import ELBO, IWELBO, LogMarginal

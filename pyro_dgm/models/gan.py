@@ -8,7 +8,7 @@ from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.special import EmpiricalDistribution
-from pyro_dgm.losses.adversarial import AdversarialJensenShannon
+from pyro_dgm.losses.adversarial_divergences import AdversarialJensenShannon
 from pyro_dgm.losses.pdf import _check_distribution
 from pyro_dgm.models.model import Model
 
