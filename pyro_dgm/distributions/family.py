@@ -346,9 +346,14 @@ class DistributionBase(Distribution):
                 and not ctx.sample_shape and (not _PYRO_STACK or _quiet(_PYRO_STACK))):
             got = self._closed_params(b, values, ctx)
             if got is not None:  # a reparameterized draw, as pyro.sample would make with no handler listening
-                values[name] = self._closed_rs(got[0])
-                ctx.event_dims[name] = max(got[1] - self._batch_ndim(b, values, ctx), 0)
-                return
+                try:
+                    value = self._closed_rs(got[0])
+                except (RuntimeError, ValueError):
+                    pass  # the general path below reports it, naming this distribution and the shapes
+                else:
+                    values[name] = value
+                    ctx.event_dims[name] = max(got[1] - self._batch_ndim(b, values, ctx), 0)
+                    return
         fn, _ = self._fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
         if ctx.sample_mean:
             value = fn.mean

@@ -217,6 +217,12 @@ def test_errors_name_the_distribution_without_validation(no_validation):  # type
         q.get_log_prob({"x": torch.randn(4, 6), "z": torch.randn(4, 2)})
     with pytest.raises(ValueError, match=r"missing.*'x'|'x'.*missing"):
         KullbackLeibler(q, prior).eval({"y": torch.randn(4, 6)})
+    class Mismatched(_Enc):  # loc and scale that do not broadcast
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return {"loc": self.fc(x), "scale": torch.ones(x.shape[0], 2)}
+
+    with pytest.raises(ValueError, match=r"Mismatched q\(z\|x\).*loc.*scale"):
+        Mismatched().sample({"x": torch.randn(4, 6)}, reparam=True)
     narrow = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="r")
     with pytest.raises(ValueError, match=r"KullbackLeibler.*q\(z\|x\).*r\(z\)"):
         KullbackLeibler(q, narrow).eval({"x": torch.randn(4, 6)})
