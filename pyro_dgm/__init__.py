@@ -5,5 +5,6 @@ Importing it changes nothing in Pyro or torch: no global settings, no patched cl
 from pyro_dgm import distributions, flows, layers, losses, models, poutine, utils
 from pyro_dgm.utils.latex import print_latex
 
+name = "pyro_dgm"  # Pixyz's ``pixyz.name`` holds the package's name too
 __version__ = "0.1.0"
-__all__ = ["distributions", "flows", "layers", "losses", "models", "poutine", "utils", "print_latex", "__version__"]
+__all__ = ["name", "distributions", "flows", "layers", "losses", "models", "poutine", "utils", "print_latex", "__version__"]

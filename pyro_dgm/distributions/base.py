@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from pyro_dgm.distributions.calls import _Binding, _Pass, _quiet
 from pyro_dgm.utils.checks import as_var_list, check_present, describe
 from pyro_dgm.utils.latex import NAMES_VERSION
+from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
@@ -97,6 +98,10 @@ class Distribution(nn.Module):
         The name printed in formulas (LaTeX allowed: ``"p_{prior}"``).
     features_shape : tuple of int, optional
         The shape of one sample without batch dims.
+    atomic : bool, default True
+        Pixyz's marker: ``True`` for a distribution that is one factor (every family, and a user's subclass that
+        draws and scores by itself), ``False`` for one made of others. Accepted for Pixyz's code; what a distribution
+        is follows from its class here (:attr:`factors`).
 
     Notes
     -----
@@ -117,9 +122,11 @@ class Distribution(nn.Module):
     #: Whether a memoizing scope may reuse this distribution's network outputs; set it to ``False`` on a
     #: distribution whose ``forward`` is random (dropout), so that each use runs it.
     memoizable: bool = True
+    #: Buffers that ``print`` does not list (those Pixyz keeps as plain attributes, e.g. a PoE's weights).
+    _repr_hidden_buffers: tuple[str, ...] = ()
 
-    def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = None, name: str = "p",
-                 features_shape: Iterable[int] = ()) -> None:
+    def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), atomic: bool = True) -> None:
         super().__init__()
         if not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a string, got {name!r}")
@@ -132,7 +139,7 @@ class Distribution(nn.Module):
         if both:
             raise ValueError(f"{owner}: {both[0]!r} is both in var {self._var} and in cond_var {self._cond_var}; "
                              "a distribution cannot be conditioned on the variable it generates")
-        self._name = name
+        self._name = _latex_name(name)  # Pixyz typesets the name once, at construction (p1 -> p_{1})
         self._input_var = list(self._cond_var)
         self._features_shape = torch.Size(features_shape)
         self._pyro_name: str | None = None
@@ -179,8 +186,8 @@ class Distribution(nn.Module):
 
     @property
     def distribution_name(self) -> str:
-        """The family's name, e.g. ``"Normal"``."""
-        return type(self).__name__
+        """The family's name, e.g. ``"Normal"`` (Pixyz's default: ``""``, which subclasses override)."""
+        return ""
 
     @property
     def has_reparam(self) -> bool:
@@ -212,16 +219,23 @@ class Distribution(nn.Module):
 
     @property
     def graph(self) -> nx.DiGraph:
-        """The dependency graph: one node per variable, an edge ``c -> v`` labelled with the factor of ``v``."""
-        from pyro_dgm.distributions.joint import build_graph
+        """The dependency graph (a :class:`~pyro_dgm.distributions.graph.DistGraph`): one node per variable, an
+        edge ``c -> v`` labelled with the factor of ``v``, and Pixyz's ``DistGraph`` methods (``name``,
+        ``set_option``, ``visible_graph``, ``print``)."""
+        from pyro_dgm.distributions.graph import build_graph
 
-        return build_graph(self.factors)
+        return build_graph(self.factors, self)
+
+    def _graph_text_factors(self) -> tuple["Distribution", ...]:
+        """The factors ``print(dist.graph)`` lists, in the order they run."""
+        return self._order
 
     def extra_repr(self) -> str:
         lines = [f"name={self._name}, distribution_name={self.distribution_name},",
                  f"var={self._var}, cond_var={self._cond_var}, input_var={self._input_var}, "
                  f"features_shape={self._features_shape}"]
-        lines += [f"({k}): {v.shape}" for k, v in self._buffers.items() if v is not None]
+        hidden = self._repr_hidden_buffers
+        lines += [f"({k}): {v.shape}" for k, v in self._buffers.items() if v is not None and k not in hidden]
         return "\n".join(lines)
 
     def _network_text(self) -> str:
@@ -314,9 +328,26 @@ class Distribution(nn.Module):
         if batch_n is not None and (not isinstance(batch_n, int) or isinstance(batch_n, bool) or batch_n < 1):
             raise ValueError(f"{describe(self)}: batch_n must be a positive int, got {batch_n!r}")
         values = self._input_dict(x_dict)
+        d = self.__dict__
+        g_opt, f_opts = d.get("_dg_global_option"), d.get("_dg_options")
+        if g_opt:  # Pixyz: global options reach the factors as keywords the call does not give
+            kwargs = {**{k: v for k, v in g_opt.items() if k not in _SAMPLING_OPTIONS}, **kwargs}
         ctx = _Pass(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
-        for f in self._order:
-            f._draw(values, ctx)
+        if not f_opts:
+            for f in self._order:
+                f._draw(values, ctx)
+        else:  # options set with graph.set_option(..., var) override the call's for their factors
+            for f in self._order:
+                # (Pixyz: they hold in products; an atomic distribution's own calls do not read them)
+                o = f_opts.get(id(f)) if f is not self else None
+                if o is None:
+                    f._draw(values, ctx)
+                else:
+                    saved = ctx.override(o)
+                    try:
+                        f._draw(values, ctx)
+                    finally:
+                        ctx.restore(saved)
         if return_all:
             return values
         return {v: values[v] for v in self._var}
@@ -330,9 +361,12 @@ class Distribution(nn.Module):
         x_dict : dict
             Values of ``var`` and ``input_var``.
         sum_features : bool, default True
-            Sum over the feature dims (the result has the batch shape); else element-wise.
+            Sum over every dim but the first (Pixyz's convention: one value per batch element; a value drawn with
+            ``sample_shape`` ``[L, B, ...]`` gives ``[L]``); else element-wise.
         feature_dims : list of int, optional
             Sum over these dims of the element-wise log-density instead.
+        **kwargs
+            Passed on to the networks' ``forward`` (sampling options such as ``batch_n`` are ignored).
 
         Examples
         --------
@@ -341,6 +375,16 @@ class Distribution(nn.Module):
         >>> round(float(p.get_log_prob({"x": torch.zeros(1, 2)})), 4)
         -1.8379
         """
+        total = self._get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
+        if sum_features and feature_dims is None and total.dim() > 1:
+            # Pixyz sums every dim but the first: a sample_shape draw [L, B, ...] scores to [L]
+            total = total.sum(tuple(range(1, total.dim())))
+        return total
+
+    def _get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True,
+                      feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        """:meth:`get_log_prob` that keeps the batch dims, the sample dims of a ``sample_shape`` draw included
+        (``[L, B]`` where Pixyz's ``get_log_prob`` gives ``[L]``), for estimators that need one value per draw."""
         needed = self.__dict__.get("_scored_var")
         if needed is None:  # var and input_var are fixed at construction
             needed = self._scored_var = list(self._var) + [v for v in self.required_input_var if v not in self._var]
@@ -349,8 +393,13 @@ class Distribution(nn.Module):
             kwargs = {k: v for k, v in kwargs.items() if k not in _SAMPLING_OPTIONS}
         ctx = _Pass(kwargs=kwargs)
         total: Tensor | None = None
+        f_opts = self.__dict__.get("_dg_options")
         for f in self._order:
-            lp = f._score(values, ctx, sum_features, feature_dims)
+            o = f_opts.get(id(f)) if f_opts and f is not self else None
+            if o is None:
+                lp = f._score(values, ctx, sum_features, feature_dims)
+            else:  # graph.set_option(..., var): the factor's own sum_features/feature_dims
+                lp = f._score(values, ctx, o.get("sum_features", sum_features), o.get("feature_dims", feature_dims))
             total = lp if total is None else total + lp
         assert total is not None
         return total

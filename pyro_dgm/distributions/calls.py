@@ -20,7 +20,7 @@ from pyro_dgm.utils.checks import describe
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["run_network", "expand_batch_n", "forward_binding"]
+__all__ = ["run_network", "expand_batch_n", "forward_binding", "forward_extras"]
 
 
 def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -59,6 +59,30 @@ def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 
 _NO_SHAPE = torch.Size()
+_FORWARD_KEYWORDS: dict[type, frozenset[str] | None] = {}
+
+
+def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The keywords of a call that ``module.forward`` takes besides the variables: its named keyword parameters
+    (all of them for a ``forward(**kwargs)``). Other options (``sample(unknown_opt=None)``, a loss's options) are
+    dropped, as Pixyz never passes them to a network. The signature is read once per class."""
+    if not kwargs:
+        return kwargs
+    cls = type(module)
+    names = _FORWARD_KEYWORDS.get(cls, _NO_SHAPE)
+    if names is _NO_SHAPE:
+        try:
+            prms = list(inspect.signature(cls.forward).parameters.values())[1:]
+        except (TypeError, ValueError):
+            prms = []
+        if any(p.kind is p.VAR_KEYWORD for p in prms):
+            names = None
+        else:
+            names = frozenset(p.name for p in prms if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        _FORWARD_KEYWORDS[cls] = names
+    if names is None:
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in names}
 
 
 class _Pass:
@@ -76,6 +100,28 @@ class _Pass:
         self.obs = obs  # None: not a Pyro model/guide run; else the observed values by name
         self.event_dims: dict[str, int] = {}
         self.kwargs = kwargs or {}
+
+    def override(self, option: Mapping[str, Any]) -> tuple[Any, ...]:
+        """Apply one factor's options (``graph.set_option``) for its draw; returns what :meth:`restore` needs."""
+        saved = (self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs)
+        if "batch_n" in option:
+            self.batch_n = option["batch_n"]
+        if "sample_shape" in option:
+            shape = option["sample_shape"]
+            self.sample_shape = shape if type(shape) is torch.Size else torch.Size(shape)
+        if "reparam" in option:
+            self.reparam = bool(option["reparam"])
+        if "sample_mean" in option:
+            self.sample_mean = bool(option["sample_mean"])
+        extra = {k: v for k, v in option.items()
+                 if k not in ("batch_n", "sample_shape", "reparam", "sample_mean", "return_all")}
+        if extra:
+            self.kwargs = {**self.kwargs, **extra}
+        return saved
+
+    def restore(self, saved: tuple[Any, ...]) -> None:
+        """Undo :meth:`override`."""
+        self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs = saved
 
 
 class _Binding:

@@ -1,7 +1,12 @@
 r"""The parametric families: each is its Pyro class and its parameter names.
 
 Pixyz scores Bernoulli variables with the cross-entropy form, so values in ``[0, 1]`` (grey-level pixels) are
-accepted; the relaxed families draw relaxed samples and score them under the hard distribution, as Pixyz does.
+accepted. The relaxed families draw relaxed samples and score them under the hard distribution: RelaxedBernoulli
+as Pixyz does (the Bernoulli's cross-entropy), RelaxedCategorical by the categorical log-probability of the sample's
+arg-max. Pixyz scores a RelaxedCategorical sample, and computes its entropy, as if its classes were independent
+Bernoulli variables (a sum of per-class cross-entropies), which is not the log-probability of any categorical
+distribution; we keep the categorical's (``tests/pixyz_compat/test_diff_distributions.py`` shows both).
+Pixyz's Multinomial ignores ``total_count`` (it always draws one trial); ours uses it.
 """
 from __future__ import annotations
 
@@ -117,6 +122,11 @@ class Normal(DistributionBase):
     param_groups = (("loc",), ("scale",))
     distribution_name: ClassVar[str] = "Normal"  # type: ignore[misc]
 
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), loc: Any = None, scale: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__(var, cond_var, name, features_shape, loc=loc, scale=scale, **kwargs)
+
 
 class Laplace(DistributionBase):
     """Laplace distribution with ``loc`` and ``scale``.
@@ -130,6 +140,11 @@ class Laplace(DistributionBase):
     pyro_dist = dist.Laplace
     param_groups = (("loc",), ("scale",))
     distribution_name: ClassVar[str] = "Laplace"  # type: ignore[misc]
+
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), loc: Any = None, scale: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__(var, cond_var, name, features_shape, loc=loc, scale=scale, **kwargs)
 
 
 class Bernoulli(DistributionBase):
@@ -145,6 +160,11 @@ class Bernoulli(DistributionBase):
     pyro_dist = BernoulliBCE
     param_groups = (("probs", "logits"),)
     distribution_name: ClassVar[str] = "Bernoulli"  # type: ignore[misc]
+
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), probs: Any = None, *, logits: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__(var, cond_var, name, features_shape, probs=probs, logits=logits, **kwargs)
 
 
 class FactorizedBernoulli(Bernoulli):
@@ -175,13 +195,16 @@ class RelaxedBernoulli(DistributionBase):
     """
 
     pyro_dist = RelaxedBernoulliHardScore
-    param_groups = (("temperature",), ("probs", "logits"))
+    param_groups = (("probs", "logits"), ("temperature",))  # Pixyz's params_keys order
+    buffer_order = ("probs", "logits", "temperature")
+    sample_mean_draws = False  # Pixyz: sample(sample_mean=True) raises NotImplementedError
     distribution_name: ClassVar[str] = "RelaxedBernoulli"  # type: ignore[misc]
 
-    def __init__(self, temperature: Any = 0.1, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None,
-                 name: str = "p", features_shape: Iterable[int] = (), **params: Any) -> None:
-        super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape,
-                         temperature=temperature, **params)
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), temperature: Any = 0.1, probs: Any = None, *,
+                 logits: Any = None, **kwargs: Any) -> None:
+        super().__init__(var, cond_var, name, features_shape, temperature=temperature, probs=probs, logits=logits,
+                         **kwargs)
 
 
 class Categorical(DistributionBase):
@@ -202,10 +225,11 @@ class Categorical(DistributionBase):
     param_groups = (("probs", "logits"),)
     distribution_name: ClassVar[str] = "Categorical"  # type: ignore[misc]
 
-    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None, name: str = "p",
-                 features_shape: Iterable[int] = (), one_hot: bool = True, **params: Any) -> None:
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), probs: Any = None, *, logits: Any = None,
+                 one_hot: bool = True, **kwargs: Any) -> None:
         self.one_hot = one_hot
-        super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape, **params)
+        super().__init__(var, cond_var, name, features_shape, probs=probs, logits=logits, **kwargs)
 
     @property
     def pyro_dist(self) -> Any:  # type: ignore[override]
@@ -225,13 +249,16 @@ class RelaxedCategorical(DistributionBase):
     """
 
     pyro_dist = RelaxedOneHotCategoricalHardScore
-    param_groups = (("temperature",), ("probs", "logits"))
+    param_groups = (("probs", "logits"), ("temperature",))  # Pixyz's params_keys order
+    buffer_order = ("probs", "logits", "temperature")
+    sample_mean_draws = False  # Pixyz: sample(sample_mean=True) raises NotImplementedError
     distribution_name: ClassVar[str] = "RelaxedCategorical"  # type: ignore[misc]
 
-    def __init__(self, temperature: Any = 0.1, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None,
-                 name: str = "p", features_shape: Iterable[int] = (), **params: Any) -> None:
-        super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape,
-                         temperature=temperature, **params)
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), temperature: Any = 0.1, probs: Any = None, *,
+                 logits: Any = None, **kwargs: Any) -> None:
+        super().__init__(var, cond_var, name, features_shape, temperature=temperature, probs=probs, logits=logits,
+                         **kwargs)
 
 
 class Multinomial(DistributionBase):
@@ -247,12 +274,13 @@ class Multinomial(DistributionBase):
     param_groups = (("probs", "logits"),)
     distribution_name: ClassVar[str] = "Multinomial"  # type: ignore[misc]
 
-    def __init__(self, total_count: int = 1, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None,
-                 name: str = "p", features_shape: Iterable[int] = (), **params: Any) -> None:
+    def __init__(self, total_count: int = 1, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (),
+                 name: str = "p", features_shape: Iterable[int] = torch.Size(), probs: Any = None, *,
+                 logits: Any = None, **kwargs: Any) -> None:
         if not isinstance(total_count, int) or total_count < 0:
             raise ValueError(f"Multinomial {name}: total_count must be a non-negative int, got {total_count!r}")
         self.total_count = total_count
-        super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape, **params)
+        super().__init__(var, cond_var, name, features_shape, probs=probs, logits=logits, **kwargs)
 
     def pyro_dist(self, **params: Tensor) -> Any:  # type: ignore[override]
         return dist.Multinomial(self.total_count, **params)
@@ -274,6 +302,10 @@ class Dirichlet(DistributionBase):
     param_groups = (("concentration",),)
     distribution_name: ClassVar[str] = "Dirichlet"  # type: ignore[misc]
 
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), concentration: Any = None, **kwargs: Any) -> None:
+        super().__init__(var, cond_var, name, features_shape, concentration=concentration, **kwargs)
+
 
 class Beta(DistributionBase):
     """Beta distribution with ``concentration1`` (alpha) and ``concentration0`` (beta).
@@ -288,6 +320,12 @@ class Beta(DistributionBase):
     param_groups = (("concentration1",), ("concentration0",))
     distribution_name: ClassVar[str] = "Beta"  # type: ignore[misc]
 
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), concentration1: Any = None,
+                 concentration0: Any = None, **kwargs: Any) -> None:
+        super().__init__(var, cond_var, name, features_shape, concentration1=concentration1,
+                         concentration0=concentration0, **kwargs)
+
 
 class Gamma(DistributionBase):
     """Gamma distribution with ``concentration`` and ``rate``.
@@ -301,3 +339,8 @@ class Gamma(DistributionBase):
     pyro_dist = dist.Gamma
     param_groups = (("concentration",), ("rate",))
     distribution_name: ClassVar[str] = "Gamma"  # type: ignore[misc]
+
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), concentration: Any = None, rate: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__(var, cond_var, name, features_shape, concentration=concentration, rate=rate, **kwargs)

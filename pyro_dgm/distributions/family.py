@@ -14,8 +14,9 @@ from torch.distributions import Distribution as _TorchDistribution
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import Distribution, ValuesLike
+from pyro_dgm.distributions.pixyz_protocol import adopt
 from pyro_dgm.distributions.calls import (_PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n, forward_binding,
-                                          run_network)
+                                          forward_extras, run_network)
 from pyro_dgm.utils.checks import describe
 from pyro_dgm.utils.shapes import broadcast_shape
 
@@ -47,15 +48,23 @@ class DistributionBase(Distribution):
         by ``forward``.
     """
 
-    pyro_dist: ClassVar[Any]
+    #: The Pyro class (``None``: a bare DistributionBase, which builds and prints as in Pixyz but cannot compute).
+    pyro_dist: ClassVar[Any] = None
     param_groups: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    #: The order in which constant parameters are registered (and printed); empty: the order they were given in.
+    buffer_order: ClassVar[tuple[str, ...]] = ()
+    #: ``False`` where ``sample(sample_mean=True)`` raises NotImplementedError (Pixyz's relaxed families).
+    sample_mean_draws: ClassVar[bool] = True
 
-    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = None, name: str = "p",
-                 features_shape: Iterable[int] = (), **params: Any) -> None:
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), **params: Any) -> None:
         super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape)
         if len(self._var) != 1:
             raise ValueError(f"{describe(self)}: a {self.distribution_name} distribution generates one variable, "
                              f"got var={self._var}")
+        adopted = adopt(self, params)  # a family written the Pixyz way, or a bare DistributionBase
+        if adopted is not None:
+            self.pyro_dist, self.param_groups = adopted
         accepted = [n for g in self.param_groups for n in g]
         unknown = [k for k in params if k not in accepted]
         if unknown:
@@ -79,23 +88,40 @@ class DistributionBase(Distribution):
             if len(given) > 1:
                 raise ValueError(f"{describe(self)}: give one of {', '.join(group)}, not {' and '.join(given)}")
         self._store_constants(consts)
-        fwd_pos, fwd_kw = forward_binding(self, [v for _, v in var_params], accepted[-1] if accepted else "loc")
+        # Pixyz builds a distribution that cannot compute (a parameter missing, a cond_var that reaches nothing,
+        # forward's arguments not the cond_var, an invalid constant): it prints, multiplies and has a graph, and
+        # fails at its first call. So do we: the error found here is raised by _params (see the end).
+        unusable: BaseException | None = None
+        try:
+            fwd_pos, fwd_kw = forward_binding(self, [v for _, v in var_params], accepted[-1] if accepted else "loc")
+        except (ValueError, TypeError) as e:
+            fwd_pos, fwd_kw, unusable = (), (), e
         self._has_network = type(self).forward is not Distribution.forward
         covered = set(consts) | {p for p, _ in var_params}
         self._missing_groups = tuple(g for g in self.param_groups if not covered.intersection(g))
-        if self._missing_groups and not self._has_network:
+        if self._missing_groups and not self._has_network and unusable is None:
             g = self._missing_groups[0]
-            raise ValueError(f"{describe(self)}: parameter {' or '.join(g)} is not given; pass {g[0]}=<number, "
-                             f"tensor or cond_var name>, or subclass {type(self).__name__} with a forward() that "
-                             f"returns it")
-        self._const_names = tuple(consts)
+            unusable = ValueError(f"{describe(self)}: parameter {' or '.join(g)} is not given; pass {g[0]}=<number, "
+                                  f"tensor or cond_var name>, or subclass {type(self).__name__} with a forward() "
+                                  "that returns it")
+        self._const_names = tuple(n for n in accepted if n in consts)  # the family's order, as Pixyz lists them
         # parameters that are all constants are checked here, once (torch's validation, if on), not at every call
-        self._const_only = not self._has_network and not var_params
+        self._const_only = not self._has_network and not var_params and unusable is None
         self._base_cache: tuple[Any, Any] | None = None
         self._standard_cache: tuple[Any, bool] | None = None
         if self._const_only:
             bufs = self._buffers
-            self._base({n: bufs[n] for n in self._const_names}, validate=None)
+            try:
+                self._base({n: bufs[n] for n in self._const_names}, validate=None)
+            except ValueError as e:
+                self._const_only, unusable = False, e
+        if unusable is not None:
+            err = unusable
+
+            def _params(*_: Any, **__: Any) -> Any:  # shadows the method on this instance only: no cost for others
+                raise type(err)(*err.args)
+
+            self._params = _params
         self._b = _Binding(self._var, self._cond_var, self._input_var, fwd_pos, fwd_kw, var_params)
         # the closed forms of this family (closed_forms.py), unless a subclass builds its distribution its own way
         cls = type(self)
@@ -117,6 +143,9 @@ class DistributionBase(Distribution):
         return t
 
     def _store_constants(self, consts: dict[str, Tensor]) -> None:
+        if self.buffer_order:
+            consts = {k: consts[k] for k in sorted(consts, key=lambda k: (
+                self.buffer_order.index(k) if k in self.buffer_order else len(self.buffer_order)))}
         shape = self._features_shape
         if not shape and consts:
             try:
@@ -150,16 +179,16 @@ class DistributionBase(Distribution):
 
     # ------------------------------------------------------------------ parameters and the Pyro distribution
     def _params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> dict[str, Tensor]:
+        # Pixyz's order (and precedence): network outputs, then parameters named by a cond_var, then constants
         bufs = self._buffers
-        params = {n: bufs[n] for n in self._const_names}
-        for p, v in b.param_vars:
-            params[p] = values[v]
+        params: dict[str, Tensor] = {}
         if self._has_network:
+            extra = forward_extras(self, ctx.kwargs) if ctx.kwargs else ctx.kwargs
             if b.fwd_kw:
                 kw = {k: values[v] for k, v in b.fwd_kw}
-                kw.update(ctx.kwargs)
+                kw.update(extra)
             else:
-                kw = ctx.kwargs
+                kw = extra
             try:
                 out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
             except (RuntimeError, TypeError, ValueError) as e:
@@ -173,6 +202,10 @@ class DistributionBase(Distribution):
                 raise ValueError(f"{describe(self)}: forward() returned unknown parameter {bad[0]!r}; "
                                  f"{self.distribution_name} takes {', '.join(sorted(self._accepted))}")
             params.update(out)
+        for p, v in b.param_vars:
+            params[p] = values[v]
+        for n in self._const_names:
+            params[n] = bufs[n]
         for g in self._missing_groups:
             for n in g:
                 if n in params:
@@ -193,6 +226,11 @@ class DistributionBase(Distribution):
 
         ``validate=None`` follows torch's default (``Distribution.set_default_validate_args``).
         """
+        if self.pyro_dist is None:
+            if validate is None and not params:  # the construction-time check of a bare DistributionBase
+                return None
+            raise NotImplementedError(f"{describe(self)}: a DistributionBase without a family cannot compute; use a "
+                                      "family (Normal, ...) or subclass DistributionBase with a pyro_dist")
         try:
             return self.pyro_dist(**params, validate_args=validate)
         except (ValueError, RuntimeError) as e:
@@ -309,8 +347,12 @@ class DistributionBase(Distribution):
                 batch_shape = base.batch_shape
         ev = len(batch_shape) - bn
         root = expand and not any(v in ctx.event_dims for v in b.input_var)
-        if root and ctx.batch_n is not None and not b.input_var and bn >= 1:
-            base = expand_batch_n(self, base, ctx.batch_n)
+        if root and ctx.batch_n is not None and bn >= 1:
+            if not b.input_var:
+                base = expand_batch_n(self, base, ctx.batch_n)
+            elif ctx.obs is None and base.batch_shape[:1] == (1,):
+                # Pixyz: sample(inputs of batch 1, batch_n=N) draws N values (a mismatch runs unexpanded)
+                base = expand_batch_n(self, base, ctx.batch_n)
         return base, ev, root
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
@@ -343,7 +385,7 @@ class DistributionBase(Distribution):
         name = b.var[0]
         obs = ctx.obs
         if (self._closed_rs is not None and obs is None and ctx.reparam and not ctx.sample_mean and b.input_var
-                and not ctx.sample_shape and (not _PYRO_STACK or _quiet(_PYRO_STACK))):
+                and not ctx.sample_shape and ctx.batch_n is None and (not _PYRO_STACK or _quiet(_PYRO_STACK))):
             got = self._closed_params(b, values, ctx)
             if got is not None:  # a reparameterized draw, as pyro.sample would make with no handler listening
                 try:
@@ -354,8 +396,25 @@ class DistributionBase(Distribution):
                     values[name] = value
                     ctx.event_dims[name] = max(got[1] - self._batch_ndim(b, values, ctx), 0)
                     return
+        if ctx.sample_shape and obs is None and not ctx.sample_mean and (not _PYRO_STACK or _quiet(_PYRO_STACK)):
+            # draw sample_shape values from the unexpanded distribution, as torch (and Pixyz) do: the same random
+            # numbers as Pixyz's for the families whose sampler orders them otherwise (Categorical's multinomial)
+            base, ev, root = self._parts(b, values, ctx)
+            if root:
+                fn = base.to_event(ev) if ev > 0 else base
+                if ctx.reparam and fn.has_rsample:
+                    value = fn.rsample(ctx.sample_shape)
+                else:
+                    value = fn.sample(ctx.sample_shape)
+                values[name] = value
+                ctx.event_dims[name] = fn.event_dim
+                return
         fn, _ = self._fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
         if ctx.sample_mean:
+            if self.sample_mean_draws is False:
+                raise NotImplementedError(f"{describe(self)}: sample(sample_mean=True) is not defined for a "
+                                          f"{self.distribution_name} (as in Pixyz, whose relaxed distribution has no "
+                                          "mean); sample_mean() gives the mean of the hard distribution")
             value = fn.mean
             value = self._record(name, value, fn.event_dim)
         else:

@@ -12,27 +12,44 @@ import networkx as nx
 from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.distributions.graph import DistGraph, build_graph, factors_network_text
 from pyro_dgm.utils.checks import describe
 
-__all__ = ["MultiplyDistribution", "build_graph"]
+__all__ = ["MultiplyDistribution", "build_graph", "DistGraph"]
 
 
-class DistGraph(nx.DiGraph):
-    """The variables of a distribution and their dependencies (``nx.draw_networkx(p.graph.visible_graph())``)."""
+def pixyz_graph(d: Distribution) -> nx.DiGraph:
+    """The graph Pixyz's ``DistGraph`` would hold for ``d``, built the way Pixyz builds it (node and edge
+    insertion order included): factor nodes (our factor objects) and variable nodes, an edge factor -> each of its
+    variables and each conditioning variable -> factor. Its ``nx.topological_sort`` is Pixyz's order of the draws.
 
-    def visible_graph(self) -> nx.DiGraph:
-        """The graph to draw: variables as nodes, each edge labelled with its factor's formula."""
-        return self
+    A product keeps the one it was built with; an atomic distribution's is made on demand (a renamed one applies
+    its renaming as Pixyz does, in place, which moves the renamed nodes to the end).
+    """
+    pg = d.__dict__.get("_pg")
+    if pg is not None:
+        return pg
+    from pyro_dgm.distributions.ops import ReplaceVarDistribution
+
+    if isinstance(d, ReplaceVarDistribution):
+        g = nx.relabel_nodes(pixyz_graph(d.p), {d.p: d}, copy=True)
+        mapping = {k: v for k, v in d.replace_dict.items() if k in g and k != v}
+        if mapping:
+            nx.relabel_nodes(g, mapping, copy=False)
+        return g
+    g = nx.DiGraph()
+    g.add_node(d)
+    for v in d.var:
+        g.add_edge(d, v)
+    for c in (*d.cond_var, *(c for c in d.input_var if c not in d.cond_var and c not in d.var)):
+        g.add_edge(c, d)
+    return g
 
 
-def build_graph(factors: Sequence[Distribution]) -> DistGraph:
-    g = DistGraph()
-    for f in factors:
-        for v in f.var:
-            g.add_node(v)
-            for c in f.input_var:
-                if c != v:
-                    g.add_edge(c, v, factor=f.prob_text)
+def _united(a: Distribution, b: Distribution, what: str) -> nx.DiGraph:
+    """Pixyz's ``DistGraph.united``: ``a``'s graph, then ``b``'s nodes and edges."""
+    g = pixyz_graph(a).copy()
+    g.update(pixyz_graph(b))
     return g
 
 
@@ -74,16 +91,24 @@ class MultiplyDistribution(Distribution):
                 text = " * ".join(x.prob_text if isinstance(x, Distribution) else type(x).__name__ for x in (a, b))
                 raise TypeError(f"MultiplyDistribution {text}: can only multiply distributions, got "
                                 f"{type(d).__name__} {d!r}")
-        self._init_factors(a.factors + b.factors, a.name, f"{a.prob_text} * {b.prob_text}")
+        what = f"{a.prob_text} * {b.prob_text}"
+        self._init_factors(a.factors + b.factors, a.name, what, _united(a, b, what))
+        # as Pixyz's graphs copy their factors' options: options set on a.graph or b.graph hold in the product
+        opts = {**(a.__dict__.get("_dg_options") or {}), **(b.__dict__.get("_dg_options") or {})}
+        if opts:
+            self.__dict__["_dg_options"] = opts
 
     @classmethod
-    def from_factors(cls, factors: Sequence[Distribution], name: str) -> "MultiplyDistribution":
-        """A product of ``factors`` (in this order) named ``name``."""
+    def from_factors(cls, factors: Sequence[Distribution], name: str,
+                     pixyz_graph: nx.DiGraph | None = None) -> "MultiplyDistribution":
+        """A product of ``factors`` (in this order) named ``name``; ``pixyz_graph`` (see :func:`pixyz_graph`)
+        decides the order of its variables and factors, by default the one a product built in this order has."""
         self = cls.__new__(cls)
-        self._init_factors(tuple(factors), name, " * ".join(f.prob_text for f in factors))
+        self._init_factors(tuple(factors), name, " * ".join(f.prob_text for f in factors), pixyz_graph)
         return self
 
-    def _init_factors(self, factors: tuple[Distribution, ...], name: str, what: str) -> None:
+    def _init_factors(self, factors: tuple[Distribution, ...], name: str, what: str,
+                      pg: nx.DiGraph | None = None) -> None:
         owner: dict[str, Distribution] = {}
         for f in factors:
             for v in f.var:
@@ -99,24 +124,33 @@ class MultiplyDistribution(Distribution):
             who = f"{', '.join(texts[:-1])} and {texts[-1]}" if len(texts) > 1 else texts[0]
             raise ValueError(f"{what}: the factors {who} depend on each other in a cycle "
                              f"({' -> '.join(cycle + cycle[:1])}); a joint distribution must be acyclic")
-        var = _ordered_union(*(f.var for f in factors))
+        if pg is None:
+            pg = nx.DiGraph()
+            for f in factors:
+                pg.update(pixyz_graph(f))
+        # Pixyz's orders: variables in the order its graph holds them, factors in nx.topological_sort's order
+        # (which decides the order of the draws, so the same seed gives the same values)
+        node_rank = {n: i for i, n in enumerate(n for n in pg if isinstance(n, str))}
+        last = len(node_rank)
+
+        def in_graph_order(names: list[str]) -> list[str]:
+            return sorted(names, key=lambda v: node_rank.get(v, last))
+
+        var = in_graph_order(_ordered_union(*(f.var for f in factors)))
         generated = {v for f in factors for v in f.var if v not in f.input_var}
-        cond = [v for v in _ordered_union(*(f.cond_var for f in factors)) if v not in var]
-        inputs = [v for v in _ordered_union(*(f.input_var for f in factors)) if v not in generated]
+        cond = in_graph_order([v for v in _ordered_union(*(f.cond_var for f in factors)) if v not in var])
+        inputs = in_graph_order([v for v in _ordered_union(*(f.input_var for f in factors)) if v not in generated])
         super().__init__(var=var, cond_var=cond, name=name)
         self._input_var = inputs
         self._factors = factors
         self._factor_list = nn.ModuleList(factors)
         self._graph = graph
-        # factor-level topological order, ties broken by the order of multiplication
-        fg = nx.DiGraph()
-        fg.add_nodes_from(range(len(factors)))
-        for j, f in enumerate(factors):
-            for c in f.input_var:
-                i = factors.index(owner[c]) if c in owner and owner[c] is not f else None
-                if i is not None:
-                    fg.add_edge(i, j)
-        self._order = tuple(factors[i] for i in nx.lexicographical_topological_sort(fg))
+        self._pg = pg
+        ids = {id(f) for f in factors}
+        order = tuple(n for n in nx.topological_sort(pg) if not isinstance(n, str) and id(n) in ids)
+        if len(order) != len(factors):  # pragma: no cover - the graph holds every factor once
+            raise AssertionError(f"{what}: the factor graph does not hold every factor")
+        self._order = order
 
     @property
     def factors(self) -> tuple[Distribution, ...]:
@@ -124,23 +158,23 @@ class MultiplyDistribution(Distribution):
 
     @property
     def graph(self) -> DistGraph:
-        return self._graph
+        return build_graph(self._factors, self)
 
     @property
     def distribution_name(self) -> str:
-        return "Joint"
+        return ""  # Pixyz's: a product has no family name
 
     @property
     def prob_factorized_text(self) -> str:
-        return "".join(f.prob_text for f in self._factors)
+        """The factors from the last drawn to the first (Pixyz's order: ``p(x|z)p(z)`` whichever way multiplied)."""
+        return "".join(f.prob_text for f in reversed(self._order))
 
     def extra_repr(self) -> str:
         return ""
 
     def _network_text(self) -> str:
         """The factors' networks in the order they run (Pixyz's order), each under its formula."""
-        return "\n".join(f._network_text() if getattr(f, "_network_text_headed", False)
-                         else f"{f.prob_text}:\n{f._network_text()}" for f in self._order)
+        return factors_network_text(self._order)
 
     def _register(self) -> None:
         for f in self._factors:

@@ -16,9 +16,10 @@ from torch.distributions import Categorical as _TorchCategorical
 
 from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, expand_root, inputs_of, site_fn, unwrap
 from pyro_dgm.distributions.base import Distribution, ValuesLike
-from pyro_dgm.distributions.calls import _Binding, _Pass
+from pyro_dgm.distributions.calls import _PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n
 from pyro_dgm.distributions.exponential import Categorical
 from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.latex import prob_text as _prob_text
 
 __all__ = ["MixtureModel", "PosteriorMixtureModel", "MixtureOfNormal", "MixtureDistribution"]
 
@@ -195,7 +196,7 @@ class MixtureModel(_Mixture):
     >>> comps = [Normal(loc=torch.tensor([float(k)]), scale=1., var=["x"], name=f"p_{k}") for k in range(2)]
     >>> p = MixtureModel(comps, Categorical(probs=torch.tensor([0.3, 0.7]), var=["z"], name="p_{z}"))
     >>> print(p.prob_joint_factorized_and_text)
-    p(x) = p_0(x|z=0)p_{z}(z=0) + p_1(x|z=1)p_{z}(z=1)
+    p(x) = p_{0}(x|z=0)p_{z}(z=0) + p_{1}(x|z=1)p_{z}(z=1)
     >>> x = torch.tensor([[0.5]])
     >>> bool(torch.allclose(p.get_log_prob({"x": x}).exp(),
     ...                     0.3 * comps[0].get_log_prob({"x": x}).exp() + 0.7 * comps[1].get_log_prob({"x": x}).exp()))
@@ -226,7 +227,7 @@ class MixtureModel(_Mixture):
         cond = [v for v in _ordered_union(prior.cond_var, *(d.cond_var for d in comps)) if v not in var]
         if hidden in var or hidden in cond:
             raise ValueError(f"{owner}: the component variable {hidden!r} cannot be the data variable or an input")
-        super().__init__(var=var, cond_var=cond, name=name, features_shape=comps[0].features_shape)
+        super().__init__(var=var, cond_var=cond, name=name)  # Pixyz prints no features_shape for a mixture
         self.distributions = nn.ModuleList(comps)
         self.prior = prior
         self._hidden_var = [hidden]
@@ -272,11 +273,59 @@ class MixtureModel(_Mixture):
         fn = self._mixture(self._binding, values, _Pass(kwargs=kwargs))
         return fn.component_log_prob(values[self._var[0]]).movedim(-1, 0)
 
+    def _pixyz_order(self, b: _Binding, ctx: _Pass) -> bool:
+        """Whether this draw can take Pixyz's order of random numbers (:meth:`_pixyz_draw`): no inputs, no
+        ``sample_shape``, not a Pyro model run and no handler listening."""
+        return (not b.input_var and ctx.obs is None and not ctx.sample_mean and not ctx.sample_shape
+                and (not _PYRO_STACK or _quiet(_PYRO_STACK)))
+
+    def _pixyz_draw(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> tuple[Tensor, Tensor, int]:
+        """Pixyz's draw: the component ``z`` of every batch element from the prior, then each element's ``x`` from
+        its component in turn (so the same seed gives Pixyz's values). Returns ``x``, ``z`` and ``x``'s event dims."""
+        m = self._mapping(b)
+        prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
+        if ctx.batch_n is not None:
+            prior_fn = expand_batch_n(self, prior_fn, ctx.batch_n)
+        z = prior_fn.sample()
+        one_hot = getattr(unwrap(self.prior)[0], "one_hot", True)
+        index = (z.argmax(-1) if one_hot else z).reshape(-1).tolist()
+        comps = [site_fn(d, m, values, ctx, False)[0] for d in self.distributions]
+        use_r = ctx.reparam
+        xs = [comps[k].rsample() if use_r and comps[k].has_rsample else comps[k].sample() for k in index]
+        return torch.cat(xs, dim=0), z, comps[0].event_dim
+
+    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+        hidden = bool(ctx.kwargs.get("return_hidden")) if ctx.kwargs else False  # graph.set_option(...)
+        if not self._pixyz_order(b, ctx):
+            super()._draw_with(b, values, ctx)
+            if hidden:
+                z = self._hidden_var[0]
+                values[z] = self.posterior().sample({**values, self._var[0]: values[b.var[0]]}, return_all=False)[z]
+            return
+        x, z, ev = self._pixyz_draw(b, values, ctx)
+        values[b.var[0]] = x
+        ctx.event_dims[b.var[0]] = ev
+        if hidden:
+            values[self._hidden_var[0]] = z
+
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None, sample_shape: Sequence[int] = torch.Size(),
                return_all: bool = True, reparam: bool = False, sample_mean: bool = False, return_hidden: bool = False,
                **kwargs: Any) -> dict[str, Tensor]:
-        """Draw ``x`` (see :meth:`Distribution.sample`); with ``return_hidden=True`` also its component ``z``, drawn
-        from the posterior :math:`p(z|x)` (so ``(x, z)`` is a draw from the joint)."""
+        """Draw ``x`` (see :meth:`Distribution.sample`); with ``return_hidden=True`` also its component ``z``.
+
+        As in Pixyz, each element's component is drawn from the prior and then its ``x`` from that component, so
+        the same seed gives Pixyz's values. With ``sample_shape`` (which Pixyz ignores) or inside a Pyro model,
+        ``x`` is drawn from the mixture at once and ``z`` (if asked for) from the posterior :math:`p(z|x)`, which
+        is a draw from the same joint. ``sample_mean=True`` gives the mixture's mean (Pixyz: the mean of the
+        component with the highest prior weight, which is not the mixture's mean).
+        """
+        if return_hidden and not sample_mean and not sample_shape:
+            values = self._input_dict(x_dict)
+            ctx = _Pass(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
+            if self._pixyz_order(self._binding, ctx):
+                x, z, _ = self._pixyz_draw(self._binding, values, ctx)
+                out = {self._var[0]: x, self._hidden_var[0]: z}
+                return {**values, **out} if return_all else out
         out = super().sample(x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=True, reparam=reparam,
                              sample_mean=sample_mean, **kwargs)
         keep = list(self._var)
@@ -291,11 +340,14 @@ class MixtureModel(_Mixture):
         return PosteriorMixtureModel(self, name=name)
 
 
-class PosteriorMixtureModel(Categorical):
-    r"""The posterior :math:`p(z|x) = p(x|z)p(z)/p(x)` of a :class:`MixtureModel`: a categorical distribution over
-    the component, conditioned on the data (and the mixture's inputs), sharing the mixture's networks.
+class PosteriorMixtureModel(Distribution):
+    r"""The posterior :math:`p(z|x) = p(x, z)/p(x)` of a :class:`MixtureModel` over its component ``z``, sharing the
+    mixture's distributions.
 
-    ``get_params({"x": x})["probs"]`` are the responsibilities of EM's E-step.
+    Laid out as Pixyz lays it out: its ``var`` is the data variable (``x``), and ``get_log_prob({"x": x})`` (so
+    ``posterior.prob().eval({"x": x})``, EM's E-step) is the table :math:`\log p(z=k|x_n)` of shape ``(K, N)``.
+    Beyond Pixyz: given ``z`` too, ``get_log_prob`` is :math:`\log p(z|x)` per element; ``get_params`` gives the
+    responsibilities as ``probs`` of shape ``(N, K)``; ``sample`` draws ``z`` given ``x`` (Pixyz's raises).
 
     Examples
     --------
@@ -304,36 +356,83 @@ class PosteriorMixtureModel(Categorical):
     >>> post = MixtureModel(comps, Categorical(probs=torch.tensor([0.5, 0.5]), var=["z"])).posterior()
     >>> print(post.prob_joint_factorized_and_text)
     p(z|x) = \frac{p(z,x)}{p(x)}
-    >>> post.get_params({"x": torch.tensor([[0.0]])})["probs"]  # e^{-1/2} : 1
+    >>> post.prob().eval({"x": torch.tensor([[0.0], [1.0]])})  # (K, N): e^{-1/2} : 1 and 1 : e^{-1/2}
+    tensor([[0.6225, 0.3775],
+            [0.3775, 0.6225]])
+    >>> post.get_params({"x": torch.tensor([[0.0]])})["probs"]
     tensor([[0.6225, 0.3775]])
     """
 
     distribution_name = "Mixture Model (Posterior)"  # type: ignore[assignment]
 
     def __init__(self, p: MixtureModel, name: str | None = None) -> None:
-        one_hot = getattr(unwrap(p.prior)[0], "one_hot", True)
-        super().__init__(var=p.hidden_var, cond_var=p.var + p.cond_var, name=p.name if name is None else name,
-                         features_shape=p.prior.features_shape, one_hot=one_hot)
+        super().__init__(var=list(p.var), cond_var=list(p.cond_var), name=p.name if name is None else name)
         self.p = p
+        self._hidden_var = list(p.hidden_var)
+        self._one_hot = getattr(unwrap(p.prior)[0], "one_hot", True)
+
+    @property
+    def hidden_var(self) -> list[str]:
+        """The component variable."""
+        return self._hidden_var
+
+    @property
+    def has_reparam(self) -> bool:
+        return False
+
+    @property
+    def prob_text(self) -> str:
+        return _prob_text(self._name, self._hidden_var, [*self._var, *self._cond_var])
 
     @property
     def prob_factorized_text(self) -> str:
-        return f"\\frac{{{self._name}({self._var[0]},{self.p.var[0]})}}{{{self._name}({self.p.var[0]})}}"
+        z, x = self._hidden_var[0], self._var[0]
+        return f"\\frac{{{self._name}({z},{x})}}{{{self._name}({x})}}"
 
-    def forward(self, **inputs: Tensor) -> dict[str, Tensor]:
-        """The posterior's ``logits`` given the data and the mixture's inputs."""
-        return self._params(self._binding, inputs, _Pass())
+    def _log_post(self, values: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Tensor:
+        r""":math:`\log p(z=k|x)`, shape ``(..., K)``."""
+        joint = self.p._mixture(self.p._binding, values, _Pass(kwargs=kwargs)).component_log_prob(values[self._var[0]])
+        return joint - joint.logsumexp(-1, keepdim=True)
+
+    def _values(self, x_dict: ValuesLike) -> dict[str, Any]:
+        return self._input_dict(x_dict, self._var + [v for v in self._input_var if v not in self._var])
+
+    def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
+                     **kwargs: Any) -> Tensor:
+        r"""Pixyz's ``(K, N)`` table of :math:`\log p(z=k|x_n)`; given ``z`` as well, :math:`\log p(z|x)`."""
+        values = self._values(x_dict)
+        kwargs = {k: v for k, v in kwargs.items() if k != "return_hidden"}
+        logp = self._log_post(values, kwargs)
+        z = values.get(self._hidden_var[0])
+        if z is None:
+            return logp.movedim(-1, 0)
+        if self._one_hot:
+            return (logp * z).sum(-1)
+        return logp.gather(-1, z.long().unsqueeze(-1)).squeeze(-1)
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        return self.get_log_prob(dict(values), **ctx.kwargs)
 
     def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
-        """The posterior's ``logits`` (normalized) and ``probs`` (the responsibilities) given ``x``."""
-        params = super().get_params(params_dict, **kwargs)
-        return {**params, "probs": params["logits"].exp()}
+        """The responsibilities: ``logits`` (normalized) and ``probs`` of shape ``(N, K)``."""
+        logits = self._log_post(self._values(params_dict), kwargs)
+        return {"logits": logits, "probs": logits.exp()}
 
-    def _params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> dict[str, Tensor]:
-        m = dict(zip(self._cond_var, b.cond_var))
-        mb = self.p._binding.renamed(m)
-        joint = self.p._mixture(mb, values, ctx).component_log_prob(values[mb.var[0]])
-        return {"logits": joint - joint.logsumexp(-1, keepdim=True)}
+    def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None, sample_shape: Sequence[int] = torch.Size(),
+               return_all: bool = True, reparam: bool = False, sample_mean: bool = False,
+               **kwargs: Any) -> dict[str, Tensor]:
+        """Draw the component ``z`` given ``x`` (one-hot, like the prior's values); ``sample_mean`` gives the
+        responsibilities."""
+        values = self._values(x_dict)
+        logits = self._log_post(values, kwargs)
+        if self._one_hot:
+            d: Any = torch.distributions.OneHotCategorical(logits=logits, validate_args=False)
+        else:
+            d = _TorchCategorical(logits=logits, validate_args=False)
+        z = d.probs if sample_mean and self._one_hot else d.sample(torch.Size(sample_shape))
+        name = self._hidden_var[0]
+        return {**values, name: z} if return_all else {name: z}
 
 
 class MixtureOfNormal(OptionalInputs, _Mixture):
@@ -359,14 +458,14 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
     >>> qy = Normal(loc="y", scale=1., var=["z"], cond_var=["y"], name="q_y")
     >>> q = MixtureOfNormal([qx, qy], name="q")
     >>> print(q.prob_joint_factorized_and_text)
-    q(z|x,y) = \frac{1}{2}q_x(z|x) + \frac{1}{2}q_y(z|y)
+    q(z|x,y) = \frac{1}{2}q_{x}(z|x) + \frac{1}{2}q_{y}(z|y)
     >>> v = {"x": torch.zeros(1, 1), "y": torch.ones(1, 1), "z": torch.zeros(1, 1)}
     >>> bool(torch.allclose(q.get_log_prob(v).exp(), 0.5 * (qx.get_log_prob(v).exp() + qy.get_log_prob(v).exp())))
     True
     """
 
-    def __init__(self, p: Sequence[Distribution], weight_modalities: Sequence[float] | None = None, name: str = "p",
-                 features_shape: Sequence[int] = ()) -> None:
+    def __init__(self, p: Sequence[Distribution] = (), weight_modalities: Sequence[float] | None = None,
+                 name: str = "p", features_shape: Sequence[int] = torch.Size()) -> None:
         owner = f"MixtureOfNormal {name}"
         experts = [p] if isinstance(p, Distribution) else list(p)
         if not experts:

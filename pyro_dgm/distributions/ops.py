@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import networkx as nx
 from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.calls import _Binding, _Pass
-from pyro_dgm.distributions.joint import MultiplyDistribution
+from pyro_dgm.distributions.joint import MultiplyDistribution, pixyz_graph
 from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.latex import latex_name
 
 __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
 
@@ -50,7 +52,17 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
     factors = [f if not set(replace_dict) & (set(f.var) | set(f.input_var)) else
                replace_var(f, {k: v for k, v in replace_dict.items() if k in set(f.var) | set(f.input_var)})
                for f in d.factors]
-    return MultiplyDistribution.from_factors(factors, d.name)
+    # Pixyz renames the joint's graph in place (which decides the order of its variables and draws)
+    pg = nx.relabel_nodes(pixyz_graph(d), {o: n for o, n in zip(d.factors, factors) if o is not n}, copy=True)
+    mapping = {k: v for k, v in replace_dict.items() if k in pg and k != v}
+    if mapping:
+        nx.relabel_nodes(pg, mapping, copy=False)
+    out = MultiplyDistribution.from_factors(factors, d.name, pg)
+    opts = d.__dict__.get("_dg_options")
+    if opts:  # the factors' options (graph.set_option) follow them to their renamed copies, as in Pixyz
+        new_id = {id(o): id(n) for o, n in zip(d.factors, factors)}
+        out.__dict__["_dg_options"] = {new_id.get(k, k): v for k, v in opts.items()}
+    return out
 
 
 class ReplaceVarDistribution(Distribution):
@@ -189,7 +201,9 @@ class MarginalizeVarDistribution(Distribution):
 
     @property
     def prob_factorized_text(self) -> str:
-        return rf"\int {self.p.prob_factorized_text}" + "".join(f"d{v}" for v in self._marginalized)
+        # Pixyz: one \int per marginalized variable, then d<variable> each
+        return ("\\int " * len(self._marginalized) + self.p.prob_factorized_text
+                + "".join(f"d{latex_name(v)}" for v in self._marginalized))
 
     def _network_text(self) -> str:
         return self.p._network_text()

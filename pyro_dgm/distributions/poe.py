@@ -67,7 +67,7 @@ class ProductOfNormal(OptionalInputs, Normal):
     >>> qy = Normal(loc="y", scale=0.5, var=["z"], cond_var=["y"], name="q_y")
     >>> q = ProductOfNormal([qx, qy], name="q")
     >>> print(q.prob_joint_factorized_and_text)
-    q(z|x,y) \propto p(z)q_x(z|x)q_y(z|y)
+    q(z|x,y) \propto p(z)q_{x}(z|x)q_{y}(z|y)
     >>> params = q.get_params({"x": torch.tensor([[3.0]]), "y": torch.tensor([[1.0]])})
     >>> params["loc"], params["scale"] ** 2  # precisions 1 + 1 + 4, mean (3 + 4) / 6
     (tensor([[1.1667]]), tensor([[0.1667]]))
@@ -75,8 +75,11 @@ class ProductOfNormal(OptionalInputs, Normal):
     tensor([[1.5000]])
     """
 
-    def __init__(self, p: Sequence[Distribution] | Distribution, weight_modalities: Sequence[float] | None = None,
-                 name: str = "p", features_shape: Sequence[int] = (), prior: Distribution | None = None) -> None:
+    _repr_hidden_buffers = ("weight_modalities",)  # a list attribute in Pixyz, not printed
+
+    def __init__(self, p: Sequence[Distribution] | Distribution = (), weight_modalities: Sequence[float] | None = None,
+                 name: str = "p", features_shape: Sequence[int] = torch.Size(), prior: Distribution | None = None
+                 ) -> None:
         owner = f"{type(self).__name__} {name}"
         experts = [p] if isinstance(p, Distribution) else list(p)
         if not experts:
@@ -210,7 +213,7 @@ class ElementWiseProductOfNormal(ProductOfNormal):
             [1.3333]])
     """
 
-    def __init__(self, p: Distribution, name: str = "p", features_shape: Sequence[int] = ()) -> None:
+    def __init__(self, p: Distribution, name: str = "p", features_shape: Sequence[int] = torch.Size()) -> None:
         if len(p.cond_var) != 1:
             raise ValueError(f"ElementWiseProductOfNormal {name}: the expert network must have one conditioning "
                              f"variable, got cond_var={p.cond_var}")

@@ -9,7 +9,7 @@ import pyro
 from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution, sum_samples
-from pyro_dgm.distributions.calls import _Binding, _Pass, forward_binding, run_network
+from pyro_dgm.distributions.calls import _Binding, _Pass, forward_binding, forward_extras, run_network
 from pyro_dgm.utils.checks import describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
@@ -57,7 +57,8 @@ class Deterministic(Distribution):
 
     def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
         kw = {k: values[v] for k, v in b.fwd_kw}
-        kw.update(ctx.kwargs)
+        if ctx.kwargs:
+            kw.update(forward_extras(self, ctx.kwargs))
         out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
         if not isinstance(out, dict) or set(out) != set(self._var):
             got = sorted(out) if isinstance(out, dict) else type(out).__name__

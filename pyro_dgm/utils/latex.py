@@ -1,14 +1,32 @@
 """Printing formulas: the text of ``p(x|z)`` and a notebook-friendly ``print_latex``."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 #: Bumped whenever a distribution is renamed, so that text cached from formulas knows it is out of date.
 NAMES_VERSION = [0]
 
 
+@functools.lru_cache(maxsize=4096)
+def latex_name(name: str) -> str:
+    r"""A name as Pixyz prints it in formulas: SymPy's LaTeX of a symbol of that name (idempotent).
+
+    Examples
+    --------
+    >>> print(*[latex_name(n) for n in ("p1", "x_1", "p_prior", "p_{prior}", "mu", "q")])
+    p_{1} x_{1} p_{prior} p_{prior} \mu q
+    """
+    import sympy
+
+    try:
+        return sympy.latex(sympy.Symbol(name))
+    except Exception:  # a name SymPy cannot typeset stays as it is
+        return name
+
+
 def prob_text(name: str, var: Sequence[str], cond_var: Sequence[str] = ()) -> str:
-    """Pixyz's text of a distribution.
+    """Pixyz's text of a distribution (variable names typeset as :func:`latex_name` does).
 
     Examples
     --------
@@ -16,10 +34,12 @@ def prob_text(name: str, var: Sequence[str], cond_var: Sequence[str] = ()) -> st
     'p(x,z|y)'
     >>> prob_text("p_{prior}", ["z"])
     'p_{prior}(z)'
+    >>> prob_text("q", ["z1"], ["x_a"])
+    'q(z_{1}|x_{a})'
     """
-    text = f"{name}({','.join(var)}"
+    text = f"{name}({','.join(latex_name(v) for v in var)}"
     if cond_var:
-        text += f"|{','.join(cond_var)}"
+        text += f"|{','.join(latex_name(v) for v in cond_var)}"
     return text + ")"
 
 
@@ -36,3 +56,16 @@ def print_latex(obj: Any) -> Any:
         print(text)
         return text
     return Math(text)
+
+
+def convert_latex_name(name: str) -> str:
+    r"""The LaTeX of a variable or distribution name, as sympy writes a symbol (Pixyz's helper).
+
+    Examples
+    --------
+    >>> convert_latex_name("z_prev"), convert_latex_name("alpha"), convert_latex_name("x")
+    ('z_{prev}', '\\alpha', 'x')
+    """
+    import sympy
+
+    return sympy.latex(sympy.Symbol(name))

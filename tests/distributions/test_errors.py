@@ -81,6 +81,7 @@ def test_inputs_of_the_wrong_kind(p):
 
 
 # ---------------------------------------------------------------------------------------------- construction
+# A family that cannot compute is built (Pixyz builds it: it prints and multiplies) and raises at its first call.
 def test_forward_argument_names_differ_from_cond_var():
     class Bad(Normal):
         def __init__(self):
@@ -89,8 +90,10 @@ def test_forward_argument_names_differ_from_cond_var():
         def forward(self, h):
             return {"loc": h, "scale": torch.ones_like(h)}
 
+    bad = Bad()
+    assert bad.prob_text == "p(x|z)"
     with pytest.raises(ValueError, match=names("Bad p(x|z)", "'h'", "cond_var ['z']")):
-        Bad()
+        bad.sample({"z": torch.zeros(1, 1)})
 
     class BadDet(Deterministic):
         def __init__(self):
@@ -110,12 +113,15 @@ def test_forward_argument_names_differ_from_cond_var():
             return {}
 
     with pytest.raises(TypeError, match=names("Star p(x|z)", "*args", "['z']")):
-        Star()
+        Star().get_log_prob({"x": torch.zeros(1, 1), "z": torch.zeros(1, 1)})
 
 
 def test_cond_var_used_by_nothing():
+    unused = Normal(loc=0., scale=1., var=["x"], cond_var=["z"])
     with pytest.raises(ValueError, match=names("Normal p(x|z)", "'z'", "forward(z)")):
-        Normal(loc=0., scale=1., var=["x"], cond_var=["z"])
+        unused.sample({"z": torch.zeros(1, 1)})
+    with pytest.raises(ValueError, match=names("Normal p(x|z)", "'z'", "forward(z)")):
+        Normal(var=["x"], cond_var=["z"]).get_log_prob({"x": torch.zeros(1, 1), "z": torch.zeros(1, 1)})
     with pytest.raises(ValueError, match=names("Normal p(x|z)", "loc='w'", "cond_var ['z']")):
         Normal(loc="w", scale=1., var=["x"], cond_var=["z"])
 
@@ -128,10 +134,15 @@ def test_unknown_parameter_name():
 
 
 def test_parameter_missing_without_forward():
+    # Pixyz builds such a distribution (it prints and multiplies) and fails when it is used: so do we
+    p = Normal(loc=0., var=["x"])
+    assert "p(x,y) = p(y|x)p(x)" in str(p * Normal(var=["y"], cond_var=["x"], loc="x", scale=1.))  # Pixyz's order
     with pytest.raises(ValueError, match=names("Normal p(x)", "scale", "forward()")):
-        Normal(loc=0., var=["x"])
+        p.sample()
+    with pytest.raises(ValueError, match=names("Normal p(x)", "scale", "forward()")):
+        p.get_log_prob({"x": torch.zeros(1, 1)})
     with pytest.raises(ValueError, match=names("Bernoulli p(x)", "probs or logits")):
-        Bernoulli(var=["x"])
+        Bernoulli(var=["x"]).sample()
     with pytest.raises(ValueError, match=names("Bernoulli p(x)", "probs", "logits", "not")):
         Bernoulli(probs=0.5, logits=0., var=["x"])
 

@@ -178,15 +178,16 @@ def test_log_prob_of_a_conditional_joint_needs_only_its_inputs():
 def test_text_of_the_paper_joint():
     factors, _ = paper()
     joint = prod(factors)
-    assert joint.var == ["x", "z", "a", "y"]
+    # Pixyz 0.3.3's texts: variables in the order its graph holds them, factors from the last drawn to the first
+    assert joint.var == ["x", "y", "a", "z"]
     assert joint.cond_var == [] and joint.input_var == []
     assert joint.name == "p_{1}"
-    assert joint.prob_text == "p_{1}(x,z,a,y)"
-    assert joint.prob_factorized_text == "p_{1}(x|y,a)p_{2}(z|x,y)p_{3}(a)p_{4}(y)"
-    assert joint.prob_joint_factorized_and_text == "p_{1}(x,z,a,y) = p_{1}(x|y,a)p_{2}(z|x,y)p_{3}(a)p_{4}(y)"
-    assert joint.distribution_name == "Joint"
+    assert joint.prob_text == "p_{1}(x,y,a,z)"
+    assert joint.prob_factorized_text == "p_{2}(z|x,y)p_{1}(x|y,a)p_{4}(y)p_{3}(a)"
+    assert joint.prob_joint_factorized_and_text == "p_{1}(x,y,a,z) = p_{2}(z|x,y)p_{1}(x|y,a)p_{4}(y)p_{3}(a)"
+    assert joint.distribution_name == ""  # Pixyz's MultiplyDistribution has no family name
     p12 = factors[0] * factors[1]
-    assert p12.prob_joint_factorized_and_text == "p_{1}(x,z|y,a) = p_{1}(x|y,a)p_{2}(z|x,y)"
+    assert p12.prob_joint_factorized_and_text == "p_{1}(x,z|y,a) = p_{2}(z|x,y)p_{1}(x|y,a)"
     # a single distribution has no factorization
     assert factors[0].prob_joint_factorized_and_text == "p_{1}(x|y,a)" == factors[0].prob_factorized_text
 
@@ -230,9 +231,10 @@ def test_print_is_shaped_like_the_pixyz_readme():
     expected = ("Distribution:\n  p(x,z) = p(x|z)p_{prior}(z)\nNetwork architecture:\n"
                 f"  p_{{prior}}(z):\n{_ind(PRIOR_TEXT)}\n  p(x|z):\n{_ind(GENERATOR_TEXT)}")
     assert str(p * prior) == expected
-    # the formula keeps the user's multiplication order; the networks do not depend on it
+    # the factorization lists the factors from the last drawn to the first, as Pixyz does; the networks do not
+    # depend on the multiplication order either
     reverse = str(prior * p)
-    assert reverse.startswith("Distribution:\n  p_{prior}(z,x) = p_{prior}(z)p(x|z)\nNetwork architecture:\n")
+    assert reverse.startswith("Distribution:\n  p_{prior}(z,x) = p(x|z)p_{prior}(z)\nNetwork architecture:\n")
     assert reverse.split("Network architecture:\n")[1] == expected.split("Network architecture:\n")[1]
 
 
@@ -401,8 +403,9 @@ def test_replace_var_on_a_conditional_joint():
     factors, _ = paper(scale=1.0)
     p12 = factors[0] * factors[1]
     r = p12.replace_var(y="b", z="c")
-    assert r.prob_joint_factorized_and_text == "p_{1}(x,c|b,a) = p_{1}(x|b,a)p_{2}(c|x,b)"
-    assert r.input_var == ["b", "a"]
+    # Pixyz renames in place: the renamed nodes move to the end of its graph (a before b)
+    assert r.prob_joint_factorized_and_text == "p_{1}(x,c|a,b) = p_{2}(c|x,b)p_{1}(x|b,a)"
+    assert r.input_var == ["a", "b"]
     s = r.sample({"b": torch.ones(2, FEAT), "a": torch.ones(2, FEAT)}, sample_mean=True)
     assert torch.equal(s["c"], torch.full((2, FEAT), 1103.))
 
@@ -439,7 +442,7 @@ def test_marginal_of_a_marginal_and_inside_a_product():
     joint = prod(factors)
     m = joint.marginalize_var(["w"]).marginalize_var(["z"])
     assert m.var == ["x"] and m.marginalize_list == ["w", "z"]
-    assert m.prob_joint_factorized_and_text == r"p(x) = \int p(x|z)q(z|w)r(w)dwdz"
+    assert m.prob_joint_factorized_and_text == r"p(x) = \int \int p(x|z)q(z|w)r(w)dwdz"  # Pixyz: one \int per variable
     assert torch.equal(m.sample(batch_n=2, sample_mean=True)["x"], torch.full((2, FEAT), 111.))
     child = Shift("y", ["x"], 1000., name="s", scale=1.0)
     both = child * joint.marginalize_var(["z", "w"])
@@ -532,10 +535,11 @@ def test_log_prob_of_a_joint_sample_drawn_with_sample_shape():
     joint = prod(factors)
     s = joint.sample(batch_n=2, sample_shape=[5])
     assert all(v.shape == (5, 2, FEAT) for v in s.values())
-    lp = joint.get_log_prob(s)
+    lp = joint._get_log_prob(s)
     N = lambda loc, x: td.Normal(loc, 1.0).log_prob(x).sum(-1)  # noqa: E731
     expected = N(s["z"] + 100., s["x"]) + N(s["w"] + 10., s["z"]) + N(torch.ones(FEAT), s["w"])
     assert lp.shape == (5, 2) and torch.allclose(lp, expected)
+    assert torch.allclose(joint.get_log_prob(s), expected.sum(1))  # Pixyz sums every dim but the first
 
 
 def test_sample_shape_keeps_feature_dims_as_event_dims():

@@ -178,10 +178,11 @@ def test_mixture_of_normal_as_a_pyro_guide() -> None:
 
 def test_printing() -> None:
     p = _gmm()
-    assert "p(x) = p_0(x|z=0)p_{z}(z=0) + p_1(x|z=1)p_{z}(z=1) + p_2(x|z=2)p_{z}(z=2)" in str(p)
+    # Pixyz typesets the names: p_0 -> p_{0}
+    assert "p(x) = p_{0}(x|z=0)p_{z}(z=0) + p_{1}(x|z=1)p_{z}(z=1) + p_{2}(x|z=2)p_{z}(z=2)" in str(p)
     assert p.posterior().prob_joint_factorized_and_text == r"p(z|x) = \frac{p(z,x)}{p(x)}"
     q = MixtureOfNormal(list(_experts()), weight_modalities=[0.25, 0.75], name="q")
-    assert q.prob_joint_factorized_and_text == "q(z|x,y) = 0.25q_x(z|x) + 0.75q_y(z|y)"
+    assert q.prob_joint_factorized_and_text == "q(z|x,y) = 0.25q_{x}(z|x) + 0.75q_{y}(z|y)"
 
 
 def test_errors() -> None:

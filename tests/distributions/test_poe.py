@@ -78,7 +78,7 @@ def test_explicit_prior_expert(experts, inputs) -> None:
     prior = Normal(loc=torch.tensor([1.0, -1.0, 0.5]), scale=torch.tensor([2.0, 0.5, 1.0]), var=["z"],
                    name="p_{prior}")
     q = NormalPoE(prior, [experts["x"]], name="q")
-    assert q.prob_joint_factorized_and_text == r"q(z|x) \propto p_{prior}(z)q_x(z|x)"
+    assert q.prob_joint_factorized_and_text == r"q(z|x) \propto p_{prior}(z)q_{x}(z|x)"  # names typeset as Pixyz
     loc, scale = _closed_form([tuple(prior.get_params().values()), tuple(experts["x"].get_params(inputs).values())],
                               [1.0, 1.0])
     got = q.get_params({"x": inputs["x"]})
@@ -163,7 +163,7 @@ def test_renamed_product(experts, inputs) -> None:
 def test_printing(experts) -> None:
     q = ProductOfNormal([experts["x"], experts["y"]], name="q")
     text = str(q)
-    assert r"q(z|x,y) \propto p(z)q_x(z|x)q_y(z|y)" in text and "Linear(in_features=4" in text
+    assert r"q(z|x,y) \propto p(z)q_{x}(z|x)q_{y}(z|y)" in text and "Linear(in_features=4" in text
 
 
 def test_errors(experts) -> None:
