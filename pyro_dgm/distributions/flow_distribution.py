@@ -50,13 +50,22 @@ def _one_var(var: Any, owner: str) -> list[str]:
     return names
 
 
-def _shape_through(shape: torch.Size, fn: Any) -> torch.Size:
-    if not shape:
-        return torch.Size()
-    try:
-        return torch.Size(fn(shape))
-    except (ValueError, RuntimeError, TypeError):
-        return torch.Size()
+def _features_shape(flow: Flow) -> torch.Size:
+    """Pixyz's ``features_shape`` of a flow distribution: ``[flow.in_features]``, or ``[]`` when that is None (it is
+    what ``print`` shows; the shapes of samples come from the prior)."""
+    return torch.Size([flow.in_features]) if flow.in_features else torch.Size()
+
+
+class _FlowSite(dist.TransformedDistribution):
+    """Pyro's ``TransformedDistribution`` whose ``sample()`` (a draw with ``reparam=False``) keeps the flow in the
+    autograd graph: only the base draw carries no gradient, as in Pixyz, so the flow's parameters learn from samples
+    (planar flows in variational inference)."""
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        x = self.base_dist.sample(sample_shape)
+        for t in self.transforms:
+            x = t(x)
+        return x
 
 
 class _FlowDistribution(Distribution):
@@ -64,6 +73,7 @@ class _FlowDistribution(Distribution):
 
     prior: Distribution
     flow: Flow
+    _flow_inverted = False  # whether the prior's variable is the flow's output (InverseTransformedDistribution)
 
     def _init_flow(self, prior: Distribution, flow: Flow, hidden: str) -> None:
         self.prior = prior
@@ -89,12 +99,14 @@ class _FlowDistribution(Distribution):
             value: Tensor | None = None) -> tuple[Any, Any]:
         """The Pyro ``TransformedDistribution`` of this site, and its base distribution (the prior's)."""
         base, _ = site_fn(self.prior, self._mapping(b), values, ctx, False)
+        if self.flow._auto:  # flows that take their event dims from the input: from the prior's event shape here
+            self.flow._adapt(torch.Size([1]) + base.event_shape, self._flow_inverted)
         if expand and b.input_var:  # a context given to the flow only (not to the prior) sets the batch shape too
             batch = torch.broadcast_shapes(base.batch_shape, *(self._input_batch_shape(v, values, ctx)
                                                                for v in b.input_var))
             if batch != base.batch_shape:
                 base = base.expand(batch)
-        fn = dist.TransformedDistribution(base, [self._transform(b, values)])
+        fn = _FlowSite(base, [self._transform(b, values)])
         if expand:
             fn = expand_root(self, fn, b, ctx)
         return fn, fn.base_dist
@@ -119,7 +131,8 @@ class _FlowDistribution(Distribution):
         if ctx.obs is None and hidden not in values and hidden != name:  # Pixyz returns the prior's sample too
             try:
                 with torch.set_grad_enabled(ctx.reparam and torch.is_grad_enabled()):  # from the flow's memory
-                    values[hidden] = t.inv(value)
+                    inv = t.inv  # a Flow's _call: the value from its memory, leaving logdet_jacobian as it was
+                    values[hidden] = inv._call(value) if isinstance(inv, Flow) else inv(value)
             except NotImplementedError:
                 return
             ctx.event_dims[hidden] = base.event_dim
@@ -138,6 +151,26 @@ class _FlowDistribution(Distribution):
                              f"got {got}")
         ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
         return fn.log_prob(x)
+
+    def _sample_flow(self, x_dict: ValuesLike, batch_n: int | None, sample_shape: Sequence[int], return_all: bool,
+                     reparam: bool, sample_mean: bool, return_hidden: bool, kwargs: dict[str, Any]
+                     ) -> dict[str, Tensor]:
+        """Draw the variable, and the prior's (the flow's other side) unless ``return_hidden=False``, as Pixyz."""
+        out = Distribution.sample(self, x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=True,
+                                  reparam=reparam, sample_mean=sample_mean, **kwargs)
+        hidden = self._hidden
+        if not return_hidden and hidden not in self._var and (not isinstance(x_dict, Mapping) or hidden not in x_dict):
+            out.pop(hidden, None)
+        if return_all:
+            return out
+        keep = list(self._var) + ([hidden] if return_hidden else [])
+        return {k: out[k] for k in keep if k in out}
+
+    def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
+                     compute_jacobian: bool = False, **kwargs: Any) -> Tensor:
+        """The exact log-density (the log-determinant is always computed for the values given; ``compute_jacobian``
+        is accepted for Pixyz's signature)."""
+        return super().get_log_prob(x_dict, sum_features=sum_features, feature_dims=feature_dims, **kwargs)
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         """The ``pyro.distributions.TransformedDistribution`` given the inputs (event dims: the features).
@@ -208,12 +241,26 @@ class TransformedDistribution(_FlowDistribution):
         var = _one_var(var, owner)
         flow = as_flow(flow, owner)
         super().__init__(var=var, cond_var=prior.cond_var, name=name,
-                         features_shape=_shape_through(prior.features_shape, flow.forward_shape))
+                         features_shape=_features_shape(flow))
         self._init_flow(prior, flow, prior.var[0])
 
     @property
     def distribution_name(self) -> str:
         return "TransformedDistribution"
+
+    def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None,
+               sample_shape: Sequence[int] = torch.Size(), return_all: bool = True, reparam: bool = False,
+               compute_jacobian: bool = True, *, sample_mean: bool = False, return_hidden: bool = True,
+               **kwargs: Any) -> dict[str, Tensor]:
+        """Draw :math:`z = f(x)`, :math:`x \\sim p_{prior}`; the result holds ``x`` too (unless
+        ``return_hidden=False``), as Pixyz's. The flow stores the log-determinant of this draw in
+        ``logdet_jacobian`` (``compute_jacobian`` is accepted for Pixyz's signature).
+
+        ``reparam=True`` keeps the prior's draw in the autograd graph too (Pixyz does not pass it on, so the prior's
+        parameters get no pathwise gradient); the flow is in the graph either way, as in Pixyz.
+        """
+        return self._sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, return_hidden,
+                                  kwargs)
 
     @property
     def flow_input_var(self) -> list[str]:
@@ -252,7 +299,8 @@ class InverseTransformedDistribution(_FlowDistribution):
     var : list of str
         The one variable :math:`x`.
     cond_var : list of str, optional
-        One context variable passed to the flow as ``y`` (a conditional flow); the prior's own ``cond_var`` are added.
+        Conditioning variables: the first is passed to the flow as ``y`` (a conditional flow), as in Pixyz; the others
+        (and the prior's own ``cond_var``, which are added) condition the prior.
     name : str, default ``"p"``
 
     Examples
@@ -276,20 +324,28 @@ class InverseTransformedDistribution(_FlowDistribution):
         owner = f"InverseTransformedDistribution {name}"
         check_inner(owner, prior, "prior")
         var = _one_var(var, owner)
-        flow_cond = as_var_list(cond_var, owner, "cond_var")
-        if len(flow_cond) > 1:
-            raise ValueError(f"{owner}: the flow takes one context variable, got cond_var={flow_cond}; concatenate "
-                             "them into one variable")
+        given = as_var_list(cond_var, owner, "cond_var")
+        flow_cond = given[:1]  # Pixyz passes the first conditioning variable to the flow
         flow = as_flow(flow, owner)
-        cond = flow_cond + [v for v in prior.cond_var if v not in flow_cond]
+        cond = given + [v for v in prior.cond_var if v not in given]
         super().__init__(var=var, cond_var=cond, name=name,
-                         features_shape=_shape_through(prior.features_shape, flow.inverse_shape))
+                         features_shape=_features_shape(flow))
         self._init_flow(prior, flow, prior.var[0])
         self._flow_cond_var = flow_cond
+
+    _flow_inverted = True
 
     @property
     def distribution_name(self) -> str:
         return "InverseTransformedDistribution"
+
+    def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None,
+               sample_shape: Sequence[int] = torch.Size(), return_all: bool = True, reparam: bool = False,
+               return_hidden: bool = True, sample_mean: bool = False, **kwargs: Any) -> dict[str, Tensor]:
+        """Draw :math:`x = f^{-1}(z, y)`, :math:`z \\sim p_{prior}`; the result holds ``z`` too unless
+        ``return_hidden=False``, as Pixyz's."""
+        return self._sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, return_hidden,
+                                  kwargs)
 
     @property
     def flow_output_var(self) -> list[str]:

@@ -21,6 +21,7 @@ step invalidates it) and, when gradients are wanted, only if it was filled with 
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -83,25 +84,25 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
     return m if m.state == _state(flow) else None
 
 
-def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool) -> Tensor:
-    """``flow`` (or its inverse) applied to ``value``. A value this flow has just *produced* is mapped back from its
-    memory (a sample is scored without inverting the flow); an input is always recomputed, so data given again after
-    an optimizer step is never answered with stale values."""
+def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    """``flow`` (or its inverse) applied to ``value``, with the forward log-determinant. A value this flow has just
+    *produced* is mapped back from its memory (a sample is scored without inverting the flow); an input is always
+    recomputed, so data given again after an optimizer step is never answered with stale values."""
     m = _recall(flow, context, z=value, by_inverse=False) if inverse else _recall(flow, context, x=value,
                                                                                    by_inverse=True)
     if m is not None:
-        return m.x if inverse else m.z
+        return (m.x if inverse else m.z), m.logdet
     try:
         out, ld = flow.inverse_with_logdet(value, context) if inverse else flow.forward_with_logdet(value, context)
     except NotImplementedError:
         m = flow._memory  # no inverse to recompute with: what it remembers is the only answer
         if m is not None and m.context is context and (m.z if inverse else m.x) is value:
-            return m.x if inverse else m.z
+            return (m.x if inverse else m.z), m.logdet
         raise
     if flow._keep:
         x, z = (out, value) if inverse else (value, out)
         flow._memory = _Memory(x, z, ld, context, inverse, _state(flow))
-    return out
+    return out, ld
 
 
 def _logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
@@ -119,8 +120,11 @@ class Flow(TransformModule, ConditionalTransform):
     in_features : int, optional
         The size of the first event dim of the input (the features of a vector, the channels of an image); inputs of
         another size raise ``ValueError``. ``None`` accepts any size.
-    event_dim : int, default 1
+    event_dim : int or None, default 1
         How many rightmost dims form one sample: 1 for vectors ``(..., D)``, 3 for images ``(..., C, H, W)``.
+        ``None`` decides it from each input, as Pixyz does: an image when the input has 4 or more dims, else a vector
+        (see :meth:`_auto_event_dim`); pyro_dgm's flow distributions set it from the prior's event shape. Give it
+        explicitly for a flow put directly into Pyro's ``TransformedDistribution``, which reads it when built.
     codomain_event_dim : int, optional
         The event dims of the output, when they differ (``Flatten``).
     cache_size : {1, 0}
@@ -130,6 +134,10 @@ class Flow(TransformModule, ConditionalTransform):
     -----
     Differences from Pixyz: ``logdet_jacobian`` is also returned (``forward_with_logdet``), so no state is needed;
     ``forward``/``inverse`` accept any number of leading batch dims.
+
+    A subclass written for Pixyz, which overrides ``forward(x, y=None, compute_jacobian=True)`` (storing
+    ``self._logdet_jacobian``) and ``inverse(z, y=None)`` instead of the two methods above, works too: its methods are
+    wrapped, it decides its event dims from each input (``event_dim=None``) and it skips the size check.
 
     Examples
     --------
@@ -146,20 +154,39 @@ class Flow(TransformModule, ConditionalTransform):
     bijective = True
     _feature_name = "features"
     __repr__ = nn.Module.__repr__
+    _pixyz_forward = False  # a subclass written for Pixyz: it overrides forward (and inverse) instead
+    _pixyz_inverse = False
+    _constant_logdet = False  # the log-det is one number for the whole batch (Pixyz stores it unexpanded)
+    _volume_preserving = False  # the log-det is 0 (Pixyz's logdet_jacobian is 0 before any call)
 
-    def __init__(self, in_features: int | None = None, event_dim: int = 1, codomain_event_dim: int | None = None,
-                 cache_size: int = 1) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+
+        def definer(name: str) -> int:
+            return next(i for i, k in enumerate(mro) if name in k.__dict__)
+
+        cls._pixyz_forward = definer("forward") < definer("_forward_logdet")
+        cls._pixyz_inverse = definer("inverse") < definer("_inverse_logdet")
+
+    def __init__(self, in_features: int | None = None, event_dim: int | None = 1,
+                 codomain_event_dim: int | None = None, cache_size: int = 1) -> None:
         super().__init__(cache_size=0)  # Pyro's (x, y) memory is replaced by ours, which also keeps the log-det
         if cache_size not in (0, 1):
             raise ValueError(f"{type(self).__name__}: cache_size must be 0 or 1, got {cache_size!r}")
-        if in_features is not None and (not isinstance(in_features, int) or in_features < 1):
-            raise ValueError(f"{type(self).__name__}: in_features must be a positive int, got {in_features!r}")
+        if in_features is not None:  # NumPy integers too (np.prod of a shape), as Pixyz takes them
+            if not isinstance(in_features, numbers.Integral) or isinstance(in_features, bool) or in_features < 1:
+                raise ValueError(f"{type(self).__name__}: in_features must be a positive int, got {in_features!r}")
+            in_features = int(in_features)
         self._in_features = in_features
-        self._domain_event_dim = int(event_dim)
-        self._codomain_event_dim = int(event_dim if codomain_event_dim is None else codomain_event_dim)
+        self._auto = event_dim is None or self._pixyz_forward
+        if self._auto:
+            event_dim = codomain_event_dim = None
+        self._domain_event_dim = int(event_dim or 1)
+        self._codomain_event_dim = int(codomain_event_dim or self._domain_event_dim)
         self._keep = bool(cache_size)
         self._memory: _Memory | None = None
-        self._logdet_jacobian: Tensor | None = None
+        self._logdet_jacobian: Tensor | int | None = 0 if self._volume_preserving else None
 
     # ------------------------------------------------------------------ description
     @property
@@ -181,16 +208,30 @@ class Flow(TransformModule, ConditionalTransform):
         return self._logdet_jacobian
 
     def extra_repr(self) -> str:
+        return ""  # as Pixyz prints flows; error messages use _details()
+
+    def _details(self) -> str:
         return f"in_features={self._in_features}" if self._in_features is not None else ""
 
     def _describe(self) -> str:
-        return f"{type(self).__name__}({self.extra_repr()})"
+        return f"{type(self).__name__}({self._details()})"
 
     def _expected_size(self, inverse: bool) -> int | None:
         """The size expected at dim ``-event_dim`` of the input (of the output when ``inverse``)."""
-        return self._in_features
+        return None if self._pixyz_forward else self._in_features
+
+    def _auto_event_dim(self, shape: torch.Size) -> int:
+        """The event dims of an input of this shape when ``event_dim=None``: Pixyz's rule, 3 (an image
+        ``(N, C, H, W)``) for 4 or more dims, else 1 (a vector ``(N, D)``; ``(L, N, D)`` is a batch of vectors)."""
+        return 3 if len(shape) >= 4 else 1
+
+    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
+        """Set the event dims for an input of ``shape`` (the output side when ``inverse``); ``event_dim=None`` only."""
+        self._domain_event_dim = self._codomain_event_dim = self._auto_event_dim(shape)
 
     def _check(self, x: Tensor, inverse: bool) -> None:
+        if self._auto and isinstance(x, Tensor):
+            self._adapt(x.shape, inverse)
         ev = self._codomain_event_dim if inverse else self._domain_event_dim
         n = self._expected_size(inverse)
         hint = _SHAPE_HINTS.get(ev, "(..., {n}, ...)").format(n=n if n is not None else "N")
@@ -205,9 +246,19 @@ class Flow(TransformModule, ConditionalTransform):
 
     # ------------------------------------------------------------------ the two methods a subclass implements
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self._pixyz_forward:  # a Pixyz-style subclass: its forward stores the log-det
+            z = type(self).forward(self, x, context, True)
+            return z, _as_logdet(self._logdet_jacobian, x, self._domain_event_dim)
         return x, zero_logdet(x, self._domain_event_dim)
 
     def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self._pixyz_inverse:  # a Pixyz-style subclass: its inverse gives no log-det, so run forward at x for it
+            x = type(self).inverse(self, z, context)
+            saved = self._logdet_jacobian
+            try:
+                return x, self._forward_logdet(x, context)[1]
+            finally:
+                self._logdet_jacobian = saved
         return z, zero_logdet(z, self._codomain_event_dim)
 
     # ------------------------------------------------------------------ public interface
@@ -222,16 +273,22 @@ class Flow(TransformModule, ConditionalTransform):
         self._check(z, inverse=True)
         return self._inverse_logdet(z, y)
 
+    def __call__(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
+        """``flow(x, y)`` runs :meth:`forward` (through ``nn.Module.__call__``, so hooks run), as in Pixyz; torch's
+        transforms call it with ``x`` alone."""
+        return nn.Module.__call__(self, x, y, compute_jacobian)
+
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
-        """Return :math:`z = f(x)` given context ``y``; store the log-determinant in :attr:`logdet_jacobian`."""
-        z, ld = self.forward_with_logdet(x, y)
+        """Return :math:`z = f(x)` given context ``y``; store the log-determinant in :attr:`logdet_jacobian`
+        (one number for the batch when it does not depend on ``x``, as Pixyz stores it)."""
+        z, ld = _apply(self, y, x, inverse=False)
         if compute_jacobian:
-            self._logdet_jacobian = ld
+            self._logdet_jacobian = _first(ld) if self._constant_logdet else ld
         return z
 
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         r"""Return :math:`x = f^{-1}(z)` given context ``y``."""
-        return self.inverse_with_logdet(z, y)[0]
+        return _apply(self, y, z, inverse=True)[0]
 
     def condition(self, context: Tensor) -> "ConditionedFlow":
         """This flow with its context fixed: a ``torch.distributions.Transform`` (Pyro's conditional interface)."""
@@ -239,10 +296,10 @@ class Flow(TransformModule, ConditionalTransform):
 
     # ------------------------------------------------------------------ torch.distributions.Transform hooks
     def _call(self, x: Tensor) -> Tensor:
-        return _apply(self, None, x, inverse=False)
+        return _apply(self, None, x, inverse=False)[0]
 
     def _inverse(self, z: Tensor) -> Tensor:
-        return _apply(self, None, z, inverse=True)
+        return _apply(self, None, z, inverse=True)[0]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         return _logdet(self, None, x, y)
@@ -288,10 +345,10 @@ class ConditionedFlow(Transform):
         return self.flow.inverse_shape(shape)
 
     def _call(self, x: Tensor) -> Tensor:
-        return _apply(self.flow, self.context, x, inverse=False)
+        return _apply(self.flow, self.context, x, inverse=False)[0]
 
     def _inverse(self, z: Tensor) -> Tensor:
-        return _apply(self.flow, self.context, z, inverse=True)
+        return _apply(self.flow, self.context, z, inverse=True)[0]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         return _logdet(self.flow, self.context, x, y)
@@ -317,10 +374,31 @@ def _resolve(part: Any, context: Tensor | None) -> Transform:
                      "(flow.forward(x, y=...), or cond_var=[...] in InverseTransformedDistribution)")
 
 
+def _compose_dims(parts: Sequence[Any]) -> tuple[int, int]:
+    """The event dims of a composition, as torch's ComposeTransform computes them."""
+    dom = _event_dims(parts[-1])[1]
+    for p in reversed(parts):
+        d, c = _event_dims(p)
+        dom = max(dom + d - c, d)
+    cod = _event_dims(parts[0])[0]
+    for p in parts:
+        d, c = _event_dims(p)
+        cod = max(cod + c - d, c)
+    return dom, cod
+
+
 def _as_logdet(ld: Any, x: Tensor, event_dim: int) -> Tensor:
+    """A log-det as a tensor of ``x``'s batch shape (a number or a scalar tensor is expanded)."""
+    batch = x.shape[:x.dim() - event_dim]
     if isinstance(ld, Tensor):
-        return ld
-    return x.new_full(x.shape[:x.dim() - event_dim], float(ld))
+        return ld.expand(batch) if ld.dim() == 0 else ld
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    return torch.full(batch, float(ld), dtype=dtype, device=x.device)
+
+
+def _first(ld: Tensor) -> Tensor:
+    """A batch-constant log-det as one number (how Pixyz stores it)."""
+    return ld.reshape(-1)[0] if ld.dim() > 0 and ld.numel() > 0 else ld
 
 
 class FlowList(Flow):
@@ -359,19 +437,15 @@ class FlowList(Flow):
             if not isinstance(p, (Transform, ConditionalTransform)):
                 raise TypeError(f"FlowList: part {i} must be a flow or a torch/Pyro transform, got "
                                 f"{type(p).__name__}")
-        # the event dims of the composition, as torch's ComposeTransform computes them
-        dom = _event_dims(parts[-1])[1]
-        for p in reversed(parts):
-            d, c = _event_dims(p)
-            dom = max(dom + d - c, d)
-        cod = _event_dims(parts[0])[0]
-        for p in parts:
-            d, c = _event_dims(p)
-            cod = max(cod + c - d, c)
+        self._constant_logdet = all(getattr(p, "_constant_logdet", False) for p in parts)
+        dom, cod = _compose_dims(parts)
         super().__init__(in_features=getattr(parts[0], "in_features", None), event_dim=dom,
                          codomain_event_dim=cod, cache_size=cache_size)
         self.flow_list = nn.ModuleList([p for p in parts if isinstance(p, nn.Module)])
         self._parts = parts
+        # parts that decide their event dims from the input make the list do so too (once per input shape)
+        self._auto = any(getattr(p, "_auto", False) for p in parts)
+        self._adapted_for: tuple | None = None
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -383,11 +457,25 @@ class FlowList(Flow):
         return self._parts[i]
 
     def __repr__(self) -> str:
-        return repr(self.flow_list).replace("ModuleList", "FlowList", 1) if len(self.flow_list) == len(
+        # as Pixyz prints it: every "ModuleList" in the text, the networks' own too, reads "FlowList"
+        return repr(self.flow_list).replace("ModuleList", "FlowList") if len(self.flow_list) == len(
             self._parts) else "FlowList(\n" + "\n".join(f"  ({i}): {p!r}" for i, p in enumerate(self._parts)) + "\n)"
 
     def _expected_size(self, inverse: bool) -> int | None:
         return None  # the parts check their own inputs
+
+    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
+        key = (tuple(shape), inverse)
+        if key == self._adapted_for:
+            return
+        parts = list(reversed(self._parts)) if inverse else self._parts
+        for p in parts:
+            if getattr(p, "_auto", False):
+                p._adapt(shape, inverse)
+            step = getattr(p, "inverse_shape" if inverse else "forward_shape", None)
+            shape = step(shape) if step is not None else shape
+        self._domain_event_dim, self._codomain_event_dim = _compose_dims(self._parts)
+        self._adapted_for = key
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         for p in self._parts:

@@ -1,6 +1,7 @@
 r"""Glow's invertible 1x1 convolution (Kingma & Dhariwal 2018), optionally LU-decomposed."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -13,10 +14,12 @@ class ChannelConv(Flow):
     r"""Invertible 1x1 convolution: every pixel's channel vector is multiplied by one :math:`C \times C` matrix
     :math:`W`, so :math:`\log|\det \partial z/\partial x| = H\,W \log|\det W|`.
 
-    The matrix starts as a random rotation. With ``decomposed=True`` it is parameterized as
-    :math:`W = P L (U + \mathrm{diag}(\mathrm{sign}(s)\, e^{\log|s|}))` (a fixed permutation :math:`P`, unit lower
-    triangular :math:`L`, strictly upper triangular :math:`U`), so the log-determinant is
-    :math:`H\,W \sum \log|s|` and the inverse takes two triangular solves.
+    The matrix starts as a random rotation, the Q factor of a Gaussian matrix drawn from NumPy's global generator (as
+    Pixyz draws it, so a program seeded as before starts from the same matrix). With ``decomposed=True`` it is
+    parameterized as :math:`W = P L (U + \mathrm{diag}(\mathrm{sign}(s)\, e^{\log|s|}))` (a fixed permutation
+    :math:`P`, unit lower triangular :math:`L`, strictly upper triangular :math:`U`; parameters ``l``, ``u``,
+    ``log_s`` as in Pixyz), so the log-determinant is :math:`H\,W \sum \log|s|` and the inverse takes two
+    triangular solves.
 
     Parameters
     ----------
@@ -45,38 +48,44 @@ class ChannelConv(Flow):
     """
 
     _feature_name = "channels"
+    _constant_logdet = True
 
     def __init__(self, in_channels: int, decomposed: bool = False, cache_size: int = 1) -> None:
         super().__init__(in_channels, event_dim=3, cache_size=cache_size)
         self.decomposed = decomposed
-        w = torch.linalg.qr(torch.randn(in_channels, in_channels))[0]
+        w64 = torch.from_numpy(np.linalg.qr(np.random.randn(in_channels, in_channels))[0])
+        w = w64.to(torch.float32)
+        self.w_shape = [in_channels, in_channels]
         if not decomposed:
             self.weight = nn.Parameter(w)
             return
         p, lower, upper = torch.linalg.lu(w)
         s = torch.diagonal(upper)
-        self.register_buffer("p", p)
-        self.register_buffer("sign_s", torch.sign(s))
-        self.register_buffer("l_mask", torch.tril(torch.ones(in_channels, in_channels), -1))
-        self.lower = nn.Parameter(lower * self.l_mask)
-        self.upper = nn.Parameter(torch.triu(upper, 1))
-        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+        dtype = torch.float32
+        self.register_buffer("p", p.to(dtype))
+        self.register_buffer("sign_s", torch.sign(s).to(dtype))
+        self.register_buffer("l_mask", torch.tril(torch.ones(in_channels, in_channels), -1), persistent=False)
+        self.l = nn.Parameter(lower.to(dtype))  # noqa: E741 (Pixyz's name); its unit diagonal is masked out in use
+        self.u = nn.Parameter(torch.triu(upper, 1).to(dtype))
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)).to(dtype))
 
-    def extra_repr(self) -> str:
+    def _details(self) -> str:
         return f"in_channels={self.in_features}, decomposed={self.decomposed}"
 
     def _factors(self) -> tuple[Tensor, Tensor]:
         """``L`` (unit lower triangular) and ``U`` (upper triangular with the diagonal ``s``)."""
-        eye = torch.eye(self.l_mask.shape[0], dtype=self.lower.dtype, device=self.lower.device)
-        lower = self.lower * self.l_mask + eye
-        upper = self.upper * self.l_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        eye = torch.eye(self.l_mask.shape[0], dtype=self.l.dtype, device=self.l.device)
+        lower = self.l * self.l_mask + eye
+        upper = self.u * self.l_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return lower, upper
 
     def get_weight(self, inverse: bool = False) -> tuple[Tensor, Tensor]:
         r"""The matrix :math:`W` (or :math:`W^{-1}`) and :math:`\log|\det W|`."""
         if not self.decomposed:
             logabsdet = torch.linalg.slogdet(self.weight)[1]
-            return (torch.linalg.inv(self.weight) if inverse else self.weight), logabsdet
+            if not inverse:
+                return self.weight, logabsdet
+            return torch.linalg.inv(self.weight.double()).to(self.weight.dtype), logabsdet
         lower, upper = self._factors()
         if not inverse:
             return self.p @ lower @ upper, self.log_s.sum()
@@ -84,6 +93,12 @@ class ChannelConv(Flow):
         l_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
         u_inv = torch.linalg.solve_triangular(upper, eye, upper=True)
         return u_inv @ l_inv @ self.p.T, self.log_s.sum()
+
+    def get_parameters(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        r"""Pixyz's interface: the convolution weight :math:`W` (or :math:`W^{-1}`) of shape ``(C, C, 1, 1)`` and
+        :math:`H\,W \log|\det W|` for images ``x``."""
+        w, logabsdet = self.get_weight(inverse)
+        return w.view(*w.shape, 1, 1), logabsdet * (x.shape[-1] * x.shape[-2])
 
     def _apply_weight(self, v: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         w, logabsdet = self.get_weight(inverse)
@@ -93,6 +108,10 @@ class ChannelConv(Flow):
 
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return self._apply_weight(x, inverse=False)
+
+    def inverse(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        r"""Return :math:`f^{-1}(x)` (Pixyz names the argument ``x`` here)."""
+        return super().inverse(x, y)
 
     def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return self._apply_weight(z, inverse=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -13,36 +14,44 @@ __all__ = ["AffineCoupling", "checkerboard_mask", "channel_wise_mask"]
 MASK_TYPES = ("checkerboard", "channel_wise")
 
 
-def checkerboard_mask(height: int, width: int, inverse_mask: bool = False, dtype: torch.dtype | None = None,
-                      device: Any = None) -> Tensor:
-    """A ``(height, width)`` checkerboard of ones and zeros; the top-left entry is 1 unless ``inverse_mask``.
-
-    Examples
-    --------
-    >>> checkerboard_mask(3, 4)
-    tensor([[1., 0., 1., 0.],
-            [0., 1., 0., 1.],
-            [1., 0., 1., 0.]])
-    """
+def _checkerboard(height: int, width: int, inverse_mask: bool, dtype: torch.dtype, device: Any) -> Tensor:
     idx = torch.arange(height, device=device).view(-1, 1) + torch.arange(width, device=device)
-    return ((idx + (0 if inverse_mask else 1)) % 2).to(dtype or torch.get_default_dtype())
+    return ((idx + (0 if inverse_mask else 1)) % 2).to(dtype)
 
 
-def channel_wise_mask(channels: int, inverse_mask: bool = False, dtype: torch.dtype | None = None,
-                      device: Any = None) -> Tensor:
-    """Ones on the first half of ``channels`` (the second half if ``inverse_mask``), zeros elsewhere.
-
-    Examples
-    --------
-    >>> channel_wise_mask(4), channel_wise_mask(4, inverse_mask=True)
-    (tensor([1., 1., 0., 0.]), tensor([0., 0., 1., 1.]))
-    """
-    mask = torch.zeros(channels, dtype=dtype or torch.get_default_dtype(), device=device)
+def _channel_wise(channels: int, inverse_mask: bool, dtype: torch.dtype, device: Any) -> Tensor:
+    mask = torch.zeros(channels, dtype=dtype, device=device)
     if inverse_mask:
         mask[channels // 2:] = 1
     else:
         mask[:channels // 2] = 1
     return mask
+
+
+def checkerboard_mask(height: int, width: int, inverse_mask: bool = False) -> np.ndarray:
+    """A ``(height, width)`` checkerboard of ones and zeros (float32 NumPy array, as Pixyz's); the top-left entry is 1
+    unless ``inverse_mask``.
+
+    Examples
+    --------
+    >>> checkerboard_mask(3, 4)
+    array([[1., 0., 1., 0.],
+           [0., 1., 0., 1.],
+           [1., 0., 1., 0.]], dtype=float32)
+    """
+    return _checkerboard(height, width, inverse_mask, torch.float32, None).numpy()
+
+
+def channel_wise_mask(channels: int, inverse_mask: bool = False) -> np.ndarray:
+    """Ones on the first ``channels // 2`` entries (the others if ``inverse_mask``), zeros elsewhere (float32 NumPy
+    array, as Pixyz's).
+
+    Examples
+    --------
+    >>> channel_wise_mask(5), channel_wise_mask(4, inverse_mask=True)
+    (array([1., 1., 0., 0., 0.], dtype=float32), array([0., 0., 1., 1.], dtype=float32))
+    """
+    return _channel_wise(channels, inverse_mask, torch.float32, None).numpy()
 
 
 class AffineCoupling(Flow):
@@ -58,24 +67,25 @@ class AffineCoupling(Flow):
     in_features : int
         Features of a vector, or channels of an image.
     mask_type : {"channel_wise", "checkerboard"}
-        ``"channel_wise"`` keeps the first half of the features/channels (requires an even number);
+        ``"channel_wise"`` keeps the first ``in_features // 2`` features/channels (the rest with ``inverse_mask``);
         ``"checkerboard"`` keeps alternate pixels of an image (or alternate features of a vector).
     scale_net, translate_net : callable, optional
         :math:`s` and :math:`t`: each maps the masked input (and the context ``y``, for a conditional flow) to a
         tensor of the input's shape.
     scale_translate_net : callable, optional
-        One network returning ``(s, t)`` instead.
+        One network returning ``(s, t)`` instead (not used when both of the above are given, as in Pixyz).
     inverse_mask : bool, default False
         Swap the roles of the two halves.
     event_dim : int, optional
-        3 for images ``(..., C, H, W)``, 1 for vectors ``(..., D)``; by default 3 for a checkerboard mask and 1 for a
-        channel-wise mask (pass ``event_dim=3`` for a channel-wise coupling on images).
+        3 for images ``(..., C, H, W)``, 1 for vectors ``(..., D)``. By default (``None``) it is decided from each
+        input, as Pixyz does: images for inputs with 4 or more dims (``(N, C, H, W)``), vectors otherwise; then, as in
+        Pixyz, ``in_features`` is not checked against the input.
     cache_size : {1, 0}
 
     Raises
     ------
     ValueError
-        For an unknown ``mask_type``, missing networks, or a channel-wise mask over an odd number of features.
+        For an unknown ``mask_type`` or missing networks.
 
     Examples
     --------
@@ -85,10 +95,10 @@ class AffineCoupling(Flow):
     >>> z, logdet = f.forward_with_logdet(x)
     >>> bool(torch.equal(z[:, :2], x[:, :2])), bool(torch.allclose(f.inverse(z), x, atol=1e-6))
     (True, True)
-    >>> AffineCoupling(5, scale_translate_net=net)
-    Traceback (most recent call last):
-     ...
-    ValueError: AffineCoupling: a channel-wise mask splits the features into two halves; ... got 5
+    >>> conv = torch.nn.Conv2d(3, 6, 3, padding=1)  # the same class on images (N, C, H, W), channel-wise
+    >>> g = AffineCoupling(3, scale_translate_net=lambda x: conv(x).chunk(2, dim=1))
+    >>> g.build_mask(torch.zeros(2, 3, 4, 4)).flatten().tolist()
+    [1.0, 0.0, 0.0]
     """
 
     def __init__(self, in_features: int, mask_type: str = "channel_wise",
@@ -97,19 +107,16 @@ class AffineCoupling(Flow):
                  inverse_mask: bool = False, event_dim: int | None = None, cache_size: int = 1) -> None:
         if mask_type not in MASK_TYPES:
             raise ValueError(f"AffineCoupling: mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
-        if event_dim is None:
-            event_dim = 3 if mask_type == "checkerboard" else 1
-        if event_dim not in (1, 3):
+        if event_dim not in (None, 1, 3):
             raise ValueError(f"AffineCoupling: event_dim must be 1 (vectors) or 3 (images), got {event_dim!r}")
         what = "channels" if event_dim == 3 else "features"
-        if mask_type == "channel_wise" and isinstance(in_features, int) and in_features % 2:
-            raise ValueError(f"AffineCoupling: a channel-wise mask splits the {what} into two halves; expected an "
-                             f"even in_features, got {in_features}")
-        if scale_translate_net is None and (scale_net is None or translate_net is None):
+        if scale_net is not None and translate_net is not None:
+            scale_translate_net = None  # as Pixyz: the pair is used when both are given
+        elif scale_translate_net is None:
             raise ValueError("AffineCoupling: give scale_translate_net (returning (s, t)), or both scale_net and "
                              "translate_net")
-        if scale_translate_net is not None and (scale_net is not None or translate_net is not None):
-            raise ValueError("AffineCoupling: give scale_translate_net or scale_net/translate_net, not both")
+        else:
+            scale_net = translate_net = None
         super().__init__(in_features, event_dim=event_dim, cache_size=cache_size)
         self._feature_name = what
         self.mask_type = mask_type
@@ -120,6 +127,20 @@ class AffineCoupling(Flow):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, mask_type={self.mask_type}, inverse_mask={self.inverse_mask}"
+
+    _details = extra_repr
+
+    def _auto_event_dim(self, shape: torch.Size) -> int:
+        # Pixyz: an image (N, C, H, W) or a vector (N, D); with more batch dims, the size at dim -3 or -1 decides
+        n = self.in_features
+        return 3 if len(shape) >= 4 and (shape[-3] == n or shape[-1] != n) else 1
+
+    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
+        super()._adapt(shape, inverse)
+        self._feature_name = "channels" if self._domain_event_dim == 3 else "features"
+
+    def _expected_size(self, inverse: bool) -> int | None:
+        return None if self._auto else self.in_features
 
     def build_mask(self, x: Tensor) -> Tensor:
         """The mask for input ``x``, broadcastable to it: ``(1, D)``, ``(1, C, 1, 1)`` or ``(1, 1, H, W)``.
@@ -133,16 +154,18 @@ class AffineCoupling(Flow):
                   [1., 0., 1.],
                   [0., 1., 0.]]]])
         """
-        kw = {"dtype": x.dtype, "device": x.device}
+        if self._auto:
+            self._adapt(x.shape, False)
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         if self._domain_event_dim == 3:
             c, h, w = x.shape[-3:]
             if self.mask_type == "checkerboard":
-                return checkerboard_mask(h, w, self.inverse_mask, **kw).view(1, 1, h, w)
-            return channel_wise_mask(c, self.inverse_mask, **kw).view(1, c, 1, 1)
+                return _checkerboard(h, w, self.inverse_mask, dtype, x.device).view(1, 1, h, w)
+            return _channel_wise(c, self.inverse_mask, dtype, x.device).view(1, c, 1, 1)
         d = x.shape[-1]
         if self.mask_type == "checkerboard":
-            return checkerboard_mask(1, d, self.inverse_mask, **kw)
-        return channel_wise_mask(d, self.inverse_mask, **kw).view(1, d)
+            return _checkerboard(1, d, self.inverse_mask, dtype, x.device)
+        return _channel_wise(d, self.inverse_mask, dtype, x.device).view(1, d)
 
     def get_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(s, t)`` from the networks given the masked input ``x`` and the context ``y``."""

@@ -1,21 +1,24 @@
 r"""Normalizing layers as flows: batch normalization (Dinh et al. 2017) and activation normalization (Glow)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from pyro_dgm.flows.base import Flow
+from pyro_dgm.utils.settings import epsilon
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "ActNorm2d"]
 
 
 class BatchNorm1d(Flow):
-    r"""Batch normalization with an inverse: :math:`z = e^{\log\gamma} (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta`.
+    r"""Batch normalization with an inverse: :math:`z = e^{\log\gamma} (x - \mu)/\sqrt{v} + \beta`.
 
-    In training mode :math:`\mu, \sigma^2` are the statistics of the batch (over every dim but the features) and the
-    inverse uses those of the last forward batch; in eval mode both use the running statistics. The log-determinant
-    treats the statistics as constants, :math:`\sum \log\gamma - \tfrac12 \log(\sigma^2 + \epsilon)`, exact in eval
-    mode.
+    In training mode :math:`\mu` and :math:`v = \sigma^2 + \epsilon` are the statistics of the batch (over every dim
+    but the features; :math:`\sigma^2` is the biased variance) and the inverse uses those of the last forward batch; in
+    eval mode both use the running statistics (which include :math:`\epsilon`, as in Pixyz). The log-determinant
+    treats the statistics as constants, :math:`\sum \log\gamma - \tfrac12 \log v`, exact in eval mode.
 
     Parameters
     ----------
@@ -23,7 +26,8 @@ class BatchNorm1d(Flow):
     momentum : float, default 0.0
         The weight of the old running statistics: ``running = momentum * running + (1 - momentum) * batch`` (Pixyz's
         convention, the opposite of ``torch.nn.BatchNorm1d``'s; 0 keeps the last batch's statistics).
-    eps : float, default 1e-5
+    eps : float, optional
+        Added to the batch variance; Pixyz's ``epsilon()`` (1e-7) by default.
     cache_size : {1, 0}
 
     Examples
@@ -36,14 +40,16 @@ class BatchNorm1d(Flow):
     """
 
     _feature_name = "features"
+    _constant_logdet = True
 
-    def __init__(self, in_features: int, momentum: float = 0.0, eps: float = 1e-5, cache_size: int = 1) -> None:
+    def __init__(self, in_features: int, momentum: float = 0.0, eps: float | None = None,
+                 cache_size: int = 1) -> None:
         super().__init__(in_features, event_dim=self._event_dim(), cache_size=cache_size)
         shape = self._param_shape(in_features)
         self.log_gamma = nn.Parameter(torch.zeros(shape))
         self.beta = nn.Parameter(torch.zeros(shape))
         self.momentum = float(momentum)
-        self.eps = float(eps)
+        self.eps = float(epsilon() if eps is None else eps)
         self.register_buffer("running_mean", torch.zeros(shape))
         self.register_buffer("running_var", torch.ones(shape))
         self.register_buffer("batch_mean", None, persistent=False)
@@ -63,7 +69,7 @@ class BatchNorm1d(Flow):
     def _pixels(self, v: Tensor) -> int:
         return 1
 
-    def extra_repr(self) -> str:
+    def _details(self) -> str:
         return f"in_features={self.in_features}, momentum={self.momentum}"
 
     def _stats(self, x: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -74,8 +80,8 @@ class BatchNorm1d(Flow):
         if not self.training:
             return self.running_mean, self.running_var
         dims = self._reduce_dims(x)
-        mean = x.mean(dim=dims)
-        var = ((x - mean) ** 2).mean(dim=dims)
+        mean = x.mean(dim=dims, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=dims) + self.eps
         mean, var = mean.reshape(self.running_mean.shape), var.reshape(self.running_var.shape)
         with torch.no_grad():
             self.batch_mean, self.batch_var = mean.detach(), var.detach()
@@ -85,25 +91,27 @@ class BatchNorm1d(Flow):
         return mean, var
 
     def _logdet(self, v: Tensor, var: Tensor) -> Tensor:
-        ld = (self.log_gamma - 0.5 * torch.log(var + self.eps)).sum() * self._pixels(v)
+        ld = (self.log_gamma - 0.5 * torch.log(var)).sum() * self._pixels(v)
         return ld.to(v.dtype).expand(v.shape[:v.dim() - self._domain_event_dim])
 
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         mean, var = self._stats(x)
-        z = torch.exp(self.log_gamma) * (x - mean) / torch.sqrt(var + self.eps) + self.beta
+        z = torch.exp(self.log_gamma) * ((x - mean) / var.sqrt()) + self.beta
         return z, self._logdet(x, var)
 
     def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         mean, var = self._stats(None)
-        x = (z - self.beta) * torch.exp(-self.log_gamma) * torch.sqrt(var + self.eps) + mean
+        x = (z - self.beta) / torch.exp(self.log_gamma) * var.sqrt() + mean
         return x, self._logdet(z, var)
 
 
 class BatchNorm2d(BatchNorm1d):
     r"""Batch normalization of the channels of images ``(..., C, H, W)``, with an inverse (see :class:`BatchNorm1d`).
 
-    The log-determinant counts every pixel: :math:`H W \sum_c \log\gamma_c - \tfrac12\log(\sigma_c^2 + \epsilon)`
-    (Pixyz's sums over a wrong dim and leaves out :math:`H W`).
+    The statistics are per channel and the log-determinant counts every pixel:
+    :math:`H W \sum_c \log\gamma_c - \tfrac12\log v_c`. Pixyz's differs: in training it normalizes each
+    (channel, pixel) by its own batch statistics (``x.mean(0)``), and its log-determinant sums over the wrong dim,
+    giving a ``(C, H)`` tensor instead of one number per image (see ``tests/pixyz_compat/test_diff_flows.py``).
 
     Examples
     --------
@@ -134,10 +142,11 @@ class BatchNorm2d(BatchNorm1d):
 class ActNorm2d(Flow):
     r"""Activation normalization (Glow): a per-channel affine map :math:`z = (x + b) e^{\log s}`.
 
-    The first forward call in training mode sets :math:`b` and :math:`\log s` so that the output of that batch has zero
-    mean and standard deviation ``scale`` per channel; afterwards both are trained as parameters. Whether this has
-    happened is a buffer, so it survives ``state_dict``/``load_state_dict`` (Pixyz keeps a plain attribute, so a
-    loaded model re-initializes and overwrites its trained values). Log-determinant: :math:`H W \sum \log s`.
+    The first call in training mode (forward, or inverse as in Pixyz) sets :math:`b` and :math:`\log s` so that the
+    output of that batch has zero mean and standard deviation ``scale`` per channel; afterwards both are trained as
+    parameters. Whether this has happened is a buffer, so it survives ``state_dict``/``load_state_dict`` (Pixyz keeps a
+    plain attribute, so a loaded model re-initializes and overwrites its trained values); a state dict without it
+    (saved by Pixyz) counts as initialized. Log-determinant: :math:`H W \sum \log s`.
 
     Parameters
     ----------
@@ -158,25 +167,46 @@ class ActNorm2d(Flow):
     """
 
     _feature_name = "channels"
+    _constant_logdet = True
 
     def __init__(self, in_features: int, scale: float = 1.0, cache_size: int = 1) -> None:
         super().__init__(in_features, event_dim=3, cache_size=cache_size)
-        self.bias = nn.Parameter(torch.zeros(in_features, 1, 1))
-        self.logs = nn.Parameter(torch.zeros(in_features, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, in_features, 1, 1))
+        self.logs = nn.Parameter(torch.zeros(1, in_features, 1, 1))
         self.scale = float(scale)
         self.register_buffer("initialized", torch.tensor(False))
 
-    def extra_repr(self) -> str:
+    def _details(self) -> str:
         return f"in_features={self.in_features}, scale={self.scale}"
 
+    @property
+    def inited(self) -> bool:
+        """Whether the parameters have been set from a batch (Pixyz's name)."""
+        return bool(self.initialized)
+
+    @inited.setter
+    def inited(self, value: bool) -> None:
+        self.initialized.fill_(bool(value))
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        key = prefix + "initialized"
+        if key not in state_dict and prefix + "logs" in state_dict:  # saved by Pixyz: its values are trained ones
+            state_dict[key] = torch.tensor(True)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def initialize_parameters(self, x: Tensor) -> None:
-        """Set the bias and log-scale from the batch ``x`` (zero mean, standard deviation ``scale`` per channel)."""
+        """Set the bias and log-scale from the batch ``x`` (zero mean, standard deviation ``scale`` per channel);
+        only in training mode, as Pixyz."""
+        if not self.training:
+            return
         dims = [d for d in range(x.dim()) if d != x.dim() - 3]
         with torch.no_grad():
-            mean = x.mean(dim=dims).reshape(self.bias.shape)
-            std = torch.sqrt(((x - mean) ** 2).mean(dim=dims)).reshape(self.logs.shape)
-            self.bias.copy_(-mean)
-            self.logs.copy_(torch.log(self.scale / (std + 1e-6)))
+            mean = x.mean(dim=dims, keepdim=True)
+            std = torch.sqrt(((x - mean) ** 2).mean(dim=dims, keepdim=True))
+            self.bias.copy_(-mean.reshape(self.bias.shape))
+            self.logs.copy_(torch.log(self.scale / (std + epsilon())).reshape(self.logs.shape))
             self.initialized.fill_(True)
 
     def _logdet(self, v: Tensor) -> Tensor:
@@ -187,5 +217,11 @@ class ActNorm2d(Flow):
             self.initialize_parameters(x)
         return (x + self.bias) * torch.exp(self.logs), self._logdet(x)
 
+    def inverse(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        r"""Return :math:`f^{-1}(x)` (Pixyz names the argument ``x`` here)."""
+        return super().inverse(x, y)
+
     def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialized):  # Pixyz initializes from whichever side comes first
+            self.initialize_parameters(z)
         return z * torch.exp(-self.logs) - self.bias, self._logdet(z)

@@ -2,8 +2,9 @@ r"""Volume-preserving reshapes and permutations, and the dequantize-and-logit pr
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,6 +58,8 @@ class Squeeze(Flow):
     """
 
     _feature_name = "channels"
+    _constant_logdet = True
+    _volume_preserving = True
 
     def __init__(self, cache_size: int = 1) -> None:
         super().__init__(None, event_dim=3, cache_size=cache_size)
@@ -125,32 +128,54 @@ class Permutation(Flow):
     ----------
     permute_indices : sequence of int
         A permutation of ``range(n)``: output feature ``i`` is input feature ``permute_indices[i]``.
-    event_dim : {1, 3}
+    event_dim : {1, 3}, optional
+        By default decided from each input, as Pixyz does: the channels of images ``(N, C, H, W)``, the features of
+        vectors ``(N, D)``.
     cache_size : {1, 0}
 
     Examples
     --------
-    >>> f = Permutation([0, 3, 1, 2], event_dim=3)
+    >>> f = Permutation([0, 3, 1, 2])
     >>> a = torch.arange(4.).view(1, 4, 1, 1)
     >>> f.forward(a).flatten().tolist(), f.inverse(f.forward(a)).flatten().tolist()
     ([0.0, 3.0, 1.0, 2.0], [0.0, 1.0, 2.0, 3.0])
     """
 
-    def __init__(self, permute_indices: Sequence[int] | Tensor, event_dim: int = 1, cache_size: int = 1) -> None:
-        perm = torch.as_tensor(permute_indices, dtype=torch.long).flatten()
+    _constant_logdet = True
+    _volume_preserving = True
+
+    def __init__(self, permute_indices: Sequence[int] | Tensor, event_dim: int | None = None,
+                 cache_size: int = 1) -> None:
+        perm = torch.as_tensor(np.asarray(permute_indices) if not isinstance(permute_indices, Tensor)
+                               else permute_indices, dtype=torch.long).flatten()
         n = perm.numel()
         if n == 0 or not torch.equal(torch.sort(perm).values, torch.arange(n)):
             raise ValueError(f"{type(self).__name__}: permute_indices must be a permutation of range(n), got "
                              f"{perm.tolist()}")
-        if event_dim not in (1, 3):
+        if event_dim not in (None, 1, 3):
             raise ValueError(f"{type(self).__name__}: event_dim must be 1 (vectors) or 3 (images), got {event_dim!r}")
         super().__init__(n, event_dim=event_dim, cache_size=cache_size)
         self._feature_name = "channels" if event_dim == 3 else "features"
         self.register_buffer("permute_indices", perm)
         self.register_buffer("inv_permute_indices", torch.argsort(perm))
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, event_dim={self._domain_event_dim}"
+    def _details(self) -> str:
+        return f"in_features={self.in_features}, event_dim={'auto' if self._auto else self._domain_event_dim}"
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        for name in ("permute_indices", "inv_permute_indices"):  # a state dict saved by Pixyz has no indices:
+            state_dict.setdefault(prefix + name, getattr(self, name))  # keep the ones drawn at construction
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _auto_event_dim(self, shape: torch.Size) -> int:
+        n = self.in_features
+        return 3 if len(shape) >= 4 and (shape[-3] == n or shape[-1] != n) else 1
+
+    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
+        super()._adapt(shape, inverse)
+        self._feature_name = "channels" if self._domain_event_dim == 3 else "features"
 
     def _permute(self, v: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         ev = self._domain_event_dim
@@ -165,18 +190,19 @@ class Permutation(Flow):
 
 
 class Shuffle(Permutation):
-    """A random permutation of the features (or channels), drawn from torch's generator and kept in the state dict.
+    """A random permutation of the features (or channels), kept in the state dict. It is drawn from NumPy's global
+    generator, as Pixyz draws it, so a program seeded as before gets the same permutation.
 
     Examples
     --------
-    >>> _ = torch.manual_seed(0)
+    >>> np.random.seed(0)
     >>> f = Shuffle(5)
-    >>> sorted(f.permute_indices.tolist())
-    [0, 1, 2, 3, 4]
+    >>> f.permute_indices.tolist() == np.random.RandomState(0).permutation(5).tolist()
+    True
     """
 
-    def __init__(self, in_features: int, event_dim: int = 1, cache_size: int = 1) -> None:
-        super().__init__(torch.randperm(in_features), event_dim=event_dim, cache_size=cache_size)
+    def __init__(self, in_features: int, event_dim: int | None = None, cache_size: int = 1) -> None:
+        super().__init__(np.random.permutation(in_features), event_dim=event_dim, cache_size=cache_size)
 
 
 class Reverse(Permutation):
@@ -188,7 +214,7 @@ class Reverse(Permutation):
     tensor([[3., 2., 1.]])
     """
 
-    def __init__(self, in_features: int, event_dim: int = 1, cache_size: int = 1) -> None:
+    def __init__(self, in_features: int, event_dim: int | None = None, cache_size: int = 1) -> None:
         super().__init__(torch.arange(in_features - 1, -1, -1), event_dim=event_dim, cache_size=cache_size)
 
 
@@ -198,7 +224,7 @@ class Flatten(Flow):
     Parameters
     ----------
     in_size : tuple of int, optional
-        ``(C, H, W)``; needed by :meth:`inverse`. If not given, the first :meth:`forward` records it (as Pixyz).
+        ``(C, H, W)``; needed by :meth:`inverse`. Each :meth:`forward` records the shape of its input (as Pixyz).
 
     Examples
     --------
@@ -212,13 +238,16 @@ class Flatten(Flow):
     ValueError: Flatten(in_size=None): the image shape is unknown until forward() has run; pass in_size=(C, H, W)
     """
 
+    _constant_logdet = True
+    _volume_preserving = True
+
     def __init__(self, in_size: Sequence[int] | None = None, cache_size: int = 1) -> None:
         super().__init__(None, event_dim=3, codomain_event_dim=1, cache_size=cache_size)
         if in_size is not None and len(in_size) != 3:
             raise ValueError(f"Flatten: in_size must be (C, H, W), got {tuple(in_size)}")
         self.in_size = tuple(int(s) for s in in_size) if in_size is not None else None
 
-    def extra_repr(self) -> str:
+    def _details(self) -> str:
         return f"in_size={self.in_size}"
 
     def _size(self) -> tuple[int, ...]:
@@ -234,9 +263,6 @@ class Flatten(Flow):
             if x.shape[-1] != n:
                 raise ValueError(f"{self._describe()}: expected {n} features at dim -1 of the input, i.e. shape "
                                  f"(..., {n}), got shape {tuple(x.shape)}")
-        elif self.in_size is not None and tuple(x.shape[-3:]) != self.in_size:
-            raise ValueError(f"{self._describe()}: expected images of shape (..., {', '.join(map(str, self.in_size))})"
-                             f", got shape {tuple(x.shape)}")
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         return torch.Size([*shape[:-3], math.prod(shape[-3:])])
@@ -245,8 +271,7 @@ class Flatten(Flow):
         return torch.Size([*shape[:-1], *self._size()])
 
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.in_size is None:
-            self.in_size = tuple(x.shape[-3:])
+        self.in_size = tuple(x.shape[-3:])
         return x.reshape(*x.shape[:-3], -1), zero_logdet(x, 3)
 
     def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -263,7 +288,8 @@ class Preprocess(Flow):
 
     Inverse: :math:`\tilde x = (\sigma(z) - \alpha/2)/(1 - \alpha)`; with ``dequantize`` it is rounded down to the
     pixel level :math:`\lfloor \tilde x n\rfloor/(n-1)`, so ``inverse(forward(x)) == x`` for quantized pixels (Pixyz's
-    inverse returns :math:`\sigma(z)`, which undoes only the logit).
+    inverse returns :math:`\sigma(z)`, which undoes only the logit: its pixels lie in
+    :math:`[\alpha/2, 1 - \alpha/2]`, off by up to :math:`\alpha/2`).
 
     Parameters
     ----------
@@ -272,8 +298,9 @@ class Preprocess(Flow):
     alpha : float, default 0.05
         Keeps :math:`s` in :math:`[\alpha/2, 1-\alpha/2]` (Pixyz's ``data_constraint``).
     num_levels : int, default 256
-    event_dim : int, default 3
-        The event dims the log-determinant is summed over (3 for images, 1 for vectors).
+    event_dim : int, optional
+        The event dims the log-determinant is summed over (3 for images, 1 for vectors). By default decided from each
+        input, as Pixyz does: images ``(N, C, H, W)`` (4 or more dims) or vectors ``(N, D)``.
 
     Examples
     --------
@@ -284,8 +311,8 @@ class Preprocess(Flow):
     (True, (2,))
     """
 
-    def __init__(self, dequantize: bool = True, alpha: float = 0.05, num_levels: int = 256, event_dim: int = 3,
-                 cache_size: int = 1) -> None:
+    def __init__(self, dequantize: bool = True, alpha: float = 0.05, num_levels: int = 256,
+                 event_dim: int | None = None, cache_size: int = 1) -> None:
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"Preprocess: alpha must be in [0, 1), got {alpha!r}")
         if num_levels < 2:
@@ -295,9 +322,14 @@ class Preprocess(Flow):
         self.num_levels = int(num_levels)
         self.register_buffer("data_constraint", torch.tensor([float(alpha)]))
 
-    def extra_repr(self) -> str:
+    def _details(self) -> str:
         return (f"dequantize={self.dequantize}, alpha={float(self.data_constraint):g}, num_levels={self.num_levels}, "
-                f"event_dim={self._domain_event_dim}")
+                f"event_dim={'auto' if self._auto else self._domain_event_dim}")
+
+    @staticmethod
+    def logit(x: Tensor) -> Tensor:
+        r""":math:`\log x - \log(1 - x)` (Pixyz's helper)."""
+        return x.log() - (1. - x).log()
 
     @property
     def domain(self) -> constraints.Constraint:  # type: ignore[override]

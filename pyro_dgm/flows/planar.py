@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_dgm.flows.base import Flow
+from pyro_dgm.utils.settings import epsilon
 
 __all__ = ["PlanarFlow"]
 
@@ -15,8 +16,9 @@ __all__ = ["PlanarFlow"]
 class PlanarFlow(Flow):
     r"""Planar flow :math:`z = x + \hat u \tanh(w^\top x + b)` on vectors ``(..., in_features)``.
 
-    :math:`\log|\det \partial z/\partial x| = \log|1 + \hat u^\top \psi(x)|` with
-    :math:`\psi(x) = (1 - \tanh^2(w^\top x + b))\, w`.
+    :math:`\log|\det \partial z/\partial x| = \log(|1 + \hat u^\top \psi(x)| + \epsilon)` with
+    :math:`\psi(x) = (1 - \tanh^2(w^\top x + b))\, w` and Pixyz's :math:`\epsilon` (``epsilon()``, 1e-7), which
+    keeps it finite where the map is singular.
 
     The map is invertible when :math:`w^\top \hat u \ge -1`. With ``constraint_u=True``, :math:`\hat u = u +
     (m(w^\top u) - w^\top u)\, w / \|w\|^2` with :math:`m(a) = -1 + \mathrm{softplus}(a)` guarantees it (Pixyz divides
@@ -63,6 +65,12 @@ class PlanarFlow(Flow):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, constraint_u={self.constraint_u}"
 
+    _details = extra_repr
+
+    def deriv_tanh(self, x: Tensor) -> Tensor:
+        r""":math:`1 - \tanh^2(x)` (Pixyz's helper)."""
+        return 1 - torch.tanh(x) ** 2
+
     def u_hat(self) -> Tensor:
         r"""The effective :math:`\hat u` (``u`` itself unless ``constraint_u``)."""
         if not self.constraint_u:
@@ -72,7 +80,7 @@ class PlanarFlow(Flow):
 
     def _logdet(self, a: Tensor, wu: Tensor) -> Tensor:
         """``a = w^T x + b`` of shape ``(..., 1)``; ``wu = w^T u_hat``."""
-        return torch.log(torch.abs(1.0 + (1.0 - torch.tanh(a) ** 2) * wu)).squeeze(-1)
+        return torch.log(torch.abs(1.0 + (1.0 - torch.tanh(a) ** 2) * wu) + epsilon()).squeeze(-1)
 
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         u = self.u_hat()

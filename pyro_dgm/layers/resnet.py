@@ -1,12 +1,32 @@
 r"""A residual network with weight-normalized convolutions, for the coupling layers of Real NVP and Glow."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import weight_norm
 
 __all__ = ["WNConv2d", "ResidualBlock", "ResNet"]
+
+
+class _WeightNormConv2d(nn.Conv2d):
+    r"""A ``Conv2d`` whose weight is :math:`g\, v / \|v\|` (norm per output channel), with the parameters
+    ``weight_g`` and ``weight_v`` that ``torch.nn.utils.weight_norm`` (deprecated) gives, so state dicts and printouts
+    are those of Pixyz's ``WNConv2d``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        weight = self.weight.detach()
+        del self._parameters["weight"]
+        self.weight_g = nn.Parameter(torch.norm_except_dim(weight, 2, 0))
+        self.weight_v = nn.Parameter(weight.clone())
+
+    def _get_name(self) -> str:
+        return "Conv2d"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias)
 
 
 class WNConv2d(nn.Module):
@@ -16,11 +36,13 @@ class WNConv2d(nn.Module):
     --------
     >>> tuple(WNConv2d(3, 5, kernel_size=3, padding=1)(torch.zeros(2, 3, 4, 4)).shape)
     (2, 5, 4, 4)
+    >>> sorted(WNConv2d(3, 5, kernel_size=3, padding=1).state_dict())
+    ['conv.bias', 'conv.weight_g', 'conv.weight_v']
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int, bias: bool = True) -> None:
         super().__init__()
-        self.conv = weight_norm(nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=bias))
+        self.conv = _WeightNormConv2d(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)

@@ -311,7 +311,7 @@ def test_wrong_number_of_channels_says_what_was_expected() -> None:
     with pytest.raises(ValueError, match=r"ChannelConv\(in_channels=3.*expected 3 channels at dim -3.*\(2, 4, 5, 5\)"):
         ChannelConv(3).forward(torch.randn(2, 4, 5, 5))
     with pytest.raises(ValueError, match=r"expected 4 features at dim -1.*shape \(\.\.\., 4\), got shape \(2, 3\)"):
-        AffineCoupling(4, scale_translate_net=lambda x: (x, x)).forward(torch.randn(2, 3))
+        AffineCoupling(4, event_dim=1, scale_translate_net=lambda x: (x, x)).forward(torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"ActNorm2d.*expected 2 channels"):
         ActNorm2d(2).forward(torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match=r"BatchNorm2d.*expected 3 channels"):
@@ -320,12 +320,12 @@ def test_wrong_number_of_channels_says_what_was_expected() -> None:
         ChannelConv(3).forward(torch.randn(3, 4))
 
 
-def test_odd_dimension_for_a_channel_wise_mask_is_refused() -> None:
-    with pytest.raises(ValueError, match="channel-wise mask splits the features into two halves; expected an even "
-                                         "in_features, got 5"):
-        AffineCoupling(5, scale_translate_net=lambda x: (x, x))
-    with pytest.raises(ValueError, match="splits the channels.*got 3"):
-        AffineCoupling(3, event_dim=3, scale_translate_net=lambda x: (x, x))
+def test_odd_dimension_for_a_channel_wise_mask_keeps_the_smaller_half() -> None:
+    """As Pixyz: a channel-wise mask over 5 features keeps the first 5 // 2 (the last 3 with inverse_mask)."""
+    f = AffineCoupling(5, scale_translate_net=lambda x: (x, x))
+    assert f.build_mask(torch.zeros(2, 5)).tolist() == [[1.0, 1.0, 0.0, 0.0, 0.0]]
+    g = AffineCoupling(3, inverse_mask=True, scale_translate_net=lambda x: (x, x))
+    assert g.build_mask(torch.zeros(2, 3, 4, 4)).flatten().tolist() == [0.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("make, x, match", [

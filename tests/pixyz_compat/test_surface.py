@@ -75,30 +75,13 @@ ALLOWED_MISSING: dict[str, str] = {}
 #: Differences owned by another part of the work, expected to fail until it lands (strict: the test says when the
 #: entry must go). Keys: "module.Name" as Pixyz names it; values: why.
 KNOWN_GAPS: dict[str, str] = {
-    "pixyz.distributions.distributions.DistGraph":
-        "our DistGraph is a networkx.DiGraph (the variables' graph of a product), built by the product; Pixyz's is "
-        "an nn.Module of Factor nodes built from an `original` graph",
 }
 
 #: Method-level differences owned by other parts of the work (fnmatch pattern on "pixyz.<module>.<Class>.<name>",
 #: the class that defines the method in Pixyz -> why). Each pattern must still match a difference (strict).
 KNOWN_METHOD_GAPS: dict[str, str] = {
-    "pixyz.distributions.*.params_keys": "families: Pixyz's torch-object API (params_keys, distribution_torch_class, "
-                                         "set_dist, get_sample) is not provided; our families are Pyro classes",
-    "pixyz.distributions.*.distribution_torch_class": "families: see params_keys",
-    "pixyz.distributions.*.set_dist": "families: see params_keys",
-    "pixyz.distributions.*.get_sample": "families: see params_keys",
     "pixyz.distributions.exponential_distributions.Multinomial.total_count":
         "an instance attribute here (set by __init__), a class property in Pixyz: every instance has it",
-    "pixyz.distributions.distributions.DistGraph.*": "the graph (KNOWN_GAPS): Pixyz's DistGraph methods",
-    "pixyz.distributions.special_distributions.*.sample":
-        "Pixyz's Deterministic/EmpiricalDistribution.sample(x_dict, return_all) take return_all second",
-    "pixyz.distributions.custom_distributions.CustomProb.sample": "as Deterministic.sample",
-    "pixyz.distributions.mixture_distributions.*": "mixtures: return_hidden's position, PosteriorMixtureModel's "
-                                                   "hidden_var and *args",
-    "pixyz.distributions.flow_distribution.*.sample": "flow distributions: the order of sample's options",
-    "pixyz.flows.*.inverse": "flows: Flow.inverse(z, y) here, inverse(x, y) in Pixyz",
-    "pixyz.flows.conv.ChannelConv.get_parameters": "flows: ChannelConv.get_parameters",
     "pixyz.losses.iteration.IterativeLoss.slice_step_fn": "IterativeLoss: Pixyz's slice_step_fn attribute",
     "pixyz.losses.losses.LossSelfOperator.loss_t*": "Pixyz's LossSelfOperator.loss_train/loss_test",
     "pixyz.losses.adversarial_loss.*_loss": "adversarial terms: g_loss/d_loss signatures",
@@ -174,8 +157,9 @@ def signature_problems(qualname: str, ref: Any, ours: Any) -> list[str]:
     if [p.name for p in op[:len(rp)]] != [p.name for p in rp] and not (o_varargs and len(op) < len(rp)):
         problems.append(f"positional parameters: Pixyz {[p.name for p in rp]}, ours {[p.name for p in op]}")
     for p in rs.parameters.values():
-        if p.kind == P.VAR_POSITIONAL and not o_varargs:
-            problems.append(f"Pixyz takes *{p.name}, ours takes no *args")
+        if p.kind == P.VAR_POSITIONAL:
+            if not o_varargs:
+                problems.append(f"Pixyz takes *{p.name}, ours takes no *args")
             continue
         if p.kind == P.VAR_KEYWORD:
             names = PIXYZ_KWARGS.get(qualname)
