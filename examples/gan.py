@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
 
     # 2-3. the model: GAN builds AdversarialJensenShannon(p_data, p, discriminator=d) and its two optimizers
     adam = {"betas": (0.5, 0.999)}
-    model = GAN(p_data, p, d, optimizer=torch.optim.Adam, optimizer_params={"lr": args.lr, **adam},
-                d_optimizer=torch.optim.Adam, d_optimizer_params={"lr": args.d_lr, **adam})
+    model = GAN(p, d, optimizer=torch.optim.Adam, optimizer_params={"lr": args.lr, **adam},
+                d_optimizer=torch.optim.Adam, d_optimizer_params={"lr": args.d_lr, **adam}, p_data=p_data)
     print(model)
     print(p.prob_joint_factorized_and_text)
 

@@ -7,7 +7,8 @@ from pyro_dgm.losses.adversarial import AdversarialLoss
 from pyro_dgm.losses.adversarial_divergences import (AdversarialJensenShannon, AdversarialJSDivergence,
                                                      AdversarialKullbackLeibler, AdversarialWassersteinDistance)
 from pyro_dgm.losses.base import Loss
-from pyro_dgm.losses.divergences import CrossEntropy, Entropy, KullbackLeibler
+from pyro_dgm.losses.divergences import (AnalyticalKullbackLeibler, CrossEntropy, Divergence, Entropy,
+                                         KullbackLeibler)
 from pyro_dgm.losses.elbo import ELBO, IWELBO, LogMarginal
 from pyro_dgm.losses.expectation import REINFORCE, E, Expectation, StochasticReconstructionLoss
 from pyro_dgm.losses.iteration import IterativeLoss
@@ -26,4 +27,20 @@ __all__ = ["Loss", "LogProb", "Prob", "NLL", "Expectation", "E", "REINFORCE", "S
            "LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
            "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach", "AdversarialLoss",
            "AdversarialJensenShannon", "AdversarialJSDivergence", "AdversarialKullbackLeibler",
-           "AdversarialWassersteinDistance", "SimilarityLoss", "MultiModalContrastivenessLoss"]
+           "AdversarialWassersteinDistance", "SimilarityLoss", "MultiModalContrastivenessLoss", "Divergence",
+           "AnalyticalKullbackLeibler", "DataParalleledLoss"]
+
+# Pixyz's divergence terms derive from Divergence; ours are registered as its virtual subclasses (isinstance works)
+for _term in (MMD, WassersteinDistance, AdversarialLoss):
+    Divergence.register(_term)
+del _term
+
+
+def __getattr__(name: str) -> object:
+    # DataParalleledLoss lives with the Model API's distributed helpers (pyro_dgm.models.distributed), which import
+    # this package: it is loaded on first use, as Pixyz's ``from pixyz.losses import DataParalleledLoss`` asks
+    if name == "DataParalleledLoss":
+        from pyro_dgm.models.distributed import DataParalleledLoss
+
+        return DataParalleledLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

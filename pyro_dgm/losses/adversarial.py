@@ -16,7 +16,7 @@ a shuffled encoder) through a *discriminator* (a critic) that it owns, together 
 Ownership rule: the discriminator is *not* among the term's :attr:`~pyro_dgm.losses.base.Loss.distributions`, so a
 :class:`~pyro_dgm.models.Model` (or ``pyro.infer.SVI``) built on a loss containing the term never puts it under the
 generator's optimizer; it is listed by :attr:`AdversarialLoss.discriminators` instead, and its weights and optimizer are
-saved by the term's :meth:`~AdversarialLoss.state_dict`.
+saved by the term's :meth:`~AdversarialLoss.term_state_dict` (``state_dict()`` is ``nn.Module``'s, as in Pixyz).
 
 Under ``torch.distributed`` the discriminator's step broadcasts rank 0's discriminator before the first step and
 averages its gradients over the processes, as :class:`~pyro_dgm.models.Model` does for the generator.
@@ -55,9 +55,9 @@ def _log1m(y: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    """Run with ``module``'s parameters excluded from autograd (gradients still flow through its inputs)."""
-    params = [p for p in module.parameters() if p.requires_grad]
+def _frozen(frozen: list[nn.Parameter]) -> Iterator[None]:
+    """Run with these parameters excluded from autograd (gradients still flow through the inputs)."""
+    params = [p for p in frozen if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
@@ -100,8 +100,13 @@ class AdversarialLoss(Loss):
     ValueError
         If ``p`` and ``q`` differ in ``var``, if the discriminator does not fit them (its ``cond_var`` must name a
         compared variable and nothing but compared variables or inputs of the term; it generates one variable that is
-        not compared), if it is one of the compared distributions or shares parameters with them, if it has no
-        parameters, or if neither ``p`` nor ``q`` takes an input.
+        not compared), if it is one of the compared distributions, if it has no parameters, or if neither ``p``
+        nor ``q`` takes an input.
+
+    Notes
+    -----
+    A discriminator may share parameters with the compared distributions (as Pixyz allows): the shared ones take
+    the generator's gradient too, the others are excluded from it.
     """
 
     #: Whether the discriminator's output is a probability (checked to lie in [0, 1]).
@@ -123,17 +128,15 @@ class AdversarialLoss(Loss):
         _check_discriminator(owner, discriminator, p, q, input_var)
         super().__init__(input_var)
         self.p, self.q = p, q
-        self._d = discriminator
+        self.d = discriminator  # a sub-module named as in Pixyz (``loss.d``, ``loss.to(device)`` moves it)
+        self.__dict__["_d"] = discriminator
+        compared = {id(t) for t in [*p.parameters(), *q.parameters()]}
+        self.__dict__["_d_only"] = [t for t in discriminator.parameters() if id(t) not in compared]
         self.d_optimizer = _build_optimizer(owner, optimizer, discriminator, dict(optimizer_params or {}))
         self.d_steps = 0
         self._synced = False
 
     # ------------------------------------------------------------------ the discriminator
-    @property
-    def d(self) -> "Distribution":
-        """The discriminator (Pixyz's attribute name)."""
-        return self._d
-
     @property
     def discriminator(self) -> "Distribution":
         """The discriminator (critic)."""
@@ -149,10 +152,11 @@ class AdversarialLoss(Loss):
         yield self.p
         yield self.q
 
-    def to(self, *args: Any, **kwargs: Any) -> "AdversarialLoss":
-        """Move the discriminator like ``nn.Module.to`` (the compared distributions belong to the model)."""
-        self._d.to(*args, **kwargs)
-        return self
+    @property
+    def _symbol(self) -> Any:
+        import sympy
+
+        return sympy.Symbol(f"mean({self.latex})")  # Pixyz prints the batch mean this term is
 
     # ------------------------------------------------------------------ evaluation
     def _batch_n(self, values: Mapping[str, Any]) -> int:
@@ -205,7 +209,7 @@ class AdversarialLoss(Loss):
                 xp = self._samples(self.p, values, n, False, kwargs)
                 xq = self._samples(self.q, values, n, False, kwargs)
             return self._d_loss(xp, xq, kwargs)
-        with _frozen(self._d):
+        with _frozen(self._d_only):
             return self._g_loss(values, n, kwargs)
 
     def _g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
@@ -218,16 +222,16 @@ class AdversarialLoss(Loss):
     def d_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
         r"""The discriminator's loss given its outputs on samples of ``p`` and ``q``:
         :math:`-\text{mean}\log y_p - \text{mean}\log(1 - y_q)` (binary cross-entropy, labels 1 for ``p``)."""
-        return -_log(y_p).mean() - _log1m(y_q).mean()
+        return (-_log(y_p).mean()) + (-_log1m(y_q).mean())  # a sum of two BCEs, as Pixyz (same bits, AddBackward)
 
     # ------------------------------------------------------------------ the discriminator's step
-    def loss_train(self, x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
+    def loss_train(self, train_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
         """One optimization step of the discriminator on ``x_dict`` (the generator's samples are drawn without
         gradient; only the discriminator changes).
 
         Parameters
         ----------
-        x_dict : dict
+        train_x_dict : dict
             Values of :attr:`input_var` (e.g. ``{"x": data}``).
         **kwargs
             Passed on to the networks.
@@ -241,7 +245,7 @@ class AdversarialLoss(Loss):
         self._sync()
         d.train()
         self.d_optimizer.zero_grad(set_to_none=True)
-        loss = self.eval(x_dict, discriminator=True, **kwargs)
+        loss = self.eval(train_x_dict, discriminator=True, **kwargs)
         loss.backward()
         self._average_gradients()
         self.d_optimizer.step()
@@ -249,7 +253,7 @@ class AdversarialLoss(Loss):
         self.d_steps += 1
         return loss.detach()
 
-    def loss_test(self, x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
+    def loss_test(self, test_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
         """The discriminator's loss on ``x_dict`` under ``torch.no_grad``, the discriminator in eval mode (its mode is
         restored after); nothing is updated."""
         d = self._d
@@ -257,17 +261,21 @@ class AdversarialLoss(Loss):
         d.eval()
         try:
             with torch.no_grad():
-                return self.eval(x_dict, discriminator=True, **kwargs)
+                return self.eval(test_x_dict, discriminator=True, **kwargs)
         finally:
             d.train(mode)
 
-    def train(self, x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
-        """The same as :meth:`loss_train` (the name of Pixyz's API reference)."""
-        return self.loss_train(x_dict, **kwargs)
+    def train(self, mode: Mapping[str, Any] | bool = True, **kwargs: Any) -> Any:
+        """With a bool (or nothing), ``nn.Module.train(mode)``, as Pixyz's ``loss.train()`` and a parent module's
+        ``train()``/``eval()`` call it; with a dict of data, the same as :meth:`loss_train` (the name of Pixyz's API
+        reference)."""
+        if isinstance(mode, bool):
+            return nn.Module.train(self, mode)
+        return self.loss_train(mode, **kwargs)
 
-    def test(self, x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
+    def test(self, test_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
         """The same as :meth:`loss_test` (the name of Pixyz's API reference)."""
-        return self.loss_test(x_dict, **kwargs)
+        return self.loss_test(test_x_dict, **kwargs)
 
     def _after_step(self) -> None:
         """What follows each discriminator step (weight clipping for the Wasserstein critic)."""
@@ -311,13 +319,13 @@ class AdversarialLoss(Loss):
             prm.grad.div_(n)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
+    def term_state_dict(self) -> dict[str, Any]:
         """The discriminator's weights and buffers, its optimizer's state and the number of discriminator steps."""
         return {"discriminator": self._d.state_dict(), "optimizer": self.d_optimizer.state_dict(),
                 "d_steps": self.d_steps}
 
-    def check_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Check that :meth:`load_state_dict` can load ``state``, changing nothing.
+    def check_term_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Check that :meth:`load_term_state_dict` can load ``state``, changing nothing.
 
         Raises
         ------
@@ -346,9 +354,9 @@ class AdversarialLoss(Loss):
                              f"{[len(g['params']) for g in saved_groups]}, this optimizer has "
                              f"{[len(g['params']) for g in groups]}")
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (checked first with :meth:`check_state_dict`)."""
-        self.check_state_dict(state)
+    def load_term_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`term_state_dict` returned (checked first with :meth:`check_term_state_dict`)."""
+        self.check_term_state_dict(state)
         self._d.load_state_dict(state["discriminator"])
         self.d_optimizer.load_state_dict(state["optimizer"])
         self.d_steps = int(state["d_steps"])
@@ -381,13 +389,8 @@ def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution
     if foreign:
         raise ValueError(f"{owner}: the discriminator {describe(d)} is conditioned on {foreign[0]!r}, which is neither "
                          f"a compared variable ({list(p.var)}) nor an input of the term ({input_var})")
-    own = {id(t) for t in d.parameters()}
-    if not own:
+    if not any(True for _ in d.parameters()):
         raise ValueError(f"{owner}: the discriminator {describe(d)} has no parameters to train; give it a network")
-    for dist in (p, q):
-        if any(id(t) in own for t in dist.parameters()):
-            raise ValueError(f"{owner}: the discriminator {describe(d)} shares parameters with {describe(dist)}; it "
-                             "must have its own network, trained by its own optimizer")
 
 
 def _build_optimizer(owner: str, optimizer: Any, d: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:

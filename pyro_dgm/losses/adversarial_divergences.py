@@ -70,8 +70,8 @@ class AdversarialJensenShannon(AdversarialLoss):
     >>> p_data = EmpiricalDistribution(["x"])
     >>> d = Discriminator()
     >>> loss = AdversarialJensenShannon(p_data, p, discriminator=d, optimizer_params={"lr": 1e-3})
-    >>> print(loss)
-    D_{JS}^{Adv} \left[p_{data}(x)||p(x) \right]
+    >>> print(loss)  # a batch mean, as Pixyz prints it
+    mean(D_{JS}^{Adv} \left[p_{data}(x)||p(x) \right])
     >>> [dist.prob_text for dist in loss.distributions]  # the discriminator is trained by its own optimizer
     ['p_{data}(x)', 'p(x)']
     >>> x = torch.randn(8, 2)
@@ -106,7 +106,7 @@ class AdversarialJensenShannon(AdversarialLoss):
         :math:`-\text{mean}\log(1-y_p) - \text{mean}\log y_q` (``inverse_g_loss``) or
         :math:`\text{mean}\log y_p + \text{mean}\log(1-y_q)`."""
         if self.inverse_g_loss:
-            return -_log1m(y_p).mean() - _log(y_q).mean()
+            return (-_log1m(y_p).mean()) + (-_log(y_q).mean())  # Pixyz's sum of two BCEs
         return _log(y_p).mean() + _log1m(y_q).mean()
 
 
@@ -173,8 +173,8 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     >>> tc = AdversarialKullbackLeibler(q, QShuffle(q), discriminator=D())
     >>> loss = (-p.log_prob().expectation(q) + KullbackLeibler(q, prior)).mean() + 10 * tc
     >>> print(loss)
-    mean \left(- \mathbb{E}_{q(z|x)} \left[\log p(x|z) \right] + D_{KL} \left[q(z|x)||p_{prior}(z) \right] \right)
-    + 10 D_{KL}^{Adv} \left[q(z|x)||q_{shuffle}(z|x) \right]
+    mean \left(D_{KL} \left[q(z|x)||p_{prior}(z) \right] - \mathbb{E}_{q(z|x)} \left[\log p(x|z) \right] \right)
+    + 10 mean(D_{KL}^{Adv} \left[q(z|x)||q_{shuffle}(z|x) \right])
     >>> x = torch.bernoulli(torch.full((16, 4), 0.5))
     >>> loss.eval({"x": x}).shape
     torch.Size([])
@@ -196,7 +196,7 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     def g_loss(self, y_p: Tensor, batch_n: int | None = None) -> Tensor:
         r"""The estimate given the discriminator's output on samples of ``p``:
         :math:`\text{mean}\left[\log y_p - \log(1 - y_p)\right]`."""
-        return (_log(y_p) - _log1m(y_p)).mean()
+        return _log(y_p).mean() + (-_log1m(y_p).mean())  # Pixyz's -BCE(y_p, 1) + BCE(y_p, 0)
 
 
 class AdversarialWassersteinDistance(AdversarialLoss):
@@ -245,7 +245,7 @@ class AdversarialWassersteinDistance(AdversarialLoss):
     >>> p = Normal(loc=torch.ones(2), scale=1., var=["x"], cond_var=[], name="p")
     >>> w = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), p, discriminator=Critic(), clip_value=0.1)
     >>> print(w)
-    W^{Adv} \left(p_{data}(x), p(x) \right)
+    mean(W^{Adv} \left(p_{data}(x), p(x) \right))
     >>> _ = w.loss_train({"x": torch.randn(8, 2)})
     >>> all(bool((t.abs() <= 0.1).all()) for t in w.discriminator.parameters())
     True

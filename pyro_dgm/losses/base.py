@@ -2,12 +2,17 @@ r"""The :class:`Loss` base class: a formula over distributions, evaluated lazily
 
 A loss is a tree: leaves are terms built from distributions (:class:`~pyro_dgm.losses.pdf.LogProb`,
 :class:`~pyro_dgm.losses.divergences.KullbackLeibler`, ...) and inner nodes are operators (:mod:`.operators`).
-Each node knows its ``input_var``, its LaTeX text (built by hand, in the order the user wrote it, with parentheses by
-precedence) and how to compute its value from a dict of values (``forward``).
+Each node knows its ``input_var``, its LaTeX text (:attr:`~Loss.latex`, built by hand, in the order the user wrote it,
+with parentheses by precedence; ``str(loss)`` is Pixyz's text, ``sympy.latex`` of the formula as a sympy expression)
+and how to compute its value from a dict of values (``forward``).
 
-:class:`Loss` is also a :class:`pyro.infer.ELBO`, so ``SVI(model, guide, optim, loss=our_loss)`` optimizes it: the
-data passed to ``svi.step`` become ``x_dict``, and every distribution in the loss registers its networks with
-``pyro.module`` so SVI's parameter capture finds them.
+:class:`Loss` is a :class:`torch.nn.Module` (as in Pixyz: ``loss.to(device)``, ``loss.parameters()``,
+``loss.state_dict()`` cover the distributions it holds) and also a :class:`pyro.infer.ELBO`, so
+``SVI(model, guide, optim, loss=our_loss)`` optimizes it: the data passed to ``svi.step`` become ``x_dict``, and every
+distribution in the loss registers its networks with ``pyro.module`` so SVI's parameter capture finds them.
+
+Sub-modules (the distributions and terms a loss holds) are registered by ``nn.Module`` *and* kept as plain instance
+attributes, so reading ``self.p`` on the training path never goes through ``nn.Module.__getattr__``.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 from pyro.infer import ELBO as _PyroELBO
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_dgm.utils.checks import check_present
 from pyro_dgm.utils.latex import NAMES_VERSION
@@ -66,11 +71,12 @@ def _memoize_scope() -> Any:
     return MemoizeMessenger()
 
 
-class Loss(_PyroELBO):
+class Loss(nn.Module, _PyroELBO):
     r"""Base class of every loss term: its input variables, its formula, arithmetic, :meth:`eval`, and Pyro's ELBO API.
 
     Subclasses implement :meth:`forward` (the value given the values of :attr:`input_var`; it may also return the
-    samples it drew, as ``(value, samples)``) and :attr:`latex`.
+    samples it drew, as ``(value, samples)``) and :attr:`latex`; a subclass written for Pixyz that defines the
+    formula as a sympy expression ``_symbol`` instead prints ``sympy.latex(self._symbol)``, as Pixyz does.
 
     Parameters
     ----------
@@ -79,9 +85,11 @@ class Loss(_PyroELBO):
 
     Notes
     -----
-    ``eval`` is Pixyz's name for evaluating a loss (not ``nn.Module.eval``). As a :class:`pyro.infer.ELBO` a loss
-    ignores ``num_particles`` and the model/guide that SVI passes: it evaluates its own formula on the data (see
-    :meth:`differentiable_loss`).
+    A loss is a :class:`torch.nn.Module`, as in Pixyz, whose ``eval(x_dict)`` evaluates the loss (it shadows
+    ``nn.Module.eval``; use ``loss.train(False)`` for evaluation mode); ``loss(x_dict)`` calls :meth:`forward`
+    through ``nn.Module.__call__`` and ``loss(model, guide)`` is Pyro's ``ELBO.__call__``. As a
+    :class:`pyro.infer.ELBO` a loss ignores ``num_particles`` and the model/guide that SVI passes: it evaluates its
+    own formula on the data (see :meth:`differentiable_loss`).
 
     Examples
     --------
@@ -89,8 +97,8 @@ class Loss(_PyroELBO):
     >>> from pyro_dgm.distributions import Normal
     >>> p = Normal(loc=0., scale=1., var=["x"])
     >>> loss = (-p.log_prob()).mean() * 2
-    >>> print(loss)
-    mean \left(- \log p(x) \right) \cdot 2
+    >>> print(loss)  # as Pixyz prints it (sympy's order); loss.latex keeps the order written
+    2 mean \left(- \log p(x) \right)
     >>> loss.input_var
     ['x']
     >>> round(float(loss.eval({"x": torch.zeros(3, 1)})), 4)  # 2 * 0.5 log(2 pi)
@@ -100,8 +108,32 @@ class Loss(_PyroELBO):
     _prec: int = PREC_ATOM
 
     def __init__(self, input_var: Sequence[str] | None = None) -> None:
+        if "_modules" not in self.__dict__:  # a subclass may have set attributes first (see __setattr__)
+            nn.Module.__init__(self)
         _PyroELBO.__init__(self, num_particles=1)
         self._input_var = list(input_var) if input_var is not None else []
+
+    # ------------------------------------------------------------------ nn.Module plumbing
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__
+        if "_modules" not in d:  # an attribute set before Loss.__init__: nn.Module must exist first
+            nn.Module.__init__(self)
+        nn.Module.__setattr__(self, name, value)
+        if isinstance(value, nn.Module):
+            d[name] = value  # registered in _modules and readable without nn.Module.__getattr__ (hot path)
+
+    def __delattr__(self, name: str) -> None:
+        nn.Module.__delattr__(self, name)
+        self.__dict__.pop(name, None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``loss(x_dict, **kwargs)`` runs :meth:`forward` through ``nn.Module.__call__`` and returns Pixyz's
+        ``(value, samples)``; ``loss(model, guide)`` is :meth:`pyro.infer.ELBO.__call__` (an ``nn.Module`` computing
+        the loss)."""
+        if len(args) == 2 and not kwargs and callable(args[0]) and callable(args[1]):
+            return _PyroELBO.__call__(self, *args)
+        out = nn.Module.__call__(self, *args, **kwargs)
+        return out if type(out) is tuple else (out, {})
 
     # ------------------------------------------------------------------ names and text
     @property
@@ -111,13 +143,37 @@ class Loss(_PyroELBO):
 
     @property
     def latex(self) -> str:
-        """The formula as LaTeX text (subclasses define it)."""
+        """The formula as LaTeX text, in the order it was written (subclasses define it, or Pixyz's sympy
+        ``_symbol``)."""
+        if type(self)._symbol is not Loss._symbol:  # a Pixyz-style subclass: its formula is a sympy expression
+            import sympy
+
+            return sympy.latex(self._symbol)
         raise NotImplementedError(f"{type(self).__name__} does not define its LaTeX text (the latex property)")
 
     @property
+    def _symbol(self) -> Any:
+        """The formula as a sympy expression, as Pixyz builds it: a term is one symbol named by its text,
+        operators combine their operands' expressions (so sympy orders sums and products, as Pixyz prints them)."""
+        import sympy
+
+        d = self.__dict__
+        if d.get("_in_symbol"):  # latex asked for _symbol and _symbol for latex: the class defines neither
+            raise NotImplementedError(f"{type(self).__name__} defines neither its LaTeX text (latex) nor Pixyz's "
+                                      "sympy expression (_symbol)")
+        d["_in_symbol"] = True
+        try:
+            return sympy.Symbol(self.latex)
+        finally:
+            del d["_in_symbol"]
+
+    @property
     def loss_text(self) -> str:
-        """The formula as LaTeX text (Pixyz's name)."""
-        return self.latex
+        """The formula as LaTeX text, exactly as Pixyz prints it (``sympy.latex`` of :attr:`_symbol`: sympy orders
+        the terms of sums and products); :attr:`latex` keeps the order in which the formula was written."""
+        import sympy
+
+        return sympy.latex(self._symbol)
 
     def __str__(self) -> str:
         return self.loss_text
@@ -227,13 +283,14 @@ class Loss(_PyroELBO):
             stack.extend(reversed([c for c in node._children() if isinstance(c, Loss)]))
         return out
 
-    def state_dict(self) -> dict[str, Any]:
+    def term_state_dict(self) -> dict[str, Any]:
         """State this term owns beyond its distributions' networks (e.g. an adversarial term's discriminator
-        optimizer), for checkpoints; empty for most terms."""
+        optimizer), for :meth:`Model.save <pyro_dgm.models.Model.save>`; empty for most terms. (``state_dict()`` is
+        ``nn.Module``'s: the tensors of every distribution the loss holds, as in Pixyz.)"""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+    def load_term_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`term_state_dict` returned."""
         if state:
             raise ValueError(f"{type(self).__name__} {self.loss_text}: holds no state, got keys {sorted(state)}")
 
@@ -404,7 +461,7 @@ class Loss(_PyroELBO):
                 if recorder is not None:
                     _RECORDERS.pop()
         loss, samples = out if isinstance(out, tuple) else (out, {})
-        if outer and not isinstance(loss, Tensor):
+        if outer and not isinstance(loss, Tensor) and not self._of_parameters_only():
             loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
         if _RECORDERS:
             _RECORDERS[-1][id(self)] = loss
@@ -416,6 +473,18 @@ class Loss(_PyroELBO):
         if recorder is not None:
             result.append(self._terms(recorder))
         return result[0] if len(result) == 1 else tuple(result)
+
+    def _of_parameters_only(self) -> bool:
+        """Whether every leaf of the formula is a :class:`~pyro_dgm.losses.special.Parameter`: then, as in Pixyz,
+        ``eval`` returns the value as computed from the given values (``Parameter("x").eval({"x": 2})`` is ``2``);
+        any other formula gives a tensor."""
+        cached = self.__dict__.get("_params_only")
+        if cached is None:
+            from pyro_dgm.losses.special import Parameter
+
+            leaves = [n for n in self.loss_terms() if not any(isinstance(c, Loss) for c in n._children())]
+            cached = self._params_only = all(isinstance(n, Parameter) for n in leaves)
+        return cached
 
     def _leaves(self) -> list[tuple[int, str]]:
         """``(id, name)`` of the terms of the top-level arithmetic; names are unique (``" (2)"``...)."""

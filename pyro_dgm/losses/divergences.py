@@ -22,7 +22,48 @@ from pyro_dgm.utils.checks import describe
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["KullbackLeibler", "Entropy", "CrossEntropy"]
+__all__ = ["Divergence", "KullbackLeibler", "AnalyticalKullbackLeibler", "Entropy", "CrossEntropy"]
+
+
+class Divergence(Loss):
+    r"""Base class of the terms that compare two distributions (Pixyz's): ``p``, ``q`` and their inputs.
+
+    Every divergence of pyro_dgm (:class:`KullbackLeibler`, :class:`~pyro_dgm.losses.MMD`,
+    :class:`~pyro_dgm.losses.WassersteinDistance`, the adversarial terms) is a ``Divergence`` for ``isinstance``
+    (registered as a virtual subclass). Subclass it to write a new term: implement ``forward(x_dict, **kwargs)``
+    (returning the value, or Pixyz's ``(value, dict)``) and its formula, either as :attr:`latex` (text) or as Pixyz's
+    ``_symbol`` (a sympy expression).
+
+    Parameters
+    ----------
+    p : Distribution
+    q : Distribution, optional
+
+    Examples
+    --------
+    >>> import sympy, torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> class MeanGap(Divergence):
+    ...     @property
+    ...     def _symbol(self):
+    ...         return sympy.Symbol(f"G[{self.p.prob_text},{self.q.prob_text}]")
+    ...     def forward(self, x_dict, **kwargs):
+    ...         return (self.p.sample_mean(x_dict) - self.q.sample_mean(x_dict)).abs().sum(-1), {}
+    >>> p = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.)
+    >>> q = Normal(var=["z"], loc=0.5, scale=1., name="q")
+    >>> gap = MeanGap(p, q)
+    >>> print(gap, gap.input_var)
+    G[p(z|x),q(z)] ['x']
+    >>> gap.eval({"x": torch.ones(1, 1)})
+    tensor([0.5000])
+    """
+
+    def __init__(self, p: "Distribution", q: "Distribution | None" = None) -> None:
+        _check_distribution(p, type(self).__name__, "p")
+        if q is not None:
+            _check_distribution(q, type(self).__name__, "q")
+        super().__init__(ordered_union(p.input_var, q.input_var if q is not None else []))
+        self.p, self.q = p, q
 
 
 def _check_same_var(owner: str, p: "Distribution", q: "Distribution") -> None:
@@ -95,13 +136,18 @@ class KullbackLeibler(Loss):
     D_{KL} \left[q(z)||p(z) \right]
     >>> kl.eval()
     tensor([0.5000])
-    >>> print(KullbackLeibler(q, p, analytical=False))
-    \mathbb{E}_{q(z)} \left[\log q(z) - \log p(z) \right]
+    >>> print(KullbackLeibler(q, p, analytical=False))  # Pixyz's text: sympy orders the terms
+    \mathbb{E}_{q(z)} \left[- \log p(z) + \log q(z) \right]
     """
 
     def __init__(self, p: "Distribution", q: "Distribution", dim: int | Sequence[int] | None = None,
                  analytical: bool = True, sample_shape: Sequence[int] = torch.Size([1])) -> None:
-        _check_same_var("KullbackLeibler", p, q)
+        _check_distribution(p, "KullbackLeibler", "p")
+        _check_distribution(q, "KullbackLeibler", "q")
+        crossed = set(p.input_var) & set(q.var) or set(q.input_var) & set(p.var)  # e.g. q(z|x) vs p(x|z): a mistake
+        if not (analytical and p.factors == (p,) and q.factors == (q,)) or crossed:
+            # (two single distributions are compared as distributions whatever their variables are named, as in Pixyz)
+            _check_same_var("KullbackLeibler", p, q)
         self.p, self.q = p, q
         self.dim = dim
         self.analytical = analytical
@@ -117,6 +163,10 @@ class KullbackLeibler(Loss):
         if self._mc is not None:
             return self._mc.latex
         return rf"D_{{KL}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
+
+    @property
+    def _symbol(self) -> Any:
+        return self._mc._symbol if self._mc is not None else super()._symbol
 
     def _pairs(self) -> list[tuple["Distribution", "Distribution"]]:
         p, q = self.p, self.q
@@ -168,6 +218,25 @@ class KullbackLeibler(Loss):
         return total
 
 
+class AnalyticalKullbackLeibler(KullbackLeibler):
+    r"""The analytic :math:`D_{KL}[p \| q]` (Pixyz's class; what ``KullbackLeibler(p, q)`` computes by default).
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> q, p = Normal(loc=0., scale=1., var=["z"], name="q"), Normal(loc=1., scale=1., var=["z"])
+    >>> kl = AnalyticalKullbackLeibler(q, p)
+    >>> print(kl, kl.eval())
+    D_{KL} \left[q(z)||p(z) \right] tensor([0.5000])
+    """
+
+    def __init__(self, p: "Distribution", q: "Distribution", dim: int | Sequence[int] | None = None) -> None:
+        super().__init__(p, q, dim=dim, analytical=True)
+
+
+Divergence.register(KullbackLeibler)
+
+
 class Entropy(Loss):
     r"""The entropy :math:`H[p] = -\mathbb{E}_{p}[\log p]`, one value per batch element.
 
@@ -210,6 +279,10 @@ class Entropy(Loss):
             return self._mc.latex
         return rf"H \left[ {{{self.p.prob_text}}} \right]"
 
+    @property
+    def _symbol(self) -> Any:
+        return self._mc._symbol if self._mc is not None else super()._symbol
+
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
         if self._mc is not None:
             return self._mc.eval(values, return_dict=True, return_all=False, **kwargs)
@@ -235,6 +308,9 @@ def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,
     Monte Carlo by default (``analytical=False``): :math:`-\mathbb{E}_{p}[\log q]`. Analytic: :math:`H[p] +
     D_{KL}[p \| q]` (both analytic).
 
+    The Monte Carlo form needs no common variables: ``CrossEntropy(q(z|x), p(x|z))`` is the reconstruction term
+    :math:`-\mathbb{E}_{q(z|x)}[\log p(x|z)]` (as Pixyz computes it; MMD-VAE's notebook writes it so).
+
     Examples
     --------
     >>> import math, torch
@@ -244,11 +320,13 @@ def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,
     - \mathbb{E}_{p(x)} \left[\log q(x) \right]
     >>> ce = CrossEntropy(p, q, analytical=True)
     >>> print(ce)
-    H \left[ {p(x)} \right] + D_{KL} \left[p(x)||q(x) \right]
+    D_{KL} \left[p(x)||q(x) \right] + H \left[ {p(x)} \right]
     >>> bool(torch.allclose(ce.eval(), torch.tensor([0.5 * math.log(2 * math.pi) + 1.0])))
     True
     """
-    _check_same_var("CrossEntropy", p, q)
     if analytical:
+        _check_same_var("CrossEntropy", p, q)
         return Entropy(p) + KullbackLeibler(p, q)
+    _check_distribution(p, "CrossEntropy", "p")
+    _check_distribution(q, "CrossEntropy", "q")
     return -Expectation(p, LogProb(q), sample_shape=sample_shape)

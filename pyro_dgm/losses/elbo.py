@@ -37,7 +37,8 @@ def ELBO(p: "Distribution", q: "Distribution", sample_shape: Sequence[int] = tor
     p : Distribution
         The joint model, e.g. :math:`p(x,z) = p(x|z)p(z)`.
     q : Distribution
-        The approximate posterior, e.g. :math:`q(z|x)`.
+        The approximate posterior, e.g. :math:`q(z|x)`. As in Pixyz, it may draw variables that ``p`` only
+        conditions on or leaves out (a constant factor such as M2's uniform :math:`p(y)`).
     sample_shape : tuple of int, default ``(1,)``
         The number of samples is its product.
 
@@ -50,8 +51,13 @@ def ELBO(p: "Distribution", q: "Distribution", sample_shape: Sequence[int] = tor
     >>> elbo = ELBO(p, q)
     >>> print(elbo, elbo.input_var)
     \mathbb{E}_{q(z|x)} \left[\log p(x,z) - \log q(z|x) \right] ['x']
+    >>> # q may draw a variable that p does not generate (as Pixyz allows: M2's unlabelled bound leaves out p(y))
+    >>> q_zy = q * Normal(loc="x", scale=1., var=["y"], cond_var=["x"], name="q")
+    >>> ELBO(p, q_zy).input_var
+    ['x']
     """
-    _check_pq("ELBO", p, q)
+    _check_distribution(p, "ELBO", "p")
+    _check_distribution(q, "ELBO", "q")
     return Expectation(q, LogProb(p) - LogProb(q), sample_shape=sample_shape)
 
 

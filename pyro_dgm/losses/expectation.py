@@ -81,6 +81,12 @@ class Expectation(Loss):
     def latex(self) -> str:
         return rf"\mathbb{{E}}_{{{self.p.prob_text}}} \left[{self.f.latex} \right]"
 
+    @property
+    def _symbol(self) -> Any:
+        import sympy
+
+        return sympy.Symbol(rf"\mathbb{{E}}_{{{self.p.prob_text}}} \left[{self.f.loss_text} \right]")
+
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         # options meant for loss terms (IterativeLoss's mask) go to f, not to p's networks
         sampler_kwargs = {k: v for k, v in kwargs.items() if k not in LOSS_OPTIONS} if kwargs else kwargs
@@ -122,7 +128,7 @@ def REINFORCE(p: "Distribution", f: Loss, b: Loss | float = 0.0, sample_shape: S
     >>> p = Bernoulli(probs=0.3, var=["a"])
     >>> reward = Normal(loc=1., scale=1., var=["a"], name="r").log_prob()
     >>> print(REINFORCE(p, reward))
-    \mathbb{E}_{p(a)} \left[detach \left(\log r(a) \right) \log p(a) + \log r(a) \right]
+    \mathbb{E}_{p(a)} \left[\log p(a) detach \left(\log r(a) \right) + \log r(a) \right]
     """
     diff = f if isinstance(b, numbers.Number) and b == 0 else f - b
     return Expectation(p, diff.detach() * p.log_prob() + diff, sample_shape=sample_shape, reparam=reparam)

@@ -33,8 +33,6 @@ class IterativeLoss(Loss):
         The loss of one step.
     max_iter : int, optional
         The number of steps (default: the length of the first ``series_var``).
-    input_var : list of str, optional
-        Override the computed input variables.
     series_var : list of str, optional
         Variables whose values are sequences (time first), sliced at each step.
     update_value : dict, optional
@@ -44,6 +42,8 @@ class IterativeLoss(Loss):
         :math:`\mathbb{E}_{slice\_step}[\mathcal{L}_{step}]` and series values are not sliced (TD-VAE).
     timestep_var : list of str, optional
         A variable that holds the step index ``t`` (it is not an input).
+    input_var : list of str, optional
+        Override the computed input variables (ours; after Pixyz's parameters).
 
     Raises
     ------
@@ -59,16 +59,16 @@ class IterativeLoss(Loss):
     >>> step = p.log_prob().expectation(q).mean()
     >>> loss = IterativeLoss(step, max_iter=3, series_var=["x"], update_value={"h": "h_prev"})
     >>> print(loss)
-    \sum_{t=0}^{2} mean \left(\mathbb{E}_{q(h|h_prev)} \left[\log p(x|h) \right] \right)
+    \sum_{t=0}^{2} mean \left(\mathbb{E}_{q(h|h_{prev})} \left[\log p(x|h) \right] \right)
     >>> loss.input_var
     ['h_prev', 'x']
     >>> loss.eval({"x": torch.zeros(3, 4, 1), "h_prev": torch.zeros(4, 1)}).shape
     torch.Size([])
     """
 
-    def __init__(self, step_loss: Loss, max_iter: int | None = None, input_var: Sequence[str] | None = None,
-                 series_var: Sequence[str] | None = None, update_value: Mapping[str, str] | None = None,
-                 slice_step: "Distribution | None" = None, timestep_var: Sequence[str] | str | None = None) -> None:
+    def __init__(self, step_loss: Loss, max_iter: int | None = None, series_var: Sequence[str] | None = None,
+                 update_value: Mapping[str, str] | None = None, slice_step: "Distribution | None" = None,
+                 timestep_var: Sequence[str] | str | None = None, input_var: Sequence[str] | None = None) -> None:
         if not isinstance(step_loss, Loss):
             raise TypeError(f"IterativeLoss: step_loss must be a Loss, got {type(step_loss).__name__}")
         series = [series_var] if isinstance(series_var, str) else list(series_var or [])
@@ -100,6 +100,15 @@ class IterativeLoss(Loss):
         if self.step_loss._prec < PREC_MUL:
             body = rf"\left({body}\right)"
         return rf"\sum_{{{t}=0}}^{{{top}}} {body}"
+
+    @property
+    def _symbol(self) -> Any:
+        import sympy
+
+        t = sympy.Symbol(self.timestep_var[0] if self.timestep_var else "t")
+        top = self.max_iter if self.max_iter else sympy.Symbol(sympy.latex(t) + "_{max}")
+        body = sympy.Symbol("dummy_loss")  # substituted after: sympy.Sum would otherwise reorder inside the body
+        return sympy.Sum(body, (t, 0, top - 1)).subs({body: self.step_loss._symbol})
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         x = dict(values)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
 from pyro_dgm.losses.pdf import _check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -15,13 +16,25 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MMD", "gaussian_rbf_kernel", "inverse_multiquadratic_rbf_kernel", "pairwise_distance_matrix"]
 
 
-def pairwise_distance_matrix(x: Tensor, y: Tensor) -> Tensor:
-    """Squared Euclidean distances ``[i, j] = ||x_i - y_j||^2`` between the rows of ``x`` and ``y``."""
+def pairwise_distance_matrix(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
+    """Squared Euclidean distances ``[i, j] = ||x_i - y_j||^2`` between the rows of ``x`` and ``y``.
+
+    ``metric`` is Pixyz's argument; ``"euclidean"`` (this squared distance) is the only metric, as in Pixyz.
+
+    Examples
+    --------
+    >>> pairwise_distance_matrix(torch.zeros(1, 2), torch.tensor([[1., 2.], [0., 1.]]))
+    tensor([[5., 1.]])
+    """
+    if metric != "euclidean":
+        raise NotImplementedError(f"pairwise_distance_matrix: metric must be 'euclidean' (the only one, as in "
+                                  f"Pixyz), got {metric!r}")
     return ((x[:, None, :] - y[None, :, :]) ** 2).sum(dim=-1)
 
 
-def gaussian_rbf_kernel(x: Tensor, y: Tensor, sigma_sqr: float = 2.0) -> Tensor:
-    r"""The Gaussian kernel :math:`k(x, y) = \exp(-\|x - y\|^2 / \sigma^2)`.
+def gaussian_rbf_kernel(x: Tensor, y: Tensor, sigma_sqr: float = 2.0, **kwargs: Any) -> Tensor:
+    r"""The Gaussian kernel :math:`k(x, y) = \exp(-\|x - y\|^2 / \sigma^2)`; other keyword arguments are ignored
+    (as in Pixyz, whose MMD passes every kernel parameter to the kernel).
 
     Examples
     --------
@@ -31,8 +44,9 @@ def gaussian_rbf_kernel(x: Tensor, y: Tensor, sigma_sqr: float = 2.0) -> Tensor:
     return torch.exp(-pairwise_distance_matrix(x, y) / sigma_sqr)
 
 
-def inverse_multiquadratic_rbf_kernel(x: Tensor, y: Tensor, sigma_sqr: float = 2.0) -> Tensor:
-    r"""The inverse multi-quadratic kernel :math:`k(x, y) = \sigma^2 / (\|x - y\|^2 + \sigma^2)`.
+def inverse_multiquadratic_rbf_kernel(x: Tensor, y: Tensor, sigma_sqr: float = 2.0, **kwargs: Any) -> Tensor:
+    r"""The inverse multi-quadratic kernel :math:`k(x, y) = \sigma^2 / (\|x - y\|^2 + \sigma^2)`; other keyword
+    arguments are ignored (as in Pixyz).
 
     Examples
     --------
@@ -58,7 +72,8 @@ class MMD(Loss):
         \frac{1}{n(n-1)}\sum_{i \ne j} k(x_i, x_j) + \frac{1}{n(n-1)}\sum_{i \ne j} k(y_i, y_j)
         - \frac{2}{n^2}\sum_{i, j} k(x_i, y_j), \quad x_i \sim p, \ y_j \sim q,
 
-    the unbiased estimate (Gretton et al. 2012), with one sample of each per batch element (``n`` is the batch size).
+    the unbiased estimate (Gretton et al. 2012), with one sample of each per batch element (``n`` is the batch size;
+    with a batch of one, the biased estimate :math:`k(x,x) + k(y,y) - 2k(x,y)`, as there is no pair to average).
     Samples are reparameterized, so gradients reach both distributions. Pixyz 0.3.3 divides by the number of features
     instead of the number of samples and keeps the diagonal; this is the textbook estimator.
 
@@ -121,11 +136,11 @@ class MMD(Loss):
             raise ValueError(f"MMD {self.latex}: the samples have different shapes {tuple(x.shape)} and "
                              f"{tuple(y.shape)}")
         m = x.shape[0]
-        if m < 2:
-            raise ValueError(f"MMD {self.latex}: the unbiased estimate needs at least 2 samples, got {m}")
         k = self.kernel
         kxx, kyy, kxy = (k(x, x, **self.kernel_params), k(y, y, **self.kernel_params),
                          k(x, y, **self.kernel_params))
+        if m < 2:  # no pair of distinct samples: the unbiased estimate does not exist, take the biased one
+            return kxx.mean() + kyy.mean() - 2 * kxy.mean()
         off = m * (m - 1)
         return ((kxx.sum() - kxx.diagonal().sum()) / off + (kyy.sum() - kyy.diagonal().sum()) / off
                 - 2 * kxy.mean())

@@ -1,9 +1,10 @@
 r"""Operators on losses: ``+ - * / **``, unary ``-``, ``abs``, ``mean()``, ``sum()``, ``detach()``, min and max.
 
-Each operator is a small class whose value is the operation on its operands' values and whose LaTeX text joins its
-operands' texts in the order the user wrote them, with parentheses where precedence needs them:
-``(kl + reconst).mean()`` prints ``mean \left(D_{KL} \left[...\right] - \mathbb{E}_{...} \left[...\right] \right)``
-when ``reconst`` is a negated term.
+Each operator is a small class whose value is the operation on its operands' values. It has two texts: ``str(loss)``
+(``loss_text``) is Pixyz's, ``sympy.latex`` of the operands' sympy expressions combined (sympy orders and simplifies
+sums and products, so ``reconst - kl`` prints ``- D_{KL} ... - \mathbb{E} ...``, as Pixyz prints it), and
+:attr:`~pyro_dgm.losses.base.Loss.latex` joins the operands' texts in the order the user wrote them, with parentheses
+where precedence needs them.
 """
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ def _reduce(v: Any, how: str) -> Any:
     return getattr(v, how)() if isinstance(v, Tensor) else v
 
 
+def _sym(text: str) -> Any:
+    import sympy
+
+    return sympy.Symbol(text)
+
+
 def _paren(text: str) -> str:
     return rf"\left({text}\right)"
 
@@ -97,13 +104,19 @@ class AddLoss(LossOperator):
     --------
     >>> from pyro_dgm.losses import Parameter
     >>> x = Parameter("x")
-    >>> print(x + 2, "|", x + (-x))
-    x + 2 | x - x
+    >>> print(x + 2, "|", x + (-x))  # Pixyz's text: sympy simplifies
+    x + 2 | 0
+    >>> (x + (-x)).latex  # the formula as written
+    'x - x'
     >>> float((x + 2).eval({"x": 3.}))
     5.0
     """
 
     _prec = PREC_ADD
+
+    @property
+    def _symbol(self) -> Any:
+        return self.loss1._symbol + self.loss2._symbol
 
     @property
     def latex(self) -> str:
@@ -127,12 +140,18 @@ class SubLoss(LossOperator):
     >>> from pyro_dgm.losses import Parameter
     >>> x, y = Parameter("x"), Parameter("y")
     >>> print(x - (y - 2), "|", (x - y) - 2)
-    x - \\left(y - 2\\right) | x - y - 2
+    x - y + 2 | x - y - 2
+    >>> print((x - (y - 2)).latex)
+    x - \\left(y - 2\\right)
     >>> float((2 - x).eval({"x": 4.}))
     -2.0
     """
 
     _prec = PREC_ADD
+
+    @property
+    def _symbol(self) -> Any:
+        return self.loss1._symbol - self.loss2._symbol
 
     @property
     def latex(self) -> str:
@@ -150,13 +169,19 @@ class MulLoss(LossOperator):
     --------
     >>> from pyro_dgm.losses import Parameter
     >>> x, y = Parameter("x"), Parameter("y")
-    >>> print(2 * (x + y), "|", x * 2, "|", -x * y)
+    >>> print(2 * (x + y), "|", x * 2, "|", -x * y)  # Pixyz's text (sympy's)
+    2 x + 2 y | 2 x | - x y
+    >>> print((2 * (x + y)).latex, "|", (x * 2).latex, "|", (-x * y).latex)  # as written
     2 \left(x + y\right) | x \cdot 2 | \left(- x\right) y
     >>> float((2 * x).eval({"x": 4.}))
     8.0
     """
 
     _prec = PREC_MUL
+
+    @property
+    def _symbol(self) -> Any:
+        return self.loss1._symbol * self.loss2._symbol
 
     @property
     def latex(self) -> str:
@@ -188,6 +213,10 @@ class DivLoss(LossOperator):
     _prec = PREC_ATOM
 
     @property
+    def _symbol(self) -> Any:
+        return self.loss1._symbol / self.loss2._symbol
+
+    @property
     def latex(self) -> str:
         return rf"\frac{{{self.loss1.latex}}}{{{self.loss2.latex}}}"
 
@@ -203,13 +232,17 @@ class PowLoss(LossOperator):
     --------
     >>> from pyro_dgm.losses import Parameter
     >>> x = Parameter("x")
-    >>> print(x ** 2, "|", (x + 1) ** 2, "|", 2 ** x)
+    >>> print((x ** 2).latex, "|", ((x + 1) ** 2).latex, "|", (2 ** x).latex)
     x^{2} | \left(x + 1\right)^{2} | 2^{x}
     >>> float(((x + 1) ** 2).eval({"x": 2.}))
     9.0
     """
 
     _prec = PREC_ATOM
+
+    @property
+    def _symbol(self) -> Any:
+        return self.loss1._symbol ** self.loss2._symbol
 
     @property
     def latex(self) -> str:
@@ -232,6 +265,10 @@ class MinLoss(LossOperator):
     """
 
     @property
+    def _symbol(self) -> Any:
+        return _sym("min \\left({}, {}\\right)".format(self.loss1.loss_text, self.loss2.loss_text))
+
+    @property
     def latex(self) -> str:
         return rf"min \left({self.loss1.latex}, {self.loss2.latex}\right)"
 
@@ -250,6 +287,10 @@ class MaxLoss(LossOperator):
     >>> print(loss, float(loss.eval()))
     max \left(3, 1\right) 3.0
     """
+
+    @property
+    def _symbol(self) -> Any:
+        return _sym("max \\left({}, {}\\right)".format(self.loss1.loss_text, self.loss2.loss_text))
 
     @property
     def latex(self) -> str:
@@ -273,6 +314,15 @@ class LossSelfOperator(Loss):
         """The operand."""
         return (self.loss1,)
 
+    def loss_train(self, train_x_dict: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """The operand's ``loss_train`` (Pixyz's: ``adversarial_term.mean().loss_train(x)`` trains the
+        discriminator)."""
+        return self.loss1.loss_train(train_x_dict, **kwargs)
+
+    def loss_test(self, test_x_dict: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """The operand's ``loss_test`` (Pixyz's)."""
+        return self.loss1.loss_test(test_x_dict, **kwargs)
+
     def _one(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         return self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)
 
@@ -285,12 +335,18 @@ class NegLoss(LossSelfOperator):
     >>> from pyro_dgm.losses import Parameter
     >>> x = Parameter("x")
     >>> print(-x, "|", -(x + 1))
-    - x | - \\left(x + 1\\right)
+    - x | - x - 1
+    >>> print((-(x + 1)).latex)
+    - \\left(x + 1\\right)
     >>> float((-x).eval({"x": 4.}))
     -4.0
     """
 
     _prec = PREC_NEG
+
+    @property
+    def _symbol(self) -> Any:
+        return -self.loss1._symbol
 
     @property
     def latex(self) -> str:
@@ -313,6 +369,10 @@ class AbsLoss(LossSelfOperator):
     >>> float(abs(x - 5).eval({"x": 4.}))
     1.0
     """
+
+    @property
+    def _symbol(self) -> Any:
+        return _sym("|{}|".format(self.loss1.loss_text))
 
     @property
     def latex(self) -> str:
@@ -338,6 +398,10 @@ class BatchMean(LossSelfOperator):
     """
 
     @property
+    def _symbol(self) -> Any:
+        return _sym("mean \\left({} \\right)".format(self.loss1.loss_text))
+
+    @property
     def latex(self) -> str:
         return rf"mean \left({self.loss1.latex} \right)"
 
@@ -361,6 +425,10 @@ class BatchSum(LossSelfOperator):
     """
 
     @property
+    def _symbol(self) -> Any:
+        return _sym("sum \\left({} \\right)".format(self.loss1.loss_text))
+
+    @property
     def latex(self) -> str:
         return rf"sum \left({self.loss1.latex} \right)"
 
@@ -381,6 +449,10 @@ class Detach(LossSelfOperator):
     >>> Parameter("x").detach().eval({"x": torch.ones(1, requires_grad=True)}).requires_grad
     False
     """
+
+    @property
+    def _symbol(self) -> Any:
+        return _sym("detach \\left({} \\right)".format(self.loss1.loss_text))
 
     @property
     def latex(self) -> str:

@@ -28,7 +28,8 @@ class ValueLoss(Loss):
 
     Parameters
     ----------
-    value : number or Tensor
+    loss1 : number or Tensor
+        The value (Pixyz's parameter name); also available as ``value`` and ``original_value``.
 
     Examples
     --------
@@ -37,11 +38,11 @@ class ValueLoss(Loss):
     2 tensor(2.)
     """
 
-    def __init__(self, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (numbers.Number, Tensor)):
-            raise TypeError(f"ValueLoss: value must be a number or a tensor, got {type(value).__name__}")
+    def __init__(self, loss1: Any) -> None:
+        if isinstance(loss1, bool) or not isinstance(loss1, (numbers.Number, Tensor)):
+            raise TypeError(f"ValueLoss: loss1 (the value) must be a number or a tensor, got {type(loss1).__name__}")
         super().__init__([])
-        self.value = value
+        self.value = self.original_value = loss1
 
     @property
     def is_number(self) -> bool:
@@ -59,6 +60,12 @@ class ValueLoss(Loss):
     @property
     def _prec(self) -> int:  # type: ignore[override]
         return PREC_NEG if self.is_negative_number else PREC_ATOM
+
+    @property
+    def _symbol(self) -> Any:
+        if self.is_number:  # a number, as Pixyz's ValueLoss (sympy arithmetic makes it an Integer or a Float)
+            return self.value.item() if isinstance(self.value, Tensor) else self.value
+        return super()._symbol
 
     @property
     def latex(self) -> str:
@@ -81,8 +88,8 @@ class Parameter(Loss):
     Examples
     --------
     >>> beta = Parameter("beta")
-    >>> print(beta * 2, float((beta * 2).eval({"beta": 3.})))
-    beta \\cdot 2 6.0
+    >>> print(beta * 2, float((beta * 2).eval({"beta": 3.})))  # sympy prints the symbol beta as a Greek letter
+    2 \\beta 6.0
     """
 
     def __init__(self, input_var: str) -> None:
@@ -93,6 +100,12 @@ class Parameter(Loss):
     @property
     def latex(self) -> str:
         return self._input_var[0]
+
+    @property
+    def _symbol(self) -> Any:
+        import sympy
+
+        return sympy.Symbol(self._input_var[0])
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
         return values[self._input_var[0]]
@@ -111,7 +124,7 @@ class ConstantVar(Loss):
     --------
     >>> loss = ConstantVar(Parameter("x") * 2, {"x": 1.5})
     >>> print(loss, loss.input_var, float(loss.eval()))
-    x \\cdot 2 [] 3.0
+    2 x [] 3.0
     """
 
     def __init__(self, base_loss: Loss, constant_dict: Mapping[str, Any]) -> None:
@@ -130,6 +143,10 @@ class ConstantVar(Loss):
     @property
     def latex(self) -> str:
         return self.base_loss.latex
+
+    @property
+    def _symbol(self) -> Any:
+        return self.base_loss._symbol
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         inputs = dict(values)

@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.nn import PairwiseDistance
 
 from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
 from pyro_dgm.losses.mmd import _draw
 from pyro_dgm.losses.pdf import _check_distribution
 

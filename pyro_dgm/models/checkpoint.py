@@ -5,8 +5,8 @@ A checkpoint holds
 - the parameters and buffers of every trained distribution (``model.distributions``) and of every other distribution
   the losses hold (priors with buffers, discriminators...);
 - every optimizer: ``model.optimizer``, any other optimizer or learning-rate scheduler stored as an attribute of the
-  model (a GAN's ``d_optimizer``), and the state of loss terms that own some (``term.state_dict()`` for each node of
-  ``loss.loss_terms()``: an adversarial term's discriminator optimizer);
+  model (a GAN's ``d_optimizer``), and the state of loss terms that own some (``term.term_state_dict()`` for each
+  node of ``loss.loss_terms()``: an adversarial term's discriminator optimizer);
 - the ``step`` and ``epoch`` counters and the history of :meth:`~pyro_dgm.models.Model.fit`;
 - the random states of torch (CPU and CUDA), Python's ``random`` and numpy, so the Monte Carlo draws after loading
   are those an uninterrupted run would have made.
@@ -100,7 +100,7 @@ def model_state(model: "Model") -> dict[str, Any]:
     """Everything :func:`load_model_state` needs to resume ``model`` exactly (see the module docstring)."""
     terms = {}
     for i, term in enumerate(_loss_terms(model)):
-        st = term.state_dict()
+        st = term.term_state_dict()
         if st:
             terms[str(i)] = {"type": type(term).__name__, "state": st}
     return {
@@ -169,7 +169,7 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         if i >= len(terms) or type(terms[i]).__name__ != entry["type"]:
             raise ValueError(f"Model.load: the checkpoint holds the state of a {entry['type']} loss term (term {i}) "
                              "that this model's loss does not have at that place")
-        check = getattr(terms[i], "check_state_dict", None)
+        check = getattr(terms[i], "check_term_state_dict", None)
         if callable(check):
             check(entry["state"])
     # every check passed: change the model
@@ -179,7 +179,7 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
     for key, entry in state["loss_terms"].items():
-        terms[int(key)].load_state_dict(entry["state"])
+        terms[int(key)].load_term_state_dict(entry["state"])
     model.step = int(state["step"])
     model.epoch = int(state["epoch"])
     history = state.get("history") or {}

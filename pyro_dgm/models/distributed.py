@@ -162,5 +162,9 @@ class DataParalleledLoss(Loss):
     def latex(self) -> str:
         return self.loss.latex
 
+    @property
+    def _symbol(self) -> Any:
+        return self.loss._symbol
+
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
         return self.loss.eval(values, return_dict=True, **kwargs)

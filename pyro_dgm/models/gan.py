@@ -18,7 +18,7 @@ D_LOSS = "d_loss"  # the name of the discriminator's loss in ``model.last_terms`
 
 
 class GAN(Model):
-    r"""Generative adversarial network ([Goodfellow+ 2014]), Pixyz's ``GAN`` with the API reference's signature.
+    r"""Generative adversarial network ([Goodfellow+ 2014]), Pixyz 0.3.3's ``GAN(p, discriminator, ...)``.
 
     The loss is :class:`~pyro_dgm.losses.AdversarialJensenShannon` between the data distribution and the generator;
     the generator ``p`` is trained by ``optimizer``, the discriminator by the loss term's own ``d_optimizer``. Each
@@ -26,19 +26,22 @@ class GAN(Model):
 
     Parameters
     ----------
-    p_data : Distribution or None
-        The data distribution, normally ``EmpiricalDistribution(p.var)``; ``None`` builds that one.
     p : Distribution
-        The generator, e.g. ``(generator * prior).marginalize_var("z")``, over the same variables as ``p_data``.
+        The generator, e.g. ``(generator * prior).marginalize_var("z")``.
     discriminator : Distribution
         :math:`d(t|x)`, whose output is the probability that ``x`` is data (end its network with a sigmoid).
     optimizer, optimizer_params
         The generator's optimizer, as in :class:`~pyro_dgm.models.Model`.
     d_optimizer, d_optimizer_params
         The discriminator's optimizer (a torch optimizer class or factory) and its arguments.
-    clip_grad_norm, clip_grad_value, retain_graph
+    clip_grad_norm, clip_grad_value
         As in :class:`~pyro_dgm.models.Model` (the generator's step).
-    inverse_g_loss : bool, default True
+    p_data : Distribution, optional (keyword only)
+        The data distribution, over the same variables as ``p``; by default ``EmpiricalDistribution(p.var)``, as
+        Pixyz builds it.
+    retain_graph : bool, default False (keyword only)
+        As in :class:`~pyro_dgm.models.Model`.
+    inverse_g_loss : bool, default True (keyword only)
         The generator's non-saturating loss (see :class:`~pyro_dgm.losses.AdversarialJensenShannon`).
 
     Attributes
@@ -57,11 +60,10 @@ class GAN(Model):
 
     Notes
     -----
-    Pixyz 0.3.3's own code has ``GAN(p, discriminator, ...)`` and builds the data distribution itself; here the first
-    argument is ``p_data`` (as in its API reference), and ``GAN(None, p, d)`` does what ``GAN(p, d)`` did there.
-    :meth:`train` and :meth:`test` return ``(loss, d_loss)`` with ``adversarial_loss=True`` (Pixyz). Within
-    :meth:`~pyro_dgm.models.Model.fit` they return the generator's loss, and the discriminator's loss is logged as the
-    term ``"d_loss"`` (``model.last_terms`` and the history's ``train/d_loss``, ``test/d_loss``).
+    The data are the values of ``p.var`` given to :meth:`train`/:meth:`test` (``{"x": batch}``), read by the data
+    distribution. :meth:`train` and :meth:`test` return ``(loss, d_loss)`` with ``adversarial_loss=True`` (Pixyz).
+    Within :meth:`~pyro_dgm.models.Model.fit` they return the generator's loss, and the discriminator's loss is logged
+    as the term ``"d_loss"`` (``model.last_terms`` and the history's ``train/d_loss``, ``test/d_loss``).
 
     Examples
     --------
@@ -83,17 +85,15 @@ class GAN(Model):
     ...         return {"t": self.net(x)}
     >>> prior = Normal(loc=0., scale=1., var=["z"], features_shape=[4], name="p_{prior}")
     >>> p = (Generator() * prior).marginalize_var("z")
-    >>> model = GAN(None, p, Discriminator(), optimizer_params={"lr": 2e-4}, d_optimizer_params={"lr": 2e-4})
+    >>> model = GAN(p, Discriminator(), optimizer_params={"lr": 2e-4}, d_optimizer_params={"lr": 2e-4})
     >>> print(model)  # doctest: +ELLIPSIS
     Distributions (for training):
       p(x)
     Loss function:
-      D_{JS}^{Adv} \left[p_{data}(x)||p(x) \right]
+      mean(D_{JS}^{Adv} \left[p_{data}(x)||p(x) \right])
     Optimizer:
       Adam (
       ...
-    Discriminator (trained by d_optimizer):
-      d(t|x)
     >>> x = torch.randn(16, 2) + 3.
     >>> loss, d_loss = model.train({"x": x})
     >>> loss, d_loss = model.test({"x": x})
@@ -105,19 +105,15 @@ class GAN(Model):
     [Goodfellow+ 2014] Generative Adversarial Networks
     """
 
-    def __init__(self, p_data: Distribution | None, p: Distribution, discriminator: Distribution | None = None,
-                 optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
-                 d_optimizer: Any = torch.optim.Adam, d_optimizer_params: Mapping[str, Any] | None = None,
-                 clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
+    def __init__(self, p: Distribution, discriminator: Distribution, optimizer: Any = torch.optim.Adam,
+                 optimizer_params: Mapping[str, Any] | None = None, d_optimizer: Any = torch.optim.Adam,
+                 d_optimizer_params: Mapping[str, Any] | None = None, clip_grad_norm: float | None = None,
+                 clip_grad_value: float | None = None, *, p_data: Distribution | None = None,
                  retain_graph: bool = False, inverse_g_loss: bool = True) -> None:
-        if discriminator is None:
-            hint = ""
-            if isinstance(p_data, Distribution) and isinstance(p, Distribution) and \
-                    any(v in p_data.var for v in p.cond_var):
-                hint = (f"; the arguments look like Pixyz 0.3.3's GAN(p, discriminator): write GAN(None, "
-                        f"{p_data.prob_text}, {p.prob_text}) (p_data=None builds EmpiricalDistribution(p.var))")
-            raise TypeError("GAN(p_data, p, discriminator): a discriminator is required: a pyro_dgm distribution "
-                            "d(t|x) whose output is the probability that x is data" + hint)
+        if isinstance(optimizer, Distribution) or p is None:
+            raise TypeError("GAN(p, discriminator, optimizer=..., ...): the arguments look like GAN(p_data, p, "
+                            "discriminator); pass the data distribution by keyword, GAN(p, discriminator, "
+                            "p_data=...), or leave it out (EmpiricalDistribution(p.var) is built, as in Pixyz)")
         _check_distribution(p, "GAN", "p")
         if p_data is None:
             p_data = EmpiricalDistribution(list(p.var))
@@ -146,17 +142,13 @@ class GAN(Model):
         """The discriminator's optimizer."""
         return self.adversarial_loss.d_optimizer
 
-    def __str__(self) -> str:
-        return (super().__str__() + "\nDiscriminator (trained by d_optimizer):\n  "
-                + self.discriminator.prob_text)
-
-    def train(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,
+    def train(self, train_x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,
               **kwargs: Any) -> Any:
         """One discriminator step (with ``adversarial_loss``), then one generator step, on the same batch.
 
         Parameters
         ----------
-        x_dict : dict
+        train_x_dict : dict
             The data, e.g. ``{"x": batch}``.
         adversarial_loss : bool, default True
             Whether to train the discriminator too.
@@ -169,11 +161,12 @@ class GAN(Model):
             The generator's loss, and the discriminator's loss when ``adversarial_loss`` (but see the class notes
             for :meth:`~pyro_dgm.models.Model.fit`).
         """
-        d_loss = self.adversarial_loss.loss_train(x_dict, **kwargs) if adversarial_loss else None
-        loss = super().train(x_dict, **kwargs)
+        d_loss = self.adversarial_loss.loss_train(train_x_dict, **kwargs) if adversarial_loss else None
+        loss = super().train(train_x_dict, **kwargs)
         return self._result(loss, d_loss)
 
-    def test(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True, **kwargs: Any) -> Any:
+    def test(self, test_x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,
+             **kwargs: Any) -> Any:
         """The generator's test loss and (with ``adversarial_loss``) the discriminator's, without updates.
 
         Returns
@@ -181,8 +174,8 @@ class GAN(Model):
         Tensor or (Tensor, Tensor)
             As :meth:`train`.
         """
-        loss = super().test(x_dict, **kwargs)
-        d_loss = self.adversarial_loss.loss_test(x_dict, **kwargs) if adversarial_loss else None
+        loss = super().test(test_x_dict, **kwargs)
+        d_loss = self.adversarial_loss.loss_test(test_x_dict, **kwargs) if adversarial_loss else None
         return self._result(loss, d_loss)
 
     def _result(self, loss: Tensor, d_loss: Tensor | None) -> Any:

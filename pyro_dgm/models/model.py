@@ -280,20 +280,20 @@ class Model:
         raise NonFiniteLossError(f"{type(self).__name__}: the {what} loss is {value} at "
                                  f"{where}step {self.step + (what == 'training')} ({which}); loss: {formula}")
 
-    def train(self, x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
+    def train(self, train_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
         """One optimization step: evaluate the loss, ``zero_grad``, ``backward``, clip, ``step``.
 
         Parameters
         ----------
-        x_dict : dict, optional
-            The data, by variable name.
+        train_x_dict : dict, optional
+            The data, by variable name (Pixyz's parameter name).
         **kwargs
             Passed to ``loss.eval`` (and on to the networks).
 
         Returns
         -------
         Tensor
-            The loss value (detached).
+            The loss value (detached; Pixyz returns it with its graph, the same value).
 
         Raises
         ------
@@ -305,6 +305,7 @@ class Model:
         mods = self.__dict__.get("_mode_modules")
         if mods is None:
             mods = self._mode_modules = list(self.distributions.modules())
+        x_dict = train_x_dict
         for m in mods:  # train mode, without nn.Module.train()'s setattr walk at each step
             if not m.training:
                 self.distributions.train()
@@ -327,15 +328,22 @@ class Model:
         self.step += 1
         return loss.detach()
 
-    def test(self, x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
-        """The test loss, under ``torch.no_grad`` with every network in eval mode (their modes restored after).
+    def test(self, test_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
+        """The test loss, under ``torch.no_grad`` with every network in eval mode.
+
+        As in Pixyz, the trained distributions stay in eval mode after the call (samples drawn after a test, e.g. for a
+        figure, use the running statistics of batch norms and no dropout) until the next :meth:`train`; the other
+        distributions the test loss holds are put in eval mode for the call only.
 
         Returns
         -------
         Tensor
             The test loss value.
         """
-        modules = [m for d in [*self.distributions, *self.test_loss_cls.distributions] for m in d.modules()]
+        x_dict = test_x_dict
+        self.distributions.eval()
+        trained = {id(m) for m in self.distributions.modules()}
+        modules = [m for d in self.test_loss_cls.distributions for m in d.modules() if id(m) not in trained]
         modes = [(m, m.training) for m in dict.fromkeys(modules)]
         try:
             for m, _ in modes:

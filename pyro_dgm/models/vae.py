@@ -57,7 +57,7 @@ class VAE(Model):
     >>> prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
     >>> model = VAE(q, p, regularizer=KullbackLeibler(q, prior), optimizer_params={"lr": 0.05})
     >>> print(model.loss_cls)
-    mean \left(- \mathbb{E}_{q(z|x)} \left[\log p(x|z) \right] + D_{KL} \left[q(z|x)||p_{prior}(z) \right] \right)
+    mean \left(D_{KL} \left[q(z|x)||p_{prior}(z) \right] - \mathbb{E}_{q(z|x)} \left[\log p(x|z) \right] \right)
     >>> x = torch.tensor([[1., 1., 0., 0.], [0., 0., 1., 1.]]).repeat(8, 1)
     >>> before = model.test({"x": x})
     >>> for _ in range(100):

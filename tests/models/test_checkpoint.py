@@ -88,10 +88,10 @@ class _StatefulTerm(Loss):
         self.calls += 1
         return self.calls * 0.0
 
-    def state_dict(self) -> dict[str, Any]:
+    def term_state_dict(self) -> dict[str, Any]:
         return {"calls": self.calls.clone()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_term_state_dict(self, state: Mapping[str, Any]) -> None:
         self.calls = state["calls"].clone()
 
 

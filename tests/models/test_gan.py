@@ -46,7 +46,7 @@ def _gan(lr: float = 2e-3, **kwargs):  # type: ignore[no-untyped-def]
     prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
     p = (Generator() * prior).marginalize_var("z")
     adam = {"lr": lr, "betas": (0.5, 0.999)}
-    return GAN(None, p, Discriminator(), optimizer_params=adam, d_optimizer_params=adam, **kwargs), p
+    return GAN(p, Discriminator(), optimizer_params=adam, d_optimizer_params=adam, **kwargs), p
 
 
 CENTERS = torch.tensor([[1.0, -2.0], [5.0, -2.0]])
@@ -171,11 +171,11 @@ def test_gan_api_follows_pixyz() -> None:
     model, p = _gan()
     d = model.discriminator
     assert isinstance(model.loss_cls, AdversarialJensenShannon) and model.test_loss_cls is model.loss_cls
-    assert str(model.loss_cls) == r"D_{JS}^{Adv} \left[p_{data}(x)||p(x) \right]"
+    assert str(model.loss_cls) == r"mean(D_{JS}^{Adv} \left[p_{data}(x)||p(x) \right])"  # Pixyz's text
     assert model.d_optimizer is model.loss_cls.d_optimizer
     assert list(model.distributions) == [p]
     assert not any(t is s for t in model.parameters() for s in d.parameters())
-    assert "Discriminator (trained by d_optimizer):\n  d(t|x)" in str(model)
+    assert "Discriminator" not in str(model)  # printed as Pixyz prints a GAN: the generator's Model text
     x = {"x": _mixture(64)}
     loss, d_loss = model.train(x)
     assert loss.shape == () and d_loss.shape == () and not loss.requires_grad and not d_loss.requires_grad
@@ -190,8 +190,8 @@ def test_gan_api_follows_pixyz() -> None:
     assert float(test_d_loss) > 0 and isinstance(model.test(x, adversarial_loss=False), torch.Tensor)
     assert d.training  # loss_test restores the discriminator's mode
     assert model.step == 2 and model.loss_cls.d_steps == 1
-    # an explicit data distribution is the same as None
-    explicit = GAN(EmpiricalDistribution(["x"]), p, Discriminator())
+    # an explicit data distribution is the same as the default one
+    explicit = GAN(p, Discriminator(), p_data=EmpiricalDistribution(["x"]))
     assert str(explicit.loss_cls) == str(model.loss_cls)
 
 
@@ -227,7 +227,7 @@ def test_gan_checkpoint_resumes_exactly(tmp_path) -> None:  # type: ignore[no-un
     assert sa.keys() == sc.keys() and all(torch.equal(sa[k]["exp_avg"], sc[k]["exp_avg"]) for k in sa)
     # a discriminator of another size: the error names the tensor and both shapes
     prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
-    small = GAN(None, (Generator() * prior).marginalize_var("z"), Discriminator(hidden=16))
+    small = GAN((Generator() * prior).marginalize_var("z"), Discriminator(hidden=16))
     with pytest.raises(ValueError, match=r"'net.0.weight' has shape \(16, 2\).*\(32, 2\)"):
         small.load(path)
 
@@ -236,14 +236,16 @@ def test_gan_checkpoint_resumes_exactly(tmp_path) -> None:  # type: ignore[no-un
 def test_gan_bad_inputs_raise_clear_errors() -> None:
     prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
     p = (Generator() * prior).marginalize_var("z")
-    with pytest.raises(TypeError, match="a discriminator is required"):
-        GAN(None, p)
-    with pytest.raises(TypeError, match=r"Pixyz 0.3.3's GAN\(p, discriminator\).*GAN\(None, p\(x\), d\(t\|x\)\)"):
-        GAN(p, Discriminator())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="discriminator"):
+        GAN(p)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"look like GAN\(p_data, p, discriminator\).*p_data=\.\.\."):
+        GAN(EmpiricalDistribution(["x"]), p, Discriminator())  # the seed's form: the data distribution goes by keyword
+    with pytest.raises(TypeError, match=r"look like GAN\(p_data, p, discriminator\)"):
+        GAN(None, p, Discriminator())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="discriminator must be a pyro_dgm Distribution"):
-        GAN(None, p, nn.Linear(2, 1))  # type: ignore[arg-type]
+        GAN(p, nn.Linear(2, 1))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="same variables"):
-        GAN(EmpiricalDistribution(["y"]), p, Discriminator())
+        GAN(p, Discriminator(), p_data=EmpiricalDistribution(["y"]))
 
     class DY(Discriminator):
         def __init__(self) -> None:
@@ -254,9 +256,9 @@ def test_gan_bad_inputs_raise_clear_errors() -> None:
             return {"t": torch.sigmoid(self.net(y))}
 
     with pytest.raises(ValueError, match=r"conditioned on \['y'\]"):
-        GAN(None, p, DY())
+        GAN(p, DY())
     fixed = Normal(loc=torch.zeros(2), scale=1., var=["x"], name="p")
     with pytest.raises(ValueError, match="no parameters to optimize"):
-        GAN(None, fixed, Discriminator())
+        GAN(fixed, Discriminator())
     with pytest.raises(TypeError, match="p must be a pyro_dgm Distribution"):
-        GAN(None, nn.Linear(2, 2), Discriminator())  # type: ignore[arg-type]
+        GAN(nn.Linear(2, 2), Discriminator())  # type: ignore[arg-type]

@@ -1,0 +1,99 @@
+"""Pixyz's loss classes that pyro_dgm adds under Pixyz's names: ``Divergence`` (to subclass), the analytic classes
+``AnalyticalKullbackLeibler`` and ``AnalyticalEntropy``, and ``DataParalleledLoss`` from ``pixyz.losses``; each
+program runs under both libraries (:mod:`pixyz_harness`)."""
+from __future__ import annotations
+
+import pytest
+from pixyz_harness import assert_same, run_both
+
+
+def _custom_divergence():
+    import sympy
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses.losses import Divergence
+    from pixyz.utils import get_dict_values
+
+    class MeanGap(Divergence):  # a user's divergence, written as Pixyz's documentation shows
+        def __init__(self, p, q):
+            super().__init__(p, q)
+
+        @property
+        def _symbol(self):
+            return sympy.Symbol("G \\left[{}||{} \\right]".format(self.p.prob_text, self.q.prob_text))
+
+        def forward(self, x_dict, **kwargs):
+            gap = (self.p.sample_mean(get_dict_values(x_dict, self.p.input_var, True))
+                   - self.q.sample_mean(get_dict_values(x_dict, self.q.input_var, True)))
+            return gap.abs().sum(-1), {}
+
+    p = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(1.0), name="q")
+    q = Normal(var=["z"], loc=torch.tensor(0.5), scale=torch.tensor(1.0), name="p")
+    gap = MeanGap(p, q)
+    x = torch.tensor([[1.0], [-1.0]])
+    return {"text": str(gap), "input_var": gap.input_var, "value": gap.eval({"x": x}),
+            "sum_text": str(gap.mean() + 1), "sum": (gap.mean() + 1).eval({"x": x})}
+
+
+def _analytic_classes():
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses.divergences import AnalyticalKullbackLeibler
+    from pixyz.losses.entropy import AnalyticalEntropy
+
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(2.0), features_shape=[2], name="q")
+    p = Normal(var=["z"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), features_shape=[2], name="p")
+    x = torch.tensor([[1.0, 0.0], [0.5, -1.0]])
+    kl, h = AnalyticalKullbackLeibler(q, p), AnalyticalEntropy(q)
+    kl_dim = AnalyticalKullbackLeibler(q, p, dim=1)
+    return {"kl_text": str(kl), "kl": kl.eval({"x": x}), "kl_dim": kl_dim.eval({"x": x}),
+            "h_text": str(h), "h": h.eval({"x": x}), "input_var": kl.input_var}
+
+
+def _isinstance_divergence():
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+    from pixyz.losses.losses import Divergence, Loss
+
+    p = Normal(var=["z"], loc=torch.tensor(0.0), scale=torch.tensor(1.0))
+    q = Normal(var=["z"], loc=torch.tensor(1.0), scale=torch.tensor(1.0), name="q")
+    return [isinstance(KullbackLeibler(p, q), Divergence), isinstance(KullbackLeibler(p, q), Loss),
+            isinstance(p.log_prob(), Divergence)]
+
+
+def _data_paralleled_loss():
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import DataParalleledLoss, KullbackLeibler
+
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(1.0), name="q")
+    p = Normal(var=["z"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), features_shape=[1])
+    loss = DataParalleledLoss(KullbackLeibler(q, p))  # one device: the wrapped loss
+    return {"text": str(loss), "value": loss.eval({"x": torch.tensor([[1.0], [2.0]])})}
+
+
+@pytest.mark.parametrize("program", [_custom_divergence, _analytic_classes, _isinstance_divergence,
+                                     _data_paralleled_loss], ids=lambda f: f.__name__.strip("_"))
+def test_same_as_pixyz(program):
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+def _kl_to_a_scalar_prior():
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(1.0), name="q")
+    p = Normal(var=["z"], loc=torch.tensor(0.0), scale=torch.tensor(1.0))  # no features_shape: scalar parameters
+    return KullbackLeibler(q, p).eval({"x": torch.tensor([[1.0], [2.0]])})
+
+
+@pytest.mark.xfail(strict=True, raises=NotImplementedError,
+                   reason="known gap (Loss API / families, not the API surface): our analytic KL compares "
+                          "Independent(Normal, 1) with a scalar Normal and finds no registered KL; Pixyz broadcasts "
+                          "the scalar prior (tensor([0.5, 2.0])). Remove this marker when it is fixed.")
+def test_kl_to_a_scalar_prior():
+    ref, ours = run_both(_kl_to_a_scalar_prior)
+    assert_same(ref, ours)
