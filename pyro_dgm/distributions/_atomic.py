@@ -94,13 +94,14 @@ class OptionalInputs:
         needed = self._input_var if needed is None else needed
         return super()._input_dict(x, [v for v in needed if v not in self._cond_var])  # type: ignore[misc]
 
-    def _run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    def _run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any],
+                  guide: bool = False) -> dict[str, Any]:
         given = set(data or ()) | set(kwargs)
         if all(v in given for v in self._input_var):
-            return super()._run_pyro(data, kwargs)  # type: ignore[misc]
+            return super()._run_pyro(data, kwargs, guide=guide)  # type: ignore[misc]
         view = copy.copy(self)  # shares modules and Pyro name; its factor loop still runs (and registers) self
         view._input_var = [v for v in self._input_var if v in given]
-        return Distribution._run_pyro(view, data, kwargs)  # type: ignore[arg-type]
+        return Distribution._run_pyro(view, data, kwargs, guide=guide)  # type: ignore[arg-type]
 
     def replace_var(self, **replace_dict: str) -> Distribution:
         r = super().replace_var(**replace_dict)  # type: ignore[misc]

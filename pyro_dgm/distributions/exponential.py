@@ -1,7 +1,7 @@
 r"""The parametric families: each is its Pyro class and its parameter names.
 
 Pixyz scores Bernoulli variables with the cross-entropy form, so values in ``[0, 1]`` (grey-level pixels) are
-accepted. The relaxed families draw relaxed samples and score them under the hard distribution: RelaxedBernoulli
+accepted, and so is any real value (Pixyz's own examples score ``torch.randn`` data). The relaxed families draw relaxed samples and score them under the hard distribution: RelaxedBernoulli
 as Pixyz does (the Bernoulli's cross-entropy), RelaxedCategorical by the categorical log-probability of the sample's
 arg-max. Pixyz scores a RelaxedCategorical sample, and computes its entropy, as if its classes were independent
 Bernoulli variables (a sum of per-class cross-entropies), which is not the log-probability of any categorical
@@ -27,21 +27,22 @@ __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Ca
 
 
 class BernoulliBCE(dist.Bernoulli):
-    """Bernoulli whose log-density is the binary cross-entropy, defined for any value in ``[0, 1]``.
+    """Bernoulli whose log-density is the binary cross-entropy ``x log p + (1 - x) log(1 - p)``, for any real ``x``.
 
     Built from ``probs`` it scores them directly (``F.binary_cross_entropy``, as hand-written VAEs do) instead of
-    going through logits; built from ``logits``, with the logits.
+    going through logits; built from ``logits``, with the logits. Pixyz 0.3.3 scores any real value so (its own
+    examples score ``torch.randn`` data under a Bernoulli decoder), so values outside ``[0, 1]`` are scored too, by
+    the same formula (:func:`pyro_dgm.distributions.closed_forms.bernoulli_log_prob`), with or without argument
+    validation; the parameters are still validated.
     """
 
-    support = constraints.unit_interval
+    support = constraints.real  # Pixyz scores any real value by the cross-entropy
 
     def log_prob(self, value: Tensor) -> Tensor:
         if "logits" in self.__dict__ or "probs" not in self.__dict__:
-            return super().log_prob(value)
-        if self._validate_args:
-            self._validate_sample(value)
-        probs, value = broadcast_all(self.probs, value)
-        return -F.binary_cross_entropy(probs, value, reduction="none")
+            logits, value = broadcast_all(self.logits, value)
+            return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return closed_forms.bernoulli_log_prob({"probs": self.probs}, value, ())
 
 
 closed_forms.LOG_PROB[BernoulliBCE] = closed_forms.bernoulli_log_prob
@@ -108,6 +109,14 @@ class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
         return self._hard().entropy()
 
 
+# What Pyro's views show (pyro.render_model's "x ~ Bernoulli", a distribution's repr): the family's name. The
+# qualified names stay the classes' own, so pickle finds them.
+BernoulliBCE.__name__ = "Bernoulli"
+FactorizedBernoulliBCE.__name__ = "FactorizedBernoulli"
+RelaxedBernoulliHardScore.__name__ = "RelaxedBernoulli"
+RelaxedOneHotCategoricalHardScore.__name__ = "RelaxedCategorical"
+
+
 class Normal(DistributionBase):
     r"""Normal distribution :math:`\mathcal{N}(x; \mu, \sigma^2)` with ``loc`` and ``scale``.
 
@@ -148,7 +157,7 @@ class Laplace(DistributionBase):
 
 
 class Bernoulli(DistributionBase):
-    """Bernoulli distribution with ``probs`` (or ``logits``); scores any value in ``[0, 1]`` by cross-entropy.
+    """Bernoulli distribution with ``probs`` (or ``logits``); scores any real value by cross-entropy, as Pixyz.
 
     Examples
     --------
@@ -206,6 +215,11 @@ class RelaxedBernoulli(DistributionBase):
         super().__init__(var, cond_var, name, features_shape, temperature=temperature, probs=probs, logits=logits,
                          **kwargs)
 
+    def set_dist(self, x_dict: Any = {}, batch_n: int | None = None, sampling: bool = False,  # noqa: B006
+                 **kwargs: Any) -> None:
+        """Pixyz's ``set_dist``: the relaxed distribution when ``sampling``, else the hard one it scores under."""
+        self._set_torch_dist(x_dict, batch_n, not sampling, kwargs)
+
 
 class Categorical(DistributionBase):
     """Categorical distribution with ``probs`` (or ``logits``) over the last dim.
@@ -260,6 +274,11 @@ class RelaxedCategorical(DistributionBase):
         super().__init__(var, cond_var, name, features_shape, temperature=temperature, probs=probs, logits=logits,
                          **kwargs)
 
+    def set_dist(self, x_dict: Any = {}, batch_n: int | None = None, sampling: bool = False,  # noqa: B006
+                 **kwargs: Any) -> None:
+        """Pixyz's ``set_dist``: the relaxed distribution when ``sampling``, else the hard one it scores under."""
+        self._set_torch_dist(x_dict, batch_n, not sampling, kwargs)
+
 
 class Multinomial(DistributionBase):
     """Multinomial distribution of ``total_count`` draws with ``probs`` (or ``logits``).
@@ -279,13 +298,23 @@ class Multinomial(DistributionBase):
                  logits: Any = None, **kwargs: Any) -> None:
         if not isinstance(total_count, int) or total_count < 0:
             raise ValueError(f"Multinomial {name}: total_count must be a non-negative int, got {total_count!r}")
-        self.total_count = total_count
+        self._total_count = total_count
         super().__init__(var, cond_var, name, features_shape, probs=probs, logits=logits, **kwargs)
+
+    @property
+    def total_count(self) -> int:
+        """The number of draws (read-only, as in Pixyz)."""
+        return self._total_count
 
     def pyro_dist(self, **params: Tensor) -> Any:  # type: ignore[override]
         return dist.Multinomial(self.total_count, **params)
 
     pyro_dist.has_rsample = False  # type: ignore[attr-defined]
+
+    @property
+    def distribution_torch_class(self) -> type:
+        """``pyro.distributions.Multinomial`` (a ``torch.distributions.Multinomial``), built with ``total_count``."""
+        return dist.Multinomial
 
 
 class Dirichlet(DistributionBase):

@@ -35,10 +35,30 @@ class Factor:
     torch.Size([1])
     """
 
+    #: where setting :attr:`option` also stores the options: ``(distribution, key)`` for a factor of ``dist.graph``
+    _sink: "tuple[Any, int] | None" = None
+
     def __init__(self, atom_dist: Any) -> None:
         self.dist = atom_dist
         self.name_dict: dict[str, str] = {}
-        self.option: dict[str, Any] = {}
+        self._option: dict[str, Any] = {}
+
+    @property
+    def option(self) -> dict[str, Any]:
+        """Options (``batch_n``...) that override the call's for this factor (Pixyz's ``Factor.option``)."""
+        return self._option
+
+    @option.setter
+    def option(self, option_dict: dict[str, Any]) -> None:
+        self._option = option_dict
+        if self._sink is not None:  # a factor of dist.graph: the distribution keeps its options
+            owner, key = self._sink
+            opts = dict(owner.__dict__.get("_dg_options") or {})
+            if option_dict:
+                opts[key] = dict(option_dict)
+            else:
+                opts.pop(key, None)
+            owner.__dict__["_dg_options"] = opts or None
 
     def copy(self) -> "Factor":
         """A factor of the same distribution with copies of the renaming and the options."""

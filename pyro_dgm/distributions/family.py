@@ -22,6 +22,39 @@ from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["DistributionBase"]
 
+#: per torch class, the subclass whose instances :meth:`DistributionBase.set_dist` stores (see _callable_dist)
+_CALLABLE: dict[type, type] = {}
+
+
+def _call_builder(self: Any, *args: Any, **kwargs: Any) -> Any:
+    return self._dgm_owner._site_dist(*args, **kwargs)
+
+
+def _reduce_callable(self: Any, protocol: int) -> Any:
+    # pickle finds the made subclass by neither module nor name: rebuild it from the class it extends
+    return _rebuild_callable, (type(self).__mro__[1], dict(self.__dict__))
+
+
+def _rebuild_callable(cls: type, state: dict[str, Any]) -> Any:
+    d = cls.__new__(cls)
+    d.__dict__.update(state)
+    return _callable_dist(d, state.get("_dgm_owner"))
+
+
+def _callable_dist(d: Any, owner: "DistributionBase") -> Any:
+    """``d`` made callable as our ``dist(x_dict, ...)`` builder (the object :attr:`DistributionBase.dist` returns
+    after ``set_dist``, so code that calls ``p.dist(values)`` keeps working); it stays an instance of its class."""
+    cls = type(d)
+    sub = _CALLABLE.get(cls)
+    if sub is None:
+        sub = _CALLABLE[cls] = type(cls)(cls.__name__, (cls,), {"__call__": _call_builder,
+                                                                "__reduce_ex__": _reduce_callable,
+                                                                "__module__": cls.__module__,
+                                                                "__qualname__": cls.__qualname__})
+    d.__class__ = sub
+    d._dgm_owner = owner
+    return d
+
 
 def _shape_text(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else v!r}" for k, v in params.items())
@@ -45,7 +78,9 @@ class DistributionBase(Distribution):
     **params
         The family's parameters: a number or tensor (a constant, stored as a buffer so ``.to(device)`` and
         ``state_dict`` carry it), the name of a ``cond_var`` (its value is the parameter), or left out and returned
-        by ``forward``.
+        by ``forward``. Two keywords are Pyro's, not parameters: ``infer`` (the options of this distribution's
+        ``pyro.sample`` sites, e.g. ``infer={"enumerate": "parallel"}``, see :attr:`pyro_infer`) and ``pyro_name``
+        (the param store's name of its networks, see :attr:`pyro_name`).
     """
 
     #: The Pyro class (``None``: a bare DistributionBase, which builds and prints as in Pixyz but cannot compute).
@@ -58,7 +93,12 @@ class DistributionBase(Distribution):
 
     def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
                  features_shape: Iterable[int] = torch.Size(), **params: Any) -> None:
+        infer, pyro_name = params.pop("infer", None), params.pop("pyro_name", None)
         super().__init__(var=var, cond_var=cond_var, name=name, features_shape=features_shape)
+        if infer is not None:  # Pyro's site options, e.g. infer={"enumerate": "parallel"}
+            self.pyro_infer = infer
+        if pyro_name is not None:  # the param store's name of the networks (default: the formula)
+            self.pyro_name = pyro_name
         if len(self._var) != 1:
             raise ValueError(f"{describe(self)}: a {self.distribution_name} distribution generates one variable, "
                              f"got var={self._var}")
@@ -147,6 +187,9 @@ class DistributionBase(Distribution):
             consts = {k: consts[k] for k in sorted(consts, key=lambda k: (
                 self.buffer_order.index(k) if k in self.buffer_order else len(self.buffer_order)))}
         shape = self._features_shape
+        # Pixyz infers features_shape from the parameters in order: a number before the first tensor parameter
+        # is stored with shape [1] (it broadcasts; only print shows it), later ones with the inferred shape
+        scalar_first = not shape and bool(consts) and next(iter(consts.values())).dim() == 0
         if not shape and consts:
             try:
                 shape = torch.broadcast_shapes(*(t.shape for t in consts.values()))
@@ -155,6 +198,10 @@ class DistributionBase(Distribution):
                                  f"({_shape_text(consts)})") from None
             self._features_shape = torch.Size(shape)
         for pname, t in consts.items():
+            if scalar_first and t.dim() == 0:
+                self.register_buffer(pname, t.clone().reshape(1))
+                continue
+            scalar_first = False
             try:
                 full = t.expand(shape)
             except RuntimeError:
@@ -355,18 +402,103 @@ class DistributionBase(Distribution):
                 base = expand_batch_n(self, base, ctx.batch_n)
         return base, ev, root
 
-    def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
-        """The ``pyro.distributions`` object given the inputs; feature dims are its event dims.
+    def _site_dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
+        """The ``pyro.distributions`` object given the inputs; feature dims are its event dims (``dist(...)``)."""
+        values = self._input_dict(x_dict, self._b.input_var)
+        return self._fn(self._b, values, _Pass(batch_n=batch_n, kwargs=kwargs))[0]
+
+    @property
+    def dist(self) -> Any:
+        """Pixyz's ``dist`` after :meth:`set_dist` (the torch object it set); else (and always when called) our
+        builder ``dist(x_dict=None, batch_n=None, **kwargs)``: the ``pyro.distributions`` object given the inputs,
+        with the feature dims as its event dims.
 
         Examples
         --------
         >>> from pyro_dgm.distributions import Normal
-        >>> d = Normal(loc=0., scale=1., var=["x"], features_shape=[3]).dist(batch_n=2)
+        >>> p = Normal(loc=0., scale=1., var=["x"], features_shape=[3])
+        >>> d = p.dist(batch_n=2)
         >>> tuple(d.batch_shape), tuple(d.event_shape)
         ((2,), (3,))
+        >>> p.set_dist(batch_n=2)  # Pixyz's torch-object API: no event dims
+        >>> tuple(p.dist.batch_shape), tuple(p.dist.event_shape)
+        ((2, 3), ())
         """
-        values = self._input_dict(x_dict, self._b.input_var)
-        return self._fn(self._b, values, _Pass(batch_n=batch_n, kwargs=kwargs))[0]
+        d = self.__dict__.get("_dist")
+        return self._site_dist if d is None else d
+
+    # ------------------------------------------------------------------ Pixyz's torch-object API
+    @property
+    def params_keys(self) -> list[str]:
+        """The family's parameter names, in Pixyz's order (e.g. ``["loc", "scale"]``)."""
+        return [g[0] for g in self.param_groups]
+
+    @property
+    def distribution_torch_class(self) -> type:
+        """The class :meth:`set_dist` builds: the family's ``pyro.distributions`` class, a subclass of the torch
+        class Pixyz uses (``pyro.distributions.Normal`` is a ``torch.distributions.Normal``), so ``isinstance``
+        checks and ``torch.distributions.kl_divergence`` treat it as Pixyz's; it scores as our family does."""
+        cls = self.pyro_dist
+        if cls is None:
+            raise NotImplementedError(f"{describe(self)}: a DistributionBase without a family has no torch class")
+        return cls
+
+    def set_dist(self, x_dict: ValuesLike = {}, batch_n: int | None = None,  # noqa: B006 (Pixyz's default)
+                 **kwargs: Any) -> None:
+        """Set :attr:`dist` to the torch distribution of the parameters given ``x_dict`` (Pixyz's API).
+
+        As in Pixyz the object has every dim of the parameters as a batch dim (``log_prob`` is element-wise), and
+        ``batch_n`` expands a batch dim of 1 to ``batch_n``. It is kept until the next ``set_dist``; our own
+        sampling and scoring never read it.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> p = Normal(loc=0., scale=1., var=["x"], features_shape=[2])
+        >>> p.set_dist(batch_n=3)
+        >>> p.dist.log_prob(torch.zeros(3, 2)).shape
+        torch.Size([3, 2])
+        """
+        self._set_torch_dist(x_dict, batch_n, False, kwargs)
+
+    def _set_torch_dist(self, x_dict: ValuesLike, batch_n: int | None, hard: bool, kwargs: Mapping[str, Any]
+                        ) -> None:
+        params = self.get_params(x_dict, **kwargs)
+        missing = [g for g in self.param_groups if not any(n in params for n in g)]
+        if missing:
+            raise ValueError(f"{describe(self)}: set_dist needs the parameters {self.params_keys}, got "
+                             f"{sorted(params)}")
+        d = self._base(params)
+        if hard:
+            d = d._hard()
+        if batch_n:
+            shape = d.batch_shape
+            if not shape or shape[0] == 1:
+                d = d.expand(torch.Size([batch_n]) + shape[1:])
+            elif shape[0] != batch_n:
+                raise ValueError(f"{describe(self)}: set_dist: batch shape mismatch, the parameters have batch "
+                                 f"shape {tuple(shape)}, batch_n={batch_n}")
+        self.__dict__["_dist"] = _callable_dist(d, self)
+
+    def get_sample(self, reparam: bool = False, sample_shape: Iterable[int] = torch.Size()) -> dict[str, Tensor]:
+        """Draw from :attr:`dist` (set by :meth:`set_dist`): ``{var: sample}`` of shape
+        ``sample_shape + dist.batch_shape + dist.event_shape``, reparameterized when ``reparam`` and possible.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> p = Normal(loc=0., scale=1., var=["x"], features_shape=[2])
+        >>> p.set_dist(batch_n=3)
+        >>> p.get_sample(reparam=True, sample_shape=[4])["x"].shape
+        torch.Size([4, 3, 2])
+        """
+        d = self.__dict__.get("_dist")
+        if d is None:
+            raise ValueError(f"{describe(self)}: get_sample draws from the distribution set by set_dist(); call "
+                             "set_dist(x_dict) first")
+        shape = torch.Size(sample_shape)
+        s = d.rsample(shape) if reparam and d.has_rsample else d.sample(shape)
+        return {self._var[0]: s}
 
     def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
         """The parameters given the inputs: constants (with their batch dim of 1) and network outputs.

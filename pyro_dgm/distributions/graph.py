@@ -2,10 +2,22 @@ r"""``dist.graph``: the dependency graph of a distribution, with Pixyz's ``DistG
 
 A :class:`DistGraph` is a networkx ``DiGraph`` with one node per variable and an edge ``c -> v``, labelled with the
 factor that generates ``v``, per variable ``c`` that factor is conditioned on (``nx.draw_networkx(p.graph)``). It also
-answers what Pixyz programs ask of ``dist.graph``: its ``name`` (the distribution's, renaming included), ``print``,
-``visible_graph(dotmode=...)``, ``var``/``cond_var``/``input_var``/``all_var``, ``factors()`` and ``set_option``,
-which sets sampling/scoring options of the factors that generate given variables (stored on the distribution, so a
-graph rebuilt by a later ``dist.graph`` sees them; with none set, calls cost nothing more).
+has Pixyz's ``DistGraph`` interface, answered from the distribution it belongs to:
+
+- queries: ``name``, ``var``/``cond_var``/``input_var``/``all_var``, ``marginalize_list``, ``global_option``,
+  ``has_reparam``, the texts, ``print``/``repr``, ``visible_graph(dotmode=...)``, ``factors(sorted=...)`` (Pixyz's
+  :class:`~pyro_dgm.distributions.factor.Factor`: the atomic distribution under its own names, the renaming and the
+  options) and ``distribution(var)`` (the atomic distribution);
+- options: ``set_option`` (or a factor's ``option``) sets sampling/scoring options of the factors that generate given
+  variables; they are stored on the distribution, so a graph rebuilt by a later ``dist.graph`` sees them, and with
+  none set calls cost nothing more;
+- operations, with Pixyz's checks and messages: ``DistGraph(original)`` (a copy), ``appended``, ``united``,
+  ``marginalized``, ``var_replaced`` (each returns the graph of the distribution the operation builds);
+- computations: ``sample``, ``get_log_prob``, ``forward(mode, kwargs)``, and for one variable ``get_params``,
+  ``sample_mean``, ``sample_variance``, ``get_entropy``.
+
+Difference kept: Pixyz's ``sample_mean`` returns the factor's variance; ours returns its mean
+(``tests/pixyz_compat/test_diff_distgraph.py``).
 """
 from __future__ import annotations
 
@@ -13,6 +25,8 @@ import textwrap
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import networkx as nx
+import torch
+from torch.nn.modules.module import _addindent
 
 from pyro_dgm.distributions.factor import Factor
 
@@ -48,9 +62,18 @@ class DistGraph(nx.DiGraph):
     >>> dist.graph.set_option({}, ["y"])
     >>> {k: tuple(v.shape) for k, v in dist.sample().items()}
     {'y': (1,), 'x': (1,)}
+    >>> renamed = dist.graph.var_replaced({"y": "w"})
+    >>> renamed.var, [f.prob_text for f in renamed.factors(sorted=True)], renamed.distribution("w").var
+    (['x', 'w'], ['p(w)', 'p(x|w)'], ['y'])
     """
 
     _owner: "Distribution | None" = None
+
+    def __init__(self, original: Any = None, **attr: Any) -> None:
+        """A copy of ``original`` (a DistGraph: same distribution, nodes and edges), or an empty graph."""
+        super().__init__(original, **attr)
+        if isinstance(original, DistGraph):
+            self._owner = original._owner
 
     @property  # type: ignore[override]
     def name(self) -> str:
@@ -68,24 +91,44 @@ class DistGraph(nx.DiGraph):
     def _order(self) -> tuple["Distribution", ...]:
         return self._owner._order if self._owner is not None else ()
 
+    def _pixyz_graph(self) -> nx.DiGraph:
+        """The graph Pixyz's DistGraph holds for the owner (factor nodes and variable nodes, Pixyz's order)."""
+        from pyro_dgm.distributions.joint import pixyz_graph
+        from pyro_dgm.distributions.ops import MarginalizeVarDistribution
+
+        owner = self._owner
+        while isinstance(owner, MarginalizeVarDistribution):
+            owner = owner.p
+        return pixyz_graph(owner) if owner is not None else nx.DiGraph()
+
+    def _factor(self, f: "Distribution", opts: Mapping[int, Any]) -> Factor:
+        """Pixyz's Factor of our factor ``f``: the atomic distribution under its own names, the renaming (global ->
+        local) and the options; setting ``factor.option`` sets them for the owner (as Pixyz's persistent nodes)."""
+        from pyro_dgm.distributions.ops import ReplaceVarDistribution
+
+        factor = Factor(f.p if isinstance(f, ReplaceVarDistribution) else f)
+        if isinstance(f, ReplaceVarDistribution):
+            factor.name_dict = {new: old for old, new in f.replace_dict.items() if old != new}
+        factor._option = dict(opts.get(id(f), {}))
+        factor._sink = (self._owner, id(f))
+        return factor
+
     def factors(self, sorted: bool = False) -> Iterator[Factor]:  # noqa: A002 (Pixyz's keyword)
-        """The factors (in the order they run when ``sorted``, else in the order they were multiplied)."""
+        """Pixyz's factors (:class:`Factor`: an atomic distribution, its renaming and options), in topological
+        order when ``sorted`` (the order they run), else in the graph's order (the order they were multiplied)."""
         owner = self._owner
         if owner is None:
             return iter(())
         opts = owner.__dict__.get("_dg_options") or {}
-        out = []
-        for f in (owner._order if sorted else owner.factors):
-            factor = Factor(f)
-            factor.option = dict(opts.get(id(f), {}))
-            out.append(factor)
-        return iter(out)
+        pg = self._pixyz_graph()
+        nodes = nx.topological_sort(pg) if sorted else pg
+        return iter([self._factor(n, opts) for n in nodes if not isinstance(n, str)])
 
     def distribution(self, var_name: str) -> "Distribution":
-        """The factor that generates ``var_name``."""
-        for f in self._order():
+        """The atomic distribution that generates ``var_name`` (under its own names, as Pixyz's factor holds it)."""
+        for f in self.factors():
             if var_name in f.var:
-                return f
+                return f.dist
         raise ValueError(f"There is no distribution about {var_name}.")
 
     @property
@@ -102,7 +145,10 @@ class DistGraph(nx.DiGraph):
 
     @property
     def all_var(self) -> list[str]:
-        return list(self.nodes)
+        """Every variable, marginalized ones included, in Pixyz's graph order."""
+        if self._owner is None:
+            return [n for n in self.nodes if isinstance(n, str)]
+        return [n for n in self._pixyz_graph() if isinstance(n, str)]
 
     @property
     def marginalize_list(self) -> set[str]:
@@ -110,11 +156,17 @@ class DistGraph(nx.DiGraph):
 
     @property
     def global_option(self) -> dict[str, Any]:
+        """The options every call uses for the keywords it does not give (see :meth:`set_option`)."""
         return dict(self._owner.__dict__.get("_dg_global_option") or {}) if self._owner is not None else {}
+
+    @global_option.setter
+    def global_option(self, option_dict: Mapping[str, Any]) -> None:
+        self.set_option(option_dict)
 
     @property
     def has_reparam(self) -> bool:
-        return bool(self._owner.has_reparam) if self._owner is not None else False
+        """Whether every factor's distribution reparameterizes (Pixyz's)."""
+        return all(f.dist.has_reparam for f in self.factors())
 
     @property
     def prob_text(self) -> str:
@@ -122,11 +174,19 @@ class DistGraph(nx.DiGraph):
 
     @property
     def prob_factorized_text(self) -> str:
-        return self._owner.prob_factorized_text if self._owner is not None else ""
+        """Pixyz's: the factors' formulas, last drawn first (an atomic distribution's is its formula's left side,
+        e.g. ``p(x)`` for a mixture), under the integrals of a marginal."""
+        owner = self._owner
+        if owner is None:
+            return ""
+        if self.marginalize_list:
+            return owner.prob_factorized_text
+        return "".join(reversed([f.prob_text for f in self.factors(sorted=True)]))
 
     @property
     def prob_joint_factorized_and_text(self) -> str:
-        return self._owner.prob_joint_factorized_and_text if self._owner is not None else ""
+        text, factorized = self.prob_text, self.prob_factorized_text
+        return text if factorized == text else f"{text} = {factorized}"
 
     # ------------------------------------------------------------------ options
     def set_option(self, option_dict: Mapping[str, Any], var: Sequence[str] = ()) -> None:
@@ -162,6 +222,101 @@ class DistGraph(nx.DiGraph):
                     opts.pop(id(f), None)
         owner.__dict__["_dg_options"] = opts or None
 
+    # ------------------------------------------------------------------ Pixyz's graph operations
+    def appended(self, atom_dist: "Distribution") -> "DistGraph":
+        """The graph with the factor ``atom_dist`` added (Pixyz: a new variable may not be a node already)."""
+        if self._owner is None:
+            return atom_dist.graph
+        for v in atom_dist.var:
+            if v in self.all_var:
+                raise ValueError(f"A new variable name '{v}' is already used in this graph.")
+        return (self._owner * atom_dist).graph
+
+    def united(self, other: "DistGraph") -> "DistGraph":
+        """The graph of the product of both graphs' distributions (Pixyz's ``united``, with its checks)."""
+        if self._owner is None or other._owner is None:
+            return DistGraph(other if self._owner is None else self)
+        mine = set(self.var) | self.marginalize_list
+        if not mine.isdisjoint(set(other.var) | other.marginalize_list):
+            raise ValueError("There is var-name conflicts between two graphs.")
+        # (Pixyz's check for a distribution used in both graphs compares its fresh Factor copies: it never fires, and
+        # a distribution times its renamed self is a valid product there and here)
+        return (self._owner * other._owner).graph
+
+    def marginalized(self, marginalize_list: Sequence[str]) -> "DistGraph":
+        """The graph of the distribution with ``marginalize_list`` integrated out (Pixyz's checks and messages)."""
+        names = set(marginalize_list)
+        if not names:
+            raise ValueError("Length of `marginalize_list` must be at least 1, got 0.")
+        if not names < set(self.var):
+            raise ValueError("marginalize_list has unknown variables or it has all of variables of `p`.")
+        return self._require_owner("marginalized").marginalize_var(list(marginalize_list)).graph
+
+    def var_replaced(self, replace_dict: Mapping[str, str]) -> "DistGraph":
+        """The graph with variables renamed (old -> new), Pixyz's checks and messages included."""
+        all_var = self.all_var
+        unknown = [v for v in replace_dict if v not in all_var]
+        if unknown:
+            raise ValueError(f"replace_dict has unknown variables: {unknown}")
+        renamed = [replace_dict.get(v, v) for v in all_var]
+        if len(set(renamed)) != len(all_var):
+            dup = [v for v in all_var if renamed.count(replace_dict.get(v, v)) > 1]
+            raise ValueError(f"{dup} are conflicted after replaced.")
+        return self._require_owner("var_replaced").replace_var(**replace_dict).graph
+
+    def _require_owner(self, what: str) -> "Distribution":
+        if self._owner is None:
+            raise ValueError(f"DistGraph.{what}: this graph has no distribution (build graphs with appended)")
+        return self._owner
+
+    # ------------------------------------------------------------------ Pixyz's computations (the distribution's)
+    def forward(self, mode: str, kwargs: Mapping[str, Any]) -> Any:
+        """Pixyz's ``DistGraph.forward``: ``mode`` is ``"sample"`` or ``"get_log_prob"``."""
+        if mode == "sample":
+            return self.sample(**kwargs)
+        if mode == "get_log_prob":
+            return self.get_log_prob(**kwargs)
+        raise ValueError(f"DistGraph.forward: mode must be 'sample' or 'get_log_prob', got {mode!r}")
+
+    def sample(self, x_dict: Any = {}, batch_n: int | None = None,  # noqa: B006 (Pixyz's signature)
+               sample_shape: Any = torch.Size(), return_all: bool = True, reparam: bool = False,
+               sample_mean: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """The distribution's :meth:`~pyro_dgm.distributions.base.Distribution.sample`."""
+        if self._owner is None:
+            return dict(x_dict) if return_all else {}
+        return self._owner.sample(x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=return_all,
+                                  reparam=reparam, sample_mean=sample_mean, **kwargs)
+
+    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Any:
+        """The distribution's log-density (as Pixyz's graph, extra keywords are not passed on)."""
+        if self._owner is None:
+            return 0
+        return self._owner.get_log_prob(x_dict, sum_features=sum_features, feature_dims=feature_dims)
+
+    def _single_factor(self, what: str) -> Factor:
+        if len(self.var) != 1:
+            raise NotImplementedError(f"{self.prob_text}: DistGraph.{what} is defined for a graph of one variable, "
+                                      f"got {self.var}")
+        return list(self.factors())[-1]  # Pixyz's: the last factor's
+
+    def get_params(self, params_dict: Mapping[str, Any] = {}, **kwargs: Any) -> Any:  # noqa: B006
+        """The parameters of the (one-variable) graph's factor given ``params_dict``."""
+        return self._single_factor("get_params").get_params(params_dict, **kwargs)
+
+    def sample_mean(self, x_dict: Mapping[str, Any] = {}) -> Any:  # noqa: B006
+        """The mean of the (one-variable) graph's factor (Pixyz's returns the variance: see the module doc)."""
+        return self._single_factor("sample_mean").sample_mean(x_dict)
+
+    def sample_variance(self, x_dict: Mapping[str, Any] = {}) -> Any:  # noqa: B006
+        """The variance of the (one-variable) graph's factor."""
+        return self._single_factor("sample_variance").sample_variance(x_dict)
+
+    def get_entropy(self, x_dict: Mapping[str, Any] = {}, sum_features: bool = True,  # noqa: B006
+                    feature_dims: Sequence[int] | None = None) -> Any:
+        """The entropy of the (one-variable) graph's factor."""
+        return self._single_factor("get_entropy").get_entropy(x_dict, sum_features, feature_dims)
+
     # ------------------------------------------------------------------ drawing and text
     def visible_graph(self, dotmode: bool = False) -> nx.DiGraph:
         """Pixyz's drawable graph: an edge per (conditioning variable, variable) of each factor, nodes named
@@ -180,12 +335,21 @@ class DistGraph(nx.DiGraph):
                 g.add_node(v, texlbl=f"${v}$")
         return g
 
+    def __repr__(self) -> str:
+        """Pixyz's (an nn.Module's): the atomic distributions in the order they were multiplied."""
+        dists = [f.dist for f in self.factors()]
+        if not dists:
+            return "DistGraph()"
+        lines = [f"({i}): {_addindent(repr(d), 2)}" for i, d in enumerate(dists)]
+        return "DistGraph(\n  " + "\n  ".join(lines) + "\n)"
+
     def __str__(self) -> str:
         owner = self._owner
         if owner is None:
             return super().__str__()
-        return (f"Distribution:\n  {owner.prob_joint_factorized_and_text}\nNetwork architecture:\n"
-                f"{textwrap.indent(factors_network_text(owner._graph_text_factors()), '  ')}")
+        text = "\n".join(str(f) for f in self.factors(sorted=True))  # Pixyz's: each factor under its formula
+        return (f"Distribution:\n  {self.prob_joint_factorized_and_text}\nNetwork architecture:\n"
+                f"{textwrap.indent(text, '  ')}")
 
 
 def build_graph(factors: Sequence["Distribution"], owner: "Distribution | None" = None) -> DistGraph:

@@ -225,8 +225,9 @@ class MixtureModel(_Mixture):
             raise ValueError(f"{owner}: the prior has {k} categories but there are {len(comps)} components")
         hidden = prior.var[0]
         cond = [v for v in _ordered_union(prior.cond_var, *(d.cond_var for d in comps)) if v not in var]
-        if hidden in var or hidden in cond:
-            raise ValueError(f"{owner}: the component variable {hidden!r} cannot be the data variable or an input")
+        if hidden in cond:  # (the same name as the data variable is allowed, as in Pixyz: Categorical's default
+            # var is ["x"]; the prior is scored on its categories, never on the data)
+            raise ValueError(f"{owner}: the component variable {hidden!r} cannot be an input")
         super().__init__(var=var, cond_var=cond, name=name)  # Pixyz prints no features_shape for a mixture
         self.distributions = nn.ModuleList(comps)
         self.prior = prior
@@ -263,8 +264,8 @@ class MixtureModel(_Mixture):
         logits = prior_fn.log_prob(support).movedim(0, -1)
         return MixtureDistribution(logits, comps)
 
-    def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
-                     return_hidden: bool = False, **kwargs: Any) -> Tensor:
+    def get_log_prob(self, x_dict: ValuesLike, return_hidden: bool = False, sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
         r""":math:`\log p(x)`, or with ``return_hidden=True`` the joint :math:`\log p(x, z=k)` of shape ``(K, batch)``.
         """
         if not return_hidden:
@@ -309,7 +310,7 @@ class MixtureModel(_Mixture):
             values[self._hidden_var[0]] = z
 
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None, sample_shape: Sequence[int] = torch.Size(),
-               return_all: bool = True, reparam: bool = False, sample_mean: bool = False, return_hidden: bool = False,
+               return_all: bool = True, return_hidden: bool = False, sample_mean: bool = False, reparam: bool = False,
                **kwargs: Any) -> dict[str, Tensor]:
         """Draw ``x`` (see :meth:`Distribution.sample`); with ``return_hidden=True`` also its component ``z``.
 
@@ -420,10 +421,13 @@ class PosteriorMixtureModel(Distribution):
         return {"logits": logits, "probs": logits.exp()}
 
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None, sample_shape: Sequence[int] = torch.Size(),
-               return_all: bool = True, reparam: bool = False, sample_mean: bool = False,
+               return_all: bool = True, reparam: bool = False, sample_mean: bool = False, *args: Any,
                **kwargs: Any) -> dict[str, Tensor]:
         """Draw the component ``z`` given ``x`` (one-hot, like the prior's values); ``sample_mean`` gives the
-        responsibilities."""
+        responsibilities. (Pixyz's ``sample(*args, **kwargs)`` raises NotImplementedError.)"""
+        if args:
+            raise TypeError(f"{describe(self)}: sample() takes at most 6 positional arguments (x_dict, batch_n, "
+                            f"sample_shape, return_all, reparam, sample_mean), got {6 + len(args)}")
         values = self._values(x_dict)
         logits = self._log_post(values, kwargs)
         if self._one_hot:
@@ -490,6 +494,51 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
     @property
     def distribution_name(self) -> str:
         return "MixtureOfNormal"
+
+    # ------------------------------------------------------------------ Pixyz's torch-object API
+    # Pixyz's MixtureOfNormal is a Normal whose batch is split into blocks, one per expert; ours is the mixture, so
+    # the object set_dist sets is the mixture (a MixtureDistribution, feature dims as event dims).
+    _site_dist = _Mixture.dist
+
+    @property
+    def dist(self) -> Any:  # type: ignore[override]
+        """The object :meth:`set_dist` set, else (and when called) the mixture given the inputs (see
+        :attr:`pyro_dgm.distributions.DistributionBase.dist`)."""
+        d = self.__dict__.get("_dist")
+        return self._site_dist if d is None else d
+
+    @property
+    def params_keys(self) -> list[str]:
+        """The experts' parameter names (Pixyz's, a Normal's)."""
+        return ["loc", "scale"]
+
+    @property
+    def distribution_torch_class(self) -> type:
+        """:class:`MixtureDistribution` (Pixyz: ``torch.distributions.Normal`` of the batch split between experts)."""
+        return MixtureDistribution
+
+    def set_dist(self, x_dict: ValuesLike = {}, batch_n: int | None = None,  # noqa: B006 (Pixyz's default)
+                 **kwargs: Any) -> None:
+        """Set :attr:`dist` to the mixture given the experts' inputs in ``x_dict``.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> q = MixtureOfNormal([Normal(loc="x", scale=1., var=["z"], cond_var=["x"]),
+        ...                      Normal(loc="y", scale=1., var=["z"], cond_var=["y"])])
+        >>> q.set_dist({"x": torch.zeros(3, 2), "y": torch.ones(3, 2)})
+        >>> q.get_sample(sample_shape=[4])["z"].shape
+        torch.Size([4, 3, 2])
+        """
+        from pyro_dgm.distributions.family import _callable_dist
+
+        self.__dict__["_dist"] = _callable_dist(self._site_dist(x_dict, batch_n=batch_n, **kwargs), self)
+
+    def get_sample(self, reparam: bool = False, sample_shape: Sequence[int] = torch.Size()) -> dict[str, Tensor]:
+        """Draw from :attr:`dist` (set by :meth:`set_dist`), as Pixyz's ``get_sample``."""
+        from pyro_dgm.distributions.family import DistributionBase
+
+        return DistributionBase.get_sample(self, reparam, sample_shape)  # type: ignore[arg-type]
 
     @property
     def prob_factorized_text(self) -> str:

@@ -1,6 +1,7 @@
 r"""Graph operations that return new distributions: renaming variables and marginalizing them out."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping, Sequence
 
 import networkx as nx
@@ -108,6 +109,17 @@ class ReplaceVarDistribution(Distribution):
     def distribution_name(self) -> str:
         return self.p.distribution_name
 
+    def __getattr__(self, item: str) -> Any:
+        """Pixyz's: a public attribute this distribution lacks is the wrapped distribution's (e.g. ``params_keys``,
+        ``set_dist``; under the wrapped distribution's own variable names). Called only when the lookup fails."""
+        try:
+            return super().__getattr__(item)
+        except AttributeError:
+            inner = self.__dict__.get("p") or self.__dict__.get("_modules", {}).get("p")
+            if item.startswith("_") or inner is None:
+                raise
+            return getattr(inner, item)
+
     @property
     def has_reparam(self) -> bool:
         return self.p.has_reparam
@@ -128,6 +140,9 @@ class ReplaceVarDistribution(Distribution):
     def _network_text(self) -> str:
         return f"{self.prob_text} -> {self.p.prob_text}:\n{self.p._network_text()}"
 
+    def __repr__(self) -> str:
+        return repr(self.graph)  # Pixyz's: a product, renaming or marginalization shows as its graph's factors
+
     def extra_repr(self) -> str:
         return f"replace_dict={self.replace_dict}"
 
@@ -139,8 +154,19 @@ class ReplaceVarDistribution(Distribution):
     def get_params(self, params_dict: Any = None, **kwargs: Any) -> dict[str, Tensor]:
         return self.p.get_params(self._inner(params_dict), **kwargs)
 
-    def dist(self, x_dict: Any = None, batch_n: int | None = None, **kwargs: Any) -> Any:
+    def _site_dist(self, x_dict: Any = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         return self.p.dist(self._inner(x_dict), batch_n=batch_n, **kwargs)
+
+    @property
+    def dist(self) -> Any:
+        """The wrapped distribution's object set by ``set_dist`` (Pixyz forwards ``dist`` to it), else (and when
+        called) the Pyro distribution given the inputs under the new names."""
+        d = self.p.__dict__.get("_dist")
+        if d is None:
+            return self._site_dist
+        d = copy.copy(d)  # the same object, callable as this distribution's builder (see family._callable_dist)
+        d._dgm_owner = self
+        return d
 
     def get_entropy(self, x_dict: Any = None, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
                     **kwargs: Any) -> Tensor:
@@ -196,14 +222,33 @@ class MarginalizeVarDistribution(Distribution):
         return self._marginalized
 
     @property
+    def has_reparam(self) -> bool:
+        """Whether every factor of the joint reparameterizes (Pixyz's)."""
+        return self.p.has_reparam
+
+    @property
     def distribution_name(self) -> str:
         return self.p.distribution_name
+
+    def __getattr__(self, item: str) -> Any:
+        """Pixyz's: a public attribute this distribution lacks is the wrapped distribution's (e.g. ``params_keys``,
+        ``set_dist``; under the wrapped distribution's own variable names). Called only when the lookup fails."""
+        try:
+            return super().__getattr__(item)
+        except AttributeError:
+            inner = self.__dict__.get("p") or self.__dict__.get("_modules", {}).get("p")
+            if item.startswith("_") or inner is None:
+                raise
+            return getattr(inner, item)
 
     @property
     def prob_factorized_text(self) -> str:
         # Pixyz: one \int per marginalized variable, then d<variable> each
         return ("\\int " * len(self._marginalized) + self.p.prob_factorized_text
                 + "".join(f"d{latex_name(v)}" for v in self._marginalized))
+
+    def __repr__(self) -> str:
+        return repr(self.graph)  # Pixyz's: the factors of its graph
 
     def _network_text(self) -> str:
         return self.p._network_text()

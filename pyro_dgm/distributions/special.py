@@ -41,10 +41,27 @@ class Deterministic(Distribution):
     def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = None, name: str = "p",
                  **kwargs: Any) -> None:
         super().__init__(var=var, cond_var=cond_var, name=name, **kwargs)
+        # as Pixyz (and our families), a Deterministic that cannot run (no forward, or forward's arguments not the
+        # cond_var) builds, prints and multiplies, and raises at its first call
+        unusable: BaseException | None = None
+        pos: tuple[str, ...] = ()
+        kw: tuple[tuple[str, str], ...] = ()
         if type(self).forward is Distribution.forward:
-            raise TypeError(f"{describe(self)}: subclass Deterministic with a forward({', '.join(self._cond_var)}) "
-                            f"that returns {{{', '.join(repr(v) for v in self._var)}: ...}}")
-        pos, kw = forward_binding(self, ())
+            unusable = NotImplementedError(
+                f"{describe(self)}: subclass Deterministic with a forward({', '.join(self._cond_var)}) that returns "
+                f"{{{', '.join(repr(v) for v in self._var)}: ...}}")
+        else:
+            try:
+                pos, kw = forward_binding(self, ())
+            except (ValueError, TypeError) as e:
+                unusable = e
+        if unusable is not None:
+            err = unusable
+
+            def _draw_with(*_: Any, **__: Any) -> None:  # shadows the method on this instance only
+                raise type(err)(*err.args)
+
+            self._draw_with = _draw_with
         self._b = _Binding(self._var, self._cond_var, self._input_var, pos, kw)
 
     @property
@@ -75,6 +92,12 @@ class Deterministic(Distribution):
                     feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)}: the log-density of a deterministic distribution is not "
                                   "defined")
+
+    def sample(self, x_dict: Any = {}, return_all: bool = True,  # noqa: B006 (Pixyz's signature)
+               **kwargs: Any) -> dict[str, Tensor]:
+        """``{var: forward(**inputs)}`` (plus the inputs when ``return_all``); ``kwargs`` are
+        :meth:`Distribution.sample`'s options (``batch_n``, ``sample_shape``...)."""
+        return Distribution.sample(self, x_dict, return_all=return_all, **kwargs)
 
     def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
         """The value of the (first) variable given the inputs."""
@@ -114,6 +137,11 @@ class EmpiricalDistribution(Distribution):
                     feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)}: the data distribution has no density")
 
+    def sample(self, x_dict: Any = {}, return_all: bool = True,  # noqa: B006 (Pixyz's signature)
+               **kwargs: Any) -> dict[str, Tensor]:
+        """The given data (and, when ``return_all``, the other given values)."""
+        return Distribution.sample(self, x_dict, return_all=return_all, **kwargs)
+
     def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
         """The given data."""
         return self.sample(x_dict, return_all=False)[self._var[0]]
@@ -143,7 +171,15 @@ class CustomProb(Distribution):
         self._log_prob_function = log_prob_function
         self._distribution_name = distribution_name
         self._input_var = list(self._var)
-        self._check_signature()
+        try:  # as Pixyz, a function that does not take the variables fails at the first call, not here
+            self._check_signature()
+        except TypeError as e:
+            err = e
+
+            def _score_with(*_: Any, **__: Any) -> Tensor:  # shadows the method on this instance only
+                raise TypeError(*err.args)
+
+            self._score_with = _score_with
 
     def _check_signature(self) -> None:
         """``log_prob_function`` is called with the variables as keywords: check that it takes them (and no more)."""
@@ -179,6 +215,11 @@ class CustomProb(Distribution):
                     feature_dims: Sequence[int] | None) -> Tensor:
         lp = self._log_prob_function(**{own: values[v] for own, v in zip(self._var, b.var)})
         return sum_samples(lp, feature_dims) if sum_features else lp
+
+    def sample(self, x_dict: Any = {}, return_all: bool = True,  # noqa: B006 (Pixyz's signature)
+               **kwargs: Any) -> dict[str, Tensor]:
+        """A distribution given by its log-density cannot sample: raises NotImplementedError (as Pixyz)."""
+        raise NotImplementedError(f"{describe(self)}: a distribution given by its log-density cannot sample")
 
     def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
         if ctx.obs is None:

@@ -80,11 +80,6 @@ KNOWN_GAPS: dict[str, str] = {
 #: Method-level differences owned by other parts of the work (fnmatch pattern on "pixyz.<module>.<Class>.<name>",
 #: the class that defines the method in Pixyz -> why). Each pattern must still match a difference (strict).
 KNOWN_METHOD_GAPS: dict[str, str] = {
-    "pixyz.distributions.exponential_distributions.Multinomial.total_count":
-        "an instance attribute here (set by __init__), a class property in Pixyz: every instance has it",
-    "pixyz.losses.iteration.IterativeLoss.slice_step_fn": "IterativeLoss: Pixyz's slice_step_fn attribute",
-    "pixyz.losses.losses.LossSelfOperator.loss_t*": "Pixyz's LossSelfOperator.loss_train/loss_test",
-    "pixyz.losses.adversarial_loss.*_loss": "adversarial terms: g_loss/d_loss signatures",
 }
 
 
