@@ -410,7 +410,9 @@ class Loss(nn.Module, _PyroELBO):
         Raises
         ------
         ValueError
-            If a variable of :attr:`input_var` is missing from ``x_dict`` (the error names it).
+            If a variable of :attr:`input_var` is missing from ``x_dict`` (the error names it), or if a variable has
+            zero rows (an empty batch) and the value is not finite on it (a mean over no rows; Pixyz returns NaN).
+            A finite value on an empty batch (a sum over no rows is 0) is returned, as in Pixyz.
 
         Examples
         --------
@@ -449,6 +451,7 @@ class Loss(nn.Module, _PyroELBO):
             _raise_missing(self, given, missing)
         inputs = {k: given[k] for k in self._input_var if k in given}
         outer = _DEPTH[0] == 0
+        empty = _empty_inputs(inputs) if outer else None
         recorder: dict[int, Tensor] | None = {} if return_terms else None
         with (_memoize_scope() if outer else contextlib.nullcontext()):
             if recorder is not None:
@@ -456,6 +459,10 @@ class Loss(nn.Module, _PyroELBO):
             _DEPTH[0] += 1
             try:
                 out = self.forward(inputs, **kwargs)
+            except Exception as error:
+                if empty:
+                    _raise_empty(self, inputs, empty, f"evaluating it raised {type(error).__name__}: {error}", error)
+                raise
             finally:
                 _DEPTH[0] -= 1
                 if recorder is not None:
@@ -463,6 +470,10 @@ class Loss(nn.Module, _PyroELBO):
         loss, samples = out if isinstance(out, tuple) else (out, {})
         if outer and not isinstance(loss, Tensor) and not self._of_parameters_only():
             loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
+        if outer and empty:
+            _check_empty_result(self, loss, inputs, empty)
+        if recorder is not None:  # this node itself may be a term (a formula whose top node is ``.named(...)``)
+            recorder[id(self)] = loss
         if _RECORDERS:
             _RECORDERS[-1][id(self)] = loss
         result: list[Any] = [loss]
@@ -575,6 +586,30 @@ class Loss(nn.Module, _PyroELBO):
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}: a pyro_dgm loss evaluates its own formula and does not "
                                   "trace model/guide; use differentiable_loss or eval")
+
+
+def _empty_inputs(inputs: Mapping[str, Any]) -> list[str] | None:
+    """The input variables given with zero rows (an empty batch), or None (the common case: one cheap loop)."""
+    for v in inputs.values():
+        if isinstance(v, Tensor) and v.dim() and not v.shape[0]:
+            return [k for k, w in inputs.items() if isinstance(w, Tensor) and w.dim() and not w.shape[0]]
+    return None
+
+
+def _raise_empty(loss: Loss, inputs: Mapping[str, Any], empty: Sequence[str], what: str,
+                 cause: BaseException | None = None) -> None:
+    shapes = ", ".join(f"{k!r} has shape {tuple(inputs[k].shape)}" for k in empty)
+    raise ValueError(f"{type(loss).__name__} {loss.loss_text}: an empty batch: the input variable(s) "
+                     f"{', '.join(repr(k) for k in empty)} have 0 rows ({shapes}), and {what}; pass at least one "
+                     "row") from cause
+
+
+def _check_empty_result(loss: Loss, value: Any, inputs: Mapping[str, Any], empty: Sequence[str]) -> None:
+    """On an empty batch (rare: checked only then), a value that is not finite (a mean over no rows is NaN) is an
+    error naming the empty variables; a finite one (a sum over no rows is 0, as in Pixyz) is returned."""
+    if isinstance(value, Tensor) and value.numel() and not bool(torch.isfinite(value.detach()).all()):
+        text = str(value.detach().flatten()[0].item()) if value.numel() == 1 else "not finite"
+        _raise_empty(loss, inputs, empty, f"the loss is {text} on it")
 
 
 def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str]) -> None:

@@ -11,14 +11,21 @@ A checkpoint holds
 - the random states of torch (CPU and CUDA), Python's ``random`` and numpy, so the Monte Carlo draws after loading
   are those an uninterrupted run would have made.
 
-It is written with ``torch.save`` and read with ``torch.load(weights_only=True)``: only tensors, numbers, strings and
-containers, so loading a checkpoint runs no pickled code.
+- the Pyro-side parameters the model trains (an autoguide's, by param-store name; see
+  :class:`~pyro_dgm.models.Model`).
 
-Loading checks every tensor's shape before changing anything; a mismatch raises ``ValueError`` naming the tensor and
-both shapes.
+It is written atomically (a temporary file in the same folder, flushed and synced, then ``os.replace``: a save killed
+midway leaves the previous checkpoint intact) and read with ``torch.load(weights_only=True)``: only tensors,
+numbers, strings and containers, so loading a checkpoint runs no pickled code. A file that is truncated or not a
+checkpoint raises ``ValueError`` naming it.
+
+Loading checks everything before changing anything: every tensor's shape (a mismatch raises ``ValueError`` naming
+the tensor and both shapes), each optimizer's class, its parameter-group layout and the shapes of its state.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -30,7 +37,7 @@ from pyro_dgm.models import distributed as _dist
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.models.model import Model
 
-__all__ = ["save", "load", "model_state", "load_model_state", "rng_state", "set_rng_state"]
+__all__ = ["save", "load", "model_state", "load_model_state", "rng_state", "set_rng_state", "atomic_torch_save"]
 
 FORMAT = 1
 
@@ -109,6 +116,8 @@ def model_state(model: "Model") -> dict[str, Any]:
         "distributions": model.distributions.state_dict(),
         "other_distributions": {str(i): d.state_dict() for i, d in enumerate(_other_distributions(model))},
         "optimizers": {name: opt.state_dict() for name, opt in _optimizers(model).items()},
+        "optimizer_types": {name: _type_name(opt) for name, opt in _optimizers(model).items()},
+        "pyro_params": {name: p.detach().clone() for name, p in getattr(model, "_pyro_named", {}).items()},
         "loss_terms": terms,
         "step": model.step,
         "epoch": model.epoch,
@@ -139,6 +148,75 @@ def _check_module(where: str, module: nn.Module, saved: Mapping[str, Any]) -> No
                              "that was saved")
 
 
+# Optimizer state entries that torch's optimizers keep in the shape of their parameter (others, like LBFGS's flat
+# buffers or Adafactor's row/column factors, are not checked).
+_PARAM_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta",
+                           "exp_inf", "grad_avg", "sum", "ax", "prev", "step_size"})
+
+
+def _type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _check_optimizer(name: str, opt: Any, saved: Any, saved_type: str | None) -> None:
+    """The saved state of optimizer (or scheduler) ``name`` fits ``opt``: same class, same param-group layout, state
+    tensors of the parameters' shapes. Raises ``ValueError`` before anything is loaded."""
+    own_type = _type_name(opt)
+    if saved_type is not None and saved_type != own_type:
+        raise ValueError(f"Model.load: the checkpoint's {name} is a {saved_type}, this model's is a {own_type}; "
+                         "build the model with the optimizer it was saved with")
+    if not isinstance(opt, torch.optim.Optimizer):
+        return
+    if not isinstance(saved, Mapping) or "param_groups" not in saved or "state" not in saved:
+        raise ValueError(f"Model.load: the checkpoint's {name} is not an optimizer state (no param_groups)")
+    groups, own_groups = saved["param_groups"], opt.param_groups
+    layout = [len(g["params"]) for g in groups]
+    own_layout = [len(g["params"]) for g in own_groups]
+    if layout != own_layout:
+        raise ValueError(f"Model.load: the checkpoint's {name} has {len(layout)} parameter group(s) of {layout} "
+                         f"parameter(s), this model's has {len(own_layout)} of {own_layout}; build the model with "
+                         "the same distributions and optimizer as the one that was saved")
+    for i, (group, own) in enumerate(zip(groups, own_groups)):
+        missing = sorted(k for k in own if k != "params" and k not in group)
+        extra = sorted(k for k in group if k != "params" and k not in own)
+        if missing and extra:  # another optimizer class (a checkpoint without its type; options that one torch
+            # version adds to a class are only missing, and torch fills them in)
+            raise ValueError(f"Model.load: parameter group {i} of the checkpoint's {name} has the options {extra} "
+                             f"and lacks {missing} of this model's {type(opt).__name__}; was it saved with another "
+                             "optimizer?")
+    params = [p for g in own_groups for p in g["params"]]
+    index = [i for g in groups for i in g["params"]]
+    shapes = {i: p.shape for i, p in zip(index, params)}
+    for i, st in saved["state"].items():
+        if i not in shapes:
+            raise ValueError(f"Model.load: the checkpoint's {name} holds state for parameter {i}, which none of "
+                             "its parameter groups lists")
+        for key, value in st.items():
+            if key in _PARAM_SHAPED and isinstance(value, Tensor) and value.shape != shapes[i]:
+                raise ValueError(f"Model.load: the checkpoint's {name} state {key!r} of parameter {i} has shape "
+                                 f"{tuple(value.shape)}, the parameter has shape {tuple(shapes[i])}")
+
+
+def _check_pyro_params(model: "Model", saved: Mapping[str, Any]) -> list[tuple[Tensor, Tensor]]:
+    """The Pyro-side parameters the model trains (an autoguide's, by param-store name) against the checkpoint's:
+    same names, same order, same shapes. Returns ``(parameter, saved value)`` pairs to copy."""
+    own = getattr(model, "_pyro_named", {})
+    if list(own) != list(saved):
+        missing = [n for n in saved if n not in own]
+        hint = (f"; the parameters {missing} are created by the loss's Pyro terms (an autoguide) at its first "
+                "evaluation: take one training step with this model, then load" if missing else "")
+        raise ValueError(f"Model.load: the checkpoint trains the Pyro parameters {list(saved)}, this model "
+                         f"{list(own)}{hint}")
+    out = []
+    for name, p in own.items():
+        value = saved[name]
+        if not isinstance(value, Tensor) or value.shape != p.shape:
+            raise ValueError(f"Model.load: Pyro parameter {name!r} has shape {_shape_text(value)} in the checkpoint "
+                             f"but {_shape_text(p)} in this model")
+        out.append((p, value))
+    return out
+
+
 def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     """Restore :func:`model_state` into ``model`` (all shapes are checked before anything changes).
 
@@ -159,10 +237,16 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     for i, d in enumerate(others):
         _check_module(f"other_distributions.{i} ({getattr(d, 'prob_text', type(d).__name__)})", d,
                       saved_others[str(i)])
+    pyro_params = _check_pyro_params(model, state.get("pyro_params") or {})
     optimizers = _optimizers(model)
+    if "optimizer" in state["optimizers"] and getattr(model, "optimizer", 0) is None:
+        raise ValueError("Model.load: this model's optimizer does not exist yet (its only parameters are created by "
+                         "the loss's Pyro terms at the first step); take one training step, then load")
     if sorted(optimizers) != sorted(state["optimizers"]):
         raise ValueError(f"Model.load: the checkpoint holds the optimizers {sorted(state['optimizers'])}, this model "
                          f"has {sorted(optimizers)}")
+    for name, opt in optimizers.items():
+        _check_optimizer(name, opt, state["optimizers"][name], (state.get("optimizer_types") or {}).get(name))
     terms = _loss_terms(model)
     for key, entry in state["loss_terms"].items():
         i = int(key)
@@ -174,6 +258,9 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
             check(entry["state"])
     # every check passed: change the model
     model.distributions.load_state_dict(state["distributions"])
+    with torch.no_grad():
+        for p, value in pyro_params:
+            p.copy_(value)
     for i, d in enumerate(others):
         d.load_state_dict(saved_others[str(i)])
     for name, opt in optimizers.items():
@@ -190,18 +277,108 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
 
 
 def save(model: "Model", path: Any) -> None:
-    """Write :func:`model_state` to ``path`` with ``torch.save`` (only rank 0 writes under ``torch.distributed``)."""
+    """Write :func:`model_state` to ``path`` atomically (only rank 0 writes under ``torch.distributed``).
+
+    The checkpoint is written to a temporary file in the same folder, flushed and synced to disk, then renamed over
+    ``path`` (``os.replace``), so ``path`` always holds either the previous complete checkpoint or the new one, even
+    if the process is killed while saving (a killed save may leave a ``.<name>.*.tmp`` file behind, never a broken
+    ``path``). A file object (``io.BytesIO``...) is written directly.
+    """
     if _dist.rank() == 0:
-        torch.save(model_state(model), path)
+        state = model_state(model)
+        if isinstance(path, (str, os.PathLike)):
+            atomic_torch_save(state, path)
+        else:
+            torch.save(state, path)
     if _dist.is_distributed():
         import torch.distributed as tdist
         tdist.barrier()
 
 
+def atomic_torch_save(obj: Any, path: Any) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder: flush, fsync, ``os.replace``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> atomic_torch_save({"a": torch.ones(2)}, folder / "c.pt")
+    >>> torch.load(folder / "c.pt", weights_only=True)["a"], sorted(p.name for p in folder.iterdir())
+    (tensor([1., 1.]), ['c.pt'])
+    """
+    import tempfile
+
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(path):  # keep the permissions of the file being replaced (mkstemp makes it 0600)
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX; not possible on Windows)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _read(path: Any, device: Any) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that is not a complete checkpoint raises ``ValueError``
+    naming it."""
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
+            UnicodeDecodeError) as error:
+        where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
+        size = os.path.getsize(where) if isinstance(path, (str, os.PathLike)) and os.path.isfile(where) else None
+        sized = f" ({size} bytes)" if size is not None else ""
+        text = str(error)
+        unsafe = "Weights only load failed" in text and ("GLOBAL" in text or "Unsupported global" in text)
+        why = ("holds objects other than tensors, numbers, strings and containers, which Model.load does not "
+               "unpickle (weights_only=True)" if unsafe else
+               "is truncated or is not a checkpoint written by Model.save (an interrupted copy or save, or another "
+               "kind of file)")
+        raise ValueError(f"Model.load: cannot read the checkpoint {where!r}{sized}: the file {why}; "
+                         f"{type(error).__name__}: {_detail(text)}") from error
+
+
+def _detail(text: str) -> str:
+    """The informative line of a torch.load error: for a weights_only refusal the reason ("Unsupported operand
+    110", "Trying to load unsupported GLOBAL ..."), else its first line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = [line for line in lines if line.startswith(("Trying to load unsupported", "Unsupported"))]
+    return (reason or lines or [""])[0]
+
+
 def load(model: "Model", path: Any) -> None:
-    """Read a checkpoint written by :func:`save` into ``model`` (see :func:`load_model_state`)."""
+    """Read a checkpoint written by :func:`save` into ``model`` (see :func:`load_model_state`).
+
+    Raises
+    ------
+    ValueError
+        If the file is truncated or not a checkpoint (the message names the file), or see
+        :func:`load_model_state`.
+    """
     device = next((p.device for p in model.distributions.parameters()), torch.device("cpu"))
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = _read(path, device)
     if isinstance(state, Mapping) and "rng" in state:  # RNG states live on the CPU whatever the model's device
         state = dict(state)
         state["rng"] = _to_cpu(state["rng"])

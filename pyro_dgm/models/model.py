@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import clip_grad_norm_, clip_grad_value_
+from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.base import Loss
@@ -27,11 +27,16 @@ from pyro_dgm.utils.latex import print_latex as _print_latex
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.models.trainer import History
 
-__all__ = ["Model", "NonFiniteLossError", "build_optimizer"]
+__all__ = ["Model", "NonFiniteLossError", "NonFiniteGradientError", "build_optimizer"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A training or test loss became NaN or infinite; the message names the step, the epoch and the terms."""
+
+
+class NonFiniteGradientError(NonFiniteLossError):
+    """A gradient became NaN or infinite while the loss was finite; raised before the optimizer steps (the weights
+    are unchanged), naming the step and the distributions whose parameters have the non-finite gradients."""
 
 
 def _check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
@@ -127,6 +132,43 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
                     f"{optimizer!r:.100}")
 
 
+def _finite_sum(grads: Sequence[Tensor]) -> bool:
+    """Whether the sum of every element of ``grads`` is finite: False if any element is NaN or infinite (or, rarely,
+    if finite values overflow, which the caller then tells apart). The cheapest full pass over memory: on the CPU a
+    plain sum per tensor (the max-|g| and 2-norm reductions cost 2-80x more there, see ``benchmarks/README.md``),
+    elsewhere torch's fused multi-tensor 2-norm (a few kernel launches for any number of tensors), and one
+    synchronization either way."""
+    if grads[0].device.type == "cpu":
+        return math.isfinite(sum(g.sum().item() for g in grads))
+    return math.isfinite(get_total_norm(grads, 2.0).item())
+
+
+def _param_store() -> Any:
+    import pyro
+
+    return pyro.get_param_store()
+
+
+def _pyro_side_terms(loss: Loss) -> list[Loss]:
+    """The terms of ``loss`` that run plain Pyro code (``PyroELBO``, or a term class with ``pyro_side = True``),
+    whose parameters live in Pyro's param store."""
+    from pyro_dgm.losses.pyro_elbo import PyroELBO
+
+    return [t for t in loss.loss_terms() if isinstance(t, PyroELBO) or getattr(t, "pyro_side", False)]
+
+
+def _distribution_param_ids(model: "Model") -> set[int]:
+    """Ids of the parameters of every pyro_dgm distribution the model's losses reach (trained or not: which of them
+    are trained is ``distributions=[...]``'s decision, as in Pixyz)."""
+    dists: list[Any] = list(model.loss_cls.distributions) + list(model.test_loss_cls.distributions)
+    for term in model._pyro_terms:
+        for fn in (getattr(term, "model", None), getattr(term, "guide", None)):
+            owner = getattr(fn, "__self__", None)
+            if isinstance(owner, Distribution):
+                dists.append(owner)
+    return {id(p) for d in dists for p in d.parameters()}
+
+
 def _named(params: Sequence[nn.Parameter]) -> list[tuple[str, nn.Parameter]]:
     return [(f"param_{i}", p) for i, p in enumerate(params)]
 
@@ -163,7 +205,11 @@ class Model:
         Training steps taken by :meth:`train` and epochs completed by :meth:`fit` (both saved by :meth:`save`).
     last_terms : dict
         The named terms of the last :meth:`train` or :meth:`test` evaluation (``eval(..., return_terms=True)``).
-
+    check_gradients : bool, default True
+        Before each optimizer step, check that every gradient is finite (one fused pass over the gradients, the
+        norm that gradient clipping computes; see ``benchmarks/README.md`` for its cost) and raise
+        :class:`NonFiniteGradientError` otherwise, leaving the weights unchanged. Pixyz does not check (a NaN
+        gradient silently turns the weights into NaN); set it to False to skip the check.
     Raises
     ------
     TypeError
@@ -174,6 +220,14 @@ class Model:
 
     Notes
     -----
+    Parameters that the loss creates in Pyro's param store (an autoguide in a
+    :class:`~pyro_dgm.losses.PyroELBO` term, ``pyro.param`` in a custom term) are trained too, as ``SVI`` trains
+    them: with a ``PyroELBO`` term each step traces the parameters the loss touches (as ``SVI.step`` does); with
+    other losses, parameters created during a step are added. They join the optimizer in a new parameter group when
+    they first appear (a model whose only parameters are an autoguide's builds its optimizer at the first step), and
+    checkpoints save them by name. Networks of pyro_dgm distributions are trained only when listed in
+    ``distributions``, as in Pixyz.
+
     Under ``torch.distributed`` (launched with ``torchrun``), the process group is set up from the environment when
     it is not yet, rank 0's parameters are broadcast at construction, and gradients are averaged across processes
     after each ``backward`` (see :mod:`pyro_dgm.models.distributed`).
@@ -222,10 +276,22 @@ class Model:
         _dist.setup_from_env()
         _dist.broadcast_module(self.distributions)
         self._params = [p for p in self.distributions.parameters() if p.requires_grad]
-        self.optimizer, clip = build_optimizer(owner, optimizer, self._params, optimizer_params)
+        # Parameters that the loss creates in Pyro's param store (an autoguide in a PyroELBO term) are trained too, as
+        # SVI trains them: they are found by tracing the parameters each step when the loss has a Pyro-side term
+        # (decided here, once), else when the param store grows during a step (one len() before and after).
+        self._pyro_terms = _pyro_side_terms(self.loss_cls)
+        self._pyro_named: dict[str, Tensor] = {}
+        self._optimizer_spec = (optimizer, optimizer_params)
+        self.optimizer: Any
+        clip: dict[str, float] = {}
+        if not self._params and self._pyro_terms:  # an autoguide alone: its parameters appear at the first step
+            self.optimizer = None
+        else:
+            self.optimizer, clip = build_optimizer(owner, optimizer, self._params, optimizer_params)
         self.clip_norm = clip_grad_norm if clip_grad_norm is not None else clip.get("clip_norm")
         self.clip_value = clip_grad_value if clip_grad_value is not None else clip.get("clip_value")
         self.retain_graph = retain_graph
+        self.check_gradients = True
         self.step = 0
         self.epoch = 0
         self.last_terms: dict[str, Tensor] = {}
@@ -299,6 +365,11 @@ class Model:
         ------
         NonFiniteLossError
             If the loss is NaN or infinite (before any parameter changes); the message names the step and terms.
+        NonFiniteGradientError
+            If the loss is finite but a gradient is not (before the optimizer steps: the weights and the optimizer
+            state are unchanged); the message names the step and the distributions and parameters concerned.
+        ValueError
+            If a variable of the batch has zero rows and the loss is not finite on it (a mean over no rows).
         RuntimeError
             If the loss has no gradient (it does not depend on the trained parameters).
         """
@@ -310,23 +381,114 @@ class Model:
             if not m.training:
                 self.distributions.train()
                 break
-        self.optimizer.zero_grad()
-        loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad()
+        if self._pyro_terms:
+            import pyro.poutine as poutine
+
+            with poutine.trace(param_only=True) as capture:
+                loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+            self._adopt_pyro_params({name: site["value"].unconstrained()
+                                     for name, site in capture.trace.nodes.items() if site["type"] == "param"})
+        else:
+            store = _param_store()
+            size = len(store)
+            loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+            if len(store) > size:  # the loss created Pyro parameters (pyro.param in a custom term)
+                names = list(store.keys())[size:]
+                self._adopt_pyro_params({n: store.get_param(n).unconstrained() for n in names})
         self.last_terms = terms
         self._check_finite(loss, terms, "training")
+        if self.optimizer is None:
+            raise ValueError(f"{type(self).__name__}: there are no parameters to optimize: distributions=[...] is "
+                             f"empty and the Pyro terms of the loss {self.loss_cls} created no parameter")
         if not loss.requires_grad:
             raise RuntimeError(f"{type(self).__name__}: the loss {self.loss_cls} does not depend on the trained "
                                "parameters (it has no gradient); check that distributions=[...] holds the "
                                "distributions the loss uses")
         loss.backward(retain_graph=self.retain_graph)
         _dist.average_gradients(self._params)
-        if self.clip_norm:
+        if self.check_gradients:
+            grads = [p.grad for p in self._params if p.grad is not None]
+            if self.clip_norm:  # the norm clipping computes is also the finiteness check
+                total = get_total_norm(grads, 2.0)
+                if not math.isfinite(total.item()):
+                    self._check_gradients(loss, grads)  # raises unless the norm overflowed from finite values
+                clip_grads_with_norm_(self._params, self.clip_norm, total)
+            elif grads and not _finite_sum(grads):  # one pass over the gradients; a NaN or inf in any makes the
+                self._check_gradients(loss, grads)  # sum non-finite (a finite sum that overflowed is let through)
+        elif self.clip_norm:
             clip_grad_norm_(self._params, self.clip_norm)
         if self.clip_value:
             clip_grad_value_(self._params, self.clip_value)
         self.optimizer.step()
         self.step += 1
         return loss.detach()
+
+    def _adopt_pyro_params(self, found: Mapping[str, Tensor]) -> None:
+        """Add the Pyro parameters ``found`` (name -> unconstrained tensor) that the optimizer does not hold yet, as
+        ``SVI`` trains every parameter its loss touches; networks of pyro_dgm distributions are left to
+        ``distributions=[...]``."""
+        known = self.__dict__.get("_known_ids")
+        if known is None:
+            known = self._known_ids = {id(p) for p in self._params} | _distribution_param_ids(self)
+        new = {n: p for n, p in found.items() if id(p) not in known and p.requires_grad}
+        if not new:
+            return
+        params = list(new.values())
+        owner = type(self).__name__
+        optimizer, optimizer_params = self._optimizer_spec
+        if self.optimizer is None:
+            from pyro.optim import PyroOptim
+
+            if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_optim_args):
+                self.optimizer = optimizer.pt_optim_constructor(
+                    [dict(optimizer.pt_optim_args(n, p), params=[p]) for n, p in new.items()])
+                clip = dict(optimizer.pt_clip_args or {})
+            else:
+                self.optimizer, clip = build_optimizer(owner, optimizer, params, optimizer_params)
+            self.clip_norm = self.clip_norm if self.clip_norm is not None else clip.get("clip_norm")
+            self.clip_value = self.clip_value if self.clip_value is not None else clip.get("clip_value")
+        else:
+            from pyro.optim import PyroOptim
+
+            if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_optim_args):
+                for n, p in new.items():
+                    self.optimizer.add_param_group(dict(optimizer.pt_optim_args(n, p), params=[p]))
+            else:
+                self.optimizer.add_param_group({"params": params})
+        self._params.extend(params)
+        self._pyro_named.update(new)
+        known.update(id(p) for p in params)
+
+    def _check_gradients(self, loss: Tensor, grads: Sequence[Tensor]) -> None:
+        """Raise :class:`NonFiniteGradientError` if a gradient holds a NaN or an infinity (the slow path, taken only
+        when the fused check found a non-finite norm), naming the step and the distributions concerned."""
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            return  # a 2-norm that overflowed from finite gradients: clipping handles it, as in torch
+        owners: dict[int, tuple[str, str]] = {}
+        for i, d in enumerate(self.distributions):
+            label = d.prob_text if isinstance(d, Distribution) else f"distributions[{i}] ({type(d).__name__})"
+            for name, p in d.named_parameters():
+                owners.setdefault(id(p), (label, name))
+        for name, p in getattr(self, "_pyro_named", {}).items():
+            owners.setdefault(id(p), ("Pyro's param store", name))
+        bad: dict[str, list[str]] = {}
+        for p in self._params:
+            g = p.grad
+            if g is None:
+                continue
+            n = int(g.numel() - torch.isfinite(g).sum())
+            if n:
+                label, name = owners.get(id(p), ("a parameter", f"shape {tuple(p.shape)}"))
+                bad.setdefault(label, []).append(f"{name} ({n} of {g.numel()} values)")
+        where = f"epoch {self.epoch + 1}, " if getattr(self, "_in_fit", False) else ""
+        which = "; ".join(f"{label}: {', '.join(names)}" for label, names in bad.items())
+        raise NonFiniteGradientError(
+            f"{type(self).__name__}: non-finite gradients at {where}step {self.step + 1} with a finite training loss "
+            f"{float(loss.detach().sum()):.6g}, in the parameters of {which}; the optimizer did not step, the weights "
+            "are unchanged (look for an operation whose derivative is infinite at these values: sqrt(0), log(0), "
+            f"x / 0...); loss: {self.loss_cls}")
 
     def test(self, test_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
         """The test loss, under ``torch.no_grad`` with every network in eval mode.
@@ -369,7 +531,10 @@ class Model:
 
     def save(self, path: Any) -> None:
         """Save a checkpoint that resumes exactly: networks and buffers of every distribution, the optimizers
-        (loss terms' too), the step/epoch counters and the RNG states (torch, python, numpy)."""
+        (loss terms' too), the step/epoch counters and the RNG states (torch, python, numpy).
+
+        The file is replaced atomically (written to a temporary file in the same folder, synced, then renamed), so
+        a save that is interrupted, even by ``kill -9``, leaves the previous checkpoint intact."""
         from pyro_dgm.models.checkpoint import save
         save(self, path)
 
@@ -379,7 +544,9 @@ class Model:
         Raises
         ------
         ValueError
-            If a tensor's shape differs from this model's (the message names it and both shapes).
+            If a tensor's shape differs from this model's (the message names it and both shapes), if an optimizer's
+            class or parameter groups differ, or if the file is truncated or not a checkpoint (the message names
+            it); nothing is changed then.
         """
         from pyro_dgm.models.checkpoint import load
         load(self, path)

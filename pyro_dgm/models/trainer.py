@@ -113,8 +113,14 @@ class _Batches:
             if len(set(sizes.values())) > 1:
                 raise ValueError(f"fit: the tensors of {what} have different numbers of rows: {sizes}")
             self.table, self.n = table, next(iter(sizes.values()), 1)
+            if self.n == 0:
+                raise ValueError(f"fit: {what} is empty: " + ", ".join(f"variable {k!r} has 0 rows (shape "
+                                 f"{tuple(table[k].shape)})" for k in sizes) + "; pass at least one row")
         elif isinstance(data, Dataset) and not isinstance(data, IterableDataset) and _has_len(data):
             self.dataset, self.n = data, len(data)
+            if self.n == 0:
+                raise ValueError(f"fit: {what} is an empty Dataset (0 items) for the variables {self.input_var}; "
+                                 "pass at least one item")
         elif isinstance(data, Iterator):
             raise TypeError(f"fit: {what} is an iterator, which is used up after one epoch; pass a DataLoader, a "
                             "list of batches or a dict of tensors")
@@ -248,7 +254,11 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     Raises
     ------
     NonFiniteLossError
-        If a loss is NaN or infinite; it names the epoch, the step and the non-finite terms.
+        If a loss is NaN or infinite; it names the epoch, the step and the non-finite terms
+        (:class:`~pyro_dgm.models.NonFiniteGradientError` if a gradient is, with a finite loss).
+    ValueError
+        If ``train_data`` or ``test_data`` has zero rows (the message names the variable), or a batch is empty and
+        the loss is not finite on it.
 
     Examples
     --------
