@@ -44,7 +44,7 @@ from torch import Tensor
 from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "validating",
-           "valid_params", "valid_value", "disabled", "bernoulli_log_prob"]
+           "valid_params", "valid_value", "disabled", "bernoulli_log_prob", "bernoulli_cross_entropy"]
 
 Params = Mapping[str, Tensor]
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
@@ -116,17 +116,47 @@ def _standard_normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) 
     return _sum(-0.5 * (x if shape == x.shape else x.expand(shape)).pow(2) - _HALF_LOG_2PI, dims)
 
 
+def bernoulli_cross_entropy(probs: Tensor, x: Tensor) -> Tensor:
+    r"""The element-wise :math:`x \log p + (1 - x) \log(1 - p)` for any real ``x``, each logarithm clamped at
+    :math:`-100` as ``torch.nn.functional.binary_cross_entropy`` clamps them (so it is minus that function's value
+    wherever the function accepts ``x``, i.e. on ``[0, 1]``).
+
+    Examples
+    --------
+    >>> p, x = torch.tensor([0.25, 0.5]), torch.tensor([2.0, 0.5])
+    >>> bernoulli_cross_entropy(p, x)  # 2 log(1/4) - log(3/4), log(1/2)
+    tensor([-2.4849, -0.6931])
+    """
+    return torch.lerp(torch.log1p(-probs).clamp_min(-100.0), probs.log().clamp_min(-100.0), x)
+
+
 def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """A Bernoulli scored by cross-entropy (any value in ``[0, 1]``), from ``probs`` or ``logits``."""
+    """A Bernoulli scored by cross-entropy, for any real value as Pixyz scores it, from ``probs`` or ``logits``.
+
+    From ``probs`` on the CPU it is ``F.binary_cross_entropy`` (one fused kernel, as hand-written VAEs score), which
+    refuses a value outside ``[0, 1]`` with an error before computing anything: such a value (Pixyz's examples score
+    ``torch.randn`` data) is then scored by :func:`bernoulli_cross_entropy`, the same formula. On other devices the
+    fused kernel would stop the process on such a value (a device-side assertion, not an exception), so
+    :func:`bernoulli_cross_entropy` scores every value there.
+    """
     probs = params.get("probs")
     if probs is None:
         logits = params["logits"]
         if logits.shape != x.shape:
             logits, x = torch.broadcast_tensors(logits, x)
         return -_sum(F.binary_cross_entropy_with_logits(logits, x, reduction="none"), dims)
+    if probs.dtype != x.dtype:  # e.g. float64 data (numpy's) under float32 networks: Pixyz's value is float64
+        dtype = torch.promote_types(probs.dtype, x.dtype)
+        probs, x = probs.to(dtype), x.to(dtype)
     if probs.shape != x.shape:
         probs, x = torch.broadcast_tensors(probs, x)
-    return -_sum(F.binary_cross_entropy(probs, x, reduction="none"), dims)
+    if probs.is_cpu:
+        try:
+            return -_sum(F.binary_cross_entropy(probs, x, reduction="none"), dims)
+        except RuntimeError:
+            if not torch._is_all_true((probs >= 0) & (probs <= 1)):
+                raise  # the probabilities themselves are wrong: the caller reports it
+    return _sum(bernoulli_cross_entropy(probs, x), dims)
 
 
 def _normal_rsample(params: Params) -> Tensor:

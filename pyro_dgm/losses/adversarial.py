@@ -128,11 +128,14 @@ class AdversarialLoss(Loss):
         _check_discriminator(owner, discriminator, p, q, input_var)
         super().__init__(input_var)
         self.p, self.q = p, q
+        self.input_dist = p if p.input_var else q  # Pixyz's: the distribution whose input gives the batch size
         self.d = discriminator  # a sub-module named as in Pixyz (``loss.d``, ``loss.to(device)`` moves it)
         self.__dict__["_d"] = discriminator
         compared = {id(t) for t in [*p.parameters(), *q.parameters()]}
         self.__dict__["_d_only"] = [t for t in discriminator.parameters() if id(t) not in compared]
         self.d_optimizer = _build_optimizer(owner, optimizer, discriminator, dict(optimizer_params or {}))
+        self.loss_optimizer = optimizer  # Pixyz's attributes: the optimizer's class and arguments as given
+        self.loss_optimizer_params = optimizer_params if optimizer_params is not None else {}
         self.d_steps = 0
         self._synced = False
 
@@ -166,6 +169,11 @@ class AdversarialLoss(Loss):
                 return int(x.shape[0])
         raise ValueError(f"{type(self).__name__} {self.latex}: cannot tell the batch size: none of the inputs "
                          f"{self._input_var} is a tensor with a batch dim")
+
+    def _get_batch_n(self, x_dict: Mapping[str, Any]) -> int:
+        """The batch size: the first dim of the first input of :attr:`input_dist` (Pixyz's helper, for subclasses
+        written for Pixyz)."""
+        return int(x_dict[self.input_dist.input_var[0]].shape[0])
 
     def _samples(self, dist: "Distribution", values: Mapping[str, Any], batch_n: int, reparam: bool,
                  kwargs: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -223,6 +231,20 @@ class AdversarialLoss(Loss):
         r"""The discriminator's loss given its outputs on samples of ``p`` and ``q``:
         :math:`-\text{mean}\log y_p - \text{mean}\log(1 - y_q)` (binary cross-entropy, labels 1 for ``p``)."""
         return (-_log(y_p).mean()) + (-_log1m(y_q).mean())  # a sum of two BCEs, as Pixyz (same bits, AddBackward)
+
+    def g_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
+        """The generator's loss given the discriminator's outputs on samples of ``p`` and ``q``; each divergence
+        defines it (Pixyz's hook: a subclass of ``AdversarialLoss`` overrides it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define g_loss(y_p, y_q, batch_n)")
+
+    def _data_detached(self, y_p: Tensor, y_q: Tensor) -> tuple[Tensor, Tensor]:
+        """The outputs on samples of a data distribution (``EmpiricalDistribution``) detached, as Pixyz's
+        ``g_loss`` detaches them: the generator's loss sends no gradient through the data's side."""
+        if self.p.distribution_name == "Data distribution":
+            y_p = y_p.detach()
+        if self.q.distribution_name == "Data distribution":
+            y_q = y_q.detach()
+        return y_p, y_q
 
     # ------------------------------------------------------------------ the discriminator's step
     def loss_train(self, train_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:

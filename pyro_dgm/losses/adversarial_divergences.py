@@ -104,7 +104,9 @@ class AdversarialJensenShannon(AdversarialLoss):
     def g_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
         r"""The generator's loss given the discriminator's outputs on samples of ``p`` and ``q``:
         :math:`-\text{mean}\log(1-y_p) - \text{mean}\log y_q` (``inverse_g_loss``) or
-        :math:`\text{mean}\log y_p + \text{mean}\log(1-y_q)`."""
+        :math:`\text{mean}\log y_p + \text{mean}\log(1-y_q)`; the side of a data distribution is detached, as
+        in Pixyz."""
+        y_p, y_q = self._data_detached(y_p, y_q)
         if self.inverse_g_loss:
             return (-_log1m(y_p).mean()) + (-_log(y_q).mean())  # Pixyz's sum of two BCEs
         return _log(y_p).mean() + _log1m(y_q).mean()
@@ -283,13 +285,16 @@ class AdversarialWassersteinDistance(AdversarialLoss):
         y_q = self._discriminate(self._samples(self.q, values, batch_n, True, kwargs), kwargs)
         return self.g_loss(y_p, y_q, batch_n)
 
-    def g_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
+    def g_loss(self, y_p: Tensor, y_q: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         r"""The estimate given the critic's scores on samples of ``p`` and ``q``: :math:`\text{mean}\,y_p -
-        \text{mean}\,y_q`."""
+        \text{mean}\,y_q` (the side of a data distribution detached, as in Pixyz; further arguments, e.g.
+        ``batch_n``, are ignored, as in Pixyz)."""
+        y_p, y_q = self._data_detached(y_p, y_q)
         return y_p.mean() - y_q.mean()
 
-    def d_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
-        r"""The critic's loss (without the penalty): :math:`-(\text{mean}\,y_p - \text{mean}\,y_q)`."""
+    def d_loss(self, y_p: Tensor, y_q: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        r"""The critic's loss (without the penalty): :math:`-(\text{mean}\,y_p - \text{mean}\,y_q)` (further
+        arguments, e.g. ``batch_n``, are ignored, as in Pixyz)."""
         return -(y_p.mean() - y_q.mean())
 
     def _d_loss(self, xp: Mapping[str, Tensor], xq: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:

@@ -198,7 +198,13 @@ class KullbackLeibler(Loss):
                 total = kl if total is None else total + kl
                 continue
             pd, qd = f.dist(values, **kwargs), g.dist(values, **kwargs)
+            event_dims = 0
             if self.dim is not None:
+                pd, qd = _elementwise(pd), _elementwise(qd)
+            elif len(pd.event_shape) != len(qd.event_shape):
+                # e.g. q(z|x) with feature dims against a prior of scalar parameters (no features_shape): Pixyz
+                # broadcasts the element-wise divergences and sums them over the feature dims
+                event_dims = max(len(pd.event_shape), len(qd.event_shape))
                 pd, qd = _elementwise(pd), _elementwise(qd)
             try:
                 kl = kl_divergence(pd, qd)
@@ -212,7 +218,7 @@ class KullbackLeibler(Loss):
                 raise ValueError(f"KullbackLeibler: cannot compare {describe(f)} (batch shape {tuple(pd.batch_shape)}"
                                  f", event shape {tuple(pd.event_shape)}) with {describe(g)} (batch shape "
                                  f"{tuple(qd.batch_shape)}, event shape {tuple(qd.event_shape)}): {e}") from e
-            kl = _sum_dims(kl, self.dim)
+            kl = _sum_dims(kl, self.dim) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))
             total = kl if total is None else total + kl
         assert total is not None
         return total

@@ -22,7 +22,8 @@ class IterativeLoss(Loss):
     r"""The sum of a step loss over time, :math:`\sum_{t=0}^{T-1} \mathcal{L}_{step}(x_t, h_t)`.
 
     At each step ``t``: the time-step variable (if any) is set to ``t``; each ``series_var`` value is sliced at ``t``
-    (``x[t]``: the time dim comes first) unless ``slice_step`` is given; the step loss is evaluated and the samples it
+    (``x[t]``: the time dim comes first; a subclass may override :meth:`slice_step_fn`, as in Pixyz) unless
+    ``slice_step`` is given; the step loss is evaluated and the samples it
     drew join the values; the step's value (times ``mask[t]`` when ``eval(..., mask=mask)`` is given) is added;
     finally the keys of ``update_value`` are renamed to its values (``{"z_t": "z_t_1"}``: this step's sample is the
     next step's previous state).
@@ -110,6 +111,21 @@ class IterativeLoss(Loss):
         body = sympy.Symbol("dummy_loss")  # substituted after: sympy.Sum would otherwise reorder inside the body
         return sympy.Sum(body, (t, 0, top - 1)).subs({body: self.step_loss._symbol})
 
+    def slice_step_fn(self, t: int, x: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of step ``t`` of the series ``x`` (``{name: series}``): ``x[name][t]``, the time dim first.
+
+        Pixyz's hook: a subclass overrides it to slice otherwise (e.g. time in the second dim).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from pyro_dgm.losses import Parameter
+        >>> loss = IterativeLoss(Parameter("x"), series_var=["x"])
+        >>> loss.slice_step_fn(1, {"x": torch.tensor([[1.], [2.]])})
+        {'x': tensor([2.])}
+        """
+        return {k: v[t] for k, v in x.items()}
+
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         x = dict(values)
         series = {v: x[v] for v in self.series_var}
@@ -125,7 +141,7 @@ class IterativeLoss(Loss):
             if self.timestep_var:
                 x[self.timestep_var[0]] = t
             if self.slice_step is None:
-                x.update({v: s[t] for v, s in series.items()})
+                x.update(self.slice_step_fn(t, series))
             value, samples = self.step_loss.eval(x, return_dict=True, return_all=False, **kwargs)
             x.update(samples)
             if mask is not None:

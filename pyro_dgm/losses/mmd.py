@@ -1,7 +1,7 @@
 r"""The maximum mean discrepancy :class:`MMD` between two distributions, estimated from samples."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -115,8 +115,18 @@ class MMD(Loss):
             raise ValueError(f"MMD: unknown kernel {kernel!r}; use one of {sorted(_KERNELS)} or a callable")
         super().__init__(ordered_union(p.input_var, q.input_var))
         self.p, self.q = p, q
+        # Pixyz's: the distribution whose input gives the batch size (None here when neither has one: batch_n does)
+        self.input_dist = p if p.input_var else q if q.input_var else None
         self.batch_n = batch_n
         self.kernel_params = kernel_params
+
+    def _get_batch_n(self, x_dict: Mapping[str, Any]) -> int:
+        """The batch size: the first dim of the first input of :attr:`input_dist` (Pixyz's helper, for subclasses
+        written for Pixyz)."""
+        if self.input_dist is None:
+            raise ValueError(f"{type(self).__name__} {self.latex}: neither distribution takes an input; the batch "
+                             f"size is batch_n={self.batch_n}")
+        return int(x_dict[self.input_dist.input_var[0]].shape[0])
 
     @property
     def latex(self) -> str:

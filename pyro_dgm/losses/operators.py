@@ -8,18 +8,52 @@ where precedence needs them.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union
-from pyro_dgm.losses.special import ValueLoss
+from pyro_dgm.losses.special import LossArgumentError, ValueLoss
 from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
-           "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach"]
+           "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach", "strict_broadcasting"]
+
+_STRICT = [False]  # whether binary operators refuse to broadcast two values into a shape neither has
+
+
+@contextlib.contextmanager
+def strict_broadcasting(enabled: bool = True) -> Iterator[None]:
+    """Within the block, a binary operator whose operands' values would broadcast to a shape neither has (``(N,)``
+    with ``(N, 1)`` gives ``(N, N)``: a silent outer product of two per-batch-element terms) raises a ValueError
+    naming both terms.
+
+    Off by default, as in Pixyz, which broadcasts (after ``.mean()`` a sum or a difference of such terms has the value
+    intended; a product has not). Turn it on to find such a mistake.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.losses import Parameter
+    >>> a, b = Parameter("a"), Parameter("b")
+    >>> values = {"a": torch.zeros(3), "b": torch.ones(3, 1)}
+    >>> (a + b).eval(values).shape  # Pixyz's broadcasting
+    torch.Size([3, 3])
+    >>> with strict_broadcasting():
+    ...     (a + b).eval(values)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+     ...
+    ValueError: AddLoss: cannot combine a of shape (3,) with b of shape (3, 1): broadcasting would give (3, 3), ...
+    """
+    was = _STRICT[0]
+    _STRICT[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _STRICT[0] = was
 
 
 def _as_loss(x: Any, op: str, other: Any) -> Loss:
@@ -27,8 +61,8 @@ def _as_loss(x: Any, op: str, other: Any) -> Loss:
         return x
     if isinstance(x, (numbers.Number, Tensor)) and not isinstance(x, bool):
         return ValueLoss(x)
-    raise TypeError(f"{op}: cannot combine a loss with {type(x).__name__} ({x!r}); a loss combines with losses, "
-                    f"numbers and tensors (the other operand is {type(other).__name__})")
+    raise LossArgumentError(f"{op}: cannot combine a loss with {type(x).__name__} ({x!r}); a loss combines with "
+                            f"losses, numbers and tensors (the other operand is {type(other).__name__})")
 
 
 def _tensors(a: Any, b: Any) -> tuple[Tensor, Tensor]:
@@ -79,6 +113,8 @@ class LossOperator(Loss):
 
     def __init__(self, loss1: Any, loss2: Any) -> None:
         name = type(self).__name__
+        if loss2 is None and isinstance(loss1, Loss):
+            loss2 = 0  # Pixyz: a missing second operand counts as 0 (its VAE adds regularizer=None so)
         a, b = _as_loss(loss1, name, loss2), _as_loss(loss2, name, loss1)
         super().__init__(ordered_union(a.input_var, b.input_var))
         self.loss1, self.loss2 = a, b
@@ -91,7 +127,7 @@ class LossOperator(Loss):
     def _both(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
         v1, s1 = self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)
         v2, s2 = self.loss2.eval(values, return_dict=True, return_all=False, **kwargs)
-        if isinstance(v1, Tensor) and isinstance(v2, Tensor) and v1.shape != v2.shape:
+        if _STRICT[0] and isinstance(v1, Tensor) and isinstance(v2, Tensor) and v1.shape != v2.shape:
             _check_broadcast(self, v1, v2)
         s1.update(s2)
         return v1, v2, s1
@@ -314,14 +350,14 @@ class LossSelfOperator(Loss):
         """The operand."""
         return (self.loss1,)
 
-    def loss_train(self, train_x_dict: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    def loss_train(self, x_dict: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """The operand's ``loss_train`` (Pixyz's: ``adversarial_term.mean().loss_train(x)`` trains the
-        discriminator)."""
-        return self.loss1.loss_train(train_x_dict, **kwargs)
+        discriminator); nothing given is Pixyz's ``{}``."""
+        return self.loss1.loss_train({} if x_dict is None else x_dict, **kwargs)
 
-    def loss_test(self, test_x_dict: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        """The operand's ``loss_test`` (Pixyz's)."""
-        return self.loss1.loss_test(test_x_dict, **kwargs)
+    def loss_test(self, x_dict: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """The operand's ``loss_test`` (Pixyz's); nothing given is Pixyz's ``{}``."""
+        return self.loss1.loss_test({} if x_dict is None else x_dict, **kwargs)
 
     def _one(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         return self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)

@@ -8,7 +8,27 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ATOM, PREC_NEG, Loss
 
-__all__ = ["ValueLoss", "Parameter", "ConstantVar"]
+__all__ = ["ValueLoss", "Parameter", "ConstantVar", "LossArgumentError"]
+
+
+class LossArgumentError(TypeError, ValueError):
+    """An argument of the wrong type for a loss (``loss + "y"``, ``Parameter(["x"])``): a TypeError, and also the
+    ValueError that Pixyz raises there, so Pixyz code that catches ValueError still catches it."""
+
+
+class _InputSet(set):  # type: ignore[type-arg]
+    """A set of variable names (Pixyz's ``ConstantVar.input_var`` is a set) that iterates and prints in a fixed order:
+    the base loss's, so that a formula built on it lists its input variables in the same order on every run."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(names)
+        self._order = list(names)
+
+    def __iter__(self) -> Any:
+        return iter([n for n in self._order if n in self])  # (a name removed since is not listed)
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(repr(n) for n in self) + "}" if self else "set()"
 
 
 def _number_text(v: Any) -> str:
@@ -94,7 +114,7 @@ class Parameter(Loss):
 
     def __init__(self, input_var: str) -> None:
         if not isinstance(input_var, str) or not input_var:
-            raise TypeError(f"Parameter: input_var must be a variable name (a string), got {input_var!r}")
+            raise LossArgumentError(f"Parameter: input_var must be a variable name (a string), got {input_var!r}")
         super().__init__([input_var])
 
     @property
@@ -124,7 +144,7 @@ class ConstantVar(Loss):
     --------
     >>> loss = ConstantVar(Parameter("x") * 2, {"x": 1.5})
     >>> print(loss, loss.input_var, float(loss.eval()))
-    2 x [] 3.0
+    2 x set() 3.0
     """
 
     def __init__(self, base_loss: Loss, constant_dict: Mapping[str, Any]) -> None:
@@ -135,6 +155,12 @@ class ConstantVar(Loss):
         super().__init__([v for v in base_loss.input_var if v not in constant_dict])
         self.base_loss = base_loss
         self.constant_dict = dict(constant_dict)
+
+    @property
+    def input_var(self) -> set[str]:  # type: ignore[override]
+        """The base loss's input variables but the constants: a set, as in Pixyz (iterated in the base loss's
+        order)."""
+        return _InputSet(self._input_var)
 
     @property
     def _prec(self) -> int:  # type: ignore[override]
@@ -149,6 +175,8 @@ class ConstantVar(Loss):
         return self.base_loss._symbol
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        inputs = dict(values)
+        inputs = {k: values[k] for k in self._input_var if k in values}  # (a parent passes all of its values)
         inputs.update(self.constant_dict)
-        return self.base_loss.eval(inputs, return_dict=True, return_all=False, **kwargs)
+        # its inputs and its constants join the samples, as in Pixyz (eval(..., return_dict=True) of a ConstantVar
+        # reports the constants)
+        return self.base_loss.eval(inputs, return_dict=True, return_all=True, **kwargs)

@@ -1,7 +1,7 @@
 r"""An upper bound of the Wasserstein distance between two distributions: :class:`WassersteinDistance`."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from torch import Tensor
 from torch.nn import PairwiseDistance
@@ -46,8 +46,18 @@ class WassersteinDistance(Loss):
                              f"(var {p.var}) and {q.prob_text} (var {q.var})")
         super().__init__(ordered_union(p.input_var, q.input_var))
         self.p, self.q = p, q
+        # Pixyz's: the distribution whose input gives the batch size (None here when neither has one: batch_n does)
+        self.input_dist = p if p.input_var else q if q.input_var else None
         self.metric = metric if metric is not None else PairwiseDistance(p=2)
         self.batch_n = batch_n
+
+    def _get_batch_n(self, x_dict: Mapping[str, Any]) -> int:
+        """The batch size: the first dim of the first input of :attr:`input_dist` (Pixyz's helper, for subclasses
+        written for Pixyz)."""
+        if self.input_dist is None:
+            raise ValueError(f"{type(self).__name__} {self.latex}: neither distribution takes an input; the batch "
+                             f"size is batch_n={self.batch_n}")
+        return int(x_dict[self.input_dist.input_var[0]].shape[0])
 
     @property
     def latex(self) -> str:

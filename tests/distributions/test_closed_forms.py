@@ -8,6 +8,7 @@ errors, and the general path wherever a closed form does not apply (a Pyro handl
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pyro
@@ -262,11 +263,14 @@ def test_under_validation_bad_arguments_raise_torchs_error():  # type: ignore[no
                  lambda: KullbackLeibler(q, Normal(loc=0., scale=1., var=["z"], features_shape=[2])).eval({"x": bad})):
         with pytest.raises(ValueError, match=r"_Signed q\(z\|x\).*scale.*GreaterThan"):
             call()
-    p = Bernoulli(probs=torch.full((1, 2), 0.5), var=["x"])
-    for validate in (True, False):  # a value outside [0, 1]: the cross-entropy itself refuses it
+    p = Bernoulli(probs=torch.full((2,), 0.25), var=["x"])
+    for validate in (True, False):  # a value outside [0, 1]: scored as Pixyz does, x log p + (1 - x) log(1 - p)
         pyro.enable_validation(validate)
-        with pytest.raises(ValueError, match=r"Bernoulli p\(x\).*'x'.*between 0 and 1"):
-            p.get_log_prob({"x": torch.full((3, 2), 2.0)})
+        for fast in (True, False):
+            with contextlib.nullcontext() if fast else closed_forms.disabled():
+                lp = p.get_log_prob({"x": torch.tensor([[2.0, -1.5]] * 3)})
+            want = 2.0 * math.log(0.25) - math.log(0.75) - 1.5 * math.log(0.25) + 2.5 * math.log(0.75)
+            torch.testing.assert_close(lp, torch.full((3,), want))
 
 
 def test_the_checks_are_the_objects_checks():  # type: ignore[no-untyped-def]
@@ -276,5 +280,6 @@ def test_the_checks_are_the_objects_checks():  # type: ignore[no-untyped-def]
     assert not closed_forms.valid_params(dist.Normal, {**ok, "loc": torch.tensor([0., float("nan")])})
     assert closed_forms.valid_params(dist.Normal, {**ok, "scale": -torch.ones(2)}, skip=("scale",))
     assert closed_forms.valid_value(Bernoulli.pyro_dist, torch.tensor([0., 0.3, 1.]))
-    assert not closed_forms.valid_value(Bernoulli.pyro_dist, torch.tensor([0., 1.5]))
+    assert closed_forms.valid_value(Bernoulli.pyro_dist, torch.tensor([0., 1.5]))  # Pixyz scores any real value
+    assert not closed_forms.valid_value(Bernoulli.pyro_dist, torch.tensor([0., float("nan")]))
     assert not closed_forms.valid_value(dist.Normal, torch.tensor([float("nan")]))

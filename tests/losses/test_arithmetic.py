@@ -61,9 +61,11 @@ def test_input_var_is_ordered_union() -> None:
 
 
 def test_constant_var_fixes_inputs() -> None:
-    loss = ConstantVar(Parameter("x") * Parameter("y"), {"y": 3.})
-    assert loss.input_var == ["x"]
-    assert float(loss.eval({"x": 2.})) == 6.0
+    loss = ConstantVar(Parameter("x") * Parameter("y") * Parameter("w"), {"y": 3.})
+    assert loss.input_var == {"x", "w"}  # a set, as Pixyz's (pixyz_compat/test_pixyz_suite_losses.py)
+    assert list(loss.input_var) == ["x", "w"] and repr(loss.input_var) == "{'x', 'w'}"  # iterated in a fixed order
+    assert (loss + Parameter("a")).input_var == ["x", "w", "a"]
+    assert float(loss.eval({"x": 2., "w": 1.})) == 6.0
 
 
 def test_value_loss_and_loss_is_a_pyro_elbo() -> None:

@@ -28,14 +28,21 @@ def test_batch_n_sizes_the_monte_carlo_kl_of_a_network_distribution() -> None:
     assert torch.allclose(values, torch.full((4000,), -torch.log(torch.tensor(2 * torch.pi))), atol=1e-5)
 
 
-def test_combining_terms_whose_shapes_would_broadcast_to_a_new_shape_raises() -> None:
-    """(N,) + (N, 1) would silently become (N, N); (N,) + scalar and (S, N) + (N,) are fine."""
+def test_combining_terms_whose_shapes_would_broadcast_to_a_new_shape_raises_when_strict() -> None:
+    """(N,) + (N, 1) becomes (N, N) as in Pixyz (torch's broadcasting); under ``strict_broadcasting()`` it raises;
+    (N,) + scalar and (S, N) + (N,) are fine either way."""
     import pytest
 
     from pyro_dgm.losses import Parameter
+    from pyro_dgm.losses.operators import strict_broadcasting
 
     a, b = Parameter("a"), Parameter("b")
-    with pytest.raises(ValueError, match=r"shape \(3,\).*shape \(3, 1\).*\(3, 3\)"):
-        (a + b).eval({"a": torch.zeros(3), "b": torch.zeros(3, 1)})
-    assert (a + b).eval({"a": torch.zeros(3), "b": torch.tensor(1.)}).shape == (3,)
-    assert (a * b).eval({"a": torch.zeros(2, 3), "b": torch.zeros(3)}).shape == (2, 3)
+    values = {"a": torch.arange(3.), "b": torch.arange(3.).reshape(3, 1)}
+    assert torch.equal((a + b).eval(values), torch.arange(3.) + torch.arange(3.).reshape(3, 1))  # Pixyz's value
+    with strict_broadcasting(), pytest.raises(ValueError, match=r"shape \(3,\).*shape \(3, 1\).*\(3, 3\)"):
+        (a + b).eval(values)
+    with strict_broadcasting():
+        assert (a + b).eval({"a": torch.zeros(3), "b": torch.tensor(1.)}).shape == (3,)
+        assert (a * b).eval({"a": torch.zeros(2, 3), "b": torch.zeros(3)}).shape == (2, 3)
+        with strict_broadcasting(False):
+            assert (a + b).eval(values).shape == (3, 3)

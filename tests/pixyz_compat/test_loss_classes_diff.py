@@ -3,7 +3,9 @@
 program runs under both libraries (:mod:`pixyz_harness`)."""
 from __future__ import annotations
 
+import pyro
 import pytest
+import torch
 from pixyz_harness import assert_same, run_both
 
 
@@ -90,10 +92,11 @@ def _kl_to_a_scalar_prior():
     return KullbackLeibler(q, p).eval({"x": torch.tensor([[1.0], [2.0]])})
 
 
-@pytest.mark.xfail(strict=True, raises=NotImplementedError,
-                   reason="known gap (Loss API / families, not the API surface): our analytic KL compares "
-                          "Independent(Normal, 1) with a scalar Normal and finds no registered KL; Pixyz broadcasts "
-                          "the scalar prior (tensor([0.5, 2.0])). Remove this marker when it is fixed.")
-def test_kl_to_a_scalar_prior():
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "closed-forms"])
+def test_kl_to_a_scalar_prior(validate):
+    """A prior of scalar parameters (no features_shape) is broadcast to q's feature dims, as Pixyz does
+    (tensor([0.5, 2.0])), with argument validation on and off (off, the closed forms run where they apply)."""
+    pyro.enable_validation(validate)  # (the autouse fixture of conftest.py restores the session's setting)
     ref, ours = run_both(_kl_to_a_scalar_prior)
+    torch.testing.assert_close(ref, torch.tensor([0.5, 2.0]))
     assert_same(ref, ours)
