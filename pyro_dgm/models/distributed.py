@@ -168,3 +168,13 @@ class DataParalleledLoss(Loss):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
         return self.loss.eval(values, return_dict=True, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # as Pixyz's wrapper: what the wrapper lacks is the wrapped loss's (``DataParalleledLoss(kl).p``)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("loss") or self.__dict__.get("_modules", {}).get("loss")
+            if inner is None:
+                raise
+            return getattr(inner, name)

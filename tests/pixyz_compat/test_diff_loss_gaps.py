@@ -551,3 +551,21 @@ def test_model_call_forms_as_pixyz(validate: bool) -> None:
     pyro.enable_validation(validate)
     ref, ours = run_both(_models)
     assert_same(ref, ours, rtol=1e-5, atol=1e-5)
+
+
+def _data_paralleled_loss_passes_attributes_through():
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import DataParalleledLoss, KullbackLeibler
+
+    q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], name="p_{prior}")
+    wrapped = DataParalleledLoss(KullbackLeibler(q, prior))
+    return {"p": wrapped.p.prob_text, "q": wrapped.q.prob_text, "text": str(wrapped),
+            "value": wrapped.eval({"x": torch.linspace(-1., 1., 3).unsqueeze(1)})}
+
+
+def test_data_paralleled_loss_passes_attributes_through():
+    """Pixyz's wrapper answers what it lacks from the wrapped loss (``DataParalleledLoss(kl).p``)."""
+    ref, ours = run_both(_data_paralleled_loss_passes_attributes_through)
+    assert_same(ref, ours)
