@@ -12,6 +12,7 @@ a plain call, and under ``poutine.trace``/``condition``/``replay``/``plate``... 
 from __future__ import annotations
 
 import textwrap
+import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import networkx as nx
@@ -20,10 +21,11 @@ import torch
 from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor, nn
 
-from pyro_dgm.distributions.calls import _Binding, _Pass, _quiet
+from pyro_dgm.distributions.calls import SAMPLING_OPTIONS, _Binding, _Pass, _quiet, given_event_dim
 from pyro_dgm.utils.checks import as_var_list, check_present, describe
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
+from pyro_dgm.utils.latex import math_escape as _math_escape
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
@@ -62,14 +64,12 @@ class _EntryPoint:
         return self.fn.__get__(obj, objtype)
 
 
-_MODULE_NAMES: dict[str, int] = {}
-_SAMPLING_OPTIONS = frozenset({"batch_n", "sample_shape", "reparam", "sample_mean", "return_all"})
+#: id of a tensor that a distribution put in Pyro's param store -> (the tensor, the distribution), both weakly held
+_REGISTERED: dict[int, tuple["weakref.ref[Tensor]", "weakref.ref[Distribution]"]] = {}
 
 
-def _unique_module_name(text: str) -> str:
-    n = _MODULE_NAMES.get(text, 0)
-    _MODULE_NAMES[text] = n + 1
-    return text if n == 0 else f"{text}_{n}"
+def _forget(key: int) -> Any:
+    return lambda _: _REGISTERED.pop(key, None)
 
 
 def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
@@ -122,6 +122,8 @@ class Distribution(nn.Module):
     #: Whether a memoizing scope may reuse this distribution's network outputs; set it to ``False`` on a
     #: distribution whose ``forward`` is random (dropout), so that each use runs it.
     memoizable: bool = True
+    _pyro_name: str | None = None  # see pyro_name
+    _pyro_infer: dict[str, Any] | None = None  # see pyro_infer
     #: Buffers that ``print`` does not list (those Pixyz keeps as plain attributes, e.g. a PoE's weights).
     _repr_hidden_buffers: tuple[str, ...] = ()
 
@@ -143,6 +145,7 @@ class Distribution(nn.Module):
         self._input_var = list(self._cond_var)
         self._features_shape = torch.Size(features_shape)
         self._pyro_name: str | None = None
+        self._pyro_infer: dict[str, Any] | None = None
         self._order: tuple[Distribution, ...] = (self,)
 
     # ------------------------------------------------------------------ names and text
@@ -178,6 +181,57 @@ class Distribution(nn.Module):
             raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
         self._name = name
         NAMES_VERSION[0] += 1  # formulas printed before (cached term names of losses) are out of date
+
+    @property
+    def pyro_name(self) -> str:
+        """The name under which Pyro's param store holds this distribution's networks (``pyro.module``'s name:
+        parameters are ``<pyro_name>$$$<parameter>``); settable.
+
+        By default it is the formula, e.g. ``p(x|z)``: the same in every process and after rebuilding a model, so a
+        param store saved in one process loads into a fresh one by name. Two live distributions whose networks are in
+        the param store under the same name are refused at registration (give one its own name); a name held by a
+        distribution that no longer exists passes to the new one.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+        >>> q.pyro_name
+        'q(z|x)'
+        >>> q.pyro_name = "encoder"
+        >>> q.pyro_name
+        'encoder'
+        """
+        return self._pyro_name or self.prob_text
+
+    @pyro_name.setter
+    def pyro_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or "$$$" in name:
+            raise TypeError(f"{describe(self)}: pyro_name must be a non-empty string without '$$$' (Pyro's "
+                            f"separator of module and parameter names), got {name!r}")
+        self._pyro_name = name
+
+    @property
+    def pyro_infer(self) -> dict[str, Any]:
+        """Pyro's ``infer`` options of this distribution's sites (e.g. ``{"enumerate": "parallel"}`` to enumerate a
+        discrete variable under ``TraceEnum_ELBO``); settable, ``{}`` by default. A family takes them as the
+        ``infer=`` keyword too.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Categorical
+        >>> y = Categorical(probs=torch.ones(3) / 3, var=["y"], infer={"enumerate": "parallel"})
+        >>> y.pyro_infer
+        {'enumerate': 'parallel'}
+        """
+        return dict(self._pyro_infer or {})
+
+    @pyro_infer.setter
+    def pyro_infer(self, infer: Mapping[str, Any] | None) -> None:
+        if infer is not None and not isinstance(infer, Mapping):
+            raise TypeError(f"{describe(self)}: pyro_infer must be a dict of Pyro's infer options, e.g. "
+                            f"{{'enumerate': 'parallel'}}, got {type(infer).__name__}")
+        self._pyro_infer = dict(infer) if infer else None
 
     @property
     def features_shape(self) -> torch.Size:
@@ -226,10 +280,6 @@ class Distribution(nn.Module):
 
         return build_graph(self.factors, self)
 
-    def _graph_text_factors(self) -> tuple["Distribution", ...]:
-        """The factors ``print(dist.graph)`` lists, in the order they run."""
-        return self._order
-
     def extra_repr(self) -> str:
         lines = [f"name={self._name}, distribution_name={self.distribution_name},",
                  f"var={self._var}, cond_var={self._cond_var}, input_var={self._input_var}, "
@@ -249,7 +299,7 @@ class Distribution(nn.Module):
         return self.prob_joint_factorized_and_text
 
     def _repr_latex_(self) -> str:
-        return f"$${self._latex_text()}$$"
+        return f"$${_math_escape(self._latex_text())}$$"
 
     def print_latex(self) -> Any:
         """Show the formula as LaTeX (rendered in a notebook); see :func:`pyro_dgm.utils.print_latex`."""
@@ -282,7 +332,16 @@ class Distribution(nn.Module):
         for k in needed:
             if k not in values:
                 check_present(self, values, needed)
+        for k, v in values.items():
+            if not isinstance(v, Tensor) and type(v).__module__ == "numpy" and hasattr(v, "__array__"):
+                values[k] = self._from_numpy(v)
         return values
+
+    def _from_numpy(self, v: Any) -> Tensor:
+        """A numpy array given as a value: ``torch.as_tensor`` (its dtype kept, as ``torch.from_numpy``) on the
+        device of this distribution's parameters (docs/design.md, "dtypes and containers")."""
+        dev = next((t.device for t in self.buffers()), None) or next((t.device for t in self.parameters()), None)
+        return torch.as_tensor(v, device=dev)
 
     # ------------------------------------------------------------------ the generic ancestral loop
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None,
@@ -331,7 +390,7 @@ class Distribution(nn.Module):
         d = self.__dict__
         g_opt, f_opts = d.get("_dg_global_option"), d.get("_dg_options")
         if g_opt:  # Pixyz: global options reach the factors as keywords the call does not give
-            kwargs = {**{k: v for k, v in g_opt.items() if k not in _SAMPLING_OPTIONS}, **kwargs}
+            kwargs = {**{k: v for k, v in g_opt.items() if k not in SAMPLING_OPTIONS}, **kwargs}
         ctx = _Pass(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
         if not f_opts:
             for f in self._order:
@@ -350,7 +409,8 @@ class Distribution(nn.Module):
                         ctx.restore(saved)
         if return_all:
             return values
-        return {v: values[v] for v in self._var}
+        var = self._var  # in the order drawn, as Pixyz's
+        return {k: v for k, v in values.items() if k in var}
 
     def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True,
                      feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -390,7 +450,7 @@ class Distribution(nn.Module):
             needed = self._scored_var = list(self._var) + [v for v in self.required_input_var if v not in self._var]
         values = self._input_dict(x_dict, needed)
         if kwargs:  # sampling options a loss passes along for its sampling terms are not network arguments
-            kwargs = {k: v for k, v in kwargs.items() if k not in _SAMPLING_OPTIONS}
+            kwargs = {k: v for k, v in kwargs.items() if k not in SAMPLING_OPTIONS}
         ctx = _Pass(kwargs=kwargs)
         total: Tensor | None = None
         f_opts = self.__dict__.get("_dg_options")
@@ -409,7 +469,8 @@ class Distribution(nn.Module):
         return self.get_log_prob(x_dict, **kwargs)
 
     # ------------------------------------------------------------------ Pyro model / guide
-    def _run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Tensor]:
+    def _run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any],
+                  guide: bool = False) -> dict[str, Tensor]:
         values = dict(data) if data is not None else {}
         values.update(kwargs)
         required = self.required_input_var
@@ -419,14 +480,47 @@ class Distribution(nn.Module):
             f._register()
         batch_n = self._data_batch_n(values)
         ctx = _Pass(batch_n=batch_n, reparam=True, obs=dict(values))
+        order = self._order
+        if guide:  # in a guide a given variable is an input, not a site (Pyro's semi-supervised guides)
+            order = tuple(f for f in order if not all(v in values for v in f.var))
         if any(getattr(m, "dim", None) == -1 for m in _PYRO_STACK):  # the caller's plate covers the batch dim
-            for f in self._order:
+            for f in order:
                 f._draw(values, ctx)
             return values
-        with pyro.plate("data", batch_n or 1, dim=-1):
-            for f in self._order:
+        with pyro.plate("data", 1 if batch_n is None else batch_n, dim=-1):
+            for f in order:
                 f._draw(values, ctx)
         return values
+
+    def _positional_data(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], role: str) -> dict[str, Any]:
+        """The data of ``model(*args, **kwargs)``: a dict (or ``None``) as the only positional argument, or tensors
+        in the order of :attr:`pyro_arg_names` (a guide's: its input variables) not given by name."""
+        if len(args) == 1 and (args[0] is None or isinstance(args[0], Mapping)):
+            return dict(args[0] or {})
+        order = self.pyro_arg_names if role == "model" else list(self._input_var)
+        names = [v for v in order if v not in kwargs]
+        if len(args) > len(names) or any(isinstance(a, Mapping) for a in args):
+            raise TypeError(f"{describe(self)}: {role}() takes its data by name, e.g. {role}("
+                            f"{', '.join(f'{v}=...' for v in (order or self._var))}), or as "
+                            f"{len(names)} positional value(s) in the order {names}; got {len(args)} positional "
+                            "argument(s)")
+        return dict(zip(names, args))
+
+    @property
+    def pyro_arg_names(self) -> list[str]:
+        """The variables that ``model`` (and ``SVI.step``) takes positionally, in order: the input variables, then
+        the variables no factor is conditioned on (the observed data of a joint, e.g. ``x`` of :math:`p(x|z)p(z)`).
+        A ``guide`` takes only its input variables positionally (``q.guide(x)``); pass the others by name.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> joint = Normal(loc="z", scale=1., var=["x"], cond_var=["z"]) * Normal(loc=0., scale=1., var=["z"])
+        >>> joint.pyro_arg_names, Normal(loc="x", scale=1., var=["z"], cond_var=["x"]).pyro_arg_names
+        (['x'], ['x', 'z'])
+        """
+        used = {v for f in self._order for v in f.input_var}
+        return list(self._input_var) + [v for v in self._var if v not in used and v not in self._input_var]
 
     def _data_batch_n(self, values: Mapping[str, Any]) -> int | None:
         """The batch size of the data (dim 0 of the first given variable): factors without inputs draw that many."""
@@ -436,7 +530,7 @@ class Distribution(nn.Module):
                 return x.shape[0]
         return None
 
-    def _model(self, data: Mapping[str, Any] | None = None, /, **data_kwargs: Any) -> dict[str, Tensor]:
+    def _model(self, *args: Any, **data_kwargs: Any) -> dict[str, Tensor]:
         """This distribution as a Pyro model: ``pyro.sample`` per variable, observed where ``data`` gives it.
 
         The networks are registered with ``pyro.module``, so ``pyro.infer.SVI`` optimizes them. Variables in the
@@ -445,7 +539,8 @@ class Distribution(nn.Module):
         the batch dim is a ``pyro.plate("data", N, dim=-1)`` (unless the caller already opened a plate at dim -1),
         as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is. Pass the data as
         arguments (a model called with none, e.g. under ``poutine.condition``, cannot know ``N``: it draws one
-        value, so open ``pyro.plate`` yourself there). Returns all values by name.
+        value, so open ``pyro.plate`` yourself there): by name (``joint.model(x=x)``), as a dict, or positionally
+        in the order of :attr:`pyro_arg_names` (``joint.model(x)``, ``svi.step(x)``). Returns all values by name.
 
         Examples
         --------
@@ -456,23 +551,70 @@ class Distribution(nn.Module):
         >>> [(n, tr.nodes[n]["is_observed"]) for n in ("z", "x")]
         [('z', False), ('x', True)]
         """
-        return self._run_pyro(data, data_kwargs)
+        return self._run_pyro(self._positional_data(args, data_kwargs, "model") if args else None, data_kwargs)
 
-    def _guide(self, data: Mapping[str, Any] | None = None, /, **data_kwargs: Any) -> dict[str, Tensor]:
-        """This distribution as a Pyro guide; the same as :meth:`model` (variables given in the data are observed,
-        as in Pyro's semi-supervised guides), named for the role it plays in ``SVI(model, guide, ...)``."""
-        return self._run_pyro(data, data_kwargs)
+    def _guide(self, *args: Any, **data_kwargs: Any) -> dict[str, Tensor]:
+        """This distribution as a Pyro guide: :meth:`model`, except that a variable given in the data is an input,
+        not a site (as in Pyro's semi-supervised guides: ``q(z,y|x)`` called with ``y`` draws only ``z``, from
+        ``q(z|x,y)``), so an ELBO scores only what the guide draws. Positionally it takes its input variables only.
+
+        Examples
+        --------
+        >>> import pyro.poutine as poutine
+        >>> from pyro_dgm.distributions import Categorical, Normal
+        >>> q = Normal(loc="y", scale=1., var=["z"], cond_var=["y"]) * Categorical(
+        ...     probs=torch.ones(3) / 3, var=["y"])
+        >>> tr = poutine.trace(q.guide).get_trace(y=torch.eye(3))
+        >>> [n for n in tr.nodes if n in ("y", "z")]
+        ['z']
+        """
+        return self._run_pyro(self._positional_data(args, data_kwargs, "guide") if args else None, data_kwargs,
+                              guide=True)
 
     model = _EntryPoint(_model)
     guide = _EntryPoint(_guide)
 
     def _register(self) -> None:
-        """Register this factor's networks with ``pyro.module`` (once per model/guide call)."""
-        if next(self.parameters(), None) is None:
-            return
-        if self._pyro_name is None:
-            self._pyro_name = _unique_module_name(f"{self.prob_text}")
-        pyro.module(self._pyro_name, self)
+        """Register this factor's networks in Pyro's param store (once per model/guide call), as
+        ``pyro.module(self.pyro_name, self)`` does, under deterministic names (see :attr:`pyro_name`).
+
+        Where the store already holds a name with another tensor: a live distribution's is refused, a dead one's
+        is replaced by ours, and one that no distribution registered (``param_store.load(...)``) is loaded into our
+        parameter (shapes checked), which then takes its place, so the module and the store share one tensor.
+        """
+        name = self._pyro_name or self.prob_text
+        store = None
+        for pname, prm in self.named_parameters():
+            if not prm.requires_grad:
+                continue  # as pyro.module: frozen parameters are not Pyro's to optimize
+            full = f"{name}$$${pname}"
+            if store is None:
+                store = pyro.get_param_store()
+            cur = store._params.get(full)
+            if cur is not None and cur is not prm:
+                self._take_name(store, full, prm, cur)
+            pyro.param(full, prm)
+            if id(prm) not in _REGISTERED:
+                _REGISTERED[id(prm)] = (weakref.ref(prm, _forget(id(prm))), weakref.ref(self))
+
+    def _take_name(self, store: Any, full: str, prm: Tensor, cur: Tensor) -> None:
+        entry = _REGISTERED.get(id(cur))
+        if entry is not None and entry[0]() is cur:  # a distribution of this process put it there
+            owner = entry[1]()
+            if owner is not None and owner is not self:
+                raise ValueError(f"{describe(self)}: Pyro's param store already holds {full!r} for another live "
+                                 f"distribution, {describe(owner)}, with the same pyro_name "
+                                 f"{full.split('$$$')[0]!r}; give one of them its own name (dist.pyro_name = "
+                                 "'decoder', or pyro_name='decoder' when building a family), or call "
+                                 "pyro.clear_param_store() if the other one is no longer used")
+        else:  # loaded from a file (or set by pyro.param): its value is this parameter's
+            if cur.shape != prm.shape:
+                raise ValueError(f"{describe(self)}: Pyro's param store holds {full!r} with shape "
+                                 f"{tuple(cur.shape)}, but this distribution's parameter has shape "
+                                 f"{tuple(prm.shape)}; the stored parameters belong to another network")
+            with torch.no_grad():
+                prm.copy_(cur)
+        store[full] = prm
 
     # ------------------------------------------------------------------ per-factor hooks (atomic subclasses)
     @property
@@ -497,36 +639,44 @@ class Distribution(nn.Module):
     def _batch_ndim(b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> int:
         """How many leading dims of this factor's parameters are batch dims.
 
-        A value drawn in this pass knows its event dims; a value given from outside has one batch dim (Pixyz).
-        A factor without inputs has the batch dim of its constant parameters (size 1); ``sample_shape`` comes on
-        top of that, after the event dims are set.
+        A value drawn in this pass knows its event dims; a value given from outside has one batch dim (Pixyz),
+        except inside Pyro, where :func:`~pyro_dgm.distributions.calls.given_event_dim` may know better (the site
+        of an active trace that holds it, or the plates). A factor without inputs has the batch dim of its
+        constant parameters (size 1); ``sample_shape`` comes on top of that, after the event dims are set.
         """
         if not b.input_var:
             return 1  # sample_shape is added after the feature dims are reinterpreted as event dims
         n = 1
         ev = ctx.event_dims
+        in_pyro = None
         for v in b.input_var:
             e = ev.get(v)
+            if e is None:
+                if in_pyro is None:
+                    in_pyro = bool(_PYRO_STACK) and not _quiet(_PYRO_STACK)
+                if in_pyro:  # inside Pyro: a value that an active trace holds as a site has that site's event dims
+                    e = given_event_dim(values[v], ctx)
             if e is not None:
                 d = values[v].dim() - e
                 if d > n:
                     n = d
         return n
 
-    @staticmethod
-    def _site(name: str, fn: Any, ctx: _Pass) -> Tensor:
+    def _site(self, name: str, fn: Any, ctx: _Pass) -> Tensor:
         """One ``pyro.sample`` site; observed in a model/guide run when the data holds ``name``."""
         obs = ctx.obs
+        infer = self._pyro_infer
         if obs is not None:
             if name in obs:
                 return pyro.sample(name, fn, obs=obs[name])
-            return pyro.sample(name, fn)
+            return pyro.sample(name, fn, infer=dict(infer)) if infer else pyro.sample(name, fn)
         stack = _PYRO_STACK
         if stack and not _quiet(stack):
+            opts = {"infer": dict(infer)} if infer else {}
             if ctx.reparam:
-                return pyro.sample(name, fn)
+                return pyro.sample(name, fn, **opts)
             with torch.no_grad():
-                return pyro.sample(name, fn)
+                return pyro.sample(name, fn, **opts)
         # what pyro.sample does when no handler is active (or only ones that ignore sample sites, see _quiet)
         if ctx.reparam:
             return fn.rsample() if fn.has_rsample else fn.sample()

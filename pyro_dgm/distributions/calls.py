@@ -11,19 +11,26 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 from pyro.poutine.runtime import _PYRO_STACK, effectful
+from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
 
-from pyro_dgm.poutine.memoize_messenger import MemoizeMessenger
+from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES, MemoizeMessenger
 from pyro_dgm.utils.checks import describe
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["run_network", "expand_batch_n", "forward_binding", "forward_extras"]
+__all__ = ["run_network", "expand_batch_n", "forward_binding", "forward_extras", "given_event_dim",
+           "SAMPLING_OPTIONS"]
 
 
 def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The network call itself, through this thread's innermost memoizing scope if one is open (the function of
+    the ``"dgm_params"`` effect: what runs when no handler on Pyro's stack gives the value)."""
+    scopes = MEMO_SCOPES.stack
+    if scopes:
+        return scopes[-1].call(module, args, kwargs)
     return module(*args, **kwargs)
 
 
@@ -43,22 +50,24 @@ def _quiet(stack: list[Any]) -> bool:
 def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """Run a distribution's network: the effect ``"dgm_params"`` that a memoizing handler answers.
 
-    With no handler active it is ``module(*args, **kwargs)``; with only memoizers active (and handlers that ignore
-    it, see :func:`_quiet`) it asks the innermost memoizer directly, without building a Pyro message; otherwise
-    it goes through Pyro's handler stack.
+    With no Pyro handler active, or only handlers that ignore it (see :func:`_quiet`), it asks this thread's
+    innermost memoizing scope directly (or calls ``module(*args, **kwargs)`` when none is open), without building a
+    Pyro message; otherwise it goes through Pyro's handler stack, whose default answer is the same. The memoizing
+    scopes are per thread (:func:`pyro_dgm.poutine.memoize_messenger.active_memo`): another thread's never answers.
     """
     stack = _PYRO_STACK
-    if not stack:
-        return module(*args, **kwargs)
-    if _quiet(stack):
-        for m in reversed(stack):
-            if type(m) is MemoizeMessenger:
-                return m.call(module, args, kwargs)
+    if not stack or _quiet(stack):
+        scopes = MEMO_SCOPES.stack
+        if scopes:
+            return scopes[-1].call(module, args, kwargs)
         return module(*args, **kwargs)
     return _effectful_network(module, *args, **kwargs)
 
 
 _NO_SHAPE = torch.Size()
+#: The keywords of a sampling call (``Distribution.sample``'s options): a loss's ``eval`` passes them on to the terms
+#: that draw, and they are never a network's argument (one definition for the distributions and the losses).
+SAMPLING_OPTIONS = frozenset({"batch_n", "sample_shape", "reparam", "sample_mean", "return_all"})
 _FORWARD_KEYWORDS: dict[type, frozenset[str] | None] = {}
 
 
@@ -88,7 +97,7 @@ def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str,
 class _Pass:
     """The state of one ancestral pass: the options of the call and the event dims of what it drew so far."""
 
-    __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs")
+    __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs", "given_dims")
 
     def __init__(self, batch_n: int | None = None, sample_shape: Iterable[int] = _NO_SHAPE, reparam: bool = False,
                  sample_mean: bool = False, obs: Mapping[str, Any] | None = None,
@@ -100,6 +109,7 @@ class _Pass:
         self.obs = obs  # None: not a Pyro model/guide run; else the observed values by name
         self.event_dims: dict[str, int] = {}
         self.kwargs = kwargs or {}
+        self.given_dims: dict[int, int | None] | None = None  # given_event_dim's answers in this pass
 
     def override(self, option: Mapping[str, Any]) -> tuple[Any, ...]:
         """Apply one factor's options (``graph.set_option``) for its draw; returns what :meth:`restore` needs."""
@@ -113,8 +123,7 @@ class _Pass:
             self.reparam = bool(option["reparam"])
         if "sample_mean" in option:
             self.sample_mean = bool(option["sample_mean"])
-        extra = {k: v for k, v in option.items()
-                 if k not in ("batch_n", "sample_shape", "reparam", "sample_mean", "return_all")}
+        extra = {k: v for k, v in option.items() if k not in SAMPLING_OPTIONS}
         if extra:
             self.kwargs = {**self.kwargs, **extra}
         return saved
@@ -122,6 +131,48 @@ class _Pass:
     def restore(self, saved: tuple[Any, ...]) -> None:
         """Undo :meth:`override`."""
         self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs = saved
+
+
+def given_event_dim(value: Any, ctx: _Pass) -> int | None:
+    """The event dims of a value given from outside a call inside Pyro: those of the site whose value it is in an
+    active trace (an enumerated, vectorized or posterior-predictive draw has batch dims on the left of the plates'
+    dims, which only its site knows); else, in a ``dist()``/``sample()`` call, as many batch dims as its leading
+    dims fit the active plates; else ``None`` (Pixyz's one batch dim applies).
+
+    Looked up once per value and pass, most recent sites first.
+    """
+    found = ctx.given_dims
+    if found is None:
+        found = ctx.given_dims = {}
+    key = id(value)
+    if key in found:
+        return found[key]
+    e = None
+    if isinstance(value, torch.Tensor) and value.dim() > 1:  # one dim or none: one batch dim in any case
+        for m in reversed(_PYRO_STACK):
+            if isinstance(m, TraceMessenger) and not m.param_only:
+                for site in reversed(m.trace.nodes.values()):
+                    if site.get("value") is value and site["type"] == "sample":
+                        e = len(site["fn"].event_shape)
+                        break
+                if e is not None:
+                    break
+        if e is None and ctx.obs is None:  # (the data of a model/guide call has no dims left of its plates)
+            e = _event_dim_by_plates(value)
+    found[key] = e
+    return e
+
+
+def _event_dim_by_plates(value: torch.Tensor) -> int | None:
+    """The event dims of a value that no trace holds, from the plates: its leading dims are batch dims as far as
+    they have the sizes of the plates at their positions; ``None`` when that is one dim (Pixyz's rule)."""
+    sizes = {m.dim: m.size for m in _PYRO_STACK if isinstance(m, IndepMessenger) and m.dim is not None}
+    depth = -min(sizes, default=-1)
+    shape = value.shape
+    for n in range(min(depth, len(shape)), 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1 of the plates
+        if all(sizes.get(i - n, shape[i]) == shape[i] for i in range(n)):
+            return len(shape) - n
+    return None
 
 
 class _Binding:
@@ -155,6 +206,8 @@ class _Binding:
 def expand_batch_n(owner: Any, d: Any, batch_n: int) -> Any:
     """``d`` with its leading batch dim (of size 1) expanded to ``batch_n``; raises naming ``owner`` if it differs."""
     batch = d.batch_shape
+    if torch.jit.is_tracing():  # sizes are tensors there: no Python-side comparison (expand checks them)
+        return d.expand(torch.Size([batch_n]) + batch[1:])
     lead = batch[0] if batch else 1
     if lead == batch_n:
         return d

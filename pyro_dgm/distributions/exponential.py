@@ -1,12 +1,13 @@
 r"""The parametric families: each is its Pyro class and its parameter names.
 
 Pixyz scores Bernoulli variables with the cross-entropy form, so values in ``[0, 1]`` (grey-level pixels) are
-accepted, and so is any real value (Pixyz's own examples score ``torch.randn`` data). The relaxed families draw relaxed samples and score them under the hard distribution: RelaxedBernoulli
-as Pixyz does (the Bernoulli's cross-entropy), RelaxedCategorical by the categorical log-probability of the sample's
-arg-max. Pixyz scores a RelaxedCategorical sample, and computes its entropy, as if its classes were independent
-Bernoulli variables (a sum of per-class cross-entropies), which is not the log-probability of any categorical
-distribution; we keep the categorical's (``tests/pixyz_compat/test_diff_distributions.py`` shows both).
-Pixyz's Multinomial ignores ``total_count`` (it always draws one trial); ours uses it.
+accepted, and so is any real value (Pixyz's own examples score ``torch.randn`` data). The relaxed families draw
+relaxed samples and score them under the hard distribution: RelaxedBernoulli as Pixyz does (the Bernoulli's
+cross-entropy), RelaxedCategorical by the categorical log-probability of the sample's arg-max. Pixyz scores a
+RelaxedCategorical sample, and computes its entropy, as if its classes were independent Bernoulli variables (a sum
+of per-class cross-entropies), which is not the log-probability of any categorical distribution; we keep the
+categorical's (``tests/pixyz_compat/test_diff_distributions.py`` shows both). Pixyz's Multinomial ignores
+``total_count`` (it always draws one trial); ours uses it.
 """
 from __future__ import annotations
 

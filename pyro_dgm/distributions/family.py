@@ -17,7 +17,7 @@ from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.pixyz_protocol import adopt
 from pyro_dgm.distributions.calls import (_PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n, forward_binding,
                                           forward_extras, run_network)
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import describe, value_shape_problem
 from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["DistributionBase"]
@@ -248,6 +248,11 @@ class DistributionBase(Distribution):
                 bad = [k for k in out if k not in self._accepted]
                 raise ValueError(f"{describe(self)}: forward() returned unknown parameter {bad[0]!r}; "
                                  f"{self.distribution_name} takes {', '.join(sorted(self._accepted))}")
+            for v in b.input_var:  # an input with one dim is a batch of scalars (Pixyz's convention)
+                t = values[v]
+                if isinstance(t, Tensor) and t.dim() == 1 and t.shape[0] != 1:
+                    self._check_out_batch(b, values, out)
+                    break
             params.update(out)
         for p, v in b.param_vars:
             params[p] = values[v]
@@ -262,11 +267,35 @@ class DistributionBase(Distribution):
                                  f"{sorted(params)}")
         return params
 
+    def _check_out_batch(self, b: _Binding, values: Mapping[str, Any], out: Mapping[str, Any]) -> None:
+        """Refuse parameters whose batch dim matches no input's, when an input has one dim only: the network took
+        that input as one example (its dim as features), while a value with one dim is a batch of scalars, so every
+        later shape (and the loss) would be silently wrong (issue 13: ``x`` of shape ``[16]`` into a VAE)."""
+        sizes = {values[v].shape[0] for v in b.input_var if isinstance(values[v], Tensor) and values[v].dim() >= 1}
+        for k, t in out.items():
+            if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] != 1 and t.shape[0] not in sizes:
+                flat = [v for v in b.input_var if isinstance(values[v], Tensor) and values[v].dim() == 1]
+                given = ", ".join(f"{v!r} of shape {tuple(values[v].shape)}" for v in b.input_var
+                                  if isinstance(values[v], Tensor))
+                raise ValueError(f"{describe(self)}: forward() returned {k} of shape {tuple(t.shape)}, whose "
+                                 f"batch dim ({t.shape[0]}) is no input's batch dim (inputs: {given}). The first dim "
+                                 f"of a value is its batch dim, so {flat[0]!r} of shape "
+                                 f"{tuple(values[flat[0]].shape)} is a batch of {values[flat[0]].shape[0]} scalars, "
+                                 f"but the network took it as one example: give {flat[0]!r} a batch dim (shape "
+                                 f"{(1, *values[flat[0]].shape)} for one example, {flat[0]}.unsqueeze(0))")
+
     def _note_inputs(self, e: BaseException, b: _Binding, values: Mapping[str, Any]) -> None:
         """Say which distribution's network failed, and on which inputs (the error keeps its type)."""
         shapes = ", ".join(f"{v!r}: {tuple(values[v].shape) if isinstance(values[v], Tensor) else type(values[v])}"
                            for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw)))
-        e.add_note(f"while {describe(self)} ran forward() on {shapes}")
+        note = f"while {describe(self)} ran forward() on {shapes}"
+        own = next((t.dtype for t in self.parameters() if t.is_floating_point()), None)
+        other = [f"{v!r} is {values[v].dtype}" for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw))
+                 if isinstance(values[v], Tensor) and values[v].is_floating_point() and own is not None
+                 and values[v].dtype != own]
+        if other:  # values keep their dtype (docs/design.md): a float64 input meets float32 weights
+            note += f"; {', '.join(other)} while the network's parameters are {own} (convert with .to({own}))"
+        e.add_note(note)
 
     def _base(self, params: dict[str, Tensor], validate: bool | None = None) -> Any:
         """The Pyro distribution over the full parameter shape (no event dims reinterpreted).
@@ -558,7 +587,7 @@ class DistributionBase(Distribution):
                     feature_dims: Sequence[int] | None) -> Tensor:
         x = values[b.var[0]]
         if not isinstance(x, Tensor):
-            raise TypeError(f"{describe(self)}: the value of {b.var[0]!r} must be a tensor, got {type(x).__name__}")
+            x = self._value_tensor(b.var[0], x)
         if self._closed_lp is not None and (b.input_var or self._features_shape):
             got = self._closed_params(b, values, ctx)
             if got is not None and _TorchDistribution._validate_args and not closed_forms.valid_value(
@@ -566,6 +595,11 @@ class DistributionBase(Distribution):
                 got = None  # the general path raises torch's error about the value
             if got is not None:
                 ev = max(got[1] - self._batch_ndim(b, values, ctx), 0)
+                shape = None
+                for t in got[0].values():
+                    shape = t.shape if shape is None or shape == t.shape else broadcast_shape(shape, t.shape)
+                if x.shape != shape:  # checked before the closed form broadcasts it (issue 13)
+                    self._check_value(b.var[0], x.shape, shape, ev)
                 whole = sum_features and feature_dims is None
                 fn = self._closed_lp
                 if self._const_only and self._is_standard():
@@ -579,6 +613,9 @@ class DistributionBase(Distribution):
                     return lp if whole else self._sum_dims(lp, sum_features, feature_dims, "log-density")
         base, ev, _ = self._parts(b, values, ctx, expand=False, value=x)
         ev = max(ev, 0)
+        shape = base.batch_shape + base.event_shape
+        if x.shape != shape:
+            self._check_value(b.var[0], x.shape, shape, ev + len(base.event_shape))
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
         # batch) stay batch dims of theirs too, and the factors' log-densities have one shape
         ctx.event_dims[b.var[0]] = ev + len(base.event_shape)
@@ -592,6 +629,28 @@ class DistributionBase(Distribution):
         if sum_features and feature_dims is None:
             return lp.sum(tuple(range(-ev, 0))) if ev else lp
         return self._sum_dims(lp, sum_features, feature_dims, "log-density")
+
+    def _check_value(self, name: str, value_shape: torch.Size, shape: torch.Size, n_features: int) -> None:
+        """Raise ``ValueError`` if a value of ``value_shape`` would be broadcast over parameters of full shape
+        ``shape`` (of which the last ``n_features`` dims are feature dims); see
+        :func:`~pyro_dgm.utils.checks.value_shape_problem`."""
+        why = value_shape_problem(value_shape, shape, n_features)
+        if why is None:
+            return
+        k = len(shape) - min(n_features, len(shape))
+        raise ValueError(f"{describe(self)}: the value of {name!r} has shape {tuple(value_shape)}, but the "
+                         f"distribution has batch shape {tuple(shape[:k])} and feature shape {tuple(shape[k:])}, so "
+                         f"{name!r} should have shape {tuple(shape)} (leading sample dims allowed): {why}. A "
+                         "value's features are never broadcast over the parameters' (they would be scored more than "
+                         "once)")
+
+    def _value_tensor(self, name: str, x: Any) -> Tensor:
+        """A scored value that is not a tensor: a numpy array becomes one (``torch.as_tensor``, dtype kept, on the
+        device of the parameters); anything else raises ``TypeError``."""
+        if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
+            return self._from_numpy(x)
+        raise TypeError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array), got "
+                        f"{type(x).__name__}")
 
     def _sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:
         """Sum the element-wise ``t`` over ``feature_dims``; an out-of-range dim raises naming this distribution."""
