@@ -143,8 +143,7 @@ class MultiplyDistribution(Distribution):
         super().__init__(var=var, cond_var=cond, name=name)
         self._input_var = inputs
         self._factors = factors
-        self._factor_list = nn.ModuleList(factors)
-        self._graph = graph
+        self._graph = nn.ModuleList(factors)  # Pixyz's name: state_dict keys "_graph.0.<...>" as Pixyz's
         self._pg = pg
         ids = {id(f) for f in factors}
         order = tuple(n for n in nx.topological_sort(pg) if not isinstance(n, str) and id(n) in ids)
@@ -168,6 +167,9 @@ class MultiplyDistribution(Distribution):
     def prob_factorized_text(self) -> str:
         """The factors from the last drawn to the first (Pixyz's order: ``p(x|z)p(z)`` whichever way multiplied)."""
         return "".join(f.prob_text for f in reversed(self._order))
+
+    def __repr__(self) -> str:
+        return repr(self.graph)  # Pixyz's: a product, renaming or marginalization shows as its graph's factors
 
     def extra_repr(self) -> str:
         return ""

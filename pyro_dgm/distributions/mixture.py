@@ -484,16 +484,16 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
                                                                                         weight_modalities]
         if len(weights) != len(experts) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"{owner}: expected {len(experts)} non-negative weights (one per expert), got {weights}")
-        if not features_shape:
-            features_shape = next((e.features_shape for e in experts if e.features_shape), torch.Size())
         super().__init__(var=var, cond_var=_ordered_union(*(e.cond_var for e in experts)), name=name,
-                         features_shape=features_shape)
+                         features_shape=features_shape)  # as given (Pixyz's; the experts decide the shapes)
         self.p = nn.ModuleList(experts)
         self.register_buffer("weight_modalities", torch.tensor(weights))
 
+    _repr_hidden_buffers = ("weight_modalities",)  # a plain attribute in Pixyz, not printed
+
     @property
     def distribution_name(self) -> str:
-        return "MixtureOfNormal"
+        return "Normal"  # Pixyz's (its MixtureOfNormal is a Normal subclass)
 
     # ------------------------------------------------------------------ Pixyz's torch-object API
     # Pixyz's MixtureOfNormal is a Normal whose batch is split into blocks, one per expert; ours is the mixture, so

@@ -10,7 +10,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.calls import _Binding, _Pass
 from pyro_dgm.distributions.joint import MultiplyDistribution, pixyz_graph
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import check_var_name, describe
 from pyro_dgm.utils.latex import latex_name
 
 __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
@@ -30,6 +30,7 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
         if not isinstance(new, str) or not new:
             raise TypeError(f"{describe(d)}.replace_var: the new name of {old!r} must be a non-empty string, "
                             f"got {new!r}")
+        check_var_name(new, f"{describe(d)}.replace_var", f"the new name of {old!r}: the")
     hidden = set(d.marginalize_list) if isinstance(d, MarginalizeVarDistribution) else set()
     renamed = [replace_dict.get(v, v) for v in names | hidden]
     if len(set(renamed)) != len(renamed):

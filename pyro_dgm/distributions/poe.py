@@ -69,8 +69,8 @@ class ProductOfNormal(OptionalInputs, Normal):
     >>> print(q.prob_joint_factorized_and_text)
     q(z|x,y) \propto p(z)q_{x}(z|x)q_{y}(z|y)
     >>> params = q.get_params({"x": torch.tensor([[3.0]]), "y": torch.tensor([[1.0]])})
-    >>> params["loc"], params["scale"] ** 2  # precisions 1 + 1 + 4, mean (3 + 4) / 6
-    (tensor([[1.1667]]), tensor([[0.1667]]))
+    >>> params["loc"], params["scale"] ** 2  # precisions 1 + 1 + 4, mean (3 + 4) / 6 (each its own shape)
+    (tensor([[1.1667]]), tensor([0.1667]))
     >>> q.get_params({"x": torch.tensor([[3.0]])})["loc"]  # y missing: prior and q_x only
     tensor([[1.5000]])
     """
@@ -99,10 +99,11 @@ class ProductOfNormal(OptionalInputs, Normal):
         if len(weights) != n:
             raise ValueError(f"{owner}: expected {n} weights (the prior's, then one per expert), got {len(weights)}")
         cond = _ordered_union(*(e.cond_var for e in experts), prior.cond_var if prior is not None else [])
-        if not features_shape:
-            features_shape = next((e.features_shape for e in [*experts, prior] if e is not None and e.features_shape),
-                                  torch.Size())
+        # the shape of the prior's zeros when no expert is given; features_shape itself stays as given (Pixyz's)
+        prior_shape = torch.Size(features_shape) or next(
+            (e.features_shape for e in [*experts, prior] if e is not None and e.features_shape), torch.Size())
         super().__init__(var=var, cond_var=cond, name=name, features_shape=features_shape)
+        self._prior_shape = prior_shape
         self.p = nn.ModuleList(experts)
         self.prior = prior
         self.register_buffer("weight_modalities", torch.tensor(weights))
@@ -149,7 +150,7 @@ class ProductOfNormal(OptionalInputs, Normal):
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
         w0 = self.weight_modalities[0]
         if self.prior is None:
-            num: Tensor = torch.zeros((1, *self._features_shape), dtype=w0.dtype, device=w0.device)
+            num: Tensor = torch.zeros((1, *self._prior_shape), dtype=w0.dtype, device=w0.device)
             den: Tensor = w0.expand_as(num)
         else:
             pp = site_params(self.prior, m, values, ctx)
@@ -157,8 +158,7 @@ class ProductOfNormal(OptionalInputs, Normal):
             num = den * pp["loc"]
         for tn, td in self._expert_terms(m, values, ctx):
             num, den = num + tn, den + td
-        loc, scale = torch.broadcast_tensors(num / den, torch.rsqrt(den))
-        return {"loc": loc, "scale": scale}
+        return {"loc": num / den, "scale": torch.rsqrt(den)}  # each its own shape, as Pixyz's (they broadcast)
 
     def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
             value: Tensor | None = None) -> tuple[Any, Any]:

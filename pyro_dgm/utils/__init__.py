@@ -1,5 +1,10 @@
 """Small helpers shared by the layers: error text (:mod:`.checks`), printing (:mod:`.latex`) and shapes
 (:mod:`.shapes`), plus Pixyz's ``pixyz.utils`` helpers with Pixyz's behaviour (:mod:`.dicts`, :mod:`.settings`)."""
+#: Pixyz's numerical epsilon (``pixyz.utils._EPSILON``), read by :func:`epsilon` and set by :func:`set_epsilon`
+_EPSILON = 1e-07
+#: the memoizing cache's size as last set (``pixyz.utils._CACHE_MAXSIZE``), read by :func:`cache_maxsize`
+_CACHE_MAXSIZE = 128
+
 from pyro_dgm.utils.dicts import (FrozenSampleDict, delete_dict_values, detach_dict, get_dict_values, replace_dict_keys,
                                   replace_dict_keys_split, sum_samples, tolist)
 from pyro_dgm.utils.latex import convert_latex_name, print_latex

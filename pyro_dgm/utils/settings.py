@@ -14,8 +14,6 @@ __all__ = ["epsilon", "set_epsilon", "cache_maxsize", "set_cache_maxsize", "lru_
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_EPSILON: list[float] = [1e-07]
-_UNBOUNDED = [False]  # set_cache_maxsize(None) was asked (functools.lru_cache's "no limit")
 
 
 def set_epsilon(eps: float) -> None:
@@ -27,7 +25,7 @@ def set_epsilon(eps: float) -> None:
     1e-06
     >>> set_epsilon(1e-07)
     """
-    _EPSILON[0] = eps
+    sys.modules["pyro_dgm.utils"]._EPSILON = eps  # type: ignore[attr-defined]
 
 
 def epsilon() -> float:
@@ -41,13 +39,15 @@ def epsilon() -> float:
     >>> torch.log(torch.tensor(0.) + epsilon())
     tensor(-16.1181)
     """
-    return _EPSILON[0]
+    # read from the package, as Pixyz's module global is: ``mock.patch("pyro_dgm.utils._EPSILON", ...)`` works
+    return sys.modules["pyro_dgm.utils"]._EPSILON  # type: ignore[attr-defined,no-any-return]
 
 
 def set_cache_maxsize(cache_maxsize: int | None) -> None:
     """Set how many network results one memoizing scope keeps (:func:`pyro_dgm.poutine.set_cache_maxsize`).
 
-    ``0`` turns memoization off; ``None`` (functools' "no limit") keeps every result of the scope.
+    ``0`` turns memoization off; ``None`` (functools' "no limit") keeps every result of the scope. The value is
+    recorded in ``pyro_dgm.utils._CACHE_MAXSIZE`` (Pixyz's module global), which :func:`cache_maxsize` reads.
 
     Examples
     --------
@@ -58,28 +58,23 @@ def set_cache_maxsize(cache_maxsize: int | None) -> None:
     """
     from pyro_dgm.poutine.memoize_messenger import set_cache_maxsize as _set
 
-    if cache_maxsize is None:
-        _set(sys.maxsize)
-    else:
-        _set(cache_maxsize)
-    _UNBOUNDED[0] = cache_maxsize is None
+    _set(sys.maxsize if cache_maxsize is None else cache_maxsize)
+    sys.modules["pyro_dgm.utils"]._CACHE_MAXSIZE = cache_maxsize  # type: ignore[attr-defined]
 
 
 def cache_maxsize() -> int | None:
-    """The memoizing scope's size (``None`` after ``set_cache_maxsize(None)``).
+    """The size last set with :func:`set_cache_maxsize` (``None`` means no limit).
 
     Our default (128 network results per loss evaluation) differs from Pixyz's (20 entries of its global cache):
     the two caches do not count the same things, and the value changes no result, only how often networks rerun.
+    As in Pixyz, it is read from the module global ``_CACHE_MAXSIZE``, so ``mock.patch`` of it works.
 
     Examples
     --------
     >>> cache_maxsize()
     128
     """
-    from pyro_dgm.poutine.memoize_messenger import get_cache_maxsize
-
-    size = get_cache_maxsize()
-    return None if _UNBOUNDED[0] and size == sys.maxsize else size
+    return sys.modules["pyro_dgm.utils"]._CACHE_MAXSIZE  # type: ignore[attr-defined,no-any-return]
 
 
 def lru_cache_for_sample_dict() -> Callable[[F], F]:

@@ -218,12 +218,18 @@ def test_log_prob_matches_torch(name: str, data: Any) -> None:
     fam = FAMILIES[name]
     case = data.draw(cases(fam))
     p = build(fam, case.kwargs)
-    # constants are buffers of shape [1, *features_shape] holding what was given
+    # constants are buffers of shape [1, *features_shape] holding what was given; as in Pixyz, when features_shape
+    # is inferred, numbers given before the first tensor parameter (in Pixyz's parameter order) have shape [1]
     assert p.features_shape == torch.Size(case.fshape)
-    for k, v in case.kwargs.items():
-        if k != "features_shape":
-            assert p.get_buffer(k).shape == (1, *case.fshape)
-            assert_close(p.get_buffer(k), torch.as_tensor(v, dtype=torch.float32).expand(case.fshape)[None])
+    leading = not case.kwargs.get("features_shape")
+    order = list(p.buffer_order or ())
+    for k in sorted((k for k in case.kwargs if k != "features_shape"),
+                    key=lambda k: order.index(k) if k in order else len(order)):
+        v = torch.as_tensor(case.kwargs[k], dtype=torch.float32)
+        leading = leading and v.dim() == 0
+        want = (1,) if leading else (1, *case.fshape)
+        assert p.get_buffer(k).shape == want
+        assert_close(p.get_buffer(k), v.expand(want[1:])[None])
 
     torch.manual_seed(case.seed)
     x = fam.values(case.ref, case.batch)
