@@ -17,7 +17,7 @@ from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.pixyz_protocol import adopt
 from pyro_dgm.distributions.calls import (_PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n, forward_binding,
                                           forward_extras, run_network)
-from pyro_dgm.utils.checks import describe, value_shape_problem
+from pyro_dgm.utils.checks import STRICT_SHAPES, describe, value_shape_problem
 from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["DistributionBase"]
@@ -249,7 +249,7 @@ class DistributionBase(Distribution):
                 raise ValueError(f"{describe(self)}: forward() returned unknown parameter {bad[0]!r}; "
                                  f"{self.distribution_name} takes {', '.join(sorted(self._accepted))}")
             for v in b.input_var:  # an input with one dim is a batch of scalars (Pixyz's convention)
-                t = values[v]
+                t = values.get(v)
                 if isinstance(t, Tensor) and t.dim() == 1 and t.shape[0] != 1:
                     self._check_out_batch(b, values, out)
                     break
@@ -271,12 +271,12 @@ class DistributionBase(Distribution):
         """Refuse parameters whose batch dim matches no input's, when an input has one dim only: the network took
         that input as one example (its dim as features), while a value with one dim is a batch of scalars, so every
         later shape (and the loss) would be silently wrong (issue 13: ``x`` of shape ``[16]`` into a VAE)."""
-        sizes = {values[v].shape[0] for v in b.input_var if isinstance(values[v], Tensor) and values[v].dim() >= 1}
+        given_t = {v: values[v] for v in b.input_var if isinstance(values.get(v), Tensor)}
+        sizes = {t.shape[0] for t in given_t.values() if t.dim() >= 1}
         for k, t in out.items():
             if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] != 1 and t.shape[0] not in sizes:
-                flat = [v for v in b.input_var if isinstance(values[v], Tensor) and values[v].dim() == 1]
-                given = ", ".join(f"{v!r} of shape {tuple(values[v].shape)}" for v in b.input_var
-                                  if isinstance(values[v], Tensor))
+                flat = [v for v, u in given_t.items() if u.dim() == 1]
+                given = ", ".join(f"{v!r} of shape {tuple(u.shape)}" for v, u in given_t.items())
                 raise ValueError(f"{describe(self)}: forward() returned {k} of shape {tuple(t.shape)}, whose "
                                  f"batch dim ({t.shape[0]}) is no input's batch dim (inputs: {given}). The first dim "
                                  f"of a value is its batch dim, so {flat[0]!r} of shape "
@@ -595,11 +595,14 @@ class DistributionBase(Distribution):
                 got = None  # the general path raises torch's error about the value
             if got is not None:
                 ev = max(got[1] - self._batch_ndim(b, values, ctx), 0)
-                shape = None
+                xs = x.shape
                 for t in got[0].values():
-                    shape = t.shape if shape is None or shape == t.shape else broadcast_shape(shape, t.shape)
-                if x.shape != shape:  # checked before the closed form broadcasts it (issue 13)
-                    self._check_value(b.var[0], x.shape, shape, ev)
+                    if t.shape != xs:  # checked before the closed form broadcasts it (issue 13)
+                        shape = None
+                        for t in got[0].values():
+                            shape = t.shape if shape is None or shape == t.shape else broadcast_shape(shape, t.shape)
+                        self._check_value(b.var[0], xs, shape, ev)
+                        break
                 whole = sum_features and feature_dims is None
                 fn = self._closed_lp
                 if self._const_only and self._is_standard():
@@ -634,8 +637,15 @@ class DistributionBase(Distribution):
         """Raise ``ValueError`` if a value of ``value_shape`` would be broadcast over parameters of full shape
         ``shape`` (of which the last ``n_features`` dims are feature dims); see
         :func:`~pyro_dgm.utils.checks.value_shape_problem`."""
+        key = (value_shape, shape, n_features, STRICT_SHAPES[0])
+        seen = self.__dict__.get("_shapes_ok")
+        if seen is not None and key in seen:
+            return
         why = value_shape_problem(value_shape, shape, n_features)
         if why is None:
+            if seen is None or len(seen) > 64:
+                seen = self.__dict__["_shapes_ok"] = set()
+            seen.add(key)
             return
         k = len(shape) - min(n_features, len(shape))
         raise ValueError(f"{describe(self)}: the value of {name!r} has shape {tuple(value_shape)}, but the "

@@ -1,7 +1,8 @@
 """One place for the checks whose error text names the distribution, the variable and what was expected."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import contextlib
+from typing import Any, Iterable, Iterator, Sequence
 
 
 def describe(obj: Any) -> str:
@@ -21,9 +22,39 @@ def as_var_list(names: Any, owner: str, arg: str) -> list[str]:
     for v in out:
         if not isinstance(v, str) or not v:
             raise TypeError(f"{owner}: {arg} must hold non-empty strings, got {v!r}")
+        check_var_name(v, owner, arg)
     if len(set(out)) != len(out):
         raise ValueError(f"{owner}: {arg}={out} names a variable twice")
     return out
+
+
+#: Characters that are the syntax of a formula (``p(x,y|z)``) or end its math block (``$``), and white space: a
+#: variable name holding one prints as something else (``var=["x,y"]`` as a joint over ``x`` and ``y``).
+_FORMULA_SYNTAX = frozenset(",|()$") | frozenset(" \t\n\r\f\v")
+
+
+def check_var_name(name: str, owner: str, arg: str = "var") -> None:
+    """Refuse a variable name that a formula would print as something else (``ValueError``).
+
+    Names are Python identifiers in practice (they are ``forward``'s argument names); to keep every name a Pixyz
+    program may use (``z'``, ``x_{t}``, ``h-1``), only the formula's own syntax is refused: ``,``, ``|``,
+    ``(``, ``)``, ``$`` and white space.
+
+    Examples
+    --------
+    >>> check_var_name("x_1", "Normal p", "var")
+    >>> check_var_name("x,y", "Normal p", "var")
+    Traceback (most recent call last):
+    ...
+    ValueError: Normal p: var name 'x,y' holds ',', which formulas use as syntax (p(x,y|z)), so it would print as \
+something else; use an identifier such as 'x_y'
+    """
+    bad = _FORMULA_SYNTAX.intersection(name)
+    if bad:
+        c = sorted(bad)[0]
+        fix = "".join("_" if ch in _FORMULA_SYNTAX else ch for ch in name).strip("_") or "x"
+        raise ValueError(f"{owner}: {arg} name {name!r} holds {c!r}, which formulas use as syntax (p(x,y|z)), so it "
+                         f"would print as something else; use an identifier such as {fix!r}")
 
 
 def check_present(owner: Any, given: Iterable[str], needed: Sequence[str], what: str = "input") -> None:
@@ -34,3 +65,101 @@ def check_present(owner: Any, given: Iterable[str], needed: Sequence[str], what:
         names = ", ".join(repr(v) for v in missing)
         raise ValueError(f"{describe(owner)}: missing {what} variable{'s' if len(missing) > 1 else ''} {names}; "
                          f"expected values for {list(needed)}, got {sorted(given)}")
+
+
+#: Whether scored values must match the batch dims too (see :func:`strict_shapes`); Pixyz's default: no.
+STRICT_SHAPES = [False]
+
+
+@contextlib.contextmanager
+def strict_shapes(enabled: bool = True) -> Iterator[None]:
+    """Within the block, a scored value must also match the batch dims of the other inputs (opt-in).
+
+    By default (Pixyz's behaviour, which Pixyz programs rely on, e.g. one value drawn with batch size 1 scored
+    under a batch of conditionals) the batch dims of a value broadcast as torch broadcasts them; only its feature
+    dims must be the distribution's. Here a value of batch size 1 (or without a batch dim) scored under a batch
+    of parameters is refused too. No cost where shapes agree: it is read only when they differ.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> p = Normal(loc="m", scale=1., var=["x"], cond_var=["m"])
+    >>> p.get_log_prob({"x": torch.zeros(1, 3), "m": torch.zeros(5, 3)}).shape  # Pixyz's broadcast
+    torch.Size([5])
+    >>> with strict_shapes():
+    ...     p.get_log_prob({"x": torch.zeros(1, 3), "m": torch.zeros(5, 3)})
+    Traceback (most recent call last):
+    ...
+    ValueError: Normal p(x|m): the value of 'x' has shape (1, 3), ...
+    """
+    was = STRICT_SHAPES[0]
+    STRICT_SHAPES[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        STRICT_SHAPES[0] = was
+
+
+def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_features: int,
+                        strict: bool | None = None) -> str | None:
+    """Why a value of ``value_shape``, scored under parameters of full shape ``shape`` whose last ``n_features``
+    dims are feature dims, would be silently broadcast into a wrong number, or ``None`` if it is scored as it should.
+
+    The rule (docs/design.md, "Shapes of scored values"): parameters may broadcast over the value (a dim of size 1
+    in ``shape``: a scalar parameter scored on a batch), so each element of the value is scored once; the value's
+    feature dims may not broadcast over the parameters' (a size-1 or missing feature dim where the distribution has
+    more: the same number would be scored several times). Its batch dims broadcast as in Pixyz (a value of batch
+    size 1 under a batch of parameters, extra leading sample dims on either side), unless ``strict`` (default:
+    :func:`strict_shapes`): then a value that holds a batch (two dims or more once its leading size-1 dims are
+    dropped) may still be scored under each of the parameters' extra leading dims (``x`` of shape ``[B, D]`` under
+    ``p(x|z)`` with ``z`` of shape ``[L, B, Z]``), but nothing else of it is broadcast. Plain tuple arithmetic: the
+    caller compares the two shapes first.
+
+    Examples
+    --------
+    >>> value_shape_problem((5, 3), (1, 3), 1) is None, value_shape_problem((2, 5, 3), (5, 3), 1) is None
+    (True, True)
+    >>> value_shape_problem((5, 1), (5, 3), 1)
+    'its dim 1 has size 1 where the distribution has 3 features'
+    >>> value_shape_problem((1, 3), (5, 3), 1) is None  # Pixyz's broadcast of a batch of one
+    True
+    >>> value_shape_problem((1, 3), (5, 3), 1, strict=True)
+    'its dim 0 has size 1 where the distribution has a batch of 5'
+    """
+    vs, ps = tuple(value_shape), tuple(shape)
+    n, m = len(vs), len(ps)
+    nf = min(n_features, m)
+    for i in range(1, nf + 1):  # feature dims, from the right
+        p = ps[-i]
+        if i > n:
+            if p != 1:
+                return f"it has no dim for the distribution's feature dim {m - i} of size {p}"
+            continue
+        v = vs[-i]
+        if v != p and p != 1:
+            return f"its dim {n - i} has size {v} where the distribution has {p} features"
+    if strict is None:
+        strict = STRICT_SHAPES[0]
+    if not strict:  # batch dims: torch's broadcasting, as Pixyz (a mismatch torch refuses is reported here)
+        for i in range(nf + 1, min(n, m) + 1):
+            v, p = vs[-i], ps[-i]
+            if v != p and p != 1 and v != 1:
+                return f"its dim {n - i} has size {v} where the distribution has a batch of {p}"
+        return None
+    core = vs
+    while core and core[0] == 1:
+        core = core[1:]
+    c = len(core)
+    for i in range(nf + 1, min(c, m) + 1):
+        v, p = core[-i], ps[-i]
+        if v != p and p != 1:
+            return f"its dim {n - i} has size {v} where the distribution has a batch of {p}"
+    if c < 2:  # a value without a batch of its own is not scored under a batch of parameters
+        for j in range(m - max(c, nf) - 1, -1, -1):
+            if ps[j] != 1:
+                k = n - (m - j)
+                if k >= 0:
+                    return f"its dim {k} has size 1 where the distribution has a batch of {ps[j]}"
+                return f"it has no dim for the distribution's batch dim {j} of size {ps[j]}"
+    return None

@@ -43,13 +43,33 @@ def prob_text(name: str, var: Sequence[str], cond_var: Sequence[str] = ()) -> st
     return text + ")"
 
 
+def math_escape(text: str) -> str:
+    r"""``text`` made safe inside a math block: a ``$`` not already escaped becomes ``\$`` (a bare ``$`` ends the
+    block, so ``$$`` in a name would end a notebook's formula). Text without ``$`` comes back unchanged.
+
+    Examples
+    --------
+    >>> print(math_escape("p_{a$$b}(x)"), math_escape(r"p_{\$}(x)"), math_escape("p(x|z)"))
+    p_{a\$\$b}(x) p_{\$}(x) p(x|z)
+    """
+    if "$" not in text:
+        return text
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "$" and (i == 0 or text[i - 1] != "\\"):
+            out.append("\\$")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def print_latex(obj: Any) -> Any:
     """Show ``obj``'s formula: as rendered math in IPython/Jupyter, as plain LaTeX text elsewhere.
 
     ``obj`` is a distribution or a loss (anything with ``_latex_text()``). Returns the IPython ``Math`` object
     when IPython is installed (so a notebook cell displays it), else prints the text and returns it.
     """
-    text = obj._latex_text()
+    text = math_escape(obj._latex_text())
     try:
         from IPython.display import Math
     except ImportError:

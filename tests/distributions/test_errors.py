@@ -332,12 +332,12 @@ def test_marginalize_var_errors(p, prior):
 
 # ---------------------------------------------------------------------------------------------- shapes
 def test_scoring_a_value_with_the_wrong_feature_shape(prior):
-    with pytest.raises(ValueError, match=names("Normal p_{prior}(z)", "'z'", "(4, 3)", "event shape (2,)")):
+    with pytest.raises(ValueError, match=names("Normal p_{prior}(z)", "'z'", "(4, 3)", "feature shape (2,)")):
         prior.get_log_prob({"z": torch.zeros(4, 3)})
     with pytest.raises(ValueError, match=names("Normal p_{prior}(z)", "'z'", "(4,)")):
         prior.get_log_prob({"z": torch.zeros(4)})
     p = Net(lambda z: {"loc": z, "scale": torch.ones_like(z)})
-    with pytest.raises(ValueError, match=names("Net p(x|z)", "'x'", "(2, 4)", "event shape (3,)")):
+    with pytest.raises(ValueError, match=names("Net p(x|z)", "'x'", "(2, 4)", "feature shape (3,)")):
         p.get_log_prob({"z": Z["z"], "x": torch.zeros(2, 4)})
     with pytest.raises(ValueError, match=names("Net p(x|z)", "'x'", "(2, 4)")):  # inside a joint
         (p * prior.replace_var(z="w")).get_log_prob({"z": Z["z"], "x": torch.zeros(2, 4), "w": torch.zeros(2, 2)})

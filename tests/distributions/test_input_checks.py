@@ -1,0 +1,310 @@
+"""Input checks of the Distribution API (issue 13, items 1, 2, 9 and 10), against Pixyz 0.3.3 and torch.
+
+* Shapes of scored values: a value's feature dims must be the distribution's (Pixyz silently scores a value of the
+  wrong feature shape several times: refused here, with the value Pixyz gives next to the right one); its batch
+  dims broadcast as in Pixyz (Pixyz programs rely on it), or must match under ``strict_shapes()`` (opt-in).
+  Hypothesis tries value shapes and finds no silent broadcast: a value is accepted exactly when the rule says so,
+  and then its log-density is Pixyz's (torch's formula on the broadcast value).
+* A one-dim input that a network took as one example (``x`` of shape ``[16]`` into a VAE) is reported as a shape
+  error, not as a missing analytic KL (or, as in Pixyz, a silently wrong loss).
+* Variable names that a formula would print as something else are refused; ``$`` is escaped in LaTeX output; a
+  distribution's name is typeset as Pixyz typesets it (``p_1`` -> ``p_{1}``).
+* dtypes and containers: values keep their dtype (torch's promotion, Pixyz's numbers), numpy arrays are converted.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from pyro_dgm.distributions import Bernoulli, Normal, closed_forms
+from pyro_dgm.losses import Expectation as E
+from pyro_dgm.losses import KullbackLeibler, LogProb
+from pyro_dgm.utils.checks import strict_shapes
+
+pixyz = pytest.importorskip("pixyz", reason="pixyz==0.3.3 (the test extra) is the reference")
+
+
+# ------------------------------------------------------------------------------------------------ shapes (item 1)
+def _conditional(lib: str, family: str = "Normal") -> nn.Module:
+    """p(y|x) with 3 features from x of 4 features, the same weights under both libraries."""
+    mod = __import__(f"{lib}.distributions", fromlist=[family])
+    base = getattr(mod, family)
+
+    class P(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["x"], name="p")
+            torch.manual_seed(0)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = self.fc(x)
+            if family == "Normal":
+                return {"loc": h, "scale": torch.ones_like(h)}
+            return {"probs": torch.sigmoid(h)}
+
+    return P()
+
+
+X = torch.linspace(-1, 1, 20).reshape(5, 4)
+REFUSED = [(5, 1), (), (1, 1), (3, 1), (5, 3, 1), (5,)]  # feature dims broadcast: Pixyz scores them several times
+ACCEPTED = [(5, 3), (2, 5, 3), (1, 5, 3), (1, 3), (3,), (5, 1, 3)]  # Pixyz's numbers (batch dims broadcast)
+
+
+@pytest.mark.parametrize("shape", ACCEPTED, ids=str)
+@pytest.mark.parametrize("closed", [True, False], ids=["closed_form", "general_path"])
+def test_accepted_shapes_give_pixyz_numbers(shape: tuple[int, ...], closed: bool) -> None:
+    y = torch.linspace(-2, 2, math.prod(shape)).reshape(shape)
+    ref = _conditional("pixyz").get_log_prob({"x": X, "y": y})
+    ours = _conditional("pyro_dgm")
+    if closed:
+        got = ours.get_log_prob({"x": X, "y": y})
+    else:
+        with closed_forms.disabled():
+            got = ours.get_log_prob({"x": X, "y": y})
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("shape", REFUSED, ids=str)
+@pytest.mark.parametrize("closed", [True, False], ids=["closed_form", "general_path"])
+@pytest.mark.parametrize("family", ["Normal", "Bernoulli"])
+def test_feature_broadcasts_are_refused_naming_everything(shape: tuple[int, ...], closed: bool, family: str) -> None:
+    y = torch.full(shape, 0.5)
+    p = _conditional("pyro_dgm", family)
+    match = rf"P p\(y\|x\).*'y'.*shape {re.escape(str(shape))}.*feature shape \(3,\).*\(5, 3\)"
+    with pytest.raises(ValueError, match=match):
+        if closed:
+            p.get_log_prob({"x": X, "y": y})
+        else:
+            with closed_forms.disabled():
+                p.get_log_prob({"x": X, "y": y})
+
+
+def test_pixyz_scores_a_broadcast_feature_several_times() -> None:
+    """Why the refusal is right: Pixyz's log-density of ``y`` of shape [5, 1] under 3 features is the density of
+    ``y`` copied into each feature, three times the one-feature value (a wrong number, no error)."""
+    y = torch.linspace(-1, 1, 5).reshape(5, 1)
+    p = _conditional("pixyz")
+    ref = p.get_log_prob({"x": X, "y": y})
+    copied = p.get_log_prob({"x": X, "y": y.expand(5, 3)})
+    torch.testing.assert_close(ref, copied)  # Pixyz: the one value scored as three features
+    with pytest.raises(ValueError, match="feature shape"):
+        _conditional("pyro_dgm").get_log_prob({"x": X, "y": y})
+
+
+def test_strict_shapes_refuses_batch_broadcasts_too() -> None:
+    p = _conditional("pyro_dgm")
+    for shape in [(1, 3), (3,), (5, 1, 3)]:
+        p.get_log_prob({"x": X, "y": torch.zeros(shape)})  # Pixyz's broadcast by default
+        with strict_shapes(), pytest.raises(ValueError, match=r"'y'.*batch"):
+            p.get_log_prob({"x": X, "y": torch.zeros(shape)})
+    with strict_shapes():  # a batch under the draws of a sample_shape is still scored under each draw
+        assert p.get_log_prob({"x": X, "y": torch.zeros(2, 5, 3)}).shape == (2,)
+        q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+        pz = Normal(loc="z", scale=1., var=["y"], cond_var=["z"])
+        z = q.sample({"x": torch.zeros(5, 3)}, sample_shape=[4])["z"]
+        assert pz.get_log_prob({"z": z, "y": torch.zeros(5, 3)}).shape == (4,)
+
+
+def test_constant_factors_keep_pixyz_shapes() -> None:
+    """Scalar constants (no features_shape): every dim after the first is a feature dim, as in Pixyz."""
+    for lib in ("pixyz", "pyro_dgm"):
+        mod = __import__(f"{lib}.distributions", fromlist=["Normal"])
+        scalar = mod.Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["y"])
+        three = mod.Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["y"])
+        out = [scalar.get_log_prob({"y": torch.ones(s)}) for s in [(5, 3), (5, 1), (3,), (), (2, 5, 3), (5, 4)]]
+        out += [three.get_log_prob({"y": torch.ones(s)}) for s in [(5, 3), (1, 3), (3,), (2, 5, 3)]]
+        if lib == "pixyz":
+            ref = out
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(a, b)
+    for s in [(), (5, 1), (1, 1), (3, 1)]:
+        with pytest.raises(ValueError, match=r"Normal p\(y\).*'y'"):
+            three.get_log_prob({"y": torch.ones(s)})
+
+
+SIZES = st.sampled_from([1, 2, 3, 5])
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.lists(SIZES, max_size=4).map(tuple), family=st.sampled_from(["Normal", "Bernoulli"]),
+       closed=st.booleans(), strict=st.booleans())
+def test_hypothesis_finds_no_silent_broadcast(shape: tuple[int, ...], family: str, closed: bool,
+                                              strict: bool) -> None:
+    """Accepted exactly when the value's feature dims are the distribution's (and, strictly, its batch dims are
+    the other inputs' or leading sample dims); when accepted, the number is Pixyz's (torch on the broadcast)."""
+    p = _conditional("pyro_dgm", family)
+    y = torch.rand(shape)
+    params = p.get_params({"x": X})
+    pshape = (5, 3)
+    try:
+        full = torch.broadcast_shapes(shape, pshape)
+    except RuntimeError:
+        full = None
+    padded = (1,) * max(0, 1 - len(shape)) + shape
+    ok = full is not None and padded[-1] == 3
+    if strict and ok:
+        core = shape
+        while core and core[0] == 1:
+            core = core[1:]
+        ok = len(core) >= 2 and core[-2] == 5
+    with strict_shapes(strict):
+        try:
+            if closed:
+                got = p.get_log_prob({"x": X, "y": y})
+            else:
+                with closed_forms.disabled():
+                    got = p.get_log_prob({"x": X, "y": y})
+        except ValueError as e:
+            assert not ok, f"{shape}: refused, but it is scored correctly: {e}"
+            assert "'y'" in str(e) and str(tuple(shape)) in str(e) and "(5, 3)" in str(e)
+            return
+    assert ok, f"{shape}: accepted, but the value is broadcast over the parameters"
+    cls = torch.distributions.Normal if family == "Normal" else None
+    if cls is not None:
+        lp = cls(params["loc"], params["scale"]).log_prob(y)
+    else:
+        pr, yy = torch.broadcast_tensors(params["probs"], y)
+        lp = -nn.functional.binary_cross_entropy(pr, yy, reduction="none")
+    ref = lp.sum(tuple(range(1, lp.dim()))) if lp.dim() > 1 else lp
+    torch.testing.assert_close(got, ref)
+
+
+def test_sample_shape_estimates_keep_working() -> None:
+    """An expectation over several draws scores a batch of data under each draw (Pixyz's IWAE-style shapes)."""
+    q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"], name="p")
+    torch.manual_seed(0)
+    x = torch.randn(6, 3)
+    torch.manual_seed(1)
+    z = q.sample({"x": x}, sample_shape=[4])["z"]
+    lp = p.get_log_prob({"z": z, "x": x})
+    ref = torch.distributions.Normal(z, 1.).log_prob(x).sum((1, 2))
+    torch.testing.assert_close(lp, ref)
+    import pixyz.distributions as pd
+    import pixyz.losses as pl
+
+    qr = pd.Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    pr = pd.Normal(loc="z", scale=1., var=["x"], cond_var=["z"], name="p")
+    torch.manual_seed(1)
+    ref_mc = pl.Expectation(qr, pl.LogProb(pr), sample_shape=[4]).eval({"x": x})
+    torch.manual_seed(1)  # the same random numbers for our draws
+    torch.testing.assert_close(E(q, LogProb(p), sample_shape=[4]).eval({"x": x}), ref_mc)
+
+
+# ------------------------------------------------------------------------------------------- missing batch (item 2)
+def _vae(lib: str) -> tuple:
+    mod = __import__(f"{lib}.distributions", fromlist=["Normal", "Bernoulli"])
+    losses = __import__(f"{lib}.losses", fromlist=["KullbackLeibler"])
+
+    class Q(mod.Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            torch.manual_seed(0)
+            self.fc1, self.fc21, self.fc22 = nn.Linear(16, 8), nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = torch.relu(self.fc1(x))
+            return {"loc": self.fc21(h), "scale": nn.functional.softplus(self.fc22(h))}
+
+    class G(mod.Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(4, 16)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"probs": torch.sigmoid(self.fc(z))}
+
+    q, p = Q(), G()
+    prior = mod.Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[4],
+                       name="p_{prior}")
+    loss = (losses.KullbackLeibler(q, prior) - losses.Expectation(q, losses.LogProb(p))).mean()
+    return loss, q
+
+
+def test_an_input_without_its_batch_dim_is_named() -> None:
+    """Pixyz takes ``x`` of shape [16] as 16 examples of no feature while the network reads one example: its loss
+    mixes a per-pixel reconstruction with one KL (a wrong number, no error). Here: a ValueError about the shape."""
+    x = torch.rand(16)
+    ref_loss, _ = _vae("pixyz")
+    torch.manual_seed(1)
+    wrong = ref_loss.eval({"x": x})  # Pixyz: a number ...
+    torch.manual_seed(1)
+    per_example = ref_loss.eval({"x": x[None]})  # ... that is not the loss of the one example
+    assert not torch.allclose(wrong, per_example)
+    loss, q = _vae("pyro_dgm")
+    for run in (lambda: loss.eval({"x": x}), lambda: q.sample({"x": x}), lambda: KullbackLeibler(
+            q, Normal(loc=0., scale=1., var=["z"], features_shape=[4])).eval({"x": x})):
+        with pytest.raises(ValueError, match=r"q\(z\|x\).*'x' of shape \(16,\).*batch dim.*\(1, 16\)"):
+            run()
+    assert loss.eval({"x": x[None]}).shape == ()  # one example, with its batch dim
+    # a one-dim input that is a batch (one scalar per example) is fine
+    p = Normal(loc="t", scale=1., var=["y"], cond_var=["t"])
+    assert p.sample({"t": torch.zeros(7)})["y"].shape == (7,)
+
+
+# --------------------------------------------------------------------------------------------------- names (item 9)
+@pytest.mark.parametrize("bad", ["x,y", "x|y", "f(x)", "a$$b", "x y", "x\n"])
+def test_variable_names_that_print_as_something_else_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match=rf"Normal p: var name {re.escape(repr(bad))}"):
+        Normal(loc=0., scale=1., var=[bad])
+    with pytest.raises(ValueError, match="cond_var name"):
+        Normal(loc=0., scale=1., var=["z"], cond_var=[bad])
+    with pytest.raises(ValueError, match="replace_var"):
+        Normal(loc=0., scale=1., var=["z"]).replace_var(z=bad)
+
+
+def test_names_pixyz_accepts_still_print_as_in_pixyz() -> None:
+    import pixyz.distributions as pd
+
+    for name, var in [("p_1", ["z'"]), ("p_{prior}", ["x_{t}"]), ("q1", ["h_prev"]), ("p", ["z1"])]:
+        ref = pd.Normal(loc=0., scale=1., var=var, name=name)
+        ours = Normal(loc=0., scale=1., var=var, name=name)
+        assert ours.prob_text == ref.prob_text and ours.name == ref.name
+    assert Normal(loc=0., scale=1., var=["x"], name="p_1").prob_text == "p_{1}(x)"
+
+
+def test_dollar_signs_are_escaped_in_latex() -> None:
+    from pyro_dgm.utils.latex import math_escape
+
+    p = Normal(loc=0., scale=1., var=["x"], name="p_{a$$b}")
+    assert p.prob_text == "p_{a$$b}(x)"  # Pixyz's text is kept
+    assert p._repr_latex_() == r"$$p_{a\$\$b}(x)$$"  # one math block, not three
+    assert math_escape(r"\$x") == r"\$x" and math_escape("p(x)") == "p(x)"
+
+
+# ------------------------------------------------------------------------------------------ dtypes, numpy (item 10)
+def test_values_keep_their_dtype_as_in_pixyz() -> None:
+    """Torch's promotion, Pixyz's numbers: float64 values give a float64 log-density, integer values the
+    parameters' float dtype (Pixyz's Bernoulli raises on integers; its Normal gives this value)."""
+    ours, ref = _conditional("pyro_dgm"), _conditional("pixyz")
+    y = torch.linspace(-1, 1, 15).reshape(5, 3)
+    for v in (y.double(), y.round().long()):
+        a, b = ours.get_log_prob({"x": X, "y": v}), ref.get_log_prob({"x": X, "y": v})
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b)
+    bern = _conditional("pyro_dgm", "Bernoulli")
+    ints = torch.tensor([[0, 1, 1]] * 5)
+    torch.testing.assert_close(bern.get_log_prob({"x": X, "y": ints}), bern.get_log_prob({"x": X, "y": ints.float()}))
+
+
+def test_numpy_arrays_are_converted() -> None:
+    """Pixyz refuses numpy arrays (a ValueError or an unhashable-type TypeError); here they are tensors, dtype
+    kept (as torch.from_numpy), scored and fed to networks as the same tensor would be."""
+    p = _conditional("pyro_dgm")
+    y = np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3)
+    torch.testing.assert_close(p.get_log_prob({"x": X.numpy(), "y": y}),
+                               p.get_log_prob({"x": X, "y": torch.from_numpy(y)}))
+    assert p.sample({"x": X.numpy()})["y"].shape == (5, 3)
+    with pytest.raises(RuntimeError) as info:  # float64 data into float32 weights: torch's error, with a note
+        p.sample({"x": X.double().numpy()})
+    assert "'x' is torch.float64" in "".join(getattr(info.value, "__notes__", []))
+    with pytest.raises(TypeError, match=r"P p\(y\|x\).*'y'.*list"):
+        p.get_log_prob({"x": X, "y": [[0.0] * 3] * 5})
