@@ -16,7 +16,6 @@ attributes, so reading ``self.p`` on the training path never goes through ``nn.M
 """
 from __future__ import annotations
 
-import contextlib
 import numbers
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -24,6 +23,7 @@ import torch
 from pyro.infer import ELBO as _PyroELBO
 from torch import Tensor, nn
 
+from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.utils.checks import check_present
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
@@ -42,13 +42,9 @@ PREC_MUL = 20   # a b
 PREC_FUNC = 25  # \log p(x): an operator name without brackets
 PREC_ATOM = 100  # bracketed or single symbols: mean \left(...\right), D_{KL} \left[...\right], x, 2
 
-#: Keyword options of ``eval`` that belong to loss terms (``IterativeLoss``'s ``mask``), not to networks.
-LOSS_OPTIONS = frozenset({"mask"})
-
-# State of the evaluation in progress: the depth of nested ``eval`` calls (the outermost opens the memoizing scope)
-# and, when ``return_terms=True`` was asked, the value each loss node took.
-_DEPTH = [0]
-_RECORDERS: list[dict[int, Tensor]] = []
+#: Keyword options of ``eval`` that belong to loss terms (``IterativeLoss``'s ``mask``), not to networks (the name
+#: kept for code that imports it; :data:`pyro_dgm.losses.context.TERM_OPTIONS`).
+LOSS_OPTIONS = TERM_OPTIONS
 
 
 def ordered_union(*lists: Sequence[str]) -> list[str]:
@@ -63,12 +59,6 @@ def ordered_union(*lists: Sequence[str]) -> list[str]:
     for names in lists:
         out += [n for n in names if n not in out]
     return out
-
-
-def _memoize_scope() -> Any:
-    from pyro_dgm.poutine.memoize_messenger import MemoizeMessenger
-
-    return MemoizeMessenger()
 
 
 class Loss(nn.Module, _PyroELBO):
@@ -414,6 +404,14 @@ class Loss(nn.Module, _PyroELBO):
             zero rows (an empty batch) and the value is not finite on it (a mean over no rows; Pixyz returns NaN).
             A finite value on an empty batch (a sum over no rows is 0) is returned, as in Pixyz.
 
+        Notes
+        -----
+        The outermost call builds the evaluation's :class:`~pyro_dgm.losses.context.EvalContext` (memoizing scope,
+        term recorder, options split by consumer); an ``eval`` called from a term's ``forward`` while it runs (as
+        Pixyz's operators and user losses do) belongs to that evaluation
+        (:func:`~pyro_dgm.losses.context.current_context`). The context is per thread: separate losses may be
+        evaluated in several threads at once.
+
         Examples
         --------
         >>> import torch
@@ -428,17 +426,11 @@ class Loss(nn.Module, _PyroELBO):
          ...
         ValueError: AddLoss mean \left(- \log p(x) \right) + 0.5: missing input variable 'x'; ...
         """
-        if _DEPTH[0] and return_dict and not return_all and not return_terms and type(x_dict) is dict:
-            # a term evaluated by its parent, inside one evaluation: the values are the parent's (already a fresh
-            # dict that terms do not mutate), so skip the copies and the memoizing scope
-            for v in self._input_var:
-                if v not in x_dict and v not in self._optional_var:
-                    _raise_missing(self, x_dict, [v])
-            out = self.forward(x_dict, **kwargs)
-            loss, samples = out if type(out) is tuple else (out, {})
-            if _RECORDERS:
-                _RECORDERS[-1][id(self)] = loss
-            return loss, samples
+        ctx = current_context()
+        if ctx is not None and return_dict and not return_all and not return_terms and type(x_dict) is dict:
+            # a term evaluated by its parent's forward, inside one evaluation of this thread: the values are the
+            # parent's (already a fresh dict that terms do not mutate), so skip the copies
+            return self._evaluate(x_dict, ctx, kwargs)
         if x_dict is None:
             given: dict[str, Any] = {}
         elif type(x_dict) is dict or isinstance(x_dict, Mapping):
@@ -450,40 +442,61 @@ class Loss(nn.Module, _PyroELBO):
         if missing:
             _raise_missing(self, given, missing)
         inputs = {k: given[k] for k in self._input_var if k in given}
-        outer = _DEPTH[0] == 0
-        empty = _empty_inputs(inputs) if outer else None
-        recorder: dict[int, Tensor] | None = {} if return_terms else None
-        with (_memoize_scope() if outer else contextlib.nullcontext()):
-            if recorder is not None:
-                _RECORDERS.append(recorder)
-            _DEPTH[0] += 1
-            try:
-                out = self.forward(inputs, **kwargs)
-            except Exception as error:
-                if empty:
-                    _raise_empty(self, inputs, empty, f"evaluating it raised {type(error).__name__}: {error}", error)
-                raise
-            finally:
-                _DEPTH[0] -= 1
-                if recorder is not None:
-                    _RECORDERS.pop()
-        loss, samples = out if isinstance(out, tuple) else (out, {})
-        if outer and not isinstance(loss, Tensor) and not self._of_parameters_only():
-            loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
-        if outer and empty:
-            _check_empty_result(self, loss, inputs, empty)
-        if recorder is not None:  # this node itself may be a term (a formula whose top node is ``.named(...)``)
-            recorder[id(self)] = loss
-        if _RECORDERS:
-            _RECORDERS[-1][id(self)] = loss
+        if ctx is None:  # the entry: one context for the whole evaluation (memoizing scope, recorder, options)
+            ctx = EvalContext.build(kwargs, return_terms)
+            loss, samples = self._evaluate_outer(inputs, ctx, kwargs)
+            recorder = ctx.recorder
+        elif return_terms:  # a nested evaluation asked for its own terms: same scope and options, its own recorder
+            inner = ctx.with_recorder()
+            with inner:
+                loss, samples = self._evaluate(inputs, inner, kwargs)
+            recorder = inner.recorder
+            if ctx.recorder is not None:
+                ctx.recorder[id(self)] = loss
+        else:  # nested, with Pixyz's other return forms: the same evaluation
+            loss, samples = self._evaluate(inputs, ctx, kwargs)
+            recorder = None
         result: list[Any] = [loss]
         if return_dict:
             output = dict(given) if return_all else {}
             output.update(samples)
             result.append(output)
-        if recorder is not None:
+        if return_terms:
             result.append(self._terms(recorder))
         return result[0] if len(result) == 1 else tuple(result)
+
+    def _evaluate(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+        """``(value, samples)`` of this node inside the evaluation ``ctx``: checks the inputs, runs :meth:`forward`
+        and records the value. ``values`` are not copied."""
+        for v in self._input_var:
+            if v not in values and v not in self._optional_var:
+                _raise_missing(self, values, [v])
+        out = self.forward(values, **kwargs)
+        loss, samples = out if type(out) is tuple else (out, {})
+        if ctx.recorder is not None:
+            ctx.recorder[id(self)] = loss
+        return loss, samples
+
+    def _evaluate_outer(self, inputs: dict[str, Any], ctx: EvalContext,
+                        kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The outermost evaluation: under ``ctx`` (its memoizing scope open, this thread's current context), with
+        the checks made once per evaluation (an empty batch, a number where a tensor is due)."""
+        empty = _empty_inputs(inputs)
+        try:
+            with ctx:
+                out = self.forward(inputs, **kwargs)
+        except Exception as error:
+            if empty:
+                _raise_empty(self, inputs, empty, f"evaluating it raised {type(error).__name__}: {error}", error)
+            raise
+        loss, samples = out if isinstance(out, tuple) else (out, {})
+        if not isinstance(loss, Tensor) and not self._of_parameters_only():
+            loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
+        if empty:
+            _check_empty_result(self, loss, inputs, empty)
+        if ctx.recorder is not None:  # this node itself may be a term (a formula whose top node is ``.named(...)``)
+            ctx.recorder[id(self)] = loss
+        return loss, samples
 
     def _of_parameters_only(self) -> bool:
         """Whether every leaf of the formula is a :class:`~pyro_dgm.losses.special.Parameter`: then, as in Pixyz,

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor
 
-from pyro_dgm.losses.base import LOSS_OPTIONS, Loss, ordered_union
+from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.context import sampler_options
 from pyro_dgm.losses.pdf import _check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,8 +89,8 @@ class Expectation(Loss):
         return sympy.Symbol(rf"\mathbb{{E}}_{{{self.p.prob_text}}} \left[{self.f.loss_text} \right]")
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        # options meant for loss terms (IterativeLoss's mask) go to f, not to p's networks
-        sampler_kwargs = {k: v for k, v in kwargs.items() if k not in LOSS_OPTIONS} if kwargs else kwargs
+        # options meant for loss terms (IterativeLoss's mask) go to f, not to p's sampler (one rule: context.py)
+        sampler_kwargs = sampler_options(kwargs)
         results = []
         first: dict[str, Any] = {}
         for i in range(self.num_samples):

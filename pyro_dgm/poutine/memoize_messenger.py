@@ -1,16 +1,53 @@
-"""The memoizing effect handler: one network forward pass per distribution and inputs within one scope."""
+"""The memoizing effect handler: one network forward pass per distribution and inputs within one scope.
+
+Which scope answers a network call is per thread: each thread keeps its own stack of open memoizing scopes
+(:func:`active_memo` is the innermost), so a call is never answered from another thread's cache. Pyro's handler stack
+(``pyro.poutine.runtime._PYRO_STACK``) is one list for the whole process: a handler entered in one thread (a
+``poutine.trace``, ``condition``, SVI's parameter capture, or :func:`~pyro_dgm.poutine.memoize` used as a Pyro
+handler) is seen by every thread and must leave it in the order entered, so Pyro's handlers, ``SVI`` and
+``pyro.get_param_store()`` are not for concurrent use from several threads. ``Loss.eval`` and ``Model.train`` open
+their scope with ``pyro_stack=False``: nothing of theirs is put on Pyro's stack, and they may run in several threads
+on separate models.
+"""
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any, Hashable
 
 import torch
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import Message
 
-__all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize"]
+__all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES"]
 
-_MAXSIZE = [128]
+_MAXSIZE = [128]  # a setting (Pixyz's knob), not evaluation state: the same for every thread
+
+
+class _Scopes(threading.local):
+    stack: "list[MemoizeMessenger]"
+
+    def __init__(self) -> None:  # runs once in each thread that touches it
+        self.stack = []
+
+
+#: This thread's open memoizing scopes, innermost last (`MEMO_SCOPES.stack`): read on the hot path by
+#: :func:`pyro_dgm.distributions.calls.run_network`.
+MEMO_SCOPES = _Scopes()
+
+
+def active_memo() -> "MemoizeMessenger | None":
+    """The innermost memoizing scope open in this thread, or ``None``.
+
+    Examples
+    --------
+    >>> with MemoizeMessenger(pyro_stack=False) as m:
+    ...     active_memo() is m
+    True
+    >>> active_memo() is None
+    True
+    """
+    stack = MEMO_SCOPES.stack
+    return stack[-1] if stack else None
 
 
 def set_cache_maxsize(maxsize: int) -> None:
@@ -54,6 +91,15 @@ class MemoizeMessenger(Messenger):
     reused across optimizer steps never meets a stale graph. Keys use Python ints only, so a lookup never
     synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs.
 
+    The open scopes are per thread: a network call is answered by the innermost scope of the thread that makes it
+    (:func:`active_memo`), never by another thread's.
+
+    Parameters
+    ----------
+    pyro_stack : bool, default True
+        Also enter Pyro's handler stack (as any ``pyro.poutine`` handler; the stack is one for the process, see the
+        module's notes on threads). ``False`` opens a scope of this thread only, which is what ``Loss.eval`` does.
+
     Examples
     --------
     >>> import torch
@@ -73,13 +119,27 @@ class MemoizeMessenger(Messenger):
     1
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pyro_stack: bool = True) -> None:
         super().__init__()
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
+        self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
+
+    def __enter__(self) -> "MemoizeMessenger":
+        if self._pyro_stack:
+            super().__enter__()
+        MEMO_SCOPES.stack.append(self)
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         self._cache.clear()
-        return super().__exit__(*exc)
+        stack = MEMO_SCOPES.stack
+        if stack and stack[-1] is self:
+            stack.pop()
+        elif self in stack:  # left out of order after an error: drop it and the scopes opened inside it
+            del stack[stack.index(self):]
+        if self._pyro_stack:
+            return super().__exit__(*exc)
+        return None
 
     @staticmethod
     def _key(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable | None:
@@ -122,16 +182,6 @@ class MemoizeMessenger(Messenger):
         self.store(key, value, args)
         return value
 
-    def _pyro_dgm_params(self, msg: Message) -> None:
-        if msg["done"]:
-            return
-        module, *args = msg["args"]
-        _, hit = self.lookup(module, tuple(args), msg["kwargs"])
-        if hit is not None:
-            msg["value"], msg["done"] = hit, True
-
-    def _pyro_post_dgm_params(self, msg: Message) -> None:
-        if msg["value"] is None:
-            return
-        module, *args = msg["args"]
-        self.store(self._key(module, tuple(args), msg["kwargs"]), msg["value"], msg["args"])
+    # The "dgm_params" effect is answered by the effect's own function (``calls._call_network``), which asks this
+    # thread's innermost scope (:func:`active_memo`): a handler method here would also answer other threads' calls,
+    # since Pyro's handler stack is one for the process.
