@@ -14,6 +14,7 @@ in the table as "skipped: build failed ..." and the other rows still run.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
 
 import torch
@@ -148,11 +149,17 @@ def _vae_model_train(cfg: Any, data: Any, device: torch.device, mc: bool, memo: 
     return Built(step, value)
 
 
+_SVI_BUILDS = itertools.count()
+
+
 def _vae_svi(cfg: Any, data: Any, device: torch.device, mc: bool, memo: bool) -> Built:
     from pyro.infer import SVI
     from pyro.optim import Adam
 
     q, p, prior = _vae_dists(cfg, device)
+    n = next(_SVI_BUILDS)  # several contenders live in one process: each registers under its own Pyro names
+    for d in (q, p, prior):
+        d.pyro_name = f"{d.prob_text}#{n}"
     loss = _vae_loss(q, p, prior, mc)
     svi = SVI(p.model, q.guide, Adam({"lr": cfg.lr}), loss=loss)  # the loss evaluates its own formula
     batches = BatchCycle(data)
