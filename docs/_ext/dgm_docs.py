@@ -7,6 +7,7 @@
   entry of the same object under the package (``pyro_dgm.losses.LogProb``).
 - ``builder-inited`` draws the pictures of the model views page (:mod:`model_views`) into ``docs/_build/figures``.
 - The benchmarks page includes ``benchmarks/README.md`` when that file exists, and says so when it does not.
+- A tutorial executed at smoke size (``dgm_tutorials_smoke = True`` in ``conf.py``) says so in a note at its top.
 """
 from __future__ import annotations
 
@@ -45,11 +46,30 @@ def _submodules(package: Any) -> list[Any]:
     return out
 
 
-def api_sections(package_name: str) -> list[tuple[str, list[str]]]:
-    """``[(module name, [names to document there])]``: the package's ``__all__``, then each public submodule's
-    ``__all__`` names that are not the package's (by identity); sections with nothing left are dropped."""
+def home_package(obj: Any) -> str | None:
+    """The documented package that defines ``obj`` (by its ``__module__``), or None."""
+    module = getattr(obj, "__module__", None) or ""
+    for package in DOCUMENTED_PACKAGES:
+        if module == package or module.startswith(package + "."):
+            return package
+    return None
+
+
+def reexports(package_name: str) -> list[str]:
+    """The names of the package's ``__all__`` that another documented package defines (``pyro_dgm.losses`` offers
+    ``DataParalleledLoss`` of ``pyro_dgm.models`` as Pixyz does): documented there, linked from here."""
     package = importlib.import_module(package_name)
-    names = _public_names(package)
+    return [n for n in _public_names(package) if not _is_data(getattr(package, n))
+            and home_package(getattr(package, n)) not in (None, package_name)]
+
+
+def api_sections(package_name: str) -> list[tuple[str, list[str]]]:
+    """``[(module name, [names to document there])]``: the package's ``__all__`` (less :func:`reexports`), then each
+    public submodule's ``__all__`` names that are not the package's (by identity); sections with nothing left are
+    dropped."""
+    package = importlib.import_module(package_name)
+    elsewhere = set(reexports(package_name))
+    names = [n for n in _public_names(package) if n not in elsewhere]
     seen = {id(getattr(package, n)) for n in names if not _is_data(getattr(package, n))}
     sections = [(package_name, names)]
     for sub in _submodules(package):
@@ -131,6 +151,10 @@ class PackageAPI(SphinxDirective):
             aliases = {n: _alias_of(module, n, names) for n in names}
             lines += [f".. currentmodule:: {module_name}", "", ".. autosummary::", "   :nosignatures:", ""]
             lines += [f"   {n}" for n in names if aliases[n] is None] + [""]
+            if i == 0 and reexports(package_name):
+                links = ", ".join(f":py:obj:`{n} <{home_package(getattr(module, n))}.{n}>`"
+                                  for n in reexports(package_name))
+                lines += [f"Also importable from here: {links}.", ""]
             if any(aliases.values()):
                 also = ", ".join(f"``{n}`` (:py:obj:`{a}`)" for n, a in aliases.items() if a is not None)
                 lines += [f"Other names: {also}.", ""]
@@ -223,7 +247,25 @@ def include_benchmarks(app: Sphinx, docname: str, source: list[str]) -> None:
     source[0] = source[0].replace(BENCHMARK_MARKER, text)
 
 
+# ------------------------------------------------------------------------------------------------ tutorials
+SMOKE_NOTE = ("These outputs come from a smoke-size run (the site was built with PYRO_DGM_SMOKE=1): the training "
+              "loops took a few steps only, so losses and pictures are those of barely trained models; the code is the "
+              "same. Run the notebook, or build the site with make docs, for the full-size results.")
+
+
+def smoke_note(app: Sphinx, doctree: nodes.document) -> None:
+    """At the top of each tutorial built at smoke size (``dgm_tutorials_smoke``), a note that says so."""
+    if not app.config.dgm_tutorials_smoke or not app.env.docname.startswith("tutorials/0"):
+        return
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if section is None or not section.children or not isinstance(section[0], nodes.title):
+        return
+    section.insert(1, nodes.note("", nodes.paragraph(text=SMOKE_NOTE)))
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_config_value("dgm_tutorials_smoke", False, "env")
+    app.connect("doctree-read", smoke_note)
     app.add_directive("package-api", PackageAPI)
     app.connect("missing-reference", missing_reference)
     app.connect("builder-inited", draw_figures)

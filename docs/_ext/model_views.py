@@ -3,10 +3,14 @@ r"""The models drawn on the "Graph and LaTeX views" page, and the code that draw
 Each model is written with pyro_dgm as in the tutorials; :func:`draw_all` saves, for each one, ``<name>_graph.png``
 (``nx.draw_networkx(p.graph)``: one node per variable, an edge per conditioning variable, labelled with the factor)
 and ``<name>_latex.png`` (the formulas of the distributions and the loss, rendered with matplotlib's mathtext, which
-needs no LaTeX installation).
+needs no LaTeX installation). For the models of :data:`PYRO_VIEWS` it also saves ``pyro.render_model``'s pictures of
+the model and the guide (``<name>_pyro_*.svg``); those need Graphviz's ``dot`` program, so where it is missing the
+copies committed in ``docs/_static/views`` (made by ``python docs/_ext/model_views.py docs/_static/views --pyro``)
+are used instead.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +136,54 @@ def draw_latex(lines: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def draw_all(out: Path) -> list[Path]:
-    """Draw every model of :data:`MODELS` into ``out``; returns the files written."""
+# [pyro-start]
+def pyro_views(name: str, m: dict[str, Any]) -> dict[str, Any]:
+    """``{picture name: graphviz.Digraph}``: ``pyro.render_model`` of a model's ``model`` and its guide's ``guide``,
+    with the variables a batch observes given as keyword arguments (shaded nodes)."""
+    import pyro
+
+    torch.manual_seed(0)
+    x = torch.rand(5, 64).bernoulli()
+    y = nn.functional.one_hot(torch.arange(5), 10).float()
+    p, q = m["model"], m["others"][0]
+    views = {"model": pyro.render_model(p.model, model_kwargs={"x": x}, render_distributions=True),
+             "guide": pyro.render_model(q.guide, model_kwargs={"x": x}, render_distributions=True)}
+    if name == "m2":  # a labelled batch observes y too
+        views["model_labelled"] = pyro.render_model(p.model, model_kwargs={"x": x, "y": y},
+                                                    render_distributions=True)
+    return views
+
+
+def draw_pyro(name: str, m: dict[str, Any], out: Path) -> list[Path]:
+    """Save :func:`pyro_views` as ``<out>/<name>_pyro_<view>.svg`` (needs Graphviz's ``dot``)."""
+    written = []
+    for view, graph in pyro_views(name, m).items():
+        path = out / f"{name}_pyro_{view}.svg"
+        path.write_bytes(graph.pipe(format="svg"))
+        written.append(path)
+    return written
+# [pyro-end]
+
+
+PYRO_VIEWS = ["vae", "m2"]
+COMMITTED = Path(__file__).resolve().parents[1] / "_static" / "views"
+
+
+def draw_all(out: Path, pyro_only: bool = False) -> list[Path]:
+    """Draw every model of :data:`MODELS` into ``out``; returns the files written. The ``pyro.render_model``
+    pictures are rendered when ``dot`` is installed, else copied from :data:`COMMITTED`."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    for name in PYRO_VIEWS:
+        if shutil.which("dot"):
+            written += draw_pyro(name, MODELS[name](), out)
+        elif not pyro_only:
+            for f in sorted(COMMITTED.glob(f"{name}_pyro_*.svg")):
+                written.append(Path(shutil.copy(f, out / f.name)))
+        else:
+            raise RuntimeError("Graphviz's dot program is needed to render the pyro.render_model pictures")
+    if pyro_only:
+        return written
     for name, build in MODELS.items():
         m = build()
         graph, latex = out / f"{name}_graph.png", out / f"{name}_latex.png"
@@ -146,9 +194,10 @@ def draw_all(out: Path) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":  # python docs/_ext/model_views.py [folder]
+if __name__ == "__main__":  # python docs/_ext/model_views.py [folder] [--pyro: the render_model pictures only]
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the package from this checkout
-    for f in draw_all(Path(sys.argv[1] if len(sys.argv) > 1 else "out/model_views")):
+    args = [a for a in sys.argv[1:] if a != "--pyro"]
+    for f in draw_all(Path(args[0] if args else "out/model_views"), pyro_only="--pyro" in sys.argv):
         print(f)
