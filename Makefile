@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 	$(PY) -m pytest --validate-args=off tests/distributions tests/losses tests/models tests/poutine tests/flows \
-		tests/test_pyro_contract.py
+		tests/test_pyro_contract.py tests/pyro tests/pixyz_compat
 
 # the HTML documentation in docs/_build/html: API pages from the docstrings, the tutorials executed with their outputs
 # (a cell that raises fails the build; jupyter-cache reruns a notebook only when its code changed). `make docs` runs
