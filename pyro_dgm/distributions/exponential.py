@@ -191,7 +191,27 @@ class FactorizedBernoulli(Bernoulli):
     distribution_name: ClassVar[str] = "FactorizedBernoulli"  # type: ignore[misc]
 
 
-class RelaxedBernoulli(DistributionBase):
+class _Relaxed(DistributionBase):
+    """What the relaxed families share: Pixyz's parameters (``temperature`` after ``probs``/``logits`` in
+    ``params_keys``, after ``features_shape`` positionally), no ``sample_mean`` draw, and ``set_dist(sampling=...)``."""
+
+    param_groups = (("probs", "logits"), ("temperature",))  # Pixyz's params_keys order
+    buffer_order = ("probs", "logits", "temperature")
+    sample_mean_draws = False  # Pixyz: sample(sample_mean=True) raises NotImplementedError
+
+    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
+                 features_shape: Iterable[int] = torch.Size(), temperature: Any = 0.1, probs: Any = None, *,
+                 logits: Any = None, **kwargs: Any) -> None:
+        super().__init__(var, cond_var, name, features_shape, temperature=temperature, probs=probs, logits=logits,
+                         **kwargs)
+
+    def set_dist(self, x_dict: Any = {}, batch_n: int | None = None, sampling: bool = False,  # noqa: B006
+                 **kwargs: Any) -> None:
+        """Pixyz's ``set_dist``: the relaxed distribution when ``sampling``, else the hard one it scores under."""
+        self._set_torch_dist(x_dict, batch_n, not sampling, kwargs)
+
+
+class RelaxedBernoulli(_Relaxed):
     """Relaxed Bernoulli (binary Concrete) with ``temperature`` and ``probs``/``logits``.
 
     Samples are relaxed and reparameterized; ``get_log_prob`` scores them under the Bernoulli (as Pixyz).
@@ -205,21 +225,7 @@ class RelaxedBernoulli(DistributionBase):
     """
 
     pyro_dist = RelaxedBernoulliHardScore
-    param_groups = (("probs", "logits"), ("temperature",))  # Pixyz's params_keys order
-    buffer_order = ("probs", "logits", "temperature")
-    sample_mean_draws = False  # Pixyz: sample(sample_mean=True) raises NotImplementedError
     distribution_name: ClassVar[str] = "RelaxedBernoulli"  # type: ignore[misc]
-
-    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
-                 features_shape: Iterable[int] = torch.Size(), temperature: Any = 0.1, probs: Any = None, *,
-                 logits: Any = None, **kwargs: Any) -> None:
-        super().__init__(var, cond_var, name, features_shape, temperature=temperature, probs=probs, logits=logits,
-                         **kwargs)
-
-    def set_dist(self, x_dict: Any = {}, batch_n: int | None = None, sampling: bool = False,  # noqa: B006
-                 **kwargs: Any) -> None:
-        """Pixyz's ``set_dist``: the relaxed distribution when ``sampling``, else the hard one it scores under."""
-        self._set_torch_dist(x_dict, batch_n, not sampling, kwargs)
 
 
 class Categorical(DistributionBase):
@@ -251,7 +257,7 @@ class Categorical(DistributionBase):
         return dist.OneHotCategorical if self.one_hot else dist.Categorical
 
 
-class RelaxedCategorical(DistributionBase):
+class RelaxedCategorical(_Relaxed):
     """Relaxed one-hot categorical (Gumbel-softmax) with ``temperature`` and ``probs``/``logits``.
 
     Samples are relaxed and reparameterized; ``get_log_prob`` scores the arg-max under the categorical.
@@ -264,21 +270,7 @@ class RelaxedCategorical(DistributionBase):
     """
 
     pyro_dist = RelaxedOneHotCategoricalHardScore
-    param_groups = (("probs", "logits"), ("temperature",))  # Pixyz's params_keys order
-    buffer_order = ("probs", "logits", "temperature")
-    sample_mean_draws = False  # Pixyz: sample(sample_mean=True) raises NotImplementedError
     distribution_name: ClassVar[str] = "RelaxedCategorical"  # type: ignore[misc]
-
-    def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
-                 features_shape: Iterable[int] = torch.Size(), temperature: Any = 0.1, probs: Any = None, *,
-                 logits: Any = None, **kwargs: Any) -> None:
-        super().__init__(var, cond_var, name, features_shape, temperature=temperature, probs=probs, logits=logits,
-                         **kwargs)
-
-    def set_dist(self, x_dict: Any = {}, batch_n: int | None = None, sampling: bool = False,  # noqa: B006
-                 **kwargs: Any) -> None:
-        """Pixyz's ``set_dist``: the relaxed distribution when ``sampling``, else the hard one it scores under."""
-        self._set_torch_dist(x_dict, batch_n, not sampling, kwargs)
 
 
 class Multinomial(DistributionBase):

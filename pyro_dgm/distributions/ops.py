@@ -67,7 +67,21 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
     return out
 
 
-class ReplaceVarDistribution(Distribution):
+class _PassesThrough(Distribution):
+    """Pixyz's wrappers (renamed, marginalized): a public attribute the wrapper lacks is the wrapped distribution's
+    ``p`` (e.g. ``params_keys``, ``set_dist``; under the wrapped distribution's own variable names)."""
+
+    def __getattr__(self, item: str) -> Any:  # called only when the normal lookup fails
+        try:
+            return super().__getattr__(item)
+        except AttributeError:
+            inner = self.__dict__.get("p") or self.__dict__.get("_modules", {}).get("p")
+            if item.startswith("_") or inner is None:
+                raise
+            return getattr(inner, item)
+
+
+class ReplaceVarDistribution(_PassesThrough):
     """A single distribution with renamed variables, sharing the original's networks and buffers.
 
     Parameters
@@ -109,17 +123,6 @@ class ReplaceVarDistribution(Distribution):
     @property
     def distribution_name(self) -> str:
         return self.p.distribution_name
-
-    def __getattr__(self, item: str) -> Any:
-        """Pixyz's: a public attribute this distribution lacks is the wrapped distribution's (e.g. ``params_keys``,
-        ``set_dist``; under the wrapped distribution's own variable names). Called only when the lookup fails."""
-        try:
-            return super().__getattr__(item)
-        except AttributeError:
-            inner = self.__dict__.get("p") or self.__dict__.get("_modules", {}).get("p")
-            if item.startswith("_") or inner is None:
-                raise
-            return getattr(inner, item)
 
     @property
     def has_reparam(self) -> bool:
@@ -180,7 +183,7 @@ class ReplaceVarDistribution(Distribution):
         return self.p.sample_variance(self._inner(x_dict), **kwargs)
 
 
-class MarginalizeVarDistribution(Distribution):
+class MarginalizeVarDistribution(_PassesThrough):
     r"""The marginal :math:`p(x) = \int p(x,z)dz` of a joint.
 
     Sampling draws every factor and drops the marginalized variables; the log-density has no closed form and raises.
@@ -230,17 +233,6 @@ class MarginalizeVarDistribution(Distribution):
     @property
     def distribution_name(self) -> str:
         return self.p.distribution_name
-
-    def __getattr__(self, item: str) -> Any:
-        """Pixyz's: a public attribute this distribution lacks is the wrapped distribution's (e.g. ``params_keys``,
-        ``set_dist``; under the wrapped distribution's own variable names). Called only when the lookup fails."""
-        try:
-            return super().__getattr__(item)
-        except AttributeError:
-            inner = self.__dict__.get("p") or self.__dict__.get("_modules", {}).get("p")
-            if item.startswith("_") or inner is None:
-                raise
-            return getattr(inner, item)
 
     @property
     def prob_factorized_text(self) -> str:

@@ -65,7 +65,23 @@ def _draw(d: "Distribution", values: dict[str, Any], batch_n: int | None, kwargs
     return x.reshape(x.shape[0], -1)
 
 
-class MMD(Loss):
+class _SampleDivergence(Loss):
+    """What Pixyz's sample-based divergences (MMD, Wasserstein) share: the distribution whose input gives the batch
+    size (``input_dist``) and Pixyz's ``_get_batch_n`` for subclasses written for Pixyz."""
+
+    input_dist: Any
+    batch_n: Any
+
+    def _get_batch_n(self, x_dict: Mapping[str, Any]) -> int:
+        """The batch size: the first dim of the first input of :attr:`input_dist` (Pixyz's helper, for subclasses
+        written for Pixyz)."""
+        if self.input_dist is None:
+            raise ValueError(f"{type(self).__name__} {self.latex}: neither distribution takes an input; the batch "
+                             f"size is batch_n={self.batch_n}")
+        return int(x_dict[self.input_dist.input_var[0]].shape[0])
+
+
+class MMD(_SampleDivergence):
     r"""The squared maximum mean discrepancy :math:`D_{MMD^2}[p \| q]` between samples of ``p`` and ``q`` (a scalar).
 
     .. math::
@@ -119,14 +135,6 @@ class MMD(Loss):
         self.input_dist = p if p.input_var else q if q.input_var else None
         self.batch_n = batch_n
         self.kernel_params = kernel_params
-
-    def _get_batch_n(self, x_dict: Mapping[str, Any]) -> int:
-        """The batch size: the first dim of the first input of :attr:`input_dist` (Pixyz's helper, for subclasses
-        written for Pixyz)."""
-        if self.input_dist is None:
-            raise ValueError(f"{type(self).__name__} {self.latex}: neither distribution takes an input; the batch "
-                             f"size is batch_n={self.batch_n}")
-        return int(x_dict[self.input_dist.input_var[0]].shape[0])
 
     @property
     def latex(self) -> str:

@@ -8,7 +8,7 @@ from torch.nn import PairwiseDistance
 
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
-from pyro_dgm.losses.mmd import _draw
+from pyro_dgm.losses.mmd import _draw, _SampleDivergence
 from pyro_dgm.losses.pdf import _check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["WassersteinDistance"]
 
 
-class WassersteinDistance(Loss):
+class WassersteinDistance(_SampleDivergence):
     r"""The distance between samples, :math:`W'(p, q) = \mathbb{E}_{x_p \sim p, x_q \sim q}[d(x_p, x_q)]`.
 
     One sample of each per batch element and the ``metric`` between them (default: the Euclidean norm of the
@@ -50,14 +50,6 @@ class WassersteinDistance(Loss):
         self.input_dist = p if p.input_var else q if q.input_var else None
         self.metric = metric if metric is not None else PairwiseDistance(p=2)
         self.batch_n = batch_n
-
-    def _get_batch_n(self, x_dict: Mapping[str, Any]) -> int:
-        """The batch size: the first dim of the first input of :attr:`input_dist` (Pixyz's helper, for subclasses
-        written for Pixyz)."""
-        if self.input_dist is None:
-            raise ValueError(f"{type(self).__name__} {self.latex}: neither distribution takes an input; the batch "
-                             f"size is batch_n={self.batch_n}")
-        return int(x_dict[self.input_dist.input_var[0]].shape[0])
 
     @property
     def latex(self) -> str:
