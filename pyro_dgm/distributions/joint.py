@@ -13,7 +13,7 @@ from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.graph import DistGraph, build_graph, factors_network_text
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import describe, ordered_union
 
 __all__ = ["MultiplyDistribution", "build_graph", "DistGraph"]
 
@@ -51,13 +51,6 @@ def _united(a: Distribution, b: Distribution, what: str) -> nx.DiGraph:
     g = pixyz_graph(a).copy()
     g.update(pixyz_graph(b))
     return g
-
-
-def _ordered_union(*lists: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for names in lists:
-        out += [n for n in names if n not in out]
-    return out
 
 
 class MultiplyDistribution(Distribution):
@@ -136,10 +129,10 @@ class MultiplyDistribution(Distribution):
         def in_graph_order(names: list[str]) -> list[str]:
             return sorted(names, key=lambda v: node_rank.get(v, last))
 
-        var = in_graph_order(_ordered_union(*(f.var for f in factors)))
+        var = in_graph_order(ordered_union(*(f.var for f in factors)))
         generated = {v for f in factors for v in f.var if v not in f.input_var}
-        cond = in_graph_order([v for v in _ordered_union(*(f.cond_var for f in factors)) if v not in var])
-        inputs = in_graph_order([v for v in _ordered_union(*(f.input_var for f in factors)) if v not in generated])
+        cond = in_graph_order([v for v in ordered_union(*(f.cond_var for f in factors)) if v not in var])
+        inputs = in_graph_order([v for v in ordered_union(*(f.input_var for f in factors)) if v not in generated])
         super().__init__(var=var, cond_var=cond, name=name)
         self._input_var = inputs
         self._factors = factors

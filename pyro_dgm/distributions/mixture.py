@@ -17,18 +17,10 @@ from torch.distributions import Categorical as _TorchCategorical
 from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, expand_root, inputs_of, site_fn, unwrap
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.calls import _PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n
-from pyro_dgm.distributions.exponential import Categorical
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import describe, ordered_union
 from pyro_dgm.utils.latex import prob_text as _prob_text
 
 __all__ = ["MixtureModel", "PosteriorMixtureModel", "MixtureOfNormal", "MixtureDistribution"]
-
-
-def _ordered_union(*lists: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for names in lists:
-        out += [n for n in names if n not in out]
-    return out
 
 
 class MixtureDistribution(TorchDistribution):
@@ -224,7 +216,7 @@ class MixtureModel(_Mixture):
         if k is not None and k != len(comps):
             raise ValueError(f"{owner}: the prior has {k} categories but there are {len(comps)} components")
         hidden = prior.var[0]
-        cond = [v for v in _ordered_union(prior.cond_var, *(d.cond_var for d in comps)) if v not in var]
+        cond = [v for v in ordered_union(prior.cond_var, *(d.cond_var for d in comps)) if v not in var]
         if hidden in cond:  # (the same name as the data variable is allowed, as in Pixyz: Categorical's default
             # var is ["x"]; the prior is scored on its categories, never on the data)
             raise ValueError(f"{owner}: the component variable {hidden!r} cannot be an input")
@@ -484,7 +476,7 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
                                                                                         weight_modalities]
         if len(weights) != len(experts) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"{owner}: expected {len(experts)} non-negative weights (one per expert), got {weights}")
-        super().__init__(var=var, cond_var=_ordered_union(*(e.cond_var for e in experts)), name=name,
+        super().__init__(var=var, cond_var=ordered_union(*(e.cond_var for e in experts)), name=name,
                          features_shape=features_shape)  # as given (Pixyz's; the experts decide the shapes)
         self.p = nn.ModuleList(experts)
         self.register_buffer("weight_modalities", torch.tensor(weights))

@@ -17,16 +17,9 @@ from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, inputs_o
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.calls import _Binding, _Pass
 from pyro_dgm.distributions.exponential import Normal
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import describe, ordered_union
 
 __all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal"]
-
-
-def _ordered_union(*lists: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for names in lists:
-        out += [n for n in names if n not in out]
-    return out
 
 
 def _precision(scale: Tensor) -> Tensor:
@@ -98,7 +91,7 @@ class ProductOfNormal(OptionalInputs, Normal):
         weights = [1.0] * n if weight_modalities is None else [float(w) for w in weight_modalities]
         if len(weights) != n:
             raise ValueError(f"{owner}: expected {n} weights (the prior's, then one per expert), got {len(weights)}")
-        cond = _ordered_union(*(e.cond_var for e in experts), prior.cond_var if prior is not None else [])
+        cond = ordered_union(*(e.cond_var for e in experts), prior.cond_var if prior is not None else [])
         # the shape of the prior's zeros when no expert is given; features_shape itself stays as given (Pixyz's)
         prior_shape = torch.Size(features_shape) or next(
             (e.features_shape for e in [*experts, prior] if e is not None and e.features_shape), torch.Size())

@@ -24,7 +24,7 @@ from pyro.infer import ELBO as _PyroELBO
 from torch import Tensor, nn
 
 from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
-from pyro_dgm.utils.checks import check_present
+from pyro_dgm.utils.checks import check_present, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
@@ -45,20 +45,6 @@ PREC_ATOM = 100  # bracketed or single symbols: mean \left(...\right), D_{KL} \l
 #: Keyword options of ``eval`` that belong to loss terms (``IterativeLoss``'s ``mask``), not to networks (the name
 #: kept for code that imports it; :data:`pyro_dgm.losses.context.TERM_OPTIONS`).
 LOSS_OPTIONS = TERM_OPTIONS
-
-
-def ordered_union(*lists: Sequence[str]) -> list[str]:
-    """The names of all ``lists``, each once, in order of first appearance.
-
-    Examples
-    --------
-    >>> ordered_union(["x", "z"], ["z", "y"], ["x"])
-    ['x', 'z', 'y']
-    """
-    out: list[str] = []
-    for names in lists:
-        out += [n for n in names if n not in out]
-    return out
 
 
 class Loss(nn.Module, _PyroELBO):

@@ -1,12 +1,12 @@
 r"""An upper bound of the Wasserstein distance between two distributions: :class:`WassersteinDistance`."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 from torch import Tensor
 from torch.nn import PairwiseDistance
 
-from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.base import ordered_union
 from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
 from pyro_dgm.losses.mmd import _draw, _SampleDivergence
 from pyro_dgm.losses.pdf import _check_distribution

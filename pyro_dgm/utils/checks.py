@@ -163,3 +163,17 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
                     return f"its dim {k} has size 1 where the distribution has a batch of {ps[j]}"
                 return f"it has no dim for the distribution's batch dim {j} of size {ps[j]}"
     return None
+
+
+def ordered_union(*lists: Sequence[str]) -> list[str]:
+    """The names of all ``lists``, each once, in order of first appearance.
+
+    Examples
+    --------
+    >>> ordered_union(["x", "z"], ["z", "y"], ["x"])
+    ['x', 'z', 'y']
+    """
+    out: list[str] = []
+    for names in lists:
+        out += [n for n in names if n not in out]
+    return out
