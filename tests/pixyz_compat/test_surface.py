@@ -74,13 +74,11 @@ ALLOWED_MISSING: dict[str, str] = {}
 
 #: Differences owned by another part of the work, expected to fail until it lands (strict: the test says when the
 #: entry must go). Keys: "module.Name" as Pixyz names it; values: why.
-KNOWN_GAPS: dict[str, str] = {
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 #: Method-level differences owned by other parts of the work (fnmatch pattern on "pixyz.<module>.<Class>.<name>",
 #: the class that defines the method in Pixyz -> why). Each pattern must still match a difference (strict).
-KNOWN_METHOD_GAPS: dict[str, str] = {
-}
+KNOWN_METHOD_GAPS: dict[str, str] = {}
 
 
 def _from_pixyz(obj: Any) -> str | None:
