@@ -6,21 +6,16 @@ scikit-learn's 1797 8x8 digits (shipped with scikit-learn: nothing downloads), g
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import matplotlib
+import _common  # matplotlib without a display, pyro_dgm from a checkout
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a source checkout without installing: python examples/<name>.py
-    sys.path.insert(1, str(ROOT))
+setup = _common.setup  # one CPU thread, every seed, an empty parameter store
 
 X_DIM = 64      # 8x8 pixels
 N_CLASSES = 10  # digits 0-9
@@ -54,26 +49,12 @@ def minibatches(n: int, batch_size: int) -> Iterator[Tensor]:
 def parser(doc: str, epochs: int, lr: float, batch_size: int = 64, out: str = "out/example.png",
            **defaults: int) -> argparse.ArgumentParser:
     """The arguments every example takes; ``defaults`` adds integer options such as ``z_dim=8`` (``--z-dim``)."""
-    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=epochs, help="passes over the training set")
-    ap.add_argument("--batch-size", type=int, default=batch_size, help="minibatch size")
-    ap.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    ap = _common.parser(doc, out, epochs=epochs, lr=lr, batch_size=batch_size, threads=False,
+                        helps={"seed": "seed of the data split, the networks and the draws",
+                               "smoke": "a few seconds on a small subset: checks that it runs"})
     for name, value in defaults.items():
         ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value, help=HELP.get(name, " "))
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data split, the networks and the draws")
-    ap.add_argument("--out", type=Path, default=Path(out), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds on a small subset: checks that it runs")
     return ap
-
-
-def setup(seed: int) -> None:
-    """One CPU thread (the networks are small: more threads only wait on each other) and every seed."""
-    import pyro
-
-    torch.set_num_threads(1)
-    pyro.set_rng_seed(seed)  # torch, numpy and random
-    pyro.clear_param_store()
 
 
 def tile(images: Tensor, cols: int) -> np.ndarray:
@@ -102,8 +83,5 @@ def show(ax: plt.Axes, images: Tensor, cols: int, title: str, row_labels: Sequen
 
 
 def save(fig: plt.Figure, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    print(f"wrote {path}")
+    """Write the figure (110 dpi, cropped to its content), as every digits example does."""
+    _common.save(fig, path, dpi=110, bbox_inches="tight")

@@ -34,11 +34,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-try:
-    from pyro_dgm.distributions import Deterministic, Normal
-except ImportError:  # run from a source checkout without installing: python examples/action_dmm.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyro_dgm.distributions import Deterministic, Normal
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (no display for matplotlib, pyro_dgm from a checkout, command line, figures)
+from pyro_dgm.distributions import Deterministic, Normal  # noqa: E402
 from pyro_dgm.losses import E, IterativeLoss, KullbackLeibler, LogProb  # noqa: E402
 from pyro_dgm.models import Model  # noqa: E402
 
@@ -132,8 +130,7 @@ def predict(rnn: BackwardRNN, q: Combiner, transition: Transition, emission: Emi
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Train, print the metric per epoch, write the figure; returns the per-epoch history."""
     args = parse_args(argv, __doc__.splitlines()[0], "out/action_dmm.png")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    _common.setup(args.seed, args.threads)
     if args.smoke:
         args.epochs, args.n_train, args.n_test, args.steps, args.observe = 3, 128, 32, 15, 5
 

@@ -34,20 +34,15 @@ import time
 import warnings
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (no display for matplotlib, pyro_dgm from a checkout, command line, figures)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-try:
-    from pyro_dgm.distributions import Deterministic, Normal
-except ImportError:  # run from a source checkout without installing: python examples/dmm.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyro_dgm.distributions import Deterministic, Normal
+from pyro_dgm.distributions import Deterministic, Normal  # noqa: E402
 from pyro_dgm.losses import E, IterativeLoss, KullbackLeibler, LogProb  # noqa: E402
 from pyro_dgm.models import Model  # noqa: E402
 
@@ -194,37 +189,30 @@ def save_figure(path: Path, x: Tensor, filtered: Tensor, pred: Tensor, observe: 
     axes[0, 0].legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save(fig, path, dpi=90)
 
 
 def parse_args(argv: list[str] | None = None, description: str | None = None,
                out: str = "out/dmm.png") -> argparse.Namespace:
     """The command line of the DMM examples (``action_dmm.py`` shares it)."""
-    ap = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=60, help="passes over the training set (default 60)")
-    ap.add_argument("--n-train", type=int, default=512, help="training trajectories (default 512)")
-    ap.add_argument("--n-test", type=int, default=128, help="test trajectories (default 128)")
-    ap.add_argument("--steps", type=int, default=30, help="time steps per trajectory (default 30)")
-    ap.add_argument("--observe", type=int, default=10, help="steps seen before predicting, in the figure (default 10)")
+    ap = _common.parser(description or __doc__, out)
+    ap.add_argument("--epochs", type=int, default=60, help="passes over the training set")
+    ap.add_argument("--n-train", type=int, default=512, help="training trajectories")
+    ap.add_argument("--n-test", type=int, default=128, help="test trajectories")
+    ap.add_argument("--steps", type=int, default=30, help="time steps per trajectory")
+    ap.add_argument("--observe", type=int, default=10, help="steps seen before predicting, in the figure")
     ap.add_argument("--z-dim", type=int, default=4, help="latent dimension (default 4, as the state)")
-    ap.add_argument("--hidden", type=int, default=64, help="hidden units of the networks (default 64)")
+    ap.add_argument("--hidden", type=int, default=64, help="hidden units of the networks")
     ap.add_argument("--lr", type=float, default=1e-2,
                     help="Adam learning rate at the start (default 1e-2; it decays to a tenth by the end)")
-    ap.add_argument("--batch-size", type=int, default=64, help="trajectories per minibatch (default 64)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data, the networks and the draws")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path(out), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 3 epochs on a small data set")
+    ap.add_argument("--batch-size", type=int, default=64, help="trajectories per minibatch")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Train, print the metric per epoch, write the figure; returns the per-epoch history."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    _common.setup(args.seed, args.threads)
     if args.smoke:
         args.epochs, args.n_train, args.n_test, args.steps, args.observe = 3, 128, 32, 15, 5
 

@@ -33,20 +33,15 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (no display for matplotlib, pyro_dgm from a checkout, command line, figures)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-try:
-    from pyro_dgm.distributions import Bernoulli, Deterministic, Normal
-except ImportError:  # run from a source checkout without installing: python examples/factorvae.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyro_dgm.distributions import Bernoulli, Deterministic, Normal
+from pyro_dgm.distributions import Bernoulli, Deterministic, Normal  # noqa: E402
 from pyro_dgm.losses import AdversarialKullbackLeibler, E, KullbackLeibler, LogProb  # noqa: E402
 from pyro_dgm.models import Model  # noqa: E402
 
@@ -159,34 +154,27 @@ def save_figure(path: Path, q: Inference, p: Generator, x: Tensor, corr: Tensor,
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save(fig, path, dpi=90)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
-    ap.add_argument("--n-train", type=int, default=8192, help="training images (default 8192)")
-    ap.add_argument("--n-test", type=int, default=1024, help="test images (default 1024)")
+    ap = _common.parser(__doc__, "out/factorvae.png")
+    ap.add_argument("--epochs", type=int, default=30, help="passes over the training set")
+    ap.add_argument("--n-train", type=int, default=8192, help="training images")
+    ap.add_argument("--n-test", type=int, default=1024, help="test images")
     ap.add_argument("--z-dim", type=int, default=5, help="latent dimension (default 5: 3 factors and 2 spare)")
-    ap.add_argument("--hidden", type=int, default=256, help="hidden units of encoder and decoder (default 256)")
-    ap.add_argument("--gamma", type=float, default=10.0, help="weight of the total correlation (default 10)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the VAE (default 1e-3)")
-    ap.add_argument("--d-lr", type=float, default=1e-4, help="Adam learning rate of the discriminator (default 1e-4)")
-    ap.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data, the networks and the draws")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path("out/factorvae.png"), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 3 epochs on a small data set")
+    ap.add_argument("--hidden", type=int, default=256, help="hidden units of encoder and decoder")
+    ap.add_argument("--gamma", type=float, default=10.0, help="weight of the total correlation")
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the VAE")
+    ap.add_argument("--d-lr", type=float, default=1e-4, help="Adam learning rate of the discriminator")
+    ap.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Train, print the metric per epoch, write the figure; returns the per-epoch history."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    _common.setup(args.seed, args.threads)
     if args.smoke:
         args.epochs, args.n_train, args.n_test = 3, 1024, 256
     gen = torch.Generator().manual_seed(args.seed)

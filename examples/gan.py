@@ -31,18 +31,13 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (no display for matplotlib, pyro_dgm from a checkout, command line, figures)
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-try:
-    from pyro_dgm.distributions import Deterministic, EmpiricalDistribution, Normal
-except ImportError:  # run from a source checkout without installing: python examples/gan.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyro_dgm.distributions import Deterministic, EmpiricalDistribution, Normal
+from pyro_dgm.distributions import Deterministic, EmpiricalDistribution, Normal  # noqa: E402
 from pyro_dgm.losses import MMD  # noqa: E402
 from pyro_dgm.models import GAN  # noqa: E402
 
@@ -121,33 +116,26 @@ def save_figure(path: Path, data: Tensor, samples: Tensor, d: Discriminator, his
     ax2.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save(fig, path, dpi=90)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=40, help="passes over the training set (default 40)")
-    ap.add_argument("--n-train", type=int, default=8192, help="training points (default 8192)")
-    ap.add_argument("--n-test", type=int, default=2048, help="held-out points for the metric (default 2048)")
-    ap.add_argument("--z-dim", type=int, default=4, help="latent dimension (default 4)")
-    ap.add_argument("--hidden", type=int, default=128, help="hidden units of both networks (default 128)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the generator (default 1e-3)")
-    ap.add_argument("--d-lr", type=float, default=1e-3, help="Adam learning rate of the discriminator (default 1e-3)")
-    ap.add_argument("--batch-size", type=int, default=256, help="minibatch size (default 256)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data, the networks and the draws")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path("out/gan.png"), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 3 short epochs")
+    ap = _common.parser(__doc__, "out/gan.png", helps={"smoke": "a few seconds: 3 short epochs"})
+    ap.add_argument("--epochs", type=int, default=40, help="passes over the training set")
+    ap.add_argument("--n-train", type=int, default=8192, help="training points")
+    ap.add_argument("--n-test", type=int, default=2048, help="held-out points for the metric")
+    ap.add_argument("--z-dim", type=int, default=4, help="latent dimension")
+    ap.add_argument("--hidden", type=int, default=128, help="hidden units of both networks")
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the generator")
+    ap.add_argument("--d-lr", type=float, default=1e-3, help="Adam learning rate of the discriminator")
+    ap.add_argument("--batch-size", type=int, default=256, help="minibatch size")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Train, print the metric per epoch, write the figure; returns the per-epoch history."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    _common.setup(args.seed, args.threads)
     if args.smoke:
         args.epochs, args.n_train, args.n_test = 3, 2048, 512
     gen = torch.Generator().manual_seed(args.seed)

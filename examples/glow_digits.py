@@ -32,20 +32,15 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (no display for matplotlib, pyro_dgm from a checkout, command line, figures)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-try:
-    from pyro_dgm.distributions import InverseTransformedDistribution, Normal
-except ImportError:  # run from a source checkout without installing: python examples/glow_digits.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyro_dgm.distributions import InverseTransformedDistribution, Normal
+from pyro_dgm.distributions import InverseTransformedDistribution, Normal  # noqa: E402
 from pyro_dgm.flows import ActNorm2d, AffineCoupling, ChannelConv, Flow, FlowList, Preprocess, Squeeze  # noqa: E402
 from pyro_dgm.layers import ScaleTranslate  # noqa: E402
 from pyro_dgm.models import ML  # noqa: E402
@@ -126,30 +121,25 @@ def save_figure(path: Path, x: Tensor, p: InverseTransformedDistribution, title:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save(fig, path, dpi=90)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=40, help="passes over the training set (default 40)")
-    ap.add_argument("--steps", type=int, default=4, help="steps of flow per scale (default 4)")
-    ap.add_argument("--hidden", type=int, default=64, help="channels of the coupling networks (default 64)")
+    ap = _common.parser(__doc__, "out/glow_digits.png",
+                        helps={"seed": "seed of the data split, the networks and the draws",
+                               "smoke": "a few seconds: 2 epochs on 256 images"})
+    ap.add_argument("--epochs", type=int, default=40, help="passes over the training set")
+    ap.add_argument("--steps", type=int, default=4, help="steps of flow per scale")
+    ap.add_argument("--hidden", type=int, default=64, help="channels of the coupling networks")
     ap.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3, cosine decay)")
-    ap.add_argument("--batch-size", type=int, default=64, help="minibatch size (default 64)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data split, the networks and the draws")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path("out/glow_digits.png"), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 2 epochs on 256 images")
+    ap.add_argument("--batch-size", type=int, default=64, help="minibatch size")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Train, print the metric per epoch, write the figure; returns the per-epoch history."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    _common.setup(args.seed, args.threads)
     x_train, x_test = load_data(n_test=297, seed=args.seed)
     if args.smoke:
         args.epochs, args.steps, args.hidden, x_train = 2, 2, 32, x_train[:256]

@@ -34,19 +34,14 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (no display for matplotlib, pyro_dgm from a checkout, command line, figures)
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-try:
-    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
-except ImportError:  # run from a source checkout without installing: python examples/gmm_em.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+from pyro_dgm.distributions import Categorical, MixtureModel, Normal  # noqa: E402
 
 METRIC = ("test_loglik", "max")
 
@@ -114,29 +109,24 @@ def save_figure(path: Path, x: Tensor, p: MixtureModel, history: dict[str, list[
     ax2.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save(fig, path, dpi=90)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=30, help="EM iterations (default 30)")
-    ap.add_argument("--components", type=int, default=4, help="number of components K (default 4)")
-    ap.add_argument("--n-train", type=int, default=2000, help="training points (default 2000)")
-    ap.add_argument("--n-test", type=int, default=2000, help="test points (default 2000)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data and the initialization")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path("out/gmm_em.png"), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="5 iterations on 500 points")
+    ap = _common.parser(__doc__, "out/gmm_em.png",
+                        helps={"seed": "seed of the data and the initialization",
+                               "smoke": "5 iterations on 500 points"})
+    ap.add_argument("--epochs", type=int, default=30, help="EM iterations")
+    ap.add_argument("--components", type=int, default=4, help="number of components K")
+    ap.add_argument("--n-train", type=int, default=2000, help="training points")
+    ap.add_argument("--n-test", type=int, default=2000, help="test points")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Fit by EM, print the log-likelihood per iteration, write the figure; returns the per-iteration history."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    _common.setup(args.seed, args.threads)
     if args.smoke:
         args.epochs, args.n_train, args.n_test = 5, 500, 500
     gen = torch.Generator().manual_seed(args.seed)

@@ -35,18 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (no display for matplotlib, pyro_dgm from a checkout, command line, figures)
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-try:
-    from pyro_dgm.distributions import CustomProb, Normal, TransformedDistribution
-except ImportError:  # run from a source checkout without installing: python examples/planar_flow.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyro_dgm.distributions import CustomProb, Normal, TransformedDistribution
+from pyro_dgm.distributions import CustomProb, Normal, TransformedDistribution  # noqa: E402
 from pyro_dgm.flows import PlanarFlow  # noqa: E402
 from pyro_dgm.losses import E, KullbackLeibler, LogProb, Parameter  # noqa: E402
 from pyro_dgm.models import Model  # noqa: E402
@@ -120,31 +115,26 @@ def save_figure(path: Path, energy: Any, q: TransformedDistribution, title: str)
         ax.set_aspect("equal")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save(fig, path, dpi=90)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--energy", choices=sorted(ENERGIES), default="U1", help="the target (default U1)")
-    ap.add_argument("--flows", type=int, default=16, help="number of planar flows K (default 16)")
-    ap.add_argument("--epochs", type=int, default=20, help="epochs of --steps steps each (default 20)")
-    ap.add_argument("--steps", type=int, default=200, help="optimization steps per epoch (default 200)")
-    ap.add_argument("--batch-size", type=int, default=256, help="samples of q per step (default 256)")
-    ap.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 5e-3)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the networks and the draws")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path("out/planar_flow.png"), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 3 short epochs")
+    ap = _common.parser(__doc__, "out/planar_flow.png",
+                        helps={"seed": "seed of the networks and the draws",
+                               "smoke": "a few seconds: 3 short epochs"})
+    ap.add_argument("--energy", choices=sorted(ENERGIES), default="U1", help="the target")
+    ap.add_argument("--flows", type=int, default=16, help="number of planar flows K")
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of --steps steps each")
+    ap.add_argument("--steps", type=int, default=200, help="optimization steps per epoch")
+    ap.add_argument("--batch-size", type=int, default=256, help="samples of q per step")
+    ap.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Train, print the metric per epoch, write the figure; returns the per-epoch history."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    _common.setup(args.seed, args.threads)
     if args.smoke:
         args.epochs, args.steps = 3, 30
     energy = ENERGIES[args.energy]

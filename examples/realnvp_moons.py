@@ -26,20 +26,15 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (no display for matplotlib, pyro_dgm from a checkout, command line, figures)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.datasets import make_moons  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-try:
-    from pyro_dgm.distributions import InverseTransformedDistribution, Normal
-except ImportError:  # run from a source checkout without installing: python examples/realnvp_moons.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyro_dgm.distributions import InverseTransformedDistribution, Normal
+from pyro_dgm.distributions import InverseTransformedDistribution, Normal  # noqa: E402
 from pyro_dgm.flows import AffineCoupling, FlowList  # noqa: E402
 from pyro_dgm.layers import MLP, ScaleTranslate  # noqa: E402
 from pyro_dgm.models import ML  # noqa: E402
@@ -87,33 +82,26 @@ def save_figure(path: Path, x: Tensor, p: InverseTransformedDistribution, title:
     axes[3].set_title("test data in the latent space $z = f(x)$", fontsize=10)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save(fig, path, dpi=90)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=40, help="passes over the training set (default 40)")
-    ap.add_argument("--n-train", type=int, default=8192, help="training points (default 8192)")
-    ap.add_argument("--n-test", type=int, default=2048, help="test points (default 2048)")
-    ap.add_argument("--noise", type=float, default=0.05, help="make_moons noise (default 0.05)")
-    ap.add_argument("--couplings", type=int, default=8, help="affine coupling layers (default 8)")
-    ap.add_argument("--hidden", type=int, default=64, help="hidden units of the coupling networks (default 64)")
-    ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    ap.add_argument("--batch-size", type=int, default=256, help="minibatch size (default 256)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data, the networks and the draws")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path("out/realnvp_moons.png"), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 3 epochs on a small data set")
+    ap = _common.parser(__doc__, "out/realnvp_moons.png")
+    ap.add_argument("--epochs", type=int, default=40, help="passes over the training set")
+    ap.add_argument("--n-train", type=int, default=8192, help="training points")
+    ap.add_argument("--n-test", type=int, default=2048, help="test points")
+    ap.add_argument("--noise", type=float, default=0.05, help="make_moons noise")
+    ap.add_argument("--couplings", type=int, default=8, help="affine coupling layers")
+    ap.add_argument("--hidden", type=int, default=64, help="hidden units of the coupling networks")
+    ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    ap.add_argument("--batch-size", type=int, default=256, help="minibatch size")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Train, print the metric per epoch, write the figure; returns the per-epoch history."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    _common.setup(args.seed, args.threads)
     if args.smoke:
         args.epochs, args.n_train, args.n_test = 3, 1024, 512
     x_train, x_test = moons(args.n_train, args.seed, args.noise), moons(args.n_test, args.seed + 1, args.noise)

@@ -32,20 +32,15 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (no display for matplotlib, pyro_dgm from a checkout, command line, figures)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-try:
-    from pyro_dgm.distributions import Bernoulli, Deterministic, Normal
-except ImportError:  # run from a source checkout without installing: python examples/vrnn.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyro_dgm.distributions import Bernoulli, Deterministic, Normal
+from pyro_dgm.distributions import Bernoulli, Deterministic, Normal  # noqa: E402
 from pyro_dgm.losses import E, IterativeLoss, KullbackLeibler, LogProb  # noqa: E402
 from pyro_dgm.models import Model  # noqa: E402
 
@@ -178,35 +173,28 @@ def save_figure(path: Path, x: Tensor, recon: Tensor, pred: Tensor, observe: int
             ax.set_ylabel(names[r], rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save(fig, path, dpi=90)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
-    ap.add_argument("--n-train", type=int, default=1024, help="training sequences (default 1024)")
-    ap.add_argument("--n-test", type=int, default=256, help="test sequences (default 256)")
-    ap.add_argument("--steps", type=int, default=16, help="frames per sequence (default 16)")
-    ap.add_argument("--size", type=int, default=12, help="frame height and width in pixels (default 12)")
-    ap.add_argument("--observe", type=int, default=6, help="frames seen before predicting, in the figure (default 6)")
-    ap.add_argument("--z-dim", type=int, default=8, help="latent dimension (default 8)")
-    ap.add_argument("--hidden", type=int, default=128, help="RNN state and hidden units (default 128)")
-    ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    ap.add_argument("--batch-size", type=int, default=64, help="sequences per minibatch (default 64)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data, the networks and the draws")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=Path("out/vrnn.png"), help="where to write the PNG")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 3 epochs on a small data set")
+    ap = _common.parser(__doc__, "out/vrnn.png")
+    ap.add_argument("--epochs", type=int, default=30, help="passes over the training set")
+    ap.add_argument("--n-train", type=int, default=1024, help="training sequences")
+    ap.add_argument("--n-test", type=int, default=256, help="test sequences")
+    ap.add_argument("--steps", type=int, default=16, help="frames per sequence")
+    ap.add_argument("--size", type=int, default=12, help="frame height and width in pixels")
+    ap.add_argument("--observe", type=int, default=6, help="frames seen before predicting, in the figure")
+    ap.add_argument("--z-dim", type=int, default=8, help="latent dimension")
+    ap.add_argument("--hidden", type=int, default=128, help="RNN state and hidden units")
+    ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    ap.add_argument("--batch-size", type=int, default=64, help="sequences per minibatch")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Train, print the metric per epoch, write the figure; returns the per-epoch history."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    _common.setup(args.seed, args.threads)
     if args.smoke:
         args.epochs, args.n_train, args.n_test, args.steps, args.observe = 3, 192, 64, 8, 4
 

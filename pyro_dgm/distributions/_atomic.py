@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping, Sequence
 
+from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.calls import _Binding, _Pass, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.utils.checks import describe
 
-__all__ = ["unwrap", "site_fn", "site_params", "check_inner", "expand_root", "OptionalInputs"]
+__all__ = ["unwrap", "site_fn", "site_params", "check_inner", "expand_root", "OptionalInputs", "OneSiteDistribution"]
 
 
 def unwrap(d: Distribution) -> tuple[Distribution, _Binding]:
@@ -72,6 +73,39 @@ def expand_root(owner: Distribution, fn: Any, b: _Binding, ctx: _Pass) -> Any:
 def inputs_of(d: Distribution, mapping: Mapping[str, str]) -> tuple[str, ...]:
     """The input variables of ``d`` under the outer names."""
     return tuple(mapping.get(v, v) for v in d.input_var)
+
+
+class OneSiteDistribution(Distribution):
+    """Base of composite distributions drawn at one Pyro site whose density does not factorize over features
+    (flows, mixtures): the renaming passed to the inner distributions, and scoring through the site distribution.
+
+    Subclasses implement ``_fn(binding, values, ctx, expand)`` and name what they are in ``_kind``.
+    """
+
+    _kind = "composite distribution"
+
+    def _mapping(self, b: _Binding) -> dict[str, str]:
+        """The renaming from this distribution's own conditioning names to the binding's."""
+        return {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
+
+    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+            value: Tensor | None = None) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+                    feature_dims: Sequence[int] | None) -> Tensor:
+        if not sum_features or feature_dims is not None:
+            raise ValueError(f"{describe(self)}: the log-density of a {self._kind} does not factorize over features; "
+                             "call get_log_prob with sum_features=True and no feature_dims")
+        fn = self._fn(b, values, ctx, expand=False)[0]
+        x = values[b.var[0]]
+        ev = fn.event_shape
+        if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{describe(self)}: expected {b.var[0]!r} of shape (..., {', '.join(map(str, ev))}), "
+                             f"got {got}")
+        ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
+        return fn.log_prob(x)
 
 
 class OptionalInputs:

@@ -22,7 +22,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor
 from torch.distributions import Transform
 
-from pyro_dgm.distributions._atomic import check_inner, expand_root, site_fn
+from pyro_dgm.distributions._atomic import OneSiteDistribution, check_inner, expand_root, site_fn
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.calls import _Binding, _Pass
 from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
@@ -68,12 +68,13 @@ class _FlowSite(dist.TransformedDistribution):
         return x
 
 
-class _FlowDistribution(Distribution):
+class _FlowDistribution(OneSiteDistribution):
     """What the two flow distributions share: the prior, the flow, sampling, scoring and the Pyro site."""
 
     prior: Distribution
     flow: Flow
     _flow_inverted = False  # whether the prior's variable is the flow's output (InverseTransformedDistribution)
+    _kind = "flow"
 
     def _init_flow(self, prior: Distribution, flow: Flow, hidden: str) -> None:
         self.prior = prior
@@ -88,9 +89,6 @@ class _FlowDistribution(Distribution):
     def logdet_jacobian(self) -> Tensor | None:
         """The log-determinant stored by the flow's last ``forward(..., compute_jacobian=True)`` (Pixyz)."""
         return self.flow.logdet_jacobian
-
-    def _mapping(self, b: _Binding) -> dict[str, str]:
-        return {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
 
     def _transform(self, b: _Binding, values: Mapping[str, Any]) -> Transform:
         raise NotImplementedError
@@ -136,21 +134,6 @@ class _FlowDistribution(Distribution):
             except NotImplementedError:
                 return
             ctx.event_dims[hidden] = base.event_dim
-
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
-        if not sum_features or feature_dims is not None:
-            raise ValueError(f"{describe(self)}: the log-density of a flow does not factorize over features; call "
-                             "get_log_prob with sum_features=True and no feature_dims")
-        fn, _ = self._fn(b, values, ctx, expand=False)
-        x = values[b.var[0]]
-        ev = fn.event_shape
-        if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{describe(self)}: expected {b.var[0]!r} of shape (..., {', '.join(map(str, ev))}), "
-                             f"got {got}")
-        ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
-        return fn.log_prob(x)
 
     def _sample_flow(self, x_dict: ValuesLike, batch_n: int | None, sample_shape: Sequence[int], return_all: bool,
                      reparam: bool, sample_mean: bool, return_hidden: bool, kwargs: dict[str, Any]

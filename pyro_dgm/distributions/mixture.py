@@ -14,7 +14,8 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
 
-from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, expand_root, inputs_of, site_fn, unwrap
+from pyro_dgm.distributions._atomic import (OneSiteDistribution, OptionalInputs, check_inner, expand_root, inputs_of,
+                                             site_fn, unwrap)
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.calls import _PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n
 from pyro_dgm.utils.checks import describe, ordered_union
@@ -101,14 +102,13 @@ class MixtureDistribution(TorchDistribution):
         return (self._weights() * second).sum(d) - self.mean ** 2
 
 
-class _Mixture(Distribution):
+class _Mixture(OneSiteDistribution):
     """What the mixtures share: one site whose distribution is a :class:`MixtureDistribution`."""
+
+    _kind = "mixture"
 
     def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> MixtureDistribution:
         raise NotImplementedError
-
-    def _mapping(self, b: _Binding) -> dict[str, str]:
-        return {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
 
     @property
     def has_reparam(self) -> bool:
@@ -127,21 +127,6 @@ class _Mixture(Distribution):
         value = self._record(name, fn.mean, fn.event_dim) if ctx.sample_mean else self._site(name, fn, ctx)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
-
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
-        if not sum_features or feature_dims is not None:
-            raise ValueError(f"{describe(self)}: the log-density of a mixture does not factorize over features; "
-                             "call get_log_prob with sum_features=True and no feature_dims")
-        fn = self._fn(b, values, ctx, expand=False)[0]
-        x = values[b.var[0]]
-        ev = fn.event_shape
-        if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{describe(self)}: expected {b.var[0]!r} of shape (..., {', '.join(map(str, ev))}), "
-                             f"got {got}")
-        ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
-        return fn.log_prob(x)
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> MixtureDistribution:
         """The :class:`MixtureDistribution` given the inputs (event dims: the features)."""

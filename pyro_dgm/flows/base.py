@@ -311,6 +311,20 @@ class Flow(TransformModule, ConditionalTransform):
         return self
 
 
+class ChannelOrFeatureFlow(Flow):
+    """A flow over the ``in_features`` channels of an image ``(N, C, H, W)`` or the features of a vector ``(N, D)``
+    (coupling layers, permutations): with ``event_dim=None`` the input's shape tells which, as in Pixyz."""
+
+    def _auto_event_dim(self, shape: torch.Size) -> int:
+        # Pixyz: an image (N, C, H, W) or a vector (N, D); with more batch dims, the size at dim -3 or -1 decides
+        n = self.in_features
+        return 3 if len(shape) >= 4 and (shape[-3] == n or shape[-1] != n) else 1
+
+    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
+        super()._adapt(shape, inverse)
+        self._feature_name = "channels" if self._domain_event_dim == 3 else "features"
+
+
 class ConditionedFlow(Transform):
     """A flow with its context fixed (returned by :meth:`Flow.condition`); a plain ``Transform``.
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_dgm.flows.base import Flow, sum_rightmost
+from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, sum_rightmost  # noqa: F401  (Pixyz's module exposes Flow)
 
 __all__ = ["AffineCoupling", "checkerboard_mask", "channel_wise_mask"]
 
@@ -54,7 +54,7 @@ def channel_wise_mask(channels: int, inverse_mask: bool = False) -> np.ndarray:
     return _channel_wise(channels, inverse_mask, torch.float32, None).numpy()
 
 
-class AffineCoupling(Flow):
+class AffineCoupling(ChannelOrFeatureFlow):
     r"""Affine coupling layer: with a binary mask :math:`m`,
 
     .. math::
@@ -129,15 +129,6 @@ class AffineCoupling(Flow):
         return f"in_features={self.in_features}, mask_type={self.mask_type}, inverse_mask={self.inverse_mask}"
 
     _details = extra_repr
-
-    def _auto_event_dim(self, shape: torch.Size) -> int:
-        # Pixyz: an image (N, C, H, W) or a vector (N, D); with more batch dims, the size at dim -3 or -1 decides
-        n = self.in_features
-        return 3 if len(shape) >= 4 and (shape[-3] == n or shape[-1] != n) else 1
-
-    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
-        super()._adapt(shape, inverse)
-        self._feature_name = "channels" if self._domain_event_dim == 3 else "features"
 
     def _expected_size(self, inverse: bool) -> int | None:
         return None if self._auto else self.in_features

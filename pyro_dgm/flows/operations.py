@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import constraints
 
-from pyro_dgm.flows.base import Flow, sum_rightmost, zero_logdet
+from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, sum_rightmost, zero_logdet
 
 __all__ = ["Squeeze", "Unsqueeze", "Permutation", "Shuffle", "Reverse", "Flatten", "Preprocess"]
 
@@ -121,7 +121,7 @@ class Unsqueeze(Squeeze):
         return super()._forward_logdet(z, context)
 
 
-class Permutation(Flow):
+class Permutation(ChannelOrFeatureFlow):
     r"""Permute the features of a vector (``event_dim=1``) or the channels of an image (``event_dim=3``).
 
     Parameters
@@ -168,14 +168,6 @@ class Permutation(Flow):
             state_dict.setdefault(prefix + name, getattr(self, name))  # keep the ones drawn at construction
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-
-    def _auto_event_dim(self, shape: torch.Size) -> int:
-        n = self.in_features
-        return 3 if len(shape) >= 4 and (shape[-3] == n or shape[-1] != n) else 1
-
-    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
-        super()._adapt(shape, inverse)
-        self._feature_name = "channels" if self._domain_event_dim == 3 else "features"
 
     def _permute(self, v: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         ev = self._domain_event_dim

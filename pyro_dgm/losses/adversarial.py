@@ -29,17 +29,15 @@ discriminator outputs the probability that a sample comes from ``p`` (the first 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import _check_distribution
 from pyro_dgm.utils.checks import check_present, describe
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pyro_dgm.distributions.base import Distribution
 
 __all__ = ["AdversarialLoss"]
 
@@ -386,8 +384,6 @@ class AdversarialLoss(Loss):
 
 # ---------------------------------------------------------------------- construction checks
 def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution", input_var: list[str]) -> None:
-    from pyro_dgm.distributions.base import Distribution
-
     if d is None:
         raise TypeError(f"{owner}: a discriminator is required: a pyro_dgm Distribution d(t|{','.join(p.var)}) (e.g. a "
                         "Deterministic subclass whose forward returns {'t': torch.sigmoid(net(x))})")

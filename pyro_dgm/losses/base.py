@@ -23,13 +23,13 @@ import torch
 from pyro.infer import ELBO as _PyroELBO
 from torch import Tensor, nn
 
+from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.utils.checks import check_present, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyro_dgm.distributions.base import Distribution
     from pyro_dgm.losses.expectation import Expectation
     from pyro_dgm.losses.operators import BatchMean, BatchSum
 
@@ -212,8 +212,6 @@ class Loss(nn.Module, _PyroELBO):
         >>> [d.prob_text for d in (p.log_prob() - q.log_prob() + p.log_prob()).distributions]
         ['p(x)', 'q(x)']
         """
-        from pyro_dgm.distributions.base import Distribution
-
         out: list[Distribution] = []
         seen: set[int] = set()
         stack: list[Any] = [self]
@@ -272,81 +270,64 @@ class Loss(nn.Module, _PyroELBO):
 
     # ------------------------------------------------------------------ arithmetic (new objects)
     def __add__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import AddLoss
-        return AddLoss(self, other)
+        return _operators.AddLoss(self, other)
 
     def __radd__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import AddLoss
-        return AddLoss(other, self)
+        return _operators.AddLoss(other, self)
 
     def __sub__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import SubLoss
-        return SubLoss(self, other)
+        return _operators.SubLoss(self, other)
 
     def __rsub__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import SubLoss
-        return SubLoss(other, self)
+        return _operators.SubLoss(other, self)
 
     def __mul__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import MulLoss
-        return MulLoss(self, other)
+        return _operators.MulLoss(self, other)
 
     def __rmul__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import MulLoss
-        return MulLoss(other, self)
+        return _operators.MulLoss(other, self)
 
     def __truediv__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import DivLoss
-        return DivLoss(self, other)
+        return _operators.DivLoss(self, other)
 
     def __rtruediv__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import DivLoss
-        return DivLoss(other, self)
+        return _operators.DivLoss(other, self)
 
     def __pow__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import PowLoss
-        return PowLoss(self, other)
+        return _operators.PowLoss(self, other)
 
     def __rpow__(self, other: Any) -> "Loss":
-        from pyro_dgm.losses.operators import PowLoss
-        return PowLoss(other, self)
+        return _operators.PowLoss(other, self)
 
     def __neg__(self) -> "Loss":
-        from pyro_dgm.losses.operators import NegLoss
-        return NegLoss(self)
+        return _operators.NegLoss(self)
 
     def __abs__(self) -> "Loss":
         return self.abs()
 
     def abs(self) -> "Loss":
         """The absolute value :math:`|\\mathcal{L}|` (also ``abs(loss)``)."""
-        from pyro_dgm.losses.operators import AbsLoss
-        return AbsLoss(self)
+        return _operators.AbsLoss(self)
 
     def mean(self) -> "BatchMean":
         """The mean over the batch, :math:`mean(\\mathcal{L})`."""
-        from pyro_dgm.losses.operators import BatchMean
-        return BatchMean(self)
+        return _operators.BatchMean(self)
 
     def sum(self) -> "BatchSum":
         """The sum over the batch, :math:`sum(\\mathcal{L})`."""
-        from pyro_dgm.losses.operators import BatchSum
-        return BatchSum(self)
+        return _operators.BatchSum(self)
 
     def detach(self) -> "Loss":
         """The same value without gradient (``detach`` in the formula)."""
-        from pyro_dgm.losses.operators import Detach
-        return Detach(self)
+        return _operators.Detach(self)
 
     def expectation(self, p: "Distribution", sample_shape: Sequence[int] = torch.Size()) -> "Expectation":
         r"""The expectation :math:`\mathbb{E}_{p}[\mathcal{L}]` of this loss over samples of ``p``."""
-        from pyro_dgm.losses.expectation import Expectation
-        return Expectation(p, self, sample_shape=sample_shape)
+        return _expectation.Expectation(p, self, sample_shape=sample_shape)
 
     def constant_var(self, constant_dict: Mapping[str, Any]) -> "Loss":
         """This loss with some input variables fixed to constants (:class:`ConstantVar`)."""
-        from pyro_dgm.losses.special import ConstantVar
-        return ConstantVar(self, constant_dict)
+        return _special.ConstantVar(self, constant_dict)
 
     # ------------------------------------------------------------------ evaluation
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor | tuple[Tensor, dict[str, Any]]:
@@ -490,10 +471,8 @@ class Loss(nn.Module, _PyroELBO):
         any other formula gives a tensor."""
         cached = self.__dict__.get("_params_only")
         if cached is None:
-            from pyro_dgm.losses.special import Parameter
-
             leaves = [n for n in self.loss_terms() if not any(isinstance(c, Loss) for c in n._children())]
-            cached = self._params_only = all(isinstance(n, Parameter) for n in leaves)
+            cached = self._params_only = all(isinstance(n, _special.Parameter) for n in leaves)
         return cached
 
     def _leaves(self) -> list[tuple[int, str]]:
@@ -501,16 +480,14 @@ class Loss(nn.Module, _PyroELBO):
         cached = self.__dict__.get("_leaf_names")
         if cached is not None and cached[0] == NAMES_VERSION[0]:
             return cached[1]
-        from pyro_dgm.losses.operators import LossOperator, LossSelfOperator
-        from pyro_dgm.losses.special import ValueLoss
 
         leaves: list[Loss] = []
 
         def walk(node: Loss) -> None:
-            if getattr(node, "_term_name", None) is None and isinstance(node, (LossOperator, LossSelfOperator)):
+            if getattr(node, "_term_name", None) is None and isinstance(node, (_operators.LossOperator, _operators.LossSelfOperator)):
                 for child in node.operands:
                     walk(child)
-            elif not isinstance(node, ValueLoss):
+            elif not isinstance(node, _special.ValueLoss):
                 leaves.append(node)
 
         walk(self)  # the formula is fixed once built; only the distributions' names may change (NAMES_VERSION)
@@ -618,3 +595,10 @@ def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str])
 def is_operand(x: Any) -> bool:
     """Whether ``x`` can take part in loss arithmetic: a loss, a number or a tensor."""
     return isinstance(x, (Loss, numbers.Number, Tensor))
+
+
+# The losses that Loss's arithmetic builds: their modules import this one, so they come after Loss is defined (one
+# import here instead of one in each operator method).
+from pyro_dgm.losses import expectation as _expectation  # noqa: E402
+from pyro_dgm.losses import operators as _operators  # noqa: E402
+from pyro_dgm.losses import special as _special  # noqa: E402

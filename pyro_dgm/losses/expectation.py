@@ -9,7 +9,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.context import sampler_options
-from pyro_dgm.losses.pdf import _check_distribution
+from pyro_dgm.losses.pdf import LogProb, _check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -147,6 +147,4 @@ def StochasticReconstructionLoss(encoder: "Distribution", decoder: "Distribution
     >>> print(StochasticReconstructionLoss(q, p))
     - \mathbb{E}_{q(z|x)} \left[\log p(x|z) \right]
     """
-    from pyro_dgm.losses.pdf import LogProb
-
     return -Expectation(encoder, LogProb(decoder), sample_shape=sample_shape)

@@ -8,7 +8,7 @@ from pyro.infer import ELBO as _PyroELBOBase
 from pyro.infer import Trace_ELBO
 from torch import Tensor
 
-from pyro_dgm.losses.base import Loss
+from pyro_dgm.losses.base import PREC_NEG, Loss
 
 __all__ = ["PyroELBO"]
 
@@ -80,7 +80,6 @@ class PyroELBO(Loss):
 
     @property
     def _prec(self) -> int:  # type: ignore[override]
-        from pyro_dgm.losses.base import PREC_NEG
         return PREC_NEG
 
     @property

@@ -24,14 +24,15 @@ __all__ = ["SimilarityLoss", "MultiModalContrastivenessLoss"]
 class _PairedEmbeddings(Loss):
     """The means of ``p1`` and ``p2`` over ``var`` given their inputs, and a mismatching permutation."""
 
-    def __init__(self, p1: "Distribution", p2: "Distribution", var: Sequence[str] | None, margin: float) -> None:
+    def __init__(self, p1: "Distribution", p2: "Distribution", input_var: Sequence[str] | None,
+                 var: Sequence[str] | None, margin: float) -> None:
         var = list(var) if var is not None else list(p1.var)
         for p in (p1, p2):
             missing = [v for v in var if v not in p.var]
             if missing:
                 raise ValueError(f"{type(self).__name__}: {p.prob_text} does not generate {missing[0]!r}; both "
                                  f"distributions must generate var={var}")
-        super().__init__(ordered_union(p1.input_var, p2.input_var))
+        super().__init__(ordered_union(p1.input_var, p2.input_var) if input_var is None else list(input_var))
         self.p1, self.p2, self.var, self.margin = p1, p2, var, float(margin)
 
     def _embeddings(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
@@ -67,9 +68,7 @@ class SimilarityLoss(_PairedEmbeddings):
 
     def __init__(self, p1: "Distribution", p2: "Distribution", input_var: Sequence[str] | None = None,
                  var: Sequence[str] | None = None, margin: float = 0.0) -> None:
-        super().__init__(p1, p2, var, margin)
-        if input_var is not None:
-            self._input_var = list(input_var)
+        super().__init__(p1, p2, input_var, var, margin)
 
     @property
     def latex(self) -> str:
@@ -104,9 +103,7 @@ class MultiModalContrastivenessLoss(_PairedEmbeddings):
 
     def __init__(self, p1: "Distribution", p2: "Distribution", input_var: Sequence[str] | None = None,
                  var: Sequence[str] | None = None, margin: float = 0.5) -> None:
-        super().__init__(p1, p2, var, margin)
-        if input_var is not None:
-            self._input_var = list(input_var)
+        super().__init__(p1, p2, input_var, var, margin)
 
     @property
     def latex(self) -> str:

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.losses.pdf import _check_distribution
-from pyro_dgm.models.model import Model, _check_distributions
+from pyro_dgm.models.model import Model
+from pyro_dgm.models.parts import model_distributions
 
 __all__ = ["ML"]
 
@@ -58,8 +58,7 @@ class ML(Model):
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
                  retain_graph: bool = False) -> None:
-        _check_distribution(p, "ML", "p")
-        distributions = [p] + _check_distributions("ML", other_distributions)
+        distributions = model_distributions("ML", other_distributions, p=p)
         self.nll = -p.log_prob(sum_features=True)
         loss = self.nll.mean()
         super().__init__(loss, test_loss=loss, distributions=distributions, optimizer=optimizer,

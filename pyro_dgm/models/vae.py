@@ -8,8 +8,8 @@ from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.base import Loss
-from pyro_dgm.losses.pdf import _check_distribution
-from pyro_dgm.models.model import Model, _check_distributions, _check_loss
+from pyro_dgm.models.model import Model, _check_loss
+from pyro_dgm.models.parts import model_distributions
 
 __all__ = ["VAE"]
 
@@ -71,9 +71,7 @@ class VAE(Model):
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
                  retain_graph: bool = False) -> None:
-        _check_distribution(encoder, "VAE", "encoder")
-        _check_distribution(decoder, "VAE", "decoder")
-        distributions = [encoder, decoder] + _check_distributions("VAE", other_distributions)
+        distributions = model_distributions("VAE", other_distributions, encoder=encoder, decoder=decoder)
         reconstruction = -decoder.log_prob().expectation(encoder)
         if regularizer is None:
             loss = reconstruction.mean()

@@ -8,8 +8,8 @@ from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.elbo import ELBO
-from pyro_dgm.losses.pdf import _check_distribution
-from pyro_dgm.models.model import Model, _check_distributions
+from pyro_dgm.models.model import Model
+from pyro_dgm.models.parts import model_distributions
 
 __all__ = ["VI"]
 
@@ -58,9 +58,7 @@ class VI(Model):
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
                  retain_graph: bool = False) -> None:
-        _check_distribution(p, "VI", "p")
-        _check_distribution(approximate_dist, "VI", "approximate_dist")
-        distributions = [p, approximate_dist] + _check_distributions("VI", other_distributions)
+        distributions = model_distributions("VI", other_distributions, p=p, approximate_dist=approximate_dist)
         loss = -ELBO(p, approximate_dist).mean()
         super().__init__(loss, test_loss=loss, distributions=distributions, optimizer=optimizer,
                          optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,

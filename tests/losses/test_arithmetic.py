@@ -135,5 +135,13 @@ def test_latex_parentheses_by_precedence(vae) -> None:  # type: ignore[no-untype
 
 
 def test_every_loss_is_a_loss(vae) -> None:  # type: ignore[no-untyped-def]
-    q, p, prior, _ = vae
-    assert isinstance(p.log_prob(), Loss) and isinstance(p.prob(), Loss)
+    q, p, prior, x = vae
+    lp, pr = p.log_prob(), p.prob()
+    assert isinstance(lp, Loss) and isinstance(pr, Loss)
+    # their values: torch's Bernoulli density at the decoder's probabilities, and they compose like any loss
+    z = torch.randn(x.shape[0], 2)
+    ref = torch.distributions.Bernoulli(probs=torch.sigmoid(p.fc(z))).log_prob(x).sum(-1)
+    values = {"x": x, "z": z}
+    assert torch.allclose(lp.eval(values), ref, atol=1e-5)
+    assert torch.allclose(pr.eval(values), ref.exp(), atol=1e-6)
+    assert torch.allclose((2 * lp - pr).mean().eval(values), (2 * ref - ref.exp()).mean(), atol=1e-5)

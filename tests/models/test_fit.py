@@ -179,6 +179,26 @@ def test_tensorboard_logging_or_clean_skip(tmp_path: Path) -> None:
 
 
 def test_ml_with_other_distributions_trains_them_all() -> None:
-    extra = Classifier()
-    model = ML(Classifier(), other_distributions=[extra])
+    torch.manual_seed(0)
+    main, extra = Classifier(), Classifier()
+    model = ML(main, other_distributions=[extra], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.5})
     assert len(model.parameters()) == 4 and [d for d in model.distributions][1] is extra
+    # one optimizer holds every parameter of every distribution (Pixyz: distributions.parameters())
+    held = {id(prm) for group in model.optimizer.param_groups for prm in group["params"]}
+    assert held == {id(prm) for prm in list(main.parameters()) + list(extra.parameters())}
+    data = _data()
+    # the step follows SGD's rule w <- w - lr * dL/dw, with L = mean(-log p(y|x)) computed here by hand
+    w0, b0 = main.net.weight.detach().clone(), main.net.bias.detach().clone()
+    extra0 = [prm.detach().clone() for prm in extra.parameters()]
+    w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    nll = -(torch.log_softmax(data["x"] @ w.T + b, -1) * data["y"]).sum(-1).mean()
+    gw, gb = torch.autograd.grad(nll, [w, b])
+    first = model.train(data)
+    assert torch.allclose(first, nll.detach(), atol=1e-5)
+    assert torch.allclose(main.net.weight, w0 - 0.5 * gw, atol=1e-6)
+    assert torch.allclose(main.net.bias, b0 - 0.5 * gb, atol=1e-6)
+    # the extra classifier is not in the loss: no gradient, so SGD leaves it as it was
+    assert all(torch.equal(a, b) for a, b in zip(extra.parameters(), extra0))
+    for _ in range(20):
+        model.train(data)
+    assert float(model.test(data)) < 0.5 * float(first)
