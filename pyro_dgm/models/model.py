@@ -229,8 +229,10 @@ class Model:
     ``distributions``, as in Pixyz.
 
     Under ``torch.distributed`` (launched with ``torchrun``), the process group is set up from the environment when
-    it is not yet, rank 0's parameters are broadcast at construction, and gradients are averaged across processes
-    after each ``backward`` (see :mod:`pyro_dgm.models.distributed`).
+    it is not yet and the trained networks are wrapped in ``torch.nn.parallel.DistributedDataParallel``: rank 0's
+    parameters are broadcast at construction and gradients are averaged across processes during ``backward`` (see
+    :mod:`pyro_dgm.models.distributed`). Parameters that the loss creates in Pyro's param store are not part of the
+    wrapped networks.
 
     Examples
     --------
@@ -274,7 +276,9 @@ class Model:
         self.set_loss(loss, test_loss)
         self.distributions = nn.ModuleList(_check_distributions(owner, distributions))
         _dist.setup_from_env()
-        _dist.broadcast_module(self.distributions)
+        # under torch.distributed: DistributedDataParallel around the networks (rank 0's weights broadcast now);
+        # None in one process, where train() evaluates the loss directly
+        self._ddp = _dist.wrap(self.distributions)
         self._params = [p for p in self.distributions.parameters() if p.requires_grad]
         # Parameters that the loss creates in Pyro's param store (an autoguide in a PyroELBO term) are trained too, as
         # SVI trains them: they are found by tracing the parameters each step when the loss has a Pyro-side term
@@ -387,13 +391,19 @@ class Model:
             import pyro.poutine as poutine
 
             with poutine.trace(param_only=True) as capture:
-                loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+                if self._ddp is not None:
+                    loss, terms = self._ddp(self.loss_cls, x_dict, kwargs)
+                else:
+                    loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
             self._adopt_pyro_params({name: site["value"].unconstrained()
                                      for name, site in capture.trace.nodes.items() if site["type"] == "param"})
         else:
             store = _param_store()
             size = len(store)
-            loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+            if self._ddp is not None:  # DistributedDataParallel sees the forward pass and averages in backward
+                loss, terms = self._ddp(self.loss_cls, x_dict, kwargs)
+            else:
+                loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
             if len(store) > size:  # the loss created Pyro parameters (pyro.param in a custom term)
                 names = list(store.keys())[size:]
                 self._adopt_pyro_params({n: store.get_param(n).unconstrained() for n in names})
@@ -407,7 +417,6 @@ class Model:
                                "parameters (it has no gradient); check that distributions=[...] holds the "
                                "distributions the loss uses")
         loss.backward(retain_graph=self.retain_graph)
-        _dist.average_gradients(self._params)
         if self.check_gradients:
             grads = [p.grad for p in self._params if p.grad is not None]
             if self.clip_norm:  # the norm clipping computes is also the finiteness check

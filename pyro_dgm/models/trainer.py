@@ -19,10 +19,18 @@ Data
 - any re-iterable of batches (a ``DataLoader``, a list): each batch a dict by variable name, a tensor, or a
   tuple/list of tensors matched in order to the loss's ``input_var`` (``TensorDataset`` gives these).
 
-Under ``torch.distributed`` every batch is a global batch: each process trains on its contiguous slice of it
-(:func:`pyro_dgm.models.distributed.shard`; for a dict of tensors or a Dataset only that slice is read), the shuffled
-order is rank 0's, and the epoch's numbers are averaged over the processes. A ``DataLoader`` you pass must give the
-same batches on every process (``shuffle=False``, or a seeded ``generator``).
+Under ``torch.distributed`` every batch is a global batch, cut as ``DistributedSampler`` would: each process
+trains on its contiguous slice of it (:func:`pyro_dgm.models.distributed.shard`; for a dict of tensors or a Dataset
+only that slice is read); the shuffled order changes every epoch and is the same on every process (rank 0 draws it
+from torch's generator, as one process would, and broadcasts it, so a run on ``N`` processes sees the batches of a
+run on one); the epoch's numbers (history, test metrics, the named terms) are averaged over the processes, weighted
+by rows. Uneven batches: when ``N`` does not divide a batch, the first processes get one row more (``tensor_split``)
+and ``DistributedDataParallel`` still averages the gradients with equal weights, so that step differs slightly from
+one process's (exact equality needs ``N`` to divide the batch size and the data size, and a loss that is a mean
+over the batch: a sum over the batch gets gradients ``1/N`` of one process's, as under plain DDP); a
+last batch with fewer rows than processes is dropped (on every process; a data set with fewer rows than processes
+raises). Only rank 0 shows the progress bar and writes TensorBoard events and checkpoints. A ``DataLoader`` you pass
+must give the same batches on every process (``shuffle=False``, or a seeded ``generator``).
 """
 from __future__ import annotations
 
@@ -154,7 +162,10 @@ class _Batches:
             idx = order[start:start + size] if order is not None else torch.arange(start, min(start + size, self.n))
             if n > 1:
                 if len(idx) < n:
-                    raise ValueError(f"fit: a batch of {self.what} has {len(idx)} rows, fewer than the {n} processes")
+                    if start == 0:
+                        raise ValueError(f"fit: a batch of {self.what} has {len(idx)} rows, fewer than the {n} "
+                                         "processes")
+                    break  # a last batch with fewer rows than processes is dropped (the same on every process)
                 idx = idx.tensor_split(n)[r]
             if self.table is not None:
                 yield {k: v[idx] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in self.table.items()}
