@@ -125,3 +125,42 @@ def raises_same(program: Callable[[], Any]) -> tuple[type, type]:
             run(program)
         kinds.append(info.type)
     return kinds[0], kinds[1]
+
+
+def same(program: Callable[[], Any], **kw: Any) -> tuple[Any, Any]:
+    """Run ``program`` under both libraries and :func:`assert_same` the results; return them."""
+    ref, ours = run_both(program)
+    assert_same(ref, ours, **kw)
+    return ref, ours
+
+
+def docstring_vae() -> Any:
+    """Pixyz's docstring VAE at small size: q(z|x), p(x|z), prior p(z)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+    from pixyz.distributions import Bernoulli, Normal
+
+    class Inference(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc1 = nn.Linear(6, 8)
+            self.fc21 = nn.Linear(8, 2)
+            self.fc22 = nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = F.relu(self.fc1(x))
+            return {"loc": self.fc21(h), "scale": F.softplus(self.fc22(h))}
+
+    class Generator(Bernoulli):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc1 = nn.Linear(2, 8)
+            self.fc2 = nn.Linear(8, 6)
+
+        def forward(self, z):
+            return {"probs": torch.sigmoid(self.fc2(F.relu(self.fc1(z))))}
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_{prior}")
+    x = torch.bernoulli(torch.full((5, 6), 0.4))
+    return Inference(), Generator(), prior, x

@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from pixyz_harness import assert_same, raises_same, run_both, run_pixyz, run_pyro_dgm
-
-
-def same(program, **kw):  # type: ignore[no-untyped-def]
-    ref, ours = run_both(program)
-    assert_same(ref, ours, **kw)
-    return ref, ours
+from pixyz_harness import assert_same, raises_same, run_both, run_pixyz, run_pyro_dgm, same
 
 
 def _factor_view(f):  # type: ignore[no-untyped-def]

@@ -11,13 +11,7 @@ import math
 import pytest
 import torch
 
-from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
-
-
-def same(program, **kw):  # type: ignore[no-untyped-def]
-    ref, ours = run_both(program)
-    assert_same(ref, ours, **kw)
-    return ref, ours
+from pixyz_harness import run_both, run_pixyz, run_pyro_dgm, same
 
 
 # ---------------------------------------------------------------------------------------------- DistGraph

@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixyz_harness import assert_same, run_both
-
-
-def same(program, **kw):  # type: ignore[no-untyped-def]
-    ref, ours = run_both(program)
-    assert_same(ref, ours, **kw)
-    return ref, ours
+from pixyz_harness import same
 
 
 # ================================================================================================ TestNormal

@@ -10,45 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
-
-
-def same(program, **kw):  # type: ignore[no-untyped-def]
-    ref, ours = run_both(program)
-    assert_same(ref, ours, **kw)
-    return ref, ours
-
-
-def _vae():  # type: ignore[no-untyped-def]
-    """Pixyz's docstring VAE at small size: q(z|x), p(x|z), prior p(z)."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-    from pixyz.distributions import Bernoulli, Normal
-
-    class Inference(Normal):
-        def __init__(self):
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc1 = nn.Linear(6, 8)
-            self.fc21 = nn.Linear(8, 2)
-            self.fc22 = nn.Linear(8, 2)
-
-        def forward(self, x):
-            h = F.relu(self.fc1(x))
-            return {"loc": self.fc21(h), "scale": F.softplus(self.fc22(h))}
-
-    class Generator(Bernoulli):
-        def __init__(self):
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc1 = nn.Linear(2, 8)
-            self.fc2 = nn.Linear(8, 6)
-
-        def forward(self, z):
-            return {"probs": torch.sigmoid(self.fc2(F.relu(self.fc1(z))))}
-
-    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_{prior}")
-    x = torch.bernoulli(torch.full((5, 6), 0.4))
-    return Inference(), Generator(), prior, x
+from pixyz_harness import docstring_vae, run_pixyz, run_pyro_dgm, same
 
 
 # ============================================================================================= arithmetic
@@ -270,7 +232,7 @@ def kl_and_entropies():
 def elbo_and_pdf():
     import torch
     from pixyz.losses import ELBO, LogProb, Prob
-    q, p, prior, x = _vae()
+    q, p, prior, x = docstring_vae()
     joint = p * prior
     elbo = ELBO(joint, q)
     lp, pr = LogProb(p), Prob(p)
@@ -283,7 +245,7 @@ def elbo_and_pdf():
 def vae_loss():
     import torch
     from pixyz.losses import KullbackLeibler, LogProb, Expectation as E
-    q, p, prior, x = _vae()
+    q, p, prior, x = docstring_vae()
     loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()
     value = loss.eval({"x": x})
     value.backward()

@@ -9,51 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
-
-
-def same(program, **kw):  # type: ignore[no-untyped-def]
-    ref, ours = run_both(program)
-    assert_same(ref, ours, **kw)
-    return ref, ours
-
-
-def _nets():  # type: ignore[no-untyped-def]
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-    from pixyz.distributions import Bernoulli, Normal
-
-    class Inference(Normal):
-        def __init__(self):
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc1 = nn.Linear(6, 8)
-            self.fc21 = nn.Linear(8, 2)
-            self.fc22 = nn.Linear(8, 2)
-
-        def forward(self, x):
-            h = F.relu(self.fc1(x))
-            return {"loc": self.fc21(h), "scale": F.softplus(self.fc22(h))}
-
-    class Generator(Bernoulli):
-        def __init__(self):
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc1 = nn.Linear(2, 8)
-            self.fc2 = nn.Linear(8, 6)
-
-        def forward(self, z):
-            return {"probs": torch.sigmoid(self.fc2(F.relu(self.fc1(z))))}
-
-    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_{prior}")
-    x = torch.bernoulli(torch.full((5, 6), 0.4))
-    return Inference(), Generator(), prior, x
+from pixyz_harness import assert_same, docstring_vae, run_pixyz, run_pyro_dgm, same
 
 
 def model_train_and_test():
     from torch import optim
     from pixyz.losses import KullbackLeibler, LogProb, Expectation as E
     from pixyz.models import Model
-    q, p, prior, x = _nets()
+    q, p, prior, x = docstring_vae()
     loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()
     model = Model(loss=loss, distributions=[p, q], optimizer=optim.Adam, optimizer_params={"lr": 1e-2})
     losses = [model.train({"x": x.clone()}) for _ in range(3)]
@@ -65,7 +28,7 @@ def model_with_clipping_and_test_loss():
     from torch import optim
     from pixyz.losses import KullbackLeibler, LogProb, Expectation as E
     from pixyz.models import Model
-    q, p, prior, x = _nets()
+    q, p, prior, x = docstring_vae()
     loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()
     test_loss = KullbackLeibler(q, prior).mean()
     model = Model(loss=loss, test_loss=test_loss, distributions=[p, q], optimizer=optim.SGD,
@@ -81,13 +44,13 @@ def vae_vi_ml():
     from torch import optim
     from pixyz.losses import KullbackLeibler
     from pixyz.models import VAE, VI, ML
-    q, p, prior, x = _nets()
+    q, p, prior, x = docstring_vae()
     vae = VAE(q, p, regularizer=KullbackLeibler(q, prior), optimizer=optim.Adam, optimizer_params={"lr": 1e-2})
     v = [vae.train({"x": x.clone()}) for _ in range(2)] + [vae.test({"x": x.clone()})]
-    q2, p2, prior2, _ = _nets()
+    q2, p2, prior2, _ = docstring_vae()
     vi = VI(p2 * prior2, q2, optimizer_params={"lr": 1e-2})
     w = [vi.train({"x": x.clone()}) for _ in range(2)] + [vi.test({"x": x.clone()})]
-    _, p3, _, _ = _nets()
+    _, p3, _, _ = docstring_vae()
     ml = ML(p3, optimizer_params={"lr": 1e-2})
     z = q.sample({"x": x})["z"].detach()
     m = [ml.train({"x": x.clone(), "z": z.clone()}) for _ in range(2)] + [ml.test({"x": x.clone(), "z": z.clone()})]
@@ -138,7 +101,7 @@ def _save_load(folder: str):  # type: ignore[no-untyped-def]
         import torch
         from pixyz.losses import KullbackLeibler, LogProb, Expectation as E
         from pixyz.models import Model
-        q, p, prior, x = _nets()
+        q, p, prior, x = docstring_vae()
         loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()
         model = Model(loss=loss, distributions=[p, q], optimizer_params={"lr": 1e-2})
         model.train({"x": x.clone()})
