@@ -389,16 +389,9 @@ def prog_gan() -> Any:
             "model": str(model), "sample": p.sample(batch_n=2)["x"]}
 
 
-def prog_factor_vae() -> Any:
-    """FactorVAE: reconstruction + KL + gamma * AdversarialKullbackLeibler(q, q_shuffle) with its discriminator."""
-    from torch import nn, optim
-
-    import pixyz.distributions as pd
-    from pixyz.losses import AdversarialKullbackLeibler, KullbackLeibler
-    from pixyz.models import Model
-
-    n = _nets(pd)
-    p, q, prior = n["P"](), n["Q"](), n["prior"]
+def _factor_vae_parts(pd: Any, q: Any) -> tuple[Any, Any]:
+    """FactorVAE's q_shuffle(z|x) (each latent dim permuted across the batch) and its discriminator d(t|z)."""
+    from torch import nn
 
     class QShuffle(pd.Deterministic):
         def __init__(self) -> None:
@@ -416,7 +409,22 @@ def prog_factor_vae() -> Any:
         def forward(self, z: torch.Tensor) -> dict:
             return {"t": torch.sigmoid(self.fc(z))}
 
-    tc = AdversarialKullbackLeibler(q, QShuffle(), discriminator=D(), optimizer=optim.Adam,
+    return QShuffle(), D()
+
+
+def prog_factor_vae() -> Any:
+    """FactorVAE: reconstruction + KL + gamma * AdversarialKullbackLeibler(q, q_shuffle) with its discriminator."""
+    from torch import optim
+
+    import pixyz.distributions as pd
+    from pixyz.losses import AdversarialKullbackLeibler, KullbackLeibler
+    from pixyz.models import Model
+
+    n = _nets(pd)
+    p, q, prior = n["P"](), n["Q"](), n["prior"]
+
+    q_shuffle, d = _factor_vae_parts(pd, q)
+    tc = AdversarialKullbackLeibler(q, q_shuffle, discriminator=d, optimizer=optim.Adam,
                                     optimizer_params={"lr": 1e-2})
     loss = (KullbackLeibler(q, prior) - p.log_prob().expectation(q)).mean() + 6 * tc
     model = Model(loss, distributions=[p, q], optimizer=optim.Adam, optimizer_params={"lr": 1e-2})
@@ -619,31 +627,13 @@ def test_factor_vae_total_correlation_trains_the_encoder() -> None:
     discriminator, so its gradient with respect to the encoder's loc bias is the discriminator's weight ``w``.
     The whole FactorVAE step is the same as Pixyz's up to that gradient (first loss equal)."""
     def program() -> Any:
-        from torch import nn
-
         import pixyz.distributions as pd
         from pixyz.losses import AdversarialKullbackLeibler
 
         q = _nets(pd)["Q"]()
 
-        class QShuffle(pd.Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["z"], cond_var=["x"], name="q_{shuffle}")
-
-            def forward(self, x: torch.Tensor) -> dict:
-                z = q.sample({"x": x}, return_all=False)["z"]
-                return {"z": torch.stack([c[torch.randperm(c.shape[0])] for c in z.t()], 1)}
-
-        class D(pd.Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["t"], cond_var=["z"], name="d")
-                self.fc = nn.Linear(Z_DIM, 1)
-
-            def forward(self, z: torch.Tensor) -> dict:
-                return {"t": torch.sigmoid(self.fc(z))}
-
-        d = D()
-        tc = AdversarialKullbackLeibler(q, QShuffle(), discriminator=d)
+        q_shuffle, d = _factor_vae_parts(pd, q)
+        tc = AdversarialKullbackLeibler(q, q_shuffle, discriminator=d)
         w = d.fc.weight.detach()[0].clone()
         value = tc.eval({"x": _data()["x"]})
         value.backward()
