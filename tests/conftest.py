@@ -2,16 +2,14 @@
 
 Every test starts from the same random state and an empty Pyro param store (sampling tests are reproducible), on
 one torch thread (small networks run faster so, and the CPU may be shared), and the ``vae`` fixture gives the small
-encoder/decoder/prior the Loss API tests share.
+encoder/decoder/prior the Loss API tests share (the networks of ``dgm_fixtures.py``).
 """
 from __future__ import annotations
 
 import pyro
 import pytest
 import torch
-from torch import nn
-
-from pyro_dgm.distributions import Bernoulli, Normal
+from dgm_fixtures import Decoder, Encoder, standard_prior
 
 
 def pytest_addoption(parser):  # type: ignore[no-untyped-def]
@@ -47,33 +45,10 @@ def _fresh_state(request):  # type: ignore[no-untyped-def]
     torch.set_num_threads(threads)
 
 
-class Encoder(Normal):
-    """q(z|x) with a linear network."""
-
-    def __init__(self, x_dim: int = 4, z_dim: int = 2) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.loc = nn.Linear(x_dim, z_dim)
-        self.log_scale = nn.Linear(x_dim, z_dim)
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return {"loc": self.loc(x), "scale": self.log_scale(x).exp()}
-
-
-class Decoder(Bernoulli):
-    """p(x|z) with a linear network."""
-
-    def __init__(self, x_dim: int = 4, z_dim: int = 2) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.fc = nn.Linear(z_dim, x_dim)
-
-    def forward(self, z):  # type: ignore[no-untyped-def]
-        return {"probs": torch.sigmoid(self.fc(z))}
-
-
 @pytest.fixture
 def vae():  # type: ignore[no-untyped-def]
     torch.manual_seed(1)
-    q, p = Encoder(), Decoder()
-    prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
+    q, p = Encoder(x_dim=4, z_dim=2), Decoder(x_dim=4, z_dim=2)  # linear: loc and scale heads, probs
+    prior = standard_prior(2)
     x = torch.bernoulli(torch.full((8, 4), 0.5))
     return q, p, prior, x

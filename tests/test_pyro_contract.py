@@ -19,47 +19,23 @@ import pyro.poutine as poutine
 import pytest
 import torch
 import torch.nn.functional as F
+from dgm_fixtures import Decoder, Encoder
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
-from pyro_dgm.distributions import Bernoulli, Normal
+from pyro_dgm.distributions import Normal
 
 ROOT = Path(__file__).resolve().parents[1]
 X_DIM, Z_DIM, N = 6, 2, 5
 
 
-class Decoder(Bernoulli):
-    """p(x|z) with a small network."""
-
-    def __init__(self, x_dim: int = X_DIM, z_dim: int = Z_DIM, hidden: int = 0) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = nn.Linear(z_dim, x_dim) if not hidden else nn.Sequential(
-            nn.Linear(z_dim, hidden), nn.ReLU(), nn.Linear(hidden, x_dim))
-
-    def forward(self, z: Tensor) -> dict[str, Tensor]:
-        return {"logits": self.net(z)}
-
-
-class Encoder(Normal):
-    """q(z|x) with a small network."""
-
-    def __init__(self, x_dim: int = X_DIM, z_dim: int = Z_DIM, hidden: int = 0) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.z_dim = z_dim
-        self.net = nn.Linear(x_dim, 2 * z_dim) if not hidden else nn.Sequential(
-            nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim))
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        h = self.net(x)
-        return {"loc": h[..., :self.z_dim], "scale": F.softplus(h[..., self.z_dim:]) + 1e-3}
-
-
 def make_vae(x_dim: int = X_DIM, z_dim: int = Z_DIM, hidden: int = 0) -> tuple[Decoder, Normal, Encoder]:
-    p = Decoder(x_dim, z_dim, hidden)
+    """p(x|z) (logits), the prior and q(z|x) (one network, its output cut in two): the shared test networks."""
+    p = Decoder(x_dim, z_dim, hidden, logits=True)
     prior = Normal(loc=0.0, scale=1.0, var=["z"], features_shape=[z_dim], name="p_{prior}")
-    return p, prior, Encoder(x_dim, z_dim, hidden)
+    return p, prior, Encoder(x_dim, z_dim, hidden, split=True)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -359,7 +335,7 @@ def test_a_network_named_model_stays_reachable():
     assert q.sample({"x": torch.rand(N, X_DIM)})["z"].shape == (N, Z_DIM)  # forward can call self.model
     assert sorted(n for n, _ in q.named_parameters()) == ["guide.bias", "guide.weight", "model.bias", "model.weight"]
 
-    plain = Encoder()
+    plain = Encoder(X_DIM, Z_DIM, split=True)
     assert not isinstance(plain.model, nn.Module) and callable(plain.model)
     tr = poutine.trace(plain.model).get_trace(x=torch.rand(N, X_DIM))
     assert set(sample_sites(tr)) == {"z"} and tr.nodes["z"]["value"].shape == (N, Z_DIM)

@@ -15,6 +15,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from dgm_fixtures import Decoder, Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyro import poutine
@@ -100,28 +101,16 @@ def test_standard_form_is_recognized_only_for_standard_constants():
 
 
 # ---------------------------------------------------------------------------------------------- the hot path
-class _Enc(Normal):
+class _Enc(Encoder):
+    """The shared q(z|x), 6 -> 3, two linear heads, scale softplus(.) + 0.1 (its own name for the errors' text)."""
+
     def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.fc = nn.Linear(6, 3)
-        self.fs = nn.Linear(6, 3)
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return {"loc": self.fc(x), "scale": nn.functional.softplus(self.fs(x)) + 0.1}
-
-
-class _Dec(Bernoulli):
-    def __init__(self) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.fc = nn.Linear(3, 6)
-
-    def forward(self, z):  # type: ignore[no-untyped-def]
-        return {"probs": torch.sigmoid(self.fc(z))}
+        super().__init__(6, 3, min_scale=0.1)
 
 
 def _losses():  # type: ignore[no-untyped-def]
     torch.manual_seed(3)
-    q, p = _Enc(), _Dec()
+    q, p = _Enc(), Decoder(6, 3)
     prior = Normal(loc=0., scale=1., var=["z"], features_shape=[3], name="p_{prior}")
     shifted = Normal(loc=0.5, scale=2., var=["z"], features_shape=[3], name="r")
     return (q, p, prior), {
@@ -220,7 +209,7 @@ def test_errors_name_the_distribution_without_validation(no_validation):  # type
         KullbackLeibler(q, prior).eval({"y": torch.randn(4, 6)})
     class Mismatched(_Enc):  # loc and scale that do not broadcast
         def forward(self, x):  # type: ignore[no-untyped-def]
-            return {"loc": self.fc(x), "scale": torch.ones(x.shape[0], 2)}
+            return {"loc": self.loc(x), "scale": torch.ones(x.shape[0], 2)}
 
     with pytest.raises(ValueError, match=r"Mismatched q\(z\|x\).*loc.*scale"):
         Mismatched().sample({"x": torch.randn(4, 6)}, reparam=True)

@@ -140,7 +140,7 @@ def test_every_loss_is_a_loss(vae) -> None:  # type: ignore[no-untyped-def]
     assert isinstance(lp, Loss) and isinstance(pr, Loss)
     # their values: torch's Bernoulli density at the decoder's probabilities, and they compose like any loss
     z = torch.randn(x.shape[0], 2)
-    ref = torch.distributions.Bernoulli(probs=torch.sigmoid(p.fc(z))).log_prob(x).sum(-1)
+    ref = torch.distributions.Bernoulli(probs=torch.sigmoid(p.net(z))).log_prob(x).sum(-1)
     values = {"x": x, "z": z}
     assert torch.allclose(lp.eval(values), ref, atol=1e-5)
     assert torch.allclose(pr.eval(values), ref.exp(), atol=1e-6)

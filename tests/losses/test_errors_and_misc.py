@@ -6,6 +6,7 @@ import math
 import pyro
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pyro_dgm.distributions import Bernoulli, Normal
 from pyro_dgm.losses import (MMD, NLL, REINFORCE, E, Expectation, KullbackLeibler, LogProb, Parameter, Prob,
@@ -69,16 +70,17 @@ def test_expectation_is_reparameterized(vae) -> None:  # type: ignore[no-untyped
     loss, values = E(q, LogProb(p)).mean().eval({"x": x}, return_dict=True)
     loss.backward()
     # by hand with the same noise: z = mu(x) + sigma(x) * eps, the gradient goes through mu and sigma (pathwise)
+    # (q: linear heads, sigma = softplus(x W_s + b_s) + 1e-3)
     w_loc = q.loc.weight.detach().clone().requires_grad_()
-    w_scale = q.log_scale.weight.detach().clone().requires_grad_()
+    w_scale = q.scale.weight.detach().clone().requires_grad_()
     with torch.no_grad():
-        eps = (values["z"] - q.loc(x)) / q.log_scale(x).exp()
-    z = (x @ w_loc.T + q.loc.bias) + (x @ w_scale.T + q.log_scale.bias).exp() * eps
-    lp = torch.distributions.Bernoulli(probs=torch.sigmoid(p.fc(z))).log_prob(x).sum(-1).mean()
+        eps = (values["z"] - q.loc(x)) / (F.softplus(q.scale(x)) + 1e-3)
+    z = (x @ w_loc.T + q.loc.bias) + (F.softplus(x @ w_scale.T + q.scale.bias) + 1e-3) * eps
+    lp = torch.distributions.Bernoulli(probs=torch.sigmoid(p.net(z))).log_prob(x).sum(-1).mean()
     g_loc, g_scale = torch.autograd.grad(lp, [w_loc, w_scale])
     assert g_loc.abs().sum() > 0
     assert torch.allclose(q.loc.weight.grad, g_loc, atol=1e-5)
-    assert torch.allclose(q.log_scale.weight.grad, g_scale, atol=1e-5)
+    assert torch.allclose(q.scale.weight.grad, g_scale, atol=1e-5)
 
 
 def test_aliases(vae) -> None:  # type: ignore[no-untyped-def]

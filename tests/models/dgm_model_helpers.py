@@ -1,39 +1,30 @@
-"""Small models and data shared by the Model API tests (and the DDP worker script)."""
+"""Small models and data shared by the Model API tests (and the DDP worker script): the shared encoder and decoder
+(``tests/dgm_fixtures.py``) at the digits' sizes, a classifier, the digits."""
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from pyro_dgm.distributions import Bernoulli, Categorical, Normal
+try:
+    from dgm_fixtures import Decoder, Encoder
+except ModuleNotFoundError:  # imported by ddp_worker.py, a script torchrun runs: tests/ is not on sys.path there
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+    from dgm_fixtures import Decoder, Encoder
+
+from pyro_dgm.distributions import Categorical, Normal
 from pyro_dgm.losses import KullbackLeibler
 from pyro_dgm.models import ML, VAE
 
-
-class Encoder(Normal):
-    """q(z|x) with a small MLP."""
-
-    def __init__(self, x_dim: int = 64, z_dim: int = 4, h: int = 32) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = nn.Sequential(nn.Linear(x_dim, h), nn.ReLU())
-        self.loc = nn.Linear(h, z_dim)
-        self.scale = nn.Linear(h, z_dim)
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        h = self.net(x)
-        return {"loc": self.loc(h), "scale": nn.functional.softplus(self.scale(h)) + 1e-3}
+X_DIM, Z_DIM, HIDDEN = 64, 4, 32  # 8x8 digits, the latent size, one hidden layer
 
 
-class Decoder(Bernoulli):
-    """p(x|z) with a small MLP."""
-
-    def __init__(self, x_dim: int = 64, z_dim: int = 4, h: int = 32) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = nn.Sequential(nn.Linear(z_dim, h), nn.ReLU(), nn.Linear(h, x_dim))
-
-    def forward(self, z):  # type: ignore[no-untyped-def]
-        return {"probs": torch.sigmoid(self.net(z))}
+def digits_nets(z_dim: int = Z_DIM, h: int = HIDDEN) -> tuple[Encoder, Decoder]:
+    """q(z|x) and p(x|z) for the digits: the shared networks with one hidden layer of ``h`` ReLU units."""
+    return Encoder(X_DIM, z_dim, h), Decoder(X_DIM, z_dim, h)
 
 
 class Classifier(Categorical):
@@ -60,7 +51,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 def make_vae(z_dim: int = 4, h: int = 32, lr: float = 1e-2, **kwargs) -> VAE:  # type: ignore[no-untyped-def]
     """A VAE with a KL regularizer to N(0, I) (MC sampling in the reconstruction term)."""
-    q, p = Encoder(z_dim=z_dim, h=h), Decoder(z_dim=z_dim, h=h)
+    q, p = digits_nets(z_dim, h)
     prior = Normal(loc=torch.zeros(z_dim), scale=torch.ones(z_dim), var=["z"], name="p_{prior}")
     return VAE(q, p, regularizer=KullbackLeibler(q, prior), optimizer_params={"lr": lr}, **kwargs)
 

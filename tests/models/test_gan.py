@@ -7,9 +7,10 @@ from typing import Iterator
 
 import pytest
 import torch
+from dgm_fixtures import Decoder, Encoder
 from torch import nn
 
-from pyro_dgm.distributions import Bernoulli, Deterministic, EmpiricalDistribution, Normal
+from pyro_dgm.distributions import Deterministic, EmpiricalDistribution, Normal
 from pyro_dgm.losses import AdversarialJensenShannon, AdversarialKullbackLeibler, KullbackLeibler
 from pyro_dgm.models import GAN, Model
 
@@ -86,30 +87,10 @@ def test_gan_moves_its_samples_mean_and_variance_to_the_mixture() -> None:
 Z = 4
 
 
-class Q(Normal):
-    def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.h = nn.Sequential(nn.Linear(64, 64), nn.ReLU())
-        self.loc, self.scale = nn.Linear(64, Z), nn.Linear(64, Z)
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        h = self.h(x)
-        return {"loc": self.loc(h), "scale": nn.functional.softplus(self.scale(h)) + 1e-3}
-
-
-class P(Bernoulli):
-    def __init__(self) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = nn.Sequential(nn.Linear(Z, 64), nn.ReLU(), nn.Linear(64, 64))
-
-    def forward(self, z):  # type: ignore[no-untyped-def]
-        return {"probs": torch.sigmoid(self.net(z))}
-
-
 class QShuffle(Deterministic):
     """q(z|x) with each latent dimension permuted across the batch: samples of the product of q's marginals."""
 
-    def __init__(self, q: Q) -> None:
+    def __init__(self, q: Encoder) -> None:
         super().__init__(var=["z"], cond_var=["x"], name="q_{shuffle}")
         self.q = q
 
@@ -137,7 +118,7 @@ def test_factorvae_discriminator_rises_above_chance_while_the_vae_trains() -> No
     """
     sklearn_datasets = pytest.importorskip("sklearn.datasets")
     X = torch.tensor(sklearn_datasets.load_digits().data > 7, dtype=torch.float32)
-    q, p, d = Q(), P(), TCDiscriminator()
+    q, p, d = Encoder(64, Z, 64), Decoder(64, Z, 64), TCDiscriminator()  # one hidden layer of 64 units
     prior = Normal(loc=0., scale=1., var=["z"], features_shape=[Z], name="p_{prior}")
     tc = AdversarialKullbackLeibler(q, QShuffle(q), discriminator=d, optimizer_params={"lr": 1e-2, "betas": (0.5, 0.9)})
     vae = (-p.log_prob().expectation(q) + KullbackLeibler(q, prior)).mean()

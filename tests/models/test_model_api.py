@@ -7,7 +7,7 @@ import pyro
 import pyro.optim
 import pytest
 import torch
-from dgm_model_helpers import Classifier, Decoder, Encoder, digits, make_ml, make_vae
+from dgm_model_helpers import Classifier, digits, digits_nets, make_ml, make_vae
 from torch import nn
 
 from pyro_dgm.distributions import Normal
@@ -153,7 +153,7 @@ def test_a_torch_optimizer_factory_and_clipped_adam() -> None:
 
 
 def test_bad_inputs_give_clear_errors() -> None:
-    q, p = Encoder(), Decoder()
+    q, p = digits_nets()
     loss = (-p.log_prob().expectation(q)).mean()
     with pytest.raises(TypeError, match=r"distributions\[1\] is a torch.distributions.normal.Normal"):
         Model(loss, distributions=[q, torch.distributions.Normal(0.0, 1.0)])
@@ -186,7 +186,7 @@ def test_bad_inputs_give_clear_errors() -> None:
 
 
 def test_ready_made_losses_are_pixyz_objectives() -> None:
-    q, p = Encoder(), Decoder()
+    q, p = digits_nets()
     prior = Normal(loc=torch.zeros(4), scale=torch.ones(4), var=["z"], name="p_{prior}")
     x = digits()[0][:16]
     vae = VAE(q, p, regularizer=KullbackLeibler(q, prior))

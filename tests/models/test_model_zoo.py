@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from dgm_model_helpers import Classifier, Decoder, Encoder, digits, make_ml, make_vae
+from dgm_model_helpers import Classifier, digits, digits_nets, make_ml, make_vae
 
 from pyro_dgm.distributions import Normal
 from pyro_dgm.models import VI
@@ -27,7 +27,7 @@ def test_vae_improves_on_digits() -> None:
 
 def test_vi_improves_on_digits() -> None:
     train, test = _split()
-    q, p = Encoder(), Decoder()
+    q, p = digits_nets()
     prior = Normal(loc=torch.zeros(4), scale=torch.ones(4), var=["z"], name="p_{prior}")
     model = VI(p * prior, q, optimizer_params={"lr": 1e-2})
     before = float(model.test({"x": test["x"]}))

@@ -5,10 +5,11 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+from dgm_fixtures import Decoder
 from pyro.infer import SVI
 from torch import nn
 
-from pyro_dgm.distributions import Bernoulli, Normal
+from pyro_dgm.distributions import Normal
 from pyro_dgm.losses import ELBO, Expectation, KullbackLeibler, LogProb
 from pyro_dgm.models import Model
 from pyro_dgm.poutine import get_cache_maxsize, memoize, set_cache_maxsize
@@ -29,15 +30,6 @@ class Encoder(Normal):
         return {"loc": h[:, :2], "scale": scale * nn.functional.softplus(h[:, 2:]) + 1e-3}
 
 
-class Decoder(Bernoulli):
-    def __init__(self) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.fc = nn.Linear(2, 4)
-
-    def forward(self, z):  # type: ignore[no-untyped-def]
-        return {"probs": torch.sigmoid(self.fc(z))}
-
-
 @pytest.fixture(autouse=True)
 def _restore_maxsize():  # type: ignore[no-untyped-def]
     size = get_cache_maxsize()
@@ -47,7 +39,7 @@ def _restore_maxsize():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def vae():  # type: ignore[no-untyped-def]
-    q, p = Encoder(), Decoder()
+    q, p = Encoder(), Decoder(x_dim=4, z_dim=2)  # p: the shared decoder
     prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
     x = torch.bernoulli(torch.full((6, 4), 0.5))
     return q, p, prior, x

@@ -13,37 +13,18 @@ import pyro.poutine as poutine
 import pytest
 import torch
 import torch.nn.functional as F
+from dgm_fixtures import Decoder, Encoder
 from pyro.infer import Predictive, Trace_ELBO, TraceEnum_ELBO
-from torch import nn
 
-from pyro_dgm.distributions import Bernoulli, Categorical, Normal
+from pyro_dgm.distributions import Categorical, Normal
 
 X, Z, N, S = 6, 2, 5, 4
-
-
-class Decoder(Bernoulli):  # p(x|z)
-    def __init__(self) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = nn.Linear(Z, X)
-
-    def forward(self, z):
-        return {"logits": self.net(z)}
-
-
-class Encoder(Normal):  # q(z|x)
-    def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = nn.Linear(X, 2 * Z)
-
-    def forward(self, x):
-        h = self.net(x)
-        return {"loc": h[..., :Z], "scale": F.softplus(h[..., Z:]) + 1e-3}
 
 
 @pytest.fixture
 def nets():
     torch.manual_seed(0)
-    return Decoder(), Encoder(), torch.bernoulli(torch.full((N, X), 0.3))
+    return Decoder(X, Z, logits=True), Encoder(X, Z, split=True), torch.bernoulli(torch.full((N, X), 0.3))
 
 
 def pairs(p: Decoder, q: Encoder, new: bool = False):

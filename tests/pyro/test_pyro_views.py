@@ -11,38 +11,21 @@ import pyro.poutine as poutine
 import pytest
 import torch
 import torch.nn.functional as F
+from dgm_fixtures import Decoder, Encoder
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from torch import nn
 
-from pyro_dgm.distributions import Bernoulli, Categorical, FactorizedBernoulli, Normal, RelaxedBernoulli
+from pyro_dgm.distributions import Categorical, FactorizedBernoulli, Normal, RelaxedBernoulli
 
 X, Z, N = 6, 2, 5
 PYRO_DGM = str(Path(__file__).resolve().parents[2] / "pyro_dgm")
 
 
-class Decoder(Bernoulli):
-    def __init__(self) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = nn.Sequential(nn.Linear(Z, 8), nn.Tanh(), nn.Linear(8, X))
-
-    def forward(self, z):
-        return {"logits": self.net(z)}
-
-
-class Encoder(Normal):
-    def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = nn.Sequential(nn.Linear(X, 8), nn.Tanh(), nn.Linear(8, 2 * Z))
-
-    def forward(self, x):
-        h = self.net(x)
-        return {"loc": h[..., :Z], "scale": F.softplus(h[..., Z:]) + 1e-3}
-
-
 @pytest.fixture
 def vae():
     torch.manual_seed(0)
-    p, q = Decoder(), Encoder()
+    p = Decoder(X, Z, 8, logits=True, activation=nn.Tanh)
+    q = Encoder(X, Z, 8, split=True, activation=nn.Tanh)
     prior = Normal(loc=0.0, scale=1.0, var=["z"], features_shape=[Z], name="p_{prior}")
     return p * prior, q, p
 
