@@ -134,12 +134,14 @@ def _vae_loss(q: Any, p: Any, prior: Any, mc: bool) -> Any:
     return (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).sum()
 
 
-def _vae_model_train(cfg: Any, data: Any, device: torch.device, mc: bool, memo: bool) -> Built:
+def _vae_model_train(cfg: Any, data: Any, device: torch.device, mc: bool, memo: bool, compile: Any = False
+                     ) -> Built:
     from pyro_dgm.models import Model
 
     q, p, prior = _vae_dists(cfg, device)
     loss = _vae_loss(q, p, prior, mc)
-    model = Model(loss, distributions=[p, q], optimizer=torch.optim.Adam, optimizer_params={"lr": cfg.lr})
+    model = Model(loss, distributions=[p, q], optimizer=torch.optim.Adam, optimizer_params={"lr": cfg.lr},
+                  compile=compile)
     batches = BatchCycle(data)
     step = _memo_switch(memo)(lambda: model.train({"x": batches()}))
 
@@ -229,7 +231,8 @@ def _dmm_dists(cfg: Any, device: torch.device) -> tuple[Any, Any, Any, Any]:
     return Combiner(), Transition(), Emitter(), nets
 
 
-def _dmm_model_train(cfg: Any, data: Any, device: torch.device, mc: bool, memo: bool) -> Built:
+def _dmm_model_train(cfg: Any, data: Any, device: torch.device, mc: bool, memo: bool, compile: Any = False
+                     ) -> Built:
     from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb
     from pyro_dgm.losses.iteration import IterativeLoss
     from pyro_dgm.models import Model
@@ -243,7 +246,7 @@ def _dmm_model_train(cfg: Any, data: Any, device: torch.device, mc: bool, memo: 
         step_loss = (KullbackLeibler(q, trans) - Expectation(q, LogProb(emit))).sum()
     loss = IterativeLoss(step_loss, max_iter=cfg.T, series_var=["x_t", "h_rnn"], update_value={"z_t": "z_t_1"})
     model = Model(loss, distributions=[q, trans, emit, nets.rnn_enc], optimizer=torch.optim.Adam,
-                  optimizer_params={"lr": cfg.lr})
+                  optimizer_params={"lr": cfg.lr}, compile=compile)
     batches = BatchCycle(data)
 
     def values(b: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -28,6 +28,8 @@ from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.latex import print_latex as _print_latex
+from pyro_dgm.utils.random import STATE as _RNG
+from pyro_dgm.utils.random import seeded_draws
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.losses.pdf import LogProb, Prob
@@ -663,7 +665,15 @@ class Distribution(nn.Module):
         return n
 
     def _site(self, name: str, fn: Any, ctx: _Pass) -> Tensor:
-        """One ``pyro.sample`` site; observed in a model/guide run when the data holds ``name``."""
+        """One ``pyro.sample`` site; observed in a model/guide run when the data holds ``name``.
+
+        Under :func:`pyro_dgm.utils.random.generator` the site's sampler runs under ``seeded_draws`` (its random
+        operations take the generator), unless ``fn`` has ``seeds_its_draws = True`` (it does that itself, e.g. a
+        flow for its base draw only); the site and its distribution object are the same as without one.
+        """
+        if _RNG.generator is not None and not getattr(fn, "seeds_its_draws", False):
+            with seeded_draws(self):  # current_generator() is None inside: this call runs the plain path below
+                return self._site(name, fn, ctx)
         obs = ctx.obs
         infer = self._pyro_infer
         if obs is not None:

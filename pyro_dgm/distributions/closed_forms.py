@@ -7,7 +7,8 @@ deep generative models use on every step, these functions compute the same value
 * :data:`LOG_PROB` — the element-wise log-density of a value, summed over ``dims`` (the Pyro class's formula, up
   to rounding); a Bernoulli negates *after* summing, so a 784-pixel likelihood allocates no negated copy of its
   cross-entropy;
-* :data:`RSAMPLE` — a reparameterized draw, with the same random stream as the Pyro class's ``rsample``;
+* :data:`RSAMPLE` — a reparameterized draw, with the same random stream as the Pyro class's ``rsample`` (from the
+  ``torch.Generator`` it is given, else torch's default generator);
 * :data:`KL` — the analytic :math:`D_{KL}[p \| q]` element-wise, as ``torch.distributions.kl`` defines it, and
   :data:`KL_TO_STANDARD` for a constant ``q`` in its standard form (:data:`IS_STANDARD`: N(0, I) for a Normal),
   which :data:`LOG_PROB_STANDARD` also scores with fewer operations.
@@ -85,11 +86,15 @@ def valid_params(cls: type, params: Params, skip: tuple[str, ...] = ()) -> bool:
     ``skip`` names parameters checked before (constants, checked when the distribution was built).
     """
     constraints = cls.arg_constraints
+    compiling = torch.compiler.is_compiling()
     for name, value in params.items():
         c = constraints.get(name)
-        if c is None or name in skip or torch.distributions.constraints.is_dependent(c):
+        if c is None or name in skip or isinstance(c, torch.distributions.constraints._Dependent):
             continue
-        if not torch._is_all_true(c.check(value)):
+        if compiling:  # asserted in the compiled graph (a test of the values here would break it)
+            torch._assert_async(c.check(value).all(), f"{cls.__name__}: the parameter {name!r} is outside its "
+                                f"constraint {type(c).__name__.strip('_')} (torch's argument validation)")
+        elif not torch._is_all_true(c.check(value)):
             return False
     return True
 
@@ -97,8 +102,12 @@ def valid_params(cls: type, params: Params, skip: tuple[str, ...] = ()) -> bool:
 def valid_value(cls: type, value: Tensor) -> bool:
     """Whether ``value`` lies in ``cls.support``, as ``log_prob`` checks it under validation."""
     support = cls.support
-    if torch.distributions.constraints.is_dependent(support):
+    if isinstance(support, torch.distributions.constraints._Dependent):
         return False  # a support that depends on the parameters: let the object check it
+    if torch.compiler.is_compiling():  # asserted in the compiled graph
+        torch._assert_async(support.check(value).all(), f"{cls.__name__}: a value is outside the support "
+                            f"{type(support).__name__.strip('_')} (torch's argument validation)")
+        return True
     return bool(torch._is_all_true(support.check(value)))
 
 
@@ -159,10 +168,14 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
     return _sum(bernoulli_cross_entropy(probs, x), dims)
 
 
-def _normal_rsample(params: Params) -> Tensor:
+def _normal_rsample(params: Params, generator: torch.Generator | None = None) -> Tensor:
     loc, scale = params["loc"], params["scale"]
     shape = broadcast_shape(loc.shape, scale.shape)
-    eps = torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_()
+    eps = torch.empty(shape, dtype=loc.dtype, device=loc.device)
+    if generator is None:  # torch's default generator, without parsing a keyword on the hot path
+        eps.normal_()
+    else:
+        eps.normal_(generator=generator)
     return loc + eps * scale
 
 
@@ -185,8 +198,9 @@ def _is_standard_normal(params: Params) -> bool:
 LOG_PROB: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {
     dist.Normal: _normal_log_prob,  # the Bernoulli of pyro_dgm.distributions.exponential registers itself
 }
-#: Pyro class -> ``f(params)``: a reparameterized draw, with the random stream of the class's ``rsample``.
-RSAMPLE: dict[type, Callable[[Params], Tensor]] = {dist.Normal: _normal_rsample}
+#: Pyro class -> ``f(params, generator)``: a reparameterized draw, with the random stream of the class's ``rsample``
+#: (``generator=None``: torch's default generator; see :func:`pyro_dgm.utils.random.generator`).
+RSAMPLE: dict[type, Callable[[Params, torch.Generator | None], Tensor]] = {dist.Normal: _normal_rsample}
 #: (Pyro class of p, Pyro class of q) -> ``f(p_params, q_params)``: the element-wise analytic KL[p || q].
 KL: dict[tuple[type, type], Callable[[Params, Params], Tensor]] = {(dist.Normal, dist.Normal): _kl_normal_normal}
 #: Pyro class -> ``f(params)``: whether constant parameters are the family's standard form (N(0, I) for a Normal).

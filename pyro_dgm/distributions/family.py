@@ -18,6 +18,8 @@ from pyro_dgm.distributions.pixyz_protocol import adopt
 from pyro_dgm.distributions.calls import (_PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n, forward_binding,
                                           forward_extras, run_network)
 from pyro_dgm.utils.checks import STRICT_SHAPES, describe, value_shape_problem
+from pyro_dgm.utils.random import STATE as _RNG
+from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["DistributionBase"]
@@ -307,6 +309,9 @@ class DistributionBase(Distribution):
                 return None
             raise NotImplementedError(f"{describe(self)}: a DistributionBase without a family cannot compute; use a "
                                       "family (Normal, ...) or subclass DistributionBase with a pyro_dist")
+        if validate is None and _TorchDistribution._validate_args and torch.compiler.is_compiling():
+            closed_forms.valid_params(self.pyro_dist, params)  # torch's checks, asserted in the compiled graph
+            validate = False
         try:
             return self.pyro_dist(**params, validate_args=validate)
         except (ValueError, RuntimeError) as e:
@@ -370,9 +375,10 @@ class DistributionBase(Distribution):
 
     def _is_standard(self) -> bool:
         """Whether this is a constant distribution in its family's standard form (``closed_forms.IS_STANDARD``,
-        e.g. N(0, I)); checked once per set of buffers."""
+        e.g. N(0, I)); checked once per set of buffers. ``False`` while torch.compile traces: the test reads the
+        buffers' values (a graph break), and the general formula gives the same value, fused by the compiler."""
         test = closed_forms.IS_STANDARD.get(self.pyro_dist) if self._const_only and self._plain else None
-        if test is None:
+        if test is None or torch.compiler.is_compiling():
             return False
         key = self._const_key()
         cached = self._standard_cache
@@ -383,9 +389,13 @@ class DistributionBase(Distribution):
 
     def _const_base(self) -> Any:
         """The base distribution of constant parameters, built once per set of buffers (a new buffer after
-        ``.to(...)``/``load_state_dict`` or an in-place change rebuilds it); validated at construction."""
-        key = self._const_key()
+        ``.to(...)``/``load_state_dict`` or an in-place change rebuilds it); validated at construction. While
+        torch.compile traces it is built afresh (a cache keyed by the buffers' versions would make the compiled
+        code guard on them); it costs nothing at run time there."""
         bufs = self._buffers
+        if torch.compiler.is_compiling():
+            return self._base({n: bufs[n] for n in self._const_names}, validate=False)
+        key = self._const_key()
         cached = self._base_cache
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -526,7 +536,8 @@ class DistributionBase(Distribution):
             raise ValueError(f"{describe(self)}: get_sample draws from the distribution set by set_dist(); call "
                              "set_dist(x_dict) first")
         shape = torch.Size(sample_shape)
-        s = d.rsample(shape) if reparam and d.has_rsample else d.sample(shape)
+        # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
+        s = seeded_call(self, d.rsample if reparam and d.has_rsample else d.sample, shape)
         return {self._var[0]: s}
 
     def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
@@ -550,7 +561,7 @@ class DistributionBase(Distribution):
             got = self._closed_params(b, values, ctx)
             if got is not None:  # a reparameterized draw, as pyro.sample would make with no handler listening
                 try:
-                    value = self._closed_rs(got[0])
+                    value = self._closed_rs(got[0], _RNG.generator)
                 except (RuntimeError, ValueError):
                     pass  # the general path below reports it, naming this distribution and the shapes
                 else:
@@ -563,10 +574,9 @@ class DistributionBase(Distribution):
             base, ev, root = self._parts(b, values, ctx)
             if root:
                 fn = base.to_event(ev) if ev > 0 else base
-                if ctx.reparam and fn.has_rsample:
-                    value = fn.rsample(ctx.sample_shape)
-                else:
-                    value = fn.sample(ctx.sample_shape)
+                # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
+                value = seeded_call(self, fn.rsample if ctx.reparam and fn.has_rsample else fn.sample,
+                                    ctx.sample_shape)
                 values[name] = value
                 ctx.event_dims[name] = fn.event_dim
                 return
@@ -622,6 +632,8 @@ class DistributionBase(Distribution):
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
         # batch) stay batch dims of theirs too, and the factors' log-densities have one shape
         ctx.event_dims[b.var[0]] = ev + len(base.event_shape)
+        if _TorchDistribution._validate_args and torch.compiler.is_compiling():
+            closed_forms.valid_value(self.pyro_dist, x)  # torch's check of the value, asserted in the graph
         try:
             lp = base.log_prob(x)
         except (ValueError, RuntimeError) as e:

@@ -28,6 +28,7 @@ from pyro_dgm.distributions.calls import _Binding, _Pass
 from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import as_var_list, describe
+from pyro_dgm.utils.random import seeded_call
 
 __all__ = ["TransformedDistribution", "InverseTransformedDistribution", "PlanarFlowDistribution",
            "RealNVPDistribution", "RealNVP"]
@@ -59,10 +60,22 @@ def _features_shape(flow: Flow) -> torch.Size:
 class _FlowSite(dist.TransformedDistribution):
     """Pyro's ``TransformedDistribution`` whose ``sample()`` (a draw with ``reparam=False``) keeps the flow in the
     autograd graph: only the base draw carries no gradient, as in Pixyz, so the flow's parameters learn from samples
-    (planar flows in variational inference)."""
+    (planar flows in variational inference).
+
+    Under :func:`pyro_dgm.utils.random.generator` only the base draw runs under ``seeded_draws`` (the flow's
+    networks run as usual, not through the dispatch mode that gives the random operations the generator)."""
+
+    #: the site does not wrap this sampler in seeded_draws: the base draw is wrapped alone (Distribution._site)
+    seeds_its_draws = True
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        x = self.base_dist.sample(sample_shape)
+        x = seeded_call(self.base_dist, self.base_dist.sample, sample_shape)
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        x = seeded_call(self.base_dist, self.base_dist.rsample, sample_shape)
         for t in self.transforms:
             x = t(x)
         return x
@@ -80,6 +93,9 @@ class _FlowDistribution(OneSiteDistribution):
         self.prior = prior
         self.flow = flow
         self._hidden = hidden
+        # torch keeps a weak reference to a transform's inverse (``flow.inv``), made anew when it has been freed;
+        # this strong one keeps it one object, so torch.compile's guard on it holds from batch to batch
+        self.__dict__["_flow_inv"] = flow.inv
 
     @property
     def has_reparam(self) -> bool:

@@ -20,6 +20,8 @@ from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.calls import _PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n
 from pyro_dgm.utils.checks import describe, ordered_union
 from pyro_dgm.utils.latex import prob_text as _prob_text
+from pyro_dgm.utils.random import STATE as _RNG
+from pyro_dgm.utils.random import seeded_call, seeded_draws
 
 __all__ = ["MixtureModel", "PosteriorMixtureModel", "MixtureOfNormal", "MixtureDistribution"]
 
@@ -80,9 +82,9 @@ class MixtureDistribution(TorchDistribution):
     def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
         sample_shape = torch.Size(sample_shape)
         shape = sample_shape + self.batch_shape
-        with torch.no_grad():
-            xs = torch.stack([c.sample(sample_shape) for c in self.components], dim=len(shape))
-            k = _TorchCategorical(logits=self.logits).sample(sample_shape)
+        with torch.no_grad():  # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
+            xs = torch.stack([seeded_call(c, c.sample, sample_shape) for c in self.components], dim=len(shape))
+            k = seeded_call(self, _TorchCategorical(logits=self.logits).sample, sample_shape)
             idx = k.reshape(*shape, 1, *([1] * len(self.event_shape))).expand(*shape, 1, *self.event_shape)
             return xs.gather(len(shape), idx).squeeze(len(shape))
 
@@ -260,6 +262,9 @@ class MixtureModel(_Mixture):
     def _pixyz_draw(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> tuple[Tensor, Tensor, int]:
         """Pixyz's draw: the component ``z`` of every batch element from the prior, then each element's ``x`` from
         its component in turn (so the same seed gives Pixyz's values). Returns ``x``, ``z`` and ``x``'s event dims."""
+        if _RNG.generator is not None:  # the draws from the generator of pyro_dgm.utils.generator(...)
+            with seeded_draws(self):
+                return self._pixyz_draw(b, values, ctx)
         m = self._mapping(b)
         prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
         if ctx.batch_n is not None:
@@ -411,7 +416,8 @@ class PosteriorMixtureModel(Distribution):
             d: Any = torch.distributions.OneHotCategorical(logits=logits, validate_args=False)
         else:
             d = _TorchCategorical(logits=logits, validate_args=False)
-        z = d.probs if sample_mean and self._one_hot else d.sample(torch.Size(sample_shape))
+        # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
+        z = d.probs if sample_mean and self._one_hot else seeded_call(self, d.sample, torch.Size(sample_shape))
         name = self._hidden_var[0]
         return {**values, name: z} if return_all else {name: z}
 

@@ -30,6 +30,8 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
+from pyro_dgm.poutine.memoize_messenger import active_memo
+
 __all__ = ["Flow", "FlowList", "ConditionedFlow", "sum_rightmost", "zero_logdet"]
 
 _SHAPE_HINTS = {1: "(..., {n})", 2: "(..., {n}, L)", 3: "(..., {n}, H, W)"}
@@ -70,15 +72,36 @@ def _state(flow: nn.Module) -> tuple:
     return tuple((id(t), t._version) for t in (*flow.parameters(), *flow.buffers()))
 
 
+def _memory(flow: "Flow") -> _Memory | None:
+    """The flow's last computation. While torch.compile traces, the memory is the evaluation's (kept by the
+    memoizing scope, compared by identity), never the module's: a traced attribute that outlived the evaluation
+    would make the compiled code guard on its tensors."""
+    if torch.compiler.is_compiling():
+        memo = active_memo()
+        return memo.noted(flow) if memo is not None else None
+    return flow._memory
+
+
+def _remember(flow: "Flow", m: _Memory) -> None:
+    if torch.compiler.is_compiling():
+        memo = active_memo()
+        if memo is not None:
+            memo.note(flow, m)
+        return
+    flow._memory = m
+
+
 def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | None = None,
             by_inverse: bool | None = None) -> _Memory | None:
     """The flow's memory if it answers this query and is still valid: same tensors and context, parameters unchanged
     since, and it carries gradients if they are wanted now."""
-    m = flow._memory
+    m = _memory(flow)
     if m is None or m.context is not context or (x is not None and m.x is not x) or (z is not None and m.z is not z):
         return None
     if by_inverse is not None and m.by_inverse != by_inverse:
         return None
+    if torch.compiler.is_compiling():  # one evaluation: the parameters cannot change within it
+        return m if m.state == torch.is_grad_enabled() else None
     if torch.is_grad_enabled() and not m.logdet.requires_grad and any(p.requires_grad for p in flow.parameters()):
         return None
     return m if m.state == _state(flow) else None
@@ -95,13 +118,14 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool) -> tuple[Te
     try:
         out, ld = flow.inverse_with_logdet(value, context) if inverse else flow.forward_with_logdet(value, context)
     except NotImplementedError:
-        m = flow._memory  # no inverse to recompute with: what it remembers is the only answer
+        m = _memory(flow)  # no inverse to recompute with: what it remembers is the only answer
         if m is not None and m.context is context and (m.z if inverse else m.x) is value:
             return (m.x if inverse else m.z), m.logdet
         raise
     if flow._keep:
         x, z = (out, value) if inverse else (value, out)
-        flow._memory = _Memory(x, z, ld, context, inverse, _state(flow))
+        state = torch.is_grad_enabled() if torch.compiler.is_compiling() else _state(flow)
+        _remember(flow, _Memory(x, z, ld, context, inverse, state))
     return out, ld
 
 

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, sum_rightmost, zero_logdet
+from pyro_dgm.utils.random import current_generator
 
 __all__ = ["Squeeze", "Unsqueeze", "Permutation", "Shuffle", "Reverse", "Flatten", "Preprocess"]
 
@@ -338,7 +339,8 @@ class Preprocess(Flow):
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         n = self.num_levels
         if self.dequantize:
-            x = (x * (n - 1) + torch.rand_like(x)) / n
+            noise = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=current_generator())
+            x = (x * (n - 1) + noise) / n
         alpha = self.data_constraint.to(x.dtype)
         s = alpha / 2 + (1 - alpha) * x
         z = torch.log(s) - torch.log1p(-s)

@@ -13,6 +13,7 @@ from torch import Tensor, nn  # noqa: F401  (nn: the examples in the docstrings 
 
 from pyro_dgm.losses.adversarial import AdversarialLoss, _log, _log1m
 from pyro_dgm.utils.checks import check_present
+from pyro_dgm.utils.random import STATE as _RNG
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -145,6 +146,7 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     >>> from torch import nn
     >>> from pyro_dgm.distributions import Bernoulli, Deterministic, Normal
     >>> from pyro_dgm.losses import KullbackLeibler
+    >>> from pyro_dgm.utils import current_generator
     >>> class Q(Normal):
     ...     def __init__(self):
     ...         super().__init__(var=["z"], cond_var=["x"], name="q")
@@ -157,7 +159,8 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     ...         self.q = q
     ...     def forward(self, x):
     ...         z = self.q.sample({"x": x}, return_all=False)["z"]
-    ...         return {"z": torch.stack([c[torch.randperm(len(c))] for c in z.T], dim=1)}
+    ...         g = current_generator()  # None, or the generator of pyro_dgm.utils.generator(...)
+    ...         return {"z": torch.stack([c[torch.randperm(len(c), generator=g)] for c in z.T], dim=1)}
     >>> class P(Bernoulli):
     ...     def __init__(self):
     ...         super().__init__(var=["x"], cond_var=["z"], name="p")
@@ -326,7 +329,8 @@ class AdversarialWassersteinDistance(AdversarialLoss):
                     raise ValueError(f"AdversarialWassersteinDistance {self.latex}: samples of {v!r} from "
                                      f"{self.p.prob_text} and {self.q.prob_text} have shapes {tuple(a.shape)} and "
                                      f"{tuple(b.shape)}; the gradient penalty interpolates them")
-                eps = torch.rand((a.shape[0],) + (1,) * (a.dim() - 1), dtype=a.dtype, device=a.device)
+                eps = torch.rand((a.shape[0],) + (1,) * (a.dim() - 1), dtype=a.dtype, device=a.device,
+                                 generator=_RNG.generator)  # None: torch's default (pyro_dgm.utils.generator)
                 hat = (eps * a + (1 - eps) * b).requires_grad_(True)
                 inputs[v] = hat
                 hats.append(hat)

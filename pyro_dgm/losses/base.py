@@ -24,6 +24,7 @@ from pyro.infer import ELBO as _PyroELBO
 from torch import Tensor, nn
 
 from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.utils.checks import check_present, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
@@ -184,8 +185,23 @@ class Loss(nn.Module, _PyroELBO):
         out = copy.copy(self)
         out.__dict__.pop("_leaf_names", None)
         out.__dict__.pop("_registered", None)
+        out.__dict__.pop("_compiled_outer", None)  # compiled for the original node
         out._term_name = name
         return out
+
+    @property
+    def term_names(self) -> list[str]:
+        """The keys of ``eval(..., return_terms=True)``: the names of the terms of the top-level arithmetic, in
+        order (computed once; :class:`~pyro_dgm.losses.compiled.CompiledEval` reads them before tracing).
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> p = Normal(loc=0., scale=1., var=["x"])
+        >>> (-p.log_prob().mean() + p.log_prob().sum().named("total")).term_names
+        ['\\\\log p(x)', 'total']
+        """
+        return [name for _, name in self._leaves()]
 
     @property
     def term_name(self) -> str:
@@ -410,9 +426,11 @@ class Loss(nn.Module, _PyroELBO):
             _raise_missing(self, given, missing)
         inputs = {k: given[k] for k in self._input_var if k in given}
         if ctx is None:  # the entry: one context for the whole evaluation (memoizing scope, recorder, options)
-            ctx = EvalContext.build(kwargs, return_terms)
-            loss, samples = self._evaluate_outer(inputs, ctx, kwargs)
-            recorder = ctx.recorder
+            compiled = self.__dict__.get("_compiled_outer")
+            if compiled is not None and not torch.compiler.is_compiling():
+                loss, samples, recorder = compiled(inputs, kwargs, return_terms)
+            else:
+                loss, samples, recorder = self._outer_evaluation(inputs, kwargs, return_terms)
         elif return_terms:  # a nested evaluation asked for its own terms: same scope and options, its own recorder
             inner = ctx.with_recorder()
             with inner:
@@ -431,6 +449,39 @@ class Loss(nn.Module, _PyroELBO):
         if return_terms:
             result.append(self._terms(recorder))
         return result[0] if len(result) == 1 else tuple(result)
+
+    def _outer_evaluation(self, inputs: dict[str, Any], kwargs: Mapping[str, Any], return_terms: bool
+                          ) -> tuple[Any, Any, dict[int, Any] | None]:
+        """The outermost evaluation: its context, then ``(value, samples, recorder)`` (what :meth:`compile`
+        compiles)."""
+        ctx = EvalContext.build(kwargs, return_terms)
+        loss, samples = self._evaluate_outer(inputs, ctx, kwargs)
+        return loss, samples, ctx.recorder
+
+    def compile(self, *args: Any, **options: Any) -> None:
+        """Evaluate this loss compiled by ``torch.compile`` from now on (``options`` are ``torch.compile``'s:
+        ``mode=``, ``backend=``, ``dynamic=``...): every outermost :meth:`eval`, and so every ``SVI`` step whose
+        ``loss=`` is this loss, runs the compiled evaluation (``nn.Module.compile``'s meaning, for a loss).
+
+        The first evaluation compiles; new batches of the same shapes reuse the code. The compiled evaluation runs
+        without torch's argument validation (see :class:`~pyro_dgm.losses.compiled.CompiledEval`).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from pyro_dgm.distributions import Normal
+        >>> p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+        >>> loss = (-p.log_prob()).mean()
+        >>> eager = loss.eval({"x": torch.ones(3, 2)})
+        >>> loss.compile(backend="eager")
+        >>> bool(loss.eval({"x": torch.ones(3, 2)}) == eager)
+        True
+        """
+        if args:
+            raise TypeError(f"{type(self).__name__}.compile takes torch.compile's options by keyword "
+                            f"(mode=..., backend=...), got {len(args)} positional argument(s)")
+        self.__dict__["_compiled_outer"] = CompiledOuter(self, compile_options(type(self).__name__, options or True)
+                                                         or {})
 
     def _evaluate(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         """``(value, samples)`` of this node inside the evaluation ``ctx``: checks the inputs, runs :meth:`forward`

@@ -44,7 +44,10 @@ _EMPTY: Mapping[str, Any] = {}
 
 
 class _Current(threading.local):
-    ctx: "EvalContext | None" = None  # the class attribute is each new thread's starting value
+    ctx: "EvalContext | None"
+
+    def __init__(self) -> None:  # runs once in each thread that touches it; an instance attribute from the start,
+        self.ctx = None  # so torch.compile's guards see the same attribute layout before and after an evaluation
 
 
 _CURRENT = _Current()

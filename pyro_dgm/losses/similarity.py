@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.utils.random import STATE as _RNG
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -44,7 +45,8 @@ class _PairedEmbeddings(Loss):
             raise ValueError(f"{type(self).__name__}: needs a batch of at least 2 pairs to form mismatched pairs, "
                              f"got {a.shape[0]}")
         n = a.shape[0]
-        perm = (torch.arange(n, device=a.device) + torch.randint(1, n, (), device=a.device)) % n  # no fixed point
+        shift = torch.randint(1, n, (), device=a.device, generator=_RNG.generator)  # None: torch's default
+        perm = (torch.arange(n, device=a.device) + shift) % n  # no fixed point
         return a, b, perm
 
 

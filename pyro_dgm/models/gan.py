@@ -43,6 +43,8 @@ class GAN(Model):
         As in :class:`~pyro_dgm.models.Model`.
     inverse_g_loss : bool, default True (keyword only)
         The generator's non-saturating loss (see :class:`~pyro_dgm.losses.AdversarialJensenShannon`).
+    compile : bool or dict, default False (keyword only)
+        As in :class:`~pyro_dgm.models.Model` (the generator's loss; the discriminator's step stays eager).
 
     Attributes
     ----------
@@ -109,7 +111,8 @@ class GAN(Model):
                  optimizer_params: Mapping[str, Any] | None = None, d_optimizer: Any = torch.optim.Adam,
                  d_optimizer_params: Mapping[str, Any] | None = None, clip_grad_norm: float | None = None,
                  clip_grad_value: float | None = None, *, p_data: Distribution | None = None,
-                 retain_graph: bool = False, inverse_g_loss: bool = True) -> None:
+                 retain_graph: bool = False, inverse_g_loss: bool = True,
+                 compile: bool | Mapping[str, Any] = False) -> None:
         if isinstance(optimizer, Distribution) or p is None:
             raise TypeError("GAN(p, discriminator, optimizer=..., ...): the arguments look like GAN(p_data, p, "
                             "discriminator); pass the data distribution by keyword, GAN(p, discriminator, "
@@ -123,7 +126,8 @@ class GAN(Model):
                                         optimizer_params=d_optimizer_params, inverse_g_loss=inverse_g_loss)
         super().__init__(loss, test_loss=loss, distributions=[p], optimizer=optimizer,
                          optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,
-                         clip_grad_value=clip_grad_value, retain_graph=retain_graph)
+                         clip_grad_value=clip_grad_value, retain_graph=retain_graph,
+                         compile=compile)
 
     @property
     def adversarial_loss(self) -> AdversarialJensenShannon:
@@ -184,10 +188,18 @@ class GAN(Model):
         self.last_terms = {**self.last_terms, D_LOSS: d_loss.detach()}
         return loss, d_loss
 
-    def _fit_train(self, x_dict: Mapping[str, Any], **kwargs: Any) -> Tensor:
-        out = self.train(x_dict, **kwargs)  # d_loss goes to the history through last_terms
-        return out[0] if isinstance(out, tuple) else out
+    def train_step(self, x_dict: Mapping[str, Any], **kwargs: Any) -> tuple[Tensor, Mapping[str, Any]]:
+        """One :meth:`train` call as :meth:`~pyro_dgm.models.Model.fit` takes it: the generator's loss, and the
+        terms with the discriminator's loss as ``"d_loss"``."""
+        out = self.train(x_dict, **kwargs)
+        return (out[0] if isinstance(out, tuple) else out), self.last_terms
 
-    def _fit_test(self, x_dict: Mapping[str, Any], **kwargs: Any) -> Tensor:
-        out = self.test(x_dict, **kwargs)
-        return out[0] if isinstance(out, tuple) else out
+    def test_step(self, x_dict: Mapping[str, Any], adversarial_loss: bool = True,
+                  **kwargs: Any) -> tuple[Tensor, Mapping[str, Any]]:
+        """One :meth:`test` call as :meth:`~pyro_dgm.models.Model.fit` takes it: the generator's test loss (checked
+        to be finite, as :meth:`Model.test_step <pyro_dgm.models.Model.test_step>` does), and the terms with the
+        discriminator's loss as ``"d_loss"``."""
+        loss, _ = super().test_step(x_dict, adversarial_loss=False, **kwargs)  # the generator's loss, checked
+        if adversarial_loss:
+            self._result(loss, self.adversarial_loss.loss_test(x_dict, **kwargs))
+        return loss, self.last_terms

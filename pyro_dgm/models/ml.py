@@ -22,7 +22,7 @@ class ML(Model):
         The model (a classifier :math:`p(y|x)`, a density :math:`p(x)`...); its log-likelihood sums the features.
     other_distributions : list of Distribution, optional
         More distributions to train with the same optimizer.
-    optimizer, optimizer_params, clip_grad_norm, clip_grad_value, retain_graph
+    optimizer, optimizer_params, clip_grad_norm, clip_grad_value, retain_graph, compile
         As in :class:`~pyro_dgm.models.Model`.
 
     Attributes
@@ -57,10 +57,11 @@ class ML(Model):
     def __init__(self, p: Distribution, other_distributions: Sequence[nn.Module] | None = None,
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
-                 retain_graph: bool = False) -> None:
+                 retain_graph: bool = False, compile: bool | Mapping[str, Any] = False) -> None:
         distributions = model_distributions("ML", other_distributions, p=p)
         self.nll = -p.log_prob(sum_features=True)
         loss = self.nll.mean()
         super().__init__(loss, test_loss=loss, distributions=distributions, optimizer=optimizer,
                          optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,
-                         clip_grad_value=clip_grad_value, retain_graph=retain_graph)
+                         clip_grad_value=clip_grad_value, retain_graph=retain_graph,
+                         compile=compile)

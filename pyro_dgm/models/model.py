@@ -7,13 +7,17 @@ under ``torch.distributed`` (:mod:`.distributed`).
 
 Subclasses (``VAE``, ``VI``, ``ML``, ``GAN``) only build a loss and call ``Model.__init__``; a subclass with an extra
 step (a discriminator's) overrides :meth:`Model.train`/:meth:`Model.test` and calls ``super()``.
+
+``fit`` (:mod:`.trainer`) asks a model only for :meth:`Model.train_step` and :meth:`Model.test_step` (one batch ->
+the loss and its named terms) and reads or sets its public attributes (``loss_cls``/``test_loss_cls``, ``epoch``,
+``history``, ``stop_training``, ``tb_writer``); what a step raises names the step, and ``fit`` adds the epoch.
 """
 from __future__ import annotations
 
 import math
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,21 +26,12 @@ from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_no
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.models import distributed as _dist
+from pyro_dgm.models import trainer
+from pyro_dgm.losses.compiled import CompiledEval, compile_options
+from pyro_dgm.models.errors import NonFiniteGradientError, NonFiniteLossError
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pyro_dgm.models.trainer import History
-
 __all__ = ["Model", "NonFiniteLossError", "NonFiniteGradientError", "build_optimizer"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A training or test loss became NaN or infinite; the message names the step, the epoch and the terms."""
-
-
-class NonFiniteGradientError(NonFiniteLossError):
-    """A gradient became NaN or infinite while the loss was finite; raised before the optimizer steps (the weights
-    are unchanged), naming the step and the distributions whose parameters have the non-finite gradients."""
 
 
 def _check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
@@ -195,6 +190,13 @@ class Model:
         Clip every gradient element to ``[-value, value]`` before each step.
     retain_graph : bool, default False
         Passed to ``backward``.
+    compile : bool or dict, default False
+        Compile the loss evaluation of :meth:`train` and :meth:`test` (and so of :meth:`fit`) with
+        ``torch.compile``: ``True`` for torch's defaults, or a dict of ``torch.compile`` options
+        (``{"mode": "max-autotune"}``, ``{"dynamic": True}``...). Compiled and eager steps give the same values and
+        gradients (random draws aside: compiled code draws from the compiler's generator unless
+        ``torch._inductor.config.fallback_random`` is set); the first step compiles (seconds), later batches of the
+        same shapes reuse the code (see :mod:`pyro_dgm.losses.compiled`). Not available under torch.distributed yet.
 
     Attributes
     ----------
@@ -205,6 +207,14 @@ class Model:
         Training steps taken by :meth:`train` and epochs completed by :meth:`fit` (both saved by :meth:`save`).
     last_terms : dict
         The named terms of the last :meth:`train` or :meth:`test` evaluation (``eval(..., return_terms=True)``).
+    history : History
+        Every epoch's numbers since the model was built or loaded (:meth:`fit` appends to it; saved by
+        :meth:`save`).
+    stop_training : bool
+        Set it to True in a :meth:`fit` callback to end training after that epoch (``fit`` sets it to False when it
+        starts).
+    tb_writer : torch.utils.tensorboard.SummaryWriter or None
+        The TensorBoard writer of the running :meth:`fit` (with ``log_dir``), for callbacks; None otherwise.
     check_gradients : bool, default True
         Before each optimizer step, check that every gradient is finite (one fused pass over the gradients, the
         norm that gradient clipping computes; see ``benchmarks/README.md`` for its cost) and raise
@@ -269,7 +279,7 @@ class Model:
     def __init__(self, loss: Loss, test_loss: Loss | None = None, distributions: Sequence[nn.Module] | None = None,
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
-                 retain_graph: bool = False) -> None:
+                 retain_graph: bool = False, compile: bool | Mapping[str, Any] = False) -> None:
         owner = type(self).__name__
         self.loss_cls: Loss
         self.test_loss_cls: Loss
@@ -295,10 +305,19 @@ class Model:
         self.clip_norm = clip_grad_norm if clip_grad_norm is not None else clip.get("clip_norm")
         self.clip_value = clip_grad_value if clip_grad_value is not None else clip.get("clip_value")
         self.retain_graph = retain_graph
+        self._compile = compile_options(owner, compile)  # torch.compile's options, or None: eager evaluation
+        if self._compile is not None and self._ddp is not None:
+            raise NotImplementedError(f"{owner}: compile= is not supported under torch.distributed yet; compile the "
+                                      "loss evaluation yourself or train without compile=")
+        self._compiled: dict[int, CompiledEval] = {}
         self.check_gradients = True
         self.step = 0
         self.epoch = 0
         self.last_terms: dict[str, Tensor] = {}
+        # what fit() and its callbacks read and set (public; fit keeps its own per-call state to itself)
+        self.history = trainer.History()
+        self.stop_training = False
+        self.tb_writer: Any = None
 
     # ------------------------------------------------------------------ losses and text
     def set_loss(self, loss: Loss, test_loss: Loss | None = None) -> None:
@@ -342,13 +361,12 @@ class Model:
             if not bool(_dist.all_reduce_max(bad_here)):  # every process raises together under torch.distributed
                 return
         bad = [name for name, v in terms.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())]
-        where = f"epoch {self.epoch + 1}, " if getattr(self, "_in_fit", False) else ""
         which = (f"non-finite term(s): {', '.join(repr(b) for b in bad)}" if bad else
                  "every term is finite, the combination is not" if bool(bad_here) else "see that process's error")
         formula = self.loss_cls if what == "training" else self.test_loss_cls
         value = float(loss.detach().sum()) if bool(bad_here) else "finite here but non-finite on another process"
-        raise NonFiniteLossError(f"{type(self).__name__}: the {what} loss is {value} at "
-                                 f"{where}step {self.step + (what == 'training')} ({which}); loss: {formula}")
+        raise NonFiniteLossError(f"{type(self).__name__}: the {what} loss is {value} at ",
+                                 self.step + (what == "training"), f" ({which}); loss: {formula}")
 
     def train(self, train_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
         """One optimization step: evaluate the loss, ``zero_grad``, ``backward``, clip, ``step``.
@@ -393,6 +411,8 @@ class Model:
             with poutine.trace(param_only=True) as capture:
                 if self._ddp is not None:
                     loss, terms = self._ddp(self.loss_cls, x_dict, kwargs)
+                elif self._compile is not None:
+                    loss, terms = self._compiled_eval(self.loss_cls)(x_dict, kwargs)
                 else:
                     loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
             self._adopt_pyro_params({name: site["value"].unconstrained()
@@ -402,6 +422,8 @@ class Model:
             size = len(store)
             if self._ddp is not None:  # DistributedDataParallel sees the forward pass and averages in backward
                 loss, terms = self._ddp(self.loss_cls, x_dict, kwargs)
+            elif self._compile is not None:
+                loss, terms = self._compiled_eval(self.loss_cls)(x_dict, kwargs)
             else:
                 loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
             if len(store) > size:  # the loss created Pyro parameters (pyro.param in a custom term)
@@ -433,6 +455,13 @@ class Model:
         self.optimizer.step()
         self.step += 1
         return loss.detach()
+
+    def _compiled_eval(self, loss: Loss) -> CompiledEval:
+        """The compiled evaluation of ``loss`` (the training or the test loss), built at its first use."""
+        ev = self._compiled.get(id(loss))
+        if ev is None or ev.loss is not loss:
+            ev = self._compiled[id(loss)] = CompiledEval(loss, self._compile or {})
+        return ev
 
     def _adopt_pyro_params(self, found: Mapping[str, Tensor]) -> None:
         """Add the Pyro parameters ``found`` (name -> unconstrained tensor) that the optimizer does not hold yet, as
@@ -491,10 +520,9 @@ class Model:
             if n:
                 label, name = owners.get(id(p), ("a parameter", f"shape {tuple(p.shape)}"))
                 bad.setdefault(label, []).append(f"{name} ({n} of {g.numel()} values)")
-        where = f"epoch {self.epoch + 1}, " if getattr(self, "_in_fit", False) else ""
         which = "; ".join(f"{label}: {', '.join(names)}" for label, names in bad.items())
         raise NonFiniteGradientError(
-            f"{type(self).__name__}: non-finite gradients at {where}step {self.step + 1} with a finite training loss "
+            f"{type(self).__name__}: non-finite gradients at ", self.step + 1, " with a finite training loss "
             f"{float(loss.detach().sum()):.6g}, in the parameters of {which}; the optimizer did not step, the weights "
             "are unchanged (look for an operation whose derivative is infinite at these values: sqrt(0), log(0), "
             f"x / 0...); loss: {self.loss_cls}")
@@ -520,7 +548,10 @@ class Model:
             for m, _ in modes:
                 m.training = False
             with torch.no_grad():
-                loss, terms = self.test_loss_cls.eval(x_dict, return_terms=True, **kwargs)
+                if self._compile is not None:
+                    loss, terms = self._compiled_eval(self.test_loss_cls)(x_dict, kwargs)
+                else:
+                    loss, terms = self.test_loss_cls.eval(x_dict, return_terms=True, **kwargs)
         finally:
             for m, mode in modes:
                 m.training = mode
@@ -563,20 +594,37 @@ class Model:
     # ------------------------------------------------------------------ epochs
     def fit(self, train_data: Any, epochs: int = 1, test_data: Any = None, batch_size: int | None = None,
             callbacks: Sequence[Callable[..., Any]] | None = None, progress: bool = True,
-            log_dir: Any = None, shuffle: bool = True, **kwargs: Any) -> "History":
+            log_dir: Any = None, shuffle: bool = True, **kwargs: Any) -> trainer.History:
         """Train for ``epochs`` epochs; see :func:`pyro_dgm.models.trainer.fit` for the parameters."""
-        from pyro_dgm.models.trainer import fit
-        return fit(self, train_data, epochs=epochs, test_data=test_data, batch_size=batch_size, callbacks=callbacks,
-                   progress=progress, log_dir=log_dir, shuffle=shuffle, **kwargs)
+        return trainer.fit(self, train_data, epochs=epochs, test_data=test_data, batch_size=batch_size,
+                           callbacks=callbacks, progress=progress, log_dir=log_dir, shuffle=shuffle, **kwargs)
 
-    def _fit_train(self, x_dict: Mapping[str, Any], **kwargs: Any) -> Tensor:
-        """One training step as :meth:`fit` takes it: the loss as one tensor (subclasses that return more, like
-        ``GAN``, override this and put the rest in :attr:`last_terms`)."""
-        return self.train(x_dict, **kwargs)
+    # What fit() asks of a model: train_step and test_step, each one batch -> (loss, named terms). fit adds the
+    # epoch to a NonFiniteLossError they raise; the step number is the model's.
+    def train_step(self, x_dict: Mapping[str, Any], **kwargs: Any) -> tuple[Tensor, Mapping[str, Any]]:
+        """One training step as :meth:`fit` takes it: :meth:`train` on the batch, then the loss (one tensor) and
+        the named terms of that evaluation (:attr:`last_terms`). A subclass whose :meth:`train` returns more
+        (``GAN``) overrides this to return the loss it minimizes and puts the rest in the terms.
 
-    def _fit_test(self, x_dict: Mapping[str, Any], **kwargs: Any) -> Tensor:
-        """One test evaluation as :meth:`fit` takes it (see :meth:`_fit_train`)."""
-        return self.test(x_dict, **kwargs)
+        Raises
+        ------
+        NonFiniteLossError
+            As :meth:`train`.
+        """
+        return self.train(x_dict, **kwargs), self.last_terms
+
+    def test_step(self, x_dict: Mapping[str, Any], **kwargs: Any) -> tuple[Tensor, Mapping[str, Any]]:
+        """One test evaluation as :meth:`fit` takes it: :meth:`test` on the batch, checked to be finite, and its
+        named terms (see :meth:`train_step`).
+
+        Raises
+        ------
+        NonFiniteLossError
+            If the test loss is NaN or infinite (every process raises together under ``torch.distributed``).
+        """
+        loss = self.test(x_dict, **kwargs)
+        self._check_finite(loss, self.last_terms, "test")
+        return loss, self.last_terms
 
     def to(self, *args: Any, **kwargs: Any) -> "Model":
         """Move the distributions (those trained and those the losses hold, discriminators of adversarial terms

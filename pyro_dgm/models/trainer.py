@@ -35,13 +35,17 @@ must give the same batches on every process (``shuffle=False``, or a seeded ``ge
 from __future__ import annotations
 
 import math
+import time
 import warnings
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from pyro_dgm.models import distributed as _dist
+from pyro_dgm.models.errors import NonFiniteLossError
+from pyro_dgm.utils.random import current_generator
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.models.model import Model
@@ -147,7 +151,7 @@ class _Batches:
         size = self.batch_size or self.n
         if not self.shuffle or size >= self.n:
             return None
-        order = torch.randperm(self.n)
+        order = torch.randperm(self.n, generator=current_generator())  # a thread's own generator, if set
         return _dist.broadcast_tensor(order)  # every process cuts the same global batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -234,12 +238,17 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     Parameters
     ----------
     model : Model
+        Trained through :meth:`Model.train_step <pyro_dgm.models.Model.train_step>` and evaluated through
+        :meth:`Model.test_step <pyro_dgm.models.Model.test_step>` (one batch -> the loss and its named terms); fit
+        also reads ``loss_cls.input_var``, ``test_loss_cls.input_var`` and ``epoch``, appends to ``history`` and
+        sets ``epoch``, ``stop_training`` and ``tb_writer``. Its own state (the epoch running, the writer, this
+        call's history) stays in fit.
     train_data : DataLoader, iterable of batches, Dataset, dict of tensors or tensor
         See the module docstring.
     epochs : int, default 1
         Epochs to run now (``model.epoch`` counts on from where it is, so a loaded checkpoint continues).
     test_data : same kinds as ``train_data``, optional
-        Evaluated with ``model.test`` after each epoch.
+        Evaluated with ``model.test_step`` (``model.test``, checked to be finite) after each epoch.
     batch_size : int, optional
         Rows per batch for a dict of tensors, a tensor or a Dataset (default: all rows); the global batch under
         ``torch.distributed``.
@@ -266,7 +275,8 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     ------
     NonFiniteLossError
         If a loss is NaN or infinite; it names the epoch, the step and the non-finite terms
-        (:class:`~pyro_dgm.models.NonFiniteGradientError` if a gradient is, with a finite loss).
+        (:class:`~pyro_dgm.models.NonFiniteGradientError` if a gradient is, with a finite loss). The step raises it
+        naming the step; fit adds the epoch (:meth:`~pyro_dgm.models.errors.NonFiniteLossError.add_epoch`).
     ValueError
         If ``train_data`` or ``test_data`` has zero rows (the message names the variable), or a batch is empty and
         the loss is not finite on it.
@@ -296,86 +306,124 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     >>> history["train_loss"][-1] < history["train_loss"][0]
     True
     """
-    import time
-
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
-    train_batches = _Batches(train_data, model.loss_cls.input_var, batch_size, shuffle, "train_data")
-    test_batches = (None if test_data is None else
-                    _Batches(test_data, model.test_loss_cls.input_var, batch_size, False, "test_data"))
-    callbacks = list(callbacks or [])
-    for cb in callbacks:
-        if not callable(cb):
-            raise TypeError(f"fit: callbacks must be callables f(model, epoch, logs), got {type(cb).__name__}")
-    if not hasattr(model, "history"):
-        model.history = History()
-    history = History()
-    writer = _writer(log_dir)
-    show = progress and _dist.rank() == 0
-    tqdm: Any = None
-    if show:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover
-            tqdm = None
+    state = _FitState.start(model, train_data, test_data, batch_size, callbacks, progress, log_dir, shuffle, kwargs)
     model.stop_training = False
-    model.tb_writer = writer
-    model._in_fit = True
+    model.tb_writer = state.writer
     try:
         for _ in range(epochs):
-            start = time.perf_counter()
-            epoch = model.epoch + 1
-            acc = _Accumulator()
-            batches: Iterable[dict[str, Any]] = train_batches
-            bar = None
-            if tqdm is not None:
-                total = len(train_batches) if _has_len(train_batches) else None
-                bar = tqdm(train_batches, total=total, desc=f"epoch {epoch}", leave=False)
-                batches = bar
-            for batch in batches:
-                loss = model._fit_train(batch, **kwargs)
-                acc.add(loss, model.last_terms, _rows(batch))
-                if bar is not None:
-                    bar.set_postfix(loss=f"{acc.running:.4g}")
-            if bar is not None:
-                bar.close()
-            if acc.rows == 0:
-                raise ValueError(f"fit: train_data gave no batch in epoch {epoch}; pass a re-iterable (a DataLoader, a "
-                                 "list of batches) or a dict of tensors")
-            record: dict[str, Any] = {"epoch": epoch}
-            means = acc.means()
-            record["train_loss"] = means.pop("loss")
-            record.update({f"train/{k}": v for k, v in means.items()})
-            if test_batches is not None:
-                tacc = _Accumulator()
-                for batch in test_batches:
-                    loss = model._fit_test(batch, **kwargs)
-                    model._check_finite(loss, model.last_terms, "test")
-                    tacc.add(loss, model.last_terms, _rows(batch))
-                tmeans = tacc.means()
-                record["test_loss"] = tmeans.pop("loss")
-                record.update({f"test/{k}": v for k, v in tmeans.items()})
-            record["time"] = time.perf_counter() - start
-            model.epoch = epoch
-            history.append(record)
-            model.history.append(record)
-            if writer is not None:
-                for key, value in record.items():
-                    if key not in ("epoch", "time"):
-                        writer.add_scalar(key, value, epoch)
-                writer.flush()
-            if show:
-                text = ", ".join(f"{k} {record[k]:.4g}" for k in ("train_loss", "test_loss") if k in record)
-                (tqdm.write if tqdm is not None else print)(f"epoch {epoch}: {text}")
-            for cb in callbacks:
-                cb(model, epoch, dict(record))
+            state.epoch = model.epoch + 1
+            record = _run_epoch(model, state)
+            model.epoch = state.epoch
+            _log_epoch(model, state, record)
             if model.stop_training:
                 break
     finally:
-        model._in_fit = False
         model.tb_writer = None
-        if writer is not None:
-            writer.close()
-    return history
+        if state.writer is not None:
+            state.writer.close()
+    return state.history
 
 
+@dataclass
+class _FitState:
+    """What one ``fit`` call owns: its data, callbacks and writers, the epoch it is running and its history (the
+    model holds only what outlives the call: ``epoch``, ``step``, ``history``)."""
+
+    train: _Batches
+    test: _Batches | None
+    callbacks: list[Callable[..., Any]]
+    kwargs: dict[str, Any]
+    writer: Any  # a SummaryWriter, or None
+    show: bool  # rank 0 with progress=True: prints each epoch's line
+    tqdm: Any  # tqdm's class when the progress bar is shown, else None
+    history: History = field(default_factory=History)
+    epoch: int = 0  # the epoch running (1-based, counting across fit calls)
+
+    @classmethod
+    def start(cls, model: "Model", train_data: Any, test_data: Any, batch_size: int | None,
+              callbacks: Sequence[Callable[..., Any]] | None, progress: bool, log_dir: Any, shuffle: bool,
+              kwargs: dict[str, Any]) -> "_FitState":
+        """Check the arguments and open the writer (in this order, so the errors come as they always did)."""
+        train = _Batches(train_data, model.loss_cls.input_var, batch_size, shuffle, "train_data")
+        test = (None if test_data is None else
+                _Batches(test_data, model.test_loss_cls.input_var, batch_size, False, "test_data"))
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            if not callable(cb):
+                raise TypeError(f"fit: callbacks must be callables f(model, epoch, logs), got {type(cb).__name__}")
+        writer = _writer(log_dir)
+        show = progress and _dist.rank() == 0
+        tqdm: Any = None
+        if show:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover
+                tqdm = None
+        return cls(train, test, callbacks, kwargs, writer, show, tqdm)
+
+
+def _run_epoch(model: "Model", state: _FitState) -> dict[str, Any]:
+    """Train on every batch, then test; the epoch's record. A non-finite loss is re-raised naming the epoch."""
+    start = time.perf_counter()
+    record: dict[str, Any] = {"epoch": state.epoch}
+    try:
+        means = _train_epoch(model, state).means()
+        record["train_loss"] = means.pop("loss")
+        record.update({f"train/{k}": v for k, v in means.items()})
+        if state.test is not None:
+            tmeans = _test_epoch(model, state.test, state.kwargs).means()
+            record["test_loss"] = tmeans.pop("loss")
+            record.update({f"test/{k}": v for k, v in tmeans.items()})
+    except NonFiniteLossError as err:
+        err.add_epoch(state.epoch)  # the model knows its step, fit knows the epoch
+        raise
+    record["time"] = time.perf_counter() - start
+    return record
+
+
+def _train_epoch(model: "Model", state: _FitState) -> _Accumulator:
+    """``model.train_step`` on every training batch, under the progress bar."""
+    acc = _Accumulator()
+    batches: Iterable[dict[str, Any]] = state.train
+    bar = None
+    if state.tqdm is not None:
+        total = len(state.train) if _has_len(state.train) else None
+        bar = batches = state.tqdm(state.train, total=total, desc=f"epoch {state.epoch}", leave=False)
+    for batch in batches:
+        loss, terms = model.train_step(batch, **state.kwargs)
+        acc.add(loss, terms, _rows(batch))
+        if bar is not None:
+            bar.set_postfix(loss=f"{acc.running:.4g}")
+    if bar is not None:
+        bar.close()
+    if acc.rows == 0:
+        raise ValueError(f"fit: train_data gave no batch in epoch {state.epoch}; pass a re-iterable (a DataLoader, a "
+                         "list of batches) or a dict of tensors")
+    return acc
+
+
+def _test_epoch(model: "Model", batches: _Batches, kwargs: dict[str, Any]) -> _Accumulator:
+    """``model.test_step`` on every test batch."""
+    acc = _Accumulator()
+    for batch in batches:
+        loss, terms = model.test_step(batch, **kwargs)
+        acc.add(loss, terms, _rows(batch))
+    return acc
+
+
+def _log_epoch(model: "Model", state: _FitState, record: dict[str, Any]) -> None:
+    """Record the epoch in both histories, TensorBoard and the progress line, then call the callbacks."""
+    state.history.append(record)
+    model.history.append(record)
+    if state.writer is not None:
+        for key, value in record.items():
+            if key not in ("epoch", "time"):
+                state.writer.add_scalar(key, value, state.epoch)
+        state.writer.flush()
+    if state.show:
+        text = ", ".join(f"{k} {record[k]:.4g}" for k in ("train_loss", "test_loss") if k in record)
+        (state.tqdm.write if state.tqdm is not None else print)(f"epoch {state.epoch}: {text}")
+    for cb in state.callbacks:
+        cb(model, state.epoch, dict(record))

@@ -31,7 +31,7 @@ class VAE(Model):
         More distributions to train with the same optimizer.
     regularizer : Loss, optional
         Added to the reconstruction term inside the mean (e.g. a KL divergence); none when omitted.
-    optimizer, optimizer_params, clip_grad_norm, clip_grad_value, retain_graph
+    optimizer, optimizer_params, clip_grad_norm, clip_grad_value, retain_graph, compile
         As in :class:`~pyro_dgm.models.Model`.
 
     Examples
@@ -70,7 +70,7 @@ class VAE(Model):
                  other_distributions: Sequence[nn.Module] | None = None, regularizer: Loss | None = None,
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
-                 retain_graph: bool = False) -> None:
+                 retain_graph: bool = False, compile: bool | Mapping[str, Any] = False) -> None:
         distributions = model_distributions("VAE", other_distributions, encoder=encoder, decoder=decoder)
         reconstruction = -decoder.log_prob().expectation(encoder)
         if regularizer is None:
@@ -79,4 +79,5 @@ class VAE(Model):
             loss = (reconstruction + _check_loss("VAE", regularizer, "regularizer")).mean()
         super().__init__(loss, test_loss=loss, distributions=distributions, optimizer=optimizer,
                          optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,
-                         clip_grad_value=clip_grad_value, retain_graph=retain_graph)
+                         clip_grad_value=clip_grad_value, retain_graph=retain_graph,
+                         compile=compile)

@@ -25,7 +25,7 @@ class VI(Model):
         The approximate posterior, e.g. :math:`q(z|x)`.
     other_distributions : list of Distribution, optional
         More distributions to train with the same optimizer.
-    optimizer, optimizer_params, clip_grad_norm, clip_grad_value, retain_graph
+    optimizer, optimizer_params, clip_grad_norm, clip_grad_value, retain_graph, compile
         As in :class:`~pyro_dgm.models.Model`.
 
     Examples
@@ -57,9 +57,10 @@ class VI(Model):
                  other_distributions: Sequence[nn.Module] | None = None,
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
-                 retain_graph: bool = False) -> None:
+                 retain_graph: bool = False, compile: bool | Mapping[str, Any] = False) -> None:
         distributions = model_distributions("VI", other_distributions, p=p, approximate_dist=approximate_dist)
         loss = -ELBO(p, approximate_dist).mean()
         super().__init__(loss, test_loss=loss, distributions=distributions, optimizer=optimizer,
                          optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,
-                         clip_grad_value=clip_grad_value, retain_graph=retain_graph)
+                         clip_grad_value=clip_grad_value, retain_graph=retain_graph,
+                         compile=compile)

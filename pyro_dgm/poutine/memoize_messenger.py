@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Hashable
+from typing import Any, Hashable, NamedTuple
 
 import torch
 from pyro.poutine.messenger import Messenger
@@ -81,6 +81,14 @@ def _arg_key(a: Any) -> Hashable:
     return a
 
 
+class _Traced(NamedTuple):
+    """A miss while torch.compile traces: what :meth:`MemoizeMessenger.store` keeps, compared by identity."""
+    module: Any
+    mode: tuple[bool, bool]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
 class MemoizeMessenger(Messenger):
     """Reuse a distribution's parameters (its network's forward pass) for the same inputs within one scope.
 
@@ -122,6 +130,8 @@ class MemoizeMessenger(Messenger):
     def __init__(self, pyro_stack: bool = True) -> None:
         super().__init__()
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
+        self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
+        self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
 
     def __enter__(self) -> "MemoizeMessenger":
@@ -132,6 +142,8 @@ class MemoizeMessenger(Messenger):
 
     def __exit__(self, *exc: Any) -> None:
         self._cache.clear()
+        self._traced.clear()
+        self._notes.clear()
         stack = MEMO_SCOPES.stack
         if stack and stack[-1] is self:
             stack.pop()
@@ -151,10 +163,27 @@ class MemoizeMessenger(Messenger):
             keys.append((id(a), a._version) if type(a) is torch.Tensor else _arg_key(a))
         return (id(module), module.training, torch.is_grad_enabled(), tuple(keys), kw)
 
+    def _traced_lookup(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                       ) -> tuple[Hashable | None, Any]:
+        # Under torch.compile the key may not hold ids or versions of tensors (Dynamo would guard on them and
+        # recompile for every batch): the entries are compared by identity, which Dynamo decides while tracing,
+        # so the cache costs nothing in the compiled graph.
+        if not getattr(module, "memoizable", True):
+            return None, None
+        mode = (module.training, torch.is_grad_enabled())
+        for entry in self._traced:
+            if (entry[0] is module and entry[1] == mode and len(entry[2]) == len(args)
+                    and all(a is b for a, b in zip(entry[2], args)) and entry[3].keys() == kwargs.keys()
+                    and all(entry[3][k] is v for k, v in kwargs.items())):
+                return None, entry[4]
+        return _Traced(module, mode, args, kwargs), None
+
     def lookup(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Hashable | None, Any]:
         """The key of a call and its cached value (``None`` on a miss or when memoization is off)."""
         if _MAXSIZE[0] == 0:
             return None, None
+        if torch.compiler.is_compiling():
+            return self._traced_lookup(module, args, kwargs)
         key = self._key(module, args, kwargs)
         if key is None:
             return None, None
@@ -169,9 +198,29 @@ class MemoizeMessenger(Messenger):
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
+        if type(key) is _Traced:
+            self._traced.append((key.module, key.mode, key.args, key.kwargs, value))
+            del self._traced[:-maxsize]
+            return
         self._cache[key] = (value, keep)
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
+
+    def note(self, owner: Any, value: Any) -> None:
+        """Keep ``value`` for ``owner`` until the scope ends (a flow's last computation while torch.compile
+        traces, instead of an attribute of the module that would outlive the traced evaluation)."""
+        for i, (o, _) in enumerate(self._notes):
+            if o is owner:
+                self._notes[i] = (owner, value)
+                return
+        self._notes.append((owner, value))
+
+    def noted(self, owner: Any) -> Any:
+        """What :meth:`note` kept for ``owner`` in this scope, or ``None`` (compared by identity: no hashing)."""
+        for o, v in self._notes:
+            if o is owner:
+                return v
+        return None
 
     def call(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``module(*args, **kwargs)`` through the cache (the path taken when this is the only handler)."""

@@ -1,0 +1,135 @@
+r"""Compiled loss evaluation: ``Model(..., compile=True)`` and :meth:`Loss.compile
+<pyro_dgm.losses.base.Loss.compile>` (which Pyro's ``SVI`` then steps through).
+
+A loss evaluation — every term's draws, network calls, log-densities and closed forms — traces into one graph with
+no graph break (the memoizing scope and the flows' memories compare tensors by identity while tracing, the
+standard-prior shortcut and other value tests are skipped or asserted in the graph; see ``docs/design.md``), and
+the graph does not depend on which tensors a batch holds: a new batch of the same shapes reuses the compiled code
+(a batch of another shape, e.g. a smaller last batch, compiles once more, after which torch marks the dim dynamic).
+
+:class:`CompiledEval` holds one loss's compiled ``eval(x_dict, return_terms=True, **kwargs)``; ``Model`` uses one for
+its training loss and one for its test loss. ``backward`` runs the compiled backward graph; the optimizer step, the
+finiteness checks and the gradient check stay eager (they read values). :class:`CompiledOuter` is what
+``Loss.compile()`` installs: the outermost evaluation of a loss (its context, terms and recorder), compiled, so
+every ``loss.eval(...)`` and every ``SVI`` step with ``loss=`` this loss runs it.
+
+Examples
+--------
+>>> import torch
+>>> from pyro_dgm.distributions import Normal
+>>> p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+>>> ev = CompiledEval((-p.log_prob()).mean(), compile_options("Model", {"backend": "eager"}))
+>>> loss, terms = ev({"x": torch.zeros(3, 2)}, {})
+>>> round(float(loss), 4), float(loss) == float((-p.log_prob()).mean().eval({"x": torch.zeros(3, 2)}))
+(1.8379, True)
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch.distributions import Distribution as _Distribution
+
+__all__ = ["CompiledEval", "CompiledOuter", "compile_options", "without_validation"]
+
+_DEFAULTS: dict[str, Any] = {}
+
+
+def compile_options(owner: str, compile: bool | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``torch.compile`` keyword arguments that ``compile=`` asks for, or ``None`` for eager evaluation.
+
+    ``True`` compiles with torch's defaults (the inductor backend); a dict is passed to ``torch.compile`` as it is
+    (``{"mode": "reduce-overhead"}``, ``{"backend": "aot_eager"}``, ``{"dynamic": True}``...).
+
+    Examples
+    --------
+    >>> compile_options("Model", False) is None, compile_options("Model", True)
+    (True, {})
+    >>> compile_options("Model", "yes")
+    Traceback (most recent call last):
+        ...
+    TypeError: Model: compile must be True, False or a dict of torch.compile options (mode=, backend=, dynamic=, ...), got 'yes'
+    """
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return dict(_DEFAULTS)
+    if isinstance(compile, Mapping):
+        import inspect
+
+        known = set(inspect.signature(torch.compile).parameters) - {"model"}
+        unknown = sorted(set(compile) - known)
+        if unknown:
+            raise ValueError(f"{owner}: unknown torch.compile option(s) {unknown} in compile=; torch.compile takes "
+                             f"{sorted(known)}")
+        return {**_DEFAULTS, **compile}
+    raise TypeError(f"{owner}: compile must be True, False or a dict of torch.compile options (mode=, backend=, "
+                    f"dynamic=, ...), got {compile!r}")
+
+
+class without_validation:
+    """Run a call with torch's argument validation off, restoring it after (torch's checks read values: each would
+    split a compiled graph). Cheap when validation is already off."""
+
+    def __init__(self) -> None:
+        self.was = False
+
+    def __enter__(self) -> None:
+        self.was = _Distribution._validate_args
+        if self.was:
+            _Distribution._validate_args = False
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was:
+            _Distribution._validate_args = True
+
+
+class CompiledOuter:
+    """The outermost evaluation of ``loss`` (``inputs, kwargs, return_terms -> (value, samples, recorder)``),
+    compiled by ``torch.compile`` with ``options``; see :meth:`Loss.compile <pyro_dgm.losses.base.Loss.compile>`."""
+
+    def __init__(self, loss: Any, options: Mapping[str, Any]) -> None:
+        self.options = dict(options)
+        loss.term_names  # built (by sympy) here, once, not while tracing
+        self._fn = torch.compile(loss._outer_evaluation, **self.options)
+
+    def __call__(self, inputs: dict[str, Any], kwargs: Mapping[str, Any], return_terms: bool) -> Any:
+        with without_validation():
+            return self._fn(inputs, kwargs, return_terms)
+
+
+class CompiledEval:
+    """``loss.eval(x_dict, return_terms=True, **kwargs)``, compiled by ``torch.compile`` with ``options``.
+
+    Parameters
+    ----------
+    loss : Loss
+        The loss to evaluate.
+    options : dict
+        Keyword arguments of ``torch.compile`` (see :func:`compile_options`).
+
+    Notes
+    -----
+    The first call compiles (a few seconds for a small VAE on a CPU; see ``benchmarks/README.md``). Random draws in
+    compiled code come from the compiler's own generator (the inductor backend), so they differ from the eager
+    draws of the same seed unless ``torch._inductor.config.fallback_random = True``; their distribution is the same.
+
+    The compiled evaluation runs without torch's argument validation (``Distribution.set_default_validate_args``),
+    as Pyro's JIT-compiled ELBOs recommend: each check reads values, which would split the graph. Parameters out of
+    their support then give NaN or infinite values, which ``Model`` reports at the step
+    (:class:`~pyro_dgm.models.NonFiniteLossError`); run a step without ``compile=`` to get torch's own message.
+    """
+
+    def __init__(self, loss: Any, options: Mapping[str, Any]) -> None:
+        self.loss = loss
+        self.options = dict(options)
+        loss.term_names  # the terms' names are built (by sympy) here, once, not while tracing
+
+        def evaluate(x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
+            return loss.eval(x_dict, return_terms=True, **kwargs)
+
+        self._fn = torch.compile(evaluate, **self.options)
+
+    def __call__(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        with without_validation():
+            return self._fn(x_dict, kwargs)

@@ -1,0 +1,148 @@
+"""Small models of every kind whose loss the compile tests trace: the README VAE, a deep Markov model
+(``IterativeLoss``), M2 (semi-supervised), a Real NVP density model, a planar-flow posterior and a GAN.
+
+Each builder returns ``(loss, batch)``: ``batch(seed)`` gives a fresh input dict of a fixed shape, as a new batch of
+a data loader would (new tensors every call).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pyro_dgm.distributions import Bernoulli, Categorical, Deterministic, EmpiricalDistribution, Normal
+from pyro_dgm.distributions import PlanarFlowDistribution, RealNVPDistribution
+from pyro_dgm.losses import ELBO, AdversarialJensenShannon, E, IterativeLoss, KullbackLeibler, LogProb, Parameter
+
+X, Z, Y, H, B, T = 12, 3, 4, 16, 8, 4
+Batch = Callable[[int], dict[str, Any]]
+
+
+def _mlp(i: int, o: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(i, H), nn.ReLU(), nn.Linear(H, o))
+
+
+class Encoder(Normal):  # q(z|x)
+    def __init__(self, cond: tuple[str, ...] = ("x",), x_dim: int = X) -> None:
+        super().__init__(var=["z"], cond_var=list(cond), name="q")
+        self.net = _mlp(x_dim, 2 * Z)
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.net(torch.cat(list(inputs.values()), -1))
+        return {"loc": h[..., :Z], "scale": nn.functional.softplus(h[..., Z:]) + 1e-3}
+
+
+class Decoder(Bernoulli):  # p(x|z)
+    def __init__(self, cond: tuple[str, ...] = ("z",), z_dim: int = Z) -> None:
+        super().__init__(var=["x"], cond_var=list(cond), name="p")
+        self.net = _mlp(z_dim, X)
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"probs": torch.sigmoid(self.net(torch.cat(list(inputs.values()), -1)))}
+
+
+def _prior() -> Normal:
+    return Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p_{prior}")
+
+
+def _binary(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.rand(*shape, generator=g).round()
+
+
+def vae() -> tuple[Any, Batch]:
+    """The README's VAE: KL[q(z|x) || p(z)] - E_q[log p(x|z)], the mean over the batch."""
+    q, p = Encoder(), Decoder()
+    loss = (KullbackLeibler(q, _prior()) - E(q, LogProb(p))).mean()
+    return loss, lambda s: {"x": _binary(torch.Generator().manual_seed(s), B, X)}
+
+
+class _Trans(Normal):  # p(z|z_prev)
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["z_prev"], name="p")
+        self.net = _mlp(Z, 2 * Z)
+
+    def forward(self, z_prev: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.net(z_prev)
+        return {"loc": h[..., :Z], "scale": nn.functional.softplus(h[..., Z:]) + 1e-3}
+
+
+def dmm() -> tuple[Any, Batch]:
+    """A deep Markov model: the sum over t of -E_q[log p(x_t|z_t)] + KL[q(z_t|x_t, z_{t-1}) || p(z_t|z_{t-1})]."""
+    trans, emit, comb = _Trans(), Decoder(), Encoder(("x", "z_prev"), X + Z)
+    step = -E(comb, LogProb(emit)) + KullbackLeibler(comb, trans)
+    loss = IterativeLoss(step, max_iter=T, series_var=["x"], update_value={"z": "z_prev"}).mean()
+
+    def batch(s: int) -> dict[str, Any]:
+        return {"x": _binary(torch.Generator().manual_seed(s), T, B, X), "z_prev": torch.zeros(B, Z)}
+    return loss, batch
+
+
+class _Classifier(Categorical):  # f(y|x)
+    def __init__(self) -> None:
+        super().__init__(var=["y"], cond_var=["x"], name="f")
+        self.net = _mlp(X, Y)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"probs": torch.softmax(self.net(x), -1)}
+
+
+def m2() -> tuple[Any, Batch]:
+    """M2 (Kingma et al. 2014): labelled and unlabelled ELBOs and the classifier's NLL weighted by alpha."""
+    q, p, f, prior = Encoder(("x", "y"), X + Y), Decoder(("z", "y"), Z + Y), _Classifier(), _prior()
+    q_u = q.replace_var(x="x_u", y="y_u") * f.replace_var(x="x_u", y="y_u")
+    p_u = p.replace_var(x="x_u", y="y_u") * prior
+    loss = -ELBO(p_u, q_u).mean() - ELBO(p * prior, q).mean() + (Parameter("alpha") * -f.log_prob()).mean()
+
+    def batch(s: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(s)
+        return {"x": _binary(g, B, X), "y": torch.eye(Y)[torch.randint(0, Y, (B,), generator=g)],
+                "x_u": _binary(g, B, X), "alpha": torch.tensor(0.1)}
+    return loss, batch
+
+
+def flow() -> tuple[Any, Batch]:
+    """A Real NVP density model trained by maximum likelihood: -log p(x), the mean over the batch."""
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    p = RealNVPDistribution(prior, dim=2, num_multiscale_layers=2, var=["x"], hidden_features=H)
+    loss = -LogProb(p).mean()
+    return loss, lambda s: {"x": torch.randn(B, 2, generator=torch.Generator().manual_seed(s))}
+
+
+def planar() -> tuple[Any, Batch]:
+    """Variational inference with a planar-flow posterior: E_q[log q(z|h) - log p(z)], where scoring q's own draw
+    reads the flows' memory of it (no inversion)."""
+    q0 = Normal(loc="h", scale=torch.tensor(1.), var=["z_0"], cond_var=["h"], name="q")
+    q = PlanarFlowDistribution(q0, dim=2, num_layers=3, var=["z"])
+    p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p")
+    loss = E(q, LogProb(q) - LogProb(p)).mean()
+    return loss, lambda s: {"h": torch.randn(B, 2, generator=torch.Generator().manual_seed(s))}
+
+
+class _Generator(Deterministic):  # x = g(z)
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="g")
+        self.net = _mlp(Z, X)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": torch.sigmoid(self.net(z))}
+
+
+class _Discriminator(Deterministic):  # d(x) in (0, 1)
+    def __init__(self) -> None:
+        super().__init__(var=["t"], cond_var=["x"], name="d")
+        self.net = _mlp(X, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"t": torch.sigmoid(self.net(x))}
+
+
+def gan() -> tuple[Any, Batch]:
+    """A GAN's generator loss: the Jensen-Shannon divergence estimated by a discriminator."""
+    p = (_Generator() * _prior()).marginalize_var("z")
+    loss = AdversarialJensenShannon(EmpiricalDistribution(["x"]), p, _Discriminator())
+    return loss, lambda s: {"x": _binary(torch.Generator().manual_seed(s), B, X)}
+
+
+BUILDERS: dict[str, Callable[[], tuple[Any, Batch]]] = {"vae": vae, "dmm": dmm, "m2": m2, "flow": flow,
+                                                        "planar": planar, "gan": gan}

@@ -1,0 +1,212 @@
+"""Loss evaluation under ``torch.compile`` (issue 15): one graph with no break for every kind of model, no
+recompilation for new batches of the same shapes, and the values and gradients of the eager evaluation.
+
+Why the comparisons are exact or nearly so: with the ``eager``/``aot_eager`` backends the traced graph runs torch's
+own kernels in the eager order, so the random draws and every float operation are the eager ones (equal up to the
+order of gradient accumulation, 1e-6). Inductor generates its own kernels (fused, reordered float sums) and, unless
+``fallback_random`` is set, its own random stream; with ``fallback_random`` a few steps of training agree within
+1e-5 relative (float32 rounding of reordered sums, amplified by Adam's normalization over 4 steps).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pyro
+import pytest
+import torch
+import torch._dynamo as dynamo
+
+import compile_models as cm
+from pyro_dgm.models import GAN, Model
+from pyro_dgm.losses.compiled import compile_options
+
+NAMES = list(cm.BUILDERS)
+
+
+def _trainable(loss: Any) -> list[torch.nn.Parameter]:
+    return [p for d in loss.distributions for p in d.parameters() if p.requires_grad]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():  # type: ignore[no-untyped-def]
+    """A fresh compiler cache, and torch's argument validation off, as ``Model(compile=...)`` evaluates (its checks
+    read values: each would split the graph; the conftest restores the setting after the test)."""
+    dynamo.reset()
+    pyro.enable_validation(False)
+    yield
+    dynamo.reset()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("return_terms", [False, True])
+def test_loss_eval_traces_into_one_graph(name: str, return_terms: bool) -> None:
+    torch.manual_seed(0)
+    loss, batch = cm.BUILDERS[name]()
+    loss.term_names  # as Model(compile=...) does before tracing: the names are text, built once
+    explained = dynamo.explain(lambda d: loss.eval(d, return_terms=return_terms))(batch(0))
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_new_batches_reuse_the_compiled_graph_and_match_eager(name: str) -> None:
+    torch.manual_seed(0)
+    loss, batch = cm.BUILDERS[name]()
+    params = _trainable(loss)
+    compiled = torch.compile(lambda d: loss.eval(d), backend="aot_eager", fullgraph=True)
+    for s in range(4):
+        d = batch(s)  # new tensors each time, as a data loader gives
+        torch.manual_seed(100 + s)
+        with dynamo.config.patch(error_on_recompile=s > 0):  # the first call compiles; no other may
+            value = compiled(d)
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        torch.manual_seed(100 + s)
+        expected = loss.eval(d)
+        expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+        assert torch.allclose(value, expected, rtol=1e-6, atol=1e-6), (s, value, expected)
+        for g, e in zip(grads, expected_grads):
+            assert (g is None) == (e is None)
+            if g is not None:
+                assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def _states(loss: Any) -> list[dict[str, torch.Tensor]]:
+    return copy.deepcopy([d.state_dict() for d in loss.distributions])
+
+
+def _train(loss: Any, batch: Any, states: Any, compile: Any, steps: int = 4) -> list[float]:
+    for d, s in zip(loss.distributions, states):
+        d.load_state_dict(s)
+    model = Model(loss, distributions=list(loss.distributions), optimizer_params={"lr": 1e-2}, compile=compile)
+    out = []
+    for s in range(steps):
+        torch.manual_seed(100 + s)
+        out.append(float(model.train(batch(s))))
+    torch.manual_seed(7)
+    out.append(float(model.test(batch(99))))
+    out.extend(float(p.detach().sum()) for p in model.parameters())
+    return out
+
+
+def test_model_compiled_with_inductor_trains_as_eager() -> None:
+    import torch._inductor.config as inductor
+
+    torch.manual_seed(0)
+    loss, batch = cm.vae()
+    states = _states(loss)
+    eager = _train(loss, batch, states, False)
+    with inductor.patch(fallback_random=True):  # the same draws as eager
+        compiled = _train(loss, batch, states, True)
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dmm", "m2", "planar"])
+def test_model_compiled_trains_as_eager(name: str) -> None:
+    torch.manual_seed(0)
+    loss, batch = cm.BUILDERS[name]()
+    states = _states(loss)
+    eager = _train(loss, batch, states, False, steps=3)
+    compiled = _train(loss, batch, states, {"backend": "aot_eager"}, steps=3)
+    assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-6)
+
+
+def test_fit_compiled_matches_eager_with_a_smaller_last_batch() -> None:
+    torch.manual_seed(0)
+    loss, _ = cm.vae()
+    states = _states(loss)
+    data = {"x": torch.rand(20, cm.X, generator=torch.Generator().manual_seed(3)).round()}  # batches 8, 8, 4
+
+    def fit(compile: Any) -> list[float]:
+        for d, s in zip(loss.distributions, states):
+            d.load_state_dict(s)
+        model = Model(loss, distributions=list(loss.distributions), optimizer_params={"lr": 1e-2}, compile=compile)
+        torch.manual_seed(5)
+        history = model.fit(data, epochs=2, batch_size=8, test_data=data, shuffle=False, progress=False)
+        return [v for key in sorted(history) if key != "time" for v in history[key]]
+
+    eager = fit(False)
+    with dynamo.config.patch(recompile_limit=3):  # the first batch shape, the last one (then dynamic at most)
+        compiled = fit({"backend": "aot_eager"})
+    assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-6)
+
+
+def test_gan_compiled_trains_as_eager() -> None:
+    torch.manual_seed(0)
+    loss, batch = cm.gan()
+    p, d = loss.q, loss.discriminator
+    states = copy.deepcopy((p.state_dict(), d.state_dict()))
+
+    def run(compile: Any) -> list[float]:
+        p.load_state_dict(states[0])
+        d.load_state_dict(states[1])
+        model = GAN(p, d, optimizer_params={"lr": 1e-2}, d_optimizer_params={"lr": 1e-2}, compile=compile)
+        out = []
+        for s in range(3):
+            torch.manual_seed(100 + s)
+            g_loss, d_loss = model.train(batch(s))
+            out += [float(g_loss), float(d_loss)]
+        return out + [float(t.detach().sum()) for t in [*p.parameters(), *d.parameters()]]
+
+    eager = run(False)
+    assert run({"backend": "aot_eager"}) == pytest.approx(eager, rel=1e-6, abs=1e-6)
+
+
+def test_compile_options_are_checked() -> None:
+    assert compile_options("Model", False) is None and compile_options("Model", None) is None
+    assert compile_options("Model", True) == {}
+    assert compile_options("Model", {"mode": "reduce-overhead"}) == {"mode": "reduce-overhead"}
+    with pytest.raises(ValueError, match=r"unknown torch.compile option\(s\) \['modes'\]"):
+        compile_options("Model", {"modes": "max-autotune"})
+    loss, _ = cm.vae()
+    with pytest.raises(TypeError, match="Model: compile must be True, False or a dict"):
+        Model(loss, distributions=list(loss.distributions), compile="inductor")
+
+
+def test_under_validation_a_compiled_closed_form_still_refuses_a_bad_parameter() -> None:
+    """With torch's argument validation on, a user's own ``torch.compile(loss.eval)`` keeps the check of the
+    closed forms, as an assertion inside the graph (no graph break for the Normal and Bernoulli closed forms)."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import LogProb
+
+    pyro.enable_validation(True)
+    p = Normal(loc="mu", scale="sigma", var=["x"], cond_var=["mu", "sigma"])
+    loss = -LogProb(p).mean()
+    compiled = torch.compile(lambda d: loss.eval(d), backend="aot_eager", fullgraph=True)
+    x, mu = torch.zeros(4, 2), torch.zeros(4, 2)
+    value = compiled({"x": x, "mu": mu, "sigma": torch.ones(4, 2)})
+    assert torch.allclose(value, loss.eval({"x": x, "mu": mu, "sigma": torch.ones(4, 2)}))
+    with pytest.raises(RuntimeError, match="Normal: the parameter 'scale' is outside its constraint"):
+        compiled({"x": x, "mu": mu, "sigma": -torch.ones(4, 2)})
+
+
+def test_loss_compile_steps_svi_as_eager() -> None:
+    """``loss.compile()`` (nn.Module's name): every outermost ``eval`` and so every ``SVI`` step runs compiled; three
+    SVI steps give the eager values and weights, and new batches do not recompile."""
+    from pyro.infer import SVI
+    from pyro.optim import Adam
+
+    torch.manual_seed(0)
+    loss, batch = cm.vae()
+    states = _states(loss)
+
+    def run(compiled: bool) -> list[float]:
+        pyro.clear_param_store()
+        for d, s in zip(loss.distributions, states):
+            d.load_state_dict(s)
+        if compiled:
+            loss.compile(backend="aot_eager")
+        else:
+            loss.__dict__.pop("_compiled_outer", None)
+        svi = SVI(lambda **_: None, lambda **_: None, Adam({"lr": 1e-2}), loss=loss)
+        out = []
+        for s in range(3):
+            torch.manual_seed(100 + s)
+            with dynamo.config.patch(error_on_recompile=compiled and s > 0):
+                out.append(svi.step(**batch(s)))
+        return out + [float(p.detach().sum()) for p in _trainable(loss)]
+
+    eager = run(False)
+    assert run(True) == pytest.approx(eager, rel=1e-6, abs=1e-6)
+    with pytest.raises(TypeError, match="compile takes torch.compile's options by keyword"):
+        loss.compile("inductor")
