@@ -15,7 +15,7 @@ from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
 
-from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES, MemoizeMessenger
+from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 from pyro_dgm.utils.checks import describe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,11 +38,11 @@ _effectful_network = effectful(_call_network, type="dgm_params")
 
 
 def _quiet(stack: list[Any]) -> bool:
-    """Whether no active handler looks at sample sites or network calls: each is a memoizer, or the param-only
-    trace with which ``SVI.step`` collects the parameters (it records ``pyro.param`` sites and nothing else)."""
+    """Whether no active handler looks at sample sites or network calls: each says so by its class attribute
+    ``observes_sites = False`` (the memoizer), or is the param-only trace with which ``SVI.step`` collects the
+    parameters (Pyro's class; it records ``pyro.param`` sites and nothing else). Any other handler observes them."""
     for m in stack:
-        t = type(m)
-        if t is not MemoizeMessenger and not (t is TraceMessenger and m.param_only):
+        if getattr(m, "observes_sites", True) and not (type(m) is TraceMessenger and m.param_only):
             return False
     return True
 

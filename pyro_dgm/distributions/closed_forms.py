@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
 import pyro.distributions as dist
 import torch
@@ -44,7 +44,8 @@ from torch import Tensor
 
 from pyro_dgm.utils.shapes import broadcast_shape
 
-__all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "validating",
+__all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "register_log_prob",
+           "register_rsample", "register_kl", "register_standard", "ClosedParams", "validating",
            "valid_params", "valid_value", "disabled", "bernoulli_log_prob", "bernoulli_cross_entropy"]
 
 Params = Mapping[str, Tensor]
@@ -52,6 +53,93 @@ _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
 
 
 ENABLED = [True]
+
+
+#: Pyro class -> ``f(params, value, dims)``: the log-density of ``value``, summed over ``dims``
+#: (:func:`register_log_prob`).
+LOG_PROB: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {}
+#: Pyro class -> ``f(params, generator)``: a reparameterized draw, with the random stream of the class's ``rsample``
+#: (``generator=None``: torch's default generator; see :func:`pyro_dgm.utils.random.generator`;
+#: :func:`register_rsample`).
+RSAMPLE: dict[type, Callable[[Params, torch.Generator | None], Tensor]] = {}
+#: (Pyro class of p, Pyro class of q) -> ``f(p_params, q_params)``: the element-wise analytic KL[p || q]
+#: (:func:`register_kl`).
+KL: dict[tuple[type, type], Callable[[Params, Params], Tensor]] = {}
+#: Pyro class -> ``f(params)``: whether constant parameters are the family's standard form (N(0, I) for a Normal;
+#: :func:`register_standard`).
+IS_STANDARD: dict[type, Callable[[Params], bool]] = {}
+#: Pyro class -> ``f(params, value, dims)``: :data:`LOG_PROB` for parameters in the standard form, with fewer
+#: operations.
+LOG_PROB_STANDARD: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {}
+#: Pyro class -> ``f(p_params)``: :data:`KL` against ``q`` in the standard form, from ``p``'s parameters alone.
+KL_TO_STANDARD: dict[type, Callable[[Params], Tensor]] = {}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def register_log_prob(*classes: type) -> Callable[[_F], _F]:
+    """Register ``f(params, value, dims)`` as the log-density of the Pyro classes ``classes``, summed over ``dims``
+    (the decorator of a family's scoring formula, as ``torch.distributions.kl.register_kl`` is of a KL).
+
+    Examples
+    --------
+    >>> import pyro.distributions as dist
+    >>> class MyNormal(dist.Normal):
+    ...     pass
+    >>> @register_log_prob(MyNormal)
+    ... def _my_log_prob(params, x, dims):
+    ...     return LOG_PROB[dist.Normal](params, x, dims)
+    >>> LOG_PROB[MyNormal] is _my_log_prob
+    True
+    """
+    def register(f: _F) -> _F:
+        for cls in classes:
+            LOG_PROB[cls] = f
+        return f
+    return register
+
+
+def register_rsample(*classes: type) -> Callable[[_F], _F]:
+    """Register ``f(params, generator)``, a reparameterized draw with the random stream of the classes' ``rsample``
+    (see :func:`register_log_prob`)."""
+    def register(f: _F) -> _F:
+        for cls in classes:
+            RSAMPLE[cls] = f
+        return f
+    return register
+
+
+def register_kl(p_class: type, q_class: type) -> Callable[[_F], _F]:
+    """Register ``f(p_params, q_params)``, the element-wise analytic :math:`D_{KL}[p \| q]` of two Pyro classes
+    (``torch.distributions.kl``'s value; see :func:`register_log_prob`)."""
+    def register(f: _F) -> _F:
+        KL[p_class, q_class] = f
+        return f
+    return register
+
+
+def register_standard(cls: type, log_prob: Callable[[Params, Tensor, tuple[int, ...]], Tensor] | None = None,
+                      kl: Callable[[Params], Tensor] | None = None) -> Callable[[_F], _F]:
+    """Register the test ``f(params) -> bool`` of the standard form of a family's constant parameters (N(0, I)),
+    with the cheaper log-density (``log_prob``) and KL against it (``kl``, from ``p``'s parameters alone)."""
+    def register(f: _F) -> _F:
+        IS_STANDARD[cls] = f
+        if log_prob is not None:
+            LOG_PROB_STANDARD[cls] = log_prob
+        if kl is not None:
+            KL_TO_STANDARD[cls] = kl
+        return f
+    return register
+
+
+class ClosedParams(NamedTuple):
+    """What the closed forms take from a distribution (``DistributionBase``'s one gate to them): its parameters by
+    name and the largest number of dims among them."""
+
+    params: dict[str, Tensor]
+    ndim: int
+
+
 
 
 def validating() -> bool:
@@ -115,6 +203,7 @@ def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.sum(dims) if dims else t
 
 
+@register_log_prob(dist.Normal)
 def _normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
     loc, scale = params["loc"], params["scale"]
     return _sum(-0.5 * ((x - loc) / scale).pow(2) - scale.log() - _HALF_LOG_2PI, dims)
@@ -151,7 +240,7 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
     probs = params.get("probs")
     if probs is None:
         logits = params["logits"]
-        if logits.shape != x.shape:
+        if torch.jit.is_tracing() or logits.shape != x.shape:  # (shapes are tensors under Pyro's JIT: no test)
             logits, x = torch.broadcast_tensors(logits, x)
         return -_sum(F.binary_cross_entropy_with_logits(logits, x, reduction="none"), dims)
     if probs.dtype != x.dtype:  # e.g. float64 data (numpy's) under float32 networks: Pixyz's value is float64
@@ -168,6 +257,7 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
     return _sum(bernoulli_cross_entropy(probs, x), dims)
 
 
+@register_rsample(dist.Normal)
 def _normal_rsample(params: Params, generator: torch.Generator | None = None) -> Tensor:
     loc, scale = params["loc"], params["scale"]
     shape = broadcast_shape(loc.shape, scale.shape)
@@ -179,6 +269,7 @@ def _normal_rsample(params: Params, generator: torch.Generator | None = None) ->
     return loc + eps * scale
 
 
+@register_kl(dist.Normal, dist.Normal)
 def _kl_normal_normal(p: Params, q: Params) -> Tensor:
     var_ratio = (p["scale"] / q["scale"]).pow(2)
     t1 = ((p["loc"] - q["loc"]) / q["scale"]).pow(2)
@@ -190,24 +281,6 @@ def _kl_normal_standard(p: Params) -> Tensor:
     return 0.5 * (p["loc"].pow(2) + scale.pow(2) - 1) - scale.log()
 
 
+@register_standard(dist.Normal, log_prob=_standard_normal_log_prob, kl=_kl_normal_standard)
 def _is_standard_normal(params: Params) -> bool:
     return bool((params["loc"] == 0).all()) and bool((params["scale"] == 1).all())
-
-
-#: Pyro class -> ``f(params, value, dims)``: the log-density of ``value``, summed over ``dims``.
-LOG_PROB: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {
-    dist.Normal: _normal_log_prob,  # the Bernoulli of pyro_dgm.distributions.exponential registers itself
-}
-#: Pyro class -> ``f(params, generator)``: a reparameterized draw, with the random stream of the class's ``rsample``
-#: (``generator=None``: torch's default generator; see :func:`pyro_dgm.utils.random.generator`).
-RSAMPLE: dict[type, Callable[[Params, torch.Generator | None], Tensor]] = {dist.Normal: _normal_rsample}
-#: (Pyro class of p, Pyro class of q) -> ``f(p_params, q_params)``: the element-wise analytic KL[p || q].
-KL: dict[tuple[type, type], Callable[[Params, Params], Tensor]] = {(dist.Normal, dist.Normal): _kl_normal_normal}
-#: Pyro class -> ``f(params)``: whether constant parameters are the family's standard form (N(0, I) for a Normal).
-IS_STANDARD: dict[type, Callable[[Params], bool]] = {dist.Normal: _is_standard_normal}
-#: Pyro class -> ``f(params, value, dims)``: :data:`LOG_PROB` for parameters in the standard form, with fewer
-#: operations.
-LOG_PROB_STANDARD: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {
-    dist.Normal: _standard_normal_log_prob}
-#: Pyro class -> ``f(p_params)``: :data:`KL` against ``q`` in the standard form, from ``p``'s parameters alone.
-KL_TO_STANDARD: dict[type, Callable[[Params], Tensor]] = {dist.Normal: _kl_normal_standard}

@@ -15,10 +15,8 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import constraints
-from torch.distributions.utils import broadcast_all
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.family import DistributionBase
@@ -40,13 +38,12 @@ class BernoulliBCE(dist.Bernoulli):
     support = constraints.real  # Pixyz scores any real value by the cross-entropy
 
     def log_prob(self, value: Tensor) -> Tensor:
-        if "logits" in self.__dict__ or "probs" not in self.__dict__:
-            logits, value = broadcast_all(self.logits, value)
-            return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-        return closed_forms.bernoulli_log_prob({"probs": self.probs}, value, ())
+        d = self.__dict__
+        params = {"probs": self.probs} if "probs" in d and "logits" not in d else {"logits": self.logits}
+        return closed_forms.bernoulli_log_prob(params, value, ())  # the one formula, shared with the closed form
 
 
-closed_forms.LOG_PROB[BernoulliBCE] = closed_forms.bernoulli_log_prob
+closed_forms.register_log_prob(BernoulliBCE)(closed_forms.bernoulli_log_prob)
 
 
 class FactorizedBernoulliBCE(BernoulliBCE):
@@ -65,8 +62,7 @@ class RelaxedBernoulliHardScore(dist.RelaxedBernoulli):
     """
 
     def log_prob(self, value: Tensor) -> Tensor:
-        logits, value = broadcast_all(self.logits, value)
-        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return closed_forms.bernoulli_log_prob({"logits": self.logits}, value, ())
 
     def _hard(self) -> dist.Bernoulli:
         return dist.Bernoulli(logits=self.logits, validate_args=False)

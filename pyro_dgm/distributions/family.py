@@ -318,8 +318,9 @@ class DistributionBase(Distribution):
             raise ValueError(f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
 
     def _closed_params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass
-                       ) -> tuple[dict[str, Tensor], int] | None:
-        """The parameters and their largest number of dims, for the closed forms of :mod:`.closed_forms`.
+                       ) -> closed_forms.ClosedParams | None:
+        """The one gate to the closed forms of :mod:`.closed_forms`: the parameters and their largest number of
+        dims.
 
         ``None`` where the general path must run: the closed forms are off, an input is missing (the general path
         names it), a parameter is not a tensor, or, under torch's argument validation, a parameter breaks its
@@ -340,31 +341,44 @@ class DistributionBase(Distribution):
         if _TorchDistribution._validate_args and not closed_forms.valid_params(self.pyro_dist, params,
                                                                                 self._const_names):
             return None
-        return params, nd
+        return closed_forms.ClosedParams(params, nd)
 
-    def _closed_kl(self, other: Distribution, values: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Tensor | None:
-        """:math:`D_{KL}[self \\| other]` summed over the feature dims by a closed form, or ``None`` where
-        ``kl_divergence`` on the distribution objects must answer (no closed form, different feature dims...)."""
+    def closed_form_kl(self, other: Distribution, values: Mapping[str, Any],
+                       options: Mapping[str, Any] | None = None) -> Tensor | None:
+        """:math:`D_{KL}[self \\| other]` summed over the feature dims by a registered closed form
+        (:func:`~pyro_dgm.distributions.closed_forms.register_kl`), or ``None`` where ``kl_divergence`` on the
+        distribution objects must answer (no closed form, different feature dims, a parameter torch's validation
+        would refuse...). ``options`` are the networks' keyword arguments (as ``eval``'s).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from pyro_dgm.distributions import Normal
+        >>> q = Normal(loc="m", scale=1., var=["z"], cond_var=["m"], features_shape=[2])
+        >>> prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2])
+        >>> q.closed_form_kl(prior, {"m": torch.ones(3, 2)})  # 2 features: 2 * 1 / 2
+        tensor([1., 1., 1.])
+        """
         fn = closed_forms.KL.get((self.pyro_dist, getattr(other, "pyro_dist", None)))
         if fn is None or not (self._plain and isinstance(other, DistributionBase) and other._plain):
             return None
-        ctx = _Pass(kwargs=kwargs)
+        ctx = _Pass(kwargs=options)
         p, q = self._closed_params(self._b, values, ctx), other._closed_params(other._b, values, ctx)
-        if p is None or q is None or p[1] != q[1]:
+        if p is None or q is None or p.ndim != q.ndim:
             return None
         try:
             if other._is_standard():  # the same value with fewer operations; q's parameters only broadcast
-                kl = closed_forms.KL_TO_STANDARD[self.pyro_dist](p[0])
+                kl = closed_forms.KL_TO_STANDARD[self.pyro_dist](p.params)
                 shape = kl.shape
-                for t in q[0].values():
+                for t in q.params.values():
                     shape = broadcast_shape(shape, t.shape)
                 if shape != kl.shape:
                     kl = kl.expand(shape)
             else:
-                kl = fn(p[0], q[0])
+                kl = fn(p.params, q.params)
         except (RuntimeError, ValueError):
             return None
-        ev = p[1] - 1  # inputs given from outside have one batch dim (Pixyz); the rest are feature dims
+        ev = p.ndim - 1  # inputs given from outside have one batch dim (Pixyz); the rest are feature dims
         return kl.sum(tuple(range(-ev, 0))) if ev > 0 else kl
 
     def _const_key(self) -> tuple[tuple[int, int], ...]:
@@ -561,12 +575,12 @@ class DistributionBase(Distribution):
             got = self._closed_params(b, values, ctx)
             if got is not None:  # a reparameterized draw, as pyro.sample would make with no handler listening
                 try:
-                    value = self._closed_rs(got[0], _RNG.generator)
+                    value = self._closed_rs(got.params, _RNG.generator)
                 except (RuntimeError, ValueError):
                     pass  # the general path below reports it, naming this distribution and the shapes
                 else:
                     values[name] = value
-                    ctx.event_dims[name] = max(got[1] - self._batch_ndim(b, values, ctx), 0)
+                    ctx.event_dims[name] = max(got.ndim - self._batch_ndim(b, values, ctx), 0)
                     return
         if ctx.sample_shape and obs is None and not ctx.sample_mean and (not _PYRO_STACK or _quiet(_PYRO_STACK)):
             # draw sample_shape values from the unexpanded distribution, as torch (and Pixyz) do: the same random
@@ -604,12 +618,12 @@ class DistributionBase(Distribution):
                     self.pyro_dist, x):
                 got = None  # the general path raises torch's error about the value
             if got is not None:
-                ev = max(got[1] - self._batch_ndim(b, values, ctx), 0)
+                ev = max(got.ndim - self._batch_ndim(b, values, ctx), 0)
                 xs = x.shape
-                for t in got[0].values():
+                for t in got.params.values():
                     if t.shape != xs:  # checked before the closed form broadcasts it (issue 13)
                         shape = None
-                        for t in got[0].values():
+                        for t in got.params.values():
                             shape = t.shape if shape is None or shape == t.shape else broadcast_shape(shape, t.shape)
                         self._check_value(b.var[0], xs, shape, ev)
                         break
@@ -618,7 +632,7 @@ class DistributionBase(Distribution):
                 if self._const_only and self._is_standard():
                     fn = closed_forms.LOG_PROB_STANDARD[self.pyro_dist]
                 try:
-                    lp = fn(got[0], x, tuple(range(-ev, 0)) if whole else ())
+                    lp = fn(got.params, x, tuple(range(-ev, 0)) if whole else ())
                 except (RuntimeError, ValueError):
                     pass  # the general path below reports it, naming the shapes
                 else:

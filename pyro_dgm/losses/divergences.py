@@ -192,7 +192,7 @@ class KullbackLeibler(Loss):
             return self._mc.eval(values, return_dict=True, return_all=False, **kwargs)
         total: Tensor | None = None
         for f, g in self._pairs():
-            closed = getattr(f, "_closed_kl", None) if self.dim is None else None
+            closed = getattr(f, "closed_form_kl", None) if self.dim is None else None
             kl = closed(g, values, kwargs) if closed is not None else None
             if kl is not None:
                 total = kl if total is None else total + kl

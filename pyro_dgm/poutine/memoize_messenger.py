@@ -127,6 +127,10 @@ class MemoizeMessenger(Messenger):
     1
     """
 
+    #: A memoizer does not look at sample sites or network calls (it answers network calls through the thread's
+    #: scope): pyro_dgm takes its direct path under it (``distributions.calls``).
+    observes_sites = False
+
     def __init__(self, pyro_stack: bool = True) -> None:
         super().__init__()
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
