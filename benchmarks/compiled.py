@@ -42,31 +42,18 @@ def _timed_first(name: str, build: Callable[[], Any], first: dict[str, float]) -
     return step
 
 
-def vae_contenders(cfg: vae.VAEConfig, first: dict[str, float], mc: bool) -> list[Contender]:
-    data = vae.make_data(cfg, torch.device("cpu"))
+def contenders(model: Any, cfg: Any, ours: Callable[..., Any], first: dict[str, float], mc: bool
+                ) -> list[Contender]:
+    """The four contenders of one model (``vae`` or ``dmm``): hand-written eager and compiled, pyro_dgm eager and
+    compiled (``ours`` builds the pyro_dgm step); every one times its first step into ``first``."""
     dev = torch.device("cpu")
+    data = model.make_data(cfg, dev)
     est = "MC" if mc else "analytic"
     builds: dict[str, Callable[[], Any]] = {
-        f"torch eager ({est})": lambda: vae.build_torch(cfg, data, dev, mc),
-        f"torch compiled ({est})": lambda: vae.build_torch(cfg, data, dev, mc, compile=True),
-        f"pyro_dgm Model.train ({est})": lambda: hooks._vae_model_train(cfg, data, dev, mc, True),
-        f"pyro_dgm Model.train compile=True ({est})": lambda: hooks._vae_model_train(cfg, data, dev, mc, True,
-                                                                                      compile=True),
-    }
-    base = f"torch compiled ({est})"
-    return [Contender(n, lambda n=n, b=b: _timed_first(n, b, first), base, n.split()[0]) for n, b in builds.items()]
-
-
-def dmm_contenders(cfg: dmm.DMMConfig, first: dict[str, float], mc: bool) -> list[Contender]:
-    data = dmm.make_data(cfg, torch.device("cpu"))
-    dev = torch.device("cpu")
-    est = "MC" if mc else "analytic"
-    builds: dict[str, Callable[[], Any]] = {
-        f"torch eager ({est})": lambda: dmm.build_torch(cfg, data, dev, mc),
-        f"torch compiled ({est})": lambda: dmm.build_torch(cfg, data, dev, mc, compile=True),
-        f"pyro_dgm Model.train ({est})": lambda: hooks._dmm_model_train(cfg, data, dev, mc, True),
-        f"pyro_dgm Model.train compile=True ({est})": lambda: hooks._dmm_model_train(cfg, data, dev, mc, True,
-                                                                                      compile=True),
+        f"torch eager ({est})": lambda: model.build_torch(cfg, data, dev, mc),
+        f"torch compiled ({est})": lambda: model.build_torch(cfg, data, dev, mc, compile=True),
+        f"pyro_dgm Model.train ({est})": lambda: ours(cfg, data, dev, mc, True),
+        f"pyro_dgm Model.train compile=True ({est})": lambda: ours(cfg, data, dev, mc, True, compile=True),
     }
     base = f"torch compiled ({est})"
     return [Contender(n, lambda n=n, b=b: _timed_first(n, b, first), base, n.split()[0]) for n, b in builds.items()]
@@ -110,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 first: dict[str, float] = {}
                 cfg = vae.VAEConfig(z_dim=z, h_dim=h)
                 print(f"VAE #z={z} #h={h} {'MC' if mc else 'analytic'}", flush=True)
-                res = harness.time_interleaved(vae_contenders(cfg, first, mc), torch.device("cpu"), args.rounds,
-                                               args.steps, 2)
+                res = harness.time_interleaved(contenders(vae, cfg, hooks._vae_model_train, first, mc),
+                                               torch.device("cpu"), args.rounds, args.steps, 2)
                 out += [table(f"VAE {z}/{h}", res, first), ""]
                 print(out[-2], flush=True)
     if "dmm" in only:
@@ -119,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             first = {}
             cfg = dmm.DMMConfig(z_dim=100, T=16 if args.quick else 50)
             print(f"DMM T={cfg.T} {'MC' if mc else 'analytic'}", flush=True)
-            res = harness.time_interleaved(dmm_contenders(cfg, first, mc), torch.device("cpu"), args.rounds,
-                                           args.steps, 2)
+            res = harness.time_interleaved(contenders(dmm, cfg, hooks._dmm_model_train, first, mc),
+                                           torch.device("cpu"), args.rounds, args.steps, 2)
             out += [table(f"DMM T={cfg.T}", res, first), ""]
             print(out[-2], flush=True)
     text = "\n".join(out)

@@ -97,3 +97,15 @@ class Decoder(Bernoulli):
 def standard_prior(z_dim: int, name: str = "p_{prior}") -> Normal:
     """p(z) = N(0, I) over ``z_dim`` features (scalar constants with ``features_shape=[z_dim]``)."""
     return Normal(loc=0.0, scale=1.0, var=["z"], features_shape=[z_dim], name=name)
+
+
+class SqrtLoc(Normal):
+    """p(x|y) = N(sqrt(w y), 1), w one parameter (no bias): finite everywhere, an infinite derivative in ``w`` at
+    ``w y = 0`` (the non-finite-gradient tests)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["y"], name="p")
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, y: Tensor) -> dict[str, Tensor]:
+        return {"loc": torch.sqrt(self.w * y), "scale": torch.ones_like(y)}

@@ -29,9 +29,12 @@ def _trainable(loss: Any) -> list[torch.nn.Parameter]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dynamo():  # type: ignore[no-untyped-def]
+def _fresh_dynamo(request):  # type: ignore[no-untyped-def]
     """A fresh compiler cache, and torch's argument validation off, as ``Model(compile=...)`` evaluates (its checks
-    read values: each would split the graph; the conftest restores the setting after the test)."""
+    read values: each would split the graph; the conftest restores the setting after the test). These tests set
+    validation themselves: the suite's second run (``--validate-args=off``) skips them."""
+    if request.config.getoption("--validate-args") == "off":
+        pytest.skip("the compile tests set argument validation themselves; they run once, in the first run")
     dynamo.reset()
     pyro.enable_validation(False)
     yield

@@ -8,21 +8,14 @@ from typing import Any, Mapping
 
 import pytest
 import torch
+from dgm_fixtures import SqrtLoc
 from torch import Tensor, nn
 
 from pyro_dgm.distributions import Deterministic, Normal
 from pyro_dgm.models import GAN, Model, NonFiniteGradientError, NonFiniteLossError
 
 
-class _Sqrt(Normal):
-    """p(x|y) with loc = sqrt(w y): finite everywhere, infinite derivative in w at y = 0."""
-
-    def __init__(self) -> None:
-        super().__init__(var=["x"], cond_var=["y"], name="p")
-        self.w = nn.Parameter(torch.ones(1))
-
-    def forward(self, y):  # type: ignore[no-untyped-def]
-        return {"loc": torch.sqrt(self.w * y), "scale": torch.ones_like(y)}
+_Sqrt = SqrtLoc  # p(x|y) = N(sqrt(w y), 1): an infinite derivative in w at w y = 0
 
 
 def _sqrt_model() -> tuple[Model, _Sqrt]:

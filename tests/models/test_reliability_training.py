@@ -15,6 +15,7 @@ import pyro
 import pyro.distributions as pdist
 import pytest
 import torch
+from dgm_fixtures import SqrtLoc
 from dgm_model_helpers import make_vae
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
@@ -123,15 +124,7 @@ def test_the_non_finite_error_of_a_named_top_node_names_the_term() -> None:
 
 
 # ------------------------------------------------------------------------------ non-finite gradients (13.8)
-class _Sqrt(Normal):
-    """p(x|y) with loc = sqrt(w y) (no bias): finite everywhere, infinite derivative at w y = 0."""
-
-    def __init__(self) -> None:
-        super().__init__(var=["x"], cond_var=["y"], name="p")
-        self.w = nn.Parameter(torch.ones(1))
-
-    def forward(self, y):  # type: ignore[no-untyped-def]
-        return {"loc": torch.sqrt(self.w * y), "scale": torch.ones_like(y)}
+_Sqrt = SqrtLoc  # p(x|y) = N(sqrt(w y), 1): an infinite derivative in w at w y = 0
 
 
 def _nan_gradient_program() -> Any:
