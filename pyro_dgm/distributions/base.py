@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import networkx as nx
 import pyro
 import torch
-from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor, nn
 
-from pyro_dgm.distributions.calls import SAMPLING_OPTIONS, _Binding, _Pass, _quiet, given_event_dim
+from pyro_dgm.distributions.bindings import Binding, CallState, SAMPLING_OPTIONS
+from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.utils.checks import as_var_list, check_present, describe
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
@@ -107,7 +107,7 @@ class Distribution(nn.Module):
 
     Notes
     -----
-    Subclasses are either *atomic* (they implement ``_draw_with``/``_score_with`` over a :class:`_Binding`) or
+    Subclasses are either *atomic* (they implement ``_draw_with``/``_score_with`` over a :class:`Binding`) or
     combinations of other distributions (joint, marginal). Shapes follow Pixyz: the first dim of a value given from
     outside is its batch dim, the feature dims (those of the parameters after their batch dim) are summed by
     :meth:`get_log_prob`, and extra leading dims (a ``sample_shape``) stay batch dims. A factor without inputs whose
@@ -257,6 +257,12 @@ class Distribution(nn.Module):
         return (self,)
 
     @property
+    def sampling_order(self) -> tuple["Distribution", ...]:
+        """The atomic factors in the order they are drawn and scored (a topological order of the product's graph,
+        Pixyz's: see ``docs/design.md``)."""
+        return self._order
+
+    @property
     def prob_text(self) -> str:
         """The formula's left side, e.g. ``p(x|z)``."""
         return _prob_text(self._name, self._var, self._cond_var)
@@ -290,12 +296,12 @@ class Distribution(nn.Module):
         lines += [f"({k}): {v.shape}" for k, v in self._buffers.items() if v is not None and k not in hidden]
         return "\n".join(lines)
 
-    def _network_text(self) -> str:
+    def network_text(self) -> str:
         return repr(self)
 
     def __str__(self) -> str:
         return (f"Distribution:\n  {self.prob_joint_factorized_and_text}\nNetwork architecture:\n"
-                f"{textwrap.indent(self._network_text(), '  ')}")
+                f"{textwrap.indent(self.network_text(), '  ')}")
 
     def _latex_text(self) -> str:
         return self.prob_joint_factorized_and_text
@@ -393,20 +399,20 @@ class Distribution(nn.Module):
         g_opt, f_opts = d.get("_dg_global_option"), d.get("_dg_options")
         if g_opt:  # Pixyz: global options reach the factors as keywords the call does not give
             kwargs = {**{k: v for k, v in g_opt.items() if k not in SAMPLING_OPTIONS}, **kwargs}
-        ctx = _Pass(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
+        ctx = CallState(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
         if not f_opts:
             for f in self._order:
-                f._draw(values, ctx)
+                f.draw_factor(values, ctx)
         else:  # options set with graph.set_option(..., var) override the call's for their factors
             for f in self._order:
                 # (Pixyz: they hold in products; an atomic distribution's own calls do not read them)
                 o = f_opts.get(id(f)) if f is not self else None
                 if o is None:
-                    f._draw(values, ctx)
+                    f.draw_factor(values, ctx)
                 else:
                     saved = ctx.override(o)
                     try:
-                        f._draw(values, ctx)
+                        f.draw_factor(values, ctx)
                     finally:
                         ctx.restore(saved)
         if return_all:
@@ -453,15 +459,15 @@ class Distribution(nn.Module):
         values = self._input_dict(x_dict, needed)
         if kwargs:  # sampling options a loss passes along for its sampling terms are not network arguments
             kwargs = {k: v for k, v in kwargs.items() if k not in SAMPLING_OPTIONS}
-        ctx = _Pass(kwargs=kwargs)
+        ctx = CallState(kwargs=kwargs)
         total: Tensor | None = None
         f_opts = self.__dict__.get("_dg_options")
         for f in self._order:
             o = f_opts.get(id(f)) if f_opts and f is not self else None
             if o is None:
-                lp = f._score(values, ctx, sum_features, feature_dims)
+                lp = f.score_factor(values, ctx, sum_features, feature_dims)
             else:  # graph.set_option(..., var): the factor's own sum_features/feature_dims
-                lp = f._score(values, ctx, o.get("sum_features", sum_features), o.get("feature_dims", feature_dims))
+                lp = f.score_factor(values, ctx, o.get("sum_features", sum_features), o.get("feature_dims", feature_dims))
             total = lp if total is None else total + lp
         assert total is not None
         return total
@@ -479,19 +485,19 @@ class Distribution(nn.Module):
         if any(v not in values for v in required):
             check_present(self, values, required)
         for f in self._order:
-            f._register()
+            f.register_params()
         batch_n = self._data_batch_n(values)
-        ctx = _Pass(batch_n=batch_n, reparam=True, obs=dict(values))
+        ctx = CallState(batch_n=batch_n, reparam=True, obs=dict(values))
         order = self._order
         if guide:  # in a guide a given variable is an input, not a site (Pyro's semi-supervised guides)
             order = tuple(f for f in order if not all(v in values for v in f.var))
-        if any(getattr(m, "dim", None) == -1 for m in _PYRO_STACK):  # the caller's plate covers the batch dim
+        if any(getattr(m, "dim", None) == -1 for m in PYRO_STACK):  # the caller's plate covers the batch dim
             for f in order:
-                f._draw(values, ctx)
+                f.draw_factor(values, ctx)
             return values
         with pyro.plate("data", 1 if batch_n is None else batch_n, dim=-1):
             for f in order:
-                f._draw(values, ctx)
+                f.draw_factor(values, ctx)
         return values
 
     def _positional_data(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], role: str) -> dict[str, Any]:
@@ -576,7 +582,7 @@ class Distribution(nn.Module):
     model = _EntryPoint(_model)
     guide = _EntryPoint(_guide)
 
-    def _register(self) -> None:
+    def register_params(self) -> None:
         """Register this factor's networks in Pyro's param store (once per model/guide call), as
         ``pyro.module(self.pyro_name, self)`` does, under deterministic names (see :attr:`pyro_name`).
 
@@ -620,29 +626,29 @@ class Distribution(nn.Module):
 
     # ------------------------------------------------------------------ per-factor hooks (atomic subclasses)
     @property
-    def _binding(self) -> _Binding:
-        return _Binding(self._var, self._cond_var, self._input_var)
+    def binding(self) -> Binding:
+        return Binding(self._var, self._cond_var, self._input_var)
 
-    def _draw(self, values: dict[str, Any], ctx: _Pass) -> None:
-        self._draw_with(self._binding, values, ctx)
+    def draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
+        self._draw_with(self.binding, values, ctx)
 
-    def _score(self, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                feature_dims: Sequence[int] | None) -> Tensor:
-        return self._score_with(self._binding, values, ctx, sum_features, feature_dims)
+        return self._score_with(self.binding, values, ctx, sum_features, feature_dims)
 
-    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         raise NotImplementedError(f"{describe(self)} cannot be sampled")
 
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)} has no log-density")
 
     @staticmethod
-    def _batch_ndim(b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> int:
+    def _batch_ndim(b: Binding, values: Mapping[str, Any], ctx: CallState) -> int:
         """How many leading dims of this factor's parameters are batch dims.
 
         A value drawn in this pass knows its event dims; a value given from outside has one batch dim (Pixyz),
-        except inside Pyro, where :func:`~pyro_dgm.distributions.calls.given_event_dim` may know better (the site
+        except inside Pyro, where :func:`~pyro_dgm.distributions.effects.given_event_dim` may know better (the site
         of an active trace that holds it, or the plates). A factor without inputs has the batch dim of its
         constant parameters (size 1); ``sample_shape`` comes on top of that, after the event dims are set.
         """
@@ -655,7 +661,7 @@ class Distribution(nn.Module):
             e = ev.get(v)
             if e is None:
                 if in_pyro is None:
-                    in_pyro = bool(_PYRO_STACK) and not _quiet(_PYRO_STACK)
+                    in_pyro = bool(PYRO_STACK) and not ignores_sites(PYRO_STACK)
                 if in_pyro:  # inside Pyro: a value that an active trace holds as a site has that site's event dims
                     e = given_event_dim(values[v], ctx)
             if e is not None:
@@ -664,7 +670,7 @@ class Distribution(nn.Module):
                     n = d
         return n
 
-    def _site(self, name: str, fn: Any, ctx: _Pass) -> Tensor:
+    def _site(self, name: str, fn: Any, ctx: CallState) -> Tensor:
         """One ``pyro.sample`` site; observed in a model/guide run when the data holds ``name``.
 
         Under :func:`pyro_dgm.utils.random.generator` the site's sampler runs under ``seeded_draws`` (its random
@@ -680,14 +686,14 @@ class Distribution(nn.Module):
             if name in obs:
                 return pyro.sample(name, fn, obs=obs[name])
             return pyro.sample(name, fn, infer=dict(infer)) if infer else pyro.sample(name, fn)
-        stack = _PYRO_STACK
-        if stack and not _quiet(stack):
+        stack = PYRO_STACK
+        if stack and not ignores_sites(stack):
             opts = {"infer": dict(infer)} if infer else {}
             if ctx.reparam:
                 return pyro.sample(name, fn, **opts)
             with torch.no_grad():
                 return pyro.sample(name, fn, **opts)
-        # what pyro.sample does when no handler is active (or only ones that ignore sample sites, see _quiet)
+        # what pyro.sample does when no handler is active (or only ones that ignore sample sites, see ignores_sites)
         if ctx.reparam:
             return fn.rsample() if fn.has_rsample else fn.sample()
         return fn.sample()
@@ -695,7 +701,7 @@ class Distribution(nn.Module):
     @staticmethod
     def _record(name: str, value: Tensor, event_dim: int) -> Tensor:
         """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value."""
-        if _PYRO_STACK and not _quiet(_PYRO_STACK):
+        if PYRO_STACK and not ignores_sites(PYRO_STACK):
             return pyro.deterministic(name, value, event_dim=event_dim)
         return value
 

@@ -174,15 +174,11 @@ def valid_params(cls: type, params: Params, skip: tuple[str, ...] = ()) -> bool:
     ``skip`` names parameters checked before (constants, checked when the distribution was built).
     """
     constraints = cls.arg_constraints
-    compiling = torch.compiler.is_compiling()
     for name, value in params.items():
         c = constraints.get(name)
-        if c is None or name in skip or isinstance(c, torch.distributions.constraints._Dependent):
+        if c is None or name in skip or torch.distributions.constraints.is_dependent(c):
             continue
-        if compiling:  # asserted in the compiled graph (a test of the values here would break it)
-            torch._assert_async(c.check(value).all(), f"{cls.__name__}: the parameter {name!r} is outside its "
-                                f"constraint {type(c).__name__.strip('_')} (torch's argument validation)")
-        elif not torch._is_all_true(c.check(value)):
+        if not torch._is_all_true(c.check(value)):
             return False
     return True
 
@@ -190,12 +186,8 @@ def valid_params(cls: type, params: Params, skip: tuple[str, ...] = ()) -> bool:
 def valid_value(cls: type, value: Tensor) -> bool:
     """Whether ``value`` lies in ``cls.support``, as ``log_prob`` checks it under validation."""
     support = cls.support
-    if isinstance(support, torch.distributions.constraints._Dependent):
+    if torch.distributions.constraints.is_dependent(support):
         return False  # a support that depends on the parameters: let the object check it
-    if torch.compiler.is_compiling():  # asserted in the compiled graph
-        torch._assert_async(support.check(value).all(), f"{cls.__name__}: a value is outside the support "
-                            f"{type(support).__name__.strip('_')} (torch's argument validation)")
-        return True
     return bool(torch._is_all_true(support.check(value)))
 
 

@@ -14,9 +14,9 @@ from torch.distributions import Distribution as _TorchDistribution
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import Distribution, ValuesLike
+from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
+from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, run_network
 from pyro_dgm.distributions.pixyz_protocol import adopt
-from pyro_dgm.distributions.calls import (_PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n, forward_binding,
-                                          forward_extras, run_network)
 from pyro_dgm.utils.checks import STRICT_SHAPES, describe, value_shape_problem
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
@@ -24,7 +24,7 @@ from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["DistributionBase"]
 
-#: per torch class, the subclass whose instances :meth:`DistributionBase.set_dist` stores (see _callable_dist)
+#: per torch class, the subclass whose instances :meth:`DistributionBase.set_dist` stores (see callable_dist)
 _CALLABLE: dict[type, type] = {}
 
 
@@ -40,10 +40,10 @@ def _reduce_callable(self: Any, protocol: int) -> Any:
 def _rebuild_callable(cls: type, state: dict[str, Any]) -> Any:
     d = cls.__new__(cls)
     d.__dict__.update(state)
-    return _callable_dist(d, state.get("_dgm_owner"))
+    return callable_dist(d, state.get("_dgm_owner"))
 
 
-def _callable_dist(d: Any, owner: "DistributionBase") -> Any:
+def callable_dist(d: Any, owner: "DistributionBase") -> Any:
     """``d`` made callable as our ``dist(x_dict, ...)`` builder (the object :attr:`DistributionBase.dist` returns
     after ``set_dist``, so code that calls ``p.dist(values)`` keeps working); it stays an instance of its class."""
     cls = type(d)
@@ -164,7 +164,7 @@ class DistributionBase(Distribution):
                 raise type(err)(*err.args)
 
             self._params = _params
-        self._b = _Binding(self._var, self._cond_var, self._input_var, fwd_pos, fwd_kw, var_params)
+        self._b = Binding(self._var, self._cond_var, self._input_var, fwd_pos, fwd_kw, var_params)
         # the closed forms of this family (closed_forms.py), unless a subclass builds its distribution its own way
         cls = type(self)
         self._plain = cls._fn is DistributionBase._fn and cls._parts is DistributionBase._parts
@@ -212,13 +212,13 @@ class DistributionBase(Distribution):
             self.register_buffer(pname, full.clone().unsqueeze(0))
 
     @property
-    def _binding(self) -> _Binding:
+    def binding(self) -> Binding:
         return self._b
 
-    def _draw(self, values: dict[str, Any], ctx: _Pass) -> None:
+    def draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
         self._draw_with(self._b, values, ctx)
 
-    def _score(self, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                feature_dims: Sequence[int] | None) -> Tensor:
         return self._score_with(self._b, values, ctx, sum_features, feature_dims)
 
@@ -227,7 +227,7 @@ class DistributionBase(Distribution):
         return bool(self.pyro_dist.has_rsample)
 
     # ------------------------------------------------------------------ parameters and the Pyro distribution
-    def _params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> dict[str, Tensor]:
+    def _params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         # Pixyz's order (and precedence): network outputs, then parameters named by a cond_var, then constants
         bufs = self._buffers
         params: dict[str, Tensor] = {}
@@ -269,7 +269,7 @@ class DistributionBase(Distribution):
                                  f"{sorted(params)}")
         return params
 
-    def _check_out_batch(self, b: _Binding, values: Mapping[str, Any], out: Mapping[str, Any]) -> None:
+    def _check_out_batch(self, b: Binding, values: Mapping[str, Any], out: Mapping[str, Any]) -> None:
         """Refuse parameters whose batch dim matches no input's, when an input has one dim only: the network took
         that input as one example (its dim as features), while a value with one dim is a batch of scalars, so every
         later shape (and the loss) would be silently wrong (issue 13: ``x`` of shape ``[16]`` into a VAE)."""
@@ -286,7 +286,7 @@ class DistributionBase(Distribution):
                                  f"but the network took it as one example: give {flat[0]!r} a batch dim (shape "
                                  f"{(1, *values[flat[0]].shape)} for one example, {flat[0]}.unsqueeze(0))")
 
-    def _note_inputs(self, e: BaseException, b: _Binding, values: Mapping[str, Any]) -> None:
+    def _note_inputs(self, e: BaseException, b: Binding, values: Mapping[str, Any]) -> None:
         """Say which distribution's network failed, and on which inputs (the error keeps its type)."""
         shapes = ", ".join(f"{v!r}: {tuple(values[v].shape) if isinstance(values[v], Tensor) else type(values[v])}"
                            for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw)))
@@ -309,15 +309,12 @@ class DistributionBase(Distribution):
                 return None
             raise NotImplementedError(f"{describe(self)}: a DistributionBase without a family cannot compute; use a "
                                       "family (Normal, ...) or subclass DistributionBase with a pyro_dist")
-        if validate is None and _TorchDistribution._validate_args and torch.compiler.is_compiling():
-            closed_forms.valid_params(self.pyro_dist, params)  # torch's checks, asserted in the compiled graph
-            validate = False
         try:
             return self.pyro_dist(**params, validate_args=validate)
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
 
-    def _closed_params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass
+    def _closed_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState
                        ) -> closed_forms.ClosedParams | None:
         """The one gate to the closed forms of :mod:`.closed_forms`: the parameters and their largest number of
         dims.
@@ -362,7 +359,7 @@ class DistributionBase(Distribution):
         fn = closed_forms.KL.get((self.pyro_dist, getattr(other, "pyro_dist", None)))
         if fn is None or not (self._plain and isinstance(other, DistributionBase) and other._plain):
             return None
-        ctx = _Pass(kwargs=options)
+        ctx = CallState(kwargs=options)
         p, q = self._closed_params(self._b, values, ctx), other._closed_params(other._b, values, ctx)
         if p is None or q is None or p.ndim != q.ndim:
             return None
@@ -417,7 +414,7 @@ class DistributionBase(Distribution):
         self._base_cache = (key, base)
         return base
 
-    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
             value: Tensor | None = None) -> tuple[Any, Any]:
         """The site's distribution (feature dims as event dims, expanded for batch_n/sample_shape) and its base."""
         base, ev, root = self._parts(b, values, ctx, expand, value)
@@ -426,7 +423,7 @@ class DistributionBase(Distribution):
             fn = fn.expand(ctx.sample_shape + fn.batch_shape)
         return fn, base
 
-    def _parts(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+    def _parts(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
                value: Tensor | None = None) -> tuple[Any, int, bool]:
         """The base distribution (expanded for ``batch_n``), how many of its batch dims are feature dims, and
         whether this factor is a root of the pass (none of its inputs drawn in it).
@@ -458,7 +455,7 @@ class DistributionBase(Distribution):
     def _site_dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         """The ``pyro.distributions`` object given the inputs; feature dims are its event dims (``dist(...)``)."""
         values = self._input_dict(x_dict, self._b.input_var)
-        return self._fn(self._b, values, _Pass(batch_n=batch_n, kwargs=kwargs))[0]
+        return self._fn(self._b, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
 
     @property
     def dist(self) -> Any:
@@ -531,7 +528,7 @@ class DistributionBase(Distribution):
             elif shape[0] != batch_n:
                 raise ValueError(f"{describe(self)}: set_dist: batch shape mismatch, the parameters have batch "
                                  f"shape {tuple(shape)}, batch_n={batch_n}")
-        self.__dict__["_dist"] = _callable_dist(d, self)
+        self.__dict__["_dist"] = callable_dist(d, self)
 
     def get_sample(self, reparam: bool = False, sample_shape: Iterable[int] = torch.Size()) -> dict[str, Tensor]:
         """Draw from :attr:`dist` (set by :meth:`set_dist`): ``{var: sample}`` of shape
@@ -564,14 +561,14 @@ class DistributionBase(Distribution):
         {'loc': tensor([0.]), 'scale': tensor([1.])}
         """
         values = self._input_dict(params_dict, self._b.input_var)
-        return self._params(self._b, values, _Pass(kwargs=kwargs))
+        return self._params(self._b, values, CallState(kwargs=kwargs))
 
     # ------------------------------------------------------------------ the factor hooks
-    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         name = b.var[0]
         obs = ctx.obs
         if (self._closed_rs is not None and obs is None and ctx.reparam and not ctx.sample_mean and b.input_var
-                and not ctx.sample_shape and ctx.batch_n is None and (not _PYRO_STACK or _quiet(_PYRO_STACK))):
+                and not ctx.sample_shape and ctx.batch_n is None and (not PYRO_STACK or ignores_sites(PYRO_STACK))):
             got = self._closed_params(b, values, ctx)
             if got is not None:  # a reparameterized draw, as pyro.sample would make with no handler listening
                 try:
@@ -582,7 +579,7 @@ class DistributionBase(Distribution):
                     values[name] = value
                     ctx.event_dims[name] = max(got.ndim - self._batch_ndim(b, values, ctx), 0)
                     return
-        if ctx.sample_shape and obs is None and not ctx.sample_mean and (not _PYRO_STACK or _quiet(_PYRO_STACK)):
+        if ctx.sample_shape and obs is None and not ctx.sample_mean and (not PYRO_STACK or ignores_sites(PYRO_STACK)):
             # draw sample_shape values from the unexpanded distribution, as torch (and Pixyz) do: the same random
             # numbers as Pixyz's for the families whose sampler orders them otherwise (Categorical's multinomial)
             base, ev, root = self._parts(b, values, ctx)
@@ -607,7 +604,7 @@ class DistributionBase(Distribution):
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
 
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
         x = values[b.var[0]]
         if not isinstance(x, Tensor):
@@ -646,8 +643,6 @@ class DistributionBase(Distribution):
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
         # batch) stay batch dims of theirs too, and the factors' log-densities have one shape
         ctx.event_dims[b.var[0]] = ev + len(base.event_shape)
-        if _TorchDistribution._validate_args and torch.compiler.is_compiling():
-            closed_forms.valid_value(self.pyro_dist, x)  # torch's check of the value, asserted in the graph
         try:
             lp = base.log_prob(x)
         except (ValueError, RuntimeError) as e:
@@ -702,7 +697,7 @@ class DistributionBase(Distribution):
     # ------------------------------------------------------------------ moments
     def _moment(self, x_dict: ValuesLike, kwargs: Mapping[str, Any]) -> Any:
         values = self._input_dict(x_dict, self._b.input_var)
-        return self._fn(self._b, values, _Pass(kwargs=kwargs), expand=False)
+        return self._fn(self._b, values, CallState(kwargs=kwargs), expand=False)
 
     def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:

@@ -22,9 +22,9 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor
 from torch.distributions import Transform
 
-from pyro_dgm.distributions._atomic import OneSiteDistribution, check_inner, expand_root, site_fn
+from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, expand_root, site_fn
 from pyro_dgm.distributions.base import Distribution, ValuesLike
-from pyro_dgm.distributions.calls import _Binding, _Pass
+from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import as_var_list, describe
@@ -106,10 +106,10 @@ class _FlowDistribution(OneSiteDistribution):
         """The log-determinant stored by the flow's last ``forward(..., compute_jacobian=True)`` (Pixyz)."""
         return self.flow.logdet_jacobian
 
-    def _transform(self, b: _Binding, values: Mapping[str, Any]) -> Transform:
+    def _transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
         raise NotImplementedError
 
-    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
             value: Tensor | None = None) -> tuple[Any, Any]:
         """The Pyro ``TransformedDistribution`` of this site, and its base distribution (the prior's)."""
         base, _ = site_fn(self.prior, self._mapping(b), values, ctx, False)
@@ -126,12 +126,12 @@ class _FlowDistribution(OneSiteDistribution):
         return fn, fn.base_dist
 
     @staticmethod
-    def _input_batch_shape(v: str, values: Mapping[str, Any], ctx: _Pass) -> torch.Size:
+    def _input_batch_shape(v: str, values: Mapping[str, Any], ctx: CallState) -> torch.Size:
         x = values[v]
         ev = ctx.event_dims.get(v)
         return x.shape[:x.dim() - ev] if ev is not None else x.shape[:1]
 
-    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         fn, base = self._fn(b, values, ctx)
         t = fn.transforms[0]
         name = b.var[0]
@@ -184,7 +184,7 @@ class _FlowDistribution(OneSiteDistribution):
         ((3,), (2,))
         """
         values = self._input_dict(x_dict)
-        return self._fn(self._binding, values, _Pass(batch_n=batch_n, kwargs=kwargs))[0]
+        return self._fn(self.binding, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
 
     def _no_closed_form(self, what: str) -> NotImplementedError:
         return NotImplementedError(f"{describe(self)}: {what} of a flow distribution has no closed form; estimate "
@@ -271,7 +271,7 @@ class TransformedDistribution(_FlowDistribution):
         cond = f"|{','.join(self._cond_var)}" if self._cond_var else ""
         return f"{self._name}({self._var[0]}=f_{{flow}}({self._hidden}){cond})"
 
-    def _transform(self, b: _Binding, values: Mapping[str, Any]) -> Transform:
+    def _transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
         return self.flow
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
@@ -355,7 +355,7 @@ class InverseTransformedDistribution(_FlowDistribution):
     def prob_factorized_text(self) -> str:
         return f"{self._name}({self._var[0]}=f^{{-1}}_{{flow}}({','.join([self._hidden] + self._cond_var)}))"
 
-    def _transform(self, b: _Binding, values: Mapping[str, Any]) -> Transform:
+    def _transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
         if not self._flow_cond_var:
             return self.flow.inv
         y = values[self._mapping(b).get(self._flow_cond_var[0], self._flow_cond_var[0])]

@@ -167,13 +167,13 @@ class MultiplyDistribution(Distribution):
     def extra_repr(self) -> str:
         return ""
 
-    def _network_text(self) -> str:
+    def network_text(self) -> str:
         """The factors' networks in the order they run (Pixyz's order), each under its formula."""
         return factors_network_text(self._order)
 
-    def _register(self) -> None:
+    def register_params(self) -> None:
         for f in self._factors:
-            f._register()
+            f.register_params()
 
     def sample_mean(self, x_dict=None, **kwargs):  # type: ignore[no-untyped-def]
         """The mean of a product is not a product of means: draw with ``sample(..., sample_mean=True)``."""

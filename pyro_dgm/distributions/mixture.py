@@ -14,10 +14,11 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
 
-from pyro_dgm.distributions._atomic import (OneSiteDistribution, OptionalInputs, check_inner, expand_root, inputs_of,
+from pyro_dgm.distributions.composite import (OneSiteDistribution, OptionalInputs, check_inner, expand_root, inputs_of,
                                              site_fn, unwrap)
 from pyro_dgm.distributions.base import Distribution, ValuesLike
-from pyro_dgm.distributions.calls import _PYRO_STACK, _Binding, _Pass, _quiet, expand_batch_n
+from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
+from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
 from pyro_dgm.utils.checks import describe, ordered_union
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
@@ -109,21 +110,21 @@ class _Mixture(OneSiteDistribution):
 
     _kind = "mixture"
 
-    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> MixtureDistribution:
+    def _mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         raise NotImplementedError
 
     @property
     def has_reparam(self) -> bool:
         return False
 
-    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
             value: Tensor | None = None) -> tuple[Any, Any]:
         fn = self._mixture(b, values, ctx)
         if expand:
             fn = expand_root(self, fn, b, ctx)
         return fn, fn
 
-    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         fn, _ = self._fn(b, values, ctx)
         name = b.var[0]
         value = self._record(name, fn.mean, fn.event_dim) if ctx.sample_mean else self._site(name, fn, ctx)
@@ -133,15 +134,15 @@ class _Mixture(OneSiteDistribution):
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> MixtureDistribution:
         """The :class:`MixtureDistribution` given the inputs (event dims: the features)."""
         values = self._input_dict(x_dict)
-        return self._fn(self._binding, values, _Pass(batch_n=batch_n, kwargs=kwargs))[0]
+        return self._fn(self.binding, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
 
     def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mixture's mean :math:`\\sum_k \\pi_k \\mu_k` given the inputs."""
-        return self._mixture(self._binding, self._input_dict(x_dict), _Pass(kwargs=kwargs)).mean
+        return self._mixture(self.binding, self._input_dict(x_dict), CallState(kwargs=kwargs)).mean
 
     def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mixture's variance (law of total variance) given the inputs."""
-        return self._mixture(self._binding, self._input_dict(x_dict), _Pass(kwargs=kwargs)).variance
+        return self._mixture(self.binding, self._input_dict(x_dict), CallState(kwargs=kwargs)).variance
 
     def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -226,7 +227,7 @@ class MixtureModel(_Mixture):
         x, z = self._var[0], self._hidden_var[0]
         return " + ".join(f"{d.name}({x}|{z}={k}){self.prior.name}({z}={k})" for k, d in enumerate(self.distributions))
 
-    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> MixtureDistribution:
+    def _mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         m = self._mapping(b)
         comps = [site_fn(d, m, values, ctx, False)[0] for d in self.distributions]
         prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
@@ -250,16 +251,16 @@ class MixtureModel(_Mixture):
         if not return_hidden:
             return super().get_log_prob(x_dict, sum_features=sum_features, feature_dims=feature_dims, **kwargs)
         values = self._input_dict(x_dict, self._var + self._input_var)
-        fn = self._mixture(self._binding, values, _Pass(kwargs=kwargs))
+        fn = self._mixture(self.binding, values, CallState(kwargs=kwargs))
         return fn.component_log_prob(values[self._var[0]]).movedim(-1, 0)
 
-    def _pixyz_order(self, b: _Binding, ctx: _Pass) -> bool:
+    def _pixyz_order(self, b: Binding, ctx: CallState) -> bool:
         """Whether this draw can take Pixyz's order of random numbers (:meth:`_pixyz_draw`): no inputs, no
         ``sample_shape``, not a Pyro model run and no handler listening."""
         return (not b.input_var and ctx.obs is None and not ctx.sample_mean and not ctx.sample_shape
-                and (not _PYRO_STACK or _quiet(_PYRO_STACK)))
+                and (not PYRO_STACK or ignores_sites(PYRO_STACK)))
 
-    def _pixyz_draw(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> tuple[Tensor, Tensor, int]:
+    def _pixyz_draw(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> tuple[Tensor, Tensor, int]:
         """Pixyz's draw: the component ``z`` of every batch element from the prior, then each element's ``x`` from
         its component in turn (so the same seed gives Pixyz's values). Returns ``x``, ``z`` and ``x``'s event dims."""
         if _RNG.generator is not None:  # the draws from the generator of pyro_dgm.utils.generator(...)
@@ -277,7 +278,7 @@ class MixtureModel(_Mixture):
         xs = [comps[k].rsample() if use_r and comps[k].has_rsample else comps[k].sample() for k in index]
         return torch.cat(xs, dim=0), z, comps[0].event_dim
 
-    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         hidden = bool(ctx.kwargs.get("return_hidden")) if ctx.kwargs else False  # graph.set_option(...)
         if not self._pixyz_order(b, ctx):
             super()._draw_with(b, values, ctx)
@@ -304,9 +305,9 @@ class MixtureModel(_Mixture):
         """
         if return_hidden and not sample_mean and not sample_shape:
             values = self._input_dict(x_dict)
-            ctx = _Pass(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
-            if self._pixyz_order(self._binding, ctx):
-                x, z, _ = self._pixyz_draw(self._binding, values, ctx)
+            ctx = CallState(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
+            if self._pixyz_order(self.binding, ctx):
+                x, z, _ = self._pixyz_draw(self.binding, values, ctx)
                 out = {self._var[0]: x, self._hidden_var[0]: z}
                 return {**values, **out} if return_all else out
         out = super().sample(x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=True, reparam=reparam,
@@ -374,7 +375,7 @@ class PosteriorMixtureModel(Distribution):
 
     def _log_post(self, values: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Tensor:
         r""":math:`\log p(z=k|x)`, shape ``(..., K)``."""
-        joint = self.p._mixture(self.p._binding, values, _Pass(kwargs=kwargs)).component_log_prob(values[self._var[0]])
+        joint = self.p._mixture(self.p.binding, values, CallState(kwargs=kwargs)).component_log_prob(values[self._var[0]])
         return joint - joint.logsumexp(-1, keepdim=True)
 
     def _values(self, x_dict: ValuesLike) -> dict[str, Any]:
@@ -393,7 +394,7 @@ class PosteriorMixtureModel(Distribution):
             return (logp * z).sum(-1)
         return logp.gather(-1, z.long().unsqueeze(-1)).squeeze(-1)
 
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
         return self.get_log_prob(dict(values), **ctx.kwargs)
 
@@ -513,9 +514,9 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
         >>> q.get_sample(sample_shape=[4])["z"].shape
         torch.Size([4, 3, 2])
         """
-        from pyro_dgm.distributions.family import _callable_dist
+        from pyro_dgm.distributions.family import callable_dist
 
-        self.__dict__["_dist"] = _callable_dist(self._site_dist(x_dict, batch_n=batch_n, **kwargs), self)
+        self.__dict__["_dist"] = callable_dist(self._site_dist(x_dict, batch_n=batch_n, **kwargs), self)
 
     def get_sample(self, reparam: bool = False, sample_shape: Sequence[int] = torch.Size()) -> dict[str, Tensor]:
         """Draw from :attr:`dist` (set by :meth:`set_dist`), as Pixyz's ``get_sample``."""
@@ -531,7 +532,7 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
             return " + ".join(f"\\frac{{1}}{{{k}}}{e.prob_text}" for e in self.p)
         return " + ".join(f"{v:.3g}{e.prob_text}" for v, e in zip(w, self.p))
 
-    def _mixture(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> MixtureDistribution:
+    def _mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         m = self._mapping(b)
         comps, logw = [], []
         for i, e in enumerate(self.p):

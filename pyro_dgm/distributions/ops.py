@@ -8,7 +8,7 @@ import networkx as nx
 from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.distributions.calls import _Binding, _Pass
+from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.joint import MultiplyDistribution, pixyz_graph
 from pyro_dgm.utils.checks import check_var_name, describe
 from pyro_dgm.utils.latex import latex_name
@@ -110,10 +110,10 @@ class ReplaceVarDistribution(_PassesThrough):
         self.p = p
         self.replace_dict = m
         self._input_var = [m.get(v, v) for v in p.input_var]
-        self._b = p._binding.renamed(m)
+        self._b = p.binding.renamed(m)
 
     @property
-    def _binding(self) -> _Binding:
+    def binding(self) -> Binding:
         return self._b
 
     @property
@@ -128,21 +128,21 @@ class ReplaceVarDistribution(_PassesThrough):
     def has_reparam(self) -> bool:
         return self.p.has_reparam
 
-    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         self.p._draw_with(b, values, ctx)
 
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
         return self.p._score_with(b, values, ctx, sum_features, feature_dims)
 
-    def _register(self) -> None:
-        self.p._register()
+    def register_params(self) -> None:
+        self.p.register_params()
 
     #: the network text already starts with this factor's formula (a product prints no second header)
-    _network_text_headed = True
+    network_text_headed = True
 
-    def _network_text(self) -> str:
-        return f"{self.prob_text} -> {self.p.prob_text}:\n{self.p._network_text()}"
+    def network_text(self) -> str:
+        return f"{self.prob_text} -> {self.p.prob_text}:\n{self.p.network_text()}"
 
     def __repr__(self) -> str:
         return repr(self.graph)  # Pixyz's: a product, renaming or marginalization shows as its graph's factors
@@ -168,7 +168,7 @@ class ReplaceVarDistribution(_PassesThrough):
         d = self.p.__dict__.get("_dist")
         if d is None:
             return self._site_dist
-        d = copy.copy(d)  # the same object, callable as this distribution's builder (see family._callable_dist)
+        d = copy.copy(d)  # the same object, callable as this distribution's builder (see family.callable_dist)
         d._dgm_owner = self
         return d
 
@@ -243,18 +243,18 @@ class MarginalizeVarDistribution(_PassesThrough):
     def __repr__(self) -> str:
         return repr(self.graph)  # Pixyz's: the factors of its graph
 
-    def _network_text(self) -> str:
-        return self.p._network_text()
+    def network_text(self) -> str:
+        return self.p.network_text()
 
-    def _register(self) -> None:
-        for f in self.p._order:
-            f._register()
+    def register_params(self) -> None:
+        for f in self.p.sampling_order:
+            f.register_params()
 
-    def _draw(self, values: dict[str, Any], ctx: _Pass) -> None:
+    def draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
         # the marginalized variables are internal: a value of the same name given from outside passes through as is
         given = {v: (values[v], ctx.event_dims.get(v)) for v in self._marginalized if v in values}
-        for f in self.p._order:
-            f._draw(values, ctx)
+        for f in self.p.sampling_order:
+            f.draw_factor(values, ctx)
         for v in self._marginalized:
             values.pop(v, None)
             ctx.event_dims.pop(v, None)
@@ -263,7 +263,7 @@ class MarginalizeVarDistribution(_PassesThrough):
                 if ev is not None:
                     ctx.event_dims[v] = ev
 
-    def _score(self, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)}: the marginal log-density {self.prob_joint_factorized_and_text}"
                                   " has no closed form; estimate it with an importance-weighted bound")

@@ -13,9 +13,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from pyro_dgm.distributions._atomic import OptionalInputs, check_inner, inputs_of, site_params
+from pyro_dgm.distributions.composite import OptionalInputs, check_inner, inputs_of, site_params
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.distributions.calls import _Binding, _Pass
+from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
 from pyro_dgm.utils.checks import describe, ordered_union
 
@@ -120,7 +120,7 @@ class ProductOfNormal(OptionalInputs, Normal):
         return self.get_params(inputs)
 
     # ------------------------------------------------------------------ the product
-    def _expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass
+    def _expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
                       ) -> list[tuple[Tensor, Tensor]]:
         """``(w * precision * loc, w * precision)`` of each expert whose inputs are given."""
         terms = []
@@ -139,7 +139,7 @@ class ProductOfNormal(OptionalInputs, Normal):
             terms.append((prec * params["loc"], prec))
         return terms
 
-    def _params(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass) -> dict[str, Tensor]:
+    def _params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
         w0 = self.weight_modalities[0]
         if self.prior is None:
@@ -153,11 +153,11 @@ class ProductOfNormal(OptionalInputs, Normal):
             num, den = num + tn, den + td
         return {"loc": num / den, "scale": torch.rsqrt(den)}  # each its own shape, as Pixyz's (they broadcast)
 
-    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
             value: Tensor | None = None) -> tuple[Any, Any]:
         present = tuple(v for v in b.input_var if v in values)
         if len(present) != len(b.input_var):  # missing experts: batch dims come from the inputs given
-            b = _Binding(b.var, b.cond_var, present, b.fwd_pos, b.fwd_kw, b.param_vars)
+            b = Binding(b.var, b.cond_var, present, b.fwd_pos, b.fwd_kw, b.param_vars)
         return super()._fn(b, values, ctx, expand, value=value)
 
 
@@ -218,7 +218,7 @@ class ElementWiseProductOfNormal(ProductOfNormal):
         x = e.cond_var[0]
         return f"p({','.join(self._var)})\\prod_{{i}}{e.name}({','.join(e.var)}|{x}_{{i}})"
 
-    def _expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass
+    def _expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
                       ) -> list[tuple[Tensor, Tensor]]:
         e = self.p[0]
         xname = inputs_of(e, m)[0]

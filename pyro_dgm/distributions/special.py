@@ -9,7 +9,8 @@ import pyro
 from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution, sum_samples
-from pyro_dgm.distributions.calls import _Binding, _Pass, forward_binding, forward_extras, run_network
+from pyro_dgm.distributions.bindings import Binding, CallState, forward_binding, forward_extras
+from pyro_dgm.distributions.effects import run_network
 from pyro_dgm.utils.checks import describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
@@ -62,17 +63,17 @@ class Deterministic(Distribution):
                 raise type(err)(*err.args)
 
             self._draw_with = _draw_with
-        self._b = _Binding(self._var, self._cond_var, self._input_var, pos, kw)
+        self._b = Binding(self._var, self._cond_var, self._input_var, pos, kw)
 
     @property
-    def _binding(self) -> _Binding:
+    def binding(self) -> Binding:
         return self._b
 
     @property
     def has_reparam(self) -> bool:
         return True
 
-    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         kw = {k: values[v] for k, v in b.fwd_kw}
         if ctx.kwargs:
             kw.update(forward_extras(self, ctx.kwargs))
@@ -88,7 +89,7 @@ class Deterministic(Distribution):
             values[v] = self._record(v, value, ev)
             ctx.event_dims[v] = ev
 
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)}: the log-density of a deterministic distribution is not "
                                   "defined")
@@ -128,12 +129,12 @@ class EmpiricalDistribution(Distribution):
     def has_reparam(self) -> bool:
         return True
 
-    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         for v in b.var:
             if v not in ctx.event_dims:
                 ctx.event_dims[v] = max(values[v].dim() - 1, 0)
 
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)}: the data distribution has no density")
 
@@ -211,7 +212,7 @@ class CustomProb(Distribution):
     def distribution_name(self) -> str:  # type: ignore[override]
         return self._distribution_name
 
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
         lp = self._log_prob_function(**{own: values[v] for own, v in zip(self._var, b.var)})
         return sum_samples(lp, feature_dims) if sum_features else lp
@@ -221,13 +222,13 @@ class CustomProb(Distribution):
         """A distribution given by its log-density cannot sample: raises NotImplementedError (as Pixyz)."""
         raise NotImplementedError(f"{describe(self)}: a distribution given by its log-density cannot sample")
 
-    def _draw_with(self, b: _Binding, values: dict[str, Any], ctx: _Pass) -> None:
+    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         if ctx.obs is None:
             raise NotImplementedError(f"{describe(self)}: a distribution given by its log-density cannot sample")
         pyro.factor(_prob_site(self, b), self._score_with(b, values, ctx, True, None))
 
 
-def _prob_site(d: Distribution, b: _Binding) -> str:
+def _prob_site(d: Distribution, b: Binding) -> str:
     return f"{d.name}({','.join(b.var)})"
 
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.losses.pdf import _check_distribution
+from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.utils.checks import check_present, describe
 
 __all__ = ["AdversarialLoss"]
@@ -113,8 +113,8 @@ class AdversarialLoss(Loss):
     def __init__(self, p: "Distribution", q: "Distribution", discriminator: "Distribution",
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None) -> None:
         owner = type(self).__name__
-        _check_distribution(p, owner, "p")
-        _check_distribution(q, owner, "q")
+        check_distribution(p, owner, "p")
+        check_distribution(q, owner, "q")
         if set(p.var) != set(q.var):
             raise ValueError(f"{owner}: {p.prob_text} and {q.prob_text} must be over the same variables, but "
                              f"{p.prob_text} has var {p.var} and {q.prob_text} has var {q.var}")

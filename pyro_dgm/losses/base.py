@@ -589,7 +589,7 @@ class Loss(nn.Module, _PyroELBO):
         if dists is None:  # the formula, and so its distributions, is fixed once built
             dists = self._registered = self.distributions
         for d in dists:
-            d._register()
+            d.register_params()
         value = self.eval(data)
         if not isinstance(value, Tensor):
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())

@@ -30,6 +30,8 @@ from typing import Any, Mapping
 import torch
 from torch.distributions import Distribution as _Distribution
 
+from pyro_dgm.distributions.closed_forms import validating
+
 __all__ = ["CompiledEval", "CompiledOuter", "compile_options", "without_validation"]
 
 _DEFAULTS: dict[str, Any] = {}
@@ -75,13 +77,13 @@ class without_validation:
         self.was = False
 
     def __enter__(self) -> None:
-        self.was = _Distribution._validate_args
+        self.was = validating()
         if self.was:
-            _Distribution._validate_args = False
+            _Distribution.set_default_validate_args(False)
 
     def __exit__(self, *exc: Any) -> None:
         if self.was:
-            _Distribution._validate_args = True
+            _Distribution.set_default_validate_args(True)
 
 
 class CompiledOuter:
@@ -115,7 +117,9 @@ class CompiledEval:
     draws of the same seed unless ``torch._inductor.config.fallback_random = True``; their distribution is the same.
 
     The compiled evaluation runs without torch's argument validation (``Distribution.set_default_validate_args``),
-    as Pyro's JIT-compiled ELBOs recommend: each check reads values, which would split the graph. Parameters out of
+    as Pyro's JIT-compiled ELBOs recommend: each check reads values, which would split the graph. (torch.compile
+    itself turns validation off for the whole process the first time it runs, torch's own choice; turn it back on
+    with ``pyro.enable_validation(True)`` for eager code: the compiled calls still run without it.) Parameters out of
     their support then give NaN or infinite values, which ``Model`` reports at the step
     (:class:`~pyro_dgm.models.NonFiniteLossError`); run a step without ``compile=`` to get torch's own message.
     """

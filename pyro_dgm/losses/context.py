@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Mapping
 
-from pyro_dgm.distributions.calls import SAMPLING_OPTIONS
+from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS
 from pyro_dgm.poutine.memoize_messenger import MemoizeMessenger
 
 __all__ = ["EvalContext", "current_context", "TERM_OPTIONS", "SAMPLER_OPTIONS", "sampler_options"]

@@ -16,7 +16,7 @@ from torch.distributions import Independent, kl_divergence
 
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.expectation import Expectation
-from pyro_dgm.losses.pdf import LogProb, _check_distribution
+from pyro_dgm.losses.pdf import LogProb, check_distribution
 from pyro_dgm.utils.checks import describe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,16 +59,16 @@ class Divergence(Loss):
     """
 
     def __init__(self, p: "Distribution", q: "Distribution | None" = None) -> None:
-        _check_distribution(p, type(self).__name__, "p")
+        check_distribution(p, type(self).__name__, "p")
         if q is not None:
-            _check_distribution(q, type(self).__name__, "q")
+            check_distribution(q, type(self).__name__, "q")
         super().__init__(ordered_union(p.input_var, q.input_var if q is not None else []))
         self.p, self.q = p, q
 
 
 def _check_same_var(owner: str, p: "Distribution", q: "Distribution") -> None:
-    _check_distribution(p, owner, "p")
-    _check_distribution(q, owner, "q")
+    check_distribution(p, owner, "p")
+    check_distribution(q, owner, "q")
     if set(p.var) != set(q.var):
         raise ValueError(f"{owner}: {p.prob_text} and {q.prob_text} must be over the same variables, but "
                          f"{p.prob_text} has var {p.var} and {q.prob_text} has var {q.var}")
@@ -142,8 +142,8 @@ class KullbackLeibler(Loss):
 
     def __init__(self, p: "Distribution", q: "Distribution", dim: int | Sequence[int] | None = None,
                  analytical: bool = True, sample_shape: Sequence[int] = torch.Size([1])) -> None:
-        _check_distribution(p, "KullbackLeibler", "p")
-        _check_distribution(q, "KullbackLeibler", "q")
+        check_distribution(p, "KullbackLeibler", "p")
+        check_distribution(q, "KullbackLeibler", "q")
         crossed = set(p.input_var) & set(q.var) or set(q.input_var) & set(p.var)  # e.g. q(z|x) vs p(x|z): a mistake
         if not (analytical and p.factors == (p,) and q.factors == (q,)) or crossed:
             # (two single distributions are compared as distributions whatever their variables are named, as in Pixyz)
@@ -265,7 +265,7 @@ class Entropy(Loss):
 
     def __init__(self, p: "Distribution", analytical: bool = True,
                  sample_shape: Sequence[int] = torch.Size([1])) -> None:
-        _check_distribution(p, "Entropy")
+        check_distribution(p, "Entropy")
         self.p = p
         self.analytical = analytical
         self._mc: Loss | None = None
@@ -333,6 +333,6 @@ def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,
     if analytical:
         _check_same_var("CrossEntropy", p, q)
         return Entropy(p) + KullbackLeibler(p, q)
-    _check_distribution(p, "CrossEntropy", "p")
-    _check_distribution(q, "CrossEntropy", "q")
+    check_distribution(p, "CrossEntropy", "p")
+    check_distribution(q, "CrossEntropy", "q")
     return -Expectation(p, LogProb(q), sample_shape=sample_shape)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.expectation import Expectation
-from pyro_dgm.losses.pdf import LogProb, _check_distribution
+from pyro_dgm.losses.pdf import LogProb, check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -21,8 +21,8 @@ __all__ = ["ELBO", "IWELBO", "LogMarginal"]
 
 
 def _check_pq(owner: str, p: "Distribution", q: "Distribution") -> None:
-    _check_distribution(p, owner, "p")
-    _check_distribution(q, owner, "q")
+    check_distribution(p, owner, "p")
+    check_distribution(q, owner, "q")
     missing = [v for v in q.var if v not in p.var]
     if missing:
         raise ValueError(f"{owner}: the proposal {q.prob_text} draws {missing}, which the model {p.prob_text} does "
@@ -56,8 +56,8 @@ def ELBO(p: "Distribution", q: "Distribution", sample_shape: Sequence[int] = tor
     >>> ELBO(p, q_zy).input_var
     ['x']
     """
-    _check_distribution(p, "ELBO", "p")
-    _check_distribution(q, "ELBO", "q")
+    check_distribution(p, "ELBO", "p")
+    check_distribution(q, "ELBO", "q")
     return Expectation(q, LogProb(p) - LogProb(q), sample_shape=sample_shape)
 
 

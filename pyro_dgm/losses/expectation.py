@@ -9,7 +9,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.context import sampler_options
-from pyro_dgm.losses.pdf import LogProb, _check_distribution
+from pyro_dgm.losses.pdf import LogProb, check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -69,7 +69,7 @@ class Expectation(Loss):
 
     def __init__(self, p: "Distribution", f: Loss, sample_shape: Sequence[int] | int = torch.Size([1]),
                  reparam: bool = True, num_samples: int | None = None) -> None:
-        _check_distribution(p, "Expectation")
+        check_distribution(p, "Expectation")
         if not isinstance(f, Loss):
             raise TypeError(f"Expectation: f must be a Loss (e.g. p.log_prob()), got {type(f).__name__}")
         self.num_samples = _num_samples(sample_shape, num_samples, f"Expectation over {p.prob_text}")

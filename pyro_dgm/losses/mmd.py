@@ -8,7 +8,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
-from pyro_dgm.losses.pdf import _check_distribution
+from pyro_dgm.losses.pdf import check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -60,12 +60,15 @@ _KERNELS: dict[str, Callable[..., Tensor]] = {"gaussian": gaussian_rbf_kernel,
                                               "inv-multiquadratic": inverse_multiquadratic_rbf_kernel}
 
 
-def _draw(d: "Distribution", values: dict[str, Any], batch_n: int | None, kwargs: dict[str, Any]) -> Tensor:
+def draw_joint_sample(d: "Distribution", values: dict[str, Any], batch_n: int | None, kwargs: dict[str, Any]
+                      ) -> Tensor:
+    """A reparameterized draw of ``d``'s variable, flattened to ``(batch, features)`` (what MMD and Wasserstein
+    compare)."""
     x = d.sample(values, batch_n=batch_n, reparam=True, return_all=False, **kwargs)[d.var[0]]
     return x.reshape(x.shape[0], -1)
 
 
-class _SampleDivergence(Loss):
+class SampleDivergence(Loss):
     """What Pixyz's sample-based divergences (MMD, Wasserstein) share: the distribution whose input gives the batch
     size (``input_dist``) and Pixyz's ``_get_batch_n`` for subclasses written for Pixyz."""
 
@@ -81,7 +84,7 @@ class _SampleDivergence(Loss):
         return int(x_dict[self.input_dist.input_var[0]].shape[0])
 
 
-class MMD(_SampleDivergence):
+class MMD(SampleDivergence):
     r"""The squared maximum mean discrepancy :math:`D_{MMD^2}[p \| q]` between samples of ``p`` and ``q`` (a scalar).
 
     .. math::
@@ -118,8 +121,8 @@ class MMD(_SampleDivergence):
 
     def __init__(self, p: "Distribution", q: "Distribution", kernel: str | Callable[..., Tensor] = "gaussian",
                  batch_n: int | None = None, **kernel_params: Any) -> None:
-        _check_distribution(p, "MMD", "p")
-        _check_distribution(q, "MMD", "q")
+        check_distribution(p, "MMD", "p")
+        check_distribution(q, "MMD", "q")
         if set(p.var) != set(q.var) or len(p.var) != 1:
             raise ValueError(f"MMD: p and q must be over the same single variable, got {p.prob_text} (var {p.var}) "
                              f"and {q.prob_text} (var {q.var})")
@@ -149,7 +152,7 @@ class MMD(_SampleDivergence):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         n = self._batch_n(values)
-        x, y = _draw(self.p, values, n, kwargs), _draw(self.q, values, n, kwargs)
+        x, y = draw_joint_sample(self.p, values, n, kwargs), draw_joint_sample(self.q, values, n, kwargs)
         if x.shape != y.shape:
             raise ValueError(f"MMD {self.latex}: the samples have different shapes {tuple(x.shape)} and "
                              f"{tuple(y.shape)}")

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["LogProb", "Prob", "NLL"]
 
 
-def _check_distribution(p: Any, owner: str, arg: str = "p") -> None:
+def check_distribution(p: Any, owner: str, arg: str = "p") -> None:
     from pyro_dgm.distributions.base import Distribution
 
     if not isinstance(p, Distribution):
@@ -46,7 +46,7 @@ class LogProb(Loss):
 
     def __init__(self, p: "Distribution", sum_features: bool = True,
                  feature_dims: Sequence[int] | None = None) -> None:
-        _check_distribution(p, type(self).__name__)
+        check_distribution(p, type(self).__name__)
         super().__init__(input_var=list(p.var) + [v for v in p.input_var if v not in p.var])
         self.p = p
         self.sum_features = sum_features

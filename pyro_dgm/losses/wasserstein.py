@@ -8,8 +8,8 @@ from torch.nn import PairwiseDistance
 
 from pyro_dgm.losses.base import ordered_union
 from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
-from pyro_dgm.losses.mmd import _draw, _SampleDivergence
-from pyro_dgm.losses.pdf import _check_distribution
+from pyro_dgm.losses.mmd import SampleDivergence, draw_joint_sample
+from pyro_dgm.losses.pdf import check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["WassersteinDistance"]
 
 
-class WassersteinDistance(_SampleDivergence):
+class WassersteinDistance(SampleDivergence):
     r"""The distance between samples, :math:`W'(p, q) = \mathbb{E}_{x_p \sim p, x_q \sim q}[d(x_p, x_q)]`.
 
     One sample of each per batch element and the ``metric`` between them (default: the Euclidean norm of the
@@ -39,8 +39,8 @@ class WassersteinDistance(_SampleDivergence):
 
     def __init__(self, p: "Distribution", q: "Distribution",
                  metric: Callable[[Tensor, Tensor], Tensor] | None = None, batch_n: int | None = None) -> None:
-        _check_distribution(p, "WassersteinDistance", "p")
-        _check_distribution(q, "WassersteinDistance", "q")
+        check_distribution(p, "WassersteinDistance", "p")
+        check_distribution(q, "WassersteinDistance", "q")
         if set(p.var) != set(q.var) or len(p.var) != 1:
             raise ValueError(f"WassersteinDistance: p and q must be over the same single variable, got {p.prob_text} "
                              f"(var {p.var}) and {q.prob_text} (var {q.var})")
@@ -62,7 +62,7 @@ class WassersteinDistance(_SampleDivergence):
             if isinstance(x, Tensor) and x.dim() >= 1:
                 n = x.shape[0]
                 break
-        a, b = _draw(self.p, values, n, kwargs), _draw(self.q, values, n, kwargs)
+        a, b = draw_joint_sample(self.p, values, n, kwargs), draw_joint_sample(self.q, values, n, kwargs)
         if a.shape != b.shape:
             raise ValueError(f"WassersteinDistance {self.latex}: the samples have different shapes "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")

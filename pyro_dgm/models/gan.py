@@ -9,7 +9,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.special import EmpiricalDistribution
 from pyro_dgm.losses.adversarial_divergences import AdversarialJensenShannon
-from pyro_dgm.losses.pdf import _check_distribution
+from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.models.model import Model
 
 __all__ = ["GAN"]
@@ -117,11 +117,11 @@ class GAN(Model):
             raise TypeError("GAN(p, discriminator, optimizer=..., ...): the arguments look like GAN(p_data, p, "
                             "discriminator); pass the data distribution by keyword, GAN(p, discriminator, "
                             "p_data=...), or leave it out (EmpiricalDistribution(p.var) is built, as in Pixyz)")
-        _check_distribution(p, "GAN", "p")
+        check_distribution(p, "GAN", "p")
         if p_data is None:
             p_data = EmpiricalDistribution(list(p.var))
         else:
-            _check_distribution(p_data, "GAN", "p_data")
+            check_distribution(p_data, "GAN", "p_data")
         loss = AdversarialJensenShannon(p_data, p, discriminator, optimizer=d_optimizer,
                                         optimizer_params=d_optimizer_params, inverse_g_loss=inverse_g_loss)
         super().__init__(loss, test_loss=loss, distributions=[p], optimizer=optimizer,

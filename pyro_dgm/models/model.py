@@ -34,7 +34,7 @@ from pyro_dgm.utils.latex import print_latex as _print_latex
 __all__ = ["Model", "NonFiniteLossError", "NonFiniteGradientError", "build_optimizer"]
 
 
-def _check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
+def check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
     if distributions is None:
         return []
     if isinstance(distributions, (nn.Module, Distribution)):
@@ -59,7 +59,7 @@ def _check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
     return out
 
 
-def _check_loss(owner: str, loss: Any, arg: str) -> Loss:
+def check_loss(owner: str, loss: Any, arg: str) -> Loss:
     if not isinstance(loss, Loss):
         raise TypeError(f"{owner}: {arg} must be a pyro_dgm Loss (e.g. (-p.log_prob()).mean()), got "
                         f"{type(loss).__module__}.{type(loss).__qualname__}")
@@ -284,7 +284,7 @@ class Model:
         self.loss_cls: Loss
         self.test_loss_cls: Loss
         self.set_loss(loss, test_loss)
-        self.distributions = nn.ModuleList(_check_distributions(owner, distributions))
+        self.distributions = nn.ModuleList(check_distributions(owner, distributions))
         _dist.setup_from_env()
         # under torch.distributed: DistributedDataParallel around the networks (rank 0's weights broadcast now);
         # None in one process, where train() evaluates the loss directly
@@ -323,8 +323,8 @@ class Model:
     def set_loss(self, loss: Loss, test_loss: Loss | None = None) -> None:
         """Set the training loss and the test loss (``test_loss`` defaults to ``loss``)."""
         owner = type(self).__name__
-        self.loss_cls = _check_loss(owner, loss, "loss")
-        self.test_loss_cls = _check_loss(owner, test_loss, "test_loss") if test_loss is not None else loss
+        self.loss_cls = check_loss(owner, loss, "loss")
+        self.test_loss_cls = check_loss(owner, test_loss, "test_loss") if test_loss is not None else loss
 
     def __str__(self) -> str:
         probs = [d.prob_text for d in self.distributions if isinstance(d, Distribution)]

@@ -6,8 +6,8 @@ from typing import Any
 from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.losses.pdf import _check_distribution
-from pyro_dgm.models.model import _check_distributions
+from pyro_dgm.losses.pdf import check_distribution
+from pyro_dgm.models.model import check_distributions
 
 __all__ = ["model_distributions"]
 
@@ -36,5 +36,5 @@ def model_distributions(owner: str, other_distributions: Any, **named: Distribut
     TypeError: ML: p must be a pyro_dgm Distribution, got str
     """
     for what, d in named.items():
-        _check_distribution(d, owner, what)
-    return list(named.values()) + _check_distributions(owner, other_distributions)
+        check_distribution(d, owner, what)
+    return list(named.values()) + check_distributions(owner, other_distributions)

@@ -8,7 +8,7 @@ from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.base import Loss
-from pyro_dgm.models.model import Model, _check_loss
+from pyro_dgm.models.model import Model, check_loss
 from pyro_dgm.models.parts import model_distributions
 
 __all__ = ["VAE"]
@@ -76,7 +76,7 @@ class VAE(Model):
         if regularizer is None:
             loss = reconstruction.mean()
         else:
-            loss = (reconstruction + _check_loss("VAE", regularizer, "regularizer")).mean()
+            loss = (reconstruction + check_loss("VAE", regularizer, "regularizer")).mean()
         super().__init__(loss, test_loss=loss, distributions=distributions, optimizer=optimizer,
                          optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,
                          clip_grad_value=clip_grad_value, retain_graph=retain_graph,

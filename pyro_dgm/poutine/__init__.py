@@ -1,6 +1,6 @@
 """pyro_dgm's effect handlers.
 
-Networks run through the ``"dgm_params"`` effect (:data:`pyro_dgm.distributions.calls.run_network`); :func:`memoize`
+Networks run through the ``"dgm_params"`` effect (:data:`pyro_dgm.distributions.effects.run_network`); :func:`memoize`
 answers it from a cache scoped to one ``with`` block, so the encoder of a VAE loss runs once per evaluation.
 """
 from pyro_dgm.poutine.handlers import memoize

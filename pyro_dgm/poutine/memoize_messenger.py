@@ -31,7 +31,7 @@ class _Scopes(threading.local):
 
 
 #: This thread's open memoizing scopes, innermost last (`MEMO_SCOPES.stack`): read on the hot path by
-#: :func:`pyro_dgm.distributions.calls.run_network`.
+#: :func:`pyro_dgm.distributions.effects.run_network`.
 MEMO_SCOPES = _Scopes()
 
 
@@ -92,7 +92,7 @@ class _Traced(NamedTuple):
 class MemoizeMessenger(Messenger):
     """Reuse a distribution's parameters (its network's forward pass) for the same inputs within one scope.
 
-    Networks run through the ``"dgm_params"`` effect (see :func:`pyro_dgm.distributions.calls.run_network`). The key
+    Networks run through the ``"dgm_params"`` effect (see :func:`pyro_dgm.distributions.effects.run_network`). The key
     is the module, the identity and version of each input tensor, the other arguments, the module's train/eval mode
     and whether grad is enabled; a hit returns the same parameter tensors, so autograd sees one forward pass. The
     cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives it, so a tensor
@@ -128,7 +128,7 @@ class MemoizeMessenger(Messenger):
     """
 
     #: A memoizer does not look at sample sites or network calls (it answers network calls through the thread's
-    #: scope): pyro_dgm takes its direct path under it (``distributions.calls``).
+    #: scope): pyro_dgm takes its direct path under it (``distributions.effects``).
     observes_sites = False
 
     def __init__(self, pyro_stack: bool = True) -> None:

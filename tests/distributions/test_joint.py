@@ -90,7 +90,7 @@ def test_sampling_is_topological_whatever_the_multiplication_order(graph, perm):
     check_means(joint.sample(batch_n=3), means)
     # the order is also topological for the factor list actually walked
     seen: set[str] = set()
-    for f in joint._order:
+    for f in joint.sampling_order:
         assert set(f.input_var) <= seen
         seen |= set(f.var)
 

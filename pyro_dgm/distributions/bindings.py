@@ -1,8 +1,5 @@
-"""How one call of a distribution runs: its options and state (:class:`_Pass`), the variable names it reads and
-writes (:class:`_Binding`, which ``replace_var`` renames), and where it meets Pyro's handlers.
-
-Networks run through :func:`run_network`, the effect ``"dgm_params"`` that the memoizing handler answers; draws are
-``pyro.sample`` sites. Both take a direct path when no handler that looks at them is active (:func:`_quiet`).
+"""How one call of a distribution runs: its options and state (:class:`CallState`), the variable names it reads and
+writes (:class:`Binding`, which ``replace_var`` renames), and how ``forward``'s arguments are bound to them.
 """
 from __future__ import annotations
 
@@ -10,58 +7,14 @@ import inspect
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
-from pyro.poutine.runtime import _PYRO_STACK, effectful
-from pyro.poutine.indep_messenger import IndepMessenger
-from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
 
-from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 from pyro_dgm.utils.checks import describe
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["run_network", "expand_batch_n", "forward_binding", "forward_extras", "given_event_dim",
-           "SAMPLING_OPTIONS"]
-
-
-def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """The network call itself, through this thread's innermost memoizing scope if one is open (the function of
-    the ``"dgm_params"`` effect: what runs when no handler on Pyro's stack gives the value)."""
-    scopes = MEMO_SCOPES.stack
-    if scopes:
-        return scopes[-1].call(module, args, kwargs)
-    return module(*args, **kwargs)
-
-
-_effectful_network = effectful(_call_network, type="dgm_params")
-
-
-def _quiet(stack: list[Any]) -> bool:
-    """Whether no active handler looks at sample sites or network calls: each says so by its class attribute
-    ``observes_sites = False`` (the memoizer), or is the param-only trace with which ``SVI.step`` collects the
-    parameters (Pyro's class; it records ``pyro.param`` sites and nothing else). Any other handler observes them."""
-    for m in stack:
-        if getattr(m, "observes_sites", True) and not (type(m) is TraceMessenger and m.param_only):
-            return False
-    return True
-
-
-def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """Run a distribution's network: the effect ``"dgm_params"`` that a memoizing handler answers.
-
-    With no Pyro handler active, or only handlers that ignore it (see :func:`_quiet`), it asks this thread's
-    innermost memoizing scope directly (or calls ``module(*args, **kwargs)`` when none is open), without building a
-    Pyro message; otherwise it goes through Pyro's handler stack, whose default answer is the same. The memoizing
-    scopes are per thread (:func:`pyro_dgm.poutine.memoize_messenger.active_memo`): another thread's never answers.
-    """
-    stack = _PYRO_STACK
-    if not stack or _quiet(stack):
-        scopes = MEMO_SCOPES.stack
-        if scopes:
-            return scopes[-1].call(module, args, kwargs)
-        return module(*args, **kwargs)
-    return _effectful_network(module, *args, **kwargs)
+__all__ = ["CallState", "Binding", "SAMPLING_OPTIONS", "forward_extras", "forward_binding", "expand_batch_n"]
 
 
 _NO_SHAPE = torch.Size()
@@ -94,7 +47,7 @@ def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str,
     return {k: v for k, v in kwargs.items() if k in names}
 
 
-class _Pass:
+class CallState:
     """The state of one ancestral pass: the options of the call and the event dims of what it drew so far."""
 
     __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs", "given_dims")
@@ -133,49 +86,7 @@ class _Pass:
         self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs = saved
 
 
-def given_event_dim(value: Any, ctx: _Pass) -> int | None:
-    """The event dims of a value given from outside a call inside Pyro: those of the site whose value it is in an
-    active trace (an enumerated, vectorized or posterior-predictive draw has batch dims on the left of the plates'
-    dims, which only its site knows); else, in a ``dist()``/``sample()`` call, as many batch dims as its leading
-    dims fit the active plates; else ``None`` (Pixyz's one batch dim applies).
-
-    Looked up once per value and pass, most recent sites first.
-    """
-    found = ctx.given_dims
-    if found is None:
-        found = ctx.given_dims = {}
-    key = id(value)
-    if key in found:
-        return found[key]
-    e = None
-    if isinstance(value, torch.Tensor) and value.dim() > 1:  # one dim or none: one batch dim in any case
-        for m in reversed(_PYRO_STACK):
-            if isinstance(m, TraceMessenger) and not m.param_only:
-                for site in reversed(m.trace.nodes.values()):
-                    if site.get("value") is value and site["type"] == "sample":
-                        e = len(site["fn"].event_shape)
-                        break
-                if e is not None:
-                    break
-        if e is None and ctx.obs is None:  # (the data of a model/guide call has no dims left of its plates)
-            e = _event_dim_by_plates(value)
-    found[key] = e
-    return e
-
-
-def _event_dim_by_plates(value: torch.Tensor) -> int | None:
-    """The event dims of a value that no trace holds, from the plates: its leading dims are batch dims as far as
-    they have the sizes of the plates at their positions; ``None`` when that is one dim (Pixyz's rule)."""
-    sizes = {m.dim: m.size for m in _PYRO_STACK if isinstance(m, IndepMessenger) and m.dim is not None}
-    depth = -min(sizes, default=-1)
-    shape = value.shape
-    for n in range(min(depth, len(shape)), 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1 of the plates
-        if all(sizes.get(i - n, shape[i]) == shape[i] for i in range(n)):
-            return len(shape) - n
-    return None
-
-
-class _Binding:
+class Binding:
     """Which variable names an atomic distribution reads and writes.
 
     ``replace_var`` makes a renamed binding over the same modules, so a renamed distribution runs the same code
@@ -194,11 +105,11 @@ class _Binding:
         self.fwd_kw = tuple(fwd_kw)          # (forward's keyword, variable) for forward(**kwargs)
         self.param_vars = tuple(param_vars)  # (parameter name, variable) for parameters given as a name
 
-    def renamed(self, m: Mapping[str, str]) -> "_Binding":
+    def renamed(self, m: Mapping[str, str]) -> "Binding":
         def r(names: Sequence[str]) -> tuple[str, ...]:
             return tuple(m.get(v, v) for v in names)
 
-        return _Binding(r(self.var), r(self.cond_var), r(self.input_var), r(self.fwd_pos),
+        return Binding(r(self.var), r(self.cond_var), r(self.input_var), r(self.fwd_pos),
                         tuple((k, m.get(v, v)) for k, v in self.fwd_kw),
                         tuple((p, m.get(v, v)) for p, v in self.param_vars))
 

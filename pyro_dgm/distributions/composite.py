@@ -12,16 +12,16 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.distributions.calls import _Binding, _Pass, expand_batch_n
+from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.utils.checks import describe
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "expand_root", "OptionalInputs", "OneSiteDistribution"]
 
 
-def unwrap(d: Distribution) -> tuple[Distribution, _Binding]:
+def unwrap(d: Distribution) -> tuple[Distribution, Binding]:
     """The distribution that implements ``d``'s hooks, and the binding ``d`` runs it under."""
-    b = d._binding
+    b = d.binding
     while isinstance(d, ReplaceVarDistribution):
         d = d.p
     return d, b
@@ -41,7 +41,7 @@ def check_inner(owner: str, d: Any, what: str, need: str = "_fn") -> None:
                         "(Normal, ...) or a flow, product or mixture distribution")
 
 
-def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass,
+def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: CallState,
             expand: bool = True, value: Any = None) -> tuple[Any, Any]:
     """``d``'s site distribution (feature dims as event dims) and its base, with ``d``'s names renamed by
     ``mapping`` (the outer distribution's renaming); ``value`` is the value to be scored, when known."""
@@ -52,13 +52,13 @@ def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, An
     return core._fn(b, values, ctx, expand, value=value)  # type: ignore[attr-defined]
 
 
-def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: _Pass) -> dict[str, Any]:
+def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: CallState) -> dict[str, Any]:
     """``d``'s parameters (constants and network outputs) under the outer names."""
     core, b = unwrap(d)
     return core._params(b.renamed(mapping) if mapping else b, values, ctx)  # type: ignore[attr-defined]
 
 
-def expand_root(owner: Distribution, fn: Any, b: _Binding, ctx: _Pass) -> Any:
+def expand_root(owner: Distribution, fn: Any, b: Binding, ctx: CallState) -> Any:
     """Expand a site distribution built from unexpanded parts as a factor's is: to ``batch_n`` when it has no inputs,
     and by ``sample_shape`` when none of its inputs was drawn in this pass."""
     if any(v in ctx.event_dims for v in b.input_var):
@@ -84,15 +84,15 @@ class OneSiteDistribution(Distribution):
 
     _kind = "composite distribution"
 
-    def _mapping(self, b: _Binding) -> dict[str, str]:
+    def _mapping(self, b: Binding) -> dict[str, str]:
         """The renaming from this distribution's own conditioning names to the binding's."""
         return {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
 
-    def _fn(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, expand: bool = True,
+    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
             value: Tensor | None = None) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def _score_with(self, b: _Binding, values: Mapping[str, Any], ctx: _Pass, sum_features: bool,
+    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                     feature_dims: Sequence[int] | None) -> Tensor:
         if not sum_features or feature_dims is not None:
             raise ValueError(f"{describe(self)}: the log-density of a {self._kind} does not factorize over features; "

@@ -1,0 +1,106 @@
+"""Where a distribution's networks and draws meet Pyro's effect handlers.
+
+Networks run through :func:`run_network`, the effect ``"dgm_params"`` that the memoizing handler answers; draws are
+``pyro.sample`` sites. Both take a direct path when no handler that looks at them is active (:func:`ignores_sites`).
+:func:`given_event_dim` reads the active trace and plates for the event dims of a value given from outside.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pyro.poutine.indep_messenger import IndepMessenger
+from pyro.poutine.runtime import _PYRO_STACK, effectful
+from pyro.poutine.trace_messenger import TraceMessenger
+from torch import nn
+
+from pyro_dgm.distributions.bindings import CallState
+from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
+
+__all__ = ["run_network", "ignores_sites", "given_event_dim", "PYRO_STACK"]
+
+#: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
+PYRO_STACK = _PYRO_STACK
+
+
+def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The network call itself, through this thread's innermost memoizing scope if one is open (the function of
+    the ``"dgm_params"`` effect: what runs when no handler on Pyro's stack gives the value)."""
+    scopes = MEMO_SCOPES.stack
+    if scopes:
+        return scopes[-1].call(module, args, kwargs)
+    return module(*args, **kwargs)
+
+
+_effectful_network = effectful(_call_network, type="dgm_params")
+
+
+def ignores_sites(stack: list[Any]) -> bool:
+    """Whether no active handler looks at sample sites or network calls: each says so by its class attribute
+    ``observes_sites = False`` (the memoizer), or is the param-only trace with which ``SVI.step`` collects the
+    parameters (Pyro's class; it records ``pyro.param`` sites and nothing else). Any other handler observes them."""
+    for m in stack:
+        if getattr(m, "observes_sites", True) and not (type(m) is TraceMessenger and m.param_only):
+            return False
+    return True
+
+
+def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Run a distribution's network: the effect ``"dgm_params"`` that a memoizing handler answers.
+
+    With no Pyro handler active, or only handlers that ignore it (see :func:`ignores_sites`), it asks this thread's
+    innermost memoizing scope directly (or calls ``module(*args, **kwargs)`` when none is open), without building a
+    Pyro message; otherwise it goes through Pyro's handler stack, whose default answer is the same. The memoizing
+    scopes are per thread (:func:`pyro_dgm.poutine.memoize_messenger.active_memo`): another thread's never answers.
+    """
+    stack = PYRO_STACK
+    if not stack or ignores_sites(stack):
+        scopes = MEMO_SCOPES.stack
+        if scopes:
+            return scopes[-1].call(module, args, kwargs)
+        return module(*args, **kwargs)
+    return _effectful_network(module, *args, **kwargs)
+
+
+def given_event_dim(value: Any, ctx: CallState) -> int | None:
+    """The event dims of a value given from outside a call inside Pyro: those of the site whose value it is in an
+    active trace (an enumerated, vectorized or posterior-predictive draw has batch dims on the left of the plates'
+    dims, which only its site knows); else, in a ``dist()``/``sample()`` call, as many batch dims as its leading
+    dims fit the active plates; else ``None`` (Pixyz's one batch dim applies).
+
+    Looked up once per value and pass, most recent sites first.
+    """
+    found = ctx.given_dims
+    if found is None:
+        found = ctx.given_dims = {}
+    key = id(value)
+    if key in found:
+        return found[key]
+    e = None
+    if isinstance(value, torch.Tensor) and value.dim() > 1:  # one dim or none: one batch dim in any case
+        for m in reversed(PYRO_STACK):
+            if isinstance(m, TraceMessenger) and not m.param_only:
+                for site in reversed(m.trace.nodes.values()):
+                    if site.get("value") is value and site["type"] == "sample":
+                        e = len(site["fn"].event_shape)
+                        break
+                if e is not None:
+                    break
+        if e is None and ctx.obs is None:  # (the data of a model/guide call has no dims left of its plates)
+            e = _event_dim_by_plates(value)
+    found[key] = e
+    return e
+
+
+def _event_dim_by_plates(value: torch.Tensor) -> int | None:
+    """The event dims of a value that no trace holds, from the plates: its leading dims are batch dims as far as
+    they have the sizes of the plates at their positions; ``None`` when that is one dim (Pixyz's rule)."""
+    sizes = {m.dim: m.size for m in PYRO_STACK if isinstance(m, IndepMessenger) and m.dim is not None}
+    depth = -min(sizes, default=-1)
+    shape = value.shape
+    for n in range(min(depth, len(shape)), 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1 of the plates
+        if all(sizes.get(i - n, shape[i]) == shape[i] for i in range(n)):
+            return len(shape) - n
+    return None
+
+
