@@ -18,8 +18,10 @@ Ownership rule: the discriminator is *not* among the term's :attr:`~pyro_dgm.los
 generator's optimizer; it is listed by :attr:`AdversarialLoss.discriminators` instead, and its weights and optimizer are
 saved by the term's :meth:`~AdversarialLoss.term_state_dict` (``state_dict()`` is ``nn.Module``'s, as in Pixyz).
 
-Under ``torch.distributed`` the discriminator's step broadcasts rank 0's discriminator before the first step and
-averages its gradients over the processes, as :class:`~pyro_dgm.models.Model` does for the generator.
+Under ``torch.distributed`` the discriminator's step runs inside ``torch.nn.parallel.DistributedDataParallel`` around
+the discriminator (:func:`pyro_dgm.models.distributed.wrap`, built at the first step: rank 0's discriminator is
+broadcast then, and its gradients are averaged during ``backward``), as :class:`~pyro_dgm.models.Model` does for the
+generator.
 
 Semantics are Pixyz 0.3.3's (``pixyz/losses/adversarial_loss.py``): the values are batch means (scalars); the
 discriminator outputs the probability that a sample comes from ``p`` (the first distribution), is trained with
@@ -39,22 +41,31 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.utils.checks import check_present, describe
 
-__all__ = ["AdversarialLoss"]
+__all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
 
 _LOG_MIN = -100.0  # torch.nn.BCELoss clamps its logarithms here
 
 
-def _log(y: Tensor) -> Tensor:
+def log_clamped(y: Tensor) -> Tensor:
+    """:math:`\\log y`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms (the discriminators' losses)."""
     return torch.log(y).clamp(min=_LOG_MIN)
 
 
-def _log1m(y: Tensor) -> Tensor:
+def log1m_clamped(y: Tensor) -> Tensor:
+    """:math:`\\log(1 - y)`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms."""
     return torch.log1p(-y).clamp(min=_LOG_MIN)
 
 
 @contextlib.contextmanager
 def _frozen(frozen: list[nn.Parameter]) -> Iterator[None]:
-    """Run with these parameters excluded from autograd (gradients still flow through the inputs)."""
+    """Run with these parameters excluded from autograd (gradients still flow through the inputs).
+
+    Not while torch.compile traces (it cannot trace ``requires_grad_``): there the generator's loss also leaves
+    gradients in the discriminator's ``.grad``, which the discriminator's own step clears before its backward pass.
+    """
+    if torch.compiler.is_compiling():
+        yield
+        return
     params = [p for p in frozen if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -63,15 +74,6 @@ def _frozen(frozen: list[nn.Parameter]) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
-
-
-def _distributed() -> Any:
-    """``torch.distributed`` when a process group of more than one process is running, else ``None``."""
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
-        return tdist
-    return None
 
 
 class AdversarialLoss(Loss):
@@ -135,7 +137,8 @@ class AdversarialLoss(Loss):
         self.loss_optimizer = optimizer  # Pixyz's attributes: the optimizer's class and arguments as given
         self.loss_optimizer_params = optimizer_params if optimizer_params is not None else {}
         self.d_steps = 0
-        self._synced = False
+        self._synced = False  # whether the data-parallel wrapper was decided (at the first step)
+        self._replicated: Any = None  # DistributedDataParallel around the discriminator, under a process group
 
     # ------------------------------------------------------------------ the discriminator
     @property
@@ -199,6 +202,10 @@ class AdversarialLoss(Loss):
     def _check_output(self, y: Tensor) -> None:
         if not self._probability_output:
             return
+        if torch.compiler.is_compiling() and torch.is_floating_point(y):  # checked in the graph, no .item() break
+            torch._assert_async(((y >= 0) & (y <= 1)).all(), f"{type(self).__name__}: the discriminator must "
+                                "output probabilities in [0, 1]; end its network with a sigmoid")
+            return
         if not torch.is_floating_point(y) or bool(((y < 0) | (y > 1) | torch.isnan(y)).any()):
             y = y.detach().float()
             raise ValueError(f"{type(self).__name__} {self.latex}: the discriminator {describe(self._d)} must output "
@@ -228,7 +235,7 @@ class AdversarialLoss(Loss):
     def d_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
         r"""The discriminator's loss given its outputs on samples of ``p`` and ``q``:
         :math:`-\text{mean}\log y_p - \text{mean}\log(1 - y_q)` (binary cross-entropy, labels 1 for ``p``)."""
-        return (-_log(y_p).mean()) + (-_log1m(y_q).mean())  # a sum of two BCEs, as Pixyz (same bits, AddBackward)
+        return (-log_clamped(y_p).mean()) + (-log1m_clamped(y_q).mean())  # a sum of two BCEs, as Pixyz (same bits, AddBackward)
 
     def g_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
         """The generator's loss given the discriminator's outputs on samples of ``p`` and ``q``; each divergence
@@ -262,12 +269,16 @@ class AdversarialLoss(Loss):
             The discriminator's loss before the step (detached).
         """
         d = self._d
-        self._sync()
+        if not self._synced:
+            self._sync()
         d.train()
         self.d_optimizer.zero_grad(set_to_none=True)
-        loss = self.eval(train_x_dict, discriminator=True, **kwargs)
+        replicated = self._replicated
+        if replicated is None:
+            loss = self.eval(train_x_dict, discriminator=True, **kwargs)
+        else:  # DistributedDataParallel sees the forward pass and averages the gradients in backward
+            loss = replicated.run(self.eval, train_x_dict, discriminator=True, **kwargs)
         loss.backward()
-        self._average_gradients()
         self.d_optimizer.step()
         self._after_step()
         self.d_steps += 1
@@ -316,27 +327,13 @@ class AdversarialLoss(Loss):
 
     # ------------------------------------------------------------------ distributed training
     def _sync(self) -> None:
-        """Under ``torch.distributed``, copy rank 0's discriminator to every process (once, before the first step)."""
-        if self._synced:
-            return
-        tdist = _distributed()
-        if tdist is not None:
-            with torch.no_grad():
-                for t in list(self._d.parameters()) + list(self._d.buffers()):
-                    tdist.broadcast(t.data, src=0)
-        self._synced = True
+        """Under ``torch.distributed``, wrap the discriminator in ``DistributedDataParallel`` (once, before the first
+        step: rank 0's discriminator is broadcast to every process); without a process group, nothing."""
+        from pyro_dgm.models.distributed import setup_from_env, wrap  # the models layer, at the first step only
 
-    def _average_gradients(self) -> None:
-        """Under ``torch.distributed``, average the discriminator's gradients over the processes."""
-        tdist = _distributed()
-        if tdist is None:
-            return
-        n = tdist.get_world_size()
-        for prm in self._d.parameters():
-            if prm.grad is None:
-                prm.grad = torch.zeros_like(prm)
-            tdist.all_reduce(prm.grad, op=tdist.ReduceOp.SUM)
-            prm.grad.div_(n)
+        setup_from_env()  # under torchrun without a Model (a Pixyz-style loop over loss_train): the process group
+        self._replicated = wrap(self._d, watch_param_store=False)
+        self._synced = True
 
     # ------------------------------------------------------------------ checkpoints
     def term_state_dict(self) -> dict[str, Any]:

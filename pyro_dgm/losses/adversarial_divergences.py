@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import Tensor, nn  # noqa: F401  (nn: the examples in the docstrings use it)
 
-from pyro_dgm.losses.adversarial import AdversarialLoss, _log, _log1m
+from pyro_dgm.losses.adversarial import AdversarialLoss, log_clamped, log1m_clamped
 from pyro_dgm.utils.checks import check_present
 from pyro_dgm.utils.random import STATE as _RNG
 
@@ -109,8 +109,8 @@ class AdversarialJensenShannon(AdversarialLoss):
         in Pixyz."""
         y_p, y_q = self._data_detached(y_p, y_q)
         if self.inverse_g_loss:
-            return (-_log1m(y_p).mean()) + (-_log(y_q).mean())  # Pixyz's sum of two BCEs
-        return _log(y_p).mean() + _log1m(y_q).mean()
+            return (-log1m_clamped(y_p).mean()) + (-log_clamped(y_q).mean())  # Pixyz's sum of two BCEs
+        return log_clamped(y_p).mean() + log1m_clamped(y_q).mean()
 
 
 AdversarialJSDivergence = AdversarialJensenShannon  # the seed's (Pixyz API reference's) name
@@ -201,7 +201,7 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     def g_loss(self, y_p: Tensor, batch_n: int | None = None) -> Tensor:
         r"""The estimate given the discriminator's output on samples of ``p``:
         :math:`\text{mean}\left[\log y_p - \log(1 - y_p)\right]`."""
-        return _log(y_p).mean() + (-_log1m(y_p).mean())  # Pixyz's -BCE(y_p, 1) + BCE(y_p, 0)
+        return log_clamped(y_p).mean() + (-log1m_clamped(y_p).mean())  # Pixyz's -BCE(y_p, 1) + BCE(y_p, 0)
 
 
 class AdversarialWassersteinDistance(AdversarialLoss):

@@ -273,19 +273,29 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     if history or hasattr(model, "history"):
         from pyro_dgm.models.trainer import History
         model.history = History({k: list(v) for k, v in history.items()})
-    set_rng_state(state["rng"])
+    ranks_rng = state.get("rng_ranks")  # saved under torch.distributed: each process takes its own
+    same_world = isinstance(ranks_rng, (list, tuple)) and len(ranks_rng) == _dist.world_size()
+    set_rng_state(ranks_rng[_dist.rank()] if same_world else state["rng"])
 
 
 def save(model: "Model", path: Any) -> None:
-    """Write :func:`model_state` to ``path`` atomically (only rank 0 writes under ``torch.distributed``).
+    """Write :func:`model_state` to ``path`` atomically (only rank 0 writes under ``torch.distributed``, with every
+    process's random state, which :func:`load` gives back to the process of the same rank).
 
     The checkpoint is written to a temporary file in the same folder, flushed and synced to disk, then renamed over
     ``path`` (``os.replace``), so ``path`` always holds either the previous complete checkpoint or the new one, even
     if the process is killed while saving (a killed save may leave a ``.<name>.*.tmp`` file behind, never a broken
     ``path``). A file object (``io.BytesIO``...) is written directly.
     """
+    ranks_rng = None
+    if _dist.is_distributed():  # every process's random state, so each resumes its own draws
+        import torch.distributed as tdist
+        ranks_rng = [None] * _dist.world_size()
+        tdist.all_gather_object(ranks_rng, rng_state())
     if _dist.rank() == 0:
         state = model_state(model)
+        if ranks_rng is not None:
+            state["rng_ranks"] = ranks_rng
         if isinstance(path, (str, os.PathLike)):
             atomic_torch_save(state, path)
         else:
@@ -382,6 +392,8 @@ def load(model: "Model", path: Any) -> None:
     if isinstance(state, Mapping) and "rng" in state:  # RNG states live on the CPU whatever the model's device
         state = dict(state)
         state["rng"] = _to_cpu(state["rng"])
+        if "rng_ranks" in state:
+            state["rng_ranks"] = _to_cpu(state["rng_ranks"])
     load_model_state(model, state)
 
 

@@ -5,11 +5,19 @@ Launch a training script with ``torchrun --nproc_per_node N script.py`` (on seve
 see the README): the first :class:`~pyro_dgm.models.Model` built sets up the process group from the environment
 torchrun exports (``gloo`` on CPU, ``nccl`` when CUDA is available) with a bounded timeout (:data:`DEFAULT_TIMEOUT`,
 settable), and wraps the networks it trains in :class:`torch.nn.parallel.DistributedDataParallel`: the evaluation of
-the loss runs as the forward of a module holding them (:class:`LossForward`), so DDP broadcasts rank 0's weights
-when it is built and averages the gradients during ``backward`` (bucketed, overlapped with the backward pass), and
-every replica takes the same step. :meth:`Model.fit <pyro_dgm.models.Model.fit>` gives each process its slice of
-every global batch, so a step over a batch of ``B`` rows on ``N`` processes is the step one process takes over the
-``B`` rows, when the loss is a mean over the batch and ``N`` divides ``B``.
+the loss runs as the forward of a module holding them (:class:`Replicated`, built by :func:`wrap`), so DDP
+broadcasts rank 0's weights when it is built and averages the gradients during ``backward`` (bucketed, overlapped
+with the backward pass), and every replica takes the same step. :meth:`Model.fit <pyro_dgm.models.Model.fit>` gives
+each process its slice of every global batch, so a step over a batch of ``B`` rows on ``N`` processes is the step
+one process takes over the ``B`` rows, when the loss is a mean over the batch and ``N`` divides ``B``.
+
+The same engine covers what a Model trains besides its networks: the discriminators of adversarial terms (each in
+its own wrapper, for its own optimizer) and the parameters of Pyro's param store the loss creates (``pyro.param``,
+autoguides, ``pyro.module``; :class:`PyroParams`), broadcast from rank 0 and averaged as they appear. For Pyro's
+own ``SVI``, :class:`DistributedELBO` wraps an ELBO (a pyro_dgm loss or one of Pyro's) the same way.
+
+A collective that waits longer than the timeout raises; at exit, a process that timed out names the processes that
+did not time out with it (they hang or died).
 
 Without a process group (or with one process) nothing is wrapped and every function here does nothing.
 
@@ -26,13 +34,14 @@ from typing import Any, Mapping
 
 import torch
 import torch.distributed as tdist
+from pyro.infer import ELBO
 from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss
 
-__all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT", "LossForward",
+__all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT",
            "wrap", "broadcast_module", "broadcast_tensor", "all_reduce_mean", "all_reduce_max", "shard",
-           "DataParalleledLoss"]
+           "DataParalleledLoss", "Replicated", "PyroParams", "DistributedELBO"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
 """How long a collective (and the set-up) waits for the other processes before raising; overridden by the
@@ -101,20 +110,82 @@ def setup_from_env(backend: str | None = None, timeout: float | datetime.timedel
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl" and "LOCAL_RANK" in os.environ:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        tdist.init_process_group(backend=backend, timeout=_timeout(timeout))
+        bound = _timeout(timeout)
+        store = _restart_store(bound)
+        if store is None:
+            tdist.init_process_group(backend=backend, timeout=bound)
+        else:
+            tdist.init_process_group(backend=backend, timeout=bound, store=store, rank=int(os.environ["RANK"]),
+                                     world_size=int(os.environ["WORLD_SIZE"]))
         atexit.register(_shutdown_at_exit)
     return is_distributed()
+
+
+def _restart_store(timeout: datetime.timedelta) -> Any:
+    """After ``torchrun --max-restarts`` restarted the processes, a fresh namespace of the launcher's store for the
+    process group (None otherwise).
+
+    The launcher keeps one store for all its attempts, and the process group's keys (each process's address) are the
+    same in every attempt, so a restarted process could read the address of a process of the previous attempt and
+    fail to connect (``Gloo connectFullMesh failed ... Connection refused``), depending on which process writes first.
+    A prefix naming the attempt (``TORCHELASTIC_RESTART_COUNT``) keeps the attempts apart.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or attempt in ("", "0"):
+        return None
+    client = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                            int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+    return tdist.PrefixStore(f"pyro_dgm/attempt_{attempt}", client)
 
 
 def _shutdown_at_exit() -> None:
     import sys
 
-    if getattr(sys, "last_value", None) is not None or getattr(sys, "last_exc", None) is not None:
+    error = getattr(sys, "last_value", None) or getattr(sys, "last_exc", None)
+    if error is not None:
         # the script ended on an uncaught exception: the other processes will not come to the barrier
         if tdist.is_available() and tdist.is_initialized():
+            if _timed_out(error):
+                _report_missing_ranks(error)
             tdist.destroy_process_group()
         return
     shutdown()
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that waited past the timeout (a process hung or died)."""
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+
+def _report_missing_ranks(error: BaseException) -> None:
+    """After a collective timed out, name the processes that hang or died: every process that times out says so in
+    the rendezvous store (the connections between the processes are closed by then), waits up to 15 seconds (or
+    the timeout, if shorter) for the others to say so too, and prints the ranks that did not to stderr, after the
+    traceback. A process blocked in a collective times out as well; one that hangs elsewhere or died does not."""
+    import sys
+    import time
+
+    try:
+        store = tdist.distributed_c10d._get_default_store()
+    except Exception:  # pragma: no cover - a process group without a store
+        return
+    me, n = tdist.get_rank(), tdist.get_world_size()
+    prefix = f"pyro_dgm/timed_out/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    bound = min(_timeout(None), datetime.timedelta(seconds=15)).total_seconds()
+    try:
+        store.set(f"{prefix}{me}", "1")
+        deadline = time.monotonic() + bound
+        missing = [r for r in range(n) if r != me]
+        while missing and time.monotonic() < deadline:
+            time.sleep(0.1)
+            missing = [r for r in missing if not store.check([f"{prefix}{r}"])]
+    except Exception:  # the store is gone (rank 0's agent stopped): nothing more to learn
+        return
+    if missing:
+        print(f"pyro_dgm.models.distributed: a collective timed out on rank {me} ({type(error).__name__}); "
+              f"rank(s) {', '.join(map(str, missing))} did not reach it within the timeout nor time out within "
+              f"{bound:g} s after: they hang or died", file=sys.stderr, flush=True)
 
 
 def shutdown(timeout: float | datetime.timedelta | None = None) -> None:
@@ -137,41 +208,276 @@ def shutdown(timeout: float | datetime.timedelta | None = None) -> None:
         tdist.destroy_process_group()
 
 
-class LossForward(nn.Module):
-    """The evaluation of a loss as the forward of a module that holds the trained networks, so that
-    ``DistributedDataParallel`` wrapping it sees the forward pass (its hooks prepare the gradient reduction).
+def wrap(networks: nn.Module, watch_param_store: bool = True, **ddp_kwargs: Any) -> "Replicated | None":
+    """The data-parallel evaluation of a loss over ``networks`` (a :class:`Replicated`) under a process group of more
+    than one process, else None.
 
-    ``forward(loss, x_dict, kwargs)`` returns ``loss.eval(x_dict, return_terms=True, **kwargs)``.
+    Building it broadcasts rank 0's parameters and buffers to every process (and the Pyro-side parameters already in
+    the param store, when ``watch_param_store``). ``ddp_kwargs`` are passed to ``DistributedDataParallel`` and
+    override the defaults (``find_unused_parameters=True``: a network listed for training that a step does not use
+    gets no gradient on any process, as in a single process).
+    """
+    if not is_distributed():
+        return None
+    return Replicated(networks, watch_param_store=watch_param_store, **ddp_kwargs)
+
+
+class PyroParams(nn.Module):
+    """Parameters of Pyro's param store (unconstrained, by name) as the parameters of a module, so that
+    ``DistributedDataParallel`` broadcasts them and averages their gradients.
+
+    The module holds the store's tensors themselves, not copies: the gradients the loss produces land on them, and
+    rank 0's values broadcast into them are the values ``pyro.param`` returns. Their module names are ``p0``,
+    ``p1``... (a param-store name may hold dots); :attr:`names` gives the store's names in the same order.
+
+    Examples
+    --------
+    >>> import pyro, torch
+    >>> pyro.clear_param_store()
+    >>> w = pyro.param("guide.w", torch.zeros(2))
+    >>> held = PyroParams(dict(pyro.get_param_store().named_parameters()))
+    >>> held.names, next(held.parameters()) is pyro.get_param_store().get_param("guide.w").unconstrained()
+    (['guide.w'], True)
     """
 
-    def __init__(self, networks: nn.Module) -> None:
+    def __init__(self, params: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        self.names = list(params)
+        for i, t in enumerate(params.values()):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"PyroParams: {self.names[i]!r} must be a tensor, got {type(t).__name__}")
+            self._parameters[f"p{i}"] = t  # type: ignore[assignment]  # the store's own tensor (no nn.Parameter copy)
+
+
+class _Call(nn.Module):
+    """What ``DistributedDataParallel`` wraps: the networks (and the covered Pyro parameters) as submodules, and a
+    forward that calls the function it is given (a loss evaluation), so DDP sees the forward pass."""
+
+    def __init__(self, networks: nn.Module, pyro_params: PyroParams | None) -> None:
         super().__init__()
         self.networks = networks
+        self.pyro_params = pyro_params
 
-    def forward(self, loss: Any, x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
-        return loss.eval(x_dict, return_terms=True, **kwargs)
+    def forward(self, fn: Any, args: Any, kwargs: Mapping[str, Any]) -> Any:
+        return fn(*args, **kwargs)
 
 
-def wrap(networks: nn.Module, **ddp_kwargs: Any) -> nn.Module | None:
-    """``DistributedDataParallel(LossForward(networks))`` under a process group of more than one process, else None.
+class Replicated:
+    """A loss evaluated as the forward of ``DistributedDataParallel`` over the networks it trains and the Pyro-side
+    parameters it creates: what :class:`~pyro_dgm.models.Model`, the adversarial terms' discriminators and
+    :class:`DistributedELBO` train with under a process group.
 
-    Building it broadcasts rank 0's parameters and buffers to every process. ``find_unused_parameters`` defaults to
-    True (a network listed for training that a step does not use gets a zero gradient on every process, as in a
-    single process); ``ddp_kwargs`` are passed to ``DistributedDataParallel`` and override the defaults.
+    * ``replicated(loss, x_dict, kwargs)`` is ``loss.eval(x_dict, return_terms=True, **kwargs)`` (what ``Model``
+      calls); ``replicated.run(fn, *args, **kwargs)`` is ``fn(*args, **kwargs)``. Both run inside DDP's forward, so
+      the ``backward`` of the result averages the gradients over the processes (bucketed, during the backward pass).
+    * **Pyro-side parameters** (``pyro.param`` in a custom term, an autoguide in a ``PyroELBO`` term, networks that
+      ``joint.model``/``guide`` register with ``pyro.module``): with ``watch_param_store``, every parameter of Pyro's
+      param store is covered too (:class:`PyroParams`). Those present when this is built are broadcast from rank 0
+      then; when a call creates new ones (their first step), the wrapper is rebuilt over them (rank 0's initial
+      values broadcast), the random state is put back to what it was before the call and the call runs again, so the
+      step is the one every process would have taken had the parameters existed before it, with rank 0's values
+      (once per new set of parameters). Every process must create the same parameters in the same call, as it runs
+      the same program; a process that does not hangs the others until the timeout.
+    * ``watch_param_store=False`` (the discriminators' steps) skips that: one attribute check per call.
+
+    Without a process group :func:`wrap` returns None and the caller evaluates directly: nothing here runs.
     """
-    if not is_distributed() or not any(p.requires_grad for p in networks.parameters()):
-        if is_distributed():
-            broadcast_module(networks)
-        return None
-    from torch.nn.parallel import DistributedDataParallel
 
-    options: dict[str, Any] = {"find_unused_parameters": True}
-    if torch.cuda.is_available() and tdist.get_backend() == "nccl":
-        device = next(networks.parameters()).device
-        if device.type == "cuda":
-            options["device_ids"] = [device.index if device.index is not None else torch.cuda.current_device()]
-    options.update(ddp_kwargs)
-    return DistributedDataParallel(LossForward(networks), **options)
+    def __init__(self, networks: nn.Module, watch_param_store: bool = True, **ddp_kwargs: Any) -> None:
+        self.networks = networks
+        self._options: dict[str, Any] = {"find_unused_parameters": True, **ddp_kwargs}
+        self._watch = watch_param_store
+        self._covered: dict[str, Tensor] = {}
+        self._store: Any = None
+        self._seen = -1
+        self.ddp: nn.Module | None = None
+        if watch_param_store:
+            import pyro
+
+            self._store = pyro.get_param_store()
+            self._seen = len(self._store)
+            self._covered = self._uncovered()
+        self._build()
+
+    # ------------------------------------------------------------------ building
+    def _uncovered(self) -> dict[str, Tensor]:
+        """The param store's parameters that neither the networks nor the covered set hold (by identity)."""
+        held = {id(t) for t in self.networks.parameters()} | {id(t) for t in self._covered.values()}
+        return {n: t for n, t in self._store.named_parameters() if id(t) not in held and t.requires_grad}
+
+    def _build(self) -> None:
+        self.ddp = None  # the previous wrapper (and its reducer's gradient hooks) goes first
+        module = _Call(self.networks, PyroParams(self._covered) if self._covered else None)
+        if not any(p.requires_grad for p in module.parameters()):
+            broadcast_module(module)  # nothing to average (yet): the replicas still start identical
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        options = dict(self._options)
+        if torch.cuda.is_available() and tdist.get_backend() == "nccl" and "device_ids" not in options:
+            device = next(module.parameters()).device
+            if device.type == "cuda":
+                options["device_ids"] = [device.index if device.index is not None else torch.cuda.current_device()]
+        self.ddp = DistributedDataParallel(module, **options)
+
+    def _cover(self, new: Mapping[str, Tensor]) -> None:
+        """Cover ``new`` parameters too: the wrapper is rebuilt (rank 0's values of every covered parameter are
+        broadcast); covered parameters that left the store (``pyro.clear_param_store()``) are dropped."""
+        import gc
+
+        kept = {id(t) for t in self._covered.values()}
+        self._covered = {n: t for n, t in self._store.named_parameters() if id(t) in kept or n in new}
+        self.ddp = None
+        gc.collect()  # the previous wrapper's reducer (and its gradient hooks) must be gone before the next backward
+        self._build()
+
+    # ------------------------------------------------------------------ calls
+    def _forward(self, fn: Any, args: Any, kwargs: Mapping[str, Any]) -> Any:
+        ddp = self.ddp
+        return fn(*args, **kwargs) if ddp is None else ddp(fn, args, kwargs)
+
+    def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` as the forward of the wrapper (see the class notes)."""
+        if not self._watch:
+            return self._forward(fn, args, kwargs)
+        store = self._store
+        if len(store) != self._seen:  # created between two calls (a guide run by hand): covered before this one
+            self._seen = len(store)
+            new = self._uncovered()
+            if new:
+                self._cover(new)
+        state = _rng_state()
+        out = self._forward(fn, args, kwargs)
+        if len(store) != self._seen:  # created by this call: cover them, then run the call again
+            self._seen = len(store)
+            new = self._uncovered()
+            if new:
+                out = None  # the first evaluation's graph goes before the wrapper is rebuilt
+                self._cover(new)
+                _set_rng_state(state)
+                out = self._forward(fn, args, kwargs)
+        return out
+
+    def __call__(self, loss: Any, x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
+        return self.run(loss.eval, x_dict, return_terms=True, **kwargs)
+
+    def no_sync(self) -> Any:
+        """DDP's ``no_sync()`` context (gradients accumulate locally, not averaged), or a null context."""
+        import contextlib
+
+        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()  # type: ignore[operator]
+
+    @property
+    def covered(self) -> list[str]:
+        """The names of the param-store parameters this wrapper broadcasts and averages."""
+        return list(self._covered)
+
+
+class DistributedELBO(ELBO):
+    r"""An ELBO for Pyro's ``SVI`` under ``torchrun``: ``elbo``'s loss evaluated inside ``DistributedDataParallel``
+    over the networks it trains, so every process takes the same step.
+
+    ``SVI(model, guide, pyro.optim.Adam(...), DistributedELBO(elbo, networks))`` works for a pyro_dgm loss
+    (``SVI(p.model, q.guide, optim, DistributedELBO(loss_cls))``) and for ``joint.model``/``q.guide`` with a Pyro
+    ELBO (``DistributedELBO(Trace_ELBO(), [joint, q], global_loss="sum")``). The first one sets up the process group
+    from torchrun's environment (:func:`setup_from_env`). Parameters of Pyro's param store (networks registered by
+    ``pyro.module``, ``pyro.param``, an autoguide's) are broadcast from rank 0 and averaged too, as they appear
+    (see :class:`Replicated`). Without a process group it is ``elbo`` itself: the same numbers as ``SVI(...,
+    elbo)``.
+
+    Parameters
+    ----------
+    elbo : pyro.infer.ELBO
+        A pyro_dgm loss (a ``pyro.infer.ELBO``) or one of Pyro's (``Trace_ELBO()``...).
+    networks : nn.Module or sequence of nn.Module, optional
+        The networks the ELBO trains (broadcast when this is built). Default: a pyro_dgm loss's
+        :attr:`~pyro_dgm.losses.base.Loss.distributions`; for a Pyro ELBO none, the networks that ``model`` and
+        ``guide`` register with ``pyro.module`` being covered at the first step (which then runs twice, see
+        :class:`Replicated`).
+    global_loss : {"mean", "sum"}, default "mean"
+        How the loss of the global batch relates to the processes' losses. ``"mean"``: each process's loss is a mean
+        over its rows (a pyro_dgm ``loss.mean()``), and DDP's average of the gradients is the gradient of the global
+        batch's mean. ``"sum"``: each process's loss is a sum over its rows (Pyro's ELBOs over a ``pyro.plate``):
+        it is multiplied by the number of processes before ``backward``, so the average is the gradient of the
+        global batch's sum, the step ``SVI`` takes on the whole batch in one process.
+    **ddp_kwargs
+        Passed to ``DistributedDataParallel``.
+
+    Notes
+    -----
+    ``svi.step`` returns this process's loss (unscaled); average it with :func:`all_reduce_mean` for a global
+    value. ``svi.evaluate_loss`` evaluates ``elbo`` alone (no gradient, nothing to average).
+
+    Examples
+    --------
+    >>> import pyro, torch
+    >>> from pyro.infer import SVI, Trace_ELBO
+    >>> def model(x):
+    ...     mu = pyro.param("mu", torch.zeros(1))
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("x", pyro.distributions.Normal(mu, 1.), obs=x)
+    >>> pyro.clear_param_store()
+    >>> svi = SVI(model, lambda x: None, pyro.optim.SGD({"lr": 0.1}), DistributedELBO(Trace_ELBO(), global_loss="sum"))
+    >>> loss = svi.step(torch.full((4,), 2.0))  # one process: the step of SVI(..., Trace_ELBO())
+    >>> round(pyro.param("mu").item(), 4)  # 0.1 * d/dmu sum_i log N(2 | mu, 1) at mu = 0
+    0.8
+    """
+
+    def __init__(self, elbo: Any, networks: nn.Module | Any = None, global_loss: str = "mean",
+                 **ddp_kwargs: Any) -> None:
+        if not callable(getattr(elbo, "differentiable_loss", None)):
+            raise TypeError("DistributedELBO: elbo must be a pyro.infer.ELBO (Trace_ELBO(), a pyro_dgm loss...), got "
+                            f"{type(elbo).__name__}")
+        if global_loss not in ("mean", "sum"):
+            raise ValueError(f"DistributedELBO: global_loss must be 'mean' or 'sum', got {global_loss!r}")
+        if networks is None:
+            networks = nn.ModuleList(list(elbo.distributions) if isinstance(elbo, Loss) else [])
+        elif not isinstance(networks, nn.Module):
+            networks = list(networks)
+            bad = [type(m).__name__ for m in networks if not isinstance(m, nn.Module)]
+            if bad:
+                raise TypeError(f"DistributedELBO: networks must be torch modules, got {', '.join(bad)}")
+            networks = nn.ModuleList(networks)
+        super().__init__()
+        self.elbo = elbo
+        self.global_loss = global_loss
+        setup_from_env()
+        self.replicated = wrap(networks, **ddp_kwargs)
+        self._scale = float(world_size()) if global_loss == "sum" else 1.0
+
+    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """``elbo.loss``: this process's loss, without gradient (``SVI.evaluate_loss``)."""
+        return self.elbo.loss(model, guide, *args, **kwargs)
+
+    def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
+        """This process's loss, evaluated inside ``DistributedDataParallel`` (unscaled by ``global_loss``)."""
+        if self.replicated is None:
+            return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+        return self.replicated.run(self.elbo.differentiable_loss, model, guide, *args, **kwargs)
+
+    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """Backpropagate this process's loss (times the number of processes with ``global_loss="sum"``), the
+        gradients averaged over the processes; return this process's loss (``SVI.step``)."""
+        if self.replicated is None:
+            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        value = self.differentiable_loss(model, guide, *args, **kwargs)
+        if value.requires_grad:
+            (value * self._scale if self._scale != 1.0 else value).backward()
+        return float(value.detach())
+
+    def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
+        raise NotImplementedError("DistributedELBO evaluates the ELBO it wraps; it does not trace model and guide")
+
+
+def _rng_state() -> Any:
+    cuda = (torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: Any) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
 
 
 def broadcast_module(module: nn.Module, src: int = 0) -> None:

@@ -241,8 +241,9 @@ class Model:
     Under ``torch.distributed`` (launched with ``torchrun``), the process group is set up from the environment when
     it is not yet and the trained networks are wrapped in ``torch.nn.parallel.DistributedDataParallel``: rank 0's
     parameters are broadcast at construction and gradients are averaged across processes during ``backward`` (see
-    :mod:`pyro_dgm.models.distributed`). Parameters that the loss creates in Pyro's param store are not part of the
-    wrapped networks.
+    :mod:`pyro_dgm.models.distributed`). Parameters that the loss creates in Pyro's param store are replicated too
+    (rank 0's values broadcast when they appear, their gradients averaged); every process must create the same ones
+    in the same step.
 
     Examples
     --------

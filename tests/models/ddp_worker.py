@@ -5,9 +5,13 @@ replicas start from different weights unless the model broadcasts rank 0's), the
 scenarios of ddp_scenarios.py; each rank writes its weights and history to ``OUT/rank<r>.pt``.
 
 ``ddp_worker.py OUT fail``: rank 1 raises in its second training step; rank 0 must not wait for it.
+
+``ddp_worker.py OUT hang``: rank 1 sleeps after its first step (for longer than the test waits); rank 0's next
+collective must time out and name rank 1.
 """
 import os
 import sys
+import time
 
 import pyro
 import torch
@@ -28,10 +32,12 @@ def main(out: str, mode: str) -> None:
     assert tdist.is_initialized() and tdist.get_world_size() == 2 and tdist.get_backend() == "gloo"
     assert model._ddp is not None
     data = torch.load(os.path.join(out, "data.pt"))
-    if mode == "fail":
+    if mode in ("fail", "hang"):
         model.train(data)
-        if rank == 1:
+        if rank == 1 and mode == "fail":
             raise RuntimeError("rank 1 fails on purpose")
+        if rank == 1:
+            time.sleep(1000)
         for _ in range(100):
             model.train(data)
         return

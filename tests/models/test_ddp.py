@@ -81,6 +81,21 @@ def test_a_failing_rank_ends_the_job_naming_it(tmp_path: Path) -> None:
     assert elapsed < 480, elapsed  # start-up plus seconds: far below torch's default 30-minute collective timeout
 
 
+@needs_gloo
+def test_a_hanging_rank_ends_the_job_within_the_timeout_naming_it(tmp_path: Path) -> None:
+    write_data(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(tmp_path), "hang"]
+    start = time.monotonic()
+    run = subprocess.run(cmd, env=worker_env(10), capture_output=True, text=True, timeout=480)
+    elapsed = time.monotonic() - start
+    text = run.stdout + run.stderr
+    assert run.returncode != 0, text[-3000:]
+    assert "Timed out" in text, text[-3000:]  # rank 0's collective waited 10 s, then raised
+    assert "rank(s) 1 did not reach it within the timeout" in text, text[-3000:]  # and named the hanging rank
+    assert elapsed < 240, elapsed  # start-up, the 10 s timeout and at most 10 s to name it; rank 1 sleeps 1000 s
+
+
 def _check_ml(ranks: list, data: dict[str, torch.Tensor]) -> None:
     """Model.fit with 2 ranks (global batches of 32 rows, shuffled) equals Model.fit in one process."""
     # the replicas are identical, bit for bit (rank 1 started from other weights: rank 0's were broadcast)
