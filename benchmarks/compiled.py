@@ -82,11 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--steps", type=int, default=3, help="steps per round")
-    ap.add_argument("--quick", action="store_true", help="the VAE at 10/400 and a short DMM only")
+    ap.add_argument("--quick", action="store_true", help="the VAE at 10/400 and a short DMM (T = 16) only")
     ap.add_argument("--only", default="vae,dmm")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (default 1, as run.py)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(args.threads)
+    import pyro
+
+    pyro.enable_validation(False)  # as run.py's tables (torch.compile turns it off anyway)
     out: list[str] = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds of "
                       f"{args.steps} steps, medians of paired per-round ratios (25–75 %)", ""]
     only = set(args.only.split(","))
