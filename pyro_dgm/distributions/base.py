@@ -263,6 +263,25 @@ class Distribution(nn.Module):
         return self._order
 
     @property
+    def factor_options(self) -> dict[int, dict[str, Any]]:
+        """The options set on this distribution's graph for its factors (``dist.graph.set_option(opts, var)``,
+        Pixyz's): ``id(factor) -> options`` (a copy; assign to set them). The ancestral loop reads them at each call."""
+        return dict(self.__dict__.get("_dg_options") or {})
+
+    @factor_options.setter
+    def factor_options(self, options: Mapping[int, Mapping[str, Any]] | None) -> None:
+        self.__dict__["_dg_options"] = {k: dict(v) for k, v in options.items()} if options else None
+
+    @property
+    def global_options(self) -> dict[str, Any]:
+        """The options every call uses for the keywords it does not give (``dist.graph.set_option(opts)``)."""
+        return dict(self.__dict__.get("_dg_global_option") or {})
+
+    @global_options.setter
+    def global_options(self, options: Mapping[str, Any] | None) -> None:
+        self.__dict__["_dg_global_option"] = dict(options) if options else None
+
+    @property
     def prob_text(self) -> str:
         """The formula's left side, e.g. ``p(x|z)``."""
         return _prob_text(self._name, self._var, self._cond_var)

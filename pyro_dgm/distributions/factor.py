@@ -38,10 +38,12 @@ class Factor:
     #: where setting :attr:`option` also stores the options: ``(distribution, key)`` for a factor of ``dist.graph``
     _sink: "tuple[Any, int] | None" = None
 
-    def __init__(self, atom_dist: Any) -> None:
+    def __init__(self, atom_dist: Any, option: Mapping[str, Any] | None = None,
+                 sink: "tuple[Any, int] | None" = None) -> None:
         self.dist = atom_dist
         self.name_dict: dict[str, str] = {}
-        self._option: dict[str, Any] = {}
+        self._option: dict[str, Any] = dict(option) if option else {}
+        self._sink = sink
 
     @property
     def option(self) -> dict[str, Any]:
@@ -53,12 +55,12 @@ class Factor:
         self._option = option_dict
         if self._sink is not None:  # a factor of dist.graph: the distribution keeps its options
             owner, key = self._sink
-            opts = dict(owner.__dict__.get("_dg_options") or {})
+            opts = owner.factor_options
             if option_dict:
                 opts[key] = dict(option_dict)
             else:
                 opts.pop(key, None)
-            owner.__dict__["_dg_options"] = opts or None
+            owner.factor_options = opts
 
     def copy(self) -> "Factor":
         """A factor of the same distribution with copies of the renaming and the options."""

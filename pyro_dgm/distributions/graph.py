@@ -106,11 +106,9 @@ class DistGraph(nx.DiGraph):
         local) and the options; setting ``factor.option`` sets them for the owner (as Pixyz's persistent nodes)."""
         from pyro_dgm.distributions.ops import ReplaceVarDistribution
 
-        factor = Factor(f.p if isinstance(f, ReplaceVarDistribution) else f)
+        factor = Factor(f.p if isinstance(f, ReplaceVarDistribution) else f, opts.get(id(f)), (self._owner, id(f)))
         if isinstance(f, ReplaceVarDistribution):
             factor.name_dict = {new: old for old, new in f.replace_dict.items() if old != new}
-        factor._option = dict(opts.get(id(f), {}))
-        factor._sink = (self._owner, id(f))
         return factor
 
     def factors(self, sorted: bool = False) -> Iterator[Factor]:  # noqa: A002 (Pixyz's keyword)
@@ -119,7 +117,7 @@ class DistGraph(nx.DiGraph):
         owner = self._owner
         if owner is None:
             return iter(())
-        opts = owner.__dict__.get("_dg_options") or {}
+        opts = owner.factor_options
         pg = self._pixyz_graph()
         nodes = nx.topological_sort(pg) if sorted else pg
         return iter([self._factor(n, opts) for n in nodes if not isinstance(n, str)])
@@ -157,7 +155,7 @@ class DistGraph(nx.DiGraph):
     @property
     def global_option(self) -> dict[str, Any]:
         """The options every call uses for the keywords it does not give (see :meth:`set_option`)."""
-        return dict(self._owner.__dict__.get("_dg_global_option") or {}) if self._owner is not None else {}
+        return self._owner.global_options if self._owner is not None else {}
 
     @global_option.setter
     def global_option(self, option_dict: Mapping[str, Any]) -> None:
@@ -207,9 +205,9 @@ class DistGraph(nx.DiGraph):
         if isinstance(var, str):
             var = [var]
         if not var:
-            owner.__dict__["_dg_global_option"] = dict(option_dict) or None
+            owner.global_options = option_dict
             return
-        opts = dict(owner.__dict__.get("_dg_options") or {})
+        opts = owner.factor_options
         for v in var:
             hit = [f for f in owner.sampling_order if v in f.var]
             if not hit:
@@ -220,7 +218,7 @@ class DistGraph(nx.DiGraph):
                     opts[id(f)] = dict(option_dict)
                 else:
                     opts.pop(id(f), None)
-        owner.__dict__["_dg_options"] = opts or None
+        owner.factor_options = opts
 
     # ------------------------------------------------------------------ Pixyz's graph operations
     def appended(self, atom_dist: "Distribution") -> "DistGraph":

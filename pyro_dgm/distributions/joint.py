@@ -87,9 +87,9 @@ class MultiplyDistribution(Distribution):
         what = f"{a.prob_text} * {b.prob_text}"
         self._init_factors(a.factors + b.factors, a.name, what, _united(a, b, what))
         # as Pixyz's graphs copy their factors' options: options set on a.graph or b.graph hold in the product
-        opts = {**(a.__dict__.get("_dg_options") or {}), **(b.__dict__.get("_dg_options") or {})}
+        opts = {**a.factor_options, **b.factor_options}
         if opts:
-            self.__dict__["_dg_options"] = opts
+            self.factor_options = opts
 
     @classmethod
     def from_factors(cls, factors: Sequence[Distribution], name: str,

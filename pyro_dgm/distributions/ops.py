@@ -60,10 +60,10 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
     if mapping:
         nx.relabel_nodes(pg, mapping, copy=False)
     out = MultiplyDistribution.from_factors(factors, d.name, pg)
-    opts = d.__dict__.get("_dg_options")
+    opts = d.factor_options
     if opts:  # the factors' options (graph.set_option) follow them to their renamed copies, as in Pixyz
         new_id = {id(o): id(n) for o, n in zip(d.factors, factors)}
-        out.__dict__["_dg_options"] = {new_id.get(k, k): v for k, v in opts.items()}
+        out.factor_options = {new_id.get(k, k): v for k, v in opts.items()}
     return out
 
 
