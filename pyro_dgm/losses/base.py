@@ -480,8 +480,8 @@ class Loss(nn.Module, _PyroELBO):
         if args:
             raise TypeError(f"{type(self).__name__}.compile takes torch.compile's options by keyword "
                             f"(mode=..., backend=...), got {len(args)} positional argument(s)")
-        self.__dict__["_compiled_outer"] = CompiledOuter(self, compile_options(type(self).__name__, options or True)
-                                                         or {})
+        options = compile_options(type(self).__name__, options or True) or {}
+        self.__dict__["_compiled_outer"] = CompiledOuter(self, self._outer_evaluation, options)
 
     def _evaluate(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         """``(value, samples)`` of this node inside the evaluation ``ctx``: checks the inputs, runs :meth:`forward`

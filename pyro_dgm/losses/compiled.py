@@ -90,10 +90,10 @@ class CompiledOuter:
     """The outermost evaluation of ``loss`` (``inputs, kwargs, return_terms -> (value, samples, recorder)``),
     compiled by ``torch.compile`` with ``options``; see :meth:`Loss.compile <pyro_dgm.losses.base.Loss.compile>`."""
 
-    def __init__(self, loss: Any, options: Mapping[str, Any]) -> None:
+    def __init__(self, loss: Any, outer_evaluation: Any, options: Mapping[str, Any]) -> None:
         self.options = dict(options)
         loss.term_names  # built (by sympy) here, once, not while tracing
-        self._fn = torch.compile(loss._outer_evaluation, **self.options)
+        self._fn = torch.compile(outer_evaluation, **self.options)
 
     def __call__(self, inputs: dict[str, Any], kwargs: Mapping[str, Any], return_terms: bool) -> Any:
         with without_validation():
