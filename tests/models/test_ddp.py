@@ -67,30 +67,29 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path: Path) -> N
     check_ranks_match_one_process(tmp_path, data)
 
 
-@needs_gloo
-def test_a_failing_rank_ends_the_job_naming_it(tmp_path: Path) -> None:
+def _faulty_job(tmp_path: Path, mode: str, collective_timeout: int) -> tuple[str, float]:
+    """Run the two-rank worker in ``mode`` (``fail``, ``hang``) with that collective timeout (seconds); return its
+    output and how long it took (the subprocess itself is bounded at 480 s)."""
     write_data(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(tmp_path), "fail"]
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(tmp_path), mode]
     start = time.monotonic()
-    run = subprocess.run(cmd, env=worker_env(30), capture_output=True, text=True, timeout=480)  # the bound
-    elapsed = time.monotonic() - start
+    run = subprocess.run(cmd, env=worker_env(collective_timeout), capture_output=True, text=True, timeout=480)
     text = run.stdout + run.stderr
     assert run.returncode != 0, text[-3000:]
+    return text, time.monotonic() - start
+
+
+@needs_gloo
+def test_a_failing_rank_ends_the_job_naming_it(tmp_path: Path) -> None:
+    text, elapsed = _faulty_job(tmp_path, "fail", 30)
     assert "rank 1 fails on purpose" in text and "rank      : 1" in text.replace("rank:", "rank      :"), text[-3000:]
     assert elapsed < 480, elapsed  # start-up plus seconds: far below torch's default 30-minute collective timeout
 
 
 @needs_gloo
 def test_a_hanging_rank_ends_the_job_within_the_timeout_naming_it(tmp_path: Path) -> None:
-    write_data(tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(tmp_path), "hang"]
-    start = time.monotonic()
-    run = subprocess.run(cmd, env=worker_env(10), capture_output=True, text=True, timeout=480)
-    elapsed = time.monotonic() - start
-    text = run.stdout + run.stderr
-    assert run.returncode != 0, text[-3000:]
+    text, elapsed = _faulty_job(tmp_path, "hang", 10)
     assert "Timed out" in text, text[-3000:]  # rank 0's collective waited 10 s, then raised
     assert "rank(s) 1 did not reach it within the timeout" in text, text[-3000:]  # and named the hanging rank
     assert elapsed < 240, elapsed  # start-up, the 10 s timeout and at most 10 s to name it; rank 1 sleeps 1000 s
