@@ -16,6 +16,7 @@ import pyro
 import pytest
 import torch
 import torch._dynamo as dynamo
+from torch._dynamo.utils import counters
 
 import compile_models as cm
 from pyro_dgm.losses import LogProb
@@ -37,9 +38,16 @@ def _fresh_dynamo(request):  # type: ignore[no-untyped-def]
     if request.config.getoption("--validate-args") == "off":
         pytest.skip("the compile tests set argument validation themselves; they run once, in the first run")
     dynamo.reset()
+    counters.clear()
     pyro.enable_validation(False)
     yield
     dynamo.reset()
+
+
+def _graphs() -> int:
+    """How many graphs Dynamo has compiled since the test began (0: the code under test never compiled anything, so
+    an equality with eager would prove nothing)."""
+    return counters["stats"]["unique_graphs"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -100,8 +108,10 @@ def test_model_compiled_with_inductor_trains_as_eager() -> None:
     loss, batch = cm.vae()
     states = _states(loss)
     eager = _train(loss, batch, states, False)
+    assert _graphs() == 0
     with inductor.patch(fallback_random=True):  # the same draws as eager
         compiled = _train(loss, batch, states, True)
+    assert _graphs() >= 1
     assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-5)
 
 
@@ -111,7 +121,9 @@ def test_model_compiled_trains_as_eager(name: str) -> None:
     loss, batch = cm.BUILDERS[name]()
     states = _states(loss)
     eager = _train(loss, batch, states, False, steps=3)
+    assert _graphs() == 0
     compiled = _train(loss, batch, states, {"backend": "aot_eager"}, steps=3)
+    assert _graphs() >= 1
     assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-6)
 
 
@@ -131,7 +143,9 @@ def test_fit_compiled_matches_eager_with_a_smaller_last_batch() -> None:
 
     eager = fit(False)
     with dynamo.config.patch(recompile_limit=3):  # the first batch shape, the last one (then dynamic at most)
+        assert _graphs() == 0
         compiled = fit({"backend": "aot_eager"})
+        assert _graphs() >= 1
     assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-6)
 
 
@@ -153,7 +167,9 @@ def test_gan_compiled_trains_as_eager() -> None:
         return out + [float(t.detach().sum()) for t in [*p.parameters(), *d.parameters()]]
 
     eager = run(False)
+    assert _graphs() == 0
     assert run({"backend": "aot_eager"}) == pytest.approx(eager, rel=1e-6, abs=1e-6)
+    assert _graphs() >= 1
 
 
 def test_compile_options_are_checked() -> None:
@@ -217,6 +233,8 @@ def test_loss_compile_steps_svi_as_eager() -> None:
         return out + [float(p.detach().sum()) for p in _trainable(loss)]
 
     eager = run(False)
+    assert _graphs() == 0
     assert run(True) == pytest.approx(eager, rel=1e-6, abs=1e-6)
+    assert _graphs() >= 1  # the SVI steps ran the compiled evaluation
     with pytest.raises(TypeError, match="compile takes torch.compile's options by keyword"):
         loss.compile("inductor")
