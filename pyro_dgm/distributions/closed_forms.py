@@ -110,7 +110,7 @@ def register_rsample(*classes: type) -> Callable[[_F], _F]:
 
 
 def register_kl(p_class: type, q_class: type) -> Callable[[_F], _F]:
-    """Register ``f(p_params, q_params)``, the element-wise analytic :math:`D_{KL}[p \| q]` of two Pyro classes
+    r"""Register ``f(p_params, q_params)``, the element-wise analytic :math:`D_{KL}[p \| q]` of two Pyro classes
     (``torch.distributions.kl``'s value; see :func:`register_log_prob`)."""
     def register(f: _F) -> _F:
         KL[p_class, q_class] = f

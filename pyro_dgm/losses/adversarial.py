@@ -30,13 +30,13 @@ discriminator outputs the probability that a sample comes from ``p`` (the first 
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.utils.checks import check_present, describe
@@ -54,26 +54,6 @@ def log_clamped(y: Tensor) -> Tensor:
 def log1m_clamped(y: Tensor) -> Tensor:
     """:math:`\\log(1 - y)`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms."""
     return torch.log1p(-y).clamp(min=_LOG_MIN)
-
-
-@contextlib.contextmanager
-def _frozen(frozen: list[nn.Parameter]) -> Iterator[None]:
-    """Run with these parameters excluded from autograd (gradients still flow through the inputs).
-
-    Not while torch.compile traces (it cannot trace ``requires_grad_``): there the generator's loss also leaves
-    gradients in the discriminator's ``.grad``, which the discriminator's own step clears before its backward pass.
-    """
-    if torch.compiler.is_compiling():
-        yield
-        return
-    params = [p for p in frozen if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 class AdversarialLoss(Loss):
@@ -213,6 +193,11 @@ class AdversarialLoss(Loss):
                              f"{self.p.prob_text}), got values in [{float(y.min())}, {float(y.max())}]; end its "
                              "network with a sigmoid")
 
+    def frozen_parameters(self) -> list[Tensor]:
+        """The discriminator's own parameters: the generator-side value does not train them (:meth:`loss_train`
+        does)."""
+        return list(self._d_only)
+
     def forward(self, values: dict[str, Any], discriminator: bool = False, **kwargs: Any) -> Tensor:
         """The generator-side value; with ``discriminator=True`` (Pixyz), the discriminator's loss on detached
         samples (what :meth:`loss_train` minimizes)."""
@@ -222,7 +207,7 @@ class AdversarialLoss(Loss):
                 xp = self._samples(self.p, values, n, False, kwargs)
                 xq = self._samples(self.q, values, n, False, kwargs)
             return self._d_loss(xp, xq, kwargs)
-        with _frozen(self._d_only):
+        with frozen(self._d_only):
             return self._g_loss(values, n, kwargs)
 
     def _g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:

@@ -259,6 +259,12 @@ class Loss(nn.Module, _PyroELBO):
             cached = self._optional_cache = frozenset(opt)
         return cached
 
+    def frozen_parameters(self) -> list[Tensor]:
+        """Parameters this term reads without training them through its value (an adversarial term's discriminator,
+        which its own step trains); empty for most terms. A compiled evaluation excludes them from autograd, as the
+        term's eager evaluation does."""
+        return []
+
     def loss_terms(self) -> list["Loss"]:
         """Every loss node of this formula (itself included), each once, parents before children."""
         out: list[Loss] = []

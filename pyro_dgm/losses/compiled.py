@@ -25,14 +25,16 @@ Examples
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
+from torch import Tensor
 from torch.distributions import Distribution as _Distribution
 
 from pyro_dgm.distributions.closed_forms import validating
 
-__all__ = ["CompiledEval", "CompiledOuter", "compile_options", "without_validation"]
+__all__ = ["CompiledEval", "CompiledOuter", "compile_options", "frozen", "without_validation"]
 
 _DEFAULTS: dict[str, Any] = {}
 
@@ -86,6 +88,38 @@ class without_validation:
             _Distribution.set_default_validate_args(True)
 
 
+@contextlib.contextmanager
+def frozen(params: Sequence[Tensor]) -> Iterator[None]:
+    """Run with ``params`` excluded from autograd (``requires_grad`` off, then back on): gradients still flow through
+    the values computed from them, none reach them. An adversarial term freezes its discriminator so; a compiled
+    evaluation freezes the loss's :meth:`~pyro_dgm.losses.base.Loss.frozen_parameters` before it runs (torch.compile
+    cannot trace ``requires_grad_``), so its backward graph leaves them alone too, as the eager one does.
+
+    Examples
+    --------
+    >>> w = torch.nn.Parameter(torch.ones(2))
+    >>> with frozen([w]):
+    ...     y = (2 * w).sum()
+    >>> y.requires_grad, w.requires_grad
+    (False, True)
+    """
+    if torch.compiler.is_compiling():  # frozen before the compiled call, if at all
+        yield
+        return
+    changed = [p for p in params if p.requires_grad]
+    for p in changed:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in changed:
+            p.requires_grad_(True)
+
+
+def _frozen_of(loss: Any) -> list[Tensor]:
+    return [p for term in loss.loss_terms() for p in term.frozen_parameters()]
+
+
 class CompiledOuter:
     """The outermost evaluation of ``loss`` (``inputs, kwargs, return_terms -> (value, samples, recorder)``),
     compiled by ``torch.compile`` with ``options``; see :meth:`Loss.compile <pyro_dgm.losses.base.Loss.compile>`."""
@@ -93,10 +127,11 @@ class CompiledOuter:
     def __init__(self, loss: Any, outer_evaluation: Any, options: Mapping[str, Any]) -> None:
         self.options = dict(options)
         loss.term_names  # built (by sympy) here, once, not while tracing
+        self._frozen = _frozen_of(loss)
         self._fn = torch.compile(outer_evaluation, **self.options)
 
     def __call__(self, inputs: dict[str, Any], kwargs: Mapping[str, Any], return_terms: bool) -> Any:
-        with without_validation():
+        with without_validation(), frozen(self._frozen):
             return self._fn(inputs, kwargs, return_terms)
 
 
@@ -128,6 +163,7 @@ class CompiledEval:
         self.loss = loss
         self.options = dict(options)
         loss.term_names  # the terms' names are built (by sympy) here, once, not while tracing
+        self._frozen = _frozen_of(loss)
 
         def evaluate(x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
             return loss.eval(x_dict, return_terms=True, **kwargs)
@@ -135,5 +171,5 @@ class CompiledEval:
         self._fn = torch.compile(evaluate, **self.options)
 
     def __call__(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        with without_validation():
+        with without_validation(), frozen(self._frozen):
             return self._fn(x_dict, kwargs)

@@ -196,7 +196,8 @@ class Model:
         (``{"mode": "max-autotune"}``, ``{"dynamic": True}``...). Compiled and eager steps give the same values and
         gradients (random draws aside: compiled code draws from the compiler's generator unless
         ``torch._inductor.config.fallback_random`` is set); the first step compiles (seconds), later batches of the
-        same shapes reuse the code (see :mod:`pyro_dgm.losses.compiled`). Not available under torch.distributed yet.
+        same shapes reuse the code (see :mod:`pyro_dgm.losses.compiled`). Under torch.distributed the compiled
+        evaluation runs inside ``DistributedDataParallel``'s forward, which averages its gradients.
 
     Attributes
     ----------
@@ -307,9 +308,6 @@ class Model:
         self.clip_value = clip_grad_value if clip_grad_value is not None else clip.get("clip_value")
         self.retain_graph = retain_graph
         self._compile = compile_options(owner, compile)  # torch.compile's options, or None: eager evaluation
-        if self._compile is not None and self._ddp is not None:
-            raise NotImplementedError(f"{owner}: compile= is not supported under torch.distributed yet; compile the "
-                                      "loss evaluation yourself or train without compile=")
         self._compiled: dict[int, CompiledEval] = {}
         self.check_gradients = True
         self.step = 0
@@ -410,23 +408,13 @@ class Model:
             import pyro.poutine as poutine
 
             with poutine.trace(param_only=True) as capture:
-                if self._ddp is not None:
-                    loss, terms = self._ddp(self.loss_cls, x_dict, kwargs)
-                elif self._compile is not None:
-                    loss, terms = self._compiled_eval(self.loss_cls)(x_dict, kwargs)
-                else:
-                    loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+                loss, terms = self._evaluate(x_dict, kwargs)
             self._adopt_pyro_params({name: site["value"].unconstrained()
                                      for name, site in capture.trace.nodes.items() if site["type"] == "param"})
         else:
             store = _param_store()
             size = len(store)
-            if self._ddp is not None:  # DistributedDataParallel sees the forward pass and averages in backward
-                loss, terms = self._ddp(self.loss_cls, x_dict, kwargs)
-            elif self._compile is not None:
-                loss, terms = self._compiled_eval(self.loss_cls)(x_dict, kwargs)
-            else:
-                loss, terms = self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+            loss, terms = self._evaluate(x_dict, kwargs)
             if len(store) > size:  # the loss created Pyro parameters (pyro.param in a custom term)
                 names = list(store.keys())[size:]
                 self._adopt_pyro_params({n: store.get_param(n).unconstrained() for n in names})
@@ -457,6 +445,17 @@ class Model:
         self.step += 1
         return loss.detach()
 
+    def _evaluate(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """The training loss and its terms: evaluated eagerly or compiled, and under torch.distributed as the forward
+        pass of ``DistributedDataParallel`` (which averages the gradients in ``backward``; a compiled evaluation runs
+        inside that forward, so DDP's hooks see its backward graph's parameter gradients)."""
+        if self._compile is None:
+            if self._ddp is None:
+                return self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+            return self._ddp(self.loss_cls, x_dict, kwargs)
+        compiled = self._compiled_eval(self.loss_cls)
+        return compiled(x_dict, kwargs) if self._ddp is None else self._ddp.run(compiled, x_dict, kwargs)
+
     def _compiled_eval(self, loss: Loss) -> CompiledEval:
         """The compiled evaluation of ``loss`` (the training or the test loss), built at its first use."""
         ev = self._compiled.get(id(loss))
@@ -475,6 +474,8 @@ class Model:
         if not new:
             return
         params = list(new.values())
+        for p in params:  # evaluated before they were known: a gradient left from earlier use (a backward by hand,
+            p.grad = None  # another model) is cleared, as zero_grad() clears the networks' before each step
         owner = type(self).__name__
         optimizer, optimizer_params = self._optimizer_spec
         if self.optimizer is None:

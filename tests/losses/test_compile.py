@@ -164,7 +164,10 @@ def test_gan_compiled_trains_as_eager() -> None:
             torch.manual_seed(100 + s)
             g_loss, d_loss = model.train(batch(s))
             out += [float(g_loss), float(d_loss)]
-        return out + [float(t.detach().sum()) for t in [*p.parameters(), *d.parameters()]]
+        # the discriminator's gradients are its own step's: the generator's (compiled) backward leaves them alone,
+        # as the eager one does (the term freezes the discriminator; the compiled call freezes it before it runs)
+        grads = [float(t.grad.sum()) for t in d.parameters()]
+        return out + [float(t.detach().sum()) for t in [*p.parameters(), *d.parameters()]] + grads
 
     eager = run(False)
     assert _graphs() == 0
@@ -238,3 +241,44 @@ def test_loss_compile_steps_svi_as_eager() -> None:
     assert _graphs() >= 1  # the SVI steps ran the compiled evaluation
     with pytest.raises(TypeError, match="compile takes torch.compile's options by keyword"):
         loss.compile("inductor")
+
+
+def test_a_pyro_elbo_term_trains_compiled_as_eager() -> None:
+    """A loss with a plain-Pyro term (``PyroELBO``: Pyro's handlers run inside the compiled call, with graph breaks
+    there) gives the eager losses and weights, its networks registered with ``pyro.module`` and its ``pyro.param``
+    trained as ``SVI`` trains them."""
+    import pyro.distributions as pdist
+    from pyro_dgm.losses import PyroELBO
+
+    torch.manual_seed(0)
+    enc = torch.nn.Linear(3, 2)
+    start = copy.deepcopy(enc.state_dict())
+
+    def model(x):  # type: ignore[no-untyped-def]
+        w = pyro.param("w", torch.ones(3))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pdist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", pdist.Normal(z[:, None] * w, 1.0).to_event(1), obs=x)
+
+    def guide(x):  # type: ignore[no-untyped-def]
+        pyro.module("enc", enc)
+        h = enc(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pdist.Normal(h[:, 0], torch.nn.functional.softplus(h[:, 1]) + 0.1))
+
+    def run(compile: Any) -> list[float]:
+        pyro.clear_param_store()
+        enc.load_state_dict(start)
+        m = Model(PyroELBO(model, guide), distributions=[], optimizer_params={"lr": 1e-2}, compile=compile)
+        out = []
+        for s in range(3):
+            torch.manual_seed(100 + s)
+            out.append(float(m.train({"x": torch.randn(5, 3, generator=torch.Generator().manual_seed(s))})))
+        return out + [float(pyro.param("w").detach().sum())] + [float(t.detach().sum()) for t in enc.parameters()]
+
+    eager = run(False)
+    assert _graphs() == 0
+    compiled = run({"backend": "aot_eager"})
+    assert _graphs() >= 1
+    assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-6)
+    assert eager[-4] != pytest.approx(3.0)  # w trained (it starts at ones)

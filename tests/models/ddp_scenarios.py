@@ -7,6 +7,7 @@ step averages the two slices' losses (what ``DistributedDataParallel`` does to t
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import pyro
@@ -19,6 +20,10 @@ from pyro_dgm.models import GAN, Model
 
 STEPS = 3
 INIT_SEED = 100
+# the "*_compiled" scenarios: Model(..., compile=COMPILED) on every rank; aot_eager keeps torch's own random ops (the
+# draws equal the eager reference's) and the autograd graph that DistributedDataParallel's hooks see, and compiles
+# in about a second
+COMPILED = {"backend": "aot_eager"}
 
 
 def noise_seed(step: int, rank: int) -> int:
@@ -26,10 +31,10 @@ def noise_seed(step: int, rank: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------ VAE
-def build_vae(seed: int) -> Model:
+def build_vae(seed: int, compile: Any = False) -> Model:
     from dgm_model_helpers import make_vae
     torch.manual_seed(seed)
-    return make_vae(z_dim=3, h=16, lr=1e-2)
+    return make_vae(z_dim=3, h=16, lr=1e-2, compile=compile)
 
 
 def vae_batches() -> list[dict[str, torch.Tensor]]:
@@ -61,12 +66,12 @@ class Discriminator(Deterministic):
         return {"t": self.net(x)}
 
 
-def build_gan(seed: int) -> GAN:
+def build_gan(seed: int, compile: Any = False) -> GAN:
     torch.manual_seed(seed)
     prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
     p = (Generator() * prior).marginalize_var("z")
     adam = {"lr": 5e-3, "betas": (0.5, 0.999)}
-    return GAN(p, Discriminator(), optimizer_params=adam, d_optimizer_params=adam)
+    return GAN(p, Discriminator(), optimizer_params=adam, d_optimizer_params=adam, compile=compile)
 
 
 def gan_batches() -> list[dict[str, torch.Tensor]]:
@@ -107,12 +112,12 @@ class Comb(Normal):  # q(z|x, z_prev)
         return {"loc": h[:, :Z], "scale": nn.functional.softplus(h[:, Z:]) + 0.1}
 
 
-def build_dmm(seed: int) -> Model:
+def build_dmm(seed: int, compile: Any = False) -> Model:
     torch.manual_seed(seed)
     trans, emit, comb = Trans(), Emit(), Comb()
     step = -E(comb, LogProb(emit)) + KullbackLeibler(comb, trans)
     loss = IterativeLoss(step, max_iter=T, series_var=["x"], update_value={"z": "z_prev"}).mean()
-    return Model(loss, distributions=[trans, emit, comb], optimizer_params={"lr": 1e-2})
+    return Model(loss, distributions=[trans, emit, comb], optimizer_params={"lr": 1e-2}, compile=compile)
 
 
 def dmm_batches() -> list[dict[str, torch.Tensor]]:
@@ -128,6 +133,11 @@ SCENARIOS: dict[str, tuple[Callable[[int], Any], Callable[[], list], Callable[[d
     "vae": (build_vae, vae_batches, vae_half),
     "gan": (build_gan, gan_batches, vae_half),
     "dmm": (build_dmm, dmm_batches, dmm_half),
+    # the compiled evaluation inside DistributedDataParallel's forward (last: torch.compile switches torch's argument
+    # validation off for the whole process)
+    "vae_compiled": (partial(build_vae, compile=COMPILED), vae_batches, vae_half),
+    "gan_compiled": (partial(build_gan, compile=COMPILED), gan_batches, vae_half),
+    "dmm_compiled": (partial(build_dmm, compile=COMPILED), dmm_batches, dmm_half),
 }
 
 
@@ -156,7 +166,7 @@ def train_reference(name: str) -> Any:
         for r in (0, 1):
             pyro.set_rng_seed(noise_seed(s, r))
             states.append(torch.get_rng_state())
-        if name == "gan":
+        if isinstance(model, GAN):
             adv = model.adversarial_loss
             d_losses = []
             for r in (0, 1):

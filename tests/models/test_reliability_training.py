@@ -267,6 +267,43 @@ def test_model_trains_an_autoguide_exactly_as_svi(optimizer: str) -> None:
     assert len(model.parameters()) == 4
 
 
+def test_a_stale_gradient_on_a_pyro_parameter_does_not_leak_into_its_first_step() -> None:
+    """A network that a Pyro guide registers (``pyro.module``) is adopted at the first step, after the evaluation;
+    a gradient left on it from earlier use is cleared then (as ``zero_grad`` clears the networks' before each step),
+    so the weights after two steps equal those of a run that started without it."""
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    enc = nn.Linear(3, 2)
+    start = {k: v.clone() for k, v in enc.state_dict().items()}
+
+    def model(x):  # type: ignore[no-untyped-def]
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pdist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", pdist.Normal(z[:, None].expand(-1, 3), 1.0).to_event(1), obs=x)
+
+    def guide(x):  # type: ignore[no-untyped-def]
+        pyro.module("enc", enc)
+        h = enc(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pdist.Normal(h[:, 0], nn.functional.softplus(h[:, 1]) + 0.1))
+
+    def run(stale: bool) -> list[torch.Tensor]:
+        pyro.clear_param_store()
+        enc.load_state_dict(start)
+        for p in enc.parameters():
+            p.grad = torch.full_like(p, 1e3) if stale else None
+        m = Model(PyroELBO(model, guide), distributions=[], optimizer=torch.optim.SGD,
+                  optimizer_params={"lr": 1e-2})
+        for s in range(2):
+            pyro.set_rng_seed(s)
+            m.train({"x": x})
+        return [p.detach().clone() for p in enc.parameters()]
+
+    clean = run(False)
+    assert not torch.equal(clean[0], start["weight"])  # it trained
+    for a, b in zip(run(True), clean):
+        assert torch.equal(a, b)
+
+
 def test_autoguide_term_next_to_pyro_dgm_terms_trains_both() -> None:
     """A PyroELBO(model, AutoNormal) term plus a pyro_dgm term: the networks of ``distributions`` and the autoguide
     are both trained; a zero-weight pyro_dgm term leaves the autoguide trajectory equal to SVI's."""
