@@ -139,6 +139,13 @@ class BatchNorm2d(BatchNorm1d):
         return v.shape[-1] * v.shape[-2]
 
 
+@torch.compiler.disable
+def _initialize(flow: "ActNorm2d", x: Tensor) -> None:
+    """``flow.initialize_parameters(x)``, always eagerly: under torch.compile its in-place writes to the parameters
+    would be traced into the graph that then differentiates through them."""
+    flow.initialize_parameters(x)
+
+
 class ActNorm2d(Flow):
     r"""Activation normalization (Glow): a per-channel affine map :math:`z = (x + b) e^{\log s}`.
 
@@ -175,6 +182,9 @@ class ActNorm2d(Flow):
         self.logs = nn.Parameter(torch.zeros(1, in_features, 1, 1))
         self.scale = float(scale)
         self.register_buffer("initialized", torch.tensor(False))
+        # the buffer's value as Python knows it (set when the buffer is set here): what a compiled evaluation tests
+        # (a test of the buffer reads its value, which would split the graph); eager calls test the buffer itself
+        self._known_initialized = False
 
     def _details(self) -> str:
         return f"in_features={self.in_features}, scale={self.scale}"
@@ -187,6 +197,15 @@ class ActNorm2d(Flow):
     @inited.setter
     def inited(self, value: bool) -> None:
         self.initialized.fill_(bool(value))
+        self._known_initialized = bool(value)
+
+    def _needs_init(self) -> bool:
+        """Whether this (training-mode) call sets the parameters from its batch."""
+        if torch.compiler.is_compiling() and self.__dict__.get("_known_initialized", False):
+            return False
+        done = bool(self.initialized)
+        self._known_initialized = done
+        return not done
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
@@ -195,6 +214,7 @@ class ActNorm2d(Flow):
             state_dict[key] = torch.tensor(True)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        self._known_initialized = bool(self.initialized)
 
     def initialize_parameters(self, x: Tensor) -> None:
         """Set the bias and log-scale from the batch ``x`` (zero mean, standard deviation ``scale`` per channel);
@@ -208,13 +228,14 @@ class ActNorm2d(Flow):
             self.bias.copy_(-mean.reshape(self.bias.shape))
             self.logs.copy_(torch.log(self.scale / (std + epsilon())).reshape(self.logs.shape))
             self.initialized.fill_(True)
+        self._known_initialized = True
 
     def _logdet(self, v: Tensor) -> Tensor:
         return (self.logs.sum() * v.shape[-1] * v.shape[-2]).to(v.dtype).expand(v.shape[:-3])
 
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
-            self.initialize_parameters(x)
+        if self.training and self._needs_init():
+            _initialize(self, x)
         return (x + self.bias) * torch.exp(self.logs), self._logdet(x)
 
     def inverse(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -222,6 +243,6 @@ class ActNorm2d(Flow):
         return super().inverse(x, y)
 
     def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):  # Pixyz initializes from whichever side comes first
-            self.initialize_parameters(z)
+        if self.training and self._needs_init():  # Pixyz initializes from whichever side comes first
+            _initialize(self, z)
         return z * torch.exp(-self.logs) - self.bias, self._logdet(z)

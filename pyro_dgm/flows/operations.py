@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, sum_rightmost, zero_logdet
-from pyro_dgm.utils.random import current_generator
+from pyro_dgm.utils.random import uniform
 
 __all__ = ["Squeeze", "Unsqueeze", "Permutation", "Shuffle", "Reverse", "Flatten", "Preprocess"]
 
@@ -339,7 +339,7 @@ class Preprocess(Flow):
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         n = self.num_levels
         if self.dequantize:
-            noise = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=current_generator())
+            noise = uniform(x.shape, x)
             x = (x * (n - 1) + noise) / n
         alpha = self.data_constraint.to(x.dtype)
         s = alpha / 2 + (1 - alpha) * x

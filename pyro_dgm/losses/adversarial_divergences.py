@@ -13,7 +13,7 @@ from torch import Tensor, nn  # noqa: F401  (nn: the examples in the docstrings 
 
 from pyro_dgm.losses.adversarial import AdversarialLoss, log_clamped, log1m_clamped
 from pyro_dgm.utils.checks import check_present
-from pyro_dgm.utils.random import STATE as _RNG
+from pyro_dgm.utils.random import uniform
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -329,8 +329,7 @@ class AdversarialWassersteinDistance(AdversarialLoss):
                     raise ValueError(f"AdversarialWassersteinDistance {self.latex}: samples of {v!r} from "
                                      f"{self.p.prob_text} and {self.q.prob_text} have shapes {tuple(a.shape)} and "
                                      f"{tuple(b.shape)}; the gradient penalty interpolates them")
-                eps = torch.rand((a.shape[0],) + (1,) * (a.dim() - 1), dtype=a.dtype, device=a.device,
-                                 generator=_RNG.generator)  # None: torch's default (pyro_dgm.utils.generator)
+                eps = uniform((a.shape[0],) + (1,) * (a.dim() - 1), a)  # pyro_dgm.utils.generator's, if set
                 hat = (eps * a + (1 - eps) * b).requires_grad_(True)
                 inputs[v] = hat
                 hats.append(hat)

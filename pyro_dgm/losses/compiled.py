@@ -11,7 +11,8 @@ the graph does not depend on which tensors a batch holds: a new batch of the sam
 its training loss and one for its test loss. ``backward`` runs the compiled backward graph; the optimizer step, the
 finiteness checks and the gradient check stay eager (they read values). :class:`CompiledOuter` is what
 ``Loss.compile()`` installs: the outermost evaluation of a loss (its context, terms and recorder), compiled, so
-every ``loss.eval(...)`` and every ``SVI`` step with ``loss=`` this loss runs it.
+every ``loss.eval(...)`` and every ``SVI`` step with ``loss=`` this loss runs it. Both run their first call
+eagerly (what it initializes from its data is set outside the compiled code; see :class:`CompiledEval`).
 
 Examples
 --------
@@ -116,6 +117,17 @@ def frozen(params: Sequence[Tensor]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def _compile(fn: Any, options: Mapping[str, Any]) -> Any:
+    """``torch.compile(fn, **options)``, leaving torch's argument validation as it was: torch.compile switches it off
+    for the whole process when first called (``TorchPatcher``); the compiled calls run without it anyway
+    (:class:`without_validation`), the eager code around them keeps the user's setting."""
+    was = validating()
+    compiled = torch.compile(fn, **options)
+    if was and not validating():
+        _Distribution.set_default_validate_args(True)
+    return compiled
+
+
 def _frozen_of(loss: Any) -> list[Tensor]:
     return [p for term in loss.loss_terms() for p in term.frozen_parameters()]
 
@@ -128,9 +140,14 @@ class CompiledOuter:
         self.options = dict(options)
         loss.term_names  # built (by sympy) here, once, not while tracing
         self._frozen = _frozen_of(loss)
-        self._fn = torch.compile(outer_evaluation, **self.options)
+        self._eager = outer_evaluation
+        self._fn = _compile(outer_evaluation, self.options)
+        self.calls = 0
 
     def __call__(self, inputs: dict[str, Any], kwargs: Mapping[str, Any], return_terms: bool) -> Any:
+        self.calls += 1
+        if self.calls == 1:  # eagerly: the first call's lazy initializations (see CompiledEval)
+            return self._eager(inputs, kwargs, return_terms)
         with without_validation(), frozen(self._frozen):
             return self._fn(inputs, kwargs, return_terms)
 
@@ -147,16 +164,20 @@ class CompiledEval:
 
     Notes
     -----
-    The first call compiles (a few seconds for a small VAE on a CPU; see ``benchmarks/README.md``). Random draws in
+    **The first call runs eagerly**, the second compiles (a few seconds for a small VAE on a CPU; see
+    ``benchmarks/README.md``). What a first call initializes from its data (an ``ActNorm2d``'s parameters, a lazy
+    module's shapes, the parameters a Pyro guide creates with ``pyro.param``) is so set outside the compiled code:
+    traced, such a test of a buffer's value splits the graph, and the parts that run eagerly and the parts that run
+    compiled would not share the flows' memory of the call (a dequantizing flow would draw its noise twice). Random draws in
     compiled code come from the compiler's own generator (the inductor backend), so they differ from the eager
     draws of the same seed unless ``torch._inductor.config.fallback_random = True``; their distribution is the same.
 
     The compiled evaluation runs without torch's argument validation (``Distribution.set_default_validate_args``),
-    as Pyro's JIT-compiled ELBOs recommend: each check reads values, which would split the graph. (torch.compile
-    itself turns validation off for the whole process the first time it runs, torch's own choice; turn it back on
-    with ``pyro.enable_validation(True)`` for eager code: the compiled calls still run without it.) Parameters out of
-    their support then give NaN or infinite values, which ``Model`` reports at the step
-    (:class:`~pyro_dgm.models.NonFiniteLossError`); run a step without ``compile=`` to get torch's own message.
+    as Pyro's JIT-compiled ELBOs recommend: each check reads values, which would split the graph. (``torch.compile``
+    itself turns validation off for the whole process the first time it is called; this class puts the setting back
+    for the eager code around the compiled calls, the first call included.) Parameters out of their support then
+    give NaN or infinite values, which ``Model`` reports at the step (:class:`~pyro_dgm.models.NonFiniteLossError`);
+    run a step without ``compile=`` to get torch's own message.
     """
 
     def __init__(self, loss: Any, options: Mapping[str, Any]) -> None:
@@ -168,8 +189,13 @@ class CompiledEval:
         def evaluate(x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
             return loss.eval(x_dict, return_terms=True, **kwargs)
 
-        self._fn = torch.compile(evaluate, **self.options)
+        self._eager = evaluate
+        self._fn = _compile(evaluate, self.options)
+        self.calls = 0
 
     def __call__(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        self.calls += 1
+        if self.calls == 1:
+            return self._eager(x_dict, kwargs)
         with without_validation(), frozen(self._frozen):
             return self._fn(x_dict, kwargs)

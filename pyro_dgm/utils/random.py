@@ -34,14 +34,14 @@ default generator until it enters a block of its own.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyro_dgm.utils.checks import describe
 
-__all__ = ["generator", "current_generator", "seeded_draws", "seeded_call"]
+__all__ = ["generator", "current_generator", "seeded_draws", "seeded_call", "uniform"]
 
 
 class _State(threading.local):
@@ -71,6 +71,27 @@ def current_generator() -> torch.Generator | None:
     True
     """
     return STATE.generator
+
+
+def uniform(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Uniform draws on ``[0, 1)`` of ``shape``, with ``like``'s dtype and device, from this thread's generator (if
+    :func:`generator` set one) or torch's default.
+
+    Without a generator set it calls ``torch.rand`` without ``generator=`` at all: torch.compile's tracer refuses
+    ``generator=None`` for a shape it has made dynamic (a batch of another size).
+
+    Examples
+    --------
+    >>> x = torch.zeros(2, 3, dtype=torch.float64)
+    >>> with generator(torch.Generator().manual_seed(0)):
+    ...     u = uniform((2, 1), x)
+    >>> u.dtype, torch.equal(u, torch.rand(2, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    (torch.float64, True)
+    """
+    g = STATE.generator
+    if g is None:
+        return torch.rand(shape, dtype=like.dtype, device=like.device)
+    return torch.rand(shape, dtype=like.dtype, device=like.device, generator=g)
 
 
 class generator:  # noqa: N801 (a context manager used like a function, as torch.no_grad)

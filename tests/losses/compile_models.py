@@ -1,5 +1,6 @@
 """Small models of every kind whose loss the compile tests trace: the README VAE, a deep Markov model
-(``IterativeLoss``), M2 (semi-supervised), a Real NVP density model, a planar-flow posterior and a GAN.
+(``IterativeLoss``), M2 (semi-supervised), a Real NVP density model, a planar-flow posterior, a GAN and a Glow
+step (dequantization, actnorm, 1x1 convolution, affine coupling).
 
 Each builder returns ``(loss, batch)``: ``batch(seed)`` gives a fresh input dict of a fixed shape, as a new batch of
 a data loader would (new tensors every call).
@@ -12,7 +13,9 @@ import torch
 from torch import nn
 
 from pyro_dgm.distributions import Bernoulli, Categorical, Deterministic, EmpiricalDistribution, Normal
-from pyro_dgm.distributions import PlanarFlowDistribution, RealNVPDistribution
+from pyro_dgm.distributions import InverseTransformedDistribution, PlanarFlowDistribution, RealNVPDistribution
+from pyro_dgm.flows import ActNorm2d, AffineCoupling, ChannelConv, FlowList, Preprocess, Squeeze
+from pyro_dgm.layers import ScaleTranslate
 from pyro_dgm.losses import ELBO, AdversarialJensenShannon, E, IterativeLoss, KullbackLeibler, LogProb, Parameter
 
 X, Z, Y, H, B, T = 12, 3, 4, 16, 8, 4
@@ -144,5 +147,35 @@ def gan() -> tuple[Any, Batch]:
     return loss, lambda s: {"x": _binary(torch.Generator().manual_seed(s), B, X)}
 
 
+class _CouplingNet(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, H, 3, padding=1), nn.ReLU(), nn.Conv2d(H, 2 * channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def glow(initialize: bool = True) -> tuple[Any, Batch]:
+    """One Glow step on 8x8 images with 17 grey levels, by maximum likelihood: the dequantizing ``Preprocess``
+    draws noise, ``ActNorm2d`` sets itself from its first training batch (here, with ``initialize``, from one eager
+    evaluation of the builder)."""
+    net = ScaleTranslate(_CouplingNet(4), 4, event_dim=3)
+    flows = FlowList([Preprocess(dequantize=True, alpha=0.05, num_levels=17), Squeeze(), ActNorm2d(4),
+                      ChannelConv(4, decomposed=True),
+                      AffineCoupling(4, mask_type="channel_wise", event_dim=3, scale_translate_net=net)])
+    prior = Normal(loc=torch.zeros(4, 4, 4), scale=torch.tensor(1.), var=["z"], name="p_{prior}")
+    p = InverseTransformedDistribution(prior, flows, var=["x"], name="p")
+    loss = -LogProb(p).mean()
+
+    def batch(s: int) -> dict[str, Any]:
+        return {"x": torch.randint(0, 17, (B, 1, 8, 8), generator=torch.Generator().manual_seed(s)) / 16.}
+
+    if initialize:
+        with torch.no_grad():
+            loss.eval(batch(1000))
+    return loss, batch
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Batch]]] = {"vae": vae, "dmm": dmm, "m2": m2, "flow": flow,
-                                                        "planar": planar, "gan": gan}
+                                                        "planar": planar, "gan": gan, "glow": glow}
