@@ -132,27 +132,44 @@ def _frozen_of(loss: Any) -> list[Tensor]:
     return [p for term in loss.loss_terms() for p in term.frozen_parameters()]
 
 
-class CompiledOuter:
+class _FirstCallEager:
+    """A call run eagerly the first time and compiled by ``torch.compile`` (built at the second call) after."""
+
+    def __init__(self, loss: Any, eager: Any, options: Mapping[str, Any]) -> None:
+        self.loss = loss
+        self.options = dict(options)
+        self._eager = eager
+        self._fn: Any = None
+        self._frozen: list[Tensor] = []
+        self.calls = 0
+
+    def _build(self) -> None:
+        self.loss.term_names  # the terms' names are built (by sympy) here, once, not while tracing
+        self._frozen = _frozen_of(self.loss)
+        self._fn = _compile(self._eager, self.options)
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:  # the first call's lazy initializations run eagerly (see CompiledEval)
+            return self._eager(*args)
+        if self._fn is None:
+            self._build()
+        with without_validation(), frozen(self._frozen):
+            return self._fn(*args)
+
+    def __getstate__(self) -> dict[str, Any]:  # the compiled code is not pickled: it is compiled again after
+        return {"loss": self.loss, "eager": self._eager, "options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # (the loss may not be restored yet: nothing reads it)
+        _FirstCallEager.__init__(self, state["loss"], state["eager"], state["options"])
+
+
+class CompiledOuter(_FirstCallEager):
     """The outermost evaluation of ``loss`` (``inputs, kwargs, return_terms -> (value, samples, recorder)``),
     compiled by ``torch.compile`` with ``options``; see :meth:`Loss.compile <pyro_dgm.losses.base.Loss.compile>`."""
 
-    def __init__(self, loss: Any, outer_evaluation: Any, options: Mapping[str, Any]) -> None:
-        self.options = dict(options)
-        loss.term_names  # built (by sympy) here, once, not while tracing
-        self._frozen = _frozen_of(loss)
-        self._eager = outer_evaluation
-        self._fn = _compile(outer_evaluation, self.options)
-        self.calls = 0
 
-    def __call__(self, inputs: dict[str, Any], kwargs: Mapping[str, Any], return_terms: bool) -> Any:
-        self.calls += 1
-        if self.calls == 1:  # eagerly: the first call's lazy initializations (see CompiledEval)
-            return self._eager(inputs, kwargs, return_terms)
-        with without_validation(), frozen(self._frozen):
-            return self._fn(inputs, kwargs, return_terms)
-
-
-class CompiledEval:
+class CompiledEval(_FirstCallEager):
     """``loss.eval(x_dict, return_terms=True, **kwargs)``, compiled by ``torch.compile`` with ``options``.
 
     Parameters
@@ -168,9 +185,12 @@ class CompiledEval:
     ``benchmarks/README.md``). What a first call initializes from its data (an ``ActNorm2d``'s parameters, a lazy
     module's shapes, the parameters a Pyro guide creates with ``pyro.param``) is so set outside the compiled code:
     traced, such a test of a buffer's value splits the graph, and the parts that run eagerly and the parts that run
-    compiled would not share the flows' memory of the call (a dequantizing flow would draw its noise twice). Random draws in
-    compiled code come from the compiler's own generator (the inductor backend), so they differ from the eager
-    draws of the same seed unless ``torch._inductor.config.fallback_random = True``; their distribution is the same.
+    compiled would not share the flows' memory of the call (a dequantizing flow would draw its noise twice).
+    Pickled (``torch.save(model)``, ``copy.deepcopy``), it keeps the loss and the options, not the compiled code.
+
+    Random draws in compiled code come from the compiler's own generator (the inductor backend), so they differ
+    from the eager draws of the same seed unless ``torch._inductor.config.fallback_random = True``; their
+    distribution is the same.
 
     The compiled evaluation runs without torch's argument validation (``Distribution.set_default_validate_args``),
     as Pyro's JIT-compiled ELBOs recommend: each check reads values, which would split the graph. (``torch.compile``
@@ -181,21 +201,10 @@ class CompiledEval:
     """
 
     def __init__(self, loss: Any, options: Mapping[str, Any]) -> None:
-        self.loss = loss
-        self.options = dict(options)
-        loss.term_names  # the terms' names are built (by sympy) here, once, not while tracing
-        self._frozen = _frozen_of(loss)
+        super().__init__(loss, self._evaluate, options)
 
-        def evaluate(x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
-            return loss.eval(x_dict, return_terms=True, **kwargs)
-
-        self._eager = evaluate
-        self._fn = _compile(evaluate, self.options)
-        self.calls = 0
+    def _evaluate(self, x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
+        return self.loss.eval(x_dict, return_terms=True, **kwargs)
 
     def __call__(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        self.calls += 1
-        if self.calls == 1:
-            return self._eager(x_dict, kwargs)
-        with without_validation(), frozen(self._frozen):
-            return self._fn(x_dict, kwargs)
+        return super().__call__(x_dict, kwargs)

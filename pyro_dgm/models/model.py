@@ -456,6 +456,11 @@ class Model:
         compiled = self._compiled_eval(self.loss_cls)
         return compiled(x_dict, kwargs) if self._ddp is None else self._ddp.run(compiled, x_dict, kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_compiled"] = {}  # keyed by the losses' ids, which a copy does not keep: built again at its next step
+        return state
+
     def _compiled_eval(self, loss: Loss) -> CompiledEval:
         """The compiled evaluation of ``loss`` (the training or the test loss), built at its first use."""
         ev = self._compiled.get(id(loss))

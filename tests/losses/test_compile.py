@@ -213,6 +213,30 @@ def test_gan_compiled_trains_as_eager() -> None:
     assert _graphs() >= 1
 
 
+def test_a_compiled_model_pickles_and_trains_on_as_the_original() -> None:
+    """``pickle``/``torch.save`` of a whole compiled model keeps the loss and options, not the compiled code (which
+    cannot be pickled); the copy evaluates again (its first step eagerly, then compiled) and its steps equal the
+    original's (the same draws)."""
+    import pickle
+
+    torch.manual_seed(0)
+    loss, batch = cm.vae()
+    model = Model(loss, distributions=list(loss.distributions), compile={"backend": "aot_eager"})
+    for s in range(3):
+        torch.manual_seed(s)
+        model.train(batch(s))
+    copy_ = pickle.loads(pickle.dumps(model))
+    out = []
+    for m in (model, copy_):
+        steps = []
+        for s in range(3, 6):
+            torch.manual_seed(s)
+            steps.append(float(m.train(batch(s))))
+        out.append(steps + [float(p.detach().sum()) for p in m.parameters()])
+    assert out[1] == pytest.approx(out[0], rel=1e-6, abs=1e-6)
+    assert [ev.calls for ev in copy_._compiled.values()] == [3]  # one evaluation, built afresh by the copy
+
+
 def test_compile_options_are_checked() -> None:
     assert compile_options("Model", False) is None and compile_options("Model", None) is None
     assert compile_options("Model", True) == {}
