@@ -73,22 +73,27 @@ def _state(flow: nn.Module) -> tuple:
 
 
 def _memory(flow: "Flow") -> _Memory | None:
-    """The flow's last computation. While torch.compile traces, the memory is the evaluation's (kept by the
-    memoizing scope, compared by identity), never the module's: a traced attribute that outlived the evaluation
-    would make the compiled code guard on its tensors."""
+    """The flow's last computation: within a loss evaluation, the evaluation's (kept by its memoizing scope,
+    compared by identity), else the module's. While torch.compile traces, only the evaluation's: a traced attribute
+    that outlived the evaluation would make the compiled code guard on its tensors. An evaluation that runs partly
+    compiled and partly eagerly (a graph break in a network) so shares one memory: a dequantizing flow's noise is
+    drawn once per evaluation whichever part draws it."""
+    memo = active_memo()
+    if memo is not None:
+        m = memo.noted(flow)
+        if m is not None:
+            return m
     if torch.compiler.is_compiling():
-        memo = active_memo()
-        return memo.noted(flow) if memo is not None else None
+        return None
     return flow._memory
 
 
-def _remember(flow: "Flow", m: _Memory) -> None:
-    if torch.compiler.is_compiling():
-        memo = active_memo()
-        if memo is not None:
-            memo.note(flow, m)
-        return
-    flow._memory = m
+def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor, context: Any, by_inverse: bool) -> None:
+    memo = active_memo()
+    if memo is not None:  # valid for the rest of the evaluation: its state is the grad mode alone
+        memo.note(flow, _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled()))
+    if not torch.compiler.is_compiling():
+        flow._memory = _Memory(x, z, logdet, context, by_inverse, _state(flow))
 
 
 def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | None = None,
@@ -100,7 +105,7 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
         return None
     if by_inverse is not None and m.by_inverse != by_inverse:
         return None
-    if torch.compiler.is_compiling():  # one evaluation: the parameters cannot change within it
+    if type(m.state) is bool:  # the evaluation's: the parameters cannot change within it
         return m if m.state == torch.is_grad_enabled() else None
     if torch.is_grad_enabled() and not m.logdet.requires_grad and any(p.requires_grad for p in flow.parameters()):
         return None
@@ -124,8 +129,7 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool) -> tuple[Te
         raise
     if flow._keep:
         x, z = (out, value) if inverse else (value, out)
-        state = torch.is_grad_enabled() if torch.compiler.is_compiling() else _state(flow)
-        _remember(flow, _Memory(x, z, ld, context, inverse, state))
+        _remember(flow, x, z, ld, context, inverse)
     return out, ld
 
 

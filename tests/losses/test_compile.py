@@ -143,6 +143,27 @@ def test_an_actnorm_set_by_the_first_step_trains_compiled_as_eager() -> None:
     assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-6)
 
 
+def test_a_graph_break_in_a_network_leaves_one_memory_per_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coupling network that splits the graph (here ``torch._dynamo.graph_break()``; a GRU or an ``.item()`` in
+    a user's network does the same): the evaluation then runs partly compiled, partly eagerly, and both parts must
+    read one memory of each flow's computation. (With a memory per part, the dequantizing flow was run again for the
+    log-determinant, drew new noise, and every compiled step was off by 1-6%.)"""
+    forward = cm._CouplingNet.forward
+
+    def split(self, x):  # type: ignore[no-untyped-def]
+        torch._dynamo.graph_break()
+        return forward(self, x)
+
+    monkeypatch.setattr(cm._CouplingNet, "forward", split)
+    torch.manual_seed(0)
+    loss, batch = cm.glow()
+    states = _states(loss)
+    eager = _train(loss, batch, states, False, steps=4)
+    compiled = _train(loss, batch, states, {"backend": "aot_eager"}, steps=4)
+    assert _graphs() >= 2  # the graph is split
+    assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-6)
+
+
 def test_a_dequantizing_flow_compiles_again_for_a_batch_of_another_size() -> None:
     """A batch of another size makes torch recompile with a dynamic batch dim; the dequantization noise is then
     drawn for a symbolic shape (``torch.rand(shape, generator=None)`` failed in Dynamo's tracer there)."""
