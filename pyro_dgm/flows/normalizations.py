@@ -182,8 +182,8 @@ class ActNorm2d(Flow):
         self.logs = nn.Parameter(torch.zeros(1, in_features, 1, 1))
         self.scale = float(scale)
         self.register_buffer("initialized", torch.tensor(False))
-        # the buffer's value as Python knows it (set when the buffer is set here): what a compiled evaluation tests
-        # (a test of the buffer reads its value, which would split the graph); eager calls test the buffer itself
+        # True once the buffer is known to be set (by a first batch, the inited setter or a loaded state): what a
+        # call tests before it reads the buffer, whose value would split a compiled graph
         self._known_initialized = False
 
     def _details(self) -> str:
@@ -200,11 +200,13 @@ class ActNorm2d(Flow):
         self._known_initialized = bool(value)
 
     def _needs_init(self) -> bool:
-        """Whether this (training-mode) call sets the parameters from its batch."""
-        if torch.compiler.is_compiling() and self.__dict__.get("_known_initialized", False):
+        """Whether this (training-mode) call sets the parameters from its batch: once the flag is known to be set,
+        the buffer is not read again (reading it is a synchronization on a GPU, and a graph break when traced)."""
+        if self.__dict__.get("_known_initialized", False):
             return False
         done = bool(self.initialized)
-        self._known_initialized = done
+        if done:
+            self.__dict__["_known_initialized"] = True
         return not done
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,

@@ -358,3 +358,27 @@ def test_other_construction_errors() -> None:
         f.u.copy_(torch.tensor([[-5.0, 0.0]]))
     with pytest.raises(ValueError, match="not invertible.*constraint_u=True"):
         f.inverse(torch.randn(2, 2))
+
+
+def _channel_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3), unbiased=False)
+
+
+def test_actnorm_sets_itself_from_the_first_batch_and_again_after_its_flag_is_reset() -> None:
+    """The first training batch sets the per-channel affine map (zero mean, unit std out); later batches do not;
+    ``inited = False`` (Pixyz's name) or loading an unset state makes the next batch set it again."""
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randn(16, 3, 4, 4, generator=g, dtype=torch.float64) * 5 + 2
+    x2 = torch.randn(16, 3, 4, 4, generator=g, dtype=torch.float64) * 0.5 - 3
+    f = ActNorm2d(3).double()
+    unset = {k: v.clone() for k, v in f.state_dict().items()}
+    mean, std = _channel_moments(f.forward(x1))
+    assert torch.allclose(mean, torch.zeros(3), atol=1e-10) and torch.allclose(std, torch.ones(3), atol=1e-4)
+    mean, _ = _channel_moments(f.forward(x2))  # x1's map applied to x2: not centred
+    assert (mean.abs() > 0.5).all()
+    f.inited = False
+    mean, std = _channel_moments(f.forward(x2))
+    assert torch.allclose(mean, torch.zeros(3), atol=1e-10) and torch.allclose(std, torch.ones(3), atol=1e-4)
+    f.load_state_dict(unset)
+    mean, _ = _channel_moments(f.forward(x1))
+    assert torch.allclose(mean, torch.zeros(3), atol=1e-10) and bool(f.initialized)
