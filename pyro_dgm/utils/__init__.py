@@ -9,10 +9,11 @@ _CACHE_MAXSIZE = 128
 from pyro_dgm.utils.dicts import (FrozenSampleDict, delete_dict_values, detach_dict, get_dict_values, replace_dict_keys,
                                   replace_dict_keys_split, sum_samples, tolist)
 from pyro_dgm.utils.latex import convert_latex_name, print_latex
-from pyro_dgm.utils.random import current_generator, generator
+from pyro_dgm.utils.random import current_generator, generator, uniform
 from pyro_dgm.utils.settings import (cache_maxsize, epsilon, lru_cache_for_sample_dict, set_cache_maxsize,
                                      set_epsilon)
 
 __all__ = ["print_latex", "convert_latex_name", "set_epsilon", "epsilon", "set_cache_maxsize", "cache_maxsize",
            "get_dict_values", "delete_dict_values", "detach_dict", "replace_dict_keys", "replace_dict_keys_split",
-           "FrozenSampleDict", "lru_cache_for_sample_dict", "tolist", "sum_samples", "generator", "current_generator"]
+           "FrozenSampleDict", "lru_cache_for_sample_dict", "tolist", "sum_samples", "generator", "current_generator",
+           "uniform"]
