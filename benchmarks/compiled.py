@@ -1,6 +1,7 @@
 """Compiled training steps: ``Model(..., compile=True)`` against the hand-written step compiled the same way.
 
-    python benchmarks/compiled.py [--rounds N] [--quick] [--out results.md]
+    python benchmarks/compiled.py [--rounds N] [--quick] [--out results.md] [--device cpu|cuda]
+                                  [--mode default|reduce-overhead|max-autotune]
 
 Contenders, side by side in one process (interleaved rounds, the harness of ``run.py``):
 
@@ -36,27 +37,35 @@ from benchmarks import pyro_dgm_contenders as hooks  # noqa: E402
 from benchmarks.harness import Contender  # noqa: E402
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed_first(name: str, build: Callable[[], Any], first: dict[str, float]) -> Callable[[], Any]:
     step = build().step
+    _sync()
     t = time.perf_counter()
     step()
     step()
+    _sync()
     first[name] = time.perf_counter() - t
     return step
 
 
-def contenders(model: Any, cfg: Any, ours: Callable[..., Any], first: dict[str, float], mc: bool
-                ) -> list[Contender]:
+def contenders(model: Any, cfg: Any, ours: Callable[..., Any], first: dict[str, float], mc: bool,
+                dev: torch.device = torch.device("cpu"), options: dict[str, Any] | None = None) -> list[Contender]:
     """The four contenders of one model (``vae`` or ``dmm``): hand-written eager and compiled, pyro_dgm eager and
-    compiled (``ours`` builds the pyro_dgm step); every one times its first two steps into ``first``."""
-    dev = torch.device("cpu")
+    compiled (``ours`` builds the pyro_dgm step), both compiled with the ``torch.compile`` ``options``; every one
+    times its first two steps into ``first``."""
     data = model.make_data(cfg, dev)
     est = "MC" if mc else "analytic"
+    opts: Any = dict(options) if options else True
     builds: dict[str, Callable[[], Any]] = {
         f"torch eager ({est})": lambda: model.build_torch(cfg, data, dev, mc),
-        f"torch compiled ({est})": lambda: model.build_torch(cfg, data, dev, mc, compile=True),
+        f"torch compiled ({est})": lambda: model.build_torch(cfg, data, dev, mc, compile=opts),
         f"pyro_dgm Model.train ({est})": lambda: ours(cfg, data, dev, mc, True),
-        f"pyro_dgm Model.train compile=True ({est})": lambda: ours(cfg, data, dev, mc, True, compile=True),
+        f"pyro_dgm Model.train compile=True ({est})": lambda: ours(cfg, data, dev, mc, True, compile=opts),
     }
     base = f"torch compiled ({est})"
     return [Contender(n, lambda n=n, b=b: _timed_first(n, b, first), base, n.split()[0]) for n, b in builds.items()]
@@ -89,12 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="vae,dmm")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (default 1, as run.py)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                    help="torch.compile's mode for both compiled contenders (reduce-overhead: CUDA graphs)")
     args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    options = {} if args.mode == "default" else {"mode": args.mode}
     torch.set_num_threads(args.threads)
     import pyro
 
     pyro.enable_validation(False)  # as run.py's tables (torch.compile turns it off anyway)
-    out: list[str] = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds of "
+    where = torch.cuda.get_device_name() if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    out: list[str] = [f"torch {torch.__version__}, {where}, compile mode {args.mode}, {args.rounds} rounds of "
                       f"{args.steps} steps, medians of paired per-round ratios (25–75 %)", ""]
     only = set(args.only.split(","))
     if "vae" in only:
@@ -104,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 first: dict[str, float] = {}
                 cfg = vae.VAEConfig(z_dim=z, h_dim=h)
                 print(f"VAE #z={z} #h={h} {'MC' if mc else 'analytic'}", flush=True)
-                res = harness.time_interleaved(contenders(vae, cfg, hooks._vae_model_train, first, mc),
-                                               torch.device("cpu"), args.rounds, args.steps, 2)
+                res = harness.time_interleaved(contenders(vae, cfg, hooks._vae_model_train, first, mc, dev, options),
+                                               dev, args.rounds, args.steps, 2)
                 out += [table(f"VAE {z}/{h}", res, first), ""]
                 print(out[-2], flush=True)
     if "dmm" in only:
@@ -113,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             first = {}
             cfg = dmm.DMMConfig(z_dim=100, T=16 if args.quick else 50)
             print(f"DMM T={cfg.T} {'MC' if mc else 'analytic'}", flush=True)
-            res = harness.time_interleaved(contenders(dmm, cfg, hooks._dmm_model_train, first, mc),
-                                           torch.device("cpu"), args.rounds, args.steps, 2)
+            res = harness.time_interleaved(contenders(dmm, cfg, hooks._dmm_model_train, first, mc, dev, options),
+                                           dev, args.rounds, args.steps, 2)
             out += [table(f"DMM T={cfg.T}", res, first), ""]
             print(out[-2], flush=True)
     text = "\n".join(out)
