@@ -155,7 +155,17 @@ class _FirstCallEager:
         if self._fn is None:
             self._build()
         with without_validation(), frozen(self._frozen):
-            return self._fn(*args)
+            if self.calls > 2:
+                return self._fn(*args)
+            try:  # the call that compiles
+                return self._fn(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as e:
+                cause = getattr(e, "inner_exception", None) or e
+                raise RuntimeError(f"{self.loss.loss_text}: torch.compile could not compile this loss's evaluation "
+                                   f"with {self.options or 'its defaults'} ({type(cause).__name__}: "
+                                   f"{str(cause)[:300]}); "
+                                   "train without compile=, or pick another backend, e.g. compile={'backend': "
+                                   "'aot_eager'} (no code generation)") from e
 
     def __getstate__(self) -> dict[str, Any]:  # the compiled code is not pickled: it is compiled again after
         return {"loss": self.loss, "eager": self._eager, "options": self.options}

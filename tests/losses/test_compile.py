@@ -258,6 +258,23 @@ def test_a_compiled_model_pickles_and_trains_on_as_the_original() -> None:
     assert [ev.calls for ev in copy_._compiled.values()] == [3]  # one evaluation, built afresh by the copy
 
 
+def test_a_backend_that_fails_is_reported_with_the_loss_and_a_way_out() -> None:
+    """A compiler that cannot run here (inductor without a C++ compiler, say) fails the first compiled step with an
+    error that names the loss, the options and the cause, and says how to train on; nothing was stepped."""
+    def backend(gm, inputs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no working C++ compiler found")
+
+    torch.manual_seed(0)
+    loss, batch = cm.vae()
+    model = Model(loss, distributions=list(loss.distributions), compile={"backend": backend})
+    model.train(batch(0))  # the first step runs eagerly
+    weights = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match=r"torch.compile could not compile .* \(RuntimeError: no working C\+\+ "
+                                           r"compiler found\); train without compile="):
+        model.train(batch(1))
+    assert model.step == 1 and all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
 def test_compile_options_are_checked() -> None:
     assert compile_options("Model", False) is None and compile_options("Model", None) is None
     assert compile_options("Model", True) == {}
