@@ -133,8 +133,7 @@ SCENARIOS: dict[str, tuple[Callable[[int], Any], Callable[[], list], Callable[[d
     "vae": (build_vae, vae_batches, vae_half),
     "gan": (build_gan, gan_batches, vae_half),
     "dmm": (build_dmm, dmm_batches, dmm_half),
-    # the compiled evaluation inside DistributedDataParallel's forward (last: torch.compile switches torch's argument
-    # validation off for the whole process)
+    # the compiled evaluation inside DistributedDataParallel's forward (the first step eager, the next two compiled)
     "vae_compiled": (partial(build_vae, compile=COMPILED), vae_batches, vae_half),
     "gan_compiled": (partial(build_gan, compile=COMPILED), gan_batches, vae_half),
     "dmm_compiled": (partial(build_dmm, compile=COMPILED), dmm_batches, dmm_half),
