@@ -139,13 +139,6 @@ class BatchNorm2d(BatchNorm1d):
         return v.shape[-1] * v.shape[-2]
 
 
-@torch.compiler.disable
-def _initialize(flow: "ActNorm2d", x: Tensor) -> None:
-    """``flow.initialize_parameters(x)``, always eagerly: under torch.compile its in-place writes to the parameters
-    would be traced into the graph that then differentiates through them."""
-    flow.initialize_parameters(x)
-
-
 class ActNorm2d(Flow):
     r"""Activation normalization (Glow): a per-channel affine map :math:`z = (x + b) e^{\log s}`.
 
@@ -237,7 +230,7 @@ class ActNorm2d(Flow):
 
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.training and self._needs_init():
-            _initialize(self, x)
+            self.initialize_parameters(x)
         return (x + self.bias) * torch.exp(self.logs), self._logdet(x)
 
     def inverse(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -246,5 +239,5 @@ class ActNorm2d(Flow):
 
     def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.training and self._needs_init():  # Pixyz initializes from whichever side comes first
-            _initialize(self, z)
+            self.initialize_parameters(z)
         return z * torch.exp(-self.logs) - self.bias, self._logdet(z)
