@@ -141,12 +141,18 @@ SCENARIOS: dict[str, tuple[Callable[[int], Any], Callable[[], list], Callable[[d
 
 
 def train_rank(name: str, rank: int) -> Any:
-    """What rank ``rank`` runs: the model from its own seed (DDP broadcasts rank 0's), STEPS steps on its slices."""
+    """What rank ``rank`` runs: the model from its own seed (DDP broadcasts rank 0's), STEPS steps on its slices; a
+    compiled scenario checks that Dynamo compiled a graph (an ignored compile= would otherwise match eager too)."""
+    from torch._dynamo.utils import counters
+
     build, batches, half = SCENARIOS[name]
     model = build(INIT_SEED + rank)
+    graphs = counters["stats"]["unique_graphs"]
     for s, batch in enumerate(batches()):
         pyro.set_rng_seed(noise_seed(s, rank))
         model.train(half(batch, rank))
+    if name.endswith("_compiled"):
+        assert counters["stats"]["unique_graphs"] > graphs, f"{name}: nothing was compiled"
     return model
 
 
