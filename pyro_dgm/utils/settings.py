@@ -2,18 +2,17 @@
 
 ``epsilon()`` is the small constant Pixyz programs add inside logarithms and square roots
 (``torch.log(x + epsilon())``); :func:`set_epsilon` changes what it returns. The cache size maps onto the memoizing
-handler's (:func:`pyro_dgm.poutine.set_cache_maxsize`), which replaces Pixyz's global cache: see
-:func:`lru_cache_for_sample_dict`.
+handler's (:func:`pyro_dgm.poutine.set_cache_maxsize`), which memoizes the networks within one loss evaluation,
+and sizes the caches that :func:`~pyro_dgm.utils.lru_cache_for_sample_dict` decorates from then on (Pixyz's global
+cache).
 """
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, TypeVar
+
+from pyro_dgm.utils.lru_cache import lru_cache_for_sample_dict
 
 __all__ = ["epsilon", "set_epsilon", "cache_maxsize", "set_cache_maxsize", "lru_cache_for_sample_dict"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 
 def set_epsilon(eps: float) -> None:
@@ -75,26 +74,3 @@ def cache_maxsize() -> int | None:
     128
     """
     return sys.modules["pyro_dgm.utils"]._CACHE_MAXSIZE  # type: ignore[attr-defined,no-any-return]
-
-
-def lru_cache_for_sample_dict() -> Callable[[F], F]:
-    """Pixyz's decorator that memoizes a method on dicts of samples; here it returns the method unchanged.
-
-    pyro_dgm memoizes every network call inside one loss evaluation with :class:`pyro_dgm.poutine.MemoizeMessenger`
-    (keyed by the input tensors' identity and version, cleared after the evaluation), so a method decorated for
-    Pixyz's global cache is already memoized where it calls a network, and a decorated method always computes what
-    the undecorated one does (a cache hit in Pixyz returns the same value).
-
-    Examples
-    --------
-    >>> class Twice:
-    ...     @lru_cache_for_sample_dict()
-    ...     def get(self, x_dict):
-    ...         return {k: 2 * v for k, v in x_dict.items()}
-    >>> Twice().get({"x": 1})
-    {'x': 2}
-    """
-    def decorate(fn: F) -> F:
-        return fn
-
-    return decorate

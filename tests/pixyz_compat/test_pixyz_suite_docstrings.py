@@ -55,8 +55,12 @@ NOT_COMPARED: dict[tuple[str, int], str] = {
     # (p(x)p(y)p(w|y) with y marginalized) * p(a|b): Pixyz's graph interleaves the marginal's factors with p(a|b)
     # (draws x, y, a, w); ours draws a marginal as one factor (x, y, w, then a) -- not fixed
     ("pixyz.distributions.distributions.DistGraph._sample", 20): "draw order of a product with a marginal",
-    # a timing assertion (the memoized call is faster), not deterministic on a shared machine
-    ("pixyz.utils.lru_cache_for_sample_dict", 15): "timing",
+    # printed timings (seconds): Pixyz's two runs usually differ (then only the text around the number is
+    # compared), but equal clock readings happen, and then the number itself was compared (a CI failure). Example 15,
+    # the assertion that the memoized call is faster, is compared: the cache makes it ~30x faster here.
+    ("pixyz.utils.lru_cache_for_sample_dict", 10): "timing",
+    ("pixyz.utils.lru_cache_for_sample_dict", 12): "timing",
+    ("pixyz.utils.lru_cache_for_sample_dict", 14): "timing",
 }
 _GRAD_FN = re.compile(r"grad_fn=<\w+>")
 

@@ -1,0 +1,211 @@
+"""Pixyz's ``lru_cache_for_sample_dict``: memoize a method on dicts of samples, across calls.
+
+Pixyz decorates ``get_params`` with it, so a network runs once for the same input tensor, and a Pixyz program may
+decorate its own ``get_params`` to reuse an expensive encoder between ``sample`` and ``get_log_prob``. We keep
+that: a second call with the same inputs returns the first call's values without running the networks.
+
+Pixyz's cache keys on the input tensors alone, so it also returns values that are no longer right. Ours never
+does; a call recomputes where Pixyz would have returned:
+
+* **stale values after an optimizer step** (or any in-place change of the module's parameters or buffers, or of an
+  input tensor): the key holds every parameter's and buffer's ``_version``;
+* **a graph that a backward pass has freed** (Pixyz's second ``backward`` raises "Trying to backward through the
+  graph a second time"): an entry is dropped when a gradient flows through one of its tensors;
+* **a value computed under ``torch.no_grad()``** for a call that needs gradients (or the reverse), or one computed
+  in ``train()`` mode (dropout) for ``eval()``: the key holds both modes.
+
+Results are equal to the undecorated method's in every case (computed once, or again). The size is
+:func:`~pyro_dgm.utils.cache_maxsize` when the decorator is applied, as in Pixyz (``0``: no caching; ``None``: no
+limit); entries of a module whose parameters changed are dropped at its next call, so training keeps at most one
+step's entries alive.
+"""
+from __future__ import annotations
+
+import functools
+import operator
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["lru_cache_for_sample_dict"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Uncacheable(Exception):
+    """An argument that cannot be part of a key (unhashable and not a dict, list or tuple): call uncached."""
+
+
+def _freeze(value: Any, anchors: list[Any]) -> Any:
+    """A hashable key for ``value``: tensors by identity and version (kept alive in ``anchors``, so an id is not
+    reused while the entry lives), dicts and sequences item by item, other values as themselves."""
+    if isinstance(value, Tensor):
+        anchors.append(value)
+        return ("tensor", id(value), value._version)
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _freeze(v, anchors)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v, anchors) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        raise _Uncacheable from None
+    return value
+
+
+#: bumped when any module registers a parameter, buffer or submodule (global hooks, installed at the first
+#: decoration): an owner's flat list of tensors and submodules is rebuilt then, and its entries dropped
+_STRUCTURE = [0]
+_WATCHING = [False]
+
+
+def _structure_changed(*_: Any) -> None:
+    _STRUCTURE[0] += 1
+
+
+def _watch_structure() -> None:
+    if _WATCHING[0]:
+        return
+    _WATCHING[0] = True
+    hooks = nn.modules.module
+    for name in ("register_module_parameter_registration_hook", "register_module_buffer_registration_hook",
+                 "register_module_module_registration_hook"):
+        register = getattr(hooks, name, None)
+        if register is None:  # an older torch: the flat lists are rebuilt at every call (see _Entries.state_of)
+            _STRUCTURE[0] = None  # type: ignore[call-overload]
+            return
+        register(_structure_changed)
+
+
+_VERSION = operator.attrgetter("_version")
+
+
+def _tensors_in(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors_in(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors_in(v)]
+    return []
+
+
+def _copy(value: Any) -> Any:
+    """A fresh container around the cached tensors, so a caller that changes the dict it got leaves the cache be."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+class _Entries:
+    """One owner's entries, valid for one state of the owner (:meth:`state_of`)."""
+
+    __slots__ = ("structure", "tensors", "modules", "state", "items", "__weakref__")
+
+    def __init__(self) -> None:
+        self.structure: int | None = -1
+        self.tensors: list[Tensor] = []
+        self.modules: list[nn.Module] = []
+        self.state: Any = None
+        self.items: OrderedDict[Any, tuple[list[Any], Any]] = OrderedDict()
+
+    def state_of(self, owner: Any) -> Any:
+        """What makes a module's results change with the same inputs: its structure, the versions of its
+        parameters and buffers (an optimizer step or any in-place change bumps them) and its submodules'
+        train/eval modes."""
+        if not isinstance(owner, nn.Module):
+            return None
+        structure = _STRUCTURE[0]
+        if structure is None or structure != self.structure:
+            self.structure = structure
+            self.tensors = [*owner.parameters(), *owner.buffers()]
+            self.modules = list(owner.modules())
+        return (structure, tuple(map(_VERSION, self.tensors)), tuple(m.training for m in self.modules))
+
+    def check(self, owner: Any) -> None:
+        """Drop every entry if the owner changed since they were made."""
+        state = self.state_of(owner)
+        if state != self.state or state is not None and state[0] is None:
+            self.state = state
+            self.items.clear()
+
+
+def lru_cache_for_sample_dict() -> Callable[[F], F]:
+    """Memoize a method on dicts of samples (Pixyz's decorator): the same inputs give the first call's values.
+
+    The cache never returns what recomputing would not: see :mod:`pyro_dgm.utils.lru_cache` for where Pixyz's
+    would (after an optimizer step, after a backward pass, across ``no_grad``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_dgm.distributions import Normal
+    >>> class Encoder(Normal):
+    ...     def __init__(self):
+    ...         super().__init__(var=["z"], cond_var=["x"])
+    ...         self.calls = 0
+    ...     def forward(self, x):
+    ...         self.calls += 1
+    ...         return {"loc": x, "scale": torch.ones_like(x)}
+    ...     @lru_cache_for_sample_dict()
+    ...     def get_params(self, params_dict={}, **kwargs):
+    ...         return super().get_params(params_dict, **kwargs)
+    >>> q, x = Encoder(), torch.zeros(1, 2)
+    >>> _ = q.sample({"x": x}); _ = q.get_log_prob({"z": x, "x": x})
+    >>> q.calls  # the network ran once
+    1
+    >>> _ = q.sample({"x": torch.zeros(1, 2)}); q.calls  # another tensor: it runs again
+    2
+    """
+    from pyro_dgm.utils.settings import cache_maxsize
+
+    maxsize = cache_maxsize()
+
+    def decorate(fn: F) -> F:
+        if maxsize == 0:
+            return fn
+        _watch_structure()
+        caches: weakref.WeakKeyDictionary[Any, _Entries] = weakref.WeakKeyDictionary()
+
+        @functools.wraps(fn)
+        def cached(owner: Any, *args: Any, **kwargs: Any) -> Any:
+            if torch.compiler.is_compiling():  # a traced call: Python-level keys would make the compiler guard
+                return fn(owner, *args, **kwargs)
+            anchors: list[Any] = []
+            try:
+                key = (_freeze(args, anchors), _freeze(kwargs, anchors), torch.is_grad_enabled(),
+                       torch.is_inference_mode_enabled())
+                entries = caches.get(owner)
+                if entries is None:
+                    entries = caches[owner] = _Entries()
+            except (_Uncacheable, TypeError):  # an unhashable argument, or an owner without weak references
+                return fn(owner, *args, **kwargs)
+            entries.check(owner)
+            hit = entries.items.get(key)
+            if hit is not None and all(a is b for a, b in zip(hit[0], anchors)):
+                entries.items.move_to_end(key)
+                return _copy(hit[1])
+            result = fn(owner, *args, **kwargs)
+            entries.items[key] = (anchors, result)
+            if maxsize is not None and len(entries.items) > maxsize:
+                entries.items.popitem(last=False)
+            ref = weakref.ref(entries)
+
+            def forget(_grad: Tensor, key: Any = key) -> None:  # a backward pass went through: its graph is freed
+                live = ref()
+                if live is not None:
+                    live.items.pop(key, None)
+
+            for t in _tensors_in(result):
+                if t.requires_grad and t.grad_fn is not None:
+                    t.register_hook(forget)
+            return _copy(result)
+
+        return cached  # type: ignore[return-value]
+
+    return decorate
