@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dgm.distributions.bindings import Binding, CallState, SAMPLING_OPTIONS
+from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.utils.checks import as_var_list, check_present, describe
 from pyro_dgm.utils.latex import NAMES_VERSION
@@ -128,6 +129,13 @@ class Distribution(nn.Module):
     _pyro_infer: dict[str, Any] | None = None  # see pyro_infer
     #: Buffers that ``print`` does not list (those Pixyz keeps as plain attributes, e.g. a PoE's weights).
     _repr_hidden_buffers: tuple[str, ...] = ()
+    #: whether the class's ``sample`` / ``get_log_prob`` are the user's, which products call (:mod:`.overrides`)
+    _user_sample: bool = False
+    _user_log_prob: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overrides.install(cls)
 
     def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = (), name: str = "p",
                  features_shape: Iterable[int] = torch.Size(), atomic: bool = True) -> None:

@@ -1,0 +1,143 @@
+"""A subclass's own ``sample`` and ``get_log_prob``, called where Pixyz's graph calls them.
+
+Pixyz's joint distribution calls each factor's public ``sample`` and ``get_log_prob``, so a Pixyz program may write a
+distribution by overriding them (a custom sampler, a clamped draw, an unnormalized density), and use it in a product
+``p * q``, a ``replace_var`` or a loss. Our graph draws and scores through the per-factor hooks ``_draw_with`` and
+``_score_with``; for a class whose ``sample`` or ``get_log_prob`` is the user's (defined outside ``pyro_dgm``),
+:func:`install` replaces the hook with one that calls the public method with the factor's inputs under its own
+names, as Pixyz does.
+
+The user's method usually ends in ``super().sample(...)``; that call draws with the original hook (kept as
+``_inner_draw_with``): :func:`install` wraps the user's method so that, while it runs, the distribution is marked
+as inside it (:func:`entered`, per thread), and its hooks are the original ones.
+
+A value drawn by the user's own code is not a ``pyro.sample`` site unless that code draws through ``super().sample``
+(then the site has the distribution's own variable name); inside a Pyro model run with data (``ctx.obs``) the
+original hook runs, so observed sites stay sites.
+
+>>> import torch
+>>> from pyro_dgm.distributions import Normal
+>>> class Clamped(Normal):
+...     def sample(self, x_dict={}, *args, **kwargs):
+...         out = super().sample(x_dict, *args, **kwargs)
+...         out["x"] = out["x"].clamp(-0.1, 0.1)
+...         return out
+>>> p = Clamped(var=["x"], cond_var=["z"], loc="z", scale=1.)
+>>> prior = Normal(var=["z"], loc=0., scale=1., features_shape=[2])
+>>> bool((p * prior).sample(batch_n=100)["x"].abs().max() <= 0.1)
+True
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+from torch import Tensor
+
+from pyro_dgm.utils.checks import describe
+
+if TYPE_CHECKING:
+    from pyro_dgm.distributions.base import Distribution
+    from pyro_dgm.distributions.bindings import Binding, CallState
+
+__all__ = ["install", "entered"]
+
+_LOCAL = threading.local()
+
+
+def _inside() -> set[int]:
+    ids = getattr(_LOCAL, "ids", None)
+    if ids is None:
+        ids = _LOCAL.ids = set()
+    return ids
+
+
+@contextlib.contextmanager
+def entered(dist: Any) -> Iterator[None]:
+    """Within the block, ``dist``'s hooks are its class's own (its public method is running)."""
+    ids = _inside()
+    key = id(dist)
+    if key in ids:
+        yield
+        return
+    ids.add(key)
+    try:
+        yield
+    finally:
+        ids.discard(key)
+
+
+_LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the pyro_dgm package
+
+
+def _user_defined(cls: type, name: str) -> bool:
+    """Whether ``cls.<name>`` is the user's: a function whose code is not in pyro_dgm's source files."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            code = getattr(inspect.unwrap(vars(klass)[name]), "__code__", None)
+            return code is not None and not os.path.abspath(code.co_filename).startswith(_LIBRARY + os.sep)
+    return False
+
+
+def _entering(fn: Any) -> Any:
+    """The user's public method, run with its distribution marked as inside it (:func:`entered`)."""
+    @functools.wraps(fn)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with entered(self):
+            return fn(self, *args, **kwargs)
+
+    method._enters = True  # type: ignore[attr-defined]
+    return method
+
+
+def install(cls: Any) -> None:
+    """Route ``cls``'s per-factor hooks through its public ``sample``/``get_log_prob`` if the user wrote them."""
+    for public, hook, flag, via in (("sample", "_draw_with", "_user_sample", _draw_via_sample),
+                                    ("get_log_prob", "_score_with", "_user_log_prob", _score_via_get_log_prob)):
+        if not _user_defined(cls, public):
+            continue
+        fn = vars(cls).get(public)
+        if fn is not None and callable(fn) and not getattr(fn, "_enters", False):
+            setattr(cls, public, _entering(fn))
+        own = vars(cls).get(hook)
+        if own is None:  # inherited: the parent's hook (its inner one if the parent routes it already)
+            own = getattr(cls, "_inner" + hook) if getattr(cls, flag) else getattr(cls, hook)
+        setattr(cls, "_inner" + hook, own)
+        setattr(cls, hook, via)
+        setattr(cls, flag, True)
+
+
+def _draw_via_sample(self: Distribution, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+    if id(self) in _inside() or ctx.obs is not None:
+        return self._inner_draw_with(b, values, ctx)  # type: ignore[attr-defined,no-any-return]
+    own = self.binding
+    local = {o: values[g] for o, g in zip(own.input_var, b.input_var) if g in values}
+    out = self.sample(local, batch_n=ctx.batch_n, sample_shape=ctx.sample_shape, return_all=False,
+                      reparam=ctx.reparam, sample_mean=ctx.sample_mean, **ctx.kwargs)
+    if not isinstance(out, Mapping):
+        raise TypeError(f"{describe(self)}: sample() must return a dict of values, got {type(out).__name__}")
+    for o, g in zip(own.var, b.var):
+        if o not in out:
+            raise ValueError(f"{describe(self)}: sample() returned {sorted(out)}, without {o!r}; it draws "
+                             f"{list(own.var)}")
+        value = values[g] = out[o]
+        if isinstance(value, Tensor):  # one batch dim after the sample dims (Pixyz's convention)
+            ev = value.dim() - 1 - len(ctx.sample_shape)
+            if ev >= 0:
+                ctx.event_dims[g] = ev
+    return None
+
+
+def _score_via_get_log_prob(self: Distribution, b: Binding, values: Mapping[str, Any], ctx: CallState,
+                            sum_features: bool, feature_dims: Sequence[int] | None) -> Tensor:
+    if id(self) in _inside():
+        return self._inner_score_with(b, values, ctx, sum_features, feature_dims)  # type: ignore[attr-defined]
+    own = self.binding
+    pairs = list(zip(own.var, b.var)) + list(zip(own.cond_var, b.cond_var))
+    local = {o: values[g] for o, g in pairs if g in values}
+    return self.get_log_prob(local, sum_features=sum_features, feature_dims=feature_dims,  # type: ignore[no-any-return]
+                             **ctx.kwargs)
