@@ -132,6 +132,7 @@ class Distribution(nn.Module):
     #: whether the class's ``sample`` / ``get_log_prob`` are the user's, which products call (:mod:`.overrides`)
     _user_sample: bool = False
     _user_log_prob: bool = False
+    _user_set_dist: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

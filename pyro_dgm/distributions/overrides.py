@@ -5,15 +5,17 @@ distribution by overriding them (a custom sampler, a clamped draw, an unnormaliz
 ``p * q``, a ``replace_var`` or a loss. Our graph draws and scores through the per-factor hooks ``_draw_with`` and
 ``_score_with``; for a class whose ``sample`` or ``get_log_prob`` is the user's (defined outside ``pyro_dgm``),
 :func:`install` replaces the hook with one that calls the public method with the factor's inputs under its own
-names, as Pixyz does.
+names, as Pixyz does. A family whose ``set_dist`` or ``get_sample`` is the user's draws (and, for ``set_dist``,
+scores) the way Pixyz's atomic distribution does: ``set_dist(inputs, batch_n)``, then ``get_sample(...)`` or
+``dist.log_prob``.
 
 The user's method usually ends in ``super().sample(...)``; that call draws with the original hook (kept as
 ``_inner_draw_with``): :func:`install` wraps the user's method so that, while it runs, the distribution is marked
 as inside it (:func:`entered`, per thread), and its hooks are the original ones.
 
-A value drawn by the user's own code is not a ``pyro.sample`` site unless that code draws through ``super().sample``
-(then the site has the distribution's own variable name); inside a Pyro model run with data (``ctx.obs``) the
-original hook runs, so observed sites stay sites.
+A value drawn by the user's own code (or by ``get_sample``) is not a ``pyro.sample`` site unless that code draws
+through ``super().sample`` (then the site has the distribution's own variable name); inside a Pyro model run with
+data (``ctx.obs``) the original hook runs, so observed sites stay sites.
 
 >>> import torch
 >>> from pyro_dgm.distributions import Normal
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from torch import Tensor
 
 from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.dicts import sum_samples
 
 if TYPE_CHECKING:
     from pyro_dgm.distributions.base import Distribution
@@ -95,7 +98,15 @@ def _entering(fn: Any) -> Any:
 
 
 def install(cls: Any) -> None:
-    """Route ``cls``'s per-factor hooks through its public ``sample``/``get_log_prob`` if the user wrote them."""
+    """Route ``cls``'s per-factor hooks through its public methods where the user wrote them: ``set_dist`` or
+    ``get_sample`` (Pixyz's atomic ``sample`` and ``get_log_prob`` go through them), then ``sample`` and
+    ``get_log_prob``."""
+    if hasattr(cls, "set_dist") and hasattr(cls, "get_sample"):
+        if (_user_defined(cls, "set_dist") or _user_defined(cls, "get_sample")) and not cls._user_set_dist:
+            cls._inner_set_dist_draw = cls._draw_with  # for Pyro model runs with data (observed sites)
+            cls._draw_with, cls._user_set_dist = _draw_via_set_dist, True
+            if _user_defined(cls, "set_dist"):
+                cls._score_with = _score_via_set_dist
     for public, hook, flag, via in (("sample", "_draw_with", "_user_sample", _draw_via_sample),
                                     ("get_log_prob", "_score_with", "_user_log_prob", _score_via_get_log_prob)):
         if not _user_defined(cls, public):
@@ -141,3 +152,40 @@ def _score_via_get_log_prob(self: Distribution, b: Binding, values: Mapping[str,
     local = {o: values[g] for o, g in pairs if g in values}
     return self.get_log_prob(local, sum_features=sum_features, feature_dims=feature_dims,  # type: ignore[no-any-return]
                              **ctx.kwargs)
+
+
+def _local_inputs(self: Any, b: Binding, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {o: values[g] for o, g in zip(self.binding.input_var, b.input_var) if g in values}
+
+
+def _draw_via_set_dist(self: Any, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+    """Pixyz's atomic draw: ``set_dist(inputs, batch_n)``, then ``get_sample`` (or the mean of ``dist``)."""
+    if ctx.obs is not None:
+        return self._inner_set_dist_draw(b, values, ctx)  # type: ignore[no-any-return]
+    self.set_dist(_local_inputs(self, b, values), batch_n=ctx.batch_n)
+    name = self.binding.var[0]
+    if ctx.sample_mean:
+        value = self.dist.mean
+        if ctx.sample_shape:  # Pixyz repeats the mean (a copy, not a view)
+            extra = len(ctx.sample_shape)
+            value = value.reshape((1,) * extra + value.shape).repeat(*ctx.sample_shape, *(1,) * value.dim())
+    else:
+        out = self.get_sample(reparam=ctx.reparam, sample_shape=ctx.sample_shape)
+        if not isinstance(out, Mapping) or name not in out:
+            raise ValueError(f"{describe(self)}: get_sample() must return {{{name!r}: value}}, got "
+                             f"{sorted(out) if isinstance(out, Mapping) else type(out).__name__}")
+        value = out[name]
+    values[b.var[0]] = value
+    if isinstance(value, Tensor):  # one batch dim after the sample dims (Pixyz's convention)
+        ev = value.dim() - 1 - len(ctx.sample_shape)
+        if ev >= 0:
+            ctx.event_dims[b.var[0]] = ev
+    return None
+
+
+def _score_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
+    """Pixyz's atomic score: ``set_dist(inputs)``, then ``dist.log_prob`` summed over the feature dims."""
+    self.set_dist(_local_inputs(self, b, values))
+    lp = self.dist.log_prob(values[b.var[0]])
+    return sum_samples(lp, feature_dims) if sum_features else lp  # type: ignore[no-any-return]

@@ -1,5 +1,6 @@
-"""A distribution written by overriding ``sample`` / ``get_log_prob`` works in products, renamings and losses as in
-Pixyz, whose graph calls each factor's public methods (programs run under both libraries, :mod:`pixyz_harness`).
+"""A distribution written by overriding ``sample`` / ``get_log_prob`` (or ``set_dist`` / ``get_sample``) works in
+products, renamings and losses as in Pixyz, whose graph calls each factor's public methods (programs run under both
+libraries, :mod:`pixyz_harness`).
 
 Before, a product drew and scored such a factor with the family's own formulas (the override was ignored: silently
 different numbers), and a distribution that only defines ``sample`` and ``get_log_prob`` could not be sampled in a
@@ -111,7 +112,46 @@ def _training_with_an_overridden_density():
     return {"losses": [model.train(b) for b in batches], "weight": p.lin.weight}
 
 
-PROGRAMS = [_custom_distribution_in_a_product, _overridden_family_methods, _training_with_an_overridden_density]
+def _overridden_set_dist_and_get_sample():
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import Expectation, LogProb
+
+    calls = []
+
+    class Rounded(Normal):
+        """Pixyz's atomic sample is set_dist, then get_sample: both overridden."""
+
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, z):
+            return {"loc": self.lin(z), "scale": torch.ones_like(z)}
+
+        def set_dist(self, x_dict={}, batch_n=None, **kwargs):  # noqa: B006
+            calls.append(sorted(x_dict))
+            super().set_dist(x_dict, batch_n=batch_n, **kwargs)
+
+        def get_sample(self, reparam=False, sample_shape=torch.Size()):
+            out = super().get_sample(reparam=reparam, sample_shape=sample_shape)
+            return {"x": torch.round(out["x"] * 4) / 4}
+
+    p = Rounded()
+    prior = Normal(var=["z"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), features_shape=[2], name="p_z")
+    joint = p * prior
+    s = joint.sample(batch_n=3)
+    z = torch.randn(3, 2)
+    return {
+        "sample": s, "direct": p.sample({"z": z}), "mean": p.sample({"z": z}, sample_mean=True),
+        "mean_shape": p.sample({"z": z}, sample_mean=True, sample_shape=torch.Size([2]))["x"],
+        "log_prob": joint.get_log_prob(s), "expectation": Expectation(p, LogProb(prior)).eval({"z": z}),
+        "set_dist_calls": calls,
+    }
+
+
+PROGRAMS = [_custom_distribution_in_a_product, _overridden_family_methods, _training_with_an_overridden_density,
+            _overridden_set_dist_and_get_sample]
 
 
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda f: f.__name__.strip("_"))
