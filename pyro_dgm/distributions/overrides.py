@@ -105,8 +105,8 @@ def install(cls: Any) -> None:
         if (_user_defined(cls, "set_dist") or _user_defined(cls, "get_sample")) and not cls._user_set_dist:
             cls._inner_set_dist_draw = cls._draw_with  # for Pyro model runs with data (observed sites)
             cls._draw_with, cls._user_set_dist = _draw_via_set_dist, True
-            if _user_defined(cls, "set_dist"):
-                cls._score_with = _score_via_set_dist
+            if _user_defined(cls, "set_dist"):  # scoring, moments, entropy and KL see what set_dist sets
+                cls._score_with, cls._fn = _score_via_set_dist, _fn_via_set_dist
     for public, hook, flag, via in (("sample", "_draw_with", "_user_sample", _draw_via_sample),
                                     ("get_log_prob", "_score_with", "_user_log_prob", _score_via_get_log_prob)):
         if not _user_defined(cls, public):
@@ -189,3 +189,13 @@ def _score_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: C
     self.set_dist(_local_inputs(self, b, values))
     lp = self.dist.log_prob(values[b.var[0]])
     return sum_samples(lp, feature_dims) if sum_features else lp  # type: ignore[no-any-return]
+
+
+def _fn_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
+                     value: Tensor | None = None) -> tuple[Any, Any]:
+    """The distribution object that ``set_dist`` sets (every dim a batch dim, as in Pixyz) and the same with every
+    dim after the first as an event dim: what moments, the entropy and the KL divergence read."""
+    self.set_dist(_local_inputs(self, b, values), batch_n=ctx.batch_n, **ctx.kwargs)
+    base = self.dist
+    ev = len(base.batch_shape) - 1
+    return (base.to_event(ev) if ev > 0 else base), base

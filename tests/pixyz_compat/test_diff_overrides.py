@@ -150,8 +150,28 @@ def _overridden_set_dist_and_get_sample():
     }
 
 
+def _set_dist_that_changes_the_parameters():
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import Entropy, KullbackLeibler
+
+    class Doubled(Normal):
+        def set_dist(self, x_dict={}, batch_n=None, **kwargs):  # noqa: B006
+            super().set_dist({"z": 2 * x_dict["z"]}, batch_n=batch_n, **kwargs)
+
+    p = Doubled(var=["x"], cond_var=["z"], loc="z", scale=torch.tensor(1.5), features_shape=[2], name="p")
+    prior = Normal(var=["x"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), features_shape=[2], name="p_x")
+    z = torch.randn(3, 2)
+    return {
+        "kl": KullbackLeibler(p, prior).eval({"z": z}), "kl_reversed": KullbackLeibler(prior, p).eval({"z": z}),
+        "mean": p.sample_mean({"z": z}), "variance": p.sample_variance({"z": z}),
+        "entropy": Entropy(p).eval({"z": z}), "sample_mean": p.sample({"z": z}, sample_mean=True)["x"],
+        "log_prob": p.get_log_prob({"x": z, "z": z}),
+    }
+
+
 PROGRAMS = [_custom_distribution_in_a_product, _overridden_family_methods, _training_with_an_overridden_density,
-            _overridden_set_dist_and_get_sample]
+            _overridden_set_dist_and_get_sample, _set_dist_that_changes_the_parameters]
 
 
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda f: f.__name__.strip("_"))
