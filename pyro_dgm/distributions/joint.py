@@ -15,7 +15,13 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.graph import DistGraph, build_graph, factors_network_text
 from pyro_dgm.utils.checks import describe, ordered_union
 
-__all__ = ["MultiplyDistribution", "build_graph", "DistGraph"]
+__all__ = ["MultiplyDistribution", "build_graph", "DistGraph", "CyclicProductError"]
+
+
+class CyclicProductError(ValueError, nx.NetworkXUnfeasible):
+    """A product whose factors depend on each other in a cycle: a ``ValueError`` naming them, and networkx's
+    ``NetworkXUnfeasible``, what Pixyz raises at the first use of such a product (so ``except`` clauses written
+    for Pixyz catch it)."""
 
 
 def pixyz_graph(d: Distribution) -> nx.DiGraph:
@@ -115,7 +121,7 @@ class MultiplyDistribution(Distribution):
             cycle = [u for u, _ in edges]
             texts = list(dict.fromkeys(graph.edges[u, v]["factor"] for u, v in edges))
             who = f"{', '.join(texts[:-1])} and {texts[-1]}" if len(texts) > 1 else texts[0]
-            raise ValueError(f"{what}: the factors {who} depend on each other in a cycle "
+            raise CyclicProductError(f"{what}: the factors {who} depend on each other in a cycle "
                              f"({' -> '.join(cycle + cycle[:1])}); a joint distribution must be acyclic")
         if pg is None:
             pg = nx.DiGraph()

@@ -502,15 +502,18 @@ def multiply_with_a_number():
 
 def test_multiply_errors() -> None:
     """Both refuse a cyclic product, Pixyz at the first use (networkx's NetworkXUnfeasible), pyro_dgm when it is
-    built (ValueError naming the cycle); both refuse a number as a factor, Pixyz with an AttributeError (``2`` has
-    no ``graph``), pyro_dgm with a TypeError naming the operands (what Python raises for unsupported operands)."""
+    built (a ValueError naming the cycle that is also a NetworkXUnfeasible, so Pixyz's ``except`` clauses catch it);
+    both refuse a number as a factor, Pixyz with an AttributeError (``2`` has no ``graph``), pyro_dgm with a
+    TypeError naming the operands (what Python raises for unsupported operands)."""
     import networkx as nx
     for program, (theirs, ours) in [(multiply_cycle, (nx.NetworkXUnfeasible, ValueError)),
                                     (multiply_with_a_number, (AttributeError, TypeError))]:
         with pytest.raises(theirs):
             run_pixyz(program)
-        with pytest.raises(ours):
+        with pytest.raises(ours) as raised:
             run_pyro_dgm(program)
+        if program is multiply_cycle:
+            assert isinstance(raised.value, nx.NetworkXUnfeasible)
 
 
 # =============================================================================== TestMixtureDistribution
