@@ -122,7 +122,7 @@ class MultiplyDistribution(Distribution):
             texts = list(dict.fromkeys(graph.edges[u, v]["factor"] for u, v in edges))
             who = f"{', '.join(texts[:-1])} and {texts[-1]}" if len(texts) > 1 else texts[0]
             raise CyclicProductError(f"{what}: the factors {who} depend on each other in a cycle "
-                             f"({' -> '.join(cycle + cycle[:1])}); a joint distribution must be acyclic")
+                                     f"({' -> '.join(cycle + cycle[:1])}); a joint distribution must be acyclic")
         if pg is None:
             pg = nx.DiGraph()
             for f in factors:

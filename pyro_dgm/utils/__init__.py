@@ -1,6 +1,6 @@
 """Small helpers shared by the layers: error text (:mod:`.checks`), printing (:mod:`.latex`), shapes
 (:mod:`.shapes`) and per-thread random generators (:mod:`.random`: :func:`generator`), plus Pixyz's ``pixyz.utils``
-helpers with Pixyz's behaviour (:mod:`.dicts`, :mod:`.settings`)."""
+helpers with Pixyz's behaviour (:mod:`.dicts`, :mod:`.settings`, :mod:`.lru_cache`)."""
 #: Pixyz's numerical epsilon (``pixyz.utils._EPSILON``), read by :func:`epsilon` and set by :func:`set_epsilon`
 _EPSILON = 1e-07
 #: the memoizing cache's size as last set (``pixyz.utils._CACHE_MAXSIZE``), read by :func:`cache_maxsize`

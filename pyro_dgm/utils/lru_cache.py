@@ -71,13 +71,14 @@ def _watch_structure() -> None:
         return
     _WATCHING[0] = True
     hooks = nn.modules.module
-    for name in ("register_module_parameter_registration_hook", "register_module_buffer_registration_hook",
-                 "register_module_module_registration_hook"):
-        register = getattr(hooks, name, None)
-        if register is None:  # an older torch: the flat lists are rebuilt at every call (see _Entries.state_of)
-            _STRUCTURE[0] = None  # type: ignore[call-overload]
-            return
-        register(_structure_changed)
+    registers = [getattr(hooks, name, None) for name in ("register_module_parameter_registration_hook",
+                                                         "register_module_buffer_registration_hook",
+                                                         "register_module_module_registration_hook")]
+    if any(r is None for r in registers):  # an older torch: every call starts afresh (see _Entries.check)
+        _STRUCTURE[0] = None  # type: ignore[call-overload]
+        return
+    for register in registers:
+        register(_structure_changed)  # type: ignore[misc]
 
 
 _VERSION = operator.attrgetter("_version")
