@@ -98,7 +98,23 @@ def _memoized_encoder():
     return out
 
 
-PROGRAMS = [_overridden_get_params, _overridden_get_params_of_a_constant_distribution, _memoized_encoder]
+def _overridden_get_params_of_an_expert():
+    import torch
+    from pixyz.distributions import Normal, ProductOfNormal
+
+    class Doubled(Normal):
+        def get_params(self, params_dict={}, **kwargs):  # noqa: B006
+            out = super().get_params(params_dict, **kwargs)
+            return {"loc": out["loc"] * 2, "scale": out["scale"]}
+
+    a = Doubled(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(1.0), features_shape=[2], name="q_a")
+    b = Normal(var=["z"], cond_var=["y"], loc="y", scale=torch.tensor(2.0), features_shape=[2], name="q_b")
+    x, y = torch.randn(3, 2), torch.randn(3, 2)
+    return {"params": ProductOfNormal([a, b]).get_params({"x": x, "y": y})}
+
+
+PROGRAMS = [_overridden_get_params, _overridden_get_params_of_a_constant_distribution, _memoized_encoder,
+            _overridden_get_params_of_an_expert]
 
 
 @pytest.fixture(autouse=True)
