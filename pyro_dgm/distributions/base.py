@@ -129,10 +129,12 @@ class Distribution(nn.Module):
     _pyro_infer: dict[str, Any] | None = None  # see pyro_infer
     #: Buffers that ``print`` does not list (those Pixyz keeps as plain attributes, e.g. a PoE's weights).
     _repr_hidden_buffers: tuple[str, ...] = ()
-    #: whether the class's ``sample`` / ``get_log_prob`` are the user's, which products call (:mod:`.overrides`)
+    #: whether the class's ``sample`` / ``get_log_prob`` / ``set_dist`` / ``get_params`` are the user's, which
+    #: products, losses and the family's own draws then call (:mod:`.overrides`)
     _user_sample: bool = False
     _user_log_prob: bool = False
     _user_set_dist: bool = False
+    _user_get_params: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

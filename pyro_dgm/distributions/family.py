@@ -93,24 +93,6 @@ class DistributionBase(Distribution):
     #: ``False`` where ``sample(sample_mean=True)`` raises NotImplementedError (Pixyz's relaxed families).
     sample_mean_draws: ClassVar[bool] = True
 
-    #: whether the class overrides :meth:`get_params` (set by ``__init_subclass__``)
-    _overrides_get_params: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass that overrides :meth:`get_params` (Pixyz's way to change or memoize the parameters, as with
-        :func:`~pyro_dgm.utils.lru_cache_for_sample_dict`) has it give the parameters that sampling, scoring, the
-        closed forms and ``set_dist`` use, as Pixyz's ``set_dist`` calls it. Its ``super().get_params()`` computes
-        them as before (``_inner_params``)."""
-        super().__init_subclass__(**kwargs)
-        if cls.get_params is DistributionBase.get_params:
-            return
-        own = cls.__dict__.get("_params")
-        if own is None:  # inherited: the parent's computation (its _inner_params if it overrides get_params too)
-            own = cls._inner_params if cls._overrides_get_params else cls._params
-        cls._inner_params = own
-        cls._params = DistributionBase._params_from_get_params
-        cls._overrides_get_params = True
-
     def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
                  features_shape: Iterable[int] = torch.Size(), **params: Any) -> None:
         infer, pyro_name = params.pop("infer", None), params.pop("pyro_name", None)
@@ -181,11 +163,11 @@ class DistributionBase(Distribution):
             def _params(*_: Any, **__: Any) -> Any:  # shadows the method on this instance only: no cost for others
                 raise type(err)(*err.args)
 
-            if self._overrides_get_params:
+            if self._user_get_params:
                 self._inner_params = _params
             else:
                 self._params = _params
-        if self._overrides_get_params:
+        if self._user_get_params:
             self._const_only = False  # the subclass's get_params may change the constants
         self._b = Binding(self._var, self._cond_var, self._input_var, fwd_pos, fwd_kw, var_params)
         # the closed forms of this family (closed_forms.py), unless a subclass builds its distribution its own way
@@ -250,21 +232,9 @@ class DistributionBase(Distribution):
         return bool(self.pyro_dist.has_rsample)
 
     # ------------------------------------------------------------------ parameters and the Pyro distribution
-    def _params_from_get_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState
-                                ) -> dict[str, Tensor]:
-        """A subclass's :meth:`get_params`, called as Pixyz calls it: with the inputs under this distribution's own
-        names (``b`` may be renamed by a product or ``replace_var``) and the networks' keyword arguments."""
-        own = self._b.input_var
-        params_dict = {o: values[v] for o, v in zip(own, b.input_var) if v in values}
-        params = self.get_params(params_dict, **ctx.kwargs)
-        if not isinstance(params, Mapping):
-            raise TypeError(f"{describe(self)}: get_params() must return a dict of parameters, got "
-                            f"{type(params).__name__}")
-        return dict(params)
-
     def _params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         """The parameters given the values of ``b``'s inputs: every path that samples or scores calls this (a class
-        that overrides get_params replaces it with _params_from_get_params: see __init_subclass__)."""
+        whose get_params is the user's routes it through that method: see :mod:`.overrides`)."""
         # Pixyz's order (and precedence): network outputs, then parameters named by a cond_var, then constants
         bufs = self._buffers
         params: dict[str, Tensor] = {}
@@ -598,7 +568,7 @@ class DistributionBase(Distribution):
         {'loc': tensor([0.]), 'scale': tensor([1.])}
         """
         values = self._input_dict(params_dict, self._b.input_var)
-        inner = self._inner_params if self._overrides_get_params else self._params
+        inner = self._inner_params if self._user_get_params else self._params
         return inner(self._b, values, CallState(kwargs=kwargs))
 
     # ------------------------------------------------------------------ the factor hooks

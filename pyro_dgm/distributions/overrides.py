@@ -1,4 +1,5 @@
-"""A subclass's own ``sample`` and ``get_log_prob``, called where Pixyz's graph calls them.
+"""A subclass's own ``sample``, ``get_log_prob``, ``get_params``, ``set_dist`` and ``get_sample``, called where
+Pixyz calls them.
 
 Pixyz's joint distribution calls each factor's public ``sample`` and ``get_log_prob``, so a Pixyz program may write a
 distribution by overriding them (a custom sampler, a clamped draw, an unnormalized density), and use it in a product
@@ -7,7 +8,9 @@ distribution by overriding them (a custom sampler, a clamped draw, an unnormaliz
 :func:`install` replaces the hook with one that calls the public method with the factor's inputs under its own
 names, as Pixyz does. A family whose ``set_dist`` or ``get_sample`` is the user's draws (and, for ``set_dist``,
 scores) the way Pixyz's atomic distribution does: ``set_dist(inputs, batch_n)``, then ``get_sample(...)`` or
-``dist.log_prob``.
+``dist.log_prob``. A family whose ``get_params`` is the user's (to change the parameters, or to memoize them with
+:func:`~pyro_dgm.utils.lru_cache_for_sample_dict`) takes its parameters from it wherever it samples or scores, the
+closed forms included, as Pixyz's ``set_dist`` calls it.
 
 The user's method usually ends in ``super().sample(...)``; that call draws with the original hook (kept as
 ``_inner_draw_with``): :func:`install` wraps the user's method so that, while it runs, the distribution is marked
@@ -98,22 +101,23 @@ def _entering(fn: Any) -> Any:
 
 
 def install(cls: Any) -> None:
-    """Route ``cls``'s per-factor hooks through its public methods where the user wrote them: ``set_dist`` or
-    ``get_sample`` (Pixyz's atomic ``sample`` and ``get_log_prob`` go through them), then ``sample`` and
-    ``get_log_prob``."""
+    """Route ``cls``'s hooks through its public methods where the user wrote them: ``set_dist`` or ``get_sample``
+    (Pixyz's atomic ``sample`` and ``get_log_prob`` go through them), ``get_params`` (a family's parameters: what
+    Pixyz's ``set_dist`` calls), then ``sample`` and ``get_log_prob``."""
     if hasattr(cls, "set_dist") and hasattr(cls, "get_sample"):
         if (_user_defined(cls, "set_dist") or _user_defined(cls, "get_sample")) and not cls._user_set_dist:
             cls._inner_set_dist_draw = cls._draw_with  # for Pyro model runs with data (observed sites)
             cls._draw_with, cls._user_set_dist = _draw_via_set_dist, True
             if _user_defined(cls, "set_dist"):  # scoring, moments, entropy and KL see what set_dist sets
                 cls._score_with, cls._fn = _score_via_set_dist, _fn_via_set_dist
-    for public, hook, flag, via in (("sample", "_draw_with", "_user_sample", _draw_via_sample),
+    for public, hook, flag, via in (("get_params", "_params", "_user_get_params", _params_via_get_params),
+                                    ("sample", "_draw_with", "_user_sample", _draw_via_sample),
                                     ("get_log_prob", "_score_with", "_user_log_prob", _score_via_get_log_prob)):
-        if not _user_defined(cls, public):
+        if not hasattr(cls, hook) or not _user_defined(cls, public):
             continue
         fn = vars(cls).get(public)
-        if fn is not None and callable(fn) and not getattr(fn, "_enters", False):
-            setattr(cls, public, _entering(fn))
+        if hook != "_params" and fn is not None and callable(fn) and not getattr(fn, "_enters", False):
+            setattr(cls, public, _entering(fn))  # (get_params needs no mark: its super() call reads _inner_params)
         own = vars(cls).get(hook)
         if own is None:  # inherited: the parent's hook (its inner one if the parent routes it already)
             own = getattr(cls, "_inner" + hook) if getattr(cls, flag) else getattr(cls, hook)
@@ -122,12 +126,36 @@ def install(cls: Any) -> None:
         setattr(cls, flag, True)
 
 
+def _local_inputs(self: Any, b: Binding, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The inputs of ``b`` (this factor under a product's or ``replace_var``'s names) under its own names."""
+    return {o: values[g] for o, g in zip(self.binding.input_var, b.input_var) if g in values}
+
+
+def _record(values: dict[str, Any], ctx: CallState, name: str, value: Any) -> None:
+    """Keep a value drawn by the user's code, with one batch dim after the sample dims (Pixyz's convention)."""
+    values[name] = value
+    if isinstance(value, Tensor):
+        ev = value.dim() - 1 - len(ctx.sample_shape)
+        if ev >= 0:
+            ctx.event_dims[name] = ev
+
+
+def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Any]:
+    """A family's parameters from the user's ``get_params``, called as Pixyz's ``set_dist`` calls it (with the
+    inputs under the distribution's own names and the networks' keyword arguments); its ``super().get_params()``
+    computes them with the original hook (``_inner_params``)."""
+    params = self.get_params(_local_inputs(self, b, values), **ctx.kwargs)
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{describe(self)}: get_params() must return a dict of parameters, got "
+                        f"{type(params).__name__}")
+    return dict(params)
+
+
 def _draw_via_sample(self: Distribution, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
     if id(self) in _inside() or ctx.obs is not None:
         return self._inner_draw_with(b, values, ctx)  # type: ignore[attr-defined,no-any-return]
     own = self.binding
-    local = {o: values[g] for o, g in zip(own.input_var, b.input_var) if g in values}
-    out = self.sample(local, batch_n=ctx.batch_n, sample_shape=ctx.sample_shape, return_all=False,
+    out = self.sample(_local_inputs(self, b, values), batch_n=ctx.batch_n, sample_shape=ctx.sample_shape, return_all=False,
                       reparam=ctx.reparam, sample_mean=ctx.sample_mean, **ctx.kwargs)
     if not isinstance(out, Mapping):
         raise TypeError(f"{describe(self)}: sample() must return a dict of values, got {type(out).__name__}")
@@ -135,11 +163,7 @@ def _draw_via_sample(self: Distribution, b: Binding, values: dict[str, Any], ctx
         if o not in out:
             raise ValueError(f"{describe(self)}: sample() returned {sorted(out)}, without {o!r}; it draws "
                              f"{list(own.var)}")
-        value = values[g] = out[o]
-        if isinstance(value, Tensor):  # one batch dim after the sample dims (Pixyz's convention)
-            ev = value.dim() - 1 - len(ctx.sample_shape)
-            if ev >= 0:
-                ctx.event_dims[g] = ev
+        _record(values, ctx, g, out[o])
     return None
 
 
@@ -154,8 +178,6 @@ def _score_via_get_log_prob(self: Distribution, b: Binding, values: Mapping[str,
                              **ctx.kwargs)
 
 
-def _local_inputs(self: Any, b: Binding, values: Mapping[str, Any]) -> dict[str, Any]:
-    return {o: values[g] for o, g in zip(self.binding.input_var, b.input_var) if g in values}
 
 
 def _draw_via_set_dist(self: Any, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
@@ -175,11 +197,7 @@ def _draw_via_set_dist(self: Any, b: Binding, values: dict[str, Any], ctx: CallS
             raise ValueError(f"{describe(self)}: get_sample() must return {{{name!r}: value}}, got "
                              f"{sorted(out) if isinstance(out, Mapping) else type(out).__name__}")
         value = out[name]
-    values[b.var[0]] = value
-    if isinstance(value, Tensor):  # one batch dim after the sample dims (Pixyz's convention)
-        ev = value.dim() - 1 - len(ctx.sample_shape)
-        if ev >= 0:
-            ctx.event_dims[b.var[0]] = ev
+    _record(values, ctx, b.var[0], value)
     return None
 
 
@@ -195,7 +213,7 @@ def _fn_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: Call
                      value: Tensor | None = None) -> tuple[Any, Any]:
     """The distribution object that ``set_dist`` sets (every dim a batch dim, as in Pixyz) and the same with every
     dim after the first as an event dim: what moments, the entropy and the KL divergence read."""
-    self.set_dist(_local_inputs(self, b, values), batch_n=ctx.batch_n, **ctx.kwargs)
+    self.set_dist(_local_inputs(self, b, values), batch_n=ctx.batch_n)  # (Pixyz passes no network keywords)
     base = self.dist
     ev = len(base.batch_shape) - 1
     return (base.to_event(ev) if ev > 0 else base), base
