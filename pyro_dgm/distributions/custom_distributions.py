@@ -10,5 +10,6 @@ tensor([-2.])
 """
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.special import CustomProb
+from pyro_dgm.utils import get_dict_values, sum_samples  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["CustomProb", "Distribution"]

@@ -16,6 +16,8 @@ from pyro_dgm.distributions.family import DistributionBase
 from pyro_dgm.distributions.joint import DistGraph, MultiplyDistribution
 from pyro_dgm.distributions.ops import MarginalizeVarDistribution, ReplaceVarDistribution
 from pyro_dgm.losses.pdf import LogProb, Prob
+from pyro_dgm.utils import (convert_latex_name, delete_dict_values, get_dict_values,  # noqa: F401  (helpers
+                            lru_cache_for_sample_dict, replace_dict_keys, sum_samples, tolist)  # Pixyz's has)
 
 __all__ = ["Factor", "DistGraph", "Distribution", "DistributionBase", "MultiplyDistribution",
            "ReplaceVarDistribution", "MarginalizeVarDistribution", "LogProb", "Prob"]

@@ -21,6 +21,7 @@ from torch.distributions.utils import broadcast_all as _broadcast_all
 from pyro_dgm.distributions.exponential import (Bernoulli, Beta, Categorical, Dirichlet, FactorizedBernoulli, Gamma,
                                                 Laplace, Multinomial, Normal, RelaxedBernoulli, RelaxedCategorical)
 from pyro_dgm.distributions.family import DistributionBase
+from pyro_dgm.utils import get_dict_values, sum_samples  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["Normal", "BernoulliTorchOld", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli",
            "CategoricalTorchOld", "Categorical", "RelaxedCategorical", "Multinomial", "Dirichlet", "Beta", "Laplace",

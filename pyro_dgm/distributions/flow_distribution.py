@@ -29,6 +29,7 @@ from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, 
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import as_var_list, describe
 from pyro_dgm.utils.random import seeded_call
+from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["TransformedDistribution", "InverseTransformedDistribution", "PlanarFlowDistribution",
            "RealNVPDistribution", "RealNVP"]

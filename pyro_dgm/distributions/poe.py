@@ -18,6 +18,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
 from pyro_dgm.utils.checks import describe, ordered_union
+from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal"]
 

@@ -12,6 +12,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, sum_rightmost, zero_logdet
 from pyro_dgm.utils.random import uniform
+from pyro_dgm.utils import sum_samples  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["Squeeze", "Unsqueeze", "Permutation", "Shuffle", "Reverse", "Flatten", "Preprocess"]
 

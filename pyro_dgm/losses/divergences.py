@@ -18,6 +18,7 @@ from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.expectation import Expectation
 from pyro_dgm.losses.pdf import LogProb, check_distribution
 from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution

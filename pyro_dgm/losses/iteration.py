@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_MUL, Loss, ordered_union
+from pyro_dgm.utils import get_dict_values, replace_dict_keys  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution

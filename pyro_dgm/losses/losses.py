@@ -17,6 +17,7 @@ from pyro_dgm.losses.operators import (AbsLoss, AddLoss, BatchMean, BatchSum, De
                                        LossSelfOperator, MaxLoss, MinLoss, MulLoss, NegLoss, SubLoss)
 from pyro_dgm.losses.special import ConstantVar, Parameter, ValueLoss
 from pyro_dgm.models.distributed import DataParalleledLoss
+from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["Loss", "Divergence", "ValueLoss", "Parameter", "ConstantVar", "LossOperator", "AddLoss", "SubLoss",
            "MulLoss", "DivLoss", "MinLoss", "MaxLoss", "LossSelfOperator", "NegLoss", "AbsLoss", "BatchMean",

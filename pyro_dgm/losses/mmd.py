@@ -9,6 +9,7 @@ from torch import Tensor
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
 from pyro_dgm.losses.pdf import check_distribution
+from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution

@@ -10,6 +10,7 @@ from pyro_dgm.losses.base import ordered_union
 from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
 from pyro_dgm.losses.mmd import SampleDivergence, draw_joint_sample
 from pyro_dgm.losses.pdf import check_distribution
+from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution

@@ -9,6 +9,7 @@ from torch import nn
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.models.model import Model
 from pyro_dgm.models.parts import model_distributions
+from pyro_dgm.utils import tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["ML"]
 

@@ -30,6 +30,7 @@ from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options
 from pyro_dgm.models.errors import NonFiniteGradientError, NonFiniteLossError
 from pyro_dgm.utils.latex import print_latex as _print_latex
+from pyro_dgm.utils import tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["Model", "NonFiniteLossError", "NonFiniteGradientError", "build_optimizer"]
 

@@ -10,6 +10,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.models.model import Model, check_loss
 from pyro_dgm.models.parts import model_distributions
+from pyro_dgm.utils import tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["VAE"]
 

@@ -21,10 +21,9 @@ A parameter of Pixyz's that ours takes only through ``**kwargs`` counts as accep
 
 The public names of a module are its ``__all__``; for a module without one, the classes, functions and constants it
 defines, plus the classes and functions it imports from other Pixyz modules (users import ``Divergence`` from
-``pixyz.losses.mmd`` or ``Distribution`` from ``pixyz.models.model``), except the helpers of :mod:`pixyz.utils`
-that Pixyz's modules import for their own use (``get_dict_values``, ``tolist``... are checked in ``pixyz.utils``,
-where users import them from) and names imported from torch, numpy, sympy, networkx, IPython, typing or
-``__future__``.
+``pixyz.losses.mmd`` or ``Distribution`` from ``pixyz.models.model``; the helpers of :mod:`pixyz.utils` that a
+module imports for its own use count too: ``from pixyz.distributions.distributions import get_dict_values`` runs
+under Pixyz), except names imported from torch, numpy, sympy, networkx, IPython, typing or ``__future__``.
 """
 from __future__ import annotations
 
@@ -97,7 +96,7 @@ def public_names(mod: types.ModuleType) -> list[str]:
             continue
         origin = _from_pixyz(v)
         if callable(v):
-            if origin is None or origin == "pixyz.utils" and mod.__name__ != "pixyz.utils":
+            if origin is None:
                 continue
         elif type(v).__module__ != "builtins":  # constants: strings, numbers (not __future__ features)
             continue
