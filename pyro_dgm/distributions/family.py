@@ -151,6 +151,10 @@ class DistributionBase(Distribution):
         self._const_only = not self._has_network and not var_params and unusable is None
         self._base_cache: tuple[Any, Any] | None = None
         self._standard_cache: tuple[Any, bool] | None = None
+        # a constant that requires grad (Pixyz's buffer is a clone of the tensor given, so gradients reach that
+        # tensor): its graph is rebuilt at every call, never cached (a cached distribution's lazily computed
+        # attributes would hold a graph that the first backward frees)
+        self._const_grad = any(t.requires_grad for t in consts.values())
         if self._const_only:
             bufs = self._buffers
             try:
@@ -179,7 +183,7 @@ class DistributionBase(Distribution):
     # ------------------------------------------------------------------ construction helpers
     def _as_tensor(self, pname: str, value: Any) -> Tensor:
         if isinstance(value, Tensor):
-            t = value.detach()
+            t = value  # kept attached: as in Pixyz, gradients reach a tensor that requires grad (see _store_constants)
         elif isinstance(value, (int, float)) or (isinstance(value, (list, tuple)) and value):
             t = torch.as_tensor(value, dtype=torch.get_default_dtype())
         else:
@@ -396,7 +400,7 @@ class DistributionBase(Distribution):
         e.g. N(0, I)); checked once per set of buffers. ``False`` while torch.compile traces: the test reads the
         buffers' values (a graph break), and the general formula gives the same value, fused by the compiler."""
         test = closed_forms.IS_STANDARD.get(self.pyro_dist) if self._const_only and self._plain else None
-        if test is None or torch.compiler.is_compiling():
+        if test is None or self._const_grad or torch.compiler.is_compiling():  # the shortcut drops the gradient
             return False
         key = self._const_key()
         cached = self._standard_cache
@@ -411,7 +415,7 @@ class DistributionBase(Distribution):
         torch.compile traces it is built afresh (a cache keyed by the buffers' versions would make the compiled
         code guard on them); it costs nothing at run time there."""
         bufs = self._buffers
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or self._const_grad:
             return self._base({n: bufs[n] for n in self._const_names}, validate=False)
         key = self._const_key()
         cached = self._base_cache

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
 
@@ -15,9 +16,11 @@ def as_var_list(names: Any, owner: str, arg: str) -> list[str]:
     """Turn ``var``/``cond_var`` into a list of names, or raise ``TypeError`` naming ``owner`` and ``arg``."""
     if names is None:
         return []
-    if isinstance(names, str):
-        raise TypeError(f"{owner}: {arg} must be a list of variable names, got the string {names!r}; "
-                        f"write {arg}=[{names!r}]")
+    if isinstance(names, str):  # Pixyz iterates it (var="x", cond_var="y" runs there): one variable per character
+        if len(names) > 1:
+            warnings.warn(f"{owner}: {arg}={names!r} is a string, read as Pixyz reads it: one variable per "
+                          f"character, {list(names)}; write {arg}=[{names!r}] for one variable", stacklevel=4)
+        names = list(names)
     out = list(names)
     for v in out:
         if not isinstance(v, str) or not v:

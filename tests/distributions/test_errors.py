@@ -162,12 +162,17 @@ def test_variable_both_in_var_and_cond_var():
 
 
 def test_var_given_as_a_string():
-    with pytest.raises(TypeError, match=names("Normal p", "var", "'x'", "var=['x']")):
-        Normal(loc=0., scale=1., var="x")
-    with pytest.raises(TypeError, match=names("Normal p", "cond_var", "cond_var=['z']")):
-        Normal(loc="z", scale=1., var=["x"], cond_var="z")
-    with pytest.raises(TypeError, match=names("EmpiricalDistribution p_{data}", "var=['x']")):
-        EmpiricalDistribution(var="x")
+    # Pixyz iterates a string, so a one-character name works there (var="x", cond_var="y"): the same here
+    p = Normal(loc="z", scale=1., var="x", cond_var="z")
+    assert (p.var, p.cond_var) == (["x"], ["z"])
+    assert EmpiricalDistribution(var="x").var == ["x"]
+    # a longer string is one variable per character, as in Pixyz, with a warning that gives the fix
+    with pytest.warns(UserWarning, match=names("EmpiricalDistribution p_{data}", "var='xy'", "['x', 'y']",
+                                               "var=['xy']")):
+        assert EmpiricalDistribution(var="xy").var == ["x", "y"]
+    with pytest.warns(UserWarning, match=names("var='x1'")), \
+            pytest.raises(ValueError, match=names("Normal p", "one variable", "['x', '1']")):
+        Normal(loc=0., scale=1., var="x1")
 
 
 def test_other_bad_var_lists():
