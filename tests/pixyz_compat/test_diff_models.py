@@ -8,6 +8,7 @@ same tensor object fails under Pixyz (see ``test_pixyz_cache_reuses_a_freed_grap
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -670,3 +671,46 @@ def test_pixyz_cache_reuses_a_freed_graph() -> None:
         run_pixyz(lambda: program(True))
     fresh = run_pixyz(lambda: program(False))
     assert_same(fresh, run_pyro_dgm(lambda: program(True)))
+
+
+def _clear_pixyz_cache() -> None:
+    """Empty Pixyz's process-wide ``get_params`` cache (the ``functools.lru_cache`` in the closure of its method)."""
+    from pixyz.distributions.distributions import DistributionBase
+
+    cells = dict(zip(DistributionBase.get_params.__code__.co_freevars, DistributionBase.get_params.__closure__))
+    cells["wrapper"].cell_contents.cache_clear()
+
+
+def test_a_network_without_inputs_trains_past_the_first_step() -> None:
+    """The same cache, keyed on no input at all: ``VI``'s q(z), whose ``forward`` takes no argument, gets the first
+    step's parameters back at the second step, and Pixyz's second ``backward`` fails. Emptying Pixyz's cache between
+    steps gives Pixyz's right numbers, which pyro_dgm computes without that help."""
+    def program(between_steps: Any) -> Any:
+        from torch import optim
+
+        from pixyz.distributions import Normal
+        from pixyz.models import VI
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], name="q", features_shape=[2])
+                self.m = torch.nn.Parameter(torch.zeros(2))
+                self.s = torch.nn.Parameter(torch.zeros(2))
+
+            def forward(self) -> dict:
+                return {"loc": self.m, "scale": torch.exp(self.s)}
+
+        p = Normal(loc="z", scale=torch.ones(2), var=["x"], cond_var=["z"], name="p")
+        prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+        q = Q()
+        vi = VI(p * prior, q, optimizer=optim.Adam, optimizer_params={"lr": 0.1})
+        x = torch.tensor([[2.0, 1.5]])
+        losses = []
+        for _ in range(3):
+            losses.append(vi.train({"x": x}, batch_size=4))
+            between_steps()
+        return losses, q.m, q.s
+
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        run_pixyz(lambda: program(lambda: None))
+    assert_same(run_pixyz(lambda: program(_clear_pixyz_cache)), run_pyro_dgm(lambda: program(lambda: None)))
