@@ -23,7 +23,8 @@ from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's modul
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["Divergence", "KullbackLeibler", "AnalyticalKullbackLeibler", "Entropy", "CrossEntropy"]
+__all__ = ["Divergence", "KullbackLeibler", "AnalyticalKullbackLeibler", "Entropy", "AnalyticalEntropy",
+           "CrossEntropy"]
 
 
 class Divergence(Loss):
@@ -136,13 +137,17 @@ class KullbackLeibler(Loss):
     >>> print(kl)
     D_{KL} \left[q(z)||p(z) \right]
     >>> kl.eval()
-    tensor([0.5000])
+    tensor(0.5000)
     >>> print(KullbackLeibler(q, p, analytical=False))  # Pixyz's text: sympy orders the terms
     \mathbb{E}_{q(z)} \left[- \log p(z) + \log q(z) \right]
     """
 
     def __init__(self, p: "Distribution", q: "Distribution", dim: int | Sequence[int] | None = None,
                  analytical: bool = True, sample_shape: Sequence[int] = torch.Size([1])) -> None:
+        if analytical and type(self) is KullbackLeibler:
+            # Pixyz's KullbackLeibler is a function that returns an AnalyticalKullbackLeibler unless
+            # analytical=False: so is the object here, for isinstance and type checks written for Pixyz
+            self.__class__ = AnalyticalKullbackLeibler
         check_distribution(p, "KullbackLeibler", "p")
         check_distribution(q, "KullbackLeibler", "q")
         crossed = set(p.input_var) & set(q.var) or set(q.input_var) & set(p.var)  # e.g. q(z|x) vs p(x|z): a mistake
@@ -222,7 +227,21 @@ class KullbackLeibler(Loss):
             kl = _sum_dims(kl, self.dim) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))
             total = kl if total is None else total + kl
         assert total is not None
+        if self.dim is None and total.shape == (1,) and self._one_dim(values, kwargs):
+            # Pixyz sums dims 1.. with torch.sum(dim=[]), which sums them all: a divergence of one dim and one value
+            # has shape () there (a 1-d batch of several scalars would be summed too: that sum is not a divergence
+            # per element, so only the shape of one value is Pixyz's)
+            total = total.sum()
         return total
+
+    def _one_dim(self, values: dict[str, Any], kwargs: dict[str, Any]) -> bool:
+        """Whether the element-wise divergence has one dim (checked only for a result of one value)."""
+        try:
+            shapes = [d.batch_shape + d.event_shape for f, g in self._pairs()
+                      for d in (f.dist(values, **kwargs), g.dist(values, **kwargs))]
+        except (AttributeError, NotImplementedError, TypeError, ValueError):  # no torch distribution: keep the shape
+            return False
+        return all(len(s) <= 1 for s in shapes)
 
 
 class AnalyticalKullbackLeibler(KullbackLeibler):
@@ -234,7 +253,7 @@ class AnalyticalKullbackLeibler(KullbackLeibler):
     >>> q, p = Normal(loc=0., scale=1., var=["z"], name="q"), Normal(loc=1., scale=1., var=["z"])
     >>> kl = AnalyticalKullbackLeibler(q, p)
     >>> print(kl, kl.eval())
-    D_{KL} \left[q(z)||p(z) \right] tensor([0.5000])
+    D_{KL} \left[q(z)||p(z) \right] tensor(0.5000)
     """
 
     def __init__(self, p: "Distribution", q: "Distribution", dim: int | Sequence[int] | None = None) -> None:
@@ -266,6 +285,8 @@ class Entropy(Loss):
 
     def __init__(self, p: "Distribution", analytical: bool = True,
                  sample_shape: Sequence[int] = torch.Size([1])) -> None:
+        if analytical and type(self) is Entropy:  # Pixyz's Entropy(p) returns an AnalyticalEntropy (as above)
+            self.__class__ = AnalyticalEntropy
         check_distribution(p, "Entropy")
         self.p = p
         self.analytical = analytical
@@ -306,6 +327,21 @@ class Entropy(Loss):
             total = h if total is None else total + h
         assert total is not None
         return total
+
+
+class AnalyticalEntropy(Entropy):
+    r"""The analytic entropy :math:`H[p]` (Pixyz's class; what ``Entropy(p)`` computes by default).
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> h = Entropy(Normal(loc=0., scale=1., var=["x"]))
+    >>> type(h).__name__, type(Entropy(h.p, analytical=False)).__name__
+    ('AnalyticalEntropy', 'Entropy')
+    """
+
+    def __init__(self, p: "Distribution") -> None:
+        super().__init__(p, analytical=True)
 
 
 def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,

@@ -15,17 +15,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyro_dgm.losses.base import Loss
-from pyro_dgm.losses.divergences import CrossEntropy, Entropy, KullbackLeibler
+from pyro_dgm.losses.divergences import AnalyticalEntropy, CrossEntropy, Entropy, KullbackLeibler
 from pyro_dgm.losses.expectation import StochasticReconstructionLoss
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
 __all__ = ["Entropy", "AnalyticalEntropy", "CrossEntropy", "StochasticReconstructionLoss", "Loss", "KullbackLeibler"]
-
-
-class AnalyticalEntropy(Entropy):
-    r"""The analytic entropy :math:`H[p]` (Pixyz's class; what ``Entropy(p)`` computes by default)."""
-
-    def __init__(self, p: "Distribution") -> None:
-        super().__init__(p, analytical=True)

@@ -231,6 +231,54 @@ def test_kl_against_scalar_priors_as_pixyz(validate: bool) -> None:
     assert_same(ref, ours)
 
 
+def _kl_of_one_dim() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+
+    p = Normal(var=["z"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), name="p")
+    q = Normal(var=["z"], loc=torch.tensor(1.0), scale=torch.tensor(2.0), name="q")
+    q_x = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(2.0), name="q")
+    one = torch.tensor([0.5])
+    return {"constants": KullbackLeibler(q, p).eval(), "batch_of_one": KullbackLeibler(q_x, p).eval({"x": one}),
+            "two_dims": KullbackLeibler(q_x, p).eval({"x": one.unsqueeze(1)}),
+            "batch": KullbackLeibler(q_x, p).eval({"x": torch.tensor([[0.], [1.], [2.]])}),
+            "mean": KullbackLeibler(q_x, p).mean().eval({"x": torch.tensor([[0.], [1.], [2.]])})}
+
+
+def test_kl_of_one_value_has_pixyzs_shape() -> None:
+    """Pixyz sums the divergence over dims 1.. with ``torch.sum(kl, dim=[])``, which sums every dim: a divergence of
+    one dim becomes one number of shape (). For constant distributions or a batch of one, that is the value, with
+    Pixyz's shape, here too. KL[N(m, 2^2) || N(0, 1)] = -log 2 + (4 + m^2) / 2 - 1/2."""
+    ref, ours = run_both(_kl_of_one_dim)
+    assert_same(ref, ours)
+    kl = lambda m: -math.log(2.0) + (4 + m ** 2) / 2 - 0.5  # noqa: E731
+    torch.testing.assert_close(ours["constants"], torch.tensor(kl(1.0)))
+    torch.testing.assert_close(ours["batch_of_one"], torch.tensor(kl(0.5)))
+    torch.testing.assert_close(ours["two_dims"], torch.tensor([kl(0.5)]))
+    torch.testing.assert_close(ours["batch"], torch.tensor([kl(0.0), kl(1.0), kl(2.0)]))
+
+
+def _kl_of_a_one_dim_batch() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+
+    p = Normal(var=["z"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), name="p")
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(2.0), name="q")
+    return KullbackLeibler(q, p).eval({"x": torch.tensor([0.0, 1.0, 2.0])})
+
+
+def test_kl_of_a_batch_of_scalars_is_one_value_per_element_here_pixyz_sums_the_batch() -> None:
+    """Kept difference. A batch of 3 scalars given as a 1-d ``x`` (Pixyz's convention for scalar inputs): the same
+    ``torch.sum(dim=[])`` sums the three divergences into one number, which is not a divergence per batch element;
+    ``.mean()`` on top then gives 3 times the mean. We give the 3 values, as for the same batch given as ``[3, 1]``."""
+    ref, ours = run_both(_kl_of_a_one_dim_batch)
+    kl = torch.tensor([-math.log(2.0) + (4 + m ** 2) / 2 - 0.5 for m in (0.0, 1.0, 2.0)])
+    torch.testing.assert_close(ref, kl.sum())
+    torch.testing.assert_close(ours, kl)
+
+
 def _kl_falsy_dim() -> Any:
     import torch
     from pixyz.distributions import Normal

@@ -64,6 +64,27 @@ def _isinstance_divergence():
             isinstance(p.log_prob(), Divergence)]
 
 
+def _classes_of_the_default_forms():
+    """Pixyz's ``KullbackLeibler(p, q)`` and ``Entropy(p)`` are functions returning the analytic classes (the Monte
+    Carlo forms are other losses): type and isinstance checks on them, and the values, as in Pixyz."""
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import Entropy, KullbackLeibler
+    from pixyz.losses.divergences import AnalyticalKullbackLeibler
+    from pixyz.losses.entropy import AnalyticalEntropy
+
+    p = Normal(var=["z"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), name="p")
+    q = Normal(var=["z"], loc=torch.tensor(1.0), scale=torch.tensor(2.0), name="q")
+    out = []
+    for loss in (KullbackLeibler(p, q), KullbackLeibler(p, q, None, True), KullbackLeibler(p, q, analytical=True),
+                 Entropy(p), Entropy(p, True)):
+        out.append((type(loss).__name__, isinstance(loss, (AnalyticalKullbackLeibler, AnalyticalEntropy)),
+                    str(loss), loss.eval()))
+    mc = [KullbackLeibler(p, q, analytical=False), Entropy(q, analytical=False)]
+    out.append([isinstance(loss, (AnalyticalKullbackLeibler, AnalyticalEntropy)) for loss in mc])
+    return out
+
+
 def _data_paralleled_loss():
     import torch
     from pixyz.distributions import Normal
@@ -76,7 +97,7 @@ def _data_paralleled_loss():
 
 
 @pytest.mark.parametrize("program", [_custom_divergence, _analytic_classes, _isinstance_divergence,
-                                     _data_paralleled_loss], ids=lambda f: f.__name__.strip("_"))
+                                     _classes_of_the_default_forms, _data_paralleled_loss], ids=lambda f: f.__name__.strip("_"))
 def test_same_as_pixyz(program):
     ref, ours = run_both(program)
     assert_same(ref, ours)
