@@ -224,6 +224,15 @@ class DistributionBase(Distribution):
     def binding(self) -> Binding:
         return self._b
 
+    @property
+    def replace_params_dict(self) -> dict[str, list[str]]:
+        """Pixyz's attribute: each ``cond_var`` that is given as a parameter, with the parameters it gives, e.g.
+        ``{"x": ["loc"]}`` for ``Normal(loc="x", scale=1., cond_var=["x"])``."""
+        out: dict[str, list[str]] = {}
+        for pname, v in self._b.param_vars:
+            out.setdefault(v, []).append(pname)
+        return out
+
     def draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
         self._draw_with(self._b, values, ctx)
 

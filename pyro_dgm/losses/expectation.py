@@ -73,6 +73,8 @@ class Expectation(Loss):
         if not isinstance(f, Loss):
             raise TypeError(f"Expectation: f must be a Loss (e.g. p.log_prob()), got {type(f).__name__}")
         self.num_samples = _num_samples(sample_shape, num_samples, f"Expectation over {p.prob_text}")
+        self.sample_shape = torch.Size([num_samples]) if num_samples is not None else (
+            torch.Size([sample_shape]) if isinstance(sample_shape, numbers.Integral) else torch.Size(sample_shape))
         super().__init__(ordered_union(p.input_var, [v for v in f.input_var if v not in p.var]))
         self.p = p
         self.f = f

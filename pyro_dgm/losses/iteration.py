@@ -95,6 +95,13 @@ class IterativeLoss(Loss):
         self.timestep_var = timestep
 
     @property
+    def timpstep_symbol(self) -> Any:
+        """Pixyz's attribute (spelled as Pixyz spells it): the time step's symbol, ``timestep_var[0]`` or ``t``."""
+        import sympy
+
+        return sympy.Symbol(self.timestep_var[0] if self.timestep_var else "t")
+
+    @property
     def latex(self) -> str:
         t = self.timestep_var[0] if self.timestep_var else "t"
         top = str(self.max_iter - 1) if self.max_iter else f"{t}_{{max}} - 1"

@@ -85,6 +85,25 @@ def _classes_of_the_default_forms():
     return out
 
 
+def _pixyz_instance_attributes():
+    """Attributes a Pixyz object carries that users read: a distribution's ``replace_params_dict``, an
+    ``Expectation``'s (and so an ``ELBO``'s) ``sample_shape``, an ``IterativeLoss``'s ``timpstep_symbol``."""
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import ELBO, Expectation, IterativeLoss, LogProb
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
+    p = Normal(loc="z", scale=torch.tensor(1.), var=["x"], cond_var=["z"], name="p")
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    two = Normal(loc="a", scale="b", var=["x"], cond_var=["b", "a"])
+    return {"replace_params_dict": [q.replace_params_dict, prior.replace_params_dict, two.replace_params_dict],
+            "sample_shape": [Expectation(q, LogProb(p), sample_shape=(3,)).sample_shape,
+                             Expectation(q, LogProb(p)).sample_shape, ELBO(p * prior, q).sample_shape],
+            "timpstep_symbol": [str(IterativeLoss(LogProb(p), max_iter=2, series_var=["x"]).timpstep_symbol),
+                                str(IterativeLoss(LogProb(p.replace_var(z="s")), max_iter=2, series_var=["x"],
+                                                  timestep_var=["s"]).timpstep_symbol)]}
+
+
 def _data_paralleled_loss():
     import torch
     from pixyz.distributions import Normal
@@ -97,7 +116,8 @@ def _data_paralleled_loss():
 
 
 @pytest.mark.parametrize("program", [_custom_divergence, _analytic_classes, _isinstance_divergence,
-                                     _classes_of_the_default_forms, _data_paralleled_loss], ids=lambda f: f.__name__.strip("_"))
+                                     _classes_of_the_default_forms, _pixyz_instance_attributes,
+                                     _data_paralleled_loss], ids=lambda f: f.__name__.strip("_"))
 def test_same_as_pixyz(program):
     ref, ours = run_both(program)
     assert_same(ref, ours)
