@@ -116,6 +116,7 @@ class AdversarialLoss(Loss):
         self.d_optimizer = _build_optimizer(owner, optimizer, discriminator, dict(optimizer_params or {}))
         self.loss_optimizer = optimizer  # Pixyz's attributes: the optimizer's class and arguments as given
         self.loss_optimizer_params = optimizer_params if optimizer_params is not None else {}
+        self.bce_loss = nn.BCELoss()  # Pixyz's adversarial divergences have it: for subclasses written against it
         self.d_steps = 0
         self._synced = False  # whether the data-parallel wrapper was decided (at the first step)
         self._replicated: Any = None  # DistributedDataParallel around the discriminator, under a process group

@@ -104,6 +104,27 @@ def _pixyz_instance_attributes():
                                                   timestep_var=["s"]).timpstep_symbol)]}
 
 
+def _adversarial_children():
+    """The sub-modules of Pixyz's adversarial divergences (a subclass may use ``self.bce_loss``)."""
+    import torch
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialJensenShannon, AdversarialKullbackLeibler, AdversarialWassersteinDistance
+
+    class Discriminator(Deterministic):
+        def __init__(self):
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            return {"t": torch.sigmoid(self.fc(x))}
+
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+    losses = [cls(EmpiricalDistribution(var=["x"]), p, Discriminator())
+              for cls in (AdversarialJensenShannon, AdversarialKullbackLeibler, AdversarialWassersteinDistance)]
+    return [sorted(dict(loss.named_children())) for loss in losses] + [losses[0].bce_loss(
+        torch.tensor([0.25, 0.75]), torch.tensor([0.0, 1.0]))]
+
+
 def _data_paralleled_loss():
     import torch
     from pixyz.distributions import Normal
@@ -117,7 +138,7 @@ def _data_paralleled_loss():
 
 @pytest.mark.parametrize("program", [_custom_divergence, _analytic_classes, _isinstance_divergence,
                                      _classes_of_the_default_forms, _pixyz_instance_attributes,
-                                     _data_paralleled_loss], ids=lambda f: f.__name__.strip("_"))
+                                     _adversarial_children, _data_paralleled_loss], ids=lambda f: f.__name__.strip("_"))
 def test_same_as_pixyz(program):
     ref, ours = run_both(program)
     assert_same(ref, ours)
