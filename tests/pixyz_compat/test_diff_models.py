@@ -491,6 +491,57 @@ def prog_dmm() -> Any:
             "loss_text": str(loss), "model": str(model)}
 
 
+def prog_dmm_with_an_rnn_expectation() -> Any:
+    """Pixyz's DMM example: a bidirectional GRU as a ``Deterministic`` h(x) over the whole sequence, the iterative
+    loss under ``Expectation(rnn, ...)``, ``RMSprop`` with ``clip_grad_value``, then generation from the prior."""
+    from torch import nn, optim
+    from torch.nn import functional as F
+
+    import pixyz.distributions as pd
+    from pixyz.losses import Expectation as E
+    from pixyz.losses import IterativeLoss, KullbackLeibler, LogProb
+    from pixyz.models import Model
+
+    H, T = 3, 4
+
+    class RNN(pd.Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+            self.rnn = nn.GRU(X_DIM, H, bidirectional=True)
+            self.h0 = nn.Parameter(torch.zeros(2, 1, H))
+
+        def forward(self, x: torch.Tensor) -> dict:
+            h, _ = self.rnn(x, self.h0.expand(2, x.size(1), H).contiguous())
+            return {"h": h}
+
+    class Inference(pd.Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["h", "z_prev"], name="q")
+            self.fc = nn.Linear(2 * H + Z_DIM, 2 * Z_DIM)
+
+        def forward(self, h: torch.Tensor, z_prev: torch.Tensor) -> dict:
+            o = self.fc(torch.cat([h, z_prev], -1))
+            return {"loc": o[:, :Z_DIM], "scale": F.softplus(o[:, Z_DIM:])}
+
+    decoder, prior, _ = _dmm_nets(pd)
+    encoder, rnn = Inference(), RNN()
+    generate_from_prior = prior * decoder
+    step_loss = (KullbackLeibler(encoder, prior) - E(encoder, LogProb(decoder))).mean()
+    loss = E(rnn, IterativeLoss(step_loss, max_iter=T, series_var=["x", "h"], update_value={"z": "z_prev"})).mean()
+    dmm = Model(loss, distributions=[rnn, encoder, decoder, prior], optimizer=optim.RMSprop,
+                optimizer_params={"lr": 5e-3}, clip_grad_value=10)
+    xs = [torch.rand(T, N, X_DIM).round() for _ in range(3)]
+    losses = [dmm.train({"x": x, "z_prev": torch.zeros(N, Z_DIM)}) for x in xs]
+    test = dmm.test({"x": xs[0].clone(), "z_prev": torch.zeros(N, Z_DIM)})
+    z_prev, generated = torch.zeros(2, Z_DIM), []
+    for _ in range(T):
+        s = generate_from_prior.sample({"z_prev": z_prev})
+        generated.append(decoder.sample_mean({"z": s["z"]}))
+        z_prev = s["z"]
+    return {"losses": losses, "test": test, "generated": torch.stack(generated), "loss_text": str(loss),
+            "model": str(dmm)}
+
+
 def prog_vrnn() -> Any:
     """VRNN: a recurrent state h updated by a deterministic GRU cell at each step (update_value h -> h_prev)."""
     from torch import nn, optim
@@ -610,7 +661,7 @@ def prog_keyword_forms() -> Any:
 
 PROGRAMS = [prog_modes_after_test, prog_keyword_forms, prog_readme_vae, prog_vae_class, prog_cvae, prog_m2, prog_jmvae, prog_vi,
             prog_hierarchical_vi, prog_ml, prog_model_options, prog_mmd_vae_reconstruction, prog_gan, prog_dmm,
-            prog_vrnn]
+            prog_dmm_with_an_rnn_expectation, prog_vrnn]
 
 
 @pytest.mark.parametrize("program", PROGRAMS, ids=[p.__name__[5:] for p in PROGRAMS])
