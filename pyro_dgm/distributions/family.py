@@ -92,6 +92,8 @@ class DistributionBase(Distribution):
     buffer_order: ClassVar[tuple[str, ...]] = ()
     #: ``False`` where ``sample(sample_mean=True)`` raises NotImplementedError (Pixyz's relaxed families).
     sample_mean_draws: ClassVar[bool] = True
+    #: Whether a constant parameter requires grad (set per instance; the class default serves older pickles).
+    _const_grad: bool = False
 
     def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
                  features_shape: Iterable[int] = torch.Size(), **params: Any) -> None:
