@@ -131,6 +131,8 @@ class DistributionBase(Distribution):
             given = [n for n in group if n in consts or n in dict(var_params)]
             if len(given) > 1:
                 raise ValueError(f"{describe(self)}: give one of {', '.join(group)}, not {' and '.join(given)}")
+        if PYRO_STACK and consts:
+            self._check_no_plate_dims(consts)
         self._store_constants(consts)
         # Pixyz builds a distribution that cannot compute (a parameter missing, a cond_var that reaches nothing,
         # forward's arguments not the cond_var, an invalid constant): it prints, multiplies and has a graph, and
@@ -194,6 +196,27 @@ class DistributionBase(Distribution):
         if not t.is_floating_point():
             t = t.to(torch.get_default_dtype())
         return t
+
+    def _check_no_plate_dims(self, consts: dict[str, Tensor]) -> None:
+        """Refuse a constant built inside a Pyro plate that has the plate's dim (e.g. a latent drawn under
+        ``vectorize_particles``): a constant is the distribution's features, so that dim would be summed over."""
+        from pyro.poutine.indep_messenger import IndepMessenger
+
+        for m in PYRO_STACK:
+            if not isinstance(m, IndepMessenger) or m.dim is None:
+                continue
+            size = getattr(m, "subsample_size", None) or m.size
+            for pname, t in consts.items():
+                # the plate's dim counts batch dims: in the tensor it sits left of however many event dims it has
+                at = [m.dim - k for k in range(t.dim() + m.dim + 1)]
+                if size > 1 and any(t.shape[i] == size for i in at):
+                    raise ValueError(
+                        f"{describe(self)}: constant parameter {pname} has shape {tuple(t.shape)}, which has a dim "
+                        f"of the Pyro plate {m.name!r} (size {size}, dim {m.dim}) around this construction; a "
+                        f"constant is the distribution's features (its shape is features_shape), so that dim would "
+                        f"be summed over. Give a value that varies over plates as an input: "
+                        f"{self.distribution_name}({pname}='<name>', cond_var=['<name>'], ...) built once, called "
+                        f"with <name>=the tensor")
 
     def _store_constants(self, consts: dict[str, Tensor]) -> None:
         if self.buffer_order:
