@@ -268,6 +268,12 @@ class Distribution(nn.Module):
         return (self,)
 
     @property
+    def pixyz_atoms(self) -> tuple["Distribution", ...]:
+        """The distributions Pixyz's graph of this one holds as modules (the un-renamed atomic distributions): a
+        product, renaming or marginal registers them as ``_graph.<i>``, so its state dict has Pixyz's keys."""
+        return (self,)
+
+    @property
     def sampling_order(self) -> tuple["Distribution", ...]:
         """The atomic factors in the order they are drawn and scored (a topological order of the product's graph,
         Pixyz's: see ``docs/design.md``)."""

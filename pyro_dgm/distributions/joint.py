@@ -142,7 +142,8 @@ class MultiplyDistribution(Distribution):
         super().__init__(var=var, cond_var=cond, name=name)
         self._input_var = inputs
         self._factors = factors
-        self._graph = nn.ModuleList(factors)  # Pixyz's name: state_dict keys "_graph.0.<...>" as Pixyz's
+        # Pixyz's name and content: state_dict keys "_graph.<i>.<...>" of the atomic distributions, as Pixyz's
+        self._graph = nn.ModuleList(a for f in factors for a in f.pixyz_atoms)
         self._pg = pg
         ids = {id(f) for f in factors}
         order = tuple(n for n in nx.topological_sort(pg) if not isinstance(n, str) and id(n) in ids)
@@ -153,6 +154,10 @@ class MultiplyDistribution(Distribution):
     @property
     def factors(self) -> tuple[Distribution, ...]:
         return self._factors
+
+    @property
+    def pixyz_atoms(self) -> tuple[Distribution, ...]:
+        return tuple(self._graph)
 
     @property
     def graph(self) -> DistGraph:

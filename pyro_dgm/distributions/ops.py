@@ -5,7 +5,7 @@ import copy
 from typing import Any, Mapping, Sequence
 
 import networkx as nx
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
@@ -60,6 +60,7 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
     if mapping:
         nx.relabel_nodes(pg, mapping, copy=False)
     out = MultiplyDistribution.from_factors(factors, d.name, pg)
+    out.p = d  # Pixyz renames a joint by wrapping it: its state dict holds the joint's keys under "p." too
     opts = d.factor_options
     if opts:  # the factors' options (graph.set_option) follow them to their renamed copies, as in Pixyz
         new_id = {id(o): id(n) for o, n in zip(d.factors, factors)}
@@ -107,6 +108,7 @@ class ReplaceVarDistribution(_PassesThrough):
         m = dict(replace_dict)
         super().__init__(var=[m.get(v, v) for v in p.var], cond_var=[m.get(v, v) for v in p.cond_var],
                          name=p.name, features_shape=p.features_shape)
+        self._graph = nn.ModuleList(p.pixyz_atoms)  # Pixyz's state dict: "_graph.0.<...>" and "p.<...>"
         self.p = p
         self.replace_dict = m
         self._input_var = [m.get(v, v) for v in p.input_var]
@@ -115,6 +117,10 @@ class ReplaceVarDistribution(_PassesThrough):
     @property
     def binding(self) -> Binding:
         return self._b
+
+    @property
+    def pixyz_atoms(self) -> tuple[Distribution, ...]:
+        return tuple(self._graph)
 
     @property
     def required_input_var(self) -> list[str]:
@@ -216,9 +222,14 @@ class MarginalizeVarDistribution(_PassesThrough):
             raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
                             "variables of a product (joint) distribution")
         super().__init__(var=kept, cond_var=p.cond_var, name=p.name)
+        self._graph = nn.ModuleList(p.pixyz_atoms)  # Pixyz's state dict: "_graph.<i>.<...>" and "p.<...>"
         self.p = p
         self._marginalized = names
         self._input_var = list(p.input_var)
+
+    @property
+    def pixyz_atoms(self) -> tuple[Distribution, ...]:
+        return tuple(self._graph)
 
     @property
     def marginalize_list(self) -> list[str]:

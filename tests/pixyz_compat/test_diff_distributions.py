@@ -7,6 +7,7 @@ both values and why Pixyz's is wrong.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -498,6 +499,72 @@ def prog_one_character_names_as_strings():
                                      prog_one_character_names_as_strings])
 def test_constants_and_names_given_loosely(program) -> None:  # type: ignore[no-untyped-def]
     same(program)
+
+
+# ---------------------------------------------------------------------------------------------- state dicts
+def _composites(pd: Any) -> dict:
+    """Products, renamings and marginals of a network p(x|z) and a prior p(z), built from the program's ``pixyz``."""
+    class P(pd.Normal):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = torch.nn.Linear(2, 4)
+
+        def forward(self, z):
+            h = self.fc(z)
+            return {"loc": h[:, :2], "scale": torch.nn.functional.softplus(h[:, 2:])}
+
+    p, prior = P(), pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    return {"renamed_factor": p.replace_var(x="y") * prior,
+            "renamed_both": p.replace_var(x="y", z="w") * prior.replace_var(z="w"),
+            "marginal": (p * prior).marginalize_var("z"), "renamed": p.replace_var(x="y"),
+            "renamed_joint": (p.replace_var(x="y") * prior).replace_var(y="u"),
+            "renamed_marginal": (p * prior).marginalize_var("z").replace_var(x="u"),
+            "chain": p * prior * pd.Normal(loc="x", scale=1., var=["y"], cond_var=["x"])}
+
+
+def prog_state_dict_keys_of_composites():
+    """Pixyz registers the atomic distributions of a product, renaming or marginal as ``_graph.<i>`` (and a wrapped
+    distribution as ``p``): the same keys here, so state dicts move between the libraries."""
+    import pixyz.distributions as pd
+    return {k: list(d.state_dict()) for k, d in _composites(pd).items()}
+
+
+def test_state_dict_keys_of_composites() -> None:
+    same(prog_state_dict_keys_of_composites)
+
+
+def test_a_state_dict_saved_by_pixyz_loads_into_the_same_composite() -> None:
+    """Saved under Pixyz (after changing the weights), loaded with ``strict=True`` into the same program's objects
+    built here from another seed: every composite then scores as Pixyz's did."""
+    z, x = torch.randn(3, 2), torch.randn(3, 2)
+    given = {"renamed_factor": {"y": x, "z": z}, "renamed_both": {"y": x, "w": z}, "renamed": {"y": x, "z": z},
+             "renamed_joint": {"u": x, "z": z}, "chain": {"x": x, "z": z, "y": z}}
+
+    def save():
+        import pixyz.distributions as pd
+        out = {}
+        for k, d in _composites(pd).items():
+            with torch.no_grad():
+                for prm in d.parameters():
+                    prm.add_(torch.randn_like(prm))
+            state = {name: t.clone() for name, t in d.state_dict().items()}  # later steps change p in place
+            fresh = {n: t.clone() for n, t in given.get(k, {}).items()}  # Pixyz's cache keys on the tensors
+            out[k] = (state, d.get_log_prob(fresh) if k in given else None)
+        return out
+
+    saved = run_pixyz(save, seed=1)
+
+    def load():
+        import pixyz.distributions as pd
+        out = {}
+        for k, d in _composites(pd).items():
+            d.load_state_dict(saved[k][0], strict=True)
+            out[k] = d.get_log_prob(given[k]) if k in given else None
+        return out
+
+    ours = run_pyro_dgm(load, seed=2)
+    for k in given:
+        torch.testing.assert_close(ours[k], saved[k][1], msg=lambda m, k=k: f"{k}: {m}")
 
 
 # ---------------------------------------------------------------------------------------------- products of experts

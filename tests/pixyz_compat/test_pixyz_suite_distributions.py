@@ -575,8 +575,6 @@ def replace_var_parameter_names():
     return sorted(dict(Q().replace_var(x="y").named_parameters())), sorted(Q().replace_var(x="y").state_dict())
 
 
-@pytest.mark.xfail(strict=True, reason="a renamed distribution's parameter names: Pixyz '_graph.0.fc.bias' (and "
-                                       "'p.fc.bias' in state_dict), ours 'p.fc.bias' -- owned by distributions")
 def test_replace_var_parameter_names() -> None:
     same(replace_var_parameter_names)
 
