@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
 
     # 2. the loss: one step's negative ELBO, summed over time; E over f * q draws z, then the next state h
     fq = f * q
-    fq.name = "q"  # q(h,z|x,h_prev) = f(h|x,z,h_prev)q(z|x,h_prev)
+    fq.graph.name = "q"  # q(h,z|x,h_prev) = f(h|x,z,h_prev)q(z|x,h_prev)
     step_loss = KullbackLeibler(q, prior) - E(fq, LogProb(p))
     loss = IterativeLoss(step_loss, max_iter=args.steps, series_var=["x"], update_value={"h": "h_prev"}).mean()
 

@@ -190,6 +190,10 @@ class Distribution(nn.Module):
 
     @name.setter
     def name(self, name: str) -> None:
+        self._rename_text(name)
+
+    def _rename_text(self, name: str) -> None:
+        """Set the name printed in formulas (``name``'s setter; ``graph.name``'s for a product or marginal)."""
         if not isinstance(name, str):
             raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
         self._name = name

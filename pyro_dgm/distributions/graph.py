@@ -77,13 +77,14 @@ class DistGraph(nx.DiGraph):
 
     @property  # type: ignore[override]
     def name(self) -> str:
-        """The distribution's name (Pixyz: the first factor's); setting it renames the distribution."""
-        return self._owner.name if self._owner is not None else self.graph.get("name", "")
+        """The name in the distribution's formulas (Pixyz: a product's is its first factor's); setting it renames
+        them (a product's or marginal's own ``name`` is a label that formulas do not use, as in Pixyz)."""
+        return self._owner._name if self._owner is not None else self.graph.get("name", "")
 
     @name.setter
     def name(self, name: str) -> None:
         if self._owner is not None:
-            self._owner.name = name
+            self._owner._rename_text(name)
         else:
             self.graph["name"] = name
 

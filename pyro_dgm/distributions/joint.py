@@ -91,7 +91,7 @@ class MultiplyDistribution(Distribution):
                 raise TypeError(f"MultiplyDistribution {text}: can only multiply distributions, got "
                                 f"{type(d).__name__} {d!r}")
         what = f"{a.prob_text} * {b.prob_text}"
-        self._init_factors(a.factors + b.factors, a.name, what, _united(a, b, what))
+        self._init_factors(a.factors + b.factors, a._name, what, _united(a, b, what))
         # as Pixyz's graphs copy their factors' options: options set on a.graph or b.graph hold in the product
         opts = {**a.factor_options, **b.factor_options}
         if opts:
@@ -154,6 +154,18 @@ class MultiplyDistribution(Distribution):
     @property
     def factors(self) -> tuple[Distribution, ...]:
         return self._factors
+
+    @property
+    def name(self) -> str:
+        """Pixyz's: a product's own label, ``"p"`` unless set. Its formulas use the first factor's name, which
+        ``dist.graph.name = ...`` changes."""
+        return self.__dict__.get("_label", "p")
+
+    @name.setter
+    def name(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
+        self.__dict__["_label"] = name
 
     @property
     def pixyz_atoms(self) -> tuple[Distribution, ...]:

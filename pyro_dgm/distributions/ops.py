@@ -59,8 +59,9 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
     mapping = {k: v for k, v in replace_dict.items() if k in pg and k != v}
     if mapping:
         nx.relabel_nodes(pg, mapping, copy=False)
-    out = MultiplyDistribution.from_factors(factors, d.name, pg)
+    out = MultiplyDistribution.from_factors(factors, d._name, pg)
     out.p = d  # Pixyz renames a joint by wrapping it: its state dict holds the joint's keys under "p." too
+    out.name = d.name  # and the wrapper is labelled as the joint is
     opts = d.factor_options
     if opts:  # the factors' options (graph.set_option) follow them to their renamed copies, as in Pixyz
         new_id = {id(o): id(n) for o, n in zip(d.factors, factors)}
@@ -221,7 +222,8 @@ class MarginalizeVarDistribution(_PassesThrough):
         if p.factors == (p,):
             raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
                             "variables of a product (joint) distribution")
-        super().__init__(var=kept, cond_var=p.cond_var, name=p.name)
+        super().__init__(var=kept, cond_var=p.cond_var, name=p._name)
+        self.__dict__["_label"] = p.name  # Pixyz's marginal is named (its label) as the joint is
         self._graph = nn.ModuleList(p.pixyz_atoms)  # Pixyz's state dict: "_graph.<i>.<...>" and "p.<...>"
         self.p = p
         self._marginalized = names
@@ -230,6 +232,17 @@ class MarginalizeVarDistribution(_PassesThrough):
     @property
     def pixyz_atoms(self) -> tuple[Distribution, ...]:
         return tuple(self._graph)
+
+    @property
+    def name(self) -> str:
+        """Pixyz's: the joint's label when marginalized (``"p"`` unless set); the formulas use the joint's name."""
+        return self.__dict__["_label"]
+
+    @name.setter
+    def name(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
+        self.__dict__["_label"] = name
 
     @property
     def marginalize_list(self) -> list[str]:

@@ -181,7 +181,8 @@ def test_text_of_the_paper_joint():
     # Pixyz 0.3.3's texts: variables in the order its graph holds them, factors from the last drawn to the first
     assert joint.var == ["x", "y", "a", "z"]
     assert joint.cond_var == [] and joint.input_var == []
-    assert joint.name == "p_{1}"
+    assert joint.name == "p"  # Pixyz's: a product's own label; its formulas use the graph's name, the first factor's
+    assert joint.graph.name == "p_{1}"
     assert joint.prob_text == "p_{1}(x,y,a,z)"
     assert joint.prob_factorized_text == "p_{2}(z|x,y)p_{1}(x|y,a)p_{4}(y)p_{3}(a)"
     assert joint.prob_joint_factorized_and_text == "p_{1}(x,y,a,z) = p_{2}(z|x,y)p_{1}(x|y,a)p_{4}(y)p_{3}(a)"
