@@ -59,7 +59,23 @@ def _united(a: Distribution, b: Distribution, what: str) -> nx.DiGraph:
     return g
 
 
-class MultiplyDistribution(Distribution):
+class LabelledComposite:
+    """Pixyz's products and marginals: ``name`` is their own label, ``"p"`` unless set (a marginal takes its
+    joint's), which their formulas do not use; the formulas use the graph's name (a product's first factor's),
+    which ``dist.graph.name = ...`` changes."""
+
+    @property
+    def name(self) -> str:
+        return self.__dict__.get("_label", "p")
+
+    @name.setter
+    def name(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
+        self.__dict__["_label"] = name
+
+
+class MultiplyDistribution(LabelledComposite, Distribution):
     r"""The product of distributions, e.g. ``p * prior`` for :math:`p(x,z) = p(x|z)p_{prior}(z)`.
 
     Variables with the same name in different factors are the same variable. A product is valid when every variable
@@ -154,18 +170,6 @@ class MultiplyDistribution(Distribution):
     @property
     def factors(self) -> tuple[Distribution, ...]:
         return self._factors
-
-    @property
-    def name(self) -> str:
-        """Pixyz's: a product's own label, ``"p"`` unless set. Its formulas use the first factor's name, which
-        ``dist.graph.name = ...`` changes."""
-        return self.__dict__.get("_label", "p")
-
-    @name.setter
-    def name(self, name: str) -> None:
-        if not isinstance(name, str):
-            raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
-        self.__dict__["_label"] = name
 
     @property
     def pixyz_atoms(self) -> tuple[Distribution, ...]:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
-from pyro_dgm.distributions.joint import MultiplyDistribution, pixyz_graph
+from pyro_dgm.distributions.joint import LabelledComposite, MultiplyDistribution, pixyz_graph
 from pyro_dgm.utils.checks import check_var_name, describe
 from pyro_dgm.utils.latex import latex_name
 
@@ -190,7 +190,7 @@ class ReplaceVarDistribution(_PassesThrough):
         return self.p.sample_variance(self._inner(x_dict), **kwargs)
 
 
-class MarginalizeVarDistribution(_PassesThrough):
+class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     r"""The marginal :math:`p(x) = \int p(x,z)dz` of a joint.
 
     Sampling draws every factor and drops the marginalized variables; the log-density has no closed form and raises.
@@ -223,7 +223,7 @@ class MarginalizeVarDistribution(_PassesThrough):
             raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
                             "variables of a product (joint) distribution")
         super().__init__(var=kept, cond_var=p.cond_var, name=p._name)
-        self.__dict__["_label"] = p.name  # Pixyz's marginal is named (its label) as the joint is
+        self.name = p.name  # Pixyz's marginal is labelled as its joint is (see LabelledComposite)
         self._graph = nn.ModuleList(p.pixyz_atoms)  # Pixyz's state dict: "_graph.<i>.<...>" and "p.<...>"
         self.p = p
         self._marginalized = names
@@ -232,17 +232,6 @@ class MarginalizeVarDistribution(_PassesThrough):
     @property
     def pixyz_atoms(self) -> tuple[Distribution, ...]:
         return tuple(self._graph)
-
-    @property
-    def name(self) -> str:
-        """Pixyz's: the joint's label when marginalized (``"p"`` unless set); the formulas use the joint's name."""
-        return self.__dict__["_label"]
-
-    @name.setter
-    def name(self, name: str) -> None:
-        if not isinstance(name, str):
-            raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
-        self.__dict__["_label"] = name
 
     @property
     def marginalize_list(self) -> list[str]:
