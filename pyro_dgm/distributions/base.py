@@ -275,7 +275,8 @@ class Distribution(nn.Module):
     def pixyz_atoms(self) -> tuple["Distribution", ...]:
         """The distributions Pixyz's graph of this one holds as modules (the un-renamed atomic distributions): a
         product, renaming or marginal registers them as ``_graph.<i>``, so its state dict has Pixyz's keys."""
-        return (self,)
+        graph = self._modules.get("_graph")
+        return tuple(graph) if graph is not None else (self,)
 
     @property
     def sampling_order(self) -> tuple["Distribution", ...]:

@@ -206,10 +206,11 @@ class DistributionBase(Distribution):
             if not isinstance(m, IndepMessenger) or m.dim is None:
                 continue
             size = getattr(m, "subsample_size", None) or m.size
+            if size < 2:
+                continue
             for pname, t in consts.items():
                 # the plate's dim counts batch dims: in the tensor it sits left of however many event dims it has
-                at = [m.dim - k for k in range(t.dim() + m.dim + 1)]
-                if size > 1 and any(t.shape[i] == size for i in at):
+                if any(t.shape[m.dim - k] == size for k in range(t.dim() + m.dim + 1)):
                     raise ValueError(
                         f"{describe(self)}: constant parameter {pname} has shape {tuple(t.shape)}, which has a dim "
                         f"of the Pyro plate {m.name!r} (size {size}, dim {m.dim}) around this construction; a "

@@ -172,10 +172,6 @@ class MultiplyDistribution(LabelledComposite, Distribution):
         return self._factors
 
     @property
-    def pixyz_atoms(self) -> tuple[Distribution, ...]:
-        return tuple(self._graph)
-
-    @property
     def graph(self) -> DistGraph:
         return build_graph(self._factors, self)
 

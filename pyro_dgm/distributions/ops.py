@@ -120,10 +120,6 @@ class ReplaceVarDistribution(_PassesThrough):
         return self._b
 
     @property
-    def pixyz_atoms(self) -> tuple[Distribution, ...]:
-        return tuple(self._graph)
-
-    @property
     def required_input_var(self) -> list[str]:
         return [self.replace_dict.get(v, v) for v in self.p.required_input_var]
 
@@ -228,10 +224,6 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         self.p = p
         self._marginalized = names
         self._input_var = list(p.input_var)
-
-    @property
-    def pixyz_atoms(self) -> tuple[Distribution, ...]:
-        return tuple(self._graph)
 
     @property
     def marginalize_list(self) -> list[str]:

@@ -17,19 +17,18 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Expectation", "E", "REINFORCE", "StochasticReconstructionLoss"]
 
 
-def _num_samples(sample_shape: Sequence[int] | int | None, num_samples: int | None, owner: str) -> int:
+def _sample_shape(sample_shape: Sequence[int] | int | None, num_samples: int | None, owner: str) -> torch.Size:
+    """The shape of the draws: ``(num_samples,)`` when given, else ``sample_shape`` (an int, or ``None`` for one)."""
     if num_samples is not None:
         if not isinstance(num_samples, numbers.Integral) or num_samples < 1:
             raise ValueError(f"{owner}: num_samples must be a positive int, got {num_samples!r}")
-        return int(num_samples)
+        return torch.Size([int(num_samples)])
     if sample_shape is None:
-        return 1
-    if isinstance(sample_shape, numbers.Integral):
-        sample_shape = (int(sample_shape),)
-    n = torch.Size(sample_shape).numel()
-    if n < 1:
-        raise ValueError(f"{owner}: sample_shape {tuple(sample_shape)} holds no sample")
-    return n
+        return torch.Size([1])
+    shape = torch.Size([int(sample_shape)] if isinstance(sample_shape, numbers.Integral) else sample_shape)
+    if shape.numel() < 1:
+        raise ValueError(f"{owner}: sample_shape {tuple(shape)} holds no sample")
+    return shape
 
 
 class Expectation(Loss):
@@ -72,9 +71,8 @@ class Expectation(Loss):
         check_distribution(p, "Expectation")
         if not isinstance(f, Loss):
             raise TypeError(f"Expectation: f must be a Loss (e.g. p.log_prob()), got {type(f).__name__}")
-        self.num_samples = _num_samples(sample_shape, num_samples, f"Expectation over {p.prob_text}")
-        self.sample_shape = torch.Size([num_samples]) if num_samples is not None else (
-            torch.Size([sample_shape]) if isinstance(sample_shape, numbers.Integral) else torch.Size(sample_shape))
+        self.sample_shape = _sample_shape(sample_shape, num_samples, f"Expectation over {p.prob_text}")  # Pixyz's
+        self.num_samples = self.sample_shape.numel()
         super().__init__(ordered_union(p.input_var, [v for v in f.input_var if v not in p.var]))
         self.p = p
         self.f = f

@@ -65,6 +65,19 @@ def test_expectation_averages_num_samples(vae) -> None:  # type: ignore[no-untyp
     assert torch.allclose(many, torch.stack(single).mean(0), atol=1e-6)
 
 
+def test_expectation_sample_shape_forms(vae) -> None:  # type: ignore[no-untyped-def]
+    # Pixyz's attribute sample_shape, and the number of draws averaged, for each way of giving them
+    q, p, prior, x = vae
+    forms = {"default": ({}, (1,)), "none": ({"sample_shape": None}, (1,)), "int": ({"sample_shape": 3}, (3,)),
+             "shape": ({"sample_shape": (2, 3)}, (2, 3)), "num_samples": ({"num_samples": 4}, (4,))}
+    for name, (kw, shape) in forms.items():
+        e = E(q, LogProb(p), **kw)
+        assert e.sample_shape == torch.Size(shape), name
+        assert e.num_samples == torch.Size(shape).numel(), name
+    with pytest.raises(ValueError, match="holds no sample"):
+        E(q, LogProb(p), sample_shape=(0,))
+
+
 def test_expectation_is_reparameterized(vae) -> None:  # type: ignore[no-untyped-def]
     q, p, prior, x = vae
     loss, values = E(q, LogProb(p)).mean().eval({"x": x}, return_dict=True)
