@@ -62,7 +62,7 @@ def worker(rounds: int, steps: int) -> None:
 
     ddp_model, hand_model = build(), build()
     n, r = dist_utils.world_size(), dist_utils.rank()
-    hand_model._ddp = None  # the pre-issue-14 engine: plain loss evaluation, per-tensor averaging before the step
+    hand_model._dgm_ddp = None  # the pre-issue-14 engine: plain loss evaluation, per-tensor averaging before the step
     comm = [0.0]
     if n > 1:
         dist_utils.broadcast_module(hand_model.distributions)
@@ -70,7 +70,7 @@ def worker(rounds: int, steps: int) -> None:
 
         def averaged_step(*args, **kwargs):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
-            for prm in hand_model._params:
+            for prm in hand_model._dgm_params:
                 if prm.grad is None:
                     prm.grad = torch.zeros_like(prm)
                 tdist.all_reduce(prm.grad, op=tdist.ReduceOp.SUM)
@@ -93,7 +93,7 @@ def worker(rounds: int, steps: int) -> None:
         return (time.perf_counter() - t0) / steps
 
     def ddp_nosync() -> None:
-        with ddp_model._ddp.no_sync():
+        with ddp_model._dgm_ddp.no_sync():
             ddp_model.train(batch())
 
     for _ in range(5):  # warm-up

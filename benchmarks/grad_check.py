@@ -59,7 +59,7 @@ def main() -> None:
         i[0] += 1
 
     def check() -> None:  # what Model.train adds (no clipping), on the gradients of the last step
-        grads = [g.grad for g in model._params if g.grad is not None]
+        grads = [g.grad for g in model._dgm_params if g.grad is not None]
         if not _finite_sum(grads):
             raise AssertionError("non-finite gradient")
 
@@ -88,7 +88,7 @@ def main() -> None:
         model.check_gradients = True
         on_ms.append(dict(pair)[True] * 1e3)
         off_ms.append(dict(pair)[False] * 1e3)
-    n_params = sum(t.numel() for t in model._params)
+    n_params = sum(t.numel() for t in model._dgm_params)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"VAE #z={cfg.z_dim} #h={cfg.h_dim} batch {cfg.batch} ({n_params} parameters), {name}, torch "
           f"{torch.__version__}, {args.rounds} rounds x {args.steps} steps")

@@ -188,7 +188,7 @@ def draw_all(out: Path, pyro_only: bool = False) -> list[Path]:
         m = build()
         graph, latex = out / f"{name}_graph.png", out / f"{name}_latex.png"
         draw_graph(m["model"], graph)
-        formulas = [m["model"]._latex_text()] + [d._latex_text() for d in m["others"]]
+        formulas = [m["model"]._dgm_latex_text()] + [d._dgm_latex_text() for d in m["others"]]
         draw_latex(formulas + [r"\mathcal{L} = " + m["loss"].latex], latex)
         written += [graph, latex]
     return written

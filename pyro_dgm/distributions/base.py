@@ -27,6 +27,7 @@ from pyro_dgm.utils.checks import as_var_list, check_present, describe
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
+from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.random import STATE as _RNG
@@ -47,6 +48,8 @@ class _EntryPoint:
     Pixyz's own examples); ``nn.Module`` keeps those out of ``__dict__``, so a plain method would shadow them.
     """
 
+    yields = True  # a parameter or buffer may take the name too (YieldingModule)
+
     def __init__(self, fn: Any) -> None:
         self.fn = fn
         self.__doc__ = fn.__doc__
@@ -59,12 +62,8 @@ class _EntryPoint:
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
             return self.fn
-        d = obj.__dict__
-        for store in ("_modules", "_parameters", "_buffers"):
-            hit = d.get(store, {}).get(self.__name__)
-            if hit is not None:
-                return hit
-        return self.fn.__get__(obj, objtype)
+        hit = users_value(obj, self.__name__)
+        return self.fn.__get__(obj, objtype) if hit is MISSING else hit
 
 
 #: id of a tensor that a distribution put in Pyro's param store -> (the tensor, the distribution), both weakly held
@@ -88,7 +87,7 @@ def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
     return x.sum(dim=list(dims)) if len(dims) else x
 
 
-class Distribution(nn.Module):
+class Distribution(YieldingModule):
     r"""Base class of every pyro_dgm distribution: named variables, a formula, products, and Pyro model/guide.
 
     Parameters
@@ -108,7 +107,7 @@ class Distribution(nn.Module):
 
     Notes
     -----
-    Subclasses are either *atomic* (they implement ``_draw_with``/``_score_with`` over a :class:`Binding`) or
+    Subclasses are either *atomic* (they implement ``_dgm_draw_with``/``_dgm_score_with`` over a :class:`Binding`) or
     combinations of other distributions (joint, marginal). Shapes follow Pixyz: the first dim of a value given from
     outside is its batch dim, the feature dims (those of the parameters after their batch dim) are summed by
     :meth:`get_log_prob`, and extra leading dims (a ``sample_shape``) stay batch dims. A factor without inputs whose
@@ -125,16 +124,16 @@ class Distribution(nn.Module):
     #: Whether a memoizing scope may reuse this distribution's network outputs; set it to ``False`` on a
     #: distribution whose ``forward`` is random (dropout), so that each use runs it.
     memoizable: bool = True
-    _pyro_name: str | None = None  # see pyro_name
-    _pyro_infer: dict[str, Any] | None = None  # see pyro_infer
+    _dgm_pyro_name: str | None = None  # see pyro_name
+    _dgm_pyro_infer: dict[str, Any] | None = None  # see pyro_infer
     #: Buffers that ``print`` does not list (those Pixyz keeps as plain attributes, e.g. a PoE's weights).
-    _repr_hidden_buffers: tuple[str, ...] = ()
+    _dgm_repr_hidden_buffers: tuple[str, ...] = ()
     #: whether the class's ``sample`` / ``get_log_prob`` / ``set_dist`` / ``get_params`` are the user's, which
     #: products, losses and the family's own draws then call (:mod:`.overrides`)
-    _user_sample: bool = False
-    _user_log_prob: bool = False
-    _user_set_dist: bool = False
-    _user_get_params: bool = False
+    _dgm_user_sample: bool = False
+    _dgm_user_log_prob: bool = False
+    _dgm_user_set_dist: bool = False
+    _dgm_user_get_params: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -155,11 +154,11 @@ class Distribution(nn.Module):
             raise ValueError(f"{owner}: {both[0]!r} is both in var {self._var} and in cond_var {self._cond_var}; "
                              "a distribution cannot be conditioned on the variable it generates")
         self._name = _latex_name(name)  # Pixyz typesets the name once, at construction (p1 -> p_{1})
-        self._input_var = list(self._cond_var)
+        self._dgm_input_var = list(self._cond_var)
         self._features_shape = torch.Size(features_shape)
-        self._pyro_name: str | None = None
-        self._pyro_infer: dict[str, Any] | None = None
-        self._order: tuple[Distribution, ...] = (self,)
+        self._dgm_pyro_name: str | None = None
+        self._dgm_pyro_infer: dict[str, Any] | None = None
+        self._dgm_order: tuple[Distribution, ...] = (self,)
 
     # ------------------------------------------------------------------ names and text
     @property
@@ -175,13 +174,13 @@ class Distribution(nn.Module):
     @property
     def input_var(self) -> list[str]:
         """The variables a call needs as input (normally ``cond_var``)."""
-        return self._input_var
+        return self._dgm_input_var
 
     @property
-    def required_input_var(self) -> list[str]:
+    def _dgm_required_input_var(self) -> list[str]:
         """The input variables a call cannot do without (all of ``input_var`` but for distributions such as a
         product of experts, whose experts may be missing)."""
-        return self._input_var
+        return self._dgm_input_var
 
     @property
     def name(self) -> str:
@@ -190,9 +189,9 @@ class Distribution(nn.Module):
 
     @name.setter
     def name(self, name: str) -> None:
-        self._rename_text(name)
+        self._dgm_rename_text(name)
 
-    def _rename_text(self, name: str) -> None:
+    def _dgm_rename_text(self, name: str) -> None:
         """Set the name printed in formulas (``name``'s setter; ``graph.name``'s for a product or marginal)."""
         if not isinstance(name, str):
             raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
@@ -219,14 +218,14 @@ class Distribution(nn.Module):
         >>> q.pyro_name
         'encoder'
         """
-        return self._pyro_name or self.prob_text
+        return self._dgm_pyro_name or self.prob_text
 
     @pyro_name.setter
     def pyro_name(self, name: str) -> None:
         if not isinstance(name, str) or not name or "$$$" in name:
             raise TypeError(f"{describe(self)}: pyro_name must be a non-empty string without '$$$' (Pyro's "
                             f"separator of module and parameter names), got {name!r}")
-        self._pyro_name = name
+        self._dgm_pyro_name = name
 
     @property
     def pyro_infer(self) -> dict[str, Any]:
@@ -241,14 +240,14 @@ class Distribution(nn.Module):
         >>> y.pyro_infer
         {'enumerate': 'parallel'}
         """
-        return dict(self._pyro_infer or {})
+        return dict(self._dgm_pyro_infer or {})
 
     @pyro_infer.setter
     def pyro_infer(self, infer: Mapping[str, Any] | None) -> None:
         if infer is not None and not isinstance(infer, Mapping):
             raise TypeError(f"{describe(self)}: pyro_infer must be a dict of Pyro's infer options, e.g. "
                             f"{{'enumerate': 'parallel'}}, got {type(infer).__name__}")
-        self._pyro_infer = dict(infer) if infer else None
+        self._dgm_pyro_infer = dict(infer) if infer else None
 
     @property
     def features_shape(self) -> torch.Size:
@@ -263,45 +262,45 @@ class Distribution(nn.Module):
     @property
     def has_reparam(self) -> bool:
         """Whether samples can be reparameterized (gradients flow through them)."""
-        factors = self.factors
+        factors = self._dgm_factors
         return factors != (self,) and all(f.has_reparam for f in factors)
 
     @property
-    def factors(self) -> tuple["Distribution", ...]:
+    def _dgm_factors(self) -> tuple["Distribution", ...]:
         """The atomic factors of this distribution, in the order they were multiplied."""
         return (self,)
 
     @property
-    def pixyz_atoms(self) -> tuple["Distribution", ...]:
+    def _dgm_pixyz_atoms(self) -> tuple["Distribution", ...]:
         """The distributions Pixyz's graph of this one holds as modules (the un-renamed atomic distributions): a
         product, renaming or marginal registers them as ``_graph.<i>``, so its state dict has Pixyz's keys."""
         graph = self._modules.get("_graph")
         return tuple(graph) if graph is not None else (self,)
 
     @property
-    def sampling_order(self) -> tuple["Distribution", ...]:
+    def _dgm_sampling_order(self) -> tuple["Distribution", ...]:
         """The atomic factors in the order they are drawn and scored (a topological order of the product's graph,
         Pixyz's: see ``docs/design.md``)."""
-        return self._order
+        return self._dgm_order
 
     @property
     def factor_options(self) -> dict[int, dict[str, Any]]:
         """The options set on this distribution's graph for its factors (``dist.graph.set_option(opts, var)``,
         Pixyz's): ``id(factor) -> options`` (a copy; assign to set them). The ancestral loop reads them at each call."""
-        return dict(self.__dict__.get("_dg_options") or {})
+        return dict(self.__dict__.get("_dgm_dg_options") or {})
 
     @factor_options.setter
     def factor_options(self, options: Mapping[int, Mapping[str, Any]] | None) -> None:
-        self.__dict__["_dg_options"] = {k: dict(v) for k, v in options.items()} if options else None
+        self.__dict__["_dgm_dg_options"] = {k: dict(v) for k, v in options.items()} if options else None
 
     @property
     def global_options(self) -> dict[str, Any]:
         """The options every call uses for the keywords it does not give (``dist.graph.set_option(opts)``)."""
-        return dict(self.__dict__.get("_dg_global_option") or {})
+        return dict(self.__dict__.get("_dgm_dg_global_option") or {})
 
     @global_options.setter
     def global_options(self, options: Mapping[str, Any] | None) -> None:
-        self.__dict__["_dg_global_option"] = dict(options) if options else None
+        self.__dict__["_dgm_dg_global_option"] = dict(options) if options else None
 
     @property
     def prob_text(self) -> str:
@@ -327,37 +326,37 @@ class Distribution(nn.Module):
         ``set_option``, ``visible_graph``, ``print``)."""
         from pyro_dgm.distributions.graph import build_graph
 
-        return build_graph(self.factors, self)
+        return build_graph(self._dgm_factors, self)
 
     def extra_repr(self) -> str:
         lines = [f"name={self._name}, distribution_name={self.distribution_name},",
-                 f"var={self._var}, cond_var={self._cond_var}, input_var={self._input_var}, "
+                 f"var={self._var}, cond_var={self._cond_var}, input_var={self._dgm_input_var}, "
                  f"features_shape={self._features_shape}"]
-        hidden = self._repr_hidden_buffers
+        hidden = self._dgm_repr_hidden_buffers
         lines += [f"({k}): {v.shape}" for k, v in self._buffers.items() if v is not None and k not in hidden]
         return "\n".join(lines)
 
-    def network_text(self) -> str:
+    def _dgm_network_text(self) -> str:
         return repr(self)
 
     def __str__(self) -> str:
         return (f"Distribution:\n  {self.prob_joint_factorized_and_text}\nNetwork architecture:\n"
-                f"{textwrap.indent(self.network_text(), '  ')}")
+                f"{textwrap.indent(self._dgm_network_text(), '  ')}")
 
-    def _latex_text(self) -> str:
+    def _dgm_latex_text(self) -> str:
         return self.prob_joint_factorized_and_text
 
     def _repr_latex_(self) -> str:
-        return f"$${_math_escape(self._latex_text())}$$"
+        return f"$${_math_escape(self._dgm_latex_text())}$$"
 
     def print_latex(self) -> Any:
         """Show the formula as LaTeX (rendered in a notebook); see :func:`pyro_dgm.utils.print_latex`."""
         return _print_latex(self)
 
     # ------------------------------------------------------------------ inputs
-    def _input_dict(self, x: ValuesLike, needed: Sequence[str] | None = None) -> dict[str, Any]:
+    def _dgm_input_dict(self, x: ValuesLike, needed: Sequence[str] | None = None) -> dict[str, Any]:
         """A fresh dict of the given values (a tensor or list maps onto ``input_var`` in order); checks ``needed``."""
-        needed = self.required_input_var if needed is None else needed
+        needed = self._dgm_required_input_var if needed is None else needed
         if type(x) is dict:
             values = dict(x)
         elif x is None:
@@ -365,16 +364,16 @@ class Distribution(nn.Module):
         elif isinstance(x, Mapping):
             values = dict(x)
         elif isinstance(x, Tensor):
-            if len(self._input_var) != 1:
-                takes = f"input_var is {self._input_var}" if self._input_var else "it takes no input variables"
+            if len(self._dgm_input_var) != 1:
+                takes = f"input_var is {self._dgm_input_var}" if self._dgm_input_var else "it takes no input variables"
                 raise ValueError(f"{describe(self)}: a bare tensor can stand only for a single input variable, "
                                  f"but {takes}; pass a dict")
-            values = {self._input_var[0]: x}
+            values = {self._dgm_input_var[0]: x}
         elif isinstance(x, (list, tuple)):
-            if len(x) != len(self._input_var):
-                raise ValueError(f"{describe(self)}: got {len(x)} values for input_var {self._input_var}; "
+            if len(x) != len(self._dgm_input_var):
+                raise ValueError(f"{describe(self)}: got {len(x)} values for input_var {self._dgm_input_var}; "
                                  "pass one per variable, in that order, or a dict")
-            values = dict(zip(self._input_var, x))
+            values = dict(zip(self._dgm_input_var, x))
         else:
             raise TypeError(f"{describe(self)}: inputs must be a dict, a tensor or a list of tensors, "
                             f"got {type(x).__name__}")
@@ -383,10 +382,10 @@ class Distribution(nn.Module):
                 check_present(self, values, needed)
         for k, v in values.items():
             if not isinstance(v, Tensor) and type(v).__module__ == "numpy" and hasattr(v, "__array__"):
-                values[k] = self._from_numpy(v)
+                values[k] = self._dgm_from_numpy(v)
         return values
 
-    def _from_numpy(self, v: Any) -> Tensor:
+    def _dgm_from_numpy(self, v: Any) -> Tensor:
         """A numpy array given as a value: ``torch.as_tensor`` (its dtype kept, as ``torch.from_numpy``) on the
         device of this distribution's parameters (docs/design.md, "dtypes and containers")."""
         dev = next((t.device for t in self.buffers()), None) or next((t.device for t in self.parameters()), None)
@@ -435,25 +434,25 @@ class Distribution(nn.Module):
         """
         if batch_n is not None and (not isinstance(batch_n, int) or isinstance(batch_n, bool) or batch_n < 1):
             raise ValueError(f"{describe(self)}: batch_n must be a positive int, got {batch_n!r}")
-        values = self._input_dict(x_dict)
+        values = self._dgm_input_dict(x_dict)
         d = self.__dict__
-        g_opt, f_opts = d.get("_dg_global_option"), d.get("_dg_options")
+        g_opt, f_opts = d.get("_dgm_dg_global_option"), d.get("_dgm_dg_options")
         if g_opt:  # Pixyz: global options reach the factors as keywords the call does not give
             kwargs = {**{k: v for k, v in g_opt.items() if k not in SAMPLING_OPTIONS}, **kwargs}
         ctx = CallState(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
         if not f_opts:
-            for f in self._order:
-                f.draw_factor(values, ctx)
+            for f in self._dgm_order:
+                f._dgm_draw_factor(values, ctx)
         else:  # options set with graph.set_option(..., var) override the call's for their factors
-            for f in self._order:
+            for f in self._dgm_order:
                 # (Pixyz: they hold in products; an atomic distribution's own calls do not read them)
                 o = f_opts.get(id(f)) if f is not self else None
                 if o is None:
-                    f.draw_factor(values, ctx)
+                    f._dgm_draw_factor(values, ctx)
                 else:
                     saved = ctx.override(o)
                     try:
-                        f.draw_factor(values, ctx)
+                        f._dgm_draw_factor(values, ctx)
                     finally:
                         ctx.restore(saved)
         if return_all:
@@ -484,31 +483,33 @@ class Distribution(nn.Module):
         >>> round(float(p.get_log_prob({"x": torch.zeros(1, 2)})), 4)
         -1.8379
         """
-        total = self._get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
+        total = self._dgm_get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
         if sum_features and feature_dims is None and total.dim() > 1:
             # Pixyz sums every dim but the first: a sample_shape draw [L, B, ...] scores to [L]
             total = total.sum(tuple(range(1, total.dim())))
         return total
 
-    def _get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True,
-                      feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+    def _dgm_get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True,
+                          feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
         """:meth:`get_log_prob` that keeps the batch dims, the sample dims of a ``sample_shape`` draw included
         (``[L, B]`` where Pixyz's ``get_log_prob`` gives ``[L]``), for estimators that need one value per draw."""
-        needed = self.__dict__.get("_scored_var")
+        needed = self.__dict__.get("_dgm_scored_var")
         if needed is None:  # var and input_var are fixed at construction
-            needed = self._scored_var = list(self._var) + [v for v in self.required_input_var if v not in self._var]
-        values = self._input_dict(x_dict, needed)
+            needed = self._dgm_scored_var = list(self._var) + [v for v in self._dgm_required_input_var
+                                                               if v not in self._var]
+        values = self._dgm_input_dict(x_dict, needed)
         if kwargs:  # sampling options a loss passes along for its sampling terms are not network arguments
             kwargs = {k: v for k, v in kwargs.items() if k not in SAMPLING_OPTIONS}
         ctx = CallState(kwargs=kwargs)
         total: Tensor | None = None
-        f_opts = self.__dict__.get("_dg_options")
-        for f in self._order:
+        f_opts = self.__dict__.get("_dgm_dg_options")
+        for f in self._dgm_order:
             o = f_opts.get(id(f)) if f_opts and f is not self else None
             if o is None:
-                lp = f.score_factor(values, ctx, sum_features, feature_dims)
+                lp = f._dgm_score_factor(values, ctx, sum_features, feature_dims)
             else:  # graph.set_option(..., var): the factor's own sum_features/feature_dims
-                lp = f.score_factor(values, ctx, o.get("sum_features", sum_features), o.get("feature_dims", feature_dims))
+                lp = f._dgm_score_factor(values, ctx, o.get("sum_features", sum_features),
+                                         o.get("feature_dims", feature_dims))
             total = lp if total is None else total + lp
         assert total is not None
         return total
@@ -518,35 +519,35 @@ class Distribution(nn.Module):
         return self.get_log_prob(x_dict, **kwargs)
 
     # ------------------------------------------------------------------ Pyro model / guide
-    def _run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any],
-                  guide: bool = False) -> dict[str, Tensor]:
+    def _dgm_run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any],
+                      guide: bool = False) -> dict[str, Tensor]:
         values = dict(data) if data is not None else {}
         values.update(kwargs)
-        required = self.required_input_var
+        required = self._dgm_required_input_var
         if any(v not in values for v in required):
             check_present(self, values, required)
-        for f in self._order:
-            f.register_params()
-        batch_n = self._data_batch_n(values)
+        for f in self._dgm_order:
+            f._dgm_register_params()
+        batch_n = self._dgm_data_batch_n(values)
         ctx = CallState(batch_n=batch_n, reparam=True, obs=dict(values))
-        order = self._order
+        order = self._dgm_order
         if guide:  # in a guide a given variable is an input, not a site (Pyro's semi-supervised guides)
             order = tuple(f for f in order if not all(v in values for v in f.var))
         if any(getattr(m, "dim", None) == -1 for m in PYRO_STACK):  # the caller's plate covers the batch dim
             for f in order:
-                f.draw_factor(values, ctx)
+                f._dgm_draw_factor(values, ctx)
             return values
         with pyro.plate("data", 1 if batch_n is None else batch_n, dim=-1):
             for f in order:
-                f.draw_factor(values, ctx)
+                f._dgm_draw_factor(values, ctx)
         return values
 
-    def _positional_data(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], role: str) -> dict[str, Any]:
+    def _dgm_positional_data(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], role: str) -> dict[str, Any]:
         """The data of ``model(*args, **kwargs)``: a dict (or ``None``) as the only positional argument, or tensors
         in the order of :attr:`pyro_arg_names` (a guide's: its input variables) not given by name."""
         if len(args) == 1 and (args[0] is None or isinstance(args[0], Mapping)):
             return dict(args[0] or {})
-        order = self.pyro_arg_names if role == "model" else list(self._input_var)
+        order = self._dgm_pyro_arg_names if role == "model" else list(self._dgm_input_var)
         names = [v for v in order if v not in kwargs]
         if len(args) > len(names) or any(isinstance(a, Mapping) for a in args):
             raise TypeError(f"{describe(self)}: {role}() takes its data by name, e.g. {role}("
@@ -556,7 +557,7 @@ class Distribution(nn.Module):
         return dict(zip(names, args))
 
     @property
-    def pyro_arg_names(self) -> list[str]:
+    def _dgm_pyro_arg_names(self) -> list[str]:
         """The variables that ``model`` (and ``SVI.step``) takes positionally, in order: the input variables, then
         the variables no factor is conditioned on (the observed data of a joint, e.g. ``x`` of :math:`p(x|z)p(z)`).
         A ``guide`` takes only its input variables positionally (``q.guide(x)``); pass the others by name.
@@ -568,12 +569,12 @@ class Distribution(nn.Module):
         >>> joint.pyro_arg_names, Normal(loc="x", scale=1., var=["z"], cond_var=["x"]).pyro_arg_names
         (['x'], ['x', 'z'])
         """
-        used = {v for f in self._order for v in f.input_var}
-        return list(self._input_var) + [v for v in self._var if v not in used and v not in self._input_var]
+        used = {v for f in self._dgm_order for v in f.input_var}
+        return list(self._dgm_input_var) + [v for v in self._var if v not in used and v not in self._dgm_input_var]
 
-    def _data_batch_n(self, values: Mapping[str, Any]) -> int | None:
+    def _dgm_data_batch_n(self, values: Mapping[str, Any]) -> int | None:
         """The batch size of the data (dim 0 of the first given variable): factors without inputs draw that many."""
-        for v in (*self._var, *self._input_var):
+        for v in (*self._var, *self._dgm_input_var):
             x = values.get(v)
             if isinstance(x, Tensor) and x.dim() >= 1:
                 return x.shape[0]
@@ -600,7 +601,7 @@ class Distribution(nn.Module):
         >>> [(n, tr.nodes[n]["is_observed"]) for n in ("z", "x")]
         [('z', False), ('x', True)]
         """
-        return self._run_pyro(self._positional_data(args, data_kwargs, "model") if args else None, data_kwargs)
+        return self._dgm_run_pyro(self._dgm_positional_data(args, data_kwargs, "model") if args else None, data_kwargs)
 
     def _guide(self, *args: Any, **data_kwargs: Any) -> dict[str, Tensor]:
         """This distribution as a Pyro guide: :meth:`model`, except that a variable given in the data is an input,
@@ -617,13 +618,26 @@ class Distribution(nn.Module):
         >>> [n for n in tr.nodes if n in ("y", "z")]
         ['z']
         """
-        return self._run_pyro(self._positional_data(args, data_kwargs, "guide") if args else None, data_kwargs,
-                              guide=True)
+        return self._dgm_run_pyro(self._dgm_positional_data(args, data_kwargs, "guide") if args else None, data_kwargs,
+                                  guide=True)
 
     model = _EntryPoint(_model)
     guide = _EntryPoint(_guide)
+    del _model, _guide  # no private names but _dgm_ ones (a subclass may use any other)
 
-    def register_params(self) -> None:
+    # pyro_dgm's public attributes that Pixyz lacks: a subclass may assign them for its own use (see Yielding)
+    factors = Yielding("_dgm_factors")
+    pixyz_atoms = Yielding("_dgm_pixyz_atoms")
+    sampling_order = Yielding("_dgm_sampling_order")
+    required_input_var = Yielding("_dgm_required_input_var")
+    pyro_arg_names = Yielding("_dgm_pyro_arg_names")
+    binding = Yielding("_dgm_binding")
+    draw_factor = Yielding("_dgm_draw_factor")
+    register_params = Yielding("_dgm_register_params")
+    network_text = Yielding("_dgm_network_text")
+    score_factor = Yielding("_dgm_score_factor")
+
+    def _dgm_register_params(self) -> None:
         """Register this factor's networks in Pyro's param store (once per model/guide call), as
         ``pyro.module(self.pyro_name, self)`` does, under deterministic names (see :attr:`pyro_name`).
 
@@ -631,7 +645,7 @@ class Distribution(nn.Module):
         is replaced by ours, and one that no distribution registered (``param_store.load(...)``) is loaded into our
         parameter (shapes checked), which then takes its place, so the module and the store share one tensor.
         """
-        name = self._pyro_name or self.prob_text
+        name = self._dgm_pyro_name or self.prob_text
         store = None
         for pname, prm in self.named_parameters():
             if not prm.requires_grad:
@@ -641,12 +655,12 @@ class Distribution(nn.Module):
                 store = pyro.get_param_store()
             cur = store._params.get(full)
             if cur is not None and cur is not prm:
-                self._take_name(store, full, prm, cur)
+                self._dgm_take_name(store, full, prm, cur)
             pyro.param(full, prm)
             if id(prm) not in _REGISTERED:
                 _REGISTERED[id(prm)] = (weakref.ref(prm, _forget(id(prm))), weakref.ref(self))
 
-    def _take_name(self, store: Any, full: str, prm: Tensor, cur: Tensor) -> None:
+    def _dgm_take_name(self, store: Any, full: str, prm: Tensor, cur: Tensor) -> None:
         entry = _REGISTERED.get(id(cur))
         if entry is not None and entry[0]() is cur:  # a distribution of this process put it there
             owner = entry[1]()
@@ -667,25 +681,25 @@ class Distribution(nn.Module):
 
     # ------------------------------------------------------------------ per-factor hooks (atomic subclasses)
     @property
-    def binding(self) -> Binding:
-        return Binding(self._var, self._cond_var, self._input_var)
+    def _dgm_binding(self) -> Binding:
+        return Binding(self._var, self._cond_var, self._dgm_input_var)
 
-    def draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
-        self._draw_with(self.binding, values, ctx)
+    def _dgm_draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
+        self._dgm_draw_with(self._dgm_binding, values, ctx)
 
-    def score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-               feature_dims: Sequence[int] | None) -> Tensor:
-        return self._score_with(self.binding, values, ctx, sum_features, feature_dims)
+    def _dgm_score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                          feature_dims: Sequence[int] | None) -> Tensor:
+        return self._dgm_score_with(self._dgm_binding, values, ctx, sum_features, feature_dims)
 
-    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+    def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         raise NotImplementedError(f"{describe(self)} cannot be sampled")
 
-    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
+    def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)} has no log-density")
 
     @staticmethod
-    def _batch_ndim(b: Binding, values: Mapping[str, Any], ctx: CallState) -> int:
+    def _dgm_batch_ndim(b: Binding, values: Mapping[str, Any], ctx: CallState) -> int:
         """How many leading dims of this factor's parameters are batch dims.
 
         A value drawn in this pass knows its event dims; a value given from outside has one batch dim (Pixyz),
@@ -711,7 +725,7 @@ class Distribution(nn.Module):
                     n = d
         return n
 
-    def _site(self, name: str, fn: Any, ctx: CallState) -> Tensor:
+    def _dgm_site(self, name: str, fn: Any, ctx: CallState) -> Tensor:
         """One ``pyro.sample`` site; observed in a model/guide run when the data holds ``name``.
 
         Under :func:`pyro_dgm.utils.random.generator` the site's sampler runs under ``seeded_draws`` (its random
@@ -720,9 +734,9 @@ class Distribution(nn.Module):
         """
         if _RNG.generator is not None and not getattr(fn, "seeds_its_draws", False):
             with seeded_draws(self):  # current_generator() is None inside: this call runs the plain path below
-                return self._site(name, fn, ctx)
+                return self._dgm_site(name, fn, ctx)
         obs = ctx.obs
-        infer = self._pyro_infer
+        infer = self._dgm_pyro_infer
         if obs is not None:
             if name in obs:
                 return pyro.sample(name, fn, obs=obs[name])
@@ -740,40 +754,40 @@ class Distribution(nn.Module):
         return fn.sample()
 
     @staticmethod
-    def _record(name: str, value: Tensor, event_dim: int) -> Tensor:
+    def _dgm_record(name: str, value: Tensor, event_dim: int) -> Tensor:
         """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value."""
         if PYRO_STACK and not ignores_sites(PYRO_STACK):
             return pyro.deterministic(name, value, event_dim=event_dim)
         return value
 
     # ------------------------------------------------------------------ queries that atomic families answer
-    def _only_atomic(self, what: str) -> None:
+    def _dgm_only_atomic(self, what: str) -> None:
         raise NotImplementedError(f"{describe(self)}: {what} is defined for a single distribution, not for a "
-                                  f"product of {len(self.factors)} factors; call it on a factor")
+                                  f"product of {len(self._dgm_factors)} factors; call it on a factor")
 
     def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
         """The parameters of this distribution given its inputs (constants and network outputs)."""
-        self._only_atomic("get_params")
+        self._dgm_only_atomic("get_params")
         raise AssertionError  # pragma: no cover
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         """The ``pyro.distributions`` object given the inputs, with the feature dims as event dims."""
-        self._only_atomic("dist")
+        self._dgm_only_atomic("dist")
 
     def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
         """The analytic entropy given the inputs."""
-        self._only_atomic("get_entropy")
+        self._dgm_only_atomic("get_entropy")
         raise AssertionError  # pragma: no cover
 
     def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mean of ``var`` given the inputs."""
-        self._only_atomic("sample_mean")
+        self._dgm_only_atomic("sample_mean")
         raise AssertionError  # pragma: no cover
 
     def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The variance of ``var`` given the inputs."""
-        self._only_atomic("sample_variance")
+        self._dgm_only_atomic("sample_variance")
         raise AssertionError  # pragma: no cover
 
     # ------------------------------------------------------------------ graph operations (new objects)

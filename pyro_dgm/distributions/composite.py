@@ -1,8 +1,8 @@
 """Helpers for distributions built from other distributions (flows, products and mixtures of experts).
 
-An inner distribution is used through the same hooks as a factor of a joint: ``_fn(binding, values, ctx, expand)``
+An inner distribution is used through the same hooks as a factor of a joint: ``_dgm_fn(binding, values, ctx, expand)``
 (the Pyro distribution of its site in the current pass, see :class:`~pyro_dgm.distributions.family.DistributionBase`)
-and ``_params(binding, values, ctx)``, under its binding renamed to the outer distribution's variable names.
+and ``_dgm_params(binding, values, ctx)``, under its binding renamed to the outer distribution's variable names.
 """
 from __future__ import annotations
 
@@ -21,22 +21,22 @@ __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "expand_root", "Op
 
 def unwrap(d: Distribution) -> tuple[Distribution, Binding]:
     """The distribution that implements ``d``'s hooks, and the binding ``d`` runs it under."""
-    b = d.binding
+    b = d._dgm_binding
     while isinstance(d, ReplaceVarDistribution):
         d = d.p
     return d, b
 
 
-def check_inner(owner: str, d: Any, what: str, need: str = "_fn") -> None:
+def check_inner(owner: str, d: Any, what: str, need: str = "_dgm_fn") -> None:
     """Raise ``TypeError`` unless ``d`` is a single distribution that has a Pyro site distribution (``need``)."""
     if not isinstance(d, Distribution):
         raise TypeError(f"{owner}: {what} must be a pyro_dgm distribution, got {type(d).__name__}")
-    if d.factors != (d,):
-        raise TypeError(f"{owner}: {what} {d.prob_text} is a product of {len(d.factors)} factors; it must be a "
+    if d._dgm_factors != (d,):
+        raise TypeError(f"{owner}: {what} {d.prob_text} is a product of {len(d._dgm_factors)} factors; it must be a "
                         "single distribution")
     core, _ = unwrap(d)
     if not hasattr(core, need):
-        kind = "a Pyro distribution" if need == "_fn" else "parameters"
+        kind = "a Pyro distribution" if need == "_dgm_fn" else "parameters"
         raise TypeError(f"{owner}: {what} {describe(d)} has no {kind} to build on; use a parametric family "
                         "(Normal, ...) or a flow, product or mixture distribution")
 
@@ -48,14 +48,15 @@ def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, An
     core, b = unwrap(d)
     b = b.renamed(mapping) if mapping else b
     if value is None:
-        return core._fn(b, values, ctx, expand)  # type: ignore[attr-defined]
-    return core._fn(b, values, ctx, expand, value=value)  # type: ignore[attr-defined]
+        return core._dgm_fn(b, values, ctx, expand)  # type: ignore[attr-defined]
+    return core._dgm_fn(b, values, ctx, expand, value=value)  # type: ignore[attr-defined]
 
 
-def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: CallState) -> dict[str, Any]:
+def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any],
+                ctx: CallState) -> dict[str, Any]:
     """``d``'s parameters (constants and network outputs) under the outer names."""
     core, b = unwrap(d)
-    return core._params(b.renamed(mapping) if mapping else b, values, ctx)  # type: ignore[attr-defined]
+    return core._dgm_params(b.renamed(mapping) if mapping else b, values, ctx)  # type: ignore[attr-defined]
 
 
 def expand_root(owner: Distribution, fn: Any, b: Binding, ctx: CallState) -> Any:
@@ -79,25 +80,25 @@ class OneSiteDistribution(Distribution):
     """Base of composite distributions drawn at one Pyro site whose density does not factorize over features
     (flows, mixtures): the renaming passed to the inner distributions, and scoring through the site distribution.
 
-    Subclasses implement ``_fn(binding, values, ctx, expand)`` and name what they are in ``_kind``.
+    Subclasses implement ``_dgm_fn(binding, values, ctx, expand)`` and name what they are in ``_dgm_kind``.
     """
 
-    _kind = "composite distribution"
+    _dgm_kind = "composite distribution"
 
-    def _mapping(self, b: Binding) -> dict[str, str]:
+    def _dgm_mapping(self, b: Binding) -> dict[str, str]:
         """The renaming from this distribution's own conditioning names to the binding's."""
         return {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
 
-    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
-            value: Tensor | None = None) -> tuple[Any, Any]:
+    def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
+                value: Tensor | None = None) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
+    def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
         if not sum_features or feature_dims is not None:
-            raise ValueError(f"{describe(self)}: the log-density of a {self._kind} does not factorize over features; "
-                             "call get_log_prob with sum_features=True and no feature_dims")
-        fn = self._fn(b, values, ctx, expand=False)[0]
+            raise ValueError(f"{describe(self)}: the log-density of a {self._dgm_kind} does not factorize over "
+                             "features; call get_log_prob with sum_features=True and no feature_dims")
+        fn = self._dgm_fn(b, values, ctx, expand=False)[0]
         x = values[b.var[0]]
         ev = fn.event_shape
         if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
@@ -117,25 +118,25 @@ class OptionalInputs:
 
     _var: list[str]
     _cond_var: list[str]
-    _input_var: list[str]
+    _dgm_input_var: list[str]
 
     @property
-    def required_input_var(self) -> list[str]:
+    def _dgm_required_input_var(self) -> list[str]:
         """The inputs a call cannot do without: none (every expert may be missing)."""
         return []
 
-    def _input_dict(self, x: Any, needed: Sequence[str] | None = None) -> dict[str, Any]:
-        needed = self._input_var if needed is None else needed
-        return super()._input_dict(x, [v for v in needed if v not in self._cond_var])  # type: ignore[misc]
+    def _dgm_input_dict(self, x: Any, needed: Sequence[str] | None = None) -> dict[str, Any]:
+        needed = self._dgm_input_var if needed is None else needed
+        return super()._dgm_input_dict(x, [v for v in needed if v not in self._cond_var])  # type: ignore[misc]
 
-    def _run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any],
-                  guide: bool = False) -> dict[str, Any]:
+    def _dgm_run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any],
+                      guide: bool = False) -> dict[str, Any]:
         given = set(data or ()) | set(kwargs)
-        if all(v in given for v in self._input_var):
-            return super()._run_pyro(data, kwargs, guide=guide)  # type: ignore[misc]
+        if all(v in given for v in self._dgm_input_var):
+            return super()._dgm_run_pyro(data, kwargs, guide=guide)  # type: ignore[misc]
         view = copy.copy(self)  # shares modules and Pyro name; its factor loop still runs (and registers) self
-        view._input_var = [v for v in self._input_var if v in given]
-        return Distribution._run_pyro(view, data, kwargs, guide=guide)  # type: ignore[arg-type]
+        view._dgm_input_var = [v for v in self._dgm_input_var if v in given]
+        return Distribution._dgm_run_pyro(view, data, kwargs, guide=guide)  # type: ignore[arg-type]
 
     def replace_var(self, **replace_dict: str) -> Distribution:
         r = super().replace_var(**replace_dict)  # type: ignore[misc]

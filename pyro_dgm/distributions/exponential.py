@@ -204,7 +204,7 @@ class _Relaxed(DistributionBase):
     def set_dist(self, x_dict: Any = {}, batch_n: int | None = None, sampling: bool = False,  # noqa: B006
                  **kwargs: Any) -> None:
         """Pixyz's ``set_dist``: the relaxed distribution when ``sampling``, else the hard one it scores under."""
-        self._set_torch_dist(x_dict, batch_n, not sampling, kwargs)
+        self._dgm_set_torch_dist(x_dict, batch_n, not sampling, kwargs)
 
 
 class RelaxedBernoulli(_Relaxed):

@@ -14,6 +14,7 @@ from torch.distributions import Distribution as _TorchDistribution
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import Distribution, ValuesLike
+from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, run_network
 from pyro_dgm.distributions.pixyz_protocol import adopt
@@ -29,7 +30,7 @@ _CALLABLE: dict[type, type] = {}
 
 
 def _call_builder(self: Any, *args: Any, **kwargs: Any) -> Any:
-    return self._dgm_owner._site_dist(*args, **kwargs)
+    return self._dgm_owner._dgm_site_dist(*args, **kwargs)
 
 
 def _reduce_callable(self: Any, protocol: int) -> Any:
@@ -93,7 +94,7 @@ class DistributionBase(Distribution):
     #: ``False`` where ``sample(sample_mean=True)`` raises NotImplementedError (Pixyz's relaxed families).
     sample_mean_draws: ClassVar[bool] = True
     #: Whether a constant parameter requires grad (set per instance; the class default serves older pickles).
-    _const_grad: bool = False
+    _dgm_const_grad: bool = False
 
     def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
                  features_shape: Iterable[int] = torch.Size(), **params: Any) -> None:
@@ -114,7 +115,7 @@ class DistributionBase(Distribution):
         if unknown:
             raise TypeError(f"{describe(self)}: unknown parameter {unknown[0]!r}; {self.distribution_name} takes "
                             f"{', '.join(accepted)}")
-        self._accepted = frozenset(accepted)
+        self._dgm_accepted = frozenset(accepted)
         var_params: list[tuple[str, str]] = []
         consts: dict[str, Tensor] = {}
         for pname, value in params.items():
@@ -126,68 +127,68 @@ class DistributionBase(Distribution):
                                      f"in cond_var {self._cond_var}; add it to cond_var")
                 var_params.append((pname, value))
             else:
-                consts[pname] = self._as_tensor(pname, value)
+                consts[pname] = self._dgm_as_tensor(pname, value)
         for group in self.param_groups:
             given = [n for n in group if n in consts or n in dict(var_params)]
             if len(given) > 1:
                 raise ValueError(f"{describe(self)}: give one of {', '.join(group)}, not {' and '.join(given)}")
         if PYRO_STACK and consts:
-            self._check_no_plate_dims(consts)
-        self._store_constants(consts)
+            self._dgm_check_no_plate_dims(consts)
+        self._dgm_store_constants(consts)
         # Pixyz builds a distribution that cannot compute (a parameter missing, a cond_var that reaches nothing,
         # forward's arguments not the cond_var, an invalid constant): it prints, multiplies and has a graph, and
-        # fails at its first call. So do we: the error found here is raised by _params (see the end).
+        # fails at its first call. So do we: the error found here is raised by _dgm_params (see the end).
         unusable: BaseException | None = None
         try:
             fwd_pos, fwd_kw = forward_binding(self, [v for _, v in var_params], accepted[-1] if accepted else "loc")
         except (ValueError, TypeError) as e:
             fwd_pos, fwd_kw, unusable = (), (), e
-        self._has_network = type(self).forward is not Distribution.forward
+        self._dgm_has_network = type(self).forward is not Distribution.forward
         covered = set(consts) | {p for p, _ in var_params}
-        self._missing_groups = tuple(g for g in self.param_groups if not covered.intersection(g))
-        if self._missing_groups and not self._has_network and unusable is None:
-            g = self._missing_groups[0]
+        self._dgm_missing_groups = tuple(g for g in self.param_groups if not covered.intersection(g))
+        if self._dgm_missing_groups and not self._dgm_has_network and unusable is None:
+            g = self._dgm_missing_groups[0]
             unusable = ValueError(f"{describe(self)}: parameter {' or '.join(g)} is not given; pass {g[0]}=<number, "
                                   f"tensor or cond_var name>, or subclass {type(self).__name__} with a forward() "
                                   "that returns it")
-        self._const_names = tuple(n for n in accepted if n in consts)  # the family's order, as Pixyz lists them
+        self._dgm_const_names = tuple(n for n in accepted if n in consts)  # the family's order, as Pixyz lists them
         # parameters that are all constants are checked here, once (torch's validation, if on), not at every call
-        self._const_only = not self._has_network and not var_params and unusable is None
-        self._base_cache: tuple[Any, Any] | None = None
-        self._standard_cache: tuple[Any, bool] | None = None
+        self._dgm_const_only = not self._dgm_has_network and not var_params and unusable is None
+        self._dgm_base_cache: tuple[Any, Any] | None = None
+        self._dgm_standard_cache: tuple[Any, bool] | None = None
         # a constant that requires grad (Pixyz's buffer is a clone of the tensor given, so gradients reach that
         # tensor): its graph is rebuilt at every call, never cached (a cached distribution's lazily computed
         # attributes would hold a graph that the first backward frees)
-        self._const_grad = any(t.requires_grad for t in consts.values())
-        if self._const_only:
+        self._dgm_const_grad = any(t.requires_grad for t in consts.values())
+        if self._dgm_const_only:
             bufs = self._buffers
             try:
-                self._base({n: bufs[n] for n in self._const_names}, validate=None)
+                self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=None)
             except ValueError as e:
-                self._const_only, unusable = False, e
+                self._dgm_const_only, unusable = False, e
         if unusable is not None:
             err = unusable
 
-            def _params(*_: Any, **__: Any) -> Any:  # shadows the method on this instance only: no cost for others
+            def _dgm_params(*_: Any, **__: Any) -> Any:  # shadows the method on this instance only: no cost for others
                 raise type(err)(*err.args)
 
-            if self._user_get_params:
-                self._inner_params = _params
+            if self._dgm_user_get_params:
+                self._dgm_inner_params = _dgm_params
             else:
-                self._params = _params
-        if self._user_get_params:
-            self._const_only = False  # the subclass's get_params may change the constants
-        self._b = Binding(self._var, self._cond_var, self._input_var, fwd_pos, fwd_kw, var_params)
+                self._dgm_params = _dgm_params
+        if self._dgm_user_get_params:
+            self._dgm_const_only = False  # the subclass's get_params may change the constants
+        self._dgm_b = Binding(self._var, self._cond_var, self._dgm_input_var, fwd_pos, fwd_kw, var_params)
         # the closed forms of this family (closed_forms.py), unless a subclass builds its distribution its own way
         cls = type(self)
-        self._plain = cls._fn is DistributionBase._fn and cls._parts is DistributionBase._parts
-        self._closed_lp = closed_forms.LOG_PROB.get(self.pyro_dist) if self._plain else None
-        self._closed_rs = closed_forms.RSAMPLE.get(self.pyro_dist) if self._plain else None
+        self._dgm_plain = cls._dgm_fn is DistributionBase._dgm_fn and cls._dgm_parts is DistributionBase._dgm_parts
+        self._dgm_closed_lp = closed_forms.LOG_PROB.get(self.pyro_dist) if self._dgm_plain else None
+        self._dgm_closed_rs = closed_forms.RSAMPLE.get(self.pyro_dist) if self._dgm_plain else None
 
     # ------------------------------------------------------------------ construction helpers
-    def _as_tensor(self, pname: str, value: Any) -> Tensor:
+    def _dgm_as_tensor(self, pname: str, value: Any) -> Tensor:
         if isinstance(value, Tensor):
-            t = value  # kept attached: as in Pixyz, gradients reach a tensor that requires grad (see _store_constants)
+            t = value  # kept attached: as in Pixyz, gradients reach a tensor that requires grad (_dgm_store_constants)
         elif isinstance(value, (int, float)) or (isinstance(value, (list, tuple)) and value):
             t = torch.as_tensor(value, dtype=torch.get_default_dtype())
         else:
@@ -197,7 +198,7 @@ class DistributionBase(Distribution):
             t = t.to(torch.get_default_dtype())
         return t
 
-    def _check_no_plate_dims(self, consts: dict[str, Tensor]) -> None:
+    def _dgm_check_no_plate_dims(self, consts: dict[str, Tensor]) -> None:
         """Refuse a constant built inside a Pyro plate that has the plate's dim (e.g. a latent drawn under
         ``vectorize_particles``): a constant is the distribution's features, so that dim would be summed over."""
         from pyro.poutine.indep_messenger import IndepMessenger
@@ -219,7 +220,7 @@ class DistributionBase(Distribution):
                         f"{self.distribution_name}({pname}='<name>', cond_var=['<name>'], ...) built once, called "
                         f"with <name>=the tensor")
 
-    def _store_constants(self, consts: dict[str, Tensor]) -> None:
+    def _dgm_store_constants(self, consts: dict[str, Tensor]) -> None:
         if self.buffer_order:
             consts = {k: consts[k] for k in sorted(consts, key=lambda k: (
                 self.buffer_order.index(k) if k in self.buffer_order else len(self.buffer_order)))}
@@ -247,37 +248,37 @@ class DistributionBase(Distribution):
             self.register_buffer(pname, full.clone().unsqueeze(0))
 
     @property
-    def binding(self) -> Binding:
-        return self._b
+    def _dgm_binding(self) -> Binding:
+        return self._dgm_b
 
     @property
     def replace_params_dict(self) -> dict[str, list[str]]:
         """Pixyz's attribute: each ``cond_var`` that is given as a parameter, with the parameters it gives, e.g.
         ``{"x": ["loc"]}`` for ``Normal(loc="x", scale=1., cond_var=["x"])``."""
         out: dict[str, list[str]] = {}
-        for pname, v in self._b.param_vars:
+        for pname, v in self._dgm_b.param_vars:
             out.setdefault(v, []).append(pname)
         return out
 
-    def draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
-        self._draw_with(self._b, values, ctx)
+    def _dgm_draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
+        self._dgm_draw_with(self._dgm_b, values, ctx)
 
-    def score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-               feature_dims: Sequence[int] | None) -> Tensor:
-        return self._score_with(self._b, values, ctx, sum_features, feature_dims)
+    def _dgm_score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                          feature_dims: Sequence[int] | None) -> Tensor:
+        return self._dgm_score_with(self._dgm_b, values, ctx, sum_features, feature_dims)
 
     @property
     def has_reparam(self) -> bool:
         return bool(self.pyro_dist.has_rsample)
 
     # ------------------------------------------------------------------ parameters and the Pyro distribution
-    def _params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
+    def _dgm_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         """The parameters given the values of ``b``'s inputs: every path that samples or scores calls this (a class
         whose get_params is the user's routes it through that method: see :mod:`.overrides`)."""
         # Pixyz's order (and precedence): network outputs, then parameters named by a cond_var, then constants
         bufs = self._buffers
         params: dict[str, Tensor] = {}
-        if self._has_network:
+        if self._dgm_has_network:
             extra = forward_extras(self, ctx.kwargs) if ctx.kwargs else ctx.kwargs
             if b.fwd_kw:
                 kw = {k: values[v] for k, v in b.fwd_kw}
@@ -287,26 +288,26 @@ class DistributionBase(Distribution):
             try:
                 out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
             except (RuntimeError, TypeError, ValueError) as e:
-                self._note_inputs(e, b, values)
+                self._dgm_note_inputs(e, b, values)
                 raise
             if not isinstance(out, dict):
                 raise TypeError(f"{describe(self)}: forward() must return a dict of parameters, e.g. "
                                 f"{{'{self.param_groups[0][0]}': ...}}, got {type(out).__name__}")
-            if not self._accepted.issuperset(out):
-                bad = [k for k in out if k not in self._accepted]
+            if not self._dgm_accepted.issuperset(out):
+                bad = [k for k in out if k not in self._dgm_accepted]
                 raise ValueError(f"{describe(self)}: forward() returned unknown parameter {bad[0]!r}; "
-                                 f"{self.distribution_name} takes {', '.join(sorted(self._accepted))}")
+                                 f"{self.distribution_name} takes {', '.join(sorted(self._dgm_accepted))}")
             for v in b.input_var:  # an input with one dim is a batch of scalars (Pixyz's convention)
                 t = values.get(v)
                 if isinstance(t, Tensor) and t.dim() == 1 and t.shape[0] != 1:
-                    self._check_out_batch(b, values, out)
+                    self._dgm_check_out_batch(b, values, out)
                     break
             params.update(out)
         for p, v in b.param_vars:
             params[p] = values[v]
-        for n in self._const_names:
+        for n in self._dgm_const_names:
             params[n] = bufs[n]
-        for g in self._missing_groups:
+        for g in self._dgm_missing_groups:
             for n in g:
                 if n in params:
                     break
@@ -315,7 +316,7 @@ class DistributionBase(Distribution):
                                  f"{sorted(params)}")
         return params
 
-    def _check_out_batch(self, b: Binding, values: Mapping[str, Any], out: Mapping[str, Any]) -> None:
+    def _dgm_check_out_batch(self, b: Binding, values: Mapping[str, Any], out: Mapping[str, Any]) -> None:
         """Refuse parameters whose batch dim matches no input's, when an input has one dim only: the network took
         that input as one example (its dim as features), while a value with one dim is a batch of scalars, so every
         later shape (and the loss) would be silently wrong (issue 13: ``x`` of shape ``[16]`` into a VAE)."""
@@ -332,7 +333,7 @@ class DistributionBase(Distribution):
                                  f"but the network took it as one example: give {flat[0]!r} a batch dim (shape "
                                  f"{(1, *values[flat[0]].shape)} for one example, {flat[0]}.unsqueeze(0))")
 
-    def _note_inputs(self, e: BaseException, b: Binding, values: Mapping[str, Any]) -> None:
+    def _dgm_note_inputs(self, e: BaseException, b: Binding, values: Mapping[str, Any]) -> None:
         """Say which distribution's network failed, and on which inputs (the error keeps its type)."""
         shapes = ", ".join(f"{v!r}: {tuple(values[v].shape) if isinstance(values[v], Tensor) else type(values[v])}"
                            for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw)))
@@ -345,7 +346,7 @@ class DistributionBase(Distribution):
             note += f"; {', '.join(other)} while the network's parameters are {own} (convert with .to({own}))"
         e.add_note(note)
 
-    def _base(self, params: dict[str, Tensor], validate: bool | None = None) -> Any:
+    def _dgm_base(self, params: dict[str, Tensor], validate: bool | None = None) -> Any:
         """The Pyro distribution over the full parameter shape (no event dims reinterpreted).
 
         ``validate=None`` follows torch's default (``Distribution.set_default_validate_args``).
@@ -360,8 +361,8 @@ class DistributionBase(Distribution):
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
 
-    def _closed_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState
-                       ) -> closed_forms.ClosedParams | None:
+    def _dgm_closed_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState
+                           ) -> closed_forms.ClosedParams | None:
         """The one gate to the closed forms of :mod:`.closed_forms`: the parameters and their largest number of
         dims.
 
@@ -374,7 +375,7 @@ class DistributionBase(Distribution):
         for v in b.input_var:
             if v not in values:
                 return None
-        params = self._params(b, values, ctx)
+        params = self._dgm_params(b, values, ctx)
         nd = 0
         for t in params.values():
             if not isinstance(t, Tensor):
@@ -382,12 +383,12 @@ class DistributionBase(Distribution):
             if t.dim() > nd:
                 nd = t.dim()
         if _TorchDistribution._validate_args and not closed_forms.valid_params(self.pyro_dist, params,
-                                                                                self._const_names):
+                                                                                self._dgm_const_names):
             return None
         return closed_forms.ClosedParams(params, nd)
 
-    def closed_form_kl(self, other: Distribution, values: Mapping[str, Any],
-                       options: Mapping[str, Any] | None = None) -> Tensor | None:
+    def _dgm_closed_form_kl(self, other: Distribution, values: Mapping[str, Any],
+                            options: Mapping[str, Any] | None = None) -> Tensor | None:
         """:math:`D_{KL}[self \\| other]` summed over the feature dims by a registered closed form
         (:func:`~pyro_dgm.distributions.closed_forms.register_kl`), or ``None`` where ``kl_divergence`` on the
         distribution objects must answer (no closed form, different feature dims, a parameter torch's validation
@@ -403,14 +404,14 @@ class DistributionBase(Distribution):
         tensor([1., 1., 1.])
         """
         fn = closed_forms.KL.get((self.pyro_dist, getattr(other, "pyro_dist", None)))
-        if fn is None or not (self._plain and isinstance(other, DistributionBase) and other._plain):
+        if fn is None or not (self._dgm_plain and isinstance(other, DistributionBase) and other._dgm_plain):
             return None
         ctx = CallState(kwargs=options)
-        p, q = self._closed_params(self._b, values, ctx), other._closed_params(other._b, values, ctx)
+        p, q = self._dgm_closed_params(self._dgm_b, values, ctx), other._dgm_closed_params(other._dgm_b, values, ctx)
         if p is None or q is None or p.ndim != q.ndim:
             return None
         try:
-            if other._is_standard():  # the same value with fewer operations; q's parameters only broadcast
+            if other._dgm_is_standard():  # the same value with fewer operations; q's parameters only broadcast
                 kl = closed_forms.KL_TO_STANDARD[self.pyro_dist](p.params)
                 shape = kl.shape
                 for t in q.params.values():
@@ -424,61 +425,63 @@ class DistributionBase(Distribution):
         ev = p.ndim - 1  # inputs given from outside have one batch dim (Pixyz); the rest are feature dims
         return kl.sum(tuple(range(-ev, 0))) if ev > 0 else kl
 
-    def _const_key(self) -> tuple[tuple[int, int], ...]:
+    closed_form_kl = Yielding("_dgm_closed_form_kl")
+
+    def _dgm_const_key(self) -> tuple[tuple[int, int], ...]:
         """Identifies the current constant buffers: a new buffer (``.to(...)``, ``load_state_dict``) or an in-place
         change gives a new key."""
         bufs = self._buffers
-        return tuple((id(t), t._version) for t in (bufs[n] for n in self._const_names))
+        return tuple((id(t), t._version) for t in (bufs[n] for n in self._dgm_const_names))
 
-    def _is_standard(self) -> bool:
+    def _dgm_is_standard(self) -> bool:
         """Whether this is a constant distribution in its family's standard form (``closed_forms.IS_STANDARD``,
         e.g. N(0, I)); checked once per set of buffers. ``False`` while torch.compile traces: the test reads the
         buffers' values (a graph break), and the general formula gives the same value, fused by the compiler."""
-        test = closed_forms.IS_STANDARD.get(self.pyro_dist) if self._const_only and self._plain else None
-        if test is None or self._const_grad or torch.compiler.is_compiling():  # the shortcut drops the gradient
+        test = closed_forms.IS_STANDARD.get(self.pyro_dist) if self._dgm_const_only and self._dgm_plain else None
+        if test is None or self._dgm_const_grad or torch.compiler.is_compiling():  # the shortcut drops the gradient
             return False
-        key = self._const_key()
-        cached = self._standard_cache
+        key = self._dgm_const_key()
+        cached = self._dgm_standard_cache
         if cached is None or cached[0] != key:
             bufs = self._buffers
-            cached = self._standard_cache = (key, test({n: bufs[n] for n in self._const_names}))
+            cached = self._dgm_standard_cache = (key, test({n: bufs[n] for n in self._dgm_const_names}))
         return cached[1]
 
-    def _const_base(self) -> Any:
+    def _dgm_const_base(self) -> Any:
         """The base distribution of constant parameters, built once per set of buffers (a new buffer after
         ``.to(...)``/``load_state_dict`` or an in-place change rebuilds it); validated at construction. While
         torch.compile traces it is built afresh (a cache keyed by the buffers' versions would make the compiled
         code guard on them); it costs nothing at run time there."""
         bufs = self._buffers
-        if torch.compiler.is_compiling() or self._const_grad:
-            return self._base({n: bufs[n] for n in self._const_names}, validate=False)
-        key = self._const_key()
-        cached = self._base_cache
+        if torch.compiler.is_compiling() or self._dgm_const_grad:
+            return self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=False)
+        key = self._dgm_const_key()
+        cached = self._dgm_base_cache
         if cached is not None and cached[0] == key:
             return cached[1]
-        base = self._base({n: bufs[n] for n in self._const_names}, validate=False)
-        self._base_cache = (key, base)
+        base = self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=False)
+        self._dgm_base_cache = (key, base)
         return base
 
-    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
-            value: Tensor | None = None) -> tuple[Any, Any]:
+    def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
+                value: Tensor | None = None) -> tuple[Any, Any]:
         """The site's distribution (feature dims as event dims, expanded for batch_n/sample_shape) and its base."""
-        base, ev, root = self._parts(b, values, ctx, expand, value)
+        base, ev, root = self._dgm_parts(b, values, ctx, expand, value)
         fn = base.to_event(ev) if ev > 0 else base
         if root and ctx.sample_shape:
             fn = fn.expand(ctx.sample_shape + fn.batch_shape)
         return fn, base
 
-    def _parts(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
-               value: Tensor | None = None) -> tuple[Any, int, bool]:
+    def _dgm_parts(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
+                   value: Tensor | None = None) -> tuple[Any, int, bool]:
         """The base distribution (expanded for ``batch_n``), how many of its batch dims are feature dims, and
         whether this factor is a root of the pass (none of its inputs drawn in it).
 
         ``value`` is the value to score or observe, if any: a factor without inputs whose constants are scalars
         (empty ``features_shape``) takes its feature dims from it, every dim after the first (Pixyz's convention).
         """
-        base = self._const_base() if self._const_only else self._base(self._params(b, values, ctx))
-        bn = self._batch_ndim(b, values, ctx)
+        base = self._dgm_const_base() if self._dgm_const_only else self._dgm_base(self._dgm_params(b, values, ctx))
+        bn = self._dgm_batch_ndim(b, values, ctx)
         batch_shape = base.batch_shape
         if value is not None and not b.input_var and not self._features_shape:
             vb = value.shape[:value.dim() - len(base.event_shape)]
@@ -498,10 +501,10 @@ class DistributionBase(Distribution):
                 base = expand_batch_n(self, base, ctx.batch_n)
         return base, ev, root
 
-    def _site_dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
+    def _dgm_site_dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         """The ``pyro.distributions`` object given the inputs; feature dims are its event dims (``dist(...)``)."""
-        values = self._input_dict(x_dict, self._b.input_var)
-        return self._fn(self._b, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
+        values = self._dgm_input_dict(x_dict, self._dgm_b.input_var)
+        return self._dgm_fn(self._dgm_b, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
 
     @property
     def dist(self) -> Any:
@@ -521,7 +524,7 @@ class DistributionBase(Distribution):
         ((2, 3), ())
         """
         d = self.__dict__.get("_dist")
-        return self._site_dist if d is None else d
+        return self._dgm_site_dist if d is None else d
 
     # ------------------------------------------------------------------ Pixyz's torch-object API
     @property
@@ -555,16 +558,16 @@ class DistributionBase(Distribution):
         >>> p.dist.log_prob(torch.zeros(3, 2)).shape
         torch.Size([3, 2])
         """
-        self._set_torch_dist(x_dict, batch_n, False, kwargs)
+        self._dgm_set_torch_dist(x_dict, batch_n, False, kwargs)
 
-    def _set_torch_dist(self, x_dict: ValuesLike, batch_n: int | None, hard: bool, kwargs: Mapping[str, Any]
-                        ) -> None:
+    def _dgm_set_torch_dist(self, x_dict: ValuesLike, batch_n: int | None, hard: bool, kwargs: Mapping[str, Any]
+                            ) -> None:
         params = self.get_params(x_dict, **kwargs)
         missing = [g for g in self.param_groups if not any(n in params for n in g)]
         if missing:
             raise ValueError(f"{describe(self)}: set_dist needs the parameters {self.params_keys}, got "
                              f"{sorted(params)}")
-        d = self._base(params)
+        d = self._dgm_base(params)
         if hard:
             d = d._hard()
         if batch_n:
@@ -606,30 +609,30 @@ class DistributionBase(Distribution):
         >>> Normal(loc=0., scale=1., var=["x"]).get_params()
         {'loc': tensor([0.]), 'scale': tensor([1.])}
         """
-        values = self._input_dict(params_dict, self._b.input_var)
-        inner = self._inner_params if self._user_get_params else self._params
-        return inner(self._b, values, CallState(kwargs=kwargs))
+        values = self._dgm_input_dict(params_dict, self._dgm_b.input_var)
+        inner = self._dgm_inner_params if self._dgm_user_get_params else self._dgm_params
+        return inner(self._dgm_b, values, CallState(kwargs=kwargs))
 
     # ------------------------------------------------------------------ the factor hooks
-    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+    def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         name = b.var[0]
         obs = ctx.obs
-        if (self._closed_rs is not None and obs is None and ctx.reparam and not ctx.sample_mean and b.input_var
+        if (self._dgm_closed_rs is not None and obs is None and ctx.reparam and not ctx.sample_mean and b.input_var
                 and not ctx.sample_shape and ctx.batch_n is None and (not PYRO_STACK or ignores_sites(PYRO_STACK))):
-            got = self._closed_params(b, values, ctx)
+            got = self._dgm_closed_params(b, values, ctx)
             if got is not None:  # a reparameterized draw, as pyro.sample would make with no handler listening
                 try:
-                    value = self._closed_rs(got.params, _RNG.generator)
+                    value = self._dgm_closed_rs(got.params, _RNG.generator)
                 except (RuntimeError, ValueError):
                     pass  # the general path below reports it, naming this distribution and the shapes
                 else:
                     values[name] = value
-                    ctx.event_dims[name] = max(got.ndim - self._batch_ndim(b, values, ctx), 0)
+                    ctx.event_dims[name] = max(got.ndim - self._dgm_batch_ndim(b, values, ctx), 0)
                     return
         if ctx.sample_shape and obs is None and not ctx.sample_mean and (not PYRO_STACK or ignores_sites(PYRO_STACK)):
             # draw sample_shape values from the unexpanded distribution, as torch (and Pixyz) do: the same random
             # numbers as Pixyz's for the families whose sampler orders them otherwise (Categorical's multinomial)
-            base, ev, root = self._parts(b, values, ctx)
+            base, ev, root = self._dgm_parts(b, values, ctx)
             if root:
                 fn = base.to_event(ev) if ev > 0 else base
                 # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
@@ -638,42 +641,42 @@ class DistributionBase(Distribution):
                 values[name] = value
                 ctx.event_dims[name] = fn.event_dim
                 return
-        fn, _ = self._fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
+        fn, _ = self._dgm_fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
         if ctx.sample_mean:
             if self.sample_mean_draws is False:
                 raise NotImplementedError(f"{describe(self)}: sample(sample_mean=True) is not defined for a "
                                           f"{self.distribution_name} (as in Pixyz, whose relaxed distribution has no "
                                           "mean); sample_mean() gives the mean of the hard distribution")
             value = fn.mean
-            value = self._record(name, value, fn.event_dim)
+            value = self._dgm_record(name, value, fn.event_dim)
         else:
-            value = self._site(name, fn, ctx)
+            value = self._dgm_site(name, fn, ctx)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
 
-    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
+    def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
         x = values[b.var[0]]
         if not isinstance(x, Tensor):
-            x = self._value_tensor(b.var[0], x)
-        if self._closed_lp is not None and (b.input_var or self._features_shape):
-            got = self._closed_params(b, values, ctx)
+            x = self._dgm_value_tensor(b.var[0], x)
+        if self._dgm_closed_lp is not None and (b.input_var or self._features_shape):
+            got = self._dgm_closed_params(b, values, ctx)
             if got is not None and _TorchDistribution._validate_args and not closed_forms.valid_value(
                     self.pyro_dist, x):
                 got = None  # the general path raises torch's error about the value
             if got is not None:
-                ev = max(got.ndim - self._batch_ndim(b, values, ctx), 0)
+                ev = max(got.ndim - self._dgm_batch_ndim(b, values, ctx), 0)
                 xs = x.shape
                 for t in got.params.values():
                     if t.shape != xs:  # checked before the closed form broadcasts it (issue 13)
                         shape = None
                         for t in got.params.values():
                             shape = t.shape if shape is None or shape == t.shape else broadcast_shape(shape, t.shape)
-                        self._check_value(b.var[0], xs, shape, ev)
+                        self._dgm_check_value(b.var[0], xs, shape, ev)
                         break
                 whole = sum_features and feature_dims is None
-                fn = self._closed_lp
-                if self._const_only and self._is_standard():
+                fn = self._dgm_closed_lp
+                if self._dgm_const_only and self._dgm_is_standard():
                     fn = closed_forms.LOG_PROB_STANDARD[self.pyro_dist]
                 try:
                     lp = fn(got.params, x, tuple(range(-ev, 0)) if whole else ())
@@ -681,12 +684,12 @@ class DistributionBase(Distribution):
                     pass  # the general path below reports it, naming the shapes
                 else:
                     ctx.event_dims[b.var[0]] = ev
-                    return lp if whole else self._sum_dims(lp, sum_features, feature_dims, "log-density")
-        base, ev, _ = self._parts(b, values, ctx, expand=False, value=x)
+                    return lp if whole else self._dgm_sum_dims(lp, sum_features, feature_dims, "log-density")
+        base, ev, _ = self._dgm_parts(b, values, ctx, expand=False, value=x)
         ev = max(ev, 0)
         shape = base.batch_shape + base.event_shape
         if x.shape != shape:
-            self._check_value(b.var[0], x.shape, shape, ev + len(base.event_shape))
+            self._dgm_check_value(b.var[0], x.shape, shape, ev + len(base.event_shape))
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
         # batch) stay batch dims of theirs too, and the factors' log-densities have one shape
         ctx.event_dims[b.var[0]] = ev + len(base.event_shape)
@@ -699,20 +702,20 @@ class DistributionBase(Distribution):
                              f"{tuple(bs[len(bs) - ev:] + base.event_shape)}: {e}") from e
         if sum_features and feature_dims is None:
             return lp.sum(tuple(range(-ev, 0))) if ev else lp
-        return self._sum_dims(lp, sum_features, feature_dims, "log-density")
+        return self._dgm_sum_dims(lp, sum_features, feature_dims, "log-density")
 
-    def _check_value(self, name: str, value_shape: torch.Size, shape: torch.Size, n_features: int) -> None:
+    def _dgm_check_value(self, name: str, value_shape: torch.Size, shape: torch.Size, n_features: int) -> None:
         """Raise ``ValueError`` if a value of ``value_shape`` would be broadcast over parameters of full shape
         ``shape`` (of which the last ``n_features`` dims are feature dims); see
         :func:`~pyro_dgm.utils.checks.value_shape_problem`."""
         key = (value_shape, shape, n_features, STRICT_SHAPES[0])
-        seen = self.__dict__.get("_shapes_ok")
+        seen = self.__dict__.get("_dgm_shapes_ok")
         if seen is not None and key in seen:
             return
         why = value_shape_problem(value_shape, shape, n_features)
         if why is None:
             if seen is None or len(seen) > 64:
-                seen = self.__dict__["_shapes_ok"] = set()
+                seen = self.__dict__["_dgm_shapes_ok"] = set()
             seen.add(key)
             return
         k = len(shape) - min(n_features, len(shape))
@@ -722,15 +725,15 @@ class DistributionBase(Distribution):
                          "value's features are never broadcast over the parameters' (they would be scored more than "
                          "once)")
 
-    def _value_tensor(self, name: str, x: Any) -> Tensor:
+    def _dgm_value_tensor(self, name: str, x: Any) -> Tensor:
         """A scored value that is not a tensor: a numpy array becomes one (``torch.as_tensor``, dtype kept, on the
         device of the parameters); anything else raises ``TypeError``."""
         if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
-            return self._from_numpy(x)
+            return self._dgm_from_numpy(x)
         raise TypeError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array), got "
                         f"{type(x).__name__}")
 
-    def _sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:
+    def _dgm_sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:
         """Sum the element-wise ``t`` over ``feature_dims``; an out-of-range dim raises naming this distribution."""
         if not (sum_features and feature_dims):
             return t
@@ -742,9 +745,9 @@ class DistributionBase(Distribution):
                              f"dim (a {self.distribution_name}'s own event dim, if any, is already summed)") from e
 
     # ------------------------------------------------------------------ moments
-    def _moment(self, x_dict: ValuesLike, kwargs: Mapping[str, Any]) -> Any:
-        values = self._input_dict(x_dict, self._b.input_var)
-        return self._fn(self._b, values, CallState(kwargs=kwargs), expand=False)
+    def _dgm_moment(self, x_dict: ValuesLike, kwargs: Mapping[str, Any]) -> Any:
+        values = self._dgm_input_dict(x_dict, self._dgm_b.input_var)
+        return self._dgm_fn(self._dgm_b, values, CallState(kwargs=kwargs), expand=False)
 
     def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -757,10 +760,10 @@ class DistributionBase(Distribution):
         >>> bool(torch.allclose(h, torch.tensor([0.5 * (1 + torch.log(2 * torch.tensor(torch.pi)))])))
         True
         """
-        fn, base = self._moment(x_dict, kwargs)
+        fn, base = self._dgm_moment(x_dict, kwargs)
         if sum_features and feature_dims is None:
             return fn.entropy()
-        return self._sum_dims(base.entropy(), sum_features, feature_dims, "entropy")
+        return self._dgm_sum_dims(base.entropy(), sum_features, feature_dims, "entropy")
 
     def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mean of the variable given the inputs.
@@ -771,7 +774,7 @@ class DistributionBase(Distribution):
         >>> Normal(loc=2., scale=3., var=["x"]).sample_mean()
         tensor([2.])
         """
-        return self._moment(x_dict, kwargs)[1].mean
+        return self._dgm_moment(x_dict, kwargs)[1].mean
 
     def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The variance of the variable given the inputs.
@@ -782,4 +785,4 @@ class DistributionBase(Distribution):
         >>> Normal(loc=2., scale=3., var=["x"]).sample_variance()
         tensor([9.])
         """
-        return self._moment(x_dict, kwargs)[1].variance
+        return self._dgm_moment(x_dict, kwargs)[1].variance

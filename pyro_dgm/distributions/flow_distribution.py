@@ -66,7 +66,7 @@ class _FlowSite(dist.TransformedDistribution):
     Under :func:`pyro_dgm.utils.random.generator` only the base draw runs under ``seeded_draws`` (the flow's
     networks run as usual, not through the dispatch mode that gives the random operations the generator)."""
 
-    #: the site does not wrap this sampler in seeded_draws: the base draw is wrapped alone (Distribution._site)
+    #: the site does not wrap this sampler in seeded_draws: the base draw is wrapped alone (Distribution._dgm_site)
     seeds_its_draws = True
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
@@ -87,16 +87,16 @@ class _FlowDistribution(OneSiteDistribution):
 
     prior: Distribution
     flow: Flow
-    _flow_inverted = False  # whether the prior's variable is the flow's output (InverseTransformedDistribution)
-    _kind = "flow"
+    _dgm_flow_inverted = False  # whether the prior's variable is the flow's output (InverseTransformedDistribution)
+    _dgm_kind = "flow"
 
-    def _init_flow(self, prior: Distribution, flow: Flow, hidden: str) -> None:
+    def _dgm_init_flow(self, prior: Distribution, flow: Flow, hidden: str) -> None:
         self.prior = prior
         self.flow = flow
         self._hidden = hidden
         # torch keeps a weak reference to a transform's inverse (``flow.inv``), made anew when it has been freed;
         # this strong one keeps it one object, so torch.compile's guard on it holds from batch to batch
-        self.__dict__["_flow_inv"] = flow.inv
+        self.__dict__["_dgm_flow_inv"] = flow.inv
 
     @property
     def has_reparam(self) -> bool:
@@ -107,39 +107,39 @@ class _FlowDistribution(OneSiteDistribution):
         """The log-determinant stored by the flow's last ``forward(..., compute_jacobian=True)`` (Pixyz)."""
         return self.flow.logdet_jacobian
 
-    def _transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
+    def _dgm_transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
         raise NotImplementedError
 
-    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
-            value: Tensor | None = None) -> tuple[Any, Any]:
+    def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
+                value: Tensor | None = None) -> tuple[Any, Any]:
         """The Pyro ``TransformedDistribution`` of this site, and its base distribution (the prior's)."""
-        base, _ = site_fn(self.prior, self._mapping(b), values, ctx, False)
+        base, _ = site_fn(self.prior, self._dgm_mapping(b), values, ctx, False)
         if self.flow._auto:  # flows that take their event dims from the input: from the prior's event shape here
-            self.flow._adapt(torch.Size([1]) + base.event_shape, self._flow_inverted)
+            self.flow._adapt(torch.Size([1]) + base.event_shape, self._dgm_flow_inverted)
         if expand and b.input_var:  # a context given to the flow only (not to the prior) sets the batch shape too
-            batch = torch.broadcast_shapes(base.batch_shape, *(self._input_batch_shape(v, values, ctx)
+            batch = torch.broadcast_shapes(base.batch_shape, *(self._dgm_input_batch_shape(v, values, ctx)
                                                                for v in b.input_var))
             if batch != base.batch_shape:
                 base = base.expand(batch)
-        fn = _FlowSite(base, [self._transform(b, values)])
+        fn = _FlowSite(base, [self._dgm_transform(b, values)])
         if expand:
             fn = expand_root(self, fn, b, ctx)
         return fn, fn.base_dist
 
     @staticmethod
-    def _input_batch_shape(v: str, values: Mapping[str, Any], ctx: CallState) -> torch.Size:
+    def _dgm_input_batch_shape(v: str, values: Mapping[str, Any], ctx: CallState) -> torch.Size:
         x = values[v]
         ev = ctx.event_dims.get(v)
         return x.shape[:x.dim() - ev] if ev is not None else x.shape[:1]
 
-    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
-        fn, base = self._fn(b, values, ctx)
+    def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+        fn, base = self._dgm_fn(b, values, ctx)
         t = fn.transforms[0]
         name = b.var[0]
         if ctx.sample_mean:
-            value = self._record(name, t(base.mean), fn.event_dim)
+            value = self._dgm_record(name, t(base.mean), fn.event_dim)
         else:
-            value = self._site(name, fn, ctx)
+            value = self._dgm_site(name, fn, ctx)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
         hidden = self._hidden
@@ -152,9 +152,9 @@ class _FlowDistribution(OneSiteDistribution):
                 return
             ctx.event_dims[hidden] = base.event_dim
 
-    def _sample_flow(self, x_dict: ValuesLike, batch_n: int | None, sample_shape: Sequence[int], return_all: bool,
-                     reparam: bool, sample_mean: bool, return_hidden: bool, kwargs: dict[str, Any]
-                     ) -> dict[str, Tensor]:
+    def _dgm_sample_flow(self, x_dict: ValuesLike, batch_n: int | None, sample_shape: Sequence[int], return_all: bool,
+                         reparam: bool, sample_mean: bool, return_hidden: bool, kwargs: dict[str, Any]
+                         ) -> dict[str, Tensor]:
         """Draw the variable, and the prior's (the flow's other side) unless ``return_hidden=False``, as Pixyz."""
         out = Distribution.sample(self, x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=True,
                                   reparam=reparam, sample_mean=sample_mean, **kwargs)
@@ -184,10 +184,10 @@ class _FlowDistribution(OneSiteDistribution):
         >>> tuple(d.batch_shape), tuple(d.event_shape)
         ((3,), (2,))
         """
-        values = self._input_dict(x_dict)
-        return self._fn(self.binding, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
+        values = self._dgm_input_dict(x_dict)
+        return self._dgm_fn(self._dgm_binding, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
 
-    def _no_closed_form(self, what: str) -> NotImplementedError:
+    def _dgm_no_closed_form(self, what: str) -> NotImplementedError:
         return NotImplementedError(f"{describe(self)}: {what} of a flow distribution has no closed form; estimate "
                                    "it from samples")
 
@@ -197,13 +197,13 @@ class _FlowDistribution(OneSiteDistribution):
 
     def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
-        raise self._no_closed_form("the entropy")
+        raise self._dgm_no_closed_form("the entropy")
 
     def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
-        raise self._no_closed_form("the mean")
+        raise self._dgm_no_closed_form("the mean")
 
     def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
-        raise self._no_closed_form("the variance")
+        raise self._dgm_no_closed_form("the variance")
 
 
 class TransformedDistribution(_FlowDistribution):
@@ -242,7 +242,7 @@ class TransformedDistribution(_FlowDistribution):
         flow = as_flow(flow, owner)
         super().__init__(var=var, cond_var=prior.cond_var, name=name,
                          features_shape=_features_shape(flow))
-        self._init_flow(prior, flow, prior.var[0])
+        self._dgm_init_flow(prior, flow, prior.var[0])
 
     @property
     def distribution_name(self) -> str:
@@ -259,8 +259,8 @@ class TransformedDistribution(_FlowDistribution):
         ``reparam=True`` keeps the prior's draw in the autograd graph too (Pixyz does not pass it on, so the prior's
         parameters get no pathwise gradient); the flow is in the graph either way, as in Pixyz.
         """
-        return self._sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, return_hidden,
-                                  kwargs)
+        return self._dgm_sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, return_hidden,
+                                     kwargs)
 
     @property
     def flow_input_var(self) -> list[str]:
@@ -272,7 +272,7 @@ class TransformedDistribution(_FlowDistribution):
         cond = f"|{','.join(self._cond_var)}" if self._cond_var else ""
         return f"{self._name}({self._var[0]}=f_{{flow}}({self._hidden}){cond})"
 
-    def _transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
+    def _dgm_transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
         return self.flow
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
@@ -330,10 +330,10 @@ class InverseTransformedDistribution(_FlowDistribution):
         cond = given + [v for v in prior.cond_var if v not in given]
         super().__init__(var=var, cond_var=cond, name=name,
                          features_shape=_features_shape(flow))
-        self._init_flow(prior, flow, prior.var[0])
+        self._dgm_init_flow(prior, flow, prior.var[0])
         self._flow_cond_var = flow_cond
 
-    _flow_inverted = True
+    _dgm_flow_inverted = True
 
     @property
     def distribution_name(self) -> str:
@@ -344,8 +344,8 @@ class InverseTransformedDistribution(_FlowDistribution):
                return_hidden: bool = True, sample_mean: bool = False, **kwargs: Any) -> dict[str, Tensor]:
         """Draw :math:`x = f^{-1}(z, y)`, :math:`z \\sim p_{prior}`; the result holds ``z`` too unless
         ``return_hidden=False``, as Pixyz's."""
-        return self._sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, return_hidden,
-                                  kwargs)
+        return self._dgm_sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, return_hidden,
+                                     kwargs)
 
     @property
     def flow_output_var(self) -> list[str]:
@@ -356,10 +356,10 @@ class InverseTransformedDistribution(_FlowDistribution):
     def prob_factorized_text(self) -> str:
         return f"{self._name}({self._var[0]}=f^{{-1}}_{{flow}}({','.join([self._hidden] + self._cond_var)}))"
 
-    def _transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
+    def _dgm_transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
         if not self._flow_cond_var:
             return self.flow.inv
-        y = values[self._mapping(b).get(self._flow_cond_var[0], self._flow_cond_var[0])]
+        y = values[self._dgm_mapping(b).get(self._flow_cond_var[0], self._flow_cond_var[0])]
         return self.flow.condition(y).inv
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
@@ -373,7 +373,7 @@ class InverseTransformedDistribution(_FlowDistribution):
     def inference(self, x_dict: Mapping[str, Any], return_all: bool = True, compute_jacobian: bool = False
                   ) -> dict[str, Tensor]:
         """Map the data to the latent space: ``{prior var: f(x, y)}`` (plus ``x_dict`` if ``return_all``), as Pixyz."""
-        values = self._input_dict(x_dict, self._var + self._flow_cond_var)
+        values = self._dgm_input_dict(x_dict, self._var + self._flow_cond_var)
         y = values[self._flow_cond_var[0]] if self._flow_cond_var else None
         out = {self._hidden: self.flow.forward(values[self._var[0]], y, compute_jacobian=compute_jacobian)}
         return {**values, **out} if return_all else out

@@ -43,8 +43,8 @@ SCORE_OPTIONS = ("sum_features", "feature_dims")
 
 def factors_network_text(order: Sequence["Distribution"]) -> str:
     """The factors' networks in order, each under its formula (Pixyz's network text of a joint)."""
-    return "\n".join(f.network_text() if getattr(f, "network_text_headed", False)
-                     else f"{f.prob_text}:\n{f.network_text()}" for f in order)
+    return "\n".join(f._dgm_network_text() if getattr(f, "network_text_headed", False)
+                     else f"{f.prob_text}:\n{f._dgm_network_text()}" for f in order)
 
 
 class DistGraph(nx.DiGraph):
@@ -84,13 +84,13 @@ class DistGraph(nx.DiGraph):
     @name.setter
     def name(self, name: str) -> None:
         if self._owner is not None:
-            self._owner._rename_text(name)
+            self._owner._dgm_rename_text(name)
         else:
             self.graph["name"] = name
 
     # ------------------------------------------------------------------ Pixyz's queries
-    def _order(self) -> tuple["Distribution", ...]:
-        return self._owner.sampling_order if self._owner is not None else ()
+    def _dgm_order(self) -> tuple["Distribution", ...]:
+        return self._owner._dgm_sampling_order if self._owner is not None else ()
 
     def _pixyz_graph(self) -> nx.DiGraph:
         """The graph Pixyz's DistGraph holds for the owner (factor nodes and variable nodes, Pixyz's order)."""
@@ -210,7 +210,7 @@ class DistGraph(nx.DiGraph):
             return
         opts = owner.factor_options
         for v in var:
-            hit = [f for f in owner.sampling_order if v in f.var]
+            hit = [f for f in owner._dgm_sampling_order if v in f.var]
             if not hit:
                 raise ValueError(f"{owner.prob_text}: set_option: no factor generates {v!r}; the variables are "
                                  f"{owner.var}")
@@ -322,7 +322,7 @@ class DistGraph(nx.DiGraph):
         ``$x$`` (``dotmode=False``) or ``x`` with the LaTeX label in the ``texlbl`` attribute (``dotmode=True``,
         for dot2tex)."""
         g = nx.DiGraph()
-        for f in (self._owner.sampling_order if self._owner is not None else ()):
+        for f in (self._owner._dgm_sampling_order if self._owner is not None else ()):
             for v in f.var:
                 for c in f.cond_var:
                     if dotmode:

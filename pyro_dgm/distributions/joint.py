@@ -32,7 +32,7 @@ def pixyz_graph(d: Distribution) -> nx.DiGraph:
     A product keeps the one it was built with; an atomic distribution's is made on demand (a renamed one applies
     its renaming as Pixyz does, in place, which moves the renamed nodes to the end).
     """
-    pg = d.__dict__.get("_pg")
+    pg = d.__dict__.get("_dgm_pg")
     if pg is not None:
         return pg
     from pyro_dgm.distributions.ops import ReplaceVarDistribution
@@ -66,13 +66,13 @@ class LabelledComposite:
 
     @property
     def name(self) -> str:
-        return self.__dict__.get("_label", "p")
+        return self.__dict__.get("_dgm_label", "p")
 
     @name.setter
     def name(self, name: str) -> None:
         if not isinstance(name, str):
             raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
-        self.__dict__["_label"] = name
+        self.__dict__["_dgm_label"] = name
 
 
 class MultiplyDistribution(LabelledComposite, Distribution):
@@ -107,7 +107,7 @@ class MultiplyDistribution(LabelledComposite, Distribution):
                 raise TypeError(f"MultiplyDistribution {text}: can only multiply distributions, got "
                                 f"{type(d).__name__} {d!r}")
         what = f"{a.prob_text} * {b.prob_text}"
-        self._init_factors(a.factors + b.factors, a._name, what, _united(a, b, what))
+        self._dgm_init_factors(a._dgm_factors + b._dgm_factors, a._name, what, _united(a, b, what))
         # as Pixyz's graphs copy their factors' options: options set on a.graph or b.graph hold in the product
         opts = {**a.factor_options, **b.factor_options}
         if opts:
@@ -119,11 +119,11 @@ class MultiplyDistribution(LabelledComposite, Distribution):
         """A product of ``factors`` (in this order) named ``name``; ``pixyz_graph`` (see :func:`pixyz_graph`)
         decides the order of its variables and factors, by default the one a product built in this order has."""
         self = cls.__new__(cls)
-        self._init_factors(tuple(factors), name, " * ".join(f.prob_text for f in factors), pixyz_graph)
+        self._dgm_init_factors(tuple(factors), name, " * ".join(f.prob_text for f in factors), pixyz_graph)
         return self
 
-    def _init_factors(self, factors: tuple[Distribution, ...], name: str, what: str,
-                      pg: nx.DiGraph | None = None) -> None:
+    def _dgm_init_factors(self, factors: tuple[Distribution, ...], name: str, what: str,
+                          pg: nx.DiGraph | None = None) -> None:
         owner: dict[str, Distribution] = {}
         for f in factors:
             for v in f.var:
@@ -156,24 +156,24 @@ class MultiplyDistribution(LabelledComposite, Distribution):
         cond = in_graph_order([v for v in ordered_union(*(f.cond_var for f in factors)) if v not in var])
         inputs = in_graph_order([v for v in ordered_union(*(f.input_var for f in factors)) if v not in generated])
         super().__init__(var=var, cond_var=cond, name=name)
-        self._input_var = inputs
-        self._factors = factors
+        self._dgm_input_var = inputs
+        self._dgm_factor_tuple = factors
         # Pixyz's name and content: state_dict keys "_graph.<i>.<...>" of the atomic distributions, as Pixyz's
-        self._graph = nn.ModuleList(a for f in factors for a in f.pixyz_atoms)
-        self._pg = pg
+        self._graph = nn.ModuleList(a for f in factors for a in f._dgm_pixyz_atoms)
+        self._dgm_pg = pg
         ids = {id(f) for f in factors}
         order = tuple(n for n in nx.topological_sort(pg) if not isinstance(n, str) and id(n) in ids)
         if len(order) != len(factors):  # pragma: no cover - the graph holds every factor once
             raise AssertionError(f"{what}: the factor graph does not hold every factor")
-        self._order = order
+        self._dgm_order = order
 
     @property
-    def factors(self) -> tuple[Distribution, ...]:
-        return self._factors
+    def _dgm_factors(self) -> tuple[Distribution, ...]:
+        return self._dgm_factor_tuple
 
     @property
     def graph(self) -> DistGraph:
-        return build_graph(self._factors, self)
+        return build_graph(self._dgm_factor_tuple, self)
 
     @property
     def distribution_name(self) -> str:
@@ -182,7 +182,7 @@ class MultiplyDistribution(LabelledComposite, Distribution):
     @property
     def prob_factorized_text(self) -> str:
         """The factors from the last drawn to the first (Pixyz's order: ``p(x|z)p(z)`` whichever way multiplied)."""
-        return "".join(f.prob_text for f in reversed(self._order))
+        return "".join(f.prob_text for f in reversed(self._dgm_order))
 
     def __repr__(self) -> str:
         return repr(self.graph)  # Pixyz's: a product, renaming or marginalization shows as its graph's factors
@@ -190,13 +190,13 @@ class MultiplyDistribution(LabelledComposite, Distribution):
     def extra_repr(self) -> str:
         return ""
 
-    def network_text(self) -> str:
+    def _dgm_network_text(self) -> str:
         """The factors' networks in the order they run (Pixyz's order), each under its formula."""
-        return factors_network_text(self._order)
+        return factors_network_text(self._dgm_order)
 
-    def register_params(self) -> None:
-        for f in self._factors:
-            f.register_params()
+    def _dgm_register_params(self) -> None:
+        for f in self._dgm_factor_tuple:
+            f._dgm_register_params()
 
     def sample_mean(self, x_dict=None, **kwargs):  # type: ignore[no-untyped-def]
         """The mean of a product is not a product of means: draw with ``sample(..., sample_mean=True)``."""

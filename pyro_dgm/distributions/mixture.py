@@ -108,41 +108,41 @@ class MixtureDistribution(TorchDistribution):
 class _Mixture(OneSiteDistribution):
     """What the mixtures share: one site whose distribution is a :class:`MixtureDistribution`."""
 
-    _kind = "mixture"
+    _dgm_kind = "mixture"
 
-    def _mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
+    def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         raise NotImplementedError
 
     @property
     def has_reparam(self) -> bool:
         return False
 
-    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
-            value: Tensor | None = None) -> tuple[Any, Any]:
-        fn = self._mixture(b, values, ctx)
+    def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
+                value: Tensor | None = None) -> tuple[Any, Any]:
+        fn = self._dgm_mixture(b, values, ctx)
         if expand:
             fn = expand_root(self, fn, b, ctx)
         return fn, fn
 
-    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
-        fn, _ = self._fn(b, values, ctx)
+    def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+        fn, _ = self._dgm_fn(b, values, ctx)
         name = b.var[0]
-        value = self._record(name, fn.mean, fn.event_dim) if ctx.sample_mean else self._site(name, fn, ctx)
+        value = self._dgm_record(name, fn.mean, fn.event_dim) if ctx.sample_mean else self._dgm_site(name, fn, ctx)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> MixtureDistribution:
         """The :class:`MixtureDistribution` given the inputs (event dims: the features)."""
-        values = self._input_dict(x_dict)
-        return self._fn(self.binding, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
+        values = self._dgm_input_dict(x_dict)
+        return self._dgm_fn(self._dgm_binding, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
 
     def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mixture's mean :math:`\\sum_k \\pi_k \\mu_k` given the inputs."""
-        return self._mixture(self.binding, self._input_dict(x_dict), CallState(kwargs=kwargs)).mean
+        return self._dgm_mixture(self._dgm_binding, self._dgm_input_dict(x_dict), CallState(kwargs=kwargs)).mean
 
     def sample_variance(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mixture's variance (law of total variance) given the inputs."""
-        return self._mixture(self.binding, self._input_dict(x_dict), CallState(kwargs=kwargs)).variance
+        return self._dgm_mixture(self._dgm_binding, self._dgm_input_dict(x_dict), CallState(kwargs=kwargs)).variance
 
     def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -227,8 +227,8 @@ class MixtureModel(_Mixture):
         x, z = self._var[0], self._hidden_var[0]
         return " + ".join(f"{d.name}({x}|{z}={k}){self.prior.name}({z}={k})" for k, d in enumerate(self.distributions))
 
-    def _mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
-        m = self._mapping(b)
+    def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
+        m = self._dgm_mapping(b)
         comps = [site_fn(d, m, values, ctx, False)[0] for d in self.distributions]
         prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
         k = len(comps)
@@ -250,23 +250,23 @@ class MixtureModel(_Mixture):
         """
         if not return_hidden:
             return super().get_log_prob(x_dict, sum_features=sum_features, feature_dims=feature_dims, **kwargs)
-        values = self._input_dict(x_dict, self._var + self._input_var)
-        fn = self._mixture(self.binding, values, CallState(kwargs=kwargs))
+        values = self._dgm_input_dict(x_dict, self._var + self._dgm_input_var)
+        fn = self._dgm_mixture(self._dgm_binding, values, CallState(kwargs=kwargs))
         return fn.component_log_prob(values[self._var[0]]).movedim(-1, 0)
 
-    def _pixyz_order(self, b: Binding, ctx: CallState) -> bool:
-        """Whether this draw can take Pixyz's order of random numbers (:meth:`_pixyz_draw`): no inputs, no
+    def _dgm_pixyz_order(self, b: Binding, ctx: CallState) -> bool:
+        """Whether this draw can take Pixyz's order of random numbers (:meth:`_dgm_pixyz_draw`): no inputs, no
         ``sample_shape``, not a Pyro model run and no handler listening."""
         return (not b.input_var and ctx.obs is None and not ctx.sample_mean and not ctx.sample_shape
                 and (not PYRO_STACK or ignores_sites(PYRO_STACK)))
 
-    def _pixyz_draw(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> tuple[Tensor, Tensor, int]:
+    def _dgm_pixyz_draw(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> tuple[Tensor, Tensor, int]:
         """Pixyz's draw: the component ``z`` of every batch element from the prior, then each element's ``x`` from
         its component in turn (so the same seed gives Pixyz's values). Returns ``x``, ``z`` and ``x``'s event dims."""
         if _RNG.generator is not None:  # the draws from the generator of pyro_dgm.utils.generator(...)
             with seeded_draws(self):
-                return self._pixyz_draw(b, values, ctx)
-        m = self._mapping(b)
+                return self._dgm_pixyz_draw(b, values, ctx)
+        m = self._dgm_mapping(b)
         prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
         if ctx.batch_n is not None:
             prior_fn = expand_batch_n(self, prior_fn, ctx.batch_n)
@@ -278,15 +278,15 @@ class MixtureModel(_Mixture):
         xs = [comps[k].rsample() if use_r and comps[k].has_rsample else comps[k].sample() for k in index]
         return torch.cat(xs, dim=0), z, comps[0].event_dim
 
-    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+    def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         hidden = bool(ctx.kwargs.get("return_hidden")) if ctx.kwargs else False  # graph.set_option(...)
-        if not self._pixyz_order(b, ctx):
-            super()._draw_with(b, values, ctx)
+        if not self._dgm_pixyz_order(b, ctx):
+            super()._dgm_draw_with(b, values, ctx)
             if hidden:
                 z = self._hidden_var[0]
                 values[z] = self.posterior().sample({**values, self._var[0]: values[b.var[0]]}, return_all=False)[z]
             return
-        x, z, ev = self._pixyz_draw(b, values, ctx)
+        x, z, ev = self._dgm_pixyz_draw(b, values, ctx)
         values[b.var[0]] = x
         ctx.event_dims[b.var[0]] = ev
         if hidden:
@@ -304,10 +304,10 @@ class MixtureModel(_Mixture):
         component with the highest prior weight, which is not the mixture's mean).
         """
         if return_hidden and not sample_mean and not sample_shape:
-            values = self._input_dict(x_dict)
+            values = self._dgm_input_dict(x_dict)
             ctx = CallState(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
-            if self._pixyz_order(self.binding, ctx):
-                x, z, _ = self._pixyz_draw(self.binding, values, ctx)
+            if self._dgm_pixyz_order(self._dgm_binding, ctx):
+                x, z, _ = self._dgm_pixyz_draw(self._dgm_binding, values, ctx)
                 out = {self._var[0]: x, self._hidden_var[0]: z}
                 return {**values, **out} if return_all else out
         out = super().sample(x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=True, reparam=reparam,
@@ -373,20 +373,21 @@ class PosteriorMixtureModel(Distribution):
         z, x = self._hidden_var[0], self._var[0]
         return f"\\frac{{{self._name}({z},{x})}}{{{self._name}({x})}}"
 
-    def _log_post(self, values: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Tensor:
+    def _dgm_log_post(self, values: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Tensor:
         r""":math:`\log p(z=k|x)`, shape ``(..., K)``."""
-        joint = self.p._mixture(self.p.binding, values, CallState(kwargs=kwargs)).component_log_prob(values[self._var[0]])
+        mixture = self.p._dgm_mixture(self.p._dgm_binding, values, CallState(kwargs=kwargs))
+        joint = mixture.component_log_prob(values[self._var[0]])
         return joint - joint.logsumexp(-1, keepdim=True)
 
-    def _values(self, x_dict: ValuesLike) -> dict[str, Any]:
-        return self._input_dict(x_dict, self._var + [v for v in self._input_var if v not in self._var])
+    def _dgm_values(self, x_dict: ValuesLike) -> dict[str, Any]:
+        return self._dgm_input_dict(x_dict, self._var + [v for v in self._dgm_input_var if v not in self._var])
 
     def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
                      **kwargs: Any) -> Tensor:
         r"""Pixyz's ``(K, N)`` table of :math:`\log p(z=k|x_n)`; given ``z`` as well, :math:`\log p(z|x)`."""
-        values = self._values(x_dict)
+        values = self._dgm_values(x_dict)
         kwargs = {k: v for k, v in kwargs.items() if k != "return_hidden"}
-        logp = self._log_post(values, kwargs)
+        logp = self._dgm_log_post(values, kwargs)
         z = values.get(self._hidden_var[0])
         if z is None:
             return logp.movedim(-1, 0)
@@ -394,13 +395,13 @@ class PosteriorMixtureModel(Distribution):
             return (logp * z).sum(-1)
         return logp.gather(-1, z.long().unsqueeze(-1)).squeeze(-1)
 
-    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
+    def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
         return self.get_log_prob(dict(values), **ctx.kwargs)
 
     def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
         """The responsibilities: ``logits`` (normalized) and ``probs`` of shape ``(N, K)``."""
-        logits = self._log_post(self._values(params_dict), kwargs)
+        logits = self._dgm_log_post(self._dgm_values(params_dict), kwargs)
         return {"logits": logits, "probs": logits.exp()}
 
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None, sample_shape: Sequence[int] = torch.Size(),
@@ -411,8 +412,8 @@ class PosteriorMixtureModel(Distribution):
         if args:
             raise TypeError(f"{describe(self)}: sample() takes at most 6 positional arguments (x_dict, batch_n, "
                             f"sample_shape, return_all, reparam, sample_mean), got {6 + len(args)}")
-        values = self._values(x_dict)
-        logits = self._log_post(values, kwargs)
+        values = self._dgm_values(x_dict)
+        logits = self._dgm_log_post(values, kwargs)
         if self._one_hot:
             d: Any = torch.distributions.OneHotCategorical(logits=logits, validate_args=False)
         else:
@@ -473,7 +474,7 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
         self.p = nn.ModuleList(experts)
         self.register_buffer("weight_modalities", torch.tensor(weights))
 
-    _repr_hidden_buffers = ("weight_modalities",)  # a plain attribute in Pixyz, not printed
+    _dgm_repr_hidden_buffers = ("weight_modalities",)  # a plain attribute in Pixyz, not printed
 
     @property
     def distribution_name(self) -> str:
@@ -482,14 +483,14 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
     # ------------------------------------------------------------------ Pixyz's torch-object API
     # Pixyz's MixtureOfNormal is a Normal whose batch is split into blocks, one per expert; ours is the mixture, so
     # the object set_dist sets is the mixture (a MixtureDistribution, feature dims as event dims).
-    _site_dist = _Mixture.dist
+    _dgm_site_dist = _Mixture.dist
 
     @property
     def dist(self) -> Any:  # type: ignore[override]
         """The object :meth:`set_dist` set, else (and when called) the mixture given the inputs (see
         :attr:`pyro_dgm.distributions.DistributionBase.dist`)."""
         d = self.__dict__.get("_dist")
-        return self._site_dist if d is None else d
+        return self._dgm_site_dist if d is None else d
 
     @property
     def params_keys(self) -> list[str]:
@@ -516,7 +517,7 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
         """
         from pyro_dgm.distributions.family import callable_dist
 
-        self.__dict__["_dist"] = callable_dist(self._site_dist(x_dict, batch_n=batch_n, **kwargs), self)
+        self.__dict__["_dist"] = callable_dist(self._dgm_site_dist(x_dict, batch_n=batch_n, **kwargs), self)
 
     def get_sample(self, reparam: bool = False, sample_shape: Sequence[int] = torch.Size()) -> dict[str, Tensor]:
         """Draw from :attr:`dist` (set by :meth:`set_dist`), as Pixyz's ``get_sample``."""
@@ -532,8 +533,8 @@ class MixtureOfNormal(OptionalInputs, _Mixture):
             return " + ".join(f"\\frac{{1}}{{{k}}}{e.prob_text}" for e in self.p)
         return " + ".join(f"{v:.3g}{e.prob_text}" for v, e in zip(w, self.p))
 
-    def _mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
-        m = self._mapping(b)
+    def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
+        m = self._dgm_mapping(b)
         comps, logw = [], []
         for i, e in enumerate(self.p):
             ins = inputs_of(e, m)

@@ -49,13 +49,13 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
             if n != o:
                 composed[o] = n
         return ReplaceVarDistribution(inner, composed) if composed else inner
-    if d.factors == (d,):
+    if d._dgm_factors == (d,):
         return ReplaceVarDistribution(d, replace_dict)
     factors = [f if not set(replace_dict) & (set(f.var) | set(f.input_var)) else
                replace_var(f, {k: v for k, v in replace_dict.items() if k in set(f.var) | set(f.input_var)})
-               for f in d.factors]
+               for f in d._dgm_factors]
     # Pixyz renames the joint's graph in place (which decides the order of its variables and draws)
-    pg = nx.relabel_nodes(pixyz_graph(d), {o: n for o, n in zip(d.factors, factors) if o is not n}, copy=True)
+    pg = nx.relabel_nodes(pixyz_graph(d), {o: n for o, n in zip(d._dgm_factors, factors) if o is not n}, copy=True)
     mapping = {k: v for k, v in replace_dict.items() if k in pg and k != v}
     if mapping:
         nx.relabel_nodes(pg, mapping, copy=False)
@@ -64,7 +64,7 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
     out.name = d.name  # and the wrapper is labelled as the joint is
     opts = d.factor_options
     if opts:  # the factors' options (graph.set_option) follow them to their renamed copies, as in Pixyz
-        new_id = {id(o): id(n) for o, n in zip(d.factors, factors)}
+        new_id = {id(o): id(n) for o, n in zip(d._dgm_factors, factors)}
         out.factor_options = {new_id.get(k, k): v for k, v in opts.items()}
     return out
 
@@ -103,25 +103,25 @@ class ReplaceVarDistribution(_PassesThrough):
     """
 
     def __init__(self, p: Distribution, replace_dict: Mapping[str, str]) -> None:
-        if p.factors != (p,) or isinstance(p, MarginalizeVarDistribution):
+        if p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution):
             raise TypeError(f"ReplaceVarDistribution: {describe(p)} is not a single distribution; use "
                             "p.replace_var(...) instead")
         m = dict(replace_dict)
         super().__init__(var=[m.get(v, v) for v in p.var], cond_var=[m.get(v, v) for v in p.cond_var],
                          name=p.name, features_shape=p.features_shape)
-        self._graph = nn.ModuleList(p.pixyz_atoms)  # Pixyz's state dict: "_graph.0.<...>" and "p.<...>"
+        self._graph = nn.ModuleList(p._dgm_pixyz_atoms)  # Pixyz's state dict: "_graph.0.<...>" and "p.<...>"
         self.p = p
         self.replace_dict = m
-        self._input_var = [m.get(v, v) for v in p.input_var]
-        self._b = p.binding.renamed(m)
+        self._dgm_input_var = [m.get(v, v) for v in p.input_var]
+        self._dgm_b = p._dgm_binding.renamed(m)
 
     @property
-    def binding(self) -> Binding:
-        return self._b
+    def _dgm_binding(self) -> Binding:
+        return self._dgm_b
 
     @property
-    def required_input_var(self) -> list[str]:
-        return [self.replace_dict.get(v, v) for v in self.p.required_input_var]
+    def _dgm_required_input_var(self) -> list[str]:
+        return [self.replace_dict.get(v, v) for v in self.p._dgm_required_input_var]
 
     @property
     def distribution_name(self) -> str:
@@ -131,21 +131,21 @@ class ReplaceVarDistribution(_PassesThrough):
     def has_reparam(self) -> bool:
         return self.p.has_reparam
 
-    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
-        self.p._draw_with(b, values, ctx)
+    def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+        self.p._dgm_draw_with(b, values, ctx)
 
-    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
-        return self.p._score_with(b, values, ctx, sum_features, feature_dims)
+    def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
+        return self.p._dgm_score_with(b, values, ctx, sum_features, feature_dims)
 
-    def register_params(self) -> None:
-        self.p.register_params()
+    def _dgm_register_params(self) -> None:
+        self.p._dgm_register_params()
 
     #: the network text already starts with this factor's formula (a product prints no second header)
     network_text_headed = True
 
-    def network_text(self) -> str:
-        return f"{self.prob_text} -> {self.p.prob_text}:\n{self.p.network_text()}"
+    def _dgm_network_text(self) -> str:
+        return f"{self.prob_text} -> {self.p.prob_text}:\n{self.p._dgm_network_text()}"
 
     def __repr__(self) -> str:
         return repr(self.graph)  # Pixyz's: a product, renaming or marginalization shows as its graph's factors
@@ -153,16 +153,16 @@ class ReplaceVarDistribution(_PassesThrough):
     def extra_repr(self) -> str:
         return f"replace_dict={self.replace_dict}"
 
-    def _inner(self, x_dict: Any) -> dict[str, Any]:
-        values = self._input_dict(x_dict)
+    def _dgm_inner(self, x_dict: Any) -> dict[str, Any]:
+        values = self._dgm_input_dict(x_dict)
         inverse = {new: old for old, new in self.replace_dict.items()}
         return {inverse.get(k, k): v for k, v in values.items()}
 
     def get_params(self, params_dict: Any = None, **kwargs: Any) -> dict[str, Tensor]:
-        return self.p.get_params(self._inner(params_dict), **kwargs)
+        return self.p.get_params(self._dgm_inner(params_dict), **kwargs)
 
-    def _site_dist(self, x_dict: Any = None, batch_n: int | None = None, **kwargs: Any) -> Any:
-        return self.p.dist(self._inner(x_dict), batch_n=batch_n, **kwargs)
+    def _dgm_site_dist(self, x_dict: Any = None, batch_n: int | None = None, **kwargs: Any) -> Any:
+        return self.p.dist(self._dgm_inner(x_dict), batch_n=batch_n, **kwargs)
 
     @property
     def dist(self) -> Any:
@@ -170,20 +170,20 @@ class ReplaceVarDistribution(_PassesThrough):
         called) the Pyro distribution given the inputs under the new names."""
         d = self.p.__dict__.get("_dist")
         if d is None:
-            return self._site_dist
+            return self._dgm_site_dist
         d = copy.copy(d)  # the same object, callable as this distribution's builder (see family.callable_dist)
         d._dgm_owner = self
         return d
 
     def get_entropy(self, x_dict: Any = None, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
                     **kwargs: Any) -> Tensor:
-        return self.p.get_entropy(self._inner(x_dict), sum_features, feature_dims, **kwargs)
+        return self.p.get_entropy(self._dgm_inner(x_dict), sum_features, feature_dims, **kwargs)
 
     def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
-        return self.p.sample_mean(self._inner(x_dict), **kwargs)
+        return self.p.sample_mean(self._dgm_inner(x_dict), **kwargs)
 
     def sample_variance(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
-        return self.p.sample_variance(self._inner(x_dict), **kwargs)
+        return self.p.sample_variance(self._dgm_inner(x_dict), **kwargs)
 
 
 class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
@@ -215,20 +215,20 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
             raise ValueError(f"{describe(p)}.marginalize_var: marginalizing every variable {names} leaves nothing")
         if isinstance(p, MarginalizeVarDistribution):  # a marginal of a marginal integrates out both lists
             p, names = p.p, p.marginalize_list + [v for v in names if v not in p.marginalize_list]
-        if p.factors == (p,):
+        if p._dgm_factors == (p,):
             raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
                             "variables of a product (joint) distribution")
         super().__init__(var=kept, cond_var=p.cond_var, name=p._name)
         self.name = p.name  # Pixyz's marginal is labelled as its joint is (see LabelledComposite)
-        self._graph = nn.ModuleList(p.pixyz_atoms)  # Pixyz's state dict: "_graph.<i>.<...>" and "p.<...>"
+        self._graph = nn.ModuleList(p._dgm_pixyz_atoms)  # Pixyz's state dict: "_graph.<i>.<...>" and "p.<...>"
         self.p = p
-        self._marginalized = names
-        self._input_var = list(p.input_var)
+        self._dgm_marginalized = names
+        self._dgm_input_var = list(p.input_var)
 
     @property
     def marginalize_list(self) -> list[str]:
         """The variables integrated out."""
-        return self._marginalized
+        return self._dgm_marginalized
 
     @property
     def has_reparam(self) -> bool:
@@ -242,25 +242,25 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     @property
     def prob_factorized_text(self) -> str:
         # Pixyz: one \int per marginalized variable, then d<variable> each
-        return ("\\int " * len(self._marginalized) + self.p.prob_factorized_text
-                + "".join(f"d{latex_name(v)}" for v in self._marginalized))
+        return ("\\int " * len(self._dgm_marginalized) + self.p.prob_factorized_text
+                + "".join(f"d{latex_name(v)}" for v in self._dgm_marginalized))
 
     def __repr__(self) -> str:
         return repr(self.graph)  # Pixyz's: the factors of its graph
 
-    def network_text(self) -> str:
-        return self.p.network_text()
+    def _dgm_network_text(self) -> str:
+        return self.p._dgm_network_text()
 
-    def register_params(self) -> None:
-        for f in self.p.sampling_order:
-            f.register_params()
+    def _dgm_register_params(self) -> None:
+        for f in self.p._dgm_sampling_order:
+            f._dgm_register_params()
 
-    def draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
+    def _dgm_draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
         # the marginalized variables are internal: a value of the same name given from outside passes through as is
-        given = {v: (values[v], ctx.event_dims.get(v)) for v in self._marginalized if v in values}
-        for f in self.p.sampling_order:
-            f.draw_factor(values, ctx)
-        for v in self._marginalized:
+        given = {v: (values[v], ctx.event_dims.get(v)) for v in self._dgm_marginalized if v in values}
+        for f in self.p._dgm_sampling_order:
+            f._dgm_draw_factor(values, ctx)
+        for v in self._dgm_marginalized:
             values.pop(v, None)
             ctx.event_dims.pop(v, None)
             if v in given:
@@ -268,7 +268,7 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
                 if ev is not None:
                     ctx.event_dims[v] = ev
 
-    def score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-               feature_dims: Sequence[int] | None) -> Tensor:
+    def _dgm_score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                          feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)}: the marginal log-density {self.prob_joint_factorized_and_text}"
                                   " has no closed form; estimate it with an importance-weighted bound")

@@ -3,8 +3,8 @@ Pixyz calls them.
 
 Pixyz's joint distribution calls each factor's public ``sample`` and ``get_log_prob``, so a Pixyz program may write a
 distribution by overriding them (a custom sampler, a clamped draw, an unnormalized density), and use it in a product
-``p * q``, a ``replace_var`` or a loss. Our graph draws and scores through the per-factor hooks ``_draw_with`` and
-``_score_with``; for a class whose ``sample`` or ``get_log_prob`` is the user's (defined outside ``pyro_dgm``),
+``p * q``, a ``replace_var`` or a loss. Our graph draws and scores through the per-factor hooks ``_dgm_draw_with`` and
+``_dgm_score_with``; for a class whose ``sample`` or ``get_log_prob`` is the user's (defined outside ``pyro_dgm``),
 :func:`install` replaces the hook with one that calls the public method with the factor's inputs under its own
 names, as Pixyz does. A family whose ``set_dist`` or ``get_sample`` is the user's draws (and, for ``set_dist``,
 scores) the way Pixyz's atomic distribution does: ``set_dist(inputs, batch_n)``, then ``get_sample(...)`` or
@@ -13,7 +13,7 @@ scores) the way Pixyz's atomic distribution does: ``set_dist(inputs, batch_n)``,
 closed forms included, as Pixyz's ``set_dist`` calls it.
 
 The user's method usually ends in ``super().sample(...)``; that call draws with the original hook (kept as
-``_inner_draw_with``): :func:`install` wraps the user's method so that, while it runs, the distribution is marked
+``_dgm_inner_draw_with``): :func:`install` wraps the user's method so that, while it runs, the distribution is marked
 as inside it (:func:`entered`, per thread), and its hooks are the original ones.
 
 A value drawn by the user's own code (or by ``get_sample``) is not a ``pyro.sample`` site unless that code draws
@@ -105,33 +105,35 @@ def install(cls: Any) -> None:
     (Pixyz's atomic ``sample`` and ``get_log_prob`` go through them), ``get_params`` (a family's parameters: what
     Pixyz's ``set_dist`` calls), then ``sample`` and ``get_log_prob``."""
     if hasattr(cls, "set_dist") and hasattr(cls, "get_sample"):
-        if (_user_defined(cls, "set_dist") or _user_defined(cls, "get_sample")) and not cls._user_set_dist:
-            cls._inner_set_dist_draw = cls._draw_with  # for Pyro model runs with data (observed sites)
-            cls._draw_with, cls._user_set_dist = _draw_via_set_dist, True
+        if (_user_defined(cls, "set_dist") or _user_defined(cls, "get_sample")) and not cls._dgm_user_set_dist:
+            cls._dgm_inner_set_dist_draw = cls._dgm_draw_with  # for Pyro model runs with data (observed sites)
+            cls._dgm_draw_with, cls._dgm_user_set_dist = _draw_via_set_dist, True
             if _user_defined(cls, "set_dist"):  # scoring, moments, entropy and KL see what set_dist sets
-                cls._score_with, cls._fn = _score_via_set_dist, _fn_via_set_dist
-    for public, hook, flag, via in (("get_params", "_params", "_user_get_params", _params_via_get_params),
-                                    ("sample", "_draw_with", "_user_sample", _draw_via_sample),
-                                    ("get_log_prob", "_score_with", "_user_log_prob", _score_via_get_log_prob)):
+                cls._dgm_score_with, cls._dgm_fn = _score_via_set_dist, _fn_via_set_dist
+    for public, hook, inner, flag, via in (
+            ("get_params", "_dgm_params", "_dgm_inner_params", "_dgm_user_get_params", _params_via_get_params),
+            ("sample", "_dgm_draw_with", "_dgm_inner_draw_with", "_dgm_user_sample", _draw_via_sample),
+            ("get_log_prob", "_dgm_score_with", "_dgm_inner_score_with", "_dgm_user_log_prob",
+             _score_via_get_log_prob)):
         if not hasattr(cls, hook) or not _user_defined(cls, public):
             continue
         fn = vars(cls).get(public)
-        if hook != "_params" and fn is not None and callable(fn) and not getattr(fn, "_enters", False):
-            setattr(cls, public, _entering(fn))  # (get_params needs no mark: its super() call reads _inner_params)
+        if hook != "_dgm_params" and fn is not None and callable(fn) and not getattr(fn, "_enters", False):
+            setattr(cls, public, _entering(fn))  # (get_params needs no mark: its super() call reads _dgm_inner_params)
         own = vars(cls).get(hook)
         if own is None:  # inherited: the parent's hook (its inner one if the parent routes it already)
-            own = getattr(cls, "_inner" + hook) if getattr(cls, flag) else getattr(cls, hook)
-        setattr(cls, "_inner" + hook, own)
+            own = getattr(cls, inner) if getattr(cls, flag) else getattr(cls, hook)
+        setattr(cls, inner, own)
         setattr(cls, hook, via)
         setattr(cls, flag, True)
 
 
 def _local_inputs(self: Any, b: Binding, values: Mapping[str, Any]) -> dict[str, Any]:
     """The inputs of ``b`` (this factor under a product's or ``replace_var``'s names) under its own names."""
-    return {o: values[g] for o, g in zip(self.binding.input_var, b.input_var) if g in values}
+    return {o: values[g] for o, g in zip(self._dgm_binding.input_var, b.input_var) if g in values}
 
 
-def _record(values: dict[str, Any], ctx: CallState, name: str, value: Any) -> None:
+def _dgm_record(values: dict[str, Any], ctx: CallState, name: str, value: Any) -> None:
     """Keep a value drawn by the user's code, with one batch dim after the sample dims (Pixyz's convention)."""
     values[name] = value
     if isinstance(value, Tensor):
@@ -143,7 +145,7 @@ def _record(values: dict[str, Any], ctx: CallState, name: str, value: Any) -> No
 def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Any]:
     """A family's parameters from the user's ``get_params``, called as Pixyz's ``set_dist`` calls it (with the
     inputs under the distribution's own names and the networks' keyword arguments); its ``super().get_params()``
-    computes them with the original hook (``_inner_params``)."""
+    computes them with the original hook (``_dgm_inner_params``)."""
     params = self.get_params(_local_inputs(self, b, values), **ctx.kwargs)
     if not isinstance(params, Mapping):
         raise TypeError(f"{describe(self)}: get_params() must return a dict of parameters, got "
@@ -153,25 +155,25 @@ def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx
 
 def _draw_via_sample(self: Distribution, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
     if id(self) in _inside() or ctx.obs is not None:
-        return self._inner_draw_with(b, values, ctx)  # type: ignore[attr-defined,no-any-return]
-    own = self.binding
-    out = self.sample(_local_inputs(self, b, values), batch_n=ctx.batch_n, sample_shape=ctx.sample_shape, return_all=False,
-                      reparam=ctx.reparam, sample_mean=ctx.sample_mean, **ctx.kwargs)
+        return self._dgm_inner_draw_with(b, values, ctx)  # type: ignore[attr-defined,no-any-return]
+    own = self._dgm_binding
+    out = self.sample(_local_inputs(self, b, values), batch_n=ctx.batch_n, sample_shape=ctx.sample_shape,
+                      return_all=False, reparam=ctx.reparam, sample_mean=ctx.sample_mean, **ctx.kwargs)
     if not isinstance(out, Mapping):
         raise TypeError(f"{describe(self)}: sample() must return a dict of values, got {type(out).__name__}")
     for o, g in zip(own.var, b.var):
         if o not in out:
             raise ValueError(f"{describe(self)}: sample() returned {sorted(out)}, without {o!r}; it draws "
                              f"{list(own.var)}")
-        _record(values, ctx, g, out[o])
+        _dgm_record(values, ctx, g, out[o])
     return None
 
 
 def _score_via_get_log_prob(self: Distribution, b: Binding, values: Mapping[str, Any], ctx: CallState,
                             sum_features: bool, feature_dims: Sequence[int] | None) -> Tensor:
     if id(self) in _inside():
-        return self._inner_score_with(b, values, ctx, sum_features, feature_dims)  # type: ignore[attr-defined]
-    own = self.binding
+        return self._dgm_inner_score_with(b, values, ctx, sum_features, feature_dims)  # type: ignore[attr-defined]
+    own = self._dgm_binding
     pairs = list(zip(own.var, b.var)) + list(zip(own.cond_var, b.cond_var))
     local = {o: values[g] for o, g in pairs if g in values}
     return self.get_log_prob(local, sum_features=sum_features, feature_dims=feature_dims,  # type: ignore[no-any-return]
@@ -183,9 +185,9 @@ def _score_via_get_log_prob(self: Distribution, b: Binding, values: Mapping[str,
 def _draw_via_set_dist(self: Any, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
     """Pixyz's atomic draw: ``set_dist(inputs, batch_n)``, then ``get_sample`` (or the mean of ``dist``)."""
     if ctx.obs is not None:
-        return self._inner_set_dist_draw(b, values, ctx)  # type: ignore[no-any-return]
+        return self._dgm_inner_set_dist_draw(b, values, ctx)  # type: ignore[no-any-return]
     self.set_dist(_local_inputs(self, b, values), batch_n=ctx.batch_n)
-    name = self.binding.var[0]
+    name = self._dgm_binding.var[0]
     if ctx.sample_mean:
         value = self.dist.mean
         if ctx.sample_shape:  # Pixyz repeats the mean (a copy, not a view)
@@ -197,7 +199,7 @@ def _draw_via_set_dist(self: Any, b: Binding, values: dict[str, Any], ctx: CallS
             raise ValueError(f"{describe(self)}: get_sample() must return {{{name!r}: value}}, got "
                              f"{sorted(out) if isinstance(out, Mapping) else type(out).__name__}")
         value = out[name]
-    _record(values, ctx, b.var[0], value)
+    _dgm_record(values, ctx, b.var[0], value)
     return None
 
 

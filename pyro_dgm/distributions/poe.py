@@ -69,7 +69,7 @@ class ProductOfNormal(OptionalInputs, Normal):
     tensor([[1.5000]])
     """
 
-    _repr_hidden_buffers = ("weight_modalities",)  # a list attribute in Pixyz, not printed
+    _dgm_repr_hidden_buffers = ("weight_modalities",)  # a list attribute in Pixyz, not printed
 
     def __init__(self, p: Sequence[Distribution] | Distribution = (), weight_modalities: Sequence[float] | None = None,
                  name: str = "p", features_shape: Sequence[int] = torch.Size(), prior: Distribution | None = None
@@ -81,7 +81,7 @@ class ProductOfNormal(OptionalInputs, Normal):
         var = list(experts[0].var)
         for i, e in enumerate([*experts, *([prior] if prior is not None else [])]):
             what = "prior" if i == len(experts) else f"expert {i}"
-            check_inner(owner, e, what, need="_params")
+            check_inner(owner, e, what, need="_dgm_params")
             if list(e.var) != var:
                 raise ValueError(f"{owner}: every expert must generate {var}, but {what} {e.prob_text} generates "
                                  f"{e.var}")
@@ -121,8 +121,8 @@ class ProductOfNormal(OptionalInputs, Normal):
         return self.get_params(inputs)
 
     # ------------------------------------------------------------------ the product
-    def _expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
-                      ) -> list[tuple[Tensor, Tensor]]:
+    def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
+                          ) -> list[tuple[Tensor, Tensor]]:
         """``(w * precision * loc, w * precision)`` of each expert whose inputs are given."""
         terms = []
         for i, e in enumerate(self.p):
@@ -140,7 +140,7 @@ class ProductOfNormal(OptionalInputs, Normal):
             terms.append((prec * params["loc"], prec))
         return terms
 
-    def _params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
+    def _dgm_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
         w0 = self.weight_modalities[0]
         if self.prior is None:
@@ -150,16 +150,16 @@ class ProductOfNormal(OptionalInputs, Normal):
             pp = site_params(self.prior, m, values, ctx)
             den = w0 * _precision(pp["scale"])
             num = den * pp["loc"]
-        for tn, td in self._expert_terms(m, values, ctx):
+        for tn, td in self._dgm_expert_terms(m, values, ctx):
             num, den = num + tn, den + td
         return {"loc": num / den, "scale": torch.rsqrt(den)}  # each its own shape, as Pixyz's (they broadcast)
 
-    def _fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
-            value: Tensor | None = None) -> tuple[Any, Any]:
+    def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
+                value: Tensor | None = None) -> tuple[Any, Any]:
         present = tuple(v for v in b.input_var if v in values)
         if len(present) != len(b.input_var):  # missing experts: batch dims come from the inputs given
             b = Binding(b.var, b.cond_var, present, b.fwd_pos, b.fwd_kw, b.param_vars)
-        return super()._fn(b, values, ctx, expand, value=value)
+        return super()._dgm_fn(b, values, ctx, expand, value=value)
 
 
 class NormalPoE(ProductOfNormal):
@@ -219,8 +219,8 @@ class ElementWiseProductOfNormal(ProductOfNormal):
         x = e.cond_var[0]
         return f"p({','.join(self._var)})\\prod_{{i}}{e.name}({','.join(e.var)}|{x}_{{i}})"
 
-    def _expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
-                      ) -> list[tuple[Tensor, Tensor]]:
+    def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
+                          ) -> list[tuple[Tensor, Tensor]]:
         e = self.p[0]
         xname = inputs_of(e, m)[0]
         if xname not in values:

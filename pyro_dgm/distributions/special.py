@@ -59,21 +59,21 @@ class Deterministic(Distribution):
         if unusable is not None:
             err = unusable
 
-            def _draw_with(*_: Any, **__: Any) -> None:  # shadows the method on this instance only
+            def _dgm_draw_with(*_: Any, **__: Any) -> None:  # shadows the method on this instance only
                 raise type(err)(*err.args)
 
-            self._draw_with = _draw_with
-        self._b = Binding(self._var, self._cond_var, self._input_var, pos, kw)
+            self._dgm_draw_with = _dgm_draw_with
+        self._dgm_b = Binding(self._var, self._cond_var, self._dgm_input_var, pos, kw)
 
     @property
-    def binding(self) -> Binding:
-        return self._b
+    def _dgm_binding(self) -> Binding:
+        return self._dgm_b
 
     @property
     def has_reparam(self) -> bool:
         return True
 
-    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+    def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         kw = {k: values[v] for k, v in b.fwd_kw}
         if ctx.kwargs:
             kw.update(forward_extras(self, ctx.kwargs))
@@ -82,15 +82,15 @@ class Deterministic(Distribution):
             got = sorted(out) if isinstance(out, dict) else type(out).__name__
             raise ValueError(f"{describe(self)}: forward() must return a dict with exactly the keys {self._var}, "
                              f"got {got}")
-        bn = self._batch_ndim(b, values, ctx)
+        bn = self._dgm_batch_ndim(b, values, ctx)
         for own, v in zip(self._var, b.var):
             value = out[own]
             ev = max(value.dim() - bn, 0)
-            values[v] = self._record(v, value, ev)
+            values[v] = self._dgm_record(v, value, ev)
             ctx.event_dims[v] = ev
 
-    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
+    def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)}: the log-density of a deterministic distribution is not "
                                   "defined")
 
@@ -123,19 +123,19 @@ class EmpiricalDistribution(Distribution):
 
     def __init__(self, var: Sequence[str], name: str = "p_{data}") -> None:
         super().__init__(var=var, cond_var=None, name=name)
-        self._input_var = list(self._var)
+        self._dgm_input_var = list(self._var)
 
     @property
     def has_reparam(self) -> bool:
         return True
 
-    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+    def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         for v in b.var:
             if v not in ctx.event_dims:
                 ctx.event_dims[v] = max(values[v].dim() - 1, 0)
 
-    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
+    def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)}: the data distribution has no density")
 
     def sample(self, x_dict: Any = {}, return_all: bool = True,  # noqa: B006 (Pixyz's signature)
@@ -171,18 +171,18 @@ class CustomProb(Distribution):
         super().__init__(var=var, **kwargs)
         self._log_prob_function = log_prob_function
         self._distribution_name = distribution_name
-        self._input_var = list(self._var)
+        self._dgm_input_var = list(self._var)
         try:  # as Pixyz, a function that does not take the variables fails at the first call, not here
-            self._check_signature()
+            self._dgm_check_signature()
         except TypeError as e:
             err = e
 
-            def _score_with(*_: Any, **__: Any) -> Tensor:  # shadows the method on this instance only
+            def _dgm_score_with(*_: Any, **__: Any) -> Tensor:  # shadows the method on this instance only
                 raise TypeError(*err.args)
 
-            self._score_with = _score_with
+            self._dgm_score_with = _dgm_score_with
 
-    def _check_signature(self) -> None:
+    def _dgm_check_signature(self) -> None:
         """``log_prob_function`` is called with the variables as keywords: check that it takes them (and no more)."""
         fn = self._log_prob_function
         try:
@@ -212,8 +212,8 @@ class CustomProb(Distribution):
     def distribution_name(self) -> str:  # type: ignore[override]
         return self._distribution_name
 
-    def _score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
-                    feature_dims: Sequence[int] | None) -> Tensor:
+    def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
         lp = self._log_prob_function(**{own: values[v] for own, v in zip(self._var, b.var)})
         return sum_samples(lp, feature_dims) if sum_features else lp
 
@@ -222,10 +222,10 @@ class CustomProb(Distribution):
         """A distribution given by its log-density cannot sample: raises NotImplementedError (as Pixyz)."""
         raise NotImplementedError(f"{describe(self)}: a distribution given by its log-density cannot sample")
 
-    def _draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+    def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         if ctx.obs is None:
             raise NotImplementedError(f"{describe(self)}: a distribution given by its log-density cannot sample")
-        pyro.factor(_prob_site(self, b), self._score_with(b, values, ctx, True, None))
+        pyro.factor(_prob_site(self, b), self._dgm_score_with(b, values, ctx, True, None))
 
 
 def _prob_site(d: Distribution, b: Binding) -> str:

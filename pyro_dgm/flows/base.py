@@ -484,24 +484,25 @@ class FlowList(Flow):
         super().__init__(in_features=getattr(parts[0], "in_features", None), event_dim=dom,
                          codomain_event_dim=cod, cache_size=cache_size)
         self.flow_list = nn.ModuleList([p for p in parts if isinstance(p, nn.Module)])
-        self._parts = parts
+        self._dgm_parts = parts
         # parts that decide their event dims from the input make the list do so too (once per input shape)
         self._auto = any(getattr(p, "_auto", False) for p in parts)
         self._adapted_for: tuple | None = None
 
     def __len__(self) -> int:
-        return len(self._parts)
+        return len(self._dgm_parts)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._parts)
+        return iter(self._dgm_parts)
 
     def __getitem__(self, i: int) -> Any:
-        return self._parts[i]
+        return self._dgm_parts[i]
 
     def __repr__(self) -> str:
         # as Pixyz prints it: every "ModuleList" in the text, the networks' own too, reads "FlowList"
-        return repr(self.flow_list).replace("ModuleList", "FlowList") if len(self.flow_list) == len(
-            self._parts) else "FlowList(\n" + "\n".join(f"  ({i}): {p!r}" for i, p in enumerate(self._parts)) + "\n)"
+        if len(self.flow_list) == len(self._dgm_parts):
+            return repr(self.flow_list).replace("ModuleList", "FlowList")
+        return "FlowList(\n" + "\n".join(f"  ({i}): {p!r}" for i, p in enumerate(self._dgm_parts)) + "\n)"
 
     def _expected_size(self, inverse: bool) -> int | None:
         return None  # the parts check their own inputs
@@ -510,29 +511,29 @@ class FlowList(Flow):
         key = (tuple(shape), inverse)
         if key == self._adapted_for:
             return
-        parts = list(reversed(self._parts)) if inverse else self._parts
+        parts = list(reversed(self._dgm_parts)) if inverse else self._dgm_parts
         for p in parts:
             if getattr(p, "_auto", False):
                 p._adapt(shape, inverse)
             step = getattr(p, "inverse_shape" if inverse else "forward_shape", None)
             shape = step(shape) if step is not None else shape
-        self._domain_event_dim, self._codomain_event_dim = _compose_dims(self._parts)
+        self._domain_event_dim, self._codomain_event_dim = _compose_dims(self._dgm_parts)
         self._adapted_for = key
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
-        for p in self._parts:
+        for p in self._dgm_parts:
             shape = p.forward_shape(shape) if hasattr(p, "forward_shape") else shape
         return torch.Size(shape)
 
     def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
-        for p in reversed(self._parts):
+        for p in reversed(self._dgm_parts):
             shape = p.inverse_shape(shape) if hasattr(p, "inverse_shape") else shape
         return torch.Size(shape)
 
     def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         ev = self._domain_event_dim
         total: Tensor | None = None
-        for part in self._parts:
+        for part in self._dgm_parts:
             if isinstance(part, Flow):
                 part._check(x, inverse=False)
                 y, ld = part._forward_logdet(x, context)
@@ -554,7 +555,7 @@ class FlowList(Flow):
     def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         ev = self._codomain_event_dim
         total: Tensor | None = None
-        for part in reversed(self._parts):
+        for part in reversed(self._dgm_parts):
             if isinstance(part, Flow):
                 part._check(z, inverse=True)
                 x, ld = part._inverse_logdet(z, context)

@@ -90,7 +90,7 @@ class AdversarialLoss(Loss):
     """
 
     #: Whether the discriminator's output is a probability (checked to lie in [0, 1]).
-    _probability_output = True
+    _dgm_probability_output = True
 
     def __init__(self, p: "Distribution", q: "Distribution", discriminator: "Distribution",
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None) -> None:
@@ -110,9 +110,9 @@ class AdversarialLoss(Loss):
         self.p, self.q = p, q
         self.input_dist = p if p.input_var else q  # Pixyz's: the distribution whose input gives the batch size
         self.d = discriminator  # a sub-module named as in Pixyz (``loss.d``, ``loss.to(device)`` moves it)
-        self.__dict__["_d"] = discriminator
+        self.__dict__["_dgm_d"] = discriminator
         compared = {id(t) for t in [*p.parameters(), *q.parameters()]}
-        self.__dict__["_d_only"] = [t for t in discriminator.parameters() if id(t) not in compared]
+        self.__dict__["_dgm_d_only"] = [t for t in discriminator.parameters() if id(t) not in compared]
         self.d_optimizer = _build_optimizer(owner, optimizer, discriminator, dict(optimizer_params or {}))
         self.loss_optimizer = optimizer  # Pixyz's attributes: the optimizer's class and arguments as given
         self.loss_optimizer_params = optimizer_params if optimizer_params is not None else {}
@@ -125,14 +125,14 @@ class AdversarialLoss(Loss):
     @property
     def discriminator(self) -> "Distribution":
         """The discriminator (critic)."""
-        return self._d
+        return self._dgm_d
 
     @property
     def discriminators(self) -> list["Distribution"]:
         """The distributions trained by this term's own optimizer (not by a Model's): ``[discriminator]``."""
-        return [self._d]
+        return [self._dgm_d]
 
-    def _children(self) -> Iterator[Any]:
+    def _dgm_children(self) -> Iterator[Any]:
         # the compared distributions only: the discriminator is trained by its own optimizer (see the module notes)
         yield self.p
         yield self.q
@@ -144,7 +144,7 @@ class AdversarialLoss(Loss):
         return sympy.Symbol(f"mean({self.latex})")  # Pixyz prints the batch mean this term is
 
     # ------------------------------------------------------------------ evaluation
-    def _batch_n(self, values: Mapping[str, Any]) -> int:
+    def _dgm_batch_n(self, values: Mapping[str, Any]) -> int:
         for v in self._input_var:
             x = values.get(v)
             if isinstance(x, Tensor) and x.dim() >= 1:
@@ -157,14 +157,14 @@ class AdversarialLoss(Loss):
         written for Pixyz)."""
         return int(x_dict[self.input_dist.input_var[0]].shape[0])
 
-    def _samples(self, dist: "Distribution", values: Mapping[str, Any], batch_n: int, reparam: bool,
-                 kwargs: Mapping[str, Any]) -> dict[str, Tensor]:
+    def _dgm_samples(self, dist: "Distribution", values: Mapping[str, Any], batch_n: int, reparam: bool,
+                     kwargs: Mapping[str, Any]) -> dict[str, Tensor]:
         """The discriminator's inputs for a sample of ``dist``: its draw of the compared variables, plus the
         term's inputs the discriminator is also conditioned on."""
         given = {k: values[k] for k in dist.input_var}
         drawn = dist.sample(given, batch_n=batch_n, reparam=reparam, return_all=False, **kwargs)
         out = {}
-        for v in self._d.input_var:
+        for v in self._dgm_d.input_var:
             x = drawn[v] if v in drawn else values[v]
             if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] != batch_n:
                 got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -173,15 +173,15 @@ class AdversarialLoss(Loss):
             out[v] = x
         return out
 
-    def _discriminate(self, inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:
+    def _dgm_discriminate(self, inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:
         """The discriminator's output for a batch of inputs, shape ``(batch_n, ...)``."""
-        d = self._d
+        d = self._dgm_d
         y = d.sample(dict(inputs), sample_mean=True, return_all=False, **kwargs)[d.var[0]]
-        self._check_output(y)
+        self._dgm_check_output(y)
         return y
 
-    def _check_output(self, y: Tensor) -> None:
-        if not self._probability_output:
+    def _dgm_check_output(self, y: Tensor) -> None:
+        if not self._dgm_probability_output:
             return
         if torch.compiler.is_compiling() and torch.is_floating_point(y):  # checked in the graph, no .item() break
             torch._assert_async(((y >= 0) & (y <= 1)).all(), f"{type(self).__name__}: the discriminator must "
@@ -189,33 +189,33 @@ class AdversarialLoss(Loss):
             return
         if not torch.is_floating_point(y) or bool(((y < 0) | (y > 1) | torch.isnan(y)).any()):
             y = y.detach().float()
-            raise ValueError(f"{type(self).__name__} {self.latex}: the discriminator {describe(self._d)} must output "
-                             "probabilities in [0, 1] (the probability that a sample comes from "
+            raise ValueError(f"{type(self).__name__} {self.latex}: the discriminator {describe(self._dgm_d)} must "
+                             "output probabilities in [0, 1] (the probability that a sample comes from "
                              f"{self.p.prob_text}), got values in [{float(y.min())}, {float(y.max())}]; end its "
                              "network with a sigmoid")
 
     def frozen_parameters(self) -> list[Tensor]:
         """The discriminator's own parameters: the generator-side value does not train them (:meth:`loss_train`
         does)."""
-        return list(self._d_only)
+        return list(self._dgm_d_only)
 
     def forward(self, values: dict[str, Any], discriminator: bool = False, **kwargs: Any) -> Tensor:
         """The generator-side value; with ``discriminator=True`` (Pixyz), the discriminator's loss on detached
         samples (what :meth:`loss_train` minimizes)."""
-        n = self._batch_n(values)
+        n = self._dgm_batch_n(values)
         if discriminator:
             with torch.no_grad():
-                xp = self._samples(self.p, values, n, False, kwargs)
-                xq = self._samples(self.q, values, n, False, kwargs)
-            return self._d_loss(xp, xq, kwargs)
-        with frozen(self._d_only):
-            return self._g_loss(values, n, kwargs)
+                xp = self._dgm_samples(self.p, values, n, False, kwargs)
+                xq = self._dgm_samples(self.q, values, n, False, kwargs)
+            return self._dgm_d_loss(xp, xq, kwargs)
+        with frozen(self._dgm_d_only):
+            return self._dgm_g_loss(values, n, kwargs)
 
-    def _g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
+    def _dgm_g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
         raise NotImplementedError  # pragma: no cover
 
-    def _d_loss(self, xp: Mapping[str, Tensor], xq: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:
-        y_p, y_q = self._discriminate(xp, kwargs), self._discriminate(xq, kwargs)
+    def _dgm_d_loss(self, xp: Mapping[str, Tensor], xq: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:
+        y_p, y_q = self._dgm_discriminate(xp, kwargs), self._dgm_discriminate(xq, kwargs)
         return self.d_loss(y_p, y_q, y_p.shape[0])
 
     def d_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
@@ -228,7 +228,7 @@ class AdversarialLoss(Loss):
         defines it (Pixyz's hook: a subclass of ``AdversarialLoss`` overrides it)."""
         raise NotImplementedError(f"{type(self).__name__} does not define g_loss(y_p, y_q, batch_n)")
 
-    def _data_detached(self, y_p: Tensor, y_q: Tensor) -> tuple[Tensor, Tensor]:
+    def _dgm_data_detached(self, y_p: Tensor, y_q: Tensor) -> tuple[Tensor, Tensor]:
         """The outputs on samples of a data distribution (``EmpiricalDistribution``) detached, as Pixyz's
         ``g_loss`` detaches them: the generator's loss sends no gradient through the data's side."""
         if self.p.distribution_name == "Data distribution":
@@ -254,9 +254,9 @@ class AdversarialLoss(Loss):
         Tensor
             The discriminator's loss before the step (detached).
         """
-        d = self._d
+        d = self._dgm_d
         if not self._synced:
-            self._sync()
+            self._dgm_sync()
         d.train()
         self.d_optimizer.zero_grad(set_to_none=True)
         replicated = self._replicated
@@ -266,14 +266,14 @@ class AdversarialLoss(Loss):
             loss = replicated.run(self.eval, train_x_dict, discriminator=True, **kwargs)
         loss.backward()
         self.d_optimizer.step()
-        self._after_step()
+        self._dgm_after_step()
         self.d_steps += 1
         return loss.detach()
 
     def loss_test(self, test_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
         """The discriminator's loss on ``x_dict`` under ``torch.no_grad``, the discriminator in eval mode (its mode is
         restored after); nothing is updated."""
-        d = self._d
+        d = self._dgm_d
         mode = d.training
         d.eval()
         try:
@@ -294,37 +294,37 @@ class AdversarialLoss(Loss):
         """The same as :meth:`loss_test` (the name of Pixyz's API reference)."""
         return self.loss_test(test_x_dict, **kwargs)
 
-    def _after_step(self) -> None:
+    def _dgm_after_step(self) -> None:
         """What follows each discriminator step (weight clipping for the Wasserstein critic)."""
 
     def discriminator_accuracy(self, x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> float:
         """The fraction of samples the discriminator classifies right (output above 1/2 for ``p``, below for ``q``),
         over one batch of each, without gradient."""
-        if not self._probability_output:
+        if not self._dgm_probability_output:
             raise NotImplementedError(f"{type(self).__name__}: the critic's output is a score, not a probability; "
                                       "there is no accuracy")
         given = dict(x_dict or {})
         check_present(self, given, self._input_var)
-        n = self._batch_n(given)
+        n = self._dgm_batch_n(given)
         with torch.no_grad():
-            y_p = self._discriminate(self._samples(self.p, given, n, False, kwargs), kwargs)
-            y_q = self._discriminate(self._samples(self.q, given, n, False, kwargs), kwargs)
+            y_p = self._dgm_discriminate(self._dgm_samples(self.p, given, n, False, kwargs), kwargs)
+            y_q = self._dgm_discriminate(self._dgm_samples(self.q, given, n, False, kwargs), kwargs)
         return 0.5 * (float((y_p > 0.5).float().mean()) + float((y_q < 0.5).float().mean()))
 
     # ------------------------------------------------------------------ distributed training
-    def _sync(self) -> None:
+    def _dgm_sync(self) -> None:
         """Under ``torch.distributed``, wrap the discriminator in ``DistributedDataParallel`` (once, before the first
         step: rank 0's discriminator is broadcast to every process); without a process group, nothing."""
         from pyro_dgm.models.distributed import setup_from_env, wrap  # the models layer, at the first step only
 
         setup_from_env()  # under torchrun without a Model (a Pixyz-style loop over loss_train): the process group
-        self._replicated = wrap(self._d, watch_param_store=False)
+        self._replicated = wrap(self._dgm_d, watch_param_store=False)
         self._synced = True
 
     # ------------------------------------------------------------------ checkpoints
     def term_state_dict(self) -> dict[str, Any]:
         """The discriminator's weights and buffers, its optimizer's state and the number of discriminator steps."""
-        return {"discriminator": self._d.state_dict(), "optimizer": self.d_optimizer.state_dict(),
+        return {"discriminator": self._dgm_d.state_dict(), "optimizer": self.d_optimizer.state_dict(),
                 "d_steps": self.d_steps}
 
     def check_term_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -341,11 +341,11 @@ class AdversarialLoss(Loss):
         if not isinstance(state, Mapping) or set(state) != expected:
             got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(f"{owner}: a state must have the keys {sorted(expected)}, got {got}")
-        own, saved = self._d.state_dict(), state["discriminator"]
+        own, saved = self._dgm_d.state_dict(), state["discriminator"]
         missing, unexpected = [k for k in own if k not in saved], [k for k in saved if k not in own]
         if missing or unexpected:
-            raise ValueError(f"{owner}: the discriminator's state does not match {describe(self._d)}: missing tensors "
-                             f"{missing}, unexpected tensors {unexpected}")
+            raise ValueError(f"{owner}: the discriminator's state does not match {describe(self._dgm_d)}: missing "
+                             f"tensors {missing}, unexpected tensors {unexpected}")
         for k, v in own.items():
             if isinstance(v, Tensor) and (not isinstance(saved[k], Tensor) or saved[k].shape != v.shape):
                 other = tuple(saved[k].shape) if isinstance(saved[k], Tensor) else repr(saved[k])
@@ -360,7 +360,7 @@ class AdversarialLoss(Loss):
     def load_term_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`term_state_dict` returned (checked first with :meth:`check_term_state_dict`)."""
         self.check_term_state_dict(state)
-        self._d.load_state_dict(state["discriminator"])
+        self._dgm_d.load_state_dict(state["discriminator"])
         self.d_optimizer.load_state_dict(state["optimizer"])
         self.d_steps = int(state["d_steps"])
 

@@ -97,9 +97,9 @@ class AdversarialJensenShannon(AdversarialLoss):
     def latex(self) -> str:
         return rf"D_{{JS}}^{{Adv}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
 
-    def _g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
-        y_p = self._discriminate(self._samples(self.p, values, batch_n, True, kwargs), kwargs)
-        y_q = self._discriminate(self._samples(self.q, values, batch_n, True, kwargs), kwargs)
+    def _dgm_g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
+        y_p = self._dgm_discriminate(self._dgm_samples(self.p, values, batch_n, True, kwargs), kwargs)
+        y_q = self._dgm_discriminate(self._dgm_samples(self.q, values, batch_n, True, kwargs), kwargs)
         return self.g_loss(y_p, y_q, batch_n)
 
     def g_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
@@ -107,7 +107,7 @@ class AdversarialJensenShannon(AdversarialLoss):
         :math:`-\text{mean}\log(1-y_p) - \text{mean}\log y_q` (``inverse_g_loss``) or
         :math:`\text{mean}\log y_p + \text{mean}\log(1-y_q)`; the side of a data distribution is detached, as
         in Pixyz."""
-        y_p, y_q = self._data_detached(y_p, y_q)
+        y_p, y_q = self._dgm_data_detached(y_p, y_q)
         if self.inverse_g_loss:
             return (-log1m_clamped(y_p).mean()) + (-log_clamped(y_q).mean())  # Pixyz's sum of two BCEs
         return log_clamped(y_p).mean() + log1m_clamped(y_q).mean()
@@ -194,8 +194,8 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     def latex(self) -> str:
         return rf"D_{{KL}}^{{Adv}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
 
-    def _g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
-        y_p = self._discriminate(self._samples(self.p, values, batch_n, True, kwargs), kwargs)
+    def _dgm_g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
+        y_p = self._dgm_discriminate(self._dgm_samples(self.p, values, batch_n, True, kwargs), kwargs)
         return self.g_loss(y_p, batch_n)
 
     def g_loss(self, y_p: Tensor, batch_n: int | None = None) -> Tensor:
@@ -260,7 +260,7 @@ class AdversarialWassersteinDistance(AdversarialLoss):
     [Arjovsky+ 2017] Wasserstein GAN; [Gulrajani+ 2017] Improved Training of Wasserstein GANs
     """
 
-    _probability_output = False
+    _dgm_probability_output = False
 
     def __init__(self, p: "Distribution", q: "Distribution", discriminator: "Distribution",
                  clip_value: float | None = _AUTO, gradient_penalty: float | None = None,
@@ -283,16 +283,16 @@ class AdversarialWassersteinDistance(AdversarialLoss):
     def latex(self) -> str:
         return rf"W^{{Adv}} \left({self.p.prob_text}, {self.q.prob_text} \right)"
 
-    def _g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
-        y_p = self._discriminate(self._samples(self.p, values, batch_n, True, kwargs), kwargs)
-        y_q = self._discriminate(self._samples(self.q, values, batch_n, True, kwargs), kwargs)
+    def _dgm_g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
+        y_p = self._dgm_discriminate(self._dgm_samples(self.p, values, batch_n, True, kwargs), kwargs)
+        y_q = self._dgm_discriminate(self._dgm_samples(self.q, values, batch_n, True, kwargs), kwargs)
         return self.g_loss(y_p, y_q, batch_n)
 
     def g_loss(self, y_p: Tensor, y_q: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         r"""The estimate given the critic's scores on samples of ``p`` and ``q``: :math:`\text{mean}\,y_p -
         \text{mean}\,y_q` (the side of a data distribution detached, as in Pixyz; further arguments, e.g.
         ``batch_n``, are ignored, as in Pixyz)."""
-        y_p, y_q = self._data_detached(y_p, y_q)
+        y_p, y_q = self._dgm_data_detached(y_p, y_q)
         return y_p.mean() - y_q.mean()
 
     def d_loss(self, y_p: Tensor, y_q: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -300,10 +300,10 @@ class AdversarialWassersteinDistance(AdversarialLoss):
         arguments, e.g. ``batch_n``, are ignored, as in Pixyz)."""
         return -(y_p.mean() - y_q.mean())
 
-    def _d_loss(self, xp: Mapping[str, Tensor], xq: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:
-        loss = super()._d_loss(xp, xq, kwargs)
+    def _dgm_d_loss(self, xp: Mapping[str, Tensor], xq: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:
+        loss = super()._dgm_d_loss(xp, xq, kwargs)
         if self.gp_weight is not None:
-            gp = self._penalty(xp, xq, kwargs)
+            gp = self._dgm_penalty(xp, xq, kwargs)
             loss = loss + self.gp_weight * (gp if torch.is_grad_enabled() else gp.detach())
         return loss
 
@@ -312,14 +312,14 @@ class AdversarialWassersteinDistance(AdversarialLoss):
         one batch of interpolates between samples of ``p`` and ``q`` (detached)."""
         given = dict(x_dict or {})
         check_present(self, given, self._input_var)
-        n = self._batch_n(given)
+        n = self._dgm_batch_n(given)
         with torch.no_grad():
-            xp = self._samples(self.p, given, n, False, kwargs)
-            xq = self._samples(self.q, given, n, False, kwargs)
-        return self._penalty(xp, xq, kwargs).detach()
+            xp = self._dgm_samples(self.p, given, n, False, kwargs)
+            xq = self._dgm_samples(self.q, given, n, False, kwargs)
+        return self._dgm_penalty(xp, xq, kwargs).detach()
 
-    def _penalty(self, xp: Mapping[str, Tensor], xq: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:
-        compared = [v for v in self._d.input_var if v in self.p.var]
+    def _dgm_penalty(self, xp: Mapping[str, Tensor], xq: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:
+        compared = [v for v in self._dgm_d.input_var if v in self.p.var]
         with torch.enable_grad():
             inputs = dict(xp)
             hats = []
@@ -333,13 +333,13 @@ class AdversarialWassersteinDistance(AdversarialLoss):
                 hat = (eps * a + (1 - eps) * b).requires_grad_(True)
                 inputs[v] = hat
                 hats.append(hat)
-            y = self._discriminate(inputs, kwargs)
+            y = self._dgm_discriminate(inputs, kwargs)
             grads = torch.autograd.grad(y.sum(), hats, create_graph=torch.is_grad_enabled())
         norm = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1).norm(2, dim=1)
         return ((norm - 1) ** 2).mean()
 
-    def _after_step(self) -> None:
+    def _dgm_after_step(self) -> None:
         if self.clip_value is not None:
             with torch.no_grad():
-                for prm in self._d.parameters():
+                for prm in self._dgm_d.parameters():
                     prm.clamp_(-self.clip_value, self.clip_value)

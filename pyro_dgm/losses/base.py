@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
+from pyro_dgm.utils.attributes import Yielding, YieldingModule
 from pyro_dgm.utils.checks import check_present, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
@@ -48,7 +49,7 @@ PREC_ATOM = 100  # bracketed or single symbols: mean \left(...\right), D_{KL} \l
 LOSS_OPTIONS = TERM_OPTIONS
 
 
-class Loss(nn.Module, _PyroELBO):
+class Loss(YieldingModule, _PyroELBO):
     r"""Base class of every loss term: its input variables, its formula, arithmetic, :meth:`eval`, and Pyro's ELBO API.
 
     Subclasses implement :meth:`forward` (the value given the values of :attr:`input_var`; it may also return the
@@ -82,7 +83,7 @@ class Loss(nn.Module, _PyroELBO):
     1.8379
     """
 
-    _prec: int = PREC_ATOM
+    _dgm_prec: int = PREC_ATOM
 
     def __init__(self, input_var: Sequence[str] | None = None) -> None:
         if "_modules" not in self.__dict__:  # a subclass may have set attributes first (see __setattr__)
@@ -158,7 +159,7 @@ class Loss(nn.Module, _PyroELBO):
     def __repr__(self) -> str:
         return self.loss_text
 
-    def _latex_text(self) -> str:
+    def _dgm_latex_text(self) -> str:
         return self.loss_text
 
     def _repr_latex_(self) -> str:
@@ -183,14 +184,14 @@ class Loss(nn.Module, _PyroELBO):
         if not isinstance(name, str) or not name:
             raise TypeError(f"{type(self).__name__}.named: name must be a non-empty string, got {name!r}")
         out = copy.copy(self)
-        out.__dict__.pop("_leaf_names", None)
-        out.__dict__.pop("_registered", None)
-        out.__dict__.pop("_compiled_outer", None)  # compiled for the original node
-        out._term_name = name
+        out.__dict__.pop("_dgm_leaf_names", None)
+        out.__dict__.pop("_dgm_registered", None)
+        out.__dict__.pop("_dgm_compiled_outer", None)  # compiled for the original node
+        out._dgm_given_name = name
         return out
 
     @property
-    def term_names(self) -> list[str]:
+    def _dgm_term_names(self) -> list[str]:
         """The keys of ``eval(..., return_terms=True)``: the names of the terms of the top-level arithmetic, in
         order (computed once; :class:`~pyro_dgm.losses.compiled.CompiledEval` reads them before tracing).
 
@@ -201,15 +202,15 @@ class Loss(nn.Module, _PyroELBO):
         >>> (-p.log_prob().mean() + p.log_prob().sum().named("total")).term_names
         ['\\\\log p(x)', 'total']
         """
-        return [name for _, name in self._leaves()]
+        return [name for _, name in self._dgm_leaves()]
 
     @property
-    def term_name(self) -> str:
+    def _dgm_term_name(self) -> str:
         """The key of this term in ``eval(..., return_terms=True)``: its :meth:`named` name, else its formula."""
-        return getattr(self, "_term_name", None) or self.loss_text
+        return getattr(self, "_dgm_given_name", None) or self.loss_text
 
     # ------------------------------------------------------------------ the tree
-    def _children(self) -> Iterator[Any]:
+    def _dgm_children(self) -> Iterator[Any]:
         """The losses and distributions this node holds (found among its attributes)."""
         for value in vars(self).values():
             if isinstance(value, (list, tuple)):
@@ -218,7 +219,7 @@ class Loss(nn.Module, _PyroELBO):
                 yield value
 
     @property
-    def distributions(self) -> list["Distribution"]:
+    def _dgm_distributions(self) -> list["Distribution"]:
         """Every distribution in this loss (each once, in the order met), e.g. for an optimizer or ``pyro.module``.
 
         Examples
@@ -238,7 +239,7 @@ class Loss(nn.Module, _PyroELBO):
                 continue
             visited.add(id(node))
             found: list[Any] = []
-            for child in node._children():
+            for child in node._dgm_children():
                 if isinstance(child, Distribution) and id(child) not in seen:
                     seen.add(id(child))
                     out.append(child)
@@ -247,16 +248,21 @@ class Loss(nn.Module, _PyroELBO):
             stack.extend(reversed(found))
         return out
 
+    # pyro_dgm's public names that Pixyz's Loss lacks: a Pixyz subclass may assign them for its own use
+    term_names = Yielding("_dgm_term_names")
+    term_name = Yielding("_dgm_term_name")
+    distributions = Yielding("_dgm_distributions")
+
     @property
-    def _optional_var(self) -> frozenset[str]:
+    def _dgm_optional_var(self) -> frozenset[str]:
         """Input variables that may be missing: those of distributions that do without them (the experts of a
         product of experts)."""
-        cached = self.__dict__.get("_optional_cache")
+        cached = self.__dict__.get("_dgm_optional_cache")
         if cached is None:
             opt: set[str] = set()
-            for d in self.distributions:
-                opt |= set(d.input_var) - set(d.required_input_var)
-            cached = self._optional_cache = frozenset(opt)
+            for d in self._dgm_distributions:
+                opt |= set(d.input_var) - set(d._dgm_required_input_var)
+            cached = self._dgm_optional_cache = frozenset(opt)
         return cached
 
     def frozen_parameters(self) -> list[Tensor]:
@@ -276,7 +282,7 @@ class Loss(nn.Module, _PyroELBO):
                 continue
             seen.add(id(node))
             out.append(node)
-            stack.extend(reversed([c for c in node._children() if isinstance(c, Loss)]))
+            stack.extend(reversed([c for c in node._dgm_children() if isinstance(c, Loss)]))
         return out
 
     def term_state_dict(self) -> dict[str, Any]:
@@ -419,7 +425,7 @@ class Loss(nn.Module, _PyroELBO):
         if ctx is not None and return_dict and not return_all and not return_terms and type(x_dict) is dict:
             # a term evaluated by its parent's forward, inside one evaluation of this thread: the values are the
             # parent's (already a fresh dict that terms do not mutate), so skip the copies
-            return self._evaluate(x_dict, ctx, kwargs)
+            return self._dgm_evaluate(x_dict, ctx, kwargs)
         if x_dict is None:
             given: dict[str, Any] = {}
         elif type(x_dict) is dict or isinstance(x_dict, Mapping):
@@ -427,25 +433,25 @@ class Loss(nn.Module, _PyroELBO):
         else:
             raise TypeError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
                             f"got {type(x_dict).__name__}")
-        missing = [v for v in self._input_var if v not in given and v not in self._optional_var]
+        missing = [v for v in self._input_var if v not in given and v not in self._dgm_optional_var]
         if missing:
             _raise_missing(self, given, missing)
         inputs = {k: given[k] for k in self._input_var if k in given}
         if ctx is None:  # the entry: one context for the whole evaluation (memoizing scope, recorder, options)
-            compiled = self.__dict__.get("_compiled_outer")
+            compiled = self.__dict__.get("_dgm_compiled_outer")
             if compiled is not None and not torch.compiler.is_compiling():
                 loss, samples, recorder = compiled(inputs, kwargs, return_terms)
             else:
-                loss, samples, recorder = self._outer_evaluation(inputs, kwargs, return_terms)
+                loss, samples, recorder = self._dgm_outer_evaluation(inputs, kwargs, return_terms)
         elif return_terms:  # a nested evaluation asked for its own terms: same scope and options, its own recorder
             inner = ctx.with_recorder()
             with inner:
-                loss, samples = self._evaluate(inputs, inner, kwargs)
+                loss, samples = self._dgm_evaluate(inputs, inner, kwargs)
             recorder = inner.recorder
             if ctx.recorder is not None:
                 ctx.recorder[id(self)] = loss
         else:  # nested, with Pixyz's other return forms: the same evaluation
-            loss, samples = self._evaluate(inputs, ctx, kwargs)
+            loss, samples = self._dgm_evaluate(inputs, ctx, kwargs)
             recorder = None
         result: list[Any] = [loss]
         if return_dict:
@@ -453,15 +459,15 @@ class Loss(nn.Module, _PyroELBO):
             output.update(samples)
             result.append(output)
         if return_terms:
-            result.append(self._terms(recorder))
+            result.append(self._dgm_terms(recorder))
         return result[0] if len(result) == 1 else tuple(result)
 
-    def _outer_evaluation(self, inputs: dict[str, Any], kwargs: Mapping[str, Any], return_terms: bool
-                          ) -> tuple[Any, Any, dict[int, Any] | None]:
+    def _dgm_outer_evaluation(self, inputs: dict[str, Any], kwargs: Mapping[str, Any], return_terms: bool
+                              ) -> tuple[Any, Any, dict[int, Any] | None]:
         """The outermost evaluation: its context, then ``(value, samples, recorder)`` (what :meth:`compile`
         compiles)."""
         ctx = EvalContext.build(kwargs, return_terms)
-        loss, samples = self._evaluate_outer(inputs, ctx, kwargs)
+        loss, samples = self._dgm_evaluate_outer(inputs, ctx, kwargs)
         return loss, samples, ctx.recorder
 
     def compile(self, *args: Any, **options: Any) -> None:
@@ -487,13 +493,13 @@ class Loss(nn.Module, _PyroELBO):
             raise TypeError(f"{type(self).__name__}.compile takes torch.compile's options by keyword "
                             f"(mode=..., backend=...), got {len(args)} positional argument(s)")
         options = compile_options(type(self).__name__, options or True) or {}
-        self.__dict__["_compiled_outer"] = CompiledOuter(self, self._outer_evaluation, options)
+        self.__dict__["_dgm_compiled_outer"] = CompiledOuter(self, self._dgm_outer_evaluation, options)
 
-    def _evaluate(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+    def _dgm_evaluate(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         """``(value, samples)`` of this node inside the evaluation ``ctx``: checks the inputs, runs :meth:`forward`
         and records the value. ``values`` are not copied."""
         for v in self._input_var:
-            if v not in values and v not in self._optional_var:
+            if v not in values and v not in self._dgm_optional_var:
                 _raise_missing(self, values, [v])
         out = self.forward(values, **kwargs)
         loss, samples = out if type(out) is tuple else (out, {})
@@ -501,8 +507,8 @@ class Loss(nn.Module, _PyroELBO):
             ctx.recorder[id(self)] = loss
         return loss, samples
 
-    def _evaluate_outer(self, inputs: dict[str, Any], ctx: EvalContext,
-                        kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+    def _dgm_evaluate_outer(self, inputs: dict[str, Any], ctx: EvalContext,
+                            kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         """The outermost evaluation: under ``ctx`` (its memoizing scope open, this thread's current context), with
         the checks made once per evaluation (an empty batch, a number where a tensor is due)."""
         empty = _empty_inputs(inputs)
@@ -514,7 +520,7 @@ class Loss(nn.Module, _PyroELBO):
                 _raise_empty(self, inputs, empty, f"evaluating it raised {type(error).__name__}: {error}", error)
             raise
         loss, samples = out if isinstance(out, tuple) else (out, {})
-        if not isinstance(loss, Tensor) and not self._of_parameters_only():
+        if not isinstance(loss, Tensor) and not self._dgm_of_parameters_only():
             loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
         if empty:
             _check_empty_result(self, loss, inputs, empty)
@@ -522,26 +528,27 @@ class Loss(nn.Module, _PyroELBO):
             ctx.recorder[id(self)] = loss
         return loss, samples
 
-    def _of_parameters_only(self) -> bool:
+    def _dgm_of_parameters_only(self) -> bool:
         """Whether every leaf of the formula is a :class:`~pyro_dgm.losses.special.Parameter`: then, as in Pixyz,
         ``eval`` returns the value as computed from the given values (``Parameter("x").eval({"x": 2})`` is ``2``);
         any other formula gives a tensor."""
-        cached = self.__dict__.get("_params_only")
+        cached = self.__dict__.get("_dgm_params_only")
         if cached is None:
-            leaves = [n for n in self.loss_terms() if not any(isinstance(c, Loss) for c in n._children())]
-            cached = self._params_only = all(isinstance(n, _special.Parameter) for n in leaves)
+            leaves = [n for n in self.loss_terms() if not any(isinstance(c, Loss) for c in n._dgm_children())]
+            cached = self._dgm_params_only = all(isinstance(n, _special.Parameter) for n in leaves)
         return cached
 
-    def _leaves(self) -> list[tuple[int, str]]:
+    def _dgm_leaves(self) -> list[tuple[int, str]]:
         """``(id, name)`` of the terms of the top-level arithmetic; names are unique (``" (2)"``...)."""
-        cached = self.__dict__.get("_leaf_names")
+        cached = self.__dict__.get("_dgm_leaf_names")
         if cached is not None and cached[0] == NAMES_VERSION[0]:
             return cached[1]
 
         leaves: list[Loss] = []
 
         def walk(node: Loss) -> None:
-            if getattr(node, "_term_name", None) is None and isinstance(node, (_operators.LossOperator, _operators.LossSelfOperator)):
+            if getattr(node, "_dgm_given_name", None) is None and isinstance(
+                    node, (_operators.LossOperator, _operators.LossSelfOperator)):
                 for child in node.operands:
                     walk(child)
             elif not isinstance(node, _special.ValueLoss):
@@ -551,18 +558,18 @@ class Loss(nn.Module, _PyroELBO):
         named: list[tuple[int, str]] = []
         taken: set[str] = set()
         for leaf in leaves:
-            name, n = leaf.term_name, 1
+            name, n = leaf._dgm_term_name, 1
             while name in taken:
                 n += 1
-                name = f"{leaf.term_name} ({n})"
+                name = f"{leaf._dgm_term_name} ({n})"
             taken.add(name)
             named.append((id(leaf), name))
-        self._leaf_names = (NAMES_VERSION[0], named)
+        self._dgm_leaf_names = (NAMES_VERSION[0], named)
         return named
 
-    def _terms(self, recorder: Mapping[int, Tensor]) -> dict[str, Tensor]:
+    def _dgm_terms(self, recorder: Mapping[int, Tensor]) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
-        for key, name in self._leaves():
+        for key, name in self._dgm_leaves():
             value = recorder.get(key)
             if value is not None:
                 terms[name] = value.detach() if isinstance(value, Tensor) else value
@@ -570,7 +577,7 @@ class Loss(nn.Module, _PyroELBO):
 
     # ------------------------------------------------------------------ pyro.infer.ELBO interface
     @staticmethod
-    def _data(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    def _dgm_data(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         if len(args) > 1 or (args and not isinstance(args[0], Mapping)):
             raise TypeError("pass the data to svi.step by name (svi.step(x=x)) or as one dict (svi.step({'x': x})), "
                             f"got {len(args)} positional argument(s) of type "
@@ -590,12 +597,12 @@ class Loss(nn.Module, _PyroELBO):
         ValueError
             If the value is not a scalar (SVI minimizes a number; take ``.mean()`` or ``.sum()``).
         """
-        data = self._data(args, kwargs)
-        dists = self.__dict__.get("_registered")
+        data = self._dgm_data(args, kwargs)
+        dists = self.__dict__.get("_dgm_registered")
         if dists is None:  # the formula, and so its distributions, is fixed once built
-            dists = self._registered = self.distributions
+            dists = self._dgm_registered = self._dgm_distributions
         for d in dists:
-            d.register_params()
+            d._dgm_register_params()
         value = self.eval(data)
         if not isinstance(value, Tensor):
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
@@ -646,7 +653,7 @@ def _check_empty_result(loss: Loss, value: Any, inputs: Mapping[str, Any], empty
 
 
 def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str]) -> None:
-    check_present(loss, given, [v for v in loss.input_var if v not in loss._optional_var])  # raises, naming them
+    check_present(loss, given, [v for v in loss.input_var if v not in loss._dgm_optional_var])  # raises, naming them
 
 
 def is_operand(x: Any) -> bool:

@@ -117,7 +117,7 @@ def frozen(params: Sequence[Tensor]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def _compile(fn: Any, options: Mapping[str, Any]) -> Any:
+def _dgm_compile(fn: Any, options: Mapping[str, Any]) -> Any:
     """``torch.compile(fn, **options)``, leaving torch's argument validation as it was: torch.compile switches it off
     for the whole process when first called (``TorchPatcher``); the compiled calls run without it anyway
     (:class:`without_validation`), the eager code around them keeps the user's setting."""
@@ -139,26 +139,26 @@ class _FirstCallEager:
         self.loss = loss
         self.options = dict(options)
         self._eager = eager
-        self._fn: Any = None
+        self._dgm_fn: Any = None
         self._frozen: list[Tensor] = []
         self.calls = 0
 
     def _build(self) -> None:
-        self.loss.term_names  # the terms' names are built (by sympy) here, once, not while tracing
+        self.loss._dgm_term_names  # the terms' names are built (by sympy) here, once, not while tracing
         self._frozen = _frozen_of(self.loss)
-        self._fn = _compile(self._eager, self.options)
+        self._dgm_fn = _dgm_compile(self._eager, self.options)
 
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
         if self.calls == 1:  # the first call's lazy initializations run eagerly (see CompiledEval)
             return self._eager(*args)
-        if self._fn is None:
+        if self._dgm_fn is None:
             self._build()
         with without_validation(), frozen(self._frozen):
             if self.calls > 2:
-                return self._fn(*args)
+                return self._dgm_fn(*args)
             try:  # the call that compiles
-                return self._fn(*args)
+                return self._dgm_fn(*args)
             except torch._dynamo.exc.BackendCompilerFailed as e:
                 cause = getattr(e, "inner_exception", None) or e
                 raise RuntimeError(f"{self.loss.loss_text}: torch.compile could not compile this loss's evaluation "
@@ -211,9 +211,9 @@ class CompiledEval(_FirstCallEager):
     """
 
     def __init__(self, loss: Any, options: Mapping[str, Any]) -> None:
-        super().__init__(loss, self._evaluate, options)
+        super().__init__(loss, self._dgm_evaluate, options)
 
-    def _evaluate(self, x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
+    def _dgm_evaluate(self, x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
         return self.loss.eval(x_dict, return_terms=True, **kwargs)
 
     def __call__(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:

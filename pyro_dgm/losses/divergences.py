@@ -78,7 +78,7 @@ def _check_same_var(owner: str, p: "Distribution", q: "Distribution") -> None:
 
 def _mean_field(d: "Distribution", owner: str, fix: str) -> tuple["Distribution", ...]:
     """The factors of ``d`` if none of them is conditioned on a variable of ``d``; else raise."""
-    factors = d.factors
+    factors = d._dgm_factors
     own = set(d.var)
     for f in factors:
         inner = [v for v in f.input_var if v in own]
@@ -95,7 +95,7 @@ def _elementwise(d: Any) -> Any:
     return d
 
 
-def _sum_dims(x: Tensor, dim: int | Sequence[int] | None) -> Tensor:
+def _dgm_sum_dims(x: Tensor, dim: int | Sequence[int] | None) -> Tensor:
     if dim is None:
         return x
     dims = [dim] if isinstance(dim, int) else list(dim)
@@ -151,32 +151,32 @@ class KullbackLeibler(Loss):
         check_distribution(p, "KullbackLeibler", "p")
         check_distribution(q, "KullbackLeibler", "q")
         crossed = set(p.input_var) & set(q.var) or set(q.input_var) & set(p.var)  # e.g. q(z|x) vs p(x|z): a mistake
-        if not (analytical and p.factors == (p,) and q.factors == (q,)) or crossed:
+        if not (analytical and p._dgm_factors == (p,) and q._dgm_factors == (q,)) or crossed:
             # (two single distributions are compared as distributions whatever their variables are named, as in Pixyz)
             _check_same_var("KullbackLeibler", p, q)
         self.p, self.q = p, q
         self.dim = dim
         self.analytical = analytical
-        self._mc: Loss | None = None
+        self._dgm_mc: Loss | None = None
         if analytical:
             super().__init__(ordered_union(p.input_var, q.input_var))
         else:
-            self._mc = Expectation(p, LogProb(p) - LogProb(q), sample_shape=sample_shape)
-            super().__init__(self._mc.input_var)
+            self._dgm_mc = Expectation(p, LogProb(p) - LogProb(q), sample_shape=sample_shape)
+            super().__init__(self._dgm_mc.input_var)
 
     @property
     def latex(self) -> str:
-        if self._mc is not None:
-            return self._mc.latex
+        if self._dgm_mc is not None:
+            return self._dgm_mc.latex
         return rf"D_{{KL}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
 
     @property
     def _symbol(self) -> Any:
-        return self._mc._symbol if self._mc is not None else super()._symbol
+        return self._dgm_mc._symbol if self._dgm_mc is not None else super()._symbol
 
-    def _pairs(self) -> list[tuple["Distribution", "Distribution"]]:
+    def _dgm_pairs(self) -> list[tuple["Distribution", "Distribution"]]:
         p, q = self.p, self.q
-        if p.factors == (p,) and q.factors == (q,):
+        if p._dgm_factors == (p,) and q._dgm_factors == (q,):
             return [(p, q)]
         fix = "pass analytical=False for a Monte Carlo estimate"
         owner = f"KullbackLeibler {self.latex}"
@@ -194,11 +194,11 @@ class KullbackLeibler(Loss):
         return pairs
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
-        if self._mc is not None:
-            return self._mc.eval(values, return_dict=True, return_all=False, **kwargs)
+        if self._dgm_mc is not None:
+            return self._dgm_mc.eval(values, return_dict=True, return_all=False, **kwargs)
         total: Tensor | None = None
-        for f, g in self._pairs():
-            closed = getattr(f, "closed_form_kl", None) if self.dim is None else None
+        for f, g in self._dgm_pairs():
+            closed = getattr(f, "_dgm_closed_form_kl", None) if self.dim is None else None
             kl = closed(g, values, kwargs) if closed is not None else None
             if kl is not None:
                 total = kl if total is None else total + kl
@@ -224,20 +224,20 @@ class KullbackLeibler(Loss):
                 raise ValueError(f"KullbackLeibler: cannot compare {describe(f)} (batch shape {tuple(pd.batch_shape)}"
                                  f", event shape {tuple(pd.event_shape)}) with {describe(g)} (batch shape "
                                  f"{tuple(qd.batch_shape)}, event shape {tuple(qd.event_shape)}): {e}") from e
-            kl = _sum_dims(kl, self.dim) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))
+            kl = _dgm_sum_dims(kl, self.dim) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))
             total = kl if total is None else total + kl
         assert total is not None
-        if self.dim is None and total.shape == (1,) and self._one_dim(values, kwargs):
+        if self.dim is None and total.shape == (1,) and self._dgm_one_dim(values, kwargs):
             # Pixyz sums dims 1.. with torch.sum(dim=[]), which sums them all: a divergence of one dim and one value
             # has shape () there (a 1-d batch of several scalars would be summed too: that sum is not a divergence
             # per element, so only the shape of one value is Pixyz's)
             total = total.sum()
         return total
 
-    def _one_dim(self, values: dict[str, Any], kwargs: dict[str, Any]) -> bool:
+    def _dgm_one_dim(self, values: dict[str, Any], kwargs: dict[str, Any]) -> bool:
         """Whether the element-wise divergence has one dim (checked only for a result of one value)."""
         try:
-            shapes = [d.batch_shape + d.event_shape for f, g in self._pairs()
+            shapes = [d.batch_shape + d.event_shape for f, g in self._dgm_pairs()
                       for d in (f.dist(values, **kwargs), g.dist(values, **kwargs))]
         except (AttributeError, NotImplementedError, TypeError, ValueError):  # no torch distribution: keep the shape
             return False
@@ -290,32 +290,32 @@ class Entropy(Loss):
         check_distribution(p, "Entropy")
         self.p = p
         self.analytical = analytical
-        self._mc: Loss | None = None
+        self._dgm_mc: Loss | None = None
         if analytical:
             super().__init__(list(p.input_var))
         else:
-            self._mc = -Expectation(p, LogProb(p), sample_shape=sample_shape)
-            super().__init__(self._mc.input_var)
+            self._dgm_mc = -Expectation(p, LogProb(p), sample_shape=sample_shape)
+            super().__init__(self._dgm_mc.input_var)
 
     @property
-    def _prec(self) -> int:  # type: ignore[override]
-        return self._mc._prec if self._mc is not None else super()._prec
+    def _dgm_prec(self) -> int:  # type: ignore[override]
+        return self._dgm_mc._dgm_prec if self._dgm_mc is not None else super()._dgm_prec
 
     @property
     def latex(self) -> str:
-        if self._mc is not None:
-            return self._mc.latex
+        if self._dgm_mc is not None:
+            return self._dgm_mc.latex
         return rf"H \left[ {{{self.p.prob_text}}} \right]"
 
     @property
     def _symbol(self) -> Any:
-        return self._mc._symbol if self._mc is not None else super()._symbol
+        return self._dgm_mc._symbol if self._dgm_mc is not None else super()._symbol
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
-        if self._mc is not None:
-            return self._mc.eval(values, return_dict=True, return_all=False, **kwargs)
+        if self._dgm_mc is not None:
+            return self._dgm_mc.eval(values, return_dict=True, return_all=False, **kwargs)
         p = self.p
-        factors = (p,) if p.factors == (p,) else _mean_field(
+        factors = (p,) if p._dgm_factors == (p,) else _mean_field(
             p, f"Entropy {self.latex}", "pass analytical=False for a Monte Carlo estimate")
         total: Tensor | None = None
         for f in factors:

@@ -113,7 +113,7 @@ class IWELBO(Loss):
         return rf"\log \frac{{1}}{{{k}}} \sum_{{k=1}}^{{{k}}} \frac{{{self.p.prob_text}}}{{{self.q.prob_text}}}"
 
     @staticmethod
-    def _repeat(values: dict[str, Any], c: int) -> dict[str, Any]:
+    def _dgm_repeat(values: dict[str, Any], c: int) -> dict[str, Any]:
         out = {}
         for name, v in values.items():
             if isinstance(v, Tensor) and v.dim() >= 1:
@@ -136,7 +136,7 @@ class IWELBO(Loss):
         done = 0
         while done < self.k:
             c = min(self.chunk_size, self.k - done)
-            rep = self._repeat(values, c)
+            rep = self._dgm_repeat(values, c)
             drawn = self.q.sample(rep, reparam=True, return_all=False, **kwargs)
             rep.update(drawn)
             log_w = self.p.get_log_prob(rep, **kwargs) - self.q.get_log_prob(rep, **kwargs)

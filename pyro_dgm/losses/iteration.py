@@ -106,7 +106,7 @@ class IterativeLoss(Loss):
         t = self.timestep_var[0] if self.timestep_var else "t"
         top = str(self.max_iter - 1) if self.max_iter else f"{t}_{{max}} - 1"
         body = self.step_loss.latex
-        if self.step_loss._prec < PREC_MUL:
+        if self.step_loss._dgm_prec < PREC_MUL:
             body = rf"\left({body}\right)"
         return rf"\sum_{{{t}=0}}^{{{top}}} {body}"
 

@@ -144,7 +144,7 @@ class MMD(SampleDivergence):
     def latex(self) -> str:
         return rf"D_{{MMD^2}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
 
-    def _batch_n(self, values: dict[str, Any]) -> int | None:
+    def _dgm_batch_n(self, values: dict[str, Any]) -> int | None:
         for v in self._input_var:
             x = values[v]
             if isinstance(x, Tensor) and x.dim() >= 1:
@@ -152,7 +152,7 @@ class MMD(SampleDivergence):
         return self.batch_n
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
-        n = self._batch_n(values)
+        n = self._dgm_batch_n(values)
         x, y = draw_joint_sample(self.p, values, n, kwargs), draw_joint_sample(self.q, values, n, kwargs)
         if x.shape != y.shape:
             raise ValueError(f"MMD {self.latex}: the samples have different shapes {tuple(x.shape)} and "

@@ -105,7 +105,7 @@ def _paren(text: str) -> str:
 
 def _wrap(loss: Loss, below: int) -> str:
     """The operand's text, in parentheses if its precedence is below ``below``."""
-    return _paren(loss.latex) if loss._prec < below else loss.latex
+    return _paren(loss.latex) if loss._dgm_prec < below else loss.latex
 
 
 class LossOperator(Loss):
@@ -124,7 +124,7 @@ class LossOperator(Loss):
         """The operands, in order."""
         return (self.loss1, self.loss2)
 
-    def _both(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    def _dgm_both(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
         v1, s1 = self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)
         v2, s2 = self.loss2.eval(values, return_dict=True, return_all=False, **kwargs)
         if _STRICT[0] and isinstance(v1, Tensor) and isinstance(v2, Tensor) and v1.shape != v2.shape:
@@ -148,7 +148,7 @@ class AddLoss(LossOperator):
     5.0
     """
 
-    _prec = PREC_ADD
+    _dgm_prec = PREC_ADD
 
     @property
     def _symbol(self) -> Any:
@@ -164,7 +164,7 @@ class AddLoss(LossOperator):
         return f"{self.loss1.latex} + {_wrap(b, PREC_NEG + 1)}"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._both(values, kwargs)
+        v1, v2, s = self._dgm_both(values, kwargs)
         return v1 + v2, s
 
 
@@ -183,7 +183,7 @@ class SubLoss(LossOperator):
     -2.0
     """
 
-    _prec = PREC_ADD
+    _dgm_prec = PREC_ADD
 
     @property
     def _symbol(self) -> Any:
@@ -194,7 +194,7 @@ class SubLoss(LossOperator):
         return f"{self.loss1.latex} - {_wrap(self.loss2, PREC_NEG + 1)}"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._both(values, kwargs)
+        v1, v2, s = self._dgm_both(values, kwargs)
         return v1 - v2, s
 
 
@@ -213,7 +213,7 @@ class MulLoss(LossOperator):
     8.0
     """
 
-    _prec = PREC_MUL
+    _dgm_prec = PREC_MUL
 
     @property
     def _symbol(self) -> Any:
@@ -229,7 +229,7 @@ class MulLoss(LossOperator):
         return f"{left} {right}"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._both(values, kwargs)
+        v1, v2, s = self._dgm_both(values, kwargs)
         return v1 * v2, s
 
 
@@ -246,7 +246,7 @@ class DivLoss(LossOperator):
     0.5
     """
 
-    _prec = PREC_ATOM
+    _dgm_prec = PREC_ATOM
 
     @property
     def _symbol(self) -> Any:
@@ -257,7 +257,7 @@ class DivLoss(LossOperator):
         return rf"\frac{{{self.loss1.latex}}}{{{self.loss2.latex}}}"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._both(values, kwargs)
+        v1, v2, s = self._dgm_both(values, kwargs)
         return v1 / v2, s
 
 
@@ -274,7 +274,7 @@ class PowLoss(LossOperator):
     9.0
     """
 
-    _prec = PREC_ATOM
+    _dgm_prec = PREC_ATOM
 
     @property
     def _symbol(self) -> Any:
@@ -285,7 +285,7 @@ class PowLoss(LossOperator):
         return f"{_wrap(self.loss1, PREC_ATOM)}^{{{self.loss2.latex}}}"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._both(values, kwargs)
+        v1, v2, s = self._dgm_both(values, kwargs)
         return v1 ** v2, s
 
 
@@ -309,7 +309,7 @@ class MinLoss(LossOperator):
         return rf"min \left({self.loss1.latex}, {self.loss2.latex}\right)"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._both(values, kwargs)
+        v1, v2, s = self._dgm_both(values, kwargs)
         return torch.minimum(*_tensors(v1, v2)), s
 
 
@@ -333,7 +333,7 @@ class MaxLoss(LossOperator):
         return rf"max \left({self.loss1.latex}, {self.loss2.latex}\right)"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._both(values, kwargs)
+        v1, v2, s = self._dgm_both(values, kwargs)
         return torch.maximum(*_tensors(v1, v2)), s
 
 
@@ -359,7 +359,7 @@ class LossSelfOperator(Loss):
         """The operand's ``loss_test`` (Pixyz's); nothing given is Pixyz's ``{}``."""
         return self.loss1.loss_test({} if x_dict is None else x_dict, **kwargs)
 
-    def _one(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+    def _dgm_one(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         return self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)
 
 
@@ -378,7 +378,7 @@ class NegLoss(LossSelfOperator):
     -4.0
     """
 
-    _prec = PREC_NEG
+    _dgm_prec = PREC_NEG
 
     @property
     def _symbol(self) -> Any:
@@ -389,7 +389,7 @@ class NegLoss(LossSelfOperator):
         return f"- {_wrap(self.loss1, PREC_NEG + 1)}"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._one(values, kwargs)
+        v, s = self._dgm_one(values, kwargs)
         return -v, s
 
 
@@ -415,7 +415,7 @@ class AbsLoss(LossSelfOperator):
         return f"|{self.loss1.latex}|"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._one(values, kwargs)
+        v, s = self._dgm_one(values, kwargs)
         return abs(v), s
 
 
@@ -442,7 +442,7 @@ class BatchMean(LossSelfOperator):
         return rf"mean \left({self.loss1.latex} \right)"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._one(values, kwargs)
+        v, s = self._dgm_one(values, kwargs)
         return _reduce(v, "mean"), s
 
 
@@ -469,7 +469,7 @@ class BatchSum(LossSelfOperator):
         return rf"sum \left({self.loss1.latex} \right)"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._one(values, kwargs)
+        v, s = self._dgm_one(values, kwargs)
         return _reduce(v, "sum"), s
 
 
@@ -495,6 +495,6 @@ class Detach(LossSelfOperator):
         return rf"detach \left({self.loss1.latex} \right)"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._one(values, kwargs)
+        v, s = self._dgm_one(values, kwargs)
         return _reduce(v, "detach"), s
 

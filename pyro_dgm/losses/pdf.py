@@ -42,7 +42,7 @@ class LogProb(Loss):
     tensor([-0.9189])
     """
 
-    _prec = PREC_FUNC
+    _dgm_prec = PREC_FUNC
 
     def __init__(self, p: "Distribution", sum_features: bool = True,
                  feature_dims: Sequence[int] | None = None) -> None:
@@ -74,7 +74,7 @@ class Prob(LogProb):
     tensor([0.3989])
     """
 
-    _prec = PREC_ATOM
+    _dgm_prec = PREC_ATOM
 
     @property
     def latex(self) -> str:

@@ -18,7 +18,7 @@ def _required_args(fn: Callable[..., Any]) -> list[str]:
 
     owner = getattr(fn, "__self__", None)
     if isinstance(owner, Distribution):  # a distribution's .model/.guide takes its data by name: its inputs
-        return list(owner.required_input_var)
+        return list(owner._dgm_required_input_var)
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -79,7 +79,7 @@ class PyroELBO(Loss):
         self.model, self.guide, self.elbo = model, guide, elbo
 
     @property
-    def _prec(self) -> int:  # type: ignore[override]
+    def _dgm_prec(self) -> int:  # type: ignore[override]
         return PREC_NEG
 
     @property

@@ -36,7 +36,7 @@ class _PairedEmbeddings(Loss):
         super().__init__(ordered_union(p1.input_var, p2.input_var) if input_var is None else list(input_var))
         self.p1, self.p2, self.var, self.margin = p1, p2, var, float(margin)
 
-    def _embeddings(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    def _dgm_embeddings(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         e1 = self.p1.sample(values, sample_mean=True, return_all=False, **kwargs)
         e2 = self.p2.sample(values, sample_mean=True, return_all=False, **kwargs)
         a = torch.cat([e1[v].flatten(1) for v in self.var], dim=-1)
@@ -77,7 +77,7 @@ class SimilarityLoss(_PairedEmbeddings):
         return rf"\mathcal{{L}}_{{sim}} \left[{self.p1.prob_text}, {self.p2.prob_text} \right]"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
-        a, b, perm = self._embeddings(values, kwargs)
+        a, b, perm = self._dgm_embeddings(values, kwargs)
         cos = F.cosine_similarity(a, b, dim=-1)
         zero = torch.zeros((), dtype=cos.dtype, device=cos.device)
         return (torch.maximum(zero, self.margin - cos + F.cosine_similarity(a, b[perm], dim=-1))
@@ -112,7 +112,7 @@ class MultiModalContrastivenessLoss(_PairedEmbeddings):
         return rf"\mathcal{{L}}_{{contrast}} \left[{self.p1.prob_text}, {self.p2.prob_text} \right]"
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
-        a, b, perm = self._embeddings(values, kwargs)
+        a, b, perm = self._dgm_embeddings(values, kwargs)
         matched = (a - b).pow(2).sum(-1)
         mismatched = (a - b[perm]).pow(2).sum(-1).sqrt()
         return matched + torch.clamp(self.margin - mismatched, min=0).pow(2)

@@ -22,10 +22,10 @@ class _InputSet(set):  # type: ignore[type-arg]
 
     def __init__(self, names: list[str]) -> None:
         super().__init__(names)
-        self._order = list(names)
+        self._dgm_order = list(names)
 
     def __iter__(self) -> Any:
-        return iter([n for n in self._order if n in self])  # (a name removed since is not listed)
+        return iter([n for n in self._dgm_order if n in self])  # (a name removed since is not listed)
 
     def __repr__(self) -> str:
         return "{" + ", ".join(repr(n) for n in self) + "}" if self else "set()"
@@ -78,7 +78,7 @@ class ValueLoss(Loss):
         return isinstance(v, numbers.Real) and v < 0
 
     @property
-    def _prec(self) -> int:  # type: ignore[override]
+    def _dgm_prec(self) -> int:  # type: ignore[override]
         return PREC_NEG if self.is_negative_number else PREC_ATOM
 
     @property
@@ -163,8 +163,8 @@ class ConstantVar(Loss):
         return _InputSet(self._input_var)
 
     @property
-    def _prec(self) -> int:  # type: ignore[override]
-        return self.base_loss._prec
+    def _dgm_prec(self) -> int:  # type: ignore[override]
+        return self.base_loss._dgm_prec
 
     @property
     def latex(self) -> str:

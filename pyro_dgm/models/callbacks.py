@@ -72,7 +72,7 @@ class SampleGrid:
                 given = dict(self.x_dict) if self.x_dict is not None else None
                 values = d.sample(given, batch_n=None if given else self.batch_n)
                 x = values[self.var]
-                factor = next((f for f in getattr(d, "factors", (d,)) if self.var in f.var), None)
+                factor = next((f for f in getattr(d, "_dgm_factors", (d,)) if self.var in f.var), None)
                 if self.use_mean and factor is not None and factor.cond_var:
                     x = factor.sample_mean({k: values[k] for k in factor.cond_var})
         finally:

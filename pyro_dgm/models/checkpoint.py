@@ -81,7 +81,7 @@ def _other_distributions(model: "Model") -> list[nn.Module]:
     """Distributions the losses hold that are not trained by ``model.optimizer`` (each once)."""
     trained = {id(d) for d in model.distributions}
     out: list[nn.Module] = []
-    for d in model.loss_cls.distributions + model.test_loss_cls.distributions:
+    for d in model.loss_cls._dgm_distributions + model.test_loss_cls._dgm_distributions:
         if id(d) not in trained and all(d is not o for o in out):
             out.append(d)
     return out
@@ -117,7 +117,7 @@ def model_state(model: "Model") -> dict[str, Any]:
         "other_distributions": {str(i): d.state_dict() for i, d in enumerate(_other_distributions(model))},
         "optimizers": {name: opt.state_dict() for name, opt in _optimizers(model).items()},
         "optimizer_types": {name: _type_name(opt) for name, opt in _optimizers(model).items()},
-        "pyro_params": {name: p.detach().clone() for name, p in getattr(model, "_pyro_named", {}).items()},
+        "pyro_params": {name: p.detach().clone() for name, p in getattr(model, "_dgm_pyro_named", {}).items()},
         "loss_terms": terms,
         "step": model.step,
         "epoch": model.epoch,
@@ -200,7 +200,7 @@ def _check_optimizer(name: str, opt: Any, saved: Any, saved_type: str | None) ->
 def _check_pyro_params(model: "Model", saved: Mapping[str, Any]) -> list[tuple[Tensor, Tensor]]:
     """The Pyro-side parameters the model trains (an autoguide's, by param-store name) against the checkpoint's:
     same names, same order, same shapes. Returns ``(parameter, saved value)`` pairs to copy."""
-    own = getattr(model, "_pyro_named", {})
+    own = getattr(model, "_dgm_pyro_named", {})
     if list(own) != list(saved):
         missing = [n for n in saved if n not in own]
         hint = (f"; the parameters {missing} are created by the loss's Pyro terms (an autoguide) at its first "

@@ -431,7 +431,7 @@ class DistributedELBO(ELBO):
         if global_loss not in ("mean", "sum"):
             raise ValueError(f"DistributedELBO: global_loss must be 'mean' or 'sum', got {global_loss!r}")
         if networks is None:
-            networks = nn.ModuleList(list(elbo.distributions) if isinstance(elbo, Loss) else [])
+            networks = nn.ModuleList(list(elbo._dgm_distributions) if isinstance(elbo, Loss) else [])
         elif not isinstance(networks, nn.Module):
             networks = list(networks)
             bad = [type(m).__name__ for m in networks if not isinstance(m, nn.Module)]
@@ -570,7 +570,7 @@ class DataParalleledLoss(Loss):
             raise TypeError(f"DataParalleledLoss: loss must be a pyro_dgm Loss, got {type(loss).__name__}")
         super().__init__(input_var=loss.input_var)
         self.loss = loss
-        self._prec = loss._prec
+        self._dgm_prec = loss._dgm_prec
 
     @property
     def latex(self) -> str:

@@ -167,7 +167,7 @@ class GAN(Model):
         """
         d_loss = self.adversarial_loss.loss_train(train_x_dict, **kwargs) if adversarial_loss else None
         loss = super().train(train_x_dict, **kwargs)
-        return self._result(loss, d_loss)
+        return self._dgm_result(loss, d_loss)
 
     def test(self, test_x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,
              **kwargs: Any) -> Any:
@@ -180,9 +180,9 @@ class GAN(Model):
         """
         loss = super().test(test_x_dict, **kwargs)
         d_loss = self.adversarial_loss.loss_test(test_x_dict, **kwargs) if adversarial_loss else None
-        return self._result(loss, d_loss)
+        return self._dgm_result(loss, d_loss)
 
-    def _result(self, loss: Tensor, d_loss: Tensor | None) -> Any:
+    def _dgm_result(self, loss: Tensor, d_loss: Tensor | None) -> Any:
         if d_loss is None:
             return loss
         self.last_terms = {**self.last_terms, D_LOSS: d_loss.detach()}
@@ -201,5 +201,5 @@ class GAN(Model):
         discriminator's loss as ``"d_loss"``."""
         loss, _ = super().test_step(x_dict, adversarial_loss=False, **kwargs)  # the generator's loss, checked
         if adversarial_loss:
-            self._result(loss, self.adversarial_loss.loss_test(x_dict, **kwargs))
+            self._dgm_result(loss, self.adversarial_loss.loss_test(x_dict, **kwargs))
         return loss, self.last_terms

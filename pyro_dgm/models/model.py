@@ -156,8 +156,8 @@ def _pyro_side_terms(loss: Loss) -> list[Loss]:
 def _distribution_param_ids(model: "Model") -> set[int]:
     """Ids of the parameters of every pyro_dgm distribution the model's losses reach (trained or not: which of them
     are trained is ``distributions=[...]``'s decision, as in Pixyz)."""
-    dists: list[Any] = list(model.loss_cls.distributions) + list(model.test_loss_cls.distributions)
-    for term in model._pyro_terms:
+    dists: list[Any] = list(model.loss_cls._dgm_distributions) + list(model.test_loss_cls._dgm_distributions)
+    for term in model._dgm_pyro_terms:
         for fn in (getattr(term, "model", None), getattr(term, "guide", None)):
             owner = getattr(fn, "__self__", None)
             if isinstance(owner, Distribution):
@@ -291,25 +291,25 @@ class Model:
         _dist.setup_from_env()
         # under torch.distributed: DistributedDataParallel around the networks (rank 0's weights broadcast now);
         # None in one process, where train() evaluates the loss directly
-        self._ddp = _dist.wrap(self.distributions)
-        self._params = [p for p in self.distributions.parameters() if p.requires_grad]
+        self._dgm_ddp = _dist.wrap(self.distributions)
+        self._dgm_params = [p for p in self.distributions.parameters() if p.requires_grad]
         # Parameters that the loss creates in Pyro's param store (an autoguide in a PyroELBO term) are trained too, as
         # SVI trains them: they are found by tracing the parameters each step when the loss has a Pyro-side term
         # (decided here, once), else when the param store grows during a step (one len() before and after).
-        self._pyro_terms = _pyro_side_terms(self.loss_cls)
-        self._pyro_named: dict[str, Tensor] = {}
-        self._optimizer_spec = (optimizer, optimizer_params)
+        self._dgm_pyro_terms = _pyro_side_terms(self.loss_cls)
+        self._dgm_pyro_named: dict[str, Tensor] = {}
+        self._dgm_optimizer_spec = (optimizer, optimizer_params)
         self.optimizer: Any
         clip: dict[str, float] = {}
-        if not self._params and self._pyro_terms:  # an autoguide alone: its parameters appear at the first step
+        if not self._dgm_params and self._dgm_pyro_terms:  # an autoguide alone: its parameters appear at the first step
             self.optimizer = None
         else:
-            self.optimizer, clip = build_optimizer(owner, optimizer, self._params, optimizer_params)
+            self.optimizer, clip = build_optimizer(owner, optimizer, self._dgm_params, optimizer_params)
         self.clip_norm = clip_grad_norm if clip_grad_norm is not None else clip.get("clip_norm")
         self.clip_value = clip_grad_value if clip_grad_value is not None else clip.get("clip_value")
         self.retain_graph = retain_graph
-        self._compile = compile_options(owner, compile)  # torch.compile's options, or None: eager evaluation
-        self._compiled: dict[int, CompiledEval] = {}
+        self._dgm_compile = compile_options(owner, compile)  # torch.compile's options, or None: eager evaluation
+        self._dgm_compiled: dict[int, CompiledEval] = {}
         self.check_gradients = True
         self.step = 0
         self.epoch = 0
@@ -339,7 +339,7 @@ class Model:
     def __repr__(self) -> str:
         return self.__str__()
 
-    def _latex_text(self) -> str:
+    def _dgm_latex_text(self) -> str:
         return self.loss_cls.loss_text
 
     def print_latex(self) -> Any:
@@ -349,9 +349,9 @@ class Model:
     # ------------------------------------------------------------------ one step
     def parameters(self) -> list[nn.Parameter]:
         """The trained parameters (those of :attr:`distributions` that required grad when the model was built)."""
-        return list(self._params)
+        return list(self._dgm_params)
 
-    def _check_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str) -> None:
+    def _dgm_check_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str) -> None:
         if loss.numel() == 1 and not _dist.is_distributed():
             if math.isfinite(loss.item()):
                 return
@@ -395,9 +395,9 @@ class Model:
         RuntimeError
             If the loss has no gradient (it does not depend on the trained parameters).
         """
-        mods = self.__dict__.get("_mode_modules")
+        mods = self.__dict__.get("_dgm_mode_modules")
         if mods is None:
-            mods = self._mode_modules = list(self.distributions.modules())
+            mods = self._dgm_mode_modules = list(self.distributions.modules())
         x_dict = train_x_dict
         for m in mods:  # train mode, without nn.Module.train()'s setattr walk at each step
             if not m.training:
@@ -405,22 +405,22 @@ class Model:
                 break
         if self.optimizer is not None:
             self.optimizer.zero_grad()
-        if self._pyro_terms:
+        if self._dgm_pyro_terms:
             import pyro.poutine as poutine
 
             with poutine.trace(param_only=True) as capture:
-                loss, terms = self._evaluate(x_dict, kwargs)
-            self._adopt_pyro_params({name: site["value"].unconstrained()
-                                     for name, site in capture.trace.nodes.items() if site["type"] == "param"})
+                loss, terms = self._dgm_evaluate(x_dict, kwargs)
+            self._dgm_adopt_pyro_params({name: site["value"].unconstrained()
+                                         for name, site in capture.trace.nodes.items() if site["type"] == "param"})
         else:
             store = _param_store()
             size = len(store)
-            loss, terms = self._evaluate(x_dict, kwargs)
+            loss, terms = self._dgm_evaluate(x_dict, kwargs)
             if len(store) > size:  # the loss created Pyro parameters (pyro.param in a custom term)
                 names = list(store.keys())[size:]
-                self._adopt_pyro_params({n: store.get_param(n).unconstrained() for n in names})
+                self._dgm_adopt_pyro_params({n: store.get_param(n).unconstrained() for n in names})
         self.last_terms = terms
-        self._check_finite(loss, terms, "training")
+        self._dgm_check_finite(loss, terms, "training")
         if self.optimizer is None:
             raise ValueError(f"{type(self).__name__}: there are no parameters to optimize: distributions=[...] is "
                              f"empty and the Pyro terms of the loss {self.loss_cls} created no parameter")
@@ -430,52 +430,52 @@ class Model:
                                "distributions the loss uses")
         loss.backward(retain_graph=self.retain_graph)
         if self.check_gradients:
-            grads = [p.grad for p in self._params if p.grad is not None]
+            grads = [p.grad for p in self._dgm_params if p.grad is not None]
             if self.clip_norm:  # the norm clipping computes is also the finiteness check
                 total = get_total_norm(grads, 2.0)
                 if not math.isfinite(total.item()):
-                    self._check_gradients(loss, grads)  # raises unless the norm overflowed from finite values
-                clip_grads_with_norm_(self._params, self.clip_norm, total)
+                    self._dgm_check_gradients(loss, grads)  # raises unless the norm overflowed from finite values
+                clip_grads_with_norm_(self._dgm_params, self.clip_norm, total)
             elif grads and not _finite_sum(grads):  # one pass over the gradients; a NaN or inf in any makes the
-                self._check_gradients(loss, grads)  # sum non-finite (a finite sum that overflowed is let through)
+                self._dgm_check_gradients(loss, grads)  # sum non-finite (a finite sum that overflowed is let through)
         elif self.clip_norm:
-            clip_grad_norm_(self._params, self.clip_norm)
+            clip_grad_norm_(self._dgm_params, self.clip_norm)
         if self.clip_value:
-            clip_grad_value_(self._params, self.clip_value)
+            clip_grad_value_(self._dgm_params, self.clip_value)
         self.optimizer.step()
         self.step += 1
         return loss.detach()
 
-    def _evaluate(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+    def _dgm_evaluate(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """The training loss and its terms: evaluated eagerly or compiled, and under torch.distributed as the forward
         pass of ``DistributedDataParallel`` (which averages the gradients in ``backward``; a compiled evaluation runs
         inside that forward, so DDP's hooks see its backward graph's parameter gradients)."""
-        if self._compile is None:
-            if self._ddp is None:
+        if self._dgm_compile is None:
+            if self._dgm_ddp is None:
                 return self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
-            return self._ddp(self.loss_cls, x_dict, kwargs)
-        compiled = self._compiled_eval(self.loss_cls)
-        return compiled(x_dict, kwargs) if self._ddp is None else self._ddp.run(compiled, x_dict, kwargs)
+            return self._dgm_ddp(self.loss_cls, x_dict, kwargs)
+        compiled = self._dgm_compiled_eval(self.loss_cls)
+        return compiled(x_dict, kwargs) if self._dgm_ddp is None else self._dgm_ddp.run(compiled, x_dict, kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_compiled"] = {}  # keyed by the losses' ids, which a copy does not keep: built again at its next step
+        state["_dgm_compiled"] = {}  # keyed by the losses' ids, which a copy does not keep: built again
         return state
 
-    def _compiled_eval(self, loss: Loss) -> CompiledEval:
+    def _dgm_compiled_eval(self, loss: Loss) -> CompiledEval:
         """The compiled evaluation of ``loss`` (the training or the test loss), built at its first use."""
-        ev = self._compiled.get(id(loss))
+        ev = self._dgm_compiled.get(id(loss))
         if ev is None or ev.loss is not loss:
-            ev = self._compiled[id(loss)] = CompiledEval(loss, self._compile or {})
+            ev = self._dgm_compiled[id(loss)] = CompiledEval(loss, self._dgm_compile or {})
         return ev
 
-    def _adopt_pyro_params(self, found: Mapping[str, Tensor]) -> None:
+    def _dgm_adopt_pyro_params(self, found: Mapping[str, Tensor]) -> None:
         """Add the Pyro parameters ``found`` (name -> unconstrained tensor) that the optimizer does not hold yet, as
         ``SVI`` trains every parameter its loss touches; networks of pyro_dgm distributions are left to
         ``distributions=[...]``."""
-        known = self.__dict__.get("_known_ids")
+        known = self.__dict__.get("_dgm_known_ids")
         if known is None:
-            known = self._known_ids = {id(p) for p in self._params} | _distribution_param_ids(self)
+            known = self._dgm_known_ids = {id(p) for p in self._dgm_params} | _distribution_param_ids(self)
         new = {n: p for n, p in found.items() if id(p) not in known and p.requires_grad}
         if not new:
             return
@@ -483,7 +483,7 @@ class Model:
         for p in params:  # evaluated before they were known: a gradient left from earlier use (a backward by hand,
             p.grad = None  # another model) is cleared, as zero_grad() clears the networks' before each step
         owner = type(self).__name__
-        optimizer, optimizer_params = self._optimizer_spec
+        optimizer, optimizer_params = self._dgm_optimizer_spec
         if self.optimizer is None:
             from pyro.optim import PyroOptim
 
@@ -503,11 +503,11 @@ class Model:
                     self.optimizer.add_param_group(dict(optimizer.pt_optim_args(n, p), params=[p]))
             else:
                 self.optimizer.add_param_group({"params": params})
-        self._params.extend(params)
-        self._pyro_named.update(new)
+        self._dgm_params.extend(params)
+        self._dgm_pyro_named.update(new)
         known.update(id(p) for p in params)
 
-    def _check_gradients(self, loss: Tensor, grads: Sequence[Tensor]) -> None:
+    def _dgm_check_gradients(self, loss: Tensor, grads: Sequence[Tensor]) -> None:
         """Raise :class:`NonFiniteGradientError` if a gradient holds a NaN or an infinity (the slow path, taken only
         when the fused check found a non-finite norm), naming the step and the distributions concerned."""
         if all(bool(torch.isfinite(g).all()) for g in grads):
@@ -517,10 +517,10 @@ class Model:
             label = d.prob_text if isinstance(d, Distribution) else f"distributions[{i}] ({type(d).__name__})"
             for name, p in d.named_parameters():
                 owners.setdefault(id(p), (label, name))
-        for name, p in getattr(self, "_pyro_named", {}).items():
+        for name, p in getattr(self, "_dgm_pyro_named", {}).items():
             owners.setdefault(id(p), ("Pyro's param store", name))
         bad: dict[str, list[str]] = {}
-        for p in self._params:
+        for p in self._dgm_params:
             g = p.grad
             if g is None:
                 continue
@@ -550,14 +550,14 @@ class Model:
         x_dict = test_x_dict
         self.distributions.eval()
         trained = {id(m) for m in self.distributions.modules()}
-        modules = [m for d in self.test_loss_cls.distributions for m in d.modules() if id(m) not in trained]
+        modules = [m for d in self.test_loss_cls._dgm_distributions for m in d.modules() if id(m) not in trained]
         modes = [(m, m.training) for m in dict.fromkeys(modules)]
         try:
             for m, _ in modes:
                 m.training = False
             with torch.no_grad():
-                if self._compile is not None:
-                    loss, terms = self._compiled_eval(self.test_loss_cls)(x_dict, kwargs)
+                if self._dgm_compile is not None:
+                    loss, terms = self._dgm_compiled_eval(self.test_loss_cls)(x_dict, kwargs)
                 else:
                     loss, terms = self.test_loss_cls.eval(x_dict, return_terms=True, **kwargs)
         finally:
@@ -631,14 +631,14 @@ class Model:
             If the test loss is NaN or infinite (every process raises together under ``torch.distributed``).
         """
         loss = self.test(x_dict, **kwargs)
-        self._check_finite(loss, self.last_terms, "test")
+        self._dgm_check_finite(loss, self.last_terms, "test")
         return loss, self.last_terms
 
     def to(self, *args: Any, **kwargs: Any) -> "Model":
         """Move the distributions (those trained and those the losses hold, discriminators of adversarial terms
         included) like ``nn.Module.to``; do it before training, as the optimizer state already built is not moved."""
         self.distributions.to(*args, **kwargs)
-        for d in self.loss_cls.distributions + self.test_loss_cls.distributions:
+        for d in self.loss_cls._dgm_distributions + self.test_loss_cls._dgm_distributions:
             d.to(*args, **kwargs)
         for term in self.loss_cls.loss_terms() + self.test_loss_cls.loss_terms():
             move = getattr(term, "to", None)

@@ -147,7 +147,7 @@ class _Batches:
             return math.ceil(self.n / (self.batch_size or self.n or 1))
         return len(self.iterable)  # type: ignore[arg-type]
 
-    def _order(self) -> Tensor | None:
+    def _dgm_order(self) -> Tensor | None:
         size = self.batch_size or self.n
         if not self.shuffle or size >= self.n:
             return None
@@ -160,7 +160,7 @@ class _Batches:
                 yield _dist.shard(_as_dict(batch, self.input_var, self.what))
             return
         size = self.batch_size or self.n
-        order = self._order()
+        order = self._dgm_order()
         n, r = _dist.world_size(), _dist.rank()
         for start in range(0, self.n, size):
             idx = order[start:start + size] if order is not None else torch.arange(start, min(start + size, self.n))

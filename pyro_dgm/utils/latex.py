@@ -66,10 +66,10 @@ def math_escape(text: str) -> str:
 def print_latex(obj: Any) -> Any:
     """Show ``obj``'s formula: as rendered math in IPython/Jupyter, as plain LaTeX text elsewhere.
 
-    ``obj`` is a distribution or a loss (anything with ``_latex_text()``). Returns the IPython ``Math`` object
+    ``obj`` is a distribution or a loss (anything with ``_dgm_latex_text()``). Returns the IPython ``Math`` object
     when IPython is installed (so a notebook cell displays it), else prints the text and returns it.
     """
-    text = math_escape(obj._latex_text())
+    text = math_escape(obj._dgm_latex_text())
     try:
         from IPython.display import Math
     except ImportError:

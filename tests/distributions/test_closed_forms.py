@@ -183,7 +183,7 @@ def test_families_with_their_own_class_keep_it(no_validation):  # type: ignore[n
     assert torch.allclose(p.get_log_prob({"x": torch.tensor([[1., 0.]])}), torch.tensor([math.log(0.25)]))
     a = Normal(loc="x", scale=1., var=["z"], cond_var=["x"])
     poe = ProductOfNormal([a], name="q")
-    assert not poe._plain and poe._closed_lp is None  # it builds its distribution its own way
+    assert not poe._dgm_plain and poe._dgm_closed_lp is None  # it builds its distribution its own way
     z = poe.sample({"x": torch.zeros(2, 1)}, reparam=True)["z"]
     assert z.shape == (2, 1)
 

@@ -536,7 +536,7 @@ def test_log_prob_of_a_joint_sample_drawn_with_sample_shape():
     joint = prod(factors)
     s = joint.sample(batch_n=2, sample_shape=[5])
     assert all(v.shape == (5, 2, FEAT) for v in s.values())
-    lp = joint._get_log_prob(s)
+    lp = joint._dgm_get_log_prob(s)
     N = lambda loc, x: td.Normal(loc, 1.0).log_prob(x).sum(-1)  # noqa: E731
     expected = N(s["z"] + 100., s["x"]) + N(s["w"] + 10., s["z"]) + N(torch.ones(FEAT), s["w"])
     assert lp.shape == (5, 2) and torch.allclose(lp, expected)

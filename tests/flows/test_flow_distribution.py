@@ -162,7 +162,7 @@ def test_shapes_with_batch_n_and_sample_shape() -> None:
     q = PlanarFlowDistribution(q0, dim=2, num_layers=2, var=["z"], name="q")
     s = q.sample({"h": torch.zeros(3, 2)}, sample_shape=[5])
     assert s["z"].shape == (5, 3, 2)
-    assert q._get_log_prob(s).shape == (5, 3)  # one value per draw
+    assert q._dgm_get_log_prob(s).shape == (5, 3)  # one value per draw
     assert q.get_log_prob(s).shape == (5,)  # Pixyz's convention: summed over every dim but the first
     assert q.dist({"h": torch.zeros(3, 2)}).event_shape == (2,)
     p = TransformedDistribution(_std_normal("x", 2), PlanarFlow(2), var=["z"])

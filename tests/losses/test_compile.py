@@ -255,7 +255,7 @@ def test_a_compiled_model_pickles_and_trains_on_as_the_original() -> None:
             steps.append(float(m.train(batch(s))))
         out.append(steps + [float(p.detach().sum()) for p in m.parameters()])
     assert out[1] == pytest.approx(out[0], rel=1e-6, abs=1e-6)
-    assert [ev.calls for ev in copy_._compiled.values()] == [3]  # one evaluation, built afresh by the copy
+    assert [ev.calls for ev in copy_._dgm_compiled.values()] == [3]  # one evaluation, built afresh by the copy
 
 
 def test_a_backend_that_fails_is_reported_with_the_loss_and_a_way_out() -> None:

@@ -30,7 +30,7 @@ def main(out: str, mode: str) -> None:
     pyro.set_rng_seed(rank)
     model = make_ml(lr=0.1)  # sets up the process group from torchrun's environment
     assert tdist.is_initialized() and tdist.get_world_size() == 2 and tdist.get_backend() == "gloo"
-    assert model._ddp is not None
+    assert model._dgm_ddp is not None
     data = torch.load(os.path.join(out, "data.pt"))
     if mode in ("fail", "hang"):
         model.train(data)

@@ -128,7 +128,7 @@ def test_helpers_are_no_ops_without_a_process_group() -> None:
     assert dist_utils.all_reduce_mean(t) is t and dist_utils.broadcast_tensor(t) is t
     assert dist_utils.wrap(torch.nn.Linear(1, 1)) is None and not dist_utils.setup_from_env()
     dist_utils.shutdown()  # nothing to shut down
-    assert make_ml()._ddp is None  # one process: no wrapper, train() evaluates the loss directly
+    assert make_ml()._dgm_ddp is None  # one process: no wrapper, train() evaluates the loss directly
 
 
 def test_timeout_is_bounded_and_settable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,88 @@
+"""Attributes that a user's subclass may take over: pyro_dgm's public names that Pixyz lacks.
+
+A Pixyz program may use any name Pixyz leaves free for its own attributes (``self.factors = 3`` in a distribution,
+``self.distributions = [...]`` in a loss). pyro_dgm keeps its private state under ``_dgm_`` names; its public names
+that Pixyz lacks are :class:`Yielding` attributes: they read the user's value where one was assigned, and pyro_dgm
+itself always reads the ``_dgm_`` implementation.
+
+Examples
+--------
+>>> class Counter:
+...     count = Yielding("_dgm_count")
+...     _dgm_count = 0
+>>> c = Counter()
+>>> c.count
+0
+>>> c.count = "mine"
+>>> c.count, c._dgm_count
+('mine', 0)
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+__all__ = ["MISSING", "Yielding", "YieldingModule", "users_value"]
+
+MISSING = object()
+
+
+def users_value(obj: Any, name: str) -> Any:
+    """What a user's subclass assigned to ``obj.name``: a submodule, parameter or buffer (``nn.Module`` keeps those
+    out of ``__dict__``), else ``MISSING``."""
+    d = obj.__dict__
+    for store in ("_modules", "_parameters", "_buffers"):
+        hit = d.get(store, {}).get(name)
+        if hit is not None:
+            return hit
+    return MISSING
+
+
+class Yielding:
+    """A public attribute of pyro_dgm's (``factors``, ``binding``, ...) that yields to a user's value of that name.
+
+    Pixyz has no such attribute, so a Pixyz subclass may use the name for its own (``self.factors = 3``); it then
+    reads its own value back, while pyro_dgm reads its own from ``impl`` (the ``_dgm_`` name), never the public one.
+    """
+
+    yields = True
+
+    def __init__(self, impl: str) -> None:
+        self.impl = impl
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.__doc__ = getattr(owner.__dict__.get(self.impl), "__doc__", None)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__.get(self.name, MISSING)
+        if value is MISSING:
+            value = users_value(obj, self.name)
+        return getattr(obj, self.impl) if value is MISSING else value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+    def __delete__(self, obj: Any) -> None:
+        obj.__dict__.pop(self.name, None)
+
+
+class YieldingModule(nn.Module):
+    """An ``nn.Module`` whose yielding names (:class:`Yielding`, or any descriptor marked ``yields = True``) also take
+    a parameter or buffer: torch refuses to register one under a name the class already has."""
+
+    def _dgm_free_name(self, name: str, store: dict[str, Any]) -> None:
+        if getattr(inspect.getattr_static(type(self), name, None), "yields", False):
+            store.setdefault(name, None)  # torch's check passes a name that its store holds
+
+    def register_parameter(self, name: str, param: Any) -> None:
+        self._dgm_free_name(name, self.__dict__.get("_parameters", {}))
+        super().register_parameter(name, param)
+
+    def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
+        self._dgm_free_name(name, self.__dict__.get("_buffers", {}))
+        super().register_buffer(name, tensor, persistent)
