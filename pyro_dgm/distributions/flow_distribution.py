@@ -114,8 +114,8 @@ class _FlowDistribution(OneSiteDistribution):
                 value: Tensor | None = None) -> tuple[Any, Any]:
         """The Pyro ``TransformedDistribution`` of this site, and its base distribution (the prior's)."""
         base, _ = site_fn(self.prior, self._dgm_mapping(b), values, ctx, False)
-        if self.flow._auto:  # flows that take their event dims from the input: from the prior's event shape here
-            self.flow._adapt(torch.Size([1]) + base.event_shape, self._dgm_flow_inverted)
+        if self.flow._dgm_auto:  # flows that take their event dims from the input: from the prior's event shape here
+            self.flow._dgm_adapt(torch.Size([1]) + base.event_shape, self._dgm_flow_inverted)
         if expand and b.input_var:  # a context given to the flow only (not to the prior) sets the batch shape too
             batch = torch.broadcast_shapes(base.batch_shape, *(self._dgm_input_batch_shape(v, values, ctx)
                                                                for v in b.input_var))

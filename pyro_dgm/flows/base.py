@@ -9,8 +9,8 @@ into ``pyro.distributions.TransformedDistribution``, and Pyro's own transforms (
 A subclass implements two methods, each returning its output and :math:`\log|\det \partial f/\partial x|` evaluated
 at the input side ``x`` (so both directions return the same number for the same pair):
 
-- ``_forward_logdet(x, context) -> (z, logdet)``
-- ``_inverse_logdet(z, context) -> (x, logdet)``
+- ``_dgm_forward_logdet(x, context) -> (z, logdet)``
+- ``_dgm_inverse_logdet(z, context) -> (x, logdet)``
 
 ``logdet`` has the batch shape of ``x`` (every dim but the last ``event_dim``). Any number of leading batch dims is
 accepted. As Pyro transforms, flows remember their last ``(x, z, logdet)`` (``cache_size=1``), so a value the flow has
@@ -72,7 +72,7 @@ def _state(flow: nn.Module) -> tuple:
     return tuple((id(t), t._version) for t in (*flow.parameters(), *flow.buffers()))
 
 
-def _memory(flow: "Flow") -> _Memory | None:
+def _dgm_memory(flow: "Flow") -> _Memory | None:
     """The flow's last computation: within a loss evaluation, the evaluation's (kept by its memoizing scope,
     compared by identity), else the module's. While torch.compile traces, only the evaluation's: a traced attribute
     that outlived the evaluation would make the compiled code guard on its tensors. An evaluation that runs partly
@@ -85,7 +85,7 @@ def _memory(flow: "Flow") -> _Memory | None:
             return m
     if torch.compiler.is_compiling():
         return None
-    return flow._memory
+    return flow._dgm_memory
 
 
 def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor, context: Any, by_inverse: bool) -> None:
@@ -93,14 +93,14 @@ def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor, context: Any, 
     if memo is not None:  # valid for the rest of the evaluation: its state is the grad mode alone
         memo.note(flow, _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled()))
     if not torch.compiler.is_compiling():
-        flow._memory = _Memory(x, z, logdet, context, by_inverse, _state(flow))
+        flow._dgm_memory = _Memory(x, z, logdet, context, by_inverse, _state(flow))
 
 
 def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | None = None,
             by_inverse: bool | None = None) -> _Memory | None:
     """The flow's memory if it answers this query and is still valid: same tensors and context, parameters unchanged
     since, and it carries gradients if they are wanted now."""
-    m = _memory(flow)
+    m = _dgm_memory(flow)
     if m is None or m.context is not context or (x is not None and m.x is not x) or (z is not None and m.z is not z):
         return None
     if by_inverse is not None and m.by_inverse != by_inverse:
@@ -123,17 +123,17 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool) -> tuple[Te
     try:
         out, ld = flow.inverse_with_logdet(value, context) if inverse else flow.forward_with_logdet(value, context)
     except NotImplementedError:
-        m = _memory(flow)  # no inverse to recompute with: what it remembers is the only answer
+        m = _dgm_memory(flow)  # no inverse to recompute with: what it remembers is the only answer
         if m is not None and m.context is context and (m.z if inverse else m.x) is value:
             return (m.x if inverse else m.z), m.logdet
         raise
-    if flow._keep:
+    if flow._dgm_keep:
         x, z = (out, value) if inverse else (value, out)
         _remember(flow, x, z, ld, context, inverse)
     return out, ld
 
 
-def _logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
+def _dgm_logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
     m = _recall(flow, context, x=x, z=z)
     return m.logdet if m is not None else flow.forward_with_logdet(x, context)[1]
 
@@ -151,7 +151,7 @@ class Flow(TransformModule, ConditionalTransform):
     event_dim : int or None, default 1
         How many rightmost dims form one sample: 1 for vectors ``(..., D)``, 3 for images ``(..., C, H, W)``.
         ``None`` decides it from each input, as Pixyz does: an image when the input has 4 or more dims, else a vector
-        (see :meth:`_auto_event_dim`); pyro_dgm's flow distributions set it from the prior's event shape. Give it
+        (see :meth:`_dgm_auto_event_dim`); pyro_dgm's flow distributions set it from the prior's event shape. Give it
         explicitly for a flow put directly into Pyro's ``TransformedDistribution``, which reads it when built.
     codomain_event_dim : int, optional
         The event dims of the output, when they differ (``Flatten``).
@@ -180,12 +180,12 @@ class Flow(TransformModule, ConditionalTransform):
     """
 
     bijective = True
-    _feature_name = "features"
+    _dgm_feature_name = "features"
     __repr__ = nn.Module.__repr__
-    _pixyz_forward = False  # a subclass written for Pixyz: it overrides forward (and inverse) instead
-    _pixyz_inverse = False
-    _constant_logdet = False  # the log-det is one number for the whole batch (Pixyz stores it unexpanded)
-    _volume_preserving = False  # the log-det is 0 (Pixyz's logdet_jacobian is 0 before any call)
+    _dgm_pixyz_forward = False  # a subclass written for Pixyz: it overrides forward (and inverse) instead
+    _dgm_pixyz_inverse = False
+    _dgm_constant_logdet = False  # the log-det is one number for the whole batch (Pixyz stores it unexpanded)
+    _dgm_volume_preserving = False  # the log-det is 0 (Pixyz's logdet_jacobian is 0 before any call)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -194,8 +194,8 @@ class Flow(TransformModule, ConditionalTransform):
         def definer(name: str) -> int:
             return next(i for i, k in enumerate(mro) if name in k.__dict__)
 
-        cls._pixyz_forward = definer("forward") < definer("_forward_logdet")
-        cls._pixyz_inverse = definer("inverse") < definer("_inverse_logdet")
+        cls._dgm_pixyz_forward = definer("forward") < definer("_dgm_forward_logdet")
+        cls._dgm_pixyz_inverse = definer("inverse") < definer("_dgm_inverse_logdet")
 
     def __init__(self, in_features: int | None = None, event_dim: int | None = 1,
                  codomain_event_dim: int | None = None, cache_size: int = 1) -> None:
@@ -207,14 +207,14 @@ class Flow(TransformModule, ConditionalTransform):
                 raise ValueError(f"{type(self).__name__}: in_features must be a positive int, got {in_features!r}")
             in_features = int(in_features)
         self._in_features = in_features
-        self._auto = event_dim is None or self._pixyz_forward
-        if self._auto:
+        self._dgm_auto = event_dim is None or self._dgm_pixyz_forward
+        if self._dgm_auto:
             event_dim = codomain_event_dim = None
-        self._domain_event_dim = int(event_dim or 1)
-        self._codomain_event_dim = int(codomain_event_dim or self._domain_event_dim)
-        self._keep = bool(cache_size)
-        self._memory: _Memory | None = None
-        self._logdet_jacobian: Tensor | int | None = 0 if self._volume_preserving else None
+        self._dgm_domain_event_dim = int(event_dim or 1)
+        self._dgm_codomain_event_dim = int(codomain_event_dim or self._dgm_domain_event_dim)
+        self._dgm_keep = bool(cache_size)
+        self._dgm_memory: _Memory | None = None
+        self._logdet_jacobian: Tensor | int | None = 0 if self._dgm_volume_preserving else None
 
     # ------------------------------------------------------------------ description
     @property
@@ -224,11 +224,11 @@ class Flow(TransformModule, ConditionalTransform):
 
     @property
     def domain(self) -> constraints.Constraint:  # type: ignore[override]
-        return _real(self._domain_event_dim)
+        return _real(self._dgm_domain_event_dim)
 
     @property
     def codomain(self) -> constraints.Constraint:  # type: ignore[override]
-        return _real(self._codomain_event_dim)
+        return _real(self._dgm_codomain_event_dim)
 
     @property
     def logdet_jacobian(self) -> Tensor | None:
@@ -236,70 +236,70 @@ class Flow(TransformModule, ConditionalTransform):
         return self._logdet_jacobian
 
     def extra_repr(self) -> str:
-        return ""  # as Pixyz prints flows; error messages use _details()
+        return ""  # as Pixyz prints flows; error messages use _dgm_details()
 
-    def _details(self) -> str:
+    def _dgm_details(self) -> str:
         return f"in_features={self._in_features}" if self._in_features is not None else ""
 
-    def _describe(self) -> str:
-        return f"{type(self).__name__}({self._details()})"
+    def _dgm_describe(self) -> str:
+        return f"{type(self).__name__}({self._dgm_details()})"
 
-    def _expected_size(self, inverse: bool) -> int | None:
+    def _dgm_expected_size(self, inverse: bool) -> int | None:
         """The size expected at dim ``-event_dim`` of the input (of the output when ``inverse``)."""
-        return None if self._pixyz_forward else self._in_features
+        return None if self._dgm_pixyz_forward else self._in_features
 
-    def _auto_event_dim(self, shape: torch.Size) -> int:
+    def _dgm_auto_event_dim(self, shape: torch.Size) -> int:
         """The event dims of an input of this shape when ``event_dim=None``: Pixyz's rule, 3 (an image
         ``(N, C, H, W)``) for 4 or more dims, else 1 (a vector ``(N, D)``; ``(L, N, D)`` is a batch of vectors)."""
         return 3 if len(shape) >= 4 else 1
 
-    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
+    def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
         """Set the event dims for an input of ``shape`` (the output side when ``inverse``); ``event_dim=None`` only."""
-        self._domain_event_dim = self._codomain_event_dim = self._auto_event_dim(shape)
+        self._dgm_domain_event_dim = self._dgm_codomain_event_dim = self._dgm_auto_event_dim(shape)
 
-    def _check(self, x: Tensor, inverse: bool) -> None:
-        if self._auto and isinstance(x, Tensor):
-            self._adapt(x.shape, inverse)
-        ev = self._codomain_event_dim if inverse else self._domain_event_dim
-        n = self._expected_size(inverse)
+    def _dgm_check(self, x: Tensor, inverse: bool) -> None:
+        if self._dgm_auto and isinstance(x, Tensor):
+            self._dgm_adapt(x.shape, inverse)
+        ev = self._dgm_codomain_event_dim if inverse else self._dgm_domain_event_dim
+        n = self._dgm_expected_size(inverse)
         hint = _SHAPE_HINTS.get(ev, "(..., {n}, ...)").format(n=n if n is not None else "N")
         if not isinstance(x, Tensor):
-            raise TypeError(f"{self._describe()}: expected a tensor of shape {hint}, got {type(x).__name__}")
+            raise TypeError(f"{self._dgm_describe()}: expected a tensor of shape {hint}, got {type(x).__name__}")
         if x.dim() < ev:
-            raise ValueError(f"{self._describe()}: expected an input with at least {ev} dims, i.e. shape {hint}, "
+            raise ValueError(f"{self._dgm_describe()}: expected an input with at least {ev} dims, i.e. shape {hint}, "
                              f"got shape {tuple(x.shape)}")
         if ev > 0 and n is not None and x.shape[-ev] != n:
-            raise ValueError(f"{self._describe()}: expected {n} {self._feature_name} at dim {-ev} of the input, "
+            raise ValueError(f"{self._dgm_describe()}: expected {n} {self._dgm_feature_name} at dim {-ev} of the input, "
                              f"i.e. shape {hint}, got shape {tuple(x.shape)}")
 
     # ------------------------------------------------------------------ the two methods a subclass implements
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self._pixyz_forward:  # a Pixyz-style subclass: its forward stores the log-det
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self._dgm_pixyz_forward:  # a Pixyz-style subclass: its forward stores the log-det
             z = type(self).forward(self, x, context, True)
-            return z, _as_logdet(self._logdet_jacobian, x, self._domain_event_dim)
-        return x, zero_logdet(x, self._domain_event_dim)
+            return z, _as_logdet(self._logdet_jacobian, x, self._dgm_domain_event_dim)
+        return x, zero_logdet(x, self._dgm_domain_event_dim)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self._pixyz_inverse:  # a Pixyz-style subclass: its inverse gives no log-det, so run forward at x for it
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self._dgm_pixyz_inverse:  # a Pixyz-style subclass: its inverse gives no log-det, so run forward at x for it
             x = type(self).inverse(self, z, context)
             saved = self._logdet_jacobian
             try:
-                return x, self._forward_logdet(x, context)[1]
+                return x, self._dgm_forward_logdet(x, context)[1]
             finally:
                 self._logdet_jacobian = saved
-        return z, zero_logdet(z, self._codomain_event_dim)
+        return z, zero_logdet(z, self._dgm_codomain_event_dim)
 
     # ------------------------------------------------------------------ public interface
     def forward_with_logdet(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         r"""Return :math:`z = f(x)` and :math:`\log|\det \partial z/\partial x|` (batch-shaped), given context ``y``."""
-        self._check(x, inverse=False)
-        return self._forward_logdet(x, y)
+        self._dgm_check(x, inverse=False)
+        return self._dgm_forward_logdet(x, y)
 
     def inverse_with_logdet(self, z: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         r"""Return :math:`x = f^{-1}(z)` and the *forward* log-determinant :math:`\log|\det \partial z/\partial x|`
         at that ``x``, so that :math:`\log p_X(x) = \log p_Z(z) + \text{logdet}`."""
-        self._check(z, inverse=True)
-        return self._inverse_logdet(z, y)
+        self._dgm_check(z, inverse=True)
+        return self._dgm_inverse_logdet(z, y)
 
     def __call__(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
         """``flow(x, y)`` runs :meth:`forward` (through ``nn.Module.__call__``, so hooks run), as in Pixyz; torch's
@@ -311,7 +311,7 @@ class Flow(TransformModule, ConditionalTransform):
         (one number for the batch when it does not depend on ``x``, as Pixyz stores it)."""
         z, ld = _apply(self, y, x, inverse=False)
         if compute_jacobian:
-            self._logdet_jacobian = _first(ld) if self._constant_logdet else ld
+            self._logdet_jacobian = _first(ld) if self._dgm_constant_logdet else ld
         return z
 
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
@@ -330,12 +330,12 @@ class Flow(TransformModule, ConditionalTransform):
         return _apply(self, None, z, inverse=True)[0]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        return _logdet(self, None, x, y)
+        return _dgm_logdet(self, None, x, y)
 
     def with_cache(self, cache_size: int = 1) -> "Flow":
         """This flow (its memory is already the cache ``torch.distributions.ComposeTransform`` asks for)."""
         if cache_size not in (0, 1):
-            raise ValueError(f"{self._describe()}: cache_size must be 0 or 1, got {cache_size!r}")
+            raise ValueError(f"{self._dgm_describe()}: cache_size must be 0 or 1, got {cache_size!r}")
         return self
 
 
@@ -343,14 +343,14 @@ class ChannelOrFeatureFlow(Flow):
     """A flow over the ``in_features`` channels of an image ``(N, C, H, W)`` or the features of a vector ``(N, D)``
     (coupling layers, permutations): with ``event_dim=None`` the input's shape tells which, as in Pixyz."""
 
-    def _auto_event_dim(self, shape: torch.Size) -> int:
+    def _dgm_auto_event_dim(self, shape: torch.Size) -> int:
         # Pixyz: an image (N, C, H, W) or a vector (N, D); with more batch dims, the size at dim -3 or -1 decides
         n = self.in_features
         return 3 if len(shape) >= 4 and (shape[-3] == n or shape[-1] != n) else 1
 
-    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
-        super()._adapt(shape, inverse)
-        self._feature_name = "channels" if self._domain_event_dim == 3 else "features"
+    def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
+        super()._dgm_adapt(shape, inverse)
+        self._dgm_feature_name = "channels" if self._dgm_domain_event_dim == 3 else "features"
 
 
 class ConditionedFlow(Transform):
@@ -393,15 +393,15 @@ class ConditionedFlow(Transform):
         return _apply(self.flow, self.context, z, inverse=True)[0]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        return _logdet(self.flow, self.context, x, y)
+        return _dgm_logdet(self.flow, self.context, x, y)
 
     def __repr__(self) -> str:
-        return f"ConditionedFlow({self.flow._describe()})"
+        return f"ConditionedFlow({self.flow._dgm_describe()})"
 
 
 def _event_dims(t: Any) -> tuple[int, int]:
     if isinstance(t, Flow):
-        return t._domain_event_dim, t._codomain_event_dim
+        return t._dgm_domain_event_dim, t._dgm_codomain_event_dim
     dom, cod = getattr(t, "domain", constraints.real_vector), getattr(t, "codomain", constraints.real_vector)
     return dom.event_dim, cod.event_dim
 
@@ -479,15 +479,15 @@ class FlowList(Flow):
             if not isinstance(p, (Transform, ConditionalTransform)):
                 raise TypeError(f"FlowList: part {i} must be a flow or a torch/Pyro transform, got "
                                 f"{type(p).__name__}")
-        self._constant_logdet = all(getattr(p, "_constant_logdet", False) for p in parts)
+        self._dgm_constant_logdet = all(getattr(p, "_dgm_constant_logdet", False) for p in parts)
         dom, cod = _compose_dims(parts)
         super().__init__(in_features=getattr(parts[0], "in_features", None), event_dim=dom,
                          codomain_event_dim=cod, cache_size=cache_size)
         self.flow_list = nn.ModuleList([p for p in parts if isinstance(p, nn.Module)])
         self._dgm_parts = parts
         # parts that decide their event dims from the input make the list do so too (once per input shape)
-        self._auto = any(getattr(p, "_auto", False) for p in parts)
-        self._adapted_for: tuple | None = None
+        self._dgm_auto = any(getattr(p, "_dgm_auto", False) for p in parts)
+        self._dgm_adapted_for: tuple | None = None
 
     def __len__(self) -> int:
         return len(self._dgm_parts)
@@ -504,21 +504,21 @@ class FlowList(Flow):
             return repr(self.flow_list).replace("ModuleList", "FlowList")
         return "FlowList(\n" + "\n".join(f"  ({i}): {p!r}" for i, p in enumerate(self._dgm_parts)) + "\n)"
 
-    def _expected_size(self, inverse: bool) -> int | None:
+    def _dgm_expected_size(self, inverse: bool) -> int | None:
         return None  # the parts check their own inputs
 
-    def _adapt(self, shape: torch.Size, inverse: bool) -> None:
+    def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
         key = (tuple(shape), inverse)
-        if key == self._adapted_for:
+        if key == self._dgm_adapted_for:
             return
         parts = list(reversed(self._dgm_parts)) if inverse else self._dgm_parts
         for p in parts:
-            if getattr(p, "_auto", False):
-                p._adapt(shape, inverse)
+            if getattr(p, "_dgm_auto", False):
+                p._dgm_adapt(shape, inverse)
             step = getattr(p, "inverse_shape" if inverse else "forward_shape", None)
             shape = step(shape) if step is not None else shape
-        self._domain_event_dim, self._codomain_event_dim = _compose_dims(self._dgm_parts)
-        self._adapted_for = key
+        self._dgm_domain_event_dim, self._dgm_codomain_event_dim = _compose_dims(self._dgm_parts)
+        self._dgm_adapted_for = key
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         for p in self._dgm_parts:
@@ -530,14 +530,14 @@ class FlowList(Flow):
             shape = p.inverse_shape(shape) if hasattr(p, "inverse_shape") else shape
         return torch.Size(shape)
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        ev = self._domain_event_dim
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        ev = self._dgm_domain_event_dim
         total: Tensor | None = None
         for part in self._dgm_parts:
             if isinstance(part, Flow):
-                part._check(x, inverse=False)
-                y, ld = part._forward_logdet(x, context)
-                d, c = part._domain_event_dim, part._codomain_event_dim
+                part._dgm_check(x, inverse=False)
+                y, ld = part._dgm_forward_logdet(x, context)
+                d, c = part._dgm_domain_event_dim, part._dgm_codomain_event_dim
             else:
                 t = _resolve(part, context)
                 if getattr(t, "_cache_size", 0) == 1:  # never answer an input from Pyro's memory (it may be stale)
@@ -552,14 +552,14 @@ class FlowList(Flow):
         assert total is not None
         return x, total
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        ev = self._codomain_event_dim
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        ev = self._dgm_codomain_event_dim
         total: Tensor | None = None
         for part in reversed(self._dgm_parts):
             if isinstance(part, Flow):
-                part._check(z, inverse=True)
-                x, ld = part._inverse_logdet(z, context)
-                d, c = part._domain_event_dim, part._codomain_event_dim
+                part._dgm_check(z, inverse=True)
+                x, ld = part._dgm_inverse_logdet(z, context)
+                d, c = part._dgm_domain_event_dim, part._dgm_codomain_event_dim
             else:
                 t = _resolve(part, context)
                 try:

@@ -47,8 +47,8 @@ class ChannelConv(Flow):
     ValueError: ChannelConv(in_channels=3, decomposed=True): expected 3 channels at dim -3 ... got shape (2, 4, 4, 4)
     """
 
-    _feature_name = "channels"
-    _constant_logdet = True
+    _dgm_feature_name = "channels"
+    _dgm_constant_logdet = True
 
     def __init__(self, in_channels: int, decomposed: bool = False, cache_size: int = 1) -> None:
         super().__init__(in_channels, event_dim=3, cache_size=cache_size)
@@ -69,10 +69,10 @@ class ChannelConv(Flow):
         self.u = nn.Parameter(torch.triu(upper, 1).to(dtype))
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).to(dtype))
 
-    def _details(self) -> str:
+    def _dgm_details(self) -> str:
         return f"in_channels={self.in_features}, decomposed={self.decomposed}"
 
-    def _factors(self) -> tuple[Tensor, Tensor]:
+    def _dgm_factors(self) -> tuple[Tensor, Tensor]:
         """``L`` (unit lower triangular) and ``U`` (upper triangular with the diagonal ``s``)."""
         eye = torch.eye(self.l_mask.shape[0], dtype=self.l.dtype, device=self.l.device)
         lower = self.l * self.l_mask + eye
@@ -86,7 +86,7 @@ class ChannelConv(Flow):
             if not inverse:
                 return self.weight, logabsdet
             return torch.linalg.inv(self.weight.double()).to(self.weight.dtype), logabsdet
-        lower, upper = self._factors()
+        lower, upper = self._dgm_factors()
         if not inverse:
             return self.p @ lower @ upper, self.log_s.sum()
         eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
@@ -100,18 +100,18 @@ class ChannelConv(Flow):
         w, logabsdet = self.get_weight(inverse)
         return w.view(*w.shape, 1, 1), logabsdet * (x.shape[-1] * x.shape[-2])
 
-    def _apply_weight(self, v: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _dgm_apply_weight(self, v: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         w, logabsdet = self.get_weight(inverse)
         out = torch.einsum("ij,...jhw->...ihw", w.to(v.dtype), v)
         pixels = v.shape[-1] * v.shape[-2]
         return out, (logabsdet * pixels).to(v.dtype).expand(v.shape[:-3])
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._apply_weight(x, inverse=False)
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._dgm_apply_weight(x, inverse=False)
 
     def inverse(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         r"""Return :math:`f^{-1}(x)` (Pixyz names the argument ``x`` here)."""
         return super().inverse(x, y)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._apply_weight(z, inverse=True)
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._dgm_apply_weight(z, inverse=True)

@@ -118,7 +118,7 @@ class AffineCoupling(ChannelOrFeatureFlow):
         else:
             scale_net = translate_net = None
         super().__init__(in_features, event_dim=event_dim, cache_size=cache_size)
-        self._feature_name = what
+        self._dgm_feature_name = what
         self.mask_type = mask_type
         self.inverse_mask = inverse_mask
         self.scale_net = scale_net
@@ -128,10 +128,10 @@ class AffineCoupling(ChannelOrFeatureFlow):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, mask_type={self.mask_type}, inverse_mask={self.inverse_mask}"
 
-    _details = extra_repr
+    _dgm_details = extra_repr
 
-    def _expected_size(self, inverse: bool) -> int | None:
-        return None if self._auto else self.in_features
+    def _dgm_expected_size(self, inverse: bool) -> int | None:
+        return None if self._dgm_auto else self.in_features
 
     def build_mask(self, x: Tensor) -> Tensor:
         """The mask for input ``x``, broadcastable to it: ``(1, D)``, ``(1, C, 1, 1)`` or ``(1, 1, H, W)``.
@@ -145,10 +145,10 @@ class AffineCoupling(ChannelOrFeatureFlow):
                   [1., 0., 1.],
                   [0., 1., 0.]]]])
         """
-        if self._auto:
-            self._adapt(x.shape, False)
+        if self._dgm_auto:
+            self._dgm_adapt(x.shape, False)
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-        if self._domain_event_dim == 3:
+        if self._dgm_domain_event_dim == 3:
             c, h, w = x.shape[-3:]
             if self.mask_type == "checkerboard":
                 return _checkerboard(h, w, self.inverse_mask, dtype, x.device).view(1, 1, h, w)
@@ -164,20 +164,20 @@ class AffineCoupling(ChannelOrFeatureFlow):
         if self.scale_translate_net is not None:
             out = self.scale_translate_net(*args)
             if not isinstance(out, (tuple, list)) or len(out) != 2:
-                raise TypeError(f"{self._describe()}: scale_translate_net must return a pair (s, t), got "
+                raise TypeError(f"{self._dgm_describe()}: scale_translate_net must return a pair (s, t), got "
                                 f"{type(out).__name__}")
             log_s, t = out
         else:
             log_s = self.scale_net(*args)
             t = self.translate_net(*args)
         for name, v in (("s", log_s), ("t", t)):
-            if not isinstance(v, Tensor) or v.shape[-self._domain_event_dim:] != x.shape[-self._domain_event_dim:]:
+            if not isinstance(v, Tensor) or v.shape[-self._dgm_domain_event_dim:] != x.shape[-self._dgm_domain_event_dim:]:
                 got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-                raise ValueError(f"{self._describe()}: the network's {name} must have the input's shape "
+                raise ValueError(f"{self._dgm_describe()}: the network's {name} must have the input's shape "
                                  f"{tuple(x.shape)}, got {got}")
         return log_s, t
 
-    def _coupling(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _dgm_coupling(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The kept part, the complement of the mask, and ``s``, ``t`` restricted to the transformed part."""
         mask = self.build_mask(v)
         kept = mask * v
@@ -185,12 +185,12 @@ class AffineCoupling(ChannelOrFeatureFlow):
         free = 1 - mask
         return kept, free, log_s * free, t * free
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        kept, free, log_s, t = self._coupling(x, context)
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        kept, free, log_s, t = self._dgm_coupling(x, context)
         z = kept + free * x * torch.exp(log_s) + t
-        return z, sum_rightmost(log_s, self._domain_event_dim)
+        return z, sum_rightmost(log_s, self._dgm_domain_event_dim)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        kept, free, log_s, t = self._coupling(z, context)
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        kept, free, log_s, t = self._dgm_coupling(z, context)
         x = kept + free * (z - t) * torch.exp(-log_s)
-        return x, sum_rightmost(log_s, self._domain_event_dim)
+        return x, sum_rightmost(log_s, self._dgm_domain_event_dim)

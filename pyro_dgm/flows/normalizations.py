@@ -39,13 +39,13 @@ class BatchNorm1d(Flow):
     (True, True)
     """
 
-    _feature_name = "features"
-    _constant_logdet = True
+    _dgm_feature_name = "features"
+    _dgm_constant_logdet = True
 
     def __init__(self, in_features: int, momentum: float = 0.0, eps: float | None = None,
                  cache_size: int = 1) -> None:
-        super().__init__(in_features, event_dim=self._event_dim(), cache_size=cache_size)
-        shape = self._param_shape(in_features)
+        super().__init__(in_features, event_dim=self._dgm_event_dim(), cache_size=cache_size)
+        shape = self._dgm_param_shape(in_features)
         self.log_gamma = nn.Parameter(torch.zeros(shape))
         self.beta = nn.Parameter(torch.zeros(shape))
         self.momentum = float(momentum)
@@ -56,30 +56,30 @@ class BatchNorm1d(Flow):
         self.register_buffer("batch_var", None, persistent=False)
 
     @staticmethod
-    def _event_dim() -> int:
+    def _dgm_event_dim() -> int:
         return 1
 
     @staticmethod
-    def _param_shape(n: int) -> tuple[int, ...]:
+    def _dgm_param_shape(n: int) -> tuple[int, ...]:
         return (n,)
 
-    def _reduce_dims(self, v: Tensor) -> list[int]:
+    def _dgm_reduce_dims(self, v: Tensor) -> list[int]:
         return list(range(v.dim() - 1))
 
-    def _pixels(self, v: Tensor) -> int:
+    def _dgm_pixels(self, v: Tensor) -> int:
         return 1
 
-    def _details(self) -> str:
+    def _dgm_details(self) -> str:
         return f"in_features={self.in_features}, momentum={self.momentum}"
 
-    def _stats(self, x: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _dgm_stats(self, x: Tensor | None) -> tuple[Tensor, Tensor]:
         if x is None:  # inverse: the last batch's statistics in training mode, else the running ones
             if self.training and self.batch_mean is not None:
                 return self.batch_mean, self.batch_var
             return self.running_mean, self.running_var
         if not self.training:
             return self.running_mean, self.running_var
-        dims = self._reduce_dims(x)
+        dims = self._dgm_reduce_dims(x)
         mean = x.mean(dim=dims, keepdim=True)
         var = ((x - mean) ** 2).mean(dim=dims) + self.eps
         mean, var = mean.reshape(self.running_mean.shape), var.reshape(self.running_var.shape)
@@ -90,19 +90,19 @@ class BatchNorm1d(Flow):
             self.running_var = m * self.running_var + (1 - m) * self.batch_var
         return mean, var
 
-    def _logdet(self, v: Tensor, var: Tensor) -> Tensor:
-        ld = (self.log_gamma - 0.5 * torch.log(var)).sum() * self._pixels(v)
-        return ld.to(v.dtype).expand(v.shape[:v.dim() - self._domain_event_dim])
+    def _dgm_logdet(self, v: Tensor, var: Tensor) -> Tensor:
+        ld = (self.log_gamma - 0.5 * torch.log(var)).sum() * self._dgm_pixels(v)
+        return ld.to(v.dtype).expand(v.shape[:v.dim() - self._dgm_domain_event_dim])
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        mean, var = self._stats(x)
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        mean, var = self._dgm_stats(x)
         z = torch.exp(self.log_gamma) * ((x - mean) / var.sqrt()) + self.beta
-        return z, self._logdet(x, var)
+        return z, self._dgm_logdet(x, var)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        mean, var = self._stats(None)
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        mean, var = self._dgm_stats(None)
         x = (z - self.beta) / torch.exp(self.log_gamma) * var.sqrt() + mean
-        return x, self._logdet(z, var)
+        return x, self._dgm_logdet(z, var)
 
 
 class BatchNorm2d(BatchNorm1d):
@@ -122,20 +122,20 @@ class BatchNorm2d(BatchNorm1d):
     (True, (5,))
     """
 
-    _feature_name = "channels"
+    _dgm_feature_name = "channels"
 
     @staticmethod
-    def _event_dim() -> int:
+    def _dgm_event_dim() -> int:
         return 3
 
     @staticmethod
-    def _param_shape(n: int) -> tuple[int, ...]:
+    def _dgm_param_shape(n: int) -> tuple[int, ...]:
         return (n, 1, 1)
 
-    def _reduce_dims(self, v: Tensor) -> list[int]:
+    def _dgm_reduce_dims(self, v: Tensor) -> list[int]:
         return [d for d in range(v.dim()) if d != v.dim() - 3]
 
-    def _pixels(self, v: Tensor) -> int:
+    def _dgm_pixels(self, v: Tensor) -> int:
         return v.shape[-1] * v.shape[-2]
 
 
@@ -166,8 +166,8 @@ class ActNorm2d(Flow):
     True
     """
 
-    _feature_name = "channels"
-    _constant_logdet = True
+    _dgm_feature_name = "channels"
+    _dgm_constant_logdet = True
 
     def __init__(self, in_features: int, scale: float = 1.0, cache_size: int = 1) -> None:
         super().__init__(in_features, event_dim=3, cache_size=cache_size)
@@ -177,9 +177,9 @@ class ActNorm2d(Flow):
         self.register_buffer("initialized", torch.tensor(False))
         # True once the buffer is known to be set (by a first batch, the inited setter or a loaded state): what a
         # call tests before it reads the buffer, whose value would split a compiled graph
-        self._known_initialized = False
+        self._dgm_known_initialized = False
 
-    def _details(self) -> str:
+    def _dgm_details(self) -> str:
         return f"in_features={self.in_features}, scale={self.scale}"
 
     @property
@@ -190,16 +190,16 @@ class ActNorm2d(Flow):
     @inited.setter
     def inited(self, value: bool) -> None:
         self.initialized.fill_(bool(value))
-        self._known_initialized = bool(value)
+        self._dgm_known_initialized = bool(value)
 
-    def _needs_init(self) -> bool:
+    def _dgm_needs_init(self) -> bool:
         """Whether this (training-mode) call sets the parameters from its batch: once the flag is known to be set,
         the buffer is not read again (reading it is a synchronization on a GPU, and a graph break when traced)."""
-        if self.__dict__.get("_known_initialized", False):
+        if self.__dict__.get("_dgm_known_initialized", False):
             return False
         done = bool(self.initialized)
         if done:
-            self.__dict__["_known_initialized"] = True
+            self.__dict__["_dgm_known_initialized"] = True
         return not done
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
@@ -209,7 +209,7 @@ class ActNorm2d(Flow):
             state_dict[key] = torch.tensor(True)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        self._known_initialized = bool(self.initialized)
+        self._dgm_known_initialized = bool(self.initialized)
 
     def initialize_parameters(self, x: Tensor) -> None:
         """Set the bias and log-scale from the batch ``x`` (zero mean, standard deviation ``scale`` per channel);
@@ -223,21 +223,21 @@ class ActNorm2d(Flow):
             self.bias.copy_(-mean.reshape(self.bias.shape))
             self.logs.copy_(torch.log(self.scale / (std + epsilon())).reshape(self.logs.shape))
             self.initialized.fill_(True)
-        self._known_initialized = True
+        self._dgm_known_initialized = True
 
-    def _logdet(self, v: Tensor) -> Tensor:
+    def _dgm_logdet(self, v: Tensor) -> Tensor:
         return (self.logs.sum() * v.shape[-1] * v.shape[-2]).to(v.dtype).expand(v.shape[:-3])
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and self._needs_init():
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.training and self._dgm_needs_init():
             self.initialize_parameters(x)
-        return (x + self.bias) * torch.exp(self.logs), self._logdet(x)
+        return (x + self.bias) * torch.exp(self.logs), self._dgm_logdet(x)
 
     def inverse(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         r"""Return :math:`f^{-1}(x)` (Pixyz names the argument ``x`` here)."""
         return super().inverse(x, y)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and self._needs_init():  # Pixyz initializes from whichever side comes first
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.training and self._dgm_needs_init():  # Pixyz initializes from whichever side comes first
             self.initialize_parameters(z)
-        return z * torch.exp(-self.logs) - self.bias, self._logdet(z)
+        return z * torch.exp(-self.logs) - self.bias, self._dgm_logdet(z)

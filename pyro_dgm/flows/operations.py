@@ -59,24 +59,24 @@ class Squeeze(Flow):
     ValueError: Squeeze(): expected an even height and width, i.e. shape (..., C, 2H, 2W), got shape (1, 1, 3, 4)
     """
 
-    _feature_name = "channels"
-    _constant_logdet = True
-    _volume_preserving = True
+    _dgm_feature_name = "channels"
+    _dgm_constant_logdet = True
+    _dgm_volume_preserving = True
 
     def __init__(self, cache_size: int = 1) -> None:
         super().__init__(None, event_dim=3, cache_size=cache_size)
 
-    def _check(self, x: Tensor, inverse: bool) -> None:
-        super()._check(x, inverse)
-        if self._squeezes(inverse):
+    def _dgm_check(self, x: Tensor, inverse: bool) -> None:
+        super()._dgm_check(x, inverse)
+        if self._dgm_squeezes(inverse):
             if x.shape[-1] % 2 or x.shape[-2] % 2:
-                raise ValueError(f"{self._describe()}: expected an even height and width, i.e. shape "
+                raise ValueError(f"{self._dgm_describe()}: expected an even height and width, i.e. shape "
                                  f"(..., C, 2H, 2W), got shape {tuple(x.shape)}")
         elif x.shape[-3] % 4:
-            raise ValueError(f"{self._describe()}: expected a number of channels divisible by 4, i.e. shape "
+            raise ValueError(f"{self._dgm_describe()}: expected a number of channels divisible by 4, i.e. shape "
                              f"(..., 4C, H, W), got shape {tuple(x.shape)}")
 
-    def _squeezes(self, inverse: bool) -> bool:
+    def _dgm_squeezes(self, inverse: bool) -> bool:
         return not inverse
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
@@ -87,10 +87,10 @@ class Squeeze(Flow):
         *lead, c, h, w = shape
         return torch.Size([*lead, c // 4, h * 2, w * 2])
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return _squeeze(x), zero_logdet(x, 3)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return _unsqueeze(z), zero_logdet(z, 3)
 
 
@@ -107,7 +107,7 @@ class Unsqueeze(Squeeze):
               [11, 15, 12, 16]]]])
     """
 
-    def _squeezes(self, inverse: bool) -> bool:
+    def _dgm_squeezes(self, inverse: bool) -> bool:
         return inverse
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
@@ -116,11 +116,11 @@ class Unsqueeze(Squeeze):
     def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
         return super().forward_shape(shape)
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return super()._inverse_logdet(x, context)
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return super()._dgm_inverse_logdet(x, context)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return super()._forward_logdet(z, context)
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return super()._dgm_forward_logdet(z, context)
 
 
 class Permutation(ChannelOrFeatureFlow):
@@ -143,8 +143,8 @@ class Permutation(ChannelOrFeatureFlow):
     ([0.0, 3.0, 1.0, 2.0], [0.0, 1.0, 2.0, 3.0])
     """
 
-    _constant_logdet = True
-    _volume_preserving = True
+    _dgm_constant_logdet = True
+    _dgm_volume_preserving = True
 
     def __init__(self, permute_indices: Sequence[int] | Tensor, event_dim: int | None = None,
                  cache_size: int = 1) -> None:
@@ -157,12 +157,12 @@ class Permutation(ChannelOrFeatureFlow):
         if event_dim not in (None, 1, 3):
             raise ValueError(f"{type(self).__name__}: event_dim must be 1 (vectors) or 3 (images), got {event_dim!r}")
         super().__init__(n, event_dim=event_dim, cache_size=cache_size)
-        self._feature_name = "channels" if event_dim == 3 else "features"
+        self._dgm_feature_name = "channels" if event_dim == 3 else "features"
         self.register_buffer("permute_indices", perm)
         self.register_buffer("inv_permute_indices", torch.argsort(perm))
 
-    def _details(self) -> str:
-        return f"in_features={self.in_features}, event_dim={'auto' if self._auto else self._domain_event_dim}"
+    def _dgm_details(self) -> str:
+        return f"in_features={self.in_features}, event_dim={'auto' if self._dgm_auto else self._dgm_domain_event_dim}"
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
@@ -171,16 +171,16 @@ class Permutation(ChannelOrFeatureFlow):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
-    def _permute(self, v: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        ev = self._domain_event_dim
+    def _dgm_permute(self, v: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        ev = self._dgm_domain_event_dim
         out = v.index_select(v.dim() - ev, idx)
         return out, zero_logdet(v, ev)
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._permute(x, self.permute_indices)
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._dgm_permute(x, self.permute_indices)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._permute(z, self.inv_permute_indices)
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._dgm_permute(z, self.inv_permute_indices)
 
 
 class Shuffle(Permutation):
@@ -232,8 +232,8 @@ class Flatten(Flow):
     ValueError: Flatten(in_size=None): the image shape is unknown until forward() has run; pass in_size=(C, H, W)
     """
 
-    _constant_logdet = True
-    _volume_preserving = True
+    _dgm_constant_logdet = True
+    _dgm_volume_preserving = True
 
     def __init__(self, in_size: Sequence[int] | None = None, cache_size: int = 1) -> None:
         super().__init__(None, event_dim=3, codomain_event_dim=1, cache_size=cache_size)
@@ -241,35 +241,35 @@ class Flatten(Flow):
             raise ValueError(f"Flatten: in_size must be (C, H, W), got {tuple(in_size)}")
         self.in_size = tuple(int(s) for s in in_size) if in_size is not None else None
 
-    def _details(self) -> str:
+    def _dgm_details(self) -> str:
         return f"in_size={self.in_size}"
 
-    def _size(self) -> tuple[int, ...]:
+    def _dgm_size(self) -> tuple[int, ...]:
         if self.in_size is None:
-            raise ValueError(f"{self._describe()}: the image shape is unknown until forward() has run; pass "
+            raise ValueError(f"{self._dgm_describe()}: the image shape is unknown until forward() has run; pass "
                              "in_size=(C, H, W)")
         return self.in_size
 
-    def _check(self, x: Tensor, inverse: bool) -> None:
-        super()._check(x, inverse)
+    def _dgm_check(self, x: Tensor, inverse: bool) -> None:
+        super()._dgm_check(x, inverse)
         if inverse:
-            n = math.prod(self._size())
+            n = math.prod(self._dgm_size())
             if x.shape[-1] != n:
-                raise ValueError(f"{self._describe()}: expected {n} features at dim -1 of the input, i.e. shape "
+                raise ValueError(f"{self._dgm_describe()}: expected {n} features at dim -1 of the input, i.e. shape "
                                  f"(..., {n}), got shape {tuple(x.shape)}")
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         return torch.Size([*shape[:-3], math.prod(shape[-3:])])
 
     def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
-        return torch.Size([*shape[:-1], *self._size()])
+        return torch.Size([*shape[:-1], *self._dgm_size()])
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         self.in_size = tuple(x.shape[-3:])
         return x.reshape(*x.shape[:-3], -1), zero_logdet(x, 3)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return z.reshape(*z.shape[:-1], *self._size()), zero_logdet(z, 1)
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return z.reshape(*z.shape[:-1], *self._dgm_size()), zero_logdet(z, 1)
 
 
 class Preprocess(Flow):
@@ -316,9 +316,9 @@ class Preprocess(Flow):
         self.num_levels = int(num_levels)
         self.register_buffer("data_constraint", torch.tensor([float(alpha)]))
 
-    def _details(self) -> str:
+    def _dgm_details(self) -> str:
         return (f"dequantize={self.dequantize}, alpha={float(self.data_constraint):g}, num_levels={self.num_levels}, "
-                f"event_dim={'auto' if self._auto else self._domain_event_dim}")
+                f"event_dim={'auto' if self._dgm_auto else self._dgm_domain_event_dim}")
 
     @staticmethod
     def logit(x: Tensor) -> Tensor:
@@ -327,17 +327,17 @@ class Preprocess(Flow):
 
     @property
     def domain(self) -> constraints.Constraint:  # type: ignore[override]
-        ev = self._domain_event_dim
+        ev = self._dgm_domain_event_dim
         return constraints.unit_interval if ev == 0 else constraints.independent(constraints.unit_interval, ev)
 
-    def _logdet(self, z: Tensor) -> Tensor:
+    def _dgm_logdet(self, z: Tensor) -> Tensor:
         alpha = self.data_constraint.to(z.dtype)
         ld = F.softplus(z) + F.softplus(-z) + torch.log1p(-alpha)
         if self.dequantize:
             ld = ld + math.log((self.num_levels - 1) / self.num_levels)
-        return sum_rightmost(ld, self._domain_event_dim)
+        return sum_rightmost(ld, self._dgm_domain_event_dim)
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         n = self.num_levels
         if self.dequantize:
             noise = uniform(x.shape, x)
@@ -345,12 +345,12 @@ class Preprocess(Flow):
         alpha = self.data_constraint.to(x.dtype)
         s = alpha / 2 + (1 - alpha) * x
         z = torch.log(s) - torch.log1p(-s)
-        return z, self._logdet(z)
+        return z, self._dgm_logdet(z)
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         alpha = self.data_constraint.to(z.dtype)
         x = (torch.sigmoid(z) - alpha / 2) / (1 - alpha)
         if self.dequantize:
             n = self.num_levels
             x = torch.floor(x * n).clamp(0, n - 1) / (n - 1)
-        return x, self._logdet(z)
+        return x, self._dgm_logdet(z)

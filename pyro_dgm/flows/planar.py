@@ -65,7 +65,7 @@ class PlanarFlow(Flow):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, constraint_u={self.constraint_u}"
 
-    _details = extra_repr
+    _dgm_details = extra_repr
 
     def deriv_tanh(self, x: Tensor) -> Tensor:
         r""":math:`1 - \tanh^2(x)` (Pixyz's helper)."""
@@ -78,21 +78,21 @@ class PlanarFlow(Flow):
         wu = (self.w * self.u).sum()
         return self.u + (F.softplus(wu) - 1.0 - wu) * self.w / (self.w * self.w).sum()
 
-    def _logdet(self, a: Tensor, wu: Tensor) -> Tensor:
+    def _dgm_logdet(self, a: Tensor, wu: Tensor) -> Tensor:
         """``a = w^T x + b`` of shape ``(..., 1)``; ``wu = w^T u_hat``."""
         return torch.log(torch.abs(1.0 + (1.0 - torch.tanh(a) ** 2) * wu) + epsilon()).squeeze(-1)
 
-    def _forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         u = self.u_hat()
         a = F.linear(x, self.w, self.b)  # (..., 1)
         z = x + u * torch.tanh(a)
-        return z, self._logdet(a, (self.w * u).sum())
+        return z, self._dgm_logdet(a, (self.w * u).sum())
 
-    def _inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         u = self.u_hat()
         wu = (self.w * u).sum()
         if float(wu.detach()) < -1.0:
-            raise ValueError(f"{self._describe()}: the map is not invertible because w.u = {float(wu.detach()):.4g} "
+            raise ValueError(f"{self._dgm_describe()}: the map is not invertible because w.u = {float(wu.detach()):.4g} "
                              "< -1; build it with constraint_u=True")
         c = F.linear(z, self.w)  # w^T z = alpha + wu * tanh(alpha + b), alpha = w^T x
         b = self.b
@@ -111,4 +111,4 @@ class PlanarFlow(Flow):
         alpha = alpha0 - g / dg
         a = alpha + b
         x = z - u * torch.tanh(a)
-        return x, self._logdet(a, wu)
+        return x, self._dgm_logdet(a, wu)

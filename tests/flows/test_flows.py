@@ -220,7 +220,7 @@ def test_pyro_planar_and_radial_in_a_flowlist() -> None:
     base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
     d = dist.TransformedDistribution(base, [flow])
     s = d.rsample((3,))
-    x_s, ld_s = flow._memory.x, flow._memory.logdet
+    x_s, ld_s = flow._dgm_memory.x, flow._dgm_memory.logdet
     assert torch.allclose(d.log_prob(s), base.log_prob(x_s) - ld_s)
     with pytest.raises(NotImplementedError, match="Radial has no inverse"):
         d.log_prob(s.clone())  # a value it did not sample cannot be inverted

@@ -61,15 +61,27 @@ def _models(lib: Any) -> list[Any]:
     return [model]
 
 
-KINDS = {"distributions": _distributions, "losses": _losses, "models": _models}
-BASES = {"distributions": "Distribution", "losses": "Loss", "models": "Model"}
+def _flows(lib: Any) -> list[Any]:
+    """A flow of each kind: planar, channel-wise, reshaping, a list of them (and a coupling of pyro_dgm's: Pixyz's
+    takes other arguments)."""
+    flows = [lib.PlanarFlow(2), lib.ActNorm2d(2), lib.Squeeze(), lib.FlowList([lib.PlanarFlow(2), lib.BatchNorm1d(2)])]
+    if lib.__name__.startswith("pyro_dgm"):
+        flows.append(lib.AffineCoupling(2, scale_translate_net=nn.Linear(1, 2)))
+    return flows
+
+
+KINDS = {"distributions": _distributions, "losses": _losses, "models": _models, "flows": _flows}
+BASES = {"distributions": "Distribution", "losses": "Loss", "models": "Model", "flows": "Flow"}
 
 
 def _names(lib: Any, kind: str) -> set[str]:
     """The attribute names that the classes of ``lib`` (a module of Pixyz or pyro_dgm) and their instances carry,
     past ``nn.Module``'s and Pyro's ``ELBO``'s (the loss terms here are ELBOs: those names are Pyro's contract)."""
+    import pyro.distributions.transforms as T
     from pyro.infer import ELBO
-    foreign = set(dir(nn.Module())) | set(vars(nn.Module())) | set(dir(ELBO))
+    transform = T.Planar(2)  # a flow here is a Pyro TransformModule: torch's Transform names are torch's contract
+    foreign = set(dir(nn.Module())) | set(vars(nn.Module())) | set(dir(ELBO)) | set(dir(transform)) | set(
+        vars(transform)) | {"_abc_impl"}
     import importlib
     base = getattr(importlib.import_module(f"{lib.__name__}.losses" if kind == "losses" else lib.__name__),
                    BASES[kind])
@@ -300,5 +312,48 @@ MODEL_RESERVED = {"step"}
 def test_a_loss_or_model_subclass_may_use_our_names_for_its_own(value: Any) -> None:
     program = _loss_and_model_program(_user_names_of("losses", LOSS_RESERVED),
                                       _user_names_of("models", MODEL_RESERVED), value)
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+FLOW_RESERVED: set[str] = set()
+
+
+@pytest.mark.parametrize("value", [3, None, lambda: nn.Linear(1, 1)], ids=["int", "None", "module"])
+def test_a_flow_subclass_may_use_our_names_for_its_own(value: Any) -> None:
+    names = _user_names_of("flows", FLOW_RESERVED)
+    assert {"_size", "_check", "_logdet", "_memory", "_auto"} <= set(names)
+
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from pixyz.distributions import InverseTransformedDistribution, Normal
+        from pixyz.flows import Flow, FlowList
+        from pixyz.losses import LogProb
+        from pixyz.models import Model
+
+        class Scale(Flow):  # a flow written for Pixyz: forward stores the log-det, inverse undoes forward
+            def __init__(self, in_features):
+                super().__init__(in_features)
+                self.log_scale = nn.Parameter(torch.full((in_features,), 0.3))
+                for n in names:
+                    setattr(self, n, value() if callable(value) else value)
+
+            def forward(self, x, y=None, compute_jacobian=True):
+                if compute_jacobian:
+                    self._logdet_jacobian = self.log_scale.sum() * torch.ones(x.shape[0])
+                return x * self.log_scale.exp()
+
+            def inverse(self, z, y=None):
+                return z * (-self.log_scale).exp()
+
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        p = InverseTransformedDistribution(prior, flow=FlowList([Scale(2), Scale(2)]), var=["x"])
+        x = torch.randn(5, 2)
+        out = {"sample": p.sample(batch_n=3), "text": str(p), "log_prob": p.get_log_prob({"x": x.clone()})}
+        model = Model(-LogProb(p).mean(), distributions=[p], optimizer=torch.optim.Adam,
+                      optimizer_params={"lr": 0.05})
+        out["steps"] = [model.train({"x": x.clone()}) for _ in range(2)]
+        return out
     ref, ours = run_both(program)
     assert_same(ref, ours)
