@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from pyro_dgm.distributions.bindings import Binding, CallState, SAMPLING_OPTIONS
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
+from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
 from pyro_dgm.utils.checks import as_var_list, check_present, describe
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
-from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.random import STATE as _RNG
@@ -72,6 +72,11 @@ _REGISTERED: dict[int, tuple["weakref.ref[Tensor]", "weakref.ref[Distribution]"]
 
 def _forget(key: int) -> Any:
     return lambda _: _REGISTERED.pop(key, None)
+
+
+def _broadcasts(a: Tensor, b: Tensor) -> bool:
+    """Whether two shapes broadcast (torch's rule), without building the result."""
+    return all(m == n or m == 1 or n == 1 for m, n in zip(reversed(a.shape), reversed(b.shape)))
 
 
 def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
@@ -503,16 +508,33 @@ class Distribution(YieldingModule):
         ctx = CallState(kwargs=kwargs)
         total: Tensor | None = None
         f_opts = self.__dict__.get("_dgm_dg_options")
-        for f in self._dgm_order:
+        for i, f in enumerate(self._dgm_order):
             o = f_opts.get(id(f)) if f_opts and f is not self else None
             if o is None:
                 lp = f._dgm_score_factor(values, ctx, sum_features, feature_dims)
             else:  # graph.set_option(..., var): the factor's own sum_features/feature_dims
                 lp = f._dgm_score_factor(values, ctx, o.get("sum_features", sum_features),
                                          o.get("feature_dims", feature_dims))
-            total = lp if total is None else total + lp
+            if total is None:
+                total = lp
+            elif total.shape == lp.shape or (sum_features and _broadcasts(total, lp)):
+                total = total + lp
+            else:
+                self._dgm_refuse_sizes(self._dgm_order[:i], f, total, lp, sum_features)
         assert total is not None
         return total
+
+    def _dgm_refuse_sizes(self, before: Sequence["Distribution"], f: "Distribution", total: Tensor, lp: Tensor,
+                          sum_features: bool) -> None:
+        """Pixyz's error for factors whose log-densities differ in size (Pixyz raises it at any difference), naming
+        the factors and the shapes: per feature (``sum_features=False``) the factors must have the same features."""
+        so_far = " ".join(d.prob_text for d in before)
+        hint = ("with sum_features=False the factors' log-densities are added feature by feature, so they need the "
+                "same feature shape; score them one by one, or sum the features" if not sum_features else
+                "the factors' batch shapes differ; give every variable the same batch size")
+        raise ValueError(f"{describe(self)}: two PDFs, {so_far} and {f.prob_text}, have different sizes: the "
+                         f"log-density of {so_far} has shape {tuple(total.shape)}, that of {f.prob_text} (variable "
+                         f"{', '.join(f.var)}) shape {tuple(lp.shape)}; {hint}")
 
     def log_likelihood(self, x_dict: ValuesLike, **kwargs: Any) -> Tensor:
         """Seed-era name of :meth:`get_log_prob`."""
@@ -762,8 +784,12 @@ class Distribution(YieldingModule):
 
     # ------------------------------------------------------------------ queries that atomic families answer
     def _dgm_only_atomic(self, what: str) -> None:
+        n = len(self._dgm_factors)
+        if n == 1:  # an atomic distribution without the query: a deterministic map, a user's distribution...
+            raise NotImplementedError(f"{describe(self)}: {what} is not defined for {type(self).__name__} (the "
+                                      "families define it: Normal, Bernoulli, ...)")
         raise NotImplementedError(f"{describe(self)}: {what} is defined for a single distribution, not for a "
-                                  f"product of {len(self._dgm_factors)} factors; call it on a factor")
+                                  f"product of {n} factors; call it on a factor")
 
     def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
         """The parameters of this distribution given its inputs (constants and network outputs)."""

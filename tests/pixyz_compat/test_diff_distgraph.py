@@ -7,9 +7,12 @@ value, shape, dtype and text. The last section shows where Pixyz 0.3.3 is wrong 
 """
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 
-from pixyz_harness import assert_same, raises_same, run_both, run_pixyz, run_pyro_dgm, same
+from pixyz_harness import assert_same, raises_same, renamed_import, run_both, run_pixyz, run_pyro_dgm, same
 
 
 def _factor_view(f):  # type: ignore[no-untyped-def]
@@ -507,3 +510,64 @@ def test_mixture_of_normal_set_dist_is_the_mixture():
     assert ref[1] == ours[1] == ["loc", "scale"]
     assert_same(ref[0], torch.tensor([[0., 0.], [0., 0.], [1., 1.], [1., 1.]]))
     assert_same(ours[0], torch.full((4, 2), .5))
+
+
+# ---------------------------------------------------------------------------------------------- sizes of a joint's terms
+def prog_per_feature_log_prob_of_factors_with_other_features():
+    import torch
+    from pixyz.distributions import Normal
+    joint = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["a"]) * Normal(
+        loc=torch.zeros(3), scale=torch.ones(3), var=["b"])
+    return joint.get_log_prob(joint.sample(batch_n=4), sum_features=False)
+
+
+def prog_per_feature_log_prob_that_torch_would_broadcast():
+    import torch
+    from pixyz.distributions import Categorical, Gamma
+    joint = Categorical(probs=torch.ones(2) / 2, var=["a"]) * Gamma(
+        concentration=torch.ones(2), rate=torch.ones(2), var=["b"])
+    return joint.get_log_prob(joint.sample(batch_n=1), sum_features=False)  # shapes (1,) and (1, 2)
+
+
+@pytest.mark.parametrize("program", [prog_per_feature_log_prob_of_factors_with_other_features,
+                                     prog_per_feature_log_prob_that_torch_would_broadcast],
+                         ids=["other_features", "broadcastable"])
+def test_factors_whose_log_densities_differ_in_size_are_refused_as_in_pixyz(program: Any) -> None:
+    """Pixyz refuses to add two factors' log-densities of different sizes ("Two PDFs ... have different sizes");
+    here the sum had raised torch's RuntimeError, or (batch 1) broadcast a categorical's one value per draw over the
+    other factor's features. Now: Pixyz's ValueError, naming the factors, their variables and shapes."""
+    ref, ours = raises_same(program)
+    assert ref is ours is ValueError
+    with renamed_import(), pytest.raises(ValueError, match=r"p\(a\) and p\(b\), have different sizes: the "
+                                                           r"log-density of p\(a\) has shape .* \(variable b\)"):
+        program()
+
+
+def test_a_per_feature_log_prob_of_factors_with_one_feature_shape_is_pixyz_s() -> None:
+    def program():
+        import torch
+        from pixyz.distributions import Laplace, Normal
+        joint = Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["a"]) * Laplace(
+            loc="a", scale=torch.ones(3), var=["b"], cond_var=["a"])
+        return joint.get_log_prob(joint.sample(batch_n=4), sum_features=False)
+    same(program)
+
+
+def test_a_query_a_deterministic_map_lacks_is_named() -> None:
+    """Pixyz's Deterministic recurses until Python stops it (RecursionError) on sample_variance; here the error says
+    which query the distribution lacks (it had said "a product of 1 factors")."""
+    def program():
+        import torch
+        from pixyz.distributions import Deterministic
+
+        class Double(Deterministic):
+            def __init__(self):
+                super().__init__(var=["a"], cond_var=["x"])
+
+            def forward(self, x):
+                return {"a": 2 * x}
+        return Double().sample_variance({"x": torch.ones(2, 1)})
+    assert raises_same(program) == (RecursionError, NotImplementedError)
+    with renamed_import(), pytest.raises(NotImplementedError, match=r"Double p\(a\|x\): sample_variance is not "
+                                                                      r"defined for Double"):
+        program()
