@@ -1,12 +1,12 @@
 """Random Pixyz programs, run under Pixyz 0.3.3 and under pyro_dgm with only the import renamed.
 
-Hypothesis draws the programs: a joint of up to four factors (six families, constant or network parameters, random
-parents, names and factor names), multiplied in a random order, then drawn, scored, printed, renamed and
-marginalized; and a VAE-like model with a random loss formula (ELBO, KL and expectation, Monte Carlo, importance
-form, entropy or cross-entropy; analytic or sampled; with arithmetic and reductions), trained by ``Model`` or ``VAE``
-with a random optimizer and clipping. Every program must give the same outputs under both libraries: the same
-samples (so the same order of draws), log-densities, formulas, loss values and trained weights, or the same
-exception type.
+Hypothesis draws the programs: a joint of up to four factors (seven families, constant or network parameters, random
+parents, names and factor names), multiplied in a random order, then drawn (all variables, the last one, the means),
+scored (summed and per feature), printed, renamed and marginalized, with its factors' moments and parameters; and a
+VAE-like model with a random loss formula (ELBO, KL and expectation, Monte Carlo, importance form, entropy or
+cross-entropy; analytic or sampled; with arithmetic and reductions), trained by ``Model`` or ``VAE`` with a random
+optimizer and clipping. Every program must give the same outputs under both libraries: the same samples (so the
+same order of draws), log-densities, formulas, loss values and trained weights, or the same exception type.
 """
 from __future__ import annotations
 
@@ -87,10 +87,26 @@ def joint_program(spec: dict[str, Any]) -> Any:
         batch_n = None if given else spec["batch_n"]
         drawn = joint.sample(dict(given), batch_n=batch_n)
         out["sample"] = {k: v.detach().clone() for k, v in drawn.items()}
+        out["last_only"] = {k: v.detach().clone()
+                            for k, v in joint.sample(dict(given), batch_n=batch_n, return_all=False).items()}
+        out["means"] = {k: v.detach().clone()
+                        for k, v in joint.sample(dict(given), batch_n=batch_n, sample_mean=True).items()}
         if not any(f["family"] == "Deterministic" for f in spec["factors"]):
             from pixyz.losses import LogProb
             out["log_prob"] = joint.get_log_prob(drawn)
             out["loss"] = LogProb(joint).eval(drawn)
+            out["prob"] = joint.prob().eval(drawn)
+            try:  # per feature: Pixyz refuses factors whose feature shapes differ, and so must we
+                out["per_feature"] = joint.get_log_prob(drawn, sum_features=False)
+            except ValueError as e:
+                out["per_feature"] = type(e).__name__
+        for i, (f, d) in enumerate(zip(spec["factors"], dists)):  # each factor's moments and parameters
+            inputs = {p: torch.randn(2, dims[p]) for p in f["parents"]}
+            out[f"mean_{i}"] = d.sample_mean(inputs)
+            if f["family"] != "Deterministic":  # (Pixyz's Deterministic recurses until RecursionError)
+                out[f"variance_{i}"] = d.sample_variance(inputs)
+                out[f"entropy_{i}"] = d.get_entropy(inputs)
+                out[f"params_{i}"] = d.get_params(inputs) if inputs else None
         if spec["rename"]:
             renamed = joint.replace_var(**{joint.var[0]: "s"})
             out["renamed"] = [str(renamed), list(renamed.var),
