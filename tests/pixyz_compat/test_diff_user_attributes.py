@@ -8,6 +8,7 @@ same numbers. Before the ``_dgm_`` prefix, 36 such names broke a subclass here (
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
@@ -40,7 +41,6 @@ def _distributions(lib: Any) -> list[Any]:
 
 def _losses(lib: Any) -> list[Any]:
     """Losses of every kind of node: a density, a KL, an expectation, arithmetic, an iteration."""
-    import importlib
     dists = importlib.import_module(lib.__name__.replace("losses", "distributions"))
     _, q, joint, _, _ = _distributions(dists)
     prior = dists.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
@@ -52,7 +52,6 @@ def _losses(lib: Any) -> list[Any]:
 
 def _models(lib: Any) -> list[Any]:
     """A Model that has trained one step."""
-    import importlib
     dists = importlib.import_module(lib.__name__.replace("models", "distributions"))
     losses = importlib.import_module(lib.__name__.replace("models", "losses"))
     _, q, *_ = _distributions(dists)
@@ -82,7 +81,6 @@ def _names(lib: Any, kind: str) -> set[str]:
     transform = T.Planar(2)  # a flow here is a Pyro TransformModule: torch's Transform names are torch's contract
     foreign = set(dir(nn.Module())) | set(vars(nn.Module())) | set(dir(ELBO)) | set(dir(transform)) | set(
         vars(transform)) | {"_abc_impl"}
-    import importlib
     base = getattr(importlib.import_module(f"{lib.__name__}.losses" if kind == "losses" else lib.__name__),
                    BASES[kind])
     names: set[str] = set()
@@ -95,7 +93,6 @@ def _names(lib: Any, kind: str) -> set[str]:
 
 
 def _ours_and_pixyz(kind: str = "distributions") -> tuple[set[str], set[str]]:
-    import importlib
     return (_names(importlib.import_module(f"pyro_dgm.{kind}"), kind),
             _names(importlib.import_module(f"pixyz.{kind}"), kind))
 
@@ -109,13 +106,18 @@ def test_private_names_of_ours_carry_the_prefix(kind: str) -> None:
                       "them with _dgm_"
 
 
-def _user_names() -> list[str]:
-    """Every name a Pixyz subclass may pick that pyro_dgm uses for itself: the private ones without their prefix,
-    and the public ones that Pixyz lacks."""
-    ours, pixyz = _ours_and_pixyz()
+def _user_names_of(kind: str, reserved: set[str]) -> list[str]:
+    """Every name a Pixyz subclass of ``kind`` may pick that pyro_dgm uses for itself: the private ones without their
+    prefix, and the public ones that Pixyz lacks, but ``reserved``."""
+    ours, pixyz = _ours_and_pixyz(kind)
     private = {n[len("_dgm"):] for n in ours if n.startswith("_dgm_")}
     public = {n for n in ours if not n.startswith("_")}
-    return sorted((private | public) - pixyz - RESERVED - {"model", "guide"})
+    return sorted((private | public) - pixyz - reserved)
+
+
+def _user_names() -> list[str]:
+    """Every name a Pixyz distribution subclass may pick that pyro_dgm uses for itself."""
+    return _user_names_of("distributions", RESERVED)
 
 
 def _program(names: list[str], value: Any) -> Any:
@@ -227,13 +229,6 @@ def test_a_subclass_may_register_parameters_and_buffers_under_our_yielding_names
                                                                                      "z": torch.ones(3, 1)})
     ref, ours = run_both(with_buffers)
     assert_same(ref, ours)
-
-
-def _user_names_of(kind: str, reserved: set[str]) -> list[str]:
-    ours, pixyz = _ours_and_pixyz(kind)
-    private = {n[len("_dgm"):] for n in ours if n.startswith("_dgm_")}
-    public = {n for n in ours if not n.startswith("_")}
-    return sorted((private | public) - pixyz - reserved)
 
 
 def _loss_and_model_program(loss_names: list[str], model_names: list[str], value: Any) -> Any:
