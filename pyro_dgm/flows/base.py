@@ -12,6 +12,9 @@ at the input side ``x`` (so both directions return the same number for the same 
 - ``_dgm_forward_logdet(x, context) -> (z, logdet)``
 - ``_dgm_inverse_logdet(z, context) -> (x, logdet)``
 
+(``_forward_logdet``/``_inverse_logdet``, their names before pyro_dgm's private names took the ``_dgm_`` prefix, are
+still taken as these hooks when the subclass does not override ``forward``/``inverse``.)
+
 ``logdet`` has the batch shape of ``x`` (every dim but the last ``event_dim``). Any number of leading batch dims is
 accepted. As Pyro transforms, flows remember their last ``(x, z, logdet)`` (``cache_size=1``), so a value the flow has
 just produced (a sample) is mapped back and scored without inverting the flow again; this is how a flow without a
@@ -189,6 +192,12 @@ class Flow(TransformModule, ConditionalTransform):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        for old, hook, public in (("_forward_logdet", "_dgm_forward_logdet", "forward"),
+                                  ("_inverse_logdet", "_dgm_inverse_logdet", "inverse")):
+            # a flow written against the hooks' names before their _dgm_ prefix (a Pixyz-style flow overrides the
+            # public method instead: a method of the old name there is its own helper)
+            if old in cls.__dict__ and hook not in cls.__dict__ and public not in cls.__dict__:
+                setattr(cls, hook, cls.__dict__[old])
         mro = cls.__mro__
 
         def definer(name: str) -> int:

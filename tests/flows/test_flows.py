@@ -382,3 +382,21 @@ def test_actnorm_sets_itself_from_the_first_batch_and_again_after_its_flag_is_re
     f.load_state_dict(unset)
     mean, _ = _channel_moments(f.forward(x1))
     assert torch.allclose(mean, torch.zeros(3), atol=1e-10) and bool(f.initialized)
+
+
+def test_a_flow_written_against_the_hook_names_before_the_prefix_still_maps() -> None:
+    """A subclass implementing ``_forward_logdet``/``_inverse_logdet`` (the hooks' names before pyro_dgm's private
+    names took the ``_dgm_`` prefix) is not silently the identity: its hooks are the flow's."""
+    from pyro_dgm.flows import Flow
+
+    class Shift(Flow):
+        def _forward_logdet(self, x, context):
+            return x + 1.0, torch.zeros(x.shape[:-1])
+
+        def _inverse_logdet(self, z, context):
+            return z - 1.0, torch.zeros(z.shape[:-1])
+
+    f = Shift(2)
+    x = torch.zeros(3, 2)
+    assert torch.equal(f(x), x + 1.0) and torch.equal(f.inverse(x + 1.0), x)
+    assert torch.equal(f.logdet_jacobian, torch.zeros(3))
