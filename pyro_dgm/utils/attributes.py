@@ -75,14 +75,22 @@ class YieldingModule(nn.Module):
     """An ``nn.Module`` whose yielding names (:class:`Yielding`, or any descriptor marked ``yields = True``) also take
     a parameter or buffer: torch refuses to register one under a name the class already has."""
 
-    def _dgm_free_name(self, name: str, store: dict[str, Any]) -> None:
-        if getattr(inspect.getattr_static(type(self), name, None), "yields", False):
-            store.setdefault(name, None)  # torch's check passes a name that its store holds
+    def _dgm_register(self, store_name: str, name: str, register: Any, *args: Any) -> None:
+        """Run torch's ``register``; under a yielding name, first place a stand-in in the store, which torch's check
+        passes, and take it out again if torch refuses the value."""
+        store = self.__dict__.get(store_name, {})
+        placed = name not in store and getattr(inspect.getattr_static(type(self), name, None), "yields", False)
+        if placed:
+            store[name] = None
+        try:
+            register(name, *args)
+        except BaseException:
+            if placed and store.get(name) is None:
+                del store[name]
+            raise
 
     def register_parameter(self, name: str, param: Any) -> None:
-        self._dgm_free_name(name, self.__dict__.get("_parameters", {}))
-        super().register_parameter(name, param)
+        self._dgm_register("_parameters", name, super().register_parameter, param)
 
     def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
-        self._dgm_free_name(name, self.__dict__.get("_buffers", {}))
-        super().register_buffer(name, tensor, persistent)
+        self._dgm_register("_buffers", name, super().register_buffer, tensor, persistent)

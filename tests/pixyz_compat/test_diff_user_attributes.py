@@ -352,3 +352,16 @@ def test_a_flow_subclass_may_use_our_names_for_its_own(value: Any) -> None:
         return out
     ref, ours = run_both(program)
     assert_same(ref, ours)
+
+
+def test_a_value_torch_refuses_under_a_yielding_name_leaves_nothing_behind() -> None:
+    from pyro_dgm.distributions import Normal
+    p = Normal(loc=0., scale=1., var=["x"])
+    with pytest.raises(TypeError):
+        p.register_parameter("factors", torch.zeros(1))  # not an nn.Parameter: torch refuses it
+    with pytest.raises(TypeError):
+        p.register_buffer("binding", 3)  # not a tensor
+    assert "factors" not in p._parameters and "binding" not in p._buffers
+    assert p.factors == (p,) and list(p.binding.var) == ["x"]  # pyro_dgm's own values, not a stand-in
+    p.register_buffer("factors", torch.ones(2))
+    assert torch.equal(p.factors, torch.ones(2)) and p._dgm_factors == (p,)
