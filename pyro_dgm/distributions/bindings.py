@@ -148,8 +148,12 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
         return (), ()
     sig = inspect.signature(type(dist).forward)
     params = list(sig.parameters.values())[1:]  # skip self
+    # Pixyz calls forward(**inputs): positional passing is only a shortcut for the leading arguments, so an
+    # argument after one that is skipped (it has a default and is not in cond_var), or a keyword-only one, goes
+    # by name
     pos: list[str] = []
-    var_kw = False
+    kw: list[tuple[str, str]] = []
+    var_kw, in_order = False, True
     for prm in params:
         if prm.kind is prm.VAR_KEYWORD:
             var_kw = True
@@ -157,13 +161,17 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
             raise TypeError(f"{describe(dist)}: forward(*{prm.name}) cannot be bound to cond_var {cond}; "
                             "name forward's arguments after cond_var")
         elif prm.name in cond:
-            pos.append(prm.name)
+            if in_order and prm.kind is not prm.KEYWORD_ONLY:
+                pos.append(prm.name)
+            else:
+                kw.append((prm.name, prm.name))
         elif prm.default is prm.empty:
             raise ValueError(f"{describe(dist)}: forward() takes {prm.name!r}, which is not in cond_var {cond}; "
                              "name forward's arguments after cond_var")
-    kw: list[tuple[str, str]] = []
+        else:
+            in_order = False
     if var_kw:
-        kw = [(v, v) for v in cond if v not in pos and v not in used]
+        kw += [(v, v) for v in cond if v not in pos and v not in used and (v, v) not in kw]
     unused = [v for v in cond if v not in pos and v not in used and (v, v) not in kw]
     if unused:
         raise ValueError(f"{describe(dist)}: cond_var {unused[0]!r} is not an argument of forward("

@@ -1,8 +1,10 @@
 r"""Losses over time steps: :class:`IterativeLoss` (:math:`\sum_t \mathcal{L}_{step}`), as in Pixyz 0.3.3."""
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_MUL, Loss, ordered_union
@@ -11,7 +13,16 @@ from pyro_dgm.utils import get_dict_values, replace_dict_keys  # noqa: F401  (he
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["IterativeLoss"]
+__all__ = ["IterativeLoss", "SeriesTooShortError", "MaskShapeError"]
+
+
+class SeriesTooShortError(ValueError, IndexError):
+    """A series has fewer steps than ``max_iter``: a ValueError, and also the IndexError that Pixyz raises there."""
+
+
+class MaskShapeError(ValueError, RuntimeError):
+    """``mask[t]`` does not fit a step loss's value: a ValueError, and also the RuntimeError of Pixyz's in-place
+    ``step_loss *= mask[t]``."""
 
 
 def _rename_keys(values: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
@@ -34,7 +45,7 @@ class IterativeLoss(Loss):
     step_loss : Loss
         The loss of one step.
     max_iter : int, optional
-        The number of steps (default: the length of the first ``series_var``).
+        The number of steps (default, or 0 as in Pixyz: the length of the first ``series_var``).
     series_var : list of str, optional
         Variables whose values are sequences (time first), sliced at each step.
     update_value : dict, optional
@@ -50,7 +61,9 @@ class IterativeLoss(Loss):
     Raises
     ------
     ValueError
-        If neither ``series_var`` nor ``max_iter`` is given, or (at evaluation) a series is shorter than ``max_iter``.
+        If neither ``series_var`` nor ``max_iter`` is given, or (at evaluation) a series is shorter than
+        ``max_iter`` (:class:`SeriesTooShortError`, also an IndexError as in Pixyz) or ``mask[t]`` does not fit the
+        step loss's value (:class:`MaskShapeError`, also a RuntimeError as in Pixyz).
 
     Examples
     --------
@@ -79,8 +92,13 @@ class IterativeLoss(Loss):
         if not series and max_iter is None:
             raise ValueError("IterativeLoss: give max_iter or series_var (the number of steps is the length of the "
                              "first series_var)")
-        if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
-            raise ValueError(f"IterativeLoss: max_iter must be a positive int, got {max_iter!r}")
+        if max_iter is not None:  # as in Pixyz, max_iter=0 means "the length of the first series_var"
+            try:
+                ok = operator.index(max_iter) >= 0
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"IterativeLoss: max_iter must be a non-negative int, got {max_iter!r}")
         if slice_step is not None:
             step_loss = step_loss.expectation(slice_step)
         names = ordered_union(step_loss.input_var, series, list(updates.values()))
@@ -134,15 +152,37 @@ class IterativeLoss(Loss):
         """
         return {k: v[t] for k, v in x.items()}
 
+    @staticmethod
+    def _dgm_masked(value: Any, mask: Any, t: int) -> Any:
+        """``value * mask[t]``; as Pixyz multiplies in place, ``mask[t]`` must not widen the step's value (a mean
+        step loss and a per-sample mask would make a per-sample loss of the batch mean)."""
+        m = mask[t]
+        if not isinstance(mask, Tensor):
+            return value * m
+        m = m.to(value.dtype) if isinstance(value, Tensor) else m.float()
+        shape = tuple(value.shape) if isinstance(value, Tensor) else ()
+        if tuple(m.shape) != shape and tuple(torch.broadcast_shapes(m.shape, shape)) != shape:
+            raise MaskShapeError(f"IterativeLoss: mask[{t}] has shape {tuple(m.shape)}, which does not fit the step "
+                                 f"loss's value of shape {shape}; mask has the time dim first, then at most the "
+                                 f"dims of the step loss's value (e.g. shape [T] or [T, batch] for a per-sample "
+                                 f"step loss)")
+        return value * m
+
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         x = dict(values)
         series = {v: x[v] for v in self.series_var}
         updated = {v: x[v] for v in self.update_value.values() if v in x}
-        steps = self.max_iter if self.max_iter is not None else len(series[self.series_var[0]])
+        if self.max_iter:
+            steps = operator.index(self.max_iter)
+        elif self.series_var:
+            steps = len(series[self.series_var[0]])
+        else:
+            raise ValueError(f"IterativeLoss: max_iter={self.max_iter!r} and no series_var: give max_iter > 0 or "
+                             "series_var (the number of steps is the length of the first series_var)")
         for v, s in series.items():
             if len(s) < steps:
-                raise ValueError(f"IterativeLoss: series_var {v!r} has {len(s)} steps (its first dim), fewer than "
-                                 f"max_iter={steps}; give a longer series or a smaller max_iter")
+                raise SeriesTooShortError(f"IterativeLoss: series_var {v!r} has {len(s)} steps (its first dim), "
+                                          f"fewer than max_iter={steps}; give a longer series or a smaller max_iter")
         mask = kwargs.pop("mask", None)
         total: Any = 0
         for t in range(steps):
@@ -153,7 +193,7 @@ class IterativeLoss(Loss):
             value, samples = self.step_loss.eval(x, return_dict=True, return_all=False, **kwargs)
             x.update(samples)
             if mask is not None:
-                value = value * mask[t].to(value.dtype) if isinstance(mask, Tensor) else value * mask[t]
+                value = self._dgm_masked(value, mask, t)
             total = total + value
             x = _rename_keys(x, self.update_value)
         x.update(series)
