@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import textwrap
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, NoReturn
 
 import networkx as nx
 import pyro
@@ -517,15 +517,35 @@ class Distribution(YieldingModule):
                                          o.get("feature_dims", feature_dims))
             if total is None:
                 total = lp
-            elif total.shape == lp.shape or (sum_features and _broadcasts(total, lp)):
+            elif total.shape == lp.shape:
                 total = total + lp
+            elif sum_features:
+                total = self._dgm_add_sized(self._dgm_order[:i], f, total, lp, feature_dims)
             else:
                 self._dgm_refuse_sizes(self._dgm_order[:i], f, total, lp, sum_features)
         assert total is not None
         return total
 
+    def _dgm_add_sized(self, before: Sequence["Distribution"], f: "Distribution", total: Tensor, lp: Tensor,
+                       feature_dims: Sequence[int] | None) -> Tensor:
+        """The sum of two summed log-densities of different shapes.
+
+        Pixyz sums each factor's log-density over every dim but the first and adds them when those agree: that is
+        the number here too (a factor drawn with ``sample_shape`` keeps ``[L, B]`` where a scalar factor's ``[L, B]``
+        value scores to ``[L]``; broadcasting ``[L, B]`` with ``[L]`` from the right would add across the batch).
+        Where Pixyz would raise (batch sizes that differ), shapes that broadcast still do (a value with batch 1
+        scored with a batch of 4).
+        """
+        if feature_dims is None:
+            a, b = sum_samples(total), sum_samples(lp)
+            if a.shape == b.shape:
+                return a + b
+        if _broadcasts(total, lp):
+            return total + lp
+        self._dgm_refuse_sizes(before, f, total, lp, True)
+
     def _dgm_refuse_sizes(self, before: Sequence["Distribution"], f: "Distribution", total: Tensor, lp: Tensor,
-                          sum_features: bool) -> None:
+                          sum_features: bool) -> NoReturn:
         """Pixyz's error for factors whose log-densities differ in size (Pixyz raises it at any difference), naming
         the factors and the shapes: per feature (``sum_features=False``) the factors must have the same features."""
         so_far = " ".join(d.prob_text for d in before)

@@ -18,7 +18,7 @@ from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, run_network
 from pyro_dgm.distributions.pixyz_protocol import adopt
-from pyro_dgm.utils.checks import STRICT_SHAPES, describe, value_shape_problem
+from pyro_dgm.utils.checks import STRICT_SHAPES, ShapeError, clearer, describe, value_shape_problem
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
@@ -232,7 +232,7 @@ class DistributionBase(Distribution):
             try:
                 shape = torch.broadcast_shapes(*(t.shape for t in consts.values()))
             except RuntimeError:
-                raise ValueError(f"{describe(self)}: constant parameters do not broadcast together "
+                raise ShapeError(f"{describe(self)}: constant parameters do not broadcast together "
                                  f"({_shape_text(consts)})") from None
             self._features_shape = torch.Size(shape)
         for pname, t in consts.items():
@@ -243,7 +243,7 @@ class DistributionBase(Distribution):
             try:
                 full = t.expand(shape)
             except RuntimeError:
-                raise ValueError(f"{describe(self)}: parameter {pname} has shape {tuple(t.shape)}, which does not "
+                raise ShapeError(f"{describe(self)}: parameter {pname} has shape {tuple(t.shape)}, which does not "
                                  f"broadcast to features_shape {tuple(shape)}") from None
             self.register_buffer(pname, full.clone().unsqueeze(0))
 
@@ -359,7 +359,7 @@ class DistributionBase(Distribution):
         try:
             return self.pyro_dist(**params, validate_args=validate)
         except (ValueError, RuntimeError) as e:
-            raise ValueError(f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
+            raise clearer(e, f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
 
     def _dgm_closed_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState
                            ) -> closed_forms.ClosedParams | None:
@@ -697,7 +697,7 @@ class DistributionBase(Distribution):
             lp = base.log_prob(x)
         except (ValueError, RuntimeError) as e:
             bs = base.batch_shape
-            raise ValueError(f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "
+            raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "
                              f"batch shape {tuple(bs[:len(bs) - ev])} and event shape "
                              f"{tuple(bs[len(bs) - ev:] + base.event_shape)}: {e}") from e
         if sum_features and feature_dims is None:
@@ -705,7 +705,8 @@ class DistributionBase(Distribution):
         return self._dgm_sum_dims(lp, sum_features, feature_dims, "log-density")
 
     def _dgm_check_value(self, name: str, value_shape: torch.Size, shape: torch.Size, n_features: int) -> None:
-        """Raise ``ValueError`` if a value of ``value_shape`` would be broadcast over parameters of full shape
+        """Raise ``ValueError`` (a :class:`~pyro_dgm.utils.checks.ShapeError`, also the RuntimeError that torch
+        raises where the shapes do not broadcast at all) if a value of ``value_shape`` would be broadcast over parameters of full shape
         ``shape`` (of which the last ``n_features`` dims are feature dims); see
         :func:`~pyro_dgm.utils.checks.value_shape_problem`."""
         key = (value_shape, shape, n_features, STRICT_SHAPES[0])
@@ -719,7 +720,7 @@ class DistributionBase(Distribution):
             seen.add(key)
             return
         k = len(shape) - min(n_features, len(shape))
-        raise ValueError(f"{describe(self)}: the value of {name!r} has shape {tuple(value_shape)}, but the "
+        raise ShapeError(f"{describe(self)}: the value of {name!r} has shape {tuple(value_shape)}, but the "
                          f"distribution has batch shape {tuple(shape[:k])} and feature shape {tuple(shape[k:])}, so "
                          f"{name!r} should have shape {tuple(shape)} (leading sample dims allowed): {why}. A "
                          "value's features are never broadcast over the parameters' (they would be scored more than "

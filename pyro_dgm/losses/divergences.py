@@ -17,7 +17,7 @@ from torch.distributions import Independent, kl_divergence
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.expectation import Expectation
 from pyro_dgm.losses.pdf import LogProb, check_distribution
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import clearer, describe
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -221,7 +221,7 @@ class KullbackLeibler(Loss):
                     " pass analytical=False for a Monte Carlo estimate, or register one with "
                     "torch.distributions.kl.register_kl") from None
             except (ValueError, RuntimeError) as e:
-                raise ValueError(f"KullbackLeibler: cannot compare {describe(f)} (batch shape {tuple(pd.batch_shape)}"
+                raise clearer(e, f"KullbackLeibler: cannot compare {describe(f)} (batch shape {tuple(pd.batch_shape)}"
                                  f", event shape {tuple(pd.event_shape)}) with {describe(g)} (batch shape "
                                  f"{tuple(qd.batch_shape)}, event shape {tuple(qd.event_shape)}): {e}") from e
             kl = _dgm_sum_dims(kl, self.dim) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))

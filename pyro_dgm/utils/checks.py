@@ -6,6 +6,25 @@ import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
 
+class ShapeError(ValueError, RuntimeError):
+    """A ValueError that names what does not fit, raised where torch raised a RuntimeError (shapes that do not
+    broadcast): it is also a RuntimeError, which is what Pixyz programs see there."""
+
+
+def clearer(e: BaseException, message: str) -> ValueError:
+    """The ValueError to raise ``from e`` with ``message``: a :class:`ShapeError` when ``e`` is a RuntimeError, so
+    that ``except RuntimeError`` (torch's and Pixyz's type there) still catches it.
+
+    Examples
+    --------
+    >>> isinstance(clearer(RuntimeError("size mismatch"), "q(z|x): ..."), RuntimeError)
+    True
+    >>> type(clearer(ValueError("bad scale"), "q(z|x): ...")).__name__
+    'ValueError'
+    """
+    return ShapeError(message) if isinstance(e, RuntimeError) else ValueError(message)
+
+
 def describe(obj: Any) -> str:
     """The way errors name a distribution or a loss: its class and its formula, e.g. ``Normal p(x|z)``."""
     text = getattr(obj, "prob_text", None) or getattr(obj, "loss_text", None)

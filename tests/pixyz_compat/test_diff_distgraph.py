@@ -571,3 +571,45 @@ def test_a_query_a_deterministic_map_lacks_is_named() -> None:
     with renamed_import(), pytest.raises(NotImplementedError, match=r"Double p\(a\|x\): sample_variance is not "
                                                                       r"defined for Double"):
         program()
+
+
+def _sample_shape_draw_of_a_scalar_and_a_vector(batch_n: int) -> Any:
+    def program():
+        import torch
+        from pixyz.distributions import Laplace, Normal
+        y = Laplace(var=["y"], loc=torch.tensor(0.3), scale=1.2, name="p")  # scalar: its draws are [L, B]
+        a = Normal(var=["a"], loc=torch.full((2,), 0.3), scale=1.2, name="p")  # features [2]: [L, B, 2]
+        joint = a * y
+        drawn = joint.sample(batch_n=batch_n, sample_shape=[2])
+        return drawn, joint.get_log_prob(drawn), (y * a).get_log_prob(drawn), a.get_log_prob(drawn), y.get_log_prob(
+            drawn)
+    return program
+
+
+@pytest.mark.parametrize("batch_n", [1, 2, 3], ids=lambda n: f"batch_{n}")
+def test_a_sample_shape_draw_of_factors_of_other_ranks_scores_as_in_pixyz(batch_n: int) -> None:
+    """A scalar factor's ``[L, B]`` draw scores to ``[L]`` (every dim but the first is summed, as in Pixyz), a vector
+    factor's to ``[L, B]``. The sum had broadcast them from the right: with B = 1 or B = L it added each draw's
+    scalar term to every batch element (silently other numbers: -14.8 for Pixyz's -11.3), with other B it raised.
+    Now it is Pixyz's sum of the two factors' log-densities, each summed over every dim but the first."""
+    ref, ours = same(_sample_shape_draw_of_a_scalar_and_a_vector(batch_n))
+    drawn, joint, reversed_order, lp_a, lp_y = ours
+    a_terms = torch.distributions.Normal(0.3, 1.2).log_prob(drawn["a"]).sum((1, 2))
+    y_terms = torch.distributions.Laplace(0.3, 1.2).log_prob(drawn["y"]).sum(1)
+    torch.testing.assert_close(joint, a_terms + y_terms)
+    torch.testing.assert_close(reversed_order, a_terms + y_terms)
+
+
+def test_parameters_that_do_not_broadcast_raise_a_value_error_that_is_pixyzs_runtime_error() -> None:
+    """torch raises RuntimeError (so Pixyz does) where parameters do not broadcast; ours names the distribution and
+    the shapes, and is also a RuntimeError, so a Pixyz program's ``except RuntimeError`` still catches it."""
+    def program():
+        import torch
+        from pixyz.distributions import Normal
+        p = Normal(var=["b"], cond_var=["z"], loc="z", scale=torch.ones(3), name="p")
+        return p.sample({"z": torch.zeros(2, 2)})
+    assert raises_same(program)[0] is RuntimeError
+    with renamed_import(), pytest.raises(RuntimeError, match=r"Normal p\(b\|z\): invalid parameters \(loc: "
+                                                             r"\(2, 2\), scale: \(1, 3\)\)") as info:
+        program()
+    assert isinstance(info.value, ValueError)
