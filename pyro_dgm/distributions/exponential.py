@@ -6,7 +6,8 @@ relaxed samples and score them under the hard distribution: RelaxedBernoulli as 
 cross-entropy), RelaxedCategorical by the categorical log-probability of the sample's arg-max. Pixyz scores a
 RelaxedCategorical sample, and computes its entropy, as if its classes were independent Bernoulli variables (a sum
 of per-class cross-entropies), which is not the log-probability of any categorical distribution; we keep the
-categorical's (``tests/pixyz_compat/test_diff_distributions.py`` shows both). Pixyz's Multinomial ignores
+categorical's (``tests/pixyz_compat/test_diff_distributions.py`` shows both). The analytic KL of a relaxed family
+is that of its hard distribution (Pixyz's RelaxedCategorical: a sum of per-class Bernoulli divergences). Pixyz's Multinomial ignores
 ``total_count`` (it always draws one trial); ours uses it.
 """
 from __future__ import annotations
@@ -104,6 +105,26 @@ class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
 
     def entropy(self) -> Tensor:
         return self._hard().entropy()
+
+
+def _hard(d: Any) -> Any:
+    return d._hard() if isinstance(d, (RelaxedBernoulliHardScore, RelaxedOneHotCategoricalHardScore)) else d
+
+
+def _kl_of_the_hard_distributions(p: Any, q: Any) -> Tensor:
+    return torch.distributions.kl_divergence(_hard(p), _hard(q))
+
+
+# The analytic KL of a relaxed family is that of the hard distribution it scores under (Pixyz's KullbackLeibler of a
+# RelaxedBernoulli is the Bernoulli's), registered with torch so that KullbackLeibler and Pyro's
+# TraceMeanField_ELBO find it
+for _pair in [(RelaxedBernoulliHardScore, RelaxedBernoulliHardScore),
+              (RelaxedBernoulliHardScore, torch.distributions.Bernoulli),
+              (torch.distributions.Bernoulli, RelaxedBernoulliHardScore),
+              (RelaxedOneHotCategoricalHardScore, RelaxedOneHotCategoricalHardScore),
+              (RelaxedOneHotCategoricalHardScore, torch.distributions.OneHotCategorical),
+              (torch.distributions.OneHotCategorical, RelaxedOneHotCategoricalHardScore)]:
+    torch.distributions.kl.register_kl(*_pair)(_kl_of_the_hard_distributions)
 
 
 # What Pyro's views show (pyro.render_model's "x ~ Bernoulli", a distribution's repr): the family's name. The

@@ -235,9 +235,11 @@ class KullbackLeibler(Loss):
         return total
 
     def _dgm_one_dim(self, values: dict[str, Any], kwargs: dict[str, Any]) -> bool:
-        """Whether the element-wise divergence has one dim (checked only for a result of one value)."""
+        """Whether the element-wise divergence has one dim (checked only for a result of one value): torch's KL of
+        the element-wise distributions, whose batch shape is that of the values without their features, or of a
+        categorical's or Dirichlet's values without their event dim."""
         try:
-            shapes = [d.batch_shape + d.event_shape for f, g in self._dgm_pairs()
+            shapes = [_elementwise(d).batch_shape for f, g in self._dgm_pairs()
                       for d in (f.dist(values, **kwargs), g.dist(values, **kwargs))]
         except (AttributeError, NotImplementedError, TypeError, ValueError):  # no torch distribution: keep the shape
             return False

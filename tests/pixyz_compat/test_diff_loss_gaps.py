@@ -279,6 +279,87 @@ def test_kl_of_a_batch_of_scalars_is_one_value_per_element_here_pixyz_sums_the_b
     torch.testing.assert_close(ours, kl)
 
 
+def _kl_of_categoricals(batch: int) -> Any:
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from pixyz.distributions import Categorical, Dirichlet
+        from pixyz.losses import KullbackLeibler
+
+        class Q(Categorical):
+            def __init__(self):
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.fc = nn.Linear(2, 3)
+
+            def forward(self, x):
+                return {"probs": torch.softmax(self.fc(x), -1)}
+
+        class R(Dirichlet):
+            def __init__(self):
+                super().__init__(var=["w"], cond_var=["x"], name="r")
+                self.fc = nn.Linear(2, 3)
+
+            def forward(self, x):
+                return {"concentration": nn.functional.softplus(self.fc(x)) + 0.5}
+
+        q, r = Q(), R()
+        p = Categorical(var=["z"], probs=torch.tensor([0.2, 0.3, 0.5]), name="p")
+        s = Dirichlet(var=["w"], concentration=torch.tensor([1.0, 2.0, 3.0]), name="s")
+        x = torch.randn(batch, 2)
+        return (KullbackLeibler(q, p).eval({"x": x}), KullbackLeibler(r, s).eval({"x": x}), q.get_params({"x": x}),
+                r.get_params({"x": x}))
+    return program
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_kl_of_categoricals_is_one_value_per_element_here_pixyz_sums_the_batch(batch: int) -> None:
+    """Kept difference, of the same cause. A categorical's or Dirichlet's divergence has no feature dim (the classes
+    are its event), so Pixyz's ``torch.sum(dim=[])`` sums over the batch: one number for the whole batch. We give
+    one per element; for a batch of one, Pixyz's value and shape ()."""
+    ref, ours = run_both(_kl_of_categoricals(batch))
+    td = torch.distributions
+    p, s = td.Categorical(torch.tensor([0.2, 0.3, 0.5])), td.Dirichlet(torch.tensor([1.0, 2.0, 3.0]))
+    kl_q = td.kl_divergence(td.Categorical(probs=ours[2]["probs"]), p)
+    kl_r = td.kl_divergence(td.Dirichlet(ours[3]["concentration"]), s)
+    torch.testing.assert_close(ref[0], kl_q.sum())
+    torch.testing.assert_close(ref[1], kl_r.sum())
+    if batch == 1:
+        assert_same(ref, ours)
+    else:
+        torch.testing.assert_close(ours[0], kl_q)
+        torch.testing.assert_close(ours[1], kl_r)
+
+
+def _kl_of_relaxed_families() -> Any:
+    import torch
+    from pixyz.distributions import Bernoulli, RelaxedBernoulli, RelaxedCategorical
+    from pixyz.losses import KullbackLeibler
+
+    q = RelaxedBernoulli(var=["z"], probs=torch.tensor([0.3, 0.5, 0.9]), name="q")
+    p = RelaxedBernoulli(var=["z"], probs=torch.tensor([0.6, 0.5, 0.2]), name="p")
+    b = Bernoulli(var=["z"], probs=torch.tensor([0.6, 0.5, 0.2]), name="b")
+    qc = RelaxedCategorical(var=["y"], probs=torch.tensor([0.2, 0.3, 0.5]), name="q")
+    pc = RelaxedCategorical(var=["y"], probs=torch.tensor([0.5, 0.3, 0.2]), name="p")
+    return [KullbackLeibler(q, p).eval(), KullbackLeibler(q, b).eval(), KullbackLeibler(b, q).eval(),
+            KullbackLeibler(qc, pc).eval()]
+
+
+def test_kl_of_relaxed_families_is_that_of_the_hard_distributions() -> None:
+    """A relaxed family's analytic KL is its hard distribution's: for RelaxedBernoulli, Pixyz's (it raised here: no
+    KL between torch's relaxed distributions is registered). For RelaxedCategorical Pixyz sums per-class Bernoulli
+    divergences (as for its log-density: a kept difference); ours is the categorical's."""
+    ref, ours = run_both(_kl_of_relaxed_families)
+    assert_same(ref[:3], ours[:3])
+    td = torch.distributions
+    p, q = torch.tensor([0.3, 0.5, 0.9]), torch.tensor([0.6, 0.5, 0.2])
+    bernoulli = td.kl_divergence(td.Bernoulli(p), td.Bernoulli(q)).sum()
+    torch.testing.assert_close(ours[0], bernoulli.reshape(1))
+    torch.testing.assert_close(ours[2], td.kl_divergence(td.Bernoulli(q), td.Bernoulli(p)).sum().reshape(1))
+    pc, qc = torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.5, 0.3, 0.2])
+    torch.testing.assert_close(ours[3], td.kl_divergence(td.Categorical(pc), td.Categorical(qc)))  # one value: ()
+    torch.testing.assert_close(ref[3], td.kl_divergence(td.Bernoulli(pc), td.Bernoulli(qc)).sum().reshape(1))
+
+
 def _kl_falsy_dim() -> Any:
     import torch
     from pixyz.distributions import Normal
