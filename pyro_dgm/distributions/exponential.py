@@ -7,7 +7,8 @@ cross-entropy), RelaxedCategorical by the categorical log-probability of the sam
 RelaxedCategorical sample, and computes its entropy, as if its classes were independent Bernoulli variables (a sum
 of per-class cross-entropies), which is not the log-probability of any categorical distribution; we keep the
 categorical's (``tests/pixyz_compat/test_diff_distributions.py`` shows both). The analytic KL of a relaxed family
-is that of its hard distribution (Pixyz's RelaxedCategorical: a sum of per-class Bernoulli divergences). Pixyz's Multinomial ignores
+is that of its hard distribution (:func:`scored_distribution`; Pixyz's RelaxedCategorical: a sum of per-class
+Bernoulli divergences). Pixyz's Multinomial ignores
 ``total_count`` (it always draws one trial); ours uses it.
 """
 from __future__ import annotations
@@ -107,24 +108,24 @@ class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
         return self._hard().entropy()
 
 
-def _hard(d: Any) -> Any:
-    return d._hard() if isinstance(d, (RelaxedBernoulliHardScore, RelaxedOneHotCategoricalHardScore)) else d
+def scored_distribution(d: Any) -> Any:
+    """The distribution ``d`` scores under: a relaxed family's hard distribution (kept inside ``Independent``), or
+    ``d``. The analytic KL of a relaxed family is that of its hard distribution (Pixyz's KullbackLeibler of a
+    RelaxedBernoulli is the Bernoulli's); torch registers no KL of its relaxed distributions, and importing pyro_dgm
+    registers nothing with torch.
 
-
-def _kl_of_the_hard_distributions(p: Any, q: Any) -> Tensor:
-    return torch.distributions.kl_divergence(_hard(p), _hard(q))
-
-
-# The analytic KL of a relaxed family is that of the hard distribution it scores under (Pixyz's KullbackLeibler of a
-# RelaxedBernoulli is the Bernoulli's), registered with torch so that KullbackLeibler and Pyro's
-# TraceMeanField_ELBO find it
-for _pair in [(RelaxedBernoulliHardScore, RelaxedBernoulliHardScore),
-              (RelaxedBernoulliHardScore, torch.distributions.Bernoulli),
-              (torch.distributions.Bernoulli, RelaxedBernoulliHardScore),
-              (RelaxedOneHotCategoricalHardScore, RelaxedOneHotCategoricalHardScore),
-              (RelaxedOneHotCategoricalHardScore, torch.distributions.OneHotCategorical),
-              (torch.distributions.OneHotCategorical, RelaxedOneHotCategoricalHardScore)]:
-    torch.distributions.kl.register_kl(*_pair)(_kl_of_the_hard_distributions)
+    Examples
+    --------
+    >>> d = RelaxedBernoulliHardScore(torch.tensor(0.5), probs=torch.tensor([0.3]))
+    >>> type(scored_distribution(d)).__name__
+    'Bernoulli'
+    """
+    if isinstance(d, torch.distributions.Independent):
+        inner = scored_distribution(d.base_dist)
+        return d if inner is d.base_dist else torch.distributions.Independent(inner, d.reinterpreted_batch_ndims)
+    if isinstance(d, (RelaxedBernoulliHardScore, RelaxedOneHotCategoricalHardScore)):
+        return d._hard()
+    return d
 
 
 # What Pyro's views show (pyro.render_model's "x ~ Bernoulli", a distribution's repr): the family's name. The

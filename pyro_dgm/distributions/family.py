@@ -458,9 +458,13 @@ class DistributionBase(Distribution):
         key = self._dgm_const_key()
         cached = self._dgm_base_cache
         if cached is not None and cached[0] == key:
-            return cached[1]
-        base = self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=False)
-        self._dgm_base_cache = (key, base)
+            base = cached[1]
+        else:
+            base = self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=False)
+            self._dgm_base_cache = (key, base)
+        # the parameters were validated at construction; a value it scores is checked as torch checks it (a value
+        # outside the support raises, as under Pixyz, instead of scoring nan), while torch's validation is on
+        base._validate_args = _TorchDistribution._validate_args
         return base
 
     def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
+from pyro_dgm.distributions.exponential import scored_distribution
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.expectation import Expectation
 from pyro_dgm.losses.pdf import LogProb, check_distribution
@@ -203,7 +204,7 @@ class KullbackLeibler(Loss):
             if kl is not None:
                 total = kl if total is None else total + kl
                 continue
-            pd, qd = f.dist(values, **kwargs), g.dist(values, **kwargs)
+            pd, qd = scored_distribution(f.dist(values, **kwargs)), scored_distribution(g.dist(values, **kwargs))
             event_dims = 0
             if self.dim is not None:
                 pd, qd = _elementwise(pd), _elementwise(qd)

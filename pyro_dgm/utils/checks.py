@@ -100,7 +100,8 @@ def strict_shapes(enabled: bool = True) -> Iterator[None]:
     By default (Pixyz's behaviour, which Pixyz programs rely on, e.g. one value drawn with batch size 1 scored
     under a batch of conditionals) the batch dims of a value broadcast as torch broadcasts them; only its feature
     dims must be the distribution's. Here a value of batch size 1 (or without a batch dim) scored under a batch
-    of parameters is refused too. No cost where shapes agree: it is read only when they differ.
+    of parameters is refused too (a :class:`ShapeError`, which is a ValueError). No cost where shapes agree: it is
+    read only when they differ.
 
     Examples
     --------
@@ -113,7 +114,7 @@ def strict_shapes(enabled: bool = True) -> Iterator[None]:
     ...     p.get_log_prob({"x": torch.zeros(1, 3), "m": torch.zeros(5, 3)})
     Traceback (most recent call last):
     ...
-    ValueError: Normal p(x|m): the value of 'x' has shape (1, 3), ...
+    pyro_dgm.utils.checks.ShapeError: Normal p(x|m): the value of 'x' has shape (1, 3), ...
     """
     was = STRICT_SHAPES[0]
     STRICT_SHAPES[0] = bool(enabled)

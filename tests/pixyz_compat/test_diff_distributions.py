@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from pixyz_harness import run_both, run_pixyz, run_pyro_dgm, same
+from pixyz_harness import raises_same, renamed_import, run_both, run_pixyz, run_pyro_dgm, same
 
 
 # ---------------------------------------------------------------------------------------------- DistGraph
@@ -760,3 +760,33 @@ def test_mixture_sample_mean_is_the_mixture_mean() -> None:
     (ref, ref_locs), (ours, locs) = run_both(prog_mixture_sample_mean)
     torch.testing.assert_close(ref, ref_locs[0].expand(2, 2))
     torch.testing.assert_close(ours, torch.stack(locs).mean(0).expand(2, 2))
+
+
+def _score_outside_the_support(family: str) -> Any:
+    def program() -> Any:
+        import torch
+        import pixyz.distributions as D
+        params = {"Gamma": dict(concentration=torch.full((2,), 2.), rate=torch.ones(2)),
+                  "Beta": dict(concentration1=torch.full((2,), 2.), concentration0=torch.full((2,), 3.)),
+                  "Dirichlet": dict(concentration=torch.full((2,), 2.))}[family]
+        p = getattr(D, family)(var=["z"], name="p", **params)
+        return p.get_log_prob({"z": torch.tensor([[0.7, -0.2]])})
+    return program
+
+
+@pytest.mark.needs_validation
+@pytest.mark.parametrize("family", ["Gamma", "Beta", "Dirichlet"])
+def test_a_constant_distribution_refuses_a_value_outside_its_support(family: str) -> None:
+    """With torch's validation on, Pixyz raises torch's ValueError for a value outside the support; a distribution
+    of constant parameters scored nan here (its torch object, built once, skipped validation). Now it raises,
+    naming the distribution and the variable, and so does a Pyro trace of it (as plain Pyro's)."""
+    import pyro.poutine as poutine
+
+    import pyro_dgm.distributions as D
+
+    assert raises_same(_score_outside_the_support(family)) == (ValueError, ValueError)
+    with renamed_import(), pytest.raises(ValueError, match=rf"{family} p\(z\): cannot score 'z'.*support"):
+        _score_outside_the_support(family)()
+    p = D.Gamma(var=["z"], concentration=torch.full((2,), 2.), rate=torch.ones(2))
+    with pytest.raises(ValueError, match="support"):
+        poutine.trace(p.model).get_trace(z=torch.tensor([[0.7, -0.2]])).log_prob_sum()

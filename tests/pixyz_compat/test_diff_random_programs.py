@@ -3,8 +3,8 @@
 Hypothesis draws the programs: a joint of up to four factors (seven families, constant or network parameters, random
 parents, names and factor names), multiplied in a random order, then drawn (all variables, the last one, the means),
 scored (summed and per feature), printed, renamed and marginalized, with its factors' moments and parameters; a
-joint whose parameters are constants or named by other variables (``loc="z"``), drawn with ``sample_shape``; and a
-VAE-like model with a random loss formula (ELBO, KL and expectation, Monte Carlo, importance form, entropy or
+joint whose parameters are constants or named by other variables (``loc="z"``), drawn with ``sample_shape``; KL,
+entropy and cross-entropy terms between distributions of random families; and a VAE-like model with a random loss formula (ELBO, KL and expectation, Monte Carlo, importance form, entropy or
 cross-entropy; analytic or sampled; with arithmetic and reductions), trained by ``Model`` or ``VAE`` with a random
 optimizer and clipping. Every program must give the same outputs under both libraries: the same samples (so the
 same order of draws), log-densities, formulas, loss values and trained weights, or the same exception type.
@@ -182,6 +182,98 @@ def named_joint_program(spec: dict[str, Any]) -> Any:
     return program
 
 
+DIVERGENCE_FAMILIES = ["Normal", "Laplace", "Bernoulli", "FactorizedBernoulli", "RelaxedBernoulli", "Categorical",
+                       "Beta", "Gamma", "Dirichlet"]
+
+
+@st.composite
+def divergence_specs(draw: Any) -> dict[str, Any]:
+    """KL, entropy and cross-entropy terms between two distributions of random families, each with constant or
+    network parameters (a categorical's or Dirichlet's KL of a batch of several is a kept difference: a batch of one)."""
+    f = draw(st.sampled_from(DIVERGENCE_FAMILIES))
+    g = draw(st.sampled_from([f, f, *DIVERGENCE_FAMILIES]))
+    event = {"Categorical", "Dirichlet"} & {f, g}
+    return {"f": f, "g": g, "d": draw(st.integers(2, 3)), "q_net": draw(st.booleans()), "p_net": draw(st.booleans()),
+            "batch": 1 if event else draw(st.integers(1, 3)), "dim": draw(st.sampled_from([None, None, 1])),
+            "analytical": draw(st.sampled_from([True, True, False])), "features": draw(st.booleans()),
+            "sample_shape": draw(st.sampled_from([None, [1], [3]])),
+            "extra": draw(st.sampled_from(["none", "entropy", "cross_entropy", "get_entropy"]))}
+
+
+def divergence_program(spec: dict[str, Any]) -> Any:
+    def program() -> Any:
+        import torch
+        from torch import nn
+        import pixyz.distributions as D
+        import pixyz.losses as L
+
+        d = spec["d"]
+        softplus = nn.functional.softplus
+
+        def constant(family: str) -> dict[str, Any]:
+            full = lambda v: torch.full((d,), v)  # noqa: E731
+            return {"Normal": dict(loc=full(0.2), scale=full(1.3)), "Laplace": dict(loc=full(0.2), scale=full(1.3)),
+                    "Bernoulli": dict(probs=full(0.3)), "FactorizedBernoulli": dict(probs=full(0.3)),
+                    "RelaxedBernoulli": dict(probs=full(0.3), temperature=torch.tensor(0.5)),
+                    "Categorical": dict(probs=torch.softmax(torch.arange(d).float(), 0)),
+                    "Beta": dict(concentration1=full(2.), concentration0=full(3.)),
+                    "Gamma": dict(concentration=full(2.), rate=full(1.5)),
+                    "Dirichlet": dict(concentration=full(2.))}[family]
+
+        def from_network(family: str, o: Any) -> dict[str, Any]:
+            a, b = o[..., :d], o[..., d:]
+            if family in ("Normal", "Laplace"):
+                return {"loc": a, "scale": softplus(b) + 0.1}
+            if family in ("Bernoulli", "FactorizedBernoulli", "RelaxedBernoulli"):
+                return {"probs": torch.sigmoid(a)}
+            if family == "Categorical":
+                return {"probs": torch.softmax(a, -1)}
+            if family == "Beta":
+                return {"concentration1": softplus(a) + 0.5, "concentration0": softplus(b) + 0.5}
+            if family == "Gamma":
+                return {"concentration": softplus(a) + 0.5, "rate": softplus(b) + 0.5}
+            return {"concentration": softplus(a) + 0.5}
+
+        def make(family: str, network: bool, name: str) -> Any:
+            if not network:
+                options = constant(family)
+                if spec["features"] and family not in ("Categorical", "Dirichlet"):  # scalars and a features_shape
+                    options = {k: v[0] if v.dim() else v for k, v in options.items()}
+                    options["features_shape"] = [d]
+                return getattr(D, family)(var=["z"], name=name, **options)
+
+            class Net(getattr(D, family)):
+                def __init__(self):
+                    extra = {"temperature": torch.tensor(0.5)} if family == "RelaxedBernoulli" else {}
+                    super().__init__(var=["z"], cond_var=["x"], name=name, **extra)
+                    self.fc = nn.Linear(2, 2 * d)
+
+                def forward(self, x):
+                    return from_network(family, self.fc(x))
+            return Net()
+
+        q, p = make(spec["f"], spec["q_net"], "q"), make(spec["g"], spec["p_net"], "p")
+        options: dict[str, Any] = {} if spec["dim"] is None else {"dim": spec["dim"]}
+        if not spec["analytical"]:
+            options["analytical"] = False
+            if spec["sample_shape"]:
+                options["sample_shape"] = spec["sample_shape"]
+        kl = L.KullbackLeibler(q, p, **options)
+        given = {"x": torch.randn(spec["batch"], 2)} if kl.input_var else {}
+        out: dict[str, Any] = {"text": str(kl), "input_var": sorted(kl.input_var), "kl": kl.eval(dict(given))}
+        flag = {} if spec["analytical"] else {"analytical": False}
+        if spec["extra"] == "entropy":
+            term = L.Entropy(q, **flag)
+            out["extra"] = [str(term), term.eval(dict(given))]
+        elif spec["extra"] == "cross_entropy":
+            term = L.CrossEntropy(q, p, **flag)
+            out["extra"] = [str(term), term.eval(dict(given))]
+        elif spec["extra"] == "get_entropy":
+            out["extra"] = q.get_entropy(dict(given))
+        return out
+    return program
+
+
 @st.composite
 def model_specs(draw: Any) -> dict[str, Any]:
     return {"encoder": draw(st.sampled_from(["Normal", "Laplace"])),
@@ -309,6 +401,12 @@ def test_random_joints_match_pixyz(spec: dict[str, Any]) -> None:
 @given(spec=named_joint_specs())
 def test_random_joints_with_named_and_constant_parameters_match_pixyz(spec: dict[str, Any]) -> None:
     _same_outcome(named_joint_program(spec))
+
+
+@FAST
+@given(spec=divergence_specs())
+def test_random_divergences_match_pixyz(spec: dict[str, Any]) -> None:
+    _same_outcome(divergence_program(spec), rtol=1e-4, atol=1e-5)
 
 
 @FAST
