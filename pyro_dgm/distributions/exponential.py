@@ -108,6 +108,15 @@ class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
         return self._hard().entropy()
 
 
+class OneHotCategoricalArgMax(dist.OneHotCategorical):
+    """One-hot categorical that scores any vector by its arg-max, as Pixyz's Categorical does (a relaxed sample
+    scored under a categorical prior), without torch's check that the value is one-hot; a one-hot value scores as
+    under ``OneHotCategorical``, whose support (for Pyro's enumeration and guides) this keeps."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self._categorical.log_prob(value.max(-1)[1])
+
+
 def scored_distribution(d: Any) -> Any:
     """The distribution ``d`` scores under: a relaxed family's hard distribution (kept inside ``Independent``), or
     ``d``. The analytic KL of a relaxed family is that of its hard distribution (Pixyz's KullbackLeibler of a
@@ -134,6 +143,7 @@ BernoulliBCE.__name__ = "Bernoulli"
 FactorizedBernoulliBCE.__name__ = "FactorizedBernoulli"
 RelaxedBernoulliHardScore.__name__ = "RelaxedBernoulli"
 RelaxedOneHotCategoricalHardScore.__name__ = "RelaxedCategorical"
+OneHotCategoricalArgMax.__name__ = "OneHotCategorical"
 
 
 class Normal(DistributionBase):
@@ -272,7 +282,7 @@ class Categorical(DistributionBase):
 
     @property
     def pyro_dist(self) -> Any:  # type: ignore[override]
-        return dist.OneHotCategorical if self.one_hot else dist.Categorical
+        return OneHotCategoricalArgMax if self.one_hot else dist.Categorical
 
 
 class RelaxedCategorical(_Relaxed):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from pixyz_harness import raises_same, renamed_import, run_both, run_pixyz, run_pyro_dgm, same
+from pixyz_harness import assert_same, raises_same, renamed_import, run_both, run_pixyz, run_pyro_dgm, same
 
 
 # ---------------------------------------------------------------------------------------------- DistGraph
@@ -790,3 +790,35 @@ def test_a_constant_distribution_refuses_a_value_outside_its_support(family: str
     p = D.Gamma(var=["z"], concentration=torch.full((2,), 2.), rate=torch.ones(2))
     with pytest.raises(ValueError, match="support"):
         poutine.trace(p.model).get_trace(z=torch.tensor([[0.7, -0.2]])).log_prob_sum()
+
+
+def _categorical_scores_a_relaxed_value() -> Any:
+    import torch
+    from torch import nn
+    from pixyz.distributions import Categorical
+
+    class Prior(Categorical):
+        def __init__(self):
+            super().__init__(var=["y"], cond_var=["x"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, x):
+            return {"probs": torch.softmax(self.fc(x), -1)}
+
+    constant = Categorical(var=["y"], probs=torch.tensor([0.2, 0.3, 0.5]), name="p")
+    relaxed = torch.tensor([[0.41, 0.29, 0.6], [0.9, 0.05, 0.05]])  # not one-hot: e.g. Gumbel-softmax draws
+    network = Prior()
+    x = torch.randn(2, 2)
+    return (constant.get_log_prob({"y": relaxed}), network.get_log_prob({"y": relaxed, "x": x}),
+            network.get_params({"x": x})["probs"])
+
+
+@pytest.mark.needs_validation
+def test_categorical_scores_a_relaxed_value_by_its_arg_max_as_pixyz() -> None:
+    """Pixyz's Categorical scores any vector by its arg-max, with torch's validation on (a relaxed sample under a
+    categorical prior); here torch's one-hot check refused it (a network's parameters) or, since constants are
+    validated, also a constant distribution's."""
+    ref, ours = run_both(_categorical_scores_a_relaxed_value)
+    assert_same(ref, ours)
+    torch.testing.assert_close(ours[0], torch.tensor([0.5, 0.2]).log())
+    torch.testing.assert_close(ours[1], ours[2][[0, 1], [2, 0]].log())
