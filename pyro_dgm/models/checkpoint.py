@@ -218,7 +218,8 @@ def _check_pyro_params(model: "Model", saved: Mapping[str, Any]) -> list[tuple[T
 
 
 def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
-    """Restore :func:`model_state` into ``model`` (all shapes are checked before anything changes).
+    """Restore :func:`model_state` into ``model`` (all shapes are checked before anything changes), or the
+    distributions of a checkpoint written by Pixyz's ``Model.save`` (``{"distributions": state_dict}``).
 
     Raises
     ------
@@ -226,8 +227,15 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         If a tensor's shape differs (the message names the tensor and both shapes), if tensors are missing or
         unexpected, or if the checkpoint holds other optimizers or loss-term states than this model.
     """
+    if isinstance(state, Mapping) and set(state) == {"distributions"}:
+        # Pixyz's Model.save: the distributions' state dict alone (Pixyz saves no optimizer, counters or RNG
+        # states), which Pixyz's Model.load loads into model.distributions; so does this
+        _check_module("distributions", model.distributions, state["distributions"])
+        model.distributions.load_state_dict(state["distributions"])
+        return
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
-        raise ValueError("Model.load: not a pyro_dgm Model checkpoint (written by Model.save)")
+        raise ValueError("Model.load: not a pyro_dgm Model checkpoint (written by Model.save) nor a Pixyz one (a "
+                         "dict with the key 'distributions' alone)")
     _check_module("distributions", model.distributions, state["distributions"])
     others = _other_distributions(model)
     saved_others = state["other_distributions"]

@@ -120,3 +120,45 @@ def test_model_save_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     assert_same(run_pixyz(_save_load(str(tmp_path / "a"))), run_pyro_dgm(_save_load(str(tmp_path / "b"))))
+
+
+def _train_and_save(path: str):  # type: ignore[no-untyped-def]
+    def program():  # type: ignore[no-untyped-def]
+        import torch
+        from pixyz.losses import KullbackLeibler, LogProb, Expectation as E
+        from pixyz.models import Model
+        q, p, prior, x = docstring_vae()
+        model = Model(loss=(KullbackLeibler(q, prior) - E(q, LogProb(p))).mean(), distributions=[p, q],
+                      optimizer_params={"lr": 1e-2})
+        for _ in range(3):
+            model.train({"x": x.clone()})
+        model.save(path)
+        torch.manual_seed(0)  # the test loss draws z: the same draws as the reader's
+        return [w.detach().clone() for w in model.distributions.parameters()], model.test({"x": x.clone()})
+    return program
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    def program():  # type: ignore[no-untyped-def]
+        import torch
+        from pixyz.losses import KullbackLeibler, LogProb, Expectation as E
+        from pixyz.models import Model
+        q, p, prior, x = docstring_vae()  # the writer's x, and its initial (untrained) weights
+        model = Model(loss=(KullbackLeibler(q, prior) - E(q, LogProb(p))).mean(), distributions=[p, q],
+                      optimizer_params={"lr": 1e-2})
+        model.load(path)
+        torch.manual_seed(0)
+        return [w.detach().clone() for w in model.distributions.parameters()], model.test({"x": x.clone()})
+    return program
+
+
+@pytest.mark.parametrize("writer, reader", [(run_pixyz, run_pyro_dgm), (run_pyro_dgm, run_pixyz)],
+                         ids=["pixyz_file_read_here", "our_file_read_by_pixyz"])
+def test_a_checkpoint_of_one_library_loads_into_the_other(tmp_path, writer, reader) -> None:  # type: ignore[no-untyped-def]
+    """A Pixyz user's saved models load after renaming the import (Pixyz's Model.save writes the distributions' state
+    dict alone; Model.load here refused it), and Pixyz's Model.load reads ours (its 'distributions' entry)."""
+    path = str(tmp_path / "model.pth")
+    saved_weights, saved_test = writer(_train_and_save(path))
+    loaded_weights, loaded_test = reader(_load(path))
+    assert_same(saved_weights, loaded_weights)
+    assert_same(saved_test, loaded_test, rtol=1e-5, atol=1e-6)
