@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import textwrap
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, NoReturn
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Sequence
 
 import networkx as nx
 import pyro

@@ -710,8 +710,8 @@ class DistributionBase(Distribution):
 
     def _dgm_check_value(self, name: str, value_shape: torch.Size, shape: torch.Size, n_features: int) -> None:
         """Raise ``ValueError`` (a :class:`~pyro_dgm.utils.checks.ShapeError`, also the RuntimeError that torch
-        raises where the shapes do not broadcast at all) if a value of ``value_shape`` would be broadcast over parameters of full shape
-        ``shape`` (of which the last ``n_features`` dims are feature dims); see
+        raises where the shapes do not broadcast at all) if a value of ``value_shape`` would be broadcast over
+        parameters of full shape ``shape`` (of which the last ``n_features`` dims are feature dims); see
         :func:`~pyro_dgm.utils.checks.value_shape_problem`."""
         key = (value_shape, shape, n_features, STRICT_SHAPES[0])
         seen = self.__dict__.get("_dgm_shapes_ok")

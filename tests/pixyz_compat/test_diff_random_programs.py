@@ -4,10 +4,11 @@ Hypothesis draws the programs: a joint of up to four factors (seven families, co
 parents, names and factor names), multiplied in a random order, then drawn (all variables, the last one, the means),
 scored (summed and per feature), printed, renamed and marginalized, with its factors' moments and parameters; a
 joint whose parameters are constants or named by other variables (``loc="z"``), drawn with ``sample_shape``; KL,
-entropy and cross-entropy terms between distributions of random families; and a VAE-like model with a random loss formula (ELBO, KL and expectation, Monte Carlo, importance form, entropy or
-cross-entropy; analytic or sampled; with arithmetic and reductions), trained by ``Model`` or ``VAE`` with a random
-optimizer and clipping. Every program must give the same outputs under both libraries: the same samples (so the
-same order of draws), log-densities, formulas, loss values and trained weights, or the same exception type.
+entropy and cross-entropy terms between distributions of random families; and a VAE-like model with a random loss
+formula (ELBO, KL and expectation, Monte Carlo, importance form, entropy or cross-entropy; analytic or sampled; with
+arithmetic and reductions), trained by ``Model`` or ``VAE`` with a random optimizer and clipping. Every program must
+give the same outputs under both libraries: the same samples (so the same order of draws), log-densities, formulas,
+loss values and trained weights, or the same kind of exception.
 """
 from __future__ import annotations
 
@@ -189,7 +190,8 @@ DIVERGENCE_FAMILIES = ["Normal", "Laplace", "Bernoulli", "FactorizedBernoulli", 
 @st.composite
 def divergence_specs(draw: Any) -> dict[str, Any]:
     """KL, entropy and cross-entropy terms between two distributions of random families, each with constant or
-    network parameters (a categorical's or Dirichlet's KL of a batch of several is a kept difference: a batch of one)."""
+    network parameters (a categorical's or Dirichlet's KL of a batch of several is a kept difference: a batch of
+    one)."""
     f = draw(st.sampled_from(DIVERGENCE_FAMILIES))
     g = draw(st.sampled_from([f, f, *DIVERGENCE_FAMILIES]))
     event = {"Categorical", "Dirichlet"} & {f, g}

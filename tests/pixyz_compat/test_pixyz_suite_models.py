@@ -154,7 +154,7 @@ def _load(path: str):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("writer, reader", [(run_pixyz, run_pyro_dgm), (run_pyro_dgm, run_pixyz)],
                          ids=["pixyz_file_read_here", "our_file_read_by_pixyz"])
-def test_a_checkpoint_of_one_library_loads_into_the_other(tmp_path, writer, reader) -> None:  # type: ignore[no-untyped-def]
+def test_a_checkpoint_of_one_library_loads_into_the_other(tmp_path, writer, reader):  # type: ignore[no-untyped-def]
     """A Pixyz user's saved models load after renaming the import (Pixyz's Model.save writes the distributions' state
     dict alone; Model.load here refused it), and Pixyz's Model.load reads ours (its 'distributions' entry)."""
     path = str(tmp_path / "model.pth")
