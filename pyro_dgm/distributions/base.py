@@ -79,6 +79,12 @@ def _broadcasts(a: Tensor, b: Tensor) -> bool:
     return all(m == n or m == 1 or n == 1 for m, n in zip(reversed(a.shape), reversed(b.shape)))
 
 
+def has_network(cls: type) -> bool:
+    """Whether a distribution class's ``forward`` is its own network (the base classes' ``forward`` is none: it
+    raises, or, for a family, hands back its keyword arguments as Pixyz's does)."""
+    return not getattr(cls.forward, "_dgm_no_network", False)
+
+
 def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
     """Sum ``x`` over ``dims`` (Pixyz's default: every dim but the first, the batch dim).
 
@@ -880,3 +886,5 @@ class Distribution(YieldingModule):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Subclasses that hold a network override this: it maps ``cond_var`` values to parameters."""
         raise NotImplementedError(f"{describe(self)} has no network: forward() is not defined")
+
+    forward._dgm_no_network = True  # type: ignore[attr-defined]

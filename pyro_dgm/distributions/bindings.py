@@ -135,11 +135,11 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
     Returns the variables passed positionally (in forward's order) and ``(keyword, variable)`` pairs for a
     ``forward(**kwargs)``. Every ``cond_var`` must reach forward or a parameter given by name.
     """
-    from pyro_dgm.distributions.base import Distribution
+    from pyro_dgm.distributions.base import has_network
 
     used = set(used_by_params)
     cond = dist.cond_var
-    if type(dist).forward is Distribution.forward:
+    if not has_network(type(dist)):
         unused = [v for v in cond if v not in used]
         if unused:
             raise ValueError(f"{describe(dist)}: cond_var {unused[0]!r} is used by no parameter; name it as a "

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.distributions import Distribution as _TorchDistribution
 
 from pyro_dgm.distributions import closed_forms
-from pyro_dgm.distributions.base import Distribution, ValuesLike
+from pyro_dgm.distributions.base import Distribution, ValuesLike, has_network
 from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, run_network
@@ -143,7 +143,7 @@ class DistributionBase(Distribution):
             fwd_pos, fwd_kw = forward_binding(self, [v for _, v in var_params], accepted[-1] if accepted else "loc")
         except (ValueError, TypeError) as e:
             fwd_pos, fwd_kw, unusable = (), (), e
-        self._dgm_has_network = type(self).forward is not Distribution.forward
+        self._dgm_has_network = has_network(type(self))
         covered = set(consts) | {p for p, _ in var_params}
         self._dgm_missing_groups = tuple(g for g in self.param_groups if not covered.intersection(g))
         if self._dgm_missing_groups and not self._dgm_has_network and unusable is None:
@@ -262,6 +262,13 @@ class DistributionBase(Distribution):
 
     def _dgm_draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
         self._dgm_draw_with(self._dgm_b, values, ctx)
+
+    def forward(self, **params: Any) -> dict[str, Any]:
+        """No network: hands back its keyword arguments (Pixyz's ``DistributionBase.forward``, so ``prior()`` is
+        ``{}``); a subclass with a network overrides it to map ``cond_var`` values to parameters."""
+        return params
+
+    forward._dgm_no_network = True  # type: ignore[attr-defined]
 
     def _dgm_score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                           feature_dims: Sequence[int] | None) -> Tensor:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pyro
 from torch import Tensor
 
-from pyro_dgm.distributions.base import Distribution, sum_samples
+from pyro_dgm.distributions.base import Distribution, has_network, sum_samples
 from pyro_dgm.distributions.bindings import Binding, CallState, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import run_network
 from pyro_dgm.utils.checks import describe
@@ -47,7 +47,7 @@ class Deterministic(Distribution):
         unusable: BaseException | None = None
         pos: tuple[str, ...] = ()
         kw: tuple[tuple[str, str], ...] = ()
-        if type(self).forward is Distribution.forward:
+        if not has_network(type(self)):
             unusable = NotImplementedError(
                 f"{describe(self)}: subclass Deterministic with a forward({', '.join(self._cond_var)}) that returns "
                 f"{{{', '.join(repr(v) for v in self._var)}: ...}}")

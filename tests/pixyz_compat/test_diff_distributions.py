@@ -822,3 +822,33 @@ def test_categorical_scores_a_relaxed_value_by_its_arg_max_as_pixyz() -> None:
     assert_same(ref, ours)
     torch.testing.assert_close(ours[0], torch.tensor([0.5, 0.2]).log())
     torch.testing.assert_close(ours[1], ours[2][[0, 1], [2, 0]].log())
+
+
+def _calling_a_family_without_a_network() -> Any:
+    import torch
+    from torch import nn
+    from pixyz.distributions import Normal
+
+    class Shifted(Normal):  # a network that hands its inputs on through the family's forward
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["m"], name="p")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, m):
+            return super().forward(loc=self.fc(m), scale=torch.ones_like(m))
+
+    prior = Normal(var=["z"], loc=torch.tensor(0.), scale=torch.tensor(1.), features_shape=[2])
+    named = Normal(var=["x"], cond_var=["m"], loc="m", scale=1.)
+    shifted = Shifted()
+    m = torch.randn(3, 2)
+    return [prior(), named(m=m), shifted(m)["loc"], shifted.sample({"m": m})["x"], shifted.get_log_prob(
+        {"m": m, "x": torch.zeros(3, 2)})]
+
+
+def test_a_family_without_a_network_hands_back_its_arguments_as_pixyz() -> None:
+    """Pixyz's ``DistributionBase.forward(**params)`` returns ``params``: ``prior()`` is ``{}`` (it raised
+    NotImplementedError here), and a subclass's network may end with ``super().forward(loc=..., scale=...)``."""
+    ref, ours = same(_calling_a_family_without_a_network)
+    assert ours[0] == {}
+    loc = ours[2]
+    torch.testing.assert_close(ours[4], torch.distributions.Normal(loc, 1.0).log_prob(torch.zeros(3, 2)).sum(-1))
