@@ -155,12 +155,23 @@ class _FlowDistribution(OneSiteDistribution):
     def _dgm_sample_flow(self, x_dict: ValuesLike, batch_n: int | None, sample_shape: Sequence[int], return_all: bool,
                          reparam: bool, sample_mean: bool, return_hidden: bool, kwargs: dict[str, Any]
                          ) -> dict[str, Tensor]:
-        """Draw the variable, and the prior's (the flow's other side) unless ``return_hidden=False``, as Pixyz."""
+        """Draw the variable, and the prior's (the flow's other side) unless ``return_hidden=False``, as Pixyz.
+
+        A value given for the prior's variable is not an input: it is drawn anew, and the drawn value (the one the
+        variable was mapped from) is returned in its place, as by Pixyz; with ``return_hidden=False`` the given
+        value is handed back unchanged, as by Pixyz."""
+        hidden = self._hidden
+        given = None
+        if isinstance(x_dict, Mapping) and hidden in x_dict and hidden not in self._var and \
+                hidden not in self._dgm_input_var:
+            given = x_dict[hidden]
+            x_dict = {k: v for k, v in x_dict.items() if k != hidden}
         out = Distribution.sample(self, x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=True,
                                   reparam=reparam, sample_mean=sample_mean, **kwargs)
-        hidden = self._hidden
-        if not return_hidden and hidden not in self._var and (not isinstance(x_dict, Mapping) or hidden not in x_dict):
+        if not return_hidden and hidden not in self._var:
             out.pop(hidden, None)
+            if given is not None:
+                out[hidden] = given
         if return_all:
             return out
         keep = list(self._var) + ([hidden] if return_hidden else [])
@@ -252,15 +263,14 @@ class TransformedDistribution(_FlowDistribution):
                sample_shape: Sequence[int] = torch.Size(), return_all: bool = True, reparam: bool = False,
                compute_jacobian: bool = True, *, sample_mean: bool = False, return_hidden: bool = True,
                **kwargs: Any) -> dict[str, Tensor]:
-        """Draw :math:`z = f(x)`, :math:`x \\sim p_{prior}`; the result holds ``x`` too (unless
-        ``return_hidden=False``), as Pixyz's. The flow stores the log-determinant of this draw in
-        ``logdet_jacobian`` (``compute_jacobian`` is accepted for Pixyz's signature).
+        """Draw :math:`z = f(x)`, :math:`x \\sim p_{prior}`; the result holds ``x`` too, as Pixyz's (whose
+        TransformedDistribution has no ``return_hidden``: it is accepted and ignored). The flow stores the
+        log-determinant of this draw in ``logdet_jacobian`` (``compute_jacobian`` is accepted for Pixyz's signature).
 
         ``reparam=True`` keeps the prior's draw in the autograd graph too (Pixyz does not pass it on, so the prior's
         parameters get no pathwise gradient); the flow is in the graph either way, as in Pixyz.
         """
-        return self._dgm_sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, return_hidden,
-                                     kwargs)
+        return self._dgm_sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, True, kwargs)
 
     @property
     def flow_input_var(self) -> list[str]:
