@@ -852,3 +852,59 @@ def test_a_family_without_a_network_hands_back_its_arguments_as_pixyz() -> None:
     assert ours[0] == {}
     loc = ours[2]
     torch.testing.assert_close(ours[4], torch.distributions.Normal(loc, 1.0).log_prob(torch.zeros(3, 2)).sum(-1))
+
+
+def _product_with_a_constant_expert() -> Any:
+    import torch
+    from torch import nn
+    from pixyz.distributions import Normal, ProductOfNormal
+
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, x):
+            o = self.fc(x)
+            return {"loc": o[..., :2], "scale": nn.functional.softplus(o[..., 2:]) + .1}
+
+    q = Q()
+    constant = Normal(var=["z"], loc=torch.full((2,), 0.5), scale=torch.full((2,), 2.0), name="r")
+    poe = ProductOfNormal([q, constant])
+    x = torch.ones(2, 3)
+    return poe.prob_factorized_text, poe.get_params({"x": x}), q.get_params({"x": x})
+
+
+def test_a_product_of_experts_multiplies_a_constant_expert_too() -> None:
+    """Kept difference. Pixyz's ProductOfNormal skips every expert for which no input is given, so an expert without
+    inputs (a constant Normal) is never multiplied in, though its formula lists it. Ours multiplies all the experts
+    of the formula: N(0, 1) (the prior expert), q(z|x) and N(0.5, 2^2), by their precisions."""
+    ref, ours = run_both(_product_with_a_constant_expert)
+    assert ref[0] == ours[0] == "p(z)q(z|x)r(z)"
+    q = ours[2]
+    precision = 1 + q["scale"] ** -2 + 2.0 ** -2
+    torch.testing.assert_close(ours[1]["loc"], (q["loc"] * q["scale"] ** -2 + 0.5 * 2.0 ** -2) / precision)
+    torch.testing.assert_close(ours[1]["scale"], precision ** -0.5)
+    without = 1 + q["scale"] ** -2  # Pixyz's: the constant expert left out
+    torch.testing.assert_close(ref[1]["loc"], q["loc"] * q["scale"] ** -2 / without)
+
+
+def _mixture_with_sample_shape() -> Any:
+    import torch
+    from pixyz.distributions import Categorical, MixtureModel, Normal
+    mix = MixtureModel([Normal(var=["y"], loc=torch.zeros(2), scale=torch.ones(2), name="p_0"),
+                        Normal(var=["y"], loc=torch.full((2,), 10.), scale=torch.ones(2), name="p_1")],
+                       Categorical(var=["c"], probs=torch.tensor([0.4, 0.6]), name="p_c"))
+    return mix.sample(sample_shape=[3])["y"], mix.sample(batch_n=2, sample_shape=[3])["y"]
+
+
+def test_a_mixture_draws_sample_shape_draws() -> None:
+    """Kept difference. Pixyz's MixtureModel.sample takes ``sample_shape`` and ignores it (one draw, or one per
+    batch element); ours draws ``sample_shape`` of them, each from one component (its features all near 0 or near
+    10)."""
+    (one_r, batch_r), (one_o, batch_o) = run_both(_mixture_with_sample_shape)
+    assert one_r.shape == (1, 2) and batch_r.shape == (2, 2)
+    assert one_o.shape == (3, 1, 2) and batch_o.shape == (3, 2, 2)
+    near_10 = (batch_o - 10).abs().max(-1).values < 5
+    near_0 = batch_o.abs().max(-1).values < 5
+    assert bool((near_10 ^ near_0).all())  # each draw is one component's
