@@ -39,7 +39,7 @@ from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
-from pyro_dgm.utils.checks import check_present, describe
+from pyro_dgm.utils.checks import OutOfRangeError, check_present, describe
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
 
@@ -189,10 +189,10 @@ class AdversarialLoss(Loss):
             return
         if not torch.is_floating_point(y) or bool(((y < 0) | (y > 1) | torch.isnan(y)).any()):
             y = y.detach().float()
-            raise ValueError(f"{type(self).__name__} {self.latex}: the discriminator {describe(self._dgm_d)} must "
-                             "output probabilities in [0, 1] (the probability that a sample comes from "
-                             f"{self.p.prob_text}), got values in [{float(y.min())}, {float(y.max())}]; end its "
-                             "network with a sigmoid")
+            raise OutOfRangeError(
+                f"{type(self).__name__} {self.latex}: the discriminator {describe(self._dgm_d)} must output "
+                f"probabilities in [0, 1] (the probability that a sample comes from {self.p.prob_text}), got values "
+                f"in [{float(y.min())}, {float(y.max())}]; end its network with a sigmoid")
 
     def frozen_parameters(self) -> list[Tensor]:
         """The discriminator's own parameters: the generator-side value does not train them (:meth:`loss_train`

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import re
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -425,6 +426,16 @@ class Model:
             raise ValueError(f"{type(self).__name__}: there are no parameters to optimize: distributions=[...] is "
                              f"empty and the Pyro terms of the loss {self.loss_cls} created no parameter")
         if not loss.requires_grad:
+            if any(p.requires_grad for term in self.loss_cls.loss_terms() for p in term.frozen_parameters()):
+                # Pixyz's step runs: the loss reaches only an adversarial term's discriminator (which this
+                # optimizer does not train), so its gradient changes nothing; so does ours, saying so
+                warnings.warn(f"{type(self).__name__}: the loss {self.loss_cls} sends no gradient to the trained "
+                              "parameters, only to the discriminator of its adversarial term (trained by that term's "
+                              "loss_train), so this step changes nothing (as under Pixyz); check the order of the "
+                              "term's distributions and that distributions=[...] holds the generator",
+                              RuntimeWarning, stacklevel=2)
+                self.step += 1
+                return loss.detach()
             raise RuntimeError(f"{type(self).__name__}: the loss {self.loss_cls} does not depend on the trained "
                                "parameters (it has no gradient); check that distributions=[...] holds the "
                                "distributions the loss uses")

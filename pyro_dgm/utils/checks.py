@@ -11,6 +11,11 @@ class ShapeError(ValueError, RuntimeError):
     broadcast): it is also a RuntimeError, which is what Pixyz programs see there."""
 
 
+class OutOfRangeError(ValueError, RuntimeError):
+    """A ValueError for a value outside the range an operation takes, where torch raises a RuntimeError (a
+    discriminator's output outside [0, 1] under a binary cross-entropy): also that RuntimeError."""
+
+
 def clearer(e: BaseException, message: str) -> ValueError:
     """The ValueError to raise ``from e`` with ``message``: a :class:`ShapeError` when ``e`` is a RuntimeError, so
     that ``except RuntimeError`` (torch's and Pixyz's type there) still catches it.

@@ -20,7 +20,7 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
-from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
+from pixyz_harness import assert_same, raises_same, renamed_import, run_both, run_pixyz, run_pyro_dgm
 
 from pyro_dgm.distributions import closed_forms
 
@@ -698,3 +698,75 @@ def test_data_paralleled_loss_passes_attributes_through():
     """Pixyz's wrapper answers what it lacks from the wrapped loss (``DataParalleledLoss(kl).p``)."""
     ref, ours = run_both(_data_paralleled_loss_passes_attributes_through)
     assert_same(ref, ours)
+
+
+def _adversarial_term_that_reaches_only_its_discriminator() -> Any:
+    import torch
+    from torch import nn, optim
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialKullbackLeibler
+    from pixyz.models import Model
+
+    class G(Deterministic):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z):
+            return {"x": self.fc(z)}
+
+    class D(Deterministic):
+        def __init__(self):
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return {"t": torch.sigmoid(self.fc(x))}
+
+    g, d = G(), D()
+    prior = Normal(var=["z"], loc=torch.tensor(0.), scale=torch.tensor(1.), features_shape=[2], name="p_{z}")
+    p = (g * prior).marginalize_var("z")
+    # the KL's generator term scores samples of its first distribution: here the data, so g gets no gradient
+    loss = AdversarialKullbackLeibler(EmpiricalDistribution(["x"]), p, discriminator=d,
+                                      optimizer_params={"lr": 1e-2}).mean()
+    model = Model(loss, distributions=[g], optimizer=optim.Adam, optimizer_params={"lr": 1e-2})
+    before = [w.detach().clone() for w in g.parameters()]
+    x = torch.randn(4, 3)
+    steps = [model.train({"x": x.clone()}) for _ in range(2)]
+    return steps, [bool(torch.equal(a, b)) for a, b in zip(before, g.parameters())]
+
+
+def test_an_adversarial_term_that_trains_no_model_parameter_steps_as_pixyz_with_a_warning() -> None:
+    """Pixyz's step runs (the loss reaches only the adversarial term's discriminator, which the model's optimizer
+    does not train: nothing changes); here it raised "the loss does not depend on the trained parameters". Now it
+    runs as Pixyz's, changes nothing, and warns, naming the loss."""
+    with pytest.warns(RuntimeWarning, match=r"sends no gradient to the trained parameters"):
+        ref, ours = run_both(_adversarial_term_that_reaches_only_its_discriminator)
+    assert_same(ref, ours)
+    assert ours[1] == [True, True]  # the generator's weights did not move (under Pixyz either)
+
+
+def _discriminator_outside_the_unit_interval() -> Any:
+    import torch
+    from torch import nn
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialJensenShannon
+
+    class D(Deterministic):
+        def __init__(self):
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return {"t": self.fc(x) + 5.0}  # no sigmoid
+
+    p = Normal(var=["x"], loc=torch.zeros(3), scale=torch.ones(3), name="p")
+    AdversarialJensenShannon(EmpiricalDistribution(["x"]), p, discriminator=D()).loss_train(
+        {"x": torch.randn(4, 3)})
+
+
+def test_a_discriminator_output_outside_the_unit_interval_raises_pixyzs_runtime_error_too() -> None:
+    assert raises_same(_discriminator_outside_the_unit_interval)[0] is RuntimeError
+    with renamed_import(), pytest.raises(RuntimeError, match=r"must output probabilities in \[0, 1\]") as info:
+        _discriminator_outside_the_unit_interval()
+    assert isinstance(info.value, ValueError)
