@@ -30,7 +30,7 @@ discriminator outputs the probability that a sample comes from ``p`` (the first 
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -113,6 +113,7 @@ class AdversarialLoss(Loss):
         self.__dict__["_dgm_d"] = discriminator
         compared = {id(t) for t in [*p.parameters(), *q.parameters()]}
         self.__dict__["_dgm_d_only"] = [t for t in discriminator.parameters() if id(t) not in compared]
+        self.__dict__["_dgm_frozen"] = list(self._dgm_d_only)
         self.d_optimizer = _build_optimizer(owner, optimizer, discriminator, dict(optimizer_params or {}))
         self.loss_optimizer = optimizer  # Pixyz's attributes: the optimizer's class and arguments as given
         self.loss_optimizer_params = optimizer_params if optimizer_params is not None else {}
@@ -196,8 +197,17 @@ class AdversarialLoss(Loss):
 
     def frozen_parameters(self) -> list[Tensor]:
         """The discriminator's own parameters: the generator-side value does not train them (:meth:`loss_train`
-        does)."""
-        return list(self._dgm_d_only)
+        does), except those a ``Model`` of this loss trains too (see ``_dgm_trained_with``)."""
+        return list(self._dgm_frozen)
+
+    def _dgm_trained_with(self, params: Iterable[Tensor], sharer: Any = None) -> None:
+        """Tell the term which parameters the model that minimizes it trains: the discriminator's parameters among
+        them get the generator-side value's gradient, as under Pixyz (a ``Model`` whose ``distributions`` hold the
+        discriminator steps it on that value, too); the others stay out of its autograd graph (only
+        :meth:`loss_train`, which clears their gradients first, trains them: the same numbers either way)."""
+        trained = {id(t) for t in params}
+        self.__dict__["_dgm_frozen"] = [t for t in self._dgm_d_only if id(t) not in trained]
+        self.__dict__["_dgm_sharer"] = id(sharer)  # (an id: the term stays picklable)
 
     def forward(self, values: dict[str, Any], discriminator: bool = False, **kwargs: Any) -> Tensor:
         """The generator-side value; with ``discriminator=True`` (Pixyz), the discriminator's loss on detached
@@ -208,7 +218,7 @@ class AdversarialLoss(Loss):
                 xp = self._dgm_samples(self.p, values, n, False, kwargs)
                 xq = self._dgm_samples(self.q, values, n, False, kwargs)
             return self._dgm_d_loss(xp, xq, kwargs)
-        with frozen(self._dgm_d_only):
+        with frozen(self._dgm_frozen):
             return self._dgm_g_loss(values, n, kwargs)
 
     def _dgm_g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:

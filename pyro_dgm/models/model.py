@@ -294,6 +294,7 @@ class Model:
         # None in one process, where train() evaluates the loss directly
         self._dgm_ddp = _dist.wrap(self.distributions)
         self._dgm_params = [p for p in self.distributions.parameters() if p.requires_grad]
+        self._dgm_share_trained()
         # Parameters that the loss creates in Pyro's param store (an autoguide in a PyroELBO term) are trained too, as
         # SVI trains them: they are found by tracing the parameters each step when the loss has a Pyro-side term
         # (decided here, once), else when the param store grows during a step (one len() before and after).
@@ -326,6 +327,16 @@ class Model:
         owner = type(self).__name__
         self.loss_cls = check_loss(owner, loss, "loss")
         self.test_loss_cls = check_loss(owner, test_loss, "test_loss") if test_loss is not None else loss
+        if "_dgm_params" in self.__dict__:
+            self._dgm_share_trained()
+
+    def _dgm_share_trained(self) -> None:
+        """Tell the loss's adversarial terms which parameters this model trains (their ``_dgm_trained_with``); a
+        training step tells them again when another model of the same terms told them last."""
+        self._dgm_sharing = [term for loss in (self.loss_cls, self.test_loss_cls) for term in loss.loss_terms()
+                             if callable(getattr(term, "_dgm_trained_with", None))]
+        for term in self._dgm_sharing:
+            term._dgm_trained_with(self._dgm_params, self)
 
     def __str__(self) -> str:
         probs = [d.prob_text for d in self.distributions if isinstance(d, Distribution)]
@@ -406,6 +417,9 @@ class Model:
                 break
         if self.optimizer is not None:
             self.optimizer.zero_grad()
+        for term in self._dgm_sharing:  # (adversarial terms only; none for most models)
+            if term.__dict__.get("_dgm_sharer") != id(self):
+                term._dgm_trained_with(self._dgm_params, self)
         if self._dgm_pyro_terms:
             import pyro.poutine as poutine
 
