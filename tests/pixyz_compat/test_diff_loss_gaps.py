@@ -700,12 +700,12 @@ def test_data_paralleled_loss_passes_attributes_through():
     assert_same(ref, ours)
 
 
-def _adversarial_term_that_reaches_only_its_discriminator() -> Any:
+def _generator_and_discriminator() -> Any:
+    """A generator g(x|z), a discriminator d(t|x) ending in a sigmoid and g's marginal p(x) = ∫g(x|z)p(z)dz (the
+    imports are the calling program's: under renamed_import, pyro_dgm's)."""
     import torch
-    from torch import nn, optim
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
-    from pixyz.losses import AdversarialKullbackLeibler
-    from pixyz.models import Model
+    from torch import nn
+    from pixyz.distributions import Deterministic, Normal
 
     class G(Deterministic):
         def __init__(self):
@@ -725,7 +725,17 @@ def _adversarial_term_that_reaches_only_its_discriminator() -> Any:
 
     g, d = G(), D()
     prior = Normal(var=["z"], loc=torch.tensor(0.), scale=torch.tensor(1.), features_shape=[2], name="p_{z}")
-    p = (g * prior).marginalize_var("z")
+    return g, d, (g * prior).marginalize_var("z")
+
+
+def _adversarial_term_that_reaches_only_its_discriminator() -> Any:
+    import torch
+    from torch import optim
+    from pixyz.distributions import EmpiricalDistribution
+    from pixyz.losses import AdversarialKullbackLeibler
+    from pixyz.models import Model
+
+    g, d, p = _generator_and_discriminator()
     # the KL's generator term scores samples of its first distribution: here the data, so g gets no gradient
     loss = AdversarialKullbackLeibler(EmpiricalDistribution(["x"]), p, discriminator=d,
                                       optimizer_params={"lr": 1e-2}).mean()
@@ -774,31 +784,13 @@ def test_a_discriminator_output_outside_the_unit_interval_raises_pixyzs_runtime_
 
 def _model_that_trains_the_discriminator_too() -> Any:
     import torch
-    from torch import nn, optim
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from torch import optim
+    from pixyz.distributions import EmpiricalDistribution
     from pixyz.losses import AdversarialJensenShannon
     from pixyz.models import Model
 
-    class G(Deterministic):
-        def __init__(self):
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 3)
-
-        def forward(self, z):
-            return {"x": self.fc(z)}
-
-    class D(Deterministic):
-        def __init__(self):
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.fc = nn.Linear(3, 1)
-
-        def forward(self, x):
-            return {"t": torch.sigmoid(self.fc(x))}
-
-    g, d = G(), D()
-    prior = Normal(var=["z"], loc=torch.tensor(0.), scale=torch.tensor(1.), features_shape=[2], name="p_{z}")
-    adv = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (g * prior).marginalize_var("z"), discriminator=d,
-                                   optimizer_params={"lr": 1e-2})
+    g, d, p = _generator_and_discriminator()
+    adv = AdversarialJensenShannon(EmpiricalDistribution(["x"]), p, discriminator=d, optimizer_params={"lr": 1e-2})
     both = Model(adv.mean(), distributions=[g, d], optimizer=optim.SGD, optimizer_params={"lr": 1e-1})
     x = torch.randn(4, 3)
     out = []
