@@ -762,14 +762,17 @@ def test_mixture_sample_mean_is_the_mixture_mean() -> None:
     torch.testing.assert_close(ours, torch.stack(locs).mean(0).expand(2, 2))
 
 
+def _support_params(family: str) -> dict[str, torch.Tensor]:
+    return {"Gamma": dict(concentration=torch.full((2,), 2.), rate=torch.ones(2)),
+            "Beta": dict(concentration1=torch.full((2,), 2.), concentration0=torch.full((2,), 3.)),
+            "Dirichlet": dict(concentration=torch.full((2,), 2.))}[family]
+
+
 def _score_outside_the_support(family: str) -> Any:
     def program() -> Any:
         import torch
         import pixyz.distributions as D
-        params = {"Gamma": dict(concentration=torch.full((2,), 2.), rate=torch.ones(2)),
-                  "Beta": dict(concentration1=torch.full((2,), 2.), concentration0=torch.full((2,), 3.)),
-                  "Dirichlet": dict(concentration=torch.full((2,), 2.))}[family]
-        p = getattr(D, family)(var=["z"], name="p", **params)
+        p = getattr(D, family)(var=["z"], name="p", **_support_params(family))
         return p.get_log_prob({"z": torch.tensor([[0.7, -0.2]])})
     return program
 
@@ -787,7 +790,7 @@ def test_a_constant_distribution_refuses_a_value_outside_its_support(family: str
     assert raises_same(_score_outside_the_support(family)) == (ValueError, ValueError)
     with renamed_import(), pytest.raises(ValueError, match=rf"{family} p\(z\): cannot score 'z'.*support"):
         _score_outside_the_support(family)()
-    p = D.Gamma(var=["z"], concentration=torch.full((2,), 2.), rate=torch.ones(2))
+    p = getattr(D, family)(var=["z"], **_support_params(family))
     with pytest.raises(ValueError, match="support"):
         poutine.trace(p.model).get_trace(z=torch.tensor([[0.7, -0.2]])).log_prob_sum()
 
