@@ -774,7 +774,9 @@ class DistributionBase(Distribution):
         """
         fn, base = self._dgm_moment(x_dict, kwargs)
         if sum_features and feature_dims is None:
-            return fn.entropy()
+            # the sum over the feature (event) dims; not fn.entropy(): torch's Independent cannot sum an empty batch
+            n = len(fn.event_shape) - len(base.event_shape)
+            return base.entropy().sum(tuple(range(-n, 0))) if n else base.entropy()
         return self._dgm_sum_dims(base.entropy(), sum_features, feature_dims, "entropy")
 
     def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:

@@ -213,6 +213,14 @@ class KullbackLeibler(Loss):
                 # broadcasts the element-wise divergences and sums them over the feature dims
                 event_dims = max(len(pd.event_shape), len(qd.event_shape))
                 pd, qd = _elementwise(pd), _elementwise(qd)
+            else:
+                # the feature dims summed here, as the KL of two Independents does (which cannot sum an empty batch)
+                pe, qe = _elementwise(pd), _elementwise(qd)
+                event_dims = len(pd.event_shape) - len(pe.event_shape)
+                if event_dims and len(qd.event_shape) - len(qe.event_shape) == event_dims:
+                    pd, qd = pe, qe
+                else:
+                    event_dims = 0
             try:
                 kl = kl_divergence(pd, qd)
             except NotImplementedError:
