@@ -21,29 +21,25 @@ _NO_SHAPE = torch.Size()
 #: The keywords of a sampling call (``Distribution.sample``'s options): a loss's ``eval`` passes them on to the terms
 #: that draw, and they are never a network's argument (one definition for the distributions and the losses).
 SAMPLING_OPTIONS = frozenset({"batch_n", "sample_shape", "reparam", "sample_mean", "return_all"})
-_FORWARD_KEYWORDS: dict[type, frozenset[str] | None] = {}
+_FORWARD_KEYWORDS: dict[type, frozenset[str]] = {}
 
 
 def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The keywords of a call that ``module.forward`` takes besides the variables: its named keyword parameters
-    (all of them for a ``forward(**kwargs)``). Other options (``sample(unknown_opt=None)``, a loss's options) are
-    dropped, as Pixyz never passes them to a network. The signature is read once per class."""
+    """The keywords of a call that ``module.forward`` names as its parameters besides the variables (``forward(self,
+    y, factor=1.0)`` takes ``model.test(data, factor=0.0)``'s ``factor``). Other options (``sample(unknown_opt=None)``,
+    a loss's options, a graph's options) are dropped, as Pixyz never passes them to a network; a ``forward(**inputs)``
+    gets only the inputs, as under Pixyz. The signature is read once per class."""
     if not kwargs:
         return kwargs
     cls = type(module)
-    names = _FORWARD_KEYWORDS.get(cls, _NO_SHAPE)
-    if names is _NO_SHAPE:
+    names = _FORWARD_KEYWORDS.get(cls)
+    if names is None:
         try:
             prms = list(inspect.signature(cls.forward).parameters.values())[1:]
         except (TypeError, ValueError):
             prms = []
-        if any(p.kind is p.VAR_KEYWORD for p in prms):
-            names = None
-        else:
-            names = frozenset(p.name for p in prms if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        names = frozenset(p.name for p in prms if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
         _FORWARD_KEYWORDS[cls] = names
-    if names is None:
-        return kwargs
     return {k: v for k, v in kwargs.items() if k in names}
 
 

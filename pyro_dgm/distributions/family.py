@@ -504,11 +504,12 @@ class DistributionBase(Distribution):
                 batch_shape = base.batch_shape
         ev = len(batch_shape) - bn
         root = expand and not any(v in ctx.event_dims for v in b.input_var)
-        if root and ctx.batch_n is not None and bn >= 1:
-            if not b.input_var:
+        if expand and ctx.batch_n is not None and bn >= 1:
+            if root and not b.input_var:
                 base = expand_batch_n(self, base, ctx.batch_n)
-            elif ctx.obs is None and base.batch_shape[:1] == (1,):
-                # Pixyz: sample(inputs of batch 1, batch_n=N) draws N values (a mismatch runs unexpanded)
+            elif ctx.obs is None and base.batch_shape[:1] == (1,) and (root or bn == 1):
+                # Pixyz: sample(inputs of batch 1, batch_n=N) draws N values (a mismatch runs unexpanded); so does a
+                # factor whose parent was drawn with batch 1 (by its own graph.set_option(dict(batch_n=1), ...))
                 base = expand_batch_n(self, base, ctx.batch_n)
         return base, ev, root
 

@@ -68,11 +68,41 @@ def prog_set_option_carries_into_products():
     return prior.sample(), j.sample(), j.replace_var(x="y").sample()
 
 
+def prog_set_option_batch_n_on_a_child():
+    """``batch_n`` set on a factor whose parent is drawn in the same pass with batch 1 (a network's or a named
+    parameter's input): Pixyz expands the factor's batch of 1 to ``batch_n``, as for a factor without parents."""
+    import torch
+    from torch import nn
+    from pixyz.distributions import Normal
+
+    class Child(Normal):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = nn.Linear(2, 2)
+
+        def forward(self, z):
+            return {"loc": self.net(z), "scale": torch.ones(1, 2)}
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    by_network, by_name = Child() * prior, Normal(loc="z", scale=1., var=["y"], cond_var=["z"]) * prior
+    by_network.graph.set_option(dict(batch_n=3), ["x"])
+    by_name.graph.set_option(dict(batch_n=4), ["y"])
+    torch.manual_seed(1)
+    s, t = by_network.sample(), by_name.sample()
+    torch.manual_seed(2)  # the draws after: how many random numbers the first took
+    return s, t, torch.randn(2)
+
+
 @pytest.mark.parametrize("program", [prog_graph_name_follows_a_rename, prog_print_graph_of_a_joint,
                                      prog_set_option_on_a_factor, prog_set_option_sum_features, prog_visible_graph,
-                                     prog_set_option_carries_into_products])
+                                     prog_set_option_carries_into_products, prog_set_option_batch_n_on_a_child])
 def test_dist_graph(program) -> None:  # type: ignore[no-untyped-def]
     same(program)
+
+
+def test_batch_n_on_a_child_draws_that_many() -> None:
+    ref, _ = same(prog_set_option_batch_n_on_a_child)
+    assert ref[0]["z"].shape == (1, 2) and ref[0]["x"].shape == (3, 2) and ref[1]["y"].shape == (4, 2)
 
 
 def test_set_option_gives_pixyz_shapes() -> None:

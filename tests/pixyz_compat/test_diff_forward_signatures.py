@@ -5,13 +5,19 @@ Before, pyro_dgm passed the inputs positionally in the order of forward's argume
 ``forward(self, x, h_prev=None, z_prev=None)`` with ``cond_var=["x", "z_prev"]`` the value of ``z_prev`` arrived as
 ``h_prev`` (and ``z_prev`` was None): a TypeError, or silently other numbers when both had the same shape. A
 keyword-only argument (``forward(self, *, x)``) was passed positionally too: a TypeError.
+
+A ``forward(**inputs)`` gets the inputs and nothing else, as under Pixyz: a graph's options and keywords of ``eval``
+or ``Model.train`` went into ``**inputs`` too. A keyword that ``forward`` names as a parameter does reach it here
+(Pixyz drops it: a documented difference).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
-from pixyz_harness import same
+import torch
+from pixyz_harness import assert_same, run_both, same
 
 
 def _program(signature: str) -> Any:
@@ -99,3 +105,70 @@ SIGNATURES = ["gap", "defaults_only", "reversed", "keyword_only", "mixed", "var_
 def test_each_input_reaches_forward_under_its_name(signature: str) -> None:
     ref, ours = same(_program(signature))
     assert ref["seen"] == [("s", "x")]  # the program does route every input by name (under Pixyz)
+
+
+def _catch_all_program() -> Any:
+    """A network that reads its inputs from ``forward(**inputs)``, in a joint whose graph has an option for every
+    call (``feature_dims``, which only scoring reads) and in losses evaluated with a keyword Pixyz drops
+    (``model.test(data, flag=True)``): under Pixyz forward gets exactly the inputs. We passed the option and the
+    keyword into ``**inputs`` too, and ``torch.cat(list(inputs.values()))`` raised."""
+    import torch
+    from torch import nn
+    from pixyz.distributions import Normal
+    from pixyz.losses import LogProb
+    from pixyz.models import Model
+
+    class Child(Normal):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z", "y"], name="p")
+            self.net = nn.Linear(3, 2)
+
+        def forward(self, **inputs):
+            h = self.net(torch.cat([inputs[k] for k in sorted(inputs)], -1))
+            return {"loc": h, "scale": torch.ones_like(h)}
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    joint = Child() * prior
+    joint.graph.set_option({"feature_dims": [1]})
+    y = torch.randn(4, 1)
+    drawn = joint.sample({"y": y}, batch_n=4)
+    model = Model(-LogProb(joint).mean(), distributions=[joint], optimizer_params={"lr": 0.1})
+    def data():  # a fresh copy each step: Pixyz's cache would reuse the last step's freed graph for the same tensors
+        return {k: v.detach().clone() for k, v in drawn.items()}
+
+    return drawn, joint.get_log_prob(data()), [model.train(data(), flag=True) for _ in range(2)], model.test(
+        data(), flag=True)
+
+
+def test_a_catch_all_forward_gets_only_the_inputs() -> None:
+    same(_catch_all_program)
+
+
+def _named_keyword_program() -> Any:
+    """``forward(self, y, factor=1.0)`` evaluated with ``factor=0.0``: the loss of ``x = 0`` under N(factor * net(y),
+    1), without and with the keyword."""
+    import torch
+    from torch import nn
+    from pixyz.distributions import Normal
+    from pixyz.losses import LogProb
+
+    class Scaled(Normal):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["y"], name="p")
+            self.net = nn.Linear(1, 1)
+
+        def forward(self, y, factor=1.0):
+            return {"loc": factor * self.net(y), "scale": torch.ones_like(y)}
+
+    loss = -LogProb(Scaled()).mean()
+    data = {"x": torch.zeros(4, 1), "y": torch.ones(4, 1)}
+    return loss.eval(dict(data)), loss.eval(dict(data), factor=0.0)
+
+
+def test_a_keyword_that_forward_names_reaches_it_here_pixyz_drops_it() -> None:
+    """A documented difference (``docs/porting.md``): Pixyz drops the keyword, so ``forward`` runs with its default
+    and both values are the same; here it reaches ``forward``: 0.5 log(2 pi), the loss of x = 0 under N(0, 1)."""
+    (pixyz_default, pixyz_keyword), (ours_default, ours_keyword) = run_both(_named_keyword_program)
+    assert torch.equal(pixyz_keyword, pixyz_default)
+    assert_same(pixyz_default, ours_default)
+    assert float(ours_keyword.detach()) == pytest.approx(0.5 * math.log(2 * math.pi))

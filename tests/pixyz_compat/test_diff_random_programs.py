@@ -3,7 +3,8 @@
 Hypothesis draws the programs: a joint of up to four factors (seven families, constant or network parameters, random
 parents, names and factor names), multiplied in a random order, then drawn (all variables, the last one, the means),
 scored (summed and per feature), printed, renamed and marginalized, with its factors' moments and parameters; a
-joint whose parameters are constants or named by other variables (``loc="z"``), drawn with ``sample_shape``; KL,
+joint whose parameters are constants or named by other variables (``loc="z"``), drawn with ``sample_shape``; a
+chain whose graph has options set (``graph.set_option``), drawn and scored; KL,
 entropy and cross-entropy terms between distributions of random families; and a VAE-like model with a random loss
 formula (ELBO, KL and expectation, Monte Carlo, importance form, entropy or cross-entropy; analytic or sampled; with
 arithmetic and reductions), trained by ``Model`` or ``VAE`` with a random optimizer and clipping. Every program must
@@ -371,6 +372,73 @@ def model_program(spec: dict[str, Any]) -> Any:
     return program
 
 
+OPTION_VALUES = {"batch_n": [2, 3], "sample_shape": [(), (2,), (2, 3)], "reparam": [True, False],
+                 "sample_mean": [True, False], "sum_features": [True, False], "feature_dims": [None, [1], [-1]]}
+
+
+@st.composite
+def option_specs(draw: Any) -> dict[str, Any]:
+    """A chain of Normal factors (a constant root; each child's loc given by a network or named by its parent) with
+    options set on its graph (``graph.set_option``: for a variable's factor, or for every call), then drawn and
+    scored. ``sample_shape`` is set only on the root or for every call (set on a child, Pixyz draws the child once
+    per parent draw: the documented difference)."""
+    n = draw(st.integers(2, 3))
+    dims = draw(st.lists(st.integers(1, 2), min_size=n, max_size=n))
+    options = []
+    for _ in range(draw(st.integers(1, 2))):
+        var = draw(st.sampled_from([None] + [f"v{i}" for i in range(n)]))
+        keys = draw(st.lists(st.sampled_from(sorted(OPTION_VALUES)), min_size=1, max_size=2, unique=True))
+        option = {k: draw(st.sampled_from(OPTION_VALUES[k])) for k in keys
+                  if not (k == "sample_shape" and var not in (None, "v0"))}
+        options.append((option, var))
+    return {"dims": dims, "options": options,
+            "children": draw(st.lists(st.sampled_from(["network", "named"]), min_size=n - 1, max_size=n - 1)),
+            "calls": draw(st.permutations(["sample", "batch_n", "given", "log_prob", "elementwise", "LogProb"]))}
+
+
+def option_program(spec: dict[str, Any]) -> Any:
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from pixyz.distributions import Normal
+        from pixyz.losses import LogProb
+
+        dims = spec["dims"]
+
+        class Child(Normal):
+            def __init__(self, i: int) -> None:
+                super().__init__(var=[f"v{i}"], cond_var=[f"v{i - 1}"], name=f"p_{i}")
+                self.net = nn.Linear(dims[i - 1], dims[i])
+
+            def forward(self, **inputs: Any) -> dict:
+                h = self.net(*inputs.values())
+                return {"loc": h, "scale": torch.ones_like(h)}
+
+        joint = Normal(loc=torch.zeros(dims[0]), scale=torch.ones(dims[0]), var=["v0"], name="p_0")
+        for i, kind in enumerate(spec["children"], start=1):
+            if kind == "named" and dims[i] == dims[i - 1]:
+                joint = joint * Normal(loc=f"v{i - 1}", scale=1., var=[f"v{i}"], cond_var=[f"v{i - 1}"], name=f"p_{i}")
+            else:
+                joint = joint * Child(i)
+        for option, var in spec["options"]:
+            joint.graph.set_option(dict(option), [var] if var else [])
+        drawn = joint.sample()
+        calls = {"sample": lambda: joint.sample(), "batch_n": lambda: joint.sample(batch_n=4),
+                 "given": lambda: joint.sample({"v0": torch.ones(5, dims[0])}),
+                 "log_prob": lambda: joint.get_log_prob(drawn),
+                 "elementwise": lambda: joint.get_log_prob(drawn, sum_features=False),
+                 "LogProb": lambda: LogProb(joint).eval(drawn)}
+        out: dict[str, Any] = {"drawn": drawn}
+        for i, name in enumerate(spec["calls"]):
+            torch.manual_seed(i)  # each call from a known state, whatever the calls before it drew or raised
+            try:
+                out[name] = calls[name]()
+            except Exception as e:  # noqa: BLE001 (the kind of failure is compared)
+                out[name] = e
+        return out
+    return program
+
+
 def _same_outcome(program: Any, **tolerances: Any) -> None:
     """Both libraries give the same results, or raise the same kind of exception (ours may be a subclass of
     Pixyz's: a ValueError that names what is wrong and is also torch's RuntimeError)."""
@@ -416,6 +484,22 @@ def test_random_divergences_match_pixyz(spec: dict[str, Any]) -> None:
 def test_random_losses_and_models_match_pixyz(spec: dict[str, Any]) -> None:
     # the weights after a few optimizer steps: float32 rounding of two summation orders (1e-4 relative)
     _same_outcome(model_program(spec), rtol=1e-4, atol=1e-5)
+
+
+@FAST
+@given(spec=option_specs())
+def test_random_graph_options_match_pixyz(spec: dict[str, Any]) -> None:
+    """Each call gives Pixyz's value or raises Pixyz's kind of error; where Pixyz raises (e.g. "Two PDFs ... have
+    different sizes" for a root drawn with batch_n=3 and a child of batch 1) pyro_dgm may compute the value."""
+    ref, ours = run_pixyz(option_program(spec)), run_pyro_dgm(option_program(spec))
+    assert ref.keys() == ours.keys()
+    for name in ref:
+        if isinstance(ref[name], Exception):
+            assert not isinstance(ours[name], Exception) or isinstance(ours[name], type(ref[name])), (
+                f"{name}: Pixyz raises {ref[name]!r}, pyro_dgm {ours[name]!r}")
+        else:
+            assert not isinstance(ours[name], Exception), f"{name}: Pixyz runs, pyro_dgm raises {ours[name]!r}"
+            assert_same(ref[name], ours[name], path=name)
 
 
 @pytest.mark.parametrize("spec", [
