@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.joint import LabelledComposite, MultiplyDistribution, pixyz_graph
-from pyro_dgm.utils.checks import check_var_name, describe
+from pyro_dgm.utils.checks import NoClosedFormError, check_var_name, describe
 from pyro_dgm.utils.latex import latex_name
 
 __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
@@ -270,5 +270,37 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
 
     def _dgm_score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                           feature_dims: Sequence[int] | None) -> Tensor:
+        # (not the kept factor's even where the marginal is one: Pixyz documents that a marginal's is not computed)
         raise NotImplementedError(f"{describe(self)}: the marginal log-density {self.prob_joint_factorized_and_text}"
-                                  " has no closed form; estimate it with an importance-weighted bound")
+                                  " is not computed (as in Pixyz); estimate it with an importance-weighted bound")
+
+    def _dgm_kept_factor(self, what: str) -> Distribution:
+        """The factor this marginal is. When no factor of the kept variables reads a marginalized one, the
+        marginalized factors integrate to one and the marginal is the product of the others: here, one factor.
+        Otherwise (a mixture over the marginalized variables, or several factors) there is no closed form."""
+        m = set(self._dgm_marginalized)
+        kept = [f for f in self.p._dgm_factors if not set(f.var) <= m]
+        mixed = [f for f in kept if (set(f.var) | set(f.input_var)) & m]
+        if mixed or len(kept) != 1:
+            why = (f"{mixed[0].prob_text} depends on the marginalized "
+                   f"{sorted((set(mixed[0].var) | set(mixed[0].input_var)) & m)}" if mixed
+                   else f"it is a product of {len(kept)} factors; call it on a factor")
+            raise NoClosedFormError(f"{describe(self)}: {what} of the marginal {self.prob_joint_factorized_and_text} "
+                                    f"has no closed form ({why}); estimate it by sampling (e.g. an "
+                                    "importance-weighted bound for the log-density)")
+        return kept[0]
+
+    def get_params(self, params_dict: Any = None, **kwargs: Any) -> dict[str, Tensor]:
+        """The parameters of the one factor this marginal is (when the marginalized variables are read by no other
+        factor: they integrate to one)."""
+        return self._dgm_kept_factor("get_params").get_params(params_dict, **kwargs)
+
+    def get_entropy(self, x_dict: Any = None, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
+                    **kwargs: Any) -> Tensor:
+        return self._dgm_kept_factor("the entropy").get_entropy(x_dict, sum_features, feature_dims, **kwargs)
+
+    def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
+        return self._dgm_kept_factor("the mean").sample_mean(x_dict, **kwargs)
+
+    def sample_variance(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
+        return self._dgm_kept_factor("the variance").sample_variance(x_dict, **kwargs)

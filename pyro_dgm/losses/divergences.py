@@ -8,6 +8,7 @@ no silent fallback.
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -18,7 +19,7 @@ from pyro_dgm.distributions.exponential import scored_distribution
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.expectation import Expectation
 from pyro_dgm.losses.pdf import LogProb, check_distribution
-from pyro_dgm.utils.checks import clearer, describe
+from pyro_dgm.utils.checks import NoClosedFormError, clearer, describe
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,7 +85,7 @@ def _mean_field(d: "Distribution", owner: str, fix: str) -> tuple["Distribution"
     for f in factors:
         inner = [v for v in f.input_var if v in own]
         if inner:
-            raise NotImplementedError(
+            raise NoClosedFormError(
                 f"{owner}: {f.prob_text} is conditioned on {inner[0]!r}, which {d.prob_text} itself generates, so "
                 f"the analytic value is not a sum over factors; {fix}")
     return factors
@@ -124,7 +125,8 @@ class KullbackLeibler(Loss):
     Raises
     ------
     ValueError
-        If ``p`` and ``q`` have different ``var``, or their shapes do not broadcast.
+        When evaluated: if ``p`` and ``q`` are products over different ``var`` (analytic), or their shapes do not
+        broadcast.
     NotImplementedError
         If no analytic divergence is known for the pair (pass ``analytical=False``).
 
@@ -151,10 +153,14 @@ class KullbackLeibler(Loss):
             self.__class__ = AnalyticalKullbackLeibler
         check_distribution(p, "KullbackLeibler", "p")
         check_distribution(q, "KullbackLeibler", "q")
-        crossed = set(p.input_var) & set(q.var) or set(q.input_var) & set(p.var)  # e.g. q(z|x) vs p(x|z): a mistake
-        if not (analytical and p._dgm_factors == (p,) and q._dgm_factors == (q,)) or crossed:
-            # (two single distributions are compared as distributions whatever their variables are named, as in Pixyz)
-            _check_same_var("KullbackLeibler", p, q)
+        if set(p.input_var) & set(q.var) or set(q.input_var) & set(p.var):
+            # e.g. q(z|x) vs p(x|z): computed as Pixyz computes it (two single distributions compared as distributions
+            # of one value, whatever their variables are named; the Monte Carlo form E_p[log p - log q]), but rarely
+            # what was meant
+            warnings.warn(f"KullbackLeibler: {p.prob_text} and {q.prob_text} are over different variables, each "
+                          f"conditioned on the other's ({p.var} and {q.var}); the divergence compares them as "
+                          f"distributions of one value, as Pixyz does (did you mean a prior over {p.var}?)",
+                          UserWarning, stacklevel=2)
         self.p, self.q = p, q
         self.dim = dim
         self.analytical = analytical
@@ -178,7 +184,8 @@ class KullbackLeibler(Loss):
     def _dgm_pairs(self) -> list[tuple["Distribution", "Distribution"]]:
         p, q = self.p, self.q
         if p._dgm_factors == (p,) and q._dgm_factors == (q,):
-            return [(p, q)]
+            return [(p, q)]  # compared as distributions whatever their variables are named, as in Pixyz
+        _check_same_var("KullbackLeibler", p, q)  # (raised when evaluated, as Pixyz's)
         fix = "pass analytical=False for a Monte Carlo estimate"
         owner = f"KullbackLeibler {self.latex}"
         pf, qf = _mean_field(p, owner, fix), _mean_field(q, owner, fix)
@@ -187,7 +194,7 @@ class KullbackLeibler(Loss):
         for f in pf:
             g = by_var.get(frozenset(f.var))
             if g is None or len(pf) != len(qf):
-                raise NotImplementedError(
+                raise NoClosedFormError(
                     f"{owner}: the factors of {p.prob_factorized_text} and {q.prob_factorized_text} do not match "
                     f"one to one (each factor of one over the same variables as a factor of the other), so there is "
                     f"no analytic sum over factors; {fix}")
@@ -333,8 +340,8 @@ class Entropy(Loss):
             try:
                 h = f.get_entropy(values, **kwargs)
             except NotImplementedError as e:
-                raise NotImplementedError(f"Entropy: {describe(f)} has no analytic entropy ({e}); pass "
-                                          "analytical=False for a Monte Carlo estimate") from e
+                raise NoClosedFormError(f"Entropy: {describe(f)} has no analytic entropy ({e}); pass "
+                                        "analytical=False for a Monte Carlo estimate") from e
             total = h if total is None else total + h
         assert total is not None
         return total
@@ -379,7 +386,6 @@ def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,
     True
     """
     if analytical:
-        _check_same_var("CrossEntropy", p, q)
         return Entropy(p) + KullbackLeibler(p, q)
     check_distribution(p, "CrossEntropy", "p")
     check_distribution(q, "CrossEntropy", "q")

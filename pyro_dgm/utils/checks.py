@@ -16,6 +16,12 @@ class OutOfRangeError(ValueError, RuntimeError):
     discriminator's output outside [0, 1] under a binary cross-entropy): also that RuntimeError."""
 
 
+class NoClosedFormError(NotImplementedError, ValueError):
+    """No analytic value: a distribution without an analytic entropy (a ``Deterministic``), a product with a factor
+    conditioned on a variable the product generates, or factors that do not pair up. A NotImplementedError, and the
+    ValueError Pixyz raises for the analytic entropy of such a distribution or the analytic KL of a product."""
+
+
 def clearer(e: BaseException, message: str) -> ValueError:
     """The ValueError to raise ``from e`` with ``message``: a :class:`ShapeError` when ``e`` is a RuntimeError, so
     that ``except RuntimeError`` (torch's and Pixyz's type there) still catches it.

@@ -23,9 +23,16 @@ def test_missing_variable_is_named(vae) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_kl_between_different_vars_names_both(vae) -> None:  # type: ignore[no-untyped-def]
+    """q(z|x) against p(x|z) is computed as Pixyz computes it (``test_diff_losses.py``), with a warning naming both;
+    a product over other variables raises when evaluated, naming both and their variables."""
     q, p, prior, x = vae
-    with pytest.raises(ValueError, match=r"q\(z\|x\) has var \['z'\] and p\(x\|z\) has var \['x'\]"):
+    with pytest.warns(UserWarning, match=r"q\(z\|x\) and p\(x\|z\) are over different variables.*\['z'\] and "
+                                         r"\['x'\]"):
         KullbackLeibler(q, p)
+    kl = KullbackLeibler(q * prior.replace_var(z="w"), prior)
+    with pytest.raises(ValueError, match=r"q\(z,w\|x\) and p_\{prior\}\(z\) must be over the same variables.*has "
+                                         r"var \['z', 'w'\] and p_\{prior\}\(z\) has var \['z'\]"):
+        kl.eval({"x": x})
 
 
 def test_kl_with_incompatible_shapes_is_a_value_error() -> None:

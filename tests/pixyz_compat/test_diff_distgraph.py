@@ -613,3 +613,89 @@ def test_parameters_that_do_not_broadcast_raise_a_value_error_that_is_pixyzs_run
                                                              r"\(2, 2\), scale: \(1, 3\)\)") as info:
         program()
     assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------- moments of a marginal
+def _marginal_program(order: str, query: str) -> Any:
+    """p(x|y) q(w) with w integrated out: q(w) reads nothing of p's and nothing reads w, so it integrates to one
+    and the marginal is p(x|y). Pixyz answers a marginal's ``get_params`` with its *last* factor's (``order``:
+    whether that is p or the integrated q), and raises ``NotImplementedError`` for its other moments."""
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Gamma, Normal
+
+        p = Normal(var=["x"], cond_var=["y"], loc="y", scale=torch.full((2,), 3.), name="p")
+        q = Gamma(concentration=torch.full((2,), 2.), rate=torch.ones(2), var=["w"], name="q")
+        marginal = (q * p if order == "p last" else p * q).marginalize_var(["w"])
+        y = {"y": torch.ones(4, 2)}
+        of_p = {"params": p.get_params(y), "entropy": p.get_entropy(y), "mean": p.sample_mean(y),
+                "variance": p.sample_variance(y)}
+        answer = {"params": lambda: marginal.get_params(y), "entropy": lambda: marginal.get_entropy(y),
+                  "mean": lambda: marginal.sample_mean(y), "variance": lambda: marginal.sample_variance(y)}[query]
+        return answer(), of_p[query], q.get_params()
+    return program
+
+
+def test_the_parameters_of_a_marginal_are_those_of_the_factor_it_is_as_pixyz() -> None:
+    ref, ours = run_both(_marginal_program("p last", "params"))
+    assert_same(ref, ours)
+    assert_same(ours[1], ours[0])  # p's parameters: the right answer, Pixyz's too when p is its last factor
+
+
+@pytest.mark.parametrize("order", ["p last", "q last"])
+@pytest.mark.parametrize("query", ["params", "entropy", "mean", "variance"])
+def test_the_moments_of_a_marginal_are_those_of_the_factor_it_is(order: str, query: str) -> None:
+    """Here every moment is p's, whatever the order of the product. Pixyz raises for the entropy, mean and variance
+    (they go to the joint); its ``get_params`` answers with q's when q comes last (documented in porting.md)."""
+    answer, of_p, of_q = run_pyro_dgm(_marginal_program(order, query))
+    assert_same(of_p, answer)
+    if query != "params":
+        with pytest.raises(NotImplementedError):
+            run_pixyz(_marginal_program(order, query))
+    elif order == "q last":
+        answer, _, of_q = run_pixyz(_marginal_program(order, query))
+        assert_same(of_q, answer)
+
+
+def _marginal_mean_and_log_prob(query: str) -> Any:
+    import torch
+    from pixyz.distributions import Gamma, Normal
+
+    p = Normal(var=["x"], cond_var=["y"], loc="y", scale=torch.full((2,), 3.), name="p")
+    q = Gamma(concentration=torch.full((2,), 2.), rate=torch.ones(2), var=["w"], name="q")
+    marginal = (q * p).marginalize_var(["w"])
+    values = {"x": torch.zeros(4, 2), "y": torch.ones(4, 2)}
+    if query == "mean":
+        return marginal.sample_mean(values), p.sample_mean(values)
+    return marginal.get_log_prob(values)
+
+
+def test_the_mean_of_a_marginal_is_its_factors_and_its_log_density_is_not_computed() -> None:
+    """Pixyz's marginal ``sample_mean`` raises (it asks the joint), ours is p(x|y)'s; the log-density of a marginal is
+    not computed in either (Pixyz's docstring of ``DistGraph._get_log_prob`` says so), even where it is p's."""
+    with pytest.raises(NotImplementedError):
+        run_pixyz(lambda: _marginal_mean_and_log_prob("mean"))
+    mean, mean_of_p = run_pyro_dgm(lambda: _marginal_mean_and_log_prob("mean"))
+    assert_same(mean_of_p, mean)
+    torch.testing.assert_close(mean, torch.ones(4, 2))  # the loc, y
+    assert raises_same(lambda: _marginal_mean_and_log_prob("log_prob")) == (NotImplementedError, NotImplementedError)
+
+
+def _marginal_of_a_mixture() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+
+    p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1., name="p")
+    prior = Normal(var=["z"], loc=torch.zeros(2), scale=1., name="p_{prior}")
+    return (p * prior).marginalize_var(["z"]).get_params({})
+
+
+def test_the_parameters_of_a_true_mixture_are_refused_as_by_pixyz() -> None:
+    """p(x) = ∫ p(x|z) p(z) dz is no Normal with parameters: both raise a ValueError (ours also a
+    NotImplementedError, naming the factor that reads z)."""
+    from pyro_dgm.utils.checks import NoClosedFormError
+
+    pixyz_error, ours = raises_same(_marginal_of_a_mixture)
+    assert pixyz_error is ValueError and issubclass(ours, NoClosedFormError) and issubclass(ours, ValueError)
+    with pytest.raises(NoClosedFormError, match=r"p\(x\|z\) depends on the marginalized \['z'\]"):
+        run_pyro_dgm(_marginal_of_a_mixture)

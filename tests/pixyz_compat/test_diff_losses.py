@@ -7,6 +7,7 @@ seed, and networks are initialized in the same order under both libraries, so th
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -602,3 +603,69 @@ def prog_kl_between_differently_named_variables() -> Any:
 def test_kl_between_differently_named_variables() -> None:
     ref, ours = run_both(prog_kl_between_differently_named_variables)
     assert_same(ref, ours)
+
+
+def _outcome(build: Any, data: dict) -> Any:
+    """What a program sees: the formula and value, or when it raised (building or evaluating) and the type."""
+    try:
+        loss = build()
+    except Exception as e:  # noqa: BLE001 (the kind of failure is compared)
+        return ("building raised", type(e))
+    try:
+        return str(loss), loss.eval(dict(data))
+    except Exception as e:  # noqa: BLE001
+        return ("evaluating raised", type(e))
+
+
+def prog_divergences_between_other_variables() -> Any:
+    """Terms between distributions over other variables. Pixyz builds each; it computes q(z|x) against p(x|z) (two
+    single distributions compared as distributions of one value; the Monte Carlo form E_q[log q - log p]), and
+    raises only when a product's analytic KL or entropy, or a deterministic distribution's entropy, is evaluated
+    (ValueError) or a deterministic factor is scored (NotImplementedError). pyro_dgm refused the KLs when they were
+    built, and raised a NotImplementedError (not also a ValueError) for the entropies."""
+    import torch
+    from torch import nn
+    import pixyz.distributions as pd
+    import pixyz.losses as L
+
+    class H(pd.Deterministic):
+        def __init__(self):
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+            self.net = nn.Linear(1, 2)
+
+        def forward(self, x):
+            return {"h": torch.tanh(self.net(x))}
+
+    q = pd.Normal(loc="x", scale=torch.tensor(1.5), var=["z"], cond_var=["x"], name="q")
+    p = pd.Normal(loc="z", scale=torch.tensor(0.5), var=["x"], cond_var=["z"], name="p")
+    q_h = pd.Normal(loc="h", scale=torch.tensor(1.), var=["z"], cond_var=["h"], name="q") * H()
+    prior = pd.Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_{prior}")
+    data = {"x": torch.randn(3, 1), "z": torch.randn(3, 1)}
+    return {
+        "KL(q(z|x), p(x|z))": _outcome(lambda: L.KullbackLeibler(q, p), data),
+        "KL(q(z|x), p(x|z)) by Monte Carlo": _outcome(
+            lambda: L.KullbackLeibler(q, p, analytical=False, sample_shape=[4]), data),
+        "analytic cross-entropy": _outcome(lambda: L.CrossEntropy(q, p, analytical=True), data),
+        "KL(q(z,h|x), p(z))": _outcome(lambda: L.KullbackLeibler(q_h, prior), data),
+        "KL(q(z,h|x), p(z)) by Monte Carlo": _outcome(lambda: L.KullbackLeibler(q_h, prior, analytical=False), data),
+        "KL(p(z), q(z,h|x))": _outcome(lambda: L.KullbackLeibler(prior, q_h), data),
+        "entropy of q(z,h|x)": _outcome(lambda: L.Entropy(q_h), data),
+        "entropy of f(h|x)": _outcome(lambda: L.Entropy(H()), data),
+        "cross-entropy of q(z,h|x) and p(z)": _outcome(lambda: L.CrossEntropy(q_h, prior), data),
+        "data": data,
+    }
+
+
+def test_divergences_between_other_variables_as_pixyz() -> None:
+    with pytest.warns(UserWarning, match="over different variables"):  # here, q(z|x) against p(x|z) also warns
+        ref, ours = run_both(prog_divergences_between_other_variables)
+    for key, outcome in ref.items():
+        if isinstance(outcome, tuple) and outcome[0].endswith("raised"):  # the same step raises Pixyz's type
+            assert ours[key][0] == outcome[0] and issubclass(ours[key][1], outcome[1]), (key, outcome, ours[key])
+        else:
+            assert_same(outcome, ours[key], path=key)
+    assert ref["KL(q(z,h|x), p(z))"] == ("evaluating raised", ValueError)
+    # the crossed KL is the closed form of N(x, 1.5^2) against N(z, 0.5^2) at the program's x and z
+    x, z = ours["data"]["x"], ours["data"]["z"]
+    closed = math.log(0.5 / 1.5) + (1.5 ** 2 + (x - z) ** 2) / (2 * 0.5 ** 2) - 0.5
+    torch.testing.assert_close(ours["KL(q(z|x), p(x|z))"][1], closed.sum(-1))
