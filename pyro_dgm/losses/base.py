@@ -438,6 +438,10 @@ class Loss(YieldingModule, _PyroELBO):
             _raise_missing(self, given, missing)
         inputs = {k: given[k] for k in self._input_var if k in given}
         if ctx is None:  # the entry: one context for the whole evaluation (memoizing scope, recorder, options)
+            for k, v in inputs.items():
+                if type(v) is not Tensor and type(v).__module__ == "numpy":
+                    inputs = _from_numpy(self, inputs)  # the networks get tensors (as a distribution's call does)
+                    break
             compiled = self.__dict__.get("_dgm_compiled_outer")
             if compiled is not None and not torch.compiler.is_compiling():
                 loss, samples, recorder = compiled(inputs, kwargs, return_terms)
@@ -650,6 +654,16 @@ def _check_empty_result(loss: Loss, value: Any, inputs: Mapping[str, Any], empty
     if isinstance(value, Tensor) and value.numel() and not bool(torch.isfinite(value.detach()).all()):
         text = str(value.detach().flatten()[0].item()) if value.numel() == 1 else "not finite"
         _raise_empty(loss, inputs, empty, f"the loss is {text} on it")
+
+
+def _from_numpy(loss: Loss, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` with each numpy array as a tensor (``torch.as_tensor``: its dtype kept) on the device of the given
+    tensors, else of the loss's distributions' parameters (docs/design.md, "dtypes and containers")."""
+    device = next((v.device for v in inputs.values() if isinstance(v, Tensor)), None)
+    if device is None:
+        device = next((t.device for d in loss._dgm_distributions for t in (*d.parameters(), *d.buffers())), None)
+    return {k: torch.as_tensor(v, device=device) if type(v) is not Tensor and type(v).__module__ == "numpy" else v
+            for k, v in inputs.items()}
 
 
 def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str]) -> None:

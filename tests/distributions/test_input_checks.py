@@ -308,3 +308,22 @@ def test_numpy_arrays_are_converted() -> None:
     assert "'x' is torch.float64" in "".join(getattr(info.value, "__notes__", []))
     with pytest.raises(TypeError, match=r"P p\(y\|x\).*'y'.*list"):
         p.get_log_prob({"x": X, "y": [[0.0] * 3] * 5})
+
+
+def test_numpy_arrays_given_to_a_loss_reach_its_networks_as_tensors() -> None:
+    """Every path of a loss converts them, the closed-form KL's included (its networks ran on the numpy array and
+    raised inside the user's forward), in eval and in Model.train."""
+    from pyro_dgm.models import Model
+
+    p = _conditional("pyro_dgm")  # p(y|x), a network of x
+    prior = Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["y"], name="p_{prior}")
+    y = torch.linspace(-1, 1, 15).reshape(5, 3)
+    for loss in (KullbackLeibler(p, prior).mean(), (KullbackLeibler(p, prior) - LogProb(p)).sum(),
+                 E(p, LogProb(prior)).mean()):
+        torch.manual_seed(0)
+        expected = loss.eval({"x": X, "y": y})
+        torch.manual_seed(0)
+        torch.testing.assert_close(loss.eval({"x": X.numpy(), "y": y.numpy()}), expected)
+    model = Model(KullbackLeibler(p, prior).mean(), distributions=[p])
+    before = KullbackLeibler(p, prior).mean().eval({"x": X}).detach()
+    torch.testing.assert_close(model.train({"x": X.numpy()}), before)  # the value before the step
