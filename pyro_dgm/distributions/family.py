@@ -18,7 +18,8 @@ from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, run_network
 from pyro_dgm.distributions.pixyz_protocol import adopt
-from pyro_dgm.utils.checks import STRICT_SHAPES, ShapeError, clearer, describe, value_shape_problem
+from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, NoClosedFormError, ShapeError, clearer, describe,
+                                   value_shape_problem)
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
@@ -656,9 +657,9 @@ class DistributionBase(Distribution):
         fn, _ = self._dgm_fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
         if ctx.sample_mean:
             if self.sample_mean_draws is False:
-                raise NotImplementedError(f"{describe(self)}: sample(sample_mean=True) is not defined for a "
-                                          f"{self.distribution_name} (as in Pixyz, whose relaxed distribution has no "
-                                          "mean); sample_mean() gives the mean of the hard distribution")
+                raise NoClosedFormError(f"{describe(self)}: sample(sample_mean=True) is not defined for a "
+                                        f"{self.distribution_name} (as in Pixyz, whose relaxed distribution has no "
+                                        "mean); sample_mean() gives the mean of the hard distribution")
             value = fn.mean
             value = self._dgm_record(name, value, fn.event_dim)
         else:
@@ -753,9 +754,10 @@ class DistributionBase(Distribution):
         try:
             return t.sum(dim=list(feature_dims))
         except (IndexError, RuntimeError) as e:
-            raise ValueError(f"{describe(self)}: cannot sum the element-wise {what} of shape {tuple(t.shape)} over "
-                             f"feature_dims={list(feature_dims)}: it has {t.dim() - 1} feature dim(s) after the batch "
-                             f"dim (a {self.distribution_name}'s own event dim, if any, is already summed)") from e
+            kind = DimensionError if isinstance(e, IndexError) else ShapeError  # also torch's type (Pixyz's)
+            raise kind(f"{describe(self)}: cannot sum the element-wise {what} of shape {tuple(t.shape)} over "
+                       f"feature_dims={list(feature_dims)}: it has {t.dim() - 1} feature dim(s) after the batch "
+                       f"dim (a {self.distribution_name}'s own event dim, if any, is already summed)") from e
 
     # ------------------------------------------------------------------ moments
     def _dgm_moment(self, x_dict: ValuesLike, kwargs: Mapping[str, Any]) -> Any:

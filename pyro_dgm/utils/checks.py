@@ -16,6 +16,11 @@ class OutOfRangeError(ValueError, RuntimeError):
     discriminator's output outside [0, 1] under a binary cross-entropy): also that RuntimeError."""
 
 
+class DimensionError(ValueError, IndexError):
+    """A ValueError for a dim that a value does not have (``feature_dims=[2]`` of a value with one feature dim),
+    where torch raises an IndexError: also that IndexError, which is what Pixyz programs see there."""
+
+
 class NoClosedFormError(NotImplementedError, ValueError):
     """No analytic value: a distribution without an analytic entropy (a ``Deterministic``), a product with a factor
     conditioned on a variable the product generates, or factors that do not pair up. A NotImplementedError, and the

@@ -941,3 +941,39 @@ def test_a_mixture_draws_sample_shape_draws() -> None:
     near_10 = (batch_o - 10).abs().max(-1).values < 5
     near_0 = batch_o.abs().max(-1).values < 5
     assert bool((near_10 ^ near_0).all())  # each draw is one component's
+
+
+# ---------------------------------------------------------------------------------------------- kinds of errors
+def _feature_dims_out_of_range() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], features_shape=[2])
+    return p.get_log_prob({"x": torch.zeros(3, 2)}, feature_dims=[1, 2])
+
+
+def _relaxed_sample_mean(family: str) -> Any:
+    def program() -> Any:
+        import torch
+        from torch import nn
+        import pixyz.distributions as pd
+
+        class Q(getattr(pd, family)):
+            def __init__(self):
+                super().__init__(var=["z"], cond_var=["x"], name="q", temperature=torch.tensor(0.5))
+                self.net = nn.Linear(2, 3)
+
+            def forward(self, x):
+                return {"probs": torch.softmax(self.net(x), -1)}
+
+        return Q().sample({"x": torch.randn(4, 2)}, sample_mean=True)
+    return program
+
+
+@pytest.mark.parametrize("program", [_feature_dims_out_of_range, _relaxed_sample_mean("RelaxedBernoulli"),
+                                     _relaxed_sample_mean("RelaxedCategorical")],
+                         ids=["feature_dims out of range", "RelaxedBernoulli mean", "RelaxedCategorical mean"])
+def test_refused_calls_raise_pixyzs_kind_of_error(program: Any) -> None:
+    """Where both refuse, ours names the distribution and is also the type Pixyz raises (IndexError from torch for a
+    dim the value lacks; ValueError for a relaxed distribution's mean), so Pixyz's ``except`` clauses still work."""
+    pixyz_kind, ours = raises_same(program)
+    assert issubclass(ours, pixyz_kind) and issubclass(ours, (ValueError, TypeError)), (pixyz_kind, ours)
