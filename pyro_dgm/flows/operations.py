@@ -237,8 +237,8 @@ class Flatten(Flow):
 
     def __init__(self, in_size: Sequence[int] | None = None, cache_size: int = 1) -> None:
         super().__init__(None, event_dim=3, codomain_event_dim=1, cache_size=cache_size)
-        if in_size is not None and len(in_size) != 3:
-            raise ValueError(f"Flatten: in_size must be (C, H, W), got {tuple(in_size)}")
+        # (a shape of other than 3 dims is refused when the inverse needs it: forward() sets it from its input, as
+        # Pixyz's does, so a program that only runs forward() runs with any in_size as under Pixyz)
         self.in_size = tuple(int(s) for s in in_size) if in_size is not None else None
 
     def _dgm_details(self) -> str:
@@ -248,6 +248,8 @@ class Flatten(Flow):
         if self.in_size is None:
             raise ValueError(f"{self._dgm_describe()}: the image shape is unknown until forward() has run; pass "
                              "in_size=(C, H, W)")
+        if len(self.in_size) != 3:
+            raise ValueError(f"{self._dgm_describe()}: in_size must be an image shape (C, H, W), got {self.in_size}")
         return self.in_size
 
     def _dgm_check(self, x: Tensor, inverse: bool) -> None:

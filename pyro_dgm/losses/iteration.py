@@ -45,7 +45,8 @@ class IterativeLoss(Loss):
     step_loss : Loss
         The loss of one step.
     max_iter : int, optional
-        The number of steps (default, or 0 as in Pixyz: the length of the first ``series_var``).
+        The number of steps (default, or 0 as in Pixyz: the length of the first ``series_var``; a negative
+        number, as in Pixyz, takes no step: the loss is 0).
     series_var : list of str, optional
         Variables whose values are sequences (time first), sliced at each step.
     update_value : dict, optional
@@ -92,13 +93,11 @@ class IterativeLoss(Loss):
         if not series and max_iter is None:
             raise ValueError("IterativeLoss: give max_iter or series_var (the number of steps is the length of the "
                              "first series_var)")
-        if max_iter is not None:  # as in Pixyz, max_iter=0 means "the length of the first series_var"
+        if max_iter is not None:  # as in Pixyz: 0 means "the length of the first series_var", < 0 no step (0)
             try:
-                ok = operator.index(max_iter) >= 0
+                operator.index(max_iter)
             except TypeError:
-                ok = False
-            if not ok:
-                raise ValueError(f"IterativeLoss: max_iter must be a non-negative int, got {max_iter!r}")
+                raise ValueError(f"IterativeLoss: max_iter must be an int, got {max_iter!r}") from None
         if slice_step is not None:
             step_loss = step_loss.expectation(slice_step)
         names = ordered_union(step_loss.input_var, series, list(updates.values()))

@@ -418,6 +418,9 @@ def single_flows():
     fl = Flatten()
     z = fl(img)
     out["flatten"] = {"z": z, "x": fl.inverse(z), "logdet": fl.logdet_jacobian, "repr": repr(fl)}
+    fl = Flatten((4, 16))  # a shape forward() replaces with its input's (we refused it when it was built)
+    z = fl(img)
+    out["flatten-in_size"] = {"z": z, "x": fl.inverse(z), "in_size": tuple(fl.in_size)}
     bn = flows["batchnorm1d"][0]
     out["batchnorm1d-running"] = (bn.running_mean, bn.running_var)
     bn.eval()

@@ -173,7 +173,7 @@ def test_random_sequential_programs_match_pixyz(spec: dict[str, Any]) -> None:
 
 def _max_iter_forms() -> Any:
     """``max_iter=0`` means the length of the first series (Pixyz tests ``if self.max_iter``), and any integer type
-    that ``range`` takes is a number of steps."""
+    that ``range`` takes is a number of steps (a negative one, none: we refused it when the loss was built)."""
     import numpy as np
     import torch
     from pixyz.distributions import Normal
@@ -184,8 +184,9 @@ def _max_iter_forms() -> Any:
     x, z = torch.randn(3, 2, 1), torch.randn(3, 2, 1)
     zero = IterativeLoss(step, max_iter=0, series_var=["x", "z"])
     numpy_int = IterativeLoss(step, max_iter=np.int64(2), series_var=["x", "z"])
+    negative = IterativeLoss(step, max_iter=-1, series_var=["x", "z"])  # range(-1): no step, the loss is 0
     return [str(zero), zero.loss_text, zero.eval({"x": x, "z": z}), str(numpy_int),
-            numpy_int.eval({"x": x, "z": z}), x, z]
+            numpy_int.eval({"x": x, "z": z}), str(negative), negative.eval({"x": x, "z": z}), x, z]
 
 
 def test_max_iter_forms_as_pixyz() -> None:
@@ -197,6 +198,7 @@ def test_max_iter_forms_as_pixyz() -> None:
     per_step = torch.distributions.Normal(z, 1.0).log_prob(x).sum(-1)  # (T, batch)
     torch.testing.assert_close(ours[2], per_step.sum(0))  # max_iter=0: all three steps
     torch.testing.assert_close(ours[4], per_step[:2].sum(0))
+    assert ours[6] == 0
 
 
 def _short_series() -> Any:
