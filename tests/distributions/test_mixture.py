@@ -202,8 +202,9 @@ def test_errors() -> None:
         MixtureModel([a, a], Normal(loc=0.0, scale=1.0, var=["z"]))
     with pytest.raises(ValueError, match="has 2 categories but there are 3 components"):
         MixtureModel([a, a, a], prior)
-    with pytest.raises(ValueError, match="log-density of a mixture does not factorize"):
-        MixtureModel([a, a], prior).get_log_prob({"x": torch.zeros(1, 2)}, sum_features=False)
+    with pytest.warns(UserWarning, match="log-density of a mixture does not factorize"):  # ignored, as by Pixyz
+        per_feature = MixtureModel([a, a], prior).get_log_prob({"x": torch.zeros(1, 2)}, sum_features=False)
+    assert torch.equal(per_feature, MixtureModel([a, a], prior).get_log_prob({"x": torch.zeros(1, 2)}))
     with pytest.raises(ValueError, match=r"expected 'x' of shape \(\.\.\., 2\), got \(1, 3\)"):
         MixtureModel([a, a], prior).get_log_prob({"x": torch.zeros(1, 3)})
     qx, qy = _experts()

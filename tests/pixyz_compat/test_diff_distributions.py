@@ -977,3 +977,49 @@ def test_refused_calls_raise_pixyzs_kind_of_error(program: Any) -> None:
     dim the value lacks; ValueError for a relaxed distribution's mean), so Pixyz's ``except`` clauses still work."""
     pixyz_kind, ours = raises_same(program)
     assert issubclass(ours, pixyz_kind) and issubclass(ours, (ValueError, TypeError)), (pixyz_kind, ours)
+
+
+# ---------------------------------------------------------------------------------------------- per-feature options
+def _mixture_log_prob_per_feature() -> Any:
+    import torch
+    import pixyz.distributions as pd
+
+    comps = [pd.Normal(loc=torch.randn(2), scale=torch.ones(2), var=["x"], name=f"p_{i}") for i in range(3)]
+    mix = pd.MixtureModel(distributions=comps, prior=pd.Categorical(probs=torch.tensor([0.2, 0.3, 0.5]), var=["z"]))
+    x = torch.randn(4, 2)
+    return (mix.get_log_prob({"x": x}), mix.get_log_prob({"x": x}, sum_features=False),
+            mix.get_log_prob({"x": x}, feature_dims=[1]))
+
+
+def test_a_mixtures_log_density_ignores_per_feature_options_as_pixyz() -> None:
+    """Pixyz's MixtureModel takes ``sum_features``/``feature_dims`` and ignores them (a mixture's density does not
+    factorize over features): log p(x) in each case. We raised; now the same value, with a warning."""
+    with pytest.warns(UserWarning, match="does not factorize over features"):
+        ref, ours = run_both(_mixture_log_prob_per_feature)
+    assert_same(ref, ours)
+    assert_same(ours[0], ours[1])
+
+
+def _flow_log_prob_per_feature() -> Any:
+    import torch
+    from torch import nn
+    import pixyz.distributions as pd
+    from pixyz.flows import AffineCoupling, FlowList
+
+    prior = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    coupling = AffineCoupling(in_features=2, mask_type="channel_wise", scale_net=nn.Linear(2, 2),
+                              translate_net=nn.Linear(2, 2))
+    p = pd.TransformedDistribution(prior=prior, flow=FlowList([coupling]), var=["x"])
+    x = p.sample(batch_n=1)["x"]  # (a batch of other than 1 or 2 fails in Pixyz's broadcast)
+    return p.get_log_prob({"x": x}, compute_jacobian=True), p.get_log_prob({"x": x}, sum_features=False)
+
+
+def test_a_flows_per_feature_log_density_is_refused_pixyzs_is_not_one() -> None:
+    """Pixyz's per-feature value of a flow is the prior's per-feature log-density minus the *whole* log-determinant
+    in every feature (broadcast against the batch dim: other batch sizes than 1 or the number of features raise), so
+    its sum over the features is not log p(x). We raise, naming the distribution (docs/porting.md)."""
+    total, per_feature = run_pixyz(_flow_log_prob_per_feature)
+    assert not torch.allclose(per_feature.sum(-1), total)
+    with pytest.raises(ValueError, match=r"TransformedDistribution p\(x\): the log-density of a flow does not "
+                                         r"factorize over features"):
+        run_pyro_dgm(_flow_log_prob_per_feature)
