@@ -157,8 +157,8 @@ class KullbackLeibler(Loss):
             # e.g. q(z|x) vs p(x|z): computed as Pixyz computes it (two single distributions compared as distributions
             # of one value, whatever their variables are named; the Monte Carlo form E_p[log p - log q]), but rarely
             # what was meant
-            warnings.warn(f"KullbackLeibler: {p.prob_text} and {q.prob_text} are over different variables, each "
-                          f"conditioned on the other's ({p.var} and {q.var}); the divergence compares them as "
+            warnings.warn(f"KullbackLeibler: {p.prob_text} and {q.prob_text} are over different variables "
+                          f"({p.var} and {q.var}), one conditioned on the other's; the divergence compares them as "
                           f"distributions of one value, as Pixyz does (did you mean a prior over {p.var}?)",
                           UserWarning, stacklevel=2)
         self.p, self.q = p, q
