@@ -699,3 +699,23 @@ def test_the_parameters_of_a_true_mixture_are_refused_as_by_pixyz() -> None:
     assert pixyz_error is ValueError and issubclass(ours, NoClosedFormError) and issubclass(ours, ValueError)
     with pytest.raises(NoClosedFormError, match=r"p\(x\|z\) depends on the marginalized \['z'\]"):
         run_pyro_dgm(_marginal_of_a_mixture)
+
+
+def prog_mixture_of_normal_log_prob():
+    import torch
+    from pixyz.distributions import MixtureOfNormal, Normal
+    qx = Normal(loc="x", scale=torch.ones(2), var=["z"], cond_var=["x"], name="q_x")
+    qy = Normal(loc="y", scale=torch.full((2,), 2.), var=["z"], cond_var=["y"], name="q_y")
+    values = {"x": torch.zeros(3, 2), "y": torch.ones(3, 2), "z": torch.linspace(-1, 2, 6).reshape(3, 2)}
+    return MixtureOfNormal([qx, qy], name="q").get_log_prob(values), values
+
+
+def test_mixture_of_normal_log_prob_is_the_mixtures_pixyz_weights_the_log_densities():
+    """Pixyz's MixtureOfNormal scores logsumexp_k(w_k log q_k(z)): the weight multiplies the log-density, so the value
+    is not the log-density of any mixture (documented in docs/porting.md). Ours is log sum_k w_k q_k(z)."""
+    (ref, values), (ours, _) = run_both(prog_mixture_of_normal_log_prob)
+    z = values["z"]
+    lx = torch.distributions.Normal(values["x"], 1.).log_prob(z).sum(-1)
+    ly = torch.distributions.Normal(values["y"], 2.).log_prob(z).sum(-1)
+    torch.testing.assert_close(ours, torch.logsumexp(torch.stack([lx, ly]) + torch.tensor(0.5).log(), 0))
+    torch.testing.assert_close(ref, torch.logsumexp(torch.stack([0.5 * lx, 0.5 * ly]), 0))
