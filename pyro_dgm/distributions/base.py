@@ -849,6 +849,15 @@ class Distribution(YieldingModule):
         if not isinstance(other, Distribution):
             raise TypeError(f"{describe(self)} * {type(other).__name__}: a distribution multiplies only with another "
                             "distribution (a product p(x|z)p(z) is a joint distribution)")
+        from pyro_dgm.distributions.ops import MarginalizeVarDistribution
+
+        marginals = [d for d in (self, other) if isinstance(d, MarginalizeVarDistribution)]
+        if marginals:
+            # as Pixyz's graphs unite: one product of every factor, with the marginalized variables integrated out of
+            # the whole (the draws take Pixyz's order; the formula shows \int ... dz over all the factors)
+            a, b = (d.p if isinstance(d, MarginalizeVarDistribution) else d for d in (self, other))
+            return MarginalizeVarDistribution(MultiplyDistribution(a, b), [v for m in marginals
+                                                                          for v in m.marginalize_list])
         return MultiplyDistribution(self, other)
 
     def replace_var(self, **replace_dict: str) -> "Distribution":

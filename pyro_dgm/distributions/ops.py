@@ -190,6 +190,8 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     r"""The marginal :math:`p(x) = \int p(x,z)dz` of a joint.
 
     Sampling draws every factor and drops the marginalized variables; the log-density has no closed form and raises.
+    A product with another distribution is the marginal of the product of all the factors, :math:`\int p(x,z)\,
+    c(s|x) dz`, as Pixyz unites the graphs (one order of draws over every factor).
 
     Examples
     --------

@@ -719,3 +719,27 @@ def test_mixture_of_normal_log_prob_is_the_mixtures_pixyz_weights_the_log_densit
     ly = torch.distributions.Normal(values["y"], 2.).log_prob(z).sum(-1)
     torch.testing.assert_close(ours, torch.logsumexp(torch.stack([lx, ly]) + torch.tensor(0.5).log(), 0))
     torch.testing.assert_close(ref, torch.logsumexp(torch.stack([0.5 * lx, 0.5 * ly]), 0))
+
+
+def prog_product_with_a_marginal():
+    """(∫ q(b|z) r(z) dz) * c(s|b), and the same factors the other way round: Pixyz unites the graphs, so the product
+    holds every factor, draws them in its topological order and prints the integral over the whole product. We drew
+    the marginal as one factor (other draws from the same seed) and printed r(b,s) = c(s|b)r(b)."""
+    import torch
+    import pixyz.distributions as pd
+
+    r = pd.Bernoulli(probs=torch.full((2,), 0.3), var=["z"], name="r")
+    q = pd.Normal(loc="z", scale=1., var=["b"], cond_var=["z"], name="q")
+    c = pd.Normal(loc="b", scale=0.5, var=["s"], cond_var=["b"], name="c")
+    w = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["w"], name="w")
+    m = (r * q).marginalize_var(["z"])
+    out = {}
+    for name, joint in [("m * c", m * c), ("c * m", c * m), ("w * m", w * m), ("m * w", m * w)]:
+        out[name] = (str(joint), repr(joint), joint.prob_text, list(joint.var), list(joint.cond_var),
+                     joint.sample(batch_n=3))
+    return out
+
+
+def test_a_product_with_a_marginal_unites_the_graphs_as_pixyz():
+    ref, _ = same(prog_product_with_a_marginal)
+    assert ref["m * c"][0].splitlines()[1].strip() == r"r(b,s) = \int c(s|b)q(b|z)r(z)dz"
