@@ -856,8 +856,12 @@ class Distribution(YieldingModule):
             # as Pixyz's graphs unite: one product of every factor, with the marginalized variables integrated out of
             # the whole (the draws take Pixyz's order; the formula shows \int ... dz over all the factors)
             a, b = (d.p if isinstance(d, MarginalizeVarDistribution) else d for d in (self, other))
-            return MarginalizeVarDistribution(MultiplyDistribution(a, b), [v for m in marginals
-                                                                          for v in m.marginalize_list])
+            joint = MarginalizeVarDistribution(MultiplyDistribution(a, b), [v for m in marginals
+                                                                           for v in m.marginalize_list])
+            opts = {k: v for m in marginals for k, v in m.factor_options.items()}  # set on a marginal's graph
+            if opts:
+                joint.factor_options = opts
+            return joint
         return MultiplyDistribution(self, other)
 
     def replace_var(self, **replace_dict: str) -> "Distribution":

@@ -209,8 +209,9 @@ class DistGraph(nx.DiGraph):
             owner.global_options = option_dict
             return
         opts = owner.factor_options
+        inner = getattr(owner, "_dgm_option_factors", owner._dgm_sampling_order)
         for v in var:
-            hit = [f for f in owner._dgm_sampling_order if v in f.var]
+            hit = [f for f in inner if v in f.var]
             if not hit:
                 raise ValueError(f"{owner.prob_text}: set_option: no factor generates {v!r}; the variables are "
                                  f"{owner.var}")

@@ -233,6 +233,11 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         return self._dgm_marginalized
 
     @property
+    def _dgm_option_factors(self) -> tuple[Distribution, ...]:
+        """The factors ``graph.set_option(..., var)`` reaches: the joint's, the integrated ones too (Pixyz's)."""
+        return self.p._dgm_sampling_order
+
+    @property
     def has_reparam(self) -> bool:
         """Whether every factor of the joint reparameterizes (Pixyz's)."""
         return self.p.has_reparam
@@ -260,8 +265,19 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     def _dgm_draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
         # the marginalized variables are internal: a value of the same name given from outside passes through as is
         given = {v: (values[v], ctx.event_dims.get(v)) for v in self._dgm_marginalized if v in values}
+        # the options set on the joint's graph or on this marginal's (Pixyz's marginalized graph keeps its factors'
+        # options, and set_option on it reaches every factor, the integrated ones too)
+        opts = {**(self.p.__dict__.get("_dgm_dg_options") or {}), **(self.__dict__.get("_dgm_dg_options") or {})}
         for f in self.p._dgm_sampling_order:
-            f._dgm_draw_factor(values, ctx)
+            o = opts.get(id(f))
+            if o is None:
+                f._dgm_draw_factor(values, ctx)
+                continue
+            saved = ctx.override(o)
+            try:
+                f._dgm_draw_factor(values, ctx)
+            finally:
+                ctx.restore(saved)
         for v in self._dgm_marginalized:
             values.pop(v, None)
             ctx.event_dims.pop(v, None)

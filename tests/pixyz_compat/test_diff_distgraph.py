@@ -743,3 +743,28 @@ def prog_product_with_a_marginal():
 def test_a_product_with_a_marginal_unites_the_graphs_as_pixyz():
     ref, _ = same(prog_product_with_a_marginal)
     assert ref["m * c"][0].splitlines()[1].strip() == r"r(b,s) = \int c(s|b)q(b|z)r(z)dz"
+
+
+def prog_options_of_a_marginal():
+    """Options on a marginal's graph reach its factors, the integrated one too (``set_option(..., ["z"])``), options
+    set on the joint before marginalizing hold, and both carry into a product with the marginal, as Pixyz's graphs
+    keep their factors' options. Ours ignored them: one draw where Pixyz drew three."""
+    import torch
+    import pixyz.distributions as pd
+
+    r = pd.Bernoulli(probs=torch.full((2,), 0.3), var=["z"], name="r")
+    q = pd.Normal(loc="z", scale=1., var=["b"], cond_var=["z"], name="q")
+    c = pd.Normal(loc="b", scale=0.5, var=["s"], cond_var=["b"], name="c")
+    m = (r * q).marginalize_var(["z"])
+    m.graph.set_option({"batch_n": 3}, ["z"])
+    out = {"marginal": m.sample(), "product": (m * c).sample()}
+    joint = r * q
+    joint.graph.set_option({"batch_n": 2}, ["z"])
+    out["set on the joint"] = joint.marginalize_var(["z"]).sample()
+    return out
+
+
+def test_options_of_a_marginal_hold_as_in_pixyz():
+    ref, _ = same(prog_options_of_a_marginal)
+    assert ref["marginal"]["b"].shape == ref["product"]["s"].shape == (3, 2)
+    assert ref["set on the joint"]["b"].shape == (2, 2)
