@@ -304,9 +304,15 @@ class Distribution(YieldingModule):
     def factor_options(self, options: Mapping[int, Mapping[str, Any]] | None) -> None:
         self.__dict__["_dgm_dg_options"] = {k: dict(v) for k, v in options.items()} if options else None
 
+    #: Whether this distribution's own calls read its global options, as Pixyz's products, renamings and marginals
+    #: do (their calls run through Pixyz's graph); a single distribution's own calls ignore them in Pixyz, and they
+    #: reach it only as a factor of a product.
+    _dgm_graph_call: bool = False
+
     @property
     def global_options(self) -> dict[str, Any]:
-        """The options every call uses for the keywords it does not give (``dist.graph.set_option(opts)``)."""
+        """The options every call uses for the keywords it does not give (``dist.graph.set_option(opts)``); a
+        product, renaming or marginal keeps its operands' (Pixyz's graphs do)."""
         return dict(self.__dict__.get("_dgm_dg_global_option") or {})
 
     @global_options.setter
@@ -448,7 +454,7 @@ class Distribution(YieldingModule):
         values = self._dgm_input_dict(x_dict)
         d = self.__dict__
         g_opt, f_opts = d.get("_dgm_dg_global_option"), d.get("_dgm_dg_options")
-        if g_opt:  # Pixyz: global options reach the factors as keywords the call does not give
+        if g_opt and self._dgm_graph_call:  # Pixyz: global options reach the factors as keywords the call lacks
             kwargs = {**{k: v for k, v in g_opt.items() if k not in SAMPLING_OPTIONS}, **kwargs}
         ctx = CallState(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
         if not f_opts:
@@ -509,6 +515,9 @@ class Distribution(YieldingModule):
             needed = self._dgm_scored_var = list(self._var) + [v for v in self._dgm_required_input_var
                                                                if v not in self._var]
         values = self._dgm_input_dict(x_dict, needed)
+        g_opt = self.__dict__.get("_dgm_dg_global_option")
+        if g_opt and self._dgm_graph_call:  # as in sample (the call's sum_features and feature_dims win)
+            kwargs = {**{k: v for k, v in g_opt.items() if k not in ("sum_features", "feature_dims")}, **kwargs}
         if kwargs:  # sampling options a loss passes along for its sampling terms are not network arguments
             kwargs = {k: v for k, v in kwargs.items() if k not in SAMPLING_OPTIONS}
         ctx = CallState(kwargs=kwargs)
@@ -861,6 +870,9 @@ class Distribution(YieldingModule):
             opts = {k: v for m in marginals for k, v in m.factor_options.items()}  # set on a marginal's graph
             if opts:
                 joint.factor_options = opts
+            g_opt = {**self.global_options, **other.global_options}
+            if g_opt:
+                joint.global_options = g_opt
             return joint
         return MultiplyDistribution(self, other)
 

@@ -100,6 +100,8 @@ class MultiplyDistribution(LabelledComposite, Distribution):
     True
     """
 
+    _dgm_graph_call = True
+
     def __init__(self, a: Distribution, b: Distribution) -> None:
         for d in (a, b):
             if not isinstance(d, Distribution):
@@ -112,6 +114,9 @@ class MultiplyDistribution(LabelledComposite, Distribution):
         opts = {**a.factor_options, **b.factor_options}
         if opts:
             self.factor_options = opts
+        g_opt = {**a.global_options, **b.global_options}  # and their global options, b's winning (Pixyz's)
+        if g_opt:
+            self.global_options = g_opt
 
     @classmethod
     def from_factors(cls, factors: Sequence[Distribution], name: str,

@@ -38,6 +38,16 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
         what = f" (the marginalized variable of {d.prob_joint_factorized_and_text})" if set(clash) & hidden else ""
         raise ValueError(f"{describe(d)}.replace_var({dict(replace_dict)}): two variables would both be named "
                          f"{clash[0]!r}{what}; pick a new name")
+    out = _renamed(d, replace_dict)
+    g_opt = d.global_options
+    if g_opt and out is not d.__dict__.get("_modules", {}).get("p"):  # (renamed back: the original, untouched)
+        # Pixyz's renamed graph keeps the global options (graph.set_option(opts))
+        out.global_options = {**out.global_options, **g_opt}
+    return out
+
+
+def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
+    """:func:`replace_var` once the names are checked."""
     if isinstance(d, MarginalizeVarDistribution):
         return MarginalizeVarDistribution(replace_var(d.p, replace_dict), d.marginalize_list)
     if isinstance(d, ReplaceVarDistribution):  # compose with the renaming it already has
@@ -101,6 +111,8 @@ class ReplaceVarDistribution(_PassesThrough):
     >>> print(p.prob_text, sorted(p.sample({"w": torch.zeros(2, 1)})))
     p(y|w) ['w', 'y']
     """
+
+    _dgm_graph_call = True
 
     def __init__(self, p: Distribution, replace_dict: Mapping[str, str]) -> None:
         if p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution):
@@ -204,7 +216,10 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     ['x']
     """
 
+    _dgm_graph_call = True
+
     def __init__(self, p: Distribution, marginalize_list: str | Sequence[str]) -> None:
+        g_opt = p.global_options  # Pixyz's marginalized graph keeps the joint's global options
         names = [marginalize_list] if isinstance(marginalize_list, str) else list(marginalize_list)
         if not names:
             raise ValueError(f"{describe(p)}.marginalize_var: name at least one variable")
@@ -226,6 +241,8 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         self.p = p
         self._dgm_marginalized = names
         self._dgm_input_var = list(p.input_var)
+        if g_opt:
+            self.global_options = g_opt
 
     @property
     def marginalize_list(self) -> list[str]:

@@ -768,3 +768,33 @@ def test_options_of_a_marginal_hold_as_in_pixyz():
     ref, _ = same(prog_options_of_a_marginal)
     assert ref["marginal"]["b"].shape == ref["product"]["s"].shape == (3, 2)
     assert ref["set on the joint"]["b"].shape == (2, 2)
+
+
+def prog_global_options_carry():
+    """Global options (``graph.set_option(opts)``, no variables) carry into products, renamings and marginals, as
+    Pixyz's graphs copy them; a single distribution's own calls ignore its global options (Pixyz's run outside its
+    graph) and they reach it as a factor. ``return_hidden`` is the option that shows: a mixture's component ``z``."""
+    import torch
+    import pixyz.distributions as pd
+
+    experts = [pd.Normal(loc=torch.tensor([float(i)]), scale=torch.ones(1), var=["y"], name=f"p_{i}")
+               for i in range(2)]
+    prior = pd.Categorical(probs=torch.tensor([0.4, 0.6]), var=["z"], name="prior")
+    mix = pd.MixtureModel(distributions=experts, prior=prior)
+    c = pd.Normal(loc="y", scale=1., var=["x"], cond_var=["y"], name="r")
+    mix.graph.set_option({"return_hidden": True})
+    out = {"alone": mix.sample(batch_n=2), "product": (c * mix).sample(), "renamed": mix.replace_var(y="w").sample()}
+    joint = c * mix
+    out["product's"] = joint.graph.global_option
+    out["marginal"] = joint.marginalize_var(["y"]).sample()
+    mix.graph.set_option({})
+    joint.graph.set_option({"return_hidden": True})
+    out["marginal, set on the joint"] = joint.marginalize_var(["y"]).sample()
+    out["renamed joint"] = joint.replace_var(x="a").sample()
+    return out
+
+
+def test_global_options_carry_into_products_renamings_and_marginals_as_in_pixyz():
+    ref, _ = same(prog_global_options_carry)
+    assert sorted(ref["alone"]) == ["y"] and sorted(ref["product"]) == ["x", "y", "z"]
+    assert sorted(ref["marginal"]) == ["x", "z"] and sorted(ref["renamed"]) == ["w", "z"]
