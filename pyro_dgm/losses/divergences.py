@@ -211,7 +211,14 @@ class KullbackLeibler(Loss):
             if kl is not None:
                 total = kl if total is None else total + kl
                 continue
-            pd, qd = scored_distribution(f.dist(values, **kwargs)), scored_distribution(g.dist(values, **kwargs))
+            try:
+                pd, qd = scored_distribution(f.dist(values, **kwargs)), scored_distribution(g.dist(values, **kwargs))
+            except NoClosedFormError:
+                raise
+            except NotImplementedError as e:  # a marginal, a deterministic map...: no distribution object
+                raise NoClosedFormError(f"KullbackLeibler: no analytic KL divergence between {describe(f)} and "
+                                        f"{describe(g)} ({e}); pass analytical=False for a Monte Carlo "
+                                        "estimate") from e
             event_dims = 0
             if self.dim is not None:
                 pd, qd = _elementwise(pd), _elementwise(qd)
@@ -231,7 +238,7 @@ class KullbackLeibler(Loss):
             try:
                 kl = kl_divergence(pd, qd)
             except NotImplementedError:
-                raise NotImplementedError(
+                raise NoClosedFormError(
                     f"KullbackLeibler: no analytic KL divergence between {describe(f)} ({type(_elementwise(pd)).__name__}"
                     f") and {describe(g)} ({type(_elementwise(qd)).__name__}) is registered in torch.distributions.kl;"
                     " pass analytical=False for a Monte Carlo estimate, or register one with "

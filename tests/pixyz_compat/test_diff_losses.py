@@ -669,3 +669,45 @@ def test_divergences_between_other_variables_as_pixyz() -> None:
     x, z = ours["data"]["x"], ours["data"]["z"]
     closed = math.log(0.5 / 1.5) + (1.5 ** 2 + (x - z) ** 2) / (2 * 0.5 ** 2) - 0.5
     torch.testing.assert_close(ours["KL(q(z|x), p(x|z))"][1], closed.sum(-1))
+
+
+def prog_analytic_divergences_without_a_closed_form() -> Any:
+    """The analytic KL (and entropy) of a mixture, a flow or a marginal over one variable against a Normal prior:
+    Pixyz builds each and raises a ValueError when it is evaluated. We raised a NotImplementedError (not also a
+    ValueError) there."""
+    import torch
+    from torch import nn
+    import pixyz.distributions as pd
+    import pixyz.flows as F
+    import pixyz.losses as L
+
+    class R(pd.Normal):
+        def __init__(self):
+            super().__init__(var=["h"], cond_var=["x"], name="r")
+            self.net = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return {"loc": self.net(x), "scale": torch.ones(x.shape[0], 2)}
+
+    prior = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    experts = [pd.Normal(loc=torch.randn(2), scale=torch.ones(2), var=["z"], name=f"q_{i}") for i in range(2)]
+    mixture = pd.MixtureModel(distributions=experts,
+                              prior=pd.Categorical(probs=torch.tensor([0.3, 0.7]), var=["c"], name="p_c"))
+    flow = pd.TransformedDistribution(prior=pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z0"]),
+                                      flow=F.PlanarFlow(2), var=["z"], name="q")
+    marginal = (pd.Normal(loc="h", scale=1., var=["z"], cond_var=["h"], name="q") * R()).marginalize_var(["h"])
+    data = {"x": torch.randn(4, 3)}
+    out = {}
+    for name, q in {"mixture": mixture, "flow": flow, "marginal": marginal}.items():
+        out[f"KL({name}, prior)"] = _outcome(lambda: L.KullbackLeibler(q, prior), data)
+        out[f"KL(prior, {name})"] = _outcome(lambda: L.KullbackLeibler(prior, q), data)
+    return out
+
+
+def test_an_analytic_kl_without_a_closed_form_raises_pixyzs_value_error() -> None:
+    from pyro_dgm.utils.checks import NoClosedFormError
+
+    ref, ours = run_both(prog_analytic_divergences_without_a_closed_form)
+    for key, outcome in ref.items():
+        assert outcome == ("evaluating raised", ValueError), (key, outcome)
+        assert ours[key][0] == "evaluating raised" and issubclass(ours[key][1], NoClosedFormError), (key, ours[key])
