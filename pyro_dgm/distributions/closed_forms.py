@@ -202,7 +202,10 @@ def _normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor
 
 
 def _standard_normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    shape = broadcast_shape(x.shape, params["loc"].shape)
+    loc = params["loc"]
+    if x.dtype != loc.dtype:  # the dtype the general formula's (x - loc) takes (float16 data: float32's)
+        x = x.to(torch.promote_types(x.dtype, loc.dtype))
+    shape = broadcast_shape(x.shape, loc.shape)
     return _sum(-0.5 * (x if shape == x.shape else x.expand(shape)).pow(2) - _HALF_LOG_2PI, dims)
 
 

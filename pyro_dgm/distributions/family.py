@@ -18,8 +18,8 @@ from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, run_network
 from pyro_dgm.distributions.pixyz_protocol import adopt
-from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, NoClosedFormError, ShapeError, clearer, describe,
-                                   value_shape_problem)
+from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, NoClosedFormError, NotATensorError, ShapeError,
+                                   clearer, describe, value_shape_problem)
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
@@ -744,7 +744,7 @@ class DistributionBase(Distribution):
         device of the parameters); anything else raises ``TypeError``."""
         if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
             return self._dgm_from_numpy(x)
-        raise TypeError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array), got "
+        raise NotATensorError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array), got "
                         f"{type(x).__name__}")
 
     def _dgm_sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:

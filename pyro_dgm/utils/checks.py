@@ -21,6 +21,11 @@ class DimensionError(ValueError, IndexError):
     where torch raises an IndexError: also that IndexError, which is what Pixyz programs see there."""
 
 
+class NotATensorError(TypeError, ValueError):
+    """A TypeError for a scored value that is not a tensor (a list, a float): also the ValueError torch's argument
+    validation raises there, which is what Pixyz programs see."""
+
+
 class NoClosedFormError(NotImplementedError, ValueError):
     """No analytic value: a distribution without an analytic entropy (a ``Deterministic``), a product with a factor
     conditioned on a variable the product generates, or factors that do not pair up. A NotImplementedError, and the

@@ -1023,3 +1023,40 @@ def test_a_flows_per_feature_log_density_is_refused_pixyzs_is_not_one() -> None:
     with pytest.raises(ValueError, match=r"TransformedDistribution p\(x\): the log-density of a flow does not "
                                          r"factorize over features"):
         run_pyro_dgm(_flow_log_prob_per_feature)
+
+
+def prog_half_precision_values_under_a_standard_normal():
+    """A float16 value scored under float32 parameters takes torch's type promotion (float32), as Pixyz's value;
+    the standard-normal shortcut kept float16 (and its rounding) there."""
+    import torch
+    import pixyz.distributions as pd
+
+    x = torch.tensor([[0.3, 1.7, -2.1]])
+    out = {}
+    for name, loc, scale in [("standard", 0., 1.), ("other", 0.5, 1.5)]:
+        p = pd.Normal(loc=torch.full((3,), loc), scale=torch.full((3,), scale), var=["x"])
+        for dtype in (torch.float16, torch.float64, torch.int64):
+            out[f"{name} {dtype}"] = p.get_log_prob({"x": x.to(dtype)})
+    return out
+
+
+def test_half_precision_values_are_promoted_as_in_pixyz():
+    ref, _ = same(prog_half_precision_values_under_a_standard_normal)
+    assert ref["standard torch.float16"].dtype == torch.float32
+
+
+def prog_a_scored_value_that_is_not_a_tensor():
+    import torch
+    import pixyz.distributions as pd
+
+    p = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+    return p.get_log_prob({"x": [[1.0, 2.0]]})
+
+
+def test_a_scored_value_that_is_not_a_tensor_raises_pixyzs_value_error():
+    from pyro_dgm.utils.checks import NotATensorError
+
+    assert raises_same(prog_a_scored_value_that_is_not_a_tensor) == (ValueError, NotATensorError)
+    assert issubclass(NotATensorError, TypeError) and issubclass(NotATensorError, ValueError)
+    with renamed_import(), pytest.raises(TypeError, match=r"Normal p\(x\): the value of 'x' must be a tensor"):
+        prog_a_scored_value_that_is_not_a_tensor()
