@@ -16,7 +16,8 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.utils.checks import describe
 
-__all__ = ["unwrap", "site_fn", "site_params", "check_inner", "expand_root", "OptionalInputs", "OneSiteDistribution"]
+__all__ = ["unwrap", "site_fn", "site_params", "check_inner", "expand_root", "ExpertWeights", "OptionalInputs",
+           "OneSiteDistribution"]
 
 
 def unwrap(d: Distribution) -> tuple[Distribution, Binding]:
@@ -107,6 +108,20 @@ class OneSiteDistribution(Distribution):
                              f"got {got}")
         ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
         return fn.log_prob(x)
+
+
+class ExpertWeights:
+    """Mixin for the products and mixtures of experts, whose ``weight_modalities`` is a buffer (it moves with the
+    module, and state dicts hold it). Pixyz keeps a list attribute that its state dicts lack: a state dict saved
+    by Pixyz loads with the weights given at construction (``strict=True`` refused it, a missing key)."""
+
+    weight_modalities: Tensor
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        state_dict.setdefault(prefix + "weight_modalities", self.weight_modalities)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,  # type: ignore[misc]
+                                      missing_keys, unexpected_keys, error_msgs)
 
 
 class OptionalInputs:

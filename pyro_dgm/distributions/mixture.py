@@ -15,8 +15,8 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
 
-from pyro_dgm.distributions.composite import (OneSiteDistribution, OptionalInputs, check_inner, expand_root, inputs_of,
-                                             site_fn, unwrap)
+from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution, OptionalInputs, check_inner,
+                                             expand_root, inputs_of, site_fn, unwrap)
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
@@ -429,7 +429,7 @@ class PosteriorMixtureModel(Distribution):
         return {**values, name: z} if return_all else {name: z}
 
 
-class MixtureOfNormal(OptionalInputs, _Mixture):
+class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
     r"""A mixture of experts :math:`q(z|x_1, \dots, x_K) = \sum_k w_k\, q_k(z|x_k)` (Shi et al. 2019, MMVAE).
 
     Experts whose inputs are not given are left out and the weights of the others renormalized. Samples choose an

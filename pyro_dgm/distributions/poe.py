@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from pyro_dgm.distributions.composite import OptionalInputs, check_inner, inputs_of, site_params
+from pyro_dgm.distributions.composite import ExpertWeights, OptionalInputs, check_inner, inputs_of, site_params
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
@@ -28,7 +28,7 @@ def _precision(scale: Tensor) -> Tensor:
     return torch.where(var > 0, 1.0 / var.clamp_min(torch.finfo(var.dtype).tiny), torch.zeros_like(var))
 
 
-class ProductOfNormal(OptionalInputs, Normal):
+class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
     r"""The product of Gaussian experts and a prior expert, renormalized: a Normal distribution.
 
     .. math::

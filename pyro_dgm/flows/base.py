@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
+from pyro_dgm.utils.checks import ShapeError
 
 __all__ = ["Flow", "FlowList", "ConditionedFlow", "sum_rightmost", "zero_logdet"]
 
@@ -179,7 +180,7 @@ class Flow(TransformModule, ConditionalTransform):
     >>> f.forward(torch.ones(2, 4))
     Traceback (most recent call last):
      ...
-    ValueError: Flow(in_features=3): expected 3 features at dim -1 of the input, i.e. shape (..., 3), got shape (2, 4)
+    pyro_dgm.utils.checks.ShapeError: Flow(in_features=3): expected 3 features at dim -1 ... got shape (2, 4)
     """
 
     bijective = True
@@ -275,10 +276,10 @@ class Flow(TransformModule, ConditionalTransform):
         if not isinstance(x, Tensor):
             raise TypeError(f"{self._dgm_describe()}: expected a tensor of shape {hint}, got {type(x).__name__}")
         if x.dim() < ev:
-            raise ValueError(f"{self._dgm_describe()}: expected an input with at least {ev} dims, i.e. shape {hint}, "
+            raise ShapeError(f"{self._dgm_describe()}: expected an input with at least {ev} dims, i.e. shape {hint}, "
                              f"got shape {tuple(x.shape)}")
         if ev > 0 and n is not None and x.shape[-ev] != n:
-            raise ValueError(f"{self._dgm_describe()}: expected {n} {self._dgm_feature_name} at dim {-ev} of the input, "
+            raise ShapeError(f"{self._dgm_describe()}: expected {n} {self._dgm_feature_name} at dim {-ev} of the input, "
                              f"i.e. shape {hint}, got shape {tuple(x.shape)}")
 
     # ------------------------------------------------------------------ the two methods a subclass implements

@@ -44,7 +44,7 @@ class ChannelConv(Flow):
     >>> f.forward(torch.randn(2, 4, 4, 4))
     Traceback (most recent call last):
      ...
-    ValueError: ChannelConv(in_channels=3, decomposed=True): expected 3 channels at dim -3 ... got shape (2, 4, 4, 4)
+    pyro_dgm.utils.checks.ShapeError: ChannelConv(in_channels=3, decomposed=True): expected 3 channels ...(2, 4, 4, 4)
     """
 
     _dgm_feature_name = "channels"
@@ -66,8 +66,9 @@ class ChannelConv(Flow):
         self.register_buffer("sign_s", torch.sign(s).to(dtype))
         self.register_buffer("l_mask", torch.tril(torch.ones(in_channels, in_channels), -1), persistent=False)
         self.l = nn.Parameter(lower.to(dtype))  # noqa: E741 (Pixyz's name); its unit diagonal is masked out in use
-        self.u = nn.Parameter(torch.triu(upper, 1).to(dtype))
+        # (registered in Pixyz's order: its optimizers' saved states hold the parameters by position)
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).to(dtype))
+        self.u = nn.Parameter(torch.triu(upper, 1).to(dtype))
 
     def _dgm_details(self) -> str:
         return f"in_channels={self.in_features}, decomposed={self.decomposed}"

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, sum_rightmost  # noqa: F401  (Pixyz's module exposes Flow)
+from pyro_dgm.utils.checks import ShapeError
 
 __all__ = ["AffineCoupling", "checkerboard_mask", "channel_wise_mask"]
 
@@ -173,7 +174,7 @@ class AffineCoupling(ChannelOrFeatureFlow):
         for name, v in (("s", log_s), ("t", t)):
             if not isinstance(v, Tensor) or v.shape[-self._dgm_domain_event_dim:] != x.shape[-self._dgm_domain_event_dim:]:
                 got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-                raise ValueError(f"{self._dgm_describe()}: the network's {name} must have the input's shape "
+                raise ShapeError(f"{self._dgm_describe()}: the network's {name} must have the input's shape "
                                  f"{tuple(x.shape)}, got {got}")
         return log_s, t
 

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, sum_rightmost, zero_logdet
+from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.random import uniform
 from pyro_dgm.utils import sum_samples  # noqa: F401  (helpers Pixyz's module namespace has)
 
@@ -56,7 +57,7 @@ class Squeeze(Flow):
     >>> f.forward(torch.zeros(1, 1, 3, 4))
     Traceback (most recent call last):
      ...
-    ValueError: Squeeze(): expected an even height and width, i.e. shape (..., C, 2H, 2W), got shape (1, 1, 3, 4)
+    pyro_dgm.utils.checks.ShapeError: Squeeze(): expected an even height and width, ... got shape (1, 1, 3, 4)
     """
 
     _dgm_feature_name = "channels"
@@ -70,10 +71,10 @@ class Squeeze(Flow):
         super()._dgm_check(x, inverse)
         if self._dgm_squeezes(inverse):
             if x.shape[-1] % 2 or x.shape[-2] % 2:
-                raise ValueError(f"{self._dgm_describe()}: expected an even height and width, i.e. shape "
+                raise ShapeError(f"{self._dgm_describe()}: expected an even height and width, i.e. shape "
                                  f"(..., C, 2H, 2W), got shape {tuple(x.shape)}")
         elif x.shape[-3] % 4:
-            raise ValueError(f"{self._dgm_describe()}: expected a number of channels divisible by 4, i.e. shape "
+            raise ShapeError(f"{self._dgm_describe()}: expected a number of channels divisible by 4, i.e. shape "
                              f"(..., 4C, H, W), got shape {tuple(x.shape)}")
 
     def _dgm_squeezes(self, inverse: bool) -> bool:
@@ -257,7 +258,7 @@ class Flatten(Flow):
         if inverse:
             n = math.prod(self._dgm_size())
             if x.shape[-1] != n:
-                raise ValueError(f"{self._dgm_describe()}: expected {n} features at dim -1 of the input, i.e. shape "
+                raise ShapeError(f"{self._dgm_describe()}: expected {n} features at dim -1 of the input, i.e. shape "
                                  f"(..., {n}), got shape {tuple(x.shape)}")
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:

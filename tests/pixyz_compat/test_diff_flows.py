@@ -28,7 +28,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
+from pixyz_harness import assert_same, raises_same, run_both, run_pixyz, run_pyro_dgm
 
 LOG_255_256 = math.log(255 / 256)  # the per-pixel term Pixyz's Preprocess leaves out of its log-determinant
 
@@ -909,3 +909,27 @@ def test_a_value_given_for_the_prior_is_drawn_anew_and_returned_as_drawn() -> No
     assert_same(ref, ours, atol=1e-6)
     first = ours[0]
     torch.testing.assert_close(first["y"], first["z"].flip(-1))  # y = Reverse(z) of the returned z
+
+
+def _layer_given_the_wrong_shape(layer: str) -> Any:
+    def program() -> Any:
+        import pixyz.flows as F
+
+        flow, x = {"conv": (F.ChannelConv(4), torch.randn(2, 3, 2, 2)),
+                   "batch norm 2d": (F.BatchNorm2d(4), torch.randn(2, 3, 2, 2)),
+                   "squeeze": (F.Squeeze(), torch.randn(2, 1, 3, 3)),
+                   "planar": (F.PlanarFlow(3), torch.randn(2, 4))}[layer]
+        return flow(x)
+    return program
+
+
+@pytest.mark.parametrize("layer", ["conv", "batch norm 2d", "squeeze", "planar"])
+def test_a_layer_given_the_wrong_shape_raises_pixyzs_runtime_error_too(layer: str) -> None:
+    """Where torch refuses the shapes under Pixyz (a RuntimeError; a ValueError for an odd image size to squeeze),
+    ours names the layer and the shapes in a ShapeError, a ValueError that is also that RuntimeError (it was a
+    ValueError only)."""
+    from pyro_dgm.utils.checks import ShapeError
+
+    pixyz_error, ours = raises_same(_layer_given_the_wrong_shape(layer))
+    assert pixyz_error is (ValueError if layer == "squeeze" else RuntimeError)
+    assert issubclass(ours, ShapeError) and issubclass(ours, pixyz_error)
