@@ -24,7 +24,7 @@ from pyro_dgm.distributions.bindings import Binding, CallState, SAMPLING_OPTIONS
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
-from pyro_dgm.utils.checks import as_var_list, check_present, describe
+from pyro_dgm.utils.checks import as_var_list, check_present, describe, sample_batch_n
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -449,8 +449,8 @@ class Distribution(YieldingModule):
         >>> {k: tuple(v.shape) for k, v in (p * prior).sample(batch_n=3).items()}
         {'z': (3, 2), 'x': (3, 2)}
         """
-        if batch_n is not None and (not isinstance(batch_n, int) or isinstance(batch_n, bool) or batch_n < 1):
-            raise ValueError(f"{describe(self)}: batch_n must be a positive int, got {batch_n!r}")
+        if batch_n is not None and (type(batch_n) is not int or batch_n < 1):
+            batch_n = sample_batch_n(self, batch_n)  # numpy/torch integers, and Pixyz's 0, False, -1, True
         values = self._dgm_input_dict(x_dict)
         d = self.__dict__
         g_opt, f_opts = d.get("_dgm_dg_global_option"), d.get("_dgm_dg_options")

@@ -20,7 +20,7 @@ from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
-from pyro_dgm.utils.checks import describe, ordered_union
+from pyro_dgm.utils.checks import describe, ordered_union, sample_batch_n
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call, seeded_draws
@@ -308,6 +308,8 @@ class MixtureModel(_Mixture):
         is a draw from the same joint. ``sample_mean=True`` gives the mixture's mean (Pixyz: the mean of the
         component with the highest prior weight, which is not the mixture's mean).
         """
+        if batch_n is not None and (type(batch_n) is not int or batch_n < 1):
+            batch_n = sample_batch_n(self, batch_n)
         if return_hidden and not sample_mean and not sample_shape:
             values = self._dgm_input_dict(x_dict)
             ctx = CallState(batch_n, sample_shape, reparam, sample_mean, None, kwargs)

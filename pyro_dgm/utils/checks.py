@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -50,6 +51,40 @@ def describe(obj: Any) -> str:
     """The way errors name a distribution or a loss: its class and its formula, e.g. ``Normal p(x|z)``."""
     text = getattr(obj, "prob_text", None) or getattr(obj, "loss_text", None)
     return f"{type(obj).__name__} {text}" if text else type(obj).__name__
+
+
+def sample_batch_n(owner: Any, batch_n: Any) -> int | None:
+    """The batch size a ``sample(batch_n=...)`` call asks for, read as Pixyz reads it: any integer (a numpy or
+    torch integer too); ``0``, ``False`` and ``-1`` ask for none (Pixyz tests ``if batch_n:``, and ``-1`` keeps the
+    inputs' size as in ``expand``), ``0`` with a ``UserWarning`` since no empty batch is drawn; ``True`` is 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sample_batch_n("p", np.int64(3)), sample_batch_n("p", -1), sample_batch_n("p", None)
+    (3, None, None)
+    >>> sample_batch_n("p", -2)
+    Traceback (most recent call last):
+    ...
+    pyro_dgm.utils.checks.OutOfRangeError: str: batch_n must be a positive int (or 0, -1 or None ...), got -2
+    """
+    if batch_n is None:
+        return None
+    try:
+        n = operator.index(batch_n)
+    except TypeError:
+        if not (isinstance(batch_n, float) and batch_n == 0):
+            raise TypeError(f"{describe(owner)}: batch_n must be an int, got {batch_n!r}") from None
+        n = 0
+    if n >= 1:
+        return n
+    if n == 0 and batch_n is not False:
+        warnings.warn(f"{describe(owner)}: batch_n={batch_n!r} draws the inputs' batch size (one element without "
+                      "inputs), as Pixyz does, not an empty batch", UserWarning, stacklevel=3)
+    if n in (0, -1):
+        return None
+    raise OutOfRangeError(f"{describe(owner)}: batch_n must be a positive int (or 0, -1 or None for the inputs' size), "
+                          f"got {batch_n!r}")
 
 
 def as_var_list(names: Any, owner: str, arg: str) -> list[str]:

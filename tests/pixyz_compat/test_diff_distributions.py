@@ -1060,3 +1060,35 @@ def test_a_scored_value_that_is_not_a_tensor_raises_pixyzs_value_error():
     assert issubclass(NotATensorError, TypeError) and issubclass(NotATensorError, ValueError)
     with renamed_import(), pytest.raises(TypeError, match=r"Normal p\(x\): the value of 'x' must be a tensor"):
         prog_a_scored_value_that_is_not_a_tensor()
+
+
+def prog_batch_n_forms():
+    """``batch_n`` as Pixyz reads it (``if batch_n:``, then ``expand``): numpy and torch integers, ``True`` (one),
+    and ``0``, ``False``, ``0.0`` and ``-1`` (the inputs' size). We refused every one of them."""
+    import numpy as np
+    import torch
+    import pixyz.distributions as pd
+    import pixyz.flows as F
+
+    prior = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    experts = [pd.Normal(loc=torch.randn(2), scale=torch.ones(2), var=["y"], name=f"p_{i}") for i in range(2)]
+    kinds = {"normal": prior, "bernoulli": pd.Bernoulli(probs=torch.full((2,), .3), var=["b"]),
+             "joint": pd.Normal(loc="z", scale=1., var=["x"], cond_var=["z"]) * prior,
+             "mixture": pd.MixtureModel(experts, pd.Categorical(probs=torch.tensor([.4, .6]), var=["k"])),
+             "flow": pd.TransformedDistribution(prior, F.PlanarFlow(2), var=["w"])}
+    out = {}
+    for name, d in kinds.items():
+        for batch_n in (np.int64(3), torch.tensor(2), True, 0, False, 0.0, -1):
+            out[f"{name}, batch_n={batch_n!r}"] = d.sample(batch_n=batch_n)
+    return out
+
+
+def test_batch_n_takes_pixyzs_forms():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (ours warns that batch_n=0 draws no empty batch)
+        ref, _ = same(prog_batch_n_forms)
+    assert ref["normal, batch_n=np.int64(3)"]["z"].shape == (3, 2) and ref["joint, batch_n=0"]["x"].shape == (1, 2)
+    with renamed_import(), pytest.warns(UserWarning, match=r"Normal p_\{prior\}\(z\): batch_n=0 draws"):
+        prog_batch_n_forms()

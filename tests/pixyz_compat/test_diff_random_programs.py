@@ -449,6 +449,9 @@ def _same_outcome(program: Any, **tolerances: Any) -> None:
         except Exception as e:  # noqa: BLE001 (the kind of failure is what is compared)
             results.append(("raises", e))
     (k1, r1), (k2, r2) = results
+    if k1 == "raises" and k2 == "ok" and isinstance(r1, IndexError) and str(r1).startswith("The shape of the mask"):
+        return  # Pixyz's FactorizedBernoulli zeroes its log-density in place through a mask that does not broadcast
+        # (a value of batch 1 scored under a batch of parameters): ours broadcasts as every family does
     assert k1 == k2, f"Pixyz: {k1} {repr(r1) if k1 == 'raises' else ''}; pyro_dgm: {k2} " + (
         repr(r2) if k2 == "raises" else "")
     if k1 == "ok":
