@@ -190,11 +190,12 @@ class DistributionBase(Distribution):
     def _dgm_as_tensor(self, pname: str, value: Any) -> Tensor:
         if isinstance(value, Tensor):
             t = value  # kept attached: as in Pixyz, gradients reach a tensor that requires grad (_dgm_store_constants)
-        elif isinstance(value, (int, float)) or (isinstance(value, (list, tuple)) and value):
+        elif isinstance(value, (int, float)) or (isinstance(value, (list, tuple)) and value) or (
+                type(value).__module__ == "numpy" and hasattr(value, "__array__")):  # numpy arrays and scalars
             t = torch.as_tensor(value, dtype=torch.get_default_dtype())
-        else:
-            raise TypeError(f"{describe(self)}: parameter {pname} must be a number, a tensor or the name of a "
-                            f"cond_var, got {type(value).__name__}")
+        else:  # (Pixyz raises a ValueError there: this is both)
+            raise NotATensorError(f"{describe(self)}: parameter {pname} must be a number, a tensor or the name of a "
+                                  f"cond_var, got {type(value).__name__}")
         if not t.is_floating_point():
             t = t.to(torch.get_default_dtype())
         return t

@@ -310,6 +310,20 @@ def test_numpy_arrays_are_converted() -> None:
         p.get_log_prob({"x": X, "y": [[0.0] * 3] * 5})
 
 
+def test_numpy_constant_parameters_are_the_tensor_ones() -> None:
+    """A numpy array (or scalar) as a constant parameter is read as a list is: a tensor of the default dtype (Pixyz
+    refuses it with a ValueError; we refused it with a TypeError)."""
+    from pyro_dgm.distributions import Categorical
+
+    p = Normal(loc=np.array([0.5, -1.0]), scale=np.float64(2.0), var=["x"])
+    ref = Normal(loc=torch.tensor([0.5, -1.0]), scale=torch.tensor(2.0), var=["x"])
+    x = torch.tensor([[0.1, 0.2], [3.0, -4.0]])
+    assert p.get_params()["loc"].dtype == torch.get_default_dtype()
+    torch.testing.assert_close(p.get_log_prob({"x": x}), ref.get_log_prob({"x": x}))
+    c = Categorical(probs=np.array([0.25, 0.75]), var=["k"])
+    torch.testing.assert_close(c.get_log_prob({"k": torch.tensor([[0.0, 1.0]])}), torch.log(torch.tensor([0.75])))
+
+
 def test_numpy_arrays_given_to_a_loss_reach_its_networks_as_tensors() -> None:
     """Every path of a loss converts them, the closed-form KL's included (its networks ran on the numpy array and
     raised inside the user's forward), in eval and in Model.train."""
