@@ -873,6 +873,10 @@ class Distribution(YieldingModule):
             g_opt = {**self.global_options, **other.global_options}
             if g_opt:
                 joint.global_options = g_opt
+            integrals: set[str] = set()  # (the order of the integrals, as Pixyz's united graph has it)
+            for d in (self, other):
+                integrals.update(getattr(d, "_dgm_integrals", ()))
+            joint._dgm_integrals = integrals
             return joint
         return MultiplyDistribution(self, other)
 

@@ -453,8 +453,8 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
     >>> qx = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q_x")
     >>> qy = Normal(loc="y", scale=1., var=["z"], cond_var=["y"], name="q_y")
     >>> q = MixtureOfNormal([qx, qy], name="q")
-    >>> print(q.prob_joint_factorized_and_text)
-    q(z|x,y) = \frac{1}{2}q_{x}(z|x) + \frac{1}{2}q_{y}(z|y)
+    >>> print(q.prob_factorized_text)  # (q(z|x,y) or q(z|y,x): Pixyz orders the inputs as Python's set of them)
+    \frac{1}{2}q_{x}(z|x) + \frac{1}{2}q_{y}(z|y)
     >>> v = {"x": torch.zeros(1, 1), "y": torch.ones(1, 1), "z": torch.zeros(1, 1)}
     >>> bool(torch.allclose(q.get_log_prob(v).exp(), 0.5 * (qx.get_log_prob(v).exp() + qy.get_log_prob(v).exp())))
     True
@@ -476,7 +476,10 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
                                                                                         weight_modalities]
         if len(weights) != len(experts) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"{owner}: expected {len(experts)} non-negative weights (one per expert), got {weights}")
-        super().__init__(var=var, cond_var=ordered_union(*(e.cond_var for e in experts)), name=name,
+        # the experts' inputs in the order of Python's set of them, as Pixyz's (it depends on the strings' hashes, so
+        # on the process's hash seed): the formula p(z|x,y) reads as Pixyz's in the same process
+        cond_var = list(set(v for e in experts for v in e.cond_var))
+        super().__init__(var=var, cond_var=cond_var, name=name,
                          features_shape=features_shape)  # as given (Pixyz's; the experts decide the shapes)
         self.p = nn.ModuleList(experts)
         self.register_buffer("weight_modalities", torch.tensor(weights))

@@ -49,7 +49,9 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
 def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
     """:func:`replace_var` once the names are checked."""
     if isinstance(d, MarginalizeVarDistribution):
-        return MarginalizeVarDistribution(replace_var(d.p, replace_dict), d.marginalize_list)
+        out = MarginalizeVarDistribution(replace_var(d.p, replace_dict), d.marginalize_list)
+        out._dgm_integrals = {replace_dict.get(v, v) for v in d._dgm_integrals}  # (Pixyz's set comprehension)
+        return out
     if isinstance(d, ReplaceVarDistribution):  # compose with the renaming it already has
         inner = d.p
         composed: dict[str, str] = {}
@@ -230,8 +232,11 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         kept = [v for v in p.var if v not in names]
         if not kept:
             raise ValueError(f"{describe(p)}.marginalize_var: marginalizing every variable {names} leaves nothing")
+        integrals: set[str] = set()  # Pixyz's set of them, which orders the integrals of the formula (see below)
         if isinstance(p, MarginalizeVarDistribution):  # a marginal of a marginal integrates out both lists
+            integrals.update(p._dgm_integrals)
             p, names = p.p, p.marginalize_list + [v for v in names if v not in p.marginalize_list]
+        integrals.update(set([marginalize_list] if isinstance(marginalize_list, str) else marginalize_list))
         if p._dgm_factors == (p,):
             raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
                             "variables of a product (joint) distribution")
@@ -240,6 +245,9 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         self._graph = nn.ModuleList(p._dgm_pixyz_atoms)  # Pixyz's state dict: "_graph.<i>.<...>" and "p.<...>"
         self.p = p
         self._dgm_marginalized = names
+        #: Pixyz keeps the marginalized variables in a set and writes the integrals in its order, which depends on
+        #: the strings' hashes (so on the process's hash seed): a set built as Pixyz builds it has the same order.
+        self._dgm_integrals = integrals
         self._dgm_input_var = list(p.input_var)
         if g_opt:
             self.global_options = g_opt
@@ -267,7 +275,7 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     def prob_factorized_text(self) -> str:
         # Pixyz: one \int per marginalized variable, then d<variable> each
         return ("\\int " * len(self._dgm_marginalized) + self.p.prob_factorized_text
-                + "".join(f"d{latex_name(v)}" for v in self._dgm_marginalized))
+                + "".join(f"d{latex_name(v)}" for v in self._dgm_integrals))
 
     def __repr__(self) -> str:
         return repr(self.graph)  # Pixyz's: the factors of its graph

@@ -798,3 +798,70 @@ def test_global_options_carry_into_products_renamings_and_marginals_as_in_pixyz(
     ref, _ = same(prog_global_options_carry)
     assert sorted(ref["alone"]) == ["y"] and sorted(ref["product"]) == ["x", "y", "z"]
     assert sorted(ref["marginal"]) == ["x", "z"] and sorted(ref["renamed"]) == ["w", "z"]
+
+
+def prog_integrals_of_marginals():
+    """The formulas of marginals over several variables: Pixyz writes the d's in the order of its set of them (which
+    depends on the strings' hashes), also for marginals of marginals, renamed marginals and products with one. We
+    wrote them in the order given, so most formulas differed from Pixyz's in the same process."""
+    import itertools
+
+    import torch
+    import pixyz.distributions as pd
+
+    names = list("abcdefg")
+    joint = pd.Normal(loc=torch.zeros(1), scale=torch.ones(1), var=["a"], name="p")
+    for parent, v in zip(names, names[1:]):
+        joint = joint * pd.Normal(loc=parent, scale=1., var=[v], cond_var=[parent], name="p")
+    out = []
+    for k in (2, 3, 4):
+        for chosen in itertools.combinations(names[:-1], k):
+            m = joint.marginalize_var(list(chosen))
+            out.append(m.prob_joint_factorized_and_text)
+            if k == 2:
+                out.append(joint.marginalize_var([chosen[0]]).marginalize_var([chosen[1]]).prob_joint_factorized_and_text)
+                out.append(m.replace_var(g="y").prob_joint_factorized_and_text)
+                child = pd.Normal(loc="g", scale=1., var=["z"], cond_var=["g"], name="q")
+                out.append((m * child).prob_joint_factorized_and_text)
+    return out
+
+
+def prog_inputs_of_mixtures_of_experts():
+    """A mixture of experts lists its inputs in the order of Python's set of them, as Pixyz's: its formula and
+    ``cond_var`` (we listed them in the experts' order: p(z|x,y) where Pixyz printed p(z|y,x) in the same process)."""
+    import torch
+    import pixyz.distributions as pd
+
+    names = ["x", "y", "w", "u", "image", "text", "a", "b"]
+    out = []
+    for i in range(len(names) - 2):
+        experts = [pd.Normal(loc=v, scale=torch.tensor(1.), var=["z"], cond_var=[v], name=f"q_{v}")
+                   for v in names[i:i + 3]]
+        m = pd.MixtureOfNormal(experts, name="q")
+        out.append((m.cond_var, m.input_var, m.prob_text, m.replace_var(z="s").prob_text))
+    return out
+
+
+def test_the_integrals_of_a_marginal_are_in_pixyzs_order() -> None:
+    same(prog_integrals_of_marginals)
+
+
+def test_the_inputs_of_a_mixture_of_experts_are_in_pixyzs_order() -> None:
+    same(prog_inputs_of_mixtures_of_experts)
+
+
+def test_the_orders_of_pixyzs_sets_whatever_the_hash_seed() -> None:
+    """The orders change with the process's hash seed: the same comparisons in processes of other seeds."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys; sys.path.insert(0, %r); import test_diff_distgraph as t; "
+            "t.test_the_integrals_of_a_marginal_are_in_pixyzs_order(); "
+            "t.test_the_inputs_of_a_mixture_of_experts_are_in_pixyzs_order()" % here)
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=here, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
