@@ -209,7 +209,7 @@ class AdversarialLoss(Loss):
         self.__dict__["_dgm_frozen"] = [t for t in self._dgm_d_only if id(t) not in trained]
         self.__dict__["_dgm_sharer"] = id(sharer)  # (an id: the term stays picklable)
 
-    def forward(self, values: dict[str, Any], discriminator: bool = False, **kwargs: Any) -> Tensor:
+    def _dgm_value(self, values: dict[str, Any], discriminator: bool = False, **kwargs: Any) -> Tensor:
         """The generator-side value; with ``discriminator=True`` (Pixyz), the discriminator's loss on detached
         samples (what :meth:`loss_train` minimizes)."""
         n = self._dgm_batch_n(values)

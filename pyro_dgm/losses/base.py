@@ -361,9 +361,14 @@ class Loss(YieldingModule, _PyroELBO):
     def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor | tuple[Tensor, dict[str, Any]]:
         """The value of this term given ``values`` (which hold :attr:`input_var`); subclasses define it.
 
-        It returns the value, or ``(value, samples)`` with the samples it drew, by variable name.
+        A subclass returns the value, or ``(value, samples)`` with the samples it drew, by variable name. The
+        built-in terms return ``(value, samples)``, as Pixyz's ``forward`` does (they compute the value in
+        ``_dgm_value``).
         """
-        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+        value = getattr(type(self), "_dgm_value", None)
+        if value is None:
+            raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+        return value(self, values, **kwargs), {}
 
     def eval(self, x_dict: Mapping[str, Any] | None = None, return_dict: bool = False, return_all: bool = True,
              return_terms: bool = False, **kwargs: Any) -> Any:

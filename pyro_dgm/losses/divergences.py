@@ -255,7 +255,7 @@ class KullbackLeibler(Loss):
             # has shape () there (a 1-d batch of several scalars would be summed too: that sum is not a divergence
             # per element, so only the shape of one value is Pixyz's)
             total = total.sum()
-        return total
+        return total, {}
 
     def _dgm_one_dim(self, values: dict[str, Any], kwargs: dict[str, Any]) -> bool:
         """Whether the element-wise divergence has one dim (checked only for a result of one value): torch's KL of
@@ -351,7 +351,7 @@ class Entropy(Loss):
                                         "analytical=False for a Monte Carlo estimate") from e
             total = h if total is None else total + h
         assert total is not None
-        return total
+        return total, {}
 
 
 class AnalyticalEntropy(Entropy):

@@ -122,7 +122,7 @@ class IWELBO(Loss):
                 out[name] = v
         return out
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         batch = None
         for v in self._input_var:
             x = values[v]

@@ -151,7 +151,7 @@ class MMD(SampleDivergence):
                 return x.shape[0]
         return self.batch_n
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         n = self._dgm_batch_n(values)
         x, y = draw_joint_sample(self.p, values, n, kwargs), draw_joint_sample(self.q, values, n, kwargs)
         if x.shape != y.shape:

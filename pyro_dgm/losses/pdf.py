@@ -56,7 +56,7 @@ class LogProb(Loss):
     def latex(self) -> str:
         return rf"\log {self.p.prob_text}"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         return self.p.get_log_prob(values, sum_features=self.sum_features, feature_dims=self.feature_dims, **kwargs)
 
 
@@ -80,8 +80,8 @@ class Prob(LogProb):
     def latex(self) -> str:
         return self.p.prob_text
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
-        return super().forward(values, **kwargs).exp()
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+        return super()._dgm_value(values, **kwargs).exp()
 
 
 def NLL(p: "Distribution", sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> Loss:

@@ -89,6 +89,6 @@ class PyroELBO(Loss):
         g = getattr(self.guide, "__name__", "guide").replace("_", r"\_")
         return rf"-\mathrm{{ELBO}}_{{{name}}} \left[{m}, {g} \right]"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         data = {v: values[v] for v in self._input_var}  # the values of a larger formula may hold other variables
         return self.elbo.differentiable_loss(self.model, self.guide, **data, **kwargs)

@@ -76,7 +76,7 @@ class SimilarityLoss(_PairedEmbeddings):
     def latex(self) -> str:
         return rf"\mathcal{{L}}_{{sim}} \left[{self.p1.prob_text}, {self.p2.prob_text} \right]"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         a, b, perm = self._dgm_embeddings(values, kwargs)
         cos = F.cosine_similarity(a, b, dim=-1)
         zero = torch.zeros((), dtype=cos.dtype, device=cos.device)
@@ -111,7 +111,7 @@ class MultiModalContrastivenessLoss(_PairedEmbeddings):
     def latex(self) -> str:
         return rf"\mathcal{{L}}_{{contrast}} \left[{self.p1.prob_text}, {self.p2.prob_text} \right]"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         a, b, perm = self._dgm_embeddings(values, kwargs)
         matched = (a - b).pow(2).sum(-1)
         mismatched = (a - b[perm]).pow(2).sum(-1).sqrt()

@@ -93,7 +93,7 @@ class ValueLoss(Loss):
             return _number_text(self.value.item()) if self.value.numel() == 1 else "c"
         return _number_text(self.value)
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Any:
         return self.value  # a number stays a number inside a formula (no float32 rounding); eval() makes a tensor
 
 
@@ -127,7 +127,7 @@ class Parameter(Loss):
 
         return sympy.Symbol(self._input_var[0])
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Any:
         return values[self._input_var[0]]
 
 

@@ -56,7 +56,7 @@ class WassersteinDistance(SampleDivergence):
     def latex(self) -> str:
         return rf"W^{{upper}} \left({self.p.prob_text}, {self.q.prob_text} \right)"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
+    def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         n = self.batch_n
         for v in self._input_var:
             x = values[v]

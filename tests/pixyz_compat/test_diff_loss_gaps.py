@@ -807,3 +807,32 @@ def test_a_model_whose_distributions_hold_the_discriminator_trains_it_on_the_gen
     weights came out different. A model that does not list it leaves it to the term's loss_train, as before."""
     ref, ours = run_both(_model_that_trains_the_discriminator_too)
     assert_same(ref, ours, rtol=1e-4, atol=1e-5)
+
+
+def prog_forward_of_the_built_in_terms() -> Any:
+    """``term.forward(x_dict)`` of a built-in term returns Pixyz's ``(value, samples)`` (a custom term's forward may
+    call its operands' this way). Ours returned the value alone for most terms: ``value, d = term.forward(...)``
+    raised, or for a batch of two silently split the values."""
+    import torch
+    import pixyz.distributions as pd
+    import pixyz.losses as L
+
+    q = pd.Normal(loc="x", scale=torch.tensor(1.5), var=["z"], cond_var=["x"], name="q")
+    p = pd.Normal(loc="z", scale=torch.tensor(1.), var=["x"], cond_var=["z"], name="p")
+    prior = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    values = {"x": torch.randn(2, 2), "z": torch.randn(2, 2)}
+    terms = {"log_prob": L.LogProb(p), "prob": L.Prob(p), "kl": L.KullbackLeibler(q, prior),
+             "entropy": L.Entropy(prior), "cross_entropy": L.CrossEntropy(q, prior, analytical=True),
+             "parameter": L.Parameter("x"), "expectation": L.Expectation(q, L.LogProb(p)),
+             "sum": L.LogProb(p) + L.KullbackLeibler(q, prior), "mean": L.LogProb(p).mean()}
+    out = {}
+    for name, term in terms.items():
+        torch.manual_seed(0)
+        value, samples = term.forward(dict(values))
+        out[name] = (value, sorted(samples))
+    return out
+
+
+def test_forward_of_the_built_in_terms_returns_pixyzs_pair() -> None:
+    ref, ours = run_both(prog_forward_of_the_built_in_terms)
+    assert_same(ref, ours)
