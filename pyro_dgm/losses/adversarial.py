@@ -209,6 +209,16 @@ class AdversarialLoss(Loss):
         self.__dict__["_dgm_frozen"] = [t for t in self._dgm_d_only if id(t) not in trained]
         self.__dict__["_dgm_sharer"] = id(sharer)  # (an id: the term stays picklable)
 
+    #: Whether :meth:`forward` returns the values it was given with the value, as Pixyz's Jensen-Shannon and
+    #: Wasserstein terms do (so ``eval(..., return_dict=True, return_all=False)`` holds them); its KL term's, none.
+    _dgm_returns_values: bool = True
+
+    def forward(self, values: dict[str, Any], discriminator: bool = False,
+                **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        """Pixyz's ``(value, values)``: see :meth:`_dgm_value`."""
+        value = self._dgm_value(values, discriminator=discriminator, **kwargs)
+        return value, (dict(values) if self._dgm_returns_values else {})
+
     def _dgm_value(self, values: dict[str, Any], discriminator: bool = False, **kwargs: Any) -> Tensor:
         """The generator-side value; with ``discriminator=True`` (Pixyz), the discriminator's loss on detached
         samples (what :meth:`loss_train` minimizes)."""

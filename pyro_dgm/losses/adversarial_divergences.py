@@ -190,6 +190,8 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     [Kim+ 2018] Disentangling by Factorising
     """
 
+    _dgm_returns_values = False  # (Pixyz's returns no values)
+
     @property
     def latex(self) -> str:
         return rf"D_{{KL}}^{{Adv}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"

@@ -525,6 +525,11 @@ def _adversarial(kind: str) -> Any:
         out = [str(loss), loss.eval({"x": x}), loss.loss_train({"x": x.clone()}), loss.loss_test({"x": x.clone()}),
                loss.eval({"x": x.clone()}, discriminator=True), (-loss).loss_train(x_dict={"x": x.clone()}),
                loss.mean().loss_test(x_dict={"x": x.clone()})]
+        # the values the term returns (Pixyz's Jensen-Shannon and Wasserstein terms: the given ones; KL: none)
+        for call in (lambda: loss.eval({"x": x.clone()}, return_dict=True, return_all=False),
+                     lambda: loss({"x": x.clone()}), lambda: loss.forward({"x": x.clone()})):
+            value, values = call()
+            out.append((value, sorted(values)))
         y_p = torch.sigmoid(torch.randn(5, 1)).requires_grad_()
         y_q = torch.sigmoid(torch.randn(5, 1)).requires_grad_()
         out.append(loss.d_loss(y_p, y_q, 5))
