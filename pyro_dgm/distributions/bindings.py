@@ -64,7 +64,7 @@ class CallState:
         """Apply one factor's options (``graph.set_option``) for its draw; returns what :meth:`restore` needs."""
         saved = (self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs)
         if "batch_n" in option:
-            self.batch_n = option["batch_n"]
+            self.batch_n = option["batch_n"] or None  # (Pixyz's `if batch_n:`: 0 draws the inputs' size)
         if "sample_shape" in option:
             shape = option["sample_shape"]
             self.sample_shape = shape if type(shape) is torch.Size else torch.Size(shape)

@@ -742,11 +742,12 @@ class DistributionBase(Distribution):
 
     def _dgm_value_tensor(self, name: str, x: Any) -> Tensor:
         """A scored value that is not a tensor: a numpy array becomes one (``torch.as_tensor``, dtype kept, on the
-        device of the parameters); anything else raises ``TypeError``."""
+        device of the parameters); anything else raises :class:`NotATensorError` (a ``TypeError``, and the
+        ``ValueError`` torch's validation raises under Pixyz)."""
         if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
             return self._dgm_from_numpy(x)
         raise NotATensorError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array), got "
-                        f"{type(x).__name__}")
+                              f"{type(x).__name__}")
 
     def _dgm_sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:
         """Sum the element-wise ``t`` over ``feature_dims``; an out-of-range dim raises naming this distribution."""

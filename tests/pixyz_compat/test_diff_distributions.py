@@ -1066,7 +1066,8 @@ def test_a_scored_value_that_is_not_a_tensor_raises_pixyzs_value_error():
 
 def prog_batch_n_forms():
     """``batch_n`` as Pixyz reads it (``if batch_n:``, then ``expand``): numpy and torch integers, ``True`` (one),
-    and ``0``, ``False``, ``0.0`` and ``-1`` (the inputs' size). We refused every one of them."""
+    and ``0``, ``False``, ``0.0`` and ``-1`` (the inputs' size). We refused every one of them in ``sample``, and a
+    factor's option ``batch_n=0`` drew an empty batch."""
     import numpy as np
     import torch
     import pixyz.distributions as pd
@@ -1082,6 +1083,12 @@ def prog_batch_n_forms():
     for name, d in kinds.items():
         for batch_n in (np.int64(3), torch.tensor(2), True, 0, False, 0.0, -1):
             out[f"{name}, batch_n={batch_n!r}"] = d.sample(batch_n=batch_n)
+    for batch_n in (np.int64(3), True, 0, -1):  # as a factor's option, and to set_dist
+        joint = pd.Normal(loc="z", scale=1., var=["x"], cond_var=["z"]) * prior
+        joint.graph.set_option({"batch_n": batch_n}, ["z"])
+        out[f"option batch_n={batch_n!r}"] = joint.sample()
+        prior.set_dist(batch_n=batch_n)
+        out[f"set_dist batch_n={batch_n!r}"] = prior.get_sample()
     return out
 
 
