@@ -111,7 +111,10 @@ class Loss(YieldingModule, _PyroELBO):
         if len(args) == 2 and not kwargs and callable(args[0]) and callable(args[1]):
             return _PyroELBO.__call__(self, *args)
         out = nn.Module.__call__(self, *args, **kwargs)
-        return out if type(out) is tuple else (out, {})
+        value, samples = out if type(out) is tuple else (out, {})
+        if isinstance(value, (int, float)):  # a ValueLoss keeps a number inside formulas; called, Pixyz's is a tensor
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        return value, samples
 
     # ------------------------------------------------------------------ names and text
     @property

@@ -841,3 +841,17 @@ def prog_forward_of_the_built_in_terms() -> Any:
 def test_forward_of_the_built_in_terms_returns_pixyzs_pair() -> None:
     ref, ours = run_both(prog_forward_of_the_built_in_terms)
     assert_same(ref, ours)
+
+
+def prog_a_called_value_loss() -> Any:
+    """``loss(x_dict)`` of a constant term gives a tensor, as Pixyz's (ours gave the Python number it keeps exact
+    inside formulas)."""
+    import torch
+    import pixyz.losses as L
+
+    return [L.ValueLoss(2.5)({}), (L.ValueLoss(2.0) * 3)({}), L.ValueLoss(torch.tensor([1.0, 2.0]))({})]
+
+
+def test_a_called_value_loss_gives_pixyzs_tensor() -> None:
+    ref, ours = run_both(prog_a_called_value_loss)
+    assert_same(ref, ours)
