@@ -819,7 +819,8 @@ def prog_integrals_of_marginals():
             m = joint.marginalize_var(list(chosen))
             out.append(m.prob_joint_factorized_and_text)
             if k == 2:
-                out.append(joint.marginalize_var([chosen[0]]).marginalize_var([chosen[1]]).prob_joint_factorized_and_text)
+                twice = joint.marginalize_var([chosen[0]]).marginalize_var([chosen[1]])
+                out.append(twice.prob_joint_factorized_and_text)
                 out.append(m.replace_var(g="y").prob_joint_factorized_and_text)
                 child = pd.Normal(loc="g", scale=1., var=["z"], cond_var=["g"], name="q")
                 out.append((m * child).prob_joint_factorized_and_text)
