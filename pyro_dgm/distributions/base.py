@@ -20,7 +20,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from pyro_dgm.distributions.bindings import Binding, CallState, SAMPLING_OPTIONS
+from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState, draw_factors
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
@@ -457,21 +457,9 @@ class Distribution(YieldingModule):
         if g_opt and self._dgm_graph_call:  # Pixyz: global options reach the factors as keywords the call lacks
             kwargs = {**{k: v for k, v in g_opt.items() if k not in SAMPLING_OPTIONS}, **kwargs}
         ctx = CallState(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
-        if not f_opts:
-            for f in self._dgm_order:
-                f._dgm_draw_factor(values, ctx)
-        else:  # options set with graph.set_option(..., var) override the call's for their factors
-            for f in self._dgm_order:
-                # (Pixyz: they hold in products; an atomic distribution's own calls do not read them)
-                o = f_opts.get(id(f)) if f is not self else None
-                if o is None:
-                    f._dgm_draw_factor(values, ctx)
-                else:
-                    saved = ctx.override(o)
-                    try:
-                        f._dgm_draw_factor(values, ctx)
-                    finally:
-                        ctx.restore(saved)
+        if f_opts and id(self) in f_opts:  # (Pixyz: options hold in products; an atomic one's own calls ignore them)
+            f_opts = {k: v for k, v in f_opts.items() if k != id(self)}
+        draw_factors(self._dgm_order, values, ctx, f_opts)  # graph.set_option(..., var) overrides the call's options
         if return_all:
             return values
         var = self._var  # in the order drawn, as Pixyz's

@@ -14,7 +14,8 @@ from pyro_dgm.utils.checks import describe
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["CallState", "Binding", "SAMPLING_OPTIONS", "forward_extras", "forward_binding", "expand_batch_n"]
+__all__ = ["CallState", "Binding", "SAMPLING_OPTIONS", "forward_extras", "forward_binding", "expand_batch_n",
+           "draw_factors"]
 
 
 _NO_SHAPE = torch.Size()
@@ -80,6 +81,26 @@ class CallState:
     def restore(self, saved: tuple[Any, ...]) -> None:
         """Undo :meth:`override`."""
         self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs = saved
+
+
+def draw_factors(factors: Iterable[Any], values: dict[str, Any], ctx: CallState,
+                 options: Mapping[int, Mapping[str, Any]] | None = None) -> None:
+    """Draw ``factors`` in order into ``values``; a factor with options (``graph.set_option(opts, var)``, by
+    ``id(factor)``) draws under them instead of the call's, as Pixyz's ``Factor.option`` does."""
+    if not options:
+        for f in factors:
+            f._dgm_draw_factor(values, ctx)
+        return
+    for f in factors:
+        o = options.get(id(f))
+        if o is None:
+            f._dgm_draw_factor(values, ctx)
+            continue
+        saved = ctx.override(o)
+        try:
+            f._dgm_draw_factor(values, ctx)
+        finally:
+            ctx.restore(saved)
 
 
 class Binding:

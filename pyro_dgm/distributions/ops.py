@@ -8,7 +8,7 @@ import networkx as nx
 from torch import Tensor, nn
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.distributions.bindings import Binding, CallState
+from pyro_dgm.distributions.bindings import Binding, CallState, draw_factors
 from pyro_dgm.distributions.joint import LabelledComposite, MultiplyDistribution, pixyz_graph
 from pyro_dgm.utils.checks import NoClosedFormError, check_var_name, describe
 from pyro_dgm.utils.latex import latex_name
@@ -223,6 +223,7 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     def __init__(self, p: Distribution, marginalize_list: str | Sequence[str]) -> None:
         g_opt = p.global_options  # Pixyz's marginalized graph keeps the joint's global options
         names = [marginalize_list] if isinstance(marginalize_list, str) else list(marginalize_list)
+        given = names
         if not names:
             raise ValueError(f"{describe(p)}.marginalize_var: name at least one variable")
         for v in names:
@@ -236,7 +237,7 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         if isinstance(p, MarginalizeVarDistribution):  # a marginal of a marginal integrates out both lists
             integrals.update(p._dgm_integrals)
             p, names = p.p, p.marginalize_list + [v for v in names if v not in p.marginalize_list]
-        integrals.update(set([marginalize_list] if isinstance(marginalize_list, str) else marginalize_list))
+        integrals.update(set(given))
         if p._dgm_factors == (p,):
             raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
                             "variables of a product (joint) distribution")
@@ -293,16 +294,7 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         # the options set on the joint's graph or on this marginal's (Pixyz's marginalized graph keeps its factors'
         # options, and set_option on it reaches every factor, the integrated ones too)
         opts = {**(self.p.__dict__.get("_dgm_dg_options") or {}), **(self.__dict__.get("_dgm_dg_options") or {})}
-        for f in self.p._dgm_sampling_order:
-            o = opts.get(id(f))
-            if o is None:
-                f._dgm_draw_factor(values, ctx)
-                continue
-            saved = ctx.override(o)
-            try:
-                f._dgm_draw_factor(values, ctx)
-            finally:
-                ctx.restore(saved)
+        draw_factors(self.p._dgm_sampling_order, values, ctx, opts)
         for v in self._dgm_marginalized:
             values.pop(v, None)
             ctx.event_dims.pop(v, None)
