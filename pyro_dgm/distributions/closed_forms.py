@@ -197,8 +197,8 @@ def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
 
 @register_log_prob(dist.Normal)
 def _normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    loc, scale = params["loc"], params["scale"]
-    return _sum(-0.5 * ((x - loc) / scale).pow(2) - scale.log() - _HALF_LOG_2PI, dims)
+    loc, scale = params["loc"], params["scale"]  # torch's arrangement: the same rounding (bfloat16 under autocast)
+    return _sum(-((x - loc) ** 2) / (2 * scale.pow(2)) - scale.log() - _HALF_LOG_2PI, dims)
 
 
 def _standard_normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
@@ -272,8 +272,8 @@ def _kl_normal_normal(p: Params, q: Params) -> Tensor:
 
 
 def _kl_normal_standard(p: Params) -> Tensor:
-    scale = p["scale"]
-    return 0.5 * (p["loc"].pow(2) + scale.pow(2) - 1) - scale.log()
+    var = p["scale"].pow(2)  # torch's arrangement of the general formula with q = N(0, 1): the same rounding
+    return 0.5 * (var + p["loc"].pow(2) - 1 - var.log())
 
 
 @register_standard(dist.Normal, log_prob=_standard_normal_log_prob, kl=_kl_normal_standard)

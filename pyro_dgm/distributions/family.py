@@ -6,6 +6,7 @@ variable, or returned by ``forward`` of a subclass that holds a network.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
@@ -23,6 +24,7 @@ from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, NoClosedFormEr
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
+from pyro_dgm.utils.versions import version
 
 __all__ = ["DistributionBase"]
 
@@ -421,7 +423,12 @@ class DistributionBase(Distribution):
             return None
         try:
             if other._dgm_is_standard():  # the same value with fewer operations; q's parameters only broadcast
-                kl = closed_forms.KL_TO_STANDARD[self.pyro_dist](p.params)
+                params = p.params
+                q_dtypes = {t.dtype for t in q.params.values()}
+                if not q_dtypes <= {t.dtype for t in params.values()}:  # e.g. bfloat16 networks under autocast:
+                    dtype = functools.reduce(torch.promote_types, q_dtypes, next(iter(params.values())).dtype)
+                    params = {k: t.to(torch.promote_types(t.dtype, dtype)) for k, t in params.items()}  # q's dtype
+                kl = closed_forms.KL_TO_STANDARD[self.pyro_dist](params)
                 shape = kl.shape
                 for t in q.params.values():
                     shape = broadcast_shape(shape, t.shape)
@@ -440,7 +447,7 @@ class DistributionBase(Distribution):
         """Identifies the current constant buffers: a new buffer (``.to(...)``, ``load_state_dict``) or an in-place
         change gives a new key."""
         bufs = self._buffers
-        return tuple((id(t), t._version) for t in (bufs[n] for n in self._dgm_const_names))
+        return tuple((id(t), version(t)) for t in (bufs[n] for n in self._dgm_const_names))
 
     def _dgm_is_standard(self) -> bool:
         """Whether this is a constant distribution in its family's standard form (``closed_forms.IS_STANDARD``,

@@ -35,6 +35,7 @@ from torch.distributions import Transform, constraints
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.checks import ShapeError
+from pyro_dgm.utils.versions import version
 
 __all__ = ["Flow", "FlowList", "ConditionedFlow", "sum_rightmost", "zero_logdet"]
 
@@ -73,7 +74,7 @@ class _Memory:
 
 def _state(flow: nn.Module) -> tuple:
     """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it)."""
-    return tuple((id(t), t._version) for t in (*flow.parameters(), *flow.buffers()))
+    return tuple((id(t), version(t)) for t in (*flow.parameters(), *flow.buffers()))
 
 
 def _dgm_memory(flow: "Flow") -> _Memory | None:

@@ -73,6 +73,8 @@ def get_cache_maxsize() -> int:
 
 def _arg_key(a: Any) -> Hashable:
     if isinstance(a, torch.Tensor):
+        if a.is_inference():  # made under torch.inference_mode: no version counter, and changed in place only
+            return (id(a), "inference")  # inside inference mode, which no evaluation does within its scope
         return (id(a), a._version)  # an in-place change bumps _version: a new key, never a stale hit
     try:
         hash(a)
@@ -163,8 +165,11 @@ class MemoizeMessenger(Messenger):
             return None
         kw = tuple((k, _arg_key(v)) for k, v in kwargs.items()) if kwargs else ()
         keys = []
-        for a in args:
-            keys.append((id(a), a._version) if type(a) is torch.Tensor else _arg_key(a))
+        try:
+            for a in args:
+                keys.append((id(a), a._version) if type(a) is torch.Tensor else _arg_key(a))
+        except RuntimeError:  # an inference tensor (torch.inference_mode) has no _version
+            keys = [_arg_key(a) for a in args]
         return (id(module), module.training, torch.is_grad_enabled(), tuple(keys), kw)
 
     def _traced_lookup(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

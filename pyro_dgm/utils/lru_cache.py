@@ -29,6 +29,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
+from pyro_dgm.utils.versions import version
 
 __all__ = ["lru_cache_for_sample_dict"]
 
@@ -43,6 +44,8 @@ def _freeze(value: Any, anchors: list[Any]) -> Any:
     """A hashable key for ``value``: tensors by identity and version (kept alive in ``anchors``, so an id is not
     reused while the entry lives), dicts and sequences item by item, other values as themselves."""
     if isinstance(value, Tensor):
+        if value.is_inference():  # no version counter (torch.inference_mode): an in-place change would go unseen
+            raise _Uncacheable
         anchors.append(value)
         return ("tensor", id(value), value._version)
     if isinstance(value, dict):
@@ -126,7 +129,11 @@ class _Entries:
             self.structure = structure
             self.tensors = [*owner.parameters(), *owner.buffers()]
             self.modules = list(owner.modules())
-        return (structure, tuple(map(_VERSION, self.tensors)), tuple(m.training for m in self.modules))
+        try:
+            versions = tuple(map(_VERSION, self.tensors))
+        except RuntimeError:  # a module built under torch.inference_mode: a new state at every call
+            versions = tuple(map(version, self.tensors))
+        return (structure, versions, tuple(m.training for m in self.modules))
 
     def check(self, owner: Any) -> None:
         """Drop every entry if the owner changed since they were made."""
