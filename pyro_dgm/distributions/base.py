@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Sequence
 import networkx as nx
 import pyro
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState, draw_factors
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
-from pyro_dgm.utils.checks import as_var_list, check_present, describe, sample_batch_n
+from pyro_dgm.utils.checks import ShapeError, as_var_list, check_present, describe, sample_batch_n
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -784,7 +784,11 @@ class Distribution(YieldingModule):
         infer = self._dgm_pyro_infer
         if obs is not None:
             if name in obs:
-                return pyro.sample(name, fn, obs=obs[name])
+                value = obs[name]
+                ev = fn.event_shape
+                if ev and value.dim() <= len(ev) and value.shape != ev[len(ev) - value.dim():]:
+                    self._dgm_event_swallows_batch(name, value, fn)
+                return pyro.sample(name, fn, obs=value)
             return pyro.sample(name, fn, infer=dict(infer)) if infer else pyro.sample(name, fn)
         stack = PYRO_STACK
         if stack and not ignores_sites(stack):
@@ -797,6 +801,17 @@ class Distribution(YieldingModule):
         if ctx.reparam:
             return fn.rsample() if fn.has_rsample else fn.sample()
         return fn.sample()
+
+    def _dgm_event_swallows_batch(self, name: str, value: Tensor, fn: Any) -> NoReturn:
+        """Refuse an observed value that the event shape would broadcast over, leaving it no batch dim: each data
+        point would be scored against every other (silently, when the sizes happen to agree)."""
+        raise ShapeError(
+            f"{describe(self)}: the observed {name!r} has shape {tuple(value.shape)}, and the event shape "
+            f"{tuple(fn.event_shape)} that the parameters give covers all of its dims: its batch dim would be "
+            "broadcast as an event dim. A parameter has a dim too many: an input that is not the value of a "
+            "pyro.sample site in the trace is read with one batch dim, so its other dims left of the plates "
+            "(a particle or enumeration dim of a value computed from a site) become event dims. Pass such an input "
+            "as a site's value, or compute it inside the distribution's network.")
 
     @staticmethod
     def _dgm_record(name: str, value: Tensor, event_dim: int) -> Tensor:
