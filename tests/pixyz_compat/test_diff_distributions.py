@@ -751,6 +751,36 @@ def test_multinomial_uses_total_count() -> None:
     torch.testing.assert_close(ours_mean, torch.tensor([[0.6, 0.9, 1.5]]))
 
 
+def prog_bernoulli_near_certain_probabilities():
+    import torch
+    from pixyz.distributions import Bernoulli
+    p = Bernoulli(probs="h", var=["x"], cond_var=["h"])
+    h = torch.tensor([[1e-9, 3e-8, 1e-6, 0.5, 1 - 1e-6]], requires_grad=True)
+    x = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    lp = p.get_log_prob({"x": x, "h": h}, sum_features=False)
+    grad, = torch.autograd.grad(lp.sum(), h)
+    return lp.detach(), grad
+
+
+def test_bernoulli_near_certain_probabilities_pixyz_clamps_them() -> None:
+    """Pixyz scores a Bernoulli through torch's logits, which clamp the probabilities to [eps, 1 - eps] (eps =
+    1.19e-7 in float32): a value whose probability is 1e-9 gets log-probability log(eps) = -15.94 instead of
+    log(1e-9) = -20.72, with no gradient. Ours is the cross-entropy of the probability itself (each logarithm
+    clamped at -100, as ``binary_cross_entropy``): the exact value and gradient, as the float64 formula gives them."""
+    (ref_lp, ref_grad), (ours_lp, ours_grad) = run_both(prog_bernoulli_near_certain_probabilities)
+    h = torch.tensor([1e-9, 3e-8, 1e-6, 0.5, 1 - 1e-6]).double()  # the float32 values, in float64
+    x = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]).double()
+    exact = x * h.log() + (1 - x) * (-h).log1p()
+    exact_grad = x / h - (1 - x) / (1 - h)
+    torch.testing.assert_close(ours_lp[0].double(), exact, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ours_grad[0].double(), exact_grad, rtol=1e-5, atol=0)
+    eps = torch.finfo(torch.float32).eps
+    assert torch.allclose(ref_lp[0, :2], torch.full((2,), math.log(eps)))  # both clamped: -15.94
+    assert torch.equal(ref_grad[0, :2], torch.zeros(2))
+    torch.testing.assert_close(ref_lp[0, 2:4], ours_lp[0, 2:4])  # inside [eps, 1 - eps] the two agree
+    assert ours_lp[0, 0] < ref_lp[0, 0] - 4
+
+
 def prog_renamed_sample_mean():
     import torch
     from pixyz.distributions import Normal
