@@ -24,7 +24,8 @@ from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
-from pyro_dgm.utils.checks import ShapeError, as_var_list, check_present, describe, sample_batch_n
+from pyro_dgm.utils.checks import (NotATensorError, ShapeError, as_var_list, check_present, describe,
+                                   sample_batch_n, sample_shape_of)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -166,7 +167,11 @@ class Distribution(YieldingModule):
                              "a distribution cannot be conditioned on the variable it generates")
         self._name = _latex_name(name)  # Pixyz typesets the name once, at construction (p1 -> p_{1})
         self._dgm_input_var = list(self._cond_var)
-        self._features_shape = torch.Size(features_shape)
+        try:
+            self._features_shape = torch.Size(features_shape)
+        except TypeError:
+            raise TypeError(f"{owner}: features_shape must be a list or tuple of ints (e.g. [2]), got "
+                            f"{features_shape!r}") from None
         self._dgm_pyro_name: str | None = None
         self._dgm_pyro_infer: dict[str, Any] | None = None
         self._dgm_order: tuple[Distribution, ...] = (self,)
@@ -392,8 +397,8 @@ class Distribution(YieldingModule):
                                  "pass one per variable, in that order, or a dict")
             values = dict(zip(self._dgm_input_var, x))
         else:
-            raise TypeError(f"{describe(self)}: inputs must be a dict, a tensor or a list of tensors, "
-                            f"got {type(x).__name__}")
+            raise NotATensorError(f"{describe(self)}: inputs must be a dict, a tensor or a list of tensors, "
+                                  f"got {type(x).__name__}")  # (also Pixyz's ValueError)
         for k in needed:
             if k not in values:
                 check_present(self, values, needed)
@@ -451,6 +456,8 @@ class Distribution(YieldingModule):
         """
         if batch_n is not None and (type(batch_n) is not int or batch_n < 1):
             batch_n = sample_batch_n(self, batch_n)  # numpy/torch integers, and Pixyz's 0, False, -1, True
+        if type(sample_shape) is not torch.Size:
+            sample_shape = sample_shape_of(self, sample_shape)
         values = self._dgm_input_dict(x_dict)
         d = self.__dict__
         g_opt, f_opts = d.get("_dgm_dg_global_option"), d.get("_dgm_dg_options")
@@ -812,6 +819,19 @@ class Distribution(YieldingModule):
             "pyro.sample site in the trace is read with one batch dim, so its other dims left of the plates "
             "(a particle or enumeration dim of a value computed from a site) become event dims. Pass such an input "
             "as a site's value, or compute it inside the distribution's network.")
+
+    def _dgm_note_inputs(self, e: BaseException, b: Binding, values: Mapping[str, Any]) -> None:
+        """Say which distribution's network failed, and on which inputs (the error keeps its type)."""
+        shapes = ", ".join(f"{v!r}: {tuple(values[v].shape) if isinstance(values[v], Tensor) else type(values[v])}"
+                           for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw)))
+        note = f"while {describe(self)} ran forward() on {shapes}"
+        own = next((t.dtype for t in self.parameters() if t.is_floating_point()), None)
+        other = [f"{v!r} is {values[v].dtype}" for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw))
+                 if isinstance(values[v], Tensor) and values[v].is_floating_point() and own is not None
+                 and values[v].dtype != own]
+        if other:  # values keep their dtype (docs/design.md): a float64 input meets float32 weights
+            note += f"; {', '.join(other)} while the network's parameters are {own} (convert with .to({own}))"
+        e.add_note(note)
 
     @staticmethod
     def _dgm_record(name: str, value: Tensor, event_dim: int) -> Tensor:

@@ -13,6 +13,7 @@ Bernoulli divergences). Pixyz's Multinomial ignores
 """
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Iterable, Sequence
 
 import pyro.distributions as dist
@@ -91,7 +92,9 @@ class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
     def log_prob(self, value: Tensor) -> Tensor:
         logits = self.logits - self.logits.logsumexp(-1, keepdim=True)
         logits, value = torch.broadcast_tensors(logits, value)
-        return logits.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
+        lp = logits.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
+        # a NaN or infinite value has no arg-max class (torch.argmax takes NaN for the largest): NaN, as under Pixyz
+        return torch.where(value.isfinite().all(-1), lp, lp.new_full((), math.nan))
 
     def _hard(self) -> dist.OneHotCategorical:
         return dist.OneHotCategorical(logits=self.logits, validate_args=False)

@@ -14,6 +14,13 @@ from pyro_dgm.utils.latex import prob_text as _prob_text
 __all__ = ["Factor"]
 
 
+def factor_head(own: str, d: Any) -> str:
+    """The header of a factor's network in a product's text, as Pixyz writes it: its formula ``own``, then, where
+    the distribution ``d`` computing it has a formula of its own (a mixture, a product of experts, a flow, or a
+    renamed distribution), ``-> `` and that formula."""
+    return own if own == d.prob_factorized_text else f"{own} -> {d.prob_joint_factorized_and_text}"
+
+
 class Factor:
     """An atomic distribution ``dist`` under global names: ``name_dict`` maps a global name to ``dist``'s own.
 
@@ -138,9 +145,4 @@ class Factor:
         return _prob_text(self.dist.name, self.var, self.cond_var)
 
     def __str__(self) -> str:
-        own = self.prob_text
-        if own == self.dist.prob_factorized_text:
-            head = f"{own}:\n"
-        else:
-            head = f"{own} -> {self.dist.prob_joint_factorized_and_text}:\n"
-        return head + repr(self.dist)
+        return f"{factor_head(self.prob_text, self.dist)}:\n{self.dist!r}"

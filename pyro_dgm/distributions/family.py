@@ -7,7 +7,7 @@ variable, or returned by ``forward`` of a subclass that holds a network.
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, NoReturn, Sequence
 
 import torch
 from torch import Tensor
@@ -344,19 +344,6 @@ class DistributionBase(Distribution):
                                  f"but the network took it as one example: give {flat[0]!r} a batch dim (shape "
                                  f"{(1, *values[flat[0]].shape)} for one example, {flat[0]}.unsqueeze(0))")
 
-    def _dgm_note_inputs(self, e: BaseException, b: Binding, values: Mapping[str, Any]) -> None:
-        """Say which distribution's network failed, and on which inputs (the error keeps its type)."""
-        shapes = ", ".join(f"{v!r}: {tuple(values[v].shape) if isinstance(values[v], Tensor) else type(values[v])}"
-                           for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw)))
-        note = f"while {describe(self)} ran forward() on {shapes}"
-        own = next((t.dtype for t in self.parameters() if t.is_floating_point()), None)
-        other = [f"{v!r} is {values[v].dtype}" for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw))
-                 if isinstance(values[v], Tensor) and values[v].is_floating_point() and own is not None
-                 and values[v].dtype != own]
-        if other:  # values keep their dtype (docs/design.md): a float64 input meets float32 weights
-            note += f"; {', '.join(other)} while the network's parameters are {own} (convert with .to({own}))"
-        e.add_note(note)
-
     def _dgm_base(self, params: dict[str, Tensor], validate: bool | None = None) -> Any:
         """The Pyro distribution over the full parameter shape (no event dims reinterpreted).
 
@@ -371,6 +358,25 @@ class DistributionBase(Distribution):
             return self.pyro_dist(**params, validate_args=validate)
         except (ValueError, RuntimeError) as e:
             raise clearer(e, f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
+        except (AttributeError, TypeError):  # a network's number or list where the family needs a tensor (.dim())
+            others = [k for k, t in params.items() if not isinstance(t, Tensor)]
+            if not others:
+                raise
+            return self._dgm_base({k: self._dgm_param_tensor(k, t) for k, t in params.items()}, validate)
+
+    def _dgm_param_tensor(self, name: str, t: Any) -> Tensor:
+        """A parameter given as a number or a (nested) list of numbers, as a tensor of the others' float dtype."""
+        if isinstance(t, Tensor):
+            return t
+        if isinstance(t, (int, float, list, tuple)):
+            ref = next((p for p in (*self.buffers(), *self.parameters()) if p.is_floating_point()), None)
+            try:
+                return torch.as_tensor(t, dtype=torch.get_default_dtype() if ref is None else ref.dtype,
+                                       device=None if ref is None else ref.device)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        raise NotATensorError(f"{describe(self)}: parameter {name!r} must be a tensor (or a number or a list of "
+                              f"numbers), got {type(t).__name__}")
 
     def _dgm_closed_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState
                            ) -> closed_forms.ClosedParams | None:
@@ -517,10 +523,19 @@ class DistributionBase(Distribution):
             if root and not b.input_var:
                 base = expand_batch_n(self, base, ctx.batch_n)
             elif ctx.obs is None and base.batch_shape[:1] == (1,) and (root or bn == 1):
-                # Pixyz: sample(inputs of batch 1, batch_n=N) draws N values (a mismatch runs unexpanded); so does a
-                # factor whose parent was drawn with batch 1 (by its own graph.set_option(dict(batch_n=1), ...))
+                # Pixyz: sample(inputs of batch 1, batch_n=N) draws N values; so does a factor whose parent was
+                # drawn with batch 1 (by its own graph.set_option(dict(batch_n=1), ...))
                 base = expand_batch_n(self, base, ctx.batch_n)
+            elif root and ctx.obs is None and base.batch_shape[:1] != (ctx.batch_n,):
+                self._dgm_batch_n_conflict(b, values, ctx.batch_n)  # Pixyz: "Batch shape mismatch"
         return base, ev, root
+
+    def _dgm_batch_n_conflict(self, b: Binding, values: Mapping[str, Any], batch_n: int) -> NoReturn:
+        given = ", ".join(f"{v!r}: {tuple(values[v].shape)}" for v in b.input_var
+                          if isinstance(values.get(v), Tensor))
+        raise ShapeError(f"{describe(self)}: batch_n={batch_n} asks for {batch_n} draws, but the given inputs have "
+                         f"another batch size ({given}); give inputs of batch {batch_n} or 1, or leave batch_n out "
+                         "(Pixyz: 'Batch shape mismatch')")
 
     def _dgm_site_dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         """The ``pyro.distributions`` object given the inputs; feature dims are its event dims (``dist(...)``)."""
@@ -691,8 +706,12 @@ class DistributionBase(Distribution):
                 for t in got.params.values():
                     if t.shape != xs:  # checked before the closed form broadcasts it (issue 13)
                         shape = None
-                        for t in got.params.values():
-                            shape = t.shape if shape is None or shape == t.shape else broadcast_shape(shape, t.shape)
+                        try:
+                            for t in got.params.values():
+                                shape = (t.shape if shape is None or shape == t.shape
+                                         else broadcast_shape(shape, t.shape))
+                        except ValueError:
+                            self._dgm_params_do_not_broadcast(got.params)
                         self._dgm_check_value(b.var[0], xs, shape, ev)
                         break
                 whole = sum_features and feature_dims is None
@@ -725,6 +744,11 @@ class DistributionBase(Distribution):
             return lp.sum(tuple(range(-ev, 0))) if ev else lp
         return self._dgm_sum_dims(lp, sum_features, feature_dims, "log-density")
 
+    def _dgm_params_do_not_broadcast(self, params: Mapping[str, Tensor]) -> NoReturn:
+        shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in params.items())
+        raise ShapeError(f"{describe(self)}: the shapes of the parameters do not broadcast ({shapes}); each must have "
+                         "the batch and feature shape of the others, or 1 there")
+
     def _dgm_check_value(self, name: str, value_shape: torch.Size, shape: torch.Size, n_features: int) -> None:
         """Raise ``ValueError`` (a :class:`~pyro_dgm.utils.checks.ShapeError`, also the RuntimeError that torch
         raises where the shapes do not broadcast at all) if a value of ``value_shape`` would be broadcast over
@@ -749,12 +773,20 @@ class DistributionBase(Distribution):
 
     def _dgm_value_tensor(self, name: str, x: Any) -> Tensor:
         """A scored value that is not a tensor: a numpy array becomes one (``torch.as_tensor``, dtype kept, on the
-        device of the parameters); anything else raises :class:`NotATensorError` (a ``TypeError``, and the
-        ``ValueError`` torch's validation raises under Pixyz)."""
+        device of the parameters); a Python number or a (nested) list of numbers too, in the parameters' float dtype
+        (torch's ``Gamma.log_prob`` and Pixyz's Bernoulli take them so); anything else raises
+        :class:`NotATensorError` (a ``TypeError``, and the ``ValueError`` torch's validation raises under Pixyz)."""
         if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
             return self._dgm_from_numpy(x)
-        raise NotATensorError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array), got "
-                              f"{type(x).__name__}")
+        if isinstance(x, (int, float, list, tuple)):
+            ref = next((t for t in (*self.buffers(), *self.parameters()) if t.is_floating_point()), None)
+            try:
+                return torch.as_tensor(x, dtype=torch.get_default_dtype() if ref is None else ref.dtype,
+                                       device=None if ref is None else ref.device)
+            except (TypeError, ValueError, RuntimeError):
+                pass  # a list of strings, of tensors of several elements...: named below
+        raise NotATensorError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array, a "
+                              f"number or a list of numbers), got {type(x).__name__}")
 
     def _dgm_sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:
         """Sum the element-wise ``t`` over ``feature_dims``; an out-of-range dim raises naming this distribution."""

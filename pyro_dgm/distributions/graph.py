@@ -28,7 +28,7 @@ import networkx as nx
 import torch
 from torch.nn.modules.module import _addindent
 
-from pyro_dgm.distributions.factor import Factor
+from pyro_dgm.distributions.factor import Factor, factor_head
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -44,7 +44,8 @@ SCORE_OPTIONS = ("sum_features", "feature_dims")
 def factors_network_text(order: Sequence["Distribution"]) -> str:
     """The factors' networks in order, each under its formula (Pixyz's network text of a joint)."""
     return "\n".join(f._dgm_network_text() if getattr(f, "network_text_headed", False)
-                     else f"{f.prob_text}:\n{f._dgm_network_text()}" for f in order)
+                     else f"{factor_head(f.prob_text, f)}:\n{f._dgm_network_text()}" for f in order)
+
 
 
 class DistGraph(nx.DiGraph):

@@ -6,7 +6,7 @@ raises. The topological order of the factors is fixed then, so sampling, scoring
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import networkx as nx
 from torch import nn
@@ -24,6 +24,20 @@ class CyclicProductError(ValueError, nx.NetworkXUnfeasible):
     for Pixyz catch it)."""
 
 
+def rename_nodes(g: nx.DiGraph, mapping: Mapping[str, str]) -> None:
+    """Rename variables of a Pixyz graph in place, as Pixyz does (a renamed node moves to the end of the graph's
+    order, which orders the variables and draws); a swap (``x -> z, z -> x``, which Pixyz refuses) goes through
+    temporary labels."""
+    if not mapping:
+        return
+    try:
+        nx.relabel_nodes(g, mapping, copy=False)
+    except nx.NetworkXUnfeasible:
+        temporary = {k: ("renamed", v) for k, v in mapping.items()}
+        nx.relabel_nodes(g, temporary, copy=False)
+        nx.relabel_nodes(g, {t: t[1] for t in temporary.values()}, copy=False)
+
+
 def pixyz_graph(d: Distribution) -> nx.DiGraph:
     """The graph Pixyz's ``DistGraph`` would hold for ``d``, built the way Pixyz builds it (node and edge
     insertion order included): factor nodes (our factor objects) and variable nodes, an edge factor -> each of its
@@ -39,9 +53,7 @@ def pixyz_graph(d: Distribution) -> nx.DiGraph:
 
     if isinstance(d, ReplaceVarDistribution):
         g = nx.relabel_nodes(pixyz_graph(d.p), {d.p: d}, copy=True)
-        mapping = {k: v for k, v in d.replace_dict.items() if k in g and k != v}
-        if mapping:
-            nx.relabel_nodes(g, mapping, copy=False)
+        rename_nodes(g, {k: v for k, v in d.replace_dict.items() if k in g and k != v})
         return g
     g = nx.DiGraph()
     g.add_node(d)

@@ -55,11 +55,9 @@ class MixtureDistribution(TorchDistribution):
     def __init__(self, logits: Tensor, components: Sequence[Any], validate_args: bool | None = None) -> None:
         if logits.shape[-1] != len(components):
             raise ValueError(f"MixtureDistribution: {logits.shape[-1]} weights for {len(components)} components")
-        event = components[0].event_shape
-        for c in components:
-            if c.event_shape != event:
-                raise ValueError(f"MixtureDistribution: components must share one event shape, got {tuple(event)} "
-                                 f"and {tuple(c.event_shape)}")
+        event = max((c.event_shape for c in components), key=len)
+        if any(c.event_shape != event for c in components):
+            components = [c if c.event_shape == event else _with_event(c, event) for c in components]
         batch = torch.broadcast_shapes(logits.shape[:-1], *(c.batch_shape for c in components))
         self.components = [c if c.batch_shape == batch else c.expand(batch) for c in components]
         self.logits = (logits - logits.logsumexp(-1, keepdim=True)).expand(*batch, logits.shape[-1])
@@ -104,6 +102,54 @@ class MixtureDistribution(TorchDistribution):
         means = torch.stack([c.mean for c in self.components], dim=d)
         second = torch.stack([c.variance for c in self.components], dim=d) + means ** 2
         return (self._weights() * second).sum(d) - self.mean ** 2
+
+
+def _with_event(c: Any, event: torch.Size) -> Any:
+    """Component ``c`` with the mixture's event shape, where Pixyz mixes it: as many elements (features ``()`` beside
+    ``(1,)``), or a constant of features ``()``, whose value is that of each feature (iid features)."""
+    if c.event_shape.numel() == event.numel():
+        return _Reshaped(c, event)
+    if not c.event_shape and all(n == 1 for n in c.batch_shape):
+        return c.expand(c.batch_shape + event).to_event(len(event))  # (1,) + (3,): the batch dim aligns with 1s
+    raise ValueError(f"MixtureDistribution: components must share one event shape, got {tuple(c.event_shape)} "
+                     f"and {tuple(event)}")
+
+
+class _Reshaped(TorchDistribution):
+    """A component seen with the mixture's event shape, which has as many elements as its own (a constant
+    ``Normal`` of features ``()`` beside one of features ``(1,)``, which Pixyz mixes)."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: Any, event_shape: torch.Size) -> None:
+        self.base = base
+        super().__init__(base.batch_shape, event_shape, validate_args=False)
+
+    @property
+    def support(self) -> Any:  # type: ignore[override]
+        return self.base.support
+
+    def _as(self, t: Tensor, old: torch.Size, new: torch.Size) -> Tensor:
+        return t.reshape(t.shape[:t.dim() - len(old)] + new)
+
+    def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> "_Reshaped":
+        return _Reshaped(self.base.expand(batch_shape), self.event_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.base.log_prob(self._as(value, self.event_shape, self.base.event_shape))
+
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        return self._as(self.base.sample(sample_shape), self.base.event_shape, self.event_shape)
+
+    @property
+    def mean(self) -> Tensor:
+        return self._as(self.base.mean.expand(self.base.batch_shape + self.base.event_shape), self.base.event_shape,
+                        self.event_shape)
+
+    @property
+    def variance(self) -> Tensor:
+        return self._as(self.base.variance.expand(self.base.batch_shape + self.base.event_shape),
+                        self.base.event_shape, self.event_shape)
 
 
 class _Mixture(OneSiteDistribution):

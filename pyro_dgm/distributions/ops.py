@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, draw_factors
-from pyro_dgm.distributions.joint import LabelledComposite, MultiplyDistribution, pixyz_graph
+from pyro_dgm.distributions.factor import factor_head
+from pyro_dgm.distributions.joint import LabelledComposite, MultiplyDistribution, pixyz_graph, rename_nodes
 from pyro_dgm.utils.checks import NoClosedFormError, check_var_name, describe
 from pyro_dgm.utils.latex import latex_name
 
@@ -68,9 +69,7 @@ def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
                for f in d._dgm_factors]
     # Pixyz renames the joint's graph in place (which decides the order of its variables and draws)
     pg = nx.relabel_nodes(pixyz_graph(d), {o: n for o, n in zip(d._dgm_factors, factors) if o is not n}, copy=True)
-    mapping = {k: v for k, v in replace_dict.items() if k in pg and k != v}
-    if mapping:
-        nx.relabel_nodes(pg, mapping, copy=False)
+    rename_nodes(pg, {k: v for k, v in replace_dict.items() if k in pg and k != v})
     out = MultiplyDistribution.from_factors(factors, d._name, pg)
     out.p = d  # Pixyz renames a joint by wrapping it: its state dict holds the joint's keys under "p." too
     out.name = d.name  # and the wrapper is labelled as the joint is
@@ -159,7 +158,7 @@ class ReplaceVarDistribution(_PassesThrough):
     network_text_headed = True
 
     def _dgm_network_text(self) -> str:
-        return f"{self.prob_text} -> {self.p.prob_text}:\n{self.p._dgm_network_text()}"
+        return f"{factor_head(self.prob_text, self.p)}:\n{self.p._dgm_network_text()}"
 
     def __repr__(self) -> str:
         return repr(self.graph)  # Pixyz's: a product, renaming or marginalization shows as its graph's factors
@@ -222,6 +221,9 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
 
     def __init__(self, p: Distribution, marginalize_list: str | Sequence[str]) -> None:
         g_opt = p.global_options  # Pixyz's marginalized graph keeps the joint's global options
+        if not isinstance(marginalize_list, (str, list, tuple, set, frozenset)):
+            raise ValueError(f"{describe(p)}.marginalize_var: give a variable name or a list of them, got "
+                             f"{marginalize_list!r}")
         names = [marginalize_list] if isinstance(marginalize_list, str) else list(marginalize_list)
         given = names
         if not names:

@@ -17,7 +17,7 @@ from pyro_dgm.distributions.composite import ExpertWeights, OptionalInputs, chec
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
-from pyro_dgm.utils.checks import describe, ordered_union
+from pyro_dgm.utils.checks import ShapeError, describe, ordered_union
 from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal"]
@@ -150,8 +150,16 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
             pp = site_params(self.prior, m, values, ctx)
             den = w0 * _precision(pp["scale"])
             num = den * pp["loc"]
-        for tn, td in self._dgm_expert_terms(m, values, ctx):
-            num, den = num + tn, den + td
+        terms = self._dgm_expert_terms(m, values, ctx)
+        try:
+            for tn, td in terms:
+                num, den = num + tn, den + td
+        except RuntimeError as e:  # experts (or the prior) whose parameters do not broadcast
+            shapes = ", ".join(f"{tuple(t.shape)}" for t, _ in terms)
+            prior = "the prior's " + str(tuple(pp["loc"].shape)) if self.prior is not None else "no prior"
+            raise ShapeError(f"{describe(self)}: the experts' parameters do not broadcast (their locations: {shapes}; "
+                             f"{prior}); each expert must give the same feature shape, for inputs of one batch "
+                             f"size") from e
         return {"loc": num / den, "scale": torch.rsqrt(den)}  # each its own shape, as Pixyz's (they broadcast)
 
     def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,

@@ -77,7 +77,11 @@ class Deterministic(Distribution):
         kw = {k: values[v] for k, v in b.fwd_kw}
         if ctx.kwargs:
             kw.update(forward_extras(self, ctx.kwargs))
-        out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
+        try:
+            out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
+        except (RuntimeError, TypeError, ValueError) as e:
+            self._dgm_note_inputs(e, b, values)
+            raise
         if not isinstance(out, dict) or set(out) != set(self._var):
             got = sorted(out) if isinstance(out, dict) else type(out).__name__
             raise ValueError(f"{describe(self)}: forward() must return a dict with exactly the keys {self._var}, "
@@ -85,6 +89,9 @@ class Deterministic(Distribution):
         bn = self._dgm_batch_ndim(b, values, ctx)
         for own, v in zip(self._var, b.var):
             value = out[own]
+            if not isinstance(value, Tensor):  # an LSTM's (h, c), a number...: passed on as it is, as Pixyz does
+                values[v] = value
+                continue
             ev = max(value.dim() - bn, 0)
             values[v] = self._dgm_record(v, value, ev)
             ctx.event_dims[v] = ev

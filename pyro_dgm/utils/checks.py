@@ -27,6 +27,11 @@ class NotATensorError(TypeError, ValueError):
     validation raises there, which is what Pixyz programs see."""
 
 
+class MissingVariableError(ValueError, TypeError):
+    """A ValueError for a variable that a call needs and was not given; also the TypeError Pixyz programs see when
+    a network's ``forward`` misses the argument (Pixyz raises a ValueError where no network takes it)."""
+
+
 class NoClosedFormError(NotImplementedError, ValueError):
     """No analytic value: a distribution without an analytic entropy (a ``Deterministic``), a product with a factor
     conditioned on a variable the product generates, or factors that do not pair up. A NotImplementedError, and the
@@ -87,6 +92,32 @@ def sample_batch_n(owner: Any, batch_n: Any) -> int | None:
                           f"got {batch_n!r}")
 
 
+def sample_shape_of(owner: Any, sample_shape: Any) -> Any:
+    """``sample_shape`` as a ``torch.Size`` (a list, tuple, ``torch.Size`` or numpy array of non-negative ints, as
+    Pixyz takes it); anything else raises naming ``owner``: a ``TypeError`` (Pixyz's there), or for a negative size
+    an :class:`OutOfRangeError` (also torch's RuntimeError).
+
+    Examples
+    --------
+    >>> sample_shape_of("p", [3, 2])
+    torch.Size([3, 2])
+    >>> sample_shape_of("p", 3)
+    Traceback (most recent call last):
+    ...
+    TypeError: str: sample_shape must be a list or tuple of ints (e.g. [3]), got 3
+    """
+    import torch
+
+    try:
+        shape = torch.Size(sample_shape)
+    except TypeError:
+        raise TypeError(f"{describe(owner)}: sample_shape must be a list or tuple of ints (e.g. [3]), got "
+                        f"{sample_shape!r}") from None
+    if any(n < 0 for n in shape):
+        raise OutOfRangeError(f"{describe(owner)}: sample_shape must hold non-negative sizes, got {list(shape)}")
+    return shape
+
+
 def as_var_list(names: Any, owner: str, arg: str) -> list[str]:
     """Turn ``var``/``cond_var`` into a list of names, or raise ``TypeError`` naming ``owner`` and ``arg``."""
     if names is None:
@@ -136,13 +167,13 @@ something else; use an identifier such as 'x_y'
 
 
 def check_present(owner: Any, given: Iterable[str], needed: Sequence[str], what: str = "input") -> None:
-    """Raise ``ValueError`` if a variable of ``needed`` is not among ``given``."""
+    """Raise :class:`MissingVariableError` (a ``ValueError``) if a variable of ``needed`` is not among ``given``."""
     given = set(given)
     missing = [v for v in needed if v not in given]
     if missing:
         names = ", ".join(repr(v) for v in missing)
-        raise ValueError(f"{describe(owner)}: missing {what} variable{'s' if len(missing) > 1 else ''} {names}; "
-                         f"expected values for {list(needed)}, got {sorted(given)}")
+        raise MissingVariableError(f"{describe(owner)}: missing {what} variable{'s' if len(missing) > 1 else ''} "
+                                   f"{names}; expected values for {list(needed)}, got {sorted(given)}")
 
 
 #: Whether scored values must match the batch dims too (see :func:`strict_shapes`); Pixyz's default: no.

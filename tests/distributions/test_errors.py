@@ -375,10 +375,15 @@ def test_negative_batch_n(prior):
         prior.sample(batch_n=-2)  # (-1 keeps the inputs' size, as Pixyz's expand does)
 
 
-@pytest.mark.parametrize("value", ["a", [1., 2.]])
+@pytest.mark.parametrize("value", ["a", ["a", "b"], {"z": 1.}])
 def test_scoring_a_value_that_is_not_a_tensor(prior, value):
     with pytest.raises((TypeError, ValueError), match=names("p_{prior}(z)", "'z'")):
         prior.get_log_prob({"z": value})
+
+
+def test_a_list_of_numbers_is_scored_as_the_tensor_it_spells(prior):
+    torch.testing.assert_close(prior.get_log_prob({"z": [[1., 2.], [0., 3.]]}),
+                               prior.get_log_prob({"z": torch.tensor([[1., 2.], [0., 3.]])}))
 
 
 def test_network_input_of_the_wrong_shape():

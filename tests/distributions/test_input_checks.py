@@ -306,8 +306,10 @@ def test_numpy_arrays_are_converted() -> None:
     with pytest.raises(RuntimeError) as info:  # float64 data into float32 weights: torch's error, with a note
         p.sample({"x": X.double().numpy()})
     assert "'x' is torch.float64" in "".join(getattr(info.value, "__notes__", []))
-    with pytest.raises(TypeError, match=r"P p\(y\|x\).*'y'.*list"):
-        p.get_log_prob({"x": X, "y": [[0.0] * 3] * 5})
+    torch.testing.assert_close(p.get_log_prob({"x": X, "y": [[0.0] * 3] * 5}),  # a list: the tensor it spells
+                               p.get_log_prob({"x": X, "y": torch.zeros(5, 3)}))
+    with pytest.raises(TypeError, match=r"P p\(y\|x\).*'y'.*str"):
+        p.get_log_prob({"x": X, "y": "0, 0, 0"})
 
 
 def test_numpy_constant_parameters_are_the_tensor_ones() -> None:

@@ -1080,7 +1080,7 @@ def prog_a_scored_value_that_is_not_a_tensor():
     import pixyz.distributions as pd
 
     p = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
-    return p.get_log_prob({"x": [[1.0, 2.0]]})
+    return p.get_log_prob({"x": "1.0, 2.0"})
 
 
 def test_a_scored_value_that_is_not_a_tensor_raises_pixyzs_value_error():
@@ -1092,6 +1092,43 @@ def test_a_scored_value_that_is_not_a_tensor_raises_pixyzs_value_error():
     assert issubclass(NotATensorError, TypeError) and issubclass(NotATensorError, ValueError)
     with renamed_import(), pytest.raises(TypeError, match=r"Normal p\(x\): the value of 'x' must be a tensor"):
         prog_a_scored_value_that_is_not_a_tensor()
+
+
+def prog_numbers_and_lists_as_scored_values():
+    import torch
+    import pixyz.distributions as pd
+
+    gamma = pd.Gamma(concentration=torch.full((3,), 2.), rate=torch.ones(3), var=["x"])
+    return {"gamma number": pd.Gamma(concentration=2., rate=1., var=["x"]).get_log_prob({"x": 0.5}),
+            "gamma list": gamma.get_log_prob({"x": [[0.5, 1.0, 1.5], [2.0, 2.5, 3.0]]}),
+            "bernoulli int": pd.Bernoulli(probs=0.3, var=["x"]).get_log_prob({"x": 1}),
+            "bernoulli float": pd.Bernoulli(probs=torch.tensor([0.3]), var=["x"]).get_log_prob({"x": 0.})}
+
+
+def test_numbers_and_lists_are_scored_as_pixyz_scores_them() -> None:
+    """torch's ``Gamma.log_prob`` converts a number or a list, and Pixyz's Bernoulli takes them: we refused them
+    (a list of numbers is the tensor it spells; a number, a value without a batch dim)."""
+    ref, _ = same(prog_numbers_and_lists_as_scored_values)
+    gamma = torch.distributions.Gamma(torch.tensor(2.), torch.tensor(1.))
+    torch.testing.assert_close(ref["gamma list"], gamma.log_prob(torch.tensor([[0.5, 1.0, 1.5], [2.0, 2.5, 3.0]])
+                                                                 ).sum(-1))
+    torch.testing.assert_close(ref["bernoulli int"], torch.tensor([math.log(0.3)]))
+
+
+def prog_a_list_scored_under_a_normal():
+    import torch
+    import pixyz.distributions as pd
+
+    p = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+    return p.get_log_prob({"x": [[1.0, 2.0]]})
+
+
+def test_a_list_scored_under_a_normal_is_the_tensor_it_spells_pixyz_refuses_it() -> None:
+    with pytest.raises((ValueError, TypeError)):  # torch's validation of the value (a TypeError without it)
+        run_pixyz(prog_a_list_scored_under_a_normal)
+    ours = run_pyro_dgm(prog_a_list_scored_under_a_normal)
+    expected = torch.distributions.Normal(0., 1.).log_prob(torch.tensor([[1.0, 2.0]])).sum(-1)
+    torch.testing.assert_close(ours, expected)
 
 
 def prog_batch_n_forms():
