@@ -17,9 +17,9 @@ from torch.distributions import Independent, kl_divergence
 
 from pyro_dgm.distributions.exponential import scored_distribution
 from pyro_dgm.losses.base import Loss, ordered_union
-from pyro_dgm.losses.expectation import Expectation
-from pyro_dgm.losses.pdf import LogProb, check_distribution
-from pyro_dgm.utils.checks import NoClosedFormError, clearer, describe
+from pyro_dgm.losses.expectation import Expectation, check_sample_shape
+from pyro_dgm.losses.pdf import LogProb, as_dims, check_distribution
+from pyro_dgm.utils.checks import DimensionError, NoClosedFormError, ShapeError, clearer, describe
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,11 +97,24 @@ def _elementwise(d: Any) -> Any:
     return d
 
 
-def _dgm_sum_dims(x: Tensor, dim: int | Sequence[int] | None) -> Tensor:
+def _dgm_sum_dims(x: Tensor, dim: int | Sequence[int] | None, owner: Any = "KullbackLeibler") -> Tensor:
+    """``x`` summed over ``dim`` (an int or a list of ints; ``[]``: element-wise); a dim that ``x`` does not have
+    raises a :class:`~pyro_dgm.utils.checks.DimensionError` (also torch's IndexError) naming ``owner``."""
     if dim is None:
         return x
-    dims = [dim] if isinstance(dim, int) else list(dim)
-    return x.sum(dim=dims) if dims else x  # torch sums over every dim for dim=[]; [] means element-wise here
+    dims = [dim] if type(dim) is int else dim if type(dim) is list else as_dims(owner, "dim", dim)
+    if not dims:
+        return x  # torch sums over every dim for dim=[]; [] means element-wise here
+    try:
+        return x.sum(dim=dims)
+    except (IndexError, RuntimeError, TypeError) as e:
+        if isinstance(e, TypeError):  # a list holding a numpy integer, or something else than ints
+            return _dgm_sum_dims(x, as_dims(owner, "dim", dims), owner)
+        kind = DimensionError if isinstance(e, IndexError) else ShapeError  # also torch's type (Pixyz's)
+        n = x.dim()
+        raise kind(f"{describe(owner) if not isinstance(owner, str) else owner}: cannot sum the element-wise "
+                   f"divergence of shape {tuple(x.shape)} over dim={dim!r}: it has {n} dim(s), so a dim is one of "
+                   f"{list(range(-n, n))}, each once ({e})") from e
 
 
 class KullbackLeibler(Loss):
@@ -167,7 +180,10 @@ class KullbackLeibler(Loss):
         self._dgm_mc: Loss | None = None
         if analytical:
             super().__init__(ordered_union(p.input_var, q.input_var))
+            if dim is not None:  # (Pixyz's torch.sum would refuse it at each evaluation; a Monte Carlo KL ignores it)
+                as_dims(self, "dim", dim)
         else:
+            check_sample_shape(sample_shape, f"KullbackLeibler (analytical=False) of {p.prob_text} and {q.prob_text}")
             self._dgm_mc = Expectation(p, LogProb(p) - LogProb(q), sample_shape=sample_shape)
             super().__init__(self._dgm_mc.input_var)
 
@@ -247,7 +263,7 @@ class KullbackLeibler(Loss):
                 raise clearer(e, f"KullbackLeibler: cannot compare {describe(f)} (batch shape {tuple(pd.batch_shape)}"
                                  f", event shape {tuple(pd.event_shape)}) with {describe(g)} (batch shape "
                                  f"{tuple(qd.batch_shape)}, event shape {tuple(qd.event_shape)}): {e}") from e
-            kl = _dgm_sum_dims(kl, self.dim) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))
+            kl = _dgm_sum_dims(kl, self.dim, self) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))
             total = kl if total is None else total + kl
         assert total is not None
         if self.dim is None and total.shape == (1,) and self._dgm_one_dim(values, kwargs):
@@ -319,6 +335,7 @@ class Entropy(Loss):
         if analytical:
             super().__init__(list(p.input_var))
         else:
+            check_sample_shape(sample_shape, f"Entropy (analytical=False) of {p.prob_text}")
             self._dgm_mc = -Expectation(p, LogProb(p), sample_shape=sample_shape)
             super().__init__(self._dgm_mc.input_var)
 
@@ -396,4 +413,5 @@ def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,
         return Entropy(p) + KullbackLeibler(p, q)
     check_distribution(p, "CrossEntropy", "p")
     check_distribution(q, "CrossEntropy", "q")
+    check_sample_shape(sample_shape, f"CrossEntropy of {p.prob_text} and {q.prob_text}")
     return -Expectation(p, LogProb(q), sample_shape=sample_shape)

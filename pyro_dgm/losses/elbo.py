@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from pyro_dgm.losses.base import Loss, ordered_union
-from pyro_dgm.losses.expectation import Expectation
+from pyro_dgm.losses.expectation import Expectation, check_sample_shape
 from pyro_dgm.losses.pdf import LogProb, check_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,6 +58,7 @@ def ELBO(p: "Distribution", q: "Distribution", sample_shape: Sequence[int] = tor
     """
     check_distribution(p, "ELBO", "p")
     check_distribution(q, "ELBO", "q")
+    check_sample_shape(sample_shape, f"ELBO of {p.prob_text} and {q.prob_text}")
     return Expectation(q, LogProb(p) - LogProb(q), sample_shape=sample_shape)
 
 

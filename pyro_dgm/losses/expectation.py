@@ -10,6 +10,8 @@ from torch import Tensor
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.context import sampler_options
 from pyro_dgm.losses.pdf import LogProb, check_distribution
+from pyro_dgm.losses.special import LossArgumentError
+from pyro_dgm.utils.checks import ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -18,17 +20,45 @@ __all__ = ["Expectation", "E", "REINFORCE", "StochasticReconstructionLoss"]
 
 
 def _sample_shape(sample_shape: Sequence[int] | int | None, num_samples: int | None, owner: str) -> torch.Size:
-    """The shape of the draws: ``(num_samples,)`` when given, else ``sample_shape`` (an int, or ``None`` for one)."""
+    """The shape of the draws: ``(num_samples,)`` when given, else ``sample_shape`` (an int, or ``None`` for one).
+
+    Raises
+    ------
+    LossArgumentError
+        If ``sample_shape`` is not an int or a sequence of ints (a TypeError, as ``torch.Size`` raises under Pixyz).
+    ShapeError
+        If it holds no sample (``[0]``): a ValueError, and the RuntimeError Pixyz raises when evaluating it.
+    """
     if num_samples is not None:
         if not isinstance(num_samples, numbers.Integral) or num_samples < 1:
             raise ValueError(f"{owner}: num_samples must be a positive int, got {num_samples!r}")
         return torch.Size([int(num_samples)])
     if sample_shape is None:
         return torch.Size([1])
-    shape = torch.Size([int(sample_shape)] if isinstance(sample_shape, numbers.Integral) else sample_shape)
+    try:
+        shape = torch.Size([int(sample_shape)] if isinstance(sample_shape, numbers.Integral) else sample_shape)
+    except (TypeError, ValueError):
+        raise LossArgumentError(f"{owner}: sample_shape must be an int or a sequence of ints (the shape of the "
+                                f"draws, e.g. [2] for two samples), got {sample_shape!r:.80}") from None
     if shape.numel() < 1:
-        raise ValueError(f"{owner}: sample_shape {tuple(shape)} holds no sample")
+        raise ShapeError(f"{owner}: sample_shape {tuple(shape)} holds no sample")
     return shape
+
+
+def check_sample_shape(sample_shape: Any, owner: str) -> None:
+    """Raise as :class:`Expectation` does for a ``sample_shape`` of the wrong kind, naming ``owner`` (a term built on
+    an expectation: ``ELBO``, a Monte Carlo ``KullbackLeibler``) instead of the expectation.
+
+    Examples
+    --------
+    >>> check_sample_shape([2, 3], "ELBO")
+    >>> check_sample_shape("a", "ELBO")
+    Traceback (most recent call last):
+    ...
+    pyro_dgm.losses.special.LossArgumentError: ELBO: sample_shape must be an int or a sequence of ints (the shape \
+of the draws, e.g. [2] for two samples), got 'a'
+    """
+    _sample_shape(sample_shape, None, owner)
 
 
 class Expectation(Loss):

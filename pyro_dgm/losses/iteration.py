@@ -2,18 +2,21 @@ r"""Losses over time steps: :class:`IterativeLoss` (:math:`\sum_t \mathcal{L}_{s
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+import warnings
+from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Sequence
 
 import torch
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_MUL, Loss, ordered_union
+from pyro_dgm.losses.special import LossArgumentError
+from pyro_dgm.utils.checks import DimensionError
 from pyro_dgm.utils import get_dict_values, replace_dict_keys  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["IterativeLoss", "SeriesTooShortError", "MaskShapeError"]
+__all__ = ["IterativeLoss", "SeriesTooShortError", "MaskShapeError", "IterativeLossTypeError"]
 
 
 class SeriesTooShortError(ValueError, IndexError):
@@ -25,9 +28,51 @@ class MaskShapeError(ValueError, RuntimeError):
     ``step_loss *= mask[t]``."""
 
 
+class IterativeLossTypeError(LossArgumentError, AttributeError):
+    """An argument of :class:`IterativeLoss` of the wrong type: ``update_value`` that is not a dict (a list of
+    names), a ``mask`` that is not a tensor (a string). A TypeError (and the ValueError of
+    :class:`~pyro_dgm.losses.special.LossArgumentError`), and also the AttributeError Pixyz raises there
+    (``'list' object has no attribute 'values'``, ``'str' object has no attribute 'float'``)."""
+
+
+def _update_dict(update_value: Any) -> dict[str, str]:
+    """``update_value`` as a dict: a mapping, or (ours) pairs ``[("h", "h_prev")]``; ``None`` is none."""
+    if update_value is None:
+        return {}
+    if isinstance(update_value, Mapping):
+        return dict(update_value)
+    if not isinstance(update_value, (str, bytes)):
+        try:
+            pairs = list(update_value)
+        except TypeError:
+            pairs = None
+        if pairs is not None and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
+            return dict(pairs)
+    raise IterativeLossTypeError(
+        f"IterativeLoss: update_value must be a dict from the name a step samples to its name at the next step "
+        f"(e.g. {{'h': 'h_prev'}}), got {update_value!r:.80}")
+
+
 def _rename_keys(values: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
     """``values`` with each key ``k`` of ``renames`` renamed to ``renames[k]`` (in one pass, as Pixyz does)."""
     return dict((renames.get(k, k), v) for k, v in values.items())
+
+
+def _mask_error(mask: Any, t: int, steps: int | None, error: Exception) -> NoReturn:
+    """Raise the clear form of the error of ``mask[t]`` (the error path only): a mask shorter than the steps taken
+    (:class:`SeriesTooShortError`), without a time dim (:class:`~pyro_dgm.utils.checks.DimensionError`), both also
+    Pixyz's IndexError, or not a tensor (:class:`IterativeLossTypeError`, also Pixyz's AttributeError)."""
+    if isinstance(mask, (str, bytes)) or not isinstance(error, IndexError):
+        raise IterativeLossTypeError(f"IterativeLoss: mask must be a tensor (time first: shape [T] or [T, batch]) "
+                                     f"of numbers, got {type(mask).__name__} {mask!r:.40}") from error
+    try:
+        n = len(mask)
+    except TypeError:  # a 0-dim tensor or array
+        raise DimensionError(f"IterativeLoss: mask has no time dim ({type(mask).__name__} {mask!r:.40}); mask has "
+                             "the time dim first (e.g. shape [T] or [T, batch])") from error
+    raise SeriesTooShortError(f"IterativeLoss: mask has {n} steps (its first dim), fewer than the "
+                              f"{steps if steps is not None else t + 1} steps taken; give one mask value per step "
+                              "(time first)") from error
 
 
 class IterativeLoss(Loss):
@@ -62,9 +107,19 @@ class IterativeLoss(Loss):
     Raises
     ------
     ValueError
-        If neither ``series_var`` nor ``max_iter`` is given, or (at evaluation) a series is shorter than
-        ``max_iter`` (:class:`SeriesTooShortError`, also an IndexError as in Pixyz) or ``mask[t]`` does not fit the
-        step loss's value (:class:`MaskShapeError`, also a RuntimeError as in Pixyz).
+        If neither ``series_var`` nor ``max_iter`` is given, or (at evaluation) a series or the mask is shorter than
+        the steps taken (:class:`SeriesTooShortError`, also an IndexError as in Pixyz) or ``mask[t]`` does not fit
+        the step loss's value (:class:`MaskShapeError`, also a RuntimeError as in Pixyz).
+    TypeError
+        If ``max_iter`` is not an int (:class:`~pyro_dgm.losses.special.LossArgumentError`, also a ValueError), or
+        ``update_value`` is not a dict or (at evaluation) ``mask`` is not a tensor of numbers
+        (:class:`IterativeLossTypeError`, also the AttributeError Pixyz raises).
+
+    Warns
+    -----
+    UserWarning
+        If ``max_iter`` is negative (no step: the loss is 0), or (at the first evaluation) a key of ``update_value``
+        names no value after the first step (its target is never updated); Pixyz runs both silently.
 
     Examples
     --------
@@ -88,16 +143,20 @@ class IterativeLoss(Loss):
         if not isinstance(step_loss, Loss):
             raise TypeError(f"IterativeLoss: step_loss must be a Loss, got {type(step_loss).__name__}")
         series = [series_var] if isinstance(series_var, str) else list(series_var or [])
-        updates = dict(update_value or {})
+        updates = _update_dict(update_value)
         timestep = [timestep_var] if isinstance(timestep_var, str) else list(timestep_var or [])
         if not series and max_iter is None:
             raise ValueError("IterativeLoss: give max_iter or series_var (the number of steps is the length of the "
                              "first series_var)")
         if max_iter is not None:  # as in Pixyz: 0 means "the length of the first series_var", < 0 no step (0)
             try:
-                operator.index(max_iter)
-            except TypeError:
-                raise ValueError(f"IterativeLoss: max_iter must be an int, got {max_iter!r}") from None
+                steps = operator.index(max_iter)
+            except TypeError:  # (a TypeError when evaluated under Pixyz; a ValueError here before)
+                raise LossArgumentError(f"IterativeLoss: max_iter must be an int, got {max_iter!r:.80}") from None
+            if steps < 0:
+                warnings.warn(f"IterativeLoss: max_iter={max_iter!r} takes no step, so the loss is 0 (as in Pixyz); "
+                              "give max_iter > 0, or 0 or None for the length of the first series_var",
+                              UserWarning, stacklevel=2)
         if slice_step is not None:
             step_loss = step_loss.expectation(slice_step)
         names = ordered_union(step_loss.input_var, series, list(updates.values()))
@@ -152,20 +211,42 @@ class IterativeLoss(Loss):
         return {k: v[t] for k, v in x.items()}
 
     @staticmethod
-    def _dgm_masked(value: Any, mask: Any, t: int) -> Any:
+    def _dgm_masked(value: Any, mask: Any, t: int, steps: int | None = None) -> Any:
         """``value * mask[t]``; as Pixyz multiplies in place, ``mask[t]`` must not widen the step's value (a mean
         step loss and a per-sample mask would make a per-sample loss of the batch mean)."""
-        m = mask[t]
+        try:
+            m = mask[t]
+        except (IndexError, TypeError) as e:
+            _mask_error(mask, t, steps, e)
         if not isinstance(mask, Tensor):
-            return value * m
+            try:
+                return value * m  # (ours: a list or a numpy array of numbers)
+            except TypeError as e:
+                _mask_error(mask, t, steps, e)
         m = m.to(value.dtype) if isinstance(value, Tensor) else m.float()
         shape = tuple(value.shape) if isinstance(value, Tensor) else ()
-        if tuple(m.shape) != shape and tuple(torch.broadcast_shapes(m.shape, shape)) != shape:
-            raise MaskShapeError(f"IterativeLoss: mask[{t}] has shape {tuple(m.shape)}, which does not fit the step "
-                                 f"loss's value of shape {shape}; mask has the time dim first, then at most the "
-                                 f"dims of the step loss's value (e.g. shape [T] or [T, batch] for a per-sample "
-                                 f"step loss)")
+        if tuple(m.shape) != shape:
+            try:
+                fits = tuple(torch.broadcast_shapes(m.shape, shape)) == shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise MaskShapeError(f"IterativeLoss: mask[{t}] has shape {tuple(m.shape)}, which does not fit the "
+                                     f"step loss's value of shape {shape}; mask has the time dim first, then at most "
+                                     f"the dims of the step loss's value (e.g. shape [T] or [T, batch] for a "
+                                     f"per-sample step loss)")
         return value * m
+
+    def _dgm_check_updates(self, x: Mapping[str, Any]) -> None:
+        """Warn (once per loss) for each key of ``update_value`` that is not among the values after the first step:
+        its target is then never updated (as in Pixyz, which says nothing)."""
+        self.__dict__["_dgm_updates_checked"] = True
+        for k, v in self.update_value.items():
+            if k not in x:
+                warnings.warn(f"IterativeLoss: update_value renames {k!r} to {v!r} after each step, but there is no "
+                              f"value named {k!r} after the first step (there are {sorted(x)}), so {v!r} is never "
+                              f"updated (as in Pixyz); name a variable the step loss samples", UserWarning,
+                              stacklevel=2)
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         x = dict(values)
@@ -184,6 +265,7 @@ class IterativeLoss(Loss):
                                           f"fewer than max_iter={steps}; give a longer series or a smaller max_iter")
         mask = kwargs.pop("mask", None)
         total: Any = 0
+        check = bool(self.update_value) and "_dgm_updates_checked" not in self.__dict__  # the first evaluation only
         for t in range(steps):
             if self.timestep_var:
                 x[self.timestep_var[0]] = t
@@ -191,8 +273,11 @@ class IterativeLoss(Loss):
                 x.update(self.slice_step_fn(t, series))
             value, samples = self.step_loss.eval(x, return_dict=True, return_all=False, **kwargs)
             x.update(samples)
+            if check:
+                self._dgm_check_updates(x)
+                check = False
             if mask is not None:
-                value = self._dgm_masked(value, mask, t)
+                value = self._dgm_masked(value, mask, t, steps)
             total = total + value
             x = _rename_keys(x, self.update_value)
         x.update(series)

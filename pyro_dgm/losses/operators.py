@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import torch
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union
-from pyro_dgm.losses.special import LossArgumentError, ValueLoss
+from pyro_dgm.losses.special import LossArgumentError, Parameter, ValueLoss
+from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
@@ -89,6 +90,52 @@ def _check_broadcast(op: Loss, v1: Tensor, v2: Tensor) -> None:
                          + "; reduce one of them (.mean(), .sum()) or give both the same batch shape")
 
 
+def _operand_text(loss: Loss, value: Any) -> str:
+    """How an error names an operand: its formula (Pixyz's text) and its value's shape or type."""
+    if isinstance(loss, ValueLoss) and not loss.is_number:
+        text = f"the tensor operand {loss.loss_text}"
+    elif isinstance(loss, Parameter):
+        text = f"Parameter {loss.input_var[0]!r}"
+    else:
+        text = loss.loss_text
+    if isinstance(value, Tensor):
+        return f"{text} of shape {tuple(value.shape)}"
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return f"{text} (the number {value!r})"
+    return f"{text} (a {type(value).__name__} {value!r:.60})"
+
+
+def _raise_operation_error(op: Loss, error: Exception, values: tuple[Any, ...], operands: tuple[Loss, ...],
+                           verb: str) -> NoReturn:
+    """Re-raise torch's error of an operator on its operands' values (the error path only) as one that names the
+    operator, each term (its formula) and its value's shape: a :class:`~pyro_dgm.utils.checks.ShapeError` (also the
+    RuntimeError torch raises, and Pixyz with it) for values that do not fit, a
+    :class:`~pyro_dgm.losses.special.LossArgumentError` (also the TypeError torch raises) for a value that is
+    neither a tensor nor a number (a :class:`~pyro_dgm.losses.special.Parameter` given a string)."""
+    name = type(op).__name__
+    texts = [_operand_text(loss, v) for loss, v in zip(operands, values)]
+    what = f"{name}: cannot {verb} " + " with ".join(texts)
+    cause = f"{type(error).__name__}: {error}"
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    if not all(isinstance(v, (Tensor, numbers.Number)) and not isinstance(v, bool) for v in values):
+        raise LossArgumentError(f"{what}: a term's value must be a tensor or a number ({cause})") from error
+    if isinstance(error, RuntimeError):
+        if len(tensors) == 2:
+            try:
+                broadcast_shape(tensors[0].shape, tensors[1].shape)
+            except ValueError:
+                raise ShapeError(f"{what}: the shapes do not broadcast; reduce one of them (.mean(), .sum()) or give "
+                                 f"both the same batch shape ({cause})") from error
+            devices = {str(t.device) for t in tensors}
+            if len(devices) > 1:
+                raise ShapeError(f"{what}: the values are on different devices ({', '.join(sorted(devices))}); "
+                                 f"move the data or the distributions to one device ({cause})") from error
+        raise ShapeError(f"{what} ({cause})") from error
+    if isinstance(error, (TypeError, ValueError)):
+        raise LossArgumentError(f"{what} ({cause})") from error
+    raise error
+
+
 def _reduce(v: Any, how: str) -> Any:
     return getattr(v, how)() if isinstance(v, Tensor) else v
 
@@ -132,6 +179,10 @@ class LossOperator(Loss):
         s1.update(s2)
         return v1, v2, s1
 
+    def _dgm_fail(self, error: Exception, v1: Any, v2: Any, verb: str = "combine") -> NoReturn:
+        """Raise the clear form of torch's ``error`` combining the two values (the error path only)."""
+        _raise_operation_error(self, error, (v1, v2), (self.loss1, self.loss2), verb)
+
 
 class AddLoss(LossOperator):
     """``a + b``; adding a negated term prints as ``a - b``.
@@ -165,7 +216,10 @@ class AddLoss(LossOperator):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v1, v2, s = self._dgm_both(values, kwargs)
-        return v1 + v2, s
+        try:
+            return v1 + v2, s
+        except (RuntimeError, TypeError, ValueError) as e:
+            self._dgm_fail(e, v1, v2)
 
 
 class SubLoss(LossOperator):
@@ -195,7 +249,10 @@ class SubLoss(LossOperator):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v1, v2, s = self._dgm_both(values, kwargs)
-        return v1 - v2, s
+        try:
+            return v1 - v2, s
+        except (RuntimeError, TypeError, ValueError) as e:
+            self._dgm_fail(e, v1, v2)
 
 
 class MulLoss(LossOperator):
@@ -230,7 +287,10 @@ class MulLoss(LossOperator):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v1, v2, s = self._dgm_both(values, kwargs)
-        return v1 * v2, s
+        try:
+            return v1 * v2, s
+        except (RuntimeError, TypeError, ValueError) as e:
+            self._dgm_fail(e, v1, v2)
 
 
 class DivLoss(LossOperator):
@@ -258,7 +318,10 @@ class DivLoss(LossOperator):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v1, v2, s = self._dgm_both(values, kwargs)
-        return v1 / v2, s
+        try:
+            return v1 / v2, s
+        except (RuntimeError, TypeError, ValueError) as e:
+            self._dgm_fail(e, v1, v2)
 
 
 class PowLoss(LossOperator):
@@ -286,7 +349,10 @@ class PowLoss(LossOperator):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v1, v2, s = self._dgm_both(values, kwargs)
-        return v1 ** v2, s
+        try:
+            return v1 ** v2, s
+        except (RuntimeError, TypeError, ValueError) as e:
+            self._dgm_fail(e, v1, v2)
 
 
 class MinLoss(LossOperator):
@@ -310,7 +376,10 @@ class MinLoss(LossOperator):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v1, v2, s = self._dgm_both(values, kwargs)
-        return torch.minimum(*_tensors(v1, v2)), s
+        try:
+            return torch.minimum(*_tensors(v1, v2)), s
+        except (RuntimeError, TypeError, ValueError) as e:
+            self._dgm_fail(e, v1, v2)
 
 
 class MaxLoss(LossOperator):
@@ -334,7 +403,10 @@ class MaxLoss(LossOperator):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v1, v2, s = self._dgm_both(values, kwargs)
-        return torch.maximum(*_tensors(v1, v2)), s
+        try:
+            return torch.maximum(*_tensors(v1, v2)), s
+        except (RuntimeError, TypeError, ValueError) as e:
+            self._dgm_fail(e, v1, v2)
 
 
 class LossSelfOperator(Loss):
@@ -390,7 +462,10 @@ class NegLoss(LossSelfOperator):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v, s = self._dgm_one(values, kwargs)
-        return -v, s
+        try:
+            return -v, s
+        except TypeError as e:
+            _raise_operation_error(self, e, (v,), (self.loss1,), "negate")
 
 
 class AbsLoss(LossSelfOperator):
@@ -416,7 +491,10 @@ class AbsLoss(LossSelfOperator):
 
     def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v, s = self._dgm_one(values, kwargs)
-        return abs(v), s
+        try:
+            return abs(v), s
+        except TypeError as e:
+            _raise_operation_error(self, e, (v,), (self.loss1,), "take the absolute value of")
 
 
 class BatchMean(LossSelfOperator):

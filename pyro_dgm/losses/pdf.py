@@ -1,11 +1,14 @@
 r"""Density terms: :class:`LogProb` (:math:`\log p(x|z)`), :class:`Prob` (:math:`p(x|z)`) and :func:`NLL`."""
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, Sequence
 
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ATOM, PREC_FUNC, Loss
+from pyro_dgm.losses.special import LossArgumentError
+from pyro_dgm.utils.checks import describe
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -18,6 +21,42 @@ def check_distribution(p: Any, owner: str, arg: str = "p") -> None:
 
     if not isinstance(p, Distribution):
         raise TypeError(f"{owner}: {arg} must be a pyro_dgm Distribution, got {type(p).__name__}")
+
+
+def as_dims(owner: Any, arg: str, dims: Any, allow_int: bool = True) -> list[int]:
+    """``dims`` (an int when ``allow_int``, or a sequence of ints: Python, numpy or one-element torch integers) as a
+    list of ints; anything else (a string, a float, a bool) raises
+    :class:`~pyro_dgm.losses.special.LossArgumentError` (a TypeError, what torch's ``sum`` raises under Pixyz)
+    naming ``owner`` and ``arg``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> as_dims("KullbackLeibler", "dim", np.int64(1)), as_dims("KullbackLeibler", "dim", (0, -1))
+    ([1], [0, -1])
+    >>> as_dims("LogProb", "feature_dims", "a", allow_int=False)
+    Traceback (most recent call last):
+    ...
+    pyro_dgm.losses.special.LossArgumentError: LogProb: feature_dims must be a list of ints (dims of the \
+element-wise value to sum), got 'a'
+    """
+    try:
+        if isinstance(dims, (str, bytes, bool)):
+            raise TypeError
+        if allow_int:
+            try:
+                return [operator.index(dims)]
+            except TypeError:
+                pass
+        items = list(dims)
+        if any(isinstance(d, bool) for d in items):
+            raise TypeError
+        return [operator.index(d) for d in items]
+    except TypeError:
+        kind = "an int or a list of ints" if allow_int else "a list of ints"
+        who = owner if isinstance(owner, str) else describe(owner)
+        raise LossArgumentError(f"{who}: {arg} must be {kind} (dims of the element-wise value to sum), got "
+                                f"{dims!r:.80}") from None
 
 
 class LogProb(Loss):
@@ -51,6 +90,8 @@ class LogProb(Loss):
         self.p = p
         self.sum_features = sum_features
         self.feature_dims = feature_dims
+        if sum_features and feature_dims:  # (Pixyz sums only then; torch's sum would refuse it at each evaluation)
+            as_dims(self, "feature_dims", feature_dims, allow_int=False)
 
     @property
     def latex(self) -> str:

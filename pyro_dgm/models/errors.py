@@ -6,7 +6,13 @@ error (:meth:`NonFiniteLossError.add_epoch`) before letting it go on.
 """
 from __future__ import annotations
 
-__all__ = ["NonFiniteLossError", "NonFiniteGradientError"]
+__all__ = ["NonFiniteLossError", "NonFiniteGradientError", "ModelArgumentError"]
+
+
+class ModelArgumentError(TypeError, ValueError):
+    """An option of a model of the wrong type (``clip_grad_norm="a"``), refused when the model is built: a
+    TypeError, and also the ValueError that Pixyz raises for it at the first training step (torch's ``float()`` of
+    the option), so Pixyz code that catches either still catches it."""
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -29,7 +29,8 @@ from pyro_dgm.losses.base import Loss
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options
-from pyro_dgm.models.errors import NonFiniteGradientError, NonFiniteLossError
+from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError
+from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils import tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
@@ -66,6 +67,34 @@ def check_loss(owner: str, loss: Any, arg: str) -> Loss:
         raise TypeError(f"{owner}: {arg} must be a pyro_dgm Loss (e.g. (-p.log_prob()).mean()), got "
                         f"{type(loss).__module__}.{type(loss).__qualname__}")
     return loss
+
+
+def check_clip(owner: str, arg: str, value: Any) -> None:
+    """Refuse a clipping option that torch's clipping cannot read as a number (``float(value)``, what Pixyz's step
+    does with it): a :class:`~pyro_dgm.models.errors.ModelArgumentError` (a TypeError, and Pixyz's ValueError) when
+    the model is built, instead of torch's error at the first step. A false value (``None``, ``0``) means no
+    clipping, as in Pixyz.
+
+    Examples
+    --------
+    >>> check_clip("Model", "clip_grad_norm", 1.0), check_clip("Model", "clip_grad_norm", None)
+    (None, None)
+    >>> check_clip("Model", "clip_grad_norm", "a")
+    Traceback (most recent call last):
+    ...
+    pyro_dgm.models.errors.ModelArgumentError: Model: clip_grad_norm must be a number (or None for no clipping), \
+got 'a'
+    """
+    if value is None:
+        return
+    try:
+        if value:
+            float(value)
+    except (TypeError, ValueError) as e:
+        raise ModelArgumentError(f"{owner}: {arg} must be a number (or None for no clipping), got {value!r:.80}") from e
+    except RuntimeError as e:  # a tensor of several values (torch's RuntimeError, as under Pixyz)
+        raise ShapeError(f"{owner}: {arg} must be a number (or None for no clipping), got a tensor of shape "
+                         f"{tuple(value.shape) if isinstance(value, Tensor) else '?'}") from e
 
 
 def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
@@ -288,6 +317,8 @@ class Model:
         self.loss_cls: Loss
         self.test_loss_cls: Loss
         self.set_loss(loss, test_loss)
+        check_clip(owner, "clip_grad_norm", clip_grad_norm)
+        check_clip(owner, "clip_grad_value", clip_grad_value)
         self.distributions = nn.ModuleList(check_distributions(owner, distributions))
         _dist.setup_from_env()
         # under torch.distributed: DistributedDataParallel around the networks (rank 0's weights broadcast now);

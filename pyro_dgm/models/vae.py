@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.losses.base import Loss
-from pyro_dgm.models.model import Model, check_loss
+from pyro_dgm.losses.base import Loss, is_operand
+from pyro_dgm.losses.special import LossArgumentError
+from pyro_dgm.models.model import Model
 from pyro_dgm.models.parts import model_distributions
 from pyro_dgm.utils import tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
@@ -31,7 +32,8 @@ class VAE(Model):
     other_distributions : list of Distribution, optional
         More distributions to train with the same optimizer.
     regularizer : Loss, optional
-        Added to the reconstruction term inside the mean (e.g. a KL divergence); none when omitted.
+        Added to the reconstruction term inside the mean (e.g. a KL divergence); none when omitted. A number is
+        added as a constant term, as in Pixyz (and a tensor, as loss arithmetic adds one).
     optimizer, optimizer_params, clip_grad_norm, clip_grad_value, retain_graph, compile
         As in :class:`~pyro_dgm.models.Model`.
 
@@ -77,7 +79,12 @@ class VAE(Model):
         if regularizer is None:
             loss = reconstruction.mean()
         else:
-            loss = (reconstruction + check_loss("VAE", regularizer, "regularizer")).mean()
+            if not is_operand(regularizer) or isinstance(regularizer, bool):
+                # a TypeError, and the ValueError of Pixyz's loss arithmetic
+                raise LossArgumentError(f"VAE: regularizer must be a pyro_dgm Loss (e.g. KullbackLeibler(q, prior)) "
+                                        f"or a number, got {type(regularizer).__module__}."
+                                        f"{type(regularizer).__qualname__}")
+            loss = (reconstruction + regularizer).mean()  # (a number too, as in Pixyz: a constant term)
         super().__init__(loss, test_loss=loss, distributions=distributions, optimizer=optimizer,
                          optimizer_params=optimizer_params, clip_grad_norm=clip_grad_norm,
                          clip_grad_value=clip_grad_value, retain_graph=retain_graph,

@@ -174,7 +174,7 @@ def test_bad_inputs_give_clear_errors() -> None:
     with pytest.raises(ValueError, match="optimizer_params.*cannot be combined with a pyro.optim"):
         Model(loss, distributions=[q], optimizer=pyro.optim.Adam({"lr": 1.0}), optimizer_params={"lr": 2.0})
     with pytest.raises(TypeError, match="regularizer must be a pyro_dgm Loss"):
-        VAE(q, p, regularizer=0.5)
+        VAE(q, p, regularizer="0.5")
     with pytest.raises(TypeError, match="VAE: decoder must be a pyro_dgm Distribution"):
         VAE(q, nn.Linear(2, 2))
     with pytest.raises(TypeError, match="VI: approximate_dist must be a pyro_dgm Distribution"):
