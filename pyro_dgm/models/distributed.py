@@ -543,6 +543,17 @@ def shard(batch: Mapping[str, Any], n: int | None = None, r: int | None = None) 
     return out
 
 
+class _Paralleled(nn.Module):
+    """Stands where Pixyz's ``DataParalleledLoss`` keeps ``nn.DataParallel(loss)``: the loss as ``module``."""
+
+    def __init__(self, module: Loss) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
 class DataParalleledLoss(Loss):
     r"""Pixyz's name for a data-parallel loss, kept working: here a transparent wrapper.
 
@@ -569,8 +580,13 @@ class DataParalleledLoss(Loss):
         if not isinstance(loss, Loss):
             raise TypeError(f"DataParalleledLoss: loss must be a pyro_dgm Loss, got {type(loss).__name__}")
         super().__init__(input_var=loss.input_var)
-        self.loss = loss
+        self.paralleled = _Paralleled(loss)  # where Pixyz keeps nn.DataParallel(loss): Pixyz's state-dict keys
         self._dgm_prec = loss._dgm_prec
+
+    @property
+    def loss(self) -> Loss:
+        """The wrapped loss (``paralleled.module``, as in Pixyz)."""
+        return self.paralleled.module
 
     @property
     def latex(self) -> str:
@@ -588,7 +604,7 @@ class DataParalleledLoss(Loss):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            inner = self.__dict__.get("loss") or self.__dict__.get("_modules", {}).get("loss")
-            if inner is None:
+            paralleled = self.__dict__.get("_modules", {}).get("paralleled")
+            if paralleled is None:
                 raise
-            return getattr(inner, name)
+            return getattr(paralleled.module, name)

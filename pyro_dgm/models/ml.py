@@ -57,7 +57,7 @@ class ML(Model):
 
     def __init__(self, p: Distribution, other_distributions: Sequence[nn.Module] | None = None,
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
-                 clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
+                 clip_grad_norm: float | bool | None = False, clip_grad_value: float | bool | None = False,
                  retain_graph: bool = False, compile: bool | Mapping[str, Any] = False) -> None:
         distributions = model_distributions("ML", other_distributions, p=p)
         self.nll = -p.log_prob(sum_features=True)

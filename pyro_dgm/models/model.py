@@ -338,8 +338,11 @@ class Model:
             self.optimizer = None
         else:
             self.optimizer, clip = build_optimizer(owner, optimizer, self._dgm_params, optimizer_params)
-        self.clip_norm = clip_grad_norm if clip_grad_norm is not None else clip.get("clip_norm")
-        self.clip_value = clip_grad_value if clip_grad_value is not None else clip.get("clip_value")
+        # (a pyro.optim optimizer's clipping fills in what is not given; None or ML's False stays when it has none)
+        self.clip_norm = (clip_grad_norm if clip_grad_norm not in (None, False)
+                          else clip.get("clip_norm", clip_grad_norm))
+        self.clip_value = (clip_grad_value if clip_grad_value not in (None, False)
+                           else clip.get("clip_value", clip_grad_value))
         self.retain_graph = retain_graph
         self._dgm_compile = compile_options(owner, compile)  # torch.compile's options, or None: eager evaluation
         self._dgm_compiled: dict[int, CompiledEval] = {}
@@ -549,8 +552,10 @@ class Model:
                 clip = dict(optimizer.pt_clip_args or {})
             else:
                 self.optimizer, clip = build_optimizer(owner, optimizer, params, optimizer_params)
-            self.clip_norm = self.clip_norm if self.clip_norm is not None else clip.get("clip_norm")
-            self.clip_value = self.clip_value if self.clip_value is not None else clip.get("clip_value")
+            self.clip_norm = self.clip_norm if self.clip_norm not in (None, False) else clip.get("clip_norm",
+                                                                                                 self.clip_norm)
+            self.clip_value = self.clip_value if self.clip_value not in (None, False) else clip.get("clip_value",
+                                                                                                    self.clip_value)
         else:
             from pyro.optim import PyroOptim
 

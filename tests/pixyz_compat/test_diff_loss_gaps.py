@@ -696,11 +696,13 @@ def _data_paralleled_loss_passes_attributes_through():
     prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], name="p_{prior}")
     wrapped = DataParalleledLoss(KullbackLeibler(q, prior))
     return {"p": wrapped.p.prob_text, "q": wrapped.q.prob_text, "text": str(wrapped),
-            "value": wrapped.eval({"x": torch.linspace(-1., 1., 3).unsqueeze(1)})}
+            "value": wrapped.eval({"x": torch.linspace(-1., 1., 3).unsqueeze(1)}),
+            "state": list(wrapped.state_dict())}
 
 
 def test_data_paralleled_loss_passes_attributes_through():
-    """Pixyz's wrapper answers what it lacks from the wrapped loss (``DataParalleledLoss(kl).p``)."""
+    """Pixyz's wrapper answers what it lacks from the wrapped loss (``DataParalleledLoss(kl).p``), and keeps it as
+    ``paralleled.module`` (its state dict's keys: we had ``loss.*``, so a Pixyz state dict did not load)."""
     ref, ours = run_both(_data_paralleled_loss_passes_attributes_through)
     assert_same(ref, ours)
 
