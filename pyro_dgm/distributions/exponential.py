@@ -93,6 +93,8 @@ class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
         logits = self.logits - self.logits.logsumexp(-1, keepdim=True)
         logits, value = torch.broadcast_tensors(logits, value)
         lp = logits.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
+        if value.dtype != lp.dtype and value.is_floating_point():  # a float64 value: a float64 score (Pixyz's)
+            lp = lp.to(torch.promote_types(lp.dtype, value.dtype))
         # a NaN or infinite value has no arg-max class (torch.argmax takes NaN for the largest): NaN, as under Pixyz
         return torch.where(value.isfinite().all(-1), lp, lp.new_full((), math.nan))
 

@@ -268,3 +268,17 @@ def test_swapping_two_names_of_a_joint_renames_them_pixyz_raises() -> None:
     text, swapped, original = run_pyro_dgm(prog_swapped_names_of_a_joint)
     assert text == "p(z,x)"
     torch.testing.assert_close(swapped, original)
+
+
+def prog_relaxed_categorical_of_a_float64_value() -> Any:
+    import torch
+    from pixyz.distributions import RelaxedCategorical
+    p = RelaxedCategorical(probs=torch.tensor([.2, .3, .5]), temperature=torch.tensor(.5), var=["x"])
+    return p.get_log_prob({"x": torch.tensor([[.1, .1, .8]], dtype=torch.float64)})
+
+
+def test_a_relaxed_categorical_scores_a_float64_value_in_float64() -> None:
+    """(The value itself is the documented difference: the categorical's log-probability of the arg-max here.)"""
+    ref, ours = run_both(prog_relaxed_categorical_of_a_float64_value)
+    assert ref.dtype == ours.dtype == torch.float64
+    torch.testing.assert_close(ours, torch.tensor([0.5], dtype=torch.float64).log())
