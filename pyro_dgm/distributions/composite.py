@@ -14,7 +14,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import clearer, describe
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "expand_root", "ExpertWeights", "OptionalInputs",
            "OneSiteDistribution"]
@@ -107,7 +107,11 @@ class OneSiteDistribution(Distribution):
             raise ValueError(f"{describe(self)}: expected {b.var[0]!r} of shape (..., {', '.join(map(str, ev))}), "
                              f"got {got}")
         ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
-        return fn.log_prob(x)
+        try:
+            return fn.log_prob(x)
+        except (ValueError, RuntimeError) as e:  # torch's validation of the value, a dtype the flow refuses...
+            raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} and dtype "
+                             f"{x.dtype}: {e}") from e
 
 
 class ExpertWeights:

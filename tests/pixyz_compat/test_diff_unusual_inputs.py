@@ -282,3 +282,21 @@ def test_a_relaxed_categorical_scores_a_float64_value_in_float64() -> None:
     ref, ours = run_both(prog_relaxed_categorical_of_a_float64_value)
     assert ref.dtype == ours.dtype == torch.float64
     torch.testing.assert_close(ours, torch.tensor([0.5], dtype=torch.float64).log())
+
+
+def prog_a_flow_scoring_nan() -> Any:
+    import math
+    import torch
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import PlanarFlow
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
+    return TransformedDistribution(prior, PlanarFlow(2), var=["x"]).get_log_prob({"x": torch.full((3, 2), math.nan)})
+
+
+def test_a_flow_distribution_names_itself_when_it_cannot_score() -> None:
+    """Pixyz raises a bare ``Exception`` ("Cannot calculate x ..."); ours named torch's internal class."""
+    with pytest.raises(Exception):
+        run_pixyz(prog_a_flow_scoring_nan)
+    with renamed_import(), pytest.raises(ValueError, match=r"TransformedDistribution p\(x\): cannot score 'x' of "
+                                                           r"shape \(3, 2\)"):
+        prog_a_flow_scoring_nan()
