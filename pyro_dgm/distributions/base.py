@@ -793,7 +793,8 @@ class Distribution(YieldingModule):
             if name in obs:
                 value = obs[name]
                 ev = fn.event_shape
-                if ev and value.dim() <= len(ev) and value.shape != ev[len(ev) - value.dim():]:
+                if (ev and isinstance(value, Tensor) and value.dim() <= len(ev)
+                        and value.shape != ev[len(ev) - value.dim():]):
                     self._dgm_event_swallows_batch(name, value, fn)
                 return pyro.sample(name, fn, obs=value)
             return pyro.sample(name, fn, infer=dict(infer)) if infer else pyro.sample(name, fn)

@@ -368,15 +368,23 @@ class DistributionBase(Distribution):
         """A parameter given as a number or a (nested) list of numbers, as a tensor of the others' float dtype."""
         if isinstance(t, Tensor):
             return t
-        if isinstance(t, (int, float, list, tuple)):
-            ref = next((p for p in (*self.buffers(), *self.parameters()) if p.is_floating_point()), None)
-            try:
-                return torch.as_tensor(t, dtype=torch.get_default_dtype() if ref is None else ref.dtype,
-                                       device=None if ref is None else ref.device)
-            except (TypeError, ValueError, RuntimeError):
-                pass
-        raise NotATensorError(f"{describe(self)}: parameter {name!r} must be a tensor (or a number or a list of "
-                              f"numbers), got {type(t).__name__}")
+        out = self._dgm_numbers_tensor(t)
+        if out is None:
+            raise NotATensorError(f"{describe(self)}: parameter {name!r} must be a tensor (or a number or a list of "
+                                  f"numbers), got {type(t).__name__}")
+        return out
+
+    def _dgm_numbers_tensor(self, x: Any) -> Tensor | None:
+        """A Python number or a (nested) list of numbers as a tensor of this distribution's float dtype and device
+        (the default dtype without parameters), or ``None`` for anything else."""
+        if not isinstance(x, (int, float, list, tuple)):
+            return None
+        ref = next((t for t in (*self.buffers(), *self.parameters()) if t.is_floating_point()), None)
+        try:
+            return torch.as_tensor(x, dtype=torch.get_default_dtype() if ref is None else ref.dtype,
+                                   device=None if ref is None else ref.device)
+        except (TypeError, ValueError, RuntimeError):  # a list of strings, of tensors of several elements...
+            return None
 
     def _dgm_closed_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState
                            ) -> closed_forms.ClosedParams | None:
@@ -778,13 +786,9 @@ class DistributionBase(Distribution):
         :class:`NotATensorError` (a ``TypeError``, and the ``ValueError`` torch's validation raises under Pixyz)."""
         if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
             return self._dgm_from_numpy(x)
-        if isinstance(x, (int, float, list, tuple)):
-            ref = next((t for t in (*self.buffers(), *self.parameters()) if t.is_floating_point()), None)
-            try:
-                return torch.as_tensor(x, dtype=torch.get_default_dtype() if ref is None else ref.dtype,
-                                       device=None if ref is None else ref.device)
-            except (TypeError, ValueError, RuntimeError):
-                pass  # a list of strings, of tensors of several elements...: named below
+        out = self._dgm_numbers_tensor(x)
+        if out is not None:
+            return out
         raise NotATensorError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array, a "
                               f"number or a list of numbers), got {type(x).__name__}")
 
