@@ -24,6 +24,7 @@ step invalidates it) and, when gradients are wanted, only if it was filled with 
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any, Iterator, Sequence
 
@@ -143,6 +144,60 @@ def _dgm_logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
     return m.logdet if m is not None else flow.forward_with_logdet(x, context)[1]
 
 
+_PIXYZ_SIGNATURES: dict[Any, tuple[bool, bool, bool]] = {}
+
+
+def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bool) -> Tensor:
+    """Call a Pixyz-style ``forward(x, y=None, compute_jacobian=True)`` (``jacobian``) or ``inverse(z, y=None)``
+    with the arguments its signature takes: ``y`` and ``compute_jacobian`` by name when it names them, else
+    positionally when it takes more positional arguments, else not at all (``forward(self, x)``)."""
+    sig = _PIXYZ_SIGNATURES.get(method)
+    if sig is None:
+        try:
+            params = list(inspect.signature(method).parameters.values())[2:]  # after self and the value
+        except (TypeError, ValueError):
+            params = []
+        kinds = inspect.Parameter
+        names = {p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)}
+        var_kw = any(p.kind is kinds.VAR_KEYWORD for p in params)
+        positional = sum(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD) for p in params)
+        positional = positional if not any(p.kind is kinds.VAR_POSITIONAL for p in params) else 2
+        sig = _PIXYZ_SIGNATURES[method] = ("y" in names or var_kw, "compute_jacobian" in names or var_kw,
+                                           positional >= (2 if jacobian else 1))
+    by_name_y, by_name_jac, positional = sig
+    if by_name_y or by_name_jac:
+        kwargs: dict[str, Any] = {}
+        if by_name_y:
+            kwargs["y"] = context
+        if jacobian and by_name_jac:
+            kwargs["compute_jacobian"] = True
+        return method(flow, v, **kwargs)
+    if positional:
+        return method(flow, v, context, True) if jacobian else method(flow, v, context)
+    return method(flow, v)
+
+
+def _pixyz_forward_logdet(self: "Flow", x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The forward hook of a subclass written for Pixyz: its ``forward``, which stores the log-det."""
+    z = _pixyz_call(type(self).forward, self, x, context, True)
+    ld = self.logdet_jacobian  # (a subclass may compute it in its own property)
+    if ld is None:
+        raise ValueError(f"{type(self).__name__}: forward(x, y, compute_jacobian=True) did not store the "
+                         "log-determinant (set self._logdet_jacobian in forward, as Pixyz's flows do)")
+    return z, _as_logdet(ld, x, self._dgm_domain_event_dim)
+
+
+def _pixyz_inverse_logdet(self: "Flow", z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The inverse hook of a subclass written for Pixyz: its ``inverse`` gives no log-det, so forward runs at ``x``
+    for it (the stored :attr:`~Flow.logdet_jacobian` is kept)."""
+    x = _pixyz_call(type(self).inverse, self, z, context, False)
+    saved = self._logdet_jacobian
+    try:
+        return x, self._dgm_forward_logdet(x, context)[1]
+    finally:
+        self._logdet_jacobian = saved
+
+
 class Flow(TransformModule, ConditionalTransform):
     r"""Base class of every flow: an invertible map :math:`z = f(x)` with its exact log-determinant.
 
@@ -202,11 +257,17 @@ class Flow(TransformModule, ConditionalTransform):
                 setattr(cls, hook, cls.__dict__[old])
         mro = cls.__mro__
 
-        def definer(name: str) -> int:
-            return next(i for i, k in enumerate(mro) if name in k.__dict__)
+        def definer(name: str, wrapper: Any = None) -> int:  # (a hook that is a Pixyz wrapper is no definition)
+            return next(i for i, k in enumerate(mro) if name in k.__dict__ and k.__dict__[name] is not wrapper)
 
-        cls._dgm_pixyz_forward = definer("forward") < definer("_dgm_forward_logdet")
-        cls._dgm_pixyz_inverse = definer("inverse") < definer("_dgm_inverse_logdet")
+        for public, hook, wrapper in (("forward", "_dgm_forward_logdet", _pixyz_forward_logdet),
+                                      ("inverse", "_dgm_inverse_logdet", _pixyz_inverse_logdet)):
+            owner = definer(hook, wrapper)
+            pixyz = definer(public) < owner
+            setattr(cls, f"_dgm_pixyz_{public}", pixyz)
+            if pixyz:  # a subclass written for Pixyz: the hook runs its method; super() reaches the parent's map
+                setattr(cls, f"_dgm_super_{public}", None if mro[owner] is Flow else mro[owner].__dict__[hook])
+                setattr(cls, hook, wrapper)
 
     def __init__(self, in_features: int | None = None, event_dim: int | None = 1,
                  codomain_event_dim: int | None = None, cache_size: int = 1) -> None:
@@ -285,20 +346,15 @@ class Flow(TransformModule, ConditionalTransform):
 
     # ------------------------------------------------------------------ the two methods a subclass implements
     def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self._dgm_pixyz_forward:  # a Pixyz-style subclass: its forward stores the log-det
-            z = type(self).forward(self, x, context, True)
-            return z, _as_logdet(self._logdet_jacobian, x, self._dgm_domain_event_dim)
         return x, zero_logdet(x, self._dgm_domain_event_dim)
 
     def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self._dgm_pixyz_inverse:  # a Pixyz-style subclass: its inverse gives no log-det, so run forward at x for it
-            x = type(self).inverse(self, z, context)
-            saved = self._logdet_jacobian
-            try:
-                return x, self._dgm_forward_logdet(x, context)[1]
-            finally:
-                self._logdet_jacobian = saved
         return z, zero_logdet(z, self._dgm_codomain_event_dim)
+
+    def _dgm_store_logdet(self, ld: Tensor) -> None:
+        """Store a computed log-det as :attr:`logdet_jacobian` (a subclass written for Pixyz stores its own)."""
+        if not self._dgm_pixyz_forward:
+            self._logdet_jacobian = _first(ld) if self._dgm_constant_logdet else ld
 
     # ------------------------------------------------------------------ public interface
     def forward_with_logdet(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -312,21 +368,34 @@ class Flow(TransformModule, ConditionalTransform):
         self._dgm_check(z, inverse=True)
         return self._dgm_inverse_logdet(z, y)
 
-    def __call__(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         """``flow(x, y)`` runs :meth:`forward` (through ``nn.Module.__call__``, so hooks run), as in Pixyz; torch's
-        transforms call it with ``x`` alone."""
-        return nn.Module.__call__(self, x, y, compute_jacobian)
+        transforms call it with ``x`` alone, and a subclass's ``forward`` may take other arguments."""
+        return nn.Module.__call__(self, *args, **kwargs)
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
         """Return :math:`z = f(x)` given context ``y``; store the log-determinant in :attr:`logdet_jacobian`
         (one number for the batch when it does not depend on ``x``, as Pixyz stores it)."""
+        cls = type(self)
+        if cls._dgm_pixyz_forward:  # super().forward from a subclass written for Pixyz: its parent's map
+            parent = cls._dgm_super_forward
+            if parent is None:
+                return x  # Pixyz's Flow.forward: the identity, nothing stored
+            z, ld = parent(self, x, y)
+            if compute_jacobian:
+                self._logdet_jacobian = ld
+            return z
         z, ld = _apply(self, y, x, inverse=False)
         if compute_jacobian:
-            self._logdet_jacobian = _first(ld) if self._dgm_constant_logdet else ld
+            self._dgm_store_logdet(ld)
         return z
 
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         r"""Return :math:`x = f^{-1}(z)` given context ``y``."""
+        cls = type(self)
+        if cls._dgm_pixyz_inverse:  # super().inverse from a subclass written for Pixyz: its parent's inverse
+            parent = cls._dgm_super_inverse
+            return z if parent is None else parent(self, z, y)[0]
         return _apply(self, y, z, inverse=True)[0]
 
     def condition(self, context: Tensor) -> "ConditionedFlow":
@@ -548,6 +617,7 @@ class FlowList(Flow):
             if isinstance(part, Flow):
                 part._dgm_check(x, inverse=False)
                 y, ld = part._dgm_forward_logdet(x, context)
+                part._dgm_store_logdet(ld)  # as each part's forward stores it under Pixyz's FlowList
                 d, c = part._dgm_domain_event_dim, part._dgm_codomain_event_dim
             else:
                 t = _resolve(part, context)
