@@ -174,9 +174,11 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
     for prm in params:
         if prm.kind is prm.VAR_KEYWORD:
             var_kw = True
-        elif prm.kind is prm.VAR_POSITIONAL:
-            raise TypeError(f"{describe(dist)}: forward(*{prm.name}) cannot be bound to cond_var {cond}; "
-                            "name forward's arguments after cond_var")
+        elif prm.kind is prm.VAR_POSITIONAL:  # (a wrapper's *args, **kwargs: Pixyz passes the inputs by name)
+            if not any(q.kind is q.VAR_KEYWORD for q in params):
+                raise TypeError(f"{describe(dist)}: forward(*{prm.name}) cannot be bound to cond_var {cond} (Pixyz "
+                                "passes them by name); name forward's arguments after cond_var")
+            in_order = False
         elif prm.name in cond:
             if in_order and prm.kind is not prm.KEYWORD_ONLY:
                 pos.append(prm.name)

@@ -44,6 +44,10 @@ PREC_MUL = 20   # a b
 PREC_FUNC = 25  # \log p(x): an operator name without brackets
 PREC_ATOM = 100  # bracketed or single symbols: mean \left(...\right), D_{KL} \left[...\right], x, 2
 
+#: torch's global forward hooks and pre-hooks (``nn.modules.module.register_module_forward_hook``): while any is
+#: registered, each term runs through ``nn.Module.__call__`` (as Pixyz's ``eval`` calls it), so that hooks run
+_GLOBAL_HOOKS = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
+
 #: Keyword options of ``eval`` that belong to loss terms (``IterativeLoss``'s ``mask``), not to networks (the name
 #: kept for code that imports it; :data:`pyro_dgm.losses.context.TERM_OPTIONS`).
 LOSS_OPTIONS = TERM_OPTIONS
@@ -513,7 +517,10 @@ class Loss(YieldingModule, _PyroELBO):
         for v in self._input_var:
             if v not in values and v not in self._dgm_optional_var:
                 _raise_missing(self, values, [v])
-        out = self.forward(values, **kwargs)
+        if self._forward_hooks or self._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
+            out = nn.Module.__call__(self, values, **kwargs)  # as Pixyz's eval calls each term: hooks run
+        else:
+            out = self.forward(values, **kwargs)
         loss, samples = out if type(out) is tuple else (out, {})
         if ctx.recorder is not None:
             ctx.recorder[id(self)] = loss
@@ -526,7 +533,10 @@ class Loss(YieldingModule, _PyroELBO):
         empty = _empty_inputs(inputs)
         try:
             with ctx:
-                out = self.forward(inputs, **kwargs)
+                if self._forward_hooks or self._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
+                    out = nn.Module.__call__(self, inputs, **kwargs)
+                else:
+                    out = self.forward(inputs, **kwargs)
         except Exception as error:
             if empty:
                 _raise_empty(self, inputs, empty, f"evaluating it raised {type(error).__name__}: {error}", error)

@@ -238,6 +238,10 @@ class MemoizeMessenger(Messenger):
             return hit
         value = module(*args, **kwargs)
         self.store(key, value, args)
+        if type(key) is tuple:
+            after = self._key(module, args, kwargs)
+            if after != key:  # the network changed an input in place (x /= 255): its next call in this scope is
+                self.store(after, value, args)  # this one, as under Pixyz's cache (else it runs again, and again)
         return value
 
     # The "dgm_params" effect is answered by the effect's own function (``calls._call_network``), which asks this
