@@ -341,6 +341,8 @@ class Model:
         # (a pyro.optim optimizer's clipping fills in what is not given; None or ML's False stays when it has none)
         self.clip_norm = (clip_grad_norm if clip_grad_norm not in (None, False)
                           else clip.get("clip_norm", clip_grad_norm))
+        # a pyro.optim optimizer's clip_norm clips each parameter's gradient alone, as Pyro's (and SVI) clip it
+        self._dgm_clip_each = clip_grad_norm in (None, False) and "clip_norm" in clip
         self.clip_value = (clip_grad_value if clip_grad_value not in (None, False)
                            else clip.get("clip_value", clip_grad_value))
         self.retain_graph = retain_graph
@@ -474,6 +476,10 @@ class Model:
             raise ValueError(f"{type(self).__name__}: there are no parameters to optimize: distributions=[...] is "
                              f"empty and the Pyro terms of the loss {self.loss_cls} created no parameter")
         if not loss.requires_grad:
+            if not torch.is_grad_enabled():
+                raise RuntimeError(f"{type(self).__name__}: train() under torch.no_grad() (or inference_mode): the "
+                                   f"loss {self.loss_cls} has no gradient to train with; call train() outside it "
+                                   "(test() evaluates without training)")
             if any(p.requires_grad for term in self.loss_cls.loss_terms() for p in term.frozen_parameters()):
                 # Pixyz's step runs: the loss reaches only an adversarial term's discriminator (which this
                 # optimizer does not train), so its gradient changes nothing; so does ours, saying so
@@ -490,15 +496,19 @@ class Model:
         loss.backward(retain_graph=self.retain_graph)
         if self.check_gradients:
             grads = [p.grad for p in self._dgm_params if p.grad is not None]
-            if self.clip_norm:  # the norm clipping computes is also the finiteness check
+            if self.clip_norm and not self._dgm_clip_each:  # the norm clipping computes is also the finiteness check
                 total = get_total_norm(grads, 2.0)
                 if not math.isfinite(total.item()):
                     self._dgm_check_gradients(loss, grads)  # raises unless the norm overflowed from finite values
                 clip_grads_with_norm_(self._dgm_params, self.clip_norm, total)
             elif grads and not _finite_sum(grads):  # one pass over the gradients; a NaN or inf in any makes the
                 self._dgm_check_gradients(loss, grads)  # sum non-finite (a finite sum that overflowed is let through)
-        elif self.clip_norm:
+        elif self.clip_norm and not self._dgm_clip_each:
             clip_grad_norm_(self._dgm_params, self.clip_norm)
+        if self.clip_norm and self._dgm_clip_each:
+            for p in self._dgm_params:
+                if p.grad is not None:
+                    clip_grad_norm_(p, self.clip_norm)
         if self.clip_value:
             clip_grad_value_(self._dgm_params, self.clip_value)
         self.optimizer.step()
@@ -552,6 +562,8 @@ class Model:
                 clip = dict(optimizer.pt_clip_args or {})
             else:
                 self.optimizer, clip = build_optimizer(owner, optimizer, params, optimizer_params)
+            if self.clip_norm in (None, False) and "clip_norm" in clip:
+                self._dgm_clip_each = True
             self.clip_norm = self.clip_norm if self.clip_norm not in (None, False) else clip.get("clip_norm",
                                                                                                  self.clip_norm)
             self.clip_value = self.clip_value if self.clip_value not in (None, False) else clip.get("clip_value",
