@@ -381,9 +381,10 @@ class Flow(TransformModule, ConditionalTransform):
             parent = cls._dgm_super_forward
             if parent is None:
                 return x  # Pixyz's Flow.forward: the identity, nothing stored
+            self._dgm_check(x, inverse=False)  # (the event dims of this input: an image's or a vector's)
             z, ld = parent(self, x, y)
-            if compute_jacobian:
-                self._logdet_jacobian = ld
+            if compute_jacobian:  # as the parent's forward stores it
+                self._logdet_jacobian = _first(ld) if self._dgm_constant_logdet else ld
             return z
         z, ld = _apply(self, y, x, inverse=False)
         if compute_jacobian:
@@ -395,7 +396,10 @@ class Flow(TransformModule, ConditionalTransform):
         cls = type(self)
         if cls._dgm_pixyz_inverse:  # super().inverse from a subclass written for Pixyz: its parent's inverse
             parent = cls._dgm_super_inverse
-            return z if parent is None else parent(self, z, y)[0]
+            if parent is None:
+                return z
+            self._dgm_check(z, inverse=True)
+            return parent(self, z, y)[0]
         return _apply(self, y, z, inverse=True)[0]
 
     def condition(self, context: Tensor) -> "ConditionedFlow":
