@@ -26,7 +26,6 @@ from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, e
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
-from pyro_dgm.flows.base import _apply
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import as_var_list, describe
 from pyro_dgm.utils.random import seeded_call
@@ -84,15 +83,8 @@ class _FlowSite(dist.TransformedDistribution):
 
 
 def _step(t: Any, x: Tensor) -> Tensor:
-    """One transform of a draw. A flow runs as Pixyz's ``TransformedDistribution.sample`` runs it (its forward,
-    storing :attr:`~pyro_dgm.flows.Flow.logdet_jacobian`) and remembers ``(x, z, logdet)``, so that the draw is
-    scored without inverting the flow or running it again (a flow without an inverse, or whose forward draws noise
-    or updates running statistics, is run once)."""
-    if not isinstance(t, Flow):
-        return t(x)
-    z, ld = _apply(t, None, x, inverse=False)
-    t._dgm_store_logdet(ld)
-    return z
+    """One transform of a draw: a flow remembers it (:meth:`~pyro_dgm.flows.Flow._dgm_draw`)."""
+    return t._dgm_draw(x) if isinstance(t, Flow) else t(x)
 
 
 class _FlowDistribution(OneSiteDistribution):

@@ -391,6 +391,14 @@ class Flow(TransformModule, ConditionalTransform):
             self._dgm_store_logdet(ld)
         return z
 
+    def _dgm_draw(self, x: Tensor) -> Tensor:
+        """:math:`z = f(x)` for a draw, as Pixyz's ``TransformedDistribution.sample`` runs the flow (storing
+        :attr:`logdet_jacobian`), remembering ``(x, z, logdet)``: the draw is then scored without inverting the flow
+        or running it again (a flow without an inverse, or whose forward draws noise, runs once)."""
+        z, ld = _apply(self, None, x, inverse=False)
+        self._dgm_store_logdet(ld)
+        return z
+
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         r"""Return :math:`x = f^{-1}(z)` given context ``y``."""
         cls = type(self)

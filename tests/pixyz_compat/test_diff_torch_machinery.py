@@ -23,19 +23,23 @@ def prog_a_network_that_changes_its_input_in_place() -> Any:
     from pixyz.distributions import Normal, Bernoulli
     from pixyz.losses import KullbackLeibler, Expectation as E, LogProb
     calls = []
+
     class Q(Normal):
         def __init__(self):
             super().__init__(var=["z"], cond_var=["x"], name="q")
             self.fc = nn.Linear(3, 4)
+
         def forward(self, x):
             calls.append(1)
             x /= 2.  # in-place scaling of the input
             h = self.fc(x)
             return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:]) + 0.1}
+
     class P(Bernoulli):
         def __init__(self):
             super().__init__(var=["x"], cond_var=["z"], name="p")
             self.fc = nn.Linear(2, 3)
+
         def forward(self, z):
             return {"probs": torch.sigmoid(self.fc(z))}
     q, p = Q(), P()
@@ -76,6 +80,7 @@ def prog_a_forward_wrapped_without_functools_wraps() -> Any:
     from pixyz.distributions import Normal
 
     def timed(fn):  # a user's decorator, without functools.wraps
+
         def wrapper(self, *args, **kwargs):
             return fn(self, *args, **kwargs)
         return wrapper
@@ -84,6 +89,7 @@ def prog_a_forward_wrapped_without_functools_wraps() -> Any:
         def __init__(self):
             super().__init__(var=["z"], cond_var=["x"], name="q")
             self.fc = nn.Linear(2, 2)
+
         @timed
         def forward(self, x):
             return {"loc": self.fc(x), "scale": torch.ones_like(x)}
