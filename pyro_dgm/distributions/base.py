@@ -136,6 +136,9 @@ class Distribution(YieldingModule):
     #: Whether a memoizing scope may reuse this distribution's network outputs; set it to ``False`` on a
     #: distribution whose ``forward`` is random (dropout), so that each use runs it.
     memoizable: bool = True
+    #: Whether a memoizing scope reuses the outputs only when ``forward`` drew no random numbers (a
+    #: :class:`~pyro_dgm.distributions.Deterministic`'s default: Pixyz runs its forward on every use).
+    memoize_unless_random: bool = False
     _dgm_pyro_name: str | None = None  # see pyro_name
     _dgm_pyro_infer: dict[str, Any] | None = None  # see pyro_infer
     #: Buffers that ``print`` does not list (those Pixyz keeps as plain attributes, e.g. a PoE's weights).

@@ -38,6 +38,10 @@ class Deterministic(Distribution):
     """
 
     distribution_name = "Deterministic"  # type: ignore[assignment]
+    #: Within one loss evaluation its outputs are reused only when ``forward`` drew no random numbers: Pixyz runs a
+    #: Deterministic's forward on every use, so a random one (TD-VAE's sampled time steps, added noise) draws anew
+    #: each time, and a deterministic one gives the same values again (set ``memoizable = False`` to rerun it).
+    memoize_unless_random = True
 
     def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = None, name: str = "p",
                  **kwargs: Any) -> None:

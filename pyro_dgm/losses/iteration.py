@@ -259,7 +259,10 @@ class IterativeLoss(Loss):
         else:
             raise ValueError(f"IterativeLoss: max_iter={self.max_iter!r} and no series_var: give max_iter > 0 or "
                              "series_var (the number of steps is the length of the first series_var)")
-        for v, s in series.items():
+        # x[t] of each series: only when no slice_step is given and slice_step_fn is ours (Pixyz never indexes the
+        # series otherwise, e.g. TD-VAE's slice_step picks time steps from a batch-first series)
+        indexed = series if self.slice_step is None and type(self).slice_step_fn is IterativeLoss.slice_step_fn else {}
+        for v, s in indexed.items():
             if len(s) < steps:
                 raise SeriesTooShortError(f"IterativeLoss: series_var {v!r} has {len(s)} steps (its first dim), "
                                           f"fewer than max_iter={steps}; give a longer series or a smaller max_iter")

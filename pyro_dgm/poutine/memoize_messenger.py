@@ -11,6 +11,8 @@ on separate models.
 """
 from __future__ import annotations
 
+import ctypes
+import random
 import threading
 from collections import OrderedDict
 from typing import Any, Hashable, NamedTuple
@@ -18,7 +20,8 @@ from typing import Any, Hashable, NamedTuple
 import torch
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES"]
+__all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
+           "same_marks"]
 
 _MAXSIZE = [128]  # a setting (Pixyz's knob), not evaluation state: the same for every thread
 
@@ -83,6 +86,53 @@ def _arg_key(a: Any) -> Hashable:
     return a
 
 
+def _numpy_mark() -> Any:
+    """Where numpy's global generator (``np.random.*``) is: the first word of its Mersenne-Twister key and its
+    position, read in place (its ``state`` copies the whole key, ~50 us); ``None`` without numpy."""
+    try:
+        import numpy as np
+        bg = np.random.mtrand._rand._bit_generator
+    except (ImportError, AttributeError):
+        return None
+    cached = _NUMPY_VIEW.get(id(bg))
+    if cached is None or cached[0] is not bg:
+        try:
+            view = (ctypes.c_uint32 * 625).from_address(bg.ctypes.state_address)  # MT19937: key[624], pos
+        except (AttributeError, TypeError, ValueError):
+            return np.random.get_state()[1:3][1]  # another bit generator: its position (slower, still exact)
+        _NUMPY_VIEW.clear()
+        cached = _NUMPY_VIEW[id(bg)] = (bg, view)
+    view = cached[1]
+    return (view[0], view[624])
+
+
+_NUMPY_VIEW: dict[int, Any] = {}
+
+
+def rng_marks() -> tuple[Any, ...]:
+    """Where the global random number generators are: torch's (the CPU one, and the current CUDA device's once CUDA
+    is in use), Python's ``random`` and numpy's. Two marks differ when anything drew from them in between (a
+    forward's ``torch.randint``, dropout, ``np.random.randint``...); compare them with :func:`same_marks`.
+
+    Examples
+    --------
+    >>> a = rng_marks(); b = rng_marks()
+    >>> same_marks(a, b)
+    True
+    >>> _ = torch.rand(1)
+    >>> same_marks(a, rng_marks())
+    False
+    """
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
+    return (torch.default_generator.get_state(), cuda, random.getstate(), _numpy_mark())
+
+
+def same_marks(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Whether nothing drew from the generators between two :func:`rng_marks`."""
+    return (torch.equal(a[0], b[0]) and (a[1] is None) == (b[1] is None) and (a[1] is None or torch.equal(a[1], b[1]))
+            and a[2] == b[2] and a[3] == b[3])
+
+
 class _Traced(NamedTuple):
     """A miss while torch.compile traces: what :meth:`MemoizeMessenger.store` keeps, compared by identity."""
     module: Any
@@ -99,7 +149,10 @@ class MemoizeMessenger(Messenger):
     and whether grad is enabled; a hit returns the same parameter tensors, so autograd sees one forward pass. The
     cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives it, so a tensor
     reused across optimizer steps never meets a stale graph. Keys use Python ints only, so a lookup never
-    synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs.
+    synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
+    ``memoize_unless_random = True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use)
+    is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`): a forward
+    that picks random time steps or adds noise runs again on each use, as under Pixyz.
 
     The open scopes are per thread: a network call is answered by the innermost scope of the thread that makes it
     (:func:`active_memo`), never by another thread's.
@@ -176,8 +229,9 @@ class MemoizeMessenger(Messenger):
                        ) -> tuple[Hashable | None, Any]:
         # Under torch.compile the key may not hold ids or versions of tensors (Dynamo would guard on them and
         # recompile for every batch): the entries are compared by identity, which Dynamo decides while tracing,
-        # so the cache costs nothing in the compiled graph.
-        if not getattr(module, "memoizable", True):
+        # so the cache costs nothing in the compiled graph. A forward that may be random (memoize_unless_random)
+        # is not reused while tracing: the generators' state cannot be read without breaking the graph.
+        if not getattr(module, "memoizable", True) or getattr(module, "memoize_unless_random", False):
             return None, None
         mode = (module.training, torch.is_grad_enabled())
         for entry in self._traced:
@@ -236,7 +290,13 @@ class MemoizeMessenger(Messenger):
         key, hit = self.lookup(module, args, kwargs)
         if hit is not None:
             return hit
-        value = module(*args, **kwargs)
+        if key is not None and getattr(module, "memoize_unless_random", False):
+            before = rng_marks()
+            value = module(*args, **kwargs)
+            if not same_marks(before, rng_marks()):
+                return value  # it drew random numbers: each use draws anew (Pixyz runs a Deterministic each time)
+        else:
+            value = module(*args, **kwargs)
         self.store(key, value, args)
         if type(key) is tuple:
             after = self._key(module, args, kwargs)
