@@ -22,7 +22,7 @@ from torch import Tensor
 
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState, draw_factors
 from pyro_dgm.distributions import overrides
-from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
+from pyro_dgm.distributions.effects import PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
 from pyro_dgm.utils.checks import (NotATensorError, ShapeError, as_var_list, check_present, describe,
                                    sample_batch_n, sample_shape_of)
@@ -589,7 +589,9 @@ class Distribution(YieldingModule):
         if guide:  # in a guide a given variable is an input, not a site (Pyro's semi-supervised guides)
             order = tuple(f for f in order if not all(v in values for v in f.var))
         if any(getattr(m, "dim", None) == -1 for m in PYRO_STACK):  # the caller's plate covers the batch dim
-            for f in order:
+            if batch_n is not None and self._dgm_data_batch_ndim(values) > 1:
+                ctx.batch_n = None  # nested plates cover several dims of the data: they size the draws of factors
+            for f in order:  # without inputs (Pyro broadcasts their batch dim of 1)
                 f._dgm_draw_factor(values, ctx)
             return values
         with pyro.plate("data", 1 if batch_n is None else batch_n, dim=-1):
@@ -634,6 +636,14 @@ class Distribution(YieldingModule):
             if isinstance(x, Tensor) and x.dim() >= 1:
                 return x.shape[0]
         return None
+
+    def _dgm_data_batch_ndim(self, values: Mapping[str, Any]) -> int:
+        """How many leading dims of the data (the first given variable) the caller's plates cover."""
+        for v in (*self._var, *self._dgm_input_var):
+            x = values.get(v)
+            if isinstance(x, Tensor) and x.dim() >= 1:
+                return data_batch_ndim(x)
+        return 1
 
     def _model(self, *args: Any, **data_kwargs: Any) -> dict[str, Tensor]:
         """This distribution as a Pyro model: ``pyro.sample`` per variable, observed where ``data`` gives it.

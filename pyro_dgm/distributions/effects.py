@@ -17,7 +17,7 @@ from torch import nn
 from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
-__all__ = ["run_network", "ignores_sites", "given_event_dim", "PYRO_STACK"]
+__all__ = ["run_network", "ignores_sites", "given_event_dim", "data_batch_ndim", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
 PYRO_STACK = _PYRO_STACK
@@ -62,6 +62,15 @@ def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return _effectful_network(module, *args, **kwargs)
 
 
+def data_batch_ndim(value: Any) -> int:
+    """How many leading dims of a model's or guide's data the caller's plates cover (1 when they cover at most
+    one: Pixyz's one batch dim)."""
+    if not isinstance(value, torch.Tensor) or value.dim() <= 1:
+        return 1
+    e = _event_dim_by_plates(value, data=True)
+    return 1 if e is None else value.dim() - e
+
+
 def given_event_dim(value: Any, ctx: CallState) -> int | None:
     """The event dims of a value given from outside a call inside Pyro: those of the site whose value it is in an
     active trace (an enumerated, vectorized or posterior-predictive draw has batch dims on the left of the plates'
@@ -86,16 +95,23 @@ def given_event_dim(value: Any, ctx: CallState) -> int | None:
                         break
                 if e is not None:
                     break
-        if e is None and ctx.obs is None:  # (the data of a model/guide call has no dims left of its plates)
-            e = _event_dim_by_plates(value)
+        if e is None:
+            e = _event_dim_by_plates(value, data=ctx.obs is not None)
     found[key] = e
     return e
 
 
-def _event_dim_by_plates(value: torch.Tensor) -> int | None:
+#: Plates that Pyro opens over copies of a model (vectorized particles, parallel predictive draws): the data given
+#: to a model or guide has no dims for them.
+_COPY_PLATES = frozenset({"num_particles_vectorized", "_num_predictive_samples"})
+
+
+def _event_dim_by_plates(value: torch.Tensor, data: bool = False) -> int | None:
     """The event dims of a value that no trace holds, from the plates: its leading dims are batch dims as far as
-    they have the sizes of the plates at their positions; ``None`` when that is one dim (Pixyz's rule)."""
-    sizes = {m.dim: m.size for m in PYRO_STACK if isinstance(m, IndepMessenger) and m.dim is not None}
+    they have the sizes of the plates at their positions; ``None`` when that is one dim (Pixyz's rule). For the
+    ``data`` of a model or guide call, the plates over copies of the model (:data:`_COPY_PLATES`) do not count."""
+    sizes = {m.dim: m.size for m in PYRO_STACK if isinstance(m, IndepMessenger) and m.dim is not None
+             and not (data and m.name in _COPY_PLATES)}
     depth = -min(sizes, default=-1)
     shape = value.shape
     for n in range(min(depth, len(shape)), 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1 of the plates

@@ -28,6 +28,18 @@ __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Ca
            "Multinomial", "Dirichlet", "Beta", "Laplace", "Gamma"]
 
 
+class _ScoredAsReal(constraints.Constraint):
+    """A Bernoulli's support: discrete for inference, so that Pyro's guides and HMC treat a latent Bernoulli as they
+    treat a plain one (they refuse it, or enumerate it), and any real value when a value is scored (Pixyz scores any
+    real value by the cross-entropy; NaN is refused, as by ``constraints.real``)."""
+
+    is_discrete = True
+    event_dim = 0
+
+    def check(self, value: Tensor) -> Tensor:
+        return value == value
+
+
 class BernoulliBCE(dist.Bernoulli):
     """Bernoulli whose log-density is the binary cross-entropy ``x log p + (1 - x) log(1 - p)``, for any real ``x``.
 
@@ -38,7 +50,7 @@ class BernoulliBCE(dist.Bernoulli):
     validation; the parameters are still validated.
     """
 
-    support = constraints.real  # Pixyz scores any real value by the cross-entropy
+    support = _ScoredAsReal()  # Pixyz scores any real value by the cross-entropy; {0, 1} for Pyro's inference
 
     def log_prob(self, value: Tensor) -> Tensor:
         d = self.__dict__

@@ -4,8 +4,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Sequence
 
+import torch
 from pyro.infer import ELBO as _PyroELBOBase
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_NEG, Loss
@@ -33,8 +34,12 @@ class PyroELBO(Loss):
     Its value is ``elbo.differentiable_loss(model, guide, **data)``, with ``data`` the values of :attr:`input_var`
     (default: the arguments of ``model`` and ``guide`` that have no default; for a pyro_dgm distribution's
     ``.model``/``.guide``, its required inputs), so its gradients are Pyro's own (surrogate terms for
-    non-reparameterized sites included). Any Pyro ELBO works, e.g. ``TraceEnum_ELBO`` for a discrete label. The value
-    is a scalar summed over the data, as Pyro computes it; add per-datum terms after ``.sum()`` to match it.
+    non-reparameterized sites included). Pyro's ELBOs with a ``differentiable_loss`` work (``Trace_ELBO``,
+    ``TraceMeanField_ELBO``, ``TraceEnum_ELBO`` for a discrete label, ``TraceTMC_ELBO`` and their ``Jit`` versions),
+    and ``TraceGraph_ELBO``, whose value is the loss and whose gradient that of Pyro's surrogate (score-function terms
+    with their downstream costs and baselines, as ``SVI`` differentiates it); ``RenyiELBO``, which Pyro computes only
+    inside its own step, is refused (a ``TypeError``; use it with ``pyro.infer.SVI``, or ``IWELBO`` for alpha = 0).
+    The value is a scalar summed over the data, as Pyro computes it; add per-datum terms after ``.sum()`` to match it.
 
     Parameters
     ----------
@@ -69,6 +74,11 @@ class PyroELBO(Loss):
         elbo = Trace_ELBO() if elbo is None else elbo
         if not isinstance(elbo, _PyroELBOBase) or isinstance(elbo, Loss):
             raise TypeError(f"PyroELBO: elbo must be a Pyro ELBO such as Trace_ELBO(), got {type(elbo).__name__}")
+        if not hasattr(elbo, "differentiable_loss") and not isinstance(elbo, TraceGraph_ELBO):
+            raise TypeError(f"PyroELBO: {type(elbo).__name__} gives no differentiable loss (Pyro computes its gradient "
+                            "only inside its own SVI step); use an ELBO with differentiable_loss (Trace_ELBO, "
+                            "TraceMeanField_ELBO, TraceEnum_ELBO, TraceTMC_ELBO) or TraceGraph_ELBO, or train it with "
+                            "pyro.infer.SVI")
         if input_var is None:
             input_var = [v for v in _required_args(model) + _required_args(guide)]
             input_var = list(dict.fromkeys(input_var))
@@ -91,4 +101,9 @@ class PyroELBO(Loss):
 
     def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         data = {v: values[v] for v in self._input_var}  # the values of a larger formula may hold other variables
-        return self.elbo.differentiable_loss(self.model, self.guide, **data, **kwargs)
+        elbo = self.elbo
+        if isinstance(elbo, TraceGraph_ELBO):  # the loss, with the gradient of Pyro's surrogate
+            value, surrogate = elbo._loss_and_surrogate_loss(self.model, self.guide, (), {**data, **kwargs})
+            value, surrogate = torch.as_tensor(value), torch.as_tensor(surrogate)
+            return surrogate - surrogate.detach() - value.detach()
+        return elbo.differentiable_loss(self.model, self.guide, **data, **kwargs)

@@ -1,0 +1,217 @@
+"""Pyro's inference tools meet pyro_dgm models where plain Pyro draws its lines, each against a plain-Pyro twin.
+
+- A latent Bernoulli is a discrete site, as a plain ``dist.Bernoulli`` is: the autoguides and HMC refuse it with
+  Pyro's own error, and ``TraceEnum_ELBO`` enumerates it to plain Pyro's loss. (pyro_dgm's Bernoulli scores any real
+  value by the cross-entropy, as Pixyz does, which does not make the site continuous.)
+- A joint's model and a guide inside nested user plates (``groups`` at dim -2, ``data`` at dim -1, data of shape
+  ``[G, N, X]``) read both plates as batch dims, as the same model written in plain Pyro does: the same traces and
+  the same ELBO.
+- ``PyroELBO`` with ``TraceGraph_ELBO``: Pyro's loss, and the gradient of Pyro's surrogate (score-function terms),
+  equal to what ``TraceGraph_ELBO.loss_and_grads`` computes; an ELBO with no differentiable loss (``RenyiELBO``) is
+  refused when the term is built, naming what works.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
+from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.infer.mcmc import NUTS
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from pyro_dgm.distributions import Bernoulli, Normal
+from pyro_dgm.losses import PyroELBO
+
+X, Z = 5, 2
+
+
+class Decoder(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.net = nn.Linear(Z, X)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.net(z), "scale": torch.ones_like(self.net.bias)}
+
+
+class Encoder(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.net = nn.Linear(X, 2 * Z)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.net(x)
+        return {"loc": h[..., :Z], "scale": F.softplus(h[..., Z:]) + 1e-3}
+
+
+def _sites(tr: Any) -> dict[str, tuple[tuple[int, ...], float]]:
+    tr.compute_log_prob()
+    return {n: (tuple(s["value"].shape), float(s["log_prob"].sum().detach())) for n, s in tr.nodes.items()
+            if s["type"] == "sample" and not site_is_subsample(s)}
+
+
+# --------------------------------------------------------------------------------------- a latent Bernoulli
+def _bernoulli_latent_models() -> tuple[Any, Any, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    p = Decoder()
+    joint = p * Bernoulli(probs=0.3, var=["z"], features_shape=[Z])
+
+    def plain(x: torch.Tensor) -> None:
+        pyro.module(p.pyro_name, p)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Bernoulli(probs=torch.full((len(x), Z), 0.3)).to_event(1))
+            pyro.sample("x", dist.Normal(p.net(z), 1.).to_event(1), obs=x)
+
+    return joint.model, plain, p.net, torch.randn(4, X)
+
+
+def test_a_latent_bernoulli_is_a_discrete_site_as_in_plain_pyro() -> None:
+    ours, plain, _, x = _bernoulli_latent_models()
+    assert poutine.trace(ours).get_trace(x=x).nodes["z"]["fn"].support.is_discrete
+    for guide in (AutoNormal, AutoDelta):
+        messages = []
+        for model in (plain, ours):
+            pyro.clear_param_store()
+            with pytest.raises(ValueError, match="Continuous inference cannot handle discrete sample site 'z'") as e:
+                SVI(model, guide(model), pyro.optim.Adam({"lr": 0.1}), Trace_ELBO()).step(x)
+            messages.append(str(e.value))
+        assert messages[0] == messages[1]
+    with pytest.raises(ValueError, match="discrete sample site 'z'"):
+        NUTS(ours).setup(0, x=x)
+    # scoring is still Pixyz's cross-entropy, for any real value (grey levels)
+    lp = Bernoulli(probs=0.3, var=["z"], features_shape=[Z]).get_log_prob({"z": torch.full((1, Z), 0.25)})
+    torch.testing.assert_close(lp, Z * (0.25 * torch.tensor(0.3).log() + 0.75 * torch.tensor(0.7).log()).reshape(1))
+
+
+class ScalarDecoder(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.net = nn.Linear(1, X)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.net(z.unsqueeze(-1)), "scale": torch.ones_like(self.net.bias)}
+
+
+def test_an_enumerated_latent_bernoulli_gives_plain_pyros_loss() -> None:
+    # one binary latent per data point (Pyro enumerates a site without event dims)
+    torch.manual_seed(0)
+    p = ScalarDecoder()
+    ours = (p * Bernoulli(probs=0.3, var=["z"])).model
+    x = torch.randn(4, X)
+
+    def plain(x: torch.Tensor) -> None:
+        pyro.module(p.pyro_name, p)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Bernoulli(probs=torch.full((len(x),), 0.3)))
+            pyro.sample("x", dist.Normal(p.net(z.unsqueeze(-1)), 1.).to_event(1), obs=x)
+
+    def empty_guide(x: torch.Tensor) -> None:
+        pass
+
+    losses = []
+    for model in (plain, ours):
+        pyro.clear_param_store()
+        losses.append(TraceEnum_ELBO(max_plate_nesting=1).loss(config_enumerate(model, "parallel"), empty_guide, x))
+    # -log p(x) = -sum_n log sum_z p(z) N(x_n; w z + b, I), written out
+    zs = torch.tensor([0., 1.])
+    with torch.no_grad():
+        log_px_z = torch.distributions.Normal(p.net(zs[:, None])[:, None], 1.).log_prob(x).sum(-1)  # [2, N]
+    exact = -torch.logsumexp(torch.tensor([0.7, 0.3]).log()[:, None] + log_px_z, 0).sum().item()
+    assert losses[0] == pytest.approx(exact, rel=1e-5)
+    assert losses[1] == pytest.approx(exact, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- nested plates
+def test_a_joint_and_a_guide_inside_nested_plates_match_plain_pyro() -> None:
+    torch.manual_seed(0)
+    p, q = Decoder(), Encoder()
+    joint = p * Normal(loc=0., scale=1., var=["z"], features_shape=[Z], name="prior")
+    G, N = 3, 4
+    x = torch.randn(G, N, X)
+
+    def plain_model(x: torch.Tensor) -> None:
+        pyro.module(p.pyro_name, p)
+        with pyro.plate("groups", G, dim=-2), pyro.plate("data", N, dim=-1):
+            z = pyro.sample("z", dist.Normal(torch.zeros(Z), torch.ones(Z)).to_event(1))
+            pyro.sample("x", dist.Normal(p.net(z), 1.).to_event(1), obs=x)
+
+    def plain_guide(x: torch.Tensor) -> None:
+        pyro.module(q.pyro_name, q)
+        with pyro.plate("groups", G, dim=-2), pyro.plate("data", N, dim=-1):
+            out = q.forward(x)
+            pyro.sample("z", dist.Normal(out["loc"], out["scale"]).to_event(1))
+
+    def ours_model(x: torch.Tensor) -> None:
+        with pyro.plate("groups", G, dim=-2), pyro.plate("data", N, dim=-1):
+            joint.model(x=x)
+
+    def ours_guide(x: torch.Tensor) -> None:
+        with pyro.plate("groups", G, dim=-2), pyro.plate("data", N, dim=-1):
+            q.guide(x=x)
+
+    results = []
+    for model, guide in ((plain_model, plain_guide), (ours_model, ours_guide)):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        m = _sites(poutine.trace(model).get_trace(x))
+        pyro.set_rng_seed(1)
+        g = _sites(poutine.trace(guide).get_trace(x))
+        pyro.set_rng_seed(1)
+        results.append((m, g, Trace_ELBO(max_plate_nesting=2).loss(model, guide, x)))
+    (pm, pg, pl), (om, og, ol) = results
+    assert pm.keys() == om.keys() and pg.keys() == og.keys()
+    for k in pm:
+        assert pm[k][0] == om[k][0] and pm[k][1] == pytest.approx(om[k][1], rel=1e-5)
+    for k in pg:
+        assert pg[k][0] == og[k][0] == (G, N, Z) and pg[k][1] == pytest.approx(og[k][1], rel=1e-5)
+    assert pl == pytest.approx(ol, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------ PyroELBO's estimators
+def _score_function_pair() -> tuple[Any, Any, Any, torch.Tensor]:
+    torch.manual_seed(0)
+    enc = nn.Linear(X, Z)
+    dec = nn.Linear(Z, X)
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module("dec", dec)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Bernoulli(torch.full((len(x), Z), 0.5)).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        pyro.module("enc", enc)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Bernoulli(logits=enc(x)).to_event(1))
+
+    return model, guide, [*enc.parameters(), *dec.parameters()], torch.randn(6, X)
+
+
+def test_pyro_elbo_with_tracegraph_elbo_has_pyros_loss_and_surrogate_gradient() -> None:
+    model, guide, params, x = _score_function_pair()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    ref_loss = TraceGraph_ELBO().loss_and_grads(model, guide, x)
+    ref_grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    pyro.set_rng_seed(3)
+    value = PyroELBO(model, guide, elbo=TraceGraph_ELBO()).eval({"x": x})
+    value.backward()
+    assert value.item() == pytest.approx(ref_loss, rel=1e-6)
+    for p, g in zip(params, ref_grads):
+        torch.testing.assert_close(p.grad, g)
+    assert any(g.abs().sum() > 0 for g in ref_grads[:2])  # the encoder is trained by the score-function term
+
+
+def test_pyro_elbo_refuses_an_elbo_without_a_differentiable_loss() -> None:
+    model, guide, _, _ = _score_function_pair()
+    with pytest.raises(TypeError, match="RenyiELBO gives no differentiable loss.*Trace_ELBO"):
+        PyroELBO(model, guide, elbo=pyro.infer.RenyiELBO(alpha=0.5))
