@@ -2,8 +2,15 @@
 
 Importing it changes nothing in Pyro or torch: no global settings, no patched classes, no registered KLs.
 """
-from pyro_dgm import distributions, flows, layers, losses, models, poutine, utils
-from pyro_dgm.utils.latex import print_latex
+from torch.distributions import Distribution as _TorchDistribution
+
+_validating = _TorchDistribution._validate_args  # Pyro's first import sets it to __debug__: the user's setting stays
+
+from pyro_dgm import distributions, flows, layers, losses, models, poutine, utils  # noqa: E402
+from pyro_dgm.utils.latex import print_latex  # noqa: E402
+
+_TorchDistribution.set_default_validate_args(_validating)
+del _validating
 
 name = "pyro_dgm"  # Pixyz's ``pixyz.name`` holds the package's name too
 __version__ = "0.1.0"

@@ -299,3 +299,18 @@ def test_signature_check_catches_differences() -> None:
     assert "default 1" in signature_problems("x", ref, other_default)[0]
     assert "**kwargs" in signature_problems("x", ref, no_kwargs)[0]
     assert "has a default in Pixyz" in signature_problems("x", ref, required_b)[0]
+
+
+@pytest.mark.parametrize("library", ["pixyz", "pyro_dgm"])
+def test_importing_keeps_torchs_validation_setting(library: str) -> None:
+    # a program that turns torch's argument validation off before the import keeps it off, as under Pixyz (Pyro's
+    # first import sets it to __debug__; pyro_dgm puts the user's setting back)
+    import subprocess
+    import sys
+
+    code = ("from torch.distributions import Distribution as D\n"
+            "D.set_default_validate_args(False)\n"
+            f"import {library}.distributions\n"
+            "print(D._validate_args)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
