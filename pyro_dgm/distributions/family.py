@@ -19,8 +19,8 @@ from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, run_network
 from pyro_dgm.distributions.pixyz_protocol import adopt
-from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, NoClosedFormError, NotATensorError, ShapeError,
-                                   clearer, describe, value_shape_problem)
+from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, NoClosedFormError, NotATensorError, OutOfRangeError,
+                                   ShapeError, clearer, describe, value_shape_problem)
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
@@ -744,6 +744,9 @@ class DistributionBase(Distribution):
         try:
             lp = base.log_prob(x)
         except (ValueError, RuntimeError) as e:
+            bad = self._dgm_non_finite(base, x, b.var[0])
+            if bad:  # not a matter of shapes: a NaN in the data or in what the network gave
+                raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {bad} ({e})") from e
             bs = base.batch_shape
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "
                              f"batch shape {tuple(bs[:len(bs) - ev])} and event shape "
@@ -751,6 +754,17 @@ class DistributionBase(Distribution):
         if sum_features and feature_dims is None:
             return lp.sum(tuple(range(-ev, 0))) if ev else lp
         return self._dgm_sum_dims(lp, sum_features, feature_dims, "log-density")
+
+    @staticmethod
+    def _dgm_non_finite(base: Any, x: Tensor, name: str) -> str:
+        """What is NaN or infinite among the value and the parameters ``base`` was built with ('' when none)."""
+        found = [f"the value of {name!r}"] if x.is_floating_point() and not bool(torch.isfinite(x).all()) else []
+        for k in getattr(base, "arg_constraints", {}):
+            t = base.__dict__.get(k)  # built parameters only (not the lazy ones derived from them)
+            if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                found.append(f"its parameter {k!r}")
+        return " and ".join(found) + (" holds NaN or infinite entries" if len(found) == 1 else
+                                      " hold NaN or infinite entries") if found else ""
 
     def _dgm_params_do_not_broadcast(self, params: Mapping[str, Tensor]) -> NoReturn:
         shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in params.items())

@@ -206,8 +206,11 @@ class CompiledEval(_FirstCallEager):
     as Pyro's JIT-compiled ELBOs recommend: each check reads values, which would split the graph. (``torch.compile``
     itself turns validation off for the whole process the first time it is called; this class puts the setting back
     for the eager code around the compiled calls, the first call included.) Parameters out of their support then
-    give NaN or infinite values, which ``Model`` reports at the step (:class:`~pyro_dgm.models.NonFiniteLossError`);
-    run a step without ``compile=`` to get torch's own message.
+    mostly give NaN or infinite values, which ``Model`` reports at the step
+    (:class:`~pyro_dgm.models.NonFiniteLossError`); run a step without ``compile=`` to get torch's own message. Not
+    always: a formula may stay finite out of its support (a Gamma's or Beta's negative concentration: ``lgamma`` is
+    finite there), so constrain such network outputs (``softplus``). The setting is torch's, one for the process:
+    while a compiled call runs, evaluations in other threads run without validation too.
     """
 
     def __init__(self, loss: Any, options: Mapping[str, Any]) -> None:

@@ -357,6 +357,7 @@ def _read(path: Any, device: Any) -> Any:
     """``torch.load(path, weights_only=True)``; a file that is not a complete checkpoint raises ``ValueError``
     naming it."""
     import pickle
+    import struct
     import zipfile
 
     try:
@@ -364,7 +365,8 @@ def _read(path: Any, device: Any) -> Any:
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
-            UnicodeDecodeError) as error:
+            UnicodeDecodeError, KeyError, IndexError, AssertionError, TypeError, AttributeError, struct.error,
+            MemoryError, OverflowError) as error:  # what torch.load's unpickler raises on other files
         where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
         size = os.path.getsize(where) if isinstance(path, (str, os.PathLike)) and os.path.isfile(where) else None
         sized = f" ({size} bytes)" if size is not None else ""

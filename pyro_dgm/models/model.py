@@ -443,11 +443,8 @@ class Model:
         RuntimeError
             If the loss has no gradient (it does not depend on the trained parameters).
         """
-        mods = self.__dict__.get("_dgm_mode_modules")
-        if mods is None:
-            mods = self._dgm_mode_modules = list(self.distributions.modules())
         x_dict = train_x_dict
-        for m in mods:  # train mode, without nn.Module.train()'s setattr walk at each step
+        for m in self.distributions.modules():  # train mode (modules set since included), without the setattr walk
             if not m.training:
                 self.distributions.train()
                 break

@@ -391,13 +391,15 @@ def _train_epoch(model: "Model", state: _FitState) -> _Accumulator:
     if state.tqdm is not None:
         total = len(state.train) if _has_len(state.train) else None
         bar = batches = state.tqdm(state.train, total=total, desc=f"epoch {state.epoch}", leave=False)
-    for batch in batches:
-        loss, terms = model.train_step(batch, **state.kwargs)
-        acc.add(loss, terms, _rows(batch))
+    try:
+        for batch in batches:
+            loss, terms = model.train_step(batch, **state.kwargs)
+            acc.add(loss, terms, _rows(batch))
+            if bar is not None:
+                bar.set_postfix(loss=f"{acc.running:.4g}")
+    finally:  # a batch that raises (or Ctrl-C) leaves no half-drawn bar behind
         if bar is not None:
-            bar.set_postfix(loss=f"{acc.running:.4g}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     if acc.rows == 0:
         raise ValueError(f"fit: train_data gave no batch in epoch {state.epoch}; pass a re-iterable (a DataLoader, a "
                          "list of batches) or a dict of tensors")

@@ -4,11 +4,13 @@ Pixyz decorates ``get_params`` with it, so a network runs once for the same inpu
 decorate its own ``get_params`` to reuse an expensive encoder between ``sample`` and ``get_log_prob``. We keep
 that: a second call with the same inputs returns the first call's values without running the networks.
 
-Pixyz's cache keys on the input tensors alone, so it also returns values that are no longer right. Ours never
-does; a call recomputes where Pixyz would have returned:
+Pixyz's cache keys on the input tensors alone, so it also returns values that are no longer right. Ours
+recomputes where Pixyz would have returned:
 
 * **stale values after an optimizer step** (or any in-place change of the module's parameters or buffers, or of an
-  input tensor): the key holds every parameter's and buffer's ``_version``;
+  input tensor): the key holds every parameter's and buffer's ``_version``. A change through ``.data``
+  (``p.data.clamp_(...)``, ``p.data = t``) hides from autograd's version counter, so it is not seen (Pixyz's cache
+  misses it too): change parameters in place under ``torch.no_grad()`` instead (``p.clamp_(...)``, ``p.copy_(t)``);
 * **a graph that a backward pass has freed** (Pixyz's second ``backward`` raises "Trying to backward through the
   graph a second time"): an entry is dropped when a gradient flows through one of its tensors;
 * **a value computed under ``torch.no_grad()``** for a call that needs gradients (or the reverse), or one computed

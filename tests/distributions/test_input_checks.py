@@ -343,3 +343,36 @@ def test_numpy_arrays_given_to_a_loss_reach_its_networks_as_tensors() -> None:
     model = Model(KullbackLeibler(p, prior).mean(), distributions=[p])
     before = KullbackLeibler(p, prior).mean().eval({"x": X}).detach()
     torch.testing.assert_close(model.train({"x": X.numpy()}), before)  # the value before the step
+
+
+@pytest.mark.needs_validation
+def test_a_nan_that_cannot_be_scored_is_named_as_such_not_as_a_shape() -> None:
+    # NaN probabilities from a network fed NaN data, torch's validation off: its cross-entropy refuses them ("all
+    # elements of input should be between 0 and 1"), no matter of shapes; the error names the value and the
+    # parameter. (With validation on, the parameter check names the distribution and 'probs' before that.)
+    from torch.distributions import Distribution as TorchDistribution
+
+    from pyro_dgm.utils.checks import OutOfRangeError, ShapeError
+
+    class P(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"probs": torch.sigmoid(z)}
+
+    z = torch.zeros(3, 4)
+    z[0, 0] = math.nan
+    x = torch.ones(3, 4)
+    x[1, 1] = math.nan
+    with pytest.raises(ValueError, match=r"P p\(x\|z\): invalid parameters \(probs"):
+        P().get_log_prob({"z": z, "x": x})
+    was = TorchDistribution._validate_args
+    TorchDistribution.set_default_validate_args(False)
+    try:
+        with closed_forms.disabled(), pytest.raises(OutOfRangeError) as e:
+            P().get_log_prob({"z": z, "x": x})
+    finally:
+        TorchDistribution.set_default_validate_args(was)
+    assert not isinstance(e.value, ShapeError) and isinstance(e.value, RuntimeError)
+    assert "P p(x|z): cannot score 'x': the value of 'x' and its parameter 'probs' hold NaN" in str(e.value)

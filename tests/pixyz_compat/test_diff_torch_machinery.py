@@ -7,6 +7,9 @@
   never ran here, so a hook that logs, scales or rewrites a term was silently ignored.
 - A ``forward`` wrapped by a decorator without ``functools.wraps`` (``wrapper(self, *args, **kwargs)``): Pixyz
   passes the inputs by name; we refused the ``*args`` signature.
+- A block put into a network after the first training step while in eval mode (a loaded, ``eval()``-ed part): Pixyz's
+  ``Model.train`` puts every module in train mode at each step; ours checked only the modules of the first step, so
+  the block's dropout stayed off.
 """
 from __future__ import annotations
 
@@ -100,8 +103,44 @@ def prog_a_forward_wrapped_without_functools_wraps() -> Any:
         return f"{type(e).__name__}: {e}"
 
 
+def prog_a_block_swapped_in_after_the_first_step() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Bernoulli, Normal
+    from pixyz.models import VAE
+    from pixyz.losses import KullbackLeibler
+
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.fc2(torch.relu(self.fc1(x)))
+            return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:])}
+
+    class P(Bernoulli):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 4)
+
+        def forward(self, z):
+            return {"probs": torch.sigmoid(self.fc(z))}
+
+    q, p = Q(), P()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+    model = VAE(q, p, regularizer=KullbackLeibler(q, prior), optimizer_params={"lr": 1e-2})
+    x = torch.bernoulli(torch.full((16, 4), 0.5))
+    losses = [model.train({"x": x.clone()})]  # (a new tensor per step: Pixyz's cache would give a used graph)
+    q.fc1 = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5)).eval()  # a pretrained block, in eval mode
+    losses += [model.train({"x": x.clone()}) for _ in range(2)]
+    return {"losses": losses, "modes": [m.training for m in q.modules()]}
+
+
 @pytest.mark.parametrize("program", [prog_a_network_that_changes_its_input_in_place, prog_hooks_on_loss_terms,
-                                     prog_a_forward_wrapped_without_functools_wraps], ids=lambda f: f.__name__[5:])
+                                     prog_a_forward_wrapped_without_functools_wraps,
+                                     prog_a_block_swapped_in_after_the_first_step], ids=lambda f: f.__name__[5:])
 def test_same_as_pixyz(program: Callable[[], Any]) -> None:
     assert_same(*run_both(program))
 
