@@ -87,8 +87,9 @@ def _arg_key(a: Any) -> Hashable:
 
 
 def _numpy_mark() -> Any:
-    """Where numpy's global generator (``np.random.*``) is: the first word of its Mersenne-Twister key and its
-    position, read in place (its ``state`` copies the whole key, ~50 us); ``None`` without numpy."""
+    """Where numpy's global generator (``np.random.*``) is: for its default Mersenne Twister, the first word of its
+    key and its position, read in place (its ``state`` copies the whole key, ~50 us); for another bit generator
+    (``np.random.set_bit_generator``) its state's text; ``None`` without numpy."""
     try:
         import numpy as np
         bg = np.random.mtrand._rand._bit_generator
@@ -96,10 +97,9 @@ def _numpy_mark() -> Any:
         return None
     cached = _NUMPY_VIEW.get(id(bg))
     if cached is None or cached[0] is not bg:
-        try:
-            view = (ctypes.c_uint32 * 625).from_address(bg.ctypes.state_address)  # MT19937: key[624], pos
-        except (AttributeError, TypeError, ValueError):
-            return np.random.get_state()[1:3][1]  # another bit generator: its position (slower, still exact)
+        if type(bg) is not np.random.MT19937:
+            return repr(bg.state)
+        view = (ctypes.c_uint32 * 625).from_address(bg.ctypes.state_address)  # MT19937's state: key[624], pos
         _NUMPY_VIEW.clear()
         cached = _NUMPY_VIEW[id(bg)] = (bg, view)
     view = cached[1]

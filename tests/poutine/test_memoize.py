@@ -164,3 +164,27 @@ def test_handler_as_decorator_and_under_other_pyro_handlers(vae) -> None:
         tr = poutine.trace(lambda: (q.sample({"x": x}), q.get_log_prob({"x": x, "z": x[:, :2]}))).get_trace()
     assert q.calls == 3  # through Pyro's handler stack (a trace is active) it still hits
     assert tr.nodes["z"]["type"] == "sample"
+
+
+@pytest.mark.parametrize("source", ["torch", "python", "numpy", "numpy-pcg64", "numpy-after-624"])
+def test_rng_marks_see_every_global_generator(source: str) -> None:
+    # what decides whether a Deterministic's forward may be reused: any draw from a global generator changes the mark
+    import random
+
+    import numpy as np
+
+    from pyro_dgm.poutine.memoize_messenger import rng_marks, same_marks
+
+    saved = np.random.mtrand._rand._bit_generator
+    try:
+        if source == "numpy-pcg64":
+            np.random.set_bit_generator(np.random.PCG64(0))
+        if source == "numpy-after-624":  # the Mersenne Twister's position wraps around after 624 words
+            np.random.rand(600)
+        before = rng_marks()
+        assert same_marks(before, rng_marks())
+        {"torch": lambda: torch.rand(1), "python": random.random, "numpy": np.random.rand,
+         "numpy-pcg64": np.random.rand, "numpy-after-624": lambda: np.random.rand(312)}[source]()  # 624 words
+        assert not same_marks(before, rng_marks())
+    finally:
+        np.random.set_bit_generator(saved)
