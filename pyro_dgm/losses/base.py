@@ -21,6 +21,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 from pyro.infer import ELBO as _PyroELBO
+from pyro.poutine.indep_messenger import IndepMessenger
+from pyro.poutine.mask_messenger import MaskMessenger
+from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.scale_messenger import ScaleMessenger
+from pyro.util import warn_if_nan
 from torch import Tensor, nn
 
 from pyro_dgm.distributions.base import Distribution
@@ -598,34 +603,51 @@ class Loss(YieldingModule, _PyroELBO):
         return terms
 
     # ------------------------------------------------------------------ pyro.infer.ELBO interface
-    @staticmethod
-    def _dgm_data(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    def _dgm_data(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The data and the evaluation options of ``svi.step(...)``: keyword arguments named after a variable of the
+        loss are data, the others options of :meth:`eval` (``mask=`` of an :class:`IterativeLoss`, a network's
+        keyword), as ``Model.train(data, **options)`` takes them."""
         if len(args) > 1 or (args and not isinstance(args[0], Mapping)):
-            raise TypeError("pass the data to svi.step by name (svi.step(x=x)) or as one dict (svi.step({'x': x})), "
-                            f"got {len(args)} positional argument(s) of type "
-                            f"{', '.join(type(a).__name__ for a in args)}")
+            raise TypeError(f"{type(self).__name__} {self.loss_text}: pass the data by name (svi.step(x=x), "
+                            "loss.loss(model, guide, x=x)) or as one dict (svi.step({'x': x})), got "
+                            f"{len(args)} positional argument(s) of type {', '.join(type(a).__name__ for a in args)}")
         data = dict(args[0]) if args else {}
-        data.update(kwargs)
-        return data
+        if not kwargs:
+            return data, {}
+        names = self.__dict__.get("_dgm_variable_names")
+        if names is None:  # the formula, and so its variables, is fixed once built
+            names = self._dgm_variable_names = frozenset(self.input_var).union(
+                *(v for d in self._dgm_distributions for v in (d.var, d.cond_var)))
+        options = {}
+        for k, v in kwargs.items():
+            (data if k in names else options)[k] = v
+        return data, options
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
         """The value of this loss on the data given as ``kwargs`` (``svi.step(x=x)``) or one dict (``step({"x": x})``).
+        Keyword arguments that name no variable of the loss are options of :meth:`eval` (``svi.step(x=x,
+        mask=m)`` is ``loss.eval({"x": x}, mask=m)``, as ``Model.train({"x": x}, mask=m)``).
 
         Every distribution in the loss registers its networks with ``pyro.module`` first, so ``SVI`` updates them.
-        ``model`` and ``guide`` are not run: the loss is its own formula.
+        ``model`` and ``guide`` are not run: the loss is its own formula. So Pyro's handlers that weight or batch
+        sites (``pyro.plate``, ``poutine.scale``, ``poutine.mask``) cannot reach it from around the step: inside one,
+        it raises (a ``ValueError`` naming the handler) instead of ignoring it.
 
         Raises
         ------
         ValueError
             If the value is not a scalar (SVI minimizes a number; take ``.mean()`` or ``.sum()``).
         """
-        data = self._dgm_data(args, kwargs)
+        data, options = self._dgm_data(args, kwargs)
+        for m in _PYRO_STACK:
+            if isinstance(m, (IndepMessenger, ScaleMessenger, MaskMessenger)):
+                self._dgm_refuse_weighting(m)
         dists = self.__dict__.get("_dgm_registered")
         if dists is None:  # the formula, and so its distributions, is fixed once built
             dists = self._dgm_registered = self._dgm_distributions
         for d in dists:
             d._dgm_register_params()
-        value = self.eval(data)
+        value = self.eval(data, **options)
         if not isinstance(value, Tensor):
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
         if value.numel() != 1:
@@ -633,17 +655,32 @@ class Loss(YieldingModule, _PyroELBO):
                              "SVI minimizes a scalar; use loss.mean() or loss.sum()")
         return value.reshape(())
 
+    def _dgm_refuse_weighting(self, handler: Any) -> None:
+        what = (f"pyro.plate({handler.name!r})" if isinstance(handler, IndepMessenger) else
+                f"poutine.{type(handler).__name__.replace('Messenger', '').lower()}")
+        raise ValueError(f"{type(self).__name__} {self.loss_text}: evaluated as a Pyro ELBO inside {what}: a pyro_dgm "
+                         "loss is its own formula, which Pyro's plates, scales and masks around the step do not "
+                         "reach (they would be ignored, or add dims to its draws); weight the loss itself (e.g. "
+                         "0.5 * loss, or IterativeLoss's mask=), pass the subsample as the data, or put the "
+                         "handler inside a PyroELBO term's model and guide")
+
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        """The value of :meth:`differentiable_loss` as a float (``SVI.evaluate_loss`` calls it)."""
+        """The value of :meth:`differentiable_loss` as a float (``SVI.evaluate_loss`` calls it); a NaN warns, as
+        Pyro's ELBOs warn."""
         with torch.no_grad():
-            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+            loss = float(self.differentiable_loss(model, guide, *args, **kwargs))
+        warn_if_nan(loss, "loss")
+        return loss
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        """Backpropagate :meth:`differentiable_loss` and return its value (``SVI.step`` calls it)."""
+        """Backpropagate :meth:`differentiable_loss` and return its value (``SVI.step`` calls it); a NaN warns, as
+        Pyro's ELBOs warn."""
         value = self.differentiable_loss(model, guide, *args, **kwargs)
         if value.requires_grad:
             value.backward(retain_graph=self.retain_graph)
-        return float(value.detach())
+        loss = float(value.detach())
+        warn_if_nan(loss, "loss")
+        return loss
 
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}: a pyro_dgm loss evaluates its own formula and does not "

@@ -9,6 +9,10 @@
 - ``PyroELBO`` with ``TraceGraph_ELBO``: Pyro's loss, and the gradient of Pyro's surrogate (score-function terms),
   equal to what ``TraceGraph_ELBO.loss_and_grads`` computes; an ELBO with no differentiable loss (``RenyiELBO``) is
   refused when the term is built, naming what works.
+- A pyro_dgm loss as ``SVI``'s loss: keyword arguments that name no variable are options of ``eval`` (a network's
+  keyword, ``mask=``), as ``Model.train(data, **options)`` takes them (they were dropped); Pyro's plates, scales and
+  masks around the step, which cannot reach its formula, are refused naming the handler (they were ignored, or added
+  dims to its draws); a NaN loss warns as Pyro's ELBOs warn.
 """
 from __future__ import annotations
 
@@ -215,3 +219,58 @@ def test_pyro_elbo_refuses_an_elbo_without_a_differentiable_loss() -> None:
     model, guide, _, _ = _score_function_pair()
     with pytest.raises(TypeError, match="RenyiELBO gives no differentiable loss.*Trace_ELBO"):
         PyroELBO(model, guide, elbo=pyro.infer.RenyiELBO(alpha=0.5))
+
+
+# ------------------------------------------------------------------------------- a pyro_dgm loss inside SVI
+class ShiftedEncoder(Encoder):
+    def forward(self, x: torch.Tensor, shift: float = 0.) -> dict[str, torch.Tensor]:
+        out = super().forward(x)
+        return {"loc": out["loc"] + shift, "scale": out["scale"]}
+
+
+def _shifted_kl() -> tuple[Any, Any, torch.Tensor]:
+    from pyro_dgm.losses import KullbackLeibler
+
+    torch.manual_seed(0)
+    q = ShiftedEncoder()
+    return q, KullbackLeibler(q, Normal(loc=0., scale=1., var=["z"], features_shape=[Z])).sum(), torch.randn(6, X)
+
+
+def test_svi_passes_keywords_that_name_no_variable_to_eval_as_model_train_does() -> None:
+    # svi.step(x=x, shift=5.) is loss.eval({"x": x}, shift=5.) (a network's keyword; IterativeLoss's mask= alike)
+    from pyro_dgm.models import Model
+
+    q, loss, x = _shifted_kl()
+    expected = loss.eval({"x": x}, shift=5.).item()
+    assert expected != pytest.approx(loss.eval({"x": x}).item())
+    pyro.clear_param_store()
+    svi = SVI(lambda **_: None, lambda **_: None, pyro.optim.SGD({"lr": 0.01}), loss=loss)
+    assert svi.evaluate_loss(x=x, shift=5.) == pytest.approx(expected, rel=1e-6)
+    assert svi.step(x=x, shift=5.) == pytest.approx(expected, rel=1e-6)
+    stepped = [p.detach().clone() for p in q.parameters()]
+    q2, loss2, _ = _shifted_kl()
+    Model(loss2, distributions=[q2], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.01}).train({"x": x},
+                                                                                                      shift=5.)
+    for a, b in zip(stepped, q2.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("handler", ["plate", "scale", "mask"])
+def test_a_loss_refuses_pyro_weighting_handlers_around_the_step(handler: str) -> None:
+    # Trace_ELBO would weight (or batch) the sites by them; a pyro_dgm loss has none to weight: it says so
+    _, loss, x = _shifted_kl()
+    svi = SVI(lambda **_: None, lambda **_: None, pyro.optim.SGD({"lr": 0.01}), loss=loss)
+    around = {"plate": lambda: pyro.plate("particles", 3, dim=-2), "scale": lambda: poutine.scale(scale=0.5),
+              "mask": lambda: poutine.mask(mask=False)}[handler]()
+    with around, pytest.raises(ValueError, match=rf"D_{{KL}}.*inside (pyro\.plate\('particles'\)|poutine\."
+                                                 rf"{handler}).*weight the loss itself"):
+        svi.step(x=x)
+
+
+def test_a_nan_loss_in_svi_warns_as_pyros_elbos_do() -> None:
+    _, loss, x = _shifted_kl()
+    x = x.clone()
+    x[0, 0] = float("nan")
+    svi = SVI(lambda **_: None, lambda **_: None, pyro.optim.SGD({"lr": 0.01}), loss=loss)
+    with pyro.validation_enabled(False), pytest.warns(UserWarning, match="Encountered NaN: loss"):
+        svi.evaluate_loss(x=x)  # (with validation, the Normal's NaN loc is refused first)
