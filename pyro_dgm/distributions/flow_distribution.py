@@ -26,6 +26,7 @@ from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, e
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
+from pyro_dgm.flows.base import ConditionedFlow, drawn_input, logdets_kept, refresh_logdet
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import as_var_list, describe
 from pyro_dgm.utils.random import seeded_call
@@ -151,8 +152,15 @@ class _FlowDistribution(OneSiteDistribution):
         if ctx.obs is None and hidden not in values and hidden != name:  # Pixyz returns the prior's sample too
             try:
                 with torch.set_grad_enabled(ctx.reparam and torch.is_grad_enabled()):  # from the flow's memory
-                    inv = t.inv  # a Flow's _call: the value from its memory, leaving logdet_jacobian as it was
-                    values[hidden] = inv._call(value) if isinstance(inv, Flow) else inv(value)
+                    inv = t.inv  # from the flow's memory, leaving logdet_jacobian as it was (Pixyz's sample does)
+                    if isinstance(t, Flow):
+                        values[hidden] = drawn_input(t, value)
+                    elif isinstance(inv, Flow):
+                        values[hidden] = inv._call(value)
+                    elif isinstance(inv, ConditionedFlow):
+                        values[hidden] = inv._dgm_map(value)
+                    else:
+                        values[hidden] = inv(value)
             except NotImplementedError:
                 return
             ctx.event_dims[hidden] = base.event_dim
@@ -184,9 +192,14 @@ class _FlowDistribution(OneSiteDistribution):
 
     def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
                      compute_jacobian: bool = False, **kwargs: Any) -> Tensor:
-        """The exact log-density (the log-determinant is always computed for the values given; ``compute_jacobian``
-        is accepted for Pixyz's signature)."""
-        return super().get_log_prob(x_dict, sum_features=sum_features, feature_dims=feature_dims, **kwargs)
+        """The exact log-density (the log-determinant is always computed for the values given). With
+        ``compute_jacobian=True`` the flow's ``logdet_jacobian`` (and its layers') then holds the log-determinant at
+        these values, as Pixyz's ``TransformedDistribution`` stores it."""
+        lp = super().get_log_prob(x_dict, sum_features=sum_features, feature_dims=feature_dims, **kwargs)
+        if compute_jacobian and not self._dgm_flow_inverted and isinstance(x_dict, Mapping) and \
+                self._var[0] in x_dict:
+            refresh_logdet(self.flow, x_dict[self._var[0]])
+        return lp
 
     def dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         """The ``pyro.distributions.TransformedDistribution`` given the inputs (event dims: the features).
@@ -270,12 +283,16 @@ class TransformedDistribution(_FlowDistribution):
                **kwargs: Any) -> dict[str, Tensor]:
         """Draw :math:`z = f(x)`, :math:`x \\sim p_{prior}`; the result holds ``x`` too, as Pixyz's (whose
         TransformedDistribution has no ``return_hidden``: it is accepted and ignored). The flow stores the
-        log-determinant of this draw in ``logdet_jacobian`` (``compute_jacobian`` is accepted for Pixyz's signature).
+        log-determinant of this draw in ``logdet_jacobian`` (with ``compute_jacobian=False`` it, and its layers',
+        are left as they were, as in Pixyz).
 
         ``reparam=True`` keeps the prior's draw in the autograd graph too (Pixyz does not pass it on, so the prior's
         parameters get no pathwise gradient); the flow is in the graph either way, as in Pixyz.
         """
-        return self._dgm_sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, True, kwargs)
+        if compute_jacobian:
+            return self._dgm_sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, True, kwargs)
+        with logdets_kept(self.flow):
+            return self._dgm_sample_flow(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, True, kwargs)
 
     @property
     def flow_input_var(self) -> list[str]:

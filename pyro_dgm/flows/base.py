@@ -24,6 +24,7 @@ step invalidates it) and, when gradients are wanted, only if it was filled with 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import numbers
 from typing import Any, Iterator, Sequence
@@ -65,12 +66,18 @@ def _real(event_dim: int) -> constraints.Constraint:
 
 
 class _Memory:
-    """A flow's last computation ``x <-> z`` with its log-det, the context, and the state of its parameters."""
+    """A flow's last computation ``x <-> z`` with its log-det, the context, and the state of its parameters.
 
-    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state")
+    ``logdet`` is None when the computation did not give it (the inverse of a flow written for Pixyz, whose
+    ``forward`` alone gives it: it runs when the log-det is asked for, as in Pixyz). ``parts`` holds the log-dets of
+    a :class:`FlowList`'s layers, ``((layer, logdet), ...)``, stored in them when the memory answers a ``forward``."""
 
-    def __init__(self, x: Tensor, z: Tensor, logdet: Tensor, context: Any, by_inverse: bool, state: tuple) -> None:
+    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts")
+
+    def __init__(self, x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool, state: tuple,
+                 parts: tuple | None = None) -> None:
         self.x, self.z, self.logdet, self.context, self.by_inverse, self.state = x, z, logdet, context, by_inverse, state
+        self.parts = parts
 
 
 def _state(flow: nn.Module) -> tuple:
@@ -94,12 +101,13 @@ def _dgm_memory(flow: "Flow") -> _Memory | None:
     return flow._dgm_memory
 
 
-def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor, context: Any, by_inverse: bool) -> None:
+def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool,
+              parts: tuple | None) -> None:
     memo = active_memo()
     if memo is not None:  # valid for the rest of the evaluation: its state is the grad mode alone
-        memo.note(flow, _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled()))
+        memo.note(flow, _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled(), parts))
     if not torch.compiler.is_compiling():
-        flow._dgm_memory = _Memory(x, z, logdet, context, by_inverse, _state(flow))
+        flow._dgm_memory = _Memory(x, z, logdet, context, by_inverse, _state(flow), parts)
 
 
 def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | None = None,
@@ -113,35 +121,103 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
         return None
     if type(m.state) is bool:  # the evaluation's: the parameters cannot change within it
         return m if m.state == torch.is_grad_enabled() else None
-    if torch.is_grad_enabled() and not m.logdet.requires_grad and any(p.requires_grad for p in flow.parameters()):
-        return None
+    if torch.is_grad_enabled() and any(p.requires_grad for p in flow.parameters()):
+        ref = m.logdet if m.logdet is not None else (m.x if m.by_inverse else m.z)  # (a missing log-det: its input)
+        if not ref.requires_grad:
+            return None
     return m if m.state == _state(flow) else None
 
 
-def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    """``flow`` (or its inverse) applied to ``value``, with the forward log-determinant. A value this flow has just
-    *produced* is mapped back from its memory (a sample is scored without inverting the flow); an input is always
-    recomputed, so data given again after an optimizer step is never answered with stale values."""
+def _store(flow: "Flow", logdet: Tensor, parts: tuple | None) -> None:
+    """Store a log-det as :attr:`Flow.logdet_jacobian`, and those of a FlowList's layers in them, as Pixyz's
+    ``forward(..., compute_jacobian=True)`` leaves them."""
+    if parts:
+        for part, ld in parts:
+            part._dgm_store_logdet(ld)
+    flow._dgm_store_logdet(logdet)
+
+
+def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool = False, rerun: bool = True
+           ) -> Tensor:
+    """``flow`` (or its inverse) applied to ``value``; with ``store`` (forward only) the log-determinant is stored
+    as Pixyz's ``forward(..., compute_jacobian=True)`` stores it. A value this flow has just *produced* is mapped back
+    from its memory (a sample is scored without inverting the flow); an input is always recomputed, so data given
+    again after an optimizer step is never answered with stale values. An inverse written for Pixyz runs even for a
+    value the flow remembers, as Pixyz's distributions call it, unless ``rerun`` is False (the prior's value of a
+    draw, which Pixyz's ``sample`` returns without inverting)."""
     m = _recall(flow, context, z=value, by_inverse=False) if inverse else _recall(flow, context, x=value,
                                                                                    by_inverse=True)
-    if m is not None:
-        return (m.x if inverse else m.z), m.logdet
+    if m is not None and not (store and m.logdet is None):  # (a missing log-det: forward runs for it, as in Pixyz)
+        if store:
+            _store(flow, m.logdet, m.parts)
+        if inverse and rerun and flow._dgm_runs_inverse:  # an inverse written for Pixyz runs anyway: Pixyz's
+            try:  # distributions call it before they look up the value they drew
+                x = flow._dgm_run(value, context, True)[0]
+            except NotImplementedError:
+                return m.x
+            if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing)
+                _remember(flow, x, value, m.logdet, context, False, m.parts)
+            return x
+        return m.x if inverse else m.z
     try:
-        out, ld = flow.inverse_with_logdet(value, context) if inverse else flow.forward_with_logdet(value, context)
+        out, ld, parts = flow._dgm_run(value, context, inverse)
     except NotImplementedError:
         m = _dgm_memory(flow)  # no inverse to recompute with: what it remembers is the only answer
         if m is not None and m.context is context and (m.z if inverse else m.x) is value:
-            return (m.x if inverse else m.z), m.logdet
+            if store and m.logdet is not None:
+                _store(flow, m.logdet, m.parts)
+            return m.x if inverse else m.z
         raise
     if flow._dgm_keep:
         x, z = (out, value) if inverse else (value, out)
-        _remember(flow, x, z, ld, context, inverse)
-    return out, ld
+        _remember(flow, x, z, ld, context, inverse, parts)
+    if store:
+        _store(flow, ld, parts)
+    return out
+
+
+@contextlib.contextmanager
+def logdets_kept(flow: "Flow") -> Iterator[None]:
+    """Within the block, whatever runs leaves the ``logdet_jacobian`` of ``flow`` and of its layers as it was."""
+    saved = [(f, f.__dict__.get("_logdet_jacobian")) for f in flow.modules() if isinstance(f, Flow)]
+    try:
+        yield
+    finally:
+        for f, ld in saved:
+            f.__dict__["_logdet_jacobian"] = ld
+
+
+def _quiet_logdet(flow: "Flow", x: Tensor, context: Any) -> Tensor:
+    """The forward log-det at ``x`` of a flow whose inverse did not give it (one written for Pixyz): its ``forward``
+    runs, and the ``logdet_jacobian`` it stores is put back, as Pixyz's ``inverse`` leaves it."""
+    with logdets_kept(flow):
+        return flow._dgm_run(x, context, False)[1]  # type: ignore[return-value]
 
 
 def _dgm_logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
     m = _recall(flow, context, x=x, z=z)
-    return m.logdet if m is not None else flow.forward_with_logdet(x, context)[1]
+    if m is None:
+        return flow.forward_with_logdet(x, context)[1]
+    if m.logdet is None:
+        m.logdet = _quiet_logdet(flow, x, context)
+    return m.logdet
+
+
+def drawn_input(flow: "Flow", z: Tensor) -> Tensor:
+    """:math:`f^{-1}(z)` for a value ``z`` the flow has just drawn: the input it remembers (no inverse runs, none is
+    stored), else the inverse."""
+    return _apply(flow, None, z, True, rerun=False)
+
+
+def refresh_logdet(flow: "Flow", z: Tensor, context: Any = None) -> None:
+    """Run ``flow`` forward at :math:`x = f^{-1}(z)` and store its log-det (and its layers'), as Pixyz's
+    ``TransformedDistribution.get_log_prob(..., compute_jacobian=True)`` does (with the same side effects: a batch
+    norm's statistics, a dequantizer's noise). ``x`` comes from the flow's memory when it has ``z`` (a draw, or a value
+    just scored), else from the inverse; the memory is kept."""
+    m = _recall(flow, context, z=z)
+    x = m.x if m is not None else flow.inverse(z, context)
+    _, ld, parts = flow._dgm_run(x, context, False)
+    _store(flow, ld, parts)
 
 
 _PIXYZ_SIGNATURES: dict[Any, tuple[bool, bool, bool]] = {}
@@ -177,6 +253,41 @@ def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bo
     return method(flow, v)
 
 
+_FORWARD_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
+def _note_pixyz_call(flow: "Flow", args: tuple, kwargs: dict, z: Tensor) -> None:
+    """Remember ``(x, z, logdet)`` after a call of a Pixyz-style ``forward`` that stored its log-det."""
+    method = type(flow).forward
+    sig = _FORWARD_SIGNATURES.get(method, False)
+    if sig is False:
+        try:
+            sig = inspect.signature(method)
+        except (TypeError, ValueError):
+            sig = None
+        _FORWARD_SIGNATURES[method] = sig
+    if sig is None:
+        return
+    try:
+        bound = sig.bind(flow, *args, **kwargs)
+    except TypeError:
+        return
+    bound.apply_defaults()
+    values = list(bound.arguments.values())
+    x = values[1] if len(values) > 1 else None
+    named = bound.arguments
+    if not isinstance(x, Tensor) or not named.get("compute_jacobian", True):
+        return
+    ld = flow.logdet_jacobian
+    if ld is None:
+        return
+    if flow._dgm_auto:
+        flow._dgm_adapt(x.shape, False)
+    if x.dim() < flow._dgm_domain_event_dim:
+        return
+    _remember(flow, x, z, _as_logdet(ld, x, flow._dgm_domain_event_dim), named.get("y"), False, None)
+
+
 def _pixyz_forward_logdet(self: "Flow", x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
     """The forward hook of a subclass written for Pixyz: its ``forward``, which stores the log-det."""
     z = _pixyz_call(type(self).forward, self, x, context, True)
@@ -187,15 +298,10 @@ def _pixyz_forward_logdet(self: "Flow", x: Tensor, context: Tensor | None) -> tu
     return z, _as_logdet(ld, x, self._dgm_domain_event_dim)
 
 
-def _pixyz_inverse_logdet(self: "Flow", z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The inverse hook of a subclass written for Pixyz: its ``inverse`` gives no log-det, so forward runs at ``x``
-    for it (the stored :attr:`~Flow.logdet_jacobian` is kept)."""
-    x = _pixyz_call(type(self).inverse, self, z, context, False)
-    saved = self._logdet_jacobian
-    try:
-        return x, self._dgm_forward_logdet(x, context)[1]
-    finally:
-        self._logdet_jacobian = saved
+def _pixyz_inverse_logdet(self: "Flow", z: Tensor, context: Tensor | None) -> tuple[Tensor, None]:
+    """The inverse hook of a subclass written for Pixyz: its ``inverse``, which gives no log-det (None: its
+    ``forward`` runs for it only when it is asked for, so a draw runs ``inverse`` alone, as in Pixyz)."""
+    return _pixyz_call(type(self).inverse, self, z, context, False), None
 
 
 class Flow(TransformModule, ConditionalTransform):
@@ -244,6 +350,7 @@ class Flow(TransformModule, ConditionalTransform):
     __repr__ = nn.Module.__repr__
     _dgm_pixyz_forward = False  # a subclass written for Pixyz: it overrides forward (and inverse) instead
     _dgm_pixyz_inverse = False
+    _dgm_runs_inverse = False  # its inverse (or a layer's) is written for Pixyz: run it even for a remembered value
     _dgm_constant_logdet = False  # the log-det is one number for the whole batch (Pixyz stores it unexpanded)
     _dgm_volume_preserving = False  # the log-det is 0 (Pixyz's logdet_jacobian is 0 before any call)
 
@@ -265,6 +372,8 @@ class Flow(TransformModule, ConditionalTransform):
             owner = definer(hook, wrapper)
             pixyz = definer(public) < owner
             setattr(cls, f"_dgm_pixyz_{public}", pixyz)
+            if public == "inverse":
+                cls._dgm_runs_inverse = pixyz
             if pixyz:  # a subclass written for Pixyz: the hook runs its method; super() reaches the parent's map
                 setattr(cls, f"_dgm_super_{public}", None if mro[owner] is Flow else mro[owner].__dict__[hook])
                 setattr(cls, hook, wrapper)
@@ -352,26 +461,44 @@ class Flow(TransformModule, ConditionalTransform):
         return z, zero_logdet(z, self._dgm_codomain_event_dim)
 
     def _dgm_store_logdet(self, ld: Tensor) -> None:
-        """Store a computed log-det as :attr:`logdet_jacobian` (a subclass written for Pixyz stores its own)."""
-        if not self._dgm_pixyz_forward:
+        """Store a computed log-det as :attr:`logdet_jacobian` (a subclass written for Pixyz stores its own; a
+        volume-preserving flow keeps Pixyz's 0)."""
+        if not (self._dgm_pixyz_forward or self._dgm_volume_preserving):
             self._logdet_jacobian = _first(ld) if self._dgm_constant_logdet else ld
+
+    def _dgm_run(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor | None, tuple | None]:
+        """The checked map (or its inverse) of ``v``: ``(output, forward log-det or None, the layers' log-dets)``. The
+        inverse of a flow written for Pixyz gives no log-det (its built-in parent's would not be its own)."""
+        self._dgm_check(v, inverse=inverse)
+        if inverse:
+            x, ld = self._dgm_inverse_logdet(v, context)
+            return x, None if self._dgm_pixyz_forward else ld, None
+        z, ld = self._dgm_forward_logdet(v, context)
+        return z, ld, None
 
     # ------------------------------------------------------------------ public interface
     def forward_with_logdet(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         r"""Return :math:`z = f(x)` and :math:`\log|\det \partial z/\partial x|` (batch-shaped), given context ``y``."""
-        self._dgm_check(x, inverse=False)
-        return self._dgm_forward_logdet(x, y)
+        z, ld, _ = self._dgm_run(x, y, False)
+        return z, ld
 
     def inverse_with_logdet(self, z: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         r"""Return :math:`x = f^{-1}(z)` and the *forward* log-determinant :math:`\log|\det \partial z/\partial x|`
         at that ``x``, so that :math:`\log p_X(x) = \log p_Z(z) + \text{logdet}`."""
-        self._dgm_check(z, inverse=True)
-        return self._dgm_inverse_logdet(z, y)
+        x, ld, _ = self._dgm_run(z, y, True)
+        return x, ld if ld is not None else _quiet_logdet(self, x, y)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         """``flow(x, y)`` runs :meth:`forward` (through ``nn.Module.__call__``, so hooks run), as in Pixyz; torch's
-        transforms call it with ``x`` alone, and a subclass's ``forward`` may take other arguments."""
-        return nn.Module.__call__(self, *args, **kwargs)
+        transforms call it with ``x`` alone, and a subclass's ``forward`` may take other arguments.
+
+        The ``forward`` of a subclass written for Pixyz runs as it is; its result and the log-det it stored are then
+        remembered, so the log-det is not asked of it again for the same values (an InverseTransformedDistribution's
+        ``get_log_prob`` runs it once, as Pixyz's does)."""
+        out = nn.Module.__call__(self, *args, **kwargs)
+        if type(self)._dgm_pixyz_forward and self._dgm_keep and isinstance(out, Tensor):
+            _note_pixyz_call(self, args, kwargs, out)
+        return out
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
         """Return :math:`z = f(x)` given context ``y``; store the log-determinant in :attr:`logdet_jacobian`
@@ -382,22 +509,22 @@ class Flow(TransformModule, ConditionalTransform):
             if parent is None:
                 return x  # Pixyz's Flow.forward: the identity, nothing stored
             self._dgm_check(x, inverse=False)  # (the event dims of this input: an image's or a vector's)
-            z, ld = parent(self, x, y)
+            if parent is FlowList._dgm_forward_logdet:  # a FlowList's: its layers store theirs too
+                z, ld, parts = self._dgm_compose(x, y, False)  # type: ignore[attr-defined]
+            else:
+                (z, ld), parts = parent(self, x, y), None
             if compute_jacobian:  # as the parent's forward stores it
+                for part, part_ld in parts or ():
+                    part._dgm_store_logdet(part_ld)
                 self._logdet_jacobian = _first(ld) if self._dgm_constant_logdet else ld
             return z
-        z, ld = _apply(self, y, x, inverse=False)
-        if compute_jacobian:
-            self._dgm_store_logdet(ld)
-        return z
+        return _apply(self, y, x, False, compute_jacobian)
 
     def _dgm_draw(self, x: Tensor) -> Tensor:
         """:math:`z = f(x)` for a draw, as Pixyz's ``TransformedDistribution.sample`` runs the flow (storing
         :attr:`logdet_jacobian`), remembering ``(x, z, logdet)``: the draw is then scored without inverting the flow
         or running it again (a flow without an inverse, or whose forward draws noise, runs once)."""
-        z, ld = _apply(self, None, x, inverse=False)
-        self._dgm_store_logdet(ld)
-        return z
+        return _apply(self, None, x, False, True)
 
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         r"""Return :math:`x = f^{-1}(z)` given context ``y``."""
@@ -408,7 +535,7 @@ class Flow(TransformModule, ConditionalTransform):
                 return z
             self._dgm_check(z, inverse=True)
             return parent(self, z, y)[0]
-        return _apply(self, y, z, inverse=True)[0]
+        return _apply(self, y, z, True)
 
     def condition(self, context: Tensor) -> "ConditionedFlow":
         """This flow with its context fixed: a ``torch.distributions.Transform`` (Pyro's conditional interface)."""
@@ -416,10 +543,10 @@ class Flow(TransformModule, ConditionalTransform):
 
     # ------------------------------------------------------------------ torch.distributions.Transform hooks
     def _call(self, x: Tensor) -> Tensor:
-        return _apply(self, None, x, inverse=False)[0]
+        return _apply(self, None, x, False)
 
     def _inverse(self, z: Tensor) -> Tensor:
-        return _apply(self, None, z, inverse=True)[0]
+        return _apply(self, None, z, True)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         return _dgm_logdet(self, None, x, y)
@@ -479,10 +606,16 @@ class ConditionedFlow(Transform):
         return self.flow.inverse_shape(shape)
 
     def _call(self, x: Tensor) -> Tensor:
-        return _apply(self.flow, self.context, x, inverse=False)[0]
+        """:math:`z = f(x, y)`, storing the flow's ``logdet_jacobian`` as ``flow(x, y)`` does (so a conditional
+        InverseTransformedDistribution's ``get_log_prob`` leaves it as Pixyz's does)."""
+        return _apply(self.flow, self.context, x, False, True)
+
+    def _dgm_map(self, x: Tensor) -> Tensor:
+        """:math:`z = f(x, y)`, leaving ``logdet_jacobian`` as it is (the prior's value of a draw)."""
+        return _apply(self.flow, self.context, x, False)
 
     def _inverse(self, z: Tensor) -> Tensor:
-        return _apply(self.flow, self.context, z, inverse=True)[0]
+        return _apply(self.flow, self.context, z, True)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         return _dgm_logdet(self.flow, self.context, x, y)
@@ -530,6 +663,10 @@ def _as_logdet(ld: Any, x: Tensor, event_dim: int) -> Tensor:
     return torch.full(batch, float(ld), dtype=dtype, device=x.device)
 
 
+def _scalar(ld: Any) -> bool:
+    return isinstance(ld, numbers.Number) or (isinstance(ld, Tensor) and ld.dim() == 0)
+
+
 def _first(ld: Tensor) -> Tensor:
     """A batch-constant log-det as one number (how Pixyz stores it)."""
     return ld.reshape(-1)[0] if ld.dim() > 0 and ld.numel() > 0 else ld
@@ -572,6 +709,7 @@ class FlowList(Flow):
                 raise TypeError(f"FlowList: part {i} must be a flow or a torch/Pyro transform, got "
                                 f"{type(p).__name__}")
         self._dgm_constant_logdet = all(getattr(p, "_dgm_constant_logdet", False) for p in parts)
+        self._dgm_runs_inverse = any(getattr(p, "_dgm_runs_inverse", False) for p in parts)
         dom, cod = _compose_dims(parts)
         super().__init__(in_features=getattr(parts[0], "in_features", None), event_dim=dom,
                          codomain_event_dim=cod, cache_size=cache_size)
@@ -599,6 +737,13 @@ class FlowList(Flow):
     def _dgm_expected_size(self, inverse: bool) -> int | None:
         return None  # the parts check their own inputs
 
+    def _dgm_store_logdet(self, ld: Tensor) -> None:
+        # Pixyz's FlowList stores the sum of its layers' stored log-dets: a scalar when each is one (a batch of one
+        # through planar flows, whose log-det Pixyz squeezes to a scalar)
+        if ld.shape == (1,) and all(isinstance(p, Flow) and _scalar(p.logdet_jacobian) for p in self._dgm_parts):
+            ld = ld.reshape(())
+        super()._dgm_store_logdet(ld)
+
     def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
         key = (tuple(shape), inverse)
         if key == self._dgm_adapted_for:
@@ -623,48 +768,73 @@ class FlowList(Flow):
         return torch.Size(shape)
 
     def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        ev = self._dgm_domain_event_dim
-        total: Tensor | None = None
-        for part in self._dgm_parts:
-            if isinstance(part, Flow):
-                part._dgm_check(x, inverse=False)
-                y, ld = part._dgm_forward_logdet(x, context)
-                part._dgm_store_logdet(ld)  # as each part's forward stores it under Pixyz's FlowList
-                d, c = part._dgm_domain_event_dim, part._dgm_codomain_event_dim
-            else:
-                t = _resolve(part, context)
-                if getattr(t, "_cache_size", 0) == 1:  # never answer an input from Pyro's memory (it may be stale)
-                    t._cached_x_y = None, None
-                y = t(x)
-                d, c = t.domain.event_dim, t.codomain.event_dim
-                ld = _as_logdet(t.log_abs_det_jacobian(x, y), x, d)
-            ld = sum_rightmost(ld, ev - d)
-            total = ld if total is None else total + ld
-            ev += c - d
-            x = y
-        assert total is not None
-        return x, total
+        z, ld, _ = self._dgm_compose(x, context, False)
+        return z, ld  # type: ignore[return-value]
 
     def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        ev = self._dgm_codomain_event_dim
+        x, ld, parts = self._dgm_compose(z, context, True)
+        if ld is None:  # a layer written for Pixyz gave none: the list's forward gives it
+            ld = _quiet_logdet(self, x, context)
+        return x, ld
+
+    def _dgm_run(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor | None, tuple | None]:
+        self._dgm_check(v, inverse=inverse)
+        return self._dgm_compose(v, context, inverse)
+
+    def _dgm_compose(self, v: Tensor, context: Tensor | None, inverse: bool
+                     ) -> tuple[Tensor, Tensor | None, tuple | None]:
+        """The layers applied in turn (in reverse for the inverse): ``(output, total forward log-det, the layers'
+        log-dets)``, the log-dets None when a layer's inverse gave none (one written for Pixyz)."""
+        parts: list = []
         total: Tensor | None = None
-        for part in reversed(self._dgm_parts):
-            if isinstance(part, Flow):
-                part._dgm_check(z, inverse=True)
-                x, ld = part._dgm_inverse_logdet(z, context)
-                d, c = part._dgm_domain_event_dim, part._dgm_codomain_event_dim
-            else:
-                t = _resolve(part, context)
-                try:
-                    x = t.inv(z)
-                except (NotImplementedError, KeyError) as e:  # Pyro's Planar/Radial raise KeyError
-                    raise NotImplementedError(f"FlowList: {type(part).__name__} has no inverse, so only a value this "
-                                              "flow has just computed can be mapped back") from e
-                d, c = t.domain.event_dim, t.codomain.event_dim
-                ld = _as_logdet(t.log_abs_det_jacobian(x, z), x, d)
-            ld = sum_rightmost(ld, ev - c)
-            total = ld if total is None else total + ld
-            ev += d - c
-            z = x
+        missing = False
+        if inverse:
+            ev = self._dgm_codomain_event_dim
+            for part in reversed(self._dgm_parts):
+                if isinstance(part, Flow):
+                    x, ld, sub = part._dgm_run(v, context, True)
+                    d, c = part._dgm_domain_event_dim, part._dgm_codomain_event_dim
+                    if ld is None:
+                        missing = True
+                    elif not missing:
+                        if sub:
+                            parts.extend(sub)
+                        parts.append((part, ld))
+                else:
+                    t = _resolve(part, context)
+                    try:
+                        x = t.inv(v)
+                    except (NotImplementedError, KeyError) as e:  # Pyro's Planar/Radial raise KeyError
+                        raise NotImplementedError(f"FlowList: {type(part).__name__} has no inverse, so only a value "
+                                                  "this flow has just computed can be mapped back") from e
+                    d, c = t.domain.event_dim, t.codomain.event_dim
+                    ld = _as_logdet(t.log_abs_det_jacobian(x, v), x, d)
+                if not missing:
+                    ld = sum_rightmost(ld, ev - c)
+                    total = ld if total is None else total + ld
+                ev += d - c
+                v = x
+        else:
+            ev = self._dgm_domain_event_dim
+            for part in self._dgm_parts:
+                if isinstance(part, Flow):
+                    y, ld, sub = part._dgm_run(v, context, False)
+                    if sub:
+                        parts.extend(sub)
+                    parts.append((part, ld))  # stored in each layer as its forward stores it under Pixyz's FlowList
+                    d, c = part._dgm_domain_event_dim, part._dgm_codomain_event_dim
+                else:
+                    t = _resolve(part, context)
+                    if getattr(t, "_cache_size", 0) == 1:  # never answer an input from Pyro's memory (it may be stale)
+                        t._cached_x_y = None, None
+                    y = t(v)
+                    d, c = t.domain.event_dim, t.codomain.event_dim
+                    ld = _as_logdet(t.log_abs_det_jacobian(v, y), v, d)
+                ld = sum_rightmost(ld, ev - d)
+                total = ld if total is None else total + ld
+                ev += c - d
+                v = y
+        if missing:
+            return v, None, None
         assert total is not None
-        return z, total
+        return v, total, tuple(parts)

@@ -82,6 +82,10 @@ class PlanarFlow(Flow):
         """``a = w^T x + b`` of shape ``(..., 1)``; ``wu = w^T u_hat``."""
         return torch.log(torch.abs(1.0 + (1.0 - torch.tanh(a) ** 2) * wu) + epsilon()).squeeze(-1)
 
+    def _dgm_store_logdet(self, ld: Tensor) -> None:
+        # Pixyz squeezes its (N, 1) log-det, so a batch of one stores a scalar
+        super()._dgm_store_logdet(ld.reshape(()) if ld.shape == (1,) else ld)
+
     def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         u = self.u_hat()
         a = F.linear(x, self.w, self.b)  # (..., 1)
