@@ -607,10 +607,14 @@ class Loss(YieldingModule, _PyroELBO):
         """The data and the evaluation options of ``svi.step(...)``: keyword arguments named after a variable of the
         loss are data, the others options of :meth:`eval` (``mask=`` of an :class:`IterativeLoss`, a network's
         keyword), as ``Model.train(data, **options)`` takes them."""
-        if len(args) > 1 or (args and not isinstance(args[0], Mapping)):
-            raise TypeError(f"{type(self).__name__} {self.loss_text}: pass the data by name (svi.step(x=x), "
-                            "loss.loss(model, guide, x=x)) or as one dict (svi.step({'x': x})), got "
-                            f"{len(args)} positional argument(s) of type {', '.join(type(a).__name__ for a in args)}")
+        if args and not (len(args) == 1 and isinstance(args[0], Mapping)):
+            needed = [v for v in self.input_var if v not in kwargs]
+            if len(args) != 1 or len(needed) != 1 or isinstance(args[0], Mapping):  # one input: svi.step(x) is clear
+                raise TypeError(f"{type(self).__name__} {self.loss_text}: pass the data by name (svi.step("
+                                f"{', '.join(f'{v}=...' for v in self.input_var)})) or as one dict, got {len(args)} "
+                                f"positional argument(s) of type {', '.join(type(a).__name__ for a in args)} (a "
+                                "loss takes one positional value only when it has one input variable)")
+            args = ({needed[0]: args[0]},)
         data = dict(args[0]) if args else {}
         if not kwargs:
             return data, {}
@@ -624,7 +628,8 @@ class Loss(YieldingModule, _PyroELBO):
         return data, options
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
-        """The value of this loss on the data given as ``kwargs`` (``svi.step(x=x)``) or one dict (``step({"x": x})``).
+        """The value of this loss on the data given as ``kwargs`` (``svi.step(x=x)``), one dict (``step({"x": x})``)
+        or, for a loss with one input variable, one positional value (``svi.step(x)``, as Pyro scripts pass it).
         Keyword arguments that name no variable of the loss are options of :meth:`eval` (``svi.step(x=x,
         mask=m)`` is ``loss.eval({"x": x}, mask=m)``, as ``Model.train({"x": x}, mask=m)``).
 

@@ -12,7 +12,8 @@
 - A pyro_dgm loss as ``SVI``'s loss: keyword arguments that name no variable are options of ``eval`` (a network's
   keyword, ``mask=``), as ``Model.train(data, **options)`` takes them (they were dropped); Pyro's plates, scales and
   masks around the step, which cannot reach its formula, are refused naming the handler (they were ignored, or added
-  dims to its draws); a NaN loss warns as Pyro's ELBOs warn.
+  dims to its draws); a NaN loss warns as Pyro's ELBOs warn; a loss with one input variable takes it positionally
+  (``svi.step(x)``, as Pyro scripts pass data), one with several says to name them.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyro_dgm.distributions import Bernoulli, Normal
-from pyro_dgm.losses import PyroELBO
+from pyro_dgm.losses import KullbackLeibler, PyroELBO
 
 X, Z = 5, 2
 
@@ -229,8 +230,6 @@ class ShiftedEncoder(Encoder):
 
 
 def _shifted_kl() -> tuple[Any, Any, torch.Tensor]:
-    from pyro_dgm.losses import KullbackLeibler
-
     torch.manual_seed(0)
     q = ShiftedEncoder()
     return q, KullbackLeibler(q, Normal(loc=0., scale=1., var=["z"], features_shape=[Z])).sum(), torch.randn(6, X)
@@ -274,3 +273,14 @@ def test_a_nan_loss_in_svi_warns_as_pyros_elbos_do() -> None:
     svi = SVI(lambda **_: None, lambda **_: None, pyro.optim.SGD({"lr": 0.01}), loss=loss)
     with pyro.validation_enabled(False), pytest.warns(UserWarning, match="Encountered NaN: loss"):
         svi.evaluate_loss(x=x)  # (with validation, the Normal's NaN loc is refused first)
+
+
+def test_a_loss_with_one_input_takes_it_positionally_as_pyro_scripts_pass_it() -> None:
+    q, loss, x = _shifted_kl()
+    svi = SVI(lambda *_: None, lambda *_: None, pyro.optim.SGD({"lr": 0.01}), loss=loss)
+    assert svi.evaluate_loss(x) == pytest.approx(loss.eval({"x": x}).item(), rel=1e-6)
+    both = loss + KullbackLeibler(q.replace_var(x="y"), Normal(loc=0., scale=1., var=["z"], features_shape=[Z])).sum()
+    with pytest.raises(TypeError, match=r"pass the data by name \(svi.step\(x=..., y=...\)\)"):
+        SVI(lambda *_: None, lambda *_: None, pyro.optim.SGD({"lr": 0.01}), loss=both).evaluate_loss(x)
+    assert SVI(lambda *_: None, lambda *_: None, pyro.optim.SGD({"lr": 0.01}), loss=both).evaluate_loss(
+        x, y=x) == pytest.approx(2 * loss.eval({"x": x}).item(), rel=1e-6)
