@@ -14,6 +14,9 @@ A checkpoint holds
 - the Pyro-side parameters the model trains (an autoguide's, by param-store name; see
   :class:`~pyro_dgm.models.Model`).
 
+``Model.load(path)`` reads the distributions alone, as Pixyz's ``load`` does (the optimizer, counters and random
+states stay as they are); ``Model.load(path, resume=True)`` reads everything.
+
 It is written atomically (a temporary file in the same folder, flushed and synced, then ``os.replace``: a save killed
 midway leaves the previous checkpoint intact) and read with ``torch.load(weights_only=True)``: only tensors,
 numbers, strings and containers, so loading a checkpoint runs no pickled code. A file that is truncated or not a
@@ -388,8 +391,9 @@ def _detail(text: str) -> str:
     return (reason or lines or [""])[0]
 
 
-def load(model: "Model", path: Any) -> None:
-    """Read a checkpoint written by :func:`save` into ``model`` (see :func:`load_model_state`).
+def load(model: "Model", path: Any, resume: bool = False) -> None:
+    """Read a checkpoint written by :func:`save` into ``model``: its distributions' parameters and buffers, as
+    Pixyz's ``Model.load`` reads them; with ``resume``, everything (see :func:`load_model_state`).
 
     Raises
     ------
@@ -399,6 +403,8 @@ def load(model: "Model", path: Any) -> None:
     """
     device = next((p.device for p in model.distributions.parameters()), torch.device("cpu"))
     state = _read(path, device)
+    if not resume and isinstance(state, Mapping) and state.get("format") == FORMAT:
+        state = {"distributions": state["distributions"]}  # Pixyz's load: the optimizer and RNG states stay
     if isinstance(state, Mapping) and "rng" in state:  # RNG states live on the CPU whatever the model's device
         state = dict(state)
         state["rng"] = _to_cpu(state["rng"])

@@ -648,26 +648,33 @@ class Model:
         load_model_state(self, state)
 
     def save(self, path: Any) -> None:
-        """Save a checkpoint that resumes exactly: networks and buffers of every distribution, the optimizers
-        (loss terms' too), the step/epoch counters and the RNG states (torch, python, numpy).
+        """Save a checkpoint that resumes exactly (``load(path, resume=True)``): networks and buffers of every
+        distribution, the optimizers (loss terms' too), the step/epoch counters and the RNG states (torch, python,
+        numpy); its ``"distributions"`` entry is Pixyz's, which ``load(path)`` and Pixyz's ``load`` read.
 
         The file is replaced atomically (written to a temporary file in the same folder, synced, then renamed), so
         a save that is interrupted, even by ``kill -9``, leaves the previous checkpoint intact."""
         from pyro_dgm.models.checkpoint import save
         save(self, path)
 
-    def load(self, path: Any) -> None:
-        """Load a checkpoint written by :meth:`save` into this (freshly built) model.
+    def load(self, path: Any, resume: bool = False) -> None:
+        """Load a checkpoint written by :meth:`save` (or by Pixyz's ``Model.save``) into this model.
+
+        As Pixyz's ``load``, it loads the parameters and buffers of :attr:`distributions` and leaves the rest as it
+        is: the optimizer (its moments and learning rate), the counters and the random states, so the numbers that
+        follow are Pixyz's. ``resume=True`` restores everything :meth:`save` wrote (also the optimizers, the loss
+        terms' states, the distributions the losses hold, the counters, the history and the random states), so a
+        freshly built model continues the saved run exactly.
 
         Raises
         ------
         ValueError
-            If a tensor's shape differs from this model's (the message names it and both shapes), if an optimizer's
-            class or parameter groups differ, or if the file is truncated or not a checkpoint (the message names
-            it); nothing is changed then.
+            If a tensor's shape differs from this model's (the message names it and both shapes), if the file is
+            truncated or not a checkpoint (the message names it), or, with ``resume=True``, if an optimizer's class
+            or parameter groups differ; nothing is changed then.
         """
         from pyro_dgm.models.checkpoint import load
-        load(self, path)
+        load(self, path, resume=resume)
 
     # ------------------------------------------------------------------ epochs
     def fit(self, train_data: Any, epochs: int = 1, test_data: Any = None, batch_size: int | None = None,

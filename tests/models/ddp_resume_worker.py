@@ -45,7 +45,7 @@ def load_mode(out: str, rank: int) -> None:
     path = os.path.join(out, "ckpt.pt")
     model.save(path)
     fresh = build(200 + rank)  # other weights on every rank (rank 0's broadcast), then the checkpoint's
-    fresh.load(path)
+    fresh.load(path, resume=True)
     result = {"loaded": state(fresh), "rng_restored": torch.equal(torch.get_rng_state(), rng),
               "optimizer_step": [s["step"].item() for s in fresh.optimizer.state_dict()["state"].values()]}
     batch = {"x": x[:32].tensor_split(2)[rank]}
@@ -64,7 +64,7 @@ def resume_mode(out: str, rank: int, kill: bool) -> None:
     path = os.path.join(out, "ckpt.pt")
     resumed_from = 0
     if os.path.exists(path):
-        model.load(path)
+        model.load(path, resume=True)
         resumed_from = model.epoch
     marker = os.path.join(out, "killed")
     if kill and rank == 1 and not os.path.exists(marker):

@@ -38,7 +38,7 @@ def test_resume_is_exact_with_mc_sampling(tmp_path: Path) -> None:
     fresh = make_vae()
     assert not all(torch.equal(a, b) for a, b in zip(_weights(fresh), _weights(first)))
     torch.randn(100)
-    fresh.load(tmp_path / "ckpt.pt")
+    fresh.load(tmp_path / "ckpt.pt", resume=True)
     assert fresh.step == n
     resumed = [float(fresh.train({"x": x})) for _ in range(m)]
 
@@ -63,9 +63,9 @@ def test_resume_inside_fit_with_shuffling_and_python_numpy_rng(tmp_path: Path) -
 
     pyro.set_rng_seed(7)
     fresh = make_vae()
-    fresh.load(tmp_path / "ckpt.pt")
+    fresh.load(tmp_path / "ckpt.pt", resume=True)
     assert (random.random(), np.random.rand()) == (expected_py, expected_np)
-    fresh.load(tmp_path / "ckpt.pt")
+    fresh.load(tmp_path / "ckpt.pt", resume=True)
     assert fresh.epoch == 2 and fresh.history["epoch"] == [1, 2]
     rest = fresh.fit(data, epochs=1, batch_size=50, progress=False)
     assert rest["epoch"] == [3]
@@ -115,13 +115,13 @@ def test_loss_terms_state_and_extra_optimizers_are_saved(tmp_path: Path) -> None
     model.d_optimizer.step()
     model.save(tmp_path / "c.pt")
     fresh = build()
-    fresh.load(tmp_path / "c.pt")
+    fresh.load(tmp_path / "c.pt", resume=True)
     assert float(fresh.term.calls) == 3
     buf = fresh.d_optimizer.state_dict()["state"][0]["momentum_buffer"]
     assert torch.equal(buf, torch.ones(2))
     plain = make_ml()  # a model without the extra optimizer cannot take this checkpoint
     with pytest.raises(ValueError, match="optimizers"):
-        plain.load(tmp_path / "c.pt")
+        plain.load(tmp_path / "c.pt", resume=True)
 
 
 def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path: Path) -> None:
@@ -130,10 +130,10 @@ def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path: Path) -> None
     before = _weights(other)
     with pytest.raises(ValueError, match=r"distributions\.0\.net\.0\.weight has shape \(32, 64\) in the checkpoint "
                                          r"but \(48, 64\) in this model"):
-        other.load(tmp_path / "small.pt")
+        other.load(tmp_path / "small.pt", resume=True)
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(other)))  # nothing changed
     with pytest.raises(ValueError, match=r"missing tensors \['0\.net\.weight', '0\.net\.bias'\]"):
-        make_ml().load(tmp_path / "small.pt")
+        make_ml().load(tmp_path / "small.pt", resume=True)
     torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a pyro_dgm Model checkpoint"):
-        make_ml().load(tmp_path / "other.pt")
+        make_ml().load(tmp_path / "other.pt", resume=True)

@@ -157,7 +157,7 @@ def test_callbacks_sample_grid_checkpoint_and_stop(tmp_path: Path) -> None:
     assert 0 <= float(grid.grids[0][1].min()) and float(grid.grids[0][1].max()) <= 1  # Bernoulli means
     assert (tmp_path / "g2.png").exists() and (tmp_path / "m_2.pt").exists()
     fresh = make_vae()
-    fresh.load(tmp_path / "m_2.pt")
+    fresh.load(tmp_path / "m_2.pt", resume=True)
     assert fresh.epoch == 2
 
 

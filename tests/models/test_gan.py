@@ -197,7 +197,7 @@ def test_gan_checkpoint_resumes_exactly(tmp_path) -> None:  # type: ignore[no-un
         a.train(b)
     torch.manual_seed(123)  # another initialization and another random state
     c, _ = _gan()
-    c.load(path)
+    c.load(path, resume=True)
     assert c.step == 3 and c.loss_cls.d_steps == 3
     for b in batches[3:]:
         c.train(b)
@@ -210,7 +210,7 @@ def test_gan_checkpoint_resumes_exactly(tmp_path) -> None:  # type: ignore[no-un
     prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
     small = GAN((Generator() * prior).marginalize_var("z"), Discriminator(hidden=16))
     with pytest.raises(ValueError, match=r"'net.0.weight' has shape \(16, 2\).*\(32, 2\)"):
-        small.load(path)
+        small.load(path, resume=True)
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -52,7 +52,7 @@ def test_a_save_killed_with_sigkill_never_leaves_an_unreadable_checkpoint(tmp_pa
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
         model = build()
-        model.load(path)  # never raises: the file is the last complete checkpoint
+        model.load(path, resume=True)  # never raises: the file is the last complete checkpoint
         assert model.step >= 1
         for t in model.distributions.parameters():
             assert bool((t == float(model.step)).all())
@@ -72,7 +72,7 @@ def test_save_leaves_no_temporary_file_and_keeps_permissions(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     assert (os.stat(path).st_mode & 0o777) == 0o640
     fresh = make_vae()
-    fresh.load(path)
+    fresh.load(path, resume=True)
     assert fresh.step == 1 and all(torch.equal(a, b) for a, b in zip(_weights(fresh), _weights(model)))
 
 
@@ -91,7 +91,7 @@ def test_an_unreadable_checkpoint_is_a_value_error_naming_the_file(tmp_path: Pat
     before = _weights(fresh)
     with pytest.raises(ValueError, match=rf"cannot read the checkpoint '{str(bad)}' \(\d+ bytes\): the file is "
                                          r"truncated or is not a checkpoint"):
-        fresh.load(bad)
+        fresh.load(bad, resume=True)
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(fresh))) and fresh.step == 0
 
 
@@ -105,12 +105,12 @@ def test_a_checkpoint_holding_code_is_refused_naming_the_file(tmp_path: Path) ->
     torch.save({"format": 1, "x": _Code()}, path)
     with pytest.raises(ValueError, match=r"evil\.pt' \(\d+ bytes\): the file holds objects other than tensors.*"
                                          r"weights_only=True.*GLOBAL posix\.getcwd"):
-        make_vae().load(path)
+        make_vae().load(path, resume=True)
 
 
 def test_a_missing_file_is_still_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        make_vae().load(tmp_path / "nope.pt")
+        make_vae().load(tmp_path / "nope.pt", resume=True)
 
 
 # ------------------------------------------------------------------------------------------ optimizer check (13.6)
@@ -129,7 +129,7 @@ def test_an_adam_checkpoint_does_not_load_into_an_sgd_model(tmp_path: Path) -> N
     before = _weights(sgd)
     with pytest.raises(ValueError, match=r"optimizer is a torch\.optim\.adam\.Adam, this model's is a "
                                          r"torch\.optim\.sgd\.SGD"):
-        sgd.load(tmp_path / "adam.pt")
+        sgd.load(tmp_path / "adam.pt", resume=True)
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(sgd))) and sgd.step == 0
     assert sgd.optimizer.param_groups[0]["lr"] == 0.1 and sgd.optimizer.param_groups[0]["momentum"] == 0.9
     sgd.train({"x": X})  # still trains with its own optimizer
@@ -157,7 +157,7 @@ def test_the_param_group_layout_is_checked(tmp_path: Path) -> None:
     before = _weights(fresh)
     with pytest.raises(ValueError, match=r"optimizer has 10 parameter group\(s\) of \[1, 1, 1, 1, 1, 1, 1, 1, 1, 1\] "
                                          r"parameter\(s\), this model's has 1 of \[10\]"):
-        fresh.load(tmp_path / "c.pt")
+        fresh.load(tmp_path / "c.pt", resume=True)
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(fresh)))  # checked before anything loaded
 
 
@@ -191,9 +191,9 @@ def test_autoguide_parameters_resume_exactly(tmp_path: Path) -> None:
     pyro.set_rng_seed(7)
     fresh = _autoguide_model()
     with pytest.raises(ValueError, match="take one training step"):  # its parameters do not exist yet
-        fresh.load(tmp_path / "c.pt")
+        fresh.load(tmp_path / "c.pt", resume=True)
     fresh.train({"x": x})  # creates them (other values, other RNG state): load overwrites all of it
-    fresh.load(tmp_path / "c.pt")
+    fresh.load(tmp_path / "c.pt", resume=True)
     assert fresh.step == 3
     resumed = [float(fresh.train({"x": x})) for _ in range(2)]
     assert resumed == losses[3:]
