@@ -609,7 +609,7 @@ class Loss(YieldingModule, _PyroELBO):
         keyword), as ``Model.train(data, **options)`` takes them."""
         if args and not (len(args) == 1 and isinstance(args[0], Mapping)):
             needed = [v for v in self.input_var if v not in kwargs]
-            if len(args) != 1 or len(needed) != 1 or isinstance(args[0], Mapping):  # one input: svi.step(x) is clear
+            if len(args) != 1 or len(needed) != 1:  # one input left to give: svi.step(x) is clear
                 raise TypeError(f"{type(self).__name__} {self.loss_text}: pass the data by name (svi.step("
                                 f"{', '.join(f'{v}=...' for v in self.input_var)})) or as one dict, got {len(args)} "
                                 f"positional argument(s) of type {', '.join(type(a).__name__ for a in args)} (a "
