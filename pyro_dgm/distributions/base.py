@@ -12,6 +12,7 @@ a plain call, and under ``poutine.trace``/``condition``/``replay``/``plate``... 
 from __future__ import annotations
 
 import textwrap
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Sequence
 
@@ -98,6 +99,33 @@ def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
         dims = list(range(1, x.dim()))
     return x.sum(dim=list(dims)) if len(dims) else x
 
+
+class _LastPositional(threading.local):
+    """The values of this thread's last model/guide call with several positional values, and their names."""
+
+    call: "tuple[str, list[tuple[Any, str]]] | None" = None
+
+
+_LAST_POSITIONAL = _LastPositional()
+
+
+def _check_positional_order(owner: Any, role: str, data: Mapping[str, Any]) -> None:
+    """Refuse positional values that a model and its guide (``SVI`` passes them the same ``*args``) would read under
+    other names: a joint's model takes them in the order of its ``pyro_arg_names``, a guide in the order of its
+    inputs, and the two need not agree. The last such call's values are kept (so their ids stay theirs) to compare."""
+    last = _LAST_POSITIONAL.call
+    mine = [(v, k) for k, v in data.items()]
+    _LAST_POSITIONAL.call = (f"{describe(owner)}'s {role}", mine)
+    if last is None:
+        return
+    for value, name in mine:
+        for other, other_name in last[1]:
+            if other is value and other_name != name and sum(v is value for v, _ in mine) == 1:
+                _LAST_POSITIONAL.call = None
+                raise ValueError(f"{describe(owner)}: {role}() reads a positional value as {name!r} that {last[0]} "
+                                 f"read as {other_name!r} (positional values follow each one's own order: "
+                                 f"{[k for _, k in mine]} here, {[k for _, k in last[1]]} there); pass the data by "
+                                 f"name, e.g. svi.step({', '.join(f'{k}={k}' for _, k in mine)})")
 
 class Distribution(YieldingModule):
     r"""Base class of every pyro_dgm distribution: named variables, a formula, products, and Pyro model/guide.
@@ -601,7 +629,9 @@ class Distribution(YieldingModule):
 
     def _dgm_positional_data(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], role: str) -> dict[str, Any]:
         """The data of ``model(*args, **kwargs)``: a dict (or ``None``) as the only positional argument, or tensors
-        in the order of :attr:`pyro_arg_names` (a guide's: its input variables) not given by name."""
+        in the order of :attr:`pyro_arg_names` (a guide's: its input variables) not given by name. Several positional
+        values that the last such call in this thread (the guide, under ``SVI``) read under other names raise a
+        ``ValueError``: the model and the guide take them each in its own order."""
         if len(args) == 1 and (args[0] is None or isinstance(args[0], Mapping)):
             return dict(args[0] or {})
         order = self._dgm_pyro_arg_names if role == "model" else list(self._dgm_input_var)
@@ -611,7 +641,10 @@ class Distribution(YieldingModule):
                             f"{', '.join(f'{v}=...' for v in (order or self._var))}), or as "
                             f"{len(names)} positional value(s) in the order {names}; got {len(args)} positional "
                             "argument(s)")
-        return dict(zip(names, args))
+        data = dict(zip(names, args))
+        if len(args) > 1:
+            _check_positional_order(self, role, data)
+        return data
 
     @property
     def _dgm_pyro_arg_names(self) -> list[str]:

@@ -14,6 +14,8 @@
   masks around the step, which cannot reach its formula, are refused naming the handler (they were ignored, or added
   dims to its draws); a NaN loss warns as Pyro's ELBOs warn; a loss with one input variable takes it positionally
   (``svi.step(x)``, as Pyro scripts pass data), one with several says to name them.
+- Positional values that a joint's model and its guide read under other names (each takes them in its own order)
+  are refused, naming both orders (the model observed one variable's values as another's).
 """
 from __future__ import annotations
 
@@ -284,3 +286,39 @@ def test_a_loss_with_one_input_takes_it_positionally_as_pyro_scripts_pass_it() -
         SVI(lambda *_: None, lambda *_: None, pyro.optim.SGD({"lr": 0.01}), loss=both).evaluate_loss(x)
     assert SVI(lambda *_: None, lambda *_: None, pyro.optim.SGD({"lr": 0.01}), loss=both).evaluate_loss(
         x, y=x) == pytest.approx(2 * loss.eval({"x": x}).item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------- positional data of a model and its guide
+class TwoViewEncoder(Normal):
+    def __init__(self, cond_var: list[str]) -> None:
+        super().__init__(var=["z"], cond_var=cond_var, name="q")
+        self.net = nn.Linear(2 * X, 2 * Z)
+
+    def forward(self, **views: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.net(torch.cat([views["x"], views["x2"]], -1))
+        return {"loc": h[..., :Z], "scale": F.softplus(h[..., Z:]) + 1e-3}
+
+
+def test_positional_values_a_model_and_its_guide_would_read_under_other_names_are_refused() -> None:
+    # SVI passes the same *args to both: the joint's model reads them in its pyro_arg_names order (['x2', 'x'] for
+    # this product), the guide in its inputs' order; where they differ, x2's values were silently observed as x
+    torch.manual_seed(0)
+    p, second = Decoder(), Decoder()
+    second.pyro_name = "p2"  # its own names in Pyro's param store
+    p2 = second.replace_var(x="x2")
+    joint = p2 * p * Normal(loc=0., scale=1., var=["z"], features_shape=[Z])
+    x, x2 = torch.randn(4, X), torch.randn(4, X) + 3.
+    assert joint.pyro_arg_names == ["x2", "x"]
+
+    def loss(q: Any, *args: Any, **kwargs: Any) -> float:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        return Trace_ELBO().loss(joint.model, q.guide, *args, **kwargs)
+
+    swapped, agreeing = TwoViewEncoder(["x", "x2"]), TwoViewEncoder(["x2", "x"])
+    agreeing.load_state_dict(swapped.state_dict())
+    by_name = loss(swapped, x=x, x2=x2)
+    with pytest.raises(ValueError, match=r"model\(\) reads a positional value as 'x2' that .*'s guide read as 'x'.*"
+                                         r"pass the data by name"):
+        loss(swapped, x, x2)
+    assert loss(agreeing, x2, x) == pytest.approx(by_name, rel=1e-6)  # the same order in both: positional works
