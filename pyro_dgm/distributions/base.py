@@ -111,21 +111,24 @@ _LAST_POSITIONAL = _LastPositional()
 
 def _check_positional_order(owner: Any, role: str, data: Mapping[str, Any]) -> None:
     """Refuse positional values that a model and its guide (``SVI`` passes them the same ``*args``) would read under
-    other names: a joint's model takes them in the order of its ``pyro_arg_names``, a guide in the order of its
-    inputs, and the two need not agree. The last such call's values are kept (so their ids stay theirs) to compare."""
+    each other's names: a joint's model takes them in the order of its ``pyro_arg_names``, a guide in the order of
+    its inputs, and the two need not agree. The last such call's values are kept (alive, so that ``is`` compares
+    them) until the next one; calls over other variables never conflict."""
     last = _LAST_POSITIONAL.call
     mine = [(v, k) for k, v in data.items()]
     _LAST_POSITIONAL.call = (f"{describe(owner)}'s {role}", mine)
     if last is None:
         return
+    names = {k for _, k in mine}
     for value, name in mine:
-        for other, other_name in last[1]:
-            if other is value and other_name != name and sum(v is value for v, _ in mine) == 1:
+        for other, other_name in last[1]:  # a swap: the value under another of this call's names
+            if other is value and other_name != name and other_name in names and sum(v is value for v, _ in mine) == 1:
                 _LAST_POSITIONAL.call = None
                 raise ValueError(f"{describe(owner)}: {role}() reads a positional value as {name!r} that {last[0]} "
                                  f"read as {other_name!r} (positional values follow each one's own order: "
                                  f"{[k for _, k in mine]} here, {[k for _, k in last[1]]} there); pass the data by "
                                  f"name, e.g. svi.step({', '.join(f'{k}={k}' for _, k in mine)})")
+
 
 class Distribution(YieldingModule):
     r"""Base class of every pyro_dgm distribution: named variables, a formula, products, and Pyro model/guide.
