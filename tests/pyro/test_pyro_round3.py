@@ -31,6 +31,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.infer.mcmc import NUTS
 from pyro.poutine.util import site_is_subsample
+from dgm_fixtures import Encoder, standard_prior
 from torch import nn
 
 from pyro_dgm.distributions import Bernoulli, Normal
@@ -46,16 +47,6 @@ class Decoder(Normal):
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loc": self.net(z), "scale": torch.ones_like(self.net.bias)}
-
-
-class Encoder(Normal):
-    def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = nn.Linear(X, 2 * Z)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.net(x)
-        return {"loc": h[..., :Z], "scale": F.softplus(h[..., Z:]) + 1e-3}
 
 
 def _sites(tr: Any) -> dict[str, tuple[tuple[int, ...], float]]:
@@ -138,8 +129,8 @@ def test_an_enumerated_latent_bernoulli_gives_plain_pyros_loss() -> None:
 # ----------------------------------------------------------------------------------------- nested plates
 def test_a_joint_and_a_guide_inside_nested_plates_match_plain_pyro() -> None:
     torch.manual_seed(0)
-    p, q = Decoder(), Encoder()
-    joint = p * Normal(loc=0., scale=1., var=["z"], features_shape=[Z], name="prior")
+    p, q = Decoder(), Encoder(X, Z, split=True)
+    joint = p * standard_prior(Z)
     G, N = 3, 4
     x = torch.randn(G, N, X)
 
@@ -226,6 +217,9 @@ def test_pyro_elbo_refuses_an_elbo_without_a_differentiable_loss() -> None:
 
 # ------------------------------------------------------------------------------- a pyro_dgm loss inside SVI
 class ShiftedEncoder(Encoder):
+    def __init__(self) -> None:
+        super().__init__(X, Z, split=True)
+
     def forward(self, x: torch.Tensor, shift: float = 0.) -> dict[str, torch.Tensor]:
         out = super().forward(x)
         return {"loc": out["loc"] + shift, "scale": out["scale"]}
@@ -234,7 +228,7 @@ class ShiftedEncoder(Encoder):
 def _shifted_kl() -> tuple[Any, Any, torch.Tensor]:
     torch.manual_seed(0)
     q = ShiftedEncoder()
-    return q, KullbackLeibler(q, Normal(loc=0., scale=1., var=["z"], features_shape=[Z])).sum(), torch.randn(6, X)
+    return q, KullbackLeibler(q, standard_prior(Z)).sum(), torch.randn(6, X)
 
 
 def test_svi_passes_keywords_that_name_no_variable_to_eval_as_model_train_does() -> None:
@@ -281,7 +275,7 @@ def test_a_loss_with_one_input_takes_it_positionally_as_pyro_scripts_pass_it() -
     q, loss, x = _shifted_kl()
     svi = SVI(lambda *_: None, lambda *_: None, pyro.optim.SGD({"lr": 0.01}), loss=loss)
     assert svi.evaluate_loss(x) == pytest.approx(loss.eval({"x": x}).item(), rel=1e-6)
-    both = loss + KullbackLeibler(q.replace_var(x="y"), Normal(loc=0., scale=1., var=["z"], features_shape=[Z])).sum()
+    both = loss + KullbackLeibler(q.replace_var(x="y"), standard_prior(Z)).sum()
     with pytest.raises(TypeError, match=r"pass the data by name \(svi.step\(x=..., y=...\)\)"):
         SVI(lambda *_: None, lambda *_: None, pyro.optim.SGD({"lr": 0.01}), loss=both).evaluate_loss(x)
     assert SVI(lambda *_: None, lambda *_: None, pyro.optim.SGD({"lr": 0.01}), loss=both).evaluate_loss(
@@ -306,7 +300,7 @@ def test_positional_values_a_model_and_its_guide_would_read_under_other_names_ar
     p, second = Decoder(), Decoder()
     second.pyro_name = "p2"  # its own names in Pyro's param store
     p2 = second.replace_var(x="x2")
-    joint = p2 * p * Normal(loc=0., scale=1., var=["z"], features_shape=[Z])
+    joint = p2 * p * standard_prior(Z)
     x, x2 = torch.randn(4, X), torch.randn(4, X) + 3.
     assert joint.pyro_arg_names == ["x2", "x"]
 
