@@ -81,8 +81,10 @@ class _Memory:
 
 
 def _state(flow: nn.Module) -> tuple:
-    """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it)."""
-    return tuple((id(t), version(t)) for t in (*flow.parameters(), *flow.buffers()))
+    """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it) and its
+    modules' train/eval modes (a batch norm computes with other statistics after ``eval()``)."""
+    return (tuple((id(t), version(t)) for t in (*flow.parameters(), *flow.buffers())),
+            tuple(m.training for m in flow.modules()))
 
 
 def _dgm_memory(flow: "Flow") -> _Memory | None:
