@@ -766,6 +766,13 @@ class Distribution(YieldingModule):
         if entry is not None and entry[0]() is cur:  # a distribution of this process put it there
             owner = entry[1]()
             if owner is not None and owner is not self:
+                # an unreachable one may still live in a reference cycle (the traceback of a call that raised, in
+                # a notebook): collect those before calling it live
+                del owner
+                import gc
+                gc.collect()
+                owner = entry[1]()
+            if owner is not None and owner is not self:
                 raise ValueError(f"{describe(self)}: Pyro's param store already holds {full!r} for another live "
                                  f"distribution, {describe(owner)}, with the same pyro_name "
                                  f"{full.split('$$$')[0]!r}; give one of them its own name (dist.pyro_name = "
@@ -805,13 +812,16 @@ class Distribution(YieldingModule):
 
         A value drawn in this pass knows its event dims; a value given from outside has one batch dim (Pixyz),
         except inside Pyro, where :func:`~pyro_dgm.distributions.effects.given_event_dim` may know better (the site
-        of an active trace that holds it, or the plates). A factor without inputs has the batch dim of its
-        constant parameters (size 1); ``sample_shape`` comes on top of that, after the event dims are set.
+        of an active trace that holds it, or the plates): inputs that are all event dims, one of them a site's value
+        (a global latent drawn outside the data plate), give none, as in Pyro. A factor without inputs has the batch
+        dim of its constant parameters (size 1); ``sample_shape`` comes on top of that, after the event dims are
+        set.
         """
         if not b.input_var:
             return 1  # sample_shape is added after the feature dims are reinterpreted as event dims
-        n = 1
-        ev = ctx.event_dims
+        n = 0
+        known = True  # every input's event dims are known: inside Pyro, values without batch dims (a global
+        ev = ctx.event_dims  # latent, or a value that condition/do gave a site) give none
         in_pyro = None
         for v in b.input_var:
             e = ev.get(v)
@@ -820,11 +830,17 @@ class Distribution(YieldingModule):
                     in_pyro = bool(PYRO_STACK) and not ignores_sites(PYRO_STACK)
                 if in_pyro:  # inside Pyro: a value that an active trace holds as a site has that site's event dims
                     e = given_event_dim(values[v], ctx)
-            if e is not None:
+            if e is None:
+                known = False
+            else:
                 d = values[v].dim() - e
                 if d > n:
                     n = d
-        return n
+        if n or not known:
+            return n or 1
+        if in_pyro is None:
+            in_pyro = bool(PYRO_STACK) and not ignores_sites(PYRO_STACK)
+        return 0 if in_pyro else 1
 
     def _dgm_site(self, name: str, fn: Any, ctx: CallState) -> Tensor:
         """One ``pyro.sample`` site; observed in a model/guide run when the data holds ``name``.

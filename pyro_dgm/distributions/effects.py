@@ -86,7 +86,7 @@ def given_event_dim(value: Any, ctx: CallState) -> int | None:
     if key in found:
         return found[key]
     e = None
-    if isinstance(value, torch.Tensor) and value.dim() > 1:  # one dim or none: one batch dim in any case
+    if isinstance(value, torch.Tensor):
         for m in reversed(PYRO_STACK):
             if isinstance(m, TraceMessenger) and not m.param_only:
                 for site in reversed(m.trace.nodes.values()):
@@ -95,7 +95,7 @@ def given_event_dim(value: Any, ctx: CallState) -> int | None:
                         break
                 if e is not None:
                     break
-        if e is None:
+        if e is None and value.dim() > 1:  # one dim or none: one batch dim in any case
             e = _event_dim_by_plates(value, data=ctx.obs is not None)
     found[key] = e
     return e

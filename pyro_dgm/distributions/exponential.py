@@ -131,7 +131,13 @@ class OneHotCategoricalArgMax(dist.OneHotCategorical):
     under ``OneHotCategorical``, whose support (for Pyro's enumeration and guides) this keeps."""
 
     def log_prob(self, value: Tensor) -> Tensor:
-        return self._categorical.log_prob(value.max(-1)[1])
+        lp = self._categorical.log_prob(value.max(-1)[1])
+        if not value.is_floating_point():
+            return lp
+        finite = value.isfinite().all(-1)  # a NaN has no arg-max (max would call it class 0): NaN, or an error
+        if self._validate_args and not bool(finite.all()):
+            raise ValueError("The value argument must be finite: a NaN or infinite entry has no arg-max")
+        return torch.where(finite, lp, lp.new_full((), math.nan))
 
 
 def scored_distribution(d: Any) -> Any:

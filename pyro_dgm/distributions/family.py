@@ -17,7 +17,7 @@ from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import Distribution, ValuesLike, has_network
 from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
-from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, run_network
+from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites, run_network
 from pyro_dgm.distributions.pixyz_protocol import adopt
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, NoClosedFormError, NotATensorError, OutOfRangeError,
                                    ShapeError, clearer, describe, value_shape_problem)
@@ -65,6 +65,22 @@ def callable_dist(d: Any, owner: "DistributionBase") -> Any:
 def _shape_text(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else v!r}" for k, v in params.items())
 
+
+def _constants_lead(params: Mapping[str, Any], consts: Sequence[str], ndim: int) -> int:
+    """The leading dims of the parameters' broadcast shape (``ndim`` dims) that only the constants' batch dim of 1
+    brings, when no input has a batch dim (a global latent's value): a batch dim, not a feature dim."""
+    own = max((t.dim() - 1 for n, t in params.items() if n in consts and isinstance(t, Tensor)), default=0)
+    given = max((t.dim() for n, t in params.items() if n not in consts and isinstance(t, Tensor)), default=0)
+    return max(ndim - max(own, given), 0)
+
+
+def _one_event(t: Tensor, v: str, ctx: CallState) -> bool:
+    """Whether the one dim of input ``v`` is an event dim: a value whose site in an active Pyro trace (a global
+    latent, drawn outside the data plate) has it as its event (Pixyz's rule makes it a batch of scalars)."""
+    e = ctx.event_dims.get(v)
+    if e is None and PYRO_STACK and not ignores_sites(PYRO_STACK):
+        e = given_event_dim(t, ctx)
+    return e == 1
 
 class DistributionBase(Distribution):
     r"""A distribution of one variable from a ``pyro.distributions`` family.
@@ -310,7 +326,7 @@ class DistributionBase(Distribution):
                                  f"{self.distribution_name} takes {', '.join(sorted(self._dgm_accepted))}")
             for v in b.input_var:  # an input with one dim is a batch of scalars (Pixyz's convention)
                 t = values.get(v)
-                if isinstance(t, Tensor) and t.dim() == 1 and t.shape[0] != 1:
+                if isinstance(t, Tensor) and t.dim() == 1 and t.shape[0] != 1 and not _one_event(t, v, ctx):
                     self._dgm_check_out_batch(b, values, out)
                     break
             params.update(out)
@@ -514,8 +530,15 @@ class DistributionBase(Distribution):
         ``value`` is the value to score or observe, if any: a factor without inputs whose constants are scalars
         (empty ``features_shape``) takes its feature dims from it, every dim after the first (Pixyz's convention).
         """
-        base = self._dgm_const_base() if self._dgm_const_only else self._dgm_base(self._dgm_params(b, values, ctx))
-        bn = self._dgm_batch_ndim(b, values, ctx)
+        if self._dgm_const_only:
+            base = self._dgm_const_base()
+            bn = self._dgm_batch_ndim(b, values, ctx)
+        else:
+            params = self._dgm_params(b, values, ctx)
+            base = self._dgm_base(params)
+            bn = self._dgm_batch_ndim(b, values, ctx)
+            if bn == 0 and self._dgm_const_names:  # inputs without batch dims: a constant's batch dim of 1 stays one
+                bn = _constants_lead(params, self._dgm_const_names, len(base.batch_shape))
         batch_shape = base.batch_shape
         if value is not None and not b.input_var and not self._features_shape:
             vb = value.shape[:value.dim() - len(base.event_shape)]

@@ -781,6 +781,39 @@ def test_bernoulli_near_certain_probabilities_pixyz_clamps_them() -> None:
     assert ours_lp[0, 0] < ref_lp[0, 0] - 4
 
 
+def prog_categorical_scores_by_arg_max():
+    import torch
+    from pixyz.distributions import Categorical
+    p = Categorical(probs=torch.tensor([0.2, 0.3, 0.5]), var=["x"])
+    values = torch.tensor([[0., 1., 0.], [0., 0., 1.], [0.5, 0.1, 0.4], [0.1, 0.2, 0.7], [float("nan"), 1., 0.]])
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        return p.get_log_prob({"x": values})
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+def test_categorical_scores_a_nan_value_as_nan_pixyz_as_class_0() -> None:
+    """Both score a vector by its arg-max (a relaxed draw under a categorical prior); a NaN entry has none, and
+    Pixyz's ``max`` calls it class 0 (log 0.2 here). Ours is NaN, and with torch's validation on (the default) an
+    ``OutOfRangeError`` naming the distribution and the variable."""
+    ref, ours = run_both(prog_categorical_scores_by_arg_max)
+    torch.testing.assert_close(ours[:4], ref[:4])
+    torch.testing.assert_close(ours[:4], torch.tensor([0.3, 0.5, 0.2, 0.5]).log())
+    assert ref[4] == pytest.approx(math.log(0.2)) and math.isnan(ours[4])
+    from pyro_dgm.distributions import Categorical
+    from pyro_dgm.utils.checks import OutOfRangeError
+    p = Categorical(probs=torch.tensor([0.2, 0.3, 0.5]), var=["x"])
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    try:
+        with pytest.raises(OutOfRangeError, match=r"Categorical p\(x\): cannot score 'x'.*NaN"):
+            p.get_log_prob({"x": torch.tensor([[float("nan"), 1., 0.]])})
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
 def prog_renamed_sample_mean():
     import torch
     from pixyz.distributions import Normal
