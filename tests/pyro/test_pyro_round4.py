@@ -218,6 +218,8 @@ def test_a_model_rebuilt_after_a_call_that_raised_keeps_its_name() -> None:
             self.w = nn.Parameter(torch.ones(1))
 
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            if self.s <= 0:  # a bug in the network (torch's validation would refuse the scale too)
+                raise ValueError("the scale must be positive")
             return {"loc": torch.zeros(x.shape[0], 2) * self.w, "scale": torch.full((x.shape[0], 2), self.s) * self.w}
 
     pyro.clear_param_store()
