@@ -290,8 +290,9 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
 
 
 def save(model: "Model", path: Any) -> None:
-    """Write :func:`model_state` to ``path`` atomically (only rank 0 writes under ``torch.distributed``, with every
-    process's random state, which :func:`load` gives back to the process of the same rank).
+    """Write :func:`model_state` to ``path`` atomically (under ``torch.distributed`` every process calls it and only
+    rank 0 writes, with every process's random state, which :func:`load` gives back to the process of the same rank;
+    a process that does not call it makes rank 0 raise, naming it, after the timeout).
 
     The checkpoint is written to a temporary file in the same folder, flushed and synced to disk, then renamed over
     ``path`` (``os.replace``), so ``path`` always holds either the previous complete checkpoint or the new one, even
@@ -300,9 +301,7 @@ def save(model: "Model", path: Any) -> None:
     """
     ranks_rng = None
     if _dist.is_distributed():  # every process's random state, so each resumes its own draws
-        import torch.distributed as tdist
-        ranks_rng = [None] * _dist.world_size()
-        tdist.all_gather_object(ranks_rng, rng_state())
+        ranks_rng = _dist.gather_to_rank0(rng_state(), f"{type(model).__name__}.save")
     if _dist.rank() == 0:
         state = model_state(model)
         if ranks_rng is not None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import itertools
 import os
 from typing import Any, Mapping
 
@@ -40,7 +41,8 @@ from torch import Tensor, nn
 from pyro_dgm.losses.base import Loss
 
 __all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT",
-           "wrap", "broadcast_module", "broadcast_tensor", "all_reduce_mean", "all_reduce_max", "shard",
+           "wrap", "broadcast_module", "broadcast_coalesced", "broadcast_tensor", "all_reduce_mean", "all_reduce_max",
+           "all_gather_int", "gather_to_rank0", "shard",
            "DataParalleledLoss", "Replicated", "PyroParams", "DistributedELBO"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
@@ -279,13 +281,18 @@ class Replicated:
       (once per new set of parameters). Every process must create the same parameters in the same call, as it runs
       the same program; a process that does not hangs the others until the timeout.
     * ``watch_param_store=False`` (the discriminators' steps) skips that: one attribute check per call.
+    * **Buffers** (a batch norm's running statistics): each process updates them from its own slice of the batch, as
+      under DDP; after every evaluation with gradients, rank 0's are copied to every process (one broadcast per
+      dtype), so the replicas stay identical between steps, and a test, a sample or a checkpoint on any process sees
+      the same statistics (DDP itself copies them only at the start of the next training forward). Batch statistics
+      over the global batch need ``torch.nn.SyncBatchNorm`` (GPUs).
 
     Without a process group :func:`wrap` returns None and the caller evaluates directly: nothing here runs.
     """
 
     def __init__(self, networks: nn.Module, watch_param_store: bool = True, **ddp_kwargs: Any) -> None:
         self.networks = networks
-        self._options: dict[str, Any] = {"find_unused_parameters": True, **ddp_kwargs}
+        self._options: dict[str, Any] = {"find_unused_parameters": True, "broadcast_buffers": False, **ddp_kwargs}
         self._watch = watch_param_store
         self._covered: dict[str, Tensor] = {}
         self._store: Any = None
@@ -319,6 +326,13 @@ class Replicated:
             if device.type == "cuda":
                 options["device_ids"] = [device.index if device.index is not None else torch.cuda.current_device()]
         self.ddp = DistributedDataParallel(module, **options)
+        self.sync_buffers()  # DDP copies rank 0's buffers only with broadcast_buffers=True
+
+    def sync_buffers(self) -> None:
+        """Copy rank 0's buffers of the networks to every process (a no-op for networks without buffers)."""
+        buffers = [b for b in self.networks.buffers()]
+        if buffers:
+            broadcast_coalesced(buffers)
 
     def _cover(self, new: Mapping[str, Tensor]) -> None:
         """Cover ``new`` parameters too: the wrapper is rebuilt (rank 0's values of every covered parameter are
@@ -338,6 +352,12 @@ class Replicated:
 
     def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` as the forward of the wrapper (see the class notes)."""
+        out = self._run(fn, args, kwargs)
+        if torch.is_grad_enabled():  # a training evaluation: the buffers it updated become rank 0's everywhere
+            self.sync_buffers()
+        return out
+
+    def _run(self, fn: Any, args: Any, kwargs: Mapping[str, Any]) -> Any:
         if not self._watch:
             return self._forward(fn, args, kwargs)
         store = self._store
@@ -489,6 +509,57 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
             tdist.broadcast(t.data, src=src)
 
 
+_GATHERS = itertools.count()
+
+
+def gather_to_rank0(value: Any, what: str) -> list[Any] | None:
+    """Every process's ``value`` (any picklable object), by rank, on rank 0; None on the other processes.
+
+    It goes through the rendezvous store, not a collective, so a process that does not call it (a ``Model.save``
+    under ``if rank == 0:``) cannot pair rank 0's gather with another collective: rank 0 raises a ``RuntimeError``
+    naming the processes and ``what`` after the timeout. Every process must call it the same number of times.
+    Without a process group: ``[value]``.
+    """
+    if not is_distributed():
+        return [value]
+    import pickle
+
+    store = tdist.distributed_c10d._get_default_store()
+    prefix = f"pyro_dgm/gather/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{next(_GATHERS)}/"
+    me, n = tdist.get_rank(), tdist.get_world_size()
+    if me != 0:
+        store.set(f"{prefix}{me}", pickle.dumps(value))
+        return None
+    keys = [f"{prefix}{r}" for r in range(1, n)]
+    try:
+        store.wait(keys)
+    except Exception as err:
+        missing = [r for r in range(1, n) if not store.check([f"{prefix}{r}"])]
+        raise RuntimeError(
+            f"{what} under torch.distributed: rank(s) {', '.join(map(str, missing))} did not call it within "
+            f"{store.timeout.total_seconds():g} s; every process calls {what} (each adds its random state; only "
+            "rank 0 writes), so call it on every process, not under `if rank == 0:`") from err
+    out = [value] + [pickle.loads(store.get(k)) for k in keys]
+    for k in keys:
+        store.delete_key(k)
+    return out
+
+
+def broadcast_coalesced(tensors: list[Tensor], src: int = 0) -> None:
+    """Copy rank ``src``'s ``tensors`` to every process in place: one broadcast per dtype and device."""
+    if not is_distributed():
+        return
+    groups: dict[tuple[Any, Any], list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    with torch.no_grad():
+        for group in groups.values():
+            flat = torch.cat([t.detach().reshape(-1) for t in group])
+            tdist.broadcast(flat, src=src)
+            for t, part in zip(group, flat.split([t.numel() for t in group])):
+                t.data.copy_(part.view_as(t))
+
+
 def broadcast_tensor(value: Tensor, src: int = 0) -> Tensor:
     """Rank ``src``'s ``value`` on every process (``value`` itself without a process group)."""
     if not is_distributed():
@@ -507,6 +578,17 @@ def all_reduce_mean(value: Tensor) -> Tensor:
     out = value.detach().clone()
     tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
     return out / tdist.get_world_size()
+
+
+def all_gather_int(value: int) -> list[int]:
+    """Every process's ``value``, by rank (``[value]`` without a process group)."""
+    if not is_distributed():
+        return [value]
+    device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
+    mine = torch.tensor([value], dtype=torch.int64, device=device)
+    out = [torch.empty_like(mine) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(out, mine)
+    return [int(t) for t in out]
 
 
 def all_reduce_max(value: Tensor) -> Tensor:

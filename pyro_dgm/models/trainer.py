@@ -29,8 +29,12 @@ and ``DistributedDataParallel`` still averages the gradients with equal weights,
 one process's (exact equality needs ``N`` to divide the batch size and the data size, and a loss that is a mean
 over the batch: a sum over the batch gets gradients ``1/N`` of one process's, as under plain DDP); a
 last batch with fewer rows than processes is dropped (on every process; a data set with fewer rows than processes
-raises). Only rank 0 shows the progress bar and writes TensorBoard events and checkpoints. A ``DataLoader`` you pass
-must give the same batches on every process (``shuffle=False``, or a seeded ``generator``).
+raises). Only rank 0 shows the progress bar and writes TensorBoard events and checkpoints (``Model.save`` is still
+called on every process: each adds its random state). A ``DataLoader`` you pass must give the same batches on every
+process (``shuffle=False``, or a seeded ``generator``); loaders whose lengths differ between processes raise a
+``ValueError`` naming each rank's count at the start of the epoch. A batch norm normalizes with the statistics of
+each process's slice, as under DDP (``torch.nn.SyncBatchNorm`` on GPUs for the global batch's); its running
+statistics are rank 0's on every process after each step.
 """
 from __future__ import annotations
 
@@ -154,8 +158,21 @@ class _Batches:
         order = torch.randperm(self.n, generator=current_generator())  # a thread's own generator, if set
         return _dist.broadcast_tensor(order)  # every process cuts the same global batches
 
+    def _dgm_check_same_length(self) -> None:
+        """Under torch.distributed, every process must take as many steps: refuse loaders of different lengths
+        (otherwise the longer one's extra step meets another collective and gloo aborts)."""
+        counts = _dist.all_gather_int(len(self.iterable))  # type: ignore[arg-type]
+        if len(set(counts)) > 1:
+            each = ", ".join(f"{c} on rank {r}" for r, c in enumerate(counts))
+            raise ValueError(f"fit: {self.what} gives a different number of batches on each process ({each}); under "
+                             "torch.distributed fit cuts every batch into one slice per process, so each process "
+                             "must be given the same batches (the same loader, with shuffle=False or a seeded "
+                             "generator)")
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self.iterable is not None:
+            if _dist.is_distributed() and _has_len(self.iterable):
+                self._dgm_check_same_length()
             for batch in self.iterable:
                 yield _dist.shard(_as_dict(batch, self.input_var, self.what))
             return
