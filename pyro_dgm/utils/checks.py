@@ -236,6 +236,8 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     True
     >>> value_shape_problem((1, 3), (5, 3), 1, strict=True)
     'its dim 0 has size 1 where the distribution has a batch of 5'
+    >>> value_shape_problem((4, 3), (4, 1, 3), 2)[:61]  # a network's forgotten squeeze: loc of shape (4, 1, 3)
+    'it has 2 dims where the distribution has 3 (batch and feature'
     """
     vs, ps = tuple(value_shape), tuple(shape)
     n, m = len(vs), len(ps)
@@ -249,6 +251,10 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
         v = vs[-i]
         if v != p and p != 1:
             return f"its dim {n - i} has size {v} where the distribution has {p} features"
+        if p == 1 and v != 1 and n < m:  # the value lacks dims: its batch dim lines up with a feature dim of size 1
+            return (f"it has {n} dims where the distribution has {m} (batch and features {ps[m - nf:]}), so its dim "
+                    f"{n - i} of size {v} lines up with a feature dim of size 1 and each element would be scored "
+                    f"against all {v} of them")
     if strict is None:
         strict = STRICT_SHAPES[0]
     if not strict:  # batch dims: torch's broadcasting, as Pixyz (a mismatch torch refuses is reported here)

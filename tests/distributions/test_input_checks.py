@@ -99,6 +99,33 @@ def test_pixyz_scores_a_broadcast_feature_several_times() -> None:
         _conditional("pyro_dgm").get_log_prob({"x": X, "y": y})
 
 
+def test_a_forgotten_squeeze_in_a_network_is_refused_pixyz_scores_every_row_against_every_row() -> None:
+    """A network that returns loc of shape [B, 1, D] (one size-1 dim too many) makes the value's batch dim line up
+    with a feature dim of size 1: Pixyz scores each of the B rows of loc against all rows of z (B times the right
+    log-density for a batch of identical rows, and a z of another batch size is accepted too). Refused here,
+    naming the shapes."""
+    import pixyz.distributions as pz
+
+    def build(module):  # type: ignore[no-untyped-def]
+        class Q(module.Normal):  # type: ignore[name-defined, misc]
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+
+            def forward(self, x):  # type: ignore[no-untyped-def]
+                return {"loc": x.unsqueeze(1), "scale": torch.ones(x.shape[0], 1, x.shape[1])}
+        return Q()
+
+    import pyro_dgm.distributions as ours
+    x, z = torch.zeros(4, 3), torch.zeros(4, 3)
+    right = torch.distributions.Normal(0., 1.).log_prob(z).sum(-1)
+    torch.testing.assert_close(build(pz).get_log_prob({"x": x, "z": z}), 4 * right)  # Pixyz: 4x the right value
+    torch.testing.assert_close(build(ours).get_log_prob({"x": x, "z": z.unsqueeze(1)}), right)  # [B, 1, D]: right
+    for rows in (4, 5):
+        with pytest.raises(ValueError, match=rf"Q q\(z\|x\): the value of 'z' has shape \({rows}, 3\).*lines up "
+                                             "with a feature dim of size 1"):
+            build(ours).get_log_prob({"x": x, "z": torch.zeros(rows, 3)})
+
+
 def test_strict_shapes_refuses_batch_broadcasts_too() -> None:
     p = _conditional("pyro_dgm")
     for shape in [(1, 3), (3,), (5, 1, 3)]:
