@@ -564,8 +564,10 @@ class DistributionBase(Distribution):
     def _dgm_batch_n_conflict(self, b: Binding, values: Mapping[str, Any], batch_n: int) -> NoReturn:
         given = ", ".join(f"{v!r}: {tuple(values[v].shape)}" for v in b.input_var
                           if isinstance(values.get(v), Tensor))
-        raise ShapeError(f"{describe(self)}: batch_n={batch_n} asks for {batch_n} draws, but the given inputs have "
-                         f"another batch size ({given}); give inputs of batch {batch_n} or 1, or leave batch_n out "
+        draws = f"{batch_n} draw{'s' if batch_n != 1 else ''}"
+        raise ShapeError(f"{describe(self)}: batch_n={batch_n} asks for {draws}, but the given inputs have "
+                         f"another batch size ({given}); give inputs of batch "
+                         f"{batch_n if batch_n == 1 else f'{batch_n} or 1'}, or leave batch_n out "
                          "(Pixyz: 'Batch shape mismatch')")
 
     def _dgm_site_dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
@@ -833,8 +835,10 @@ class DistributionBase(Distribution):
         """Sum the element-wise ``t`` over ``feature_dims``; an out-of-range dim raises naming this distribution."""
         if not (sum_features and feature_dims):
             return t
+        from pyro_dgm.losses.pdf import as_dims  # a list of ints, or a TypeError naming this distribution
+        feature_dims = as_dims(self, "feature_dims", feature_dims, allow_int=False)
         try:
-            return t.sum(dim=list(feature_dims))
+            return t.sum(dim=feature_dims)
         except (IndexError, RuntimeError) as e:
             kind = DimensionError if isinstance(e, IndexError) else ShapeError  # also torch's type (Pixyz's)
             raise kind(f"{describe(self)}: cannot sum the element-wise {what} of shape {tuple(t.shape)} over "

@@ -398,3 +398,20 @@ def test_network_input_of_the_wrong_shape():
     with pytest.raises((RuntimeError, ValueError)) as info:
         Dec().sample({"z": torch.zeros(4, 5)})
     assert "Dec p(x|z)" in message(info.value) and "'z'" in message(info.value)
+
+
+@pytest.mark.parametrize("dims", [-1, ["a"], [-1.0], "0"])
+@pytest.mark.parametrize("call", ["get_log_prob", "get_entropy"])
+def test_feature_dims_of_the_wrong_type_name_the_distribution(dims: object, call: str) -> None:
+    # Pixyz raises torch's "sum() received an invalid combination of arguments" or "'int' object has no len()"
+    p = Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["x"])
+    args = ({"x": torch.zeros(2, 3)},) if call == "get_log_prob" else ()
+    with pytest.raises(TypeError, match=r"Normal p\(x\): feature_dims must be a list of ints .*, got"):
+        getattr(p, call)(*args, feature_dims=dims)
+    torch.testing.assert_close(getattr(p, call)(*args, feature_dims=[-1]), getattr(p, call)(*args))
+
+
+def test_batch_n_of_one_against_a_batch_asks_for_inputs_of_batch_one() -> None:
+    p = Normal(loc="z", scale=1.0, var=["x"], cond_var=["z"])
+    with pytest.raises(ValueError, match=r"batch_n=1 asks for 1 draw, .*; give inputs of batch 1, or leave batch_n"):
+        p.sample({"z": torch.zeros(4, 1)}, batch_n=1)
