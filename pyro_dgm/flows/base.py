@@ -83,8 +83,12 @@ class _Memory:
 def _state(flow: nn.Module) -> tuple:
     """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it) and its
     modules' train/eval modes (a batch norm computes with other statistics after ``eval()``)."""
-    return (tuple((id(t), version(t)) for t in (*flow.parameters(), *flow.buffers())),
-            tuple(m.training for m in flow.modules()))
+    out: list[Any] = []
+    for m in flow.modules():  # one walk
+        out.append(m.training)
+        out.extend((id(t), version(t)) for t in m._parameters.values() if t is not None)
+        out.extend((id(t), version(t)) for t in m._buffers.values() if t is not None)
+    return tuple(out)
 
 
 def _dgm_memory(flow: "Flow") -> _Memory | None:
