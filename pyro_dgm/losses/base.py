@@ -16,6 +16,7 @@ attributes, so reading ``self.p`` on the training path never goes through ``nn.M
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -58,6 +59,12 @@ _GLOBAL_HOOKS = (nn.modules.module._global_forward_hooks, nn.modules.module._glo
 LOSS_OPTIONS = TERM_OPTIONS
 
 
+#: Options of Pyro's ELBO constructors, which a pyro_dgm loss's constructor does not take.
+_PYRO_ELBO_OPTIONS = frozenset({"num_particles", "max_plate_nesting", "max_iarange_nesting", "vectorize_particles",
+                                "strict_enumeration_warning", "ignore_jit_warnings", "jit_options", "retain_graph",
+                                "tail_adaptive_beta"})
+
+
 class Loss(YieldingModule, _PyroELBO):
     r"""Base class of every loss term: its input variables, its formula, arithmetic, :meth:`eval`, and Pyro's ELBO API.
 
@@ -93,6 +100,20 @@ class Loss(YieldingModule, _PyroELBO):
     """
 
     _dgm_prec: int = PREC_ATOM
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Loss":
+        pyro_options = _PYRO_ELBO_OPTIONS.intersection(kwargs)
+        if pyro_options:
+            accepted = inspect.signature(cls.__init__).parameters
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+                bad = sorted(pyro_options.difference(accepted))
+                if bad:
+                    raise TypeError(
+                        f"{cls.__name__}() got {', '.join(map(repr, bad))}, an option of Pyro's ELBOs: a pyro_dgm "
+                        f"loss is Pixyz's formula, evaluated once per call. For several draws, average the term "
+                        "over samples (Expectation(..., sample_shape=[K]) or IWELBO); to use Pyro's options, "
+                        "wrap a Pyro ELBO in a term: PyroELBO(model, guide, elbo=Trace_ELBO(num_particles=K))")
+        return super().__new__(cls)
 
     def __init__(self, input_var: Sequence[str] | None = None) -> None:
         if "_modules" not in self.__dict__:  # a subclass may have set attributes first (see __setattr__)
@@ -740,3 +761,7 @@ def is_operand(x: Any) -> bool:
 from pyro_dgm.losses import expectation as _expectation  # noqa: E402
 from pyro_dgm.losses import operators as _operators  # noqa: E402
 from pyro_dgm.losses import special as _special  # noqa: E402
+
+
+# inspect.signature(Loss) reads __new__ when a class defines it: show the constructor's own parameters
+Loss.__new__.__signature__ = inspect.signature(Loss.__init__)  # type: ignore[attr-defined]

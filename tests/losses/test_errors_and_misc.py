@@ -167,3 +167,13 @@ def test_reinforce_gradient_is_the_score_function_estimate() -> None:
     # the surrogate's value is a log p(a) + a: 0 for a = 0, log(u) + 1 for a = 1
     expected = torch.where(value.detach() == 0, 0.0, math.log(u0) + 1)
     assert torch.allclose(value.detach(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("option", ["num_particles", "vectorize_particles", "max_plate_nesting"])
+def test_pyro_elbo_options_given_to_a_loss_say_what_to_use_instead(option: str) -> None:
+    q = Normal(loc="x", scale=1.0, var=["z"], cond_var=["x"])
+    prior = Normal(loc=0.0, scale=1.0, var=["z"])
+    for build in (lambda **kw: KullbackLeibler(q, prior, **kw), lambda **kw: LogProb(prior, **kw)):
+        with pytest.raises(TypeError, match=rf"got '{option}', an option of Pyro's ELBOs.*sample_shape.*PyroELBO"):
+            build(**{option: 4})
+    assert float(KullbackLeibler(q, prior).eval({"x": torch.zeros(1, 1)})) == 0.0  # the plain constructor still works
