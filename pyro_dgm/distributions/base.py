@@ -23,7 +23,8 @@ from torch import Tensor
 
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState, draw_factors
 from pyro_dgm.distributions import overrides
-from pyro_dgm.distributions.effects import PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites
+from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites,
+                                           outer_plates_ndim)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
 from pyro_dgm.utils.checks import (NotATensorError, ShapeError, as_var_list, check_present, describe,
                                    sample_batch_n, sample_shape_of)
@@ -666,11 +667,13 @@ class Distribution(YieldingModule):
         return list(self._dgm_input_var) + [v for v in self._var if v not in used and v not in self._dgm_input_var]
 
     def _dgm_data_batch_n(self, values: Mapping[str, Any]) -> int | None:
-        """The batch size of the data (dim 0 of the first given variable): factors without inputs draw that many."""
+        """The batch size of the data (dim 0 of the first given variable; the dim after those of the caller's
+        plates when they sit left of dim -1 only: ``groups`` at dim -2, data ``[G, N, X]``): factors without
+        inputs draw that many."""
         for v in (*self._var, *self._dgm_input_var):
             x = values.get(v)
             if isinstance(x, Tensor) and x.dim() >= 1:
-                return x.shape[0]
+                return x.shape[outer_plates_ndim(x)]
         return None
 
     def _dgm_data_batch_ndim(self, values: Mapping[str, Any]) -> int:

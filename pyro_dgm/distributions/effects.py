@@ -17,7 +17,7 @@ from torch import nn
 from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
-__all__ = ["run_network", "ignores_sites", "given_event_dim", "data_batch_ndim", "PYRO_STACK"]
+__all__ = ["run_network", "ignores_sites", "given_event_dim", "data_batch_ndim", "outer_plates_ndim", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
 PYRO_STACK = _PYRO_STACK
@@ -62,6 +62,31 @@ def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return _effectful_network(module, *args, **kwargs)
 
 
+def _plate_sizes(data: bool) -> dict[int, Any]:
+    """The active plates' sizes by dim (a subsampled plate's subsample size); for the ``data`` of a model or guide
+    call, without the plates over copies of the model (:data:`_COPY_PLATES`)."""
+    sizes = {}
+    for m in PYRO_STACK:
+        if isinstance(m, IndepMessenger) and m.dim is not None and not (data and m.name in _COPY_PLATES):
+            sub = getattr(m, "subsample_size", None)
+            sizes[m.dim] = m.size if sub is None else sub
+    return sizes
+
+
+def outer_plates_ndim(value: torch.Tensor) -> int:
+    """How many leading dims of the data ``value`` the caller's plates (not those over copies of the model) cover
+    when none of them is at dim -1: 0 when one is, when there is none, or when ``value``'s leading dims do not have
+    their sizes (plates over copies the user opened, e.g. particles at dim -2: the data has no dims for them)."""
+    sizes = _plate_sizes(True)
+    if not sizes or -1 in sizes:
+        return 0
+    lead = -min(sizes) - 1
+    shape = value.shape
+    if len(shape) <= lead or any(sizes.get(i - lead - 1, shape[i]) != shape[i] for i in range(lead)):
+        return 0
+    return lead
+
+
 def data_batch_ndim(value: Any) -> int:
     """How many leading dims of a model's or guide's data the caller's plates cover (1 when they cover at most
     one: Pixyz's one batch dim)."""
@@ -95,7 +120,7 @@ def given_event_dim(value: Any, ctx: CallState) -> int | None:
                         break
                 if e is not None:
                     break
-        if e is None and value.dim() > 1:  # one dim or none: one batch dim in any case
+        if e is None:
             e = _event_dim_by_plates(value, data=ctx.obs is not None)
     found[key] = e
     return e
@@ -108,15 +133,32 @@ _COPY_PLATES = frozenset({"num_particles_vectorized", "_num_predictive_samples"}
 
 def _event_dim_by_plates(value: torch.Tensor, data: bool = False) -> int | None:
     """The event dims of a value that no trace holds, from the plates: its leading dims are batch dims as far as
-    they have the sizes of the plates at their positions; ``None`` when that is one dim (Pixyz's rule). For the
-    ``data`` of a model or guide call, the plates over copies of the model (:data:`_COPY_PLATES`) do not count."""
-    sizes = {m.dim: m.size for m in PYRO_STACK if isinstance(m, IndepMessenger) and m.dim is not None
-             and not (data and m.name in _COPY_PLATES)}
-    depth = -min(sizes, default=-1)
+    they have the sizes of the plates at their positions (a subsampled plate's subsample size; a dim of size 1
+    broadcasts, as in Pyro, if another matches its plate exactly); ``None`` when that is one dim (Pixyz's rule).
+    Inside a plate, a value with no dim, or with one dim that cannot be the batch dim of the plate at dim -1 (its
+    size is neither the plate's nor 1), has no batch dim: a global value (``tanh(w)`` of a global latent ``w``)
+    that Pyro broadcasts. For the ``data`` of a model or guide call, the plates over copies of the model
+    (:data:`_COPY_PLATES`) do not count."""
+    sizes = _plate_sizes(data)
+    if not sizes:
+        return None
     shape = value.shape
-    for n in range(min(depth, len(shape)), 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1 of the plates
-        if all(sizes.get(i - n, shape[i]) == shape[i] for i in range(n)):
-            return len(shape) - n
+    if len(shape) <= 1:
+        if not shape:
+            return 0
+        inner = sizes.get(-1)
+        return 1 if inner is not None and shape[0] not in (inner, 1) else None
+    for n in range(min(-min(sizes), len(shape)), 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1
+        exact = False
+        for i in range(n):
+            size = sizes.get(i - n)
+            if size is None or shape[i] == size:
+                exact = exact or size is not None
+            elif shape[i] != 1:
+                break
+        else:
+            if exact:
+                return len(shape) - n
     return None
 
 

@@ -239,3 +239,153 @@ def test_a_model_rebuilt_after_a_call_that_raised_keeps_its_name() -> None:
     other = Q(1.0)  # a second live model with the same name is still refused
     with pytest.raises(ValueError, match="another live distribution"):
         poutine.trace(other.guide).get_trace(x)
+
+
+# ------------------------------------------------------------------------- plates the user opens (Pyro's shapes)
+class _Net(Normal):
+    """N(net(v), 1) for an input ``v`` of width ``v_dim``."""
+
+    def __init__(self, v: str, v_dim: int, var: str, x_dim: int) -> None:
+        super().__init__(var=[var], cond_var=[v], name="p" if var == "x" else "q")
+        self.net = nn.Linear(v_dim, x_dim)
+        self._v = v
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        loc = self.net(inputs[self._v])
+        return {"loc": loc, "scale": torch.ones_like(loc)}
+
+
+def _plain(net: _Net, v: torch.Tensor) -> Any:
+    loc = net.net(v)
+    return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+
+G, D = 3, 5
+
+
+def test_model_and_guide_inside_a_plate_the_user_opened_left_of_the_data_plate() -> None:
+    # the user opens groups at dim -2; model/guide open the data plate at dim -1 over x's next dim (N, not G)
+    torch.manual_seed(0)
+    enc, dec = _Net("x", D, "z", Z), _Net("z", Z, "x", D)
+    joint = dec * Normal(loc=0., scale=1., var=["z"], features_shape=[Z], name="p_{prior}")
+    x = torch.randn(G, N, D)
+
+    def ours_model(x: torch.Tensor) -> None:
+        with pyro.plate("groups", G, dim=-2):
+            joint.model(x=x)
+
+    def ours_guide(x: torch.Tensor) -> None:
+        with pyro.plate("groups", G, dim=-2):
+            enc.guide(x=x)
+
+    def plain_model(x: torch.Tensor) -> None:
+        with pyro.plate("groups", G, dim=-2), pyro.plate("data", N, dim=-1):
+            z = pyro.sample("z", dist.Normal(torch.zeros(Z), 1.).to_event(1))
+            pyro.sample("x", _plain(dec, z), obs=x)
+
+    def plain_guide(x: torch.Tensor) -> None:
+        with pyro.plate("groups", G, dim=-2), pyro.plate("data", N, dim=-1):
+            pyro.sample("z", _plain(enc, x))
+
+    _assert_same_sites(_sites(ours_model, x), _sites(plain_model, x))
+    _assert_same_sites(_sites(ours_guide, x), _sites(plain_guide, x))
+    assert _sites(ours_guide, x)["z"][0] == (G, N, Z)
+    for options in ({}, {"num_particles": 3, "vectorize_particles": True}):
+        values = []
+        for model, guide in ((ours_model, ours_guide), (plain_model, plain_guide)):
+            pyro.set_rng_seed(0)
+            values.append(Trace_ELBO(max_plate_nesting=2, **options).loss(model, guide, x))
+        assert values[0] == pytest.approx(values[1], rel=1e-6)
+
+
+def test_a_subsampled_plate_sizes_the_values_by_its_subsample() -> None:
+    # groups at dim -2 (5 of them, 2 drawn per step) around the data plate: x[idx] has the subsample's size
+    torch.manual_seed(0)
+    enc, dec = _Net("x", D, "z", Z), _Net("z", Z, "x", D)
+    joint = dec * Normal(loc=0., scale=1., var=["z"], features_shape=[Z], name="p_{prior}")
+    x = torch.randn(5, N, D)
+
+    def ours_model(x: torch.Tensor) -> None:
+        with pyro.plate("groups", 5, subsample_size=2, dim=-2) as idx:
+            joint.model(x=x[idx])
+
+    def ours_guide(x: torch.Tensor) -> None:
+        with pyro.plate("groups", 5, subsample_size=2, dim=-2) as idx:
+            enc.guide(x=x[idx])
+
+    def dist_guide(x: torch.Tensor) -> None:
+        with pyro.plate("groups", 5, subsample_size=2, dim=-2) as idx, pyro.plate("data", N, dim=-1):
+            pyro.sample("z", enc.dist({"x": x[idx]}))
+
+    def plain_model(x: torch.Tensor) -> None:
+        with pyro.plate("groups", 5, subsample_size=2, dim=-2) as idx, pyro.plate("data", N, dim=-1):
+            z = pyro.sample("z", dist.Normal(torch.zeros(Z), 1.).to_event(1))
+            pyro.sample("x", _plain(dec, z), obs=x[idx])
+
+    def plain_guide(x: torch.Tensor) -> None:
+        with pyro.plate("groups", 5, subsample_size=2, dim=-2) as idx, pyro.plate("data", N, dim=-1):
+            pyro.sample("z", _plain(enc, x[idx]))
+
+    _assert_same_sites(_sites(ours_model, x), _sites(plain_model, x))
+    _assert_same_sites(_sites(ours_guide, x), _sites(plain_guide, x))
+    _assert_same_sites(_sites(dist_guide, x), _sites(plain_guide, x))
+    values = []
+    for model, guide in ((ours_model, ours_guide), (plain_model, plain_guide)):
+        pyro.set_rng_seed(0)
+        values.append(Trace_ELBO(max_plate_nesting=2).loss(model, guide, x))
+    assert values[0] == pytest.approx(values[1], rel=1e-6)  # scaled by 5/2 as Pyro scales a subsample
+
+
+@pytest.mark.parametrize("derive", [torch.tanh, lambda u: 2 * u], ids=["tanh", "times 2"])
+def test_values_derived_from_sites_broadcast_as_in_pyro(derive: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    # a per-group latent u of shape (G, 1, Z) (size 1 at the data plate's dim), and a global latent w of shape (Z,):
+    # values computed from them are no sites, yet their dims are read as Pyro reads them
+    torch.manual_seed(0)
+    lik = _Net("u", Z, "x", D)
+    x = torch.randn(G, N, D)
+
+    def ours(x: torch.Tensor) -> None:
+        w = pyro.sample("w", dist.Normal(torch.zeros(Z), 1.).to_event(1))
+        with pyro.plate("groups", G, dim=-2):
+            u = pyro.sample("u", dist.Normal(torch.zeros(1, Z), 1.).to_event(1))
+            with pyro.plate("data", N, dim=-1):
+                pyro.sample("x", lik.dist({"u": derive(u) + derive(w)}), obs=x)
+                pyro.sample("y", lik.dist({"u": derive(w)}), obs=x)
+
+    def plain(x: torch.Tensor) -> None:
+        w = pyro.sample("w", dist.Normal(torch.zeros(Z), 1.).to_event(1))
+        with pyro.plate("groups", G, dim=-2):
+            u = pyro.sample("u", dist.Normal(torch.zeros(1, Z), 1.).to_event(1))
+            with pyro.plate("data", N, dim=-1):
+                pyro.sample("x", _plain(lik, derive(u) + derive(w)), obs=x)
+                pyro.sample("y", _plain(lik, derive(w)), obs=x)
+
+    _assert_same_sites(_sites(ours, x), _sites(plain, x))
+
+
+def test_a_scalar_derived_from_a_global_latent_broadcasts() -> None:
+    class PX(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["s"], name="p")
+            self.net = nn.Linear(1, X)
+
+        def forward(self, s: torch.Tensor) -> dict[str, torch.Tensor]:
+            loc = self.net(s.unsqueeze(-1))
+            return {"loc": loc, "scale": torch.ones_like(loc)}
+
+    torch.manual_seed(0)
+    px = PX()
+    x = torch.randn(N, X)
+
+    def ours(x: torch.Tensor) -> None:
+        s = pyro.sample("s", dist.Normal(0., 1.))
+        px.model(x=x, s=s.exp())
+
+    def plain(x: torch.Tensor) -> None:
+        pyro.module(px.pyro_name, px)
+        s = pyro.sample("s", dist.Normal(0., 1.))
+        with pyro.plate("data", len(x)):
+            loc = px.net(s.exp().unsqueeze(-1))
+            pyro.sample("x", dist.Normal(loc, torch.ones_like(loc)).to_event(1), obs=x)
+
+    _assert_same_sites(_sites(ours, x), _sites(plain, x))
