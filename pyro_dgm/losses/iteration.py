@@ -75,6 +75,19 @@ def _mask_error(mask: Any, t: int, steps: int | None, error: Exception) -> NoRet
                               "(time first)") from error
 
 
+def _network_keywords(loss: Loss, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of ``kwargs`` that the ``forward`` of a distribution ``loss`` holds names as its parameters."""
+    from pyro_dgm.distributions.base import Distribution
+    from pyro_dgm.distributions.bindings import forward_extras
+
+    kept: dict[str, Any] = {}
+    for d in loss._dgm_distributions:
+        for m in d.modules():
+            if isinstance(m, Distribution):
+                kept.update(forward_extras(m, kwargs))
+    return kept
+
+
 class IterativeLoss(Loss):
     r"""The sum of a step loss over time, :math:`\sum_{t=0}^{T-1} \mathcal{L}_{step}(x_t, h_t)`.
 
@@ -267,6 +280,8 @@ class IterativeLoss(Loss):
                 raise SeriesTooShortError(f"IterativeLoss: series_var {v!r} has {len(s)} steps (its first dim), "
                                           f"fewer than max_iter={steps}; give a longer series or a smaller max_iter")
         mask = kwargs.pop("mask", None)
+        if kwargs:  # Pixyz's step loss gets no keywords: only those a network's forward names reach it (see porting)
+            kwargs = _network_keywords(self.step_loss, kwargs)
         total: Any = 0
         check = bool(self.update_value) and "_dgm_updates_checked" not in self.__dict__  # the first evaluation only
         for t in range(steps):

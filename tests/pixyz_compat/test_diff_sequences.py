@@ -247,3 +247,46 @@ def test_a_mask_per_sample_weights_each_steps_values() -> None:
     value = IterativeLoss(p.log_prob(), series_var=["x", "z"]).eval({"x": x, "z": z}, mask=mask)
     per_step = torch.distributions.Normal(z, 1.0).log_prob(x).sum(-1)  # (T, batch)
     torch.testing.assert_close(value, (per_step * mask).sum(0))
+
+
+def _iterative_with_keywords(options: dict[str, Any]) -> Any:
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal
+        from pixyz.losses import Expectation, IterativeLoss, LogProb
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+
+            def forward(self, x, shift=0.0):  # type: ignore[no-untyped-def]
+                return {"loc": x + shift, "scale": torch.ones_like(x)}
+
+        p = Normal(loc="z", scale=torch.ones(2), var=["x"], cond_var=["z"], name="p")
+        prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_z")
+        x = torch.randn(3, 4, 2)
+        out = {}
+        for name, q in (("conditional", Q()), ("prior", prior)):
+            loss = IterativeLoss(Expectation(q, LogProb(p)).mean(), series_var=["x"])
+            out[name] = loss.eval({"x": x}, **options)
+        step = IterativeLoss(LogProb(p), series_var=["x"])
+        out["log_prob"] = step.eval({"x": x, "z": torch.zeros(4, 2)}, **options)
+        return out
+    return program
+
+
+@pytest.mark.parametrize("options", [{"sample_mean": True}, {"reparam": False}, {"batch_n": 5},
+                                     {"sum_features": False}, {"feature_dims": None}, {"foo": 1}],
+                         ids=lambda o: next(iter(o)))
+def test_iterative_loss_passes_no_option_to_its_step_loss(options: dict[str, Any]) -> None:
+    # Pixyz's IterativeLoss evaluates its step loss with no keyword: eval's options do not reach sample/get_log_prob
+    assert_same(*run_both(_iterative_with_keywords(options)))
+
+
+def test_a_keyword_a_network_names_still_reaches_it_inside_an_iterative_loss() -> None:
+    # as everywhere here (docs/porting.md): forward(self, x, shift=0.0) gets eval's shift; Pixyz drops it
+    ref, ours = run_both(_iterative_with_keywords({"shift": 1.0}))
+    base_ref, base_ours = run_both(_iterative_with_keywords({}))
+    assert_same(ref, base_ref)  # Pixyz: as if not given
+    assert_same(ours["prior"], base_ours["prior"])  # nothing names it there
+    assert not bool((ours["conditional"] - base_ours["conditional"]).abs() < 1e-3)  # it moved q's draws
