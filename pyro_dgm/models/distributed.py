@@ -278,7 +278,8 @@ class Replicated:
       then; when a call creates new ones (their first step), the wrapper is rebuilt over them (rank 0's initial
       values broadcast), the random state is put back to what it was before the call and the call runs again, so the
       step is the one every process would have taken had the parameters existed before it, with rank 0's values
-      (once per new set of parameters). Every process must create the same parameters in the same call, as it runs
+      (once per new set of parameters); after it the random state is the first run's, as in one process, whose
+      call drew the initial values too. Every process must create the same parameters in the same call, as it runs
       the same program; a process that does not hangs the others until the timeout.
     * ``watch_param_store=False`` (the discriminators' steps) skips that: one attribute check per call.
     * **Buffers** (a batch norm's running statistics): each process updates them from its own slice of the batch, as
@@ -373,9 +374,11 @@ class Replicated:
             new = self._uncovered()
             if new:
                 out = None  # the first evaluation's graph goes before the wrapper is rebuilt
+                after = _rng_state()  # what one process's generator holds after the call (initial values drawn)
                 self._cover(new)
                 _set_rng_state(state)
                 out = self._forward(fn, args, kwargs)
+                _set_rng_state(after)  # the second run does not draw the initial values again
         return out
 
     def __call__(self, loss: Any, x_dict: Any, kwargs: Mapping[str, Any]) -> Any:

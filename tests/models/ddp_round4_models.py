@@ -1,13 +1,15 @@
-"""The model and data of ddp_round4_worker.py and test_ddp_round4.py: p(x|y), a Normal whose network holds a
+"""The models and data of ddp_round4_worker.py and test_ddp_round4.py: p(x|y), a Normal whose network holds a
 ``BatchNorm1d``, trained by maximum likelihood with SGD (no random draws, so one process can replay the two ranks'
-steps exactly)."""
+steps exactly); a model whose loss creates a Pyro parameter with a random initial value at its first step."""
 from __future__ import annotations
 
+import pyro
 import torch
 from torch import nn
 
 from pyro_dgm.distributions import Normal
-from pyro_dgm.models import ML
+from pyro_dgm.losses.base import Loss
+from pyro_dgm.models import ML, Model
 
 Y_DIM, X_DIM, ROWS, BATCH = 3, 2, 64, 8
 
@@ -36,3 +38,42 @@ def batches() -> list[dict[str, torch.Tensor]]:
     y = torch.randn(ROWS, Y_DIM, generator=g) * 2 + 1
     x = torch.sin(y[:, :X_DIM]) + 0.1 * torch.randn(ROWS, X_DIM, generator=g)
     return [{"x": x[i:i + BATCH], "y": y[i:i + BATCH]} for i in range(0, ROWS, BATCH)]
+
+
+class _Shift(Loss):
+    """-log N(x | net(y) + b, 1), b = pyro.param("b") drawn at random when the loss first runs."""
+
+    def __init__(self, p: Normal) -> None:
+        super().__init__(input_var=["x", "y"])
+        self.p = p
+
+    @property
+    def latex(self) -> str:
+        return "shift"
+
+    def forward(self, values, **kwargs):  # type: ignore[no-untyped-def]
+        b = pyro.param("b", lambda: torch.randn(X_DIM))
+        loc = self.p.net(values["y"]) + b
+        return -torch.distributions.Normal(loc, 1.0).log_prob(values["x"]).sum(-1), {}
+
+
+class Linear(Normal):
+    """p(x|y) = N(net(y), 0.5)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["y"], name="p")
+        self.net = nn.Linear(Y_DIM, X_DIM)
+
+    def forward(self, y):  # type: ignore[no-untyped-def]
+        loc = self.net(y)
+        return {"loc": loc, "scale": torch.full_like(loc, 0.5)}
+
+
+def build_param_model(seed: int | None = 0) -> Model:
+    """A Model whose loss creates a Pyro parameter with a random initial value at its first step."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    pyro.clear_param_store()
+    p = Linear()
+    return Model((-p.log_prob()).mean() + _Shift(p).mean(), distributions=[p], optimizer=torch.optim.SGD,
+                 optimizer_params={"lr": 0.02})

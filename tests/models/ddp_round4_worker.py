@@ -3,6 +3,10 @@
 ``ddp_round4_worker.py OUT batchnorm``: ``fit`` (2 epochs, global batches of 8 rows, unshuffled) trains a model whose
 decoder holds a ``BatchNorm1d``; each rank writes its weights, buffers and test loss to ``OUT/bn_rank<r>.pt``.
 
+``ddp_round4_worker.py OUT pyro_param``: ``fit`` (2 epochs, shuffled) trains a model whose loss creates a Pyro
+parameter with a random initial value at its first step; each rank writes its weights, the parameter and its random
+state to ``OUT/param_rank<r>.pt``.
+
 ``ddp_round4_worker.py OUT uneven``: rank 0 is given 8 batches, rank 1 only 7: fit must refuse at the start of the
 epoch, naming both counts.
 
@@ -16,7 +20,7 @@ import torch
 import torch.distributed as tdist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ddp_round4_models import batches, build_bn_model  # noqa: E402
+from ddp_round4_models import batches, build_bn_model, build_param_model  # noqa: E402
 
 from pyro_dgm.models import distributed as dist_utils  # noqa: E402
 
@@ -25,10 +29,17 @@ def main(out: str, mode: str) -> None:
     rank = int(os.environ["RANK"])
     torch.set_num_threads(1)
     torch.manual_seed(rank)  # different initial weights on each rank: the model broadcasts rank 0's
-    model = build_bn_model(seed=None)
+    model = build_param_model(seed=None) if mode == "pyro_param" else build_bn_model(seed=None)
     assert tdist.is_initialized() and tdist.get_world_size() == 2
     data = batches()
-    if mode == "batchnorm":
+    if mode == "pyro_param":
+        import pyro
+        whole = {k: torch.cat([b[k] for b in data]) for k in ("x", "y")}
+        model.fit(whole, epochs=2, batch_size=8, shuffle=True, progress=False)
+        state = {k: v.clone() for k, v in model.distributions[0].state_dict().items()}
+        state["b"] = pyro.param("b").detach().clone()
+        torch.save({"state": state, "rng": torch.get_rng_state()}, os.path.join(out, f"param_rank{rank}.pt"))
+    elif mode == "batchnorm":
         whole = {k: torch.cat([b[k] for b in data]) for k in ("x", "y")}
         model.fit(whole, epochs=2, batch_size=8, shuffle=False, progress=False)
         state = {k: v.clone() for k, v in model.distributions[0].state_dict().items()}

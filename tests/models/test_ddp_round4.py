@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddp_round4_models import BATCH, batches, build_bn_model
+from ddp_round4_models import BATCH, batches, build_bn_model, build_param_model
 from test_ddp import _free_port, needs_gloo, worker_env
 
 WORKER = Path(__file__).with_name("ddp_round4_worker.py")
@@ -85,3 +85,23 @@ def test_save_on_rank_0_only_names_the_rank_that_did_not_call_it(tmp_path: Path)
     assert "not under `if rank == 0:`" in text, text[-3000:]
     assert not (tmp_path / "ckpt.pt").exists()  # nothing half-written
     assert elapsed < 240, elapsed  # start-up, the 10 s timeout and the exit
+
+
+@needs_gloo
+def test_a_parameter_created_at_the_first_step_trains_as_in_one_process(tmp_path: Path) -> None:
+    # the first step runs twice on every rank (to cover the new parameter); the random state after it must be one
+    # process's, whose step drew the initial value too, so the next epoch's shuffle and the draws that follow agree
+    run, _ = _torchrun(tmp_path, "pyro_param")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"param_rank{r}.pt") for r in (0, 1)]
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    import pyro
+    model = build_param_model(seed=0)
+    whole = {k: torch.cat([b[k] for b in batches()]) for k in ("x", "y")}
+    model.fit(whole, epochs=2, batch_size=8, shuffle=True, progress=False)
+    single = dict(model.distributions[0].state_dict(), b=pyro.param("b").detach())
+    for key, value in single.items():
+        assert torch.allclose(ranks[0]["state"][key], value, atol=1e-5, rtol=0), key
+    assert torch.equal(ranks[0]["rng"], torch.get_rng_state())  # rank 0's generator is one process's
+    assert single["net.weight"].abs().max() < 10  # a stable run (the comparison means something)
