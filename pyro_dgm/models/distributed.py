@@ -605,8 +605,10 @@ def all_reduce_max(value: Tensor) -> Tensor:
     return out.to(value.device)
 
 
-def shard(batch: Mapping[str, Any], n: int | None = None, r: int | None = None) -> dict[str, Any]:
-    """This process's contiguous slice (along dim 0) of every tensor of ``batch``; other values are kept.
+def shard(batch: Mapping[str, Any], n: int | None = None, r: int | None = None,
+          dims: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """This process's contiguous slice (along dim 0, or ``dims[name]``: 1 for the time-first series of an
+    ``IterativeLoss``) of every tensor of ``batch``; other values are kept.
 
     Raises
     ------
@@ -619,10 +621,12 @@ def shard(batch: Mapping[str, Any], n: int | None = None, r: int | None = None) 
         return dict(batch)
     out: dict[str, Any] = {}
     for k, v in batch.items():
-        if isinstance(v, Tensor) and v.dim() > 0:
-            if v.shape[0] < n:
-                raise ValueError(f"shard: the batch of {k!r} has {v.shape[0]} rows, fewer than the {n} processes")
-            out[k] = v.tensor_split(n, dim=0)[r]
+        d = dims.get(k, 0) if dims else 0
+        if isinstance(v, Tensor) and v.dim() > d:
+            if v.shape[d] < n:
+                raise ValueError(f"shard: the batch of {k!r} has {v.shape[d]} rows (dim {d}), fewer than the {n} "
+                                 "processes")
+            out[k] = v.tensor_split(n, dim=d)[r]
         else:
             out[k] = v
     return out

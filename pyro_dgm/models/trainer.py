@@ -21,15 +21,17 @@ Data
 
 Under ``torch.distributed`` every batch is a global batch, cut as ``DistributedSampler`` would: each process
 trains on its contiguous slice of it (:func:`pyro_dgm.models.distributed.shard`; for a dict of tensors or a Dataset
-only that slice is read); the shuffled order changes every epoch and is the same on every process (rank 0 draws it
+only that slice is read; the time-first series ``[T, B, ...]`` of an ``IterativeLoss`` are cut along their batch dim,
+dim 1); the shuffled order changes every epoch and is the same on every process (rank 0 draws it
 from torch's generator, as one process would, and broadcasts it, so a run on ``N`` processes sees the batches of a
 run on one); the epoch's numbers (history, test metrics, the named terms) are averaged over the processes, weighted
 by rows. Uneven batches: when ``N`` does not divide a batch, the first processes get one row more (``tensor_split``)
 and ``DistributedDataParallel`` still averages the gradients with equal weights, so that step differs slightly from
 one process's (exact equality needs ``N`` to divide the batch size and the data size, and a loss that is a mean
 over the batch: a sum over the batch gets gradients ``1/N`` of one process's, as under plain DDP); a
-last batch with fewer rows than processes is dropped (on every process; a data set with fewer rows than processes
-raises). Only rank 0 shows the progress bar and writes TensorBoard events and checkpoints (``Model.save`` is still
+last batch with fewer rows than processes is dropped (on every process, for the training data: one step fewer than
+one process takes, and for the test data: those rows do not count in the test metrics; a data set with fewer rows
+than processes raises). Only rank 0 shows the progress bar and writes TensorBoard events and checkpoints (``Model.save`` is still
 called on every process: each adds its random state). A ``DataLoader`` you pass must give the same batches on every
 process (``shuffle=False``, or a seeded ``generator``); loaders whose lengths differ between processes raise a
 ``ValueError`` naming each rank's count at the start of the epoch. A batch norm normalizes with the statistics of
@@ -112,10 +114,12 @@ def _rows(batch: Mapping[str, Any]) -> int:
 class _Batches:
     """The batches of one data argument of ``fit``, as dicts of this process's rows; iterable once per epoch."""
 
-    def __init__(self, data: Any, input_var: Sequence[str], batch_size: int | None, shuffle: bool, what: str):
+    def __init__(self, data: Any, input_var: Sequence[str], batch_size: int | None, shuffle: bool, what: str,
+                 series: Mapping[str, int] | None = None):
         from torch.utils.data import Dataset, IterableDataset
 
         self.what, self.input_var = what, list(input_var)
+        self.series = dict(series or {})  # the dim to cut each time-first series along under torch.distributed
         self.table: dict[str, Any] | None = None
         self.dataset: Any = None
         self.iterable: Iterable[Any] | None = None
@@ -174,7 +178,7 @@ class _Batches:
             if _dist.is_distributed() and _has_len(self.iterable):
                 self._dgm_check_same_length()
             for batch in self.iterable:
-                yield _dist.shard(_as_dict(batch, self.input_var, self.what))
+                yield _dist.shard(_as_dict(batch, self.input_var, self.what), dims=self.series)
             return
         size = self.batch_size or self.n
         order = self._dgm_order()
@@ -193,6 +197,19 @@ class _Batches:
             else:
                 from torch.utils.data import default_collate
                 yield _as_dict(default_collate([self.dataset[int(i)] for i in idx]), self.input_var, self.what)
+
+
+def _series_dims(loss: Any) -> dict[str, int]:
+    """The time-first series of the ``IterativeLoss`` terms of ``loss`` that index them (``x[t]``): their batch dim
+    is dim 1, the one ``shard`` cuts under torch.distributed."""
+    from pyro_dgm.losses.iteration import IterativeLoss
+
+    out: dict[str, int] = {}
+    for term in loss.loss_terms() if callable(getattr(loss, "loss_terms", None)) else []:
+        if (isinstance(term, IterativeLoss) and term.slice_step is None
+                and type(term).slice_step_fn is IterativeLoss.slice_step_fn):
+            out.update({v: 1 for v in term.series_var})
+    return out
 
 
 def _has_len(obj: Any) -> bool:
@@ -363,9 +380,11 @@ class _FitState:
               callbacks: Sequence[Callable[..., Any]] | None, progress: bool, log_dir: Any, shuffle: bool,
               kwargs: dict[str, Any]) -> "_FitState":
         """Check the arguments and open the writer (in this order, so the errors come as they always did)."""
-        train = _Batches(train_data, model.loss_cls.input_var, batch_size, shuffle, "train_data")
+        train = _Batches(train_data, model.loss_cls.input_var, batch_size, shuffle, "train_data",
+                         _series_dims(model.loss_cls))
         test = (None if test_data is None else
-                _Batches(test_data, model.test_loss_cls.input_var, batch_size, False, "test_data"))
+                _Batches(test_data, model.test_loss_cls.input_var, batch_size, False, "test_data",
+                         _series_dims(model.test_loss_cls)))
         callbacks = list(callbacks or [])
         for cb in callbacks:
             if not callable(cb):

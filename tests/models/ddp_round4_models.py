@@ -1,13 +1,15 @@
 """The models and data of ddp_round4_worker.py and test_ddp_round4.py: p(x|y), a Normal whose network holds a
 ``BatchNorm1d``, trained by maximum likelihood with SGD (no random draws, so one process can replay the two ranks'
-steps exactly); a model whose loss creates a Pyro parameter with a random initial value at its first step."""
+steps exactly); a model whose loss creates a Pyro parameter with a random initial value at its first step; an RNN
+trained with an ``IterativeLoss`` over time-first series."""
 from __future__ import annotations
 
 import pyro
 import torch
 from torch import nn
 
-from pyro_dgm.distributions import Normal
+from pyro_dgm.distributions import Deterministic, Normal
+from pyro_dgm.losses import Expectation, IterativeLoss, LogProb
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.models import ML, Model
 
@@ -77,3 +79,39 @@ def build_param_model(seed: int | None = 0) -> Model:
     p = Linear()
     return Model((-p.log_prob()).mean() + _Shift(p).mean(), distributions=[p], optimizer=torch.optim.SGD,
                  optimizer_params={"lr": 0.02})
+
+
+T, H = 4, 4
+
+
+class _Rnn(Deterministic):
+    def __init__(self) -> None:
+        super().__init__(var=["h"], cond_var=["x", "h_prev"], name="f")
+        self.cell = nn.GRUCell(X_DIM, H)
+
+    def forward(self, x, h_prev):  # type: ignore[no-untyped-def]
+        return {"h": self.cell(x, h_prev)}
+
+
+class _Emit(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["h_prev"], name="p")
+        self.net = nn.Linear(H, X_DIM)
+
+    def forward(self, h_prev):  # type: ignore[no-untyped-def]
+        return {"loc": self.net(h_prev), "scale": torch.ones(h_prev.shape[0], X_DIM)}
+
+
+def build_iterative_model(seed: int | None = 0) -> Model:
+    """An RNN emitting x[t] (an IterativeLoss over time-first series x of shape [T, B, X])."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    f, p = _Rnn(), _Emit()
+    loss = IterativeLoss(Expectation(f, -LogProb(p)), max_iter=T, series_var=["x"], update_value={"h": "h_prev"})
+    return Model(loss.mean(), distributions=[f, p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05})
+
+
+def series_batches() -> list[dict[str, torch.Tensor]]:
+    """3 batches of ``BATCH`` time-first series ([T, BATCH, X]) with their initial state ([BATCH, H])."""
+    g = torch.Generator().manual_seed(7)
+    return [{"x": torch.randn(T, BATCH, X_DIM, generator=g), "h_prev": torch.zeros(BATCH, H)} for _ in range(3)]

@@ -7,6 +7,9 @@ decoder holds a ``BatchNorm1d``; each rank writes its weights, buffers and test 
 parameter with a random initial value at its first step; each rank writes its weights, the parameter and its random
 state to ``OUT/param_rank<r>.pt``.
 
+``ddp_round4_worker.py OUT iterative``: ``fit`` trains an RNN (an ``IterativeLoss``) on a list of batches of
+time-first series ([T, B, X]): each process gets half of every batch's sequences (dim 1), not half of the time steps.
+
 ``ddp_round4_worker.py OUT uneven``: rank 0 is given 8 batches, rank 1 only 7: fit must refuse at the start of the
 epoch, naming both counts.
 
@@ -20,7 +23,8 @@ import torch
 import torch.distributed as tdist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ddp_round4_models import batches, build_bn_model, build_param_model  # noqa: E402
+from ddp_round4_models import (batches, build_bn_model, build_iterative_model, build_param_model,  # noqa: E402
+                               series_batches)
 
 from pyro_dgm.models import distributed as dist_utils  # noqa: E402
 
@@ -29,7 +33,8 @@ def main(out: str, mode: str) -> None:
     rank = int(os.environ["RANK"])
     torch.set_num_threads(1)
     torch.manual_seed(rank)  # different initial weights on each rank: the model broadcasts rank 0's
-    model = build_param_model(seed=None) if mode == "pyro_param" else build_bn_model(seed=None)
+    build = {"pyro_param": build_param_model, "iterative": build_iterative_model}.get(mode, build_bn_model)
+    model = build(seed=None)
     assert tdist.is_initialized() and tdist.get_world_size() == 2
     data = batches()
     if mode == "pyro_param":
@@ -39,6 +44,10 @@ def main(out: str, mode: str) -> None:
         state = {k: v.clone() for k, v in model.distributions[0].state_dict().items()}
         state["b"] = pyro.param("b").detach().clone()
         torch.save({"state": state, "rng": torch.get_rng_state()}, os.path.join(out, f"param_rank{rank}.pt"))
+    elif mode == "iterative":
+        history = model.fit(series_batches(), epochs=2, test_data=series_batches(), progress=False)
+        state = {k: v.clone() for k, v in model.distributions.state_dict().items()}
+        torch.save({"state": state, "history": dict(history)}, os.path.join(out, f"iter_rank{rank}.pt"))
     elif mode == "batchnorm":
         whole = {k: torch.cat([b[k] for b in data]) for k in ("x", "y")}
         model.fit(whole, epochs=2, batch_size=8, shuffle=False, progress=False)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddp_round4_models import BATCH, batches, build_bn_model, build_param_model
+from ddp_round4_models import (BATCH, batches, build_bn_model, build_iterative_model, build_param_model,
+                               series_batches)
 from test_ddp import _free_port, needs_gloo, worker_env
 
 WORKER = Path(__file__).with_name("ddp_round4_worker.py")
@@ -105,3 +106,19 @@ def test_a_parameter_created_at_the_first_step_trains_as_in_one_process(tmp_path
         assert torch.allclose(ranks[0]["state"][key], value, atol=1e-5, rtol=0), key
     assert torch.equal(ranks[0]["rng"], torch.get_rng_state())  # rank 0's generator is one process's
     assert single["net.weight"].abs().max() < 10  # a stable run (the comparison means something)
+
+
+@needs_gloo
+def test_an_iterative_loss_trains_on_halves_of_the_sequences_as_in_one_process(tmp_path: Path) -> None:
+    run, _ = _torchrun(tmp_path, "iterative")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"iter_rank{r}.pt") for r in (0, 1)]
+    model = build_iterative_model(seed=0)
+    history = model.fit(series_batches(), epochs=2, test_data=series_batches(), progress=False)
+    for key, value in model.distributions.state_dict().items():
+        assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), key
+        assert torch.allclose(ranks[0]["state"][key], value, atol=1e-5, rtol=0), key
+    assert ranks[0]["history"]["train_loss"] == pytest.approx(history["train_loss"], rel=1e-5)
+    assert ranks[0]["history"]["test_loss"] == pytest.approx(history["test_loss"], rel=1e-5)
+    start = build_iterative_model(seed=0).distributions[1].net.weight
+    assert not torch.allclose(start, model.distributions[1].net.weight)  # it trained
