@@ -83,6 +83,11 @@ class _FlowSite(dist.TransformedDistribution):
         return x
 
 
+# What Pyro's views show (a trace's site table, pyro.render_model): Pyro's name of the distribution; the qualified
+# name stays the class's own, so pickle finds it.
+_FlowSite.__name__ = "TransformedDistribution"
+
+
 def _step(t: Any, x: Tensor) -> Tensor:
     """One transform of a draw: a flow remembers it (:meth:`~pyro_dgm.flows.Flow._dgm_draw`)."""
     return t._dgm_draw(x) if isinstance(t, Flow) else t(x)
