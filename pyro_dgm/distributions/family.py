@@ -75,12 +75,14 @@ def _constants_lead(params: Mapping[str, Any], consts: Sequence[str], ndim: int)
 
 
 def _one_event(t: Tensor, v: str, ctx: CallState) -> bool:
-    """Whether the one dim of input ``v`` is an event dim: a value whose site in an active Pyro trace (a global
-    latent, drawn outside the data plate) has it as its event (Pixyz's rule makes it a batch of scalars)."""
+    """Whether the one dim of input ``v`` is an event dim inside Pyro: a value whose site in an active trace has it
+    as its event (a global latent, drawn outside the data plate), or that cannot be the batch dim of the plates (a
+    value computed from one); Pixyz's rule makes it a batch of scalars."""
     e = ctx.event_dims.get(v)
     if e is None and PYRO_STACK and not ignores_sites(PYRO_STACK):
         e = given_event_dim(t, ctx)
     return e == 1
+
 
 class DistributionBase(Distribution):
     r"""A distribution of one variable from a ``pyro.distributions`` family.
