@@ -624,8 +624,8 @@ def shard(batch: Mapping[str, Any], n: int | None = None, r: int | None = None,
         d = dims.get(k, 0) if dims else 0
         if isinstance(v, Tensor) and v.dim() > d:
             if v.shape[d] < n:
-                raise ValueError(f"shard: the batch of {k!r} has {v.shape[d]} rows (dim {d}), fewer than the {n} "
-                                 "processes")
+                raise ValueError(f"shard: the batch of {k!r} has {v.shape[d]} rows, fewer than the {n} processes "
+                                 f"(cut along its dim {d})")
             out[k] = v.tensor_split(n, dim=d)[r]
         else:
             out[k] = v

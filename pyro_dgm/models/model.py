@@ -18,7 +18,7 @@ import math
 
 import re
 import warnings
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -50,9 +50,10 @@ def check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
         if isinstance(d, Distribution):
             out.append(d)
             continue
-        module = type(d).__module__ or ""
-        foreign = (module.split(".")[0] in ("pixyz", "pyro", "torch") and hasattr(d, "log_prob")) or \
-            isinstance(d, torch.distributions.Distribution) or hasattr(d, "prob_text")
+        # another library's distribution (Pixyz's, torch's, Pyro's); a torch module that only has a log_prob method
+        # (nn.AdaptiveLogSoftmaxWithLoss) is a plain network
+        foreign = (any((c.__module__ or "").split(".")[0] == "pixyz" for c in type(d).__mro__)
+                   or isinstance(d, torch.distributions.Distribution))
         if isinstance(d, nn.Module) and not foreign:
             out.append(d)  # Pixyz also trains plain networks ("Deterministic functions (for training)")
             continue
@@ -326,10 +327,6 @@ class Model:
         self._dgm_ddp = _dist.wrap(self.distributions)
         self._dgm_params = [p for p in self.distributions.parameters() if p.requires_grad]
         self._dgm_share_trained()
-        # Parameters that the loss creates in Pyro's param store (an autoguide in a PyroELBO term) are trained too, as
-        # SVI trains them: they are found by tracing the parameters each step when the loss has a Pyro-side term
-        # (decided here, once), else when the param store grows during a step (one len() before and after).
-        self._dgm_pyro_terms = _pyro_side_terms(self.loss_cls)
         self._dgm_pyro_named: dict[str, Tensor] = {}
         self._dgm_optimizer_spec = (optimizer, optimizer_params)
         self.optimizer: Any
@@ -358,19 +355,24 @@ class Model:
         self.tb_writer: Any = None
 
     # ------------------------------------------------------------------ losses and text
-    def set_loss(self, loss: Loss, test_loss: Loss | None = None) -> None:
-        """Set the training loss and the test loss (``test_loss`` defaults to ``loss``)."""
+    def set_loss(self, loss: Loss | None, test_loss: Loss | None = None) -> None:
+        """Set the training loss and the test loss (``test_loss`` defaults to ``loss``, also when it is false, as in
+        Pixyz). ``loss=None`` (a model built before its loss, as Pixyz allows) trains nothing until a loss is set."""
         owner = type(self).__name__
-        self.loss_cls = check_loss(owner, loss, "loss")
-        self.test_loss_cls = check_loss(owner, test_loss, "test_loss") if test_loss is not None else loss
+        self.loss_cls = check_loss(owner, loss, "loss") if loss is not None else None  # type: ignore[assignment]
+        self.test_loss_cls = check_loss(owner, test_loss, "test_loss") if test_loss else self.loss_cls
+        # Parameters that the loss creates in Pyro's param store (an autoguide in a PyroELBO term) are trained too, as
+        # SVI trains them: they are found by tracing the parameters each step when the loss has a Pyro-side term
+        # (decided here, once), else when the param store grows during a step (one len() before and after).
+        self._dgm_pyro_terms = _pyro_side_terms(self.loss_cls) if self.loss_cls is not None else []
         if "_dgm_params" in self.__dict__:
             self._dgm_share_trained()
 
     def _dgm_share_trained(self) -> None:
         """Tell the loss's adversarial terms which parameters this model trains (their ``_dgm_trained_with``); a
         training step tells them again when another model of the same terms told them last."""
-        self._dgm_sharing = [term for loss in (self.loss_cls, self.test_loss_cls) for term in loss.loss_terms()
-                             if callable(getattr(term, "_dgm_trained_with", None))]
+        self._dgm_sharing = [term for loss in (self.loss_cls, self.test_loss_cls) if loss is not None
+                             for term in loss.loss_terms() if callable(getattr(term, "_dgm_trained_with", None))]
         for term in self._dgm_sharing:
             term._dgm_trained_with(self._dgm_params, self)
 
@@ -490,6 +492,10 @@ class Model:
             raise RuntimeError(f"{type(self).__name__}: the loss {self.loss_cls} does not depend on the trained "
                                "parameters (it has no gradient); check that distributions=[...] holds the "
                                "distributions the loss uses")
+        if loss.numel() != 1:  # torch: "grad can be implicitly created only for scalar outputs"
+            raise ShapeError(f"{type(self).__name__}: the training loss {self.loss_cls} has shape "
+                             f"{tuple(loss.shape)}; it must be one number to train on: reduce it over the batch "
+                             "(loss.mean() or loss.sum())")
         loss.backward(retain_graph=self.retain_graph)
         if self.check_gradients:
             grads = [p.grad for p in self._dgm_params if p.grad is not None]
@@ -516,12 +522,18 @@ class Model:
         """The training loss and its terms: evaluated eagerly or compiled, and under torch.distributed as the forward
         pass of ``DistributedDataParallel`` (which averages the gradients in ``backward``; a compiled evaluation runs
         inside that forward, so DDP's hooks see its backward graph's parameter gradients)."""
+        if self.loss_cls is None:
+            self._dgm_no_loss()
         if self._dgm_compile is None:
             if self._dgm_ddp is None:
                 return self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
             return self._dgm_ddp(self.loss_cls, x_dict, kwargs)
         compiled = self._dgm_compiled_eval(self.loss_cls)
         return compiled(x_dict, kwargs) if self._dgm_ddp is None else self._dgm_ddp.run(compiled, x_dict, kwargs)
+
+    def _dgm_no_loss(self) -> NoReturn:
+        raise ModelArgumentError(f"{type(self).__name__}: the model was built with loss=None and has no loss to "
+                                 "evaluate; call set_loss(loss) first")
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -618,6 +630,8 @@ class Model:
             The test loss value.
         """
         x_dict = test_x_dict
+        if self.test_loss_cls is None:
+            self._dgm_no_loss()
         self.distributions.eval()
         trained = {id(m) for m in self.distributions.modules()}
         modules = [m for d in self.test_loss_cls._dgm_distributions for m in d.modules() if id(m) not in trained]

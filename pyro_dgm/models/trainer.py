@@ -41,6 +41,7 @@ statistics are rank 0's on every process after each step.
 from __future__ import annotations
 
 import math
+import operator
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -104,6 +105,32 @@ def _as_dict(batch: Any, input_var: Sequence[str], what: str) -> dict[str, Any]:
                     f"tensors, got {type(batch).__name__}")
 
 
+def _loader_batch_size(data: Any, input_var: Sequence[str], what: str) -> int | None:
+    """The batch size of a DataLoader, or the rows of a list's first batch; None when it cannot be told."""
+    size = getattr(data, "batch_size", None)
+    if isinstance(size, int):
+        return size
+    if isinstance(data, (list, tuple)) and data:
+        try:
+            return _rows(_as_dict(data[0], input_var, what))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _count(value: Any, arg: str, what: str, least: int) -> int:
+    """``value`` as an int (Python's or numpy's) of at least ``least``; else a ValueError naming ``arg``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or n < least:
+        raise ValueError(f"fit: {arg} must be {what}, got {value!r}")
+    return n
+
+
 def _rows(batch: Mapping[str, Any]) -> int:
     for v in batch.values():
         if isinstance(v, Tensor) and v.dim() > 0:
@@ -123,10 +150,11 @@ class _Batches:
         self.table: dict[str, Any] | None = None
         self.dataset: Any = None
         self.iterable: Iterable[Any] | None = None
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise ValueError(f"fit: batch_size must be a positive integer or None, got {batch_size!r}")
+        if batch_size is not None:
+            batch_size = _count(batch_size, "batch_size", "a positive integer or None", 1)
         self.batch_size, self.shuffle = batch_size, shuffle
+        if type(data).__module__ == "numpy" and hasattr(data, "shape"):  # an array: a tensor, as in a dict
+            data = torch.as_tensor(data)
         if isinstance(data, (Tensor, Mapping)):
             table = _as_dict(data, input_var, what)
             sizes = {k: v.shape[0] for k, v in table.items() if isinstance(v, Tensor) and v.dim() > 0}
@@ -146,6 +174,10 @@ class _Batches:
                             "list of batches or a dict of tensors")
         elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
             self.iterable = data
+            if batch_size is not None and _loader_batch_size(data, input_var, what) not in (None, batch_size):
+                warnings.warn(f"fit: batch_size={batch_size} applies to a dict of tensors, a tensor or a Dataset; "
+                              f"{what} is a {type(data).__name__}, whose batches are used as they are (set the "
+                              "DataLoader's batch_size instead)", UserWarning, stacklevel=5)
         else:
             raise TypeError(f"fit: {what} must be a DataLoader, an iterable of batches, a Dataset, a dict of tensors "
                             f"or a tensor, got {type(data).__name__}")
@@ -340,8 +372,7 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     >>> history["train_loss"][-1] < history["train_loss"][0]
     True
     """
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+    epochs = _count(epochs, "epochs", "a non-negative integer", 0)
     state = _FitState.start(model, train_data, test_data, batch_size, callbacks, progress, log_dir, shuffle, kwargs)
     model.stop_training = False
     model.tb_writer = state.writer
@@ -385,7 +416,7 @@ class _FitState:
         test = (None if test_data is None else
                 _Batches(test_data, model.test_loss_cls.input_var, batch_size, False, "test_data",
                          _series_dims(model.test_loss_cls)))
-        callbacks = list(callbacks or [])
+        callbacks = [callbacks] if callable(callbacks) else list(callbacks or [])  # one callable: a list of one
         for cb in callbacks:
             if not callable(cb):
                 raise TypeError(f"fit: callbacks must be callables f(model, epoch, logs), got {type(cb).__name__}")

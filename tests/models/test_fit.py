@@ -202,3 +202,49 @@ def test_ml_with_other_distributions_trains_them_all() -> None:
     for _ in range(20):
         model.train(data)
     assert float(model.test(data)) < 0.5 * float(first)
+
+
+def test_fit_takes_numpy_integers_one_callback_and_a_numpy_array() -> None:
+    import numpy as np
+    seen = []
+    data = torch.randn(8, 64).clamp(0, 1)
+    histories = []
+    for epochs, batch_size, callbacks, train in ((2, 4, [lambda m, e, logs: seen.append(e)], data),
+                                                 (np.int64(2), np.int64(4), lambda m, e, logs: seen.append(e),
+                                                  data.numpy())):
+        torch.manual_seed(0)
+        model = make_vae()
+        histories.append(model.fit(train, epochs=epochs, batch_size=batch_size, callbacks=callbacks,
+                                   progress=False, shuffle=False)["train_loss"])
+    assert histories[0] == histories[1] and seen == [1, 2, 1, 2]
+    for bad in (True, 1.5, "2"):
+        with pytest.raises(ValueError, match="fit: epochs must be a non-negative integer"):
+            make_vae().fit(data, epochs=bad, progress=False)
+
+
+def test_fit_warns_that_batch_size_does_not_apply_to_a_loader() -> None:
+    batches = [{"x": torch.rand(5, 64)} for _ in range(2)]
+    with pytest.warns(UserWarning, match="batch_size=2 applies to a dict of tensors.*list, whose batches are used"):
+        history = make_vae().fit(batches, batch_size=2, progress=False)
+    assert len(history["train_loss"]) == 1
+
+
+def test_a_loss_that_is_not_one_number_is_refused_naming_its_shape() -> None:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.models import Model
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y"])
+            self.net = torch.nn.Linear(1, 1)
+
+        def forward(self, y):  # type: ignore[no-untyped-def]
+            loc = self.net(y)
+            return {"loc": loc, "scale": torch.ones_like(loc)}
+
+    p = P()
+    model = Model(-p.log_prob(), distributions=[p])  # no .mean(): one value per row
+    before = p.net.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"Model: the training loss .* has shape \(3,\); it must be one number.*"
+                                         r"loss\.mean\(\) or loss\.sum\(\)"):
+        model.train({"x": torch.zeros(3, 1), "y": torch.ones(3, 1)})
+    assert torch.equal(p.net.weight, before)

@@ -765,3 +765,59 @@ def test_a_network_without_inputs_trains_past_the_first_step() -> None:
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         run_pixyz(lambda: program(lambda: None))
     assert_same(run_pixyz(lambda: program(_clear_pixyz_cache)), run_pyro_dgm(lambda: program(lambda: None)))
+
+
+def _model_program(kind: Any) -> Any:
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from pixyz.distributions import Normal
+        from pixyz.losses import KullbackLeibler
+        from pixyz.models import Model
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.loc, self.s = nn.Linear(3, 2), nn.Linear(3, 2)
+
+            def forward(self, x):  # type: ignore[no-untyped-def]
+                return {"loc": self.loc(x), "scale": nn.functional.softplus(self.s(x)) + 0.1}
+
+        class P(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["x"], cond_var=["z"], name="p")
+                self.loc = nn.Linear(2, 3)
+
+            def forward(self, z):  # type: ignore[no-untyped-def]
+                return {"loc": self.loc(z), "scale": torch.ones(1)}
+
+        q, p = Q(), P()
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_{prior}")
+        loss = (-p.log_prob().expectation(q) + KullbackLeibler(q, prior)).mean()
+        x = torch.randn(4, 3)
+        if kind == "loss set later":
+            model = Model(None, distributions=[q, p])
+            model.set_loss(loss)
+        elif kind == "a torch module with a log_prob method":  # trained as a plain network, as Pixyz does
+            model = Model(loss, distributions=[q, p, nn.AdaptiveLogSoftmaxWithLoss(3, 6, [3])])
+        else:  # a false test_loss: the training loss, as Pixyz's `if test_loss:`
+            model = Model(loss, test_loss=kind, distributions=[q, p])
+        return [model.train({"x": x.clone()}), model.train({"x": x.clone()}), model.test({"x": x.clone()}),
+                [t.detach().clone() for t in model.distributions.parameters()]]
+    return program
+
+
+@pytest.mark.parametrize("kind", ["loss set later", "a torch module with a log_prob method", 0, False],
+                         ids=["loss set later", "log_prob module", "test_loss=0", "test_loss=False"])
+def test_model_construction_variants_pixyz_accepts(kind: Any) -> None:
+    assert_same(*run_both(_model_program(kind)))
+
+
+def test_a_model_without_loss_says_to_set_one() -> None:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.models import Model
+    p = Normal(loc="z", scale=1.0, var=["x"], cond_var=["z"])
+    model = Model(None, distributions=[torch.nn.Linear(1, 1), p])
+    for call in (model.train, model.test):
+        with pytest.raises(TypeError, match="built with loss=None .* call set_loss\\(loss\\) first"):
+            call({"x": torch.zeros(2, 1), "z": torch.zeros(2, 1)})
