@@ -31,8 +31,8 @@ one process's (exact equality needs ``N`` to divide the batch size and the data 
 over the batch: a sum over the batch gets gradients ``1/N`` of one process's, as under plain DDP); a
 last batch with fewer rows than processes is dropped (on every process, for the training data: one step fewer than
 one process takes, and for the test data: those rows do not count in the test metrics; a data set with fewer rows
-than processes raises). Only rank 0 shows the progress bar and writes TensorBoard events and checkpoints (``Model.save`` is still
-called on every process: each adds its random state). A ``DataLoader`` you pass must give the same batches on every
+than processes raises). Only rank 0 shows the progress bar and writes TensorBoard events and checkpoints
+(``Model.save`` is still called on every process: each adds its random state). A ``DataLoader`` you pass must give the same batches on every
 process (``shuffle=False``, or a seeded ``generator``); loaders whose lengths differ between processes raise a
 ``ValueError`` naming each rank's count at the start of the epoch. A batch norm normalizes with the statistics of
 each process's slice, as under DDP (``torch.nn.SyncBatchNorm`` on GPUs for the global batch's); its running
@@ -373,6 +373,8 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     True
     """
     epochs = _count(epochs, "epochs", "a non-negative integer", 0)
+    if getattr(model, "loss_cls", 0) is None:
+        model._dgm_no_loss()  # built with loss=None and no set_loss since
     state = _FitState.start(model, train_data, test_data, batch_size, callbacks, progress, log_dir, shuffle, kwargs)
     model.stop_training = False
     model.tb_writer = state.writer

@@ -818,6 +818,6 @@ def test_a_model_without_loss_says_to_set_one() -> None:
     from pyro_dgm.models import Model
     p = Normal(loc="z", scale=1.0, var=["x"], cond_var=["z"])
     model = Model(None, distributions=[torch.nn.Linear(1, 1), p])
-    for call in (model.train, model.test):
+    for call in (model.train, model.test, model.fit):
         with pytest.raises(TypeError, match="built with loss=None .* call set_loss\\(loss\\) first"):
             call({"x": torch.zeros(2, 1), "z": torch.zeros(2, 1)})
