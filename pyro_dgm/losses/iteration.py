@@ -164,8 +164,8 @@ class IterativeLoss(Loss):
         if max_iter is not None:  # as in Pixyz: 0 means "the length of the first series_var", < 0 no step (0)
             try:
                 steps = operator.index(max_iter)
-            except TypeError:  # (a TypeError when evaluated under Pixyz; a ValueError here before)
-                raise LossArgumentError(f"IterativeLoss: max_iter must be an int, got {max_iter!r:.80}") from None
+            except TypeError:  # refused when evaluated, as Pixyz's range(max_iter) (it prints, e.g. 2.0)
+                steps = 0
             if steps < 0:
                 warnings.warn(f"IterativeLoss: max_iter={max_iter!r} takes no step, so the loss is 0 (as in Pixyz); "
                               "give max_iter > 0, or 0 or None for the length of the first series_var",
@@ -178,10 +178,11 @@ class IterativeLoss(Loss):
         super().__init__(list(input_var) if input_var is not None else names)
         self.step_loss = step_loss
         self.max_iter = max_iter
-        self.series_var = series
-        self.update_value = updates
+        # as given (Pixyz keeps them: a tuple stays a tuple, and a later edit of the update_value dict is seen)
+        self.series_var = series_var if isinstance(series_var, (list, tuple)) else (series or ())
+        self.update_value = update_value if type(update_value) is dict else updates
         self.slice_step = slice_step
-        self.timestep_var = timestep
+        self.timestep_var = timestep_var if isinstance(timestep_var, (list, tuple)) else (timestep or ())
 
     @property
     def timpstep_symbol(self) -> Any:
@@ -266,7 +267,11 @@ class IterativeLoss(Loss):
         series = {v: x[v] for v in self.series_var}
         updated = {v: x[v] for v in self.update_value.values() if v in x}
         if self.max_iter:
-            steps = operator.index(self.max_iter)
+            try:
+                steps = operator.index(self.max_iter)
+            except TypeError:  # (a TypeError under Pixyz too: range(max_iter))
+                raise LossArgumentError(f"IterativeLoss: max_iter must be an int, got {self.max_iter!r:.80}") \
+                    from None
         elif self.series_var:
             steps = len(series[self.series_var[0]])
         else:

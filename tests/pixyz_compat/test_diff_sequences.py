@@ -290,3 +290,47 @@ def test_a_keyword_a_network_names_still_reaches_it_inside_an_iterative_loss() -
     assert_same(ref, base_ref)  # Pixyz: as if not given
     assert_same(ours["prior"], base_ours["prior"])  # nothing names it there
     assert not bool((ours["conditional"] - base_ours["conditional"]).abs() < 1e-3)  # it moved q's draws
+
+
+def prog_iterative_loss_attributes_as_given() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import IterativeLoss, KullbackLeibler, LogProb
+
+    q = Normal(loc="x", scale=torch.ones(2), var=["z"], cond_var=["x"], name="q")
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p")
+    by_steps = IterativeLoss(KullbackLeibler(q, prior), max_iter=3)
+    by_tuple = IterativeLoss(KullbackLeibler(q, prior), series_var=("x",))
+    out: dict[str, Any] = {"defaults": (repr(by_steps.series_var), repr(by_steps.timestep_var)),
+                           "a tuple": repr(by_tuple.series_var)}
+    out["a float max_iter prints"] = str(IterativeLoss(KullbackLeibler(q, prior), max_iter=2.0, series_var=["x"]))
+    # the update_value dict is the caller's: an entry added after the loss is built is used
+    p = Normal(loc="z_prev", scale=torch.ones(2), var=["z"], cond_var=["z_prev"], name="p")
+    updates: dict[str, str] = {}
+    loss = IterativeLoss(LogProb(prior).expectation(p), max_iter=3, update_value=updates)
+    updates["z"] = "z_prev"
+    value, values = loss.eval({"z_prev": torch.zeros(3, 2)}, return_dict=True)
+    out["edited update_value"] = (value, sorted(values), loss.update_value)
+    return out
+
+
+def test_iterative_loss_keeps_its_arguments_as_given() -> None:
+    assert_same(*run_both(prog_iterative_loss_attributes_as_given))
+
+
+def test_a_float_max_iter_is_refused_when_evaluated_as_under_pixyz() -> None:
+    from pyro_dgm.losses.special import LossArgumentError
+
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal
+        from pixyz.losses import IterativeLoss, KullbackLeibler
+        q = Normal(loc="x", scale=torch.ones(2), var=["z"], cond_var=["x"], name="q")
+        prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p")
+        loss = IterativeLoss(KullbackLeibler(q, prior), max_iter=2.0, series_var=["x"])
+        return loss.eval({"x": torch.zeros(3, 1, 2)})
+
+    with pytest.raises(TypeError):
+        run_pixyz(program)
+    with pytest.raises(LossArgumentError, match="IterativeLoss: max_iter must be an int, got 2.0"):
+        run_pyro_dgm(program)
