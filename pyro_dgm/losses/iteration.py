@@ -76,7 +76,7 @@ def _mask_error(mask: Any, t: int, steps: int | None, error: Exception) -> NoRet
 
 
 def _network_keywords(loss: Loss, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The keywords of ``kwargs`` that the ``forward`` of a distribution ``loss`` holds names as its parameters."""
+    """The keywords of ``kwargs`` that the ``forward`` of some distribution of ``loss`` names as its parameters."""
     from pyro_dgm.distributions.base import Distribution
     from pyro_dgm.distributions.bindings import forward_extras
 
@@ -124,8 +124,9 @@ class IterativeLoss(Loss):
         the steps taken (:class:`SeriesTooShortError`, also an IndexError as in Pixyz) or ``mask[t]`` does not fit
         the step loss's value (:class:`MaskShapeError`, also a RuntimeError as in Pixyz).
     TypeError
-        If ``max_iter`` is not an int (:class:`~pyro_dgm.losses.special.LossArgumentError`, also a ValueError), or
-        ``update_value`` is not a dict or (at evaluation) ``mask`` is not a tensor of numbers
+        If (at evaluation, as Pixyz's ``range(max_iter)``) ``max_iter`` is not an int
+        (:class:`~pyro_dgm.losses.special.LossArgumentError`, also a ValueError), or ``update_value`` is not a dict
+        or (at evaluation) ``mask`` is not a tensor of numbers
         (:class:`IterativeLossTypeError`, also the AttributeError Pixyz raises).
 
     Warns
