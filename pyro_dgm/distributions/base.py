@@ -26,7 +26,7 @@ from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites,
                                            outer_plates_ndim)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
-from pyro_dgm.utils.checks import (NotATensorError, ShapeError, as_var_list, check_present, describe,
+from pyro_dgm.utils.checks import (DTypeError, NotATensorError, ShapeError, as_var_list, check_present, describe,
                                    sample_batch_n, sample_shape_of)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
@@ -890,16 +890,21 @@ class Distribution(YieldingModule):
             "as a site's value, or compute it inside the distribution's network.")
 
     def _dgm_note_inputs(self, e: BaseException, b: Binding, values: Mapping[str, Any]) -> None:
-        """Say which distribution's network failed, and on which inputs (the error keeps its type)."""
+        """Say which distribution's network failed, and on which inputs (the error keeps its type); a dtype error
+        of torch's caused by an input whose dtype is not the weights' becomes a :class:`DTypeError` naming it."""
+        names = (*b.fwd_pos, *(v for _, v in b.fwd_kw))
         shapes = ", ".join(f"{v!r}: {tuple(values[v].shape) if isinstance(values[v], Tensor) else type(values[v])}"
-                           for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw)))
+                           for v in names)
         note = f"while {describe(self)} ran forward() on {shapes}"
         own = next((t.dtype for t in self.parameters() if t.is_floating_point()), None)
-        other = [f"{v!r} is {values[v].dtype}" for v in (*b.fwd_pos, *(v for _, v in b.fwd_kw))
-                 if isinstance(values[v], Tensor) and values[v].is_floating_point() and own is not None
-                 and values[v].dtype != own]
-        if other:  # values keep their dtype (docs/design.md): a float64 input meets float32 weights
-            note += f"; {', '.join(other)} while the network's parameters are {own} (convert with .to({own}))"
+        other = [v for v in names if isinstance(values[v], Tensor) and own is not None and values[v].dtype != own
+                 and not values[v].is_complex()]
+        if other:  # values keep their dtype (docs/design.md): a float64 or int64 input meets float32 weights
+            said = ", ".join(f"{v!r} of dtype {values[v].dtype}" for v in other)
+            if isinstance(e, RuntimeError) and not isinstance(e, ValueError) and "type" in str(e).lower():
+                raise DTypeError(f"{describe(self)}: forward() cannot take {said}: the network's parameters are "
+                                 f"{own}; convert the value with {other[0]}.to({own}) (torch: {e})") from e
+            note += f"; {said} while the network's parameters are {own} (convert with {other[0]}.to({own}))"
         e.add_note(note)
 
     @staticmethod

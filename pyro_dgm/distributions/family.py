@@ -19,8 +19,8 @@ from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites, run_network
 from pyro_dgm.distributions.pixyz_protocol import adopt
-from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, NoClosedFormError, NotATensorError, OutOfRangeError,
-                                   ShapeError, clearer, describe, value_shape_problem)
+from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
+                                   OutOfRangeError, ShapeError, clearer, describe, value_shape_problem)
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
@@ -360,7 +360,10 @@ class DistributionBase(Distribution):
                                  f"of a value is its batch dim, so {flat[0]!r} of shape "
                                  f"{tuple(values[flat[0]].shape)} is a batch of {values[flat[0]].shape[0]} scalars, "
                                  f"but the network took it as one example: give {flat[0]!r} a batch dim (shape "
-                                 f"{(1, *values[flat[0]].shape)} for one example, {flat[0]}.unsqueeze(0))")
+                                 f"{(1, *values[flat[0]].shape)} for one example, {flat[0]}.unsqueeze(0)); if "
+                                 f"{flat[0]!r} was drawn by another distribution, that one's forward() returned "
+                                 f"parameters without the batch dim of its inputs (e.g. a mean over dim 0: keep it "
+                                 f"with keepdim=True)")
 
     def _dgm_base(self, params: dict[str, Tensor], validate: bool | None = None) -> Any:
         """The Pyro distribution over the full parameter shape (no event dims reinterpreted).
@@ -774,6 +777,10 @@ class DistributionBase(Distribution):
             bad = self._dgm_non_finite(base, x, b.var[0])
             if bad:  # not a matter of shapes: a NaN in the data or in what the network gave
                 raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {bad} ({e})") from e
+            if x.dtype == torch.bool or x.is_complex():  # not a matter of shapes either
+                raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: "
+                                 f"{type(self).__name__} scores real numbers (convert with {b.var[0]}.float()) "
+                                 f"({e})") from e
             bs = base.batch_shape
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "
                              f"batch shape {tuple(bs[:len(bs) - ev])} and event shape "

@@ -166,7 +166,7 @@ class KullbackLeibler(Loss):
             self.__class__ = AnalyticalKullbackLeibler
         check_distribution(p, "KullbackLeibler", "p")
         check_distribution(q, "KullbackLeibler", "q")
-        if set(p.input_var) & set(q.var) or set(q.input_var) & set(p.var):
+        if set(p.cond_var) & set(q.var) or set(q.cond_var) & set(p.var):
             # e.g. q(z|x) vs p(x|z): computed as Pixyz computes it (two single distributions compared as distributions
             # of one value, whatever their variables are named; the Monte Carlo form E_p[log p - log q]), but rarely
             # what was meant

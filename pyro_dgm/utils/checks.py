@@ -32,6 +32,12 @@ class MissingVariableError(ValueError, TypeError):
     a network's ``forward`` misses the argument (Pixyz raises a ValueError where no network takes it)."""
 
 
+class DTypeError(TypeError, RuntimeError):
+    """A TypeError for a value of a dtype an operation cannot take (an int64 or float64 input to a network with
+    float32 weights, a bool value scored by a Normal), where torch raises a RuntimeError: also that RuntimeError,
+    which is what Pixyz programs see there."""
+
+
 class NoClosedFormError(NotImplementedError, ValueError):
     """No analytic value: a distribution without an analytic entropy (a ``Deterministic``), a product with a factor
     conditioned on a variable the product generates, or factors that do not pair up. A NotImplementedError, and the

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import pytest
@@ -33,6 +34,18 @@ def test_kl_between_different_vars_names_both(vae) -> None:  # type: ignore[no-u
     with pytest.raises(ValueError, match=r"q\(z,w\|x\) and p_\{prior\}\(z\) must be over the same variables.*has "
                                          r"var \['z', 'w'\] and p_\{prior\}\(z\) has var \['z'\]"):
         kl.eval({"x": x})
+
+
+def test_kl_against_an_unnormalized_density_of_the_same_variable_does_not_warn() -> None:
+    """A ``CustomProb`` over z takes z as its input: that is not a distribution conditioned on q's variable (the
+    warning above said "q(z) and p(z) are over different variables (['z'] and ['z'])"). Pixyz warns nothing."""
+    from pyro_dgm.distributions import CustomProb
+    q = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="q")
+    p = CustomProb(lambda z: -0.5 * (z ** 2).sum(-1), var=["z"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        KullbackLeibler(q, p, analytical=False)
+        KullbackLeibler(p, q, analytical=False)
 
 
 def test_kl_with_incompatible_shapes_is_a_value_error() -> None:

@@ -301,3 +301,99 @@ def test_a_flow_distribution_names_itself_when_it_cannot_score() -> None:
     with renamed_import(), pytest.raises(ValueError, match=r"TransformedDistribution p\(x\): cannot score 'x' of "
                                                            r"shape \(3, 2\)"):
         prog_a_flow_scoring_nan()
+
+
+# ------------------------------------------------------------------------------------- dtypes Pixyz cannot take
+def _linear_p(z_dtype: torch.dtype) -> Callable[[], Any]:
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal
+
+        class P(Normal):
+            def __init__(self):
+                super().__init__(var=["x"], cond_var=["z"], name="p")
+                self.fc = torch.nn.Linear(2, 3)
+
+            def forward(self, z):
+                return {"loc": self.fc(z), "scale": torch.ones(3)}
+
+        return P().get_log_prob({"x": torch.zeros(4, 3), "z": torch.zeros(4, 2).to(z_dtype)})
+    return program
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64, torch.bool])
+def test_an_input_of_another_dtype_than_the_weights_names_the_variable_and_the_dtype(dtype: torch.dtype) -> None:
+    """Pixyz gives torch's "mat1 and mat2 must have the same dtype"; ours is also that RuntimeError (a Pixyz
+    ``except`` still catches it), and a TypeError that names the distribution, the variable and both dtypes."""
+    program = _linear_p(dtype)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        run_pixyz(program)
+    with renamed_import(), pytest.raises(RuntimeError) as info:
+        program()
+    assert isinstance(info.value, TypeError)
+    message = str(info.value)
+    assert f"P p(x|z): forward() cannot take 'z' of dtype {dtype}" in message
+    assert "torch.float32" in message and "z.to(torch.float32)" in message
+
+
+def test_an_input_of_the_weights_dtype_gives_pixyzs_value() -> None:
+    """The same program with float32 inputs runs under both (the dtype check adds nothing on the valid path)."""
+    same(_linear_p(torch.float32))
+
+
+def prog_a_bool_value_under_a_conditional_normal() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    p = Normal(loc="mu", scale=torch.ones(3), var=["x"], cond_var=["mu"], name="p")
+    return p.get_log_prob({"x": torch.zeros(4, 3, dtype=torch.bool), "mu": torch.zeros(4, 3)})
+
+
+def test_a_bool_value_is_a_dtype_error_not_a_shape_error() -> None:
+    """Pixyz: torch's "Subtraction ... with a bool tensor is not supported". Ours named the shapes, which fit."""
+    with pytest.raises(RuntimeError, match="bool"):
+        run_pixyz(prog_a_bool_value_under_a_conditional_normal)
+    with renamed_import(), pytest.raises(RuntimeError) as info:
+        prog_a_bool_value_under_a_conditional_normal()
+    assert isinstance(info.value, TypeError)
+    assert "Normal p(x|\\mu): cannot score 'x' of dtype torch.bool" in str(info.value)
+    assert "x.float()" in str(info.value) and "shape" not in str(info.value).split("(Subtraction")[0]
+
+
+def prog_an_encoder_that_averages_the_batch_away() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import Expectation, LogProb
+
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return {"loc": self.fc(x).mean(0), "scale": torch.ones(2)}
+
+    class P(Normal):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = torch.nn.Linear(2, 3)
+
+        def forward(self, z):
+            return {"loc": self.fc(z), "scale": torch.ones(3)}
+
+    q, p = Q(), P()
+    x = torch.randn(4, 3)
+    return {"log_q": q.get_log_prob({"x": x, "z": torch.zeros(2)}),
+            "reconstruction": Expectation(q, LogProb(p)).eval({"x": x})}
+
+
+def test_an_encoder_that_averages_the_batch_away_is_named_as_a_cause() -> None:
+    """Pixyz scores such a z as a batch of 2 scalars under q (a log-density per feature, not one for the batch),
+    so its numbers are not one model's; ours refuses, and the message names the drawing distribution's
+    ``forward()`` and ``keepdim=True`` as well as the missing batch dim (porting.md)."""
+    ref = run_pixyz(prog_an_encoder_that_averages_the_batch_away)
+    assert ref["log_q"].shape == (2,)  # one value per feature of z: Pixyz read z's features as a batch
+    with renamed_import(), pytest.raises(ValueError) as info:
+        prog_an_encoder_that_averages_the_batch_away()
+    message = str(info.value)
+    assert "'z' of shape (2,) is a batch of 2 scalars" in message
+    assert "drawn by another distribution" in message and "keepdim=True" in message
