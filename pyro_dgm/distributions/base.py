@@ -439,14 +439,25 @@ class Distribution(YieldingModule):
                 check_present(self, values, needed)
         for k, v in values.items():
             if not isinstance(v, Tensor) and type(v).__module__ == "numpy" and hasattr(v, "__array__"):
-                values[k] = self._dgm_from_numpy(v)
+                values[k] = self._dgm_from_numpy(v, k)
         return values
 
-    def _dgm_from_numpy(self, v: Any) -> Tensor:
-        """A numpy array given as a value: ``torch.as_tensor`` (its dtype kept, as ``torch.from_numpy``) on the
-        device of this distribution's parameters (docs/design.md, "dtypes and containers")."""
+    def _dgm_from_numpy(self, v: Any, name: str | None = None) -> Tensor:
+        """A numpy array given as the value of ``name``: ``torch.as_tensor`` (its dtype kept, as ``torch.from_numpy``)
+        on the device of this distribution's parameters (docs/design.md, "dtypes and containers"); a view torch
+        cannot share (negative strides, ``a[::-1]``) is copied; a dtype torch has not (strings, objects) raises a
+        :class:`NotATensorError` naming the variable (a TypeError, and Pixyz's ValueError for a numpy value)."""
         dev = next((t.device for t in self.buffers()), None) or next((t.device for t in self.parameters()), None)
-        return torch.as_tensor(v, device=dev)
+        try:
+            return torch.as_tensor(v, device=dev)
+        except ValueError:  # negative strides: torch cannot view them, a contiguous copy it can
+            import numpy as np
+
+            return torch.as_tensor(np.ascontiguousarray(v), device=dev)
+        except TypeError as e:
+            what = "the value" if name is None else f"the value of {name!r}"
+            raise NotATensorError(f"{describe(self)}: {what} is a numpy array of dtype {getattr(v, 'dtype', '?')}, "
+                                  f"which torch cannot convert to a tensor; give numbers ({e})") from e
 
     # ------------------------------------------------------------------ the generic ancestral loop
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None,
@@ -905,6 +916,10 @@ class Distribution(YieldingModule):
                 raise DTypeError(f"{describe(self)}: forward() cannot take {said}: the network's parameters are "
                                  f"{own}; convert the value with {other[0]}.to({own}) (torch: {e})") from e
             note += f"; {said} while the network's parameters are {own} (convert with {other[0]}.to({own}))"
+        text = str(e)
+        if type(e) is RuntimeError and ("shape" in text or "size" in text):  # torch's layer refused a shape
+            raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
+                             f"the batch): {text}") from e
         e.add_note(note)
 
     @staticmethod

@@ -14,10 +14,10 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
-from pyro_dgm.utils.checks import clearer, describe
+from pyro_dgm.utils.checks import ArgumentError, clearer, describe
 
-__all__ = ["unwrap", "site_fn", "site_params", "check_inner", "expand_root", "ExpertWeights", "OptionalInputs",
-           "OneSiteDistribution"]
+__all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",
+           "ExpertWeights", "OptionalInputs", "OneSiteDistribution"]
 
 
 def unwrap(d: Distribution) -> tuple[Distribution, Binding]:
@@ -29,9 +29,11 @@ def unwrap(d: Distribution) -> tuple[Distribution, Binding]:
 
 
 def check_inner(owner: str, d: Any, what: str, need: str = "_dgm_fn") -> None:
-    """Raise ``TypeError`` unless ``d`` is a single distribution that has a Pyro site distribution (``need``)."""
+    """Raise ``TypeError`` unless ``d`` is a single distribution that has a Pyro site distribution (``need``); one
+    that is no distribution at all is an :class:`~pyro_dgm.utils.checks.ArgumentError` (also Pixyz's
+    ``AttributeError`` there, from reading ``d.var``)."""
     if not isinstance(d, Distribution):
-        raise TypeError(f"{owner}: {what} must be a pyro_dgm distribution, got {type(d).__name__}")
+        raise ArgumentError(f"{owner}: {what} must be a pyro_dgm distribution, got {type(d).__name__}")
     if d._dgm_factors != (d,):
         raise TypeError(f"{owner}: {what} {d.prob_text} is a product of {len(d._dgm_factors)} factors; it must be a "
                         "single distribution")
@@ -40,6 +42,34 @@ def check_inner(owner: str, d: Any, what: str, need: str = "_dgm_fn") -> None:
         kind = "a Pyro distribution" if need == "_dgm_fn" else "parameters"
         raise TypeError(f"{owner}: {what} {describe(d)} has no {kind} to build on; use a parametric family "
                         "(Normal, ...) or a flow, product or mixture distribution")
+
+
+def distribution_list(owner: str, arg: str, given: Any, what: str, one: bool) -> list[Distribution]:
+    """``given`` as a list of distributions (each then checked by :func:`check_inner`): a list, tuple or other
+    iterable, or, where ``one``, a single distribution (Pixyz's ``tolist``); anything else raises an
+    :class:`~pyro_dgm.utils.checks.ArgumentError` naming ``owner`` and ``arg`` (``what``: what each element is)."""
+    if isinstance(given, Distribution):
+        if one:
+            return [given]
+        raise ArgumentError(f"{owner}: {arg} must be a list of distributions (the {what}s), got one, "
+                            f"{describe(given)}; pass a list, e.g. [{given.prob_text}, ...]")
+    try:
+        return list(given)
+    except TypeError:
+        raise ArgumentError(f"{owner}: {arg} must be a list of distributions (the {what}s), got "
+                            f"{type(given).__name__} {given!r}") from None
+
+
+def weight_list(owner: str, weight_modalities: Any, n: int, what: str) -> list[float]:
+    """``weight_modalities`` as a list of floats; anything else (a number, a string) raises an
+    :class:`~pyro_dgm.utils.checks.ArgumentError` naming ``owner``, expecting ``n`` numbers (``what``: which)."""
+    try:
+        if isinstance(weight_modalities, str):
+            raise TypeError
+        return [float(w) for w in weight_modalities]
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{owner}: weight_modalities must be a list of {n} number{'s' if n != 1 else ''} "
+                            f"({what}), got {weight_modalities!r}") from None
 
 
 def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: CallState,

@@ -14,6 +14,7 @@ Bernoulli divergences). Pixyz's Multinomial ignores
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, ClassVar, Iterable, Sequence
 
 import pyro.distributions as dist
@@ -295,6 +296,7 @@ class Categorical(DistributionBase):
     """
 
     param_groups = (("probs", "logits"),)
+    _dgm_class_params = ("probs", "logits")
     distribution_name: ClassVar[str] = "Categorical"  # type: ignore[misc]
 
     def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
@@ -321,6 +323,7 @@ class RelaxedCategorical(_Relaxed):
     """
 
     pyro_dist = RelaxedOneHotCategoricalHardScore
+    _dgm_class_params = ("probs", "logits")
     distribution_name: ClassVar[str] = "RelaxedCategorical"  # type: ignore[misc]
 
 
@@ -335,14 +338,13 @@ class Multinomial(DistributionBase):
     """
 
     param_groups = (("probs", "logits"),)
+    _dgm_class_params = ("probs", "logits")
     distribution_name: ClassVar[str] = "Multinomial"  # type: ignore[misc]
 
     def __init__(self, total_count: int = 1, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (),
                  name: str = "p", features_shape: Iterable[int] = torch.Size(), probs: Any = None, *,
                  logits: Any = None, **kwargs: Any) -> None:
-        if not isinstance(total_count, int) or total_count < 0:
-            raise ValueError(f"Multinomial {name}: total_count must be a non-negative int, got {total_count!r}")
-        self._total_count = total_count
+        self._total_count = _count(total_count, f"Multinomial {name}")
         super().__init__(var, cond_var, name, features_shape, probs=probs, logits=logits, **kwargs)
 
     @property
@@ -351,7 +353,8 @@ class Multinomial(DistributionBase):
         return self._total_count
 
     def pyro_dist(self, **params: Tensor) -> Any:  # type: ignore[override]
-        return dist.Multinomial(self.total_count, **params)
+        n = self._total_count
+        return dist.Multinomial(n, **params) if n else _NoTrials(0, **params)
 
     pyro_dist.has_rsample = False  # type: ignore[attr-defined]
 
@@ -359,6 +362,37 @@ class Multinomial(DistributionBase):
     def distribution_torch_class(self) -> type:
         """``pyro.distributions.Multinomial`` (a ``torch.distributions.Multinomial``), built with ``total_count``."""
         return dist.Multinomial
+
+
+def _count(total_count: Any, owner: str) -> int:
+    """``total_count`` as a Python int: any integer (a numpy or 0-d torch integer too, as ``operator.index`` reads
+    it) or an integral float (``3.0``), non-negative; Pixyz stores whatever it is given (and never uses it)."""
+    try:
+        n = operator.index(total_count)
+    except TypeError:
+        try:
+            f = float(total_count) if getattr(total_count, "ndim", 0) == 0 else math.nan
+        except (TypeError, ValueError):
+            f = math.nan
+        if isinstance(total_count, (bool, str)) or not f.is_integer():
+            raise ValueError(f"{owner}: total_count must be a non-negative int (the number of trials), got "
+                             f"{total_count!r}") from None
+        n = int(f)
+    if n < 0:
+        raise ValueError(f"{owner}: total_count must be a non-negative int (the number of trials), got "
+                         f"{total_count!r}")
+    return n
+
+
+class _NoTrials(dist.Multinomial):
+    """A multinomial of ``total_count=0``: every draw is the zero vector of counts (torch's ``sample`` asks its
+    categorical for no draws, which it refuses)."""
+
+    def sample(self, sample_shape: Any = torch.Size()) -> Tensor:
+        return self._categorical._param.new_zeros(self._extended_shape(torch.Size(sample_shape)))
+
+
+_NoTrials.__name__ = "Multinomial"
 
 
 class Dirichlet(DistributionBase):
@@ -373,6 +407,7 @@ class Dirichlet(DistributionBase):
 
     pyro_dist = dist.Dirichlet
     param_groups = (("concentration",),)
+    _dgm_class_params = ("concentration",)
     distribution_name: ClassVar[str] = "Dirichlet"  # type: ignore[misc]
 
     def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",

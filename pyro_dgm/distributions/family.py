@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Iterable, Mapping, NoReturn, Sequence
 import torch
 from torch import Tensor
 from torch.distributions import Distribution as _TorchDistribution
+from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import Distribution, ValuesLike, has_network
@@ -116,6 +117,10 @@ class DistributionBase(Distribution):
     sample_mean_draws: ClassVar[bool] = True
     #: Whether a constant parameter requires grad (set per instance; the class default serves older pickles).
     _dgm_const_grad: bool = False
+    #: The parameters whose last dim is the classes (a Categorical's ``probs``/``logits``), where a family has them.
+    _dgm_class_params: ClassVar[tuple[str, ...]] = ()
+    #: The one of them given as a scalar (``probs=0.2``: one class), set per instance; ``None`` where none is.
+    _dgm_scalar_classes: str | None = None
 
     def __init__(self, var: Sequence[str] = ("x",), cond_var: Sequence[str] | None = (), name: str = "p",
                  features_shape: Iterable[int] = torch.Size(), **params: Any) -> None:
@@ -156,6 +161,8 @@ class DistributionBase(Distribution):
         if PYRO_STACK and consts:
             self._dgm_check_no_plate_dims(consts)
         self._dgm_store_constants(consts)
+        if self._dgm_class_params and not self._features_shape:  # probs=0.2: a distribution of one class
+            self._dgm_scalar_classes = next((n for n in self._dgm_class_params if n in consts), None)
         # Pixyz builds a distribution that cannot compute (a parameter missing, a cond_var that reaches nothing,
         # forward's arguments not the cond_var, an invalid constant): it prints, multiplies and has a graph, and
         # fails at its first call. So do we: the error found here is raised by _dgm_params (see the end).
@@ -212,7 +219,17 @@ class DistributionBase(Distribution):
             t = value  # kept attached: as in Pixyz, gradients reach a tensor that requires grad (_dgm_store_constants)
         elif isinstance(value, (int, float)) or (isinstance(value, (list, tuple)) and value) or (
                 type(value).__module__ == "numpy" and hasattr(value, "__array__")):  # numpy arrays and scalars
-            t = torch.as_tensor(value, dtype=torch.get_default_dtype())
+            try:
+                t = torch.as_tensor(value, dtype=torch.get_default_dtype())
+            except (TypeError, ValueError):  # a numpy view of negative strides (a[::-1]), strings...
+                import numpy as np
+
+                try:
+                    t = torch.as_tensor(np.ascontiguousarray(value), dtype=torch.get_default_dtype())
+                except (TypeError, ValueError) as e:
+                    raise NotATensorError(f"{describe(self)}: parameter {pname} must be a number, a tensor or the "
+                                          f"name of a cond_var, got {type(value).__name__} of dtype "
+                                          f"{getattr(value, 'dtype', '?')} ({e})") from e
         else:  # (Pixyz raises a ValueError there: this is both)
             raise NotATensorError(f"{describe(self)}: parameter {pname} must be a number, a tensor or the name of a "
                                   f"cond_var, got {type(value).__name__}")
@@ -379,7 +396,11 @@ class DistributionBase(Distribution):
             return self.pyro_dist(**params, validate_args=validate)
         except (ValueError, RuntimeError) as e:
             raise clearer(e, f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
-        except (AttributeError, TypeError):  # a network's number or list where the family needs a tensor (.dim())
+        except (AttributeError, TypeError) as e:  # a network's number or list where the family needs a tensor (.dim())
+            unknown = [k for k in params if k not in self._dgm_accepted]
+            if unknown:  # from a user's get_params (forward's are checked where it returns): Pixyz's ValueError
+                raise ValueError(f"{describe(self)}: get_params() returned unknown parameter {unknown[0]!r}; "
+                                 f"{self.distribution_name} takes {', '.join(sorted(self._dgm_accepted))}") from e
             others = [k for k, t in params.items() if not isinstance(t, Tensor)]
             if not others:
                 raise
@@ -413,8 +434,9 @@ class DistributionBase(Distribution):
         dims.
 
         ``None`` where the general path must run: the closed forms are off, an input is missing (the general path
-        names it), a parameter is not a tensor, or, under torch's argument validation, a parameter breaks its
-        constraint (the general path raises torch's error).
+        names it), a parameter is not a tensor, two parameters of one group are given (a network returning both
+        ``probs`` and ``logits``: the general path refuses them, as every path and Pixyz do), or, under torch's
+        argument validation, a parameter breaks its constraint (the general path raises torch's error).
         """
         if not closed_forms.ENABLED[0]:
             return None
@@ -422,6 +444,8 @@ class DistributionBase(Distribution):
             if v not in values:
                 return None
         params = self._dgm_params(b, values, ctx)
+        if len(params) > len(self.param_groups):  # two of one group (probs and logits): the general path raises
+            return None
         nd = 0
         for t in params.values():
             if not isinstance(t, Tensor):
@@ -556,6 +580,8 @@ class DistributionBase(Distribution):
         ev = len(batch_shape) - bn
         root = expand and not any(v in ctx.event_dims for v in b.input_var)
         if expand and ctx.batch_n is not None and bn >= 1:
+            if self._dgm_scalar_classes is not None and ctx.obs is None:
+                self._dgm_no_class_dim(ctx.batch_n)
             if root and not b.input_var:
                 base = expand_batch_n(self, base, ctx.batch_n)
             elif ctx.obs is None and base.batch_shape[:1] == (1,) and (root or bn == 1):
@@ -565,6 +591,15 @@ class DistributionBase(Distribution):
             elif root and ctx.obs is None and base.batch_shape[:1] != (ctx.batch_n,):
                 self._dgm_batch_n_conflict(b, values, ctx.batch_n)  # Pixyz: "Batch shape mismatch"
         return base, ev, root
+
+    def _dgm_no_class_dim(self, batch_n: int) -> NoReturn:
+        """Refuse ``batch_n`` draws from a family whose class parameter was given as a scalar, as Pixyz refuses them
+        (an IndexError); without ``batch_n`` it is a distribution of one class in both."""
+        n = self._dgm_scalar_classes
+        raise DimensionError(f"{describe(self)}: parameter {n!r} is a scalar ({self._buffers[n].item():g}), but a "
+                             f"{self.distribution_name} needs a class dim (its last dim: one entry per class, e.g. "
+                             f"{n}=torch.tensor([0.2, 0.8])); as given it has one class, and Pixyz cannot draw "
+                             f"batch_n={batch_n} from it (IndexError)")
 
     def _dgm_batch_n_conflict(self, b: Binding, values: Mapping[str, Any], batch_n: int) -> NoReturn:
         given = ", ".join(f"{v!r}: {tuple(values[v].shape)}" for v in b.input_var
@@ -710,12 +745,15 @@ class DistributionBase(Distribution):
             if root:
                 fn = base.to_event(ev) if ev > 0 else base
                 # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
-                value = seeded_call(self, fn.rsample if ctx.reparam and fn.has_rsample else fn.sample,
-                                    ctx.sample_shape)
+                try:
+                    value = seeded_call(self, fn.rsample if ctx.reparam and fn.has_rsample else fn.sample,
+                                        ctx.sample_shape)
+                except RuntimeError as e:  # (torch's sampler refused a parameter: probs of 1.5, unvalidated)
+                    self._dgm_draw_error(e, base, name)
                 values[name] = value
                 ctx.event_dims[name] = fn.event_dim
                 return
-        fn, _ = self._dgm_fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
+        fn, base = self._dgm_fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
         if ctx.sample_mean:
             if self.sample_mean_draws is False:
                 raise NoClosedFormError(f"{describe(self)}: sample(sample_mean=True) is not defined for a "
@@ -724,7 +762,10 @@ class DistributionBase(Distribution):
             value = fn.mean
             value = self._dgm_record(name, value, fn.event_dim)
         else:
-            value = self._dgm_site(name, fn, ctx)
+            try:
+                value = self._dgm_site(name, fn, ctx)
+            except RuntimeError as e:  # (torch's sampler refused a parameter: probs of 1.5, unvalidated)
+                self._dgm_draw_error(e, base, name)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
 
@@ -774,8 +815,8 @@ class DistributionBase(Distribution):
         try:
             lp = base.log_prob(x)
         except (ValueError, RuntimeError) as e:
-            bad = self._dgm_non_finite(base, x, b.var[0])
-            if bad:  # not a matter of shapes: a NaN in the data or in what the network gave
+            bad = self._dgm_non_finite(base, x, b.var[0]) or self._dgm_out_of_range(base)
+            if bad:  # not a matter of shapes: a NaN in the data, or a parameter that the network gave out of range
                 raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {bad} ({e})") from e
             if x.dtype == torch.bool or x.is_complex():  # not a matter of shapes either
                 raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: "
@@ -799,6 +840,39 @@ class DistributionBase(Distribution):
                 found.append(f"its parameter {k!r}")
         return " and ".join(found) + (" holds NaN or infinite entries" if len(found) == 1 else
                                       " hold NaN or infinite entries") if found else ""
+
+    @staticmethod
+    def _dgm_out_of_range(base: Any) -> str:
+        """Which parameter ``base`` was built with breaks its constraint, and how ('' when none): found where torch
+        built it without validation (``validate_args=False``) and a kernel then refused it (``probs`` of 1.5)."""
+        inner = base.__dict__.get("_categorical")  # (a one-hot categorical's and a multinomial's parameters)
+        if inner is not None:
+            base = inner
+        for k, c in getattr(base, "arg_constraints", {}).items():
+            t = base.__dict__.get(k)  # built parameters only (not the lazy ones derived from them)
+            if not isinstance(t, Tensor) or constraints.is_dependent(c):
+                continue
+            ok = c.check(t)
+            if torch._is_all_true(ok):
+                continue
+            lb, ub = getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)
+            if isinstance(c, constraints.interval) and isinstance(lb, (int, float)) and isinstance(ub, (int, float)):
+                where = f"outside [{lb:g}, {ub:g}]"
+            elif isinstance(c, constraints.greater_than) and isinstance(lb, (int, float)):
+                where = f"not greater than {lb:g}"
+            else:
+                where = f"that break its constraint {c}"
+            example = f" (e.g. {t[~ok].flatten()[0].item():g})" if ok.shape == t.shape else ""
+            return f"its parameter {k!r} holds values {where}{example}"
+        return ""
+
+    def _dgm_draw_error(self, e: RuntimeError, base: Any, name: str) -> NoReturn:
+        """Raise the error of a draw that torch's sampler refused: naming the parameter out of range (an
+        :class:`OutOfRangeError`, also torch's RuntimeError) when there is one, else ``e`` itself."""
+        bad = self._dgm_non_finite(base, torch.zeros(()), name) or self._dgm_out_of_range(base)
+        if bad:
+            raise OutOfRangeError(f"{describe(self)}: cannot draw {name!r}: {bad} ({e})") from e
+        raise e
 
     def _dgm_params_do_not_broadcast(self, params: Mapping[str, Tensor]) -> NoReturn:
         shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in params.items())
@@ -833,7 +907,7 @@ class DistributionBase(Distribution):
         (torch's ``Gamma.log_prob`` and Pixyz's Bernoulli take them so); anything else raises
         :class:`NotATensorError` (a ``TypeError``, and the ``ValueError`` torch's validation raises under Pixyz)."""
         if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
-            return self._dgm_from_numpy(x)
+            return self._dgm_from_numpy(x, name)
         out = self._dgm_numbers_tensor(x)
         if out is not None:
             return out

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
 
 from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution, OptionalInputs, check_inner,
-                                             expand_root, inputs_of, site_fn, unwrap)
+                                             distribution_list, expand_root, inputs_of, site_fn, unwrap, weight_list)
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
@@ -74,7 +74,15 @@ class MixtureDistribution(TorchDistribution):
 
     def component_log_prob(self, value: Tensor) -> Tensor:
         r"""The joint :math:`\log \pi_k + \log p_k(x)`, shape ``(..., K)``."""
-        return torch.stack([c.log_prob(value) for c in self.components], dim=-1) + self.logits
+        try:
+            lps = [c.log_prob(value) for c in self.components]
+        except RuntimeError:
+            if value.numel():
+                raise
+            # an empty batch: torch's Independent cannot sum over event dims of no rows (reshape to [0, -1]);
+            # Pixyz scores it as an empty tensor
+            lps = [_log_prob_of_none(c, value) for c in self.components]
+        return torch.stack(lps, dim=-1) + self.logits
 
     def log_prob(self, value: Tensor) -> Tensor:
         return self.component_log_prob(value).logsumexp(-1)
@@ -102,6 +110,18 @@ class MixtureDistribution(TorchDistribution):
         means = torch.stack([c.mean for c in self.components], dim=d)
         second = torch.stack([c.variance for c in self.components], dim=d) + means ** 2
         return (self._weights() * second).sum(d) - self.mean ** 2
+
+
+def _log_prob_of_none(c: Any, value: Tensor) -> Tensor:
+    """``c.log_prob(value)`` of an empty ``value``, whose event dims a torch ``Independent`` cannot sum (it reshapes
+    to ``[0, -1]``): the sum is taken here, over the element-wise log-density of the wrapped distribution."""
+    if isinstance(c, torch.distributions.Independent):
+        lp = _log_prob_of_none(c.base_dist, value)
+        n = c.reinterpreted_batch_ndims
+        return lp.sum(tuple(range(-n, 0))) if n else lp
+    if isinstance(c, _Reshaped):
+        return _log_prob_of_none(c.base, c._as(value, c.event_shape, c.base.event_shape))
+    return c.log_prob(value)
 
 
 def _with_event(c: Any, event: torch.Size) -> Any:
@@ -234,12 +254,13 @@ class MixtureModel(_Mixture):
 
     def __init__(self, distributions: Sequence[Distribution], prior: Distribution, name: str = "p") -> None:
         owner = f"MixtureModel {name}"
-        comps = list(distributions)
+        comps = distribution_list(owner, "distributions", distributions, "component", one=False)
         if not comps:
             raise ValueError(f"{owner}: expected at least one component distribution")
-        var = list(comps[0].var)
         for i, d in enumerate(comps):
             check_inner(owner, d, f"component {i}")
+        var = list(comps[0].var)
+        for i, d in enumerate(comps):
             if list(d.var) != var or len(var) != 1:
                 raise ValueError(f"{owner}: all distributions must generate the same one variable; component 0 "
                                  f"generates {var}, component {i} {d.prob_text} generates {d.var}")
@@ -509,17 +530,18 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
     def __init__(self, p: Sequence[Distribution] = (), weight_modalities: Sequence[float] | None = None,
                  name: str = "p", features_shape: Sequence[int] = torch.Size()) -> None:
         owner = f"MixtureOfNormal {name}"
-        experts = [p] if isinstance(p, Distribution) else list(p)
+        experts = distribution_list(owner, "p", p, "expert", one=True)
         if not experts:
             raise ValueError(f"{owner}: expected at least one expert, got an empty list")
-        var = list(experts[0].var)
         for i, e in enumerate(experts):
             check_inner(owner, e, f"expert {i}")
+        var = list(experts[0].var)
+        for i, e in enumerate(experts):
             if list(e.var) != var:
                 raise ValueError(f"{owner}: every expert must generate {var}, but expert {i} {e.prob_text} generates "
                                  f"{e.var}")
-        weights = [1.0 / len(experts)] * len(experts) if weight_modalities is None else [float(w) for w in
-                                                                                        weight_modalities]
+        weights = [1.0 / len(experts)] * len(experts) if weight_modalities is None else weight_list(
+            owner, weight_modalities, len(experts), "one per expert")
         if len(weights) != len(experts) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"{owner}: expected {len(experts)} non-negative weights (one per expert), got {weights}")
         # the experts' inputs in the order of Python's set of them, as Pixyz's (it depends on the strings' hashes, so

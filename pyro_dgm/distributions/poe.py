@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from pyro_dgm.distributions.composite import ExpertWeights, OptionalInputs, check_inner, inputs_of, site_params
+from pyro_dgm.distributions.composite import (ExpertWeights, OptionalInputs, check_inner, distribution_list,
+                                             inputs_of, site_params, weight_list)
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
@@ -75,13 +76,14 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
                  name: str = "p", features_shape: Sequence[int] = torch.Size(), prior: Distribution | None = None
                  ) -> None:
         owner = f"{type(self).__name__} {name}"
-        experts = [p] if isinstance(p, Distribution) else list(p)
+        experts = distribution_list(owner, "p", p, "expert", one=True)
         if not experts:
             raise ValueError(f"{owner}: expected at least one expert, got an empty list")
+        for i, e in enumerate([*experts, *([prior] if prior is not None else [])]):
+            check_inner(owner, e, "prior" if i == len(experts) else f"expert {i}", need="_dgm_params")
         var = list(experts[0].var)
         for i, e in enumerate([*experts, *([prior] if prior is not None else [])]):
             what = "prior" if i == len(experts) else f"expert {i}"
-            check_inner(owner, e, what, need="_dgm_params")
             if list(e.var) != var:
                 raise ValueError(f"{owner}: every expert must generate {var}, but {what} {e.prob_text} generates "
                                  f"{e.var}")
@@ -89,7 +91,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
                 raise ValueError(f"{owner}: experts must be Normal distributions, but {what} {e.prob_text} is "
                                  f"{e.distribution_name}")
         n = len(experts) + 1
-        weights = [1.0] * n if weight_modalities is None else [float(w) for w in weight_modalities]
+        weights = [1.0] * n if weight_modalities is None else weight_list(
+            owner, weight_modalities, n, "the prior's, then one per expert")
         if len(weights) != n:
             raise ValueError(f"{owner}: expected {n} weights (the prior's, then one per expert), got {len(weights)}")
         cond = ordered_union(*(e.cond_var for e in experts), prior.cond_var if prior is not None else [])

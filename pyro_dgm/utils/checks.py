@@ -44,6 +44,13 @@ class NoClosedFormError(NotImplementedError, ValueError):
     ValueError Pixyz raises for the analytic entropy of such a distribution or the analytic KL of a product."""
 
 
+class ArgumentError(TypeError, ValueError, AttributeError):
+    """A TypeError for a constructor argument of the wrong kind (a number where a list of distributions is expected,
+    one distribution where a list is, a string where weights are), naming the class and the argument: also the
+    ValueError or AttributeError that Pixyz raises there (its own checks, or its code reading ``.var`` of a number),
+    so that a Pixyz program's ``except`` still catches it."""
+
+
 def clearer(e: BaseException, message: str) -> ValueError:
     """The ValueError to raise ``from e`` with ``message``: a :class:`ShapeError` when ``e`` is a RuntimeError, so
     that ``except RuntimeError`` (torch's and Pixyz's type there) still catches it.
