@@ -4,6 +4,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Mapping
 
+import torch
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ATOM, PREC_NEG, Loss
@@ -49,7 +50,9 @@ class ValueLoss(Loss):
     Parameters
     ----------
     loss1 : number or Tensor
-        The value (Pixyz's parameter name); also available as ``value`` and ``original_value``.
+        The value (Pixyz's parameter name), as ``original_value``; ``value`` is a number's float32 buffer (as in
+        Pixyz: ``beta.value.fill_(0.5)`` anneals a coefficient in place) or the tensor given. The text shows the
+        current value (Pixyz's shows ``original_value``).
 
     Examples
     --------
@@ -62,19 +65,35 @@ class ValueLoss(Loss):
         if isinstance(loss1, bool) or not isinstance(loss1, (numbers.Number, Tensor)):
             raise TypeError(f"ValueLoss: loss1 (the value) must be a number or a tensor, got {type(loss1).__name__}")
         super().__init__([])
-        self.value = self.original_value = loss1
+        self.original_value = loss1
+        if isinstance(loss1, Tensor):
+            self.value = loss1  # kept as given (a parameter stays one, with its gradient)
+        else:  # a float32 buffer, as Pixyz's: in the state dict, moved by .to(), changed in place by fill_()
+            self.register_buffer("value", torch.tensor(loss1, dtype=torch.float))
 
     @property
     def is_number(self) -> bool:
         """Whether the value prints as a number (a Python number or a one-element tensor)."""
         return not isinstance(self.value, Tensor) or self.value.numel() == 1
 
+    def _dgm_shown(self) -> Any:
+        """The number the text shows: the one given, unless the buffer was changed since (``fill_``...)."""
+        v, given = self.value, self.original_value
+        if not isinstance(v, Tensor):
+            return v
+        if v.numel() != 1:
+            return None
+        now = v.item()
+        if not isinstance(given, Tensor) and now == torch.tensor(given, dtype=v.dtype).item():
+            return given  # 2 prints as 2, not as its float32 buffer's 2.0
+        return now
+
     @property
     def is_negative_number(self) -> bool:
         """Whether the value prints as a negative number."""
         if not self.is_number:
             return False
-        v = self.value.item() if isinstance(self.value, Tensor) else self.value
+        v = self._dgm_shown()
         return isinstance(v, numbers.Real) and v < 0
 
     @property
@@ -84,17 +103,15 @@ class ValueLoss(Loss):
     @property
     def _symbol(self) -> Any:
         if self.is_number:  # a number, as Pixyz's ValueLoss (sympy arithmetic makes it an Integer or a Float)
-            return self.value.item() if isinstance(self.value, Tensor) else self.value
+            return self._dgm_shown()
         return super()._symbol
 
     @property
     def latex(self) -> str:
-        if isinstance(self.value, Tensor):
-            return _number_text(self.value.item()) if self.value.numel() == 1 else "c"
-        return _number_text(self.value)
+        return "c" if not self.is_number else _number_text(self._dgm_shown())
 
     def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Any:
-        return self.value  # a number stays a number inside a formula (no float32 rounding); eval() makes a tensor
+        return self.value  # a number's float32 buffer, as Pixyz's (a float64 formula sees it rounded, as there)
 
 
 class Parameter(Loss):

@@ -19,8 +19,11 @@ nonzero = finite.filter(lambda v: abs(v) > 1e-2)
 @settings(max_examples=60, deadline=None)
 @given(a=finite, b=nonzero, c=finite, x=finite, y=nonzero)
 def test_operators_equal_arithmetic_on_values(a: float, b: float, c: float, x: float, y: float) -> None:
+    """Float64 values; the numbers of the formula are float32 buffers (Pixyz's ``ValueLoss``), so the expected
+    values use them rounded to float32."""
     X, Y = Parameter("x"), Parameter("y")
     values = {"x": torch.tensor(x, dtype=torch.float64), "y": torch.tensor(y, dtype=torch.float64)}
+    a, b, c = (float(torch.tensor(v, dtype=torch.float32)) for v in (a, b, c))
     cases = [
         (X + a, x + a), (a + X, a + x), (X - a, x - a), (a - X, a - x), (X * a, x * a), (a * X, a * x),
         (X / b, x / b), (a / Y, a / y), (-X, -x), (abs(X - c), abs(x - c)), (X.abs(), abs(x)),

@@ -756,3 +756,40 @@ def test_an_analytic_kl_without_a_closed_form_raises_pixyzs_value_error() -> Non
     for key, outcome in ref.items():
         assert outcome == ("evaluating raised", ValueError), (key, outcome)
         assert ours[key][0] == "evaluating raised" and issubclass(ours[key][1], NoClosedFormError), (key, ours[key])
+
+
+def prog_a_value_loss_annealed_in_place() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler, ValueLoss
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], name="p")
+    beta = ValueLoss(0.0)
+    loss = (beta * KullbackLeibler(q, prior)).mean()
+    x = torch.ones(2, 1, dtype=torch.float64)
+    out = {"type": type(beta.value).__name__, "dtype": str(beta.value.dtype), "keys": sorted(loss.state_dict())}
+    beta.value.fill_(0.5)  # a beta-VAE's annealing, in place
+    out["fill_"] = loss.eval({"x": x})
+    out["text"] = str(loss)
+    beta.value.copy_(torch.tensor(0.25))
+    out["copy_"] = loss.eval({"x": x})
+    beta.value.data = torch.tensor(2.0)
+    out["data"] = loss.eval({"x": x})
+    loss.load_state_dict({**loss.state_dict(), "loss1.loss1.value": torch.tensor(3.0)})
+    out["load_state_dict"] = loss.eval({"x": x})
+    out["a number in a float64 formula"] = (KullbackLeibler(q, prior) * 0.1).eval({"x": x})
+    return out
+
+
+def test_a_value_loss_holds_its_number_in_a_float32_buffer_as_pixyz() -> None:
+    """``beta.value.fill_(0.5)`` raised ``AttributeError`` ('float' object has no attribute 'fill_') and Pixyz's
+    state dicts (key ``loss1.loss1.value``) did not load. The KL of N(1, 1) against N(0, 1) is 1/2 per row, so the
+    values are beta / 2 (a float64 formula sees the number rounded to float32, as in Pixyz)."""
+    ref, ours = run_both(prog_a_value_loss_annealed_in_place)
+    assert ref.pop("text") == r"mean \left(0 \right)"  # the construction value (porting.md)
+    assert ours.pop("text") == r"mean \left(0.5 D_{KL} \left[q(z|x)||p(z) \right] \right)"
+    assert_same(ref, ours)
+    assert ours["type"] == "Tensor" and ours["dtype"] == "torch.float32" and "loss1.loss1.value" in ours["keys"]
+    for key, beta in (("fill_", 0.5), ("copy_", 0.25), ("data", 2.0), ("load_state_dict", 3.0)):
+        assert float(ours[key]) == pytest.approx(beta / 2)
+    assert float(ours["a number in a float64 formula"][0]) == float(torch.tensor(0.1)) / 2
