@@ -117,6 +117,23 @@ def _dgm_sum_dims(x: Tensor, dim: int | Sequence[int] | None, owner: Any = "Kull
                    f"{list(range(-n, n))}, each once ({e})") from e
 
 
+def _kl(pd: Any, qd: Any) -> Tensor:
+    """``kl_divergence(pd, qd)``; where torch's closed form fails on batch shapes that broadcast (its Bernoulli
+    pair indexes one with the other's mask: a batch of 5 against a prior of batch 1 raises ``IndexError``), both
+    expanded to the broadcast batch shape first."""
+    try:
+        return kl_divergence(pd, qd)
+    except (IndexError, RuntimeError):
+        if pd.batch_shape == qd.batch_shape:
+            raise
+        try:
+            shape = torch.broadcast_shapes(pd.batch_shape, qd.batch_shape)
+        except RuntimeError:
+            raise ValueError(f"batch shapes {tuple(pd.batch_shape)} and {tuple(qd.batch_shape)} do not "
+                             "broadcast") from None
+        return kl_divergence(pd.expand(shape), qd.expand(shape))
+
+
 class KullbackLeibler(Loss):
     r"""The Kullback-Leibler divergence :math:`D_{KL}[p \| q]`, one value per batch element.
 
@@ -252,7 +269,7 @@ class KullbackLeibler(Loss):
                 else:
                     event_dims = 0
             try:
-                kl = kl_divergence(pd, qd)
+                kl = _kl(pd, qd)
             except NotImplementedError:
                 raise NoClosedFormError(
                     f"KullbackLeibler: no analytic KL divergence between {describe(f)} ({type(_elementwise(pd)).__name__}"

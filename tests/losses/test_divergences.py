@@ -108,3 +108,18 @@ def test_entropy_of_mean_field_product_is_the_sum() -> None:
     a = Normal(loc=0., scale=2., var=["a"], features_shape=[1])
     b = Normal(loc=0., scale=3., var=["b"], features_shape=[1])
     assert torch.allclose(Entropy(a * b).eval(), Entropy(a).eval() + Entropy(b).eval())
+
+
+def test_analytic_kl_of_a_batch_of_bernoullis_against_a_constant_prior_is_the_closed_form() -> None:
+    """A binary-latent VAE's regularizer: q(z|x) of batch 5 against a prior of batch 1. torch's Bernoulli pair
+    indexes one distribution with the other's mask, unbroadcast, and raised ``IndexError`` (under Pixyz too);
+    KL = sum_i p log(p / r) + (1 - p) log((1 - p) / (1 - r)) per row."""
+    from pyro_dgm.distributions import Bernoulli
+
+    q = Bernoulli(probs="x", var=["z"], cond_var=["x"], name="q")
+    prior = Bernoulli(probs=torch.tensor(0.5), var=["z"], features_shape=[4], name="p_{prior}")
+    p = torch.linspace(0.1, 0.9, 20).reshape(5, 4)
+    expected = (p * torch.log(p / 0.5) + (1 - p) * torch.log((1 - p) / 0.5)).sum(-1)
+    torch.testing.assert_close(KullbackLeibler(q, prior).eval({"x": p}), expected)
+    torch.testing.assert_close(KullbackLeibler(prior, q).eval({"x": p}),
+                               (0.5 * torch.log(0.5 / p) + 0.5 * torch.log(0.5 / (1 - p))).sum(-1))
