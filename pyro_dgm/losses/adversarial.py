@@ -190,6 +190,11 @@ class AdversarialLoss(Loss):
             return
         if not torch.is_floating_point(y) or bool(((y < 0) | (y > 1) | torch.isnan(y)).any()):
             y = y.detach().float()
+            if bool(torch.isnan(y).any()):  # not a missing sigmoid: a NaN in the data, the samples or the weights
+                raise OutOfRangeError(
+                    f"{type(self).__name__} {self.latex}: the discriminator {describe(self._dgm_d)} output NaN for "
+                    f"{int(torch.isnan(y).sum())} of {y.numel()} values: its inputs (values of {self.p.prob_text} "
+                    f"and {self.q.prob_text}, e.g. the data) or its weights hold NaN or infinite values")
             raise OutOfRangeError(
                 f"{type(self).__name__} {self.latex}: the discriminator {describe(self._dgm_d)} must output "
                 f"probabilities in [0, 1] (the probability that a sample comes from {self.p.prob_text}), got values "
@@ -376,6 +381,13 @@ class AdversarialLoss(Loss):
             raise ValueError(f"{owner}: the discriminator optimizer's state is for parameter groups of sizes "
                              f"{[len(g['params']) for g in saved_groups]}, this optimizer has "
                              f"{[len(g['params']) for g in groups]}")
+        for i, (group, saved_group) in enumerate(zip(groups, saved_groups)):
+            missing = sorted(k for k in group if k != "params" and k not in saved_group)
+            extra = sorted(k for k in saved_group if k != "params" and k not in group)
+            if missing and extra:  # another optimizer class (options a torch version adds are only missing)
+                raise ValueError(f"{owner}: parameter group {i} of the discriminator optimizer's state has the "
+                                 f"options {extra} and lacks {missing} of this term's "
+                                 f"{type(self.d_optimizer).__name__}; was it saved with another d_optimizer?")
 
     def load_term_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`term_state_dict` returned (checked first with :meth:`check_term_state_dict`)."""

@@ -7,7 +7,7 @@ A callback is any callable ``callback(model, epoch, logs)``; ``logs`` holds that
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -16,9 +16,14 @@ from pyro_dgm.models import distributed as _dist
 
 __all__ = ["SampleGrid", "ModelCheckpoint", "tile"]
 
+# id(model) -> what to run once every callback of the epoch has run (fit fills it in while it calls them)
+AFTER_CALLBACKS: dict[int, list[Callable[[], None]]] = {}
+
 
 class SampleGrid:
     r"""A callback that draws samples every ``every`` epochs and tiles them into one image (a grid tensor).
+
+    It draws from a copy of torch's random state, so training goes on exactly as it would without it.
 
     The grids are kept in :attr:`grids` as ``(epoch, tensor [rows*H, cols*W])``, added to TensorBoard when ``fit``
     has a writer, and saved as PNG files ``{path_prefix}{epoch}.png`` when ``path_prefix`` is given (needs
@@ -66,9 +71,12 @@ class SampleGrid:
             return
         d = self.distribution
         modes = [(m, m.training) for m in d.modules()]
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
         try:
             d.eval()
-            with torch.no_grad():
+            # drawn from a copy of the random state: the training run goes on as without this callback (and a
+            # checkpoint saved after it resumes exactly)
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
                 given = dict(self.x_dict) if self.x_dict is not None else None
                 values = d.sample(given, batch_n=None if given else self.batch_n)
                 x = values[self.var]
@@ -102,6 +110,9 @@ def tile(images: Tensor, nrow: int) -> Tensor:
 class ModelCheckpoint:
     r"""A callback that saves the model every ``every`` epochs to ``path`` (``{epoch}`` in it is filled in).
 
+    Under ``fit`` it saves after the epoch's other callbacks have run, whatever their order in ``callbacks``, so a
+    callback that draws random numbers after it does not make the resumed run differ from the uninterrupted one.
+
     Examples
     --------
     >>> cb = ModelCheckpoint("ckpt_{epoch}.pt", every=5)
@@ -118,4 +129,8 @@ class ModelCheckpoint:
 
     def __call__(self, model: Any, epoch: int, logs: Mapping[str, Any]) -> None:
         if epoch % self.every == 0:
-            model.save(self.path_for(epoch))
+            after = AFTER_CALLBACKS.get(id(model))  # a list while fit runs the epoch's callbacks
+            if after is not None:
+                after.append(lambda: model.save(self.path_for(epoch)))
+            else:
+                model.save(self.path_for(epoch))

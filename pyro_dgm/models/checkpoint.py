@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import warnings
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
@@ -126,7 +127,19 @@ def model_state(model: "Model") -> dict[str, Any]:
         "epoch": model.epoch,
         "history": {k: list(v) for k, v in getattr(model, "history", {}).items()},
         "rng": rng_state(),
+        "data_rng": [g.get_state() for g in model.__dict__.get("_dgm_data_generators", ())],
+        **_epoch_state(model),
     }
+
+
+def _epoch_state(model: "Model") -> dict[str, Any]:
+    """``epoch_steps``: the training steps taken in an epoch that ``fit`` began and did not finish (0 at an epoch's
+    end); and, where it can, ``epoch_resume``: what ``fit`` needs to continue that epoch where it stopped
+    (:class:`~pyro_dgm.models.trainer.EpochStart`)."""
+    start = model.__dict__.get("_dgm_epoch_start")
+    steps = model.step - start.step if start is not None else 0
+    resume = start.resume_state(model) if start is not None else None  # (at 0 steps too: its order is drawn)
+    return {"epoch_steps": steps, "epoch_resume": resume} if resume is not None else {"epoch_steps": steps}
 
 
 def _shape_text(t: Any) -> str:
@@ -237,8 +250,15 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         model.distributions.load_state_dict(state["distributions"])
         return
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
-        raise ValueError("Model.load: not a pyro_dgm Model checkpoint (written by Model.save) nor a Pixyz one (a "
-                         "dict with the key 'distributions' alone)")
+        version = state.get("format") if isinstance(state, Mapping) else None
+        raise ValueError(f"Model.load: not a pyro_dgm Model checkpoint (written by Model.save) nor a Pixyz one (a "
+                         f"dict with the key 'distributions' alone)" + (
+                             f"; it says it is of format {version!r}, this pyro_dgm reads format {FORMAT}"
+                             if isinstance(version, int) else ""))
+    lacking = [k for k in _REQUIRED if k not in state]
+    if lacking:
+        raise ValueError(f"Model.load: the checkpoint lacks {lacking}; it is damaged or was not written by "
+                         "Model.save")
     _check_module("distributions", model.distributions, state["distributions"])
     others = _other_distributions(model)
     saved_others = state["other_distributions"]
@@ -267,6 +287,25 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         check = getattr(terms[i], "check_term_state_dict", None)
         if callable(check):
             check(entry["state"])
+    step, epoch = _counter(state, "step"), _counter(state, "epoch")
+    history = state.get("history") or {}
+    if not isinstance(history, Mapping) or not all(isinstance(v, (list, tuple)) for v in history.values()):
+        raise ValueError("Model.load: the checkpoint's history is not a dict of lists; it is damaged")
+    ranks_rng = state.get("rng_ranks")  # saved under torch.distributed: each process takes its own
+    same_world = isinstance(ranks_rng, (list, tuple)) and len(ranks_rng) == _dist.world_size()
+    rng = ranks_rng[_dist.rank()] if same_world else state["rng"]
+    _check_rng(rng)
+    resume = state.get("epoch_resume")
+    if resume is not None:
+        if not isinstance(resume, Mapping) or not {"steps", "rng", "data_rng", "rows", "sums"} <= set(resume):
+            raise ValueError("Model.load: the checkpoint's epoch_resume is not what Model.save writes; it is damaged")
+        _check_rng(resume["rng"])
+    if _dist.is_distributed() and not same_world and _dist.rank() == 0:
+        saved = len(ranks_rng) if isinstance(ranks_rng, (list, tuple)) else 1
+        warnings.warn(f"Model.load: the checkpoint holds the random states of {saved} process(es), this run has "
+                      f"{_dist.world_size()}: every process takes the first one's, so their Monte Carlo draws are "
+                      "the same; seed each process after loading (e.g. torch.manual_seed(seed + rank)) for "
+                      "distinct ones", UserWarning, stacklevel=4)
     # every check passed: change the model
     model.distributions.load_state_dict(state["distributions"])
     with torch.no_grad():
@@ -278,15 +317,63 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         opt.load_state_dict(state["optimizers"][name])
     for key, entry in state["loss_terms"].items():
         terms[int(key)].load_term_state_dict(entry["state"])
-    model.step = int(state["step"])
-    model.epoch = int(state["epoch"])
-    history = state.get("history") or {}
+    model.step = step
+    model.epoch = epoch
     if history or hasattr(model, "history"):
         from pyro_dgm.models.trainer import History
         model.history = History({k: list(v) for k, v in history.items()})
-    ranks_rng = state.get("rng_ranks")  # saved under torch.distributed: each process takes its own
-    same_world = isinstance(ranks_rng, (list, tuple)) and len(ranks_rng) == _dist.world_size()
-    set_rng_state(ranks_rng[_dist.rank()] if same_world else state["rng"])
+    set_rng_state(rng)
+    data_rng = state.get("data_rng") or []
+    if data_rng:  # given to the data loader's generators at the next fit (trainer._data_generators)
+        model._dgm_pending_data_rng = list(data_rng)
+    else:
+        model.__dict__.pop("_dgm_pending_data_rng", None)
+    model.__dict__.pop("_dgm_epoch_start", None)
+    model.__dict__.pop("_dgm_pending_epoch", None)
+    steps = int(state.get("epoch_steps") or 0)
+    resume = state.get("epoch_resume")
+    if isinstance(resume, Mapping) and not _dist.is_distributed():
+        model._dgm_pending_epoch = dict(resume)  # fit continues the epoch where it stopped (trainer._resume_epoch)
+    elif steps:
+        warnings.warn(_mid_epoch_text(steps, epoch, "was saved") + "; fit(...) resumes at the start of that epoch "
+                      "and trains those steps again, on another order: the run differs from an uninterrupted one. "
+                      "For an exact resume, load a checkpoint saved at the end of an epoch (ModelCheckpoint)",
+                      UserWarning, stacklevel=4)
+
+
+def _mid_epoch_text(steps: int, epoch: int, verb: str) -> str:
+    return f"the checkpoint {verb} {steps} training step(s) into epoch {epoch + 1}, which fit did not finish"
+
+
+_REQUIRED = ("distributions", "other_distributions", "optimizers", "loss_terms", "step", "epoch", "rng")
+
+
+def _counter(state: Mapping[str, Any], key: str) -> int:
+    """The checkpoint's ``step`` or ``epoch``: a non-negative integer, else ``ValueError``."""
+    value = state[key]
+    try:
+        n = int(value) if not isinstance(value, (bool, float, str)) else None
+    except (TypeError, ValueError, RuntimeError):
+        n = None
+    if n is None or n < 0:
+        raise ValueError(f"Model.load: the checkpoint's {key} is {value!r}, not a non-negative integer; it is "
+                         "damaged")
+    return n
+
+
+def _check_rng(rng: Any) -> None:
+    """Check that the random states :func:`set_rng_state` would restore are valid, by restoring them and then the
+    current ones; a damaged state raises ``ValueError`` (before the model is changed)."""
+    current = rng_state()
+    try:
+        if not isinstance(rng, Mapping):
+            raise TypeError(f"a {type(rng).__name__}, not a dict")
+        set_rng_state(rng)
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, IndexError, AttributeError) as e:
+        raise ValueError(f"Model.load: the checkpoint's random states cannot be restored ({type(e).__name__}: "
+                         f"{e}); it is damaged") from e
+    finally:
+        set_rng_state(current)
 
 
 def save(model: "Model", path: Any) -> None:
@@ -297,13 +384,19 @@ def save(model: "Model", path: Any) -> None:
     The checkpoint is written to a temporary file in the same folder, flushed and synced to disk, then renamed over
     ``path`` (``os.replace``), so ``path`` always holds either the previous complete checkpoint or the new one, even
     if the process is killed while saving (a killed save may leave a ``.<name>.*.tmp`` file behind, never a broken
-    ``path``). A file object (``io.BytesIO``...) is written directly.
+    ``path``; a symbolic link stays a link, and the file it points to is replaced). A file object (``io.BytesIO``...)
+    is written directly.
     """
     ranks_rng = None
     if _dist.is_distributed():  # every process's random state, so each resumes its own draws
         ranks_rng = _dist.gather_to_rank0(rng_state(), f"{type(model).__name__}.save")
     if _dist.rank() == 0:
         state = model_state(model)
+        if state["epoch_steps"] and "epoch_resume" not in state:
+            warnings.warn(_mid_epoch_text(state["epoch_steps"], model.epoch, "is saved") + " (an interrupted fit): "
+                          "resuming from it does not continue that epoch where it stopped but trains it again from "
+                          "its start; checkpoints saved at the end of an epoch (ModelCheckpoint) resume exactly",
+                          UserWarning, stacklevel=3)
         if ranks_rng is not None:
             state["rng_ranks"] = ranks_rng
         if isinstance(path, (str, os.PathLike)):
@@ -329,7 +422,10 @@ def atomic_torch_save(obj: Any, path: Any) -> None:
     import tempfile
 
     path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
+    if not path:
+        raise ValueError("Model.save: the path is empty; give a file name")
+    path = os.path.realpath(path)  # a symbolic link: replace the file it points to (as torch.save writes through it)
+    folder, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -407,8 +503,9 @@ def load(model: "Model", path: Any, resume: bool = False) -> None:
     if isinstance(state, Mapping) and "rng" in state:  # RNG states live on the CPU whatever the model's device
         state = dict(state)
         state["rng"] = _to_cpu(state["rng"])
-        if "rng_ranks" in state:
-            state["rng_ranks"] = _to_cpu(state["rng_ranks"])
+        for key in ("rng_ranks", "data_rng", "epoch_resume"):
+            if key in state:
+                state[key] = _to_cpu(state[key])
     load_model_state(model, state)
 
 

@@ -170,6 +170,29 @@ def _finite_sum(grads: Sequence[Tensor]) -> bool:
     return math.isfinite(get_total_norm(grads, 2.0).item())
 
 
+def _network_buffers(modules: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, name)`` of every buffer of the networks in ``modules`` (not the distributions' constants)."""
+    return [(m, n) for m in modules.modules() if not isinstance(m, Distribution)
+            for n, b in m._buffers.items() if b is not None and n not in m._non_persistent_buffers_set]
+
+
+def _autograd_leaves(t: Tensor) -> set[int]:
+    """The ids of the leaf tensors (parameters) that ``t``'s autograd graph accumulates gradients into."""
+    out: set[int] = set()
+    seen: set[Any] = set()
+    stack = [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)  # an AccumulateGrad node
+        if variable is not None:
+            out.add(id(variable))
+        stack.extend(f for f, _ in fn.next_functions)
+    return out
+
+
 def _param_store() -> Any:
     import pyro
 
@@ -437,6 +460,7 @@ class Model:
         ------
         NonFiniteLossError
             If the loss is NaN or infinite (before any parameter changes); the message names the step and terms.
+            A step that raises leaves the networks' buffers (batch-norm running statistics) as they were too.
         NonFiniteGradientError
             If the loss is finite but a gradient is not (before the optimizer steps: the weights and the optimizer
             state are unchanged); the message names the step and the distributions and parameters concerned.
@@ -445,7 +469,22 @@ class Model:
         RuntimeError
             If the loss has no gradient (it does not depend on the trained parameters).
         """
-        x_dict = train_x_dict
+        pairs = self.__dict__.get("_dgm_net_buffers")
+        if pairs is None:  # the networks' buffers (batch-norm statistics...), which a failed step must not change
+            pairs = self._dgm_net_buffers = _network_buffers(self.distributions)
+        if not pairs:
+            return self._dgm_step(train_x_dict, kwargs)
+        saved = [(m, n, m._buffers[n].clone()) for m, n in pairs if m._buffers.get(n) is not None]
+        try:
+            return self._dgm_step(train_x_dict, kwargs)
+        except BaseException:  # a NaN batch, a network that raised, Ctrl-C: the statistics are as before the step
+            with torch.no_grad():
+                for m, n, b in saved:
+                    m._buffers[n].copy_(b)
+            raise
+
+    def _dgm_step(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:
+        """The body of :meth:`train`."""
         for m in self.distributions.modules():  # train mode (modules set since included), without the setattr walk
             if not m.training:
                 self.distributions.train()
@@ -469,6 +508,13 @@ class Model:
             if len(store) > size:  # the loss created Pyro parameters (pyro.param in a custom term)
                 names = list(store.keys())[size:]
                 self._dgm_adopt_pyro_params({n: store.get_param(n).unconstrained() for n in names})
+            if size and "_dgm_params_seen" not in self.__dict__:
+                # this model's first step: also the Pyro parameters that existed before it and that the loss reads
+                # (created by test(), or by another model in this process), as SVI collects them at every step;
+                # found in the loss's autograd graph (a Pyro handler here would not be thread-safe)
+                self._dgm_params_seen = True
+                leaves = _autograd_leaves(loss)
+                self._dgm_adopt_pyro_params({n: p for n, p in store.named_parameters() if id(p) in leaves})
         self.last_terms = terms
         self._dgm_check_finite(loss, terms, "training")
         if self.optimizer is None:
@@ -486,7 +532,7 @@ class Model:
                               "parameters, only to the discriminator of its adversarial term (trained by that term's "
                               "loss_train), so this step changes nothing (as under Pixyz); check the order of the "
                               "term's distributions and that distributions=[...] holds the generator",
-                              RuntimeWarning, stacklevel=2)
+                              RuntimeWarning, stacklevel=3)
                 self.step += 1
                 return loss.detach()
             raise RuntimeError(f"{type(self).__name__}: the loss {self.loss_cls} does not depend on the trained "
@@ -538,6 +584,7 @@ class Model:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_dgm_compiled"] = {}  # keyed by the losses' ids, which a copy does not keep: built again
+        state.pop("_dgm_data_generators", None)  # the last fit's data loader's (torch.Generator does not pickle)
         return state
 
     def _dgm_compiled_eval(self, loss: Loss) -> CompiledEval:

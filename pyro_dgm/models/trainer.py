@@ -271,8 +271,10 @@ class _Accumulator:
     def __init__(self) -> None:
         self.rows = 0.0
         self.sums: dict[str, float] = {}
+        self.batches = 0
 
     def add(self, loss: Tensor, terms: Mapping[str, Any], rows: int) -> None:
+        self.batches += 1
         self.rows += rows
         for key, value in [("loss", loss), *terms.items()]:
             v = torch.as_tensor(value).detach()
@@ -376,12 +378,16 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     if getattr(model, "loss_cls", 0) is None:
         model._dgm_no_loss()  # built with loss=None and no set_loss since
     state = _FitState.start(model, train_data, test_data, batch_size, callbacks, progress, log_dir, shuffle, kwargs)
+    _data_generators(model, train_data)
     model.stop_training = False
     model.tb_writer = state.writer
     try:
         for _ in range(epochs):
             state.epoch = model.epoch + 1
+            # what a checkpoint saved before the epoch ends needs to resume it where it stopped (checkpoint.save)
+            model._dgm_epoch_start = EpochStart.now(model)
             record = _run_epoch(model, state)
+            del model._dgm_epoch_start
             model.epoch = state.epoch
             _log_epoch(model, state, record)
             if model.stop_training:
@@ -391,6 +397,61 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
         if state.writer is not None:
             state.writer.close()
     return state.history
+
+
+@dataclass
+class EpochStart:
+    """Where the epoch ``fit`` is running began: the step, the random states (torch's and the data loader's
+    generators') before the epoch drew its order, and the epoch's running sums (:class:`_Accumulator`)."""
+
+    step: int
+    rng: Any  # checkpoint.rng_state(), or None under torch.distributed (each process has its own)
+    data_rng: list[Tensor]
+    acc: Any = None
+
+    @classmethod
+    def now(cls, model: "Model") -> "EpochStart":
+        from pyro_dgm.models.checkpoint import rng_state
+
+        rng = None if _dist.is_distributed() else rng_state()
+        return cls(model.step, rng, [g.get_state() for g in model.__dict__.get("_dgm_data_generators", ())])
+
+    def resume_state(self, model: "Model") -> dict[str, Any] | None:
+        """What a checkpoint saved now holds to resume this epoch where it stopped (``None`` where it cannot: under
+        torch.distributed, or when the steps and the batches counted differ, a step interrupted midway)."""
+        steps = model.step - self.step
+        acc = self.acc
+        if self.rng is None or acc is None or acc.batches != steps:
+            return None
+        return {"steps": steps, "rng": self.rng, "data_rng": list(self.data_rng),
+                "rows": acc.rows, "sums": dict(acc.sums)}
+
+
+def _data_generators(model: "Model", data: Any) -> None:
+    """Keep the random generators of a ``DataLoader``'s shuffling (``generator=`` of the loader or of its sampler)
+    on ``model``, so checkpoints save their states; a checkpoint loaded with ``resume=True`` gives them back here,
+    and the resumed run draws the orders the uninterrupted run would have drawn."""
+    found: list[torch.Generator] = []
+    sampler = getattr(data, "sampler", None)
+    batch_sampler = getattr(data, "batch_sampler", None)
+    for g in (getattr(data, "generator", None), getattr(sampler, "generator", None),
+              getattr(getattr(batch_sampler, "sampler", None), "generator", None)):
+        if isinstance(g, torch.Generator) and all(g is not h for h in found):
+            found.append(g)
+    if found:
+        model._dgm_data_generators = found
+    else:
+        model.__dict__.pop("_dgm_data_generators", None)
+    pending = model.__dict__.pop("_dgm_pending_data_rng", None)
+    if pending is None:
+        return
+    if len(pending) != len(found):
+        warnings.warn(f"fit: the checkpoint loaded with resume=True holds the states of {len(pending)} data-loader "
+                      f"random generator(s), train_data has {len(found)}; its shuffling starts afresh, so the "
+                      "resumed run draws other orders than the uninterrupted one", UserWarning, stacklevel=3)
+        return
+    for g, st in zip(found, pending):
+        g.set_state(st)
 
 
 @dataclass
@@ -418,6 +479,9 @@ class _FitState:
         test = (None if test_data is None else
                 _Batches(test_data, model.test_loss_cls.input_var, batch_size, False, "test_data",
                          _series_dims(model.test_loss_cls)))
+        if test is not None and _has_len(test) and len(test) == 0:
+            raise ValueError(f"fit: test_data holds no batch ({type(test_data).__name__} of length 0); pass test "
+                             "data with rows, or test_data=None")
         callbacks = [callbacks] if callable(callbacks) else list(callbacks or [])  # one callable: a list of one
         for cb in callbacks:
             if not callable(cb):
@@ -442,7 +506,10 @@ def _run_epoch(model: "Model", state: _FitState) -> dict[str, Any]:
         record["train_loss"] = means.pop("loss")
         record.update({f"train/{k}": v for k, v in means.items()})
         if state.test is not None:
-            tmeans = _test_epoch(model, state.test, state.kwargs).means()
+            tmeans = _test_epoch(model, state.test, state.kwargs, state.epoch).means()
+            if "loss" not in tmeans:
+                raise ValueError(f"fit: test_data gave no batch in epoch {state.epoch}; pass a re-iterable (a "
+                                 "DataLoader, a list of batches) or a dict of tensors")
             record["test_loss"] = tmeans.pop("loss")
             record.update({f"test/{k}": v for k, v in tmeans.items()})
     except NonFiniteLossError as err:
@@ -455,14 +522,23 @@ def _run_epoch(model: "Model", state: _FitState) -> dict[str, Any]:
 def _train_epoch(model: "Model", state: _FitState) -> _Accumulator:
     """``model.train_step`` on every training batch, under the progress bar."""
     acc = _Accumulator()
+    start = model.__dict__.get("_dgm_epoch_start")
+    if start is not None:
+        start.acc = acc
     batches: Iterable[dict[str, Any]] = state.train
     bar = None
     if state.tqdm is not None:
         total = len(state.train) if _has_len(state.train) else None
         bar = batches = state.tqdm(state.train, total=total, desc=f"epoch {state.epoch}", leave=False)
     try:
-        for batch in batches:
-            loss, terms = model.train_step(batch, **state.kwargs)
+        numbered = _numbered(batches, state.epoch, "training")
+        _resume_epoch(model, numbered, acc)
+        for i, batch in numbered:
+            try:
+                loss, terms = model.train_step(batch, **state.kwargs)
+            except Exception as e:
+                _note(e, f"in fit: epoch {state.epoch}, training batch {i} (step {model.step + 1})")
+                raise
             acc.add(loss, terms, _rows(batch))
             if bar is not None:
                 bar.set_postfix(loss=f"{acc.running:.4g}")
@@ -475,13 +551,67 @@ def _train_epoch(model: "Model", state: _FitState) -> _Accumulator:
     return acc
 
 
-def _test_epoch(model: "Model", batches: _Batches, kwargs: dict[str, Any]) -> _Accumulator:
+def _test_epoch(model: "Model", batches: _Batches, kwargs: dict[str, Any], epoch: int) -> _Accumulator:
     """``model.test_step`` on every test batch."""
     acc = _Accumulator()
-    for batch in batches:
-        loss, terms = model.test_step(batch, **kwargs)
+    for i, batch in _numbered(batches, epoch, "test"):
+        try:
+            loss, terms = model.test_step(batch, **kwargs)
+        except Exception as e:
+            _note(e, f"in fit: epoch {epoch}, test batch {i}")
+            raise
         acc.add(loss, terms, _rows(batch))
     return acc
+
+
+def _resume_epoch(model: "Model", numbered: Iterator[tuple[int, dict[str, Any]]], acc: _Accumulator) -> None:
+    """Continue an epoch that a checkpoint loaded with ``resume=True`` stopped in (``Model.save`` after an
+    interrupted ``fit``): the random states of the epoch's start are put back to draw its order again, the batches
+    already trained on are read and skipped, then the checkpoint's random state and running sums are restored."""
+    pending = model.__dict__.pop("_dgm_pending_epoch", None)
+    if pending is None:
+        return
+    from pyro_dgm.models.checkpoint import rng_state, set_rng_state
+
+    now = rng_state()
+    generators = model.__dict__.get("_dgm_data_generators", [])
+    set_rng_state(pending["rng"])
+    if len(generators) == len(pending["data_rng"]):
+        for g, st in zip(generators, pending["data_rng"]):
+            g.set_state(st)
+    for _ in range(pending["steps"]):
+        if next(numbered, None) is None:
+            raise ValueError(f"fit: the checkpoint was saved {pending['steps']} training steps into the epoch, but "
+                             "train_data has fewer batches; resume with the data it was saved with")
+    if pending["steps"]:  # (with none skipped, the epoch's order is drawn at the first batch, from its start)
+        set_rng_state(now)
+    acc.batches, acc.rows, acc.sums = pending["steps"], pending["rows"], dict(pending["sums"])
+    start = model.__dict__.get("_dgm_epoch_start")
+    if start is not None:  # a checkpoint saved later in this epoch resumes it from the same start
+        start.step, start.rng, start.data_rng = model.step - pending["steps"], pending["rng"], pending["data_rng"]
+
+
+def _numbered(batches: Iterable[dict[str, Any]], epoch: int, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``enumerate(batches, 1)``; an error raised while reading a batch (a wrong shape or a missing variable in
+    the data, a loader that fails) is noted with the epoch and the batch's number."""
+    it = iter(batches)
+    i = 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:
+            _note(e, f"in fit: epoch {epoch}, while reading {what} batch {i + 1}")
+            raise
+        i += 1
+        yield i, batch
+
+
+def _note(e: BaseException, text: str) -> None:
+    """Add ``text`` to what ``e`` says (a non-finite loss names its epoch in its message already)."""
+    if not isinstance(e, NonFiniteLossError) and text not in getattr(e, "__notes__", ()):
+        e.add_note(text)
 
 
 def _log_epoch(model: "Model", state: _FitState, record: dict[str, Any]) -> None:
@@ -496,5 +626,15 @@ def _log_epoch(model: "Model", state: _FitState, record: dict[str, Any]) -> None
     if state.show:
         text = ", ".join(f"{k} {record[k]:.4g}" for k in ("train_loss", "test_loss") if k in record)
         (state.tqdm.write if state.tqdm is not None else print)(f"epoch {state.epoch}: {text}")
-    for cb in state.callbacks:
-        cb(model, state.epoch, dict(record))
+    if not state.callbacks:
+        return
+    from pyro_dgm.models.callbacks import AFTER_CALLBACKS
+
+    AFTER_CALLBACKS[id(model)] = after = []  # checkpoints are written once every callback has run
+    try:
+        for cb in state.callbacks:
+            cb(model, state.epoch, dict(record))
+    finally:
+        del AFTER_CALLBACKS[id(model)]
+        for save in after:
+            save()
