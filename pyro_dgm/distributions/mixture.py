@@ -310,6 +310,12 @@ class MixtureModel(_Mixture):
         else:
             support = torch.arange(k, device=comps[0].mean.device).reshape(k, *([1] * nb))
         logits = prior_fn.log_prob(support).movedim(0, -1)
+        x = values.get(b.var[0])
+        if (isinstance(x, Tensor) and x.dim() >= 2 and ctx.obs is None and (not PYRO_STACK or ignores_sites(PYRO_STACK))
+                and all(not c.event_shape and all(n == 1 for n in c.batch_shape) for c in comps)):
+            # constant components of features () scoring x of shape [N, D...]: as in Pixyz, one component per row,
+            # whose features are iid (p(x_n) = sum_k pi_k prod_d p_k(x_nd)), not one per feature
+            comps = [_with_event(c, x.shape[1:]) for c in comps]
         return MixtureDistribution(logits, comps)
 
     def get_log_prob(self, x_dict: ValuesLike, return_hidden: bool = False, sum_features: bool = True,
