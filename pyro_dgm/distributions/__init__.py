@@ -19,3 +19,7 @@ __all__ = ["Distribution", "DistributionBase", "MultiplyDistribution", "ReplaceV
            "sum_samples", "ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal", "MixtureOfNormal",
            "MixtureModel", "PosteriorMixtureModel", "TransformedDistribution", "InverseTransformedDistribution",
            "PlanarFlowDistribution", "RealNVPDistribution", "RealNVP"]
+
+# Pixyz's module paths, reachable as attributes of the package as there (pixyz.distributions.distributions.Distribution)
+from pyro_dgm.distributions import (custom_distributions, distributions, exponential_distributions,  # noqa: E402,F401
+                                    mixture_distributions, moe, special_distributions)

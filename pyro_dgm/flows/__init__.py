@@ -13,3 +13,6 @@ from pyro_dgm.flows.planar import PlanarFlow
 __all__ = ["Flow", "FlowList", "ConditionedFlow", "PlanarFlow", "AffineCoupling", "ChannelConv", "Squeeze",
            "Unsqueeze", "Permutation", "Shuffle", "Reverse", "Flatten", "Preprocess", "BatchNorm1d", "BatchNorm2d",
            "ActNorm2d", "checkerboard_mask", "channel_wise_mask"]
+
+# Pixyz's module paths, reachable as attributes of the package as there (pixyz.flows.flows.Flow)
+from pyro_dgm.flows import flows, normalizing_flows  # noqa: E402,F401

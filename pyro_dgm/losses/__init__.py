@@ -44,3 +44,6 @@ def __getattr__(name: str) -> object:
 
         return DataParalleledLoss
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+# Pixyz's module paths, reachable as attributes of the package as there (pixyz.losses.losses.Parameter)
+from pyro_dgm.losses import adversarial_loss, entropy, losses  # noqa: E402,F401

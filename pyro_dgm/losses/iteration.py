@@ -10,7 +10,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_MUL, Loss, ordered_union
 from pyro_dgm.losses.special import LossArgumentError
-from pyro_dgm.utils.checks import DimensionError
+from pyro_dgm.utils.checks import ArgumentError, DimensionError
 from pyro_dgm.utils import get_dict_values, replace_dict_keys  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,6 +172,13 @@ class IterativeLoss(Loss):
                               "give max_iter > 0, or 0 or None for the length of the first series_var",
                               UserWarning, stacklevel=2)
         if slice_step is not None:
+            from pyro_dgm.distributions.base import Distribution
+
+            if not isinstance(slice_step, Distribution):  # (Pixyz: an AttributeError reading its input_var)
+                raise ArgumentError(f"IterativeLoss: slice_step must be a pyro_dgm distribution that gives each step's "
+                                    f"values from the series (a Deterministic whose forward takes t), got "
+                                    f"{type(slice_step).__name__}; to index the series otherwise, override "
+                                    "slice_step_fn(t, x) in a subclass")
             step_loss = step_loss.expectation(slice_step)
         names = ordered_union(step_loss.input_var, series, list(updates.values()))
         if timestep:

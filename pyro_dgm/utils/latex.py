@@ -66,10 +66,19 @@ def math_escape(text: str) -> str:
 def print_latex(obj: Any) -> Any:
     """Show ``obj``'s formula: as rendered math in IPython/Jupyter, as plain LaTeX text elsewhere.
 
-    ``obj`` is a distribution or a loss (anything with ``_dgm_latex_text()``). Returns the IPython ``Math`` object
-    when IPython is installed (so a notebook cell displays it), else prints the text and returns it.
+    ``obj`` is a distribution, its ``graph``, a loss or a model (anything with ``_dgm_latex_text()``). Returns the
+    IPython ``Math`` object when IPython is installed (so a notebook cell displays it), else prints the text and
+    returns it.
     """
-    text = math_escape(obj._dgm_latex_text())
+    latex_text = getattr(obj, "_dgm_latex_text", None)
+    if latex_text is not None:
+        text = latex_text()
+    elif isinstance(getattr(obj, "prob_joint_factorized_and_text", None), str):  # a DistGraph, as Pixyz's branch
+        text = obj.prob_joint_factorized_and_text
+    else:
+        raise TypeError(f"print_latex: expected a distribution, its graph, a loss or a model, got "
+                        f"{type(obj).__name__}")
+    text = math_escape(text)
     try:
         from IPython.display import Math
     except ImportError:

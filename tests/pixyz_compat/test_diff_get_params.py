@@ -7,6 +7,8 @@ values that recomputing would not (after an optimizer step, ...), ours recompute
 """
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pixyz_harness import assert_same, run_both
 
@@ -152,3 +154,23 @@ def test_the_override_is_what_scores():
     want = torch.distributions.Normal(m + 3.0, 2.0).log_prob(z).sum(-1)
     torch.testing.assert_close(q.get_log_prob({"z": z, "m": m}), want)
     torch.testing.assert_close(q.sample_mean({"m": m}), m + 3.0)
+
+
+def prog_get_params_given_an_input_no_parameter_reads() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    dist_1 = Normal(loc=0, scale=1, var=["x"])
+    dist_2 = Normal(loc="z", scale=1., var=["x"], cond_var=["z"])
+    return {"dist_1": dist_1.get_params({"z": 1}),
+            "dist_2": dist_2.get_params({"z": torch.ones(2, 1), "w": torch.zeros(1)})}
+
+
+def test_get_params_returns_the_parameters_only_pixyz_echoes_other_inputs() -> None:
+    """The API reference's own example ``dist_1.get_params({"z": 1})`` shows ``{"loc": 0, "scale": 1}``; Pixyz's
+    default ``forward`` returns its keyword arguments, so its dict also holds the input ``z`` (and ``w``) that no
+    parameter reads (porting.md). The parameters themselves are equal."""
+    ref, ours = run_both(prog_get_params_given_an_input_no_parameter_reads)
+    assert ref["dist_1"].pop("z") == 1 and "w" in ref["dist_2"] and "z" not in ref["dist_2"]
+    del ref["dist_2"]["w"]
+    assert sorted(ours["dist_1"]) == sorted(ours["dist_2"]) == ["loc", "scale"]
+    assert_same(ref, ours)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
+from pixyz_harness import assert_same, raises_same, renamed_import, run_both, run_pixyz, run_pyro_dgm
 
 
 @st.composite
@@ -334,3 +334,20 @@ def test_a_float_max_iter_is_refused_when_evaluated_as_under_pixyz() -> None:
         run_pixyz(program)
     with pytest.raises(LossArgumentError, match="IterativeLoss: max_iter must be an int, got 2.0"):
         run_pyro_dgm(program)
+
+
+def prog_slice_step_given_a_function() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import IterativeLoss, LogProb
+    p = Normal(loc="h", scale=torch.tensor(1.), var=["x"], cond_var=["h"], name="p")
+    return IterativeLoss(LogProb(p), max_iter=3, series_var=["x", "h"], slice_step=lambda t, d: d)
+
+
+def test_a_slice_step_that_is_no_distribution_names_iterative_loss() -> None:
+    """Pixyz: AttributeError ('function' object has no attribute 'input_var'); ours was a TypeError about
+    ``Expectation: p``; it now names IterativeLoss's slice_step and is both types."""
+    pixyz_error, ours = raises_same(prog_slice_step_given_a_function)
+    assert issubclass(ours, pixyz_error) and issubclass(ours, TypeError)
+    with renamed_import(), pytest.raises(ours, match=r"IterativeLoss: slice_step must be a pyro_dgm distribution"):
+        prog_slice_step_given_a_function()

@@ -314,3 +314,29 @@ def test_importing_keeps_torchs_validation_setting(library: str) -> None:
             "print(D._validate_args)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_submodules_are_attributes_of_their_package_as_in_pixyz() -> None:
+    """After ``import pixyz.losses``, ``pixyz.losses.losses.Parameter`` runs (the API reference names classes so,
+    and Pixyz's ``print_latex`` tests ``isinstance(obj, pixyz.distributions.distributions.Distribution)``); here
+    nine such paths raised AttributeError (the modules existed, their packages did not import them). Checked in a
+    fresh process, so that no other test's imports bind them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil\n"
+        "import pixyz\n"
+        "found, missing = 0, []\n"
+        "for sub in ['', '.distributions', '.losses', '.models', '.flows', '.layers', '.utils']:\n"
+        "    theirs = importlib.import_module('pixyz' + sub)\n"
+        "    ours = importlib.import_module('pyro_dgm' + sub)\n"
+        "    for m in pkgutil.iter_modules(getattr(theirs, '__path__', [])):\n"
+        "        if hasattr(theirs, m.name):\n"
+        "            found += 1\n"
+        "            if not hasattr(ours, m.name):\n"
+        "                missing.append('pyro_dgm' + sub + '.' + m.name)\n"
+        "print(found, missing)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    found, missing = out.stdout.split(" ", 1)
+    assert int(found) >= 20 and missing.strip() == "[]", out.stdout

@@ -108,7 +108,10 @@ def _print_latex():
 
     p = Normal(var=["x"], cond_var=["z"], loc="z", scale=torch.tensor(1.0))
     prior = Normal(var=["z"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), name="p_{prior}")
-    return {"dist": print_latex(p * prior).data, "loss": print_latex(p.log_prob()).data}
+    joint = p * prior
+    # a distribution's graph too (Pixyz's DistGraph branch; it raised AttributeError here)
+    return {"dist": print_latex(joint).data, "loss": print_latex(p.log_prob()).data,
+            "graph": print_latex(joint.graph).data, "one factor's graph": print_latex(p.graph).data}
 
 
 PROGRAMS = [_dict_helpers, _tolist_and_sums, _latex_names, _settings, _frozen_sample_dict, _lru_cache_decorator,
@@ -119,6 +122,15 @@ PROGRAMS = [_dict_helpers, _tolist_and_sums, _latex_names, _settings, _frozen_sa
 def test_same_as_pixyz(program):
     ref, ours = run_both(program)
     assert_same(ref, ours)
+
+
+def test_print_latex_of_something_else_is_a_type_error_naming_what_it_takes():
+    """Pixyz fails on ``print_latex(3)`` with an UnboundLocalError; ours said that an int has no
+    ``_dgm_latex_text``."""
+    from pyro_dgm.utils import print_latex
+
+    with pytest.raises(TypeError, match="print_latex: expected a distribution, its graph, a loss or a model, got int"):
+        print_latex(3)
 
 
 def test_cache_maxsize_default_is_ours():
