@@ -20,6 +20,8 @@ __all__ = ["Distribution", "DistributionBase", "MultiplyDistribution", "ReplaceV
            "MixtureModel", "PosteriorMixtureModel", "TransformedDistribution", "InverseTransformedDistribution",
            "PlanarFlowDistribution", "RealNVPDistribution", "RealNVP"]
 
+PlanarFlow = PlanarFlowDistribution  # the early reference's name, not in __all__ (flows.PlanarFlow is the flow)
+
 # Pixyz's module paths, reachable as attributes of the package as there (pixyz.distributions.distributions.Distribution)
 from pyro_dgm.distributions import (custom_distributions, distributions, exponential_distributions,  # noqa: E402,F401
                                     mixture_distributions, moe, special_distributions)

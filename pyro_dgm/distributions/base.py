@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import textwrap
 import threading
+import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Sequence
 
 import networkx as nx
 import pyro
 import torch
+from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor
 
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState, draw_factors
+from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites,
                                            outer_plates_ndim)
@@ -480,7 +483,9 @@ class Distribution(YieldingModule):
         sample_mean : bool, default False
             Take each factor's mean instead of a random draw.
         **kwargs
-            Passed on to the networks' ``forward``.
+            Passed on to the networks' ``forward``. The early API reference's ``batch_size`` and ``shape`` (the
+            samples' shape, batch dims then features) stand for ``batch_n``/``sample_shape`` where no network takes
+            them (see :mod:`pyro_dgm.distributions.early_options`).
 
         Returns
         -------
@@ -500,6 +505,9 @@ class Distribution(YieldingModule):
         >>> {k: tuple(v.shape) for k, v in (p * prior).sample(batch_n=3).items()}
         {'z': (3, 2), 'x': (3, 2)}
         """
+        expected = None
+        if kwargs and ("batch_size" in kwargs or "shape" in kwargs):  # the early API reference's names (see there)
+            batch_n, sample_shape, kwargs, expected = early_sampling_options(self, batch_n, sample_shape, kwargs)
         if batch_n is not None and (type(batch_n) is not int or batch_n < 1):
             batch_n = sample_batch_n(self, batch_n)  # numpy/torch integers, and Pixyz's 0, False, -1, True
         if type(sample_shape) is not torch.Size:
@@ -513,6 +521,8 @@ class Distribution(YieldingModule):
         if f_opts and id(self) in f_opts:  # (Pixyz: options hold in products; an atomic one's own calls ignore them)
             f_opts = {k: v for k, v in f_opts.items() if k != id(self)}
         draw_factors(self._dgm_order, values, ctx, f_opts)  # graph.set_option(..., var) overrides the call's options
+        if expected is not None:
+            check_early_shape(self, values, expected)
         if return_all:
             return values
         var = self._var  # in the order drawn, as Pixyz's
@@ -621,6 +631,11 @@ class Distribution(YieldingModule):
                       guide: bool = False) -> dict[str, Tensor]:
         values = dict(data) if data is not None else {}
         values.update(kwargs)
+        if None in values.values():  # Pyro's idiom: None is "not given" (a model samples it, a guide needs it)
+            values = {k: v for k, v in values.items() if v is not None}
+        unknown = [k for k in values if k not in self._dgm_known_names]
+        if unknown:
+            self._dgm_warn_unknown(unknown, values)
         required = self._dgm_required_input_var
         if any(v not in values for v in required):
             check_present(self, values, required)
@@ -637,10 +652,54 @@ class Distribution(YieldingModule):
             for f in order:  # without inputs (Pyro broadcasts their batch dim of 1)
                 f._dgm_draw_factor(values, ctx)
             return values
-        with pyro.plate("data", 1 if batch_n is None else batch_n, dim=-1):
+        with pyro.plate(self._dgm_plate_name(batch_n is not None), 1 if batch_n is None else batch_n, dim=-1):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
         return values
+
+    def _dgm_plate_name(self, data: bool) -> str:
+        """The name of the plate ``model``/``guide`` open: ``"data"`` for a call with data, unless a site of an active
+        trace (an earlier call in the same Pyro model) or a variable of this distribution has that name; otherwise,
+        and for a call without data (a global prior's one draw), ``"data_<variables>"`` (numbered if taken), so that
+        a Pyro model may call several (and open its own ``"data"`` plate after a prior's call): Pyro refuses two
+        sites of one name."""
+        # the innermost trace (the Pyro model's run); outer ones may hold sites recorded before the run began, and a
+        # replay's trace is another run's
+        traces = [next((m.trace.nodes for m in reversed(PYRO_STACK) if isinstance(m, TraceMessenger)), {})]
+        names = self._dgm_known_names
+        if data and "data" not in names and not any("data" in t for t in traces):
+            return "data"
+        base = "data_" + "_".join(self._var)
+        name, k = base, 1
+        while name in names or any(name in t for t in traces):
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+    @property
+    def _dgm_known_names(self) -> frozenset[str]:
+        """The names ``model``/``guide`` read: the variables and inputs of every factor (computed once)."""
+        names = self.__dict__.get("_dgm_known_cache")
+        if names is None:
+            found = set(self._var) | set(self._dgm_input_var)
+            for f in self._dgm_order:
+                found.update(f.var)
+                found.update(f.input_var)
+            names = self.__dict__["_dgm_known_cache"] = frozenset(found)
+        return names
+
+    def _dgm_warn_unknown(self, unknown: Sequence[str], values: Mapping[str, Any]) -> None:
+        """Warn of a keyword that names no variable but nearly names one that is not given (``model(X=x)`` for
+        ``x``): that variable would be drawn instead of observed. Other keywords pass silently (SVI gives the model
+        the guide's inputs too)."""
+        import difflib
+
+        free = [v for v in self._dgm_known_names if v not in values]
+        for k in unknown:
+            close = [v for v in free if v.lower() == k.lower()] or difflib.get_close_matches(k, free, n=1, cutoff=0.8)
+            if close:
+                warnings.warn(f"{describe(self)}: the keyword {k!r} names no variable; {close[0]!r} is not given, so "
+                              f"it is drawn, not observed (did you mean {close[0]}=...?)", UserWarning, stacklevel=4)
 
     def _dgm_positional_data(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], role: str) -> dict[str, Any]:
         """The data of ``model(*args, **kwargs)``: a dict (or ``None``) as the only positional argument, or tensors
@@ -702,7 +761,10 @@ class Distribution(YieldingModule):
         data are observed (``obs=``), the others are sampled ancestrally; ``input_var`` must be given. Factors
         without inputs draw one value per data point (dim 0 of the data), as Pixyz's losses broadcast them, and
         the batch dim is a ``pyro.plate("data", N, dim=-1)`` (unless the caller already opened a plate at dim -1),
-        as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is. Pass the data as
+        as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is; the plate is named
+        ``"data_<variables>"`` instead where the model's trace has a site ``"data"`` already (a second call in one
+        Pyro model), and for a call without data, so that several calls and the user's own ``"data"`` plate fit in
+        one model. ``None`` for a variable means "not given", as in Pyro models. Pass the data as
         arguments (a model called with none, e.g. under ``poutine.condition``, cannot know ``N``: it draws one
         value, so open ``pyro.plate`` yourself there): by name (``joint.model(x=x)``), as a dict, or positionally
         in the order of :attr:`pyro_arg_names` (``joint.model(x)``, ``svi.step(x)``). Returns all values by name.

@@ -528,5 +528,112 @@ class RealNVPDistribution(InverseTransformedDistribution):
         flow = real_nvp_flow(dim, num_multiscale_layers, image, hidden_features, mid_channels, num_blocks)
         super().__init__(prior, flow, var=var, name=name)
 
+    # ------------------------------------------------------------------ the early API reference's interface
+    def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True, *, inverse: bool = False,
+                jacobian: bool = False) -> Any:
+        r"""The flow's map: :math:`z = f(x)` (data to latent, as :meth:`InverseTransformedDistribution.forward`);
+        with ``inverse=True`` its inverse :math:`x = f^{-1}(z)`; with ``jacobian=True`` also the log-determinant of
+        the map computed (one value per batch element).
+
+        ``inverse`` and ``jacobian`` are the early API reference's ``forward(x, inverse=False, jacobian=False)``,
+        taken by keyword: the positional arguments are Pixyz 0.3.3's (``y``, ``compute_jacobian``). The log-det of
+        the inverse is :math:`\log|\det \partial f^{-1}/\partial z| = -\log|\det \partial f/\partial x|` at
+        :math:`x = f^{-1}(z)`. As in Pixyz, the inverse does not store :attr:`logdet_jacobian`.
+
+        Parameters
+        ----------
+        x : Tensor
+            The input of the map (the data, or with ``inverse=True`` the latent value).
+        y : Tensor, optional
+            The flow's context (Pixyz 0.3.3's argument; a Real NVP has none).
+        compute_jacobian : bool, default True
+            Store the forward log-det in :attr:`logdet_jacobian` (Pixyz 0.3.3's argument).
+        inverse : bool, default False
+        jacobian : bool, default False
+
+        Returns
+        -------
+        Tensor, or (Tensor, Tensor) with ``jacobian=True``
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> p = RealNVP(Normal(loc=torch.zeros(2), scale=1., var=["z"]), dim=2, var=["x"])
+        >>> x = torch.randn(3, 2)
+        >>> z, logdet = p.forward(x, jacobian=True)
+        >>> x_back, logdet_inv = p.forward(z, inverse=True, jacobian=True)
+        >>> bool(torch.allclose(x_back, x, atol=1e-5)), bool(torch.allclose(logdet_inv, -logdet, atol=1e-5))
+        (True, True)
+        """
+        if isinstance(y, bool):
+            raise TypeError(f"{describe(self)}: forward's second argument is the flow's context y (Pixyz 0.3.3's "
+                            f"forward(x, y=None, compute_jacobian=True)); give the early reference's options by "
+                            f"keyword: forward(x, inverse={y})")
+        if inverse:
+            if not jacobian:
+                return self.flow.inverse(x, y)
+            with logdets_kept(self.flow):
+                out, forward_logdet = self.flow.inverse_with_logdet(x, y)
+            return out, -forward_logdet
+        if not jacobian:
+            return super().forward(x, y, compute_jacobian)
+        if compute_jacobian:
+            z = super().forward(x, y, True)
+            return z, self.flow.logdet_jacobian
+        with logdets_kept(self.flow):
+            return self.flow.forward_with_logdet(x, y)
+
+    def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None,
+               sample_shape: Sequence[int] = torch.Size(), return_all: bool = True, reparam: bool = False,
+               return_hidden: bool = True, sample_mean: bool = False, *, only_flow: bool = False,
+               **kwargs: Any) -> dict[str, Tensor]:
+        r"""Draw :math:`x = f^{-1}(z)`, :math:`z \sim p_{prior}` (:meth:`InverseTransformedDistribution.sample`).
+
+        With ``only_flow=True`` (the early API reference's option) ``z`` is not drawn: the given value of the
+        prior's variable is mapped, :math:`x = f^{-1}(z)`.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> p = RealNVP(Normal(loc=torch.zeros(2), scale=1., var=["z"]), dim=2, var=["x"])
+        >>> z = torch.randn(3, 2)
+        >>> bool(torch.equal(p.sample({"z": z}, only_flow=True)["x"], p.inverse(z)))
+        True
+        """
+        if not only_flow:
+            return super().sample(x_dict, batch_n, sample_shape, return_all, reparam, return_hidden, sample_mean,
+                                  **kwargs)
+        if isinstance(x_dict, Tensor):
+            x_dict = {self._hidden: x_dict}
+        values = self._dgm_input_dict(x_dict, [self._hidden])
+        x = self.inverse(values[self._hidden])
+        out = {self._var[0]: x, self._hidden: values[self._hidden]} if return_hidden else {self._var[0]: x}
+        return {**values, **out} if return_all else out
+
+    def sample_inv(self, x: ValuesLike, return_all: bool = True, compute_jacobian: bool = False
+                   ) -> dict[str, Tensor]:
+        """The early API reference's ``sample_inv(x, return_all=True)``: map the data to the latent space,
+        ``{prior var: f(x)}`` (and the given values when ``return_all``); :meth:`inference` under its early name.
+
+        Parameters
+        ----------
+        x : dict or Tensor
+            The data (a bare tensor stands for the variable).
+        return_all : bool, default True
+        compute_jacobian : bool, default False
+            Store the log-det in :attr:`logdet_jacobian` (as :meth:`inference`).
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> p = RealNVP(Normal(loc=torch.zeros(2), scale=1., var=["z"]), dim=2, var=["x"])
+        >>> s = p.sample(batch_n=3)
+        >>> bool(torch.allclose(p.sample_inv(s["x"])["z"], s["z"], atol=1e-5))
+        True
+        """
+        if isinstance(x, Tensor):
+            x = {self._var[0]: x}
+        return self.inference(x, return_all=return_all, compute_jacobian=compute_jacobian)
+
 
 RealNVP = RealNVPDistribution

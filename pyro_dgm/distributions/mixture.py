@@ -19,6 +19,7 @@ from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution
                                              distribution_list, expand_root, inputs_of, site_fn, unwrap, weight_list)
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
+from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
 from pyro_dgm.utils.checks import describe, ordered_union, sample_batch_n
 from pyro_dgm.utils.latex import prob_text as _prob_text
@@ -381,6 +382,13 @@ class MixtureModel(_Mixture):
         is a draw from the same joint. ``sample_mean=True`` gives the mixture's mean (Pixyz: the mean of the
         component with the highest prior weight, which is not the mixture's mean).
         """
+        if kwargs and ("batch_size" in kwargs or "shape" in kwargs):  # the early API reference's names
+            batch_n, sample_shape, kwargs, expected = early_sampling_options(self, batch_n, sample_shape, kwargs)
+            if expected is not None:  # (shape= was read: the call below does not read it again)
+                out = MixtureModel.sample(self, x_dict, batch_n, sample_shape, return_all, return_hidden,
+                                          sample_mean, reparam, **kwargs)
+                check_early_shape(self, out, expected)
+                return out
         if batch_n is not None and (type(batch_n) is not int or batch_n < 1):
             batch_n = sample_batch_n(self, batch_n)
         if return_hidden and not sample_mean and not sample_shape:

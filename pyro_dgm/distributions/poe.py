@@ -21,12 +21,61 @@ from pyro_dgm.distributions.exponential import Normal
 from pyro_dgm.utils.checks import ShapeError, describe, ordered_union
 from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
-__all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal"]
+__all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal", "Experts", "product_of_experts"]
 
 
 def _precision(scale: Tensor) -> Tensor:
     var = scale * scale
     return torch.where(var > 0, 1.0 / var.clamp_min(torch.finfo(var.dtype).tiny), torch.zeros_like(var))
+
+
+def product_of_experts(loc: Tensor, scale: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    r"""The product of Gaussian experts stacked along dim 0: the early API reference's ``NormalPoE.experts``.
+
+    With precisions :math:`T_k = 1 / (\sigma_k^2 + \epsilon)`, the product is :math:`\mathcal N(\sum_k T_k \mu_k /
+    \sum_k T_k, 1 / \sum_k T_k)`; ``eps`` keeps an expert of scale 0 finite (``eps=0`` is the exact product).
+
+    Parameters
+    ----------
+    loc, scale : Tensor
+        The experts' means and standard deviations, ``(K, ...)`` (they broadcast).
+    eps : float, default 1e-8
+        Added to each variance.
+
+    Returns
+    -------
+    tuple of Tensor
+        The product's ``(loc, scale)``, of the shape of ``loc[0]``.
+
+    Examples
+    --------
+    >>> loc, scale = torch.tensor([[0.0], [3.0]]), torch.tensor([[1.0], [0.5]])
+    >>> product_of_experts(loc, scale, eps=0)  # precisions 1 and 4: mean 12 / 5, variance 1 / 5
+    (tensor([2.4000]), tensor([0.4472]))
+    """
+    loc, scale = torch.broadcast_tensors(torch.as_tensor(loc), torch.as_tensor(scale))
+    if loc.dim() == 0:
+        raise ShapeError("NormalPoE.experts: loc and scale stack the experts along dim 0; got scalars")
+    prec = 1.0 / (scale * scale + eps)
+    total = prec.sum(0)
+    return (prec * loc).sum(0) / total, torch.rsqrt(total)
+
+
+class Experts(list):
+    """The experts of a product of Normals (a list), also callable as the early API reference's
+    ``NormalPoE.experts(loc, scale, eps=1e-8)``: see :func:`product_of_experts`.
+
+    Examples
+    --------
+    >>> experts = Experts(["q_x", "q_y"])
+    >>> len(experts), experts[0]
+    (2, 'q_x')
+    >>> experts(torch.tensor([[1.0], [3.0]]), torch.ones(2, 1), eps=0)
+    (tensor([2.]), tensor([0.7071]))
+    """
+
+    def __call__(self, loc: Tensor, scale: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+        return product_of_experts(loc, scale, eps)
 
 
 class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
@@ -106,9 +155,20 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         self.register_buffer("weight_modalities", torch.tensor(weights))
 
     @property
-    def experts(self) -> list[Distribution]:
-        """The experts (without the prior)."""
-        return list(self.p)
+    def experts(self) -> Experts:
+        """The experts (without the prior), a list; called, the early reference's ``experts(loc, scale, eps=1e-8)``
+        gives the product of experts stacked along dim 0 (:func:`product_of_experts`).
+
+        Examples
+        --------
+        >>> a = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="a")
+        >>> poe = ProductOfNormal([a])
+        >>> [e.prob_text for e in poe.experts]
+        ['a(z|x)']
+        >>> poe.experts(torch.tensor([[0.0], [2.0]]), torch.ones(2, 1), eps=0)  # the prior and a at x = 2
+        (tensor([1.]), tensor([0.7071]))
+        """
+        return Experts(self.p)
 
     @property
     def prob_factorized_text(self) -> str:

@@ -243,4 +243,44 @@ def _prob_site(d: Distribution, b: Binding) -> str:
     return f"{d.name}({','.join(b.var)})"
 
 
-CustomLikelihoodDistribution = CustomProb
+class CustomLikelihoodDistribution(CustomProb):
+    """The early API reference's ``CustomLikelihoodDistribution(var=["x"], likelihood=f)``: :class:`CustomProb`
+    with the log-likelihood function given by keyword after ``var``.
+
+    ``likelihood`` is called as ``CustomProb``'s ``log_prob_function`` is, ``likelihood(**{var: value})``, and
+    returns the log-likelihood (what the reference's ``log_likelihood(x_dict)`` returns), so
+    ``CustomLikelihoodDistribution(var=["x"], likelihood=f)`` scores as ``CustomProb(f, var=["x"])``. ``CustomProb``'s
+    positional order, ``CustomLikelihoodDistribution(f, ["x"])``, is still taken (a callable first).
+
+    Parameters
+    ----------
+    var : list of str, default ``["x"]``
+    likelihood : callable
+        The log-likelihood function.
+    **kwargs
+        ``CustomProb``'s other arguments (``name``, ``distribution_name``...).
+
+    Raises
+    ------
+    ValueError
+        If no likelihood function is given (as the early reference's class).
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = CustomLikelihoodDistribution(var=["x"], likelihood=lambda x: -0.5 * x ** 2)
+    >>> p.log_likelihood({"x": torch.ones(3, 2)})
+    tensor([-1., -1., -1.])
+    >>> print(p.prob_text, p.input_var)
+    p(x) ['x']
+    """
+
+    def __init__(self, var: Any = ("x",), likelihood: Any = None, **kwargs: Any) -> None:
+        if callable(var) and likelihood is not None and not callable(likelihood):  # CustomProb's order
+            var, likelihood = likelihood, var
+        if likelihood is None:
+            likelihood = kwargs.pop("log_prob_function", None)
+        if likelihood is None or callable(var):
+            raise ValueError("CustomLikelihoodDistribution: give the log-likelihood function, "
+                             "CustomLikelihoodDistribution(var=['x'], likelihood=f), called as f(x=...)")
+        super().__init__(likelihood, var=var, **kwargs)

@@ -33,7 +33,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.utils.attributes import Yielding, YieldingModule
-from pyro_dgm.utils.checks import NotATensorError, check_present, describe, ordered_union
+from pyro_dgm.utils.checks import NotATensorError, as_var_list, check_present, describe, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.losses.expectation import Expectation
     from pyro_dgm.losses.operators import BatchMean, BatchSum
 
-__all__ = ["Loss", "ordered_union", "PREC_ADD", "PREC_NEG", "PREC_MUL", "PREC_FUNC", "PREC_ATOM"]
+__all__ = ["Loss", "ordered_union", "with_input_var", "PREC_ADD", "PREC_NEG", "PREC_MUL", "PREC_FUNC", "PREC_ATOM"]
 
 # Precedence of a term's LaTeX text, used to decide where operators put parentheses.
 PREC_ADD = 10   # a + b, a - b
@@ -504,6 +504,20 @@ class Loss(YieldingModule, _PyroELBO):
             result.append(self._dgm_terms(recorder))
         return result[0] if len(result) == 1 else tuple(result)
 
+    def estimate(self, x: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """The early API reference's name of :meth:`eval`: ``loss.estimate(x, **kwargs)`` is ``loss.eval(x,
+        **kwargs)`` (the options, ``return_dict=`` included, are :meth:`eval`'s).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from pyro_dgm.distributions import Normal
+        >>> nll = -Normal(loc=0., scale=1., var=["x"]).log_prob()
+        >>> bool(torch.equal(nll.estimate({"x": torch.zeros(2, 1)}), nll.eval({"x": torch.zeros(2, 1)})))
+        True
+        """
+        return self.eval(x, **kwargs)
+
     def _dgm_outer_evaluation(self, inputs: dict[str, Any], kwargs: Mapping[str, Any], return_terms: bool
                               ) -> tuple[Any, Any, dict[int, Any] | None]:
         """The outermost evaluation: its context, then ``(value, samples, recorder)`` (what :meth:`compile`
@@ -759,6 +773,35 @@ def _numpy_tensor(loss: Loss, name: str, v: Any, device: Any) -> Tensor:
     except TypeError as e:
         raise NotATensorError(f"{describe(loss)}: the value of {name!r} is a numpy array of dtype "
                               f"{getattr(v, 'dtype', '?')}, which torch cannot convert to a tensor ({e})") from e
+
+
+def with_input_var(loss: Loss, input_var: Sequence[str] | None, owner: str) -> Loss:
+    r"""Set the variables :meth:`Loss.eval` asks of a loss just built, and return it: the early API reference's
+    ``input_var=`` of its loss constructors (``CrossEntropy(p1, p2, input_var=None)``...).
+
+    ``None`` keeps the loss's own :attr:`Loss.input_var`. The list may add variables (``eval`` then requires them
+    too) but not leave out one the loss needs: that raises a ``ValueError`` naming it, here rather than at ``eval``.
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"])
+    >>> with_input_var(-p.log_prob(), ["z", "x", "y"], "NLL").input_var
+    ['z', 'x', 'y']
+    >>> with_input_var(-p.log_prob(), ["z"], "NLL")
+    Traceback (most recent call last):
+     ...
+    ValueError: NLL: input_var=['z'] leaves out 'x', which - \log p(x|z) needs (its input_var is ['x', 'z'])
+    """
+    if input_var is None:
+        return loss
+    names = as_var_list(input_var, owner, "input_var")
+    missing = [v for v in loss.input_var if v not in names and v not in loss._dgm_optional_var]
+    if missing:
+        raise ValueError(f"{owner}: input_var={names} leaves out {missing[0]!r}, which {loss.loss_text} needs (its "
+                         f"input_var is {list(loss.input_var)})")
+    loss._input_var = list(dict.fromkeys(names))
+    return loss
 
 
 def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str]) -> None:

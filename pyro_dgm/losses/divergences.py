@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
 from pyro_dgm.distributions.exponential import scored_distribution
-from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
 from pyro_dgm.losses.expectation import Expectation, check_sample_shape
 from pyro_dgm.losses.pdf import LogProb, as_dims, check_distribution
 from pyro_dgm.utils.checks import DimensionError, NoClosedFormError, ShapeError, clearer, describe
@@ -326,7 +326,9 @@ class Entropy(Loss):
 
     Analytic (``analytical=True``): the family's ``entropy()`` (:meth:`Distribution.get_entropy`), summed over the
     feature dims, and over the factors of a mean-field product. Monte Carlo (``analytical=False``):
-    :math:`-\mathbb{E}_{p}[\log p]` with ``sample_shape`` samples.
+    :math:`-\mathbb{E}_{p}[\log p]` with ``sample_shape`` samples. ``input_var`` (keyword) is the early API
+    reference's ``Entropy(p1, input_var=None)``: the variables :meth:`~pyro_dgm.losses.base.Loss.eval` asks for (see
+    :func:`~pyro_dgm.losses.base.with_input_var`).
 
     Examples
     --------
@@ -342,7 +344,7 @@ class Entropy(Loss):
     """
 
     def __init__(self, p: "Distribution", analytical: bool = True,
-                 sample_shape: Sequence[int] = torch.Size([1])) -> None:
+                 sample_shape: Sequence[int] = torch.Size([1]), *, input_var: Sequence[str] | None = None) -> None:
         if analytical and type(self) is Entropy:  # Pixyz's Entropy(p) returns an AnalyticalEntropy (as above)
             self.__class__ = AnalyticalEntropy
         check_distribution(p, "Entropy")
@@ -355,6 +357,7 @@ class Entropy(Loss):
             check_sample_shape(sample_shape, f"Entropy (analytical=False) of {p.prob_text}")
             self._dgm_mc = -Expectation(p, LogProb(p), sample_shape=sample_shape)
             super().__init__(self._dgm_mc.input_var)
+        with_input_var(self, input_var, "Entropy")
 
     @property
     def _dgm_prec(self) -> int:  # type: ignore[override]
@@ -404,7 +407,7 @@ class AnalyticalEntropy(Entropy):
 
 
 def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,
-                 sample_shape: Sequence[int] = torch.Size([1])) -> Loss:
+                 sample_shape: Sequence[int] = torch.Size([1]), *, input_var: Sequence[str] | None = None) -> Loss:
     r"""The cross-entropy :math:`H[p, q] = -\mathbb{E}_{p}[\log q]`.
 
     Monte Carlo by default (``analytical=False``): :math:`-\mathbb{E}_{p}[\log q]`. Analytic: :math:`H[p] +
@@ -412,6 +415,9 @@ def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,
 
     The Monte Carlo form needs no common variables: ``CrossEntropy(q(z|x), p(x|z))`` is the reconstruction term
     :math:`-\mathbb{E}_{q(z|x)}[\log p(x|z)]` (as Pixyz computes it; MMD-VAE's notebook writes it so).
+
+    ``input_var`` (keyword) is the early API reference's ``CrossEntropy(p1, p2, input_var=None)``: the variables
+    :meth:`~pyro_dgm.losses.base.Loss.eval` asks for (see :func:`~pyro_dgm.losses.base.with_input_var`).
 
     Examples
     --------
@@ -427,8 +433,8 @@ def CrossEntropy(p: "Distribution", q: "Distribution", analytical: bool = False,
     True
     """
     if analytical:
-        return Entropy(p) + KullbackLeibler(p, q)
+        return with_input_var(Entropy(p) + KullbackLeibler(p, q), input_var, "CrossEntropy")
     check_distribution(p, "CrossEntropy", "p")
     check_distribution(q, "CrossEntropy", "q")
     check_sample_shape(sample_shape, f"CrossEntropy of {p.prob_text} and {q.prob_text}")
-    return -Expectation(p, LogProb(q), sample_shape=sample_shape)
+    return with_input_var(-Expectation(p, LogProb(q), sample_shape=sample_shape), input_var, "CrossEntropy")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor
 
-from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
 from pyro_dgm.losses.expectation import Expectation, check_sample_shape
 from pyro_dgm.losses.pdf import LogProb, check_distribution
 
@@ -29,7 +29,8 @@ def _check_pq(owner: str, p: "Distribution", q: "Distribution") -> None:
                          f"not generate; p must be the joint over the observed and the latent variables")
 
 
-def ELBO(p: "Distribution", q: "Distribution", sample_shape: Sequence[int] = torch.Size([1])) -> Expectation:
+def ELBO(p: "Distribution", q: "Distribution", sample_shape: Sequence[int] = torch.Size([1]), *,
+         input_var: Sequence[str] | None = None) -> Expectation:
     r"""The evidence lower bound :math:`\mathbb{E}_{q(z|x)}[\log p(x,z) - \log q(z|x)]` (Monte Carlo).
 
     Parameters
@@ -41,6 +42,9 @@ def ELBO(p: "Distribution", q: "Distribution", sample_shape: Sequence[int] = tor
         conditions on or leaves out (a constant factor such as M2's uniform :math:`p(y)`).
     sample_shape : tuple of int, default ``(1,)``
         The number of samples is its product.
+    input_var : list of str, optional
+        The early API reference's ``ELBO(p, approximate_dist, input_var=None)``: the variables
+        :meth:`~pyro_dgm.losses.base.Loss.eval` asks for (see :func:`~pyro_dgm.losses.base.with_input_var`).
 
     Examples
     --------
@@ -59,7 +63,7 @@ def ELBO(p: "Distribution", q: "Distribution", sample_shape: Sequence[int] = tor
     check_distribution(p, "ELBO", "p")
     check_distribution(q, "ELBO", "q")
     check_sample_shape(sample_shape, f"ELBO of {p.prob_text} and {q.prob_text}")
-    return Expectation(q, LogProb(p) - LogProb(q), sample_shape=sample_shape)
+    return with_input_var(Expectation(q, LogProb(p) - LogProb(q), sample_shape=sample_shape), input_var, "ELBO")
 
 
 class IWELBO(Loss):

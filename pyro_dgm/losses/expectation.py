@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor
 
-from pyro_dgm.losses.base import Loss, ordered_union
+from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
 from pyro_dgm.losses.context import sampler_options
 from pyro_dgm.losses.pdf import LogProb, check_distribution
 from pyro_dgm.losses.special import LossArgumentError
@@ -166,8 +166,12 @@ def REINFORCE(p: "Distribution", f: Loss, b: Loss | float = 0.0, sample_shape: S
 
 
 def StochasticReconstructionLoss(encoder: "Distribution", decoder: "Distribution",
-                                 sample_shape: Sequence[int] = torch.Size([1])) -> Loss:
+                                 sample_shape: Sequence[int] = torch.Size([1]), *,
+                                 input_var: Sequence[str] | None = None) -> Loss:
     r"""The reconstruction loss :math:`-\mathbb{E}_{q(z|x)}[\log p(x|z)]` (seed-era name).
+
+    ``input_var`` (keyword) is the early API reference's: the variables :meth:`~pyro_dgm.losses.base.Loss.eval`
+    asks for (see :func:`~pyro_dgm.losses.base.with_input_var`).
 
     Examples
     --------
@@ -177,4 +181,5 @@ def StochasticReconstructionLoss(encoder: "Distribution", decoder: "Distribution
     >>> print(StochasticReconstructionLoss(q, p))
     - \mathbb{E}_{q(z|x)} \left[\log p(x|z) \right]
     """
-    return -Expectation(encoder, LogProb(decoder), sample_shape=sample_shape)
+    return with_input_var(-Expectation(encoder, LogProb(decoder), sample_shape=sample_shape), input_var,
+                          "StochasticReconstructionLoss")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from torch import Tensor
 
-from pyro_dgm.losses.base import PREC_ATOM, PREC_FUNC, Loss
+from pyro_dgm.losses.base import PREC_ATOM, PREC_FUNC, Loss, with_input_var
 from pyro_dgm.losses.special import LossArgumentError
 from pyro_dgm.utils.checks import describe
 
@@ -125,8 +125,13 @@ class Prob(LogProb):
         return super()._dgm_value(values, **kwargs).exp()
 
 
-def NLL(p: "Distribution", sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> Loss:
+def NLL(p: "Distribution", sum_features: bool = True, feature_dims: Sequence[int] | None = None, *,
+        input_var: Sequence[str] | None = None) -> Loss:
     r"""The negative log-likelihood :math:`-\log p(x|z)` (seed-era name).
+
+    ``input_var`` is the early API reference's ``NLL(p, input_var=None)``: the variables
+    :meth:`~pyro_dgm.losses.base.Loss.eval` asks for (see :func:`~pyro_dgm.losses.base.with_input_var`); a list
+    given in ``sum_features``' place (a bool) is read so, the reference's positional order.
 
     Examples
     --------
@@ -135,5 +140,9 @@ def NLL(p: "Distribution", sum_features: bool = True, feature_dims: Sequence[int
     >>> nll = NLL(Normal(loc=0., scale=1., var=["x"]))
     >>> print(nll, nll.eval({"x": torch.zeros(1)}))
     - \log p(x) tensor([0.9189])
+    >>> NLL(Normal(loc=0., scale=1., var=["x"]), ["x", "y"]).input_var  # the early reference's order
+    ['x', 'y']
     """
-    return -LogProb(p, sum_features=sum_features, feature_dims=feature_dims)
+    if isinstance(sum_features, (list, tuple, str)) and input_var is None:  # NLL(p, input_var), the early order
+        input_var, sum_features = sum_features, True
+    return with_input_var(-LogProb(p, sum_features=sum_features, feature_dims=feature_dims), input_var, "NLL")

@@ -251,8 +251,8 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         return
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
         version = state.get("format") if isinstance(state, Mapping) else None
-        raise ValueError(f"Model.load: not a pyro_dgm Model checkpoint (written by Model.save) nor a Pixyz one (a "
-                         f"dict with the key 'distributions' alone)" + (
+        raise ValueError("Model.load: not a pyro_dgm Model checkpoint (written by Model.save) nor a Pixyz one (a "
+                         "dict with the key 'distributions' alone)" + (
                              f"; it says it is of format {version!r}, this pyro_dgm reads format {FORMAT}"
                              if isinstance(version, int) else ""))
     lacking = [k for k in _REQUIRED if k not in state]
