@@ -652,29 +652,43 @@ class Distribution(YieldingModule):
             for f in order:  # without inputs (Pyro broadcasts their batch dim of 1)
                 f._dgm_draw_factor(values, ctx)
             return values
-        with pyro.plate(self._dgm_plate_name(batch_n is not None), 1 if batch_n is None else batch_n, dim=-1):
+        with self._dgm_data_plate(batch_n):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
         return values
 
-    def _dgm_plate_name(self, data: bool) -> str:
-        """The name of the plate ``model``/``guide`` open: ``"data"`` for a call with data, unless a site of an active
-        trace (an earlier call in the same Pyro model) or a variable of this distribution has that name; otherwise,
-        and for a call without data (a global prior's one draw), ``"data_<variables>"`` (numbered if taken), so that
-        a Pyro model may call several (and open its own ``"data"`` plate after a prior's call): Pyro refuses two
-        sites of one name."""
-        # the innermost trace (the Pyro model's run); outer ones may hold sites recorded before the run began, and a
-        # replay's trace is another run's
-        traces = [next((m.trace.nodes for m in reversed(PYRO_STACK) if isinstance(m, TraceMessenger)), {})]
-        names = self._dgm_known_names
-        if data and "data" not in names and not any("data" in t for t in traces):
-            return "data"
-        base = "data_" + "_".join(self._var)
-        name, k = base, 1
-        while name in names or any(name in t for t in traces):
-            k += 1
-            name = f"{base}_{k}"
-        return name
+    def _dgm_data_plate(self, batch_n: int | None) -> Any:
+        """The plate at dim -1 that ``model``/``guide`` open: ``pyro.plate("data", N)`` for a call with data, and
+        ``pyro.plate("global", 1)`` for a call without (a global prior's one draw, Pixyz's batch dim of 1).
+
+        Several calls in one Pyro model share the plate: within one trace, a call whose plate is already there with
+        its size (a global prior and another; two calls on data of one size, one per time step of a Markov model)
+        enters the same plate object again, as a Pyro model reuses a plate, so the model and its guide have the same
+        frames whatever the number of calls. A variable named ``data`` (or ``global``) gives the plate the name
+        ``data_plate`` (``global_plate``) in the model and in the guide alike. A site of that name that is not this
+        plate (the user's own ``pyro.plate("data")``, another size) raises a ``ValueError`` saying how to open the
+        call inside a plate of one's own (Pyro refuses two sites of one name)."""
+        size = 1 if batch_n is None else batch_n
+        name = "data" if batch_n is not None else "global"
+        if name in self._dgm_known_names:
+            name += "_plate"
+        tr = next((m.trace for m in reversed(PYRO_STACK) if isinstance(m, TraceMessenger)), None)
+        if tr is None:  # no trace: nothing records the plate's site, nor checks its name
+            return pyro.plate(name, size, dim=-1)
+        plates = tr.__dict__.setdefault("_dgm_plates", {})  # this trace's plates opened here, by name
+        plate = plates.get(name)
+        if plate is not None and plate.size == size:
+            return plate
+        if plate is not None or name in tr.nodes:
+            what = (f"the plate {name!r} of size {plate.size} opened by an earlier call" if plate is not None else
+                    f"a site named {name!r} (a plate of your own?)")
+            raise ValueError(f"{describe(self)}: the Pyro model's trace holds {what} already, and this call's "
+                             f"{'data has ' + str(size) + ' rows' if batch_n is not None else 'draw needs a plate'}; "
+                             f"open the call inside a plate of your own at dim -1, e.g. "
+                             f"`with pyro.plate(\"data_{'_'.join(self._var)}\", {size}): ...model(...)` (the same "
+                             "in the guide), and model() opens none")
+        plate = plates[name] = pyro.plate(name, size, dim=-1)
+        return plate
 
     @property
     def _dgm_known_names(self) -> frozenset[str]:
@@ -689,14 +703,15 @@ class Distribution(YieldingModule):
         return names
 
     def _dgm_warn_unknown(self, unknown: Sequence[str], values: Mapping[str, Any]) -> None:
-        """Warn of a keyword that names no variable but nearly names one that is not given (``model(X=x)`` for
-        ``x``): that variable would be drawn instead of observed. Other keywords pass silently (SVI gives the model
-        the guide's inputs too)."""
+        """Warn of a keyword that names no variable but nearly names one that is not given (``model(X=x)`` or
+        Pyro's plural ``ys=`` for ``y``): that variable would be drawn instead of observed. Other keywords pass
+        silently (SVI gives the model the guide's inputs too)."""
         import difflib
 
         free = [v for v in self._dgm_known_names if v not in values]
         for k in unknown:
-            close = [v for v in free if v.lower() == k.lower()] or difflib.get_close_matches(k, free, n=1, cutoff=0.8)
+            close = ([v for v in free if v.lower() == k.lower() or k.lower() == v.lower() + "s"]  # X, xs (Pyro's)
+                     or difflib.get_close_matches(k, free, n=1, cutoff=0.8))
             if close:
                 warnings.warn(f"{describe(self)}: the keyword {k!r} names no variable; {close[0]!r} is not given, so "
                               f"it is drawn, not observed (did you mean {close[0]}=...?)", UserWarning, stacklevel=4)

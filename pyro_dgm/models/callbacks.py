@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from pyro_dgm.models import distributed as _dist
+from pyro_dgm.utils.random import current_generator
 
 __all__ = ["SampleGrid", "ModelCheckpoint", "tile"]
 
@@ -72,6 +73,8 @@ class SampleGrid:
         d = self.distribution
         modes = [(m, m.training) for m in d.modules()]
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        own = current_generator()  # (pyro_dgm.utils.generator(g): the draws come from g, whose state is put back)
+        own_state = own.get_state() if own is not None else None
         try:
             d.eval()
             # drawn from a copy of the random state: the training run goes on as without this callback (and a
@@ -86,6 +89,8 @@ class SampleGrid:
         finally:
             for m, mode in modes:
                 m.training = mode
+            if own is not None:
+                own.set_state(own_state)
         grid = tile(x.detach().float().cpu().reshape(-1, *self.image_shape), self.nrow)
         self.grids.append((epoch, grid))
         writer = getattr(model, "tb_writer", None)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dgm.models import distributed as _dist
+from pyro_dgm.utils.random import current_generator
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.models.model import Model
@@ -48,8 +49,12 @@ FORMAT = 1
 
 # ---------------------------------------------------------------------------------------------------------------- RNG
 def rng_state() -> dict[str, Any]:
-    """The random states of torch (CPU, and CUDA when initialized), Python's ``random`` and numpy."""
+    """The random states of torch (CPU, and CUDA when initialized), Python's ``random``, numpy, and the generator
+    of :func:`pyro_dgm.utils.generator` when one is set."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    own = current_generator()
+    if own is not None:
+        state["generator"] = own.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     version, internal, gauss = random.getstate()
@@ -65,8 +70,11 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore :func:`rng_state`."""
+    """Restore :func:`rng_state` (the state of a :func:`pyro_dgm.utils.generator` into the one set now, if any)."""
     torch.set_rng_state(state["torch"])
+    own = current_generator()
+    if "generator" in state and own is not None:
+        own.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "python" in state:
@@ -137,6 +145,9 @@ def _epoch_state(model: "Model") -> dict[str, Any]:
     end); and, where it can, ``epoch_resume``: what ``fit`` needs to continue that epoch where it stopped
     (:class:`~pyro_dgm.models.trainer.EpochStart`)."""
     start = model.__dict__.get("_dgm_epoch_start")
+    pending = model.__dict__.get("_dgm_pending_epoch")
+    if pending is not None:  # loaded, not continued yet (or stopped while skipping): saved again as it was loaded
+        return {"epoch_steps": pending["steps"], "epoch_resume": pending}
     steps = model.step - start.step if start is not None else 0
     resume = start.resume_state(model) if start is not None else None  # (at 0 steps too: its order is drawn)
     return {"epoch_steps": steps, "epoch_resume": resume} if resume is not None else {"epoch_steps": steps}
@@ -323,6 +334,7 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         from pyro_dgm.models.trainer import History
         model.history = History({k: list(v) for k, v in history.items()})
     set_rng_state(rng)
+    model._dgm_resumed = True  # (fit warns where a data loader cannot resume exactly)
     data_rng = state.get("data_rng") or []
     if data_rng:  # given to the data loader's generators at the next fit (trainer._data_generators)
         model._dgm_pending_data_rng = list(data_rng)

@@ -514,7 +514,9 @@ class Model:
                 # found in the loss's autograd graph (a Pyro handler here would not be thread-safe)
                 self._dgm_params_seen = True
                 leaves = _autograd_leaves(loss)
-                self._dgm_adopt_pyro_params({n: p for n, p in store.named_parameters() if id(p) in leaves})
+                params = getattr(store, "_params", None)  # a copy in one step: another thread may add to it
+                named = list(params.items()) if isinstance(params, dict) else list(store.named_parameters())
+                self._dgm_adopt_pyro_params({n: p for n, p in named if id(p) in leaves})
         self.last_terms = terms
         self._dgm_check_finite(loss, terms, "training")
         if self.optimizer is None:

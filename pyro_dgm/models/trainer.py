@@ -378,7 +378,7 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     if getattr(model, "loss_cls", 0) is None:
         model._dgm_no_loss()  # built with loss=None and no set_loss since
     state = _FitState.start(model, train_data, test_data, batch_size, callbacks, progress, log_dir, shuffle, kwargs)
-    _data_generators(model, train_data)
+    _data_generators(model, train_data, test_data)
     model.stop_training = False
     model.tb_writer = state.writer
     try:
@@ -408,6 +408,8 @@ class EpochStart:
     rng: Any  # checkpoint.rng_state(), or None under torch.distributed (each process has its own)
     data_rng: list[Tensor]
     acc: Any = None
+    test_rng: Any = None  # the random states when the epoch's test batches began
+    batches: int | None = None  # the number of training batches (None for data without a length)
 
     @classmethod
     def now(cls, model: "Model") -> "EpochStart":
@@ -423,21 +425,30 @@ class EpochStart:
         acc = self.acc
         if self.rng is None or acc is None or acc.batches != steps:
             return None
-        return {"steps": steps, "rng": self.rng, "data_rng": list(self.data_rng),
-                "rows": acc.rows, "sums": dict(acc.sums)}
+        return {"steps": steps, "rng": self.rng, "data_rng": list(self.data_rng), "rows": acc.rows,
+                "sums": dict(acc.sums), "test_rng": self.test_rng, "batches": self.batches}
 
 
-def _data_generators(model: "Model", data: Any) -> None:
-    """Keep the random generators of a ``DataLoader``'s shuffling (``generator=`` of the loader or of its sampler)
-    on ``model``, so checkpoints save their states; a checkpoint loaded with ``resume=True`` gives them back here,
-    and the resumed run draws the orders the uninterrupted run would have drawn."""
+def _data_generators(model: "Model", *data: Any) -> None:
+    """Keep the random generators of the ``DataLoader``s' shuffling (``generator=`` of a loader or of its sampler;
+    training data, then test data) on ``model``, so checkpoints save their states; a checkpoint loaded with
+    ``resume=True`` gives them back here, and the resumed run draws the orders the uninterrupted run would have
+    drawn. (A loader with ``persistent_workers`` draws its workers' seed once per iterator: a resumed run cannot
+    draw it as the uninterrupted one did, which a warning says.)"""
     found: list[torch.Generator] = []
-    sampler = getattr(data, "sampler", None)
-    batch_sampler = getattr(data, "batch_sampler", None)
-    for g in (getattr(data, "generator", None), getattr(sampler, "generator", None),
-              getattr(getattr(batch_sampler, "sampler", None), "generator", None)):
-        if isinstance(g, torch.Generator) and all(g is not h for h in found):
-            found.append(g)
+    for d in data:
+        sampler = getattr(d, "sampler", None)
+        batch_sampler = getattr(d, "batch_sampler", None)
+        for g in (getattr(d, "generator", None), getattr(sampler, "generator", None),
+                  getattr(getattr(batch_sampler, "sampler", None), "generator", None)):
+            if isinstance(g, torch.Generator) and all(g is not h for h in found):
+                found.append(g)
+    resumed = model.__dict__.pop("_dgm_resumed", False)
+    if resumed and any(getattr(d, "persistent_workers", False) and getattr(d, "num_workers", 0) for d in data):
+        warnings.warn("fit: a DataLoader with persistent_workers=True draws its workers' seed once, when its "
+                      "iterator is made: this resumed run makes a new one, so its orders and draws differ from "
+                      "the uninterrupted run's (use persistent_workers=False for an exact resume)", UserWarning,
+                      stacklevel=3)
     if found:
         model._dgm_data_generators = found
     else:
@@ -506,6 +517,11 @@ def _run_epoch(model: "Model", state: _FitState) -> dict[str, Any]:
         record["train_loss"] = means.pop("loss")
         record.update({f"train/{k}": v for k, v in means.items()})
         if state.test is not None:
+            begun = model.__dict__.get("_dgm_epoch_start")
+            if begun is not None and begun.rng is not None:  # a save during the test batches resumes them from here
+                from pyro_dgm.models.checkpoint import rng_state
+
+                begun.test_rng = rng_state()
             tmeans = _test_epoch(model, state.test, state.kwargs, state.epoch).means()
             if "loss" not in tmeans:
                 raise ValueError(f"fit: test_data gave no batch in epoch {state.epoch}; pass a re-iterable (a "
@@ -523,8 +539,9 @@ def _train_epoch(model: "Model", state: _FitState) -> _Accumulator:
     """``model.train_step`` on every training batch, under the progress bar."""
     acc = _Accumulator()
     start = model.__dict__.get("_dgm_epoch_start")
+    total = len(state.train) if _has_len(state.train) else None
     if start is not None:
-        start.acc = acc
+        start.acc, start.batches = acc, total
     batches: Iterable[dict[str, Any]] = state.train
     bar = None
     if state.tqdm is not None:
@@ -532,7 +549,7 @@ def _train_epoch(model: "Model", state: _FitState) -> _Accumulator:
         bar = batches = state.tqdm(state.train, total=total, desc=f"epoch {state.epoch}", leave=False)
     try:
         numbered = _numbered(batches, state.epoch, "training")
-        _resume_epoch(model, numbered, acc)
+        _resume_epoch(model, numbered, acc, total)
         for i, batch in numbered:
             try:
                 loss, terms = model.train_step(batch, **state.kwargs)
@@ -564,27 +581,41 @@ def _test_epoch(model: "Model", batches: _Batches, kwargs: dict[str, Any], epoch
     return acc
 
 
-def _resume_epoch(model: "Model", numbered: Iterator[tuple[int, dict[str, Any]]], acc: _Accumulator) -> None:
+def _resume_epoch(model: "Model", numbered: Iterator[tuple[int, dict[str, Any]]], acc: _Accumulator,
+                  total: int | None) -> None:
     """Continue an epoch that a checkpoint loaded with ``resume=True`` stopped in (``Model.save`` after an
     interrupted ``fit``): the random states of the epoch's start are put back to draw its order again, the batches
-    already trained on are read and skipped, then the checkpoint's random state and running sums are restored."""
+    already trained on are read and skipped, then the checkpoint's random state (or, if its test batches had begun,
+    the state they began with) and running sums are restored. Interrupted while skipping, it leaves the checkpoint's
+    state pending as it was, so a save then still resumes exactly."""
     pending = model.__dict__.pop("_dgm_pending_epoch", None)
     if pending is None:
         return
     from pyro_dgm.models.checkpoint import rng_state, set_rng_state
 
+    saved_total = pending.get("batches")
+    if saved_total is not None and total is not None and saved_total != total:
+        warnings.warn(f"fit: the checkpoint was saved {pending['steps']} training step(s) into an epoch of "
+                      f"{saved_total} batches, train_data has {total}: the epoch goes on from there on other "
+                      "batches, so the run differs from an uninterrupted one (resume with the data and batch_size "
+                      "it was saved with)", UserWarning, stacklevel=4)
     now = rng_state()
     generators = model.__dict__.get("_dgm_data_generators", [])
     set_rng_state(pending["rng"])
     if len(generators) == len(pending["data_rng"]):
         for g, st in zip(generators, pending["data_rng"]):
             g.set_state(st)
-    for _ in range(pending["steps"]):
-        if next(numbered, None) is None:
-            raise ValueError(f"fit: the checkpoint was saved {pending['steps']} training steps into the epoch, but "
-                             "train_data has fewer batches; resume with the data it was saved with")
-    if pending["steps"]:  # (with none skipped, the epoch's order is drawn at the first batch, from its start)
+    try:
+        for _ in range(pending["steps"]):
+            if next(numbered, None) is None:
+                raise ValueError(f"fit: the checkpoint was saved {pending['steps']} training steps into the epoch, "
+                                 "but train_data has fewer batches; resume with the data it was saved with")
+    except BaseException:  # (Ctrl-C while reading the batches to skip): as loaded
         set_rng_state(now)
+        model._dgm_pending_epoch = pending
+        raise
+    if pending["steps"]:  # (with none skipped, the epoch's order is drawn at the first batch, from its start)
+        set_rng_state(pending.get("test_rng") or now)
     acc.batches, acc.rows, acc.sums = pending["steps"], pending["rows"], dict(pending["sums"])
     start = model.__dict__.get("_dgm_epoch_start")
     if start is not None:  # a checkpoint saved later in this epoch resumes it from the same start
