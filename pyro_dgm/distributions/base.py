@@ -652,27 +652,31 @@ class Distribution(YieldingModule):
             for f in order:  # without inputs (Pyro broadcasts their batch dim of 1)
                 f._dgm_draw_factor(values, ctx)
             return values
+        if batch_n is None:  # no data: one draw (a global prior's; Pixyz's batch dim of 1) in no plate, as a global
+            for f in order:  # site of a Pyro model (the size-1 dim broadcasts with any plate)
+                f._dgm_draw_factor(values, ctx)
+            return values
         with self._dgm_data_plate(batch_n):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
         return values
 
-    def _dgm_data_plate(self, batch_n: int | None) -> Any:
-        """The plate at dim -1 that ``model``/``guide`` open: ``pyro.plate("data", N)`` for a call with data, and
-        ``pyro.plate("global", 1)`` for a call without (a global prior's one draw, Pixyz's batch dim of 1).
+    def _dgm_data_plate(self, batch_n: int) -> Any:
+        """The plate at dim -1 that ``model``/``guide`` open for data of ``batch_n`` rows: ``pyro.plate("data", N)``
+        (a call without data opens none: its one draw is a global site, as in a Pyro model).
 
         Several calls in one Pyro model share the plate: within one trace, a call whose plate is already there with
-        its size (a global prior and another; two calls on data of one size, one per time step of a Markov model)
-        enters the same plate object again, as a Pyro model reuses a plate, so the model and its guide have the same
-        frames whatever the number of calls. A variable named ``data`` (or ``global``) gives the plate the name
-        ``data_plate`` (``global_plate``) in the model and in the guide alike. A site of that name that is not this
-        plate (the user's own ``pyro.plate("data")``, another size) raises a ``ValueError`` saying how to open the
-        call inside a plate of one's own (Pyro refuses two sites of one name)."""
-        size = 1 if batch_n is None else batch_n
-        name = "data" if batch_n is not None else "global"
+        its size (two calls on data of one size, one per time step of a Markov model) enters the same plate object
+        again, as a Pyro model reuses a plate, so the model and its guide have the same frames whatever the number
+        of calls. A variable named ``data`` gives the plate the name ``data_plate`` in the model and in the guide
+        alike. A site of that name that is not this plate (the user's own ``pyro.plate("data")``, an
+        ``AutoGuideList``'s, another size) raises a ``ValueError`` saying how to open the call inside a plate of
+        one's own (Pyro refuses two sites of one name)."""
+        size = batch_n
+        name = "data"
         if name in self._dgm_known_names:
             name += "_plate"
-        tr = next((m.trace for m in reversed(PYRO_STACK) if isinstance(m, TraceMessenger)), None)
+        tr = next((m.trace for m in reversed(PYRO_STACK) if isinstance(m, TraceMessenger) and not m.param_only), None)
         if tr is None:  # no trace: nothing records the plate's site, nor checks its name
             return pyro.plate(name, size, dim=-1)
         plates = tr.__dict__.setdefault("_dgm_plates", {})  # this trace's plates opened here, by name
@@ -683,10 +687,10 @@ class Distribution(YieldingModule):
             what = (f"the plate {name!r} of size {plate.size} opened by an earlier call" if plate is not None else
                     f"a site named {name!r} (a plate of your own?)")
             raise ValueError(f"{describe(self)}: the Pyro model's trace holds {what} already, and this call's "
-                             f"{'data has ' + str(size) + ' rows' if batch_n is not None else 'draw needs a plate'}; "
-                             f"open the call inside a plate of your own at dim -1, e.g. "
+                             f"data has {size} rows; open the call inside a plate of your own at dim -1, e.g. "
                              f"`with pyro.plate(\"data_{'_'.join(self._var)}\", {size}): ...model(...)` (the same "
-                             "in the guide), and model() opens none")
+                             "in the guide), and model() opens none; in a part of an AutoGuideList, open the list's: "
+                             "`with guides.plates[\"data\"]: ...`")
         plate = plates[name] = pyro.plate(name, size, dim=-1)
         return plate
 
@@ -776,10 +780,8 @@ class Distribution(YieldingModule):
         data are observed (``obs=``), the others are sampled ancestrally; ``input_var`` must be given. Factors
         without inputs draw one value per data point (dim 0 of the data), as Pixyz's losses broadcast them, and
         the batch dim is a ``pyro.plate("data", N, dim=-1)`` (unless the caller already opened a plate at dim -1),
-        as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is; the plate is named
-        ``"data_<variables>"`` instead where the model's trace has a site ``"data"`` already (a second call in one
-        Pyro model), and for a call without data, so that several calls and the user's own ``"data"`` plate fit in
-        one model. ``None`` for a variable means "not given", as in Pyro models. Pass the data as
+        as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is; several calls in one
+        Pyro model share that plate, and a call without data opens none (see ``_dgm_data_plate``). ``None`` for a variable means "not given", as in Pyro models. Pass the data as
         arguments (a model called with none, e.g. under ``poutine.condition``, cannot know ``N``: it draws one
         value, so open ``pyro.plate`` yourself there): by name (``joint.model(x=x)``), as a dict, or positionally
         in the order of :attr:`pyro_arg_names` (``joint.model(x)``, ``svi.step(x)``). Returns all values by name.

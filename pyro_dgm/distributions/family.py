@@ -351,8 +351,14 @@ class DistributionBase(Distribution):
             params.update(out)
         for p, v in b.param_vars:
             params[p] = values[v]
-        for n in self._dgm_const_names:
-            params[n] = bufs[n]
+        if PYRO_STACK and self._dgm_const_names and not ignores_sites(PYRO_STACK):
+            # a Pyro handler sees the site (an autoguide's init_to_mean keeps its mean as a parameter that the
+            # optimizer updates in place): a copy, so the constants stay as they are
+            for n in self._dgm_const_names:
+                params[n] = bufs[n].clone()
+        else:
+            for n in self._dgm_const_names:
+                params[n] = bufs[n]
         for g in self._dgm_missing_groups:
             for n in g:
                 if n in params:
@@ -530,6 +536,10 @@ class DistributionBase(Distribution):
         bufs = self._buffers
         if torch.compiler.is_compiling() or self._dgm_const_grad:
             return self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=False)
+        if PYRO_STACK and not ignores_sites(PYRO_STACK):  # a Pyro handler sees the site: copies (see _dgm_params)
+            base = self._dgm_base({n: bufs[n].clone() for n in self._dgm_const_names}, validate=False)
+            base._validate_args = _TorchDistribution._validate_args
+            return base
         key = self._dgm_const_key()
         cached = self._dgm_base_cache
         if cached is not None and cached[0] == key:

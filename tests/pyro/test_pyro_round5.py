@@ -5,12 +5,12 @@ A probe ported Pyro's tutorials and found:
 - every ``model()``/``guide()`` call opened ``pyro.plate("data", ...)``, so a Pyro model with two calls (a global
   prior, then the likelihood; two priors; a Markov model with one call per step), with its own ``"data"`` plate
   after a prior's call, or with a variable named ``data`` failed under any trace with Pyro's "Multiple sample
-  sites named 'data'". Calls now share one plate per trace: ``"data"`` for data of one size, ``"global"`` (size 1)
-  for calls without data (a plate object entered again, as Pyro models reuse plates), so the model's and the
-  guide's frames are the same whatever the number of calls; data of another size is refused with a message that
-  says how to open the call inside a plate of one's own. (A first version named the plates after the calls'
-  variables; a second probe found that model and guide then disagreed on the frames, which gave TraceEnum_ELBO
-  other numbers than the plain-Pyro twins: tested below);
+  sites named 'data'". Calls now share one ``"data"`` plate per trace for data of one size (a plate object entered
+  again, as Pyro models reuse plates), and a call without data opens none (its one draw is a global site), so the
+  model's and the guide's frames are the same whatever the number of calls; data of another size is refused with
+  a message that says how to open the call inside a plate of one's own. (A first version named the plates after
+  the calls' variables, a second one put global draws in a size-1 plate; probes found that model and guide then
+  disagreed on the frames, which gave TraceEnum_ELBO other numbers than the plain-Pyro twins: tested below);
 - ``joint.model(X=x)`` (a typo for ``x=``) drew ``x`` instead of observing it, silently: now a warning names ``x``;
 - ``guide(x, None)`` (Pyro's ``guide(xs, ys=None)`` idiom) passed None to the network: now None is "not given", so
   the guide names the missing input.
@@ -89,7 +89,7 @@ def test_several_calls_in_one_pyro_model_train_as_the_plain_pyro_twin(ours: Any,
     tr = poutine.trace(ours).get_trace(X)
     plates = {n for n, site in tr.nodes.items() if site["type"] == "sample" and site["fn"].__class__.__name__ ==
               "_Subsample"}
-    assert plates <= {"data", "global"}
+    assert plates <= {"data"}
 
 
 def test_data_of_another_size_in_a_second_call_says_how_to_open_a_plate_and_then_trains_as_the_twin() -> None:
@@ -262,3 +262,52 @@ def test_none_for_an_input_is_a_missing_input_as_in_pyros_guide_idiom() -> None:
             poutine.trace(call).get_trace()
     tr = poutine.trace(q.guide).get_trace(X, X.flip(0))  # given: drawn from it
     assert tr.nodes["z"]["value"].shape == (5, 2)
+
+
+def test_a_guide_enumerating_a_global_discrete_latent_gives_the_closed_form_elbo() -> None:
+    """``qc.guide()`` with ``infer={"enumerate": "parallel"}``: in a size-1 plate of its own the guide's ``c`` sat in
+    another frame than the likelihood's data plate, and TraceEnum_ELBO did not weigh the likelihood by q(c)
+    (136.70 where the closed form is 45.81). The closed form: sum_k q(k) [log q(k) - log p(k) - log p(x|k)]."""
+    from pyro.infer import TraceEnum_ELBO
+
+    from pyro_dgm.distributions import Categorical
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 2) + 1.
+    means = torch.tensor([[-1., 0.], [1., 1.], [2., -1.]])
+    q_probs = torch.tensor([0.2, 0.5, 0.3])
+    prior_c = Categorical(probs=torch.ones(3) / 3, var=["c"], name="p_c")
+    qc = Categorical(probs=q_probs, var=["c"], name="q_c", infer={"enumerate": "parallel"})
+
+    def model(x: torch.Tensor) -> None:
+        c = prior_c.model()["c"]
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(c @ means, 1.).to_event(1), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        qc.guide()
+
+    loglik = torch.stack([dist.Normal(means[k], 1.).to_event(1).log_prob(x).sum() for k in range(3)])
+    expected = float((q_probs * (q_probs.log() - torch.log(torch.tensor(1 / 3)) - loglik)).sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, x) == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_autoguide_initialized_to_the_prior_mean_leaves_the_priors_constants_as_they_are() -> None:
+    """``AutoNormal(init_loc_fn=init_to_mean)`` keeps the site's mean as its loc parameter: it was the prior's loc
+    buffer itself, so Adam moved the prior (log p(w=0) from -1.84 to -5.30 after 20 steps)."""
+    from pyro.infer.autoguide import AutoDelta, init_to_mean
+
+    prior = Normal(loc=0., scale=1., var=["w"], features_shape=[2], name="p_w")
+
+    def model(x: torch.Tensor) -> None:
+        likelihood.model(x=x, w=prior.model()["w"])
+
+    for guide_class in (AutoNormal, AutoDelta):
+        pyro.clear_param_store()
+        svi = SVI(model, guide_class(model, init_loc_fn=init_to_mean), pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+        for _ in range(5):
+            svi.step(X + 3.)
+        assert torch.equal(prior.loc, torch.zeros(1, 2)) and torch.equal(prior.scale, torch.ones(1, 2))
+        assert float(prior.get_log_prob({"w": torch.zeros(1, 2)})) == pytest.approx(-1.8379, abs=1e-4)
