@@ -631,7 +631,7 @@ class Distribution(YieldingModule):
                       guide: bool = False) -> dict[str, Tensor]:
         values = dict(data) if data is not None else {}
         values.update(kwargs)
-        if None in values.values():  # Pyro's idiom: None is "not given" (a model samples it, a guide needs it)
+        if any(v is None for v in values.values()):  # Pyro's idiom: None is "not given" (a model samples it)
             values = {k: v for k, v in values.items() if v is not None}
         unknown = [k for k in values if k not in self._dgm_known_names]
         if unknown:
@@ -781,9 +781,10 @@ class Distribution(YieldingModule):
         without inputs draw one value per data point (dim 0 of the data), as Pixyz's losses broadcast them, and
         the batch dim is a ``pyro.plate("data", N, dim=-1)`` (unless the caller already opened a plate at dim -1),
         as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is; several calls in one
-        Pyro model share that plate, and a call without data opens none (see ``_dgm_data_plate``). ``None`` for a variable means "not given", as in Pyro models. Pass the data as
-        arguments (a model called with none, e.g. under ``poutine.condition``, cannot know ``N``: it draws one
-        value, so open ``pyro.plate`` yourself there): by name (``joint.model(x=x)``), as a dict, or positionally
+        Pyro model share that plate, and a call without data opens none (see ``_dgm_data_plate``). ``None`` for a
+        variable means "not given", as in Pyro models. Pass the data as arguments (a model called with none, e.g.
+        under ``poutine.condition``, cannot know ``N``: it draws one value, so open ``pyro.plate`` yourself
+        there): by name (``joint.model(x=x)``), as a dict, or positionally
         in the order of :attr:`pyro_arg_names` (``joint.model(x)``, ``svi.step(x)``). Returns all values by name.
 
         Examples
