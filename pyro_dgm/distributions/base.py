@@ -30,7 +30,7 @@ from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_e
                                            outer_plates_ndim)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
 from pyro_dgm.utils.checks import (DTypeError, NotATensorError, ShapeError, as_var_list, check_present, describe,
-                                   sample_batch_n, sample_shape_of)
+                                   numpy_tensor, sample_batch_n, sample_shape_of)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -451,16 +451,7 @@ class Distribution(YieldingModule):
         cannot share (negative strides, ``a[::-1]``) is copied; a dtype torch has not (strings, objects) raises a
         :class:`NotATensorError` naming the variable (a TypeError, and Pixyz's ValueError for a numpy value)."""
         dev = next((t.device for t in self.buffers()), None) or next((t.device for t in self.parameters()), None)
-        try:
-            return torch.as_tensor(v, device=dev)
-        except ValueError:  # negative strides: torch cannot view them, a contiguous copy it can
-            import numpy as np
-
-            return torch.as_tensor(np.ascontiguousarray(v), device=dev)
-        except TypeError as e:
-            what = "the value" if name is None else f"the value of {name!r}"
-            raise NotATensorError(f"{describe(self)}: {what} is a numpy array of dtype {getattr(v, 'dtype', '?')}, "
-                                  f"which torch cannot convert to a tensor; give numbers ({e})") from e
+        return numpy_tensor(self, name, v, dev)
 
     # ------------------------------------------------------------------ the generic ancestral loop
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None,

@@ -33,7 +33,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.utils.attributes import Yielding, YieldingModule
-from pyro_dgm.utils.checks import NotATensorError, as_var_list, check_present, describe, ordered_union
+from pyro_dgm.utils.checks import as_var_list, check_present, numpy_tensor, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
 
@@ -757,22 +757,8 @@ def _from_numpy(loss: Loss, inputs: dict[str, Any]) -> dict[str, Any]:
     device = next((v.device for v in inputs.values() if isinstance(v, Tensor)), None)
     if device is None:
         device = next((t.device for d in loss._dgm_distributions for t in (*d.parameters(), *d.buffers())), None)
-    return {k: _numpy_tensor(loss, k, v, device) if type(v) is not Tensor and type(v).__module__ == "numpy" else v
+    return {k: numpy_tensor(loss, k, v, device) if type(v) is not Tensor and type(v).__module__ == "numpy" else v
             for k, v in inputs.items()}
-
-
-def _numpy_tensor(loss: Loss, name: str, v: Any, device: Any) -> Tensor:
-    """``torch.as_tensor(v)``; a view torch cannot share (negative strides, ``a[::-1]``) is copied, and an array of a
-    dtype torch has not (strings, objects) raises a ``NotATensorError`` naming the loss and the variable."""
-    try:
-        return torch.as_tensor(v, device=device)
-    except ValueError:
-        import numpy as np
-
-        return torch.as_tensor(np.ascontiguousarray(v), device=device)
-    except TypeError as e:
-        raise NotATensorError(f"{describe(loss)}: the value of {name!r} is a numpy array of dtype "
-                              f"{getattr(v, 'dtype', '?')}, which torch cannot convert to a tensor ({e})") from e
 
 
 def with_input_var(loss: Loss, input_var: Sequence[str] | None, owner: str) -> Loss:

@@ -65,6 +65,31 @@ def clearer(e: BaseException, message: str) -> ValueError:
     return ShapeError(message) if isinstance(e, RuntimeError) else ValueError(message)
 
 
+def numpy_tensor(owner: Any, name: str | None, v: Any, device: Any = None) -> Any:
+    """A numpy array given as the value of ``name`` as a tensor: ``torch.as_tensor`` (its dtype kept, as
+    ``torch.from_numpy``) on ``device``; a view torch cannot share (negative strides, ``a[::-1]``) is copied; a dtype
+    torch has not (strings, objects) raises a :class:`NotATensorError` naming ``owner`` and the variable.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> numpy_tensor("p(x)", "x", np.arange(3.)[::-1])
+    tensor([2., 1., 0.], dtype=torch.float64)
+    """
+    import torch
+
+    try:
+        return torch.as_tensor(v, device=device)
+    except ValueError:  # negative strides: torch cannot view them, a contiguous copy it can
+        import numpy as np
+
+        return torch.as_tensor(np.ascontiguousarray(v), device=device)
+    except TypeError as e:
+        what = "the value" if name is None else f"the value of {name!r}"
+        raise NotATensorError(f"{describe(owner)}: {what} is a numpy array of dtype {getattr(v, 'dtype', '?')}, "
+                              f"which torch cannot convert to a tensor; give numbers ({e})") from e
+
+
 def describe(obj: Any) -> str:
     """The way errors name a distribution or a loss: its class and its formula, e.g. ``Normal p(x|z)``."""
     text = getattr(obj, "prob_text", None) or getattr(obj, "loss_text", None)
