@@ -27,7 +27,7 @@ from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites,
-                                           outer_plates_ndim)
+                                           outer_plates_ndim, site_event_dim)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
 from pyro_dgm.utils.checks import (DTypeError, NotATensorError, ShapeError, as_var_list, check_present, describe,
                                    numpy_tensor, sample_batch_n, sample_shape_of)
@@ -643,10 +643,10 @@ class Distribution(YieldingModule):
             for f in order:  # without inputs (Pyro broadcasts their batch dim of 1)
                 f._dgm_draw_factor(values, ctx)
             return values
-        if batch_n is None:  # no data: one draw (a global prior's; Pixyz's batch dim of 1) in no plate, as a global
-            for f in order:  # site of a Pyro model (the size-1 dim broadcasts with any plate)
-                f._dgm_draw_factor(values, ctx)
-            return values
+        if batch_n is None or (type(batch_n) is int and batch_n == 1):  # no data, or one row (a global draw fed
+            for f in order:  # to the next level of a hierarchical model: p_w.model(tau=tau)): global sites in no
+                f._dgm_draw_factor(values, ctx)  # plate, as in a Pyro model (the size-1 dim broadcasts with any
+            return values  # plate; under torch.jit.trace the size is a traced tensor, and the data has its plate)
         with self._dgm_data_plate(batch_n):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
@@ -654,7 +654,8 @@ class Distribution(YieldingModule):
 
     def _dgm_data_plate(self, batch_n: int) -> Any:
         """The plate at dim -1 that ``model``/``guide`` open for data of ``batch_n`` rows: ``pyro.plate("data", N)``
-        (a call without data opens none: its one draw is a global site, as in a Pyro model).
+        (a call without data, or with data of one row, opens none: its draws are global sites, as in a Pyro model,
+        and a hierarchical model's global draws feed later calls: ``w = p_w.model(tau=tau)["w"]``).
 
         Several calls in one Pyro model share the plate: within one trace, a call whose plate is already there with
         its size (two calls on data of one size, one per time step of a Markov model) enters the same plate object
@@ -749,10 +750,21 @@ class Distribution(YieldingModule):
     def _dgm_data_batch_n(self, values: Mapping[str, Any]) -> int | None:
         """The batch size of the data (dim 0 of the first given variable; the dim after those of the caller's
         plates when they sit left of dim -1 only: ``groups`` at dim -2, data ``[G, N, X]``): factors without
-        inputs draw that many."""
+        inputs draw that many. Inside Pyro, a value that is a site of the active trace has its site's batch dims,
+        the data's the last of them (a draw of an earlier call under vectorized particles, ``[P, N, Z]``), or none
+        (a global latent of Pyro's, without a batch dim: the next given value says)."""
+        in_pyro = None
         for v in (*self._var, *self._dgm_input_var):
             x = values.get(v)
             if isinstance(x, Tensor) and x.dim() >= 1:
+                if in_pyro is None:
+                    in_pyro = bool(PYRO_STACK) and not ignores_sites(PYRO_STACK)
+                if in_pyro:
+                    e = site_event_dim(x)
+                    if e is not None:
+                        if x.dim() > e:
+                            return x.shape[x.dim() - e - 1]
+                        continue
                 return x.shape[outer_plates_ndim(x)]
         return None
 
@@ -988,7 +1000,8 @@ class Distribution(YieldingModule):
                                  f"{own}; convert the value with {other[0]}.to({own}) (torch: {e})") from e
             note += f"; {said} while the network's parameters are {own} (convert with {other[0]}.to({own}))"
         text = str(e)
-        if type(e) is RuntimeError and ("shape" in text or "size" in text):  # torch's layer refused a shape
+        if type(e) is RuntimeError and ("shape" in text or "size" in text or "dimension" in text):
+            # torch refused a shape (a layer's, or torch.cat's "Tensors must have same number of dimensions")
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
                              f"the batch): {text}") from e
         e.add_note(note)

@@ -17,7 +17,7 @@ from torch import nn
 from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
-__all__ = ["run_network", "ignores_sites", "given_event_dim", "data_batch_ndim", "outer_plates_ndim", "PYRO_STACK"]
+__all__ = ["run_network", "ignores_sites", "given_event_dim", "site_event_dim", "data_batch_ndim", "outer_plates_ndim", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
 PYRO_STACK = _PYRO_STACK
@@ -112,18 +112,22 @@ def given_event_dim(value: Any, ctx: CallState) -> int | None:
         return found[key]
     e = None
     if isinstance(value, torch.Tensor):
-        for m in reversed(PYRO_STACK):
-            if isinstance(m, TraceMessenger) and not m.param_only:
-                for site in reversed(m.trace.nodes.values()):
-                    if site.get("value") is value and site["type"] == "sample":
-                        e = len(site["fn"].event_shape)
-                        break
-                if e is not None:
-                    break
+        e = site_event_dim(value)
         if e is None:
             e = _event_dim_by_plates(value, data=ctx.obs is not None)
     found[key] = e
     return e
+
+
+def site_event_dim(value: torch.Tensor) -> int | None:
+    """The event dims of the sample site of an active trace whose value is ``value`` (most recent sites first),
+    or ``None`` when no trace holds it."""
+    for m in reversed(PYRO_STACK):
+        if isinstance(m, TraceMessenger) and not m.param_only:
+            for site in reversed(m.trace.nodes.values()):
+                if site.get("value") is value and site["type"] == "sample":
+                    return len(site["fn"].event_shape)
+    return None
 
 
 #: Plates that Pyro opens over copies of a model (vectorized particles, parallel predictive draws): the data given

@@ -763,7 +763,22 @@ class DistributionBase(Distribution):
                 values[name] = value
                 ctx.event_dims[name] = fn.event_dim
                 return
-        fn, base = self._dgm_fn(b, values, ctx, value=obs.get(name) if obs is not None else None)
+        x = obs.get(name) if obs is not None else None
+        fn, base = self._dgm_fn(b, values, ctx, value=x)
+        if isinstance(x, Tensor) and not torch.jit.is_tracing():
+            # an observed value (model/guide data) is checked as a scored one: pyro.sample must not broadcast its
+            # features over the parameters' (when it has no dim beyond the event dims, _dgm_site says why)
+            shape = fn.batch_shape + fn.event_shape
+            if x.shape != shape and x.dim() > len(fn.event_shape):
+                try:
+                    self._dgm_check_value(name, x.shape, shape, len(fn.event_shape))
+                except ShapeError as e:
+                    given = ", ".join(f"{v!r}: {tuple(values[v].shape)}" for v in b.input_var
+                                      if isinstance(values.get(v), Tensor))
+                    if not given:
+                        raise
+                    raise ShapeError(f"{e} (its inputs have shapes {given}; their shapes broadcast to the "
+                                     "parameters')") from None
         if ctx.sample_mean:
             if self.sample_mean_draws is False:
                 raise NoClosedFormError(f"{describe(self)}: sample(sample_mean=True) is not defined for a "

@@ -1,0 +1,212 @@
+"""Pyro example programs with pyro_dgm parts, against plain-Pyro twins (round 6 of probes).
+
+A probe rebuilt Pyro's examples with pyro_dgm distributions and found:
+
+- a hierarchical model (a global ``tau``, then ``w = p_w.model(tau=tau)``, then the likelihood of N rows) was
+  refused: the middle call's data had one row, so it opened a ``"data"`` plate of size 1 that the likelihood's N
+  rows could not share. A call whose data has one row now opens no plate: its draws are global sites, as in a Pyro
+  model;
+- a guide with one pyro_dgm call per time step (Pyro's DMM guide) under vectorized particles was refused: the second
+  call read the particle dim of the first call's draw (``[P, N, Z]``) as its data's size. A value that is a site of
+  the trace now has its site's batch dims, the data's the last of them;
+- in an eight-schools model with scalar global sites, each school's observed ``y`` was scored against all eight
+  ``theta`` (log p(y|theta) -237.45 where the closed form gives -29.54): the observed value's features were
+  broadcast over the parameters'. An observed value is now checked as a scored one is outside Pyro.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Predictive, Trace_ELBO
+from torch import nn
+
+from pyro_dgm.distributions import Normal
+from pyro_dgm.utils.checks import ShapeError
+
+N, D = 6, 3
+X = torch.randn(N, D, generator=torch.Generator().manual_seed(0))
+
+
+def _train(model: Callable[..., Any], guide: Callable[..., Any], steps: int = 15) -> tuple[list[float], dict]:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    losses = [svi.step(X) for _ in range(steps)]
+    return losses, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+def _frames(model: Callable[..., Any]) -> dict[str, tuple]:
+    tr = poutine.trace(model).get_trace(X)
+    return {k: (tuple(s["value"].shape), tuple(f.name for f in s["cond_indep_stack"]))
+            for k, s in tr.nodes.items() if s["type"] == "sample"}
+
+
+# ------------------------------------------------------------------------------- a hierarchical model's global draws
+p_tau = Normal(loc=torch.zeros(D), scale=torch.ones(D), var=["tau"], name="p")
+p_w = Normal(loc="tau", scale=torch.full((D,), 0.5), var=["w"], cond_var=["tau"], name="p")
+p_x = Normal(loc="w", scale=torch.ones(D), var=["x"], cond_var=["w"], name="p")
+
+
+def ours_hierarchical(x: torch.Tensor) -> None:
+    tau = p_tau.model()["tau"]
+    w = p_w.model(tau=tau)["w"]  # one row of data (tau's batch dim of 1): global, no plate
+    p_x.model(x=x, w=w)
+
+
+def plain_hierarchical(x: torch.Tensor) -> None:
+    tau = pyro.sample("tau", dist.Normal(torch.zeros(1, D), 1.).to_event(1))
+    w = pyro.sample("w", dist.Normal(tau, 0.5).to_event(1))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(w, 1.).to_event(1), obs=x)
+
+
+def plain_guide(x: torch.Tensor) -> None:
+    a = pyro.param("a", torch.zeros(1, D))
+    b = pyro.param("b", torch.zeros(1, D))
+    pyro.sample("tau", dist.Normal(a, 1.).to_event(1))
+    pyro.sample("w", dist.Normal(b, 1.).to_event(1))
+
+
+def test_a_hierarchical_model_trains_as_its_plain_pyro_twin() -> None:
+    assert _frames(ours_hierarchical) == _frames(plain_hierarchical)
+    ours, ours_params = _train(ours_hierarchical, plain_guide)
+    ref, ref_params = _train(plain_hierarchical, plain_guide)
+    assert ours == pytest.approx(ref, rel=1e-6)
+    for k in ref_params:
+        torch.testing.assert_close(ours_params[k], ref_params[k])
+
+
+class QW(Normal):
+    """q(w|tau): a network of a global input (one row)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["w"], cond_var=["tau"], name="q")
+        self.net = nn.Linear(D, D)
+
+    def forward(self, tau: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.net(tau), "scale": torch.full_like(tau, 0.7)}
+
+
+def test_a_guide_whose_input_is_a_global_draw_trains_as_its_twin() -> None:
+    torch.manual_seed(3)
+    q_w = QW()
+    q_tau = Normal(loc=torch.zeros(D), scale=torch.ones(D), var=["tau"], name="q")
+    start = {k: v.clone() for k, v in q_w.state_dict().items()}
+
+    def ours_guide(x: torch.Tensor) -> None:
+        q_w.guide(tau=q_tau.guide()["tau"])
+
+    def twin_guide(x: torch.Tensor) -> None:
+        pyro.module("twin", q_w)
+        tau = pyro.sample("tau", dist.Normal(torch.zeros(1, D), 1.).to_event(1))
+        pyro.sample("w", dist.Normal(q_w.net(tau), 0.7).to_event(1))
+
+    assert _frames(ours_guide) == _frames(twin_guide)
+    ours, _ = _train(ours_hierarchical, ours_guide)
+    ours_w = [t.detach().clone() for t in q_w.parameters()]
+    q_w.load_state_dict(start)
+    ref, _ = _train(plain_hierarchical, twin_guide)
+    assert ours == pytest.approx(ref, rel=1e-6)
+    for a, b in zip(ours_w, q_w.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------- one call per time step under vectorized particles
+class Combiner(Normal):
+    """q(z_t|z_{t-1}, h_t), replaced per time step."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["z_prev", "h"], name="q")
+        self.net = nn.Linear(2 * 2, 2)
+
+    def forward(self, z_prev: torch.Tensor, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        z_prev, h = torch.broadcast_tensors(z_prev, h)
+        return {"loc": self.net(torch.cat([z_prev, h], -1)), "scale": torch.ones_like(h)}
+
+
+T = 3
+H = torch.randn(N, T, 2, generator=torch.Generator().manual_seed(2))
+COMBINER = Combiner()
+STEPS = [COMBINER.replace_var(z=f"z_{t}", z_prev=f"z_{t - 1}", h=f"h_{t}") for t in range(T)]
+
+
+def _markov_model(x: torch.Tensor) -> None:
+    with pyro.plate("data", N):
+        z = torch.zeros(N, 2)
+        for t in range(T):
+            z = pyro.sample(f"z_{t}", dist.Normal(0.5 * z, 1.).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand(z.shape[:-1] + (D,)), 1.).to_event(1), obs=x)
+
+
+def _ours_markov_guide(x: torch.Tensor) -> None:
+    z = torch.zeros(N, 2)
+    for t in range(T):  # the second call's z_{t-1} is the first call's draw, of shape [P, N, 2]
+        z = STEPS[t].guide(**{f"z_{t - 1}": z, f"h_{t}": H[:, t]})[f"z_{t}"]
+
+
+def _plain_markov_guide(x: torch.Tensor) -> None:
+    pyro.module("q", COMBINER)
+    z = torch.zeros(N, 2)
+    with pyro.plate("data", N):
+        for t in range(T):
+            zb, h = torch.broadcast_tensors(z, H[:, t])
+            z = pyro.sample(f"z_{t}", dist.Normal(COMBINER.net(torch.cat([zb, h], -1)), 1.).to_event(1))
+
+
+@pytest.mark.parametrize("particles", [3, N])
+def test_one_call_per_step_in_a_guide_under_vectorized_particles_equals_plain_pyro(particles: int) -> None:
+    elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
+    out = []
+    for guide in (_ours_markov_guide, _plain_markov_guide):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        loss = elbo.differentiable_loss(_markov_model, guide, X)
+        out.append((loss, torch.autograd.grad(loss, list(COMBINER.parameters()))))
+    torch.testing.assert_close(out[0][0], out[1][0])
+    for a, b in zip(out[0][1], out[1][1]):
+        torch.testing.assert_close(a, b)
+    shapes = []
+    for guide in (_ours_markov_guide, _plain_markov_guide):
+        pyro.set_rng_seed(0)
+        draws = Predictive(_markov_model, guide=guide, num_samples=particles, parallel=True,
+                           return_sites=["z_2", "x"])(X)
+        shapes.append({k: tuple(v.shape) for k, v in draws.items()})
+    assert shapes[0] == shapes[1] == {"z_2": (particles, N, 2), "x": (particles, N, D)}
+
+
+# ------------------------------------------------------------------------------ eight schools: observed value shapes
+Y = torch.tensor([28., 8., -3., 7., -1., 1., 18., 12.]).unsqueeze(-1)
+SIGMA = torch.tensor([15., 10., 16., 11., 9., 11., 10., 18.]).unsqueeze(-1)
+P_THETA = Normal(loc="mu", scale="tau", var=["theta"], cond_var=["mu", "tau"], name="p")
+P_Y = Normal(loc="theta", scale="sigma", var=["y"], cond_var=["theta", "sigma"], name="p")
+
+
+def _schools(shape: tuple[int, ...]) -> Callable[[], None]:
+    def model() -> None:
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(shape), 5.).to_event(len(shape)))
+        tau = pyro.sample("tau", dist.HalfCauchy(torch.full(shape, 5.)).to_event(len(shape)))
+        (P_Y * P_THETA).model(mu=mu, tau=tau, sigma=SIGMA, y=Y)
+    return model
+
+
+def test_scalar_global_sites_that_would_score_each_school_against_all_are_refused_naming_y() -> None:
+    """mu and tau of shape (): theta has no feature dim (8,), and with sigma (8, 1) its parameters broadcast to
+    (8, 8): each y_i would be scored against all eight theta. Refused, naming y and the inputs' shapes."""
+    with pytest.raises(ShapeError, match=r"p\(y\|.*'y' has shape \(8, 1\).*'theta': \(8,\), 'sigma': \(8, 1\)"):
+        poutine.trace(_schools(())).get_trace()
+
+
+def test_global_sites_with_a_feature_dim_score_each_school_once() -> None:
+    """mu and tau of shape (1,): theta is (8, 1) and log p(y|theta) is the closed form on the same draw."""
+    pyro.set_rng_seed(0)
+    tr = poutine.trace(_schools((1,))).get_trace()
+    tr.compute_log_prob()
+    theta = tr.nodes["theta"]["value"]
+    assert theta.shape == (8, 1) and tr.nodes["y"]["fn"].event_shape == (1,)
+    closed = torch.distributions.Normal(theta, SIGMA).log_prob(Y).sum()
+    torch.testing.assert_close(tr.nodes["y"]["log_prob_sum"], closed)
