@@ -19,8 +19,9 @@ still taken as these hooks when the subclass does not override ``forward``/``inv
 accepted. As Pyro transforms, flows remember their last ``(x, z, logdet)`` (``cache_size=1``), so a value the flow has
 just produced (a sample) is mapped back and scored without inverting the flow again; this is how a flow without a
 closed-form inverse scores its samples, as Pixyz's ``stored_x`` does. The memory answers only the reverse of the
-computation that filled it, for the same tensor objects and context, while the parameters are unchanged (an optimizer
-step invalidates it) and, when gradients are wanted, only if it was filled with gradients.
+computation that filled it, for the same tensor objects and context, while the parameters and the tensors are
+unchanged (an optimizer step, or ``z.mul_(2)``, invalidates it) and, when gradients are wanted, only if it was filled
+with gradients.
 """
 from __future__ import annotations
 
@@ -72,12 +73,14 @@ class _Memory:
     ``forward`` alone gives it: it runs when the log-det is asked for, as in Pixyz). ``parts`` holds the log-dets of
     a :class:`FlowList`'s layers, ``((layer, logdet), ...)``, stored in them when the memory answers a ``forward``."""
 
-    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts")
+    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts", "versions")
 
     def __init__(self, x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool, state: tuple,
                  parts: tuple | None = None) -> None:
         self.x, self.z, self.logdet, self.context, self.by_inverse, self.state = x, z, logdet, context, by_inverse, state
         self.parts = parts
+        # the module's memory outlives the evaluation: an in-place change of x or z (z.mul_(2)) invalidates it
+        self.versions = None if type(state) is bool else (version(x), version(z))
 
 
 def _state(flow: nn.Module) -> tuple:
@@ -127,6 +130,8 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
         return None
     if type(m.state) is bool:  # the evaluation's: the parameters cannot change within it
         return m if m.state == torch.is_grad_enabled() else None
+    if m.versions != (version(m.x), version(m.z)):  # changed in place since
+        return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in flow.parameters()):
         ref = m.logdet if m.logdet is not None else (m.x if m.by_inverse else m.z)  # (a missing log-det: its input)
         if not ref.requires_grad:

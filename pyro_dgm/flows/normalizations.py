@@ -27,7 +27,8 @@ class BatchNorm1d(Flow):
         The weight of the old running statistics: ``running = momentum * running + (1 - momentum) * batch`` (Pixyz's
         convention, the opposite of ``torch.nn.BatchNorm1d``'s; 0 keeps the last batch's statistics).
     eps : float, optional
-        Added to the batch variance; Pixyz's ``epsilon()`` (1e-7) by default.
+        Added to the batch variance; by default Pixyz's ``epsilon()`` (1e-7), read at each call as Pixyz reads it
+        (``set_epsilon`` after the flow is built takes effect).
     cache_size : {1, 0}
 
     Examples
@@ -49,11 +50,20 @@ class BatchNorm1d(Flow):
         self.log_gamma = nn.Parameter(torch.zeros(shape))
         self.beta = nn.Parameter(torch.zeros(shape))
         self.momentum = float(momentum)
-        self.eps = float(epsilon() if eps is None else eps)
+        self._dgm_eps = None if eps is None else float(eps)
         self.register_buffer("running_mean", torch.zeros(shape))
         self.register_buffer("running_var", torch.ones(shape))
         self.register_buffer("batch_mean", None, persistent=False)
         self.register_buffer("batch_var", None, persistent=False)
+
+    @property
+    def eps(self) -> float:
+        """What is added to the batch variance: the ``eps`` given, else ``epsilon()`` now."""
+        return epsilon() if self._dgm_eps is None else self._dgm_eps
+
+    @eps.setter
+    def eps(self, value: float | None) -> None:
+        self._dgm_eps = None if value is None else float(value)
 
     @staticmethod
     def _dgm_event_dim() -> int:

@@ -128,6 +128,18 @@ def _dgm_compile(fn: Any, options: Mapping[str, Any]) -> Any:
     return compiled
 
 
+def _own_code(fn: Any) -> Any:
+    """``fn`` behind a function with a code object of its own. Dynamo keeps one cache of compiled code per code
+    object, with at most ``recompile_limit`` (8) entries: every model's evaluation compiled through one shared method
+    would take an entry of one cache (its guards name the model), and from the ninth model in a process on
+    (a notebook cell run again, a sweep) the evaluation would silently run eagerly."""
+    def call(*args: Any) -> Any:
+        return fn(*args)
+
+    call.__code__ = call.__code__.replace()  # a copy: the same code, a cache of its own
+    return call
+
+
 def _frozen_of(loss: Any) -> list[Tensor]:
     return [p for term in loss.loss_terms() for p in term.frozen_parameters()]
 
@@ -146,7 +158,7 @@ class _FirstCallEager:
     def _build(self) -> None:
         self.loss._dgm_term_names  # the terms' names are built (by sympy) here, once, not while tracing
         self._frozen = _frozen_of(self.loss)
-        self._dgm_fn = _dgm_compile(self._eager, self.options)
+        self._dgm_fn = _dgm_compile(_own_code(self._eager), self.options)
 
     def __call__(self, *args: Any) -> Any:
         self.calls += 1

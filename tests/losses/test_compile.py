@@ -387,3 +387,18 @@ def test_a_pyro_elbo_term_trains_compiled_as_eager() -> None:
     assert _graphs() >= 1
     assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-6)
     assert eager[-4] != pytest.approx(3.0)  # w trained (it starts at ones)
+
+
+def test_every_model_in_a_process_runs_compiled_past_dynamos_recompile_limit() -> None:
+    """Each model's evaluation has a compiled-code cache of its own: through one shared method, the ninth model of a
+    process (a notebook cell run again, a sweep) went past Dynamo's ``recompile_limit`` (8 entries per code object)
+    and ran eagerly, with a warning on stderr only."""
+    limit = dynamo.config.recompile_limit
+    for i in range(limit + 2):
+        torch.manual_seed(i)
+        loss, batch = cm.vae()
+        model = Model(loss, distributions=list(loss.distributions), optimizer=torch.optim.Adam,
+                      compile={"backend": "eager"})
+        for s in range(3):  # the first call runs eagerly, the second compiles, the third reuses it
+            model.train(batch(s))
+        assert _graphs() == i + 1, f"model {i} did not run compiled"
