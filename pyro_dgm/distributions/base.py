@@ -27,7 +27,7 @@ from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites,
-                                           outer_plates_ndim, site_event_dim)
+                                           outer_plates_ndim, site_data_size)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
 from pyro_dgm.utils.checks import (DTypeError, NotATensorError, ShapeError, as_var_list, check_present, describe,
                                    numpy_tensor, sample_batch_n, sample_shape_of)
@@ -752,21 +752,27 @@ class Distribution(YieldingModule):
         plates when they sit left of dim -1 only: ``groups`` at dim -2, data ``[G, N, X]``): factors without
         inputs draw that many. Inside Pyro, a value that is a site of the active trace has its site's batch dims,
         the data's the last of them (a draw of an earlier call under vectorized particles, ``[P, N, Z]``), or none
-        (a global latent of Pyro's, without a batch dim: the next given value says)."""
+        (a global latent of Pyro's without a batch dim; an enumeration dim at -1). A size of 1 (a global draw of
+        pyro_dgm's, an enumerated value left of the data plate) gives way to another value's N: the first size
+        other than 1 is the data's, whatever the order of the variables."""
         in_pyro = None
+        found = None
         for v in (*self._var, *self._dgm_input_var):
             x = values.get(v)
             if isinstance(x, Tensor) and x.dim() >= 1:
                 if in_pyro is None:
                     in_pyro = bool(PYRO_STACK) and not ignores_sites(PYRO_STACK)
+                n = None
                 if in_pyro:
-                    e = site_event_dim(x)
-                    if e is not None:
-                        if x.dim() > e:
-                            return x.shape[x.dim() - e - 1]
+                    is_site, n = site_data_size(x)
+                    if is_site and n is None:
                         continue
-                return x.shape[outer_plates_ndim(x)]
-        return None
+                if n is None:
+                    n = x.shape[outer_plates_ndim(x)]
+                if type(n) is not int or n != 1:  # (under torch.jit.trace a size is a traced tensor: the data's)
+                    return n
+                found = n
+        return found
 
     def _dgm_data_batch_ndim(self, values: Mapping[str, Any]) -> int:
         """How many leading dims of the data (the first given variable) the caller's plates cover."""

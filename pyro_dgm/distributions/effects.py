@@ -17,7 +17,7 @@ from torch import nn
 from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
-__all__ = ["run_network", "ignores_sites", "given_event_dim", "site_event_dim", "data_batch_ndim", "outer_plates_ndim", "PYRO_STACK"]
+__all__ = ["run_network", "ignores_sites", "given_event_dim", "site_event_dim", "site_data_size", "data_batch_ndim", "outer_plates_ndim", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
 PYRO_STACK = _PYRO_STACK
@@ -119,15 +119,37 @@ def given_event_dim(value: Any, ctx: CallState) -> int | None:
     return e
 
 
-def site_event_dim(value: torch.Tensor) -> int | None:
-    """The event dims of the sample site of an active trace whose value is ``value`` (most recent sites first),
-    or ``None`` when no trace holds it."""
+def _site_of(value: torch.Tensor) -> dict[str, Any] | None:
+    """The sample site of an active trace whose value is ``value`` (most recent sites first), or ``None``."""
     for m in reversed(PYRO_STACK):
         if isinstance(m, TraceMessenger) and not m.param_only:
             for site in reversed(m.trace.nodes.values()):
                 if site.get("value") is value and site["type"] == "sample":
-                    return len(site["fn"].event_shape)
+                    return site
     return None
+
+
+def site_event_dim(value: torch.Tensor) -> int | None:
+    """The event dims of the sample site of an active trace whose value is ``value``, or ``None`` when no trace
+    holds it."""
+    site = _site_of(value)
+    return None if site is None else len(site["fn"].event_shape)
+
+
+def site_data_size(value: torch.Tensor) -> tuple[bool, int | None]:
+    """Whether an active trace holds ``value`` as a sample site, and then the size of its batch dim at -1 (the data
+    plate's), or ``None`` when it has no batch dim there: no batch dims (a Pyro global latent of shape ``(Z,)``),
+    or an enumeration dim at -1 (Pyro enumerates at -1 when no plate is nested: ``[K, K]`` for a one-hot value)."""
+    site = _site_of(value)
+    if site is None:
+        return False, None
+    e = len(site["fn"].event_shape)
+    if value.dim() <= e:
+        return True, None
+    infer = site.get("infer") or {}
+    if infer.get("_enumerate_dim") == -1 or -1 in (infer.get("_dim_to_id") or {}):
+        return True, None
+    return True, value.shape[value.dim() - e - 1]
 
 
 #: Plates that Pyro opens over copies of a model (vectorized particles, parallel predictive draws): the data given

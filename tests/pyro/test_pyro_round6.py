@@ -9,6 +9,10 @@ A probe rebuilt Pyro's examples with pyro_dgm distributions and found:
 - a guide with one pyro_dgm call per time step (Pyro's DMM guide) under vectorized particles was refused: the second
   call read the particle dim of the first call's draw (``[P, N, Z]``) as its data's size. A value that is a site of
   the trace now has its site's batch dims, the data's the last of them;
+- a second probe of those changes found the data size still read from the *first* given value: a one-row global
+  (``q_z.guide(w=w, x=x)`` with ``w`` of shape ``(1, D)``) or an enumerated value (``[K, 1, K]``; ``[K, K]`` when
+  Pyro enumerates at dim -1) given before the data made the call open no plate, or a plate of the enumeration's
+  size. The first size other than 1 is now the data's, and an enumeration dim at -1 is no data size;
 - in an eight-schools model with scalar global sites, each school's observed ``y`` was scored against all eight
   ``theta`` (log p(y|theta) -237.45 where the closed form gives -29.54): the observed value's features were
   broadcast over the parameters'. An observed value is now checked as a scored one is outside Pyro.
@@ -22,10 +26,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Predictive, Trace_ELBO
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
 from torch import nn
 
-from pyro_dgm.distributions import Normal
+from pyro_dgm.distributions import Categorical, Normal
 from pyro_dgm.utils.checks import ShapeError
 
 N, D = 6, 3
@@ -210,3 +214,165 @@ def test_global_sites_with_a_feature_dim_score_each_school_once() -> None:
     assert theta.shape == (8, 1) and tr.nodes["y"]["fn"].event_shape == (1,)
     closed = torch.distributions.Normal(theta, SIGMA).log_prob(Y).sum()
     torch.testing.assert_close(tr.nodes["y"]["log_prob_sum"], closed)
+
+
+# --------------------------------------------------------------- a size-1 or enumerated value given before the data
+class QZ(Normal):
+    """q(z|w,x) or q(z|y,x): the first input is a global draw (1, D) or an enumerated one-hot value."""
+
+    def __init__(self, first: str, width: int) -> None:
+        super().__init__(var=["z"], cond_var=[first, "x"], name="q")
+        self.net = nn.Linear(width + D, 2)
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        a, x = inputs[self.cond_var[0]], inputs["x"]
+        shape = torch.broadcast_shapes(a.shape[:-1], x.shape[:-1])
+        h = torch.cat([a.expand(shape + a.shape[-1:]), x.expand(shape + x.shape[-1:])], -1)
+        return {"loc": self.net(h), "scale": torch.ones(shape + (2,))}
+
+
+def _cat(*ts: torch.Tensor) -> torch.Tensor:
+    shape = torch.broadcast_shapes(*(t.shape[:-1] for t in ts))
+    return torch.cat([t.expand(shape + t.shape[-1:]) for t in ts], -1)
+
+
+def _losses(pairs: list[tuple[Callable[..., Any], Callable[..., Any]]], elbo: Callable[[], Any],
+            *args: Any) -> list[float]:
+    out = []
+    for model, guide in pairs:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        out.append(float(elbo().differentiable_loss(model, guide, *args)))  # a fresh ELBO: its own guessed nesting
+    return out
+
+
+@pytest.mark.parametrize("elbo", [lambda: Trace_ELBO(), lambda: TraceEnum_ELBO(max_plate_nesting=1),
+                                  lambda: Trace_ELBO(num_particles=3, vectorize_particles=True)],
+                         ids=["trace", "enum", "vectorized"])
+def test_a_global_draw_given_before_the_data_does_not_size_the_plate(elbo: Callable[[], Any]) -> None:
+    torch.manual_seed(0)
+    qz, dec = QZ("w", D), nn.Linear(2, D)
+    pw = Normal(loc=torch.zeros(D), scale=torch.ones(D), var=["w"], name="p")
+    qw = Normal(loc=torch.zeros(D), scale=torch.ones(D), var=["w"], name="q")
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module("dec", dec)
+        w = pw.model()["w"]
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1, 2), 1.).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z) + w, 1.).to_event(1), obs=x)
+
+    def ours(x: torch.Tensor) -> None:
+        qz.guide(w=qw.guide()["w"], x=x)  # w (1, D) first, x (N, D) second: the plate is the data's
+
+    def plain(x: torch.Tensor) -> None:
+        pyro.module("q", qz)
+        w = pyro.sample("w", dist.Normal(torch.zeros(1, D), 1.).to_event(1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(qz.net(_cat(w, x)), 1.).to_event(1))
+
+    a, b = _losses([(model, ours), (model, plain)], elbo, X)
+    assert a == pytest.approx(b, rel=1e-6)
+
+
+K = 3
+
+
+@pytest.mark.parametrize("n", [4, 1])
+@pytest.mark.parametrize("nesting", [1, None], ids=["given", "guessed"])
+def test_an_enumerated_value_given_before_the_data_does_not_size_the_plate(n: int, nesting: int | None) -> None:
+    """A semi-supervised VAE's guide enumerates y ~ q(y|x), then calls q(z|y,x) with y first: y is [K, 1, K] (or
+    [K, K] when Pyro guesses no plate for one row and enumerates at -1)."""
+    torch.manual_seed(0)
+    enc_y, qz, dec = nn.Linear(D, K), QZ("y", K), nn.Linear(2 + K, D)
+
+    class QY(Categorical):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["x"], name="q", infer={"enumerate": "parallel"})
+            self.net = enc_y
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"probs": torch.softmax(self.net(x), -1)}
+
+    class PX(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z", "y"], name="p")
+            self.net = dec
+
+        def forward(self, z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            loc = self.net(_cat(z, y))
+            return {"loc": loc, "scale": torch.ones_like(loc)}
+
+    qy, px = QY(), PX()
+    joint = px * Categorical(probs=torch.ones(K) / K, var=["y"], name="p") * Normal(
+        loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p")
+
+    def ours(x: torch.Tensor) -> None:
+        qz.guide(y=qy.guide(x=x)["y"], x=x)
+
+    def plain_model(x: torch.Tensor) -> None:
+        pyro.module("p", px)
+        with pyro.plate("data", len(x)):
+            y = pyro.sample("y", dist.OneHotCategorical(torch.ones(1, K) / K))
+            z = pyro.sample("z", dist.Normal(torch.zeros(1, 2), 1.).to_event(1))
+            pyro.sample("x", dist.Normal(dec(_cat(z, y)), 1.).to_event(1), obs=x)
+
+    def plain_guide(x: torch.Tensor) -> None:
+        pyro.module("qy", qy)
+        pyro.module("qz", qz)
+        with pyro.plate("data", len(x)):
+            y = pyro.sample("y", dist.OneHotCategorical(torch.softmax(enc_y(x), -1)), infer={"enumerate": "parallel"})
+            pyro.sample("z", dist.Normal(qz.net(_cat(y, x)), 1.).to_event(1))
+
+    x = X[:n]
+    a, b = _losses([(lambda x: joint.model(x=x), ours), (plain_model, plain_guide)],
+                   lambda: TraceEnum_ELBO(max_plate_nesting=nesting) if nesting else TraceEnum_ELBO(), x)
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+@pytest.mark.parametrize("nesting", [None, 0, 1, 2])
+def test_an_hmm_on_one_sequence_with_one_call_per_step_equals_plain_pyro(nesting: int | None) -> None:
+    """Enumerated states, one pyro_dgm call per step, no plate; under Pyro's guessed nesting (0) the states are
+    enumerated at dim -1 ([K, K]), which is no data size."""
+    torch.manual_seed(0)
+    trans_m = nn.Parameter(torch.softmax(torch.randn(K, K), -1))  # parameters: the loss is differentiated
+    emit_m, steps = nn.Parameter(torch.randn(K, 2)), 4
+
+    class Trans(Categorical):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["z_prev"], name="p", infer={"enumerate": "parallel"})
+
+        def forward(self, z_prev: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"probs": z_prev @ trans_m}
+
+    class Emit(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": z @ emit_m, "scale": torch.ones(z.shape[:-1] + (2,))}
+
+    trans, emit = Trans(), Emit()
+    init = Categorical(probs=torch.ones(K) / K, var=["z_-1"], name="p", infer={"enumerate": "parallel"})
+    ts = [trans.replace_var(z=f"z_{t}", z_prev=f"z_{t - 1}") for t in range(steps)]
+    es = [emit.replace_var(x=f"x_{t}", z=f"z_{t}") for t in range(steps)]
+    xs = torch.randn(steps, 1, 2, generator=torch.Generator().manual_seed(1))
+
+    def ours(xs: torch.Tensor) -> None:
+        z = init.model()["z_-1"]
+        for t in pyro.markov(range(steps)):
+            z = ts[t].model(**{f"z_{t - 1}": z})[f"z_{t}"]
+            es[t].model(**{f"x_{t}": xs[t], f"z_{t}": z})
+
+    def plain(xs: torch.Tensor) -> None:
+        z = pyro.sample("z_-1", dist.OneHotCategorical(torch.ones(1, K) / K), infer={"enumerate": "parallel"})
+        for t in pyro.markov(range(steps)):
+            z = pyro.sample(f"z_{t}", dist.OneHotCategorical(z @ trans_m), infer={"enumerate": "parallel"})
+            pyro.sample(f"x_{t}", dist.Normal(z @ emit_m, 1.).to_event(1), obs=xs[t])
+
+    def no_guide(xs: torch.Tensor) -> None:
+        pass
+
+    a, b = _losses([(ours, no_guide), (plain, no_guide)],
+                   lambda: TraceEnum_ELBO() if nesting is None else TraceEnum_ELBO(max_plate_nesting=nesting), xs)
+    assert a == pytest.approx(b, rel=1e-5)
