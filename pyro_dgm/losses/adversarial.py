@@ -30,7 +30,9 @@ discriminator outputs the probability that a sample comes from ``p`` (the first 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+import math
+import warnings
+from typing import Any, Iterable, Iterator, Mapping, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +41,7 @@ from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
+from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, finite_sum, network_buffers
 from pyro_dgm.utils.checks import OutOfRangeError, check_present, describe
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
@@ -91,6 +94,11 @@ class AdversarialLoss(Loss):
 
     #: Whether the discriminator's output is a probability (checked to lie in [0, 1]).
     _dgm_probability_output = True
+
+    #: Before each discriminator step (:meth:`loss_train`), check that every gradient of the discriminator is finite
+    #: (one pass over them, as ``Model.check_gradients``; Pixyz does not check, so a NaN gradient turns the
+    #: discriminator's weights into NaN); set it to False to skip the check (a NaN or infinite loss still raises).
+    check_gradients: bool = True
 
     def __init__(self, p: "Distribution", q: "Distribution", discriminator: "Distribution",
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None) -> None:
@@ -278,22 +286,114 @@ class AdversarialLoss(Loss):
         -------
         Tensor
             The discriminator's loss before the step (detached).
+
+        Raises
+        ------
+        NonFiniteLossError
+            If the discriminator's loss is NaN or infinite (an infinite float16/bfloat16 loss whose gradients are
+            all finite only overflowed its dtype: the step is taken, with a warning), before its optimizer steps.
+        NonFiniteGradientError
+            If the loss is finite but a gradient of the discriminator is not (unless :attr:`check_gradients` is
+            False), before its optimizer steps. Either error names the term, the discriminator and the step
+            (``d_steps + 1``). A step that raises (also Ctrl-C) leaves the discriminator's weights, its optimizer,
+            the networks' buffers and the random states as they were (:class:`StepRandomState`).
         """
         d = self._dgm_d
         if not self._synced:
             self._dgm_sync()
         d.train()
         self.d_optimizer.zero_grad(set_to_none=True)
-        replicated = self._replicated
-        if replicated is None:
-            loss = self.eval(train_x_dict, discriminator=True, **kwargs)
-        else:  # DistributedDataParallel sees the forward pass and averages the gradients in backward
-            loss = replicated.run(self.eval, train_x_dict, discriminator=True, **kwargs)
-        loss.backward()
-        self.d_optimizer.step()
+        pairs = self.__dict__.get("_dgm_net_buffers")
+        if pairs is None:  # batch-norm statistics of the discriminator and of the samplers, which a failure keeps
+            pairs = self.__dict__["_dgm_net_buffers"] = network_buffers(d, self.p, self.q)
+        saved = [(m, n, m._buffers[n].clone()) for m, n in pairs if m._buffers.get(n) is not None]
+        rng = StepRandomState()
+        try:
+            replicated = self._replicated
+            if replicated is None:
+                loss = self.eval(train_x_dict, discriminator=True, **kwargs)
+            else:  # DistributedDataParallel sees the forward pass and averages the gradients in backward
+                loss = replicated.run(self.eval, train_x_dict, discriminator=True, **kwargs)
+            overflowed = self._dgm_check_d_loss(loss)
+            loss.backward()
+            if overflowed or self.check_gradients:
+                self._dgm_check_d_gradients(loss, overflowed)
+            self.d_optimizer.step()
+        except BaseException as e:  # as if the step had not started (Model.train does the same for its step)
+            with torch.no_grad():
+                for m, n, b in saved:
+                    m._buffers[n].copy_(b)
+            rng.restore(e, f"{type(self).__name__}.loss_train (discriminator step {self.d_steps + 1})")
+            raise
         self._dgm_after_step()
         self.d_steps += 1
         return loss.detach()
+
+    def _dgm_where(self) -> str:
+        return f"{type(self).__name__} {self.latex}: "
+
+    def _dgm_check_d_loss(self, loss: Tensor) -> bool:
+        """Raise :class:`~pyro_dgm.models.NonFiniteLossError` if the discriminator's loss is NaN or infinite (every
+        process together under torch.distributed), before backward. Returns True when it is infinite only because
+        its float16/bfloat16 dtype overflowed (no NaN): the gradients decide then (:meth:`_dgm_check_d_gradients`),
+        as in ``Model.train``."""
+        value = loss.detach()
+        if value.numel() == 1 and self._replicated is None:
+            v = value.item()
+            if math.isfinite(v):
+                return False
+            if loss.dtype in HALF_DTYPES and not math.isnan(v):
+                return True
+            bad_here = True
+        else:
+            from pyro_dgm.models import distributed as _dist  # (the models layer, as _dgm_sync imports it)
+
+            finite = bool(torch.isfinite(value).all())
+            overflow = not finite and loss.dtype in HALF_DTYPES and not bool(torch.isnan(value).any())
+            bad_here = not finite and not overflow
+            if not bool(_dist.all_reduce_max(torch.tensor(int(bad_here)))):
+                return overflow
+        self._dgm_raise_d_loss(value, bad_here)
+
+    def _dgm_raise_d_loss(self, value: Tensor, bad_here: bool) -> NoReturn:
+        from pyro_dgm.models.errors import NonFiniteLossError
+
+        shown = float(value.float().sum()) if bad_here else "finite here but non-finite on another process"
+        raise NonFiniteLossError(
+            f"{self._dgm_where()}the discriminator's training loss is {shown} at ", self.d_steps + 1,
+            f" of the discriminator {describe(self._dgm_d)} (its optimizer did not step, its weights are unchanged); "
+            f"look for NaN or infinite values in the data, in the samples of {self.p.prob_text} and "
+            f"{self.q.prob_text} or in the discriminator's weights")
+
+    def _dgm_check_d_gradients(self, loss: Tensor, overflowed: bool) -> None:
+        """Raise :class:`~pyro_dgm.models.NonFiniteGradientError` if a gradient of the discriminator is NaN or
+        infinite (one pass over them; the slow per-tensor look only when it fails); after an overflowed
+        half-precision loss (``overflowed``), a non-finite gradient raises the loss's error instead, and finite ones
+        let the step go on, with a warning (once per term)."""
+        params = [p for g in self.d_optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if grads and not finite_sum(grads) and not all(bool(torch.isfinite(g).all()) for g in grads):
+            if overflowed:
+                self._dgm_raise_d_loss(loss.detach(), True)
+            from pyro_dgm.models.errors import NonFiniteGradientError
+
+            names = {id(t): n for n, t in self._dgm_d.named_parameters()}
+            bad = []
+            for p in params:
+                n = int(p.grad.numel() - torch.isfinite(p.grad).sum())
+                if n:
+                    bad.append(f"{names.get(id(p), f'a parameter of shape {tuple(p.shape)}')} ({n} of "
+                               f"{p.grad.numel()} values)")
+            raise NonFiniteGradientError(
+                f"{self._dgm_where()}non-finite gradients at ", self.d_steps + 1, f" of the discriminator "
+                f"{describe(self._dgm_d)} with a finite loss {float(loss.detach().float().sum()):.6g}, in "
+                f"{', '.join(bad)}; its optimizer did not step, its weights are unchanged (look for an operation "
+                "whose derivative is infinite at these values: sqrt(0), log(0), x / 0...)")
+        if overflowed and not self.__dict__.get("_dgm_overflow_warned"):
+            self.__dict__["_dgm_overflow_warned"] = True
+            warnings.warn(f"{self._dgm_where()}the discriminator's loss overflowed its dtype {loss.dtype} (it is "
+                          f"{float(loss.detach().float().sum())}) while every gradient is finite: the step is taken, "
+                          "as under Pixyz, and the loss reported is infinite (said once)", RuntimeWarning, stacklevel=3)
 
     def loss_test(self, test_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
         """The discriminator's loss on ``x_dict`` under ``torch.no_grad``, the discriminator in eval mode (its mode is

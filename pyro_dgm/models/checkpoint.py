@@ -12,7 +12,11 @@ A checkpoint holds
   are those an uninterrupted run would have made.
 
 - the Pyro-side parameters the model trains (an autoguide's, by param-store name; see
-  :class:`~pyro_dgm.models.Model`).
+  :class:`~pyro_dgm.models.Model`);
+- for a :class:`~pyro_dgm.models.GAN` whose generator step failed after the discriminator's (Ctrl-C), that this
+  batch's discriminator step is done (``d_step_done``: the batch's digest, the discriminator's loss and the random
+  states that followed its step), so the resumed run takes the generator's step only on that batch, as the
+  uninterrupted run did.
 
 ``Model.load(path)`` reads the distributions alone, as Pixyz's ``load`` does (the optimizer, counters and random
 states stay as they are); ``Model.load(path, resume=True)`` reads everything.
@@ -137,7 +141,27 @@ def model_state(model: "Model") -> dict[str, Any]:
         "rng": rng_state(),
         "data_rng": [g.get_state() for g in model.__dict__.get("_dgm_data_generators", ())],
         **_epoch_state(model),
+        **_d_step_state(model),
     }
+
+
+def _d_step_state(model: "Model") -> dict[str, Any]:
+    """``d_step_done``: a GAN's discriminator step taken on the batch whose generator step failed (see
+    :meth:`pyro_dgm.models.GAN.train`), where there is one (not under torch.distributed, see :func:`save`)."""
+    done = model.__dict__.get("_dgm_d_done")
+    if done is None or _dist.is_distributed():
+        return {}
+    return {"d_step_done": {"batch": str(done["batch"]), "d_loss": done["d_loss"].detach().clone(),
+                            "rng": done["rng"]}}
+
+
+def _check_d_step_done(done: Any) -> None:
+    if done is None:
+        return
+    if (not isinstance(done, Mapping) or set(done) != {"batch", "d_loss", "rng"} or not isinstance(done["batch"], str)
+            or not isinstance(done["d_loss"], Tensor)):
+        raise ValueError("Model.load: the checkpoint's d_step_done is not what Model.save writes; it is damaged")
+    _check_rng(done["rng"])
 
 
 def _epoch_state(model: "Model") -> dict[str, Any]:
@@ -306,6 +330,8 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     same_world = isinstance(ranks_rng, (list, tuple)) and len(ranks_rng) == _dist.world_size()
     rng = ranks_rng[_dist.rank()] if same_world else state["rng"]
     _check_rng(rng)
+    done = state.get("d_step_done")
+    _check_d_step_done(done)
     resume = state.get("epoch_resume")
     if resume is not None:
         if not isinstance(resume, Mapping) or not {"steps", "rng", "data_rng", "rows", "sums"} <= set(resume):
@@ -335,6 +361,13 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         model.history = History({k: list(v) for k, v in history.items()})
     set_rng_state(rng)
     model._dgm_resumed = True  # (fit warns where a data loader cannot resume exactly)
+    model.__dict__.pop("_dgm_d_done", None)
+    if done is not None and _dist.is_distributed():
+        warnings.warn("Model.load: the checkpoint was saved after a GAN's discriminator step whose generator step "
+                      "failed; under torch.distributed the batch is taken again with both steps, so the "
+                      "discriminator takes one step more than the uninterrupted run", UserWarning, stacklevel=4)
+    elif done is not None:
+        model._dgm_d_done = dict(done)  # GAN.train skips that discriminator step
     data_rng = state.get("data_rng") or []
     if data_rng:  # given to the data loader's generators at the next fit (trainer._data_generators)
         model._dgm_pending_data_rng = list(data_rng)
@@ -411,6 +444,14 @@ def save(model: "Model", path: Any) -> None:
                           UserWarning, stacklevel=3)
         if ranks_rng is not None:
             state["rng_ranks"] = ranks_rng
+        if model.__dict__.get("_dgm_d_done") is not None and "d_step_done" not in state:
+            warnings.warn(f"{type(model).__name__}.save: the discriminator step of the batch whose generator step "
+                          "failed was taken; under torch.distributed the checkpoint does not keep it, so a run "
+                          "resumed from it takes that discriminator step again (one step more than the "
+                          "uninterrupted run)", UserWarning, stacklevel=3)
+        lost = model.__dict__.get("_dgm_rng_lost")
+        if lost is not None:
+            warnings.warn(f"{type(model).__name__}.save: {lost}", UserWarning, stacklevel=3)
         if isinstance(path, (str, os.PathLike)):
             atomic_torch_save(state, path)
         else:
@@ -431,20 +472,30 @@ def atomic_torch_save(obj: Any, path: Any) -> None:
     >>> torch.load(folder / "c.pt", weights_only=True)["a"], sorted(p.name for p in folder.iterdir())
     (tensor([1., 1.]), ['c.pt'])
     """
-    import tempfile
+    import secrets
 
     path = os.fspath(path)
     if not path:
         raise ValueError("Model.save: the path is empty; give a file name")
     path = os.path.realpath(path)  # a symbolic link: replace the file it points to (as torch.save writes through it)
     folder, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    tmp = None
     try:
+        # the temporary file is made inside the guarded block, its name known before it exists: a Ctrl-C at any
+        # point, even while it is being created, removes it (tempfile.mkstemp's name is known only once it returns)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+            try:
+                fd = os.open(tmp, flags, 0o600)
+                break
+            except FileExistsError:  # (another file of that name: not ours to remove)
+                tmp = None
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(path):  # keep the permissions of the file being replaced (mkstemp makes it 0600)
+        if os.path.exists(path):  # keep the permissions of the file being replaced (the temporary one is 0600)
             os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         else:
             umask = os.umask(0)
@@ -452,8 +503,9 @@ def atomic_torch_save(obj: Any, path: Any) -> None:
             os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable (POSIX; not possible on Windows)
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -518,6 +570,8 @@ def load(model: "Model", path: Any, resume: bool = False) -> None:
         for key in ("rng_ranks", "data_rng", "epoch_resume"):
             if key in state:
                 state[key] = _to_cpu(state[key])
+        if isinstance(state.get("d_step_done"), Mapping) and "rng" in state["d_step_done"]:
+            state["d_step_done"] = {**state["d_step_done"], "rng": _to_cpu(state["d_step_done"]["rng"])}
     load_model_state(model, state)
 
 

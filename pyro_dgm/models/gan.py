@@ -1,6 +1,7 @@
 r"""The generative adversarial network: :class:`GAN` minimizes :math:`D_{JS}^{Adv}[p_{data}(x)||p(x)]`."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Mapping
 
 import torch
@@ -10,11 +11,39 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.special import EmpiricalDistribution
 from pyro_dgm.losses.adversarial_divergences import AdversarialJensenShannon
 from pyro_dgm.losses.pdf import check_distribution
+from pyro_dgm.models import distributed as _dist
+from pyro_dgm.models.checkpoint import rng_state, set_rng_state
 from pyro_dgm.models.model import Model
 
 __all__ = ["GAN"]
 
 D_LOSS = "d_loss"  # the name of the discriminator's loss in ``model.last_terms`` (and in ``fit``'s history)
+
+
+def batch_digest(x_dict: Any) -> str | None:
+    """A digest of a batch's values (names, dtypes, shapes and bytes of its tensors): which batch a discriminator
+    step was taken on, compared bit for bit. Computed only after a failed generator step and on the batch after
+    it; ``None`` for values it cannot read (a sparse tensor...), which match no batch.
+
+    Examples
+    --------
+    >>> x = torch.arange(6.).reshape(3, 2)
+    >>> batch_digest({"x": x}) == batch_digest({"x": x.clone()}), batch_digest({"x": x}) == batch_digest({"x": x + 1})
+    (True, False)
+    """
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        for name, value in sorted(dict(x_dict or {}).items(), key=lambda kv: str(kv[0])):
+            h.update(repr(name).encode())
+            if isinstance(value, Tensor):
+                t = value.detach()
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                h.update(repr(value).encode())
+    except Exception:  # (called while another error propagates: never replace it)
+        return None
+    return h.hexdigest()
 
 
 class GAN(Model):
@@ -164,9 +193,33 @@ class GAN(Model):
         Tensor or (Tensor, Tensor)
             The generator's loss, and the discriminator's loss when ``adversarial_loss`` (but see the class notes
             for :meth:`~pyro_dgm.models.Model.fit`).
+
+        Notes
+        -----
+        Either step that fails (an error, Ctrl-C) leaves its networks, optimizer and the random states as they were
+        before it. When the generator's step fails after the discriminator's was taken, the model keeps that the
+        discriminator's step of this batch is done (:meth:`save` keeps it too): the next call on the same batch (the
+        batch taken again, in this process or after ``load(path, resume=True)``) takes the generator's step only,
+        as the uninterrupted run did; a call on another batch takes both.
         """
-        d_loss = self.adversarial_loss.loss_train(train_x_dict, **kwargs) if adversarial_loss else None
-        loss = super().train(train_x_dict, **kwargs)
+        done = self.__dict__.pop("_dgm_d_done", None)
+        d_loss = None
+        if adversarial_loss:
+            if done is not None and not _dist.is_distributed() and done["batch"] == batch_digest(train_x_dict):
+                # this batch's discriminator step was taken before its generator step failed: not again, and the
+                # generator's step draws from the random states that followed it (a resumed epoch that had taken
+                # no step yet puts back the states of the epoch's start, before that step's draws)
+                d_loss = done["d_loss"]
+                set_rng_state(done["rng"])
+            else:
+                d_loss = self.adversarial_loss.loss_train(train_x_dict, **kwargs)
+        try:
+            loss = super().train(train_x_dict, **kwargs)
+        except BaseException:
+            digest = batch_digest(train_x_dict) if d_loss is not None else None
+            if digest is not None:  # (the random states are those after the discriminator's step: Model.train's)
+                self._dgm_d_done = {"batch": digest, "d_loss": d_loss, "rng": rng_state()}
+            raise
         return self._dgm_result(loss, d_loss)
 
     def test(self, test_x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,

@@ -14,8 +14,8 @@ the loss and its named terms) and reads or sets its public attributes (``loss_cl
 """
 from __future__ import annotations
 
+import inspect
 import math
-
 import re
 import warnings
 from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
 from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, network_buffers
+from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_check.py imports it from here)
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
@@ -157,23 +159,6 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
     raise TypeError(f"{owner}: optimizer must be a torch.optim.Optimizer class (torch.optim.Adam), a pyro.optim "
                     f"optimizer (pyro.optim.Adam({{'lr': 1e-3}})) or a factory returning a torch optimizer, got "
                     f"{optimizer!r:.100}")
-
-
-def _finite_sum(grads: Sequence[Tensor]) -> bool:
-    """Whether the sum of every element of ``grads`` is finite: False if any element is NaN or infinite (or, rarely,
-    if finite values overflow, which the caller then tells apart). The cheapest full pass over memory: on the CPU a
-    plain sum per tensor (the max-|g| and 2-norm reductions cost 2-80x more there, see ``benchmarks/README.md``),
-    elsewhere torch's fused multi-tensor 2-norm (a few kernel launches for any number of tensors), and one
-    synchronization either way."""
-    if grads[0].device.type == "cpu":
-        return math.isfinite(sum(g.sum().item() for g in grads))
-    return math.isfinite(get_total_norm(grads, 2.0).item())
-
-
-def _network_buffers(modules: nn.Module) -> list[tuple[nn.Module, str]]:
-    """``(module, name)`` of every buffer of the networks in ``modules`` (not the distributions' constants)."""
-    return [(m, n) for m in modules.modules() if not isinstance(m, Distribution)
-            for n, b in m._buffers.items() if b is not None and n not in m._non_persistent_buffers_set]
 
 
 def _autograd_leaves(t: Tensor) -> set[int]:
@@ -424,20 +409,33 @@ class Model:
         """The trained parameters (those of :attr:`distributions` that required grad when the model was built)."""
         return list(self._dgm_params)
 
-    def _dgm_check_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str) -> None:
+    def _dgm_check_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str) -> bool:
+        """Raise :class:`NonFiniteLossError` if ``loss`` is NaN or infinite, naming the step and the terms. Returns
+        True (no error) when a training loss is infinite only because its float16/bfloat16 dtype overflowed (no NaN):
+        Pixyz steps on it, and its gradients decide after ``backward`` (:meth:`_dgm_overflowed_step`)."""
         if loss.numel() == 1 and not _dist.is_distributed():
-            if math.isfinite(loss.item()):
-                return
+            value = loss.item()
+            if math.isfinite(value):
+                return False
+            if what == "training" and loss.dtype in HALF_DTYPES and not math.isnan(value):
+                return True
             bad_here = torch.ones((), dtype=torch.int32)
         else:
-            bad_here = torch.logical_not(torch.isfinite(loss.detach()).all()).to(torch.int32)
+            finite = bool(torch.isfinite(loss.detach()).all())
+            overflow = (not finite and what == "training" and loss.dtype in HALF_DTYPES
+                        and not bool(torch.isnan(loss.detach()).any()))
+            bad_here = torch.tensor(int(not finite and not overflow), dtype=torch.int32)
             if not bool(_dist.all_reduce_max(bad_here)):  # every process raises together under torch.distributed
-                return
+                return overflow
+        self._dgm_raise_non_finite(loss, terms, what, bool(bad_here))
+
+    def _dgm_raise_non_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str, here: bool) -> NoReturn:
+        """The :class:`NonFiniteLossError` of a non-finite ``loss`` (``here``: on this process)."""
         bad = [name for name, v in terms.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())]
         which = (f"non-finite term(s): {', '.join(repr(b) for b in bad)}" if bad else
-                 "every term is finite, the combination is not" if bool(bad_here) else "see that process's error")
+                 "every term is finite, the combination is not" if here else "see that process's error")
         formula = self.loss_cls if what == "training" else self.test_loss_cls
-        value = float(loss.detach().sum()) if bool(bad_here) else "finite here but non-finite on another process"
+        value = float(loss.detach().sum()) if here else "finite here but non-finite on another process"
         raise NonFiniteLossError(f"{type(self).__name__}: the {what} loss is {value} at ",
                                  self.step + (what == "training"), f" ({which}); loss: {formula}")
 
@@ -460,31 +458,49 @@ class Model:
         ------
         NonFiniteLossError
             If the loss is NaN or infinite (before any parameter changes); the message names the step and terms.
-            A step that raises leaves the networks' buffers (batch-norm running statistics) as they were too.
+            A float16/bfloat16 loss that is infinite (not NaN) while every gradient is finite only overflowed its
+            dtype: the step is taken, as under Pixyz, with a warning (once per model).
         NonFiniteGradientError
             If the loss is finite but a gradient is not (before the optimizer steps: the weights and the optimizer
-            state are unchanged); the message names the step and the distributions and parameters concerned.
+            state are unchanged); the message names the step and the distributions and parameters concerned. With
+            ``clip_grad_value`` alone, the gradients are checked after clipping, which turns an infinite element
+            into a finite one as under Pixyz (a NaN still raises).
         ValueError
             If a variable of the batch has zero rows and the loss is not finite on it (a mean over no rows).
         RuntimeError
             If the loss has no gradient (it does not depend on the trained parameters).
+        TypeError
+            If the optimizer's ``step`` needs a closure (``torch.optim.LBFGS``), before any weight changes.
+
+        Notes
+        -----
+        A step that raises (also Ctrl-C) leaves the weights, the optimizer, the networks' buffers (batch-norm
+        running statistics) and the random states as they were before it (see
+        :class:`~pyro_dgm.losses.steps.StepRandomState`), so that a checkpoint saved after it resumes as the
+        uninterrupted run.
         """
         pairs = self.__dict__.get("_dgm_net_buffers")
         if pairs is None:  # the networks' buffers (batch-norm statistics...), which a failed step must not change
-            pairs = self._dgm_net_buffers = _network_buffers(self.distributions)
-        if not pairs:
-            return self._dgm_step(train_x_dict, kwargs)
-        saved = [(m, n, m._buffers[n].clone()) for m, n in pairs if m._buffers.get(n) is not None]
+            pairs = self._dgm_net_buffers = network_buffers(self.distributions)
+        saved = [(m, n, m._buffers[n].clone()) for m, n in pairs if m._buffers.get(n) is not None] if pairs else ()
+        rng = StepRandomState()
         try:
             return self._dgm_step(train_x_dict, kwargs)
-        except BaseException:  # a NaN batch, a network that raised, Ctrl-C: the statistics are as before the step
+        except BaseException as e:  # a NaN batch, a network that raised, Ctrl-C: as if the step had not started
             with torch.no_grad():
                 for m, n, b in saved:
                     m._buffers[n].copy_(b)
+            # the draws it made are undone too: a checkpoint saved now (except KeyboardInterrupt: save) resumes at
+            # this step's start, and the step taken again draws what the uninterrupted run drew
+            lost = rng.restore(e, f"{type(self).__name__}.train (step {self.step + 1})")
+            if lost is not None:
+                self._dgm_rng_lost = lost  # Model.save warns (until the next step)
             raise
 
     def _dgm_step(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:
         """The body of :meth:`train`."""
+        if "_dgm_rng_lost" in self.__dict__:
+            del self._dgm_rng_lost
         for m in self.distributions.modules():  # train mode (modules set since included), without the setattr walk
             if not m.training:
                 self.distributions.train()
@@ -518,7 +534,7 @@ class Model:
                 named = list(params.items()) if isinstance(params, dict) else list(store.named_parameters())
                 self._dgm_adopt_pyro_params({n: p for n, p in named if id(p) in leaves})
         self.last_terms = terms
-        self._dgm_check_finite(loss, terms, "training")
+        overflowed = self._dgm_check_finite(loss, terms, "training")
         if self.optimizer is None:
             raise ValueError(f"{type(self).__name__}: there are no parameters to optimize: distributions=[...] is "
                              f"empty and the Pyro terms of the loss {self.loss_cls} created no parameter")
@@ -545,6 +561,9 @@ class Model:
                              f"{tuple(loss.shape)}; it must be one number to train on: reduce it over the batch "
                              "(loss.mean() or loss.sum())")
         loss.backward(retain_graph=self.retain_graph)
+        if overflowed:
+            self._dgm_overflowed_step(loss, terms)
+        clipped = False
         if self.check_gradients:
             grads = [p.grad for p in self._dgm_params if p.grad is not None]
             if self.clip_norm and not self._dgm_clip_each:  # the norm clipping computes is also the finiteness check
@@ -552,6 +571,13 @@ class Model:
                 if not math.isfinite(total.item()):
                     self._dgm_check_gradients(loss, grads)  # raises unless the norm overflowed from finite values
                 clip_grads_with_norm_(self._dgm_params, self.clip_norm, total)
+            elif self.clip_value and not self.clip_norm:
+                # value clipping alone clamps an infinite element to +-clip_value, and Pixyz takes that finite step:
+                # check after clipping (a NaN stays NaN and raises); a norm clipping turns an inf into NaNs, refused
+                clip_grad_value_(self._dgm_params, self.clip_value)
+                clipped = True
+                if grads and not _finite_sum(grads):
+                    self._dgm_check_gradients(loss, grads)
             elif grads and not _finite_sum(grads):  # one pass over the gradients; a NaN or inf in any makes the
                 self._dgm_check_gradients(loss, grads)  # sum non-finite (a finite sum that overflowed is let through)
         elif self.clip_norm and not self._dgm_clip_each:
@@ -560,11 +586,44 @@ class Model:
             for p in self._dgm_params:
                 if p.grad is not None:
                     clip_grad_norm_(p, self.clip_norm)
-        if self.clip_value:
+        if self.clip_value and not clipped:
             clip_grad_value_(self._dgm_params, self.clip_value)
-        self.optimizer.step()
+        optimizer = self.optimizer
+        if type(optimizer) is not self.__dict__.get("_dgm_stepper"):  # (the class: checkpoints save optimizers)
+            self._dgm_check_stepper(optimizer)
+        optimizer.step()
         self.step += 1
         return loss.detach()
+
+    def _dgm_check_stepper(self, optimizer: Any) -> None:
+        """Refuse an optimizer whose ``step`` needs a closure (``torch.optim.LBFGS``), which ``train`` does not pass
+        (it steps once per batch, as Pixyz's does: torch's ``TypeError`` there), before it changes a weight; checked
+        once per optimizer class."""
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+        if closure is not None and closure.default is inspect.Parameter.empty:
+            raise TypeError(f"{type(self).__name__}: the optimizer {type(optimizer).__name__} needs a closure "
+                            "(step(closure) evaluates the loss again, several times per step), which Model.train "
+                            "does not pass: it calls optimizer.step() once per batch, as Pixyz does (whose step "
+                            "raises TypeError there too); use an optimizer without one (torch.optim.Adam, SGD...), "
+                            "or write the loop yourself: model.optimizer.step(closure), with a closure that zeroes "
+                            "the gradients, evaluates model.loss_cls and calls backward. No weight was changed")
+        self._dgm_stepper = type(optimizer)
+
+    def _dgm_overflowed_step(self, loss: Tensor, terms: Mapping[str, Any]) -> None:
+        """After ``backward`` on a float16/bfloat16 loss that overflowed to an infinity (no NaN): step, as Pixyz
+        does, when every gradient is finite (or will be, clamped by ``clip_grad_value``), warning once per model that
+        the loss reported is infinite; otherwise raise the loss's :class:`NonFiniteLossError`, before the optimizer
+        steps."""
+        bad = [p.grad for p in self._dgm_params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        clamped = self.clip_value and not self.clip_norm  # value clipping alone makes an infinite element finite
+        if bad and not (clamped and not any(bool(torch.isnan(g).any()) for g in bad)):
+            self._dgm_raise_non_finite(loss, terms, "training", True)
+        if not self.__dict__.get("_dgm_overflow_warned"):
+            self._dgm_overflow_warned = True
+            warnings.warn(f"{type(self).__name__}: the training loss overflowed its dtype {loss.dtype} at step "
+                          f"{self.step + 1} (it is {float(loss.detach().float())}) while every gradient is finite: "
+                          "the step is taken, as under Pixyz, and the loss reported is infinite; a wider dtype "
+                          "(float32) or a mean instead of a sum avoids it (said once)", RuntimeWarning, stacklevel=4)
 
     def _dgm_evaluate(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """The training loss and its terms: evaluated eagerly or compiled, and under torch.distributed as the forward

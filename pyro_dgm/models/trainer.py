@@ -663,8 +663,13 @@ def _log_epoch(model: "Model", state: _FitState, record: dict[str, Any]) -> None
 
     AFTER_CALLBACKS[id(model)] = after = []  # checkpoints are written once every callback has run
     try:
-        for cb in state.callbacks:
-            cb(model, state.epoch, dict(record))
+        for i, cb in enumerate(state.callbacks, 1):
+            try:
+                cb(model, state.epoch, dict(record))
+            except Exception as e:  # named as a step's error is (the epoch is recorded: model.epoch is E)
+                _note(e, f"in fit: epoch {state.epoch}, callback {i} of {len(state.callbacks)} "
+                         f"({getattr(cb, '__qualname__', None) or type(cb).__name__}), after the epoch ended")
+                raise
     finally:
         del AFTER_CALLBACKS[id(model)]
         for save in after:
