@@ -6,6 +6,7 @@ variable, or returned by ``forward`` of a subclass that holds a network.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, ClassVar, Iterable, Mapping, NoReturn, Sequence
 
@@ -61,6 +62,24 @@ def callable_dist(d: Any, owner: "DistributionBase") -> Any:
     d.__class__ = sub
     d._dgm_owner = owner
     return d
+
+
+def pixyz_dist(d: Any) -> Any:
+    """The torch distribution that Pixyz's ``d.dist`` holds now, or ``None`` before any (Pixyz's ``None``).
+
+    Pixyz sets it in ``set_dist``, which its ``sample``, ``get_log_prob``, ``sample_mean``, ``sample_variance``,
+    ``get_entropy`` and analytic KL call: the last of those calls, or of explicit ``set_dist`` calls, wins. Explicit
+    ``set_dist`` stores its object under ``_dist``; a call only records what it computed under ``_dgm_last`` (the
+    parameters, or the distribution object it built anyway, and whether Pixyz's object is the hard one of a relaxed
+    family) and deletes ``_dist``, so the two never disagree. The object is built here, once, when first read.
+    """
+    state = d.__dict__
+    rec = state.get("_dgm_last")
+    if rec is None:
+        return state.get("_dist")
+    if rec[1] is not None:  # recorded by a call, not built yet
+        rec = state["_dgm_last"] = (callable_dist(d._dgm_pixyz_object(rec[0], rec[1]), d), None)
+    return rec[0]
 
 
 def _shape_text(params: Mapping[str, Any]) -> str:
@@ -503,6 +522,9 @@ class DistributionBase(Distribution):
                 kl = fn(p.params, q.params)
         except (RuntimeError, ValueError):
             return None
+        # Pixyz's analytic KL calls p.set_dist, then q.set_dist: both dists are those of these parameters
+        for d, params in ((self, p.params), (other, q.params)):
+            d._dgm_set_last(params, True)
         ev = p.ndim - 1  # inputs given from outside have one batch dim (Pixyz); the rest are feature dims
         return kl.sum(tuple(range(-ev, 0))) if ev > 0 else kl
 
@@ -562,12 +584,14 @@ class DistributionBase(Distribution):
         return fn, base
 
     def _dgm_parts(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
-                   value: Tensor | None = None) -> tuple[Any, int, bool]:
+                   value: Tensor | None = None, *, record: bool | None = None) -> tuple[Any, int, bool]:
         """The base distribution (expanded for ``batch_n``), how many of its batch dims are feature dims, and
         whether this factor is a root of the pass (none of its inputs drawn in it).
 
         ``value`` is the value to score or observe, if any: a factor without inputs whose constants are scalars
         (empty ``features_shape``) takes its feature dims from it, every dim after the first (Pixyz's convention).
+        ``record`` (``hard``, see :meth:`_dgm_set_last`): record the base as Pixyz's ``dist``, before it takes
+        the value's dims (Pixyz's object has the parameters' shape).
         """
         if self._dgm_const_only:
             base = self._dgm_const_base()
@@ -578,6 +602,8 @@ class DistributionBase(Distribution):
             bn = self._dgm_batch_ndim(b, values, ctx)
             if bn == 0 and self._dgm_const_names:  # inputs without batch dims: a constant's batch dim of 1 stays one
                 bn = _constants_lead(params, self._dgm_const_names, len(base.batch_shape))
+        if record is not None:
+            self._dgm_set_last(base, record)
         batch_shape = base.batch_shape
         if value is not None and not b.input_var and not self._features_shape:
             vb = value.shape[:value.dim() - len(base.event_shape)]
@@ -623,13 +649,40 @@ class DistributionBase(Distribution):
     def _dgm_site_dist(self, x_dict: ValuesLike = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         """The ``pyro.distributions`` object given the inputs; feature dims are its event dims (``dist(...)``)."""
         values = self._dgm_input_dict(x_dict, self._dgm_b.input_var)
-        return self._dgm_fn(self._dgm_b, values, CallState(batch_n=batch_n, kwargs=kwargs))[0]
+        fn, base = self._dgm_fn(self._dgm_b, values, CallState(batch_n=batch_n, kwargs=kwargs))
+        self._dgm_set_last(base, True)  # as Pixyz's set_dist(x_dict, batch_n) (the analytic KL builds here)
+        return fn
+
+    def _dgm_set_last(self, rec: Any, hard: bool) -> None:
+        """Record what Pixyz's ``set_dist`` would have set (see :func:`pixyz_dist`): ``rec`` is the parameters or
+        the distribution object of the call, ``hard`` whether Pixyz's object is a relaxed family's hard one. Every
+        draw and score records (about 0.1 us); the object is built only if read. Not while torch.compile traces: a
+        traced tensor kept on the module would be one more output of the graph."""
+        state = self.__dict__
+        if rec is state.get("_dist") or torch.compiler.is_compiling():  # (rec: the object a user's set_dist just
+            return  # set, see overrides._fn_via_set_dist)
+        state["_dgm_last"] = (rec, hard)
+        state.pop("_dist", None)
+
+    def _dgm_pixyz_object(self, rec: Any, hard: bool) -> Any:
+        """The torch distribution of a call's record (:meth:`_dgm_set_last`): built from its parameters, or a copy
+        of its object (which may be a cached one, see :meth:`_dgm_const_base`); a relaxed family's hard one when
+        ``hard`` (Pixyz's ``set_dist(sampling=False)``)."""
+        d = self._dgm_base(rec) if isinstance(rec, dict) else copy.copy(rec)
+        if hard:
+            to_hard = getattr(d, "_hard", None)
+            if to_hard is not None:
+                d = to_hard()
+        return d
 
     @property
     def dist(self) -> Any:
-        """Pixyz's ``dist`` after :meth:`set_dist` (the torch object it set); else (and always when called) our
-        builder ``dist(x_dict=None, batch_n=None, **kwargs)``: the ``pyro.distributions`` object given the inputs,
-        with the feature dims as its event dims.
+        """Pixyz's ``dist``: the torch object of the last :meth:`set_dist` or of the last call that Pixyz makes
+        through ``set_dist`` (``sample``, ``get_log_prob``, ``sample_mean``, ``sample_variance``, ``get_entropy``,
+        an analytic KL; in a product, each factor's), whichever came last (:func:`pixyz_dist`). Before any of
+        them (where Pixyz's is ``None``), and always when called, it is our builder ``dist(x_dict=None,
+        batch_n=None, **kwargs)``: the ``pyro.distributions`` object given the inputs, with the feature dims as
+        its event dims (a call that sets Pixyz's ``dist`` too).
 
         Examples
         --------
@@ -641,9 +694,37 @@ class DistributionBase(Distribution):
         >>> p.set_dist(batch_n=2)  # Pixyz's torch-object API: no event dims
         >>> tuple(p.dist.batch_shape), tuple(p.dist.event_shape)
         ((2, 3), ())
+        >>> _ = p.sample(batch_n=5)  # as in Pixyz, sample sets it too
+        >>> tuple(p.dist.batch_shape)
+        (5, 3)
         """
-        d = self.__dict__.get("_dist")
+        d = pixyz_dist(self)
         return self._dgm_site_dist if d is None else d
+
+    @property
+    def _dist(self) -> Any:
+        """Pixyz's attribute behind :attr:`dist` (``None`` before any call), for Pixyz code that reads or assigns
+        it (a user's ``set_dist`` that sets ``self._dist = ...``): an assignment is an explicit ``set_dist``."""
+        return pixyz_dist(self)
+
+    @_dist.setter
+    def _dist(self, value: Any) -> None:
+        state = self.__dict__
+        state["_dist"] = value
+        state.pop("_dgm_last", None)
+
+    @_dist.deleter
+    def _dist(self) -> None:
+        self.__dict__.pop("_dist", None)
+        self.__dict__.pop("_dgm_last", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """nn.Module's state, without the record of the last call (its parameters may be intermediate results of
+        a graph, which ``copy.deepcopy`` refuses): the copy's ``dist`` is that of a distribution not yet called,
+        or the object an explicit ``set_dist`` set, which is kept."""
+        state = super().__getstate__()
+        state.pop("_dgm_last", None)
+        return state
 
     # ------------------------------------------------------------------ Pixyz's torch-object API
     @property
@@ -666,8 +747,8 @@ class DistributionBase(Distribution):
         """Set :attr:`dist` to the torch distribution of the parameters given ``x_dict`` (Pixyz's API).
 
         As in Pixyz the object has every dim of the parameters as a batch dim (``log_prob`` is element-wise), and
-        ``batch_n`` expands a batch dim of 1 to ``batch_n``. It is kept until the next ``set_dist``; our own
-        sampling and scoring never read it.
+        ``batch_n`` expands a batch dim of 1 to ``batch_n``. It is kept until the next ``set_dist`` or call that
+        sets it (see :attr:`dist`); our own sampling and scoring never read it.
 
         Examples
         --------
@@ -696,11 +777,13 @@ class DistributionBase(Distribution):
             elif shape[0] != batch_n:
                 raise ValueError(f"{describe(self)}: set_dist: batch shape mismatch, the parameters have batch "
                                  f"shape {tuple(shape)}, batch_n={batch_n}")
-        self.__dict__["_dist"] = callable_dist(d, self)
+        state = self.__dict__
+        state["_dist"] = callable_dist(d, self)
+        state.pop("_dgm_last", None)  # newer than the last call's record
 
     def get_sample(self, reparam: bool = False, sample_shape: Iterable[int] = torch.Size()) -> dict[str, Tensor]:
-        """Draw from :attr:`dist` (set by :meth:`set_dist`): ``{var: sample}`` of shape
-        ``sample_shape + dist.batch_shape + dist.event_shape``, reparameterized when ``reparam`` and possible.
+        """Draw from :attr:`dist` (set by :meth:`set_dist` or the last call, as in Pixyz): ``{var: sample}`` of
+        shape ``sample_shape + dist.batch_shape + dist.event_shape``, reparameterized when ``reparam`` and possible.
 
         Examples
         --------
@@ -710,9 +793,10 @@ class DistributionBase(Distribution):
         >>> p.get_sample(reparam=True, sample_shape=[4])["x"].shape
         torch.Size([4, 3, 2])
         """
-        d = self.__dict__.get("_dist")
-        if d is None:
-            raise ValueError(f"{describe(self)}: get_sample draws from the distribution set by set_dist(); call "
+        d = pixyz_dist(self)
+        if d is None:  # (Pixyz: an AttributeError of None)
+            raise ValueError(f"{describe(self)}: get_sample draws from the distribution set by set_dist() (or by the "
+                             "last sample, get_log_prob, sample_mean, sample_variance or get_entropy); call "
                              "set_dist(x_dict) first")
         shape = torch.Size(sample_shape)
         # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
@@ -747,12 +831,14 @@ class DistributionBase(Distribution):
                 else:
                     values[name] = value
                     ctx.event_dims[name] = max(got.ndim - self._dgm_batch_ndim(b, values, ctx), 0)
+                    self._dgm_set_last(got.params, False)  # Pixyz's sample sets dist (built if read)
                     return
         if ctx.sample_shape and obs is None and not ctx.sample_mean and (not PYRO_STACK or ignores_sites(PYRO_STACK)):
             # draw sample_shape values from the unexpanded distribution, as torch (and Pixyz) do: the same random
             # numbers as Pixyz's for the families whose sampler orders them otherwise (Categorical's multinomial)
             base, ev, root = self._dgm_parts(b, values, ctx)
             if root:
+                self._dgm_set_last(base, False)  # Pixyz's dist: expanded for batch_n, not for sample_shape
                 fn = base.to_event(ev) if ev > 0 else base
                 # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
                 try:
@@ -765,6 +851,7 @@ class DistributionBase(Distribution):
                 return
         x = obs.get(name) if obs is not None else None
         fn, base = self._dgm_fn(b, values, ctx, value=x)
+        self._dgm_set_last(base, False)  # Pixyz's dist, set before the draw (so also when the draw fails)
         if isinstance(x, Tensor) and not torch.jit.is_tracing():
             # an observed value (model/guide data) is checked as a scored one: pyro.sample must not broadcast its
             # features over the parameters' (when it has no dim beyond the event dims, _dgm_site says why)
@@ -805,6 +892,8 @@ class DistributionBase(Distribution):
                     self.pyro_dist, x):
                 got = None  # the general path raises torch's error about the value
             if got is not None:
+                self._dgm_set_last(got.params, True)  # Pixyz's get_log_prob sets dist (the hard one of a relaxed
+                # family), built if read
                 ev = max(got.ndim - self._dgm_batch_ndim(b, values, ctx), 0)
                 xs = x.shape
                 for t in got.params.values():
@@ -829,7 +918,7 @@ class DistributionBase(Distribution):
                 else:
                     ctx.event_dims[b.var[0]] = ev
                     return lp if whole else self._dgm_sum_dims(lp, sum_features, feature_dims, "log-density")
-        base, ev, _ = self._dgm_parts(b, values, ctx, expand=False, value=x)
+        base, ev, _ = self._dgm_parts(b, values, ctx, expand=False, value=x, record=True)
         ev = max(ev, 0)
         shape = base.batch_shape + base.event_shape
         if x.shape != shape:
@@ -956,7 +1045,9 @@ class DistributionBase(Distribution):
     # ------------------------------------------------------------------ moments
     def _dgm_moment(self, x_dict: ValuesLike, kwargs: Mapping[str, Any]) -> Any:
         values = self._dgm_input_dict(x_dict, self._dgm_b.input_var)
-        return self._dgm_fn(self._dgm_b, values, CallState(kwargs=kwargs), expand=False)
+        fn, base = self._dgm_fn(self._dgm_b, values, CallState(kwargs=kwargs), expand=False)
+        self._dgm_set_last(base, True)  # Pixyz's moments and entropy call set_dist(x_dict) (not sampling)
+        return fn, base
 
     def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:

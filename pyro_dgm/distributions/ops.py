@@ -179,9 +179,11 @@ class ReplaceVarDistribution(_PassesThrough):
 
     @property
     def dist(self) -> Any:
-        """The wrapped distribution's object set by ``set_dist`` (Pixyz forwards ``dist`` to it), else (and when
-        called) the Pyro distribution given the inputs under the new names."""
-        d = self.p.__dict__.get("_dist")
+        """The wrapped distribution's object set by ``set_dist`` or by its last call (Pixyz forwards ``dist`` to it),
+        else (and when called) the Pyro distribution given the inputs under the new names."""
+        from pyro_dgm.distributions.family import pixyz_dist
+
+        d = pixyz_dist(self.p) if hasattr(self.p, "_dgm_set_last") else self.p.__dict__.get("_dist")
         if d is None:
             return self._dgm_site_dist
         d = copy.copy(d)  # the same object, callable as this distribution's builder (see family.callable_dist)

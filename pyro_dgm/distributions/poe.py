@@ -4,7 +4,10 @@ r"""Products of Gaussian experts (Wu & Goodman 2018, MVAE; Vedantam et al. 2018)
 The product of Gaussians :math:`\mathcal N(\mu_k, \sigma_k^2)` with weights :math:`w_k` is Gaussian with precision
 :math:`\sum_k w_k \sigma_k^{-2}` and mean :math:`\sum_k w_k \sigma_k^{-2}\mu_k / \sum_k w_k \sigma_k^{-2}`. An expert
 whose inputs are not given is left out of the product (a missing modality); an expert with scale 0 counts as missing
-for that element (Pixyz's convention, which :class:`ElementWiseProductOfNormal` uses per sample).
+for that element (Pixyz's convention, which :class:`ElementWiseProductOfNormal` uses per sample). The test is on the
+scale the expert gives, not on its square: a tiny positive scale whose square underflows (1e-30 in float32) is the
+most certain expert, not a missing one (Pixyz drops it), and the precisions are combined relative to the largest, so
+that one of them near the float's range does not overflow the sums (:func:`_combine`).
 """
 from __future__ import annotations
 
@@ -25,8 +28,33 @@ __all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal", "Expert
 
 
 def _precision(scale: Tensor) -> Tensor:
+    """``1 / scale**2``, 0 where the scale is exactly 0 (a missing expert, Pixyz's convention). A positive scale whose
+    square underflows gets the largest precision the dtype keeps finite (``1 / tiny``): it is kept, not missing."""
     var = scale * scale
-    return torch.where(var > 0, 1.0 / var.clamp_min(torch.finfo(var.dtype).tiny), torch.zeros_like(var))
+    return torch.where(scale != 0, 1.0 / var.clamp_min(torch.finfo(var.dtype).tiny), torch.zeros_like(var))
+
+
+def _combine(terms: Sequence[tuple[Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor]:
+    """The product's ``(loc, scale)`` from ``(w * precision, loc, stacked)`` terms (``stacked``: several experts
+    along dim 0, summed), as ``sum(w T loc) / sum(w T)`` and ``1 / sqrt(sum(w T))``, with every ``w T`` divided by
+    their largest first: the same numbers, but a precision near the float's range (a scale of 1e-19 in float32)
+    cannot overflow the products and sums. The divisor is detached: the product does not depend on it."""
+    top: Tensor | None = None
+    for wp, _, stacked in terms:
+        t = wp.amax(0) if stacked else wp
+        top = t if top is None else torch.maximum(top, t)
+    assert top is not None
+    top = top.detach().clamp_min(torch.finfo(top.dtype).tiny)
+    num: Tensor | None = None
+    den: Tensor | None = None
+    for wp, loc, stacked in terms:
+        r = wp / top
+        n = r * loc
+        if stacked:
+            n, r = n.sum(0), r.sum(0)
+        num, den = (n, r) if num is None or den is None else (num + n, den + r)
+    assert num is not None and den is not None
+    return num / den, torch.rsqrt(den) * torch.rsqrt(top)
 
 
 def product_of_experts(loc: Tensor, scale: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
@@ -185,8 +213,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
 
     # ------------------------------------------------------------------ the product
     def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
-                          ) -> list[tuple[Tensor, Tensor]]:
-        """``(w * precision * loc, w * precision)`` of each expert whose inputs are given."""
+                          ) -> list[tuple[Tensor, Tensor, bool]]:
+        """``(w * precision, loc, stacked)`` of each expert whose inputs are given (see :func:`_combine`)."""
         terms = []
         for i, e in enumerate(self.p):
             ins = inputs_of(e, m)
@@ -199,31 +227,28 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
                 continue
             params = site_params(e, m, values, ctx)
             w = self.weight_modalities[i + 1]
-            prec = w * _precision(params["scale"])
-            terms.append((prec * params["loc"], prec))
+            terms.append((w * _precision(params["scale"]), params["loc"], False))
         return terms
 
     def _dgm_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
         w0 = self.weight_modalities[0]
         if self.prior is None:
-            num: Tensor = torch.zeros((1, *self._prior_shape), dtype=w0.dtype, device=w0.device)
-            den: Tensor = w0.expand_as(num)
+            zero = torch.zeros((1, *self._prior_shape), dtype=w0.dtype, device=w0.device)
+            prior_term = (w0.expand_as(zero), zero, False)
         else:
             pp = site_params(self.prior, m, values, ctx)
-            den = w0 * _precision(pp["scale"])
-            num = den * pp["loc"]
+            prior_term = (w0 * _precision(pp["scale"]), pp["loc"], False)
         terms = self._dgm_expert_terms(m, values, ctx)
         try:
-            for tn, td in terms:
-                num, den = num + tn, den + td
+            loc, scale = _combine([prior_term, *terms])
         except RuntimeError as e:  # experts (or the prior) whose parameters do not broadcast
-            shapes = ", ".join(f"{tuple(t.shape)}" for t, _ in terms)
+            shapes = ", ".join(f"{tuple(loc.shape[1:] if stacked else loc.shape)}" for _, loc, stacked in terms)
             prior = "the prior's " + str(tuple(pp["loc"].shape)) if self.prior is not None else "no prior"
             raise ShapeError(f"{describe(self)}: the experts' parameters do not broadcast (their locations: {shapes}; "
                              f"{prior}); each expert must give the same feature shape, for inputs of one batch "
                              f"size") from e
-        return {"loc": num / den, "scale": torch.rsqrt(den)}  # each its own shape, as Pixyz's (they broadcast)
+        return {"loc": loc, "scale": scale}  # each its own shape, as Pixyz's (they broadcast)
 
     def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
                 value: Tensor | None = None) -> tuple[Any, Any]:
@@ -291,7 +316,7 @@ class ElementWiseProductOfNormal(ProductOfNormal):
         return f"p({','.join(self._var)})\\prod_{{i}}{e.name}({','.join(e.var)}|{x}_{{i}})"
 
     def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
-                          ) -> list[tuple[Tensor, Tensor]]:
+                          ) -> list[tuple[Tensor, Tensor, bool]]:
         e = self.p[0]
         xname = inputs_of(e, m)[0]
         if xname not in values:
@@ -308,4 +333,4 @@ class ElementWiseProductOfNormal(ProductOfNormal):
         present = (x != 0).movedim(-1, 0).to(loc.dtype)
         present = present.reshape(*present.shape, *([1] * (loc.dim() - present.dim())))
         prec = self.weight_modalities[1] * _precision(scale) * present
-        return [((prec * loc).sum(0), prec.sum(0))]
+        return [(prec, loc, True)]  # the D experts along dim 0
