@@ -637,9 +637,12 @@ class Distribution(YieldingModule):
         order = self._dgm_order
         if guide:  # in a guide a given variable is an input, not a site (Pyro's semi-supervised guides)
             order = tuple(f for f in order if not all(v in values for v in f.var))
-        if any(getattr(m, "dim", None) == -1 for m in PYRO_STACK):  # the caller's plate covers the batch dim
+        inner = next((m for m in reversed(PYRO_STACK) if getattr(m, "dim", None) == -1), None)
+        if inner is not None:  # the caller's plate covers the batch dim
             if batch_n is not None and self._dgm_data_batch_ndim(values) > 1:
                 ctx.batch_n = None  # nested plates cover several dims of the data: they size the draws of factors
+            elif batch_n is not None and type(batch_n) is int and batch_n != 1:
+                self._dgm_check_plate_size(inner, batch_n, values)
             for f in order:  # without inputs (Pyro broadcasts their batch dim of 1)
                 f._dgm_draw_factor(values, ctx)
             return values
@@ -651,6 +654,22 @@ class Distribution(YieldingModule):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
         return values
+
+    def _dgm_check_plate_size(self, plate: Any, batch_n: int, values: Mapping[str, Any]) -> None:
+        """Refuse data whose rows are not the caller's plate's at dim -1 (its subsample size when it subsamples:
+        the full data given where ``x[idx]`` was meant), naming the variable (Pyro would name the first site drawn
+        from it)."""
+        size = getattr(plate, "subsample_size", None) or getattr(plate, "size", None)
+        if not isinstance(size, int) or size == batch_n or size == 1:
+            return
+        v = next(v for v in (*self._var, *self._dgm_input_var) if isinstance(values.get(v), Tensor)
+                 and values[v].dim() >= 1)
+        sub = getattr(plate, "subsample_size", None)
+        hint = (f"it subsamples {sub} of {plate.size}: give the rows of its indices, e.g. `with pyro.plate(...) as "
+                f"idx: ...model({v}={v}[idx])`" if sub is not None and sub != plate.size else
+                "give the data of the plate's size, or call model() outside that plate")
+        raise ValueError(f"{describe(self)}: {v!r} has {batch_n} rows, but the plate {plate.name!r} at dim -1 around "
+                         f"this call has size {size}; {hint}")
 
     def _dgm_data_plate(self, batch_n: int) -> Any:
         """The plate at dim -1 that ``model``/``guide`` open for data of ``batch_n`` rows: ``pyro.plate("data", N)``

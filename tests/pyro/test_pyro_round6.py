@@ -376,3 +376,20 @@ def test_an_hmm_on_one_sequence_with_one_call_per_step_equals_plain_pyro(nesting
     a, b = _losses([(ours, no_guide), (plain, no_guide)],
                    lambda: TraceEnum_ELBO() if nesting is None else TraceEnum_ELBO(max_plate_nesting=nesting), xs)
     assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_the_full_data_in_a_subsampling_plate_is_refused_naming_the_variable_and_the_indices() -> None:
+    """A third probe: the full data given inside ``pyro.plate(..., subsample_size=10)`` (``x`` where ``x[idx]`` was
+    meant) raised Pyro's shape error at the first site drawn, ``z``; the error now names ``x`` and the fix."""
+    x = torch.randn(60, 2)
+    joint = Normal(loc="z", scale=.5, var=["x"], cond_var=["z"]) * Normal(loc=0., scale=1., var=["z"],
+                                                                           features_shape=[2])
+
+    def model(x: torch.Tensor, rows: bool) -> None:
+        with pyro.plate("data", len(x), subsample_size=10) as idx:
+            joint.model(x=x[idx] if rows else x)
+
+    with pytest.raises(ValueError, match=r"'x' has 60 rows, but the plate 'data' .* size 10; .*x=x\[idx\]"):
+        poutine.trace(model).get_trace(x, False)
+    tr = poutine.trace(model).get_trace(x, True)  # the rows of the indices: scaled by 60 / 10, as in Pyro
+    assert tr.nodes["x"]["value"].shape == (10, 2) and tr.nodes["x"]["scale"] == pytest.approx(6.0)
