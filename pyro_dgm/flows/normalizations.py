@@ -65,6 +65,11 @@ class BatchNorm1d(Flow):
     def eps(self, value: float | None) -> None:
         self._dgm_eps = None if value is None else float(value)
 
+    def __setstate__(self, state: dict) -> None:
+        if "_dgm_eps" not in state:  # pickled when eps was an attribute (the epsilon() of construction): kept
+            state["_dgm_eps"] = state.pop("eps", None)
+        super().__setstate__(state)
+
     @staticmethod
     def _dgm_event_dim() -> int:
         return 1

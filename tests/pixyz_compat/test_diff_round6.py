@@ -135,3 +135,19 @@ def test_a_cat_of_inputs_with_different_dims_is_a_shape_error_naming_the_inputs(
     assert issubclass(ref, RuntimeError) and issubclass(ours, RuntimeError) and issubclass(ours, ValueError)
     with pytest.raises(ValueError, match=r"Q q\(z\|x,y\): forward\(\) failed on the inputs 'x': \(8, "):
         run_pyro_dgm(_cat_mistake(case))
+
+
+def test_a_batch_norm_flow_pickled_when_eps_was_an_attribute_loads_with_it() -> None:
+    """``torch.save(model)`` files of the earlier layout hold ``eps`` in the instance's dict (now a property)."""
+    from pyro_dgm.flows import BatchNorm1d
+
+    f = BatchNorm1d(2)
+    state = f.__dict__.copy()
+    del state["_dgm_eps"]
+    state["eps"] = 1e-3  # the epsilon() of its construction, as it was stored
+    g = BatchNorm1d.__new__(BatchNorm1d)
+    g.__setstate__(state)
+    x = torch.randn(5, 2)
+    var = x.var(0, unbiased=False)
+    assert g.eps == 1e-3
+    torch.testing.assert_close(g(x), (x - x.mean(0)) / (var + 1e-3).sqrt())
