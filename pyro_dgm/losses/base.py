@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
+from pyro_dgm.losses.steps import clear_grads
 from pyro_dgm.utils.attributes import Yielding, YieldingModule
 from pyro_dgm.utils.checks import as_var_list, check_present, numpy_tensor, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
@@ -714,10 +715,20 @@ class Loss(YieldingModule, _PyroELBO):
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """Backpropagate :meth:`differentiable_loss` and return its value (``SVI.step`` calls it); a NaN warns, as
-        Pyro's ELBOs warn."""
+        Pyro's ELBOs warn.
+
+        A ``backward`` that raises half-way (an error in a network's backward) leaves no gradient behind: the
+        gradients of every parameter the loss reaches are set to None before the error goes on, since ``SVI.step``
+        zeroes them only after a step that succeeded (with Pyro's ``Trace_ELBO`` the part that ran adds into the
+        next step's gradients).
+        """
         value = self.differentiable_loss(model, guide, *args, **kwargs)
         if value.requires_grad:
-            value.backward(retain_graph=self.retain_graph)
+            try:
+                value.backward(retain_graph=self.retain_graph)
+            except BaseException:
+                clear_grads(value)
+                raise
         loss = float(value.detach())
         warn_if_nan(loss, "loss")
         return loss

@@ -1,5 +1,6 @@
 """What a training step checks and puts back when it fails: shared by ``Model.train`` and the discriminator's step
-of the adversarial terms (:meth:`~pyro_dgm.losses.adversarial.AdversarialLoss.loss_train`).
+of the adversarial terms (:meth:`~pyro_dgm.losses.adversarial.AdversarialLoss.loss_train`), and, for the gradients
+of a ``backward`` that raised (:func:`clear_grads`), by the losses' ``loss_and_grads`` (``SVI.step``).
 
 A step that raises (an error, Ctrl-C) leaves the weights, the optimizer, the networks' buffers and the random
 states as they were before it, so that it can be taken again, or a checkpoint saved after it resumes, as the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,7 @@ from torch.nn.utils import get_total_norm
 from pyro_dgm.poutine.memoize_messenger import _numpy_mark
 from pyro_dgm.utils.random import current_generator
 
-__all__ = ["HALF_DTYPES", "StepRandomState", "finite_sum", "network_buffers"]
+__all__ = ["HALF_DTYPES", "StepRandomState", "autograd_leaves", "clear_grads", "finite_sum", "network_buffers"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # a loss in these may overflow to inf while its gradients are finite
 
@@ -32,6 +33,32 @@ def finite_sum(grads: Sequence[Tensor]) -> bool:
     if grads[0].device.type == "cpu":
         return math.isfinite(sum(g.sum().item() for g in grads))
     return math.isfinite(get_total_norm(grads, 2.0).item())
+
+
+def autograd_leaves(t: Tensor) -> list[Tensor]:
+    """The leaf tensors (parameters) that ``t``'s autograd graph accumulates gradients into, each once. The graph's
+    structure outlives a ``backward`` that freed its saved tensors, or that raised half-way."""
+    out: dict[int, Tensor] = {}
+    seen: set[Any] = set()
+    stack = [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)  # an AccumulateGrad node
+        if variable is not None:
+            out.setdefault(id(variable), variable)
+        stack.extend(f for f, _ in fn.next_functions)
+    return list(out.values())
+
+
+def clear_grads(t: Tensor) -> None:
+    """After ``t.backward()`` raised half-way (a hook, a network's backward): set the gradients of the parameters
+    ``t`` reaches to None (as ``zero_grad()`` does), so that the part of the backward that ran does not add into the
+    next step's: ``pyro.infer.SVI`` zeroes its parameters' gradients only after a step that succeeded."""
+    for p in autograd_leaves(t):
+        p.grad = None
 
 
 def network_buffers(*modules: nn.Module) -> list[tuple[nn.Module, str]]:

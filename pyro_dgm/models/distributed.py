@@ -19,6 +19,19 @@ own ``SVI``, :class:`DistributedELBO` wraps an ELBO (a pyro_dgm loss or one of P
 A collective that waits longer than the timeout raises; at exit, a process that timed out names the processes that
 did not time out with it (they hang or died).
 
+**A step that raises on some processes only** (a network's error, a validation ``ValueError`` on a NaN in one
+process's slice), caught by the script (``try: model.train(batch) except ...``), would leave the processes one
+collective apart: the others' step would average its gradients with the failed process's *next* step, silently. Each
+step of ``Model.train`` (and ``Model.test_step``, and ``SVI.step`` with :class:`DistributedELBO`) therefore has one
+synchronization point after the loss is evaluated, where every process says how its evaluation went
+(:func:`all_gather_int`: finite, non-finite, raised): a process whose evaluation raised takes part in it as a failure
+(:func:`fail_together`) and raises its error, the others raise :class:`~pyro_dgm.models.errors.RankFailedError`
+naming it (:func:`check_outcomes`), and no process takes the step. Not covered: an error after that point (in
+``backward``, whose gradient averaging the other processes then wait for, or in the optimizer's step), an error in
+the first call that creates Pyro parameters on the other processes (they broadcast them while the failed one does
+not), a discriminator's step of an adversarial term, and an error in torch.distributed itself (a timeout): those
+still end in a timeout, which names the processes that did not reach the collective.
+
 Without a process group (or with one process) nothing is wrapped and every function here does nothing.
 
 End a script with :func:`shutdown` (or let the exit handler that :func:`setup_from_env` registers do it): every
@@ -30,19 +43,23 @@ from __future__ import annotations
 import atexit
 import datetime
 import itertools
+import math
 import os
-from typing import Any, Mapping
+import warnings
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as tdist
 from pyro.infer import ELBO
+from pyro.util import warn_if_nan
 from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss
+from pyro_dgm.losses.steps import clear_grads
 
 __all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT",
            "wrap", "broadcast_module", "broadcast_coalesced", "broadcast_tensor", "all_reduce_mean", "all_reduce_max",
-           "all_gather_int", "gather_to_rank0", "shard",
+           "all_gather_int", "gather_to_rank0", "shard", "fail_together", "check_outcomes",
            "DataParalleledLoss", "Replicated", "PyroParams", "DistributedELBO"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
@@ -188,6 +205,57 @@ def _report_missing_ranks(error: BaseException) -> None:
         print(f"pyro_dgm.models.distributed: a collective timed out on rank {me} ({type(error).__name__}); "
               f"rank(s) {', '.join(map(str, missing))} did not reach it within the timeout nor time out within "
               f"{bound:g} s after: they hang or died", file=sys.stderr, flush=True)
+
+
+STEP_FINE, STEP_NON_FINITE, STEP_RAISED = 0, 1, 2
+"""What a process tells the others of its step at the step's synchronization point (:func:`all_gather_int`)."""
+
+
+def _collective_broke(error: BaseException) -> bool:
+    """Whether ``error`` came from torch.distributed itself (a collective that timed out, a closed connection): then
+    another collective would only wait for the timeout again."""
+    if isinstance(error, getattr(tdist, "DistError", ())):
+        return True
+    text = str(error)
+    return _timed_out(error) or any(s in text for s in ("gloo", "Gloo", "NCCL", "Connection closed", "pair closure"))
+
+
+def fail_together(error: BaseException, what: str) -> None:
+    """Under a process group: tell the other processes, at the synchronization point of the step ``what`` (e.g.
+    ``"Model.train (step 3)"``), that it raised ``error`` on this process, so that they raise
+    :class:`~pyro_dgm.models.errors.RankFailedError` there instead of taking the step, then note on ``error`` that
+    they did; the caller raises ``error`` again. Without a process group, for Ctrl-C (``KeyboardInterrupt`` reaches
+    every process: none waits for another) or for an error of torch.distributed itself (another collective would
+    wait for the timeout), nothing is done.
+
+    Call it only where the step's own synchronization (:func:`all_gather_int` of :data:`STEP_FINE`...) has not been
+    reached yet: in its place.
+    """
+    if not isinstance(error, Exception) or not is_distributed() or _collective_broke(error):
+        return
+    try:
+        outcomes = all_gather_int(STEP_RAISED)
+    except Exception:  # the others are gone: the error itself is what to show
+        return
+    me = rank()
+    also = [r for r, o in enumerate(outcomes) if o == STEP_RAISED and r != me]
+    error.add_note(f"{what} raised on rank {me} (of {len(outcomes)}) before the processes synchronized; the other "
+                   "processes were told there and raised RankFailedError, so none took the step"
+                   + (f" (rank(s) {', '.join(map(str, also))} raised too)" if also else ""))
+
+
+def check_outcomes(outcomes: Sequence[int], what: str) -> None:
+    """Raise :class:`~pyro_dgm.models.errors.RankFailedError` if another process's step ``what`` raised
+    (``outcomes``: every process's :data:`STEP_RAISED`... by rank, from :func:`all_gather_int`), naming it; the
+    original error is raised on that process (:func:`fail_together`)."""
+    failed = [r for r, o in enumerate(outcomes) if o == STEP_RAISED]
+    if failed:
+        from pyro_dgm.models.errors import RankFailedError
+
+        ranks = ", ".join(map(str, failed))
+        raise RankFailedError(f"{what} raised on rank(s) {ranks} (of {len(outcomes)}) before the processes "
+                              f"synchronized, so rank {rank()} did not take the step either; the original error is "
+                              f"on rank(s) {ranks}: see that process's output", failed)
 
 
 def shutdown(timeout: float | datetime.timedelta | None = None) -> None:
@@ -353,7 +421,18 @@ class Replicated:
 
     def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` as the forward of the wrapper (see the class notes)."""
-        out = self._run(fn, args, kwargs)
+        try:
+            out = self._run(fn, args, kwargs)
+        except Exception as e:
+            # the other processes' evaluation may have gone well: they copy rank 0's buffers next, then meet at the
+            # caller's synchronization point; this process takes part in the copy too, so that its report of the
+            # failure there (fail_together) meets theirs, not the copy
+            if torch.is_grad_enabled() and not _collective_broke(e):
+                try:
+                    self.sync_buffers()
+                except Exception:  # (the others are gone) the evaluation's error is the one to show
+                    pass
+            raise
         if torch.is_grad_enabled():  # a training evaluation: the buffers it updated become rank 0's everywhere
             self.sync_buffers()
         return out
@@ -429,7 +508,10 @@ class DistributedELBO(ELBO):
     Notes
     -----
     ``svi.step`` returns this process's loss (unscaled); average it with :func:`all_reduce_mean` for a global
-    value. ``svi.evaluate_loss`` evaluates ``elbo`` alone (no gradient, nothing to average).
+    value. When the loss is not finite on some process, it is NaN (or that process's infinity) on every process,
+    with Pyro's warning; when the evaluation raises on some process, every process raises before ``backward``
+    (see :meth:`loss_and_grads`). ``svi.evaluate_loss`` evaluates ``elbo`` alone (no gradient, nothing to
+    average).
 
     Examples
     --------
@@ -480,13 +562,44 @@ class DistributedELBO(ELBO):
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """Backpropagate this process's loss (times the number of processes with ``global_loss="sum"``), the
-        gradients averaged over the processes; return this process's loss (``SVI.step``)."""
+        gradients averaged over the processes; return this process's loss (``SVI.step``).
+
+        Before ``backward`` the processes tell each other how their evaluation went (one small collective): when it
+        raised on some, they raise its error and the others :class:`~pyro_dgm.models.errors.RankFailedError`, with
+        no gradient computed (``SVI`` takes no step); when the loss is NaN or infinite on some, every process
+        returns a non-finite loss (NaN where its own is finite) and warns as Pyro's ELBOs do (``Encountered NaN:
+        loss``), then steps on it as they do (the averaged gradients are not finite: the weights become NaN on every
+        process).
+        """
         if self.replicated is None:
             return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-        value = self.differentiable_loss(model, guide, *args, **kwargs)
+        what = f"SVI.step with DistributedELBO({type(self.elbo).__name__})"
+        try:
+            value = self.differentiable_loss(model, guide, *args, **kwargs)
+            loss = float(value.detach())
+        except Exception as e:
+            fail_together(e, what)
+            raise
+        outcomes = all_gather_int(STEP_FINE if math.isfinite(loss) else STEP_NON_FINITE)
+        check_outcomes(outcomes, what)
+        bad = [r for r, o in enumerate(outcomes) if o == STEP_NON_FINITE]
+        if bad and math.isfinite(loss):  # the global loss is not finite: every process says so, as one process would
+            loss = math.nan
+        if bad:  # on every process: Pyro's text, where the loss is NaN
+            text = (f"loss (non-finite on rank(s) {', '.join(map(str, bad))} of {len(outcomes)}; this step averages "
+                    "their gradients, as Pyro's ELBOs step on a NaN loss)")
+            if math.isnan(loss):
+                warn_if_nan(loss, text)
+            else:
+                warnings.warn(f"Encountered {loss}: {text}", UserWarning, stacklevel=3)
         if value.requires_grad:
-            (value * self._scale if self._scale != 1.0 else value).backward()
-        return float(value.detach())
+            scaled = value * self._scale if self._scale != 1.0 else value
+            try:
+                scaled.backward()
+            except BaseException:
+                clear_grads(scaled)
+                raise
+        return loss
 
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
         raise NotImplementedError("DistributedELBO evaluates the ELBO it wraps; it does not trace model and guide")

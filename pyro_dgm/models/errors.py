@@ -2,11 +2,13 @@ r"""The errors a training step raises when a number stops being finite, and wher
 
 A step knows its step number, not the epoch: :class:`NonFiniteLossError` keeps the place it names apart from the
 rest of its message, so :func:`~pyro_dgm.models.trainer.fit`, which knows the epoch, adds it where it catches the
-error (:meth:`NonFiniteLossError.add_epoch`) before letting it go on.
+error (:meth:`NonFiniteLossError.add_epoch`) before letting it go on. Under ``torch.distributed``, the processes
+whose step did not raise raise :class:`RankFailedError` when another's did (see
+:func:`pyro_dgm.models.distributed.fail_together`).
 """
 from __future__ import annotations
 
-__all__ = ["NonFiniteLossError", "NonFiniteGradientError", "ModelArgumentError"]
+__all__ = ["NonFiniteLossError", "NonFiniteGradientError", "ModelArgumentError", "RankFailedError"]
 
 
 class ModelArgumentError(TypeError, ValueError):
@@ -63,3 +65,24 @@ class NonFiniteLossError(FloatingPointError):
 class NonFiniteGradientError(NonFiniteLossError):
     """A gradient became NaN or infinite while the loss was finite; raised before the optimizer steps (the weights
     are unchanged), naming the step and the distributions whose parameters have the non-finite gradients."""
+
+
+class RankFailedError(RuntimeError):
+    """Under ``torch.distributed``: another process's step raised before the processes synchronized, so this
+    process did not take the step either (its weights, optimizer and buffers are as before it); the original error is
+    raised on the process(es) named, and shown in their output.
+
+    Parameters
+    ----------
+    message : str
+        The whole message.
+    ranks : list of int
+        The processes whose step raised.
+    """
+
+    def __init__(self, message: str, ranks: list[int]) -> None:
+        super().__init__(message)
+        self.ranks = list(ranks)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return type(self), (self.args[0], self.ranks)

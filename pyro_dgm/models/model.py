@@ -25,18 +25,18 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, network_buffers
+from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, autograd_leaves, network_buffers
 from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_check.py imports it from here)
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options
-from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError
+from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
 from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils import tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
-__all__ = ["Model", "NonFiniteLossError", "NonFiniteGradientError", "build_optimizer"]
+__all__ = ["Model", "NonFiniteLossError", "NonFiniteGradientError", "RankFailedError", "build_optimizer"]
 
 
 def check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
@@ -161,23 +161,6 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
                     f"{optimizer!r:.100}")
 
 
-def _autograd_leaves(t: Tensor) -> set[int]:
-    """The ids of the leaf tensors (parameters) that ``t``'s autograd graph accumulates gradients into."""
-    out: set[int] = set()
-    seen: set[Any] = set()
-    stack = [t.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        variable = getattr(fn, "variable", None)  # an AccumulateGrad node
-        if variable is not None:
-            out.add(id(variable))
-        stack.extend(f for f, _ in fn.next_functions)
-    return out
-
-
 def _param_store() -> Any:
     import pyro
 
@@ -206,6 +189,66 @@ def _distribution_param_ids(model: "Model") -> set[int]:
 
 def _named(params: Sequence[nn.Parameter]) -> list[tuple[str, nn.Parameter]]:
     return [(f"param_{i}", p) for i, p in enumerate(params)]
+
+
+def _autoguides(terms: Sequence[Loss]) -> list[nn.Module]:
+    """The Pyro autoguides (and the parts of an ``AutoGuideList``) that the Pyro-side terms' models and guides are."""
+    if not terms:
+        return []
+    from pyro.infer.autoguide import AutoGuide
+
+    out: dict[int, nn.Module] = {}
+    for term in terms:
+        for fn in (getattr(term, "model", None), getattr(term, "guide", None)):
+            if isinstance(fn, nn.Module):
+                out.update((id(m), m) for m in fn.modules() if isinstance(m, AutoGuide))
+    return list(out.values())
+
+
+class _PyroSideState:
+    """What a training step of a loss with Pyro-side terms adds outside the networks, the optimizer's state and the
+    random states (which :meth:`Model.train` puts back itself): entries of Pyro's param store (an autoguide's
+    parameters at its first call, initialized from random draws; ``pyro.param``), the structure an autoguide builds
+    at its first call (its prototype trace, drawn from the model, and its parameter modules), and the optimizer's
+    parameter groups for the new parameters. Taken before each step (a few reads: an autoguide's structure is copied
+    only until its first call succeeded), put back when the step fails, so that the step taken again creates them
+    with the same draws, as the uninterrupted run did.
+
+    Only for losses with Pyro-side terms, which train in one thread at a time (Pyro's param store is one per
+    process): another thread's entries created meanwhile would be taken for this step's.
+    """
+
+    __slots__ = ("size", "n_params", "n_groups", "clip", "guides")
+
+    def __init__(self, model: "Model") -> None:
+        self.size = len(_param_store())
+        self.n_params = len(model._dgm_params)
+        self.n_groups = None if model.optimizer is None else len(model.optimizer.param_groups)
+        self.clip = (model.clip_norm, model.clip_value, model._dgm_clip_each)
+        self.guides = [(g, {k: v.copy() if isinstance(v, dict) else v for k, v in g.__dict__.items()})
+                       for g in model.__dict__.get("_dgm_autoguides", ()) if g.prototype_trace is None]
+
+    def restore(self, model: "Model") -> None:
+        store = _param_store()
+        for name in list(store.keys())[self.size:]:  # (the store keeps its entries in the order they were made)
+            del store[name]
+        new = model._dgm_params[self.n_params:]
+        if new:  # adopted by the step: the optimizer forgets them (the step taken again adopts the new tensors)
+            del model._dgm_params[self.n_params:]
+            ids = {id(p) for p in new}
+            model.__dict__.get("_dgm_known_ids", set()).difference_update(ids)
+            for name in [n for n, p in model._dgm_pyro_named.items() if id(p) in ids]:
+                del model._dgm_pyro_named[name]
+            if self.n_groups is None:
+                model.optimizer = None
+            else:
+                del model.optimizer.param_groups[self.n_groups:]
+                for p in new:
+                    model.optimizer.state.pop(p, None)
+            model.clip_norm, model.clip_value, model._dgm_clip_each = self.clip
+        for guide, state in self.guides:  # as before its first call: it traces the model again, drawing the same
+            guide.__dict__.clear()
+            guide.__dict__.update(state)
 
 
 class Model:
@@ -373,6 +416,7 @@ class Model:
         # SVI trains them: they are found by tracing the parameters each step when the loss has a Pyro-side term
         # (decided here, once), else when the param store grows during a step (one len() before and after).
         self._dgm_pyro_terms = _pyro_side_terms(self.loss_cls) if self.loss_cls is not None else []
+        self._dgm_autoguides = _autoguides(self._dgm_pyro_terms)  # what a failed first step must put back
         if "_dgm_params" in self.__dict__:
             self._dgm_share_trained()
 
@@ -419,23 +463,33 @@ class Model:
                 return False
             if what == "training" and loss.dtype in HALF_DTYPES and not math.isnan(value):
                 return True
-            bad_here = torch.ones((), dtype=torch.int32)
+            bad_here, ranks = 1, []
         else:
             finite = bool(torch.isfinite(loss.detach()).all())
             overflow = (not finite and what == "training" and loss.dtype in HALF_DTYPES
                         and not bool(torch.isnan(loss.detach()).any()))
-            bad_here = torch.tensor(int(not finite and not overflow), dtype=torch.int32)
-            if not bool(_dist.all_reduce_max(bad_here)):  # every process raises together under torch.distributed
+            bad_here = int(not finite and not overflow)  # (an overflow is decided by the averaged gradients)
+            # the step's synchronization point under torch.distributed: every process says how its evaluation went
+            # (a process whose evaluation raised says so from fail_together), and they all raise together
+            outcomes = _dist.all_gather_int(_dist.STEP_NON_FINITE if bad_here else _dist.STEP_FINE)
+            _dist.check_outcomes(outcomes, self._dgm_step_name(what))
+            ranks = [r for r, o in enumerate(outcomes) if o == _dist.STEP_NON_FINITE]
+            if not ranks:
                 return overflow
-        self._dgm_raise_non_finite(loss, terms, what, bool(bad_here))
+        self._dgm_raise_non_finite(loss, terms, what, bool(bad_here), ranks)
 
-    def _dgm_raise_non_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str, here: bool) -> NoReturn:
-        """The :class:`NonFiniteLossError` of a non-finite ``loss`` (``here``: on this process)."""
+    def _dgm_raise_non_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str, here: bool,
+                              ranks: Sequence[int] = ()) -> NoReturn:
+        """The :class:`NonFiniteLossError` of a non-finite ``loss`` (``here``: on this process; ``ranks``: the
+        processes where it is not finite, under torch.distributed)."""
         bad = [name for name, v in terms.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())]
         which = (f"non-finite term(s): {', '.join(repr(b) for b in bad)}" if bad else
                  "every term is finite, the combination is not" if here else "see that process's error")
+        if len(ranks) and (len(ranks) > 1 or not here):
+            which += f"; non-finite on rank(s) {', '.join(map(str, ranks))}"
         formula = self.loss_cls if what == "training" else self.test_loss_cls
-        value = float(loss.detach().sum()) if here else "finite here but non-finite on another process"
+        value = (float(loss.detach().sum()) if here else
+                 f"finite here (rank {_dist.rank()}) but non-finite on rank(s) {', '.join(map(str, ranks))}")
         raise NonFiniteLossError(f"{type(self).__name__}: the {what} loss is {value} at ",
                                  self.step + (what == "training"), f" ({which}); loss: {formula}")
 
@@ -472,24 +526,39 @@ class Model:
         TypeError
             If the optimizer's ``step`` needs a closure (``torch.optim.LBFGS``), before any weight changes.
 
+        RankFailedError
+            Under ``torch.distributed``, if the evaluation of the loss raised on another process (that process raises
+            its own error, with a note naming its rank): no process takes the step.
+
         Notes
         -----
         A step that raises (also Ctrl-C) leaves the weights, the optimizer, the networks' buffers (batch-norm
         running statistics) and the random states as they were before it (see
         :class:`~pyro_dgm.losses.steps.StepRandomState`), so that a checkpoint saved after it resumes as the
-        uninterrupted run.
+        uninterrupted run. With Pyro-side terms (``PyroELBO``), the parameters the step created in Pyro's param
+        store and an autoguide's first-call set-up are undone too, so the step taken again initializes them with
+        the same draws.
+
+        Under ``torch.distributed`` every process takes the step or none does: an error raised while the loss is
+        evaluated on some processes (a network's error, a validation error on one process's slice) and a
+        non-finite loss on some are told to every process after the evaluation, and every process raises (see
+        :mod:`pyro_dgm.models.distributed`). An error after that point (in ``backward`` on one process only) is
+        not covered: the others wait for it until the timeout.
         """
         pairs = self.__dict__.get("_dgm_net_buffers")
         if pairs is None:  # the networks' buffers (batch-norm statistics...), which a failed step must not change
             pairs = self._dgm_net_buffers = network_buffers(self.distributions)
         saved = [(m, n, m._buffers[n].clone()) for m, n in pairs if m._buffers.get(n) is not None] if pairs else ()
         rng = StepRandomState()
+        pyro_side = _PyroSideState(self) if self._dgm_pyro_terms else None
         try:
             return self._dgm_step(train_x_dict, kwargs)
         except BaseException as e:  # a NaN batch, a network that raised, Ctrl-C: as if the step had not started
             with torch.no_grad():
                 for m, n, b in saved:
                     m._buffers[n].copy_(b)
+            if pyro_side is not None:
+                pyro_side.restore(self)
             # the draws it made are undone too: a checkpoint saved now (except KeyboardInterrupt: save) resumes at
             # this step's start, and the step taken again draws what the uninterrupted run drew
             lost = rng.restore(e, f"{type(self).__name__}.train (step {self.step + 1})")
@@ -499,6 +568,22 @@ class Model:
 
     def _dgm_step(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:
         """The body of :meth:`train`."""
+        try:
+            loss, terms = self._dgm_evaluate_step(x_dict, kwargs)
+        except Exception as e:  # under torch.distributed: the other processes learn it at the check below, in its place
+            _dist.fail_together(e, self._dgm_step_name("training"))
+            raise
+        self.last_terms = terms
+        overflowed = self._dgm_check_finite(loss, terms, "training")  # (under torch.distributed: the processes meet)
+        return self._dgm_take_step(loss, terms, overflowed)
+
+    def _dgm_step_name(self, what: str) -> str:
+        return (f"{type(self).__name__}.train (step {self.step + 1})" if what == "training" else
+                f"{type(self).__name__}.test_step")
+
+    def _dgm_evaluate_step(self, x_dict: Any, kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """The first part of :meth:`train`'s step, up to the loss and its terms (with the Pyro parameters it created
+        adopted): what may raise on one process only under torch.distributed, before the processes synchronize."""
         if "_dgm_rng_lost" in self.__dict__:
             del self._dgm_rng_lost
         for m in self.distributions.modules():  # train mode (modules set since included), without the setattr walk
@@ -529,12 +614,15 @@ class Model:
                 # (created by test(), or by another model in this process), as SVI collects them at every step;
                 # found in the loss's autograd graph (a Pyro handler here would not be thread-safe)
                 self._dgm_params_seen = True
-                leaves = _autograd_leaves(loss)
+                leaves = {id(p) for p in autograd_leaves(loss)}
                 params = getattr(store, "_params", None)  # a copy in one step: another thread may add to it
                 named = list(params.items()) if isinstance(params, dict) else list(store.named_parameters())
                 self._dgm_adopt_pyro_params({n: p for n, p in named if id(p) in leaves})
-        self.last_terms = terms
-        overflowed = self._dgm_check_finite(loss, terms, "training")
+        return loss, terms
+
+    def _dgm_take_step(self, loss: Tensor, terms: Mapping[str, Any], overflowed: bool) -> Tensor:
+        """The rest of :meth:`train`'s step, from a finite loss: ``backward``, the gradients' check, clipping and the
+        optimizer's step."""
         if self.optimizer is None:
             raise ValueError(f"{type(self).__name__}: there are no parameters to optimize: distributions=[...] is "
                              f"empty and the Pyro terms of the loss {self.loss_cls} created no parameter")
@@ -550,7 +638,7 @@ class Model:
                               "parameters, only to the discriminator of its adversarial term (trained by that term's "
                               "loss_train), so this step changes nothing (as under Pixyz); check the order of the "
                               "term's distributions and that distributions=[...] holds the generator",
-                              RuntimeWarning, stacklevel=3)
+                              RuntimeWarning, stacklevel=4)
                 self.step += 1
                 return loss.detach()
             raise RuntimeError(f"{type(self).__name__}: the loss {self.loss_cls} does not depend on the trained "
@@ -623,7 +711,7 @@ class Model:
             warnings.warn(f"{type(self).__name__}: the training loss overflowed its dtype {loss.dtype} at step "
                           f"{self.step + 1} (it is {float(loss.detach().float())}) while every gradient is finite: "
                           "the step is taken, as under Pixyz, and the loss reported is infinite; a wider dtype "
-                          "(float32) or a mean instead of a sum avoids it (said once)", RuntimeWarning, stacklevel=4)
+                          "(float32) or a mean instead of a sum avoids it (said once)", RuntimeWarning, stacklevel=5)
 
     def _dgm_evaluate(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """The training loss and its terms: evaluated eagerly or compiled, and under torch.distributed as the forward
@@ -732,10 +820,16 @@ class Model:
         figure, use the running statistics of batch norms and no dropout) until the next :meth:`train`; the other
         distributions the test loss holds are put in eval mode for the call only.
 
+        Under ``torch.distributed`` each process evaluates the batch it is given, with no communication (so a test
+        on one process only, ``if rank == 0: model.test(x)``, is fine), and returns its own loss: on its slice of a
+        global batch, that slice's loss. For the global batch's value, call it on every process with its slice and
+        average: ``pyro_dgm.models.distributed.all_reduce_mean(model.test(x))`` (for a mean over the rows, slices of
+        equal size). :meth:`fit`'s ``test_loss`` is that global value, averaged weighted by rows.
+
         Returns
         -------
         Tensor
-            The test loss value.
+            The test loss value (this process's, under ``torch.distributed``).
         """
         x_dict = test_x_dict
         if self.test_loss_cls is None:
@@ -828,8 +922,15 @@ class Model:
         ------
         NonFiniteLossError
             If the test loss is NaN or infinite (every process raises together under ``torch.distributed``).
+        RankFailedError
+            Under ``torch.distributed``, if the evaluation raised on another process (that process raises its
+            error).
         """
-        loss = self.test(x_dict, **kwargs)
+        try:
+            loss = self.test(x_dict, **kwargs)
+        except Exception as e:  # under torch.distributed: the other processes learn it at the check below
+            _dist.fail_together(e, self._dgm_step_name("test"))
+            raise
         self._dgm_check_finite(loss, self.last_terms, "test")
         return loss, self.last_terms
 
