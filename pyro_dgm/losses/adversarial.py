@@ -41,7 +41,7 @@ from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
-from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, finite_sum, network_buffers
+from pyro_dgm.losses.steps import HALF_DTYPES, finite_sum, network_buffers
 from pyro_dgm.utils.checks import OutOfRangeError, check_present, describe
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
@@ -296,7 +296,7 @@ class AdversarialLoss(Loss):
             If the loss is finite but a gradient of the discriminator is not (unless :attr:`check_gradients` is
             False), before its optimizer steps. Either error names the term, the discriminator and the step
             (``d_steps + 1``). A step that raises (also Ctrl-C) leaves the discriminator's weights, its optimizer,
-            the networks' buffers and the random states as they were (:class:`StepRandomState`).
+            the networks' buffers as they were (the draws it made stay drawn).
         """
         d = self._dgm_d
         if not self._synced:
@@ -307,7 +307,6 @@ class AdversarialLoss(Loss):
         if pairs is None:  # batch-norm statistics of the discriminator and of the samplers, which a failure keeps
             pairs = self.__dict__["_dgm_net_buffers"] = network_buffers(d, self.p, self.q)
         saved = [(m, n, m._buffers[n].clone()) for m, n in pairs if m._buffers.get(n) is not None]
-        rng = StepRandomState()
         try:
             replicated = self._replicated
             if replicated is None:
@@ -319,11 +318,10 @@ class AdversarialLoss(Loss):
             if overflowed or self.check_gradients:
                 self._dgm_check_d_gradients(loss, overflowed)
             self.d_optimizer.step()
-        except BaseException as e:  # as if the step had not started (Model.train does the same for its step)
-            with torch.no_grad():
+        except BaseException:  # the networks as before the step (Model.train does the same for its step); the
+            with torch.no_grad():  # draws made stay drawn (GAN.train records the random states for its checkpoint)
                 for m, n, b in saved:
                     m._buffers[n].copy_(b)
-            rng.restore(e, f"{type(self).__name__}.loss_train (discriminator step {self.d_steps + 1})")
             raise
         self._dgm_after_step()
         self.d_steps += 1

@@ -2,9 +2,10 @@
 of the adversarial terms (:meth:`~pyro_dgm.losses.adversarial.AdversarialLoss.loss_train`), and, for the gradients
 of a ``backward`` that raised (:func:`clear_grads`), by the losses' ``loss_and_grads`` (``SVI.step``).
 
-A step that raises (an error, Ctrl-C) leaves the weights, the optimizer, the networks' buffers and the random
-states as they were before it, so that it can be taken again, or a checkpoint saved after it resumes, as the
-uninterrupted run would have gone on.
+A step that raises (an error, Ctrl-C) leaves the weights, the optimizer and the networks' buffers as they were
+before it, and a checkpoint saved after it records the random states of its start, so that a run resumed from it
+goes on as the uninterrupted run would have. The live generators keep the failed step's draws: taken again in the
+same process, the step draws anew, as under Pixyz.
 """
 from __future__ import annotations
 
@@ -79,15 +80,17 @@ def network_buffers(*modules: nn.Module) -> list[tuple[nn.Module, str]]:
 
 
 class StepRandomState:
-    """The random states as a training step found them, to put back if the step fails (an error, Ctrl-C): a failed
-    step is then as if it had not started, and a checkpoint saved after it (``except KeyboardInterrupt:
-    model.save(...)``) resumes as the uninterrupted run would have gone on.
+    """The random states as a training step found them: what a checkpoint saved after the step failed (``except
+    KeyboardInterrupt: model.save(...)``) records, so that it resumes as the uninterrupted run would have gone on.
+
+    The live generators are not put back: the draws of a failed step stay drawn, so the step taken again in the
+    same process draws anew, as under Pixyz (a loop that retries a step whose draw failed gets another draw).
 
     Taken: what a checkpoint saves (:func:`pyro_dgm.models.checkpoint.rng_state`): torch's CPU generator, the CUDA
     generators once CUDA is in use, this thread's :func:`pyro_dgm.utils.generator`, Python's ``random``; about 9 us
     in all, most of it Python's state (``benchmarks/README.md``: a VAE step takes about 8 ms). numpy's global
-    generator is only marked (copying its state costs about 30 us more): a failed step that drew from it cannot put
-    it back, and :meth:`restore` says so.
+    generator is only marked (copying its state costs about 30 us more): :meth:`numpy_note` says whether the step
+    drew from it, which a checkpoint cannot then undo.
     """
 
     __slots__ = ("cpu", "cuda", "own", "own_state", "python", "numpy")
@@ -100,20 +103,15 @@ class StepRandomState:
         self.python = random.getstate()
         self.numpy = _numpy_mark()
 
-    def restore(self, error: BaseException, what: str) -> str | None:
-        """Put the states back after ``what`` (e.g. ``"Model.train (step 3)"``) raised ``error``. Returns ``None``,
-        or, when the step drew from numpy's global generator, a text saying so (also added to ``error``'s notes)."""
-        torch.default_generator.set_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-        if self.own is not None:
-            self.own.set_state(self.own_state)
-        random.setstate(self.python)
+    def numpy_note(self, error: BaseException, what: str) -> str | None:
+        """``None``, or, when ``what`` (e.g. ``"Model.train (step 3)"``), which raised ``error``, drew from numpy's
+        global generator, a text saying that a checkpoint saved now cannot resume exactly (also added to
+        ``error``'s notes)."""
         if _numpy_mark() == self.numpy:
             return None
-        text = (f"{what} drew from numpy's global generator (np.random) before it failed; torch's and Python's "
-                "generators were put back as they were before the step, numpy's could not be: the draws after it "
-                "(and a checkpoint saved now) are not those of an uninterrupted run")
+        text = (f"{what} drew from numpy's global generator (np.random) before it failed; a checkpoint saved before "
+                "the next step records torch's and Python's random states as they were before this step, numpy's "
+                "as it is now: a run resumed from it does not draw what the uninterrupted run drew")
         if text not in getattr(error, "__notes__", ()):
             error.add_note(text)
         return text

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from pyro_dgm.losses.steps import StepRandomState
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.utils.random import current_generator
 
@@ -52,16 +53,25 @@ FORMAT = 1
 
 
 # ---------------------------------------------------------------------------------------------------------------- RNG
-def rng_state() -> dict[str, Any]:
+def rng_state(at: StepRandomState | None = None) -> dict[str, Any]:
     """The random states of torch (CPU, and CUDA when initialized), Python's ``random``, numpy, and the generator
-    of :func:`pyro_dgm.utils.generator` when one is set."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    own = current_generator()
-    if own is not None:
-        state["generator"] = own.get_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    version, internal, gauss = random.getstate()
+    of :func:`pyro_dgm.utils.generator` when one is set; those that ``at`` took (the start of a training step that
+    failed), where given (numpy's is always the current one)."""
+    if at is not None:
+        state: dict[str, Any] = {"torch": at.cpu}
+        if at.own is not None:
+            state["generator"] = at.own_state
+        if at.cuda is not None:
+            state["cuda"] = at.cuda
+        version, internal, gauss = at.python
+    else:
+        state = {"torch": torch.get_rng_state()}
+        own = current_generator()
+        if own is not None:
+            state["generator"] = own.get_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        version, internal, gauss = random.getstate()
     state["python"] = {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
     try:
         import numpy as np
@@ -138,7 +148,7 @@ def model_state(model: "Model") -> dict[str, Any]:
         "step": model.step,
         "epoch": model.epoch,
         "history": {k: list(v) for k, v in getattr(model, "history", {}).items()},
-        "rng": rng_state(),
+        "rng": rng_state(model.__dict__.get("_dgm_failed_rng")),  # a failed step: the states at its start
         "data_rng": [g.get_state() for g in model.__dict__.get("_dgm_data_generators", ())],
         **_epoch_state(model),
         **_d_step_state(model),
@@ -148,7 +158,7 @@ def model_state(model: "Model") -> dict[str, Any]:
 def _d_step_state(model: "Model") -> dict[str, Any]:
     """``d_step_done``: a GAN's discriminator step taken on the batch whose generator step failed (see
     :meth:`pyro_dgm.models.GAN.train`), where there is one (not under torch.distributed, see :func:`save`)."""
-    done = model.__dict__.get("_dgm_d_done")
+    done = model.__dict__.get("_dgm_d_done_pending") or model.__dict__.get("_dgm_d_done")
     if done is None or _dist.is_distributed():
         return {}
     return {"d_step_done": {"batch": str(done["batch"]), "d_loss": done["d_loss"].detach().clone(),
@@ -362,6 +372,8 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     set_rng_state(rng)
     model._dgm_resumed = True  # (fit warns where a data loader cannot resume exactly)
     model.__dict__.pop("_dgm_d_done", None)
+    model.__dict__.pop("_dgm_d_done_pending", None)
+    model.__dict__.pop("_dgm_failed_rng", None)  # (the loaded states are the ones to go on from)
     if done is not None and _dist.is_distributed():
         warnings.warn("Model.load: the checkpoint was saved after a GAN's discriminator step whose generator step "
                       "failed; under torch.distributed the batch is taken again with both steps, so the "
@@ -434,7 +446,8 @@ def save(model: "Model", path: Any) -> None:
     """
     ranks_rng = None
     if _dist.is_distributed():  # every process's random state, so each resumes its own draws
-        ranks_rng = _dist.gather_to_rank0(rng_state(), f"{type(model).__name__}.save")
+        ranks_rng = _dist.gather_to_rank0(rng_state(model.__dict__.get("_dgm_failed_rng")),
+                                          f"{type(model).__name__}.save")
     if _dist.rank() == 0:
         state = model_state(model)
         if state["epoch_steps"] and "epoch_resume" not in state:
@@ -444,7 +457,8 @@ def save(model: "Model", path: Any) -> None:
                           UserWarning, stacklevel=3)
         if ranks_rng is not None:
             state["rng_ranks"] = ranks_rng
-        if model.__dict__.get("_dgm_d_done") is not None and "d_step_done" not in state:
+        if (model.__dict__.get("_dgm_d_done_pending") or model.__dict__.get("_dgm_d_done")) is not None \
+                and "d_step_done" not in state:
             warnings.warn(f"{type(model).__name__}.save: the discriminator step of the batch whose generator step "
                           "failed was taken; under torch.distributed the checkpoint does not keep it, so a run "
                           "resumed from it takes that discriminator step again (one step more than the "

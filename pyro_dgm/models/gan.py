@@ -11,6 +11,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.special import EmpiricalDistribution
 from pyro_dgm.losses.adversarial_divergences import AdversarialJensenShannon
 from pyro_dgm.losses.pdf import check_distribution
+from pyro_dgm.losses.steps import StepRandomState
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models.checkpoint import rng_state, set_rng_state
 from pyro_dgm.models.model import Model
@@ -22,8 +23,9 @@ D_LOSS = "d_loss"  # the name of the discriminator's loss in ``model.last_terms`
 
 def batch_digest(x_dict: Any) -> str | None:
     """A digest of a batch's values (names, dtypes, shapes and bytes of its tensors): which batch a discriminator
-    step was taken on, compared bit for bit. Computed only after a failed generator step and on the batch after
-    it; ``None`` for values it cannot read (a sparse tensor...), which match no batch.
+    step was taken on, compared bit for bit. Computed only after a failed generator step and on the first batch
+    of a run resumed from a checkpoint saved then; ``None`` for values it cannot read (a sparse tensor...), which
+    match no batch.
 
     Examples
     --------
@@ -196,29 +198,36 @@ class GAN(Model):
 
         Notes
         -----
-        Either step that fails (an error, Ctrl-C) leaves its networks, optimizer and the random states as they were
-        before it. When the generator's step fails after the discriminator's was taken, the model keeps that the
-        discriminator's step of this batch is done (:meth:`save` keeps it too): the next call on the same batch (the
-        batch taken again, in this process or after ``load(path, resume=True)``) takes the generator's step only,
-        as the uninterrupted run did; a call on another batch takes both.
+        Either step that fails (an error, Ctrl-C) leaves its networks and optimizer as they were before it; the
+        draws it made stay drawn (the batch taken again in this process takes both steps, with new draws, as under
+        Pixyz). A checkpoint saved before the next call records what an uninterrupted run needs: the random states
+        of the failed step's start and, when the generator's step failed after the discriminator's, that the
+        discriminator's step of this batch is done (``d_step_done``), so a run resumed from it
+        (``load(path, resume=True)``) takes the generator's step only on that batch, as the uninterrupted run did.
         """
-        done = self.__dict__.pop("_dgm_d_done", None)
+        done = self.__dict__.pop("_dgm_d_done", None)  # (set by load(resume=True) only)
+        self.__dict__.pop("_dgm_d_done_pending", None)
         d_loss = None
         if adversarial_loss:
             if done is not None and not _dist.is_distributed() and done["batch"] == batch_digest(train_x_dict):
-                # this batch's discriminator step was taken before its generator step failed: not again, and the
-                # generator's step draws from the random states that followed it (a resumed epoch that had taken
-                # no step yet puts back the states of the epoch's start, before that step's draws)
+                # resumed on the batch whose discriminator step was taken before its generator step failed: not
+                # again, and the generator's step draws from the random states that followed it
                 d_loss = done["d_loss"]
                 set_rng_state(done["rng"])
             else:
-                d_loss = self.adversarial_loss.loss_train(train_x_dict, **kwargs)
+                start = StepRandomState()
+                try:
+                    d_loss = self.adversarial_loss.loss_train(train_x_dict, **kwargs)
+                except BaseException:  # a checkpoint saved now records the states of this batch's start
+                    self._dgm_failed_rng = start
+                    raise
         try:
             loss = super().train(train_x_dict, **kwargs)
         except BaseException:
             digest = batch_digest(train_x_dict) if d_loss is not None else None
-            if digest is not None:  # (the random states are those after the discriminator's step: Model.train's)
-                self._dgm_d_done = {"batch": digest, "d_loss": d_loss, "rng": rng_state()}
+            failed = self.__dict__.get("_dgm_failed_rng")  # (Model.train's: the states after the discriminator's step)
+            if digest is not None and failed is not None:
+                self._dgm_d_done_pending = {"batch": digest, "d_loss": d_loss, "rng": rng_state(failed)}
             raise
         return self._dgm_result(loss, d_loss)
 

@@ -532,12 +532,12 @@ class Model:
 
         Notes
         -----
-        A step that raises (also Ctrl-C) leaves the weights, the optimizer, the networks' buffers (batch-norm
-        running statistics) and the random states as they were before it (see
-        :class:`~pyro_dgm.losses.steps.StepRandomState`), so that a checkpoint saved after it resumes as the
-        uninterrupted run. With Pyro-side terms (``PyroELBO``), the parameters the step created in Pyro's param
-        store and an autoguide's first-call set-up are undone too, so the step taken again initializes them with
-        the same draws.
+        A step that raises (also Ctrl-C) leaves the weights, the optimizer and the networks' buffers (batch-norm
+        running statistics) as they were before it, and a checkpoint saved before the next step records the random
+        states of its start (see :class:`~pyro_dgm.losses.steps.StepRandomState`), so that it resumes as the
+        uninterrupted run. The live random generators keep the failed step's draws: the step taken again in the
+        same process draws anew, as under Pixyz. With Pyro-side terms (``PyroELBO``), the parameters the step
+        created in Pyro's param store and an autoguide's first-call set-up are undone too.
 
         Under ``torch.distributed`` every process takes the step or none does: an error raised while the loss is
         evaluated on some processes (a network's error, a validation error on one process's slice) and a
@@ -559,9 +559,11 @@ class Model:
                     m._buffers[n].copy_(b)
             if pyro_side is not None:
                 pyro_side.restore(self)
-            # the draws it made are undone too: a checkpoint saved now (except KeyboardInterrupt: save) resumes at
-            # this step's start, and the step taken again draws what the uninterrupted run drew
-            lost = rng.restore(e, f"{type(self).__name__}.train (step {self.step + 1})")
+            # a checkpoint saved before the next step (except KeyboardInterrupt: save) records the random states of
+            # this step's start, so it resumes as the uninterrupted run; the live generators keep the draws made (the
+            # step taken again draws anew, as under Pixyz)
+            self._dgm_failed_rng = rng
+            lost = rng.numpy_note(e, f"{type(self).__name__}.train (step {self.step + 1})")
             if lost is not None:
                 self._dgm_rng_lost = lost  # Model.save warns (until the next step)
             raise
@@ -584,8 +586,9 @@ class Model:
     def _dgm_evaluate_step(self, x_dict: Any, kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """The first part of :meth:`train`'s step, up to the loss and its terms (with the Pyro parameters it created
         adopted): what may raise on one process only under torch.distributed, before the processes synchronize."""
-        if "_dgm_rng_lost" in self.__dict__:
-            del self._dgm_rng_lost
+        if "_dgm_failed_rng" in self.__dict__:  # (a failed step's: this one goes on from the live states)
+            del self._dgm_failed_rng
+            self.__dict__.pop("_dgm_rng_lost", None)
         for m in self.distributions.modules():  # train mode (modules set since included), without the setattr walk
             if not m.training:
                 self.distributions.train()
