@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Sequence
 import networkx as nx
 import pyro
 import torch
+from pyro.poutine.block_messenger import BlockMessenger
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor
 
@@ -682,12 +683,19 @@ class Distribution(YieldingModule):
         of calls. A variable named ``data`` gives the plate the name ``data_plate`` in the model and in the guide
         alike. A site of that name that is not this plate (the user's own ``pyro.plate("data")``, an
         ``AutoGuideList``'s, another size) raises a ``ValueError`` saying how to open the call inside a plate of
-        one's own (Pyro refuses two sites of one name)."""
+        one's own (Pyro refuses two sites of one name). A call inside ``poutine.block`` is hidden from the trace:
+        its plate is not the trace's."""
         size = batch_n
         name = "data"
         if name in self._dgm_known_names:
             name += "_plate"
-        tr = next((m.trace for m in reversed(PYRO_STACK) if isinstance(m, TraceMessenger) and not m.param_only), None)
+        tr = None
+        for m in reversed(PYRO_STACK):  # the innermost trace that records this call's sites
+            if isinstance(m, BlockMessenger):
+                break  # (a block between the call and the trace hides them: the trace never sees this plate)
+            if isinstance(m, TraceMessenger) and not m.param_only:
+                tr = m.trace
+                break
         if tr is None:  # no trace: nothing records the plate's site, nor checks its name
             return pyro.plate(name, size, dim=-1)
         plates = tr.__dict__.setdefault("_dgm_plates", {})  # this trace's plates opened here, by name

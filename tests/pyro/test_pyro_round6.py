@@ -393,3 +393,29 @@ def test_the_full_data_in_a_subsampling_plate_is_refused_naming_the_variable_and
         poutine.trace(model).get_trace(x, False)
     tr = poutine.trace(model).get_trace(x, True)  # the rows of the indices: scaled by 60 / 10, as in Pyro
     assert tr.nodes["x"]["value"].shape == (10, 2) and tr.nodes["x"]["scale"] == pytest.approx(6.0)
+
+
+def test_a_call_hidden_by_poutine_block_does_not_size_the_traces_data_plate() -> None:
+    """A call inside ``poutine.block()`` reserved the data plate's size in the outer trace, which never saw it, so
+    a later call on data of another size was refused; plain Pyro runs the same model."""
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+    q = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["y"])
+    x, y = torch.randn(4, 2), torch.randn(3, 2)
+
+    def ours(x: torch.Tensor, y: torch.Tensor) -> None:
+        with poutine.block():
+            p.model(x=x)
+        q.model(y=y)
+
+    def plain(x: torch.Tensor, y: torch.Tensor) -> None:
+        with poutine.block():
+            with pyro.plate("data", len(x)):
+                pyro.sample("x", dist.Normal(torch.zeros(2), 1.).to_event(1), obs=x)
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(torch.zeros(2), 1.).to_event(1), obs=y)
+
+    traces = [poutine.trace(m).get_trace(x, y) for m in (ours, plain)]
+    for tr in traces:
+        tr.compute_log_prob()
+    assert [list(tr.nodes) for tr in traces] == [["_INPUT", "data", "y", "_RETURN"]] * 2
+    torch.testing.assert_close(traces[0].nodes["y"]["log_prob_sum"], traces[1].nodes["y"]["log_prob_sum"])
