@@ -312,7 +312,13 @@ class AdversarialLoss(Loss):
             if replicated is None:
                 loss = self.eval(train_x_dict, discriminator=True, **kwargs)
             else:  # DistributedDataParallel sees the forward pass and averages the gradients in backward
-                loss = replicated.run(self.eval, train_x_dict, discriminator=True, **kwargs)
+                try:
+                    loss = replicated.run(self.eval, train_x_dict, discriminator=True, **kwargs)
+                except Exception as e:  # the other processes learn it at _dgm_check_d_loss's synchronization
+                    from pyro_dgm.models import distributed as _dist
+
+                    _dist.fail_together(e, self._dgm_step_name())
+                    raise
             overflowed = self._dgm_check_d_loss(loss)
             loss.backward()
             if overflowed or self.check_gradients:
@@ -349,9 +355,16 @@ class AdversarialLoss(Loss):
             finite = bool(torch.isfinite(value).all())
             overflow = not finite and loss.dtype in HALF_DTYPES and not bool(torch.isnan(value).any())
             bad_here = not finite and not overflow
-            if not bool(_dist.all_reduce_max(torch.tensor(int(bad_here)))):
+            # the discriminator step's synchronization point: every process says how its evaluation went (one that
+            # raised says so from fail_together, in loss_train), and they all raise together
+            outcomes = _dist.all_gather_int(_dist.STEP_NON_FINITE if bad_here else _dist.STEP_FINE)
+            _dist.check_outcomes(outcomes, self._dgm_step_name())
+            if _dist.STEP_NON_FINITE not in outcomes:
                 return overflow
         self._dgm_raise_d_loss(value, bad_here)
+
+    def _dgm_step_name(self) -> str:
+        return f"{type(self).__name__}.loss_train (discriminator step {self.d_steps + 1})"
 
     def _dgm_raise_d_loss(self, value: Tensor, bad_here: bool) -> NoReturn:
         from pyro_dgm.models.errors import NonFiniteLossError

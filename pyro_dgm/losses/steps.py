@@ -28,9 +28,9 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)  # a loss in these may overflow to
 def finite_sum(grads: Sequence[Tensor]) -> bool:
     """Whether the sum of every element of ``grads`` is finite: False if any element is NaN or infinite (or, rarely,
     if finite values overflow, which the caller then tells apart). The cheapest full pass over memory: on the CPU a
-    plain sum per tensor (the max-|g| and 2-norm reductions cost 2-80x more there, see ``benchmarks/README.md``),
-    elsewhere torch's fused multi-tensor 2-norm (a few kernel launches for any number of tensors), and one
-    synchronization either way."""
+    plain sum per tensor (the ``max(abs(g))`` and 2-norm reductions cost 2-80x more there, see
+    ``benchmarks/README.md``), elsewhere torch's fused multi-tensor 2-norm (a few kernel launches for any number of
+    tensors), and one synchronization either way."""
     if grads[0].device.type == "cpu":
         return math.isfinite(sum(g.sum().item() for g in grads))
     return math.isfinite(get_total_norm(grads, 2.0).item())
@@ -55,11 +55,19 @@ def autograd_leaves(t: Tensor) -> list[Tensor]:
 
 
 def clear_grads(t: Tensor) -> None:
-    """After ``t.backward()`` raised half-way (a hook, a network's backward): set the gradients of the parameters
-    ``t`` reaches to None (as ``zero_grad()`` does), so that the part of the backward that ran does not add into the
-    next step's: ``pyro.infer.SVI`` zeroes its parameters' gradients only after a step that succeeded."""
+    """After ``t.backward()`` raised half-way (a hook, a network's backward) under ``pyro.infer.SVI``: set the
+    gradients of the parameters of Pyro's param store that ``t`` reaches to None (as ``zero_grad()`` does), so that
+    the part of the backward that ran does not add into the next step's (SVI zeroes its parameters' gradients only
+    after a step that succeeded; before a step they hold none, or zeros). Other tensors the graph reaches (a user's
+    own network trained by its own optimizer, an input with ``requires_grad``) are not SVI's: their gradients, which
+    may hold what the user accumulated before the step, are left as they are."""
+    import pyro
+
+    store = pyro.get_param_store()._params
+    svi_owned = {id(v) for v in store.values()}
     for p in autograd_leaves(t):
-        p.grad = None
+        if id(p) in svi_owned:
+            p.grad = None
 
 
 def network_buffers(*modules: nn.Module) -> list[tuple[nn.Module, str]]:

@@ -211,13 +211,21 @@ STEP_FINE, STEP_NON_FINITE, STEP_RAISED = 0, 1, 2
 """What a process tells the others of its step at the step's synchronization point (:func:`all_gather_int`)."""
 
 
+#: Marks of the messages of torch.distributed's backends (their errors are not all ``DistError``s): the source
+#: files and classes that raise them, not words a user's error may hold ("timed out" is also a CUDA kernel's).
+_BACKEND_MARKS = ("gloo/", "unbound_buffer", "ProcessGroupGloo", "ProcessGroupNCCL", "NCCL error",
+                  "Connection closed by peer", "pair closure")
+
+
 def _collective_broke(error: BaseException) -> bool:
     """Whether ``error`` came from torch.distributed itself (a collective that timed out, a closed connection): then
-    another collective would only wait for the timeout again."""
+    another collective would only wait for the timeout again. Judged by its type (``DistError``) or by the marks of
+    the backends' messages, not by words a user's error may hold too: an error taken for a broken collective is not
+    told to the other processes, which would then step against this one's next step."""
     if isinstance(error, getattr(tdist, "DistError", ())):
         return True
     text = str(error)
-    return _timed_out(error) or any(s in text for s in ("gloo", "Gloo", "NCCL", "Connection closed", "pair closure"))
+    return any(s in text for s in _BACKEND_MARKS)
 
 
 def fail_together(error: BaseException, what: str) -> None:

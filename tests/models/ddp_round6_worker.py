@@ -6,6 +6,10 @@ the script catches (``try: model.train(batch) except ...``).
 * ``Model.train``: rank 1's step 2 raises, in its decoder (``"raise"``) or in torch's validation of the encoder's
   parameters on a NaN in rank 1's slice (``"badval"``); the reference (``"skip"``) skips step 2 on both ranks. After
   the ``"raise"`` run, ``Model.test_step`` raises on rank 1 (its decoder), then one more training step is taken.
+  ``"timeout_text"`` is ``"raise"`` with an error whose text says "timed out" (a CUDA kernel's), which is not a
+  broken collective.
+* a ``GAN`` whose discriminator step raises on rank 1 (``"raise"``), or whose discriminator gives NaN there
+  (``"nan"``), against ``"skip"``.
 * ``SVI`` with ``DistributedELBO``: the same (``"raise"``, ``"skip"``), and ``"nan"``: a NaN in rank 1's slice with
   validation off (the loss is NaN on rank 1 only).
 
@@ -49,11 +53,12 @@ class Decoder(Normal):
         super().__init__(var=["x"], cond_var=["z"], name="p")
         self.net = nn.Linear(2, 6)
         self.fail = False
+        self.message = ""
 
     def forward(self, z):  # type: ignore[no-untyped-def]
         if self.fail:
             self.fail = False
-            raise RuntimeError(f"the decoder fails on rank {dist_utils.rank()}")
+            raise RuntimeError(self.message or f"the decoder fails on rank {dist_utils.rank()}")
         h = self.net(z)
         return {"loc": h, "scale": torch.ones_like(h)}
 
@@ -91,7 +96,9 @@ def run_model(mode: str, rank: int) -> dict[str, Any]:
         if s == 1 and mode == "skip":
             out.append(None)
             continue
-        p.fail = failing and mode == "raise"
+        p.fail = failing and mode in ("raise", "timeout_text")
+        if mode == "timeout_text":  # a user's (or CUDA's) error whose text says "timed out": not torch.distributed's
+            p.message = "CUDA error: the launch timed out and was terminated"
         try:
             out.append(("ok", float(model.train(batch(s, rank, nan=failing and mode == "badval")))))
         except Exception as e:
@@ -132,13 +139,49 @@ def run_svi(mode: str, rank: int) -> dict[str, Any]:
                                      and "num_batches" not in k}}
 
 
+def run_gan(mode: str, rank: int) -> dict[str, Any]:
+    """A GAN whose discriminator raises on rank 1 in the discriminator step of step 2 (``"raise"``), or gives NaN
+    there (``"nan"``: pyro_dgm's range check raises on that rank only); ``"skip"`` skips step 2 on both ranks."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from ddp_scenarios import build_gan
+
+    model = build_gan(0)
+    disc = model.discriminator
+    forward = disc.forward
+    fail = {"now": False}
+
+    def failing_forward(x):  # type: ignore[no-untyped-def]
+        if fail["now"]:
+            fail["now"] = False
+            if mode == "raise":
+                raise RuntimeError(f"the discriminator fails on rank {rank}")
+            return {"t": forward(x)["t"] * float("nan")}
+        return forward(x)
+
+    disc.forward = failing_forward
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    out: list[Any] = []
+    for s in range(STEPS):
+        pyro.set_rng_seed(1000 + 10 * s + rank)
+        if s == 1 and mode == "skip":
+            out.append(None)
+            continue
+        fail["now"] = s == 1 and rank == 1
+        try:
+            out.append(("ok", [float(v) for v in model.train({"x": data[16 * s:16 * s + 16].tensor_split(2)[rank]})]))
+        except Exception as e:
+            out.append(describe(e))
+    return {"steps": out, "state": state(*model.distributions, disc), "d_steps": model.adversarial_loss.d_steps}
+
+
 def main(out: str) -> None:
     rank = int(os.environ["RANK"])
     torch.set_num_threads(1)
     dist_utils.setup_from_env()
     assert dist_utils.is_distributed() and dist_utils.world_size() == 2
     with pyro.validation_enabled(True):
-        result = {f"model_{m}": run_model(m, rank) for m in ("skip", "raise", "badval")}
+        result = {f"model_{m}": run_model(m, rank) for m in ("skip", "raise", "badval", "timeout_text")}
+        result.update({f"gan_{m}": run_gan(m, rank) for m in ("skip", "raise", "nan")})
         result.update({f"svi_{m}": run_svi(m, rank) for m in ("skip", "raise", "nan")})
     torch.save(result, os.path.join(out, f"round6_rank{rank}.pt"))
     dist_utils.shutdown()

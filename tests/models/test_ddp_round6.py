@@ -52,7 +52,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 @needs_gloo
-@pytest.mark.parametrize("mode, error", [("raise", "RuntimeError"), ("badval", "ValueError")])
+@pytest.mark.parametrize("mode, error", [("raise", "RuntimeError"), ("badval", "ValueError"),
+                                         ("timeout_text", "RuntimeError")])
 def test_a_model_step_raising_on_one_rank_raises_on_every_rank_and_none_takes_it(ranks: list[dict[str, Any]],
                                                                                    mode: str, error: str) -> None:
     skip, run = [r["model_skip"] for r in ranks], [r[f"model_{mode}"] for r in ranks]
@@ -70,6 +71,25 @@ def test_a_model_step_raising_on_one_rank_raises_on_every_rank_and_none_takes_it
         assert _same(run[r]["state"], skip[r]["state"])
     assert _same(run[0]["state"], run[1]["state"])
     assert not torch.equal(run[0]["state"]["0.net.1.running_mean"], torch.zeros(4))  # the statistics moved
+
+
+@needs_gloo
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_a_discriminator_step_raising_on_one_rank_raises_on_every_rank_and_none_takes_it(
+        ranks: list[dict[str, Any]], mode: str) -> None:
+    """A third probe: the discriminator's step had no synchronization of its own failures, so rank 0 took its next
+    two steps against rank 1's (paired with different batches) before a gloo timeout; a NaN output on rank 1 was
+    refused by the range check there, before the NaN synchronization."""
+    skip, run = [r["gan_skip"] for r in ranks], [r[f"gan_{mode}"] for r in ranks]
+    name, _, notes, _ = run[1]["steps"][1]
+    assert name in ("RuntimeError", "OutOfRangeError")
+    assert any("loss_train (discriminator step 2) raised on rank 1 (of 2)" in n for n in notes), notes
+    name, message, _, failed = run[0]["steps"][1]
+    assert name == "RankFailedError" and failed == [1] and "(discriminator step 2) raised on rank(s) 1" in message
+    for r in (0, 1):
+        assert run[r]["steps"][0] == skip[r]["steps"][0] and run[r]["steps"][2:] == skip[r]["steps"][2:]
+        assert run[r]["d_steps"] == skip[r]["d_steps"] == 3
+        assert _same(run[r]["state"], skip[r]["state"])
 
 
 @needs_gloo
@@ -172,6 +192,26 @@ def test_a_backward_that_raises_under_svi_leaves_no_gradient_behind() -> None:
     clean, failed = run(False), run(True)
     assert clean[0] == failed[0]  # the steps after the failure are the clean run's
     assert _same(clean[1], failed[1])
+
+
+def test_a_backward_that_raises_under_svi_leaves_the_users_own_gradients_alone() -> None:
+    """A third probe: the gradients cleared after a failed backward were those of every tensor the graph reaches,
+    so a user's own network feeding the data (trained by its own optimizer, its gradient accumulated before the
+    step) and an input with ``requires_grad`` lost theirs; Pyro's ``Trace_ELBO`` leaves them. Only the param
+    store's parameters (SVI's) are cleared now."""
+    q, p, prior, loss = _vae()
+    extractor = nn.Linear(6, 6)
+    svi = SVI((p * prior).model, q.guide, pyro.optim.Adam({"lr": 0.05}), loss)
+    svi.step(x=X[:16])  # the networks are in the param store
+    extractor(X[:16]).pow(2).mean().backward()  # the user's own accumulated gradient
+    before = extractor.weight.grad.clone()
+    x = X[16:32].clone().requires_grad_(True)
+    (2 * x.sum()).backward()
+    q.fail = True
+    with pytest.raises(RuntimeError, match="the encoder's backward fails"):
+        svi.step(x=extractor(x))
+    assert torch.equal(extractor.weight.grad, before) and torch.equal(x.grad, torch.full_like(x, 2.0))
+    assert all(t.grad is None for t in p.parameters())  # the decoder's (SVI's), which the failed backward filled
 
 
 def _probe(x: torch.Tensor) -> None:
