@@ -22,14 +22,14 @@ did not time out with it (they hang or died).
 **A step that raises on some processes only** (a network's error, a validation ``ValueError`` on a NaN in one
 process's slice), caught by the script (``try: model.train(batch) except ...``), would leave the processes one
 collective apart: the others' step would average its gradients with the failed process's *next* step, silently. Each
-step of ``Model.train`` (and ``Model.test_step``, and ``SVI.step`` with :class:`DistributedELBO`) therefore has one
-synchronization point after the loss is evaluated, where every process says how its evaluation went
-(:func:`all_gather_int`: finite, non-finite, raised): a process whose evaluation raised takes part in it as a failure
-(:func:`fail_together`) and raises its error, the others raise :class:`~pyro_dgm.models.errors.RankFailedError`
-naming it (:func:`check_outcomes`), and no process takes the step. Not covered: an error after that point (in
+step of ``Model.train`` (and ``Model.test_step``, an adversarial term's discriminator step, and ``SVI.step`` with
+:class:`DistributedELBO`) therefore has one synchronization point after the loss is evaluated, where every process
+says how its evaluation went (:func:`all_gather_int`: finite, non-finite, raised): a process whose evaluation raised
+takes part in it as a failure (:func:`fail_together`) and raises its error, the others raise
+:class:`~pyro_dgm.models.errors.RankFailedError` naming it (:func:`check_outcomes`), and no process takes the step. Not covered: an error after that point (in
 ``backward``, whose gradient averaging the other processes then wait for, or in the optimizer's step), an error in
 the first call that creates Pyro parameters on the other processes (they broadcast them while the failed one does
-not), a discriminator's step of an adversarial term, and an error in torch.distributed itself (a timeout): those
+not), and an error in torch.distributed itself (a timeout, known by its type or its backend's message): those
 still end in a timeout, which names the processes that did not reach the collective.
 
 Without a process group (or with one process) nothing is wrapped and every function here does nothing.
