@@ -1034,10 +1034,10 @@ class Distribution(YieldingModule):
             note += f"; {said} while the network's parameters are {own} (convert with {other[0]}.to({own}))"
         text = str(e)
         if type(e) is ValueError and "Expected more than 1 value per channel when training" in text:
-            raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes}: a batch norm in training mode "
-                             "needs more than one row (under torch.distributed, fit gives each process its slice of "
-                             "a batch: a last batch of N + 1 rows on N processes leaves one row on one of them; pick "
-                             f"a batch_size and data size whose slices have 2 rows or more) ({text})") from e
+            raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes}: a batch norm in training "
+                             "mode needs more than one row (under torch.distributed, fit gives each process its "
+                             "slice of a batch: a last batch of N + 1 rows on N processes leaves one row on one of "
+                             f"them; pick a batch_size and data size whose slices have 2 rows or more) ({text})") from e
         if type(e) is RuntimeError and ("shape" in text or "size" in text or "dimension" in text):
             # torch refused a shape (a layer's, or torch.cat's "Tensors must have same number of dimensions")
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "

@@ -17,7 +17,8 @@ from torch import nn
 from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
-__all__ = ["run_network", "ignores_sites", "given_event_dim", "site_event_dim", "site_data_size", "data_batch_ndim", "outer_plates_ndim", "PYRO_STACK"]
+__all__ = ["run_network", "ignores_sites", "given_event_dim", "site_event_dim", "site_data_size", "data_batch_ndim",
+           "outer_plates_ndim", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
 PYRO_STACK = _PYRO_STACK

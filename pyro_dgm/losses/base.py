@@ -717,10 +717,10 @@ class Loss(YieldingModule, _PyroELBO):
         """Backpropagate :meth:`differentiable_loss` and return its value (``SVI.step`` calls it); a NaN warns, as
         Pyro's ELBOs warn.
 
-        A ``backward`` that raises half-way (an error in a network's backward) leaves no gradient behind: the
-        gradients of every parameter the loss reaches are set to None before the error goes on, since ``SVI.step``
-        zeroes them only after a step that succeeded (with Pyro's ``Trace_ELBO`` the part that ran adds into the
-        next step's gradients).
+        A ``backward`` that raises half-way (an error in a network's backward) leaves no gradient of SVI's behind:
+        the gradients of the param store's parameters the loss reaches are set to None before the error goes on,
+        since ``SVI.step`` zeroes them only after a step that succeeded (with Pyro's ``Trace_ELBO`` the part that ran
+        adds into the next step's gradients); other tensors' gradients (a user's own network) are left alone.
         """
         value = self.differentiable_loss(model, guide, *args, **kwargs)
         if value.requires_grad:

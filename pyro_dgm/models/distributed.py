@@ -26,11 +26,12 @@ step of ``Model.train`` (and ``Model.test_step``, an adversarial term's discrimi
 :class:`DistributedELBO`) therefore has one synchronization point after the loss is evaluated, where every process
 says how its evaluation went (:func:`all_gather_int`: finite, non-finite, raised): a process whose evaluation raised
 takes part in it as a failure (:func:`fail_together`) and raises its error, the others raise
-:class:`~pyro_dgm.models.errors.RankFailedError` naming it (:func:`check_outcomes`), and no process takes the step. Not covered: an error after that point (in
-``backward``, whose gradient averaging the other processes then wait for, or in the optimizer's step), an error in
-the first call that creates Pyro parameters on the other processes (they broadcast them while the failed one does
-not), and an error in torch.distributed itself (a timeout, known by its type or its backend's message): those
-still end in a timeout, which names the processes that did not reach the collective.
+:class:`~pyro_dgm.models.errors.RankFailedError` naming it (:func:`check_outcomes`), and no process takes the step.
+Not covered: an error after that point (in ``backward``, whose gradient averaging the other processes then wait for,
+or in the optimizer's step), an error in the first call that creates Pyro parameters on the other processes (they
+broadcast them while the failed one does not), and an error in torch.distributed itself (a timeout, known by its
+type or its backend's message): those still end in a timeout, which names the processes that did not reach the
+collective.
 
 Without a process group (or with one process) nothing is wrapped and every function here does nothing.
 

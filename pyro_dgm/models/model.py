@@ -206,13 +206,13 @@ def _autoguides(terms: Sequence[Loss]) -> list[nn.Module]:
 
 
 class _PyroSideState:
-    """What a training step of a loss with Pyro-side terms adds outside the networks, the optimizer's state and the
-    random states (which :meth:`Model.train` puts back itself): entries of Pyro's param store (an autoguide's
-    parameters at its first call, initialized from random draws; ``pyro.param``), the structure an autoguide builds
-    at its first call (its prototype trace, drawn from the model, and its parameter modules), and the optimizer's
-    parameter groups for the new parameters. Taken before each step (a few reads: an autoguide's structure is copied
-    only until its first call succeeded), put back when the step fails, so that the step taken again creates them
-    with the same draws, as the uninterrupted run did.
+    """What a training step of a loss with Pyro-side terms adds outside the networks and the optimizer's state:
+    entries of Pyro's param store (an autoguide's parameters at its first call, initialized from random draws;
+    ``pyro.param``), the structure an autoguide builds at its first call (its prototype trace, drawn from the model,
+    and its parameter modules), and the optimizer's parameter groups for the new parameters. Taken before each step
+    (a few reads: an autoguide's structure is copied only until its first call succeeded), put back when the step
+    fails, so that a checkpoint saved then holds none of them: a run resumed from it (with the random states of the
+    step's start) creates them with the draws of the uninterrupted run.
 
     Only for losses with Pyro-side terms, which train in one thread at a time (Pyro's param store is one per
     process): another thread's entries created meanwhile would be taken for this step's.
