@@ -446,8 +446,13 @@ class Flow(TransformModule, ConditionalTransform):
         return 3 if len(shape) >= 4 else 1
 
     def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
-        """Set the event dims for an input of ``shape`` (the output side when ``inverse``); ``event_dim=None`` only."""
-        self._dgm_domain_event_dim = self._dgm_codomain_event_dim = self._dgm_auto_event_dim(shape)
+        """Set the event dims for an input of ``shape`` (the output side when ``inverse``); ``event_dim=None`` only.
+        Plain attributes, written to the instance's dict when they change (every call runs this:
+        ``nn.Module.__setattr__`` would look through its parameters, buffers and modules each time)."""
+        ev = self._dgm_auto_event_dim(shape)
+        d = self.__dict__
+        if d.get("_dgm_domain_event_dim") != ev or d.get("_dgm_codomain_event_dim") != ev:
+            d["_dgm_domain_event_dim"] = d["_dgm_codomain_event_dim"] = ev
 
     def _dgm_check(self, x: Tensor, inverse: bool) -> None:
         if self._dgm_auto and isinstance(x, Tensor):
@@ -580,7 +585,7 @@ class ChannelOrFeatureFlow(Flow):
 
     def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
         super()._dgm_adapt(shape, inverse)
-        self._dgm_feature_name = "channels" if self._dgm_domain_event_dim == 3 else "features"
+        self.__dict__["_dgm_feature_name"] = "channels" if self._dgm_domain_event_dim == 3 else "features"
 
 
 class ConditionedFlow(Transform):
