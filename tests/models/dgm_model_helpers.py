@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # imported by ddp_worker.py, a script torchrun runs
     from dgm_fixtures import Decoder, Encoder
 
 from pyro_dgm.distributions import Categorical, Normal
-from pyro_dgm.losses import KullbackLeibler
+from pyro_dgm.losses import KullbackLeibler, Loss
 from pyro_dgm.models import ML, VAE
 
 X_DIM, Z_DIM, HIDDEN = 64, 4, 32  # 8x8 digits, the latent size, one hidden layer
@@ -59,3 +59,19 @@ def make_vae(z_dim: int = 4, h: int = 32, lr: float = 1e-2, **kwargs) -> VAE:  #
 def make_ml(lr: float = 0.1, **kwargs) -> ML:  # type: ignore[no-untyped-def]
     """A softmax classifier trained by maximum likelihood."""
     return ML(Classifier(), optimizer_params={"lr": lr}, **kwargs)
+
+
+class Dot(Loss):
+    """(w . k) of ``module.w`` and the value ``k``: its gradient with respect to ``w`` is ``k`` (a loss whose gradients
+    a test chooses: infinite, NaN, finite with a value that overflows)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(["k"])
+        self.module = module
+
+    @property
+    def latex(self) -> str:
+        return "w k"
+
+    def forward(self, values, **kwargs):  # type: ignore[no-untyped-def]
+        return (self.module.w * values["k"]).sum()

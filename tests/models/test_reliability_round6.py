@@ -26,11 +26,11 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from dgm_model_helpers import digits, make_vae
+from dgm_model_helpers import Dot, digits, make_vae
 from torch import nn
 
 from pyro_dgm.distributions import Deterministic, EmpiricalDistribution, Normal
-from pyro_dgm.losses import AdversarialWassersteinDistance, Loss
+from pyro_dgm.losses import AdversarialWassersteinDistance
 from pyro_dgm.models import GAN, Model, NonFiniteGradientError, NonFiniteLossError
 from pyro_dgm.models.checkpoint import atomic_torch_save
 from pyro_dgm.utils import generator
@@ -258,13 +258,11 @@ def test_a_gan_interrupted_in_either_step_resumes_exactly(tmp_path: Path, at: in
     assert full.history["train/d_loss"] == resumed.history["train/d_loss"]
 
 
-def _fixed_batch_gan_program() -> Any:
-    """A GAN trained on one fixed batch, whose generator's optimizer fails once: the loop goes on to the next
-    iteration, which takes both steps (a new iteration on the same batch is not a resumed one)."""
-    import torch
+def _pixyz_generator() -> Any:
+    """The generator x = Linear(z) (4 -> 2) of the GAN programs below, of the library ``pixyz`` names in the program
+    that calls it (Pixyz 0.3.3, or pyro_dgm under the harness's renamed import)."""
     from torch import nn
-    from pixyz.distributions import Deterministic, Normal
-    from pixyz.models import GAN
+    from pixyz.distributions import Deterministic
 
     class G(Deterministic):
         def __init__(self):  # type: ignore[no-untyped-def]
@@ -273,6 +271,17 @@ def _fixed_batch_gan_program() -> Any:
 
         def forward(self, z):  # type: ignore[no-untyped-def]
             return {"x": self.net(z)}
+
+    return G()
+
+
+def _fixed_batch_gan_program() -> Any:
+    """A GAN trained on one fixed batch, whose generator's optimizer fails once: the loop goes on to the next
+    iteration, which takes both steps (a new iteration on the same batch is not a resumed one)."""
+    import torch
+    from torch import nn
+    from pixyz.distributions import Deterministic, Normal
+    from pixyz.models import GAN
 
     class D(Deterministic):
         def __init__(self):  # type: ignore[no-untyped-def]
@@ -293,7 +302,7 @@ def _fixed_batch_gan_program() -> Any:
 
     prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[4], name="p_{prior}")
     d = D()
-    model = GAN((G() * prior).marginalize_var("z"), d, optimizer=FailsOnce, optimizer_params={"lr": 1e-2},
+    model = GAN((_pixyz_generator() * prior).marginalize_var("z"), d, optimizer=FailsOnce, optimizer_params={"lr": 1e-2},
                 d_optimizer_params={"lr": 1e-2})
     x = torch.randn(16, 2) + 3
     out = []
@@ -323,14 +332,6 @@ def _sqrt_discriminator_program() -> Any:
     from pixyz.distributions import Deterministic, Normal
     from pixyz.models import GAN
 
-    class G(Deterministic):
-        def __init__(self):  # type: ignore[no-untyped-def]
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.net = nn.Linear(4, 2)
-
-        def forward(self, z):  # type: ignore[no-untyped-def]
-            return {"x": self.net(z)}
-
     class D(Deterministic):
         def __init__(self):  # type: ignore[no-untyped-def]
             super().__init__(var=["t"], cond_var=["x"], name="d")
@@ -342,7 +343,7 @@ def _sqrt_discriminator_program() -> Any:
 
     prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[4], name="p_{prior}")
     d = D()
-    model = GAN((G() * prior).marginalize_var("z"), d, optimizer_params={"lr": 1e-2},
+    model = GAN((_pixyz_generator() * prior).marginalize_var("z"), d, optimizer_params={"lr": 1e-2},
                 d_optimizer_params={"lr": 1e-2})
     model.train({"x": torch.randn(16, 2) + 3})
     return model
@@ -588,21 +589,6 @@ class _Weights(nn.Module):
         self.w = nn.Parameter(torch.ones(2, dtype=dtype))
 
 
-class _Dot(Loss):
-    """(w . k): its gradient is k."""
-
-    def __init__(self, module: _Weights) -> None:
-        super().__init__(["k"])
-        self.module = module
-
-    @property
-    def latex(self) -> str:
-        return "w k"
-
-    def forward(self, values, **kwargs):  # type: ignore[no-untyped-def]
-        return (self.module.w * values["k"]).sum()
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("k", ["overflow", "inf", "nan"])
 def test_only_a_half_precision_overflow_with_finite_gradients_steps(dtype: torch.dtype, k: str) -> None:
@@ -611,7 +597,7 @@ def test_only_a_half_precision_overflow_with_finite_gradients_steps(dtype: torch
     big = torch.finfo(dtype).max * 0.75
     values = {"overflow": [big, big], "inf": [1.0, math.inf], "nan": [1.0, math.nan]}[k]
     module = _Weights(dtype)
-    model = Model(_Dot(module), distributions=[module], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0})
+    model = Model(Dot(module), distributions=[module], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0})
     steps = k == "overflow" and dtype != torch.float32
     if steps:
         with pytest.warns(RuntimeWarning, match="overflowed its dtype"):

@@ -16,7 +16,7 @@ import pyro.distributions as pdist
 import pytest
 import torch
 from dgm_fixtures import SqrtLoc
-from dgm_model_helpers import make_vae
+from dgm_model_helpers import Dot, make_vae
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch import nn
@@ -178,28 +178,13 @@ class _Linear(nn.Module):
         self.w = nn.Parameter(torch.zeros(2))
 
 
-class _Dot(Loss):
-    """(w . k): finite value 0 at w = 0, gradient k."""
-
-    def __init__(self, module: _Linear) -> None:
-        super().__init__(["k"])
-        self.module = module
-
-    @property
-    def latex(self) -> str:
-        return "w k"
-
-    def forward(self, values, **kwargs):  # type: ignore[no-untyped-def]
-        return (self.module.w * values["k"]).sum()
-
-
 @pytest.mark.parametrize("clip", [None, 1.0], ids=["no-clip", "clip-norm"])
 def test_huge_finite_gradients_are_not_an_error(clip: float | None) -> None:
     """Only non-finite gradients raise: gradients of 3e38 (finite float32, whose 2-norm overflows) step as in
     torch: without clipping w moves by lr * 3e38; clipped by that infinite norm they become 0 (clip_grad_norm_)."""
     k = torch.full((2,), 3e38)
     mod = _Linear()
-    model = Model(_Dot(mod), distributions=[mod], optimizer=torch.optim.SGD, optimizer_params={"lr": 1e-40},
+    model = Model(Dot(mod), distributions=[mod], optimizer=torch.optim.SGD, optimizer_params={"lr": 1e-40},
                   clip_grad_norm=clip)
     model.train({"k": k})
     ref = nn.Parameter(torch.zeros(2))
