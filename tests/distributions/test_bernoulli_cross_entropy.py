@@ -1,0 +1,130 @@
+"""The Bernoulli cross-entropy that scores every ``Bernoulli`` built from ``probs``
+(:func:`pyro_dgm.distributions.closed_forms.bernoulli_cross_entropy`).
+
+It is ``-F.binary_cross_entropy``: the same value (each logarithm clamped at -100) and the same gradient for the
+probabilities (``(x - p) / max(p (1 - p), 1e-12)``), finite where a sigmoid saturates to exactly 0 or 1. These tests
+hold it to torch's function on random inputs (values, first and second derivatives), at the saturated points (where
+the formula's own autograd gives ``nan``), under ``torch.func``, and through a distribution's ``get_log_prob`` with
+validation on and off.
+"""
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyro_dgm.distributions import Bernoulli, closed_forms
+from pyro_dgm.utils.checks import OutOfRangeError
+
+bce = closed_forms.bernoulli_cross_entropy
+
+
+class Decoder(Bernoulli):
+    """p(x|h) with probabilities ``link(h)``."""
+
+    def __init__(self, link, name: str = "p") -> None:  # type: ignore[no-untyped-def]
+        super().__init__(var=["x"], cond_var=["h"], name=name)
+        self.link = link
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"probs": self.link(h)}
+
+
+def _inputs(seed: int, n: int, dtype: torch.dtype, binary: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(n, generator=g, dtype=dtype)
+    x = torch.rand(n, generator=g, dtype=dtype)
+    return probs, (x > 0.5).to(dtype) if binary else x
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), n=st.integers(1, 40), binary=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_value_and_gradients_are_binary_cross_entropys(seed, n, binary, dtype):  # type: ignore[no-untyped-def]
+    probs, x = _inputs(seed, n, dtype, binary)
+    w = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(seed + 1))
+    ours, ref = (p.clone().requires_grad_() for p in (probs, probs))
+    value = bce(ours, x)
+    expected = -F.binary_cross_entropy(ref, x, reduction="none")
+    torch.testing.assert_close(value, expected)
+    (g_ours,) = torch.autograd.grad((value * w).sum(), ours)
+    (g_ref,) = torch.autograd.grad((expected * w).sum(), ref)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_gradient_at_saturated_probabilities_is_finite_as_torchs():
+    # a sigmoid gives exactly 1.0 in float32 for logits above ~17: x log p + (1 - x) log(1 - p) differentiated by
+    # autograd is 0 * inf = nan there; binary_cross_entropy's gradient is 0 where p is right and -+1e12 where wrong
+    probs = torch.tensor([0.0, 1.0, 0.0, 1.0, 1e-30], requires_grad=True)
+    x = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
+    value = bce(probs, x)
+    torch.testing.assert_close(value, torch.tensor([0.0, 0.0, -100.0, -100.0, -69.0775527898]))
+    (grad,) = torch.autograd.grad(value.sum(), probs)
+    ref = probs.detach().clone().requires_grad_()
+    (expected,) = torch.autograd.grad(-F.binary_cross_entropy(ref, x, reduction="sum"), ref)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, expected)
+
+
+def test_gradient_for_the_value_is_the_clamped_formulas_derivative():
+    # d/dx [x log p + (1 - x) log(1 - p)] = log p - log(1 - p), each logarithm clamped as in the value (torch's own
+    # target gradient is not clamped: -inf/inf at p = 0/1); checked against finite differences in float64
+    probs = torch.tensor([0.2, 0.7, 0.0, 1.0], dtype=torch.float64)
+    x = torch.tensor([0.3, 1.4, 0.5, -0.2], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(bce(probs, x).sum(), x)
+    h = 1e-6
+    numeric = (bce(probs, x.detach() + h) - bce(probs, x.detach() - h)) / (2 * h)
+    torch.testing.assert_close(grad, numeric)
+    torch.testing.assert_close(grad[2:], torch.tensor([-100.0, 100.0], dtype=torch.float64))
+
+
+def test_second_derivatives_are_finite_differences_of_the_first():
+    probs, x = _inputs(3, 12, torch.float64, binary=False)
+    probs = probs.clamp(0.05, 0.95).requires_grad_()
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(closed_forms._CrossEntropy.apply, (probs, x))
+    assert torch.autograd.gradgradcheck(closed_forms._CrossEntropy.apply, (probs, x))
+
+
+def test_torch_func_transforms_give_the_eager_numbers():
+    probs, x = _inputs(5, 12, torch.float32, binary=True)
+    probs, x = probs.view(3, 4), x.view(3, 4)
+    torch.testing.assert_close(torch.func.vmap(bce)(probs, x), bce(probs, x))
+    grad = torch.func.grad(lambda p: bce(p, x).sum())(probs)
+    ref = probs.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(-F.binary_cross_entropy(ref, x, reduction="sum"), ref)
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_a_distributions_score_and_gradient_are_torchs(validate):  # type: ignore[no-untyped-def]
+    was = closed_forms.validating()
+    pyro.enable_validation(validate)
+    try:
+        logits = torch.tensor([[-3.0, 0.0, 20.0, 20.0]], requires_grad=True)  # sigmoid(20) == 1.0 in float32
+        x = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+        p = Decoder(torch.sigmoid)
+        lp = p.get_log_prob({"h": logits, "x": x})
+        ref = torch.sigmoid(logits)
+        expected = -F.binary_cross_entropy(ref, x, reduction="none").sum(-1)
+        torch.testing.assert_close(lp, expected)
+        (grad,) = torch.autograd.grad(lp.sum(), logits)
+        (ref_grad,) = torch.autograd.grad(expected.sum(), logits)
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, ref_grad)
+    finally:
+        pyro.enable_validation(was)
+
+
+def test_probabilities_out_of_range_are_refused_naming_the_distribution_without_validation():
+    was = closed_forms.validating()
+    pyro.enable_validation(False)
+    try:
+        p = Decoder(torch.exp)  # exp: not a probability
+        with pytest.raises(OutOfRangeError, match=r"p\(x\|h\): cannot score 'x'"):
+            p.get_log_prob({"h": torch.tensor([[0.5, -1.0]]), "x": torch.tensor([[1.0, 0.0]])})
+    finally:
+        pyro.enable_validation(was)
