@@ -30,8 +30,8 @@ from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites,
                                            outer_plates_ndim, site_data_size)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
-from pyro_dgm.utils.checks import (DTypeError, NotATensorError, ShapeError, as_var_list, check_present, describe,
-                                   numpy_tensor, sample_batch_n, sample_shape_of)
+from pyro_dgm.utils.checks import (DTypeError, DuplicateSiteError, NotATensorError, ShapeError, as_var_list,
+                                   check_present, describe, numpy_tensor, sample_batch_n, sample_shape_of)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -374,6 +374,11 @@ class Distribution(YieldingModule):
         return self.prob_text
 
     @property
+    def _dgm_factor_text(self) -> str:
+        """This distribution's formula as a factor of a product (Pixyz's ``Factor.prob_text``)."""
+        return self.prob_text
+
+    @property
     def prob_joint_factorized_and_text(self) -> str:
         """``p(x,z) = p(x|z)p(z)`` for a joint, ``p(x|z)`` for an atomic distribution."""
         if self.prob_factorized_text == self.prob_text:
@@ -516,9 +521,24 @@ class Distribution(YieldingModule):
         if expected is not None:
             check_early_shape(self, values, expected)
         if return_all:
+            if self._dgm_graph_call and len(values) > len(self._var) + 1:
+                return self._dgm_graph_order(values)
             return values
         var = self._var  # in the order drawn, as Pixyz's
         return {k: v for k, v in values.items() if k in var}
+
+    def _dgm_graph_order(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Pixyz's order of a product's (renaming's, marginal's) values: the given values that are not inputs, the
+        inputs in ``input_var``'s order, then the draws."""
+        inputs = self.input_var
+        out = {k: v for k, v in values.items() if k not in inputs}
+        if len(out) + len(inputs) == len(values) and all(k in values for k in inputs):
+            var = self._var
+            drawn = {k: out.pop(k) for k in list(out) if k in var}  # (in the order drawn)
+            out.update((k, values[k]) for k in inputs)
+            out.update(drawn)
+            return out
+        return values
 
     def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True,
                      feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -991,19 +1011,34 @@ class Distribution(YieldingModule):
                 if (ev and isinstance(value, Tensor) and value.dim() <= len(ev)
                         and value.shape != ev[len(ev) - value.dim():]):
                     self._dgm_event_swallows_batch(name, value, fn)
-                return pyro.sample(name, fn, obs=value)
-            return pyro.sample(name, fn, infer=dict(infer)) if infer else pyro.sample(name, fn)
+                return self._dgm_pyro_sample(name, fn, obs=value)
+            return self._dgm_pyro_sample(name, fn, infer=dict(infer)) if infer else self._dgm_pyro_sample(name, fn)
         stack = PYRO_STACK
         if stack and not ignores_sites(stack):
             opts = {"infer": dict(infer)} if infer else {}
             if ctx.reparam:
-                return pyro.sample(name, fn, **opts)
+                return self._dgm_pyro_sample(name, fn, **opts)
             with torch.no_grad():
-                return pyro.sample(name, fn, **opts)
+                return self._dgm_pyro_sample(name, fn, **opts)
         # what pyro.sample does when no handler is active (or only ones that ignore sample sites, see ignores_sites)
         if ctx.reparam:
             return fn.rsample() if fn.has_rsample else fn.sample()
         return fn.sample()
+
+    def _dgm_pyro_sample(self, name: str, fn: Any, **kwargs: Any) -> Tensor:
+        """``pyro.sample(name, fn, **kwargs)``; Pyro's bare error for a second site of one name names this
+        distribution and says why a Pixyz-style program meets it."""
+        try:
+            return pyro.sample(name, fn, **kwargs)
+        except RuntimeError as e:
+            if str(e) != f"Multiple sample sites named '{name}'":
+                raise
+            raise DuplicateSiteError(
+                f"{describe(self)}: the Pyro trace already holds a sample site named {name!r}, and this call draws "
+                f"{name!r} again inside the same trace. Pyro names each site once per trace, while sample(), "
+                "get_log_prob(), the losses and Model.train draw a variable at each use (two expectations over one "
+                "distribution, two calls or two training steps draw it twice). Trace one call at a time (one "
+                "poutine.trace() per evaluation or step), or give the draws different names (replace_var)") from e
 
     def _dgm_event_swallows_batch(self, name: str, value: Tensor, fn: Any) -> NoReturn:
         """Refuse an observed value that the event shape would broadcast over, leaving it no batch dim: each data

@@ -929,7 +929,7 @@ class DistributionBase(Distribution):
         try:
             lp = base.log_prob(x)
         except (ValueError, RuntimeError) as e:
-            bad = self._dgm_non_finite(base, x, b.var[0]) or self._dgm_out_of_range(base)
+            bad = self._dgm_diagnosis(base, x, b.var[0])
             if bad:  # not a matter of shapes: a NaN in the data, or a parameter that the network gave out of range
                 raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {bad} ({e})") from e
             if x.dtype == torch.bool or x.is_complex():  # not a matter of shapes either
@@ -980,10 +980,18 @@ class DistributionBase(Distribution):
             return f"its parameter {k!r} holds values {where}{example}"
         return ""
 
+    def _dgm_diagnosis(self, base: Any, x: Tensor, name: str) -> str:
+        """What :meth:`_dgm_non_finite` or else :meth:`_dgm_out_of_range` finds; '' also where the checks cannot
+        run (their data-dependent branches under ``torch.func.vmap``), so that torch's own error is raised."""
+        try:
+            return self._dgm_non_finite(base, x, name) or self._dgm_out_of_range(base)
+        except RuntimeError:
+            return ""
+
     def _dgm_draw_error(self, e: RuntimeError, base: Any, name: str) -> NoReturn:
         """Raise the error of a draw that torch's sampler refused: naming the parameter out of range (an
         :class:`OutOfRangeError`, also torch's RuntimeError) when there is one, else ``e`` itself."""
-        bad = self._dgm_non_finite(base, torch.zeros(()), name) or self._dgm_out_of_range(base)
+        bad = self._dgm_diagnosis(base, torch.zeros(()), name)
         if bad:
             raise OutOfRangeError(f"{describe(self)}: cannot draw {name!r}: {bad} ({e})") from e
         raise e

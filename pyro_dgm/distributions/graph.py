@@ -44,7 +44,7 @@ SCORE_OPTIONS = ("sum_features", "feature_dims")
 def factors_network_text(order: Sequence["Distribution"]) -> str:
     """The factors' networks in order, each under its formula (Pixyz's network text of a joint)."""
     return "\n".join(f._dgm_network_text() if getattr(f, "network_text_headed", False)
-                     else f"{factor_head(f.prob_text, f)}:\n{f._dgm_network_text()}" for f in order)
+                     else f"{factor_head(f._dgm_factor_text, f)}:\n{f._dgm_network_text()}" for f in order)
 
 
 
@@ -108,9 +108,10 @@ class DistGraph(nx.DiGraph):
         local) and the options; setting ``factor.option`` sets them for the owner (as Pixyz's persistent nodes)."""
         from pyro_dgm.distributions.ops import ReplaceVarDistribution
 
-        factor = Factor(f.p if isinstance(f, ReplaceVarDistribution) else f, opts.get(id(f)), (self._owner, id(f)))
-        if isinstance(f, ReplaceVarDistribution):
-            factor.name_dict = {new: old for old, new in f.replace_dict.items() if old != new}
+        renamed = isinstance(f, ReplaceVarDistribution)
+        factor = Factor(f._dgm_original if renamed else f, opts.get(id(f)), (self._owner, id(f)))
+        if renamed:
+            factor.name_dict = {new: old for old, new in f._dgm_renamed_from.items()}
         return factor
 
     def factors(self, sorted: bool = False) -> Iterator[Factor]:  # noqa: A002 (Pixyz's keyword)

@@ -43,18 +43,12 @@ def pixyz_graph(d: Distribution) -> nx.DiGraph:
     insertion order included): factor nodes (our factor objects) and variable nodes, an edge factor -> each of its
     variables and each conditioning variable -> factor. Its ``nx.topological_sort`` is Pixyz's order of the draws.
 
-    A product keeps the one it was built with; an atomic distribution's is made on demand (a renamed one applies
-    its renaming as Pixyz does, in place, which moves the renamed nodes to the end).
+    A product keeps the one it was built with, and so does a renamed distribution (its original's, renamed in place
+    as Pixyz renames it, which moves the renamed nodes to the end); an atomic distribution's is made on demand.
     """
-    pg = d.__dict__.get("_dgm_pg")
+    pg = d.__dict__.get("_dgm_pg")  # (a product's, or a renamed distribution's)
     if pg is not None:
         return pg
-    from pyro_dgm.distributions.ops import ReplaceVarDistribution
-
-    if isinstance(d, ReplaceVarDistribution):
-        g = nx.relabel_nodes(pixyz_graph(d.p), {d.p: d}, copy=True)
-        rename_nodes(g, {k: v for k, v in d.replace_dict.items() if k in g and k != v})
-        return g
     g = nx.DiGraph()
     g.add_node(d)
     for v in d.var:
@@ -199,7 +193,7 @@ class MultiplyDistribution(LabelledComposite, Distribution):
     @property
     def prob_factorized_text(self) -> str:
         """The factors from the last drawn to the first (Pixyz's order: ``p(x|z)p(z)`` whichever way multiplied)."""
-        return "".join(f.prob_text for f in reversed(self._dgm_order))
+        return "".join(f._dgm_factor_text for f in reversed(self._dgm_order))
 
     def __repr__(self) -> str:
         return repr(self.graph)  # Pixyz's: a product, renaming or marginalization shows as its graph's factors

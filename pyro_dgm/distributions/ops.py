@@ -12,7 +12,7 @@ from pyro_dgm.distributions.bindings import Binding, CallState, draw_factors
 from pyro_dgm.distributions.factor import factor_head
 from pyro_dgm.distributions.joint import LabelledComposite, MultiplyDistribution, pixyz_graph, rename_nodes
 from pyro_dgm.utils.checks import NoClosedFormError, check_var_name, describe
-from pyro_dgm.utils.latex import latex_name
+from pyro_dgm.utils.latex import latex_name, prob_text
 
 __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
 
@@ -20,8 +20,8 @@ __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"
 def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
     """Rename variables of ``d`` (a single distribution, a joint or a marginal); the result shares ``d``'s networks.
 
-    Renaming a renamed distribution composes the two renamings over the original (``p(x|v) -> p(x|z)``), and
-    renaming a marginal renames the joint inside it.
+    Renaming a renamed distribution wraps it again, as Pixyz does (its state dict holds both wrappers' keys, and
+    each renaming moves its variables to the end of the order); renaming a marginal renames the joint inside it.
     """
     names = set(d.var) | set(d.cond_var) | set(d.input_var)
     for old, new in replace_dict.items():
@@ -41,8 +41,7 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
                          f"{clash[0]!r}{what}; pick a new name")
     out = _renamed(d, replace_dict)
     g_opt = d.global_options
-    if g_opt and out is not d.__dict__.get("_modules", {}).get("p"):  # (renamed back: the original, untouched)
-        # Pixyz's renamed graph keeps the global options (graph.set_option(opts))
+    if g_opt:  # Pixyz's renamed graph keeps the global options (graph.set_option(opts))
         out.global_options = {**out.global_options, **g_opt}
     return out
 
@@ -53,15 +52,6 @@ def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
         out = MarginalizeVarDistribution(replace_var(d.p, replace_dict), d.marginalize_list)
         out._dgm_integrals = {replace_dict.get(v, v) for v in d._dgm_integrals}  # (Pixyz's set comprehension)
         return out
-    if isinstance(d, ReplaceVarDistribution):  # compose with the renaming it already has
-        inner = d.p
-        composed: dict[str, str] = {}
-        for o in (*inner.var, *inner.cond_var, *inner.input_var):
-            mid = d.replace_dict.get(o, o)
-            n = replace_dict.get(mid, mid)
-            if n != o:
-                composed[o] = n
-        return ReplaceVarDistribution(inner, composed) if composed else inner
     if d._dgm_factors == (d,):
         return ReplaceVarDistribution(d, replace_dict)
     factors = [f if not set(replace_dict) & (set(f.var) | set(f.input_var)) else
@@ -127,10 +117,40 @@ class ReplaceVarDistribution(_PassesThrough):
         self.replace_dict = m
         self._dgm_input_var = [m.get(v, v) for v in p.input_var]
         self._dgm_b = p._dgm_binding.renamed(m)
+        # Pixyz's graph of this renaming: p's renamed in place, which moves each renamed variable to the end of the
+        # graph's order. Pixyz lists the variables in that order (q(z|x,h,r) renamed h -> h0 is q(z|x,r,h_{0})), and
+        # products and draws follow it.
+        self._dgm_pg = g = nx.relabel_nodes(pixyz_graph(p), {p: self}, copy=True)
+        rename_nodes(g, {k: v for k, v in m.items() if k in g and k != v})
+        rank = {n: i for i, n in enumerate(g) if isinstance(n, str)}
+        for attr in ("_var", "_cond_var", "_dgm_input_var"):
+            setattr(self, attr, sorted(getattr(self, attr), key=rank.__getitem__))
 
     @property
     def _dgm_binding(self) -> Binding:
         return self._dgm_b
+
+    @property
+    def _dgm_original(self) -> Distribution:
+        """The distribution under the renamings (through a renaming of a renaming)."""
+        d = self.p
+        while isinstance(d, ReplaceVarDistribution):
+            d = d.p
+        return d
+
+    @property
+    def _dgm_renamed_from(self) -> dict[str, str]:
+        """``{name in the original: name here}`` for the variables whose names differ, through every renaming."""
+        o = self._dgm_original
+        names = {v: v for v in (*o.var, *o.cond_var, *o.input_var)}
+        d: Distribution = self
+        chain = []
+        while isinstance(d, ReplaceVarDistribution):
+            chain.append(d.replace_dict)
+            d = d.p
+        for step in reversed(chain):
+            names = {old: step.get(mid, mid) for old, mid in names.items()}
+        return {old: new for old, new in names.items() if old != new}
 
     @property
     def _dgm_required_input_var(self) -> list[str]:
@@ -158,7 +178,21 @@ class ReplaceVarDistribution(_PassesThrough):
     network_text_headed = True
 
     def _dgm_network_text(self) -> str:
-        return f"{factor_head(self.prob_text, self.p)}:\n{self.p._dgm_network_text()}"
+        o = self._dgm_original
+        return f"{factor_head(self._dgm_factor_text, o)}:\n{o._dgm_network_text()}"
+
+    @property
+    def _dgm_factor_text(self) -> str:
+        """Pixyz's factor of a renaming: the original's variables in the original's order, under the new names
+        (``q(z|x,h_{0},r)``, where the renamed distribution's own formula is ``q(z|x,r,h_{0})``)."""
+        o, m = self._dgm_original, self._dgm_renamed_from
+        return prob_text(o.name, [m.get(v, v) for v in o.var], [m.get(v, v) for v in o.cond_var])
+
+    @property
+    def prob_factorized_text(self) -> str:
+        """Pixyz's: the renaming's graph holds one factor (``q(z|r,h_{0},a) = q(z|a,h_{0},r)`` is printed where a
+        renaming moved variables)."""
+        return self._dgm_factor_text
 
     def __repr__(self) -> str:
         return repr(self.graph)  # Pixyz's: a product, renaming or marginalization shows as its graph's factors
@@ -183,7 +217,8 @@ class ReplaceVarDistribution(_PassesThrough):
         else (and when called) the Pyro distribution given the inputs under the new names."""
         from pyro_dgm.distributions.family import pixyz_dist
 
-        d = pixyz_dist(self.p) if hasattr(self.p, "_dgm_set_last") else self.p.__dict__.get("_dist")
+        atom = self._dgm_original
+        d = pixyz_dist(atom) if hasattr(atom, "_dgm_set_last") else atom.__dict__.get("_dist")
         if d is None:
             return self._dgm_site_dist
         d = copy.copy(d)  # the same object, callable as this distribution's builder (see family.callable_dist)

@@ -44,6 +44,11 @@ class NoClosedFormError(NotImplementedError, ValueError):
     ValueError Pixyz raises for the analytic entropy of such a distribution or the analytic KL of a product."""
 
 
+class DuplicateSiteError(ValueError, RuntimeError):
+    """A ValueError for a second ``pyro.sample`` site of one name in one Pyro trace (a variable drawn twice under
+    a user's ``poutine.trace()``), naming the distribution and the variable: also the RuntimeError Pyro raises."""
+
+
 class ArgumentError(TypeError, ValueError, AttributeError):
     """A TypeError for a constructor argument of the wrong kind (a number where a list of distributions is expected,
     one distribution where a list is, a string where weights are), naming the class and the argument: also the

@@ -366,12 +366,14 @@ def test_replace_var_of_a_parameter_given_by_name_and_a_swap():
     assert torch.equal(swapped.get_log_prob({"x": v, "z": v + 1}), p.get_log_prob({"z": v, "x": v + 1}))
 
 
-def test_replace_var_composes_and_can_return_the_original():
+def test_replace_var_of_a_renaming_wraps_it_again_as_pixyz():
     p, _ = readme_models()
     rr = p.replace_var(z="w").replace_var(w="v")
-    assert isinstance(rr, ReplaceVarDistribution) and rr.p is p and rr.replace_dict == {"z": "v"}
+    assert isinstance(rr, ReplaceVarDistribution) and rr.p.p is p and rr.replace_dict == {"w": "v"}
     assert str(rr).split("Network architecture:\n")[1].startswith("  p(x|v) -> p(x|z):\n")
-    assert p.replace_var(z="w").replace_var(w="z") is p
+    assert [k.split(".")[:2] for k in rr.state_dict()][:3] == [["_graph", "0"]] * 2 + [["p", "_graph"]]
+    back = p.replace_var(z="w").replace_var(w="z")
+    assert back.prob_text == p.prob_text and back.p.p is p
 
 
 def test_replace_var_on_a_joint():

@@ -153,7 +153,7 @@ def test_poe_as_a_pyro_guide_with_a_missing_modality(experts, inputs) -> None:
 
 def test_renamed_product(experts, inputs) -> None:
     q = ProductOfNormal([experts["x"], experts["y"]], features_shape=[3]).replace_var(x="image", z="h")
-    assert q.prob_text == "p(h|image,y)"
+    assert q.prob_text == "p(h|y,image)"  # Pixyz's: a renamed variable moves to the end of the order
     s = q.sample({"image": inputs["x"]})
     assert torch.allclose(s["h"] * 0 + q.get_params({"image": inputs["x"]})["loc"],
                           ProductOfNormal([experts["x"], experts["y"]], features_shape=[3]).get_params(
