@@ -39,6 +39,7 @@ from torch.distributions import Transform, constraints
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.versions import version
+from pyro_dgm.utils.modules import submodules
 
 __all__ = ["Flow", "FlowList", "ConditionedFlow", "sum_rightmost", "zero_logdet"]
 
@@ -87,10 +88,12 @@ def _state(flow: nn.Module) -> tuple:
     """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it) and its
     modules' train/eval modes (a batch norm computes with other statistics after ``eval()``)."""
     out: list[Any] = []
-    for m in flow.modules():  # one walk
+    for m in submodules(flow):  # one walk
         out.append(m.training)
-        out.extend((id(t), version(t)) for t in m._parameters.values() if t is not None)
-        out.extend((id(t), version(t)) for t in m._buffers.values() if t is not None)
+        for tensors in (m._parameters, m._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    out.append((id(t), version(t)))
     return tuple(out)
 
 
@@ -480,7 +483,7 @@ class Flow(TransformModule, ConditionalTransform):
         """Store a computed log-det as :attr:`logdet_jacobian` (a subclass written for Pixyz stores its own; a
         volume-preserving flow keeps Pixyz's 0)."""
         if not (self._dgm_pixyz_forward or self._dgm_volume_preserving):
-            self._logdet_jacobian = _first(ld) if self._dgm_constant_logdet else ld
+            self.__dict__["_logdet_jacobian"] = _first(ld) if self._dgm_constant_logdet else ld  # (no Module setattr)
 
     def _dgm_run(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor | None, tuple | None]:
         """The checked map (or its inverse) of ``v``: ``(output, forward log-det or None, the layers' log-dets)``. The
@@ -771,7 +774,7 @@ class FlowList(Flow):
             step = getattr(p, "inverse_shape" if inverse else "forward_shape", None)
             shape = step(shape) if step is not None else shape
         self._dgm_domain_event_dim, self._dgm_codomain_event_dim = _compose_dims(self._dgm_parts)
-        self._dgm_adapted_for = key
+        self.__dict__["_dgm_adapted_for"] = key  # (a plain value: no Module setattr per call)
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         for p in self._dgm_parts:

@@ -49,6 +49,14 @@ __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
 _LOG_MIN = -100.0  # torch.nn.BCELoss clamps its logarithms here
 
 
+def _in_unit_interval(y: Tensor) -> bool:
+    """Whether every entry of ``y`` lies in [0, 1] (``False`` for NaN): one reduction and one wait for the device."""
+    if not y.numel():
+        return True
+    low, high = torch.aminmax(y.detach())
+    return bool((low >= 0) & (high <= 1))
+
+
 def log_clamped(y: Tensor) -> Tensor:
     """:math:`\\log y`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms (the discriminators' losses)."""
     return torch.log(y).clamp(min=_LOG_MIN)
@@ -196,7 +204,7 @@ class AdversarialLoss(Loss):
             torch._assert_async(((y >= 0) & (y <= 1)).all(), f"{type(self).__name__}: the discriminator must "
                                 "output probabilities in [0, 1]; end its network with a sigmoid")
             return
-        if not torch.is_floating_point(y) or bool(((y < 0) | (y > 1) | torch.isnan(y)).any()):
+        if not torch.is_floating_point(y) or not _in_unit_interval(y):
             y = y.detach().float()
             if bool(torch.isnan(y).any()):  # not a missing sigmoid: a NaN in the data, the samples or the weights
                 raise OutOfRangeError(

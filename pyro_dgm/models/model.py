@@ -34,6 +34,7 @@ from pyro_dgm.losses.compiled import CompiledEval, compile_options
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
 from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.latex import print_latex as _print_latex
+from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils import tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["Model", "NonFiniteLossError", "NonFiniteGradientError", "RankFailedError", "build_optimizer"]
@@ -589,7 +590,7 @@ class Model:
         if "_dgm_failed_rng" in self.__dict__:  # (a failed step's: this one goes on from the live states)
             del self._dgm_failed_rng
             self.__dict__.pop("_dgm_rng_lost", None)
-        for m in self.distributions.modules():  # train mode (modules set since included), without the setattr walk
+        for m in submodules(self.distributions):  # train mode (modules set since included), without the setattr walk
             if not m.training:
                 self.distributions.train()
                 break

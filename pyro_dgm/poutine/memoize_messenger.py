@@ -109,10 +109,48 @@ def _numpy_mark() -> Any:
 _NUMPY_VIEW: dict[int, Any] = {}
 
 
+def _python_view(inst: random.Random) -> Any:
+    """A view of the Mersenne Twister state inside ``inst`` (CPython's ``RandomObject``: the object header, then
+    ``int index; uint32_t state[624]``), or ``None`` where the layout is not that one (checked against
+    ``getstate()`` on a generator of our own, through a draw and a regeneration of the state)."""
+    base = object.__basicsize__
+    layout = type("RandomObject", (ctypes.Structure,), {"_fields_": [("index", ctypes.c_int),
+                                                                        ("state", ctypes.c_uint32 * 624)]})
+    probe = random.Random(20261203)
+    try:
+        for draws in (0, 1, 700):
+            for _ in range(draws):
+                probe.random()
+            view = layout.from_address(id(probe) + base)
+            key = probe.getstate()[1]
+            if view.index != key[-1] or view.state[0] != key[0] or view.state[623] != key[623]:
+                return None
+    except (ValueError, TypeError, IndexError):
+        return None
+    return layout.from_address(id(inst) + base)
+
+
+_PYTHON_VIEW: list[Any] = []
+
+
+def _python_mark() -> Any:
+    """Where Python's global ``random`` generator is: its position, the first word of its key and its cached
+    Gaussian, read in place (``random.getstate()`` copies the whole key, ~9 us); its state where the layout is
+    not CPython's."""
+    inst = random._inst  # type: ignore[attr-defined]
+    if not _PYTHON_VIEW or _PYTHON_VIEW[0] is not inst:
+        _PYTHON_VIEW[:] = [inst, _python_view(inst)]
+    view = _PYTHON_VIEW[1]
+    if view is None:
+        return random.getstate()
+    return (view.index, view.state[0], inst.gauss_next)
+
+
 def rng_marks() -> tuple[Any, ...]:
     """Where the global random number generators are: torch's (the CPU one, and the current CUDA device's once CUDA
     is in use), Python's ``random`` and numpy's. Two marks differ when anything drew from them in between (a
-    forward's ``torch.randint``, dropout, ``np.random.randint``...); compare them with :func:`same_marks`.
+    forward's ``torch.randint``, dropout, ``random.randint``, ``np.random.randint``...); compare them with
+    :func:`same_marks`.
 
     Examples
     --------
@@ -122,15 +160,18 @@ def rng_marks() -> tuple[Any, ...]:
     >>> _ = torch.rand(1)
     >>> same_marks(a, rng_marks())
     False
+    >>> a = rng_marks(); _ = random.random()
+    >>> same_marks(a, rng_marks())
+    False
     """
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
-    return (torch.default_generator.get_state(), cuda, random.getstate(), _numpy_mark())
+    return (torch.default_generator.get_state().numpy().tobytes(), cuda, _python_mark(), _numpy_mark())
 
 
 def same_marks(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     """Whether nothing drew from the generators between two :func:`rng_marks`."""
-    return (torch.equal(a[0], b[0]) and (a[1] is None) == (b[1] is None) and (a[1] is None or torch.equal(a[1], b[1]))
-            and a[2] == b[2] and a[3] == b[3])
+    return (a[0] == b[0] and a[2] == b[2] and a[3] == b[3]
+            and (a[1] is None) == (b[1] is None) and (a[1] is None or torch.equal(a[1], b[1])))
 
 
 class _Traced(NamedTuple):

@@ -166,7 +166,8 @@ def test_handler_as_decorator_and_under_other_pyro_handlers(vae) -> None:
     assert tr.nodes["z"]["type"] == "sample"
 
 
-@pytest.mark.parametrize("source", ["torch", "python", "numpy", "numpy-pcg64", "numpy-after-624"])
+@pytest.mark.parametrize("source", ["torch", "python", "python-624", "python-gauss-cached", "numpy", "numpy-pcg64",
+                                    "numpy-after-624"])
 def test_rng_marks_see_every_global_generator(source: str) -> None:
     # what decides whether a Deterministic's forward may be reused: any draw from a global generator changes the mark
     import random
@@ -181,10 +182,16 @@ def test_rng_marks_see_every_global_generator(source: str) -> None:
             np.random.set_bit_generator(np.random.PCG64(0))
         if source == "numpy-after-624":  # the Mersenne Twister's position wraps around after 624 words
             np.random.rand(600)
+        if source == "python-gauss-cached":  # gauss() draws two normals and keeps one for its next call
+            random.seed(1)
+            random.gauss(0.0, 1.0)
         before = rng_marks()
         assert same_marks(before, rng_marks())
-        {"torch": lambda: torch.rand(1), "python": random.random, "numpy": np.random.rand,
-         "numpy-pcg64": np.random.rand, "numpy-after-624": lambda: np.random.rand(312)}[source]()  # 624 words
+        {"torch": lambda: torch.rand(1), "python": random.random,
+         "python-624": lambda: [random.getrandbits(32) for _ in range(624)],  # back at the same position
+         "python-gauss-cached": lambda: random.gauss(0.0, 1.0),  # the kept normal: no word drawn
+         "numpy": np.random.rand, "numpy-pcg64": np.random.rand,
+         "numpy-after-624": lambda: np.random.rand(312)}[source]()  # 624 words
         assert not same_marks(before, rng_marks())
     finally:
         np.random.set_bit_generator(saved)
