@@ -224,16 +224,36 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
         ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         probs, x = ctx.saved_tensors
         grad_probs = grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_probs = grad * (x - probs) / ((1 - probs) * probs).clamp_min(1e-12)  # torch's arrangement
+            grad_probs = grad * _d_probs(probs, x)
         if ctx.needs_input_grad[1]:
-            grad_x = grad * (probs.log().clamp_min(-100.0) - torch.log1p(-probs).clamp_min(-100.0))
+            grad_x = grad * _d_x(probs)
         return grad_probs, grad_x
+
+    @staticmethod
+    def jvp(ctx: Any, probs_tangent: Tensor | None, x_tangent: Tensor | None) -> Tensor:
+        """Forward-mode derivative (``torch.autograd.forward_ad``, ``torch.func.jvp``/``jacfwd``/``hessian``)."""
+        probs, x = ctx.saved_tensors
+        out = probs_tangent * _d_probs(probs, x) if probs_tangent is not None else None
+        if x_tangent is not None:
+            out = x_tangent * _d_x(probs) if out is None else out + x_tangent * _d_x(probs)
+        return out if out is not None else torch.zeros_like(probs)
+
+
+def _d_probs(probs: Tensor, x: Tensor) -> Tensor:
+    """binary_cross_entropy's derivative for the probabilities, negated: (x - p) / max(p (1 - p), 1e-12)."""
+    return (x - probs) / ((1 - probs) * probs).clamp_min(1e-12)  # torch's arrangement: its rounding
+
+
+def _d_x(probs: Tensor) -> Tensor:
+    """The derivative of :math:`x \\log p + (1 - x) \\log(1 - p)` (each logarithm clamped) for ``x``."""
+    return probs.log().clamp_min(-100.0) - torch.log1p(-probs).clamp_min(-100.0)
 
 
 def bernoulli_cross_entropy(probs: Tensor, x: Tensor) -> Tensor:
@@ -256,8 +276,13 @@ def bernoulli_cross_entropy(probs: Tensor, x: Tensor) -> Tensor:
     """
     if probs.dtype in _FULL_DTYPES and not torch.jit.is_tracing():
         return _CrossEntropy.apply(probs, x)
-    # low precision (1e-12 is 0 in float16: the gradient's floor would not hold) and TorchScript traces: the formula
-    return torch.lerp(torch.log1p(-probs).clamp_min(-100.0), probs.log().clamp_min(-100.0), x)
+    # low precision (1e-12 is 0 in float16: the gradient's floor would not hold) and TorchScript traces (Pyro's JIT
+    # ELBOs fail on a traced autograd.Function): torch operations alone, each logarithm taken of 1 where its
+    # argument is 0 (then replaced by -100), so that no gradient is 0 * inf; 0 there, where the function's is 1e12
+    positive, below_one = probs > 0, probs < 1
+    log_p = torch.where(positive, torch.where(positive, probs, 1.0).log(), -100.0).clamp_min(-100.0)
+    log_q = torch.where(below_one, torch.log1p(-torch.where(below_one, probs, 0.0)), -100.0).clamp_min(-100.0)
+    return torch.lerp(log_q, log_p, x)
 
 
 _FULL_DTYPES = (torch.float32, torch.float64)
@@ -271,7 +296,8 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
     outside ``[0, 1]`` (or ``nan``) raise that function's ``RuntimeError``, which the caller reports naming the
     distribution; on other devices the check would wait for the device at every call, so it is not made there.
     Under ``torch.compile``, ``torch.func`` transforms and in low precision, CPU scoring goes through
-    ``F.binary_cross_entropy`` itself (whose kernel checks the probabilities without a branch in Python).
+    ``F.binary_cross_entropy`` itself (whose kernel checks the probabilities without a branch in Python), and so
+    does a TorchScript trace whose values lie in ``[0, 1]``.
     """
     probs = params.get("probs")
     if probs is None:
@@ -284,8 +310,12 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
         probs, x = probs.to(dtype), x.to(dtype)
     if probs.shape != x.shape:
         probs, x = torch.broadcast_tensors(probs, x)
+    if torch.jit.is_tracing():  # (no try: catching the kernel's refusal while tracing crashes the process)
+        if probs.is_cpu and bool(((x >= 0) & (x <= 1)).all()):  # (decided once, for the trace: torch warns)
+            return -_sum(F.binary_cross_entropy(probs, x, reduction="none"), dims)
+        return _sum(bernoulli_cross_entropy(probs, x), dims)
     if probs.is_cpu:
-        if (probs.dtype in _FULL_DTYPES and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+        if (probs.dtype in _FULL_DTYPES and not torch.compiler.is_compiling()
                 and not torch._C._are_functorch_transforms_active()):
             if probs.numel():
                 low, high = torch.aminmax(probs.detach())

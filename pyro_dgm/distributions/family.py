@@ -936,6 +936,9 @@ class DistributionBase(Distribution):
                 raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: "
                                  f"{type(self).__name__} scores real numbers (convert with {b.var[0]}.float()) "
                                  f"({e})") from e
+            if x.shape == shape and not isinstance(e, ValueError):  # not a matter of shapes (an operation torch
+                e.add_note(f"(while {describe(self)} scored {b.var[0]!r})")  # does not support there): its error
+                raise
             bs = base.batch_shape
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "
                              f"batch shape {tuple(bs[:len(bs) - ev])} and event shape "

@@ -128,3 +128,43 @@ def test_probabilities_out_of_range_are_refused_naming_the_distribution_without_
             p.get_log_prob({"h": torch.tensor([[0.5, -1.0]]), "x": torch.tensor([[1.0, 0.0]])})
     finally:
         pyro.enable_validation(was)
+
+
+def test_forward_mode_derivatives_are_the_backward_ones():
+    # torch.autograd.forward_ad and torch.func.jvp/jacfwd/hessian need the function's jvp; a probe's
+    # forward-mode derivative of a Bernoulli decoder's log-density failed without it
+    probs, x = _inputs(9, 10, torch.float64, binary=False)
+    probs = probs.clamp(0.05, 0.95)
+    x = x * 3 - 1  # values outside [0, 1] too, as Pixyz's examples score
+    tp, tx = torch.randn(10, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
+    _, jvp = torch.func.jvp(bce, (probs, x), (tp, tx))
+    p_, x_ = probs.clone().requires_grad_(), x.clone().requires_grad_()
+    gp, gx = torch.autograd.grad(bce(p_, x_).sum(), (p_, x_))  # elementwise: the Jacobian is diagonal
+    torch.testing.assert_close(jvp, gp * tp + gx * tx)
+    hessian = torch.func.hessian(lambda p: bce(p, x).sum())(probs)
+    expected = torch.diag(-x / probs ** 2 - (1 - x) / (1 - probs) ** 2)  # d2/dp2 of x log p + (1 - x) log(1 - p)
+    torch.testing.assert_close(hessian, expected)
+
+
+def test_a_torchscript_trace_scores_any_value_as_eagerly():
+    # catching binary_cross_entropy's refusal of a value outside [0, 1] while tracing crashed the process (torch's
+    # tracer); the trace now records the function itself
+    p = Decoder(torch.sigmoid)
+    z, x = torch.randn(3, 4), torch.randn(3, 4)
+    traced = torch.jit.trace(lambda h, x: p.get_log_prob({"h": h, "x": x}), (z, x), check_trace=False)
+    z2, x2 = torch.randn(2, 4), torch.randn(2, 4)
+    torch.testing.assert_close(traced(z2, x2), p.get_log_prob({"h": z2, "x": x2}))
+    expected = bce(torch.sigmoid(z2), x2).sum(-1)
+    torch.testing.assert_close(traced(z2, x2), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_has_finite_gradients_at_saturated_probabilities(dtype):  # type: ignore[no-untyped-def]
+    # (the formula path: low precision cannot hold the 1e-12 floor; before, 0 * inf gave nan gradients here)
+    probs = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.5], dtype=dtype, requires_grad=True)
+    x = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0], dtype=dtype)
+    value = bce(probs, x)
+    torch.testing.assert_close(value.float(), torch.tensor([0.0, 0.0, -100.0, -100.0, -0.6931]), rtol=1e-2, atol=1e-2)
+    (grad,) = torch.autograd.grad(value.sum(), probs)
+    assert torch.isfinite(grad).all()
+    assert grad[4].item() == 2.0  # d/dp log p = 1/p at p = 1/2

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
 
@@ -143,3 +144,34 @@ def test_vmap_with_the_same_randomness_draws_as_pixyz() -> None:
     ref, ours = run_both(_vmap_sample("same"))
     assert_same(ref, ours)
     assert bool((ours == ours[0]).all())  # one draw shared by the mapped rows, as randomness="same" says
+
+
+def prog_analytic_kl_of_renamed_conditionals() -> Any:
+    """The per-step KL of DRAW/GQN-style programs: two conditional distributions renamed to the step's names."""
+    import torch
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["h"], name="q")
+            self.net = torch.nn.Linear(3, 4)
+
+        def forward(self, h):
+            out = self.net(h)
+            return {"loc": out[:, :2], "scale": torch.nn.functional.softplus(out[:, 2:])}
+
+    torch.manual_seed(0)
+    q, p = Q(), Q()
+    h0 = torch.randn(5, 3)
+    kl = KullbackLeibler(q.replace_var(z="z1", h="h0"), p.replace_var(z="z1", h="h0")).eval({"h0": h0})
+    return kl, [q.get_params({"h": h0}), p.get_params({"h": h0})]
+
+
+def test_analytic_kl_of_renamed_conditionals_runs_where_pixyz_raises() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'h0'"):
+        run_pixyz(prog_analytic_kl_of_renamed_conditionals)
+    kl, (a, b) = run_pyro_dgm(prog_analytic_kl_of_renamed_conditionals)
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(a["loc"], a["scale"]),
+                                                 torch.distributions.Normal(b["loc"], b["scale"])).sum(-1)
+    torch.testing.assert_close(kl, expected)
