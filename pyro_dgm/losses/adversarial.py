@@ -35,18 +35,19 @@ import warnings
 from typing import Any, Iterable, Iterator, Mapping, NoReturn
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyro_dgm.distributions.closed_forms import bernoulli_cross_entropy
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.losses.steps import HALF_DTYPES, finite_sum, network_buffers
-from pyro_dgm.utils.checks import OutOfRangeError, check_present, describe
+from pyro_dgm.utils.checks import DTypeError, OutOfRangeError, check_present, describe
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
 
-_LOG_MIN = -100.0  # torch.nn.BCELoss clamps its logarithms here
 
 
 def _in_unit_interval(y: Tensor) -> bool:
@@ -58,13 +59,23 @@ def _in_unit_interval(y: Tensor) -> bool:
 
 
 def log_clamped(y: Tensor) -> Tensor:
-    """:math:`\\log y`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms (the discriminators' losses)."""
-    return torch.log(y).clamp(min=_LOG_MIN)
+    """:math:`\\log y`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms (the discriminators' losses):
+    ``-BCE(y, 1)``, with its finite gradient where a saturated sigmoid gives exactly 0 or 1. ``y`` lies in [0, 1]
+    (the discriminator's output is checked first)."""
+    if y.dtype in _FULL_DTYPES:
+        return -F.binary_cross_entropy(y, torch.ones_like(y), reduction="none")  # (Pixyz's computation: one kernel)
+    return bernoulli_cross_entropy(y, torch.ones_like(y))
 
 
 def log1m_clamped(y: Tensor) -> Tensor:
-    """:math:`\\log(1 - y)`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms."""
-    return torch.log1p(-y).clamp(min=_LOG_MIN)
+    """:math:`\\log(1 - y)`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms: ``-BCE(y, 0)``, with its
+    finite gradient at 0 and 1."""
+    if y.dtype in _FULL_DTYPES:
+        return -F.binary_cross_entropy(y, torch.zeros_like(y), reduction="none")
+    return bernoulli_cross_entropy(y, torch.zeros_like(y))
+
+
+_FULL_DTYPES = (torch.float32, torch.float64)  # (low precision: the formula, as the Bernoulli scores it)
 
 
 class AdversarialLoss(Loss):
@@ -199,6 +210,10 @@ class AdversarialLoss(Loss):
 
     def _dgm_check_output(self, y: Tensor) -> None:
         if not self._dgm_probability_output:
+            if not torch.is_floating_point(y):  # (torch's mean() would say "could not infer output dtype")
+                raise DTypeError(f"{type(self).__name__} {self.latex}: the critic {describe(self._dgm_d)} output "
+                                 f"values of dtype {y.dtype}; it must output real numbers (a floating-point tensor, "
+                                 "e.g. from a last linear layer)")
             return
         if torch.compiler.is_compiling() and torch.is_floating_point(y):  # checked in the graph, no .item() break
             torch._assert_async(((y >= 0) & (y <= 1)).all(), f"{type(self).__name__}: the discriminator must "

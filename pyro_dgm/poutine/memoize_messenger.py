@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import struct
 import threading
 from collections import OrderedDict
 from typing import Any, Hashable, NamedTuple
@@ -87,9 +88,10 @@ def _arg_key(a: Any) -> Hashable:
 
 
 def _numpy_mark() -> Any:
-    """Where numpy's global generator (``np.random.*``) is: for its default Mersenne Twister, the first word of its
-    key and its position, read in place (its ``state`` copies the whole key, ~50 us); for another bit generator
-    (``np.random.set_bit_generator``) its state's text; ``None`` without numpy."""
+    """Where numpy's global generator (``np.random.*``) is: for its default Mersenne Twister, its key and position,
+    copied in place (2.5 kB; its ``state`` builds a dict of arrays, ~50 us); for another bit generator
+    (``np.random.set_bit_generator``) its state's text; ``None`` without numpy. (The normal that ``RandomState``
+    keeps for its next ``randn``/``normal`` call is not part of it: see :class:`MemoizeMessenger`.)"""
     try:
         import numpy as np
         bg = np.random.mtrand._rand._bit_generator
@@ -99,51 +101,47 @@ def _numpy_mark() -> Any:
     if cached is None or cached[0] is not bg:
         if type(bg) is not np.random.MT19937:
             return repr(bg.state)
-        view = (ctypes.c_uint32 * 625).from_address(bg.ctypes.state_address)  # MT19937's state: key[624], pos
         _NUMPY_VIEW.clear()
-        cached = _NUMPY_VIEW[id(bg)] = (bg, view)
-    view = cached[1]
-    return (view[0], view[624])
+        cached = _NUMPY_VIEW[id(bg)] = (bg, bg.ctypes.state_address)  # MT19937's state: uint32 key[624], int pos
+    return ctypes.string_at(cached[1], 625 * 4)
 
 
 _NUMPY_VIEW: dict[int, Any] = {}
 
 
-def _python_view(inst: random.Random) -> Any:
-    """A view of the Mersenne Twister state inside ``inst`` (CPython's ``RandomObject``: the object header, then
-    ``int index; uint32_t state[624]``), or ``None`` where the layout is not that one (checked against
-    ``getstate()`` on a generator of our own, through a draw and a regeneration of the state)."""
+def _python_address(inst: random.Random) -> int | None:
+    """The address of the Mersenne Twister state inside ``inst`` (CPython's ``RandomObject``: the object header,
+    then ``int index; uint32_t state[624]``), or ``None`` where the layout is not that one (checked against
+    ``getstate()`` on a generator of our own, through draws and a regeneration of the state)."""
     base = object.__basicsize__
-    layout = type("RandomObject", (ctypes.Structure,), {"_fields_": [("index", ctypes.c_int),
-                                                                        ("state", ctypes.c_uint32 * 624)]})
     probe = random.Random(20261203)
     try:
         for draws in (0, 1, 700):
             for _ in range(draws):
                 probe.random()
-            view = layout.from_address(id(probe) + base)
-            key = probe.getstate()[1]
-            if view.index != key[-1] or view.state[0] != key[0] or view.state[623] != key[623]:
+            raw = ctypes.string_at(id(probe) + base, 625 * 4)
+            key = probe.getstate()[1]  # (the 624 words, then the index)
+            if raw != struct.pack("=i624I", key[-1], *key[:-1]):
                 return None
-    except (ValueError, TypeError, IndexError):
+    except (ValueError, TypeError, struct.error):
         return None
-    return layout.from_address(id(inst) + base)
+    return id(inst) + base
 
 
 _PYTHON_VIEW: list[Any] = []
 
 
 def _python_mark() -> Any:
-    """Where Python's global ``random`` generator is: its position, the first word of its key and its cached
-    Gaussian, read in place (``random.getstate()`` copies the whole key, ~9 us); its state where the layout is
+    """Where Python's global ``random`` generator is: its position and key, copied in place (2.5 kB;
+    ``random.getstate()`` builds a tuple of 625 ints, ~9 us), and its kept Gaussian; its state where the layout is
     not CPython's."""
     inst = random._inst  # type: ignore[attr-defined]
     if not _PYTHON_VIEW or _PYTHON_VIEW[0] is not inst:
-        _PYTHON_VIEW[:] = [inst, _python_view(inst)]
-    view = _PYTHON_VIEW[1]
-    if view is None:
+        _PYTHON_VIEW[:] = [inst, _python_address(inst)]
+    address = _PYTHON_VIEW[1]
+    if address is None:
         return random.getstate()
-    return (view.index, view.state[0], inst.gauss_next)
+    return (ctypes.string_at(address, 625 * 4), inst.gauss_next)
 
 
 def rng_marks() -> tuple[Any, ...]:
@@ -193,7 +191,9 @@ class MemoizeMessenger(Messenger):
     synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
     ``memoize_unless_random = True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use)
     is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`): a forward
-    that picks random time steps or adds noise runs again on each use, as under Pixyz.
+    that picks random time steps or adds noise runs again on each use, as under Pixyz. Draws from a generator the
+    forward holds itself (a ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's ``RandomState``
+    kept from its last ``randn``, change no global state: such a module needs ``memoizable = False``.
 
     The open scopes are per thread: a network call is answered by the innermost scope of the thread that makes it
     (:func:`active_memo`), never by another thread's.

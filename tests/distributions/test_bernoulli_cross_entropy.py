@@ -146,11 +146,15 @@ def test_forward_mode_derivatives_are_the_backward_ones():
     torch.testing.assert_close(hessian, expected)
 
 
-def test_a_torchscript_trace_scores_any_value_as_eagerly():
+@pytest.mark.parametrize("first", ["real", "binary"])
+def test_a_torchscript_trace_scores_any_value_as_eagerly(first):  # type: ignore[no-untyped-def]
     # catching binary_cross_entropy's refusal of a value outside [0, 1] while tracing crashed the process (torch's
-    # tracer); the trace now records the function itself
+    # tracer), and a trace made on binary data recorded that function, which then refused real data (Pyro's JIT
+    # ELBOs on Pixyz-style data); the trace now records torch operations that score any value
     p = Decoder(torch.sigmoid)
     z, x = torch.randn(3, 4), torch.randn(3, 4)
+    if first == "binary":
+        x = torch.bernoulli(torch.full((3, 4), 0.5))
     traced = torch.jit.trace(lambda h, x: p.get_log_prob({"h": h, "x": x}), (z, x), check_trace=False)
     z2, x2 = torch.randn(2, 4), torch.randn(2, 4)
     torch.testing.assert_close(traced(z2, x2), p.get_log_prob({"h": z2, "x": x2}))
@@ -168,3 +172,13 @@ def test_low_precision_has_finite_gradients_at_saturated_probabilities(dtype):  
     (grad,) = torch.autograd.grad(value.sum(), probs)
     assert torch.isfinite(grad).all()
     assert grad[4].item() == 2.0  # d/dp log p = 1/p at p = 1/2
+
+
+def test_a_torchscript_trace_of_probabilities_out_of_range_gives_nan_not_a_number():
+    # eagerly they are refused (the test above); a trace cannot branch on them, so its score is nan (which Pyro's
+    # ELBOs warn about), never a finite number
+    p = Decoder(lambda h: h)  # no sigmoid
+    traced = torch.jit.trace(lambda h, x: p.get_log_prob({"h": h, "x": x}), (torch.rand(1, 3), torch.rand(1, 3)),
+                             check_trace=False)
+    out = traced(torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[1.5, -0.3, 0.2]]))
+    assert torch.isnan(out).all()

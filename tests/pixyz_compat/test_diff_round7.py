@@ -175,3 +175,83 @@ def test_analytic_kl_of_renamed_conditionals_runs_where_pixyz_raises() -> None:
     expected = torch.distributions.kl_divergence(torch.distributions.Normal(a["loc"], a["scale"]),
                                                  torch.distributions.Normal(b["loc"], b["scale"])).sum(-1)
     torch.testing.assert_close(kl, expected)
+
+
+def prog_gan_with_a_saturated_discriminator() -> Any:
+    """A confident discriminator: its sigmoid gives exactly 1.0 in float32 (logits above ~17). Pixyz's BCE has finite
+    gradients there (its backward divides by max(y (1 - y), 1e-12)); ours took log(1 - y) = -inf, whose clamp made
+    the gradient nan, and refused the step."""
+    import torch
+    from torch import nn, optim
+    from pixyz.distributions import Deterministic, Normal
+    from pixyz.models import GAN
+
+    class G(Deterministic):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z):
+            return {"x": torch.sigmoid(self.fc(z))}
+
+    class D(Deterministic):
+        def __init__(self):
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = nn.Linear(3, 1)
+            with torch.no_grad():
+                self.fc.bias.fill_(20.0)
+
+        def forward(self, x):
+            return {"t": torch.sigmoid(self.fc(x))}
+
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2])
+    d = D()
+    model = GAN((G() * prior).marginalize_var("z"), d, optimizer=optim.Adam, optimizer_params={"lr": 1e-2},
+                d_optimizer=optim.Adam, d_optimizer_params={"lr": 1e-2})
+    x = torch.rand(8, 3)
+    losses = [[float(v) for v in model.train({"x": x})] for _ in range(2)]
+    return losses, {k: v.detach().clone() for k, v in d.state_dict().items()}
+
+
+def test_a_saturated_discriminator_trains_as_under_pixyz() -> None:
+    ref, ours = run_both(prog_gan_with_a_saturated_discriminator)
+    assert ref[0][0] == [100.0, 100.0]  # (the saturated case this test is about: -log(1 - 1) clamped at 100)
+    assert_same(ref, ours)
+
+
+def prog_wasserstein_critic_with_integer_output() -> Any:
+    import torch
+    from torch import optim
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialWassersteinDistance
+
+    class G(Deterministic):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = torch.nn.Linear(2, 3)
+
+        def forward(self, z):
+            return {"x": torch.sigmoid(self.fc(z))}
+
+    class C(Deterministic):
+        def __init__(self):
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return {"t": (self.fc(x) > 0).long()}  # a comparison left in: integers, not a critic's real numbers
+
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2])
+    p = (G() * prior).marginalize_var("z")
+    loss = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), p, discriminator=C(), optimizer=optim.Adam,
+                                          optimizer_params={"lr": 1e-2})
+    return loss.eval({"x": torch.rand(8, 3)})
+
+
+def test_an_integer_critic_output_is_named() -> None:
+    from pyro_dgm.utils.checks import DTypeError
+
+    with pytest.raises(RuntimeError, match="could not infer output dtype"):
+        run_pixyz(prog_wasserstein_critic_with_integer_output)
+    with pytest.raises(DTypeError, match=r"the critic C d\(t\|x\) output values of dtype torch.int64"):
+        run_pyro_dgm(prog_wasserstein_critic_with_integer_output)

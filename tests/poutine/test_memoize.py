@@ -166,8 +166,8 @@ def test_handler_as_decorator_and_under_other_pyro_handlers(vae) -> None:
     assert tr.nodes["z"]["type"] == "sample"
 
 
-@pytest.mark.parametrize("source", ["torch", "python", "python-624", "python-gauss-cached", "numpy", "numpy-pcg64",
-                                    "numpy-after-624"])
+@pytest.mark.parametrize("source", ["torch", "python", "python-624", "python-gauss-cached", "python-then-seed",
+                                    "numpy", "numpy-pcg64", "numpy-after-624", "numpy-then-seed"])
 def test_rng_marks_see_every_global_generator(source: str) -> None:
     # what decides whether a Deterministic's forward may be reused: any draw from a global generator changes the mark
     import random
@@ -185,11 +185,17 @@ def test_rng_marks_see_every_global_generator(source: str) -> None:
         if source == "python-gauss-cached":  # gauss() draws two normals and keeps one for its next call
             random.seed(1)
             random.gauss(0.0, 1.0)
+        if source == "python-then-seed":  # every seeding leaves the position and the key's first word alike
+            random.seed(7)
+        if source == "numpy-then-seed":
+            np.random.seed([7])
         before = rng_marks()
         assert same_marks(before, rng_marks())
         {"torch": lambda: torch.rand(1), "python": random.random,
          "python-624": lambda: [random.getrandbits(32) for _ in range(624)],  # back at the same position
          "python-gauss-cached": lambda: random.gauss(0.0, 1.0),  # the kept normal: no word drawn
+         "python-then-seed": lambda: (random.random(), random.seed(8)),
+         "numpy-then-seed": lambda: (np.random.rand(), np.random.seed([8])),
          "numpy": np.random.rand, "numpy-pcg64": np.random.rand,
          "numpy-after-624": lambda: np.random.rand(312)}[source]()  # 624 words
         assert not same_marks(before, rng_marks())
