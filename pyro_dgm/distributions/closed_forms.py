@@ -41,6 +41,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from pyro_dgm.utils.shapes import broadcast_shape
 
@@ -293,11 +294,18 @@ _FULL_DTYPES = (torch.float32, torch.float64)
 _FUSED_UP_TO = 4096
 
 
+def _differentiated(x: Tensor) -> bool:
+    """Whether a derivative for the scored value itself is asked for (a generated value, a gradient for the data):
+    the fused kernel's is ``log p - log(1 - p)`` unclamped, infinite where a probability is 0 or 1."""
+    return x.requires_grad or forward_ad._current_level >= 0  # (a dual level open: x may carry a tangent)
+
+
 def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
     """A Bernoulli scored by cross-entropy, for any real value as Pixyz scores it, from ``probs`` or ``logits``.
 
     From ``probs`` it is :func:`bernoulli_cross_entropy` (on the CPU, ``F.binary_cross_entropy`` itself for up to
-    4096 elements): ``F.binary_cross_entropy``'s value and gradients for any real value (Pixyz's examples score ``torch.randn`` data under a Bernoulli decoder). On the CPU, probabilities
+    4096 elements when no derivative for the value is asked for): ``F.binary_cross_entropy``'s value and gradients
+    for any real value (Pixyz's examples score ``torch.randn`` data under a Bernoulli decoder). On the CPU, probabilities
     outside ``[0, 1]`` (or ``nan``) raise that function's ``RuntimeError``, which the caller reports naming the
     distribution; on other devices the check would wait for the device at every call, so it is not made there.
     Under ``torch.compile``, ``torch.func`` transforms and in low precision, CPU scoring goes through
@@ -318,7 +326,8 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
     if torch.jit.is_tracing():  # torch operations alone (see bernoulli_cross_entropy): the kernel would refuse a later
         return _sum(bernoulli_cross_entropy(probs, x), dims)  # value outside [0, 1], and catching that crashes
     if probs.is_cpu:
-        if (probs.dtype in _FULL_DTYPES and probs.numel() > _FUSED_UP_TO and not torch.compiler.is_compiling()
+        if (probs.dtype in _FULL_DTYPES and (probs.numel() > _FUSED_UP_TO or _differentiated(x))
+                and not torch.compiler.is_compiling()
                 and not torch._C._are_functorch_transforms_active()):
             if probs.numel():
                 low, high = torch.aminmax(probs.detach())

@@ -62,20 +62,36 @@ def log_clamped(y: Tensor) -> Tensor:
     """:math:`\\log y`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms (the discriminators' losses):
     ``-BCE(y, 1)``, with its finite gradient where a saturated sigmoid gives exactly 0 or 1. ``y`` lies in [0, 1]
     (the discriminator's output is checked first)."""
-    if y.dtype in _FULL_DTYPES:
-        return -F.binary_cross_entropy(y, torch.ones_like(y), reduction="none")  # (Pixyz's computation: one kernel)
-    return bernoulli_cross_entropy(y, torch.ones_like(y))
+    return _minus_bce(y, 1.0)
 
 
 def log1m_clamped(y: Tensor) -> Tensor:
     """:math:`\\log(1 - y)`, clamped at -100 as ``torch.nn.BCELoss`` clamps its logarithms: ``-BCE(y, 0)``, with its
     finite gradient at 0 and 1."""
-    if y.dtype in _FULL_DTYPES:
-        return -F.binary_cross_entropy(y, torch.zeros_like(y), reduction="none")
-    return bernoulli_cross_entropy(y, torch.zeros_like(y))
+    return _minus_bce(y, 0.0)
 
 
-_FULL_DTYPES = (torch.float32, torch.float64)  # (low precision: the formula, as the Bernoulli scores it)
+def _minus_bce(y: Tensor, label: float) -> Tensor:
+    """``-BCE(y, label)`` element-wise, as Pixyz's ``nn.BCELoss`` computes it: in float32 under autocast (torch
+    runs that loss in float32 there), with the fused kernel in float32/float64, else (other low precision; CUDA's
+    autocast, which refuses the fused kernel) :func:`~pyro_dgm.distributions.closed_forms.bernoulli_cross_entropy`."""
+    device = y.device.type
+    autocast = _autocast_enabled(device)
+    if autocast and y.dtype not in _FULL_DTYPES:
+        y = y.float()
+    if y.dtype in _FULL_DTYPES and not (autocast and device != "cpu"):
+        return -F.binary_cross_entropy(y, torch.full_like(y, label), reduction="none")
+    return bernoulli_cross_entropy(y, torch.full_like(y, label))
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+_FULL_DTYPES = (torch.float32, torch.float64)
 
 
 class AdversarialLoss(Loss):

@@ -182,3 +182,17 @@ def test_a_torchscript_trace_of_probabilities_out_of_range_gives_nan_not_a_numbe
                              check_trace=False)
     out = traced(torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[1.5, -0.3, 0.2]]))
     assert torch.isnan(out).all()
+
+
+@pytest.mark.parametrize("n", [4, 4096, 4097])
+def test_the_scored_values_gradient_is_the_same_finite_one_at_every_size(n):  # type: ignore[no-untyped-def]
+    # up to 4096 elements the fused kernel scores (less Python); its gradient for the value is log p - log(1 - p)
+    # unclamped, infinite where a sigmoid saturates: a generated value asking for it is scored by the function,
+    # whose clamped derivative (100 there) is the one of the value it computes
+    p = Decoder(torch.sigmoid)
+    h = torch.zeros(1, n)
+    h[0, 0] = 40.0  # sigmoid(40) == 1.0 in float32
+    x = torch.full((1, n), 0.5, requires_grad=True)
+    (gx,) = torch.autograd.grad(p.get_log_prob({"h": h, "x": x}).sum(), x)
+    assert gx[0, 0].item() == 100.0
+    torch.testing.assert_close(gx[0, 1:], torch.zeros(n - 1))  # log(1/2) - log(1/2)

@@ -255,3 +255,83 @@ def test_an_integer_critic_output_is_named() -> None:
         run_pixyz(prog_wasserstein_critic_with_integer_output)
     with pytest.raises(DTypeError, match=r"the critic C d\(t\|x\) output values of dtype torch.int64"):
         run_pyro_dgm(prog_wasserstein_critic_with_integer_output)
+
+
+def prog_adversarial_terms_under_autocast() -> Any:
+    """Under ``torch.autocast`` the discriminator outputs bfloat16; Pixyz's ``nn.BCELoss`` runs in float32 there
+    (autocast's list), ours computed the bfloat16 formula (20.0 where Pixyz gives 20.06)."""
+    import torch
+    from torch import nn, optim
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialJensenShannon
+
+    class G(Deterministic):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z):
+            return {"x": torch.sigmoid(self.fc(z))}
+
+    class D(Deterministic):
+        def __init__(self):
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = nn.Linear(3, 1)
+            with torch.no_grad():
+                self.fc.bias.fill_(-20.0)
+
+        def forward(self, x):
+            return {"t": torch.sigmoid(self.fc(x))}
+
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2])
+    loss = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"),
+                                    discriminator=D(), optimizer=optim.Adam, optimizer_params={"lr": 1e-2})
+    x = torch.rand(8, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values = [loss.eval({"x": x}), loss.eval({"x": x}, discriminator=True), loss.loss_train({"x": x})]
+    return [(str(v.dtype), v) for v in values]
+
+
+def test_adversarial_terms_compute_in_float32_under_autocast_as_pixyz() -> None:
+    ref, ours = run_both(prog_adversarial_terms_under_autocast)
+    assert ref[0][0] == "torch.float32"
+    assert_same(ref, ours)
+
+
+def prog_generator_side_value_and_discriminator_gradient() -> Any:
+    import torch
+    from torch import nn, optim
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialJensenShannon
+
+    class G(Deterministic):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z):
+            return {"x": torch.sigmoid(self.fc(z))}
+
+    class D(Deterministic):
+        def __init__(self):
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return {"t": torch.sigmoid(self.fc(x))}
+
+    g, d = G(), D()
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2])
+    loss = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (g * prior).marginalize_var("z"),
+                                    discriminator=d, optimizer=optim.Adam, optimizer_params={"lr": 1e-2})
+    value = loss.eval({"x": torch.rand(8, 3)})
+    value.backward()
+    return value, g.fc.weight.grad, d.fc.weight.grad
+
+
+def test_a_bare_generator_side_value_leaves_the_discriminator_out_of_its_graph() -> None:
+    """porting.md: outside a ``Model`` that trains the discriminator, the generator-side value gives it no
+    gradient (Pixyz's fills its ``.grad``, which the term's ``loss_train`` clears before its own step)."""
+    ref, ours = run_both(prog_generator_side_value_and_discriminator_gradient)
+    assert_same(ref[:2], ours[:2])  # the value and the generator's gradient
+    assert ref[2] is not None and ours[2] is None
