@@ -324,7 +324,11 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
     if probs.shape != x.shape:
         probs, x = torch.broadcast_tensors(probs, x)
     if torch.jit.is_tracing():  # torch operations alone (see bernoulli_cross_entropy): the kernel would refuse a later
-        return _sum(bernoulli_cross_entropy(probs, x), dims)  # value outside [0, 1], and catching that crashes
+        # value outside [0, 1], and catching that crashes. The probabilities the trace is made with are checked (the
+        # caller names them); the trace's later ones cannot be, and give nan when out of range
+        if probs.is_cpu and probs.numel() and not bool(((probs >= 0) & (probs <= 1)).all()):
+            raise RuntimeError("all elements of input should be between 0 and 1")
+        return _sum(bernoulli_cross_entropy(probs, x), dims)
     if probs.is_cpu:
         if (probs.dtype in _FULL_DTYPES and (probs.numel() > _FUSED_UP_TO or _differentiated(x))
                 and not torch.compiler.is_compiling()

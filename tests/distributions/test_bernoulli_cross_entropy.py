@@ -196,3 +196,15 @@ def test_the_scored_values_gradient_is_the_same_finite_one_at_every_size(n):  # 
     (gx,) = torch.autograd.grad(p.get_log_prob({"h": h, "x": x}).sum(), x)
     assert gx[0, 0].item() == 100.0
     torch.testing.assert_close(gx[0, 1:], torch.zeros(n - 1))  # log(1/2) - log(1/2)
+
+
+def test_a_torchscript_trace_made_on_probabilities_out_of_range_names_them():
+    was = closed_forms.validating()
+    pyro.enable_validation(False)
+    try:
+        p = Decoder(lambda h: h)  # no sigmoid
+        h, x = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[1.0, 0.0, 1.0]])
+        with pytest.raises(OutOfRangeError, match=r"p\(x\|h\): cannot score 'x': its parameter 'probs'"):
+            torch.jit.trace(lambda h, x: p.get_log_prob({"h": h, "x": x}), (h, x), check_trace=False)
+    finally:
+        pyro.enable_validation(was)
