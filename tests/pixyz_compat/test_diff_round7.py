@@ -177,14 +177,12 @@ def test_analytic_kl_of_renamed_conditionals_runs_where_pixyz_raises() -> None:
     torch.testing.assert_close(kl, expected)
 
 
-def prog_gan_with_a_saturated_discriminator() -> Any:
-    """A confident discriminator: its sigmoid gives exactly 1.0 in float32 (logits above ~17). Pixyz's BCE has finite
-    gradients there (its backward divides by max(y (1 - y), 1e-12)); ours took log(1 - y) = -inf, whose clamp made
-    the gradient nan, and refused the step."""
+def _gan_parts(bias: float = 0.0, integer_output: bool = False) -> Any:
+    """A generator g(x|z), a discriminator d(t|x) ending in a sigmoid whose last bias is ``bias`` (or a critic
+    that outputs integers) and the generator's marginal p(x), for the programs below."""
     import torch
-    from torch import nn, optim
+    from torch import nn
     from pixyz.distributions import Deterministic, Normal
-    from pixyz.models import GAN
 
     class G(Deterministic):
         def __init__(self):
@@ -199,15 +197,37 @@ def prog_gan_with_a_saturated_discriminator() -> Any:
             super().__init__(var=["t"], cond_var=["x"], name="d")
             self.fc = nn.Linear(3, 1)
             with torch.no_grad():
-                self.fc.bias.fill_(20.0)
+                self.fc.bias.fill_(bias)
 
         def forward(self, x):
-            return {"t": torch.sigmoid(self.fc(x))}
+            h = self.fc(x)
+            return {"t": (h > 0).long() if integer_output else torch.sigmoid(h)}  # (a comparison left in: integers)
 
+    g, d = G(), D()
     prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2])
-    d = D()
-    model = GAN((G() * prior).marginalize_var("z"), d, optimizer=optim.Adam, optimizer_params={"lr": 1e-2},
-                d_optimizer=optim.Adam, d_optimizer_params={"lr": 1e-2})
+    return g, d, (g * prior).marginalize_var("z")
+
+
+def _adversarial_term(cls_name: str, d: Any, p: Any) -> Any:
+    from torch import optim
+    from pixyz import losses
+    from pixyz.distributions import EmpiricalDistribution
+
+    return getattr(losses, cls_name)(EmpiricalDistribution(["x"]), p, discriminator=d, optimizer=optim.Adam,
+                                     optimizer_params={"lr": 1e-2})
+
+
+def prog_gan_with_a_saturated_discriminator() -> Any:
+    """A confident discriminator: its sigmoid gives exactly 1.0 in float32 (logits above ~17). Pixyz's BCE has finite
+    gradients there (its backward divides by max(y (1 - y), 1e-12)); ours took log(1 - y) = -inf, whose clamp made
+    the gradient nan, and refused the step."""
+    import torch
+    from torch import optim
+    from pixyz.models import GAN
+
+    _, d, p = _gan_parts(bias=20.0)
+    model = GAN(p, d, optimizer=optim.Adam, optimizer_params={"lr": 1e-2}, d_optimizer=optim.Adam,
+                d_optimizer_params={"lr": 1e-2})
     x = torch.rand(8, 3)
     losses = [[float(v) for v in model.train({"x": x})] for _ in range(2)]
     return losses, {k: v.detach().clone() for k, v in d.state_dict().items()}
@@ -221,31 +241,9 @@ def test_a_saturated_discriminator_trains_as_under_pixyz() -> None:
 
 def prog_wasserstein_critic_with_integer_output() -> Any:
     import torch
-    from torch import optim
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
-    from pixyz.losses import AdversarialWassersteinDistance
 
-    class G(Deterministic):
-        def __init__(self):
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = torch.nn.Linear(2, 3)
-
-        def forward(self, z):
-            return {"x": torch.sigmoid(self.fc(z))}
-
-    class C(Deterministic):
-        def __init__(self):
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.fc = torch.nn.Linear(3, 1)
-
-        def forward(self, x):
-            return {"t": (self.fc(x) > 0).long()}  # a comparison left in: integers, not a critic's real numbers
-
-    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2])
-    p = (G() * prior).marginalize_var("z")
-    loss = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), p, discriminator=C(), optimizer=optim.Adam,
-                                          optimizer_params={"lr": 1e-2})
-    return loss.eval({"x": torch.rand(8, 3)})
+    _, d, p = _gan_parts(integer_output=True)
+    return _adversarial_term("AdversarialWassersteinDistance", d, p).eval({"x": torch.rand(8, 3)})
 
 
 def test_an_integer_critic_output_is_named() -> None:
@@ -253,7 +251,7 @@ def test_an_integer_critic_output_is_named() -> None:
 
     with pytest.raises(RuntimeError, match="could not infer output dtype"):
         run_pixyz(prog_wasserstein_critic_with_integer_output)
-    with pytest.raises(DTypeError, match=r"the critic C d\(t\|x\) output values of dtype torch.int64"):
+    with pytest.raises(DTypeError, match=r"the critic D d\(t\|x\) output values of dtype torch.int64"):
         run_pyro_dgm(prog_wasserstein_critic_with_integer_output)
 
 
@@ -261,31 +259,9 @@ def prog_adversarial_terms_under_autocast() -> Any:
     """Under ``torch.autocast`` the discriminator outputs bfloat16; Pixyz's ``nn.BCELoss`` runs in float32 there
     (autocast's list), ours computed the bfloat16 formula (20.0 where Pixyz gives 20.06)."""
     import torch
-    from torch import nn, optim
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
-    from pixyz.losses import AdversarialJensenShannon
 
-    class G(Deterministic):
-        def __init__(self):
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 3)
-
-        def forward(self, z):
-            return {"x": torch.sigmoid(self.fc(z))}
-
-    class D(Deterministic):
-        def __init__(self):
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.fc = nn.Linear(3, 1)
-            with torch.no_grad():
-                self.fc.bias.fill_(-20.0)
-
-        def forward(self, x):
-            return {"t": torch.sigmoid(self.fc(x))}
-
-    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2])
-    loss = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"),
-                                    discriminator=D(), optimizer=optim.Adam, optimizer_params={"lr": 1e-2})
+    _, d, p = _gan_parts(bias=-20.0)
+    loss = _adversarial_term("AdversarialJensenShannon", d, p)
     x = torch.rand(8, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         values = [loss.eval({"x": x}), loss.eval({"x": x}, discriminator=True), loss.loss_train({"x": x})]
@@ -300,31 +276,9 @@ def test_adversarial_terms_compute_in_float32_under_autocast_as_pixyz() -> None:
 
 def prog_generator_side_value_and_discriminator_gradient() -> Any:
     import torch
-    from torch import nn, optim
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
-    from pixyz.losses import AdversarialJensenShannon
 
-    class G(Deterministic):
-        def __init__(self):
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 3)
-
-        def forward(self, z):
-            return {"x": torch.sigmoid(self.fc(z))}
-
-    class D(Deterministic):
-        def __init__(self):
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.fc = nn.Linear(3, 1)
-
-        def forward(self, x):
-            return {"t": torch.sigmoid(self.fc(x))}
-
-    g, d = G(), D()
-    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2])
-    loss = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (g * prior).marginalize_var("z"),
-                                    discriminator=d, optimizer=optim.Adam, optimizer_params={"lr": 1e-2})
-    value = loss.eval({"x": torch.rand(8, 3)})
+    g, d, p = _gan_parts()
+    value = _adversarial_term("AdversarialJensenShannon", d, p).eval({"x": torch.rand(8, 3)})
     value.backward()
     return value, g.fc.weight.grad, d.fc.weight.grad
 
