@@ -47,7 +47,8 @@ from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "register_log_prob",
            "register_rsample", "register_kl", "register_standard", "ClosedParams", "validating",
-           "valid_params", "valid_value", "disabled", "bernoulli_log_prob", "bernoulli_cross_entropy"]
+           "valid_params", "valid_value", "disabled", "bernoulli_log_prob", "bernoulli_cross_entropy",
+           "in_unit_interval"]
 
 Params = Mapping[str, Tensor]
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
@@ -294,6 +295,23 @@ _FULL_DTYPES = (torch.float32, torch.float64)
 _FUSED_UP_TO = 4096
 
 
+_OUT_OF_RANGE = "all elements of input should be between 0 and 1"  # (binary_cross_entropy's words, for the caller)
+
+
+def in_unit_interval(t: Tensor) -> bool:
+    """Whether every entry of ``t`` lies in [0, 1] (``False`` for ``nan``): one reduction and one wait for the device.
+
+    Examples
+    --------
+    >>> in_unit_interval(torch.tensor([0.0, 0.5, 1.0])), in_unit_interval(torch.tensor([0.5, float("nan")]))
+    (True, False)
+    """
+    if not t.numel():
+        return True
+    low, high = torch.aminmax(t.detach())
+    return bool((low >= 0) & (high <= 1))
+
+
 def _differentiated(x: Tensor) -> bool:
     """Whether a derivative for the scored value itself is asked for (a generated value, a gradient for the data):
     the fused kernel's is ``log p - log(1 - p)`` unclamped, infinite where a probability is 0 or 1."""
@@ -326,17 +344,15 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
     if torch.jit.is_tracing():  # torch operations alone (see bernoulli_cross_entropy): the kernel would refuse a later
         # value outside [0, 1], and catching that crashes. The probabilities the trace is made with are checked (the
         # caller names them); the trace's later ones cannot be, and give nan when out of range
-        if probs.is_cpu and probs.numel() and not bool(((probs >= 0) & (probs <= 1)).all()):
-            raise RuntimeError("all elements of input should be between 0 and 1")
+        if probs.is_cpu and not in_unit_interval(probs):
+            raise RuntimeError(_OUT_OF_RANGE)
         return _sum(bernoulli_cross_entropy(probs, x), dims)
     if probs.is_cpu:
         if (probs.dtype in _FULL_DTYPES and (probs.numel() > _FUSED_UP_TO or _differentiated(x))
                 and not torch.compiler.is_compiling()
                 and not torch._C._are_functorch_transforms_active()):
-            if probs.numel():
-                low, high = torch.aminmax(probs.detach())
-                if not (low.item() >= 0 and high.item() <= 1):  # (nan fails both)
-                    raise RuntimeError("all elements of input should be between 0 and 1")
+            if not in_unit_interval(probs):
+                raise RuntimeError(_OUT_OF_RANGE)
             return _sum(_CrossEntropy.apply(probs, x), dims)
         try:
             return -_sum(F.binary_cross_entropy(probs, x, reduction="none"), dims)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_dgm.distributions.closed_forms import bernoulli_cross_entropy
+from pyro_dgm.distributions.closed_forms import bernoulli_cross_entropy, in_unit_interval
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
@@ -48,14 +48,6 @@ from pyro_dgm.utils.checks import DTypeError, OutOfRangeError, check_present, de
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
 
-
-
-def _in_unit_interval(y: Tensor) -> bool:
-    """Whether every entry of ``y`` lies in [0, 1] (``False`` for NaN): one reduction and one wait for the device."""
-    if not y.numel():
-        return True
-    low, high = torch.aminmax(y.detach())
-    return bool((low >= 0) & (high <= 1))
 
 
 def log_clamped(y: Tensor) -> Tensor:
@@ -77,9 +69,9 @@ def _minus_bce(y: Tensor, label: float) -> Tensor:
     autocast, which refuses the fused kernel) :func:`~pyro_dgm.distributions.closed_forms.bernoulli_cross_entropy`."""
     device = y.device.type
     autocast = _autocast_enabled(device)
-    if autocast and y.dtype not in _FULL_DTYPES:
+    if autocast and y.dtype in HALF_DTYPES:
         y = y.float()
-    if y.dtype in _FULL_DTYPES and not (autocast and device != "cpu"):
+    if y.dtype not in HALF_DTYPES and not (autocast and device != "cpu"):
         return -F.binary_cross_entropy(y, torch.full_like(y, label), reduction="none")
     return bernoulli_cross_entropy(y, torch.full_like(y, label))
 
@@ -90,8 +82,6 @@ def _autocast_enabled(device_type: str) -> bool:
     except TypeError:  # torch < 2.4: no device argument
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
-
-_FULL_DTYPES = (torch.float32, torch.float64)
 
 
 class AdversarialLoss(Loss):
@@ -235,7 +225,7 @@ class AdversarialLoss(Loss):
             torch._assert_async(((y >= 0) & (y <= 1)).all(), f"{type(self).__name__}: the discriminator must "
                                 "output probabilities in [0, 1]; end its network with a sigmoid")
             return
-        if not torch.is_floating_point(y) or not _in_unit_interval(y):
+        if not torch.is_floating_point(y) or not in_unit_interval(y):
             y = y.detach().float()
             if bool(torch.isnan(y).any()):  # not a missing sigmoid: a NaN in the data, the samples or the weights
                 raise OutOfRangeError(
