@@ -298,7 +298,8 @@ class MemoizeMessenger(Messenger):
         return key, hit[0]
 
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...]) -> None:
-        """Keep ``value`` under ``key`` (and ``keep``, the arguments, so their ids cannot be reused while cached)."""
+        """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword: the key holds their ids,
+        which a tensor made later in the scope could reuse if they were freed while cached)."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
@@ -338,11 +339,12 @@ class MemoizeMessenger(Messenger):
                 return value  # it drew random numbers: each use draws anew (Pixyz runs a Deterministic each time)
         else:
             value = module(*args, **kwargs)
-        self.store(key, value, args)
+        keep = (args, kwargs) if kwargs else args
+        self.store(key, value, keep)
         if type(key) is tuple:
             after = self._key(module, args, kwargs)
             if after != key:  # the network changed an input in place (x /= 255): its next call in this scope is
-                self.store(after, value, args)  # this one, as under Pixyz's cache (else it runs again, and again)
+                self.store(after, value, keep)  # this one, as under Pixyz's cache (else it runs again, and again)
         return value
 
     # The "dgm_params" effect is answered by the effect's own function (``calls._call_network``), which asks this

@@ -117,6 +117,38 @@ def test_in_place_changes_mode_switches_grad_mode_and_kwargs_miss_the_cache(vae)
         assert q.get_params({"x": x})["loc"] is b  # the original entry is still there
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("keywords", [True, False], ids=["forward(**inputs)", "forward(h)"])
+def test_inputs_freed_within_a_scope_never_answer_a_later_tensor(grad: bool, keywords: bool) -> None:
+    # The key holds the ids of the inputs; a per-step temporary (an IterativeLoss slice) freed within the scope
+    # leaves its id to the next step's tensor. The scope must keep every input alive, keyword ones included
+    # (a forward(**inputs), as TD-VAE's): each score is the closed form of its own input.
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["h"], name="p")
+
+        def _params(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": 2.0 * h, "scale": torch.ones_like(h)}
+
+    class ByKeyword(P):
+        def forward(self, **inputs):  # type: ignore[no-untyped-def]
+            return self._params(inputs["h"])
+
+    class Positional(P):
+        def forward(self, h):  # type: ignore[no-untyped-def]
+            return self._params(h)
+
+    p = ByKeyword() if keywords else Positional()
+    z = torch.zeros(3, 1)
+    with torch.set_grad_enabled(grad), memoize():
+        for i in range(40):
+            h = torch.full((3, 1), float(i))
+            got = p.get_log_prob({"h": h, "z": z})
+            want = torch.distributions.Normal(2.0 * h, 1.0).log_prob(z).sum(-1)
+            torch.testing.assert_close(got, want, msg=f"step {i}: a stale forward pass answered a new tensor")
+            del h, got
+
+
 def test_a_distribution_marked_not_memoizable_runs_every_time() -> None:
     q = Encoder(dropout=0.5)
     x = torch.ones(6, 4)
