@@ -201,8 +201,8 @@ class DistributionBase(Distribution):
         self._dgm_const_names = tuple(n for n in accepted if n in consts)  # the family's order, as Pixyz lists them
         # parameters that are all constants are checked here, once (torch's validation, if on), not at every call
         self._dgm_const_only = not self._dgm_has_network and not var_params and unusable is None
-        self._dgm_base_cache: tuple[Any, Any] | None = None
-        self._dgm_standard_cache: tuple[Any, bool] | None = None
+        self._dgm_base_cache: tuple[Any, ...] | None = None
+        self._dgm_standard_cache: tuple[Any, ...] | None = None
         # a constant that requires grad (Pixyz's buffer is a clone of the tensor given, so gradients reach that
         # tensor): its graph is rebuilt at every call, never cached (a cached distribution's lazily computed
         # attributes would hold a graph that the first backward frees)
@@ -546,8 +546,8 @@ class DistributionBase(Distribution):
         key = self._dgm_const_key()
         cached = self._dgm_standard_cache
         if cached is None or cached[0] != key:
-            bufs = self._buffers
-            cached = self._dgm_standard_cache = (key, test({n: bufs[n] for n in self._dgm_const_names}))
+            bufs = {n: self._buffers[n] for n in self._dgm_const_names}  # kept with the answer: the key holds their
+            cached = self._dgm_standard_cache = (key, test(bufs), bufs)  # ids, which a new buffer could reuse
         return cached[1]
 
     def _dgm_const_base(self) -> Any:
@@ -567,8 +567,9 @@ class DistributionBase(Distribution):
         if cached is not None and cached[0] == key:
             base = cached[1]
         else:
-            base = self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=False)
-            self._dgm_base_cache = (key, base)
+            kept = {n: bufs[n] for n in self._dgm_const_names}  # kept with the base (the key holds their ids)
+            base = self._dgm_base(kept, validate=False)
+            self._dgm_base_cache = (key, base, kept)
         # the parameters were validated at construction; a value it scores is checked as torch checks it (a value
         # outside the support raises, as under Pixyz, instead of scoring nan), while torch's validation is on
         base._validate_args = _TorchDistribution._validate_args

@@ -20,8 +20,9 @@ accepted. As Pyro transforms, flows remember their last ``(x, z, logdet)`` (``ca
 just produced (a sample) is mapped back and scored without inverting the flow again; this is how a flow without a
 closed-form inverse scores its samples, as Pixyz's ``stored_x`` does. The memory answers only the reverse of the
 computation that filled it, for the same tensor objects and context, while the parameters and the tensors are
-unchanged (an optimizer step, or ``z.mul_(2)``, invalidates it) and, when gradients are wanted, only if it was filled
-with gradients.
+unchanged (an optimizer step, ``z.mul_(2)``, a parameter replaced or loaded by ``vector_to_parameters`` invalidates
+it) and, when gradients are wanted, only if it was filled with gradients. A change made in place through ``.data``
+(``p.data.mul_(2)``), which torch does not count as a change, is not seen: after one, score a copy (``x.clone()``).
 """
 from __future__ import annotations
 
@@ -74,26 +75,39 @@ class _Memory:
     ``forward`` alone gives it: it runs when the log-det is asked for, as in Pixyz). ``parts`` holds the log-dets of
     a :class:`FlowList`'s layers, ``((layer, logdet), ...)``, stored in them when the memory answers a ``forward``."""
 
-    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts", "versions")
+    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts", "versions", "kept")
 
     def __init__(self, x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool, state: tuple,
                  parts: tuple | None = None) -> None:
         self.x, self.z, self.logdet, self.context, self.by_inverse, self.state = x, z, logdet, context, by_inverse, state
         self.parts = parts
+        self.kept: list[Tensor] = []  # the parameters and buffers whose ids `state` holds
         # the module's memory outlives the evaluation: an in-place change of x or z (z.mul_(2)) invalidates it
         self.versions = None if type(state) is bool else (version(x), version(z))
 
 
-def _state(flow: nn.Module) -> tuple:
-    """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it) and its
-    modules' train/eval modes (a batch norm computes with other statistics after ``eval()``)."""
+def _storage(t: Tensor) -> int:
+    """Where ``t``'s data lies (0 for a tensor without storage: a functorch wrapper, a lazy parameter)."""
+    try:
+        return t.data_ptr()
+    except (RuntimeError, ValueError):
+        return 0
+
+
+def _state(flow: nn.Module, keep: list | None = None) -> tuple:
+    """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it, and so does
+    a new tensor or storage put in their place: ``p.data = t``, ``vector_to_parameters``) and its modules' train/eval
+    modes (a batch norm computes with other statistics after ``eval()``). The tensors are appended to ``keep``: a
+    memory holds them, so that their ids, which the state holds, are not reused while it lives."""
     out: list[Any] = []
     for m in submodules(flow):  # one walk
         out.append(m.training)
         for tensors in (m._parameters, m._buffers):
             for t in tensors.values():
                 if t is not None:
-                    out.append((id(t), version(t)))
+                    out.append((id(t), version(t), _storage(t)))
+                    if keep is not None:
+                        keep.append(t)
     return tuple(out)
 
 
@@ -119,7 +133,9 @@ def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context
     if memo is not None:  # valid for the rest of the evaluation: its state is the grad mode alone
         memo.note(flow, _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled(), parts))
     if not torch.compiler.is_compiling():
-        flow._dgm_memory = _Memory(x, z, logdet, context, by_inverse, _state(flow), parts)
+        kept: list[Tensor] = []
+        flow._dgm_memory = _Memory(x, z, logdet, context, by_inverse, _state(flow, kept), parts)
+        flow._dgm_memory.kept = kept
 
 
 def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | None = None,

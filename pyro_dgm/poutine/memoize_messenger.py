@@ -20,11 +20,22 @@ from typing import Any, Hashable, NamedTuple
 
 import torch
 from pyro.poutine.messenger import Messenger
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
            "same_marks"]
 
 _MAXSIZE = [128]  # a setting (Pixyz's knob), not evaluation state: the same for every thread
+
+
+_OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process: a step changes parameters that cached passes used
+
+
+def _count_step(*_: Any) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 
 class _Scopes(threading.local):
@@ -75,11 +86,15 @@ def get_cache_maxsize() -> int:
     return _MAXSIZE[0]
 
 
-def _arg_key(a: Any) -> Hashable:
+def _arg_key(a: Any, depth: int = 0) -> Hashable:
     if isinstance(a, torch.Tensor):
         if a.is_inference():  # made under torch.inference_mode: no version counter, and changed in place only
             return (id(a), "inference")  # inside inference mode, which no evaluation does within its scope
         return (id(a), a._version)  # an in-place change bumps _version: a new key, never a stale hit
+    if type(a) in (tuple, list) and depth < 4:  # an RNN's state (h, c): each tensor by identity and version
+        return (type(a).__name__, tuple(_arg_key(v, depth + 1) for v in a))
+    if type(a) is dict and depth < 4:
+        return ("dict", tuple((k, _arg_key(v, depth + 1)) for k, v in a.items()))
     try:
         hash(a)
     except TypeError:
@@ -184,14 +199,18 @@ class MemoizeMessenger(Messenger):
     """Reuse a distribution's parameters (its network's forward pass) for the same inputs within one scope.
 
     Networks run through the ``"dgm_params"`` effect (see :func:`pyro_dgm.distributions.effects.run_network`). The key
-    is the module, the identity and version of each input tensor, the other arguments, the module's train/eval mode
-    and whether grad is enabled; a hit returns the same parameter tensors, so autograd sees one forward pass. The
-    cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives it, so a tensor
-    reused across optimizer steps never meets a stale graph. Keys use Python ints only, so a lookup never
+    is the module, the identity and version of each input tensor (also inside a tuple, list or dict input), the other
+    arguments, the module's train/eval mode and whether grad is enabled; a hit returns the same parameter tensors, so
+    autograd sees one forward pass. The inputs are kept alive while cached, so a later tensor cannot take an id the
+    key holds. The cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives
+    it, so a tensor reused across optimizer steps never meets a stale graph. A step of any ``torch.optim`` optimizer
+    (Pyro's wrap them) also clears it, for a scope opened around a training loop; parameters changed by hand within a
+    scope are not seen. Keys use Python ints only, so a lookup never
     synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
     ``memoize_unless_random = True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use)
-    is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`): a forward
-    that picks random time steps or adds noise runs again on each use, as under Pixyz. Draws from a generator the
+    is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`) and changed
+    no input in place: a forward that picks random time steps, adds noise or edits its input runs again on each use,
+    as under Pixyz. Draws from a generator the
     forward holds itself (a ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's ``RandomState``
     kept from its last ``randn``, change no global state: such a module needs ``memoizable = False``.
 
@@ -233,6 +252,7 @@ class MemoizeMessenger(Messenger):
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
+        self._steps: int | None = None  # the optimizer steps counted when the entries were made (set by lookup)
 
     def __enter__(self) -> "MemoizeMessenger":
         if self._pyro_stack:
@@ -291,6 +311,9 @@ class MemoizeMessenger(Messenger):
         key = self._key(module, args, kwargs)
         if key is None:
             return None, None
+        if self._steps != _OPTIMIZER_STEPS[0]:  # an optimizer stepped since the entries were made (a scope opened
+            self._cache.clear()  # around a training loop): their parameters and graphs are gone
+            self._steps = _OPTIMIZER_STEPS[0]  # (read here, not in __init__: torch.compile would guard on it)
         hit = self._cache.get(key)
         if hit is None:
             return key, None
@@ -335,10 +358,11 @@ class MemoizeMessenger(Messenger):
         if key is not None and getattr(module, "memoize_unless_random", False):
             before = rng_marks()
             value = module(*args, **kwargs)
-            if not same_marks(before, rng_marks()):
-                return value  # it drew random numbers: each use draws anew (Pixyz runs a Deterministic each time)
-        else:
-            value = module(*args, **kwargs)
+            if not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key:
+                return value  # it drew random numbers or changed its input: each use runs it again, as Pixyz
+            self.store(key, value, (args, kwargs) if kwargs else args)  # runs a Deterministic each time
+            return value
+        value = module(*args, **kwargs)
         keep = (args, kwargs) if kwargs else args
         self.store(key, value, keep)
         if type(key) is tuple:

@@ -272,3 +272,30 @@ def test_the_checks_are_the_objects_checks():  # type: ignore[no-untyped-def]
     assert closed_forms.valid_value(Bernoulli.pyro_dist, torch.tensor([0., 1.5]))  # Pixyz scores any real value
     assert not closed_forms.valid_value(Bernoulli.pyro_dist, torch.tensor([0., float("nan")]))
     assert not closed_forms.valid_value(dist.Normal, torch.tensor([float("nan")]))
+
+
+def test_a_replaced_constant_is_never_taken_for_the_standard_one() -> None:
+    # The "is it N(0, I)?" answer of a constant prior is cached under its buffers' ids; a buffer replaced twice can
+    # land at the first one's freed address (in 1-3 tries under pymalloc), so the cache must hold the buffers.
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return {"loc": x, "scale": torch.ones_like(x)}
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p")
+    q, x = Q(), torch.zeros(3, 2)
+    kl = KullbackLeibler(q, prior)
+    for _ in range(50):
+        kl.eval({"x": x})  # cached as standard
+        prior.loc = torch.full((2,), 5.0)
+        prior.sample(batch_n=1)  # (nothing else holds the first buffer now)
+        prior.loc = torch.full((2,), 5.0)
+        want = torch.distributions.kl_divergence(torch.distributions.Normal(x, 1.0),
+                                                 torch.distributions.Normal(prior.loc, 1.0)).sum(-1)
+        torch.testing.assert_close(kl.eval({"x": x}), want)
+        lp = prior.get_log_prob({"z": x})
+        torch.testing.assert_close(lp, torch.distributions.Normal(prior.loc, 1.0).log_prob(x).sum(-1))
+        prior.loc = torch.zeros(2)

@@ -149,6 +149,42 @@ def test_inputs_freed_within_a_scope_never_answer_a_later_tensor(grad: bool, key
             del h, got
 
 
+@pytest.mark.parametrize("container", ["tuple", "list", "dict"])
+def test_an_in_place_change_inside_a_container_input_is_a_new_key(container: str) -> None:
+    # an RNN's state (h, c) given as one variable: a change of h in place is a new key, as for a plain tensor
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["hc"], name="q")
+
+        def forward(self, hc):  # type: ignore[no-untyped-def]
+            h, c = (hc["h"], hc["c"]) if isinstance(hc, dict) else hc
+            return {"loc": h + c, "scale": torch.ones_like(h)}
+
+    q, h, c, z = Q(), torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 2)
+    hc = {"tuple": (h, c), "list": [h, c], "dict": {"h": h, "c": c}}[container]
+    with memoize():
+        q.get_log_prob({"hc": hc, "z": z})
+        h.add_(1.0)
+        got = q.get_log_prob({"hc": hc, "z": z})
+    torch.testing.assert_close(got, torch.distributions.Normal(h + c, 1.0).log_prob(z).sum(-1))
+
+
+def test_an_optimizer_step_ends_what_a_scope_around_a_training_loop_cached() -> None:
+    # a scope opened around several steps: each step's pass uses the parameters the optimizer just changed (and a
+    # fresh graph: reusing the first step's would backward through a freed graph)
+    q, x, z = Encoder(), torch.randn(5, 4), torch.randn(5, 2)
+    opt = torch.optim.SGD(q.parameters(), lr=0.1)
+    with memoize():
+        for _ in range(3):
+            loss = -q.get_log_prob({"x": x, "z": z}).mean()
+            params = q.forward(x)
+            want = -torch.distributions.Normal(params["loc"], params["scale"]).log_prob(z).sum(-1).mean()
+            torch.testing.assert_close(loss, want)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
 def test_a_distribution_marked_not_memoizable_runs_every_time() -> None:
     q = Encoder(dropout=0.5)
     x = torch.ones(6, 4)
