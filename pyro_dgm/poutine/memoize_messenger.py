@@ -91,10 +91,10 @@ def _arg_key(a: Any, depth: int = 0) -> Hashable:
         if a.is_inference():  # made under torch.inference_mode: no version counter, and changed in place only
             return (id(a), "inference")  # inside inference mode, which no evaluation does within its scope
         return (id(a), a._version)  # an in-place change bumps _version: a new key, never a stale hit
-    if type(a) in (tuple, list) and depth < 4:  # an RNN's state (h, c): each tensor by identity and version
-        return (type(a).__name__, tuple(_arg_key(v, depth + 1) for v in a))
-    if type(a) is dict and depth < 4:
-        return ("dict", tuple((k, _arg_key(v, depth + 1)) for k, v in a.items()))
+    if isinstance(a, (tuple, list)) and depth < 4:  # an RNN's state (h, c), a PackedSequence: each tensor by
+        return (type(a), tuple(_arg_key(v, depth + 1) for v in a))  # identity and version
+    if isinstance(a, dict) and depth < 4:
+        return (type(a), tuple((k, _arg_key(v, depth + 1)) for k, v in a.items()))
     try:
         hash(a)
     except TypeError:

@@ -1,6 +1,8 @@
 """The memoizing handler: one encoder pass per scope, never stale, identical results with and without it."""
 from __future__ import annotations
 
+import collections
+
 import pyro
 import pyro.poutine as poutine
 import pytest
@@ -149,7 +151,7 @@ def test_inputs_freed_within_a_scope_never_answer_a_later_tensor(grad: bool, key
             del h, got
 
 
-@pytest.mark.parametrize("container", ["tuple", "list", "dict"])
+@pytest.mark.parametrize("container", ["tuple", "namedtuple", "list", "dict"])
 def test_an_in_place_change_inside_a_container_input_is_a_new_key(container: str) -> None:
     # an RNN's state (h, c) given as one variable: a change of h in place is a new key, as for a plain tensor
     class Q(Normal):
@@ -161,7 +163,8 @@ def test_an_in_place_change_inside_a_container_input_is_a_new_key(container: str
             return {"loc": h + c, "scale": torch.ones_like(h)}
 
     q, h, c, z = Q(), torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 2)
-    hc = {"tuple": (h, c), "list": [h, c], "dict": {"h": h, "c": c}}[container]
+    hc = {"tuple": (h, c), "namedtuple": collections.namedtuple("State", "h c")(h, c), "list": [h, c],
+          "dict": {"h": h, "c": c}}[container]
     with memoize():
         q.get_log_prob({"hc": hc, "z": z})
         h.add_(1.0)
