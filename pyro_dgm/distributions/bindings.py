@@ -47,7 +47,8 @@ def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str,
 class CallState:
     """The state of one ancestral pass: the options of the call and the event dims of what it drew so far."""
 
-    __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs", "given_dims")
+    __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs", "given_dims",
+                 "own_shape")
 
     def __init__(self, batch_n: int | None = None, sample_shape: Iterable[int] = _NO_SHAPE, reparam: bool = False,
                  sample_mean: bool = False, obs: Mapping[str, Any] | None = None,
@@ -60,15 +61,17 @@ class CallState:
         self.event_dims: dict[str, int] = {}
         self.kwargs = kwargs or {}
         self.given_dims: dict[int, int | None] | None = None  # given_event_dim's answers in this pass
+        self.own_shape = False  # sample_shape is the drawing factor's own option (graph.set_option), not the call's
 
     def override(self, option: Mapping[str, Any]) -> tuple[Any, ...]:
         """Apply one factor's options (``graph.set_option``) for its draw; returns what :meth:`restore` needs."""
-        saved = (self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs)
+        saved = (self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs, self.own_shape)
         if "batch_n" in option:
             self.batch_n = option["batch_n"] or None  # (Pixyz's `if batch_n:`: 0 draws the inputs' size)
         if "sample_shape" in option:
             shape = option["sample_shape"]
             self.sample_shape = shape if type(shape) is torch.Size else torch.Size(shape)
+            self.own_shape = True  # a factor asked for it: its draws are made even if its inputs were drawn
         if "reparam" in option:
             self.reparam = bool(option["reparam"])
         if "sample_mean" in option:
@@ -80,7 +83,7 @@ class CallState:
 
     def restore(self, saved: tuple[Any, ...]) -> None:
         """Undo :meth:`override`."""
-        self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs = saved
+        self.batch_n, self.sample_shape, self.reparam, self.sample_mean, self.kwargs, self.own_shape = saved
 
 
 def draw_factors(factors: Iterable[Any], values: dict[str, Any], ctx: CallState,

@@ -580,8 +580,8 @@ class DistributionBase(Distribution):
         """The site's distribution (feature dims as event dims, expanded for batch_n/sample_shape) and its base."""
         base, ev, root = self._dgm_parts(b, values, ctx, expand, value)
         fn = base.to_event(ev) if ev > 0 else base
-        if root and ctx.sample_shape:
-            fn = fn.expand(ctx.sample_shape + fn.batch_shape)
+        if (root or ctx.own_shape) and ctx.sample_shape:  # (a child draws one value per parent draw, unless its
+            fn = fn.expand(ctx.sample_shape + fn.batch_shape)  # own option asks for more, as in Pixyz)
         return fn, base
 
     def _dgm_parts(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
@@ -838,7 +838,7 @@ class DistributionBase(Distribution):
             # draw sample_shape values from the unexpanded distribution, as torch (and Pixyz) do: the same random
             # numbers as Pixyz's for the families whose sampler orders them otherwise (Categorical's multinomial)
             base, ev, root = self._dgm_parts(b, values, ctx)
-            if root:
+            if root or ctx.own_shape:
                 self._dgm_set_last(base, False)  # Pixyz's dist: expanded for batch_n, not for sample_shape
                 fn = base.to_event(ev) if ev > 0 else base
                 # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set

@@ -11,12 +11,16 @@ code before the fixes each failed in most runs (a flow's parameter id was reused
   tensor, same version, new storage).
 - A ``Deterministic`` whose forward changes its input in place was reused within one evaluation; Pixyz runs it on
   every use.
+- A child factor's own ``sample_shape`` option (``graph.set_option``) was dropped: one draw per parent draw, as for
+  a call's ``sample_shape``, where Pixyz draws that many per parent draw, as asked.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from pixyz_harness import assert_same, run_both
+import pytest
+
+from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
 
 
 def prog_flow_parameter_replaced_under_no_grad() -> Any:
@@ -101,3 +105,36 @@ def test_a_deterministic_that_changes_its_input_runs_on_each_use() -> None:
         ref, ours = run_both(lambda: prog_deterministic_changing_its_input(iterative))
         assert_same(ref, ours)
         assert ref["calls"] == (4 if iterative else 2)
+
+
+def prog_a_child_s_own_sample_shape_option(variant: str) -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x"], features_shape=[2])
+    py = Normal(loc="x", scale=torch.tensor(1.), var=["y"], cond_var=["x"], features_shape=[2])
+    pw = Normal(loc="y", scale=torch.tensor(0.5), var=["w"], cond_var=["y"], features_shape=[2])
+    joint = pw * py * prior if variant == "grandchild" else py * prior
+    joint.graph.set_option(dict(sample_shape=(2,)), ["y"])
+    if variant == "given parent":
+        s = joint.sample({"x": torch.randn(3, 2)})
+    else:
+        s = joint.sample(batch_n=3)
+    return {k: v for k, v in s.items()}
+
+
+def test_a_child_s_own_sample_shape_option_draws_that_many_per_parent() -> None:
+    # A joint's call-level sample_shape draws one child per parent draw (porting.md: Pixyz draws the child again for
+    # every parent draw); a factor's own option (graph.set_option on the child) asks for more, as in Pixyz. It was
+    # dropped here: y of shape (3, 2) where Pixyz's is (2, 3, 2).
+    for variant in ("batch_n", "given parent"):
+        ref, ours = run_both(lambda: prog_a_child_s_own_sample_shape_option(variant))
+        assert_same(ref, ours)
+        assert ref["y"].shape[0] == 2 and ref["y"].shape[1:] == ref["x"].shape, variant
+    # a grandchild of the child: Pixyz refuses batch_n=3 against y's (2, 3, 2) ("Batch shape mismatch"); here it
+    # draws one w per y, as any child of a drawn variable
+    with pytest.raises(ValueError, match="Batch shape mismatch"):
+        run_pixyz(lambda: prog_a_child_s_own_sample_shape_option("grandchild"))
+    ours = run_pyro_dgm(lambda: prog_a_child_s_own_sample_shape_option("grandchild"))
+    assert ours["y"].shape == ours["w"].shape == (2, 3, 2)
