@@ -1,7 +1,7 @@
 """Saves a ~8 MB Model checkpoint over and over (the parent kills it with SIGKILL while it saves).
 
 Before each save every weight is set to the step number, so a checkpoint that loads is complete only if all its
-weights equal its step. Usage: ``python reliability_save_worker.py PATH``; prints ``saved`` after the first save.
+weights equal its step. Usage: ``python reliability_save_worker.py PATH``; prints ``saved`` after each save.
 """
 from __future__ import annotations
 
@@ -38,8 +38,7 @@ def main(path: str) -> None:
             for t in model.distributions.parameters():
                 t.fill_(float(model.step))
         model.save(path)
-        if model.step == 1:
-            print("saved", flush=True)
+        print("saved", flush=True)
         model.step += 1
 
 

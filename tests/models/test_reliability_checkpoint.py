@@ -40,13 +40,14 @@ def test_a_save_killed_with_sigkill_never_leaves_an_unreadable_checkpoint(tmp_pa
     path = tmp_path / "ckpt.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     steps = []
-    for delay in (0.05, 0.2, 0.45):
+    for saves, delay in ((1, 0.05), (2, 0.2), (3, 0.45)):
         proc = subprocess.Popen([sys.executable, str(WORKER), str(path)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None
-            line = proc.stdout.readline()  # the first complete checkpoint exists; it keeps saving
-            assert line.strip() == "saved", proc.stderr.read() if proc.stderr else ""
+            for _ in range(saves):  # that many complete checkpoints were written (on any disk speed); it keeps saving
+                line = proc.stdout.readline()
+                assert line.strip() == "saved", proc.stderr.read() if proc.stderr else ""
             time.sleep(delay)
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -59,7 +60,7 @@ def test_a_save_killed_with_sigkill_never_leaves_an_unreadable_checkpoint(tmp_pa
         steps.append(model.step)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ckpt.pt"]
     assert all(n.startswith(".ckpt.pt.") and n.endswith(".tmp") for n in leftovers)  # a killed save's temp file
-    assert max(steps) > 1  # the kills did land during later saves
+    assert min(steps[1:]) > 1  # the later kills did land during later saves
 
 
 def test_save_leaves_no_temporary_file_and_keeps_permissions(tmp_path: Path) -> None:
