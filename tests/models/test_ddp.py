@@ -32,9 +32,10 @@ def _free_port() -> int:
 
 
 def worker_env(timeout_s: int = 120) -> dict[str, str]:
-    """The workers' environment: one thread, loopback, and a collective timeout that bounds a hang."""
+    """The workers' environment: one thread, loopback, a collective timeout that bounds a hang, and Python's
+    fault handler (a worker that aborts in native code, e.g. gloo's ``terminate called``, prints its Python stack)."""
     return dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=os.getcwd(),
-                PYRO_DGM_DIST_TIMEOUT=str(timeout_s))
+                PYRO_DGM_DIST_TIMEOUT=str(timeout_s), PYTHONFAULTHANDLER="1")
 
 
 def write_data(out: Path) -> dict[str, torch.Tensor]:
