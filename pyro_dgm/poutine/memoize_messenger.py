@@ -15,6 +15,7 @@ import ctypes
 import random
 import struct
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Hashable, NamedTuple
 
@@ -91,15 +92,17 @@ def _arg_key(a: Any, depth: int = 0) -> Hashable:
         if a.is_inference():  # made under torch.inference_mode: no version counter, and changed in place only
             return (id(a), "inference")  # inside inference mode, which no evaluation does within its scope
         return (id(a), a._version)  # an in-place change bumps _version: a new key, never a stale hit
-    if isinstance(a, (tuple, list)) and depth < 4:  # an RNN's state (h, c), a PackedSequence: each tensor by
+    if isinstance(a, (tuple, list)) and depth < 8:  # an RNN's state (h, c), a PackedSequence: each tensor by
         return (type(a), tuple(_arg_key(v, depth + 1) for v in a))  # identity and version
-    if isinstance(a, dict) and depth < 4:
+    if isinstance(a, dict) and depth < 8:
         return (type(a), tuple((k, _arg_key(v, depth + 1)) for k, v in a.items()))
+    if isinstance(a, (set, frozenset)) and depth < 8:
+        return (type(a), frozenset(_arg_key(v, depth + 1) for v in a))
     try:
         hash(a)
     except TypeError:
         return ("id", id(a))
-    return a
+    return (type(a), a)  # (True == 1 == 1.0: a mask [True, False] is not the indices [1, 0])
 
 
 def _numpy_mark() -> Any:
@@ -333,6 +336,22 @@ class MemoizeMessenger(Messenger):
         self._cache[key] = (value, keep)
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
+        if self._pyro_stack and torch.is_grad_enabled():  # a scope the user opened around several backward passes
+            self._forget_after_backward(key, value)  # (LBFGS's closure, gradient accumulation): not Loss.eval's
+
+    def _forget_after_backward(self, key: Hashable, value: Any) -> None:
+        """Drop the entry once a backward pass goes through it: that pass frees its graph."""
+        ref = weakref.ref(self)
+
+        def forget(_grad: torch.Tensor) -> None:
+            live = ref()
+            if live is not None:
+                live._cache.pop(key, None)
+
+        parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
+        for t in parts:
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                t.register_hook(forget)
 
     def note(self, owner: Any, value: Any) -> None:
         """Keep ``value`` for ``owner`` until the scope ends (a flow's last computation while torch.compile

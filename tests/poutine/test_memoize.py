@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 
 import pyro
 import pyro.poutine as poutine
@@ -186,6 +187,48 @@ def test_an_optimizer_step_ends_what_a_scope_around_a_training_loop_cached() -> 
             opt.zero_grad()
             loss.backward()
             opt.step()
+
+
+def test_equal_but_different_non_tensor_inputs_are_different_keys() -> None:
+    # True == 1 and hash alike: a mask [True, False] and the indices [1, 0] must not share a forward pass
+    class Pick(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x", "idx"], name="q")
+
+        def forward(self, x, idx):  # type: ignore[no-untyped-def]
+            return {"loc": x[..., torch.tensor(idx)], "scale": torch.ones(())}
+
+    q, x = Pick(), torch.tensor([[10.0, 20.0]])
+    for container in (list, tuple):
+        with memoize():
+            mask = q.sample_mean({"x": x, "idx": container([True, False])})
+            index = q.sample_mean({"x": x, "idx": container([1, 0])})
+        assert mask.tolist() == [[10.0]] and index.tolist() == [[20.0, 10.0]], container
+
+
+def test_a_user_scope_around_a_closure_optimizer_gives_the_values_of_no_scope() -> None:
+    # LBFGS evaluates its closure several times within one step (no step hook in between), each with a backward
+    # pass that frees the graph: the entries it went through are dropped, so each evaluation is a fresh pass
+    def run(scoped: bool) -> list[float]:
+        torch.manual_seed(0)
+        q, x, z = Encoder(), torch.randn(5, 4), torch.randn(5, 2)
+        opt = torch.optim.LBFGS(q.parameters(), lr=0.5, max_iter=4)
+        values: list[float] = []
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = -q.get_log_prob({"x": x, "z": z}).mean()
+            loss.backward()
+            values.append(loss.item())
+            return loss
+
+        with memoize() if scoped else contextlib.nullcontext():
+            for _ in range(2):
+                opt.step(closure)
+        return values
+
+    plain = run(False)
+    assert len(plain) > 2 and run(True) == plain
 
 
 def test_a_distribution_marked_not_memoizable_runs_every_time() -> None:
