@@ -12,6 +12,7 @@ on separate models.
 from __future__ import annotations
 
 import ctypes
+import math
 import random
 import struct
 import threading
@@ -102,6 +103,8 @@ def _arg_key(a: Any, depth: int = 0) -> Hashable:
         hash(a)
     except TypeError:
         return ("id", id(a))
+    if type(a) is float:  # 0.0 == -0.0
+        return (float, a, math.copysign(1.0, a))
     return (type(a), a)  # (True == 1 == 1.0: a mask [True, False] is not the indices [1, 0])
 
 
@@ -207,8 +210,8 @@ class MemoizeMessenger(Messenger):
     autograd sees one forward pass. The inputs are kept alive while cached, so a later tensor cannot take an id the
     key holds. The cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives
     it, so a tensor reused across optimizer steps never meets a stale graph. A step of any ``torch.optim`` optimizer
-    (Pyro's wrap them) also clears it, for a scope opened around a training loop; parameters changed by hand within a
-    scope are not seen. Keys use Python ints only, so a lookup never
+    (Pyro's wrap them) also clears a scope opened by :func:`~pyro_dgm.poutine.memoize` (around a training loop), and
+    a backward pass drops the entries it went through; parameters changed by hand within a scope are not seen. Keys use Python ints only, so a lookup never
     synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
     ``memoize_unless_random = True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use)
     is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`) and changed
@@ -314,9 +317,11 @@ class MemoizeMessenger(Messenger):
         key = self._key(module, args, kwargs)
         if key is None:
             return None, None
-        if self._steps != _OPTIMIZER_STEPS[0]:  # an optimizer stepped since the entries were made (a scope opened
-            self._cache.clear()  # around a training loop): their parameters and graphs are gone
-            self._steps = _OPTIMIZER_STEPS[0]  # (read here, not in __init__: torch.compile would guard on it)
+        if self._pyro_stack and self._steps != _OPTIMIZER_STEPS[0]:  # a scope the user opened around a training
+            self._cache.clear()  # loop, and an optimizer stepped since the entries were made: their parameters
+            self._steps = _OPTIMIZER_STEPS[0]  # and graphs are gone. (Not Loss.eval's scope, one evaluation: a
+            # step in another thread must not make it run a network again; read here, not in __init__, where
+            # torch.compile would guard on it)
         hit = self._cache.get(key)
         if hit is None:
             return key, None

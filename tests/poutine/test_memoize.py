@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 
 import pyro
 import pyro.poutine as poutine
@@ -204,6 +205,18 @@ def test_equal_but_different_non_tensor_inputs_are_different_keys() -> None:
             mask = q.sample_mean({"x": x, "idx": container([True, False])})
             index = q.sample_mean({"x": x, "idx": container([1, 0])})
         assert mask.tolist() == [[10.0]] and index.tolist() == [[20.0, 10.0]], container
+
+    class Signed(Normal):  # 0.0 == -0.0 and hash alike
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x", "c"], name="p")
+
+        def forward(self, x, c):  # type: ignore[no-untyped-def]
+            return {"loc": x * math.copysign(1.0, c), "scale": torch.ones_like(x)}
+
+    p = Signed()
+    with memoize():
+        plus, minus = p.sample_mean({"x": x, "c": 0.0}), p.sample_mean({"x": x, "c": -0.0})
+    assert plus.tolist() == [[10.0, 20.0]] and minus.tolist() == [[-10.0, -20.0]]
 
 
 def test_a_user_scope_around_a_closure_optimizer_gives_the_values_of_no_scope() -> None:
