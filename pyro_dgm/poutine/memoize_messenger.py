@@ -211,14 +211,14 @@ class MemoizeMessenger(Messenger):
     key holds. The cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives
     it, so a tensor reused across optimizer steps never meets a stale graph. A step of any ``torch.optim`` optimizer
     (Pyro's wrap them) also clears a scope opened by :func:`~pyro_dgm.poutine.memoize` (around a training loop), and
-    a backward pass drops the entries it went through; parameters changed by hand within a scope are not seen. Keys use Python ints only, so a lookup never
-    synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
-    ``memoize_unless_random = True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use)
-    is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`) and changed
-    no input in place: a forward that picks random time steps, adds noise or edits its input runs again on each use,
-    as under Pixyz. Draws from a generator the
-    forward holds itself (a ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's ``RandomState``
-    kept from its last ``randn``, change no global state: such a module needs ``memoizable = False``.
+    a backward pass drops the entries of such a scope that it went through; parameters changed by hand within a scope
+    are not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU. A module with
+    ``memoizable = False`` (e.g. one with dropout) always runs. A module with ``memoize_unless_random = True`` (a
+    :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is reused only when its forward
+    drew nothing from the global random generators (:func:`rng_marks`) and changed no input in place: a forward that
+    picks random time steps, adds noise or edits its input runs again on each use, as under Pixyz. Draws from a
+    generator the forward holds itself (a ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's
+    ``RandomState`` kept from its last ``randn``, change no global state: such a module needs ``memoizable = False``.
 
     The open scopes are per thread: a network call is answered by the innermost scope of the thread that makes it
     (:func:`active_memo`), never by another thread's.
