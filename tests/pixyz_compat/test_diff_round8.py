@@ -118,7 +118,7 @@ def prog_a_child_s_own_sample_shape_option(variant: str) -> Any:
     pw = Normal(loc="y", scale=torch.tensor(0.5), var=["w"], cond_var=["y"], features_shape=[2])
     joint = pw * py * prior if variant == "grandchild" else py * prior
     joint.graph.set_option(dict(sample_shape=(2,)), ["y"])
-    if variant == "given parent":
+    if variant == "given parent":  # (x is a variable of the joint: both libraries draw it anew, one row)
         s = joint.sample({"x": torch.randn(3, 2)})
     else:
         s = joint.sample(batch_n=3)
