@@ -4,8 +4,8 @@ r"""β-VAE (Higgins et al. 2017) on digits: the VAE loss with the KL term weight
 
 written ``(beta * KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()``. A larger β presses q(z|x) towards the
 factorized prior: fewer latent dimensions stay in use, and those that do tend to vary one factor of the image each.
-The element-wise KL, ``KullbackLeibler(q, prior, dim=[])``, shows which dimensions are in use (their KL is above
-about 0.1 nats; the others have collapsed to the prior).
+The element-wise KL, ``KullbackLeibler(q, prior, sum_features=False)``, shows which dimensions are in use (their KL
+is above about 0.1 nats; the others have collapsed to the prior).
 
 p(x|z) is a Normal with a fixed pixel scale σ = 0.1, a constant parameter (``scale=sigma`` in the constructor; the
 network returns only ``loc``). A Bernoulli on these grey levels is too weak a likelihood for this: the plain VAE with
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                   f"test -ELBO {nelbo:7.3f}  test KL {test_kl:6.3f}  ({time.perf_counter() - start:5.1f} s)")
 
     # which latent dimensions are in use: the element-wise KL, averaged over the test set
-    kl_dims = KullbackLeibler(q, prior, dim=[])
+    kl_dims = KullbackLeibler(q, prior, sum_features=False)
     with torch.no_grad():
         per_dim = kl_dims.eval({"x": x_test}).mean(0)
     order = torch.argsort(per_dim, descending=True)

@@ -14,7 +14,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
-from pyro_dgm.utils.checks import ArgumentError, clearer, describe
+from pyro_dgm.utils.checks import ArgumentError, DTypeError, clearer, describe
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",
            "ExpertWeights", "OptionalInputs", "OneSiteDistribution"]
@@ -140,6 +140,11 @@ class OneSiteDistribution(Distribution):
         try:
             return fn.log_prob(x)
         except (ValueError, RuntimeError) as e:  # torch's validation of the value, a dtype the flow refuses...
+            own = next((t.dtype for t in self.parameters() if t.is_floating_point()), None)
+            if (isinstance(e, RuntimeError) and not isinstance(e, ValueError) and own is not None and x.dtype != own
+                    and "type" in str(e).lower()):
+                raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: its parameters "
+                                 f"are {own}; convert the value with {b.var[0]}.to({own}) (torch: {e})") from e
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} and dtype "
                              f"{x.dtype}: {e}") from e
 

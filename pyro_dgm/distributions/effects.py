@@ -13,11 +13,13 @@ from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.runtime import _PYRO_STACK, effectful
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
+from torch.nn.modules import module as _nn_module
 
 from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
-__all__ = ["run_network", "ignores_sites", "given_event_dim", "site_event_dim", "site_data_size", "data_batch_ndim",
+__all__ = ["run_network", "run_bound_network", "has_forward_hooks", "ignores_sites", "given_event_dim",
+           "site_event_dim", "site_data_size", "data_batch_ndim",
            "outer_plates_ndim", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
@@ -61,6 +63,23 @@ def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
             return scopes[-1].call(module, args, kwargs)
         return module(*args, **kwargs)
     return _effectful_network(module, *args, **kwargs)
+
+
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether a forward pre-hook or forward hook (the module's own, or a global one) will see ``module``'s call."""
+    return bool(module._forward_pre_hooks or module._forward_hooks or _nn_module._global_forward_pre_hooks
+                or _nn_module._global_forward_hooks)
+
+
+def run_bound_network(module: nn.Module, names: tuple[str, ...], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """:func:`run_network` with ``args``, the values of ``forward``'s leading arguments ``names``, passed by position;
+    or by name when a forward hook sees the inputs (a pre-hook, a forward hook: the module's own or global ones),
+    since Pixyz calls ``forward(**inputs)``: such a hook gets the inputs as keywords and may edit them there."""
+    if has_forward_hooks(module):
+        if names:
+            kwargs = {**dict(zip(names, args)), **kwargs}
+        return run_network(module, **kwargs)
+    return run_network(module, *args, **kwargs)
 
 
 def _plate_sizes(data: bool) -> dict[int, Any]:

@@ -19,7 +19,8 @@ from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import Distribution, ValuesLike, has_network
 from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
-from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites, run_network
+from pyro_dgm.distributions.effects import (PYRO_STACK, given_event_dim, has_forward_hooks, ignores_sites,
+                                               run_bound_network, run_network)
 from pyro_dgm.distributions.pixyz_protocol import adopt
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
                                    OutOfRangeError, ShapeError, clearer, describe, value_shape_problem)
@@ -351,7 +352,7 @@ class DistributionBase(Distribution):
             else:
                 kw = extra
             try:
-                out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
+                out = run_bound_network(self, self._dgm_b.fwd_pos, [values[v] for v in b.fwd_pos], kw)
             except (RuntimeError, TypeError, ValueError) as e:
                 self._dgm_note_inputs(e, b, values)
                 raise
@@ -368,6 +369,10 @@ class DistributionBase(Distribution):
                     self._dgm_check_out_batch(b, values, out)
                     break
             params.update(out)
+        elif has_forward_hooks(self):  # Pixyz calls forward() of a distribution without a network too: its hooks run
+            out = run_network(self)
+            if isinstance(out, dict):
+                params.update(out)  # (then the constants, as there)
         for p, v in b.param_vars:
             params[p] = values[v]
         if PYRO_STACK and self._dgm_const_names and not ignores_sites(PYRO_STACK):
@@ -1010,11 +1015,16 @@ class DistributionBase(Distribution):
         raises where the shapes do not broadcast at all) if a value of ``value_shape`` would be broadcast over
         parameters of full shape ``shape`` (of which the last ``n_features`` dims are feature dims); see
         :func:`~pyro_dgm.utils.checks.value_shape_problem`."""
-        key = (value_shape, shape, n_features, STRICT_SHAPES[0])
-        seen = self.__dict__.get("_dgm_shapes_ok")
-        if seen is not None and key in seen:
-            return
-        why = value_shape_problem(value_shape, shape, n_features)
+        if torch.compiler.is_compiling():  # checked while tracing, at no cost in the graph; the memo below would
+            why = value_shape_problem(value_shape, shape, n_features)  # hash the symbolic batch size, and Dynamo
+            if why is None:  # would then guard on its value: a graph per batch size
+                return
+        else:
+            key = (value_shape, shape, n_features, STRICT_SHAPES[0])
+            seen = self.__dict__.get("_dgm_shapes_ok")
+            if seen is not None and key in seen:
+                return
+            why = value_shape_problem(value_shape, shape, n_features)
         if why is None:
             if seen is None or len(seen) > 64:
                 seen = self.__dict__["_dgm_shapes_ok"] = set()

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution, has_network, sum_samples
 from pyro_dgm.distributions.bindings import Binding, CallState, forward_binding, forward_extras
-from pyro_dgm.distributions.effects import run_network
+from pyro_dgm.distributions.effects import run_bound_network
 from pyro_dgm.utils.checks import describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
@@ -82,7 +82,7 @@ class Deterministic(Distribution):
         if ctx.kwargs:
             kw.update(forward_extras(self, ctx.kwargs))
         try:
-            out = run_network(self, *[values[v] for v in b.fwd_pos], **kw)
+            out = run_bound_network(self, self._dgm_b.fwd_pos, [values[v] for v in b.fwd_pos], kw)
         except (RuntimeError, TypeError, ValueError) as e:
             self._dgm_note_inputs(e, b, values)
             raise

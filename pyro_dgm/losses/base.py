@@ -136,11 +136,13 @@ class Loss(YieldingModule, _PyroELBO):
         self.__dict__.pop(name, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """``loss(x_dict, **kwargs)`` runs :meth:`forward` through ``nn.Module.__call__`` and returns Pixyz's
-        ``(value, samples)``; ``loss(model, guide)`` is :meth:`pyro.infer.ELBO.__call__` (an ``nn.Module`` computing
-        the loss)."""
+        """``loss(x_dict, **kwargs)`` (or ``loss(x_dict=...)``; ``loss()``: no values) runs :meth:`forward` through
+        ``nn.Module.__call__`` and returns Pixyz's ``(value, samples)``; ``loss(model, guide)`` is
+        :meth:`pyro.infer.ELBO.__call__` (an ``nn.Module`` computing the loss)."""
         if len(args) == 2 and not kwargs and callable(args[0]) and callable(args[1]):
             return _PyroELBO.__call__(self, *args)
+        if not args:  # Pixyz's keyword (loss(x_dict={...})), and its operators' default: no values (loss())
+            args = (kwargs.pop("x_dict", {}),)
         out = nn.Module.__call__(self, *args, **kwargs)
         value, samples = out if type(out) is tuple else (out, {})
         if isinstance(value, (int, float)):  # a ValueLoss keeps a number inside formulas; called, Pixyz's is a tensor

@@ -6,6 +6,9 @@ no graph break (the memoizing scope and the flows' memories compare tensors by i
 standard-prior shortcut and other value tests are skipped or asserted in the graph; see ``docs/design.md``), and
 the graph does not depend on which tensors a batch holds: a new batch of the same shapes reuses the compiled code
 (a batch of another shape, e.g. a smaller last batch, compiles once more, after which torch marks the dim dynamic).
+An :class:`~pyro_dgm.losses.IterativeLoss` unrolls its time loop into the graph, so each sequence length is a graph
+of its own (from the ninth, torch runs the evaluation eagerly): pad sequences to one length and pass ``mask=``.
+Options that ``torch.compile`` refuses are refused when ``compile=`` is given.
 
 :class:`CompiledEval` holds one loss's compiled ``eval(x_dict, return_terms=True, **kwargs)``; ``Model`` uses one for
 its training loss and one for its test loss. ``backward`` runs the compiled backward graph; the optimizer step, the
@@ -67,7 +70,23 @@ def compile_options(owner: str, compile: bool | Mapping[str, Any] | None) -> dic
         if unknown:
             raise ValueError(f"{owner}: unknown torch.compile option(s) {unknown} in compile=; torch.compile takes "
                              f"{sorted(known)}")
-        return {**_DEFAULTS, **compile}
+        for k in ("fullgraph", "dynamic", "disable"):
+            v = compile.get(k)
+            if v is not None and not isinstance(v, bool):
+                raise TypeError(f"{owner}: the torch.compile option {k}= in compile= must be True or False"
+                                f"{' or None' if k == 'dynamic' else ''}, got {v!r}")
+        backend = compile.get("backend")
+        if backend is not None and not isinstance(backend, str) and not callable(backend):
+            raise TypeError(f"{owner}: the torch.compile option backend= in compile= must be a backend's name (see "
+                            f"torch._dynamo.list_backends()) or a callable, got {backend!r}")
+        options = {**_DEFAULTS, **compile}
+        try:  # torch.compile checks its options when called (it compiles at the first call of what it returns):
+            _dgm_compile(_no_op, options)  # refused here, not at the training step that would compile
+        except Exception as e:  # noqa: BLE001 (InvalidBackend, RuntimeError, AssertionError...: torch's words kept)
+            kind = TypeError if isinstance(e, TypeError) else ValueError
+            raise kind(f"{owner}: torch.compile refuses compile={dict(compile)!r} ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+        return options
     raise TypeError(f"{owner}: compile must be True, False or a dict of torch.compile options (mode=, backend=, "
                     f"dynamic=, ...), got {compile!r}")
 
@@ -126,6 +145,10 @@ def _dgm_compile(fn: Any, options: Mapping[str, Any]) -> Any:
     if was and not validating():
         _Distribution.set_default_validate_args(True)
     return compiled
+
+
+def _no_op() -> None:
+    return None
 
 
 def _own_code(fn: Any) -> Any:

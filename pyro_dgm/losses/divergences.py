@@ -147,10 +147,14 @@ class KullbackLeibler(Loss):
     p, q : Distribution
         Distributions over the same ``var``.
     dim : int or list of int, optional
-        Analytic only: sum the element-wise divergence over these dims instead of over the feature dims.
+        Analytic only: sum the element-wise divergence over these dims instead of over the feature dims. An empty
+        list counts as not given, as in Pixyz (the sum over the feature dims); ``dim=0`` sums over dim 0.
     analytical : bool, default True
     sample_shape : tuple of int, default ``(1,)``
         Monte Carlo only: the number of samples is its product.
+    sum_features : bool, default True
+        Analytic only: ``False`` gives the element-wise divergence, summed over nothing (e.g. to rank a VAE's
+        latent dimensions); ``dim`` must not be given then.
 
     Raises
     ------
@@ -176,7 +180,8 @@ class KullbackLeibler(Loss):
     """
 
     def __init__(self, p: "Distribution", q: "Distribution", dim: int | Sequence[int] | None = None,
-                 analytical: bool = True, sample_shape: Sequence[int] = torch.Size([1])) -> None:
+                 analytical: bool = True, sample_shape: Sequence[int] = torch.Size([1]), *,
+                 sum_features: bool = True) -> None:
         if analytical and type(self) is KullbackLeibler:
             # Pixyz's KullbackLeibler is a function that returns an AnalyticalKullbackLeibler unless
             # analytical=False: so is the object here, for isinstance and type checks written for Pixyz
@@ -192,7 +197,12 @@ class KullbackLeibler(Loss):
                           f"distributions of one value, as Pixyz does (did you mean a prior over {p.var}?)",
                           UserWarning, stacklevel=2)
         self.p, self.q = p, q
+        if not sum_features and (dim is not None or not analytical):
+            raise ValueError(f"KullbackLeibler of {p.prob_text} and {q.prob_text}: sum_features=False (the "
+                             "element-wise analytic divergence) takes no dim and no analytical=False"
+                             f"{f', got dim={dim!r}' if dim is not None else ''}")
         self.dim = dim
+        self.sum_features = sum_features
         self.analytical = analytical
         self._dgm_mc: Loss | None = None
         if analytical:
@@ -238,8 +248,9 @@ class KullbackLeibler(Loss):
         if self._dgm_mc is not None:
             return self._dgm_mc.eval(values, return_dict=True, return_all=False, **kwargs)
         total: Tensor | None = None
+        dim = self._dgm_dim()
         for f, g in self._dgm_pairs():
-            closed = getattr(f, "_dgm_closed_form_kl", None) if self.dim is None else None
+            closed = getattr(f, "_dgm_closed_form_kl", None) if dim is None else None
             kl = closed(g, values, kwargs) if closed is not None else None
             if kl is not None:
                 total = kl if total is None else total + kl
@@ -253,7 +264,7 @@ class KullbackLeibler(Loss):
                                         f"{describe(g)} ({e}); pass analytical=False for a Monte Carlo "
                                         "estimate") from e
             event_dims = 0
-            if self.dim is not None:
+            if dim is not None:
                 pd, qd = _elementwise(pd), _elementwise(qd)
             elif len(pd.event_shape) != len(qd.event_shape):
                 # e.g. q(z|x) with feature dims against a prior of scalar parameters (no features_shape): Pixyz
@@ -280,15 +291,28 @@ class KullbackLeibler(Loss):
                 raise clearer(e, f"KullbackLeibler: cannot compare {describe(f)} (batch shape {tuple(pd.batch_shape)}"
                                  f", event shape {tuple(pd.event_shape)}) with {describe(g)} (batch shape "
                                  f"{tuple(qd.batch_shape)}, event shape {tuple(qd.event_shape)}): {e}") from e
-            kl = _dgm_sum_dims(kl, self.dim, self) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))
+            kl = _dgm_sum_dims(kl, dim, self) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))
             total = kl if total is None else total + kl
         assert total is not None
-        if self.dim is None and total.shape == (1,) and self._dgm_one_dim(values, kwargs):
+        if dim is None and total.shape == (1,) and self._dgm_one_dim(values, kwargs):
             # Pixyz sums dims 1.. with torch.sum(dim=[]), which sums them all: a divergence of one dim and one value
             # has shape () there (a 1-d batch of several scalars would be summed too: that sum is not a divergence
             # per element, so only the shape of one value is Pixyz's)
             total = total.sum()
         return total, {}
+
+    def _dgm_dim(self) -> int | Sequence[int] | None:
+        """The dims to sum the element-wise divergence over: ``None`` for the feature dims, ``[]`` for none."""
+        if not getattr(self, "sum_features", True):
+            return []
+        dim = self.dim
+        if dim is not None and type(dim) is not int and not isinstance(dim, Tensor):
+            try:
+                if len(dim) == 0:  # Pixyz's `if self.dim:` passes over an empty list: the sum over the features
+                    return None
+            except TypeError:
+                pass  # (_dgm_sum_dims names what is wrong with it)
+        return dim
 
     def _dgm_one_dim(self, values: dict[str, Any], kwargs: dict[str, Any]) -> bool:
         """Whether the element-wise divergence has one dim (checked only for a result of one value): torch's KL of
@@ -314,8 +338,9 @@ class AnalyticalKullbackLeibler(KullbackLeibler):
     D_{KL} \left[q(z)||p(z) \right] tensor(0.5000)
     """
 
-    def __init__(self, p: "Distribution", q: "Distribution", dim: int | Sequence[int] | None = None) -> None:
-        super().__init__(p, q, dim=dim, analytical=True)
+    def __init__(self, p: "Distribution", q: "Distribution", dim: int | Sequence[int] | None = None, *,
+                 sum_features: bool = True) -> None:
+        super().__init__(p, q, dim=dim, analytical=True, sum_features=sum_features)
 
 
 Divergence.register(KullbackLeibler)

@@ -284,6 +284,39 @@ def test_compile_options_are_checked() -> None:
     loss, _ = cm.vae()
     with pytest.raises(TypeError, match="Model: compile must be True, False or a dict"):
         Model(loss, distributions=list(loss.distributions), compile="inductor")
+    # values that torch.compile refuses: when the model is built, not at the step that would compile
+    refused = [({"backend": "no_such_backend"}, ValueError, "refuses .*InvalidBackend"),
+               ({"mode": "bogus"}, ValueError, "refuses .*Unrecognized mode=bogus"),
+               ({"mode": "reduce-overhead", "options": {"trace.enabled": False}}, ValueError, "Either mode or options"),
+               ({"options": {"no_such_inductor_option": 1}}, ValueError, "no_such_inductor_option"),
+               ({"dynamic": "yes"}, TypeError, "dynamic= in compile= must be True or False or None, got 'yes'"),
+               ({"fullgraph": 1}, TypeError, "fullgraph= in compile= must be True or False, got 1"),
+               ({"backend": 123}, TypeError, "backend= in compile= must be a backend's name")]
+    for options, kind, words in refused:
+        with pytest.raises(kind, match=f"^Model: .*{words}"):
+            Model(loss, distributions=list(loss.distributions), compile=options)
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_batches_of_many_sizes_compile_at_most_twice(dynamic: Any) -> None:
+    """A prior's log-density of a batch (an ELBO of ``p(x|z) p(z)``) was a graph per batch size: a shape check's
+    memo hashed the symbolic size, so Dynamo guarded on it, and from the ninth size on the step ran eagerly."""
+    from pyro_dgm.losses import ELBO
+
+    def build(compile: Any) -> Model:
+        torch.manual_seed(0)
+        q, p = cm.Encoder(), cm.Decoder()
+        return Model(-ELBO(p * cm._prior(), q).mean(), distributions=[q, p], optimizer=torch.optim.Adam,
+                     optimizer_params={"lr": 1e-3}, compile=compile)
+
+    model, eager = build({"backend": "eager", "dynamic": dynamic}), build(False)
+    for n in range(3, 14):
+        x = torch.rand(n, cm.X)
+        torch.manual_seed(n)
+        value = float(model.train({"x": x}))
+        torch.manual_seed(n)
+        assert value == pytest.approx(float(eager.train({"x": x})), rel=1e-5, abs=1e-5)
+    assert 1 <= _graphs() <= 2  # static, then dynamic (or dynamic at once)
 
 
 def test_a_bad_parameter_in_a_compiled_step_is_reported_not_trained_on() -> None:

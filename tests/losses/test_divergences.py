@@ -46,7 +46,11 @@ def test_kl_dim_sums_over_given_dims() -> None:
     p = Normal(loc=0., scale=1., var=["z"], features_shape=[3])
     x = torch.tensor([[1., 2., 3.]])
     assert torch.allclose(KullbackLeibler(q, p, dim=1).eval({"x": x}), torch.tensor([7.0]))
-    assert KullbackLeibler(q, p, dim=[]).eval({"x": x}).shape == (1, 3)  # element-wise
+    elementwise = KullbackLeibler(q, p, sum_features=False).eval({"x": x})
+    torch.testing.assert_close(elementwise, torch.tensor([[0.5, 2.0, 4.5]]))  # (x - 0)^2 / 2 per dim
+    torch.testing.assert_close(KullbackLeibler(q, p, dim=[]).eval({"x": x}), torch.tensor([7.0]))  # Pixyz: not given
+    with pytest.raises(ValueError, match="sum_features=False.*dim=1"):
+        KullbackLeibler(q, p, dim=1, sum_features=False)
 
 
 def test_kl_of_mean_field_products_is_the_sum_of_factor_kls() -> None:

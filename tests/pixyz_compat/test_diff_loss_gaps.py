@@ -385,7 +385,7 @@ def test_kl_dim_0_sums_dim_0_here_pixyz_ignores_it() -> None:
     q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(2.0), name="q", features_shape=[3])
     p = Normal(var=["z"], loc=torch.tensor(0.5), scale=torch.tensor(1.5), features_shape=[3])
     x = {"x": torch.tensor([[1.0, 0.0, 3.0], [2.0, -1.0, 0.0]])}
-    elementwise = KullbackLeibler(q, p, dim=[]).eval(x)  # shape (2, 3)
+    elementwise = KullbackLeibler(q, p, sum_features=False).eval(x)  # shape (2, 3)
     torch.testing.assert_close(ours_dim0, elementwise.sum(0))  # ours: shape (features,) = (3,)
     torch.testing.assert_close(ref_default, elementwise.sum(1))
 

@@ -1,0 +1,162 @@
+"""Ninth round: distributions and losses as torch modules, and documented parameters, under Pixyz 0.3.3 and here
+(:mod:`pixyz_harness`).
+
+- Pixyz runs a distribution's network as ``self(**inputs)``: a forward pre-hook (``with_kwargs=True``) or forward
+  hook gets the inputs as keywords and may edit them there. The network was called with them by position here, so
+  such a hook saw no inputs and its edit was dropped (a silently different density). A distribution without a
+  network runs ``forward()`` under Pixyz too, so its hooks run.
+- A loss called with Pixyz's keyword, ``loss(x_dict={...})``, or with no values, ``loss()`` (the operators' default
+  ``x_dict={}``), raised a ``TypeError``.
+- ``KullbackLeibler(q, p, dim=[])``: Pixyz tests ``if self.dim:``, so an empty list counts as not given (the sum over
+  the feature dims); it gave the element-wise divergence here. That is now ``sum_features=False``, an opt-in.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from pixyz_harness import assert_same, run_both
+
+
+def prog_pre_hook_edits_the_inputs_by_name() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Normal
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z", "y"], name="p")
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(torch.cat([z, y], -1)), "scale": torch.ones_like(z)}
+
+    p = P()
+    seen = []
+
+    def pre(module: Any, args: tuple, kwargs: dict) -> Any:
+        seen.append((len(args), sorted(kwargs)))
+        return args, {**kwargs, "z": kwargs["z"] * 10}
+
+    def post(module: Any, args: tuple, kwargs: dict, out: dict) -> dict:
+        return {**out, "loc": out["loc"] + 1}
+
+    p.register_forward_pre_hook(pre, with_kwargs=True)
+    p.register_forward_hook(post, with_kwargs=True)
+    z, y = torch.randn(3, 1), torch.randn(3, 1)
+    x = torch.randn(3, 1)
+    renamed = p.replace_var(z="w")  # the hook sees forward's own names
+    out = {"mean": p.sample_mean({"z": z, "y": y}), "lp": p.get_log_prob({"x": x, "z": z, "y": y}),
+           "renamed": renamed.get_log_prob({"x": x, "w": z, "y": y})}
+    return out, seen[0]
+
+
+def test_forward_hooks_see_the_inputs_by_name() -> None:
+    (ref, ref_seen), (ours, ours_seen) = run_both(prog_pre_hook_edits_the_inputs_by_name)
+    assert ref_seen == ours_seen == (0, ["y", "z"])
+    assert_same(ref, ours)
+
+
+def prog_hooks_of_a_distribution_without_network() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+    calls = []
+    prior.register_forward_pre_hook(lambda m, a: calls.append("pre"))
+    prior.register_forward_hook(lambda m, a, o: calls.append("post"))
+    lp = prior.get_log_prob({"z": torch.zeros(1, 2)})
+    return lp, calls
+
+
+def test_hooks_of_a_distribution_without_network_run() -> None:
+    ref, ours = run_both(prog_hooks_of_a_distribution_without_network)
+    assert ref[1] == ["pre", "post"]
+    assert_same(ref, ours)
+
+
+def test_a_deterministic_s_hooks_see_its_inputs_by_name() -> None:
+    # Pixyz calls a Deterministic's forward directly (its hooks never run); here they run, as every network's
+    from pyro_dgm.distributions import Deterministic
+
+    class F(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"h": x * 2}
+
+    f, seen = F(), []
+    f.register_forward_pre_hook(lambda m, a, kw: seen.append((a, float(kw["x"].sum()))), with_kwargs=True)
+    assert torch.equal(f.sample({"x": torch.ones(2, 1)})["h"], torch.full((2, 1), 2.0))
+    assert seen == [((), 2.0)]
+
+
+def prog_loss_called_with_x_dict_keyword_or_nothing() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
+    prior = Normal(loc=torch.tensor(0.5), scale=torch.tensor(2.), var=["z"], features_shape=[1])
+    x = {"x": torch.tensor([[1.0], [-1.0]])}
+    kl = KullbackLeibler(q, prior)
+    constant = KullbackLeibler(prior, Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"],
+                                             features_shape=[1]))
+    return {"keyword": kl.mean()(x_dict=x), "keyword_kl": kl(x_dict=x), "sum": kl.sum()(x),
+            "none_mean": constant.mean()(), "none_plus": (constant.sum() + 1.0)(), "none_neg": (-constant)()}
+
+
+def test_a_loss_called_with_x_dict_by_keyword_or_with_nothing() -> None:
+    ref, ours = run_both(prog_loss_called_with_x_dict_keyword_or_nothing)
+    assert_same(ref, ours)
+
+
+def prog_kl_with_an_empty_dim() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(2.0), name="q", features_shape=[3])
+    p = Normal(var=["z"], loc=torch.tensor(0.5), scale=torch.tensor(1.5), features_shape=[3])
+    x = {"x": torch.tensor([[1.0, 0.0, 3.0], [2.0, -1.0, 0.0]])}
+    return [KullbackLeibler(q, p, dim=d).eval(x) for d in (None, [], (), 1)]
+
+
+def test_kl_with_an_empty_dim_sums_over_the_features_as_pixyz() -> None:
+    ref, ours = run_both(prog_kl_with_an_empty_dim)
+    assert ref[1].shape == (2,)
+    assert_same(ref, ours)
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import KullbackLeibler
+
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(2.0), name="q", features_shape=[3])
+    p = Normal(var=["z"], loc=torch.tensor(0.5), scale=torch.tensor(1.5), features_shape=[3])
+    x = torch.tensor([[1.0, 0.0, 3.0], [2.0, -1.0, 0.0]])
+    elementwise = KullbackLeibler(q, p, sum_features=False).eval({"x": x})  # the opt-in: one value per element
+    N = torch.distributions.Normal
+    expected = torch.distributions.kl_divergence(N(x, 2.0), N(0.5, 1.5))
+    torch.testing.assert_close(elementwise, expected)
+    torch.testing.assert_close(elementwise.sum(-1), ref[0])
+
+
+def test_a_flow_scoring_a_value_of_another_dtype_names_it() -> None:
+    # Pixyz scores its cached draw (stale: of the float32 flow); torch's matmul refuses the value here
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+    from pyro_dgm.flows import FlowList, PlanarFlow
+    from pyro_dgm.utils.checks import DTypeError
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+    f = TransformedDistribution(prior, FlowList([PlanarFlow(2), PlanarFlow(2)]), var=["x"])
+    s = f.sample(batch_n=3)
+    f.double()
+    with pytest.raises(DTypeError, match=r"TransformedDistribution p\(x\): cannot score 'x' of dtype torch.float32: "
+                                         r"its parameters are torch.float64; convert the value with x.to"):
+        f.get_log_prob(s)
+    assert torch.isfinite(f.get_log_prob({"x": s["x"].double()})).all()
