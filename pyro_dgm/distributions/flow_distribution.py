@@ -395,7 +395,13 @@ class InverseTransformedDistribution(_FlowDistribution):
 
     def _dgm_transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
         if not self._flow_cond_var:
-            return self.flow.inv
+            # the flow's map as a transform (not the module: torch's inverse of its inverse would call flow(x), so
+            # the flow's own forward hooks would run where Pixyz calls flow.forward(x) directly, and a hook's edit
+            # would not reach the log-det); one object, kept (see _dgm_init_flow)
+            kept = self.__dict__.get("_dgm_flow_map")
+            if kept is None or kept[0] is not self.flow:
+                kept = self.__dict__["_dgm_flow_map"] = (self.flow, self.flow.condition(None).inv)
+            return kept[1]
         y = values[self._dgm_mapping(b).get(self._flow_cond_var[0], self._flow_cond_var[0])]
         return self.flow.condition(y).inv
 

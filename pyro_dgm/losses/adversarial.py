@@ -255,11 +255,11 @@ class AdversarialLoss(Loss):
     #: Wasserstein terms do (so ``eval(..., return_dict=True, return_all=False)`` holds them); its KL term's, none.
     _dgm_returns_values: bool = True
 
-    def forward(self, values: dict[str, Any], discriminator: bool = False,
+    def forward(self, x_dict: dict[str, Any], discriminator: bool = False,
                 **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         """Pixyz's ``(value, values)``: see :meth:`_dgm_value`."""
-        value = self._dgm_value(values, discriminator=discriminator, **kwargs)
-        return value, (dict(values) if self._dgm_returns_values else {})
+        value = self._dgm_value(x_dict, discriminator=discriminator, **kwargs)
+        return value, (dict(x_dict) if self._dgm_returns_values else {})
 
     def _dgm_value(self, values: dict[str, Any], discriminator: bool = False, **kwargs: Any) -> Tensor:
         """The generator-side value; with ``discriminator=True`` (Pixyz), the discriminator's loss on detached

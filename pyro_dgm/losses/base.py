@@ -141,8 +141,8 @@ class Loss(YieldingModule, _PyroELBO):
         :meth:`pyro.infer.ELBO.__call__` (an ``nn.Module`` computing the loss)."""
         if len(args) == 2 and not kwargs and callable(args[0]) and callable(args[1]):
             return _PyroELBO.__call__(self, *args)
-        if not args:  # Pixyz's keyword (loss(x_dict={...})), and its operators' default: no values (loss())
-            args = (kwargs.pop("x_dict", {}),)
+        if not args and "x_dict" not in kwargs:  # Pixyz's operators' default: no values (loss())
+            args = ({},)  # (loss(x_dict={...}) goes by keyword, as Pixyz passes it: a pre-hook sees it there)
         out = nn.Module.__call__(self, *args, **kwargs)
         value, samples = out if type(out) is tuple else (out, {})
         if isinstance(value, (int, float)):  # a ValueLoss keeps a number inside formulas; called, Pixyz's is a tensor
@@ -394,7 +394,7 @@ class Loss(YieldingModule, _PyroELBO):
         return _special.ConstantVar(self, constant_dict)
 
     # ------------------------------------------------------------------ evaluation
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Tensor | tuple[Tensor, dict[str, Any]]:
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> Tensor | tuple[Tensor, dict[str, Any]]:
         """The value of this term given ``values`` (which hold :attr:`input_var`); subclasses define it.
 
         A subclass returns the value, or ``(value, samples)`` with the samples it drew, by variable name. The
@@ -404,7 +404,7 @@ class Loss(YieldingModule, _PyroELBO):
         value = getattr(type(self), "_dgm_value", None)
         if value is None:
             raise NotImplementedError(f"{type(self).__name__} does not define forward()")
-        return value(self, values, **kwargs), {}
+        return value(self, x_dict, **kwargs), {}
 
     def eval(self, x_dict: Mapping[str, Any] | None = None, return_dict: bool = False, return_all: bool = True,
              return_terms: bool = False, **kwargs: Any) -> Any:

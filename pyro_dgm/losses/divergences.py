@@ -197,6 +197,9 @@ class KullbackLeibler(Loss):
                           f"distributions of one value, as Pixyz does (did you mean a prior over {p.var}?)",
                           UserWarning, stacklevel=2)
         self.p, self.q = p, q
+        if not isinstance(sum_features, bool):
+            raise TypeError(f"KullbackLeibler of {p.prob_text} and {q.prob_text}: sum_features must be True or False, "
+                            f"got {sum_features!r}")
         if not sum_features and (dim is not None or not analytical):
             raise ValueError(f"KullbackLeibler of {p.prob_text} and {q.prob_text}: sum_features=False (the "
                              "element-wise analytic divergence) takes no dim and no analytical=False"
@@ -207,8 +210,9 @@ class KullbackLeibler(Loss):
         self._dgm_mc: Loss | None = None
         if analytical:
             super().__init__(ordered_union(p.input_var, q.input_var))
-            if dim is not None:  # (Pixyz's torch.sum would refuse it at each evaluation; a Monte Carlo KL ignores it)
-                as_dims(self, "dim", dim)
+            checked = self._dgm_dim()
+            if checked is not None and sum_features:  # (Pixyz's torch.sum would refuse it at each evaluation; a
+                as_dims(self, "dim", checked)  # Monte Carlo KL ignores it)
         else:
             check_sample_shape(sample_shape, f"KullbackLeibler (analytical=False) of {p.prob_text} and {q.prob_text}")
             self._dgm_mc = Expectation(p, LogProb(p) - LogProb(q), sample_shape=sample_shape)
@@ -244,19 +248,24 @@ class KullbackLeibler(Loss):
             pairs.append((f, g))
         return pairs
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> Any:
         if self._dgm_mc is not None:
-            return self._dgm_mc.eval(values, return_dict=True, return_all=False, **kwargs)
+            return self._dgm_mc.eval(x_dict, return_dict=True, return_all=False, **kwargs)
         total: Tensor | None = None
         dim = self._dgm_dim()
-        for f, g in self._dgm_pairs():
+        pairs = self._dgm_pairs()
+        if len(pairs) > 1 and not getattr(self, "sum_features", True):
+            raise ValueError(f"KullbackLeibler {self.latex}: sum_features=False gives the element-wise divergence of "
+                             f"one variable; {self.p.prob_text} and {self.q.prob_text} are products over "
+                             f"{self.p.var}: take each factor's KullbackLeibler(..., sum_features=False)")
+        for f, g in pairs:
             closed = getattr(f, "_dgm_closed_form_kl", None) if dim is None else None
-            kl = closed(g, values, kwargs) if closed is not None else None
+            kl = closed(g, x_dict, kwargs) if closed is not None else None
             if kl is not None:
                 total = kl if total is None else total + kl
                 continue
             try:
-                pd, qd = scored_distribution(f.dist(values, **kwargs)), scored_distribution(g.dist(values, **kwargs))
+                pd, qd = scored_distribution(f.dist(x_dict, **kwargs)), scored_distribution(g.dist(x_dict, **kwargs))
             except NoClosedFormError:
                 raise
             except NotImplementedError as e:  # a marginal, a deterministic map...: no distribution object
@@ -294,7 +303,7 @@ class KullbackLeibler(Loss):
             kl = _dgm_sum_dims(kl, dim, self) if not event_dims else kl.sum(tuple(range(-event_dims, 0)))
             total = kl if total is None else total + kl
         assert total is not None
-        if dim is None and total.shape == (1,) and self._dgm_one_dim(values, kwargs):
+        if dim is None and total.shape == (1,) and self._dgm_one_dim(x_dict, kwargs):
             # Pixyz sums dims 1.. with torch.sum(dim=[]), which sums them all: a divergence of one dim and one value
             # has shape () there (a 1-d batch of several scalars would be summed too: that sum is not a divergence
             # per element, so only the shape of one value is Pixyz's)
@@ -306,12 +315,15 @@ class KullbackLeibler(Loss):
         if not getattr(self, "sum_features", True):
             return []
         dim = self.dim
-        if dim is not None and type(dim) is not int and not isinstance(dim, Tensor):
-            try:
-                if len(dim) == 0:  # Pixyz's `if self.dim:` passes over an empty list: the sum over the features
-                    return None
-            except TypeError:
-                pass  # (_dgm_sum_dims names what is wrong with it)
+        if dim is None or type(dim) is int:
+            return dim
+        if dim is False:  # Pixyz's `if self.dim:` passes over a falsy dim (0 aside: the sum over dim 0 here)
+            return None
+        try:
+            if len(dim) == 0:  # an empty list, tuple, torch.Size, tensor or array: the sum over the features
+                return None
+        except TypeError:
+            pass  # (_dgm_sum_dims names what is wrong with it)
         return dim
 
     def _dgm_one_dim(self, values: dict[str, Any], kwargs: dict[str, Any]) -> bool:
@@ -398,16 +410,16 @@ class Entropy(Loss):
     def _symbol(self) -> Any:
         return self._dgm_mc._symbol if self._dgm_mc is not None else super()._symbol
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> Any:
         if self._dgm_mc is not None:
-            return self._dgm_mc.eval(values, return_dict=True, return_all=False, **kwargs)
+            return self._dgm_mc.eval(x_dict, return_dict=True, return_all=False, **kwargs)
         p = self.p
         factors = (p,) if p._dgm_factors == (p,) else _mean_field(
             p, f"Entropy {self.latex}", "pass analytical=False for a Monte Carlo estimate")
         total: Tensor | None = None
         for f in factors:
             try:
-                h = f.get_entropy(values, **kwargs)
+                h = f.get_entropy(x_dict, **kwargs)
             except NotImplementedError as e:
                 raise NoClosedFormError(f"Entropy: {describe(f)} has no analytic entropy ({e}); pass "
                                         "analytical=False for a Monte Carlo estimate") from e

@@ -118,14 +118,14 @@ class Expectation(Loss):
 
         return sympy.Symbol(rf"\mathbb{{E}}_{{{self.p.prob_text}}} \left[{self.f.loss_text} \right]")
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         # options meant for loss terms (IterativeLoss's mask) go to f, not to p's sampler (one rule: context.py)
         sampler_kwargs = sampler_options(kwargs)
         results = []
         first: dict[str, Any] = {}
         for i in range(self.num_samples):
-            drawn = self.p.sample(values, reparam=self.reparam, return_all=False, **sampler_kwargs)
-            inputs = dict(values)
+            drawn = self.p.sample(x_dict, reparam=self.reparam, return_all=False, **sampler_kwargs)
+            inputs = dict(x_dict)
             inputs.update(drawn)
             value, f_samples = self.f.eval(inputs, return_dict=True, return_all=False, **kwargs)
             results.append(value)

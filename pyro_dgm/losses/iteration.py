@@ -270,8 +270,8 @@ class IterativeLoss(Loss):
                               f"updated (as in Pixyz); name a variable the step loss samples", UserWarning,
                               stacklevel=2)
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        x = dict(values)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        x = dict(x_dict)
         series = {v: x[v] for v in self.series_var}
         updated = {v: x[v] for v in self.update_value.values() if v in x}
         if self.max_iter:

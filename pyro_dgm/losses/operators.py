@@ -214,8 +214,8 @@ class AddLoss(LossOperator):
             return f"{self.loss1.latex} - {ValueLoss(-b.value).latex}"
         return f"{self.loss1.latex} + {_wrap(b, PREC_NEG + 1)}"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._dgm_both(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._dgm_both(x_dict, kwargs)
         try:
             return v1 + v2, s
         except (RuntimeError, TypeError, ValueError) as e:
@@ -247,8 +247,8 @@ class SubLoss(LossOperator):
     def latex(self) -> str:
         return f"{self.loss1.latex} - {_wrap(self.loss2, PREC_NEG + 1)}"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._dgm_both(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._dgm_both(x_dict, kwargs)
         try:
             return v1 - v2, s
         except (RuntimeError, TypeError, ValueError) as e:
@@ -285,8 +285,8 @@ class MulLoss(LossOperator):
             return rf"{left} \cdot {right}"
         return f"{left} {right}"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._dgm_both(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._dgm_both(x_dict, kwargs)
         try:
             return v1 * v2, s
         except (RuntimeError, TypeError, ValueError) as e:
@@ -316,8 +316,8 @@ class DivLoss(LossOperator):
     def latex(self) -> str:
         return rf"\frac{{{self.loss1.latex}}}{{{self.loss2.latex}}}"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._dgm_both(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._dgm_both(x_dict, kwargs)
         try:
             return v1 / v2, s
         except (RuntimeError, TypeError, ValueError) as e:
@@ -347,8 +347,8 @@ class PowLoss(LossOperator):
     def latex(self) -> str:
         return f"{_wrap(self.loss1, PREC_ATOM)}^{{{self.loss2.latex}}}"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._dgm_both(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._dgm_both(x_dict, kwargs)
         try:
             return v1 ** v2, s
         except (RuntimeError, TypeError, ValueError) as e:
@@ -374,8 +374,8 @@ class MinLoss(LossOperator):
     def latex(self) -> str:
         return rf"min \left({self.loss1.latex}, {self.loss2.latex}\right)"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._dgm_both(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._dgm_both(x_dict, kwargs)
         try:
             return torch.minimum(*_tensors(v1, v2)), s
         except (RuntimeError, TypeError, ValueError) as e:
@@ -401,8 +401,8 @@ class MaxLoss(LossOperator):
     def latex(self) -> str:
         return rf"max \left({self.loss1.latex}, {self.loss2.latex}\right)"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v1, v2, s = self._dgm_both(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v1, v2, s = self._dgm_both(x_dict, kwargs)
         try:
             return torch.maximum(*_tensors(v1, v2)), s
         except (RuntimeError, TypeError, ValueError) as e:
@@ -460,8 +460,8 @@ class NegLoss(LossSelfOperator):
     def latex(self) -> str:
         return f"- {_wrap(self.loss1, PREC_NEG + 1)}"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._dgm_one(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._dgm_one(x_dict, kwargs)
         try:
             return -v, s
         except TypeError as e:
@@ -489,8 +489,8 @@ class AbsLoss(LossSelfOperator):
     def latex(self) -> str:
         return f"|{self.loss1.latex}|"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._dgm_one(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._dgm_one(x_dict, kwargs)
         try:
             return abs(v), s
         except TypeError as e:
@@ -519,8 +519,8 @@ class BatchMean(LossSelfOperator):
     def latex(self) -> str:
         return rf"mean \left({self.loss1.latex} \right)"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._dgm_one(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._dgm_one(x_dict, kwargs)
         return _reduce(v, "mean"), s
 
 
@@ -546,8 +546,8 @@ class BatchSum(LossSelfOperator):
     def latex(self) -> str:
         return rf"sum \left({self.loss1.latex} \right)"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._dgm_one(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._dgm_one(x_dict, kwargs)
         return _reduce(v, "sum"), s
 
 
@@ -572,7 +572,7 @@ class Detach(LossSelfOperator):
     def latex(self) -> str:
         return rf"detach \left({self.loss1.latex} \right)"
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        v, s = self._dgm_one(values, kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        v, s = self._dgm_one(x_dict, kwargs)
         return _reduce(v, "detach"), s
 

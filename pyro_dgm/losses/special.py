@@ -191,8 +191,8 @@ class ConstantVar(Loss):
     def _symbol(self) -> Any:
         return self.base_loss._symbol
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        inputs = {k: values[k] for k in self._input_var if k in values}  # (a parent passes all of its values)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        inputs = {k: x_dict[k] for k in self._input_var if k in x_dict}  # (a parent passes all of its values)
         inputs.update(self.constant_dict)
         # its inputs and its constants join the samples, as in Pixyz (eval(..., return_dict=True) of a ConstantVar
         # reports the constants)

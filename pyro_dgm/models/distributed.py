@@ -807,8 +807,8 @@ class DataParalleledLoss(Loss):
     def _symbol(self) -> Any:
         return self.loss._symbol
 
-    def forward(self, values: dict[str, Any], **kwargs: Any) -> Any:
-        return self.loss.eval(values, return_dict=True, **kwargs)
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> Any:
+        return self.loss.eval(x_dict, return_dict=True, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         # as Pixyz's wrapper: what the wrapper lacks is the wrapped loss's (``DataParalleledLoss(kl).p``)

@@ -117,6 +117,40 @@ def test_a_loss_called_with_x_dict_by_keyword_or_with_nothing() -> None:
     assert_same(ref, ours)
 
 
+def prog_loss_pre_hook_edits_x_dict() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q", features_shape=[2])
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+    kl = KullbackLeibler(q, prior)
+    seen = []
+
+    def pre(module: Any, args: tuple, kwargs: dict) -> Any:
+        seen.append((len(args), sorted(kwargs)))
+        return args, {**kwargs, "x_dict": {"x": kwargs["x_dict"]["x"] * 0}} if "x_dict" in kwargs else kwargs
+
+    kl.register_forward_pre_hook(pre, with_kwargs=True)
+    x = torch.ones(3, 2)
+    value = kl(x_dict={"x": x})[0]
+    try:
+        kl({"x": x}, x_dict={"x": x})
+        both = "ran"
+    except TypeError:
+        both = "TypeError"
+    return value, seen, both
+
+
+def test_a_loss_s_pre_hook_sees_x_dict_by_keyword() -> None:
+    (ref, ref_seen, ref_both), (ours, ours_seen, ours_both) = run_both(prog_loss_pre_hook_edits_x_dict)
+    assert ref_seen == ours_seen == [(0, ["x_dict"]), (1, ["x_dict"])]
+    assert ref_both == ours_both == "TypeError"  # values given twice: neither library picks one
+    torch.testing.assert_close(ref, torch.zeros(3))
+    assert_same(ref, ours)
+
+
 def prog_kl_with_an_empty_dim() -> Any:
     import torch
 
@@ -126,7 +160,7 @@ def prog_kl_with_an_empty_dim() -> Any:
     q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(2.0), name="q", features_shape=[3])
     p = Normal(var=["z"], loc=torch.tensor(0.5), scale=torch.tensor(1.5), features_shape=[3])
     x = {"x": torch.tensor([[1.0, 0.0, 3.0], [2.0, -1.0, 0.0]])}
-    return [KullbackLeibler(q, p, dim=d).eval(x) for d in (None, [], (), 1)]
+    return [KullbackLeibler(q, p, dim=d).eval(x) for d in (None, [], (), torch.Size([]), False, 1)]
 
 
 def test_kl_with_an_empty_dim_sums_over_the_features_as_pixyz() -> None:
@@ -139,6 +173,8 @@ def test_kl_with_an_empty_dim_sums_over_the_features_as_pixyz() -> None:
     q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(2.0), name="q", features_shape=[3])
     p = Normal(var=["z"], loc=torch.tensor(0.5), scale=torch.tensor(1.5), features_shape=[3])
     x = torch.tensor([[1.0, 0.0, 3.0], [2.0, -1.0, 0.0]])
+    empty = KullbackLeibler(q, p, dim=torch.tensor([])).eval({"x": x})  # (Pixyz: "Boolean value of Tensor with no
+    torch.testing.assert_close(empty, ref[0])  # values is ambiguous"): as an empty list
     elementwise = KullbackLeibler(q, p, sum_features=False).eval({"x": x})  # the opt-in: one value per element
     N = torch.distributions.Normal
     expected = torch.distributions.kl_divergence(N(x, 2.0), N(0.5, 1.5))
@@ -160,3 +196,62 @@ def test_a_flow_scoring_a_value_of_another_dtype_names_it() -> None:
                                          r"its parameters are torch.float64; convert the value with x.to"):
         f.get_log_prob(s)
     assert torch.isfinite(f.get_log_prob({"x": s["x"].double()})).all()
+
+
+def prog_product_of_normals_with_constant_scales() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, ProductOfNormal
+
+    a = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="a")
+    b = Normal(loc="y", scale=torch.tensor(2.), var=["z"], cond_var=["y"], name="b")
+    params = ProductOfNormal([a, b]).get_params({"x": torch.ones(1, 1), "y": torch.full((1, 1), 3.)})
+    return params["loc"], params["scale"]
+
+
+def test_a_product_of_normals_with_constant_scales_is_the_product() -> None:
+    """Pixyz broadcasts the experts' means, of shape (1, 1), against their constant scales, of shape (1,), and gives
+    two rows that are no product of the experts (porting.md); the product of N(0, 1) (the prior expert), N(1, 1)
+    and N(3, 2^2) has precision 1 + 1 + 1/4 and mean (0 + 1 + 3/4) / 2.25."""
+    (ref_loc, ref_scale), (loc, scale) = run_both(prog_product_of_normals_with_constant_scales)
+    assert ref_loc.shape == (2, 1)
+    torch.testing.assert_close(loc, torch.tensor([[1.75 / 2.25]]))
+    torch.testing.assert_close(scale.expand_as(loc), torch.tensor([[2.25 ** -0.5]]))
+
+
+def test_the_element_wise_kl_of_a_product_is_refused() -> None:
+    """The element-wise divergences of two factors' variables cannot be one tensor (their features are different
+    variables' features): each factor's is asked for separately."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import KullbackLeibler
+
+    qa = Normal(var=["a"], cond_var=["x"], loc="x", scale=torch.tensor(1.0), name="q", features_shape=[3])
+    qb = Normal(var=["b"], cond_var=["x"], loc="x", scale=torch.tensor(2.0), name="q", features_shape=[3])
+    pa = Normal(var=["a"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), features_shape=[3])
+    pb = Normal(var=["b"], loc=torch.tensor(0.0), scale=torch.tensor(1.0), features_shape=[3])
+    with pytest.raises(ValueError, match=r"sum_features=False gives the element-wise divergence of one variable; "
+                                         r"q\(a,b\|x\) and p\(a,b\) are products"):
+        KullbackLeibler(qa * qb, pa * pb, sum_features=False).eval({"x": torch.zeros(2, 3)})
+    with pytest.raises(TypeError, match="sum_features must be True or False, got 'no'"):
+        KullbackLeibler(qa, pa, sum_features="no")
+
+
+def prog_a_hook_on_the_flow_of_an_inverse_flow_distribution() -> Any:
+    import torch
+
+    from pixyz.distributions import InverseTransformedDistribution, Normal
+    from pixyz.flows import FlowList, PlanarFlow
+
+    torch.manual_seed(1)
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+    flows = FlowList([PlanarFlow(2), PlanarFlow(2)])
+    flows.register_forward_hook(lambda m, a, o: o * 2)
+    d = InverseTransformedDistribution(prior=prior, flow=flows, var=["x"])
+    return d.get_log_prob({"x": torch.randn(4, 2)})
+
+
+def test_a_hook_on_the_flow_of_an_inverse_flow_distribution_does_not_run() -> None:
+    """Pixyz runs the flow's forward directly (its module hooks never run there); scoring ran ``flow(x)`` here, so a
+    hook's edit changed z but not the log-det: a density of nothing."""
+    ref, ours = run_both(prog_a_hook_on_the_flow_of_an_inverse_flow_distribution)
+    assert_same(ref, ours)
