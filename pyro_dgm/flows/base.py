@@ -780,8 +780,10 @@ class FlowList(Flow):
         super()._dgm_store_logdet(ld)
 
     def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
-        key = (tuple(shape), inverse)
-        if key == self._dgm_adapted_for:
+        # (not remembered while torch.compile traces: comparing the memo's sizes with the traced input's would make
+        # Dynamo guard on the batch size, a graph per batch size; the adaptation itself costs nothing in the graph)
+        key = None if torch.compiler.is_compiling() else (tuple(shape), inverse)
+        if key is not None and key == self._dgm_adapted_for:
             return
         parts = list(reversed(self._dgm_parts)) if inverse else self._dgm_parts
         for p in parts:
@@ -790,7 +792,8 @@ class FlowList(Flow):
             step = getattr(p, "inverse_shape" if inverse else "forward_shape", None)
             shape = step(shape) if step is not None else shape
         self._dgm_domain_event_dim, self._dgm_codomain_event_dim = _compose_dims(self._dgm_parts)
-        self.__dict__["_dgm_adapted_for"] = key  # (a plain value: no Module setattr per call)
+        if key is not None:
+            self.__dict__["_dgm_adapted_for"] = key  # (a plain value: no Module setattr per call)
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         for p in self._dgm_parts:

@@ -141,8 +141,22 @@ class Loss(YieldingModule, _PyroELBO):
         :meth:`pyro.infer.ELBO.__call__` (an ``nn.Module`` computing the loss)."""
         if len(args) == 2 and not kwargs and callable(args[0]) and callable(args[1]):
             return _PyroELBO.__call__(self, *args)
-        if not args and "x_dict" not in kwargs:  # Pixyz's operators' default: no values (loss())
-            args = ({},)  # (loss(x_dict={...}) goes by keyword, as Pixyz passes it: a pre-hook sees it there)
+        if args:
+            given = args[0]
+        else:  # the values by keyword go by keyword, as Pixyz passes them (a pre-hook sees them there), under the
+            name = _values_parameter(type(self))  # name forward gives them (x_dict; LogProb's x; a subclass's own)
+            if name in kwargs:
+                given = kwargs[name]
+            elif "x_dict" in kwargs:  # (Pixyz's name, for a forward that names them otherwise)
+                given = kwargs.pop("x_dict")
+                args = (given,)
+            else:  # Pixyz's operators' default: no values (loss())
+                given = {}
+                args = (given,)
+        if isinstance(given, Mapping) and self._input_var:  # as eval checks them: a missing input is named here too,
+            missing = [v for v in self._input_var if v not in given and v not in self._dgm_optional_var]
+            if missing:  # not a KeyError from deep inside a term
+                _raise_missing(self, dict(given), missing)
         out = nn.Module.__call__(self, *args, **kwargs)
         value, samples = out if type(out) is tuple else (out, {})
         if isinstance(value, (int, float)):  # a ValueLoss keeps a number inside formulas; called, Pixyz's is a tensor
@@ -395,7 +409,7 @@ class Loss(YieldingModule, _PyroELBO):
 
     # ------------------------------------------------------------------ evaluation
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> Tensor | tuple[Tensor, dict[str, Any]]:
-        """The value of this term given ``values`` (which hold :attr:`input_var`); subclasses define it.
+        """The value of this term given ``x_dict`` (which holds :attr:`input_var`); subclasses define it.
 
         A subclass returns the value, or ``(value, samples)`` with the samples it drew, by variable name. The
         built-in terms return ``(value, samples)``, as Pixyz's ``forward`` does (they compute the value in
@@ -801,6 +815,19 @@ def with_input_var(loss: Loss, input_var: Sequence[str] | None, owner: str) -> L
                          f"input_var is {list(loss.input_var)})")
     loss._input_var = list(dict.fromkeys(names))
     return loss
+
+
+_VALUES_PARAMETER: dict[type, str | None] = {}
+
+
+def _values_parameter(cls: type) -> str | None:
+    """The name of the first parameter of ``cls.forward`` after ``self`` (the values; ``None`` for ``*args``)."""
+    if cls not in _VALUES_PARAMETER:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]
+        first = params[0] if params else None
+        _VALUES_PARAMETER[cls] = first.name if first is not None and first.kind in (
+            first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD) else None
+    return _VALUES_PARAMETER[cls]
 
 
 def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str]) -> None:

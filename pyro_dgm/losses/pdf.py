@@ -97,6 +97,10 @@ class LogProb(Loss):
     def latex(self) -> str:
         return rf"\log {self.p.prob_text}"
 
+    def forward(self, x: dict[str, Any] | None = None, **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
+        """Pixyz's ``forward(x={}, **kwargs)``: the values are named ``x`` here (``LogProb(p)(x={...})``)."""
+        return self._dgm_value({} if x is None else x, **kwargs), {}
+
     def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         return self.p.get_log_prob(values, sum_features=self.sum_features, feature_dims=self.feature_dims, **kwargs)
 

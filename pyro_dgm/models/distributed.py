@@ -808,7 +808,8 @@ class DataParalleledLoss(Loss):
         return self.loss._symbol
 
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> Any:
-        return self.loss.eval(x_dict, return_dict=True, **kwargs)
+        # (value, the samples the loss drew): Pixyz's wrapper returns its loss's forward, which holds no inputs
+        return self.loss.eval(x_dict, return_dict=True, return_all=False, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         # as Pixyz's wrapper: what the wrapper lacks is the wrapped loss's (``DataParalleledLoss(kl).p``)

@@ -435,3 +435,27 @@ def test_every_model_in_a_process_runs_compiled_past_dynamos_recompile_limit() -
         for s in range(3):  # the first call runs eagerly, the second compiles, the third reuses it
             model.train(batch(s))
         assert _graphs() == i + 1, f"model {i} did not run compiled"
+
+
+@pytest.mark.parametrize("layers", ["reverse", "coupling"])
+def test_flow_models_on_batches_of_many_sizes_compile_at_most_twice(layers: str) -> None:
+    """A FlowList remembered the shape it last adapted its layers to, batch size included: Dynamo guarded on it and
+    compiled a graph per batch size (permutations, coupling layers), from the ninth running eagerly."""
+    import pyro_dgm.flows as pf
+    from pyro_dgm.distributions import InverseTransformedDistribution, Normal
+
+    def build() -> Any:
+        torch.manual_seed(0)
+        prior = Normal(loc=torch.zeros(4), scale=torch.ones(4), var=["z"], features_shape=[4])
+        def coupling() -> Any:
+            return pf.AffineCoupling(4, scale_net=torch.nn.Linear(4, 4), translate_net=torch.nn.Linear(4, 4))
+
+        parts = [pf.Reverse(4)] if layers == "reverse" else [coupling(), pf.Reverse(4), coupling()]
+        return -InverseTransformedDistribution(prior=prior, flow=pf.FlowList(parts), var=["x"]).log_prob().mean()
+
+    loss, eager = build(), build()  # the same weights; one compiled, one eager
+    loss.compile(backend="eager")
+    for n in range(3, 13):
+        x = torch.randn(n, 4)
+        assert torch.allclose(loss.eval({"x": x}), eager.eval({"x": x}), rtol=1e-6, atol=1e-6)
+    assert 1 <= _graphs() <= 2

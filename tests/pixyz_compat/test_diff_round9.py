@@ -255,3 +255,68 @@ def test_a_hook_on_the_flow_of_an_inverse_flow_distribution_does_not_run() -> No
     hook's edit changed z but not the log-det: a density of nothing."""
     ref, ours = run_both(prog_a_hook_on_the_flow_of_an_inverse_flow_distribution)
     assert_same(ref, ours)
+
+
+def prog_values_by_forward_s_own_name() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import LogProb
+    from pixyz.losses.losses import Loss
+
+    p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x"], features_shape=[2])
+
+    class M(Loss):  # a Pixyz-style term whose forward names its values x
+        def __init__(self) -> None:
+            super().__init__(input_var=["x"])
+
+        @property
+        def _symbol(self) -> Any:
+            import sympy
+            return sympy.Symbol("m")
+
+        def forward(self, x: dict = {}, **kwargs: Any) -> Any:  # noqa: B006 (Pixyz's signature)
+            return p.get_log_prob(x), {}
+
+    x = torch.zeros(3, 2)
+    return LogProb(p)(x={"x": x})[0], M()(x={"x": x})[0]
+
+
+def test_the_values_go_by_the_name_forward_gives_them() -> None:
+    """Pixyz's ``LogProb.forward(x={}, ...)`` names the values ``x``, as may a user's term: ``loss(x={...})``."""
+    ref, ours = run_both(prog_values_by_forward_s_own_name)
+    assert_same(ref, ours)
+
+
+def prog_data_paralleled_loss_returns_no_inputs() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import DataParalleledLoss, KullbackLeibler
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q", features_shape=[2])
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+    dp = DataParalleledLoss(KullbackLeibler(q, prior))
+    d = {"x": torch.ones(3, 2)}
+    return dp(d)[0], sorted(dp(d)[1]), sorted(dp.eval(d, return_dict=True, return_all=False)[1])
+
+
+def test_a_data_paralleled_loss_returns_its_loss_s_samples_not_the_inputs() -> None:
+    ref, ours = run_both(prog_data_paralleled_loss_returns_no_inputs)
+    assert ref[1] == ref[2] == []
+    assert_same(ref, ours)
+
+
+def test_a_loss_called_without_its_inputs_names_them() -> None:
+    # (Pixyz: a raw TypeError or IndexError; here it was a KeyError from deep inside the term)
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import MMD, IterativeLoss, LogProb
+    from pyro_dgm.utils.checks import MissingVariableError
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q", features_shape=[2])
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+    p = Normal(loc="z", scale=torch.tensor(1.), var=["x"], cond_var=["z"], features_shape=[2])
+    for loss in (MMD(q, prior), IterativeLoss(LogProb(p), max_iter=2, series_var=["x"])):
+        for call in (lambda: loss(), lambda: loss({}), lambda: loss(x_dict={"y": 1})):
+            with pytest.raises(MissingVariableError, match=r"missing input variable"):
+                call()
