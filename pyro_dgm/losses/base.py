@@ -143,21 +143,19 @@ class Loss(YieldingModule, _PyroELBO):
             return _PyroELBO.__call__(self, *args)
         if args:
             given = args[0]
-        else:  # the values by keyword go by keyword, as Pixyz passes them (a pre-hook sees them there), under the
-            name = _values_parameter(type(self))  # name forward gives them (x_dict; LogProb's x; a subclass's own)
-            if name in kwargs:
-                given = kwargs[name]
-            elif "x_dict" in kwargs:  # (Pixyz's name, for a forward that names them otherwise)
-                given = kwargs.pop("x_dict")
-                args = (given,)
-            else:  # Pixyz's operators' default: no values (loss())
-                given = {}
-                args = (given,)
-        if isinstance(given, Mapping) and self._input_var:  # as eval checks them: a missing input is named here too,
-            missing = [v for v in self._input_var if v not in given and v not in self._dgm_optional_var]
-            if missing:  # not a KeyError from deep inside a term
-                _raise_missing(self, dict(given), missing)
-        out = nn.Module.__call__(self, *args, **kwargs)
+        else:  # values by keyword go by keyword, as Pixyz passes them (a pre-hook sees them there)
+            name = _values_parameter(type(self))  # forward's name for them (x_dict; LogProb's x; a subclass's own)
+            given = kwargs.get(name, kwargs.get("x_dict")) if name is not None else kwargs.get("x_dict")
+            if name is not None and name not in kwargs:  # forward names them otherwise (or not at all)
+                given = kwargs.pop("x_dict", {})  # (Pixyz's x_dict=, by position; else its operators' default:
+                args = (given,)  # no values, loss())
+        try:
+            out = nn.Module.__call__(self, *args, **kwargs)
+        except KeyError as e:  # an input variable missing from the values: named, as eval names it
+            v = e.args[0] if len(e.args) == 1 else None
+            if isinstance(given, Mapping) and isinstance(v, str) and v in self._input_var and v not in given:
+                _raise_missing(self, dict(given), [v])
+            raise
         value, samples = out if type(out) is tuple else (out, {})
         if isinstance(value, (int, float)):  # a ValueLoss keeps a number inside formulas; called, Pixyz's is a tensor
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
@@ -821,12 +819,14 @@ _VALUES_PARAMETER: dict[type, str | None] = {}
 
 
 def _values_parameter(cls: type) -> str | None:
-    """The name of the first parameter of ``cls.forward`` after ``self`` (the values; ``None`` for ``*args``)."""
+    """The name of the first parameter of ``cls.forward`` after ``self`` (the values); ``None`` when it has none
+    that can be given by name (``forward(self, *args)``, ``forward(self, **kwargs)``: Pixyz's keywords reach it as
+    they are)."""
     if cls not in _VALUES_PARAMETER:
         params = list(inspect.signature(cls.forward).parameters.values())[1:]
         first = params[0] if params else None
-        _VALUES_PARAMETER[cls] = first.name if first is not None and first.kind in (
-            first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD) else None
+        _VALUES_PARAMETER[cls] = first.name if first is not None and first.kind is first.POSITIONAL_OR_KEYWORD \
+            else None
     return _VALUES_PARAMETER[cls]
 
 

@@ -320,3 +320,39 @@ def test_a_loss_called_without_its_inputs_names_them() -> None:
         for call in (lambda: loss(), lambda: loss({}), lambda: loss(x_dict={"y": 1})):
             with pytest.raises(MissingVariableError, match=r"missing input variable"):
                 call()
+
+
+def prog_user_terms_that_take_their_values_their_own_way() -> Any:
+    import sympy
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses.losses import Loss
+
+    p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x"], features_shape=[2])
+    default = {"x": torch.ones(3, 2)}
+
+    class ByKeywords(Loss):  # forward(**kwargs): Pixyz's x_dict= reaches it as a keyword, loss() with nothing
+        def __init__(self) -> None:
+            super().__init__(input_var=["x"])
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("m")
+
+        def forward(self, **kwargs: Any) -> Any:
+            return p.get_log_prob(kwargs.get("x_dict", default)), {}
+
+    class WithDefault(ByKeywords):  # declares x, reads it only if given: called, it is not checked (eval checks)
+        def forward(self, x_dict: dict = {}, **kwargs: Any) -> Any:  # noqa: B006 (Pixyz's signature)
+            return p.get_log_prob({"x": x_dict.get("x", default["x"] * 2)}), {}
+
+    d = {"x": torch.full((3, 2), 0.5)}
+    return (ByKeywords()(x_dict=d)[0], ByKeywords()()[0],
+            torch.func.functional_call(ByKeywords(), {}, (), {"x_dict": d})[0],
+            WithDefault()({})[0], WithDefault()()[0])
+
+
+def test_user_terms_that_take_their_values_their_own_way() -> None:
+    ref, ours = run_both(prog_user_terms_that_take_their_values_their_own_way)
+    assert_same(ref, ours)
