@@ -146,9 +146,9 @@ class Loss(YieldingModule, _PyroELBO):
         else:  # values by keyword go by keyword, as Pixyz passes them (a pre-hook sees them there)
             name = _values_parameter(type(self))  # forward's name for them (x_dict; LogProb's x; a subclass's own)
             given = kwargs.get(name, kwargs.get("x_dict")) if name is not None else kwargs.get("x_dict")
-            if name is not None and name not in kwargs:  # forward names them otherwise (or not at all)
-                given = kwargs.pop("x_dict", {})  # (Pixyz's x_dict=, by position; else its operators' default:
-                args = (given,)  # no values, loss())
+            if name is not None and name not in kwargs:  # given as x_dict= to a forward that names them otherwise
+                given = kwargs.pop("x_dict", {})  # (then by position), or not given: Pixyz's operators' default,
+                args = (given,)  # no values (loss())
         try:
             out = nn.Module.__call__(self, *args, **kwargs)
         except KeyError as e:  # an input variable missing from the values: named, as eval names it
