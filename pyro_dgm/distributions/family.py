@@ -353,7 +353,7 @@ class DistributionBase(Distribution):
                 kw = extra
             try:
                 out = run_bound_network(self, self._dgm_b.fwd_pos, [values[v] for v in b.fwd_pos], kw)
-            except (RuntimeError, TypeError, ValueError) as e:
+            except Exception as e:  # noqa: BLE001 (named, with its type kept)
                 self._dgm_note_inputs(e, b, values)
                 raise
             if not isinstance(out, dict):

@@ -83,7 +83,7 @@ class Deterministic(Distribution):
             kw.update(forward_extras(self, ctx.kwargs))
         try:
             out = run_bound_network(self, self._dgm_b.fwd_pos, [values[v] for v in b.fwd_pos], kw)
-        except (RuntimeError, TypeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 (named, with its type kept)
             self._dgm_note_inputs(e, b, values)
             raise
         if not isinstance(out, dict) or set(out) != set(self._var):

@@ -281,7 +281,7 @@ class IterativeLoss(Loss):
                 raise LossArgumentError(f"IterativeLoss: max_iter must be an int, got {self.max_iter!r:.80}") \
                     from None
         elif self.series_var:
-            steps = len(series[self.series_var[0]])
+            steps = _steps(series, self.series_var[0])
         else:
             raise ValueError(f"IterativeLoss: max_iter={self.max_iter!r} and no series_var: give max_iter > 0 or "
                              "series_var (the number of steps is the length of the first series_var)")
@@ -289,7 +289,7 @@ class IterativeLoss(Loss):
         # series otherwise, e.g. TD-VAE's slice_step picks time steps from a batch-first series)
         indexed = series if self.slice_step is None and type(self).slice_step_fn is IterativeLoss.slice_step_fn else {}
         for v, s in indexed.items():
-            if len(s) < steps:
+            if _steps(indexed, v) < steps:
                 raise SeriesTooShortError(f"IterativeLoss: series_var {v!r} has {len(s)} steps (its first dim), "
                                           f"fewer than max_iter={steps}; give a longer series or a smaller max_iter")
         mask = kwargs.pop("mask", None)
@@ -314,3 +314,15 @@ class IterativeLoss(Loss):
         x.update(series)
         x.update(updated)
         return total, x
+
+
+def _steps(series: Mapping[str, Any], v: str) -> int:
+    """The number of time steps of the series ``v`` (its first dim), or a ``TypeError`` naming it when it has none
+    (Pixyz's is ``len()`` of a 0-d tensor's)."""
+    s = series[v]
+    try:
+        return len(s)
+    except TypeError:  # a 0-d tensor, a number
+        shape = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+        raise TypeError(f"IterativeLoss: series_var {v!r} has no time dim (got {shape}); its first dim is time, "
+                        "e.g. shape (T, batch, features)") from None

@@ -356,3 +356,75 @@ def prog_user_terms_that_take_their_values_their_own_way() -> Any:
 def test_user_terms_that_take_their_values_their_own_way() -> None:
     ref, ours = run_both(prog_user_terms_that_take_their_values_their_own_way)
     assert_same(ref, ours)
+
+
+def prog_mixture_value_with_an_extra_leading_dim() -> Any:
+    import torch
+
+    from pixyz.distributions import Categorical, MixtureModel, Normal
+
+    comps = [Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], name="p0"),
+             Normal(loc=torch.ones(2), scale=torch.ones(2), var=["x"], name="p1")]
+    d = MixtureModel(comps, Categorical(probs=torch.tensor([.3, .7]), var=["z"], name="pz"))
+    return d.get_log_prob({"x": torch.full((3, 4, 2), 0.3)})
+
+
+def test_a_mixture_scores_each_point_of_an_extra_leading_dim() -> None:
+    """Pixyz picks one component for a whole (4, 2) block (porting.md); each of the 4 points is a mixture point of
+    its own here, as the leading sample dims of every family's value are."""
+    ref, ours = run_both(prog_mixture_value_with_an_extra_leading_dim)
+    N = torch.distributions.Normal
+    x = torch.full((2,), 0.3, dtype=torch.float64)
+    w = {0.0: torch.tensor(0.3, dtype=torch.float64).log(), 1.0: torch.tensor(0.7, dtype=torch.float64).log()}
+    point = torch.logsumexp(torch.stack([w[m] + N(m, 1.0).log_prob(x).sum() for m in w]), 0)
+    torch.testing.assert_close(ours, (4 * point).float().expand(3))
+    block = torch.logsumexp(torch.stack([w[m] + 4 * N(m, 1.0).log_prob(x).sum() for m in w]), 0)
+    torch.testing.assert_close(ref, block.float().expand(3))
+
+
+def test_errors_raised_in_a_network_or_by_a_series_without_time_name_their_owner() -> None:
+    # a network's own error keeps its type and gains a note naming the distribution (Pixyz adds nothing)
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import IterativeLoss, LogProb
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": {}["h"], "scale": x}
+
+    with pytest.raises(KeyError) as info:
+        Q().sample({"x": torch.zeros(2, 1)})
+    assert info.value.__notes__ == ["while Q q(z|x) ran forward() on 'x': (2, 1)"]
+    p = Normal(loc="z", scale=torch.tensor(1.0), var=["x"], cond_var=["z"])
+    loss = IterativeLoss(LogProb(p), series_var=["x", "z"])
+    with pytest.raises(TypeError, match=r"IterativeLoss: series_var 'x' has no time dim \(got \(\)\); its first dim "
+                                        r"is time"):
+        loss.eval({"x": torch.tensor(0.5), "z": torch.tensor(0.5)})
+
+
+def prog_junk_names_and_options() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+
+    renamed = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q").replace_var(z="")
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
+    q.graph.set_option(3, ["z"])
+    return renamed.prob_text, q.get_log_prob({"x": torch.zeros(2, 1), "z": torch.zeros(2, 1)})
+
+
+def test_junk_names_and_options_are_refused() -> None:
+    """Pixyz builds a distribution over a variable named '' and ignores options that are not a dict (porting.md)."""
+    from pixyz_harness import run_pixyz
+
+    assert run_pixyz(prog_junk_names_and_options)[0] == "q(|x)"
+    from pyro_dgm.distributions import Normal
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
+    with pytest.raises(TypeError, match=r"Normal q\(z\|x\)\.replace_var: the new name of 'z' must be a non-empty "
+                                        r"string"):
+        q.replace_var(z="")
+    with pytest.raises(TypeError, match=r"q\(z\|x\): set_option expects a dict of options, got int"):
+        q.graph.set_option(3, ["z"])
