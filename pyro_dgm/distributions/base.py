@@ -1051,6 +1051,10 @@ class Distribution(YieldingModule):
             "(a particle or enumeration dim of a value computed from a site) become event dims. Pass such an input "
             "as a site's value, or compute it inside the distribution's network.")
 
+    def _dgm_weights_dtype(self) -> torch.dtype | None:
+        """The dtype of this distribution's first floating-point parameter (its networks' weights), or ``None``."""
+        return next((t.dtype for t in self.parameters() if t.is_floating_point()), None)
+
     def _dgm_note_inputs(self, e: BaseException, b: Binding, values: Mapping[str, Any]) -> None:
         """Say which distribution's network failed, and on which inputs (the error keeps its type); a dtype error
         of torch's caused by an input whose dtype is not the weights' becomes a :class:`DTypeError` naming it."""
@@ -1058,7 +1062,7 @@ class Distribution(YieldingModule):
         shapes = ", ".join(f"{v!r}: {tuple(values[v].shape) if isinstance(values[v], Tensor) else type(values[v])}"
                            for v in names)
         note = f"while {describe(self)} ran forward() on {shapes}"
-        own = next((t.dtype for t in self.parameters() if t.is_floating_point()), None)
+        own = self._dgm_weights_dtype()
         other = [v for v in names if isinstance(values[v], Tensor) and own is not None and values[v].dtype != own
                  and not values[v].is_complex()]
         if other:  # values keep their dtype (docs/design.md): a float64 or int64 input meets float32 weights

@@ -140,7 +140,7 @@ class OneSiteDistribution(Distribution):
         try:
             return fn.log_prob(x)
         except (ValueError, RuntimeError) as e:  # torch's validation of the value, a dtype the flow refuses...
-            own = next((t.dtype for t in self.parameters() if t.is_floating_point()), None)
+            own = self._dgm_weights_dtype()
             if (isinstance(e, RuntimeError) and not isinstance(e, ValueError) and own is not None and x.dtype != own
                     and "type" in str(e).lower()):
                 raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: its parameters "

@@ -1015,17 +1015,18 @@ class DistributionBase(Distribution):
         raises where the shapes do not broadcast at all) if a value of ``value_shape`` would be broadcast over
         parameters of full shape ``shape`` (of which the last ``n_features`` dims are feature dims); see
         :func:`~pyro_dgm.utils.checks.value_shape_problem`."""
-        if torch.compiler.is_compiling():  # checked while tracing, at no cost in the graph; the memo below would
-            why = value_shape_problem(value_shape, shape, n_features)  # hash the symbolic batch size, and Dynamo
-            if why is None:  # would then guard on its value: a graph per batch size
-                return
-        else:
+        # (no memo while torch.compile traces: the check costs nothing in the graph, and the memo would hash the
+        # symbolic batch size, so Dynamo would guard on its value: a graph per batch size)
+        memo = not torch.compiler.is_compiling()
+        if memo:
             key = (value_shape, shape, n_features, STRICT_SHAPES[0])
             seen = self.__dict__.get("_dgm_shapes_ok")
             if seen is not None and key in seen:
                 return
-            why = value_shape_problem(value_shape, shape, n_features)
+        why = value_shape_problem(value_shape, shape, n_features)
         if why is None:
+            if not memo:
+                return
             if seen is None or len(seen) > 64:
                 seen = self.__dict__["_dgm_shapes_ok"] = set()
             seen.add(key)

@@ -30,6 +30,7 @@ from pyro.util import warn_if_nan
 from torch import Tensor, nn
 
 from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.distributions.effects import has_forward_hooks
 from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.losses.steps import clear_grads
@@ -53,7 +54,6 @@ PREC_ATOM = 100  # bracketed or single symbols: mean \left(...\right), D_{KL} \l
 
 #: torch's global forward hooks and pre-hooks (``nn.modules.module.register_module_forward_hook``): while any is
 #: registered, each term runs through ``nn.Module.__call__`` (as Pixyz's ``eval`` calls it), so that hooks run
-_GLOBAL_HOOKS = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
 
 #: Keyword options of ``eval`` that belong to loss terms (``IterativeLoss``'s ``mask``), not to networks (the name
 #: kept for code that imports it; :data:`pyro_dgm.losses.context.TERM_OPTIONS`).
@@ -141,14 +141,13 @@ class Loss(YieldingModule, _PyroELBO):
         :meth:`pyro.infer.ELBO.__call__` (an ``nn.Module`` computing the loss)."""
         if len(args) == 2 and not kwargs and callable(args[0]) and callable(args[1]):
             return _PyroELBO.__call__(self, *args)
-        if args:
-            given = args[0]
-        else:  # values by keyword go by keyword, as Pixyz passes them (a pre-hook sees them there)
+        name = None
+        if not args:  # values by keyword go by keyword, as Pixyz passes them (a pre-hook sees them there)
             name = _values_parameter(type(self))  # forward's name for them (x_dict; LogProb's x; a subclass's own)
-            given = kwargs.get(name, kwargs.get("x_dict")) if name is not None else kwargs.get("x_dict")
             if name is not None and name not in kwargs:  # given as x_dict= to a forward that names them otherwise
-                given = kwargs.pop("x_dict", {})  # (then by position), or not given: Pixyz's operators' default,
-                args = (given,)  # no values (loss())
+                args = (kwargs.pop("x_dict", {}),)  # (then by position), or not given: Pixyz's operators' default,
+                # no values (loss())
+        given = args[0] if args else kwargs.get(name or "x_dict")
         try:
             out = nn.Module.__call__(self, *args, **kwargs)
         except KeyError as e:  # an input variable missing from the values: named, as eval names it
@@ -572,7 +571,7 @@ class Loss(YieldingModule, _PyroELBO):
         for v in self._input_var:
             if v not in values and v not in self._dgm_optional_var:
                 _raise_missing(self, values, [v])
-        if self._forward_hooks or self._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
+        if has_forward_hooks(self):
             out = nn.Module.__call__(self, values, **kwargs)  # as Pixyz's eval calls each term: hooks run
         else:
             out = self.forward(values, **kwargs)
@@ -588,7 +587,7 @@ class Loss(YieldingModule, _PyroELBO):
         empty = _empty_inputs(inputs)
         try:
             with ctx:
-                if self._forward_hooks or self._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
+                if has_forward_hooks(self):
                     out = nn.Module.__call__(self, inputs, **kwargs)
                 else:
                     out = self.forward(inputs, **kwargs)
