@@ -197,10 +197,19 @@ def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.sum(dims) if dims else t
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 @register_log_prob(dist.Normal)
 def _normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    loc, scale = params["loc"], params["scale"]  # torch's arrangement: the same rounding (bfloat16 under autocast)
-    return _sum(-((x - loc) ** 2) / (2 * scale.pow(2)) - scale.log() - _HALF_LOG_2PI, dims)
+    loc, scale = params["loc"], params["scale"]
+    if loc.dtype in _HALF or scale.dtype in _HALF or x.dtype in _HALF:  # torch's arrangement, with its rounding
+        return _sum(-((x - loc) ** 2) / (2 * scale.pow(2)) - scale.log() - _HALF_LOG_2PI, dims)  # (Pixyz's bfloat16
+        # numbers under autocast)
+    # 5 operations forward where torch's arrangement takes 9 (and fewer backward): the same value up to rounding,
+    # finite where the scale's square underflows or the distance's overflows (torch's gives NaN or -inf there)
+    d = (x - loc) / scale
+    return _sum(torch.addcmul(-_HALF_LOG_2PI - scale.log(), d, d, value=-0.5), dims)
 
 
 def _standard_normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
