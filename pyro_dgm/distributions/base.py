@@ -21,6 +21,8 @@ import networkx as nx
 import pyro
 import torch
 from pyro.poutine.block_messenger import BlockMessenger
+from pyro.poutine.condition_messenger import ConditionMessenger
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor
 
@@ -667,6 +669,8 @@ class Distribution(YieldingModule):
             for f in order:  # without inputs (Pyro broadcasts their batch dim of 1)
                 f._dgm_draw_factor(values, ctx)
             return values
+        if batch_n is None and not guide and PYRO_STACK:  # pyro.condition(joint.model, data={"x": x}): its rows
+            batch_n = ctx.batch_n = self._dgm_conditioned_batch_n()  # size the data plate, as x=x would
         if batch_n is None or (type(batch_n) is int and batch_n == 1):  # no data, or one row (a global draw fed
             for f in order:  # to the next level of a hierarchical model: p_w.model(tau=tau)): global sites in no
                 f._dgm_draw_factor(values, ctx)  # plate, as in a Pyro model (the size-1 dim broadcasts with any
@@ -675,6 +679,24 @@ class Distribution(YieldingModule):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
         return values
+
+    def _dgm_conditioned_batch_n(self) -> int | None:
+        """The batch size of the values that the ``poutine.condition`` handlers around a model call without data give
+        its variables (``pyro.condition(joint.model, data={"x": x})``, Pyro's idiom for observed data), or ``None``."""
+        given: dict[str, Any] = {}
+        for m in PYRO_STACK:
+            if not isinstance(m, ConditionMessenger):
+                continue
+            data = m.data
+            for v in self._var:
+                if isinstance(data, Trace):
+                    node = data.nodes.get(v)
+                    x = node["value"] if node is not None and node.get("type") == "sample" else None
+                else:
+                    x = data.get(v) if isinstance(data, Mapping) else None
+                if isinstance(x, Tensor):
+                    given.setdefault(v, x)
+        return self._dgm_data_batch_n(given) if given else None
 
     def _dgm_check_plate_size(self, plate: Any, batch_n: int, values: Mapping[str, Any]) -> None:
         """Refuse data whose rows are not the caller's plate's at dim -1 (its subsample size when it subsamples:
@@ -838,10 +860,11 @@ class Distribution(YieldingModule):
         the batch dim is a ``pyro.plate("data", N, dim=-1)`` (unless the caller already opened a plate at dim -1),
         as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is; several calls in one
         Pyro model share that plate, and a call without data opens none (see ``_dgm_data_plate``). ``None`` for a
-        variable means "not given", as in Pyro models. Pass the data as arguments (a model called with none, e.g.
-        under ``poutine.condition``, cannot know ``N``: it draws one value, so open ``pyro.plate`` yourself
-        there): by name (``joint.model(x=x)``), as a dict, or positionally
-        in the order of :attr:`pyro_arg_names` (``joint.model(x)``, ``svi.step(x)``). Returns all values by name.
+        variable means "not given", as in Pyro models. Pass the data as arguments: by name (``joint.model(x=x)``), as
+        a dict, or positionally in the order of :attr:`pyro_arg_names` (``joint.model(x)``, ``svi.step(x)``); or
+        condition the model on it (``pyro.condition(joint.model, data={"x": x})``: a model called without data
+        takes ``N`` from the values a ``poutine.condition`` around it gives its variables). Returns all values by
+        name.
 
         Examples
         --------
@@ -1187,6 +1210,8 @@ class Distribution(YieldingModule):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Subclasses that hold a network override this: it maps ``cond_var`` values to parameters."""
-        raise NotImplementedError(f"{describe(self)} has no network: forward() is not defined")
+        raise NotImplementedError(f"{describe(self)} has no network: forward() is not defined (calling a distribution "
+                                  "runs its network, as in Pixyz; its Pyro model and guide are .model and .guide, "
+                                  "e.g. Trace_ELBO()(joint.model, q.guide) or SVI(joint.model, q.guide, ...))")
 
     forward._dgm_no_network = True  # type: ignore[attr-defined]

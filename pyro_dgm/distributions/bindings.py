@@ -3,7 +3,9 @@ writes (:class:`Binding`, which ``replace_var`` renames), and how ``forward``'s 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
@@ -22,26 +24,39 @@ _NO_SHAPE = torch.Size()
 #: The keywords of a sampling call (``Distribution.sample``'s options): a loss's ``eval`` passes them on to the terms
 #: that draw, and they are never a network's argument (one definition for the distributions and the losses).
 SAMPLING_OPTIONS = frozenset({"batch_n", "sample_shape", "reparam", "sample_mean", "return_all"})
-_FORWARD_KEYWORDS: dict[type, frozenset[str]] = {}
+_FORWARD_KEYWORDS: "weakref.WeakKeyDictionary[Any, tuple[str, ...]]" = weakref.WeakKeyDictionary()
 
 
 def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     """The keywords of a call that ``module.forward`` names as its parameters besides the variables (``forward(self,
     y, factor=1.0)`` takes ``model.test(data, factor=0.0)``'s ``factor``). Other options (``sample(unknown_opt=None)``,
     a loss's options, a graph's options) are dropped, as Pixyz never passes them to a network; a ``forward(**inputs)``
-    gets only the inputs, as under Pixyz. The signature is read once per class."""
+    gets only the inputs, as under Pixyz. The ``forward`` is the one of the moment (a notebook cell may replace the
+    class's method, or set one on the instance); its signature is read once per function."""
     if not kwargs:
         return kwargs
-    cls = type(module)
-    names = _FORWARD_KEYWORDS.get(cls)
+    fn = module.__dict__.get("forward")
+    bound = fn is None  # the class's method, called with self
+    if bound:
+        fn = type(module).forward
+    elif hasattr(fn, "__func__"):  # a bound method set on the instance
+        fn, bound = fn.__func__, True
+    try:
+        names = _FORWARD_KEYWORDS.get(fn)
+    except TypeError:  # (a callable that takes no weak reference)
+        names = None
     if names is None:
         try:
-            prms = list(inspect.signature(cls.forward).parameters.values())[1:]
+            prms = [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]
         except (TypeError, ValueError):
             prms = []
-        names = frozenset(p.name for p in prms if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-        _FORWARD_KEYWORDS[cls] = names
-    return {k: v for k, v in kwargs.items() if k in names}
+        names = tuple(n if k in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) else ""
+                      for n, k in prms)
+        with contextlib.suppress(TypeError):
+            _FORWARD_KEYWORDS[fn] = names
+    if bound:
+        names = names[1:]
+    return {k: v for k, v in kwargs.items() if k and k in names}
 
 
 class CallState:
@@ -166,7 +181,9 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
                              f"parameter (e.g. {example_param}={unused[0]!r}) or subclass {type(dist).__name__} with "
                              f"forward({', '.join(cond)}) returning the parameters")
         return (), ()
-    sig = inspect.signature(type(dist).forward)
+    fn = type(dist).forward
+    dist.__dict__["_dgm_forward_fn"] = fn  # the forward these arguments are bound to (effects.forward_replaced)
+    sig = inspect.signature(fn)
     params = list(sig.parameters.values())[1:]  # skip self
     # Pixyz calls forward(**inputs): positional passing is only a shortcut for the leading arguments, so an
     # argument after one that is skipped (it has a default and is not in cond_var), or a keyword-only one, goes

@@ -71,11 +71,21 @@ def has_forward_hooks(module: nn.Module) -> bool:
                 or _nn_module._global_forward_hooks)
 
 
+def forward_replaced(module: nn.Module) -> bool:
+    """Whether ``module``'s ``forward`` is no longer the one its arguments were bound to when it was built (see
+    :func:`~pyro_dgm.distributions.bindings.forward_binding`): a notebook cell replaced the class's method, or set
+    one on the instance (``q.forward = ...``). Pixyz calls the ``forward`` of the moment by name."""
+    d = module.__dict__
+    return "forward" in d or type(module).forward is not d.get("_dgm_forward_fn")
+
+
 def run_bound_network(module: nn.Module, names: tuple[str, ...], args: list[Any], kwargs: dict[str, Any]) -> Any:
     """:func:`run_network` with ``args``, the values of ``forward``'s leading arguments ``names``, passed by position;
     or by name when a forward hook sees the inputs (a pre-hook, a forward hook: the module's own or global ones),
-    since Pixyz calls ``forward(**inputs)``: such a hook gets the inputs as keywords and may edit them there."""
-    if has_forward_hooks(module):
+    since Pixyz calls ``forward(**inputs)``: such a hook gets the inputs as keywords and may edit them there. Also by
+    name when ``forward`` was replaced since the arguments were bound (:func:`forward_replaced`): the new one may
+    order them otherwise."""
+    if has_forward_hooks(module) or forward_replaced(module):
         if names:
             kwargs = {**dict(zip(names, args)), **kwargs}
         return run_network(module, **kwargs)

@@ -203,7 +203,9 @@ class ReplaceVarDistribution(_PassesThrough):
     def _dgm_inner(self, x_dict: Any) -> dict[str, Any]:
         values = self._dgm_input_dict(x_dict)
         inverse = {new: old for old, new in self.replace_dict.items()}
-        return {inverse.get(k, k): v for k, v in values.items()}
+        # a value under a replaced name belongs to another variable (u in a formula where q(z|u) is renamed q(z|x)):
+        # dropped, so that it cannot overwrite the value given under the new name
+        return {inverse.get(k, k): v for k, v in values.items() if k in inverse or k not in self.replace_dict}
 
     def get_params(self, params_dict: Any = None, **kwargs: Any) -> dict[str, Tensor]:
         return self.p.get_params(self._dgm_inner(params_dict), **kwargs)

@@ -98,8 +98,11 @@ class AdversarialJensenShannon(AdversarialLoss):
         return rf"D_{{JS}}^{{Adv}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
 
     def _dgm_g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
-        y_p = self._dgm_discriminate(self._dgm_samples(self.p, values, batch_n, True, kwargs), kwargs)
-        y_q = self._dgm_discriminate(self._dgm_samples(self.q, values, batch_n, True, kwargs), kwargs)
+        # both samples first, then the discriminator on each: Pixyz's order, so a discriminator that draws random
+        # numbers (dropout) takes the same ones
+        xp = self._dgm_samples(self.p, values, batch_n, True, kwargs)
+        xq = self._dgm_samples(self.q, values, batch_n, True, kwargs)
+        y_p, y_q = self._dgm_discriminate(xp, kwargs), self._dgm_discriminate(xq, kwargs)
         return self.g_loss(y_p, y_q, batch_n)
 
     def g_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
@@ -286,8 +289,11 @@ class AdversarialWassersteinDistance(AdversarialLoss):
         return rf"W^{{Adv}} \left({self.p.prob_text}, {self.q.prob_text} \right)"
 
     def _dgm_g_loss(self, values: Mapping[str, Any], batch_n: int, kwargs: Mapping[str, Any]) -> Tensor:
-        y_p = self._dgm_discriminate(self._dgm_samples(self.p, values, batch_n, True, kwargs), kwargs)
-        y_q = self._dgm_discriminate(self._dgm_samples(self.q, values, batch_n, True, kwargs), kwargs)
+        # both samples first, then the discriminator on each: Pixyz's order, so a discriminator that draws random
+        # numbers (dropout) takes the same ones
+        xp = self._dgm_samples(self.p, values, batch_n, True, kwargs)
+        xq = self._dgm_samples(self.q, values, batch_n, True, kwargs)
+        y_p, y_q = self._dgm_discriminate(xp, kwargs), self._dgm_discriminate(xq, kwargs)
         return self.g_loss(y_p, y_q, batch_n)
 
     def g_loss(self, y_p: Tensor, y_q: Tensor, *args: Any, **kwargs: Any) -> Tensor:

@@ -123,8 +123,11 @@ class Expectation(Loss):
         sampler_kwargs = sampler_options(kwargs)
         results = []
         first: dict[str, Any] = {}
-        for i in range(self.num_samples):
-            drawn = self.p.sample(x_dict, reparam=self.reparam, return_all=False, **sampler_kwargs)
+        # every draw of p first, then f at each: Pixyz's order, so that an f that draws too (a nested expectation, a
+        # sampled KL) takes the same random numbers
+        draws = [self.p.sample(x_dict, reparam=self.reparam, return_all=False, **sampler_kwargs)
+                 for _ in range(self.num_samples)]
+        for i, drawn in enumerate(draws):
             inputs = dict(x_dict)
             inputs.update(drawn)
             value, f_samples = self.f.eval(inputs, return_dict=True, return_all=False, **kwargs)

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from pyro.infer import ELBO as _PyroELBOBase
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceTailAdaptive_ELBO
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_NEG, Loss
@@ -38,7 +38,7 @@ class PyroELBO(Loss):
     ``TraceMeanField_ELBO``, ``TraceEnum_ELBO`` for a discrete label, ``TraceTMC_ELBO`` and their ``Jit`` versions),
     and ``TraceGraph_ELBO``, whose value is the loss and whose gradient that of Pyro's surrogate (score-function terms
     with their downstream costs and baselines, as ``SVI`` differentiates it); ``RenyiELBO``, which Pyro computes only
-    inside its own step, is refused (a ``TypeError``; use it with ``pyro.infer.SVI``, or ``IWELBO`` for alpha = 0).
+    inside its own step, and ``TraceTailAdaptive_ELBO``, which has no loss value, are refused (a ``TypeError``; use it with ``pyro.infer.SVI``, or ``IWELBO`` for alpha = 0).
     The value is a scalar summed over the data, as Pyro computes it; add per-datum terms after ``.sum()`` to match it.
 
     Parameters
@@ -74,7 +74,8 @@ class PyroELBO(Loss):
         elbo = Trace_ELBO() if elbo is None else elbo
         if not isinstance(elbo, _PyroELBOBase) or isinstance(elbo, Loss):
             raise TypeError(f"PyroELBO: elbo must be a Pyro ELBO such as Trace_ELBO(), got {type(elbo).__name__}")
-        if not hasattr(elbo, "differentiable_loss") and not isinstance(elbo, TraceGraph_ELBO):
+        if (not hasattr(elbo, "differentiable_loss") and not isinstance(elbo, TraceGraph_ELBO)) or isinstance(
+                elbo, TraceTailAdaptive_ELBO):  # (its differentiable_loss is Trace_ELBO's, whose value is inf there)
             raise TypeError(f"PyroELBO: {type(elbo).__name__} gives no differentiable loss (Pyro computes its gradient "
                             "only inside its own SVI step); use an ELBO with differentiable_loss (Trace_ELBO, "
                             "TraceMeanField_ELBO, TraceEnum_ELBO, TraceTMC_ELBO) or TraceGraph_ELBO, or train it with "
