@@ -27,6 +27,24 @@ SAMPLING_OPTIONS = frozenset({"batch_n", "sample_shape", "reparam", "sample_mean
 _FORWARD_KEYWORDS: "weakref.WeakKeyDictionary[Any, tuple[str, ...]]" = weakref.WeakKeyDictionary()
 
 
+class BoundForward:
+    """The ``forward`` a distribution's arguments were bound to when it was built (see
+    :func:`~pyro_dgm.distributions.effects.forward_replaced`). A copy shares it; a pickle holds an empty one (a
+    function pickles by its name, which a lambda, a local decorator's wrapper or a replaced method does not resolve
+    to), so a loaded distribution passes its inputs by name, which is right for any ``forward``."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BoundForward, (None,))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "BoundForward":
+        return self
+
+
 def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     """The keywords of a call that ``module.forward`` names as its parameters besides the variables (``forward(self,
     y, factor=1.0)`` takes ``model.test(data, factor=0.0)``'s ``factor``). Other options (``sample(unknown_opt=None)``,
@@ -35,12 +53,8 @@ def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str,
     class's method, or set one on the instance); its signature is read once per function."""
     if not kwargs:
         return kwargs
-    fn = module.__dict__.get("forward")
-    bound = fn is None  # the class's method, called with self
-    if bound:
-        fn = type(module).forward
-    elif hasattr(fn, "__func__"):  # a bound method set on the instance
-        fn, bound = fn.__func__, True
+    f = module.forward  # as the call finds it: a bound method (self or cls bound), or a plain callable
+    fn = getattr(f, "__func__", f)
     try:
         names = _FORWARD_KEYWORDS.get(fn)
     except TypeError:  # (a callable that takes no weak reference)
@@ -54,7 +68,7 @@ def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str,
                       for n, k in prms)
         with contextlib.suppress(TypeError):
             _FORWARD_KEYWORDS[fn] = names
-    if bound:
+    if fn is not f and getattr(f, "__self__", None) is not None:  # a method: its first parameter is bound
         names = names[1:]
     return {k: v for k, v in kwargs.items() if k and k in names}
 
@@ -182,9 +196,10 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
                              f"forward({', '.join(cond)}) returning the parameters")
         return (), ()
     fn = type(dist).forward
-    dist.__dict__["_dgm_forward_fn"] = fn  # the forward these arguments are bound to (effects.forward_replaced)
-    sig = inspect.signature(fn)
-    params = list(sig.parameters.values())[1:]  # skip self
+    dist.__dict__["_dgm_forward_fn"] = BoundForward(fn)  # the forward these arguments are bound to
+    params = list(inspect.signature(fn).parameters.values())
+    if not isinstance(inspect.getattr_static(type(dist), "forward", None), (staticmethod, classmethod)):
+        params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod has neither)
     # Pixyz calls forward(**inputs): positional passing is only a shortcut for the leading arguments, so an
     # argument after one that is skipped (it has a default and is not in cond_var), or a keyword-only one, goes
     # by name

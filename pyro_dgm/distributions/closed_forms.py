@@ -209,7 +209,8 @@ def _normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor
     # 5 operations forward where torch's arrangement takes 9 (and fewer backward): the same value up to rounding,
     # finite where the scale's square underflows or the distance's overflows (torch's gives NaN or -inf there)
     d = (x - loc) / scale
-    return _sum(torch.addcmul(-_HALF_LOG_2PI - scale.log(), d, d, value=-0.5), dims)
+    return _sum(torch.addcmul(torch.rsub(scale.log(), -_HALF_LOG_2PI), d, d, value=-0.5), dims)  # (rsub: no
+    # Python-level Tensor.__rsub__)
 
 
 def _standard_normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:

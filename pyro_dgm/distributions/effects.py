@@ -76,7 +76,8 @@ def forward_replaced(module: nn.Module) -> bool:
     :func:`~pyro_dgm.distributions.bindings.forward_binding`): a notebook cell replaced the class's method, or set
     one on the instance (``q.forward = ...``). Pixyz calls the ``forward`` of the moment by name."""
     d = module.__dict__
-    return "forward" in d or type(module).forward is not d.get("_dgm_forward_fn")
+    bound = d.get("_dgm_forward_fn")  # (a BoundForward; None for a distribution loaded from a pickle made before)
+    return "forward" in d or bound is None or type(module).forward is not bound.fn
 
 
 def run_bound_network(module: nn.Module, names: tuple[str, ...], args: list[Any], kwargs: dict[str, Any]) -> Any:

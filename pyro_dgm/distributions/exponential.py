@@ -24,6 +24,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.family import DistributionBase
+from pyro_dgm.utils.checks import describe
 
 __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Categorical", "RelaxedCategorical",
            "Multinomial", "Dirichlet", "Beta", "Laplace", "Gamma"]
@@ -256,6 +257,11 @@ class _Relaxed(DistributionBase):
                  logits: Any = None, **kwargs: Any) -> None:
         super().__init__(var, cond_var, name, features_shape, temperature=temperature, probs=probs, logits=logits,
                          **kwargs)
+        t = self._buffers.get("temperature")  # a constant (not a cond_var's name): Pixyz draws from a temperature
+        if isinstance(t, Tensor) and t.is_floating_point() and not bool((t > 0).all()):  # <= 0: NaN or mirrored
+            bad = t[~(t > 0)].flatten()[0].item()  # samples, silently
+            raise ValueError(f"{describe(self)}: temperature must be positive, got {bad} (the relaxation's "
+                             "temperature: small values, e.g. 0.1, approach the discrete distribution)")
 
     def set_dist(self, x_dict: Any = {}, batch_n: int | None = None, sampling: bool = False,  # noqa: B006
                  **kwargs: Any) -> None:

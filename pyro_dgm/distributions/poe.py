@@ -172,6 +172,10 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
             owner, weight_modalities, n, "the prior's, then one per expert")
         if len(weights) != n:
             raise ValueError(f"{owner}: expected {n} weights (the prior's, then one per expert), got {len(weights)}")
+        if not all(w >= 0 for w in weights) or not any(weights):  # (a weight scales a precision: Pixyz's product
+            # of negative or zero precisions is a NaN mean and an infinite scale, silently)
+            raise ValueError(f"{owner}: weight_modalities must be non-negative and not all 0 (each scales an "
+                             f"expert's precision), got {weights}")
         cond = ordered_union(*(e.cond_var for e in experts), prior.cond_var if prior is not None else [])
         # the shape of the prior's zeros when no expert is given; features_shape itself stays as given (Pixyz's)
         prior_shape = torch.Size(features_shape) or next(
@@ -304,6 +308,9 @@ class ElementWiseProductOfNormal(ProductOfNormal):
     """
 
     def __init__(self, p: Distribution, name: str = "p", features_shape: Sequence[int] = torch.Size()) -> None:
+        if not isinstance(p, Distribution):  # (ProductOfNormal takes a list of experts; this takes one network)
+            raise TypeError(f"ElementWiseProductOfNormal {name}: p must be one pyro_dgm distribution (the expert "
+                            f"network, whose input's elements are the experts), got {type(p).__name__}")
         if len(p.cond_var) != 1:
             raise ValueError(f"ElementWiseProductOfNormal {name}: the expert network must have one conditioning "
                              f"variable, got cond_var={p.cond_var}")

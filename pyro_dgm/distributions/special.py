@@ -45,7 +45,14 @@ class Deterministic(Distribution):
 
     def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = None, name: str = "p",
                  **kwargs: Any) -> None:
-        super().__init__(var=var, cond_var=cond_var, name=name, **kwargs)
+        try:
+            super().__init__(var=var, cond_var=cond_var, name=name, **kwargs)
+        except TypeError as e:
+            if "unexpected keyword argument" not in str(e):
+                raise
+            raise TypeError(f"{type(self).__name__} {name} (var={var!r:.60}): {e}; a Deterministic takes var, "
+                            "cond_var, name and features_shape (its network's settings go to its own __init__)"
+                            ) from None
         # as Pixyz (and our families), a Deterministic that cannot run (no forward, or forward's arguments not the
         # cond_var) builds, prints and multiplies, and raises at its first call
         unusable: BaseException | None = None
@@ -226,6 +233,9 @@ class CustomProb(Distribution):
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
         lp = self._log_prob_function(**{own: values[v] for own, v in zip(self._var, b.var)})
+        if not isinstance(lp, Tensor):  # (Pixyz: AttributeError: 'float' object has no attribute 'dim')
+            raise TypeError(f"{describe(self)}: log_prob_function must return a tensor of log-densities (one per "
+                            f"batch element, e.g. shape (batch,) or (batch, features)), got {type(lp).__name__}")
         return sum_samples(lp, feature_dims) if sum_features else lp
 
     def sample(self, x_dict: Any = {}, return_all: bool = True,  # noqa: B006 (Pixyz's signature)

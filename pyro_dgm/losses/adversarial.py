@@ -547,9 +547,6 @@ def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution
                         f"{type(d).__module__}.{type(d).__qualname__}; wrap the network in a Deterministic subclass")
     if d is p or d is q:
         raise ValueError(f"{owner}: the discriminator {describe(d)} is one of the compared distributions")
-    if len(d.var) != 1:
-        raise ValueError(f"{owner}: the discriminator {describe(d)} must generate one variable (its output), got var "
-                         f"{d.var}")
     compared = set(p.var)
     if d.var[0] in compared or d.var[0] in input_var:
         raise ValueError(f"{owner}: the discriminator {describe(d)} generates {d.var[0]!r}, which is a compared "

@@ -38,7 +38,8 @@ class PyroELBO(Loss):
     ``TraceMeanField_ELBO``, ``TraceEnum_ELBO`` for a discrete label, ``TraceTMC_ELBO`` and their ``Jit`` versions),
     and ``TraceGraph_ELBO``, whose value is the loss and whose gradient that of Pyro's surrogate (score-function terms
     with their downstream costs and baselines, as ``SVI`` differentiates it); ``RenyiELBO``, which Pyro computes only
-    inside its own step, and ``TraceTailAdaptive_ELBO``, which has no loss value, are refused (a ``TypeError``; use it with ``pyro.infer.SVI``, or ``IWELBO`` for alpha = 0).
+    inside its own step, and ``TraceTailAdaptive_ELBO``, which has no loss value, are refused (a ``TypeError``; use
+    them with ``pyro.infer.SVI``, or ``IWELBO`` for alpha = 0).
     The value is a scalar summed over the data, as Pyro computes it; add per-datum terms after ``.sum()`` to match it.
 
     Parameters

@@ -42,6 +42,17 @@ def _number_text(v: Any) -> str:
     return str(v)
 
 
+def _numbers(x: Any) -> bool:
+    """Whether ``x`` is a (nested) list or tuple of numbers, which Pixyz's ``ValueLoss`` keeps as their tensor."""
+    if not isinstance(x, (list, tuple)):
+        return False
+    try:
+        torch.tensor(x, dtype=torch.float)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return True
+
+
 class ValueLoss(Loss):
     """A constant: a number or a tensor. Numbers and tensors in loss arithmetic become a ``ValueLoss``.
 
@@ -49,10 +60,10 @@ class ValueLoss(Loss):
 
     Parameters
     ----------
-    loss1 : number or Tensor
-        The value (Pixyz's parameter name), as ``original_value``; ``value`` is a number's float32 buffer (as in
-        Pixyz: ``beta.value.fill_(0.5)`` anneals a coefficient in place) or the tensor given. The text shows the
-        current value (Pixyz's shows ``original_value``).
+    loss1 : number, (nested) list of numbers, or Tensor
+        The value (Pixyz's parameter name), as ``original_value``; ``value`` is a number's (or a list's) float32
+        buffer (as in Pixyz: ``beta.value.fill_(0.5)`` anneals a coefficient in place) or the tensor given. The
+        text shows the current value (Pixyz's shows ``original_value``).
 
     Examples
     --------
@@ -62,8 +73,9 @@ class ValueLoss(Loss):
     """
 
     def __init__(self, loss1: Any) -> None:
-        if isinstance(loss1, bool) or not isinstance(loss1, (numbers.Number, Tensor)):
-            raise TypeError(f"ValueLoss: loss1 (the value) must be a number or a tensor, got {type(loss1).__name__}")
+        if isinstance(loss1, bool) or not (isinstance(loss1, (numbers.Number, Tensor)) or _numbers(loss1)):
+            raise TypeError(f"ValueLoss: loss1 (the value) must be a number, a (nested) list of numbers or a tensor, "
+                            f"got {type(loss1).__name__}")
         super().__init__([])
         self.original_value = loss1
         if isinstance(loss1, Tensor):
@@ -108,6 +120,10 @@ class ValueLoss(Loss):
 
     @property
     def latex(self) -> str:
+        if isinstance(self.original_value, (list, tuple)):  # Pixyz's text: sympy's of the
+            import sympy  # list, [1.0, 2.0]
+
+            return sympy.latex(self.original_value)
         return "c" if not self.is_number else _number_text(self._dgm_shown())
 
     def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Any:

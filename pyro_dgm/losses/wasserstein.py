@@ -49,6 +49,9 @@ class WassersteinDistance(SampleDivergence):
         self.p, self.q = p, q
         # Pixyz's: the distribution whose input gives the batch size (None here when neither has one: batch_n does)
         self.input_dist = p if p.input_var else q if q.input_var else None
+        if metric is not None and not callable(metric):
+            raise TypeError(f"WassersteinDistance: metric must be a callable metric(a, b) of two batches of samples "
+                            f"(e.g. torch.nn.PairwiseDistance(p=2), the default), got {metric!r:.80}")
         self.metric = metric if metric is not None else PairwiseDistance(p=2)
         self.batch_n = batch_n
 

@@ -40,7 +40,7 @@ from pyro_dgm.utils import tolist  # noqa: F401  (helpers Pixyz's module namespa
 __all__ = ["Model", "NonFiniteLossError", "NonFiniteGradientError", "RankFailedError", "build_optimizer"]
 
 
-def check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
+def check_distributions(owner: str, distributions: Any) -> list[nn.Module | None]:
     if distributions is None:
         return []
     if isinstance(distributions, (nn.Module, Distribution)):
@@ -48,10 +48,10 @@ def check_distributions(owner: str, distributions: Any) -> list[nn.Module]:
     if isinstance(distributions, (str, bytes, Mapping)) or not isinstance(distributions, Iterable):
         raise TypeError(f"{owner}: distributions must be a list of pyro_dgm distributions, got "
                         f"{type(distributions).__name__}")
-    out: list[nn.Module] = []
+    out: list[nn.Module | None] = []
     for i, d in enumerate(distributions):
-        if isinstance(d, Distribution):
-            out.append(d)
+        if isinstance(d, Distribution) or d is None:  # (None: Pixyz's ModuleList keeps it, trains nothing for it
+            out.append(d)  # and prints it among the deterministic functions)
             continue
         # another library's distribution (Pixyz's, torch's, Pyro's); a torch module that only has a log_prob method
         # (nn.AdaptiveLogSoftmaxWithLoss) is a plain network
@@ -92,13 +92,15 @@ got 'a'
     if value is None:
         return
     try:
-        if value:
-            float(value)
+        number = float(value) if value else 0.0
     except (TypeError, ValueError) as e:
         raise ModelArgumentError(f"{owner}: {arg} must be a number (or None for no clipping), got {value!r:.80}") from e
     except RuntimeError as e:  # a tensor of several values (torch's RuntimeError, as under Pixyz)
         raise ShapeError(f"{owner}: {arg} must be a number (or None for no clipping), got a tensor of shape "
                          f"{tuple(value.shape) if isinstance(value, Tensor) else '?'}") from e
+    if number < 0 or math.isnan(number):  # Pixyz takes the step: a negative norm turns the gradient around, a
+        # negative value sets every element to it (torch's clamp(min=c, max=-c)): silently not a descent
+        raise ModelArgumentError(f"{owner}: {arg} must be positive (or None or 0 for no clipping), got {value!r:.80}")
 
 
 def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
@@ -149,17 +151,28 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
         clip = dict(optimizer.pt_clip_args or {})
         return torch_optim, clip
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        return optimizer(params, **kwargs), {}
+        return _construct(owner, optimizer, params, kwargs), {}
     if callable(optimizer) and (getattr(optimizer, "__module__", "") or "").startswith("pyro.optim"):
         made = optimizer(kwargs)  # pyro.optim.Adam: a factory taking one dict of arguments
         return build_optimizer(owner, made, params)
     if callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
-        made = optimizer(params, **kwargs)
+        made = _construct(owner, optimizer, params, kwargs)
         if isinstance(made, torch.optim.Optimizer):
             return made, {}
     raise TypeError(f"{owner}: optimizer must be a torch.optim.Optimizer class (torch.optim.Adam), a pyro.optim "
                     f"optimizer (pyro.optim.Adam({{'lr': 1e-3}})) or a factory returning a torch optimizer, got "
                     f"{optimizer!r:.100}")
+
+
+def _construct(owner: str, optimizer: Any, params: list[nn.Parameter], kwargs: dict[str, Any]) -> Any:
+    """``optimizer(params, **kwargs)``; torch's refusal of an argument (an unknown name, ``lr="0.1"``, ``lr=-1``, a
+    class that is no optimizer) keeps its type and names the model, the optimizer and the arguments."""
+    try:
+        return optimizer(params, **kwargs)
+    except (TypeError, ValueError) as e:
+        what = getattr(optimizer, "__qualname__", None) or repr(optimizer)
+        kind = TypeError if isinstance(e, TypeError) else ValueError
+        raise kind(f"{owner}: cannot build the optimizer {what:.80} with optimizer_params={kwargs!r:.200}: {e}") from e
 
 
 def _param_store() -> Any:
@@ -394,6 +407,9 @@ class Model:
         self._dgm_clip_each = clip_grad_norm in (None, False) and "clip_norm" in clip
         self.clip_value = (clip_grad_value if clip_grad_value not in (None, False)
                            else clip.get("clip_value", clip_grad_value))
+        if retain_graph is not None and not isinstance(retain_graph, (bool, int)):  # (torch reads it as a bool at
+            # the first backward: 1 and None work there, as under Pixyz; a string fails inside autograd)
+            raise ModelArgumentError(f"{owner}: retain_graph must be a bool, got {retain_graph!r:.80}")
         self.retain_graph = retain_graph
         self._dgm_compile = compile_options(owner, compile)  # torch.compile's options, or None: eager evaluation
         self._dgm_compiled: dict[int, CompiledEval] = {}
@@ -796,6 +812,8 @@ class Model:
             return  # a 2-norm that overflowed from finite gradients: clipping handles it, as in torch
         owners: dict[int, tuple[str, str]] = {}
         for i, d in enumerate(self.distributions):
+            if d is None:
+                continue
             label = d.prob_text if isinstance(d, Distribution) else f"distributions[{i}] ({type(d).__name__})"
             for name, p in d.named_parameters():
                 owners.setdefault(id(p), (label, name))

@@ -54,7 +54,7 @@ def test_normal_log_prob_is_torchs(shape, seed):  # type: ignore[no-untyped-def]
 
 @settings(max_examples=30, deadline=None)
 @given(shape=shapes, seed=seeds, log10_scale=st.floats(-3, 3))
-def test_normal_log_prob_float32_value_and_gradients_are_torchs(shape, seed, log10_scale):  # type: ignore[no-untyped-def]
+def test_normal_log_prob_in_float32_is_torchs(shape, seed, log10_scale):  # type: ignore[no-untyped-def]
     # float32 takes a shorter arrangement than torch's (5 operations where torch's takes 9): the same value and
     # gradients up to float32 rounding (a few ulps of the largest term), over scales from 1e-3 to 1e3
     loc, scale = (t.float() for t in _normal_params(shape, seed))
