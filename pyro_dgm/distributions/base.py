@@ -522,12 +522,16 @@ class Distribution(YieldingModule):
         draw_factors(self._dgm_order, values, ctx, f_opts)  # graph.set_option(..., var) overrides the call's options
         if expected is not None:
             check_early_shape(self, values, expected)
+        drawn = d.get("_dgm_drawn_var")
+        if drawn is None:  # var and input_var are fixed at construction; in a product, Pixyz's graph leaves the
+            # inputs out, which an EmpiricalDistribution's variable is (alone, it returns it)
+            drawn = d["_dgm_drawn_var"] = ([v for v in self._var if v not in self.input_var] if self._dgm_graph_call
+                                           else self._var)
         if return_all:
-            if self._dgm_graph_call and len(values) > len(self._var) + 1:
+            if self._dgm_graph_call and len(values) > len(drawn) + 1:
                 return self._dgm_graph_order(values)
             return values
-        var = self._var  # in the order drawn, as Pixyz's
-        return {k: v for k, v in values.items() if k in var}
+        return {k: v for k, v in values.items() if k in drawn}  # in the order drawn, as Pixyz's; not the inputs
 
     def _dgm_graph_order(self, values: dict[str, Any]) -> dict[str, Any]:
         """Pixyz's order of a product's (renaming's, marginal's) values: the given values that are not inputs, the

@@ -7,6 +7,8 @@ and ``_dgm_params(binding, values, ctx)``, under its binding renamed to the oute
 from __future__ import annotations
 
 import copy
+import operator
+import warnings
 from typing import Any, Mapping, Sequence
 
 from torch import Tensor
@@ -124,11 +126,12 @@ class OneSiteDistribution(Distribution):
                 value: Tensor | None = None) -> tuple[Any, Any]:
         raise NotImplementedError
 
+    #: Whether ``sum_features=False`` and ``feature_dims`` are ignored with a warning (a mixture, as in Pixyz, whose
+    #: value is log p(x) whatever they say) rather than refused (a flow: Pixyz's per-feature value is wrong).
+    _dgm_ignores_feature_options = False
+
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
-        if not sum_features or feature_dims is not None:
-            raise ValueError(f"{describe(self)}: the log-density of a {self._dgm_kind} does not factorize over "
-                             "features; call get_log_prob with sum_features=True and no feature_dims")
         fn = self._dgm_fn(b, values, ctx, expand=False)[0]
         x = values[b.var[0]]
         ev = fn.event_shape
@@ -136,6 +139,14 @@ class OneSiteDistribution(Distribution):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{describe(self)}: expected {b.var[0]!r} of shape (..., {', '.join(map(str, ev))}), "
                              f"got {got}")
+        if (not sum_features or feature_dims is not None) and not _all_features(feature_dims, sum_features, x, ev):
+            if not self._dgm_ignores_feature_options:
+                raise ValueError(f"{describe(self)}: the log-density of a {self._dgm_kind} does not factorize over "
+                                 f"features; score {b.var[0]!r} with sum_features=True and no feature_dims (or "
+                                 "feature_dims listing every feature dim)")
+            warnings.warn(f"{describe(self)}: the log-density of a {self._dgm_kind} does not factorize over features; "
+                          f"sum_features=False and feature_dims are ignored, as in Pixyz: this is log p({b.var[0]})",
+                          UserWarning, stacklevel=2)
         ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
         try:
             return fn.log_prob(x)
@@ -147,6 +158,18 @@ class OneSiteDistribution(Distribution):
                                  f"are {own}; convert the value with {b.var[0]}.to({own}) (torch: {e})") from e
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} and dtype "
                              f"{x.dtype}: {e}") from e
+
+
+def _all_features(feature_dims: Sequence[int] | None, sum_features: bool, x: Tensor, ev: Any) -> bool:
+    """Whether ``feature_dims`` names exactly the feature (event) dims of ``x``: the sum over them is the whole
+    log-density, which a flow computes (Pixyz's value there is right too)."""
+    if not sum_features or feature_dims is None:
+        return False
+    try:
+        given = {operator.index(d) % x.dim() for d in feature_dims}
+    except (TypeError, ZeroDivisionError):
+        return False
+    return len(ev) > 0 and given == set(range(x.dim() - len(ev), x.dim()))
 
 
 class ExpertWeights:

@@ -177,6 +177,7 @@ class _Mixture(OneSiteDistribution):
     """What the mixtures share: one site whose distribution is a :class:`MixtureDistribution`."""
 
     _dgm_kind = "mixture"
+    _dgm_ignores_feature_options = True
 
     def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         raise NotImplementedError

@@ -11,7 +11,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution, has_network, sum_samples
 from pyro_dgm.distributions.bindings import Binding, CallState, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import run_bound_network
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import DimensionError, describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
 
@@ -236,7 +236,14 @@ class CustomProb(Distribution):
         if not isinstance(lp, Tensor):  # (Pixyz: AttributeError: 'float' object has no attribute 'dim')
             raise TypeError(f"{describe(self)}: log_prob_function must return a tensor of log-densities (one per "
                             f"batch element, e.g. shape (batch,) or (batch, features)), got {type(lp).__name__}")
-        return sum_samples(lp, feature_dims) if sum_features else lp
+        if not sum_features:
+            return lp
+        try:
+            return sum_samples(lp, feature_dims)
+        except (IndexError, TypeError) as e:  # a dim out of range: torch's raw IndexError (Pixyz's too)
+            kind = DimensionError if isinstance(e, IndexError) else TypeError
+            raise kind(f"{describe(self)}: cannot sum the log-density of shape {tuple(lp.shape)} over feature_dims="
+                       f"{feature_dims!r}: {e}") from e
 
     def sample(self, x_dict: Any = {}, return_all: bool = True,  # noqa: B006 (Pixyz's signature)
                **kwargs: Any) -> dict[str, Tensor]:

@@ -43,14 +43,19 @@ def _number_text(v: Any) -> str:
 
 
 def _numbers(x: Any) -> bool:
-    """Whether ``x`` is a (nested) list or tuple of numbers, which Pixyz's ``ValueLoss`` keeps as their tensor."""
-    if not isinstance(x, (list, tuple)):
+    """Whether ``x`` is a (nested) list or tuple of numbers, or a numpy array of them, which Pixyz's ``ValueLoss``
+    keeps as their tensor."""
+    if not isinstance(x, (list, tuple)) and not _is_array(x):
         return False
     try:
         torch.tensor(x, dtype=torch.float)
     except (TypeError, ValueError, RuntimeError):
         return False
     return True
+
+
+def _is_array(x: Any) -> bool:
+    return type(x).__module__ == "numpy" and hasattr(x, "shape") and not isinstance(x, numbers.Number)
 
 
 class ValueLoss(Loss):
@@ -60,7 +65,7 @@ class ValueLoss(Loss):
 
     Parameters
     ----------
-    loss1 : number, (nested) list of numbers, or Tensor
+    loss1 : number, (nested) list of numbers, numpy array, or Tensor
         The value (Pixyz's parameter name), as ``original_value``; ``value`` is a number's (or a list's) float32
         buffer (as in Pixyz: ``beta.value.fill_(0.5)`` anneals a coefficient in place) or the tensor given. The
         text shows the current value (Pixyz's shows ``original_value``).
@@ -74,8 +79,8 @@ class ValueLoss(Loss):
 
     def __init__(self, loss1: Any) -> None:
         if isinstance(loss1, bool) or not (isinstance(loss1, (numbers.Number, Tensor)) or _numbers(loss1)):
-            raise TypeError(f"ValueLoss: loss1 (the value) must be a number, a (nested) list of numbers or a tensor, "
-                            f"got {type(loss1).__name__}")
+            raise TypeError(f"ValueLoss: loss1 (the value) must be a number, a (nested) list or array of numbers or a "
+                            f"tensor, got {type(loss1).__name__}")
         super().__init__([])
         self.original_value = loss1
         if isinstance(loss1, Tensor):
@@ -120,8 +125,8 @@ class ValueLoss(Loss):
 
     @property
     def latex(self) -> str:
-        if isinstance(self.original_value, (list, tuple)):  # Pixyz's text: sympy's of the
-            import sympy  # list, [1.0, 2.0]
+        if isinstance(self.original_value, (list, tuple)) or _is_array(self.original_value):  # Pixyz's text:
+            import sympy  # sympy's of the list or array, [1.0, 2.0]
 
             return sympy.latex(self.original_value)
         return "c" if not self.is_number else _number_text(self._dgm_shown())

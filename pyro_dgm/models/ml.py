@@ -55,7 +55,7 @@ class ML(Model):
     True
     """
 
-    def __init__(self, p: Distribution, other_distributions: Sequence[nn.Module] | None = None,
+    def __init__(self, p: Distribution, other_distributions: Sequence[nn.Module] | None = (),
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | bool | None = False, clip_grad_value: float | bool | None = False,
                  retain_graph: bool = False, compile: bool | Mapping[str, Any] = False) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 import re
 import warnings
 from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
@@ -169,10 +170,11 @@ def _construct(owner: str, optimizer: Any, params: list[nn.Parameter], kwargs: d
     class that is no optimizer) keeps its type and names the model, the optimizer and the arguments."""
     try:
         return optimizer(params, **kwargs)
-    except (TypeError, ValueError) as e:
-        what = getattr(optimizer, "__qualname__", None) or repr(optimizer)
-        kind = TypeError if isinstance(e, TypeError) else ValueError
-        raise kind(f"{owner}: cannot build the optimizer {what:.80} with optimizer_params={kwargs!r:.200}: {e}") from e
+    except (TypeError, ValueError) as e:  # the same exception (its own class, which a caller may catch), named
+        what = getattr(optimizer, "__name__", None) or repr(optimizer)
+        e.args = (f"{owner}: cannot build the optimizer {what:.80} with optimizer_params={kwargs!r:.200}: {e}",
+                  *e.args[1:])
+        raise
 
 
 def _param_store() -> Any:
@@ -407,9 +409,11 @@ class Model:
         self._dgm_clip_each = clip_grad_norm in (None, False) and "clip_norm" in clip
         self.clip_value = (clip_grad_value if clip_grad_value not in (None, False)
                            else clip.get("clip_value", clip_grad_value))
-        if retain_graph is not None and not isinstance(retain_graph, (bool, int)):  # (torch reads it as a bool at
-            # the first backward: 1 and None work there, as under Pixyz; a string fails inside autograd)
-            raise ModelArgumentError(f"{owner}: retain_graph must be a bool, got {retain_graph!r:.80}")
+        if retain_graph is not None and not isinstance(retain_graph, bool):  # torch's backward takes what has an
+            try:  # integer value (1, numpy's, a 0-d tensor: Pixyz runs them); a string or 1.0 fails inside autograd
+                operator.index(retain_graph)
+            except (TypeError, RuntimeError, ValueError):
+                raise ModelArgumentError(f"{owner}: retain_graph must be a bool, got {retain_graph!r:.80}") from None
         self.retain_graph = retain_graph
         self._dgm_compile = compile_options(owner, compile)  # torch.compile's options, or None: eager evaluation
         self._dgm_compiled: dict[int, CompiledEval] = {}

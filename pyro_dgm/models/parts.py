@@ -28,7 +28,7 @@ def model_distributions(owner: str, other_distributions: Any, **named: Distribut
     --------
     >>> from pyro_dgm.distributions import Normal
     >>> p = Normal(loc=0., scale=1., var=["x"])
-    >>> [d.prob_text for d in model_distributions("ML", None, p=p)]
+    >>> [d.prob_text for d in model_distributions("ML", [], p=p)]
     ['p(x)']
     >>> model_distributions("ML", None, p="not a distribution")
     Traceback (most recent call last):
@@ -37,4 +37,6 @@ def model_distributions(owner: str, other_distributions: Any, **named: Distribut
     """
     for what, d in named.items():
         check_distribution(d, owner, what)
+    if other_distributions is None:  # Pixyz's tolist(None) is [None]: an entry that trains nothing, printed as None
+        return [*named.values(), None]
     return list(named.values()) + check_distributions(owner, other_distributions)

@@ -70,7 +70,7 @@ class VAE(Model):
     """
 
     def __init__(self, encoder: Distribution, decoder: Distribution,
-                 other_distributions: Sequence[nn.Module] | None = None, regularizer: Loss | None = None,
+                 other_distributions: Sequence[nn.Module] | None = (), regularizer: Loss | None = None,
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
                  retain_graph: bool = False, compile: bool | Mapping[str, Any] = False) -> None:

@@ -55,7 +55,7 @@ class VI(Model):
     """
 
     def __init__(self, p: Distribution, approximate_dist: Distribution,
-                 other_distributions: Sequence[nn.Module] | None = None,
+                 other_distributions: Sequence[nn.Module] | None = (),
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
                  retain_graph: bool = False, compile: bool | Mapping[str, Any] = False) -> None:
