@@ -135,7 +135,8 @@ class MMD(SampleDivergence):
             unknown = [k for k in kernel_params if k != "sigma_sqr"]
             if unknown:  # (a typo of sigma_sqr would give the default bandwidth's value: Pixyz ignores it silently)
                 warnings.warn(f"MMD: the {kernel} kernel takes sigma_sqr; {', '.join(map(repr, unknown))} "
-                              f"{'is' if len(unknown) == 1 else 'are'} ignored (as in Pixyz)", UserWarning, stacklevel=2)
+                              f"{'is' if len(unknown) == 1 else 'are'} ignored (as in Pixyz)", UserWarning,
+                              stacklevel=2)
         else:
             raise ValueError(f"MMD: unknown kernel {kernel!r}; use one of {sorted(_KERNELS)} or a callable")
         super().__init__(ordered_union(p.input_var, q.input_var))

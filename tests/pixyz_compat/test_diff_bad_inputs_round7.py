@@ -20,33 +20,7 @@ import pytest
 import torch
 
 from pixyz_harness import assert_same, renamed_import, run_both, run_pixyz
-
-
-def _vae_parts() -> Any:
-    import torch
-    from torch import nn
-
-    from pixyz.distributions import Bernoulli, Normal
-
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc = nn.Linear(4, 4)
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            h = self.fc(x)
-            return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:]) + 0.1}
-
-    class P(Bernoulli):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 4)
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"probs": torch.sigmoid(self.fc(z))}
-
-    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
-    return Q(), P(), prior, torch.bernoulli(torch.full((5, 4), 0.4))
+from pixyz_parts import gan_generator, vae_parts
 
 
 # ------------------------------------------------------------------------------------------------ valid programs
@@ -57,7 +31,7 @@ def prog_model_with_none_among_its_distributions() -> Any:
     from pixyz.losses import Expectation as E
     from pixyz.models import Model
 
-    q, p, prior, x = _vae_parts()
+    q, p, prior, x = vae_parts()
     loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()
     m = Model(loss, distributions=[q, None, p], optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-2})
     return [m.train({"x": x}), m.train({"x": x.clone()}), m.test({"x": x.clone()}), str(m).split("Loss")[0],
@@ -77,16 +51,8 @@ def prog_gan_whose_discriminator_generates_two_variables() -> Any:
     import torch
     from torch import nn
 
-    from pixyz.distributions import Deterministic, Normal
+    from pixyz.distributions import Deterministic
     from pixyz.models import GAN
-
-    class G(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 3)
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"x": self.fc(z)}
 
     class D(Deterministic):
         def __init__(self) -> None:
@@ -97,8 +63,7 @@ def prog_gan_whose_discriminator_generates_two_variables() -> Any:
             h = torch.sigmoid(self.fc(x))
             return {"t": h[:, :1], "u": h[:, 1:]}
 
-    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
-    p = (G() * prior).marginalize_var("z")
+    p = gan_generator()
     gan = GAN(p, D(), optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-2},
               d_optimizer=torch.optim.Adam, d_optimizer_params={"lr": 1e-2})
     x = torch.randn(6, 3)
@@ -121,7 +86,7 @@ def prog_negative_clipping(arg: str) -> Any:
         from pixyz.losses import Expectation as E
         from pixyz.models import Model
 
-        q, p, prior, x = _vae_parts()
+        q, p, prior, x = vae_parts()
         loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()
         m = Model(loss, distributions=[q, p], optimizer=torch.optim.SGD, optimizer_params={"lr": 1.0},
                   **{arg: -0.01})
@@ -187,7 +152,7 @@ def test_optimizer_errors_name_the_model_and_keep_torchs_type() -> None:
     from pyro_dgm.models import Model
 
     with renamed_import():
-        q, _, prior, _ = _vae_parts()
+        q, _, prior, _ = vae_parts()
     loss = KullbackLeibler(q, prior).mean()
     cases = [(torch.nn.Linear, {}, TypeError, "missing 1 required"),
              (torch.optim.Adam, {"lr": 0.1, "foo": 1}, TypeError, "unexpected keyword argument 'foo'"),

@@ -21,25 +21,17 @@ import pytest
 import torch
 
 from pixyz_harness import assert_same, run_both, run_pyro_dgm
+from pixyz_parts import gan_generator, q_with_a_factor
 
 
 # ------------------------------------------------------------------------------------------------ forward replaced
 def prog_forward_replaced_on_the_class() -> Any:
     import torch
-    from torch import nn
 
-    from pixyz.distributions import Normal
     from pixyz.losses import LogProb
 
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc = nn.Linear(3, 3)
-
-        def forward(self, x: torch.Tensor, factor: float = 1.0) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(x) * factor, "scale": torch.ones_like(x)}
-
-    q = Q()
+    q = q_with_a_factor()
+    Q = type(q)
     x, z = torch.randn(2, 3), torch.randn(2, 3)
     before = LogProb(q).eval({"x": x, "z": z}, factor=1.0)  # (Pixyz passes no keyword to forward from here)
 
@@ -55,20 +47,10 @@ def prog_forward_replaced_on_the_class() -> Any:
 
 def prog_forward_replaced_on_an_instance() -> Any:
     import torch
-    from torch import nn
 
-    from pixyz.distributions import Normal
     from pixyz.losses import LogProb
 
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc = nn.Linear(3, 3)
-
-        def forward(self, x: torch.Tensor, factor: float = 1.0) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(x) * factor, "scale": torch.ones_like(x)}
-
-    q = Q()
+    q = q_with_a_factor()
     x, z = torch.randn(2, 3), torch.randn(2, 3)
     q.forward = lambda x: {"loc": q.fc(x) - 1.0, "scale": torch.ones_like(x)}
     return LogProb(q).eval({"x": x, "z": z}, factor=2.0), q.sample({"x": x}, factor=3.0)["z"]
@@ -112,16 +94,8 @@ def prog_gan_with_a_dropout_discriminator() -> Any:
     import torch
     from torch import nn
 
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.distributions import Deterministic
     from pixyz.models import GAN
-
-    class G(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 3)
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"x": self.fc(z)}
 
     class D(Deterministic):
         def __init__(self) -> None:
@@ -131,8 +105,7 @@ def prog_gan_with_a_dropout_discriminator() -> Any:
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"t": torch.sigmoid(self.out(self.drop(torch.relu(self.fc(x)))))}
 
-    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
-    p = (G() * prior).marginalize_var("z")
+    p = gan_generator()
     gan = GAN(p, D(), optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-2},
               d_optimizer=torch.optim.Adam, d_optimizer_params={"lr": 1e-2})
     x = torch.randn(6, 3)
@@ -197,12 +170,13 @@ def test_random_numbers_are_drawn_in_pixyzs_order(program: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ renamed terms
-def prog_renamed_analytic_terms_next_to_the_old_name() -> Any:
+def _two_encoders_one_renamed() -> Any:
+    """``q(z|u)``, ``q2(z|u)``, ``r = q2.replace_var(u="x")``, a standard normal prior ``p(z)`` and values of ``x``,
+    ``u`` and ``z``: a formula with ``r`` and ``q`` needs both ``x`` and ``u``."""
     import torch
     from torch import nn
 
     from pixyz.distributions import Normal
-    from pixyz.losses import Entropy, KullbackLeibler, LogProb
 
     class Q(Normal):
         def __init__(self, name: str) -> None:
@@ -214,9 +188,17 @@ def prog_renamed_analytic_terms_next_to_the_old_name() -> Any:
             return {"loc": o[..., :2], "scale": nn.functional.softplus(o[..., 2:]) + 0.2}
 
     q, q2 = Q("q"), Q("r")
-    r = q2.replace_var(u="x")  # r(z|x): the same network, fed x
     prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p")
     data = {"x": torch.randn(2, 3), "u": torch.randn(2, 3), "z": torch.randn(2, 2)}
+    return q, q2, q2.replace_var(u="x"), prior, data
+
+
+def prog_renamed_analytic_terms_next_to_the_old_name() -> Any:
+    import torch
+
+    from pixyz.losses import Entropy, KullbackLeibler, LogProb
+
+    q, q2, r, prior, data = _two_encoders_one_renamed()
     h, k = Entropy(r), KullbackLeibler(q, prior)
     out = {"h+k": (h + k).eval(dict(data)), "h-k": (h - k).eval(dict(data)),
            "kl r + kl q": (KullbackLeibler(r, prior) + k).eval(dict(data)),
@@ -241,25 +223,9 @@ def test_a_renamed_distributions_analytic_terms_read_its_new_names() -> None:
 
 
 def prog_renamed_entropy_next_to_the_old_name() -> Any:
-    import torch
-    from torch import nn
-
-    from pixyz.distributions import Normal
     from pixyz.losses import Entropy, KullbackLeibler, LogProb
 
-    class Q(Normal):
-        def __init__(self, name: str) -> None:
-            super().__init__(var=["z"], cond_var=["u"], name=name)
-            self.fc = nn.Linear(3, 4)
-
-        def forward(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
-            o = self.fc(u)
-            return {"loc": o[..., :2], "scale": nn.functional.softplus(o[..., 2:]) + 0.2}
-
-    q, q2 = Q("q"), Q("r")
-    r = q2.replace_var(u="x")
-    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p")
-    data = {"x": torch.randn(2, 3), "u": torch.randn(2, 3), "z": torch.randn(2, 2)}
+    q, _, r, prior, data = _two_encoders_one_renamed()
     h, k = Entropy(r), KullbackLeibler(q, prior)
     return [(h + k).eval(dict(data)), (h - k).eval(dict(data)), (k + h).eval(dict(data)),
             (h + LogProb(q)).eval(dict(data)), (Entropy(r) - Entropy(q)).eval(dict(data))]

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from pixyz_harness import assert_same, renamed_import, run_both
+from pixyz_parts import vae_parts
 
 
 def prog_mixture_options_inside_a_renaming_and_a_product() -> Any:
@@ -79,33 +80,12 @@ def prog_model_options_pixyz_takes(option: str) -> Any:
     def program() -> Any:
         import numpy as np
         import torch
-        from torch import nn
 
-        from pixyz.distributions import Bernoulli, Normal
-        from pixyz.losses import KullbackLeibler
+        from pixyz.losses import Expectation as E
+        from pixyz.losses import KullbackLeibler, LogProb
         from pixyz.models import VAE, Model
-        from pixyz.losses import Expectation as E, LogProb
 
-        class Q(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["z"], cond_var=["x"], name="q")
-                self.fc = nn.Linear(4, 4)
-
-            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-                h = self.fc(x)
-                return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:]) + 0.1}
-
-        class P(Bernoulli):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["z"], name="p")
-                self.fc = nn.Linear(2, 4)
-
-            def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-                return {"probs": torch.sigmoid(self.fc(z))}
-
-        q, p = Q(), P()
-        prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
-        x = torch.bernoulli(torch.full((5, 4), 0.4))
+        q, p, prior, x = vae_parts()
         if option == "other_distributions=None":
             m = VAE(q, p, other_distributions=None, regularizer=KullbackLeibler(q, prior),
                     optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-2})
