@@ -165,11 +165,14 @@ def _all_features(feature_dims: Sequence[int] | None, sum_features: bool, x: Ten
     log-density, which a flow computes (Pixyz's value there is right too)."""
     if not sum_features or feature_dims is None:
         return False
+    n = x.dim()
     try:
-        given = {operator.index(d) % x.dim() for d in feature_dims}
-    except (TypeError, ZeroDivisionError):
+        dims = [operator.index(d) for d in feature_dims]
+    except TypeError:
         return False
-    return len(ev) > 0 and given == set(range(x.dim() - len(ev), x.dim()))
+    if not all(-n <= d < n for d in dims) or len({d % n for d in dims}) != len(dims):  # out of range, repeated:
+        return False  # refused, as torch's sum refuses them (Pixyz's error)
+    return len(ev) > 0 and {d % n for d in dims} == set(range(n - len(ev), n))
 
 
 class ExpertWeights:

@@ -177,7 +177,6 @@ class _Mixture(OneSiteDistribution):
     """What the mixtures share: one site whose distribution is a :class:`MixtureDistribution`."""
 
     _dgm_kind = "mixture"
-    _dgm_ignores_feature_options = True
 
     def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         raise NotImplementedError
@@ -253,6 +252,9 @@ class MixtureModel(_Mixture):
     >>> p.posterior().get_params({"x": x})["probs"]  # equal likelihoods at 0.5: the prior
     tensor([[0.3000, 0.7000]])
     """
+
+    _dgm_ignores_feature_options = True  # (Pixyz's MixtureModel scores log p(x) whatever they say; its
+    # MixtureOfNormal, a Normal over split batch rows, would give per-feature values: refused there)
 
     def __init__(self, distributions: Sequence[Distribution], prior: Distribution, name: str = "p") -> None:
         owner = f"MixtureModel {name}"

@@ -11,7 +11,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution, has_network, sum_samples
 from pyro_dgm.distributions.bindings import Binding, CallState, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import run_bound_network
-from pyro_dgm.utils.checks import DimensionError, describe
+from pyro_dgm.utils.checks import DimensionError, ShapeError, describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
 
@@ -240,8 +240,9 @@ class CustomProb(Distribution):
             return lp
         try:
             return sum_samples(lp, feature_dims)
-        except (IndexError, TypeError) as e:  # a dim out of range: torch's raw IndexError (Pixyz's too)
-            kind = DimensionError if isinstance(e, IndexError) else TypeError
+        except (IndexError, TypeError, RuntimeError) as e:  # a dim out of range or repeated: torch's raw errors
+            kind = DimensionError if isinstance(e, IndexError) else ShapeError if isinstance(e, RuntimeError) \
+                else TypeError  # (Pixyz's too; each keeps torch's type)
             raise kind(f"{describe(self)}: cannot sum the log-density of shape {tuple(lp.shape)} over feature_dims="
                        f"{feature_dims!r}: {e}") from e
 

@@ -9,6 +9,9 @@
 - Round 7 refused Pixyz programs: ``retain_graph`` given as a numpy integer or a 0-d tensor, and changed the class
   of an optimizer's own exception. ``ValueLoss`` of a numpy array, and ``VAE(..., other_distributions=None)``
   (Pixyz's ``tolist(None)`` is ``[None]``), were older differences.
+- The attack on these fixes: a ``MixtureOfNormal`` (a Normal over split rows under Pixyz) must still refuse
+  per-feature options; a flow's ``feature_dims`` out of range or repeated must not count as "every feature dim";
+  an optimizer's exception of other arguments (a code, its own ``__str__``) is left as it is, with a note.
 """
 from __future__ import annotations
 
@@ -160,3 +163,54 @@ def test_custom_prob_feature_dims_out_of_range_names_it() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         torch.testing.assert_close(p.get_log_prob({"x": torch.ones(3, 2)}, feature_dims=[1]), torch.full((3,), -2.0))
+
+
+# ------------------------------------------------------------------------------------------------ the attack's cases
+def test_mixture_of_normal_still_refuses_per_feature_options() -> None:
+    # Pixyz's MixtureOfNormal is a Normal over split batch rows: its per-feature values are no mixture's (porting.md)
+    from pyro_dgm.distributions import MixtureOfNormal, Normal
+
+    experts = [Normal(loc=torch.full([2], float(k)), scale=torch.ones(2), var=["z"], name=f"q_{k}") for k in (0, 1)]
+    q = MixtureOfNormal(experts)
+    with pytest.raises(ValueError, match="does not factorize over features"):
+        q.get_log_prob({"z": torch.zeros(4, 2)}, sum_features=False)
+
+
+@pytest.mark.parametrize("dims", [[3], [-3], [1, 1], [-1, 1], [0, 1]])
+def test_a_flows_feature_dims_out_of_range_or_repeated_are_refused(dims: list[int]) -> None:
+    import pyro_dgm.distributions as D
+    from pyro_dgm.flows import PlanarFlow
+
+    prior = D.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    q = D.InverseTransformedDistribution(prior, PlanarFlow(2), var=["x"])
+    with pytest.raises(ValueError, match="does not factorize over features"):
+        q.get_log_prob({"x": torch.randn(3, 2)}, feature_dims=dims)
+
+
+def test_an_optimizers_exception_of_other_arguments_is_left_as_it_is() -> None:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.models import Model
+
+    class Coded(ValueError):
+        def __str__(self) -> str:
+            return f"E{self.args[0]}: {self.args[1]}"
+
+    class Picky(torch.optim.SGD):
+        def __init__(self, params: Any, **kwargs: Any) -> None:
+            raise Coded(42, "bad lr")
+
+    p = Normal(loc=0.0, scale=1.0, var=["x"])
+    with pytest.raises(Coded) as caught:
+        Model((-LogProb(p)).mean(), distributions=[torch.nn.Linear(1, 1)], optimizer=Picky)
+    assert caught.value.args == (42, "bad lr") and str(caught.value) == "E42: bad lr"
+    assert "Model: cannot build the optimizer Picky" in caught.value.__notes__[0]
+
+
+def test_custom_prob_repeated_feature_dims_name_it() -> None:
+    from pyro_dgm.distributions import CustomProb
+    from pyro_dgm.utils.checks import ShapeError
+
+    p = CustomProb(lambda x: -x ** 2, var=["x"])
+    with pytest.raises(ShapeError, match=r"CustomProb p\(x\): cannot sum .* feature_dims=\[1, 1\]"):
+        p.get_log_prob({"x": torch.ones(3, 2)}, feature_dims=[1, 1])
