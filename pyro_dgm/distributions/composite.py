@@ -167,8 +167,10 @@ def _all_features(feature_dims: Sequence[int] | None, sum_features: bool, x: Ten
         return False
     n = x.dim()
     try:
-        dims = [operator.index(d) for d in feature_dims]
+        dims = [operator.index(d) for d in feature_dims if not isinstance(d, bool)]
     except TypeError:
+        return False
+    if len(dims) != len(feature_dims):  # ([True]: torch's sum refuses it, as Pixyz's does)
         return False
     if not all(-n <= d < n for d in dims) or len({d % n for d in dims}) != len(dims):  # out of range, repeated:
         return False  # refused, as torch's sum refuses them (Pixyz's error)

@@ -173,9 +173,9 @@ def _construct(owner: str, optimizer: Any, params: list[nn.Parameter], kwargs: d
     except (TypeError, ValueError) as e:  # the same exception (its own class, which a caller may catch), named
         what = getattr(optimizer, "__name__", None) or repr(optimizer)
         prefix = f"{owner}: cannot build the optimizer {what:.80} with optimizer_params={kwargs!r:.200}"
-        if type(e).__str__ is BaseException.__str__ and len(e.args) == 1 and isinstance(e.args[0], str):
+        if type(e) in (TypeError, ValueError) and len(e.args) == 1 and isinstance(e.args[0], str):
             e.args = (f"{prefix}: {e.args[0]}",)  # torch's errors: one message
-        else:  # a user's exception of other arguments (a code, a tuple, its own __str__): left as it is
+        else:  # a user's own exception (its arguments, its __str__, a read-only args): left as it is
             e.add_note(f"({prefix})")
         raise
 
