@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from pixyz_harness import assert_same, run_both, run_pyro_dgm
-from pixyz_parts import gan_generator, q_with_a_factor
+from pixyz_parts import gan_generator, q_with_a_factor, vae_parts
 
 
 # ------------------------------------------------------------------------------------------------ forward replaced
@@ -117,7 +117,7 @@ def prog_adversarial_values_with_a_dropout_discriminator() -> Any:
     import torch
     from torch import nn
 
-    from pixyz.distributions import Deterministic, Normal
+    from pixyz.distributions import Deterministic
     from pixyz.losses import AdversarialJensenShannon, AdversarialWassersteinDistance
 
     class D(Deterministic):
@@ -130,18 +130,8 @@ def prog_adversarial_values_with_a_dropout_discriminator() -> Any:
             h = self.out(self.drop(torch.relu(self.fc(z))))
             return {"t": torch.sigmoid(h) if self.squash else h}
 
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc = nn.Linear(3, 4)
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            h = self.fc(x)
-            return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:])}
-
-    q = Q()
-    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
-    x = torch.randn(5, 3)
+    q, _, prior, _ = vae_parts()  # q(z|x) of 4 features, and a standard normal prior
+    x = torch.randn(5, 4)
     js = AdversarialJensenShannon(q, prior, discriminator=D(True))
     w = AdversarialWassersteinDistance(q, prior, discriminator=D(False))
     return [js.eval({"x": x}) for _ in range(2)], [w.eval({"x": x}) for _ in range(2)], torch.rand(2)
