@@ -43,7 +43,7 @@ from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
-from pyro_dgm.losses.steps import HALF_DTYPES, finite_sum, network_buffers
+from pyro_dgm.losses.steps import HALF_DTYPES, SIGNALS, finite_sum, network_buffers
 from pyro_dgm.utils.checks import DTypeError, OutOfRangeError, check_present, describe
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
@@ -352,14 +352,19 @@ class AdversarialLoss(Loss):
             loss.backward()
             if overflowed or self.check_gradients:
                 self._dgm_check_d_gradients(loss, overflowed)
+            SIGNALS.hold()  # the weights all new or all old: a Ctrl-C waits for the step's end (the finally below)
             self.d_optimizer.step()
         except BaseException:  # the networks as before the step (Model.train does the same for its step); the
             with torch.no_grad():  # draws made stay drawn (GAN.train records the random states for its checkpoint)
                 for m, n, b in saved:
                     m._buffers[n].copy_(b)
+            SIGNALS.release()
             raise
-        self._dgm_after_step()
-        self.d_steps += 1
+        try:
+            self._dgm_after_step()
+            self.d_steps += 1
+        finally:  # a Ctrl-C that came while the optimizer stepped: raised now (or by GAN.train, once it recorded
+            SIGNALS.release()  # the step as done)
         return loss.detach()
 
     def _dgm_where(self) -> str:

@@ -32,8 +32,9 @@ from torch import Tensor, nn
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.effects import has_forward_hooks
 from pyro_dgm.losses.compiled import CompiledOuter, compile_options
-from pyro_dgm.losses.context import TERM_OPTIONS, EvalContext, current_context
+from pyro_dgm.losses.context import _CURRENT, TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.losses.steps import clear_grads
+from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 from pyro_dgm.utils.attributes import Yielding, YieldingModule
 from pyro_dgm.utils.checks import as_var_list, check_present, numpy_tensor, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
@@ -490,15 +491,28 @@ class Loss(YieldingModule, _PyroELBO):
             _raise_missing(self, given, missing)
         inputs = {k: given[k] for k in self._input_var if k in given}
         if ctx is None:  # the entry: one context for the whole evaluation (memoizing scope, recorder, options)
+            if _PYRO_STACK:
+                for m in _PYRO_STACK:
+                    if isinstance(m, (ScaleMessenger, MaskMessenger)) or (
+                            isinstance(m, IndepMessenger) and getattr(m, "subsample_size", m.size) != m.size):
+                        self._dgm_refuse_weighting(m, "evaluated")
             for k, v in inputs.items():
                 if type(v) is not Tensor and type(v).__module__ == "numpy":
                     inputs = _from_numpy(self, inputs)  # the networks get tensors (as a distribution's call does)
                     break
             compiled = self.__dict__.get("_dgm_compiled_outer")
-            if compiled is not None and not torch.compiler.is_compiling():
-                loss, samples, recorder = compiled(inputs, kwargs, return_terms)
-            else:
-                loss, samples, recorder = self._dgm_outer_evaluation(inputs, kwargs, return_terms)
+            scopes = MEMO_SCOPES.stack
+            depth = len(scopes)
+            try:
+                if compiled is not None and not torch.compiler.is_compiling():
+                    loss, samples, recorder = compiled(inputs, kwargs, return_terms)
+                else:
+                    loss, samples, recorder = self._dgm_outer_evaluation(inputs, kwargs, return_terms)
+            finally:  # the thread's state as before the evaluation, also when a Ctrl-C came as its context exited
+                # (where the context's own exit did not run): no call comes before these two lines, so no signal
+                # handler runs in between, and the next evaluation cannot take this one's memoized outputs
+                _CURRENT.ctx = None
+                del scopes[depth:]
         elif return_terms:  # a nested evaluation asked for its own terms: same scope and options, its own recorder
             inner = ctx.with_recorder()
             with inner:
@@ -709,10 +723,12 @@ class Loss(YieldingModule, _PyroELBO):
                              "SVI minimizes a scalar; use loss.mean() or loss.sum()")
         return value.reshape(())
 
-    def _dgm_refuse_weighting(self, handler: Any) -> None:
+    def _dgm_refuse_weighting(self, handler: Any, how: str = "evaluated as a Pyro ELBO") -> None:
         what = (f"pyro.plate({handler.name!r})" if isinstance(handler, IndepMessenger) else
                 f"poutine.{type(handler).__name__.replace('Messenger', '').lower()}")
-        raise ValueError(f"{type(self).__name__} {self.loss_text}: evaluated as a Pyro ELBO inside {what}: a pyro_dgm "
+        if isinstance(handler, IndepMessenger) and how == "evaluated":
+            what += f" (a subsample of {handler.subsample_size} of {handler.size}, which scales the sites)"
+        raise ValueError(f"{type(self).__name__} {self.loss_text}: {how} inside {what}: a pyro_dgm "
                          "loss is its own formula, which Pyro's plates, scales and masks around the step do not "
                          "reach (they would be ignored, or add dims to its draws); weight the loss itself (e.g. "
                          "0.5 * loss, or IterativeLoss's mask=), pass the subsample as the data, or put the "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 from typing import Any, Sequence
 
 import torch
@@ -20,7 +22,8 @@ from torch.nn.utils import get_total_norm
 from pyro_dgm.poutine.memoize_messenger import _numpy_mark
 from pyro_dgm.utils.random import current_generator
 
-__all__ = ["HALF_DTYPES", "StepRandomState", "autograd_leaves", "clear_grads", "finite_sum", "network_buffers"]
+__all__ = ["HALF_DTYPES", "SIGNALS", "SignalDeferral", "StepRandomState", "autograd_leaves", "clear_grads",
+           "finite_sum", "network_buffers"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # a loss in these may overflow to inf while its gradients are finite
 
@@ -123,3 +126,72 @@ class StepRandomState:
         if text not in getattr(error, "__notes__", ()):
             error.add_note(text)
         return text
+
+
+_DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGVTALRM", "SIGPROF",
+                                                "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
+
+
+class SignalDeferral:
+    """Holds back the Python-level signal handlers (Ctrl-C's ``KeyboardInterrupt``, a timer's handler) while an
+    optimizer updates the weights, so that a step is taken whole or not at all: torch's optimizers update the
+    parameters one at a time in Python, and an exception raised between two of them would leave some weights (and
+    their optimizer state) new and others old, which no restore of the step's start can mend without copying every
+    weight at every step.
+
+    :meth:`hold` (before the optimizer's ``step``) replaces the handlers that are Python functions by one that
+    records the signal; :meth:`release` (once the step is counted) puts them back and runs the recorded ones, so
+    Ctrl-C's ``KeyboardInterrupt`` is raised after the step, with the weights, the optimizer and the step count all
+    new. While :attr:`keep` is above 0 (a GAN's discriminator step, whose caller records it as done first),
+    :meth:`release` waits for the caller's. Signals reach Python's handlers in the main thread only, so elsewhere
+    both do nothing. A step held costs about 5 us (the handlers read, two swapped).
+    """
+
+    __slots__ = ("saved", "pending", "keep")
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[int, Any]] | None = None
+        self.pending: list[tuple[int, Any]] = []
+        self.keep = 0
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.pending.append((signum, frame))
+
+    def hold(self) -> None:
+        """Defer the Python-level handlers until :meth:`release` (a no-op if held already, or outside the main
+        thread)."""
+        if self.saved is not None or threading.current_thread() is not threading.main_thread():
+            return
+        saved = [(s, h) for s in _DEFERRED if callable(h := signal.getsignal(s))]
+        if not saved:
+            return
+        self.saved = []
+        for s, h in saved:
+            try:
+                signal.signal(s, self._record)
+            except (ValueError, OSError):  # (a sub-interpreter, or a signal this platform does not let us set)
+                continue
+            self.saved.append((s, h))
+
+    def release(self) -> None:
+        """Put the handlers back and run those of the signals that arrived meanwhile, in order (Ctrl-C's raises
+        ``KeyboardInterrupt`` here)."""
+        saved = self.saved
+        if saved is None or self.keep or threading.current_thread() is not threading.main_thread():
+            return
+        self.saved = None
+        try:
+            for s, h in saved:
+                signal.signal(s, h)
+        finally:
+            for s, h in saved:  # (again, should a handler put back above have raised half-way)
+                if signal.getsignal(s) == self._record:
+                    signal.signal(s, h)
+        pending, self.pending = self.pending, []
+        handlers = dict(saved)
+        for signum, frame in pending:
+            handlers[signum](signum, frame)
+
+
+#: the deferral of the training steps (``Model.train``, the adversarial terms' ``loss_train``)
+SIGNALS = SignalDeferral()

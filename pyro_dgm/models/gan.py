@@ -2,6 +2,7 @@ r"""The generative adversarial network: :class:`GAN` minimizes :math:`D_{JS}^{Ad
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any, Mapping
 
 import torch
@@ -11,7 +12,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.special import EmpiricalDistribution
 from pyro_dgm.losses.adversarial_divergences import AdversarialJensenShannon
 from pyro_dgm.losses.pdf import check_distribution
-from pyro_dgm.losses.steps import StepRandomState
+from pyro_dgm.losses.steps import SIGNALS, StepRandomState
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models.checkpoint import rng_state, set_rng_state
 from pyro_dgm.models.model import Model
@@ -216,11 +217,27 @@ class GAN(Model):
                 set_rng_state(done["rng"])
             else:
                 start = StepRandomState()
+                main = threading.current_thread() is threading.main_thread()
+                if main:
+                    SIGNALS.keep += 1  # a Ctrl-C during the discriminator's optimizer step: raised below
                 try:
                     d_loss = self.adversarial_loss.loss_train(train_x_dict, **kwargs)
                 except BaseException:  # a checkpoint saved now records the states of this batch's start
                     self._dgm_failed_rng = start
+                    if main:
+                        SIGNALS.keep -= 1
+                        SIGNALS.release()
                     raise
+                if main:
+                    SIGNALS.keep -= 1
+                    try:
+                        SIGNALS.release()
+                    except BaseException:  # the discriminator's step is taken: a checkpoint saved now says so, and
+                        # a run resumed from it takes the generator's step only on this batch
+                        self.__dict__.pop("_dgm_failed_rng", None)  # (an earlier failed call's)
+                        self._dgm_d_done_pending = {"batch": batch_digest(train_x_dict), "d_loss": d_loss,
+                                                    "rng": rng_state(StepRandomState())}
+                        raise
         try:
             loss = super().train(train_x_dict, **kwargs)
         except BaseException:

@@ -27,6 +27,7 @@ from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_no
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, autograd_leaves, network_buffers
+from pyro_dgm.losses.steps import SIGNALS as _SIGNALS
 from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_check.py imports it from here)
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.models import distributed as _dist
@@ -395,7 +396,8 @@ class Model:
         # under torch.distributed: DistributedDataParallel around the networks (rank 0's weights broadcast now);
         # None in one process, where train() evaluates the loss directly
         self._dgm_ddp = _dist.wrap(self.distributions)
-        self._dgm_params = [p for p in self.distributions.parameters() if p.requires_grad]
+        # every parameter, as Pixyz gives the optimizer: one frozen now (requires_grad=False) is trained once unfrozen
+        self._dgm_params = list(self.distributions.parameters())
         self._dgm_share_trained()
         self._dgm_pyro_named: dict[str, Tensor] = {}
         self._dgm_optimizer_spec = (optimizer, optimizer_params)
@@ -474,7 +476,9 @@ class Model:
 
     # ------------------------------------------------------------------ one step
     def parameters(self) -> list[nn.Parameter]:
-        """The trained parameters (those of :attr:`distributions` that required grad when the model was built)."""
+        """The trained parameters: those of :attr:`distributions` (also the frozen ones, ``requires_grad=False``,
+        which the optimizer holds as Pixyz's does: unfrozen later, they are trained), and the Pyro parameters the loss
+        created."""
         return list(self._dgm_params)
 
     def _dgm_check_finite(self, loss: Tensor, terms: Mapping[str, Any], what: str) -> bool:
@@ -557,8 +561,11 @@ class Model:
         Notes
         -----
         A step that raises (also Ctrl-C) leaves the weights, the optimizer and the networks' buffers (batch-norm
-        running statistics) as they were before it, and a checkpoint saved before the next step records the random
-        states of its start (see :class:`~pyro_dgm.losses.steps.StepRandomState`), so that it resumes as the
+        running statistics) as they were before it (a Ctrl-C, or a timer's signal handler, that comes while the
+        optimizer updates the weights is raised once the step is taken and counted: see
+        :class:`~pyro_dgm.losses.steps.SignalDeferral`; an error raised by the optimizer itself, a hook of it, may
+        leave some weights updated, and its note says so), and a checkpoint saved before the next step records the
+        random states of its start (see :class:`~pyro_dgm.losses.steps.StepRandomState`), so that it resumes as the
         uninterrupted run. The live random generators keep the failed step's draws: the step taken again in the
         same process draws anew, as under Pixyz. With Pyro-side terms (``PyroELBO``), the parameters the step
         created in Pyro's param store and an autoguide's first-call set-up are undone too.
@@ -591,6 +598,8 @@ class Model:
             if lost is not None:
                 self._dgm_rng_lost = lost  # Model.save warns (until the next step)
             raise
+        finally:  # a Ctrl-C (or a timer's handler) that came while the optimizer stepped: raised now, after the step
+            _SIGNALS.release()
 
     def _dgm_step(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:
         """The body of :meth:`train`."""
@@ -706,9 +715,24 @@ class Model:
         optimizer = self.optimizer
         if type(optimizer) is not self.__dict__.get("_dgm_stepper"):  # (the class: checkpoints save optimizers)
             self._dgm_check_stepper(optimizer)
-        optimizer.step()
+        _SIGNALS.hold()  # the weights all new or all old: a Ctrl-C waits for the step's end (train's finally)
+        try:
+            optimizer.step()
+        except BaseException as e:
+            self._dgm_optimizer_failed(optimizer, e)
+            raise
         self.step += 1
         return loss.detach()
+
+    def _dgm_optimizer_failed(self, optimizer: Any, error: BaseException) -> None:
+        """Say on ``error``, raised by the optimizer's own ``step`` (a hook of it, a custom optimizer), that its
+        updates are not undone: the optimizer may have updated some weights before it raised (undoing that would
+        mean a copy of every weight and of the optimizer's state at every step)."""
+        note = (f"{type(self).__name__}.train (step {self.step + 1}): the optimizer {type(optimizer).__name__} raised "
+                "during its step, which may have updated some weights and their optimizer state before it raised; "
+                "they are left as it left them (the networks' buffers are put back, and the step is not counted)")
+        if note not in getattr(error, "__notes__", ()):
+            error.add_note(note)
 
     def _dgm_check_stepper(self, optimizer: Any) -> None:
         """Refuse an optimizer whose ``step`` needs a closure (``torch.optim.LBFGS``), which ``train`` does not pass
