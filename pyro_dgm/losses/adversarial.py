@@ -352,19 +352,19 @@ class AdversarialLoss(Loss):
             loss.backward()
             if overflowed or self.check_gradients:
                 self._dgm_check_d_gradients(loss, overflowed)
-            SIGNALS.hold()  # the weights all new or all old: a Ctrl-C waits for the step's end (the finally below)
+            SIGNALS.hold(self)  # the weights all new or all old: a Ctrl-C waits for the step's end (the finally below)
             self.d_optimizer.step()
         except BaseException:  # the networks as before the step (Model.train does the same for its step); the
             with torch.no_grad():  # draws made stay drawn (GAN.train records the random states for its checkpoint)
                 for m, n, b in saved:
                     m._buffers[n].copy_(b)
-            SIGNALS.release()
+            SIGNALS.release(self)
             raise
         try:
             self._dgm_after_step()
             self.d_steps += 1
         finally:  # a Ctrl-C that came while the optimizer stepped: raised now (or by GAN.train, once it recorded
-            SIGNALS.release()  # the step as done)
+            SIGNALS.release(self)  # the step as done)
         return loss.detach()
 
     def _dgm_where(self) -> str:

@@ -140,32 +140,47 @@ class SignalDeferral:
     weight at every step.
 
     :meth:`hold` (before the optimizer's ``step``) replaces the handlers that are Python functions by one that
-    records the signal; :meth:`release` (once the step is counted) puts them back and runs the recorded ones, so
-    Ctrl-C's ``KeyboardInterrupt`` is raised after the step, with the weights, the optimizer and the step count all
-    new. While :attr:`keep` is above 0 (a GAN's discriminator step, whose caller records it as done first),
-    :meth:`release` waits for the caller's. Signals reach Python's handlers in the main thread only, so elsewhere
-    both do nothing. A step held costs about 5 us (the handlers read, two swapped).
+    records the signal; :meth:`release` (once the step is counted, by the same owner) puts them back and runs the
+    recorded ones, so Ctrl-C's ``KeyboardInterrupt`` is raised after the step, with the weights, the optimizer and
+    the step count all new. A caller that must record the step first (``fit``'s running sums, a GAN's discriminator
+    step) raises :attr:`keep` around the call, inline (``SIGNALS.keep += 1``; in its ``finally``,
+    ``SIGNALS.keep -= 1`` then :meth:`end_keep`): the release waits for it. Signals reach Python's handlers in the
+    main thread only, so elsewhere all of this does nothing (callers change :attr:`keep` in the main thread only).
+    A step held costs a few microseconds (the handlers read, two swapped).
+
+    Examples
+    --------
+    >>> import os, signal
+    >>> deferral = SignalDeferral()
+    >>> deferral.hold("step")
+    >>> os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while held: recorded
+    >>> try:
+    ...     deferral.release("step")  # the handlers back, and Ctrl-C's raised now
+    ... except KeyboardInterrupt:
+    ...     print("raised after the step")
+    raised after the step
     """
 
-    __slots__ = ("saved", "pending", "keep")
+    __slots__ = ("saved", "pending", "keep", "owner")
 
     def __init__(self) -> None:
         self.saved: list[tuple[int, Any]] | None = None
         self.pending: list[tuple[int, Any]] = []
         self.keep = 0
+        self.owner: Any = None
 
     def _record(self, signum: int, frame: Any) -> None:
         self.pending.append((signum, frame))
 
-    def hold(self) -> None:
-        """Defer the Python-level handlers until :meth:`release` (a no-op if held already, or outside the main
-        thread)."""
-        if self.saved is not None or threading.current_thread() is not threading.main_thread():
+    def hold(self, owner: Any) -> None:
+        """Defer the Python-level handlers until ``owner``'s :meth:`release` (a no-op if held already, by anyone,
+        or outside the main thread)."""
+        if self.owner is not None or threading.current_thread() is not threading.main_thread():
             return
         saved = [(s, h) for s in _DEFERRED if callable(h := signal.getsignal(s))]
         if not saved:
             return
-        self.saved = []
+        self.saved, self.owner = [], owner
         for s, h in saved:
             try:
                 signal.signal(s, self._record)
@@ -173,13 +188,22 @@ class SignalDeferral:
                 continue
             self.saved.append((s, h))
 
-    def release(self) -> None:
-        """Put the handlers back and run those of the signals that arrived meanwhile, in order (Ctrl-C's raises
-        ``KeyboardInterrupt`` here)."""
-        saved = self.saved
-        if saved is None or self.keep or threading.current_thread() is not threading.main_thread():
+    def release(self, owner: Any) -> None:
+        """If ``owner`` holds the handlers and no caller keeps them: put them back and run those of the signals that
+        arrived meanwhile, in order (Ctrl-C's raises ``KeyboardInterrupt`` here)."""
+        if self.owner is None or owner is not self.owner or self.keep:
             return
-        self.saved = None
+        self._restore()
+
+    def end_keep(self) -> None:
+        """After a caller's ``SIGNALS.keep -= 1``: release the handlers held meanwhile, once no caller keeps them."""
+        if self.keep or self.owner is None:
+            return
+        self._restore()
+
+    def _restore(self) -> None:
+        saved = self.saved or []
+        self.saved, self.owner = None, None
         try:
             for s, h in saved:
                 signal.signal(s, h)

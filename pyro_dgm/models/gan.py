@@ -223,15 +223,16 @@ class GAN(Model):
                 try:
                     d_loss = self.adversarial_loss.loss_train(train_x_dict, **kwargs)
                 except BaseException:  # a checkpoint saved now records the states of this batch's start
-                    self._dgm_failed_rng = start
                     if main:
                         SIGNALS.keep -= 1
-                        SIGNALS.release()
+                    self._dgm_failed_rng = start
+                    if main:
+                        SIGNALS.end_keep()
                     raise
                 if main:
                     SIGNALS.keep -= 1
                     try:
-                        SIGNALS.release()
+                        SIGNALS.end_keep()
                     except BaseException:  # the discriminator's step is taken: a checkpoint saved now says so, and
                         # a run resumed from it takes the generator's step only on this batch
                         self.__dict__.pop("_dgm_failed_rng", None)  # (an earlier failed call's)

@@ -599,7 +599,7 @@ class Model:
                 self._dgm_rng_lost = lost  # Model.save warns (until the next step)
             raise
         finally:  # a Ctrl-C (or a timer's handler) that came while the optimizer stepped: raised now, after the step
-            _SIGNALS.release()
+            _SIGNALS.release(self)
 
     def _dgm_step(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:
         """The body of :meth:`train`."""
@@ -715,7 +715,7 @@ class Model:
         optimizer = self.optimizer
         if type(optimizer) is not self.__dict__.get("_dgm_stepper"):  # (the class: checkpoints save optimizers)
             self._dgm_check_stepper(optimizer)
-        _SIGNALS.hold()  # the weights all new or all old: a Ctrl-C waits for the step's end (train's finally)
+        _SIGNALS.hold(self)  # the weights all new or all old: a Ctrl-C waits for the step's end (train's finally)
         try:
             optimizer.step()
         except BaseException as e:

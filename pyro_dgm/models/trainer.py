@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import torch
 from torch import Tensor
 
+from pyro_dgm.losses.steps import SIGNALS
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models.errors import NonFiniteLossError
 from pyro_dgm.utils.random import current_generator
@@ -550,13 +552,21 @@ def _train_epoch(model: "Model", state: _FitState) -> _Accumulator:
     try:
         numbered = _numbered(batches, state.epoch, "training")
         _resume_epoch(model, numbered, acc, total)
+        main = threading.current_thread() is threading.main_thread()
         for i, batch in numbered:
+            if main:  # a Ctrl-C while the optimizer steps is raised once the batch is counted here too (a checkpoint
+                SIGNALS.keep += 1  # saved then resumes after it)
             try:
-                loss, terms = model.train_step(batch, **state.kwargs)
-            except Exception as e:
-                _note(e, f"in fit: epoch {state.epoch}, training batch {i} (step {model.step + 1})")
-                raise
-            acc.add(loss, terms, _rows(batch))
+                try:
+                    loss, terms = model.train_step(batch, **state.kwargs)
+                except Exception as e:
+                    _note(e, f"in fit: epoch {state.epoch}, training batch {i} (step {model.step + 1})")
+                    raise
+                acc.add(loss, terms, _rows(batch))
+            finally:
+                if main:
+                    SIGNALS.keep -= 1
+                    SIGNALS.end_keep()
             if bar is not None:
                 bar.set_postfix(loss=f"{acc.running:.4g}")
     finally:  # a batch that raises (or Ctrl-C) leaves no half-drawn bar behind

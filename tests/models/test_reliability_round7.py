@@ -7,8 +7,10 @@ weights (and their optimizer state) new and the others old, with the step not co
 resumed off the uninterrupted run by up to 1e-2. A longer run found an interrupt landing as the evaluation's context
 exited, which left that evaluation current: the next step was evaluated inside it and reused its memoized network
 outputs (torch then refused the backward). Signals are now held while the optimizer steps and raised once the step
-is counted; the evaluation's state is put back without a call that a signal could land in. An error raised by the
-optimizer itself cannot be undone without copying every weight at every step: its note says so.
+is counted (in ``fit``, once the batch is counted too, so a checkpoint saved then resumes mid-epoch; a step taken
+inside another's optimizer step leaves the other's hold alone); the evaluation's state is put back without a call
+that a signal could land in. An error raised by the optimizer itself cannot be undone without copying every weight
+at every step: its note says so.
 """
 from __future__ import annotations
 
@@ -167,3 +169,48 @@ def test_a_gan_interrupted_in_the_discriminators_update_resumes_exactly(tmp_path
     resumed = _gan_steps(in_the_discriminators_optimizer, tmp_path)
     assert (resumed.step, resumed.adversarial_loss.d_steps) == (full.step, full.adversarial_loss.d_steps) == (4, 4)
     assert all(torch.equal(a, b) for a, b in zip(_gan_weights(resumed), _gan_weights(full)))
+
+
+def test_fit_interrupted_in_the_optimizer_resumes_after_the_counted_batch(tmp_path: Path) -> None:
+    # fit counts the batch (its running sums) before the held Ctrl-C is raised: a checkpoint saved then resumes
+    # mid-epoch exactly (with the batch not counted, fit's checkpoint could not resume mid-epoch)
+    def run(interrupt: bool) -> VAE:
+        pyro.set_rng_seed(0)
+        model = make_vae()
+        if interrupt:
+            calls = []
+
+            def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+                calls.append(1)
+                if len(calls) == 3:  # the third batch of the first epoch
+                    signal.raise_signal(signal.SIGINT)
+            model.optimizer.register_step_pre_hook(hook)
+            try:
+                model.fit({"x": X}, epochs=2, batch_size=8, progress=False)
+            except KeyboardInterrupt:
+                assert model.step == 3
+                model.save(tmp_path / "f.pt")
+            pyro.set_rng_seed(99)
+            model = make_vae()
+            model.load(tmp_path / "f.pt", resume=True)
+            model.fit({"x": X}, epochs=2 - model.epoch, batch_size=8, progress=False)
+            return model
+        model.fit({"x": X}, epochs=2, batch_size=8, progress=False)
+        return model
+    full, resumed = run(False), run(True)
+    assert _same(_state(resumed), _state(full)) and resumed.step == 8
+
+
+def test_a_step_taken_inside_anothers_optimizer_step_does_not_release_its_hold() -> None:
+    outer, inner = make_vae(), make_vae()
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        handle.remove()
+        signal.raise_signal(signal.SIGINT)  # held by the outer step
+        inner.train({"x": X})  # its own step must not run the outer's held Ctrl-C
+        assert outer.step == 0
+    handle = outer.optimizer.register_step_pre_hook(hook)
+    with pytest.raises(KeyboardInterrupt):
+        outer.train({"x": X})
+    assert (outer.step, inner.step) == (1, 1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
