@@ -491,11 +491,6 @@ class Loss(YieldingModule, _PyroELBO):
             _raise_missing(self, given, missing)
         inputs = {k: given[k] for k in self._input_var if k in given}
         if ctx is None:  # the entry: one context for the whole evaluation (memoizing scope, recorder, options)
-            if _PYRO_STACK:
-                for m in _PYRO_STACK:
-                    if isinstance(m, (ScaleMessenger, MaskMessenger)) or (
-                            isinstance(m, IndepMessenger) and getattr(m, "subsample_size", m.size) != m.size):
-                        self._dgm_refuse_weighting(m, "evaluated")
             for k, v in inputs.items():
                 if type(v) is not Tensor and type(v).__module__ == "numpy":
                     inputs = _from_numpy(self, inputs)  # the networks get tensors (as a distribution's call does)
@@ -726,13 +721,29 @@ class Loss(YieldingModule, _PyroELBO):
     def _dgm_refuse_weighting(self, handler: Any, how: str = "evaluated as a Pyro ELBO") -> None:
         what = (f"pyro.plate({handler.name!r})" if isinstance(handler, IndepMessenger) else
                 f"poutine.{type(handler).__name__.replace('Messenger', '').lower()}")
-        if isinstance(handler, IndepMessenger) and how == "evaluated":
+        if isinstance(handler, IndepMessenger) and getattr(handler, "subsample_size", handler.size) != handler.size:
             what += f" (a subsample of {handler.subsample_size} of {handler.size}, which scales the sites)"
         raise ValueError(f"{type(self).__name__} {self.loss_text}: {how} inside {what}: a pyro_dgm "
                          "loss is its own formula, which Pyro's plates, scales and masks around the step do not "
                          "reach (they would be ignored, or add dims to its draws); weight the loss itself (e.g. "
                          "0.5 * loss, or IterativeLoss's mask=), pass the subsample as the data, or put the "
                          "handler inside a PyroELBO term's model and guide")
+
+    def _dgm_refuse_weighting_around(self, how: str) -> None:
+        """Refuse the Pyro handlers around ``how`` (``Model.train``) that would weight the loss's sites: a
+        ``poutine.scale`` of a scale other than 1, a ``poutine.mask`` other than ``True`` and a plate that subsamples
+        (``Loss.eval`` itself takes them: inside a Pyro model, they weight the site its value goes to, e.g. a
+        ``pyro.factor``)."""
+        for m in _PYRO_STACK:
+            if isinstance(m, ScaleMessenger):
+                scale = m.scale
+                if not (isinstance(scale, numbers.Number) and scale == 1):
+                    self._dgm_refuse_weighting(m, how)
+            elif isinstance(m, MaskMessenger):
+                if m.mask is not True:
+                    self._dgm_refuse_weighting(m, how)
+            elif isinstance(m, IndepMessenger) and getattr(m, "subsample_size", m.size) != m.size:
+                self._dgm_refuse_weighting(m, how)
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """The value of :meth:`differentiable_loss` as a float (``SVI.evaluate_loss`` calls it); a NaN warns, as

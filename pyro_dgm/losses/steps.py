@@ -128,6 +128,7 @@ class StepRandomState:
         return text
 
 
+_SIGMASK = hasattr(signal, "pthread_sigmask")
 _DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGVTALRM", "SIGPROF",
                                                 "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
 
@@ -170,7 +171,7 @@ class SignalDeferral:
         self.owner: Any = None
 
     def _record(self, signum: int, frame: Any) -> None:
-        self.pending.append((signum, frame))
+        self.pending.append((signum, frame))  # (the frame is not kept past the release)
 
     def hold(self, owner: Any) -> None:
         """Defer the Python-level handlers until ``owner``'s :meth:`release` (a no-op if held already, by anyone,
@@ -206,15 +207,25 @@ class SignalDeferral:
         self.saved, self.owner = None, None
         try:
             for s, h in saved:
-                signal.signal(s, h)
+                if signal.getsignal(s) == self._record:  # (a handler the program set meanwhile stays)
+                    signal.signal(s, h)
         finally:
-            for s, h in saved:  # (again, should a handler put back above have raised half-way)
+            for s, h in saved:  # (again, should a signal's handler put back above have raised half-way)
                 if signal.getsignal(s) == self._record:
                     signal.signal(s, h)
-        pending, self.pending = self.pending, []
-        handlers = dict(saved)
-        for signum, frame in pending:
-            handlers[signum](signum, frame)
+            pending, self.pending = self.pending, []  # (after: none can be recorded any more)
+            # each signal that came, once, as the OS delivers it: all made pending together (blocked while raised),
+            # then Python runs the handlers now in place at once; if one raises, the others stay pending and run
+            # next, as Python runs several signals that came together
+            nums = list(dict.fromkeys(signum for signum, _ in pending))
+            if nums:
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, nums) if _SIGMASK else None
+                try:
+                    for signum in nums:
+                        signal.raise_signal(signum)
+                finally:
+                    if mask is not None:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 #: the deferral of the training steps (``Model.train``, the adversarial terms' ``loss_train``)

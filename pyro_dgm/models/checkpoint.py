@@ -161,8 +161,9 @@ def _d_step_state(model: "Model") -> dict[str, Any]:
     done = model.__dict__.get("_dgm_d_done_pending") or model.__dict__.get("_dgm_d_done")
     if done is None or _dist.is_distributed():
         return {}
+    rng = done["rng"]
     return {"d_step_done": {"batch": str(done["batch"]), "d_loss": done["d_loss"].detach().clone(),
-                            "rng": done["rng"]}}
+                            "rng": rng_state(rng) if isinstance(rng, StepRandomState) else rng}}
 
 
 def _check_d_step_done(done: Any) -> None:
@@ -217,6 +218,43 @@ _PARAM_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_
 
 def _type_name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _trainable_only(opt: Any, saved: Any) -> dict[str, Any] | None:
+    """The state of an optimizer saved by a pyro_dgm of before 2026-12-03, whose ``Model`` gave its optimizer only
+    the parameters that required grad when it was built (it now gives every parameter, as Pixyz does), remapped onto
+    ``opt``: the i-th saved parameter of a group is the i-th of that group that requires grad now (the model built
+    as it was saved, the same parts frozen); the other parameters keep the state they have. ``None`` where the saved
+    layout is not that one (then :func:`_check_optimizer` says what differs)."""
+    if not isinstance(opt, torch.optim.Optimizer) or not isinstance(saved, Mapping):
+        return None
+    groups, state = saved.get("param_groups"), saved.get("state")
+    if not isinstance(groups, (list, tuple)) or not isinstance(state, Mapping) or len(groups) != len(opt.param_groups):
+        return None
+    own = opt.state_dict()
+    new_state = dict(own["state"])
+    new_groups = []
+    changed = False
+    for g, own_g, params in zip(groups, own["param_groups"], (g["params"] for g in opt.param_groups)):
+        if not isinstance(g, Mapping) or not isinstance(g.get("params"), (list, tuple)):
+            return None
+        if len(g["params"]) == len(params):
+            new_groups.append(dict(g))
+            continue
+        trainable = [i for i, p in zip(own_g["params"], params) if p.requires_grad]
+        if len(trainable) != len(g["params"]):
+            return None
+        changed = True
+        for old_i, new_i in zip(g["params"], trainable):
+            if old_i in state:
+                new_state[new_i] = state[old_i]
+            else:
+                new_state.pop(new_i, None)
+        new_groups.append({**g, "params": list(own_g["params"])})
+    if not changed:
+        return None
+    kept = {i for g in new_groups for i in g["params"]}
+    return {"state": {i: v for i, v in new_state.items() if i in kept}, "param_groups": new_groups}
 
 
 def _check_optimizer(name: str, opt: Any, saved: Any, saved_type: str | None) -> None:
@@ -321,8 +359,12 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     if sorted(optimizers) != sorted(state["optimizers"]):
         raise ValueError(f"Model.load: the checkpoint holds the optimizers {sorted(state['optimizers'])}, this model "
                          f"has {sorted(optimizers)}")
+    saved_optimizers = dict(state["optimizers"])
     for name, opt in optimizers.items():
-        _check_optimizer(name, opt, state["optimizers"][name], (state.get("optimizer_types") or {}).get(name))
+        remapped = _trainable_only(opt, saved_optimizers[name])
+        if remapped is not None:
+            saved_optimizers[name] = remapped
+        _check_optimizer(name, opt, saved_optimizers[name], (state.get("optimizer_types") or {}).get(name))
     terms = _loss_terms(model)
     for key, entry in state["loss_terms"].items():
         i = int(key)
@@ -361,7 +403,7 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     for i, d in enumerate(others):
         d.load_state_dict(saved_others[str(i)])
     for name, opt in optimizers.items():
-        opt.load_state_dict(state["optimizers"][name])
+        opt.load_state_dict(saved_optimizers[name])
     for key, entry in state["loss_terms"].items():
         terms[int(key)].load_term_state_dict(entry["state"])
     model.step = step

@@ -376,6 +376,7 @@ class Replicated:
         self._store: Any = None
         self._seen = -1
         self.ddp: nn.Module | None = None
+        self._trainable = self._trainable_now()
         if watch_param_store:
             import pyro
 
@@ -428,8 +429,25 @@ class Replicated:
         ddp = self.ddp
         return fn(*args, **kwargs) if ddp is None else ddp(fn, args, kwargs)
 
+    def _trainable_now(self) -> tuple[bool, ...]:
+        return tuple(p.requires_grad for p in self.networks.parameters())
+
     def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` as the forward of the wrapper (see the class notes)."""
+        """``fn(*args, **kwargs)`` as the forward of the wrapper (see the class notes).
+
+        DDP averages the gradients of the parameters that required grad when it was built: when the networks'
+        ``requires_grad`` flags changed since (a part frozen for a warm-up, then unfrozen; every process runs the
+        same program, so they change together), the wrapper is rebuilt first, over the parameters that require
+        grad now (rank 0's values of every parameter broadcast)."""
+        if torch.is_grad_enabled():
+            trainable = self._trainable_now()
+            if trainable != self._trainable:
+                import gc
+
+                self._trainable = trainable
+                self.ddp = None
+                gc.collect()  # the previous wrapper's reducer (and its gradient hooks) goes first
+                self._build()
         try:
             out = self._run(fn, args, kwargs)
         except Exception as e:

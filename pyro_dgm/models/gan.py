@@ -14,12 +14,27 @@ from pyro_dgm.losses.adversarial_divergences import AdversarialJensenShannon
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.losses.steps import SIGNALS, StepRandomState
 from pyro_dgm.models import distributed as _dist
-from pyro_dgm.models.checkpoint import rng_state, set_rng_state
+from pyro_dgm.models.checkpoint import set_rng_state
 from pyro_dgm.models.model import Model
 
 __all__ = ["GAN"]
 
 D_LOSS = "d_loss"  # the name of the discriminator's loss in ``model.last_terms`` (and in ``fit``'s history)
+
+
+class _BatchDigest:
+    """:func:`batch_digest` of a batch, computed when first read as text (by a checkpoint saved before the GAN's
+    generator step is taken): a step that goes through pays nothing for it."""
+
+    __slots__ = ("x", "text")
+
+    def __init__(self, x_dict: Any) -> None:
+        self.x, self.text = x_dict, None
+
+    def __str__(self) -> str:
+        if self.text is None:
+            self.text, self.x = str(batch_digest(self.x)), None
+        return self.text
 
 
 def batch_digest(x_dict: Any) -> str | None:
@@ -209,44 +224,48 @@ class GAN(Model):
         done = self.__dict__.pop("_dgm_d_done", None)  # (set by load(resume=True) only)
         self.__dict__.pop("_dgm_d_done_pending", None)
         d_loss = None
+        main = threading.current_thread() is threading.main_thread()
         if adversarial_loss:
             if done is not None and not _dist.is_distributed() and done["batch"] == batch_digest(train_x_dict):
                 # resumed on the batch whose discriminator step was taken before its generator step failed: not
                 # again, and the generator's step draws from the random states that followed it
                 d_loss = done["d_loss"]
                 set_rng_state(done["rng"])
+                self._dgm_d_done_pending = dict(done)  # (until the generator's step is taken, as below)
             else:
                 start = StepRandomState()
-                main = threading.current_thread() is threading.main_thread()
                 if main:
                     SIGNALS.keep += 1  # a Ctrl-C during the discriminator's optimizer step: raised below
                 try:
                     d_loss = self.adversarial_loss.loss_train(train_x_dict, **kwargs)
+                    # the discriminator's step is taken (a signal that came during its optimizer step is held until
+                    # the finally below): until the generator's step is taken too, a checkpoint saved says so, and a
+                    # run resumed from it takes the generator's step only on this batch, whatever interrupts between
+                    self.__dict__.pop("_dgm_failed_rng", None)  # (an earlier failed call's)
+                    self._dgm_d_done_pending = {"batch": _BatchDigest(train_x_dict), "d_loss": d_loss,
+                                                "rng": StepRandomState()}
                 except BaseException:  # a checkpoint saved now records the states of this batch's start
+                    if "_dgm_d_done_pending" not in self.__dict__:
+                        self._dgm_failed_rng = start
+                    raise
+                finally:
                     if main:
                         SIGNALS.keep -= 1
-                    self._dgm_failed_rng = start
-                    if main:
                         SIGNALS.end_keep()
-                    raise
-                if main:
-                    SIGNALS.keep -= 1
-                    try:
-                        SIGNALS.end_keep()
-                    except BaseException:  # the discriminator's step is taken: a checkpoint saved now says so, and
-                        # a run resumed from it takes the generator's step only on this batch
-                        self.__dict__.pop("_dgm_failed_rng", None)  # (an earlier failed call's)
-                        self._dgm_d_done_pending = {"batch": batch_digest(train_x_dict), "d_loss": d_loss,
-                                                    "rng": rng_state(StepRandomState())}
-                        raise
+        if main:
+            SIGNALS.keep += 1  # a Ctrl-C during the generator's optimizer step: raised once the record is dropped
         try:
             loss = super().train(train_x_dict, **kwargs)
+            self.__dict__.pop("_dgm_d_done_pending", None)  # both steps taken
         except BaseException:
-            digest = batch_digest(train_x_dict) if d_loss is not None else None
-            failed = self.__dict__.get("_dgm_failed_rng")  # (Model.train's: the states after the discriminator's step)
-            if digest is not None and failed is not None:
-                self._dgm_d_done_pending = {"batch": digest, "d_loss": d_loss, "rng": rng_state(failed)}
+            pending = self.__dict__.get("_dgm_d_done_pending")
+            if pending is not None:
+                pending["batch"] = str(pending["batch"])  # the digest now, before the batch's tensors may change
             raise
+        finally:
+            if main:
+                SIGNALS.keep -= 1
+                SIGNALS.end_keep()
         return self._dgm_result(loss, d_loss)
 
     def test(self, test_x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,

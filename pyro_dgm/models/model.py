@@ -22,6 +22,7 @@ import warnings
 from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
 
 import torch
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor, nn
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
@@ -134,7 +135,7 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
     params = list(params)
     if not params:
         raise ValueError(f"{owner}: there are no parameters to optimize: the distributions given have no networks or "
-                         "parameters that require grad; pass the trained distributions in distributions=[...]")
+                         "parameters; pass the trained distributions in distributions=[...]")
     kwargs = dict(optimizer_params or {})
     if isinstance(optimizer, PyroLRScheduler):
         raise TypeError(f"{owner}: a pyro.optim learning-rate scheduler ({type(optimizer).__name__}) is not "
@@ -770,6 +771,8 @@ class Model:
         inside that forward, so DDP's hooks see its backward graph's parameter gradients)."""
         if self.loss_cls is None:
             self._dgm_no_loss()
+        if _PYRO_STACK:  # a Pyro handler around train() that would weight the sites: it cannot reach the formula
+            self.loss_cls._dgm_refuse_weighting_around(f"{type(self).__name__}.train: the loss")
         if self._dgm_compile is None:
             if self._dgm_ddp is None:
                 return self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
@@ -887,6 +890,8 @@ class Model:
         x_dict = test_x_dict
         if self.test_loss_cls is None:
             self._dgm_no_loss()
+        if _PYRO_STACK:  # as in train()
+            self.test_loss_cls._dgm_refuse_weighting_around(f"{type(self).__name__}.test: the test loss")
         self.distributions.eval()
         trained = {id(m) for m in self.distributions.modules()}
         modules = [m for d in self.test_loss_cls._dgm_distributions for m in d.modules() if id(m) not in trained]

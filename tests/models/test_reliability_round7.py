@@ -214,3 +214,79 @@ def test_a_step_taken_inside_anothers_optimizer_step_does_not_release_its_hold()
         outer.train({"x": X})
     assert (outer.step, inner.step) == (1, 1)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_signals_held_together_all_reach_their_handlers_and_a_handler_set_meanwhile_stays() -> None:
+    # the attack on the first version: the first held handler's KeyboardInterrupt dropped the others, and the
+    # handlers put back after the step replaced one that the program had set during it
+    model = make_vae()
+    ran = []
+
+    def usr1(signum: int, frame: Any) -> None:
+        ran.append("usr1")
+
+    def mine(signum: int, frame: Any) -> None:
+        ran.append("mine")
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        handle.remove()
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGUSR1)
+        signal.signal(signal.SIGUSR2, mine)  # set while the step runs: kept
+    previous = {s: signal.signal(s, usr1 if s == signal.SIGUSR1 else (lambda n, f: None))
+                for s in (signal.SIGUSR1, signal.SIGUSR2)}
+    handle = model.optimizer.register_step_pre_hook(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.train({"x": X})
+        for _ in range(3):
+            pass  # (a pending handler runs at the next instructions, as Python runs it)
+        assert ran == ["usr1"] and model.step == 1
+        assert signal.getsignal(signal.SIGUSR2) is mine
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def test_a_gan_interrupted_between_its_two_steps_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    # a Ctrl-C after the discriminator's step and before Model.train's try (here: on its first line, the random
+    # states' record) left no record that the batch's discriminator step was done: the resumed run took it again
+    import pyro_dgm.models.model as model_module
+
+    def in_the_generators_prologue(model: Any) -> None:
+        real = model_module.StepRandomState
+
+        def landing() -> Any:
+            monkeypatch.setattr(model_module, "StepRandomState", real)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(model_module, "StepRandomState", landing)
+    full = _gan_steps(None, tmp_path)
+    resumed = _gan_steps(in_the_generators_prologue, tmp_path)
+    assert (resumed.step, resumed.adversarial_loss.d_steps) == (full.step, full.adversarial_loss.d_steps) == (4, 4)
+    assert all(torch.equal(a, b) for a, b in zip(_gan_weights(resumed), _gan_weights(full)))
+
+
+def test_a_checkpoint_of_an_optimizer_over_the_trainable_parameters_only_still_loads(tmp_path: Path) -> None:
+    # pyro_dgm before 2026-12-03 gave the optimizer only the parameters that required grad when the model was built;
+    # its checkpoints of a model with a frozen part load into the same model built the same way, and train on as the
+    # saving process did
+    def build() -> tuple[VAE, Any]:
+        pyro.set_rng_seed(0)
+        model = make_vae()
+        decoder = model.distributions[1]
+        decoder.requires_grad_(False)
+        return model, decoder
+    old, _ = build()
+    old.optimizer = torch.optim.Adam([p for p in old.parameters() if p.requires_grad], lr=1e-2)  # the old layout
+    old._dgm_params = [p for p in old._dgm_params if p.requires_grad]
+    for i in range(2):
+        old.train({"x": X[8 * i:8 * i + 8]})
+    old.save(tmp_path / "old.pt")
+    new, _ = build()
+    new.load(tmp_path / "old.pt", resume=True)
+    for m in (old, new):
+        pyro.set_rng_seed(3)
+        m.train({"x": X[16:24]})
+    assert _same(([t.detach() for t in old.distributions.state_dict().values()], {}, old.step),
+                 ([t.detach() for t in new.distributions.state_dict().values()], {}, new.step))
