@@ -132,8 +132,8 @@ class OneSiteDistribution(Distribution):
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
-        fn = self._dgm_fn(b, values, ctx, expand=False)[0]
         x = values[b.var[0]]
+        fn = self._dgm_fn(b, values, ctx, expand=False, value=x if isinstance(x, Tensor) else None)[0]
         ev = fn.event_shape
         if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

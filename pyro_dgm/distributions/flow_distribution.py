@@ -125,6 +125,10 @@ class _FlowDistribution(OneSiteDistribution):
                 value: Tensor | None = None) -> tuple[Any, Any]:
         """The Pyro ``TransformedDistribution`` of this site, and its base distribution (the prior's)."""
         base, _ = site_fn(self.prior, self._dgm_mapping(b), values, ctx, False)
+        if self._dgm_flow_inverted and isinstance(value, Tensor):  # a value to score: the flow's input side, whose
+            learn = getattr(self.flow, "_dgm_sizes_from", None)  # shapes the flow's layers may take (a Flatten's)
+            if learn is not None:
+                learn(value.shape)
         if self.flow._dgm_auto:  # flows that take their event dims from the input: from the prior's event shape here
             self.flow._dgm_adapt(torch.Size([1]) + base.event_shape, self._dgm_flow_inverted)
         if expand and b.input_var:  # a context given to the flow only (not to the prior) sets the batch shape too

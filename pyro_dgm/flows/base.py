@@ -795,6 +795,13 @@ class FlowList(Flow):
         if key is not None:
             self.__dict__["_dgm_adapted_for"] = key  # (a plain value: no Module setattr per call)
 
+    def _dgm_sizes_from(self, shape: Sequence[int]) -> None:
+        for p in self._dgm_parts:
+            learn = getattr(p, "_dgm_sizes_from", None)
+            if learn is not None:
+                learn(shape)
+            shape = p.forward_shape(shape) if hasattr(p, "forward_shape") else shape
+
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         for p in self._dgm_parts:
             shape = p.forward_shape(shape) if hasattr(p, "forward_shape") else shape

@@ -54,14 +54,14 @@ class ChannelConv(Flow):
         super().__init__(in_channels, event_dim=3, cache_size=cache_size)
         self.decomposed = decomposed
         w64 = torch.from_numpy(np.linalg.qr(np.random.randn(in_channels, in_channels))[0])
-        w = w64.to(torch.float32)
+        w = w64.to(torch.float32)  # (Pixyz's values: drawn in float32, held in the default dtype, as every layer)
+        dtype = torch.get_default_dtype()
         self.w_shape = [in_channels, in_channels]
         if not decomposed:
-            self.weight = nn.Parameter(w)
+            self.weight = nn.Parameter(w.to(dtype))
             return
         p, lower, upper = torch.linalg.lu(w)
         s = torch.diagonal(upper)
-        dtype = torch.float32
         self.register_buffer("p", p.to(dtype))
         self.register_buffer("sign_s", torch.sign(s).to(dtype))
         self.register_buffer("l_mask", torch.tril(torch.ones(in_channels, in_channels), -1), persistent=False)
