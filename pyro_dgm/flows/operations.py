@@ -263,8 +263,9 @@ class Flatten(Flow):
 
     def _dgm_sizes_from(self, shape: Sequence[int]) -> None:
         """Take the image shape from an input of ``shape`` that the flow will be run forward on (a value scored by
-        an ``InverseTransformedDistribution``: Pixyz's scoring runs ``forward``, which sets it), if not known."""
-        if self.in_size is None and len(shape) >= 3:
+        an ``InverseTransformedDistribution``): Pixyz's scoring runs ``forward``, which sets it at every call, as
+        ours does."""
+        if len(shape) >= 3:
             self.in_size = tuple(int(s) for s in shape[-3:])
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:

@@ -67,6 +67,13 @@ _PYRO_ELBO_OPTIONS = frozenset({"num_particles", "max_plate_nesting", "max_iaran
                                 "tail_adaptive_beta"})
 
 
+
+def _all_equal(value: Any, target: Any) -> bool:
+    """Whether a handler's scale or mask (a number, a bool or a tensor) is ``target`` everywhere."""
+    if isinstance(value, Tensor):
+        return bool((value == target).all())
+    return isinstance(value, (numbers.Number, bool)) and value == target and (target is not True or value is True)
+
 class Loss(YieldingModule, _PyroELBO):
     r"""Base class of every loss term: its input variables, its formula, arithmetic, :meth:`eval`, and Pyro's ELBO API.
 
@@ -736,11 +743,10 @@ class Loss(YieldingModule, _PyroELBO):
         ``pyro.factor``)."""
         for m in _PYRO_STACK:
             if isinstance(m, ScaleMessenger):
-                scale = m.scale
-                if not (isinstance(scale, numbers.Number) and scale == 1):
+                if not _all_equal(m.scale, 1):
                     self._dgm_refuse_weighting(m, how)
             elif isinstance(m, MaskMessenger):
-                if m.mask is not True:
+                if not _all_equal(m.mask, True):
                     self._dgm_refuse_weighting(m, how)
             elif isinstance(m, IndepMessenger) and getattr(m, "subsample_size", m.size) != m.size:
                 self._dgm_refuse_weighting(m, how)

@@ -162,13 +162,14 @@ class SignalDeferral:
     raised after the step
     """
 
-    __slots__ = ("saved", "pending", "keep", "owner")
+    __slots__ = ("saved", "pending", "keep", "owner", "due")
 
     def __init__(self) -> None:
         self.saved: list[tuple[int, Any]] | None = None
         self.pending: list[tuple[int, Any]] = []
         self.keep = 0
         self.owner: Any = None
+        self.due = False  # the owner's step is over: its release waits for the callers that keep it
 
     def _record(self, signum: int, frame: Any) -> None:
         self.pending.append((signum, frame))  # (the frame is not kept past the release)
@@ -192,19 +193,24 @@ class SignalDeferral:
     def release(self, owner: Any) -> None:
         """If ``owner`` holds the handlers and no caller keeps them: put them back and run those of the signals that
         arrived meanwhile, in order (Ctrl-C's raises ``KeyboardInterrupt`` here)."""
-        if self.owner is None or owner is not self.owner or self.keep:
+        if self.owner is None or owner is not self.owner:
+            return
+        if self.keep:
+            self.due = True
             return
         self._restore()
 
     def end_keep(self) -> None:
-        """After a caller's ``SIGNALS.keep -= 1``: release the handlers held meanwhile, once no caller keeps them."""
-        if self.keep or self.owner is None:
+        """After a caller's ``SIGNALS.keep -= 1``: release the handlers whose owner's step is over (not those of a
+        step still running around the caller: a model trained inside another's optimizer hook), once no caller keeps
+        them."""
+        if self.keep or not self.due:
             return
         self._restore()
 
     def _restore(self) -> None:
         saved = self.saved or []
-        self.saved, self.owner = None, None
+        self.saved, self.owner, self.due = None, None, False
         try:
             for s, h in saved:
                 if signal.getsignal(s) == self._record:  # (a handler the program set meanwhile stays)
@@ -219,13 +225,19 @@ class SignalDeferral:
             # next, as Python runs several signals that came together
             nums = list(dict.fromkeys(signum for signum, _ in pending))
             if nums:
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, nums) if _SIGMASK else None
+                # (the wakeup fd, asyncio's, got each signal as it came: not again)
+                fd = signal.set_wakeup_fd(-1)
                 try:
-                    for signum in nums:
-                        signal.raise_signal(signum)
+                    mask = signal.pthread_sigmask(signal.SIG_BLOCK, nums) if _SIGMASK else None
+                    try:
+                        for signum in nums:
+                            signal.raise_signal(signum)
+                    finally:
+                        if mask is not None:
+                            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 finally:
-                    if mask is not None:
-                        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                    if fd != -1:
+                        signal.set_wakeup_fd(fd)
 
 
 #: the deferral of the training steps (``Model.train``, the adversarial terms' ``loss_train``)

@@ -221,6 +221,16 @@ class GAN(Model):
         discriminator's step of this batch is done (``d_step_done``), so a run resumed from it
         (``load(path, resume=True)``) takes the generator's step only on that batch, as the uninterrupted run did.
         """
+        try:
+            return self._dgm_two_steps(train_x_dict, adversarial_loss, kwargs)
+        except BaseException:
+            pending = self.__dict__.get("_dgm_d_done_pending")
+            if pending is not None:  # the digest now, before the batch's tensors may change (a buffer refilled)
+                pending["batch"] = str(pending["batch"])
+            raise
+
+    def _dgm_two_steps(self, train_x_dict: Any, adversarial_loss: bool, kwargs: dict[str, Any]) -> Any:
+        """The body of :meth:`train`."""
         done = self.__dict__.pop("_dgm_d_done", None)  # (set by load(resume=True) only)
         self.__dict__.pop("_dgm_d_done_pending", None)
         d_loss = None
@@ -257,11 +267,6 @@ class GAN(Model):
         try:
             loss = super().train(train_x_dict, **kwargs)
             self.__dict__.pop("_dgm_d_done_pending", None)  # both steps taken
-        except BaseException:
-            pending = self.__dict__.get("_dgm_d_done_pending")
-            if pending is not None:
-                pending["batch"] = str(pending["batch"])  # the digest now, before the batch's tensors may change
-            raise
         finally:
             if main:
                 SIGNALS.keep -= 1

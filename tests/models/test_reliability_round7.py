@@ -290,3 +290,76 @@ def test_a_checkpoint_of_an_optimizer_over_the_trainable_parameters_only_still_l
         m.train({"x": X[16:24]})
     assert _same(([t.detach() for t in old.distributions.state_dict().values()], {}, old.step),
                  ([t.detach() for t in new.distributions.state_dict().values()], {}, new.step))
+
+
+def test_a_fit_inside_anothers_optimizer_step_does_not_release_its_hold() -> None:
+    # the attack on the second version: fit's end of a batch released the outer step's hold, so the held Ctrl-C
+    # came inside the outer optimizer's hook (the outer step lost, or its weights new and its step not counted)
+    outer, inner = make_vae(), make_vae()
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        handle.remove()
+        signal.raise_signal(signal.SIGINT)
+        inner.fit({"x": X[:16]}, epochs=1, batch_size=8, progress=False)
+        assert outer.step == 0
+    handle = outer.optimizer.register_step_pre_hook(hook)
+    with pytest.raises(KeyboardInterrupt):
+        outer.train({"x": X})
+    assert (outer.step, inner.step) == (1, 2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_held_signal_reaches_the_wakeup_fd_once() -> None:
+    # asyncio's loop.add_signal_handler reads the signals from the wakeup fd, which got the signal as it came: the
+    # release must not write it again (the callback ran twice)
+    import socket
+
+    model = make_vae()
+    r, w = socket.socketpair()
+    r.setblocking(False)
+    w.setblocking(False)
+    previous = signal.signal(signal.SIGUSR1, lambda n, f: None)  # asyncio's no-op handler
+    old_fd = signal.set_wakeup_fd(w.fileno())
+    try:
+        def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+            handle.remove()
+            signal.raise_signal(signal.SIGUSR1)
+        handle = model.optimizer.register_step_pre_hook(hook)
+        model.train({"x": X})
+        for _ in range(3):
+            pass
+        assert r.recv(64) == bytes([signal.SIGUSR1]) and model.step == 1
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGUSR1, previous)
+        r.close()
+        w.close()
+
+
+def test_a_gan_interrupted_in_its_discriminator_step_records_the_batch_not_its_buffer(tmp_path: Path) -> None:
+    # the record of the done discriminator step named the batch lazily, by the batch's tensors: a loader's buffer
+    # refilled in place before the save made it the next batch's, and the resumed run took the step again
+    def run(interrupt: bool) -> Any:
+        pyro.set_rng_seed(0)
+        model, _ = _gan()
+        buffer = GAN_X[:8].clone()
+        for i in range(4):
+            buffer.copy_(GAN_X[8 * i:8 * i + 8])
+            if interrupt and i == 1:
+                def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+                    handle.remove()
+                    signal.raise_signal(signal.SIGINT)
+                handle = model.adversarial_loss.d_optimizer.register_step_pre_hook(hook)
+                with pytest.raises(KeyboardInterrupt):
+                    model.train({"x": buffer})
+                buffer.copy_(GAN_X[16:24])  # the loader refills its buffer before the script saves
+                model.save(tmp_path / "b.pt")
+                buffer.copy_(GAN_X[8:16])
+                pyro.set_rng_seed(99)
+                model, _ = _gan()
+                model.load(tmp_path / "b.pt", resume=True)
+            model.train({"x": buffer})
+        return model
+    full, resumed = run(False), run(True)
+    assert (resumed.step, resumed.adversarial_loss.d_steps) == (full.step, full.adversarial_loss.d_steps) == (4, 4)
+    assert all(torch.equal(a, b) for a, b in zip(_gan_weights(resumed), _gan_weights(full)))

@@ -93,3 +93,29 @@ def test_a_time_step_variable_the_step_loss_does_not_read() -> None:
         run_pixyz(program)
     value, want = run_pyro_dgm(program)
     assert_close(value, want)
+
+
+def test_a_flatten_takes_the_image_shape_of_each_value_scored() -> None:
+    # the attack on the fix: the first shape learned stuck (a value of the wrong shape scored first made every
+    # right one refused, and a second image shape was refused); Pixyz's forward sets it at every call
+    def program() -> Any:
+        import torch
+
+        import pixyz.distributions as D
+        import pixyz.flows as F
+
+        prior = D.Normal(loc=torch.zeros(16), scale=torch.ones(16), var=["z"], name="p_{prior}")
+        p = D.InverseTransformedDistribution(prior, F.FlowList([F.Flatten()]), var=["x"], name="p")
+        out = {}
+        try:
+            p.get_log_prob({"x": torch.rand(2, 1, 3, 3)})
+        except ValueError:
+            out["wrong_first"] = "ValueError"
+        out["right"] = p.get_log_prob({"x": torch.rand(2, 1, 4, 4)})
+        out["draw"] = p.sample(batch_n=2)["x"].shape
+        out["other"] = p.get_log_prob({"x": torch.rand(2, 4, 2, 2)})
+        out["draw_other"] = p.sample(batch_n=2)["x"].shape
+        return out
+    ref, ours = run_both(program)
+    assert ref["wrong_first"] == "ValueError"
+    assert_same(ref, ours)

@@ -72,7 +72,9 @@ def test_a_weighting_handler_around_train_or_test_is_refused_where_pyro_would_we
 
 
 @pytest.mark.parametrize("handler", [lambda: pyro.plate("b", 8), lambda: poutine.scale(scale=1.0),
-                                     lambda: poutine.mask(mask=True)], ids=["plate of 8 of 8", "scale 1", "mask True"])
+                                     lambda: poutine.mask(mask=True), lambda: poutine.scale(scale=torch.tensor(1.0)),
+                                     lambda: poutine.mask(mask=torch.ones(8, dtype=torch.bool))],
+                         ids=["plate of 8 of 8", "scale 1", "mask True", "scale tensor(1)", "mask all True"])
 def test_a_handler_that_weights_by_one_is_let_through(handler: Callable[[], Any]) -> None:
     p = P()
     loss = -p.log_prob().sum()
