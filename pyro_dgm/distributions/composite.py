@@ -11,6 +11,7 @@ import operator
 import warnings
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution
@@ -148,6 +149,10 @@ class OneSiteDistribution(Distribution):
                           f"sum_features=False and feature_dims are ignored, as in Pixyz: this is log p({b.var[0]})",
                           UserWarning, stacklevel=2)
         ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
+        if x.dtype in (torch.float16, torch.bfloat16):  # half-precision data into full-precision layers: promoted, as
+            own = self._dgm_weights_dtype()  # Pixyz's flows promote it (its coupling's mask is float32)
+            if own is not None and own not in (torch.float16, torch.bfloat16):
+                x = x.to(own)
         try:
             return fn.log_prob(x)
         except (ValueError, RuntimeError) as e:  # torch's validation of the value, a dtype the flow refuses...

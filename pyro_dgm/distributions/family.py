@@ -253,6 +253,9 @@ class DistributionBase(Distribution):
         else:  # (Pixyz raises a ValueError there: this is both)
             raise NotATensorError(f"{describe(self)}: parameter {pname} must be a number, a tensor or the name of a "
                                   f"cond_var, got {type(value).__name__}")
+        if t.is_complex():  # (casting would drop the imaginary part silently; Pixyz computes complex garbage)
+            raise DTypeError(f"{describe(self)}: parameter {pname} must be real, got a complex tensor of dtype "
+                             f"{t.dtype}")
         if not t.is_floating_point():
             t = t.to(torch.get_default_dtype())
         return t
@@ -482,9 +485,17 @@ class DistributionBase(Distribution):
                 return None
             if t.dim() > nd:
                 nd = t.dim()
-        if _TorchDistribution._validate_args and not closed_forms.valid_params(self.pyro_dist, params,
-                                                                                self._dgm_const_names):
-            return None
+        if _TorchDistribution._validate_args:
+            # the constants are checked once per set of buffers (built beside a network or a variable, they were not
+            # checked when the distribution was built; an in-place change or a new buffer is checked again)
+            names = self._dgm_const_names
+            checked = self.__dict__.get("_dgm_consts_checked")
+            key = self._dgm_const_key() if names else None
+            ok = key is not None and checked is not None and checked[0] == key
+            if not closed_forms.valid_params(self.pyro_dist, params, names if ok else ()):
+                return None
+            if key is not None and not ok:  # (the buffers kept with their key: a freed one's id is not reused)
+                self.__dict__["_dgm_consts_checked"] = (key, tuple(self._buffers[n] for n in names))
         return closed_forms.ClosedParams(params, nd)
 
     def _dgm_closed_form_kl(self, other: Distribution, values: Mapping[str, Any],

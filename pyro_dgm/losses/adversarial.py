@@ -44,7 +44,7 @@ from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.losses.steps import HALF_DTYPES, SIGNALS, finite_sum, network_buffers
-from pyro_dgm.utils.checks import DTypeError, OutOfRangeError, check_present, describe
+from pyro_dgm.utils.checks import DTypeError, OutOfRangeError, ShapeError, check_present, describe
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
 
@@ -212,6 +212,13 @@ class AdversarialLoss(Loss):
         d = self._dgm_d
         y = d.sample(dict(inputs), sample_mean=True, return_all=False, **kwargs)[d.var[0]]
         self._dgm_check_output(y)
+        if self._dgm_probability_output and isinstance(y, Tensor):
+            n = next((x.shape[0] for x in inputs.values() if isinstance(x, Tensor) and x.dim() > 0), None)
+            if n is not None and tuple(y.shape) != (n, 1):  # Pixyz's binary cross-entropy against (n, 1) labels
+                # refuses any other shape; a mean over another one would be a wrong loss, silently
+                raise ShapeError(f"{type(self).__name__} {self.latex}: the discriminator {describe(d)} output "
+                                 f"{d.var[0]!r} of shape {tuple(y.shape)} for a batch of {n}; it must be one "
+                                 f"probability per example, of shape ({n}, 1)")
         return y
 
     def _dgm_check_output(self, y: Tensor) -> None:
