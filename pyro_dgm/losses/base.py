@@ -67,12 +67,12 @@ _PYRO_ELBO_OPTIONS = frozenset({"num_particles", "max_plate_nesting", "max_iaran
                                 "tail_adaptive_beta"})
 
 
-
 def _all_equal(value: Any, target: Any) -> bool:
     """Whether a handler's scale or mask (a number, a bool or a tensor) is ``target`` everywhere."""
     if isinstance(value, Tensor):
         return bool((value == target).all())
     return isinstance(value, (numbers.Number, bool)) and value == target and (target is not True or value is True)
+
 
 class Loss(YieldingModule, _PyroELBO):
     r"""Base class of every loss term: its input variables, its formula, arithmetic, :meth:`eval`, and Pyro's ELBO API.
