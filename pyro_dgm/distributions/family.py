@@ -492,7 +492,10 @@ class DistributionBase(Distribution):
             checked = self.__dict__.get("_dgm_consts_checked")
             key = self._dgm_const_key() if names else None
             ok = key is not None and checked is not None and checked[0] == key
-            if not closed_forms.valid_params(self.pyro_dist, params, names if ok else ()):
+            try:
+                if not closed_forms.valid_params(self.pyro_dist, params, names if ok else ()):
+                    return None
+            except RuntimeError:  # (a value the check cannot read, a meta tensor: the general path names it)
                 return None
             if key is not None and not ok:  # (the buffers kept with their key: a freed one's id is not reused)
                 self.__dict__["_dgm_consts_checked"] = (key, tuple(self._buffers[n] for n in names))

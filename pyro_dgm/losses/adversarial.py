@@ -212,7 +212,7 @@ class AdversarialLoss(Loss):
         d = self._dgm_d
         y = d.sample(dict(inputs), sample_mean=True, return_all=False, **kwargs)[d.var[0]]
         self._dgm_check_output(y)
-        if self._dgm_probability_output and isinstance(y, Tensor):
+        if self._dgm_probability_output and isinstance(y, Tensor) and self._dgm_default_losses():
             n = next((x.shape[0] for x in inputs.values() if isinstance(x, Tensor) and x.dim() > 0), None)
             if n is not None and tuple(y.shape) != (n, 1):  # Pixyz's binary cross-entropy against (n, 1) labels
                 # refuses any other shape; a mean over another one would be a wrong loss, silently
@@ -220,6 +220,13 @@ class AdversarialLoss(Loss):
                                  f"{d.var[0]!r} of shape {tuple(y.shape)} for a batch of {n}; it must be one "
                                  f"probability per example, of shape ({n}, 1)")
         return y
+
+    def _dgm_default_losses(self) -> bool:
+        """Whether the term's ``d_loss`` and ``g_loss`` are pyro_dgm's, whose cross-entropies (Pixyz's) take one
+        probability per example: a subclass of the user's with its own may take other shapes (Pixyz runs it)."""
+        cls = type(self)
+        return all(getattr(getattr(cls, name, None), "__module__", "").startswith("pyro_dgm.")
+                   for name in ("d_loss", "g_loss"))
 
     def _dgm_check_output(self, y: Tensor) -> None:
         if not self._dgm_probability_output:

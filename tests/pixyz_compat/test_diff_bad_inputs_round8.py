@@ -138,3 +138,52 @@ def test_an_integer_gamma_rate_scores_as_the_float_rate() -> None:
     want = torch.distributions.Gamma(torch.full((3,), 2.0), torch.ones(3)).log_prob(torch.full((1, 3), 0.5)).sum(-1)
     assert torch.isinf(ref).all()  # Pixyz's number is wrong (porting.md)
     torch.testing.assert_close(ours, want)
+
+
+def test_a_subclass_with_its_own_losses_takes_other_discriminator_shapes() -> None:
+    # the attack on the shape check: Pixyz refuses other shapes only in its own cross-entropies; a subclass whose
+    # d_loss and g_loss take one value per example, of shape (n,) (one-sided label smoothing), runs
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        import pixyz.distributions as pd
+        from pixyz.distributions import EmpiricalDistribution
+        from pixyz.losses import AdversarialJensenShannon
+
+        class G(pd.Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["x"], cond_var=["z"], name="g")
+                self.fc = nn.Linear(2, 4)
+
+            def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+                return {"x": torch.sigmoid(self.fc(z))}
+
+        class D(pd.Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.fc = nn.Linear(4, 1)
+
+            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+                return {"t": torch.sigmoid(self.fc(x)).squeeze(-1)}
+
+        class FlatJS(AdversarialJensenShannon):
+            def d_loss(self, y_p: torch.Tensor, y_q: torch.Tensor, batch_n: int) -> torch.Tensor:
+                return self.bce_loss(y_p, torch.full((batch_n,), 0.9)) + self.bce_loss(y_q, torch.zeros(batch_n))
+
+            def g_loss(self, y_p: torch.Tensor, y_q: torch.Tensor, batch_n: int) -> torch.Tensor:
+                return self.bce_loss(y_q, torch.ones(batch_n))
+
+        prior = pd.Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        loss = FlatJS(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"), discriminator=D())
+        x = {"x": torch.rand(5, 4)}
+        return [loss.eval(x), loss.loss_train(x), loss.eval(x)]
+    assert_same(*run_both(program))
+
+
+def test_a_constant_the_check_cannot_read_gets_the_named_error() -> None:
+    from pyro_dgm.distributions import Normal
+
+    p = Normal(loc="y", scale=torch.ones(3).to("meta"), var=["x"], cond_var=["y"])
+    with pytest.raises(RuntimeError, match=r"Normal p\(x\|y\): invalid parameters"):
+        p.get_log_prob({"x": torch.zeros(5, 3), "y": torch.zeros(5, 3)})
