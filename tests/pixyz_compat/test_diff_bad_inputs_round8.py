@@ -48,7 +48,11 @@ def test_a_constant_changed_in_place_is_checked_again() -> None:
         p.get_log_prob(values)
 
 
-def _js_program(kind: str) -> Any:
+def _js_program(kind: str, own_losses: bool = False) -> Any:
+    """A GAN's Jensen-Shannon term whose discriminator outputs ``kind``: one probability per example (``"right"``),
+    a row short, two columns, an extra dim, or one value per example of shape ``(n,)`` (``"flat"``); with
+    ``own_losses``, a subclass whose ``d_loss`` and ``g_loss`` take the ``(n,)`` outputs (one-sided label smoothing),
+    evaluated, trained one step and evaluated again."""
     def program() -> Any:
         import torch
         from torch import nn
@@ -73,12 +77,21 @@ def _js_program(kind: str) -> Any:
             def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
                 t = torch.sigmoid(self.fc(x))
                 return {"t": {"right": t, "rows": t[:-1], "columns": torch.cat([t, t], -1),
-                              "dims": t.unsqueeze(1)}[kind]}
+                              "dims": t.unsqueeze(1), "flat": t.squeeze(-1)}[kind]}
+
+        class FlatJS(AdversarialJensenShannon):
+            def d_loss(self, y_p: torch.Tensor, y_q: torch.Tensor, batch_n: int) -> torch.Tensor:
+                return self.bce_loss(y_p, torch.full((batch_n,), 0.9)) + self.bce_loss(y_q, torch.zeros(batch_n))
+
+            def g_loss(self, y_p: torch.Tensor, y_q: torch.Tensor, batch_n: int) -> torch.Tensor:
+                return self.bce_loss(y_q, torch.ones(batch_n))
 
         prior = pd.Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
         p = (G() * prior).marginalize_var("z")
-        return AdversarialJensenShannon(EmpiricalDistribution(["x"]), p, discriminator=D()).eval(
-            {"x": torch.rand(5, 4)})
+        loss = (FlatJS if own_losses else AdversarialJensenShannon)(EmpiricalDistribution(["x"]), p,
+                                                                     discriminator=D())
+        x = {"x": torch.rand(5, 4)}
+        return [loss.eval(x), loss.loss_train(x), loss.eval(x)] if own_losses else loss.eval(x)
     return program
 
 
@@ -142,43 +155,8 @@ def test_an_integer_gamma_rate_scores_as_the_float_rate() -> None:
 
 def test_a_subclass_with_its_own_losses_takes_other_discriminator_shapes() -> None:
     # the attack on the shape check: Pixyz refuses other shapes only in its own cross-entropies; a subclass whose
-    # d_loss and g_loss take one value per example, of shape (n,) (one-sided label smoothing), runs
-    def program() -> Any:
-        import torch
-        from torch import nn
-
-        import pixyz.distributions as pd
-        from pixyz.distributions import EmpiricalDistribution
-        from pixyz.losses import AdversarialJensenShannon
-
-        class G(pd.Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["z"], name="g")
-                self.fc = nn.Linear(2, 4)
-
-            def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-                return {"x": torch.sigmoid(self.fc(z))}
-
-        class D(pd.Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["t"], cond_var=["x"], name="d")
-                self.fc = nn.Linear(4, 1)
-
-            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-                return {"t": torch.sigmoid(self.fc(x)).squeeze(-1)}
-
-        class FlatJS(AdversarialJensenShannon):
-            def d_loss(self, y_p: torch.Tensor, y_q: torch.Tensor, batch_n: int) -> torch.Tensor:
-                return self.bce_loss(y_p, torch.full((batch_n,), 0.9)) + self.bce_loss(y_q, torch.zeros(batch_n))
-
-            def g_loss(self, y_p: torch.Tensor, y_q: torch.Tensor, batch_n: int) -> torch.Tensor:
-                return self.bce_loss(y_q, torch.ones(batch_n))
-
-        prior = pd.Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
-        loss = FlatJS(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"), discriminator=D())
-        x = {"x": torch.rand(5, 4)}
-        return [loss.eval(x), loss.loss_train(x), loss.eval(x)]
-    assert_same(*run_both(program))
+    # d_loss and g_loss take one value per example, of shape (n,), runs
+    assert_same(*run_both(_js_program("flat", own_losses=True)))
 
 
 def test_a_constant_the_check_cannot_read_gets_the_named_error() -> None:
