@@ -20,6 +20,7 @@ import torch
 from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
 
 
+@pytest.mark.needs_validation  # (torch's argument validation raises these)
 @pytest.mark.parametrize("bad", [-0.5, 0.0, float("nan")])
 def test_a_bad_constant_beside_a_variable_parameter_is_refused(bad: float) -> None:
     def program() -> Any:
@@ -35,6 +36,7 @@ def test_a_bad_constant_beside_a_variable_parameter_is_refused(bad: float) -> No
         run_pyro_dgm(program)
 
 
+@pytest.mark.needs_validation  # (torch's argument validation raises these)
 def test_a_constant_changed_in_place_is_checked_again() -> None:
     from pyro_dgm.distributions import Normal
 
@@ -159,6 +161,7 @@ def test_a_subclass_with_its_own_losses_takes_other_discriminator_shapes() -> No
     assert_same(*run_both(_js_program("flat", own_losses=True)))
 
 
+@pytest.mark.needs_validation  # (torch's argument validation raises these)
 def test_a_constant_the_check_cannot_read_gets_the_named_error() -> None:
     from pyro_dgm.distributions import Normal
 
