@@ -350,10 +350,14 @@ class MixtureModel(_Mixture):
                 return self._dgm_pixyz_draw(b, values, ctx)
         m = self._dgm_mapping(b)
         prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
+        one_hot = getattr(unwrap(self.prior)[0], "one_hot", True)
+        k = len(self.distributions)
+        if one_hot and prior_fn.event_shape[-1:] != (k,):  # (as the mixture's density says: a draw would index
+            raise ValueError(f"{describe(self)}: the prior has {tuple(prior_fn.event_shape)[-1:]} categories but "
+                             f"there are {k} components")  # the components wrongly, or only some of them)
         if ctx.batch_n is not None:
             prior_fn = expand_batch_n(self, prior_fn, ctx.batch_n)
         z = prior_fn.sample()
-        one_hot = getattr(unwrap(self.prior)[0], "one_hot", True)
         index = (z.argmax(-1) if one_hot else z).reshape(-1).tolist()
         comps = [site_fn(d, m, values, ctx, False)[0] for d in self.distributions]
         use_r = ctx.reparam

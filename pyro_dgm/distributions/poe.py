@@ -234,6 +234,24 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
             terms.append((w * _precision(params["scale"]), params["loc"], False))
         return terms
 
+    def _dgm_check_expert_shapes(self, terms: Sequence[tuple[Tensor, Tensor, bool]]) -> None:
+        """Refuse experts whose locations (or whose scales) differ from each other's in their number of dims or in a
+        feature dim (every dim but the first): broadcasting them would mix features or rows (a ``loc`` of
+        ``(B, 1)`` spread over the features, one of ``(B, 1, D)`` multiplying every row by every row); Pixyz stacks
+        the experts' locations, and their scales, and refuses any difference. A batch size of 1 beside ``B`` (a
+        constant expert) broadcasts, as elsewhere."""
+        own = [(loc, prec) for prec, loc, stacked in terms if not stacked]
+        if len(own) < 2:
+            return
+        for k, what in ((0, "loc"), (1, "scale")):
+            shapes = [tuple(t[k].shape) for t in own]
+            first = shapes[0]
+            if any(len(sh) != len(first) or sh[1:] != first[1:] for sh in shapes[1:]):
+                raise ShapeError(f"{describe(self)}: the experts' parameters differ in shape beyond the batch dim "
+                                 f"(the {what} of the experts given, in order: {', '.join(map(str, shapes))}); each "
+                                 "expert must give its parameters one shape (batch, *features), with the same "
+                                 "features")
+
     def _dgm_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
         w0 = self.weight_modalities[0]
@@ -244,6 +262,7 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
             pp = site_params(self.prior, m, values, ctx)
             prior_term = (w0 * _precision(pp["scale"]), pp["loc"], False)
         terms = self._dgm_expert_terms(m, values, ctx)
+        self._dgm_check_expert_shapes(terms)
         try:
             loc, scale = _combine([prior_term, *terms])
         except RuntimeError as e:  # experts (or the prior) whose parameters do not broadcast

@@ -168,3 +168,48 @@ def test_a_constant_the_check_cannot_read_gets_the_named_error() -> None:
     p = Normal(loc="y", scale=torch.ones(3).to("meta"), var=["x"], cond_var=["y"])
     with pytest.raises(RuntimeError, match=r"Normal p\(x\|y\): invalid parameters"):
         p.get_log_prob({"x": torch.zeros(5, 3), "y": torch.zeros(5, 3)})
+
+
+@pytest.mark.parametrize("bad", ["features", "scalar", "dim"])
+def test_experts_of_another_shape_are_refused(bad: str) -> None:
+    # they were broadcast: a loc of (5, 1) over 2 features, a 0-d loc, one of (5, 1, 2) times every row of (5, 2)
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal, ProductOfNormal
+
+        class E(Normal):
+            def __init__(self, v: str, wrong: bool) -> None:
+                super().__init__(var=["z"], cond_var=[v], name="q" + v)
+                self.wrong = wrong
+
+            def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+                h = list(inputs.values())[0]
+                loc = h[..., :2]
+                if self.wrong:
+                    loc = {"features": loc[..., :1], "scalar": loc.flatten()[0], "dim": loc.unsqueeze(1)}[bad]
+                return {"loc": loc, "scale": torch.ones_like(h[..., :2])}
+
+        poe = ProductOfNormal([E("x", True), E("y", False)], name="poe")
+        x = torch.arange(10.).reshape(5, 2)
+        return poe.get_params({"x": x, "y": -x})
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        run_pixyz(program)
+    with pytest.raises(ValueError, match=r"ProductOfNormal poe\(z\|x,y\): the experts' parameters differ in shape"):
+        run_pyro_dgm(program)
+
+
+def test_a_mixture_prior_of_another_number_of_classes_is_refused_when_drawing() -> None:
+    # its density refused it, its draw indexed the components by the prior's one class
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Categorical, MixtureModel, Normal
+
+        comps = [Normal(loc=torch.full((2,), 3. * i), scale=torch.ones(2), var=["x"], name=f"p_{i}") for i in range(3)]
+        p = MixtureModel(comps, Categorical(probs=torch.tensor(0.5), var=["z"], name="prior"))
+        return p.sample(batch_n=4)["x"]
+    with pytest.raises(Exception):
+        run_pixyz(program)
+    with pytest.raises(ValueError, match=r"MixtureModel p\(x\): the prior has \(1,\) categories but there are 3"):
+        run_pyro_dgm(program)
