@@ -44,13 +44,16 @@ def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
             and all(sa[k].keys() == sb[k].keys() and all(torch.equal(sa[k][n], sb[k][n]) for n in sa[k]) for k in sa))
 
 
-def _signal_in_the_optimizer(model: VAE, signum: int) -> None:
-    """Deliver ``signum`` to this process from inside the optimizer's step (once): Python runs its handler at the
-    next instruction, in the middle of the optimizer's update."""
-    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+def _signal_in_the_optimizer(optimizer: torch.optim.Optimizer, signum: int = signal.SIGINT,
+                             then: Callable[[], None] | None = None) -> None:
+    """Deliver ``signum`` to this process from inside ``optimizer``'s next step (once), then run ``then``: Python
+    runs the signal's handler at the next instruction, in the middle of the optimizer's update."""
+    def hook(opt: Any, args: Any, kwargs: Any) -> None:
         handle.remove()
         signal.raise_signal(signum)
-    handle = model.optimizer.register_step_pre_hook(hook)
+        if then is not None:
+            then()
+    handle = optimizer.register_step_pre_hook(hook)
 
 
 class _Timer(Exception):
@@ -66,7 +69,7 @@ def test_a_signal_during_the_optimizers_update_is_raised_after_the_step(signum: 
     for m in (model, twin):
         pyro.set_rng_seed(1)
         m.train({"x": X})
-    _signal_in_the_optimizer(model, signum)
+    _signal_in_the_optimizer(model.optimizer, signum)
 
     def timer(signum: int, frame: Any) -> None:
         raise _Timer("time is up")
@@ -89,7 +92,7 @@ def test_a_checkpoint_saved_after_an_interrupt_in_the_optimizer_resumes_exactly(
         model = make_vae()
         for i in range(4):
             if interrupt and i == 1:
-                _signal_in_the_optimizer(model, signal.SIGINT)
+                _signal_in_the_optimizer(model.optimizer)
                 try:
                     model.train({"x": X[8 * i:8 * i + 8]})
                 except KeyboardInterrupt:
@@ -160,13 +163,8 @@ def _gan_steps(interrupt: Callable[[Any], None] | None, tmp_path: Path) -> Any:
 
 
 def test_a_gan_interrupted_in_the_discriminators_update_resumes_exactly(tmp_path: Path) -> None:
-    def in_the_discriminators_optimizer(model: Any) -> None:
-        def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-            handle.remove()
-            signal.raise_signal(signal.SIGINT)
-        handle = model.adversarial_loss.d_optimizer.register_step_pre_hook(hook)
     full = _gan_steps(None, tmp_path)
-    resumed = _gan_steps(in_the_discriminators_optimizer, tmp_path)
+    resumed = _gan_steps(lambda model: _signal_in_the_optimizer(model.adversarial_loss.d_optimizer), tmp_path)
     assert (resumed.step, resumed.adversarial_loss.d_steps) == (full.step, full.adversarial_loss.d_steps) == (4, 4)
     assert all(torch.equal(a, b) for a, b in zip(_gan_weights(resumed), _gan_weights(full)))
 
@@ -201,18 +199,23 @@ def test_fit_interrupted_in_the_optimizer_resumes_after_the_counted_batch(tmp_pa
     assert _same(_state(resumed), _state(full)) and resumed.step == 8
 
 
-def test_a_step_taken_inside_anothers_optimizer_step_does_not_release_its_hold() -> None:
+@pytest.mark.parametrize("inner_call, inner_steps", [
+    (lambda m: m.train({"x": X}), 1),
+    # the attack on the second version: fit's end of a batch released the outer step's hold, so the held Ctrl-C
+    # came inside the outer optimizer's hook (the outer step lost, or its weights new and its step not counted)
+    (lambda m: m.fit({"x": X[:16]}, epochs=1, batch_size=8, progress=False), 2),
+], ids=["train", "fit"])
+def test_a_step_taken_inside_anothers_optimizer_step_does_not_release_its_hold(
+        inner_call: Callable[[VAE], Any], inner_steps: int) -> None:
     outer, inner = make_vae(), make_vae()
 
-    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-        handle.remove()
-        signal.raise_signal(signal.SIGINT)  # held by the outer step
-        inner.train({"x": X})  # its own step must not run the outer's held Ctrl-C
+    def inner_step() -> None:  # (inside the outer step, after its Ctrl-C is held)
+        inner_call(inner)
         assert outer.step == 0
-    handle = outer.optimizer.register_step_pre_hook(hook)
+    _signal_in_the_optimizer(outer.optimizer, then=inner_step)
     with pytest.raises(KeyboardInterrupt):
         outer.train({"x": X})
-    assert (outer.step, inner.step) == (1, 1)
+    assert (outer.step, inner.step) == (1, inner_steps)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -292,23 +295,6 @@ def test_a_checkpoint_of_an_optimizer_over_the_trainable_parameters_only_still_l
                  ([t.detach() for t in new.distributions.state_dict().values()], {}, new.step))
 
 
-def test_a_fit_inside_anothers_optimizer_step_does_not_release_its_hold() -> None:
-    # the attack on the second version: fit's end of a batch released the outer step's hold, so the held Ctrl-C
-    # came inside the outer optimizer's hook (the outer step lost, or its weights new and its step not counted)
-    outer, inner = make_vae(), make_vae()
-
-    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-        handle.remove()
-        signal.raise_signal(signal.SIGINT)
-        inner.fit({"x": X[:16]}, epochs=1, batch_size=8, progress=False)
-        assert outer.step == 0
-    handle = outer.optimizer.register_step_pre_hook(hook)
-    with pytest.raises(KeyboardInterrupt):
-        outer.train({"x": X})
-    assert (outer.step, inner.step) == (1, 2)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
 def test_a_held_signal_reaches_the_wakeup_fd_once() -> None:
     # asyncio's loop.add_signal_handler reads the signals from the wakeup fd, which got the signal as it came: the
     # release must not write it again (the callback ran twice)
@@ -321,10 +307,7 @@ def test_a_held_signal_reaches_the_wakeup_fd_once() -> None:
     previous = signal.signal(signal.SIGUSR1, lambda n, f: None)  # asyncio's no-op handler
     old_fd = signal.set_wakeup_fd(w.fileno())
     try:
-        def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-            handle.remove()
-            signal.raise_signal(signal.SIGUSR1)
-        handle = model.optimizer.register_step_pre_hook(hook)
+        _signal_in_the_optimizer(model.optimizer, signal.SIGUSR1)
         model.train({"x": X})
         for _ in range(3):
             pass
@@ -346,10 +329,7 @@ def test_a_gan_interrupted_in_its_discriminator_step_records_the_batch_not_its_b
         for i in range(4):
             buffer.copy_(GAN_X[8 * i:8 * i + 8])
             if interrupt and i == 1:
-                def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-                    handle.remove()
-                    signal.raise_signal(signal.SIGINT)
-                handle = model.adversarial_loss.d_optimizer.register_step_pre_hook(hook)
+                _signal_in_the_optimizer(model.adversarial_loss.d_optimizer)
                 with pytest.raises(KeyboardInterrupt):
                     model.train({"x": buffer})
                 buffer.copy_(GAN_X[16:24])  # the loader refills its buffer before the script saves
