@@ -88,6 +88,21 @@ def _broadcasts(a: Tensor, b: Tensor) -> bool:
     return all(m == n or m == 1 or n == 1 for m, n in zip(reversed(a.shape), reversed(b.shape)))
 
 
+def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"],
+                    values: Mapping[str, Any]) -> str | None:
+    """If ``lp``, of leading size 1 beside ``other``'s larger one, is the log-density of a value of ``factors``
+    whose leading (batch) dim is larger than 1 (the value's batch was summed into the event dims), what to say."""
+    if not lp.dim() or lp.shape[0] != 1 or not other.dim() or other.shape[0] == 1:
+        return None
+    for g in factors:
+        for v in g.var:
+            x = values.get(v)
+            if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[0] > 1:
+                return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} with parameters of more leading dims "
+                        f"(its log-density sums over the batch of {v!r}); check the shapes its forward() returns")
+    return None
+
+
 def has_network(cls: type) -> bool:
     """Whether a distribution class's ``forward`` is its own network (the base classes' ``forward`` is none: it
     raises, or, for a family, hands back its keyword arguments as Pixyz's does)."""
@@ -604,36 +619,39 @@ class Distribution(YieldingModule):
             elif total.shape == lp.shape:
                 total = total + lp
             elif sum_features:
-                total = self._dgm_add_sized(self._dgm_order[:i], f, total, lp, feature_dims)
+                total = self._dgm_add_sized(self._dgm_order[:i], f, total, lp, feature_dims, values)
             else:
                 self._dgm_refuse_sizes(self._dgm_order[:i], f, total, lp, sum_features)
         assert total is not None
         return total
 
     def _dgm_add_sized(self, before: Sequence["Distribution"], f: "Distribution", total: Tensor, lp: Tensor,
-                       feature_dims: Sequence[int] | None) -> Tensor:
+                       feature_dims: Sequence[int] | None, values: Mapping[str, Any]) -> Tensor:
         """The sum of two summed log-densities of different shapes.
 
         Pixyz sums each factor's log-density over every dim but the first and adds them when those agree: that is
         the number here too (a factor drawn with ``sample_shape`` keeps ``[L, B]`` where a scalar factor's ``[L, B]``
         value scores to ``[L]``; broadcasting ``[L, B]`` with ``[L]`` from the right would add across the batch).
         Where Pixyz would raise (batch sizes that differ), shapes that broadcast still do (a value with batch 1
-        scored with a batch of 4).
+        scored with a batch of 4), unless the side of size 1 scored a value with a batch of more than 1: its
+        parameters had an extra leading dim (a ``loc`` of ``(1, B, D)`` for a value of ``(B, D)``), so its
+        log-density is the sum over the value's batch, and adding it to every row would be wrong.
         """
         if feature_dims is None:
             a, b = sum_samples(total), sum_samples(lp)
             if a.shape == b.shape:
                 return a + b
-        if _broadcasts(total, lp):
+        absorbed = _absorbed_batch(total, lp, before, values) or _absorbed_batch(lp, total, (f,), values)
+        if absorbed is None and _broadcasts(total, lp):
             return total + lp
-        self._dgm_refuse_sizes(before, f, total, lp, True)
+        self._dgm_refuse_sizes(before, f, total, lp, True, absorbed)
 
     def _dgm_refuse_sizes(self, before: Sequence["Distribution"], f: "Distribution", total: Tensor, lp: Tensor,
-                          sum_features: bool) -> NoReturn:
+                          sum_features: bool, hint: str | None = None) -> NoReturn:
         """Pixyz's error for factors whose log-densities differ in size (Pixyz raises it at any difference), naming
         the factors and the shapes: per feature (``sum_features=False``) the factors must have the same features."""
         so_far = " ".join(d.prob_text for d in before)
-        hint = ("with sum_features=False the factors' log-densities are added feature by feature, so they need the "
+        hint = hint or ("with sum_features=False the factors' log-densities are added feature by feature, so they need the "
                 "same feature shape; score them one by one, or sum the features" if not sum_features else
                 "the factors' batch shapes differ; give every variable the same batch size")
         raise ValueError(f"{describe(self)}: two PDFs, {so_far} and {f.prob_text}, have different sizes: the "

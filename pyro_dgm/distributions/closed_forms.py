@@ -214,9 +214,9 @@ def _normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor
 
 
 def _standard_normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    loc = params["loc"]
-    if x.dtype != loc.dtype:  # the dtype the general formula's (x - loc) takes (float16 data: float32's)
-        x = x.to(torch.promote_types(x.dtype, loc.dtype))
+    loc, scale = params["loc"], params["scale"]
+    if x.dtype != loc.dtype or x.dtype != scale.dtype:  # the dtype the general formula takes (float16 data:
+        x = x.to(torch.promote_types(torch.promote_types(x.dtype, loc.dtype), scale.dtype))  # float32's)
     shape = broadcast_shape(x.shape, loc.shape)
     return _sum(-0.5 * (x if shape == x.shape else x.expand(shape)).pow(2) - _HALF_LOG_2PI, dims)
 

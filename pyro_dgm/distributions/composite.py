@@ -88,9 +88,15 @@ def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, An
 
 def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any],
                 ctx: CallState) -> dict[str, Any]:
-    """``d``'s parameters (constants and network outputs) under the outer names."""
+    """``d``'s parameters (constants and network outputs) under the outer names (other keys its network returns
+    are kept: the caller reads the parameters it needs, as Pixyz's products of experts read ``get_params``)."""
     core, b = unwrap(d)
-    return core._dgm_params(b.renamed(mapping) if mapping else b, values, ctx)  # type: ignore[attr-defined]
+    was = ctx.extra_params
+    ctx.extra_params = True
+    try:
+        return core._dgm_params(b.renamed(mapping) if mapping else b, values, ctx)  # type: ignore[attr-defined]
+    finally:
+        ctx.extra_params = was
 
 
 def expand_root(owner: Distribution, fn: Any, b: Binding, ctx: CallState) -> Any:
@@ -131,15 +137,19 @@ class OneSiteDistribution(Distribution):
     #: value is log p(x) whatever they say) rather than refused (a flow: Pixyz's per-feature value is wrong).
     _dgm_ignores_feature_options = False
 
+    def _dgm_check_features(self, name: str, x: Any, ev: torch.Size) -> None:
+        """Refuse a value ``x`` of variable ``name`` whose trailing dims are not the event shape ``ev``."""
+        if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{describe(self)}: expected {name!r} of shape (..., {', '.join(map(str, ev))}), "
+                             f"got {got}")
+
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
         x = values[b.var[0]]
         fn = self._dgm_fn(b, values, ctx, expand=False, value=x if isinstance(x, Tensor) else None)[0]
         ev = fn.event_shape
-        if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{describe(self)}: expected {b.var[0]!r} of shape (..., {', '.join(map(str, ev))}), "
-                             f"got {got}")
+        self._dgm_check_features(b.var[0], x, ev)
         if (not sum_features or feature_dims is not None) and not _all_features(feature_dims, sum_features, x, ev):
             if not self._dgm_ignores_feature_options:
                 raise ValueError(f"{describe(self)}: the log-density of a {self._dgm_kind} does not factorize over "

@@ -16,7 +16,7 @@ from torch.distributions import Distribution as _TorchDistribution
 from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
-from pyro_dgm.distributions.base import Distribution, ValuesLike, has_network
+from pyro_dgm.distributions.base import Distribution, ValuesLike, _broadcasts, has_network
 from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import (PYRO_STACK, given_event_dim, has_forward_hooks, ignores_sites,
@@ -362,7 +362,7 @@ class DistributionBase(Distribution):
             if not isinstance(out, dict):
                 raise TypeError(f"{describe(self)}: forward() must return a dict of parameters, e.g. "
                                 f"{{'{self.param_groups[0][0]}': ...}}, got {type(out).__name__}")
-            if not self._dgm_accepted.issuperset(out):
+            if not self._dgm_accepted.issuperset(out) and not ctx.extra_params:
                 bad = [k for k in out if k not in self._dgm_accepted]
                 raise ValueError(f"{describe(self)}: forward() returned unknown parameter {bad[0]!r}; "
                                  f"{self.distribution_name} takes {', '.join(sorted(self._dgm_accepted))}")
@@ -398,11 +398,16 @@ class DistributionBase(Distribution):
     def _dgm_check_out_batch(self, b: Binding, values: Mapping[str, Any], out: Mapping[str, Any]) -> None:
         """Refuse parameters whose batch dim matches no input's, when an input has one dim only: the network took
         that input as one example (its dim as features), while a value with one dim is a batch of scalars, so every
-        later shape (and the loss) would be silently wrong (issue 13: ``x`` of shape ``[16]`` into a VAE)."""
+        later shape (and the loss) would be silently wrong (issue 13: ``x`` of shape ``[16]`` into a VAE).
+
+        A parameter of fewer dims that broadcasts against one that has the batch dim (a learned per-feature
+        ``scale`` of shape ``[D]`` beside a ``loc`` of ``[B, D]``) is shared by the batch, as in Pixyz."""
         given_t = {v: values[v] for v in b.input_var if isinstance(values.get(v), Tensor)}
         sizes = {t.shape[0] for t in given_t.values() if t.dim() >= 1}
+        batched = [t for t in out.values() if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] in sizes]
         for k, t in out.items():
-            if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] != 1 and t.shape[0] not in sizes:
+            if (isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] != 1 and t.shape[0] not in sizes
+                    and not any(u.dim() > t.dim() and _broadcasts(u, t) for u in batched)):
                 flat = [v for v, u in given_t.items() if u.dim() == 1]
                 given = ", ".join(f"{v!r} of shape {tuple(u.shape)}" for v, u in given_t.items())
                 raise ValueError(f"{describe(self)}: forward() returned {k} of shape {tuple(t.shape)}, whose "
@@ -834,7 +839,9 @@ class DistributionBase(Distribution):
         """
         values = self._dgm_input_dict(params_dict, self._dgm_b.input_var)
         inner = self._dgm_inner_params if self._dgm_user_get_params else self._dgm_params
-        return inner(self._dgm_b, values, CallState(kwargs=kwargs))
+        ctx = CallState(kwargs=kwargs)
+        ctx.extra_params = True  # Pixyz's get_params hands back what forward() returned, other keys too
+        return inner(self._dgm_b, values, ctx)
 
     # ------------------------------------------------------------------ the factor hooks
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:

@@ -471,7 +471,9 @@ class PosteriorMixtureModel(Distribution):
     def _dgm_log_post(self, values: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Tensor:
         r""":math:`\log p(z=k|x)`, shape ``(..., K)``."""
         mixture = self.p._dgm_mixture(self.p._dgm_binding, values, CallState(kwargs=kwargs))
-        joint = mixture.component_log_prob(values[self._var[0]])
+        x = values[self._var[0]]
+        self.p._dgm_check_features(self._var[0], x, mixture.event_shape)  # as the mixture's density checks it
+        joint = mixture.component_log_prob(x)
         return joint - joint.logsumexp(-1, keepdim=True)
 
     def _dgm_values(self, x_dict: ValuesLike) -> dict[str, Any]:
