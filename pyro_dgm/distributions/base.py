@@ -91,15 +91,17 @@ def _broadcasts(a: Tensor, b: Tensor) -> bool:
 def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"],
                     values: Mapping[str, Any]) -> str | None:
     """If ``lp``, of leading size 1 beside ``other``'s larger one, is the log-density of a value of ``factors``
-    whose leading (batch) dim is larger than 1 (the value's batch was summed into the event dims), what to say."""
+    whose first dim is larger than 1 (that dim was summed as a feature dim, where ``other`` has it as the batch),
+    what to say."""
     if not lp.dim() or lp.shape[0] != 1 or not other.dim() or other.shape[0] == 1:
         return None
     for g in factors:
         for v in g.var:
             x = values.get(v)
-            if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[0] > 1:
-                return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} with parameters of more leading dims "
-                        f"(its log-density sums over the batch of {v!r}); check the shapes its forward() returns")
+            if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] > 1:
+                return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} as one example, summing over its "
+                        f"first dim, which the other factors take as the batch (parameters with an extra leading dim, "
+                        f"or constants of shape (batch, features) where features_shape says the features)")
     return None
 
 
@@ -633,9 +635,10 @@ class Distribution(YieldingModule):
         the number here too (a factor drawn with ``sample_shape`` keeps ``[L, B]`` where a scalar factor's ``[L, B]``
         value scores to ``[L]``; broadcasting ``[L, B]`` with ``[L]`` from the right would add across the batch).
         Where Pixyz would raise (batch sizes that differ), shapes that broadcast still do (a value with batch 1
-        scored with a batch of 4), unless the side of size 1 scored a value with a batch of more than 1: its
-        parameters had an extra leading dim (a ``loc`` of ``(1, B, D)`` for a value of ``(B, D)``), so its
-        log-density is the sum over the value's batch, and adding it to every row would be wrong.
+        scored with a batch of 4), unless the side of size 1 scored a value whose first dim is larger than 1 as one
+        example (a ``loc`` of ``(1, B, D)`` for a value of ``(B, D)``, constants of shape ``(B, D)``, a value of
+        shape ``(D,)`` that another factor reads as ``D`` scalars): its log-density is the sum over that dim, and
+        adding it to every row would be wrong.
         """
         if feature_dims is None:
             a, b = sum_samples(total), sum_samples(lp)

@@ -277,9 +277,11 @@ class KullbackLeibler(Loss):
                 pd, qd = _elementwise(pd), _elementwise(qd)
             elif len(pd.event_shape) != len(qd.event_shape):
                 # e.g. q(z|x) with feature dims against a prior of scalar parameters (no features_shape): Pixyz
-                # broadcasts the element-wise divergences and sums them over the feature dims
-                event_dims = max(len(pd.event_shape), len(qd.event_shape))
-                pd, qd = _elementwise(pd), _elementwise(qd)
+                # broadcasts the element-wise divergences and sums them over the feature dims (the reinterpreted
+                # dims: a categorical's or Dirichlet's own event dim is not in the element-wise divergence)
+                pe, qe = _elementwise(pd), _elementwise(qd)
+                event_dims = max(len(pd.event_shape) - len(pe.event_shape), len(qd.event_shape) - len(qe.event_shape))
+                pd, qd = pe, qe
             else:
                 # the feature dims summed here, as the KL of two Independents does (which cannot sum an empty batch)
                 pe, qe = _elementwise(pd), _elementwise(qd)

@@ -63,7 +63,7 @@ def test_a_joint_refuses_a_factor_whose_parameters_sum_the_batch_away() -> None:
     assert_same(ref, ours)
     with pytest.raises(ValueError, match="different sizes"):
         run_pixyz(_vi_program(lead=True))
-    with pytest.raises(ValueError, match=r"p\(x\|z\) scored 'x' of shape \(5, 4\) with parameters of more leading"):
+    with pytest.raises(ValueError, match=r"p\(x\|z\) scored 'x' of shape \(5, 4\) as one example"):
         run_pyro_dgm(_vi_program(lead=True))
 
 
@@ -212,3 +212,69 @@ def test_a_shared_per_feature_scale_beside_a_batch_of_scalar_inputs() -> None:
     ref, ours = run_both(program)
     assert_same(ref, ours)
     torch.testing.assert_close(ours[0], ours[1])
+
+
+@pytest.mark.parametrize("kind", ["constants of the batch's shape", "a 1-d value"])
+def test_a_joint_refuses_a_factor_that_scores_the_batch_as_one_example(kind: str) -> None:
+    """p54's other routes to the same sum: ``p(z)`` with constants of shape ``(4, 3)`` (one example of ``(4, 3)``
+    to both libraries) or ``z`` of shape ``(3,)`` (one example to ``p``, 3 scalars to ``r(y|z)``): Pixyz refuses the
+    sizes; the joint here added p's whole log-density to every row of r's."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        if kind == "a 1-d value":
+            p = Normal(loc=torch.zeros(1, 3), scale=torch.tensor(1.0), var=["z"], name="p")
+            z, y = torch.tensor([0.5, -1.0, 2.0]), torch.zeros(3)
+        else:
+            p = Normal(loc=torch.zeros(4, 3), scale=torch.tensor(1.0), var=["z"], name="p")
+            z, y = torch.randn(4, 3), torch.randn(4, 3)
+        r = Normal(loc="z", scale=1.0, var=["y"], cond_var=["z"], name="r")
+        return (r * p).get_log_prob({"z": z, "y": y})
+    with pytest.raises(ValueError, match="different sizes"):
+        run_pixyz(program)
+    with pytest.raises(ValueError, match=r"p\(z\) scored 'z' of shape \((4, 3|3,)\) as one example"):
+        run_pyro_dgm(program)
+
+
+@pytest.mark.parametrize("family", ["Categorical", "Dirichlet"])
+@pytest.mark.parametrize("kind", ["B1D", "1BD", "const13", "const43"])
+def test_the_kl_of_categoricals_with_a_size_1_dim_keeps_pixyzs_rows(family: str, kind: str) -> None:
+    """A network's probabilities of shape ``(B, 1, D)`` (or constants of ``(1, D)``, ``(B, D)``): the analytic KL
+    summed the batch into one number (the class dim was counted among the dims to sum), where Pixyz's is one value
+    per row; and against torch's per-row KL (summed over the feature dims)."""
+    def program() -> Any:
+        import torch
+
+        import pixyz.distributions as D
+        from pixyz.losses import KullbackLeibler
+
+        cls = getattr(D, family)
+        key = "probs" if family == "Categorical" else "concentration"
+        qv = torch.tensor([0.2, 0.3, 0.5]) * (1 if family == "Categorical" else 4)
+        q = cls(**{key: qv}, var=["z"], features_shape=[3], name="q")
+        x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]])
+        if kind.startswith("const"):
+            v = torch.tensor([[0.6, 0.3, 0.1]]) if kind == "const13" else torch.softmax(x, -1)
+            return KullbackLeibler(cls(**{key: v}, var=["z"], name="p"), q).eval()
+
+        class P(cls):  # type: ignore[misc, valid-type]
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="p")
+
+            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+                h = torch.softmax(x, -1)
+                return {key: h.unsqueeze(1) if kind == "B1D" else h.unsqueeze(0)}
+        return KullbackLeibler(P(), q).eval({"x": x})
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    if kind == "B1D":
+        td = torch.distributions
+        x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]])
+        h = torch.softmax(x, -1)
+        if family == "Categorical":
+            per_row = td.kl_divergence(td.Categorical(h), td.Categorical(torch.tensor([0.2, 0.3, 0.5])))
+        else:
+            per_row = td.kl_divergence(td.Dirichlet(h), td.Dirichlet(torch.tensor([0.8, 1.2, 2.0])))
+        torch.testing.assert_close(ours, per_row)
