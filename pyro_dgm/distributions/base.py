@@ -32,8 +32,9 @@ from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites,
                                            outer_plates_ndim, site_data_size)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
-from pyro_dgm.utils.checks import (DTypeError, DuplicateSiteError, NotATensorError, ShapeError, as_var_list,
-                                   check_present, describe, numpy_tensor, sample_batch_n, sample_shape_of)
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DuplicateSiteError, NotATensorError, ShapeError,
+                                   as_var_list, check_present, describe, numpy_tensor, sample_batch_n,
+                                   sample_shape_of)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -268,7 +269,7 @@ class Distribution(YieldingModule):
     def _dgm_rename_text(self, name: str) -> None:
         """Set the name printed in formulas (``name``'s setter; ``graph.name``'s for a product or marginal)."""
         if not isinstance(name, str):
-            raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
+            raise ArgumentError(f"{describe(self)}: name must be a string, got {name!r}")
         self._name = name
         NAMES_VERSION[0] += 1  # formulas printed before (cached term names of losses) are out of date
 
@@ -654,9 +655,9 @@ class Distribution(YieldingModule):
         """Pixyz's error for factors whose log-densities differ in size (Pixyz raises it at any difference), naming
         the factors and the shapes: per feature (``sum_features=False``) the factors must have the same features."""
         so_far = " ".join(d.prob_text for d in before)
-        hint = hint or ("with sum_features=False the factors' log-densities are added feature by feature, so they need the "
-                "same feature shape; score them one by one, or sum the features" if not sum_features else
-                "the factors' batch shapes differ; give every variable the same batch size")
+        hint = hint or ("with sum_features=False the factors' log-densities are added feature by feature, so they need "
+                        "the same feature shape; score them one by one, or sum the features" if not sum_features else
+                        "the factors' batch shapes differ; give every variable the same batch size")
         raise ValueError(f"{describe(self)}: two PDFs, {so_far} and {f.prob_text}, have different sizes: the "
                          f"log-density of {so_far} has shape {tuple(total.shape)}, that of {f.prob_text} (variable "
                          f"{', '.join(f.var)}) shape {tuple(lp.shape)}; {hint}")

@@ -18,6 +18,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.utils.checks import ArgumentError, DTypeError, clearer, describe
+from pyro_dgm.utils.modules import PlainBuffers
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",
            "ExpertWeights", "OptionalInputs", "OneSiteDistribution"]
@@ -192,12 +193,14 @@ def _all_features(feature_dims: Sequence[int] | None, sum_features: bool, x: Ten
     return len(ev) > 0 and {d % n for d in dims} == set(range(n - len(ev), n))
 
 
-class ExpertWeights:
+class ExpertWeights(PlainBuffers):
     """Mixin for the products and mixtures of experts, whose ``weight_modalities`` is a buffer (it moves with the
     module, and state dicts hold it). Pixyz keeps a list attribute that its state dicts lack: a state dict saved
-    by Pixyz loads with the weights given at construction (``strict=True`` refused it, a missing key)."""
+    by Pixyz loads with the weights given at construction (``strict=True`` refused it, a missing key); a list
+    assigned to it (``poe.weight_modalities = [1., 0., 1.]``, leaving an expert out) sets the buffer."""
 
     weight_modalities: Tensor
+    _dgm_plain_buffers = ("weight_modalities",)
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:

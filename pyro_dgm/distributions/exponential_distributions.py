@@ -22,6 +22,17 @@ from pyro_dgm.distributions.exponential import (Bernoulli, Beta, Categorical, Di
                                                 Laplace, Multinomial, Normal, RelaxedBernoulli, RelaxedCategorical)
 from pyro_dgm.distributions.family import DistributionBase
 from pyro_dgm.utils import get_dict_values, sum_samples  # noqa: F401  (helpers Pixyz's module namespace has)
+# the torch classes under the names Pixyz's module imports them as (programs import them from there)
+from torch.distributions import Bernoulli as BernoulliTorch  # noqa: F401
+from torch.distributions import Beta as BetaTorch  # noqa: F401
+from torch.distributions import Dirichlet as DirichletTorch  # noqa: F401
+from torch.distributions import Gamma as GammaTorch  # noqa: F401
+from torch.distributions import Laplace as LaplaceTorch  # noqa: F401
+from torch.distributions import Multinomial as MultinomialTorch  # noqa: F401
+from torch.distributions import Normal as NormalTorch  # noqa: F401
+from torch.distributions import RelaxedBernoulli as RelaxedBernoulliTorch  # noqa: F401
+from torch.distributions import RelaxedOneHotCategorical as RelaxedOneHotCategoricalTorch  # noqa: F401
+from torch.distributions.one_hot_categorical import OneHotCategorical as CategoricalTorch  # noqa: F401
 
 __all__ = ["Normal", "BernoulliTorchOld", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli",
            "CategoricalTorchOld", "Categorical", "RelaxedCategorical", "Multinomial", "Dirichlet", "Beta", "Laplace",

@@ -25,10 +25,11 @@ from torch.distributions import Transform
 from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, expand_root, site_fn
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
-from pyro_dgm.flows import AffineCoupling, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
-from pyro_dgm.flows.base import ConditionedFlow, drawn_input, logdets_kept, refresh_logdet
+from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
+from pyro_dgm.flows.base import ConditionedFlow, _dgm_memory, drawn_input, logdets_kept, refresh_logdet
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import as_var_list, describe
+from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
@@ -315,6 +316,21 @@ class TransformedDistribution(_FlowDistribution):
 
     def _dgm_transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
         return self.flow
+
+    def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
+                        feature_dims: Sequence[int] | None) -> Tensor:
+        z = values[b.var[0]]
+        if self.flow.training and isinstance(z, Tensor):
+            m = _dgm_memory(self.flow)
+            if m is None or m.z is not z:  # scored by inverting the flow: refused where the inverse is not one
+                layer = next((f for f in submodules(self.flow) if isinstance(f, BatchNorm1d) and f.training), None)
+                if layer is not None:  # (Pixyz refuses any value but its last draw)
+                    raise ValueError(
+                        f"{describe(self)}: cannot score {b.var[0]!r}: it is not the flow's last draw, and "
+                        f"{type(layer).__name__} in training mode has no inverse of the map that drew it (it "
+                        "normalizes with the statistics of the batch it last ran on); score a draw before drawing "
+                        "again, or call .eval() on the distribution first")
+        return super()._dgm_score_with(b, values, ctx, sum_features, feature_dims)
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
         """:math:`z = f(x)` (the flow's ``forward``; stores ``logdet_jacobian``)."""

@@ -13,7 +13,7 @@ from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.graph import DistGraph, build_graph, factors_network_text
-from pyro_dgm.utils.checks import describe, ordered_union
+from pyro_dgm.utils.checks import ArgumentError, describe, ordered_union
 
 __all__ = ["MultiplyDistribution", "build_graph", "DistGraph", "CyclicProductError"]
 
@@ -77,7 +77,7 @@ class LabelledComposite:
     @name.setter
     def name(self, name: str) -> None:
         if not isinstance(name, str):
-            raise TypeError(f"{describe(self)}: name must be a string, got {name!r}")
+            raise ArgumentError(f"{describe(self)}: name must be a string, got {name!r}")
         self.__dict__["_dgm_label"] = name
 
 

@@ -11,7 +11,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, draw_factors
 from pyro_dgm.distributions.factor import factor_head
 from pyro_dgm.distributions.joint import LabelledComposite, MultiplyDistribution, pixyz_graph, rename_nodes
-from pyro_dgm.utils.checks import NoClosedFormError, check_var_name, describe
+from pyro_dgm.utils.checks import ArgumentError, NoClosedFormError, check_var_name, describe
 from pyro_dgm.utils.latex import latex_name, prob_text
 
 __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
@@ -115,6 +115,7 @@ class ReplaceVarDistribution(_PassesThrough):
         self._graph = nn.ModuleList(p._dgm_pixyz_atoms)  # Pixyz's state dict: "_graph.0.<...>" and "p.<...>"
         self.p = p
         self.replace_dict = m
+        self.__dict__["_dgm_label"] = p.name  # (see name)
         self._dgm_input_var = [m.get(v, v) for v in p.input_var]
         self._dgm_b = p._dgm_binding.renamed(m)
         # Pixyz's graph of this renaming: p's renamed in place, which moves each renamed variable to the end of the
@@ -125,6 +126,18 @@ class ReplaceVarDistribution(_PassesThrough):
         rank = {n: i for i, n in enumerate(g) if isinstance(n, str)}
         for attr in ("_var", "_cond_var", "_dgm_input_var"):
             setattr(self, attr, sorted(getattr(self, attr), key=rank.__getitem__))
+
+    @property
+    def name(self) -> str:
+        """Its label: the renamed distribution's name unless set. As in Pixyz, setting it does not change the
+        formulas, which use the graph's name (``dist.graph.name = ...`` changes that)."""
+        return self.__dict__.get("_dgm_label", self._name)
+
+    @name.setter
+    def name(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise ArgumentError(f"{describe(self)}: name must be a string, got {name!r}")
+        self.__dict__["_dgm_label"] = name
 
     @property
     def _dgm_binding(self) -> Binding:

@@ -427,6 +427,17 @@ class Flow(TransformModule, ConditionalTransform):
         self._dgm_memory: _Memory | None = None
         self._logdet_jacobian: Tensor | int | None = 0 if self._dgm_volume_preserving else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The module's state without its memory of the last draw, and with the stored log-determinant detached:
+        both may be intermediate results of a graph, which ``copy.deepcopy`` refuses (a copy of a model kept as
+        the best so far, after a training step). The copy scores values by running its flow."""
+        state = super().__getstate__()
+        state["_dgm_memory"] = None
+        ld = state.get("_logdet_jacobian")
+        if isinstance(ld, Tensor) and not ld.is_leaf:
+            state["_logdet_jacobian"] = ld.detach()
+        return state
+
     # ------------------------------------------------------------------ description
     @property
     def in_features(self) -> int | None:

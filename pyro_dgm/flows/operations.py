@@ -12,6 +12,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, sum_rightmost, zero_logdet
 from pyro_dgm.utils.checks import ShapeError
+from pyro_dgm.utils.modules import PlainBuffers
 from pyro_dgm.utils.random import uniform
 from pyro_dgm.utils import sum_samples  # noqa: F401  (helpers Pixyz's module namespace has)
 
@@ -124,7 +125,7 @@ class Unsqueeze(Squeeze):
         return super()._dgm_forward_logdet(z, context)
 
 
-class Permutation(ChannelOrFeatureFlow):
+class Permutation(PlainBuffers, ChannelOrFeatureFlow):
     r"""Permute the features of a vector (``event_dim=1``) or the channels of an image (``event_dim=3``).
 
     Parameters
@@ -146,6 +147,7 @@ class Permutation(ChannelOrFeatureFlow):
 
     _dgm_constant_logdet = True
     _dgm_volume_preserving = True
+    _dgm_plain_buffers = ("permute_indices", "inv_permute_indices")  # numpy arrays in Pixyz, which a program sets
 
     def __init__(self, permute_indices: Sequence[int] | Tensor, event_dim: int | None = None,
                  cache_size: int = 1) -> None:
@@ -243,7 +245,7 @@ class Flatten(Flow):
         self.in_size = tuple(int(s) for s in in_size) if in_size is not None else None
 
     def _dgm_details(self) -> str:
-        return f"in_size={self.in_size}"
+        return f"in_size={None if self.in_size is None else tuple(self.in_size)}"
 
     def _dgm_size(self) -> tuple[int, ...]:
         if self.in_size is None:
@@ -266,7 +268,7 @@ class Flatten(Flow):
         an ``InverseTransformedDistribution``): Pixyz's scoring runs ``forward``, which sets it at every call, as
         ours does."""
         if len(shape) >= 3:
-            self.in_size = tuple(int(s) for s in shape[-3:])
+            self.in_size = torch.Size(int(s) for s in shape[-3:])  # (Pixyz's: x.shape[1:], a torch.Size)
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         return torch.Size([*shape[:-3], math.prod(shape[-3:])])
@@ -275,7 +277,7 @@ class Flatten(Flow):
         return torch.Size([*shape[:-1], *self._dgm_size()])
 
     def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        self.in_size = tuple(x.shape[-3:])
+        self.in_size = x.shape[-3:]
         return x.reshape(*x.shape[:-3], -1), zero_logdet(x, 3)
 
     def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:

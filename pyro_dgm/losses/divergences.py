@@ -134,6 +134,15 @@ def _kl(pd: Any, qd: Any) -> Tensor:
         return kl_divergence(pd.expand(shape), qd.expand(shape))
 
 
+def _mc_part(loss: Loss, name: str) -> Any:
+    """The attribute ``name`` of the Monte Carlo estimate a term is with ``analytical=False`` (Pixyz's object)."""
+    mc = loss.__dict__.get("_dgm_mc")
+    if mc is None:
+        raise AttributeError(f"{type(loss).__name__} {loss.latex}: {name!r} is an attribute of the Monte Carlo "
+                             "estimate (analytical=False); this one is analytic")
+    return getattr(mc, name)
+
+
 class KullbackLeibler(Loss):
     r"""The Kullback-Leibler divergence :math:`D_{KL}[p \| q]`, one value per batch element.
 
@@ -223,6 +232,22 @@ class KullbackLeibler(Loss):
         if self._dgm_mc is not None:
             return self._dgm_mc.latex
         return rf"D_{{KL}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
+
+    # Pixyz's KullbackLeibler(..., analytical=False) is the Expectation E_p[log p - log q]: its parts
+    @property
+    def f(self) -> Loss:
+        r"""The Monte Carlo estimate's integrand, :math:`\log p - \log q` (``analytical=False``)."""
+        return _mc_part(self, "f")
+
+    @property
+    def sample_shape(self) -> torch.Size:
+        """The Monte Carlo estimate's number of draws (``analytical=False``)."""
+        return _mc_part(self, "sample_shape")
+
+    @property
+    def reparam(self) -> bool:
+        """Whether the Monte Carlo estimate's draws are reparameterized (``analytical=False``)."""
+        return _mc_part(self, "reparam")
 
     @property
     def _symbol(self) -> Any:
@@ -401,6 +426,12 @@ class Entropy(Loss):
     @property
     def _dgm_prec(self) -> int:  # type: ignore[override]
         return self._dgm_mc._dgm_prec if self._dgm_mc is not None else super()._dgm_prec
+
+    @property
+    def loss1(self) -> Loss:
+        r"""The Monte Carlo estimate's expectation :math:`E_p[\log p]` (``analytical=False``: Pixyz's
+        ``Entropy(..., analytical=False)`` is its negation)."""
+        return _mc_part(self, "loss1")
 
     @property
     def latex(self) -> str:

@@ -33,7 +33,7 @@ def get_dict_values(dicts: Mapping[str, Any], keys: Sequence[str], return_dict: 
     {'c': 3, 'b': 2}
     """
     found = {k: dicts[k] for k in keys if k in dicts}
-    return found if return_dict else list(found.values())
+    return list(found.values()) if return_dict is False else found  # (Pixyz's test: None or 0 give the dict too)
 
 
 def delete_dict_values(dicts: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:

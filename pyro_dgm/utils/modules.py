@@ -1,9 +1,13 @@
-"""Walking a network's modules on the hot path."""
+"""Walking a network's modules on the hot path; buffers that Pixyz keeps as plain attributes."""
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
-__all__ = ["submodules"]
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PlainBuffers", "submodules"]
 
 
 def submodules(root: nn.Module) -> list[nn.Module]:
@@ -32,3 +36,41 @@ def submodules(root: nn.Module) -> list[nn.Module]:
         if children:
             stack.extend(reversed(children.values()))
     return out
+
+
+class PlainBuffers:
+    """A module mixin for buffers that Pixyz keeps as plain attributes (a list of weights, an array of indices):
+    assigning a list, a tuple or a numpy array to one sets the buffer to that value as a tensor of the buffer's
+    dtype and device, as long as the old one (a tensor is taken as it is, as for any buffer).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> class Weighted(PlainBuffers, nn.Module):
+    ...     _dgm_plain_buffers = ("weights",)
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.register_buffer("weights", torch.ones(3))
+    >>> m = Weighted()
+    >>> m.weights = [1, 0, 2]
+    >>> m.weights
+    tensor([1., 0., 2.])
+    """
+
+    _dgm_plain_buffers: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._dgm_plain_buffers and value is not None and not isinstance(value, Tensor):
+            old = self._buffers.get(name)  # type: ignore[attr-defined]
+            what = f"{type(self).__name__}.{name}"
+            try:
+                new = torch.as_tensor(np.asarray(value), dtype=None if old is None else old.dtype,
+                                      device=None if old is None else old.device)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise TypeError(f"{what}: expected a list, an array or a tensor of numbers, got {value!r} ({e})") from e
+            if old is not None and new.shape != old.shape:
+                raise ValueError(f"{what}: expected {old.numel()} values (shape {tuple(old.shape)}), got "
+                                 f"{new.numel()} (shape {tuple(new.shape)})")
+            value = new
+        super().__setattr__(name, value)

@@ -111,7 +111,9 @@ class generator:  # noqa: N801 (a context manager used like a function, as torch
     -----
     On exit the generator active before the block is restored. Other threads are not affected: two threads that
     train two models, each under its own generator, give bit for bit what each gives alone. See the module
-    docstring (:mod:`pyro_dgm.utils.random`) for what honours it.
+    docstring (:mod:`pyro_dgm.utils.random`) for what honours it. As with any torch call given ``generator=g``, a
+    process forked inside the block (a ``DataLoader`` worker under ``fork``) holds a copy of ``g`` in the same state:
+    forked workers draw the same numbers unless each gets its own generator (``worker_init_fn``).
 
     Examples
     --------

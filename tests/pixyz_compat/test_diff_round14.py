@@ -1,4 +1,5 @@
-"""Fourteenth round: the last session's list of things left alone, under Pixyz 0.3.3 and here (:mod:`pixyz_harness`).
+"""Fourteenth round: the last session's list of things left alone, and three probes (Pyro's less-used machinery, a
+fuzzer of shapes, what programs read off objects), under Pixyz 0.3.3 and here (:mod:`pixyz_harness`).
 
 - A network returning ``loc`` with an extra leading dim, ``(1, B, D)``, beside a ``scale`` of ``(B, D)``, in a joint:
   that factor's log-density is the sum over the batch (shape ``(1,)``), and the joint added it to every row of the
@@ -9,6 +10,13 @@
   reads the experts' ``get_params``, which hand back whatever ``forward`` returned (so does ``get_params`` here now).
 - ``Normal(loc=float32, scale=float64)`` in its standard form scored float32 data in float32; Pixyz's log-density
   (torch's formula) is float64.
+- A learned per-feature ``scale`` of shape ``(D,)`` beside a ``loc`` of ``(B, D)``, given a batch of scalars, was
+  refused as a network that read the batch as one example.
+- The same sum of a batch through other routes (constants of shape ``(B, D)``, a 1-d value); and the analytic KL of
+  categoricals or Dirichlets with a size-1 dim summed the batch away (the class dim was counted among the dims).
+- What programs read off objects: lists assigned to the experts' weights or a permutation's indices (buffers here),
+  the name of a renamed distribution, the Monte Carlo KL's and entropy's parts, Pixyz's module names of the torch
+  classes, ``get_dict_values``'s test of ``return_dict``, ``Flatten.in_size``.
 """
 from __future__ import annotations
 
@@ -99,8 +107,9 @@ def test_a_mixtures_posterior_checks_the_features_as_its_density_does() -> None:
     assert_same(ref, ours)  # the (K, N) table
     # x of (5, 2, 1) for 2 features: Pixyz's table is garbage (every point against both features' locations); the
     # mixture's density refuses it (porting.md), its posterior now too
+    expected = r"MixtureModel p\(x\): expected 'x' of shape \(\.\.\., 2\), got \(5, 2, 1\)"
     for posterior in (False, True):
-        with pytest.raises(ValueError, match=r"MixtureModel p\(x\): expected 'x' of shape \(\.\.\., 2\), got \(5, 2, 1\)"):
+        with pytest.raises(ValueError, match=expected):
             run_pyro_dgm(_mixture_program((2, 1), posterior))
 
 
@@ -278,3 +287,205 @@ def test_the_kl_of_categoricals_with_a_size_1_dim_keeps_pixyzs_rows(family: str,
         else:
             per_row = td.kl_divergence(td.Dirichlet(h), td.Dirichlet(torch.tensor([0.8, 1.2, 2.0])))
         torch.testing.assert_close(ours, per_row)
+
+
+# ---------------------------------------------------------------- p53: what Pixyz programs read off objects
+def test_a_list_assigned_to_the_experts_weights_or_a_permutation_sets_it() -> None:
+    """Pixyz keeps ``weight_modalities`` and ``permute_indices`` as a list and an array, which programs assign (an
+    expert left out after construction); they are buffers here, which refused a list with torch's raw error."""
+    def program() -> Any:
+        import numpy as np
+        import torch
+
+        import pixyz.distributions as D
+        from pixyz.flows import Permutation
+
+        def make() -> Any:
+            qx = D.Normal(loc="x", scale="sx", var=["z"], cond_var=["x", "sx"], name="q")
+            qy = D.Normal(loc="y", scale="sy", var=["z"], cond_var=["y", "sy"], name="q")
+            return D.ProductOfNormal([qx, qy], weight_modalities=[1.0, 2.0, 3.0], name="r")
+        data = {"x": torch.ones(1, 1), "y": torch.full((1, 1), 3.0), "sx": torch.ones(1, 1),
+                "sy": torch.full((1, 1), 2.0)}
+        poe = make()
+        poe.weight_modalities = [1.0, 0.0, 1.0]  # expert x left out
+        moe = D.MixtureOfNormal([D.Normal(loc="x", scale=1.0, var=["z"], cond_var=["x"], name="a"),
+                                 D.Normal(loc="y", scale=2.0, var=["z"], cond_var=["y"], name="b")],
+                                weight_modalities=[0.5, 0.5])
+        moe.weight_modalities = [0.25, 0.75]
+        f = Permutation([2, 0, 1])
+        f.permute_indices = np.array([1, 2, 0])
+        x = torch.arange(6.0).reshape(2, 3)
+        # (the mixture's density is not Pixyz's, porting.md: its weights as Pixyz holds them)
+        return (poe.get_params(data), [float(w) for w in moe.weight_modalities], f.forward(x),
+                moe.get_log_prob({"z": torch.zeros(1, 1), **data}))
+    ref, ours = run_both(program)
+    assert_same(ref[:3], ours[:3])
+    nd = torch.distributions.Normal  # the mixture with the new weights: 0.25 N(0; 1, 1) + 0.75 N(0; 3, 2)
+    mixture = torch.log(0.25 * nd(1.0, 1.0).log_prob(torch.tensor(0.0)).exp()
+                        + 0.75 * nd(3.0, 2.0).log_prob(torch.tensor(0.0)).exp())
+    torch.testing.assert_close(ours[3], mixture.reshape(1))
+    # and the product with expert x left out is the prior's and expert y's: precisions 1 + 1/4, mean (3/4)/(5/4)
+    torch.testing.assert_close(ours[0]["loc"], torch.tensor([[0.6]]))
+    torch.testing.assert_close(ours[0]["scale"], torch.tensor([[0.8 ** 0.5]]))
+
+
+def test_the_experts_weights_refuse_a_value_of_another_length_naming_it() -> None:
+    from pyro_dgm.distributions import Normal, ProductOfNormal
+
+    poe = ProductOfNormal([Normal(loc="x", scale=1.0, var=["z"], cond_var=["x"])])
+    with pytest.raises(ValueError, match=r"ProductOfNormal.weight_modalities: expected 2 values"):
+        poe.weight_modalities = [1.0, 1.0, 1.0]
+    with pytest.raises(TypeError, match=r"ProductOfNormal.weight_modalities: expected a list"):
+        poe.weight_modalities = ["a", "b"]
+
+
+def test_the_name_of_a_renamed_distribution_is_its_label_as_in_pixyz() -> None:
+    """Setting ``name`` on a ``replace_var`` result labels it but leaves its formulas (which use the graph's name),
+    as Pixyz's (and as products and marginals already did here); a name that is not a string raises a ValueError
+    (Pixyz's) that is also a TypeError."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import LogProb
+
+        p = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], name="p_{prior}")
+        r = p.replace_var(z="w")
+        out = [r.name, r.prob_text]
+        r.name = "r"
+        out += [r.name, r.prob_text, str(LogProb(r))]
+        r.graph.name = "g"
+        out += [r.name, r.prob_text]
+        try:
+            r.name = 3
+        except ValueError as e:
+            out.append(type(e).__name__ if "pixyz" in type(p).__module__ else "ValueError")
+        return out
+    ref, ours = run_both(program)
+    assert ref == ours
+
+
+def test_a_monte_carlo_kl_and_entropy_have_the_parts_of_pixyzs_objects() -> None:
+    """``KullbackLeibler(..., analytical=False)`` is Pixyz's ``Expectation`` of ``log p - log q`` (``f``,
+    ``sample_shape``, ``reparam``) and ``Entropy(..., analytical=False)`` its ``-E_p[log p]`` (``loss1``)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import Entropy, KullbackLeibler
+
+        p = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2], name="p")
+        q = Normal(loc=torch.tensor(1.0), scale=torch.tensor(2.0), var=["z"], features_shape=[2], name="q")
+        kl = KullbackLeibler(p, q, analytical=False, sample_shape=[3])
+        h = Entropy(p, analytical=False)
+        return [str(kl.f), kl.sample_shape, kl.reparam, str(h.loss1)]
+    ref, ours = run_both(program)
+    assert ref == ours
+
+
+def test_pixyzs_module_names_for_the_torch_classes() -> None:
+    import pixyz.distributions.exponential_distributions as theirs
+
+    import pyro_dgm.distributions.exponential_distributions as ours
+
+    for name in ("NormalTorch", "BernoulliTorch", "RelaxedBernoulliTorch", "RelaxedOneHotCategoricalTorch",
+                 "CategoricalTorch", "MultinomialTorch", "DirichletTorch", "BetaTorch", "LaplaceTorch", "GammaTorch"):
+        assert getattr(ours, name) is getattr(theirs, name), name
+
+
+@pytest.mark.parametrize("flag", [False, None, 0, True])
+def test_get_dict_values_tests_return_dict_as_pixyz_does(flag: Any) -> None:
+    from pixyz.utils import get_dict_values as theirs
+
+    from pyro_dgm.utils import get_dict_values as ours
+
+    d = {"a": 1, "b": 2}
+    assert ours(d, ["b", "a"], flag) == theirs(d, ["b", "a"], flag)
+
+
+def test_flatten_in_size_is_a_torch_size_after_forward() -> None:
+    def program() -> Any:
+        import torch
+
+        from pixyz.flows import Flatten
+
+        f = Flatten()
+        f.forward(torch.zeros(1, 2, 3, 4))
+        return type(f.in_size).__name__, tuple(f.in_size)
+    ref, ours = run_both(program)
+    assert ref == ours
+
+
+# ---------------------------------------------------------------- p52: threads, processes, copies
+def _batch_norm_flow_program(score_after_another_draw: bool, train: bool) -> Any:
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal, TransformedDistribution
+        from pixyz.flows import BatchNorm1d, FlowList, PlanarFlow
+
+        base = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["u"], features_shape=[2], name="b")
+        t = TransformedDistribution(prior=base, flow=FlowList([PlanarFlow(2), BatchNorm1d(2)]), var=["t"])
+        t.train(train)
+        s1 = t.sample(batch_n=5)
+        if score_after_another_draw:
+            t.sample(batch_n=5)
+        return t.get_log_prob(s1)
+    return program
+
+
+def test_a_batch_norm_flow_in_training_mode_refuses_to_score_a_value_it_did_not_just_draw() -> None:
+    """Its inverse normalizes with the statistics of the batch it last ran on, so an earlier draw scored after
+    another one got a density that depends on what was drawn between (and on other threads' draws); Pixyz refuses
+    any value but its last draw."""
+    ref, ours = run_both(_batch_norm_flow_program(False, True))  # its own last draw: Pixyz's number
+    assert_same(ref, ours)
+    with pytest.raises(Exception, match="not z used in the previous sample"):
+        run_pixyz(_batch_norm_flow_program(True, True))
+    with pytest.raises(ValueError, match=r"cannot score 't': it is not the flow's last draw, and BatchNorm1d in "
+                                         "training mode"):
+        run_pyro_dgm(_batch_norm_flow_program(True, True))
+
+
+def test_a_batch_norm_flow_in_eval_mode_scores_an_earlier_draw_by_its_inverse() -> None:
+    """In eval mode the layer is a fixed map: an earlier draw scores as it did right after it was drawn (Pixyz
+    refuses it: beyond Pixyz here)."""
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+    from pyro_dgm.flows import BatchNorm1d, FlowList, PlanarFlow
+
+    base = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["u"], features_shape=[2], name="b")
+    t = TransformedDistribution(prior=base, flow=FlowList([PlanarFlow(2), BatchNorm1d(2)]), var=["t"]).eval()
+    s1 = t.sample(batch_n=5)
+    now = t.get_log_prob(s1)
+    t.sample(batch_n=5)
+    torch.testing.assert_close(t.get_log_prob({"t": s1["t"].clone()}), now, rtol=1e-4, atol=1e-4)  # (the planar
+    # flow's inverse is found numerically)
+
+
+@pytest.mark.parametrize("kind", ["InverseTransformedDistribution", "TransformedDistribution"])
+def test_a_flow_distribution_copies_after_a_training_step(kind: str) -> None:
+    """``copy.deepcopy`` of a flow model after a step (keeping the best model so far): the flow's memory of its last
+    draw held a graph's tensors, which torch refuses to copy (Pixyz fails too, with torch's error). The copy scores
+    as the original does."""
+    import copy
+
+    from pyro_dgm.distributions import InverseTransformedDistribution, Normal, TransformedDistribution
+    from pyro_dgm.flows import FlowList, PlanarFlow
+    from pyro_dgm.models import Model
+
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2], name="p_prior")
+    cls = InverseTransformedDistribution if kind == "InverseTransformedDistribution" else TransformedDistribution
+    f = cls(prior=prior, flow=FlowList([PlanarFlow(2), PlanarFlow(2)]), var=["x"])
+    x = torch.randn(8, 2)
+    if cls is InverseTransformedDistribution:
+        model = Model(-f.log_prob().mean(), distributions=[f], optimizer=torch.optim.Adam,
+                      optimizer_params={"lr": 1e-2})
+        model.train({"x": x})
+        best = copy.deepcopy(model)
+        torch.testing.assert_close(best.test({"x": x}), model.test({"x": x}))
+    else:
+        x = f.sample(batch_n=8)["x"]
+    twin = copy.deepcopy(f)
+    assert twin.flow.logdet_jacobian is not None and twin.flow.logdet_jacobian.is_leaf
+    torch.testing.assert_close(twin.get_log_prob({"x": x.clone()}), f.get_log_prob({"x": x.clone()}),
+                               rtol=1e-4, atol=1e-4)
