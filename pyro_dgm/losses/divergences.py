@@ -135,12 +135,30 @@ def _kl(pd: Any, qd: Any) -> Tensor:
 
 
 def _mc_part(loss: Loss, name: str) -> Any:
-    """The attribute ``name`` of the Monte Carlo estimate a term is with ``analytical=False`` (Pixyz's object)."""
+    """The attribute ``name`` of the Monte Carlo estimate a term is with ``analytical=False`` (Pixyz's object), or
+    what a subclass set under that name."""
+    own = loss.__dict__.get("_dgm_own_" + name, _MISSING)
+    if own is not _MISSING:
+        return own
     mc = loss.__dict__.get("_dgm_mc")
     if mc is None:
         raise AttributeError(f"{type(loss).__name__} {loss.latex}: {name!r} is an attribute of the Monte Carlo "
                              "estimate (analytical=False); this one is analytic")
     return getattr(mc, name)
+
+
+def _mc_attribute(name: str, doc: str) -> property:
+    """A property reading the Monte Carlo estimate's attribute ``name`` (:func:`_mc_part`); a value set on the term
+    (a subclass's own attribute of that name) is kept and read instead."""
+    def get(self: Loss) -> Any:
+        return _mc_part(self, name)
+
+    def put(self: Loss, value: Any) -> None:
+        self.__dict__["_dgm_own_" + name] = value
+    return property(get, put, doc=doc)
+
+
+_MISSING = object()
 
 
 class KullbackLeibler(Loss):
@@ -234,20 +252,10 @@ class KullbackLeibler(Loss):
         return rf"D_{{KL}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
 
     # Pixyz's KullbackLeibler(..., analytical=False) is the Expectation E_p[log p - log q]: its parts
-    @property
-    def f(self) -> Loss:
-        r"""The Monte Carlo estimate's integrand, :math:`\log p - \log q` (``analytical=False``)."""
-        return _mc_part(self, "f")
-
-    @property
-    def sample_shape(self) -> torch.Size:
-        """The Monte Carlo estimate's number of draws (``analytical=False``)."""
-        return _mc_part(self, "sample_shape")
-
-    @property
-    def reparam(self) -> bool:
-        """Whether the Monte Carlo estimate's draws are reparameterized (``analytical=False``)."""
-        return _mc_part(self, "reparam")
+    f = _mc_attribute("f", r"The Monte Carlo estimate's integrand, :math:`\log p - \log q` (``analytical=False``).")
+    sample_shape = _mc_attribute("sample_shape", "The Monte Carlo estimate's number of draws (``analytical=False``).")
+    reparam = _mc_attribute("reparam", "Whether the Monte Carlo estimate's draws are reparameterized "
+                                       "(``analytical=False``).")
 
     @property
     def _symbol(self) -> Any:
@@ -427,11 +435,9 @@ class Entropy(Loss):
     def _dgm_prec(self) -> int:  # type: ignore[override]
         return self._dgm_mc._dgm_prec if self._dgm_mc is not None else super()._dgm_prec
 
-    @property
-    def loss1(self) -> Loss:
-        r"""The Monte Carlo estimate's expectation :math:`E_p[\log p]` (``analytical=False``: Pixyz's
-        ``Entropy(..., analytical=False)`` is its negation)."""
-        return _mc_part(self, "loss1")
+    loss1 = _mc_attribute("loss1", r"The Monte Carlo estimate's expectation :math:`E_p[\log p]` "
+                                   "(``analytical=False``: Pixyz's ``Entropy(..., analytical=False)`` is its "
+                                   "negation).")
 
     @property
     def latex(self) -> str:

@@ -489,3 +489,21 @@ def test_a_flow_distribution_copies_after_a_training_step(kind: str) -> None:
     assert twin.flow.logdet_jacobian is not None and twin.flow.logdet_jacobian.is_leaf
     torch.testing.assert_close(twin.get_log_prob({"x": x.clone()}), f.get_log_prob({"x": x.clone()}),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_subclass_may_set_its_own_attribute_named_as_the_monte_carlo_parts() -> None:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import KullbackLeibler
+
+    class Scaled(KullbackLeibler):
+        def __init__(self, p: Any, q: Any) -> None:
+            super().__init__(p, q)
+            self.f = 2.0  # a subclass's own attribute
+
+        def forward(self, x_dict: Any, **kwargs: Any) -> Any:
+            value, out = super().forward(x_dict, **kwargs)
+            return self.f * value, out
+
+    p = Normal(loc=0.0, scale=1.0, var=["z"], features_shape=[2])
+    q = Normal(loc=1.0, scale=1.0, var=["z"], features_shape=[2])
+    torch.testing.assert_close(Scaled(p, q).eval(), torch.tensor([2.0]))  # 2 * (2 features * 1/2)
