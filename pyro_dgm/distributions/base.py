@@ -722,7 +722,26 @@ class Distribution(YieldingModule):
                     x = data.get(v) if isinstance(data, Mapping) else None
                 if isinstance(x, Tensor):
                     given.setdefault(v, x)
+        for v, x in list(given.items()):  # a variable whose factor has no inputs has known event dims: its rows
+            n = self._dgm_root_rows(v, x)  # are the dim left of them (Predictive(parallel=True) conditions a global
+            if n is None:  # latent on draws of [S, 1, D]: one row, in no plate, not S rows)
+                continue
+            if n != 1:
+                return n
+            del given[v]
         return self._dgm_data_batch_n(given) if given else None
+
+    def _dgm_root_rows(self, v: str, x: Tensor) -> int | None:
+        """The rows of a value ``x`` of ``v`` if the factor that draws ``v`` has no inputs (the dim left of its event
+        dims; 1 if ``x`` has none), else ``None``."""
+        f = next((f for f in self._dgm_order if v in f.var), None)
+        if f is None or f.input_var or len(f.var) != 1:
+            return None
+        try:
+            e = len(f.dist().event_shape)
+        except Exception:  # noqa: BLE001 (no distribution object to ask: the data's dim 0, as before)
+            return None
+        return int(x.shape[x.dim() - e - 1]) if x.dim() > e else 1
 
     def _dgm_check_plate_size(self, plate: Any, batch_n: int, values: Mapping[str, Any]) -> None:
         """Refuse data whose rows are not the caller's plate's at dim -1 (its subsample size when it subsamples:

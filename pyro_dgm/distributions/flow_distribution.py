@@ -322,15 +322,24 @@ class TransformedDistribution(_FlowDistribution):
         z = values[b.var[0]]
         if self.flow.training and isinstance(z, Tensor):
             m = _dgm_memory(self.flow)
-            if m is None or m.z is not z:  # scored by inverting the flow: refused where the inverse is not one
-                layer = next((f for f in submodules(self.flow) if isinstance(f, BatchNorm1d) and f.training), None)
-                if layer is not None:  # (Pixyz refuses any value but its last draw)
-                    raise ValueError(
-                        f"{describe(self)}: cannot score {b.var[0]!r}: it is not the flow's last draw, and "
-                        f"{type(layer).__name__} in training mode has no inverse of the map that drew it (it "
-                        "normalizes with the statistics of the batch it last ran on); score a draw before drawing "
-                        "again, or call .eval() on the distribution first")
+            if m is None or m.z is not z:  # scored by inverting the flow
+                self._dgm_check_invertible(b.var[0])
         return super()._dgm_score_with(b, values, ctx, sum_features, feature_dims)
+
+    def _dgm_check_invertible(self, name: str) -> None:
+        """Refuse to score a value that is not the flow's last draw where the flow has a layer that Pixyz cannot
+        invert (a planar flow: Pixyz scores only its last draw) beside a batch normalization in training mode, whose
+        inverse uses the statistics of the batch it last ran on: ours (numerical through the first) would not invert
+        the map that drew the value. (A flow that Pixyz inverts is scored as Pixyz scores it.)"""
+        layers = submodules(self.flow)
+        norm = next((f for f in layers if isinstance(f, BatchNorm1d) and f.training), None)
+        other = next((f for f in layers if getattr(f, "_dgm_pixyz_inverse_missing", False)), None)
+        if norm is not None and other is not None:
+            raise ValueError(
+                f"{describe(self)}: cannot score {name!r}: it is not the flow's last draw, and {type(norm).__name__} "
+                f"in training mode has no inverse of the map that drew it (it normalizes with the statistics of the "
+                f"batch it last ran on; {type(other).__name__} has no inverse in Pixyz, which refuses too); score a "
+                "draw before drawing again, or call .eval() on the distribution first")
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
         """:math:`z = f(x)` (the flow's ``forward``; stores ``logdet_jacobian``)."""

@@ -383,6 +383,7 @@ class Flow(TransformModule, ConditionalTransform):
     _dgm_runs_inverse = False  # its inverse (or a layer's) is written for Pixyz: run it even for a remembered value
     _dgm_constant_logdet = False  # the log-det is one number for the whole batch (Pixyz stores it unexpanded)
     _dgm_volume_preserving = False  # the log-det is 0 (Pixyz's logdet_jacobian is 0 before any call)
+    _dgm_pixyz_inverse_missing = False  # Pixyz's layer has no inverse (its distributions score only their last draw)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -48,6 +48,8 @@ class PlanarFlow(Flow):
     (True, (4,))
     """
 
+    _dgm_pixyz_inverse_missing = True  # (ours is found numerically)
+
     def __init__(self, in_features: int, constraint_u: bool = False, cache_size: int = 1) -> None:
         super().__init__(in_features, event_dim=1, cache_size=cache_size)
         self.constraint_u = constraint_u
