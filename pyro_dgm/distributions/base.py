@@ -1149,6 +1149,11 @@ class Distribution(YieldingModule):
             # torch refused a shape (a layer's, or torch.cat's "Tensors must have same number of dimensions")
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
                              f"the batch): {text}") from e
+        loose = [v for v in names if isinstance(values[v], (list, tuple, int, float))]
+        if loose and type(e) is TypeError and "Tensor" in text:  # a list where the network takes a tensor
+            raise NotATensorError(f"{describe(self)}: forward() cannot take {loose[0]!r} of type "
+                                  f"{type(values[loose[0]]).__name__}: its network takes tensors; give "
+                                  f"torch.as_tensor({loose[0]}) (torch: {text})") from e
         e.add_note(note)
 
     @staticmethod

@@ -400,11 +400,15 @@ class DistributionBase(Distribution):
         that input as one example (its dim as features), while a value with one dim is a batch of scalars, so every
         later shape (and the loss) would be silently wrong (issue 13: ``x`` of shape ``[16]`` into a VAE).
 
-        A parameter of fewer dims that broadcasts against one that has the batch dim (a learned per-feature
-        ``scale`` of shape ``[D]`` beside a ``loc`` of ``[B, D]``) is shared by the batch, as in Pixyz."""
+        A parameter of fewer dims that broadcasts against one that the network computed per row (a learned
+        per-feature ``scale`` of shape ``[D]`` beside a ``loc`` of ``[B, D]``) is shared by the batch, as in Pixyz.
+        A batch dim that is no network's output (``torch.ones(x.shape[0], D)``, an ``expand`` of a row) shows
+        nothing: beside it, the parameter without the batch dim is still refused."""
         given_t = {v: values[v] for v in b.input_var if isinstance(values.get(v), Tensor)}
         sizes = {t.shape[0] for t in given_t.values() if t.dim() >= 1}
-        batched = [t for t in out.values() if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] in sizes]
+        grad = torch.is_grad_enabled()
+        batched = [t for t in out.values() if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] in sizes
+                   and t.stride(0) != 0 and (t.requires_grad or not grad)]
         for k, t in out.items():
             if (isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] != 1 and t.shape[0] not in sizes
                     and not any(u.dim() > t.dim() and _broadcasts(u, t) for u in batched)):

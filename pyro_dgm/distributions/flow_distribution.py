@@ -323,18 +323,21 @@ class TransformedDistribution(_FlowDistribution):
         if self.flow.training and isinstance(z, Tensor):
             m = _dgm_memory(self.flow)
             if m is None or m.z is not z:  # scored by inverting the flow
-                self._dgm_check_invertible(b.var[0])
+                self._dgm_check_invertible(b.var[0], z, m.z if m is not None else
+                                           self.flow.__dict__.get("_dgm_copied_z"))
         return super()._dgm_score_with(b, values, ctx, sum_features, feature_dims)
 
-    def _dgm_check_invertible(self, name: str) -> None:
-        """Refuse to score a value that is not the flow's last draw where the flow has a layer that Pixyz cannot
+    def _dgm_check_invertible(self, name: str, z: Tensor, last: Tensor | None) -> None:
+        """Refuse to score a value that is not the flow's last draw (``last``; compared by value: a copy of the draw,
+        or the draw scored by a copy of the distribution, is that draw) where the flow has a layer that Pixyz cannot
         invert (a planar flow: Pixyz scores only its last draw) beside a batch normalization in training mode, whose
         inverse uses the statistics of the batch it last ran on: ours (numerical through the first) would not invert
         the map that drew the value. (A flow that Pixyz inverts is scored as Pixyz scores it.)"""
         layers = submodules(self.flow)
         norm = next((f for f in layers if isinstance(f, BatchNorm1d) and f.training), None)
         other = next((f for f in layers if getattr(f, "_dgm_pixyz_inverse_missing", False)), None)
-        if norm is not None and other is not None:
+        if (norm is not None and other is not None
+                and not (last is not None and last.shape == z.shape and torch.equal(last.detach(), z.detach()))):
             raise ValueError(
                 f"{describe(self)}: cannot score {name!r}: it is not the flow's last draw, and {type(norm).__name__} "
                 f"in training mode has no inverse of the map that drew it (it normalizes with the statistics of the "

@@ -433,7 +433,10 @@ class Flow(TransformModule, ConditionalTransform):
         both may be intermediate results of a graph, which ``copy.deepcopy`` refuses (a copy of a model kept as
         the best so far, after a training step). The copy scores values by running its flow."""
         state = super().__getstate__()
+        m = state.get("_dgm_memory")
         state["_dgm_memory"] = None
+        if m is not None and isinstance(m.z, Tensor):  # the last draw's value, for a check (flow_distribution.py)
+            state["_dgm_copied_z"] = m.z.detach()
         ld = state.get("_logdet_jacobian")
         if isinstance(ld, Tensor) and not ld.is_leaf:
             state["_logdet_jacobian"] = ld.detach()

@@ -78,3 +78,17 @@ def test_a_root_factor_conditioned_on_data_still_takes_its_rows() -> None:
     tr = poutine.trace(poutine.condition(p.model, data={"x": x})).get_trace()
     assert tr.nodes["x"]["is_observed"] and [f.size for f in tr.nodes["x"]["cond_indep_stack"]] == [6]
     torch.testing.assert_close(tr.log_prob_sum(), torch.distributions.Normal(0.0, 1.0).log_prob(x).sum())
+
+
+def test_a_categorical_observed_in_a_pyro_model_scores_a_soft_label_by_its_arg_max() -> None:
+    """porting.md: Pixyz scores a categorical value by its arg-max (``2 * onehot``, soft labels); a pyro_dgm model
+    observing one does the same (the log-probability of the arg-max class), as its ``get_log_prob`` does."""
+    from pyro_dgm.distributions import Categorical
+
+    probs = torch.tensor([0.2, 0.3, 0.5])
+    p = Categorical(probs=probs, var=["y"])
+    y = torch.tensor([[0.0, 2.0, 0.0], [0.7, 0.2, 0.1]])
+    tr = poutine.trace(p.model).get_trace(y=y)
+    expected = probs.log()[torch.tensor([1, 0])].sum()
+    torch.testing.assert_close(tr.log_prob_sum(), expected)
+    torch.testing.assert_close(p.get_log_prob({"y": y}).sum(), expected)
