@@ -1149,6 +1149,12 @@ class Distribution(YieldingModule):
             # torch refused a shape (a layer's, or torch.cat's "Tensors must have same number of dimensions")
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
                              f"the batch): {text}") from e
+        if type(e) is TypeError and "multiple values for argument" in text:  # a variable named as an argument
+            arg = text.rsplit("argument", 1)[-1].strip(" '\"")  # of the call itself (``self``)
+            if arg in names:
+                raise ArgumentError(f"{describe(self)}: its network cannot take the variable {arg!r} by that name, "
+                                    f"which is also an argument of the call; name the variable otherwise "
+                                    f"(replace_var, or var/cond_var) ({text})") from e
         loose = [v for v in names if isinstance(values[v], (list, tuple, int, float))]
         if loose and type(e) is TypeError and "Tensor" in text:  # a list where the network takes a tensor
             raise NotATensorError(f"{describe(self)}: forward() cannot take {loose[0]!r} of type "

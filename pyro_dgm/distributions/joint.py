@@ -65,6 +65,13 @@ def _united(a: Distribution, b: Distribution, what: str) -> nx.DiGraph:
     return g
 
 
+def distinct_modules(modules: Sequence[nn.Module]) -> tuple[nn.Module, ...]:
+    """``modules`` without repeats, in order (Pixyz's graph copies its modules through ``named_children``, which
+    lists a module once)."""
+    seen: set[int] = set()
+    return tuple(m for m in modules if not (id(m) in seen or seen.add(id(m))))  # type: ignore[func-returns-value]
+
+
 class LabelledComposite:
     """Pixyz's products and marginals: ``name`` is their own label, ``"p"`` unless set (a marginal takes its
     joint's), which their formulas do not use; the formulas use the graph's name (a product's first factor's),
@@ -115,7 +122,8 @@ class MultiplyDistribution(LabelledComposite, Distribution):
                 raise TypeError(f"MultiplyDistribution {text}: can only multiply distributions, got "
                                 f"{type(d).__name__} {d!r}")
         what = f"{a.prob_text} * {b.prob_text}"
-        self._dgm_init_factors(a._dgm_factors + b._dgm_factors, a._name, what, _united(a, b, what))
+        self._dgm_init_factors(a._dgm_factors + b._dgm_factors, a._name, what, _united(a, b, what),
+                               distinct_modules(a._dgm_pixyz_atoms) + distinct_modules(b._dgm_pixyz_atoms))
         # as Pixyz's graphs copy their factors' options: options set on a.graph or b.graph hold in the product
         opts = {**a.factor_options, **b.factor_options}
         if opts:
@@ -125,16 +133,17 @@ class MultiplyDistribution(LabelledComposite, Distribution):
             self.global_options = g_opt
 
     @classmethod
-    def from_factors(cls, factors: Sequence[Distribution], name: str,
-                     pixyz_graph: nx.DiGraph | None = None) -> "MultiplyDistribution":
+    def from_factors(cls, factors: Sequence[Distribution], name: str, pixyz_graph: nx.DiGraph | None = None,
+                     atoms: tuple[Distribution, ...] | None = None) -> "MultiplyDistribution":
         """A product of ``factors`` (in this order) named ``name``; ``pixyz_graph`` (see :func:`pixyz_graph`)
-        decides the order of its variables and factors, by default the one a product built in this order has."""
+        decides the order of its variables and factors, by default the one a product built in this order has;
+        ``atoms`` the modules of its state dict (by default the factors' atomic distributions)."""
         self = cls.__new__(cls)
-        self._dgm_init_factors(tuple(factors), name, " * ".join(f.prob_text for f in factors), pixyz_graph)
+        self._dgm_init_factors(tuple(factors), name, " * ".join(f.prob_text for f in factors), pixyz_graph, atoms)
         return self
 
     def _dgm_init_factors(self, factors: tuple[Distribution, ...], name: str, what: str,
-                          pg: nx.DiGraph | None = None) -> None:
+                          pg: nx.DiGraph | None = None, atoms: tuple[Distribution, ...] | None = None) -> None:
         owner: dict[str, Distribution] = {}
         for f in factors:
             for v in f.var:
@@ -170,7 +179,9 @@ class MultiplyDistribution(LabelledComposite, Distribution):
         self._dgm_input_var = inputs
         self._dgm_factor_tuple = factors
         # Pixyz's name and content: state_dict keys "_graph.<i>.<...>" of the atomic distributions, as Pixyz's
-        self._graph = nn.ModuleList(a for f in factors for a in f._dgm_pixyz_atoms)
+        # (a product of a and b holds a's distinct atoms, then b's: an atom in both, one distribution renamed
+        # twice, is under two keys, as Pixyz numbers its graph's modules)
+        self._graph = nn.ModuleList(atoms if atoms is not None else (a for f in factors for a in f._dgm_pixyz_atoms))
         self._dgm_pg = pg
         ids = {id(f) for f in factors}
         order = tuple(n for n in nx.topological_sort(pg) if not isinstance(n, str) and id(n) in ids)

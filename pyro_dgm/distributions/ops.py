@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, draw_factors
 from pyro_dgm.distributions.factor import factor_head
-from pyro_dgm.distributions.joint import LabelledComposite, MultiplyDistribution, pixyz_graph, rename_nodes
+from pyro_dgm.distributions.joint import (LabelledComposite, MultiplyDistribution, distinct_modules, pixyz_graph,
+                                         rename_nodes)
 from pyro_dgm.utils.checks import ArgumentError, NoClosedFormError, check_var_name, describe
 from pyro_dgm.utils.latex import latex_name, prob_text
 
@@ -28,7 +29,7 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
         if old not in names:
             raise ValueError(f"{describe(d)}.replace_var: {d.prob_text} has no variable {old!r}; its variables are "
                              f"{sorted(names)}")
-        if not isinstance(new, str) or not new:
+        if not isinstance(new, str):
             raise TypeError(f"{describe(d)}.replace_var: the new name of {old!r} must be a non-empty string, "
                             f"got {new!r}")
         check_var_name(new, f"{describe(d)}.replace_var", f"the new name of {old!r}: the")
@@ -60,7 +61,7 @@ def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
     # Pixyz renames the joint's graph in place (which decides the order of its variables and draws)
     pg = nx.relabel_nodes(pixyz_graph(d), {o: n for o, n in zip(d._dgm_factors, factors) if o is not n}, copy=True)
     rename_nodes(pg, {k: v for k, v in replace_dict.items() if k in pg and k != v})
-    out = MultiplyDistribution.from_factors(factors, d._name, pg)
+    out = MultiplyDistribution.from_factors(factors, d._name, pg, distinct_modules(d._dgm_pixyz_atoms))
     out.p = d  # Pixyz renames a joint by wrapping it: its state dict holds the joint's keys under "p." too
     out.name = d.name  # and the wrapper is labelled as the joint is
     opts = d.factor_options
@@ -112,7 +113,8 @@ class ReplaceVarDistribution(_PassesThrough):
         m = dict(replace_dict)
         super().__init__(var=[m.get(v, v) for v in p.var], cond_var=[m.get(v, v) for v in p.cond_var],
                          name=p.name, features_shape=p.features_shape)
-        self._graph = nn.ModuleList(p._dgm_pixyz_atoms)  # Pixyz's state dict: "_graph.0.<...>" and "p.<...>"
+        self._graph = nn.ModuleList(distinct_modules(p._dgm_pixyz_atoms))  # Pixyz's state dict: "_graph.0.<...>"
+        # and "p.<...>"
         self.p = p
         self.replace_dict = m
         self.__dict__["_dgm_label"] = p.name  # (see name)
@@ -297,7 +299,8 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
                             "variables of a product (joint) distribution")
         super().__init__(var=kept, cond_var=p.cond_var, name=p._name)
         self.name = p.name  # Pixyz's marginal is labelled as its joint is (see LabelledComposite)
-        self._graph = nn.ModuleList(p._dgm_pixyz_atoms)  # Pixyz's state dict: "_graph.<i>.<...>" and "p.<...>"
+        self._graph = nn.ModuleList(distinct_modules(p._dgm_pixyz_atoms))  # Pixyz's state dict: "_graph.<i>.<...>"
+        # and "p.<...>"
         self.p = p
         self._dgm_marginalized = names
         #: Pixyz keeps the marginalized variables in a set and writes the integrals in its order, which depends on

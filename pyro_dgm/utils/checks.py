@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import os
+import sys
 import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -172,7 +174,7 @@ def as_var_list(names: Any, owner: str, arg: str) -> list[str]:
         names = list(names)
     out = list(names)
     for v in out:
-        if not isinstance(v, str) or not v:
+        if not isinstance(v, str):
             raise TypeError(f"{owner}: {arg} must hold non-empty strings, got {v!r}")
         check_var_name(v, owner, arg)
     if len(set(out)) != len(out):
@@ -185,28 +187,76 @@ def as_var_list(names: Any, owner: str, arg: str) -> list[str]:
 _FORMULA_SYNTAX = frozenset(",|()$") | frozenset(" \t\n\r\f\v")
 
 
-def check_var_name(name: str, owner: str, arg: str = "var") -> None:
-    """Refuse a variable name that a formula would print as something else (``ValueError``).
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    Names are Python identifiers in practice (they are ``forward``'s argument names); to keep every name a Pixyz
-    program may use (``z'``, ``x_{t}``, ``h-1``), only the formula's own syntax is refused: ``,``, ``|``,
-    ``(``, ``)``, ``$`` and white space.
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning raised by the caller that points at the first frame outside pyro_dgm (the
+    user's line, however many of pyro_dgm's frames lie between)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+#: Whether a variable name holding a formula's syntax is refused (see :func:`strict_names`); Pixyz's default: no.
+STRICT_NAMES = [False]
+
+
+@contextlib.contextmanager
+def strict_names(enabled: bool = True) -> Iterator[None]:
+    """Within the block, a variable name that a formula would print as something else is refused (opt-in; by
+    default it warns, as Pixyz runs such programs: see :func:`check_var_name`).
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> with strict_names():
+    ...     Normal(loc=0., scale=1., var=["a b"])
+    Traceback (most recent call last):
+    ...
+    ValueError: Normal p: var name 'a b' holds ' ', which formulas use as syntax (p(x,y|z)), so it would print as \
+something else; use an identifier such as 'a_b'
+    """
+    was = STRICT_NAMES[0]
+    STRICT_NAMES[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        STRICT_NAMES[0] = was
+
+
+def check_var_name(name: str, owner: str, arg: str = "var") -> None:
+    """Warn about a variable name that a formula would print as something else (a ``UserWarning``; under
+    :func:`strict_names` a ``ValueError``).
+
+    Names are Python identifiers in practice (they are ``forward``'s argument names); every name a Pixyz program
+    may use (``z'``, ``x_{t}``, ``h-1``) is taken. Pixyz also runs programs whose names hold the formula's own
+    syntax, ``,``, ``|``, ``(``, ``)``, ``$`` and white space, whose formulas then read as something else (``p(x,y)``
+    for one variable ``'x,y'``): those warn.
 
     Examples
     --------
     >>> check_var_name("x_1", "Normal p", "var")
-    >>> check_var_name("x,y", "Normal p", "var")
+    >>> with strict_names():
+    ...     check_var_name("x,y", "Normal p", "var")
     Traceback (most recent call last):
     ...
     ValueError: Normal p: var name 'x,y' holds ',', which formulas use as syntax (p(x,y|z)), so it would print as \
 something else; use an identifier such as 'x_y'
     """
     bad = _FORMULA_SYNTAX.intersection(name)
-    if bad:
-        c = sorted(bad)[0]
+    if bad or not name:
         fix = "".join("_" if ch in _FORMULA_SYNTAX else ch for ch in name).strip("_") or "x"
-        raise ValueError(f"{owner}: {arg} name {name!r} holds {c!r}, which formulas use as syntax (p(x,y|z)), so it "
-                         f"would print as something else; use an identifier such as {fix!r}")
+        text = (f"{owner}: {arg} name {name!r} holds {sorted(bad)[0]!r}, which formulas use as syntax (p(x,y|z)), so "
+                f"it would print as something else; use an identifier such as {fix!r}" if bad else
+                f"{owner}: {arg} name '' is empty, so formulas would print it as nothing (p()); use an identifier "
+                "such as 'x'")
+        if STRICT_NAMES[0]:
+            raise ValueError(text)
+        warnings.warn(text, UserWarning, stacklevel=user_stacklevel())
 
 
 def check_present(owner: Any, given: Iterable[str], needed: Sequence[str], what: str = "input") -> None:

@@ -582,3 +582,80 @@ def test_a_list_given_to_a_network_raises_a_named_error() -> None:
             return {"loc": self.fc(x), "scale": torch.ones(1)}
     with pytest.raises(NotATensorError, match=r"Q q\(z\|x\): forward\(\) cannot take 'x' of type list"):
         Q().sample({"x": [[1.0, 2.0]]})
+
+
+# ---------------------------------------------------------------- p59: structural limits
+@pytest.mark.parametrize("structure", ["twice renamed", "products of products", "renamed joint", "marginal"])
+def test_state_dict_keys_of_joints_that_hold_one_distribution_twice(structure: str) -> None:
+    """A joint holding one distribution under two ``replace_var`` names: Pixyz numbers its graph's modules through
+    ``named_children``, which lists a module once, so the repeat shifts (or overwrites) the keys; ours had one key
+    per factor, and checkpoints did not load across. The keys, and a state dict loaded from the other library's."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Normal
+
+        class P(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["x"], cond_var=["z"], name="p")
+                self.net = nn.Linear(2, 2)
+
+            def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+                return {"loc": self.net(z), "scale": torch.ones_like(z)}
+
+        p = P()
+        prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+        a, b = p.replace_var(x="x1", z="z1"), p.replace_var(x="x2", z="z2")
+        pa, pb = prior.replace_var(z="z1"), prior.replace_var(z="z2")
+        if structure == "twice renamed":
+            j = a * b * pa * pb
+        elif structure == "products of products":
+            j = (a * pa) * (b * pb)
+        elif structure == "renamed joint":
+            j = (a * b * pa * pb).replace_var(x1="y1")
+        else:
+            j = (a * b * pa * pb).marginalize_var(["z1"])
+        return sorted(j.state_dict())
+    ref, ours = run_both(program)
+    assert ref == ours
+
+
+@pytest.mark.parametrize("name", ["a b", "$", "", "x,y"])
+def test_variable_names_holding_a_formulas_syntax_run_as_in_pixyz(name: str) -> None:
+    """Pixyz runs programs whose variable names hold a formula's syntax (white space, ``$``, ``,``) or are empty;
+    they were refused here. They warn now (``strict_names()`` refuses them), with Pixyz's numbers and texts."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import KullbackLeibler
+
+        p = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=[name], features_shape=[2], name="p")
+        q = Normal(loc=torch.tensor(1.0), scale=torch.tensor(2.0), var=[name], features_shape=[2], name="q")
+        s = p.sample(batch_n=2)
+        return p.prob_text, p.get_log_prob(s), KullbackLeibler(p, q).eval(), str(KullbackLeibler(p, q))
+    with pytest.warns(UserWarning, match="var name"):
+        ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+def test_a_variable_named_self_given_to_a_network_raises_a_named_error() -> None:
+    """``forward(**kw)`` of a distribution whose variable is ``self``: torch's call refuses two values of ``self``
+    (Pixyz raises the same raw TypeError); ours names the distribution and the variable, and is a TypeError too."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class C(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["y"], cond_var=["self"], name="q")
+
+            def forward(self, **kw: torch.Tensor) -> dict[str, torch.Tensor]:
+                return {"loc": kw["self"] * 2, "scale": torch.ones(1)}
+        return C().sample({"self": torch.ones(2, 2)})["y"]
+    with pytest.raises(TypeError, match="multiple values for argument 'self'"):
+        run_pixyz(program)
+    with pytest.raises(TypeError, match=r"C q\(y\|self\): its network cannot take the variable 'self'"):
+        run_pyro_dgm(program)
