@@ -732,14 +732,16 @@ class Distribution(YieldingModule):
         return self._dgm_data_batch_n(given) if given else None
 
     def _dgm_root_rows(self, v: str, x: Tensor) -> int | None:
-        """The rows of a value ``x`` of ``v`` if the factor that draws ``v`` has no inputs (the dim left of its event
-        dims; 1 if ``x`` has none), else ``None``."""
+        """The rows of a value ``x`` of ``v`` if the factor that draws ``v`` has no inputs and feature dims (the dim
+        left of them; 1 if ``x`` has none), else ``None``."""
         f = next((f for f in self._dgm_order if v in f.var), None)
         if f is None or f.input_var or len(f.var) != 1:
             return None
         try:
             e = len(f.dist().event_shape)
         except Exception:  # noqa: BLE001 (no distribution object to ask: the data's dim 0, as before)
+            return None
+        if not e:  # scalar parameters: the data's trailing dims are features (Pixyz's one batch dim), as with x=x
             return None
         return int(x.shape[x.dim() - e - 1]) if x.dim() > e else 1
 

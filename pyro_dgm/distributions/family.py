@@ -105,6 +105,14 @@ def _one_event(t: Tensor, v: str, ctx: CallState) -> bool:
     return e == 1
 
 
+def _rows_differ(t: Tensor) -> bool:
+    """Whether the rows (along dim 0) of ``t`` are not all equal (a check of the data: used on an error path)."""
+    if t.shape[0] < 2:
+        return False
+    with torch.no_grad():
+        return bool((t != t[:1]).any())
+
+
 class DistributionBase(Distribution):
     r"""A distribution of one variable from a ``pyro.distributions`` family.
 
@@ -402,13 +410,16 @@ class DistributionBase(Distribution):
 
         A parameter of fewer dims that broadcasts against one that the network computed per row (a learned
         per-feature ``scale`` of shape ``[D]`` beside a ``loc`` of ``[B, D]``) is shared by the batch, as in Pixyz.
-        A batch dim that is no network's output (``torch.ones(x.shape[0], D)``, an ``expand`` of a row) shows
-        nothing: beside it, the parameter without the batch dim is still refused."""
+        A batch dim whose rows are all the same (``torch.ones(x.shape[0], D)``, a learned row repeated or
+        expanded) shows nothing of the kind when the inputs' rows differ: beside it, the parameter without the
+        batch dim is still refused."""
         given_t = {v: values[v] for v in b.input_var if isinstance(values.get(v), Tensor)}
         sizes = {t.shape[0] for t in given_t.values() if t.dim() >= 1}
-        grad = torch.is_grad_enabled()
         batched = [t for t in out.values() if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] in sizes
-                   and t.stride(0) != 0 and (t.requires_grad or not grad)]
+                   and _rows_differ(t)]
+        if not batched and not any(_rows_differ(t) for t in given_t.values() if t.dim() >= 1):
+            batched = [t for t in out.values() if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] in sizes]
+            # (inputs whose rows are all the same cannot tell: a network of them gives equal rows too)
         for k, t in out.items():
             if (isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] != 1 and t.shape[0] not in sizes
                     and not any(u.dim() > t.dim() and _broadcasts(u, t) for u in batched)):

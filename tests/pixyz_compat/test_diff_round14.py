@@ -20,6 +20,7 @@ fuzzer of shapes, what programs read off objects), under Pixyz 0.3.3 and here (:
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -510,7 +511,8 @@ def test_a_subclass_may_set_its_own_attribute_named_as_the_monte_carlo_parts() -
 
 
 # ---------------------------------------------------------------- p56: the attack on this round's fixes
-@pytest.mark.parametrize("variant", ["ones of the batch's shape", "ones_like the input, expanded", "a row expanded"])
+@pytest.mark.parametrize("variant", ["ones of the batch's shape", "ones_like the input, expanded", "a row expanded",
+                                     "a learned row repeated", "a learned row times ones", "ones, under no_grad"])
 def test_a_network_that_read_a_batch_of_scalars_as_one_example_is_still_refused(variant: str) -> None:
     """Issue 13's check (``x`` of shape ``[16]`` into an encoder that took it as one example): the exemption of a
     parameter shared by the batch must not let through a parameter without the batch dim beside one whose batch dim
@@ -529,12 +531,35 @@ def test_a_network_that_read_a_batch_of_scalars_as_one_example_is_still_refused(
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             if variant == "a row expanded":
                 return {"loc": self.fc(x).expand(x.shape[0], 2), "scale": F.softplus(self.s)}
-            scale = (torch.ones(x.shape[0], 2) if variant == "ones of the batch's shape" else
-                     torch.ones_like(x).unsqueeze(-1).expand(-1, 2))
+            scale = {"a learned row repeated": lambda: self.s.exp().repeat(x.shape[0], 1),
+                     "a learned row times ones": lambda: self.s.exp() * torch.ones(x.shape[0], 2),
+                     "ones_like the input, expanded": lambda: torch.ones_like(x).unsqueeze(-1).expand(-1, 2),
+                     }.get(variant, lambda: torch.ones(x.shape[0], 2))()
             return {"loc": self.fc(x), "scale": scale}
     with pytest.raises(ValueError, match=r"Q q\(z\|x\): forward\(\) returned (loc|scale) of shape \(2,\), whose batch "
                                          r"dim \(2\) is no input's"):
-        Q().sample({"x": torch.rand(16)})
+        with torch.no_grad() if variant == "ones, under no_grad" else contextlib.nullcontext():
+            Q().sample({"x": torch.rand(16)})
+
+
+def test_a_shared_scale_beside_a_batch_of_one_repeated_scalar_runs() -> None:
+    """The exemption when the inputs' rows are all the same (one time step for the whole batch): their network's
+    rows are the same too, which tells nothing; the program runs, as under Pixyz."""
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal
+
+    class Dec(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["t"], name="p")
+            self.net = nn.Linear(1, 3)
+            self.log_scale = nn.Parameter(torch.zeros(3))
+
+        def forward(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.net(t.unsqueeze(-1)), "scale": self.log_scale.exp()}
+    p, t, x = Dec(), torch.full((5,), 2.0), torch.randn(5, 3)
+    closed = torch.distributions.Normal(p.net(t.unsqueeze(-1)), 1.0).log_prob(x).sum(-1)
+    torch.testing.assert_close(p.get_log_prob({"t": t, "x": x}), closed)
 
 
 def _bn_program(layers: str, copy_how: str) -> Any:
