@@ -884,6 +884,9 @@ class Distribution(YieldingModule):
                     if is_site and n is None:
                         continue
                 if n is None:
+                    if x.dim() <= 2 and v in self._var and self._dgm_root_rows(v, x) == 1:
+                        continue  # a root factor's value without a batch dim (all feature dims): one example, in
+                        # no plate, as get_log_prob scores it (a plate of dim 0 would score it that many times)
                     n = x.shape[outer_plates_ndim(x)]
                 if type(n) is not int or n != 1:  # (under torch.jit.trace a size is a traced tensor: the data's)
                     return n
@@ -1151,14 +1154,15 @@ class Distribution(YieldingModule):
             # torch refused a shape (a layer's, or torch.cat's "Tensors must have same number of dimensions")
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
                              f"the batch): {text}") from e
-        if type(e) is TypeError and "multiple values for argument" in text:  # a variable named as an argument
-            arg = text.rsplit("argument", 1)[-1].strip(" '\"")  # of the call itself (``self``)
-            if arg in names:
+        if (type(e) is TypeError and "multiple values for argument" in text and "_call_impl()" in text):
+            arg = text.rsplit("argument", 1)[-1].strip(" '\"")  # a variable named as an argument of the network's
+            if arg in names:  # call itself (``self``)
                 raise ArgumentError(f"{describe(self)}: its network cannot take the variable {arg!r} by that name, "
                                     f"which is also an argument of the call; name the variable otherwise "
                                     f"(replace_var, or var/cond_var) ({text})") from e
-        loose = [v for v in names if isinstance(values[v], (list, tuple, int, float))]
-        if loose and type(e) is TypeError and "Tensor" in text:  # a list where the network takes a tensor
+        loose = [v for v in names if isinstance(values[v], (list, tuple, int, float))
+                 and f"not {type(values[v]).__name__}" in text]
+        if loose and type(e) is TypeError:  # a list where the network takes a tensor ("must be Tensor, not list")
             raise NotATensorError(f"{describe(self)}: forward() cannot take {loose[0]!r} of type "
                                   f"{type(values[loose[0]]).__name__}: its network takes tensors; give "
                                   f"torch.as_tensor({loose[0]}) (torch: {text})") from e

@@ -160,8 +160,9 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
         return build_optimizer(owner, made, params)
     if callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
         made = _construct(owner, optimizer, params, kwargs)
-        if isinstance(made, torch.optim.Optimizer):
-            return made, {}
+        if isinstance(made, torch.optim.Optimizer) or (callable(getattr(made, "step", None))
+                                                       and callable(getattr(made, "zero_grad", None))):
+            return made, {}  # (an object that steps and zeroes gradients, as Pixyz takes any)
     raise TypeError(f"{owner}: optimizer must be a torch.optim.Optimizer class (torch.optim.Adam), a pyro.optim "
                     f"optimizer (pyro.optim.Adam({{'lr': 1e-3}})) or a factory returning a torch optimizer, got "
                     f"{optimizer!r:.100}")
@@ -423,14 +424,15 @@ class Model:
         self.retain_graph = retain_graph
         self._dgm_compile = compile_options(owner, compile)  # torch.compile's options, or None: eager evaluation
         self._dgm_compiled: dict[int, CompiledEval] = {}
-        self.check_gradients = True
         self.step = 0
-        self.epoch = 0
-        self.last_terms: dict[str, Tensor] = {}
-        # what fit() and its callbacks read and set (public; fit keeps its own per-call state to itself)
-        self.history = trainer.History()
-        self.stop_training = False
-        self.tb_writer: Any = None
+        # what fit() and its callbacks read and set (public; fit keeps its own per-call state to itself). Pixyz's
+        # Model has none of them: a subclass that set one before this __init__, or defines one (a method, a
+        # property), keeps its own
+        for name, make in (("check_gradients", lambda: True), ("epoch", lambda: 0), ("last_terms", dict),
+                           ("history", trainer.History), ("stop_training", lambda: False), ("tb_writer", lambda: None)):
+            if name not in self.__dict__ and not hasattr(type(self), name):
+                setattr(self, name, make())
+        self._dgm_seen = self._dgm_params_key()
 
     # ------------------------------------------------------------------ losses and text
     def set_loss(self, loss: Loss | None, test_loss: Loss | None = None) -> None:
@@ -446,6 +448,30 @@ class Model:
         self._dgm_autoguides = _autoguides(self._dgm_pyro_terms)  # what a failed first step must put back
         if "_dgm_params" in self.__dict__:
             self._dgm_share_trained()
+
+    def _dgm_params_key(self) -> tuple[int, ...]:
+        """What tells that the trained parameters changed since the last step: the distributions list (replaced, or
+        a network appended) and the optimizer (replaced, or a parameter group added)."""
+        d = self.distributions
+        opt = self.optimizer
+        groups = getattr(opt, "param_groups", None) or ()
+        return (id(d), len(d), id(opt), len(groups), sum(len(g["params"]) for g in groups))
+
+    def _dgm_follow_changes(self) -> None:
+        """Take the parameters of the distributions as they are now (Pixyz's steps clip
+        ``self.distributions.parameters()`` at each call: a network appended to ``model.distributions`` is clipped
+        and checked too), and check the gradients of the optimizer's parameters that are not among them (a group
+        added with ``add_param_group``)."""
+        known = {id(p) for p in self.distributions.parameters()}
+        adopted = [p for p in self._dgm_pyro_named.values() if id(p) not in known]
+        self._dgm_params = list(self.distributions.parameters()) + adopted
+        ids = {id(p) for p in self._dgm_params}
+        groups = getattr(self.optimizer, "param_groups", None) or ()
+        self._dgm_extra_params = [p for g in groups for p in g["params"] if id(p) not in ids]
+        for name in ("_dgm_known_ids", "_dgm_net_buffers"):
+            self.__dict__.pop(name, None)
+        self._dgm_share_trained()
+        self._dgm_seen = self._dgm_params_key()
 
     def _dgm_share_trained(self) -> None:
         """Tell the loss's adversarial terms which parameters this model trains (their ``_dgm_trained_with``); a
@@ -577,6 +603,8 @@ class Model:
         :mod:`pyro_dgm.models.distributed`). An error after that point (in ``backward`` on one process only) is
         not covered: the others wait for it until the timeout.
         """
+        if self._dgm_params_key() != self.__dict__.get("_dgm_seen"):
+            self._dgm_follow_changes()
         pairs = self.__dict__.get("_dgm_net_buffers")
         if pairs is None:  # the networks' buffers (batch-norm statistics...), which a failed step must not change
             pairs = self._dgm_net_buffers = network_buffers(self.distributions)
@@ -705,6 +733,11 @@ class Model:
                     self._dgm_check_gradients(loss, grads)
             elif grads and not _finite_sum(grads):  # one pass over the gradients; a NaN or inf in any makes the
                 self._dgm_check_gradients(loss, grads)  # sum non-finite (a finite sum that overflowed is let through)
+            extra = self.__dict__.get("_dgm_extra_params")
+            if extra:  # the optimizer's parameters outside the distributions (add_param_group): checked, not clipped
+                more = [p.grad for p in extra if p.grad is not None]
+                if more and not _finite_sum(more):
+                    self._dgm_check_gradients(loss, more)
         elif self.clip_norm and not self._dgm_clip_each:
             clip_grad_norm_(self._dgm_params, self.clip_norm)
         if self.clip_norm and self._dgm_clip_each:
@@ -854,7 +887,7 @@ class Model:
         for name, p in getattr(self, "_dgm_pyro_named", {}).items():
             owners.setdefault(id(p), ("Pyro's param store", name))
         bad: dict[str, list[str]] = {}
-        for p in self._dgm_params:
+        for p in (*self._dgm_params, *self.__dict__.get("_dgm_extra_params", ())):
             g = p.grad
             if g is None:
                 continue

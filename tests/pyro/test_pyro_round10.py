@@ -92,3 +92,21 @@ def test_a_categorical_observed_in_a_pyro_model_scores_a_soft_label_by_its_arg_m
     expected = probs.log()[torch.tensor([1, 0])].sum()
     torch.testing.assert_close(tr.log_prob_sum(), expected)
     torch.testing.assert_close(p.get_log_prob({"y": y}).sum(), expected)
+
+
+@pytest.mark.parametrize("shape, features", [((3,), None), ((4, 3), None), ((2, 3), [2, 3])])
+def test_a_root_value_without_a_batch_dim_is_one_example_in_a_pyro_model(shape: tuple[int, ...],
+                                                                           features: list[int] | None) -> None:
+    """``p.model(x=x)`` of a factor without inputs whose value is all feature dims (``x`` of ``(3,)`` for a ``loc``
+    of ``(3,)``): it opened a data plate of ``x.shape[0]`` over it and scored it that many times; it is one example,
+    as ``get_log_prob`` scores it (and as the model conditioned on ``x`` already did)."""
+    if features is None:
+        p = Normal(loc=torch.zeros(shape), scale=torch.ones(shape), var=["x"])
+    else:
+        p = Normal(loc=0.0, scale=1.0, var=["x"], features_shape=features)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum()
+    for tr in (poutine.trace(p.model).get_trace(x=x),
+               poutine.trace(poutine.condition(p.model, data={"x": x})).get_trace()):
+        torch.testing.assert_close(tr.log_prob_sum(), expected)
+    torch.testing.assert_close(p.get_log_prob({"x": x}).sum(), expected)
