@@ -873,6 +873,7 @@ class Distribution(YieldingModule):
         other than 1 is the data's, whatever the order of the variables."""
         in_pyro = None
         found = None
+        unbatched = None  # the dim 0 of a root factor's value that has no batch dim (see below)
         for v in (*self._var, *self._dgm_input_var):
             x = values.get(v)
             if isinstance(x, Tensor) and x.dim() >= 1:
@@ -885,11 +886,15 @@ class Distribution(YieldingModule):
                         continue
                 if n is None:
                     if x.dim() <= 2 and v in self._var and self._dgm_root_rows(v, x) == 1:
-                        continue  # a root factor's value without a batch dim (all feature dims): one example, in
-                        # no plate, as get_log_prob scores it (a plate of dim 0 would score it that many times)
+                        # a root factor's value without a batch dim (all feature dims): alone, one example in no
+                        # plate, as get_log_prob scores it (a plate of its dim 0 scored it that many times); beside
+                        # data of N rows, the sizes that get_log_prob refuses, as before
+                        if unbatched is None:
+                            unbatched = x.shape[0]
+                        continue
                     n = x.shape[outer_plates_ndim(x)]
                 if type(n) is not int or n != 1:  # (under torch.jit.trace a size is a traced tensor: the data's)
-                    return n
+                    return n if unbatched is None else unbatched
                 found = n
         return found
 

@@ -345,7 +345,11 @@ class AdversarialLoss(Loss):
         if not self._synced:
             self._dgm_sync()
         d.train()
-        self.d_optimizer.zero_grad(set_to_none=True)
+        opt = self.d_optimizer
+        if isinstance(opt, torch.optim.Optimizer):
+            opt.zero_grad(set_to_none=True)
+        else:  # an object that only steps (Pixyz takes any): its own zero_grad
+            opt.zero_grad()
         pairs = self.__dict__.get("_dgm_net_buffers")
         if pairs is None:  # batch-norm statistics of the discriminator and of the samplers, which a failure keeps
             pairs = self.__dict__["_dgm_net_buffers"] = network_buffers(d, self.p, self.q)
@@ -429,7 +433,9 @@ class AdversarialLoss(Loss):
         infinite (one pass over them; the slow per-tensor look only when it fails); after an overflowed
         half-precision loss (``overflowed``), a non-finite gradient raises the loss's error instead, and finite ones
         let the step go on, with a warning (once per term)."""
-        params = [p for g in self.d_optimizer.param_groups for p in g["params"] if p.grad is not None]
+        groups = getattr(self.d_optimizer, "param_groups", None)  # (an object that only steps: the discriminator's)
+        held = [p for g in groups for p in g["params"]] if groups is not None else list(self._dgm_d.parameters())
+        params = [p for p in held if p.grad is not None]
         grads = [p.grad for p in params]
         if grads and not finite_sum(grads) and not all(bool(torch.isfinite(g).all()) for g in grads):
             if overflowed:
@@ -508,7 +514,9 @@ class AdversarialLoss(Loss):
     # ------------------------------------------------------------------ checkpoints
     def term_state_dict(self) -> dict[str, Any]:
         """The discriminator's weights and buffers, its optimizer's state and the number of discriminator steps."""
-        return {"discriminator": self._dgm_d.state_dict(), "optimizer": self.d_optimizer.state_dict(),
+        opt = self.d_optimizer  # (an object that only steps, as Pixyz takes one, has no state to save)
+        return {"discriminator": self._dgm_d.state_dict(),
+                "optimizer": opt.state_dict() if isinstance(opt, torch.optim.Optimizer) else {},
                 "d_steps": self.d_steps}
 
     def check_term_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -535,6 +543,12 @@ class AdversarialLoss(Loss):
                 other = tuple(saved[k].shape) if isinstance(saved[k], Tensor) else repr(saved[k])
                 raise ValueError(f"{owner}: the discriminator's tensor {k!r} has shape {tuple(v.shape)}, but the "
                                  f"state holds shape {other}")
+        if not isinstance(self.d_optimizer, torch.optim.Optimizer) or not state["optimizer"]:
+            if isinstance(self.d_optimizer, torch.optim.Optimizer) != bool(state["optimizer"]):
+                raise ValueError(f"{owner}: the discriminator optimizer's state was saved from "
+                                 f"{'another kind of optimizer' if state['optimizer'] else 'an optimizer without one'}"
+                                 f"; this term's is {type(self.d_optimizer).__name__}")
+            return
         groups, saved_groups = self.d_optimizer.state_dict()["param_groups"], state["optimizer"]["param_groups"]
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in saved_groups]:
             raise ValueError(f"{owner}: the discriminator optimizer's state is for parameter groups of sizes "
@@ -552,7 +566,8 @@ class AdversarialLoss(Loss):
         """Restore what :meth:`term_state_dict` returned (checked first with :meth:`check_term_state_dict`)."""
         self.check_term_state_dict(state)
         self._dgm_d.load_state_dict(state["discriminator"])
-        self.d_optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"]:
+            self.d_optimizer.load_state_dict(state["optimizer"])
         self.d_steps = int(state["d_steps"])
 
 
@@ -595,7 +610,8 @@ def _build_optimizer(owner: str, optimizer: Any, d: nn.Module, params: Mapping[s
     except TypeError as e:
         raise TypeError(f"{owner}: cannot build the discriminator's optimizer {optimizer!r:.80} with "
                         f"optimizer_params={dict(params)}: {e}") from e
-    if not isinstance(made, torch.optim.Optimizer):
+    if not isinstance(made, torch.optim.Optimizer) and not (callable(getattr(made, "step", None))
+                                                            and callable(getattr(made, "zero_grad", None))):
         raise TypeError(f"{owner}: optimizer(params, **optimizer_params) must return a torch.optim.Optimizer, got "
                         f"{type(made).__name__} (a pyro.optim optimizer is not supported for discriminators; pass "
                         "the torch class, e.g. torch.optim.Adam)")

@@ -129,6 +129,12 @@ def _optimizers(model: "Model") -> dict[str, Any]:
     return out
 
 
+def _history_state(model: "Model") -> dict[str, list[Any]]:
+    """The history of ``fit`` (a subclass's own ``history``, a list or a method, is not saved: ``{}``)."""
+    history = getattr(model, "history", None)
+    return {k: list(v) for k, v in history.items()} if isinstance(history, Mapping) else {}
+
+
 def model_state(model: "Model") -> dict[str, Any]:
     """Everything :func:`load_model_state` needs to resume ``model`` exactly (see the module docstring)."""
     terms = {}
@@ -147,7 +153,7 @@ def model_state(model: "Model") -> dict[str, Any]:
         "loss_terms": terms,
         "step": model.step,
         "epoch": model.epoch,
-        "history": {k: list(v) for k, v in getattr(model, "history", {}).items()},
+        "history": _history_state(model),
         "rng": rng_state(model.__dict__.get("_dgm_failed_rng")),  # a failed step: the states at its start
         "data_rng": [g.get_state() for g in model.__dict__.get("_dgm_data_generators", ())],
         **_epoch_state(model),
@@ -407,8 +413,10 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     for key, entry in state["loss_terms"].items():
         terms[int(key)].load_term_state_dict(entry["state"])
     model.step = step
-    model.epoch = epoch
-    if history or hasattr(model, "history"):
+    if not hasattr(type(model), "epoch"):  # (a subclass's own epoch, a property or method, is its own)
+        model.epoch = epoch
+    cur = model.__dict__.get("history")
+    if not hasattr(type(model), "history") and (cur is None or isinstance(cur, Mapping)):
         from pyro_dgm.models.trainer import History
         model.history = History({k: list(v) for k, v in history.items()})
     set_rng_state(rng)

@@ -450,12 +450,13 @@ class Model:
             self._dgm_share_trained()
 
     def _dgm_params_key(self) -> tuple[int, ...]:
-        """What tells that the trained parameters changed since the last step: the distributions list (replaced, or
-        a network appended) and the optimizer (replaced, or a parameter group added)."""
+        """What tells that the trained parameters changed since the last step: the distributions list (replaced, a
+        network appended or put in another's place) and the optimizer (replaced, or a parameter group added). A
+        layer replaced inside a network is not seen (clipping keeps the parameters it had)."""
         d = self.distributions
         opt = self.optimizer
         groups = getattr(opt, "param_groups", None) or ()
-        return (id(d), len(d), id(opt), len(groups), sum(len(g["params"]) for g in groups))
+        return (id(d), *map(id, d), id(opt), len(groups), sum(len(g["params"]) for g in groups))
 
     def _dgm_follow_changes(self) -> None:
         """Take the parameters of the distributions as they are now (Pixyz's steps clip
@@ -605,6 +606,10 @@ class Model:
         """
         if self._dgm_params_key() != self.__dict__.get("_dgm_seen"):
             self._dgm_follow_changes()
+        if self._dgm_pyro_terms and self.optimizer is not None and not hasattr(self.optimizer, "add_param_group"):
+            raise TypeError(f"{type(self).__name__}: the loss {self.loss_cls} has Pyro-side terms, whose parameters "
+                            f"(an autoguide's) join the optimizer as they are made, so the optimizer must be a "
+                            f"torch.optim.Optimizer; {type(self.optimizer).__name__} has no add_param_group")
         pairs = self.__dict__.get("_dgm_net_buffers")
         if pairs is None:  # the networks' buffers (batch-norm statistics...), which a failed step must not change
             pairs = self._dgm_net_buffers = network_buffers(self.distributions)
