@@ -68,3 +68,20 @@ def gan_generator() -> Any:
 
     prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
     return (G() * prior).marginalize_var("z")
+
+
+def scalar_decoder() -> Any:
+    """``p(x|c)``: a Normal of one feature whose ``loc`` is a linear map of ``c`` (scale 1)."""
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Normal
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["c"], name="p")
+            self.fc = nn.Linear(1, 1)
+
+        def forward(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(c), "scale": torch.ones_like(c)}
+    return P()

@@ -19,7 +19,25 @@ from typing import Any
 import pytest
 import torch
 
-from pixyz_harness import assert_same, run_both
+from pixyz_harness import assert_same, renamed_import, run_both
+from pixyz_parts import scalar_decoder
+
+
+class PlainSGD:
+    """An optimizer that is no ``torch.optim.Optimizer``: it only steps and zeroes gradients (Pixyz takes any)."""
+
+    def __init__(self, params: Any, lr: float = 0.1) -> None:
+        self.params, self.lr = list(params), lr
+
+    def zero_grad(self) -> None:
+        for q in self.params:
+            q.grad = None
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for q in self.params:
+                if q.grad is not None:
+                    q -= self.lr * q.grad
 
 
 def _two_decoders_program(change: str, bad: bool = False) -> Any:
@@ -98,19 +116,9 @@ def test_a_nan_gradient_of_a_parameter_added_later_keeps_the_weights(change: str
 def test_a_subclass_keeps_its_own_attributes_named_as_the_models() -> None:
     def program() -> Any:
         import torch
-        from torch import nn
 
-        from pixyz.distributions import Normal
         from pixyz.losses import LogProb
         from pixyz.models import Model
-
-        class P(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["c"], name="p")
-                self.fc = nn.Linear(1, 1)
-
-            def forward(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
-                return {"loc": self.fc(c), "scale": torch.ones_like(c)}
 
         class Before(Model):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -126,7 +134,7 @@ def test_a_subclass_keeps_its_own_attributes_named_as_the_models() -> None:
             def epoch(self) -> int:  # type: ignore[override]
                 return 7
 
-        p = P()
+        p = scalar_decoder()
         args = ((-LogProb(p)).mean(),)
         kw = {"distributions": [p], "optimizer": torch.optim.SGD, "optimizer_params": {"lr": 0.1}}
         a, b = Before(*args, **kw), Methods(*args, **kw)
@@ -140,34 +148,11 @@ def test_a_subclass_keeps_its_own_attributes_named_as_the_models() -> None:
 def test_an_optimizer_factory_returning_any_object_that_steps() -> None:
     def program() -> Any:
         import torch
-        from torch import nn
 
-        from pixyz.distributions import Normal
         from pixyz.losses import LogProb
         from pixyz.models import Model
 
-        class PlainSGD:
-            def __init__(self, params: Any, lr: float = 0.1) -> None:
-                self.params, self.lr = list(params), lr
-
-            def zero_grad(self) -> None:
-                for q in self.params:
-                    q.grad = None
-
-            def step(self) -> None:
-                with torch.no_grad():
-                    for q in self.params:
-                        if q.grad is not None:
-                            q -= self.lr * q.grad
-
-        class P(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["c"], name="p")
-                self.fc = nn.Linear(1, 1)
-
-            def forward(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
-                return {"loc": self.fc(c), "scale": torch.ones_like(c)}
-        p = P()
+        p = scalar_decoder()
         model = Model((-LogProb(p)).mean(), distributions=[p], optimizer=PlainSGD, optimizer_params={"lr": 0.1})
         g = torch.Generator().manual_seed(0)
         return [model.train({"x": torch.randn(4, 1, generator=g), "c": torch.ones(4, 1)}).detach()
@@ -241,19 +226,8 @@ def test_model_test_puts_every_distribution_of_the_test_loss_in_eval_mode_for_th
 def test_a_subclass_with_its_own_history_method_saves_and_loads(tmp_path: Any) -> None:
     """The attack on the above: ``Model.save`` read ``model.history.items()`` (a subclass's method or list broke it),
     and ``load`` set ``history`` and ``epoch`` over a subclass's own."""
-    from torch import nn
-
-    from pyro_dgm.distributions import Normal
     from pyro_dgm.losses import LogProb
     from pyro_dgm.models import Model
-
-    class P(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["c"], name="p")
-            self.fc = nn.Linear(1, 1)
-
-        def forward(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(c), "scale": torch.ones_like(c)}
 
     class Mine(Model):
         def history(self) -> str:  # type: ignore[override]
@@ -263,7 +237,8 @@ def test_a_subclass_with_its_own_history_method_saves_and_loads(tmp_path: Any) -
         def epoch(self) -> int:  # type: ignore[override]
             return 7
 
-    p = P()
+    with renamed_import():  # (pyro_dgm's decoder)
+        p = scalar_decoder()
     m = Mine((-LogProb(p)).mean(), distributions=[p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1})
     data = {"x": torch.ones(2, 1), "c": torch.ones(2, 1)}
     m.train(data)
@@ -282,20 +257,6 @@ def test_a_discriminator_optimizer_that_only_steps_trains_and_saves(tmp_path: An
     from pyro_dgm.distributions import Deterministic, EmpiricalDistribution, Normal
     from pyro_dgm.losses import AdversarialJensenShannon
     from pyro_dgm.models import Model
-
-    class PlainSGD:
-        def __init__(self, params: Any, lr: float = 0.1) -> None:
-            self.params, self.lr = list(params), lr
-
-        def zero_grad(self) -> None:
-            for q in self.params:
-                q.grad = None
-
-        def step(self) -> None:
-            with torch.no_grad():
-                for q in self.params:
-                    if q.grad is not None:
-                        q -= self.lr * q.grad
 
     class Dis(Deterministic):
         def __init__(self) -> None:
