@@ -415,6 +415,9 @@ class DistributionBase(Distribution):
         batch dim is still refused."""
         given_t = {v: values[v] for v in b.input_var if isinstance(values.get(v), Tensor)}
         sizes = {t.shape[0] for t in given_t.values() if t.dim() >= 1}
+        if all(not isinstance(t, Tensor) or t.dim() < 1 or t.shape[0] == 1 or t.shape[0] in sizes
+               for t in out.values()):
+            return  # (the common case: every parameter has an input's batch dim, or none)
         batched = [t for t in out.values() if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] in sizes
                    and _rows_differ(t)]
         if not batched and not any(_rows_differ(t) for t in given_t.values() if t.dim() >= 1):
