@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union
 from pyro_dgm.losses.special import LossArgumentError, Parameter, ValueLoss
-from pyro_dgm.utils.checks import ShapeError
+from pyro_dgm.utils.checks import ShapeError, switched
 from pyro_dgm.utils.shapes import broadcast_shape
 
 __all__ = ["LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
@@ -49,12 +49,7 @@ def strict_broadcasting(enabled: bool = True) -> Iterator[None]:
      ...
     ValueError: AddLoss: cannot combine a of shape (3,) with b of shape (3, 1): broadcasting would give (3, 3), ...
     """
-    was = _STRICT[0]
-    _STRICT[0] = bool(enabled)
-    try:
-        yield
-    finally:
-        _STRICT[0] = was
+    yield from switched(_STRICT, enabled)
 
 
 def _as_loss(x: Any, op: str, other: Any) -> Loss:

@@ -201,7 +201,7 @@ def user_stacklevel() -> int:
     return level
 
 
-def _switched(flag: list[bool], enabled: bool) -> Iterator[None]:
+def switched(flag: list[bool], enabled: bool) -> Iterator[None]:
     """The body of an opt-in block: ``flag`` set to ``enabled`` within it, then put back."""
     was = flag[0]
     flag[0] = bool(enabled)
@@ -230,7 +230,7 @@ def strict_names(enabled: bool = True) -> Iterator[None]:
     ValueError: Normal p: var name 'a b' holds ' ', which formulas use as syntax (p(x,y|z)), so it would print as \
 something else; use an identifier such as 'a_b'
     """
-    yield from _switched(STRICT_NAMES, enabled)
+    yield from switched(STRICT_NAMES, enabled)
 
 
 def check_var_name(name: str, owner: str, arg: str = "var") -> None:
@@ -301,7 +301,7 @@ def strict_shapes(enabled: bool = True) -> Iterator[None]:
     ...
     pyro_dgm.utils.checks.ShapeError: Normal p(x|m): the value of 'x' has shape (1, 3), ...
     """
-    yield from _switched(STRICT_SHAPES, enabled)
+    yield from switched(STRICT_SHAPES, enabled)
 
 
 def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_features: int,

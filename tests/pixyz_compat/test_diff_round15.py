@@ -70,9 +70,8 @@ def _two_decoders_program(change: str, bad: bool = False) -> Any:
         if change == "append":
             model.distributions.append(p2)
             model.optimizer.add_param_group({"params": list(p2.parameters())})
-        elif change == "setitem":  # p2 takes p1's place in the list: clipped, where p1 no longer is
-            model.distributions[0] = p2
-            model.optimizer.add_param_group({"params": list(p2.parameters())})
+        elif change == "setitem":  # p2 takes p1's place in the list (the optimizer unchanged): p2's gradient is
+            model.distributions[0] = p2  # the one clipped, where p1's, which the optimizer steps, no longer is
         elif change == "replace":
             model.distributions = nn.ModuleList([p1, p2])
             model.optimizer = torch.optim.SGD(model.distributions.parameters(), lr=1.0)
