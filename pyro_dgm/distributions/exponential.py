@@ -24,7 +24,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.family import DistributionBase
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import ShapeError, describe
 
 __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Categorical", "RelaxedCategorical",
            "Multinomial", "Dirichlet", "Beta", "Laplace", "Gamma"]
@@ -42,6 +42,27 @@ class _ScoredAsReal(constraints.Constraint):
         return value == value
 
 
+def check_value_shape(d: torch.distributions.Distribution, value: Tensor) -> None:
+    """The shape half of torch's ``_validate_sample`` (the families here score values outside their support, as
+    Pixyz does, so the support half is left out): the value's right dims are the event shape, and the value
+    broadcasts with the batch shape. A value conditioned into a Pyro model reaches ``log_prob`` without pyro_dgm's
+    own checks; without this, torch's broadcast error (or an arg-max of another length) would be all it met.
+    """
+    full = d.batch_shape + d.event_shape
+    if value.shape == full:  # the common case, one comparison
+        return
+    ev = d.event_shape
+    n = len(ev)
+    if value.dim() < n or value.shape[value.dim() - n:] != ev:
+        raise ShapeError(f"{type(d).__name__}: the value of shape {tuple(value.shape)} does not end in the event "
+                         f"shape {tuple(ev)} that the parameters give")
+    try:
+        torch.broadcast_shapes(value.shape, full)
+    except RuntimeError:
+        raise ShapeError(f"{type(d).__name__}: the value of shape {tuple(value.shape)} does not broadcast with the "
+                         f"batch and event shape {tuple(full)} that the parameters give") from None
+
+
 class BernoulliBCE(dist.Bernoulli):
     """Bernoulli whose log-density is the binary cross-entropy ``x log p + (1 - x) log(1 - p)``, for any real ``x``.
 
@@ -55,6 +76,8 @@ class BernoulliBCE(dist.Bernoulli):
     support = _ScoredAsReal()  # Pixyz scores any real value by the cross-entropy; {0, 1} for Pyro's inference
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            check_value_shape(self, value)
         d = self.__dict__
         params = {"probs": self.probs} if "probs" in d and "logits" not in d else {"logits": self.logits}
         return closed_forms.bernoulli_log_prob(params, value, ())  # the one formula, shared with the closed form
@@ -79,6 +102,8 @@ class RelaxedBernoulliHardScore(dist.RelaxedBernoulli):
     """
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            check_value_shape(self, value)
         return closed_forms.bernoulli_log_prob({"logits": self.logits}, value, ())
 
     def _hard(self) -> dist.Bernoulli:
@@ -104,6 +129,8 @@ class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
     """
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            check_value_shape(self, value)
         logits = self.logits - self.logits.logsumexp(-1, keepdim=True)
         logits, value = torch.broadcast_tensors(logits, value)
         lp = logits.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
@@ -133,6 +160,8 @@ class OneHotCategoricalArgMax(dist.OneHotCategorical):
     under ``OneHotCategorical``, whose support (for Pyro's enumeration and guides) this keeps."""
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:  # the arg-max of a vector of another length is no class of this distribution
+            check_value_shape(self, value)
         lp = self._categorical.log_prob(value.max(-1)[1])
         if not value.is_floating_point():
             return lp

@@ -1,0 +1,93 @@
+"""Values that ``pyro.condition`` gives a pyro_dgm model, against plain-Pyro twins (round 11).
+
+``p.model(x=x)`` checks an observed value's shape before it reaches Pyro; a value that ``pyro.condition`` (or
+``Predictive``'s posterior samples, or ``poutine.replay``) puts into a site meets only the site distribution's
+``log_prob``. The families that score values outside their support, as Pixyz does (the Bernoulli's cross-entropy,
+the categorical's arg-max, the relaxed families' hard scores), skipped torch's argument validation there, shape
+included: a 4-vector under a 3-class categorical was scored by its arg-max, and a Bernoulli's wrong size met
+torch's raw broadcast error. They check the shape now, under validation, as Pyro's own distributions do.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+
+import pyro_dgm.distributions as pd
+
+P3 = torch.tensor([0.2, 0.3, 0.5])
+T = torch.tensor(0.5)
+
+# name: (pyro_dgm distribution, its plain-Pyro twin's site distribution, a value of the right size, a wrong one)
+CASES: dict[str, tuple[Callable[[], Any], Callable[[], Any], torch.Tensor, torch.Tensor]] = {
+    "Categorical": (lambda: pd.Categorical(probs=P3, var=["x"]), lambda: dist.OneHotCategorical(probs=P3),
+                    torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 1.0, 0.0, 0.0])),
+    "Bernoulli": (lambda: pd.Bernoulli(probs=P3, var=["x"]), lambda: dist.Bernoulli(probs=P3).to_event(1),
+                  torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 1.0, 1.0])),
+    "RelaxedBernoulli": (lambda: pd.RelaxedBernoulli(temperature=T, probs=P3, var=["x"]),
+                         lambda: dist.RelaxedBernoulli(T, probs=P3).to_event(1),
+                         torch.tensor([0.9, 0.2, 0.6]), torch.tensor([0.9, 0.2, 0.6, 0.5])),
+    "RelaxedCategorical": (lambda: pd.RelaxedCategorical(temperature=T, probs=P3, var=["x"]),
+                           lambda: dist.RelaxedOneHotCategorical(T, probs=P3),
+                           torch.tensor([0.1, 0.7, 0.2]), torch.tensor([0.1, 0.6, 0.1, 0.2])),
+}
+
+
+def _conditioned_score(model: Callable[[], Any], value: torch.Tensor) -> torch.Tensor:
+    return poutine.trace(pyro.condition(model, data={"x": value})).get_trace().log_prob_sum()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_conditioned_value_of_the_wrong_size_is_refused_as_plain_pyro_refuses_it(name: str) -> None:
+    ours, twin, _, wrong = CASES[name]
+    with pytest.raises(ValueError) as plain:
+        _conditioned_score(lambda: pyro.sample("x", twin()), wrong)
+    with pytest.raises(ValueError, match=r"site 'x'") as got:  # Pyro names the site; we name the shapes
+        _conditioned_score(ours().model, wrong)
+    assert "(4,)" in str(got.value) and re.search(r"\((1, )?3,?\)", str(got.value)), str(got.value)
+    assert "4" in str(plain.value)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_conditioned_value_of_the_right_size_scores_as_in_plain_pyro(name: str) -> None:
+    ours, twin, right, _ = CASES[name]
+    if name == "RelaxedBernoulli":  # ours scores the Bernoulli cross-entropy of the value (docs/porting.md)
+        expected = (right * P3.log() + (1 - right) * (1 - P3).log()).sum()
+    elif name == "RelaxedCategorical":  # ours scores its arg-max under the categorical (docs/porting.md)
+        expected = P3.log()[right.argmax()]
+    else:
+        expected = _conditioned_score(lambda: pyro.sample("x", twin()), right)
+    torch.testing.assert_close(_conditioned_score(ours().model, right), expected)
+
+
+def test_without_validation_a_wrong_length_scores_its_arg_max_as_plain_pyro_does() -> None:
+    """Validation off: Pyro's OneHotCategorical scores any vector by its arg-max, and so does ours."""
+    ours, twin, _, wrong = CASES["Categorical"]
+    pyro.enable_validation(False)
+    try:
+        plain = _conditioned_score(lambda: pyro.sample("x", dist.OneHotCategorical(probs=P3)), wrong)
+        got = _conditioned_score(ours().model, wrong)
+    finally:
+        pyro.enable_validation(True)
+    torch.testing.assert_close(got, plain)
+    torch.testing.assert_close(got, P3.log()[1])
+
+
+def test_a_batch_conditioned_into_a_data_plate_is_still_scored_row_by_row() -> None:
+    """The check lets broadcasting values through: ``N`` rows under a data plate score as the twin's rows."""
+    x = (torch.rand(5, 3, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    ours = pd.Bernoulli(probs=P3, var=["x"])
+
+    def twin() -> Any:
+        with pyro.plate("data", 5):
+            return pyro.sample("x", dist.Bernoulli(probs=P3).to_event(1))
+
+    def model() -> Any:
+        with pyro.plate("data", 5):
+            return ours.model()
+    torch.testing.assert_close(_conditioned_score(model, x), _conditioned_score(twin, x))
