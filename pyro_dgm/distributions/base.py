@@ -1230,6 +1230,9 @@ class Distribution(YieldingModule):
             a, b = (d.p if isinstance(d, MarginalizeVarDistribution) else d for d in (self, other))
             joint = MarginalizeVarDistribution(MultiplyDistribution(a, b), [v for m in marginals
                                                                            for v in m.marginalize_list])
+            # Pixyz's product is one graph of every atom: no module "p" in its state dict, only "_graph.<i>"
+            inner = joint._modules.pop("p")
+            joint.__dict__["p"] = inner
             opts = {k: v for m in marginals for k, v in m.factor_options.items()}  # set on a marginal's graph
             if opts:
                 joint.factor_options = opts

@@ -343,6 +343,8 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
     probs = params.get("probs")
     if probs is None:
         logits = params["logits"]
+        if not x.is_floating_point():  # integer or boolean values, in the logits' dtype (as from probabilities)
+            x = x.to(logits.dtype)
         if torch.jit.is_tracing() or logits.shape != x.shape:  # (shapes are tensors under Pyro's JIT: no test)
             logits, x = torch.broadcast_tensors(logits, x)
         return -_sum(F.binary_cross_entropy_with_logits(logits, x, reduction="none"), dims)

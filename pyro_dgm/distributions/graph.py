@@ -325,7 +325,8 @@ class DistGraph(nx.DiGraph):
         ``$x$`` (``dotmode=False``) or ``x`` with the LaTeX label in the ``texlbl`` attribute (``dotmode=True``,
         for dot2tex)."""
         g = nx.DiGraph()
-        for f in (self._owner._dgm_sampling_order if self._owner is not None else ()):
+        owner = self._owner  # a marginal's integrated factors too (Pixyz draws every factor of its graph)
+        for f in (getattr(owner, "_dgm_option_factors", owner._dgm_sampling_order) if owner is not None else ()):
             for v in f.var:
                 for c in f.cond_var:
                     if dotmode:

@@ -50,8 +50,12 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
 def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
     """:func:`replace_var` once the names are checked."""
     if isinstance(d, MarginalizeVarDistribution):
-        out = MarginalizeVarDistribution(replace_var(d.p, replace_dict), d.marginalize_list)
+        out_joint = replace_var(d.p, replace_dict)
+        out = MarginalizeVarDistribution(out_joint, d.marginalize_list)
         out._dgm_integrals = {replace_dict.get(v, v) for v in d._dgm_integrals}  # (Pixyz's set comprehension)
+        out.name = d.name  # Pixyz's renamed distribution takes its operand's label, the marginal's
+        out._modules["p"] = d  # and holds it as its module "p" (state-dict keys "p.<the marginal's keys>"); this
+        out.__dict__["p"] = out_joint  # one integrates the renamed joint directly, read as the attribute p
         return out
     if d._dgm_factors == (d,):
         return ReplaceVarDistribution(d, replace_dict)
@@ -290,6 +294,7 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         if not kept:
             raise ValueError(f"{describe(p)}.marginalize_var: marginalizing every variable {names} leaves nothing")
         integrals: set[str] = set()  # Pixyz's set of them, which orders the integrals of the formula (see below)
+        operand = p
         if isinstance(p, MarginalizeVarDistribution):  # a marginal of a marginal integrates out both lists
             integrals.update(p._dgm_integrals)
             p, names = p.p, p.marginalize_list + [v for v in names if v not in p.marginalize_list]
@@ -298,10 +303,14 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
             raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
                             "variables of a product (joint) distribution")
         super().__init__(var=kept, cond_var=p.cond_var, name=p._name)
-        self.name = p.name  # Pixyz's marginal is labelled as its joint is (see LabelledComposite)
+        self.name = operand.name  # Pixyz's marginal is labelled as its operand is (see LabelledComposite)
         self._graph = nn.ModuleList(distinct_modules(p._dgm_pixyz_atoms))  # Pixyz's state dict: "_graph.<i>.<...>"
         # and "p.<...>"
         self.p = p
+        if operand is not p:  # Pixyz's marginal holds its operand, the inner marginal, as its module "p" (state-dict
+            # keys "p.p._graph.<...>"); this one integrates the joint directly, read as the attribute p
+            self._modules["p"] = operand
+            self.__dict__["p"] = p
         self._dgm_marginalized = names
         #: Pixyz keeps the marginalized variables in a set and writes the integrals in its order, which depends on
         #: the strings' hashes (so on the process's hash seed): a set built as Pixyz builds it has the same order.
