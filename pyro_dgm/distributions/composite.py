@@ -167,6 +167,8 @@ class OneSiteDistribution(Distribution):
         try:
             return fn.log_prob(x)
         except (ValueError, RuntimeError) as e:  # torch's validation of the value, a dtype the flow refuses...
+            if isinstance(e, DTypeError):  # the flow site's own, naming this distribution
+                raise
             own = self._dgm_weights_dtype()
             if (isinstance(e, RuntimeError) and not isinstance(e, ValueError) and own is not None and x.dtype != own
                     and "type" in str(e).lower()):

@@ -28,7 +28,7 @@ from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
 from pyro_dgm.flows.base import ConditionedFlow, _dgm_memory, drawn_input, logdets_kept, refresh_logdet
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
-from pyro_dgm.utils.checks import as_var_list, describe
+from pyro_dgm.utils.checks import DTypeError, as_var_list, describe
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
@@ -82,6 +82,27 @@ class _FlowSite(dist.TransformedDistribution):
         for t in self.transforms:
             x = _step(t, x)
         return x
+
+    #: the distribution and the variable of this site, named by an error of torch's about the value's dtype
+    _dgm_owner: tuple[Any, str] | None = None
+
+    def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> "_FlowSite":
+        new = super().expand(batch_shape, _instance)
+        new._dgm_owner = self._dgm_owner
+        return new
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        try:
+            return super().log_prob(value)
+        except RuntimeError as e:  # a value that pyro.condition or model(x=...) gives the site, of another dtype
+            if isinstance(e, ValueError) or self._dgm_owner is None or "type" not in str(e).lower():
+                raise
+            owner, name = self._dgm_owner
+            own = owner._dgm_weights_dtype()
+            if own is None or value.dtype == own:
+                raise
+            raise DTypeError(f"{describe(owner)}: cannot score {name!r} of dtype {value.dtype}: its parameters are "
+                             f"{own}; convert the value with {name}.to({own}) (torch: {e})") from e
 
 
 # What Pyro's views show (a trace's site table, pyro.render_model): Pyro's name of the distribution; the qualified
@@ -138,6 +159,7 @@ class _FlowDistribution(OneSiteDistribution):
             if batch != base.batch_shape:
                 base = base.expand(batch)
         fn = _FlowSite(base, [self._dgm_transform(b, values)])
+        fn._dgm_owner = (self, b.var[0])
         if expand:
             fn = expand_root(self, fn, b, ctx)
         return fn, fn.base_dist

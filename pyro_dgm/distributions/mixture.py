@@ -21,7 +21,7 @@ from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
-from pyro_dgm.utils.checks import describe, ordered_union, sample_batch_n
+from pyro_dgm.utils.checks import ShapeError, describe, ordered_union, sample_batch_n
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call, seeded_draws
@@ -86,6 +86,12 @@ class MixtureDistribution(TorchDistribution):
         return torch.stack(lps, dim=-1) + self.logits
 
     def log_prob(self, value: Tensor) -> Tensor:
+        ev = self.event_shape
+        if ev and value.shape[max(value.dim() - len(ev), 0):] != ev:
+            # a value of other features (one feature beside 3) would be copied into every feature by broadcasting
+            # (a value that pyro.condition gives the site reaches this without pyro_dgm's other checks)
+            raise ShapeError(f"MixtureDistribution: the value of shape {tuple(value.shape)} does not end in the "
+                             f"event shape {tuple(ev)} of the components")
         return self.component_log_prob(value).logsumexp(-1)
 
     def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:

@@ -91,3 +91,73 @@ def test_a_batch_conditioned_into_a_data_plate_is_still_scored_row_by_row() -> N
         with pyro.plate("data", 5):
             return ours.model()
     torch.testing.assert_close(_conditioned_score(model, x), _conditioned_score(twin, x))
+
+
+def _mixture() -> Any:
+    return pd.MixtureModel([pd.Normal(loc=torch.zeros(3) + k, scale=torch.ones(3), var=["x"]) for k in (0.0, 2.0)],
+                           pd.Categorical(probs=torch.tensor([0.3, 0.7]), var=["z"]))
+
+
+def _mixture_twin() -> Any:
+    return dist.MixtureSameFamily(dist.Categorical(torch.tensor([0.3, 0.7])),
+                                  dist.Normal(torch.tensor([[0.0] * 3, [2.0] * 3]), 1.0).to_event(1))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 1), (1,)])
+@pytest.mark.parametrize("how", ["observed", "conditioned"])
+def test_a_mixture_refuses_a_value_of_one_feature_in_a_pyro_model_as_plain_pyro(shape: tuple, how: str) -> None:
+    """It was copied into every feature (the density of (0.5, 0.5, 0.5)); get_log_prob refused it already."""
+    v = torch.full(shape, 0.5)
+    with pytest.raises(ValueError):
+        _conditioned_score(lambda: pyro.sample("x", _mixture_twin()), v)
+    m = _mixture()
+    with pytest.raises(ValueError, match=r"x"):
+        if how == "observed":
+            poutine.trace(m.model).get_trace(x=v).log_prob_sum()
+        else:
+            _conditioned_score(m.model, v)
+
+
+def test_a_mixture_scores_a_value_of_its_features_in_a_pyro_model_as_plain_pyro() -> None:
+    v = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+
+    def twin() -> Any:
+        with pyro.plate("data", 4):
+            return pyro.sample("x", _mixture_twin())
+    torch.testing.assert_close(poutine.trace(_mixture().model).get_trace(x=v).log_prob_sum(),
+                               _conditioned_score(twin, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+@pytest.mark.parametrize("how", ["observed", "conditioned", "get_log_prob"])
+def test_a_flow_names_itself_and_the_variable_for_a_value_of_another_dtype(dtype: torch.dtype, how: str) -> None:
+    """Plain Pyro's flow fails with torch's bare matmul error; ``get_log_prob`` named the distribution already."""
+    from pyro_dgm.flows import PlanarFlow
+    from pyro_dgm.utils.checks import DTypeError
+    torch.manual_seed(0)
+    f = pd.TransformedDistribution(pd.Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["z"]), PlanarFlow(3),
+                                   var=["x"])
+    v = torch.tensor([[1, 0, 1]], dtype=dtype)
+    with pytest.raises(DTypeError, match=r"TransformedDistribution p\(x\): cannot score 'x' of dtype "
+                                         rf"{dtype}: its parameters are torch.float32; convert") as e:
+        if how == "observed":
+            poutine.trace(f.model).get_trace(x=v).log_prob_sum()
+        elif how == "conditioned":
+            _conditioned_score(f.model, v)
+        else:
+            f.get_log_prob({"x": v})
+    assert str(e.value).count("cannot score") == 1  # said once, not wrapped in itself
+    torch.testing.assert_close(_conditioned_score(f.model, v.float()), f.get_log_prob({"x": v.float()}).sum())
+
+
+@pytest.mark.parametrize("name", ["Bernoulli", "RelaxedBernoulli", "RelaxedCategorical"])
+def test_a_nan_value_in_a_pyro_model_scores_nan_as_pixyz_scores_it_where_pyro_refuses(name: str) -> None:
+    """docs/porting.md: these families score as Pixyz's ``get_log_prob`` (NaN for a NaN); Pyro's refuse it."""
+    ours, twin, right, _ = CASES[name]
+    v = right.clone()
+    v[0] = float("nan")
+    with pytest.raises(ValueError):
+        _conditioned_score(lambda: pyro.sample("x", twin()), v)
+    with pytest.warns(UserWarning, match="NaN"):  # Pyro's warning of a NaN log-density
+        got = _conditioned_score(ours().model, v)
+    assert torch.isnan(got)
