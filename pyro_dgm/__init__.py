@@ -1,6 +1,8 @@
 """pyro_dgm: deep generative models written as their formulas (Pixyz's design), on Pyro.
 
-Importing it changes nothing in Pyro or torch: no global settings, no patched classes, no registered KLs.
+Importing it changes nothing in Pyro or torch: no global settings, no patched classes, no registered KLs, no
+hooks. (Pyro's first import sets torch's argument validation to Python's ``__debug__``: where importing pyro_dgm is
+what first imports Pyro, a setting the program made before is kept; Pyro's own flag is as Pyro sets it.)
 """
 from torch.distributions import Distribution as _TorchDistribution
 

@@ -268,7 +268,8 @@ def test_autonormal_recovers_the_conjugate_posterior():
 # ---------------------------------------------------------------------------------------------------- import
 _SNAPSHOT = textwrap.dedent("""
     import json, sys
-    import torch, torch.distributions as td, torch.distributions.kl as tkl
+    import torch, torch.distributions as td, torch.distributions.kl as tkl, torch.utils.hooks
+    import torch.optim.optimizer as optim_module, torch.nn.modules.module as module_module
     import pyro, pyro.distributions as pd, pyro.infer.util, pyro.poutine.util, pyro.distributions.util
     from pyro.distributions.torch_distribution import TorchDistributionMixin
     from pyro.poutine.runtime import _PYRO_STACK
@@ -295,12 +296,18 @@ _SNAPSHOT = textwrap.dedent("""
             "rng": torch.get_rng_state().tolist(),
             "pyro_stack": len(_PYRO_STACK),
             "param_store": list(pyro.get_param_store().keys()),
+            "hooks": [len(optim_module._global_optimizer_pre_hooks),
+                      len(optim_module._global_optimizer_post_hooks),
+                      len(module_module._global_forward_hooks),
+                      len(module_module._global_forward_pre_hooks),
+                      len(module_module._global_backward_hooks),
+                      torch.utils.hooks.RemovableHandle.next_id],  # a user's first hook's id
             "classes": {c.__name__: attrs(c) for c in (td.Distribution, TorchDistributionMixin, pd.Bernoulli,
                                                        pd.Normal, torch.nn.Module)},
         }
 
     before = snapshot()
-    import pyro_dgm, pyro_dgm.distributions, pyro_dgm.losses  # noqa: E401
+    import pyro_dgm, pyro_dgm.distributions, pyro_dgm.losses, pyro_dgm.models, pyro_dgm.poutine  # noqa: E401
     print(json.dumps({"before": before, "after": snapshot()}))
 """)
 

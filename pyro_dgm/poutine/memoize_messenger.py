@@ -37,7 +37,17 @@ def _count_step(*_: Any) -> None:
     _OPTIMIZER_STEPS[0] += 1
 
 
-register_optimizer_step_post_hook(_count_step)
+_COUNTING = threading.Lock()
+_COUNTED: list[Any] = []  # the hook's handle, once a scope that needs the count is made (not at import: importing
+# pyro_dgm registers nothing with torch)
+
+
+def _count_steps() -> None:
+    """Count torch's optimizer steps from now on (a global post-hook, registered once)."""
+    if not _COUNTED:
+        with _COUNTING:
+            if not _COUNTED:
+                _COUNTED.append(register_optimizer_step_post_hook(_count_step))
 
 
 class _Scopes(threading.local):
@@ -259,6 +269,8 @@ class MemoizeMessenger(Messenger):
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
         self._steps: int | None = None  # the optimizer steps counted when the entries were made (set by lookup)
+        if pyro_stack and not _COUNTED:  # a scope the user opens may outlive optimizer steps (see lookup)
+            _count_steps()
 
     def __enter__(self) -> "MemoizeMessenger":
         if self._pyro_stack:
