@@ -1216,7 +1216,7 @@ class Distribution(YieldingModule):
 
     # ------------------------------------------------------------------ graph operations (new objects)
     def __mul__(self, other: Any) -> "Distribution":
-        from pyro_dgm.distributions.joint import MultiplyDistribution
+        from pyro_dgm.distributions.joint import MultiplyDistribution, distinct_modules
 
         if not isinstance(other, Distribution):
             raise TypeError(f"{describe(self)} * {type(other).__name__}: a distribution multiplies only with another "
@@ -1233,6 +1233,9 @@ class Distribution(YieldingModule):
             # Pixyz's product is one graph of every atom: no module "p" in its state dict, only "_graph.<i>"
             inner = joint._modules.pop("p")
             joint.__dict__["p"] = inner
+            # its atoms are each operand's (a module in both operands twice, as in Pixyz's union of the graphs)
+            joint._graph = torch.nn.ModuleList(distinct_modules(self._dgm_pixyz_atoms)
+                                         + distinct_modules(other._dgm_pixyz_atoms))
             opts = {k: v for m in marginals for k, v in m.factor_options.items()}  # set on a marginal's graph
             if opts:
                 joint.factor_options = opts

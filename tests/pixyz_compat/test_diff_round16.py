@@ -45,6 +45,7 @@ def prog_state_dict_keys_of_chains() -> Any:
         "atom*(marg)": k * j.marginalize_var(["w"]),
         "(replace.marg)*atom": j.replace_var(x="s").marginalize_var(["w"]) * k,
         "(marg.marg)*atom": j.marginalize_var(["w"]).marginalize_var(["z"]) * k,
+        "(marg.replace)*its own atom": (px * pz).marginalize_var(["z"]).replace_var(x="s") * px,  # px twice
     }
     return {name: (sorted(d.state_dict()), sorted(n for n, _ in d.named_children()), d.prob_text)
             for name, d in chains.items()}
