@@ -350,6 +350,15 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     def _dgm_network_text(self) -> str:
         return self.p._dgm_network_text()
 
+    def train(self, mode: bool = True) -> "MarginalizeVarDistribution":
+        """``nn.Module.train``, reaching the joint this marginal integrates where it is not its module ``p`` (a
+        marginal of a marginal, a renamed marginal, a marginal times a distribution: see ``__init__``)."""
+        super().train(mode)
+        joint = self.__dict__.get("p")
+        if joint is not None:
+            joint.train(mode)
+        return self
+
     def _dgm_register_params(self) -> None:
         for f in self.p._dgm_sampling_order:
             f._dgm_register_params()

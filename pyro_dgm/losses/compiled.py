@@ -190,17 +190,21 @@ class _FirstCallEager:
         if self._dgm_fn is None:
             self._build()
         with without_validation(), frozen(self._frozen):
-            if self.calls > 2:
+            try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 return self._dgm_fn(*args)
-            try:  # the call that compiles
-                return self._dgm_fn(*args)
-            except torch._dynamo.exc.BackendCompilerFailed as e:
-                cause = getattr(e, "inner_exception", None) or e
-                raise RuntimeError(f"{self.loss.loss_text}: torch.compile could not compile this loss's evaluation "
-                                   f"with {self.options or 'its defaults'} ({type(cause).__name__}: "
-                                   f"{str(cause)[:300]}); "
-                                   "train without compile=, or pick another backend, e.g. compile={'backend': "
-                                   "'aot_eager'} (no code generation)") from e
+            except Exception as e:  # noqa: BLE001 (the compiler's, or torch's raw error while tracing)
+                failed = e
+        # inputs that the eager evaluation refuses (a bool value, a wrong shape) get its clear error, which names
+        # the distribution and the variable; otherwise the compiler's failure is reported
+        self._eager(*args)
+        if not isinstance(failed, torch._dynamo.exc.BackendCompilerFailed):
+            raise failed
+        cause = getattr(failed, "inner_exception", None) or failed
+        raise RuntimeError(f"{self.loss.loss_text}: torch.compile could not compile this loss's evaluation "
+                           f"with {self.options or 'its defaults'} ({type(cause).__name__}: "
+                           f"{str(cause)[:300]}); "
+                           "train without compile=, or pick another backend, e.g. compile={'backend': "
+                           "'aot_eager'} (no code generation)") from failed
 
     def __getstate__(self) -> dict[str, Any]:  # the compiled code is not pickled: it is compiled again after
         return {"loss": self.loss, "eager": self._eager, "options": self.options}

@@ -275,6 +275,23 @@ def test_a_backend_that_fails_is_reported_with_the_loss_and_a_way_out() -> None:
     assert model.step == 1 and all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
 
 
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+def test_an_input_the_eager_evaluation_refuses_gets_its_clear_error_when_compiled(backend: str) -> None:
+    """A bool batch after float ones: the compiler failed (inductor) or torch's raw dtype error came out of the
+    traced call (aot_eager); the eager evaluation's DTypeError names the encoder and the variable."""
+    from pyro_dgm.utils.checks import DTypeError
+    torch.manual_seed(0)
+    loss, batch = cm.vae()
+    model = Model(loss, distributions=list(loss.distributions), compile={"backend": backend})
+    model.train(batch(0))  # eager
+    model.train(batch(1))  # compiled
+    weights = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(DTypeError, match=r"q\(z\|x\): forward\(\) cannot take 'x' of dtype torch.bool"):
+        model.train({"x": batch(2)["x"].bool()})
+    assert model.step == 2 and all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert torch.isfinite(torch.as_tensor(model.train(batch(3)))) and model.step == 3  # and trains on
+
+
 def test_compile_options_are_checked() -> None:
     assert compile_options("Model", False) is None and compile_options("Model", None) is None
     assert compile_options("Model", True) == {}

@@ -142,3 +142,26 @@ def test_a_relaxed_bernoulli_scores_integer_values_in_its_float_dtype() -> None:
     torch.testing.assert_close(ours, torch.distributions.Bernoulli(probs=p).log_prob(x).sum(-1))
     with renamed_import():  # the float value scores the same
         torch.testing.assert_close(prog_relaxed_bernoulli_of_integers(), ours)
+
+
+def prog_training_flags_of_wrapped_marginals() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    px, pz, pw = _three_factors()
+    k = Normal(loc=torch.zeros(1), scale=torch.ones(1), var=["k"])
+    chains = {"renamed marginal": (px * pz * pw).marginalize_var(["z"]).replace_var(x="s"),
+              "marginal of a marginal": (px * pz * pw).marginalize_var(["z"]).marginalize_var(["w"]),
+              "marginal times k": (px * pz).marginalize_var(["z"]) * k}
+    out = {}
+    for name, d in chains.items():
+        d.eval()
+        out[name] = (d.training, getattr(d, "p", d).training, sorted({m.training for m in getattr(d, "p", d).modules()}))
+        d.train()
+        out[name + ", train again"] = sorted({m.training for m in getattr(d, "p", d).modules()})
+    return out
+
+
+def test_eval_reaches_the_joint_a_wrapped_marginal_integrates() -> None:
+    """The joint of a renamed marginal (a marginal times a distribution) is its attribute p, not a module of it."""
+    ref, ours = run_both(prog_training_flags_of_wrapped_marginals)
+    assert ours == ref
