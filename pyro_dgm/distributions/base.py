@@ -155,6 +155,16 @@ def _check_positional_order(owner: Any, role: str, data: Mapping[str, Any]) -> N
                                  f"name, e.g. svi.step({', '.join(f'{k}={k}' for _, k in mine)})")
 
 
+class _SelfOrder:
+    """An atomic distribution's order of factors, ``(self,)``, made when read: kept in the instance it would be a
+    reference cycle, and a distribution would outlive its last reference until the garbage collector's next full
+    pass (a sweep building models anew in one process would pay a full ``gc.collect()`` per model in
+    ``pyro.module``'s renaming, see ``_dgm_take_name``). A product's own order, set on the instance, comes first."""
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        return self if obj is None else (obj,)
+
+
 class Distribution(YieldingModule):
     r"""Base class of every pyro_dgm distribution: named variables, a formula, products, and Pyro model/guide.
 
@@ -197,6 +207,7 @@ class Distribution(YieldingModule):
     memoize_unless_random: bool = False
     _dgm_pyro_name: str | None = None  # see pyro_name
     _dgm_pyro_infer: dict[str, Any] | None = None  # see pyro_infer
+    _dgm_order = _SelfOrder()  # the factors in the order they are drawn (a product's is its own)
     #: Buffers that ``print`` does not list (those Pixyz keeps as plain attributes, e.g. a PoE's weights).
     _dgm_repr_hidden_buffers: tuple[str, ...] = ()
     #: whether the class's ``sample`` / ``get_log_prob`` / ``set_dist`` / ``get_params`` are the user's, which
@@ -233,7 +244,6 @@ class Distribution(YieldingModule):
                             f"{features_shape!r}") from None
         self._dgm_pyro_name: str | None = None
         self._dgm_pyro_infer: dict[str, Any] | None = None
-        self._dgm_order: tuple[Distribution, ...] = (self,)
 
     # ------------------------------------------------------------------ names and text
     @property
@@ -1013,6 +1023,7 @@ class Distribution(YieldingModule):
                                  f"{tuple(prm.shape)}; the stored parameters belong to another network")
             with torch.no_grad():
                 prm.copy_(cur)
+        del store[full]  # Pyro's setitem keeps the replaced tensor in its map of tensors to names (and so alive)
         store[full] = prm
 
     # ------------------------------------------------------------------ per-factor hooks (atomic subclasses)

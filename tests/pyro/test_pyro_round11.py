@@ -161,3 +161,63 @@ def test_a_nan_value_in_a_pyro_model_scores_nan_as_pixyz_scores_it_where_pyro_re
     with pytest.warns(UserWarning, match="NaN"):  # Pyro's warning of a NaN log-density
         got = _conditioned_score(ours().model, v)
     assert torch.isnan(got)
+
+
+# ------------------------------------------------------------------------------------------- a sweep of models
+class _Enc(pd.Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.fc(x)
+        return {"loc": h[..., :2], "scale": torch.nn.functional.softplus(h[..., 2:]) + 1e-3}
+
+
+class _Dec(pd.Bernoulli):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.fc = torch.nn.Linear(2, 6)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.fc(z)}
+
+
+def test_a_sweep_of_models_under_one_set_of_names_keeps_no_old_parameters_in_pyros_store() -> None:
+    """Each new model takes the names of the last one's parameters (a dead one's); Pyro's ``setitem`` kept the
+    replaced tensors in its map of tensors to names, so every model's parameters and gradients stayed alive."""
+    from pyro.infer import SVI, Trace_ELBO
+    import weakref
+    pyro.clear_param_store()
+    x = (torch.rand(8, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    old = []
+    for k in range(3):
+        q, p = _Enc(), _Dec()
+        prior = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+        svi = SVI((p * prior).model, q.guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+        before = q.fc.weight.detach().clone()
+        svi.step(x=x)
+        assert not torch.equal(before, q.fc.weight)  # the new model trains (plain Pyro's would not)
+        old.append(weakref.ref(q.fc.weight))
+        del q, p, prior, svi
+    store = pyro.get_param_store()
+    assert len(store._param_to_name) == len(store._params) == 4
+    import gc
+    gc.collect()
+    assert [w() is None for w in old] == [True, True, False]  # the last model's live on in the store only
+    pyro.clear_param_store()
+
+
+def test_a_distribution_without_other_references_is_freed_at_once() -> None:
+    """An atom held its own order of factors, ``(self,)``: a reference cycle, so it lived until a full collection."""
+    import gc
+    import weakref
+    gc.disable()
+    try:
+        d = _Dec()
+        w = weakref.ref(d)
+        d.sample({"z": torch.zeros(3, 2)})
+        del d
+        assert w() is None
+    finally:
+        gc.enable()
