@@ -1246,7 +1246,7 @@ class Distribution(YieldingModule):
             joint.__dict__["p"] = inner
             # its atoms are each operand's (a module in both operands twice, as in Pixyz's union of the graphs)
             joint._graph = torch.nn.ModuleList(distinct_modules(self._dgm_pixyz_atoms)
-                                         + distinct_modules(other._dgm_pixyz_atoms))
+                                               + distinct_modules(other._dgm_pixyz_atoms))
             opts = {k: v for m in marginals for k, v in m.factor_options.items()}  # set on a marginal's graph
             if opts:
                 joint.factor_options = opts

@@ -19,7 +19,7 @@ import networkx as nx
 import pytest
 import torch
 
-from pixyz_harness import assert_same, renamed_import, run_both, run_pixyz, run_pyro_dgm
+from pixyz_harness import renamed_import, run_both, run_pixyz, run_pyro_dgm
 
 
 def _three_factors() -> tuple[Any, Any, Any]:
@@ -155,7 +155,8 @@ def prog_training_flags_of_wrapped_marginals() -> Any:
     out = {}
     for name, d in chains.items():
         d.eval()
-        out[name] = (d.training, getattr(d, "p", d).training, sorted({m.training for m in getattr(d, "p", d).modules()}))
+        joint = getattr(d, "p", d)  # (Pixyz's product has no p)
+        out[name] = (d.training, joint.training, sorted({m.training for m in joint.modules()}))
         d.train()
         out[name + ", train again"] = sorted({m.training for m in getattr(d, "p", d).modules()})
     return out
