@@ -25,6 +25,7 @@ from pyro.poutine.condition_messenger import ConditionMessenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor
+from torch.distributions import constraints
 
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState, draw_factors
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
@@ -1022,9 +1023,20 @@ class Distribution(YieldingModule):
                                  f"{tuple(cur.shape)}, but this distribution's parameter has shape "
                                  f"{tuple(prm.shape)}; the stored parameters belong to another network")
             with torch.no_grad():
-                prm.copy_(cur)
-        del store[full]  # Pyro's setitem keeps the replaced tensor in its map of tensors to names (and so alive)
-        store[full] = prm
+                prm.copy_(store[full])  # its value (a pyro.param's constrained one): a network's weight is real
+            store._constraints[full] = constraints.real
+        # The store's own bookkeeping, as its setitem does for a real parameter, but without keeping the replaced
+        # tensor in its map of tensors to names (and so alive with its gradient) unless another name holds it (one
+        # network shared by two distributions, or also registered by pyro.module)
+        params, names = store._params, store._param_to_name
+        params[full] = prm
+        if names.get(cur) == full:
+            other = next((k for k, v in params.items() if v is cur), None)
+            if other is None:
+                del names[cur]
+            else:
+                names[cur] = other
+        names[prm] = full
 
     # ------------------------------------------------------------------ per-factor hooks (atomic subclasses)
     @property

@@ -136,6 +136,22 @@ def frozen(params: Sequence[Tensor]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+@contextlib.contextmanager
+def _undone(module: torch.nn.Module) -> Iterator[None]:
+    """Run a block whose effects on torch's random state (CPU, and the current CUDA device's where CUDA is in use)
+    and on ``module``'s buffers are undone after it, whether it raises or not (an evaluation run only to see whether
+    it raises)."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
 def _dgm_compile(fn: Any, options: Mapping[str, Any]) -> Any:
     """``torch.compile(fn, **options)``, leaving torch's argument validation as it was: torch.compile switches it off
     for the whole process when first called (``TorchPatcher``); the compiled calls run without it anyway
@@ -192,13 +208,13 @@ class _FirstCallEager:
         with without_validation(), frozen(self._frozen):
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 return self._dgm_fn(*args)
-            except Exception as e:  # noqa: BLE001 (the compiler's, or torch's raw error while tracing)
+            except torch._dynamo.exc.BackendCompilerFailed as e:  # (nothing of the evaluation ran)
                 failed = e
-        # inputs that the eager evaluation refuses (a bool value, a wrong shape) get its clear error, which names
-        # the distribution and the variable; otherwise the compiler's failure is reported
-        self._eager(*args)
-        if not isinstance(failed, torch._dynamo.exc.BackendCompilerFailed):
-            raise failed
+        # inputs that the eager evaluation refuses (a bool value where the compiled code took floats) get its clear
+        # error, which names the distribution and the variable; otherwise the compiler's failure is reported. The
+        # eager run leaves no trace: the random state and the loss's buffers (batch norms' statistics) are restored
+        with _undone(self.loss):
+            self._eager(*args)
         cause = getattr(failed, "inner_exception", None) or failed
         raise RuntimeError(f"{self.loss.loss_text}: torch.compile could not compile this loss's evaluation "
                            f"with {self.options or 'its defaults'} ({type(cause).__name__}: "

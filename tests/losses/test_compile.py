@@ -269,20 +269,54 @@ def test_a_backend_that_fails_is_reported_with_the_loss_and_a_way_out() -> None:
     model = Model(loss, distributions=list(loss.distributions), compile={"backend": backend})
     model.train(batch(0))  # the first step runs eagerly
     weights = [p.detach().clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
     with pytest.raises(RuntimeError, match=r"torch.compile could not compile .* \(RuntimeError: no working C\+\+ "
                                            r"compiler found\); train without compile="):
         model.train(batch(1))
     assert model.step == 1 and all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert torch.equal(torch.get_rng_state(), rng)  # the eager run that looked for a clearer error left no trace
 
 
-@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
-def test_an_input_the_eager_evaluation_refuses_gets_its_clear_error_when_compiled(backend: str) -> None:
-    """A bool batch after float ones: the compiler failed (inductor) or torch's raw dtype error came out of the
-    traced call (aot_eager); the eager evaluation's DTypeError names the encoder and the variable."""
+def test_an_eager_run_after_a_failed_compile_leaves_the_buffers_as_they_were() -> None:
+    """``loss.compile`` outside a Model (no step to roll back): a batch norm's statistics are those of before."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import Expectation, KullbackLeibler
+
+    def backend(gm, inputs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no working C++ compiler found")
+
+    class Enc(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.bn, self.fc = torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 4)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = self.fc(self.bn(x))
+            return {"loc": h[..., :2], "scale": torch.nn.functional.softplus(h[..., 2:]) + 1e-3}
+
+    torch.manual_seed(0)
+    q = Enc()
+    dec = Normal(loc="z", scale=1.0, var=["y"], cond_var=["z"])
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(dec))).mean()
+    x = {"x": torch.randn(8, 6), "y": torch.randn(8, 2)}
+    loss.compile(backend=backend)
+    loss.eval(x)  # eager: the statistics move
+    before = (q.bn.running_mean.clone(), int(q.bn.num_batches_tracked))
+    rng = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="could not compile"):
+        loss.eval(x)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(q.bn.running_mean, before[0]) and int(q.bn.num_batches_tracked) == before[1] == 1
+
+
+def test_an_input_the_eager_evaluation_refuses_gets_its_clear_error_when_compiled() -> None:
+    """A bool batch after float ones: inductor failed to compile for it; the eager evaluation's DTypeError names the
+    encoder and the variable."""
     from pyro_dgm.utils.checks import DTypeError
     torch.manual_seed(0)
     loss, batch = cm.vae()
-    model = Model(loss, distributions=list(loss.distributions), compile={"backend": backend})
+    model = Model(loss, distributions=list(loss.distributions), compile=True)
     model.train(batch(0))  # eager
     model.train(batch(1))  # compiled
     weights = [p.detach().clone() for p in model.parameters()]

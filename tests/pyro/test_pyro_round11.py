@@ -221,3 +221,111 @@ def test_a_distribution_without_other_references_is_freed_at_once() -> None:
         assert w() is None
     finally:
         gc.enable()
+
+
+def _consistent(store: Any) -> bool:
+    """Pyro's param store: every stored tensor maps back to a name that holds it (``param_name``)."""
+    return all(store._params.get(store._param_to_name.get(t)) is t for t in store._params.values())
+
+
+class _SharedEnc(pd.Normal):
+    def __init__(self, shared: torch.nn.Module) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.body, self.head = shared, torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.head(torch.tanh(self.body(x)))
+        return {"loc": h[..., :2], "scale": torch.nn.functional.softplus(h[..., 2:]) + 1e-3}
+
+
+class _SharedDec(pd.Bernoulli):
+    def __init__(self, shared: torch.nn.Module) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.inp, self.body, self.head = torch.nn.Linear(2, 6), shared, torch.nn.Linear(4, 6)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.head(torch.tanh(self.body(self.inp(z))))}
+
+
+@pytest.mark.parametrize("how", ["rebuilt", "loaded", "pyro.module too"])
+def test_a_network_shared_by_two_distributions_passes_its_names_to_the_next_model(how: str, tmp_path: Any) -> None:
+    """One tensor under two names (tied weights, or also registered by ``pyro.module``): the next model takes both
+    names, and the store stays consistent (the first fix of the leak removed the tensor's one reverse entry at the
+    first name, and the second name met a KeyError)."""
+    from pyro.infer import SVI, Trace_ELBO
+    import gc
+    pyro.clear_param_store()
+    x = (torch.rand(8, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    for k in range(2):
+        shared = torch.nn.Linear(6, 4)
+        q, p = _SharedEnc(shared), _SharedDec(shared)
+        prior = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+
+        def guide(x: torch.Tensor) -> Any:
+            if how == "pyro.module too":
+                pyro.module("enc", q)
+            return q.guide(x=x)
+        svi = SVI((p * prior).model, guide, pyro.optim.Adam(lambda name, param: {"lr": 0.01}), Trace_ELBO())
+        if k == 1 and how == "loaded":
+            saved = {name: v.detach().clone() + 0.5 for name, v in pyro.get_param_store().items()}
+            pyro.get_param_store().save(tmp_path / "store")
+            pyro.clear_param_store()
+            pyro.get_param_store().load(tmp_path / "store")
+            with torch.no_grad():  # (each tensor once: the file keeps the tied weights one tensor)
+                for t in {id(v): v for v in pyro.get_param_store()._params.values()}.values():
+                    t.add_(0.5)
+        before = shared.weight.detach().clone()
+        svi.step(x=x)
+        store = pyro.get_param_store()
+        assert _consistent(store)
+        assert store["q(z|x)$$$body.weight"] is shared.weight is store["p(x|z)$$$body.weight"]
+        if k == 1 and how == "loaded":  # the loaded values went into the new networks, then one Adam step (lr 0.01:
+            # each element moves by at most about 0.01)
+            torch.testing.assert_close(shared.weight.detach(), saved["q(z|x)$$$body.weight"], atol=0.011, rtol=0)
+            assert (shared.weight - before).abs().max() > 0.1  # not the fresh weights
+        del q, p, prior, svi, shared, guide
+        gc.collect()
+    pyro.clear_param_store()
+
+
+def test_a_param_set_with_a_constraint_is_adopted_with_its_value() -> None:
+    """``pyro.param(name, 0.5, constraint=positive)``: the store keeps log 0.5; the network takes 0.5 (it took the
+    unconstrained log 0.5 before), and the store's entry becomes the network's real parameter."""
+    from torch.distributions import constraints
+    pyro.clear_param_store()
+    pyro.param("q(z|x)$$$fc.weight", torch.full((4, 6), 0.5), constraint=constraints.positive)
+    q = _Enc()
+    q.guide(x=torch.zeros(3, 6))
+    store = pyro.get_param_store()
+    torch.testing.assert_close(q.fc.weight.detach(), torch.full((4, 6), 0.5))
+    assert store["q(z|x)$$$fc.weight"] is q.fc.weight and _consistent(store)
+    pyro.clear_param_store()
+
+
+def test_a_run_rolled_back_through_a_new_pyro_optimizer_repeats_itself() -> None:
+    """docs/porting.md ("Pyro's param store and optimizers"): the store's and the optimizer's states restored into a
+    new ``pyro.optim`` object (and a new SVI) continue the run exactly as it went on the first time."""
+    from pyro.infer import SVI, Trace_ELBO
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    q, p = _Enc(), _Dec()
+    prior = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    x = (torch.rand(8, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    optim = pyro.optim.Adam({"lr": 0.05})
+    svi = SVI((p * prior).model, q.guide, optim, Trace_ELBO())
+    for _ in range(3):
+        svi.step(x=x)
+    import copy
+    store_state, optim_state = copy.deepcopy(pyro.get_param_store().get_state()), copy.deepcopy(optim.get_state())
+    runs = []
+    for k in range(2):
+        if k:
+            pyro.clear_param_store()
+            pyro.get_param_store().set_state(store_state)
+            optim = pyro.optim.Adam({"lr": 0.05})
+            optim.set_state(optim_state)
+            svi = SVI((p * prior).model, q.guide, optim, Trace_ELBO())
+        pyro.set_rng_seed(7)
+        runs.append([svi.step(x=x) for _ in range(3)] + [float(q.fc.weight.sum())])
+    assert runs[1] == pytest.approx(runs[0], rel=1e-6, abs=1e-6)
+    pyro.clear_param_store()
