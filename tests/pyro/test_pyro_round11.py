@@ -261,7 +261,7 @@ def test_a_network_shared_by_two_distributions_passes_its_names_to_the_next_mode
         q, p = _SharedEnc(shared), _SharedDec(shared)
         prior = pd.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
 
-        def guide(x: torch.Tensor) -> Any:
+        def guide(x: torch.Tensor, q: Any = q) -> Any:
             if how == "pyro.module too":
                 pyro.module("enc", q)
             return q.guide(x=x)
