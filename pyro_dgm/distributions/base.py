@@ -684,6 +684,9 @@ class Distribution(YieldingModule):
         values.update(kwargs)
         if any(v is None for v in values.values()):  # Pyro's idiom: None is "not given" (a model samples it)
             values = {k: v for k, v in values.items() if v is not None}
+        for k, v in values.items():
+            if not isinstance(v, Tensor) and type(v).__module__ == "numpy" and hasattr(v, "__array__"):
+                values[k] = self._dgm_from_numpy(v, k)  # (as sample() and get_log_prob() take numpy arrays)
         unknown = [k for k in values if k not in self._dgm_known_names]
         if unknown:
             self._dgm_warn_unknown(unknown, values)
@@ -997,7 +1000,8 @@ class Distribution(YieldingModule):
             if cur is not None and cur is not prm:
                 self._dgm_take_name(store, full, prm, cur)
             pyro.param(full, prm)
-            if id(prm) not in _REGISTERED:
+            entry = _REGISTERED.get(id(prm))
+            if entry is None or entry[1]() is None:  # (a network a dead distribution registered is this one's now)
                 _REGISTERED[id(prm)] = (weakref.ref(prm, _forget(id(prm))), weakref.ref(self))
 
     def _dgm_take_name(self, store: Any, full: str, prm: Tensor, cur: Tensor) -> None:

@@ -141,15 +141,18 @@ def _undone(module: torch.nn.Module) -> Iterator[None]:
     """Run a block whose effects on torch's random state (CPU, and the current CUDA device's where CUDA is in use)
     and on ``module``'s buffers are undone after it, whether it raises or not (an evaluation run only to see whether
     it raises)."""
-    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    saved = [(m, name, b, None if b is None else b.detach().clone())  # by name: a flow's batch norm assigns
+             for m in module.modules() for name, b in m._buffers.items()]  # new tensors (or None at first)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     try:
         with torch.random.fork_rng(devices=devices):
             yield
     finally:
         with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
+            for m, name, b, v in saved:
+                if b is not None:
+                    b.copy_(v)
+                m._buffers[name] = b
 
 
 def _dgm_compile(fn: Any, options: Mapping[str, Any]) -> Any:
@@ -208,19 +211,29 @@ class _FirstCallEager:
         with without_validation(), frozen(self._frozen):
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 return self._dgm_fn(*args)
-            except torch._dynamo.exc.BackendCompilerFailed as e:  # (nothing of the evaluation ran)
+            except Exception as e:  # noqa: BLE001 (looked at below)
                 failed = e
-        # inputs that the eager evaluation refuses (a bool value where the compiled code took floats) get its clear
-        # error, which names the distribution and the variable; otherwise the compiler's failure is reported. The
-        # eager run leaves no trace: the random state and the loss's buffers (batch norms' statistics) are restored
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            raise failed  # (an eager run here alone could meet the other processes' collectives)
+        # Inputs that the eager evaluation refuses (a bool value or a wrong shape where the compiled code took
+        # others: the compiler's failure, or torch's raw error while tracing or running) get its clear error, which
+        # names the distribution and the variable. The eager run leaves no trace of its own: the random state and
+        # the loss's buffers (batch norms' statistics) are restored after it.
         with _undone(self.loss):
             self._eager(*args)
-        cause = getattr(failed, "inner_exception", None) or failed
-        raise RuntimeError(f"{self.loss.loss_text}: torch.compile could not compile this loss's evaluation "
-                           f"with {self.options or 'its defaults'} ({type(cause).__name__}: "
-                           f"{str(cause)[:300]}); "
-                           "train without compile=, or pick another backend, e.g. compile={'backend': "
-                           "'aot_eager'} (no code generation)") from failed
+        if isinstance(failed, torch._dynamo.exc.BackendCompilerFailed):
+            cause = getattr(failed, "inner_exception", None) or failed
+            raise RuntimeError(f"{self.loss.loss_text}: torch.compile could not compile this loss's evaluation "
+                               f"with {self.options or 'its defaults'} ({type(cause).__name__}: "
+                               f"{str(cause)[:300]}); "
+                               "train without compile=, or pick another backend, e.g. compile={'backend': "
+                               "'aot_eager'} (no code generation)") from failed
+        if type(failed) is RuntimeError or isinstance(failed, torch._dynamo.exc.TorchDynamoException):
+            raise RuntimeError(f"{self.loss.loss_text}: the compiled evaluation failed where the eager one runs on "
+                               f"these inputs ({type(failed).__name__}: {str(failed)[:300]}); train without "
+                               "compile= (compiled kernels check some values that the eager formulas take, e.g. a "
+                               "Bernoulli's values outside [0, 1])") from failed
+        raise failed
 
     def __getstate__(self) -> dict[str, Any]:  # the compiled code is not pickled: it is compiled again after
         return {"loss": self.loss, "eager": self._eager, "options": self.options}

@@ -326,6 +326,65 @@ def test_an_input_the_eager_evaluation_refuses_gets_its_clear_error_when_compile
     assert torch.isfinite(torch.as_tensor(model.train(batch(3)))) and model.step == 3  # and trains on
 
 
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("bad", ["features", "dtype"])
+def test_inputs_that_fail_while_tracing_or_running_get_the_eager_evaluations_error(backend: str, bad: str) -> None:
+    """Dynamo's error while tracing (fake tensors) or torch's raw one from the traced code became the user's error;
+    the eager evaluation names the encoder and the variable."""
+    from pyro_dgm.utils.checks import DTypeError, ShapeError
+    torch.manual_seed(0)
+    loss, batch = cm.vae()
+    model = Model(loss, distributions=list(loss.distributions), compile={"backend": backend})
+    model.train(batch(0))
+    model.train(batch(1))
+    x = batch(2)["x"]
+    x = x[:, :-1] if bad == "features" else x.double()
+    kind, said = (ShapeError, r"forward\(\) failed on the inputs 'x'") if bad == "features" else (
+        DTypeError, r"forward\(\) cannot take 'x' of dtype torch.float64")
+    with pytest.raises(kind, match=r"q\(z\|x\): " + said):
+        model.train({"x": x})
+    assert model.step == 2
+
+
+def test_a_value_the_compiled_kernels_refuse_is_reported_naming_the_loss() -> None:
+    """A Bernoulli scores values outside [0, 1] by its cross-entropy (docs/porting.md); the compiled kernel refuses
+    them: the error says the compiled evaluation failed where the eager one runs, and how to train on."""
+    torch.manual_seed(0)
+    loss, batch = cm.vae()
+    compiled = copy.deepcopy(loss)
+    compiled.compile(backend="aot_eager")
+    x = batch(0)["x"]
+    compiled.eval({"x": x})
+    compiled.eval({"x": x})
+    assert torch.isfinite(loss.eval({"x": 2 * x}))  # eager: the cross-entropy of 2
+    with pytest.raises(RuntimeError, match=r"the compiled evaluation failed where the eager one runs on these "
+                                           r"inputs \(RuntimeError: all elements of target should be between 0 "
+                                           r"and 1.*train without compile="):
+        compiled.eval({"x": 2 * x})
+
+
+def test_an_eager_run_after_a_failed_compile_restores_a_flows_reassigned_buffers() -> None:
+    """A flow's batch norm assigns new tensors to its statistics (None before its first batch)."""
+    from pyro_dgm.distributions import InverseTransformedDistribution, Normal
+    from pyro_dgm.flows import BatchNorm1d, FlowList, Shuffle
+
+    def backend(gm, inputs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no working C++ compiler found")
+
+    torch.manual_seed(0)
+    flow = FlowList([BatchNorm1d(3), Shuffle(3), BatchNorm1d(3)])
+    p = InverseTransformedDistribution(prior=Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["z"]),
+                                       flow=flow, var=["x"])
+    loss = -LogProb(p).mean()
+    loss.compile(backend=backend)
+    loss.eval({"x": torch.randn(8, 3)})
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    with pytest.raises(RuntimeError, match="could not compile"):
+        loss.eval({"x": torch.randn(8, 3) * 3 + 1})
+    after = loss.state_dict()
+    assert sorted(after) == sorted(before) and all(torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_compile_options_are_checked() -> None:
     assert compile_options("Model", False) is None and compile_options("Model", None) is None
     assert compile_options("Model", True) == {}

@@ -166,3 +166,26 @@ def test_eval_reaches_the_joint_a_wrapped_marginal_integrates() -> None:
     """The joint of a renamed marginal (a marginal times a distribution) is its attribute p, not a module of it."""
     ref, ours = run_both(prog_training_flags_of_wrapped_marginals)
     assert ours == ref
+
+
+def prog_complex_value() -> Any:
+    import torch
+    from pixyz.distributions import Laplace, Normal
+    x = torch.tensor([[0.5 + 1.0j, -0.2 + 0.0j]])
+    out = {}
+    for name, d in (("Normal", Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])),
+                    ("Laplace", Laplace(loc=torch.zeros(2), scale=torch.ones(2), var=["x"]))):
+        try:
+            out[name] = d.get_log_prob({"x": x})
+        except Exception as e:  # noqa: BLE001
+            out[name] = e
+    return out
+
+
+def test_a_complex_value_is_refused_where_pixyz_scores_it_complex() -> None:
+    from pyro_dgm.utils.checks import DTypeError
+    ref, ours = run_pixyz(prog_complex_value), run_pyro_dgm(prog_complex_value)
+    assert ref["Normal"].is_complex()  # a complex "log-density"
+    for name in ("Normal", "Laplace"):
+        assert isinstance(ours[name], DTypeError)
+        assert f"{name} p(x): cannot score 'x' of dtype torch.complex64" in str(ours[name])

@@ -329,3 +329,40 @@ def test_a_run_rolled_back_through_a_new_pyro_optimizer_repeats_itself() -> None
         runs.append([svi.step(x=x) for _ in range(3)] + [float(q.fc.weight.sum())])
     assert runs[1] == pytest.approx(runs[0], rel=1e-6, abs=1e-6)
     pyro.clear_param_store()
+
+
+def test_a_live_distribution_that_reuses_a_dead_ones_network_keeps_its_names() -> None:
+    """The network's tensors stayed attributed to the dead distribution that registered them first, so a third
+    one under the same name took the names from the live second one silently (and the second was then refused)."""
+    import gc
+    pyro.clear_param_store()
+    net = torch.nn.Linear(6, 4)
+    x = torch.zeros(3, 6)
+
+    def enc(fc: torch.nn.Module) -> Any:
+        q = _Enc()
+        q.fc = fc
+        return q
+    q1 = enc(net)
+    q1.guide(x=x)
+    del q1
+    gc.collect()
+    q2 = enc(net)
+    q2.guide(x=x)
+    with pytest.raises(ValueError, match=r"another live distribution"):
+        enc(torch.nn.Linear(6, 4)).guide(x=x)
+    q2.guide(x=x)  # still its own
+    assert pyro.get_param_store()["q(z|x)$$$fc.weight"] is net.weight
+    pyro.clear_param_store()
+
+
+def test_numpy_data_given_to_a_guide_is_taken_as_by_sample() -> None:
+    """(``q.guide(x=array)`` met torch's raw TypeError in the network; ``sample`` and the model took it.)"""
+    import numpy as np
+    pyro.clear_param_store()
+    q = _Enc()
+    x = np.random.default_rng(0).random((5, 6)).astype(np.float32)
+    tr = poutine.trace(q.guide).get_trace(x=x)
+    expected = poutine.trace(q.guide).get_trace(x=torch.as_tensor(x))
+    torch.testing.assert_close(tr.nodes["z"]["fn"].mean, expected.nodes["z"]["fn"].mean)
+    pyro.clear_param_store()
