@@ -1008,6 +1008,8 @@ class Distribution(YieldingModule):
         entry = _REGISTERED.get(id(cur))
         if entry is not None and entry[0]() is cur:  # a distribution of this process put it there
             owner = entry[1]()
+            if owner is not None and (owner._dgm_pyro_name or owner.prob_text) != full.split("$$$")[0]:
+                owner = None  # a live one holds the tensor under another name (it reuses a dead one's network)
             if owner is not None and owner is not self:
                 # an unreachable one may still live in a reference cycle (the traceback of a call that raised, in
                 # a notebook): collect those before calling it live

@@ -144,6 +144,9 @@ class OneSiteDistribution(Distribution):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{describe(self)}: expected {name!r} of shape (..., {', '.join(map(str, ev))}), "
                              f"got {got}")
+        if x.is_complex():  # (a mixture of Normals would give a complex "log-density", as Pixyz's does)
+            raise DTypeError(f"{describe(self)}: cannot score {name!r} of dtype {x.dtype}: it scores real numbers "
+                             f"(convert with {name}.real)")
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:

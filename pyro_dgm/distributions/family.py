@@ -931,9 +931,12 @@ class DistributionBase(Distribution):
         x = values[b.var[0]]
         if not isinstance(x, Tensor):
             x = self._dgm_value_tensor(b.var[0], x)
-        if x.is_complex():  # (a Normal's formula would give a complex "log-density", as Pixyz's does)
+        if x.is_complex() or (x.dtype == torch.bool and self.pyro_dist.support is constraints.real):
+            # (a Normal's formula would give a complex "log-density", as Pixyz's does; its standard form would take
+            # a bool value as 0/1 where its general form, and Pixyz's, refuse it)
             raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: "
-                             f"{type(self).__name__} scores real numbers (convert with {b.var[0]}.real)")
+                             f"{type(self).__name__} scores real numbers (convert with {b.var[0]}."
+                             f"{'real' if x.is_complex() else 'float()'})")
         if self._dgm_closed_lp is not None and (b.input_var or self._features_shape):
             got = self._dgm_closed_params(b, values, ctx)
             if got is not None and _TorchDistribution._validate_args and not closed_forms.valid_value(

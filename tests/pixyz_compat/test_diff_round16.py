@@ -189,3 +189,35 @@ def test_a_complex_value_is_refused_where_pixyz_scores_it_complex() -> None:
     for name in ("Normal", "Laplace"):
         assert isinstance(ours[name], DTypeError)
         assert f"{name} p(x): cannot score 'x' of dtype torch.complex64" in str(ours[name])
+
+
+def prog_bool_value_under_a_standard_normal() -> Any:
+    import torch
+    from pixyz.distributions import Normal
+    return Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"]).get_log_prob({"x": torch.ones(1, 2).bool()})
+
+
+def prog_complex_value_under_a_mixture() -> Any:
+    import torch
+    from pixyz.distributions import Categorical, MixtureModel, Normal
+    m = MixtureModel([Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"]),
+                      Normal(loc=torch.ones(2), scale=torch.ones(2), var=["x"])],
+                     Categorical(probs=torch.tensor([0.4, 0.6]), var=["z"]))
+    return m.get_log_prob({"x": torch.tensor([[0.5 + 1j, 0.0 + 0j]])})
+
+
+def test_a_bool_value_under_a_standard_normal_is_refused_as_under_any_other_normal() -> None:
+    """Its standard form scored True as 1 (docs/porting.md: a bool value under a continuous family is refused;
+    Pixyz raises torch's raw error on the subtraction)."""
+    from pyro_dgm.utils.checks import DTypeError
+    with pytest.raises(RuntimeError, match="bool"):
+        run_pixyz(prog_bool_value_under_a_standard_normal)
+    with pytest.raises(DTypeError, match=r"Normal p\(x\): cannot score 'x' of dtype torch.bool.*x.float\(\)"):
+        run_pyro_dgm(prog_bool_value_under_a_standard_normal)
+
+
+def test_a_complex_value_under_a_mixture_is_refused_where_pixyz_scores_it_complex() -> None:
+    from pyro_dgm.utils.checks import DTypeError
+    assert run_pixyz(prog_complex_value_under_a_mixture).is_complex()
+    with pytest.raises(DTypeError, match=r"MixtureModel p\(x\): cannot score 'x' of dtype torch.complex64"):
+        run_pyro_dgm(prog_complex_value_under_a_mixture)

@@ -366,3 +366,27 @@ def test_numpy_data_given_to_a_guide_is_taken_as_by_sample() -> None:
     expected = poutine.trace(q.guide).get_trace(x=torch.as_tensor(x))
     torch.testing.assert_close(tr.nodes["z"]["fn"].mean, expected.nodes["z"]["fn"].mean)
     pyro.clear_param_store()
+
+
+def test_a_network_reused_under_another_name_does_not_block_its_old_name() -> None:
+    """A dead distribution's network, reused by a live one under another pyro_name: a new distribution under the old
+    name takes the old name's stale entry (the live one holds the tensor under its own name only)."""
+    import gc
+    pyro.clear_param_store()
+    x = torch.zeros(3, 6)
+    net = torch.nn.Linear(6, 4)
+    q1 = _Enc()
+    q1.fc, q1.pyro_name = net, "enc"
+    q1.guide(x=x)
+    del q1
+    gc.collect()
+    q2 = _Enc()
+    q2.fc, q2.pyro_name = net, "enc2"
+    q2.guide(x=x)
+    q4 = _Enc()
+    q4.pyro_name = "enc"
+    q4.guide(x=x)  # refused before, naming q2 as a live holder of 'enc'
+    store = pyro.get_param_store()
+    assert store["enc$$$fc.weight"] is q4.fc.weight and store["enc2$$$fc.weight"] is net.weight
+    assert _consistent(store)
+    pyro.clear_param_store()
