@@ -931,7 +931,7 @@ class DistributionBase(Distribution):
         x = values[b.var[0]]
         if not isinstance(x, Tensor):
             x = self._dgm_value_tensor(b.var[0], x)
-        if x.is_complex() or (x.dtype == torch.bool and self.pyro_dist.support is constraints.real):
+        if x.is_complex() or (x.dtype == torch.bool and getattr(self.pyro_dist, "support", None) is constraints.real):
             # (a Normal's formula would give a complex "log-density", as Pixyz's does; its standard form would take
             # a bool value as 0/1 where its general form, and Pixyz's, refuse it)
             raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: "
