@@ -42,6 +42,7 @@ def _conditioned_score(model: Callable[[], Any], value: torch.Tensor) -> torch.T
     return poutine.trace(pyro.condition(model, data={"x": value})).get_trace().log_prob_sum()
 
 
+@pytest.mark.needs_validation  # (plain Pyro refuses these values under torch's validation only)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_a_conditioned_value_of_the_wrong_size_is_refused_as_plain_pyro_refuses_it(name: str) -> None:
     ours, twin, _, wrong = CASES[name]
@@ -103,6 +104,7 @@ def _mixture_twin() -> Any:
                                   dist.Normal(torch.tensor([[0.0] * 3, [2.0] * 3]), 1.0).to_event(1))
 
 
+@pytest.mark.needs_validation  # (plain Pyro refuses these values under torch's validation only)
 @pytest.mark.parametrize("shape", [(1, 1), (4, 1), (1,)])
 @pytest.mark.parametrize("how", ["observed", "conditioned"])
 def test_a_mixture_refuses_a_value_of_one_feature_in_a_pyro_model_as_plain_pyro(shape: tuple, how: str) -> None:
@@ -150,6 +152,7 @@ def test_a_flow_names_itself_and_the_variable_for_a_value_of_another_dtype(dtype
     torch.testing.assert_close(_conditioned_score(f.model, v.float()), f.get_log_prob({"x": v.float()}).sum())
 
 
+@pytest.mark.needs_validation  # (plain Pyro refuses these values under torch's validation only)
 @pytest.mark.parametrize("name", ["Bernoulli", "RelaxedBernoulli", "RelaxedCategorical"])
 def test_a_nan_value_in_a_pyro_model_scores_nan_as_pixyz_scores_it_where_pyro_refuses(name: str) -> None:
     """docs/porting.md: these families score as Pixyz's ``get_log_prob`` (NaN for a NaN); Pyro's refuse it."""
