@@ -671,6 +671,13 @@ class DistributionBase(Distribution):
                 self._dgm_batch_n_conflict(b, values, ctx.batch_n)  # Pixyz: "Batch shape mismatch"
         return base, ev, root
 
+    def _dgm_not_real(self, name: str, x: Tensor, cause: BaseException | None = None) -> NoReturn:
+        """Refuse a scored value ``x`` of ``name`` that is complex, or bool where this family takes no bool."""
+        how = "real" if x.is_complex() else "float()"
+        said = f" ({cause})" if cause is not None else ""
+        raise DTypeError(f"{describe(self)}: cannot score {name!r} of dtype {x.dtype}: {type(self).__name__} scores "
+                         f"real numbers (convert with {name}.{how}){said}") from cause
+
     def _dgm_no_class_dim(self, batch_n: int) -> NoReturn:
         """Refuse ``batch_n`` draws from a family whose class parameter was given as a scalar, as Pixyz refuses them
         (an IndexError); without ``batch_n`` it is a distribution of one class in both."""
@@ -934,9 +941,7 @@ class DistributionBase(Distribution):
         if x.is_complex() or (x.dtype == torch.bool and getattr(self.pyro_dist, "support", None) is constraints.real):
             # (a Normal's formula would give a complex "log-density", as Pixyz's does; its standard form would take
             # a bool value as 0/1 where its general form, and Pixyz's, refuse it)
-            raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: "
-                             f"{type(self).__name__} scores real numbers (convert with {b.var[0]}."
-                             f"{'real' if x.is_complex() else 'float()'})")
+            self._dgm_not_real(b.var[0], x)
         if self._dgm_closed_lp is not None and (b.input_var or self._features_shape):
             got = self._dgm_closed_params(b, values, ctx)
             if got is not None and _TorchDistribution._validate_args and not closed_forms.valid_value(
@@ -983,10 +988,8 @@ class DistributionBase(Distribution):
             bad = self._dgm_diagnosis(base, x, b.var[0])
             if bad:  # not a matter of shapes: a NaN in the data, or a parameter that the network gave out of range
                 raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {bad} ({e})") from e
-            if x.dtype == torch.bool or x.is_complex():  # not a matter of shapes either
-                raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: "
-                                 f"{type(self).__name__} scores real numbers (convert with {b.var[0]}.float()) "
-                                 f"({e})") from e
+            if x.dtype == torch.bool:  # not a matter of shapes either (a complex value was refused above)
+                self._dgm_not_real(b.var[0], x, e)
             if x.shape == shape and not isinstance(e, ValueError):  # not a matter of shapes (an operation torch
                 e.add_note(f"(while {describe(self)} scored {b.var[0]!r})")  # does not support there): its error
                 raise
