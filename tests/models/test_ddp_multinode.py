@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_ddp import WORKER, _free_port, check_ranks_match_one_process, needs_gloo, worker_env, write_data
+from test_ddp import (WORKER, _free_port, check_ranks_match_one_process, needs_gloo, worker_env, worker_output,
+                      write_data)
 
 
 @needs_gloo
@@ -31,5 +32,5 @@ def test_two_nodes_equal_one_process(tmp_path: Path) -> None:
                 launcher.kill()
                 launcher.communicate()
     for node_rank, (launcher, text) in enumerate(zip(launchers, outputs)):
-        assert launcher.returncode == 0, f"node {node_rank}:\n{text[-3000:]}"
+        assert launcher.returncode == 0, f"node {node_rank}:\n{worker_output(text)}"
     check_ranks_match_one_process(tmp_path, data)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_ddp import _free_port, needs_gloo, worker_env
+from test_ddp import _free_port, needs_gloo, worker_env, worker_output
 
 WORKER = Path(__file__).with_name("ddp_resume_worker.py")
 
@@ -26,7 +26,7 @@ def _torchrun(out: Path, *args: str, restarts: int = 0) -> subprocess.CompletedP
 @needs_gloo
 def test_load_restores_every_rank(tmp_path: Path) -> None:
     run = _torchrun(tmp_path, "load")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, worker_output(run.stdout) + worker_output(run.stderr)
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     ranks = [torch.load(tmp_path / f"load_rank{r}.pt") for r in (0, 1)]
     for r, result in enumerate(ranks):
@@ -46,9 +46,9 @@ def test_torchrun_restart_resumes_from_the_checkpoint(tmp_path: Path) -> None:
     whole.mkdir()
     killed.mkdir()
     run = _torchrun(whole, "resume")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, worker_output(run.stdout) + worker_output(run.stderr)
     run = _torchrun(killed, "resume", "kill", restarts=1)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, worker_output(run.stdout) + worker_output(run.stderr)
     assert (killed / "killed").exists()  # rank 1 did die once
     for r in (0, 1):
         a, b = torch.load(whole / f"resume_rank{r}.pt"), torch.load(killed / f"resume_rank{r}.pt")

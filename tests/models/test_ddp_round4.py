@@ -14,7 +14,7 @@ import torch
 
 from ddp_round4_models import (BATCH, batches, build_bn_model, build_iterative_model, build_param_model,
                                series_batches)
-from test_ddp import _free_port, needs_gloo, worker_env
+from test_ddp import _free_port, needs_gloo, worker_env, worker_output
 
 WORKER = Path(__file__).with_name("ddp_round4_worker.py")
 
@@ -54,7 +54,7 @@ def _replay_two_ranks() -> tuple[dict[str, torch.Tensor], float]:
 @needs_gloo
 def test_batch_norm_statistics_are_identical_on_every_rank_and_training_replays_ddp(tmp_path: Path) -> None:
     run, _ = _torchrun(tmp_path, "batchnorm")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, worker_output(run.stdout) + worker_output(run.stderr)
     ranks = [torch.load(tmp_path / f"bn_rank{r}.pt") for r in (0, 1)]
     for key, value in ranks[0]["state"].items():  # weights and running statistics, bit for bit
         assert torch.equal(value, ranks[1]["state"][key]), key
@@ -93,7 +93,7 @@ def test_a_parameter_created_at_the_first_step_trains_as_in_one_process(tmp_path
     # the first step runs twice on every rank (to cover the new parameter); the random state after it must be one
     # process's, whose step drew the initial value too, so the next epoch's shuffle and the draws that follow agree
     run, _ = _torchrun(tmp_path, "pyro_param")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, worker_output(run.stdout) + worker_output(run.stderr)
     ranks = [torch.load(tmp_path / f"param_rank{r}.pt") for r in (0, 1)]
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
@@ -111,7 +111,7 @@ def test_a_parameter_created_at_the_first_step_trains_as_in_one_process(tmp_path
 @needs_gloo
 def test_an_iterative_loss_trains_on_halves_of_the_sequences_as_in_one_process(tmp_path: Path) -> None:
     run, _ = _torchrun(tmp_path, "iterative")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, worker_output(run.stdout) + worker_output(run.stderr)
     ranks = [torch.load(tmp_path / f"iter_rank{r}.pt") for r in (0, 1)]
     model = build_iterative_model(seed=0)
     history = model.fit(series_batches(), epochs=2, test_data=series_batches(), progress=False)
