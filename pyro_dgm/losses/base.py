@@ -483,9 +483,10 @@ class Loss(YieldingModule, _PyroELBO):
         """
         ctx = current_context()
         if ctx is not None and return_dict and not return_all and not return_terms and type(x_dict) is dict:
-            # a term evaluated by its parent's forward, inside one evaluation of this thread: the values are the
-            # parent's (already a fresh dict that terms do not mutate), so skip the copies
-            return self._dgm_evaluate(x_dict, ctx, kwargs)
+            # a term evaluated by its parent's forward, inside one evaluation of this thread: skip the checks; as
+            # Pixyz's, the term gets a dict of its own inputs only (a user's forward may update it in place, and a
+            # term such as IterativeLoss hands back what it got)
+            return self._dgm_evaluate({k: x_dict[k] for k in self._input_var if k in x_dict}, ctx, kwargs)
         if x_dict is None:
             given: dict[str, Any] = {}
         elif type(x_dict) is dict or isinstance(x_dict, Mapping):

@@ -129,8 +129,8 @@ def _kl(pd: Any, qd: Any) -> Tensor:
         try:
             shape = torch.broadcast_shapes(pd.batch_shape, qd.batch_shape)
         except RuntimeError:
-            raise ValueError(f"batch shapes {tuple(pd.batch_shape)} and {tuple(qd.batch_shape)} do not "
-                             "broadcast") from None
+            raise ShapeError(f"batch shapes {tuple(pd.batch_shape)} and {tuple(qd.batch_shape)} do not "
+                             "broadcast") from None  # (also torch's RuntimeError, which Pixyz programs catch)
         return kl_divergence(pd.expand(shape), qd.expand(shape))
 
 

@@ -55,7 +55,7 @@ def strict_broadcasting(enabled: bool = True) -> Iterator[None]:
 def _as_loss(x: Any, op: str, other: Any) -> Loss:
     if isinstance(x, Loss):
         return x
-    if isinstance(x, (numbers.Number, Tensor)) and not isinstance(x, bool):
+    if isinstance(x, (numbers.Number, Tensor)):  # (a bool too: Pixyz's True is 1, as in Python)
         return ValueLoss(x)
     raise LossArgumentError(f"{op}: cannot combine a loss with {type(x).__name__} ({x!r}); a loss combines with "
                             f"losses, numbers and tensors (the other operand is {type(other).__name__})")

@@ -78,7 +78,7 @@ class ValueLoss(Loss):
     """
 
     def __init__(self, loss1: Any) -> None:
-        if isinstance(loss1, bool) or not (isinstance(loss1, (numbers.Number, Tensor)) or _numbers(loss1)):
+        if not (isinstance(loss1, (numbers.Number, Tensor)) or _numbers(loss1)):
             raise TypeError(f"ValueLoss: loss1 (the value) must be a number, a (nested) list or array of numbers or a "
                             f"tensor, got {type(loss1).__name__}")
         super().__init__([])
@@ -102,7 +102,8 @@ class ValueLoss(Loss):
             return None
         now = v.item()
         if not isinstance(given, Tensor) and now == torch.tensor(given, dtype=v.dtype).item():
-            return given  # 2 prints as 2, not as its float32 buffer's 2.0
+            # 2 prints as 2, not as its float32 buffer's 2.0; a bool (Pixyz's flag times a term) as 1 or 0
+            return int(given) if isinstance(given, bool) else given
         return now
 
     @property
