@@ -156,6 +156,82 @@ def _check_positional_order(owner: Any, role: str, data: Mapping[str, Any]) -> N
                                  f"name, e.g. svi.step({', '.join(f'{k}={k}' for _, k in mine)})")
 
 
+def _only_in_last_error(ref: Any) -> bool:
+    """Whether the object of the weak reference ``ref`` is kept alive only by the frames of the last uncaught
+    error's traceback (``sys.last_traceback``, ``sys.last_exc``), which the Python prompt and IPython keep for the
+    debugger: a notebook cell that raised and is run again rebuilds its distributions while the old ones live on
+    there. A search up the referrers (``gc.get_referrers``, on this rare path only), in which every reference must
+    be accounted for: one that no tracked object holds (a running frame's local, an extension's), a module, a
+    running frame, or a search too long, and the object counts as live."""
+    import gc
+    import sys
+    import types
+
+    errors, frames, tbs = [], set(), []
+    exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    while isinstance(exc, BaseException) and not any(exc is e for e in errors):
+        errors.append(exc)
+        tbs.append(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+    tbs.append(getattr(sys, "last_traceback", None))
+    for tb in tbs:
+        while tb is not None:
+            f = tb.tb_frame
+            while f is not None and id(f) not in frames:
+                frames.add(id(f))
+                f = f.f_back
+            tb = tb.tb_next
+    f = sys._getframe()
+    while f is not None:  # a frame of the failed call that still runs (the caller of a try) is live
+        frames.discard(id(f))
+        f = f.f_back
+    del f, tbs, errors, exc
+    pending = [ref()]
+    if not frames or pending[0] is None:
+        return False
+    seen = {id(pending[0])}
+    while pending:
+        o = pending.pop()
+        held = 0
+        for r in gc.get_referrers(o):
+            if r is pending:
+                continue
+            held += _references(r, o)
+            if id(r) in seen:
+                continue
+            if isinstance(r, types.FrameType):
+                if id(r) in frames:
+                    continue  # held by the failed call's frames
+                return False
+            if isinstance(r, types.ModuleType) or len(seen) > 5000:
+                return False
+            seen.add(id(r))
+            pending.append(r)
+        r = None
+        if sys.getrefcount(o) - 2 > held:  # (o here, and getrefcount's argument)
+            return False
+        del o
+    return True
+
+
+def _references(container: Any, obj: Any) -> int:
+    """How many references ``container`` holds to ``obj`` (a frame's locals, a dict's values...). A function of its
+    own: a generator expression over ``obj`` in the caller would hold the caller's ``obj`` in a cell."""
+    import gc
+
+    n = 0
+    for x in gc.get_referents(container):
+        if x is obj:
+            n += 1
+    return n
+
+
+def _users_own(cls: type, name: str) -> bool:
+    """Whether the attribute ``name`` of ``cls`` is defined by a class outside pyro_dgm (a user's subclass)."""
+    owner = next((k for k in cls.__mro__ if name in vars(k)), None)
+    return owner is not None and not owner.__module__.startswith("pyro_dgm.")
+
+
 class _SelfOrder:
     """An atomic distribution's order of factors, ``(self,)``, made when read: kept in the instance it would be a
     reference cycle, and a distribution would outlive its last reference until the garbage collector's next full
@@ -245,6 +321,29 @@ class Distribution(YieldingModule):
                             f"{features_shape!r}") from None
         self._dgm_pyro_name: str | None = None
         self._dgm_pyro_infer: dict[str, Any] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("_var", "_cond_var") and name in self.__dict__:
+            self._dgm_set_vars(name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _dgm_set_vars(self, name: str, value: Any) -> None:
+        """A subclass that sets ``self._cond_var`` (or ``self._var``) after ``__init__``, as Pixyz programs do to
+        add a conditioning variable: ``input_var`` follows ``cond_var`` (Pixyz's reads it) where it did before, and
+        ``forward``'s arguments are bound again (:meth:`_dgm_rebind`)."""
+        new = as_var_list(value, describe(self), name[1:])
+        d = self.__dict__
+        tracks = name == "_cond_var" and list(d["_dgm_input_var"]) == list(d["_cond_var"])
+        d[name] = new
+        if tracks:
+            d["_dgm_input_var"] = list(new)
+        NAMES_VERSION[0] += 1  # formulas printed before are out of date
+        self._dgm_rebind()
+
+    def _dgm_rebind(self) -> None:
+        """Bind ``forward``'s arguments again after the variables changed (the families and ``Deterministic``
+        hold a binding made at construction)."""
 
     # ------------------------------------------------------------------ names and text
     @property
@@ -406,7 +505,10 @@ class Distribution(YieldingModule):
 
     @property
     def _dgm_factor_text(self) -> str:
-        """This distribution's formula as a factor of a product (Pixyz's ``Factor.prob_text``)."""
+        """This distribution's formula as a factor of a product (Pixyz's ``Factor.prob_text``: from the name and the
+        variables, also where a subclass prints its own ``prob_text``)."""
+        if _users_own(type(self), "prob_text"):
+            return _prob_text(self.name, self._var, self._cond_var)
         return self.prob_text
 
     @property
@@ -449,6 +551,47 @@ class Distribution(YieldingModule):
     def print_latex(self) -> Any:
         """Show the formula as LaTeX (rendered in a notebook); see :func:`pyro_dgm.utils.print_latex`."""
         return _print_latex(self)
+
+    # ------------------------------------------------------------------ Pixyz's protected helpers
+    #: Pixyz's flag: one distribution (``False`` for a product, a renaming or a marginal).
+    _atomic: bool = True
+
+    def _get_input_dict(self, input: ValuesLike, var: Sequence[str] | None = None) -> dict[str, Any]:
+        """Pixyz's protected helper, which subclasses call in their ``sample``: the values of ``var`` (default:
+        ``input_var``) as a dict; a tensor stands for the first variable, a list for them in order.
+
+        Examples
+        --------
+        >>> from pyro_dgm.distributions import Normal
+        >>> q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"])
+        >>> sorted(q._get_input_dict({"x": torch.zeros(1), "y": torch.ones(1)}))
+        ['x']
+        """
+        var = self.input_var if var is None else list(var)
+        if type(input) is dict:
+            missing = [v for v in var if v not in input]
+            if missing:
+                raise ValueError(f"{describe(self)}: the input has no {missing[0]!r}; expected {var}, got "
+                                 f"{sorted(input)}")
+            return {v: input[v] for v in var}
+        if type(input) is list:
+            return dict(zip(var, input))
+        if isinstance(input, Tensor) and var:
+            return {var[0]: input}
+        raise ValueError(f"{describe(self)}: inputs for {var} must be a dict, a tensor or a list, got "
+                         f"{type(input).__name__}")
+
+    def _check_features_shape(self, features: Tensor) -> Tensor:
+        """Pixyz's protected helper: a constant parameter checked against ``features_shape`` (a scalar is expanded
+        to it; an unset ``features_shape`` becomes the parameter's shape), with a batch dim of 1 in front."""
+        if features.dim() == 0:
+            features = features.expand(self._features_shape)
+        if not self._features_shape:
+            self._features_shape = features.shape
+        if features.shape != self._features_shape:
+            raise ValueError(f"{describe(self)}: a parameter of shape {tuple(features.shape)} does not match "
+                             f"features_shape {tuple(self._features_shape)}")
+        return features.unsqueeze(0)
 
     # ------------------------------------------------------------------ inputs
     def _dgm_input_dict(self, x: ValuesLike, needed: Sequence[str] | None = None) -> dict[str, Any]:
@@ -1017,6 +1160,9 @@ class Distribution(YieldingModule):
                 import gc
                 gc.collect()
                 owner = entry[1]()
+                if owner is not None and owner is not self:
+                    del owner  # (a reference here would keep it alive)
+                    owner = None if _only_in_last_error(entry[1]) else entry[1]()
             if owner is not None and owner is not self:
                 raise ValueError(f"{describe(self)}: Pyro's param store already holds {full!r} for another live "
                                  f"distribution, {describe(owner)}, with the same pyro_name "
@@ -1059,9 +1205,13 @@ class Distribution(YieldingModule):
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         raise NotImplementedError(f"{describe(self)} cannot be sampled")
 
+    _dgm_draw_with._dgm_no_draw = True  # type: ignore[attr-defined]  # (overrides: no draw of the class's own)
+
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
         raise NotImplementedError(f"{describe(self)} has no log-density")
+
+    _dgm_score_with._dgm_no_density = True  # type: ignore[attr-defined]
 
     @staticmethod
     def _dgm_batch_ndim(b: Binding, values: Mapping[str, Any], ctx: CallState) -> int:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import ArgumentError, describe
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -222,15 +222,16 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
             else:
                 kw.append((prm.name, prm.name))
         elif prm.default is prm.empty:
-            raise ValueError(f"{describe(dist)}: forward() takes {prm.name!r}, which is not in cond_var {cond}; "
-                             "name forward's arguments after cond_var")
+            # (an ArgumentError: also the TypeError Pixyz's call of forward raises there)
+            raise ArgumentError(f"{describe(dist)}: forward() takes {prm.name!r}, which is not in cond_var {cond}; "
+                                "name forward's arguments after cond_var")
         else:
             in_order = False
     if var_kw:
         kw += [(v, v) for v in cond if v not in pos and v not in used and (v, v) not in kw]
     unused = [v for v in cond if v not in pos and v not in used and (v, v) not in kw]
     if unused:
-        raise ValueError(f"{describe(dist)}: cond_var {unused[0]!r} is not an argument of forward("
-                         f"{', '.join(p.name for p in params)}) nor a parameter given by name; "
-                         "name forward's arguments after cond_var")
+        raise ArgumentError(f"{describe(dist)}: cond_var {unused[0]!r} is not an argument of forward("
+                            f"{', '.join(p.name for p in params)}) nor a parameter given by name; "
+                            "name forward's arguments after cond_var")
     return tuple(pos), tuple(kw)

@@ -22,6 +22,7 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, 
 from pyro_dgm.distributions.effects import (PYRO_STACK, given_event_dim, has_forward_hooks, ignores_sites,
                                                run_bound_network, run_network)
 from pyro_dgm.distributions.pixyz_protocol import adopt
+from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
                                    OutOfRangeError, ShapeError, clearer, describe, value_shape_problem)
 from pyro_dgm.utils.random import STATE as _RNG
@@ -202,11 +203,8 @@ class DistributionBase(Distribution):
         self._dgm_has_network = has_network(type(self))
         covered = set(consts) | {p for p, _ in var_params}
         self._dgm_missing_groups = tuple(g for g in self.param_groups if not covered.intersection(g))
-        if self._dgm_missing_groups and not self._dgm_has_network and unusable is None:
-            g = self._dgm_missing_groups[0]
-            unusable = ValueError(f"{describe(self)}: parameter {' or '.join(g)} is not given; pass {g[0]}=<number, "
-                                  f"tensor or cond_var name>, or subclass {type(self).__name__} with a forward() "
-                                  "that returns it")
+        if unusable is None:
+            unusable = self._dgm_missing_error()
         self._dgm_const_names = tuple(n for n in accepted if n in consts)  # the family's order, as Pixyz lists them
         # parameters that are all constants are checked here, once (torch's validation, if on), not at every call
         self._dgm_const_only = not self._dgm_has_network and not var_params and unusable is None
@@ -223,15 +221,7 @@ class DistributionBase(Distribution):
             except ValueError as e:
                 self._dgm_const_only, unusable = False, e
         if unusable is not None:
-            err = unusable
-
-            def _dgm_params(*_: Any, **__: Any) -> Any:  # shadows the method on this instance only: no cost for others
-                raise type(err)(*err.args)
-
-            if self._dgm_user_get_params:
-                self._dgm_inner_params = _dgm_params
-            else:
-                self._dgm_params = _dgm_params
+            self._dgm_set_unusable(unusable)
         if self._dgm_user_get_params:
             self._dgm_const_only = False  # the subclass's get_params may change the constants
         self._dgm_b = Binding(self._var, self._cond_var, self._dgm_input_var, fwd_pos, fwd_kw, var_params)
@@ -240,6 +230,53 @@ class DistributionBase(Distribution):
         self._dgm_plain = cls._dgm_fn is DistributionBase._dgm_fn and cls._dgm_parts is DistributionBase._dgm_parts
         self._dgm_closed_lp = closed_forms.LOG_PROB.get(self.pyro_dist) if self._dgm_plain else None
         self._dgm_closed_rs = closed_forms.RSAMPLE.get(self.pyro_dist) if self._dgm_plain else None
+
+    def _dgm_set_unusable(self, err: BaseException) -> None:
+        """Make this distribution raise ``err`` at its first call, as Pixyz's fails there (it is built, prints and
+        multiplies)."""
+        def _dgm_params(*_: Any, **__: Any) -> Any:  # shadows the method on this instance only: no cost for others
+            raise type(err)(*err.args)
+
+        _dgm_params._dgm_unusable = True  # type: ignore[attr-defined]
+        self.__dict__["_dgm_inner_params" if self._dgm_user_get_params else "_dgm_params"] = _dgm_params
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        super().register_buffer(name, tensor, persistent)
+        d = self.__dict__
+        if tensor is not None and "_dgm_b" in d and name in d["_dgm_accepted"] and name not in self._dgm_const_names:
+            # a subclass that registers a parameter's constant itself after __init__ (Pixyz's get_params takes the
+            # buffers named after parameters at every call)
+            order = [n for g in self.param_groups for n in g]
+            self._dgm_const_names = tuple(n for n in order if n in self._dgm_const_names or n == name)
+            self._dgm_missing_groups = tuple(g for g in self._dgm_missing_groups if name not in g)
+            self._dgm_const_only = False
+            self._dgm_rebind()
+
+    def _dgm_missing_error(self) -> ValueError | None:
+        """The error of a parameter that is neither given nor returned by a ``forward``, if one is."""
+        if not self._dgm_missing_groups or self._dgm_has_network:
+            return None
+        g = self._dgm_missing_groups[0]
+        return ValueError(f"{describe(self)}: parameter {' or '.join(g)} is not given; pass {g[0]}=<number, tensor or "
+                          f"cond_var name>, or subclass {type(self).__name__} with a forward() that returns it")
+
+    def _dgm_rebind(self) -> None:
+        b = self._dgm_b
+        accepted = [n for g in self.param_groups for n in g]
+        for slot in ("_dgm_params", "_dgm_inner_params"):  # the error of the old binding, if any, is found anew
+            if getattr(self.__dict__.get(slot), "_dgm_unusable", False):
+                del self.__dict__[slot]
+        try:
+            fwd_pos, fwd_kw = forward_binding(self, [v for _, v in b.param_vars], accepted[-1] if accepted else "loc")
+        except (ValueError, TypeError) as e:
+            fwd_pos, fwd_kw = (), ()
+            self._dgm_set_unusable(e)
+        else:
+            missing = self._dgm_missing_error()
+            if missing is not None:
+                self._dgm_set_unusable(missing)
+        self._dgm_b = Binding(self._var, self._cond_var, self._dgm_input_var, fwd_pos, fwd_kw, b.param_vars)
+        self._dgm_base_cache = None
 
     # ------------------------------------------------------------------ construction helpers
     def _dgm_as_tensor(self, pname: str, value: Any) -> Tensor:
@@ -320,6 +357,12 @@ class DistributionBase(Distribution):
     @property
     def _dgm_binding(self) -> Binding:
         return self._dgm_b
+
+    @property
+    def prob_factorized_text(self) -> str:
+        """The formula's right side: as Pixyz's (its graph's), from the name and the variables, also where a
+        subclass prints its own ``prob_text`` (the left side)."""
+        return _prob_text(self._name, self._var, self._cond_var)
 
     @property
     def replace_params_dict(self) -> dict[str, list[str]]:

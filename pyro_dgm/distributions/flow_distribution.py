@@ -126,7 +126,7 @@ class _FlowDistribution(OneSiteDistribution):
     def _dgm_init_flow(self, prior: Distribution, flow: Flow, hidden: str) -> None:
         self.prior = prior
         self.flow = flow
-        self._hidden = hidden
+        self._dgm_hidden = hidden
         # torch keeps a weak reference to a transform's inverse (``flow.inv``), made anew when it has been freed;
         # this strong one keeps it one object, so torch.compile's guard on it holds from batch to batch
         self.__dict__["_dgm_flow_inv"] = flow.inv
@@ -180,7 +180,7 @@ class _FlowDistribution(OneSiteDistribution):
             value = self._dgm_site(name, fn, ctx)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
-        hidden = self._hidden
+        hidden = self._dgm_hidden
         if ctx.obs is None and hidden not in values and hidden != name:  # Pixyz returns the prior's sample too
             try:
                 with torch.set_grad_enabled(ctx.reparam and torch.is_grad_enabled()):  # from the flow's memory
@@ -205,7 +205,7 @@ class _FlowDistribution(OneSiteDistribution):
         A value given for the prior's variable is not an input: it is drawn anew, and the drawn value (the one the
         variable was mapped from) is returned in its place, as by Pixyz; with ``return_hidden=False`` the given
         value is handed back unchanged, as by Pixyz."""
-        hidden = self._hidden
+        hidden = self._dgm_hidden
         given = None
         if isinstance(x_dict, Mapping) and hidden in x_dict and hidden not in self._var and \
                 hidden not in self._dgm_input_var:
@@ -329,12 +329,29 @@ class TransformedDistribution(_FlowDistribution):
     @property
     def flow_input_var(self) -> list[str]:
         """The prior's variable, the input of the flow."""
-        return [self._hidden]
+        return [self._dgm_hidden]
+
+    @property
+    def _flow_input_var(self) -> list[str]:  # (Pixyz's protected name, which subclasses read)
+        return [self._dgm_hidden]
+
+    def _inference(self, x_dict: Mapping[str, Any], return_all: bool = True, compute_jacobian: bool = False
+                   ) -> dict[str, Tensor]:
+        """Pixyz's protected inverse map, which subclasses call: ``{prior var: f^{-1}(z), z: z}`` and the
+        conditions (plus ``x_dict`` if ``return_all``); ``compute_jacobian`` runs the flow on it again to store
+        its log-determinant."""
+        values = self._dgm_input_dict(x_dict, self._var + self._cond_var)
+        z = values[self._var[0]]
+        x = self.inverse(z)
+        out = {self._dgm_hidden: x, self._var[0]: z, **{c: values[c] for c in self._cond_var}}
+        if compute_jacobian:
+            self.forward(x, compute_jacobian=True)
+        return {**out, **x_dict} if return_all else out
 
     @property
     def prob_factorized_text(self) -> str:
         cond = f"|{','.join(self._cond_var)}" if self._cond_var else ""
-        return f"{self._name}({self._var[0]}=f_{{flow}}({self._hidden}){cond})"
+        return f"{self._name}({self._var[0]}=f_{{flow}}({self._dgm_hidden}){cond})"
 
     def _dgm_transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
         return self.flow
@@ -422,7 +439,7 @@ class InverseTransformedDistribution(_FlowDistribution):
         super().__init__(var=var, cond_var=cond, name=name,
                          features_shape=_features_shape(flow))
         self._dgm_init_flow(prior, flow, prior.var[0])
-        self._flow_cond_var = flow_cond
+        self._dgm_flow_cond_var = flow_cond
 
     _dgm_flow_inverted = True
 
@@ -441,14 +458,18 @@ class InverseTransformedDistribution(_FlowDistribution):
     @property
     def flow_output_var(self) -> list[str]:
         """The prior's variable, the output of the flow."""
-        return [self._hidden]
+        return [self._dgm_hidden]
+
+    @property
+    def _flow_output_var(self) -> list[str]:  # (Pixyz's protected name, which subclasses read)
+        return [self._dgm_hidden]
 
     @property
     def prob_factorized_text(self) -> str:
-        return f"{self._name}({self._var[0]}=f^{{-1}}_{{flow}}({','.join([self._hidden] + self._cond_var)}))"
+        return f"{self._name}({self._var[0]}=f^{{-1}}_{{flow}}({','.join([self._dgm_hidden] + self._cond_var)}))"
 
     def _dgm_transform(self, b: Binding, values: Mapping[str, Any]) -> Transform:
-        if not self._flow_cond_var:
+        if not self._dgm_flow_cond_var:
             # the flow's map as a transform (not the module: torch's inverse of its inverse would call flow(x), so
             # the flow's own forward hooks would run where Pixyz calls flow.forward(x) directly, and a hook's edit
             # would not reach the log-det); one object, kept (see _dgm_init_flow)
@@ -456,7 +477,7 @@ class InverseTransformedDistribution(_FlowDistribution):
             if kept is None or kept[0] is not self.flow:
                 kept = self.__dict__["_dgm_flow_map"] = (self.flow, self.flow.condition(None).inv)
             return kept[1]
-        y = values[self._dgm_mapping(b).get(self._flow_cond_var[0], self._flow_cond_var[0])]
+        y = values[self._dgm_mapping(b).get(self._dgm_flow_cond_var[0], self._dgm_flow_cond_var[0])]
         return self.flow.condition(y).inv
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
@@ -470,9 +491,9 @@ class InverseTransformedDistribution(_FlowDistribution):
     def inference(self, x_dict: Mapping[str, Any], return_all: bool = True, compute_jacobian: bool = False
                   ) -> dict[str, Tensor]:
         """Map the data to the latent space: ``{prior var: f(x, y)}`` (plus ``x_dict`` if ``return_all``), as Pixyz."""
-        values = self._dgm_input_dict(x_dict, self._var + self._flow_cond_var)
-        y = values[self._flow_cond_var[0]] if self._flow_cond_var else None
-        out = {self._hidden: self.flow.forward(values[self._var[0]], y, compute_jacobian=compute_jacobian)}
+        values = self._dgm_input_dict(x_dict, self._var + self._dgm_flow_cond_var)
+        y = values[self._dgm_flow_cond_var[0]] if self._dgm_flow_cond_var else None
+        out = {self._dgm_hidden: self.flow.forward(values[self._var[0]], y, compute_jacobian=compute_jacobian)}
         return {**values, **out} if return_all else out
 
 
@@ -664,10 +685,10 @@ class RealNVPDistribution(InverseTransformedDistribution):
             return super().sample(x_dict, batch_n, sample_shape, return_all, reparam, return_hidden, sample_mean,
                                   **kwargs)
         if isinstance(x_dict, Tensor):
-            x_dict = {self._hidden: x_dict}
-        values = self._dgm_input_dict(x_dict, [self._hidden])
-        x = self.inverse(values[self._hidden])
-        out = {self._var[0]: x, self._hidden: values[self._hidden]} if return_hidden else {self._var[0]: x}
+            x_dict = {self._dgm_hidden: x_dict}
+        values = self._dgm_input_dict(x_dict, [self._dgm_hidden])
+        x = self.inverse(values[self._dgm_hidden])
+        out = {self._var[0]: x, self._dgm_hidden: values[self._dgm_hidden]} if return_hidden else {self._var[0]: x}
         return {**values, **out} if return_all else out
 
     def sample_inv(self, x: ValuesLike, return_all: bool = True, compute_jacobian: bool = False

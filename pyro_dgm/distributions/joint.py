@@ -113,6 +113,8 @@ class MultiplyDistribution(LabelledComposite, Distribution):
     True
     """
 
+    _atomic = False  # (Pixyz's flag)
+
     _dgm_graph_call = True
 
     def __init__(self, a: Distribution, b: Distribution) -> None:

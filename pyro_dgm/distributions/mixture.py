@@ -368,6 +368,11 @@ class MixtureModel(_Mixture):
         comps = [site_fn(d, m, values, ctx, False)[0] for d in self.distributions]
         use_r = ctx.reparam
         xs = [comps[k].rsample() if use_r and comps[k].has_rsample else comps[k].sample() for k in index]
+        if len({x.shape[1:] for x in xs}) > 1:  # (torch.cat's raw error, as under Pixyz, which draws rows apart)
+            shapes = ", ".join(f"{describe(d)}: {tuple((c.batch_shape + c.event_shape)[1:])}"
+                               for d, c in zip(self.distributions, comps))
+            raise ShapeError(f"{describe(self)}: cannot draw a batch whose rows come from components of different "
+                             f"feature shapes ({shapes}); give the components one features_shape")
         return torch.cat(xs, dim=0), z, comps[0].event_dim
 
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:

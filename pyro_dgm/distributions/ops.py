@@ -79,6 +79,8 @@ class _PassesThrough(Distribution):
     """Pixyz's wrappers (renamed, marginalized): a public attribute the wrapper lacks is the wrapped distribution's
     ``p`` (e.g. ``params_keys``, ``set_dist``; under the wrapped distribution's own variable names)."""
 
+    _atomic = False  # (Pixyz's flag)
+
     def __getattr__(self, item: str) -> Any:  # called only when the normal lookup fails
         try:
             return super().__getattr__(item)
@@ -131,7 +133,7 @@ class ReplaceVarDistribution(_PassesThrough):
         rename_nodes(g, {k: v for k, v in m.items() if k in g and k != v})
         rank = {n: i for i, n in enumerate(g) if isinstance(n, str)}
         for attr in ("_var", "_cond_var", "_dgm_input_var"):
-            setattr(self, attr, sorted(getattr(self, attr), key=rank.__getitem__))
+            self.__dict__[attr] = sorted(self.__dict__[attr], key=rank.__getitem__)  # (not a user's change)
 
     @property
     def name(self) -> str:

@@ -16,9 +16,22 @@ The user's method usually ends in ``super().sample(...)``; that call draws with 
 ``_dgm_inner_draw_with``): :func:`install` wraps the user's method so that, while it runs, the distribution is marked
 as inside it (:func:`entered`, per thread), and its hooks are the original ones.
 
-A value drawn by the user's own code (or by ``get_sample``) is not a ``pyro.sample`` site unless that code draws
-through ``super().sample`` (then the site has the distribution's own variable name); inside a Pyro model run with
-data (``ctx.obs``) the original hook runs, so observed sites stay sites.
+Outside a Pyro model or guide run, a value drawn by the user's own code (or by ``get_sample``) is not a
+``pyro.sample`` site unless that code draws through ``super().sample`` (then the site has the distribution's own
+variable name). In ``model``/``guide`` runs (so under ``SVI``), the Pyro side follows the same methods
+(:func:`_draw_in_pyro`): the factor's site is the one its class's draw makes (a family's, under the product's or
+renaming's names), whose distribution is a :class:`UserScored` over the family's. Where the class has its own
+``get_log_prob``, the site's ``log_prob`` calls it on the value and the factor's inputs under the distribution's own
+names, summing the feature dims, so ``Trace_ELBO`` and ``trace.log_prob_sum()`` see the density that
+``get_log_prob`` and ``LogProb`` compute (a ``poutine.scale`` or ``pyro.factor`` in a plain-Pyro twin). Where it has
+its own ``sample``, a variable that is not given is drawn by it when Pyro samples the site (not when a handler gives
+the value: ``replay`` from a guide, ``condition``, enumeration), with the sites of its ``super().sample`` hidden; the
+leading batch dims that plates add (vectorized particles) are its ``sample_shape``. A distribution without a draw of
+its own (a ``Distribution`` subclass with ``sample`` and ``get_log_prob`` only) gets a site of its own: observed when
+given, else holding what its ``sample`` drew (called before the site, to know the value's shape, so also when a
+handler then gives the value); one that cannot be scored, or not drawn, raises a ``NotImplementedError`` saying what
+to do. Factors of classes without these overrides keep their sites as they were. A family whose ``set_dist`` or
+``get_sample`` is the user's draws with the family's own hook in model and guide runs.
 
 >>> import torch
 >>> from pyro_dgm.distributions import Normal
@@ -31,6 +44,10 @@ data (``ctx.obs``) the original hook runs, so observed sites stay sites.
 >>> prior = Normal(var=["z"], loc=0., scale=1., features_shape=[2])
 >>> bool((p * prior).sample(batch_n=100)["x"].abs().max() <= 0.1)
 True
+>>> from pyro import poutine
+>>> tr = poutine.trace((p * prior).model).get_trace(z=torch.randn(100, 2))
+>>> bool(tr.nodes["x"]["value"].abs().max() <= 0.1), type(tr.nodes["x"]["fn"]).__name__
+(True, 'UserScored')
 """
 from __future__ import annotations
 
@@ -41,16 +58,22 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+import torch
+from pyro import poutine
+from pyro.distributions import TorchDistribution
+from pyro.poutine.messenger import Messenger
 from torch import Tensor
+from torch.distributions import Independent, constraints
 
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim
+from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe
 from pyro_dgm.utils.dicts import sum_samples
 
 if TYPE_CHECKING:
     from pyro_dgm.distributions.base import Distribution
     from pyro_dgm.distributions.bindings import Binding, CallState
 
-__all__ = ["install", "entered"]
+__all__ = ["install", "entered", "UserScored"]
 
 _LOCAL = threading.local()
 
@@ -103,7 +126,8 @@ def _entering(fn: Any) -> Any:
 def install(cls: Any) -> None:
     """Route ``cls``'s hooks through its public methods where the user wrote them: ``set_dist`` or ``get_sample``
     (Pixyz's atomic ``sample`` and ``get_log_prob`` go through them), ``get_params`` (a family's parameters: what
-    Pixyz's ``set_dist`` calls), then ``sample`` and ``get_log_prob``."""
+    Pixyz's ``set_dist`` calls), then ``sample`` and ``get_log_prob``. A class with its own ``get_log_prob`` draws
+    through :func:`_draw_via_sample` too, so that its sites in Pyro model and guide runs are scored by it."""
     if hasattr(cls, "set_dist") and hasattr(cls, "get_sample"):
         if (_user_defined(cls, "set_dist") or _user_defined(cls, "get_sample")) and not cls._dgm_user_set_dist:
             cls._dgm_inner_set_dist_draw = cls._dgm_draw_with  # for Pyro model runs with data (observed sites)
@@ -120,12 +144,24 @@ def install(cls: Any) -> None:
         fn = vars(cls).get(public)
         if hook != "_dgm_params" and fn is not None and callable(fn) and not getattr(fn, "_enters", False):
             setattr(cls, public, _entering(fn))  # (get_params needs no mark: its super() call reads _dgm_inner_params)
-        own = vars(cls).get(hook)
-        if own is None:  # inherited: the parent's hook (its inner one if the parent routes it already)
-            own = getattr(cls, inner) if getattr(cls, flag) else getattr(cls, hook)
-        setattr(cls, inner, own)
-        setattr(cls, hook, via)
+        _route(cls, hook, inner, via)
         setattr(cls, flag, True)
+    if cls._dgm_user_log_prob and hasattr(cls, "_dgm_draw_with"):
+        _route(cls, "_dgm_draw_with", "_dgm_inner_draw_with", _draw_via_sample)
+
+
+def _route(cls: Any, hook: str, inner: str, via: Any) -> None:
+    """Make ``via`` the hook ``cls.<hook>``, keeping the hook it replaces as ``cls.<inner>``: the class's own, else
+    the inherited one (the parent's inner one where the parent routes it already)."""
+    own = vars(cls).get(hook)
+    if own is via:
+        return
+    if own is None:
+        own = getattr(cls, hook)
+        if own is via:
+            own = getattr(cls, inner)
+    setattr(cls, inner, own)
+    setattr(cls, hook, via)
 
 
 def _local_inputs(self: Any, b: Binding, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,7 +190,13 @@ def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx
 
 
 def _draw_via_sample(self: Distribution, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
-    if id(self) in _inside() or ctx.obs is not None:
+    """The draw of a factor whose class has its own ``sample`` (called as Pixyz's graph calls it) or its own
+    ``get_log_prob`` (the class's draw; in a Pyro model or guide run, :func:`_draw_in_pyro`)."""
+    if id(self) in _inside():
+        return self._dgm_inner_draw_with(b, values, ctx)  # type: ignore[attr-defined,no-any-return]
+    if ctx.obs is not None:
+        return _draw_in_pyro(self, b, values, ctx)
+    if not self._dgm_user_sample:  # (routed here for its get_log_prob only)
         return self._dgm_inner_draw_with(b, values, ctx)  # type: ignore[attr-defined,no-any-return]
     own = self._dgm_binding
     out = self.sample(_local_inputs(self, b, values), batch_n=ctx.batch_n, sample_shape=ctx.sample_shape,
@@ -180,6 +222,274 @@ def _score_via_get_log_prob(self: Distribution, b: Binding, values: Mapping[str,
                              **ctx.kwargs)
 
 
+# ---------------------------------------------------------------------- Pyro model and guide runs
+class UserScored(TorchDistribution):
+    """The distribution of a Pyro site of a factor whose class has its own ``sample`` or ``get_log_prob``.
+
+    ``base`` is the site distribution the class's own draw built (a family's): its shapes, support, enumeration and
+    ``expand`` are the site's. ``log_prob(value)`` is the class's own ``get_log_prob`` of the value and of the
+    factor's inputs at the draw (under the distribution's own names), summed over the site's event dims, so that
+    ``Trace_ELBO`` and ``trace.log_prob_sum()`` see the density that ``get_log_prob`` and ``LogProb`` compute; a
+    class without one scores by ``base`` (the family's density, as before). ``sampler(sample_shape, reparam)``,
+    where given, draws the value as the class's own ``sample`` does (run only when Pyro samples the site, not when
+    a handler gives its value); else ``base`` draws it.
+
+    Without ``base`` (a distribution without a draw of its own: a value its ``sample`` drew, or an observed one),
+    the site holds ``drawn``, of the given shapes: sampling returns it, once (a plate that would repeat it raises,
+    naming the distribution), reparameterized if the distribution's ``has_reparam`` says so.
+    """
+
+    arg_constraints: dict[str, Any] = {}
+
+    def __init__(self, owner: Distribution, var: str, inputs: Mapping[str, Any], base: Any = None,
+                 sampler: Any = None, drawn: Tensor | None = None, batch_shape: Any = (), event_shape: Any = (),
+                 unexpanded: torch.Size | None = None) -> None:
+        self.owner, self.var, self.inputs = owner, var, inputs
+        self.base, self.sampler, self.drawn = base, sampler, drawn
+        if base is not None:
+            batch_shape, event_shape = base.batch_shape, base.event_shape
+        batch_shape, event_shape = torch.Size(batch_shape), torch.Size(event_shape)
+        self.unexpanded = batch_shape if unexpanded is None else unexpanded  # the shape get_log_prob answers for
+        super().__init__(batch_shape, event_shape, validate_args=False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({describe(self.owner)}, {self.var!r})"
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        if self.base is not None:
+            return bool(self.base.has_rsample)
+        try:
+            return bool(self.owner.has_reparam)
+        except NotImplementedError:  # (Pixyz's Distribution.has_reparam raises)
+            return False
+
+    @property
+    def has_enumerate_support(self) -> bool:  # type: ignore[override]
+        return self.base is not None and bool(self.base.has_enumerate_support)
+
+    @property
+    def support(self) -> Any:  # type: ignore[override]
+        if self.base is not None:
+            return self.base.support
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    @property
+    def mean(self) -> Tensor:
+        return self.base.mean if self.base is not None else super().mean
+
+    @property
+    def variance(self) -> Tensor:
+        return self.base.variance if self.base is not None else super().variance
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        if self.base is None:
+            return super().enumerate_support(expand)
+        return self.base.enumerate_support(expand)  # type: ignore[no-any-return]
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> "UserScored":
+        base = self.base.expand(batch_shape) if self.base is not None else None
+        return UserScored(self.owner, self.var, self.inputs, base, self.sampler, self.drawn, batch_shape,
+                          self.event_shape, self.unexpanded)
+
+    def rsample(self, sample_shape: Any = torch.Size()) -> Tensor:
+        if self.sampler is not None:
+            return self._dgm_user_draw(sample_shape, True)
+        if self.base is not None:
+            return self.base.rsample(sample_shape)  # type: ignore[no-any-return]
+        return self._dgm_check_drawn(self.drawn, sample_shape)
+
+    def sample(self, sample_shape: Any = torch.Size()) -> Tensor:
+        if self.sampler is not None:
+            with torch.no_grad():
+                return self._dgm_user_draw(sample_shape, False)
+        if self.base is not None:
+            return self.base.sample(sample_shape)  # type: ignore[no-any-return]
+        return self._dgm_check_drawn(self.drawn, sample_shape).detach()
+
+    def _dgm_user_draw(self, sample_shape: Any, reparam: bool) -> Tensor:
+        """A draw by the class's own ``sample``; leading batch dims that plates added to the site (vectorized
+        particles) are its ``sample_shape``, as in Pixyz."""
+        shape, lead = torch.Size(sample_shape), len(self.batch_shape) - len(self.unexpanded)
+        if lead > 0 and self.batch_shape[lead:] == self.unexpanded:
+            shape += self.batch_shape[:lead]
+        return self._dgm_check_drawn(self.sampler(shape, reparam), sample_shape)
+
+    def _dgm_check_drawn(self, value: Any, sample_shape: Any) -> Tensor:
+        """``value``, drawn by the class's own ``sample``, if it has the site's shape."""
+        shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
+        if isinstance(value, Tensor) and value.shape == shape:
+            return value
+        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+        raise ShapeError(f"{describe(self.owner)}: the Pyro site {self.var!r} needs a value of shape {tuple(shape)} "
+                         f"(batch shape {tuple(self.batch_shape)}: the plates around it), but the distribution's "
+                         f"own sample() drew {got}: a value drawn by the distribution's own code cannot be "
+                         "repeated over a plate (the data plate, or vectorized particles); draw one value per "
+                         "element of the plates in sample() (honour batch_n, or call super().sample()), or use "
+                         "num_particles without vectorize_particles")
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        owner = self.owner
+        if self.base is not None and not owner._dgm_user_log_prob:
+            return self.base.log_prob(value)  # type: ignore[no-any-return]  # (the family's density)
+        ev = len(self.event_shape)
+        dims = list(range(-self._dgm_feature_ndim(), 0))
+        lp = owner.get_log_prob({self.var: value, **self.inputs}, sum_features=True, feature_dims=dims)
+        batch = value.shape[:value.dim() - ev]
+        try:
+            expected = torch.broadcast_shapes(batch, self.batch_shape)
+            answered = torch.broadcast_shapes(batch, self.unexpanded)
+        except RuntimeError:
+            expected = answered = None
+        if isinstance(lp, Tensor) and expected is not None:
+            if lp.shape == expected:
+                return lp
+            if lp.shape == answered or (lp.dim() == len(expected) and all(
+                    m in (n, 1) for m, n in zip(lp.shape, expected))):
+                # parameters of batch 1, or a site that the plates (or batch_n) expanded: Pyro broadcasts
+                return lp.expand(expected)
+        got = f"shape {tuple(lp.shape)}" if isinstance(lp, Tensor) else type(lp).__name__
+        raise ShapeError(f"{describe(owner)}: get_log_prob() of {self.var!r} of shape {tuple(value.shape)} (event "
+                         f"shape {tuple(self.event_shape)}) returned {got}; a Pyro site needs one log-density per "
+                         f"batch element, shape {tuple(expected) if expected is not None else '?'}: sum only the "
+                         f"event dims (get_log_prob is called with feature_dims={dims})")
+
+    def _dgm_feature_ndim(self) -> int:
+        """How many of the site's event dims are the factor's feature dims (Pixyz's, which ``get_log_prob``
+        sums): those its draw reinterpreted (``to_event``), not the family's own (a one-hot class dim)."""
+        if self.base is None:
+            return len(self.event_shape)
+        n, d = 0, self.base
+        while isinstance(d, Independent):
+            n, d = n + d.reinterpreted_batch_ndims, d.base_dist
+        return n
+
+
+def _site_inputs(self: Any, b: Binding, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values the factor's ``get_log_prob`` reads besides its own variables, under the distribution's names."""
+    own = self._dgm_binding
+    pairs = list(zip(own.cond_var, b.cond_var))
+    pairs += [p for p in zip(own.input_var, b.input_var) if p not in pairs]
+    return {o: values[g] for o, g in pairs if g in values}
+
+
+class _OwnSites(Messenger):
+    """Around the class's own draw of a factor in a Pyro model or guide run: the site of its variable gets a
+    :class:`UserScored` distribution over the one the draw built, drawn by ``sampler`` (the class's own ``sample``)
+    where given, and scored by the class's own ``get_log_prob``."""
+
+    def __init__(self, dist: Any, b: Binding, values: Mapping[str, Any], sampler: Any = None) -> None:
+        super().__init__()
+        self.dist, self.sampler = dist, sampler
+        self.inputs = _site_inputs(dist, b, values)
+        self.own = dict(zip(b.var, dist._dgm_binding.var))
+
+    def _pyro_sample(self, msg: Any) -> None:
+        o = self.own.get(msg["name"])
+        if o is None or isinstance(msg["fn"], UserScored) or (msg.get("infer") or {}).get("_deterministic"):
+            return  # (another site; a mean recorded by pyro.deterministic is not a draw)
+        msg["fn"] = UserScored(self.dist, o, self.inputs, base=msg["fn"], sampler=self.sampler)
+
+
+def _user_sampler(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState) -> Any:
+    """The draw of the factor's one variable by the class's own ``sample``, as a function of ``(sample_shape,
+    reparam)``; Pyro's handlers do not see the sites that it draws through (the site is the variable's)."""
+    own = self._dgm_binding
+    inputs = {o: values[g] for o, g in zip(own.input_var, b.input_var) if g in values}
+    batch_n = None if b.input_var else ctx.batch_n  # (a factor with inputs takes their batch)
+
+    def draw(sample_shape: torch.Size, reparam: bool) -> Any:
+        with poutine.block():
+            out = self.sample(dict(inputs), batch_n=batch_n, sample_shape=sample_shape, return_all=False,
+                              reparam=reparam, **ctx.kwargs)
+        if not isinstance(out, Mapping):
+            raise TypeError(f"{describe(self)}: sample() must return a dict of values, got {type(out).__name__}")
+        if own.var[0] not in out:
+            raise ValueError(f"{describe(self)}: sample() returned {sorted(out)}, without {own.var[0]!r}; it draws "
+                             f"{list(own.var)}")
+        return out[own.var[0]]
+
+    return draw
+
+
+def _has_density(self: Any) -> bool:
+    """Whether the factor scores its values: its class's own ``get_log_prob``, or a family's density."""
+    return bool(self._dgm_user_log_prob) or not getattr(type(self)._dgm_score_with, "_dgm_no_density", False)
+
+
+def _draw_in_pyro(self: Any, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+    """A factor whose class has its own ``sample`` or ``get_log_prob``, in a Pyro model or guide run: its site is
+    the one its class's draw makes (a family's), or, for a distribution without one, one of its own
+    (:func:`_site_of_own`); a variable that is not given is drawn by the class's ``sample`` (as Pixyz's graph
+    draws it), and every site is scored by its ``get_log_prob``."""
+    inner = self._dgm_inner_draw_with
+    drawn = [g for g in b.var if g not in ctx.obs]  # type: ignore[operator]
+    user_draw = bool(drawn) and self._dgm_user_sample
+    if user_draw and len(b.var) != 1:
+        raise NotImplementedError(f"{describe(self)}: its own sample() draws {list(b.var)} together, and a Pyro "
+                                  "site holds one variable; give them as data, or write the distribution as a "
+                                  "product of one-variable distributions")
+    if not getattr(inner, "_dgm_no_draw", False):  # the class's draw (a family's) makes the site
+        if not user_draw and not self._dgm_user_log_prob:
+            return inner(b, values, ctx)  # type: ignore[no-any-return]
+        with _OwnSites(self, b, values, _user_sampler(self, b, values, ctx) if user_draw else None):
+            return inner(b, values, ctx)  # type: ignore[no-any-return]
+    if drawn and not self._dgm_user_sample:
+        raise NotImplementedError(f"{describe(self)}: {drawn[0]!r} is not given to this Pyro model, and "
+                                  f"{type(self).__name__} has no sample() to draw it; give {drawn[0]!r} as data "
+                                  f"(model({drawn[0]}=...)), or define sample()")
+    if not _has_density(self) or len(b.var) != 1:
+        why = ("defines no get_log_prob() to score it" if not _has_density(self)
+               else f"scores {list(b.var)} together, and a Pyro site holds one variable")
+        raise NotImplementedError(f"{describe(self)}: {b.var[0]!r} is a site of this Pyro model, which Pyro scores "
+                                  f"(an ELBO scores every site), but {type(self).__name__} {why}; define "
+                                  "get_log_prob(self, x_dict, sum_features=True, feature_dims=None, **kwargs) for "
+                                  "one variable (a deterministic map is a pyro_dgm.distributions.Deterministic)")
+    if drawn:
+        value = _user_sampler(self, b, values, ctx)(ctx.sample_shape, ctx.reparam)
+        _site_of_own(self, b, values, ctx, value, observed=False)
+    else:
+        _site_of_own(self, b, values, ctx, values[b.var[0]], observed=True)
+    return None
+
+
+def _site_of_own(self: Any, b: Binding, values: dict[str, Any], ctx: CallState, value: Any, observed: bool) -> None:
+    """The site of ``b``'s one variable for a distribution without a draw of its own, holding ``value`` (drawn by
+    its ``sample``, or observed) and scored by its ``get_log_prob``. Its batch dims are the inputs' (a drawn value),
+    or the value's with the inputs' (an observed one; Pixyz's one batch dim where no trace or plate says), the rest
+    event dims."""
+    g, o = b.var[0], self._dgm_binding.var[0]
+    if not isinstance(value, Tensor):
+        raise NotATensorError(f"{describe(self)}: the value of {g!r} must be a tensor, got {type(value).__name__}")
+    if observed:
+        shapes = [value.shape[:value.dim() - _event_dim(value, g, ctx)]]
+        shapes += [x.shape[:x.dim() - _event_dim(x, v, ctx)] for v in b.input_var
+                   if isinstance(x := values.get(v), Tensor)]
+        try:
+            batch = torch.broadcast_shapes(*shapes)
+        except RuntimeError as err:
+            raise ShapeError(f"{describe(self)}: the batch shapes of the observed {g!r} and of its inputs "
+                             f"({', '.join(str(tuple(s)) for s in shapes)}) do not broadcast") from err
+        e = value.dim() - min(len(batch), value.dim())
+    else:
+        bn = min(self._dgm_batch_ndim(b, values, ctx), value.dim())
+        e, batch = value.dim() - bn, value.shape[:bn]
+    fn = UserScored(self, o, _site_inputs(self, b, values), drawn=value, batch_shape=batch,
+                    event_shape=value.shape[value.dim() - e:])
+    infer = self._dgm_pyro_infer
+    if observed:
+        values[g] = self._dgm_pyro_sample(g, fn, obs=value)
+    else:
+        values[g] = self._dgm_pyro_sample(g, fn, **({"infer": dict(infer)} if infer else {}))
+    ctx.event_dims[g] = e
+
+
+def _event_dim(x: Tensor, name: str, ctx: CallState) -> int:
+    """The event dims of a value in a Pyro model run: drawn in it, a site's, the plates', else Pixyz's one batch dim."""
+    e = ctx.event_dims.get(name)
+    if e is None and PYRO_STACK:
+        e = given_event_dim(x, ctx)
+    return max(x.dim() - 1, 0) if e is None else e
 
 
 def _draw_via_set_dist(self: Any, b: Binding, values: dict[str, Any], ctx: CallState) -> None:

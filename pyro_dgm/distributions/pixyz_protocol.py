@@ -28,6 +28,7 @@ True
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 from pyro.distributions.torch_distribution import TorchDistributionMixin
@@ -38,7 +39,10 @@ _WRAPPED: dict[type, type] = {}
 
 
 def pyro_class(torch_class: type) -> type:
-    """``torch_class`` with Pyro's ``TorchDistributionMixin`` (``to_event``, ``expand``...), made once per class."""
+    """``torch_class`` with Pyro's ``TorchDistributionMixin`` (``to_event``, ``expand``...), made once per class; a
+    ``functools.partial`` of a class (``partial(StudentT, 3.0)``) becomes the same partial of that class."""
+    if isinstance(torch_class, functools.partial) and isinstance(torch_class.func, type):
+        return functools.partial(pyro_class(torch_class.func), *torch_class.args, **torch_class.keywords)
     if issubclass(torch_class, TorchDistributionMixin):
         return torch_class
     cls = _WRAPPED.get(torch_class)
@@ -60,7 +64,12 @@ def adopt(dist: Any, params: Mapping[str, Any]) -> tuple[Any, tuple[tuple[str, .
     parameter names with no class; ``None`` for our families."""
     cls = type(dist)
     if cls.pyro_dist is not None or cls.param_groups:
-        return None
+        owner = next(c for c in cls.__mro__ if "distribution_torch_class" in vars(c))
+        if owner.__module__.startswith("pyro_dgm."):  # (ours: e.g. Multinomial's, which reads its total_count)
+            return None
+        # a family's subclass that names another torch class: Pixyz's set_dist builds its dist from that class
+        groups = tuple((k,) for k in dist.params_keys) if _user_defined(cls, "params_keys") else cls.param_groups
+        return pyro_class(dist.distribution_torch_class), groups
     if _user_defined(cls, "distribution_torch_class") and _user_defined(cls, "params_keys"):
         return pyro_class(dist.distribution_torch_class), tuple((k,) for k in dist.params_keys)
     return None, tuple((k,) for k in params)

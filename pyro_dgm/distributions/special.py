@@ -53,6 +53,9 @@ class Deterministic(Distribution):
             raise TypeError(f"{type(self).__name__} {name} (var={var!r:.60}): {e}; a Deterministic takes var, "
                             "cond_var, name and features_shape (its network's settings go to its own __init__)"
                             ) from None
+        self._dgm_rebind()
+
+    def _dgm_rebind(self) -> None:
         # as Pixyz (and our families), a Deterministic that cannot run (no forward, or forward's arguments not the
         # cond_var) builds, prints and multiplies, and raises at its first call
         unusable: BaseException | None = None
@@ -67,6 +70,7 @@ class Deterministic(Distribution):
                 pos, kw = forward_binding(self, ())
             except (ValueError, TypeError) as e:
                 unusable = e
+        self.__dict__.pop("_dgm_draw_with", None)  # (the error of an earlier binding)
         if unusable is not None:
             err = unusable
 

@@ -87,7 +87,13 @@ def _names(lib: Any, kind: str) -> set[str]:
     for value in vars(lib).values():
         if inspect.isclass(value) and issubclass(value, base):
             names |= set(dir(value))
-    for obj in KINDS[kind](lib):
+    objs = list(KINDS[kind](lib))
+    if kind == "distributions":  # the flow distributions' own names (Pixyz keeps _flow_input_var in the instance)
+        prior = lib.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
+        flows = importlib.import_module(lib.__name__.replace("distributions", "flows"))
+        objs += [lib.TransformedDistribution(prior, flows.PlanarFlow(2), var=["x"]),
+                 lib.InverseTransformedDistribution(prior, flows.PlanarFlow(2), var=["x"])]
+    for obj in objs:
         names |= set(dir(obj)) | set(vars(obj))
     return {n for n in names if not n.startswith("__")} - foreign
 
