@@ -43,7 +43,7 @@ from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
-from pyro_dgm.losses.steps import HALF_DTYPES, SIGNALS, finite_sum, network_buffers
+from pyro_dgm.losses.steps import HALF_DTYPES, SIGNALS, finite_sum, network_buffers, restore_buffers, take_buffers
 from pyro_dgm.utils.checks import DTypeError, OutOfRangeError, ShapeError, check_present, describe
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
@@ -353,7 +353,7 @@ class AdversarialLoss(Loss):
         pairs = self.__dict__.get("_dgm_net_buffers")
         if pairs is None:  # batch-norm statistics of the discriminator and of the samplers, which a failure keeps
             pairs = self.__dict__["_dgm_net_buffers"] = network_buffers(d, self.p, self.q)
-        saved = [(m, n, m._buffers[n].clone()) for m, n in pairs if m._buffers.get(n) is not None]
+        buffers = take_buffers(pairs)
         try:
             replicated = self._replicated
             if replicated is None:
@@ -372,10 +372,8 @@ class AdversarialLoss(Loss):
                 self._dgm_check_d_gradients(loss, overflowed)
             SIGNALS.hold(self)  # the weights all new or all old: a Ctrl-C waits for the step's end (the finally below)
             self.d_optimizer.step()
-        except BaseException:  # the networks as before the step (Model.train does the same for its step); the
-            with torch.no_grad():  # draws made stay drawn (GAN.train records the random states for its checkpoint)
-                for m, n, b in saved:
-                    m._buffers[n].copy_(b)
+        except BaseException:  # the networks as before the step (Model.train does the same for its step); the draws
+            restore_buffers(buffers)  # made stay drawn (GAN.train records the random states for its checkpoint)
             SIGNALS.release(self)
             raise
         try:

@@ -23,7 +23,7 @@ from pyro_dgm.poutine.memoize_messenger import _numpy_mark
 from pyro_dgm.utils.random import current_generator
 
 __all__ = ["HALF_DTYPES", "SIGNALS", "SignalDeferral", "StepRandomState", "autograd_leaves", "clear_grads",
-           "finite_sum", "network_buffers"]
+           "finite_sum", "network_buffers", "restore_buffers", "take_buffers"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # a loss in these may overflow to inf while its gradients are finite
 
@@ -73,9 +73,11 @@ def clear_grads(t: Tensor) -> None:
             p.grad = None
 
 
-def network_buffers(*modules: nn.Module) -> list[tuple[nn.Module, str]]:
-    """``(module, name)`` of every buffer of the networks in ``modules`` (not the distributions' constants), each
-    once: what a training step may change (batch-norm statistics) besides the weights."""
+def network_buffers(*modules: nn.Module) -> list[tuple[nn.Module, str, bool]]:
+    """``(module, name, persistent)`` of every buffer of the networks in ``modules`` (not the distributions'
+    constants), each once: what a training step may change (batch-norm statistics) besides the weights. Buffers that
+    are None now (a flow's batch norm's ``batch_mean`` before its first training step) and non-persistent ones are
+    listed too (see :func:`take_buffers`)."""
     from pyro_dgm.distributions.base import Distribution
 
     seen: set[int] = set()
@@ -85,9 +87,34 @@ def network_buffers(*modules: nn.Module) -> list[tuple[nn.Module, str]]:
             if isinstance(m, Distribution) or id(m) in seen:
                 continue
             seen.add(id(m))
-            out.extend((m, n) for n, b in m._buffers.items()
-                       if b is not None and n not in m._non_persistent_buffers_set)
+            out.extend((m, n, n not in m._non_persistent_buffers_set) for n in m._buffers)
     return out
+
+
+#: what :func:`take_buffers` returns: ``(module, name, the buffer object, a copy of its values or None)``
+TakenBuffers = list[tuple[nn.Module, str, "Tensor | None", "Tensor | None"]]
+
+
+def take_buffers(buffers: Sequence[tuple[nn.Module, str, bool]]) -> TakenBuffers:
+    """The ``buffers`` (of :func:`network_buffers`) as a training step finds them, for :func:`restore_buffers`: each
+    buffer's object, and a copy of the values of the persistent ones (running statistics, which torch's batch norms
+    update in place). A non-persistent buffer (or one that is None) is only referenced, not copied at every step (it
+    may be a large constant mask): one that the step replaces (a flow's batch norm assigns its batch statistics anew
+    at each training forward) is put back; one that the step changes in place is not."""
+    return [(m, n, b, b.clone() if persistent and b is not None else None)
+            for m, n, persistent in buffers for b in (m._buffers.get(n),)]
+
+
+def restore_buffers(taken: TakenBuffers) -> None:
+    """Put back the buffers of a step that failed, as :func:`take_buffers` took them at its start: each buffer
+    object the step replaced, and the values of the persistent ones (copied into the object of the step's start,
+    which keeps its identity)."""
+    with torch.no_grad():
+        for m, n, b, values in taken:
+            if m._buffers.get(n) is not b:
+                m._buffers[n] = b
+            if values is not None:
+                b.copy_(values)
 
 
 class StepRandomState:

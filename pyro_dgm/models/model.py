@@ -6,7 +6,10 @@ non-finite loss; :mod:`.trainer`), checkpoints that resume exactly (:mod:`.check
 under ``torch.distributed`` (:mod:`.distributed`).
 
 Subclasses (``VAE``, ``VI``, ``ML``, ``GAN``) only build a loss and call ``Model.__init__``; a subclass with an extra
-step (a discriminator's) overrides :meth:`Model.train`/:meth:`Model.test` and calls ``super()``.
+step (a discriminator's) overrides :meth:`Model.train`/:meth:`Model.test` and calls ``super()``. A subclass written
+for Pixyz that sets Pixyz's attributes itself (``loss_cls``, ``distributions``, ``optimizer``...) instead of calling
+``Model.__init__`` works as under Pixyz: pyro_dgm's own state is made from them at its first use
+(:meth:`Model.__getattr__`).
 
 ``fit`` (:mod:`.trainer`) asks a model only for :meth:`Model.train_step` and :meth:`Model.test_step` (one batch ->
 the loss and its named terms) and reads or sets its public attributes (``loss_cls``/``test_loss_cls``, ``epoch``,
@@ -27,7 +30,8 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, autograd_leaves, network_buffers
+from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, autograd_leaves, network_buffers, restore_buffers
+from pyro_dgm.losses.steps import take_buffers
 from pyro_dgm.losses.steps import SIGNALS as _SIGNALS
 from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_check.py imports it from here)
 from pyro_dgm.losses.base import Loss
@@ -273,6 +277,16 @@ class _PyroSideState:
             guide.__dict__.update(state)
 
 
+#: the public attributes that pyro_dgm's Model adds to Pixyz's (what fit() reads and sets), and how each starts
+_PUBLIC_DEFAULTS: tuple[tuple[str, Callable[[], Any]], ...] = (
+    ("check_gradients", lambda: True), ("epoch", lambda: 0), ("last_terms", dict), ("history", trainer.History),
+    ("stop_training", lambda: False), ("tb_writer", lambda: None))
+#: the state that Model.__init__ makes besides Pixyz's attributes: made at its first use when a subclass skipped it
+_OWN_STATE = frozenset({"_dgm_ddp", "_dgm_compile", "_dgm_compiled", "_dgm_clip_each", "_dgm_optimizer_spec",
+                        "_dgm_params", "_dgm_pyro_named", "_dgm_pyro_terms", "_dgm_autoguides", "_dgm_sharing", "step",
+                        *(name for name, _ in _PUBLIC_DEFAULTS)})
+
+
 class Model:
     r"""Training and testing of a loss: Pixyz's Model API.
 
@@ -425,14 +439,52 @@ class Model:
         self._dgm_compile = compile_options(owner, compile)  # torch.compile's options, or None: eager evaluation
         self._dgm_compiled: dict[int, CompiledEval] = {}
         self.step = 0
-        # what fit() and its callbacks read and set (public; fit keeps its own per-call state to itself). Pixyz's
-        # Model has none of them: a subclass that set one before this __init__, or defines one (a method, a
-        # property), keeps its own
-        for name, make in (("check_gradients", lambda: True), ("epoch", lambda: 0), ("last_terms", dict),
-                           ("history", trainer.History), ("stop_training", lambda: False), ("tb_writer", lambda: None)):
+        self._dgm_public_defaults()
+        self._dgm_seen = self._dgm_params_key()
+
+    def _dgm_public_defaults(self) -> None:
+        """Set what fit() and its callbacks read and set (public; fit keeps its own per-call state to itself).
+        Pixyz's Model has none of them: a subclass that set one before ``Model.__init__``, or defines one (a method, a
+        property), keeps its own."""
+        for name, make in _PUBLIC_DEFAULTS:
             if name not in self.__dict__ and not hasattr(type(self), name):
                 setattr(self, name, make())
-        self._dgm_seen = self._dgm_params_key()
+
+    def __getattr__(self, name: str) -> Any:
+        """pyro_dgm's own state of a model whose subclass set Pixyz's attributes itself instead of calling
+        ``Model.__init__`` (Pixyz's ``Model`` is a plain object whose whole state is ``loss_cls``, ``test_loss_cls``,
+        ``distributions``, ``optimizer``, ``clip_norm``, ``clip_value`` and ``retain_graph``): made from them when
+        first read (:meth:`_dgm_complete_state`). Only an attribute missing from the object comes here, so a model
+        that ``Model.__init__`` built never does."""
+        if name in _OWN_STATE and "_dgm_completed" not in self.__dict__:
+            self._dgm_complete_state()
+            return getattr(self, name)
+        parent = getattr(super(), "__getattr__", None)  # (a subclass that is also an nn.Module)
+        if parent is not None:
+            return parent(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
+
+    def _dgm_complete_state(self) -> None:
+        """Make pyro_dgm's state of a model whose subclass did not call ``Model.__init__`` from the attributes it set,
+        as ``Model.__init__`` would with ``compile=False`` and without ``DistributedDataParallel`` (under
+        torch.distributed each process trains alone, as under Pixyz); what the subclass set is kept."""
+        distributions = self.distributions  # (missing: the AttributeError that Pixyz's train and test raise)
+        loss = getattr(self, "loss_cls", None)
+        if loss is not None:
+            check_loss(type(self).__name__, loss, "loss_cls")
+        state = self.__dict__
+        state["_dgm_completed"] = True
+        for name, value in (("_dgm_ddp", None), ("_dgm_compile", None), ("_dgm_clip_each", False), ("step", 0),
+                            ("_dgm_optimizer_spec", (torch.optim.Adam, None))):
+            state.setdefault(name, value)
+        state.setdefault("_dgm_compiled", {})
+        state.setdefault("_dgm_pyro_named", {})
+        state.setdefault("_dgm_params", list(distributions.parameters()))
+        state.setdefault("_dgm_pyro_terms", _pyro_side_terms(loss) if loss is not None else [])
+        state.setdefault("_dgm_autoguides", _autoguides(self._dgm_pyro_terms))
+        self._dgm_public_defaults()
+        if "_dgm_sharing" not in state:
+            self._dgm_share_trained()
 
     # ------------------------------------------------------------------ losses and text
     def set_loss(self, loss: Loss | None, test_loss: Loss | None = None) -> None:
@@ -477,7 +529,9 @@ class Model:
     def _dgm_share_trained(self) -> None:
         """Tell the loss's adversarial terms which parameters this model trains (their ``_dgm_trained_with``); a
         training step tells them again when another model of the same terms told them last."""
-        self._dgm_sharing = [term for loss in (self.loss_cls, self.test_loss_cls) if loss is not None
+        losses = (getattr(self, "loss_cls", None), getattr(self, "test_loss_cls", None))  # (a subclass that skipped
+        # Model.__init__ may set one only)
+        self._dgm_sharing = [term for loss in losses if loss is not None
                              for term in loss.loss_terms() if callable(getattr(term, "_dgm_trained_with", None))]
         for term in self._dgm_sharing:
             term._dgm_trained_with(self._dgm_params, self)
@@ -588,15 +642,16 @@ class Model:
 
         Notes
         -----
-        A step that raises (also Ctrl-C) leaves the weights, the optimizer and the networks' buffers (batch-norm
-        running statistics) as they were before it (a Ctrl-C, or a timer's signal handler, that comes while the
-        optimizer updates the weights is raised once the step is taken and counted: see
-        :class:`~pyro_dgm.losses.steps.SignalDeferral`; an error raised by the optimizer itself, a hook of it, may
-        leave some weights updated, and its note says so), and a checkpoint saved before the next step records the
-        random states of its start (see :class:`~pyro_dgm.losses.steps.StepRandomState`), so that it resumes as the
-        uninterrupted run. The live random generators keep the failed step's draws: the step taken again in the
-        same process draws anew, as under Pixyz. With Pyro-side terms (``PyroELBO``), the parameters the step
-        created in Pyro's param store and an autoguide's first-call set-up are undone too.
+        A step that raises (also Ctrl-C) leaves the weights, the optimizer and the networks' buffers (batch-norm running
+        statistics, a flow's batch statistics; a non-persistent buffer that the step changed in place is not put back,
+        see :func:`~pyro_dgm.losses.steps.take_buffers`) as they were before it (a Ctrl-C, or a timer's signal handler,
+        that comes while the optimizer updates the weights is raised once the step is taken and counted: see
+        :class:`~pyro_dgm.losses.steps.SignalDeferral`; an error raised by the optimizer itself, a hook of it, may leave
+        some weights updated, and its note says so), and a checkpoint saved before the next step records the random
+        states of its start (see :class:`~pyro_dgm.losses.steps.StepRandomState`), so that it resumes as the
+        uninterrupted run. The live random generators keep the failed step's draws: the step taken again in the same
+        process draws anew, as under Pixyz. With Pyro-side terms (``PyroELBO``), the parameters the step created in
+        Pyro's param store and an autoguide's first-call set-up are undone too.
 
         Under ``torch.distributed`` every process takes the step or none does: an error raised while the loss is
         evaluated on some processes (a network's error, a validation error on one process's slice) and a
@@ -613,15 +668,14 @@ class Model:
         pairs = self.__dict__.get("_dgm_net_buffers")
         if pairs is None:  # the networks' buffers (batch-norm statistics...), which a failed step must not change
             pairs = self._dgm_net_buffers = network_buffers(self.distributions)
-        saved = [(m, n, m._buffers[n].clone()) for m, n in pairs if m._buffers.get(n) is not None] if pairs else ()
+        buffers = take_buffers(pairs) if pairs else ()
         rng = StepRandomState()
         pyro_side = _PyroSideState(self) if self._dgm_pyro_terms else None
         try:
             return self._dgm_step(train_x_dict, kwargs)
         except BaseException as e:  # a NaN batch, a network that raised, Ctrl-C: as if the step had not started
-            with torch.no_grad():
-                for m, n, b in saved:
-                    m._buffers[n].copy_(b)
+            if buffers:
+                restore_buffers(buffers)
             if pyro_side is not None:
                 pyro_side.restore(self)
             # a checkpoint saved before the next step (except KeyboardInterrupt: save) records the random states of
