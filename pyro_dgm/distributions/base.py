@@ -214,6 +214,48 @@ def _only_in_last_error(ref: Any) -> bool:
     return True
 
 
+class _VarList(list):
+    """A distribution's ``_var`` or ``_cond_var``: a list that tells its distribution when a subclass changes it in
+    place (``self._cond_var.append("y")``; Pixyz reads the list at every call), as an assignment does
+    (:meth:`Distribution._dgm_set_vars`). A copy or a pickle of it is a plain list."""
+
+    __slots__ = ("_owner", "_attr")
+
+    def __init__(self, names: Iterable[str], owner: Any, attr: str) -> None:
+        super().__init__(names)
+        self._owner, self._attr = weakref.ref(owner), attr
+
+    def _changed(self) -> None:
+        owner = self._owner()
+        if owner is not None and owner.__dict__.get(self._attr) is self:
+            owner._dgm_set_vars(self._attr, list(self))
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return list, (list(self),)
+
+    def __iadd__(self, other: Any) -> "_VarList":
+        super().__iadd__(other)
+        self._changed()
+        return self
+
+
+def _mutator(name: str) -> Any:
+    base = getattr(list, name)
+
+    def method(self: _VarList, *args: Any) -> Any:
+        out = base(self, *args)
+        self._changed()
+        return out
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "__setitem__",
+              "__delitem__"):
+    setattr(_VarList, _name, _mutator(_name))
+
+
 def _references(container: Any, obj: Any) -> int:
     """How many references ``container`` holds to ``obj`` (a frame's locals, a dict's values...). A function of its
     own: a generator expression over ``obj`` in the caller would hold the caller's ``obj`` in a cell."""
@@ -304,16 +346,17 @@ class Distribution(YieldingModule):
         if not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a string, got {name!r}")
         owner = f"{type(self).__name__} {name}"
-        self._var = as_var_list(var, owner, "var")
+        self._var = _VarList(as_var_list(var, owner, "var"), self, "_var")
         if not self._var:
             raise ValueError(f"{owner}: var must name at least one variable, e.g. var=['x']")
-        self._cond_var = as_var_list(cond_var, owner, "cond_var")
+        self._cond_var = _VarList(as_var_list(cond_var, owner, "cond_var"), self, "_cond_var")
         both = [v for v in self._var if v in self._cond_var]
         if both:
             raise ValueError(f"{owner}: {both[0]!r} is both in var {self._var} and in cond_var {self._cond_var}; "
                              "a distribution cannot be conditioned on the variable it generates")
         self._name = _latex_name(name)  # Pixyz typesets the name once, at construction (p1 -> p_{1})
         self._dgm_input_var = list(self._cond_var)
+        self._dgm_cond_seen = tuple(self._cond_var)  # (what input_var followed: see _dgm_set_vars)
         try:
             self._features_shape = torch.Size(features_shape)
         except TypeError:
@@ -332,10 +375,13 @@ class Distribution(YieldingModule):
         """A subclass that sets ``self._cond_var`` (or ``self._var``) after ``__init__``, as Pixyz programs do to
         add a conditioning variable: ``input_var`` follows ``cond_var`` (Pixyz's reads it) where it did before, and
         ``forward``'s arguments are bound again (:meth:`_dgm_rebind`)."""
-        new = as_var_list(value, describe(self), name[1:])
+        new = _VarList(as_var_list(value, describe(self), name[1:]), self, name)
         d = self.__dict__
-        tracks = name == "_cond_var" and list(d["_dgm_input_var"]) == list(d["_cond_var"])
+        # (the list itself may be changed already: self._cond_var += [...] extends it, then sets it)
+        tracks = name == "_cond_var" and tuple(d["_dgm_input_var"]) == d.get("_dgm_cond_seen", ())
         d[name] = new
+        if name == "_cond_var":
+            d["_dgm_cond_seen"] = tuple(new)
         if tracks:
             d["_dgm_input_var"] = list(new)
         NAMES_VERSION[0] += 1  # formulas printed before are out of date
@@ -1133,6 +1179,7 @@ class Distribution(YieldingModule):
         """
         name = self._dgm_pyro_name or self.prob_text
         store = None
+        judged: dict[int, bool] = {}  # owners already judged dead in this pass (one collection for all parameters)
         for pname, prm in self.named_parameters():
             if not prm.requires_grad:
                 continue  # as pyro.module: frozen parameters are not Pyro's to optimize
@@ -1141,18 +1188,20 @@ class Distribution(YieldingModule):
                 store = pyro.get_param_store()
             cur = store._params.get(full)
             if cur is not None and cur is not prm:
-                self._dgm_take_name(store, full, prm, cur)
+                self._dgm_take_name(store, full, prm, cur, judged)
             pyro.param(full, prm)
             entry = _REGISTERED.get(id(prm))
             if entry is None or entry[1]() is None:  # (a network a dead distribution registered is this one's now)
                 _REGISTERED[id(prm)] = (weakref.ref(prm, _forget(id(prm))), weakref.ref(self))
 
-    def _dgm_take_name(self, store: Any, full: str, prm: Tensor, cur: Tensor) -> None:
+    def _dgm_take_name(self, store: Any, full: str, prm: Tensor, cur: Tensor, judged: dict[int, bool]) -> None:
         entry = _REGISTERED.get(id(cur))
         if entry is not None and entry[0]() is cur:  # a distribution of this process put it there
             owner = entry[1]()
             if owner is not None and (owner._dgm_pyro_name or owner.prob_text) != full.split("$$$")[0]:
                 owner = None  # a live one holds the tensor under another name (it reuses a dead one's network)
+            if owner is not None and judged.get(id(owner)):
+                owner = None  # (judged dead for an earlier parameter of this pass)
             if owner is not None and owner is not self:
                 # an unreachable one may still live in a reference cycle (the traceback of a call that raised, in
                 # a notebook): collect those before calling it live
@@ -1161,8 +1210,10 @@ class Distribution(YieldingModule):
                 gc.collect()
                 owner = entry[1]()
                 if owner is not None and owner is not self:
+                    key = id(owner)
                     del owner  # (a reference here would keep it alive)
-                    owner = None if _only_in_last_error(entry[1]) else entry[1]()
+                    dead = judged[key] = _only_in_last_error(entry[1])
+                    owner = None if dead else entry[1]()
             if owner is not None and owner is not self:
                 raise ValueError(f"{describe(self)}: Pyro's param store already holds {full!r} for another live "
                                  f"distribution, {describe(owner)}, with the same pyro_name "

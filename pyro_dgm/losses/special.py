@@ -83,7 +83,9 @@ class ValueLoss(Loss):
                             f"tensor, got {type(loss1).__name__}")
         super().__init__([])
         self.original_value = loss1
-        if isinstance(loss1, Tensor):
+        if isinstance(loss1, Tensor) and loss1.dtype == torch.bool:  # a flag: 1 or 0, in float32 as Pixyz's
+            self.register_buffer("value", loss1.to(torch.float))
+        elif isinstance(loss1, Tensor):
             self.value = loss1  # kept as given (a parameter stays one, with its gradient)
         else:  # a float32 buffer, as Pixyz's: in the state dict, moved by .to(), changed in place by fill_()
             self.register_buffer("value", torch.tensor(loss1, dtype=torch.float))

@@ -125,14 +125,16 @@ def prog_a_bool_is_a_number_in_loss_arithmetic() -> Any:
     x = torch.randn(3, 2)
     use_kl = True
     return [(use_kl * KullbackLeibler(q, prior)).mean().eval({"x": x}),
-            (KullbackLeibler(q, prior) * False).mean().eval({"x": x}), ValueLoss(True).eval()]
+            (KullbackLeibler(q, prior) * False).mean().eval({"x": x}), ValueLoss(True).eval(),
+            ValueLoss(torch.tensor(True)).eval()]
 
 
 def test_a_bool_is_a_number_in_loss_arithmetic() -> None:
     ref, ours = same(prog_a_bool_is_a_number_in_loss_arithmetic)
     assert float(ours[1]) == 0.0 and float(ours[2]) == 1.0
-    with_true = run_pyro_dgm(lambda: str(__import__("pixyz").losses.ValueLoss(True) + 1))
-    assert with_true == "2"  # (Pixyz cannot print it)
+    texts = run_pyro_dgm(lambda: [str(__import__("pixyz").losses.ValueLoss(True) + 1),
+                                  str(__import__("pixyz").losses.ValueLoss(torch.tensor(True)) * 2)])
+    assert texts == ["2", "2.0"]  # (Pixyz cannot print the first; it prints True as \text{True})
 
 
 # ------------------------------------------------------------------------------------------------ subclasses
@@ -158,11 +160,28 @@ def prog_a_condition_added_after_init_reaches_forward() -> Any:
         def forward(self, x: Any, y: Any) -> Any:
             return {"h": x * y}
 
+    class Extended(Q):  # the list extended in place (+=), or appended to: Pixyz reads it at every call
+        def __init__(self, append: bool) -> None:
+            super().__init__()
+            self._cond_var = ["x"]
+            if append:
+                self._cond_var.append("y")
+            else:
+                self._cond_var += ["y"]
+
+    from pixyz.losses import LogProb
     q, f = Q(), F()
     x, y = torch.randn(2, 2), torch.full((2, 2), 10.0)
-    return {"text": q.prob_text, "input_var": q.input_var, "mean": q.sample_mean({"x": x, "y": y}),
-            "log_prob": q.get_log_prob({"x": x, "y": y, "z": torch.zeros(2, 2)}),
-            "f input_var": f.input_var, "f": f.sample({"x": x, "y": y}, return_all=False)}
+    z = torch.zeros(2, 2)
+    out = {"text": q.prob_text, "input_var": q.input_var, "mean": q.sample_mean({"x": x, "y": y}),
+           "log_prob": q.get_log_prob({"x": x, "y": y, "z": z}),
+           "f input_var": f.input_var, "f": f.sample({"x": x, "y": y}, return_all=False)}
+    for append in (False, True):
+        e = Extended(append)
+        e.fc = q.fc
+        out[f"extended {append}"] = [e.input_var, e.get_log_prob({"x": x, "y": y, "z": z}),
+                                     LogProb(e).eval({"x": x, "y": y, "z": z})]
+    return out
 
 
 def prog_a_family_subclass_names_another_torch_class() -> Any:
