@@ -486,7 +486,8 @@ class Loss(YieldingModule, _PyroELBO):
             # a term evaluated by its parent's forward, inside one evaluation of this thread: skip the checks; as
             # Pixyz's, the term gets a dict of its own inputs only (a user's forward may update it in place, and a
             # term such as IterativeLoss hands back what it got)
-            return self._dgm_evaluate({k: x_dict[k] for k in self._input_var if k in x_dict}, ctx, kwargs)
+            names = self._input_var if type(self).input_var is _INPUT_VAR else self.input_var
+            return self._dgm_evaluate({k: x_dict[k] for k in names if k in x_dict}, ctx, kwargs)
         if x_dict is None:
             given: dict[str, Any] = {}
         elif type(x_dict) is dict or isinstance(x_dict, Mapping):
@@ -494,10 +495,11 @@ class Loss(YieldingModule, _PyroELBO):
         else:
             raise TypeError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
                             f"got {type(x_dict).__name__}")
-        missing = [v for v in self._input_var if v not in given and v not in self._dgm_optional_var]
+        names = self._input_var if type(self).input_var is _INPUT_VAR else self.input_var  # (a subclass's own)
+        missing = [v for v in names if v not in given and v not in self._dgm_optional_var]
         if missing:
             _raise_missing(self, given, missing)
-        inputs = {k: given[k] for k in self._input_var if k in given}
+        inputs = {k: given[k] for k in names if k in given}
         if ctx is None:  # the entry: one context for the whole evaluation (memoizing scope, recorder, options)
             for k, v in inputs.items():
                 if type(v) is not Tensor and type(v).__module__ == "numpy":
@@ -585,7 +587,7 @@ class Loss(YieldingModule, _PyroELBO):
     def _dgm_evaluate(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         """``(value, samples)`` of this node inside the evaluation ``ctx``: checks the inputs, runs :meth:`forward`
         and records the value. ``values`` are not copied."""
-        for v in self._input_var:
+        for v in self._input_var if type(self).input_var is _INPUT_VAR else self.input_var:
             if v not in values and v not in self._dgm_optional_var:
                 _raise_missing(self, values, [v])
         if has_forward_hooks(self):
@@ -783,6 +785,9 @@ class Loss(YieldingModule, _PyroELBO):
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}: a pyro_dgm loss evaluates its own formula and does not "
                                   "trace model/guide; use differentiable_loss or eval")
+
+
+_INPUT_VAR = Loss.__dict__["input_var"]  # (a subclass that overrides the property: see Loss.eval)
 
 
 def _empty_inputs(inputs: Mapping[str, Any]) -> list[str] | None:
