@@ -26,7 +26,12 @@ names, summing the feature dims, so ``Trace_ELBO`` and ``trace.log_prob_sum()`` 
 ``get_log_prob`` and ``LogProb`` compute (a ``poutine.scale`` or ``pyro.factor`` in a plain-Pyro twin). Where it has
 its own ``sample``, a variable that is not given is drawn by it when Pyro samples the site (not when a handler gives
 the value: ``replay`` from a guide, ``condition``, enumeration), with the sites of its ``super().sample`` hidden; the
-leading batch dims that plates add (vectorized particles) are its ``sample_shape``. A distribution without a draw of
+leading batch dims that plates add (vectorized particles) are its ``sample_shape``. Batch dims that Pixyz's one
+batch dim cannot line up (an enumerated parent's value, a global latent's under vectorized particles and the data
+plate) are broadcast and flattened into one before the user's method reads them, its answer reshaped back; a flow's
+or mixture's ``get_log_prob`` gets ``feature_dims=None`` (its features are scored together). A ``poutine.reparam``
+of such a site is refused: a reparameterizer rebuilds the site from the family's parameters, without the class's
+own density or draw. A distribution without a draw of
 its own (a ``Distribution`` subclass with ``sample`` and ``get_log_prob`` only) gets a site of its own: observed when
 given, else holding what its ``sample`` drew (called before the site, to know the value's shape, so also when a
 handler then gives the value); one that cannot be scored, or not drawn, raises a ``NotImplementedError`` saying what
@@ -62,6 +67,7 @@ import torch
 from pyro import poutine
 from pyro.distributions import TorchDistribution
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.reparam_messenger import ReparamMessenger
 from torch import Tensor
 from torch.distributions import Independent, constraints
 
@@ -243,8 +249,9 @@ class UserScored(TorchDistribution):
 
     def __init__(self, owner: Distribution, var: str, inputs: Mapping[str, Any], base: Any = None,
                  sampler: Any = None, drawn: Tensor | None = None, batch_shape: Any = (), event_shape: Any = (),
-                 unexpanded: torch.Size | None = None) -> None:
+                 unexpanded: torch.Size | None = None, input_dims: Mapping[str, int] | None = None) -> None:
         self.owner, self.var, self.inputs = owner, var, inputs
+        self.input_dims = input_dims or {}  # the event dims of the tensor inputs (the rest are batch dims)
         self.base, self.sampler, self.drawn = base, sampler, drawn
         if base is not None:
             batch_shape, event_shape = base.batch_shape, base.event_shape
@@ -254,6 +261,18 @@ class UserScored(TorchDistribution):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({describe(self.owner)}, {self.var!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        """An attribute the site distribution lacks is the family's (``base``, or the distribution it wraps with
+        ``to_event``: its parameters, ``loc``, ``probs``...), as for a plain-Pyro subclass of the family."""
+        d = self.__dict__.get("base")
+        while d is not None and not name.startswith("__"):
+            try:
+                return getattr(d, name)
+            except AttributeError:
+                d = d.base_dist if isinstance(d, Independent) else None
+        raise AttributeError(f"{type(self).__name__!r} object ({describe(self.__dict__.get('owner'))}, the site "
+                             f"{self.__dict__.get('var')!r}) has no attribute {name!r}")
 
     @property
     def has_rsample(self) -> bool:  # type: ignore[override]
@@ -290,7 +309,7 @@ class UserScored(TorchDistribution):
     def expand(self, batch_shape: Any, _instance: Any = None) -> "UserScored":
         base = self.base.expand(batch_shape) if self.base is not None else None
         return UserScored(self.owner, self.var, self.inputs, base, self.sampler, self.drawn, batch_shape,
-                          self.event_shape, self.unexpanded)
+                          self.event_shape, self.unexpanded, self.input_dims)
 
     def rsample(self, sample_shape: Any = torch.Size()) -> Tensor:
         if self.sampler is not None:
@@ -309,11 +328,22 @@ class UserScored(TorchDistribution):
 
     def _dgm_user_draw(self, sample_shape: Any, reparam: bool) -> Tensor:
         """A draw by the class's own ``sample``; leading batch dims that plates added to the site (vectorized
-        particles) are its ``sample_shape``, as in Pixyz."""
+        particles) are its ``sample_shape``, as in Pixyz. Plates that broadcast the inputs (a global latent's value
+        under the data plate and vectorized particles) are drawn as Pixyz's one batch dim: the inputs broadcast to
+        the site's batch shape and flattened, the draw reshaped back."""
         shape, lead = torch.Size(sample_shape), len(self.batch_shape) - len(self.unexpanded)
-        if lead > 0 and self.batch_shape[lead:] == self.unexpanded:
-            shape += self.batch_shape[:lead]
-        return self._dgm_check_drawn(self.sampler(shape, reparam), sample_shape)
+        if lead >= 0 and self.batch_shape[lead:] == self.unexpanded:
+            if lead > 0:
+                shape += self.batch_shape[:lead]
+            return self._dgm_check_drawn(self.sampler(shape, reparam), sample_shape)
+        flat = _flatten_batch(dict(self.inputs), self.input_dims, self.batch_shape) if self.input_dims else None
+        if flat is None:  # (no inputs, or not broadcasting to the site: the check below says what is wrong)
+            return self._dgm_check_drawn(self.sampler(shape, reparam), sample_shape)
+        value = self.sampler(shape, reparam, flat)
+        n = self.batch_shape.numel()
+        if isinstance(value, Tensor) and value.shape[:len(shape) + 1] == shape + (n,):
+            value = value.reshape(shape + self.batch_shape + value.shape[len(shape) + 1:])
+        return self._dgm_check_drawn(value, sample_shape)
 
     def _dgm_check_drawn(self, value: Any, sample_shape: Any) -> Tensor:
         """``value``, drawn by the class's own ``sample``, if it has the site's shape."""
@@ -333,9 +363,16 @@ class UserScored(TorchDistribution):
         if self.base is not None and not owner._dgm_user_log_prob:
             return self.base.log_prob(value)  # type: ignore[no-any-return]  # (the family's density)
         ev = len(self.event_shape)
-        dims = list(range(-self._dgm_feature_ndim(), 0))
-        lp = owner.get_log_prob({self.var: value, **self.inputs}, sum_features=True, feature_dims=dims)
         batch = value.shape[:value.dim() - ev]
+        whole = self._dgm_features_whole()
+        dims = None if whole else list(range(-self._dgm_feature_ndim(), 0))
+        x_dict = {self.var: value, **self.inputs}
+        flat = self._dgm_flat_batch(batch, whole)
+        if flat is not None:  # Pixyz's one batch dim
+            x_dict = _flatten_batch(x_dict, {**self.input_dims, self.var: ev}, flat)  # type: ignore[assignment]
+        lp = owner.get_log_prob(x_dict, sum_features=True, feature_dims=dims)
+        if flat is not None and isinstance(lp, Tensor) and lp.shape == (flat.numel(),):
+            lp = lp.reshape(flat)
         try:
             expected = torch.broadcast_shapes(batch, self.batch_shape)
             answered = torch.broadcast_shapes(batch, self.unexpanded)
@@ -354,9 +391,30 @@ class UserScored(TorchDistribution):
                          f"batch element, shape {tuple(expected) if expected is not None else '?'}: sum only the "
                          f"event dims (get_log_prob is called with feature_dims={dims})")
 
+    def _dgm_features_whole(self) -> bool:
+        """Whether the site's event dims are the features of a distribution that scores them only together (a
+        flow, a mixture: not a family), whose ``get_log_prob`` is called as Pixyz's graph calls it: one batch dim,
+        ``feature_dims=None``."""
+        from pyro_dgm.distributions.family import DistributionBase  # (family imports this module)
+
+        return self.base is not None and not isinstance(self.owner, DistributionBase)
+
+    def _dgm_flat_batch(self, batch: torch.Size, whole: bool) -> torch.Size | None:
+        """The batch shape of the value and the inputs (``batch``: the value's) to flatten into Pixyz's one batch
+        dim before ``get_log_prob`` reads them, where their batch dims do not line up as Pixyz's (enumerated or
+        vectorized draws, broadcast by the plates; for ``whole``, any batch of other than one dim); else ``None``."""
+        shapes = [batch] + [_batch_shape(self.inputs[k], e) for k, e in self.input_dims.items()]
+        same = all(s == batch for s in shapes)
+        if (same and len(batch) == 1) if whole else (same or all(len(s) <= 1 for s in shapes)):
+            return None
+        try:
+            return torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            return None  # (get_log_prob says what is wrong)
+
     def _dgm_feature_ndim(self) -> int:
         """How many of the site's event dims are the factor's feature dims (Pixyz's, which ``get_log_prob``
-        sums): those its draw reinterpreted (``to_event``), not the family's own (a one-hot class dim)."""
+        sums): those a family's draw reinterpreted (``to_event``), not the family's own (a one-hot class dim)."""
         if self.base is None:
             return len(self.event_shape)
         n, d = 0, self.base
@@ -365,12 +423,36 @@ class UserScored(TorchDistribution):
         return n
 
 
-def _site_inputs(self: Any, b: Binding, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The values the factor's ``get_log_prob`` reads besides its own variables, under the distribution's names."""
+def _batch_shape(t: Tensor, event_dim: int) -> torch.Size:
+    return t.shape[:t.dim() - event_dim]
+
+
+def _flatten_batch(values: dict[str, Any], event_dims: Mapping[str, int], batch: torch.Size) -> dict[str, Any] | None:
+    """``values`` with the tensors of ``event_dims`` broadcast to ``batch`` (on the left of their event dims) and
+    their batch dims flattened into one (Pixyz's batch dim); ``None`` if one does not broadcast to ``batch``."""
+    n = batch.numel()
+    for k, e in event_dims.items():
+        t = values.get(k)
+        if not isinstance(t, Tensor):
+            continue
+        event = t.shape[t.dim() - e:]
+        try:
+            values[k] = t.expand(batch + event).reshape((n,) + event)
+        except RuntimeError:
+            return None
+    return values
+
+
+def _site_inputs(self: Any, b: Binding, values: Mapping[str, Any],
+                 ctx: CallState) -> tuple[dict[str, Any], dict[str, int]]:
+    """The values the factor's ``get_log_prob`` reads besides its own variables, under the distribution's names, and
+    the event dims of those that are tensors (:func:`_event_dim`)."""
     own = self._dgm_binding
     pairs = list(zip(own.cond_var, b.cond_var))
     pairs += [p for p in zip(own.input_var, b.input_var) if p not in pairs]
-    return {o: values[g] for o, g in pairs if g in values}
+    inputs = {o: values[g] for o, g in pairs if g in values}
+    dims = {o: _event_dim(values[g], g, ctx) for o, g in pairs if isinstance(values.get(g), Tensor)}
+    return inputs, dims
 
 
 class _OwnSites(Messenger):
@@ -378,17 +460,34 @@ class _OwnSites(Messenger):
     :class:`UserScored` distribution over the one the draw built, drawn by ``sampler`` (the class's own ``sample``)
     where given, and scored by the class's own ``get_log_prob``."""
 
-    def __init__(self, dist: Any, b: Binding, values: Mapping[str, Any], sampler: Any = None) -> None:
+    def __init__(self, dist: Any, b: Binding, values: Mapping[str, Any], ctx: CallState, sampler: Any = None) -> None:
         super().__init__()
         self.dist, self.sampler = dist, sampler
-        self.inputs = _site_inputs(dist, b, values)
+        self.inputs, self.input_dims = _site_inputs(dist, b, values, ctx)
         self.own = dict(zip(b.var, dist._dgm_binding.var))
 
     def _pyro_sample(self, msg: Any) -> None:
         o = self.own.get(msg["name"])
         if o is None or isinstance(msg["fn"], UserScored) or (msg.get("infer") or {}).get("_deterministic"):
             return  # (another site; a mean recorded by pyro.deterministic is not a draw)
-        msg["fn"] = UserScored(self.dist, o, self.inputs, base=msg["fn"], sampler=self.sampler)
+        _refuse_reparam(self.dist, msg["name"])
+        msg["fn"] = UserScored(self.dist, o, self.inputs, base=msg["fn"], sampler=self.sampler,
+                               input_dims=self.input_dims)
+
+
+def _refuse_reparam(self: Any, name: str) -> None:
+    """Refuse a reparameterizer that ``poutine.reparam`` would apply to the site ``name`` of a factor drawn or scored
+    by its class's own ``sample`` or ``get_log_prob``: it rebuilds the site's distribution from a family's parameters
+    (a plain-Pyro subclass keeps its own density there, which ours cannot: its density is a function of the
+    inputs, not of parameters)."""
+    for m in PYRO_STACK:
+        if isinstance(m, ReparamMessenger) and isinstance(m.config, Mapping) and m.config.get(name) is not None:
+            own = [k for k, f in (("sample", self._dgm_user_sample), ("get_log_prob", self._dgm_user_log_prob)) if f]
+            raise NotImplementedError(
+                f"{describe(self)}: poutine.reparam is asked to reparameterize the site {name!r} with "
+                f"{type(m.config[name]).__name__}, but {type(self).__name__} draws or scores it by its own "
+                f"{' and '.join(f'{k}()' for k in own)}, which a reparameterizer cannot keep (it rebuilds the site's "
+                f"distribution from the family's parameters); leave {name!r} out of the reparam config")
 
 
 def _user_sampler(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState) -> Any:
@@ -398,9 +497,11 @@ def _user_sampler(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallSta
     inputs = {o: values[g] for o, g in zip(own.input_var, b.input_var) if g in values}
     batch_n = None if b.input_var else ctx.batch_n  # (a factor with inputs takes their batch)
 
-    def draw(sample_shape: torch.Size, reparam: bool) -> Any:
+    def draw(sample_shape: torch.Size, reparam: bool, flat: Mapping[str, Any] | None = None) -> Any:
+        """``flat``: the inputs broadcast to the site's plates and flattened (:meth:`UserScored._dgm_user_draw`)."""
+        given = inputs if flat is None else {o: flat[o] for o in inputs}
         with poutine.block():
-            out = self.sample(dict(inputs), batch_n=batch_n, sample_shape=sample_shape, return_all=False,
+            out = self.sample(dict(given), batch_n=batch_n, sample_shape=sample_shape, return_all=False,
                               reparam=reparam, **ctx.kwargs)
         if not isinstance(out, Mapping):
             raise TypeError(f"{describe(self)}: sample() must return a dict of values, got {type(out).__name__}")
@@ -432,7 +533,7 @@ def _draw_in_pyro(self: Any, b: Binding, values: dict[str, Any], ctx: CallState)
     if not getattr(inner, "_dgm_no_draw", False):  # the class's draw (a family's) makes the site
         if not user_draw and not self._dgm_user_log_prob:
             return inner(b, values, ctx)  # type: ignore[no-any-return]
-        with _OwnSites(self, b, values, _user_sampler(self, b, values, ctx) if user_draw else None):
+        with _OwnSites(self, b, values, ctx, _user_sampler(self, b, values, ctx) if user_draw else None):
             return inner(b, values, ctx)  # type: ignore[no-any-return]
     if drawn and not self._dgm_user_sample:
         raise NotImplementedError(f"{describe(self)}: {drawn[0]!r} is not given to this Pyro model, and "
@@ -474,9 +575,11 @@ def _site_of_own(self: Any, b: Binding, values: dict[str, Any], ctx: CallState, 
     else:
         bn = min(self._dgm_batch_ndim(b, values, ctx), value.dim())
         e, batch = value.dim() - bn, value.shape[:bn]
-    fn = UserScored(self, o, _site_inputs(self, b, values), drawn=value, batch_shape=batch,
-                    event_shape=value.shape[value.dim() - e:])
+    inputs, dims = _site_inputs(self, b, values, ctx)
+    fn = UserScored(self, o, inputs, drawn=value, batch_shape=batch, event_shape=value.shape[value.dim() - e:],
+                    input_dims=dims)
     infer = self._dgm_pyro_infer
+    _refuse_reparam(self, g)
     if observed:
         values[g] = self._dgm_pyro_sample(g, fn, obs=value)
     else:

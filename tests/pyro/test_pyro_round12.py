@@ -10,6 +10,7 @@ Now a site of such a factor is scored by the class's ``get_log_prob`` and an uno
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pyro
@@ -18,9 +19,11 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.reparam import LocScaleReparam
 from torch import nn
 
-from pyro_dgm.distributions import Categorical, Distribution, Normal
+from pyro_dgm.distributions import Categorical, Distribution, MixtureModel, Normal, TransformedDistribution
+from pyro_dgm.flows import PlanarFlow
 from pyro_dgm.losses import LogProb
 
 N, D = 4, 2
@@ -331,3 +334,150 @@ def test_a_distribution_that_cannot_be_a_site_says_what_to_do() -> None:
         poutine.trace((DensityOnly() * _prior()).model).get_trace(z=z)
     tr = poutine.trace((DensityOnly() * _prior()).model).get_trace(x=z, z=z)  # given: a site scored by it
     torch.testing.assert_close(tr.nodes["x"]["fn"].log_prob(z), torch.zeros(N))
+
+
+# ---------------------------------------------------------------------- batch dims that Pixyz's one batch dim lacks
+class TemperedNormal(dist.Normal):
+    """The plain-Pyro twin of a tempered likelihood: a custom distribution with its own log_prob."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return 0.25 * super().log_prob(value)
+
+
+def test_a_tempered_child_of_an_enumerated_parent_is_scored_as_in_plain_pyro() -> None:
+    locs = torch.tensor([[-1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+
+    class Child(Normal):  # the parent's value is enumerated: (3, 1, 3) against x of (4, 2)
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y"], scale=torch.tensor(1.0), name="p")
+
+        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": y @ locs}
+
+        def get_log_prob(self, x_dict: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return 0.25 * super().get_log_prob(x_dict, *args, **kwargs)
+
+    probs = torch.tensor([0.2, 0.3, 0.5])
+    joint = Child() * Categorical(var=["y"], probs=probs, infer={"enumerate": "parallel"}, name="p_y")
+
+    def twin(x: torch.Tensor) -> None:
+        with pyro.plate("data", N):
+            y = pyro.sample("y", dist.OneHotCategorical(probs), infer={"enumerate": "parallel"})
+            pyro.sample("x", TemperedNormal(y @ locs, 1.0).to_event(1), obs=x)
+
+    def no_guide(x: torch.Tensor) -> None:
+        pass
+
+    x = torch.randn(N, D)
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    assert elbo.loss(lambda x: joint.model(x=x), no_guide, x) == pytest.approx(elbo.loss(twin, no_guide, x), rel=1e-6)
+
+
+def _tempered_given_global() -> Normal:
+    class GivenGlobal(Normal):
+        def get_log_prob(self, x_dict: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return 0.25 * super().get_log_prob(x_dict, *args, **kwargs)
+
+    return GivenGlobal(var=["x"], cond_var=["z"], loc="z", scale=torch.tensor(1.0), name="p")
+
+
+def _global_guide(x: torch.Tensor) -> None:
+    pyro.sample("z", dist.Normal(torch.ones(D), 0.5).to_event(1))
+
+
+def test_a_tempered_likelihood_of_a_global_latent_takes_vectorized_particles_as_plain_pyro() -> None:
+    p, x = _tempered_given_global(), torch.randn(N, D)
+
+    def model(x: torch.Tensor) -> None:  # z: (3, 1, 2) under the particles, x: (4, 2)
+        p.model(x=x, z=pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1)))
+
+    def twin(x: torch.Tensor) -> None:
+        z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+        with pyro.plate("data", N):
+            pyro.sample("x", TemperedNormal(z, 1.0).to_event(1), obs=x)
+
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    got = []
+    for m in (model, twin):
+        pyro.set_rng_seed(5)
+        got.append(elbo.differentiable_loss(m, _global_guide, x))
+    torch.testing.assert_close(got[0], got[1])
+
+
+def test_a_clamped_child_of_a_global_latent_draws_vectorized_particles_as_plain_pyro() -> None:
+    class Clamped(Normal):
+        def sample(self, x_dict: Any = {}, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # noqa: B006
+            out = super().sample(x_dict, *args, **kwargs)
+            out["y"] = out["y"].clamp(-0.1, 0.1)
+            return out
+
+    clamped = Clamped(var=["y"], cond_var=["z"], loc="z", scale=torch.tensor(1.0), name="c")
+    joint = Normal(var=["x"], cond_var=["y"], loc="y", scale=torch.tensor(1.0), name="p") * clamped
+
+    def model(x: torch.Tensor) -> None:  # y drawn for z of (3, 1, 2) under the data plate: (3, 4, 2)
+        joint.model(x=x, z=pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1)))
+
+    def twin(x: torch.Tensor) -> None:
+        z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+        with pyro.plate("data", N):
+            y = pyro.sample("y", ClampedNormal(z, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(y, 1.0).to_event(1), obs=x)
+
+    x = torch.randn(N, D)
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    got = []
+    for m in (model, twin):
+        pyro.set_rng_seed(6)
+        got.append(elbo.differentiable_loss(m, _global_guide, x))
+    torch.testing.assert_close(got[0], got[1])
+
+
+# ---------------------------------------------------------------------- flows and mixtures: features scored together
+def test_a_mixture_and_a_flow_with_their_own_get_log_prob_score_their_sites_without_warnings() -> None:
+    class TemperedMixture(MixtureModel):
+        def get_log_prob(self, x_dict: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return 0.5 * super().get_log_prob(x_dict, *args, **kwargs)
+
+    class TemperedFlow(TransformedDistribution):
+        def get_log_prob(self, x_dict: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return 0.5 * super().get_log_prob(x_dict, *args, **kwargs)
+
+    probs, locs = torch.tensor([0.3, 0.7]), torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    comps = [Normal(var=["x"], loc=locs[k], scale=torch.ones(D), name=f"c{k}") for k in range(2)]
+    mixture = TemperedMixture(comps, Categorical(var=["z"], probs=probs, name="p_z"))
+    torch.manual_seed(0)
+    flow = TemperedFlow(prior=Normal(var=["z"], loc=torch.zeros(D), scale=torch.ones(D), name="p_z"),
+                        flow=PlanarFlow(D), var=["x"])
+    x = torch.randn(N, D)
+    twin = dist.MixtureSameFamily(dist.Categorical(probs), dist.Normal(locs, 1.0).to_event(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the mixture warned that its features do not factorize, at every call)
+        mixture_trace = poutine.trace(mixture.model).get_trace(x=x)
+        flow_trace = poutine.trace(flow.model).get_trace(x=x)
+        torch.testing.assert_close(mixture_trace.log_prob_sum(), 0.5 * twin.log_prob(x).sum())
+        torch.testing.assert_close(flow_trace.log_prob_sum(), LogProb(flow).eval({"x": x}).sum())
+
+
+# ---------------------------------------------------------------------- handlers that read the site's parameters
+def test_a_site_with_its_own_get_log_prob_reads_the_family_parameters_and_refuses_a_reparameterizer() -> None:
+    class TemperedPrior(Normal):
+        def get_log_prob(self, x_dict: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return 0.25 * super().get_log_prob(x_dict, *args, **kwargs)
+
+    prior = TemperedPrior(var=["z"], loc=torch.tensor(0.5), scale=torch.tensor(2.0), features_shape=[D], name="p_z")
+    joint = Normal(var=["x"], cond_var=["z"], loc="z", scale=torch.tensor(1.0), name="p") * prior
+    x = torch.randn(N, D)
+
+    def twin(x: torch.Tensor) -> None:
+        with pyro.plate("data", N):
+            z = pyro.sample("z", TemperedNormal(torch.full((D,), 0.5), 2.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    fn, ref = (poutine.trace(m).get_trace(x).nodes["z"]["fn"] for m in (lambda x: joint.model(x=x), twin))
+    torch.testing.assert_close(fn.loc, ref.base_dist.loc.expand(N, D))
+    torch.testing.assert_close(fn.scale, ref.base_dist.scale.expand(N, D))
+    # the twin's reparameterized site keeps its own density (type(fn)(loc=..., scale=...)); ours cannot: refused
+    reparam = poutine.reparam(lambda x: joint.model(x=x), config={"z": LocScaleReparam(0.5)})
+    with pytest.raises(NotImplementedError, match=r"TemperedPrior p_\{z\}\(z\): poutine.reparam .* site 'z' with "
+                                                  r"LocScaleReparam.* own get_log_prob\(\).* leave 'z' out"):
+        poutine.trace(reparam).get_trace(x)
