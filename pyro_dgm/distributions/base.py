@@ -32,7 +32,7 @@ from pyro_dgm.distributions.early_options import check_early_shape, early_sampli
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites,
                                            outer_plates_ndim, site_data_size)
-from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_value
+from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_own, users_value
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DuplicateSiteError, NotATensorError, ShapeError,
                                    as_var_list, check_present, describe, numpy_tensor, sample_batch_n,
                                    sample_shape_of)
@@ -266,12 +266,6 @@ def _references(container: Any, obj: Any) -> int:
         if x is obj:
             n += 1
     return n
-
-
-def _users_own(cls: type, name: str) -> bool:
-    """Whether the attribute ``name`` of ``cls`` is defined by a class outside pyro_dgm (a user's subclass)."""
-    owner = next((k for k in cls.__mro__ if name in vars(k)), None)
-    return owner is not None and not owner.__module__.startswith("pyro_dgm.")
 
 
 class _SelfOrder:
@@ -553,7 +547,7 @@ class Distribution(YieldingModule):
     def _dgm_factor_text(self) -> str:
         """This distribution's formula as a factor of a product (Pixyz's ``Factor.prob_text``: from the name and the
         variables, also where a subclass prints its own ``prob_text``)."""
-        if _users_own(type(self), "prob_text"):
+        if users_own(type(self), "prob_text"):
             return _prob_text(self.name, self._var, self._cond_var)
         return self.prob_text
 

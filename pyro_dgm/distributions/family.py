@@ -22,9 +22,9 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, 
 from pyro_dgm.distributions.effects import (PYRO_STACK, given_event_dim, has_forward_hooks, ignores_sites,
                                                run_bound_network, run_network)
 from pyro_dgm.distributions.pixyz_protocol import adopt
-from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
                                    OutOfRangeError, ShapeError, clearer, describe, value_shape_problem)
+from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape

@@ -33,6 +33,8 @@ from typing import Any, Mapping
 
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 
+from pyro_dgm.utils.attributes import users_own
+
 __all__ = ["adopt", "pyro_class"]
 
 _WRAPPED: dict[type, type] = {}
@@ -64,8 +66,7 @@ def adopt(dist: Any, params: Mapping[str, Any]) -> tuple[Any, tuple[tuple[str, .
     parameter names with no class; ``None`` for our families."""
     cls = type(dist)
     if cls.pyro_dist is not None or cls.param_groups:
-        owner = next(c for c in cls.__mro__ if "distribution_torch_class" in vars(c))
-        if owner.__module__.startswith("pyro_dgm."):  # (ours: e.g. Multinomial's, which reads its total_count)
+        if not users_own(cls, "distribution_torch_class"):  # (ours: e.g. Multinomial's, which reads total_count)
             return None
         # a family's subclass that names another torch class: Pixyz's set_dist builds its dist from that class
         groups = tuple((k,) for k in dist.params_keys) if _user_defined(cls, "params_keys") else cls.param_groups

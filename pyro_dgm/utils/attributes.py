@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["MISSING", "Yielding", "YieldingModule", "users_value"]
+__all__ = ["MISSING", "Yielding", "YieldingModule", "users_own", "users_value"]
 
 MISSING = object()
 
@@ -38,6 +38,13 @@ def users_value(obj: Any, name: str) -> Any:
         if hit is not None:
             return hit
     return MISSING
+
+
+def users_own(cls: type, name: str) -> bool:
+    """Whether the attribute ``name`` of ``cls`` is defined by a class outside pyro_dgm (a user's subclass: its own
+    ``prob_text``, or a family subclass's own ``distribution_torch_class``)."""
+    owner = next((k for k in cls.__mro__ if name in vars(k)), None)
+    return owner is not None and not owner.__module__.startswith("pyro_dgm.")
 
 
 class Yielding:
