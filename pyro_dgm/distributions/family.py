@@ -713,8 +713,11 @@ class DistributionBase(Distribution):
                 # Pixyz: sample(inputs of batch 1, batch_n=N) draws N values; so does a factor whose parent was
                 # drawn with batch 1 (by its own graph.set_option(dict(batch_n=1), ...))
                 base = expand_batch_n(self, base, ctx.batch_n)
-            elif root and ctx.obs is None and base.batch_shape[:1] != (ctx.batch_n,):
-                self._dgm_batch_n_conflict(b, values, ctx.batch_n)  # Pixyz: "Batch shape mismatch"
+            elif (root or bn == 1) and ctx.obs is None and base.batch_shape[:1] != (ctx.batch_n,):
+                # Pixyz: "Batch shape mismatch"; so for a factor whose parent is not of batch_n though drawn in the
+                # pass (a Deterministic's output of given inputs, a parent under its own batch_n option, an
+                # EmpiricalDistribution's value); a parent's draws under sample_shape (bn > 1) are left as they are
+                self._dgm_batch_n_conflict(b, values, ctx.batch_n)
         return base, ev, root
 
     def _dgm_not_real(self, name: str, x: Tensor, cause: BaseException | None = None) -> NoReturn:
@@ -737,7 +740,7 @@ class DistributionBase(Distribution):
         given = ", ".join(f"{v!r}: {tuple(values[v].shape)}" for v in b.input_var
                           if isinstance(values.get(v), Tensor))
         draws = f"{batch_n} draw{'s' if batch_n != 1 else ''}"
-        raise ShapeError(f"{describe(self)}: batch_n={batch_n} asks for {draws}, but the given inputs have "
+        raise ShapeError(f"{describe(self)}: batch_n={batch_n} asks for {draws}, but the inputs have "
                          f"another batch size ({given}); give inputs of batch "
                          f"{batch_n if batch_n == 1 else f'{batch_n} or 1'}, or leave batch_n out "
                          "(Pixyz: 'Batch shape mismatch')")
@@ -816,10 +819,11 @@ class DistributionBase(Distribution):
 
     def __getstate__(self) -> dict[str, Any]:
         """nn.Module's state, without the record of the last call (its parameters may be intermediate results of
-        a graph, which ``copy.deepcopy`` refuses): the copy's ``dist`` is that of a distribution not yet called,
-        or the object an explicit ``set_dist`` set, which is kept."""
+        a graph, which ``copy.deepcopy`` refuses) and of the last draw's noise: the copy's ``dist`` is that of a
+        distribution not yet called, or the object an explicit ``set_dist`` set, which is kept."""
         state = super().__getstate__()
         state.pop("_dgm_last", None)
+        state.pop("_dgm_drawn", None)
         return state
 
     # ------------------------------------------------------------------ Pixyz's torch-object API
@@ -992,7 +996,9 @@ class DistributionBase(Distribution):
         log-density depends on the parameters through the distance the noise stands for. Not while torch.compile
         traces (a traced tensor kept on the module would be one more output of the graph), nor in half precision
         (whose general formula follows torch's arrangement and its rounding)."""
-        if torch.is_grad_enabled() and value.dtype in _FULL and not torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            return  # (the module's dict is neither read nor written under tracing: no guard on it)
+        if torch.is_grad_enabled() and value.dtype in _FULL:
             self.__dict__["_dgm_drawn"] = (value, value._version, value.grad_fn, eps,
                                              tuple((t, t._version) for t in params.values()))
         else:
@@ -1043,7 +1049,7 @@ class DistributionBase(Distribution):
                 fn = self._dgm_closed_lp
                 if self._dgm_const_only and self._dgm_is_standard():
                     fn = closed_forms.LOG_PROB_STANDARD[self.pyro_dist]
-                drawn = self.__dict__.get("_dgm_drawn")
+                drawn = None if torch.compiler.is_compiling() else self.__dict__.get("_dgm_drawn")
                 try:
                     if drawn is not None and drawn[0] is x and self._dgm_drawn_here(drawn, x, got.params):
                         lp = self._dgm_closed_noise[1](got.params, drawn[3], tuple(range(-ev, 0)) if whole else ())
