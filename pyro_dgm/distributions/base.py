@@ -20,18 +20,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Sequence
 import networkx as nx
 import pyro
 import torch
-from pyro.poutine.block_messenger import BlockMessenger
-from pyro.poutine.condition_messenger import ConditionMessenger
-from pyro.poutine.trace_struct import Trace
-from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState, draw_factors
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions import overrides
-from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, ignores_sites,
-                                           outer_plates_ndim, site_data_size)
+from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, given_event_dim,
+                                           ignores_sites, outer_plates_ndim, plate_trace, site_data_size)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_own, users_value
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DuplicateSiteError, NotATensorError, ShapeError,
                                    as_var_list, check_present, describe, numpy_tensor, sample_batch_n,
@@ -91,10 +87,22 @@ def _broadcasts(a: Tensor, b: Tensor) -> bool:
 
 
 def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"],
-                    values: Mapping[str, Any]) -> str | None:
+                    values: Mapping[str, Any], feature_dims: Sequence[int] | None = None) -> str | None:
     """If ``lp``, of leading size 1 beside ``other``'s larger one, is the log-density of a value of ``factors``
     whose first dim is larger than 1 (that dim was summed as a feature dim, where ``other`` has it as the batch),
-    what to say."""
+    what to say. So too for a 0-d ``lp`` beside a non-0-d ``other`` when ``feature_dims`` summed that batch dim
+    (a Categorical's, Dirichlet's or Multinomial's log-density has no feature dim: ``feature_dims=[-1]`` is its
+    batch)."""
+    if feature_dims is not None and not lp.dim() and other.dim():
+        for g in factors:
+            for v in g.var:
+                x = values.get(v)
+                if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] > 1:
+                    return (f"feature_dims={list(feature_dims)} summed the log-density of {g.prob_text} over its "
+                            f"batch ({v!r} of shape {tuple(x.shape)}: its element-wise log-density has no feature "
+                            f"dim), so it would be added, summed over the batch, to every element of the other's; "
+                            f"score the factors one by one, or leave feature_dims out")
+        return None
     if not lp.dim() or lp.shape[0] != 1 or not other.dim() or other.shape[0] == 1:
         return None
     for g in factors:
@@ -107,10 +115,11 @@ def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"]
     return None
 
 
-def has_network(cls: type) -> bool:
+def has_network(owner: Any) -> bool:
     """Whether a distribution class's ``forward`` is its own network (the base classes' ``forward`` is none: it
-    raises, or, for a family, hands back its keyword arguments as Pixyz's does)."""
-    return not getattr(cls.forward, "_dgm_no_network", False)
+    raises, or, for a family, hands back its keyword arguments as Pixyz's does). Given a distribution, the
+    ``forward`` its call finds: one set on the instance (``p.forward = ...``) before the class's."""
+    return not getattr(owner.forward, "_dgm_no_network", False)
 
 
 def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
@@ -362,8 +371,29 @@ class Distribution(YieldingModule):
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("_var", "_cond_var") and name in self.__dict__:
             self._dgm_set_vars(name, value)
+        elif name == "forward":
+            super().__setattr__(name, value)
+            self._dgm_forward_set()
         else:
             super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        if name == "forward":  # (del p.forward: the class's forward again, as in Pixyz)
+            self._dgm_forward_set()
+
+    def _dgm_forward_set(self) -> None:
+        """A ``forward`` set on this instance (``p.forward = ...``, in a later notebook cell) or deleted from it:
+        Pixyz's call finds the instance's before the class's, so its arguments are bound to it (a family without
+        a network gets one: its parameters come from that ``forward``, then from the ``cond_var`` named and the
+        constants, as in Pixyz). Once per assignment, never per call."""
+        d = self.__dict__
+        if "_dgm_b" not in d:  # (set in a subclass's __init__ before the binding is made: that binds it)
+            return
+        if "_dgm_has_network" in d:  # a family
+            d["_dgm_has_network"] = has_network(self)
+            d["_dgm_const_only"] = False  # (constants only: their cached distribution skipped forward)
+        self._dgm_rebind()
 
     def _dgm_set_vars(self, name: str, value: Any) -> None:
         """A subclass that sets ``self._cond_var`` (or ``self._var``) after ``__init__``, as Pixyz programs do to
@@ -731,19 +761,46 @@ class Distribution(YieldingModule):
         ctx = CallState(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
         if f_opts and id(self) in f_opts:  # (Pixyz: options hold in products; an atomic one's own calls ignore them)
             f_opts = {k: v for k, v in f_opts.items() if k != id(self)}
+        drawn_var = d.get("_dgm_drawn_var")
+        if drawn_var is None:  # var and input_var are fixed at construction
+            drawn_var = d["_dgm_drawn_var"] = self._dgm_drawn_names()
+        drawn, redrawn = drawn_var
+        given = None
+        if redrawn is not None and not redrawn.isdisjoint(values):  # (rare: values given for the product's own
+            given = list(values)  # variables; Pixyz's pass starts from the inputs only, and draws those anew)
+            for k in given:
+                if k in drawn:
+                    del values[k]
         draw_factors(self._dgm_order, values, ctx, f_opts)  # graph.set_option(..., var) overrides the call's options
         if expected is not None:
             check_early_shape(self, values, expected)
-        drawn = d.get("_dgm_drawn_var")
-        if drawn is None:  # var and input_var are fixed at construction; in a product, Pixyz's graph leaves the
-            # inputs out, which an EmpiricalDistribution's variable is (alone, it returns it)
-            drawn = d["_dgm_drawn_var"] = ([v for v in self._var if v not in self.input_var] if self._dgm_graph_call
-                                           else self._var)
         if return_all:
+            if given is not None:
+                return self._dgm_given_order(given, values)
             if self._dgm_graph_call and len(values) > len(drawn) + 1:
                 return self._dgm_graph_order(values)
             return values
         return {k: v for k, v in values.items() if k in drawn}  # in the order drawn, as Pixyz's; not the inputs
+
+    def _dgm_drawn_names(self) -> tuple[list[str], frozenset[str] | None]:
+        """The variables :meth:`sample` returns with ``return_all=False`` and, for a product (renaming, marginal),
+        the names its pass writes (those and the marginalized variables), which a given value may hold. In a
+        product, Pixyz's graph leaves the inputs out, which an EmpiricalDistribution's variable is (alone, it
+        returns it)."""
+        if not self._dgm_graph_call:
+            return self._var, None
+        drawn = [v for v in self._var if v not in self.input_var]
+        return drawn, frozenset(drawn + list(self.__dict__.get("_dgm_marginalized", ())))
+
+    def _dgm_given_order(self, given: Sequence[str], values: dict[str, Any]) -> dict[str, Any]:
+        """Pixyz's order of a product's values (``return_all``) where ``given`` (the keys of the call's values, in
+        their order) held some of its variables: the given keys that are not inputs (a variable drawn anew keeps
+        its place), the inputs in ``input_var``'s order, then the other draws in the order drawn."""
+        inputs = self.input_var
+        out = {k: values[k] for k in given if k not in inputs and k in values}
+        out.update((k, values[k]) for k in inputs if k in values)
+        out.update((k, v) for k, v in values.items() if k not in out)
+        return out
 
     def _dgm_graph_order(self, values: dict[str, Any]) -> dict[str, Any]:
         """Pixyz's order of a product's (renaming's, marginal's) values: the given values that are not inputs, the
@@ -839,7 +896,8 @@ class Distribution(YieldingModule):
             a, b = sum_samples(total), sum_samples(lp)
             if a.shape == b.shape:
                 return a + b
-        absorbed = _absorbed_batch(total, lp, before, values) or _absorbed_batch(lp, total, (f,), values)
+        absorbed = (_absorbed_batch(total, lp, before, values, feature_dims)
+                    or _absorbed_batch(lp, total, (f,), values, feature_dims))
         if absorbed is None and _broadcasts(total, lp):
             return total + lp
         self._dgm_refuse_sizes(before, f, total, lp, True, absorbed)
@@ -906,19 +964,7 @@ class Distribution(YieldingModule):
     def _dgm_conditioned_batch_n(self) -> int | None:
         """The batch size of the values that the ``poutine.condition`` handlers around a model call without data give
         its variables (``pyro.condition(joint.model, data={"x": x})``, Pyro's idiom for observed data), or ``None``."""
-        given: dict[str, Any] = {}
-        for m in PYRO_STACK:
-            if not isinstance(m, ConditionMessenger):
-                continue
-            data = m.data
-            for v in self._var:
-                if isinstance(data, Trace):
-                    node = data.nodes.get(v)
-                    x = node["value"] if node is not None and node.get("type") == "sample" else None
-                else:
-                    x = data.get(v) if isinstance(data, Mapping) else None
-                if isinstance(x, Tensor):
-                    given.setdefault(v, x)
+        given = {v: x for v in self._var if isinstance(x := conditioned_value(v), Tensor)}
         for v, x in list(given.items()):  # a variable whose factor has no inputs has known event dims: its rows
             n = self._dgm_root_rows(v, x)  # are the dim left of them (Predictive(parallel=True) conditions a global
             if n is None:  # latent on draws of [S, 1, D]: one row, in no plate, not S rows)
@@ -969,19 +1015,15 @@ class Distribution(YieldingModule):
         of calls. A variable named ``data`` gives the plate the name ``data_plate`` in the model and in the guide
         alike. A site of that name that is not this plate (the user's own ``pyro.plate("data")``, an
         ``AutoGuideList``'s, another size) raises a ``ValueError`` saying how to open the call inside a plate of
-        one's own (Pyro refuses two sites of one name). A call inside ``poutine.block`` is hidden from the trace:
-        its plate is not the trace's."""
+        one's own (Pyro refuses two sites of one name). A call inside a ``poutine.block`` that hides the plate's
+        site (``block()``) opens a plate of its own, which no trace sees; one that lets it through (``hide=["z"]``,
+        ``Importance``'s ``hide_types=["observe"]``) shares the trace's, as the plain-Pyro model's one plate is
+        seen (:func:`~pyro_dgm.distributions.effects.plate_trace`)."""
         size = batch_n
         name = "data"
         if name in self._dgm_known_names:
             name += "_plate"
-        tr = None
-        for m in reversed(PYRO_STACK):  # the innermost trace that records this call's sites
-            if isinstance(m, BlockMessenger):
-                break  # (a block between the call and the trace hides them: the trace never sees this plate)
-            if isinstance(m, TraceMessenger) and not m.param_only:
-                tr = m.trace
-                break
+        tr = plate_trace(name, size)
         if tr is None:  # no trace: nothing records the plate's site, nor checks its name
             return pyro.plate(name, size, dim=-1)
         plates = tr.__dict__.setdefault("_dgm_plates", {})  # this trace's plates opened here, by name

@@ -181,7 +181,8 @@ def expand_batch_n(owner: Any, d: Any, batch_n: int) -> Any:
 
 def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
                     example_param: str = "loc") -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """Bind ``forward``'s arguments to ``cond_var``; raise naming the distribution if they differ.
+    """Bind ``forward``'s arguments (the instance's, where one is set on it) to ``cond_var``; raise naming the
+    distribution if they differ.
 
     Returns the variables passed positionally (in forward's order) and ``(keyword, variable)`` pairs for a
     ``forward(**kwargs)``. Every ``cond_var`` must reach forward or a parameter given by name.
@@ -190,18 +191,28 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
 
     used = set(used_by_params)
     cond = dist.cond_var
-    if not has_network(type(dist)):
+    if not has_network(dist):
         unused = [v for v in cond if v not in used]
         if unused:
             raise ValueError(f"{describe(dist)}: cond_var {unused[0]!r} is used by no parameter; name it as a "
                              f"parameter (e.g. {example_param}={unused[0]!r}) or subclass {type(dist).__name__} with "
                              f"forward({', '.join(cond)}) returning the parameters")
         return (), ()
-    fn = type(dist).forward
+    # a forward set on the instance (p.forward = ...) of a family without a network: its own binding. One set on an
+    # instance of a class with a network keeps the class's (the same inputs, called by name: effects.forward_replaced),
+    # which a renaming made before (replace_var: it keeps the binding of then) shares
+    on_instance = not has_network(type(dist))
+    fn = dist.__dict__["forward"] if on_instance else type(dist).forward
     dist.__dict__["_dgm_forward_fn"] = BoundForward(fn)  # the forward these arguments are bound to
-    params = list(inspect.signature(fn).parameters.values())
-    if not isinstance(inspect.getattr_static(type(dist), "forward", None), (staticmethod, classmethod)):
-        params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod has neither)
+    if on_instance:  # a lambda, a partial, another object's method: no self to skip
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):  # (no signature: a builtin, not a callable) Pixyz's call passes names
+            return (), tuple((v, v) for v in cond if v not in used)
+    else:
+        params = list(inspect.signature(fn).parameters.values())
+        if not isinstance(inspect.getattr_static(type(dist), "forward", None), (staticmethod, classmethod)):
+            params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod has neither)
     # Pixyz calls forward(**inputs): positional passing is only a shortcut for the leading arguments, so an
     # argument after one that is skipped (it has a default and is not in cond_var), or a keyword-only one, goes
     # by name
@@ -234,4 +245,6 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
         raise ArgumentError(f"{describe(dist)}: cond_var {unused[0]!r} is not an argument of forward("
                             f"{', '.join(p.name for p in params)}) nor a parameter given by name; "
                             "name forward's arguments after cond_var")
+    if on_instance:  # (called by name, as Pixyz calls it: see effects.forward_replaced)
+        return (), tuple((v, v) for v in pos) + tuple(kw)
     return tuple(pos), tuple(kw)

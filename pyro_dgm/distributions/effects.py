@@ -2,16 +2,21 @@
 
 Networks run through :func:`run_network`, the effect ``"dgm_params"`` that the memoizing handler answers; draws are
 ``pyro.sample`` sites. Both take a direct path when no handler that looks at them is active (:func:`ignores_sites`).
-:func:`given_event_dim` reads the active trace and plates for the event dims of a value given from outside.
+:func:`given_event_dim` reads the active trace and plates for the event dims of a value given from outside;
+:func:`plate_trace` finds the trace that records a call's data plate (through the ``poutine.block`` handlers).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+from pyro.poutine.block_messenger import BlockMessenger
+from pyro.poutine.condition_messenger import ConditionMessenger
 from pyro.poutine.indep_messenger import IndepMessenger
-from pyro.poutine.runtime import _PYRO_STACK, effectful
+from pyro.poutine.runtime import _PYRO_STACK, Message, effectful
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_messenger import TraceMessenger
+from pyro.poutine.trace_struct import Trace
 from torch import nn
 from torch.nn.modules import module as _nn_module
 
@@ -19,7 +24,7 @@ from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
 __all__ = ["run_network", "run_bound_network", "has_forward_hooks", "ignores_sites", "given_event_dim",
-           "site_event_dim", "site_data_size", "data_batch_ndim",
+           "site_event_dim", "site_data_size", "data_batch_ndim", "conditioned_value", "plate_trace",
            "outer_plates_ndim", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
@@ -151,12 +156,55 @@ def given_event_dim(value: Any, ctx: CallState) -> int | None:
 
 
 def _site_of(value: torch.Tensor) -> dict[str, Any] | None:
-    """The sample site of an active trace whose value is ``value`` (most recent sites first), or ``None``."""
+    """The sample site of an active trace whose value is ``value`` (most recent sites first), or ``None``.
+
+    A draw counts, whatever its name (an earlier call's ``z_0`` given as the next call's input, with the particle
+    or enumeration dims only its site knows), and so does an observed site whose value a ``poutine.condition`` on
+    the stack gave it (a latent's value: ``Predictive``'s posterior draws). An ``obs=`` value does not: it is the
+    program's data, which the program may score under other sites of other shapes too (an auxiliary likelihood
+    ``pyro.sample("aux", d.to_event(2), obs=x)`` before ``joint.model(x=x)``), so its site says nothing of the dims
+    the value has in this call; the value's dims are then read as those of any value from outside.
+    """
     for m in reversed(PYRO_STACK):
         if isinstance(m, TraceMessenger) and not m.param_only:
             for site in reversed(m.trace.nodes.values()):
-                if site.get("value") is value and site["type"] == "sample":
+                if site.get("value") is value and site["type"] == "sample" and (
+                        not site.get("is_observed") or conditioned_value(site["name"]) is value):
                     return site
+    return None
+
+
+def conditioned_value(name: str) -> Any:
+    """The value that the ``poutine.condition`` handlers on Pyro's stack give the site ``name`` (the outermost
+    one's, which Pyro keeps), or ``None``."""
+    for m in PYRO_STACK:
+        if isinstance(m, ConditionMessenger):
+            data = m.data
+            if isinstance(data, Trace):
+                node = data.nodes.get(name)
+                if node is not None and node.get("type") == "sample":
+                    return node["value"]
+            elif isinstance(data, Mapping) and name in data:
+                return data[name]
+    return None
+
+
+def plate_trace(name: str, size: int) -> Trace | None:
+    """The trace that records the site of ``pyro.plate(name, size)`` opened now: the innermost active trace (not
+    the param-only one that ``SVI.step`` runs), unless a ``poutine.block`` between it and the caller hides that site
+    (its ``hide_fn`` asked about the message the plate makes: ``hide=["z"]`` or ``hide_types=["observe"]`` let it
+    through, ``block()`` hides it); ``None`` when no trace records it."""
+    msg = None
+    for m in reversed(PYRO_STACK):
+        if isinstance(m, BlockMessenger):
+            if msg is None:  # (as SubsampleMessenger._subsample builds it)
+                msg = Message(type="sample", name=name, fn=_Subsample(size, None), is_observed=False, args=(),
+                              kwargs={}, value=None, infer={}, scale=1.0, mask=None, cond_indep_stack=(),
+                              done=False, stop=False, continuation=None)
+            if m.hide_fn(msg):
+                return None
+        elif isinstance(m, TraceMessenger) and not m.param_only:
+            return m.trace
     return None
 
 

@@ -490,11 +490,16 @@ class InverseTransformedDistribution(_FlowDistribution):
 
     def inference(self, x_dict: Mapping[str, Any], return_all: bool = True, compute_jacobian: bool = False
                   ) -> dict[str, Tensor]:
-        """Map the data to the latent space: ``{prior var: f(x, y)}`` (plus ``x_dict`` if ``return_all``), as Pixyz."""
+        """Map the data to the latent space: ``{prior var: f(x, y)}`` (then ``x_dict``'s other values if
+        ``return_all``, Pixyz's order; a value given for the prior's variable is replaced by ``f(x, y)``, where
+        Pixyz's returns the given one)."""
         values = self._dgm_input_dict(x_dict, self._var + self._dgm_flow_cond_var)
         y = values[self._dgm_flow_cond_var[0]] if self._dgm_flow_cond_var else None
-        out = {self._dgm_hidden: self.flow.forward(values[self._var[0]], y, compute_jacobian=compute_jacobian)}
-        return {**values, **out} if return_all else out
+        hidden = self._dgm_hidden
+        out = {hidden: self.flow.forward(values[self._var[0]], y, compute_jacobian=compute_jacobian)}
+        if return_all:
+            out.update((k, v) for k, v in values.items() if k != hidden)
+        return out
 
 
 class PlanarFlowDistribution(TransformedDistribution):
