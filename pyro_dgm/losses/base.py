@@ -257,7 +257,7 @@ class Loss(YieldingModule, _PyroELBO):
         >>> (-p.log_prob().mean() + p.log_prob().sum().named("total")).term_names
         ['\\\\log p(x)', 'total']
         """
-        return [name for _, name in self._dgm_leaves()]
+        return list(self._dgm_leaves().names)
 
     @property
     def _dgm_term_name(self) -> str:
@@ -441,7 +441,9 @@ class Loss(YieldingModule, _PyroELBO):
             Also return ``{name: value}`` for each term of the top-level arithmetic (the leaves of ``+ - * / ...``
             that are not constants), detached, as computed in this evaluation: for logging the parts of an
             objective. A term's name is its formula, or the name given with :meth:`named`; repeated names get
-            ``" (2)"``, ``" (3)"``...
+            ``" (2)"``, ``" (3)"``... Each is the value the term has in the formula: the same term object
+            evaluated again inside another term (``nll.mean() + nll.expectation(q).mean()``) or listed at two
+            places (a stochastic term twice) keeps, at each place, the value the arithmetic combined there.
         **kwargs
             Passed on to the distributions' networks (Pixyz semantics) and to special terms (``mask=`` for
             :class:`~pyro_dgm.losses.iteration.IterativeLoss`).
@@ -485,9 +487,12 @@ class Loss(YieldingModule, _PyroELBO):
         if ctx is not None and return_dict and not return_all and not return_terms and type(x_dict) is dict:
             # a term evaluated by its parent's forward, inside one evaluation of this thread: skip the checks; as
             # Pixyz's, the term gets a dict of its own inputs only (a user's forward may update it in place, and a
-            # term such as IterativeLoss hands back what it got)
+            # term such as IterativeLoss hands back what it got), and its parent gets a new dict of the samples, as
+            # Pixyz's eval returns one: the parent may update it (s1.update(s2)) while the term keeps what its
+            # forward returned (self.last)
             names = self._input_var if type(self).input_var is _INPUT_VAR else self.input_var
-            return self._dgm_evaluate({k: x_dict[k] for k in names if k in x_dict}, ctx, kwargs)
+            loss, samples = self._dgm_evaluate({k: x_dict[k] for k in names if k in x_dict}, ctx, kwargs)
+            return loss, dict(samples)
         if x_dict is None:
             given: dict[str, Any] = {}
         elif type(x_dict) is dict or isinstance(x_dict, Mapping):
@@ -496,7 +501,9 @@ class Loss(YieldingModule, _PyroELBO):
             raise TypeError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
                             f"got {type(x_dict).__name__}")
         names = self._input_var if type(self).input_var is _INPUT_VAR else self.input_var  # (a subclass's own)
-        missing = [v for v in names if v not in given and v not in self._dgm_optional_var]
+        # as Pixyz's eval: the variables of _input_var are required, then the values are filtered by input_var (a
+        # subclass's property may list optional ones that its forward reads with x_dict.get)
+        missing = [v for v in self._input_var if v not in given and v not in self._dgm_optional_var]
         if missing:
             _raise_missing(self, given, missing)
         inputs = {k: given[k] for k in names if k in given}
@@ -520,11 +527,12 @@ class Loss(YieldingModule, _PyroELBO):
                 del scopes[depth:]
         elif return_terms:  # a nested evaluation asked for its own terms: same scope and options, its own recorder
             inner = ctx.with_recorder()
+            inner.recorder = self._dgm_new_recorder()
             with inner:
                 loss, samples = self._dgm_evaluate(inputs, inner, kwargs)
             recorder = inner.recorder
-            if ctx.recorder is not None:
-                ctx.recorder[id(self)] = loss
+            if ctx.recorder is not None and id(self) in ctx.recorder:  # a term of the formula being recorded
+                _record(ctx.recorder, id(self), loss)
         else:  # nested, with Pixyz's other return forms: the same evaluation
             loss, samples = self._dgm_evaluate(inputs, ctx, kwargs)
             recorder = None
@@ -556,8 +564,11 @@ class Loss(YieldingModule, _PyroELBO):
         """The outermost evaluation: its context, then ``(value, samples, recorder)`` (what :meth:`compile`
         compiles)."""
         ctx = EvalContext.build(kwargs, return_terms)
+        recorder = None
+        if return_terms:
+            recorder = ctx.recorder = self._dgm_new_recorder()
         loss, samples = self._dgm_evaluate_outer(inputs, ctx, kwargs)
-        return loss, samples, ctx.recorder
+        return loss, samples, recorder
 
     def compile(self, *args: Any, **options: Any) -> None:
         """Evaluate this loss compiled by ``torch.compile`` from now on (``options`` are ``torch.compile``'s:
@@ -586,17 +597,39 @@ class Loss(YieldingModule, _PyroELBO):
 
     def _dgm_evaluate(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         """``(value, samples)`` of this node inside the evaluation ``ctx``: checks the inputs, runs :meth:`forward`
-        and records the value. ``values`` are not copied."""
-        for v in self._input_var if type(self).input_var is _INPUT_VAR else self.input_var:
+        and, when it is a term of the formula being recorded, records the value. ``values`` are not copied."""
+        for v in self._input_var:
             if v not in values and v not in self._dgm_optional_var:
                 _raise_missing(self, values, [v])
+        recorder = ctx.recorder
+        if recorder is not None and id(self) in recorder:
+            return self._dgm_evaluate_term(values, ctx, kwargs)
         if has_forward_hooks(self):
             out = nn.Module.__call__(self, values, **kwargs)  # as Pixyz's eval calls each term: hooks run
         else:
             out = self.forward(values, **kwargs)
+        return out if type(out) is tuple else (out, {})
+
+    def _dgm_evaluate_term(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]
+                           ) -> tuple[Any, Any]:
+        """:meth:`_dgm_evaluate` of a term of the formula being recorded, evaluated by its arithmetic: its value is
+        recorded, and what the term evaluates inside (the same term object in an ``Expectation``, a ``ConstantVar``,
+        an ``IterativeLoss``...) is not: ``return_terms`` reports each term's value in the formula."""
+        recorder = ctx.recorder
+        ctx.recorder = None
+        try:
+            if has_forward_hooks(self):
+                out = nn.Module.__call__(self, values, **kwargs)
+            else:
+                out = self.forward(values, **kwargs)
+        finally:
+            ctx.recorder = recorder
         loss, samples = out if type(out) is tuple else (out, {})
-        if ctx.recorder is not None:
-            ctx.recorder[id(self)] = loss
+        key = id(self)
+        if recorder[key] is None:
+            recorder[key] = loss
+        else:
+            _record_again(recorder, key, loss)
         return loss, samples
 
     def _dgm_evaluate_outer(self, inputs: dict[str, Any], ctx: EvalContext,
@@ -604,6 +637,10 @@ class Loss(YieldingModule, _PyroELBO):
         """The outermost evaluation: under ``ctx`` (its memoizing scope open, this thread's current context), with
         the checks made once per evaluation (an empty batch, a number where a tensor is due)."""
         empty = _empty_inputs(inputs)
+        recorder = ctx.recorder
+        term = recorder is not None and id(self) in recorder
+        if term:  # the formula is one term (a formula whose top node is ``.named(...)``, or no arithmetic):
+            ctx.recorder = None  # nothing it evaluates inside is recorded
         try:
             with ctx:
                 if has_forward_hooks(self):
@@ -619,8 +656,8 @@ class Loss(YieldingModule, _PyroELBO):
             loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
         if empty:
             _check_empty_result(self, loss, inputs, empty)
-        if ctx.recorder is not None:  # this node itself may be a term (a formula whose top node is ``.named(...)``)
-            ctx.recorder[id(self)] = loss
+        if term:
+            _record(recorder, id(self), loss)
         return loss, samples
 
     def _dgm_of_parameters_only(self) -> bool:
@@ -633,11 +670,11 @@ class Loss(YieldingModule, _PyroELBO):
             cached = self._dgm_params_only = all(isinstance(n, _special.Parameter) for n in leaves)
         return cached
 
-    def _dgm_leaves(self) -> list[tuple[int, str]]:
-        """``(id, name)`` of the terms of the top-level arithmetic; names are unique (``" (2)"``...)."""
+    def _dgm_leaves(self) -> "_Terms":
+        """The terms of the top-level arithmetic, with their names (unique: ``" (2)"``...)."""
         cached = self.__dict__.get("_dgm_leaf_names")
-        if cached is not None and cached[0] == NAMES_VERSION[0]:
-            return cached[1]
+        if cached is not None and cached.version == NAMES_VERSION[0]:
+            return cached
 
         leaves: list[Loss] = []
 
@@ -650,22 +687,28 @@ class Loss(YieldingModule, _PyroELBO):
                 leaves.append(node)
 
         walk(self)  # the formula is fixed once built; only the distributions' names may change (NAMES_VERSION)
-        named: list[tuple[int, str]] = []
-        taken: set[str] = set()
+        names: list[str] = []
         for leaf in leaves:
             name, n = leaf._dgm_term_name, 1
-            while name in taken:
+            while name in names:
                 n += 1
                 name = f"{leaf._dgm_term_name} ({n})"
-            taken.add(name)
-            named.append((id(leaf), name))
-        self._dgm_leaf_names = (NAMES_VERSION[0], named)
-        return named
+            names.append(name)
+        self._dgm_leaf_names = cached = _Terms(NAMES_VERSION[0], leaves, names)
+        return cached
 
-    def _dgm_terms(self, recorder: Mapping[int, Tensor]) -> dict[str, Tensor]:
+    def _dgm_new_recorder(self) -> dict[Any, Any]:
+        """The recorder of one evaluation of this formula: ``id(term) -> None`` for each term of its top-level
+        arithmetic, which :meth:`_dgm_evaluate` fills with the term's value (see :func:`_record`)."""
+        return dict.fromkeys(map(id, self._dgm_leaves().terms))
+
+    def _dgm_terms(self, recorder: Mapping[Any, Any]) -> dict[str, Tensor]:
+        """``{name: value}`` of the terms, from what the recorder holds: a term object listed at several places of
+        the formula (``pa + pa``) has its values in the order evaluated."""
         terms: dict[str, Tensor] = {}
-        for key, name in self._dgm_leaves():
-            value = recorder.get(key)
+        for term, name, place in self._dgm_leaves().places:
+            key = id(term)
+            value = recorder.get(key) if not place else recorder.get((key, place), recorder.get(key))
             if value is not None:
                 terms[name] = value.detach() if isinstance(value, Tensor) else value
         return terms
@@ -790,6 +833,44 @@ class Loss(YieldingModule, _PyroELBO):
 _INPUT_VAR = Loss.__dict__["input_var"]  # (a subclass that overrides the property: see Loss.eval)
 
 
+class _Terms:
+    """The terms of a formula's top-level arithmetic (cached on the formula): the term objects themselves, not their
+    ids, so that a copy of the loss (``copy.deepcopy``, pickling) holds its own; their names; and ``places``,
+    ``(term, name, place)`` where ``place`` counts the earlier places of the same object in the formula."""
+
+    __slots__ = ("version", "terms", "names", "places")
+
+    def __init__(self, version: int, terms: Sequence[Loss], names: Sequence[str]) -> None:
+        self.version = version
+        self.terms = tuple(terms)
+        self.names = tuple(names)
+        seen: dict[int, int] = {}
+        places = []
+        for term, name in zip(terms, names):
+            place = seen.get(id(term), 0)
+            seen[id(term)] = place + 1
+            places.append((term, name, place))
+        self.places = tuple(places)
+
+
+def _record(recorder: dict[Any, Any], key: int, value: Any) -> None:
+    """Record the value of the term ``key`` (its ``id``) in one evaluation: the first under ``key``, the next ones of
+    the same term object (listed at several places of the formula) under ``(key, 1)``, ``(key, 2)``... (see
+    :func:`_record_again`)."""
+    if recorder[key] is None:
+        recorder[key] = value
+    else:
+        _record_again(recorder, key, value)
+
+
+def _record_again(recorder: dict[Any, Any], key: int, value: Any) -> None:
+    """Record another value of the term ``key`` in the same evaluation (a term object listed at several places)."""
+    place = 1
+    while (key, place) in recorder:
+        place += 1
+    recorder[key, place] = value
+
+
 def _empty_inputs(inputs: Mapping[str, Any]) -> list[str] | None:
     """The input variables given with zero rows (an empty batch), or None (the common case: one cheap loop)."""
     for v in inputs.values():
@@ -869,7 +950,9 @@ def _values_parameter(cls: type) -> str | None:
 
 
 def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str]) -> None:
-    check_present(loss, given, [v for v in loss.input_var if v not in loss._dgm_optional_var])  # raises, naming them
+    # raises, naming them: the variables of _input_var (those eval requires, as Pixyz's; a subclass's input_var
+    # property may list more, optional ones)
+    check_present(loss, given, [v for v in loss._input_var if v not in loss._dgm_optional_var])
 
 
 def is_operand(x: Any) -> bool:

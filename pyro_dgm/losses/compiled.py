@@ -30,7 +30,8 @@ Examples
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping, Sequence
+import inspect
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -38,7 +39,8 @@ from torch.distributions import Distribution as _Distribution
 
 from pyro_dgm.distributions.closed_forms import validating
 
-__all__ = ["CompiledEval", "CompiledOuter", "compile_options", "frozen", "without_validation"]
+__all__ = ["CompiledEval", "CompiledOuter", "OwnEval", "compile_options", "eval_form", "eval_with_terms", "frozen",
+           "without_validation"]
 
 _DEFAULTS: dict[str, Any] = {}
 
@@ -63,8 +65,6 @@ def compile_options(owner: str, compile: bool | Mapping[str, Any] | None) -> dic
     if compile is True:
         return dict(_DEFAULTS)
     if isinstance(compile, Mapping):
-        import inspect
-
         known = set(inspect.signature(torch.compile).parameters) - {"model"}
         unknown = sorted(set(compile) - known)
         if unknown:
@@ -89,6 +89,83 @@ def compile_options(owner: str, compile: bool | Mapping[str, Any] | None) -> dic
         return options
     raise TypeError(f"{owner}: compile must be True, False or a dict of torch.compile options (mode=, backend=, "
                     f"dynamic=, ...), got {compile!r}")
+
+
+class OwnEval(NamedTuple):
+    """How a model calls the ``eval`` that a loss's class defines itself (:func:`eval_form`)."""
+
+    #: whether its signature names ``return_terms`` (called with it, as ``Loss.eval`` is; else as Pixyz's ``Model``
+    #: calls it, ``eval(x_dict, **kwargs)``)
+    terms: bool
+    #: the name its value is reported under when it returns the value alone (the loss's term name)
+    name: str
+
+
+def eval_form(loss: Any) -> OwnEval | None:
+    """How a model calls ``loss.eval`` for its value and terms (:func:`eval_with_terms`), decided once per loss.
+
+    ``None`` for pyro_dgm's ``Loss.eval``: ``eval(x_dict, return_terms=True, **kwargs)``. A class that overrides
+    ``eval`` (Pixyz's losses are written so: ``eval(self, x_dict={}, return_dict=False,
+    return_all=True, **kwargs)``, which may return a bare tensor and pass its keywords on to ``forward``) gets an
+    :class:`OwnEval`: it is called as Pixyz's ``Model`` calls it, ``eval(x_dict, **kwargs)``, unless its signature
+    names ``return_terms``.
+
+    Examples
+    --------
+    >>> from pyro_dgm.distributions import Normal
+    >>> from pyro_dgm.losses import LogProb
+    >>> class Clamped(LogProb):
+    ...     def eval(self, x_dict={}, return_dict=False, return_all=True, **kwargs):
+    ...         return super().eval(x_dict, **kwargs).clamp(max=0.)
+    >>> p = Normal(loc=0., scale=1., var=["x"])
+    >>> eval_form(LogProb(p)), eval_form(Clamped(p))
+    (None, OwnEval(terms=False, name='\\\\log p(x)'))
+    """
+    from pyro_dgm.losses.base import Loss  # (base imports this module)
+
+    cls = type(loss)
+    if loss is None or getattr(cls, "eval", None) is Loss.eval:
+        return None
+    try:
+        terms = "return_terms" in inspect.signature(cls.eval).parameters
+    except (TypeError, ValueError):  # (a callable without a signature)
+        terms = False
+    try:
+        name = loss._dgm_term_name  # (sympy: once, here)
+    except Exception:  # noqa: BLE001 (a user's _symbol that fails: the formula is printed nowhere else here)
+        name = cls.__name__
+    return OwnEval(terms, name)
+
+
+def eval_with_terms(loss: Any, x_dict: Any, kwargs: Mapping[str, Any], form: OwnEval | None
+                    ) -> tuple[Tensor, dict[str, Any]]:
+    """``(value, terms)`` of ``loss`` on ``x_dict``, its ``eval`` called as :func:`eval_form` said (``form``).
+
+    A class's own ``eval`` that returns the value alone reports it under the loss's name (as ``Loss.eval`` reports
+    a term that is no arithmetic); one called with ``return_terms`` may return ``(value, terms)``.
+
+    Raises
+    ------
+    TypeError
+        If a class's own ``eval`` returns something else, naming the class.
+    """
+    if form is None:
+        return loss.eval(x_dict, return_terms=True, **kwargs)
+    if form.terms:
+        out = loss.eval(x_dict, return_terms=True, **kwargs)
+        if type(out) is tuple and len(out) == 2 and isinstance(out[0], Tensor) and isinstance(out[1], Mapping):
+            return out[0], dict(out[1])
+    else:
+        out = loss.eval({} if x_dict is None else x_dict, **kwargs)  # (Pixyz's Model passes {} by default)
+    if isinstance(out, Tensor):
+        return out, {form.name: out.detach()}
+    call = ("eval(x_dict, return_terms=True, **kwargs)" if form.terms else
+            "eval(x_dict, **kwargs), as Pixyz's Model calls it,")
+    wanted = "a (value, terms) pair or the value" if form.terms else "the value (a tensor)"
+    got = (f"a tuple of {len(out)} ({', '.join(type(v).__name__ for v in out)})" if type(out) is tuple else
+           f"a {type(out).__name__}")
+    raise TypeError(f"{type(loss).__name__}.eval (the class's own eval) returned {got}; a model calls {call} "
+                    f"and trains on what it returns: it must return {wanted}")
 
 
 class without_validation:
@@ -248,7 +325,8 @@ class CompiledOuter(_FirstCallEager):
 
 
 class CompiledEval(_FirstCallEager):
-    """``loss.eval(x_dict, return_terms=True, **kwargs)``, compiled by ``torch.compile`` with ``options``.
+    """``loss.eval(x_dict, return_terms=True, **kwargs)``, compiled by ``torch.compile`` with ``options`` (a class's
+    own ``eval`` is called as Pixyz's ``Model`` calls it: see :func:`eval_with_terms`).
 
     Parameters
     ----------
@@ -283,9 +361,14 @@ class CompiledEval(_FirstCallEager):
 
     def __init__(self, loss: Any, options: Mapping[str, Any]) -> None:
         super().__init__(loss, self._dgm_evaluate, options)
+        self.form = eval_form(loss)  # (a class's own eval is called as Pixyz's Model calls it: eval_with_terms)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.form = eval_form(self.loss)  # (its class is known, restored or not)
 
     def _dgm_evaluate(self, x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
-        return self.loss.eval(x_dict, return_terms=True, **kwargs)
+        return eval_with_terms(self.loss, x_dict, kwargs, self.form)
 
     def __call__(self, x_dict: Any, kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         return super().__call__(x_dict, kwargs)

@@ -37,7 +37,7 @@ from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
-from pyro_dgm.losses.compiled import CompiledEval, compile_options
+from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
 from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.latex import print_latex as _print_latex
@@ -493,13 +493,36 @@ class Model:
         owner = type(self).__name__
         self.loss_cls = check_loss(owner, loss, "loss") if loss is not None else None  # type: ignore[assignment]
         self.test_loss_cls = check_loss(owner, test_loss, "test_loss") if test_loss else self.loss_cls
+        self._dgm_take_losses()
+
+    def _dgm_take_losses(self) -> None:
+        """Derive from ``loss_cls`` and ``test_loss_cls`` what the steps read: the Pyro-side terms, the adversarial
+        terms told which parameters this model trains, how each loss's ``eval`` is called. Done by :meth:`set_loss`,
+        and by the next :meth:`train` or :meth:`test` when either was assigned since (Pixyz's are plain attributes:
+        ``model.loss_cls = loss`` replaces the loss as ``set_loss`` does; one identity check per step)."""
+        owner = type(self).__name__
+        loss, test_loss = getattr(self, "loss_cls", None), getattr(self, "test_loss_cls", None)  # (a subclass that
+        # skipped Model.__init__ may set one only)
+        for value, name in ((loss, "loss_cls"), (test_loss, "test_loss_cls")):
+            if value is not None:
+                check_loss(owner, value, name)
         # Parameters that the loss creates in Pyro's param store (an autoguide in a PyroELBO term) are trained too, as
         # SVI trains them: they are found by tracing the parameters each step when the loss has a Pyro-side term
         # (decided here, once), else when the param store grows during a step (one len() before and after).
-        self._dgm_pyro_terms = _pyro_side_terms(self.loss_cls) if self.loss_cls is not None else []
+        self._dgm_pyro_terms = _pyro_side_terms(loss) if loss is not None else []
         self._dgm_autoguides = _autoguides(self._dgm_pyro_terms)  # what a failed first step must put back
+        self.__dict__.pop("_dgm_known_ids", None)  # (the parameters of the losses' distributions, made again)
         if "_dgm_params" in self.__dict__:
             self._dgm_share_trained()
+        # (a Pixyz-style class's own eval is called as Pixyz's Model calls it: eval_with_terms)
+        self._dgm_losses = (loss, test_loss, eval_form(loss), eval_form(test_loss))
+
+    def _dgm_follow_losses(self) -> None:
+        """:meth:`_dgm_take_losses` when ``loss_cls`` or ``test_loss_cls`` is not the loss it was made from."""
+        seen = self.__dict__.get("_dgm_losses")
+        if seen is None or seen[0] is not getattr(self, "loss_cls", None) or seen[1] is not getattr(
+                self, "test_loss_cls", None):
+            self._dgm_take_losses()
 
     def _dgm_params_key(self) -> tuple[int, ...]:
         """What tells that the trained parameters changed since the last step: the distributions list (replaced, a
@@ -661,6 +684,7 @@ class Model:
         """
         if self._dgm_params_key() != self.__dict__.get("_dgm_seen"):
             self._dgm_follow_changes()
+        self._dgm_follow_losses()
         if self._dgm_pyro_terms and self.optimizer is not None and not hasattr(self.optimizer, "add_param_group"):
             raise TypeError(f"{type(self).__name__}: the loss {self.loss_cls} has Pyro-side terms, whose parameters "
                             f"(an autoguide's) join the optimizer as they are made, so the optimizer must be a "
@@ -866,9 +890,14 @@ class Model:
         if _PYRO_STACK:  # a Pyro handler around train() that would weight the sites: it cannot reach the formula
             self.loss_cls._dgm_refuse_weighting_around(f"{type(self).__name__}.train: the loss")
         if self._dgm_compile is None:
+            form = self._dgm_losses[2]  # (None: pyro_dgm's Loss.eval; else a class's own, see eval_with_terms)
             if self._dgm_ddp is None:
-                return self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
-            return self._dgm_ddp(self.loss_cls, x_dict, kwargs)
+                if form is None:
+                    return self.loss_cls.eval(x_dict, return_terms=True, **kwargs)
+                return eval_with_terms(self.loss_cls, x_dict, kwargs, form)
+            if form is None:
+                return self._dgm_ddp(self.loss_cls, x_dict, kwargs)
+            return self._dgm_ddp.run(eval_with_terms, self.loss_cls, x_dict, kwargs, form)
         compiled = self._dgm_compiled_eval(self.loss_cls)
         return compiled(x_dict, kwargs) if self._dgm_ddp is None else self._dgm_ddp.run(compiled, x_dict, kwargs)
 
@@ -980,6 +1009,7 @@ class Model:
             The test loss value (this process's, under ``torch.distributed``).
         """
         x_dict = test_x_dict
+        self._dgm_follow_losses()
         if self.test_loss_cls is None:
             self._dgm_no_loss()
         if _PYRO_STACK:  # as in train()
@@ -995,7 +1025,7 @@ class Model:
                 if self._dgm_compile is not None:
                     loss, terms = self._dgm_compiled_eval(self.test_loss_cls)(x_dict, kwargs)
                 else:
-                    loss, terms = self.test_loss_cls.eval(x_dict, return_terms=True, **kwargs)
+                    loss, terms = eval_with_terms(self.test_loss_cls, x_dict, kwargs, self._dgm_losses[3])
         finally:
             for m, mode in modes:
                 m.training = mode
