@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, CallState, draw_factors
+from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, BoundForward, CallState, draw_factors
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, given_event_dim,
@@ -120,6 +120,59 @@ def has_network(owner: Any) -> bool:
     raises, or, for a family, hands back its keyword arguments as Pixyz's does). Given a distribution, the
     ``forward`` its call finds: one set on the instance (``p.forward = ...``) before the class's."""
     return not getattr(owner.forward, "_dgm_no_network", False)
+
+
+def _get_binding(self: "Distribution") -> Binding:
+    """``_dgm_b`` of an instance of a user's class: its binding, made anew first when the class's ``forward`` is
+    not the one it was made with (``P.forward = ...`` in a later notebook cell, which Pixyz's call finds). One
+    identity check per read; a classmethod's ``forward`` (a new bound method at each lookup) takes the slow path."""
+    d = self.__dict__
+    try:
+        b = d["_dgm_b"]
+    except KeyError:
+        raise AttributeError("_dgm_b") from None
+    seen = d.get("_dgm_class_forward")
+    if seen is None or seen.fn is not type(self).forward:
+        b = _class_forward_moved(self, seen)
+    return b
+
+
+def _set_binding(self: "Distribution", b: Binding) -> None:
+    """Store a binding with the class's ``forward`` it was made with; the first one of an instance that had a
+    ``forward`` set on it before ``super().__init__()`` is made anew for that ``forward``."""
+    d = self.__dict__
+    first = "_dgm_b" not in d
+    d["_dgm_b"] = b
+    d["_dgm_class_forward"] = BoundForward(type(self).forward)
+    if first and "forward" in d:
+        self._dgm_forward_set()
+
+
+def _class_forward_moved(self: "Distribution", seen: BoundForward | None) -> Binding:
+    """The binding after the class's ``forward`` was replaced (or, after unpickling, is unknown). A binding to a
+    network that works stays: the new network gets the inputs by name (``effects.forward_replaced``); one without
+    a network, or one that failed, is made anew (``P.forward = ...`` on a class built without one)."""
+    d = self.__dict__
+    now = type(self).forward
+    before = None if seen is None else seen.fn
+    if before is None or getattr(now, "__func__", now) is not getattr(before, "__func__", before):
+        d["_dgm_class_forward"] = BoundForward(now)
+        works = (d.get("_dgm_has_network", True) and not _unusable(d)
+                 and "_dgm_draw_with" not in d)  # (a Deterministic's failed binding shadows its draw)
+        # (one set on the instance is found first: the class's is not called)
+        if "forward" not in d and not (works and has_network(type(self))):
+            self._dgm_forward_set()
+    return d["_dgm_b"]
+
+
+#: ``_dgm_b`` of a user's class (see :meth:`Distribution.__init_subclass__`): pyro_dgm's own classes keep it as a
+#: plain attribute, their ``forward`` being nobody's to replace.
+_WATCHED_BINDING = property(_get_binding, _set_binding)
+
+
+def _unusable(d: Mapping[str, Any]) -> bool:
+    """Whether a family's binding failed (its error shadows the parameters: see ``family._dgm_set_unusable``)."""
+    return any(getattr(d.get(slot), "_dgm_unusable", False) for slot in ("_dgm_params", "_dgm_inner_params"))
 
 
 def sum_samples(x: Tensor, dims: Sequence[int] | None = None) -> Tensor:
@@ -342,6 +395,8 @@ class Distribution(YieldingModule):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         overrides.install(cls)
+        if not cls.__module__.startswith("pyro_dgm."):  # a user's class, whose forward a later cell may replace
+            cls._dgm_b = _WATCHED_BINDING
 
     def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = (), name: str = "p",
                  features_shape: Iterable[int] = torch.Size(), atomic: bool = True) -> None:
@@ -386,14 +441,21 @@ class Distribution(YieldingModule):
         """A ``forward`` set on this instance (``p.forward = ...``, in a later notebook cell) or deleted from it:
         Pixyz's call finds the instance's before the class's, so its arguments are bound to it (a family without
         a network gets one: its parameters come from that ``forward``, then from the ``cond_var`` named and the
-        constants, as in Pixyz). Once per assignment, never per call."""
+        constants, as in Pixyz). So too for a user's class whose ``forward`` a later cell replaced (``P.forward =
+        ...``: see :func:`_get_binding`). Once per assignment, never per call."""
         d = self.__dict__
         if "_dgm_b" not in d:  # (set in a subclass's __init__ before the binding is made: that binds it)
             return
-        if "_dgm_has_network" in d:  # a family
-            d["_dgm_has_network"] = has_network(self)
-            d["_dgm_const_only"] = False  # (constants only: their cached distribution skipped forward)
+        family = "_dgm_has_network" in d
+        net = False
+        if family:
+            net = d["_dgm_has_network"] = has_network(self)
+            if net and d["_dgm_const_only"]:  # (constants only: their cached distribution skips forward)
+                d["_dgm_const_only"], d["_dgm_const_only_was"] = False, self._dgm_const_names
         self._dgm_rebind()
+        was = d.pop("_dgm_const_only_was", None) if family and not net else None
+        if was is not None and was == self._dgm_const_names and not _unusable(d):
+            d["_dgm_const_only"] = True  # (the forward deleted again: the constants' cached distribution)
 
     def _dgm_set_vars(self, name: str, value: Any) -> None:
         """A subclass that sets ``self._cond_var`` (or ``self._var``) after ``__init__``, as Pixyz programs do to

@@ -22,6 +22,7 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, 
 from pyro_dgm.distributions.effects import (PYRO_STACK, given_event_dim, has_forward_hooks, ignores_sites,
                                                run_bound_network, run_network)
 from pyro_dgm.distributions.pixyz_protocol import adopt
+from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
                                    OutOfRangeError, ShapeError, clearer, describe, value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
@@ -675,7 +676,8 @@ class DistributionBase(Distribution):
     def _dgm_parts(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
                    value: Tensor | None = None, *, record: bool | None = None) -> tuple[Any, int, bool]:
         """The base distribution (expanded for ``batch_n``), how many of its batch dims are feature dims, and
-        whether this factor is a root of the pass (none of its inputs drawn in it).
+        whether this factor is a root of the pass (none of its inputs holds a draw of it: a Deterministic's outputs
+        of given inputs are given values, see :class:`~pyro_dgm.distributions.special.GivenEventDims`).
 
         ``value`` is the value to score or observe, if any: a factor without inputs whose constants are scalars
         (empty ``features_shape``) takes its feature dims from it, every dim after the first (Pixyz's convention).
@@ -703,7 +705,7 @@ class DistributionBase(Distribution):
                     pass  # scoring raises below, naming the shapes
                 batch_shape = base.batch_shape
         ev = len(batch_shape) - bn
-        root = expand and not any(v in ctx.event_dims for v in b.input_var)
+        root = expand and not drawn_in_pass(b.input_var, ctx)  # (a Deterministic's outputs of given inputs: given)
         if expand and ctx.batch_n is not None and bn >= 1:
             if self._dgm_scalar_classes is not None and ctx.obs is None:
                 self._dgm_no_class_dim(ctx.batch_n)

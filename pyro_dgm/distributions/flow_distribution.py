@@ -181,7 +181,10 @@ class _FlowDistribution(OneSiteDistribution):
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
         hidden = self._dgm_hidden
-        if ctx.obs is None and hidden not in values and hidden != name:  # Pixyz returns the prior's sample too
+        if ctx.obs is None and hidden not in values and hidden != name and (
+                not ctx.kwargs or not self._dgm_flow_inverted or ctx.kwargs.get("return_hidden", True)):
+            # Pixyz returns the prior's sample too (an InverseTransformedDistribution's, in a product, unless the
+            # call or the factor's graph.set_option says return_hidden=False)
             try:
                 with torch.set_grad_enabled(ctx.reparam and torch.is_grad_enabled()):  # from the flow's memory
                     inv = t.inv  # from the flow's memory, leaving logdet_jacobian as it was (Pixyz's sample does)
@@ -204,12 +207,14 @@ class _FlowDistribution(OneSiteDistribution):
 
         A value given for the prior's variable is not an input: it is drawn anew, and the drawn value (the one the
         variable was mapped from) is returned in its place, as by Pixyz; with ``return_hidden=False`` the given
-        value is handed back unchanged, as by Pixyz."""
+        value is handed back unchanged, as by Pixyz. Either way it keeps its place among the given values (Pixyz's
+        order: ``x_dict``'s keys, then the new ones)."""
         hidden = self._dgm_hidden
         given = None
         if isinstance(x_dict, Mapping) and hidden in x_dict and hidden not in self._var and \
                 hidden not in self._dgm_input_var:
             given = x_dict[hidden]
+            given_keys = list(x_dict)
             x_dict = {k: v for k, v in x_dict.items() if k != hidden}
         out = Distribution.sample(self, x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=True,
                                   reparam=reparam, sample_mean=sample_mean, **kwargs)
@@ -218,6 +223,10 @@ class _FlowDistribution(OneSiteDistribution):
             if given is not None:
                 out[hidden] = given
         if return_all:
+            if given is not None and hidden in out:
+                ordered = {k: out[k] for k in given_keys if k in out}
+                ordered.update(out)
+                return ordered
             return out
         keep = list(self._var) + ([hidden] if return_hidden else [])
         return {k: out[k] for k in keep if k in out}

@@ -125,7 +125,11 @@ class ReplaceVarDistribution(_PassesThrough):
         self.replace_dict = m
         self.__dict__["_dgm_label"] = p.name  # (see name)
         self._dgm_input_var = [m.get(v, v) for v in p.input_var]
-        self._dgm_b = p._dgm_binding.renamed(m)
+        src = p._dgm_binding
+        # the binding renamed; p's own, when p holds one (a family, a Deterministic, a renaming), is watched: p makes
+        # it anew when its forward is set or replaced later (p.forward = ...), and so is this one then
+        self._dgm_src = src if "_dgm_b" in p.__dict__ else None
+        self._dgm_b = src.renamed(m)
         # Pixyz's graph of this renaming: p's renamed in place, which moves each renamed variable to the end of the
         # graph's order. Pixyz lists the variables in that order (q(z|x,h,r) renamed h -> h0 is q(z|x,r,h_{0})), and
         # products and draws follow it.
@@ -149,7 +153,13 @@ class ReplaceVarDistribution(_PassesThrough):
 
     @property
     def _dgm_binding(self) -> Binding:
-        return self._dgm_b
+        d = self.__dict__
+        src = d.get("_dgm_src")
+        if src is not None:
+            now = d["_modules"]["p"]._dgm_binding
+            if now is not src:  # (p's forward was set or replaced since: its arguments were bound anew)
+                d["_dgm_src"], d["_dgm_b"] = now, now.renamed(self.replace_dict)
+        return d["_dgm_b"]
 
     @property
     def _dgm_original(self) -> Distribution:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pyro
 from torch import Tensor
@@ -14,6 +14,30 @@ from pyro_dgm.distributions.effects import run_bound_network
 from pyro_dgm.utils.checks import DimensionError, ShapeError, describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
+
+
+class GivenEventDims(int):
+    """The event dims of a value that a pass computed from given values only (the outputs of a
+    :class:`Deterministic` whose inputs hold no draw of the pass, the data of an :class:`EmpiricalDistribution`), as
+    ``CallState.event_dims`` records them; an ``int`` to every other reader.
+
+    Such a value holds no draw of the pass, so a factor that reads it draws ``sample_shape`` values (and takes
+    ``batch_n``) as a factor whose inputs are all given does, as in Pixyz; a factor that reads a draw of the pass
+    draws one value per draw (docs/porting.md).
+    """
+
+    __slots__ = ()
+
+
+def drawn_in_pass(inputs: Iterable[str], ctx: CallState) -> bool:
+    """Whether one of ``inputs`` holds a draw of this pass (a value it drew, or computed from one): then the factor
+    that reads them draws one value per draw, not ``sample_shape`` values more."""
+    event_dims = ctx.event_dims
+    for v in inputs:
+        e = event_dims.get(v)
+        if e is not None and type(e) is not GivenEventDims:
+            return True
+    return False
 
 
 class Deterministic(Distribution):
@@ -61,7 +85,7 @@ class Deterministic(Distribution):
         unusable: BaseException | None = None
         pos: tuple[str, ...] = ()
         kw: tuple[tuple[str, str], ...] = ()
-        if not has_network(type(self)):
+        if not has_network(self):  # (a forward set on the instance, d.forward = ..., is found first, as in Pixyz)
             unusable = NotImplementedError(
                 f"{describe(self)}: subclass Deterministic with a forward({', '.join(self._cond_var)}) that returns "
                 f"{{{', '.join(repr(v) for v in self._var)}: ...}}")
@@ -84,6 +108,10 @@ class Deterministic(Distribution):
     def _dgm_binding(self) -> Binding:
         return self._dgm_b
 
+    def _dgm_draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
+        b = self._dgm_b  # first: a forward that a later cell gave the class (D.forward = ...) is bound here, before
+        self._dgm_draw_with(b, values, ctx)  # the draw is looked up (the error of its old binding shadows it)
+
     @property
     def has_reparam(self) -> bool:
         return True
@@ -102,14 +130,18 @@ class Deterministic(Distribution):
             raise ValueError(f"{describe(self)}: forward() must return a dict with exactly the keys {self._var}, "
                              f"got {got}")
         bn = self._dgm_batch_ndim(b, values, ctx)
-        for own, v in zip(self._var, b.var):
+        given = not drawn_in_pass(b.input_var, ctx)  # (its outputs then hold no draw of the pass either)
+        own_var = self._var
+        # the values in the order of forward's dict, as Pixyz's (so sample's result and a product's draws)
+        pairs = zip(own_var, b.var) if len(own_var) == 1 else ((k, b.var[own_var.index(k)]) for k in out)
+        for own, v in pairs:
             value = out[own]
             if not isinstance(value, Tensor):  # an LSTM's (h, c), a number...: passed on as it is, as Pixyz does
                 values[v] = value
                 continue
             ev = max(value.dim() - bn, 0)
             values[v] = self._dgm_record(v, value, ev)
-            ctx.event_dims[v] = ev
+            ctx.event_dims[v] = GivenEventDims(ev) if given else ev
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
@@ -153,8 +185,8 @@ class EmpiricalDistribution(Distribution):
 
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         for v in b.var:
-            if v not in ctx.event_dims:
-                ctx.event_dims[v] = max(values[v].dim() - 1, 0)
+            if v not in ctx.event_dims:  # (given data: a factor that reads it is drawn as one of given inputs)
+                ctx.event_dims[v] = GivenEventDims(max(values[v].dim() - 1, 0))
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
