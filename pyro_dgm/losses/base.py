@@ -625,11 +625,8 @@ class Loss(YieldingModule, _PyroELBO):
         finally:
             ctx.recorder = recorder
         loss, samples = out if type(out) is tuple else (out, {})
-        key = id(self)
-        if recorder[key] is None:
-            recorder[key] = loss
-        else:
-            _record_again(recorder, key, loss)
+        if type(self).eval is Loss.eval:  # (a class with its own eval: its parent records what that eval returns,
+            _record(recorder, id(self), loss)  # see record_own_eval)
         return loss, samples
 
     def _dgm_evaluate_outer(self, inputs: dict[str, Any], ctx: EvalContext,
@@ -851,6 +848,16 @@ class _Terms:
             seen[id(term)] = place + 1
             places.append((term, name, place))
         self.places = tuple(places)
+
+
+def record_own_eval(term: Loss, value: Any) -> None:
+    """Record ``value``, what the ``eval`` of its own of a term's class returned to the arithmetic holding it (a
+    Pixyz-style override that changes its value: ``super().eval(...).clamp(...)``), if the evaluation records its
+    terms and ``term`` is one of them: ``return_terms`` reports the value the term has in the formula."""
+    ctx = _CURRENT.ctx
+    recorder = None if ctx is None else ctx.recorder
+    if recorder is not None and id(term) in recorder:
+        _record(recorder, id(term), value)
 
 
 def _record(recorder: dict[Any, Any], key: int, value: Any) -> None:

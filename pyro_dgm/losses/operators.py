@@ -15,10 +15,12 @@ from typing import Any, Iterator, NoReturn
 import torch
 from torch import Tensor
 
-from pyro_dgm.losses.base import PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union
+from pyro_dgm.losses.base import PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union, record_own_eval
 from pyro_dgm.losses.special import LossArgumentError, Parameter, ValueLoss
 from pyro_dgm.utils.checks import ShapeError, switched
 from pyro_dgm.utils.shapes import broadcast_shape
+
+_LOSS_EVAL = Loss.eval
 
 __all__ = ["LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
            "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach", "strict_broadcasting"]
@@ -167,8 +169,13 @@ class LossOperator(Loss):
         return (self.loss1, self.loss2)
 
     def _dgm_both(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        v1, s1 = self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)
-        v2, s2 = self.loss2.eval(values, return_dict=True, return_all=False, **kwargs)
+        a, b = self.loss1, self.loss2
+        v1, s1 = a.eval(values, return_dict=True, return_all=False, **kwargs)
+        if type(a).eval is not _LOSS_EVAL:  # a class's own eval: the value it gives the formula is the term's
+            record_own_eval(a, v1)
+        v2, s2 = b.eval(values, return_dict=True, return_all=False, **kwargs)
+        if type(b).eval is not _LOSS_EVAL:
+            record_own_eval(b, v2)
         if _STRICT[0] and isinstance(v1, Tensor) and isinstance(v2, Tensor) and v1.shape != v2.shape:
             _check_broadcast(self, v1, v2)
         s1.update(s2)
@@ -427,7 +434,11 @@ class LossSelfOperator(Loss):
         return self.loss1.loss_test({} if x_dict is None else x_dict, **kwargs)
 
     def _dgm_one(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        return self.loss1.eval(values, return_dict=True, return_all=False, **kwargs)
+        a = self.loss1
+        out = a.eval(values, return_dict=True, return_all=False, **kwargs)
+        if type(a).eval is not _LOSS_EVAL:  # (see LossOperator._dgm_both)
+            record_own_eval(a, out[0])
+        return out
 
 
 class NegLoss(LossSelfOperator):

@@ -11,6 +11,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.special import EmpiricalDistribution
 from pyro_dgm.losses.adversarial_divergences import AdversarialJensenShannon
+from pyro_dgm.losses.adversarial import AdversarialLoss
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.losses.steps import SIGNALS, StepRandomState
 from pyro_dgm.models import distributed as _dist
@@ -177,10 +178,15 @@ class GAN(Model):
                          compile=compile)
 
     @property
-    def adversarial_loss(self) -> AdversarialJensenShannon:
-        """The adversarial term (the loss), which holds the discriminator and its optimizer."""
+    def adversarial_loss(self) -> AdversarialLoss:
+        """The adversarial term (the loss), which holds the discriminator and its optimizer: the Jensen-Shannon term
+        the model was built with, or any term with a discriminator step assigned to ``loss_cls`` since (Pixyz's
+        ``GAN`` steps whatever ``loss_cls`` is: ``AdversarialWassersteinDistance`` makes it a WGAN)."""
         loss = self.loss_cls
-        assert isinstance(loss, AdversarialJensenShannon)
+        if not callable(getattr(loss, "loss_train", None)) or not callable(getattr(loss, "loss_test", None)):
+            raise TypeError(f"GAN: loss_cls is a {type(loss).__name__}, which has no discriminator step "
+                            "(loss_train/loss_test); a GAN trains an adversarial term (AdversarialJensenShannon, "
+                            "AdversarialKullbackLeibler, AdversarialWassersteinDistance), or use Model for other losses")
         return loss
 
     @property
