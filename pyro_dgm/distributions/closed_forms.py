@@ -45,10 +45,10 @@ from torch.autograd import forward_ad
 
 from pyro_dgm.utils.shapes import broadcast_shape
 
-__all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "NOISE_FORM", "KL", "KL_TO_STANDARD", "IS_STANDARD",
-           "register_log_prob", "register_rsample", "register_noise_form", "register_kl", "register_standard",
-           "ClosedParams", "validating", "valid_params", "valid_value", "disabled", "bernoulli_log_prob",
-           "bernoulli_cross_entropy", "in_unit_interval"]
+__all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "register_log_prob",
+           "register_rsample", "register_kl", "register_standard", "ClosedParams", "validating",
+           "valid_params", "valid_value", "disabled", "bernoulli_log_prob", "bernoulli_cross_entropy",
+           "in_unit_interval"]
 
 Params = Mapping[str, Tensor]
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
@@ -75,11 +75,6 @@ IS_STANDARD: dict[type, Callable[[Params], bool]] = {}
 LOG_PROB_STANDARD: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {}
 #: Pyro class -> ``f(p_params)``: :data:`KL` against ``q`` in the standard form, from ``p``'s parameters alone.
 KL_TO_STANDARD: dict[type, Callable[[Params], Tensor]] = {}
-#: Pyro class -> ``(draw, score)``: a location-scale family's reparameterized draw that also hands back its noise,
-#: ``draw(params, generator) -> (value, noise)`` (the random stream of :data:`RSAMPLE`), and the log-density of that
-#: value from its noise, ``score(params, noise, dims)`` (:func:`register_noise_form`).
-NOISE_FORM: dict[type, tuple[Callable[[Params, torch.Generator | None], tuple[Tensor, Tensor]],
-                             Callable[[Params, Tensor, tuple[int, ...]], Tensor]]] = {}
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -112,22 +107,6 @@ def register_rsample(*classes: type) -> Callable[[_F], _F]:
     def register(f: _F) -> _F:
         for cls in classes:
             RSAMPLE[cls] = f
-        return f
-    return register
-
-
-def register_noise_form(cls: type, score: Callable[[Params, Tensor, tuple[int, ...]], Tensor]
-                        ) -> Callable[[_F], _F]:
-    r"""Register ``f(params, generator) -> (value, noise)``, a reparameterized draw of the Pyro class ``cls`` that
-    also hands back its noise, and ``score(params, noise, dims)``, the log-density of that value from the noise.
-
-    A distribution scoring the value it has just drawn, at the same parameter tensors, scores it from the noise: for a
-    Normal, :math:`-\epsilon^2/2 - \log\sigma - \log\sqrt{2\pi}` where the general formula recomputes
-    :math:`\epsilon = (x - \mu)/\sigma` (the same value up to rounding, and the same derivatives with respect to
-    everything the value is a function of: two operations fewer forward and backward, as hand-written code does).
-    """
-    def register(f: _F) -> _F:
-        NOISE_FORM[cls] = (f, score)
         return f
     return register
 
@@ -405,25 +384,6 @@ def _normal_rsample(params: Params, generator: torch.Generator | None = None) ->
     else:
         eps.normal_(generator=generator)
     return loc + eps * scale
-
-
-def _normal_log_prob_at_noise(params: Params, eps: Tensor, dims: tuple[int, ...]) -> Tensor:
-    base = torch.rsub(params["scale"].log(), -_HALF_LOG_2PI)
-    if base.shape == eps.shape and not torch._C._are_functorch_transforms_active():  # (the noise takes no
-        # gradient: in place, one operation fewer; not under vmap, where base may be unbatched and the noise not)
-        return _sum(base.addcmul_(eps, eps, value=-0.5), dims)
-    return _sum(torch.addcmul(base, eps, eps, value=-0.5), dims)
-
-
-@register_noise_form(dist.Normal, _normal_log_prob_at_noise)
-def _normal_rsample_noise(params: Params, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    loc, scale = params["loc"], params["scale"]
-    eps = torch.empty(broadcast_shape(loc.shape, scale.shape), dtype=loc.dtype, device=loc.device)
-    if generator is None:
-        eps.normal_()
-    else:
-        eps.normal_(generator=generator)
-    return loc + eps * scale, eps
 
 
 @register_kl(dist.Normal, dist.Normal)

@@ -31,8 +31,6 @@ from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
 from pyro_dgm.utils.versions import version
 
-_FULL = (torch.float32, torch.float64)
-
 __all__ = ["DistributionBase"]
 
 #: per torch class, the subclass whose instances :meth:`DistributionBase.set_dist` stores (see callable_dist)
@@ -233,7 +231,6 @@ class DistributionBase(Distribution):
         self._dgm_plain = cls._dgm_fn is DistributionBase._dgm_fn and cls._dgm_parts is DistributionBase._dgm_parts
         self._dgm_closed_lp = closed_forms.LOG_PROB.get(self.pyro_dist) if self._dgm_plain else None
         self._dgm_closed_rs = closed_forms.RSAMPLE.get(self.pyro_dist) if self._dgm_plain else None
-        self._dgm_closed_noise = closed_forms.NOISE_FORM.get(self.pyro_dist) if self._dgm_plain else None
 
     def _dgm_set_unusable(self, err: BaseException) -> None:
         """Make this distribution raise ``err`` at its first call, as Pixyz's fails there (it is built, prints and
@@ -821,11 +818,10 @@ class DistributionBase(Distribution):
 
     def __getstate__(self) -> dict[str, Any]:
         """nn.Module's state, without the record of the last call (its parameters may be intermediate results of
-        a graph, which ``copy.deepcopy`` refuses) and of the last draw's noise: the copy's ``dist`` is that of a
-        distribution not yet called, or the object an explicit ``set_dist`` set, which is kept."""
+        a graph, which ``copy.deepcopy`` refuses): the copy's ``dist`` is that of a distribution not yet called,
+        or the object an explicit ``set_dist`` set, which is kept."""
         state = super().__getstate__()
         state.pop("_dgm_last", None)
-        state.pop("_dgm_drawn", None)
         return state
 
     # ------------------------------------------------------------------ Pixyz's torch-object API
@@ -928,17 +924,11 @@ class DistributionBase(Distribution):
                 and not ctx.sample_shape and ctx.batch_n is None and (not PYRO_STACK or ignores_sites(PYRO_STACK))):
             got = self._dgm_closed_params(b, values, ctx)
             if got is not None:  # a reparameterized draw, as pyro.sample would make with no handler listening
-                noise = self._dgm_closed_noise
                 try:
-                    if noise is None:
-                        value = self._dgm_closed_rs(got.params, _RNG.generator)
-                    else:
-                        value, eps = noise[0](got.params, _RNG.generator)
+                    value = self._dgm_closed_rs(got.params, _RNG.generator)
                 except (RuntimeError, ValueError):
                     pass  # the general path below reports it, naming this distribution and the shapes
                 else:
-                    if noise is not None:
-                        self._dgm_note_noise(value, got.params, eps)
                     values[name] = value
                     ctx.event_dims[name] = max(got.ndim - self._dgm_batch_ndim(b, values, ctx), 0)
                     self._dgm_set_last(got.params, False)  # Pixyz's sample sets dist (built if read)
@@ -991,32 +981,6 @@ class DistributionBase(Distribution):
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
 
-    def _dgm_note_noise(self, value: Tensor, params: Mapping[str, Tensor], eps: Tensor) -> None:
-        """Keep the noise of a reparameterized draw, so that scoring that very value at the same parameter tensors
-        takes it from the noise (:data:`closed_forms.NOISE_FORM`). Only a draw whose value is differentiated as its
-        parameters are (grad mode on) is kept: a value drawn without a graph, scored with one, is a constant whose
-        log-density depends on the parameters through the distance the noise stands for. Not while torch.compile
-        traces (a traced tensor kept on the module would be one more output of the graph), nor in half precision
-        (whose general formula follows torch's arrangement and its rounding)."""
-        if torch.compiler.is_compiling():
-            return  # (the module's dict is neither read nor written under tracing: no guard on it)
-        if torch.is_grad_enabled() and value.dtype in _FULL:
-            self.__dict__["_dgm_drawn"] = (value, value._version, value.grad_fn, eps,
-                                             tuple((t, t._version) for t in params.values()))
-        else:
-            self.__dict__.pop("_dgm_drawn", None)
-
-    @staticmethod
-    def _dgm_drawn_here(drawn: tuple, x: Tensor, params: Mapping[str, Tensor]) -> bool:
-        """Whether ``x``, the value of the last kept draw (:meth:`_dgm_note_noise`), is unchanged since (not written
-        in place, nor detached) and scored at the unchanged parameter tensors it was drawn with."""
-        if x._version != drawn[1] or x.grad_fn is not drawn[2] or len(params) != len(drawn[4]):
-            return False
-        for t, (u, seen) in zip(params.values(), drawn[4]):
-            if t is not u or t._version != seen:
-                return False
-        return True
-
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
         x = values[b.var[0]]
@@ -1051,12 +1015,8 @@ class DistributionBase(Distribution):
                 fn = self._dgm_closed_lp
                 if self._dgm_const_only and self._dgm_is_standard():
                     fn = closed_forms.LOG_PROB_STANDARD[self.pyro_dist]
-                drawn = None if torch.compiler.is_compiling() else self.__dict__.get("_dgm_drawn")
                 try:
-                    if drawn is not None and drawn[0] is x and self._dgm_drawn_here(drawn, x, got.params):
-                        lp = self._dgm_closed_noise[1](got.params, drawn[3], tuple(range(-ev, 0)) if whole else ())
-                    else:
-                        lp = fn(got.params, x, tuple(range(-ev, 0)) if whole else ())
+                    lp = fn(got.params, x, tuple(range(-ev, 0)) if whole else ())
                 except (RuntimeError, ValueError):
                     pass  # the general path below reports it, naming the shapes
                 else:
