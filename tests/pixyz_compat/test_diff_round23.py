@@ -20,31 +20,39 @@ from torch import nn
 from pixyz_harness import assert_same, run_both, run_pyro_dgm
 
 
+def _generator_and_discriminator() -> tuple[Any, Any, Any]:
+    """The generator's marginal p(x), its prior and the discriminator class, built from ``pixyz`` (renamed when the
+    program runs under pyro_dgm)."""
+    from pixyz.distributions import Deterministic, Normal
+
+    class G(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z):  # type: ignore[no-untyped-def]
+            return {"x": torch.sigmoid(self.fc(z))}
+
+    class D(Deterministic):
+        def __init__(self, name: str = "d") -> None:
+            super().__init__(var=["t"], cond_var=["x"], name=name)
+            self.fc = nn.Linear(3, 1)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return {"t": torch.sigmoid(self.fc(x))}
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+    return (G() * prior).marginalize_var("z"), prior, D
+
+
 def _gan_swapped(kind: str) -> Callable[[], Any]:
     def program() -> Any:
         from torch import optim
-        from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+        from pixyz.distributions import EmpiricalDistribution
         from pixyz import losses
         from pixyz.models import GAN
 
-        class G(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["z"], name="p")
-                self.fc = nn.Linear(2, 3)
-
-            def forward(self, z):  # type: ignore[no-untyped-def]
-                return {"x": torch.sigmoid(self.fc(z))}
-
-        class D(Deterministic):
-            def __init__(self, name: str) -> None:
-                super().__init__(var=["t"], cond_var=["x"], name=name)
-                self.fc = nn.Linear(3, 1)
-
-            def forward(self, x):  # type: ignore[no-untyped-def]
-                return {"t": torch.sigmoid(self.fc(x))}
-
-        prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
-        p = (G() * prior).marginalize_var("z")
+        p, _, D = _generator_and_discriminator()
         d1, d2 = D("d1"), D("d2")
         model = GAN(p, d1, optimizer_params={"lr": 0.05}, d_optimizer_params={"lr": 0.05})
         x = torch.rand(8, 3)
@@ -66,27 +74,10 @@ def test_a_gan_given_another_adversarial_term_trains_it_as_pixyz(kind: str) -> N
 
 def test_a_gan_given_a_loss_without_a_discriminator_step_names_it() -> None:
     def program() -> Any:
-        from pixyz.distributions import Deterministic, Normal
         from pixyz.models import GAN
 
-        class G(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["z"], name="p")
-                self.fc = nn.Linear(2, 3)
-
-            def forward(self, z):  # type: ignore[no-untyped-def]
-                return {"x": self.fc(z)}
-
-        class D(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["t"], cond_var=["x"], name="d")
-                self.fc = nn.Linear(3, 1)
-
-            def forward(self, x):  # type: ignore[no-untyped-def]
-                return {"t": torch.sigmoid(self.fc(x))}
-
-        prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
-        model = GAN((G() * prior).marginalize_var("z"), D())
+        p, prior, D = _generator_and_discriminator()
+        model = GAN(p, D())
         model.loss_cls = prior.log_prob()  # (an operator, e.g. .mean(), hands loss_train on to its operand)
         model.train({"x": torch.rand(4, 3)})
 
