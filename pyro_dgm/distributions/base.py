@@ -27,7 +27,8 @@ from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, BoundForw
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, given_event_dim,
-                                           ignores_sites, outer_plates_ndim, plate_trace, site_data_size)
+                                           ignores_sites, mark_own_observed, outer_plates_ndim, plate_trace,
+                                           site_data_size)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_own, users_value
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DuplicateSiteError, NotATensorError, ShapeError,
                                    as_var_list, check_present, describe, numpy_tensor, sample_batch_n,
@@ -94,24 +95,33 @@ def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"]
     (a Categorical's, Dirichlet's or Multinomial's log-density has no feature dim: ``feature_dims=[-1]`` is its
     batch)."""
     if feature_dims is not None and not lp.dim() and other.dim():
-        for g in factors:
-            for v in g.var:
-                x = values.get(v)
-                if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] > 1:
-                    return (f"feature_dims={list(feature_dims)} summed the log-density of {g.prob_text} over its "
-                            f"batch ({v!r} of shape {tuple(x.shape)}: its element-wise log-density has no feature "
-                            f"dim), so it would be added, summed over the batch, to every element of the other's; "
-                            f"score the factors one by one, or leave feature_dims out")
-        return None
+        found = _batched_value(factors, values)
+        if found is None:
+            return None
+        g, v, x = found
+        return (f"feature_dims={list(feature_dims)} summed the log-density of {g.prob_text} over its "
+                f"batch ({v!r} of shape {tuple(x.shape)}: its element-wise log-density has no feature "
+                f"dim), so it would be added, summed over the batch, to every element of the other's; "
+                f"score the factors one by one, or leave feature_dims out")
     if not lp.dim() or lp.shape[0] != 1 or not other.dim() or other.shape[0] == 1:
         return None
+    found = _batched_value(factors, values)
+    if found is None:
+        return None
+    g, v, x = found
+    return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} as one example, summing over its "
+            f"first dim, which the other factors take as the batch (parameters with an extra leading dim, "
+            f"or constants of shape (batch, features) where features_shape says the features)")
+
+
+def _batched_value(factors: Sequence["Distribution"], values: Mapping[str, Any]
+                   ) -> tuple["Distribution", str, Tensor] | None:
+    """The first ``(factor, variable, value)`` of ``factors`` whose value has a first dim larger than 1."""
     for g in factors:
         for v in g.var:
             x = values.get(v)
             if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] > 1:
-                return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} as one example, summing over its "
-                        f"first dim, which the other factors take as the batch (parameters with an extra leading dim, "
-                        f"or constants of shape (batch, features) where features_shape says the features)")
+                return g, v, x
     return None
 
 
@@ -1417,7 +1427,10 @@ class Distribution(YieldingModule):
                 if (ev and isinstance(value, Tensor) and value.dim() <= len(ev)
                         and value.shape != ev[len(ev) - value.dim():]):
                     self._dgm_event_swallows_batch(name, value, fn)
-                return self._dgm_pyro_sample(name, fn, obs=value)
+                value = self._dgm_pyro_sample(name, fn, obs=value)
+                if PYRO_STACK:  # its site speaks for value's dims in later calls (effects._site_of)
+                    mark_own_observed(name, value)
+                return value
             return self._dgm_pyro_sample(name, fn, infer=dict(infer)) if infer else self._dgm_pyro_sample(name, fn)
         stack = PYRO_STACK
         if stack and not ignores_sites(stack):

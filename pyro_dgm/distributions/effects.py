@@ -7,6 +7,7 @@ Networks run through :func:`run_network`, the effect ``"dgm_params"`` that the m
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping
 
 import torch
@@ -25,10 +26,14 @@ from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
 __all__ = ["run_network", "run_bound_network", "has_forward_hooks", "ignores_sites", "given_event_dim",
            "site_event_dim", "site_data_size", "data_batch_ndim", "conditioned_value", "plate_trace",
-           "outer_plates_ndim", "PYRO_STACK"]
+           "outer_plates_ndim", "mark_own_observed", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
 PYRO_STACK = _PYRO_STACK
+
+#: The distribution objects of the ``obs=`` sites that pyro_dgm's own calls make, as the traces hold them (built for
+#: the call, or by a plate's broadcast; nothing else holds them): their event dims are the value's (:func:`_site_of`).
+_OWN_OBSERVED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -160,18 +165,31 @@ def _site_of(value: torch.Tensor) -> dict[str, Any] | None:
 
     A draw counts, whatever its name (an earlier call's ``z_0`` given as the next call's input, with the particle
     or enumeration dims only its site knows), and so does an observed site whose value a ``poutine.condition`` on
-    the stack gave it (a latent's value: ``Predictive``'s posterior draws). An ``obs=`` value does not: it is the
-    program's data, which the program may score under other sites of other shapes too (an auxiliary likelihood
-    ``pyro.sample("aux", d.to_event(2), obs=x)`` before ``joint.model(x=x)``), so its site says nothing of the dims
-    the value has in this call; the value's dims are then read as those of any value from outside.
+    the stack gave it (a latent's value: ``Predictive``'s posterior draws), or that a pyro_dgm call observed (its
+    site marked by :func:`mark_own_observed`: ``x_0`` observed by ``(px0 * pz).model(x_0=x0)``, then given to
+    ``px1.model(x_0=x0, x_1=x1)``). A foreign ``obs=`` value does not: it is the program's data, which the program may
+    score under other sites of other shapes too (an auxiliary likelihood ``pyro.sample("aux", d.to_event(2), obs=x)``
+    before ``joint.model(x=x)``), so its site says nothing of the dims the value has in this call; the value's dims
+    are then read as those of any value from outside.
     """
     for m in reversed(PYRO_STACK):
         if isinstance(m, TraceMessenger) and not m.param_only:
             for site in reversed(m.trace.nodes.values()):
                 if site.get("value") is value and site["type"] == "sample" and (
-                        not site.get("is_observed") or conditioned_value(site["name"]) is value):
+                        not site.get("is_observed") or site["fn"] in _OWN_OBSERVED
+                        or conditioned_value(site["name"]) is value):
                     return site
     return None
+
+
+def mark_own_observed(name: str, value: Any) -> None:
+    """Mark the site ``name`` that a pyro_dgm call has just observed with ``value`` in each active trace, so that
+    :func:`_site_of` reads ``value``'s event dims from it in later calls (a foreign ``obs=`` site is not marked)."""
+    for m in PYRO_STACK:
+        if isinstance(m, TraceMessenger) and not m.param_only:
+            site = m.trace.nodes.get(name)
+            if site is not None and site.get("value") is value:
+                _OWN_OBSERVED.add(site["fn"])
 
 
 def conditioned_value(name: str) -> Any:

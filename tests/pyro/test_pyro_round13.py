@@ -215,3 +215,41 @@ def test_data_observed_by_an_auxiliary_site_gives_the_plain_pyro_elbo() -> None:
         pyro.set_rng_seed(0)
         losses.append(Trace_ELBO().loss(model, guide, x))
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+
+
+# ---------------------------------------------------------------- 3. a value that pyro_dgm observed, then an input
+@pytest.mark.parametrize("b, d", [(3, 3), (3, 1)], ids=["B3_D3", "B3_D1"])
+def test_a_value_observed_by_a_call_then_given_to_the_next_keeps_its_dims(b: int, d: int) -> None:
+    """``(px0 * pz).model(x_0=x0)`` then ``px1.model(x_0=x0, x_1=x1)`` (the same tensor ``x0``) inside the user's
+    ``pyro.plate("particles", 3, dim=-2)``: ``x_1``'s density is the plain-Pyro twin's, and with ``D = 3`` the whole
+    trace is (fb2b401 read ``x0``'s dims without its pyro_dgm site, as a value's from outside: ``x0`` of shape
+    ``(3, D)`` took the plates ``(particles, data)``). (With ``D = 1`` the first call's trace differs from the
+    twin's before and after fb2b401: an older issue, left out here.)"""
+    p = 3
+    x = torch.randn(b, 2, d, generator=torch.Generator().manual_seed(0))
+    x0, x1 = x[:, 0], x[:, 1]
+    pz = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[d], name="p")
+    px0 = Normal(loc="z", scale=torch.tensor(1.), var=["x_0"], cond_var=["z"], name="p")
+    px1 = Normal(loc="x_0", scale=torch.tensor(1.), var=["x_1"], cond_var=["x_0"], name="p")
+    j0 = px0 * pz
+
+    def ours() -> None:
+        with pyro.plate("particles", p, dim=-2):
+            j0.model(x_0=x0)
+            px1.model(x_0=x0, x_1=x1)
+
+    def plain() -> None:
+        with pyro.plate("particles", p, dim=-2), pyro.plate("data", b, dim=-1):
+            z = pyro.sample("z", dist.Normal(torch.zeros(d), 1.).to_event(1))
+            pyro.sample("x_0", dist.Normal(z, 1.).to_event(1), obs=x0)
+            pyro.sample("x_1", dist.Normal(x0, 1.).to_event(1), obs=x1)
+
+    if d == b:
+        _same_traces(plain, ours)
+    lps = []
+    for model in (plain, ours):
+        pyro.set_rng_seed(0)
+        tr = poutine.trace(model).get_trace()
+        tr.compute_log_prob()
+        lps.append(tr.nodes["x_1"]["log_prob_sum"])
+    assert torch.allclose(lps[1], lps[0])
