@@ -94,34 +94,21 @@ def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"]
     what to say. So too for a 0-d ``lp`` beside a non-0-d ``other`` when ``feature_dims`` summed that batch dim
     (a Categorical's, Dirichlet's or Multinomial's log-density has no feature dim: ``feature_dims=[-1]`` is its
     batch)."""
-    if feature_dims is not None and not lp.dim() and other.dim():
-        found = _batched_value(factors, values)
-        if found is None:
-            return None
-        g, v, x = found
-        return (f"feature_dims={list(feature_dims)} summed the log-density of {g.prob_text} over its "
-                f"batch ({v!r} of shape {tuple(x.shape)}: its element-wise log-density has no feature "
-                f"dim), so it would be added, summed over the batch, to every element of the other's; "
-                f"score the factors one by one, or leave feature_dims out")
-    if not lp.dim() or lp.shape[0] != 1 or not other.dim() or other.shape[0] == 1:
+    summed = feature_dims is not None and not lp.dim() and other.dim()
+    if not summed and (not lp.dim() or lp.shape[0] != 1 or not other.dim() or other.shape[0] == 1):
         return None
-    found = _batched_value(factors, values)
-    if found is None:
-        return None
-    g, v, x = found
-    return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} as one example, summing over its "
-            f"first dim, which the other factors take as the batch (parameters with an extra leading dim, "
-            f"or constants of shape (batch, features) where features_shape says the features)")
-
-
-def _batched_value(factors: Sequence["Distribution"], values: Mapping[str, Any]
-                   ) -> tuple["Distribution", str, Tensor] | None:
-    """The first ``(factor, variable, value)`` of ``factors`` whose value has a first dim larger than 1."""
     for g in factors:
         for v in g.var:
             x = values.get(v)
             if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] > 1:
-                return g, v, x
+                if summed:
+                    return (f"feature_dims={list(feature_dims)} summed the log-density of {g.prob_text} over its "
+                            f"batch ({v!r} of shape {tuple(x.shape)}: its element-wise log-density has no feature "
+                            f"dim), so it would be added, summed over the batch, to every element of the other's; "
+                            f"score the factors one by one, or leave feature_dims out")
+                return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} as one example, summing over its "
+                        f"first dim, which the other factors take as the batch (parameters with an extra leading "
+                        f"dim, or constants of shape (batch, features) where features_shape says the features)")
     return None
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pixyz_compat"))
 from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm  # noqa: E402
+from pixyz_parts import generator_and_discriminator  # noqa: E402
 
 _EAGER = {"backend": "eager"}  # (torch.compile's tracing without code generation: fast, the same numbers)
 
@@ -32,25 +33,11 @@ def _assigned_adversarial(compile: dict[str, Any] | None = None, assign: bool = 
     discriminator is among ``distributions`` (by assignment, or by ``set_loss``)."""
 
     def program() -> Any:
-        from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+        from pixyz.distributions import EmpiricalDistribution, Normal
         from pixyz.losses import AdversarialJensenShannon
         from pixyz.models import Model
 
-        class G(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["z"], name="p")
-                self.fc = nn.Linear(2, 3)
-
-            def forward(self, z):  # type: ignore[no-untyped-def]
-                return {"x": self.fc(z)}
-
-        class D(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["t"], cond_var=["x"], name="d")
-                self.fc = nn.Linear(3, 1)
-
-            def forward(self, x):  # type: ignore[no-untyped-def]
-                return {"t": torch.sigmoid(self.fc(x))}
+        G, D = generator_and_discriminator()
 
         prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2],
                        name="p_{prior}")
@@ -98,25 +85,11 @@ def test_loss_assigned_after_training_is_followed() -> None:
     """A loss assigned after some steps with the first one: the next step trains the new loss as Pixyz does."""
 
     def program() -> Any:
-        from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+        from pixyz.distributions import EmpiricalDistribution, Normal
         from pixyz.losses import AdversarialJensenShannon
         from pixyz.models import Model
 
-        class G(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["z"], name="p")
-                self.fc = nn.Linear(2, 3)
-
-            def forward(self, z):  # type: ignore[no-untyped-def]
-                return {"x": self.fc(z)}
-
-        class D(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["t"], cond_var=["x"], name="d")
-                self.fc = nn.Linear(3, 1)
-
-            def forward(self, x):  # type: ignore[no-untyped-def]
-                return {"t": torch.sigmoid(self.fc(x))}
+        G, D = generator_and_discriminator()
 
         class Q(Normal):
             def __init__(self) -> None:

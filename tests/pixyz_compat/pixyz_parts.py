@@ -85,3 +85,30 @@ def scalar_decoder() -> Any:
         def forward(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"loc": self.fc(c), "scale": torch.ones_like(c)}
     return P()
+
+
+def generator_and_discriminator() -> Any:
+    """``(G, D)``: the classes of a GAN's generator x = sigmoid(fc(z)) (z of 2 features, x of 3) and discriminator
+    t = sigmoid(fc(x)) (``D(name="d")``), both Deterministic."""
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Deterministic
+
+    class G(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"x": torch.sigmoid(self.fc(z))}
+
+    class D(Deterministic):
+        def __init__(self, name: str = "d") -> None:
+            super().__init__(var=["t"], cond_var=["x"], name=name)
+            self.fc = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"t": torch.sigmoid(self.fc(x))}
+
+    return G, D

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from pixyz_harness import assert_same, run_both, run_pyro_dgm
+from pixyz_parts import vae_parts
 
 
 def _error(f: Any) -> str:
@@ -117,26 +118,17 @@ def prog_training_with_a_decoder_given_its_forward_later() -> Any:
     import torch
     from torch import nn
 
-    from pixyz.distributions import Bernoulli, Normal
+    from pixyz.distributions import Bernoulli
     from pixyz.losses import Expectation, KullbackLeibler, LogProb
     from pixyz.models import Model
 
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc = nn.Linear(4, 4)
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            h = self.fc(x)
-            return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:]) + 0.1}
-
-    class P(Bernoulli):
+    class P(Bernoulli):  # no forward yet
         def __init__(self) -> None:
             super().__init__(var=["x"], cond_var=["z"], name="p")
             self.fc = nn.Linear(2, 4)
 
-    q, p = Q(), P()
-    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    q, _, prior, _ = vae_parts()
+    p = P()
     loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
     P.forward = lambda self, z: {"probs": torch.sigmoid(self.fc(z))}  # a later cell: after the loss was built
     model = Model(loss, distributions=[p, q], optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-2})

@@ -18,29 +18,15 @@ import torch
 from torch import nn
 
 from pixyz_harness import assert_same, run_both, run_pyro_dgm
+from pixyz_parts import generator_and_discriminator
 
 
 def _generator_and_discriminator() -> tuple[Any, Any, Any]:
     """The generator's marginal p(x), its prior and the discriminator class, built from ``pixyz`` (renamed when the
     program runs under pyro_dgm)."""
-    from pixyz.distributions import Deterministic, Normal
+    from pixyz.distributions import Normal
 
-    class G(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 3)
-
-        def forward(self, z):  # type: ignore[no-untyped-def]
-            return {"x": torch.sigmoid(self.fc(z))}
-
-    class D(Deterministic):
-        def __init__(self, name: str = "d") -> None:
-            super().__init__(var=["t"], cond_var=["x"], name=name)
-            self.fc = nn.Linear(3, 1)
-
-        def forward(self, x):  # type: ignore[no-untyped-def]
-            return {"t": torch.sigmoid(self.fc(x))}
-
+    G, D = generator_and_discriminator()
     prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
     return (G() * prior).marginalize_var("z"), prior, D
 
