@@ -830,6 +830,7 @@ class Distribution(YieldingModule):
             for k in given:
                 if k in drawn:
                     del values[k]
+        before = None if return_all or not self._dgm_graph_call else dict(values)
         draw_factors(self._dgm_order, values, ctx, f_opts)  # graph.set_option(..., var) overrides the call's options
         if expected is not None:
             check_early_shape(self, values, expected)
@@ -839,6 +840,8 @@ class Distribution(YieldingModule):
             if self._dgm_graph_call and len(values) > len(drawn) + 1:
                 return self._dgm_graph_order(values)
             return values
+        if before is not None:  # a product: what its pass wrote (a flow's or mixture's hidden variable too, as Pixyz)
+            return self._dgm_written(before, values, drawn)
         return {k: v for k, v in values.items() if k in drawn}  # in the order drawn, as Pixyz's; not the inputs
 
     def _dgm_drawn_names(self) -> tuple[list[str], frozenset[str] | None]:
@@ -850,6 +853,15 @@ class Distribution(YieldingModule):
             return self._var, None
         drawn = [v for v in self._var if v not in self.input_var]
         return drawn, frozenset(drawn + list(self.__dict__.get("_dgm_marginalized", ())))
+
+    def _dgm_written(self, before: Mapping[str, Any], values: Mapping[str, Any], drawn: Sequence[str]
+                     ) -> dict[str, Any]:
+        """A product's values under ``return_all=False``: those its pass wrote (``before`` holds the values it
+        started from), in the order written, less the inputs and the marginalized variables, as Pixyz's graph
+        returns them. A flow's or mixture's hidden variable is among them when the factor returns it."""
+        left_out = set(self.input_var).union(self.__dict__.get("_dgm_marginalized", ()))
+        return {k: v for k, v in values.items()
+                if k in drawn or (k not in left_out and (k not in before or before[k] is not v))}
 
     def _dgm_given_order(self, given: Sequence[str], values: dict[str, Any]) -> dict[str, Any]:
         """Pixyz's order of a product's values (``return_all``) where ``given`` (the keys of the call's values, in

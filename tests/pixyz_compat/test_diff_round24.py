@@ -1,0 +1,95 @@
+"""Twenty-fourth round: a product's ``sample(return_all=False)`` under Pixyz 0.3.3 and here (:mod:`pixyz_harness`).
+
+Pixyz's graph returns, under ``return_all=False``, every value its pass wrote but the inputs and the marginalized
+variables: a ``MixtureModel``'s component ``z`` (``return_hidden=True``, given to the call or by
+``graph.set_option``) and a ``TransformedDistribution``'s prior sample among them. Here they were left out: only the
+product's own variables came back (``['x', 'w']`` where Pixyz gives ``['x', 'z', 'w']``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pixyz_harness import assert_same, run_both
+
+
+def _mixture_product(how: str) -> Any:
+    import torch
+
+    from pixyz.distributions import Categorical, MixtureModel, Normal
+
+    class Noisy(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["w"], cond_var=["x"], name="q")
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": 2 * x, "scale": torch.ones_like(x)}
+
+    components = [Normal(loc=torch.tensor([float(k)]), scale=torch.ones(1), var=["x"], name=f"c{k}")
+                  for k in range(2)]
+    joint = Noisy() * MixtureModel(components, Categorical(probs=torch.tensor([0.3, 0.7]), var=["z"], name="r"))
+    if how == "set_option":
+        joint.graph.set_option({"return_hidden": True}, var=["x"])
+        out = joint.sample(batch_n=3, return_all=False)
+    else:
+        out = joint.sample({"unused": torch.ones(1)}, batch_n=3, return_all=False, return_hidden=True)
+    return list(out), out
+
+
+@pytest.mark.parametrize("how", ["keyword", "set_option"])
+def test_a_mixtures_component_comes_back_under_return_all_false(how: str) -> None:
+    ref, ours = run_both(lambda: _mixture_product(how))
+    assert_same(ref, ours)  # was: ['x', 'w'], the component z left out
+    assert ours[0] == ["x", "z", "w"]
+
+
+def _flow_product(how: str) -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import FlowList, PlanarFlow
+
+    class Noisy(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["w"], cond_var=["y"], name="q")
+
+        def forward(self, y: torch.Tensor) -> dict:
+            return {"loc": y, "scale": torch.ones_like(y)}
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2], name="p")
+    joint = Noisy() * TransformedDistribution(prior, FlowList([PlanarFlow(2)]), var=["y"])
+    if how == "marginal":
+        joint = joint.marginalize_var("y")
+    elif how == "renamed":
+        joint = joint.replace_var(w="v")
+    out = joint.sample(batch_n=3, return_all=False, return_hidden=True)
+    return list(out), out
+
+
+@pytest.mark.parametrize("how", ["product", "marginal", "renamed"])
+def test_a_flows_prior_sample_comes_back_under_return_all_false(how: str) -> None:
+    ref, ours = run_both(lambda: _flow_product(how))
+    assert_same(ref, ours)  # was: the prior's z left out
+    assert "z" in ours[0]
+
+
+def _chain(given: str) -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+
+    p = Normal(loc="y", scale=1., var=["w"], cond_var=["y"], name="p")
+    q = Normal(loc="u", scale=1., var=["y"], cond_var=["u"], name="q")
+    values = {"u": torch.zeros(2, 2), "b": torch.ones(1)}
+    if given == "own variable":
+        values["y"] = torch.ones(2, 2)  # drawn anew by Pixyz's pass
+    out = (p * q).sample(values, return_all=False)
+    return list(out), out
+
+
+@pytest.mark.parametrize("given", ["extra key", "own variable"])
+def test_given_values_stay_out_under_return_all_false(given: str) -> None:
+    ref, ours = run_both(lambda: _chain(given))
+    assert_same(ref, ours)
+    assert ours[0] == ["y", "w"]
