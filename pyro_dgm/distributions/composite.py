@@ -17,6 +17,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
+from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import ArgumentError, DTypeError, clearer, describe
 from pyro_dgm.utils.modules import PlainBuffers
 
@@ -102,8 +103,9 @@ def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str
 
 def expand_root(owner: Distribution, fn: Any, b: Binding, ctx: CallState) -> Any:
     """Expand a site distribution built from unexpanded parts as a factor's is: to ``batch_n`` when it has no inputs,
-    and by ``sample_shape`` when none of its inputs was drawn in this pass."""
-    if any(v in ctx.event_dims for v in b.input_var):
+    and by ``sample_shape`` when none of its inputs was drawn in this pass (a :class:`Deterministic`'s outputs of
+    given inputs hold no draw: see :class:`~pyro_dgm.distributions.special.GivenEventDims`)."""
+    if drawn_in_pass(b.input_var, ctx):
         return fn
     if ctx.batch_n is not None and not b.input_var:
         fn = expand_batch_n(owner, fn, ctx.batch_n)
