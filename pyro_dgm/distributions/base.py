@@ -11,6 +11,7 @@ a plain call, and under ``poutine.trace``/``condition``/``replay``/``plate``... 
 """
 from __future__ import annotations
 
+import math
 import textwrap
 import threading
 import warnings
@@ -88,27 +89,36 @@ def _broadcasts(a: Tensor, b: Tensor) -> bool:
 
 
 def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"],
-                    values: Mapping[str, Any], feature_dims: Sequence[int] | None = None) -> str | None:
+                    values: Mapping[str, Any], feature_dims: Sequence[int] | None = None,
+                    event_dims: Mapping[str, int] | None = None) -> str | None:
     """If ``lp``, of leading size 1 beside ``other``'s larger one, is the log-density of a value of ``factors``
     whose first dim is larger than 1 (that dim was summed as a feature dim, where ``other`` has it as the batch),
-    what to say. So too for a 0-d ``lp`` beside a non-0-d ``other`` when ``feature_dims`` summed that batch dim
-    (a Categorical's, Dirichlet's or Multinomial's log-density has no feature dim: ``feature_dims=[-1]`` is its
-    batch)."""
-    summed = feature_dims is not None and not lp.dim() and other.dim()
+    what to say. So too for an ``lp`` of fewer dims than ``other`` when ``feature_dims`` summed batch dims of the
+    value it scores (a Categorical's, Dirichlet's or Multinomial's log-density has no feature dim:
+    ``feature_dims=[-1]`` is its batch), which ``event_dims`` (the scoring pass's) tells: broadcast from the right,
+    what is left would be added to the wrong elements of ``other``, as when the ``sample_shape`` equals the batch."""
+    summed = feature_dims is not None and lp.dim() < other.dim()
     if not summed and (not lp.dim() or lp.shape[0] != 1 or not other.dim() or other.shape[0] == 1):
         return None
     for g in factors:
         for v in g.var:
             x = values.get(v)
-            if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] > 1:
-                if summed:
-                    return (f"feature_dims={list(feature_dims)} summed the log-density of {g.prob_text} over its "
-                            f"batch ({v!r} of shape {tuple(x.shape)}: its element-wise log-density has no feature "
-                            f"dim), so it would be added, summed over the batch, to every element of the other's; "
-                            f"score the factors one by one, or leave feature_dims out")
-                return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} as one example, summing over its "
-                        f"first dim, which the other factors take as the batch (parameters with an extra leading "
-                        f"dim, or constants of shape (batch, features) where features_shape says the features)")
+            if not isinstance(x, Tensor) or not x.dim():
+                continue
+            if summed and lp.dim():
+                e = event_dims.get(v) if event_dims else None
+                if e is None or math.prod(x.shape[lp.dim():x.dim() - e]) <= 1:
+                    continue  # no batch dim larger than 1 summed (the value's batch dims are lp's)
+            elif x.shape[0] <= 1:
+                continue
+            if summed:
+                return (f"feature_dims={list(feature_dims)} summed the log-density of {g.prob_text} over its "
+                        f"batch ({v!r} of shape {tuple(x.shape)}: its element-wise log-density has no feature "
+                        f"dim), so it would be added, summed over the batch, to every element of the other's; "
+                        f"score the factors one by one, or leave feature_dims out")
+            return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} as one example, summing over its "
+                    f"first dim, which the other factors take as the batch (parameters with an extra leading "
+                    f"dim, or constants of shape (batch, features) where features_shape says the features)")
     return None
 
 
@@ -944,14 +954,15 @@ class Distribution(YieldingModule):
             elif total.shape == lp.shape:
                 total = total + lp
             elif sum_features:
-                total = self._dgm_add_sized(self._dgm_order[:i], f, total, lp, feature_dims, values)
+                total = self._dgm_add_sized(self._dgm_order[:i], f, total, lp, feature_dims, values, ctx.event_dims)
             else:
                 self._dgm_refuse_sizes(self._dgm_order[:i], f, total, lp, sum_features)
         assert total is not None
         return total
 
     def _dgm_add_sized(self, before: Sequence["Distribution"], f: "Distribution", total: Tensor, lp: Tensor,
-                       feature_dims: Sequence[int] | None, values: Mapping[str, Any]) -> Tensor:
+                       feature_dims: Sequence[int] | None, values: Mapping[str, Any],
+                       event_dims: Mapping[str, int] | None = None) -> Tensor:
         """The sum of two summed log-densities of different shapes.
 
         Pixyz sums each factor's log-density over every dim but the first and adds them when those agree: that is
@@ -967,8 +978,8 @@ class Distribution(YieldingModule):
             a, b = sum_samples(total), sum_samples(lp)
             if a.shape == b.shape:
                 return a + b
-        absorbed = (_absorbed_batch(total, lp, before, values, feature_dims)
-                    or _absorbed_batch(lp, total, (f,), values, feature_dims))
+        absorbed = (_absorbed_batch(total, lp, before, values, feature_dims, event_dims)
+                    or _absorbed_batch(lp, total, (f,), values, feature_dims, event_dims))
         if absorbed is None and _broadcasts(total, lp):
             return total + lp
         self._dgm_refuse_sizes(before, f, total, lp, True, absorbed)

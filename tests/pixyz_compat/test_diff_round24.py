@@ -4,6 +4,11 @@ Pixyz's graph returns, under ``return_all=False``, every value its pass wrote bu
 variables: a ``MixtureModel``'s component ``z`` (``return_hidden=True``, given to the call or by
 ``graph.set_option``) and a ``TransformedDistribution``'s prior sample among them. Here they were left out: only the
 product's own variables came back (``['x', 'w']`` where Pixyz gives ``['x', 'z', 'w']``).
+
+And ``get_log_prob(feature_dims=[-1])`` of a product of a Normal and a Categorical drawn with ``sample_shape=[L]``:
+the Categorical's log-density, summed over its batch (it has no feature dim), has shape ``[L]``, the Normal's
+``[L, B]``. Pixyz refuses the different sizes; here ``L == B`` (or ``L == 1``) let them broadcast, and each row got
+the other factor's sums over the batch added across it.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pixyz_harness import assert_same, run_both
+from pixyz_harness import assert_same, raises_same, run_both
 
 
 def _mixture_product(how: str) -> Any:
@@ -93,3 +98,35 @@ def test_given_values_stay_out_under_return_all_false(given: str) -> None:
     ref, ours = run_both(lambda: _chain(given))
     assert_same(ref, ours)
     assert ours[0] == ["y", "w"]
+
+
+def _feature_dims_after_sample_shape(n_samples: int) -> Any:
+    import torch
+
+    from pixyz.distributions import Categorical, Normal
+
+    n = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], features_shape=[2], name="p")
+    c = Categorical(probs=torch.tensor([0.2, 0.3, 0.5]), var=["y"], name="p")
+    joint = n * c
+    values = joint.sample(batch_n=3, sample_shape=[n_samples])
+    return joint.get_log_prob(values, feature_dims=[-1])
+
+
+@pytest.mark.parametrize("n_samples", [3, 1, 4])
+def test_feature_dims_that_sum_a_categoricals_batch_are_refused_after_sample_shape(n_samples: int) -> None:
+    ref, ours = raises_same(lambda: _feature_dims_after_sample_shape(n_samples))
+    assert issubclass(ours, ref)  # was: a (3, 3) tensor for n_samples = 3 and (1, 3) for 1, each row wrong
+
+
+def test_a_value_without_sample_dims_still_adds_to_one_drawn_with_them() -> None:
+    import torch
+
+    from pyro_dgm.distributions import Normal
+
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], features_shape=[2], name="p")
+    q = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["y"], features_shape=[2], name="q")
+    values = {"x": torch.randn(4, 3, 2), "y": torch.randn(3, 2)}  # x drawn with sample_shape [4], y given
+    lp = (p * q).get_log_prob(values, feature_dims=[-1])
+    torch.testing.assert_close(lp, p.get_log_prob(values, feature_dims=[-1]) + q.get_log_prob(values,
+                                                                                          feature_dims=[-1]))
+    assert lp.shape == (4, 3)
