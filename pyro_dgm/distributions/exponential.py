@@ -107,7 +107,11 @@ class RelaxedBernoulliHardScore(dist.RelaxedBernoulli):
         return closed_forms.bernoulli_log_prob({"logits": self.logits}, value, ())
 
     def _hard(self) -> dist.Bernoulli:
-        return dist.Bernoulli(logits=self.logits, validate_args=False)
+        base = self.base_dist
+        probs = base.__dict__.get("probs")
+        if probs is not None and base._param is probs:  # built from probabilities: those, not the logits torch
+            return dist.Bernoulli(probs=probs, validate_args=False)  # clamps 0 and 1 to (eps, 1 - eps) (a finite
+        return dist.Bernoulli(logits=self.logits, validate_args=False)  # KL to a zero probability; no gradient)
 
     @property
     def mean(self) -> Tensor:
@@ -140,6 +144,10 @@ class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
         return torch.where(value.isfinite().all(-1), lp, lp.new_full((), math.nan))
 
     def _hard(self) -> dist.OneHotCategorical:
+        categorical = self.base_dist._categorical
+        probs = categorical.__dict__.get("probs")
+        if probs is not None and categorical._param is probs:  # built from probabilities (see the Bernoulli's)
+            return dist.OneHotCategorical(probs=probs, validate_args=False)
         return dist.OneHotCategorical(logits=self.logits, validate_args=False)
 
     @property

@@ -1,0 +1,97 @@
+"""Twenty-fifth round: the relaxed families' closed forms at probabilities 0 and 1 (probe p89), under Pixyz 0.3.3
+and here (:mod:`pixyz_harness`), with torch's Bernoulli and one-hot categorical as the reference.
+
+A ``RelaxedBernoulli``'s (``RelaxedCategorical``'s) analytic KL, entropy, mean and variance are its hard
+distribution's, as Pixyz's. That distribution was built from the logits torch derives from ``probs``, which it clamps
+to ``[eps, 1 - eps]``: a probability 0 became 1.19e-7, so the KL to a prior that puts probability 0 where the
+posterior does not came out finite (8.66 where torch and Pixyz give ``inf``), a saturated encoder's KL had a zero
+gradient (where the true one is ``log(p / (1 - p))``, -15.9 at 1e-9), and the moments were off by 1.19e-7 at 0 and 1.
+The hard distribution is now built from the probabilities when those were given.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from pixyz_harness import assert_same, run_both
+
+
+def _kl(family: str, p_probs: list[float], q_probs: list[float]) -> Any:
+    import torch
+
+    from pixyz.distributions import RelaxedBernoulli, RelaxedCategorical
+    from pixyz.losses import KullbackLeibler
+
+    cls = {"Bernoulli": RelaxedBernoulli, "Categorical": RelaxedCategorical}[family]
+    kw = {"features_shape": [3]} if family == "Bernoulli" else {}
+    p = cls(var=["z"], cond_var=["a"], probs="a", name="p", **kw)
+    q = cls(var=["z"], cond_var=["b"], probs="b", name="q", **kw)
+    a = torch.tensor([p_probs], requires_grad=True)
+    kl = KullbackLeibler(p, q, analytical=True).eval({"a": a, "b": torch.tensor([q_probs])})
+    grad, = torch.autograd.grad(kl.sum(), a, allow_unused=True)
+    return kl.detach(), grad
+
+
+def _torch_kl(family: str, p_probs: list[float], q_probs: list[float]) -> torch.Tensor:
+    hard = {"Bernoulli": torch.distributions.Bernoulli, "Categorical": torch.distributions.OneHotCategorical}[family]
+    kl = torch.distributions.kl_divergence(hard(probs=torch.tensor([p_probs])), hard(probs=torch.tensor([q_probs])))
+    return kl.sum(-1) if family == "Bernoulli" else kl
+
+
+@pytest.mark.parametrize("family, p_probs, q_probs", [
+    ("Bernoulli", [0.5, 0.0, 1e-9], [0.0, 0.5, 0.5]),
+    ("Categorical", [0.5, 0.5, 0.0], [0.0, 0.5, 0.5]),
+])
+def test_a_relaxed_kl_to_a_zero_probability_is_infinite(family: str, p_probs: list[float],
+                                                        q_probs: list[float]) -> None:
+    ref, ours = run_both(lambda: _kl(family, p_probs, q_probs))
+    if family == "Bernoulli":  # (Pixyz's RelaxedCategorical KL is one of per-class Bernoullis: docs/porting.md)
+        assert_same(ref[0], ours[0])
+    torch.testing.assert_close(ours[0].sum(), _torch_kl(family, p_probs, q_probs).sum())  # inf; was 8.66, 7.62
+
+
+def test_a_saturated_relaxed_bernoullis_kl_has_the_bernoullis_gradient() -> None:
+    probs, prior = [1e-9, 1e-7, 0.3, 1 - 1e-8, 1.0], [0.5] * 5
+
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import RelaxedBernoulli
+        from pixyz.losses import KullbackLeibler
+
+        q = RelaxedBernoulli(var=["z"], cond_var=["a"], probs="a", features_shape=[5], name="q")
+        p = RelaxedBernoulli(var=["z"], probs=torch.tensor(prior), features_shape=[5], name="p")
+        a = torch.tensor([probs], requires_grad=True)
+        kl = KullbackLeibler(q, p, analytical=True).eval({"a": a})
+        return kl.detach(), torch.autograd.grad(kl.sum(), a)[0]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    a = torch.tensor([probs], requires_grad=True)
+    kl = torch.distributions.kl_divergence(torch.distributions.Bernoulli(probs=a),
+                                           torch.distributions.Bernoulli(probs=torch.tensor([prior]))).sum()
+    torch.testing.assert_close(ours[1], torch.autograd.grad(kl, a)[0])  # was 0 at 1e-9, 1e-7, 1 - 1e-8 and 1
+
+
+@pytest.mark.parametrize("family", ["Bernoulli", "Categorical"])
+def test_relaxed_moments_and_entropy_at_probabilities_0_and_1_are_the_hard_ones(family: str) -> None:
+    probs = [0.0, 1e-30, 1e-9, 1.0] if family == "Bernoulli" else [0.0, 1e-30, 1.0 - 1e-30]
+
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import RelaxedBernoulli, RelaxedCategorical
+
+        cls = RelaxedBernoulli if family == "Bernoulli" else RelaxedCategorical
+        d = cls(var=["z"], cond_var=["a"], probs="a", name="q")
+        a = {"a": torch.tensor([probs])}
+        return d.sample_mean(a), d.sample_variance(a), d.get_entropy(a, sum_features=False) \
+            if family == "Bernoulli" else d.get_entropy(a)
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    p = torch.tensor([probs])
+    torch.testing.assert_close(ours[0], p)  # was 1.19e-7 at 0 and 1e-30, 1 - 1.19e-7 at 1
+    torch.testing.assert_close(ours[1], p * (1 - p))
