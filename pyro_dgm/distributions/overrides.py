@@ -571,7 +571,7 @@ def _site_of_own(self: Any, b: Binding, values: dict[str, Any], ctx: CallState, 
         except RuntimeError as err:
             raise ShapeError(f"{describe(self)}: the batch shapes of the observed {g!r} and of its inputs "
                              f"({', '.join(str(tuple(s)) for s in shapes)}) do not broadcast") from err
-        e = value.dim() - min(len(batch), value.dim())
+        e = value.dim() - len(shapes[0])  # (the value's own event dims: the inputs' batch dims may be more)
     else:
         bn = min(self._dgm_batch_ndim(b, values, ctx), value.dim())
         e, batch = value.dim() - bn, value.shape[:bn]
