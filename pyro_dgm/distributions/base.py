@@ -83,6 +83,10 @@ def _forget(key: int) -> Any:
     return lambda _: _REGISTERED.pop(key, None)
 
 
+_OWN_SUMS_HINT = ("graph.set_option(..., var) gave some factors their own sum_features or feature_dims, which they "
+                  "are summed by (as in Pixyz); give every factor the same options")
+
+
 def _broadcasts(a: Tensor, b: Tensor) -> bool:
     """Whether two shapes broadcast (torch's rule), without building the result."""
     return all(m == n or m == 1 or n == 1 for m, n in zip(reversed(a.shape), reversed(b.shape)))
@@ -920,10 +924,17 @@ class Distribution(YieldingModule):
         -1.8379
         """
         total = self._dgm_get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
-        if sum_features and feature_dims is None and total.dim() > 1:
+        if sum_features and feature_dims is None and total.dim() > 1 and not self._dgm_factor_sums():
             # Pixyz sums every dim but the first: a sample_shape draw [L, B, ...] scores to [L]
             total = total.sum(tuple(range(1, total.dim())))
         return total
+
+    def _dgm_factor_sums(self) -> bool:
+        """Whether ``graph.set_option(..., var)`` gave a factor its own ``sum_features`` or ``feature_dims``: its
+        log-density is then summed as those say (Pixyz's factor options override the call's), not as the call's."""
+        f_opts = self.__dict__.get("_dgm_dg_options")
+        return bool(f_opts) and any(k != id(self) and ("sum_features" in o or "feature_dims" in o)
+                                    for k, o in f_opts.items())
 
     def _dgm_get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True,
                           feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -953,10 +964,12 @@ class Distribution(YieldingModule):
                 total = lp
             elif total.shape == lp.shape:
                 total = total + lp
-            elif sum_features:
+            elif sum_features and not (f_opts and self._dgm_factor_sums()):
                 total = self._dgm_add_sized(self._dgm_order[:i], f, total, lp, feature_dims, values, ctx.event_dims)
-            else:
+            elif not sum_features:
                 self._dgm_refuse_sizes(self._dgm_order[:i], f, total, lp, sum_features)
+            else:  # (factors summed by their own options: different sizes are refused, as Pixyz's)
+                self._dgm_refuse_sizes(self._dgm_order[:i], f, total, lp, sum_features, _OWN_SUMS_HINT)
         assert total is not None
         return total
 

@@ -9,6 +9,11 @@ And ``get_log_prob(feature_dims=[-1])`` of a product of a Normal and a Categoric
 the Categorical's log-density, summed over its batch (it has no feature dim), has shape ``[L]``, the Normal's
 ``[L, B]``. Pixyz refuses the different sizes; here ``L == B`` (or ``L == 1``) let them broadcast, and each row got
 the other factor's sums over the batch added across it.
+
+And ``graph.set_option({"sum_features": False}, var)`` (or ``feature_dims``) on a product's factors: Pixyz sums each
+factor as its own options say, so ``get_log_prob`` and ``LogProb`` give the element-wise ``(4, 2)``; here the call's
+``sum_features=True`` summed the result again to ``(4,)``, and options on one factor only (sizes that differ, which
+Pixyz refuses) were added.
 """
 from __future__ import annotations
 
@@ -130,3 +135,31 @@ def test_a_value_without_sample_dims_still_adds_to_one_drawn_with_them() -> None
     torch.testing.assert_close(lp, p.get_log_prob(values, feature_dims=[-1]) + q.get_log_prob(values,
                                                                                           feature_dims=[-1]))
     assert lp.shape == (4, 3)
+
+
+def _factor_options(option: dict, var: list, how: str) -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import LogProb
+
+    a = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_a")
+    b = Normal(loc="z", scale=torch.tensor(1.), var=["y"], cond_var=["z"], name="p_b")
+    joint = b * a
+    joint.graph.set_option(option, var)
+    values = {"z": torch.randn(4, 2), "y": torch.randn(4, 2)}
+    return joint.get_log_prob(values) if how == "get_log_prob" else LogProb(joint).eval(values)
+
+
+@pytest.mark.parametrize("how", ["get_log_prob", "LogProb"])
+@pytest.mark.parametrize("option", [{"sum_features": False}, {"feature_dims": []}], ids=["sum_features", "dims"])
+def test_factor_options_set_by_graph_set_option_sum_the_factors(option: dict, how: str) -> None:
+    ref, ours = run_both(lambda: _factor_options(option, ["z", "y"], how))
+    assert_same(ref, ours)
+    assert ours.shape == (4, 2)  # was (4,): the call's sum_features=True summed the factors' element-wise values
+
+
+@pytest.mark.parametrize("how", ["get_log_prob", "LogProb"])
+def test_a_factor_option_on_one_factor_makes_sizes_differ(how: str) -> None:
+    ref, ours = raises_same(lambda: _factor_options({"sum_features": False}, ["y"], how))
+    assert issubclass(ours, ref)  # was: the two summed and added
