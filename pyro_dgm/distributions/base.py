@@ -31,8 +31,8 @@ from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_
                                            ignores_sites, mark_own_observed, outer_plates_ndim, plate_trace,
                                            site_data_size)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_own, users_value
-from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DuplicateSiteError, NotATensorError, ShapeError,
-                                   as_var_list, check_present, describe, numpy_tensor, sample_batch_n,
+from pyro_dgm.utils.checks import (ArgumentError, DimensionError, DTypeError, DuplicateSiteError, NotATensorError,
+                                   ShapeError, as_var_list, check_present, describe, numpy_tensor, sample_batch_n,
                                    sample_shape_of)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
@@ -1523,6 +1523,12 @@ class Distribution(YieldingModule):
             # torch refused a shape (a layer's, or torch.cat's "Tensors must have same number of dimensions")
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
                              f"the batch): {text}") from e
+        if type(e) is IndexError and "Dimension out of range" in text:  # (torch.cat(..., 1), o[:, :k] on a value
+            flat = [v for v in names if isinstance(values[v], Tensor) and values[v].dim() <= 1]  # without its batch)
+            hint = (f"; {', '.join(repr(v) for v in flat)} {'has' if len(flat) == 1 else 'have'} no batch dim: give "
+                    f"{flat[0]}.unsqueeze(0) for one example" if flat else "")
+            raise DimensionError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each "
+                                 f"is the batch){hint}: {text}") from e
         if (type(e) is TypeError and "multiple values for argument" in text and "_call_impl()" in text):
             arg = text.rsplit("argument", 1)[-1].strip(" '\"")  # a variable named as an argument of the network's
             if arg in names:  # call itself (``self``)

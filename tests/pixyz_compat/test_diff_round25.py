@@ -7,6 +7,9 @@ to ``[eps, 1 - eps]``: a probability 0 became 1.19e-7, so the KL to a prior that
 posterior does not came out finite (8.66 where torch and Pixyz give ``inf``), a saturated encoder's KL had a zero
 gradient (where the true one is ``log(p / (1 - p))``, -15.9 at 1e-9), and the moments were off by 1.19e-7 at 0 and 1.
 The hard distribution is now built from the probabilities when those were given.
+
+And a network whose ``forward`` fails with torch's ``IndexError`` ("Dimension out of range") on inputs given without
+their batch dim (probe p88) now raises a ``DimensionError`` naming them.
 """
 from __future__ import annotations
 
@@ -95,3 +98,35 @@ def test_relaxed_moments_and_entropy_at_probabilities_0_and_1_are_the_hard_ones(
     p = torch.tensor([probs])
     torch.testing.assert_close(ours[0], p)  # was 1.19e-7 at 0 and 1e-30, 1 - 1.19e-7 at 1
     torch.testing.assert_close(ours[1], p * (1 - p))
+
+
+# ---------------------------------------------------------------- a network given one example without its batch dim
+def _cvae_encoder_on_one_example() -> Any:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from pixyz.distributions import Normal
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x", "y"], name="q")
+            self.fc = nn.Linear(6 + 3, 4)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+            o = self.fc(torch.cat([x, y], 1))
+            return {"loc": o[..., :2], "scale": F.softplus(o[..., 2:])}
+
+    return Q().sample({"x": torch.rand(6), "y": torch.rand(3)})
+
+
+def test_an_index_error_of_a_network_on_inputs_without_a_batch_dim_names_them() -> None:
+    """Pixyz raises torch's raw ``IndexError: Dimension out of range``; here a ``DimensionError`` (an IndexError
+    and a ValueError) naming the distribution and the inputs without a batch dim (was: the raw error, with a
+    note)."""
+    from pixyz_harness import raises_same, run_pyro_dgm
+
+    ref, ours = raises_same(_cvae_encoder_on_one_example)
+    assert issubclass(ours, ref) and issubclass(ours, ValueError)
+    with pytest.raises(ValueError, match=r"q\(z\|x,y\).*'x', 'y' have no batch dim.*unsqueeze\(0\)"):
+        run_pyro_dgm(_cvae_encoder_on_one_example)
