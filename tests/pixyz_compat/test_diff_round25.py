@@ -130,3 +130,16 @@ def test_an_index_error_of_a_network_on_inputs_without_a_batch_dim_names_them() 
     assert issubclass(ours, ref) and issubclass(ours, ValueError)
     with pytest.raises(ValueError, match=r"q\(z\|x,y\).*'x', 'y' have no batch dim.*unsqueeze\(0\)"):
         run_pyro_dgm(_cvae_encoder_on_one_example)
+
+
+@pytest.mark.parametrize("family", ["Categorical", "RelaxedCategorical"])
+def test_a_categorical_of_an_empty_batch_says_so(family: str) -> None:
+    """torch cannot build a one-hot categorical of 0 rows (Pixyz's Categorical fails there with torch's reshape
+    error); the error said "invalid parameters", of valid ones. (Pixyz's RelaxedCategorical scores an empty batch:
+    it is per-class Bernoullis there, docs/porting.md; here it is the categorical, which torch refuses.)"""
+    import pyro_dgm.distributions as dists
+
+    p = getattr(dists, family)(var=["x"], cond_var=["h"], probs="h", name="p")
+    with pytest.raises(ValueError, match=r"Categorical p\(x\|h\): cannot be built for an empty batch \(probs: "
+                                         r"\(0, 3\).*leave empty batches out"):
+        p.get_log_prob({"x": torch.zeros(0, 3), "h": torch.full((0, 3), 1 / 3)})
