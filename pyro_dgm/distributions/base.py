@@ -791,7 +791,8 @@ class Distribution(YieldingModule):
         sample_shape : tuple of int, optional
             Extra leading dims drawn by the factors whose inputs are all given.
         return_all : bool, default True
-            Return the given values too (else only ``var``).
+            Return the given values too (else only ``var``; for a product, what its pass drew: a flow's or
+            mixture's hidden variable too when ``return_hidden`` has its factor return it, as Pixyz's).
         reparam : bool, default False
             Keep the reparameterized samples in the autograd graph (else samples carry no gradient).
         sample_mean : bool, default False
