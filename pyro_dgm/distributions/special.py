@@ -134,8 +134,11 @@ class Deterministic(Distribution):
         own_var = self._var
         # the values in the order of forward's dict, as Pixyz's (so sample's result and a product's draws)
         pairs = zip(own_var, b.var) if len(own_var) == 1 else ((k, b.var[own_var.index(k)]) for k in out)
+        obs = ctx.obs
         for own, v in pairs:
             value = out[own]
+            if obs is not None and v in obs and isinstance(obs[v], Tensor):  # given to a Pyro model's call
+                value = obs[v]  # (joint.model(h=h0)): h0 holds, as under poutine.condition and in a guide
             if not isinstance(value, Tensor):  # an LSTM's (h, c), a number...: passed on as it is, as Pixyz does
                 values[v] = value
                 continue

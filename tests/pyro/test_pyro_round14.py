@@ -5,6 +5,12 @@ Its site's event dims were the value's dims less the batch dims of the value *an
 ``pyro.plate("particles", P, dim=-2)`` the input ``z`` has batch dims ``(P, B)``, so an observed ``x_0`` of shape
 ``(B, D)`` got no event dim, and Pyro refused the site ("get_log_prob() ... returned shape (P, B); a Pyro site needs
 one log-density per batch element"). The twin runs. The event dims are now the value's own.
+
+And a value given to ``joint.model`` for a ``Deterministic``'s variable (``joint.model(x=x, h=h0)``, or
+``svi.step(**batch)`` with ``h`` in the batch): the site was observed, but its value was ``f(z)``, not ``h0``, and
+the factors reading ``h`` were scored with ``f(z)``: the density of another program. ``poutine.condition(joint.model,
+data={"h": h0})`` and the plain-Pyro twin (``pyro.deterministic`` under ``poutine.condition``) use ``h0``, as does
+the guide path (where a given variable is an input); so does the model's call now.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_dgm.distributions import Distribution, Normal
+from pyro_dgm.distributions import Deterministic, Distribution, Normal
 
 P = 3
 
@@ -67,3 +73,38 @@ def test_an_observed_value_of_a_distribution_without_a_family_inside_a_particles
     for name in ("z", "x_0", "x_1"):
         assert got[name][0] == ref[name][0], name
         assert got[name][1] == pytest.approx(ref[name][1], rel=1e-5), name
+
+
+class Squash(Deterministic):
+    def __init__(self) -> None:
+        super().__init__(var=["h"], cond_var=["z"], name="f")
+        self.fc = torch.nn.Linear(2, 3)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"h": torch.tanh(self.fc(z))}
+
+
+def test_a_value_given_to_the_model_for_a_deterministics_variable_is_used() -> None:
+    torch.manual_seed(0)
+    det = Squash()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p")
+    joint = prior * det * Normal(loc="h", scale=0.5, var=["x"], cond_var=["h"], name="p")
+    x, h0 = torch.randn(4, 3), torch.zeros(4, 3)
+
+    def plain(x: torch.Tensor) -> None:
+        with pyro.plate("data", 4):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.).to_event(1))
+            h = pyro.deterministic("h", torch.tanh(det.fc(z)), event_dim=1)
+            pyro.sample("x", dist.Normal(h, 0.5).to_event(1), obs=x)
+
+    traces = []
+    for run in (lambda: poutine.condition(plain, data={"h": h0})(x),
+                lambda: poutine.condition(joint.model, data={"h": h0})(x=x),
+                lambda: joint.model(x=x, h=h0)):
+        pyro.set_rng_seed(0)
+        traces.append(poutine.trace(run).get_trace())
+    ref = traces[0]
+    for tr in traces[1:]:
+        assert torch.equal(tr.nodes["h"]["value"], h0)
+        torch.testing.assert_close(tr.nodes["x"]["fn"].base_dist.loc, ref.nodes["x"]["fn"].base_dist.loc)
+        torch.testing.assert_close(tr.log_prob_sum(), ref.log_prob_sum())  # was: x scored under f(z), not h0
