@@ -430,14 +430,17 @@ class DistributionBase(Distribution):
                 params.update(out)  # (then the constants, as there)
         for p, v in b.param_vars:
             params[p] = values[v]
-        if PYRO_STACK and self._dgm_const_names and not ignores_sites(PYRO_STACK):
-            # a Pyro handler sees the site (an autoguide's init_to_mean keeps its mean as a parameter that the
-            # optimizer updates in place): a copy, so the constants stay as they are
-            for n in self._dgm_const_names:
-                params[n] = bufs[n].clone()
-        else:
-            for n in self._dgm_const_names:
-                params[n] = bufs[n]
+        try:
+            if PYRO_STACK and self._dgm_const_names and not ignores_sites(PYRO_STACK):
+                # a Pyro handler sees the site (an autoguide's init_to_mean keeps its mean as a parameter that the
+                # optimizer updates in place): a copy, so the constants stay as they are
+                for n in self._dgm_const_names:
+                    params[n] = bufs[n].clone()
+            else:
+                for n in self._dgm_const_names:
+                    params[n] = bufs[n]
+        except KeyError as e:
+            self._dgm_constant_gone(e.args[0], e)
         for g in self._dgm_missing_groups:
             for n in g:
                 if n in params:
@@ -446,6 +449,16 @@ class DistributionBase(Distribution):
                 raise ValueError(f"{describe(self)}: forward() did not return {' or '.join(g)}; it returned "
                                  f"{sorted(params)}")
         return params
+
+    def _dgm_constant_gone(self, name: str, e: KeyError) -> NoReturn:
+        """Refuse a constant parameter that is no longer a buffer (``p.loc = nn.Parameter(...)`` moves it to the
+        parameters, where it would train under a standard-form shortcut that assumed it fixed; Pixyz refuses it
+        too, with a ValueError), naming the distribution and the parameter."""
+        kind = "an nn.Parameter was assigned to it" if name in self._parameters else "it was deleted"
+        raise ValueError(f"{describe(self)}: its constant parameter {name!r} is no longer a buffer ({kind}); "
+                         f"constants do not train: give a learnable {name!r} through forward() "
+                         f"(return {{{name!r}: self.{name}_param, ...}}), or build the distribution anew with the "
+                         f"tensor") from e
 
     def _dgm_check_out_batch(self, b: Binding, values: Mapping[str, Any], out: Mapping[str, Any]) -> None:
         """Refuse parameters whose batch dim matches no input's, when an input has one dim only: the network took
@@ -624,7 +637,10 @@ class DistributionBase(Distribution):
         """Identifies the current constant buffers: a new buffer (``.to(...)``, ``load_state_dict``) or an in-place
         change gives a new key."""
         bufs = self._buffers
-        return tuple((id(t), version(t)) for t in (bufs[n] for n in self._dgm_const_names))
+        try:
+            return tuple((id(t), version(t)) for t in (bufs[n] for n in self._dgm_const_names))
+        except KeyError as e:
+            self._dgm_constant_gone(e.args[0], e)
 
     def _dgm_is_standard(self) -> bool:
         """Whether this is a constant distribution in its family's standard form (``closed_forms.IS_STANDARD``,

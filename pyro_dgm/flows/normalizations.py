@@ -220,8 +220,11 @@ class ActNorm2d(Flow):
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
         key = prefix + "initialized"
-        if key not in state_dict and prefix + "logs" in state_dict:  # saved by Pixyz: its values are trained ones
-            state_dict[key] = torch.tensor(True)
+        logs, bias = state_dict.get(prefix + "logs"), state_dict.get(prefix + "bias")
+        if key not in state_dict and logs is not None:  # saved by Pixyz: its values are trained ones, unless they
+            # are its construction's zeros (saved before the first batch, which Pixyz's load then initializes from)
+            fresh = not bool(logs.any()) and (bias is None or not bool(bias.any()))
+            state_dict[key] = torch.tensor(not fresh)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self._dgm_known_initialized = bool(self.initialized)

@@ -87,7 +87,8 @@ def network_buffers(*modules: nn.Module) -> list[tuple[nn.Module, str, bool]]:
             if isinstance(m, Distribution) or id(m) in seen:
                 continue
             seen.add(id(m))
-            out.extend((m, n, n not in m._non_persistent_buffers_set) for n in m._buffers)
+            out.extend((m, n, n not in m._non_persistent_buffers_set) for n in m._buffers.keys())  # (keys(): a
+            # TorchScript module's _buffers is torch.jit's dict wrapper, which plain iteration indexes by 0, 1, ...)
     return out
 
 
@@ -102,7 +103,13 @@ def take_buffers(buffers: Sequence[tuple[nn.Module, str, bool]]) -> TakenBuffers
     may be a large constant mask): one that the step replaces (a flow's batch norm assigns its batch statistics anew
     at each training forward) is put back; one that the step changes in place is not."""
     return [(m, n, b, b.clone() if persistent and b is not None else None)
-            for m, n, persistent in buffers for b in (m._buffers.get(n),)]
+            for m, n, persistent in buffers for b in (_buffer(m, n),)]
+
+
+def _buffer(m: nn.Module, name: str) -> "Tensor | None":
+    """``m``'s buffer ``name``, or None (a TorchScript module's buffers are in a wrapper without ``get``)."""
+    buffers = m._buffers
+    return buffers[name] if name in buffers else None
 
 
 def restore_buffers(taken: TakenBuffers) -> None:
@@ -111,7 +118,7 @@ def restore_buffers(taken: TakenBuffers) -> None:
     which keeps its identity)."""
     with torch.no_grad():
         for m, n, b, values in taken:
-            if m._buffers.get(n) is not b:
+            if _buffer(m, n) is not b:
                 m._buffers[n] = b
             if values is not None:
                 b.copy_(values)
