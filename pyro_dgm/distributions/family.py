@@ -508,10 +508,10 @@ class DistributionBase(Distribution):
         try:
             return self.pyro_dist(**params, validate_args=validate)
         except (ValueError, RuntimeError) as e:
-            if any(isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] == 0 for t in params.values()):
-                raise clearer(e, f"{describe(self)}: cannot be built for an empty batch ({_shape_text(params)}: 0 "
-                                 f"rows, which torch's distribution of this family refuses): leave empty batches out "
-                                 f"({e})") from e
+            if validate is not False and any(isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] == 0
+                                             for t in params.values()):
+                return self.pyro_dist(**params, validate_args=False)  # an empty batch: torch's check of the
+                # parameters cannot reshape 0 rows (a one-hot categorical's); there is nothing to check
             raise clearer(e, f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
         except (AttributeError, TypeError) as e:  # a network's number or list where the family needs a tensor (.dim())
             unknown = [k for k in params if k not in self._dgm_accepted]
