@@ -1319,7 +1319,8 @@ class Distribution(YieldingModule):
         """This distribution as a Pyro model: ``pyro.sample`` per variable, observed where ``data`` gives it.
 
         The networks are registered with ``pyro.module``, so ``pyro.infer.SVI`` optimizes them. Variables in the
-        data are observed (``obs=``), the others are sampled ancestrally; ``input_var`` must be given. Factors
+        data are observed (``obs=``; a ``Deterministic``'s variable holds the given value, as under
+        ``poutine.condition``), the others are sampled ancestrally; ``input_var`` must be given. Factors
         without inputs draw one value per data point (dim 0 of the data), as Pixyz's losses broadcast them, and
         the batch dim is a ``pyro.plate("data", N, dim=-1)`` (unless the caller already opened a plate at dim -1),
         as in a hand-written Pyro VAE, so ``SVI(joint.model, q.guide, ...)`` works as it is; several calls in one
