@@ -11,7 +11,6 @@ a plain call, and under ``poutine.trace``/``condition``/``replay``/``plate``... 
 """
 from __future__ import annotations
 
-import math
 import textwrap
 import threading
 import warnings
@@ -111,8 +110,8 @@ def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"]
                 continue
             if summed and lp.dim():
                 e = event_dims.get(v) if event_dims else None
-                if e is None or math.prod(x.shape[lp.dim():x.dim() - e]) <= 1:
-                    continue  # no batch dim larger than 1 summed (the value's batch dims are lp's)
+                if e is None or x.dim() - e <= lp.dim():
+                    continue  # no batch dim summed (the value's batch dims are lp's)
             elif x.shape[0] <= 1:
                 continue
             if summed:
@@ -124,6 +123,14 @@ def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"]
                     f"first dim, which the other factors take as the batch (parameters with an extra leading "
                     f"dim, or constants of shape (batch, features) where features_shape says the features)")
     return None
+
+
+def _hidden_names(d: "Distribution") -> list[str]:
+    """The hidden variables that a factor's draw may write besides its own: a flow's prior variable, a mixture's
+    component."""
+    own = d.__dict__
+    flow_side = own.get("_dgm_hidden")
+    return [flow_side] if flow_side is not None else list(own.get("_hidden_var", ()))
 
 
 def has_network(owner: Any) -> bool:
@@ -839,18 +846,24 @@ class Distribution(YieldingModule):
         if drawn_var is None:  # var and input_var are fixed at construction
             drawn_var = d["_dgm_drawn_var"] = self._dgm_drawn_names()
         drawn, redrawn = drawn_var
-        given = None
+        given = hidden = None
         if redrawn is not None and not redrawn.isdisjoint(values):  # (rare: values given for the product's own
             given = list(values)  # variables; Pixyz's pass starts from the inputs only, and draws those anew)
             for k in given:
                 if k in drawn:
                     del values[k]
+                elif k in redrawn:  # a flow's or mixture's hidden variable (or a marginalized one): drawn anew
+                    hidden = hidden or {}  # where the pass writes it; else the given value is handed back
+                    hidden[k] = values.pop(k)
         before = None if return_all or not self._dgm_graph_call else dict(values)
         draw_factors(self._dgm_order, values, ctx, f_opts)  # graph.set_option(..., var) overrides the call's options
         if expected is not None:
             check_early_shape(self, values, expected)
         if return_all:
             if given is not None:
+                if hidden:
+                    for k, v in hidden.items():
+                        values.setdefault(k, v)
                 return self._dgm_given_order(given, values)
             if self._dgm_graph_call and len(values) > len(drawn) + 1:
                 return self._dgm_graph_order(values)
@@ -866,8 +879,10 @@ class Distribution(YieldingModule):
         returns it)."""
         if not self._dgm_graph_call:
             return self._var, None
-        drawn = [v for v in self._var if v not in self.input_var]
-        return drawn, frozenset(drawn + list(self.__dict__.get("_dgm_marginalized", ())))
+        inputs = self.input_var
+        drawn = [v for v in self._var if v not in inputs]
+        hidden = [h for f in self._dgm_order for h in _hidden_names(f) if h not in inputs]
+        return drawn, frozenset(drawn + list(self.__dict__.get("_dgm_marginalized", ())) + hidden)
 
     def _dgm_written(self, before: Mapping[str, Any], values: Mapping[str, Any], drawn: Sequence[str]
                      ) -> dict[str, Any]:
@@ -925,17 +940,24 @@ class Distribution(YieldingModule):
         -1.8379
         """
         total = self._dgm_get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
-        if sum_features and feature_dims is None and total.dim() > 1 and not self._dgm_factor_sums():
+        if sum_features and feature_dims is None and total.dim() > 1 and not self._dgm_factor_sums(True, None):
             # Pixyz sums every dim but the first: a sample_shape draw [L, B, ...] scores to [L]
             total = total.sum(tuple(range(1, total.dim())))
         return total
 
-    def _dgm_factor_sums(self) -> bool:
-        """Whether ``graph.set_option(..., var)`` gave a factor its own ``sum_features`` or ``feature_dims``: its
-        log-density is then summed as those say (Pixyz's factor options override the call's), not as the call's."""
+    def _dgm_factor_sums(self, sum_features: bool, feature_dims: Sequence[int] | None) -> bool:
+        """Whether ``graph.set_option(..., var)`` gave a factor a ``sum_features`` or ``feature_dims`` other than
+        the call's: each factor's log-density is then summed as its own options say (Pixyz's factor options
+        override the call's), the others' over every dim but the first, as Pixyz's factors sum them."""
         f_opts = self.__dict__.get("_dgm_dg_options")
-        return bool(f_opts) and any(k != id(self) and ("sum_features" in o or "feature_dims" in o)
-                                    for k, o in f_opts.items())
+        if not f_opts:
+            return False
+        fd = None if feature_dims is None else list(feature_dims)
+        for k, o in f_opts.items():
+            if k != id(self) and (bool(o.get("sum_features", sum_features)) != bool(sum_features) or (
+                    None if o.get("feature_dims", fd) is None else list(o.get("feature_dims", fd))) != fd):
+                return True
+        return False
 
     def _dgm_get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True,
                           feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -954,20 +976,23 @@ class Distribution(YieldingModule):
         ctx = CallState(kwargs=kwargs)
         total: Tensor | None = None
         f_opts = self.__dict__.get("_dgm_dg_options")
+        own = bool(f_opts) and self._dgm_factor_sums(sum_features, feature_dims)
         for i, f in enumerate(self._dgm_order):
             o = f_opts.get(id(f)) if f_opts and f is not self else None
             if o is None:
-                lp = f._dgm_score_factor(values, ctx, sum_features, feature_dims)
+                sf, fd = sum_features, feature_dims
             else:  # graph.set_option(..., var): the factor's own sum_features/feature_dims
-                lp = f._dgm_score_factor(values, ctx, o.get("sum_features", sum_features),
-                                         o.get("feature_dims", feature_dims))
+                sf, fd = o.get("sum_features", sum_features), o.get("feature_dims", feature_dims)
+            lp = f._dgm_score_factor(values, ctx, sf, fd)
+            if own and sf and fd is None and lp.dim() > 1:  # (Pixyz's factor: every dim but the first summed)
+                lp = lp.sum(tuple(range(1, lp.dim())))
             if total is None:
                 total = lp
             elif total.shape == lp.shape:
                 total = total + lp
-            elif sum_features and not (f_opts and self._dgm_factor_sums()):
+            elif sum_features and not own:
                 total = self._dgm_add_sized(self._dgm_order[:i], f, total, lp, feature_dims, values, ctx.event_dims)
-            elif not sum_features:
+            elif not sum_features and not own:
                 self._dgm_refuse_sizes(self._dgm_order[:i], f, total, lp, sum_features)
             else:  # (factors summed by their own options: different sizes are refused, as Pixyz's)
                 self._dgm_refuse_sizes(self._dgm_order[:i], f, total, lp, sum_features, _OWN_SUMS_HINT)

@@ -102,13 +102,14 @@ def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str
 
 
 def expand_root(owner: Distribution, fn: Any, b: Binding, ctx: CallState) -> Any:
-    """Expand a site distribution built from unexpanded parts as a factor's is: to ``batch_n`` when it has no inputs,
-    and by ``sample_shape`` when none of its inputs was drawn in this pass (a :class:`Deterministic`'s outputs of
-    given inputs hold no draw: see :class:`~pyro_dgm.distributions.special.GivenEventDims`)."""
+    """Expand a site distribution built from unexpanded parts as a factor's is: to ``batch_n`` when it has no inputs
+    or given inputs of batch 1, and by ``sample_shape`` when none of its inputs was drawn in this pass (a
+    :class:`Deterministic`'s outputs of given inputs hold no draw: see
+    :class:`~pyro_dgm.distributions.special.GivenEventDims`)."""
     if drawn_in_pass(b.input_var, ctx):
         return fn
-    if ctx.batch_n is not None and not b.input_var:
-        fn = expand_batch_n(owner, fn, ctx.batch_n)
+    if ctx.batch_n is not None and (not b.input_var or (ctx.obs is None and fn.batch_shape[:1] == (1,))):
+        fn = expand_batch_n(owner, fn, ctx.batch_n)  # (given inputs of batch 1: batch_n values, as a family's)
     if ctx.sample_shape:
         fn = fn.expand(ctx.sample_shape + fn.batch_shape)
     return fn

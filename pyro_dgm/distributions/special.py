@@ -11,7 +11,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution, has_network, sum_samples
 from pyro_dgm.distributions.bindings import Binding, CallState, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import run_bound_network
-from pyro_dgm.utils.checks import DimensionError, ShapeError, describe
+from pyro_dgm.utils.checks import DimensionError, NotATensorError, ShapeError, describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
 
@@ -137,8 +137,11 @@ class Deterministic(Distribution):
         obs = ctx.obs
         for own, v in pairs:
             value = out[own]
-            if obs is not None and v in obs and isinstance(obs[v], Tensor):  # given to a Pyro model's call
-                value = obs[v]  # (joint.model(h=h0)): h0 holds, as under poutine.condition and in a guide
+            if obs is not None and v in obs:  # given to a Pyro model's call (joint.model(h=h0)): h0 holds, as
+                value = obs[v]  # under poutine.condition and in a guide
+                if not isinstance(value, Tensor):
+                    raise NotATensorError(f"{describe(self)}: the value of {v!r} given to the model must be a "
+                                          f"tensor (or a numpy array), got {type(value).__name__}")
             if not isinstance(value, Tensor):  # an LSTM's (h, c), a number...: passed on as it is, as Pixyz does
                 values[v] = value
                 continue

@@ -222,9 +222,10 @@ class ActNorm2d(Flow):
         key = prefix + "initialized"
         logs, bias = state_dict.get(prefix + "logs"), state_dict.get(prefix + "bias")
         if key not in state_dict and logs is not None:  # saved by Pixyz: its values are trained ones, unless they
-            # are its construction's zeros (saved before the first batch, which Pixyz's load then initializes from)
+            # are its construction's zeros (saved before the first batch), which a layer not yet initialized then
+            # initializes from its first batch, as Pixyz's (whose flag a load leaves as it was)
             fresh = not bool(logs.any()) and (bias is None or not bool(bias.any()))
-            state_dict[key] = torch.tensor(not fresh)
+            state_dict[key] = torch.tensor(not fresh or bool(self.initialized))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self._dgm_known_initialized = bool(self.initialized)

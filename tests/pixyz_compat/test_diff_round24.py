@@ -14,12 +14,17 @@ And ``graph.set_option({"sum_features": False}, var)`` (or ``feature_dims``) on 
 factor as its own options say, so ``get_log_prob`` and ``LogProb`` give the element-wise ``(4, 2)``; here the call's
 ``sum_features=True`` summed the result again to ``(4,)``, and options on one factor only (sizes that differ, which
 Pixyz refuses) were added.
+
+The attack round on these fixes (probe p93) added: a flow's or mixture's hidden value given to a product's
+``sample`` (drawn anew, as Pixyz's pass starts from the inputs only), a factor option equal to the call's (no
+change), ``feature_dims`` summing a batch of one, and ``batch_n`` for a conditional flow given a batch of one.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+import torch
 
 from pixyz_harness import assert_same, raises_same, run_both
 
@@ -163,3 +168,106 @@ def test_factor_options_set_by_graph_set_option_sum_the_factors(option: dict, ho
 def test_a_factor_option_on_one_factor_makes_sizes_differ(how: str) -> None:
     ref, ours = raises_same(lambda: _factor_options({"sum_features": False}, ["y"], how))
     assert issubclass(ours, ref)  # was: the two summed and added
+
+
+# ---------------------------------------------------------------- the attack round on the fixes above (probe p93)
+def _flow_given_its_hidden(return_all: bool) -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import PlanarFlow
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p0")
+    flow = TransformedDistribution(prior, PlanarFlow(2), var=["x"], name="pf")
+    joint = Normal(loc="x", scale=torch.ones(2), var=["o"], cond_var=["x"], name="po") * flow
+    joint.graph.set_option({"return_hidden": True}, var=["x"])
+    out = joint.sample({"z": torch.zeros(1, 2)}, return_all=return_all)
+    return list(out), out
+
+
+@pytest.mark.parametrize("return_all", [True, False])
+def test_a_products_flow_given_its_hidden_value_returns_the_one_it_drew(return_all: bool) -> None:
+    """Pixyz's pass starts from the inputs only: the flow draws z anew, and x = f(z) comes back with that z. Here
+    the given z came back beside an x it did not make (return_all=True), or was left out (False)."""
+    ref, ours = run_both(lambda: _flow_given_its_hidden(return_all))
+    assert_same(ref, ours)
+    assert not torch.equal(ours[1]["z"], torch.zeros(1, 2))
+
+
+def _mixture_given_its_component(return_all: bool, hidden: bool) -> Any:
+    import torch
+
+    from pixyz.distributions import Categorical, MixtureModel, Normal
+
+    components = [Normal(loc=torch.tensor([float(k)]), scale=torch.ones(1), var=["y"], name=f"c{k}") for k in (0, 3)]
+    mixture = MixtureModel(components, Categorical(probs=torch.tensor([0.5, 0.5]), var=["k"], name="r"))
+    joint = Normal(loc="y", scale=1., var=["o"], cond_var=["y"], name="po") * mixture
+    options = {"return_hidden": True} if hidden else {}
+    out = joint.sample({"k": torch.tensor([[1., 0.]]), "extra": torch.ones(1)}, batch_n=1, return_all=return_all,
+                       **options)
+    return list(out), out
+
+
+@pytest.mark.parametrize("return_all", [True, False])
+@pytest.mark.parametrize("hidden", [True, False])
+def test_a_products_mixture_given_its_component_keeps_pixyzs_keys(return_all: bool, hidden: bool) -> None:
+    ref, ours = run_both(lambda: _mixture_given_its_component(return_all, hidden), seed=4)
+    assert_same(ref, ours)  # was: ['k', 'y', 'o'] where Pixyz draws k after y (return_all=False, return_hidden)
+
+
+def _factor_options_after_sample_shape(option: dict) -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import LogProb
+
+    pz = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+    px = Normal(loc="z", scale=1., var=["x"], cond_var=["z"], name="px")
+    joint = px * pz
+    joint.graph.set_option(option, var=["x"])
+    values = {"z": torch.randn(3, 4, 2), "x": torch.randn(3, 4, 2)}  # a sample_shape [3] draw of batch 4
+    return joint.get_log_prob(values), LogProb(joint).eval(values)
+
+
+def test_a_factor_option_that_is_the_calls_own_changes_nothing_after_sample_shape() -> None:
+    ref, ours = run_both(lambda: _factor_options_after_sample_shape({"sum_features": True}))
+    assert_same(ref, ours)
+    assert ours[0].shape == (3,)  # was (3, 4): a factor option skipped the final sum
+
+
+def test_a_factor_option_summing_features_only_is_refused_after_sample_shape() -> None:
+    ref, ours = raises_same(lambda: _factor_options_after_sample_shape({"feature_dims": [-1]}))
+    assert issubclass(ours, ref)  # was: a (3, 4) tensor (Pixyz's factors without options give (3,))
+
+
+def _feature_dims_with_batch_1() -> Any:
+    import torch
+
+    from pixyz.distributions import Categorical, Normal
+
+    pc = Categorical(probs=torch.tensor([0.2, 0.3, 0.5]), var=["c"], name="pc")
+    px = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], name="px")
+    c = torch.eye(3)[torch.randint(3, (3, 1))]  # sample_shape 3, batch 1
+    return (px * pc).get_log_prob({"c": c, "x": torch.randn(3, 1, 2)}, feature_dims=[-1])
+
+
+def test_feature_dims_that_sum_a_categoricals_batch_of_one_are_refused() -> None:
+    ref, ours = raises_same(_feature_dims_with_batch_1)
+    assert issubclass(ours, ref)  # was: a (3, 3) outer sum of log p(x_i) + log p(c_j)
+
+
+def _conditional_flow_batch_n() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import PlanarFlow
+
+    prior = Normal(loc="h", scale=1., var=["z"], cond_var=["h"], name="p")
+    out = TransformedDistribution(prior, PlanarFlow(1), var=["x"]).sample({"h": torch.ones(1, 1)}, batch_n=5)
+    return {k: tuple(v.shape) for k, v in out.items()}, out
+
+
+def test_a_flow_with_a_conditional_prior_takes_batch_n_for_a_batch_of_one() -> None:
+    ref, ours = run_both(_conditional_flow_batch_n)
+    assert_same(ref, ours)  # was: x and z of shape (1, 1)
+    assert ours[0]["x"] == (5, 1)

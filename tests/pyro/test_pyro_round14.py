@@ -108,3 +108,16 @@ def test_a_value_given_to_the_model_for_a_deterministics_variable_is_used() -> N
         assert torch.equal(tr.nodes["h"]["value"], h0)
         torch.testing.assert_close(tr.nodes["x"]["fn"].base_dist.loc, ref.nodes["x"]["fn"].base_dist.loc)
         torch.testing.assert_close(tr.log_prob_sum(), ref.log_prob_sum())  # was: x scored under f(z), not h0
+
+
+@pytest.mark.parametrize("given", [0.0, [[0.0, 0.0, 0.0]] * 4], ids=["number", "list"])
+def test_a_number_given_to_the_model_for_a_deterministics_variable_is_refused(given: Any) -> None:
+    """It was silently ignored (h = f(z), as if not given), where a tensor is used and a list given for a random
+    variable is refused."""
+    from pyro_dgm.utils.checks import NotATensorError
+
+    det = Squash()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p")
+    joint = prior * det * Normal(loc="h", scale=0.5, var=["x"], cond_var=["h"], name="p")
+    with pytest.raises(NotATensorError, match=r"f\(h\|z\): the value of 'h' given to the model must be a tensor"):
+        poutine.trace(joint.model).get_trace(x=torch.randn(4, 3), h=given)
