@@ -371,7 +371,14 @@ class AdversarialLoss(Loss):
             if overflowed or self.check_gradients:
                 self._dgm_check_d_gradients(loss, overflowed)
             SIGNALS.hold(self)  # the weights all new or all old: a Ctrl-C waits for the step's end (the finally below)
-            self.d_optimizer.step()
+            try:
+                self.d_optimizer.step()
+            except BaseException as e:  # (its own step, a hook of it: its updates are not undone, as Model.train's)
+                e.add_note(f"{self._dgm_where()}discriminator step {self.d_steps + 1}: the optimizer "
+                           f"{type(self.d_optimizer).__name__} raised during its step, which may have updated some of "
+                           "the discriminator's weights and their optimizer state before it raised; they are left as "
+                           "it left them (the buffers are put back, and the step is not counted)")
+                raise
         except BaseException:  # the networks as before the step (Model.train does the same for its step); the draws
             restore_buffers(buffers)  # made stay drawn (GAN.train records the random states for its checkpoint)
             SIGNALS.release(self)

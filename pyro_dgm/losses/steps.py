@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import UninitializedBuffer
 from torch.nn.utils import get_total_norm
 
 from pyro_dgm.poutine.memoize_messenger import _numpy_mark
@@ -74,22 +75,31 @@ def clear_grads(t: Tensor) -> None:
 
 
 def network_buffers(*modules: nn.Module) -> list[tuple[nn.Module, str, bool]]:
-    """``(module, name, persistent)`` of every buffer of the networks in ``modules`` (not the distributions'
-    constants), each once: what a training step may change (batch-norm statistics) besides the weights. Buffers that
-    are None now (a flow's batch norm's ``batch_mean`` before its first training step) and non-persistent ones are
-    listed too (see :func:`take_buffers`)."""
+    """``(module, name, persistent)`` of every buffer of the networks in ``modules`` and of the buffers a user's
+    distribution class registers itself (not the distributions' constants), each once: what a training step may
+    change (batch-norm statistics, a running count) besides the weights. Buffers that are None now (a flow's batch
+    norm's ``batch_mean`` before its first training step) and non-persistent ones are listed too (see
+    :func:`take_buffers`)."""
     from pyro_dgm.distributions.base import Distribution
 
     seen: set[int] = set()
     out = []
     for root in modules:
         for m in root.modules():
-            if isinstance(m, Distribution) or id(m) in seen:
+            if id(m) in seen:
                 continue
             seen.add(id(m))
-            out.extend((m, n, n not in m._non_persistent_buffers_set) for n in m._buffers.keys())  # (keys(): a
-            # TorchScript module's _buffers is torch.jit's dict wrapper, which plain iteration indexes by 0, 1, ...)
+            names = m._buffers.keys()  # (keys(): a TorchScript module's _buffers is torch.jit's dict wrapper, which
+            # plain iteration indexes by 0, 1, ...)
+            if isinstance(m, Distribution):
+                constants = set(getattr(m, "_dgm_const_names", ())) | _OWN_BUFFERS
+                names = [n for n in names if n not in constants]
+            out.extend((m, n, n not in m._non_persistent_buffers_set) for n in names)
     return out
+
+
+#: buffers that pyro_dgm's distributions hold besides their constants (fixed weights of experts)
+_OWN_BUFFERS = frozenset({"weight_modalities"})
 
 
 #: what :func:`take_buffers` returns: ``(module, name, the buffer object, a copy of its values or None)``
@@ -102,8 +112,9 @@ def take_buffers(buffers: Sequence[tuple[nn.Module, str, bool]]) -> TakenBuffers
     update in place). A non-persistent buffer (or one that is None) is only referenced, not copied at every step (it
     may be a large constant mask): one that the step replaces (a flow's batch norm assigns its batch statistics anew
     at each training forward) is put back; one that the step changes in place is not."""
-    return [(m, n, b, b.clone() if persistent and b is not None else None)
-            for m, n, persistent in buffers for b in (_buffer(m, n),)]
+    return [(m, n, b, b.clone() if persistent and b is not None and not isinstance(b, UninitializedBuffer) else None)
+            for m, n, persistent in buffers for b in (_buffer(m, n),)]  # (a lazy module's buffer before its first
+    # call has no values: its step gives them, in the same object, which a failed step leaves as they are)
 
 
 def _buffer(m: nn.Module, name: str) -> "Tensor | None":

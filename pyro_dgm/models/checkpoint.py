@@ -263,6 +263,13 @@ def _trainable_only(opt: Any, saved: Any) -> dict[str, Any] | None:
     return {"state": {i: v for i, v in new_state.items() if i in kept}, "param_groups": new_groups}
 
 
+#: torch's optimizers whose state holds the same entries for every parameter they stepped (not Adafactor's, which
+#: depend on the parameter's dims, nor LBFGS's, held for the first parameter only)
+_UNIFORM_STATE = frozenset({torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop,
+                            torch.optim.Adagrad, torch.optim.Adadelta, torch.optim.Adamax, torch.optim.NAdam,
+                            torch.optim.RAdam, torch.optim.ASGD, torch.optim.Rprop})
+
+
 def _check_optimizer(name: str, opt: Any, saved: Any, saved_type: str | None) -> None:
     """The saved state of optimizer (or scheduler) ``name`` fits ``opt``: same class, same param-group layout, state
     tensors of the parameters' shapes. Raises ``ValueError`` before anything is loaded."""
@@ -292,10 +299,20 @@ def _check_optimizer(name: str, opt: Any, saved: Any, saved_type: str | None) ->
     params = [p for g in own_groups for p in g["params"]]
     index = [i for g in groups for i in g["params"]]
     shapes = {i: p.shape for i, p in zip(index, params)}
+    keys = None
     for i, st in saved["state"].items():
         if i not in shapes:
             raise ValueError(f"Model.load: the checkpoint's {name} holds state for parameter {i}, which none of "
                              "its parameter groups lists")
+        if not isinstance(st, Mapping):
+            raise ValueError(f"Model.load: the checkpoint's {name} state of parameter {i} is a "
+                             f"{type(st).__name__}, not a dict")
+        if type(opt) in _UNIFORM_STATE:  # these keep the same entries for every parameter they have stepped
+            if keys is None:
+                keys = (i, set(st))
+            elif set(st) != keys[1]:
+                raise ValueError(f"Model.load: the checkpoint's {name} state of parameter {i} has the entries "
+                                 f"{sorted(st)}, that of parameter {keys[0]} {sorted(keys[1])}; the file is damaged")
         for key, value in st.items():
             if key in _PARAM_SHAPED and isinstance(value, Tensor) and value.shape != shapes[i]:
                 raise ValueError(f"Model.load: the checkpoint's {name} state {key!r} of parameter {i} has shape "
@@ -543,6 +560,13 @@ def atomic_torch_save(obj: Any, path: Any) -> None:
         raise ValueError("Model.save: the path is empty; give a file name")
     path = os.path.realpath(path)  # a symbolic link: replace the file it points to (as torch.save writes through it)
     folder, name = os.path.split(path)
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        from pyro_dgm.models.errors import CheckpointPathError
+
+        if os.path.isdir(path):
+            raise CheckpointPathError(f"Model.save: the path {path} is a folder; give a file name in it")
+        raise CheckpointPathError(f"Model.save: the path {path} is in a folder that does not exist ({folder}); "
+                                  "make it first (os.makedirs)")
     tmp = None
     try:
         # the temporary file is made inside the guarded block, its name known before it exists: a Ctrl-C at any

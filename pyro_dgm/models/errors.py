@@ -8,13 +8,20 @@ whose step did not raise raise :class:`RankFailedError` when another's did (see
 """
 from __future__ import annotations
 
-__all__ = ["NonFiniteLossError", "NonFiniteGradientError", "ModelArgumentError", "RankFailedError"]
+__all__ = ["NonFiniteLossError", "NonFiniteGradientError", "ModelArgumentError", "RankFailedError",
+           "CheckpointPathError"]
 
 
 class ModelArgumentError(TypeError, ValueError):
     """An option of a model of the wrong type (``clip_grad_norm="a"``), refused when the model is built: a
     TypeError, and also the ValueError that Pixyz raises for it at the first training step (torch's ``float()`` of
     the option), so Pixyz code that catches either still catches it."""
+
+
+class CheckpointPathError(FileNotFoundError, RuntimeError):
+    """``Model.save`` to a path whose folder does not exist, or that is a folder: a FileNotFoundError naming the
+    path, and also the RuntimeError that ``torch.save`` raises for it under Pixyz, so Pixyz code that catches that
+    still catches it."""
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -213,6 +213,21 @@ def _distribution_param_ids(model: "Model") -> set[int]:
     return {id(p) for d in dists for p in d.parameters()}
 
 
+def loss_networks(loss: Any) -> list[nn.Module]:
+    """The distributions a loss reads and the discriminators of its adversarial terms (which their own steps
+    train), each once: what a failed step puts back and a test puts in eval mode besides the trained ones."""
+    if not isinstance(loss, Loss):
+        return []
+    out = list(loss._dgm_distributions)
+    seen = {id(d) for d in out}
+    for term in loss.loss_terms():
+        d = term.__dict__.get("_dgm_d")
+        if isinstance(d, nn.Module) and id(d) not in seen:
+            seen.add(id(d))
+            out.append(d)
+    return out
+
+
 def _named(params: Sequence[nn.Parameter]) -> list[tuple[str, nn.Parameter]]:
     return [(f"param_{i}", p) for i, p in enumerate(params)]
 
@@ -511,7 +526,8 @@ class Model:
         # (decided here, once), else when the param store grows during a step (one len() before and after).
         self._dgm_pyro_terms = _pyro_side_terms(loss) if loss is not None else []
         self._dgm_autoguides = _autoguides(self._dgm_pyro_terms)  # what a failed first step must put back
-        self.__dict__.pop("_dgm_known_ids", None)  # (the parameters of the losses' distributions, made again)
+        for name in ("_dgm_known_ids", "_dgm_net_buffers"):  # (the losses' distributions and buffers, made again)
+            self.__dict__.pop(name, None)
         if "_dgm_params" in self.__dict__:
             self._dgm_share_trained()
         # (a Pixyz-style class's own eval is called as Pixyz's Model calls it: eval_with_terms)
@@ -690,8 +706,9 @@ class Model:
                             f"(an autoguide's) join the optimizer as they are made, so the optimizer must be a "
                             f"torch.optim.Optimizer; {type(self.optimizer).__name__} has no add_param_group")
         pairs = self.__dict__.get("_dgm_net_buffers")
-        if pairs is None:  # the networks' buffers (batch-norm statistics...), which a failed step must not change
-            pairs = self._dgm_net_buffers = network_buffers(self.distributions)
+        if pairs is None:  # the networks' buffers (batch-norm statistics...), which a failed step must not change:
+            # the trained ones' and those the loss reads without training them (a fixed encoder, a discriminator)
+            pairs = self._dgm_net_buffers = network_buffers(self.distributions, *loss_networks(self.loss_cls))
         buffers = take_buffers(pairs) if pairs else ()
         rng = StepRandomState()
         pyro_side = _PyroSideState(self) if self._dgm_pyro_terms else None
@@ -995,7 +1012,8 @@ class Model:
 
         As in Pixyz, the trained distributions stay in eval mode after the call (samples drawn after a test, e.g. for a
         figure, use the running statistics of batch norms and no dropout) until the next :meth:`train`; the other
-        distributions the test loss holds are put in eval mode for the call only.
+        distributions the test loss holds (and its adversarial terms' discriminators) are put in eval mode for the
+        call only.
 
         Under ``torch.distributed`` each process evaluates the batch it is given, with no communication (so a test
         on one process only, ``if rank == 0: model.test(x)``, is fine), and returns its own loss: on its slice of a
@@ -1016,7 +1034,7 @@ class Model:
             self.test_loss_cls._dgm_refuse_weighting_around(f"{type(self).__name__}.test: the test loss")
         self.distributions.eval()
         trained = {id(m) for m in self.distributions.modules()}
-        modules = [m for d in self.test_loss_cls._dgm_distributions for m in d.modules() if id(m) not in trained]
+        modules = [m for d in loss_networks(self.test_loss_cls) for m in d.modules() if id(m) not in trained]
         modes = [(m, m.training) for m in dict.fromkeys(modules)]
         try:
             for m, _ in modes:
