@@ -29,7 +29,7 @@ from pyro_dgm.losses import Expectation, LogProb
 from pyro_dgm.models import GAN, Model, NonFiniteGradientError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pixyz_compat"))
-from pixyz_harness import assert_same, raises_same, run_both, run_pixyz, run_pyro_dgm  # noqa: E402
+from pixyz_harness import assert_same, raises_same, run_both, run_pyro_dgm  # noqa: E402
 
 
 class Boom(RuntimeError):
