@@ -26,9 +26,9 @@ from torch.distributions import constraints
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, BoundForward, CallState, draw_factors
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions import overrides
-from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, data_plates_text,
-                                           given_event_dim, ignores_sites, mark_own_observed, network_reads,
-                                           outer_plates_ndim, plate_trace, site_data_size)
+from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, given_event_dim,
+                                           ignores_sites, mark_own_observed, outer_plates_ndim, plate_trace,
+                                           site_data_size)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_own, users_value
 from pyro_dgm.utils.checks import (ArgumentError, DimensionError, DTypeError, DuplicateSiteError, NotATensorError,
                                    ShapeError, as_var_list, check_present, describe, numpy_tensor, sample_batch_n,
@@ -1073,24 +1073,13 @@ class Distribution(YieldingModule):
             return values
         if batch_n is None and not guide and PYRO_STACK:  # pyro.condition(joint.model, data={"x": x}): its rows
             batch_n = ctx.batch_n = self._dgm_conditioned_batch_n()  # size the data plate, as x=x would
-        # no data, or one row (a global draw fed to the next level of a hierarchical model: p_w.model(tau=tau)):
-        # global sites in no plate, as in a Pyro model (the size-1 dim broadcasts with any plate; under
-        # torch.jit.trace the size is a traced tensor, and the data has its plate). A failure inside a user's plate
-        # left of dim -1 may come of how the data's dims were read: _dgm_refuse_reading says so
-        plate = None
-        if batch_n is not None and (type(batch_n) is not int or batch_n != 1):
-            plate = self._dgm_data_plate(batch_n)
-        try:
-            if plate is None:
-                for f in order:
-                    f._dgm_draw_factor(values, ctx)
-                return values
-            with plate:
-                for f in order:
-                    f._dgm_draw_factor(values, ctx)
-        except (ValueError, RuntimeError) as err:
-            self._dgm_refuse_reading(values, err)
-            raise
+        if batch_n is None or (type(batch_n) is int and batch_n == 1):  # no data, or one row (a global draw fed
+            for f in order:  # to the next level of a hierarchical model: p_w.model(tau=tau)): global sites in no
+                f._dgm_draw_factor(values, ctx)  # plate, as in a Pyro model (the size-1 dim broadcasts with any
+            return values  # plate; under torch.jit.trace the size is a traced tensor, and the data has its plate)
+        with self._dgm_data_plate(batch_n):
+            for f in order:
+                f._dgm_draw_factor(values, ctx)
         return values
 
     def _dgm_conditioned_batch_n(self) -> int | None:
@@ -1236,8 +1225,7 @@ class Distribution(YieldingModule):
 
     def _dgm_data_batch_n(self, values: Mapping[str, Any]) -> int | None:
         """The batch size of the data (dim 0 of the first given variable; the dim after those of the caller's
-        plates when they sit left of dim -1 only: ``groups`` at dim -2, data ``[G, N, X]``, if that leaves it the
-        feature dims it must have, :meth:`_dgm_feature_floor`; else the plates are over copies): factors without
+        plates when they sit left of dim -1 only: ``groups`` at dim -2, data ``[G, N, X]``): factors without
         inputs draw that many. Inside Pyro, a value that is a site of the active trace has its site's batch dims,
         the data's the last of them (a draw of an earlier call under vectorized particles, ``[P, N, Z]``), or none
         (a global latent of Pyro's without a batch dim; an enumeration dim at -1). A size of 1 (a global draw of
@@ -1264,10 +1252,7 @@ class Distribution(YieldingModule):
                         if unbatched is None:
                             unbatched = x.shape[0]
                         continue
-                    lead = outer_plates_ndim(x)
-                    if lead and not self._dgm_carries_plates(values, lead):
-                        lead = 0  # (the plates are over copies of the model)
-                    n = x.shape[lead]
+                    n = x.shape[outer_plates_ndim(x)]
                 if type(n) is not int or n != 1:  # (under torch.jit.trace a size is a traced tensor: the data's)
                     return n if unbatched is None else unbatched
                 found = n
@@ -1280,65 +1265,6 @@ class Distribution(YieldingModule):
             if isinstance(x, Tensor) and x.dim() >= 1:
                 return data_batch_ndim(x)
         return 1
-
-    def _dgm_carries_plates(self, values: Mapping[str, Any], lead: int) -> bool:
-        """Whether the data carries the dims of the caller's plates left of dim -1 (``groups`` at dim -2: data
-        ``[G, N, X]``) where its leading dims have their sizes: unless that leaves a given value fewer feature dims
-        than it has (:meth:`_dgm_feature_floor`), e.g. ``x`` of ``(B, D)`` that a network reads, inside ``particles``
-        of size ``B`` at dim -2: the plate is then over copies of the model, which have no dim of the data.
-        Asked only where a user's plate left of dim -1 has the size of the data's dim 0."""
-        for v in (*self._var, *self._dgm_input_var):
-            x = values.get(v)
-            if (isinstance(x, Tensor) and lead < x.dim() < lead + 1 + self._dgm_feature_floor(v, values)
-                    and outer_plates_ndim(x) and not site_data_size(x)[0]):
-                return False
-        return True
-
-    def _dgm_feature_floor(self, v: str, values: Mapping[str, Any]) -> int:
-        """The fewest feature dims that the given value of ``v`` has: 1 where a network reads it (Pixyz's data
-        ``[N, features]``), or gives its parameters from inputs that are not given (a network's output of given
-        inputs may be a scalar, ``y`` of ``[G, N]`` from ``x`` of ``[G, N, X]``: the inputs tell), the event dims of
-        a factor without inputs that draws it, else 0 (scalars: parameters given by name)."""
-        floor = 0
-        for f in self._dgm_order:
-            b = getattr(f, "_dgm_binding", None)
-            if b is None:
-                continue
-            if network_reads(b, v):
-                floor = max(floor, 1)
-            elif v in b.var and (b.fwd_pos or b.fwd_kw):
-                if not any(w in values for w in (*b.fwd_pos, *(w for _, w in b.fwd_kw))):
-                    floor = max(floor, 1)
-            elif v in b.var and not b.input_var and len(b.var) == 1:
-                try:
-                    floor = max(floor, len(f.dist().event_shape))
-                except Exception:  # noqa: BLE001 (no distribution object to ask: no floor)
-                    pass
-        return floor
-
-    def _dgm_refuse_reading(self, values: Mapping[str, Any], err: Exception) -> None:
-        """On the error path of a call inside a user's plate left of dim -1 (none at -1) whose data was read as
-        having that plate's dims (``groups`` at dim -2, data ``[G, N, X]``), which shapes alone cannot tell from a
-        plate over copies of the model (``particles`` of the size of the data's rows, data ``[N, H, W]``: the
-        feature count of a network's value is unknown): raise a ``ShapeError`` naming the variable, the plate, both
-        readings and the fix (the data plate opened around the call). Returns where the data was not so read."""
-        given = {v: x for v in (*self._var, *self._dgm_input_var)
-                 if (x := values.get(v, conditioned_value(v))) is not None}
-        for v, x in given.items():
-            if not isinstance(x, Tensor) or x.dim() < 2 or site_data_size(x)[0]:
-                continue
-            lead = outer_plates_ndim(x)
-            if not lead or not self._dgm_carries_plates(given, lead):
-                return  # (read as in a plate over copies, as the data of a plain-Pyro model with particles)
-            shape = tuple(x.shape)
-            raise ShapeError(f"{describe(self)}: {v!r} of shape {shape} was read as data in the plate(s) "
-                             f"{data_plates_text(lead)} (its dims {shape[:lead]} theirs): {shape[lead]} rows of "
-                             f"features {shape[lead + 1:]} in each; it also reads as {shape[0]} rows of features "
-                             f"{shape[1:]}, the plate(s) being over copies of the model (no dim of the data), and "
-                             f"shapes alone cannot tell which is meant. The call failed as read ({type(err).__name__}"
-                             f": {err}). If the plate(s) are over copies, open the data plate inside them, around "
-                             f"the call: `with pyro.plate(\"data\", {shape[0]}, dim=-1): ...model({v}={v})` (the "
-                             "same around the guide)") from err
 
     def _model(self, *args: Any, **data_kwargs: Any) -> dict[str, Tensor]:
         """This distribution as a Pyro model: ``pyro.sample`` per variable, observed where ``data`` gives it.
@@ -1519,7 +1445,7 @@ class Distribution(YieldingModule):
                 if in_pyro is None:
                     in_pyro = bool(PYRO_STACK) and not ignores_sites(PYRO_STACK)
                 if in_pyro:  # inside Pyro: a value that an active trace holds as a site has that site's event dims
-                    e = given_event_dim(values[v], ctx, b, v)
+                    e = given_event_dim(values[v], ctx)
             if e is None:
                 known = False
             else:

@@ -21,12 +21,12 @@ from pyro.poutine.trace_struct import Trace
 from torch import nn
 from torch.nn.modules import module as _nn_module
 
-from pyro_dgm.distributions.bindings import Binding, CallState
+from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
 __all__ = ["run_network", "run_bound_network", "has_forward_hooks", "ignores_sites", "given_event_dim",
            "site_event_dim", "site_data_size", "data_batch_ndim", "conditioned_value", "plate_trace",
-           "outer_plates_ndim", "data_plates_text", "network_reads", "mark_own_observed", "PYRO_STACK"]
+           "outer_plates_ndim", "mark_own_observed", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
 PYRO_STACK = _PYRO_STACK
@@ -114,20 +114,10 @@ def _plate_sizes(data: bool) -> dict[int, Any]:
     return sizes
 
 
-def data_plates_text(lead: int) -> str:
-    """The caller's plates at dims -2 .. -1 - ``lead`` (not those over copies of the model), for an error message:
-    ``"'particles' (size 3, dim -2)"``."""
-    found = {m.dim: m for m in PYRO_STACK if isinstance(m, IndepMessenger) and m.dim is not None
-             and -1 - lead <= m.dim <= -2 and m.name not in _COPY_PLATES}
-    return ", ".join(f"{m.name!r} (size {getattr(m, 'subsample_size', None) or m.size}, dim {d})"
-                     for d, m in sorted(found.items(), reverse=True))
-
-
 def outer_plates_ndim(value: torch.Tensor) -> int:
     """How many leading dims of the data ``value`` the caller's plates (not those over copies of the model) cover
     when none of them is at dim -1: 0 when one is, when there is none, or when ``value``'s leading dims do not have
-    their sizes (plates over copies the user opened, e.g. particles at dim -2: the data has no dims for them).
-    Shapes alone may fit both readings: the caller asks whether this one leaves the value its feature dims."""
+    their sizes (plates over copies the user opened, e.g. particles at dim -2: the data has no dims for them)."""
     sizes = _plate_sizes(True)
     if not sizes or -1 in sizes:
         return 0
@@ -147,13 +137,11 @@ def data_batch_ndim(value: Any) -> int:
     return 1 if e is None else value.dim() - e
 
 
-def given_event_dim(value: Any, ctx: CallState, reader: Binding | None = None, name: str = "") -> int | None:
+def given_event_dim(value: Any, ctx: CallState) -> int | None:
     """The event dims of a value given from outside a call inside Pyro: those of the site whose value it is in an
     active trace (an enumerated, vectorized or posterior-predictive draw has batch dims on the left of the plates'
     dims, which only its site knows); else, in a ``dist()``/``sample()`` call, as many batch dims as its leading
-    dims fit the active plates; else ``None`` (Pixyz's one batch dim applies). ``reader`` is the binding that reads
-    the value as its input ``name``: a network's input keeps a feature dim where Pixyz's one batch dim fits too
-    (:func:`_event_dim_by_plates`).
+    dims fit the active plates; else ``None`` (Pixyz's one batch dim applies).
 
     Looked up once per value and pass, most recent sites first.
     """
@@ -167,7 +155,7 @@ def given_event_dim(value: Any, ctx: CallState, reader: Binding | None = None, n
     if isinstance(value, torch.Tensor):
         e = site_event_dim(value)
         if e is None:
-            e = _event_dim_by_plates(value, ctx.obs is not None, reader, name)
+            e = _event_dim_by_plates(value, data=ctx.obs is not None)
     found[key] = e
     return e
 
@@ -266,20 +254,14 @@ def site_data_size(value: torch.Tensor) -> tuple[bool, int | None]:
 _COPY_PLATES = frozenset({"num_particles_vectorized", "_num_predictive_samples"})
 
 
-def _event_dim_by_plates(value: torch.Tensor, data: bool = False, reader: Binding | None = None,
-                         name: str = "") -> int | None:
+def _event_dim_by_plates(value: torch.Tensor, data: bool = False) -> int | None:
     """The event dims of a value that no trace holds, from the plates: its leading dims are batch dims as far as
     they have the sizes of the plates at their positions (a subsampled plate's subsample size; a dim of size 1
     broadcasts, as in Pyro, if another matches its plate exactly); ``None`` when that is one dim (Pixyz's rule).
     Inside a plate, a value with no dim, or with one dim that cannot be the batch dim of the plate at dim -1 (its
     size is neither the plate's nor 1), has no batch dim: a global value (``tanh(w)`` of a global latent ``w``)
     that Pyro broadcasts. For the ``data`` of a model or guide call, the plates over copies of the model
-    (:data:`_COPY_PLATES`) do not count.
-
-    A reading that leaves no feature dim to the input ``name`` of a network (``reader``'s) is passed over when
-    Pixyz's one batch dim fits the plate at dim -1 too: ``x`` of ``(B, D)`` inside ``particles`` of size ``B`` at
-    dim -2 and ``data`` at dim -1 is ``B`` rows of ``D`` features (a plate over copies of the model has no dim of
-    the data), not ``(particles, data)`` with none."""
+    (:data:`_COPY_PLATES`) do not count."""
     sizes = _plate_sizes(data)
     if not sizes:
         return None
@@ -298,20 +280,8 @@ def _event_dim_by_plates(value: torch.Tensor, data: bool = False, reader: Bindin
             elif shape[i] != 1:
                 break
         else:
-            if exact and (len(shape) > n or reader is None or not _one_row_dim(shape[0], sizes)
-                          or not network_reads(reader, name)):
+            if exact:
                 return len(shape) - n
     return None
-
-
-def _one_row_dim(rows: int, sizes: Mapping[int, Any]) -> bool:
-    """Whether a value's dim 0 of ``rows`` can be the batch dim of the plate at dim -1 (Pixyz's one batch dim)."""
-    inner = sizes.get(-1)
-    return inner is None or rows == inner or rows == 1
-
-
-def network_reads(b: Binding, name: str) -> bool:
-    """Whether the binding ``b`` passes the variable ``name`` to its ``forward`` (a network's input)."""
-    return name in b.fwd_pos or any(v == name for _, v in b.fwd_kw)
 
 
