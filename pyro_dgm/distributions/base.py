@@ -129,6 +129,9 @@ def _hidden_names(d: "Distribution") -> list[str]:
     """The hidden variables that a factor's draw may write besides its own: a flow's prior variable, a mixture's
     component."""
     own = d.__dict__
+    while "_dgm_hidden" not in own and "_hidden_var" not in own and isinstance(own.get("_modules", {}).get("p"),
+                                                                                Distribution):
+        own = own["_modules"]["p"].__dict__  # (a renaming: its distribution's draw writes the hidden name)
     flow_side = own.get("_dgm_hidden")
     return [flow_side] if flow_side is not None else list(own.get("_hidden_var", ()))
 

@@ -510,8 +510,10 @@ class DistributionBase(Distribution):
         except (ValueError, RuntimeError) as e:
             if validate is not False and any(isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] == 0
                                              for t in params.values()):
-                return self.pyro_dist(**params, validate_args=False)  # an empty batch: torch's check of the
-                # parameters cannot reshape 0 rows (a one-hot categorical's); there is nothing to check
+                try:  # an empty batch: torch's check of the parameters cannot reshape 0 rows (a one-hot
+                    return self.pyro_dist(**params, validate_args=False)  # categorical's); nothing to check
+                except (ValueError, RuntimeError):
+                    pass  # (parameters that do not broadcast: said below)
             raise clearer(e, f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
         except (AttributeError, TypeError) as e:  # a network's number or list where the family needs a tensor (.dim())
             unknown = [k for k in params if k not in self._dgm_accepted]

@@ -138,10 +138,10 @@ class Deterministic(Distribution):
         for own, v in pairs:
             value = out[own]
             if obs is not None and v in obs:  # given to a Pyro model's call (joint.model(h=h0)): h0 holds, as
-                value = obs[v]  # under poutine.condition and in a guide
-                if not isinstance(value, Tensor):
+                if isinstance(value, Tensor) and not isinstance(obs[v], Tensor):  # under poutine.condition and in
                     raise NotATensorError(f"{describe(self)}: the value of {v!r} given to the model must be a "
-                                          f"tensor (or a numpy array), got {type(value).__name__}")
+                                          f"tensor (or a numpy array), got {type(obs[v]).__name__}")  # a guide
+                value = obs[v]  # (a forward's (h, c) given back: as given)
             if not isinstance(value, Tensor):  # an LSTM's (h, c), a number...: passed on as it is, as Pixyz does
                 values[v] = value
                 continue

@@ -299,7 +299,8 @@ def _check_optimizer(name: str, opt: Any, saved: Any, saved_type: str | None) ->
     params = [p for g in own_groups for p in g["params"]]
     index = [i for g in groups for i in g["params"]]
     shapes = {i: p.shape for i, p in zip(index, params)}
-    keys = None
+    group_of = {i: k for k, g in enumerate(groups) for i in g["params"]}
+    keys: dict[int, tuple[Any, set[str]]] = {}
     for i, st in saved["state"].items():
         if i not in shapes:
             raise ValueError(f"Model.load: the checkpoint's {name} holds state for parameter {i}, which none of "
@@ -307,12 +308,12 @@ def _check_optimizer(name: str, opt: Any, saved: Any, saved_type: str | None) ->
         if not isinstance(st, Mapping):
             raise ValueError(f"Model.load: the checkpoint's {name} state of parameter {i} is a "
                              f"{type(st).__name__}, not a dict")
-        if type(opt) in _UNIFORM_STATE:  # these keep the same entries for every parameter they have stepped
-            if keys is None:
-                keys = (i, set(st))
-            elif set(st) != keys[1]:
+        if type(opt) in _UNIFORM_STATE:  # these keep the same entries for every parameter of a group they stepped
+            first = keys.setdefault(group_of[i], (i, set(st)))  # (a group's options, amsgrad, decide its entries)
+            if set(st) != first[1]:
                 raise ValueError(f"Model.load: the checkpoint's {name} state of parameter {i} has the entries "
-                                 f"{sorted(st)}, that of parameter {keys[0]} {sorted(keys[1])}; the file is damaged")
+                                 f"{sorted(st)}, that of parameter {first[0]} of the same group {sorted(first[1])}; "
+                                 "the file is damaged")
         for key, value in st.items():
             if key in _PARAM_SHAPED and isinstance(value, Tensor) and value.shape != shapes[i]:
                 raise ValueError(f"Model.load: the checkpoint's {name} state {key!r} of parameter {i} has shape "

@@ -207,7 +207,8 @@ def test_a_checkpoint_whose_adam_state_lacks_an_entry_is_refused_before_loading(
     model.train(x)
     before = _states(q, p)
     with pytest.raises(ValueError, match=r"state of parameter 1 has the entries \['exp_avg', 'exp_avg_sq', "
-                                         r"'step'\], that of parameter 0 \['exp_avg_sq', 'step'\]; the file is damaged"):
+                                         r"'step'\], that of parameter 0 of the same group \['exp_avg_sq', "
+                                         r"'step'\]; the file is damaged"):
         model.load(str(path), resume=True)
     _assert_same_states(before, _states(q, p))  # nothing loaded (was: loaded, then a KeyError at the next step)
 
@@ -222,3 +223,19 @@ def test_a_discriminator_optimizer_that_raises_says_its_updates_are_left() -> No
     with pytest.raises(Boom) as info:
         model.train({"x": torch.randn(16, 2) + 3})
     assert any("discriminator step 1: the optimizer Adam raised during its step" in n for n in info.value.__notes__)
+
+
+def test_a_checkpoint_of_parameter_groups_with_their_own_options_resumes(tmp_path: Path) -> None:
+    """Adam with ``amsgrad`` in one group only keeps ``max_exp_avg_sq`` for that group's parameters: a valid file,
+    which the check of the entries above first called damaged (the attack round on it, p96)."""
+    fail = {"on": False}
+    model, q, p = _fixed_encoder_model(fail, own_buffer=True)
+    model.optimizer = torch.optim.Adam([{"params": p.parameters(), "amsgrad": True}, {"params": q.parameters()}],
+                                       lr=1e-2)
+    x = {"x": torch.randn(16, 4)}
+    model.train(x)
+    path = tmp_path / "c.pt"
+    model.save(str(path))
+    expected = float(model.train(x))
+    model.load(str(path), resume=True)
+    assert float(model.train(x)) == expected

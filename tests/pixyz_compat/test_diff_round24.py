@@ -271,3 +271,23 @@ def test_a_flow_with_a_conditional_prior_takes_batch_n_for_a_batch_of_one() -> N
     ref, ours = run_both(_conditional_flow_batch_n)
     assert_same(ref, ours)  # was: x and z of shape (1, 1)
     assert ours[0]["x"] == (5, 1)
+
+
+def _renamed_flow_given_its_hidden() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import PlanarFlow
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p0")
+    flow = TransformedDistribution(prior, PlanarFlow(2), var=["x"], name="pf").replace_var(x="y")
+    joint = Normal(loc="y", scale=torch.ones(2), var=["o"], cond_var=["y"], name="po") * flow
+    out = joint.sample({"z": torch.zeros(1, 2)}, return_hidden=True)
+    return list(out), out
+
+
+def test_a_renamed_flow_given_its_hidden_value_returns_the_one_it_drew() -> None:
+    """(the attack round on the fix above, p96: a renaming hid the flow's hidden name)"""
+    ref, ours = run_both(_renamed_flow_given_its_hidden)
+    assert_same(ref, ours)
+    assert not torch.equal(ours[1]["z"], torch.zeros(1, 2))

@@ -157,3 +157,19 @@ def test_a_categorical_of_an_empty_batch(family: str, what: str) -> None:
     assert ours.shape == ((0, 3) if what == "sample" else (0,))  # was: a ShapeError, "invalid parameters"
     if family == "RelaxedCategorical" and what != "sample":
         assert_same(run_pixyz(lambda: _empty_batch(family, what)), ours)
+
+
+def test_an_empty_batch_of_parameters_that_do_not_broadcast_names_the_distribution() -> None:
+    """The unchecked retry for an empty batch let torch's raw error out (the attack round on it, p96)."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import ShapeError
+
+    class Bad(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": torch.zeros(x.shape[0], 2), "scale": torch.ones(3, 2)}
+
+    with pytest.raises(ShapeError, match=r"q\(z\|x\): invalid parameters \(loc: \(0, 2\), scale: \(3, 2\)\)"):
+        Bad().sample({"x": torch.zeros(0, 2)})
