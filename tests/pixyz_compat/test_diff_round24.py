@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import torch
 
-from pixyz_harness import assert_same, raises_same, run_both
+from pixyz_harness import assert_same, raises_same, run_both, run_pyro_dgm
 
 
 def _mixture_product(how: str) -> Any:
@@ -291,3 +291,23 @@ def test_a_renamed_flow_given_its_hidden_value_returns_the_one_it_drew() -> None
     ref, ours = run_both(_renamed_flow_given_its_hidden)
     assert_same(ref, ours)
     assert not torch.equal(ours[1]["z"], torch.zeros(1, 2))
+
+
+def _conditional_flow_contradicting_batch_n() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import PlanarFlow
+
+    prior = Normal(loc="h", scale=1., var=["z"], cond_var=["h"], name="p")
+    return TransformedDistribution(prior, PlanarFlow(2), var=["x"]).sample({"h": torch.ones(3, 2)}, batch_n=5)
+
+
+def test_a_flow_with_a_conditional_prior_refuses_a_batch_n_its_inputs_contradict() -> None:
+    """(p96) it drew 3 values silently, where Pixyz raises "Batch shape mismatch" and a family in its place a
+    ShapeError"""
+    ref, ours = raises_same(_conditional_flow_contradicting_batch_n)
+    assert issubclass(ours, ref)
+    with pytest.raises(ValueError, match=r"TransformedDistribution p\(x\|h\): batch_n=5 does not match the batch "
+                                         r"size 3"):
+        run_pyro_dgm(_conditional_flow_contradicting_batch_n)
