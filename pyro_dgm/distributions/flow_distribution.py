@@ -198,7 +198,7 @@ class _FlowDistribution(OneSiteDistribution):
                         values[hidden] = inv(value)
             except NotImplementedError:
                 return
-            ctx.event_dims[hidden] = base.event_dim
+            ctx.event_dims[hidden] = len(base.event_shape)  # (a torch Independent has no event_dim)
 
     def _dgm_sample_flow(self, x_dict: ValuesLike, batch_n: int | None, sample_shape: Sequence[int], return_all: bool,
                          reparam: bool, sample_mean: bool, return_hidden: bool, kwargs: dict[str, Any]

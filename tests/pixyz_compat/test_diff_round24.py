@@ -311,3 +311,20 @@ def test_a_flow_with_a_conditional_prior_refuses_a_batch_n_its_inputs_contradict
     with pytest.raises(ValueError, match=r"TransformedDistribution p\(x\|h\): batch_n=5 does not match the batch "
                                          r"size 3"):
         run_pyro_dgm(_conditional_flow_contradicting_batch_n)
+
+
+def _conditional_flow_without_a_batch_dim() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import PlanarFlow
+
+    prior = Normal(loc="h", scale=1., var=["z"], cond_var=["h"], name="p")
+    out = TransformedDistribution(prior, PlanarFlow(2), var=["x"]).sample({"h": torch.ones(2)})
+    return {k: tuple(v.shape) for k, v in out.items()}, out
+
+
+def test_a_flow_with_a_conditional_prior_given_an_input_without_a_batch_dim() -> None:
+    """(p96) a raw AttributeError ('Independent' object has no attribute 'event_dim')"""
+    ref, ours = run_both(_conditional_flow_without_a_batch_dim)
+    assert_same(ref, ours)
