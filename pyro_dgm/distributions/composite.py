@@ -108,8 +108,9 @@ def expand_root(owner: Distribution, fn: Any, b: Binding, ctx: CallState) -> Any
     :class:`~pyro_dgm.distributions.special.GivenEventDims`)."""
     if drawn_in_pass(b.input_var, ctx):
         return fn
-    if ctx.batch_n is not None and (not b.input_var or ctx.obs is None):  # (given inputs of batch 1: batch_n
-        fn = expand_batch_n(owner, fn, ctx.batch_n)  # values, as a family's; of another batch size: refused)
+    if ctx.batch_n is not None and (not b.input_var or (ctx.obs is None and len(fn.batch_shape) == 1)):
+        fn = expand_batch_n(owner, fn, ctx.batch_n)  # (given inputs of one batch dim of 1: batch_n values, as a
+        # family's; of another size: refused. Inputs with more batch dims, a plate's, are left as they are)
     if ctx.sample_shape:
         fn = fn.expand(ctx.sample_shape + fn.batch_shape)
     return fn
