@@ -1501,7 +1501,7 @@ class Distribution(YieldingModule):
         """``pyro.sample(name, fn, **kwargs)``; Pyro's bare error for a second site of one name names this
         distribution and says why a Pixyz-style program meets it."""
         try:
-            return pyro.sample(name, fn, **kwargs)
+            value = pyro.sample(name, fn, **kwargs)
         except RuntimeError as e:
             if str(e) != f"Multiple sample sites named '{name}'":
                 raise
@@ -1511,6 +1511,16 @@ class Distribution(YieldingModule):
                 "get_log_prob(), the losses and Model.train draw a variable at each use (two expectations over one "
                 "distribution, two calls or two training steps draw it twice). Trace one call at a time (one "
                 "poutine.trace() per evaluation or step), or give the draws different names (replace_var)") from e
+        if not isinstance(value, Tensor):
+            self._dgm_site_not_a_tensor(name, value)
+        return value
+
+    def _dgm_site_not_a_tensor(self, name: str, value: Any) -> NoReturn:
+        """Refuse a site value that is not a tensor (a number or a list that ``poutine.condition`` gives the site):
+        the factors that read it need a tensor (Pyro's own distributions refuse a number there too)."""
+        raise NotATensorError(f"{describe(self)}: the value of {name!r} at its Pyro site must be a tensor (the value "
+                              f"that the data or a handler such as poutine.condition gives the site), got "
+                              f"{type(value).__name__}; give torch.as_tensor(...) of its shape")
 
     def _dgm_event_swallows_batch(self, name: str, value: Tensor, fn: Any) -> NoReturn:
         """Refuse an observed value that the event shape would broadcast over, leaving it no batch dim: each data
@@ -1573,11 +1583,13 @@ class Distribution(YieldingModule):
                                   f"torch.as_tensor({loose[0]}) (torch: {text})") from e
         e.add_note(note)
 
-    @staticmethod
-    def _dgm_record(name: str, value: Tensor, event_dim: int) -> Tensor:
+    def _dgm_record(self, name: str, value: Tensor, event_dim: int) -> Tensor:
         """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value."""
         if PYRO_STACK and not ignores_sites(PYRO_STACK):
-            return pyro.deterministic(name, value, event_dim=event_dim)
+            out = pyro.deterministic(name, value, event_dim=event_dim)
+            if not isinstance(out, Tensor) and isinstance(value, Tensor):
+                self._dgm_site_not_a_tensor(name, out)
+            return out
         return value
 
     # ------------------------------------------------------------------ queries that atomic families answer
