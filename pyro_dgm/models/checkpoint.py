@@ -559,11 +559,16 @@ def atomic_torch_save(obj: Any, path: Any) -> None:
     path = os.fspath(path)
     if not path:
         raise ValueError("Model.save: the path is empty; give a file name")
+    given = path
     path = os.path.realpath(path)  # a symbolic link: replace the file it points to (as torch.save writes through it)
     folder, name = os.path.split(path)
-    if os.path.isdir(path) or not os.path.isdir(folder):
+    slash = given.endswith((os.sep, os.altsep) if os.altsep else os.sep)  # (realpath drops it)
+    if slash or os.path.isdir(path) or not os.path.isdir(folder):
         from pyro_dgm.models.errors import CheckpointPathError
 
+        if slash:  # torch.save refuses it ("invalid file name"), rather than write a file named as the folder
+            raise CheckpointPathError(f"Model.save: the path {given} ends with a path separator, so it names a "
+                                      "folder; give a file name (e.g. model.pt in it)")
         if os.path.isdir(path):
             raise CheckpointPathError(f"Model.save: the path {path} is a folder; give a file name in it")
         raise CheckpointPathError(f"Model.save: the path {path} is in a folder that does not exist ({folder}); "
