@@ -86,6 +86,20 @@ _OWN_SUMS_HINT = ("graph.set_option(..., var) gave some factors their own sum_fe
                   "are summed by (as in Pixyz); give every factor the same options")
 
 
+def _size_is_one(n: Any) -> bool:
+    """Whether the data size ``n`` is 1. Under ``torch.jit.trace`` (Pyro's JIT ELBOs, ``NUTS(jit_compile=True)``)
+    a size is a traced tensor: its value at tracing decides, and the trace keeps that decision, as it keeps a Pyro
+    program's ``pyro.plate("data", len(x))``, whose ``len`` is an int there (a one-row global draw fed to the next
+    level opens no plate). A symbolic size of ``torch.compile`` is not 1 (Dynamo specializes sizes 0 and 1)."""
+    if type(n) is int:
+        return n == 1
+    if isinstance(n, Tensor):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return int(n) == 1
+    return False
+
+
 def _broadcasts(a: Tensor, b: Tensor) -> bool:
     """Whether two shapes broadcast (torch's rule), without building the result."""
     return all(m == n or m == 1 or n == 1 for m, n in zip(reversed(a.shape), reversed(b.shape)))
@@ -1079,7 +1093,7 @@ class Distribution(YieldingModule):
         if batch_n is None or (type(batch_n) is int and batch_n == 1):  # no data, or one row (a global draw fed
             for f in order:  # to the next level of a hierarchical model: p_w.model(tau=tau)): global sites in no
                 f._dgm_draw_factor(values, ctx)  # plate, as in a Pyro model (the size-1 dim broadcasts with any
-            return values  # plate; under torch.jit.trace the size is a traced tensor, and the data has its plate)
+            return values  # plate)
         with self._dgm_data_plate(batch_n):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
@@ -1256,9 +1270,9 @@ class Distribution(YieldingModule):
                             unbatched = x.shape[0]
                         continue
                     n = x.shape[outer_plates_ndim(x)]
-                if type(n) is not int or n != 1:  # (under torch.jit.trace a size is a traced tensor: the data's)
+                if not _size_is_one(n):
                     return n if unbatched is None else unbatched
-                found = n
+                found = 1
         return found
 
     def _dgm_data_batch_ndim(self, values: Mapping[str, Any]) -> int:
