@@ -367,6 +367,11 @@ class AdversarialLoss(Loss):
                     _dist.fail_together(e, self._dgm_step_name())
                     raise
             overflowed = self._dgm_check_d_loss(loss)
+            if not loss.requires_grad and not torch.is_grad_enabled():
+                raise RuntimeError(f"{self._dgm_step_name()}: loss_train() under torch.no_grad() (or "
+                                   "inference_mode): the discriminator's loss has no gradient to train with; call "
+                                   "it (or GAN.train / Model.train) outside it (loss_test() evaluates without "
+                                   "training)")
             loss.backward()
             if overflowed or self.check_gradients:
                 self._dgm_check_d_gradients(loss, overflowed)

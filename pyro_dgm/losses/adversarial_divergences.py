@@ -94,6 +94,15 @@ class AdversarialJensenShannon(AdversarialLoss):
         self.inverse_g_loss = bool(inverse_g_loss)
 
     @property
+    def _inverse_g_loss(self) -> bool:
+        """Pixyz's name of :attr:`inverse_g_loss` (its subclasses read it; setting it switches the loss)."""
+        return self.inverse_g_loss
+
+    @_inverse_g_loss.setter
+    def _inverse_g_loss(self, value: bool) -> None:
+        self.inverse_g_loss = value
+
+    @property
     def latex(self) -> str:
         return rf"D_{{JS}}^{{Adv}} \left[{self.p.prob_text}||{self.q.prob_text} \right]"
 
@@ -283,6 +292,15 @@ class AdversarialWassersteinDistance(AdversarialLoss):
         super().__init__(p, q, discriminator, optimizer=optimizer, optimizer_params=optimizer_params)
         self.clip_value = clip_value
         self.gp_weight = gradient_penalty
+
+    @property
+    def _clip_value(self) -> float | None:
+        """Pixyz's name of :attr:`clip_value` (setting it changes the clipping of the next steps)."""
+        return self.clip_value
+
+    @_clip_value.setter
+    def _clip_value(self, value: float | None) -> None:
+        self.clip_value = value
 
     @property
     def latex(self) -> str:

@@ -54,8 +54,16 @@ def _update_dict(update_value: Any) -> dict[str, str]:
 
 
 def _rename_keys(values: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
-    """``values`` with each key ``k`` of ``renames`` renamed to ``renames[k]`` (in one pass, as Pixyz does)."""
-    return dict((renames.get(k, k), v) for k, v in values.items())
+    """``values`` with each key ``k`` of ``renames`` renamed to ``renames[k]`` (in one pass, keys in Pixyz's order).
+
+    A renamed value replaces a value already under its new name wherever the two stand (Pixyz keeps the later one:
+    with ``update_value={"x": "x_prev"}`` and ``x`` before the given ``x_prev``, the first step's ``x`` was lost
+    and step 1 read the initial ``x_prev``, a density that depends on the order of the names)."""
+    out = dict((renames.get(k, k), v) for k, v in values.items())
+    for k, new in renames.items():
+        if k in values:
+            out[new] = values[k]
+    return out
 
 
 def _mask_error(mask: Any, t: int, steps: int | None, error: Exception) -> NoReturn:

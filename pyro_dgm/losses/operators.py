@@ -57,6 +57,8 @@ def strict_broadcasting(enabled: bool = True) -> Iterator[None]:
 def _as_loss(x: Any, op: str, other: Any) -> Loss:
     if isinstance(x, Loss):
         return x
+    if isinstance(x, Tensor) and x.dtype != torch.bool:  # (an extension: Pixyz's arithmetic refuses tensors)
+        return ValueLoss._dgm_kept(x)
     if isinstance(x, (numbers.Number, Tensor)):  # (a bool too: Pixyz's True is 1, as in Python)
         return ValueLoss(x)
     raise LossArgumentError(f"{op}: cannot combine a loss with {type(x).__name__} ({x!r}); a loss combines with "

@@ -66,9 +66,10 @@ class ValueLoss(Loss):
     Parameters
     ----------
     loss1 : number, (nested) list of numbers, numpy array, or Tensor
-        The value (Pixyz's parameter name), as ``original_value``; ``value`` is a number's (or a list's) float32
-        buffer (as in Pixyz: ``beta.value.fill_(0.5)`` anneals a coefficient in place) or the tensor given. The
-        text shows the current value (Pixyz's shows ``original_value``).
+        The value (Pixyz's parameter name), as ``original_value``; ``value`` is its float32 buffer, as in Pixyz:
+        ``beta.value.fill_(0.5)`` anneals a coefficient in place, and a tensor given is copied (no gradient flows
+        to it, and later in-place changes of it are not seen). The text shows the current value (Pixyz's shows
+        ``original_value``).
 
     Examples
     --------
@@ -83,12 +84,21 @@ class ValueLoss(Loss):
                             f"tensor, got {type(loss1).__name__}")
         super().__init__([])
         self.original_value = loss1
-        if isinstance(loss1, Tensor) and loss1.dtype == torch.bool:  # a flag: 1 or 0, in float32 as Pixyz's
-            self.register_buffer("value", loss1.to(torch.float))
-        elif isinstance(loss1, Tensor):
-            self.value = loss1  # kept as given (a parameter stays one, with its gradient)
+        if isinstance(loss1, Tensor):  # Pixyz's torch.tensor(loss1, dtype=torch.float): a float32 copy (a flag's
+            # 1 or 0 too), without the tensor's gradient, that a later in-place change of the tensor does not reach
+            self.register_buffer("value", loss1.detach().to(torch.float, copy=True))
         else:  # a float32 buffer, as Pixyz's: in the state dict, moved by .to(), changed in place by fill_()
             self.register_buffer("value", torch.tensor(loss1, dtype=torch.float))
+
+    @classmethod
+    def _dgm_kept(cls, value: Tensor) -> "ValueLoss":
+        """A tensor in loss arithmetic (``kl * w``: pyro_dgm's extension, Pixyz's arithmetic refuses tensors), kept
+        as given: a gradient reaches it, its dtype stays, and a later in-place change of it is seen."""
+        loss = cls(0)
+        del loss._buffers["value"]
+        loss.original_value = value
+        loss.value = value
+        return loss
 
     @property
     def is_number(self) -> bool:

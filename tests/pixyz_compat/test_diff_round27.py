@@ -1,0 +1,195 @@
+"""Twenty-seventh round: the Loss API's less-used corners (probe p100) and a GAN under ``torch.no_grad`` (probe
+p99), under Pixyz 0.3.3 and here (:mod:`pixyz_harness`).
+
+- ``IterativeLoss(..., update_value={"x": "x_prev"})``, the series variable renamed onto a given input: the rename
+  after step 0 was overwritten by the old ``x_prev`` (Pixyz keeps the later of two equal keys, and so did
+  pyro_dgm), so step 1 read the initial ``x_prev``. Pixyz's number is wrong (the same model written with a copy
+  ``h = x`` gives the true value in both); the renamed value wins now (docs/porting.md).
+- ``ValueLoss`` of a tensor (``kl * beta`` with a tensor ``beta``) kept the tensor: a gradient reached it, it was not
+  in the state dict, ``.double()`` did not move it and an int tensor stayed int. Pixyz copies it into a float32
+  buffer ``value``; so does pyro_dgm now.
+- Pixyz's private ``_inverse_g_loss`` (JS) and ``_clip_value`` (Wasserstein), which users set and subclasses read,
+  were missing: setting them was silently ignored, reading them raised an ``AttributeError``.
+- ``GAN.train`` (a discriminator's ``loss_train``) under ``torch.no_grad()`` raised torch's bare "element 0 of
+  tensors does not require grad"; it says what is wrong and what to do now, as ``Model.train`` does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from pixyz_harness import assert_same, raises_same, run_both, run_pixyz, run_pyro_dgm
+
+
+def _autoregressive(order: str, copy: bool) -> Any:
+    import torch
+
+    from pixyz.distributions import Deterministic, Normal
+    from pixyz.losses import IterativeLoss
+
+    p = Normal(loc="x_prev", scale=torch.tensor(1.), var=["x"], cond_var=["x_prev"], features_shape=[2], name="p")
+    x = torch.arange(12.).reshape(3, 2, 2) / 4  # T=3, B=2, D=2
+    x0 = torch.zeros(2, 2)
+    values = {"x": x, "x_prev": x0} if order == "series first" else {"x_prev": x0, "x": x}
+    if not copy:
+        return IterativeLoss(p.log_prob(), series_var=["x"], update_value={"x": "x_prev"}).eval(values)
+
+    class Copy(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"h": x}
+
+    return IterativeLoss(p.log_prob().expectation(Copy()), series_var=["x"], update_value={"h": "x_prev"}).eval(values)
+
+
+def _true_autoregressive_log_density() -> torch.Tensor:
+    x = torch.arange(12.).reshape(3, 2, 2) / 4
+    prev = [torch.zeros(2, 2), x[0], x[1]]
+    return sum(torch.distributions.Normal(a, 1.).log_prob(b).sum(-1) for a, b in zip(prev, x))
+
+
+@pytest.mark.parametrize("order", ["series first", "given state first"])
+def test_update_value_onto_a_given_input_carries_the_step_value(order: str) -> None:
+    ref, ours = run_both(lambda: _autoregressive(order, copy=False))
+    truth = _true_autoregressive_log_density()
+    assert torch.allclose(ours, truth, atol=1e-5)  # was Pixyz's [-7.83, -9.58]
+    assert not torch.allclose(ref, truth, atol=1e-2)  # Pixyz loses the first update
+    assert torch.allclose(run_pixyz(lambda: _autoregressive(order, copy=True)), truth, atol=1e-5)  # its copy form
+
+
+def _value_loss_of_a_tensor() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler, ValueLoss
+
+    q = Normal(loc=torch.tensor(0.3), scale=torch.tensor(1.2), var=["z"], features_shape=[2], name="q")
+    p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p")
+    beta = torch.tensor(0.5, requires_grad=True)
+    loss = KullbackLeibler(q, p) * ValueLoss(beta)
+    value = loss.eval({})
+    beta.data.fill_(2.0)  # a later in-place change of the tensor: Pixyz's copy does not see it
+    after = loss.eval({})
+    keys = sorted(loss.state_dict())
+    int_value = ValueLoss(torch.tensor(2)).eval({})
+    doubled = ValueLoss(torch.tensor(0.1)).double().value
+    return value, value.requires_grad, after, keys, int_value, int_value.dtype, doubled
+
+
+def test_a_value_loss_of_a_tensor_is_a_float32_buffer_copy() -> None:
+    with pytest.warns(UserWarning):  # (Pixyz's torch.tensor(tensor) warns)
+        ref, ours = run_both(_value_loss_of_a_tensor)
+    assert not ours[1] and ours[5] == torch.float32  # was: a gradient and int64
+    assert "loss2.value" in ours[3]
+    assert_same(ref, ours)
+
+
+def test_a_tensor_in_loss_arithmetic_is_kept_as_given() -> None:
+    """``loss * w`` with a tensor ``w`` is pyro_dgm's extension (Pixyz refuses it): the tensor is used as it is,
+    its gradient, dtype and later in-place changes included."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import KullbackLeibler
+
+    q = Normal(loc=torch.tensor(0.3), scale=torch.tensor(1.2), var=["z"], features_shape=[2], name="q")
+    p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p")
+    beta = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    kl = KullbackLeibler(q, p)
+    loss = kl * beta
+    loss.eval({}).sum().backward()
+    assert torch.allclose(beta.grad, kl.eval({}).sum().double())
+    with torch.no_grad():
+        beta.fill_(2.0)
+    assert torch.allclose(loss.eval({}), 2.0 * kl.eval({}))
+    assert not [k for k in loss.state_dict() if k.endswith("value")]
+
+
+def _adversarial_private_attributes() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialJensenShannon, AdversarialWassersteinDistance
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.model = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": torch.sigmoid(self.model(x))}
+
+    class G(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.model = nn.Linear(2, 3)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"x": self.model(z)}
+
+    class MyJS(AdversarialJensenShannon):
+        def g_loss(self, y_p: Any, y_q: Any, batch_n: Any) -> Any:
+            return (1. if self._inverse_g_loss else -1.) * super().g_loss(y_p, y_q, batch_n)
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_{prior}")
+    p = (G() * prior).marginalize_var("z")
+    data = {"x": torch.randn(4, 3)}
+    js = AdversarialJensenShannon(p, EmpiricalDistribution(["x"]), D())
+    js._inverse_g_loss = False
+    torch.manual_seed(1)
+    switched = js.eval(data).detach()
+    torch.manual_seed(1)
+    built = AdversarialJensenShannon(p, EmpiricalDistribution(["x"]), js.d, inverse_g_loss=False).eval(data).detach()
+    w = AdversarialWassersteinDistance(p, EmpiricalDistribution(["x"]), D(), clip_value=0.5)
+    w._clip_value = 0.001
+    w.loss_train(data)
+    torch.manual_seed(1)
+    sub = MyJS(p, EmpiricalDistribution(["x"]), D()).eval(data).detach()
+    return switched, built, w.d.model.weight.abs().max().detach(), sub, w._clip_value
+
+
+def test_pixyz_private_attributes_of_the_adversarial_terms() -> None:
+    ref, ours = run_both(_adversarial_private_attributes)
+    assert torch.equal(ours[0], ours[1])  # was: the switch ignored
+    assert float(ours[2]) <= 0.001 + 1e-9  # was: clipped at 0.5
+    assert_same(ref, ours)
+
+
+def _gan_train_under_no_grad() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Deterministic, Normal
+    from pixyz.models import GAN
+
+    class G(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.m = nn.Linear(2, 3)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"x": torch.sigmoid(self.m(z))}
+
+    class Dis(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.m = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": torch.sigmoid(self.m(x))}
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+    gan = GAN((G() * prior).marginalize_var("z"), Dis())
+    with torch.no_grad():
+        gan.train({"x": torch.rand(4, 3)})
+
+
+def test_gan_train_under_no_grad_says_what_to_do() -> None:
+    ref, ours = raises_same(_gan_train_under_no_grad)
+    assert issubclass(ours, ref)
+    with pytest.raises(RuntimeError, match=r"AdversarialJensenShannon.loss_train .*under torch.no_grad\(\).*call it "
+                                           r"\(or GAN.train / Model.train\) outside it"):
+        run_pyro_dgm(_gan_train_under_no_grad)
