@@ -562,7 +562,8 @@ def atomic_torch_save(obj: Any, path: Any) -> None:
     given = path
     path = os.path.realpath(path)  # a symbolic link: replace the file it points to (as torch.save writes through it)
     folder, name = os.path.split(path)
-    slash = given.endswith((os.sep, os.altsep) if os.altsep else os.sep)  # (realpath drops it)
+    slash = isinstance(given, str) and given.endswith((os.sep, os.altsep) if os.altsep else os.sep)  # (realpath
+    # drops it)
     if slash or os.path.isdir(path) or not os.path.isdir(folder):
         from pyro_dgm.models.errors import CheckpointPathError
 
