@@ -152,8 +152,8 @@ class AdversarialLoss(Loss):
         self.loss_optimizer_params = optimizer_params if optimizer_params is not None else {}
         self.bce_loss = nn.BCELoss()  # Pixyz's adversarial divergences have it: for subclasses written against it
         self.d_steps = 0
-        self._synced = False  # whether the data-parallel wrapper was decided (at the first step)
-        self._replicated: Any = None  # DistributedDataParallel around the discriminator, under a process group
+        self._dgm_synced = False  # whether the data-parallel wrapper was decided (at the first step)
+        self._dgm_replicated: Any = None  # DistributedDataParallel around the discriminator, under a process group
 
     # ------------------------------------------------------------------ the discriminator
     @property
@@ -342,7 +342,7 @@ class AdversarialLoss(Loss):
             the networks' buffers as they were (the draws it made stay drawn).
         """
         d = self._dgm_d
-        if not self._synced:
+        if not self._dgm_synced:
             self._dgm_sync()
         d.train()
         opt = self.d_optimizer
@@ -355,7 +355,7 @@ class AdversarialLoss(Loss):
             pairs = self.__dict__["_dgm_net_buffers"] = network_buffers(d, self.p, self.q)
         buffers = take_buffers(pairs)
         try:
-            replicated = self._replicated
+            replicated = self._dgm_replicated
             if replicated is None:
                 loss = self.eval(train_x_dict, discriminator=True, **kwargs)
             else:  # DistributedDataParallel sees the forward pass and averages the gradients in backward
@@ -404,7 +404,7 @@ class AdversarialLoss(Loss):
         its float16/bfloat16 dtype overflowed (no NaN): the gradients decide then (:meth:`_dgm_check_d_gradients`),
         as in ``Model.train``."""
         value = loss.detach()
-        if value.numel() == 1 and self._replicated is None:
+        if value.numel() == 1 and self._dgm_replicated is None:
             v = value.item()
             if math.isfinite(v):
                 return False
@@ -518,8 +518,8 @@ class AdversarialLoss(Loss):
         from pyro_dgm.models.distributed import setup_from_env, wrap  # the models layer, at the first step only
 
         setup_from_env()  # under torchrun without a Model (a Pixyz-style loop over loss_train): the process group
-        self._replicated = wrap(self._dgm_d, watch_param_store=False)
-        self._synced = True
+        self._dgm_replicated = wrap(self._dgm_d, watch_param_store=False)
+        self._dgm_synced = True
 
     # ------------------------------------------------------------------ checkpoints
     def term_state_dict(self) -> dict[str, Any]:

@@ -218,6 +218,11 @@ class AdversarialKullbackLeibler(AdversarialLoss):
         return log_clamped(y_p).mean() + (-log1m_clamped(y_p).mean())  # Pixyz's -BCE(y_p, 1) + BCE(y_p, 0)
 
 
+def _check_positive(name: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"AdversarialWassersteinDistance: {name} must be a positive number or None, got {value!r}")
+
+
 class AdversarialWassersteinDistance(AdversarialLoss):
     r"""The Wasserstein-1 distance estimated by a critic (WGAN, [Arjovsky+ 2017]; WGAN-GP, [Gulrajani+ 2017]).
 
@@ -280,27 +285,29 @@ class AdversarialWassersteinDistance(AdversarialLoss):
                  clip_value: float | None = _AUTO, gradient_penalty: float | None = None,
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  **kwargs: Any) -> None:
-        kwargs.pop("inverse_g_loss", None)  # accepted, as Pixyz's class (a JS subclass) does, and ignored
-        if kwargs:
+        inverse_g_loss = kwargs.pop("inverse_g_loss", True)  # accepted, as Pixyz's class (a JS subclass) does;
+        if kwargs:  # its loss does not read it
             raise TypeError(f"AdversarialWassersteinDistance: unexpected keyword argument(s) {sorted(kwargs)}")
         if clip_value is _AUTO:
             clip_value = None if gradient_penalty is not None else 0.01
-        for name, v in (("clip_value", clip_value), ("gradient_penalty", gradient_penalty)):
-            if v is not None and not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"AdversarialWassersteinDistance: {name} must be a positive number or None, "
-                                 f"got {v!r}")
+        _check_positive("gradient_penalty", gradient_penalty)
         super().__init__(p, q, discriminator, optimizer=optimizer, optimizer_params=optimizer_params)
         self.clip_value = clip_value
         self.gp_weight = gradient_penalty
+        self._inverse_g_loss = bool(inverse_g_loss)  # (Pixyz's attribute, which its subclasses may read)
 
     @property
-    def _clip_value(self) -> float | None:
-        """Pixyz's name of :attr:`clip_value` (setting it changes the clipping of the next steps)."""
-        return self.clip_value
+    def clip_value(self) -> float | None:
+        """The bound of the critic's weights after each step (``None``: not clipped); Pixyz's ``_clip_value``
+        too. Setting it (under either name) changes the clipping of the next steps, and is checked as when built."""
+        return self._dgm_clip_value
 
-    @_clip_value.setter
-    def _clip_value(self, value: float | None) -> None:
-        self.clip_value = value
+    @clip_value.setter
+    def clip_value(self, value: float | None) -> None:
+        _check_positive("clip_value", value)
+        self.__dict__["_dgm_clip_value"] = value
+
+    _clip_value = clip_value
 
     @property
     def latex(self) -> str:

@@ -58,11 +58,14 @@ def _rename_keys(values: Mapping[str, Any], renames: Mapping[str, str]) -> dict[
 
     A renamed value replaces a value already under its new name wherever the two stand (Pixyz keeps the later one:
     with ``update_value={"x": "x_prev"}`` and ``x`` before the given ``x_prev``, the first step's ``x`` was lost
-    and step 1 read the initial ``x_prev``, a density that depends on the order of the names)."""
+    and step 1 read the initial ``x_prev``, a density that depends on the order of the names). Of two values renamed
+    to one name, the later among ``values`` wins, as in Pixyz."""
     out = dict((renames.get(k, k), v) for k, v in values.items())
-    for k, new in renames.items():
-        if k in values:
-            out[new] = values[k]
+    if len(out) < len(values):  # two keys met under one name: renamed values win, in the values' order
+        for k, v in values.items():
+            new = renames.get(k)
+            if new is not None:
+                out[new] = v
     return out
 
 

@@ -543,6 +543,12 @@ def save(model: "Model", path: Any) -> None:
         tdist.barrier()
 
 
+def _names_a_folder(path: str) -> bool:
+    """Whether ``path`` names a folder by its form: it ends with a path separator, or its last part is ``.`` or
+    ``..`` (``torch.save`` refuses those: "invalid file name")."""
+    return path.endswith((os.sep, os.altsep) if os.altsep else os.sep) or os.path.basename(path) in (".", "..")
+
+
 def atomic_torch_save(obj: Any, path: Any) -> None:
     """``torch.save(obj, path)`` through a temporary file in the same folder: flush, fsync, ``os.replace``.
 
@@ -562,14 +568,13 @@ def atomic_torch_save(obj: Any, path: Any) -> None:
     given = path
     path = os.path.realpath(path)  # a symbolic link: replace the file it points to (as torch.save writes through it)
     folder, name = os.path.split(path)
-    slash = isinstance(given, str) and given.endswith((os.sep, os.altsep) if os.altsep else os.sep)  # (realpath
-    # drops it)
+    slash = isinstance(given, str) and _names_a_folder(given)  # (realpath would make it a file's name)
     if slash or os.path.isdir(path) or not os.path.isdir(folder):
         from pyro_dgm.models.errors import CheckpointPathError
 
         if slash:  # torch.save refuses it ("invalid file name"), rather than write a file named as the folder
-            raise CheckpointPathError(f"Model.save: the path {given} ends with a path separator, so it names a "
-                                      "folder; give a file name (e.g. model.pt in it)")
+            raise CheckpointPathError(f"Model.save: the path {given} names a folder (it ends with a path separator, "
+                                      "'.' or '..'); give a file name (e.g. model.pt in it)")
         if os.path.isdir(path):
             raise CheckpointPathError(f"Model.save: the path {path} is a folder; give a file name in it")
         raise CheckpointPathError(f"Model.save: the path {path} is in a folder that does not exist ({folder}); "

@@ -1,8 +1,7 @@
 """Reliability, round 11.
 
-- ``Model.save("runs/")``, a path that ends with a path separator, wrote a file named ``runs`` (the separator was
-  dropped when the path was resolved); Pixyz's ``torch.save`` raises a ``RuntimeError`` ("invalid file name") and
-  writes nothing. Refused now, with a ``CheckpointPathError`` (a ``FileNotFoundError`` and that ``RuntimeError``).
+- ``Model.save("runs/")`` (or ``"runs/."``), a path that names a folder, wrote a file named ``runs`` (the path was
+  resolved to ``runs``); Pixyz's ``torch.save`` raises a ``RuntimeError`` ("invalid file name") and writes nothing. Refused now, with a ``CheckpointPathError`` (a ``FileNotFoundError`` and that ``RuntimeError``).
 """
 from __future__ import annotations
 
@@ -27,15 +26,16 @@ def _save(path: str) -> None:
     model.save(path)
 
 
+@pytest.mark.parametrize("end", [os.sep, os.sep + ".", os.sep + "." + os.sep], ids=["sep", "dot", "dot-sep"])
 @pytest.mark.parametrize("exists", [False, True], ids=["new", "existing"])
-def test_a_path_ending_with_a_separator_is_refused_and_writes_nothing(tmp_path: Path, exists: bool) -> None:
+def test_a_path_that_names_a_folder_is_refused_and_writes_nothing(tmp_path: Path, exists: bool, end: str) -> None:
     folder = tmp_path / "runs"
     if exists:
         folder.mkdir()
-    path = str(folder) + os.sep
+    path = str(folder) + end
     ref, ours = raises_same(lambda: _save(path))
     assert issubclass(ours, ref) and issubclass(ours, FileNotFoundError)
-    with pytest.raises(RuntimeError, match=r"Model.save: the path .*runs/ ends with a path separator"):
+    with pytest.raises(RuntimeError, match=r"Model.save: the path .*runs/.* names a folder"):
         run_pyro_dgm(lambda: _save(path))
     assert [p.name for p in tmp_path.iterdir()] == (["runs"] if exists else [])  # (was: a file named runs)
     assert not exists or not list(folder.iterdir())

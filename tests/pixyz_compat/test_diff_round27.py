@@ -193,3 +193,94 @@ def test_gan_train_under_no_grad_says_what_to_do() -> None:
     with pytest.raises(RuntimeError, match=r"AdversarialJensenShannon.loss_train .*under torch.no_grad\(\).*call it "
                                            r"\(or GAN.train / Model.train\) outside it"):
         run_pyro_dgm(_gan_train_under_no_grad)
+
+
+def _two_values_renamed_to_one(update_value: dict) -> Any:
+    import torch
+
+    from pixyz.distributions import Deterministic
+    from pixyz.losses import Expectation, IterativeLoss, Parameter
+
+    class F(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["a", "b"], cond_var=["c"], name="f")
+
+        def forward(self, c: torch.Tensor) -> dict:
+            return {"a": c + 1, "b": c + 100}
+
+    loss = IterativeLoss(Expectation(F(), Parameter("c")), max_iter=3, update_value=update_value)
+    return loss.eval({"c": torch.zeros(1)}, return_dict=True)
+
+
+@pytest.mark.parametrize("update_value", [{"a": "c", "b": "c"}, {"b": "c", "a": "c"}], ids=["a-b", "b-a"])
+def test_two_values_renamed_to_one_name_keep_pixyzs_choice(update_value: dict) -> None:
+    """The later of the step's values wins, as in Pixyz (p101: the first fix took the later key of update_value)."""
+    ref, ours = run_both(lambda: _two_values_renamed_to_one(update_value))
+    assert float(ours[0]) == 300.0
+    assert_same(ref, ours)
+
+
+def _clip_value_set_later(value: float) -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialWassersteinDistance
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.model = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.model(x)}
+
+    p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x"], features_shape=[3])
+    w = AdversarialWassersteinDistance(p, EmpiricalDistribution(["x"]), D(), clip_value=0.5)
+    before = w.d.model.weight.detach().clone()
+    try:
+        w._clip_value = value
+    except ValueError:
+        return "refused", torch.equal(before, w.d.model.weight), w._clip_value
+    w.loss_train({"x": torch.randn(4, 3)})
+    return "set", w.d.model.weight.abs().max().detach(), w._clip_value
+
+
+def test_clip_value_set_later_is_checked_as_when_built() -> None:
+    """A positive bound set later clips as Pixyz's does; one the constructor refuses (porting.md: every critic weight
+    would be clamped to it) is refused when set later too (p101: the first alias wrote it unchecked)."""
+    ref, ours = run_both(lambda: _clip_value_set_later(0.001))
+    assert_same(ref, ours)
+    assert run_pyro_dgm(lambda: _clip_value_set_later(-0.01)) == ("refused", True, 0.5)
+    assert run_pixyz(lambda: _clip_value_set_later(-0.01))[0] == "set"
+
+
+def _wasserstein_subclass_reading_inverse_g_loss() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialWassersteinDistance
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.model = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.model(x)}
+
+    class MyW(AdversarialWassersteinDistance):
+        def g_loss(self, y_p: Any, y_q: Any, *args: Any, **kwargs: Any) -> Any:
+            sign = 1. if self._inverse_g_loss else -1.
+            return sign * super().g_loss(y_p, y_q, *args, **kwargs)
+
+    p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x"], features_shape=[3])
+    data = {"x": torch.randn(4, 3)}
+    return [MyW(p, EmpiricalDistribution(["x"]), D(), inverse_g_loss=flag).eval(data).detach()
+            for flag in (True, False)]
+
+
+def test_a_wasserstein_subclass_reads_inverse_g_loss() -> None:
+    ref, ours = run_both(_wasserstein_subclass_reading_inverse_g_loss)  # (p101: an AttributeError here)
+    assert_same(ref, ours)

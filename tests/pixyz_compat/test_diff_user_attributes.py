@@ -46,8 +46,19 @@ def _losses(lib: Any) -> list[Any]:
     prior = dists.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
     kl = lib.KullbackLeibler(q, prior)
     step = lib.LogProb(q)
+
+    class D(dists.Deterministic):  # a discriminator (Pixyz sets the adversarial terms' private names in __init__)
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"t": torch.sigmoid(self.fc(x))}
+
+    data = dists.EmpiricalDistribution(["x"])
     return [lib.LogProb(joint), kl, lib.Expectation(q, lib.LogProb(prior)), (-kl + step).mean() * 2,
-            lib.IterativeLoss(step, max_iter=2, series_var=["x"])]
+            lib.IterativeLoss(step, max_iter=2, series_var=["x"]), lib.AdversarialJensenShannon(prior.replace_var(
+                z="x"), data, D()), lib.AdversarialWassersteinDistance(prior.replace_var(z="x"), data, D())]
 
 
 def _models(lib: Any) -> list[Any]:
