@@ -26,7 +26,8 @@ from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, e
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
-from pyro_dgm.flows.base import ConditionedFlow, _dgm_memory, drawn_input, logdets_kept, refresh_logdet
+from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept,
+                                 refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import DTypeError, as_var_list, describe
 from pyro_dgm.utils.modules import submodules
@@ -66,21 +67,26 @@ class _FlowSite(dist.TransformedDistribution):
     (planar flows in variational inference).
 
     Under :func:`pyro_dgm.utils.random.generator` only the base draw runs under ``seeded_draws`` (the flow's
-    networks run as usual, not through the dispatch mode that gives the random operations the generator)."""
+    networks run as usual, not through the dispatch mode that gives the random operations the generator).
+
+    Its flow keeps the event dims the distribution gave it from the prior's event shape (an input with sample dims,
+    ``(L, N, D)``, is a batch of vectors here), where a flow alone decides them from each input."""
 
     #: the site does not wrap this sampler in seeded_draws: the base draw is wrapped alone (Distribution._dgm_site)
     seeds_its_draws = True
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         x = seeded_call(self.base_dist, self.base_dist.sample, sample_shape)
-        for t in self.transforms:
-            x = _step(t, x)
+        with event_dims_fixed():
+            for t in self.transforms:
+                x = _step(t, x)
         return x
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         x = seeded_call(self.base_dist, self.base_dist.rsample, sample_shape)
-        for t in self.transforms:
-            x = _step(t, x)
+        with event_dims_fixed():
+            for t in self.transforms:
+                x = _step(t, x)
         return x
 
     #: the distribution and the variable of this site, named by an error of torch's about the value's dtype
@@ -93,7 +99,8 @@ class _FlowSite(dist.TransformedDistribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         try:
-            return super().log_prob(value)
+            with event_dims_fixed():
+                return super().log_prob(value)
         except RuntimeError as e:  # a value that pyro.condition or model(x=...) gives the site, of another dtype
             if isinstance(e, ValueError) or self._dgm_owner is None or "type" not in str(e).lower():
                 raise
@@ -175,7 +182,9 @@ class _FlowDistribution(OneSiteDistribution):
         t = fn.transforms[0]
         name = b.var[0]
         if ctx.sample_mean:
-            value = self._dgm_record(name, t(base.mean), fn.event_dim)
+            with event_dims_fixed():
+                mean = t(base.mean)
+            value = self._dgm_record(name, mean, fn.event_dim)
         else:
             value = self._dgm_site(name, fn, ctx)
         values[name] = value
@@ -186,12 +195,12 @@ class _FlowDistribution(OneSiteDistribution):
             # Pixyz returns the prior's sample too (an InverseTransformedDistribution's, in a product, unless the
             # call or the factor's graph.set_option says return_hidden=False)
             try:
-                with torch.set_grad_enabled(ctx.reparam and torch.is_grad_enabled()):  # from the flow's memory
+                with torch.set_grad_enabled(ctx.reparam and torch.is_grad_enabled()), event_dims_fixed():
                     inv = t.inv  # from the flow's memory, leaving logdet_jacobian as it was (Pixyz's sample does)
                     if isinstance(t, Flow):
                         values[hidden] = drawn_input(t, value)
                     elif isinstance(inv, Flow):
-                        values[hidden] = inv._call(value)
+                        values[hidden] = inv.condition(None)._dgm_map(value)
                     elif isinstance(inv, ConditionedFlow):
                         values[hidden] = inv._dgm_map(value)
                     else:

@@ -21,7 +21,9 @@ just produced (a sample) is mapped back and scored without inverting the flow ag
 closed-form inverse scores its samples, as Pixyz's ``stored_x`` does. The memory answers only the reverse of the
 computation that filled it, for the same tensor objects and context, while the parameters and the tensors are
 unchanged (an optimizer step, ``z.mul_(2)``, a parameter replaced or loaded by ``vector_to_parameters`` invalidates
-it) and, when gradients are wanted, only if it was filled with gradients. A change made in place through ``.data``
+it) and, when gradients are wanted, only if it was filled with gradients; a flow with a batch norm in training mode
+runs forward again on a value it has drawn (its batch's statistics change the map, as when Pixyz scores the value;
+the prior's value of the draw is still remembered). A change made in place through ``.data``
 (``p.data.mul_(2)``), which torch does not count as a change, is not seen: after one, score a copy (``x.clone()``).
 """
 from __future__ import annotations
@@ -29,13 +31,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
+import threading
 from typing import Any, Iterator, Sequence
 
 import torch
 from pyro.distributions.conditional import ConditionalTransform
 from pyro.distributions.torch_transform import TransformModule
+from pyro.distributions.transforms import BatchNorm as PyroBatchNorm
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.checks import ShapeError
@@ -45,6 +50,45 @@ from pyro_dgm.utils.modules import submodules
 __all__ = ["Flow", "FlowList", "ConditionedFlow", "sum_rightmost", "zero_logdet"]
 
 _SHAPE_HINTS = {1: "(..., {n})", 2: "(..., {n}, L)", 3: "(..., {n}, H, W)"}
+
+
+class _Pinned(threading.local):
+    """``depth > 0`` while a flow distribution's site runs its flow in this thread: the event dims the distribution
+    gave the flows (from its prior's event shape) hold, instead of each input's shape deciding them (an input with
+    sample dims, ``(L, N, D)``, is a batch of vectors there, where a flow alone reads Pixyz's ``(N, H, W)``). Per
+    thread: evaluations run in several threads at once."""
+
+    depth = 0
+
+
+_PINNED = _Pinned()
+
+
+def _unpinned() -> bool:
+    """Whether the flows decide their event dims from each input now (while torch.compile traces, always: Dynamo
+    cannot trace a thread's local state, and a traced flow distribution keeps the dims its inputs tell)."""
+    return torch.compiler.is_compiling() or not _PINNED.depth
+
+
+class _EventDimsFixed:
+    """The context of :func:`event_dims_fixed` (a plain class: a site enters one at every draw and score)."""
+
+    __slots__ = ("_on",)
+
+    def __enter__(self) -> None:
+        self._on = not torch.compiler.is_compiling()
+        if self._on:
+            _PINNED.depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._on:
+            _PINNED.depth -= 1
+
+
+def event_dims_fixed() -> _EventDimsFixed:
+    """Within the block, flows with ``event_dim=None`` keep the event dims they have (a flow distribution set them)
+    instead of deciding them from each input."""
+    return _EventDimsFixed()
 
 
 def sum_rightmost(x: Tensor, n: int) -> Tensor:
@@ -158,6 +202,24 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
     return m if m.state == _state(flow) else None
 
 
+def _batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
+    """The layers of ``flow`` that may normalize with the statistics of the batch they run on (batch norms: the
+    flows', torch's in the networks, Pyro's transform), found once per flow object."""
+    layers = flow.__dict__.get("_dgm_batch_layers")
+    if layers is None:
+        layers = flow.__dict__["_dgm_batch_layers"] = tuple(
+            m for m in submodules(flow)
+            if getattr(m, "_dgm_batch_statistics", False) or isinstance(m, (_BatchNorm, PyroBatchNorm)))
+    return layers
+
+
+def _batch_dependent(flow: "Flow") -> bool:
+    """Whether ``flow`` computes with the statistics of its batch now (a batch norm in training mode): it then maps a
+    value it has produced to another one than the value it came from, so its memory does not answer (Pixyz runs the
+    flow on it)."""
+    return any(m.training or getattr(m, "track_running_stats", True) is False for m in _batch_layers(flow))
+
+
 def _store(flow: "Flow", logdet: Tensor, parts: tuple | None) -> None:
     """Store a log-det as :attr:`Flow.logdet_jacobian`, and those of a FlowList's layers in them, as Pixyz's
     ``forward(..., compute_jacobian=True)`` leaves them."""
@@ -174,9 +236,13 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
     from its memory (a sample is scored without inverting the flow); an input is always recomputed, so data given
     again after an optimizer step is never answered with stale values. An inverse written for Pixyz runs even for a
     value the flow remembers, as Pixyz's distributions call it, unless ``rerun`` is False (the prior's value of a
-    draw, which Pixyz's ``sample`` returns without inverting)."""
+    draw, which Pixyz's ``sample`` returns without inverting). Likewise a flow that normalizes with its batch's
+    statistics (a batch norm in training mode) runs forward on a value it has drawn, as Pixyz's ``get_log_prob``
+    runs it (new statistics), unless ``rerun`` is False."""
     m = _recall(flow, context, z=value, by_inverse=False) if inverse else _recall(flow, context, x=value,
                                                                                    by_inverse=True)
+    if m is not None and not inverse and rerun and _batch_dependent(flow):
+        m = None
     if m is not None and not (store and m.logdet is None):  # (a missing log-det: forward runs for it, as in Pixyz)
         if store:
             _store(flow, m.logdet, m.parts)
@@ -311,8 +377,7 @@ def _note_pixyz_call(flow: "Flow", args: tuple, kwargs: dict, z: Tensor) -> None
     ld = flow.logdet_jacobian
     if ld is None:
         return
-    if flow._dgm_auto:
-        flow._dgm_adapt(x.shape, False)
+    flow._dgm_follow(x.shape, False)
     if x.dim() < flow._dgm_domain_event_dim:
         return
     _remember(flow, x, z, _as_logdet(ld, x, flow._dgm_domain_event_dim), named.get("y"), False, None)
@@ -347,7 +412,8 @@ class Flow(TransformModule, ConditionalTransform):
     event_dim : int or None, default 1
         How many rightmost dims form one sample: 1 for vectors ``(..., D)``, 3 for images ``(..., C, H, W)``.
         ``None`` decides it from each input, as Pixyz does: an image when the input has 4 or more dims, else a vector
-        (see :meth:`_dgm_auto_event_dim`); pyro_dgm's flow distributions set it from the prior's event shape. Give it
+        (see :meth:`_dgm_auto_event_dim`; ``Preprocess`` and ``Flatten`` read every dim but the batch dim 0);
+        pyro_dgm's flow distributions set it from the prior's event shape, which holds while they run the flow. Give it
         explicitly for a flow put directly into Pyro's ``TransformedDistribution``, which reads it when built.
     codomain_event_dim : int, optional
         The event dims of the output, when they differ (``Flatten``).
@@ -488,8 +554,14 @@ class Flow(TransformModule, ConditionalTransform):
         if d.get("_dgm_domain_event_dim") != ev or d.get("_dgm_codomain_event_dim") != ev:
             d["_dgm_domain_event_dim"] = d["_dgm_codomain_event_dim"] = ev
 
+    def _dgm_follow(self, shape: torch.Size, inverse: bool) -> None:
+        """Set the event dims for an input of ``shape`` (``event_dim=None`` only), unless a flow distribution's site
+        is running the flow (:func:`event_dims_fixed`): the ones it set from its prior hold."""
+        if self._dgm_auto and _unpinned():
+            self._dgm_adapt(shape, inverse)
+
     def _dgm_check(self, x: Tensor, inverse: bool) -> None:
-        if self._dgm_auto and isinstance(x, Tensor):
+        if self._dgm_auto and isinstance(x, Tensor) and _unpinned():  # (_dgm_follow, inline: every call runs it)
             self._dgm_adapt(x.shape, inverse)
         ev = self._dgm_codomain_event_dim if inverse else self._dgm_domain_event_dim
         n = self._dgm_expected_size(inverse)
@@ -613,9 +685,12 @@ class ChannelOrFeatureFlow(Flow):
     (coupling layers, permutations): with ``event_dim=None`` the input's shape tells which, as in Pixyz."""
 
     def _dgm_auto_event_dim(self, shape: torch.Size) -> int:
-        # Pixyz: an image (N, C, H, W) or a vector (N, D); with more batch dims, the size at dim -3 or -1 decides
-        n = self.in_features
-        return 3 if len(shape) >= 4 and (shape[-3] == n or shape[-1] != n) else 1
+        # Pixyz: an image (N, C, H, W), whatever in_features (its mask comes from the input's channels), or a vector
+        # (N, D); with more batch dims, the size at dim -3 or -1 decides
+        if len(shape) != 4:
+            n = self.in_features
+            return 3 if len(shape) > 4 and (shape[-3] == n or shape[-1] != n) else 1
+        return 3
 
     def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
         super()._dgm_adapt(shape, inverse)
@@ -661,8 +736,9 @@ class ConditionedFlow(Transform):
         return _apply(self.flow, self.context, x, False, True)
 
     def _dgm_map(self, x: Tensor) -> Tensor:
-        """:math:`z = f(x, y)`, leaving ``logdet_jacobian`` as it is (the prior's value of a draw)."""
-        return _apply(self.flow, self.context, x, False)
+        """:math:`z = f(x, y)`, leaving ``logdet_jacobian`` as it is (the prior's value of a draw: from the flow's
+        memory when it drew ``x``, even where a batch norm in training mode would map it elsewhere now)."""
+        return _apply(self.flow, self.context, x, False, rerun=False)
 
     def _inverse(self, z: Tensor) -> Tensor:
         return _apply(self.flow, self.context, z, True)

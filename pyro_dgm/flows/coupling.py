@@ -146,8 +146,7 @@ class AffineCoupling(ChannelOrFeatureFlow):
                   [1., 0., 1.],
                   [0., 1., 0.]]]])
         """
-        if self._dgm_auto:
-            self._dgm_adapt(x.shape, False)
+        self._dgm_follow(x.shape, False)
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         if self._dgm_domain_event_dim == 3:
             c, h, w = x.shape[-3:]

@@ -42,6 +42,7 @@ class BatchNorm1d(Flow):
 
     _dgm_feature_name = "features"
     _dgm_constant_logdet = True
+    _dgm_batch_statistics = True  # in training mode it maps with its batch's statistics (see flows.base._apply)
 
     def __init__(self, in_features: int, momentum: float = 0.0, eps: float | None = None,
                  cache_size: int = 1) -> None:

@@ -215,13 +215,23 @@ class Reverse(Permutation):
         super().__init__(torch.arange(in_features - 1, -1, -1), event_dim=event_dim, cache_size=cache_size)
 
 
+def _all_but_batch(shape: Sequence[int]) -> int:
+    """Pixyz's event dims of an input that a flow reads whole: every dim but the batch dim 0; the last 3 (an image)
+    when there are more batch dims (more than 4 dims)."""
+    return 3 if len(shape) >= 4 else max(len(shape) - 1, 0)
+
+
 class Flatten(Flow):
-    r"""Flatten images ``(..., C, H, W)`` into vectors ``(..., C*H*W)``.
+    r"""Flatten each input of a batch into a vector: images ``(..., C, H, W)`` into ``(..., C*H*W)``.
+
+    As Pixyz's ``x.view(x.size(0), -1)``, every dim but the batch dim 0 is flattened (``(N, H, W) -> (N, H*W)``,
+    ``(N, D)`` is kept, ``(N,) -> (N, 1)``); with more than 4 dims, the last 3 (images with several batch dims).
 
     Parameters
     ----------
     in_size : tuple of int, optional
-        ``(C, H, W)``; needed by :meth:`inverse`. Each :meth:`forward` records the shape of its input (as Pixyz).
+        The shape of one input, e.g. ``(C, H, W)``; needed by :meth:`inverse`. Each :meth:`forward` records the shape
+        of its input (as Pixyz).
 
     Examples
     --------
@@ -229,6 +239,8 @@ class Flatten(Flow):
     >>> x = torch.randn(4, 2, 3, 3)
     >>> tuple(f.forward(x).shape), bool(torch.equal(f.inverse(f.forward(x)), x))
     ((4, 18), True)
+    >>> tuple(f.forward(torch.zeros(4, 3, 3)).shape), f.in_size
+    ((4, 9), torch.Size([3, 3]))
     >>> Flatten().inverse(torch.zeros(4, 18))
     Traceback (most recent call last):
      ...
@@ -239,10 +251,10 @@ class Flatten(Flow):
     _dgm_volume_preserving = True
 
     def __init__(self, in_size: Sequence[int] | None = None, cache_size: int = 1) -> None:
-        super().__init__(None, event_dim=3, codomain_event_dim=1, cache_size=cache_size)
-        # (a shape of other than 3 dims is refused when the inverse needs it: forward() sets it from its input, as
-        # Pixyz's does, so a program that only runs forward() runs with any in_size as under Pixyz)
+        super().__init__(None, event_dim=None, cache_size=cache_size)
         self.in_size = tuple(int(s) for s in in_size) if in_size is not None else None
+        self._dgm_domain_event_dim = 3 if in_size is None else len(self.in_size)
+        self._dgm_codomain_event_dim = 1
 
     def _dgm_details(self) -> str:
         return f"in_size={None if self.in_size is None else tuple(self.in_size)}"
@@ -251,9 +263,17 @@ class Flatten(Flow):
         if self.in_size is None:
             raise ValueError(f"{self._dgm_describe()}: the image shape is unknown until forward() has run; pass "
                              "in_size=(C, H, W)")
-        if len(self.in_size) != 3:
-            raise ValueError(f"{self._dgm_describe()}: in_size must be an image shape (C, H, W), got {self.in_size}")
-        return self.in_size
+        return tuple(self.in_size)
+
+    def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
+        # the input side: every dim but the batch (forward), or the recorded in_size (inverse); the output: vectors
+        if inverse:
+            ev = len(self.in_size) if self.in_size is not None else 3
+        else:
+            ev = _all_but_batch(shape)
+        d = self.__dict__
+        if d.get("_dgm_domain_event_dim") != ev:
+            d["_dgm_domain_event_dim"] = ev
 
     def _dgm_check(self, x: Tensor, inverse: bool) -> None:
         super()._dgm_check(x, inverse)
@@ -267,18 +287,21 @@ class Flatten(Flow):
         """Take the image shape from an input of ``shape`` that the flow will be run forward on (a value scored by
         an ``InverseTransformedDistribution``): Pixyz's scoring runs ``forward``, which sets it at every call, as
         ours does."""
-        if len(shape) >= 3:
-            self.in_size = torch.Size(int(s) for s in shape[-3:])  # (Pixyz's: x.shape[1:], a torch.Size)
+        if len(shape) >= 1:
+            ev = _all_but_batch(shape)  # (Pixyz's: x.shape[1:], a torch.Size)
+            self.in_size = torch.Size(int(s) for s in shape[len(shape) - ev:])
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
-        return torch.Size([*shape[:-3], math.prod(shape[-3:])])
+        n = len(shape) - self._dgm_domain_event_dim
+        return torch.Size([*shape[:n], math.prod(shape[n:])])
 
     def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
         return torch.Size([*shape[:-1], *self._dgm_size()])
 
     def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        self.in_size = x.shape[-3:]
-        return x.reshape(*x.shape[:-3], -1), zero_logdet(x, 3)
+        n = x.dim() - self._dgm_domain_event_dim
+        self.in_size = x.shape[n:]
+        return x.reshape(*x.shape[:n], -1), zero_logdet(x, self._dgm_domain_event_dim)
 
     def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return z.reshape(*z.shape[:-1], *self._dgm_size()), zero_logdet(z, 1)
@@ -306,7 +329,9 @@ class Preprocess(Flow):
     num_levels : int, default 256
     event_dim : int, optional
         The event dims the log-determinant is summed over (3 for images, 1 for vectors). By default decided from each
-        input, as Pixyz does: images ``(N, C, H, W)`` (4 or more dims) or vectors ``(N, D)``.
+        input, as Pixyz does: every dim but the batch dim 0 (``(N, C, H, W)``, ``(N, H, W)``, ``(N, D)``; a 1-D
+        input ``(N,)`` is N values, each with its own log-det); with more than 4 dims, the last 3 (images with
+        several batch dims). Within a flow distribution, the prior's event shape decides.
 
     Examples
     --------
@@ -331,6 +356,9 @@ class Preprocess(Flow):
     def _dgm_details(self) -> str:
         return (f"dequantize={self.dequantize}, alpha={float(self.data_constraint):g}, num_levels={self.num_levels}, "
                 f"event_dim={'auto' if self._dgm_auto else self._dgm_domain_event_dim}")
+
+    def _dgm_auto_event_dim(self, shape: torch.Size) -> int:
+        return _all_but_batch(shape)
 
     @staticmethod
     def logit(x: Tensor) -> Tensor:

@@ -13,20 +13,26 @@ __all__ = ["WNConv2d", "ResidualBlock", "ResNet"]
 class _WeightNormConv2d(nn.Conv2d):
     r"""A ``Conv2d`` whose weight is :math:`g\, v / \|v\|` (norm per output channel), with the parameters
     ``weight_g`` and ``weight_v`` that ``torch.nn.utils.weight_norm`` (deprecated) gives, so state dicts and printouts
-    are those of Pixyz's ``WNConv2d``."""
+    are those of Pixyz's ``WNConv2d``; ``weight`` is the normalized weight, computed (``remove_weight_norm`` does not
+    apply: no weight-norm hook is registered)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        weight = self.weight.detach()
-        del self._parameters["weight"]
+        weight = self._parameters.pop("weight").detach()  # (Conv2d's initialization, put in g and v)
         self.weight_g = nn.Parameter(torch.norm_except_dim(weight, 2, 0))
         self.weight_v = nn.Parameter(weight.clone())
 
     def _get_name(self) -> str:
         return "Conv2d"
 
+    @property
+    def weight(self) -> Tensor:  # type: ignore[override]
+        r"""The normalized weight :math:`g\, v / \|v\|`, as ``weight_norm`` computes it (read-only: set ``weight_g``
+        and ``weight_v``)."""
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias)
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 class WNConv2d(nn.Module):
