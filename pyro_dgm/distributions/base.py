@@ -49,29 +49,39 @@ __all__ = ["Distribution", "sum_samples"]
 ValuesLike = Mapping[str, Any] | Tensor | Sequence[Tensor] | None
 
 
-class _EntryPoint:
-    """A method that yields to a submodule, parameter or buffer of the same name.
+class _EntryPoint(property):
+    """A method that yields to a value of the same name that a user's subclass assigns (a submodule, parameter,
+    buffer or plain value).
 
     ``model`` and ``guide`` are common attribute names in user networks (``self.model = nn.Linear(...)`` as in
-    Pixyz's own examples); ``nn.Module`` keeps those out of ``__dict__``, so a plain method would shadow them.
+    Pixyz's own examples); ``nn.Module`` keeps those out of ``__dict__``, so a plain method would shadow them. A
+    property (not a descriptor of its own class), so that ``torch.compile`` traces ``p.model(...)`` as it traces
+    any property: Dynamo recursed without end into a Python ``__get__``.
     """
 
     yields = True  # a parameter or buffer may take the name too (YieldingModule)
 
-    def __init__(self, fn: Any) -> None:
+    def __init__(self, fn: Any, name: str) -> None:
+        fn.__name__ = name
+
+        def get(obj: Any) -> Any:
+            value = obj.__dict__.get(name, MISSING)
+            if value is MISSING:
+                value = users_value(obj, name)
+            return fn.__get__(obj, type(obj)) if value is MISSING else value
+
+        def put(obj: Any, value: Any) -> None:  # (nn.Module keeps modules, parameters and buffers itself)
+            obj.__dict__[name] = value
+
+        def delete(obj: Any) -> None:
+            if obj.__dict__.pop(name, MISSING) is MISSING:
+                raise AttributeError(f"{type(obj).__name__} has no attribute {name!r} of its own to delete")
+
+        super().__init__(get, put, delete, fn.__doc__)
         self.fn = fn
-        self.__doc__ = fn.__doc__
-        self.__name__ = fn.__name__
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.__name__ = self.fn.__name__ = name
         self.fn.__qualname__ = f"{owner.__qualname__}.{name}"
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        if obj is None:
-            return self.fn
-        hit = users_value(obj, self.__name__)
-        return self.fn.__get__(obj, objtype) if hit is MISSING else hit
 
 
 #: id of a tensor that a distribution put in Pyro's param store -> (the tensor, the distribution), both weakly held
@@ -1328,8 +1338,8 @@ class Distribution(YieldingModule):
         return self._dgm_run_pyro(self._dgm_positional_data(args, data_kwargs, "guide") if args else None, data_kwargs,
                                   guide=True)
 
-    model = _EntryPoint(_model)
-    guide = _EntryPoint(_guide)
+    model = _EntryPoint(_model, "model")
+    guide = _EntryPoint(_guide, "guide")
     del _model, _guide  # no private names but _dgm_ ones (a subclass may use any other)
 
     # pyro_dgm's public attributes that Pixyz lacks: a subclass may assign them for its own use (see Yielding)

@@ -4,6 +4,9 @@ The value came back from the site and reached the next factor, which raised a ba
 has no attribute 'dim'``. Pyro's own distributions refuse such values too (the twins raise, a bare error of their
 own), so a clear refusal that names the distribution and the variable is what is expected: a ``NotATensorError`` (a
 ``TypeError`` and a ``ValueError``).
+
+And ``p.model``/``q.guide`` called inside ``torch.compile`` (probe p101): Dynamo recursed without end into the
+entry points' ``__get__``; they are properties now.
 """
 from __future__ import annotations
 
@@ -58,3 +61,51 @@ def test_condition_with_tensors_still_matches_the_twin():
     twin = poutine.trace(poutine.condition(_twin, data={"z": z})).get_trace(x)
     assert ours.log_prob_sum().item() == pytest.approx(twin.log_prob_sum().item(), rel=1e-6)
     assert torch.equal(ours.nodes["h"]["value"], twin.nodes["h"]["value"])
+
+
+def test_a_model_and_guide_called_inside_torch_compile():
+    """``torch.compile`` of a function that calls ``p.model``/``q.guide`` (Pyro's ``differentiable_loss`` of
+    them) recursed without end in Dynamo (probe p101); it gives the eager numbers, as the plain-Pyro twin does."""
+    from pyro.infer import Trace_ELBO
+    from torch import nn
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(x), "scale": torch.ones_like(x)}
+
+    torch.manual_seed(0)
+    q = Q()
+    p = Normal(loc="z", scale=1.0, var=["x"], cond_var=["z"]) * Normal(
+        loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2])
+    x = torch.randn(5, 2)
+
+    def loss(x):
+        return Trace_ELBO().differentiable_loss(p.model, q.guide, x=x)
+
+    compiled = torch.compile(loss, backend="eager")
+    for _ in range(2):
+        pyro.set_rng_seed(3)
+        eager = loss(x)
+        pyro.set_rng_seed(3)
+        assert torch.allclose(compiled(x), eager)
+
+
+def test_model_and_guide_yield_to_a_subclass_value_of_their_name():
+    """A user's ``self.model``/``self.guide`` (a network, a plain value) is read back; the entry points stay
+    otherwise (Pixyz's examples name networks ``model``)."""
+    from torch import nn
+
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], features_shape=[2])
+    assert callable(p.model) and p.model.__name__ == "model"
+    p.model = nn.Linear(1, 1)
+    assert isinstance(p.model, nn.Linear) and "model" in dict(p.named_children())
+    p.guide = 3
+    assert p.guide == 3
+    del p.guide
+    assert callable(p.guide) and p.guide.__name__ == "guide"
+    with pytest.raises(AttributeError):
+        del p.guide
