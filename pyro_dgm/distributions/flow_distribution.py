@@ -27,7 +27,7 @@ from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept,
-                                 refresh_logdet)
+                                 own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import DTypeError, as_var_list, describe
 from pyro_dgm.utils.modules import submodules
@@ -159,6 +159,8 @@ class _FlowDistribution(OneSiteDistribution):
             if learn is not None:
                 learn(value.shape)
         if self.flow._dgm_auto:  # flows that take their event dims from the input: from the prior's event shape here
+            if not self.flow.__dict__.get("_dgm_dist_dims"):
+                own_event_dims(self.flow)
             self.flow._dgm_adapt(torch.Size([1]) + base.event_shape, self._dgm_flow_inverted)
         if expand and b.input_var:  # a context given to the flow only (not to the prior) sets the batch shape too
             batch = torch.broadcast_shapes(base.batch_shape, *(self._dgm_input_batch_shape(v, values, ctx)

@@ -22,8 +22,8 @@ closed-form inverse scores its samples, as Pixyz's ``stored_x`` does. The memory
 computation that filled it, for the same tensor objects and context, while the parameters and the tensors are
 unchanged (an optimizer step, ``z.mul_(2)``, a parameter replaced or loaded by ``vector_to_parameters`` invalidates
 it) and, when gradients are wanted, only if it was filled with gradients; a flow with a batch norm in training mode
-runs forward again on a value it has drawn (its batch's statistics change the map, as when Pixyz scores the value;
-the prior's value of the draw is still remembered). A change made in place through ``.data``
+runs again on a value it has produced (its batch's statistics change the map, as when Pixyz scores the value; the
+prior's value of the draw is still remembered). A change made in place through ``.data``
 (``p.data.mul_(2)``), which torch does not count as a change, is not seen: after one, score a copy (``x.clone()``).
 """
 from __future__ import annotations
@@ -54,9 +54,9 @@ _SHAPE_HINTS = {1: "(..., {n})", 2: "(..., {n}, L)", 3: "(..., {n}, H, W)"}
 
 class _Pinned(threading.local):
     """``depth > 0`` while a flow distribution's site runs its flow in this thread: the event dims the distribution
-    gave the flows (from its prior's event shape) hold, instead of each input's shape deciding them (an input with
-    sample dims, ``(L, N, D)``, is a batch of vectors there, where a flow alone reads Pixyz's ``(N, H, W)``). Per
-    thread: evaluations run in several threads at once."""
+    gave the flows it sets (from its prior's event shape) hold, instead of each input's shape deciding them (an
+    input with sample dims, ``(L, N, D)``, is a batch of vectors there, where a flow alone reads Pixyz's
+    ``(N, H, W)``). Per thread: evaluations run in several threads at once."""
 
     depth = 0
 
@@ -64,10 +64,31 @@ class _Pinned(threading.local):
 _PINNED = _Pinned()
 
 
-def _unpinned() -> bool:
-    """Whether the flows decide their event dims from each input now (while torch.compile traces, always: Dynamo
-    cannot trace a thread's local state, and a traced flow distribution keeps the dims its inputs tell)."""
-    return torch.compiler.is_compiling() or not _PINNED.depth
+#: bumped when a flow that a distribution set follows an input of its own (used alone): a FlowList's memo of the
+#: shape it adapted its parts for is stale then (its parts must take the distribution's dims again)
+_EPOCH = [0]
+
+
+def _follows_input(flow: "Flow") -> bool:
+    """Whether ``flow`` (``event_dim=None``) takes its event dims from each input now: unless a flow distribution set
+    them from its prior (:func:`own_event_dims`) and is running it (:func:`event_dims_fixed`), or torch.compile traces
+    it (Dynamo cannot trace a thread's local state: a flow a distribution set keeps the distribution's dims there).
+    Flows it did not set (those a user's own flow runs inside itself) follow their inputs, as in Pixyz."""
+    if not flow.__dict__.get("_dgm_dist_dims"):
+        return True
+    if torch.compiler.is_compiling() or _PINNED.depth:
+        return False
+    _EPOCH[0] += 1  # (used alone: the distribution sets it again when it next runs it)
+    return True
+
+
+def own_event_dims(flow: Any) -> None:
+    """Mark ``flow`` and the layers of its flow lists as flows whose event dims a flow distribution sets from its
+    prior (see :func:`_follows_input`)."""
+    if isinstance(flow, Flow) and not flow.__dict__.get("_dgm_dist_dims"):
+        flow.__dict__["_dgm_dist_dims"] = True
+        for p in getattr(flow, "_dgm_parts", ()):
+            own_event_dims(p)
 
 
 class _EventDimsFixed:
@@ -86,8 +107,8 @@ class _EventDimsFixed:
 
 
 def event_dims_fixed() -> _EventDimsFixed:
-    """Within the block, flows with ``event_dim=None`` keep the event dims they have (a flow distribution set them)
-    instead of deciding them from each input."""
+    """Within the block, the flows with ``event_dim=None`` that a flow distribution sets (:func:`own_event_dims`)
+    keep the event dims it gave them instead of deciding them from each input."""
     return _EventDimsFixed()
 
 
@@ -237,11 +258,11 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
     again after an optimizer step is never answered with stale values. An inverse written for Pixyz runs even for a
     value the flow remembers, as Pixyz's distributions call it, unless ``rerun`` is False (the prior's value of a
     draw, which Pixyz's ``sample`` returns without inverting). Likewise a flow that normalizes with its batch's
-    statistics (a batch norm in training mode) runs forward on a value it has drawn, as Pixyz's ``get_log_prob``
-    runs it (new statistics), unless ``rerun`` is False."""
+    statistics (a batch norm in training mode) runs again on a value it has produced, either way, as Pixyz's
+    ``get_log_prob`` runs it (new statistics), unless ``rerun`` is False."""
     m = _recall(flow, context, z=value, by_inverse=False) if inverse else _recall(flow, context, x=value,
                                                                                    by_inverse=True)
-    if m is not None and not inverse and rerun and _batch_dependent(flow):
+    if m is not None and rerun and _batch_dependent(flow):
         m = None
     if m is not None and not (store and m.logdet is None):  # (a missing log-det: forward runs for it, as in Pixyz)
         if store:
@@ -557,11 +578,11 @@ class Flow(TransformModule, ConditionalTransform):
     def _dgm_follow(self, shape: torch.Size, inverse: bool) -> None:
         """Set the event dims for an input of ``shape`` (``event_dim=None`` only), unless a flow distribution's site
         is running the flow (:func:`event_dims_fixed`): the ones it set from its prior hold."""
-        if self._dgm_auto and _unpinned():
+        if self._dgm_auto and _follows_input(self):
             self._dgm_adapt(shape, inverse)
 
     def _dgm_check(self, x: Tensor, inverse: bool) -> None:
-        if self._dgm_auto and isinstance(x, Tensor) and _unpinned():  # (_dgm_follow, inline: every call runs it)
+        if self._dgm_auto and isinstance(x, Tensor) and _follows_input(self):  # (_dgm_follow inline: every call)
             self._dgm_adapt(x.shape, inverse)
         ev = self._dgm_codomain_event_dim if inverse else self._dgm_domain_event_dim
         n = self._dgm_expected_size(inverse)
@@ -873,7 +894,7 @@ class FlowList(Flow):
     def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
         # (not remembered while torch.compile traces: comparing the memo's sizes with the traced input's would make
         # Dynamo guard on the batch size, a graph per batch size; the adaptation itself costs nothing in the graph)
-        key = None if torch.compiler.is_compiling() else (tuple(shape), inverse)
+        key = None if torch.compiler.is_compiling() else (tuple(shape), inverse, _EPOCH[0])
         if key is not None and key == self._dgm_adapted_for:
             return
         parts = list(reversed(self._dgm_parts)) if inverse else self._dgm_parts
