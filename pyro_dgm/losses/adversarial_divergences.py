@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn  # noqa: F401  (nn: the examples in the docstrings use it)
 
 from pyro_dgm.losses.adversarial import AdversarialLoss, log_clamped, log1m_clamped
+from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.utils.checks import check_present
 from pyro_dgm.utils.random import uniform
 
@@ -292,22 +293,23 @@ class AdversarialWassersteinDistance(AdversarialLoss):
             clip_value = None if gradient_penalty is not None else 0.01
         _check_positive("gradient_penalty", gradient_penalty)
         super().__init__(p, q, discriminator, optimizer=optimizer, optimizer_params=optimizer_params)
-        self.clip_value = clip_value
+        self._clip_value = clip_value
         self.gp_weight = gradient_penalty
         self._inverse_g_loss = bool(inverse_g_loss)  # (Pixyz's attribute, which its subclasses may read)
 
     @property
-    def clip_value(self) -> float | None:
-        """The bound of the critic's weights after each step (``None``: not clipped); Pixyz's ``_clip_value``
-        too. Setting it (under either name) changes the clipping of the next steps, and is checked as when built."""
+    def _clip_value(self) -> float | None:
+        """The bound of the critic's weights after each step (``None``: not clipped), under Pixyz's name: setting
+        it changes the clipping of the next steps, and is checked as when built. ``clip_value`` reads it too, unless
+        a subclass keeps a value of its own under that name (Pixyz's class has no such attribute)."""
         return self._dgm_clip_value
 
-    @clip_value.setter
-    def clip_value(self, value: float | None) -> None:
+    @_clip_value.setter
+    def _clip_value(self, value: float | None) -> None:
         _check_positive("clip_value", value)
         self.__dict__["_dgm_clip_value"] = value
 
-    _clip_value = clip_value
+    clip_value = Yielding("_dgm_clip_value")
 
     @property
     def latex(self) -> str:
@@ -372,7 +374,7 @@ class AdversarialWassersteinDistance(AdversarialLoss):
         return ((norm - 1) ** 2).mean()
 
     def _dgm_after_step(self) -> None:
-        if self.clip_value is not None:
+        if self._dgm_clip_value is not None:
             with torch.no_grad():
                 for prm in self._dgm_d.parameters():
-                    prm.clamp_(-self.clip_value, self.clip_value)
+                    prm.clamp_(-self._dgm_clip_value, self._dgm_clip_value)

@@ -284,3 +284,47 @@ def _wasserstein_subclass_reading_inverse_g_loss() -> Any:
 def test_a_wasserstein_subclass_reads_inverse_g_loss() -> None:
     ref, ours = run_both(_wasserstein_subclass_reading_inverse_g_loss)  # (p101: an AttributeError here)
     assert_same(ref, ours)
+
+
+def _a_subclass_keeping_its_own_clip_value(own: Any) -> Any:
+    import torch
+
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialWassersteinDistance
+
+    class G(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = torch.nn.Linear(2, 2)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"loc": self.fc(z), "scale": torch.ones(2)}
+
+    class Critic(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = torch.nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.fc(x)}
+
+    class MyWGAN(AdversarialWassersteinDistance):
+        def __init__(self, *args: Any, final_clip: Any = 0.5, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.clip_value = final_clip  # the subclass's own setting (a schedule it applies itself)
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
+    d = Critic()
+    loss = MyWGAN(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"), d, clip_value=0.01,
+                  final_clip=own)
+    loss.loss_train({"x": torch.randn(8, 2) * 3})
+    return d.fc.weight.detach().clone(), loss.clip_value
+
+
+@pytest.mark.parametrize("own", [0.5, "linear"])
+def test_a_subclass_keeps_its_own_clip_value(own: Any) -> None:
+    """Pixyz clips with ``_clip_value``; a subclass's own ``clip_value`` (a name Pixyz's class lacks) is its own
+    (p102: it set the clipping, 0.38 where Pixyz clamps to 0.01, and ``"linear"`` was refused)."""
+    ref, ours = run_both(lambda: _a_subclass_keeping_its_own_clip_value(own))
+    assert float(ours[0].abs().max()) <= 0.01 + 1e-9
+    assert_same(ref, ours)
