@@ -7,7 +7,7 @@ whose inputs are not given is left out of the product (a missing modality); an e
 for that element (Pixyz's convention, which :class:`ElementWiseProductOfNormal` uses per sample). The test is on the
 scale the expert gives, not on its square: a tiny positive scale whose square underflows (1e-30 in float32) is the
 most certain expert, not a missing one (Pixyz drops it), and the precisions are combined relative to the largest, so
-that one of them near the float's range does not overflow the sums (:func:`_combine`).
+that one of them near the float's range neither overflows nor is cut (:func:`_combine`).
 """
 from __future__ import annotations
 
@@ -27,34 +27,33 @@ from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz
 __all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal", "Experts", "product_of_experts"]
 
 
-def _precision(scale: Tensor) -> Tensor:
-    """``1 / scale**2``, 0 where the scale is exactly 0 (a missing expert, Pixyz's convention). A positive scale whose
-    square underflows gets the largest precision the dtype keeps finite (``1 / tiny``): it is kept, not missing."""
-    var = scale * scale
-    return torch.where(scale != 0, 1.0 / var.clamp_min(torch.finfo(var.dtype).tiny), torch.zeros_like(var))
-
-
-def _combine(terms: Sequence[tuple[Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor]:
-    """The product's ``(loc, scale)`` from ``(w * precision, loc, stacked)`` terms (``stacked``: several experts
-    along dim 0, summed), as ``sum(w T loc) / sum(w T)`` and ``1 / sqrt(sum(w T))``, with every ``w T`` divided by
-    their largest first: the same numbers, but a precision near the float's range (a scale of 1e-19 in float32)
-    cannot overflow the products and sums. The divisor is detached: the product does not depend on it."""
-    top: Tensor | None = None
-    for wp, _, stacked in terms:
-        t = wp.amax(0) if stacked else wp
-        top = t if top is None else torch.maximum(top, t)
-    assert top is not None
-    top = top.detach().clamp_min(torch.finfo(top.dtype).tiny)
+def _combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor]:
+    """The product's ``(loc, scale)`` from ``(w, scale, loc, stacked)`` terms (``stacked``: several experts along dim
+    0, summed): with precisions ``T = w / scale**2`` (0 where the scale is exactly 0: a missing expert, Pixyz's
+    convention), ``sum(T loc) / sum(T)`` and ``1 / sqrt(sum(T))``. Computed relative to the smallest positive scale
+    ``s`` of each element, ``T s**2 = w (s / scale)**2`` (at most ``w``): the same numbers, but a scale whose square
+    underflows (1e-30 in float32) or whose precision would overflow is exact to the float's precision. ``s`` is
+    detached: the product does not depend on it."""
+    ref: Tensor | None = None
+    for _, scale, _, stacked in terms:
+        pos = torch.where(scale > 0, scale, torch.full_like(scale, float("inf")))
+        t = pos.amin(0) if stacked else pos
+        ref = t if ref is None else torch.minimum(ref, t)
+    assert ref is not None
+    ref = ref.detach()
+    ref = torch.where(torch.isinf(ref), torch.ones_like(ref), ref)  # (every expert missing here: no product)
     num: Tensor | None = None
     den: Tensor | None = None
-    for wp, loc, stacked in terms:
-        r = wp / top
+    for w, scale, loc, stacked in terms:
+        kept = scale != 0
+        q = ref / torch.where(kept, scale, ref)  # (a missing expert's finite stand-in: no NaN in the gradient)
+        r = torch.where(kept, w * (q * q), torch.zeros_like(q))
         n = r * loc
         if stacked:
             n, r = n.sum(0), r.sum(0)
         num, den = (n, r) if num is None or den is None else (num + n, den + r)
     assert num is not None and den is not None
-    return num / den, torch.rsqrt(den) * torch.rsqrt(top)
+    return num / den, ref * torch.rsqrt(den)
 
 
 def product_of_experts(loc: Tensor, scale: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
@@ -217,8 +216,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
 
     # ------------------------------------------------------------------ the product
     def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
-                          ) -> list[tuple[Tensor, Tensor, bool]]:
-        """``(w * precision, loc, stacked)`` of each expert whose inputs are given (see :func:`_combine`)."""
+                          ) -> list[tuple[Tensor, Tensor, Tensor, bool]]:
+        """``(w, scale, loc, stacked)`` of each expert whose inputs are given (see :func:`_combine`)."""
         terms = []
         for i, e in enumerate(self.p):
             ins = inputs_of(e, m)
@@ -231,16 +230,18 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
                 continue
             params = site_params(e, m, values, ctx)
             w = self.weight_modalities[i + 1]
-            terms.append((w * _precision(params["scale"]), params["loc"], False))
+            terms.append((w, params["scale"], params["loc"], False))
         return terms
 
-    def _dgm_check_expert_shapes(self, terms: Sequence[tuple[Tensor, Tensor, bool]]) -> None:
-        """Refuse experts whose locations (or whose scales) differ from each other's in their number of dims or in a
-        feature dim (every dim but the first): broadcasting them would mix features or rows (a ``loc`` of
-        ``(B, 1)`` spread over the features, one of ``(B, 1, D)`` multiplying every row by every row); Pixyz stacks
-        the experts' locations, and their scales, and refuses any difference. A batch size of 1 beside ``B`` (a
-        constant expert) broadcasts, as elsewhere."""
-        own = [(loc, prec) for prec, loc, stacked in terms if not stacked]
+    def _dgm_check_expert_shapes(self, terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]],
+                                 conditional: Sequence[bool]) -> None:
+        """Refuse conditional experts whose locations (or whose scales) differ from each other's in their number of
+        dims or in a feature dim (every dim but the first): broadcasting them would mix features or rows (a ``loc``
+        of ``(B, 1)`` spread over the features, one of ``(B, 1, D)`` multiplying every row by every row); Pixyz
+        stacks the experts' locations, and their scales, and refuses any difference. A batch size of 1 beside ``B``
+        broadcasts, as elsewhere, and an expert without inputs (constant parameters, which Pixyz leaves out of the
+        product) is broadcast over the others, as a prior is."""
+        own = [(loc, scale) for (_, scale, loc, stacked), c in zip(terms, conditional) if c and not stacked]
         if len(own) < 2:
             return
         for k, what in ((0, "loc"), (1, "scale")):
@@ -257,16 +258,18 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         w0 = self.weight_modalities[0]
         if self.prior is None:
             zero = torch.zeros((1, *self._prior_shape), dtype=w0.dtype, device=w0.device)
-            prior_term = (w0.expand_as(zero), zero, False)
+            prior_term = (w0, torch.ones_like(zero), zero, False)
         else:
             pp = site_params(self.prior, m, values, ctx)
-            prior_term = (w0 * _precision(pp["scale"]), pp["loc"], False)
+            prior_term = (w0, pp["scale"], pp["loc"], False)
         terms = self._dgm_expert_terms(m, values, ctx)
-        self._dgm_check_expert_shapes(terms)
+        if len(terms) > 1:
+            conditional = [bool(ins) for ins in (inputs_of(e, m) for e in self.p) if all(v in values for v in ins)]
+            self._dgm_check_expert_shapes(terms, conditional)
         try:
             loc, scale = _combine([prior_term, *terms])
         except RuntimeError as e:  # experts (or the prior) whose parameters do not broadcast
-            shapes = ", ".join(f"{tuple(loc.shape[1:] if stacked else loc.shape)}" for _, loc, stacked in terms)
+            shapes = ", ".join(f"{tuple(loc.shape[1:] if stacked else loc.shape)}" for _, _, loc, stacked in terms)
             prior = "the prior's " + str(tuple(pp["loc"].shape)) if self.prior is not None else "no prior"
             raise ShapeError(f"{describe(self)}: the experts' parameters do not broadcast (their locations: {shapes}; "
                              f"{prior}); each expert must give the same feature shape, for inputs of one batch "
@@ -342,7 +345,7 @@ class ElementWiseProductOfNormal(ProductOfNormal):
         return f"p({','.join(self._var)})\\prod_{{i}}{e.name}({','.join(e.var)}|{x}_{{i}})"
 
     def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
-                          ) -> list[tuple[Tensor, Tensor, bool]]:
+                          ) -> list[tuple[Tensor, Tensor, Tensor, bool]]:
         e = self.p[0]
         xname = inputs_of(e, m)[0]
         if xname not in values:
@@ -358,5 +361,4 @@ class ElementWiseProductOfNormal(ProductOfNormal):
         scale = scale.reshape(d, *lead, *scale.shape[1:])
         present = (x != 0).movedim(-1, 0).to(loc.dtype)
         present = present.reshape(*present.shape, *([1] * (loc.dim() - present.dim())))
-        prec = self.weight_modalities[1] * _precision(scale) * present
-        return [(prec, loc, True)]  # the D experts along dim 0
+        return [(self.weight_modalities[1] * present, scale, loc, True)]  # the D experts along dim 0
