@@ -107,47 +107,51 @@ def test_a_tensor_in_loss_arithmetic_is_kept_as_given() -> None:
     assert not [k for k in loss.state_dict() if k.endswith("value")]
 
 
-def _adversarial_private_attributes() -> Any:
+def _linear(var: str, cond: str, n_in: int, n_out: int, squash: bool = False) -> Any:
+    """A ``Deterministic`` of the library the harness runs: ``var = Linear(cond)``, through a sigmoid when
+    ``squash`` (a generator ``p``, or a critic or discriminator ``d`` when ``var`` is ``t``)."""
     import torch
     from torch import nn
 
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.distributions import Deterministic
+
+    class Linear(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=[var], cond_var=[cond], name="d" if var == "t" else "p")
+            self.model = nn.Linear(n_in, n_out)
+
+        def forward(self, **inputs: torch.Tensor) -> dict:
+            h = self.model(inputs[cond])
+            return {var: torch.sigmoid(h) if squash else h}
+
+    return Linear()
+
+
+def _adversarial_private_attributes() -> Any:
+    import torch
+
+    from pixyz.distributions import EmpiricalDistribution, Normal
     from pixyz.losses import AdversarialJensenShannon, AdversarialWassersteinDistance
-
-    class D(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.model = nn.Linear(3, 1)
-
-        def forward(self, x: torch.Tensor) -> dict:
-            return {"t": torch.sigmoid(self.model(x))}
-
-    class G(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.model = nn.Linear(2, 3)
-
-        def forward(self, z: torch.Tensor) -> dict:
-            return {"x": self.model(z)}
 
     class MyJS(AdversarialJensenShannon):
         def g_loss(self, y_p: Any, y_q: Any, batch_n: Any) -> Any:
             return (1. if self._inverse_g_loss else -1.) * super().g_loss(y_p, y_q, batch_n)
 
     prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_{prior}")
-    p = (G() * prior).marginalize_var("z")
+    p = (_linear("x", "z", 2, 3) * prior).marginalize_var("z")
     data = {"x": torch.randn(4, 3)}
-    js = AdversarialJensenShannon(p, EmpiricalDistribution(["x"]), D())
+    js = AdversarialJensenShannon(p, EmpiricalDistribution(["x"]), _linear("t", "x", 3, 1, squash=True))
     js._inverse_g_loss = False
     torch.manual_seed(1)
     switched = js.eval(data).detach()
     torch.manual_seed(1)
     built = AdversarialJensenShannon(p, EmpiricalDistribution(["x"]), js.d, inverse_g_loss=False).eval(data).detach()
-    w = AdversarialWassersteinDistance(p, EmpiricalDistribution(["x"]), D(), clip_value=0.5)
+    w = AdversarialWassersteinDistance(p, EmpiricalDistribution(["x"]), _linear("t", "x", 3, 1, squash=True),
+                                       clip_value=0.5)
     w._clip_value = 0.001
     w.loss_train(data)
     torch.manual_seed(1)
-    sub = MyJS(p, EmpiricalDistribution(["x"]), D()).eval(data).detach()
+    sub = MyJS(p, EmpiricalDistribution(["x"]), _linear("t", "x", 3, 1, squash=True)).eval(data).detach()
     return switched, built, w.d.model.weight.abs().max().detach(), sub, w._clip_value
 
 
@@ -160,29 +164,12 @@ def test_pixyz_private_attributes_of_the_adversarial_terms() -> None:
 
 def _gan_train_under_no_grad() -> Any:
     import torch
-    from torch import nn
 
-    from pixyz.distributions import Deterministic, Normal
+    from pixyz.distributions import Normal
     from pixyz.models import GAN
 
-    class G(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.m = nn.Linear(2, 3)
-
-        def forward(self, z: torch.Tensor) -> dict:
-            return {"x": torch.sigmoid(self.m(z))}
-
-    class Dis(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.m = nn.Linear(3, 1)
-
-        def forward(self, x: torch.Tensor) -> dict:
-            return {"t": torch.sigmoid(self.m(x))}
-
     prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
-    gan = GAN((G() * prior).marginalize_var("z"), Dis())
+    gan = GAN((_linear("x", "z", 2, 3, squash=True) * prior).marginalize_var("z"), _linear("t", "x", 3, 1, squash=True))
     with torch.no_grad():
         gan.train({"x": torch.rand(4, 3)})
 
@@ -222,21 +209,12 @@ def test_two_values_renamed_to_one_name_keep_pixyzs_choice(update_value: dict) -
 
 def _clip_value_set_later(value: float) -> Any:
     import torch
-    from torch import nn
 
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.distributions import EmpiricalDistribution, Normal
     from pixyz.losses import AdversarialWassersteinDistance
 
-    class D(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.model = nn.Linear(3, 1)
-
-        def forward(self, x: torch.Tensor) -> dict:
-            return {"t": self.model(x)}
-
     p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x"], features_shape=[3])
-    w = AdversarialWassersteinDistance(p, EmpiricalDistribution(["x"]), D(), clip_value=0.5)
+    w = AdversarialWassersteinDistance(p, EmpiricalDistribution(["x"]), _linear("t", "x", 3, 1), clip_value=0.5)
     before = w.d.model.weight.detach().clone()
     try:
         w._clip_value = value
@@ -257,18 +235,9 @@ def test_clip_value_set_later_is_checked_as_when_built() -> None:
 
 def _wasserstein_subclass_reading_inverse_g_loss() -> Any:
     import torch
-    from torch import nn
 
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.distributions import EmpiricalDistribution, Normal
     from pixyz.losses import AdversarialWassersteinDistance
-
-    class D(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.model = nn.Linear(3, 1)
-
-        def forward(self, x: torch.Tensor) -> dict:
-            return {"t": self.model(x)}
 
     class MyW(AdversarialWassersteinDistance):
         def g_loss(self, y_p: Any, y_q: Any, *args: Any, **kwargs: Any) -> Any:
@@ -277,7 +246,7 @@ def _wasserstein_subclass_reading_inverse_g_loss() -> Any:
 
     p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x"], features_shape=[3])
     data = {"x": torch.randn(4, 3)}
-    return [MyW(p, EmpiricalDistribution(["x"]), D(), inverse_g_loss=flag).eval(data).detach()
+    return [MyW(p, EmpiricalDistribution(["x"]), _linear("t", "x", 3, 1), inverse_g_loss=flag).eval(data).detach()
             for flag in (True, False)]
 
 
@@ -289,7 +258,7 @@ def test_a_wasserstein_subclass_reads_inverse_g_loss() -> None:
 def _a_subclass_keeping_its_own_clip_value(own: Any) -> Any:
     import torch
 
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.distributions import EmpiricalDistribution, Normal
     from pixyz.losses import AdversarialWassersteinDistance
 
     class G(Normal):
@@ -300,25 +269,17 @@ def _a_subclass_keeping_its_own_clip_value(own: Any) -> Any:
         def forward(self, z: torch.Tensor) -> dict:
             return {"loc": self.fc(z), "scale": torch.ones(2)}
 
-    class Critic(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.fc = torch.nn.Linear(2, 1)
-
-        def forward(self, x: torch.Tensor) -> dict:
-            return {"t": self.fc(x)}
-
     class MyWGAN(AdversarialWassersteinDistance):
         def __init__(self, *args: Any, final_clip: Any = 0.5, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.clip_value = final_clip  # the subclass's own setting (a schedule it applies itself)
 
     prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
-    d = Critic()
+    d = _linear("t", "x", 2, 1)
     loss = MyWGAN(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"), d, clip_value=0.01,
                   final_clip=own)
     loss.loss_train({"x": torch.randn(8, 2) * 3})
-    return d.fc.weight.detach().clone(), loss.clip_value
+    return d.model.weight.detach().clone(), loss.clip_value
 
 
 @pytest.mark.parametrize("own", [0.5, "linear"])
