@@ -6,8 +6,8 @@ The product of Gaussians :math:`\mathcal N(\mu_k, \sigma_k^2)` with weights :mat
 whose inputs are not given is left out of the product (a missing modality); an expert with scale 0 counts as missing
 for that element (Pixyz's convention, which :class:`ElementWiseProductOfNormal` uses per sample). The test is on the
 scale the expert gives, not on its square: a tiny positive scale whose square underflows (1e-30 in float32) is the
-most certain expert, not a missing one (Pixyz drops it), and the precisions are combined relative to the largest, so
-that one of them near the float's range neither overflows nor is cut (:func:`_combine`).
+most certain expert, not a missing one (Pixyz drops it), and the precisions are combined relative to the smallest
+scale, so that one of them near the float's range neither overflows nor is cut (:func:`_combine`).
 """
 from __future__ import annotations
 
@@ -35,8 +35,11 @@ def _combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tens
     underflows (1e-30 in float32) or whose precision would overflow is exact to the float's precision. ``s`` is
     detached: the product does not depend on it."""
     ref: Tensor | None = None
-    for _, scale, _, stacked in terms:
-        pos = torch.where(scale > 0, scale, torch.full_like(scale, float("inf")))
+    kept = []  # where each term counts: a scale other than 0 and a weight other than 0
+    for w, scale, _, stacked in terms:
+        k = (scale != 0) & (torch.as_tensor(w) != 0)
+        kept.append(k)
+        pos = torch.where(k, scale.abs(), torch.full_like(scale, float("inf")))
         t = pos.amin(0) if stacked else pos
         ref = t if ref is None else torch.minimum(ref, t)
     assert ref is not None
@@ -44,10 +47,9 @@ def _combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tens
     ref = torch.where(torch.isinf(ref), torch.ones_like(ref), ref)  # (every expert missing here: no product)
     num: Tensor | None = None
     den: Tensor | None = None
-    for w, scale, loc, stacked in terms:
-        kept = scale != 0
-        q = ref / torch.where(kept, scale, ref)  # (a missing expert's finite stand-in: no NaN in the gradient)
-        r = torch.where(kept, w * (q * q), torch.zeros_like(q))
+    for (w, scale, loc, stacked), k in zip(terms, kept):
+        q = ref / torch.where(k, scale.abs(), ref)  # at most 1 where it counts (elsewhere a finite stand-in: no NaN
+        r = torch.where(k, w * (q * q), torch.zeros_like(q))  # in the gradient)
         n = r * loc
         if stacked:
             n, r = n.sum(0), r.sum(0)

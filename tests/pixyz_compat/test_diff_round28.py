@@ -78,3 +78,14 @@ def test_a_constant_expert_beside_a_conditional_one_is_multiplied_in(features_sh
     assert torch.allclose(ours["loc"], torch.full((2, 1), 5 / 3))  # N(0,1) N(1,1) N(4,1): 5/3 (was refused)
     assert torch.allclose(ours["scale"], torch.tensor(1 / 3) ** 0.5)
     assert torch.allclose(ref["loc"], torch.full((2, 1), 0.5))  # Pixyz leaves the constant expert out
+
+
+def test_an_expert_of_weight_zero_counts_for_nothing_whatever_its_scale() -> None:
+    from pyro_dgm.distributions import Normal, ProductOfNormal
+
+    a = Normal(loc="a", scale="s", var=["z"], cond_var=["a", "s"], name="qa")
+    b = Normal(loc="b", scale=torch.ones(2), var=["z"], cond_var=["b"], name="qb")
+    values = {"a": torch.tensor([[5., 5.]]), "s": torch.tensor([[1e-30, 1.]]), "b": torch.tensor([[1., 2.]])}
+    weighted = ProductOfNormal([a, b], weight_modalities=[1., 0., 1.]).get_params(values)
+    alone = ProductOfNormal([b]).get_params({"b": values["b"]})
+    assert torch.allclose(weighted["loc"], alone["loc"]) and torch.allclose(weighted["scale"], alone["scale"])
