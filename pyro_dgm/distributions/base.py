@@ -1279,7 +1279,7 @@ class Distribution(YieldingModule):
                         if unbatched is None:
                             unbatched = x.shape[0]
                         continue
-                    n = x.shape[outer_plates_ndim(x, v)]
+                    n = x.shape[outer_plates_ndim(x)]
                 if not _size_is_one(n):
                     return n if unbatched is None else unbatched
                 found = 1
@@ -1472,7 +1472,7 @@ class Distribution(YieldingModule):
                 if in_pyro is None:
                     in_pyro = bool(PYRO_STACK) and not ignores_sites(PYRO_STACK)
                 if in_pyro:  # inside Pyro: a value that an active trace holds as a site has that site's event dims
-                    e = given_event_dim(values[v], ctx, v)
+                    e = given_event_dim(values[v], ctx)
             if e is None:
                 known = False
             else:

@@ -114,7 +114,7 @@ def _plate_sizes(data: bool) -> dict[int, Any]:
     return sizes
 
 
-def outer_plates_ndim(value: torch.Tensor, name: str | None = None) -> int:
+def outer_plates_ndim(value: torch.Tensor) -> int:
     """How many leading dims of the data ``value`` the caller's plates (not those over copies of the model) cover
     when none of them is at dim -1: 0 when one is, when there is none, or when ``value``'s leading dims do not have
     their sizes (plates over copies the user opened, e.g. particles at dim -2: the data has no dims for them)."""
@@ -125,8 +125,6 @@ def outer_plates_ndim(value: torch.Tensor, name: str | None = None) -> int:
     shape = value.shape
     if len(shape) <= lead or any(sizes.get(i - lead - 1, shape[i]) != shape[i] for i in range(lead)):
         return 0
-    if len(shape) == lead + 1:  # (the data then has no feature dim: see _warn_no_features)
-        _warn_no_features(value, name)
     return lead
 
 
@@ -139,7 +137,7 @@ def data_batch_ndim(value: Any) -> int:
     return 1 if e is None else value.dim() - e
 
 
-def given_event_dim(value: Any, ctx: CallState, name: str | None = None) -> int | None:
+def given_event_dim(value: Any, ctx: CallState) -> int | None:
     """The event dims of a value given from outside a call inside Pyro: those of the site whose value it is in an
     active trace (an enumerated, vectorized or posterior-predictive draw has batch dims on the left of the plates'
     dims, which only its site knows); else, in a ``dist()``/``sample()`` call, as many batch dims as its leading
@@ -157,7 +155,7 @@ def given_event_dim(value: Any, ctx: CallState, name: str | None = None) -> int 
     if isinstance(value, torch.Tensor):
         e = site_event_dim(value)
         if e is None:
-            e = _event_dim_by_plates(value, data=ctx.obs is not None, name=name)
+            e = _event_dim_by_plates(value, data=ctx.obs is not None)
     found[key] = e
     return e
 
@@ -256,18 +254,14 @@ def site_data_size(value: torch.Tensor) -> tuple[bool, int | None]:
 _COPY_PLATES = frozenset({"num_particles_vectorized", "_num_predictive_samples"})
 
 
-def _event_dim_by_plates(value: torch.Tensor, data: bool = False, name: str | None = None) -> int | None:
+def _event_dim_by_plates(value: torch.Tensor, data: bool = False) -> int | None:
     """The event dims of a value that no trace holds, from the plates: its leading dims are batch dims as far as
     they have the sizes of the plates at their positions (a subsampled plate's subsample size; a dim of size 1
     broadcasts, as in Pyro, if another matches its plate exactly); ``None`` when that is one dim (Pixyz's rule).
     Inside a plate, a value with no dim, or with one dim that cannot be the batch dim of the plate at dim -1 (its
     size is neither the plate's nor 1), has no batch dim: a global value (``tanh(w)`` of a global latent ``w``)
     that Pyro broadcasts. For the ``data`` of a model or guide call, the plates over copies of the model
-    (:data:`_COPY_PLATES`) do not count.
-
-    A reading that leaves the value no feature dim while no plate sits at dim -1 warns (:func:`_warn_no_features`):
-    sizes alone cannot tell ``x`` of ``[B, D]`` inside ``pyro.plate("particles", B, dim=-2)`` from ``[G, N]`` data of
-    a groups plate."""
+    (:data:`_COPY_PLATES`) do not count."""
     sizes = _plate_sizes(data)
     if not sizes:
         return None
@@ -287,30 +281,7 @@ def _event_dim_by_plates(value: torch.Tensor, data: bool = False, name: str | No
                 break
         else:
             if exact:
-                if len(shape) == n and -1 not in sizes:
-                    _warn_no_features(value, name)
                 return len(shape) - n
     return None
-
-
-#: the warnings registry of :func:`_warn_no_features`: one place for its two callers, shown once by default
-_NO_FEATURES_REGISTRY: dict[Any, Any] = {}
-
-
-def _warn_no_features(value: torch.Tensor, name: str | None) -> None:
-    """Say that ``value`` is read as batch dims only: its leading dims fit the plates left of dim -1 (and the data's
-    dim at -1), which a plate over copies of the model whose size equals the data's rows fits by chance."""
-    import warnings
-
-    plates = ", ".join(f"pyro.plate({m.name!r}, {m.size}, dim={m.dim})" for m in PYRO_STACK
-                       if isinstance(m, IndepMessenger) and m.dim is not None and m.dim < -1)
-    what = f"{name!r}" if name else "a value"
-    text = (f"{what} of shape {tuple(value.shape)} is read as batch dims only (no feature dim): its leading dims fit "
-            f"{plates} and the data's dim at -1 (the data plate). If dim 0 holds the data's rows (a plate over copies "
-            "of the model, of the data's size), open the data plate yourself at dim -1 around the call (`with "
-            "pyro.plate('data', N, dim=-1): ...`) or let Pyro make the particles (vectorize_particles=True); opening "
-            "it also states this reading and silences this warning")
-    warnings.warn_explicit(text, UserWarning, __file__, _warn_no_features.__code__.co_firstlineno, module=__name__,
-                           registry=_NO_FEATURES_REGISTRY)
 
 

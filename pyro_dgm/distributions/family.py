@@ -103,7 +103,7 @@ def _one_event(t: Tensor, v: str, ctx: CallState) -> bool:
     value computed from one); Pixyz's rule makes it a batch of scalars."""
     e = ctx.event_dims.get(v)
     if e is None and PYRO_STACK and not ignores_sites(PYRO_STACK):
-        e = given_event_dim(t, ctx, v)
+        e = given_event_dim(t, ctx)
     return e == 1
 
 

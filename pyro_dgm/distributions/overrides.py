@@ -591,7 +591,7 @@ def _event_dim(x: Tensor, name: str, ctx: CallState) -> int:
     """The event dims of a value in a Pyro model run: drawn in it, a site's, the plates', else Pixyz's one batch dim."""
     e = ctx.event_dims.get(name)
     if e is None and PYRO_STACK:
-        e = given_event_dim(x, ctx, name)
+        e = given_event_dim(x, ctx)
     return max(x.dim() - 1, 0) if e is None else e
 
 

@@ -4,13 +4,11 @@ copies of the model has the size of the data's rows, against plain-Pyro twins.
 A value that no trace holds has as many batch dims as its leading dims fit the open plates (sizes only), so ``x`` of
 ``[B, D]`` inside the user's own ``pyro.plate("particles", B, dim=-2)`` alone is read as ``[particles, data]``.
 Opening the data plate at dim -1 around the call, or letting Pyro make the particles (``vectorize_particles=True``),
-gives the twin's shapes and numbers for any ``P``, ``P == B`` included. A reading that leaves a value no feature dim
-while no plate sits at dim -1 warns, naming the value and the plates.
+gives the twin's shapes and numbers for any ``P``, ``P == B`` included.
 """
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -108,36 +106,3 @@ def test_vectorized_particles_of_the_data_size(parts, P):
     pyro.set_rng_seed(2)
     twin = Trace_ELBO(num_particles=P, vectorize_particles=True, max_plate_nesting=1).loss(model, guide, x)
     assert ours == pytest.approx(twin, rel=1e-6)
-
-
-def _guide_in_particles(q: Encoder, particles: int, data_plate: bool):
-    def guide(x):
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(pyro.plate("particles", particles, dim=-2))
-            if data_plate:
-                stack.enter_context(pyro.plate("data", B, dim=-1))
-            q.guide(x=x)
-    return guide
-
-
-@pytest.mark.parametrize("features", [1, D], ids=["x_of_B_1", "x_of_B_D"])
-def test_a_reading_that_leaves_the_data_no_feature_dim_warns(parts, features):
-    """``x`` of ``[B, 1]`` (silently one ``z`` per particle) or ``[B, D]`` (refused by Pyro later) inside the user's
-    particles plate of size ``B`` alone: the reading by sizes leaves it no feature dim, which a warning names."""
-    q, _, _, _ = parts
-    q.fc = nn.Linear(features, Z)
-    x = torch.randn(B, features)
-    with pytest.warns(UserWarning, match=r"'x' of shape \(4, %d\) is read as batch dims only .*"
-                                         r"pyro.plate\('particles', 4, dim=-2\).*open the data plate" % features):
-        try:
-            poutine.trace(_guide_in_particles(q, B, data_plate=False)).get_trace(x)
-        except ValueError:  # (x of [B, D]: Pyro refuses the shapes after the warning)
-            assert features == D
-
-
-@pytest.mark.parametrize("P, data_plate", [(B, True), (B + 1, False)], ids=["data_plate", "other_size"])
-def test_no_warning_where_the_reading_keeps_a_feature_dim(parts, P, data_plate):
-    q, _, _, x = parts
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        poutine.trace(_guide_in_particles(q, P, data_plate)).get_trace(x)
