@@ -78,10 +78,15 @@ class _EntryPoint(property):
                 raise AttributeError(f"{type(obj).__name__} has no attribute {name!r} of its own to delete")
 
         super().__init__(get, put, delete, fn.__doc__)
-        self.fn = fn
+        self.fn = self.__wrapped__ = fn  # (inspect.signature of the class's attribute: the method's)
+        self.__doc__ = fn.__doc__  # (a property subclass's own docstring would hide it)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.fn.__qualname__ = f"{owner.__qualname__}.{name}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Read from the class (``Normal.model(self, x=x)`` in a subclass's override): the method itself."""
+        return self.fn(*args, **kwargs)
 
 
 #: id of a tensor that a distribution put in Pyro's param store -> (the tensor, the distribution), both weakly held

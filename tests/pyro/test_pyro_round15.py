@@ -109,3 +109,21 @@ def test_model_and_guide_yield_to_a_subclass_value_of_their_name():
     assert callable(p.guide) and p.guide.__name__ == "guide"
     with pytest.raises(AttributeError):
         del p.guide
+
+
+def test_model_and_guide_read_from_the_class_are_the_methods():
+    """``Normal.model`` read from the class keeps the method's docstring and signature, and a subclass's override
+    may call it explicitly (p104: the property's class docstring showed, and the call raised a ``TypeError``)."""
+    import inspect
+
+    class Extra(Normal):
+        def model(self, *args, **kwargs):  # a subclass that adds a site of its own, then the usual ones
+            pyro.sample("extra", dist.Normal(0.0, 1.0))
+            return Normal.model(self, *args, **kwargs)
+
+    assert Normal.model.__doc__.startswith("This distribution as a Pyro model")
+    assert Normal.guide.__doc__.startswith("This distribution as a Pyro guide")
+    assert list(inspect.signature(Normal.model).parameters) == ["self", "args", "data_kwargs"]
+    p = Extra(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], features_shape=[2])
+    tr = poutine.trace(p.model).get_trace(x=torch.zeros(3, 2))
+    assert [n for n, s in tr.nodes.items() if s["type"] == "sample"] == ["extra", "data", "x"]
