@@ -708,10 +708,10 @@ class ChannelOrFeatureFlow(Flow):
     def _dgm_auto_event_dim(self, shape: torch.Size) -> int:
         # Pixyz: an image (N, C, H, W), whatever in_features (its mask comes from the input's channels), or a vector
         # (N, D); with more batch dims, the size at dim -3 or -1 decides
-        if len(shape) != 4:
-            n = self.in_features
-            return 3 if len(shape) > 4 and (shape[-3] == n or shape[-1] != n) else 1
-        return 3
+        if len(shape) == 4:
+            return 3
+        n = self.in_features
+        return 3 if len(shape) > 4 and (shape[-3] == n or shape[-1] != n) else 1
 
     def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
         super()._dgm_adapt(shape, inverse)

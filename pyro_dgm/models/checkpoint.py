@@ -568,11 +568,11 @@ def atomic_torch_save(obj: Any, path: Any) -> None:
     given = path
     path = os.path.realpath(path)  # a symbolic link: replace the file it points to (as torch.save writes through it)
     folder, name = os.path.split(path)
-    slash = isinstance(given, str) and _names_a_folder(given)  # (realpath would make it a file's name)
-    if slash or os.path.isdir(path) or not os.path.isdir(folder):
+    folder_named = isinstance(given, str) and _names_a_folder(given)  # (realpath would make it a file's name)
+    if folder_named or os.path.isdir(path) or not os.path.isdir(folder):
         from pyro_dgm.models.errors import CheckpointPathError
 
-        if slash:  # torch.save refuses it ("invalid file name"), rather than write a file named as the folder
+        if folder_named:  # torch.save refuses it ("invalid file name"), rather than write a file named as the folder
             raise CheckpointPathError(f"Model.save: the path {given} names a folder (it ends with a path separator, "
                                       "'.' or '..'); give a file name (e.g. model.pt in it)")
         if os.path.isdir(path):

@@ -17,11 +17,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import MCMC, NUTS, SVI, JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, Trace_ELBO
-from torch import nn
 
 from pyro_dgm.distributions import Normal
-
-N, D = 6, 3
+from test_pyro_round6 import D, N, QW  # q(w|tau): a network of a global input (one row)
 
 
 @pytest.fixture(autouse=True)
@@ -33,15 +31,6 @@ def _quiet():
 
 def _data() -> torch.Tensor:
     return torch.randn(N, D, generator=torch.Generator().manual_seed(0))
-
-
-class QW(Normal):
-    def __init__(self) -> None:
-        super().__init__(var=["w"], cond_var=["tau"], name="q")
-        self.net = nn.Linear(D, D)
-
-    def forward(self, tau: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loc": self.net(tau), "scale": torch.full_like(tau, 0.7)}
 
 
 def _plain_model(x: torch.Tensor) -> None:
