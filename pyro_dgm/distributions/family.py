@@ -19,8 +19,8 @@ from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import Distribution, ValuesLike, _broadcasts, has_network
 from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
-from pyro_dgm.distributions.effects import (PYRO_STACK, given_event_dim, has_forward_hooks, ignores_sites,
-                                               run_bound_network, run_network)
+from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, has_forward_hooks,
+                                               ignores_sites, run_bound_network, run_network)
 from pyro_dgm.distributions.pixyz_protocol import adopt
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
@@ -723,6 +723,8 @@ class DistributionBase(Distribution):
                 except (ValueError, RuntimeError):
                     pass  # scoring raises below, naming the shapes
                 batch_shape = base.batch_shape
+                if ctx.obs is not None and PYRO_STACK and len(vb) > 1:  # inside nested plates that cover several
+                    bn = min(data_batch_ndim(value), len(batch_shape))  # of the data's dims: so many batch dims
         ev = len(batch_shape) - bn
         root = expand and not drawn_in_pass(b.input_var, ctx)  # (a Deterministic's outputs of given inputs: given)
         if expand and ctx.batch_n is not None and bn >= 1:
