@@ -366,6 +366,12 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
             if not in_unit_interval(probs):
                 raise RuntimeError(_OUT_OF_RANGE)
             return _sum(_CrossEntropy.apply(probs, x), dims)
+        if torch.compiler.is_compiling():  # no try in a graph, and the kernel that the aot_eager and eager backends
+            # run refuses values outside [0, 1]: its value is linear in the value, so it is given only 0 and 1 (the
+            # same value and gradients; the probabilities are checked as before, inductor's kernel checks none)
+            lp_1 = F.binary_cross_entropy(probs, torch.ones_like(probs), reduction="none")
+            lp_0 = F.binary_cross_entropy(probs, torch.zeros_like(probs), reduction="none")
+            return -_sum(torch.lerp(lp_0, lp_1, x), dims)
         try:
             return -_sum(F.binary_cross_entropy(probs, x, reduction="none"), dims)
         except RuntimeError:

@@ -644,13 +644,26 @@ class DistributionBase(Distribution):
         except KeyError as e:
             self._dgm_constant_gone(e.args[0], e)
 
+    def _dgm_consts_need_grad(self) -> bool:
+        """Whether a constant requires grad: given so, or a buffer swapped for such a tensor since
+        (``torch.func.functional_call``, ``p.scale = torch.ones(3, requires_grad=True)``); then its graph is built at
+        every call, and the standard-form shortcut, which reads no parameter, is not taken."""
+        if self._dgm_const_grad:
+            return True
+        bufs = self._buffers
+        for n in self._dgm_const_names:
+            t = bufs.get(n)
+            if t is not None and t.requires_grad:
+                return True
+        return False
+
     def _dgm_is_standard(self) -> bool:
         """Whether this is a constant distribution in its family's standard form (``closed_forms.IS_STANDARD``,
         e.g. N(0, I)); checked once per set of buffers. ``False`` while torch.compile traces: the test reads the
         buffers' values (a graph break), and the general formula gives the same value, fused by the compiler."""
         test = closed_forms.IS_STANDARD.get(self.pyro_dist) if self._dgm_const_only and self._dgm_plain else None
-        if test is None or self._dgm_const_grad or torch.compiler.is_compiling():  # the shortcut drops the gradient
-            return False
+        if test is None or self._dgm_consts_need_grad() or torch.compiler.is_compiling():  # (the shortcut drops
+            return False  # the gradient)
         key = self._dgm_const_key()
         cached = self._dgm_standard_cache
         if cached is None or cached[0] != key:
@@ -664,7 +677,7 @@ class DistributionBase(Distribution):
         torch.compile traces it is built afresh (a cache keyed by the buffers' versions would make the compiled
         code guard on them); it costs nothing at run time there."""
         bufs = self._buffers
-        if torch.compiler.is_compiling() or self._dgm_const_grad:
+        if torch.compiler.is_compiling() or self._dgm_consts_need_grad():
             return self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=False)
         if PYRO_STACK and not ignores_sites(PYRO_STACK):  # a Pyro handler sees the site: copies (see _dgm_params)
             base = self._dgm_base({n: bufs[n].clone() for n in self._dgm_const_names}, validate=False)
@@ -1033,7 +1046,7 @@ class DistributionBase(Distribution):
                                          else broadcast_shape(shape, t.shape))
                         except ValueError:
                             self._dgm_params_do_not_broadcast(got.params)
-                        self._dgm_check_value(b.var[0], xs, shape, ev)
+                        self._dgm_check_value(b.var[0], xs, shape, ev if sum_features else 0)
                         break
                 whole = sum_features and feature_dims is None
                 fn = self._dgm_closed_lp
@@ -1049,8 +1062,9 @@ class DistributionBase(Distribution):
         base, ev, _ = self._dgm_parts(b, values, ctx, expand=False, value=x, record=True)
         ev = max(ev, 0)
         shape = base.batch_shape + base.event_shape
-        if x.shape != shape:
-            self._dgm_check_value(b.var[0], x.shape, shape, ev + len(base.event_shape))
+        if x.shape != shape:  # (unsummed, a value's feature dim of size 1 may broadcast: each pair scored once,
+            # log q(z_i|x_j) of z (B, 1, Z) under x (1, B, X), as in Pixyz)
+            self._dgm_check_value(b.var[0], x.shape, shape, ev + len(base.event_shape) if sum_features else 0)
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
         # batch) stay batch dims of theirs too, and the factors' log-densities have one shape
         ctx.event_dims[b.var[0]] = ev + len(base.event_shape)

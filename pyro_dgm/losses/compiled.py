@@ -300,11 +300,14 @@ class _FirstCallEager:
             self._eager(*args)
         if isinstance(failed, torch._dynamo.exc.BackendCompilerFailed):
             cause = getattr(failed, "inner_exception", None) or failed
+            backend = self.options.get("backend") if isinstance(self.options, dict) else None
+            other = ("" if backend in ("aot_eager", "eager") else
+                     ", or pick another backend, e.g. compile={'backend': 'aot_eager'} (no code generation)")
             raise RuntimeError(f"{self.loss.loss_text}: torch.compile could not compile this loss's evaluation "
                                f"with {self.options or 'its defaults'} ({type(cause).__name__}: "
-                               f"{str(cause)[:300]}); "
-                               "train without compile=, or pick another backend, e.g. compile={'backend': "
-                               "'aot_eager'} (no code generation)") from failed
+                               f"{str(cause)[:300]}); train without compile={other}. (It builds the backward pass "
+                               "too: this may be an error that the eager evaluation meets only at backward(), such "
+                               "as a tensor that the gradient needs, changed in place.)") from failed
         if type(failed) is RuntimeError or isinstance(failed, torch._dynamo.exc.TorchDynamoException):
             raise RuntimeError(f"{self.loss.loss_text}: the compiled evaluation failed where the eager one runs on "
                                f"these inputs ({type(failed).__name__}: {str(failed)[:300]}); train without "

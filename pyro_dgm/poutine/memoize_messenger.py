@@ -203,6 +203,30 @@ def same_marks(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
             and (a[1] is None) == (b[1] is None) and (a[1] is None or torch.equal(a[1], b[1])))
 
 
+def _param_state(module: Any) -> tuple[Any, ...] | None:
+    """Which tensors are ``module``'s parameters and buffers (and its submodules'), with their versions: an entry
+    made now answers later only while they are the same objects, unchanged (``torch.func.functional_call`` swaps
+    them, ``with torch.no_grad(): w.mul_(2)`` changes them in place). ``None`` when there is nothing to check (not a
+    module, or tensors without a version counter: built under ``torch.inference_mode``)."""
+    if not isinstance(module, torch.nn.Module):
+        return None
+    try:
+        return tuple((d, k, t, t._version) for m in module.modules() for d in (m._parameters, m._buffers)
+                     for k, t in d.items() if t is not None)
+    except RuntimeError:
+        return None
+
+
+def _same_params(state: tuple[Any, ...]) -> bool:
+    try:
+        for d, k, t, v in state:  # (d[k]: a TorchScript module's dicts have no get)
+            if d[k] is not t or t._version != v:
+                return False
+    except KeyError:
+        return False
+    return True
+
+
 class _Traced(NamedTuple):
     """A miss while torch.compile traces: what :meth:`MemoizeMessenger.store` keeps, compared by identity."""
     module: Any
@@ -221,8 +245,10 @@ class MemoizeMessenger(Messenger):
     key holds. The cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives
     it, so a tensor reused across optimizer steps never meets a stale graph. A step of any ``torch.optim`` optimizer
     (Pyro's wrap them) also clears a scope opened by :func:`~pyro_dgm.poutine.memoize` (around a training loop), and
-    a backward pass drops the entries of such a scope that it went through; parameters changed by hand within a scope
-    are not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU. A module with
+    a backward pass drops the entries of such a scope that it went through. An entry answers only while the
+    module's parameters and buffers are the tensors it ran with, unchanged (version counters): weights swapped by
+    ``torch.func.functional_call`` (an ensemble, a MAML step) or changed in place within the scope make it run
+    again; a change through ``.data`` is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU. A module with
     ``memoizable = False`` (e.g. one with dropout) always runs. A module with ``memoize_unless_random = True`` (a
     :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is reused only when its forward
     drew nothing from the global random generators (:func:`rng_marks`) and changed no input in place: a forward that
@@ -304,6 +330,16 @@ class MemoizeMessenger(Messenger):
             keys = [_arg_key(a) for a in args]
         return (id(module), module.training, torch.is_grad_enabled(), tuple(keys), kw)
 
+    def _forget_traced_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Drop the traced entries that hold a tensor that a network has just been given: it may have changed it in
+        place (eager keys see that by its version, which a traced evaluation cannot branch on), and the next use of
+        those entries' networks then runs them again on the current values. A duplicate forward pass that the
+        network did not need is merged by the compiler (AOTAutograd's common-subexpression elimination)."""
+        given = [a for a in args if isinstance(a, torch.Tensor)] + [v for v in kwargs.values()
+                                                                    if isinstance(v, torch.Tensor)]
+        if given:
+            self._traced = [e for e in self._traced if not any(a is g for a in (*e[2], *e[3].values()) for g in given)]
+
     def _traced_lookup(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                        ) -> tuple[Hashable | None, Any]:
         # Under torch.compile the key may not hold ids or versions of tensors (Dynamo would guard on them and
@@ -335,14 +371,16 @@ class MemoizeMessenger(Messenger):
             # step in another thread must not make it run a network again; read here, not in __init__, where
             # torch.compile would guard on it)
         hit = self._cache.get(key)
-        if hit is None:
+        if hit is None or (hit[2] is not None and not _same_params(hit[2])):
             return key, None
         self._cache.move_to_end(key)
         return key, hit[0]
 
-    def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...]) -> None:
+    def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword: the key holds their ids,
-        which a tensor made later in the scope could reuse if they were freed while cached)."""
+        which a tensor made later in the scope could reuse if they were freed while cached). With ``module``, the
+        network that computed it, the entry answers only while its parameters and buffers are unchanged
+        (:func:`_param_state`, read after the call: a batch norm's own update of its statistics belongs to it)."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
@@ -350,7 +388,7 @@ class MemoizeMessenger(Messenger):
             self._traced.append((key.module, key.mode, key.args, key.kwargs, value))
             del self._traced[:-maxsize]
             return
-        self._cache[key] = (value, keep)
+        self._cache[key] = (value, keep, _param_state(module))
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
         if self._pyro_stack and torch.is_grad_enabled():  # a scope the user opened around several backward passes
@@ -396,15 +434,17 @@ class MemoizeMessenger(Messenger):
             value = module(*args, **kwargs)
             if not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key:
                 return value  # it drew random numbers or changed its input: each use runs it again, as Pixyz
-            self.store(key, value, (args, kwargs) if kwargs else args)  # runs a Deterministic each time
+            self.store(key, value, (args, kwargs) if kwargs else args, module)  # runs a Deterministic each time
             return value
         value = module(*args, **kwargs)
         keep = (args, kwargs) if kwargs else args
-        self.store(key, value, keep)
+        if self._traced:  # (only while torch.compile traces: any network, memoized or not, may change its inputs)
+            self._forget_traced_inputs(args, kwargs)
+        self.store(key, value, keep, module)
         if type(key) is tuple:
             after = self._key(module, args, kwargs)
             if after != key:  # the network changed an input in place (x /= 255): its next call in this scope is
-                self.store(after, value, keep)  # this one, as under Pixyz's cache (else it runs again, and again)
+                self.store(after, value, keep, module)  # this one, as under Pixyz's cache (else it runs again)
         return value
 
     # The "dgm_params" effect is answered by the effect's own function (``calls._call_network``), which asks this

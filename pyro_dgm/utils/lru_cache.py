@@ -121,21 +121,23 @@ class _Entries:
         self.items: OrderedDict[Any, tuple[list[Any], Any]] = OrderedDict()
 
     def state_of(self, owner: Any) -> Any:
-        """What makes a module's results change with the same inputs: its structure, the versions of its
-        parameters and buffers (an optimizer step or any in-place change bumps them) and its submodules'
-        train/eval modes."""
+        """What makes a module's results change with the same inputs: its structure, which tensors are its
+        parameters and buffers (``torch.func.functional_call`` swaps them without registering anything) and their
+        versions (an optimizer step or any in-place change bumps them), and its submodules' train/eval modes."""
         if not isinstance(owner, nn.Module):
             return None
         structure = _STRUCTURE[0]
         if structure is None or structure != self.structure:
             self.structure = structure
-            self.tensors = [*owner.parameters(), *owner.buffers()]
             self.modules = list(owner.modules())
+        # read afresh at every call, and kept (so an id in the state is not reused while the entries live)
+        tensors = self.tensors = [t for m in self.modules for d in (m._parameters, m._buffers) for t in d.values()
+                                  if t is not None]
         try:
-            versions = tuple(map(_VERSION, self.tensors))
+            versions = tuple(map(_VERSION, tensors))
         except RuntimeError:  # a module built under torch.inference_mode: a new state at every call
-            versions = tuple(map(version, self.tensors))
-        return (structure, versions, tuple(m.training for m in self.modules))
+            versions = tuple(map(version, tensors))
+        return (structure, tuple(map(id, tensors)), versions, tuple(m.training for m in self.modules))
 
     def check(self, owner: Any) -> None:
         """Drop every entry if the owner changed since they were made."""

@@ -346,9 +346,10 @@ def test_inputs_that_fail_while_tracing_or_running_get_the_eager_evaluations_err
     assert model.step == 2
 
 
-def test_a_value_the_compiled_kernels_refuse_is_reported_naming_the_loss() -> None:
-    """A Bernoulli scores values outside [0, 1] by its cross-entropy (docs/porting.md); the compiled kernel refuses
-    them: the error says the compiled evaluation failed where the eager one runs, and how to train on."""
+def test_a_bernoulli_scores_values_outside_the_unit_interval_compiled_as_eager() -> None:
+    """A Bernoulli scores values outside [0, 1] by its cross-entropy (docs/porting.md), compiled too: the kernel
+    that the aot_eager backend runs refuses such targets, so the compiled formula gives it only 0 and 1 (probe p105;
+    until then this test pinned the refusal, with an error naming the loss)."""
     torch.manual_seed(0)
     loss, batch = cm.vae()
     compiled = copy.deepcopy(loss)
@@ -356,11 +357,11 @@ def test_a_value_the_compiled_kernels_refuse_is_reported_naming_the_loss() -> No
     x = batch(0)["x"]
     compiled.eval({"x": x})
     compiled.eval({"x": x})
-    assert torch.isfinite(loss.eval({"x": 2 * x}))  # eager: the cross-entropy of 2
-    with pytest.raises(RuntimeError, match=r"the compiled evaluation failed where the eager one runs on these "
-                                           r"inputs \(RuntimeError: all elements of target should be between 0 "
-                                           r"and 1.*train without compile="):
-        compiled.eval({"x": 2 * x})
+    torch.manual_seed(1)
+    eager = loss.eval({"x": 2 * x})  # the cross-entropy of 2
+    torch.manual_seed(1)
+    assert torch.isfinite(eager)
+    torch.testing.assert_close(compiled.eval({"x": 2 * x}), eager)
 
 
 def test_an_eager_run_after_a_failed_compile_restores_a_flows_reassigned_buffers() -> None:

@@ -1,0 +1,167 @@
+"""Weights and constants swapped or changed inside one evaluation, and pairwise scores by broadcasting, against
+Pixyz 0.3.3 and torch twins (round 29, probes p107 and p108).
+
+- A constant prior at N(0, 1) whose constants are swapped for tensors that require grad
+  (``torch.func.functional_call``, or ``p.scale = torch.ones(..., requires_grad=True)``) took the standard-form
+  shortcut, which reads no parameter: the log-density had no graph. Pixyz's has the gradient.
+- The memoizer answered a network call from its first forward pass after the network's weights were swapped
+  (``functional_call`` of an ensemble member, a MAML step) or changed in place within one evaluation; a
+  ``get_params`` decorated with ``lru_cache_for_sample_dict`` did so across calls. Pixyz's caches do so too, and
+  there its numbers are wrong: the references are torch twins.
+- ``q.get_log_prob({"x": x[None], "z": z[:, None]}, sum_features=False)`` (log q(z_i | x_j) for every pair, the
+  beta-TCVAE idiom) was refused; Pixyz computes it, rightly.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module
+
+from pixyz_harness import assert_same, run_both
+
+B, X, Z = 5, 4, 3
+
+
+def _encoder_class(Normal):
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(X, 2 * Z)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return {"loc": h[..., :Z], "scale": F.softplus(h[..., Z:]) + 0.05}
+    return Q
+
+
+def _twin_lp(w, x, z):
+    h = x @ w["fc.weight"].T + w["fc.bias"]
+    return torch.distributions.Normal(h[..., :Z], F.softplus(h[..., Z:]) + 0.05).log_prob(z).sum()
+
+
+@pytest.mark.parametrize("how", ["functional_call", "assigned"])
+def test_standard_prior_with_swapped_grad_constants_has_their_gradient(how):
+    def program():
+        import torch
+        from pixyz.distributions import Normal
+        from pixyz.losses import LogProb
+        z = torch.randn(B, Z)
+        p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+        m = torch.tensor(0.0, requires_grad=True)
+        s = torch.tensor(1.0, requires_grad=True)
+        if how == "functional_call":
+            loss = LogProb(p).mean()
+            v = functional_call(loss, {"loss1.p.loc": m, "loss1.p.scale": s}, ({"z": z},))[0]
+        else:
+            p.loc, p.scale = m, s
+            v = p.get_log_prob({"z": z}).mean()
+        return v, torch.autograd.grad(v, [m, s])
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    # and torch's: d/dm = mean_i sum_d z, d/ds = mean_i sum_d (z^2 - 1)
+    torch.manual_seed(0)  # (the harness seeds 0 before each program)
+    z = torch.randn(B, Z)
+    torch.testing.assert_close(ours[1][0], z.sum(-1).mean())
+    torch.testing.assert_close(ours[1][1], (z ** 2 - 1).sum(-1).mean())
+
+
+def test_memoizer_sees_weights_swapped_within_one_evaluation():
+    """An ensemble averaged inside a user loss: each member's weights give its own log-density."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import Loss
+    import sympy
+
+    torch.manual_seed(0)
+    q = _encoder_class(Normal)()
+    x, z = torch.rand(B, X), torch.randn(B, Z)
+    members = [{k: (i + 1) * v.detach() for k, v in q.named_parameters()} for i in range(3)]
+
+    class EnsembleLogProb(Loss):
+        def __init__(self):
+            super().__init__(["x", "z"])
+
+        @property
+        def _symbol(self):
+            return sympy.Symbol("E")
+
+        def forward(self, x_dict, **kwargs):
+            vals = []
+            for w in members:
+                with _reparametrize_module(q, w):
+                    vals.append(q.get_log_prob(x_dict).sum())
+            return torch.stack(vals), {}
+
+    got = EnsembleLogProb().eval({"x": x, "z": z})
+    torch.testing.assert_close(got, torch.stack([_twin_lp(w, x, z) for w in members]))
+
+
+def test_memoizer_sees_weights_changed_in_place_within_one_evaluation():
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.poutine import memoize
+
+    torch.manual_seed(1)
+    q = _encoder_class(Normal)()
+    x, z = torch.rand(B, X), torch.randn(B, Z)
+    with memoize():
+        a = q.get_log_prob({"x": x, "z": z}).sum()
+        with torch.no_grad():
+            q.fc.weight.mul_(2)
+        b = q.get_log_prob({"x": x, "z": z}).sum()
+    w = {k: v.detach() for k, v in q.named_parameters()}
+    torch.testing.assert_close(b, _twin_lp(w, x, z))
+    w["fc.weight"] = w["fc.weight"] / 2
+    torch.testing.assert_close(a, _twin_lp(w, x, z))
+
+
+def test_lru_cache_for_sample_dict_sees_swapped_weights_and_maml_gradients():
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.utils import lru_cache_for_sample_dict
+
+    class Cached(_encoder_class(Normal)):
+        @lru_cache_for_sample_dict()
+        def get_params(self, params_dict={}, **kwargs):
+            return super().get_params(params_dict, **kwargs)
+
+    torch.manual_seed(2)
+    q = Cached()
+    x, z = torch.rand(B, X), torch.randn(B, Z)
+    loss = LogProb(q).sum()
+    call = lambda w: functional_call(loss, {"loss1.p." + k: v for k, v in w.items()}, ({"x": x, "z": z},))[0]
+    w1 = {k: v.detach() for k, v in q.named_parameters()}
+    w2 = {k: 2 * v for k, v in w1.items()}
+    torch.testing.assert_close(call(w2), _twin_lp(w2, x, z))
+    torch.testing.assert_close(call(w1), _twin_lp(w1, x, z))
+    # MAML: one inner step with create_graph, then the outer loss on the adapted weights; the meta-gradient
+    ws = {k: v.clone().requires_grad_() for k, v in w1.items()}
+    wt = {k: v.clone().requires_grad_() for k, v in w1.items()}
+    outs = []
+    for w, lp in ((ws, call), (wt, lambda w: _twin_lp(w, x, z))):
+        g = torch.autograd.grad(-lp(w), list(w.values()), create_graph=True)
+        adapted = {k: v - 0.1 * gi for (k, v), gi in zip(w.items(), g)}
+        outer = lp(adapted)
+        outs.append((outer, torch.autograd.grad(outer, list(w.values()))))
+    assert_same(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("orient", ["x_first", "z_first"])
+def test_pairwise_log_q_by_broadcasting_unsummed(orient):
+    """log q(z_i | x_j) for every pair: z (B, 1, Z) under x (1, B, X), and the mirrored orientation."""
+    def program():
+        import torch
+        from pixyz.distributions import Normal
+        q = _encoder_class(Normal)()
+        x = torch.randn(B, X)
+        z = q.sample({"x": x}, return_all=False)["z"].detach()
+        xs, zs = (x[None], z[:, None]) if orient == "x_first" else (x[:, None], z[None])
+        return q.get_log_prob({"x": xs, "z": zs}, sum_features=False), q.get_params({"x": x}), z
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    lp, prm, z = ours
+    exact = torch.distributions.Normal(prm["loc"][None], prm["scale"][None]).log_prob(z[:, None])
+    torch.testing.assert_close(lp if orient == "x_first" else lp.transpose(0, 1), exact)
