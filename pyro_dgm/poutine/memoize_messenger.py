@@ -248,11 +248,12 @@ class MemoizeMessenger(Messenger):
     a backward pass drops the entries of such a scope that it went through. An entry answers only while the
     module's parameters and buffers are the tensors it ran with, unchanged (version counters): weights swapped by
     ``torch.func.functional_call`` (an ensemble, a MAML step) or changed in place within the scope make it run
-    again; a change through ``.data`` is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU. A module with
-    ``memoizable = False`` (e.g. one with dropout) always runs. A module with ``memoize_unless_random = True`` (a
-    :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is reused only when its forward
-    drew nothing from the global random generators (:func:`rng_marks`) and changed no input in place: a forward that
-    picks random time steps, adds noise or edits its input runs again on each use, as under Pixyz. Draws from a
+    again; a change through ``.data`` is not seen. Keys read no tensor data, so a lookup never synchronizes with a
+    GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
+    ``memoize_unless_random = True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every
+    use) is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`) and
+    changed no input in place: a forward that picks random time steps, adds noise or edits its input runs again on
+    each use, as under Pixyz. Draws from a
     generator the forward holds itself (a ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's
     ``RandomState`` kept from its last ``randn``, change no global state: such a module needs ``memoizable = False``.
 
