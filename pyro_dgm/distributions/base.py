@@ -48,6 +48,9 @@ __all__ = ["Distribution", "sum_samples"]
 
 ValuesLike = Mapping[str, Any] | Tensor | Sequence[Tensor] | None
 
+#: ``sample()``'s options, which ``model()``/``guide()`` (data only) would silently take as unknown keywords
+_SAMPLE_OPTIONS = frozenset({"batch_n", "sample_shape", "return_all", "reparam", "return_hidden", "sample_mean"})
+
 
 class _EntryPoint(property):
     """A method that yields to a value of the same name that a user's subclass assigns (a submodule, parameter,
@@ -1208,12 +1211,18 @@ class Distribution(YieldingModule):
 
     def _dgm_warn_unknown(self, unknown: Sequence[str], values: Mapping[str, Any]) -> None:
         """Warn of a keyword that names no variable but nearly names one that is not given (``model(X=x)`` or
-        Pyro's plural ``ys=`` for ``y``): that variable would be drawn instead of observed. Other keywords pass
-        silently (SVI gives the model the guide's inputs too)."""
+        Pyro's plural ``ys=`` for ``y``): that variable would be drawn instead of observed; and of one of
+        ``sample()``'s options (``model(batch_n=5)`` draws one row). Other keywords pass silently (SVI gives the
+        model the guide's inputs too)."""
         import difflib
 
         free = [v for v in self._dgm_known_names if v not in values]
         for k in unknown:
+            if k in _SAMPLE_OPTIONS:  # (Pixyz's sample() options: a model or guide takes data only)
+                warnings.warn(f"{describe(self)}: {k}= is an option of sample(), not data; model() and guide() ignore "
+                              "it (to draw N rows, call them inside pyro.plate('data', N), or use "
+                              "sample(batch_n=N))", UserWarning, stacklevel=4)
+                continue
             close = ([v for v in free if v.lower() == k.lower() or k.lower() == v.lower() + "s"]  # X, xs (Pyro's)
                      or difflib.get_close_matches(k, free, n=1, cutoff=0.8))
             if close:

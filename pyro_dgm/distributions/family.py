@@ -1046,7 +1046,7 @@ class DistributionBase(Distribution):
                                          else broadcast_shape(shape, t.shape))
                         except ValueError:
                             self._dgm_params_do_not_broadcast(got.params)
-                        self._dgm_check_value(b.var[0], xs, shape, ev if sum_features else 0)
+                        self._dgm_check_value(b.var[0], xs, shape, ev, sum_features)
                         break
                 whole = sum_features and feature_dims is None
                 fn = self._dgm_closed_lp
@@ -1062,9 +1062,8 @@ class DistributionBase(Distribution):
         base, ev, _ = self._dgm_parts(b, values, ctx, expand=False, value=x, record=True)
         ev = max(ev, 0)
         shape = base.batch_shape + base.event_shape
-        if x.shape != shape:  # (unsummed, a value's feature dim of size 1 may broadcast: each pair scored once,
-            # log q(z_i|x_j) of z (B, 1, Z) under x (1, B, X), as in Pixyz)
-            self._dgm_check_value(b.var[0], x.shape, shape, ev + len(base.event_shape) if sum_features else 0)
+        if x.shape != shape:
+            self._dgm_check_value(b.var[0], x.shape, shape, ev + len(base.event_shape), sum_features)
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
         # batch) stay batch dims of theirs too, and the factors' log-densities have one shape
         ctx.event_dims[b.var[0]] = ev + len(base.event_shape)
@@ -1144,20 +1143,21 @@ class DistributionBase(Distribution):
         raise ShapeError(f"{describe(self)}: the shapes of the parameters do not broadcast ({shapes}); each must have "
                          "the batch and feature shape of the others, or 1 there")
 
-    def _dgm_check_value(self, name: str, value_shape: torch.Size, shape: torch.Size, n_features: int) -> None:
+    def _dgm_check_value(self, name: str, value_shape: torch.Size, shape: torch.Size, n_features: int,
+                         summed: bool = True) -> None:
         """Raise ``ValueError`` (a :class:`~pyro_dgm.utils.checks.ShapeError`, also the RuntimeError that torch
         raises where the shapes do not broadcast at all) if a value of ``value_shape`` would be broadcast over
         parameters of full shape ``shape`` (of which the last ``n_features`` dims are feature dims); see
-        :func:`~pyro_dgm.utils.checks.value_shape_problem`."""
+        :func:`~pyro_dgm.utils.checks.value_shape_problem` (``summed``: ``sum_features``)."""
         # (no memo while torch.compile traces: the check costs nothing in the graph, and the memo would hash the
         # symbolic batch size, so Dynamo would guard on its value: a graph per batch size)
         memo = not torch.compiler.is_compiling()
         if memo:
-            key = (value_shape, shape, n_features, STRICT_SHAPES[0])
+            key = (value_shape, shape, n_features, STRICT_SHAPES[0], summed)
             seen = self.__dict__.get("_dgm_shapes_ok")
             if seen is not None and key in seen:
                 return
-        why = value_shape_problem(value_shape, shape, n_features)
+        why = value_shape_problem(value_shape, shape, n_features, summed=summed)
         if why is None:
             if not memo:
                 return

@@ -204,15 +204,21 @@ def same_marks(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 
 
 def _param_state(module: Any) -> tuple[Any, ...] | None:
-    """Which tensors are ``module``'s parameters and buffers (and its submodules'), with their versions: an entry
-    made now answers later only while they are the same objects, unchanged (``torch.func.functional_call`` swaps
-    them, ``with torch.no_grad(): w.mul_(2)`` changes them in place). ``None`` when there is nothing to check (not a
-    module, or tensors without a version counter: built under ``torch.inference_mode``)."""
+    """What an entry made now for ``module`` answers under: which modules, parameters and buffers it has (a
+    submodule replaced, or weights swapped by ``torch.func.functional_call``, make them other objects) and its
+    parameters' versions (``with torch.no_grad(): w.mul_(2)``). Not the buffers' versions: a forward pass updates a
+    batch norm's statistics, also of one shared with another network, whose outputs in training mode do not depend
+    on them. ``None`` when there is nothing to check (not a module, or parameters without a version counter: built
+    under ``torch.inference_mode``)."""
     if not isinstance(module, torch.nn.Module):
         return None
     try:
-        return tuple((d, k, t, t._version) for m in module.modules() for d in (m._parameters, m._buffers)
-                     for k, t in d.items() if t is not None)
+        state = []
+        for m in module.modules():
+            state += [(m._modules, k, c, -1) for k, c in m._modules.items()]
+            state += [(m._parameters, k, t, t._version) for k, t in m._parameters.items() if t is not None]
+            state += [(m._buffers, k, t, -1) for k, t in m._buffers.items()]
+        return tuple(state)
     except RuntimeError:
         return None
 
@@ -220,7 +226,7 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
 def _same_params(state: tuple[Any, ...]) -> bool:
     try:
         for d, k, t, v in state:  # (d[k]: a TorchScript module's dicts have no get)
-            if d[k] is not t or t._version != v:
+            if d[k] is not t or (v >= 0 and t._version != v):
                 return False
     except KeyError:
         return False
@@ -241,19 +247,19 @@ class MemoizeMessenger(Messenger):
     Networks run through the ``"dgm_params"`` effect (see :func:`pyro_dgm.distributions.effects.run_network`). The key
     is the module, the identity and version of each input tensor (also inside a tuple, list or dict input), the other
     arguments, the module's train/eval mode and whether grad is enabled; a hit returns the same parameter tensors, so
-    autograd sees one forward pass. The inputs are kept alive while cached, so a later tensor cannot take an id the
-    key holds. The cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives
-    it, so a tensor reused across optimizer steps never meets a stale graph. A step of any ``torch.optim`` optimizer
-    (Pyro's wrap them) also clears a scope opened by :func:`~pyro_dgm.poutine.memoize` (around a training loop), and
-    a backward pass drops the entries of such a scope that it went through. An entry answers only while the
-    module's parameters and buffers are the tensors it ran with, unchanged (version counters): weights swapped by
-    ``torch.func.functional_call`` (an ensemble, a MAML step) or changed in place within the scope make it run
-    again; a change through ``.data`` is not seen. Keys read no tensor data, so a lookup never synchronizes with a
-    GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
-    ``memoize_unless_random = True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every
-    use) is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`) and
-    changed no input in place: a forward that picks random time steps, adds noise or edits its input runs again on
-    each use, as under Pixyz. Draws from a
+    autograd sees one forward pass. The inputs are kept alive while cached, so a later tensor cannot take an id the key
+    holds. The cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives it, so
+    a tensor reused across optimizer steps never meets a stale graph. A step of any ``torch.optim`` optimizer (Pyro's
+    wrap them) also clears a scope opened by :func:`~pyro_dgm.poutine.memoize` (around a training loop), and a backward
+    pass drops the entries of such a scope that it went through. An entry answers only while the module's submodules,
+    parameters and buffers are the objects it ran with, and its parameters unchanged (version counters): weights swapped
+    by ``torch.func.functional_call`` (an ensemble, a MAML step), a submodule replaced, or weights changed in place
+    within the scope make it run again; a change through ``.data``, or a buffer changed in place (as a batch norm's
+    forward updates its statistics), is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU. A
+    module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with ``memoize_unless_random =
+    True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is reused only when its
+    forward drew nothing from the global random generators (:func:`rng_marks`) and changed no input in place: a forward
+    that picks random time steps, adds noise or edits its input runs again on each use, as under Pixyz. Draws from a
     generator the forward holds itself (a ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's
     ``RandomState`` kept from its last ``randn``, change no global state: such a module needs ``memoizable = False``.
 
@@ -380,8 +386,8 @@ class MemoizeMessenger(Messenger):
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword: the key holds their ids,
         which a tensor made later in the scope could reuse if they were freed while cached). With ``module``, the
-        network that computed it, the entry answers only while its parameters and buffers are unchanged
-        (:func:`_param_state`, read after the call: a batch norm's own update of its statistics belongs to it)."""
+        network that computed it, the entry answers only while its submodules, parameters and buffers are the same
+        objects and its parameters unchanged (:func:`_param_state`)."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return

@@ -305,7 +305,7 @@ def strict_shapes(enabled: bool = True) -> Iterator[None]:
 
 
 def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_features: int,
-                        strict: bool | None = None) -> str | None:
+                        strict: bool | None = None, summed: bool = True) -> str | None:
     """Why a value of ``value_shape``, scored under parameters of full shape ``shape`` whose last ``n_features``
     dims are feature dims, would be silently broadcast into a wrong number, or ``None`` if it is scored as it should.
 
@@ -317,7 +317,9 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     :func:`strict_shapes`): then a value that holds a batch (two dims or more once its leading size-1 dims are
     dropped) may still be scored under each of the parameters' extra leading dims (``x`` of shape ``[B, D]`` under
     ``p(x|z)`` with ``z`` of shape ``[L, B, Z]``), but nothing else of it is broadcast. Plain tuple arithmetic: the
-    caller compares the two shapes first.
+    caller compares the two shapes first. Not ``summed`` (``sum_features=False``: each element of the broadcast
+    result is a score of its own), a value's feature dim of size 1 may broadcast too (log q(z_i|x_j) of every pair:
+    ``z`` of shape ``[B, 1, Z]`` under parameters of ``[1, B, Z]``); a value that lacks dims still may not.
 
     Examples
     --------
@@ -342,7 +344,7 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
                 return f"it has no dim for the distribution's feature dim {m - i} of size {p}"
             continue
         v = vs[-i]
-        if v != p and p != 1:
+        if v != p and p != 1 and (summed or v != 1):
             return f"its dim {n - i} has size {v} where the distribution has {p} features"
         if p == 1 and v != 1 and n < m:  # the value lacks dims: its batch dim lines up with a feature dim of size 1
             return (f"it has {n} dims where the distribution has {m} (batch and features {ps[m - nf:]}), so its dim "

@@ -139,6 +139,12 @@ class _Entries:
             versions = tuple(map(version, tensors))
         return (structure, tuple(map(id, tensors)), versions, tuple(m.training for m in self.modules))
 
+    def settle(self, owner: Any) -> None:
+        """After a call: what the call itself changed (a batch norm's statistics, which its forward updates) belongs
+        to the entries, so that the next call with the same inputs finds them, as under Pixyz."""
+        if self.state is not None:
+            self.state = self.state_of(owner)
+
     def check(self, owner: Any) -> None:
         """Drop every entry if the owner changed since they were made."""
         state = self.state_of(owner)
@@ -203,6 +209,7 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
                 entries.items.move_to_end(key)
                 return _copy(hit[1])
             result = fn(owner, *args, **kwargs)
+            entries.settle(owner)
             entries.items[key] = (anchors, result)
             if maxsize is not None and len(entries.items) > maxsize:
                 entries.items.popitem(last=False)

@@ -165,3 +165,133 @@ def test_pairwise_log_q_by_broadcasting_unsummed(orient):
     lp, prm, z = ours
     exact = torch.distributions.Normal(prm["loc"][None], prm["scale"][None]).log_prob(z[:, None])
     torch.testing.assert_close(lp if orient == "x_first" else lp.transpose(0, 1), exact)
+
+
+# Attack round p109 on the fixes above.
+
+def test_a_forgotten_squeeze_is_refused_unsummed_too():
+    """loc of shape [B, 1, D] scoring z of [B, D] (docs/porting.md: refused, Pixyz scores every row against every
+    row); unsummed, only a value's feature dim of size 1 may broadcast, not a value that lacks dims."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.utils.checks import ShapeError
+
+    class Dec(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="p")
+            self.fc = nn.Linear(X, Z)
+
+        def forward(self, x):
+            return {"loc": self.fc(x).unsqueeze(1), "scale": torch.ones(1, 1, Z)}
+
+    p, x, z = Dec(), torch.randn(B, X), torch.randn(B, Z)
+    for summed in (True, False):
+        with pytest.raises(ShapeError, match="lines up with a feature dim of size 1"):
+            p.get_log_prob({"x": x, "z": z}, sum_features=summed)
+        with pytest.raises(ShapeError, match="lines up with a feature dim of size 1"):
+            LogProb(p, sum_features=summed).eval({"x": x, "z": z})
+
+
+def test_a_batch_norm_trunk_shared_by_two_encoders_runs_once_per_encoder():
+    """The second encoder's forward updates the shared batch norm's statistics: the first encoder's entry still
+    answers (its outputs in training mode do not depend on them), so the statistics move as under Pixyz."""
+    def program():
+        import torch
+        from torch import nn
+        from pixyz.distributions import Normal
+        from pixyz.losses import KullbackLeibler, LogProb
+        trunk = nn.Sequential(nn.Linear(X, 4), nn.BatchNorm1d(4))
+        calls = {"q1": 0, "q2": 0}
+
+        class Q1(Normal):
+            def __init__(self):
+                super().__init__(var=["z"], cond_var=["x"], name="q1")
+                self.trunk = trunk
+
+            def forward(self, x):
+                calls["q1"] += 1
+                return {"loc": self.trunk(x), "scale": torch.ones(1, 4)}
+
+        class Q2(Normal):
+            def __init__(self):
+                super().__init__(var=["w"], cond_var=["x"], name="q2")
+                self.trunk = trunk
+
+            def forward(self, x):
+                calls["q2"] += 1
+                return {"loc": 2 * self.trunk(x), "scale": torch.ones(1, 4)}
+
+        q1, q2 = Q1(), Q2()
+        prior = Normal(loc=torch.zeros(4), scale=torch.ones(4), var=["z"], features_shape=[4], name="p")
+        loss = (-LogProb(q1) - LogProb(q2) + KullbackLeibler(q1, prior)).mean()
+        v = loss.eval({"x": torch.randn(8, X), "z": torch.randn(8, 4), "w": torch.randn(8, 4)})
+        bn = trunk[1]
+        return v, dict(calls), bn.num_batches_tracked, bn.running_mean, bn.running_var
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[1] == {"q1": 1, "q2": 1}
+
+
+def test_lru_cache_for_sample_dict_hits_on_a_network_with_a_batch_norm():
+    def program():
+        import torch
+        from torch import nn
+        from pixyz.distributions import Normal
+        from pixyz.utils import lru_cache_for_sample_dict
+        calls = [0]
+
+        class Enc(Normal):
+            def __init__(self):
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.net = nn.Sequential(nn.Linear(X, 4), nn.BatchNorm1d(4))
+
+            def forward(self, x):
+                calls[0] += 1
+                return {"loc": self.net(x), "scale": torch.ones(1, 4)}
+
+            @lru_cache_for_sample_dict()
+            def get_params(self, params_dict={}, **kwargs):
+                return super().get_params(params_dict, **kwargs)
+
+        q, x = Enc(), torch.randn(8, X)
+        s = q.sample({"x": x})
+        lps = [q.get_log_prob({"x": x, "z": s["z"]}) for _ in range(2)]
+        return calls[0], q.net[1].num_batches_tracked, q.net[1].running_mean, lps
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[0] == 1
+
+
+def test_memoizer_sees_a_submodule_replaced_within_a_scope():
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.poutine import memoize
+
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.net = nn.Sequential(nn.Linear(X, Z))
+
+        def forward(self, x):
+            return {"loc": self.net(x), "scale": torch.ones(1, Z)}
+
+    def twin(q, x, z):
+        return torch.distributions.Normal(q.net(x), 1.0).log_prob(z).sum(-1)
+
+    torch.manual_seed(3)
+    q, x, z = Q(), torch.randn(B, X), torch.randn(B, Z)
+    with memoize():
+        got = [q.get_log_prob({"x": x, "z": z})]
+        want = [twin(q, x, z)]
+        q.net[0] = nn.Linear(X, Z)  # a submodule replaced
+        got.append(q.get_log_prob({"x": x, "z": z}))
+        want.append(twin(q, x, z))
+        q.net = nn.Sequential(nn.Linear(X, Z))  # the attribute replaced
+        got.append(q.get_log_prob({"x": x, "z": z}))
+        want.append(twin(q, x, z))
+        q.net[0].weight = nn.Parameter(torch.zeros(Z, X))  # a parameter of the new submodule replaced
+        got.append(q.get_log_prob({"x": x, "z": z}))
+        want.append(twin(q, x, z))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

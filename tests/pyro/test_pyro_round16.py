@@ -107,3 +107,16 @@ def test_one_data_plate_keeps_pixyz_features():
     a, b = _trace(ours, x), _trace(twin, x)
     assert a.nodes["x"]["fn"].event_shape == (D,)
     torch.testing.assert_close(a.log_prob_sum(), b.log_prob_sum())
+
+
+def test_a_sample_option_given_to_model_is_warned_of():
+    """``joint.model(batch_n=5)`` draws one row (the plain-Pyro twin refuses an unknown keyword): a warning names
+    the option and the way to draw N rows; inside ``pyro.plate("data", N)`` the model draws N rows."""
+    px = Normal(loc="z", scale=torch.tensor(1.0), var=["x"], cond_var=["z"])
+    pz = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2])
+    joint = px * pz
+    with pytest.warns(UserWarning, match=r"batch_n= is an option of sample\(\), not data.*pyro.plate\('data', N\)"):
+        out = joint.model(batch_n=N)
+    assert out["x"].shape == (1, 2)
+    with pyro.plate("data", N):
+        assert joint.model()["x"].shape == (N, 2)
