@@ -31,11 +31,11 @@ MISSING = object()
 
 def users_value(obj: Any, name: str) -> Any:
     """What a user's subclass assigned to ``obj.name``: a submodule, parameter or buffer (``nn.Module`` keeps those
-    out of ``__dict__``), else ``MISSING``."""
+    out of ``__dict__``; ``None`` where one was set to ``None``, as torch reads it), else ``MISSING``."""
     d = obj.__dict__
     for store in ("_modules", "_parameters", "_buffers"):
-        hit = d.get(store, {}).get(name)
-        if hit is not None:
+        hit = d.get(store, {}).get(name, MISSING)
+        if hit is not MISSING:
             return hit
     return MISSING
 

@@ -295,3 +295,30 @@ def test_memoizer_sees_a_submodule_replaced_within_a_scope():
         want.append(twin(q, x, z))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+def test_a_network_named_model_set_to_none_reads_none():
+    """``self.model = nn.Linear(...)``, later ``q.model = None``: torch keeps ``None`` under the submodule's name
+    and reads it back; pyro_dgm's entry point ``model`` yields to it (it gave the bound method back)."""
+    def program():
+        import torch
+        from torch import nn
+        from pixyz.distributions import Normal
+
+        class Q(Normal):
+            def __init__(self):
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.model = nn.Linear(X, 2 * Z)
+
+            def forward(self, x):
+                h = self.model(x)
+                return {"loc": h[..., :Z], "scale": F.softplus(h[..., Z:]) + 0.05}
+
+        q = Q()
+        before = type(q.model).__name__, q.get_log_prob({"x": torch.ones(2, X), "z": torch.zeros(2, Z)})
+        q.model = None
+        return before, q.model, "model" in q._modules
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[1] is None
