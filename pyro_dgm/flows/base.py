@@ -44,6 +44,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.checks import ShapeError
+from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
 from pyro_dgm.utils.versions import version
 from pyro_dgm.utils.modules import submodules
 
@@ -225,13 +226,16 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
 
 def _batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
     """The layers of ``flow`` that may normalize with the statistics of the batch they run on (batch norms: the
-    flows', torch's in the networks, Pyro's transform), found once per flow object."""
-    layers = flow.__dict__.get("_dgm_batch_layers")
-    if layers is None:
-        layers = flow.__dict__["_dgm_batch_layers"] = tuple(
-            m for m in submodules(flow)
-            if getattr(m, "_dgm_batch_statistics", False) or isinstance(m, (_BatchNorm, PyroBatchNorm)))
-    return layers
+    flows', torch's in the networks, Pyro's transform), found again only when a module anywhere has registered a
+    submodule, parameter or buffer since (a layer added to the flow after its first draw)."""
+    _watch_structure()
+    structure = _STRUCTURE[0]
+    found = flow.__dict__.get("_dgm_batch_layers")
+    if found is None or found[0] != structure or structure is None:
+        layers = tuple(m for m in submodules(flow)
+                       if getattr(m, "_dgm_batch_statistics", False) or isinstance(m, (_BatchNorm, PyroBatchNorm)))
+        found = flow.__dict__["_dgm_batch_layers"] = (structure, layers)
+    return found[1]
 
 
 def _batch_dependent(flow: "Flow") -> bool:
@@ -855,16 +859,45 @@ class FlowList(Flow):
             if not isinstance(p, (Transform, ConditionalTransform)):
                 raise TypeError(f"FlowList: part {i} must be a flow or a torch/Pyro transform, got "
                                 f"{type(p).__name__}")
-        self._dgm_constant_logdet = all(getattr(p, "_dgm_constant_logdet", False) for p in parts)
-        self._dgm_runs_inverse = any(getattr(p, "_dgm_runs_inverse", False) for p in parts)
         dom, cod = _compose_dims(parts)
         super().__init__(in_features=getattr(parts[0], "in_features", None), event_dim=dom,
                          codomain_event_dim=cod, cache_size=cache_size)
         self.flow_list = nn.ModuleList([p for p in parts if isinstance(p, nn.Module)])
-        self._dgm_parts = parts
+        self._dgm_set_parts(parts)
+
+    def _dgm_set_parts(self, parts: list[Any]) -> None:
+        d = self.__dict__  # (plain values: no Module setattr)
+        d["_dgm_parts_list"] = parts
+        d["_dgm_module_parts"] = tuple(self.flow_list._modules.values())
+        d["_dgm_constant_logdet"] = all(getattr(p, "_dgm_constant_logdet", False) for p in parts)
+        d["_dgm_runs_inverse"] = any(getattr(p, "_dgm_runs_inverse", False) for p in parts)
         # parts that decide their event dims from the input make the list do so too (once per input shape)
-        self._dgm_auto = any(getattr(p, "_dgm_auto", False) for p in parts)
-        self._dgm_adapted_for: tuple | None = None
+        d["_dgm_auto"] = any(getattr(p, "_dgm_auto", False) for p in parts)
+        d["_dgm_adapted_for"] = None
+        self._dgm_domain_event_dim, self._dgm_codomain_event_dim = _compose_dims(parts)
+
+    @property
+    def _dgm_parts(self) -> list[Any]:
+        """The layers, in order: ``flow_list``'s as it is now (Pixyz's FlowList runs ``self.flow_list``, so a layer
+        appended to it, or put in place of another, after construction runs too), with the Pyro/torch transforms
+        that are not modules where they were given."""
+        d = self.__dict__
+        mods = self._modules["flow_list"]._modules
+        known = d.get("_dgm_module_parts")
+        if known is None:  # (a FlowList pickled by an earlier version: its parts under the attribute's name)
+            self._dgm_set_parts(d.pop("_dgm_parts"))
+            known = d["_dgm_module_parts"]
+        if len(mods) != len(known) or any(a is not b for a, b in zip(mods.values(), known)):
+            old = d["_dgm_parts_list"]
+            fresh: list[Any] = [m for m in mods.values() if m is not None]
+            for i, p in enumerate(old):  # (the transforms that are not modules keep their places)
+                if not isinstance(p, nn.Module):
+                    fresh.insert(min(i, len(fresh)), p)
+            if not fresh:
+                raise ValueError("FlowList: expected at least one flow, but flow_list is empty now")
+            self._dgm_set_parts(fresh)
+            _EPOCH[0] += 1  # (the flows' event dims are decided again)
+        return d["_dgm_parts_list"]
 
     def __len__(self) -> int:
         return len(self._dgm_parts)
