@@ -48,8 +48,9 @@ __all__ = ["Distribution", "sum_samples"]
 
 ValuesLike = Mapping[str, Any] | Tensor | Sequence[Tensor] | None
 
-#: ``sample()``'s options, which ``model()``/``guide()`` (data only) would silently take as unknown keywords
-_SAMPLE_OPTIONS = frozenset({"batch_n", "sample_shape", "return_all", "reparam", "return_hidden", "sample_mean"})
+#: ``sample()``'s option that ``model()``/``guide()`` (data only) would silently take as an unknown keyword (not the
+#: generic names, ``sample_shape``, ``reparam``...: SVI gives a guide the keywords of a user's plain-Pyro model too)
+_SAMPLE_OPTIONS = frozenset({"batch_n"})
 
 
 class _EntryPoint(property):
@@ -1211,14 +1212,14 @@ class Distribution(YieldingModule):
 
     def _dgm_warn_unknown(self, unknown: Sequence[str], values: Mapping[str, Any]) -> None:
         """Warn of a keyword that names no variable but nearly names one that is not given (``model(X=x)`` or
-        Pyro's plural ``ys=`` for ``y``): that variable would be drawn instead of observed; and of one of
-        ``sample()``'s options (``model(batch_n=5)`` draws one row). Other keywords pass silently (SVI gives the
-        model the guide's inputs too)."""
+        Pyro's plural ``ys=`` for ``y``): that variable would be drawn instead of observed; and of ``sample()``'s
+        ``batch_n`` (``model(batch_n=5)`` draws one row). Other keywords pass silently (SVI gives the model the
+        guide's inputs too)."""
         import difflib
 
         free = [v for v in self._dgm_known_names if v not in values]
         for k in unknown:
-            if k in _SAMPLE_OPTIONS:  # (Pixyz's sample() options: a model or guide takes data only)
+            if k in _SAMPLE_OPTIONS:  # (Pixyz's sample() option: a model or guide takes data only)
                 warnings.warn(f"{describe(self)}: {k}= is an option of sample(), not data; model() and guide() ignore "
                               "it (to draw N rows, call them inside pyro.plate('data', N), or use "
                               "sample(batch_n=N))", UserWarning, stacklevel=4)
@@ -1613,12 +1614,14 @@ class Distribution(YieldingModule):
                 raise ArgumentError(f"{describe(self)}: its network cannot take the variable {arg!r} by that name, "
                                     f"which is also an argument of the call; name the variable otherwise "
                                     f"(replace_var, or var/cond_var) ({text})") from e
-        loose = [v for v in names if isinstance(values[v], (list, tuple, int, float))
-                 and f"not {type(values[v]).__name__}" in text]
+        loose = [v for v in names if not isinstance(values[v], Tensor) and f"not {type(values[v]).__name__}" in text]
         if loose and type(e) is TypeError:  # a list where the network takes a tensor ("must be Tensor, not list")
-            raise NotATensorError(f"{describe(self)}: forward() cannot take {loose[0]!r} of type "
-                                  f"{type(values[loose[0]]).__name__}: its network takes tensors; give "
-                                  f"torch.as_tensor({loose[0]}) (torch: {text})") from e
+            v = loose[0]
+            give = (f"give torch.as_tensor({v})" if isinstance(values[v], (list, tuple, int, float)) else
+                    f"give a tensor for {v!r}")
+            raise NotATensorError(f"{describe(self)}: forward() cannot take {v!r} of type "
+                                  f"{type(values[v]).__name__}: its network takes tensors; {give} (torch: {text})"
+                                  ) from e
         e.add_note(note)
 
     def _dgm_record(self, name: str, value: Tensor, event_dim: int) -> Tensor:

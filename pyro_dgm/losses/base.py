@@ -74,6 +74,9 @@ def _all_equal(value: Any, target: Any) -> bool:
     return isinstance(value, (numbers.Number, bool)) and value == target and (target is not True or value is True)
 
 
+#: the attributes of nn.Module itself (its dicts of modules, parameters, buffers and hooks): not a loss's own values
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
 class Loss(YieldingModule, _PyroELBO):
     r"""Base class of every loss term: its input variables, its formula, arithmetic, :meth:`eval`, and Pyro's ELBO API.
 
@@ -266,10 +269,14 @@ class Loss(YieldingModule, _PyroELBO):
 
     # ------------------------------------------------------------------ the tree
     def _dgm_children(self) -> Iterator[Any]:
-        """The losses and distributions this node holds (found among its attributes)."""
-        for value in vars(self).values():
-            if isinstance(value, (list, tuple)):
+        """The losses and distributions this node holds (found among its attributes, and in the lists, tuples,
+        dicts, ``nn.ModuleList``s and ``nn.ModuleDict``s among them, as a Pixyz subclass may keep them)."""
+        for name, value in vars(self).items():
+            if isinstance(value, (list, tuple, nn.ModuleList)):
                 yield from value
+            elif isinstance(value, (dict, nn.ModuleDict)):
+                if name not in _MODULE_INTERNALS:  # (nn.Module's own dicts: _modules, _parameters, the hooks...)
+                    yield from value.values()
             else:
                 yield value
 
@@ -744,7 +751,8 @@ class Loss(YieldingModule, _PyroELBO):
         Every distribution in the loss registers its networks with ``pyro.module`` first, so ``SVI`` updates them.
         ``model`` and ``guide`` are not run: the loss is its own formula. So Pyro's handlers that weight or batch
         sites (``pyro.plate``, ``poutine.scale``, ``poutine.mask``) cannot reach it from around the step: inside one,
-        it raises (a ``ValueError`` naming the handler) instead of ignoring it.
+        it raises (a ``ValueError`` naming the handler) instead of ignoring it; a scale of 1 and a mask of ``True``
+        pass, as around ``Model.train``.
 
         Raises
         ------
@@ -752,8 +760,10 @@ class Loss(YieldingModule, _PyroELBO):
             If the value is not a scalar (SVI minimizes a number; take ``.mean()`` or ``.sum()``).
         """
         data, options = self._dgm_data(args, kwargs)
-        for m in _PYRO_STACK:
-            if isinstance(m, (IndepMessenger, ScaleMessenger, MaskMessenger)):
+        for m in _PYRO_STACK:  # (a plate would batch a Pyro ELBO's sites, of any size; a scale of 1 and a mask of
+            # True weigh nothing, as Model.train lets them through)
+            if (isinstance(m, IndepMessenger) or (isinstance(m, ScaleMessenger) and not _all_equal(m.scale, 1))
+                    or (isinstance(m, MaskMessenger) and not _all_equal(m.mask, True))):
                 self._dgm_refuse_weighting(m)
         dists = self.__dict__.get("_dgm_registered")
         if dists is None:  # the formula, and so its distributions, is fixed once built

@@ -204,33 +204,51 @@ def same_marks(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 
 
 def _param_state(module: Any) -> tuple[Any, ...] | None:
-    """What an entry made now for ``module`` answers under: which modules, parameters and buffers it has (a
-    submodule replaced, or weights swapped by ``torch.func.functional_call``, make them other objects) and its
-    parameters' versions (``with torch.no_grad(): w.mul_(2)``). Not the buffers' versions: a forward pass updates a
-    batch norm's statistics, also of one shared with another network, whose outputs in training mode do not depend
-    on them. ``None`` when there is nothing to check (not a module, or parameters without a version counter: built
-    under ``torch.inference_mode``)."""
+    """What an entry made now for ``module`` answers under: which submodules and parameters it has (a submodule
+    replaced, or weights swapped by ``torch.func.functional_call``, make them other objects), how many submodules,
+    parameters and forward hooks each module has (a layer appended, a hook added), and its parameters' versions
+    (``with torch.no_grad(): w.mul_(2)``). Not its buffers: a forward pass updates a batch norm's statistics in place,
+    or a hand-written running mean by assigning a new tensor, also of a trunk that another network shares, and in
+    training mode the outputs do not depend on them (Pixyz's cache reuses such passes too). ``None`` when there is
+    nothing to check (not a module, or parameters without a version counter: built under ``torch.inference_mode``)."""
     if not isinstance(module, torch.nn.Module):
         return None
     try:
-        state = []
+        items: list[tuple[Any, ...]] = []
+        sizes: list[tuple[Any, int]] = []
         for m in module.modules():
-            state += [(m._modules, k, c, -1) for k, c in m._modules.items()]
-            state += [(m._parameters, k, t, t._version) for k, t in m._parameters.items() if t is not None]
-            state += [(m._buffers, k, t, -1) for k, t in m._buffers.items()]
-        return tuple(state)
+            mods, params = m._modules, m._parameters
+            sizes += [(mods, len(mods)), (params, len(params)), (m._forward_hooks, len(m._forward_hooks)),
+                      (m._forward_pre_hooks, len(m._forward_pre_hooks))]
+            items += [(mods, k, c, -1) for k, c in mods.items()]
+            items += [(params, k, t, t._version) for k, t in params.items() if t is not None]
+        return tuple(items), tuple(sizes)
     except RuntimeError:
         return None
 
 
 def _same_params(state: tuple[Any, ...]) -> bool:
+    items, sizes = state
+    for d, n in sizes:
+        if len(d) != n:
+            return False
     try:
-        for d, k, t, v in state:  # (d[k]: a TorchScript module's dicts have no get)
+        for d, k, t, v in items:  # (d[k]: a TorchScript module's dicts have no get)
             if d[k] is not t or (v >= 0 and t._version != v):
                 return False
     except KeyError:
         return False
     return True
+
+
+def _buffer_versions(module: Any) -> tuple[Any, ...]:
+    """The identity and version of every buffer of ``module``: a forward pass that changes them (a batch norm in
+    training mode, a spectral norm's power iteration) has side effects, which Pixyz repeats on every use of a
+    ``Deterministic``."""
+    try:
+        return tuple((id(t), t._version) for t in module.buffers())
+    except (RuntimeError, AttributeError):
+        return ()
 
 
 class _Traced(NamedTuple):
@@ -252,14 +270,15 @@ class MemoizeMessenger(Messenger):
     a tensor reused across optimizer steps never meets a stale graph. A step of any ``torch.optim`` optimizer (Pyro's
     wrap them) also clears a scope opened by :func:`~pyro_dgm.poutine.memoize` (around a training loop), and a backward
     pass drops the entries of such a scope that it went through. An entry answers only while the module's submodules,
-    parameters and buffers are the objects it ran with, and its parameters unchanged (version counters): weights swapped
-    by ``torch.func.functional_call`` (an ensemble, a MAML step), a submodule replaced, or weights changed in place
-    within the scope make it run again; a change through ``.data``, or a buffer changed in place (as a batch norm's
-    forward updates its statistics), is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU. A
+    parameters and forward hooks are the ones it ran with, and its parameters unchanged (version counters): weights
+    swapped by ``torch.func.functional_call`` (an ensemble, a MAML step), a submodule replaced or appended, a hook
+    added, or weights changed in place within the scope make it run again; a change through ``.data``, or to a buffer
+    (as a batch norm's forward updates its statistics), is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU. A
     module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with ``memoize_unless_random =
     True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is reused only when its
-    forward drew nothing from the global random generators (:func:`rng_marks`) and changed no input in place: a forward
-    that picks random time steps, adds noise or edits its input runs again on each use, as under Pixyz. Draws from a
+    forward drew nothing from the global random generators (:func:`rng_marks`) and changed no input and no buffer in
+    place: a forward that picks random time steps, adds noise, edits its input or updates a batch norm's statistics
+    runs again on each use, as under Pixyz. Draws from a
     generator the forward holds itself (a ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's
     ``RandomState`` kept from its last ``randn``, change no global state: such a module needs ``memoizable = False``.
 
@@ -386,8 +405,8 @@ class MemoizeMessenger(Messenger):
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword: the key holds their ids,
         which a tensor made later in the scope could reuse if they were freed while cached). With ``module``, the
-        network that computed it, the entry answers only while its submodules, parameters and buffers are the same
-        objects and its parameters unchanged (:func:`_param_state`)."""
+        network that computed it, the entry answers only while its submodules and parameters are the same objects
+        and its parameters unchanged (:func:`_param_state`)."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
@@ -437,10 +456,12 @@ class MemoizeMessenger(Messenger):
         if hit is not None:
             return hit
         if key is not None and getattr(module, "memoize_unless_random", False):
-            before = rng_marks()
+            before, buffers = rng_marks(), _buffer_versions(module)
             value = module(*args, **kwargs)
-            if not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key:
-                return value  # it drew random numbers or changed its input: each use runs it again, as Pixyz
+            if (not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key
+                    or _buffer_versions(module) != buffers):
+                return value  # it drew random numbers, changed its input or its buffers (a batch norm's statistics,
+                # a spectral norm's power iteration): each use runs it again, as under Pixyz
             self.store(key, value, (args, kwargs) if kwargs else args, module)  # runs a Deterministic each time
             return value
         value = module(*args, **kwargs)

@@ -322,3 +322,102 @@ def test_a_network_named_model_set_to_none_reads_none():
     ref, ours = run_both(program)
     assert_same(ref, ours)
     assert ours[1] is None
+
+
+# Attack round p111 on c6a4c77.
+
+def test_a_running_mean_assigned_by_the_forward_does_not_rerun_the_network():
+    """A hand-written running mean updated out of place (``self.mean = 0.9 * self.mean + ...``): the encoder runs
+    once per distinct input in one evaluation, as under Pixyz (c6a4c77 checked the buffers' identity)."""
+    def program():
+        import torch
+        from torch import nn
+        from pixyz.distributions import Normal
+        from pixyz.losses import KullbackLeibler, LogProb
+
+        class RunningNorm(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.register_buffer("mean", torch.zeros(d))
+                self.updates = 0
+
+            def forward(self, x):
+                self.mean = 0.9 * self.mean + 0.1 * x.detach().mean(0)
+                self.updates += 1
+                return x - x.mean(0)
+
+        calls = [0]
+
+        class Q(Normal):
+            def __init__(self):
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.net = nn.Sequential(nn.Linear(X, 4), RunningNorm(4))
+
+            def forward(self, x):
+                calls[0] += 1
+                return {"loc": self.net(x), "scale": torch.ones(1, 4)}
+
+        q = Q()
+        prior = Normal(loc=torch.zeros(4), scale=torch.ones(4), var=["z"], features_shape=[4], name="p")
+        loss = (-LogProb(q) - LogProb(q.replace_var(x="x2", z="z2")) + KullbackLeibler(q, prior)).mean()
+        v = loss.eval({"x": torch.randn(8, X), "x2": torch.randn(8, X), "z": torch.randn(8, 4),
+                       "z2": torch.randn(8, 4)})
+        return v, calls[0], q.net[1].updates, q.net[1].mean
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[1] == 2
+
+
+@pytest.mark.parametrize("kind", ["spectral_norm", "batch_norm"])
+def test_a_deterministic_whose_forward_updates_its_buffers_runs_on_every_use(kind):
+    """Pixyz runs a Deterministic on every use: a spectral norm's power iteration (its weight, so the value) and a
+    batch norm's statistics move at each run; one reused forward pass gave another loss and other statistics."""
+    def program():
+        import torch
+        from torch import nn
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Expectation, LogProb
+        net = (nn.utils.spectral_norm(nn.Linear(X, 4)) if kind == "spectral_norm"
+               else nn.Sequential(nn.Linear(X, 4), nn.BatchNorm1d(4)))
+
+        class D(Deterministic):
+            def __init__(self):
+                super().__init__(var=["h"], cond_var=["x"], name="d")
+                self.net = net
+
+            def forward(self, x):
+                return {"h": self.net(x)}
+
+        d = D()
+        p1 = Normal(loc="h", scale=torch.tensor(1.), var=["y"], cond_var=["h"], name="p1")
+        p2 = Normal(loc="h", scale=torch.tensor(2.), var=["y"], cond_var=["h"], name="p2")
+        loss = (-Expectation(d, LogProb(p1)) - Expectation(d, LogProb(p2))).mean()
+        v = loss.eval({"x": torch.randn(8, X), "y": torch.randn(8, 4)})
+        return v, [b.clone() for b in d.buffers()]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+def test_memoizer_sees_a_layer_appended_and_a_hook_added_within_a_scope():
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.poutine import memoize
+
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.net = nn.Sequential(nn.Linear(X, Z))
+
+        def forward(self, x):
+            return {"loc": self.net(x), "scale": torch.ones(1, Z)}
+
+    torch.manual_seed(4)
+    q, x, z = Q(), torch.randn(B, X), torch.randn(B, Z)
+    twin = lambda: torch.distributions.Normal(q.net(x), 1.0).log_prob(z).sum(-1)  # noqa: E731
+    with memoize():
+        torch.testing.assert_close(q.get_log_prob({"x": x, "z": z}), twin())
+        q.net.append(nn.Linear(Z, Z))
+        torch.testing.assert_close(q.get_log_prob({"x": x, "z": z}), twin())
+        q.net[0].register_forward_hook(lambda m, i, o: 2 * o)
+        torch.testing.assert_close(q.get_log_prob({"x": x, "z": z}), twin())
