@@ -230,11 +230,11 @@ def _batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
     submodule, parameter or buffer since (a layer added to the flow after its first draw)."""
     _watch_structure()
     structure = _STRUCTURE[0]
-    found = flow.__dict__.get("_dgm_batch_layers")
-    if found is None or found[0] != structure or structure is None:
+    found = flow.__dict__.get("_dgm_batch_layers_at")  # (not the name of the earlier cache, a plain tuple of
+    if found is None or found[0] != structure or structure is None:  # layers, which a flow pickled before holds)
         layers = tuple(m for m in submodules(flow)
                        if getattr(m, "_dgm_batch_statistics", False) or isinstance(m, (_BatchNorm, PyroBatchNorm)))
-        found = flow.__dict__["_dgm_batch_layers"] = (structure, layers)
+        found = flow.__dict__["_dgm_batch_layers_at"] = (structure, layers)
     return found[1]
 
 
@@ -882,22 +882,34 @@ class FlowList(Flow):
         appended to it, or put in place of another, after construction runs too), with the Pyro/torch transforms
         that are not modules where they were given."""
         d = self.__dict__
-        mods = self._modules["flow_list"]._modules
         known = d.get("_dgm_module_parts")
-        if known is None:  # (a FlowList pickled by an earlier version: its parts under the attribute's name)
-            self._dgm_set_parts(d.pop("_dgm_parts"))
-            known = d["_dgm_module_parts"]
-        if len(mods) != len(known) or any(a is not b for a, b in zip(mods.values(), known)):
-            old = d["_dgm_parts_list"]
-            fresh: list[Any] = [m for m in mods.values() if m is not None]
-            for i, p in enumerate(old):  # (the transforms that are not modules keep their places)
-                if not isinstance(p, nn.Module):
-                    fresh.insert(min(i, len(fresh)), p)
-            if not fresh:
-                raise ValueError("FlowList: expected at least one flow, but flow_list is empty now")
-            self._dgm_set_parts(fresh)
-            _EPOCH[0] += 1  # (the flows' event dims are decided again)
+        if known is None:  # (a FlowList pickled by an earlier version: its parts under the attribute's name, and
+            old = d.pop("_dgm_parts")  # the modules of those parts, which flow_list may have more of since)
+            self._dgm_set_parts(old)
+            known = d["_dgm_module_parts"] = tuple(p for p in old if isinstance(p, nn.Module))
+        if tuple(self._modules["flow_list"]._modules.values()) != known:  # (compared by identity, in C)
+            self._dgm_rebuild_parts()
         return d["_dgm_parts_list"]
+
+    def _dgm_rebuild_parts(self) -> None:
+        """The parts again from ``flow_list``: its modules in order, each Pyro/torch transform that is not a module
+        before the module that followed it (or last, when none of those is left)."""
+        old = self.__dict__["_dgm_parts_list"]
+        fresh: list[Any] = [m for m in self._modules["flow_list"]._modules.values() if m is not None]
+        for i, p in enumerate(fresh):
+            if not isinstance(p, (Transform, ConditionalTransform)):
+                raise TypeError(f"FlowList: flow_list[{i}] must be a flow or a torch/Pyro transform, got "
+                                f"{type(p).__name__}")
+        for i, p in enumerate(old):
+            if not isinstance(p, nn.Module):
+                after = next((q for q in old[i + 1:] if isinstance(q, nn.Module) and any(q is f for f in fresh)),
+                             None)
+                fresh.insert(next(j for j, f in enumerate(fresh) if f is after) if after is not None else len(fresh),
+                             p)
+        if not fresh:
+            raise ValueError("FlowList: expected at least one flow, but flow_list is empty now")
+        self._dgm_set_parts(fresh)
+        _EPOCH[0] += 1  # (the flows' event dims are decided again)
 
     def __len__(self) -> int:
         return len(self._dgm_parts)

@@ -77,6 +77,20 @@ def _all_equal(value: Any, target: Any) -> bool:
 #: the attributes of nn.Module itself (its dicts of modules, parameters, buffers and hooks): not a loss's own values
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
+
+def _held(value: Any, depth: int) -> Iterator[Any]:
+    """``value`` itself, or what a container holds (lists, tuples, dicts, ``nn.ModuleList``, ``nn.ModuleDict``),
+    nested up to a few levels (``{"all": [q, p]}``, ``[(q, p)]``)."""
+    if depth < 4 and isinstance(value, (list, tuple, nn.ModuleList)):
+        for v in value:
+            yield from _held(v, depth + 1)
+    elif depth < 4 and isinstance(value, (dict, nn.ModuleDict)):
+        for v in value.values():
+            yield from _held(v, depth + 1)
+    else:
+        yield value
+
+
 class Loss(YieldingModule, _PyroELBO):
     r"""Base class of every loss term: its input variables, its formula, arithmetic, :meth:`eval`, and Pyro's ELBO API.
 
@@ -270,15 +284,11 @@ class Loss(YieldingModule, _PyroELBO):
     # ------------------------------------------------------------------ the tree
     def _dgm_children(self) -> Iterator[Any]:
         """The losses and distributions this node holds (found among its attributes, and in the lists, tuples,
-        dicts, ``nn.ModuleList``s and ``nn.ModuleDict``s among them, as a Pixyz subclass may keep them)."""
+        dicts, ``nn.ModuleList``s and ``nn.ModuleDict``s among them, nested too, as a Pixyz subclass may keep
+        them)."""
         for name, value in vars(self).items():
-            if isinstance(value, (list, tuple, nn.ModuleList)):
-                yield from value
-            elif isinstance(value, (dict, nn.ModuleDict)):
-                if name not in _MODULE_INTERNALS:  # (nn.Module's own dicts: _modules, _parameters, the hooks...)
-                    yield from value.values()
-            else:
-                yield value
+            if name not in _MODULE_INTERNALS:  # (nn.Module's own dicts: _modules, _parameters, the hooks...)
+                yield from _held(value, 0)
 
     @property
     def _dgm_distributions(self) -> list["Distribution"]:

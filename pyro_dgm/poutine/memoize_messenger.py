@@ -273,14 +273,14 @@ class MemoizeMessenger(Messenger):
     parameters and forward hooks are the ones it ran with, and its parameters unchanged (version counters): weights
     swapped by ``torch.func.functional_call`` (an ensemble, a MAML step), a submodule replaced or appended, a hook
     added, or weights changed in place within the scope make it run again; a change through ``.data``, or to a buffer
-    (as a batch norm's forward updates its statistics), is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU. A
-    module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with ``memoize_unless_random =
-    True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is reused only when its
-    forward drew nothing from the global random generators (:func:`rng_marks`) and changed no input and no buffer in
-    place: a forward that picks random time steps, adds noise, edits its input or updates a batch norm's statistics
-    runs again on each use, as under Pixyz. Draws from a
-    generator the forward holds itself (a ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's
-    ``RandomState`` kept from its last ``randn``, change no global state: such a module needs ``memoizable = False``.
+    (as a batch norm's forward updates its statistics), is not seen. Keys read no tensor data, so a lookup never
+    synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
+    ``memoize_unless_random=True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is
+    reused only when its forward drew nothing from the global random generators (:func:`rng_marks`) and changed no input
+    and no buffer in place: a forward that picks random time steps, adds noise, edits its input or updates a batch
+    norm's statistics runs again on each use, as under Pixyz. Draws from a generator the forward holds itself (a
+    ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's ``RandomState`` kept from its last ``randn``,
+    change no global state: such a module needs ``memoizable = False``.
 
     The open scopes are per thread: a network call is answered by the innermost scope of the thread that makes it
     (:func:`active_memo`), never by another thread's.

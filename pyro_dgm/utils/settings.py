@@ -8,7 +8,10 @@ cache).
 """
 from __future__ import annotations
 
+import numbers
 import sys
+
+import torch
 
 from pyro_dgm.utils.lru_cache import lru_cache_for_sample_dict
 
@@ -23,7 +26,16 @@ def set_epsilon(eps: float) -> None:
     >>> set_epsilon(1e-06); epsilon()
     1e-06
     >>> set_epsilon(1e-07)
+
+    Raises
+    ------
+    ValueError
+        If ``eps`` is not a number of at least 0 (a string or ``None`` failed later inside a flow's formula, and a
+        negative one made a batch norm's output NaN; Pixyz accepts either).
     """
+    value = eps.item() if isinstance(eps, torch.Tensor) and eps.numel() == 1 else eps
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"set_epsilon: eps must be a number of at least 0 (Pixyz's default is 1e-07), got {eps!r}")
     sys.modules["pyro_dgm.utils"]._EPSILON = eps  # type: ignore[attr-defined]
 
 

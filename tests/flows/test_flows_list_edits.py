@@ -58,3 +58,76 @@ def test_layers_appended_and_replaced_before_use_run():
 
     ref, ours = run_both(program)
     assert_same(ref, ours)
+
+
+# Attack round p113 on the fix above.
+
+def _planar_pair():
+    import torch
+    from pyro_dgm.flows import FlowList, PlanarFlow, Reverse
+
+    torch.manual_seed(0)
+    a, b = PlanarFlow(3), Reverse(3)
+    return FlowList, a, b
+
+
+def test_a_flow_list_pickled_before_the_fix_loads_and_runs_its_appended_layer():
+    """The earlier format: the parts under ``_dgm_parts`` (a layer appended then was left out of them), the batch
+    layers cached as a plain tuple (``()``: an IndexError after loading)."""
+    import pickle
+
+    import torch
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+
+    FlowList, a, b = _planar_pair()
+    flow = FlowList([a])
+    prior = Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["z"], features_shape=[3])
+    p = TransformedDistribution(prior=prior, flow=flow, var=["x"])
+    p.sample(batch_n=2)
+    d = flow.__dict__  # as the code before wrote it
+    d["_dgm_parts"] = d.pop("_dgm_parts_list")
+    del d["_dgm_module_parts"]
+    d.pop("_dgm_batch_layers_at", None)
+    d["_dgm_batch_layers"] = ()
+    flow.flow_list.append(b)  # (appended under the code before: not among its parts)
+    loaded = pickle.loads(pickle.dumps(p))
+    torch.manual_seed(1)
+    s = loaded.sample(batch_n=4)
+    fresh = TransformedDistribution(prior=prior, flow=FlowList([a, b]), var=["x"])
+    torch.manual_seed(1)
+    t = fresh.sample(batch_n=4)
+    torch.testing.assert_close(s["x"], t["x"])
+    torch.testing.assert_close(loaded.get_log_prob(s), fresh.get_log_prob(t))
+
+
+def test_transforms_that_are_not_modules_keep_their_places_after_a_deletion():
+    import torch
+    from torch.distributions import ComposeTransform
+    from torch.distributions.transforms import AffineTransform
+
+    from pyro_dgm.flows import PlanarFlow
+
+    FlowList, a, _ = _planar_pair()
+    b = PlanarFlow(3)
+    aff = AffineTransform(torch.tensor(1.0), torch.tensor(2.0))
+    f = FlowList([a, aff, b])
+    del f.flow_list[0]
+    x = torch.randn(4, 3)
+    z, ld = f.forward_with_logdet(x)
+    twin = ComposeTransform([aff, b])
+    zt = twin(x)
+    torch.testing.assert_close(z, zt)
+    torch.testing.assert_close(ld, twin.log_abs_det_jacobian(x, zt))  # (torch sums the affine's over the event)
+
+
+def test_a_module_that_is_no_flow_appended_is_named():
+    import pytest
+    import torch
+    from torch import nn
+
+    FlowList, a, _ = _planar_pair()
+    f = FlowList([a])
+    f.flow_list.append(nn.Linear(3, 3))
+    with pytest.raises(TypeError, match=r"FlowList: flow_list\[1\] must be a flow or a torch/Pyro transform, got "
+                                        r"Linear"):
+        f.forward(torch.randn(2, 3))

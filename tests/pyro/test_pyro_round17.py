@@ -190,3 +190,40 @@ def test_svi_keywords_of_a_plain_pyro_model_given_to_a_pyro_dgm_guide_pass_silen
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         svi.step(x=x, sample_shape=())
+
+
+@pytest.mark.parametrize("holder", ["ModuleList in ModuleDict", "list of tuples", "dict of lists"])
+def test_svi_trains_distributions_in_nested_containers(holder):
+    """Attack round p113: one level of containers was opened; ``{"all": nn.ModuleList([q, p])}`` trained nothing."""
+    ps, loss = _build("list", "pyro_dgm")
+    loss.ps = {"ModuleList in ModuleDict": lambda: nn.ModuleDict({"all": nn.ModuleList(ps)}),
+               "list of tuples": lambda: [(ps[0], ps[1])],
+               "dict of lists": lambda: {"all": list(ps)}}[holder]()
+    loss.forward = lambda x_dict, **kw: (sum(-p.get_log_prob(x_dict).mean() for p in ps), {})
+    loss.__dict__.pop("_dgm_registered", None)
+    assert [id(d) for d in loss.distributions] == [id(p) for p in ps]
+    pyro.clear_param_store()
+    x, y = _data()
+    before = [t.detach().clone() for t in ps[0].parameters()]
+    svi = SVI(lambda **k: None, lambda **k: None, pyro.optim.SGD({"lr": 0.1}), loss=loss)
+    svi.step(x=x, y=y)
+    assert all(not torch.equal(a, b) for a, b in zip(before, ps[0].parameters()))
+
+
+def test_set_epsilon_refuses_what_is_no_number_of_at_least_zero():
+    """Attack on the API surface (p114): a string or None failed later inside a flow, a negative epsilon made a batch
+    norm's output NaN (Pixyz accepts both)."""
+    import numpy as np
+
+    from pyro_dgm.utils import epsilon, set_epsilon
+
+    saved = epsilon()
+    try:
+        for bad in ("a", None, -1.0, True):
+            with pytest.raises(ValueError, match=r"set_epsilon: eps must be a number of at least 0"):
+                set_epsilon(bad)
+        for good in (0, 1e-6, np.float32(1e-5), torch.tensor(1e-6)):
+            set_epsilon(good)
+            assert epsilon() is good
+    finally:
+        set_epsilon(saved)
