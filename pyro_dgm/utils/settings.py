@@ -8,7 +8,6 @@ cache).
 """
 from __future__ import annotations
 
-import numbers
 import sys
 
 import torch
@@ -30,12 +29,16 @@ def set_epsilon(eps: float) -> None:
     Raises
     ------
     ValueError
-        If ``eps`` is not a number of at least 0 (a string or ``None`` failed later inside a flow's formula, and a
-        negative one made a batch norm's output NaN; Pixyz accepts either).
+        If ``eps`` is not a number, or numbers (an array, a tensor), of at least 0 (a string or ``None`` failed later
+        inside a flow's formula, and a negative one made a batch norm's output NaN; Pixyz accepts either).
     """
-    value = eps.item() if isinstance(eps, torch.Tensor) and eps.numel() == 1 else eps
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"set_epsilon: eps must be a number of at least 0 (Pixyz's default is 1e-07), got {eps!r}")
+    try:
+        values = torch.as_tensor(eps)
+    except (TypeError, ValueError, RuntimeError):
+        values = None
+    if values is None or values.is_complex() or not bool((values >= 0).all()):
+        raise ValueError(f"set_epsilon: eps must be a number (or numbers) of at least 0 (Pixyz's default is 1e-07), "
+                         f"got {eps!r}")
     sys.modules["pyro_dgm.utils"]._EPSILON = eps  # type: ignore[attr-defined]
 
 

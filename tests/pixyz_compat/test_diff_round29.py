@@ -264,9 +264,9 @@ def test_lru_cache_for_sample_dict_hits_on_a_network_with_a_batch_norm():
     assert ours[0] == 1
 
 
-def test_memoizer_sees_a_submodule_replaced_within_a_scope():
+def _sequential_encoder():
+    """q(z|x) whose network is an ``nn.Sequential``, in which layers can be replaced or appended."""
     from pyro_dgm.distributions import Normal
-    from pyro_dgm.poutine import memoize
 
     class Q(Normal):
         def __init__(self):
@@ -276,11 +276,17 @@ def test_memoizer_sees_a_submodule_replaced_within_a_scope():
         def forward(self, x):
             return {"loc": self.net(x), "scale": torch.ones(1, Z)}
 
+    return Q()
+
+
+def test_memoizer_sees_a_submodule_replaced_within_a_scope():
+    from pyro_dgm.poutine import memoize
+
     def twin(q, x, z):
         return torch.distributions.Normal(q.net(x), 1.0).log_prob(z).sum(-1)
 
     torch.manual_seed(3)
-    q, x, z = Q(), torch.randn(B, X), torch.randn(B, Z)
+    q, x, z = _sequential_encoder(), torch.randn(B, X), torch.randn(B, Z)
     with memoize():
         got = [q.get_log_prob({"x": x, "z": z})]
         want = [twin(q, x, z)]
@@ -401,19 +407,10 @@ def test_a_deterministic_whose_forward_updates_its_buffers_runs_on_every_use(kin
 
 
 def test_memoizer_sees_a_layer_appended_and_a_hook_added_within_a_scope():
-    from pyro_dgm.distributions import Normal
     from pyro_dgm.poutine import memoize
 
-    class Q(Normal):
-        def __init__(self):
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.net = nn.Sequential(nn.Linear(X, Z))
-
-        def forward(self, x):
-            return {"loc": self.net(x), "scale": torch.ones(1, Z)}
-
     torch.manual_seed(4)
-    q, x, z = Q(), torch.randn(B, X), torch.randn(B, Z)
+    q, x, z = _sequential_encoder(), torch.randn(B, X), torch.randn(B, Z)
     twin = lambda: torch.distributions.Normal(q.net(x), 1.0).log_prob(z).sum(-1)  # noqa: E731
     with memoize():
         torch.testing.assert_close(q.get_log_prob({"x": x, "z": z}), twin())

@@ -219,10 +219,12 @@ def test_set_epsilon_refuses_what_is_no_number_of_at_least_zero():
 
     saved = epsilon()
     try:
-        for bad in ("a", None, -1.0, True):
-            with pytest.raises(ValueError, match=r"set_epsilon: eps must be a number of at least 0"):
+        for bad in ("a", None, -1.0, float("nan"), torch.tensor([1e-3, -1.0])):
+            with pytest.raises(ValueError, match=r"set_epsilon: eps must be a number \(or numbers\) of at least 0"):
                 set_epsilon(bad)
-        for good in (0, 1e-6, np.float32(1e-5), torch.tensor(1e-6)):
+        # what Pixyz programs pass (p115): numbers, numpy scalars and arrays, tensors (Pixyz broadcasts them), True
+        for good in (0, 1e-6, np.float32(1e-5), np.array(1e-3), np.array([1e-3]), torch.tensor(1e-6),
+                     torch.full((3,), 1e-3), True):
             set_epsilon(good)
             assert epsilon() is good
     finally:
