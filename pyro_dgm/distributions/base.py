@@ -30,9 +30,9 @@ from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_
                                            ignores_sites, mark_own_observed, outer_plates_ndim, plate_trace,
                                            site_data_size)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_own, users_value
-from pyro_dgm.utils.checks import (ArgumentError, DimensionError, DTypeError, DuplicateSiteError, NotATensorError,
-                                   ShapeError, as_var_list, check_present, describe, numpy_tensor, sample_batch_n,
-                                   sample_shape_of)
+from pyro_dgm.utils.checks import (ArgumentError, DeviceError, DimensionError, DTypeError, DuplicateSiteError,
+                                   EmptyBatchError, NotATensorError, OutOfRangeError, ShapeError, as_var_list,
+                                   check_present, describe, numpy_tensor, sample_batch_n, sample_shape_of)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -474,6 +474,9 @@ class Distribution(YieldingModule):
         except TypeError:
             raise TypeError(f"{owner}: features_shape must be a list or tuple of ints (e.g. [2]), got "
                             f"{features_shape!r}") from None
+        if self._features_shape and min(self._features_shape) < 0:
+            raise OutOfRangeError(f"{owner}: features_shape must hold non-negative sizes (the shape of one draw's "
+                                  f"features, e.g. [2]), got {list(self._features_shape)}")
         self._dgm_pyro_name: str | None = None
         self._dgm_pyro_infer: dict[str, Any] | None = None
 
@@ -868,8 +871,8 @@ class Distribution(YieldingModule):
             batch_n, sample_shape, kwargs, expected = early_sampling_options(self, batch_n, sample_shape, kwargs)
         if batch_n is not None and (type(batch_n) is not int or batch_n < 1):
             batch_n = sample_batch_n(self, batch_n)  # numpy/torch integers, and Pixyz's 0, False, -1, True
-        if type(sample_shape) is not torch.Size:
-            sample_shape = sample_shape_of(self, sample_shape)
+        if type(sample_shape) is not torch.Size or (sample_shape and min(sample_shape) < 0):  # (torch.Size() and
+            sample_shape = sample_shape_of(self, sample_shape)  # a valid torch.Size pass as they are)
         values = self._dgm_input_dict(x_dict)
         d = self.__dict__
         g_opt, f_opts = d.get("_dgm_dg_global_option"), d.get("_dgm_dg_options")
@@ -1113,10 +1116,23 @@ class Distribution(YieldingModule):
             for f in order:  # to the next level of a hierarchical model: p_w.model(tau=tau)): global sites in no
                 f._dgm_draw_factor(values, ctx)  # plate, as in a Pyro model (the size-1 dim broadcasts with any
             return values  # plate)
+        if type(batch_n) is int and batch_n == 0:
+            self._dgm_empty_batch(values)
         with self._dgm_data_plate(batch_n):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
         return values
+
+    def _dgm_empty_batch(self, values: Mapping[str, Any]) -> NoReturn:
+        """Refuse data of 0 rows before the data plate opens (``pyro.plate`` would raise a bare ZeroDivisionError,
+        "size cannot be zero", naming nothing), naming the variables."""
+        given = [v for v in (*self._var, *self._dgm_input_var) if isinstance(values.get(v), Tensor)]
+        empty = [v for v in given if 0 in values[v].shape] or given
+        shapes = ", ".join(f"{v!r} has shape {tuple(values[v].shape)}" for v in empty)
+        raise EmptyBatchError(f"{describe(self)}: an empty batch: the variable(s) {', '.join(map(repr, empty))} have 0 "
+                              f"rows ({shapes}), and the data plate of the Pyro model/guide cannot have size 0 (Pyro: "
+                              "size cannot be zero); pass at least one row (e.g. DataLoader(..., drop_last=True) "
+                              "drops a last batch that could be empty)")
 
     def _dgm_conditioned_batch_n(self) -> int | None:
         """The batch size of the values that the ``poutine.condition`` handlers around a model call without data give
@@ -1598,6 +1614,8 @@ class Distribution(YieldingModule):
                              "mode needs more than one row (under torch.distributed, fit gives each process its "
                              "slice of a batch: a last batch of N + 1 rows on N processes leaves one row on one of "
                              f"them; pick a batch_size and data size whose slices have 2 rows or more) ({text})") from e
+        if type(e) is RuntimeError:
+            self._dgm_scalar_or_device(e, text, names, values, shapes)
         if type(e) is RuntimeError and ("shape" in text or "size" in text or "dimension" in text):
             # torch refused a shape (a layer's, or torch.cat's "Tensors must have same number of dimensions")
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
@@ -1623,6 +1641,30 @@ class Distribution(YieldingModule):
                                   f"{type(values[v]).__name__}: its network takes tensors; {give} (torch: {text})"
                                   ) from e
         e.add_note(note)
+
+    def _dgm_scalar_or_device(self, e: RuntimeError, text: str, names: Sequence[str], values: Mapping[str, Any],
+                              shapes: str) -> None:
+        """Raise a :class:`ShapeError` naming a 0-d input that torch refused (``nn.Linear`` of ``torch.tensor(1.)``:
+        "both arguments to linear need to be at least 1D"), or a :class:`DeviceError` naming an input on another
+        device than the network's parameters (torch: "Expected all tensors to be on the same device"); else
+        nothing (the error keeps its type)."""
+        scalars = [v for v in names if isinstance(values[v], Tensor) and values[v].dim() == 0]
+        if scalars and ("at least" in text or "0D" in text or "0-d" in text or "dimension" in text):
+            v = scalars[0]
+            raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
+                             f"the batch): {v!r} is 0-d (a scalar), which its network cannot take; give it its batch "
+                             f"dim and feature dims ({v}.reshape(1, 1) for one example of one feature): {text}") from e
+        if "device" not in text:
+            return
+        own = next((t.device for t in self.parameters()), None)
+        if own is None:
+            own = next((t.device for t in self.buffers()), None)
+        moved = [v for v in names if isinstance(values[v], Tensor) and own is not None and values[v].device != own]
+        if moved:
+            said = ", ".join(f"{v!r} on device {values[v].device}" for v in moved)
+            raise DeviceError(f"{describe(self)}: forward() cannot take {said}: the network's parameters are on "
+                              f"device {own}; move the value with {moved[0]}.to({str(own)!r}) (or the distribution "
+                              f"with .to({str(values[moved[0]].device)!r})) (torch: {text})") from e
 
     def _dgm_record(self, name: str, value: Tensor, event_dim: int) -> Tensor:
         """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value."""

@@ -18,7 +18,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.special import drawn_in_pass
-from pyro_dgm.utils.checks import ArgumentError, DTypeError, clearer, describe
+from pyro_dgm.utils.checks import ArgumentError, DTypeError, clearer, describe, users_own_error
 from pyro_dgm.utils.modules import PlainBuffers
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",
@@ -181,6 +181,9 @@ class OneSiteDistribution(Distribution):
                     and "type" in str(e).lower()):
                 raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: its parameters "
                                  f"are {own}; convert the value with {b.var[0]}.to({own}) (torch: {e})") from e
+            if users_own_error(e):  # a flow's own check (Pixyz raises it as it is): kept, with a note
+                e.add_note(f"(while {describe(self)} scored {b.var[0]!r} of shape {tuple(x.shape)})")
+                raise
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} and dtype "
                              f"{x.dtype}: {e}") from e
 

@@ -171,12 +171,28 @@ class OneHotCategoricalArgMax(dist.OneHotCategorical):
         if self._validate_args:  # the arg-max of a vector of another length is no class of this distribution
             check_value_shape(self, value)
         lp = self._categorical.log_prob(value.max(-1)[1])
-        if not value.is_floating_point():
-            return lp
+        if not value.is_floating_point():  # (the float one-hot labels of training pay nothing here)
+            return self._integer_score(value, lp)
         finite = value.isfinite().all(-1)  # a NaN has no arg-max (max would call it class 0): NaN, or an error
         if self._validate_args and not bool(finite.all()):
             raise ValueError("The value argument must be finite: a NaN or infinite entry has no arg-max")
         return torch.where(finite, lp, lp.new_full((), math.nan))
+
+    def _integer_score(self, value: Tensor, lp: Tensor) -> Tensor:
+        """``lp``, the score of an integer ``value`` by its arg-max, where its entries are 0 or 1 (a one-hot vector,
+        as Pixyz scores it); an entry outside {0, 1} is no one-hot vector nor soft label (class indices, whose arg-max
+        would be taken as one label for every row): refused under validation, else NaN, as a NaN entry is."""
+        if value.dtype == torch.bool:
+            return lp
+        bad = ((value != 0) & (value != 1)).any(-1)
+        if self._validate_args and bool(bad.any()):
+            k = self._categorical._num_events
+            example = value[(value != 0) & (value != 1)].flatten()[0].item()
+            raise ValueError(f"{type(self).__name__}: the value of shape {tuple(value.shape)} and dtype {value.dtype} "
+                             f"holds {example}, which is neither 0 nor 1: a one-hot categorical scores one-hot "
+                             f"vectors of {k} classes; class indices y are one-hot as F.one_hot(y, {k}).float() "
+                             "(or score indices with Categorical(..., one_hot=False))")
+        return torch.where(bad, lp.new_full((), math.nan), lp)
 
 
 def scored_distribution(d: Any) -> Any:

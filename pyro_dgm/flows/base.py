@@ -47,6 +47,7 @@ from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
 from pyro_dgm.utils.versions import version
 from pyro_dgm.utils.modules import submodules
+from pyro_dgm.utils.settings import epsilon
 
 __all__ = ["Flow", "FlowList", "ConditionedFlow", "sum_rightmost", "zero_logdet"]
 
@@ -147,7 +148,7 @@ class _Memory:
                  parts: tuple | None = None) -> None:
         self.x, self.z, self.logdet, self.context, self.by_inverse, self.state = x, z, logdet, context, by_inverse, state
         self.parts = parts
-        self.kept: list[Tensor] = []  # the parameters and buffers whose ids `state` holds
+        self.kept: list[Any] = []  # the parameters and buffers (and epsilon) whose ids `state` holds
         # the module's memory outlives the evaluation: an in-place change of x or z (z.mul_(2)) invalidates it
         self.versions = None if type(state) is bool else (version(x), version(z))
 
@@ -163,9 +164,14 @@ def _storage(t: Tensor) -> int:
 def _state(flow: nn.Module, keep: list | None = None) -> tuple:
     """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it, and so does
     a new tensor or storage put in their place: ``p.data = t``, ``vector_to_parameters``) and its modules' train/eval
-    modes (a batch norm computes with other statistics after ``eval()``). The tensors are appended to ``keep``: a
-    memory holds them, so that their ids, which the state holds, are not reused while it lives."""
-    out: list[Any] = []
+    modes (a batch norm computes with other statistics after ``eval()``), and :func:`~pyro_dgm.utils.epsilon` (a
+    planar flow's or a batch norm's formula reads it: ``set_epsilon`` changes the map). The tensors (and epsilon's
+    object) are appended to ``keep``: a memory holds them, so that their ids, which the state holds, are not reused
+    while it lives."""
+    eps = epsilon()
+    out: list[Any] = [id(eps)]
+    if keep is not None:
+        keep.append(eps)
     for m in submodules(flow):  # one walk
         out.append(m.training)
         for tensors in (m._parameters, m._buffers):

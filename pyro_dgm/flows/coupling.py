@@ -161,21 +161,38 @@ class AffineCoupling(ChannelOrFeatureFlow):
     def get_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(s, t)`` from the networks given the masked input ``x`` and the context ``y``."""
         args = (x,) if y is None else (x, y)
-        if self.scale_translate_net is not None:
-            out = self.scale_translate_net(*args)
-            if not isinstance(out, (tuple, list)) or len(out) != 2:
-                raise TypeError(f"{self._dgm_describe()}: scale_translate_net must return a pair (s, t), got "
-                                f"{type(out).__name__}")
-            log_s, t = out
-        else:
-            log_s = self.scale_net(*args)
-            t = self.translate_net(*args)
+        try:
+            if self.scale_translate_net is not None:
+                out = self.scale_translate_net(*args)
+                if not isinstance(out, (tuple, list)) or len(out) != 2:
+                    raise TypeError(f"{self._dgm_describe()}: scale_translate_net must return a pair (s, t), got "
+                                    f"{type(out).__name__}")
+                log_s, t = out
+            else:
+                log_s = self.scale_net(*args)
+                t = self.translate_net(*args)
+        except RuntimeError as e:
+            self._dgm_not_in_features(e, x)
+            raise
         for name, v in (("s", log_s), ("t", t)):
             if not isinstance(v, Tensor) or v.shape[-self._dgm_domain_event_dim:] != x.shape[-self._dgm_domain_event_dim:]:
                 got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
                 raise ShapeError(f"{self._dgm_describe()}: the network's {name} must have the input's shape "
                                  f"{tuple(x.shape)}, got {got}")
         return log_s, t
+
+    def _dgm_not_in_features(self, e: RuntimeError, x: Tensor) -> None:
+        """Where the networks refused ``x`` (torch's "mat1 and mat2 shapes cannot be multiplied") and ``x`` has not
+        ``in_features`` features (channels), a :class:`ShapeError` naming the flow and both sizes; the mask follows
+        the input, as in Pixyz, so an input of another size is taken as long as the networks take it."""
+        ev = self._dgm_domain_event_dim
+        if type(e) is not RuntimeError or x.dim() < ev or x.shape[-ev] == self.in_features:
+            return
+        text = str(e)
+        if "shape" in text or "size" in text or "dimension" in text:
+            raise ShapeError(f"{self._dgm_describe()}: its networks cannot take an input of shape {tuple(x.shape)}, "
+                             f"whose {x.shape[-ev]} {self._dgm_feature_name} at dim {-ev} are not the in_features="
+                             f"{self.in_features} it was built for (torch: {text})") from e
 
     def _dgm_coupling(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The kept part, the complement of the mask, and ``s``, ``t`` restricted to the transformed part."""

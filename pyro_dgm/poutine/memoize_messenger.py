@@ -22,7 +22,10 @@ from typing import Any, Hashable, NamedTuple
 
 import torch
 from pyro.poutine.messenger import Messenger
+from torch.nn.modules import module as _nn_module
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from pyro_dgm.utils.modules import hook_ends
 
 __all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
            "same_marks"]
@@ -206,31 +209,41 @@ def same_marks(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 def _param_state(module: Any) -> tuple[Any, ...] | None:
     """What an entry made now for ``module`` answers under: which submodules and parameters it has (a submodule
     replaced, or weights swapped by ``torch.func.functional_call``, make them other objects), how many submodules,
-    parameters and forward hooks each module has (a layer appended, a hook added), and its parameters' versions
-    (``with torch.no_grad(): w.mul_(2)``). Not its buffers: a forward pass updates a batch norm's statistics in place,
-    or a hand-written running mean by assigning a new tensor, also of a trunk that another network shares, and in
-    training mode the outputs do not depend on them (Pixyz's cache reuses such passes too). ``None`` when there is
-    nothing to check (not a module, or parameters without a version counter: built under ``torch.inference_mode``)."""
+    parameters and forward hooks each module has (a layer appended), which forward hooks (a hook added, or one
+    replaced by another: :func:`hook_ends`), also global ones (``register_module_forward_hook``), and its parameters'
+    versions (``with torch.no_grad(): w.mul_(2)``). Not its buffers: a forward pass updates a batch norm's statistics
+    in place, or a hand-written running mean by assigning a new tensor, also of a trunk that another network shares,
+    and in training mode the outputs do not depend on them (Pixyz's cache reuses such passes too). ``None`` when
+    there is nothing to check (not a module, or parameters without a version counter: built under
+    ``torch.inference_mode``)."""
     if not isinstance(module, torch.nn.Module):
         return None
     try:
         items: list[tuple[Any, ...]] = []
-        sizes: list[tuple[Any, int]] = []
+        g_post, g_pre = _nn_module._global_forward_hooks, _nn_module._global_forward_pre_hooks
+        sizes: list[tuple[Any, int]] = [(g_post, len(g_post)), (g_pre, len(g_pre))]
+        ends = [(d, *hook_ends(d)) for d in (g_post, g_pre) if d]
         for m in module.modules():
-            mods, params = m._modules, m._parameters
-            sizes += [(mods, len(mods)), (params, len(params)), (m._forward_hooks, len(m._forward_hooks)),
-                      (m._forward_pre_hooks, len(m._forward_pre_hooks))]
+            mods, params, post, pre = m._modules, m._parameters, m._forward_hooks, m._forward_pre_hooks
+            sizes += [(mods, len(mods)), (params, len(params)), (post, len(post)), (pre, len(pre))]
+            if post:
+                ends.append((post, *hook_ends(post)))
+            if pre:
+                ends.append((pre, *hook_ends(pre)))
             items += [(mods, k, c, -1) for k, c in mods.items()]
             items += [(params, k, t, t._version) for k, t in params.items() if t is not None]
-        return tuple(items), tuple(sizes)
+        return tuple(items), tuple(sizes), tuple(ends)
     except RuntimeError:
         return None
 
 
 def _same_params(state: tuple[Any, ...]) -> bool:
-    items, sizes = state
+    items, sizes, ends = state
     for d, n in sizes:
         if len(d) != n:
+            return False
+    for d, first, last in ends:  # (usually none: a module without hooks; the lengths are the same here)
+        if next(iter(d)) != first or next(reversed(d)) != last:
             return False
     try:
         for d, k, t, v in items:  # (d[k]: a TorchScript module's dicts have no get)
@@ -272,7 +285,8 @@ class MemoizeMessenger(Messenger):
     pass drops the entries of such a scope that it went through. An entry answers only while the module's submodules,
     parameters and forward hooks are the ones it ran with, and its parameters unchanged (version counters): weights
     swapped by ``torch.func.functional_call`` (an ensemble, a MAML step), a submodule replaced or appended, a hook
-    added, or weights changed in place within the scope make it run again; a change through ``.data``, or to a buffer
+    added, removed or replaced by another (also a global one), or weights changed in place within the scope make it
+    run again; a change through ``.data``, or to a buffer
     (as a batch norm's forward updates its statistics), is not seen. Keys read no tensor data, so a lookup never
     synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
     ``memoize_unless_random=True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is

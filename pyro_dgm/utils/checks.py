@@ -40,6 +40,18 @@ class DTypeError(TypeError, RuntimeError):
     which is what Pixyz programs see there."""
 
 
+class DeviceError(ValueError, RuntimeError):
+    """A ValueError for a value on another device than the network that takes it (a CPU batch into a network moved
+    to the GPU), naming both devices, where torch raises a RuntimeError: also that RuntimeError, which is what Pixyz
+    programs see there."""
+
+
+class EmptyBatchError(ValueError, ZeroDivisionError):
+    """A ValueError for data of 0 rows given to a Pyro model or guide, naming the distribution and the variable,
+    raised before the data plate opens: also the ZeroDivisionError that ``pyro.plate`` raises there ("size cannot be
+    zero"), so that a program catching Pyro's error still catches it."""
+
+
 class NoClosedFormError(NotImplementedError, ValueError):
     """No analytic value: a distribution without an analytic entropy (a ``Deterministic``), a product with a factor
     conditioned on a variable the product generates, or factors that do not pair up. A NotImplementedError, and the
@@ -70,6 +82,48 @@ def clearer(e: BaseException, message: str) -> ValueError:
     'ValueError'
     """
     return ShapeError(message) if isinstance(e, RuntimeError) else ValueError(message)
+
+
+_SHAPE_WORDS = ("shape", "size", "dimension", "must match", "broadcast")
+
+
+def users_own_error(e: BaseException) -> bool:
+    """Whether ``e`` is an error a user's code raised itself (a flow's own range check: ``raise RuntimeError("input
+    out of range")``), which is re-raised as it is, not one of torch's, Pyro's or pyro_dgm's (raised in their code,
+    or a torch operation's shape error, raised from C++ at the user's line), which is reported with what did not fit.
+
+    Examples
+    --------
+    >>> try:
+    ...     raise RuntimeError("input out of range")
+    ... except RuntimeError as e:
+    ...     users_own_error(e)
+    True
+    """
+    import os
+
+    text = str(e)
+    if any(w in text for w in _SHAPE_WORDS):
+        return False
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    where = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    return not any(where.startswith(root) for root in _library_roots())
+
+
+def _library_roots() -> tuple[str, ...]:
+    """The folders of torch, Pyro and pyro_dgm (each with a trailing separator)."""
+    import os
+
+    import pyro
+    import torch
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return tuple(os.path.join(os.path.dirname(os.path.abspath(m.__file__)), "") for m in (torch, pyro)) + (
+        os.path.join(here, ""),)
 
 
 def numpy_tensor(owner: Any, name: str | None, v: Any, device: Any = None) -> Any:

@@ -13,6 +13,8 @@ recomputes where Pixyz would have returned:
   misses it too): change parameters in place under ``torch.no_grad()`` instead (``p.clamp_(...)``, ``p.copy_(t)``);
 * **a graph that a backward pass has freed** (Pixyz's second ``backward`` raises "Trying to backward through the
   graph a second time"): an entry is dropped when a gradient flows through one of its tensors;
+* **values computed before a forward hook was added, removed or replaced** (of the module's submodules, or a global
+  one): the key holds which hooks there are;
 * **a value computed under ``torch.no_grad()``** for a call that needs gradients (or the reverse), or one computed
   in ``train()`` mode (dropout) for ``eval()``: the key holds both modes.
 
@@ -31,6 +33,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
+from pyro_dgm.utils.modules import hooks_state
 from pyro_dgm.utils.versions import version
 
 __all__ = ["lru_cache_for_sample_dict"]
@@ -123,7 +126,8 @@ class _Entries:
     def state_of(self, owner: Any) -> Any:
         """What makes a module's results change with the same inputs: its structure, which tensors are its
         parameters and buffers (``torch.func.functional_call`` swaps them without registering anything) and their
-        versions (an optimizer step or any in-place change bumps them), and its submodules' train/eval modes."""
+        versions (an optimizer step or any in-place change bumps them), its submodules' train/eval modes, and which
+        forward hooks they (and the global ones) hold (a hook added, removed or replaced changes the results)."""
         if not isinstance(owner, nn.Module):
             return None
         structure = _STRUCTURE[0]
@@ -137,7 +141,8 @@ class _Entries:
             versions = tuple(map(_VERSION, tensors))
         except RuntimeError:  # a module built under torch.inference_mode: a new state at every call
             versions = tuple(map(version, tensors))
-        return (structure, tuple(map(id, tensors)), versions, tuple(m.training for m in self.modules))
+        return (structure, tuple(map(id, tensors)), versions, tuple(m.training for m in self.modules),
+                hooks_state(self.modules))
 
     def settle(self, owner: Any) -> None:
         """After a call: what the call itself changed (a batch norm's statistics, which its forward updates) belongs

@@ -7,7 +7,34 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PlainBuffers", "submodules"]
+__all__ = ["PlainBuffers", "submodules", "hook_ends", "hooks_state"]
+
+
+def hook_ends(hooks: Any) -> tuple[Any, Any]:
+    """The first and last keys of a non-empty dict of hooks (``m._forward_hooks``). Its keys are the handles' ids,
+    which increase with each hook registered anywhere, and a hook is added at one end of the dict (``prepend=True``:
+    the front): so a dict of the same length and the same two ends holds the same hooks (a hook removed and another
+    added puts the new, larger id at an end).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> m = nn.Linear(2, 2)
+    >>> a = m.register_forward_hook(lambda *_: None); before = (len(m._forward_hooks), hook_ends(m._forward_hooks))
+    >>> a.remove(); b = m.register_forward_hook(lambda *_: None)
+    >>> (len(m._forward_hooks), hook_ends(m._forward_hooks)) == before
+    False
+    """
+    return next(iter(hooks)), next(reversed(hooks))
+
+
+def hooks_state(modules: list[nn.Module]) -> tuple[Any, ...]:
+    """Which forward hooks and forward pre-hooks ``modules`` and the global ones (``register_module_forward_hook``)
+    hold (:func:`hook_ends`): another value after a hook is added, removed or replaced."""
+    g = nn.modules.module
+    dicts = [g._global_forward_hooks, g._global_forward_pre_hooks, *[m._forward_hooks for m in modules],
+             *[m._forward_pre_hooks for m in modules]]
+    return tuple(map(len, dicts)), tuple([hook_ends(d) for d in dicts if d])
 
 
 def submodules(root: nn.Module) -> list[nn.Module]:
