@@ -569,7 +569,8 @@ class Distribution(YieldingModule):
         """Set the name printed in formulas (``name``'s setter; ``graph.name``'s for a product or marginal)."""
         if not isinstance(name, str):
             raise ArgumentError(f"{describe(self)}: name must be a string, got {name!r}")
-        self._name = name
+        self._name = name  # (as given: Pixyz typesets a name at construction only)
+        self.__dict__.pop("_dgm_graph_name", None)  # Pixyz's setter renames a single distribution's graph too
         NAMES_VERSION[0] += 1  # formulas printed before (cached term names of losses) are out of date
 
     @property

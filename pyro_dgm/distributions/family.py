@@ -22,6 +22,7 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, 
 from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, has_forward_hooks,
                                                ignores_sites, run_bound_network, run_network)
 from pyro_dgm.distributions.pixyz_protocol import adopt
+from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
                                    OutOfRangeError, ShapeError, clearer, describe, value_shape_problem)
@@ -362,8 +363,8 @@ class DistributionBase(Distribution):
     @property
     def prob_factorized_text(self) -> str:
         """The formula's right side: as Pixyz's (its graph's), from the name and the variables, also where a
-        subclass prints its own ``prob_text`` (the left side)."""
-        return _prob_text(self._name, self._var, self._cond_var)
+        subclass prints its own ``prob_text`` (the left side); under its graph's name (``graph.name``)."""
+        return _prob_text(graph_name(self), self._var, self._cond_var)
 
     @property
     def replace_params_dict(self) -> dict[str, list[str]]:

@@ -29,16 +29,25 @@ import torch
 from torch.nn.modules.module import _addindent
 
 from pyro_dgm.distributions.factor import Factor, factor_head
+from pyro_dgm.utils.checks import ArgumentError, describe
+from pyro_dgm.utils.latex import NAMES_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
 
-__all__ = ["DistGraph", "build_graph", "factors_network_text"]
+__all__ = ["DistGraph", "build_graph", "factors_network_text", "graph_name"]
 
 #: options that change how a factor draws (the rest of an option dict goes to the networks / family as keywords)
 PASS_OPTIONS = ("batch_n", "sample_shape", "reparam", "sample_mean")
 #: options that change how a factor scores
 SCORE_OPTIONS = ("sum_features", "feature_dims")
+
+
+def graph_name(d: "Distribution") -> str:
+    """The name of ``d``'s graph, which a product or renaming of ``d`` prints on its formula's left side (Pixyz's
+    ``DistGraph.name``): a product's, renaming's or marginal's formula name; a single distribution's own name, unless
+    its ``graph.name`` was set since (Pixyz's setter of a single distribution's ``name`` sets both)."""
+    return d.__dict__.get("_dgm_graph_name", d._name)
 
 
 def factors_network_text(order: Sequence["Distribution"]) -> str:
@@ -78,16 +87,24 @@ class DistGraph(nx.DiGraph):
 
     @property  # type: ignore[override]
     def name(self) -> str:
-        """The name in the distribution's formulas (Pixyz: a product's is its first factor's); setting it renames
-        them (a product's or marginal's own ``name`` is a label that formulas do not use, as in Pixyz)."""
-        return self._owner._name if self._owner is not None else self.graph.get("name", "")
+        """The name in the formulas of the distribution (Pixyz: a product's is its first factor's) and of products
+        and renamings built from it later; setting it renames a product's, renaming's or marginal's formulas (their
+        own ``name`` is a label that formulas do not use, as in Pixyz). As in Pixyz, setting a single distribution's
+        leaves its own formula (``name``) as it is: products and renamings built afterwards use it."""
+        return graph_name(self._owner) if self._owner is not None else self.graph.get("name", "")
 
     @name.setter
     def name(self, name: str) -> None:
-        if self._owner is not None:
-            self._owner._dgm_rename_text(name)
-        else:
+        owner = self._owner
+        if owner is None:
             self.graph["name"] = name
+        elif owner._atomic:
+            if not isinstance(name, str):
+                raise ArgumentError(f"{describe(owner)}: graph.name must be a string, got {name!r}")
+            owner.__dict__["_dgm_graph_name"] = name
+            NAMES_VERSION[0] += 1  # (its own prob_factorized_text, a family's, reads it: Pixyz's graph's)
+        else:
+            owner._dgm_rename_text(name)
 
     # ------------------------------------------------------------------ Pixyz's queries
     def _dgm_order(self) -> tuple["Distribution", ...]:
@@ -325,8 +342,9 @@ class DistGraph(nx.DiGraph):
         ``$x$`` (``dotmode=False``) or ``x`` with the LaTeX label in the ``texlbl`` attribute (``dotmode=True``,
         for dot2tex)."""
         g = nx.DiGraph()
-        owner = self._owner  # a marginal's integrated factors too (Pixyz draws every factor of its graph)
-        for f in (getattr(owner, "_dgm_option_factors", owner._dgm_sampling_order) if owner is not None else ()):
+        # Pixyz's order: its factors in the order they were added (a marginal's integrated ones too), each one's
+        # variables in its atomic distribution's order under the new names
+        for f in self.factors():
             for v in f.var:
                 for c in f.cond_var:
                     if dotmode:

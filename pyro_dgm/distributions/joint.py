@@ -12,7 +12,7 @@ import networkx as nx
 from torch import nn
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.distributions.graph import DistGraph, build_graph, factors_network_text
+from pyro_dgm.distributions.graph import DistGraph, build_graph, factors_network_text, graph_name
 from pyro_dgm.utils.checks import ArgumentError, describe, ordered_union
 
 __all__ = ["MultiplyDistribution", "build_graph", "DistGraph", "CyclicProductError"]
@@ -124,7 +124,7 @@ class MultiplyDistribution(LabelledComposite, Distribution):
                 raise TypeError(f"MultiplyDistribution {text}: can only multiply distributions, got "
                                 f"{type(d).__name__} {d!r}")
         what = f"{a.prob_text} * {b.prob_text}"
-        self._dgm_init_factors(a._dgm_factors + b._dgm_factors, a._name, what, _united(a, b, what),
+        self._dgm_init_factors(a._dgm_factors + b._dgm_factors, graph_name(a), what, _united(a, b, what),
                                distinct_modules(a._dgm_pixyz_atoms) + distinct_modules(b._dgm_pixyz_atoms))
         # as Pixyz's graphs copy their factors' options: options set on a.graph or b.graph hold in the product
         opts = {**a.factor_options, **b.factor_options}
@@ -178,6 +178,7 @@ class MultiplyDistribution(LabelledComposite, Distribution):
         cond = in_graph_order([v for v in ordered_union(*(f.cond_var for f in factors)) if v not in var])
         inputs = in_graph_order([v for v in ordered_union(*(f.input_var for f in factors)) if v not in generated])
         super().__init__(var=var, cond_var=cond, name=name)
+        self._name = name  # its first factor's graph's name as it is (Pixyz typesets a name once, when given)
         self._dgm_input_var = inputs
         self._dgm_factor_tuple = factors
         # Pixyz's name and content: state_dict keys "_graph.<i>.<...>" of the atomic distributions, as Pixyz's

@@ -16,11 +16,13 @@ from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
 
 from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution, OptionalInputs, check_inner,
-                                             distribution_list, expand_root, inputs_of, site_fn, unwrap, weight_list)
+                                             distribution_list, expand_root, site_fn, unwrap, weight_list)
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
+from pyro_dgm.distributions.ops import ReplaceVarDistribution
+from pyro_dgm.distributions.poe import expert_given
 from pyro_dgm.utils.checks import ShapeError, describe, ordered_union, sample_batch_n
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
@@ -430,7 +432,21 @@ class MixtureModel(_Mixture):
         return PosteriorMixtureModel(self, name=name)
 
 
-class PosteriorMixtureModel(Distribution):
+class _ScoresItsTable:
+    """Mixin of :class:`PosteriorMixtureModel` and its renamings: ``replace_var`` gives a
+    :class:`RenamedPosteriorMixtureModel`, whose ``get_log_prob`` is the posterior's (the ``(K, N)`` table), as Pixyz's
+    renamed factor passes it on."""
+
+    def replace_var(self, **replace_dict: str) -> Distribution:
+        r = super().replace_var(**replace_dict)  # type: ignore[misc]
+        if type(r) is ReplaceVarDistribution and isinstance(r.p, _ScoresItsTable):
+            out = RenamedPosteriorMixtureModel(r.p, r.replace_dict)
+            out.global_options = r.global_options
+            return out
+        return r
+
+
+class PosteriorMixtureModel(_ScoresItsTable, Distribution):
     r"""The posterior :math:`p(z|x) = p(x, z)/p(x)` of a :class:`MixtureModel` over its component ``z``, sharing the
     mixture's distributions.
 
@@ -505,6 +521,12 @@ class PosteriorMixtureModel(Distribution):
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
+        own = {outer: mine for mine, outer in zip((*self._var, *self._cond_var), (*b.var, *b.cond_var))
+               if mine != outer}
+        if own:  # a renaming's binding (replace_var(x="u")): the values under this posterior's own names, as Pixyz's
+            # factor passes them (a value under a renamed-away name belongs to another variable: dropped)
+            mine = set(own.values())
+            values = {own.get(k, k): v for k, v in values.items() if k in own or k not in mine}
         return self.get_log_prob(dict(values), **ctx.kwargs)
 
     def get_params(self, params_dict: ValuesLike = None, **kwargs: Any) -> dict[str, Tensor]:
@@ -643,19 +665,25 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
         if all(math.isclose(v, w[0]) for v in w):
             k = len(w)
             return " + ".join(f"\\frac{{1}}{{{k}}}{e.prob_text}" for e in self.p)
-        return " + ".join(f"{v:.3g}{e.prob_text}" for v, e in zip(w, self.p))
+        total = sum(w)  # the weights it computes with: normalized ([1, 3] is 0.25, 0.75)
+        return " + ".join(f"{v / total:.3g}{e.prob_text}" for v, e in zip(w, self.p))
 
     def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         m = self._dgm_mapping(b)
         comps, logw = [], []
         for i, e in enumerate(self.p):
-            ins = inputs_of(e, m)
-            if all(v in values for v in ins):
+            if expert_given(self, e, m, values):  # (a product expert takes a subset of its inputs)
                 comps.append(site_fn(e, m, values, ctx, False)[0])
                 logw.append(torch.log(self.weight_modalities[i]))
-            elif any(v in values for v in ins):
-                raise ValueError(f"{describe(self)}: expert {e.prob_text} is given only some of its inputs "
-                                 f"{[v for v in ins if v in values]}; give all of them, or none to leave it out")
         if not comps:
             raise ValueError(f"{describe(self)}: no expert has its inputs; give at least one of {self._cond_var}")
         return MixtureDistribution(torch.stack(logw), comps)
+
+
+class RenamedPosteriorMixtureModel(_ScoresItsTable, ReplaceVarDistribution):
+    """A :class:`PosteriorMixtureModel` with its data variable renamed (``post.replace_var(x="u")``): scored under the
+    new name, it gives the posterior's ``(K, N)`` table of :math:`\\log p(z=k|u_n)`, as Pixyz's."""
+
+    def get_log_prob(self, x_dict: ValuesLike, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
+                     **kwargs: Any) -> Tensor:
+        return self.p.get_log_prob(self._dgm_inner(x_dict), sum_features, feature_dims, **kwargs)

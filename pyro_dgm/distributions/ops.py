@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, draw_factors
 from pyro_dgm.distributions.factor import factor_head
+from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.joint import (LabelledComposite, MultiplyDistribution, distinct_modules, pixyz_graph,
                                          rename_nodes)
 from pyro_dgm.utils.checks import ArgumentError, NoClosedFormError, check_var_name, describe
@@ -25,19 +26,20 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
     each renaming moves its variables to the end of the order); renaming a marginal renames the joint inside it.
     """
     names = set(d.var) | set(d.cond_var) | set(d.input_var)
+    hidden = set(d.marginalize_list) if isinstance(d, MarginalizeVarDistribution) else set()
     for old, new in replace_dict.items():
-        if old not in names:
+        if old not in names | hidden:  # (Pixyz's renames an integrated variable too)
             raise ValueError(f"{describe(d)}.replace_var: {d.prob_text} has no variable {old!r}; its variables are "
-                             f"{sorted(names)}")
+                             f"{sorted(names | hidden)}")
         if not isinstance(new, str):
             raise TypeError(f"{describe(d)}.replace_var: the new name of {old!r} must be a non-empty string, "
                             f"got {new!r}")
         check_var_name(new, f"{describe(d)}.replace_var", f"the new name of {old!r}: the")
-    hidden = set(d.marginalize_list) if isinstance(d, MarginalizeVarDistribution) else set()
     renamed = [replace_dict.get(v, v) for v in names | hidden]
     if len(set(renamed)) != len(renamed):
         clash = sorted({v for v in renamed if renamed.count(v) > 1})
-        what = f" (the marginalized variable of {d.prob_joint_factorized_and_text})" if set(clash) & hidden else ""
+        what = (f" (one of them the marginalized variable of {d.prob_joint_factorized_and_text})"
+                if any(replace_dict.get(v, v) == clash[0] for v in hidden) else "")
         raise ValueError(f"{describe(d)}.replace_var({dict(replace_dict)}): two variables would both be named "
                          f"{clash[0]!r}{what}; pick a new name")
     out = _renamed(d, replace_dict)
@@ -51,9 +53,9 @@ def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
     """:func:`replace_var` once the names are checked."""
     if isinstance(d, MarginalizeVarDistribution):
         out_joint = replace_var(d.p, replace_dict)
-        out = MarginalizeVarDistribution(out_joint, d.marginalize_list)
+        out = MarginalizeVarDistribution(out_joint, [replace_dict.get(v, v) for v in d.marginalize_list])
         out._dgm_integrals = {replace_dict.get(v, v) for v in d._dgm_integrals}  # (Pixyz's set comprehension)
-        out.name = d.name  # Pixyz's renamed distribution takes its operand's label, the marginal's
+        out.name = latex_name(d.name)  # Pixyz's renamed distribution takes its operand's label, the marginal's
         out._modules["p"] = d  # and holds it as its module "p" (state-dict keys "p.<the marginal's keys>"); this
         out.__dict__["p"] = out_joint  # one integrates the renamed joint directly, read as the attribute p
         return out
@@ -67,7 +69,7 @@ def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
     rename_nodes(pg, {k: v for k, v in replace_dict.items() if k in pg and k != v})
     out = MultiplyDistribution.from_factors(factors, d._name, pg, distinct_modules(d._dgm_pixyz_atoms))
     out.p = d  # Pixyz renames a joint by wrapping it: its state dict holds the joint's keys under "p." too
-    out.name = d.name  # and the wrapper is labelled as the joint is
+    out.name = latex_name(d.name)  # and the wrapper is labelled as the joint is (typeset, as Pixyz's __init__ does)
     opts = d.factor_options
     if opts:  # the factors' options (graph.set_option) follow them to their renamed copies, as in Pixyz
         new_id = {id(o): id(n) for o, n in zip(d._dgm_factors, factors)}
@@ -119,11 +121,12 @@ class ReplaceVarDistribution(_PassesThrough):
         m = dict(replace_dict)
         super().__init__(var=[m.get(v, v) for v in p.var], cond_var=[m.get(v, v) for v in p.cond_var],
                          name=p.name, features_shape=p.features_shape)
+        self._name = graph_name(p)  # its formulas': p's graph's name as it is (Pixyz's renamed graph keeps it)
         self._graph = nn.ModuleList(distinct_modules(p._dgm_pixyz_atoms))  # Pixyz's state dict: "_graph.0.<...>"
         # and "p.<...>"
         self.p = p
         self.replace_dict = m
-        self.__dict__["_dgm_label"] = p.name  # (see name)
+        self.__dict__["_dgm_label"] = latex_name(p.name)  # (see name: Pixyz's __init__ typesets p's name)
         self._dgm_input_var = [m.get(v, v) for v in p.input_var]
         src = p._dgm_binding
         # the binding renamed; p's own, when p holds one (a family, a Deterministic, a renaming), is watched: p makes
@@ -315,7 +318,8 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
             raise TypeError(f"{describe(p)}.marginalize_var: {p.prob_text} is a single distribution; marginalize "
                             "variables of a product (joint) distribution")
         super().__init__(var=kept, cond_var=p.cond_var, name=p._name)
-        self.name = operand.name  # Pixyz's marginal is labelled as its operand is (see LabelledComposite)
+        self._name = p._name  # the joint's formula name as it is (Pixyz typesets a name once, when given)
+        self.name = latex_name(operand.name)  # Pixyz's marginal is labelled as its operand is, typeset (its __init__)
         self._graph = nn.ModuleList(distinct_modules(p._dgm_pixyz_atoms))  # Pixyz's state dict: "_graph.<i>.<...>"
         # and "p.<...>"
         self.p = p

@@ -90,6 +90,24 @@ def product_of_experts(loc: Tensor, scale: Tensor, eps: float = 1e-8) -> tuple[T
     return (prec * loc).sum(0) / total, torch.rsqrt(total)
 
 
+def expert_given(owner: Distribution, e: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any]) -> bool:
+    """Whether expert ``e`` of ``owner`` takes part given ``values``: no when none of its inputs is given (a missing
+    modality), yes when every input it cannot do without is (all of an ordinary expert's; any of a product's, which
+    leaves its own missing experts out, as Pixyz's inner product does). An ordinary expert given only some of its
+    inputs is refused."""
+    ins = inputs_of(e, mapping)
+    have = [v in values for v in ins]
+    if all(have):
+        return True
+    if not any(have):
+        return False
+    missing = [v for v in (mapping.get(r, r) for r in e._dgm_required_input_var) if v not in values]
+    if missing:
+        raise ValueError(f"{describe(owner)}: expert {e.prob_text} is given only some of its inputs; missing "
+                         f"{missing} (give all of them, or none to leave the expert out)")
+    return True
+
+
 class Experts(list):
     """The experts of a product of Normals (a list), also callable as the early API reference's
     ``NormalPoE.experts(loc, scale, eps=1e-8)``: see :func:`product_of_experts`.
@@ -222,13 +240,7 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         """``(w, scale, loc, stacked)`` of each expert whose inputs are given (see :func:`_combine`)."""
         terms = []
         for i, e in enumerate(self.p):
-            ins = inputs_of(e, m)
-            have = [v in values for v in ins]
-            if not all(have):
-                if any(have):
-                    missing = [v for v, h in zip(ins, have) if not h]
-                    raise ValueError(f"{describe(self)}: expert {e.prob_text} is given only some of its inputs; "
-                                     f"missing {missing} (give all of them, or none to leave the expert out)")
+            if not expert_given(self, e, m, values):
                 continue
             params = site_params(e, m, values, ctx)
             w = self.weight_modalities[i + 1]
@@ -266,7 +278,7 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
             prior_term = (w0, pp["scale"], pp["loc"], False)
         terms = self._dgm_expert_terms(m, values, ctx)
         if len(terms) > 1:
-            conditional = [bool(ins) for ins in (inputs_of(e, m) for e in self.p) if all(v in values for v in ins)]
+            conditional = [bool(inputs_of(e, m)) for e in self.p if expert_given(self, e, m, values)]
             self._dgm_check_expert_shapes(terms, conditional)
         try:
             loc, scale = _combine([prior_term, *terms])

@@ -306,8 +306,8 @@ def test_replace_var_on_a_marginal_cannot_reuse_the_hidden_name(p, prior):
     m = (p * prior).marginalize_var(["z"])
     with pytest.raises(ValueError, match=names("p(x)", "'z'", "marginalized")):
         m.replace_var(x="z")
-    with pytest.raises(ValueError, match=names("p(x)", "has no variable 'z'")):
-        m.replace_var(z="w")
+    with pytest.raises(ValueError, match=names("p(x)", "has no variable 'y'")):
+        m.replace_var(y="w")  # (the integrated z may be renamed, as in Pixyz: test_diff_round30.py)
 
 
 def test_marginalize_var_errors(p, prior):
