@@ -43,7 +43,9 @@ from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
-from pyro_dgm.losses.steps import HALF_DTYPES, SIGNALS, finite_sum, network_buffers, restore_buffers, take_buffers
+from pyro_dgm.losses.special import LossArgumentError
+from pyro_dgm.losses.steps import HALF_DTYPES, SIGNALS, WatchedBuffers, finite_sum, optimizer_arguments
+from pyro_dgm.losses.steps import restore_buffers
 from pyro_dgm.utils.checks import DTypeError, OutOfRangeError, ShapeError, check_present, describe
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
@@ -147,7 +149,9 @@ class AdversarialLoss(Loss):
         compared = {id(t) for t in [*p.parameters(), *q.parameters()]}
         self.__dict__["_dgm_d_only"] = [t for t in discriminator.parameters() if id(t) not in compared]
         self.__dict__["_dgm_frozen"] = list(self._dgm_d_only)
-        self.d_optimizer = _build_optimizer(owner, optimizer, discriminator, dict(optimizer_params or {}))
+        self.d_optimizer = _build_optimizer(owner, optimizer, discriminator,
+                                            optimizer_arguments(owner, "optimizer_params", optimizer_params,
+                                                                LossArgumentError))
         self.loss_optimizer = optimizer  # Pixyz's attributes: the optimizer's class and arguments as given
         self.loss_optimizer_params = optimizer_params if optimizer_params is not None else {}
         self.bce_loss = nn.BCELoss()  # Pixyz's adversarial divergences have it: for subclasses written against it
@@ -350,10 +354,12 @@ class AdversarialLoss(Loss):
             opt.zero_grad(set_to_none=True)
         else:  # an object that only steps (Pixyz takes any): its own zero_grad
             opt.zero_grad()
-        pairs = self.__dict__.get("_dgm_net_buffers")
-        if pairs is None:  # batch-norm statistics of the discriminator and of the samplers, which a failure keeps
-            pairs = self.__dict__["_dgm_net_buffers"] = network_buffers(d, self.p, self.q)
-        buffers = take_buffers(pairs)
+        watched = self.__dict__.get("_dgm_net_buffers")
+        roots = (d, self.p, self.q)  # batch-norm statistics of the discriminator and of the samplers, which a
+        # failure keeps (listed again when a layer is added to one, or one is replaced)
+        if type(watched) is not WatchedBuffers or any(a is not b for a, b in zip(watched.roots, roots)):
+            watched = self.__dict__["_dgm_net_buffers"] = WatchedBuffers(*roots)
+        buffers = watched.take()
         try:
             replicated = self._dgm_replicated
             if replicated is None:

@@ -39,18 +39,41 @@ def _update_dict(update_value: Any) -> dict[str, str]:
     """``update_value`` as a dict: a mapping, or (ours) pairs ``[("h", "h_prev")]``; ``None`` is none."""
     if update_value is None:
         return {}
+    out = None
     if isinstance(update_value, Mapping):
-        return dict(update_value)
-    if not isinstance(update_value, (str, bytes)):
+        out = dict(update_value)
+    elif not isinstance(update_value, (str, bytes)):
         try:
             pairs = list(update_value)
         except TypeError:
             pairs = None
         if pairs is not None and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
-            return dict(pairs)
+            out = dict(pairs)
+    if out is not None and all(isinstance(n, str) for pair in out.items() for n in pair):
+        return out
     raise IterativeLossTypeError(
         f"IterativeLoss: update_value must be a dict from the name a step samples to its name at the next step "
         f"(e.g. {{'h': 'h_prev'}}), got {update_value!r:.80}")
+
+
+def _names(arg: str, value: Any) -> list[str]:
+    """``value`` (None, one name, or a list, tuple or other collection of names, as Pixyz takes them) as a list of
+    names; anything else is a :class:`~pyro_dgm.losses.special.LossArgumentError` naming the argument (Pixyz's are
+    Python's or torch's errors: ``'int' object is not iterable``, ``unhashable type: 'list'``)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    names = None
+    if not isinstance(value, (bytes, Tensor)):  # (a tensor iterates its elements: Pixyz's `not tensor` raises)
+        try:
+            names = list(value)
+        except TypeError:
+            pass
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise LossArgumentError(f"IterativeLoss: {arg} must be a list of variable names (or one name, a string), got "
+                                f"{type(value).__name__} {value!r:.80}")
+    return names
 
 
 def _rename_keys(values: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
@@ -167,9 +190,9 @@ class IterativeLoss(Loss):
                  timestep_var: Sequence[str] | str | None = None, input_var: Sequence[str] | None = None) -> None:
         if not isinstance(step_loss, Loss):
             raise TypeError(f"IterativeLoss: step_loss must be a Loss, got {type(step_loss).__name__}")
-        series = [series_var] if isinstance(series_var, str) else list(series_var or [])
+        series = _names("series_var", series_var)
         updates = _update_dict(update_value)
-        timestep = [timestep_var] if isinstance(timestep_var, str) else list(timestep_var or [])
+        timestep = _names("timestep_var", timestep_var)
         if not series and max_iter is None:
             raise ValueError("IterativeLoss: give max_iter or series_var (the number of steps is the length of the "
                              "first series_var)")
@@ -194,7 +217,7 @@ class IterativeLoss(Loss):
         names = ordered_union(step_loss.input_var, series, list(updates.values()))
         if timestep:
             names = [v for v in names if v != timestep[0]]
-        super().__init__(list(input_var) if input_var is not None else names)
+        super().__init__(_names("input_var", input_var) if input_var is not None else names)
         self.step_loss = step_loss
         self.max_iter = max_iter
         # as given (Pixyz keeps them: a tuple stays a tuple, and a later edit of the update_value dict is seen)
@@ -205,14 +228,38 @@ class IterativeLoss(Loss):
 
     @property
     def timpstep_symbol(self) -> Any:
-        """Pixyz's attribute (spelled as Pixyz spells it): the time step's symbol, ``timestep_var[0]`` or ``t``."""
+        """Pixyz's attribute (spelled as Pixyz spells it): the time step's symbol in the text, ``timestep_var[0]`` or
+        ``t``, unless one was set (``loss.timpstep_symbol = sympy.Symbol("s")`` prints
+        :math:`\\sum_{s=0}^{s_{max} - 1}`, as in Pixyz; the values are not changed)."""
         import sympy
 
+        given = self.__dict__.get("_dgm_timestep_symbol")
+        if given is not None:
+            return given
         return sympy.Symbol(self.timestep_var[0] if self.timestep_var else "t")
+
+    @timpstep_symbol.setter
+    def timpstep_symbol(self, symbol: Any) -> None:
+        import sympy
+
+        if isinstance(symbol, str) and symbol:  # (what sympy.Sum makes of a name under Pixyz)
+            symbol = sympy.Symbol(symbol)
+        if not isinstance(symbol, sympy.Symbol):
+            raise LossArgumentError(f"IterativeLoss: timpstep_symbol must be a sympy Symbol (the index of the sum in "
+                                    f"the text, e.g. sympy.Symbol('s')), got {type(symbol).__name__} {symbol!r:.80}")
+        self.__dict__["_dgm_timestep_symbol"] = symbol
+
+    def _dgm_index_text(self) -> str:
+        given = self.__dict__.get("_dgm_timestep_symbol")
+        if given is not None:
+            import sympy
+
+            return sympy.latex(given)
+        return self.timestep_var[0] if self.timestep_var else "t"
 
     @property
     def latex(self) -> str:
-        t = self.timestep_var[0] if self.timestep_var else "t"
+        t = self._dgm_index_text()
         top = str(self.max_iter - 1) if self.max_iter else f"{t}_{{max}} - 1"
         body = self.step_loss.latex
         if self.step_loss._dgm_prec < PREC_MUL:
@@ -223,7 +270,7 @@ class IterativeLoss(Loss):
     def _symbol(self) -> Any:
         import sympy
 
-        t = sympy.Symbol(self.timestep_var[0] if self.timestep_var else "t")
+        t = self.timpstep_symbol
         top = self.max_iter if self.max_iter else sympy.Symbol(sympy.latex(t) + "_{max}")
         body = sympy.Symbol("dummy_loss")  # substituted after: sympy.Sum would otherwise reorder inside the body
         return sympy.Sum(body, (t, 0, top - 1)).subs({body: self.step_loss._symbol})

@@ -58,10 +58,42 @@ def _is_array(x: Any) -> bool:
     return type(x).__module__ == "numpy" and hasattr(x, "shape") and not isinstance(x, numbers.Number)
 
 
+def _roundings(given: Any, dtype: torch.dtype) -> set[Any]:
+    """The values a buffer made from the number ``given`` may hold, unchanged but for casts, in ``dtype``: ``given``
+    rounded to ``dtype``, and its float32 buffer's value (rounded again through a half dtype, ``loss.half()``) cast
+    to ``dtype`` (``loss.double()``)."""
+    first = torch.tensor(given, dtype=torch.float)
+    out = {torch.tensor(given, dtype=dtype).item(), first.to(dtype).item()}
+    if first.is_floating_point():
+        out.update(first.to(half).to(dtype).item() for half in (torch.float16, torch.bfloat16))
+    return out
+
+
+#: a constant of more elements than this prints its first and last three, as numpy summarizes an array
+_SHOWN = 10
+
+
+def _tensor_text(v: Tensor) -> str:
+    """The values of a constant of several elements as the text of a numpy array, which Pixyz prints for the same
+    values given as one (``\\mathtt{\\text{[1. 2.]}}``), summarized beyond :data:`_SHOWN` elements, on one line."""
+    import numpy as np
+    import sympy
+
+    a = v.detach().cpu()
+    if a.dtype in (torch.bfloat16, torch.complex32) or a.is_quantized:  # (no numpy dtype)
+        a = a.dequantize() if a.is_quantized else a.to(torch.complex64 if a.is_complex() else torch.float)
+    with np.printoptions(threshold=_SHOWN):
+        text = sympy.latex(a.resolve_conj().resolve_neg().numpy())
+    return " ".join(line.strip() for line in text.splitlines())  # (one line: the rows of a matrix side by side)
+
+
 class ValueLoss(Loss):
     """A constant: a number or a tensor. Numbers and tensors in loss arithmetic become a ``ValueLoss``.
 
-    A number prints as itself; a one-element tensor prints as its value; a larger tensor prints as ``c``.
+    A number prints as itself; a one-element tensor prints as its value; a larger tensor prints its values as
+    numpy prints an array (Pixyz's text for them given as a numpy array: ``\\mathtt{\\text{[1. 2.]}}``; the first
+    and last three beyond ten), and is a symbol of its own in sympy's arithmetic: ``a - b`` of two such constants
+    is not printed as 0, nor merged with a ``Parameter``.
 
     Parameters
     ----------
@@ -113,8 +145,9 @@ class ValueLoss(Loss):
         if v.numel() != 1:
             return None
         now = v.item()
-        if not isinstance(given, Tensor) and now == torch.tensor(given, dtype=v.dtype).item():
-            # 2 prints as 2, not as its float32 buffer's 2.0; a bool (Pixyz's flag times a term) as 1 or 0
+        if not isinstance(given, Tensor) and now in _roundings(given, v.dtype):
+            # 2 prints as 2, not as its float32 buffer's 2.0; a bool (Pixyz's flag times a term) as 1 or 0; 0.1 as
+            # 0.1 after loss.double() too (the float32 buffer's 0.100000001 cast), as Pixyz prints original_value
             return int(given) if isinstance(given, bool) else given
         return now
 
@@ -134,15 +167,23 @@ class ValueLoss(Loss):
     def _symbol(self) -> Any:
         if self.is_number:  # a number, as Pixyz's ValueLoss (sympy arithmetic makes it an Integer or a Float)
             return self._dgm_shown()
-        return super()._symbol
+        if self._dgm_given_sequence():
+            return super()._symbol
+        import sympy  # a tensor of several values: a symbol of its own, that sympy does not merge with another
+        # constant's, or with a Parameter, of the same text (a - b of two vectors is not 0)
+
+        return sympy.Dummy(self.latex)
+
+    def _dgm_given_sequence(self) -> bool:
+        return isinstance(self.original_value, (list, tuple)) or _is_array(self.original_value)
 
     @property
     def latex(self) -> str:
-        if isinstance(self.original_value, (list, tuple)) or _is_array(self.original_value):  # Pixyz's text:
-            import sympy  # sympy's of the list or array, [1.0, 2.0]
+        if self._dgm_given_sequence():  # Pixyz's text: sympy's of the list or array, [1.0, 2.0]
+            import sympy
 
             return sympy.latex(self.original_value)
-        return "c" if not self.is_number else _number_text(self._dgm_shown())
+        return _tensor_text(self.value) if not self.is_number else _number_text(self._dgm_shown())
 
     def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Any:
         return self.value  # a number's float32 buffer, as Pixyz's (a float64 formula sees it rounded, as there)

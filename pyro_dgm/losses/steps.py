@@ -21,10 +21,11 @@ from torch.nn.parameter import UninitializedBuffer
 from torch.nn.utils import get_total_norm
 
 from pyro_dgm.poutine.memoize_messenger import _numpy_mark
+from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.random import current_generator
 
-__all__ = ["HALF_DTYPES", "SIGNALS", "SignalDeferral", "StepRandomState", "autograd_leaves", "clear_grads",
-           "finite_sum", "network_buffers", "restore_buffers", "take_buffers"]
+__all__ = ["HALF_DTYPES", "SIGNALS", "SignalDeferral", "StepRandomState", "WatchedBuffers", "autograd_leaves",
+           "clear_grads", "finite_sum", "network_buffers", "optimizer_arguments", "restore_buffers", "take_buffers"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # a loss in these may overflow to inf while its gradients are finite
 
@@ -38,6 +39,32 @@ def finite_sum(grads: Sequence[Tensor]) -> bool:
     if grads[0].device.type == "cpu":
         return math.isfinite(sum(g.sum().item() for g in grads))
     return math.isfinite(get_total_norm(grads, 2.0).item())
+
+
+def optimizer_arguments(owner: str, arg: str, value: Any, error: type[Exception] = TypeError) -> dict[str, Any]:
+    """The keyword arguments of an optimizer given as ``arg`` (``optimizer_params``): a mapping, or (ours) pairs;
+    None is none. Anything else (a number, a string such as ``"lr=1e-3"``) raises ``error`` naming ``owner``,
+    ``arg`` and what is expected (Pixyz's is ``Adam() argument after ** must be a mapping, not float``).
+
+    Examples
+    --------
+    >>> optimizer_arguments("Model", "optimizer_params", {"lr": 0.1}), optimizer_arguments("Model", "x", None)
+    ({'lr': 0.1}, {})
+    >>> optimizer_arguments("Model", "optimizer_params", 1e-3)
+    Traceback (most recent call last):
+    ...
+    TypeError: Model: optimizer_params must be a mapping of the optimizer's arguments (e.g. {'lr': 0.001}), got \
+float 0.001
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, (str, bytes)):
+        try:
+            return dict(value)
+        except (TypeError, ValueError):
+            pass
+    raise error(f"{owner}: {arg} must be a mapping of the optimizer's arguments (e.g. {{'lr': 0.001}}), got "
+                f"{type(value).__name__} {value!r:.80}")
 
 
 def autograd_leaves(t: Tensor) -> list[Tensor]:
@@ -121,6 +148,85 @@ def _buffer(m: nn.Module, name: str) -> "Tensor | None":
     """``m``'s buffer ``name``, or None (a TorchScript module's buffers are in a wrapper without ``get``)."""
     buffers = m._buffers
     return buffers[name] if name in buffers else None
+
+
+#: bumped when any module registers a submodule (a new one or in another's place) or a buffer of a new name (torch's
+#: global registration hooks, installed by the first :class:`WatchedBuffers`); a buffer assigned anew under its name
+#: (a flow's batch norm's statistics, at each training step) does not bump it. None: a torch without the hooks
+_ADDED: list[int | None] = [0]
+_ADDED_WATCHED = [False]
+
+
+def _module_added(*_: Any) -> None:
+    if _ADDED[0] is not None:
+        _ADDED[0] += 1
+
+
+def _buffer_added(module: nn.Module, name: str, _: Any) -> None:
+    if _ADDED[0] is not None and name not in module._buffers:  # (called before torch stores it)
+        _ADDED[0] += 1
+
+
+def _watch_additions() -> None:
+    if _ADDED_WATCHED[0]:
+        return
+    _ADDED_WATCHED[0] = True
+    hooks = nn.modules.module
+    modules = getattr(hooks, "register_module_module_registration_hook", None)
+    buffers = getattr(hooks, "register_module_buffer_registration_hook", None)
+    if modules is None or buffers is None:  # an older torch: the buffers are listed again at every step
+        _ADDED[0] = None
+        return
+    modules(_module_added)
+    buffers(_buffer_added)
+
+
+class WatchedBuffers:
+    """The buffers of the networks ``roots`` (:func:`network_buffers`), listed again when the networks changed since
+    they were last listed, so that a layer added after the first step (a batch norm) is put back by a failed step as
+    one present from the start: a module registered anywhere (``nn.Sequential.append``, a layer assigned, a
+    ``FlowList``'s ``flow_list`` grown) or a buffer of a new name (torch's registration hooks count them), or a
+    container under the roots that holds another number of modules than it did (``insert``, which registers
+    nothing). Not seen: a module put in a container's ``_modules`` by hand in another's
+    place.
+
+    What :meth:`take` costs at each step besides :func:`take_buffers`: a counter read and the lengths of the
+    containers' ``_modules`` (the modules are walked only when either changed).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(2, 2))
+    >>> watched = WatchedBuffers(net)
+    >>> len(watched.take())
+    0
+    >>> _ = net.insert(0, nn.BatchNorm1d(2))  # (insert registers nothing)
+    >>> [name for _, name, _, _ in watched.take()]
+    ['running_mean', 'running_var', 'num_batches_tracked']
+    """
+
+    __slots__ = ("roots", "added", "containers", "lengths", "pairs")
+
+    def __init__(self, *roots: nn.Module) -> None:
+        self.roots = roots
+        self.added: int | None = -1
+        self.containers: list[nn.Module] = []
+        self.lengths: list[int] = []
+        self.pairs: list[tuple[nn.Module, str, bool]] = []
+
+    def take(self) -> TakenBuffers:
+        """The buffers as the step finds them (:func:`take_buffers`), of the networks as they are now."""
+        _watch_additions()  # (installed once per process: a model unpickled in another one installs it here)
+        added = _ADDED[0]
+        if added is None or added != self.added or [len(m._modules) for m in self.containers] != \
+                self.lengths:
+            self.added = added
+            self.containers = [m for root in self.roots for m in submodules(root)
+                               if m._modules or isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
+            self.lengths = [len(m._modules) for m in self.containers]
+            self.pairs = network_buffers(*self.roots)
+        return take_buffers(self.pairs) if self.pairs else []
 
 
 def restore_buffers(taken: TakenBuffers) -> None:

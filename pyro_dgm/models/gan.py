@@ -13,9 +13,10 @@ from pyro_dgm.distributions.special import EmpiricalDistribution
 from pyro_dgm.losses.adversarial_divergences import AdversarialJensenShannon
 from pyro_dgm.losses.adversarial import AdversarialLoss
 from pyro_dgm.losses.pdf import check_distribution
-from pyro_dgm.losses.steps import SIGNALS, StepRandomState
+from pyro_dgm.losses.steps import SIGNALS, StepRandomState, optimizer_arguments
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models.checkpoint import set_rng_state
+from pyro_dgm.models.errors import ModelArgumentError
 from pyro_dgm.models.model import Model
 
 __all__ = ["GAN"]
@@ -166,6 +167,7 @@ class GAN(Model):
                             "discriminator); pass the data distribution by keyword, GAN(p, discriminator, "
                             "p_data=...), or leave it out (EmpiricalDistribution(p.var) is built, as in Pixyz)")
         check_distribution(p, "GAN", "p")
+        optimizer_arguments("GAN", "d_optimizer_params", d_optimizer_params, ModelArgumentError)
         if p_data is None:
             p_data = EmpiricalDistribution(list(p.var))
         else:

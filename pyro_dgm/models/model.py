@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, autograd_leaves, network_buffers, restore_buffers
-from pyro_dgm.losses.steps import take_buffers
+from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, WatchedBuffers, autograd_leaves, restore_buffers
+from pyro_dgm.losses.steps import optimizer_arguments
 from pyro_dgm.losses.steps import SIGNALS as _SIGNALS
 from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_check.py imports it from here)
 from pyro_dgm.losses.base import Loss
@@ -140,7 +140,7 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
     if not params:
         raise ValueError(f"{owner}: there are no parameters to optimize: the distributions given have no networks or "
                          "parameters; pass the trained distributions in distributions=[...]")
-    kwargs = dict(optimizer_params or {})
+    kwargs = optimizer_arguments(owner, "optimizer_params", optimizer_params, ModelArgumentError)
     if isinstance(optimizer, PyroLRScheduler):
         raise TypeError(f"{owner}: a pyro.optim learning-rate scheduler ({type(optimizer).__name__}) is not "
                         "supported; pass its optimizer and step a torch scheduler on model.optimizer")
@@ -226,6 +226,20 @@ def loss_networks(loss: Any) -> list[nn.Module]:
             seen.add(id(d))
             out.append(d)
     return out
+
+
+def loss_plain_networks(loss: Any) -> list[nn.Module]:
+    """The plain networks (torch modules that are neither losses nor distributions: a feature network a user's
+    ``Loss`` subclass holds and calls itself) that the nodes of ``loss`` hold, each once: what a failed step puts back
+    besides :func:`loss_networks` (their modes are left to the user, as Pixyz leaves them)."""
+    if not isinstance(loss, Loss):
+        return []
+    out: dict[int, nn.Module] = {}
+    for term in loss.loss_terms():
+        for child in term._dgm_children():
+            if isinstance(child, nn.Module) and not isinstance(child, (Loss, Distribution)):
+                out.setdefault(id(child), child)
+    return list(out.values())
 
 
 def _named(params: Sequence[nn.Parameter]) -> list[tuple[str, nn.Parameter]]:
@@ -422,6 +436,8 @@ class Model:
         self.set_loss(loss, test_loss)
         check_clip(owner, "clip_grad_norm", clip_grad_norm)
         check_clip(owner, "clip_grad_value", clip_grad_value)
+        optimizer_arguments(owner, "optimizer_params", optimizer_params, ModelArgumentError)  # (also when the
+        # optimizer is built at the first step, for an autoguide's parameters)
         self.distributions = nn.ModuleList(check_distributions(owner, distributions))
         _dist.setup_from_env()
         # under torch.distributed: DistributedDataParallel around the networks (rank 0's weights broadcast now);
@@ -705,11 +721,13 @@ class Model:
             raise TypeError(f"{type(self).__name__}: the loss {self.loss_cls} has Pyro-side terms, whose parameters "
                             f"(an autoguide's) join the optimizer as they are made, so the optimizer must be a "
                             f"torch.optim.Optimizer; {type(self.optimizer).__name__} has no add_param_group")
-        pairs = self.__dict__.get("_dgm_net_buffers")
-        if pairs is None:  # the networks' buffers (batch-norm statistics...), which a failed step must not change:
-            # the trained ones' and those the loss reads without training them (a fixed encoder, a discriminator)
-            pairs = self._dgm_net_buffers = network_buffers(self.distributions, *loss_networks(self.loss_cls))
-        buffers = take_buffers(pairs) if pairs else ()
+        watched = self.__dict__.get("_dgm_net_buffers")
+        if type(watched) is not WatchedBuffers:  # the networks' buffers (batch-norm statistics...), which a failed
+            # step must not change: the trained ones', those the loss reads without training them (a fixed encoder, a
+            # discriminator, a plain network a user's loss calls), listed again when a layer is added to one
+            watched = self._dgm_net_buffers = WatchedBuffers(self.distributions, *loss_networks(self.loss_cls),
+                                                             *loss_plain_networks(self.loss_cls))
+        buffers = watched.take()
         rng = StepRandomState()
         pyro_side = _PyroSideState(self) if self._dgm_pyro_terms else None
         try:

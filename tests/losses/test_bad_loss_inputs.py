@@ -111,8 +111,8 @@ def test_a_tensor_operand_of_the_wrong_shape_fails_at_eval_with_a_shape_error() 
     """Pixyz refuses a tensor operand at construction with a ValueError; ours is accepted (an extension) and its
     misfit at evaluation is a ShapeError, which ``except ValueError`` still catches."""
     _raises_as_pixyz(_tensor_operand, (ShapeError, ValueError),
-                     r"MulLoss: cannot combine \\log p\(x\|z\) of shape \(3,\) with the tensor operand c of shape "
-                     r"\(5,\)")
+                     r"MulLoss: cannot combine \\log p\(x\|z\) of shape \(3,\) with the tensor operand "
+                     r"\\mathtt\{\\text\{\[1\. 1\. 1\. 1\. 1\.\]\}\} of shape \(5,\)")
 
 
 def test_a_parameter_given_a_string_names_the_parameter() -> None:
