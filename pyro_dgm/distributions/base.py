@@ -1127,8 +1127,9 @@ class Distribution(YieldingModule):
     def _dgm_empty_batch(self, values: Mapping[str, Any]) -> NoReturn:
         """Refuse data of 0 rows before the data plate opens (``pyro.plate`` would raise a bare ZeroDivisionError,
         "size cannot be zero", naming nothing), naming the variables."""
+        values = {**{v: x for v in self._var if isinstance(x := conditioned_value(v), Tensor)}, **values}
         given = [v for v in (*self._var, *self._dgm_input_var) if isinstance(values.get(v), Tensor)]
-        empty = [v for v in given if 0 in values[v].shape] or given
+        empty = [v for v in given if 0 in values[v].shape] or given  # (pyro.condition's data too)
         shapes = ", ".join(f"{v!r} has shape {tuple(values[v].shape)}" for v in empty)
         raise EmptyBatchError(f"{describe(self)}: an empty batch: the variable(s) {', '.join(map(repr, empty))} have 0 "
                               f"rows ({shapes}), and the data plate of the Pyro model/guide cannot have size 0 (Pyro: "
@@ -1650,7 +1651,8 @@ class Distribution(YieldingModule):
         device than the network's parameters (torch: "Expected all tensors to be on the same device"); else
         nothing (the error keeps its type)."""
         scalars = [v for v in names if isinstance(values[v], Tensor) and values[v].dim() == 0]
-        if scalars and ("at least" in text or "0D" in text or "0-d" in text or "dimension" in text):
+        if scalars and ("at least 1D" in text or "0D" in text or "0-d" in text):  # (not any rank error: a valid
+            # scalar input is not to blame for another input's "Tensors must have same number of dimensions")
             v = scalars[0]
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
                              f"the batch): {v!r} is 0-d (a scalar), which its network cannot take; give it its batch "

@@ -138,7 +138,9 @@ class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
         logits = self.logits - self.logits.logsumexp(-1, keepdim=True)
         logits, value = torch.broadcast_tensors(logits, value)
         lp = logits.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
-        if value.dtype != lp.dtype and value.is_floating_point():  # a float64 value: a float64 score (Pixyz's)
+        if not value.is_floating_point():  # (Pixyz's raises on an integer value; a one-hot one is scored here)
+            return integer_one_hot_score(self, value, lp, logits.shape[-1], indices=False)
+        if value.dtype != lp.dtype:  # a float64 value: a float64 score (Pixyz's)
             lp = lp.to(torch.promote_types(lp.dtype, value.dtype))
         # a NaN or infinite value has no arg-max class (torch.argmax takes NaN for the largest): NaN, as under Pixyz
         return torch.where(value.isfinite().all(-1), lp, lp.new_full((), math.nan))
@@ -172,27 +174,28 @@ class OneHotCategoricalArgMax(dist.OneHotCategorical):
             check_value_shape(self, value)
         lp = self._categorical.log_prob(value.max(-1)[1])
         if not value.is_floating_point():  # (the float one-hot labels of training pay nothing here)
-            return self._integer_score(value, lp)
+            return integer_one_hot_score(self, value, lp, self._categorical._num_events)
         finite = value.isfinite().all(-1)  # a NaN has no arg-max (max would call it class 0): NaN, or an error
         if self._validate_args and not bool(finite.all()):
             raise ValueError("The value argument must be finite: a NaN or infinite entry has no arg-max")
         return torch.where(finite, lp, lp.new_full((), math.nan))
 
-    def _integer_score(self, value: Tensor, lp: Tensor) -> Tensor:
-        """``lp``, the score of an integer ``value`` by its arg-max, where its entries are 0 or 1 (a one-hot vector,
-        as Pixyz scores it); an entry outside {0, 1} is no one-hot vector nor soft label (class indices, whose arg-max
-        would be taken as one label for every row): refused under validation, else NaN, as a NaN entry is."""
-        if value.dtype == torch.bool:
-            return lp
-        bad = ((value != 0) & (value != 1)).any(-1)
-        if self._validate_args and bool(bad.any()):
-            k = self._categorical._num_events
-            example = value[(value != 0) & (value != 1)].flatten()[0].item()
-            raise ValueError(f"{type(self).__name__}: the value of shape {tuple(value.shape)} and dtype {value.dtype} "
-                             f"holds {example}, which is neither 0 nor 1: a one-hot categorical scores one-hot "
-                             f"vectors of {k} classes; class indices y are one-hot as F.one_hot(y, {k}).float() "
-                             "(or score indices with Categorical(..., one_hot=False))")
-        return torch.where(bad, lp.new_full((), math.nan), lp)
+
+def integer_one_hot_score(d: Any, value: Tensor, lp: Tensor, k: int, indices: bool = True) -> Tensor:
+    """``lp``, the score of an integer or bool ``value`` by its arg-max under a one-hot family ``d`` of ``k`` classes,
+    where each of its vectors is one-hot (one 1, the rest 0), as Pixyz scores it; another vector is no one-hot
+    vector nor soft label (class indices ``[0, 2, 1]`` or ``[0, 1, 1]``, whose arg-max would be taken as one label
+    for every row): refused under validation, else NaN, as a NaN entry is. Float values never come here (the float
+    one-hot labels of training pay nothing). ``indices``: the message names the family's option to score indices."""
+    bad = ((value != 0) & (value != 1)).any(-1) | (value.sum(-1) != 1)
+    if d._validate_args and bool(bad.any()):
+        row = value.reshape(-1, value.shape[-1])[bad.reshape(-1).nonzero()[0, 0]] if bad.dim() else value
+        raise ValueError(f"{type(d).__name__}: the value of shape {tuple(value.shape)} and dtype {value.dtype} holds "
+                         f"the vector {row.tolist()}, which is not one-hot (one 1, the rest 0): a one-hot categorical "
+                         f"scores one-hot vectors of {k} classes; class indices y are one-hot as "
+                         f"F.one_hot(y, {k}).float()"
+                         + (" (or score indices with Categorical(..., one_hot=False))" if indices else ""))
+    return torch.where(bad, lp.new_full((), math.nan), lp)
 
 
 def scored_distribution(d: Any) -> Any:

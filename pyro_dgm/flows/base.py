@@ -44,7 +44,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.checks import ShapeError
-from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
+from pyro_dgm.utils.lru_cache import _STRUCTURE, _WATCHING, _watch_structure
 from pyro_dgm.utils.versions import version
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.settings import epsilon
@@ -142,13 +142,14 @@ class _Memory:
     ``forward`` alone gives it: it runs when the log-det is asked for, as in Pixyz). ``parts`` holds the log-dets of
     a :class:`FlowList`'s layers, ``((layer, logdet), ...)``, stored in them when the memory answers a ``forward``."""
 
-    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts", "versions", "kept")
+    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts", "versions", "kept", "eps")
 
     def __init__(self, x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool, state: tuple,
                  parts: tuple | None = None) -> None:
         self.x, self.z, self.logdet, self.context, self.by_inverse, self.state = x, z, logdet, context, by_inverse, state
         self.parts = parts
-        self.kept: list[Any] = []  # the parameters and buffers (and epsilon) whose ids `state` holds
+        self.kept: list[Any] = []  # the parameters and buffers whose ids `state` holds
+        self.eps = epsilon()  # (the object: set_epsilon puts another in its place)
         # the module's memory outlives the evaluation: an in-place change of x or z (z.mul_(2)) invalidates it
         self.versions = None if type(state) is bool else (version(x), version(z))
 
@@ -164,14 +165,10 @@ def _storage(t: Tensor) -> int:
 def _state(flow: nn.Module, keep: list | None = None) -> tuple:
     """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it, and so does
     a new tensor or storage put in their place: ``p.data = t``, ``vector_to_parameters``) and its modules' train/eval
-    modes (a batch norm computes with other statistics after ``eval()``), and :func:`~pyro_dgm.utils.epsilon` (a
-    planar flow's or a batch norm's formula reads it: ``set_epsilon`` changes the map). The tensors (and epsilon's
-    object) are appended to ``keep``: a memory holds them, so that their ids, which the state holds, are not reused
-    while it lives."""
-    eps = epsilon()
-    out: list[Any] = [id(eps)]
-    if keep is not None:
-        keep.append(eps)
+    modes (a batch norm computes with other statistics after ``eval()``). The tensors are appended to ``keep``: a
+    memory holds them, so that their ids, which the state holds, are not reused while it lives. (Not
+    :func:`~pyro_dgm.utils.epsilon`: see :func:`_recall`.)"""
+    out: list[Any] = []
     for m in submodules(flow):  # one walk
         out.append(m.training)
         for tensors in (m._parameters, m._buffers):
@@ -227,21 +224,34 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
         ref = m.logdet if m.logdet is not None else (m.x if m.by_inverse else m.z)  # (a missing log-det: its input)
         if not ref.requires_grad:
             return None
-    return m if m.state == _state(flow) else None
+    if m.state != _state(flow):
+        return None
+    if m.eps is not epsilon():  # set_epsilon since (a planar flow's log-det, a batch norm's map read it): a draw's
+        if m.by_inverse:  # log-det is computed again from the input it remembers, which Pixyz's sample dict holds
+            return None  # and its get_log_prob maps forward; no inverse runs (a planar flow may have none)
+        m.logdet, m.parts = flow._dgm_run(m.x, context, False)[1:]
+        m.eps = epsilon()
+    return m
 
 
 def _batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
     """The layers of ``flow`` that may normalize with the statistics of the batch they run on (batch norms: the
     flows', torch's in the networks, Pyro's transform), found again only when a module anywhere has registered a
-    submodule, parameter or buffer since (a layer added to the flow after its first draw)."""
+    submodule, parameter or buffer since (a layer added to the flow after its first draw). While torch.compile
+    traces before torch's registration hooks are installed (which tracing cannot do), they are found afresh."""
+    if not _WATCHING[0] and torch.compiler.is_compiling():
+        return _find_batch_layers(flow)
     _watch_structure()
     structure = _STRUCTURE[0]
     found = flow.__dict__.get("_dgm_batch_layers_at")  # (not the name of the earlier cache, a plain tuple of
     if found is None or found[0] != structure or structure is None:  # layers, which a flow pickled before holds)
-        layers = tuple(m for m in submodules(flow)
-                       if getattr(m, "_dgm_batch_statistics", False) or isinstance(m, (_BatchNorm, PyroBatchNorm)))
-        found = flow.__dict__["_dgm_batch_layers_at"] = (structure, layers)
+        found = flow.__dict__["_dgm_batch_layers_at"] = (structure, _find_batch_layers(flow))
     return found[1]
+
+
+def _find_batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
+    return tuple(m for m in submodules(flow)
+                 if getattr(m, "_dgm_batch_statistics", False) or isinstance(m, (_BatchNorm, PyroBatchNorm)))
 
 
 def _batch_dependent(flow: "Flow") -> bool:
