@@ -198,9 +198,10 @@ class AdversarialLoss(Loss):
     def _dgm_samples(self, dist: "Distribution", values: Mapping[str, Any], batch_n: int, reparam: bool,
                      kwargs: Mapping[str, Any]) -> dict[str, Tensor]:
         """The discriminator's inputs for a sample of ``dist``: its draw of the compared variables, plus the
-        term's inputs the discriminator is also conditioned on."""
+        term's inputs the discriminator is also conditioned on. The options of the evaluation reach the draw as in
+        Pixyz (``GAN.train(x, reparam=True)``): a ``reparam`` given there is the draw's."""
         given = {k: values[k] for k in dist.input_var}
-        drawn = dist.sample(given, batch_n=batch_n, reparam=reparam, return_all=False, **kwargs)
+        drawn = dist.sample(given, batch_n=batch_n, **{"reparam": reparam, **kwargs, "return_all": False})
         out = {}
         for v in self._dgm_d.input_var:
             x = drawn[v] if v in drawn else values[v]
@@ -212,9 +213,10 @@ class AdversarialLoss(Loss):
         return out
 
     def _dgm_discriminate(self, inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> Tensor:
-        """The discriminator's output for a batch of inputs, shape ``(batch_n, ...)``."""
+        """The discriminator's output for a batch of inputs, shape ``(batch_n, ...)`` (the evaluation's options reach
+        it as in Pixyz: ``sample_mean`` too)."""
         d = self._dgm_d
-        y = d.sample(dict(inputs), sample_mean=True, return_all=False, **kwargs)[d.var[0]]
+        y = d.sample(dict(inputs), **{"sample_mean": True, **kwargs, "return_all": False})[d.var[0]]
         self._dgm_check_output(y)
         if self._dgm_probability_output and isinstance(y, Tensor) and self._dgm_default_losses():
             n = next((x.shape[0] for x in inputs.values() if isinstance(x, Tensor) and x.dim() > 0), None)
@@ -327,7 +329,8 @@ class AdversarialLoss(Loss):
         train_x_dict : dict
             Values of :attr:`input_var` (e.g. ``{"x": data}``).
         **kwargs
-            Passed on to the networks.
+            Taken and not used, as in Pixyz: the discriminator's step evaluates the term with no options
+            (``GAN.train(x, sample_mean=True)`` passes its options to the generator's step only).
 
         Returns
         -------
@@ -363,10 +366,10 @@ class AdversarialLoss(Loss):
         try:
             replicated = self._dgm_replicated
             if replicated is None:
-                loss = self.eval(train_x_dict, discriminator=True, **kwargs)
+                loss = self.eval(train_x_dict, discriminator=True)
             else:  # DistributedDataParallel sees the forward pass and averages the gradients in backward
                 try:
-                    loss = replicated.run(self.eval, train_x_dict, discriminator=True, **kwargs)
+                    loss = replicated.run(self.eval, train_x_dict, discriminator=True)
                 except Exception as e:  # the other processes learn it at _dgm_check_d_loss's synchronization
                     from pyro_dgm.models import distributed as _dist
 
@@ -390,8 +393,8 @@ class AdversarialLoss(Loss):
                            "the discriminator's weights and their optimizer state before it raised; they are left as "
                            "it left them (the buffers are put back, and the step is not counted)")
                 raise
-        except BaseException:  # the networks as before the step (Model.train does the same for its step); the draws
-            restore_buffers(buffers)  # made stay drawn (GAN.train records the random states for its checkpoint)
+        except BaseException as e:  # the networks as before the step (Model.train does the same for its step); the
+            restore_buffers(buffers, e)  # draws made stay drawn (GAN.train records the random states for its checkpoint)
             SIGNALS.release(self)
             raise
         try:
@@ -478,13 +481,13 @@ class AdversarialLoss(Loss):
 
     def loss_test(self, test_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
         """The discriminator's loss on ``x_dict`` under ``torch.no_grad``, the discriminator in eval mode (its mode is
-        restored after); nothing is updated."""
+        restored after); nothing is updated. The options ``kwargs`` are taken and not used, as in Pixyz."""
         d = self._dgm_d
         mode = d.training
         d.eval()
         try:
             with torch.no_grad():
-                return self.eval(test_x_dict, discriminator=True, **kwargs)
+                return self.eval(test_x_dict, discriminator=True)
         finally:
             d.train(mode)
 

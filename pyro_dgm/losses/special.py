@@ -170,9 +170,13 @@ class ValueLoss(Loss):
         if self._dgm_given_sequence():
             return super()._symbol
         import sympy  # a tensor of several values: a symbol of its own, that sympy does not merge with another
-        # constant's, or with a Parameter, of the same text (a - b of two vectors is not 0)
-
-        return sympy.Dummy(self.latex)
+        # constant's, or with a Parameter, of the same text (a - b of two vectors is not 0); the same one each time
+        # for this constant and text (v - v is 0)
+        text = self.latex
+        kept = self.__dict__.get("_dgm_dummy")
+        if kept is None or kept[0] != text:
+            kept = self.__dict__["_dgm_dummy"] = (text, sympy.Dummy(text))
+        return kept[1]
 
     def _dgm_given_sequence(self) -> bool:
         return isinstance(self.original_value, (list, tuple)) or _is_array(self.original_value)

@@ -129,19 +129,31 @@ def network_buffers(*modules: nn.Module) -> list[tuple[nn.Module, str, bool]]:
 _OWN_BUFFERS = frozenset({"weight_modalities"})
 
 
-#: what :func:`take_buffers` returns: ``(module, name, the buffer object, a copy of its values or None)``
-TakenBuffers = list[tuple[nn.Module, str, "Tensor | None", "Tensor | None"]]
+#: what :func:`take_buffers` returns: ``(module, name, the buffer object, a copy of its values, or the version of
+#: a large buffer's values, or None)``
+TakenBuffers = list[tuple[nn.Module, str, "Tensor | None", "Tensor | int | None"]]
+
+#: the most elements of a persistent buffer that :func:`take_buffers` copies at every step (running statistics are
+#: small; a large buffer, a feature bank or a fixed matrix, would cost a copy of megabytes per step)
+COPY_LIMIT = 1 << 16
 
 
 def take_buffers(buffers: Sequence[tuple[nn.Module, str, bool]]) -> TakenBuffers:
     """The ``buffers`` (of :func:`network_buffers`) as a training step finds them, for :func:`restore_buffers`: each
     buffer's object, and a copy of the values of the persistent ones (running statistics, which torch's batch norms
-    update in place). A non-persistent buffer (or one that is None) is only referenced, not copied at every step (it
-    may be a large constant mask): one that the step replaces (a flow's batch norm assigns its batch statistics anew
-    at each training forward) is put back; one that the step changes in place is not."""
-    return [(m, n, b, b.clone() if persistent and b is not None and not isinstance(b, UninitializedBuffer) else None)
-            for m, n, persistent in buffers for b in (_buffer(m, n),)]  # (a lazy module's buffer before its first
-    # call has no values: its step gives them, in the same object, which a failed step leaves as they are)
+    update in place) of at most :data:`COPY_LIMIT` elements; of a larger one, its version counter (a failed step
+    that changed it in place says so in a note). A non-persistent buffer (or one that is None) is only referenced,
+    not copied at every step (it may be a large constant mask): one that the step replaces (a flow's batch norm
+    assigns its batch statistics anew at each training forward) is put back; one that the step changes in place is
+    not."""
+    return [(m, n, b, _kept_values(b) if persistent else None) for m, n, persistent in buffers
+            for b in (_buffer(m, n),)]
+
+
+def _kept_values(b: "Tensor | None") -> "Tensor | int | None":
+    if b is None or isinstance(b, UninitializedBuffer):  # (a lazy module's buffer before its first call has no
+        return None  # values: its step gives them, in the same object, which a failed step leaves as they are)
+    return b.clone() if b.numel() <= COPY_LIMIT else b._version
 
 
 def _buffer(m: nn.Module, name: str) -> "Tensor | None":
@@ -229,16 +241,24 @@ class WatchedBuffers:
         return take_buffers(self.pairs) if self.pairs else []
 
 
-def restore_buffers(taken: TakenBuffers) -> None:
+def restore_buffers(taken: TakenBuffers, error: BaseException | None = None) -> None:
     """Put back the buffers of a step that failed, as :func:`take_buffers` took them at its start: each buffer
     object the step replaced, and the values of the persistent ones (copied into the object of the step's start,
-    which keeps its identity)."""
+    which keeps its identity). A buffer too large to copy at each step that the step changed in place is left as
+    the step left it, and a note on ``error`` names it."""
+    changed = []
     with torch.no_grad():
         for m, n, b, values in taken:
             if _buffer(m, n) is not b:
                 m._buffers[n] = b
-            if values is not None:
+            if type(values) is int:
+                if b is not None and b._version != values:
+                    changed.append(f"{type(m).__name__}.{n} ({b.numel()} elements)")
+            elif values is not None:
                 b.copy_(values)
+    if changed and error is not None:
+        error.add_note(f"the failed step changed the buffer(s) {', '.join(changed)} in place, which are not put "
+                       f"back: a step copies the buffers of at most {COPY_LIMIT} elements only")
 
 
 class StepRandomState:

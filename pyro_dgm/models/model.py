@@ -31,7 +31,7 @@ from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_no
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, WatchedBuffers, autograd_leaves, restore_buffers
-from pyro_dgm.losses.steps import optimizer_arguments
+from pyro_dgm.losses.steps import _ADDED, _watch_additions, optimizer_arguments
 from pyro_dgm.losses.steps import SIGNALS as _SIGNALS
 from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_check.py imports it from here)
 from pyro_dgm.losses.base import Loss
@@ -471,6 +471,7 @@ class Model:
         self._dgm_compiled: dict[int, CompiledEval] = {}
         self.step = 0
         self._dgm_public_defaults()
+        _watch_additions()  # (torch's registration hooks, once per process: a layer replaced later is seen)
         self._dgm_seen = self._dgm_params_key()
 
     def _dgm_public_defaults(self) -> None:
@@ -558,12 +559,16 @@ class Model:
 
     def _dgm_params_key(self) -> tuple[int, ...]:
         """What tells that the trained parameters changed since the last step: the distributions list (replaced, a
-        network appended or put in another's place) and the optimizer (replaced, or a parameter group added). A
-        layer replaced inside a network is not seen (clipping keeps the parameters it had)."""
+        network appended or put in another's place), the optimizer (replaced, or a parameter group added), and a
+        module registered anywhere (a layer replaced inside a network: Pixyz clips
+        ``self.distributions.parameters()`` as they are at each step; torch's registration hooks count them, see
+        :class:`~pyro_dgm.losses.steps.WatchedBuffers`). Not seen: a parameter put in another's place
+        (``net.weight = nn.Parameter(...)``) or a layer inserted in an ``nn.Sequential`` (neither registers a
+        module)."""
         d = self.distributions
         opt = self.optimizer
         groups = getattr(opt, "param_groups", None) or ()
-        return (id(d), *map(id, d), id(opt), len(groups), sum(len(g["params"]) for g in groups))
+        return (id(d), *map(id, d), id(opt), len(groups), sum(len(g["params"]) for g in groups), _ADDED[0])
 
     def _dgm_follow_changes(self) -> None:
         """Take the parameters of the distributions as they are now (Pixyz's steps clip
@@ -699,7 +704,8 @@ class Model:
         -----
         A step that raises (also Ctrl-C) leaves the weights, the optimizer and the networks' buffers (batch-norm running
         statistics, a flow's batch statistics; a non-persistent buffer that the step changed in place is not put back,
-        see :func:`~pyro_dgm.losses.steps.take_buffers`) as they were before it (a Ctrl-C, or a timer's signal handler,
+        nor one of more than 65,536 elements, whose change a note names, see
+        :func:`~pyro_dgm.losses.steps.take_buffers`) as they were before it (a Ctrl-C, or a timer's signal handler,
         that comes while the optimizer updates the weights is raised once the step is taken and counted: see
         :class:`~pyro_dgm.losses.steps.SignalDeferral`; an error raised by the optimizer itself, a hook of it, may leave
         some weights updated, and its note says so), and a checkpoint saved before the next step records the random
@@ -714,6 +720,11 @@ class Model:
         :mod:`pyro_dgm.models.distributed`). An error after that point (in ``backward`` on one process only) is
         not covered: the others wait for it until the timeout.
         """
+        if kwargs and kwargs.get("return_dict"):
+            raise TypeError(f"{type(self).__name__}.train: return_dict=True would make the loss a (loss, samples) pair, "
+                            "and a training step needs the loss alone (Pixyz fails there too: 'tuple' object has no "
+                            "attribute 'backward'); draw the samples with loss.eval(x, return_dict=True), or "
+                            "model.test(x, return_dict=True)")
         if self._dgm_params_key() != self.__dict__.get("_dgm_seen"):
             self._dgm_follow_changes()
         self._dgm_follow_losses()
@@ -734,7 +745,7 @@ class Model:
             return self._dgm_step(train_x_dict, kwargs)
         except BaseException as e:  # a NaN batch, a network that raised, Ctrl-C: as if the step had not started
             if buffers:
-                restore_buffers(buffers)
+                restore_buffers(buffers, e)
             if pyro_side is not None:
                 pyro_side.restore(self)
             # a checkpoint saved before the next step (except KeyboardInterrupt: save) records the random states of
@@ -1058,6 +1069,8 @@ class Model:
             for m, _ in modes:
                 m.training = False
             with torch.no_grad():
+                if kwargs.get("return_dict"):  # Pixyz's test returns what the loss's eval returns: (loss, samples)
+                    return self._dgm_test_with_samples(x_dict, kwargs)
                 if self._dgm_compile is not None:
                     loss, terms = self._dgm_compiled_eval(self.test_loss_cls)(x_dict, kwargs)
                 else:
@@ -1067,6 +1080,17 @@ class Model:
                 m.training = mode
         self.last_terms = terms
         return loss
+
+    def _dgm_test_with_samples(self, x_dict: Any, kwargs: dict[str, Any]) -> Any:
+        """``test(x, return_dict=True)``: the test loss's ``eval(x, **kwargs)`` as Pixyz's ``Model.test`` returns it
+        (``(loss, samples)``), evaluated eagerly, with :attr:`last_terms` recorded where the loss is pyro_dgm's."""
+        x_dict = {} if x_dict is None else x_dict
+        if self._dgm_losses[3] is None:
+            loss, samples, self.last_terms = self.test_loss_cls.eval(x_dict, return_terms=True, **kwargs)
+            return loss, samples
+        out = self.test_loss_cls.eval(x_dict, **kwargs)
+        self.last_terms = {}
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
