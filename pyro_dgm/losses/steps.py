@@ -21,7 +21,7 @@ from torch.nn.parameter import UninitializedBuffer
 from torch.nn.utils import get_total_norm
 
 from pyro_dgm.poutine.memoize_messenger import _numpy_mark
-from pyro_dgm.utils.modules import submodules
+from pyro_dgm.utils.modules import register_registration_hooks, submodules
 from pyro_dgm.utils.random import current_generator
 
 __all__ = ["HALF_DTYPES", "SIGNALS", "SignalDeferral", "StepRandomState", "WatchedBuffers", "autograd_leaves",
@@ -183,14 +183,8 @@ def _watch_additions() -> None:
     if _ADDED_WATCHED[0]:
         return
     _ADDED_WATCHED[0] = True
-    hooks = nn.modules.module
-    modules = getattr(hooks, "register_module_module_registration_hook", None)
-    buffers = getattr(hooks, "register_module_buffer_registration_hook", None)
-    if modules is None or buffers is None:  # an older torch: the buffers are listed again at every step
-        _ADDED[0] = None
-        return
-    modules(_module_added)
-    buffers(_buffer_added)
+    if not register_registration_hooks(module=_module_added, buffer=_buffer_added):
+        _ADDED[0] = None  # an older torch: the buffers are listed again at every step
 
 
 class WatchedBuffers:

@@ -33,7 +33,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
-from pyro_dgm.utils.modules import hooks_state
+from pyro_dgm.utils.modules import hooks_state, register_registration_hooks
 from pyro_dgm.utils.versions import version
 
 __all__ = ["lru_cache_for_sample_dict"]
@@ -78,15 +78,9 @@ def _watch_structure() -> None:
     if _WATCHING[0]:
         return
     _WATCHING[0] = True
-    hooks = nn.modules.module
-    registers = [getattr(hooks, name, None) for name in ("register_module_parameter_registration_hook",
-                                                         "register_module_buffer_registration_hook",
-                                                         "register_module_module_registration_hook")]
-    if any(r is None for r in registers):  # an older torch: every call starts afresh (see _Entries.check)
-        _STRUCTURE[0] = None  # type: ignore[call-overload]
-        return
-    for register in registers:
-        register(_structure_changed)  # type: ignore[misc]
+    if not register_registration_hooks(parameter=_structure_changed, buffer=_structure_changed,
+                                       module=_structure_changed):
+        _STRUCTURE[0] = None  # type: ignore[call-overload]  # an older torch: every call starts afresh (see check)
 
 
 _VERSION = operator.attrgetter("_version")

@@ -7,7 +7,26 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PlainBuffers", "submodules", "hook_ends", "hooks_state"]
+__all__ = ["PlainBuffers", "submodules", "hook_ends", "hooks_state", "register_registration_hooks"]
+
+
+def register_registration_hooks(**hooks: Any) -> bool:
+    """Register torch's global registration hooks, by kind (``module=``, ``buffer=``, ``parameter=``: torch's
+    ``register_module_<kind>_registration_hook``), for the rest of the process; False (nothing registered) on a torch
+    that lacks one of them.
+
+    Examples
+    --------
+    >>> register_registration_hooks()
+    True
+    """
+    g = nn.modules.module
+    registers = [getattr(g, f"register_module_{kind}_registration_hook", None) for kind in hooks]
+    if any(r is None for r in registers):
+        return False
+    for register, hook in zip(registers, hooks.values()):
+        register(hook)
+    return True
 
 
 def hook_ends(hooks: Any) -> tuple[Any, Any]:
