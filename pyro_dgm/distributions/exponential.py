@@ -24,7 +24,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.family import DistributionBase
-from pyro_dgm.utils.checks import ShapeError, describe
+from pyro_dgm.utils.checks import NotOneHotError, ShapeError, describe
 
 __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Categorical", "RelaxedCategorical",
            "Multinomial", "Dirichlet", "Beta", "Laplace", "Gamma"]
@@ -190,7 +190,7 @@ def integer_one_hot_score(d: Any, value: Tensor, lp: Tensor, k: int, indices: bo
     bad = ((value != 0) & (value != 1)).any(-1) | (value.sum(-1) != 1)
     if d._validate_args and bool(bad.any()):
         row = value.reshape(-1, value.shape[-1])[bad.reshape(-1).nonzero()[0, 0]] if bad.dim() else value
-        raise ValueError(f"{type(d).__name__}: the value of shape {tuple(value.shape)} and dtype {value.dtype} holds "
+        raise NotOneHotError(f"{type(d).__name__}: the value of shape {tuple(value.shape)} and dtype {value.dtype} holds "
                          f"the vector {row.tolist()}, which is not one-hot (one 1, the rest 0): a one-hot categorical "
                          f"scores one-hot vectors of {k} classes; class indices y are one-hot as "
                          f"F.one_hot(y, {k}).float()"

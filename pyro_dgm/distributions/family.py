@@ -25,7 +25,7 @@ from pyro_dgm.distributions.pixyz_protocol import adopt
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
-                                   OutOfRangeError, ShapeError, clearer, describe, value_shape_problem)
+                                   NotOneHotError, OutOfRangeError, ShapeError, clearer, describe, value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
@@ -1074,8 +1074,9 @@ class DistributionBase(Distribution):
             bad = self._dgm_diagnosis(base, x, b.var[0])
             if bad:  # not a matter of shapes: a NaN in the data, or a parameter that the network gave out of range
                 raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {bad} ({e})") from e
-            if x.dtype == torch.bool:  # not a matter of shapes either (a complex value was refused above)
-                self._dgm_not_real(b.var[0], x, e)
+            if x.dtype == torch.bool and not isinstance(e, NotOneHotError):  # not a matter of shapes either (a
+                self._dgm_not_real(b.var[0], x, e)  # complex value was refused above); a bool multi-hot vector is no
+                # matter of dtype: converted to float, it would be scored by its arg-max
             if x.shape == shape and not isinstance(e, ValueError):  # not a matter of shapes (an operation torch
                 e.add_note(f"(while {describe(self)} scored {b.var[0]!r})")  # does not support there): its error
                 raise

@@ -87,6 +87,11 @@ def clearer(e: BaseException, message: str) -> ValueError:
 _SHAPE_WORDS = ("shape", "size", "dimension", "must match", "broadcast")
 
 
+class NotOneHotError(ValueError):
+    """An integer or bool value scored by a one-hot family holds a vector that is not one-hot (class indices, a
+    multi-hot vector): a ``ValueError``, as torch's validation raises for a value out of the support."""
+
+
 def users_own_error(e: BaseException) -> bool:
     """Whether ``e`` is an error a user's code raised itself (a flow's own range check: ``raise RuntimeError("input
     out of range")``), which is re-raised as it is, not one of torch's, Pyro's or pyro_dgm's (raised in their code,

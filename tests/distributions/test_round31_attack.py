@@ -218,3 +218,15 @@ def test_a_planar_flow_loss_traces_into_one_graph_in_a_fresh_process() -> None:
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout[-2000:]
+
+
+@pytest.mark.needs_validation
+def test_a_bool_multi_hot_label_is_refused_as_not_one_hot_not_as_a_dtype() -> None:
+    # (a DTypeError's "convert with y.float()" would lead to a float vector, which is scored by its arg-max)
+    q, x = _classifier("Categorical"), torch.rand(1, 4)
+    with pytest.raises(ValueError) as info:
+        q.get_log_prob({"x": x, "y": torch.tensor([[True, True, False]])})
+    text = str(info.value)
+    assert "not one-hot" in text and "F.one_hot" in text and "y.float()" not in text, text
+    true = torch.log(q.get_params({"x": x})["probs"])[0, 1]
+    torch.testing.assert_close(q.get_log_prob({"x": x, "y": torch.tensor([[False, True, False]])})[0], true)

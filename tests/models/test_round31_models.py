@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pixyz_compat"))
-from pixyz_harness import assert_same, run_both, run_pyro_dgm  # noqa: E402
+from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm  # noqa: E402
 
 
 def _vae(**options):  # type: ignore[no-untyped-def]
@@ -213,3 +213,49 @@ def test_the_same_vector_constant_cancels_with_itself_and_not_with_another() -> 
         v.value.fill_(3.)  # (a constant changed in place prints its new values: another symbol)
     text = str(v - w)
     assert r"\mathtt{\text{[3. 3.]}}" in text and r"\mathtt{\text{[1. 2.]}}" in text, text
+
+
+# ------------------------------------------------------------------------ attack round p123: a random critic
+def _critic_program(random_critic: bool = True, **options):  # type: ignore[no-untyped-def]
+    def program():  # type: ignore[no-untyped-def]
+        from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+        from pixyz.losses import AdversarialWassersteinDistance
+
+        class G(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["x"], cond_var=["z"], name="p")
+                self.fc = nn.Linear(2, 3)
+
+            def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+                return {"x": self.fc(z)}
+
+        class D(Normal if random_critic else Deterministic):  # a stochastic critic, or its mean
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.fc = nn.Linear(3, 1)
+
+            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+                if random_critic:
+                    return {"loc": self.fc(x), "scale": torch.full((1,), 0.5)}
+                return {"t": self.fc(x)}
+
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_{prior}")
+        g = G()
+        term = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), (g * prior).marginalize_var("z"),
+                                              discriminator=D())
+        value = term.eval({"x": torch.randn(4, 3)}, **options)
+        grad = torch.autograd.grad(value, g.fc.weight, allow_unused=True)[0] if value.requires_grad else None
+        return value.detach(), grad
+
+    return program
+
+
+def test_a_random_critic_is_read_through_its_mean_where_pixyz_draws_it_without_gradient() -> None:
+    # porting.md: Pixyz draws the critic's value (torch's sample, no gradient: the generator learns nothing from the
+    # term); pyro_dgm reads its mean (the value and gradient of a Deterministic critic returning it, under Pixyz),
+    # and draws it as Pixyz does if told (sample_mean=False)
+    pixyz_drawn, ours_mean = run_both(_critic_program())
+    assert pixyz_drawn[1] is None
+    assert_same(run_pixyz(_critic_program(random_critic=False)), ours_mean)
+    assert ours_mean[1].abs().sum() > 0
+    assert_same(pixyz_drawn[0], run_pyro_dgm(_critic_program(sample_mean=False))[0])
