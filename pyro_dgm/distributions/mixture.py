@@ -133,6 +133,18 @@ def _log_prob_of_none(c: Any, value: Tensor) -> Tensor:
     return c.log_prob(value)
 
 
+def _features_as_event(d: Any, c: Any) -> Any:
+    """Component ``c`` of distribution ``d`` with ``d``'s feature dims as event dims where its constants lost their
+    batch dim of 1 (an EM step's ``d.loc = new_loc`` of shape ``features_shape``): Pixyz's component scores such a
+    value summed over its features, as it scores it alone."""
+    core = unwrap(d)[0]
+    fs = tuple(getattr(core, "_features_shape", ()) or ())
+    if (fs and not core.input_var and not c.event_shape and len(c.batch_shape) == len(fs)
+            and tuple(c.batch_shape) == fs):
+        return c.to_event(len(fs))
+    return c
+
+
 def _with_event(c: Any, event: torch.Size) -> Any:
     """Component ``c`` with the mixture's event shape, where Pixyz mixes it: as many elements (features ``()`` beside
     ``(1,)``), or a constant of features ``()``, whose value is that of each feature (iid features)."""
@@ -309,7 +321,7 @@ class MixtureModel(_Mixture):
 
     def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         m = self._dgm_mapping(b)
-        comps = [site_fn(d, m, values, ctx, False)[0] for d in self.distributions]
+        comps = [_features_as_event(d, site_fn(d, m, values, ctx, False)[0]) for d in self.distributions]
         prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
         k = len(comps)
         nb = len(prior_fn.batch_shape)

@@ -7,12 +7,16 @@
 - A flow's own exception class reaches the caller whatever its message says (Pixyz raises it as it is).
 - A valid 0-d input is not blamed for another input's rank error.
 - An empty batch given through ``pyro.condition`` is named.
+- (Probe p124, older) A ``MixtureModel`` whose components' constants an EM step assigned without their batch dim of 1
+  (``d.loc = new_loc`` of shape ``features_shape``) scored per feature: ``(K, N, D)`` joint log-densities, and a
+  mixture log-density that was not the mixture of the components' densities.
 - A planar-flow loss traces into one graph in a fresh process (torch's registration hooks were installed lazily,
   inside the traced code, which Dynamo cannot do: the test suite passed only because an earlier test had installed
   them).
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -230,3 +234,27 @@ def test_a_bool_multi_hot_label_is_refused_as_not_one_hot_not_as_a_dtype() -> No
     assert "not one-hot" in text and "F.one_hot" in text and "y.float()" not in text, text
     true = torch.log(q.get_params({"x": x})["probs"])[0, 1]
     torch.testing.assert_close(q.get_log_prob({"x": x, "y": torch.tensor([[False, True, False]])})[0], true)
+
+
+# ------------------------------------------------------------------------ p124: a GMM after an EM step's assignment
+def test_a_mixture_scores_components_whose_constants_an_em_step_assigned_as_pixyz() -> None:
+    def program():  # type: ignore[no-untyped-def]
+        from pixyz.distributions import Categorical, Normal
+        from pixyz.distributions.mixture_distributions import MixtureModel
+
+        comps = [Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], name=f"p_{i}") for i in range(3)]
+        p = MixtureModel(distributions=comps, prior=Categorical(probs=torch.ones(3) / 3, var=["z"], name="p_{prior}"))
+        locs = [torch.tensor([-1., 1.]), torch.tensor([0., 0.]), torch.tensor([2., -2.])]
+        for d, loc in zip(p.distributions, locs):  # an M-step: new tensors of shape features_shape
+            d.loc = loc
+            d.scale = torch.tensor([0.5, 2.])
+        x = torch.randn(4, 2)
+        ref = torch.logsumexp(torch.stack([torch.distributions.Normal(loc, torch.tensor([0.5, 2.])).log_prob(x).sum(-1)
+                                           for loc in locs]) + math.log(1 / 3), 0)
+        return (p.get_log_prob({"x": x.clone()}), p.get_log_prob({"x": x.clone()}, return_hidden=True),
+                p.posterior().get_log_prob({"x": x.clone()}), ref)
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    torch.testing.assert_close(ours[0], ours[3])  # the mixture of the components' densities
+    assert ours[1].shape == (3, 4)
