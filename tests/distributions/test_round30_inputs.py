@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pixyz_compat"))
 from pixyz_harness import assert_same, raises_same, run_both, run_pyro_dgm  # noqa: E402
+from pixyz_parts import vae_parts  # noqa: E402
 
 from pyro_dgm.utils.checks import DeviceError, EmptyBatchError, OutOfRangeError, ShapeError  # noqa: E402
 
@@ -103,15 +104,6 @@ def test_integer_and_float_one_hot_labels_keep_pixyz_numbers() -> None:
 
 
 # ------------------------------------------------------------------------------------ item 2: 0-d input, device
-class _Encoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x)
-
-
 def _encoder():  # type: ignore[no-untyped-def]
     from pyro_dgm.distributions import Normal
 
@@ -233,17 +225,7 @@ def test_a_coupling_whose_networks_take_the_input_runs_as_under_pixyz_whatever_i
 
 # ------------------------------------------------------------------------------------ item 6: empty batch in Pyro
 def test_an_empty_batch_under_svi_is_a_named_error_that_is_also_pyros() -> None:
-    from pyro_dgm.distributions import Bernoulli
-
-    class P(Bernoulli):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 4)
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"probs": torch.sigmoid(self.fc(z))}
-
-    q, p, prior = _encoder(), P(), _prior()
+    q, p, prior, _ = run_pyro_dgm(vae_parts)
     x0 = torch.zeros(0, 4)
     svi = pyro.infer.SVI((p * prior).model, q.guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
     for call in (lambda: svi.step(x=x0), lambda: q.guide(x=x0)):
