@@ -179,10 +179,14 @@ def has_network(owner: Any) -> bool:
 def _get_binding(self: "Distribution") -> Binding:
     """``_dgm_b`` of an instance of a user's class: its binding, made anew first when the class's ``forward`` is
     not the one it was made with (``P.forward = ...`` in a later notebook cell, which Pixyz's call finds). One
-    identity check per read; a classmethod's ``forward`` (a new bound method at each lookup) takes the slow path."""
+    identity check per read; a classmethod's ``forward`` (a new bound method at each lookup) takes the slow path.
+
+    It reads the binding from ``__dict__`` under a key that no property shadows (``_dgm_watched_b``, kept equal to
+    ``_dgm_b`` by :func:`_set_binding`): torch 2.11's Dynamo reads ``self.__dict__[name]`` of a module through
+    ``getattr(self, name)``, so a property that read its own name there would recurse while tracing."""
     d = self.__dict__
     try:
-        b = d["_dgm_b"]
+        b = d["_dgm_watched_b"]
     except KeyError:
         raise AttributeError("_dgm_b") from None
     seen = d.get("_dgm_class_forward")
@@ -196,7 +200,7 @@ def _set_binding(self: "Distribution", b: Binding) -> None:
     ``forward`` set on it before ``super().__init__()`` is made anew for that ``forward``."""
     d = self.__dict__
     first = "_dgm_b" not in d
-    d["_dgm_b"] = b
+    d["_dgm_b"] = d["_dgm_watched_b"] = b
     d["_dgm_class_forward"] = BoundForward(type(self).forward)
     if first and "forward" in d:
         self._dgm_forward_set()
@@ -216,7 +220,7 @@ def _class_forward_moved(self: "Distribution", seen: BoundForward | None) -> Bin
         # (one set on the instance is found first: the class's is not called)
         if "forward" not in d and not (works and has_network(type(self))):
             self._dgm_forward_set()
-    return d["_dgm_b"]
+    return d["_dgm_watched_b"]
 
 
 #: ``_dgm_b`` of a user's class (see :meth:`Distribution.__init_subclass__`): pyro_dgm's own classes keep it as a
