@@ -17,6 +17,11 @@ finiteness checks and the gradient check stay eager (they read values). :class:`
 every ``loss.eval(...)`` and every ``SVI`` step with ``loss=`` this loss runs it. Both run their first call
 eagerly (what it initializes from its data is set outside the compiled code; see :class:`CompiledEval`).
 
+With CUDA graphs (``{"mode": "reduce-overhead"}`` on a GPU; see :func:`uses_cuda_graphs`) each call marks a new
+step (``torch.compiler.cudagraph_mark_step_begin``) and returns clones of the graph's CUDA outputs: the graph's own
+output buffers are overwritten by its next replay, and a loss that ``Model.train`` returned and the user kept
+(``losses.append(model.train(x))``) must still read.
+
 Examples
 --------
 >>> import torch
@@ -40,7 +45,7 @@ from torch.distributions import Distribution as _Distribution
 from pyro_dgm.distributions.closed_forms import validating
 
 __all__ = ["CompiledEval", "CompiledOuter", "OwnEval", "compile_options", "eval_form", "eval_with_terms", "frozen",
-           "without_validation"]
+           "uses_cuda_graphs", "without_validation"]
 
 _DEFAULTS: dict[str, Any] = {}
 
@@ -263,6 +268,29 @@ def _frozen_of(loss: Any) -> list[Tensor]:
     return [p for term in loss.loss_terms() for p in term.frozen_parameters()]
 
 
+def uses_cuda_graphs(options: Mapping[str, Any]) -> bool:
+    """Whether ``torch.compile(**options)`` may run its code as CUDA graphs (``mode="reduce-overhead"`` or
+    ``"max-autotune"``, or inductor's ``triton.cudagraphs`` option), whose outputs live in memory that the next
+    replay overwrites.
+
+    Examples
+    --------
+    >>> uses_cuda_graphs({"mode": "reduce-overhead"}), uses_cuda_graphs({}), uses_cuda_graphs({"backend": "eager"})
+    (True, False, False)
+    """
+    if options.get("backend", "inductor") != "inductor":
+        return False
+    inner = options.get("options") or {}
+    return bool(inner.get("triton.cudagraphs", options.get("mode") in ("reduce-overhead", "max-autotune")))
+
+
+def _kept(out: Any) -> Any:
+    """``out`` with every tensor cloned out of the CUDA graphs' memory: a loss returned by ``Model.train`` and kept
+    in a list (``losses.append(model.train(x))``) must survive the next step's replay. The clones are part of the
+    autograd graph, so ``backward`` from the returned loss reaches the compiled backward as before."""
+    return torch.utils._pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_cuda else t, out)
+
+
 class _FirstCallEager:
     """A call run eagerly the first time and compiled by ``torch.compile`` (built at the second call) after."""
 
@@ -273,6 +301,7 @@ class _FirstCallEager:
         self._dgm_fn: Any = None
         self._frozen: list[Tensor] = []
         self.calls = 0
+        self._graphs = uses_cuda_graphs(self.options)
 
     def _build(self) -> None:
         self.loss._dgm_term_names  # the terms' names are built (by sympy) here, once, not while tracing
@@ -287,7 +316,10 @@ class _FirstCallEager:
             self._build()
         with without_validation(), frozen(self._frozen):
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
-                return self._dgm_fn(*args)
+                if not self._graphs:
+                    return self._dgm_fn(*args)
+                torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's outputs were cloned
+                return _kept(self._dgm_fn(*args))
             except Exception as e:  # noqa: BLE001 (looked at below)
                 failed = e
         if torch.distributed.is_available() and torch.distributed.is_initialized():

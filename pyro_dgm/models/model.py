@@ -344,8 +344,10 @@ class Model:
         (``{"mode": "max-autotune"}``, ``{"dynamic": True}``...). Compiled and eager steps give the same values and
         gradients (random draws aside: compiled code draws from the compiler's generator unless
         ``torch._inductor.config.fallback_random`` is set); the first step compiles (seconds), later batches of the
-        same shapes reuse the code (see :mod:`pyro_dgm.losses.compiled`). Under torch.distributed the compiled
-        evaluation runs inside ``DistributedDataParallel``'s forward, which averages its gradients.
+        same shapes reuse the code (see :mod:`pyro_dgm.losses.compiled`). On a GPU, ``{"mode": "reduce-overhead"}``
+        replays CUDA graphs (the fastest step there, see ``benchmarks/README.md``); the losses returned stay valid
+        after later steps. Under torch.distributed the compiled evaluation runs inside ``DistributedDataParallel``'s
+        forward, which averages its gradients.
 
     Attributes
     ----------
