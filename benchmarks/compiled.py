@@ -1,7 +1,7 @@
 """Compiled training steps: ``Model(..., compile=True)`` against the hand-written step compiled the same way.
 
     python benchmarks/compiled.py [--rounds N] [--quick] [--out results.md] [--device cpu|cuda]
-                                  [--mode default|reduce-overhead|max-autotune]
+                                  [--mode default|reduce-overhead|max-autotune] [--kl analytic,mc]
 
 Contenders, side by side in one process (interleaved rounds, the harness of ``run.py``):
 
@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                     help="torch.compile's mode for both compiled contenders (reduce-overhead: CUDA graphs)")
+    ap.add_argument("--kl", default="analytic,mc", help="the KL estimators to time (comma-separated)")
     args = ap.parse_args(argv)
+    estimators = [e.strip() for e in args.kl.split(",") if e.strip()]
+    if not estimators or set(estimators) - {"analytic", "mc"}:
+        ap.error(f"--kl: choose from analytic, mc (got {args.kl!r})")
+    kls = [e == "mc" for e in estimators]
     dev = torch.device(args.device)
     options = {} if args.mode == "default" else {"mode": args.mode}
     torch.set_num_threads(args.threads)
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if "vae" in only:
         configs = [(10, 400)] if args.quick else [(10, 400), (30, 2000)]
         for z, h in configs:
-            for mc in (False, True):
+            for mc in kls:
                 first: dict[str, float] = {}
                 cfg = vae.VAEConfig(z_dim=z, h_dim=h)
                 print(f"VAE #z={z} #h={h} {'MC' if mc else 'analytic'}", flush=True)
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 out += [table(f"VAE {z}/{h}", res, first), ""]
                 print(out[-2], flush=True)
     if "dmm" in only:
-        for mc in (False, True):
+        for mc in kls:
             first = {}
             cfg = dmm.DMMConfig(z_dim=100, T=16 if args.quick else 50)
             print(f"DMM T={cfg.T} {'MC' if mc else 'analytic'}", flush=True)
