@@ -188,7 +188,9 @@ def _get_binding(self: "Distribution") -> Binding:
     try:
         b = d["_dgm_watched_b"]
     except KeyError:
-        raise AttributeError("_dgm_b") from None
+        if "_dgm_b" not in d:
+            raise AttributeError("_dgm_b") from None
+        b = d["_dgm_watched_b"] = d["_dgm_b"]  # (an instance pickled before the second key existed)
     seen = d.get("_dgm_class_forward")
     if seen is None or seen.fn is not type(self).forward:
         b = _class_forward_moved(self, seen)

@@ -76,3 +76,17 @@ def test_a_step_compiled_for_cuda_graphs_trains_on_the_cpu_as_eager_with_every_l
         pyro.enable_validation(True)
     assert out[1] == pytest.approx(out[0], rel=1e-4, abs=1e-5)
     assert out[0][0] != pytest.approx(out[0][3])  # the batches differ: the four losses are four numbers
+
+
+def test_a_users_distribution_pickled_before_the_watched_key_existed_still_samples_and_scores() -> None:
+    """An instance whose ``__dict__`` holds the binding under ``_dgm_b`` alone (as one pickled by an earlier
+    version) is read as before: the same parameters and log-density as a fresh copy."""
+    import pickle
+
+    torch.manual_seed(0)
+    q = Encoder(4, 2, 8)
+    old = pickle.loads(pickle.dumps(q))
+    del old.__dict__["_dgm_watched_b"]
+    x, z = torch.randn(3, 4), torch.randn(3, 2)
+    assert torch.equal(old.get_log_prob({"x": x, "z": z}), q.get_log_prob({"x": x, "z": z}))
+    assert old.sample({"x": x})["z"].shape == (3, 2)
