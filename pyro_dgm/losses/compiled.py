@@ -269,19 +269,29 @@ def _frozen_of(loss: Any) -> list[Tensor]:
 
 
 def uses_cuda_graphs(options: Mapping[str, Any]) -> bool:
-    """Whether ``torch.compile(**options)`` may run its code as CUDA graphs (``mode="reduce-overhead"`` or
-    ``"max-autotune"``, or inductor's ``triton.cudagraphs`` option), whose outputs live in memory that the next
-    replay overwrites.
+    """Whether ``torch.compile(**options)`` may run its code as CUDA graphs, whose outputs live in memory that the
+    next replay overwrites: the ``"cudagraphs"`` backend, or inductor with ``mode="reduce-overhead"`` or
+    ``"max-autotune"``, with its ``triton.cudagraphs`` option, or with ``torch._inductor.config.triton.cudagraphs``
+    set for the process. Read when the compiled call is built.
 
     Examples
     --------
     >>> uses_cuda_graphs({"mode": "reduce-overhead"}), uses_cuda_graphs({}), uses_cuda_graphs({"backend": "eager"})
     (True, False, False)
     """
-    if options.get("backend", "inductor") != "inductor":
+    backend = options.get("backend", "inductor")
+    if backend == "cudagraphs":
+        return True
+    if backend != "inductor":
         return False
     inner = options.get("options") or {}
-    return bool(inner.get("triton.cudagraphs", options.get("mode") in ("reduce-overhead", "max-autotune")))
+    if "triton.cudagraphs" in inner:
+        return bool(inner["triton.cudagraphs"])
+    if options.get("mode") in ("reduce-overhead", "max-autotune"):
+        return True
+    from torch._inductor import config
+
+    return bool(config.triton.cudagraphs)
 
 
 def _kept(out: Any) -> Any:
@@ -301,11 +311,12 @@ class _FirstCallEager:
         self._dgm_fn: Any = None
         self._frozen: list[Tensor] = []
         self.calls = 0
-        self._graphs = uses_cuda_graphs(self.options)
+        self._graphs = False
 
     def _build(self) -> None:
         self.loss._dgm_term_names  # the terms' names are built (by sympy) here, once, not while tracing
         self._frozen = _frozen_of(self.loss)
+        self._graphs = uses_cuda_graphs(self.options)
         self._dgm_fn = _dgm_compile(_own_code(self._eager), self.options)
 
     def __call__(self, *args: Any) -> Any:
