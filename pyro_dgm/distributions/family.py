@@ -764,6 +764,21 @@ class DistributionBase(Distribution):
         raise DTypeError(f"{describe(self)}: cannot score {name!r} of dtype {x.dtype}: {type(self).__name__} scores "
                          f"real numbers (convert with {name}.{how}){said}") from cause
 
+    def _dgm_check_observed(self, name: str, fn: Any, x: Tensor) -> None:
+        """Score an integer or bool observed value ``x`` of ``name`` (given as data, or by ``pyro.condition``) now,
+        so that a value this family refuses gets the error that scoring it by ``get_log_prob`` gives (class indices
+        given to a one-hot family, under validation: :class:`NotOneHotError`; a bool value of a family that takes
+        none: :class:`DTypeError`), naming this distribution, where Pyro's trace would score it later and say only
+        the site's name. Float values (data, float one-hot labels, every draw) never come here."""
+        try:
+            fn.log_prob(x)
+        except NotOneHotError as e:
+            raise NotOneHotError(f"{describe(self)}: cannot score {name!r} of shape {tuple(x.shape)}: {e}") from e
+        except (ValueError, RuntimeError) as e:
+            if x.dtype == torch.bool:
+                self._dgm_not_real(name, x, e)
+            # (another refusal: Pyro's trace raises it when it scores the site, as before)
+
     def _dgm_no_class_dim(self, batch_n: int) -> NoReturn:
         """Refuse ``batch_n`` draws from a family whose class parameter was given as a scalar, as Pixyz refuses them
         (an IndexError); without ``batch_n`` it is a distribution of one class in both."""
@@ -1016,6 +1031,9 @@ class DistributionBase(Distribution):
                 value = self._dgm_site(name, fn, ctx)
             except RuntimeError as e:  # (torch's sampler refused a parameter: probs of 1.5, unvalidated)
                 self._dgm_draw_error(e, base, name)
+            if (isinstance(value, Tensor) and not value.is_floating_point()
+                    and (value.dtype == torch.bool or fn._validate_args) and not torch.jit.is_tracing()):
+                self._dgm_check_observed(name, fn, value)  # (observed: data, or pyro.condition; draws are floats)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
 

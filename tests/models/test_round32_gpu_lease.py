@@ -46,9 +46,19 @@ def test_class_indices_raise_a_not_one_hot_error_through_every_path(family: str,
     ({"options": {"triton.cudagraphs": True}}, True),
     ({"mode": "reduce-overhead", "options": {"triton.cudagraphs": False}}, False),
     ({"mode": "reduce-overhead", "backend": "aot_eager"}, False),  # no inductor, no graphs
+    ({"backend": "cudagraphs"}, True),  # torch's CUDA-graph backend (the trees of mode="reduce-overhead")
 ])
 def test_which_compile_options_run_cuda_graphs(options: dict, graphs: bool) -> None:
     assert uses_cuda_graphs(options) is graphs
+
+
+def test_inductors_process_wide_cuda_graph_switch_counts_unless_the_options_say_otherwise() -> None:
+    import torch._inductor.config as inductor
+
+    with inductor.patch({"triton.cudagraphs": True}):
+        assert uses_cuda_graphs({}) and uses_cuda_graphs({"mode": "default"})
+        assert not uses_cuda_graphs({"options": {"triton.cudagraphs": False}})
+        assert not uses_cuda_graphs({"backend": "aot_eager"})
 
 
 def test_a_step_compiled_for_cuda_graphs_trains_on_the_cpu_as_eager_with_every_loss_kept() -> None:
@@ -90,3 +100,62 @@ def test_a_users_distribution_pickled_before_the_watched_key_existed_still_sampl
     x, z = torch.randn(3, 4), torch.randn(3, 2)
     assert torch.equal(old.get_log_prob({"x": x, "z": z}), q.get_log_prob({"x": x, "z": z}))
     assert old.sample({"x": x})["z"].shape == (3, 2)
+
+
+# ------------------------------------------------------------- values refused at a Pyro site, named as by get_log_prob
+def _pyro_paths(p, value):  # type: ignore[no-untyped-def]
+    """The Pyro paths that score ``value`` at p's site ``y``: observed data, and ``pyro.condition``."""
+    import pyro.poutine as poutine
+
+    return {"data": lambda: poutine.trace(p.model).get_trace(y=value).log_prob_sum(),
+            "condition": lambda: poutine.trace(pyro.condition(p.model, data={"y": value})).get_trace().log_prob_sum()}
+
+
+@pytest.mark.needs_validation
+@pytest.mark.parametrize("path", ["data", "condition"])
+def test_class_indices_at_a_pyro_site_raise_a_not_one_hot_error_naming_the_distribution(path: str) -> None:
+    """Plain Pyro refuses the value too (a ValueError: not in the OneHot support); ours is one as well, and says
+    which distribution and what to do."""
+    from pyro_dgm.distributions import Categorical
+
+    p = Categorical(probs=torch.tensor([0.2, 0.5, 0.3]), var=["y"], name="p")
+    y = torch.tensor([0, 2, 1])
+    with pytest.raises(ValueError, match="support"):
+        pyro.poutine.trace(lambda: pyro.sample("y", pyro.distributions.OneHotCategorical(
+            probs=torch.tensor([0.2, 0.5, 0.3])), obs=y)).get_trace().log_prob_sum()
+    with pytest.raises(NotOneHotError) as info:
+        _pyro_paths(p, y)[path]()
+    text = str(info.value)
+    assert "p(y)" in text and "'y'" in text and "F.one_hot(y, 3).float()" in text, text
+    one_hot = torch.nn.functional.one_hot(y, 3)  # the same labels one-hot, int or float: scored as plain Pyro
+    want = torch.distributions.OneHotCategorical(probs=torch.tensor([0.2, 0.5, 0.3])).log_prob(one_hot.float()).sum()
+    for labels in (one_hot, one_hot.float()):
+        torch.testing.assert_close(_pyro_paths(p, labels)[path](), want)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("path", ["data", "condition"])
+@pytest.mark.parametrize("family", ["Normal", "RelaxedCategorical"])
+def test_a_bool_value_at_a_pyro_site_raises_the_dtype_error_of_get_log_prob(family: str, path: str,
+                                                                            validate: bool) -> None:
+    """torch refuses a bool value there (a raw RuntimeError: '-' or argmax of bool), as Pixyz's get_log_prob does;
+    ours names the distribution, the variable and ``y.float()``, with or without validation, as get_log_prob."""
+    from pyro_dgm.distributions import Normal, RelaxedCategorical
+    from pyro_dgm.utils.checks import DTypeError
+
+    if family == "Normal":
+        p = Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["y"], name="p")
+    else:
+        p = RelaxedCategorical(temperature=torch.tensor(0.5), probs=torch.tensor([0.2, 0.5, 0.3]), var=["y"],
+                               name="p")
+    y = torch.eye(3, dtype=torch.bool)[[0, 2, 1]]
+    pyro.enable_validation(validate)
+    try:
+        with pytest.raises(DTypeError) as at_site:
+            _pyro_paths(p, y)[path]()
+        with pytest.raises(DTypeError) as scored:
+            p.get_log_prob({"y": y})
+    finally:
+        pyro.enable_validation(True)
+    assert str(at_site.value).split(" (")[0] == str(scored.value).split(" (")[0]
+    assert "p(y)" in str(at_site.value) and "'y'" in str(at_site.value) and "y.float()" in str(at_site.value)
