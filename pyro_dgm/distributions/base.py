@@ -692,7 +692,7 @@ class Distribution(YieldingModule):
     @property
     def prob_text(self) -> str:
         """The formula's left side, e.g. ``p(x|z)``."""
-        return _prob_text(self._name, self._var, self._cond_var)
+        return _prob_text(self._name, tuple(self._var), tuple(self._cond_var))
 
     @property
     def prob_factorized_text(self) -> str:

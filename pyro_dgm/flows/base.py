@@ -44,7 +44,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.checks import ShapeError
-from pyro_dgm.utils.lru_cache import _STRUCTURE, _WATCHING, _watch_structure
+from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
 from pyro_dgm.utils.versions import version
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.settings import epsilon
@@ -238,8 +238,9 @@ def _batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
     """The layers of ``flow`` that may normalize with the statistics of the batch they run on (batch norms: the
     flows', torch's in the networks, Pyro's transform), found again only when a module anywhere has registered a
     submodule, parameter or buffer since (a layer added to the flow after its first draw). While torch.compile
-    traces before torch's registration hooks are installed (which tracing cannot do), they are found afresh."""
-    if not _WATCHING[0] and torch.compiler.is_compiling():
+    traces, they are found afresh (at trace time only: the compiled code holds the result): tracing cannot install
+    torch's registration hooks, and a guard on whether they are installed would recompile once they are."""
+    if torch.compiler.is_compiling():
         return _find_batch_layers(flow)
     _watch_structure()
     structure = _STRUCTURE[0]

@@ -43,6 +43,12 @@ def prob_text(name: str, var: Sequence[str], cond_var: Sequence[str] = ()) -> st
     return text + ")"
 
 
+# A function of strings only: torch.compile calls it while tracing and keeps its text as a constant (what
+# ``torch.compiler.assume_constant_result`` marks, without importing the compiler here), so that the names of a
+# model's Pyro sites traced by Dynamo never step into SymPy (torch 2.11's Dynamo failed there).
+prob_text._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def math_escape(text: str) -> str:
     r"""``text`` made safe inside a math block: a ``$`` not already escaped becomes ``\$`` (a bare ``$`` ends the
     block, so ``$$`` in a name would end a notebook's formula). Text without ``$`` comes back unchanged.

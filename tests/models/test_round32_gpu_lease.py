@@ -159,3 +159,35 @@ def test_a_bool_value_at_a_pyro_site_raises_the_dtype_error_of_get_log_prob(fami
         pyro.enable_validation(True)
     assert str(at_site.value).split(" (")[0] == str(scored.value).split(" (")[0]
     assert "p(y)" in str(at_site.value) and "'y'" in str(at_site.value) and "y.float()" in str(at_site.value)
+
+
+# ------------------------------------------------------------------------ compiled, in a fresh process
+def test_a_planar_flow_loss_compiled_first_in_a_fresh_process_does_not_recompile_after_an_eager_run() -> None:
+    """The first compiled call traced before torch's registration hooks were installed; an eager evaluation then
+    installed them, and the compiled code, which guarded on whether they were, compiled again (an error under
+    ``error_on_recompile``; the suite's test passed only after an earlier test had installed them)."""
+    import os
+    import subprocess
+    import textwrap
+
+    root = Path(__file__).resolve().parents[2]
+    script = textwrap.dedent("""
+        import sys, pyro, torch, torch._dynamo as dynamo
+        sys.path.insert(0, "tests/losses")
+        import compile_models as cm
+        pyro.enable_validation(False)
+        torch.manual_seed(0)
+        loss, batch = cm.BUILDERS["planar"]()
+        loss.term_names
+        compiled = torch.compile(lambda d: loss.eval(d), backend="aot_eager", fullgraph=True)
+        for s in range(3):
+            with dynamo.config.patch(error_on_recompile=s > 0):
+                torch.manual_seed(s); a = compiled(batch(s))
+            torch.manual_seed(s); b = loss.eval(batch(s))
+            assert torch.allclose(a, b), (s, a, b)
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
