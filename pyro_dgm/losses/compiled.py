@@ -75,11 +75,20 @@ def compile_options(owner: str, compile: bool | Mapping[str, Any] | None) -> dic
         if unknown:
             raise ValueError(f"{owner}: unknown torch.compile option(s) {unknown} in compile=; torch.compile takes "
                              f"{sorted(known)}")
-        for k in ("fullgraph", "dynamic", "disable"):
+        for k in ("fullgraph", "dynamic", "disable", "isolate_recompiles"):  # (the last two: torch >= 2.13)
             v = compile.get(k)
             if v is not None and not isinstance(v, bool):
                 raise TypeError(f"{owner}: the torch.compile option {k}= in compile= must be True or False"
                                 f"{' or None' if k == 'dynamic' else ''}, got {v!r}")
+        limit = compile.get("recompile_limit")  # (torch reads these only when the step compiles)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError(f"{owner}: the torch.compile option recompile_limit= in compile= must be an int or "
+                            f"None, got {limit!r}")
+        for k in ("name", "mode"):
+            v = compile.get(k)
+            if v is not None and not isinstance(v, str):
+                raise TypeError(f"{owner}: the torch.compile option {k}= in compile= must be a string or None, "
+                                f"got {v!r}")
         backend = compile.get("backend")
         if backend is not None and not isinstance(backend, str) and not callable(backend):
             raise TypeError(f"{owner}: the torch.compile option backend= in compile= must be a backend's name (see "

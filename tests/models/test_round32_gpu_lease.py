@@ -191,3 +191,30 @@ def test_a_planar_flow_loss_compiled_first_in_a_fresh_process_does_not_recompile
     out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("options, word", [
+    ({"backend": "eager", "recompile_limit": "x"}, "recompile_limit"),
+    ({"backend": "eager", "recompile_limit": True}, "recompile_limit"),
+    ({"backend": "eager", "isolate_recompiles": "x"}, "isolate_recompiles"),
+    ({"backend": "eager", "name": 3}, "name"),
+])
+def test_compile_options_of_the_wrong_type_are_refused_when_the_model_is_built(options: dict, word: str) -> None:
+    """torch reads these only when the step compiles (p125: the second step raised a bare "'>=' not supported
+    between 'int' and 'str'"); the model refuses them at once, naming the option."""
+    import inspect
+
+    if word not in inspect.signature(torch.compile).parameters:
+        pytest.skip(f"this torch's compile takes no {word}=")
+    q, p, prior = Encoder(6, 2, 8), Decoder(6, 2, 8), standard_prior(2)
+    with pytest.raises(TypeError, match=f"Model: the torch.compile option {word}="):
+        Model(-ELBO(p * prior, q).mean(), distributions=[q, p], compile=options)
+
+
+def test_compile_options_of_the_right_type_still_train() -> None:
+    torch.manual_seed(0)
+    q, p, prior = Encoder(6, 2, 8), Decoder(6, 2, 8), standard_prior(2)
+    model = Model(-ELBO(p * prior, q).mean(), distributions=[q, p],
+                  compile={"backend": "eager", "recompile_limit": 4, "name": "vae"})
+    x = torch.bernoulli(torch.full((4, 6), 0.5))
+    assert all(torch.isfinite(model.train({"x": x})) for _ in range(3)) and model.step == 3
