@@ -116,6 +116,23 @@ def _rows_differ(t: Tensor) -> bool:
         return bool((t != t[:1]).any())
 
 
+def _one_hot_support(fn: Any) -> bool:
+    """Whether a site's distribution ``fn`` (inside ``Independent`` or a mask) scores one-hot vectors or points of
+    the simplex: a one-hot or relaxed categorical, whose integer value may be class indices."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn.support in (constraints.one_hot, constraints.simplex)
+
+
+def _scores(fn: Any, x: Tensor) -> bool:
+    """Whether ``fn`` scores ``x`` without an error."""
+    try:
+        fn.log_prob(x)
+    except (ValueError, RuntimeError):
+        return False
+    return True
+
+
 class DistributionBase(Distribution):
     r"""A distribution of one variable from a ``pyro.distributions`` family.
 
@@ -775,8 +792,9 @@ class DistributionBase(Distribution):
         except NotOneHotError as e:
             raise NotOneHotError(f"{describe(self)}: cannot score {name!r} of shape {tuple(x.shape)}: {e}") from e
         except (ValueError, RuntimeError) as e:
-            if x.dtype == torch.bool:
-                self._dgm_not_real(name, x, e)
+            if x.dtype == torch.bool and _scores(fn, x.to(torch.get_default_dtype())):
+                self._dgm_not_real(name, x, e)  # (its dtype alone is refused: a bool value of a wrong shape is
+                # left to the shape error that Pyro's trace raises when it scores the site, as for a float one)
             # (another refusal: Pyro's trace raises it when it scores the site, as before)
 
     def _dgm_no_class_dim(self, batch_n: int) -> NoReturn:
@@ -1031,9 +1049,12 @@ class DistributionBase(Distribution):
                 value = self._dgm_site(name, fn, ctx)
             except RuntimeError as e:  # (torch's sampler refused a parameter: probs of 1.5, unvalidated)
                 self._dgm_draw_error(e, base, name)
-            if (isinstance(value, Tensor) and not value.is_floating_point()
-                    and (value.dtype == torch.bool or fn._validate_args) and not torch.jit.is_tracing()):
-                self._dgm_check_observed(name, fn, value)  # (observed: data, or pyro.condition; draws are floats)
+            if (isinstance(value, Tensor) and not value.is_floating_point() and not self._dgm_user_log_prob
+                    and (value.dtype == torch.bool or (fn._validate_args and _one_hot_support(fn)))
+                    and not torch.jit.is_tracing()):
+                self._dgm_check_observed(name, fn, value)  # (observed: data, or pyro.condition; no family draws
+                # bool values, and a one-hot family draws floats: its integer indices are drawn as they are. A
+                # class with its own get_log_prob scores its site by it, whatever values it takes)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
 

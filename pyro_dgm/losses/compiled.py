@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import numbers
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
@@ -77,18 +78,17 @@ def compile_options(owner: str, compile: bool | Mapping[str, Any] | None) -> dic
                              f"{sorted(known)}")
         for k in ("fullgraph", "dynamic", "disable", "isolate_recompiles"):  # (the last two: torch >= 2.13)
             v = compile.get(k)
-            if v is not None and not isinstance(v, bool):
+            if v is not None and not isinstance(v, bool) and type(v).__module__ != "numpy":  # (numpy's bool too)
                 raise TypeError(f"{owner}: the torch.compile option {k}= in compile= must be True or False"
                                 f"{' or None' if k == 'dynamic' else ''}, got {v!r}")
         limit = compile.get("recompile_limit")  # (torch reads these only when the step compiles)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        if limit is not None and not isinstance(limit, numbers.Integral):
             raise TypeError(f"{owner}: the torch.compile option recompile_limit= in compile= must be an int or "
                             f"None, got {limit!r}")
-        for k in ("name", "mode"):
-            v = compile.get(k)
-            if v is not None and not isinstance(v, str):
-                raise TypeError(f"{owner}: the torch.compile option {k}= in compile= must be a string or None, "
-                                f"got {v!r}")
+        name = compile.get("name")  # (a mode is checked by torch's trial below)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{owner}: the torch.compile option name= in compile= must be a string or None, got "
+                            f"{name!r}")
         backend = compile.get("backend")
         if backend is not None and not isinstance(backend, str) and not callable(backend):
             raise TypeError(f"{owner}: the torch.compile option backend= in compile= must be a backend's name (see "

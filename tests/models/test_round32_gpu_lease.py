@@ -195,7 +195,6 @@ def test_a_planar_flow_loss_compiled_first_in_a_fresh_process_does_not_recompile
 
 @pytest.mark.parametrize("options, word", [
     ({"backend": "eager", "recompile_limit": "x"}, "recompile_limit"),
-    ({"backend": "eager", "recompile_limit": True}, "recompile_limit"),
     ({"backend": "eager", "isolate_recompiles": "x"}, "isolate_recompiles"),
     ({"backend": "eager", "name": 3}, "name"),
 ])
@@ -211,10 +210,79 @@ def test_compile_options_of_the_wrong_type_are_refused_when_the_model_is_built(o
         Model(-ELBO(p * prior, q).mean(), distributions=[q, p], compile=options)
 
 
+def _known(options: dict) -> dict:
+    """The options this torch's ``torch.compile`` takes (``recompile_limit`` and ``name`` are torch 2.13's)."""
+    import inspect
+
+    return {k: v for k, v in options.items() if k in inspect.signature(torch.compile).parameters}
+
+
 def test_compile_options_of_the_right_type_still_train() -> None:
     torch.manual_seed(0)
     q, p, prior = Encoder(6, 2, 8), Decoder(6, 2, 8), standard_prior(2)
     model = Model(-ELBO(p * prior, q).mean(), distributions=[q, p],
-                  compile={"backend": "eager", "recompile_limit": 4, "name": "vae"})
+                  compile=_known({"backend": "eager", "recompile_limit": 4, "name": "vae"}))
     x = torch.bernoulli(torch.full((4, 6), 0.5))
     assert all(torch.isfinite(model.train({"x": x})) for _ in range(3)) and model.step == 3
+
+
+# ------------------------------------------------------------------------ p127: the observed-value check's reach
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_a_bool_value_of_the_wrong_shape_gets_the_shape_error_of_a_float_one(dtype: torch.dtype) -> None:
+    """Its dtype is not what is wrong (a Bernoulli scores bool 0/1 values): Pyro's shape error when the trace is
+    scored, as for the float value, not a DTypeError advising ``x.float()``."""
+    from pyro_dgm.distributions import Bernoulli
+    from pyro_dgm.utils.checks import DTypeError
+
+    p = Bernoulli(probs=torch.full((3,), 0.3), var=["x"], name="p", features_shape=[3])
+    x = torch.zeros(4, 2, dtype=dtype)
+    with pytest.raises(ValueError, match="shape") as info:
+        pyro.poutine.trace(pyro.condition(lambda: p.model(batch_n=4), data={"x": x})).get_trace().log_prob_sum()
+    assert not isinstance(info.value, DTypeError)
+
+
+def test_drawing_class_indices_does_not_score_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check reads observed integer values only: a ``Categorical(one_hot=False)`` draws integer indices, which
+    are not scored as they are drawn (p127: every draw paid a second, validated log_prob)."""
+    from pyro_dgm.distributions import Categorical
+
+    calls = []
+    log_prob = torch.distributions.Categorical.log_prob
+    monkeypatch.setattr(torch.distributions.Categorical, "log_prob",
+                        lambda self, v: calls.append(1) or log_prob(self, v))
+    q = Categorical(probs=torch.tensor([0.2, 0.5, 0.3]), var=["y"], one_hot=False, name="q")
+    assert q.sample(batch_n=4)["y"].dtype == torch.long
+    tr = pyro.poutine.trace(q.model).get_trace(batch_n=4)
+    assert tr.nodes["y"]["value"].dtype == torch.long and calls == []
+    tr.log_prob_sum()
+    assert len(calls) == 1  # Pyro's scoring
+
+
+def test_numpy_scalars_are_accepted_as_compile_options_as_torch_accepts_them() -> None:
+    import numpy as np
+
+    from pyro_dgm.losses.compiled import compile_options
+
+    options = _known({"backend": "eager", "fullgraph": np.bool_(True), "recompile_limit": np.int64(4)})
+    assert compile_options("Model", options) == options
+
+
+@pytest.mark.parametrize("path", ["data", "condition"])
+def test_a_class_with_its_own_get_log_prob_scores_integer_values_at_its_pyro_site_by_it(path: str) -> None:
+    """porting.md: such a class's site is scored by its own ``get_log_prob`` (here integer label counts, turned into
+    frequencies); the observed-value check must not score them with the family's distribution first (p128)."""
+    from pyro_dgm.distributions import Categorical
+
+    class CountCat(Categorical):
+        def get_log_prob(self, x_dict, sum_features=True, feature_dims=None, **kw):  # type: ignore[no-untyped-def]
+            y = x_dict["y"]
+            if not y.is_floating_point():
+                y = y.float() / y.sum(-1, keepdim=True)
+            return super().get_log_prob({"y": y}, sum_features=sum_features, feature_dims=feature_dims, **kw)
+
+    probs = torch.tensor([0.2, 0.3, 0.5])
+    c = CountCat(probs=probs, var=["y"], name="p")
+    n = torch.tensor([[2, 1, 0], [0, 3, 0]])
+    soft = probs.log()[n.argmax(-1)]  # by hand: a float vector is scored by its arg-max (Pixyz's Categorical)
+    torch.testing.assert_close(c.get_log_prob({"y": n}), soft)
+    torch.testing.assert_close(_pyro_paths(c, n)[path](), soft.sum())
