@@ -227,6 +227,7 @@ def test_compile_options_of_the_right_type_still_train() -> None:
 
 
 # ------------------------------------------------------------------------ p127: the observed-value check's reach
+@pytest.mark.needs_validation
 @pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
 def test_a_bool_value_of_the_wrong_shape_gets_the_shape_error_of_a_float_one(dtype: torch.dtype) -> None:
     """Its dtype is not what is wrong (a Bernoulli scores bool 0/1 values): Pyro's shape error when the trace is
