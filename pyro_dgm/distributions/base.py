@@ -1541,8 +1541,8 @@ class Distribution(YieldingModule):
                 value = obs[name]
                 ev = fn.event_shape
                 if (ev and isinstance(value, Tensor) and value.dim() <= len(ev)
-                        and value.shape != ev[len(ev) - value.dim():]):
-                    self._dgm_event_swallows_batch(name, value, fn)
+                        and value.shape != ev[len(ev) - value.dim():] and not self._dgm_user_log_prob):
+                    self._dgm_event_swallows_batch(name, value, fn)  # (a class's own get_log_prob takes its own)
                 value = self._dgm_pyro_sample(name, fn, obs=value)
                 if PYRO_STACK:  # its site speaks for value's dims in later calls (effects._site_of)
                     mark_own_observed(name, value)

@@ -121,7 +121,10 @@ def _one_hot_support(fn: Any) -> bool:
     the simplex: a one-hot or relaxed categorical, whose integer value may be class indices."""
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
-    return fn.support in (constraints.one_hot, constraints.simplex)
+    try:
+        return fn.support in (constraints.one_hot, constraints.simplex)
+    except NotImplementedError:  # (a user's Pyro distribution that defines no support: torch's default raises)
+        return False
 
 
 def _scores(fn: Any, x: Tensor) -> bool:
@@ -1023,8 +1026,9 @@ class DistributionBase(Distribution):
         x = obs.get(name) if obs is not None else None
         fn, base = self._dgm_fn(b, values, ctx, value=x)
         self._dgm_set_last(base, False)  # Pixyz's dist, set before the draw (so also when the draw fails)
-        if isinstance(x, Tensor) and not torch.jit.is_tracing():
-            # an observed value (model/guide data) is checked as a scored one: pyro.sample must not broadcast its
+        if isinstance(x, Tensor) and not self._dgm_user_log_prob and not torch.jit.is_tracing():
+            # an observed value (model/guide data) is checked as a scored one (not for a class with its own
+            # get_log_prob, which scores its site and decides what values it takes): pyro.sample must not broadcast its
             # features over the parameters' (when it has no dim beyond the event dims, _dgm_site says why)
             shape = fn.batch_shape + fn.event_shape
             if x.shape != shape and x.dim() > len(fn.event_shape):

@@ -287,3 +287,77 @@ def test_a_class_with_its_own_get_log_prob_scores_integer_values_at_its_pyro_sit
     soft = probs.log()[n.argmax(-1)]  # by hand: a float vector is scored by its arg-max (Pixyz's Categorical)
     torch.testing.assert_close(c.get_log_prob({"y": n}), soft)
     torch.testing.assert_close(_pyro_paths(c, n)[path](), soft.sum())
+
+
+# ------------------------------------------------------------------------ p129: what the check must leave alone
+def test_a_user_family_whose_pyro_class_defines_no_support_scores_integer_data_at_its_site() -> None:
+    """torch's default ``support`` raises NotImplementedError; the site scores the counts as plain Pyro does."""
+    import pyro.distributions as dist
+    from torch.distributions import constraints
+
+    from pyro_dgm.distributions import DistributionBase
+
+    class Geo(dist.TorchDistribution):  # P(k) = (1 - p)^k p, with no support
+        arg_constraints = {"probs": constraints.unit_interval}
+
+        def __init__(self, probs: torch.Tensor, validate_args: bool | None = None) -> None:
+            self.probs = probs
+            super().__init__(probs.shape, torch.Size(), validate_args=validate_args)
+
+        def expand(self, batch_shape, _instance=None):  # type: ignore[no-untyped-def]
+            return Geo(self.probs.expand(batch_shape))
+
+        def sample(self, sample_shape=torch.Size()):  # type: ignore[no-untyped-def]
+            with torch.no_grad():
+                return torch.distributions.Geometric(self.probs).sample(sample_shape)
+
+        def log_prob(self, k: torch.Tensor) -> torch.Tensor:
+            return k * torch.log1p(-self.probs) + torch.log(self.probs)
+
+    class MyGeo(DistributionBase):
+        pyro_dist = Geo
+        param_groups = (("probs",),)
+
+    probs = torch.tensor([0.3, 0.6])
+    p = MyGeo(var=["x"], features_shape=[2], probs=probs)
+    x = torch.tensor([[2, 0], [1, 3]])
+    by_hand = (x * torch.log1p(-probs) + probs.log()).sum()
+    torch.testing.assert_close(pyro.poutine.trace(p.model).get_trace(x=x).log_prob_sum(), by_hand)
+
+
+def test_a_class_whose_own_get_log_prob_takes_class_indices_takes_them_at_its_pyro_site() -> None:
+    """Its values are its own business (porting.md): the observed-shape check that would take the indices for a
+    batch swallowed by the event dim is not the class's, and the plain-Pyro twin (a class scoring indices) agrees."""
+    import torch.nn.functional as F
+
+    from pyro_dgm.distributions import Categorical
+
+    class IdxScored(Categorical):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["h"], name="p")
+            self.fc = torch.nn.Linear(2, 3)
+
+        def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"probs": torch.softmax(self.fc(h), -1)}
+
+        def get_log_prob(self, x_dict, sum_features=True, feature_dims=None, **kw):  # type: ignore[no-untyped-def]
+            x = dict(x_dict)
+            x["y"] = F.one_hot(x["y"].long(), 3).float()
+            return super().get_log_prob(x, sum_features=sum_features, feature_dims=feature_dims, **kw)
+
+    torch.manual_seed(0)
+    p, h, y = IdxScored(), torch.randn(4, 2), torch.tensor([0, 2, 1, 1])
+    by_hand = torch.log(torch.softmax(p.fc(h), -1))[torch.arange(4), y]
+    torch.testing.assert_close(p.get_log_prob({"y": y, "h": h}), by_hand)
+    tr = pyro.poutine.trace(p.model).get_trace(y=y, h=h)
+    tr.compute_log_prob()
+    torch.testing.assert_close(tr.nodes["y"]["log_prob"], by_hand)
+
+
+@pytest.mark.parametrize("options", [{"fullgraph": 1}, {"disable": 0}, {"fullgraph": torch.tensor(True)},
+                                     {"recompile_limit": 2.0}])
+def test_flags_and_limits_that_torch_reads_by_value_are_accepted(options: dict) -> None:
+    from pyro_dgm.losses.compiled import compile_options
+
+    options = _known({"backend": "eager", **options})
+    assert compile_options("Model", options) == options
