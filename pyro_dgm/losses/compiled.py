@@ -76,15 +76,20 @@ def compile_options(owner: str, compile: bool | Mapping[str, Any] | None) -> dic
         if unknown:
             raise ValueError(f"{owner}: unknown torch.compile option(s) {unknown} in compile=; torch.compile takes "
                              f"{sorted(known)}")
-        for k in ("fullgraph", "dynamic", "disable", "isolate_recompiles"):  # (the last two: torch >= 2.13)
+        dynamic = compile.get("dynamic")  # (torch asserts a bool or None)
+        if dynamic is not None and not isinstance(dynamic, bool):
+            raise TypeError(f"{owner}: the torch.compile option dynamic= in compile= must be True or False or None, "
+                            f"got {dynamic!r}")
+        for k in ("fullgraph", "disable", "isolate_recompiles"):  # (the last: torch >= 2.13)
             v = compile.get(k)
-            if v is not None and not isinstance(v, bool) and type(v).__module__ != "numpy":  # (numpy's bool too)
-                raise TypeError(f"{owner}: the torch.compile option {k}= in compile= must be True or False"
-                                f"{' or None' if k == 'dynamic' else ''}, got {v!r}")
+            if v is not None and not isinstance(v, (numbers.Number, Tensor)) and type(v).__module__ != "numpy":
+                # (torch reads these flags' truth: 1, numpy's bool and a 0-d tensor are taken as it takes them)
+                raise TypeError(f"{owner}: the torch.compile option {k}= in compile= must be True or False, got "
+                                f"{v!r}")
         limit = compile.get("recompile_limit")  # (torch reads these only when the step compiles)
-        if limit is not None and not isinstance(limit, numbers.Integral):
-            raise TypeError(f"{owner}: the torch.compile option recompile_limit= in compile= must be an int or "
-                            f"None, got {limit!r}")
+        if limit is not None and not isinstance(limit, numbers.Real):
+            raise TypeError(f"{owner}: the torch.compile option recompile_limit= in compile= must be a number "
+                            f"(an int) or None, got {limit!r}")
         name = compile.get("name")  # (a mode is checked by torch's trial below)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{owner}: the torch.compile option name= in compile= must be a string or None, got "

@@ -401,7 +401,7 @@ def test_compile_options_are_checked() -> None:
                ({"mode": "reduce-overhead", "options": {"trace.enabled": False}}, ValueError, "Either mode or options"),
                ({"options": {"no_such_inductor_option": 1}}, ValueError, "no_such_inductor_option"),
                ({"dynamic": "yes"}, TypeError, "dynamic= in compile= must be True or False or None, got 'yes'"),
-               ({"fullgraph": 1}, TypeError, "fullgraph= in compile= must be True or False, got 1"),
+               ({"fullgraph": "yes"}, TypeError, "fullgraph= in compile= must be True or False, got 'yes'"),
                ({"backend": 123}, TypeError, "backend= in compile= must be a backend's name")]
     for options, kind, words in refused:
         with pytest.raises(kind, match=f"^Model: .*{words}"):
