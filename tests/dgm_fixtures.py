@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from pyro_dgm.distributions import Bernoulli, Normal
 
-__all__ = ["mlp", "Encoder", "Decoder", "standard_prior"]
+__all__ = ["mlp", "Encoder", "Decoder", "standard_prior", "vae_training_run"]
 
 
 def mlp(n_in: int, n_out: int, hidden: int = 0, activation: Callable[[], nn.Module] = nn.ReLU) -> nn.Module:
@@ -109,3 +109,33 @@ class SqrtLoc(Normal):
 
     def forward(self, y: Tensor) -> dict[str, Tensor]:
         return {"loc": torch.sqrt(self.w * y), "scale": torch.ones_like(y)}
+
+
+def vae_training_run(compile: bool | dict, device: torch.device | str = "cpu", steps: int = 4) -> list[float]:
+    """What ``Model.train`` gives over ``steps`` steps of the Monte Carlo VAE (6 inputs, 2 latents, 16 hidden units,
+    Adam at 1e-2) on new batches of one shape, from fixed seeds: the losses it returned, all read after the last step
+    (a compiled step must not hand out memory its next run overwrites), then the sums of the trained weights.
+    Compiled or not (``compile``, ``Model``'s option) under inductor's ``fallback_random`` (the eager draws), and
+    without validation, as compiled code runs; so two runs that differ only in ``compile`` give equal lists."""
+    import pyro
+    import torch._inductor.config as inductor
+
+    from pyro_dgm.losses import ELBO
+    from pyro_dgm.models import Model
+
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.bernoulli(torch.full((16, 6), 0.5), generator=g).to(device) for _ in range(steps)]
+    torch.manual_seed(0)
+    q, p, prior = Encoder(6, 2, 16).to(device), Decoder(6, 2, 16).to(device), standard_prior(2).to(device)
+    model = Model(-ELBO(p * prior, q).mean(), distributions=[q, p], optimizer_params={"lr": 1e-2}, compile=compile)
+    validating = pyro.infer.util.is_validation_enabled()
+    pyro.enable_validation(False)
+    try:
+        with inductor.patch(fallback_random=True):
+            losses = []
+            for s, x in enumerate(batches):
+                torch.manual_seed(10 + s)
+                losses.append(model.train({"x": x}))
+    finally:
+        pyro.enable_validation(validating)
+    return [float(v) for v in losses] + [float(t.detach().sum()) for d in (q, p) for t in d.parameters()]

@@ -11,18 +11,15 @@ from __future__ import annotations
 import copy
 import math
 
-import pyro
 import pytest
 import torch
-from dgm_fixtures import Decoder, Encoder, standard_prior
+from dgm_fixtures import vae_training_run
 from torch import nn
 
 from pyro_dgm.distributions import Categorical, Normal
 from pyro_dgm.distributions.flow_distribution import RealNVPDistribution
 from pyro_dgm.distributions.mixture import MixtureModel
 from pyro_dgm.distributions.poe import ProductOfNormal
-from pyro_dgm.losses import ELBO
-from pyro_dgm.models import Model
 from pyro_dgm.utils.checks import NotOneHotError
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -109,22 +106,5 @@ def test_class_indices_are_refused_on_cuda_and_one_hot_labels_score_as_on_the_cp
 def test_a_compiled_step_with_or_without_cuda_graphs_trains_as_eager(mode: str) -> None:
     """Five steps of the MC VAE on new batches of one shape, with inductor's ``fallback_random`` (the eager draws):
     the losses returned at every step (kept past the next replay) and the final weights equal the eager ones."""
-    import torch._inductor.config as inductor
-
-    pyro.enable_validation(False)
-    g = torch.Generator().manual_seed(3)
-    batches = [torch.bernoulli(torch.full((16, 6), 0.5), generator=g).to(CUDA) for _ in range(5)]
-    out = []
-    for options in (False, {"mode": mode}):
-        torch.manual_seed(0)
-        q, p, prior = Encoder(6, 2, 16).to(CUDA), Decoder(6, 2, 16).to(CUDA), standard_prior(2).to(CUDA)
-        model = Model(-ELBO(p * prior, q).mean(), distributions=[q, p], optimizer_params={"lr": 1e-2},
-                      compile=options)
-        with inductor.patch(fallback_random=True):
-            losses = []
-            for s, x in enumerate(batches):
-                torch.manual_seed(10 + s)
-                losses.append(model.train({"x": x}))
-            held = [float(v) for v in losses]
-        out.append(held + [float(t.detach().sum()) for d in (q, p) for t in d.parameters()])
-    assert out[1] == pytest.approx(out[0], rel=1e-4, abs=1e-5)
+    eager = vae_training_run(False, CUDA, steps=5)
+    assert vae_training_run({"mode": mode}, CUDA, steps=5) == pytest.approx(eager, rel=1e-4, abs=1e-5)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from dgm_fixtures import Decoder, Encoder, standard_prior
+from dgm_fixtures import Decoder, Encoder, standard_prior, vae_training_run
 
 from pyro_dgm.losses import ELBO, LogProb
 from pyro_dgm.losses.compiled import uses_cuda_graphs
@@ -62,30 +62,11 @@ def test_inductors_process_wide_cuda_graph_switch_counts_unless_the_options_say_
 
 
 def test_a_step_compiled_for_cuda_graphs_trains_on_the_cpu_as_eager_with_every_loss_kept() -> None:
-    """On the CPU there are no CUDA graphs (inductor compiles as usual): four MC VAE steps on new batches, with
-    inductor's ``fallback_random`` (the eager draws), give the eager losses, read after the last step."""
-    import torch._inductor.config as inductor
-
-    pyro.enable_validation(False)
-    try:
-        g = torch.Generator().manual_seed(3)
-        batches = [torch.bernoulli(torch.full((16, 6), 0.5), generator=g) for _ in range(4)]
-        out = []
-        for options in (False, {"mode": "reduce-overhead"}):
-            torch.manual_seed(0)
-            q, p, prior = Encoder(6, 2, 16), Decoder(6, 2, 16), standard_prior(2)
-            model = Model(-ELBO(p * prior, q).mean(), distributions=[q, p], optimizer_params={"lr": 1e-2},
-                          compile=options)
-            with inductor.patch(fallback_random=True):
-                losses = []
-                for s, x in enumerate(batches):
-                    torch.manual_seed(10 + s)
-                    losses.append(model.train({"x": x}))
-            out.append([float(v) for v in losses] + [float(t.detach().sum()) for d in (q, p) for t in d.parameters()])
-    finally:
-        pyro.enable_validation(True)
-    assert out[1] == pytest.approx(out[0], rel=1e-4, abs=1e-5)
-    assert out[0][0] != pytest.approx(out[0][3])  # the batches differ: the four losses are four numbers
+    """On the CPU there are no CUDA graphs (inductor compiles as usual): four MC VAE steps on new batches give the
+    eager losses, read after the last step."""
+    eager = vae_training_run(False)
+    assert vae_training_run({"mode": "reduce-overhead"}) == pytest.approx(eager, rel=1e-4, abs=1e-5)
+    assert eager[0] != pytest.approx(eager[3])  # the batches differ: the four losses are four numbers
 
 
 def test_a_users_distribution_pickled_before_the_watched_key_existed_still_samples_and_scores() -> None:
