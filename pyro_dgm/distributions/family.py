@@ -131,7 +131,7 @@ def _scores(fn: Any, x: Tensor) -> bool:
     """Whether ``fn`` scores ``x`` without an error."""
     try:
         fn.log_prob(x)
-    except (ValueError, RuntimeError):
+    except Exception:  # noqa: BLE001
         return False
     return True
 
@@ -794,8 +794,9 @@ class DistributionBase(Distribution):
             fn.log_prob(x)
         except NotOneHotError as e:
             raise NotOneHotError(f"{describe(self)}: cannot score {name!r} of shape {tuple(x.shape)}: {e}") from e
-        except (ValueError, RuntimeError) as e:
-            if x.dtype == torch.bool and _scores(fn, x.to(torch.get_default_dtype())):
+        except Exception as e:  # noqa: BLE001 (a user's Pyro distribution may raise anything: told apart below)
+            if isinstance(e, (ValueError, RuntimeError)) and x.dtype == torch.bool and _scores(
+                    fn, x.to(torch.get_default_dtype())):
                 self._dgm_not_real(name, x, e)  # (its dtype alone is refused: a bool value of a wrong shape is
                 # left to the shape error that Pyro's trace raises when it scores the site, as for a float one)
             # (another refusal: Pyro's trace raises it when it scores the site, as before)
