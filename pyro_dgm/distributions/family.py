@@ -127,6 +127,15 @@ def _one_hot_support(fn: Any) -> bool:
         return False
 
 
+def _library_distribution(fn: Any) -> bool:
+    """Whether a site's distribution ``fn`` (inside ``Independent`` or a mask) is torch's, Pyro's or pyro_dgm's:
+    one that draws no bool value and scores deterministically. A user's own class may do either (a mask sampler,
+    a Monte Carlo log-density), so its values are left to it."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__module__.partition(".")[0] in ("torch", "pyro", "pyro_dgm")
+
+
 def _scores(fn: Any, x: Tensor) -> bool:
     """Whether ``fn`` scores ``x`` without an error."""
     try:
@@ -1056,10 +1065,10 @@ class DistributionBase(Distribution):
                 self._dgm_draw_error(e, base, name)
             if (isinstance(value, Tensor) and not value.is_floating_point() and not self._dgm_user_log_prob
                     and (value.dtype == torch.bool or (fn._validate_args and _one_hot_support(fn)))
-                    and not torch.jit.is_tracing()):
-                self._dgm_check_observed(name, fn, value)  # (observed: data, or pyro.condition; no family draws
-                # bool values, and a one-hot family draws floats: its integer indices are drawn as they are. A
-                # class with its own get_log_prob scores its site by it, whatever values it takes)
+                    and _library_distribution(fn) and not torch.jit.is_tracing()):
+                self._dgm_check_observed(name, fn, value)  # (observed: data, or pyro.condition; the library's
+                # families draw no bool values, and a one-hot family draws floats; a class with its own
+                # get_log_prob, or a user's own site distribution, decides what values it takes and how it scores)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 from pathlib import Path
 
 import pyro
@@ -342,3 +343,77 @@ def test_flags_and_limits_that_torch_reads_by_value_are_accepted(options: dict) 
 
     options = _known({"backend": "eager", **options})
     assert compile_options("Model", options) == options
+
+
+# ------------------------------------------------------------------------ p130: a user's own site distribution
+def _user_family(torch_class: type, var: str):  # type: ignore[no-untyped-def]
+    from pyro_dgm.distributions import DistributionBase
+
+    class Family(DistributionBase):
+        def __init__(self, probs: torch.Tensor, features_shape: Any = torch.Size()) -> None:
+            super().__init__([var], [], "p", features_shape, probs=probs)
+
+        @property
+        def params_keys(self) -> list[str]:
+            return ["probs"]
+
+        @property
+        def distribution_torch_class(self) -> type:
+            return torch_class
+
+        @property
+        def distribution_name(self) -> str:
+            return torch_class.__name__
+
+    return Family
+
+
+def test_a_user_family_that_draws_bool_values_samples_them_as_plain_pyro_does() -> None:
+    """A mask sampler (a Bernoulli whose draws are bool, scored as floats): its draws are its own, not observed
+    values to check (p130: they were refused with a DTypeError)."""
+    import pyro.distributions as dist
+    from pyro.infer import Predictive
+
+    class BoolBernoulli(dist.Bernoulli):
+        def sample(self, sample_shape=torch.Size()):  # type: ignore[no-untyped-def]
+            return super().sample(sample_shape).bool()
+
+    p = _user_family(BoolBernoulli, "m")(torch.full((4,), 0.5))
+
+    def plain() -> None:
+        pyro.sample("m", BoolBernoulli(torch.full((1, 4), 0.5)).to_event(1))
+
+    pyro.set_rng_seed(0)
+    ours = Predictive(p.model, num_samples=2)()["m"]
+    pyro.set_rng_seed(0)
+    assert ours.dtype == torch.bool and torch.equal(ours, Predictive(plain, num_samples=2)()["m"])
+    pyro.set_rng_seed(0)
+    assert p.sample()["m"].dtype == torch.bool
+
+
+@pytest.mark.needs_validation
+def test_a_user_site_distribution_with_a_random_log_density_keeps_the_random_stream_of_plain_pyro() -> None:
+    """Integer one-hot labels under validation are not scored a second time by a user's own class (here one whose
+    log-density is a Monte Carlo estimate): the trace's score and the next draw equal plain Pyro's (p130)."""
+    import pyro.distributions as dist
+    import torch.nn.functional as F
+
+    class NoisyLabels(dist.OneHotCategorical):
+        def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+            eps = 0.05 * torch.rand((8,) + self.probs.shape)
+            probs = (self.probs + eps) / (self.probs + eps).sum(-1, keepdim=True)
+            return (value.float() * probs.log()).sum(-1).exp().mean(0).log()
+
+    probs = torch.tensor([0.2, 0.3, 0.5])
+    p = _user_family(NoisyLabels, "y")(probs, features_shape=[3])
+    y = F.one_hot(torch.tensor([0, 2, 1, 2]), 3)
+
+    def plain(y: torch.Tensor) -> None:
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", NoisyLabels(probs=probs), obs=y)
+
+    out = []
+    for run in (lambda: pyro.poutine.trace(p.model).get_trace(y=y), lambda: pyro.poutine.trace(plain).get_trace(y)):
+        pyro.set_rng_seed(0)
+        out.append((run().log_prob_sum(), torch.rand(())))
+    torch.testing.assert_close(out[0], out[1])
