@@ -18,6 +18,7 @@ import struct
 import threading
 import weakref
 from collections import OrderedDict
+from operator import getitem, is_
 from typing import Any, Hashable, NamedTuple
 
 import torch
@@ -219,39 +220,45 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
     if not isinstance(module, torch.nn.Module):
         return None
     try:
-        items: list[tuple[Any, ...]] = []
         g_post, g_pre = _nn_module._global_forward_hooks, _nn_module._global_forward_pre_hooks
-        sizes: list[tuple[Any, int]] = [(g_post, len(g_post)), (g_pre, len(g_pre))]
+        dicts: list[Any] = [g_post, g_pre]  # every dict whose size is checked
         ends = [(d, *hook_ends(d)) for d in (g_post, g_pre) if d]
+        owners: list[Any] = []  # (dict, key) -> the object it held: submodules, then parameters
+        keys: list[Any] = []
+        held: list[Any] = []
+        params: list[Any] = []
         for m in module.modules():
-            mods, params, post, pre = m._modules, m._parameters, m._forward_hooks, m._forward_pre_hooks
-            sizes += [(mods, len(mods)), (params, len(params)), (post, len(post)), (pre, len(pre))]
+            mods, ps, post, pre = m._modules, m._parameters, m._forward_hooks, m._forward_pre_hooks
+            dicts += (mods, ps, post, pre)
             if post:
                 ends.append((post, *hook_ends(post)))
             if pre:
                 ends.append((pre, *hook_ends(pre)))
-            items += [(mods, k, c, -1) for k, c in mods.items()]
-            items += [(params, k, t, t._version) for k, t in params.items() if t is not None]
-        return tuple(items), tuple(sizes), tuple(ends)
+            for k, c in mods.items():
+                owners.append(mods), keys.append(k), held.append(c)
+            for k, t in ps.items():
+                if t is not None:
+                    owners.append(ps), keys.append(k), held.append(t), params.append(t)
+        versions = [t._version for t in params]
+        return (tuple(dicts), tuple(map(len, dicts)), tuple(ends), tuple(owners), tuple(keys), tuple(held),
+                tuple(params), versions)
     except RuntimeError:
         return None
 
 
 def _same_params(state: tuple[Any, ...]) -> bool:
-    items, sizes, ends = state
-    for d, n in sizes:
-        if len(d) != n:
-            return False
+    dicts, sizes, ends, owners, keys, held, params, versions = state
+    if tuple(map(len, dicts)) != sizes:
+        return False
     for d, first, last in ends:  # (usually none: a module without hooks; the lengths are the same here)
         if next(iter(d)) != first or next(reversed(d)) != last:
             return False
-    try:
-        for d, k, t, v in items:  # (d[k]: a TorchScript module's dicts have no get)
-            if d[k] is not t or (v >= 0 and t._version != v):
-                return False
+    try:  # (d[k]: a TorchScript module's dicts have no get)
+        if not all(map(is_, map(getitem, owners, keys), held)):
+            return False
     except KeyError:
         return False
-    return True
+    return [t._version for t in params] == versions
 
 
 def _buffer_versions(module: Any) -> tuple[Any, ...]:
@@ -331,6 +338,7 @@ class MemoizeMessenger(Messenger):
     def __init__(self, pyro_stack: bool = True) -> None:
         super().__init__()
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
+        self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (module, its last _param_state): see store
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
@@ -346,6 +354,7 @@ class MemoizeMessenger(Messenger):
 
     def __exit__(self, *exc: Any) -> None:
         self._cache.clear()
+        self._states.clear()
         self._traced.clear()
         self._notes.clear()
         stack = MEMO_SCOPES.stack
@@ -428,11 +437,24 @@ class MemoizeMessenger(Messenger):
             self._traced.append((key.module, key.mode, key.args, key.kwargs, value))
             del self._traced[:-maxsize]
             return
-        self._cache[key] = (value, keep, _param_state(module))
+        self._cache[key] = (value, keep, self._state(module))
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
         if self._pyro_stack and torch.is_grad_enabled():  # a scope the user opened around several backward passes
             self._forget_after_backward(key, value)  # (LBFGS's closure, gradient accumulation): not Loss.eval's
+
+    def _state(self, module: Any) -> tuple[Any, ...] | None:
+        """``_param_state(module)``, or the one made for ``module``'s last entry while that still holds: the same
+        object answers every entry of a network that runs at many inputs in one scope (each time step of a sequence
+        model), and checking a state costs a fraction of making one."""
+        if module is None:
+            return None
+        known = self._states.get(id(module))
+        if known is not None and known[0] is module and known[1] is not None and _same_params(known[1]):
+            return known[1]
+        state = _param_state(module)
+        self._states[id(module)] = (module, state)
+        return state
 
     def _forget_after_backward(self, key: Hashable, value: Any) -> None:
         """Drop the entry once a backward pass goes through it: that pass frees its graph."""

@@ -121,6 +121,44 @@ def test_in_place_changes_mode_switches_grad_mode_and_kwargs_miss_the_cache(vae)
         assert q.get_params({"x": x})["loc"] is b  # the original entry is still there
 
 
+def _change(q: Encoder, how: str) -> None:
+    """One change to ``q``'s network that an entry made before it must not survive."""
+    if how == "weight in place":
+        with torch.no_grad():
+            q.fc.weight.mul_(2.0)
+    elif how == "submodule replaced":
+        q.fc = nn.Linear(4, 4)
+    elif how == "parameter replaced":
+        q.fc.bias = nn.Parameter(q.fc.bias.detach() + 1.0)
+    elif how == "forward hook added":
+        q.fc.register_forward_hook(lambda m, i, o: 2 * o)
+    elif how == "layer appended":
+        q.drop.add_module("extra", nn.Identity())
+
+
+@pytest.mark.parametrize("how", ["weight in place", "submodule replaced", "parameter replaced", "forward hook added",
+                                 "layer appended"])
+def test_a_network_run_at_many_inputs_in_one_scope_answers_for_its_weights_of_each_run(vae, how: str) -> None:
+    # A sequence model runs one network at a new input each time step, and the scope checks each new entry against
+    # the network's state of that network's last entry (reused while it holds). After a change between two inputs,
+    # the entry made after it answers (the scope knows the new state), and the one made before it does not.
+    q, _, _, x = vae
+    x1, x2 = x, x + 1.0
+    with memoize():
+        before = q.get_params({"x": x1})["loc"]
+        _change(q, how)
+        after = q.get_params({"x": x2})["loc"]
+        assert q.calls == 2
+        assert q.get_params({"x": x2})["loc"] is after and q.calls == 2  # made after the change: a hit
+        again = q.get_params({"x": x1})["loc"]  # made before the change: runs again, with the new weights
+        assert q.calls == 3 and again is not before
+    with torch.no_grad():
+        fresh = q.get_params({"x": x1})["loc"]
+    torch.testing.assert_close(again.detach(), fresh, rtol=0, atol=0)
+    if how != "layer appended":  # (an appended layer that the forward does not use changes no value)
+        assert not torch.equal(before.detach(), fresh)
+
+
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("keywords", [True, False], ids=["forward(**inputs)", "forward(h)"])
 def test_inputs_freed_within_a_scope_never_answer_a_later_tensor(grad: bool, keywords: bool) -> None:
