@@ -136,6 +136,19 @@ def _library_distribution(fn: Any) -> bool:
     return type(fn).__module__.partition(".")[0] in ("torch", "pyro", "pyro_dgm")
 
 
+def observed_refusal(owner: Any, name: str, fn: Any, x: Tensor) -> Exception | None:
+    """Score an observed value ``x`` of ``name`` under ``fn``, the site distribution of ``owner``: a
+    :class:`NotOneHotError` (class indices given to a one-hot family) is raised naming ``owner`` and ``name``; any
+    other error is returned (Pyro's trace raises it when it scores the site), ``None`` when ``x`` scores."""
+    try:
+        fn.log_prob(x)
+    except NotOneHotError as e:
+        raise NotOneHotError(f"{describe(owner)}: cannot score {name!r} of shape {tuple(x.shape)}: {e}") from e
+    except Exception as e:  # noqa: BLE001 (a user's Pyro distribution may raise anything: the caller decides)
+        return e
+    return None
+
+
 def _scores(fn: Any, x: Tensor) -> bool:
     """Whether ``fn`` scores ``x`` without an error."""
     try:
@@ -799,16 +812,12 @@ class DistributionBase(Distribution):
         given to a one-hot family, under validation: :class:`NotOneHotError`; a bool value of a family that takes
         none: :class:`DTypeError`), naming this distribution, where Pyro's trace would score it later and say only
         the site's name. Float values (data, float one-hot labels, every draw) never come here."""
-        try:
-            fn.log_prob(x)
-        except NotOneHotError as e:
-            raise NotOneHotError(f"{describe(self)}: cannot score {name!r} of shape {tuple(x.shape)}: {e}") from e
-        except Exception as e:  # noqa: BLE001 (a user's Pyro distribution may raise anything: told apart below)
-            if isinstance(e, (ValueError, RuntimeError)) and x.dtype == torch.bool and _scores(
-                    fn, x.to(torch.get_default_dtype())):
-                self._dgm_not_real(name, x, e)  # (its dtype alone is refused: a bool value of a wrong shape is
-                # left to the shape error that Pyro's trace raises when it scores the site, as for a float one)
-            # (another refusal: Pyro's trace raises it when it scores the site, as before)
+        e = observed_refusal(self, name, fn, x)
+        if isinstance(e, (ValueError, RuntimeError)) and x.dtype == torch.bool and _scores(
+                fn, x.to(torch.get_default_dtype())):
+            self._dgm_not_real(name, x, e)  # (its dtype alone is refused: a bool value of a wrong shape is
+            # left to the shape error that Pyro's trace raises when it scores the site, as for a float one)
+        # (another refusal: Pyro's trace raises it when it scores the site, as before)
 
     def _dgm_no_class_dim(self, batch_n: int) -> NoReturn:
         """Refuse ``batch_n`` draws from a family whose class parameter was given as a scalar, as Pixyz refuses them

@@ -14,6 +14,7 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
+from torch.distributions import Distribution as _TorchDistribution
 
 from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution, OptionalInputs, check_inner,
                                              distribution_list, expand_root, site_fn, unwrap, weight_list)
@@ -21,6 +22,7 @@ from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
+from pyro_dgm.distributions.family import _one_hot_support, observed_refusal
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.poe import expert_given
 from pyro_dgm.utils.checks import ShapeError, describe, ordered_union, sample_batch_n
@@ -216,6 +218,10 @@ class _Mixture(OneSiteDistribution):
         fn, _ = self._dgm_fn(b, values, ctx)
         name = b.var[0]
         value = self._dgm_record(name, fn.mean, fn.event_dim) if ctx.sample_mean else self._dgm_site(name, fn, ctx)
+        if (isinstance(value, Tensor) and not value.is_floating_point() and _TorchDistribution._validate_args
+                and _one_hot_support(fn) and not torch.jit.is_tracing()):
+            observed_refusal(self, name, fn, value)  # class indices observed under one-hot components: named now,
+            # as a family's site names them (its components draw floats, so only data and pyro.condition come here)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
 
