@@ -4,13 +4,21 @@ are made once per network, not per entry), and a mixture's Pyro site names refus
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pyro.poutine as poutine
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pyro_dgm.distributions import Categorical, MixtureModel
+from pyro_dgm.models import Model
+from pyro_dgm.poutine import get_cache_maxsize, set_cache_maxsize
 from pyro_dgm.utils.checks import NotOneHotError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "losses"))
+import compile_models  # noqa: E402
 
 
 def _mixture_of_categoricals(k: int = 3, classes: int = 4) -> tuple[MixtureModel, torch.Tensor, torch.Tensor]:
@@ -47,3 +55,36 @@ def test_one_hot_labels_at_a_mixtures_pyro_site_score_the_mixture_density(dtype:
     expected = torch.logsumexp(weights.log() + probs[:, labels].T.log(), -1)  # log sum_k pi_k p_k(label)
     torch.testing.assert_close(trace.nodes["x"]["log_prob"], expected)
     torch.testing.assert_close(mix.get_log_prob({"x": x}), expected)
+
+
+def _dmm_training(memo: bool, steps: int = 3) -> tuple[list[float], list[torch.Tensor], int]:
+    """A deep Markov model (``IterativeLoss`` over T steps) trained with Adam: the losses, the final weights and how
+    many times the guide's network ran in the last evaluation."""
+    torch.manual_seed(0)
+    loss, batch = compile_models.dmm()
+    model = Model(loss, distributions=list(loss.distributions), optimizer=torch.optim.Adam,
+                  optimizer_params={"lr": 1e-2})
+    guide = next(d for d in loss.distributions if d.name == "q")
+    runs = [0]
+    guide.net.register_forward_hook(lambda m, i, o: runs.__setitem__(0, runs[0] + 1))
+    size = get_cache_maxsize()
+    set_cache_maxsize(size if memo else 0)
+    try:
+        losses = []
+        for s in range(steps):
+            runs[0] = 0
+            losses.append(float(model.train(batch(s))))
+    finally:
+        set_cache_maxsize(size)
+    return losses, [p.detach().clone() for p in model.parameters()], runs[0]
+
+
+def test_a_sequence_models_networks_run_once_per_time_step_and_train_as_without_memoization() -> None:
+    # Each time step runs the guide at a new input (z_{t-1}, x_t): one entry per step, which its KL and its draw
+    # share; the entries' checks of the network's weights must not change a value or a gradient.
+    losses, weights, runs = _dmm_training(memo=True)
+    plain_losses, plain_weights, plain_runs = _dmm_training(memo=False)
+    assert runs == compile_models.T and plain_runs == 2 * compile_models.T
+    torch.testing.assert_close(losses, plain_losses, rtol=1e-6, atol=1e-6)  # (gradient sums in another order)
+    for w, v in zip(weights, plain_weights):
+        torch.testing.assert_close(w, v, rtol=1e-5, atol=1e-6)
