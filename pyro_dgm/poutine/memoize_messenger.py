@@ -27,6 +27,7 @@ from torch.nn.modules import module as _nn_module
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pyro_dgm.utils.modules import hook_ends
+from pyro_dgm.utils.versions import data_ptrs
 
 __all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
            "same_marks"]
@@ -236,18 +237,19 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
                 ends.append((pre, *hook_ends(pre)))
             for k, c in mods.items():
                 owners.append(mods), keys.append(k), held.append(c)
-            for k, t in ps.items():
+            for k, t in ps.items():  # (a slot holding None too: a bias given later fills it)
+                owners.append(ps), keys.append(k), held.append(t)
                 if t is not None:
-                    owners.append(ps), keys.append(k), held.append(t), params.append(t)
+                    params.append(t)
         versions = [t._version for t in params]
         return (tuple(dicts), tuple(map(len, dicts)), tuple(ends), tuple(owners), tuple(keys), tuple(held),
-                tuple(params), versions)
+                tuple(params), versions, data_ptrs(params))
     except RuntimeError:
         return None
 
 
 def _same_params(state: tuple[Any, ...]) -> bool:
-    dicts, sizes, ends, owners, keys, held, params, versions = state
+    dicts, sizes, ends, owners, keys, held, params, versions, ptrs = state
     if tuple(map(len, dicts)) != sizes:
         return False
     for d, first, last in ends:  # (usually none: a module without hooks; the lengths are the same here)
@@ -258,7 +260,7 @@ def _same_params(state: tuple[Any, ...]) -> bool:
             return False
     except KeyError:
         return False
-    return [t._version for t in params] == versions
+    return [t._version for t in params] == versions and data_ptrs(params) == ptrs
 
 
 def _buffer_versions(module: Any) -> tuple[Any, ...]:
@@ -338,7 +340,7 @@ class MemoizeMessenger(Messenger):
     def __init__(self, pyro_stack: bool = True) -> None:
         super().__init__()
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
-        self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (module, its last _param_state): see store
+        self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (weakref to it, its last _param_state): _state
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
@@ -416,6 +418,7 @@ class MemoizeMessenger(Messenger):
             return None, None
         if self._pyro_stack and self._steps != _OPTIMIZER_STEPS[0]:  # a scope the user opened around a training
             self._cache.clear()  # loop, and an optimizer stepped since the entries were made: their parameters
+            self._states.clear()
             self._steps = _OPTIMIZER_STEPS[0]  # and graphs are gone. (Not Loss.eval's scope, one evaluation: a
             # step in another thread must not make it run a network again; read here, not in __init__, where
             # torch.compile would guard on it)
@@ -447,13 +450,17 @@ class MemoizeMessenger(Messenger):
         """``_param_state(module)``, or the one made for ``module``'s last entry while that still holds: the same
         object answers every entry of a network that runs at many inputs in one scope (each time step of a sequence
         model), and checking a state costs a fraction of making one."""
-        if module is None:
+        if not isinstance(module, torch.nn.Module):
             return None
-        known = self._states.get(id(module))
-        if known is not None and known[0] is module and known[1] is not None and _same_params(known[1]):
+        states = self._states
+        known = states.get(id(module))
+        if known is not None and known[0]() is module and known[1] is not None and _same_params(known[1]):
             return known[1]
         state = _param_state(module)
-        self._states[id(module)] = (module, state)
+        states.pop(id(module), None)
+        states[id(module)] = (weakref.ref(module), state)  # (not the network itself: one the user drops is freed)
+        if len(states) > max(_MAXSIZE[0], 1):  # (as many networks as the cache holds entries: a scope around a loop
+            del states[next(iter(states))]  # that makes and drops networks keeps no more of their weights alive)
         return state
 
     def _forget_after_backward(self, key: Hashable, value: Any) -> None:

@@ -8,9 +8,10 @@ Pixyz's cache keys on the input tensors alone, so it also returns values that ar
 recomputes where Pixyz would have returned:
 
 * **stale values after an optimizer step** (or any in-place change of the module's parameters or buffers, or of an
-  input tensor): the key holds every parameter's and buffer's ``_version``. A change through ``.data``
-  (``p.data.clamp_(...)``, ``p.data = t``) hides from autograd's version counter, so it is not seen (Pixyz's cache
-  misses it too): change parameters in place under ``torch.no_grad()`` instead (``p.clamp_(...)``, ``p.copy_(t)``);
+  input tensor): the key holds every parameter's and buffer's ``_version``, and where its data lies (``p.data = t``,
+  as ``vector_to_parameters`` and ``module.double()`` do, moves it). A change in place through ``.data``
+  (``p.data.clamp_(...)``) hides from autograd's version counter, so it is not seen (Pixyz's cache misses it too):
+  change parameters in place under ``torch.no_grad()`` instead (``p.clamp_(...)``, ``p.copy_(t)``);
 * **a graph that a backward pass has freed** (Pixyz's second ``backward`` raises "Trying to backward through the
   graph a second time"): an entry is dropped when a gradient flows through one of its tensors;
 * **values computed before a forward hook was added, removed or replaced** (of the module's submodules, or a global
@@ -34,7 +35,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import Tensor, nn
 from pyro_dgm.utils.modules import hooks_state, register_registration_hooks
-from pyro_dgm.utils.versions import version
+from pyro_dgm.utils.versions import data_ptrs, version
 
 __all__ = ["lru_cache_for_sample_dict"]
 
@@ -135,8 +136,8 @@ class _Entries:
             versions = tuple(map(_VERSION, tensors))
         except RuntimeError:  # a module built under torch.inference_mode: a new state at every call
             versions = tuple(map(version, tensors))
-        return (structure, tuple(map(id, tensors)), versions, tuple(m.training for m in self.modules),
-                hooks_state(self.modules))
+        return (structure, tuple(map(id, tensors)), versions, tuple(data_ptrs(tensors)),
+                tuple(m.training for m in self.modules), hooks_state(self.modules))
 
     def settle(self, owner: Any) -> None:
         """After a call: what the call itself changed (a batch norm's statistics, which its forward updates) belongs

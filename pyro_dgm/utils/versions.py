@@ -1,11 +1,11 @@
 """Version counters of tensors, for the caches that must notice an in-place change of what they were given."""
 from __future__ import annotations
 
-from typing import Hashable
+from typing import Any, Hashable, Sequence
 
 from torch import Tensor
 
-__all__ = ["version"]
+__all__ = ["version", "data_ptrs"]
 
 
 def version(t: Tensor) -> Hashable:
@@ -28,3 +28,27 @@ def version(t: Tensor) -> Hashable:
         return t._version
     except RuntimeError:  # "Inference tensors do not track version counter."
         return object()
+
+
+def data_ptrs(tensors: Sequence[Tensor]) -> list[Any]:
+    """Where each tensor's data lies: assigning ``p.data`` (``vector_to_parameters``, ``module.double()``) moves it
+    without a new version. ``None`` for a tensor without storage (an uninitialized lazy parameter).
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(2))
+    >>> before = data_ptrs([p]); torch.nn.utils.vector_to_parameters(torch.ones(2), [p]); data_ptrs([p]) == before
+    False
+    """
+    try:
+        return [t.data_ptr() for t in tensors]
+    except (RuntimeError, ValueError):  # (a lazy module's UninitializedParameter, a tensor subclass without storage)
+        return [_data_ptr(t) for t in tensors]
+
+
+def _data_ptr(t: Tensor) -> Any:
+    try:
+        return t.data_ptr()
+    except (RuntimeError, ValueError):
+        return None

@@ -11,8 +11,9 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 import pyro_dgm.utils as utils
 from pyro_dgm.distributions import Normal
@@ -83,12 +84,14 @@ def test_a_caller_that_changes_the_returned_dict_leaves_the_cache_be() -> None:
     assert memo.get_params({"x": x})["loc"] is loc
 
 
-_ACTIONS = st.lists(st.sampled_from(["call_a", "call_b", "call_new", "step", "inplace_weight", "inplace_input",
-                                     "backward", "no_grad_call", "eval", "train"]), min_size=1, max_size=12)
+_ACTIONS = st.lists(st.sampled_from(["call_a", "call_b", "call_new", "step", "inplace_weight", "assign_data",
+                                     "inplace_input", "backward", "no_grad_call", "eval", "train"]),
+                    min_size=1, max_size=12)
 
 
 @settings(max_examples=100, deadline=None)
 @given(actions=_ACTIONS)
+@example(actions=["call_a", "assign_data", "call_a"])
 def test_always_the_values_and_gradients_of_the_undecorated_twin(actions: list[str]) -> None:
     """Any sequence of actions: each call's parameters equal the twin's (dropout off, so that both are
     deterministic; ``train`` and ``eval`` still switch the mode that is part of the key), and each backward gives
@@ -118,6 +121,9 @@ def test_always_the_values_and_gradients_of_the_undecorated_twin(actions: list[s
             with torch.no_grad():
                 memo.lin.weight.mul_(0.5)
                 twin.lin.weight.mul_(0.5)
+        elif action == "assign_data":  # each parameter's .data assigned (no new version), as by checkpoint tools
+            for m in (memo, twin):
+                vector_to_parameters(parameters_to_vector(m.parameters()).detach() * 0.5, m.parameters())
         elif action == "inplace_input":
             a.add_(1.0)
             last.clear()  # graphs that saved ``a`` cannot run backward any more (in both)

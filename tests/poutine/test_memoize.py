@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
+import gc
 import math
+import weakref
 
 import pyro
 import pyro.poutine as poutine
@@ -12,6 +15,7 @@ import torch
 from dgm_fixtures import Decoder
 from pyro.infer import SVI
 from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from pyro_dgm.distributions import Normal
 from pyro_dgm.losses import ELBO, Expectation, KullbackLeibler, LogProb
@@ -134,16 +138,23 @@ def _change(q: Encoder, how: str) -> None:
         q.fc.register_forward_hook(lambda m, i, o: 2 * o)
     elif how == "layer appended":
         q.drop.add_module("extra", nn.Identity())
+    elif how == "bias slot filled":  # (the slot held None: a hypernetwork gives the bias later)
+        q.fc.bias = nn.Parameter(torch.ones(4))
+    elif how == "vector_to_parameters":  # (assigns each parameter's .data: no new version)
+        vector_to_parameters(parameters_to_vector(q.parameters()).detach() * 3, q.parameters())
 
 
 @pytest.mark.parametrize("how", ["weight in place", "submodule replaced", "parameter replaced", "forward hook added",
-                                 "layer appended"])
+                                 "layer appended", "bias slot filled", "vector_to_parameters"])
 def test_a_network_run_at_many_inputs_in_one_scope_answers_for_its_weights_of_each_run(vae, how: str) -> None:
     # A sequence model runs one network at a new input each time step, and the scope checks each new entry against
     # the network's state of that network's last entry (reused while it holds). After a change between two inputs,
-    # the entry made after it answers (the scope knows the new state), and the one made before it does not.
+    # the entry made after it answers (the scope knows the new state), and the one made before it does not; nor
+    # does the later one after a further change.
     q, _, _, x = vae
     x1, x2 = x, x + 1.0
+    if how == "bias slot filled":
+        q.fc.bias = None
     with memoize():
         before = q.get_params({"x": x1})["loc"]
         _change(q, how)
@@ -152,11 +163,35 @@ def test_a_network_run_at_many_inputs_in_one_scope_answers_for_its_weights_of_ea
         assert q.get_params({"x": x2})["loc"] is after and q.calls == 2  # made after the change: a hit
         again = q.get_params({"x": x1})["loc"]  # made before the change: runs again, with the new weights
         assert q.calls == 3 and again is not before
+        with torch.no_grad():
+            for w in q.parameters():
+                w.add_(0.5)
+        later = q.get_params({"x": x2})["loc"]  # made after the first change, before this one: runs again
+        assert q.calls == 4 and later is not after
     with torch.no_grad():
+        for w in q.parameters():
+            w.sub_(0.5)
         fresh = q.get_params({"x": x1})["loc"]
-    torch.testing.assert_close(again.detach(), fresh, rtol=0, atol=0)
+    torch.testing.assert_close(again.detach(), fresh, rtol=0, atol=1e-6)
     if how != "layer appended":  # (an appended layer that the forward does not use changes no value)
         assert not torch.equal(before.detach(), fresh)
+
+
+def test_a_scope_around_a_loop_frees_the_networks_it_drops() -> None:
+    # A scope the user opens around a loop that makes a network per task (a copy, used once) keeps none of them
+    # alive: an entry holds the network's parameters only while it can answer (the cache's size bounds them).
+    set_cache_maxsize(2)
+    q = Encoder()
+    refs = []
+    with memoize():
+        for _ in range(10):
+            task = copy.deepcopy(q)
+            with torch.no_grad():
+                task.get_params({"x": torch.randn(3, 4)})
+            refs.append(weakref.ref(task))
+            del task
+        gc.collect()
+        assert sum(r() is not None for r in refs) <= 2  # (the two entries the cache may still hold)
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
