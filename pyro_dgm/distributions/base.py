@@ -1657,7 +1657,8 @@ class Distribution(YieldingModule):
         device than the network's parameters (torch: "Expected all tensors to be on the same device"); else
         nothing (the error keeps its type)."""
         scalars = [v for v in names if isinstance(values[v], Tensor) and values[v].dim() == 0]
-        if scalars and ("at least 1D" in text or "0D" in text or "0-d" in text):  # (not any rank error: a valid
+        if scalars and ("at least 1D" in text or "0D" in text or "0-d" in text
+                        or "ArrayRef: invalid index" in text):  # (torch 2.1's words) (not any rank error: a valid
             # scalar input is not to blame for another input's "Tensors must have same number of dimensions")
             v = scalars[0]
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "

@@ -44,6 +44,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from pyro_dgm.utils.shapes import broadcast_shape
+from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "register_log_prob",
            "register_rsample", "register_kl", "register_standard", "ClosedParams", "validating",
@@ -286,7 +287,7 @@ def bernoulli_cross_entropy(probs: Tensor, x: Tensor) -> Tensor:
     >>> p.grad  # 0 where p is right, binary_cross_entropy's -1e12 where it is sure and wrong
     tensor([ 0.0000e+00, -1.0000e+12])
     """
-    if probs.dtype in _FULL_DTYPES and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+    if probs.dtype in _FULL_DTYPES and not torch.jit.is_tracing() and not is_compiling():
         return _CrossEntropy.apply(probs, x)
     # low precision (1e-12 is 0 in float16: the gradient's floor would not hold), TorchScript traces (Pyro's JIT
     # ELBOs fail on a traced autograd.Function) and torch.compile (Dynamo does not trace a custom jvp): torch
@@ -361,12 +362,12 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
         return _sum(bernoulli_cross_entropy(probs, x), dims)
     if probs.is_cpu:
         if (probs.dtype in _FULL_DTYPES and (probs.numel() > _FUSED_UP_TO or _differentiated(x))
-                and not torch.compiler.is_compiling()
+                and not is_compiling()
                 and not torch._C._are_functorch_transforms_active()):
             if not in_unit_interval(probs):
                 raise RuntimeError(_OUT_OF_RANGE)
             return _sum(_CrossEntropy.apply(probs, x), dims)
-        if torch.compiler.is_compiling():  # no try in a graph, and the kernel that the aot_eager and eager backends
+        if is_compiling():  # no try in a graph, and the kernel that the aot_eager and eager backends
             # run refuses values outside [0, 1]: its value is linear in the value, so it is given only 0 and 1 (the
             # same value and gradients; the probabilities are checked as before, inductor's kernel checks none)
             lp_1 = F.binary_cross_entropy(probs, torch.ones_like(probs), reduction="none")

@@ -31,6 +31,7 @@ from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
 from pyro_dgm.utils.versions import version
+from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["DistributionBase"]
 
@@ -705,7 +706,7 @@ class DistributionBase(Distribution):
         e.g. N(0, I)); checked once per set of buffers. ``False`` while torch.compile traces: the test reads the
         buffers' values (a graph break), and the general formula gives the same value, fused by the compiler."""
         test = closed_forms.IS_STANDARD.get(self.pyro_dist) if self._dgm_const_only and self._dgm_plain else None
-        if test is None or self._dgm_consts_need_grad() or torch.compiler.is_compiling():  # (the shortcut drops
+        if test is None or self._dgm_consts_need_grad() or is_compiling():  # (the shortcut drops
             return False  # the gradient)
         key = self._dgm_const_key()
         cached = self._dgm_standard_cache
@@ -720,7 +721,7 @@ class DistributionBase(Distribution):
         torch.compile traces it is built afresh (a cache keyed by the buffers' versions would make the compiled
         code guard on them); it costs nothing at run time there."""
         bufs = self._buffers
-        if torch.compiler.is_compiling() or self._dgm_consts_need_grad():
+        if is_compiling() or self._dgm_consts_need_grad():
             return self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=False)
         if PYRO_STACK and not ignores_sites(PYRO_STACK):  # a Pyro handler sees the site: copies (see _dgm_params)
             base = self._dgm_base({n: bufs[n].clone() for n in self._dgm_const_names}, validate=False)
@@ -850,7 +851,7 @@ class DistributionBase(Distribution):
         draw and score records (about 0.1 us); the object is built only if read. Not while torch.compile traces: a
         traced tensor kept on the module would be one more output of the graph."""
         state = self.__dict__
-        if rec is state.get("_dist") or torch.compiler.is_compiling():  # (rec: the object a user's set_dist just
+        if rec is state.get("_dist") or is_compiling():  # (rec: the object a user's set_dist just
             return  # set, see overrides._fn_via_set_dist)
         state["_dgm_last"] = (rec, hard)
         state.pop("_dist", None)
@@ -1215,7 +1216,7 @@ class DistributionBase(Distribution):
         :func:`~pyro_dgm.utils.checks.value_shape_problem` (``summed``: ``sum_features``)."""
         # (no memo while torch.compile traces: the check costs nothing in the graph, and the memo would hash the
         # symbolic batch size, so Dynamo would guard on its value: a graph per batch size)
-        memo = not torch.compiler.is_compiling()
+        memo = not is_compiling()
         if memo:
             key = (value_shape, shape, n_features, STRICT_SHAPES[0], summed)
             seen = self.__dict__.get("_dgm_shapes_ok")

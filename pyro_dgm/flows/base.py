@@ -48,6 +48,7 @@ from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
 from pyro_dgm.utils.versions import version
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.settings import epsilon
+from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["Flow", "FlowList", "ConditionedFlow", "sum_rightmost", "zero_logdet"]
 
@@ -78,7 +79,7 @@ def _follows_input(flow: "Flow") -> bool:
     Flows it did not set (those a user's own flow runs inside itself) follow their inputs, as in Pixyz."""
     if not flow.__dict__.get("_dgm_dist_dims"):
         return True
-    if torch.compiler.is_compiling() or _PINNED.depth:
+    if is_compiling() or _PINNED.depth:
         return False
     _EPOCH[0] += 1  # (used alone: the distribution sets it again when it next runs it)
     return True
@@ -99,7 +100,7 @@ class _EventDimsFixed:
     __slots__ = ("_on",)
 
     def __enter__(self) -> None:
-        self._on = not torch.compiler.is_compiling()
+        self._on = not is_compiling()
         if self._on:
             _PINNED.depth += 1
 
@@ -191,7 +192,7 @@ def _dgm_memory(flow: "Flow") -> _Memory | None:
         m = memo.noted(flow)
         if m is not None:
             return m
-    if torch.compiler.is_compiling():
+    if is_compiling():
         return None
     return flow._dgm_memory
 
@@ -201,7 +202,7 @@ def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context
     memo = active_memo()
     if memo is not None:  # valid for the rest of the evaluation: its state is the grad mode alone
         memo.note(flow, _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled(), parts))
-    if not torch.compiler.is_compiling():
+    if not is_compiling():
         kept: list[Tensor] = []
         flow._dgm_memory = _Memory(x, z, logdet, context, by_inverse, _state(flow, kept), parts)
         flow._dgm_memory.kept = kept
@@ -240,7 +241,7 @@ def _batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
     submodule, parameter or buffer since (a layer added to the flow after its first draw). While torch.compile
     traces, they are found afresh (at trace time only: the compiled code holds the result): tracing cannot install
     torch's registration hooks, and a guard on whether they are installed would recompile once they are."""
-    if torch.compiler.is_compiling():
+    if is_compiling():
         return _find_batch_layers(flow)
     _watch_structure()
     structure = _STRUCTURE[0]
@@ -956,7 +957,7 @@ class FlowList(Flow):
     def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
         # (not remembered while torch.compile traces: comparing the memo's sizes with the traced input's would make
         # Dynamo guard on the batch size, a graph per batch size; the adaptation itself costs nothing in the graph)
-        key = None if torch.compiler.is_compiling() else (tuple(shape), inverse, _EPOCH[0])
+        key = None if is_compiling() else (tuple(shape), inverse, _EPOCH[0])
         if key is not None and key == self._dgm_adapted_for:
             return
         parts = list(reversed(self._dgm_parts)) if inverse else self._dgm_parts

@@ -47,6 +47,7 @@ from pyro_dgm.losses.special import LossArgumentError
 from pyro_dgm.losses.steps import HALF_DTYPES, SIGNALS, WatchedBuffers, finite_sum, optimizer_arguments
 from pyro_dgm.losses.steps import restore_buffers
 from pyro_dgm.utils.checks import DTypeError, OutOfRangeError, ShapeError, check_present, describe
+from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
 
@@ -241,7 +242,7 @@ class AdversarialLoss(Loss):
                                  f"values of dtype {y.dtype}; it must output real numbers (a floating-point tensor, "
                                  "e.g. from a last linear layer)")
             return
-        if torch.compiler.is_compiling() and torch.is_floating_point(y):  # checked in the graph, no .item() break
+        if is_compiling() and torch.is_floating_point(y):  # checked in the graph, no .item() break
             torch._assert_async(((y >= 0) & (y <= 1)).all(), f"{type(self).__name__}: the discriminator must "
                                 "output probabilities in [0, 1]; end its network with a sigmoid")
             return

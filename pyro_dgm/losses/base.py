@@ -39,6 +39,7 @@ from pyro_dgm.utils.attributes import Yielding, YieldingModule
 from pyro_dgm.utils.checks import as_var_list, check_present, numpy_tensor, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
+from pyro_dgm.utils.compat import is_compiling
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.losses.expectation import Expectation
@@ -533,7 +534,7 @@ class Loss(YieldingModule, _PyroELBO):
             scopes = MEMO_SCOPES.stack
             depth = len(scopes)
             try:
-                if compiled is not None and not torch.compiler.is_compiling():
+                if compiled is not None and not is_compiling():
                     loss, samples, recorder = compiled(inputs, kwargs, return_terms)
                 else:
                     loss, samples, recorder = self._dgm_outer_evaluation(inputs, kwargs, return_terms)

@@ -44,6 +44,7 @@ from torch import Tensor
 from torch.distributions import Distribution as _Distribution
 
 from pyro_dgm.distributions.closed_forms import validating
+from pyro_dgm.utils.compat import is_compiling, mark_step_begin
 
 __all__ = ["CompiledEval", "CompiledOuter", "OwnEval", "compile_options", "eval_form", "eval_with_terms", "frozen",
            "uses_cuda_graphs", "without_validation"]
@@ -219,7 +220,7 @@ def frozen(params: Sequence[Tensor]) -> Iterator[None]:
     >>> y.requires_grad, w.requires_grad
     (False, True)
     """
-    if torch.compiler.is_compiling():  # frozen before the compiled call, if at all
+    if is_compiling():  # frozen before the compiled call, if at all
         yield
         return
     changed = [p for p in params if p.requires_grad]
@@ -343,7 +344,7 @@ class _FirstCallEager:
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 if not self._graphs:
                     return self._dgm_fn(*args)
-                torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's outputs were cloned
+                mark_step_begin()  # a new step: the last one's outputs were cloned
                 return _kept(self._dgm_fn(*args))
             except Exception as e:  # noqa: BLE001 (looked at below)
                 failed = e

@@ -18,9 +18,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedBuffer
-from torch.nn.utils import get_total_norm
 
 from pyro_dgm.poutine.memoize_messenger import _numpy_mark
+from pyro_dgm.utils.compat import get_total_norm
 from pyro_dgm.utils.modules import register_registration_hooks, submodules
 from pyro_dgm.utils.random import current_generator
 

@@ -633,7 +633,8 @@ def _read(path: Any, device: Any) -> Any:
         size = os.path.getsize(where) if isinstance(path, (str, os.PathLike)) and os.path.isfile(where) else None
         sized = f" ({size} bytes)" if size is not None else ""
         text = str(error)
-        unsafe = "Weights only load failed" in text and ("GLOBAL" in text or "Unsupported global" in text)
+        unsafe = "Weights only load failed" in text and ("GLOBAL" in text or "Unsupported global" in text
+                                                         or "Unsupported class" in text)  # (torch < 2.4's words)
         why = ("holds objects other than tensors, numbers, strings and containers, which Model.load does not "
                "unpickle (weights_only=True)" if unsafe else
                "is truncated or is not a checkpoint written by Model.save (an interrupted copy or save, or another "
@@ -645,7 +646,7 @@ def _read(path: Any, device: Any) -> Any:
 def _detail(text: str) -> str:
     """The informative line of a torch.load error: for a weights_only refusal the reason ("Unsupported operand
     110", "Trying to load unsupported GLOBAL ..."), else its first line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip().rpartition("WeightsUnpickler error: ")[2] for line in text.splitlines() if line.strip()]
     reason = [line for line in lines if line.startswith(("Trying to load unsupported", "Unsupported"))]
     return (reason or lines or [""])[0]
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
 import torch
 from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor, nn
-from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
+from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, WatchedBuffers, autograd_leaves, restore_buffers
@@ -40,6 +40,7 @@ from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
 from pyro_dgm.utils.checks import ShapeError
+from pyro_dgm.utils.compat import clip_grads_with_norm_, get_total_norm
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils import tolist  # noqa: F401  (helpers Pixyz's module namespace has)

@@ -28,6 +28,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pyro_dgm.utils.modules import hook_ends
 from pyro_dgm.utils.versions import data_ptrs
+from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
            "same_marks"]
@@ -411,7 +412,7 @@ class MemoizeMessenger(Messenger):
         """The key of a call and its cached value (``None`` on a miss or when memoization is off)."""
         if _MAXSIZE[0] == 0:
             return None, None
-        if torch.compiler.is_compiling():
+        if is_compiling():
             return self._traced_lookup(module, args, kwargs)
         key = self._key(module, args, kwargs)
         if key is None:

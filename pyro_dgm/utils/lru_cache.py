@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from pyro_dgm.utils.modules import hooks_state, register_registration_hooks
 from pyro_dgm.utils.versions import data_ptrs, version
+from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["lru_cache_for_sample_dict"]
 
@@ -192,7 +193,7 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def cached(owner: Any, *args: Any, **kwargs: Any) -> Any:
-            if torch.compiler.is_compiling():  # a traced call: Python-level keys would make the compiler guard
+            if is_compiling():  # a traced call: Python-level keys would make the compiler guard
                 return fn(owner, *args, **kwargs)
             anchors: list[Any] = []
             try:

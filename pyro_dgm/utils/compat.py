@@ -1,0 +1,64 @@
+"""What pyro_dgm uses from newer torch releases, for the older ones its metadata admits (``torch>=2.1``).
+
+Each name is torch's own where torch has it; otherwise a stand-in (defined here for every torch, so that the tests
+compare it with torch's own) that computes the same thing.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = ["clip_grads_with_norm_", "get_total_norm", "is_compiling", "mark_step_begin"]
+
+
+def total_norm(tensors: Iterable[Tensor], norm_type: float = 2.0) -> Tensor:
+    """The ``norm_type``-norm of all ``tensors`` together: ``torch.nn.utils.get_total_norm`` (torch 2.6).
+
+    Examples
+    --------
+    >>> float(total_norm([torch.tensor([3.0]), torch.tensor([4.0])]))
+    5.0
+    """
+    tensors = [t for t in tensors if t is not None]
+    if not tensors:
+        return torch.tensor(0.0)
+    device = tensors[0].device
+    norms = [torch.linalg.vector_norm(t, norm_type).to(device) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
+
+
+def clip_with_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float, norm: Tensor) -> None:
+    """Scale the gradients of ``parameters`` by ``max_norm / norm`` where that is below 1:
+    ``torch.nn.utils.clip_grads_with_norm_`` (torch 2.6).
+
+    Examples
+    --------
+    >>> w = torch.nn.Parameter(torch.zeros(2)); w.grad = torch.tensor([3.0, 4.0])
+    >>> clip_with_norm_([w], 1.0, total_norm([w.grad])); w.grad
+    tensor([0.6000, 0.8000])
+    """
+    grads = [p.grad for p in ([parameters] if isinstance(parameters, Tensor) else parameters) if p.grad is not None]
+    coef = torch.clamp(float(max_norm) / (norm + 1e-6), max=1.0)  # (float: as torch reads a max_norm of '0.5')
+    for g in grads:
+        g.mul_(coef.to(g.device))
+
+
+def mark_step_begin() -> None:
+    """``torch.compiler.cudagraph_mark_step_begin()`` (torch 2.2): a new step of a CUDA-graph compiled function; the
+    older torch marks steps itself."""
+    mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+    if mark is not None:
+        mark()
+
+
+try:  # torch >= 2.6
+    from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+except ImportError:
+    clip_grads_with_norm_, get_total_norm = clip_with_norm_, total_norm
+
+try:  # torch >= 2.3 (the same function Dynamo treats as True while it traces)
+    from torch.compiler import is_compiling
+except ImportError:
+    from torch._dynamo import is_compiling  # type: ignore[no-redef]
