@@ -3,6 +3,8 @@ torch's own functions compute (checked here against the torch these tests run on
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import pytest
 import torch
@@ -50,3 +52,24 @@ def test_the_names_used_are_torchs_own_where_torch_has_them() -> None:
     if hasattr(torch.compiler, "is_compiling"):
         assert compat.is_compiling is torch.compiler.is_compiling
     assert compat.is_compiling() is False  # (outside a traced function)
+
+
+@pytest.mark.parametrize("version", ["2.8.0+cu128", "2.5.1", "2.1.2+cu121"])
+def test_compiling_on_a_torch_whose_dynamo_cannot_trace_pyro_dgm_is_refused_when_built(monkeypatch: Any,
+                                                                                     version: str) -> None:
+    from dgm_fixtures import Decoder, Encoder, standard_prior
+
+    from pyro_dgm.losses import ELBO
+    from pyro_dgm.models import Model
+
+    q, p = Encoder(), Decoder()
+    loss = -ELBO(p * standard_prior(2), q).mean()
+    monkeypatch.setattr(torch, "__version__", version)
+    for build in (lambda: Model(loss, distributions=[q, p], compile=True),
+                  lambda: Model(loss, distributions=[q, p], compile={"backend": "eager"}),
+                  lambda: loss.compile()):
+        with pytest.raises(RuntimeError, match=rf"compiling the loss evaluation needs torch >= 2\.10 \(this is torch "
+                                                   rf"{re.escape(version)}"):
+            build()
+    x = torch.bernoulli(torch.full((4, 6), 0.5))
+    assert math.isfinite(float(Model(loss, distributions=[q, p]).train({"x": x})))  # eager training is not refused

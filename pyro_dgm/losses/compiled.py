@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.distributions import Distribution as _Distribution
 
 from pyro_dgm.distributions.closed_forms import validating
-from pyro_dgm.utils.compat import is_compiling, mark_step_begin
+from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin
 
 __all__ = ["CompiledEval", "CompiledOuter", "OwnEval", "compile_options", "eval_form", "eval_with_terms", "frozen",
            "uses_cuda_graphs", "without_validation"]
@@ -69,6 +69,11 @@ def compile_options(owner: str, compile: bool | Mapping[str, Any] | None) -> dic
     """
     if compile is None or compile is False:
         return None
+    if (compile is True or isinstance(compile, Mapping)) and not compiles():
+        since = ".".join(map(str, COMPILE_SINCE))
+        raise RuntimeError(f"{owner}: compiling the loss evaluation needs torch >= {since} (this is torch "
+                           f"{torch.__version__}, whose Dynamo cannot trace it); upgrade torch, or evaluate eagerly "
+                           "(compile=False, no loss.compile(): the same values)")
     if compile is True:
         return dict(_DEFAULTS)
     if isinstance(compile, Mapping):

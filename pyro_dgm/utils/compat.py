@@ -5,12 +5,18 @@ compare it with torch's own) that computes the same thing.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import torch
 from torch import Tensor
 
-__all__ = ["clip_grads_with_norm_", "get_total_norm", "is_compiling", "mark_step_begin"]
+__all__ = ["COMPILE_SINCE", "clip_grads_with_norm_", "compiles", "get_total_norm", "is_compiling", "mark_step_begin"]
+
+#: The oldest torch whose Dynamo traces pyro_dgm's evaluation (``compile=``, ``loss.compile()``): older ones fail
+#: inside Dynamo on its context managers and caches (torch 2.1, 2.5 and 2.8 did; 2.10, 2.11 and 2.13 pass the
+#: compile tests), so those refuse to compile.
+COMPILE_SINCE = (2, 10)
 
 
 def total_norm(tensors: Iterable[Tensor], norm_type: float = 2.0) -> Tensor:
@@ -43,6 +49,19 @@ def clip_with_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float, norm
     coef = torch.clamp(float(max_norm) / (norm + 1e-6), max=1.0)  # (float: as torch reads a max_norm of '0.5')
     for g in grads:
         g.mul_(coef.to(g.device))
+
+
+def compiles(version: str | None = None) -> bool:
+    """Whether this torch (or ``version``, a ``torch.__version__`` string) compiles pyro_dgm's evaluation
+    (:data:`COMPILE_SINCE`).
+
+    Examples
+    --------
+    >>> compiles("2.13.0+cpu"), compiles("2.8.0+cu128"), compiles("2.10.0a0+git1234")
+    (True, False, True)
+    """
+    found = re.match(r"(\d+)\.(\d+)", str(torch.__version__ if version is None else version))
+    return found is None or (int(found[1]), int(found[2])) >= COMPILE_SINCE  # (an unreadable version: let it try)
 
 
 def mark_step_begin() -> None:
