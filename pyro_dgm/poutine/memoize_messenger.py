@@ -213,8 +213,9 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
     """What an entry made now for ``module`` answers under: which submodules and parameters it has (a submodule
     replaced, or weights swapped by ``torch.func.functional_call``, make them other objects), how many submodules,
     parameters and forward hooks each module has (a layer appended), which forward hooks (a hook added, or one
-    replaced by another: :func:`hook_ends`), also global ones (``register_module_forward_hook``), and its parameters'
-    versions (``with torch.no_grad(): w.mul_(2)``). Not its buffers: a forward pass updates a batch norm's statistics
+    replaced by another: :func:`hook_ends`), also global ones (``register_module_forward_hook``), its parameters'
+    versions (``with torch.no_grad(): w.mul_(2)``) and where their data lies (``vector_to_parameters`` assigns
+    ``.data``), and which parameter slots hold None (a bias given later). Not its buffers: a forward pass updates a batch norm's statistics
     in place, or a hand-written running mean by assigning a new tensor, also of a trunk that another network shares,
     and in training mode the outputs do not depend on them (Pixyz's cache reuses such passes too). ``None`` when
     there is nothing to check (not a module, or parameters without a version counter: built under
