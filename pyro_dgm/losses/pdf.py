@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ATOM, PREC_FUNC, Loss, with_input_var
-from pyro_dgm.losses.special import LossArgumentError
+from pyro_dgm.losses.special import DimsArgumentError
 from pyro_dgm.utils.checks import describe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,7 +26,8 @@ def check_distribution(p: Any, owner: str, arg: str = "p") -> None:
 def as_dims(owner: Any, arg: str, dims: Any, allow_int: bool = True) -> list[int]:
     """``dims`` (an int when ``allow_int``, or a sequence of ints: Python, numpy or one-element torch integers) as a
     list of ints; anything else (a string, a float, a bool) raises
-    :class:`~pyro_dgm.losses.special.LossArgumentError` (a TypeError, what torch's ``sum`` raises under Pixyz)
+    :class:`~pyro_dgm.losses.special.DimsArgumentError` (a TypeError, what torch's ``sum`` raises under Pixyz, and
+    a RuntimeError, what torch 2.11 and older raise there)
     naming ``owner`` and ``arg``.
 
     Examples
@@ -37,7 +38,7 @@ def as_dims(owner: Any, arg: str, dims: Any, allow_int: bool = True) -> list[int
     >>> as_dims("LogProb", "feature_dims", "a", allow_int=False)
     Traceback (most recent call last):
     ...
-    pyro_dgm.losses.special.LossArgumentError: LogProb: feature_dims must be a list of ints (dims of the \
+    pyro_dgm.losses.special.DimsArgumentError: LogProb: feature_dims must be a list of ints (dims of the \
 element-wise value to sum), got 'a'
     """
     try:
@@ -55,7 +56,7 @@ element-wise value to sum), got 'a'
     except TypeError:
         kind = "an int or a list of ints" if allow_int else "a list of ints"
         who = owner if isinstance(owner, str) else describe(owner)
-        raise LossArgumentError(f"{who}: {arg} must be {kind} (dims of the element-wise value to sum), got "
+        raise DimsArgumentError(f"{who}: {arg} must be {kind} (dims of the element-wise value to sum), got "
                                 f"{dims!r:.80}") from None
 
 

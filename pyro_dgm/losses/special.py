@@ -9,12 +9,17 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ATOM, PREC_NEG, Loss
 
-__all__ = ["ValueLoss", "Parameter", "ConstantVar", "LossArgumentError"]
+__all__ = ["ValueLoss", "Parameter", "ConstantVar", "LossArgumentError", "DimsArgumentError"]
 
 
 class LossArgumentError(TypeError, ValueError):
     """An argument of the wrong type for a loss (``loss + "y"``, ``Parameter(["x"])``): a TypeError, and also the
     ValueError that Pixyz raises there, so Pixyz code that catches ValueError still catches it."""
+
+
+class DimsArgumentError(LossArgumentError, RuntimeError):
+    """Dims to sum over that are not ints (``KullbackLeibler(q, p, dim="a")``): also the RuntimeError that torch 2.11
+    and older raise under Pixyz there (a named dim that the tensor does not have)."""
 
 
 class _InputSet(set):  # type: ignore[type-arg]

@@ -205,7 +205,7 @@ def test_an_empty_batch_given_through_pyro_condition_is_named() -> None:
 
 
 # ------------------------------------------------------------------------ compiled, in a fresh process
-def test_a_planar_flow_loss_traces_into_one_graph_in_a_fresh_process() -> None:
+def test_a_planar_flow_loss_compiles_into_one_graph_in_a_fresh_process() -> None:
     script = textwrap.dedent("""
         import sys, pyro, torch, torch._dynamo as dynamo
         sys.path.insert(0, "tests/losses")

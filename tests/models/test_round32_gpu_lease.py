@@ -338,7 +338,7 @@ def test_a_class_whose_own_get_log_prob_takes_class_indices_takes_them_at_its_py
 
 @pytest.mark.parametrize("options", [{"fullgraph": 1}, {"disable": 0}, {"fullgraph": torch.tensor(True)},
                                      {"recompile_limit": 2.0}])
-def test_flags_and_limits_that_torch_reads_by_value_are_accepted(options: dict) -> None:
+def test_flags_and_limits_that_torch_reads_by_value_are_accepted_by_compile(options: dict) -> None:
     from pyro_dgm.losses.compiled import compile_options
 
     options = _known({"backend": "eager", **options})
