@@ -73,3 +73,23 @@ def test_compiling_on_a_torch_whose_dynamo_cannot_trace_pyro_dgm_is_refused_when
             build()
     x = torch.bernoulli(torch.full((4, 6), 0.5))
     assert math.isfinite(float(Model(loss, distributions=[q, p]).train({"x": x})))  # eager training is not refused
+
+
+def test_a_rendezvous_store_without_check_is_asked_by_a_short_wait() -> None:
+    # (torch 2.1's PrefixStore has no check(): the missing-rank diagnostics of Model.save under torch.distributed
+    # wait a moment for each key instead)
+    import datetime
+
+    import torch.distributed as tdist
+
+    from pyro_dgm.models.distributed import _has_key
+
+    store = tdist.HashStore()
+    store.set("present", "1")
+
+    class WithoutCheck:
+        def wait(self, keys: list[str], timeout: datetime.timedelta) -> None:
+            store.wait(keys, timeout)
+
+    assert _has_key(WithoutCheck(), "present") and not _has_key(WithoutCheck(), "absent")
+    assert _has_key(store, "present") and not _has_key(store, "absent")

@@ -199,7 +199,7 @@ def _report_missing_ranks(error: BaseException) -> None:
         missing = [r for r in range(n) if r != me]
         while missing and time.monotonic() < deadline:
             time.sleep(0.1)
-            missing = [r for r in missing if not store.check([f"{prefix}{r}"])]
+            missing = [r for r in missing if not _has_key(store, f"{prefix}{r}")]
     except Exception:  # the store is gone (rank 0's agent stopped): nothing more to learn
         return
     if missing:
@@ -655,6 +655,19 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
 _GATHERS = itertools.count()
 
 
+def _has_key(store: Any, key: str) -> bool:
+    """Whether the rendezvous ``store`` holds ``key`` now (``Store.check``; torch 2.1's ``PrefixStore`` has none, and
+    waits for it a moment instead)."""
+    check = getattr(store, "check", None)
+    if check is not None:
+        return bool(check([key]))
+    try:
+        store.wait([key], datetime.timedelta(milliseconds=50))
+    except Exception:  # noqa: BLE001 (torch raises its own timeout error)
+        return False
+    return True
+
+
 def gather_to_rank0(value: Any, what: str) -> list[Any] | None:
     """Every process's ``value`` (any picklable object), by rank, on rank 0; None on the other processes.
 
@@ -677,7 +690,7 @@ def gather_to_rank0(value: Any, what: str) -> list[Any] | None:
     try:
         store.wait(keys)
     except Exception as err:
-        missing = [r for r in range(1, n) if not store.check([f"{prefix}{r}"])]
+        missing = [r for r in range(1, n) if not _has_key(store, f"{prefix}{r}")]
         raise RuntimeError(
             f"{what} under torch.distributed: rank(s) {', '.join(map(str, missing))} did not call it within "
             f"{store.timeout.total_seconds():g} s; every process calls {what} (each adds its random state; only "
