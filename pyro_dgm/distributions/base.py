@@ -1125,6 +1125,7 @@ class Distribution(YieldingModule):
             return values  # plate)
         if type(batch_n) is int and batch_n == 0:
             self._dgm_empty_batch(values)
+        ctx.rows_from = self._dgm_one_dim_rows(values, batch_n)
         with self._dgm_data_plate(batch_n):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
@@ -1141,6 +1142,33 @@ class Distribution(YieldingModule):
                               f"rows ({shapes}), and the data plate of the Pyro model/guide cannot have size 0 (Pyro: "
                               "size cannot be zero); pass at least one row (e.g. DataLoader(..., drop_last=True) "
                               "drops a last batch that could be empty)")
+
+    def _dgm_one_dim_rows(self, values: Mapping[str, Any], batch_n: Any) -> tuple[str, ...]:
+        """The variables whose one-dim value alone sized the data plate of ``batch_n`` rows (given as data or by
+        ``poutine.condition``; a one-dim value is a batch of scalars), when no given value has more dims; else
+        ``()``. Such a value observed at a site whose event shape is its whole shape is one example, not
+        ``batch_n`` rows (:meth:`_dgm_one_example_as_rows`)."""
+        if type(batch_n) is not int:
+            return ()
+        given = []
+        for v in (*self._var, *self._dgm_input_var):
+            x = values[v] if v in values else conditioned_value(v) if v in self._var else None
+            if isinstance(x, Tensor) and x.dim() >= 1:
+                if x.dim() > 1:  # (the usual data, [N, ...]: no more to check)
+                    return ()
+                given.append((v, x))
+        return tuple(v for v, x in given if x.shape[0] == batch_n and v in self._var and not site_data_size(x)[0])
+
+    def _dgm_one_example_as_rows(self, name: str, value: Tensor, fn: Any) -> NoReturn:
+        """Refuse a one-dim observed value that sized the data plate as rows but is one example of the event
+        shape: every row would score it again (silently, ``N`` times the log-density of one example)."""
+        n = value.shape[0]
+        raise ShapeError(
+            f"{describe(self)}: the observed {name!r} has shape {tuple(value.shape)}, which the Pyro model read as {n} "
+            f"data rows (a value with one dim is a batch of scalars, as in Pixyz) and drew every other variable "
+            f"{n} times, but its distribution gives {name!r} the feature shape {tuple(fn.event_shape)}: it is one "
+            f"example, scored once per row. Give it a batch dim for one example ({name}[None], shape "
+            f"{(1, *value.shape)}), or N rows of shape (N, {n})")
 
     def _dgm_conditioned_batch_n(self) -> int | None:
         """The batch size of the values that the ``poutine.condition`` handlers around a model call without data give
@@ -1363,6 +1391,9 @@ class Distribution(YieldingModule):
         """This distribution as a Pyro guide: :meth:`model`, except that a variable given in the data is an input,
         not a site (as in Pyro's semi-supervised guides: ``q(z,y|x)`` called with ``y`` draws only ``z``, from
         ``q(z|x,y)``), so an ELBO scores only what the guide draws. Positionally it takes its input variables only.
+        As a model, it sizes its data plate from the values it reads: a guide that reads none of the given values
+        (a global latent's ``q(w)``, given the model's data by ``SVI``) draws global sites; called inside the
+        caller's ``pyro.plate("data", N)``, it draws one value per row.
 
         Examples
         --------
@@ -1540,6 +1571,8 @@ class Distribution(YieldingModule):
             if name in obs:
                 value = obs[name]
                 ev = fn.event_shape
+                if name in ctx.rows_from and isinstance(value, Tensor) and value.shape == ev:
+                    self._dgm_one_example_as_rows(name, value, fn)
                 if (ev and isinstance(value, Tensor) and value.dim() <= len(ev)
                         and value.shape != ev[len(ev) - value.dim():] and not self._dgm_user_log_prob):
                     self._dgm_event_swallows_batch(name, value, fn)  # (a class's own get_log_prob takes its own)
@@ -1547,6 +1580,10 @@ class Distribution(YieldingModule):
                 if PYRO_STACK:  # its site speaks for value's dims in later calls (effects._site_of)
                     mark_own_observed(name, value)
                 return value
+            if name in ctx.rows_from:  # (given by poutine.condition)
+                value = conditioned_value(name)
+                if isinstance(value, Tensor) and value.shape == fn.event_shape:
+                    self._dgm_one_example_as_rows(name, value, fn)
             return self._dgm_pyro_sample(name, fn, infer=dict(infer)) if infer else self._dgm_pyro_sample(name, fn)
         stack = PYRO_STACK
         if stack and not ignores_sites(stack):

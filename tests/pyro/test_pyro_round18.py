@@ -1,0 +1,163 @@
+"""pyro_dgm joints as Pyro models against plain-Pyro twins, from a generator of random models (probe p133).
+
+- One example of a variable that has parents, given without a batch dim (shape ``(D,)``, its features) by data or
+  by ``poutine.condition``, was read as ``D`` data rows: the model opened ``pyro.plate("data", D)``, drew every latent
+  ``D`` times and scored the one example ``D`` times (a plain-Pyro model scores it once). It is now refused, naming
+  the variable and the batch dim it needs; with that dim the model is its twin.
+- A guide sizes its data plate from the values it reads, as a model does: a guide that reads none of the data (a
+  global latent's ``q(w)``) draws global sites, whatever else ``SVI`` hands it; inside a plate of the caller's, its
+  draws are per row (the twin of a constant guide for per-row latents).
+"""
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+from torch import nn
+
+from pyro_dgm.distributions import Normal
+from pyro_dgm.utils.checks import ShapeError
+
+Z, D = 2, 3
+
+
+class _PX(Normal):
+    def __init__(self, fc: nn.Module) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.fc = fc
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.fc(z), "scale": torch.ones(D)}
+
+
+def _joint(fc: nn.Module):
+    return _PX(fc) * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+
+
+def _twin(fc: nn.Module, rows: int | None):
+    def model(x: torch.Tensor | None = None) -> None:
+        if rows is None:  # one example: no plate
+            z = pyro.sample("z", dist.Normal(torch.zeros(1, Z), 1.).to_event(1))
+            pyro.sample("x", dist.Normal(fc(z), 1.).to_event(1), obs=x)
+            return
+        with pyro.plate("data", rows):
+            z = pyro.sample("z", dist.Normal(torch.zeros(Z), 1.).expand([rows, Z]).to_event(1))
+            pyro.sample("x", dist.Normal(fc(z), 1.).to_event(1), obs=x)
+    return model
+
+
+def _log_prob_sum(model, seed: int = 0, **data) -> float:
+    pyro.set_rng_seed(seed)
+    return float(poutine.trace(model).get_trace(**data).log_prob_sum().detach())
+
+
+@pytest.mark.parametrize("how", ["data", "condition"])
+def test_one_example_of_a_variable_with_parents_without_its_batch_dim_is_refused_naming_it(how: str) -> None:
+    torch.manual_seed(0)
+    p = _joint(nn.Linear(Z, D))
+    x = torch.tensor([0.1, -0.2, 0.3])  # one example of x's 3 features, no batch dim
+    run = (lambda: p.model(x=x)) if how == "data" else (lambda: poutine.condition(p.model, data={"x": x})())
+    with pytest.raises(ShapeError, match=r"p\(x\|z\).*'x' has shape \(3,\).*3 data rows.*feature shape \(3,\)"
+                                         r".*x\[None\]"):
+        poutine.trace(run).get_trace()
+
+
+@pytest.mark.parametrize("how", ["data", "condition"])
+def test_with_its_batch_dim_the_one_example_scores_as_the_plain_pyro_model(how: str) -> None:
+    torch.manual_seed(0)
+    fc = nn.Linear(Z, D)
+    p = _joint(fc)
+    x = torch.tensor([[0.1, -0.2, 0.3]])
+    ours = (_log_prob_sum(p.model, x=x) if how == "data" else
+            _log_prob_sum(poutine.condition(p.model, data={"x": x})))
+    ref = _log_prob_sum(_twin(fc, None), x=x)
+    assert ours == pytest.approx(ref, rel=1e-6)
+    pyro.set_rng_seed(0)
+    tr = poutine.trace(p.model).get_trace(x=x)
+    assert tr.nodes["z"]["value"].shape == (1, Z)  # one draw of the latent, in no plate
+    assert not tr.nodes["z"]["cond_indep_stack"]
+
+
+def test_a_one_dim_batch_of_scalars_still_sizes_the_data_plate() -> None:
+    """x of scalar features: shape (N,) is N rows (Pixyz's convention), as in the twin with its plate of N."""
+    n = 4
+    p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"], name="p") * Normal(loc=0., scale=1., var=["z"],
+                                                                              name="p")
+
+    def twin(x: torch.Tensor) -> None:
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(torch.zeros(n), 1.))
+            pyro.sample("x", dist.Normal(z, 1.), obs=x)
+
+    x = torch.linspace(-1., 1., n)
+    assert _log_prob_sum(p.model, x=x) == pytest.approx(_log_prob_sum(twin, x=x), rel=1e-6)
+    pyro.set_rng_seed(0)
+    assert poutine.trace(p.model).get_trace(x=x).nodes["z"]["value"].shape == (n,)
+
+
+class _QW(Normal):
+    """q(w): a global latent's guide of learnable constants (a network without inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["w"], name="q")
+        self.loc = nn.Parameter(torch.zeros(D))
+        self.log_scale = nn.Parameter(torch.zeros(D))
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return {"loc": self.loc[None], "scale": self.log_scale.exp()[None]}  # one row of D features
+
+
+def test_a_guide_that_reads_no_data_draws_a_global_latent_and_trains_as_its_twin() -> None:
+    """SVI hands the guide the model's data (x of 8 rows), which q(w) does not read: one global draw of w."""
+    x = torch.randn(8, D) + 1.5
+
+    def model(x: torch.Tensor) -> None:
+        w = pyro.sample("w", dist.Normal(torch.zeros(D), 1.).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(w, 1.).to_event(1), obs=x)
+
+    def train(guide, params) -> list[float]:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+        return [svi.step(x=x) for _ in range(10)] + [p.detach().clone() for p in params()]
+
+    q = _QW()
+    pyro.set_rng_seed(0)
+    tr = poutine.trace(q.guide).get_trace(x=x)
+    assert tr.nodes["w"]["value"].shape == (1, D) and not tr.nodes["w"]["cond_indep_stack"]
+
+    def twin_guide(x: torch.Tensor) -> None:
+        loc = pyro.param("loc", torch.zeros(D))
+        log_scale = pyro.param("log_scale", torch.zeros(D))
+        pyro.sample("w", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    ours = train(q.guide, lambda: [q.loc, q.log_scale])
+    ref = train(twin_guide, lambda: [pyro.param("loc"), pyro.param("log_scale")])
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=1e-5, atol=1e-6)
+
+
+def test_a_guide_that_reads_no_data_inside_the_callers_plate_draws_per_row_as_its_twin() -> None:
+    torch.manual_seed(0)
+    fc = nn.Linear(Z, D)
+    p = _joint(fc)
+    q = Normal(loc=torch.tensor(0.5), scale=torch.tensor(0.8), var=["z"], features_shape=[Z], name="q")
+    x = torch.randn(4, D)
+
+    def guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            q.guide(x=x)
+
+    def twin_guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.full((Z,), .5), .8).expand([x.shape[0], Z]).to_event(1))
+
+    pyro.set_rng_seed(0)
+    ours = Trace_ELBO().loss(p.model, guide, x=x)
+    pyro.set_rng_seed(0)
+    ref = Trace_ELBO().loss(_twin(fc, 4), twin_guide, x=x)
+    assert ours == pytest.approx(ref, rel=1e-6)
