@@ -1144,31 +1144,32 @@ class Distribution(YieldingModule):
                               "drops a last batch that could be empty)")
 
     def _dgm_one_dim_rows(self, values: Mapping[str, Any], batch_n: Any) -> tuple[str, ...]:
-        """The variables whose one-dim value alone sized the data plate of ``batch_n`` rows (given as data or by
-        ``poutine.condition``; a one-dim value is a batch of scalars), when no given value has more dims; else
-        ``()``. Such a value observed at a site whose event shape is its whole shape is one example, not
+        """The variable whose value alone sized the data plate of ``batch_n`` rows (given as data or by
+        ``poutine.condition``): the only given value whose dim 0 has that size (no other value gives those rows),
+        or ``()``. If its distribution's event shape turns out to be its whole shape, it is one example, not
         ``batch_n`` rows (:meth:`_dgm_one_example_as_rows`)."""
         if type(batch_n) is not int:
             return ()
-        given = []
+        rows = []
         for v in (*self._var, *self._dgm_input_var):
             x = values[v] if v in values else conditioned_value(v) if v in self._var else None
-            if isinstance(x, Tensor) and x.dim() >= 1:
-                if x.dim() > 1:  # (the usual data, [N, ...]: no more to check)
+            if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == batch_n:
+                if len(rows) or v not in self._var:  # (another value gives the rows: the plate is theirs)
                     return ()
-                given.append((v, x))
-        return tuple(v for v, x in given if x.shape[0] == batch_n and v in self._var and not site_data_size(x)[0])
+                rows.append(v)
+        return tuple(v for v in rows if not site_data_size(values.get(v, conditioned_value(v)))[0])
 
     def _dgm_one_example_as_rows(self, name: str, value: Tensor, fn: Any) -> NoReturn:
-        """Refuse a one-dim observed value that sized the data plate as rows but is one example of the event
-        shape: every row would score it again (silently, ``N`` times the log-density of one example)."""
+        """Refuse an observed value that sized the data plate as rows but is one example of the event shape: every
+        row would score it again (silently, ``N`` times the log-density of one example)."""
         n = value.shape[0]
         raise ShapeError(
-            f"{describe(self)}: the observed {name!r} has shape {tuple(value.shape)}, which the Pyro model read as {n} "
-            f"data rows (a value with one dim is a batch of scalars, as in Pixyz) and drew every other variable "
-            f"{n} times, but its distribution gives {name!r} the feature shape {tuple(fn.event_shape)}: it is one "
-            f"example, scored once per row. Give it a batch dim for one example ({name}[None], shape "
-            f"{(1, *value.shape)}), or N rows of shape (N, {n})")
+            f"{describe(self)}: the observed {name!r} has shape {tuple(value.shape)}, whose dim 0 the Pyro model read "
+            f"as {n} data rows (dim 0 is the batch dim, as in Pixyz: a value with one dim is a batch of scalars; no "
+            f"other value gives the rows) and drew every other variable {n} times, but its distribution gives {name!r} "
+            f"the feature shape "
+            f"{tuple(fn.event_shape)}: it is one example, scored once per row. Give it a batch dim for one example "
+            f"({name}[None], shape {(1, *value.shape)}), or N rows of shape (N, {', '.join(map(str, value.shape))})")
 
     def _dgm_conditioned_batch_n(self) -> int | None:
         """The batch size of the values that the ``poutine.condition`` handlers around a model call without data give
@@ -1611,9 +1612,25 @@ class Distribution(YieldingModule):
                 "get_log_prob(), the losses and Model.train draw a variable at each use (two expectations over one "
                 "distribution, two calls or two training steps draw it twice). Trace one call at a time (one "
                 "poutine.trace() per evaluation or step), or give the draws different names (replace_var)") from e
+        except ValueError as e:
+            self._dgm_plate_mismatch(name, kwargs.get("obs"), e)
+            raise
         if not isinstance(value, Tensor):
             self._dgm_site_not_a_tensor(name, value)
         return value
+
+    def _dgm_plate_mismatch(self, name: str, value: Any, e: ValueError) -> None:
+        """Raise a :class:`ShapeError` naming this distribution and the variable for Pyro's bare "Shape mismatch
+        inside plate" at its site (a given value whose dims do not fit the plates around the call); else nothing."""
+        text = str(e)
+        if not text.startswith("Shape mismatch inside plate(") or isinstance(e, ShapeError):
+            return
+        given = (f"its value has shape {tuple(value.shape)}; a value given from outside a call has its batch dim "
+                 f"first, one row per data point (as in Pixyz): give it the data's rows, or one row ({name}[None]) "
+                 "to share one value across them" if isinstance(value, Tensor) else
+                 "its parameters' batch dims do not fit the plates: give the inputs the data's rows")
+        raise ShapeError(f"{describe(self)}: the variable {name!r} does not fit the plates around its Pyro site: "
+                         f"{given} (Pyro: {text})") from e
 
     def _dgm_site_not_a_tensor(self, name: str, value: Any) -> NoReturn:
         """Refuse a site value that is not a tensor (a number or a list that ``poutine.condition`` gives the site):
@@ -1716,7 +1733,11 @@ class Distribution(YieldingModule):
     def _dgm_record(self, name: str, value: Tensor, event_dim: int) -> Tensor:
         """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value."""
         if PYRO_STACK and not ignores_sites(PYRO_STACK):
-            out = pyro.deterministic(name, value, event_dim=event_dim)
+            try:
+                out = pyro.deterministic(name, value, event_dim=event_dim)
+            except ValueError as e:
+                self._dgm_plate_mismatch(name, value, e)
+                raise
             if not isinstance(out, Tensor) and isinstance(value, Tensor):
                 self._dgm_site_not_a_tensor(name, out)
             return out

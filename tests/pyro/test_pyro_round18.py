@@ -98,6 +98,64 @@ def test_a_one_dim_batch_of_scalars_still_sizes_the_data_plate() -> None:
     assert poutine.trace(p.model).get_trace(x=x).nodes["z"]["value"].shape == (n,)
 
 
+def test_one_example_beside_one_dim_values_that_give_the_rows_is_broadcast_as_in_plain_pyro() -> None:
+    """x of 3 features given once, y and z (scalar features) of 3 rows each: the rows are theirs and x is scored
+    against each, as Pixyz's get_log_prob and the twin broadcast it (probe p134)."""
+    torch.manual_seed(0)
+    fc = nn.Linear(1, D)
+
+    class PX(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = fc
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(z[..., None]), "scale": torch.ones(())}
+
+    p = (PX() * Normal(loc="z", scale=1., var=["y"], cond_var=["z"], name="p")
+         * Normal(loc=0., scale=1., var=["z"], name="p"))
+    x, y, z = torch.randn(D), torch.randn(3), torch.randn(3)
+
+    def twin(x: torch.Tensor | None = None, y: torch.Tensor | None = None, z: torch.Tensor | None = None) -> None:
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(0., 1.).expand([3]), obs=z)
+            pyro.sample("x", dist.Normal(fc(z[..., None]), 1.).to_event(1), obs=x)
+            pyro.sample("y", dist.Normal(z, 1.), obs=y)
+
+    ref = _log_prob_sum(twin, x=x, y=y, z=z)
+    assert _log_prob_sum(p.model, x=x, y=y, z=z) == pytest.approx(ref, rel=1e-6)
+    assert float(p.get_log_prob({"x": x, "y": y, "z": z}).sum()) == pytest.approx(ref, rel=1e-6)
+    ours = _log_prob_sum(poutine.condition(p.model, data={"x": x}), y=y)
+    assert ours == pytest.approx(_log_prob_sum(poutine.condition(twin, data={"x": x}), y=y), rel=1e-6)
+
+
+def test_one_example_with_two_feature_dims_or_beside_a_one_row_value_is_refused() -> None:
+    """x with parents, one example of its feature shape (2, 3) given as such, or of (3,) beside z of one row: its
+    dim 0 alone would size the plate (probe p134)."""
+    torch.manual_seed(0)
+    fc = nn.Linear(Z, D)
+
+    class PX2(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = fc
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            loc = self.fc(z)[..., None, :].expand(*z.shape[:-1], 2, D)
+            return {"loc": loc, "scale": torch.ones(2, D)}
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    with pytest.raises(ShapeError, match=r"'x' has shape \(2, 3\).*2 data rows.*feature shape \(2, 3\)"):
+        poutine.trace((PX2() * prior).model).get_trace(x=torch.zeros(2, D))
+    with pytest.raises(ShapeError, match=r"'x' has shape \(3,\).*3 data rows"):
+        poutine.trace(_joint(fc).model).get_trace(x=torch.zeros(D), z=torch.zeros(1, Z))
+    # with the batch dim, one row: the twin's
+    x = torch.randn(1, D)
+    assert (_log_prob_sum(_joint(fc).model, x=x, z=torch.zeros(1, Z))
+            == pytest.approx(_log_prob_sum(poutine.condition(_twin(fc, None), data={"z": torch.zeros(1, Z)}), x=x),
+                             rel=1e-6))
+
+
 class _QW(Normal):
     """q(w): a global latent's guide of learnable constants (a network without inputs)."""
 
@@ -161,3 +219,42 @@ def test_a_guide_that_reads_no_data_inside_the_callers_plate_draws_per_row_as_it
     pyro.set_rng_seed(0)
     ref = Trace_ELBO().loss(_twin(fc, 4), twin_guide, x=x)
     assert ours == pytest.approx(ref, rel=1e-6)
+
+
+def test_a_deterministic_output_that_does_not_fit_the_plate_is_named_and_one_row_is_shared_as_in_plain_pyro() -> None:
+    """h = f(z) given as one vector of 3 features beside x of 4 rows: Pyro's bare "Shape mismatch inside plate"
+    named neither the distribution nor the fix (probe p134); as one row, h[None], it is the twin's shared value."""
+    from pyro_dgm.distributions import Deterministic
+
+    torch.manual_seed(0)
+    f_fc, x_fc = nn.Linear(Z, D), nn.Linear(D, D)
+
+    class F(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["z"], name="f")
+            self.fc = f_fc
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"h": torch.tanh(self.fc(z))}
+
+    class PX(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["h"], name="p")
+            self.fc = x_fc
+
+        def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(h), "scale": torch.ones(())}
+
+    p = PX() * F() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    x, h = torch.randn(4, D), torch.randn(D)
+    with pytest.raises(ShapeError, match=r"f\(h\|z\): the variable 'h' does not fit the plates.*shape \(3,\)"
+                                         r".*h\[None\].*Shape mismatch inside plate"):
+        poutine.trace(p.model).get_trace(x=x, h=h)
+
+    def twin(x: torch.Tensor, h: torch.Tensor) -> None:
+        with pyro.plate("data", 4):
+            pyro.sample("z", dist.Normal(torch.zeros(Z), 1.).expand([4, Z]).to_event(1))
+            h = pyro.deterministic("h", h)
+            pyro.sample("x", dist.Normal(x_fc(h), 1.).to_event(1), obs=x)
+
+    assert _log_prob_sum(p.model, x=x, h=h[None]) == pytest.approx(_log_prob_sum(twin, x=x, h=h), rel=1e-6)
