@@ -1151,25 +1151,35 @@ class Distribution(YieldingModule):
         if type(batch_n) is not int:
             return ()
         rows = []
+        in_pyro = None
         for v in (*self._var, *self._dgm_input_var):
             x = values[v] if v in values else conditioned_value(v) if v in self._var else None
-            if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == batch_n:
-                if len(rows) or v not in self._var:  # (another value gives the rows: the plate is theirs)
+            if not isinstance(x, Tensor) or x.dim() < 1:
+                continue
+            if in_pyro is None:
+                in_pyro = bool(PYRO_STACK) and not ignores_sites(PYRO_STACK)
+            is_site, n = site_data_size(x) if in_pyro else (False, None)
+            if is_site and n is None:  # (a global site's value, without a batch dim: it gives no rows)
+                continue
+            if (x.shape[0] if n is None else n) == batch_n:
+                if rows or v not in self._var or is_site:  # (another value gives the rows: the plate is theirs)
                     return ()
                 rows.append(v)
-        return tuple(v for v in rows if not site_data_size(values.get(v, conditioned_value(v)))[0])
+        return tuple(rows)
 
-    def _dgm_one_example_as_rows(self, name: str, value: Tensor, fn: Any) -> NoReturn:
+    def _dgm_one_example_as_rows(self, name: str, value: Tensor, fn: Any, conditioned: bool) -> NoReturn:
         """Refuse an observed value that sized the data plate as rows but is one example of the event shape: every
         row would score it again (silently, ``N`` times the log-density of one example)."""
         n = value.shape[0]
         raise ShapeError(
             f"{describe(self)}: the observed {name!r} has shape {tuple(value.shape)}, whose dim 0 the Pyro model read "
             f"as {n} data rows (dim 0 is the batch dim, as in Pixyz: a value with one dim is a batch of scalars; no "
-            f"other value gives the rows) and drew every other variable {n} times, but its distribution gives {name!r} "
-            f"the feature shape "
-            f"{tuple(fn.event_shape)}: it is one example, scored once per row. Give it a batch dim for one example "
-            f"({name}[None], shape {(1, *value.shape)}), or N rows of shape (N, {', '.join(map(str, value.shape))})")
+            f"other value gives the rows) for a data plate of {n}, but its distribution gives {name!r} the feature "
+            f"shape {tuple(fn.event_shape)}: it is one example, scored once per row. Give it a batch dim for one "
+            f"example ({name}[None], shape {(1, *value.shape)}), or N rows of shape "
+            f"(N, {', '.join(map(str, value.shape))})"
+            + (f"; posterior samples of {name!r} for Predictive: shape (S, 1, {', '.join(map(str, value.shape))})"
+               if conditioned else ""))
 
     def _dgm_conditioned_batch_n(self) -> int | None:
         """The batch size of the values that the ``poutine.condition`` handlers around a model call without data give
@@ -1572,8 +1582,9 @@ class Distribution(YieldingModule):
             if name in obs:
                 value = obs[name]
                 ev = fn.event_shape
-                if name in ctx.rows_from and isinstance(value, Tensor) and value.shape == ev:
-                    self._dgm_one_example_as_rows(name, value, fn)
+                if (name in ctx.rows_from and isinstance(value, Tensor) and value.shape == ev
+                        and value.is_floating_point()):  # (class indices, bool values: their own checks)
+                    self._dgm_one_example_as_rows(name, value, fn, False)
                 if (ev and isinstance(value, Tensor) and value.dim() <= len(ev)
                         and value.shape != ev[len(ev) - value.dim():] and not self._dgm_user_log_prob):
                     self._dgm_event_swallows_batch(name, value, fn)  # (a class's own get_log_prob takes its own)
@@ -1583,8 +1594,8 @@ class Distribution(YieldingModule):
                 return value
             if name in ctx.rows_from:  # (given by poutine.condition)
                 value = conditioned_value(name)
-                if isinstance(value, Tensor) and value.shape == fn.event_shape:
-                    self._dgm_one_example_as_rows(name, value, fn)
+                if isinstance(value, Tensor) and value.shape == fn.event_shape and value.is_floating_point():
+                    self._dgm_one_example_as_rows(name, value, fn, True)
             return self._dgm_pyro_sample(name, fn, infer=dict(infer)) if infer else self._dgm_pyro_sample(name, fn)
         stack = PYRO_STACK
         if stack and not ignores_sites(stack):
@@ -1613,24 +1624,35 @@ class Distribution(YieldingModule):
                 "distribution, two calls or two training steps draw it twice). Trace one call at a time (one "
                 "poutine.trace() per evaluation or step), or give the draws different names (replace_var)") from e
         except ValueError as e:
-            self._dgm_plate_mismatch(name, kwargs.get("obs"), e)
+            self._dgm_plate_mismatch(name, kwargs.get("obs"), e, fn)
             raise
         if not isinstance(value, Tensor):
             self._dgm_site_not_a_tensor(name, value)
         return value
 
-    def _dgm_plate_mismatch(self, name: str, value: Any, e: ValueError) -> None:
+    def _dgm_plate_mismatch(self, name: str, value: Any, e: ValueError, fn: Any = None, computed: bool = False
+                            ) -> None:
         """Raise a :class:`ShapeError` naming this distribution and the variable for Pyro's bare "Shape mismatch
-        inside plate" at its site (a given value whose dims do not fit the plates around the call); else nothing."""
+        inside plate" at its site (a value whose dims do not fit the plates around the call); else nothing.
+        ``value``: the observed one, if any; ``computed``: it is a ``Deterministic``'s output, not a given value."""
         text = str(e)
         if not text.startswith("Shape mismatch inside plate(") or isinstance(e, ShapeError):
             return
-        given = (f"its value has shape {tuple(value.shape)}; a value given from outside a call has its batch dim "
-                 f"first, one row per data point (as in Pixyz): give it the data's rows, or one row ({name}[None]) "
-                 "to share one value across them" if isinstance(value, Tensor) else
-                 "its parameters' batch dims do not fit the plates: give the inputs the data's rows")
+        rows = "its dim 0 is the batch dim, one row per data point, as in Pixyz"
+        if value is None:  # (a draw, or a value that poutine.condition gives the site)
+            value = conditioned_value(name)
+        if computed and isinstance(value, Tensor):
+            why = (f"its value, which forward() computed, has shape {tuple(value.shape)}, whose batch dims do not "
+                   f"fit the plates ({rows}): keep the batch dim in forward()")
+        elif isinstance(value, Tensor):
+            why = (f"its value has shape {tuple(value.shape)}, whose batch dims do not fit the plates ({rows}): give "
+                   f"it the data's rows, or one row ({name}[None]) to share one value across them")
+        else:
+            batch = f" (batch shape {tuple(fn.batch_shape)})" if fn is not None else ""
+            why = (f"its distribution's batch dims{batch} do not fit the plates: the data's rows size the plate ("
+                   f"{rows}); check the shapes of the values given to the call")
         raise ShapeError(f"{describe(self)}: the variable {name!r} does not fit the plates around its Pyro site: "
-                         f"{given} (Pyro: {text})") from e
+                         f"{why} (Pyro: {text})") from e
 
     def _dgm_site_not_a_tensor(self, name: str, value: Any) -> NoReturn:
         """Refuse a site value that is not a tensor (a number or a list that ``poutine.condition`` gives the site):
@@ -1730,13 +1752,14 @@ class Distribution(YieldingModule):
                               f"device {own}; move the value with {moved[0]}.to({str(own)!r}) (or the distribution "
                               f"with .to({str(values[moved[0]].device)!r})) (torch: {text})") from e
 
-    def _dgm_record(self, name: str, value: Tensor, event_dim: int) -> Tensor:
-        """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value."""
+    def _dgm_record(self, name: str, value: Tensor, event_dim: int, given: bool = False) -> Tensor:
+        """Record a deterministic value as a Pyro site when a handler is listening; returns the site's value.
+        ``given``: the value was given to the call (else computed: a network's output, a mean)."""
         if PYRO_STACK and not ignores_sites(PYRO_STACK):
             try:
                 out = pyro.deterministic(name, value, event_dim=event_dim)
             except ValueError as e:
-                self._dgm_plate_mismatch(name, value, e)
+                self._dgm_plate_mismatch(name, value, e, computed=not given)
                 raise
             if not isinstance(out, Tensor) and isinstance(value, Tensor):
                 self._dgm_site_not_a_tensor(name, out)

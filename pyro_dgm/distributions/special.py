@@ -137,7 +137,8 @@ class Deterministic(Distribution):
         obs = ctx.obs
         for own, v in pairs:
             value = out[own]
-            if obs is not None and v in obs:  # given to a Pyro model's call (joint.model(h=h0)): h0 holds, as
+            given_v = obs is not None and v in obs
+            if given_v:  # given to a Pyro model's call (joint.model(h=h0)): h0 holds, as
                 if isinstance(value, Tensor) and not isinstance(obs[v], Tensor):  # under poutine.condition and in
                     raise NotATensorError(f"{describe(self)}: the value of {v!r} given to the model must be a "
                                           f"tensor (or a numpy array), got {type(obs[v]).__name__}")  # a guide
@@ -146,7 +147,7 @@ class Deterministic(Distribution):
                 values[v] = value
                 continue
             ev = max(value.dim() - bn, 0)
-            values[v] = self._dgm_record(v, value, ev)
+            values[v] = self._dgm_record(v, value, ev, given_v)
             ctx.event_dims[v] = GivenEventDims(ev) if given else ev
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,

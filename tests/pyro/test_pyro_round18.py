@@ -258,3 +258,91 @@ def test_a_deterministic_output_that_does_not_fit_the_plate_is_named_and_one_row
             pyro.sample("x", dist.Normal(x_fc(h), 1.).to_event(1), obs=x)
 
     assert _log_prob_sum(p.model, x=x, h=h[None]) == pytest.approx(_log_prob_sum(twin, x=x, h=h), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- probe p136
+
+
+def test_class_indices_at_a_conditional_one_hot_site_still_name_f_one_hot_not_a_missing_batch_dim() -> None:
+    """y = [0, 2, 1] (3 labels of 3 classes) has the event shape (3,) by coincidence: the one-example check must
+    leave integer values to the one-hot check (porting.md: NotOneHotError naming F.one_hot)."""
+    from pyro_dgm.distributions import Categorical
+    from pyro_dgm.utils.checks import NotOneHotError
+
+    class PY(Categorical):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(Z, 3)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"probs": self.fc(z).softmax(-1)}
+
+    p = PY() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    y = torch.tensor([0, 2, 1])
+    for run in (lambda: p.model(y=y), lambda: poutine.condition(p.model, data={"y": y})()):
+        with pytest.raises(NotOneHotError, match=r"F\.one_hot"):
+            poutine.trace(run).get_trace().log_prob_sum()
+
+
+def test_a_global_site_of_the_callers_gives_no_rows_so_one_example_beside_it_is_refused() -> None:
+    """mu, a plain-Pyro global latent of shape (3,), fed to p(x|mu) beside one example x of shape (3,): x alone
+    sized a plate of 3 (scored 3 times); refused, and x[None] is the twin."""
+    p = Normal(loc="mu", scale=torch.tensor(1.), var=["x"], cond_var=["mu"], name="p")
+
+    def ours(x: torch.Tensor) -> None:
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(D), 1.).to_event(1))
+        p.model(x=x, mu=mu)
+
+    def twin(x: torch.Tensor) -> None:
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(D), 1.).to_event(1))
+        pyro.sample("x", dist.Normal(mu, 1.).to_event(1), obs=x)
+
+    x = torch.tensor([0.1, -0.2, 0.3])
+    with pytest.raises(ShapeError, match=r"'x' has shape \(3,\).*x\[None\]"):
+        poutine.trace(ours).get_trace(x)
+    assert _log_prob_sum(ours, x=x[None]) == pytest.approx(_log_prob_sum(twin, x=x), rel=1e-6)
+
+
+def test_a_deterministic_output_whose_network_drops_the_batch_dim_is_told_to_keep_it() -> None:
+    from pyro_dgm.distributions import Deterministic
+
+    class F(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["z"], name="f")
+            self.fc = nn.Linear(Z, D)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"h": torch.tanh(self.fc(z)).mean(0)}  # the batch averaged away
+
+    p = (Normal(loc="h", scale=1., var=["x"], cond_var=["h"], name="p") * F()
+         * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p"))
+    with pytest.raises(ShapeError, match=r"f\(h\|z\): the variable 'h'.*forward\(\) computed, has shape \(3,\)"
+                                         r".*keep the batch dim in forward\(\)"):
+        poutine.trace(p.model).get_trace(x=torch.randn(4, D))
+
+
+def test_posterior_samples_without_a_row_dim_for_sequential_predictive_are_named_with_their_shape() -> None:
+    """Predictive(parallel=False) conditions p(x|z)p(z|w)p(w) on each sample z[i] of shape (2,): one example of z,
+    which sized a plate of 2 (before: torch's reshape error); refused naming the (S, 1, 2) shape, with which the
+    draws are the plain-Pyro twin's under the same seed."""
+    from pyro.infer import Predictive
+
+    torch.manual_seed(0)
+    fc = nn.Linear(Z, D)
+    p = (_PX(fc) * Normal(loc="w", scale=torch.tensor(1.), var=["z"], cond_var=["w"], name="p")
+         * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["w"], features_shape=[Z], name="p"))
+
+    def twin() -> None:
+        w = pyro.sample("w", dist.Normal(torch.zeros(1, Z), 1.).to_event(1))
+        z = pyro.sample("z", dist.Normal(w, 1.).to_event(1))
+        pyro.sample("x", dist.Normal(fc(z), 1.).to_event(1))
+
+    z = torch.randn(5, Z)
+    with pytest.raises(ShapeError, match=r"'z' has shape \(2,\).*Predictive: shape \(S, 1, 2\)"):
+        Predictive(p.model, posterior_samples={"z": z}, parallel=False)()
+    pyro.set_rng_seed(0)
+    ours = Predictive(p.model, posterior_samples={"z": z[:, None]}, parallel=False)()["x"]
+    pyro.set_rng_seed(0)
+    ref = Predictive(twin, posterior_samples={"z": z[:, None]}, parallel=False)()["x"]
+    assert ours.shape == (5, 1, D)
+    torch.testing.assert_close(ours, ref)
