@@ -149,10 +149,8 @@ def make_data(cfg: DMMConfig, device: torch.device) -> list[tuple[torch.Tensor, 
 
 
 # ------------------------------------------------------------------------------------------------ raw PyTorch
-def build_torch(cfg: DMMConfig, data: list, device: torch.device, mc: bool, compile: Any = False) -> Built:
-    nets = build_nets(cfg, device)
-    opt = make_optimizer(nets.parameters(), cfg.lr)
-    batches = BatchCycle(data)
+def torch_objective(cfg: DMMConfig, nets: DMMNets, mc: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The hand-written negative ELBO of a batch ``(x, x reversed)``, summed over the batch and time."""
 
     def objective(x: torch.Tensor, x_rev: torch.Tensor) -> torch.Tensor:
         h = rnn_features(nets, x_rev)
@@ -175,6 +173,14 @@ def build_torch(cfg: DMMConfig, data: list, device: torch.device, mc: bool, comp
             z_prev = z
         return total
 
+    return objective
+
+
+def build_torch(cfg: DMMConfig, data: list, device: torch.device, mc: bool, compile: Any = False) -> Built:
+    nets = build_nets(cfg, device)
+    opt = make_optimizer(nets.parameters(), cfg.lr)
+    batches = BatchCycle(data)
+    objective = torch_objective(cfg, nets, mc)
     if compile:  # the hand-written compiled step: the objective compiled, backward and Adam as usual
         objective = torch.compile(objective, **(compile if isinstance(compile, dict) else {}))
 

@@ -231,11 +231,11 @@ def _dmm_dists(cfg: Any, device: torch.device) -> tuple[Any, Any, Any, Any]:
     return Combiner(), Transition(), Emitter(), nets
 
 
-def _dmm_model_train(cfg: Any, data: Any, device: torch.device, mc: bool, memo: bool, compile: Any = False
-                     ) -> Built:
+def dmm_loss(cfg: Any, device: torch.device, mc: bool) -> tuple[Any, list[Any], Any, Callable[[Any], dict]]:
+    """The DMM's negative ELBO as an ``IterativeLoss``: ``(loss, distributions, nets, values)``, where ``values(b)``
+    turns a batch ``(x, x reversed)`` into the loss's inputs (the RNN runs outside the loss)."""
     from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb
     from pyro_dgm.losses.iteration import IterativeLoss
-    from pyro_dgm.models import Model
 
     from benchmarks.dmm import rnn_features
 
@@ -245,14 +245,23 @@ def _dmm_model_train(cfg: Any, data: Any, device: torch.device, mc: bool, memo: 
     else:
         step_loss = (KullbackLeibler(q, trans) - Expectation(q, LogProb(emit))).sum()
     loss = IterativeLoss(step_loss, max_iter=cfg.T, series_var=["x_t", "h_rnn"], update_value={"z_t": "z_t_1"})
-    model = Model(loss, distributions=[q, trans, emit, nets.rnn_enc], optimizer=torch.optim.Adam,
-                  optimizer_params={"lr": cfg.lr}, compile=compile)
-    batches = BatchCycle(data)
 
     def values(b: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, x_rev = b
-        h = rnn_features(nets, x_rev)  # [B, T, rnn], the RNN runs outside the loss
+        h = rnn_features(nets, x_rev)  # [B, T, rnn]
         return {"x_t": x.transpose(0, 1), "h_rnn": h.transpose(0, 1), "z_t_1": nets.z_0.expand(x.shape[0], cfg.z_dim)}
+
+    return loss, [q, trans, emit, nets.rnn_enc], nets, values
+
+
+def _dmm_model_train(cfg: Any, data: Any, device: torch.device, mc: bool, memo: bool, compile: Any = False
+                     ) -> Built:
+    from pyro_dgm.models import Model
+
+    loss, distributions, _, values = dmm_loss(cfg, device, mc)
+    model = Model(loss, distributions=distributions, optimizer=torch.optim.Adam,
+                  optimizer_params={"lr": cfg.lr}, compile=compile)
+    batches = BatchCycle(data)
 
     step = _memo_switch(memo)(lambda: model.train(values(batches())))
 
