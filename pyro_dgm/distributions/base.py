@@ -1125,10 +1125,14 @@ class Distribution(YieldingModule):
             return values  # plate)
         if type(batch_n) is int and batch_n == 0:
             self._dgm_empty_batch(values)
-        ctx.rows_from = self._dgm_one_dim_rows(values, batch_n)
+        ctx.rows_from = rows = self._dgm_one_dim_rows(values, batch_n)
+        if rows:
+            ctx.rows_kind = {}
         with self._dgm_data_plate(batch_n):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
+        if rows:
+            self._dgm_check_rows(ctx)
         return values
 
     def _dgm_empty_batch(self, values: Mapping[str, Any]) -> NoReturn:
@@ -1144,10 +1148,10 @@ class Distribution(YieldingModule):
                               "drops a last batch that could be empty)")
 
     def _dgm_one_dim_rows(self, values: Mapping[str, Any], batch_n: Any) -> tuple[str, ...]:
-        """The variable whose value alone sized the data plate of ``batch_n`` rows (given as data or by
-        ``poutine.condition``): the only given value whose dim 0 has that size (no other value gives those rows),
-        or ``()``. If its distribution's event shape turns out to be its whole shape, it is one example, not
-        ``batch_n`` rows (:meth:`_dgm_one_example_as_rows`)."""
+        """The given variables (as data or by ``poutine.condition``) whose dim 0 has the data plate's ``batch_n``
+        rows, when no input of the call and no site of the trace has them (then the plate is theirs): ``()`` else.
+        Their sites record whether each is one example of its event shape (:meth:`_dgm_note_rows`); if all of them
+        are, nothing gave the rows (:meth:`_dgm_check_rows`)."""
         if type(batch_n) is not int:
             return ()
         rows = []
@@ -1162,23 +1166,37 @@ class Distribution(YieldingModule):
             if is_site and n is None:  # (a global site's value, without a batch dim: it gives no rows)
                 continue
             if (x.shape[0] if n is None else n) == batch_n:
-                if rows or v not in self._var or is_site:  # (another value gives the rows: the plate is theirs)
+                if v not in self._var or is_site:  # (an input, or a site's value, gives the rows: the plate is theirs)
                     return ()
                 rows.append(v)
         return tuple(rows)
 
-    def _dgm_one_example_as_rows(self, name: str, value: Tensor, fn: Any, conditioned: bool) -> NoReturn:
-        """Refuse an observed value that sized the data plate as rows but is one example of the event shape: every
-        row would score it again (silently, ``N`` times the log-density of one example)."""
-        n = value.shape[0]
+    def _dgm_note_rows(self, name: str, value: Any, fn: Any, ctx: CallState, conditioned: bool) -> None:
+        """Record, at the site of ``name`` (one of ``ctx.rows_from``), whether its value is one example: its shape
+        is the event shape, so its dim 0 is a feature dim, not rows."""
+        if isinstance(value, Tensor) and ctx.rows_kind is not None:
+            ctx.rows_kind[name] = (value.shape == fn.event_shape, tuple(value.shape), tuple(fn.event_shape),
+                                   conditioned, self)
+
+    def _dgm_check_rows(self, ctx: CallState) -> None:
+        """Refuse a data plate that only values of one example sized: every site of the call scored its value once
+        per row (silently, ``N`` times the log-density of one example). A value whose site did not say (a guide's
+        input, a ``Deterministic``'s output) may give the rows: then nothing is refused."""
+        kinds = ctx.rows_kind
+        if kinds is None or len(kinds) < len(ctx.rows_from) or not all(k[0] for k in kinds.values()):
+            return
+        name = ctx.rows_from[0]
+        _, shape, event, conditioned, factor = kinds[name]
+        n = shape[0]
+        others = [v for v in ctx.rows_from if v != name]
+        also = (f" (and so is {', '.join(f'{v!r} of shape {kinds[v][1]}' for v in others)})" if others else "")
         raise ShapeError(
-            f"{describe(self)}: the observed {name!r} has shape {tuple(value.shape)}, whose dim 0 the Pyro model read "
-            f"as {n} data rows (dim 0 is the batch dim, as in Pixyz: a value with one dim is a batch of scalars; no "
+            f"{describe(factor)}: the observed {name!r} has shape {shape}{also}, whose dim 0 the Pyro model read as "
+            f"{n} data rows (dim 0 is the batch dim, as in Pixyz: a value with one dim is a batch of scalars; no "
             f"other value gives the rows) for a data plate of {n}, but its distribution gives {name!r} the feature "
-            f"shape {tuple(fn.event_shape)}: it is one example, scored once per row. Give it a batch dim for one "
-            f"example ({name}[None], shape {(1, *value.shape)}), or N rows of shape "
-            f"(N, {', '.join(map(str, value.shape))})"
-            + (f"; posterior samples of {name!r} for Predictive: shape (S, 1, {', '.join(map(str, value.shape))})"
+            f"shape {event}: it is one example, scored once per row. Give it a batch dim for one example "
+            f"({name}[None], shape {(1, *shape)}), or N rows of shape (N, {', '.join(map(str, shape))})"
+            + (f"; posterior samples of {name!r} for Predictive: shape (S, 1, {', '.join(map(str, shape))})"
                if conditioned else ""))
 
     def _dgm_conditioned_batch_n(self) -> int | None:
@@ -1582,9 +1600,8 @@ class Distribution(YieldingModule):
             if name in obs:
                 value = obs[name]
                 ev = fn.event_shape
-                if (name in ctx.rows_from and isinstance(value, Tensor) and value.shape == ev
-                        and value.is_floating_point()):  # (class indices, bool values: their own checks)
-                    self._dgm_one_example_as_rows(name, value, fn, False)
+                if name in ctx.rows_from:
+                    self._dgm_note_rows(name, value, fn, ctx, False)
                 if (ev and isinstance(value, Tensor) and value.dim() <= len(ev)
                         and value.shape != ev[len(ev) - value.dim():] and not self._dgm_user_log_prob):
                     self._dgm_event_swallows_batch(name, value, fn)  # (a class's own get_log_prob takes its own)
@@ -1593,9 +1610,7 @@ class Distribution(YieldingModule):
                     mark_own_observed(name, value)
                 return value
             if name in ctx.rows_from:  # (given by poutine.condition)
-                value = conditioned_value(name)
-                if isinstance(value, Tensor) and value.shape == fn.event_shape and value.is_floating_point():
-                    self._dgm_one_example_as_rows(name, value, fn, True)
+                self._dgm_note_rows(name, conditioned_value(name), fn, ctx, True)
             return self._dgm_pyro_sample(name, fn, infer=dict(infer)) if infer else self._dgm_pyro_sample(name, fn)
         stack = PYRO_STACK
         if stack and not ignores_sites(stack):

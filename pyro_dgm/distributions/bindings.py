@@ -77,7 +77,7 @@ class CallState:
     """The state of one ancestral pass: the options of the call and the event dims of what it drew so far."""
 
     __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs", "given_dims",
-                 "own_shape", "extra_params", "rows_from")
+                 "own_shape", "extra_params", "rows_from", "rows_kind")
 
     def __init__(self, batch_n: int | None = None, sample_shape: Iterable[int] = _NO_SHAPE, reparam: bool = False,
                  sample_mean: bool = False, obs: Mapping[str, Any] | None = None,
@@ -93,8 +93,9 @@ class CallState:
         self.own_shape = False  # sample_shape is the drawing factor's own option (graph.set_option), not the call's
         self.extra_params = False  # keys a network returns beyond its family's parameters are kept, not refused
         # (get_params and a product of experts, which read the parameters they know, as Pixyz's do)
-        self.rows_from: tuple[str, ...] = ()  # a model/guide run: the one-dim values whose size alone sized its
-        # data plate (see Distribution._dgm_one_dim_rows)
+        self.rows_from: tuple[str, ...] = ()  # a model/guide run: the given variables whose dim 0 sized its data
+        # plate, none of the inputs' (see Distribution._dgm_one_dim_rows), and what their sites found them to be
+        self.rows_kind: dict[str, tuple[Any, ...]] | None = None
 
     def override(self, option: Mapping[str, Any]) -> tuple[Any, ...]:
         """Apply one factor's options (``graph.set_option``) for its draw; returns what :meth:`restore` needs."""

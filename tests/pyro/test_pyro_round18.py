@@ -346,3 +346,57 @@ def test_posterior_samples_without_a_row_dim_for_sequential_predictive_are_named
     ref = Predictive(twin, posterior_samples={"z": z[:, None]}, parallel=False)()["x"]
     assert ours.shape == (5, 1, D)
     torch.testing.assert_close(ours, ref)
+
+
+# ---------------------------------------------------------------------------------------------- probe p137
+
+
+def test_two_values_of_one_example_each_give_no_rows_either() -> None:
+    """x and y (3 features each) given once each beside z of one row: before, the second value switched the check
+    off and both were scored 3 times; refused, and with their batch dims the model is the twin."""
+    torch.manual_seed(0)
+    fx, fy = nn.Linear(Z, D), nn.Linear(Z, D)
+
+    class PY(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["z"], name="p")
+            self.fc = fy
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(z), "scale": torch.ones(D)}
+
+    p = _PX(fx) * PY() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    x, y, z = torch.randn(D), torch.randn(D), torch.zeros(1, Z)
+    with pytest.raises(ShapeError, match=r"'x' has shape \(3,\) \(and so is 'y' of shape \(3,\)\).*x\[None\]"):
+        poutine.trace(p.model).get_trace(x=x, y=y, z=z)
+
+    def twin(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> None:
+        pyro.sample("z", dist.Normal(torch.zeros(1, Z), 1.).to_event(1), obs=z)
+        pyro.sample("x", dist.Normal(fx(z), 1.).to_event(1), obs=x)
+        pyro.sample("y", dist.Normal(fy(z), 1.).to_event(1), obs=y)
+
+    assert (_log_prob_sum(p.model, x=x[None], y=y[None], z=z)
+            == pytest.approx(_log_prob_sum(twin, x=x, y=y, z=z), rel=1e-6))
+
+
+def test_one_example_of_integer_counts_is_refused_as_a_float_one_is() -> None:
+    """A Bernoulli p(b|z) of 3 features given one example as a long tensor: scored 3 times before (a float one was
+    refused); the same refusal now, and b[None] scores what get_log_prob gives."""
+    from pyro_dgm.distributions import Bernoulli
+
+    class PB(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["b"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(Z, D)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"probs": torch.sigmoid(self.fc(z))}
+
+    torch.manual_seed(0)
+    p = PB() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    b, z = torch.tensor([1, 0, 1]), torch.zeros(1, Z)
+    for value in (b, b.float()):
+        with pytest.raises(ShapeError, match=r"p\(b\|z\): the observed 'b' has shape \(3,\).*b\[None\]"):
+            poutine.trace(p.model).get_trace(b=value, z=z)
+    ref = float(p.get_log_prob({"b": b.float()[None], "z": z}).sum())
+    assert _log_prob_sum(p.model, b=b[None], z=z) == pytest.approx(ref, rel=1e-6)
