@@ -400,6 +400,17 @@ class _SelfOrder:
         return self if obj is None else (obj,)
 
 
+def _one_hot_support(fn: Any) -> bool:
+    """Whether a site's distribution scores one-hot vectors or points of the simplex (a one-hot or relaxed
+    categorical), whose integer values may be class indices."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    try:
+        return fn.support in (constraints.one_hot, constraints.simplex)
+    except NotImplementedError:  # (a user's Pyro distribution that defines no support: torch's default raises)
+        return False
+
+
 class Distribution(YieldingModule):
     r"""Base class of every pyro_dgm distribution: named variables, a formula, products, and Pyro model/guide.
 
@@ -1131,8 +1142,6 @@ class Distribution(YieldingModule):
         with self._dgm_data_plate(batch_n):
             for f in order:
                 f._dgm_draw_factor(values, ctx)
-        if rows:
-            self._dgm_check_rows(ctx)
         return values
 
     def _dgm_empty_batch(self, values: Mapping[str, Any]) -> NoReturn:
@@ -1171,17 +1180,23 @@ class Distribution(YieldingModule):
                 rows.append(v)
         return tuple(rows)
 
-    def _dgm_note_rows(self, name: str, value: Any, fn: Any, ctx: CallState, conditioned: bool) -> None:
+    def _dgm_note_rows(self, name: str, value: Any, event_shape: Sequence[int], ctx: CallState, conditioned: bool,
+                       one_hot: bool = False) -> None:
         """Record, at the site of ``name`` (one of ``ctx.rows_from``), whether its value is one example: its shape
-        is the event shape, so its dim 0 is a feature dim, not rows."""
-        if isinstance(value, Tensor) and ctx.rows_kind is not None:
-            ctx.rows_kind[name] = (value.shape == fn.event_shape, tuple(value.shape), tuple(fn.event_shape),
-                                   conditioned, self)
+        is the event shape, so its dim 0 is a feature dim, not rows; once every listed variable is recorded, check
+        them (before a later factor reads a misread value). Integer values of a one-hot family (``one_hot``) are not
+        recorded: they may be class indices, which that family's own check names."""
+        kinds = ctx.rows_kind
+        if not isinstance(value, Tensor) or kinds is None or (one_hot and not value.is_floating_point()):
+            return
+        kinds[name] = (value.shape == tuple(event_shape), tuple(value.shape), tuple(event_shape), conditioned, self)
+        if len(kinds) == len(ctx.rows_from):
+            self._dgm_check_rows(ctx)
 
     def _dgm_check_rows(self, ctx: CallState) -> None:
-        """Refuse a data plate that only values of one example sized: every site of the call scored its value once
-        per row (silently, ``N`` times the log-density of one example). A value whose site did not say (a guide's
-        input, a ``Deterministic``'s output) may give the rows: then nothing is refused."""
+        """Refuse a data plate that only values of one example sized: every site of the call would score its value
+        once per row (silently, ``N`` times the log-density of one example). A value whose site did not say (a
+        guide's input, class indices) may give the rows: then nothing is refused."""
         kinds = ctx.rows_kind
         if kinds is None or len(kinds) < len(ctx.rows_from) or not all(k[0] for k in kinds.values()):
             return
@@ -1601,7 +1616,7 @@ class Distribution(YieldingModule):
                 value = obs[name]
                 ev = fn.event_shape
                 if name in ctx.rows_from:
-                    self._dgm_note_rows(name, value, fn, ctx, False)
+                    self._dgm_note_rows(name, value, fn.event_shape, ctx, False, _one_hot_support(fn))
                 if (ev and isinstance(value, Tensor) and value.dim() <= len(ev)
                         and value.shape != ev[len(ev) - value.dim():] and not self._dgm_user_log_prob):
                     self._dgm_event_swallows_batch(name, value, fn)  # (a class's own get_log_prob takes its own)
@@ -1610,7 +1625,7 @@ class Distribution(YieldingModule):
                     mark_own_observed(name, value)
                 return value
             if name in ctx.rows_from:  # (given by poutine.condition)
-                self._dgm_note_rows(name, conditioned_value(name), fn, ctx, True)
+                self._dgm_note_rows(name, conditioned_value(name), fn.event_shape, ctx, True, _one_hot_support(fn))
             return self._dgm_pyro_sample(name, fn, infer=dict(infer)) if infer else self._dgm_pyro_sample(name, fn)
         stack = PYRO_STACK
         if stack and not ignores_sites(stack):

@@ -16,7 +16,7 @@ from torch.distributions import Distribution as _TorchDistribution
 from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
-from pyro_dgm.distributions.base import Distribution, ValuesLike, _broadcasts, has_network
+from pyro_dgm.distributions.base import Distribution, ValuesLike, _broadcasts, _one_hot_support, has_network
 from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, has_forward_hooks,
@@ -115,17 +115,6 @@ def _rows_differ(t: Tensor) -> bool:
         return False
     with torch.no_grad():
         return bool((t != t[:1]).any())
-
-
-def _one_hot_support(fn: Any) -> bool:
-    """Whether a site's distribution ``fn`` (inside ``Independent`` or a mask) scores one-hot vectors or points of
-    the simplex: a one-hot or relaxed categorical, whose integer value may be class indices."""
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    try:
-        return fn.support in (constraints.one_hot, constraints.simplex)
-    except NotImplementedError:  # (a user's Pyro distribution that defines no support: torch's default raises)
-        return False
 
 
 def _library_distribution(fn: Any) -> bool:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from pyro_dgm.distributions.base import Distribution, has_network, sum_samples
 from pyro_dgm.distributions.bindings import Binding, CallState, forward_binding, forward_extras
-from pyro_dgm.distributions.effects import run_bound_network
+from pyro_dgm.distributions.effects import conditioned_value, run_bound_network
 from pyro_dgm.utils.checks import DimensionError, NotATensorError, ShapeError, describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
@@ -146,9 +146,18 @@ class Deterministic(Distribution):
             if not isinstance(value, Tensor):  # an LSTM's (h, c), a number...: passed on as it is, as Pixyz does
                 values[v] = value
                 continue
+            if ctx.rows_from and v in ctx.rows_from:  # a given value, the computed one (N rows of its features)
+                self._dgm_note_given(v, obs[v] if given_v else conditioned_value(v), out[own], bn, ctx, not given_v)
             ev = max(value.dim() - bn, 0)
             values[v] = self._dgm_record(v, value, ev, given_v)
             ctx.event_dims[v] = GivenEventDims(ev) if given else ev
+
+    def _dgm_note_given(self, name: str, given: Any, computed: Any, bn: int, ctx: CallState, conditioned: bool
+                        ) -> None:
+        """Record whether a value given for an output is one example (:meth:`Distribution._dgm_note_rows`): the
+        shape of what the network computes without its ``bn`` batch dims."""
+        if isinstance(given, Tensor) and isinstance(computed, Tensor):
+            self._dgm_note_rows(name, given, computed.shape[min(bn, computed.dim()):], ctx, conditioned)
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:

@@ -400,3 +400,52 @@ def test_one_example_of_integer_counts_is_refused_as_a_float_one_is() -> None:
             poutine.trace(p.model).get_trace(b=value, z=z)
     ref = float(p.get_log_prob({"b": b.float()[None], "z": z}).sum())
     assert _log_prob_sum(p.model, b=b[None], z=z) == pytest.approx(ref, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- probe p138
+
+
+def test_one_example_is_named_before_a_later_factor_reads_it() -> None:
+    """p(y|x,z)p(x|z)p(z) with x one example (3,): the check runs at x's site, so the user reads the one-example
+    message, not the later network's failure on the misread rows."""
+
+    class PY(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["x", "z"], name="p")
+            self.fc = nn.Linear(D + Z, 1)
+
+        def forward(self, x: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(torch.cat([x, z], -1)), "scale": torch.ones(1)}
+
+    torch.manual_seed(0)
+    p = PY() * _joint(nn.Linear(Z, D))
+    with pytest.raises(ShapeError, match=r"p\(x\|z\): the observed 'x' has shape \(3,\).*x\[None\]"):
+        poutine.trace(p.model).get_trace(x=torch.randn(D))
+
+
+def test_a_deterministic_output_given_as_one_example_counts_as_one() -> None:
+    """h = f(z) and x ~ p(x|h), both given once as (3,) through poutine.condition: before, h (recorded by
+    pyro.deterministic) was never looked at and x was scored 3 times; refused, naming both."""
+    from pyro_dgm.distributions import Deterministic
+
+    class F(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["z"], name="f")
+            self.fc = nn.Linear(D, D)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"h": torch.tanh(self.fc(z))}
+
+    class PX(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["h"], name="p")
+            self.fc = nn.Linear(D, D)
+
+        def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(h), "scale": torch.ones(D)}
+
+    torch.manual_seed(0)
+    p = PX() * F() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[D], name="p")
+    x, h = torch.randn(D), torch.randn(D)
+    with pytest.raises(ShapeError, match=r"'x' has shape \(3,\) \(and so is 'h' of shape \(3,\)\)"):
+        poutine.trace(poutine.condition(p.model, data={"h": h, "x": x})).get_trace()
