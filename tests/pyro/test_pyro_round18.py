@@ -263,6 +263,7 @@ def test_a_deterministic_output_that_does_not_fit_the_plate_is_named_and_one_row
 # ---------------------------------------------------------------------------------------------- probe p136
 
 
+@pytest.mark.needs_validation
 def test_class_indices_at_a_conditional_one_hot_site_still_name_f_one_hot_not_a_missing_batch_dim() -> None:
     """y = [0, 2, 1] (3 labels of 3 classes) has the event shape (3,) by coincidence: the one-example check must
     leave integer values to the one-hot check (porting.md: NotOneHotError naming F.one_hot)."""
