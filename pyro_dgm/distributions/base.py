@@ -1136,7 +1136,7 @@ class Distribution(YieldingModule):
             return values  # plate)
         if type(batch_n) is int and batch_n == 0:
             self._dgm_empty_batch(values)
-        ctx.rows_from = rows = self._dgm_one_dim_rows(values, batch_n)
+        ctx.rows_from = rows = self._dgm_given_rows(values, batch_n)
         if rows:
             ctx.rows_kind = {}
         with self._dgm_data_plate(batch_n):
@@ -1156,7 +1156,7 @@ class Distribution(YieldingModule):
                               "size cannot be zero); pass at least one row (e.g. DataLoader(..., drop_last=True) "
                               "drops a last batch that could be empty)")
 
-    def _dgm_one_dim_rows(self, values: Mapping[str, Any], batch_n: Any) -> tuple[str, ...]:
+    def _dgm_given_rows(self, values: Mapping[str, Any], batch_n: Any) -> tuple[str, ...]:
         """The given variables (as data or by ``poutine.condition``) whose dim 0 has the data plate's ``batch_n``
         rows, when no input of the call and no site of the trace has them (then the plate is theirs): ``()`` else.
         Their sites record whether each is one example of its event shape (:meth:`_dgm_note_rows`); if all of them

@@ -94,7 +94,7 @@ class CallState:
         self.extra_params = False  # keys a network returns beyond its family's parameters are kept, not refused
         # (get_params and a product of experts, which read the parameters they know, as Pixyz's do)
         self.rows_from: tuple[str, ...] = ()  # a model/guide run: the given variables whose dim 0 sized its data
-        # plate, none of the inputs' (see Distribution._dgm_one_dim_rows), and what their sites found them to be
+        # plate, none of the inputs' (see Distribution._dgm_given_rows), and what their sites found them to be
         self.rows_kind: dict[str, tuple[Any, ...]] | None = None
 
     def override(self, option: Mapping[str, Any]) -> tuple[Any, ...]:

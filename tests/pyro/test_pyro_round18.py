@@ -1,9 +1,12 @@
-"""pyro_dgm joints as Pyro models against plain-Pyro twins, from a generator of random models (probe p133).
+"""pyro_dgm joints as Pyro models against plain-Pyro twins: given values and the data plate's rows (probes p133,
+p134, p136-p138; p133 generated random models and their plain-Pyro twins).
 
-- One example of a variable that has parents, given without a batch dim (shape ``(D,)``, its features) by data or
+- One example of a variable that has parents, given without its batch dim (shape ``(D,)``, its features) by data or
   by ``poutine.condition``, was read as ``D`` data rows: the model opened ``pyro.plate("data", D)``, drew every latent
-  ``D`` times and scored the one example ``D`` times (a plain-Pyro model scores it once). It is now refused, naming
-  the variable and the batch dim it needs; with that dim the model is its twin.
+  ``D`` times and scored the one example ``D`` times (a plain-Pyro model scores it once). When only such values give
+  the plate's rows, the call is now refused, naming the variable and the batch dim it needs; with that dim the model
+  is its twin. One example beside values that do have the rows is broadcast, as in Pixyz and plain Pyro.
+- Pyro's bare "Shape mismatch inside plate" at a pyro_dgm site now names the distribution, the variable and a fix.
 - A guide sizes its data plate from the values it reads, as a model does: a guide that reads none of the data (a
   global latent's ``q(w)``) draws global sites, whatever else ``SVI`` hands it; inside a plate of the caller's, its
   draws are per row (the twin of a constant guide for per-row latents).
