@@ -98,6 +98,8 @@ class _FlowSite(dist.TransformedDistribution):
         return new
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if isinstance(value, Tensor) and not value.numel() and value.dim() > len(self.event_shape):
+            return self._dgm_empty_log_prob(value)
         try:
             with event_dims_fixed():
                 return super().log_prob(value)
@@ -110,6 +112,24 @@ class _FlowSite(dist.TransformedDistribution):
                 raise
             raise DTypeError(f"{describe(owner)}: cannot score {name!r} of dtype {value.dtype}: its parameters are "
                              f"{own}; convert the value with {name}.to({own}) (torch: {e})") from e
+
+
+    def _dgm_empty_log_prob(self, value: Tensor) -> Tensor:
+        """The log-density of a batch of no rows: no values, of the batch shape (torch's ``Independent`` cannot sum
+        0 rows: "cannot reshape tensor of 0 elements into shape [0, -1]"; Pixyz's flows give the empty value). It
+        depends on the flow's parameters with a gradient of 0, the derivative of a sum over no rows."""
+        n = value.dim() - len(self.event_shape)
+        out = value.new_zeros(torch.broadcast_shapes(value.shape[:n], self.batch_shape))
+        for t in self.transforms:
+            for _ in range(4):  # (torch's inverse of a conditioned flow: each holds the other, the flow is inside)
+                if t is None or isinstance(t, torch.nn.Module):
+                    break
+                inner = getattr(t, "flow", None)
+                t = inner if inner is not None else getattr(t, "_inv", None)
+            for p in t.parameters() if isinstance(t, torch.nn.Module) else ():
+                if p.requires_grad:
+                    out = out + p.sum() * 0.0
+        return out
 
 
 # What Pyro's views show (a trace's site table, pyro.render_model): Pyro's name of the distribution; the qualified
