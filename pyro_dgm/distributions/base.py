@@ -1209,7 +1209,8 @@ class Distribution(YieldingModule):
             f"{describe(factor)}: the observed {name!r} has shape {shape}{also}, whose dim 0 the Pyro model read as "
             f"{n} data rows (dim 0 is the batch dim, as in Pixyz: a value with one dim is a batch of scalars; no "
             f"other value gives the rows) for a data plate of {n}, but its distribution gives {name!r} the feature "
-            f"shape {event}: it is one example, scored once per row. Give it a batch dim for one example "
+            f"shape {event} (its parameters have no batch dim): it is one example, which every row of the plate would "
+            f"score again. Give it a batch dim for one example "
             f"({name}[None], shape {(1, *shape)}), or N rows of shape (N, {', '.join(map(str, shape))})"
             + (f"; posterior samples of {name!r} for Predictive: shape (S, 1, {', '.join(map(str, shape))})"
                if conditioned else ""))
