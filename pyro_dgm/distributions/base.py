@@ -1160,7 +1160,7 @@ class Distribution(YieldingModule):
         """The given variables (as data or by ``poutine.condition``) whose dim 0 has the data plate's ``batch_n``
         rows, when no input of the call and no site of the trace has them (then the plate is theirs): ``()`` else.
         Their sites record whether each is one example of its event shape (:meth:`_dgm_note_rows`); if all of them
-        are, nothing gave the rows (:meth:`_dgm_check_rows`)."""
+        are, nothing gave the rows (:meth:`_dgm_one_example_rows`)."""
         if type(batch_n) is not int:
             return ()
         rows = []
@@ -1190,20 +1190,18 @@ class Distribution(YieldingModule):
         if not isinstance(value, Tensor) or kinds is None or (one_hot and not value.is_floating_point()):
             return
         kinds[name] = (value.shape == tuple(event_shape), tuple(value.shape), tuple(event_shape), conditioned, self)
-        if len(kinds) == len(ctx.rows_from):
-            self._dgm_check_rows(ctx)
+        if len(kinds) == len(ctx.rows_from) and all(k[0] for k in kinds.values()):
+            self._dgm_one_example_rows(ctx.rows_from, kinds)
 
-    def _dgm_check_rows(self, ctx: CallState) -> None:
+    @staticmethod
+    def _dgm_one_example_rows(names: Sequence[str], kinds: Mapping[str, tuple[Any, ...]]) -> NoReturn:
         """Refuse a data plate that only values of one example sized: every site of the call would score its value
-        once per row (silently, ``N`` times the log-density of one example). A value whose site did not say (a
-        guide's input, class indices) may give the rows: then nothing is refused."""
-        kinds = ctx.rows_kind
-        if kinds is None or len(kinds) < len(ctx.rows_from) or not all(k[0] for k in kinds.values()):
-            return
-        name = ctx.rows_from[0]
+        once per row (silently, ``N`` times the log-density of one example). (A value whose site did not say, a
+        guide's input or class indices, may give the rows: then no call comes here.)"""
+        name = names[0]
         _, shape, event, conditioned, factor = kinds[name]
         n = shape[0]
-        others = [v for v in ctx.rows_from if v != name]
+        others = [v for v in names if v != name]
         also = (f" (and so is {', '.join(f'{v!r} of shape {kinds[v][1]}' for v in others)})" if others else "")
         raise ShapeError(
             f"{describe(factor)}: the observed {name!r} has shape {shape}{also}, whose dim 0 the Pyro model read as "

@@ -21,23 +21,41 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
-from pyro_dgm.distributions import Normal
+from pyro_dgm.distributions import Deterministic, Normal
 from pyro_dgm.utils.checks import ShapeError
 
 Z, D = 2, 3
 
 
-class _PX(Normal):
+class _Lin(Normal):
+    """``var`` ~ N(fc(``cond``), 1), of D features."""
+
+    def __init__(self, fc: nn.Module, var: str = "x", cond: str = "z") -> None:
+        super().__init__(var=[var], cond_var=[cond], name="p")
+        self.fc, self._cond = fc, cond
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.fc(inputs[self._cond]), "scale": torch.ones(D)}
+
+
+class _Tanh(Deterministic):
+    """h = tanh(fc(z))."""
+
     def __init__(self, fc: nn.Module) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
+        super().__init__(var=["h"], cond_var=["z"], name="f")
         self.fc = fc
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loc": self.fc(z), "scale": torch.ones(D)}
+        return {"h": torch.tanh(self.fc(z))}
+
+
+def _prior(n: int = Z) -> Normal:
+    """p(z) = N(0, I) of ``n`` features."""
+    return Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[n], name="p")
 
 
 def _joint(fc: nn.Module):
-    return _PX(fc) * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    return _Lin(fc) * _prior()
 
 
 def _twin(fc: nn.Module, rows: int | None):
@@ -147,7 +165,7 @@ def test_one_example_with_two_feature_dims_or_beside_a_one_row_value_is_refused(
             loc = self.fc(z)[..., None, :].expand(*z.shape[:-1], 2, D)
             return {"loc": loc, "scale": torch.ones(2, D)}
 
-    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    prior = _prior()
     with pytest.raises(ShapeError, match=r"'x' has shape \(2, 3\).*2 data rows.*feature shape \(2, 3\)"):
         poutine.trace((PX2() * prior).model).get_trace(x=torch.zeros(2, D))
     with pytest.raises(ShapeError, match=r"'x' has shape \(3,\).*3 data rows"):
@@ -227,28 +245,9 @@ def test_a_guide_that_reads_no_data_inside_the_callers_plate_draws_per_row_as_it
 def test_a_deterministic_output_that_does_not_fit_the_plate_is_named_and_one_row_is_shared_as_in_plain_pyro() -> None:
     """h = f(z) given as one vector of 3 features beside x of 4 rows: Pyro's bare "Shape mismatch inside plate"
     named neither the distribution nor the fix (probe p134); as one row, h[None], it is the twin's shared value."""
-    from pyro_dgm.distributions import Deterministic
-
     torch.manual_seed(0)
     f_fc, x_fc = nn.Linear(Z, D), nn.Linear(D, D)
-
-    class F(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["h"], cond_var=["z"], name="f")
-            self.fc = f_fc
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"h": torch.tanh(self.fc(z))}
-
-    class PX(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["h"], name="p")
-            self.fc = x_fc
-
-        def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(h), "scale": torch.ones(())}
-
-    p = PX() * F() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    p = _Lin(x_fc, cond="h") * _Tanh(f_fc) * _prior()
     x, h = torch.randn(4, D), torch.randn(D)
     with pytest.raises(ShapeError, match=r"f\(h\|z\): the variable 'h' does not fit the plates.*shape \(3,\)"
                                          r".*h\[None\].*Shape mismatch inside plate"):
@@ -281,7 +280,7 @@ def test_class_indices_at_a_conditional_one_hot_site_still_name_f_one_hot_not_a_
         def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"probs": self.fc(z).softmax(-1)}
 
-    p = PY() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    p = PY() * _prior()
     y = torch.tensor([0, 2, 1])
     for run in (lambda: p.model(y=y), lambda: poutine.condition(p.model, data={"y": y})()):
         with pytest.raises(NotOneHotError, match=r"F\.one_hot"):
@@ -308,18 +307,12 @@ def test_a_global_site_of_the_callers_gives_no_rows_so_one_example_beside_it_is_
 
 
 def test_a_deterministic_output_whose_network_drops_the_batch_dim_is_told_to_keep_it() -> None:
-    from pyro_dgm.distributions import Deterministic
-
-    class F(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["h"], cond_var=["z"], name="f")
-            self.fc = nn.Linear(Z, D)
-
+    class F(_Tanh):
         def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"h": torch.tanh(self.fc(z)).mean(0)}  # the batch averaged away
 
-    p = (Normal(loc="h", scale=1., var=["x"], cond_var=["h"], name="p") * F()
-         * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p"))
+    p = (Normal(loc="h", scale=1., var=["x"], cond_var=["h"], name="p") * F(nn.Linear(Z, D))
+         * _prior())
     with pytest.raises(ShapeError, match=r"f\(h\|z\): the variable 'h'.*forward\(\) computed, has shape \(3,\)"
                                          r".*keep the batch dim in forward\(\)"):
         poutine.trace(p.model).get_trace(x=torch.randn(4, D))
@@ -333,7 +326,7 @@ def test_posterior_samples_without_a_row_dim_for_sequential_predictive_are_named
 
     torch.manual_seed(0)
     fc = nn.Linear(Z, D)
-    p = (_PX(fc) * Normal(loc="w", scale=torch.tensor(1.), var=["z"], cond_var=["w"], name="p")
+    p = (_Lin(fc) * Normal(loc="w", scale=torch.tensor(1.), var=["z"], cond_var=["w"], name="p")
          * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["w"], features_shape=[Z], name="p"))
 
     def twin() -> None:
@@ -361,15 +354,7 @@ def test_two_values_of_one_example_each_give_no_rows_either() -> None:
     torch.manual_seed(0)
     fx, fy = nn.Linear(Z, D), nn.Linear(Z, D)
 
-    class PY(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["y"], cond_var=["z"], name="p")
-            self.fc = fy
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(z), "scale": torch.ones(D)}
-
-    p = _PX(fx) * PY() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    p = _Lin(fx) * _Lin(fy, "y") * _prior()
     x, y, z = torch.randn(D), torch.randn(D), torch.zeros(1, Z)
     with pytest.raises(ShapeError, match=r"'x' has shape \(3,\) \(and so is 'y' of shape \(3,\)\).*x\[None\]"):
         poutine.trace(p.model).get_trace(x=x, y=y, z=z)
@@ -397,7 +382,7 @@ def test_one_example_of_integer_counts_is_refused_as_a_float_one_is() -> None:
             return {"probs": torch.sigmoid(self.fc(z))}
 
     torch.manual_seed(0)
-    p = PB() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="p")
+    p = PB() * _prior()
     b, z = torch.tensor([1, 0, 1]), torch.zeros(1, Z)
     for value in (b, b.float()):
         with pytest.raises(ShapeError, match=r"p\(b\|z\): the observed 'b' has shape \(3,\).*b\[None\]"):
@@ -430,26 +415,8 @@ def test_one_example_is_named_before_a_later_factor_reads_it() -> None:
 def test_a_deterministic_output_given_as_one_example_counts_as_one() -> None:
     """h = f(z) and x ~ p(x|h), both given once as (3,) through poutine.condition: before, h (recorded by
     pyro.deterministic) was never looked at and x was scored 3 times; refused, naming both."""
-    from pyro_dgm.distributions import Deterministic
-
-    class F(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["h"], cond_var=["z"], name="f")
-            self.fc = nn.Linear(D, D)
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"h": torch.tanh(self.fc(z))}
-
-    class PX(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["h"], name="p")
-            self.fc = nn.Linear(D, D)
-
-        def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(h), "scale": torch.ones(D)}
-
     torch.manual_seed(0)
-    p = PX() * F() * Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[D], name="p")
+    p = _Lin(nn.Linear(D, D), cond="h") * _Tanh(nn.Linear(D, D)) * _prior(D)
     x, h = torch.randn(D), torch.randn(D)
     with pytest.raises(ShapeError, match=r"'x' has shape \(3,\) \(and so is 'h' of shape \(3,\)\)"):
         poutine.trace(poutine.condition(p.model, data={"h": h, "x": x})).get_trace()
