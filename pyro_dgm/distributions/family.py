@@ -754,7 +754,11 @@ class DistributionBase(Distribution):
             bn = self._dgm_batch_ndim(b, values, ctx)
         else:
             params = self._dgm_params(b, values, ctx)
-            base = self._dgm_base(params)
+            try:
+                base = self._dgm_base(params)
+            except ValueError as e:  # parameters torch refuses: a NaN in an input gives NaN parameters
+                self._dgm_note_non_finite_inputs(e, b, values)
+                raise
             bn = self._dgm_batch_ndim(b, values, ctx)
             if bn == 0 and self._dgm_const_names:  # inputs without batch dims: a constant's batch dim of 1 stays one
                 bn = _constants_lead(params, self._dgm_const_names, len(base.batch_shape))
@@ -1139,6 +1143,19 @@ class DistributionBase(Distribution):
         if sum_features and feature_dims is None:
             return lp.sum(tuple(range(-ev, 0))) if ev else lp
         return self._dgm_sum_dims(lp, sum_features, feature_dims, "log-density")
+
+    @staticmethod
+    def _dgm_note_non_finite_inputs(error: Exception, b: Binding, values: Mapping[str, Any]) -> None:
+        """Name, in ``error``, the inputs of ``b`` that hold NaN or infinite entries (the cause of parameters that
+        torch refuses as NaN, which its message does not say)."""
+        bad = [v for v in b.input_var if isinstance(values.get(v), Tensor) and values[v].is_floating_point()
+               and not bool(torch.isfinite(values[v]).all())]
+        add_note = getattr(error, "add_note", None)
+        if bad and add_note is not None:
+            rows = torch.nonzero(~torch.isfinite(values[bad[0]]))[0].tolist()
+            add_note(f"(the input{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))} "
+                     f"hold{'' if len(bad) > 1 else 's'} NaN or infinite entries, the first at index {rows} of "
+                     f"{bad[0]!r})")
 
     @staticmethod
     def _dgm_non_finite(base: Any, x: Tensor, name: str) -> str:

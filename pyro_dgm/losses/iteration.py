@@ -360,7 +360,11 @@ class IterativeLoss(Loss):
                 x[self.timestep_var[0]] = t
             if self.slice_step is None:
                 x.update(self.slice_step_fn(t, series))
-            value, samples = self.step_loss.eval(x, return_dict=True, return_all=False, **kwargs)
+            try:
+                value, samples = self.step_loss.eval(x, return_dict=True, return_all=False, **kwargs)
+            except Exception as error:  # (no cost unless raised) the step it failed at, e.g. a NaN in x_t at that t
+                _note_step(error, t, steps)
+                raise
             x.update(samples)
             if check:
                 self._dgm_check_updates(x)
@@ -372,6 +376,13 @@ class IterativeLoss(Loss):
         x.update(series)
         x.update(updated)
         return total, x
+
+
+def _note_step(error: Exception, t: int, steps: int) -> None:
+    """Say in ``error`` at which time step the step loss raised (Python 3.11's notes; a nested loss adds its own)."""
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        add_note(f"(in IterativeLoss, at time step t={t} of {steps})")
 
 
 def _steps(series: Mapping[str, Any], v: str) -> int:

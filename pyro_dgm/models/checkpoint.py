@@ -186,6 +186,10 @@ def _epoch_state(model: "Model") -> dict[str, Any]:
     end); and, where it can, ``epoch_resume``: what ``fit`` needs to continue that epoch where it stopped
     (:class:`~pyro_dgm.models.trainer.EpochStart`)."""
     start = model.__dict__.get("_dgm_epoch_start")
+    if start is not None and start.ended is not None and start.ended != model.step:
+        # fit raised in the epoch and steps were taken since, outside fit: that epoch cannot be resumed any more
+        del model.__dict__["_dgm_epoch_start"]
+        start = None
     pending = model.__dict__.get("_dgm_pending_epoch")
     if pending is not None:  # loaded, not continued yet (or stopped while skipping): saved again as it was loaded
         return {"epoch_steps": pending["steps"], "epoch_resume": pending}

@@ -394,6 +394,11 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
             _log_epoch(model, state, record)
             if model.stop_training:
                 break
+    except BaseException:  # the epoch left unfinished: a save before the next step resumes it (a Ctrl-C's handler)
+        begun = model.__dict__.get("_dgm_epoch_start")
+        if begun is not None:
+            begun.ended = model.step
+        raise
     finally:
         model.tb_writer = None
         if state.writer is not None:
@@ -412,6 +417,7 @@ class EpochStart:
     acc: Any = None
     test_rng: Any = None  # the random states when the epoch's test batches began
     batches: int | None = None  # the number of training batches (None for data without a length)
+    ended: int | None = None  # the step at which fit raised (steps taken after it are not the epoch's)
 
     @classmethod
     def now(cls, model: "Model") -> "EpochStart":
@@ -671,6 +677,7 @@ def _log_epoch(model: "Model", state: _FitState, record: dict[str, Any]) -> None
         return
     from pyro_dgm.models.callbacks import AFTER_CALLBACKS
 
+    outer = AFTER_CALLBACKS.get(id(model))  # (a fit that a callback of another fit of this model runs)
     AFTER_CALLBACKS[id(model)] = after = []  # checkpoints are written once every callback has run
     try:
         for i, cb in enumerate(state.callbacks, 1):
@@ -681,6 +688,9 @@ def _log_epoch(model: "Model", state: _FitState, record: dict[str, Any]) -> None
                          f"({getattr(cb, '__qualname__', None) or type(cb).__name__}), after the epoch ended")
                 raise
     finally:
-        del AFTER_CALLBACKS[id(model)]
+        if outer is None:
+            AFTER_CALLBACKS.pop(id(model), None)
+        else:
+            AFTER_CALLBACKS[id(model)] = outer
         for save in after:
             save()

@@ -27,6 +27,7 @@ from torch.nn.modules import module as _nn_module
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pyro_dgm.utils.modules import hook_ends
+from pyro_dgm.utils.random import STATE as _RANDOM
 from pyro_dgm.utils.versions import data_ptrs
 from pyro_dgm.utils.compat import is_compiling
 
@@ -183,9 +184,11 @@ def _python_mark() -> Any:
 
 def rng_marks() -> tuple[Any, ...]:
     """Where the global random number generators are: torch's (the CPU one, and the current CUDA device's once CUDA
-    is in use), Python's ``random`` and numpy's. Two marks differ when anything drew from them in between (a
-    forward's ``torch.randint``, dropout, ``random.randint``, ``np.random.randint``...); compare them with
-    :func:`same_marks`.
+    is in use), Python's ``random`` and numpy's, and this thread's generator when one is set
+    (:func:`pyro_dgm.utils.generator`: a forward that draws with ``generator=current_generator()``). Two marks differ
+    when anything drew from them in between (a forward's ``torch.randint``, dropout, ``random.randint``,
+    ``np.random.randint``...); compare them with :func:`same_marks`. A ``torch.Generator`` that a forward makes or
+    keeps itself is not seen.
 
     Examples
     --------
@@ -200,13 +203,18 @@ def rng_marks() -> tuple[Any, ...]:
     False
     """
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
-    return (torch.default_generator.get_state().numpy().tobytes(), cuda, _python_mark(), _numpy_mark())
+    own = _RANDOM.generator
+    own_mark = None if own is None else (own, own.get_state())  # (a CUDA generator's state is a CPU tensor too)
+    return (torch.default_generator.get_state().numpy().tobytes(), cuda, _python_mark(), _numpy_mark(), own_mark)
 
 
 def same_marks(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     """Whether nothing drew from the generators between two :func:`rng_marks`."""
+    own_a, own_b = a[4], b[4]
     return (a[0] == b[0] and a[2] == b[2] and a[3] == b[3]
-            and (a[1] is None) == (b[1] is None) and (a[1] is None or torch.equal(a[1], b[1])))
+            and (a[1] is None) == (b[1] is None) and (a[1] is None or torch.equal(a[1], b[1]))
+            and (own_a is None) == (own_b is None)
+            and (own_a is None or (own_a[0] is own_b[0] and torch.equal(own_a[1], own_b[1]))))
 
 
 def _param_state(module: Any) -> tuple[Any, ...] | None:

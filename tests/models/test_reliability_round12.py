@@ -1,0 +1,208 @@
+"""Reliability, round 12: faults injected by probe p140.
+
+- A ``Deterministic`` that draws with ``generator=current_generator()`` (as the docs recommend) was memoized within
+  one evaluation when a generator was set with :func:`pyro_dgm.utils.generator`, so two uses got one draw, and
+  re-run (a draw at each use, Pixyz's semantics) when none was set: the memoizer watched the global generators
+  only.
+- A ``fit`` run by a callback of a ``fit`` of the same model made the outer ``fit`` fail with a bare ``KeyError``
+  after the epoch, and the checkpoint its ``ModelCheckpoint`` had queued was never written.
+- An error in an ``IterativeLoss`` step did not say at which time step it came.
+- A NaN in a network's input was reported as the network's invalid parameters, without naming the input.
+- After ``fit`` raised in an epoch, steps taken by hand were counted as steps of that epoch by every later save.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+
+def _noisy_deterministic(calls: list[int]) -> object:
+    from pyro_dgm.distributions import Deterministic
+    from pyro_dgm.utils import current_generator
+
+    class Noisy(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            calls.append(1)
+            return {"h": x + torch.randn(x.shape, generator=current_generator())}
+
+    return Noisy()
+
+
+def test_a_deterministic_drawing_from_the_thread_generator_draws_at_each_use() -> None:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import Expectation as E
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.utils import generator
+
+    calls: list[int] = []
+    f = _noisy_deterministic(calls)
+    p = Normal(loc="h", scale=1., var=["y"], cond_var=["h"], name="p")
+    loss = (E(f, LogProb(p)).named("t1") + E(f, LogProb(p)).named("t2")).mean()
+    x, y = torch.zeros(4, 3), torch.zeros(4, 3)
+    with generator(torch.Generator().manual_seed(0)):
+        _, terms = loss.eval({"x": x, "y": y}, return_terms=True)
+    assert len(calls) == 2  # f ran at each use (was 1: the first draw reused)
+    g = torch.Generator().manual_seed(0)  # the two draws, in the order the terms are evaluated
+    for name in ("t1", "t2"):
+        h = x + torch.randn(x.shape, generator=g)
+        expected = torch.distributions.Normal(h, 1.).log_prob(y).sum(-1)
+        torch.testing.assert_close(terms[name], expected)
+
+
+def test_a_deterministic_without_randomness_is_still_run_once_under_a_generator() -> None:
+    from pyro_dgm.distributions import Deterministic, Normal
+    from pyro_dgm.losses import Expectation as E
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.utils import generator
+
+    calls: list[int] = []
+
+    class Shift(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            calls.append(1)
+            return {"h": x + 1}
+
+    f = Shift()
+    p = Normal(loc="h", scale=1., var=["y"], cond_var=["h"], name="p")
+    loss = (E(f, LogProb(p)) + E(f, LogProb(p))).mean()
+    x, y = torch.zeros(4, 3), torch.ones(4, 3)
+    with generator(torch.Generator().manual_seed(0)):
+        value = loss.eval({"x": x, "y": y})
+    assert len(calls) == 1  # the memoizer reuses the pass that drew nothing
+    torch.testing.assert_close(value, 2 * torch.distributions.Normal(x + 1, 1.).log_prob(y).sum(-1).mean())
+
+
+def _model() -> object:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.models import Model
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], name="p")
+            self.m = nn.Parameter(torch.zeros(2))
+            self.fail_at: int | None = None
+            self.calls = 0
+
+        def forward(self) -> dict[str, torch.Tensor]:
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError("a transient failure")
+            return {"loc": self.m, "scale": torch.ones(2)}
+
+    p = P()
+    return Model((-p.log_prob()).mean(), distributions=[p], optimizer_params={"lr": 0.1}), p
+
+
+def test_fit_in_a_callback_of_fit_of_the_same_model_writes_the_queued_checkpoint(tmp_path: Path) -> None:
+    from pyro_dgm.models import Model
+    from pyro_dgm.models.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    model, _ = _model()
+    data = {"x": torch.randn(16, 2)}
+    steps_after_epoch_1: list[int] = []
+
+    def finetune(m: object, epoch: int, logs: dict) -> None:
+        if epoch == 1:
+            m.fit(data, epochs=1, batch_size=8, progress=False, shuffle=False, callbacks=[lambda *a: None])
+            steps_after_epoch_1.append(m.step)
+
+    path = tmp_path / "ckpt.pt"
+    model.fit(data, epochs=2, batch_size=8, progress=False, shuffle=False,
+              callbacks=[ModelCheckpoint(str(path)), finetune])  # (was: KeyError(id(model)) after epoch 1)
+    assert model.step == 6  # 2 batches in each of the outer epochs and in the nested one
+    assert steps_after_epoch_1 == [4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checkpoint at an epoch's end: no unfinished epoch to warn of
+        loaded, _ = _model()
+        loaded.load(str(path), resume=True)
+    assert loaded.step == model.step  # the last checkpoint: the outer epoch 2's (every epoch's was written)
+    torch.testing.assert_close(loaded.distributions[0].m, model.distributions[0].m)
+    assert isinstance(loaded, Model)
+
+
+def test_an_error_in_an_iterative_loss_names_the_time_step() -> None:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import IterativeLoss, LogProb
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x_t"], name="q")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(x_t), "scale": torch.ones(2)}
+
+    step = LogProb(Normal(loc="z", scale=1., var=["y_t"], cond_var=["z"], name="p")).expectation(Q()).mean()
+    loss = IterativeLoss(step, max_iter=6, series_var=["x_t", "y_t"])
+    x, y = torch.randn(6, 4, 2), torch.randn(6, 4, 2)
+    x[3, 1, 0] = float("nan")
+    with _validating():
+        with pytest.raises(ValueError, match="invalid parameters") as info:
+            loss.eval({"x_t": x, "y_t": y})
+    notes = getattr(info.value, "__notes__", [])
+    assert "(in IterativeLoss, at time step t=3 of 6)" in notes
+    assert any("'x_t' holds NaN or infinite entries, the first at index [1, 0]" in n for n in notes)
+
+
+class _validating:
+    """torch's argument validation on inside (the suite may run with it off), as before after."""
+
+    def __enter__(self) -> None:
+        self.before = torch.distributions.Distribution._validate_args
+        torch.distributions.Distribution.set_default_validate_args(True)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.distributions.Distribution.set_default_validate_args(self.before)
+
+
+def test_a_nan_in_a_network_input_is_named_with_its_index() -> None:
+    from pyro_dgm.distributions import Normal
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(x), "scale": torch.ones(2)}
+
+    x = torch.rand(8, 4)
+    x[5, 1] = float("nan")
+    with _validating(), pytest.raises(ValueError, match=r"q\(z\|x\): invalid parameters") as info:
+        Q().sample({"x": x})
+    assert "(the input 'x' holds NaN or infinite entries, the first at index [5, 1] of 'x')" in info.value.__notes__
+    with _validating(), pytest.raises(ValueError) as info:  # a NaN the parameters do not take: no note
+        Normal(loc="x", scale=-1., var=["z"], cond_var=["x"], name="q").sample({"x": torch.zeros(2, 1)})
+    assert not getattr(info.value, "__notes__", [])
+
+
+@pytest.mark.parametrize("manual_steps", [0, 3])
+def test_steps_taken_by_hand_after_a_failed_fit_are_not_the_epochs(tmp_path: Path, manual_steps: int) -> None:
+    torch.manual_seed(0)
+    model, p = _model()
+    p.fail_at = 3
+    x = torch.randn(16, 2)
+    with pytest.raises(RuntimeError, match="a transient failure"):
+        model.fit({"x": x}, epochs=1, batch_size=4, progress=False, shuffle=False)
+    assert model.step == 2
+    for _ in range(manual_steps):
+        model.train({"x": x})
+    path = os.path.join(tmp_path, "a.pt")
+    model.save(path)
+    saved = torch.load(path, weights_only=False)
+    if manual_steps:  # (was: 5 steps into epoch 1, the 3 later steps counted as fit's; a load warned so)
+        assert saved["epoch_steps"] == 0 and "epoch_resume" not in saved
+    else:  # saved right after the failure (a Ctrl-C's handler): the unfinished epoch resumes, as before
+        assert saved["epoch_steps"] == 2 and saved["epoch_resume"]["steps"] == 2
