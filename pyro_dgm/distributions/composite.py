@@ -220,6 +220,13 @@ class ExpertWeights(PlainBuffers):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,  # type: ignore[misc]
                                       missing_keys, unexpected_keys, error_msgs)
 
+    def _get_input_dict(self, x: Any, var: Sequence[str] | None = None) -> dict[str, Any]:
+        """Pixyz's protected helper as its products and mixtures of experts have it: the values are ``x``, and a
+        dict may leave experts' inputs out (the values it holds of ``var``, default :attr:`input_var`)."""
+        if type(x) is dict:
+            return {v: x[v] for v in (self.input_var if var is None else var) if v in x}
+        return super()._get_input_dict(x, var)  # type: ignore[misc]
+
 
 class OptionalInputs:
     """Mixin for distributions whose inputs may be left out (experts that are missing): a call needs only ``var``.

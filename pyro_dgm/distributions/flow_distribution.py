@@ -427,6 +427,13 @@ class TransformedDistribution(_FlowDistribution):
         """:math:`z = f(x)` (the flow's ``forward``; stores ``logdet_jacobian``)."""
         return self.flow.forward(x, y, compute_jacobian=compute_jacobian)
 
+    @property
+    def stored_x(self) -> dict[int, Tensor]:
+        """Pixyz's record of the flow's last forward run, ``{hash(z): x}`` (empty before one): what the flow
+        remembers of it (a new dict at each read)."""
+        m = getattr(self.flow, "_dgm_memory", None)
+        return {} if m is None or m.by_inverse else {hash(m.z): m.x}
+
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         r""":math:`x = f^{-1}(z)`."""
         return self.flow.inverse(z, y)

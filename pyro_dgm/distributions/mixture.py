@@ -601,6 +601,11 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
     True
     """
 
+    @property
+    def replace_params_dict(self) -> dict[str, list[str]]:
+        """Pixyz's attribute: no input gives a parameter (``{}``)."""
+        return {}
+
     def __init__(self, p: Sequence[Distribution] = (), weight_modalities: Sequence[float] | None = None,
                  name: str = "p", features_shape: Sequence[int] = torch.Size()) -> None:
         owner = f"MixtureOfNormal {name}"

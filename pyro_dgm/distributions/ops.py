@@ -142,6 +142,13 @@ class ReplaceVarDistribution(_PassesThrough):
         for attr in ("_var", "_cond_var", "_dgm_input_var"):
             self.__dict__[attr] = sorted(self.__dict__[attr], key=rank.__getitem__)  # (not a user's change)
 
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The renamed distribution's network, called as Pixyz's renaming calls it: ``p(*args, **kwargs)``, with
+        ``p``'s own variable names (``q.replace_var(x="w")(x=x)`` is ``q(x=x)``)."""
+        return self.p(*args, **kwargs)
+
+    forward._dgm_no_network = True  # type: ignore[attr-defined]  # (its own binding is p's, renamed)
+
     @property
     def name(self) -> str:
         """Its label: the renamed distribution's name unless set. As in Pixyz, setting it does not change the

@@ -73,10 +73,16 @@ class ChannelConv(Flow):
     def _dgm_details(self) -> str:
         return f"in_channels={self.in_features}, decomposed={self.decomposed}"
 
+    @property
+    def eye(self) -> Tensor:
+        """The identity matrix that gives ``L`` its unit diagonal (Pixyz's attribute of a decomposed layer)."""
+        if not self.decomposed:  # (then nn.Module says that there is no such attribute, as Pixyz's layer has none)
+            raise AttributeError("eye")
+        return torch.eye(self.l_mask.shape[0], dtype=self.l.dtype, device=self.l.device)
+
     def _dgm_factors(self) -> tuple[Tensor, Tensor]:
         """``L`` (unit lower triangular) and ``U`` (upper triangular with the diagonal ``s``)."""
-        eye = torch.eye(self.l_mask.shape[0], dtype=self.l.dtype, device=self.l.device)
-        lower = self.l * self.l_mask + eye
+        lower = self.l * self.l_mask + self.eye
         upper = self.u * self.l_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return lower, upper
 

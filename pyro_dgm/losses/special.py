@@ -276,7 +276,7 @@ class ConstantVar(Loss):
         return self.base_loss._symbol
 
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
-        inputs = {k: x_dict[k] for k in self._input_var if k in x_dict}  # (a parent passes all of its values)
+        inputs = dict(x_dict)  # (called directly, loss(x_dict), every given value comes back, as in Pixyz)
         inputs.update(self.constant_dict)
         # its inputs and its constants join the samples, as in Pixyz (eval(..., return_dict=True) of a ConstantVar
         # reports the constants)

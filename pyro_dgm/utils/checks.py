@@ -58,6 +58,11 @@ class NoClosedFormError(NotImplementedError, ValueError):
     ValueError Pixyz raises for the analytic entropy of such a distribution or the analytic KL of a product."""
 
 
+class UnknownOptionError(ValueError, NotImplementedError):
+    """A ValueError for an option that names nothing known (``MMD(..., kernel="laplace")``), listing the known ones:
+    also the NotImplementedError that Pixyz raises there, so that a program falling back on it still catches it."""
+
+
 class DuplicateSiteError(ValueError, RuntimeError):
     """A ValueError for a second ``pyro.sample`` site of one name in one Pyro trace (a variable drawn twice under
     a user's ``poutine.trace()``), naming the distribution and the variable: also the RuntimeError Pyro raises."""
