@@ -389,7 +389,8 @@ class MemoizeMessenger(Messenger):
                 keys.append((id(a), a._version) if type(a) is torch.Tensor else _arg_key(a))
         except RuntimeError:  # an inference tensor (torch.inference_mode) has no _version
             keys = [_arg_key(a) for a in args]
-        return (id(module), module.training, torch.is_grad_enabled(), tuple(keys), kw)
+        # (a TorchScript trace, Pyro's JIT ELBOs', cannot take an output computed before it began: a constant)
+        return (id(module), module.training, torch.is_grad_enabled(), torch._C._is_tracing(), tuple(keys), kw)
 
     def _forget_traced_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Drop the traced entries that hold a tensor that a network has just been given: it may have changed it in
