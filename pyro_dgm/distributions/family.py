@@ -757,7 +757,7 @@ class DistributionBase(Distribution):
             try:
                 base = self._dgm_base(params)
             except ValueError as e:  # parameters torch refuses: a NaN in an input gives NaN parameters
-                self._dgm_note_non_finite_inputs(e, b, values)
+                self._dgm_note_non_finite_inputs(e, b.input_var, values)
                 raise
             bn = self._dgm_batch_ndim(b, values, ctx)
             if bn == 0 and self._dgm_const_names:  # inputs without batch dims: a constant's batch dim of 1 stays one
@@ -952,7 +952,11 @@ class DistributionBase(Distribution):
         if missing:
             raise ValueError(f"{describe(self)}: set_dist needs the parameters {self.params_keys}, got "
                              f"{sorted(params)}")
-        d = self._dgm_base(params)
+        try:
+            d = self._dgm_base(params)
+        except ValueError as e:
+            self._dgm_note_non_finite_inputs(e, self.input_var, x_dict)
+            raise
         if hard:
             d = d._hard()
         if batch_n:
@@ -1145,17 +1149,23 @@ class DistributionBase(Distribution):
         return self._dgm_sum_dims(lp, sum_features, feature_dims, "log-density")
 
     @staticmethod
-    def _dgm_note_non_finite_inputs(error: Exception, b: Binding, values: Mapping[str, Any]) -> None:
-        """Name, in ``error``, the inputs of ``b`` that hold NaN or infinite entries (the cause of parameters that
-        torch refuses as NaN, which its message does not say)."""
-        bad = [v for v in b.input_var if isinstance(values.get(v), Tensor) and values[v].is_floating_point()
-               and not bool(torch.isfinite(values[v]).all())]
-        add_note = getattr(error, "add_note", None)
-        if bad and add_note is not None:
-            rows = torch.nonzero(~torch.isfinite(values[bad[0]]))[0].tolist()
-            add_note(f"(the input{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))} "
-                     f"hold{'' if len(bad) > 1 else 's'} NaN or infinite entries, the first at index {rows} of "
-                     f"{bad[0]!r})")
+    def _dgm_note_non_finite_inputs(error: Exception, names: Sequence[str], values: Any) -> None:
+        """Say in ``error``'s message which of the inputs ``names`` hold NaN or infinite entries (the cause of
+        parameters that torch refuses as NaN, which its message does not say). In the message, not a note: Pyro's
+        trace raises a new exception of the message when a site fails."""
+        if not (isinstance(values, Mapping) and error.args and isinstance(error.args[0], str)):
+            return
+        try:
+            bad = [v for v in names if isinstance(values.get(v), Tensor) and values[v].layout == torch.strided
+                   and values[v].is_floating_point() and not bool(torch.isfinite(values[v]).all())]
+            if not bad:
+                return
+            index = torch.nonzero(~torch.isfinite(values[bad[0]]))[0].tolist()
+        except Exception:  # noqa: BLE001 (a value the check cannot read: the error is said as it is)
+            return
+        error.args = (f"{error.args[0]}\n(the input{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))} "
+                      f"hold{'' if len(bad) > 1 else 's'} NaN or infinite entries, the first at index {index} of "
+                      f"{bad[0]!r})", *error.args[1:])
 
     @staticmethod
     def _dgm_non_finite(base: Any, x: Tensor, name: str) -> str:

@@ -430,9 +430,16 @@ class TransformedDistribution(_FlowDistribution):
     @property
     def stored_x(self) -> dict[int, Tensor]:
         """Pixyz's record of the flow's last forward run, ``{hash(z): x}`` (empty before one): what the flow
-        remembers of it (a new dict at each read)."""
+        remembers of it, a new dict at each read; or the dict assigned to it (kept as it is, not read here)."""
+        own = self.__dict__.get("_dgm_stored_x")
+        if own is not None:
+            return own
         m = getattr(self.flow, "_dgm_memory", None)
         return {} if m is None or m.by_inverse else {hash(m.z): m.x}
+
+    @stored_x.setter
+    def stored_x(self, value: dict[int, Tensor]) -> None:
+        self.__dict__["_dgm_stored_x"] = value
 
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         r""":math:`x = f^{-1}(z)`."""

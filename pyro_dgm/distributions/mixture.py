@@ -603,8 +603,13 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
 
     @property
     def replace_params_dict(self) -> dict[str, list[str]]:
-        """Pixyz's attribute: no input gives a parameter (``{}``)."""
-        return {}
+        """Pixyz's attribute: no input gives a parameter (``{}``); a dict assigned to it is kept (not read here, as
+        Pixyz's mixture does not read it)."""
+        return self.__dict__.setdefault("_dgm_replace_params_dict", {})
+
+    @replace_params_dict.setter
+    def replace_params_dict(self, value: dict[str, list[str]]) -> None:
+        self.__dict__["_dgm_replace_params_dict"] = value
 
     def __init__(self, p: Sequence[Distribution] = (), weight_modalities: Sequence[float] | None = None,
                  name: str = "p", features_shape: Sequence[int] = torch.Size()) -> None:

@@ -75,10 +75,18 @@ class ChannelConv(Flow):
 
     @property
     def eye(self) -> Tensor:
-        """The identity matrix that gives ``L`` its unit diagonal (Pixyz's attribute of a decomposed layer)."""
+        """The identity matrix that gives ``L`` its unit diagonal (Pixyz's attribute of a decomposed layer; a tensor
+        assigned to it is used instead, as Pixyz's ``self.eye = self.eye.to(device)``)."""
+        own = self.__dict__.get("_dgm_eye")
+        if own is not None:
+            return own
         if not self.decomposed:  # (then nn.Module says that there is no such attribute, as Pixyz's layer has none)
             raise AttributeError("eye")
         return torch.eye(self.l_mask.shape[0], dtype=self.l.dtype, device=self.l.device)
+
+    @eye.setter
+    def eye(self, value: Tensor) -> None:
+        self.__dict__["_dgm_eye"] = value
 
     def _dgm_factors(self) -> tuple[Tensor, Tensor]:
         """``L`` (unit lower triangular) and ``U`` (upper triangular with the diagonal ``s``)."""

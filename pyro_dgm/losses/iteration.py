@@ -358,9 +358,9 @@ class IterativeLoss(Loss):
         for t in range(steps):
             if self.timestep_var:
                 x[self.timestep_var[0]] = t
-            if self.slice_step is None:
-                x.update(self.slice_step_fn(t, series))
             try:
+                if self.slice_step is None:
+                    x.update(self.slice_step_fn(t, series))
                 value, samples = self.step_loss.eval(x, return_dict=True, return_all=False, **kwargs)
             except Exception as error:  # (no cost unless raised) the step it failed at, e.g. a NaN in x_t at that t
                 _note_step(error, t, steps)

@@ -396,7 +396,7 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
                 break
     except BaseException:  # the epoch left unfinished: a save before the next step resumes it (a Ctrl-C's handler)
         begun = model.__dict__.get("_dgm_epoch_start")
-        if begun is not None:
+        if begun is not None and begun.ended is None:  # (not one an earlier fit left, raising before its epoch)
             begun.ended = model.step
         raise
     finally:

@@ -16,6 +16,7 @@ import os
 import warnings
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 from torch import nn
@@ -151,9 +152,21 @@ def test_an_error_in_an_iterative_loss_names_the_time_step() -> None:
     with _validating():
         with pytest.raises(ValueError, match="invalid parameters") as info:
             loss.eval({"x_t": x, "y_t": y})
-    notes = getattr(info.value, "__notes__", [])
-    assert "(in IterativeLoss, at time step t=3 of 6)" in notes
-    assert any("'x_t' holds NaN or infinite entries, the first at index [1, 0]" in n for n in notes)
+    assert "(in IterativeLoss, at time step t=3 of 6)" in info.value.__notes__
+    assert "(the input 'x_t' holds NaN or infinite entries, the first at index [1, 0] of 'x_t')" in str(info.value)
+
+
+def test_an_error_slicing_an_iterative_loss_step_names_the_time_step() -> None:
+    from pyro_dgm.losses import IterativeLoss, Parameter
+
+    class BatchFirst(IterativeLoss):  # a subclass slicing time from the second dim (Pixyz's hook)
+        def slice_step_fn(self, t: int, x: dict) -> dict:
+            return {k: v[:, t] for k, v in x.items()}
+
+    loss = BatchFirst(Parameter("x_t").mean(), max_iter=4, series_var=["x_t"])
+    with pytest.raises(IndexError) as info:  # its series has 3 steps in dim 1
+        loss.eval({"x_t": torch.zeros(2, 3)})
+    assert "(in IterativeLoss, at time step t=3 of 4)" in info.value.__notes__
 
 
 class _validating:
@@ -180,12 +193,17 @@ def test_a_nan_in_a_network_input_is_named_with_its_index() -> None:
 
     x = torch.rand(8, 4)
     x[5, 1] = float("nan")
-    with _validating(), pytest.raises(ValueError, match=r"q\(z\|x\): invalid parameters") as info:
-        Q().sample({"x": x})
-    assert "(the input 'x' holds NaN or infinite entries, the first at index [5, 1] of 'x')" in info.value.__notes__
-    with _validating(), pytest.raises(ValueError) as info:  # a NaN the parameters do not take: no note
-        Normal(loc="x", scale=-1., var=["z"], cond_var=["x"], name="q").sample({"x": torch.zeros(2, 1)})
-    assert not getattr(info.value, "__notes__", [])
+    said = "(the input 'x' holds NaN or infinite entries, the first at index [5, 1] of 'x')"
+    q = Q()
+    for how, call in [("sample", lambda: q.sample({"x": x})), ("set_dist", lambda: q.set_dist({"x": x})),
+                      ("Pyro guide", lambda: pyro.poutine.trace(q.guide).get_trace(x=x))]:
+        with _validating(), pytest.raises(ValueError, match=r"q\(z\|x\): invalid parameters") as info:
+            call()
+        assert said in str(info.value), how  # (in the message: Pyro's trace raises a new error of the message)
+    for x in (torch.zeros(2, 1), torch.zeros(2, 1).to_sparse()):  # no NaN in the input (a sparse one too): no line
+        with _validating(), pytest.raises(ValueError, match="invalid parameters") as info:
+            Normal(loc="x", scale=-1., var=["z"], cond_var=["x"], name="q").sample({"x": x})
+        assert "NaN or infinite" not in str(info.value)
 
 
 @pytest.mark.parametrize("manual_steps", [0, 3])
@@ -206,3 +224,19 @@ def test_steps_taken_by_hand_after_a_failed_fit_are_not_the_epochs(tmp_path: Pat
         assert saved["epoch_steps"] == 0 and "epoch_resume" not in saved
     else:  # saved right after the failure (a Ctrl-C's handler): the unfinished epoch resumes, as before
         assert saved["epoch_steps"] == 2 and saved["epoch_resume"]["steps"] == 2
+
+
+def test_a_fit_failing_before_its_epoch_leaves_the_earlier_failed_epoch_as_it_was(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, p = _model()
+    p.fail_at = 3
+    x = torch.randn(16, 2)
+    with pytest.raises(RuntimeError, match="a transient failure"):
+        model.fit({"x": x}, epochs=1, batch_size=4, progress=False, shuffle=False)
+    for _ in range(2):
+        model.train({"x": x})
+    with pytest.raises(ValueError):  # refused before its first epoch began (a batch size of 0)
+        model.fit({"x": x}, epochs=1, batch_size=0, progress=False)
+    path = os.path.join(tmp_path, "a.pt")
+    model.save(path)  # (was: 4 steps into epoch 1, the hand steps counted once the second fit had raised)
+    assert torch.load(path, weights_only=False)["epoch_steps"] == 0

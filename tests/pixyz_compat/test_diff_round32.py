@@ -116,6 +116,30 @@ def test_the_attributes_and_helpers_pixyz_objects_have() -> None:
     assert_same(ref, ours)
 
 
+def _assigned() -> Any:
+    import torch
+
+    from pixyz.distributions import MixtureOfNormal, Normal, TransformedDistribution
+    from pixyz.flows import ChannelConv, PlanarFlow
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
+    r = Normal(loc="y", scale=torch.tensor(1.), var=["z"], cond_var=["y"], name="r")
+    td = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"]), PlanarFlow(2), var=["y"])
+    td.stored_x = {}  # (assignments a Pixyz program may make: they keep what is assigned)
+    mixture = MixtureOfNormal([q, r])
+    mixture.replace_params_dict = {}
+    conv = ChannelConv(3, decomposed=True)
+    conv.eye = conv.eye.to("cpu")  # (a line of Pixyz's ChannelConv)
+    x = torch.randn(2, 3, 4, 4)
+    return {"stored_x": td.stored_x, "replace_params_dict": mixture.replace_params_dict, "eye": conv.eye,
+            "conv(x)": conv(x)}
+
+
+def test_the_attributes_take_what_a_pixyz_program_assigns() -> None:
+    ref, ours = run_both(_assigned)
+    assert_same(ref, ours)
+
+
 def test_a_family_over_two_variables_is_refused_naming_them() -> None:
     # Pixyz builds it, prints p(z,w) and draws z alone (docs/porting.md, the programs refused)
     from pyro_dgm.distributions import Normal
@@ -123,3 +147,43 @@ def test_a_family_over_two_variables_is_refused_naming_them() -> None:
     with pytest.raises(ValueError, match=r"Normal p\(z,w\): a Normal distribution generates one variable, "
                                          r"got var=\['z', 'w'\]"):
         Normal(loc=0., scale=1., var=["z", "w"])
+
+
+def _kept_numbers() -> Any:
+    import torch
+
+    from pixyz.distributions import Bernoulli, Normal
+    from pixyz.losses import KullbackLeibler
+
+    half = Bernoulli(probs=torch.tensor([0.5]), var=["x"], name="q")
+    near_zero = Bernoulli(probs=torch.tensor([1e-9]), var=["x"], name="p")
+    tiny = Normal(loc=torch.zeros(1), scale=torch.tensor([1e-30]), var=["z"], name="q")
+    unit = Normal(loc=torch.zeros(1), scale=torch.ones(1), var=["z"], name="p")
+    return {"bernoulli": KullbackLeibler(half, near_zero).eval(), "normal": KullbackLeibler(tiny, unit).eval()}
+
+
+def test_the_analytic_kls_keep_pixyzs_numbers_where_porting_says_so() -> None:
+    # docs/porting.md: the analytic KL is torch's closed form (clamped logits; the underflowing square), as Pixyz's
+    import torch
+
+    ref, ours = run_both(_kept_numbers)
+    assert_same(ref, ours)
+    torch.testing.assert_close(ours["bernoulli"], torch.distributions.kl_divergence(
+        torch.distributions.Bernoulli(torch.tensor([0.5])), torch.distributions.Bernoulli(torch.tensor([1e-9]))))
+    exact = 0.5 * torch.log(torch.tensor(0.5 / 1e-9)) + 0.5 * torch.log(torch.tensor(0.5 / (1 - 1e-9)))
+    assert float(ours["bernoulli"]) < float(exact) - 2  # (7.278, where the exact value is 9.668)
+    assert torch.isinf(ours["normal"]).all()  # (68.58 exactly)
+
+
+def test_mmd_of_one_sample_is_the_biased_estimate() -> None:
+    import torch
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import MMD
+
+    q = Normal(loc="x", scale=torch.tensor(1e-6), var=["z"], cond_var=["x"], name="q")
+    p = Normal(loc="y", scale=torch.tensor(1e-6), var=["z"], cond_var=["y"], name="p")
+    x, y = torch.tensor([[0.3]]), torch.tensor([[1.1]])
+    value = MMD(q, p, kernel="gaussian", sigma_sqr=1.0).eval({"x": x, "y": y})
+    k = torch.exp(torch.tensor(-(0.8 ** 2) / 1.0))  # Pixyz's kernel exp(-|x - y|² / sigma_sqr); k(x, x) = 1
+    torch.testing.assert_close(value, 2 - 2 * k, rtol=1e-4, atol=1e-5)
