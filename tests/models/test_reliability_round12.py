@@ -133,27 +133,45 @@ def test_fit_in_a_callback_of_fit_of_the_same_model_writes_the_queued_checkpoint
     assert isinstance(loaded, Model)
 
 
+def _encoder(features: int) -> object:
+    """q(z|x) with a linear network of ``features`` inputs."""
+    from pyro_dgm.distributions import Normal
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(features, 2)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(x), "scale": torch.ones(2)}
+
+    return Q()
+
+
+class _validating:
+    """torch's argument validation on inside (the suite may run with it off), as before after."""
+
+    def __enter__(self) -> None:
+        self.before = torch.distributions.Distribution._validate_args
+        torch.distributions.Distribution.set_default_validate_args(True)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.distributions.Distribution.set_default_validate_args(self.before)
+
+
 def test_an_error_in_an_iterative_loss_names_the_time_step() -> None:
     from pyro_dgm.distributions import Normal
     from pyro_dgm.losses import IterativeLoss, LogProb
 
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x_t"], name="q")
-            self.fc = nn.Linear(2, 2)
-
-        def forward(self, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(x_t), "scale": torch.ones(2)}
-
-    step = LogProb(Normal(loc="z", scale=1., var=["y_t"], cond_var=["z"], name="p")).expectation(Q()).mean()
-    loss = IterativeLoss(step, max_iter=6, series_var=["x_t", "y_t"])
+    step = LogProb(Normal(loc="z", scale=1., var=["y"], cond_var=["z"], name="p")).expectation(_encoder(2)).mean()
+    loss = IterativeLoss(step, max_iter=6, series_var=["x", "y"])
     x, y = torch.randn(6, 4, 2), torch.randn(6, 4, 2)
     x[3, 1, 0] = float("nan")
     with _validating():
         with pytest.raises(ValueError, match="invalid parameters") as info:
-            loss.eval({"x_t": x, "y_t": y})
+            loss.eval({"x": x, "y": y})
     assert "(in IterativeLoss, at time step t=3 of 6)" in info.value.__notes__
-    assert "(the input 'x_t' holds NaN or infinite entries, the first at index [1, 0] of 'x_t')" in str(info.value)
+    assert "(the input 'x' holds NaN or infinite entries, the first at index [1, 0] of 'x')" in str(info.value)
 
 
 def test_an_error_slicing_an_iterative_loss_step_names_the_time_step() -> None:
@@ -169,32 +187,13 @@ def test_an_error_slicing_an_iterative_loss_step_names_the_time_step() -> None:
     assert "(in IterativeLoss, at time step t=3 of 4)" in info.value.__notes__
 
 
-class _validating:
-    """torch's argument validation on inside (the suite may run with it off), as before after."""
-
-    def __enter__(self) -> None:
-        self.before = torch.distributions.Distribution._validate_args
-        torch.distributions.Distribution.set_default_validate_args(True)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.distributions.Distribution.set_default_validate_args(self.before)
-
-
 def test_a_nan_in_a_network_input_is_named_with_its_index() -> None:
     from pyro_dgm.distributions import Normal
-
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc = nn.Linear(4, 2)
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(x), "scale": torch.ones(2)}
 
     x = torch.rand(8, 4)
     x[5, 1] = float("nan")
     said = "(the input 'x' holds NaN or infinite entries, the first at index [5, 1] of 'x')"
-    q = Q()
+    q = _encoder(4)
     for how, call in [("sample", lambda: q.sample({"x": x})), ("set_dist", lambda: q.set_dist({"x": x})),
                       ("Pyro guide", lambda: pyro.poutine.trace(q.guide).get_trace(x=x))]:
         with _validating(), pytest.raises(ValueError, match=r"q\(z\|x\): invalid parameters") as info:
@@ -206,14 +205,20 @@ def test_a_nan_in_a_network_input_is_named_with_its_index() -> None:
         assert "NaN or infinite" not in str(info.value)
 
 
-@pytest.mark.parametrize("manual_steps", [0, 3])
-def test_steps_taken_by_hand_after_a_failed_fit_are_not_the_epochs(tmp_path: Path, manual_steps: int) -> None:
+def _failed_fit() -> tuple[object, torch.Tensor]:
+    """A model whose fit raised at the third step of its first epoch (after 2 steps), and the data."""
     torch.manual_seed(0)
     model, p = _model()
     p.fail_at = 3
     x = torch.randn(16, 2)
     with pytest.raises(RuntimeError, match="a transient failure"):
         model.fit({"x": x}, epochs=1, batch_size=4, progress=False, shuffle=False)
+    return model, x
+
+
+@pytest.mark.parametrize("manual_steps", [0, 3])
+def test_steps_taken_by_hand_after_a_failed_fit_are_not_the_epochs(tmp_path: Path, manual_steps: int) -> None:
+    model, x = _failed_fit()
     assert model.step == 2
     for _ in range(manual_steps):
         model.train({"x": x})
@@ -227,12 +232,7 @@ def test_steps_taken_by_hand_after_a_failed_fit_are_not_the_epochs(tmp_path: Pat
 
 
 def test_a_fit_failing_before_its_epoch_leaves_the_earlier_failed_epoch_as_it_was(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model, p = _model()
-    p.fail_at = 3
-    x = torch.randn(16, 2)
-    with pytest.raises(RuntimeError, match="a transient failure"):
-        model.fit({"x": x}, epochs=1, batch_size=4, progress=False, shuffle=False)
+    model, x = _failed_fit()
     for _ in range(2):
         model.train({"x": x})
     with pytest.raises(ValueError):  # refused before its first epoch began (a batch size of 0)
