@@ -1715,6 +1715,17 @@ class Distribution(YieldingModule):
         own = self._dgm_weights_dtype()
         other = [v for v in names if isinstance(values[v], Tensor) and own is not None and values[v].dtype != own
                  and not values[v].is_complex()]
+        if other and isinstance(e, IndexError) and "index out of range" in str(e):  # integers used as indices (an
+            # nn.Embedding's rows): their dtype is right, their range is not
+            try:
+                ranges = [f"{v!r} holds integers from {int(values[v].min())} to {int(values[v].max())}"
+                          for v in other if not values[v].is_floating_point() and values[v].numel()]
+            except (RuntimeError, ValueError, NotImplementedError):  # (a value whose range cannot be read)
+                ranges = []
+            if ranges:
+                note += f"; {', '.join(ranges)}: an index out of the range of a lookup in the network (an " \
+                        "nn.Embedding's num_embeddings?)"
+                other = []
         if other:  # values keep their dtype (docs/design.md): a float64 or int64 input meets float32 weights
             said = ", ".join(f"{v!r} of dtype {values[v].dtype}" for v in other)
             if isinstance(e, RuntimeError) and not isinstance(e, ValueError) and "type" in str(e).lower():

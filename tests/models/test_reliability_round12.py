@@ -240,3 +240,24 @@ def test_a_fit_failing_before_its_epoch_leaves_the_earlier_failed_epoch_as_it_wa
     path = os.path.join(tmp_path, "a.pt")
     model.save(path)  # (was: 4 steps into epoch 1, the hand steps counted once the second fit had raised)
     assert torch.load(path, weights_only=False)["epoch_steps"] == 0
+
+
+def test_a_class_index_out_of_an_embeddings_range_is_named_with_its_range() -> None:
+    from pyro_dgm.distributions import Normal
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y"], name="p")
+            self.emb = nn.Embedding(3, 2)
+
+        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.emb(y), "scale": torch.ones(2)}
+
+    p, y = P(), torch.tensor([0, 5])
+    for call in (lambda: p.sample({"y": y}), lambda: pyro.poutine.trace(p.model).get_trace(x=torch.zeros(2, 2), y=y)):
+        with pytest.raises(IndexError, match="index out of range") as info:  # (torch's error, its type kept)
+            call()
+        note, = info.value.__notes__
+        assert "'y' holds integers from 0 to 5: an index out of the range of a lookup" in note
+        assert "convert with" not in note  # (was: told to convert the class indices to float32)
+    assert p.sample({"y": torch.tensor([2])})["x"].shape == (1, 2)  # an index in range is drawn
