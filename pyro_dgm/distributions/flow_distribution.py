@@ -211,6 +211,8 @@ class _FlowDistribution(OneSiteDistribution):
             value = self._dgm_site(name, fn, ctx)
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
+        if "_dgm_stored_x" in self.__dict__:  # (a dict a Pixyz program assigned to stored_x: the draw refills it)
+            self._dgm_refill_stored_x()
         hidden = self._dgm_hidden
         if ctx.obs is None and hidden not in values and hidden != name and (
                 not ctx.kwargs or not self._dgm_flow_inverted or ctx.kwargs.get("return_hidden", True)):
@@ -425,21 +427,36 @@ class TransformedDistribution(_FlowDistribution):
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
         """:math:`z = f(x)` (the flow's ``forward``; stores ``logdet_jacobian``)."""
-        return self.flow.forward(x, y, compute_jacobian=compute_jacobian)
+        z = self.flow.forward(x, y, compute_jacobian=compute_jacobian)
+        if "_dgm_stored_x" in self.__dict__:  # (a dict a Pixyz program assigned to stored_x: the run refills it)
+            self._dgm_refill_stored_x()
+        return z
 
     @property
     def stored_x(self) -> dict[int, Tensor]:
-        """Pixyz's record of the flow's last forward run, ``{hash(z): x}`` (empty before one): what the flow
-        remembers of it, a new dict at each read; or the dict assigned to it (kept as it is, not read here)."""
-        own = self.__dict__.get("_dgm_stored_x")
-        if own is not None:
-            return own
+        """Pixyz's record of the flow's last forward run, ``{hash(z): x}`` (empty before one), read from what the
+        flow remembers of it: a new dict at each read, or the dict assigned to it, which a forward run since the
+        last read refills (as Pixyz's forward does: emptied, then the run's entry)."""
+        if "_dgm_stored_x" in self.__dict__:
+            return self._dgm_refill_stored_x()
         m = getattr(self.flow, "_dgm_memory", None)
         return {} if m is None or m.by_inverse else {hash(m.z): m.x}
 
     @stored_x.setter
     def stored_x(self, value: dict[int, Tensor]) -> None:
-        self.__dict__["_dgm_stored_x"] = value
+        d = self.__dict__
+        d["_dgm_stored_x"] = value
+        d["_dgm_stored_from"] = getattr(self.flow, "_dgm_memory", None)  # (a run before the assignment is not in it)
+
+    def _dgm_refill_stored_x(self) -> dict[int, Tensor]:
+        """The dict assigned to :attr:`stored_x`, emptied and given the flow's last forward run if it ran since."""
+        d = self.__dict__
+        own, m = d["_dgm_stored_x"], getattr(self.flow, "_dgm_memory", None)
+        if m is not None and not m.by_inverse and d.get("_dgm_stored_from") is not m:
+            own.clear()
+            own[hash(m.z)] = m.x
+            d["_dgm_stored_from"] = m
+        return own
 
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         r""":math:`x = f^{-1}(z)`."""

@@ -90,7 +90,10 @@ class ChannelConv(Flow):
 
     def _dgm_factors(self) -> tuple[Tensor, Tensor]:
         """``L`` (unit lower triangular) and ``U`` (upper triangular with the diagonal ``s``)."""
-        lower = self.l * self.l_mask + self.eye
+        eye = self.eye
+        if eye.device != self.l.device:  # an assigned one, the layer moved since: moved as Pixyz's forward moves it
+            eye = self.eye = eye.to(self.l.device)
+        lower = self.l * self.l_mask + eye
         upper = self.u * self.l_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return lower, upper
 

@@ -46,7 +46,8 @@ from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.losses.special import LossArgumentError
 from pyro_dgm.losses.steps import HALF_DTYPES, SIGNALS, WatchedBuffers, finite_sum, optimizer_arguments
 from pyro_dgm.losses.steps import restore_buffers
-from pyro_dgm.utils.checks import DTypeError, OutOfRangeError, ShapeError, check_present, describe
+from pyro_dgm.utils.checks import (DTypeError, NotSupportedError, OutOfRangeError, ShapeError, check_present,
+                                   describe)
 from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
@@ -138,9 +139,9 @@ class AdversarialLoss(Loss):
                              f"{p.prob_text} has var {p.var} and {q.prob_text} has var {q.var}")
         input_var = ordered_union(p.input_var, q.input_var)
         if not input_var:
-            raise ValueError(f"{owner}: neither {p.prob_text} nor {q.prob_text} takes an input, so the batch size is "
-                             "unknown; compare with the data distribution, e.g. EmpiricalDistribution(var="
-                             f"{list(p.var)}), or with a conditional distribution")
+            raise NotSupportedError(f"{owner}: neither {p.prob_text} nor {q.prob_text} takes an input, so the batch "
+                                    "size is unknown; compare with the data distribution, e.g. "
+                                    f"EmpiricalDistribution(var={list(p.var)}), or with a conditional distribution")
         _check_discriminator(owner, discriminator, p, q, input_var)
         super().__init__(input_var)
         self.p, self.q = p, q

@@ -11,7 +11,7 @@ from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
-from pyro_dgm.utils.checks import UnknownOptionError
+from pyro_dgm.utils.checks import NotSupportedError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -131,7 +131,7 @@ class MMD(SampleDivergence):
                              f"and {q.prob_text} (var {q.var})")
         if callable(kernel):
             self.kernel = kernel
-        elif kernel in _KERNELS:
+        elif isinstance(kernel, str) and kernel in _KERNELS:
             self.kernel = _KERNELS[kernel]
             unknown = [k for k in kernel_params if k != "sigma_sqr"]
             if unknown:  # (a typo of sigma_sqr would give the default bandwidth's value: Pixyz ignores it silently)
@@ -139,7 +139,7 @@ class MMD(SampleDivergence):
                               f"{'is' if len(unknown) == 1 else 'are'} ignored (as in Pixyz)", UserWarning,
                               stacklevel=2)
         else:
-            raise UnknownOptionError(f"MMD: unknown kernel {kernel!r}; use one of {sorted(_KERNELS)} or a callable")
+            raise NotSupportedError(f"MMD: unknown kernel {kernel!r}; use one of {sorted(_KERNELS)} or a callable")
         super().__init__(ordered_union(p.input_var, q.input_var))
         self.p, self.q = p, q
         # Pixyz's: the distribution whose input gives the batch size (None here when neither has one: batch_n does)

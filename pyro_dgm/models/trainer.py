@@ -379,6 +379,12 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     epochs = _count(epochs, "epochs", "a non-negative integer", 0)
     if getattr(model, "loss_cls", 0) is None:
         model._dgm_no_loss()  # built with loss=None and no set_loss since
+    from pyro_dgm.models.callbacks import AFTER_CALLBACKS
+
+    # a fit run by a callback of a fit of this model: the outer one goes on as it was afterwards (its stop request,
+    # its writer, its data loaders' generators, which its checkpoints save; no unfinished epoch of this one)
+    outer = (getattr(model, "stop_training", False), getattr(model, "tb_writer", None),
+             model.__dict__.get("_dgm_data_generators")) if id(model) in AFTER_CALLBACKS else None
     state = _FitState.start(model, train_data, test_data, batch_size, callbacks, progress, log_dir, shuffle, kwargs)
     _data_generators(model, train_data, test_data)
     model.stop_training = False
@@ -403,6 +409,13 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
         model.tb_writer = None
         if state.writer is not None:
             state.writer.close()
+        if outer is not None:
+            model.stop_training, model.tb_writer = outer[0], outer[1]
+            if outer[2] is None:
+                model.__dict__.pop("_dgm_data_generators", None)
+            else:
+                model.__dict__["_dgm_data_generators"] = outer[2]
+            model.__dict__.pop("_dgm_epoch_start", None)
     return state.history
 
 

@@ -217,6 +217,16 @@ def same_marks(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
             and (own_a is None or (own_a[0] is own_b[0] and torch.equal(own_a[1], own_b[1]))))
 
 
+def _given_generators(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[torch.Generator, torch.Tensor]]:
+    """The ``torch.Generator``s among a network's arguments (``loss.eval(x, generator=g)`` hands it to a forward
+    that names it) with their states: a draw from one changes its state, as one from the global generators does."""
+    return [(a, a.get_state()) for a in (*args, *kwargs.values()) if isinstance(a, torch.Generator)]
+
+
+def _same_states(given: list[tuple[torch.Generator, torch.Tensor]]) -> bool:
+    return all(torch.equal(g.get_state(), state) for g, state in given)
+
+
 def _param_state(module: Any) -> tuple[Any, ...] | None:
     """What an entry made now for ``module`` answers under: which submodules and parameters it has (a submodule
     replaced, or weights swapped by ``torch.func.functional_call``, make them other objects), how many submodules,
@@ -389,8 +399,9 @@ class MemoizeMessenger(Messenger):
                 keys.append((id(a), a._version) if type(a) is torch.Tensor else _arg_key(a))
         except RuntimeError:  # an inference tensor (torch.inference_mode) has no _version
             keys = [_arg_key(a) for a in args]
-        # (a TorchScript trace, Pyro's JIT ELBOs', cannot take an output computed before it began: a constant)
-        return (id(module), module.training, torch.is_grad_enabled(), torch._C._is_tracing(), tuple(keys), kw)
+        # (a TorchScript trace, Pyro's JIT ELBOs', cannot take an output computed before it began, or in another
+        # trace: a constant; the trace's state, held by the entry, tells them apart)
+        return (id(module), module.training, torch.is_grad_enabled(), torch._C._get_tracing_state(), tuple(keys), kw)
 
     def _forget_traced_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Drop the traced entries that hold a tensor that a network has just been given: it may have changed it in
@@ -510,10 +521,10 @@ class MemoizeMessenger(Messenger):
         if hit is not None:
             return hit
         if key is not None and getattr(module, "memoize_unless_random", False):
-            before, buffers = rng_marks(), _buffer_versions(module)
+            before, buffers, given = rng_marks(), _buffer_versions(module), _given_generators(args, kwargs)
             value = module(*args, **kwargs)
             if (not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key
-                    or _buffer_versions(module) != buffers):
+                    or _buffer_versions(module) != buffers or not _same_states(given)):
                 return value  # it drew random numbers, changed its input or its buffers (a batch norm's statistics,
                 # a spectral norm's power iteration): each use runs it again, as under Pixyz
             self.store(key, value, (args, kwargs) if kwargs else args, module)  # runs a Deterministic each time

@@ -58,9 +58,10 @@ class NoClosedFormError(NotImplementedError, ValueError):
     ValueError Pixyz raises for the analytic entropy of such a distribution or the analytic KL of a product."""
 
 
-class UnknownOptionError(ValueError, NotImplementedError):
-    """A ValueError for an option that names nothing known (``MMD(..., kernel="laplace")``), listing the known ones:
-    also the NotImplementedError that Pixyz raises there, so that a program falling back on it still catches it."""
+class NotSupportedError(ValueError, NotImplementedError):
+    """A ValueError for what Pixyz refuses with a bare NotImplementedError, saying what would work instead: an
+    option that names nothing known (``MMD(..., kernel="laplace")``), an adversarial term of two distributions that
+    take no input. Also that NotImplementedError, so that a program falling back on it still catches it."""
 
 
 class DuplicateSiteError(ValueError, RuntimeError):

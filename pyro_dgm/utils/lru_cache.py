@@ -198,8 +198,8 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
             anchors: list[Any] = []
             try:
                 key = (_freeze(args, anchors), _freeze(kwargs, anchors), torch.is_grad_enabled(),
-                       torch.is_inference_mode_enabled(), torch._C._is_tracing())  # (a TorchScript trace, Pyro's
-                # JIT ELBOs', cannot take a value computed before it began)
+                       torch.is_inference_mode_enabled(), torch._C._get_tracing_state())  # (a TorchScript trace,
+                # Pyro's JIT ELBOs', cannot take a value computed before it began or in another trace)
                 entries = caches.get(owner)
                 if entries is None:
                     entries = caches[owner] = _Entries()

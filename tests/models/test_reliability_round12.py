@@ -261,3 +261,68 @@ def test_a_class_index_out_of_an_embeddings_range_is_named_with_its_range() -> N
         assert "'y' holds integers from 0 to 5: an index out of the range of a lookup" in note
         assert "convert with" not in note  # (was: told to convert the class indices to float32)
     assert p.sample({"y": torch.tensor([2])})["x"].shape == (1, 2)  # an index in range is drawn
+
+
+def test_a_fit_in_a_callback_leaves_the_outer_fits_stop_and_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    class Writer:  # (a stand-in for tensorboard's SummaryWriter)
+        def __init__(self, log_dir: str | None = None) -> None:
+            self.closed = False
+
+        def add_scalar(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+    board = types.ModuleType("torch.utils.tensorboard")
+    board.SummaryWriter = Writer  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", board)
+    torch.manual_seed(0)
+    model, _ = _model()
+    data = {"x": torch.randn(16, 2)}
+    seen: list[tuple[int, bool]] = []
+
+    def stop(m: object, epoch: int, logs: dict) -> None:  # early stopping: ends fit after this epoch
+        m.stop_training = True
+
+    def finetune(m: object, epoch: int, logs: dict) -> None:
+        m.fit(data, epochs=1, batch_size=8, progress=False)
+
+    def look(m: object, epoch: int, logs: dict) -> None:
+        seen.append((epoch, m.tb_writer is not None and not m.tb_writer.closed))
+
+    history = model.fit(data, epochs=4, batch_size=8, progress=False, callbacks=[stop, finetune, look],
+                        log_dir="unused")
+    assert history["epoch"] == [1]  # (was: 4 epochs, the stop lost when the inner fit began)
+    assert seen == [(1, True)]  # the outer fit's writer, still open (was: None after the inner fit)
+
+
+def test_a_deterministic_drawing_from_a_generator_given_to_eval_draws_at_each_use() -> None:
+    from pyro_dgm.distributions import Deterministic, Normal
+    from pyro_dgm.losses import Expectation as E
+    from pyro_dgm.losses import LogProb
+
+    draws: list[torch.Tensor] = []
+
+    class Noisy(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+
+        def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+            draws.append(torch.randn(x.shape, generator=generator))
+            return {"h": x + draws[-1]}
+
+    f = Noisy()
+    p = Normal(loc="h", scale=1., var=["y"], cond_var=["h"], name="p")
+    loss = (E(f, LogProb(p)).named("t1") + E(f, LogProb(p)).named("t2")).mean()
+    x, y = torch.zeros(4, 3), torch.zeros(4, 3)
+    _, terms = loss.eval({"x": x, "y": y}, return_terms=True, generator=torch.Generator().manual_seed(0))
+    assert len(draws) == 2 and not torch.equal(draws[0], draws[1])  # (was: one run, its draw used twice)
+    for name, eps in zip(("t1", "t2"), draws):
+        torch.testing.assert_close(terms[name], torch.distributions.Normal(x + eps, 1.).log_prob(y).sum(-1))

@@ -45,7 +45,8 @@ def test_calling_a_renamed_distribution_runs_its_network() -> None:
     assert_same(ref, ours)
 
 
-def test_an_unknown_mmd_kernel_is_pixyzs_not_implemented_error() -> None:
+@pytest.mark.parametrize("kernel", ["laplace", ["gaussian"], {"name": "gaussian"}], ids=["name", "list", "dict"])
+def test_an_unknown_mmd_kernel_is_pixyzs_not_implemented_error(kernel: Any) -> None:
     def build() -> None:
         import torch
 
@@ -53,12 +54,28 @@ def test_an_unknown_mmd_kernel_is_pixyzs_not_implemented_error() -> None:
         from pixyz.losses import MMD
 
         q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
-        MMD(q, Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"]), kernel="laplace")
+        MMD(q, Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"]), kernel=kernel)
 
     ref, ours = raises_same(build)
     assert ref is NotImplementedError and issubclass(ours, NotImplementedError) and issubclass(ours, ValueError)
-    with pytest.raises(ValueError, match="MMD: unknown kernel 'laplace'; use one of"):
+    with pytest.raises(ValueError, match="MMD: unknown kernel .*; use one of"):  # (a list was: unhashable type)
         run_pyro_dgm(build)
+
+
+def test_an_adversarial_term_of_two_distributions_without_inputs_is_pixyzs_not_implemented_error() -> None:
+    def build() -> None:
+        import torch
+
+        from pixyz.distributions import Bernoulli, Normal
+        from pixyz.losses import AdversarialJensenShannon
+
+        p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], name="p")
+        q = Normal(loc=torch.ones(2), scale=torch.ones(2), var=["x"], name="q")
+        d = Bernoulli(probs=torch.tensor([0.5]), var=["t"], cond_var=["x"], name="d")
+        AdversarialJensenShannon(p, q, discriminator=d)
+
+    ref, ours = raises_same(build)
+    assert ref is NotImplementedError and issubclass(ours, NotImplementedError) and issubclass(ours, ValueError)
 
 
 def _constant_var_called() -> Any:
@@ -131,13 +148,30 @@ def _assigned() -> Any:
     conv = ChannelConv(3, decomposed=True)
     conv.eye = conv.eye.to("cpu")  # (a line of Pixyz's ChannelConv)
     x = torch.randn(2, 3, 4, 4)
-    return {"stored_x": td.stored_x, "replace_params_dict": mixture.replace_params_dict, "eye": conv.eye,
-            "conv(x)": conv(x)}
+    kept: dict = {}
+    td.stored_x = kept
+    empty_before_a_draw = dict(kept)
+    drawn = td.sample(batch_n=2)
+    return {"stored_x": empty_before_a_draw, "refilled by a draw": [hash(drawn["y"])] == list(kept),
+            "replace_params_dict": mixture.replace_params_dict, "eye": conv.eye, "conv(x)": conv(x)}
 
 
 def test_the_attributes_take_what_a_pixyz_program_assigns() -> None:
     ref, ours = run_both(_assigned)
+    assert ref["refilled by a draw"] is True
     assert_same(ref, ours)
+
+
+def test_an_assigned_eye_moves_with_the_layer() -> None:
+    import torch
+
+    from pyro_dgm.flows import ChannelConv
+
+    conv = ChannelConv(3, decomposed=True)
+    conv.eye = torch.eye(3)
+    conv.to("meta")  # (another device, as .cuda() is; Pixyz's forward moves its eye to the input's device)
+    assert conv(torch.randn(2, 3, 4, 4, device="meta")).shape == (2, 3, 4, 4)
+    assert conv.eye.device.type == "meta"
 
 
 def test_a_family_over_two_variables_is_refused_naming_them() -> None:
@@ -187,3 +221,101 @@ def test_mmd_of_one_sample_is_the_biased_estimate() -> None:
     value = MMD(q, p, kernel="gaussian", sigma_sqr=1.0).eval({"x": x, "y": y})
     k = torch.exp(torch.tensor(-(0.8 ** 2) / 1.0))  # Pixyz's kernel exp(-|x - y|² / sigma_sqr); k(x, x) = 1
     torch.testing.assert_close(value, 2 - 2 * k, rtol=1e-4, atol=1e-5)
+
+
+def _scored_after_a_step(flow_name: str, step: bool) -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import BatchNorm1d, PlanarFlow
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p")
+    flow = PlanarFlow(2) if flow_name == "planar" else BatchNorm1d(2).eval()
+    t = TransformedDistribution(prior, flow, var=["x"])
+    with torch.no_grad():
+        for w in t.parameters():
+            w.add_(0.3 * torch.randn_like(w))
+    drawn = t.sample(batch_n=3)
+    if step:  # an optimizer step between the draw and its score
+        optimizer = torch.optim.SGD(t.parameters(), lr=0.5)
+        for w in t.parameters():
+            w.grad = torch.ones_like(w)
+        optimizer.step()
+    params = {k: v.detach().clone() for k, v in t.named_parameters()}
+    return {"score": t.get_log_prob(drawn).detach(), "x": drawn["x"].detach(), "params": params}
+
+
+def test_a_flows_draw_scored_after_an_optimizer_step_is_scored_at_the_new_weights() -> None:
+    # docs/porting.md, "What pyro_dgm's caches do not see": a change torch counts is seen
+    import torch
+
+    ref0, ours0 = run_both(lambda: _scored_after_a_step("planar", False))
+    assert_same(ref0, ours0)
+    ref, ours = run_both(lambda: _scored_after_a_step("planar", True))
+    assert_same(ref["score"], ref0["score"])  # Pixyz: the draw-time value (no inverse; the draw and its log-det)
+    assert (ours["score"] - ours0["score"]).abs().max() > 0.1
+    ref, ours = run_both(lambda: _scored_after_a_step("batchnorm", True))
+    p = ours["params"]  # a batch norm in eval mode, running mean 0 and variance 1: x = exp(log_gamma) z' + beta
+    scale = p["flow.log_gamma"].exp().reshape(-1) / torch.sqrt(torch.tensor(1.0 + 1e-5))
+    z = (ours["x"] - p["flow.beta"].reshape(-1)) / scale
+    exact = torch.distributions.Normal(0., 1.).log_prob(z).sum(-1) - torch.log(scale).sum()
+    torch.testing.assert_close(ours["score"], exact, rtol=1e-5, atol=1e-5)
+    assert (ref["score"] - exact).abs().max() > 1e-3  # Pixyz keeps the log-det of the draw
+
+
+def _constant_assigned_after_use() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+
+    z = torch.full((1, 1), 0.5)
+    prior = Normal(loc=torch.zeros(1), scale=torch.ones(1), var=["z"], name="p")
+    q = Normal(loc=torch.ones(1), scale=torch.ones(1), var=["z"], name="q")
+    before = prior.get_log_prob({"z": z})  # a first use
+    prior.scale = torch.full((1,), 2.)  # docs/porting.md: the way to change a constant
+    return {"before": before, "after": prior.get_log_prob({"z": z}), "kl": KullbackLeibler(q, prior).eval(),
+            "std": prior.sample(batch_n=20000)["z"].std()}
+
+
+def test_a_constant_assigned_after_use_is_seen_where_pixyzs_cache_keeps_the_old() -> None:
+    import torch
+
+    ref, ours = run_both(_constant_assigned_after_use)
+    assert_same(ref["before"], ours["before"])
+    two = torch.tensor(2.)
+    exact = torch.distributions.Normal(0., two).log_prob(torch.tensor(0.5))
+    torch.testing.assert_close(ours["after"], exact.reshape(1))
+    torch.testing.assert_close(ours["kl"], (torch.log(two) + 2 / 8 - 0.5).reshape(1))  # KL[N(1, 1) || N(0, 2)]
+    assert abs(float(ours["std"]) - 2) < 0.06  # (20000 draws: the std's standard error is 0.01)
+    assert_same(ref["after"], ref["before"])  # Pixyz: the old scale's
+    assert abs(float(ref["std"]) - 1) < 0.03
+
+
+def _bfloat16_bernoulli() -> Any:
+    import torch
+
+    from pixyz.distributions import Bernoulli
+
+    probs = torch.tensor([[0.99609375, 0.00390625, 0.5]], dtype=torch.bfloat16)  # exact in bfloat16
+
+    class B(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["h"], name="b")
+
+        def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"probs": probs + 0 * h}
+
+    x = torch.tensor([[0., 1., 1.]])
+    return B().get_log_prob({"h": torch.zeros(1, 3, dtype=torch.bfloat16), "x": x}, sum_features=False)
+
+
+def test_a_bfloat16_bernoulli_near_0_or_1_is_scored_exactly_where_pixyz_clamps_it() -> None:
+    import math
+
+    import torch
+
+    ref, ours = run_both(_bfloat16_bernoulli)
+    exact = torch.tensor([[math.log(1 - 0.99609375), math.log(0.00390625), math.log(0.5)]])
+    torch.testing.assert_close(ours.float(), exact, rtol=1e-4, atol=1e-4)  # (float32: the data's dtype)
+    assert (ref.float() - exact).abs()[0, :2].min() > 0.6  # Pixyz's clamp at bfloat16's eps: 0.69 nats off
