@@ -65,6 +65,8 @@ class ChannelConv(Flow):
         self.register_buffer("p", p.to(dtype))
         self.register_buffer("sign_s", torch.sign(s).to(dtype))
         self.register_buffer("l_mask", torch.tril(torch.ones(in_channels, in_channels), -1), persistent=False)
+        self.register_buffer("eye", torch.eye(in_channels, dtype=dtype), persistent=False)  # (Pixyz's attribute: L's
+        # unit diagonal; it moves with the layer)
         self.l = nn.Parameter(lower.to(dtype))  # noqa: E741 (Pixyz's name); its unit diagonal is masked out in use
         # (registered in Pixyz's order: its optimizers' saved states hold the parameters by position)
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).to(dtype))
@@ -73,26 +75,13 @@ class ChannelConv(Flow):
     def _dgm_details(self) -> str:
         return f"in_channels={self.in_features}, decomposed={self.decomposed}"
 
-    @property
-    def eye(self) -> Tensor:
-        """The identity matrix that gives ``L`` its unit diagonal (Pixyz's attribute of a decomposed layer; a tensor
-        assigned to it is used instead, as Pixyz's ``self.eye = self.eye.to(device)``)."""
-        own = self.__dict__.get("_dgm_eye")
-        if own is not None:
-            return own
-        if not self.decomposed:  # (then nn.Module says that there is no such attribute, as Pixyz's layer has none)
-            raise AttributeError("eye")
-        return torch.eye(self.l_mask.shape[0], dtype=self.l.dtype, device=self.l.device)
-
-    @eye.setter
-    def eye(self, value: Tensor) -> None:
-        self.__dict__["_dgm_eye"] = value
-
     def _dgm_factors(self) -> tuple[Tensor, Tensor]:
         """``L`` (unit lower triangular) and ``U`` (upper triangular with the diagonal ``s``)."""
-        eye = self.eye
-        if eye.device != self.l.device:  # an assigned one, the layer moved since: moved as Pixyz's forward moves it
-            eye = self.eye = eye.to(self.l.device)
+        eye = getattr(self, "eye", None)  # (a layer pickled before it had one: made here)
+        if eye is None:
+            eye = torch.eye(self.l_mask.shape[0], dtype=self.l.dtype, device=self.l.device)
+        elif eye.device != self.l.device:  # one assigned as a plain tensor, the layer moved since: moved as Pixyz's
+            eye = self.eye = eye.to(self.l.device)  # forward moves it
         lower = self.l * self.l_mask + eye
         upper = self.u * self.l_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return lower, upper

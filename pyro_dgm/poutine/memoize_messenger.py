@@ -217,14 +217,59 @@ def same_marks(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
             and (own_a is None or (own_a[0] is own_b[0] and torch.equal(own_a[1], own_b[1]))))
 
 
-def _given_generators(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[torch.Generator, torch.Tensor]]:
-    """The ``torch.Generator``s among a network's arguments (``loss.eval(x, generator=g)`` hands it to a forward
-    that names it) with their states: a draw from one changes its state, as one from the global generators does."""
-    return [(a, a.get_state()) for a in (*args, *kwargs.values()) if isinstance(a, torch.Generator)]
+def _given_generators(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """The random generators among a network's arguments (``loss.eval(x, generator=g)`` hands one to a forward that
+    names it), also inside a list, tuple or dict: ``torch.Generator``s, numpy's ``Generator``s and
+    ``RandomState``s, ``random.Random``s, with their states. A draw from one changes its state, as one from the
+    global generators does."""
+    found: list[tuple[Any, Any]] = []
+
+    def visit(a: Any, depth: int) -> None:
+        state = _generator_state(a)
+        if state is not None:
+            found.append((a, state))
+        elif depth < 4 and isinstance(a, (list, tuple)):
+            for v in a:
+                visit(v, depth + 1)
+        elif depth < 4 and isinstance(a, dict):
+            for v in a.values():
+                visit(v, depth + 1)
+
+    for a in (*args, *kwargs.values()):
+        if type(a) is not torch.Tensor:  # (the usual argument: nothing to look into)
+            visit(a, 0)
+    return found
 
 
-def _same_states(given: list[tuple[torch.Generator, torch.Tensor]]) -> bool:
-    return all(torch.equal(g.get_state(), state) for g, state in given)
+def _generator_state(a: Any) -> Any:
+    """The state of a random generator (``None`` for anything else)."""
+    if isinstance(a, torch.Generator):
+        return a.get_state()
+    if isinstance(a, random.Random):
+        return a.getstate()
+    module = type(a).__module__
+    if module.startswith("numpy.random"):
+        if hasattr(a, "bit_generator"):  # numpy.random.Generator
+            return _frozen(a.bit_generator.state)
+        if hasattr(a, "get_state"):  # numpy.random.RandomState
+            return _frozen(a.get_state(legacy=False))
+    return None
+
+
+def _frozen(state: Any) -> Any:
+    """A numpy generator's state (dicts of numbers and arrays) as something ``==`` compares: arrays as bytes."""
+    if isinstance(state, dict):
+        return tuple((k, _frozen(v)) for k, v in state.items())
+    tobytes = getattr(state, "tobytes", None)
+    return tobytes() if tobytes is not None else state
+
+
+def _same_states(given: list[tuple[Any, Any]]) -> bool:
+    for g, state in given:
+        now = _generator_state(g)
+        if not (torch.equal(now, state) if isinstance(state, torch.Tensor) else now == state):
+            return False
+    return True
 
 
 def _param_state(module: Any) -> tuple[Any, ...] | None:

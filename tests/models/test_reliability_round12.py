@@ -303,26 +303,49 @@ def test_a_fit_in_a_callback_leaves_the_outer_fits_stop_and_writer(monkeypatch: 
     assert seen == [(1, True)]  # the outer fit's writer, still open (was: None after the inner fit)
 
 
-def test_a_deterministic_drawing_from_a_generator_given_to_eval_draws_at_each_use() -> None:
+def _torch_draw(g: torch.Generator, shape: torch.Size) -> torch.Tensor:
+    return torch.randn(shape, generator=g)
+
+
+def _numpy_draw(g: object, shape: torch.Size) -> torch.Tensor:
+    return torch.as_tensor(g.standard_normal(tuple(shape)), dtype=torch.float32)
+
+
+def _python_draw(g: object, shape: torch.Size) -> torch.Tensor:
+    return torch.tensor([g.gauss(0., 1.) for _ in range(shape.numel())]).reshape(shape)
+
+
+GIVEN = {  # a generator handed to the forward as an argument of eval: how the forward finds it, how it draws
+    "torch.Generator": (lambda: torch.Generator().manual_seed(0), lambda r: r, _torch_draw),
+    "numpy Generator": (lambda: __import__("numpy").random.default_rng(0), lambda r: r, _numpy_draw),
+    "random.Random": (lambda: __import__("random").Random(0), lambda r: r, _python_draw),
+    "in a list": (lambda: [torch.Generator().manual_seed(0)], lambda r: r[0], _torch_draw),
+    "in a dict": (lambda: {"g": torch.Generator().manual_seed(0)}, lambda r: r["g"], _torch_draw),
+}
+
+
+@pytest.mark.parametrize("kind", list(GIVEN))
+def test_a_deterministic_drawing_from_a_generator_given_to_eval_draws_at_each_use(kind: str) -> None:
     from pyro_dgm.distributions import Deterministic, Normal
     from pyro_dgm.losses import Expectation as E
     from pyro_dgm.losses import LogProb
 
+    make, find, draw = GIVEN[kind]
     draws: list[torch.Tensor] = []
 
     class Noisy(Deterministic):
         def __init__(self) -> None:
             super().__init__(var=["h"], cond_var=["x"], name="f")
 
-        def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-            draws.append(torch.randn(x.shape, generator=generator))
+        def forward(self, x: torch.Tensor, rng: object = None) -> dict[str, torch.Tensor]:
+            draws.append(draw(find(rng), x.shape))
             return {"h": x + draws[-1]}
 
     f = Noisy()
     p = Normal(loc="h", scale=1., var=["y"], cond_var=["h"], name="p")
     loss = (E(f, LogProb(p)).named("t1") + E(f, LogProb(p)).named("t2")).mean()
     x, y = torch.zeros(4, 3), torch.zeros(4, 3)
-    _, terms = loss.eval({"x": x, "y": y}, return_terms=True, generator=torch.Generator().manual_seed(0))
+    _, terms = loss.eval({"x": x, "y": y}, return_terms=True, rng=make())
     assert len(draws) == 2 and not torch.equal(draws[0], draws[1])  # (was: one run, its draw used twice)
     for name, eps in zip(("t1", "t2"), draws):
         torch.testing.assert_close(terms[name], torch.distributions.Normal(x + eps, 1.).log_prob(y).sum(-1))

@@ -172,6 +172,11 @@ def test_an_assigned_eye_moves_with_the_layer() -> None:
     conv.to("meta")  # (another device, as .cuda() is; Pixyz's forward moves its eye to the input's device)
     assert conv(torch.randn(2, 3, 4, 4, device="meta")).shape == (2, 3, 4, 4)
     assert conv.eye.device.type == "meta"
+    conv = ChannelConv(3, decomposed=True).half()  # and with the layer's dtype
+    assert conv.eye.dtype == torch.float16 and conv(torch.randn(2, 3, 4, 4).half()).dtype == torch.float16
+    conv = ChannelConv(3, decomposed=True)
+    conv.eye = torch.nn.Parameter(torch.eye(3))  # as under Pixyz: a parameter of the layer (was: KeyError)
+    assert [n for n, _ in conv.named_parameters()][-1] == "eye" and "eye" in conv.state_dict()
 
 
 def test_a_family_over_two_variables_is_refused_naming_them() -> None:
