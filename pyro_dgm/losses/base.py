@@ -195,12 +195,19 @@ class Loss(YieldingModule, _PyroELBO):
     @property
     def latex(self) -> str:
         """The formula as LaTeX text, in the order it was written (subclasses define it, or Pixyz's sympy
-        ``_symbol``)."""
+        ``_symbol``); a text assigned to it (``self.latex = ...`` in a subclass's ``__init__``) is the formula."""
+        own = self.__dict__.get("_dgm_latex")
+        if own is not None:
+            return own
         if type(self)._symbol is not Loss._symbol:  # a Pixyz-style subclass: its formula is a sympy expression
             import sympy
 
             return sympy.latex(self._symbol)
         raise NotImplementedError(f"{type(self).__name__} does not define its LaTeX text (the latex property)")
+
+    @latex.setter
+    def latex(self, text: str) -> None:
+        self.__dict__["_dgm_latex"] = text
 
     @property
     def _symbol(self) -> Any:

@@ -324,3 +324,34 @@ def test_a_bfloat16_bernoulli_near_0_or_1_is_scored_exactly_where_pixyz_clamps_i
     exact = torch.tensor([[math.log(1 - 0.99609375), math.log(0.00390625), math.log(0.5)]])
     torch.testing.assert_close(ours.float(), exact, rtol=1e-4, atol=1e-4)  # (float32: the data's dtype)
     assert (ref.float() - exact).abs()[0, :2].min() > 0.6  # Pixyz's clamp at bfloat16's eps: 0.69 nats off
+
+
+def _own_latex() -> Any:
+    import sympy
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses.losses import Loss
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
+
+    class MyLoss(Loss):
+        def __init__(self, p: Any) -> None:
+            super().__init__(p.var + p.cond_var)
+            self.p = p
+            self.latex = r"-\log q(z|x)"  # a plain attribute of the subclass under Pixyz
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("myloss")
+
+        def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+            return -self.p.get_log_prob(x_dict), {}
+
+    loss = MyLoss(q)
+    return {"value": loss.eval({"x": torch.ones(2, 1), "z": torch.zeros(2, 1)}), "latex": loss.latex}
+
+
+def test_a_loss_subclass_may_assign_latex() -> None:
+    ref, ours = run_both(_own_latex)  # (was: AttributeError, the property had no setter)
+    assert_same(ref, ours)
