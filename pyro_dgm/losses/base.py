@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from pyro.infer import ELBO as _PyroELBO
@@ -92,6 +92,30 @@ def _held(value: Any, depth: int) -> Iterator[Any]:
         yield value
 
 
+
+def _assigned_first(fget: Callable[[Any], str]) -> Callable[[Any], str]:
+    """A loss class's ``latex`` getter, giving first the text assigned to the instance's ``latex``."""
+
+    def latex(self: Any) -> str:
+        own = self.__dict__.get("_dgm_latex")
+        return own if own is not None else fget(self)
+
+    latex._dgm_assigned_first = True  # type: ignore[attr-defined]
+    return latex
+
+
+def _latex_text(loss: Any, value: Any) -> str:
+    """The formula text assigned to a loss's ``latex``: a string, or a sympy expression's LaTeX."""
+    if isinstance(value, str):
+        return value
+    if type(value).__module__.startswith("sympy"):
+        import sympy
+
+        return sympy.latex(value)
+    raise TypeError(f"{type(loss).__name__}: latex is the formula's LaTeX text here (pyro_dgm prints the loss with "
+                    f"it), got {type(value).__name__}; give a string, or keep the value under another name")
+
+
 class Loss(YieldingModule, _PyroELBO):
     r"""Base class of every loss term: its input variables, its formula, arithmetic, :meth:`eval`, and Pyro's ELBO API.
 
@@ -148,9 +172,18 @@ class Loss(YieldingModule, _PyroELBO):
         _PyroELBO.__init__(self, num_particles=1)
         self._input_var = list(input_var) if input_var is not None else []
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("latex")
+        if isinstance(own, property) and own.fget is not None and not hasattr(own.fget, "_dgm_assigned_first"):
+            cls.latex = property(_assigned_first(own.fget), doc=own.__doc__)  # (a text assigned to it comes first)
+
     # ------------------------------------------------------------------ nn.Module plumbing
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
+        if name == "latex":  # a subclass's own formula text (a plain attribute under Pixyz), read by the formulas
+            d["_dgm_latex"] = _latex_text(self, value)
+            return
         if "_modules" not in d:  # an attribute set before Loss.__init__: nn.Module must exist first
             nn.Module.__init__(self)
         nn.Module.__setattr__(self, name, value)
@@ -204,10 +237,6 @@ class Loss(YieldingModule, _PyroELBO):
 
             return sympy.latex(self._symbol)
         raise NotImplementedError(f"{type(self).__name__} does not define its LaTeX text (the latex property)")
-
-    @latex.setter
-    def latex(self, text: str) -> None:
-        self.__dict__["_dgm_latex"] = text
 
     @property
     def _symbol(self) -> Any:

@@ -242,17 +242,22 @@ def _given_generators(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tup
 
 
 def _generator_state(a: Any) -> Any:
-    """The state of a random generator (``None`` for anything else)."""
+    """The state of a random generator (``None`` for anything else, and for one without a state to read: a
+    ``random.SystemRandom`` draws from the system's entropy, and is not seen)."""
     if isinstance(a, torch.Generator):
         return a.get_state()
-    if isinstance(a, random.Random):
-        return a.getstate()
-    module = type(a).__module__
-    if module.startswith("numpy.random"):
-        if hasattr(a, "bit_generator"):  # numpy.random.Generator
-            return _frozen(a.bit_generator.state)
-        if hasattr(a, "get_state"):  # numpy.random.RandomState
-            return _frozen(a.get_state(legacy=False))
+    try:
+        if isinstance(a, random.Random):
+            return a.getstate()
+        if type(a).__module__.startswith("numpy.random"):
+            if hasattr(a, "bit_generator"):  # numpy.random.Generator
+                return _frozen(a.bit_generator.state)
+            if hasattr(a, "get_state"):  # numpy.random.RandomState
+                return _frozen(a.get_state(legacy=False))
+            if hasattr(a, "state"):  # a bit generator itself (PCG64, MT19937...)
+                return _frozen(a.state)
+    except (NotImplementedError, AttributeError, TypeError, ValueError):
+        return None
     return None
 
 

@@ -321,7 +321,29 @@ GIVEN = {  # a generator handed to the forward as an argument of eval: how the f
     "random.Random": (lambda: __import__("random").Random(0), lambda r: r, _python_draw),
     "in a list": (lambda: [torch.Generator().manual_seed(0)], lambda r: r[0], _torch_draw),
     "in a dict": (lambda: {"g": torch.Generator().manual_seed(0)}, lambda r: r["g"], _torch_draw),
+    "numpy bit generator": (lambda: __import__("numpy").random.PCG64(0),
+                            lambda r: __import__("numpy").random.Generator(r), _numpy_draw),
 }
+
+
+def test_a_generator_without_a_state_given_to_eval_is_not_refused() -> None:
+    import random
+
+    from pyro_dgm.distributions import Deterministic, Normal
+    from pyro_dgm.losses import Expectation as E
+    from pyro_dgm.losses import LogProb
+
+    class Noisy(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+
+        def forward(self, x: torch.Tensor, rng: object = None) -> dict[str, torch.Tensor]:
+            return {"h": x + _python_draw(rng, x.shape)}
+
+    p = Normal(loc="h", scale=1., var=["y"], cond_var=["h"], name="p")
+    loss = (E(Noisy(), LogProb(p)) + E(Noisy(), LogProb(p))).mean()
+    value = loss.eval({"x": torch.zeros(4, 3), "y": torch.zeros(4, 3)}, rng=random.SystemRandom())
+    assert torch.isfinite(value)  # (was: NotImplementedError, a SystemRandom has no state to read)
 
 
 @pytest.mark.parametrize("kind", list(GIVEN))

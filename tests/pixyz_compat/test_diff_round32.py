@@ -352,6 +352,32 @@ def _own_latex() -> Any:
     return {"value": loss.eval({"x": torch.ones(2, 1), "z": torch.zeros(2, 1)}), "latex": loss.latex}
 
 
+def _built_in_subclass_latex() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import LogProb
+
+    class Mine(LogProb):
+        def __init__(self, p: Any) -> None:
+            super().__init__(p)
+            self.latex = r"\log q_{mine}(z|x)"
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
+    loss = Mine(q)
+    return {"value": loss.eval({"x": torch.ones(2, 1), "z": torch.zeros(2, 1)}), "latex": loss.latex}
+
+
 def test_a_loss_subclass_may_assign_latex() -> None:
     ref, ours = run_both(_own_latex)  # (was: AttributeError, the property had no setter)
     assert_same(ref, ours)
+    ref, ours = run_both(_built_in_subclass_latex)  # a subclass of a built-in term too
+    assert_same(ref, ours)
+
+
+def test_a_value_assigned_to_latex_that_is_no_text_is_refused_naming_it() -> None:
+    from pyro_dgm.losses import Parameter
+
+    loss = Parameter("x") * 2
+    with pytest.raises(TypeError, match="MulLoss: latex is the formula's LaTeX text here .* got bool"):
+        loss.latex = True
