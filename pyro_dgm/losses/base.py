@@ -92,7 +92,6 @@ def _held(value: Any, depth: int) -> Iterator[Any]:
         yield value
 
 
-
 def _assigned_first(fget: Callable[[Any], str]) -> Callable[[Any], str]:
     """A loss class's ``latex`` getter, giving first the text assigned to the instance's ``latex``."""
 
