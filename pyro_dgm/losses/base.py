@@ -175,13 +175,17 @@ class Loss(YieldingModule, _PyroELBO):
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("latex")
         if isinstance(own, property) and own.fget is not None and not hasattr(own.fget, "_dgm_assigned_first"):
-            cls.latex = property(_assigned_first(own.fget), doc=own.__doc__)  # (a text assigned to it comes first)
+            cls.latex = property(_assigned_first(own.fget), own.fset, doc=own.__doc__)  # (an assigned text first)
 
     # ------------------------------------------------------------------ nn.Module plumbing
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
         if name == "latex":  # a subclass's own formula text (a plain attribute under Pixyz), read by the formulas
-            d["_dgm_latex"] = _latex_text(self, value)
+            own = getattr(type(self), "latex", None)
+            if isinstance(own, property) and own.fset is not None:  # (a subclass's own setter)
+                own.fset(self, value)
+            else:
+                d["_dgm_latex"] = _latex_text(self, value)
             return
         if "_modules" not in d:  # an attribute set before Loss.__init__: nn.Module must exist first
             nn.Module.__init__(self)
