@@ -38,10 +38,12 @@ _OWN_OBSERVED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The network call itself, through this thread's innermost memoizing scope if one is open (the function of
-    the ``"dgm_params"`` effect: what runs when no handler on Pyro's stack gives the value)."""
+    the ``"dgm_params"`` effect: what runs when no handler on Pyro's stack gives the value). A dict of parameters
+    is handed on as a copy: a handler may edit the message's value in place, which must not reach the cached one."""
     scopes = MEMO_SCOPES.stack
     if scopes:
-        return scopes[-1].call(module, args, kwargs)
+        value = scopes[-1].call(module, args, kwargs)
+        return dict(value) if type(value) is dict else value
     return module(*args, **kwargs)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Hashable, NamedTuple
 
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
 from torch.nn.modules import module as _nn_module
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -356,7 +357,9 @@ class MemoizeMessenger(Messenger):
 
     Networks run through the ``"dgm_params"`` effect (see :func:`pyro_dgm.distributions.effects.run_network`). The key
     is the module, the identity and version of each input tensor (also inside a tuple, list or dict input), the other
-    arguments, the module's train/eval mode and whether grad is enabled; a hit returns the same parameter tensors, so
+    arguments, the module's train/eval mode, whether grad is enabled and the Pyro handlers around the call (each
+    particle of a Pyro ELBO, each ``poutine.trace`` or ``condition``, runs the network again: a Bayesian network's
+    weights drawn by ``PyroSample``, or dropout, draw anew, as in Pyro); a hit returns the same parameter tensors, so
     autograd sees one forward pass. The inputs are kept alive while cached, so a later tensor cannot take an id the key
     holds. The cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives it, so
     a tensor reused across optimizer steps never meets a stale graph. A step of any ``torch.optim`` optimizer (Pyro's
@@ -450,8 +453,11 @@ class MemoizeMessenger(Messenger):
         except RuntimeError:  # an inference tensor (torch.inference_mode) has no _version
             keys = [_arg_key(a) for a in args]
         # (a TorchScript trace, Pyro's JIT ELBOs', cannot take an output computed before it began, or in another
-        # trace: a constant; the trace's state, held by the entry, tells them apart)
-        return (id(module), module.training, torch.is_grad_enabled(), torch._C._get_tracing_state(), tuple(keys), kw)
+        # trace: a constant; the trace's state, held by the entry, tells them apart. The Pyro handlers around the
+        # call, by identity (the entry holds them: store): a call under other handlers, another particle's trace or
+        # a poutine.condition of a Bayesian network's weights, runs the network again, as Pyro does)
+        return (id(module), module.training, torch.is_grad_enabled(), torch._C._get_tracing_state(), tuple(keys), kw,
+                tuple(map(id, _PYRO_STACK)) if _PYRO_STACK else ())
 
     def _forget_traced_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Drop the traced entries that hold a tensor that a network has just been given: it may have changed it in
@@ -501,8 +507,9 @@ class MemoizeMessenger(Messenger):
         return key, hit[0]
 
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None) -> None:
-        """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword: the key holds their ids,
-        which a tensor made later in the scope could reuse if they were freed while cached). With ``module``, the
+        """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword, and the Pyro handlers
+        active: the key holds their ids, which an object made later in the scope could reuse if they were freed
+        while cached). With ``module``, the
         network that computed it, the entry answers only while its submodules and parameters are the same objects
         and its parameters unchanged (:func:`_param_state`)."""
         maxsize = _MAXSIZE[0]
@@ -512,7 +519,7 @@ class MemoizeMessenger(Messenger):
             self._traced.append((key.module, key.mode, key.args, key.kwargs, value))
             del self._traced[:-maxsize]
             return
-        self._cache[key] = (value, keep, self._state(module))
+        self._cache[key] = (value, (keep, tuple(_PYRO_STACK)) if _PYRO_STACK else keep, self._state(module))
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
         if self._pyro_stack and torch.is_grad_enabled():  # a scope the user opened around several backward passes
