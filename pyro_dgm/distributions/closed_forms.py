@@ -204,13 +204,16 @@ _HALF = (torch.float16, torch.bfloat16)
 @register_log_prob(dist.Normal)
 def _normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
     loc, scale = params["loc"], params["scale"]
-    if loc.dtype in _HALF or scale.dtype in _HALF or x.dtype in _HALF:  # torch's arrangement, with its rounding
-        return _sum(-((x - loc) ** 2) / (2 * scale.pow(2)) - scale.log() - _HALF_LOG_2PI, dims)  # (Pixyz's bfloat16
-        # numbers under autocast)
+    if loc.dtype in _HALF or scale.dtype in _HALF:  # torch's arrangement, with its rounding (Pixyz's bfloat16
+        return _sum(-((x - loc) ** 2) / (2 * scale.pow(2)) - scale.log() - _HALF_LOG_2PI, dims)  # numbers under
+        # autocast; data stored in half precision scored by float32 parameters is computed in float32, below)
     # 5 operations forward where torch's arrangement takes 9 (and fewer backward): the same value up to rounding,
     # finite where the scale's square underflows or the distance's overflows (torch's gives NaN or -inf there)
     d = (x - loc) / scale
-    return _sum(torch.addcmul(torch.rsub(scale.log(), -_HALF_LOG_2PI), d, d, value=-0.5), dims)  # (rsub: no
+    log_scale = scale.log()
+    if log_scale.dtype != d.dtype:  # data of a wider dtype (float64 data, float32 parameters): the logarithm in the
+        log_scale = log_scale.to(d.dtype)  # parameters' dtype and the rest in the data's, as torch's formula rounds
+    return _sum(torch.addcmul(torch.rsub(log_scale, -_HALF_LOG_2PI), d, d, value=-0.5), dims)  # (rsub: no
     # Python-level Tensor.__rsub__)
 
 

@@ -24,7 +24,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.family import DistributionBase
-from pyro_dgm.utils.checks import NotOneHotError, ShapeError, describe
+from pyro_dgm.utils.checks import NotOneHotError, OutOfRangeError, ShapeError, describe
 
 __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Categorical", "RelaxedCategorical",
            "Multinomial", "Dirichlet", "Beta", "Laplace", "Gamma"]
@@ -94,7 +94,33 @@ class FactorizedBernoulliBCE(BernoulliBCE):
         return torch.where(value == 0, torch.zeros((), dtype=lp.dtype, device=lp.device), lp)
 
 
-class RelaxedBernoulliHardScore(dist.RelaxedBernoulli):
+def check_temperature(d: Any, temperature: Any) -> None:
+    """Under validation, refuse to draw with a temperature that is not positive (torch's relaxed families do not
+    check it: 0 draws NaN or hard values, a negative one mirrored samples, silently), in torch's words for a
+    parameter (an :class:`OutOfRangeError`, which the family's draw names). Scoring takes no temperature (the hard
+    distribution's), so it is not checked there, as in Pixyz."""
+    if d._validate_args and isinstance(temperature, Tensor) and temperature.is_floating_point():
+        ok = temperature > 0
+        if not bool(ok.all()):
+            raise OutOfRangeError(f"Expected parameter temperature ({type(temperature).__name__} of shape "
+                             f"{tuple(temperature.shape)}) of distribution {type(d).__name__} to satisfy the "
+                             f"constraint GreaterThan(lower_bound=0.0), but found invalid values:\n"
+                             f"{temperature[~ok].flatten()[:5]}")
+
+
+class _PositiveTemperature:
+    """Draws that refuse a temperature that is not positive (:func:`check_temperature`)."""
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        check_temperature(self, self.temperature)  # type: ignore[attr-defined]
+        return super().rsample(sample_shape)  # type: ignore[misc]
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        check_temperature(self, self.temperature)  # type: ignore[attr-defined]
+        return super().sample(sample_shape)  # type: ignore[misc]
+
+
+class RelaxedBernoulliHardScore(_PositiveTemperature, dist.RelaxedBernoulli):
     """Relaxed (Concrete) samples, scored under the Bernoulli of the same logits.
 
     ``mean``, ``variance`` and ``entropy`` are those of that Bernoulli too (as Pixyz's), so that they agree with the
@@ -125,7 +151,7 @@ class RelaxedBernoulliHardScore(dist.RelaxedBernoulli):
         return self._hard().entropy()
 
 
-class RelaxedOneHotCategoricalHardScore(dist.RelaxedOneHotCategorical):
+class RelaxedOneHotCategoricalHardScore(_PositiveTemperature, dist.RelaxedOneHotCategorical):
     """Relaxed (Gumbel-softmax) samples, scored under the one-hot categorical of their arg-max.
 
     ``mean``, ``variance`` and ``entropy`` are those of that one-hot categorical (torch's relaxed distribution

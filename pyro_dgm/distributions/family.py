@@ -1217,6 +1217,8 @@ class DistributionBase(Distribution):
         bad = self._dgm_diagnosis(base, torch.zeros(()), name)
         if bad:
             raise OutOfRangeError(f"{describe(self)}: cannot draw {name!r}: {bad} ({e})") from e
+        if isinstance(e, OutOfRangeError):  # (a check of the site distribution's own: a relaxed temperature)
+            raise OutOfRangeError(f"{describe(self)}: cannot draw {name!r}: {e}") from e
         raise e
 
     def _dgm_params_do_not_broadcast(self, params: Mapping[str, Tensor]) -> NoReturn:
