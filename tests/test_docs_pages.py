@@ -68,3 +68,85 @@ def test_pyro_views_are_committed() -> None:
         svg = (model_views.COMMITTED / f"{name}_pyro_model.svg").read_text(encoding="utf-8")
         nodes = set(re.findall(r'<g id="node\d+" class="node">\s*<title>([^<]+)</title>', svg))
         assert sites <= nodes, (name, sites, nodes)
+
+
+DOCUMENTED_PACKAGES = ["pyro_dgm.distributions", "pyro_dgm.losses", "pyro_dgm.models", "pyro_dgm.flows",
+                       "pyro_dgm.poutine", "pyro_dgm.layers", "pyro_dgm.utils"]  # docs/_ext/dgm_docs.py's
+
+
+def _api_objects() -> dict[str, object]:
+    """``{full name: object}`` for the classes and functions in the ``__all__`` of each documented package and of
+    its public submodules (what the API pages list), each under the module that defines it."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    out: dict[str, object] = {}
+    for package_name in DOCUMENTED_PACKAGES:
+        package = importlib.import_module(package_name)
+        modules = [package] + [importlib.import_module(f"{package_name}.{i.name}")
+                               for i in pkgutil.iter_modules(package.__path__) if not i.name.startswith("_")]
+        for module in modules:
+            for n in getattr(module, "__all__", []):
+                obj = getattr(module, n, None)
+                if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__.startswith("pyro_dgm"):
+                    out.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
+    return out
+
+
+def _documented_parameters(doc: str) -> list[str] | None:
+    """The names a numpydoc ``Parameters`` section lists (``a, b : int`` lists two), or None without one."""
+    import inspect
+
+    lines = inspect.cleandoc(doc).splitlines()
+    if "Parameters" not in lines:
+        return None
+    i = lines.index("Parameters") + 2
+    names: list[str] = []
+    while i < len(lines) and not (i + 1 < len(lines) and lines[i + 1].strip() and set(lines[i + 1].strip()) <= {"-"}):
+        m = re.match(r"^(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*)\s*(?::|$)", lines[i])
+        if m:
+            names += [n.strip().lstrip("*") for n in m.group(1).split(",")]
+        i += 1
+    return names
+
+
+def test_every_parameter_of_a_documented_signature_is_in_its_parameters_section() -> None:
+    """Where a class or function of an API page has a ``Parameters`` section, it names each parameter of the
+    signature (not ``self``, ``*args``, ``**kwargs``), and each name it lists is one (probe p151 found five
+    classes whose lists left parameters out)."""
+    import inspect
+
+    missing, unknown = {}, {}
+    for name, obj in _api_objects().items():
+        documented = _documented_parameters(inspect.getdoc(obj) or "")
+        if documented is None:
+            continue
+        try:
+            signature = inspect.signature(obj)
+        except (TypeError, ValueError):
+            continue
+        params = [p.name for p in signature.parameters.values()
+                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"]
+        varargs = {p.name for p in signature.parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if [p for p in params if p not in documented]:
+            missing[name] = [p for p in params if p not in documented]
+        if [d for d in documented if d not in params and d not in varargs]:
+            unknown[name] = [d for d in documented if d not in params and d not in varargs]
+    assert not missing, f"parameters missing from the docstrings: {missing}"
+    assert not unknown, f"documented names that are no parameters: {unknown}"
+
+
+def test_the_error_classes_the_docs_name_are_in_the_api() -> None:
+    """Each error class of ``pyro_dgm.utils.checks`` that the docs name (porting.md's rows tell users what to
+    catch: `ShapeError`, `OutOfRangeError`...) and each ``pyro_dgm.utils.checks.X`` they name is in that module's
+    ``__all__``, from which its API page is made, and defined there (none was: the module had no ``__all__``)."""
+    from pyro_dgm.utils import checks
+
+    text = "".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *DOCS.glob("*.md")])
+    named = set(re.findall(r"pyro_dgm\.utils\.checks\.([A-Za-z_]\w*)", text))
+    named |= {n for n in re.findall(r"`(\w+Error)`", text) if hasattr(checks, n)}
+    assert {"ShapeError", "OutOfRangeError", "DTypeError", "strict_shapes"} <= named
+    assert named <= set(checks.__all__), named - set(checks.__all__)
+    for n in checks.__all__:
+        assert getattr(checks, n).__module__ == "pyro_dgm.utils.checks", n

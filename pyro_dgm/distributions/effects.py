@@ -26,7 +26,7 @@ from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
 __all__ = ["run_network", "run_bound_network", "has_forward_hooks", "ignores_sites", "given_event_dim",
            "site_event_dim", "site_data_size", "data_batch_ndim", "conditioned_value", "plate_trace",
-           "outer_plates_ndim", "mark_own_observed", "PYRO_STACK"]
+           "outer_plates_ndim", "mark_own_observed", "copy_plates", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
 PYRO_STACK = _PYRO_STACK
@@ -254,6 +254,12 @@ def site_data_size(value: torch.Tensor) -> tuple[bool, int | None]:
 #: Plates that Pyro opens over copies of a model (vectorized particles, parallel predictive draws): the data given
 #: to a model or guide has no dims for them.
 _COPY_PLATES = frozenset({"num_particles_vectorized", "_num_predictive_samples"})
+
+
+def copy_plates() -> list[Any]:
+    """The active plates over copies of a model (:data:`_COPY_PLATES`: vectorized particles, parallel predictive
+    draws), outermost first."""
+    return [m for m in PYRO_STACK if isinstance(m, IndepMessenger) and m.name in _COPY_PLATES and m.dim is not None]
 
 
 def _event_dim_by_plates(value: torch.Tensor, data: bool = False) -> int | None:

@@ -22,11 +22,18 @@ def factor_head(own: str, d: Any) -> str:
 
 
 class Factor:
-    """An atomic distribution ``dist`` under global names: ``name_dict`` maps a global name to ``dist``'s own.
+    """An atomic distribution under global names (Pixyz's ``Factor``): its attribute ``dist`` is ``atom_dist``,
+    and ``name_dict`` maps a global name to one of ``dist``'s own (filled by :meth:`rename_var`).
 
     Parameters
     ----------
     atom_dist : Distribution
+        The distribution of one factor of a joint.
+    option : dict, optional
+        Options (``batch_n``...) that override the call's for this factor (:attr:`option`).
+    sink : tuple, optional
+        ``(distribution, key)`` where an assignment to :attr:`option` is also stored: a factor of a distribution's
+        ``graph`` keeps that distribution's options in step.
 
     Examples
     --------

@@ -19,8 +19,8 @@ from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import Distribution, ValuesLike, _broadcasts, _one_hot_support, has_network
 from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
-from pyro_dgm.distributions.effects import (PYRO_STACK, data_batch_ndim, given_event_dim, has_forward_hooks,
-                                               ignores_sites, run_bound_network, run_network)
+from pyro_dgm.distributions.effects import (PYRO_STACK, copy_plates, data_batch_ndim, given_event_dim,
+                                               has_forward_hooks, ignores_sites, run_bound_network, run_network)
 from pyro_dgm.distributions.pixyz_protocol import adopt
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
@@ -1056,8 +1056,13 @@ class DistributionBase(Distribution):
                                       if isinstance(values.get(v), Tensor))
                     if not given:
                         raise
+                    copies = "".join(
+                        f"; the plate {c.name!r} of {c.size} copies of the model at dim {c.dim} (Pyro's vectorized "
+                        f"particles or predictive draws) is in the inputs' shapes: draw an input with the features "
+                        f"of {name!r} as its event dims (e.g. `dist.Normal(0., 1.).expand([D]).to_event(1)` for "
+                        f"D features), so that the copies' dim lies to their left" for c in copy_plates()[:1])
                     raise ShapeError(f"{e} (its inputs have shapes {given}; their shapes broadcast to the "
-                                     "parameters')") from None
+                                     f"parameters'{copies})") from None
         if ctx.sample_mean:
             if self.sample_mean_draws is False:
                 raise NoClosedFormError(f"{describe(self)}: sample(sample_mean=True) is not defined for a "

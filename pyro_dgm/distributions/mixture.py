@@ -42,6 +42,9 @@ class MixtureDistribution(TorchDistribution):
         ``(..., K)`` unnormalized log-weights.
     components : list of distributions
         ``K`` Pyro/torch distributions whose batch shapes broadcast with ``logits.shape[:-1]``.
+    validate_args : bool, optional
+        Taken for torch's signature and not used: the mixture checks nothing itself, and each component scores a
+        value under its own validation.
 
     Examples
     --------

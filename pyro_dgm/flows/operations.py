@@ -232,6 +232,9 @@ class Flatten(Flow):
     in_size : tuple of int, optional
         The shape of one input, e.g. ``(C, H, W)``; needed by :meth:`inverse`. Each :meth:`forward` records the shape
         of its input (as Pixyz).
+    cache_size : int, default 1
+        torch's ``Transform`` cache: 1 keeps the last input and output pair, so the inverse of the last output is
+        that input without computing it; 0 keeps none.
 
     Examples
     --------
@@ -327,11 +330,14 @@ class Preprocess(Flow):
     alpha : float, default 0.05
         Keeps :math:`s` in :math:`[\alpha/2, 1-\alpha/2]` (Pixyz's ``data_constraint``).
     num_levels : int, default 256
+        The number of pixel levels of the data (256 for 8-bit images).
     event_dim : int, optional
         The event dims the log-determinant is summed over (3 for images, 1 for vectors). By default decided from each
         input, as Pixyz does: every dim but the batch dim 0 (``(N, C, H, W)``, ``(N, H, W)``, ``(N, D)``; a 1-D
         input ``(N,)`` is N values, each with its own log-det); with more than 4 dims, the last 3 (images with
         several batch dims). Within a flow distribution, the prior's event shape decides.
+    cache_size : int, default 1
+        torch's ``Transform`` cache: 1 keeps the last input and output pair, 0 keeps none.
 
     Examples
     --------

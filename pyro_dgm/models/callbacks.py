@@ -45,8 +45,11 @@ class SampleGrid:
     nrow : int, default 4
         Images per row.
     every : int, default 1
+        Draw a grid at each epoch whose number is a multiple of ``every``.
     use_mean : bool, default True
         Show ``sample_mean`` of ``var`` given the other variables drawn (sharper than a sample).
+    path_prefix : str, optional
+        Also save each grid as the PNG file ``{path_prefix}{epoch}.png`` (needs matplotlib).
 
     Examples
     --------

@@ -8,6 +8,10 @@ import sys
 import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
+__all__ = ["ShapeError", "OutOfRangeError", "DimensionError", "NotATensorError", "MissingVariableError", "DTypeError",
+           "DeviceError", "EmptyBatchError", "NoClosedFormError", "NotSupportedError", "DuplicateSiteError",
+           "ArgumentError", "NotOneHotError", "strict_names", "strict_shapes", "ordered_union"]
+
 
 class ShapeError(ValueError, RuntimeError):
     """A ValueError that names what does not fit, raised where torch raised a RuntimeError (shapes that do not

@@ -218,3 +218,40 @@ def test_one_trace_and_one_evaluation_still_run_a_shared_encoder_once() -> None:
         value = Expectation(q, LogProb(q)).eval({"x": x})
     assert type(q).calls == 1
     assert value.shape == (5,) and torch.isfinite(value).all()
+
+
+def test_a_latent_with_the_particles_dim_says_how_to_line_up_the_features() -> None:
+    """README: a latent drawn under ``vectorize_particles=True`` is an input. With data of a feature dim, an input
+    drawn without event dims is refused naming the particles' plate and the fix (probe p151: the message told to
+    give 'x' the particle count's rows); drawn with the feature as its event dim, the loss is the plain-Pyro
+    twin's."""
+    import pytest
+
+    from pyro_dgm.distributions import Normal
+
+    x = torch.randn(10, 1, generator=torch.Generator().manual_seed(0))
+    vec = dict(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+
+    def guide(x: torch.Tensor, event: bool = False) -> None:
+        d = dist.Normal(pyro.param("m", torch.tensor(0.)), 1.)
+        pyro.sample("mu", d.expand([1]).to_event(1) if event else d)
+
+    def model(x: torch.Tensor, event: bool = False) -> None:
+        d = dist.Normal(0., 1.)
+        mu = pyro.sample("mu", d.expand([1]).to_event(1) if event else d)
+        Normal(loc="mu", scale=1., var=["x"], cond_var=["mu"]).model(x=x, mu=mu)
+
+    def twin(x: torch.Tensor, event: bool = False) -> None:
+        mu = pyro.sample("mu", dist.Normal(0., 1.))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu.unsqueeze(-1), 1.).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"num_particles_vectorized.*4 copies.*to_event\(1\)"):
+        Trace_ELBO(**vec).loss(model, guide, x)
+    losses = []
+    for m, g, event in ((twin, guide, False), (model, guide, True)):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        losses.append(Trace_ELBO(**vec).loss(m, g, x, event))
+    assert abs(losses[1] - losses[0]) < 1e-4 * abs(losses[0])
