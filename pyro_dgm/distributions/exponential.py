@@ -161,7 +161,7 @@ class RelaxedOneHotCategoricalHardScore(_PositiveTemperature, dist.RelaxedOneHot
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             check_value_shape(self, value)
-        logits = self.logits - self.logits.logsumexp(-1, keepdim=True)
+        logits = categorical_log_pmf(self.base_dist._categorical)
         logits, value = torch.broadcast_tensors(logits, value)
         lp = logits.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
         if not value.is_floating_point():  # (Pixyz's raises on an integer value; a one-hot one is scored here)
@@ -190,6 +190,36 @@ class RelaxedOneHotCategoricalHardScore(_PositiveTemperature, dist.RelaxedOneHot
         return self._hard().entropy()
 
 
+def categorical_log_pmf(categorical: Any) -> Tensor:
+    """The normalized log-probabilities of a torch ``Categorical``: from its probabilities, each logarithm clamped
+    at -100 as ``binary_cross_entropy`` clamps it (torch's logits clamp a probability to float's eps first: a
+    class of probability 1e-30 would score log(eps) = -15.94, also inside a mixture, instead of -69.08); from
+    logits, torch's own."""
+    probs = categorical.__dict__.get("probs")
+    if probs is not None and categorical._param is probs:  # built from probabilities (see RelaxedBernoulli's _hard)
+        return probs.log().clamp_min(-100.0)
+    return categorical.logits
+
+
+def _categorical_score(categorical: Any, index: Tensor) -> Tensor:
+    """torch's ``Categorical.log_prob`` of class indices (broadcast alike), with :func:`categorical_log_pmf`."""
+    index, log_pmf = torch.broadcast_tensors(index.long().unsqueeze(-1), categorical_log_pmf(categorical))
+    return log_pmf.gather(-1, index[..., :1]).squeeze(-1)
+
+
+class CategoricalIndex(dist.Categorical):
+    """Pyro's ``Categorical`` (class indices) scored with the probabilities' own logarithm
+    (:func:`categorical_log_pmf`)."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return _categorical_score(self, value)
+
+
+CategoricalIndex.__name__ = CategoricalIndex.__qualname__ = "Categorical"
+
+
 class OneHotCategoricalArgMax(dist.OneHotCategorical):
     """One-hot categorical that scores any vector by its arg-max, as Pixyz's Categorical does (a relaxed sample
     scored under a categorical prior), without torch's check that the value is one-hot; a one-hot value scores as
@@ -198,7 +228,7 @@ class OneHotCategoricalArgMax(dist.OneHotCategorical):
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:  # the arg-max of a vector of another length is no class of this distribution
             check_value_shape(self, value)
-        lp = self._categorical.log_prob(value.max(-1)[1])
+        lp = _categorical_score(self._categorical, value.max(-1)[1])
         if not value.is_floating_point():  # (the float one-hot labels of training pay nothing here)
             return integer_one_hot_score(self, value, lp, self._categorical._num_events)
         finite = value.isfinite().all(-1)  # a NaN has no arg-max (max would call it class 0): NaN, or an error
@@ -395,7 +425,7 @@ class Categorical(DistributionBase):
 
     @property
     def pyro_dist(self) -> Any:  # type: ignore[override]
-        return OneHotCategoricalArgMax if self.one_hot else dist.Categorical
+        return OneHotCategoricalArgMax if self.one_hot else CategoricalIndex
 
 
 class RelaxedCategorical(_Relaxed):

@@ -187,7 +187,15 @@ class _FlowDistribution(OneSiteDistribution):
                                                                for v in b.input_var))
             if batch != base.batch_shape:
                 base = base.expand(batch)
-        fn = _FlowSite(base, [self._dgm_transform(b, values)])
+        t = self._dgm_transform(b, values)
+        try:
+            fn = _FlowSite(base, [t])
+        except ValueError:  # torch's shape bookkeeping asks a layer for its input shape before any forward ran (a
+            learn = getattr(self.flow, "_dgm_sizes_from", None)  # Flatten without in_size): the flow runs forward on
+            if self._dgm_flow_inverted or learn is None:  # the prior's draws, of its event shape, which Pixyz's
+                raise  # forward records
+            learn(torch.Size([1]) + base.event_shape)
+            fn = _FlowSite(base, [t])
         fn._dgm_owner = (self, b.var[0])
         if expand:
             fn = expand_root(self, fn, b, ctx)
@@ -203,12 +211,25 @@ class _FlowDistribution(OneSiteDistribution):
         fn, base = self._dgm_fn(b, values, ctx)
         t = fn.transforms[0]
         name = b.var[0]
-        if ctx.sample_mean:
-            with event_dims_fixed():
-                mean = t(base.mean)
-            value = self._dgm_record(name, mean, fn.event_dim)
-        else:
-            value = self._dgm_site(name, fn, ctx)
+        try:
+            if ctx.sample_mean:
+                with event_dims_fixed():
+                    mean = t(base.mean)
+                value = self._dgm_record(name, mean, fn.event_dim)
+            else:
+                value = self._dgm_site(name, fn, ctx)
+        except RuntimeError as e:  # the prior draws in a dtype the flow's layers refuse (a float64 prior)
+            own = self._dgm_weights_dtype()
+            try:
+                drawn = base.mean.dtype
+            except (NotImplementedError, AttributeError, RuntimeError, ValueError):  # (a base without a mean)
+                drawn = None
+            if (isinstance(e, ValueError) or own is None or drawn is None or drawn == own
+                    or "type" not in str(e).lower()):
+                raise
+            raise DTypeError(f"{describe(self)}: cannot draw {name!r}: the prior draws {drawn} values and the flow's "
+                             f"parameters are {own}; convert one of them (e.g. the prior with .to({own})) "
+                             f"(torch: {e})") from e
         values[name] = value
         ctx.event_dims[name] = fn.event_dim
         if "_dgm_stored_x" in self.__dict__:  # (a dict a Pixyz program assigned to stored_x: the draw refills it)

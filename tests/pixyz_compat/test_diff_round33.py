@@ -9,6 +9,14 @@
 - A relaxed family's temperature of 0 or less was refused only as a constant; one from an input drew NaN, hard or
   mirrored samples silently (as under Pixyz). A draw now refuses it under validation; scoring, which takes no
   temperature, still runs as under Pixyz.
+
+And composites at the edges (probe p156):
+
+- A ``Categorical`` probability below the dtype's eps scored as eps (torch's clamped logits, Pixyz's numbers too),
+  also a ``MixtureModel``'s prior weight: log 1e-30 came out -15.94. It is now the probability's own logarithm.
+- A flow ending in ``Flatten()`` without ``in_size`` could not draw (torch's shape bookkeeping asked it for an image
+  shape that only a forward pass records); Pixyz draws and scores it.
+- A float64 prior drawn through a float32 flow raised torch's bare dtype error.
 """
 from __future__ import annotations
 
@@ -116,3 +124,93 @@ def test_a_relaxed_categorical_value_with_an_infinite_entry_scores_nan() -> None
     ref, ours = run_both(prog)
     assert ref[0] == float("-inf") and torch.isnan(ours[0])
     torch.testing.assert_close(ours[1], torch.tensor(0.2).log())
+
+
+# ------------------------------------------------------------------- composites at the edges (probe p156)
+def _categorical_and_mixture(dtype: torch.dtype) -> Any:
+    import torch
+
+    from pixyz.distributions import Categorical, MixtureModel, Normal
+
+    cat = Categorical(probs=torch.tensor([1e-30, 1.0], dtype=dtype), var=["z"])
+    comps = [Normal(loc=torch.zeros(2, dtype=dtype), scale=torch.ones(2, dtype=dtype), var=["x"], features_shape=[2]),
+             Normal(loc=torch.full((2,), 3., dtype=dtype), scale=torch.full((2,), .5, dtype=dtype), var=["x"],
+                    features_shape=[2])]
+    return (cat.get_log_prob({"z": torch.tensor([[1., 0.], [0., 1.]], dtype=dtype)}),
+            MixtureModel(comps, cat).get_log_prob({"x": torch.zeros(1, 2, dtype=dtype)}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_categorical_probability_below_eps_scores_its_own_logarithm(dtype: torch.dtype) -> None:
+    """log 1e-30 = -69.08 (Pixyz: log(eps) = -15.94 in float32), and a mixture of weights [1e-30, 1] at x = 0 is
+    the float64 log-sum-exp of its two terms, -36.45 (Pixyz: -17.78); the other class scores log 1 = 0."""
+    ref, ours = run_both(lambda: _categorical_and_mixture(dtype))
+    n = torch.distributions.Normal
+    x = torch.zeros(2, dtype=torch.float64)
+    terms = torch.stack([torch.tensor(1e-30, dtype=torch.float64).log() + n(torch.zeros(2, dtype=torch.float64),
+                                                                             1.).log_prob(x).sum(),
+                         n(torch.full((2,), 3., dtype=torch.float64), .5).log_prob(x).sum()])
+    tol = dict(rtol=1e-6, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours[0].double(), torch.tensor([1e-30, 1.], dtype=torch.float64).log(), **tol)
+    torch.testing.assert_close(ours[1].double(), terms.logsumexp(0).reshape(1), **tol)
+    assert ours[0].dtype == ours[1].dtype == dtype
+    if dtype == torch.float32:
+        assert ref[0][0].item() == pytest.approx(-15.9424, abs=1e-3)  # the documented difference
+
+
+def test_a_bfloat16_categorical_weight_and_a_pyro_site_score_the_probability_itself() -> None:
+    """A bfloat16 weight of 1e-3 scores within one bfloat16 step (2**-7 relative) of log(1e-3 / (1e-3 + 0.999)) as
+    bfloat16 holds them (Pixyz: -4.84); class indices (``one_hot=False``) and the Pyro site score the same."""
+    from pyro import poutine
+
+    from pyro_dgm.distributions import Categorical
+
+    probs = torch.tensor([1e-3, 1 - 1e-3], dtype=torch.bfloat16)
+    exact = (probs.double()[0] / probs.double().sum()).log()
+    got = Categorical(probs=probs, var=["z"]).get_log_prob({"z": torch.tensor([[1., 0.]], dtype=torch.bfloat16)})
+    assert abs(got.double().item() - exact.item()) <= 2 ** -7 * abs(exact.item())
+    p = Categorical(probs=torch.tensor([1e-30, 1.0]), var=["z"], one_hot=False)
+    torch.testing.assert_close(p.get_log_prob({"z": torch.tensor([0, 1])}),
+                               torch.tensor([1e-30, 1.0]).log())
+    tr = poutine.trace(p.model).get_trace(z=torch.tensor([0, 0, 1]))
+    torch.testing.assert_close(tr.nodes["z"]["fn"].log_prob(torch.tensor([0, 0, 1])),
+                               torch.tensor([1e-30, 1e-30, 1.0]).log())
+
+
+def _flattened(kind: str) -> Any:
+    import torch
+
+    import pixyz.flows as F
+    from pixyz.distributions import Normal, TransformedDistribution
+
+    prior = Normal(loc=torch.zeros(2, 2, 2), scale=torch.ones(2, 2, 2), var=["z"], features_shape=[2, 2, 2])
+    flow = F.Flatten() if kind == "flatten" else F.FlowList([F.Squeeze(), F.Flatten()])
+    p = TransformedDistribution(prior, flow, var=["x"])
+    s = p.sample(batch_n=3)
+    return {k: v.shape for k, v in s.items()}, p.get_log_prob(s), s["x"]
+
+
+@pytest.mark.parametrize("kind", ["flatten", "squeeze_flatten"])
+def test_a_flow_ending_in_a_flatten_without_in_size_draws_and_scores_as_pixyz(kind: str) -> None:
+    """The draw runs the flow forward on the prior's draws, which sets the image shape (it raised "the image shape
+    is unknown until forward() has run"); the draws, shapes and log-densities are Pixyz's, and the log-density is
+    the prior's at the drawn image (a reshape has log-det 0)."""
+    ref, ours = run_both(lambda: _flattened(kind))
+    assert ours[0] == ref[0] == {"x": torch.Size([3, 8]), "z": torch.Size([3, 2, 2, 2])}
+    torch.testing.assert_close(ours[2], ref[2])
+    torch.testing.assert_close(ours[1], ref[1])
+
+
+def test_a_flow_drawing_a_float64_prior_names_the_distribution_and_the_dtypes() -> None:
+    """A float64 prior into a float32 flow: a ``DTypeError`` (also torch's RuntimeError) naming the distribution,
+    the variable and both dtypes, as scoring does (it was torch's bare "mat1 and mat2 must have the same dtype")."""
+    import pyro_dgm.flows as F
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+    from pyro_dgm.utils.checks import DTypeError
+
+    prior = Normal(loc=torch.zeros(4, dtype=torch.float64), scale=torch.ones(4, dtype=torch.float64), var=["z"],
+                   features_shape=[4])
+    p = TransformedDistribution(prior, F.PlanarFlow(4), var=["x"])
+    with pytest.raises(DTypeError, match=r"TransformedDistribution p\(x\): cannot draw 'x'.*float64.*float32"):
+        p.sample(batch_n=2)
+    assert issubclass(DTypeError, RuntimeError)
