@@ -7,6 +7,7 @@ Networks run through :func:`run_network`, the effect ``"dgm_params"`` that the m
 """
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import Any, Mapping
 
@@ -39,11 +40,15 @@ _OWN_OBSERVED: weakref.WeakSet[Any] = weakref.WeakSet()
 def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The network call itself, through this thread's innermost memoizing scope if one is open (the function of
     the ``"dgm_params"`` effect: what runs when no handler on Pyro's stack gives the value). A dict of parameters
-    is handed on as a copy: a handler may edit the message's value in place, which must not reach the cached one."""
+    (also an ``OrderedDict`` or another dict subclass) is handed on as a shallow copy: a handler may replace its
+    entries in place, which must not reach the cached one (a handler that changes a parameter tensor itself in place,
+    ``mul_``, changes the cached tensor)."""
     scopes = MEMO_SCOPES.stack
     if scopes:
         value = scopes[-1].call(module, args, kwargs)
-        return dict(value) if type(value) is dict else value
+        if isinstance(value, dict):
+            return dict(value) if type(value) is dict else copy.copy(value)
+        return value
     return module(*args, **kwargs)
 
 

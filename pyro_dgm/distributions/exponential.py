@@ -25,6 +25,7 @@ from torch.distributions import constraints
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.family import DistributionBase
 from pyro_dgm.utils.checks import NotOneHotError, OutOfRangeError, ShapeError, describe
+from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Categorical", "RelaxedCategorical",
            "Multinomial", "Dirichlet", "Beta", "Laplace", "Gamma"]
@@ -98,8 +99,14 @@ def check_temperature(d: Any, temperature: Any) -> None:
     """Under validation, refuse to draw with a temperature that is not positive (torch's relaxed families do not
     check it: 0 draws NaN or hard values, a negative one mirrored samples, silently), in torch's words for a
     parameter (an :class:`OutOfRangeError`, which the family's draw names). Scoring takes no temperature (the hard
-    distribution's), so it is not checked there, as in Pixyz."""
-    if d._validate_args and isinstance(temperature, Tensor) and temperature.is_floating_point():
+    distribution's), so it is not checked there, as in Pixyz. A number, an integer tensor and a float one alike; not
+    where the check cannot read values (under ``torch.func.vmap`` or while ``torch.compile`` traces)."""
+    if not d._validate_args:
+        return
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        temperature = torch.tensor(float(temperature))
+    if (isinstance(temperature, Tensor) and not temperature.is_complex() and temperature.dtype != torch.bool
+            and not torch._C._are_functorch_transforms_active() and not is_compiling()):
         ok = temperature > 0
         if not bool(ok.all()):
             raise OutOfRangeError(f"Expected parameter temperature ({type(temperature).__name__} of shape "

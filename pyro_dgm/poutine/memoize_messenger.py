@@ -1,4 +1,5 @@
-"""The memoizing effect handler: one network forward pass per distribution and inputs within one scope.
+"""The memoizing effect handler: one network forward pass per distribution and inputs within one scope (and, for a
+network that draws by itself, per set of Pyro handlers around the call: :func:`draws_in_forward`).
 
 Which scope answers a network call is per thread: each thread keeps its own stack of open memoizing scopes
 (:func:`active_memo` is the innermost), so a call is never answered from another thread's cache. Pyro's handler stack
@@ -24,7 +25,9 @@ from typing import Any, Hashable, NamedTuple
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.trace_messenger import TraceMessenger
 from torch.nn.modules import module as _nn_module
+from torch.nn.modules.dropout import _DropoutNd
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pyro_dgm.utils.modules import hook_ends
@@ -33,7 +36,7 @@ from pyro_dgm.utils.versions import data_ptrs
 from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
-           "same_marks"]
+           "same_marks", "draws_in_forward", "handlers_key"]
 
 _MAXSIZE = [128]  # a setting (Pixyz's knob), not evaluation state: the same for every thread
 
@@ -334,6 +337,34 @@ def _same_params(state: tuple[Any, ...]) -> bool:
     return [t._version for t in params] == versions and data_ptrs(params) == ptrs
 
 
+def draws_in_forward(module: Any) -> bool:
+    """Whether a forward pass of ``module`` draws by itself: a dropout layer in training mode (of a rate above 0),
+    or a Bayesian network's weights (a ``PyroModule``'s ``PyroSample`` attributes, sample sites at each call). Its
+    output then depends on the Pyro handlers around the call (each particle of a Pyro ELBO draws anew, a
+    ``poutine.condition`` gives the weights): see :func:`handlers_key`."""
+    if not isinstance(module, torch.nn.Module):
+        return False
+    for m in module.modules():
+        if isinstance(m, _DropoutNd):
+            if m.training and m.p > 0:
+                return True
+        elif m.__dict__.get("_pyro_samples"):
+            return True
+    return False
+
+
+def handlers_key() -> tuple[Any, ...]:
+    """The Pyro handlers active now, by identity (and a trace handler's trace, new at each ``with``: a handler object
+    entered twice records two traces): the key of a network call that draws by itself (:func:`draws_in_forward`),
+    whose output one set of handlers shares and another gets anew, as Pyro runs the network at each model run."""
+    return tuple((id(m), id(m.trace) if isinstance(m, TraceMessenger) else 0) for m in _PYRO_STACK)
+
+
+def _handlers_kept() -> tuple[Any, ...]:
+    """The objects :func:`handlers_key` names, which an entry keeps alive so that their ids cannot be reused."""
+    return tuple((m, m.trace if isinstance(m, TraceMessenger) else None) for m in _PYRO_STACK)
+
+
 def _buffer_versions(module: Any) -> tuple[Any, ...]:
     """The identity and version of every buffer of ``module``: a forward pass that changes them (a batch norm in
     training mode, a spectral norm's power iteration) has side effects, which Pixyz repeats on every use of a
@@ -342,6 +373,12 @@ def _buffer_versions(module: Any) -> tuple[Any, ...]:
         return tuple((id(t), t._version) for t in module.buffers())
     except (RuntimeError, AttributeError):
         return ()
+
+
+def _same_mode(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Two traced entries' modes: train/eval and grad modes equal, and the same handlers (by identity)."""
+    return (a[0] == b[0] and a[1] == b[1] and len(a[2]) == len(b[2])
+            and all(x[0] is y[0] and x[1] is y[1] for x, y in zip(a[2], b[2])))
 
 
 class _Traced(NamedTuple):
@@ -357,9 +394,10 @@ class MemoizeMessenger(Messenger):
 
     Networks run through the ``"dgm_params"`` effect (see :func:`pyro_dgm.distributions.effects.run_network`). The key
     is the module, the identity and version of each input tensor (also inside a tuple, list or dict input), the other
-    arguments, the module's train/eval mode, whether grad is enabled and the Pyro handlers around the call (each
-    particle of a Pyro ELBO, each ``poutine.trace`` or ``condition``, runs the network again: a Bayesian network's
-    weights drawn by ``PyroSample``, or dropout, draw anew, as in Pyro); a hit returns the same parameter tensors, so
+    arguments, the module's train/eval mode, whether grad is enabled, and for a network that draws by itself
+    (dropout in training mode, a Bayesian ``PyroModule``'s ``PyroSample`` weights: :func:`draws_in_forward`) the Pyro
+    handlers around the call, so that each particle of a Pyro ELBO, each ``poutine.trace`` and a ``condition`` of the
+    weights run it again, as in Pyro; a hit returns the same parameter tensors, so
     autograd sees one forward pass. The inputs are kept alive while cached, so a later tensor cannot take an id the key
     holds. The cache lives for one ``with`` block (one loss evaluation) and is cleared on exit: nothing outlives it, so
     a tensor reused across optimizer steps never meets a stale graph. A step of any ``torch.optim`` optimizer (Pyro's
@@ -453,11 +491,12 @@ class MemoizeMessenger(Messenger):
         except RuntimeError:  # an inference tensor (torch.inference_mode) has no _version
             keys = [_arg_key(a) for a in args]
         # (a TorchScript trace, Pyro's JIT ELBOs', cannot take an output computed before it began, or in another
-        # trace: a constant; the trace's state, held by the entry, tells them apart. The Pyro handlers around the
-        # call, by identity (the entry holds them: store): a call under other handlers, another particle's trace or
-        # a poutine.condition of a Bayesian network's weights, runs the network again, as Pyro does)
+        # trace: a constant; the trace's state, held by the entry, tells them apart. For a network that draws by
+        # itself, the Pyro handlers around the call (the entry holds them: store): another particle's trace, or a
+        # poutine.condition of a Bayesian network's weights, runs it again, as Pyro does; any other network's
+        # output is the same under any handlers, and is shared)
         return (id(module), module.training, torch.is_grad_enabled(), torch._C._get_tracing_state(), tuple(keys), kw,
-                tuple(map(id, _PYRO_STACK)) if _PYRO_STACK else ())
+                handlers_key() if _PYRO_STACK and draws_in_forward(module) else ())
 
     def _forget_traced_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Drop the traced entries that hold a tensor that a network has just been given: it may have changed it in
@@ -477,9 +516,10 @@ class MemoizeMessenger(Messenger):
         # is not reused while tracing: the generators' state cannot be read without breaking the graph.
         if not getattr(module, "memoizable", True) or getattr(module, "memoize_unless_random", False):
             return None, None
-        mode = (module.training, torch.is_grad_enabled())
+        mode = (module.training, torch.is_grad_enabled(),
+                _handlers_kept() if _PYRO_STACK and draws_in_forward(module) else ())
         for entry in self._traced:
-            if (entry[0] is module and entry[1] == mode and len(entry[2]) == len(args)
+            if (entry[0] is module and _same_mode(entry[1], mode) and len(entry[2]) == len(args)
                     and all(a is b for a, b in zip(entry[2], args)) and entry[3].keys() == kwargs.keys()
                     and all(entry[3][k] is v for k, v in kwargs.items())):
                 return None, entry[4]
@@ -508,8 +548,8 @@ class MemoizeMessenger(Messenger):
 
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword, and the Pyro handlers
-        active: the key holds their ids, which an object made later in the scope could reuse if they were freed
-        while cached). With ``module``, the
+        active where the key names them: the key holds their ids, which an object made later in the scope could
+        reuse if they were freed while cached). With ``module``, the
         network that computed it, the entry answers only while its submodules and parameters are the same objects
         and its parameters unchanged (:func:`_param_state`)."""
         maxsize = _MAXSIZE[0]
@@ -519,7 +559,7 @@ class MemoizeMessenger(Messenger):
             self._traced.append((key.module, key.mode, key.args, key.kwargs, value))
             del self._traced[:-maxsize]
             return
-        self._cache[key] = (value, (keep, tuple(_PYRO_STACK)) if _PYRO_STACK else keep, self._state(module))
+        self._cache[key] = (value, (keep, _handlers_kept()) if key[-1] else keep, self._state(module))
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
         if self._pyro_stack and torch.is_grad_enabled():  # a scope the user opened around several backward passes

@@ -214,3 +214,34 @@ def test_a_flow_drawing_a_float64_prior_names_the_distribution_and_the_dtypes() 
     with pytest.raises(DTypeError, match=r"TransformedDistribution p\(x\): cannot draw 'x'.*float64.*float32"):
         p.sample(batch_n=2)
     assert issubclass(DTypeError, RuntimeError)
+
+
+@pytest.mark.parametrize("family", ["RelaxedBernoulli", "RelaxedCategorical"])
+@pytest.mark.parametrize("t", [-1.0, 0, torch.tensor(0), torch.tensor([[0.5], [-0.5]])],
+                         ids=["float", "int", "int_tensor", "one_bad_row"])
+def test_a_temperature_that_is_a_number_or_an_integer_is_checked_too(family: str, t: Any) -> None:
+    """A Python number or an integer tensor from the inputs, and one bad row among good ones, are refused as a
+    float tensor is (probe p155: they drew mirrored, hard or NaN values silently)."""
+    import pyro_dgm.distributions as D
+
+    probs = torch.tensor([[0.3, 0.7], [0.6, 0.4]]) if family == "RelaxedCategorical" else torch.tensor([[0.3], [0.6]])
+    p = getattr(D, family)(temperature="t", probs="x", var=["y"], cond_var=["t", "x"])
+    with pytest.raises(ValueError, match=rf"{family} p\(y\|t,x\): cannot draw 'y'.*temperature"):
+        p.sample({"x": probs, "t": t})
+
+
+@pytest.mark.parametrize("family", ["RelaxedBernoulli", "RelaxedCategorical"])
+def test_a_draw_under_vmap_over_positive_temperatures_runs_as_under_pixyz(family: str) -> None:
+    """``torch.func.vmap`` over temperatures [0.5, 1, 2] draws (the check cannot read values there, and is skipped;
+    probe p155: torch's "data-dependent control flow" error): each draw lies in (0, 1), and a relaxed categorical's
+    rows sum to 1."""
+    import pyro_dgm.distributions as D
+
+    probs = torch.softmax(torch.randn(3, 2, generator=torch.Generator().manual_seed(0)), -1)
+    p = getattr(D, family)(temperature="t", probs="x", var=["y"], cond_var=["t", "x"])
+    out = torch.func.vmap(lambda t: p.sample({"x": probs, "t": t})["y"], randomness="different")(
+        torch.tensor([0.5, 1.0, 2.0]))
+    assert out.shape == (3, 3, 2)
+    assert ((out > 0) & (out < 1)).all()
+    if family == "RelaxedCategorical":
+        torch.testing.assert_close(out.sum(-1), torch.ones(3, 3))

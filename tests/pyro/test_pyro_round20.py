@@ -11,10 +11,12 @@ effect that edited the parameter dict in place edited the cached dict, once more
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 import torch.nn.functional as F
 from pyro import poutine
@@ -181,9 +183,11 @@ def _encoder() -> Any:
     return Q()
 
 
-def test_a_handler_that_edits_the_parameter_dict_in_place_edits_each_use_once() -> None:
+@pytest.mark.parametrize("kind", [dict, OrderedDict])
+def test_a_handler_that_edits_the_parameter_dict_in_place_edits_each_use_once(kind: type) -> None:
     """A user's handler of the ``"dgm_params"`` effect that doubles the scale in place: ``LogProb(q) + LogProb(q)``
-    is twice the log-density of N(loc, 2 scale) (it was -38.72 against -35.30, the cached dict doubled twice)."""
+    is twice the log-density of N(loc, 2 scale) (it was -38.72 against -35.30, the cached dict doubled twice), also
+    where the network returns an ``OrderedDict`` (probe p155)."""
     from pyro_dgm.losses import LogProb
 
     class DoubleScale(Messenger):
@@ -192,6 +196,8 @@ def test_a_handler_that_edits_the_parameter_dict_in_place_edits_each_use_once() 
                 msg["value"]["scale"] = msg["value"]["scale"] * 2
 
     q = _encoder()
+    forward = type(q).forward
+    q.forward = lambda x: kind(forward(q, x))  # (an instance's own forward: pyro_dgm calls it by name)
     x, z = torch.randn(5, 3), torch.randn(5, 2)
     with DoubleScale():
         both = (LogProb(q) + LogProb(q)).sum().eval({"x": x, "z": z})
@@ -225,8 +231,6 @@ def test_a_latent_with_the_particles_dim_says_how_to_line_up_the_features() -> N
     drawn without event dims is refused naming the particles' plate and the fix (probe p151: the message told to
     give 'x' the particle count's rows); drawn with the feature as its event dim, the loss is the plain-Pyro
     twin's."""
-    import pytest
-
     from pyro_dgm.distributions import Normal
 
     x = torch.randn(10, 1, generator=torch.Generator().manual_seed(0))
@@ -255,3 +259,95 @@ def test_a_latent_with_the_particles_dim_says_how_to_line_up_the_features() -> N
         pyro.set_rng_seed(0)
         losses.append(Trace_ELBO(**vec).loss(m, g, x, event))
     assert abs(losses[1] - losses[0]) < 1e-4 * abs(losses[0])
+
+
+def test_one_trace_handler_entered_twice_records_a_bayesian_networks_weights_twice() -> None:
+    """Inside ``memoize()``, ``tr = poutine.trace(f)`` used for two ``get_trace`` calls (a Pyro idiom): each trace
+    holds the weight sites, with two draws (probe p155: the second had none)."""
+    from pyro_dgm.poutine import memoize
+
+    p, x, y = _bayes_regression()
+    tracer = poutine.trace(lambda: p.get_log_prob({"x": x, "y": y}))
+    with memoize():
+        t1, t2 = tracer.get_trace(), tracer.get_trace()
+    weight = next(n for n in t1.nodes if n.endswith("weight"))
+    assert weight in t2.nodes
+    assert not torch.equal(t1.nodes[weight]["value"], t2.nodes[weight]["value"])
+
+
+def test_a_deterministic_encoder_is_shared_between_a_pyro_elbo_and_another_term() -> None:
+    """The control for a network that draws nothing: ``PyroELBO + KullbackLeibler(q, prior)`` under ``Model.train``
+    runs the encoder once per step (the guide's call under Pyro's trace, the KL's under no handler), and inside
+    ``memoize()`` a trace of ``q.guide`` and ``q.get_log_prob`` share one pass (probe p155: the first version of the
+    handlers in the key ran it twice in both)."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import KullbackLeibler, PyroELBO
+    from pyro_dgm.models import Model
+    from pyro_dgm.poutine import memoize
+
+    q = _encoder()
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(z), "scale": torch.ones(3)}
+
+    p = P()
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2], name="p_{prior}")
+    loss = PyroELBO((p * prior).model, q.guide, input_var=["x"]) + KullbackLeibler(q, prior).sum()
+    model = Model(loss, distributions=[p, q], optimizer=torch.optim.Adam)
+    x = torch.randn(6, 3)
+    type(q).calls = 0
+    model.train({"x": x})
+    assert type(q).calls == 1
+    type(q).calls = 0
+    with memoize():
+        tr = poutine.trace(q.guide).get_trace(x=x)
+        lp = q.get_log_prob({"x": x, "z": tr.nodes["z"]["value"]})
+    assert type(q).calls == 1
+    torch.testing.assert_close(lp, tr.nodes["z"]["fn"].log_prob(tr.nodes["z"]["value"]))
+
+
+def test_pyro_elbo_particles_run_a_dropout_encoder_anew_under_torch_compile() -> None:
+    """The same under ``torch.compile`` (the eager backend: Dynamo's tracing is what decides the reuse), where the
+    memoizer compares traced entries by identity: 25.22 as the eager evaluation and the plain-Pyro twin, with the
+    encoder run once per particle (probe p155: one mask for the three particles, 24.79)."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import PyroELBO
+    from pyro_dgm.utils.compat import compiles
+
+    if not compiles():
+        pytest.skip("this torch does not compile pyro_dgm's evaluation")
+    calls = [0]
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Sequential(nn.Linear(3, 16), nn.Dropout(0.5), nn.Linear(16, 4))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            calls[0] += 1
+            h = self.fc(x)
+            return {"loc": h[..., :2], "scale": F.softplus(h[..., 2:]) + 0.1}
+
+    torch.manual_seed(0)
+    q = Q()
+    joint = Normal(loc="z", scale=1., var=["x"], cond_var=["z"], name="p") * Normal(
+        loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    x3 = torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+    loss = PyroELBO(joint.model, lambda x: q.guide(x=x3), elbo=Trace_ELBO(num_particles=3))
+    try:  # (the conftest puts argument validation back after the test: compiling turns it off)
+        pyro.set_rng_seed(5)
+        eager = loss.eval({"x": x})
+        compiled = torch.compile(lambda d: loss.eval(d), backend="eager")
+        pyro.set_rng_seed(5)
+        calls[0] = 0
+        got = compiled({"x": x})
+        assert calls[0] == 3
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(got, eager)
