@@ -1726,6 +1726,13 @@ class Distribution(YieldingModule):
                 note += f"; {', '.join(ranges)}: an index out of the range of a lookup in the network (an " \
                         "nn.Embedding's num_embeddings?)"
                 other = []
+        complex_ = [v for v in names if isinstance(values[v], Tensor) and values[v].is_complex() and own is not None
+                    and not own.is_complex]
+        if (complex_ and isinstance(e, RuntimeError) and not isinstance(e, ValueError)
+                and "type" in str(e).lower()):  # (no conversion to advise: it would drop the imaginary parts)
+            raise DTypeError(f"{describe(self)}: forward() cannot take {complex_[0]!r} of dtype "
+                             f"{values[complex_[0]].dtype}: the network's parameters are {own}, real numbers; give "
+                             f"it real values (its .real, .abs()...) (torch: {e})") from e
         if other:  # values keep their dtype (docs/design.md): a float64 or int64 input meets float32 weights
             said = ", ".join(f"{v!r} of dtype {values[v].dtype}" for v in other)
             if isinstance(e, RuntimeError) and not isinstance(e, ValueError) and "type" in str(e).lower():

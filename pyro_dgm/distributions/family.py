@@ -148,6 +148,11 @@ def _scores(fn: Any, x: Tensor) -> bool:
     return True
 
 
+class _SamplerDTypeError(DTypeError, NotImplementedError):
+    """A parameter of an integer dtype that torch's sampler has no kernel for: a :class:`DTypeError`, and the
+    NotImplementedError torch raises there (Pixyz's)."""
+
+
 class DistributionBase(Distribution):
     r"""A distribution of one variable from a ``pyro.distributions`` family.
 
@@ -1035,7 +1040,8 @@ class DistributionBase(Distribution):
                 try:
                     value = seeded_call(self, fn.rsample if ctx.reparam and fn.has_rsample else fn.sample,
                                         ctx.sample_shape)
-                except RuntimeError as e:  # (torch's sampler refused a parameter: probs of 1.5, unvalidated)
+                except (RuntimeError, NotImplementedError) as e:  # (torch's sampler refused a parameter: probs of 1.5,
+                # unvalidated; an integer one)
                     self._dgm_draw_error(e, base, name)
                 values[name] = value
                 ctx.event_dims[name] = fn.event_dim
@@ -1073,7 +1079,8 @@ class DistributionBase(Distribution):
         else:
             try:
                 value = self._dgm_site(name, fn, ctx)
-            except RuntimeError as e:  # (torch's sampler refused a parameter: probs of 1.5, unvalidated)
+            except (RuntimeError, NotImplementedError) as e:  # (torch's sampler refused a parameter: probs of 1.5,
+                # unvalidated; an integer one)
                 self._dgm_draw_error(e, base, name)
             if (isinstance(value, Tensor) and not value.is_floating_point() and not self._dgm_user_log_prob
                     and (value.dtype == torch.bool or (fn._validate_args and _one_hot_support(fn)))
@@ -1216,9 +1223,19 @@ class DistributionBase(Distribution):
         except RuntimeError:
             return ""
 
-    def _dgm_draw_error(self, e: RuntimeError, base: Any, name: str) -> NoReturn:
+    def _dgm_draw_error(self, e: Exception, base: Any, name: str) -> NoReturn:
         """Raise the error of a draw that torch's sampler refused: naming the parameter out of range (an
-        :class:`OutOfRangeError`, also torch's RuntimeError) when there is one, else ``e`` itself."""
+        :class:`OutOfRangeError`, also torch's RuntimeError) when there is one, or one of an integer dtype that the
+        sampler has no kernel for (a :class:`DTypeError`), else ``e`` itself."""
+        if isinstance(e, NotImplementedError) and "not implemented for" in str(e):
+            ints = [k for k in getattr(base, "arg_constraints", {}) if isinstance(base.__dict__.get(k), Tensor)
+                    and not base.__dict__[k].is_floating_point() and not base.__dict__[k].is_complex()]
+            if ints:
+                raise _SamplerDTypeError(f"{describe(self)}: cannot draw {name!r}: its parameter {ints[0]!r} is of "
+                                         f"dtype {base.__dict__[ints[0]].dtype}, which torch's sampler does not "
+                                         f"take; give the value it comes from as floats (.float()) (torch: {e})") \
+                    from e
+            raise e
         bad = self._dgm_diagnosis(base, torch.zeros(()), name)
         if bad:
             raise OutOfRangeError(f"{describe(self)}: cannot draw {name!r}: {bad} ({e})") from e
@@ -1240,6 +1257,8 @@ class DistributionBase(Distribution):
         # (no memo while torch.compile traces: the check costs nothing in the graph, and the memo would hash the
         # symbolic batch size, so Dynamo would guard on its value: a graph per batch size)
         memo = not is_compiling()
+        if type(summed) is not bool:  # (Pixyz reads sum_features by its truth: [] or [1] too)
+            summed = bool(summed)
         if memo:
             key = (value_shape, shape, n_features, STRICT_SHAPES[0], summed)
             seen = self.__dict__.get("_dgm_shapes_ok")

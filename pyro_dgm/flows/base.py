@@ -442,6 +442,18 @@ def _pixyz_inverse_logdet(self: "Flow", z: Tensor, context: Tensor | None) -> tu
     return _pixyz_call(type(self).inverse, self, z, context, False), None
 
 
+def positive_int(owner: str, arg: str, value: Any) -> int:
+    """``value`` as a positive int: a Python or NumPy integer (``np.prod`` of a shape) or a one-element integer
+    tensor (``x.shape[1]`` of a traced size, ``torch.tensor(2)``), as Pixyz takes them; else a ``ValueError`` naming
+    ``owner`` and ``arg``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+            and not value.is_complex() and value.dtype != torch.bool:
+        value = int(value)
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}: {arg} must be a positive int, got {value!r}")
+    return int(value)
+
+
 class Flow(TransformModule, ConditionalTransform):
     r"""Base class of every flow: an invertible map :math:`z = f(x)` with its exact log-determinant.
 
@@ -523,10 +535,8 @@ class Flow(TransformModule, ConditionalTransform):
         super().__init__(cache_size=0)  # Pyro's (x, y) memory is replaced by ours, which also keeps the log-det
         if cache_size not in (0, 1):
             raise ValueError(f"{type(self).__name__}: cache_size must be 0 or 1, got {cache_size!r}")
-        if in_features is not None:  # NumPy integers too (np.prod of a shape), as Pixyz takes them
-            if not isinstance(in_features, numbers.Integral) or isinstance(in_features, bool) or in_features < 1:
-                raise ValueError(f"{type(self).__name__}: in_features must be a positive int, got {in_features!r}")
-            in_features = int(in_features)
+        if in_features is not None:
+            in_features = positive_int(type(self).__name__, "in_features", in_features)
         self._in_features = in_features
         self._dgm_auto = event_dim is None or self._dgm_pixyz_forward
         if self._dgm_auto:
@@ -870,7 +880,11 @@ class FlowList(Flow):
     """
 
     def __init__(self, flow_list: Sequence[Any], cache_size: int = 1) -> None:
-        parts = list(flow_list) if not isinstance(flow_list, (Transform, ConditionalTransform)) else [flow_list]
+        try:
+            parts = list(flow_list) if not isinstance(flow_list, (Transform, ConditionalTransform)) else [flow_list]
+        except TypeError:
+            raise TypeError(f"FlowList: flow_list must be a list of flows, got {type(flow_list).__name__} "
+                            f"{flow_list!r:.60}") from None
         if not parts:
             raise ValueError("FlowList: expected at least one flow, got an empty list")
         for i, p in enumerate(parts):

@@ -118,6 +118,11 @@ class AffineCoupling(ChannelOrFeatureFlow):
                              "translate_net")
         else:
             scale_net = translate_net = None
+        for arg, net in (("scale_net", scale_net), ("translate_net", translate_net),
+                         ("scale_translate_net", scale_translate_net)):
+            if net is not None and not callable(net):  # (Pixyz fails at the first draw: "'str' object is not
+                raise TypeError(f"AffineCoupling: {arg} must be a network (a callable module or function), got "
+                                f"{type(net).__name__} {net!r:.40}")  # callable")
         super().__init__(in_features, event_dim=event_dim, cache_size=cache_size)
         self._dgm_feature_name = what
         self.mask_type = mask_type

@@ -1,12 +1,13 @@
 r"""Normalizing layers as flows: batch normalization (Dinh et al. 2017) and activation normalization (Glow)."""
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from pyro_dgm.flows.base import Flow
+from pyro_dgm.flows.base import Flow, positive_int
 from pyro_dgm.utils.settings import epsilon
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "ActNorm2d"]
@@ -46,6 +47,9 @@ class BatchNorm1d(Flow):
 
     def __init__(self, in_features: int, momentum: float = 0.0, eps: float | None = None,
                  cache_size: int = 1) -> None:
+        in_features = positive_int(type(self).__name__, "in_features", in_features)
+        if isinstance(momentum, bool) or not isinstance(momentum, (numbers.Real, Tensor)):
+            raise TypeError(f"{type(self).__name__}: momentum must be a number, got {momentum!r:.40}")
         super().__init__(in_features, event_dim=self._dgm_event_dim(), cache_size=cache_size)
         shape = self._dgm_param_shape(in_features)
         self.log_gamma = nn.Parameter(torch.zeros(shape))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import constraints
 
-from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, sum_rightmost, zero_logdet
+from pyro_dgm.flows.base import ChannelOrFeatureFlow, Flow, positive_int, sum_rightmost, zero_logdet
 from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.modules import PlainBuffers
 from pyro_dgm.utils.random import uniform
@@ -151,8 +151,12 @@ class Permutation(PlainBuffers, ChannelOrFeatureFlow):
 
     def __init__(self, permute_indices: Sequence[int] | Tensor, event_dim: int | None = None,
                  cache_size: int = 1) -> None:
-        perm = torch.as_tensor(np.asarray(permute_indices) if not isinstance(permute_indices, Tensor)
-                               else permute_indices, dtype=torch.long).flatten()
+        try:
+            perm = torch.as_tensor(np.asarray(permute_indices) if not isinstance(permute_indices, Tensor)
+                                   else permute_indices, dtype=torch.long).flatten()
+        except (TypeError, ValueError, RuntimeError):  # (None, strings, objects)
+            raise TypeError(f"{type(self).__name__}: permute_indices must be a permutation of range(n), a sequence "
+                            f"of ints, got {permute_indices!r:.60}") from None
         n = perm.numel()
         if n == 0 or not torch.equal(torch.sort(perm).values, torch.arange(n)):
             raise ValueError(f"{type(self).__name__}: permute_indices must be a permutation of range(n), got "
@@ -199,6 +203,7 @@ class Shuffle(Permutation):
     """
 
     def __init__(self, in_features: int, event_dim: int | None = None, cache_size: int = 1) -> None:
+        in_features = positive_int("Shuffle", "in_features", in_features)
         super().__init__(np.random.permutation(in_features), event_dim=event_dim, cache_size=cache_size)
 
 
@@ -212,6 +217,7 @@ class Reverse(Permutation):
     """
 
     def __init__(self, in_features: int, event_dim: int | None = None, cache_size: int = 1) -> None:
+        in_features = positive_int("Reverse", "in_features", in_features)
         super().__init__(torch.arange(in_features - 1, -1, -1), event_dim=event_dim, cache_size=cache_size)
 
 
@@ -255,7 +261,11 @@ class Flatten(Flow):
 
     def __init__(self, in_size: Sequence[int] | None = None, cache_size: int = 1) -> None:
         super().__init__(None, event_dim=None, cache_size=cache_size)
-        self.in_size = tuple(int(s) for s in in_size) if in_size is not None else None
+        try:
+            self.in_size = tuple(int(s) for s in in_size) if in_size is not None else None
+        except (TypeError, ValueError):
+            raise TypeError(f"Flatten: in_size must be the shape of one input, a tuple of ints such as (C, H, W), "
+                            f"got {in_size!r:.60}") from None
         self._dgm_domain_event_dim = 3 if in_size is None else len(self.in_size)
         self._dgm_codomain_event_dim = 1
 

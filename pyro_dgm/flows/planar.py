@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_dgm.flows.base import Flow
+from pyro_dgm.flows.base import Flow, positive_int
 from pyro_dgm.utils.settings import epsilon
 
 __all__ = ["PlanarFlow"]
@@ -51,6 +51,7 @@ class PlanarFlow(Flow):
     _dgm_pixyz_inverse_missing = True  # (ours is found numerically)
 
     def __init__(self, in_features: int, constraint_u: bool = False, cache_size: int = 1) -> None:
+        in_features = positive_int("PlanarFlow", "in_features", in_features)
         super().__init__(in_features, event_dim=1, cache_size=cache_size)
         self.constraint_u = constraint_u
         self.w = nn.Parameter(torch.empty(1, in_features))

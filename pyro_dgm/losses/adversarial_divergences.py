@@ -6,6 +6,7 @@ discriminator's optimizer; see :mod:`pyro_dgm.losses.adversarial` for how the tw
 """
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor, nn  # noqa: F401  (nn: the examples in the docstrings 
 
 from pyro_dgm.losses.adversarial import AdversarialLoss, log_clamped, log1m_clamped
 from pyro_dgm.utils.attributes import Yielding
-from pyro_dgm.utils.checks import check_present
+from pyro_dgm.utils.checks import ArgumentError, check_present
 from pyro_dgm.utils.random import uniform
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -219,9 +220,19 @@ class AdversarialKullbackLeibler(AdversarialLoss):
         return log_clamped(y_p).mean() + (-log1m_clamped(y_p).mean())  # Pixyz's -BCE(y_p, 1) + BCE(y_p, 0)
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and value > 0):
-        raise ValueError(f"AdversarialWassersteinDistance: {name} must be a positive number or None, got {value!r}")
+def _check_positive(name: str, value: Any) -> float | None:
+    """``value`` as a float (a Python or numpy number, or a one-element real tensor, as Pixyz takes it), ``None``
+    kept; anything else, or a number that is not positive, raises an :class:`ArgumentError` (a ValueError and a
+    TypeError) naming the argument."""
+    if value is None:
+        return None
+    if not isinstance(value, bool) and (isinstance(value, numbers.Real) or (
+            isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()
+            and value.dtype != torch.bool)):
+        f = float(value)
+        if f > 0:
+            return f
+    raise ArgumentError(f"AdversarialWassersteinDistance: {name} must be a positive number or None, got {value!r}")
 
 
 class AdversarialWassersteinDistance(AdversarialLoss):
@@ -293,7 +304,8 @@ class AdversarialWassersteinDistance(AdversarialLoss):
             clip_value = None if gradient_penalty is not None else 0.01
         _check_positive("gradient_penalty", gradient_penalty)
         super().__init__(p, q, discriminator, optimizer=optimizer, optimizer_params=optimizer_params)
-        self._clip_value = clip_value
+        self._clip_value = _check_positive("clip_value", clip_value)  # (checked before nn.Module's __setattr__
+        # would register a module given there as a submodule)
         self.gp_weight = gradient_penalty
         self._inverse_g_loss = bool(inverse_g_loss)  # (Pixyz's attribute, which its subclasses may read)
 
@@ -306,8 +318,7 @@ class AdversarialWassersteinDistance(AdversarialLoss):
 
     @_clip_value.setter
     def _clip_value(self, value: float | None) -> None:
-        _check_positive("clip_value", value)
-        self.__dict__["_dgm_clip_value"] = value
+        self.__dict__["_dgm_clip_value"] = _check_positive("clip_value", value)
 
     clip_value = Yielding("_dgm_clip_value")
 

@@ -108,9 +108,10 @@ def _dgm_sum_dims(x: Tensor, dim: int | Sequence[int] | None, owner: Any = "Kull
     try:
         return x.sum(dim=dims)
     except (IndexError, RuntimeError, TypeError) as e:
-        if isinstance(e, TypeError):  # a list holding a numpy integer, or something else than ints
-            return _dgm_sum_dims(x, as_dims(owner, "dim", dims), owner)
-        kind = DimensionError if isinstance(e, IndexError) else ShapeError  # also torch's type (Pixyz's)
+        if isinstance(e, TypeError) and not all(type(d) is int for d in dims):  # a list holding a numpy integer,
+            return _dgm_sum_dims(x, as_dims(owner, "dim", dims), owner)  # or something else than ints
+        # (ints that torch cannot take, 10**30, are out of range as 5 is)
+        kind = DimensionError if isinstance(e, (IndexError, TypeError)) else ShapeError  # also torch's type
         n = x.dim()
         raise kind(f"{describe(owner) if not isinstance(owner, str) else owner}: cannot sum the element-wise "
                    f"divergence of shape {tuple(x.shape)} over dim={dim!r}: it has {n} dim(s), so a dim is one of "

@@ -272,8 +272,12 @@ class IterativeLoss(Loss):
 
         t = self.timpstep_symbol
         top = self.max_iter if self.max_iter else sympy.Symbol(sympy.latex(t) + "_{max}")
+        try:
+            last = top - 1
+        except TypeError:  # (a max_iter that is no number, which forward names: the text still prints, for the
+            last = sympy.Symbol(f"{self.max_iter!r:.40}") - 1  # messages that quote it)
         body = sympy.Symbol("dummy_loss")  # substituted after: sympy.Sum would otherwise reorder inside the body
-        return sympy.Sum(body, (t, 0, top - 1)).subs({body: self.step_loss._symbol})
+        return sympy.Sum(body, (t, 0, last)).subs({body: self.step_loss._symbol})
 
     def slice_step_fn(self, t: int, x: Mapping[str, Any]) -> dict[str, Any]:
         """The values of step ``t`` of the series ``x`` (``{name: series}``): ``x[name][t]``, the time dim first.
@@ -330,6 +334,10 @@ class IterativeLoss(Loss):
 
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         x = dict(x_dict)
+        both = [v for v in self.timestep_var if v in self.series_var]
+        if both:  # (Pixyz fails later, scoring the time step's number)
+            raise LossArgumentError(f"IterativeLoss: {both[0]!r} is both a timestep_var (given the step's number t) "
+                                    "and a series_var (sliced at each step); name the time step another variable")
         series = {v: x[v] for v in self.series_var}
         updated = {v: x[v] for v in self.update_value.values() if v in x}
         if self.max_iter:

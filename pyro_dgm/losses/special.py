@@ -84,7 +84,12 @@ def _tensor_text(v: Tensor) -> str:
     import numpy as np
     import sympy
 
-    a = v.detach().cpu()
+    if v.is_meta:  # (no values to show)
+        return rf"\mathtt{{\text{{meta tensor of shape {tuple(v.shape)}}}}}"
+    a = v.detach()
+    if a.layout != torch.strided:  # (a sparse tensor: numpy takes its dense values)
+        a = a.to_dense()
+    a = a.cpu()
     if a.dtype in (torch.bfloat16, torch.complex32) or a.is_quantized:  # (no numpy dtype)
         a = a.dequantize() if a.is_quantized else a.to(torch.complex64 if a.is_complex() else torch.float)
     with np.printoptions(threshold=_SHOWN):

@@ -317,6 +317,14 @@ _OWN_STATE = frozenset({"_dgm_ddp", "_dgm_compile", "_dgm_compiled", "_dgm_clip_
                         *(name for name, _ in _PUBLIC_DEFAULTS)})
 
 
+def _check_values(model: Any, method: str, arg: str, values: Any) -> None:
+    """Refuse data that is no dict of values (a tensor, a list), naming the model's method and the argument (the
+    loss would name one of its inner terms)."""
+    if values is not None and not isinstance(values, Mapping):
+        raise TypeError(f"{type(model).__name__}.{method}: {arg} must be a dict of values by variable name, e.g. "
+                        f"{{'x': x}}, got {type(values).__name__}")
+
+
 class Model:
     r"""Training and testing of a loss: Pixyz's Model API.
 
@@ -723,6 +731,7 @@ class Model:
         :mod:`pyro_dgm.models.distributed`). An error after that point (in ``backward`` on one process only) is
         not covered: the others wait for it until the timeout.
         """
+        _check_values(self, "train", "train_x_dict", train_x_dict)
         if kwargs and kwargs.get("return_dict"):
             raise TypeError(f"{type(self).__name__}.train: return_dict=True would make the loss a (loss, samples) pair, "
                             "and a training step needs the loss alone (Pixyz fails there too: 'tuple' object has no "
@@ -1058,6 +1067,7 @@ class Model:
         Tensor
             The test loss value (this process's, under ``torch.distributed``).
         """
+        _check_values(self, "test", "test_x_dict", test_x_dict)
         x_dict = test_x_dict
         self._dgm_follow_losses()
         if self.test_loss_cls is None:

@@ -79,7 +79,7 @@ class VAE(Model):
         if regularizer is None:
             loss = reconstruction.mean()
         else:
-            if not is_operand(regularizer) or isinstance(regularizer, bool):
+            if not is_operand(regularizer):  # (a bool is the number 1 or 0 there, as in Pixyz)
                 # a TypeError, and the ValueError of Pixyz's loss arithmetic
                 raise LossArgumentError(f"VAE: regularizer must be a pyro_dgm Loss (e.g. KullbackLeibler(q, prior)) "
                                         f"or a number, got {type(regularizer).__module__}."

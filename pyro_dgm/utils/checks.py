@@ -247,7 +247,11 @@ def as_var_list(names: Any, owner: str, arg: str) -> list[str]:
             warnings.warn(f"{owner}: {arg}={names!r} is a string, read as Pixyz reads it: one variable per "
                           f"character, {list(names)}; write {arg}=[{names!r}] for one variable", stacklevel=4)
         names = list(names)
-    out = list(names)
+    try:
+        out = list(names)
+    except TypeError:  # (a number, a 0-d tensor)
+        raise TypeError(f"{owner}: {arg} must be a list of variable names, e.g. {arg}=['x'], got "
+                        f"{type(names).__name__} {names!r:.60}") from None
     for v in out:
         if not isinstance(v, str):
             raise TypeError(f"{owner}: {arg} must hold non-empty strings, got {v!r}")
@@ -346,7 +350,7 @@ def check_present(owner: Any, given: Iterable[str], needed: Sequence[str], what:
     if missing:
         names = ", ".join(repr(v) for v in missing)
         raise MissingVariableError(f"{describe(owner)}: missing {what} variable{'s' if len(missing) > 1 else ''} "
-                                   f"{names}; expected values for {list(needed)}, got {sorted(given)}")
+                                   f"{names}; expected values for {list(needed)}, got {sorted(given, key=repr)}")
 
 
 #: Whether scored values must match the batch dims too (see :func:`strict_shapes`); Pixyz's default: no.

@@ -1,0 +1,290 @@
+"""Thirty-fourth round: the public API fuzzed with wrong inputs (probe p158: 161 argument slots, 46 wrong values
+each, under Pixyz 0.3.3 and here, and a Hypothesis harness of several bad arguments at once).
+
+Refused where Pixyz runs: ``AdversarialWassersteinDistance(clip_value=np.float32(.5))`` (or a tensor, a numpy
+integer), ``sum_features=[]`` or ``[1]`` (Pixyz reads it by its truth), ``VAE(regularizer=True)`` (a bool is 1 in
+loss arithmetic). Errors that named nothing or were no ``ValueError``/``TypeError``: a ``RecursionError`` for a
+KL's ``dim`` out of torch's range, a sort of the given keys that failed on mixed key types, a ``KeyError`` for a
+``timestep_var`` that is also a series, an integer parameter's draw, a complex network input, ``var=0``, flows'
+constructors, a non-callable coupling network, ``Model.train`` of a tensor, a sparse or meta constant's text.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pixyz_harness import run_both
+
+
+def _wasserstein(clip: Any) -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialWassersteinDistance
+
+    class G(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="g")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"loc": self.fc(z), "scale": torch.ones_like(z)}
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.fc(x)}
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="pz")
+    w = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var(["z"]), D(),
+                                       clip_value=clip)
+    x = torch.randn(4, 2)
+    trained = w.loss_train({"x": x})
+    return trained, w.eval({"x": x}), [p.detach().clone() for p in w.d.parameters()]
+
+
+@pytest.mark.parametrize("clip", [np.float32(0.5), torch.tensor(0.5), np.int64(1)], ids=["np_float", "tensor", "np_int"])
+def test_a_numpy_or_tensor_clip_value_clips_as_under_pixyz(clip: Any) -> None:
+    """The critic's step and its clipped weights are Pixyz's (each weight within [-c, c]); it was refused."""
+    ref, ours = run_both(lambda: _wasserstein(clip))
+    torch.testing.assert_close(ours[0], ref[0])
+    torch.testing.assert_close(ours[1], ref[1])
+    for a, b in zip(ours[2], ref[2]):
+        torch.testing.assert_close(a, b)
+        assert a.abs().max() <= float(clip) + 1e-7
+
+
+def test_a_module_as_clip_value_is_refused_when_built() -> None:
+    """``nn.Module.__setattr__`` registered it as a submodule past the check, and the first step raised an
+    ``AttributeError``; now a ``TypeError``/``ValueError`` naming the argument."""
+    from pyro_dgm.utils.checks import ArgumentError
+
+    with pytest.raises(ArgumentError, match="AdversarialWassersteinDistance: clip_value must be a positive number"):
+        run_both.__globals__["run_pyro_dgm"](lambda: _wasserstein(nn.Identity()))
+
+
+@pytest.mark.parametrize("dim", [10 ** 30, [2 ** 63]], ids=["int", "list"])
+def test_a_kl_dim_out_of_torchs_range_is_a_dimension_error(dim: Any) -> None:
+    """It recursed until Python's limit; now the dims error naming the term and the dims a value has."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import KullbackLeibler
+    from pyro_dgm.utils.checks import DimensionError
+
+    q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    p = Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["z"], features_shape=[3])
+    with pytest.raises(DimensionError, match=r"D_\{KL\}.*a dim is one of \[-2, -1, 0, 1\]"):
+        KullbackLeibler(q, p, dim=dim).eval({"x": torch.zeros(2, 3)})
+
+
+def test_mixed_key_types_are_named_in_the_missing_variable_error() -> None:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import MissingVariableError
+
+    q = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q")
+    with pytest.raises(MissingVariableError, match=r"missing input variable 'x'.*got \[\('a',\), 1\]"):
+        q.sample({1: torch.zeros(2, 1), ("a",): torch.zeros(2, 1)})
+
+
+def test_a_timestep_var_that_is_a_series_and_a_max_iter_that_is_no_number() -> None:
+    """A ``LossArgumentError`` naming the variable (it was a bare ``KeyError``); a ``max_iter`` that is no number
+    still prints the loss's text (errors quote it) and its evaluation names it."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import IterativeLoss, LogProb
+    from pyro_dgm.losses.special import LossArgumentError
+
+    step = LogProb(Normal(loc="h", scale=torch.tensor(1.), var=["x"], cond_var=["h"], name="p"))
+    values = {"x": torch.zeros(3, 2, 2), "h": torch.zeros(2, 2)}
+    it = IterativeLoss(step, max_iter=3, series_var=["x"], update_value={"x": "h"}, timestep_var=["x"])
+    with pytest.raises(LossArgumentError, match="'x' is both a timestep_var .* and a series_var"):
+        it.eval(values)
+    odd = IterativeLoss(step, max_iter="3", series_var=["x"], update_value={"x": "h"})
+    assert odd.loss_text == r"\sum_{t=0}^{'3' - 1} \log p(x|h)"
+    with pytest.raises(LossArgumentError, match="max_iter must be an int, got '3'"):
+        odd.eval(values)
+
+
+def test_an_integer_parameter_that_cannot_be_drawn_names_it() -> None:
+    """``"normal_kernel_cpu" not implemented for 'Long'`` (torch's, and Pixyz's) becomes a ``DTypeError`` naming the
+    distribution, the variable and the parameter, still a ``NotImplementedError``; scoring with it runs (the
+    log-density of N(2, 1) at 2)."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import DTypeError
+
+    p = Normal(loc="m", scale=torch.tensor(1.), var=["x"], cond_var=["m"])
+    for error in (DTypeError, NotImplementedError):
+        with pytest.raises(error, match=r"Normal p\(x\|m\): cannot draw 'x': its parameter 'loc' is of dtype "
+                                        r"torch.int64"):
+            p.sample({"m": torch.tensor([[2]])})
+    torch.testing.assert_close(p.get_log_prob({"m": torch.tensor([[2]]), "x": torch.tensor([[2.]])}),
+                               torch.distributions.Normal(2., 1.).log_prob(torch.tensor([2.])))
+
+
+def test_a_complex_network_input_is_a_dtype_error_naming_it() -> None:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import DTypeError
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": self.fc(x), "scale": torch.ones(2)}
+
+    with pytest.raises(DTypeError, match=r"Q q\(z\|x\): forward\(\) cannot take 'x' of dtype torch.complex64: "
+                                         r"the network's parameters are torch.float32, real numbers"):
+        Q().sample({"x": torch.zeros(2, 2, dtype=torch.complex64)})
+
+
+def _log_prob_with(sum_features: Any) -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import LogProb
+
+    p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p")
+    z = {"z": torch.tensor([[0.1, -0.3], [0.5, 0.2]])}
+    return p.get_log_prob(z, sum_features=sum_features), LogProb(p, sum_features=sum_features).eval(z)
+
+
+@pytest.mark.parametrize("sum_features", [[], [1]])
+def test_sum_features_given_as_a_list_is_read_by_its_truth_as_pixyz_reads_it(sum_features: list) -> None:
+    """``[]``: one log-density per feature; ``[1]``: summed (it raised "unhashable type: 'list'")."""
+    ref, ours = run_both(lambda: _log_prob_with(sum_features))
+    expected = torch.distributions.Normal(0., 1.).log_prob(torch.tensor([[0.1, -0.3], [0.5, 0.2]]))
+    for r, o in zip(ref, ours):
+        torch.testing.assert_close(o, r)
+        torch.testing.assert_close(o, expected.sum(-1) if sum_features else expected)
+
+
+def _vae(regularizer: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from pixyz.distributions import Bernoulli, Normal
+    from pixyz.models import VAE
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(2, 4)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            h = self.fc(x)
+            return {"loc": h[..., :2], "scale": F.softplus(h[..., 2:]) + 0.1}
+
+    class P(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"probs": torch.sigmoid(self.fc(z))}
+
+    model = VAE(Q(), P(), regularizer=regularizer, optimizer_params={"lr": 0.1})
+    batches = [torch.bernoulli(torch.full((4, 2), 0.5)) for _ in range(3)]  # (new tensors: Pixyz's cache)
+    return [float(model.train({"x": x})) for x in batches]
+
+
+@pytest.mark.parametrize("regularizer", [True, False])
+def test_a_bool_regularizer_is_the_number_it_stands_for(regularizer: bool) -> None:
+    """Pixyz adds it to the loss as 1 or 0: three training steps give Pixyz's losses, and the steps with ``True``
+    are those with ``False`` plus 1 (it was refused)."""
+    ref, ours = run_both(lambda: _vae(regularizer))
+    assert ours == pytest.approx(ref, rel=1e-5)
+    if regularizer:
+        other = run_both(lambda: _vae(False))[1]
+        assert ours == pytest.approx([v + 1 for v in other], rel=1e-5)
+
+
+@pytest.mark.parametrize("arg", ["var", "cond_var"])
+@pytest.mark.parametrize("value", [0, 1.5, True, torch.tensor(1.), len], ids=["int", "float", "bool", "tensor", "fn"])
+def test_var_names_given_as_no_list_are_named(arg: str, value: Any) -> None:
+    from pyro_dgm.distributions import Normal
+
+    kw = {"var": ["x"], arg: value}
+    with pytest.raises(TypeError, match=rf"Normal p: {arg} must be a list of variable names, e\.g\. {arg}=\['x'\]"):
+        Normal(loc=0., scale=1., **kw)
+
+
+def test_flow_constructors_name_their_arguments() -> None:
+    """Each raises a ``ValueError``/``TypeError`` naming the flow and the argument (they were numpy's, torch's or
+    Python's own errors); a one-element integer tensor is a size, as under Pixyz (log-densities equal)."""
+    import pyro_dgm.flows as F
+
+    cases = [(lambda: F.Shuffle(None), "Shuffle: in_features"), (lambda: F.Reverse(-1), "Reverse: in_features"),
+             (lambda: F.Permutation(None), "Permutation: permute_indices"),
+             (lambda: F.FlowList(3), "FlowList: flow_list"), (lambda: F.Flatten(in_size=3), "Flatten: in_size"),
+             (lambda: F.BatchNorm1d(2, momentum=None), "BatchNorm1d: momentum"),
+             (lambda: F.PlanarFlow(None), "PlanarFlow: in_features"),
+             (lambda: F.AffineCoupling(2, scale_translate_net="net"), "AffineCoupling: scale_translate_net must be "
+                                                                      "a network")]
+    for build, text in cases:
+        with pytest.raises((TypeError, ValueError), match=text):
+            build()
+
+
+def _planar_of_a_tensor_size() -> Any:
+    import torch
+
+    import pixyz.flows as F
+    from pixyz.distributions import Normal, TransformedDistribution
+
+    torch.manual_seed(0)
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2])
+    p = TransformedDistribution(prior, F.PlanarFlow(torch.tensor(2)), var=["x"])
+    s = p.sample(batch_n=3)
+    return s["x"], p.get_log_prob(s)
+
+
+def test_junk_arguments_are_named_and_integer_tensors_are_sizes() -> None:
+    """porting.md's row: junk that Pixyz reads by its truth is a ``TypeError`` naming the argument; an integer
+    tensor as a flow's size gives Pixyz's log-density."""
+    from pyro_dgm.distributions import Normal
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2])
+    for bad in ("", [], {}):
+        with pytest.raises(TypeError, match=r"Normal p\(z\): batch_n must be an int"):
+            prior.sample(batch_n=bad)
+    ref, ours = run_both(_planar_of_a_tensor_size)
+    torch.testing.assert_close(ours[0], ref[0])
+    torch.testing.assert_close(ours[1], ref[1])
+
+
+def test_model_train_of_no_dict_names_the_method() -> None:
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.models import Model
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], name="p", features_shape=[2])
+            self.loc = nn.Parameter(torch.zeros(2))
+
+        def forward(self) -> dict:
+            return {"loc": self.loc, "scale": torch.ones(2)}
+
+    p = P()
+    model = Model(-LogProb(p).mean(), distributions=[p], optimizer=torch.optim.SGD)
+    for method in ("train", "test"):
+        with pytest.raises(TypeError, match=rf"Model\.{method}: {method}_x_dict must be a dict of values"):
+            getattr(model, method)(torch.zeros(3, 2))
+
+
+def test_a_sparse_or_meta_constant_prints() -> None:
+    """The text of a loss with a sparse constant shows its dense values, and a meta one its shape (both raised)."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import LogProb
+
+    lp = LogProb(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2]))
+    assert (lp + torch.eye(2).to_sparse()).loss_text.startswith(r"\mathtt{\text{[[1. 0.] [0. 1.]]}} + ")
+    assert "meta tensor of shape (2,)" in (lp + torch.zeros(2, device="meta")).loss_text
