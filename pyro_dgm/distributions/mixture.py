@@ -63,7 +63,10 @@ class MixtureDistribution(TorchDistribution):
     def __init__(self, logits: Tensor, components: Sequence[Any], validate_args: bool | None = None) -> None:
         if logits.shape[-1] != len(components):
             raise ValueError(f"MixtureDistribution: {logits.shape[-1]} weights for {len(components)} components")
-        event = max((c.event_shape for c in components), key=len)
+        event = components[0].event_shape
+        for c in components:  # the longest event shape (a loop: Dynamo's max takes no key=)
+            if len(c.event_shape) > len(event):
+                event = c.event_shape
         if any(c.event_shape != event for c in components):
             components = [c if c.event_shape == event else _with_event(c, event) for c in components]
         batch = torch.broadcast_shapes(logits.shape[:-1], *(c.batch_shape for c in components))

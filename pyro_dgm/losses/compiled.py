@@ -239,15 +239,15 @@ def frozen(params: Sequence[Tensor]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _undone(module: torch.nn.Module) -> Iterator[None]:
-    """Run a block whose effects on torch's random state (CPU, and the current CUDA device's where CUDA is in use)
-    and on ``module``'s buffers are undone after it, whether it raises or not (an evaluation run only to see whether
-    it raises)."""
+def _undone(module: torch.nn.Module, random: bool = True) -> Iterator[None]:
+    """Run a block whose effects on torch's random state (CPU, and the current CUDA device's where CUDA is in use;
+    not with ``random=False``) and on ``module``'s buffers are undone after it, whether it raises or not (an
+    evaluation run only to see whether it raises)."""
     saved = [(m, name, b, None if b is None else b.detach().clone())  # by name: a flow's batch norm assigns
              for m in module.modules() for name, b in m._buffers.items()]  # new tensors (or None at first)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices, enabled=random):
             yield
     finally:
         with torch.no_grad():
@@ -255,6 +255,18 @@ def _undone(module: torch.nn.Module) -> Iterator[None]:
                 if b is not None:
                     b.copy_(v)
                 m._buffers[name] = b
+
+
+def _random_state() -> tuple[Tensor, Tensor | None]:
+    """torch's random state: the CPU generator's, and the current CUDA device's where CUDA is in use."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_random_state(state: tuple[Tensor, Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
 
 
 def _dgm_compile(fn: Any, options: Mapping[str, Any]) -> Any:
@@ -345,6 +357,7 @@ class _FirstCallEager:
             return self._eager(*args)
         if self._dgm_fn is None:
             self._build()
+        state = _random_state()  # (a failed compiled call's draws are undone: see below)
         with without_validation(), frozen(self._frozen):
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 if not self._graphs:
@@ -357,10 +370,18 @@ class _FirstCallEager:
             raise failed  # (an eager run here alone could meet the other processes' collectives)
         # Inputs that the eager evaluation refuses (a bool value or a wrong shape where the compiled code took
         # others: the compiler's failure, or torch's raw error while tracing or running) get its clear error, which
-        # names the distribution and the variable. The eager run leaves no trace of its own: the random state and
-        # the loss's buffers (batch norms' statistics) are restored after it.
-        with _undone(self.loss):
+        # names the distribution and the variable. The compiled call's draws are undone, and the eager run's stay
+        # where it raises, so the random state is the eager step's (a NaN batch that validation refuses before any
+        # draw leaves it as it was, compiled or not); the loss's buffers (batch norms' statistics) are restored.
+        _set_random_state(state)
+        with _undone(self.loss, random=False):
             self._eager(*args)
+        _set_random_state(state)  # (the eager run went through: the failure is the compiled code's alone)
+        if isinstance(failed, torch._dynamo.exc.Unsupported):
+            raise RuntimeError(f"{self.loss.loss_text}: torch.compile cannot trace this loss's evaluation in one "
+                               f"graph ({str(failed).strip().splitlines()[0][:300]}), which compile="
+                               f"{self.options} forbids with fullgraph=True; drop fullgraph=True (the parts it "
+                               "cannot trace then run eagerly), or train without compile=") from failed
         if isinstance(failed, torch._dynamo.exc.BackendCompilerFailed):
             cause = getattr(failed, "inner_exception", None) or failed
             backend = self.options.get("backend") if isinstance(self.options, dict) else None

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
 from pyro_dgm.distributions.exponential import scored_distribution
+from pyro_dgm.distributions.family import DistributionBase
 from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
 from pyro_dgm.losses.expectation import Expectation, check_sample_shape
 from pyro_dgm.losses.pdf import LogProb, as_dims, check_distribution
@@ -116,6 +117,18 @@ def _dgm_sum_dims(x: Tensor, dim: int | Sequence[int] | None, owner: Any = "Kull
         raise kind(f"{describe(owner) if not isinstance(owner, str) else owner}: cannot sum the element-wise "
                    f"divergence of shape {tuple(x.shape)} over dim={dim!r}: it has {n} dim(s), so a dim is one of "
                    f"{list(range(-n, n))}, each once ({e})") from e
+
+
+_FAMILY_DIST = DistributionBase.__dict__["dist"]
+
+
+def _builder(d: Any) -> Any:
+    """``d.dist`` as the builder ``dist(x_dict, **kwargs)``: a family's own builder, without materializing the
+    object of Pixyz's ``dist`` record (which makes a class, something torch.compile cannot trace), unless a class
+    defines its own ``dist``."""
+    if getattr(type(d), "dist", None) is _FAMILY_DIST:
+        return d._dgm_site_dist
+    return d.dist
 
 
 def _kl(pd: Any, qd: Any) -> Tensor:
@@ -299,7 +312,8 @@ class KullbackLeibler(Loss):
                 total = kl if total is None else total + kl
                 continue
             try:
-                pd, qd = scored_distribution(f.dist(x_dict, **kwargs)), scored_distribution(g.dist(x_dict, **kwargs))
+                pd, qd = scored_distribution(_builder(f)(x_dict, **kwargs)), \
+                    scored_distribution(_builder(g)(x_dict, **kwargs))
             except NoClosedFormError:
                 raise
             except NotImplementedError as e:  # a marginal, a deterministic map...: no distribution object
