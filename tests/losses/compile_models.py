@@ -7,10 +7,14 @@ a data loader would (new tensors every call).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import pyro
+import pytest
 import torch
+import torch._dynamo as dynamo
 from torch import nn
+from torch._dynamo.utils import counters
 
 from pyro_dgm.distributions import Bernoulli, Categorical, Deterministic, EmpiricalDistribution, Normal
 from pyro_dgm.distributions import InverseTransformedDistribution, PlanarFlowDistribution, RealNVPDistribution
@@ -19,6 +23,21 @@ from pyro_dgm.layers import ScaleTranslate
 from pyro_dgm.losses import ELBO, AdversarialJensenShannon, E, IterativeLoss, KullbackLeibler, LogProb, Parameter
 
 X, Z, Y, H, B, T = 12, 3, 4, 16, 8, 4
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo(request: Any) -> Iterator[None]:
+    """The compile tests' set-up (a test module imports it): a fresh compiler cache and counters, and torch's
+    argument validation off, as ``Model(compile=...)`` evaluates (its checks read values: each would split the
+    graph; the conftest restores the setting after the test). These tests set validation themselves: the suite's
+    second run (``--validate-args=off``) skips them."""
+    if request.config.getoption("--validate-args") == "off":
+        pytest.skip("the compile tests set argument validation themselves; they run once, in the first run")
+    dynamo.reset()
+    counters.clear()
+    pyro.enable_validation(False)
+    yield
+    dynamo.reset()
 Batch = Callable[[int], dict[str, Any]]
 
 

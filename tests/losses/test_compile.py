@@ -19,6 +19,7 @@ import torch._dynamo as dynamo
 from torch._dynamo.utils import counters
 
 import compile_models as cm
+from compile_models import fresh_dynamo  # noqa: F401  (the compile tests' autouse set-up)
 from pyro_dgm.losses import LogProb
 from pyro_dgm.models import GAN, Model
 from pyro_dgm.losses.compiled import compile_options
@@ -28,20 +29,6 @@ NAMES = list(cm.BUILDERS)
 
 def _trainable(loss: Any) -> list[torch.nn.Parameter]:
     return [p for d in loss.distributions for p in d.parameters() if p.requires_grad]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo(request):  # type: ignore[no-untyped-def]
-    """A fresh compiler cache, and torch's argument validation off, as ``Model(compile=...)`` evaluates (its checks
-    read values: each would split the graph; the conftest restores the setting after the test). These tests set
-    validation themselves: the suite's second run (``--validate-args=off``) skips them."""
-    if request.config.getoption("--validate-args") == "off":
-        pytest.skip("the compile tests set argument validation themselves; they run once, in the first run")
-    dynamo.reset()
-    counters.clear()
-    pyro.enable_validation(False)
-    yield
-    dynamo.reset()
 
 
 def _graphs() -> int:

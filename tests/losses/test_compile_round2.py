@@ -10,26 +10,15 @@ closed forms.
 """
 from __future__ import annotations
 
-import pyro
 import pytest
 import torch
-import torch._dynamo as dynamo
 import torch.nn.functional as F
 from torch import nn
 
+from compile_models import fresh_dynamo  # noqa: F401  (the compile tests' autouse set-up)
 from pyro_dgm.distributions import Bernoulli, Normal
 from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb
 from pyro_dgm.models import Model
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo(request):  # type: ignore[no-untyped-def]
-    if request.config.getoption("--validate-args") == "off":
-        pytest.skip("the compile tests set argument validation themselves; they run once, in the first run")
-    dynamo.reset()
-    pyro.enable_validation(False)
-    yield
-    dynamo.reset()
 
 
 class _A(Normal):

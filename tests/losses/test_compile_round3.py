@@ -20,21 +20,10 @@ import torch._dynamo as dynamo
 from torch import nn
 from torch._dynamo.utils import counters
 
+from compile_models import fresh_dynamo  # noqa: F401  (the compile tests' autouse set-up)
 from pyro_dgm.utils.compat import compiles
 
 pytestmark = pytest.mark.skipif(not compiles(), reason="this torch does not compile pyro_dgm's evaluation")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo(request):  # type: ignore[no-untyped-def]
-    """As ``test_compile.py``'s: a fresh compiler cache, validation off as the compiled call runs it."""
-    if request.config.getoption("--validate-args") == "off":
-        pytest.skip("the compile tests set argument validation themselves; they run once, in the first run")
-    dynamo.reset()
-    counters.clear()
-    pyro.enable_validation(False)
-    yield
-    dynamo.reset()
 
 
 def _batch(seed: int, n: int = 8) -> dict[str, torch.Tensor]:

@@ -57,6 +57,39 @@ def _bayes_regression() -> tuple[Any, torch.Tensor, torch.Tensor]:
     return PY(), x, y
 
 
+def _dropout_encoder(calls: list[int] | None = None) -> Any:
+    """q(z|x) with dropout in its network (``calls`` counts its forward passes)."""
+    from pyro_dgm.distributions import Normal
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Sequential(nn.Linear(3, 16), nn.Dropout(0.5), nn.Linear(16, 4))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            if calls is not None:
+                calls[0] += 1
+            h = self.fc(x)
+            return {"loc": h[..., :2], "scale": F.softplus(h[..., 2:]) + 0.1}
+
+    return Q()
+
+
+def _decoder() -> Any:
+    """p(x|z), x of 3 features from z of 2."""
+    from pyro_dgm.distributions import Normal
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.fc(z), "scale": torch.ones(3)}
+
+    return P()
+
+
 def test_pyro_elbo_particles_draw_a_bayesian_networks_weights_anew() -> None:
     """Each particle's model trace has the weight sites and its own draw: ``PyroELBO``'s value is Pyro's
     ``differentiable_loss`` of the same model and guide (11.01 against 8.73 before, particles 2 and 3 reusing the
@@ -91,25 +124,8 @@ def test_pyro_elbo_particles_run_a_dropout_encoder_anew_as_the_plain_pyro_twin()
     from pyro_dgm.distributions import Normal
     from pyro_dgm.losses import PyroELBO
 
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc = nn.Sequential(nn.Linear(3, 16), nn.Dropout(0.5), nn.Linear(16, 4))
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            h = self.fc(x)
-            return {"loc": h[..., :2], "scale": F.softplus(h[..., 2:]) + 0.1}
-
-    class P(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 3)
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(z), "scale": torch.ones(3)}
-
     torch.manual_seed(0)
-    p, q = P(), Q()
+    p, q = _decoder(), _dropout_encoder()
     joint = p * Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
 
@@ -286,16 +302,7 @@ def test_a_deterministic_encoder_is_shared_between_a_pyro_elbo_and_another_term(
     from pyro_dgm.poutine import memoize
 
     q = _encoder()
-
-    class P(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 3)
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.fc(z), "scale": torch.ones(3)}
-
-    p = P()
+    p = _decoder()
     prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2], name="p_{prior}")
     loss = PyroELBO((p * prior).model, q.guide, input_var=["x"]) + KullbackLeibler(q, prior).sum()
     model = Model(loss, distributions=[p, q], optimizer=torch.optim.Adam)
@@ -322,19 +329,8 @@ def test_pyro_elbo_particles_run_a_dropout_encoder_anew_under_torch_compile() ->
     if not compiles():
         pytest.skip("this torch does not compile pyro_dgm's evaluation")
     calls = [0]
-
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.fc = nn.Sequential(nn.Linear(3, 16), nn.Dropout(0.5), nn.Linear(16, 4))
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            calls[0] += 1
-            h = self.fc(x)
-            return {"loc": h[..., :2], "scale": F.softplus(h[..., 2:]) + 0.1}
-
     torch.manual_seed(0)
-    q = Q()
+    q = _dropout_encoder(calls)
     joint = Normal(loc="z", scale=1., var=["x"], cond_var=["z"], name="p") * Normal(
         loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
     x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
