@@ -12,7 +12,7 @@ Data
 
 - a dict of tensors (the whole data set, rows along dim 0), cut into batches of ``batch_size`` rows (all rows when
   ``batch_size`` is None), shuffled each epoch with torch's random generator when ``shuffle`` (so checkpoints
-  resume the same order);
+  resume the same order; one batch of all rows is used in its order, and draws nothing);
 - a tensor (for a loss with one input variable), treated like ``{input_var[0]: tensor}``;
 - a map-style ``torch.utils.data.Dataset`` (items collated with ``default_collate``), batched and shuffled the same
   way;
@@ -107,14 +107,15 @@ def _as_dict(batch: Any, input_var: Sequence[str], what: str) -> dict[str, Any]:
                     f"tensors, got {type(batch).__name__}")
 
 
-def _loader_batch_size(data: Any, input_var: Sequence[str], what: str) -> int | None:
+def _loader_batch_size(data: Any, input_var: Sequence[str], what: str,
+                       series: Mapping[str, int] | None = None) -> int | None:
     """The batch size of a DataLoader, or the rows of a list's first batch; None when it cannot be told."""
     size = getattr(data, "batch_size", None)
     if isinstance(size, int):
         return size
     if isinstance(data, (list, tuple)) and data:
         try:
-            return _rows(_as_dict(data[0], input_var, what))
+            return _rows(_as_dict(data[0], input_var, what), series)
         except (TypeError, ValueError):
             return None
     return None
@@ -133,10 +134,14 @@ def _count(value: Any, arg: str, what: str, least: int) -> int:
     return n
 
 
-def _rows(batch: Mapping[str, Any]) -> int:
-    for v in batch.values():
+def _rows(batch: Mapping[str, Any], series: Mapping[str, int] | None = None) -> int:
+    """The rows of a batch: the first dim of its first tensor, or the batch dim of a time-first series
+    (``series``: ``[T, B, ...]``, dim 1), whatever the order of its keys."""
+    for k, v in batch.items():
         if isinstance(v, Tensor) and v.dim() > 0:
-            return int(v.shape[0])
+            d = series.get(k, 0) if series else 0
+            if v.dim() > d:
+                return int(v.shape[d])
     return 1
 
 
@@ -161,7 +166,11 @@ class _Batches:
             table = _as_dict(data, input_var, what)
             sizes = {k: v.shape[0] for k, v in table.items() if isinstance(v, Tensor) and v.dim() > 0}
             if len(set(sizes.values())) > 1:
-                raise ValueError(f"fit: the tensors of {what} have different numbers of rows: {sizes}")
+                timed = [k for k in sizes if k in self.series]
+                hint = (f"; {timed} are time-first series ([T, B, ...]) of an IterativeLoss, whose dim 0 is time, "
+                        "not rows: pass such data as a list of batches (dicts), or a DataLoader" if timed else "")
+                raise ValueError(f"fit: the tensors of {what} have different numbers of rows (dim 0): {sizes}"
+                                 f"{hint}")
             self.table, self.n = table, next(iter(sizes.values()), 1)
             if self.n == 0:
                 raise ValueError(f"fit: {what} is empty: " + ", ".join(f"variable {k!r} has 0 rows (shape "
@@ -176,7 +185,8 @@ class _Batches:
                             "list of batches or a dict of tensors")
         elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
             self.iterable = data
-            if batch_size is not None and _loader_batch_size(data, input_var, what) not in (None, batch_size):
+            if batch_size is not None and _loader_batch_size(data, input_var, what, self.series) not in (None,
+                                                                                                    batch_size):
                 warnings.warn(f"fit: batch_size={batch_size} applies to a dict of tensors, a tensor or a Dataset; "
                               f"{what} is a {type(data).__name__}, whose batches are used as they are (set the "
                               "DataLoader's batch_size instead)", UserWarning, stacklevel=5)
@@ -211,8 +221,14 @@ class _Batches:
         if self.iterable is not None:
             if _dist.is_distributed() and _has_len(self.iterable):
                 self._dgm_check_same_length()
+            n, first = _dist.world_size(), True
             for batch in self.iterable:
-                yield _dist.shard(_as_dict(batch, self.input_var, self.what), dims=self.series)
+                batch = _as_dict(batch, self.input_var, self.what)
+                if n > 1 and not first and _rows(batch, self.series) < n:
+                    continue  # a (last) batch with fewer rows than processes is dropped, as for a dict of tensors
+                    # (every process is given the same batches: the same on every process)
+                first = False
+                yield _dist.shard(batch, dims=self.series)
             return
         size = self.batch_size or self.n
         order = self._dgm_order()
@@ -332,7 +348,8 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
         Write the history to TensorBoard there (``torch.utils.tensorboard``; skipped with a warning when
         tensorboard is not installed). ``model.tb_writer`` holds the writer during ``fit``.
     shuffle : bool, default True
-        Shuffle the rows of a dict of tensors, a tensor or a Dataset every epoch.
+        Shuffle the rows of a dict of tensors, a tensor or a Dataset every epoch (when they make more than one
+        batch: a batch of all rows is used in its order, and no permutation is drawn).
     **kwargs
         Passed to ``model.train`` and ``model.test``.
 
@@ -581,7 +598,7 @@ def _train_epoch(model: "Model", state: _FitState) -> _Accumulator:
                 except Exception as e:
                     _note(e, f"in fit: epoch {state.epoch}, training batch {i} (step {model.step + 1})")
                     raise
-                acc.add(loss, terms, _rows(batch))
+                acc.add(loss, terms, _rows(batch, state.train.series))
             finally:
                 if main:
                     SIGNALS.keep -= 1
@@ -606,7 +623,7 @@ def _test_epoch(model: "Model", batches: _Batches, kwargs: dict[str, Any], epoch
         except Exception as e:
             _note(e, f"in fit: epoch {epoch}, test batch {i}")
             raise
-        acc.add(loss, terms, _rows(batch))
+        acc.add(loss, terms, _rows(batch, batches.series))
     return acc
 
 

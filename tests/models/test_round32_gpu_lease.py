@@ -228,11 +228,11 @@ def test_drawing_class_indices_does_not_score_them(monkeypatch: pytest.MonkeyPat
     """The check reads observed integer values only: a ``Categorical(one_hot=False)`` draws integer indices, which
     are not scored as they are drawn (p127: every draw paid a second, validated log_prob)."""
     from pyro_dgm.distributions import Categorical
+    from pyro_dgm.distributions.exponential import CategoricalIndex  # (the site's distribution class)
 
     calls = []
-    log_prob = torch.distributions.Categorical.log_prob
-    monkeypatch.setattr(torch.distributions.Categorical, "log_prob",
-                        lambda self, v: calls.append(1) or log_prob(self, v))
+    log_prob = CategoricalIndex.log_prob
+    monkeypatch.setattr(CategoricalIndex, "log_prob", lambda self, v: calls.append(1) or log_prob(self, v))
     q = Categorical(probs=torch.tensor([0.2, 0.5, 0.3]), var=["y"], one_hot=False, name="q")
     assert q.sample(batch_n=4)["y"].dtype == torch.long
     tr = pyro.poutine.trace(q.model).get_trace(batch_n=4)
