@@ -201,10 +201,14 @@ def categorical_log_pmf(categorical: Any) -> Tensor:
     """The normalized log-probabilities of a torch ``Categorical``: from its probabilities, each logarithm clamped
     at -100 as ``binary_cross_entropy`` clamps it (torch's logits clamp a probability to float's eps first: a
     class of probability 1e-30 would score log(eps) = -15.94, also inside a mixture, instead of -69.08); from
-    logits, torch's own."""
+    logits, torch's own. A probability of exactly 0 scores -100, and one below the dtype's smallest normal number
+    the logarithm of that number, each with a gradient of 0 (the logarithm's derivative there is 1/0: a softmax
+    that underflows would make every gradient NaN)."""
     probs = categorical.__dict__.get("probs")
     if probs is not None and categorical._param is probs:  # built from probabilities (see RelaxedBernoulli's _hard)
-        return probs.log().clamp_min(-100.0)
+        safe = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        return torch.where(probs > 0, safe, torch.full((), -100.0, dtype=safe.dtype, device=safe.device)) \
+            .clamp_min(-100.0)
     return categorical.logits
 
 
@@ -224,7 +228,7 @@ class CategoricalIndex(dist.Categorical):
         return _categorical_score(self, value)
 
 
-CategoricalIndex.__name__ = CategoricalIndex.__qualname__ = "Categorical"
+CategoricalIndex.__name__ = "Categorical"  # (printed as Pyro's; pickled under its own qualified name)
 
 
 class OneHotCategoricalArgMax(dist.OneHotCategorical):

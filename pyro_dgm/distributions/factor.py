@@ -103,7 +103,8 @@ class Factor:
         global_names = self._to_global(local_names)
         missing = [g for g in global_names if g not in values]
         if missing:
-            raise ValueError(f"Factor {self.prob_text}: missing input variable(s) {missing}; got {sorted(values, key=repr)}")
+            raise ValueError(f"Factor {self.prob_text}: missing input variable(s) {missing}; got "
+                             f"{sorted(values, key=repr)}")
         return {self.name_dict.get(g, g): values[g] for g in global_names}
 
     def sample(self, values: Mapping[str, Any], sample_option: Mapping[str, Any]) -> dict[str, Any]:

@@ -1040,8 +1040,8 @@ class DistributionBase(Distribution):
                 try:
                     value = seeded_call(self, fn.rsample if ctx.reparam and fn.has_rsample else fn.sample,
                                         ctx.sample_shape)
-                except (RuntimeError, NotImplementedError) as e:  # (torch's sampler refused a parameter: probs of 1.5,
-                # unvalidated; an integer one)
+                except (RuntimeError, NotImplementedError, TypeError) as e:  # (torch's sampler refused a parameter:
+                # probs of 1.5, unvalidated; an integer one)
                     self._dgm_draw_error(e, base, name)
                 values[name] = value
                 ctx.event_dims[name] = fn.event_dim
@@ -1079,8 +1079,8 @@ class DistributionBase(Distribution):
         else:
             try:
                 value = self._dgm_site(name, fn, ctx)
-            except (RuntimeError, NotImplementedError) as e:  # (torch's sampler refused a parameter: probs of 1.5,
-                # unvalidated; an integer one)
+            except (RuntimeError, NotImplementedError, TypeError) as e:  # (torch's sampler refused a parameter:
+                # probs of 1.5, unvalidated; an integer one)
                 self._dgm_draw_error(e, base, name)
             if (isinstance(value, Tensor) and not value.is_floating_point() and not self._dgm_user_log_prob
                     and (value.dtype == torch.bool or (fn._validate_args and _one_hot_support(fn)))
@@ -1227,7 +1227,8 @@ class DistributionBase(Distribution):
         """Raise the error of a draw that torch's sampler refused: naming the parameter out of range (an
         :class:`OutOfRangeError`, also torch's RuntimeError) when there is one, or one of an integer dtype that the
         sampler has no kernel for (a :class:`DTypeError`), else ``e`` itself."""
-        if isinstance(e, NotImplementedError) and "not implemented for" in str(e):
+        if isinstance(e, (NotImplementedError, TypeError)):  # ("normal_kernel_cpu" not implemented for 'Long', or
+            # torch.finfo of an integer dtype: a Laplace's sampler)
             ints = [k for k in getattr(base, "arg_constraints", {}) if isinstance(base.__dict__.get(k), Tensor)
                     and not base.__dict__[k].is_floating_point() and not base.__dict__[k].is_complex()]
             if ints:

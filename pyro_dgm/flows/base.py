@@ -443,9 +443,13 @@ def _pixyz_inverse_logdet(self: "Flow", z: Tensor, context: Tensor | None) -> tu
 
 
 def positive_int(owner: str, arg: str, value: Any) -> int:
-    """``value`` as a positive int: a Python or NumPy integer (``np.prod`` of a shape) or a one-element integer
-    tensor (``x.shape[1]`` of a traced size, ``torch.tensor(2)``), as Pixyz takes them; else a ``ValueError`` naming
-    ``owner`` and ``arg``."""
+    """``value`` as a positive int: a Python or NumPy integer (``np.prod`` of a shape), a one-element integer
+    tensor or array (``x.shape[1]`` of a traced size, ``torch.tensor(2)``, ``np.array(2)``) or a shape of one dim
+    (``x.shape[1:]``, ``[4]``), as Pixyz takes them; else a ``ValueError`` naming ``owner`` and ``arg``."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:  # (torch.Size too)
+        value = value[0]
+    if type(value).__module__ == "numpy" and getattr(value, "size", 0) == 1 and value.dtype.kind in "iu":
+        value = int(value.reshape(()))
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
             and not value.is_complex() and value.dtype != torch.bool:
         value = int(value)

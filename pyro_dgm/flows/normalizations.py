@@ -1,9 +1,9 @@
 r"""Normalizing layers as flows: batch normalization (Dinh et al. 2017) and activation normalization (Glow)."""
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -48,13 +48,20 @@ class BatchNorm1d(Flow):
     def __init__(self, in_features: int, momentum: float = 0.0, eps: float | None = None,
                  cache_size: int = 1) -> None:
         in_features = positive_int(type(self).__name__, "in_features", in_features)
-        if isinstance(momentum, bool) or not isinstance(momentum, (numbers.Real, Tensor)):
-            raise TypeError(f"{type(self).__name__}: momentum must be a number, got {momentum!r:.40}")
+        if isinstance(momentum, (Tensor, np.ndarray)) and (momentum.numel() if isinstance(momentum, Tensor)
+                                                          else momentum.size) > 1:  # per feature, as Pixyz runs it
+            momentum = torch.as_tensor(momentum, dtype=torch.get_default_dtype())
+        else:
+            try:  # (a NumPy number or array, or a tensor, of one element too)
+                momentum = float(momentum.reshape(()) if isinstance(momentum, (Tensor, np.ndarray)) else momentum)
+            except (TypeError, ValueError):
+                raise TypeError(f"{type(self).__name__}: momentum must be a number (or one per feature), got "
+                                f"{momentum!r:.40}") from None
         super().__init__(in_features, event_dim=self._dgm_event_dim(), cache_size=cache_size)
         shape = self._dgm_param_shape(in_features)
         self.log_gamma = nn.Parameter(torch.zeros(shape))
         self.beta = nn.Parameter(torch.zeros(shape))
-        self.momentum = float(momentum)
+        self.momentum = momentum
         self._dgm_eps = None if eps is None else float(eps)
         self.register_buffer("running_mean", torch.zeros(shape))
         self.register_buffer("running_var", torch.ones(shape))

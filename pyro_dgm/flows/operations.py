@@ -203,8 +203,11 @@ class Shuffle(Permutation):
     """
 
     def __init__(self, in_features: int, event_dim: int | None = None, cache_size: int = 1) -> None:
-        in_features = positive_int("Shuffle", "in_features", in_features)
-        super().__init__(np.random.permutation(in_features), event_dim=event_dim, cache_size=cache_size)
+        if isinstance(in_features, (list, tuple, np.ndarray, Tensor)) and len(np.asarray(in_features).reshape(-1)) > 1:
+            order = np.random.permutation(np.asarray(in_features))  # (NumPy's permutation of the indices given, as
+        else:  # Pixyz's: Permutation checks that they are a permutation)
+            order = np.random.permutation(positive_int("Shuffle", "in_features", in_features))
+        super().__init__(order, event_dim=event_dim, cache_size=cache_size)
 
 
 class Reverse(Permutation):

@@ -220,18 +220,17 @@ class AdversarialKullbackLeibler(AdversarialLoss):
         return log_clamped(y_p).mean() + (-log1m_clamped(y_p).mean())  # Pixyz's -BCE(y_p, 1) + BCE(y_p, 0)
 
 
-def _check_positive(name: str, value: Any) -> float | None:
-    """``value`` as a float (a Python or numpy number, or a one-element real tensor, as Pixyz takes it), ``None``
-    kept; anything else, or a number that is not positive, raises an :class:`ArgumentError` (a ValueError and a
-    TypeError) naming the argument."""
+def _check_positive(name: str, value: Any) -> Any:
+    """``value`` as it is given (a Python or numpy number, or a one-element real tensor, as Pixyz takes it: a tensor
+    changed in place later changes the clipping, as there), ``None`` kept; anything else, or a number that is not
+    positive, raises an :class:`ArgumentError` (a ValueError and a TypeError) naming the argument."""
     if value is None:
         return None
     if not isinstance(value, bool) and (isinstance(value, numbers.Real) or (
             isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()
             and value.dtype != torch.bool)):
-        f = float(value)
-        if f > 0:
-            return f
+        if float(value) > 0:
+            return value
     raise ArgumentError(f"AdversarialWassersteinDistance: {name} must be a positive number or None, got {value!r}")
 
 

@@ -554,6 +554,8 @@ class Loss(YieldingModule, _PyroELBO):
             given: dict[str, Any] = {}
         elif type(x_dict) is dict or isinstance(x_dict, Mapping):
             given = dict(x_dict)
+        elif hasattr(x_dict, "keys") and hasattr(x_dict, "__getitem__"):  # a dict-like object that is no Mapping,
+            given = {k: x_dict[k] for k in x_dict.keys()}  # which Pixyz reads by its keys
         else:
             raise TypeError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
                             f"got {type(x_dict).__name__}")

@@ -45,6 +45,7 @@ from torch.distributions import Distribution as _Distribution
 
 from pyro_dgm.distributions.closed_forms import validating
 from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin
+from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
 
 __all__ = ["CompiledEval", "CompiledOuter", "OwnEval", "compile_options", "eval_form", "eval_with_terms", "frozen",
            "uses_cuda_graphs", "without_validation"]
@@ -257,16 +258,20 @@ def _undone(module: torch.nn.Module, random: bool = True) -> Iterator[None]:
                 m._buffers[name] = b
 
 
-def _random_state() -> tuple[Tensor, Tensor | None]:
-    """torch's random state: the CPU generator's, and the current CUDA device's where CUDA is in use."""
+def _random_state() -> tuple[Any, ...]:
+    """torch's random state: the CPU generator's, the current CUDA device's where CUDA is in use, and the thread's
+    generator set with :func:`pyro_dgm.utils.generator` (with its state), if any."""
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda
+    own = _THREAD_RANDOM.generator
+    return torch.get_rng_state(), cuda, own, None if own is None else own.get_state()
 
 
-def _set_random_state(state: tuple[Tensor, Tensor | None]) -> None:
+def _set_random_state(state: tuple[Any, ...]) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1])
+    if state[2] is not None:
+        state[2].set_state(state[3])
 
 
 def _dgm_compile(fn: Any, options: Mapping[str, Any]) -> Any:
@@ -377,7 +382,8 @@ class _FirstCallEager:
         with _undone(self.loss, random=False):
             self._eager(*args)
         _set_random_state(state)  # (the eager run went through: the failure is the compiled code's alone)
-        if isinstance(failed, torch._dynamo.exc.Unsupported):
+        fullgraph = isinstance(self.options, Mapping) and bool(self.options.get("fullgraph"))
+        if isinstance(failed, (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)) and fullgraph:
             raise RuntimeError(f"{self.loss.loss_text}: torch.compile cannot trace this loss's evaluation in one "
                                f"graph ({str(failed).strip().splitlines()[0][:300]}), which compile="
                                f"{self.options} forbids with fullgraph=True; drop fullgraph=True (the parts it "

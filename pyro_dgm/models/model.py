@@ -320,7 +320,9 @@ _OWN_STATE = frozenset({"_dgm_ddp", "_dgm_compile", "_dgm_compiled", "_dgm_clip_
 def _check_values(model: Any, method: str, arg: str, values: Any) -> None:
     """Refuse data that is no dict of values (a tensor, a list), naming the model's method and the argument (the
     loss would name one of its inner terms)."""
-    if values is not None and not isinstance(values, Mapping):
+    if values is not None and not isinstance(values, Mapping) and not (hasattr(values, "keys")
+                                                                       and hasattr(values, "__getitem__")):
+        # (a home-made dict-like batch, which Pixyz reads by its keys, is taken)
         raise TypeError(f"{type(model).__name__}.{method}: {arg} must be a dict of values by variable name, e.g. "
                         f"{{'x': x}}, got {type(values).__name__}")
 

@@ -142,3 +142,58 @@ def test_a_failed_compiled_step_leaves_the_random_state_as_the_eager_one() -> No
         assert torch.equal(torch.get_rng_state(), before)
         runs.append([float(model.train({"x": torch.bernoulli(torch.full((8, 6), 0.4))})) for _ in range(3)])
     assert runs[1] == pytest.approx(runs[0], rel=1e-5)
+
+
+def _vae_with_a_graph_break(branch: str) -> Any:
+    """A VAE whose encoder breaks Dynamo's graph: ``print`` (Dynamo's ``Unsupported`` under fullgraph) or a branch
+    on a value (``.item()``: its ``UserError``)."""
+    from pyro_dgm.distributions import Bernoulli, Normal
+    from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb
+    from pyro_dgm.models import Model
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = self.fc(x)
+            if branch == "print":
+                print("", end="")
+            elif h.abs().max().item() > 1e6:
+                h = h.clamp(-1e6, 1e6)
+            return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:]) + .1}
+
+    class P(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"probs": torch.sigmoid(self.fc(z))}
+
+    torch.manual_seed(0)
+    q, p = Q(), P()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_0")
+    return Model((KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean(), distributions=[p, q],
+                 compile={"backend": "eager", "fullgraph": True})
+
+
+@pytest.mark.parametrize("branch", ["print", "item"])
+def test_a_graph_break_under_fullgraph_says_so_and_leaves_the_thread_generator_as_it_was(branch: str) -> None:
+    """The second step (the first compiled one) raises a ``RuntimeError`` naming ``fullgraph=True`` (probe p159: a
+    value branch's ``UserError`` got the message about kernels' value checks), and the thread's generator set with
+    ``pyro_dgm.utils.generator`` is where it was before the step, as torch's is (the eager re-run's draws were
+    left in it)."""
+    from pyro_dgm.utils import generator
+
+    model = _vae_with_a_graph_break(branch)
+    x, y = torch.rand(5, 4), torch.rand(5, 3).round()
+    g = torch.Generator().manual_seed(5)
+    with generator(g):
+        model.train({"x": x, "y": y})  # (the first step runs eagerly)
+        before, default = g.get_state(), torch.get_rng_state()
+        with pytest.raises(RuntimeError, match=r"in one graph .*fullgraph=True"):
+            model.train({"x": x, "y": y})
+        assert torch.equal(g.get_state(), before)
+        assert torch.equal(torch.get_rng_state(), default)

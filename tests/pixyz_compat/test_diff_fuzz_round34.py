@@ -51,7 +51,8 @@ def _wasserstein(clip: Any) -> Any:
     return trained, w.eval({"x": x}), [p.detach().clone() for p in w.d.parameters()]
 
 
-@pytest.mark.parametrize("clip", [np.float32(0.5), torch.tensor(0.5), np.int64(1)], ids=["np_float", "tensor", "np_int"])
+@pytest.mark.parametrize("clip", [np.float32(0.5), torch.tensor(0.5), np.int64(1)],
+                         ids=["np_float", "tensor", "np_int"])
 def test_a_numpy_or_tensor_clip_value_clips_as_under_pixyz(clip: Any) -> None:
     """The critic's step and its clipped weights are Pixyz's (each weight within [-c, c]); it was refused."""
     ref, ours = run_both(lambda: _wasserstein(clip))
@@ -288,3 +289,126 @@ def test_a_sparse_or_meta_constant_prints() -> None:
     lp = LogProb(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2]))
     assert (lp + torch.eye(2).to_sparse()).loss_text.startswith(r"\mathtt{\text{[[1. 0.] [0. 1.]]}} + ")
     assert "meta tensor of shape (2,)" in (lp + torch.zeros(2, device="meta")).loss_text
+
+
+# -------------------------------------------------------- the attack round on the fixes above (probe p159)
+def _wasserstein_with_a_shrinking_clip() -> Any:
+    import torch
+
+    return _wasserstein_steps(torch.tensor(0.5), [1.0, 0.5, 0.5])
+
+
+def _wasserstein_steps(clip: Any, factors: list[float]) -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialWassersteinDistance
+
+    class G(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="g")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"loc": self.fc(z), "scale": torch.ones_like(z)}
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": 10 * self.fc(x)}
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="pz")
+    w = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var(["z"]), D(),
+                                       clip_value=clip, optimizer_params={"lr": 1.0})
+    largest = []
+    for f in factors:
+        clip.mul_(f)
+        w.loss_train({"x": torch.randn(4, 2)})
+        largest.append(max(float(p.abs().max()) for p in w.d.parameters()))
+    return largest
+
+
+def test_a_tensor_clip_value_changed_in_place_changes_the_clipping_as_under_pixyz() -> None:
+    """The clip value is kept as given: halving the tensor between steps clips the critic to 0.5, 0.25, 0.125 as
+    Pixyz does (it was turned into a float when built, and stayed 0.5)."""
+    ref, ours = run_both(_wasserstein_with_a_shrinking_clip)
+    assert ours == pytest.approx(ref)
+    assert ours == pytest.approx([0.5, 0.25, 0.125])
+
+
+def _flows_of_other_size_forms() -> Any:
+    import numpy as np
+    import torch
+
+    import pixyz.flows as F
+
+    np.random.seed(0)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name, flow in [("shuffle_array", F.Shuffle(np.arange(4))), ("shuffle_list", F.Shuffle([0, 1, 2, 3])),
+                       ("reverse_np", F.Reverse(np.array(4))),
+                       ("bn_size", F.BatchNorm1d(x.shape[1:])), ("bn_list", F.BatchNorm1d([4])),
+                       ("bn_momentum", F.BatchNorm1d(4, momentum=np.array(0.1))),
+                       ("bn_per_feature", F.BatchNorm1d(4, momentum=torch.full((4,), 0.1)))]:
+        out[name] = flow(x)
+        if name.startswith("bn"):
+            flow(x)  # (a second batch: the running statistics move by the momentum)
+            out[name + "_mean"] = flow.running_mean.reshape(-1)
+    return out
+
+
+def test_sizes_and_momenta_given_in_pixyzs_other_forms_are_taken() -> None:
+    """Arrays, lists and shapes of one dim as sizes, a shuffle of given indices, and NumPy or per-feature momenta
+    (probe p159: the first checks refused them): the outputs and running means are Pixyz's (whose running mean
+    turns float64 with a NumPy momentum; here it keeps the float32 of the weights)."""
+    ref, ours = run_both(_flows_of_other_size_forms)
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert ours[k].dtype == torch.float32, k
+        torch.testing.assert_close(ours[k], ref[k].to(torch.float32), msg=k)
+
+
+def _dict_like_batch() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import LogProb
+    from pixyz.models import Model
+
+    class Batch:  # a dict-like object that is no Mapping
+        def __init__(self, **values: Any) -> None:
+            self._v = values
+
+        def keys(self) -> Any:
+            return self._v.keys()
+
+        def __getitem__(self, k: str) -> Any:
+            return self._v[k]
+
+        def __iter__(self) -> Any:
+            return iter(self._v)
+
+        def __len__(self) -> int:
+            return len(self._v)
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y"], name="p")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, y: torch.Tensor) -> dict:
+            return {"loc": self.fc(y), "scale": torch.ones_like(y)}
+
+    p = P()
+    model = Model((-LogProb(p)).mean(), distributions=[p], optimizer_params={"lr": 0.1})
+    return [float(model.train(Batch(x=torch.randn(4, 2), y=torch.randn(4, 2)))) for _ in range(3)]
+
+
+def test_a_dict_like_batch_trains_as_under_pixyz() -> None:
+    ref, ours = run_both(_dict_like_batch)
+    assert ours == pytest.approx(ref, rel=1e-6)

@@ -245,3 +245,72 @@ def test_a_draw_under_vmap_over_positive_temperatures_runs_as_under_pixyz(family
     assert ((out > 0) & (out < 1)).all()
     if family == "RelaxedCategorical":
         torch.testing.assert_close(out.sum(-1), torch.ones(3, 3))
+
+
+# -------------------------------------------------------- the attack round on the fixes above (probe p159)
+def test_a_probability_that_underflows_to_zero_keeps_every_gradient_finite() -> None:
+    """A softmax whose third class underflows to exactly 0, data on the first two: the log-densities are log 1/2
+    and the gradients are the float64 exact ones (0 here), in the family, its Pyro site and a mixture's prior;
+    the probability's logarithm had a gradient of 0/0 = NaN for every weight (a regression of the fix above)."""
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    w = torch.tensor([0.0, 0.0, -200.0], requires_grad=True)
+    p = Categorical(probs="pi", var=["y"], cond_var=["pi"])
+    probs = torch.softmax(w, -1).expand(2, 3)
+    assert probs[0, 2] == 0
+    lp = p.get_log_prob({"pi": probs, "y": torch.tensor([[1., 0., 0.], [0., 1., 0.]])})
+    torch.testing.assert_close(lp, torch.tensor([0.5, 0.5]).log())
+    lp.sum().backward()
+    w64 = w.detach().double().requires_grad_()
+    exact = torch.distributions.Categorical(logits=w64).log_prob(torch.tensor([0, 1])).sum()
+    exact.backward()
+    torch.testing.assert_close(w.grad.double(), w64.grad, atol=1e-12, rtol=0)
+    weights = torch.tensor([0.0, -200.0], requires_grad=True)
+    comps = [Normal(loc=torch.full((1,), float(m)), scale=torch.ones(1), var=["x"], features_shape=[1],
+                    name=f"p_{i}") for i, m in enumerate((0, 3))]
+    mixture = MixtureModel(comps, Categorical(probs=torch.softmax(weights, -1), var=["c"], name="p_c"))
+    mixture.get_log_prob({"x": torch.zeros(2, 1)}).sum().backward()
+    assert torch.isfinite(weights.grad).all()
+
+
+def test_class_indices_site_distribution_and_module_pickle() -> None:
+    """``Categorical(one_hot=False)``'s Pyro site distribution, a trace holding it and the distribution after
+    ``set_dist`` are saved and loaded with ``torch.save`` (the subclass's qualified name named the family class,
+    so pickling failed), and the loaded site distribution scores as the original."""
+    import io
+
+    from pyro import poutine
+
+    from pyro_dgm.distributions import Categorical
+
+    p = Categorical(probs=torch.tensor([0.2, 0.5, 0.3]), var=["y"], one_hot=False)
+    tr = poutine.trace(p.model).get_trace(y=torch.tensor([0, 2]))
+    p.set_dist()
+    for obj in (tr.nodes["y"]["fn"], tr, p):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+    fn = torch.load(io.BytesIO(_saved(tr.nodes["y"]["fn"])), weights_only=False)
+    torch.testing.assert_close(fn.log_prob(torch.tensor([0, 2])), torch.tensor([0.2, 0.3]).log())
+    assert type(loaded) is type(p)
+
+
+def _saved(obj: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_an_integer_laplace_location_is_named_as_a_normals_is() -> None:
+    """torch's ``Laplace`` sampler fails with ``torch.finfo``'s ``TypeError`` on an integer location: the same
+    ``DTypeError`` naming the distribution, the variable and the parameter as for a ``Normal``."""
+    from pyro_dgm.distributions import Laplace
+    from pyro_dgm.utils.checks import DTypeError
+
+    p = Laplace(loc="m", scale=torch.tensor(1.), var=["x"], cond_var=["m"])
+    with pytest.raises(DTypeError, match=r"Laplace p\(x\|m\): cannot draw 'x': its parameter 'loc' is of dtype "
+                                         r"torch.int64"):
+        p.sample({"m": torch.tensor([[2]])})
