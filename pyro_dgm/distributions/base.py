@@ -810,6 +810,8 @@ class Distribution(YieldingModule):
             values = {}
         elif isinstance(x, Mapping):
             values = dict(x)
+        elif hasattr(x, "keys") and hasattr(x, "__getitem__") and not isinstance(x, Tensor):  # a dict-like object
+            values = {k: x[k] for k in x.keys()}  # that is no Mapping, which Pixyz reads by its keys
         elif isinstance(x, Tensor):
             if len(self._dgm_input_var) != 1:
                 takes = f"input_var is {self._dgm_input_var}" if self._dgm_input_var else "it takes no input variables"

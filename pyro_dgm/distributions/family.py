@@ -1227,8 +1227,9 @@ class DistributionBase(Distribution):
         """Raise the error of a draw that torch's sampler refused: naming the parameter out of range (an
         :class:`OutOfRangeError`, also torch's RuntimeError) when there is one, or one of an integer dtype that the
         sampler has no kernel for (a :class:`DTypeError`), else ``e`` itself."""
-        if isinstance(e, (NotImplementedError, TypeError)):  # ("normal_kernel_cpu" not implemented for 'Long', or
-            # torch.finfo of an integer dtype: a Laplace's sampler)
+        if ((isinstance(e, NotImplementedError) and "not implemented for" in str(e))  # ("normal_kernel_cpu" not
+                or (isinstance(e, TypeError) and "floating point" in str(e))):  # implemented for 'Long', or
+            # torch.finfo of an integer dtype: a Laplace's sampler; another TypeError, a user's own, as it is)
             ints = [k for k in getattr(base, "arg_constraints", {}) if isinstance(base.__dict__.get(k), Tensor)
                     and not base.__dict__[k].is_floating_point() and not base.__dict__[k].is_complex()]
             if ints:

@@ -59,6 +59,11 @@ class BatchNorm1d(Flow):
                                 f"{momentum!r:.40}") from None
         super().__init__(in_features, event_dim=self._dgm_event_dim(), cache_size=cache_size)
         shape = self._dgm_param_shape(in_features)
+        if isinstance(momentum, Tensor):  # one per feature (channel): in the running statistics' shape
+            if momentum.numel() != in_features:
+                raise ValueError(f"{type(self).__name__}: momentum must be a number or one per feature ("
+                                 f"{in_features}), got {momentum.numel()} values")
+            momentum = momentum.reshape(shape)
         self.log_gamma = nn.Parameter(torch.zeros(shape))
         self.beta = nn.Parameter(torch.zeros(shape))
         self.momentum = momentum

@@ -76,6 +76,13 @@ def _names(arg: str, value: Any) -> list[str]:
     return names
 
 
+def indexes_series(loss: "IterativeLoss") -> bool:
+    """Whether ``loss`` reads step ``t`` of its time-first series as ``x[t]``: no ``slice_step`` and no
+    ``slice_step_fn`` of its own (a subclass's, or one set on the instance, as a Pixyz program may do)."""
+    return (loss.slice_step is None and type(loss).slice_step_fn is IterativeLoss.slice_step_fn
+            and "slice_step_fn" not in loss.__dict__)
+
+
 def _rename_keys(values: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
     """``values`` with each key ``k`` of ``renames`` renamed to ``renames[k]`` (in one pass, keys in Pixyz's order).
 
@@ -353,7 +360,7 @@ class IterativeLoss(Loss):
                              "series_var (the number of steps is the length of the first series_var)")
         # x[t] of each series: only when no slice_step is given and slice_step_fn is ours (Pixyz never indexes the
         # series otherwise, e.g. TD-VAE's slice_step picks time steps from a batch-first series)
-        indexed = series if self.slice_step is None and type(self).slice_step_fn is IterativeLoss.slice_step_fn else {}
+        indexed = series if indexes_series(self) else {}
         for v, s in indexed.items():
             if _steps(indexed, v) < steps:
                 raise SeriesTooShortError(f"IterativeLoss: series_var {v!r} has {len(s)} steps (its first dim), "

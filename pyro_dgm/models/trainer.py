@@ -165,8 +165,13 @@ class _Batches:
         if isinstance(data, (Tensor, Mapping)):
             table = _as_dict(data, input_var, what)
             sizes = {k: v.shape[0] for k, v in table.items() if isinstance(v, Tensor) and v.dim() > 0}
+            timed = [k for k in sizes if k in self.series]
+            if timed and (batch_size is not None or _dist.is_distributed()) and len(set(sizes.values())) == 1:
+                raise ValueError(f"fit: {timed} in {what} are time-first series ([T, B, ...]) of an IterativeLoss, "
+                                 "whose dim 0 is time: cutting them into batches (batch_size, or one slice per "
+                                 "process) would cut time; pass such data as a list of batches (dicts), or a "
+                                 "DataLoader")
             if len(set(sizes.values())) > 1:
-                timed = [k for k in sizes if k in self.series]
                 hint = (f"; {timed} are time-first series ([T, B, ...]) of an IterativeLoss, whose dim 0 is time, "
                         "not rows: pass such data as a list of batches (dicts), or a DataLoader" if timed else "")
                 raise ValueError(f"fit: the tensors of {what} have different numbers of rows (dim 0): {sizes}"
@@ -252,12 +257,11 @@ class _Batches:
 def _series_dims(loss: Any) -> dict[str, int]:
     """The time-first series of the ``IterativeLoss`` terms of ``loss`` that index them (``x[t]``): their batch dim
     is dim 1, the one ``shard`` cuts under torch.distributed."""
-    from pyro_dgm.losses.iteration import IterativeLoss
+    from pyro_dgm.losses.iteration import IterativeLoss, indexes_series
 
     out: dict[str, int] = {}
     for term in loss.loss_terms() if callable(getattr(loss, "loss_terms", None)) else []:
-        if (isinstance(term, IterativeLoss) and term.slice_step is None
-                and type(term).slice_step_fn is IterativeLoss.slice_step_fn):
+        if isinstance(term, IterativeLoss) and indexes_series(term):
             out.update({v: 1 for v in term.series_var})
     return out
 

@@ -412,3 +412,94 @@ def _dict_like_batch() -> Any:
 def test_a_dict_like_batch_trains_as_under_pixyz() -> None:
     ref, ours = run_both(_dict_like_batch)
     assert ours == pytest.approx(ref, rel=1e-6)
+
+
+# -------------------------------------------------------- the last attack round (probe p161)
+def test_a_users_own_type_error_in_a_draw_is_raised_as_it_is() -> None:
+    """A handler's ``TypeError`` during the draw of a distribution with an integer parameter is the user's, not
+    the integer-parameter ``DTypeError`` (the draw paths catch ``TypeError`` for ``torch.finfo``'s only)."""
+    from pyro.poutine.messenger import Messenger
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import DTypeError
+
+    class Boom(Messenger):
+        def _pyro_sample(self, msg: Any) -> None:
+            raise TypeError("handler bug")
+
+    p = Normal(loc="m", scale=torch.tensor(1.), var=["z"], cond_var=["m"])
+    with pytest.raises(TypeError, match="^handler bug$") as info, Boom():
+        p.sample({"m": torch.tensor([[1]])})
+    assert not isinstance(info.value, DTypeError)
+
+
+def test_a_dict_like_value_is_scored_as_a_dict() -> None:
+    from pyro_dgm.distributions import Normal
+
+    class Values:
+        def __init__(self, **v: Any) -> None:
+            self._v = v
+
+        def keys(self) -> Any:
+            return self._v.keys()
+
+        def __getitem__(self, k: str) -> Any:
+            return self._v[k]
+
+    p = Normal(loc="m", scale=torch.tensor(1.), var=["x"], cond_var=["m"])
+    values = {"m": torch.zeros(2, 1), "x": torch.ones(2, 1)}
+    torch.testing.assert_close(p.get_log_prob(Values(**values)), p.get_log_prob(values))
+
+
+def test_a_per_channel_momentum_of_an_image_batch_norm_keeps_the_channel_shape() -> None:
+    """``BatchNorm2d(3, momentum=<3 values>)``: the running mean after one training batch is (1 - m_c) times each
+    channel's batch mean, in the statistics' own shape, and the next batch and an eval call run (it stored 9
+    values, and the next call failed with torch's shape error)."""
+    import pyro_dgm.flows as F
+
+    m = torch.tensor([0.1, 0.5, 0.9])
+    bn = F.BatchNorm2d(3, momentum=m)
+    x = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    bn(x)
+    expected = (1 - m) * x.mean((0, 2, 3))
+    torch.testing.assert_close(bn.running_mean.reshape(-1), expected)
+    bn(x)
+    bn.eval()
+    bn(x)
+    with pytest.raises(ValueError, match="BatchNorm2d: momentum must be a number or one per feature"):
+        F.BatchNorm2d(3, momentum=torch.full((2,), 0.1))
+
+
+def test_fit_refuses_to_cut_time_first_series_and_weights_batch_first_ones_by_rows() -> None:
+    """A dict holding only time-first series with a ``batch_size`` would be cut along time (silently): refused,
+    naming them; a batch-first ``slice_step_fn`` set on the instance trains on a list of batches whose history is
+    the row-weighted mean of the steps (it was weighted by the series' dim 1, taken for rows)."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import IterativeLoss, LogProb
+    from pyro_dgm.models import Model
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["h"], name="p")
+            self.fc = nn.Linear(1, 1)
+
+        def forward(self, h: torch.Tensor) -> dict:
+            return {"loc": self.fc(h), "scale": torch.ones_like(h)}
+
+    def model(batch_first: bool) -> Model:
+        torch.manual_seed(0)
+        p = P()
+        it = IterativeLoss(-LogProb(p), max_iter=3, series_var=["x"])
+        if batch_first:
+            it.slice_step_fn = lambda t, x: {k: v[:, t] for k, v in x.items()}
+        return Model(it.mean(), distributions=[p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1})
+
+    g = torch.Generator().manual_seed(1)
+    with pytest.raises(ValueError, match=r"\['x'\] in train_data are time-first series"):
+        model(False).fit({"x": torch.randn(3, 8, 1, generator=g), "h": torch.zeros(8, 1)[None].expand(3, 8, 1)},
+                         batch_size=4, progress=False)
+    batches = [{"x": torch.randn(b, 5, 1, generator=g), "h": torch.zeros(b, 1)} for b in (2, 6)]
+    reference = model(True)
+    steps = [float(reference.train(b)) for b in batches]
+    history = model(True).fit(batches, epochs=1, progress=False)
+    assert history["train_loss"][0] == pytest.approx((2 * steps[0] + 6 * steps[1]) / 8, rel=1e-6)

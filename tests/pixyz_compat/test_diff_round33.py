@@ -314,3 +314,59 @@ def test_an_integer_laplace_location_is_named_as_a_normals_is() -> None:
     with pytest.raises(DTypeError, match=r"Laplace p\(x\|m\): cannot draw 'x': its parameter 'loc' is of dtype "
                                          r"torch.int64"):
         p.sample({"m": torch.tensor([[2]])})
+
+
+def test_a_float16_categorical_keeps_torchs_clamp_and_finite_gradients() -> None:
+    """float16 probabilities keep torch's clamp at float16's eps, Pixyz's numbers (log 9.8e-4 = -6.93 for a class
+    of probability 6e-6), with a gradient of 0 there: the exact derivative 1/p overflows float16, and a softmax's
+    gradient became NaN (probe p161); bfloat16 ones are scored in float32, exactly."""
+    from pyro_dgm.distributions import Categorical
+
+    w = torch.tensor([0.0, -12.0], dtype=torch.float16, requires_grad=True)
+    p = Categorical(probs="pi", var=["y"], cond_var=["pi"])
+    lp = p.get_log_prob({"pi": torch.softmax(w, -1)[None], "y": torch.tensor([[0., 1.]], dtype=torch.float16)})
+    assert lp.item() == pytest.approx(float(torch.tensor(torch.finfo(torch.float16).eps).log()), abs=4e-3)  # (in float16)
+    lp.sum().backward()
+    assert torch.isfinite(w.grad).all()
+    probs = torch.tensor([1e-20, 1.0], dtype=torch.bfloat16)
+    got = Categorical(probs=probs, var=["y"]).get_log_prob({"y": torch.tensor([[1., 0.]])})
+    exact = (probs.double()[0] / probs.double().sum()).log()
+    assert abs(got.double().item() - exact.item()) <= 2 ** -7 * abs(exact.item())
+
+
+def test_an_instance_slice_step_fn_is_used_as_a_subclass_one() -> None:
+    """A ``slice_step_fn`` set on the instance (batch-first data) is Pixyz's call too: the same value as a subclass
+    that overrides it (it was refused with ``SeriesTooShortError``: the series' dim 0 was taken for time)."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import IterativeLoss, LogProb
+
+    p = Normal(loc="h", scale=torch.tensor(1.), var=["x"], cond_var=["h"])
+    data = {"h": torch.zeros(2, 1), "x": torch.randn(2, 5, 1, generator=torch.Generator().manual_seed(0))}
+    inst = IterativeLoss(-LogProb(p), max_iter=3, series_var=["x"])
+    inst.slice_step_fn = lambda t, x: {k: v[:, t] for k, v in x.items()}
+
+    class BatchFirst(IterativeLoss):
+        def slice_step_fn(self, t: int, x: Any) -> Any:
+            return {k: v[:, t] for k, v in x.items()}
+
+    sub = BatchFirst(-LogProb(p), max_iter=3, series_var=["x"])
+    expected = -torch.distributions.Normal(0., 1.).log_prob(data["x"][:, :3]).sum((1, 2))
+    torch.testing.assert_close(inst.eval(data), expected)
+    torch.testing.assert_close(sub.eval(data), expected)
+
+
+def test_an_iterative_loss_leaves_the_callers_values_alone() -> None:
+    """porting.md's two rows (probe p162): a masked sum over a view of the data is the closed form at every
+    evaluation, and the data and a dict given to the module call are unchanged."""
+    from pyro_dgm.losses import IterativeLoss, Parameter
+
+    it = IterativeLoss(Parameter("r"), series_var=["r"])
+    r = torch.tensor([[1., 2.], [3., 4.], [5., 6.]])
+    m = torch.tensor([0.5, 0., 1.])
+    expected = (m[:, None] * r).sum(0)
+    torch.testing.assert_close(it.eval({"r": r}, mask=m), expected)
+    torch.testing.assert_close(it.eval({"r": r}, mask=m), expected)
+    assert r.tolist() == [[1., 2.], [3., 4.], [5., 6.]]
+    d = {"r": r}
+    it(d)
+    assert list(d) == ["r"] and d["r"] is r
