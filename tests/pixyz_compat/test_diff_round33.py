@@ -92,6 +92,7 @@ def _relaxed_with_an_input_temperature(family: str, t: float, draw: bool) -> Any
     return p.get_log_prob({"t": t_, "x": x})
 
 
+@pytest.mark.needs_validation
 @pytest.mark.parametrize("family", ["RelaxedBernoulli", "RelaxedCategorical"])
 @pytest.mark.parametrize("t", [0.0, -1.0])
 def test_a_temperature_from_an_input_must_be_positive_to_draw_and_scoring_still_runs(family: str, t: float) -> None:
@@ -216,6 +217,7 @@ def test_a_flow_drawing_a_float64_prior_names_the_distribution_and_the_dtypes() 
     assert issubclass(DTypeError, RuntimeError)
 
 
+@pytest.mark.needs_validation
 @pytest.mark.parametrize("family", ["RelaxedBernoulli", "RelaxedCategorical"])
 @pytest.mark.parametrize("t", [-1.0, 0, torch.tensor(0), torch.tensor([[0.5], [-0.5]])],
                          ids=["float", "int", "int_tensor", "one_bad_row"])
