@@ -17,10 +17,12 @@ import pytest
 import torch
 from torch import nn
 
-from pixyz_harness import run_both
+from pixyz_harness import run_both, run_pyro_dgm
 
 
-def _wasserstein(clip: Any) -> Any:
+def _critic_loss(clip: Any, scale: float = 1.0, **options: Any) -> Any:
+    """A WGAN critic's loss (a generator of 2-d draws, a linear critic scaled by ``scale``) clipped at ``clip``, in
+    the library a program imports as ``pixyz``."""
     import torch
     from torch import nn
 
@@ -41,11 +43,15 @@ def _wasserstein(clip: Any) -> Any:
             self.fc = nn.Linear(2, 1)
 
         def forward(self, x: torch.Tensor) -> dict:
-            return {"t": self.fc(x)}
+            return {"t": scale * self.fc(x)}
 
     prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="pz")
-    w = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var(["z"]), D(),
-                                       clip_value=clip)
+    return AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var(["z"]), D(),
+                                          clip_value=clip, **options)
+
+
+def _wasserstein(clip: Any) -> Any:
+    w = _critic_loss(clip)
     x = torch.randn(4, 2)
     trained = w.loss_train({"x": x})
     return trained, w.eval({"x": x}), [p.detach().clone() for p in w.d.parameters()]
@@ -69,7 +75,7 @@ def test_a_module_as_clip_value_is_refused_when_built() -> None:
     from pyro_dgm.utils.checks import ArgumentError
 
     with pytest.raises(ArgumentError, match="AdversarialWassersteinDistance: clip_value must be a positive number"):
-        run_both.__globals__["run_pyro_dgm"](lambda: _wasserstein(nn.Identity()))
+        run_pyro_dgm(lambda: _wasserstein(nn.Identity()))
 
 
 @pytest.mark.parametrize("dim", [10 ** 30, [2 ** 63]], ids=["int", "list"])
@@ -299,31 +305,7 @@ def _wasserstein_with_a_shrinking_clip() -> Any:
 
 
 def _wasserstein_steps(clip: Any, factors: list[float]) -> Any:
-    import torch
-    from torch import nn
-
-    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
-    from pixyz.losses import AdversarialWassersteinDistance
-
-    class G(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="g")
-            self.fc = nn.Linear(2, 2)
-
-        def forward(self, z: torch.Tensor) -> dict:
-            return {"loc": self.fc(z), "scale": torch.ones_like(z)}
-
-    class D(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.fc = nn.Linear(2, 1)
-
-        def forward(self, x: torch.Tensor) -> dict:
-            return {"t": 10 * self.fc(x)}
-
-    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="pz")
-    w = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var(["z"]), D(),
-                                       clip_value=clip, optimizer_params={"lr": 1.0})
+    w = _critic_loss(clip, scale=10.0, optimizer_params={"lr": 1.0})
     largest = []
     for f in factors:
         clip.mul_(f)
