@@ -201,17 +201,18 @@ def categorical_log_pmf(categorical: Any) -> Tensor:
     """The normalized log-probabilities of a torch ``Categorical``: from its probabilities, each logarithm clamped
     at -100 as ``binary_cross_entropy`` clamps it (torch's logits clamp a probability to float's eps first: a
     class of probability 1e-30 would score log(eps) = -15.94, also inside a mixture, instead of -69.08); from
-    logits, torch's own. Computed in float32 at least (bfloat16's). A probability of exactly 0 scores -100, and one
-    below float32's smallest normal number (1.2e-38) the logarithm of that number, -87.3, each with a gradient of 0
-    (the logarithm's derivative there is 1/0 or overflows: a softmax that underflows would make every gradient
-    NaN). float16 probabilities keep torch's logits, clamped at float16's eps (9.8e-4, Pixyz's numbers): below it
+    logits, torch's own. Computed in float32 at least (bfloat16's). A probability of exactly 0 scores -100, and in
+    float32 or bfloat16 one below float32's smallest normal number (1.2e-38) the logarithm of that number, -87.3
+    (in float64, down to e^-100), each with a gradient of 0 (the logarithm's derivative there is 1/0 or overflows:
+    a softmax that underflows would make every gradient NaN); a NaN probability scores NaN. float16 probabilities keep torch's logits, clamped at float16's eps (9.8e-4, Pixyz's numbers): below it
     the derivative 1/p overflows float16 (a NaN gradient through a softmax)."""
     probs = categorical.__dict__.get("probs")
     if probs is not None and categorical._param is probs and probs.dtype != torch.float16:  # built from
         # probabilities (see RelaxedBernoulli's _hard)
         work = probs if probs.dtype in (torch.float32, torch.float64) else probs.float()
         safe = work.clamp_min(torch.finfo(work.dtype).tiny).log()
-        out = torch.where(work > 0, safe, torch.full((), -100.0, dtype=safe.dtype, device=safe.device))
+        out = torch.where(work == 0, torch.full((), -100.0, dtype=safe.dtype, device=safe.device), safe)  # (NaN
+        # stays NaN)
         return out.clamp_min(-100.0).to(probs.dtype)
     return categorical.logits
 

@@ -21,8 +21,9 @@ Data
 
 Under ``torch.distributed`` every batch is a global batch, cut as ``DistributedSampler`` would: each process
 trains on its contiguous slice of it (:func:`pyro_dgm.models.distributed.shard`; for a dict of tensors or a Dataset
-only that slice is read; the time-first series ``[T, B, ...]`` of an ``IterativeLoss`` are cut along their batch dim,
-dim 1); the shuffled order changes every epoch and is the same on every process (rank 0 draws it
+only that slice is read; the time-first series ``[T, B, ...]`` of an ``IterativeLoss`` in the batches of a list or
+a DataLoader are cut along their batch dim, dim 1, and a dict of tensors holding them is refused, since its rows
+would be time steps: pass it as a list of batches); the shuffled order changes every epoch and is the same on every process (rank 0 draws it
 from torch's generator, as one process would, and broadcasts it, so a run on ``N`` processes sees the batches of a
 run on one); the epoch's numbers (history, test metrics, the named terms) are averaged over the processes, weighted
 by rows. Uneven batches: when ``N`` does not divide a batch, the first processes get one row more (``tensor_split``)
@@ -166,7 +167,9 @@ class _Batches:
             table = _as_dict(data, input_var, what)
             sizes = {k: v.shape[0] for k, v in table.items() if isinstance(v, Tensor) and v.dim() > 0}
             timed = [k for k in sizes if k in self.series]
-            if timed and (batch_size is not None or _dist.is_distributed()) and len(set(sizes.values())) == 1:
+            steps = next(iter(sizes.values()), 0)
+            if (timed and len(set(sizes.values())) == 1
+                    and ((batch_size is not None and batch_size < steps) or _dist.is_distributed())):
                 raise ValueError(f"fit: {timed} in {what} are time-first series ([T, B, ...]) of an IterativeLoss, "
                                  "whose dim 0 is time: cutting them into batches (batch_size, or one slice per "
                                  "process) would cut time; pass such data as a list of batches (dicts), or a "

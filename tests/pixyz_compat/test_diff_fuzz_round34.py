@@ -477,11 +477,28 @@ def test_fit_refuses_to_cut_time_first_series_and_weights_batch_first_ones_by_ro
         return Model(it.mean(), distributions=[p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1})
 
     g = torch.Generator().manual_seed(1)
+    series = {"x": torch.randn(3, 8, 1, generator=g), "h": torch.zeros(8, 1)[None].expand(3, 8, 1)}
     with pytest.raises(ValueError, match=r"\['x'\] in train_data are time-first series"):
-        model(False).fit({"x": torch.randn(3, 8, 1, generator=g), "h": torch.zeros(8, 1)[None].expand(3, 8, 1)},
-                         batch_size=4, progress=False)
+        model(False).fit(series, batch_size=2, progress=False)
+    whole = [model(False).fit(series, batch_size=size, progress=False)["train_loss"] for size in (None, 3, 100)]
+    assert whole[1] == whole[2] == whole[0]  # (a batch_size that cuts nothing: one batch, as snap155 trained it)
     batches = [{"x": torch.randn(b, 5, 1, generator=g), "h": torch.zeros(b, 1)} for b in (2, 6)]
     reference = model(True)
     steps = [float(reference.train(b)) for b in batches]
     history = model(True).fit(batches, epochs=1, progress=False)
     assert history["train_loss"][0] == pytest.approx((2 * steps[0] + 6 * steps[1]) / 8, rel=1e-6)
+
+
+def test_a_nan_probability_scores_nan_without_validation() -> None:
+    """With torch's validation off, a NaN class probability scores NaN, as Pixyz and torch do (probe p163: the
+    guard for a probability of 0 scored it -100, so training went on)."""
+    import pyro
+
+    from pyro_dgm.distributions import Categorical, RelaxedCategorical
+
+    pyro.enable_validation(False)  # (the conftest puts the suite's setting back)
+    probs = torch.tensor([[0.2, float("nan"), 0.8]])
+    y = torch.tensor([[1., 0., 0.]])
+    assert torch.isnan(Categorical(probs=probs, var=["y"]).get_log_prob({"y": y})).all()
+    assert torch.isnan(RelaxedCategorical(probs=probs, var=["y"], temperature=torch.tensor(0.5))
+                       .get_log_prob({"y": y})).all()
