@@ -32,6 +32,7 @@ import contextlib
 import inspect
 import numbers
 import threading
+import weakref
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -359,14 +360,19 @@ def refresh_logdet(flow: "Flow", z: Tensor, context: Any = None) -> None:
     _store(flow, ld, parts)
 
 
-_PIXYZ_SIGNATURES: dict[Any, tuple[bool, bool, bool]] = {}
+#: by the method (weakly: a class defined again and again, in a notebook cell or a function, is freed with its
+#: methods and what they close over; a method that takes no weak reference is looked at each time)
+_PIXYZ_SIGNATURES: "weakref.WeakKeyDictionary[Any, tuple[bool, bool, bool]]" = weakref.WeakKeyDictionary()
 
 
 def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bool) -> Tensor:
     """Call a Pixyz-style ``forward(x, y=None, compute_jacobian=True)`` (``jacobian``) or ``inverse(z, y=None)``
     with the arguments its signature takes: ``y`` and ``compute_jacobian`` by name when it names them, else
     positionally when it takes more positional arguments, else not at all (``forward(self, x)``)."""
-    sig = _PIXYZ_SIGNATURES.get(method)
+    try:
+        sig = _PIXYZ_SIGNATURES.get(method)
+    except TypeError:  # (no weak reference to it)
+        sig = None
     if sig is None:
         try:
             params = list(inspect.signature(method).parameters.values())[2:]  # after self and the value
@@ -377,8 +383,11 @@ def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bo
         var_kw = any(p.kind is kinds.VAR_KEYWORD for p in params)
         positional = sum(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD) for p in params)
         positional = positional if not any(p.kind is kinds.VAR_POSITIONAL for p in params) else 2
-        sig = _PIXYZ_SIGNATURES[method] = ("y" in names or var_kw, "compute_jacobian" in names or var_kw,
-                                           positional >= (2 if jacobian else 1))
+        sig = ("y" in names or var_kw, "compute_jacobian" in names or var_kw, positional >= (2 if jacobian else 1))
+        try:
+            _PIXYZ_SIGNATURES[method] = sig
+        except TypeError:  # (no weak reference to it)
+            pass
     by_name_y, by_name_jac, positional = sig
     if by_name_y or by_name_jac:
         kwargs: dict[str, Any] = {}
@@ -392,19 +401,25 @@ def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bo
     return method(flow, v)
 
 
-_FORWARD_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+_FORWARD_SIGNATURES: "weakref.WeakKeyDictionary[Any, inspect.Signature | None]" = weakref.WeakKeyDictionary()
 
 
 def _note_pixyz_call(flow: "Flow", args: tuple, kwargs: dict, z: Tensor) -> None:
     """Remember ``(x, z, logdet)`` after a call of a Pixyz-style ``forward`` that stored its log-det."""
     method = type(flow).forward
-    sig = _FORWARD_SIGNATURES.get(method, False)
+    try:
+        sig = _FORWARD_SIGNATURES.get(method, False)
+    except TypeError:  # (no weak reference to it)
+        sig = False
     if sig is False:
         try:
             sig = inspect.signature(method)
         except (TypeError, ValueError):
             sig = None
-        _FORWARD_SIGNATURES[method] = sig
+        try:
+            _FORWARD_SIGNATURES[method] = sig
+        except TypeError:
+            pass
     if sig is None:
         return
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -1003,7 +1004,8 @@ def with_input_var(loss: Loss, input_var: Sequence[str] | None, owner: str) -> L
     return loss
 
 
-_VALUES_PARAMETER: dict[type, str | None] = {}
+_VALUES_PARAMETER: "weakref.WeakKeyDictionary[type, str | None]" = weakref.WeakKeyDictionary()  # (weakly: a class
+# defined again and again is freed)
 
 
 def _values_parameter(cls: type) -> str | None:

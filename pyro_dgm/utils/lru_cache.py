@@ -129,16 +129,18 @@ class _Entries:
         structure = _STRUCTURE[0]
         if structure is None or structure != self.structure:
             self.structure = structure
-            self.modules = list(owner.modules())
+            self.modules = list(owner.modules())[1:]  # (its submodules: the owner itself, the weak key of these
+            # entries, must not be held by them, or it is never freed)
+        modules = [owner, *self.modules]
         # read afresh at every call, and kept (so an id in the state is not reused while the entries live)
-        tensors = self.tensors = [t for m in self.modules for d in (m._parameters, m._buffers) for t in d.values()
+        tensors = self.tensors = [t for m in modules for d in (m._parameters, m._buffers) for t in d.values()
                                   if t is not None]
         try:
             versions = tuple(map(_VERSION, tensors))
         except RuntimeError:  # a module built under torch.inference_mode: a new state at every call
             versions = tuple(map(version, tensors))
         return (structure, tuple(map(id, tensors)), versions, tuple(data_ptrs(tensors)),
-                tuple(m.training for m in self.modules), hooks_state(self.modules))
+                tuple(m.training for m in modules), hooks_state(modules))
 
     def settle(self, owner: Any) -> None:
         """After a call: what the call itself changed (a batch norm's statistics, which its forward updates) belongs
