@@ -32,7 +32,8 @@ from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_own, users_value
 from pyro_dgm.utils.checks import (ArgumentError, DeviceError, DimensionError, DTypeError, DuplicateSiteError,
                                    EmptyBatchError, NotATensorError, OutOfRangeError, ShapeError, as_var_list,
-                                   check_present, describe, numpy_tensor, sample_batch_n, sample_shape_of)
+                                   check_present, describe, keyed_values, numpy_tensor, sample_batch_n,
+                                   sample_shape_of)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -810,8 +811,8 @@ class Distribution(YieldingModule):
             values = {}
         elif isinstance(x, Mapping):
             values = dict(x)
-        elif hasattr(x, "keys") and hasattr(x, "__getitem__") and not isinstance(x, Tensor):  # a dict-like object
-            values = {k: x[k] for k in x.keys()}  # that is no Mapping, which Pixyz reads by its keys
+        elif (keyed := keyed_values(x)) is not None:  # a dict-like object that is no Mapping (Pixyz reads its keys)
+            values = keyed
         elif isinstance(x, Tensor):
             if len(self._dgm_input_var) != 1:
                 takes = f"input_var is {self._dgm_input_var}" if self._dgm_input_var else "it takes no input variables"

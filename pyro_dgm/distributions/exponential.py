@@ -110,9 +110,9 @@ def check_temperature(d: Any, temperature: Any) -> None:
         ok = temperature > 0
         if not bool(ok.all()):
             raise OutOfRangeError(f"Expected parameter temperature ({type(temperature).__name__} of shape "
-                             f"{tuple(temperature.shape)}) of distribution {type(d).__name__} to satisfy the "
-                             f"constraint GreaterThan(lower_bound=0.0), but found invalid values:\n"
-                             f"{temperature[~ok].flatten()[:5]}")
+                                  f"{tuple(temperature.shape)}) of distribution {type(d).__name__} to satisfy the "
+                                  f"constraint GreaterThan(lower_bound=0.0), but found invalid values:\n"
+                                  f"{temperature[~ok].flatten()[:5]}")
 
 
 class _PositiveTemperature:
@@ -204,8 +204,9 @@ def categorical_log_pmf(categorical: Any) -> Tensor:
     logits, torch's own. Computed in float32 at least (bfloat16's). A probability of exactly 0 scores -100, and in
     float32 or bfloat16 one below float32's smallest normal number (1.2e-38) the logarithm of that number, -87.3
     (in float64, down to e^-100), each with a gradient of 0 (the logarithm's derivative there is 1/0 or overflows:
-    a softmax that underflows would make every gradient NaN); a NaN probability scores NaN. float16 probabilities keep torch's logits, clamped at float16's eps (9.8e-4, Pixyz's numbers): below it
-    the derivative 1/p overflows float16 (a NaN gradient through a softmax)."""
+    a softmax that underflows would make every gradient NaN); a NaN probability scores NaN. float16 probabilities
+    keep torch's logits, clamped at float16's eps (9.8e-4, Pixyz's numbers): below it the derivative 1/p overflows
+    float16 (a NaN gradient through a softmax)."""
     probs = categorical.__dict__.get("probs")
     if probs is not None and categorical._param is probs and probs.dtype != torch.float16:  # built from
         # probabilities (see RelaxedBernoulli's _hard)

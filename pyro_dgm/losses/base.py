@@ -37,7 +37,7 @@ from pyro_dgm.losses.context import _CURRENT, TERM_OPTIONS, EvalContext, current
 from pyro_dgm.losses.steps import clear_grads
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 from pyro_dgm.utils.attributes import Yielding, YieldingModule
-from pyro_dgm.utils.checks import as_var_list, check_present, numpy_tensor, ordered_union
+from pyro_dgm.utils.checks import as_var_list, check_present, keyed_values, numpy_tensor, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.compat import is_compiling
@@ -555,8 +555,8 @@ class Loss(YieldingModule, _PyroELBO):
             given: dict[str, Any] = {}
         elif type(x_dict) is dict or isinstance(x_dict, Mapping):
             given = dict(x_dict)
-        elif hasattr(x_dict, "keys") and hasattr(x_dict, "__getitem__"):  # a dict-like object that is no Mapping,
-            given = {k: x_dict[k] for k in x_dict.keys()}  # which Pixyz reads by its keys
+        elif (keyed := keyed_values(x_dict)) is not None:  # a dict-like object that is no Mapping (Pixyz reads its
+            given = keyed  # keys)
         else:
             raise TypeError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
                             f"got {type(x_dict).__name__}")

@@ -39,7 +39,7 @@ from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
-from pyro_dgm.utils.checks import ShapeError
+from pyro_dgm.utils.checks import ShapeError, keyed_values
 from pyro_dgm.utils.compat import clip_grads_with_norm_, get_total_norm
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.modules import submodules
@@ -320,9 +320,8 @@ _OWN_STATE = frozenset({"_dgm_ddp", "_dgm_compile", "_dgm_compiled", "_dgm_clip_
 def _check_values(model: Any, method: str, arg: str, values: Any) -> None:
     """Refuse data that is no dict of values (a tensor, a list), naming the model's method and the argument (the
     loss would name one of its inner terms)."""
-    if values is not None and not isinstance(values, Mapping) and not (hasattr(values, "keys")
-                                                                       and hasattr(values, "__getitem__")):
-        # (a home-made dict-like batch, which Pixyz reads by its keys, is taken)
+    if (values is not None and type(values) is not dict and not isinstance(values, Mapping)
+            and keyed_values(values) is None):  # (a home-made dict-like batch, which Pixyz reads by its keys, is taken)
         raise TypeError(f"{type(model).__name__}.{method}: {arg} must be a dict of values by variable name, e.g. "
                         f"{{'x': x}}, got {type(values).__name__}")
 

@@ -19,25 +19,25 @@ Data
 - any re-iterable of batches (a ``DataLoader``, a list): each batch a dict by variable name, a tensor, or a
   tuple/list of tensors matched in order to the loss's ``input_var`` (``TensorDataset`` gives these).
 
-Under ``torch.distributed`` every batch is a global batch, cut as ``DistributedSampler`` would: each process
-trains on its contiguous slice of it (:func:`pyro_dgm.models.distributed.shard`; for a dict of tensors or a Dataset
-only that slice is read; the time-first series ``[T, B, ...]`` of an ``IterativeLoss`` in the batches of a list or
-a DataLoader are cut along their batch dim, dim 1, and a dict of tensors holding them is refused, since its rows
-would be time steps: pass it as a list of batches); the shuffled order changes every epoch and is the same on every process (rank 0 draws it
-from torch's generator, as one process would, and broadcasts it, so a run on ``N`` processes sees the batches of a
-run on one); the epoch's numbers (history, test metrics, the named terms) are averaged over the processes, weighted
-by rows. Uneven batches: when ``N`` does not divide a batch, the first processes get one row more (``tensor_split``)
-and ``DistributedDataParallel`` still averages the gradients with equal weights, so that step differs slightly from
-one process's (exact equality needs ``N`` to divide the batch size and the data size, and a loss that is a mean
-over the batch: a sum over the batch gets gradients ``1/N`` of one process's, as under plain DDP); a
-last batch with fewer rows than processes is dropped (on every process, for the training data: one step fewer than
-one process takes, and for the test data: those rows do not count in the test metrics; a data set with fewer rows
-than processes raises). Only rank 0 shows the progress bar and writes TensorBoard events and checkpoints
-(``Model.save`` is still called on every process: each adds its random state). A ``DataLoader`` you pass must give the same batches on every
-process (``shuffle=False``, or a seeded ``generator``); loaders whose lengths differ between processes raise a
-``ValueError`` naming each rank's count at the start of the epoch. A batch norm normalizes with the statistics of
-each process's slice, as under DDP (``torch.nn.SyncBatchNorm`` on GPUs for the global batch's); its running
-statistics are rank 0's on every process after each step.
+Under ``torch.distributed`` every batch is a global batch, cut as ``DistributedSampler`` would: each process trains on
+its contiguous slice of it (:func:`pyro_dgm.models.distributed.shard`; for a dict of tensors or a Dataset only that
+slice is read; the time-first series ``[T, B, ...]`` of an ``IterativeLoss`` in the batches of a list or a DataLoader
+are cut along their batch dim, dim 1, and a dict of tensors holding them is refused, since its rows would be time steps:
+pass it as a list of batches); the shuffled order changes every epoch and is the same on every process (rank 0 draws it
+from torch's generator, as one process would, and broadcasts it, so a run on ``N`` processes sees the batches of a run
+on one); the epoch's numbers (history, test metrics, the named terms) are averaged over the processes, weighted by rows.
+Uneven batches: when ``N`` does not divide a batch, the first processes get one row more (``tensor_split``) and
+``DistributedDataParallel`` still averages the gradients with equal weights, so that step differs slightly from one
+process's (exact equality needs ``N`` to divide the batch size and the data size, and a loss that is a mean over the
+batch: a sum over the batch gets gradients ``1/N`` of one process's, as under plain DDP); a last batch with fewer rows
+than processes is dropped (on every process, for the training data: one step fewer than one process takes, and for the
+test data: those rows do not count in the test metrics; a data set with fewer rows than processes raises). Only rank 0
+shows the progress bar and writes TensorBoard events and checkpoints (``Model.save`` is still called on every process:
+each adds its random state). A ``DataLoader`` you pass must give the same batches on every process (``shuffle=False``,
+or a seeded ``generator``); loaders whose lengths differ between processes raise a ``ValueError`` naming each rank's
+count at the start of the epoch. A batch norm normalizes with the statistics of each process's slice, as under DDP
+(``torch.nn.SyncBatchNorm`` on GPUs for the global batch's); its running statistics are rank 0's on every process after
+each step.
 """
 from __future__ import annotations
 

@@ -455,6 +455,23 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     return None
 
 
+def keyed_values(x: Any) -> dict[str, Any] | None:
+    """A dict of the values of an object that Pixyz reads by its keys (``keys()`` and ``[k]``) but that is no
+    ``Mapping`` (a user's own batch class, a pandas row), or ``None`` for anything else (a tensor, a list).
+
+    Examples
+    --------
+    >>> class Batch:
+    ...     def keys(self): return ["x"]
+    ...     def __getitem__(self, k): return 1.0
+    >>> keyed_values(Batch()), keyed_values([1.0])
+    ({'x': 1.0}, None)
+    """
+    if hasattr(x, "keys") and hasattr(x, "__getitem__") and not hasattr(x, "dim"):  # (not a tensor)
+        return {k: x[k] for k in x.keys()}
+    return None
+
+
 def ordered_union(*lists: Sequence[str]) -> list[str]:
     """The names of all ``lists``, each once, in order of first appearance.
 
