@@ -463,6 +463,8 @@ class Distribution(YieldingModule):
     _dgm_user_log_prob: bool = False
     _dgm_user_set_dist: bool = False
     _dgm_user_get_params: bool = False
+    #: whether the class's ``dist`` property is the user's (Pixyz's draws, scores and moments read ``self.dist``)
+    _dgm_user_dist: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -475,6 +477,7 @@ class Distribution(YieldingModule):
         super().__init__()
         if not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a string, got {name!r}")
+        overrides.current(type(self))  # (a method a later cell set on the class: a new instance uses it)
         owner = f"{type(self).__name__} {name}"
         self._var = _VarList(as_var_list(var, owner, "var"), self, "_var")
         if not self._var:
@@ -504,6 +507,9 @@ class Distribution(YieldingModule):
         elif name == "forward":
             super().__setattr__(name, value)
             self._dgm_forward_set()
+        elif name == "distribution_torch_class":
+            super().__setattr__(name, value)
+            self._dgm_torch_class_set()
         else:
             super().__setattr__(name, value)
 
@@ -511,6 +517,9 @@ class Distribution(YieldingModule):
         super().__delattr__(name)
         if name == "forward":  # (del p.forward: the class's forward again, as in Pixyz)
             self._dgm_forward_set()
+
+    def _dgm_torch_class_set(self) -> None:
+        """``distribution_torch_class`` assigned to the instance: a family reads it from now on (``family.py``)."""
 
     def _dgm_forward_set(self) -> None:
         """A ``forward`` set on this instance (``p.forward = ...``, in a later notebook cell) or deleted from it:
@@ -887,6 +896,7 @@ class Distribution(YieldingModule):
         >>> {k: tuple(v.shape) for k, v in (p * prior).sample(batch_n=3).items()}
         {'z': (3, 2), 'x': (3, 2)}
         """
+        overrides.current_of(self)  # (a method a later cell set on a factor's class)
         expected = None
         if kwargs and ("batch_size" in kwargs or "shape" in kwargs):  # the early API reference's names (see there)
             batch_n, sample_shape, kwargs, expected = early_sampling_options(self, batch_n, sample_shape, kwargs)
@@ -999,6 +1009,7 @@ class Distribution(YieldingModule):
         >>> round(float(p.get_log_prob({"x": torch.zeros(1, 2)})), 4)
         -1.8379
         """
+        overrides.current_of(self)  # (a method a later cell set on a factor's class)
         total = self._dgm_get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
         if sum_features and feature_dims is None and total.dim() > 1 and not self._dgm_factor_sums(True, None):
             # Pixyz sums every dim but the first: a sample_shape draw [L, B, ...] scores to [L]

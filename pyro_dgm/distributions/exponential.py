@@ -249,7 +249,7 @@ class OneHotCategoricalArgMax(dist.OneHotCategorical):
         if not value.is_floating_point():  # (the float one-hot labels of training pay nothing here)
             return integer_one_hot_score(self, value, lp, self._categorical._num_events)
         finite = value.isfinite().all(-1)  # a NaN has no arg-max (max would call it class 0): NaN, or an error
-        if self._validate_args and not bool(finite.all()):
+        if self._validate_args and not torch._is_all_true(finite):  # (as torch checks: also under vmap)
             raise ValueError("The value argument must be finite: a NaN or infinite entry has no arg-max")
         return torch.where(finite, lp, lp.new_full((), math.nan))
 

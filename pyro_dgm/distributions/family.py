@@ -21,7 +21,7 @@ from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import (PYRO_STACK, copy_plates, data_batch_ndim, given_event_dim,
                                                has_forward_hooks, ignores_sites, run_bound_network, run_network)
-from pyro_dgm.distributions.pixyz_protocol import adopt
+from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adopt
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
@@ -31,13 +31,9 @@ from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils.shapes import broadcast_shape
 from pyro_dgm.utils.versions import version
-from pyro_dgm.utils.compat import is_compiling
+from pyro_dgm.utils.compat import is_compiling, transformed
 
 __all__ = ["DistributionBase"]
-
-#: per torch class, the subclass whose instances :meth:`DistributionBase.set_dist` stores (see callable_dist)
-_CALLABLE: dict[type, type] = {}
-
 
 def _call_builder(self: Any, *args: Any, **kwargs: Any) -> Any:
     return self._dgm_owner._dgm_site_dist(*args, **kwargs)
@@ -58,12 +54,11 @@ def callable_dist(d: Any, owner: "DistributionBase") -> Any:
     """``d`` made callable as our ``dist(x_dict, ...)`` builder (the object :attr:`DistributionBase.dist` returns
     after ``set_dist``, so code that calls ``p.dist(values)`` keeps working); it stays an instance of its class."""
     cls = type(d)
-    sub = _CALLABLE.get(cls)
-    if sub is None:
-        sub = _CALLABLE[cls] = type(cls)(cls.__name__, (cls,), {"__call__": _call_builder,
-                                                                "__reduce_ex__": _reduce_callable,
-                                                                "__module__": cls.__module__,
-                                                                "__qualname__": cls.__qualname__})
+    sub = vars(cls).get("_dgm_callable")  # made once per class and kept on it (a dict of ours would keep a class
+    if sub is None:  # made in a function alive: the subclass refers to its base)
+        sub = type(cls)(cls.__name__, (cls,), {"__call__": _call_builder, "__reduce_ex__": _reduce_callable,
+                                               "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        type.__setattr__(cls, "_dgm_callable", sub)
     d.__class__ = sub
     d._dgm_owner = owner
     return d
@@ -246,7 +241,9 @@ class DistributionBase(Distribution):
             unusable = self._dgm_missing_error()
         self._dgm_const_names = tuple(n for n in accepted if n in consts)  # the family's order, as Pixyz lists them
         # parameters that are all constants are checked here, once (torch's validation, if on), not at every call
-        self._dgm_const_only = not self._dgm_has_network and not var_params and unusable is None
+        # (not a torch class read at each call, LiveTorchClass: its distribution may change, and is built each time)
+        self._dgm_const_only = (not self._dgm_has_network and not var_params and unusable is None
+                                and type(self.pyro_dist) is not LiveTorchClass)
         self._dgm_base_cache: tuple[Any, ...] | None = None
         self._dgm_standard_cache: tuple[Any, ...] | None = None
         # a constant that requires grad (Pixyz's buffer is a clone of the tensor given, so gradients reach that
@@ -261,6 +258,8 @@ class DistributionBase(Distribution):
                 self._dgm_const_only, unusable = False, e
         if unusable is not None:
             self._dgm_set_unusable(unusable)
+        elif type(self.param_groups) is LateKeys:
+            self._dgm_read_late_keys()
         if self._dgm_user_get_params:
             self._dgm_const_only = False  # the subclass's get_params may change the constants
         self._dgm_b = Binding(self._var, self._cond_var, self._dgm_input_var, fwd_pos, fwd_kw, var_params)
@@ -269,6 +268,42 @@ class DistributionBase(Distribution):
         self._dgm_plain = cls._dgm_fn is DistributionBase._dgm_fn and cls._dgm_parts is DistributionBase._dgm_parts
         self._dgm_closed_lp = closed_forms.LOG_PROB.get(self.pyro_dist) if self._dgm_plain else None
         self._dgm_closed_rs = closed_forms.RSAMPLE.get(self.pyro_dist) if self._dgm_plain else None
+
+    def _dgm_torch_class_set(self) -> None:
+        """``distribution_torch_class`` assigned to this instance (a subclass that made it a class attribute, then a
+        later cell set another): Pixyz's next ``set_dist`` builds from it, so it is read at each call from now on."""
+        d = self.__dict__
+        if "_dgm_b" not in d:  # (set in a subclass's __init__ before ours ran: adopt reads it)
+            return
+        self.pyro_dist = LiveTorchClass(self)
+        if d["_dgm_const_only"]:
+            d["_dgm_const_only"] = False
+        self._dgm_closed_lp = self._dgm_closed_rs = None
+        self._dgm_base_cache = self._dgm_standard_cache = None
+
+    def _dgm_read_late_keys(self) -> None:
+        """Read ``params_keys`` at the first call: a property that reads an attribute the subclass's ``__init__`` sets
+        after ``super().__init__`` could not be read while it ran (Pixyz reads it at each ``set_dist``)."""
+        slot = "_dgm_inner_params" if self._dgm_user_get_params else "_dgm_params"
+
+        def _dgm_params(*args: Any, **kwargs: Any) -> Any:  # shadows the method on this instance, once
+            d = self.__dict__
+            d.pop(slot, None)
+            try:
+                keys = self.params_keys
+            except AttributeError:
+                keys = None  # (still unreadable: the given parameters stay the family's)
+            if keys is not None:
+                self.param_groups = tuple((k,) for k in keys)
+                accepted = [n for g in self.param_groups for n in g]
+                self._dgm_accepted = frozenset(accepted)
+                covered = set(self._dgm_const_names) | {p for p, _ in self._dgm_b.param_vars}
+                self._dgm_missing_groups = tuple(g for g in self.param_groups if not covered.intersection(g))
+                self._dgm_const_names = tuple(n for n in accepted if n in self._dgm_const_names)
+                self._dgm_rebind()
+            return getattr(self, slot)(*args, **kwargs)
+
+        self.__dict__[slot] = _dgm_params
 
     def _dgm_set_unusable(self, err: BaseException) -> None:
         """Make this distribution raise ``err`` at its first call, as Pixyz's fails there (it is built, prints and
@@ -685,8 +720,10 @@ class DistributionBase(Distribution):
     def _dgm_consts_need_grad(self) -> bool:
         """Whether a constant requires grad: given so, or a buffer swapped for such a tensor since
         (``torch.func.functional_call``, ``p.scale = torch.ones(3, requires_grad=True)``); then its graph is built at
-        every call, and the standard-form shortcut, which reads no parameter, is not taken."""
-        if self._dgm_const_grad:
+        every call, and the standard-form shortcut, which reads no parameter, is not taken. So too under a
+        ``torch.func`` transform or forward AD (:func:`~pyro_dgm.utils.compat.transformed`): a buffer may be batched
+        by ``vmap`` or carry a tangent, which neither the cache nor the shortcut may keep or drop."""
+        if self._dgm_const_grad or transformed():
             return True
         bufs = self._buffers
         for n in self._dgm_const_names:
@@ -715,22 +752,21 @@ class DistributionBase(Distribution):
         torch.compile traces it is built afresh (a cache keyed by the buffers' versions would make the compiled
         code guard on them); it costs nothing at run time there."""
         bufs = self._buffers
-        if is_compiling() or self._dgm_consts_need_grad():
+        if is_compiling():
             return self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=False)
-        if PYRO_STACK and not ignores_sites(PYRO_STACK):  # a Pyro handler sees the site: copies (see _dgm_params)
-            base = self._dgm_base({n: bufs[n].clone() for n in self._dgm_const_names}, validate=False)
-            base._validate_args = _TorchDistribution._validate_args
-            return base
+        if self._dgm_consts_need_grad():  # (built at each call, as Pixyz builds it: checked as torch checks it)
+            return self._dgm_base({n: bufs[n] for n in self._dgm_const_names})
         key = self._dgm_const_key()
         cached = self._dgm_base_cache
-        if cached is not None and cached[0] == key:
-            base = cached[1]
-        else:
+        if cached is None or cached[0] != key:  # a new set of buffers (assigned, loaded, changed in place) is checked
             kept = {n: bufs[n] for n in self._dgm_const_names}  # kept with the base (the key holds their ids)
-            base = self._dgm_base(kept, validate=False)
-            self._dgm_base_cache = (key, base, kept)
-        # the parameters were validated at construction; a value it scores is checked as torch checks it (a value
-        # outside the support raises, as under Pixyz, instead of scoring nan), while torch's validation is on
+            cached = self._dgm_base_cache = (key, self._dgm_base(kept), kept)  # as torch checks it, under validation
+        if PYRO_STACK and not ignores_sites(PYRO_STACK):  # a Pyro handler sees the site: copies (see _dgm_params)
+            base = self._dgm_base({n: bufs[n].clone() for n in self._dgm_const_names}, validate=False)
+        else:
+            base = cached[1]
+        # a value it scores is checked as torch checks it (a value outside the support raises, as under Pixyz,
+        # instead of scoring nan), while torch's validation is on
         base._validate_args = _TorchDistribution._validate_args
         return base
 
@@ -987,7 +1023,7 @@ class DistributionBase(Distribution):
         >>> p.get_sample(reparam=True, sample_shape=[4])["x"].shape
         torch.Size([4, 3, 2])
         """
-        d = pixyz_dist(self)
+        d = self.dist if self._dgm_user_dist else pixyz_dist(self)  # (Pixyz reads self.dist: a subclass's own)
         if d is None:  # (Pixyz: an AttributeError of None)
             raise ValueError(f"{describe(self)}: get_sample draws from the distribution set by set_dist() (or by the "
                              "last sample, get_log_prob, sample_mean, sample_variance or get_entropy); call "

@@ -72,7 +72,9 @@ from torch import Tensor
 from torch.distributions import Independent, constraints
 
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim
+from pyro_dgm.distributions.pixyz_protocol import as_pyro
 from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe
+from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.dicts import sum_samples
 
 if TYPE_CHECKING:
@@ -113,7 +115,8 @@ def _user_defined(cls: type, name: str) -> bool:
     """Whether ``cls.<name>`` is the user's: a function whose code is not in pyro_dgm's source files."""
     for klass in cls.__mro__:
         if name in vars(klass):
-            code = getattr(inspect.unwrap(vars(klass)[name]), "__code__", None)
+            raw = vars(klass)[name]
+            code = getattr(inspect.unwrap(raw.fget if isinstance(raw, property) else raw), "__code__", None)
             return code is not None and not os.path.abspath(code.co_filename).startswith(_LIBRARY + os.sep)
     return False
 
@@ -129,16 +132,47 @@ def _entering(fn: Any) -> Any:
     return method
 
 
+#: The public methods whose user versions :func:`install` routes the hooks through.
+_PUBLIC = ("get_params", "sample", "get_log_prob", "set_dist", "get_sample", "dist")
+
+
+def _methods(cls: Any) -> tuple[Any, ...]:
+    return tuple([getattr(cls, n, None) for n in _PUBLIC])
+
+
+def current(cls: Any) -> None:
+    """Install ``cls``'s methods again if one was set on the class (or a base) after it was made (a later notebook
+    cell's ``Q.get_params = ...``): Pixyz calls the method of the moment. Checked when a distribution is built and
+    at its public ``sample`` and ``get_log_prob`` (about 0.5 us)."""
+    if cls.__dict__.get("_dgm_methods") != _methods(cls):
+        install(cls)
+
+
+def current_of(dist: Any) -> None:
+    """:func:`current` for the class of each factor of ``dist`` (itself, if atomic); not while torch.compile
+    traces (the compiled code would guard on the classes' methods)."""
+    if is_compiling():
+        return
+    for f in dist._dgm_order:
+        cls = type(f)
+        if cls.__dict__.get("_dgm_methods") != _methods(cls):
+            install(cls)
+
+
 def install(cls: Any) -> None:
     """Route ``cls``'s hooks through its public methods where the user wrote them: ``set_dist`` or ``get_sample``
     (Pixyz's atomic ``sample`` and ``get_log_prob`` go through them), ``get_params`` (a family's parameters: what
     Pixyz's ``set_dist`` calls), then ``sample`` and ``get_log_prob``. A class with its own ``get_log_prob`` draws
     through :func:`_draw_via_sample` too, so that its sites in Pyro model and guide runs are scored by it."""
     if hasattr(cls, "set_dist") and hasattr(cls, "get_sample"):
-        if (_user_defined(cls, "set_dist") or _user_defined(cls, "get_sample")) and not cls._dgm_user_set_dist:
+        own_dist = _user_defined(cls, "dist")  # a dist property of the user's: Pixyz reads it after set_dist
+        if own_dist:
+            cls._dgm_user_dist = True
+        if (_user_defined(cls, "set_dist") or _user_defined(cls, "get_sample") or own_dist) \
+                and not cls._dgm_user_set_dist:
             cls._dgm_inner_set_dist_draw = cls._dgm_draw_with  # for Pyro model runs with data (observed sites)
             cls._dgm_draw_with, cls._dgm_user_set_dist = _draw_via_set_dist, True
-            if _user_defined(cls, "set_dist"):  # scoring, moments, entropy and KL see what set_dist sets
+            if _user_defined(cls, "set_dist") or own_dist:  # scoring, moments, entropy and KL see what it sets
                 cls._dgm_score_with, cls._dgm_fn = _score_via_set_dist, _fn_via_set_dist
     for public, hook, inner, flag, via in (
             ("get_params", "_dgm_params", "_dgm_inner_params", "_dgm_user_get_params", _params_via_get_params),
@@ -154,6 +188,7 @@ def install(cls: Any) -> None:
         setattr(cls, flag, True)
     if cls._dgm_user_log_prob and hasattr(cls, "_dgm_draw_with"):
         _route(cls, "_dgm_draw_with", "_dgm_inner_draw_with", _draw_via_sample)
+    type.__setattr__(cls, "_dgm_methods", _methods(cls))  # (what current() compares)
 
 
 def _route(cls: Any, hook: str, inner: str, via: Any) -> None:
@@ -513,6 +548,17 @@ def _user_sampler(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallSta
     return draw
 
 
+def own_methods(d: Any, b: Binding, values: Mapping[str, Any], ctx: CallState, fn: Any) -> Any:
+    """``fn``, the site distribution of an inner distribution ``d`` (a mixture's component, bound by ``b``), or, where
+    ``d``'s class has its own ``get_log_prob`` or ``sample``, a :class:`UserScored` over it that scores and draws
+    with them, as Pixyz's composite calls ``d``'s public methods."""
+    if not (d._dgm_user_log_prob or d._dgm_user_sample):
+        return fn
+    inputs, dims = _site_inputs(d, b, values, ctx)
+    sampler = _user_sampler(d, b, values, ctx) if d._dgm_user_sample else None
+    return UserScored(d, d._dgm_binding.var[0], inputs, base=fn, sampler=sampler, input_dims=dims)
+
+
 def _has_density(self: Any) -> bool:
     """Whether the factor scores its values: its class's own ``get_log_prob``, or a family's density."""
     return bool(self._dgm_user_log_prob) or not getattr(type(self)._dgm_score_with, "_dgm_no_density", False)
@@ -629,6 +675,6 @@ def _fn_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: Call
     """The distribution object that ``set_dist`` sets (every dim a batch dim, as in Pixyz) and the same with every
     dim after the first as an event dim: what moments, the entropy and the KL divergence read."""
     self.set_dist(_local_inputs(self, b, values), batch_n=ctx.batch_n)  # (Pixyz passes no network keywords)
-    base = self.dist
+    base = as_pyro(self.dist)  # (a plain torch distribution the user's set_dist made: Pyro's to_event for it)
     ev = len(base.batch_shape) - 1
     return (base.to_event(ev) if ev > 0 else base), base

@@ -47,7 +47,7 @@ from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.checks import ShapeError
 from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
 from pyro_dgm.utils.versions import version
-from pyro_dgm.utils.modules import submodules
+from pyro_dgm.utils.modules import hooks_state, submodules
 from pyro_dgm.utils.settings import epsilon
 from pyro_dgm.utils.compat import is_compiling
 
@@ -166,19 +166,22 @@ def _storage(t: Tensor) -> int:
 
 def _state(flow: nn.Module, keep: list | None = None) -> tuple:
     """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it, and so does
-    a new tensor or storage put in their place: ``p.data = t``, ``vector_to_parameters``) and its modules' train/eval
-    modes (a batch norm computes with other statistics after ``eval()``). The tensors are appended to ``keep``: a
-    memory holds them, so that their ids, which the state holds, are not reused while it lives. (Not
-    :func:`~pyro_dgm.utils.epsilon`: see :func:`_recall`.)"""
+    a new tensor or storage put in their place: ``p.data = t``, ``vector_to_parameters``), its modules' train/eval
+    modes (a batch norm computes with other statistics after ``eval()``), their ``forward`` functions (one replaced
+    on the class or the instance) and forward hooks (:func:`~pyro_dgm.utils.modules.hooks_state`). The tensors are
+    appended to ``keep``: a memory holds them, so that their ids, which the state holds, are not reused while it
+    lives. (Not :func:`~pyro_dgm.utils.epsilon`: see :func:`_recall`.)"""
     out: list[Any] = []
-    for m in submodules(flow):  # one walk
-        out.append(m.training)
+    mods = submodules(flow)  # one walk
+    for m in mods:
+        out.append((m.training, type(m).forward, m.__dict__.get("forward")))  # (a forward replaced in a later cell)
         for tensors in (m._parameters, m._buffers):
             for t in tensors.values():
                 if t is not None:
                     out.append((id(t), version(t), _storage(t)))
                     if keep is not None:
                         keep.append(t)
+    out.append(hooks_state(mods))  # (a forward hook added, removed or replaced: the networks compute otherwise)
     return tuple(out)
 
 

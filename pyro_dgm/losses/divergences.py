@@ -125,8 +125,10 @@ _FAMILY_DIST = DistributionBase.__dict__["dist"]
 def _builder(d: Any) -> Any:
     """``d.dist`` as the builder ``dist(x_dict, **kwargs)``: a family's own builder, without materializing the
     object of Pixyz's ``dist`` record (which makes a class, something torch.compile cannot trace), unless a class
-    defines its own ``dist``."""
-    if getattr(type(d), "dist", None) is _FAMILY_DIST:
+    defines its own ``dist`` builder (a ``dist`` property of Pixyz's kind, read after ``set_dist``, is read by the
+    family's own builder, as Pixyz's KL reads it)."""
+    cls = type(d)
+    if getattr(cls, "dist", None) is _FAMILY_DIST or getattr(cls, "_dgm_user_dist", False):
         return d._dgm_site_dist
     return d.dist
 

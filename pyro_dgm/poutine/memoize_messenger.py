@@ -33,7 +33,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from pyro_dgm.utils.modules import hook_ends
 from pyro_dgm.utils.random import STATE as _RANDOM
 from pyro_dgm.utils.versions import data_ptrs
-from pyro_dgm.utils.compat import is_compiling
+from pyro_dgm.utils.compat import is_compiling, transformed
 
 __all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
            "same_marks", "draws_in_forward", "handlers_key"]
@@ -287,9 +287,11 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
     parameters and forward hooks each module has (a layer appended), which forward hooks (a hook added, or one
     replaced by another: :func:`hook_ends`), also global ones (``register_module_forward_hook``), its parameters'
     versions (``with torch.no_grad(): w.mul_(2)``) and where their data lies (``vector_to_parameters`` assigns
-    ``.data``), and which parameter slots hold None (a bias given later). Not its buffers: a forward pass updates a batch norm's statistics
-    in place, or a hand-written running mean by assigning a new tensor, also of a trunk that another network shares,
-    and in training mode the outputs do not depend on them (Pixyz's cache reuses such passes too). ``None`` when
+    ``.data``), and which parameter slots hold None (a bias given later). The buffers of submodules in eval mode
+    too (a batch norm's statistics, which its output then reads: swapped by ``functional_call`` or changed in place),
+    not those of submodules in training mode: a forward pass updates a batch norm's statistics in place, or a
+    hand-written running mean by assigning a new tensor, also of a trunk that another network shares, and in
+    training mode the outputs do not depend on them (Pixyz's cache reuses such passes too). ``None`` when
     there is nothing to check (not a module, or parameters without a version counter: built under
     ``torch.inference_mode``)."""
     if not isinstance(module, torch.nn.Module):
@@ -315,6 +317,13 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
                 owners.append(ps), keys.append(k), held.append(t)
                 if t is not None:
                     params.append(t)
+            if not m.training and m._buffers:  # in eval mode a batch norm reads its statistics, which a forward
+                bs = m._buffers  # pass leaves alone: swapped (functional_call) or changed, they make it run again
+                dicts.append(bs)
+                for k, t in bs.items():
+                    owners.append(bs), keys.append(k), held.append(t)
+                    if t is not None:
+                        params.append(t)
         versions = [t._version for t in params]
         return (tuple(dicts), tuple(map(len, dicts)), tuple(ends), tuple(owners), tuple(keys), tuple(held),
                 tuple(params), versions, data_ptrs(params))
@@ -339,11 +348,14 @@ def _same_params(state: tuple[Any, ...]) -> bool:
 
 def draws_in_forward(module: Any) -> bool:
     """Whether a forward pass of ``module`` draws by itself: a dropout layer in training mode (of a rate above 0),
-    or a Bayesian network's weights (a ``PyroModule``'s ``PyroSample`` attributes, sample sites at each call). Its
-    output then depends on the Pyro handlers around the call (each particle of a Pyro ELBO draws anew, a
-    ``poutine.condition`` gives the weights): see :func:`handlers_key`."""
+    a Bayesian network's weights (a ``PyroModule``'s ``PyroSample`` attributes, sample sites at each call), or a
+    ``pyro.sample`` site its forward was seen to make under a Pyro handler (:class:`_SiteSpy`). Its output then
+    depends on the Pyro handlers around the call (each particle of a Pyro ELBO draws anew, a ``poutine.condition``
+    gives the weights): see :func:`handlers_key`."""
     if not isinstance(module, torch.nn.Module):
         return False
+    if module.__dict__.get("_dgm_makes_sites"):
+        return True
     for m in module.modules():
         if isinstance(m, _DropoutNd):
             if m.training and m.p > 0:
@@ -381,6 +393,22 @@ def _same_mode(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
             and all(x[0] is y[0] and x[1] is y[1] for x, y in zip(a[2], b[2])))
 
 
+class _SiteSpy(Messenger):
+    """Sees whether a network's forward makes a Pyro sample site (``pyro.sample`` called in the forward itself, not
+    through ``PyroSample``), on a miss under Pyro handlers: such a network is then keyed on the handlers
+    (:func:`draws_in_forward`), as Pyro runs it at each model run. It changes nothing and ignores network calls."""
+
+    observes_sites = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def _process_message(self, msg: Any) -> None:
+        if msg["type"] == "sample":
+            self.seen = True
+
+
 class _Traced(NamedTuple):
     """A miss while torch.compile traces: what :meth:`MemoizeMessenger.store` keeps, compared by identity."""
     module: Any
@@ -395,7 +423,8 @@ class MemoizeMessenger(Messenger):
     Networks run through the ``"dgm_params"`` effect (see :func:`pyro_dgm.distributions.effects.run_network`). The key
     is the module, the identity and version of each input tensor (also inside a tuple, list or dict input), the other
     arguments, the module's train/eval mode, whether grad is enabled, and for a network that draws by itself
-    (dropout in training mode, a Bayesian ``PyroModule``'s ``PyroSample`` weights: :func:`draws_in_forward`) the Pyro
+    (dropout in training mode, a Bayesian ``PyroModule``'s ``PyroSample`` weights, a ``pyro.sample`` call in its
+    forward seen under a Pyro handler: :func:`draws_in_forward`) the Pyro
     handlers around the call, so that each particle of a Pyro ELBO, each ``poutine.trace`` and a ``condition`` of the
     weights run it again, as in Pyro; a hit returns the same parameter tensors, so
     autograd sees one forward pass. The inputs are kept alive while cached, so a later tensor cannot take an id the key
@@ -618,6 +647,8 @@ class MemoizeMessenger(Messenger):
         if hit is not None:
             return hit
         if key is not None and getattr(module, "memoize_unless_random", False):
+            if transformed():  # (under torch.func the generators' states cannot be read: it runs on every use)
+                return module(*args, **kwargs)
             before, buffers, given = rng_marks(), _buffer_versions(module), _given_generators(args, kwargs)
             value = module(*args, **kwargs)
             if (not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key
@@ -626,7 +657,14 @@ class MemoizeMessenger(Messenger):
                 # a spectral norm's power iteration): each use runs it again, as under Pixyz
             self.store(key, value, (args, kwargs) if kwargs else args, module)  # runs a Deterministic each time
             return value
-        value = module(*args, **kwargs)
+        if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):
+            with _SiteSpy() as spy:  # (under Pyro handlers only: the SVI path, about 2 us per miss)
+                value = module(*args, **kwargs)
+            if spy.seen:  # its forward made a sample site: each model run (particle, trace) runs it again
+                module.__dict__["_dgm_makes_sites"] = True
+                key = self._key(module, args, kwargs)
+        else:
+            value = module(*args, **kwargs)
         keep = (args, kwargs) if kwargs else args
         if self._traced:  # (only while torch.compile traces: any network, memoized or not, may change its inputs)
             self._forget_traced_inputs(args, kwargs)

@@ -11,7 +11,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["COMPILE_SINCE", "clip_grads_with_norm_", "compiles", "get_total_norm", "is_compiling", "mark_step_begin"]
+__all__ = ["COMPILE_SINCE", "clip_grads_with_norm_", "compiles", "get_total_norm", "is_compiling", "mark_step_begin",
+           "transformed"]
 
 #: The oldest torch whose Dynamo traces pyro_dgm's evaluation (``compile=``, ``loss.compile()``): older ones fail
 #: inside Dynamo on its context managers and caches (torch 2.1, 2.5 and 2.8 did; 2.10, 2.11 and 2.13 pass the
@@ -81,3 +82,27 @@ try:  # torch >= 2.3 (the same function Dynamo treats as True while it traces)
     from torch.compiler import is_compiling
 except ImportError:
     from torch._dynamo import is_compiling  # type: ignore[no-redef]
+
+try:  # torch >= 2.0: the stack of torch.func transforms (vmap, grad, jvp...) active now
+    from torch._C._functorch import peek_interpreter_stack as _transforms
+except ImportError:  # pragma: no cover
+    def _transforms() -> None:
+        return None
+
+import torch.autograd.forward_ad as _fwad  # noqa: E402
+
+
+def transformed() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jvp``, ``jacfwd``...) or a forward-AD level
+    (``torch.autograd.forward_ad.dual_level``) is active: tensors may then be batched or carry tangents, so a test
+    of their values (``bool(t)``) is refused, or a shortcut that leaves them out loses their derivative (about 60 ns).
+    ``False`` while torch.compile traces (which cannot trace the test; it handles its own transforms).
+
+    >>> transformed()
+    False
+    >>> bool(torch.func.vmap(lambda t: t * 0 + transformed())(torch.zeros(2)).all())
+    True
+    """
+    if is_compiling():
+        return False
+    return _transforms() is not None or _fwad._current_level >= 0

@@ -122,8 +122,10 @@ class _Entries:
     def state_of(self, owner: Any) -> Any:
         """What makes a module's results change with the same inputs: its structure, which tensors are its
         parameters and buffers (``torch.func.functional_call`` swaps them without registering anything) and their
-        versions (an optimizer step or any in-place change bumps them), its submodules' train/eval modes, and which
-        forward hooks they (and the global ones) hold (a hook added, removed or replaced changes the results)."""
+        versions (an optimizer step or any in-place change bumps them), its submodules' train/eval modes and
+        ``forward`` functions (one replaced in a later cell), and which forward hooks they (and the global ones)
+        hold (a hook added, removed or replaced changes the results). Not a plain attribute that ``forward`` reads
+        (``q.k = 3.0``): that needs ``cache_clear()``, as under Pixyz."""
         if not isinstance(owner, nn.Module):
             return None
         structure = _STRUCTURE[0]
@@ -140,7 +142,7 @@ class _Entries:
         except RuntimeError:  # a module built under torch.inference_mode: a new state at every call
             versions = tuple(map(version, tensors))
         return (structure, tuple(map(id, tensors)), versions, tuple(data_ptrs(tensors)),
-                tuple(m.training for m in modules), hooks_state(modules))
+                tuple((m.training, type(m).forward, m.__dict__.get("forward")) for m in modules), hooks_state(modules))
 
     def settle(self, owner: Any) -> None:
         """After a call: what the call itself changed (a batch norm's statistics, which its forward updates) belongs
