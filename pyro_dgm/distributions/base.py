@@ -26,9 +26,9 @@ from torch.distributions import constraints
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, BoundForward, CallState, draw_factors
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions import overrides
-from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, given_event_dim,
-                                           ignores_sites, mark_own_observed, outer_plates_ndim, plate_trace,
-                                           site_data_size)
+from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, data_plate,
+                                           given_event_dim, ignores_sites, mark_own_observed, outer_plates_ndim,
+                                           plate_trace, site_data_size)
 from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_own, users_value
 from pyro_dgm.utils.checks import (ArgumentError, DeviceError, DimensionError, DTypeError, DuplicateSiteError,
                                    EmptyBatchError, NotATensorError, OutOfRangeError, ShapeError, as_var_list,
@@ -168,6 +168,15 @@ def _hidden_names(d: "Distribution") -> list[str]:
         own = own["_modules"]["p"].__dict__  # (a renaming: its distribution's draw writes the hidden name)
     flow_side = own.get("_dgm_hidden")
     return [flow_side] if flow_side is not None else list(own.get("_hidden_var", ()))
+
+
+def site_builder(d: Any) -> Any:
+    """``d``'s builder ``dist(x_dict, batch_n=None, **kwargs)`` of the site distribution: ``d.dist``, or the family's
+    own builder where ``d``'s class has a ``dist`` property of its own (Pixyz's kind, an object read after
+    ``set_dist``, which the family's builder reads in turn)."""
+    if getattr(type(d), "_dgm_user_dist", False):
+        return d._dgm_site_dist
+    return d.dist
 
 
 def has_network(owner: Any) -> bool:
@@ -896,7 +905,10 @@ class Distribution(YieldingModule):
         >>> {k: tuple(v.shape) for k, v in (p * prior).sample(batch_n=3).items()}
         {'z': (3, 2), 'x': (3, 2)}
         """
-        overrides.current_of(self)  # (a method a later cell set on a factor's class)
+        if overrides.current_of(self):  # a method a later cell set on this class: its super() call (see there)
+            with overrides.entered(self):
+                return Distribution.sample(self, x_dict, batch_n, sample_shape, return_all, reparam, sample_mean,
+                                           **kwargs)
         expected = None
         if kwargs and ("batch_size" in kwargs or "shape" in kwargs):  # the early API reference's names (see there)
             batch_n, sample_shape, kwargs, expected = early_sampling_options(self, batch_n, sample_shape, kwargs)
@@ -1009,7 +1021,9 @@ class Distribution(YieldingModule):
         >>> round(float(p.get_log_prob({"x": torch.zeros(1, 2)})), 4)
         -1.8379
         """
-        overrides.current_of(self)  # (a method a later cell set on a factor's class)
+        if overrides.current_of(self):  # a method a later cell set on this class: its super() call (see there)
+            with overrides.entered(self):
+                return Distribution.get_log_prob(self, x_dict, sum_features, feature_dims, **kwargs)
         total = self._dgm_get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
         if sum_features and feature_dims is None and total.dim() > 1 and not self._dgm_factor_sums(True, None):
             # Pixyz sums every dim but the first: a sample_shape draw [L, B, ...] scores to [L]
@@ -1247,7 +1261,7 @@ class Distribution(YieldingModule):
         if f is None or f.input_var or len(f.var) != 1:
             return None
         try:
-            e = len(f.dist().event_shape)
+            e = len(site_builder(f)().event_shape)
         except Exception:  # noqa: BLE001 (no distribution object to ask: the data's dim 0, as before)
             return None
         if not e:  # scalar parameters: the data's trailing dims are features (Pixyz's one batch dim), as with x=x
@@ -1291,7 +1305,7 @@ class Distribution(YieldingModule):
             name += "_plate"
         tr = plate_trace(name, size)
         if tr is None:  # no trace: nothing records the plate's site, nor checks its name
-            return pyro.plate(name, size, dim=-1)
+            return data_plate(name, size)
         plates = tr.__dict__.setdefault("_dgm_plates", {})  # this trace's plates opened here, by name
         plate = plates.get(name)
         if plate is not None and plate.size == size:
@@ -1304,7 +1318,7 @@ class Distribution(YieldingModule):
                              f"`with pyro.plate(\"data_{'_'.join(self._var)}\", {size}): ...model(...)` (the same "
                              "in the guide), and model() opens none; in a part of an AutoGuideList, open the list's: "
                              "`with guides.plates[\"data\"]: ...`")
-        plate = plates[name] = pyro.plate(name, size, dim=-1)
+        plate = plates[name] = data_plate(name, size)
         return plate
 
     @property

@@ -17,6 +17,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
+from pyro_dgm.distributions.overrides import own_methods
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import ArgumentError, DTypeError, clearer, describe, users_own_error
 from pyro_dgm.utils.modules import PlainBuffers
@@ -86,6 +87,14 @@ def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, An
     if value is None:
         return core._dgm_fn(b, values, ctx, expand)  # type: ignore[attr-defined]
     return core._dgm_fn(b, values, ctx, expand, value=value)  # type: ignore[attr-defined]
+
+
+def own_site(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: CallState, fn: Any) -> Any:
+    """``fn``, the site distribution of inner distribution ``d`` (a mixture's component, a flow's prior) renamed by
+    ``mapping``, drawn and scored by ``d``'s own ``sample`` and ``get_log_prob`` where its class has them
+    (:func:`~pyro_dgm.distributions.overrides.own_methods`): Pixyz's composites call their parts' public methods."""
+    core, b = unwrap(d)
+    return own_methods(core, b.renamed(mapping) if mapping else b, values, ctx, fn)
 
 
 def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, Any],

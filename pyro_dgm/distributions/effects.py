@@ -11,6 +11,7 @@ import copy
 import weakref
 from typing import Any, Mapping
 
+import pyro
 import torch
 from pyro.poutine.block_messenger import BlockMessenger
 from pyro.poutine.condition_messenger import ConditionMessenger
@@ -25,7 +26,7 @@ from torch.nn.modules import module as _nn_module
 from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
-__all__ = ["run_network", "run_bound_network", "has_forward_hooks", "ignores_sites", "given_event_dim",
+__all__ = ["data_plate", "run_network", "run_bound_network", "has_forward_hooks", "ignores_sites", "given_event_dim",
            "site_event_dim", "site_data_size", "data_batch_ndim", "conditioned_value", "plate_trace",
            "outer_plates_ndim", "mark_own_observed", "copy_plates", "PYRO_STACK"]
 
@@ -37,12 +38,40 @@ PYRO_STACK = _PYRO_STACK
 _OWN_OBSERVED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+def data_plate(name: str, size: int) -> Any:
+    """``pyro.plate(name, size, dim=-1)``, the plate over the data that ``model``/``guide`` open, marked as such: a
+    network runs outside it (:func:`_call_network`)."""
+    plate = pyro.plate(name, size, dim=-1)
+    plate._dgm_data_plate = True
+    return plate
+
+
 def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The network call itself, through this thread's innermost memoizing scope if one is open (the function of
     the ``"dgm_params"`` effect: what runs when no handler on Pyro's stack gives the value). A dict of parameters
     (also an ``OrderedDict`` or another dict subclass) is handed on as a shallow copy: a handler may replace its
     entries in place, which must not reach the cached one (a handler that changes a parameter tensor itself in place,
-    ``mul_``, changes the cached tensor)."""
+    ``mul_``, changes the cached tensor).
+
+    The data plates that ``model``/``guide`` open (:func:`data_plate`) are taken off Pyro's stack while it runs: a
+    site that the network makes (a Bayesian network's ``PyroSample`` weights, a ``pyro.sample`` in ``forward``) is
+    global, as in a plain-Pyro model that calls the network outside its ``pyro.plate("data", N)``; a network's
+    arithmetic does not see plates."""
+    stack = PYRO_STACK
+    at = [i for i, m in enumerate(stack) if getattr(m, "_dgm_data_plate", False)]
+    if not at:
+        return _memo_call(module, args, kwargs)
+    plates = [stack[i] for i in at]
+    for i in reversed(at):
+        del stack[i]
+    try:
+        return _memo_call(module, args, kwargs)
+    finally:
+        for i, m in zip(at, plates):
+            stack.insert(i, m)
+
+
+def _memo_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     scopes = MEMO_SCOPES.stack
     if scopes:
         value = scopes[-1].call(module, args, kwargs)

@@ -21,7 +21,8 @@ from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import (PYRO_STACK, copy_plates, data_batch_ndim, given_event_dim,
                                                has_forward_hooks, ignores_sites, run_bound_network, run_network)
-from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adopt
+from pyro_dgm.distributions.overrides import current, fn_via_set_dist
+from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adopt, pyro_class, reduce_made
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
@@ -40,11 +41,17 @@ def _call_builder(self: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _reduce_callable(self: Any, protocol: int) -> Any:
-    # pickle finds the made subclass by neither module nor name: rebuild it from the class it extends
-    return _rebuild_callable, (type(self).__mro__[1], dict(self.__dict__))
+    # pickle finds the made subclass by neither module nor name: rebuild it from the class it extends (or, where
+    # that is a class pyro_class made for a torch class of the user's, from that torch class)
+    cls = type(self).__mro__[1]
+    if vars(cls).get("__reduce_ex__") is reduce_made:
+        return _rebuild_callable, (cls.__mro__[1], dict(self.__dict__), True)
+    return _rebuild_callable, (cls, dict(self.__dict__))
 
 
-def _rebuild_callable(cls: type, state: dict[str, Any]) -> Any:
+def _rebuild_callable(cls: type, state: dict[str, Any], made: bool = False) -> Any:
+    if made:
+        cls = pyro_class(cls)
     d = cls.__new__(cls)
     d.__dict__.update(state)
     return callable_dist(d, state.get("_dgm_owner"))
@@ -283,27 +290,27 @@ class DistributionBase(Distribution):
 
     def _dgm_read_late_keys(self) -> None:
         """Read ``params_keys`` at the first call: a property that reads an attribute the subclass's ``__init__`` sets
-        after ``super().__init__`` could not be read while it ran (Pixyz reads it at each ``set_dist``)."""
+        after ``super().__init__`` could not be read while it ran (Pixyz reads it at each ``set_dist``). The method
+        that does it shadows the parameters' method on this instance until then (a bound method: a copy or a pickle
+        made before the first call reads its own keys)."""
+        self.__dict__["_dgm_inner_params" if self._dgm_user_get_params else "_dgm_params"] = self._dgm_late_keys_params
+
+    def _dgm_late_keys_params(self, *args: Any, **kwargs: Any) -> Any:
         slot = "_dgm_inner_params" if self._dgm_user_get_params else "_dgm_params"
-
-        def _dgm_params(*args: Any, **kwargs: Any) -> Any:  # shadows the method on this instance, once
-            d = self.__dict__
-            d.pop(slot, None)
-            try:
-                keys = self.params_keys
-            except AttributeError:
-                keys = None  # (still unreadable: the given parameters stay the family's)
-            if keys is not None:
-                self.param_groups = tuple((k,) for k in keys)
-                accepted = [n for g in self.param_groups for n in g]
-                self._dgm_accepted = frozenset(accepted)
-                covered = set(self._dgm_const_names) | {p for p, _ in self._dgm_b.param_vars}
-                self._dgm_missing_groups = tuple(g for g in self.param_groups if not covered.intersection(g))
-                self._dgm_const_names = tuple(n for n in accepted if n in self._dgm_const_names)
-                self._dgm_rebind()
-            return getattr(self, slot)(*args, **kwargs)
-
-        self.__dict__[slot] = _dgm_params
+        self.__dict__.pop(slot, None)
+        try:
+            keys = self.params_keys
+        except AttributeError:
+            keys = None  # (still unreadable: the given parameters stay the family's)
+        if keys is not None:
+            self.param_groups = tuple((k,) for k in keys)
+            accepted = [n for g in self.param_groups for n in g]
+            self._dgm_accepted = frozenset(accepted)
+            covered = set(self._dgm_const_names) | {p for p, _ in self._dgm_b.param_vars}
+            self._dgm_missing_groups = tuple(g for g in self.param_groups if not covered.intersection(g))
+            self._dgm_const_names = tuple(n for n in accepted if n in self._dgm_const_names)
+            self._dgm_rebind()
+        return getattr(self, slot)(*args, **kwargs)
 
     def _dgm_set_unusable(self, err: BaseException) -> None:
         """Make this distribution raise ``err`` at its first call, as Pixyz's fails there (it is built, prints and
@@ -736,7 +743,8 @@ class DistributionBase(Distribution):
         """Whether this is a constant distribution in its family's standard form (``closed_forms.IS_STANDARD``,
         e.g. N(0, I)); checked once per set of buffers. ``False`` while torch.compile traces: the test reads the
         buffers' values (a graph break), and the general formula gives the same value, fused by the compiler."""
-        test = closed_forms.IS_STANDARD.get(self.pyro_dist) if self._dgm_const_only and self._dgm_plain else None
+        test = (closed_forms.IS_STANDARD.get(self.pyro_dist)
+                if self._dgm_const_only and self._dgm_plain and not self._dgm_user_get_params else None)
         if test is None or self._dgm_consts_need_grad() or is_compiling():  # (the shortcut drops
             return False  # the gradient)
         key = self._dgm_const_key()
@@ -790,7 +798,7 @@ class DistributionBase(Distribution):
         ``record`` (``hard``, see :meth:`_dgm_set_last`): record the base as Pixyz's ``dist``, before it takes
         the value's dims (Pixyz's object has the parameters' shape).
         """
-        if self._dgm_const_only:
+        if self._dgm_const_only and not self._dgm_user_get_params:  # (a get_params a later cell set: it runs)
             base = self._dgm_const_base()
             bn = self._dgm_batch_ndim(b, values, ctx)
         else:
@@ -886,7 +894,7 @@ class DistributionBase(Distribution):
         traced tensor kept on the module would be one more output of the graph."""
         state = self.__dict__
         if rec is state.get("_dist") or is_compiling():  # (rec: the object a user's set_dist just
-            return  # set, see overrides._fn_via_set_dist)
+            return  # set, see overrides.fn_via_set_dist)
         state["_dgm_last"] = (rec, hard)
         state.pop("_dist", None)
 
@@ -1346,9 +1354,11 @@ class DistributionBase(Distribution):
 
     # ------------------------------------------------------------------ moments
     def _dgm_moment(self, x_dict: ValuesLike, kwargs: Mapping[str, Any]) -> Any:
+        current(type(self))  # (a get_params a later cell set on the class)
         values = self._dgm_input_dict(x_dict, self._dgm_b.input_var)
         fn, base = self._dgm_fn(self._dgm_b, values, CallState(kwargs=kwargs), expand=False)
-        self._dgm_set_last(base, True)  # Pixyz's moments and entropy call set_dist(x_dict) (not sampling)
+        if type(self)._dgm_fn is not fn_via_set_dist:  # (a set_dist of the user's has set Pixyz's dist itself)
+            self._dgm_set_last(base, True)  # Pixyz's moments and entropy call set_dist(x_dict) (not sampling)
         return fn, base
 
     def get_entropy(self, x_dict: ValuesLike = None, sum_features: bool = True,

@@ -22,7 +22,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor
 from torch.distributions import Transform
 
-from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, expand_root, site_fn
+from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, expand_root, own_site, site_fn
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
@@ -173,7 +173,9 @@ class _FlowDistribution(OneSiteDistribution):
     def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
                 value: Tensor | None = None) -> tuple[Any, Any]:
         """The Pyro ``TransformedDistribution`` of this site, and its base distribution (the prior's)."""
-        base, _ = site_fn(self.prior, self._dgm_mapping(b), values, ctx, False)
+        m = self._dgm_mapping(b)
+        base = own_site(self.prior, m, values, ctx, site_fn(self.prior, m, values, ctx, False)[0])  # (the prior's
+        # own sample and get_log_prob, where its class has them: Pixyz's flow calls them)
         if self._dgm_flow_inverted and isinstance(value, Tensor):  # a value to score: the flow's input side, whose
             learn = getattr(self.flow, "_dgm_sizes_from", None)  # shapes the flow's layers may take (a Flatten's)
             if learn is not None:

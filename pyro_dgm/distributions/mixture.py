@@ -17,14 +17,13 @@ from torch.distributions import Categorical as _TorchCategorical
 from torch.distributions import Distribution as _TorchDistribution
 
 from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution, OptionalInputs, check_inner,
-                                             distribution_list, expand_root, site_fn, unwrap, weight_list)
+                                             distribution_list, expand_root, own_site, site_fn, unwrap, weight_list)
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
 from pyro_dgm.distributions.family import _one_hot_support, observed_refusal
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
-from pyro_dgm.distributions.overrides import own_methods
 from pyro_dgm.distributions.poe import expert_given
 from pyro_dgm.utils.checks import ShapeError, describe, ordered_union, sample_batch_n
 from pyro_dgm.utils.latex import prob_text as _prob_text
@@ -140,13 +139,6 @@ def _log_prob_of_none(c: Any, value: Tensor) -> Tensor:
     if isinstance(c, _Reshaped):
         return _log_prob_of_none(c.base, c._as(value, c.event_shape, c.base.event_shape))
     return c.log_prob(value)
-
-
-def _component(d: Any, mapping: Mapping[str, str], values: Mapping[str, Any], ctx: CallState, fn: Any) -> Any:
-    """Component ``d``'s site distribution ``fn``, scored and drawn by ``d``'s own ``get_log_prob`` and ``sample``
-    where its class has them (Pixyz's mixture calls each component's public methods)."""
-    core, b = unwrap(d)
-    return own_methods(core, b.renamed(mapping) if mapping else b, values, ctx, fn)
 
 
 def _features_as_event(d: Any, c: Any) -> Any:
@@ -341,7 +333,7 @@ class MixtureModel(_Mixture):
 
     def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         m = self._dgm_mapping(b)
-        comps = [_component(d, m, values, ctx, _features_as_event(d, site_fn(d, m, values, ctx, False)[0]))
+        comps = [own_site(d, m, values, ctx, _features_as_event(d, site_fn(d, m, values, ctx, False)[0]))
                  for d in self.distributions]
         prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
         k = len(comps)
@@ -400,8 +392,9 @@ class MixtureModel(_Mixture):
             prior_fn = expand_batch_n(self, prior_fn, ctx.batch_n)
         z = prior_fn.sample()
         index = (z.argmax(-1) if one_hot else z).reshape(-1).tolist()
-        row = CallState(None, (), ctx.reparam, False, None, ctx.kwargs)  # (a component's own sample draws one row)
-        comps = [_component(d, m, values, row, site_fn(d, m, values, ctx, False)[0]) for d in self.distributions]
+        row = CallState(None, (), ctx.reparam, False, None, ctx.kwargs)  # (each component draws one row, as Pixyz's
+        comps = [own_site(d, m, values, row, site_fn(d, m, values, row, False)[0])  # d.sample() does: also one
+                 for d in self.distributions]  # whose own set_dist would expand to batch_n)
         use_r = ctx.reparam
         xs = [comps[k].rsample() if use_r and comps[k].has_rsample else comps[k].sample() for k in index]
         if len({x.shape[1:] for x in xs}) > 1:  # (torch.cat's raw error, as under Pixyz, which draws rows apart)

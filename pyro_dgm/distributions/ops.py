@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import networkx as nx
 from torch import Tensor, nn
 
-from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.distributions.base import Distribution, site_builder
 from pyro_dgm.distributions.bindings import Binding, CallState, draw_factors
 from pyro_dgm.distributions.factor import factor_head
 from pyro_dgm.distributions.graph import graph_name
@@ -252,7 +252,7 @@ class ReplaceVarDistribution(_PassesThrough):
         return self.p.get_params(self._dgm_inner(params_dict), **kwargs)
 
     def _dgm_site_dist(self, x_dict: Any = None, batch_n: int | None = None, **kwargs: Any) -> Any:
-        return self.p.dist(self._dgm_inner(x_dict), batch_n=batch_n, **kwargs)
+        return site_builder(self.p)(self._dgm_inner(x_dict), batch_n=batch_n, **kwargs)
 
     @property
     def dist(self) -> Any:

@@ -140,23 +140,30 @@ def _methods(cls: Any) -> tuple[Any, ...]:
     return tuple([getattr(cls, n, None) for n in _PUBLIC])
 
 
-def current(cls: Any) -> None:
-    """Install ``cls``'s methods again if one was set on the class (or a base) after it was made (a later notebook
-    cell's ``Q.get_params = ...``): Pixyz calls the method of the moment. Checked when a distribution is built and
-    at its public ``sample`` and ``get_log_prob`` (about 0.5 us)."""
-    if cls.__dict__.get("_dgm_methods") != _methods(cls):
+def current(cls: Any) -> bool:
+    """Install ``cls``'s methods again if one was set on the class (or a base) after it was made, or deleted, or set
+    back (a later notebook cell's ``Q.get_params = ...``): Pixyz calls the method of the moment. Checked when a
+    distribution is built and at its public ``sample`` and ``get_log_prob`` (about 0.5 us). Whether it did (never
+    while torch.compile traces)."""
+    if not is_compiling() and cls.__dict__.get("_dgm_methods") != _methods(cls):
         install(cls)
+        return True
+    return False
 
 
-def current_of(dist: Any) -> None:
+def current_of(dist: Any) -> bool:
     """:func:`current` for the class of each factor of ``dist`` (itself, if atomic); not while torch.compile
-    traces (the compiled code would guard on the classes' methods)."""
+    traces (the compiled code would guard on the classes' methods). Whether ``dist``'s own class was installed
+    again: then the public method running now was called from the user's new method (its ``super()`` call, which
+    ran before the method was marked, :func:`_entering`), or is the library's own one called directly: either way
+    its hooks are the class's own for the rest of the call (:func:`entered`)."""
     if is_compiling():
-        return
+        return False
+    mine = False
     for f in dist._dgm_order:
-        cls = type(f)
-        if cls.__dict__.get("_dgm_methods") != _methods(cls):
-            install(cls)
+        if current(type(f)) and f is dist:
+            mine = True
+    return mine
 
 
 def install(cls: Any) -> None:
@@ -173,22 +180,38 @@ def install(cls: Any) -> None:
             cls._dgm_inner_set_dist_draw = cls._dgm_draw_with  # for Pyro model runs with data (observed sites)
             cls._dgm_draw_with, cls._dgm_user_set_dist = _draw_via_set_dist, True
             if _user_defined(cls, "set_dist") or own_dist:  # scoring, moments, entropy and KL see what it sets
-                cls._dgm_score_with, cls._dgm_fn = _score_via_set_dist, _fn_via_set_dist
+                cls._dgm_score_with, cls._dgm_fn = _score_via_set_dist, fn_via_set_dist
     for public, hook, inner, flag, via in (
             ("get_params", "_dgm_params", "_dgm_inner_params", "_dgm_user_get_params", _params_via_get_params),
             ("sample", "_dgm_draw_with", "_dgm_inner_draw_with", "_dgm_user_sample", _draw_via_sample),
             ("get_log_prob", "_dgm_score_with", "_dgm_inner_score_with", "_dgm_user_log_prob",
              _score_via_get_log_prob)):
-        if not hasattr(cls, hook) or not _user_defined(cls, public):
+        if not hasattr(cls, hook):
             continue
-        fn = vars(cls).get(public)
-        if hook != "_dgm_params" and fn is not None and callable(fn) and not getattr(fn, "_enters", False):
-            setattr(cls, public, _entering(fn))  # (get_params needs no mark: its super() call reads _dgm_inner_params)
+        if not _user_defined(cls, public):  # (none, or one deleted or set back since: the class's own hooks again)
+            if cls.__dict__.get(flag):
+                setattr(cls, flag, False)
+                if public != "sample" or not cls._dgm_user_log_prob:
+                    _unroute(cls, hook, inner, via)
+            continue
+        owner = next(k for k in cls.__mro__ if public in vars(k))  # (a base's, set there later: marked there)
+        fn = vars(owner)[public]
+        if hook != "_dgm_params" and callable(fn) and not getattr(fn, "_enters", False):  # (get_params needs no
+            setattr(owner, public, _entering(fn))  # mark: its super() call reads _dgm_inner_params)
         _route(cls, hook, inner, via)
         setattr(cls, flag, True)
-    if cls._dgm_user_log_prob and hasattr(cls, "_dgm_draw_with"):
-        _route(cls, "_dgm_draw_with", "_dgm_inner_draw_with", _draw_via_sample)
+    if hasattr(cls, "_dgm_draw_with"):
+        if cls._dgm_user_log_prob:
+            _route(cls, "_dgm_draw_with", "_dgm_inner_draw_with", _draw_via_sample)
+        elif not cls._dgm_user_sample:
+            _unroute(cls, "_dgm_draw_with", "_dgm_inner_draw_with", _draw_via_sample)
     type.__setattr__(cls, "_dgm_methods", _methods(cls))  # (what current() compares)
+
+
+def _unroute(cls: Any, hook: str, inner: str, via: Any) -> None:
+    """Undo :func:`_route` on ``cls`` (its user method is gone): the hook it replaced is its hook again."""
+    if vars(cls).get(hook) is via and inner in vars(cls):
+        setattr(cls, hook, vars(cls)[inner])
 
 
 def _route(cls: Any, hook: str, inner: str, via: Any) -> None:
@@ -551,11 +574,12 @@ def _user_sampler(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallSta
 def own_methods(d: Any, b: Binding, values: Mapping[str, Any], ctx: CallState, fn: Any) -> Any:
     """``fn``, the site distribution of an inner distribution ``d`` (a mixture's component, bound by ``b``), or, where
     ``d``'s class has its own ``get_log_prob`` or ``sample``, a :class:`UserScored` over it that scores and draws
-    with them, as Pixyz's composite calls ``d``'s public methods."""
-    if not (d._dgm_user_log_prob or d._dgm_user_sample):
+    with them, as Pixyz's composite calls ``d``'s public methods (a class with its own ``set_dist`` or
+    ``get_sample`` is drawn by its ``sample``, which goes through them; ``fn`` is what its ``set_dist`` made)."""
+    if not (d._dgm_user_log_prob or d._dgm_user_sample or d._dgm_user_set_dist):
         return fn
     inputs, dims = _site_inputs(d, b, values, ctx)
-    sampler = _user_sampler(d, b, values, ctx) if d._dgm_user_sample else None
+    sampler = _user_sampler(d, b, values, ctx) if d._dgm_user_sample or d._dgm_user_set_dist else None
     return UserScored(d, d._dgm_binding.var[0], inputs, base=fn, sampler=sampler, input_dims=dims)
 
 
@@ -670,11 +694,11 @@ def _score_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: C
     return sum_samples(lp, feature_dims) if sum_features else lp  # type: ignore[no-any-return]
 
 
-def _fn_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
+def fn_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
                      value: Tensor | None = None) -> tuple[Any, Any]:
     """The distribution object that ``set_dist`` sets (every dim a batch dim, as in Pixyz) and the same with every
     dim after the first as an event dim: what moments, the entropy and the KL divergence read."""
     self.set_dist(_local_inputs(self, b, values), batch_n=ctx.batch_n)  # (Pixyz passes no network keywords)
-    base = as_pyro(self.dist)  # (a plain torch distribution the user's set_dist made: Pyro's to_event for it)
+    base = as_pyro(self.dist, copy=True)  # (a plain torch object the user's set_dist made: Pyro's to_event)
     ev = len(base.batch_shape) - 1
     return (base.to_event(ev) if ev > 0 else base), base

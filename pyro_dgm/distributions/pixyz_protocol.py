@@ -28,6 +28,7 @@ True
 """
 from __future__ import annotations
 
+import copy as _copy
 import functools
 import inspect
 import weakref
@@ -70,12 +71,15 @@ def construct(fn: Any, params: Mapping[str, Any], validate_args: bool | None) ->
     return as_pyro(fn(**params))
 
 
-def as_pyro(d: Any) -> Any:
-    """``d`` with Pyro's ``TorchDistributionMixin`` (``to_event``...): ``d`` itself where it has it, else its class
-    becomes :func:`pyro_class` of its class (a plain ``torch.distributions`` object a user's ``set_dist``,
-    ``dist`` property or ``distribution_torch_class`` function made; it stays an instance of its class)."""
+def as_pyro(d: Any, copy: bool = False) -> Any:
+    """``d`` with Pyro's ``TorchDistributionMixin`` (``to_event``...): ``d`` itself where it has it, else ``d`` (or,
+    with ``copy``, a shallow copy of it: the user's own object, which must stay as it is) of :func:`pyro_class` of
+    its class (a plain ``torch.distributions`` object a user's ``set_dist``, ``dist`` property or
+    ``distribution_torch_class`` function made; an instance of its class still)."""
     if isinstance(d, TorchDistributionMixin) or not isinstance(d, torch.distributions.Distribution):
         return d
+    if copy:
+        d = _copy.copy(d)
     try:
         d.__class__ = pyro_class(type(d))
     except TypeError:  # (a class whose layout the made subclass cannot take)
@@ -130,12 +134,23 @@ def pyro_class(torch_class: type) -> type:
         return torch_class
     cls = vars(torch_class).get("_dgm_pyro_class")  # kept on the class (not in a dict of ours, whose values would
     if cls is None:  # keep a class made in a function alive: each subclasses its key)
-        body: dict[str, Any] = {"__module__": torch_class.__module__}
+        body: dict[str, Any] = {"__module__": torch_class.__module__, "__reduce_ex__": reduce_made}
         if not _takes_validate_args(torch_class):  # (a user's class whose __init__ takes its parameters only)
             body["__init__"] = _init_without_validate_args(torch_class)
         cls = type(torch_class.__name__, (torch_class, TorchDistributionMixin), body)
         type.__setattr__(torch_class, "_dgm_pyro_class", cls)
     return cls
+
+
+def reduce_made(self: Any, protocol: int) -> Any:
+    # pickle finds a made class by neither module nor name (both are its torch class's): rebuild it from that class
+    return rebuild_made, (type(self).__mro__[1], dict(self.__dict__))
+
+
+def rebuild_made(torch_class: type, state: dict[str, Any]) -> Any:
+    d = pyro_class(torch_class).__new__(pyro_class(torch_class))
+    d.__dict__.update(state)
+    return d
 
 
 def _init_without_validate_args(torch_class: type) -> Any:

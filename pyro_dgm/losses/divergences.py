@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
+from pyro_dgm.distributions.base import site_builder
 from pyro_dgm.distributions.exponential import scored_distribution
+from pyro_dgm.distributions.pixyz_protocol import LiveTorchClass
 from pyro_dgm.distributions.family import DistributionBase
 from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
 from pyro_dgm.losses.expectation import Expectation, check_sample_shape
@@ -383,11 +385,20 @@ class KullbackLeibler(Loss):
         the element-wise distributions, whose batch shape is that of the values without their features, or of a
         categorical's or Dirichlet's values without their event dim."""
         try:
-            shapes = [_elementwise(d).batch_shape for f, g in self._dgm_pairs()
-                      for d in (f.dist(values, **kwargs), g.dist(values, **kwargs))]
+            shapes = [_pixyz_batch_shape(d, values, kwargs) for f, g in self._dgm_pairs() for d in (f, g)]
         except (AttributeError, NotImplementedError, TypeError, ValueError):  # no torch distribution: keep the shape
             return False
         return all(len(s) <= 1 for s in shapes)
+
+
+def _pixyz_batch_shape(d: Any, values: dict[str, Any], kwargs: dict[str, Any]) -> torch.Size:
+    """The batch shape of the torch object Pixyz's ``set_dist`` makes for ``d``: the element-wise distribution of our
+    site distribution, or, for a family written the Pixyz way (whose torch class or function may make an
+    ``Independent`` of its own), that object itself."""
+    if isinstance(getattr(d, "pyro_dist", None), LiveTorchClass):
+        d.set_dist({k: values[k] for k in d.input_var if k in values})
+        return d.dist.batch_shape  # type: ignore[no-any-return]
+    return _elementwise(site_builder(d)(values, **kwargs)).batch_shape  # type: ignore[no-any-return]
 
 
 class AnalyticalKullbackLeibler(KullbackLeibler):
