@@ -135,8 +135,9 @@ def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"]
     ``feature_dims=[-1]`` is its batch), which ``event_dims`` (the scoring pass's) tells: broadcast from the right,
     what is left would be added to the wrong elements of ``other``, as when the ``sample_shape`` equals the batch."""
     summed = feature_dims is not None and lp.dim() < other.dim()
-    if not summed and (not lp.dim() or lp.shape[0] != 1 or not other.dim() or other.shape[0] == 1):
-        return None
+    whole = not lp.dim() and other.dim() > 0 and other.shape[0] > 1  # (one number: a user's get_log_prob that summed
+    if not summed and not whole and (not lp.dim() or lp.shape[0] != 1 or not other.dim() or other.shape[0] == 1):
+        return None  # its batch away, beside a batch of rows)
     for g in factors:
         for v in g.var:
             x = values.get(v)
@@ -153,9 +154,11 @@ def _absorbed_batch(lp: Tensor, other: Tensor, factors: Sequence["Distribution"]
                         f"batch ({v!r} of shape {tuple(x.shape)}: its element-wise log-density has no feature "
                         f"dim), so it would be added, summed over the batch, to every element of the other's; "
                         f"score the factors one by one, or leave feature_dims out")
+            why = ("a get_log_prob of its own must return one value per row, not their sum" if whole else
+                   "parameters with an extra leading dim, or constants of shape (batch, features) where "
+                   "features_shape says the features")
             return (f"{g.prob_text} scored {v!r} of shape {tuple(x.shape)} as one example, summing over its "
-                    f"first dim, which the other factors take as the batch (parameters with an extra leading "
-                    f"dim, or constants of shape (batch, features) where features_shape says the features)")
+                    f"first dim, which the other factors take as the batch ({why})")
     return None
 
 

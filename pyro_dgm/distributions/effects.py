@@ -16,7 +16,7 @@ import torch
 from pyro.poutine.block_messenger import BlockMessenger
 from pyro.poutine.condition_messenger import ConditionMessenger
 from pyro.poutine.indep_messenger import IndepMessenger
-from pyro.poutine.runtime import _PYRO_STACK, Message, effectful
+from pyro.poutine.runtime import _DIM_ALLOCATOR, _PYRO_STACK, Message, effectful
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.trace_struct import Trace
@@ -64,9 +64,14 @@ def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     plates = [stack[i] for i in at]
     for i in reversed(at):
         del stack[i]
+    dims = [(m.name, m.dim) for m in plates if m._vectorized is True and m.dim is not None]
+    for name, dim in dims:  # (its dim too: a plate the forward opens takes dim -1 as in the plain-Pyro model)
+        _DIM_ALLOCATOR.free(name, dim)
     try:
         return _memo_call(module, args, kwargs)
     finally:
+        for name, dim in dims:
+            _DIM_ALLOCATOR.allocate(name, dim)
         for i, m in zip(at, plates):
             stack.insert(i, m)
 

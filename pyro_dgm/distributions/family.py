@@ -884,7 +884,8 @@ class DistributionBase(Distribution):
         """The ``pyro.distributions`` object given the inputs; feature dims are its event dims (``dist(...)``)."""
         values = self._dgm_input_dict(x_dict, self._dgm_b.input_var)
         fn, base = self._dgm_fn(self._dgm_b, values, CallState(batch_n=batch_n, kwargs=kwargs))
-        self._dgm_set_last(base, True)  # as Pixyz's set_dist(x_dict, batch_n) (the analytic KL builds here)
+        if type(self)._dgm_fn is not fn_via_set_dist:  # (a set_dist of the user's has set Pixyz's dist itself)
+            self._dgm_set_last(base, True)  # as Pixyz's set_dist(x_dict, batch_n) (the analytic KL builds here)
         return fn
 
     def _dgm_set_last(self, rec: Any, hard: bool) -> None:

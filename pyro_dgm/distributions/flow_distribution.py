@@ -29,7 +29,7 @@ from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFl
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept,
                                  own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
-from pyro_dgm.utils.checks import DTypeError, as_var_list, describe
+from pyro_dgm.utils.checks import DTypeError, ShapeError, as_var_list, describe
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
@@ -220,6 +220,10 @@ class _FlowDistribution(OneSiteDistribution):
                 value = self._dgm_record(name, mean, fn.event_dim)
             else:
                 value = self._dgm_site(name, fn, ctx)
+                if isinstance(value, Tensor) and value.dim() < len(fn.batch_shape) + fn.event_dim:
+                    raise ShapeError(f"{describe(self)}: the flow turned the prior's draw (batch shape "
+                                     f"{tuple(fn.batch_shape)}) into {name!r} of shape {tuple(value.shape)}: a flow "
+                                     "must keep the batch dims of its input (its forward() dropped one)")
         except RuntimeError as e:  # the prior draws in a dtype the flow's layers refuse (a float64 prior)
             own = self._dgm_weights_dtype()
             try:

@@ -140,15 +140,27 @@ def _methods(cls: Any) -> tuple[Any, ...]:
     return tuple([getattr(cls, n, None) for n in _PUBLIC])
 
 
+def _static_methods(cls: Any) -> tuple[Any, ...]:
+    """The objects in the classes' dicts behind :func:`_methods` (for a class where ``getattr`` makes a new object at
+    each read: a ``functools.partialmethod``)."""
+    return tuple([next((vars(k)[n] for k in cls.__mro__ if n in vars(k)), None) for n in _PUBLIC])
+
+
 def current(cls: Any) -> bool:
     """Install ``cls``'s methods again if one was set on the class (or a base) after it was made, or deleted, or set
     back (a later notebook cell's ``Q.get_params = ...``): Pixyz calls the method of the moment. Checked when a
     distribution is built and at its public ``sample`` and ``get_log_prob`` (about 0.5 us). Whether it did (never
     while torch.compile traces)."""
-    if not is_compiling() and cls.__dict__.get("_dgm_methods") != _methods(cls):
-        install(cls)
-        return True
-    return False
+    if is_compiling():
+        return False
+    d = cls.__dict__
+    if d.get("_dgm_methods_static") is not None:  # (a method read anew at each getattr: compared in the dicts)
+        if d["_dgm_methods_static"] == _static_methods(cls):
+            return False
+    elif d.get("_dgm_methods") == _methods(cls):
+        return False
+    install(cls)
+    return True
 
 
 def current_of(dist: Any) -> bool:
@@ -161,7 +173,11 @@ def current_of(dist: Any) -> bool:
         return False
     mine = False
     for f in dist._dgm_order:
-        if current(type(f)) and f is dist:
+        core = f
+        while isinstance(core.__dict__.get("_modules", {}).get("p"), torch.nn.Module) and hasattr(
+                core._modules["p"], "_dgm_order"):  # (a renaming's distribution)
+            core = core._modules["p"]
+        if current(type(core)) and core is dist:
             mine = True
     return mine
 
@@ -205,7 +221,9 @@ def install(cls: Any) -> None:
             _route(cls, "_dgm_draw_with", "_dgm_inner_draw_with", _draw_via_sample)
         elif not cls._dgm_user_sample:
             _unroute(cls, "_dgm_draw_with", "_dgm_inner_draw_with", _draw_via_sample)
-    type.__setattr__(cls, "_dgm_methods", _methods(cls))  # (what current() compares)
+    now = _methods(cls)
+    type.__setattr__(cls, "_dgm_methods", now)  # (what current() compares)
+    type.__setattr__(cls, "_dgm_methods_static", _static_methods(cls) if now != _methods(cls) else None)
 
 
 def _unroute(cls: Any, hook: str, inner: str, via: Any) -> None:
@@ -282,8 +300,13 @@ def _score_via_get_log_prob(self: Distribution, b: Binding, values: Mapping[str,
     own = self._dgm_binding
     pairs = list(zip(own.var, b.var)) + list(zip(own.cond_var, b.cond_var))
     local = {o: values[g] for o, g in pairs if g in values}
-    return self.get_log_prob(local, sum_features=sum_features, feature_dims=feature_dims,  # type: ignore[no-any-return]
-                             **ctx.kwargs)
+    lp = self.get_log_prob(local, sum_features=sum_features, feature_dims=feature_dims, **ctx.kwargs)
+    if isinstance(lp, Tensor):
+        return lp
+    if type(lp).__module__ == "numpy" and hasattr(lp, "__array__"):  # (a numpy array: Pixyz adds it as one)
+        return torch.as_tensor(lp)
+    raise TypeError(f"{describe(self)}: get_log_prob() must return a tensor of one log-density per row of "
+                    f"{list(own.var)}, got {type(lp).__name__}")
 
 
 # ---------------------------------------------------------------------- Pyro model and guide runs
@@ -580,7 +603,9 @@ def own_methods(d: Any, b: Binding, values: Mapping[str, Any], ctx: CallState, f
         return fn
     inputs, dims = _site_inputs(d, b, values, ctx)
     sampler = _user_sampler(d, b, values, ctx) if d._dgm_user_sample or d._dgm_user_set_dist else None
-    return UserScored(d, d._dgm_binding.var[0], inputs, base=fn, sampler=sampler, input_dims=dims)
+    # (without inputs, its own sample draws batch_n rows: dims that an expand adds left of them are its sample_shape)
+    rows = torch.Size([ctx.batch_n]) if ctx.batch_n and not b.input_var else None
+    return UserScored(d, d._dgm_binding.var[0], inputs, base=fn, sampler=sampler, input_dims=dims, unexpanded=rows)
 
 
 def _has_density(self: Any) -> bool:

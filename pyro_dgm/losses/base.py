@@ -37,7 +37,7 @@ from pyro_dgm.losses.context import _CURRENT, TERM_OPTIONS, EvalContext, current
 from pyro_dgm.losses.steps import clear_grads
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 from pyro_dgm.utils.attributes import Yielding, YieldingModule
-from pyro_dgm.utils.checks import as_var_list, check_present, keyed_values, numpy_tensor, ordered_union
+from pyro_dgm.utils.checks import as_var_list, check_present, describe, keyed_values, numpy_tensor, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.compat import is_compiling
@@ -668,7 +668,7 @@ class Loss(YieldingModule, _PyroELBO):
             out = nn.Module.__call__(self, values, **kwargs)  # as Pixyz's eval calls each term: hooks run
         else:
             out = self.forward(values, **kwargs)
-        return out if type(out) is tuple else (out, {})
+        return _result(self, out)
 
     def _dgm_evaluate_term(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]
                            ) -> tuple[Any, Any]:
@@ -684,7 +684,7 @@ class Loss(YieldingModule, _PyroELBO):
                 out = self.forward(values, **kwargs)
         finally:
             ctx.recorder = recorder
-        loss, samples = out if type(out) is tuple else (out, {})
+        loss, samples = _result(self, out)
         if type(self).eval is Loss.eval:  # (a class with its own eval: its parent records what that eval returns,
             _record(recorder, id(self), loss)  # see record_own_eval)
         return loss, samples
@@ -708,9 +708,13 @@ class Loss(YieldingModule, _PyroELBO):
             if empty:
                 _raise_empty(self, inputs, empty, f"evaluating it raised {type(error).__name__}: {error}", error)
             raise
-        loss, samples = out if isinstance(out, tuple) else (out, {})
+        loss, samples = _result(self, out, outer=True)
         if not isinstance(loss, Tensor) and not self._dgm_of_parameters_only():
-            loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
+            try:
+                loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise TypeError(f"{describe(self)}: forward() returned a loss value of type {type(loss).__name__}; "
+                                "a loss is a tensor (or a number), returned as (loss, x_dict)") from e
         if empty:
             _check_empty_result(self, loss, inputs, empty)
         if term:
@@ -1018,6 +1022,16 @@ def _values_parameter(cls: type) -> str | None:
         _VALUES_PARAMETER[cls] = first.name if first is not None and first.kind is first.POSITIONAL_OR_KEYWORD \
             else None
     return _VALUES_PARAMETER[cls]
+
+
+def _result(loss: Loss, out: Any, outer: bool = False) -> tuple[Any, Any]:
+    """``(value, samples)`` of what ``loss.forward`` returned: Pixyz's ``(loss, x_dict)``, or the value alone (a tuple
+    subclass, such as torch's named results, is a value, but at the outermost evaluation)."""
+    if type(out) is tuple or (outer and isinstance(out, tuple)):
+        if len(out) == 2:
+            return out
+        raise ValueError(f"{describe(loss)}: forward() must return (loss, x_dict), got a tuple of {len(out)} values")
+    return out, {}
 
 
 def _raise_missing(loss: Loss, given: Mapping[str, Any], missing: Sequence[str]) -> None:

@@ -17,8 +17,9 @@ from torch.distributions import Independent, kl_divergence
 
 from pyro_dgm.distributions.base import site_builder
 from pyro_dgm.distributions.exponential import scored_distribution
+from pyro_dgm.distributions.overrides import fn_via_set_dist
 from pyro_dgm.distributions.pixyz_protocol import LiveTorchClass
-from pyro_dgm.distributions.family import DistributionBase
+from pyro_dgm.distributions.family import DistributionBase, pixyz_dist
 from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
 from pyro_dgm.losses.expectation import Expectation, check_sample_shape
 from pyro_dgm.losses.pdf import LogProb, as_dims, check_distribution
@@ -395,9 +396,11 @@ def _pixyz_batch_shape(d: Any, values: dict[str, Any], kwargs: dict[str, Any]) -
     """The batch shape of the torch object Pixyz's ``set_dist`` makes for ``d``: the element-wise distribution of our
     site distribution, or, for a family written the Pixyz way (whose torch class or function may make an
     ``Independent`` of its own), that object itself."""
-    if isinstance(getattr(d, "pyro_dist", None), LiveTorchClass):
-        d.set_dist({k: values[k] for k in d.input_var if k in values})
-        return d.dist.batch_shape  # type: ignore[no-any-return]
+    if isinstance(getattr(d, "pyro_dist", None), LiveTorchClass) or getattr(type(d), "_dgm_fn", None) is \
+            fn_via_set_dist:  # (or whose set_dist is the user's: read what the KL's own call set, not set again)
+        obj = d.dist if type(d)._dgm_user_dist else pixyz_dist(d)
+        if obj is not None:
+            return obj.batch_shape  # type: ignore[no-any-return]
     return _elementwise(site_builder(d)(values, **kwargs)).batch_shape  # type: ignore[no-any-return]
 
 

@@ -136,7 +136,11 @@ def _raise_operation_error(op: Loss, error: Exception, values: tuple[Any, ...], 
 
 
 def _reduce(v: Any, how: str) -> Any:
-    return getattr(v, how)() if isinstance(v, Tensor) else v
+    """``v.mean()``, ``v.sum()`` or ``v.detach()`` of a tensor, or of a numpy array a user's term returned (as Pixyz
+    calls it: ``.mean()`` of an array is its mean); other values (a number) as they are."""
+    if isinstance(v, Tensor) or (type(v).__module__ == "numpy" and hasattr(v, how)):
+        return getattr(v, how)()
+    return v
 
 
 def _sym(text: str) -> Any:
