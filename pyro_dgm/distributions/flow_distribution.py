@@ -220,7 +220,9 @@ class _FlowDistribution(OneSiteDistribution):
                 value = self._dgm_record(name, mean, fn.event_dim)
             else:
                 value = self._dgm_site(name, fn, ctx)
-                if isinstance(value, Tensor) and value.dim() < len(fn.batch_shape) + fn.event_dim:
+                batch = fn.batch_shape  # (a dim of 1 a Pyro plate around the site may broadcast)
+                if isinstance(value, Tensor) and (value.dim() < len(batch) or any(
+                        n != m and m != 1 for n, m in zip(value.shape, batch))):
                     raise ShapeError(f"{describe(self)}: the flow turned the prior's draw (batch shape "
                                      f"{tuple(fn.batch_shape)}) into {name!r} of shape {tuple(value.shape)}: a flow "
                                      "must keep the batch dims of its input (its forward() dropped one)")

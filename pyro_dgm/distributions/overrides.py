@@ -116,7 +116,11 @@ def _user_defined(cls: type, name: str) -> bool:
     for klass in cls.__mro__:
         if name in vars(klass):
             raw = vars(klass)[name]
-            code = getattr(inspect.unwrap(raw.fget if isinstance(raw, property) else raw), "__code__", None)
+            if isinstance(raw, property):
+                raw = raw.fget
+            while isinstance(raw, functools.partial):  # (a callable attribute, called without self)
+                raw = raw.func
+            code = getattr(inspect.unwrap(raw), "__code__", None)
             return code is not None and not os.path.abspath(code.co_filename).startswith(_LIBRARY + os.sep)
     return False
 
@@ -149,8 +153,9 @@ def _static_methods(cls: Any) -> tuple[Any, ...]:
 def current(cls: Any) -> bool:
     """Install ``cls``'s methods again if one was set on the class (or a base) after it was made, or deleted, or set
     back (a later notebook cell's ``Q.get_params = ...``): Pixyz calls the method of the moment. Checked when a
-    distribution is built and at its public ``sample`` and ``get_log_prob`` (about 0.5 us). Whether it did (never
-    while torch.compile traces)."""
+    distribution is built, at its public ``sample``, ``get_log_prob``, moments and entropy, and for a composite's
+    parts (a mixture's components, a flow's prior: :func:`~pyro_dgm.distributions.composite.own_site`), about
+    0.5 us each. Whether it did (never while torch.compile traces)."""
     if is_compiling():
         return False
     d = cls.__dict__
@@ -212,8 +217,9 @@ def install(cls: Any) -> None:
             continue
         owner = next(k for k in cls.__mro__ if public in vars(k))  # (a base's, set there later: marked there)
         fn = vars(owner)[public]
-        if hook != "_dgm_params" and callable(fn) and not getattr(fn, "_enters", False):  # (get_params needs no
-            setattr(owner, public, _entering(fn))  # mark: its super() call reads _dgm_inner_params)
+        if hook != "_dgm_params" and inspect.isfunction(fn) and not getattr(fn, "_enters", False):  # (a method:
+            setattr(owner, public, _entering(fn))  # not get_params, whose super() call reads _dgm_inner_params; nor a
+            # staticmethod or a partial, which take no self and have no super() call)
         _route(cls, hook, inner, via)
         setattr(cls, flag, True)
     if hasattr(cls, "_dgm_draw_with"):
@@ -720,7 +726,7 @@ def _score_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: C
 
 
 def fn_via_set_dist(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,
-                     value: Tensor | None = None) -> tuple[Any, Any]:
+                    value: Tensor | None = None) -> tuple[Any, Any]:
     """The distribution object that ``set_dist`` sets (every dim a batch dim, as in Pixyz) and the same with every
     dim after the first as an event dim: what moments, the entropy and the KL divergence read."""
     self.set_dist(_local_inputs(self, b, values), batch_n=ctx.batch_n)  # (Pixyz passes no network keywords)

@@ -123,6 +123,7 @@ class LiveTorchClass:
     def __repr__(self) -> str:
         return f"LiveTorchClass({type(self.owner).__name__}.distribution_torch_class)"
 
+
 def pyro_class(torch_class: type) -> type:
     """``torch_class`` with Pyro's ``TorchDistributionMixin`` (``to_event``, ``expand``...), made once per class; a
     ``functools.partial`` of a class (``partial(StudentT, 3.0)``) becomes the same partial of that class."""

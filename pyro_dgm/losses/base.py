@@ -708,7 +708,7 @@ class Loss(YieldingModule, _PyroELBO):
             if empty:
                 _raise_empty(self, inputs, empty, f"evaluating it raised {type(error).__name__}: {error}", error)
             raise
-        loss, samples = _result(self, out, outer=True)
+        loss, samples = _result(self, out)
         if not isinstance(loss, Tensor) and not self._dgm_of_parameters_only():
             try:
                 loss = torch.as_tensor(loss, dtype=torch.get_default_dtype())
@@ -1024,13 +1024,15 @@ def _values_parameter(cls: type) -> str | None:
     return _VALUES_PARAMETER[cls]
 
 
-def _result(loss: Loss, out: Any, outer: bool = False) -> tuple[Any, Any]:
-    """``(value, samples)`` of what ``loss.forward`` returned: Pixyz's ``(loss, x_dict)``, or the value alone (a tuple
-    subclass, such as torch's named results, is a value, but at the outermost evaluation)."""
-    if type(out) is tuple or (outer and isinstance(out, tuple)):
-        if len(out) == 2:
-            return out
-        raise ValueError(f"{describe(loss)}: forward() must return (loss, x_dict), got a tuple of {len(out)} values")
+def _result(loss: Loss, out: Any) -> tuple[Any, Any]:
+    """``(value, samples)`` of what ``loss.forward`` returned: Pixyz's ``(loss, x_dict)`` (any pair, as Pixyz
+    unpacks it: a list, a named tuple), or the value alone."""
+    if isinstance(out, (tuple, list)):
+        if len(out) == 2 and (out[1] is None or isinstance(out[1], Mapping)):
+            return out[0], out[1] if out[1] is not None else {}
+        what = (f"a {type(out).__name__} of {len(out)} values" if len(out) != 2 else
+                f"a pair whose second value is a {type(out[1]).__name__}")
+        raise ValueError(f"{describe(loss)}: forward() must return (loss, x_dict), got {what}")
     return out, {}
 
 

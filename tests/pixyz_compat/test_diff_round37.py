@@ -335,3 +335,121 @@ def test_a_flow_that_drops_the_batch_dim_is_named_at_the_draw() -> None:
     prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="pz")
     with pytest.raises(ShapeError, match=r"TransformedDistribution p\(x\): the flow turned the prior's draw"):
         TransformedDistribution(prior, First(), var=["x"]).sample(batch_n=4)
+
+
+# ------------------------------------------------------------------ a short attack on the above (probe p172)
+def _callable_attributes(kind: str, after: bool) -> Any:
+    def program() -> Any:
+        import functools
+
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class Q(Normal):
+            pass
+
+        def glp(x_dict: Any, sum_features: bool = True, feature_dims: Any = None, shift: float = 7., **kw: Any) -> Any:
+            return torch.zeros(x_dict["z"].shape[0]) - shift
+
+        fn = staticmethod(glp) if kind == "staticmethod" else functools.partial(glp, shift=5.)
+        if not after:
+            Q.get_log_prob = fn
+        q = Q(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="q")
+        if after:
+            Q.get_log_prob = fn
+        r = Normal(var=["y"], loc=torch.zeros(2), scale=torch.ones(2), name="r")
+        v = {"z": torch.ones(1, 2), "y": torch.zeros(1, 2)}
+        return [q.get_log_prob(v), (q * r).get_log_prob(v), q.replace_var(z="w").get_log_prob({"w": v["z"]})]
+
+    return program
+
+
+@pytest.mark.parametrize("after", [False, True])
+@pytest.mark.parametrize("kind", ["staticmethod", "partial"])
+def test_a_staticmethod_or_partial_get_log_prob_is_called_without_self_everywhere(kind: str, after: bool) -> None:
+    """A staticmethod was given the distribution as its first argument (a TypeError); a partial was ignored by
+    products and renamings (the family's density)."""
+    ref, ours = run_both(_callable_attributes(kind, after))
+    assert_same(ref, ours)
+    shift = 7. if kind == "staticmethod" else 5.
+    torch.testing.assert_close(ours[1], -shift + torch.distributions.Normal(0., 1.).log_prob(torch.zeros(2)).sum()
+                               .reshape(1))
+
+
+def _pairs_returned_by_a_loss(kind: str) -> Any:
+    def program() -> Any:
+        import collections
+
+        import sympy
+        import torch
+
+        from pixyz.losses.losses import Loss
+
+        pair = collections.namedtuple("pair", "loss x_dict")
+
+        class My(Loss):
+            def __init__(self) -> None:
+                super().__init__(input_var=["x"])
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("my")
+
+            def forward(self, x_dict: Any, **kw: Any) -> Any:
+                value = x_dict["x"].sum()
+                return [value, {}] if kind == "list" else pair(value, {})
+
+        x = {"x": torch.arange(6.).reshape(3, 2)}
+        return [My().eval(x), (My() + 1).eval(x), (2 * My()).eval(x), My().mean().eval(x)]
+
+    return program
+
+
+@pytest.mark.parametrize("kind", ["list", "namedtuple"])
+def test_a_loss_returning_its_pair_as_a_list_or_named_tuple_is_unpacked_as_pixyz_unpacks_it(kind: str) -> None:
+    ref, ours = run_both(_pairs_returned_by_a_loss(kind))
+    assert_same(ref, ours)
+    assert [float(v) for v in ours] == [15., 16., 30., 15.]
+
+
+def test_a_torch_named_result_as_a_loss_value_is_named() -> None:
+    """``x.max(0)`` (values and indices) returned as the loss: ``.mean()`` gave the two stacked (Pixyz raises)."""
+    import sympy
+
+    from pyro_dgm.losses import Loss
+
+    class My(Loss):
+        def __init__(self) -> None:
+            super().__init__(input_var=["x"])
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("my")
+
+        def forward(self, x_dict: Any, **kw: Any) -> Any:
+            return x_dict["x"].max(0)
+
+    with pytest.raises(ValueError, match=r"My my: forward\(\) must return \(loss, x_dict\), got a pair whose second "
+                                         r"value is a Tensor"):
+        My().mean().eval({"x": torch.arange(6.).reshape(3, 2)})
+
+
+def test_a_flow_that_reshapes_and_keeps_the_batch_dim_draws() -> None:
+    """The control of the check above (p172 found it refused): a reshaping flow keeps the batch dim, and its draw is
+    the prior's, reshaped."""
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+    from pyro_dgm.flows import Flow
+
+    class Flat(Flow):
+        def __init__(self) -> None:
+            super().__init__(4)
+
+        def forward(self, x: torch.Tensor, y: Any = None, compute_jacobian: bool = True) -> torch.Tensor:
+            if compute_jacobian:
+                self._logdet_jacobian = torch.zeros(x.shape[0])
+            return x.reshape(x.shape[0], -1)
+
+    prior = Normal(var=["z"], loc=torch.zeros(1, 2, 2), scale=torch.ones(1, 2, 2), features_shape=[1, 2, 2])
+    s = TransformedDistribution(prior, Flat(), var=["x"]).sample(batch_n=3)
+    assert s["x"].shape == (3, 4) and torch.equal(s["x"], s["z"].reshape(3, 4))

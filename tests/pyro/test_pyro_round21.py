@@ -7,15 +7,13 @@ drawing, so it keys on the handlers (as dropout and ``PyroSample`` weights do).
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import AutoNormal
+from test_pyro_round20 import assert_particles_match_pyro
 
 
 def _regression() -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -35,28 +33,8 @@ def _regression() -> tuple[Any, torch.Tensor, torch.Tensor]:
 
 
 def test_pyro_elbo_particles_run_a_forward_that_calls_pyro_sample_anew() -> None:
-    from pyro_dgm.losses import PyroELBO
-
     p, x, y = _regression()
-
-    def model(x: torch.Tensor, y: torch.Tensor) -> None:
-        d = p.dist({"x": x})
-        with pyro.plate("data", len(x)):
-            pyro.sample("y", d, obs=y)
-
-    pyro.clear_param_store()
-    guide = AutoNormal(model)
-    pyro.set_rng_seed(0)
-    guide(x, y)
-    for particles in (1, 3):
-        pyro.set_rng_seed(5)
-        ref = Trace_ELBO(num_particles=particles).differentiable_loss(model, guide, x, y)
-        pyro.set_rng_seed(5)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", UserWarning)  # (Pyro's "non-auxiliary vars in guide but not model")
-            ours = PyroELBO(model, guide, elbo=Trace_ELBO(num_particles=particles),
-                            input_var=["x", "y"]).eval({"x": x, "y": y})
-        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    assert_particles_match_pyro(p, x, y)
     assert p.__dict__.get("_dgm_makes_sites") is True
 
 
