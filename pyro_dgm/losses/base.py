@@ -1026,13 +1026,14 @@ def _values_parameter(cls: type) -> str | None:
 
 def _result(loss: Loss, out: Any) -> tuple[Any, Any]:
     """``(value, samples)`` of what ``loss.forward`` returned: Pixyz's ``(loss, x_dict)`` (any pair, as Pixyz
-    unpacks it: a list, a named tuple), or the value alone."""
+    unpacks it: a list, a named tuple such as torch's ``x.max(0)``), or the value alone. A second value that is no
+    dict (``(loss, [])``, the indices of ``x.max(0)``) adds no samples (Pixyz's ``eval`` hands it back, and its
+    operators fail on it)."""
     if isinstance(out, (tuple, list)):
-        if len(out) == 2 and (out[1] is None or isinstance(out[1], Mapping)):
-            return out[0], out[1] if out[1] is not None else {}
-        what = (f"a {type(out).__name__} of {len(out)} values" if len(out) != 2 else
-                f"a pair whose second value is a {type(out[1]).__name__}")
-        raise ValueError(f"{describe(loss)}: forward() must return (loss, x_dict), got {what}")
+        if len(out) == 2:
+            return out[0], out[1] if isinstance(out[1], Mapping) else {}
+        raise ValueError(f"{describe(loss)}: forward() must return (loss, x_dict), got a {type(out).__name__} of "
+                         f"{len(out)} values")
     return out, {}
 
 
