@@ -116,10 +116,6 @@ class LiveTorchClass:
         fn = self._fn()
         return getattr(fn.func if isinstance(fn, functools.partial) else fn, "support", None)
 
-    @property
-    def arg_constraints(self) -> dict[str, Any]:
-        return {}
-
     def __repr__(self) -> str:
         return f"LiveTorchClass({type(self.owner).__name__}.distribution_torch_class)"
 
