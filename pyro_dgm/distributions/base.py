@@ -242,6 +242,8 @@ def _class_forward_moved(self: "Distribution", seen: BoundForward | None) -> Bin
 #: plain attribute, their ``forward`` being nobody's to replace.
 _WATCHED_BINDING = property(_get_binding, _set_binding)
 
+_INSTANCE_METHODS = overrides.INSTANCE_METHODS  # (set on one distribution, they route its hooks)
+
 
 def _unusable(d: Mapping[str, Any]) -> bool:
     """Whether a family's binding failed (its error shadows the parameters: see ``family._dgm_set_unusable``)."""
@@ -522,6 +524,9 @@ class Distribution(YieldingModule):
         elif name == "distribution_torch_class":
             super().__setattr__(name, value)
             self._dgm_torch_class_set()
+        elif name in _INSTANCE_METHODS:  # (q.get_log_prob = fn: Pixyz calls the instance's; see overrides)
+            super().__setattr__(name, value)
+            overrides.instance_method_set(self, name)
         else:
             super().__setattr__(name, value)
 
@@ -529,6 +534,8 @@ class Distribution(YieldingModule):
         super().__delattr__(name)
         if name == "forward":  # (del p.forward: the class's forward again, as in Pixyz)
             self._dgm_forward_set()
+        elif name in _INSTANCE_METHODS:
+            overrides.instance_method_set(self, name)
 
     def _dgm_torch_class_set(self) -> None:
         """``distribution_torch_class`` assigned to the instance: a family reads it from now on (``family.py``)."""
@@ -908,8 +915,8 @@ class Distribution(YieldingModule):
         >>> {k: tuple(v.shape) for k, v in (p * prior).sample(batch_n=3).items()}
         {'z': (3, 2), 'x': (3, 2)}
         """
-        if overrides.current_of(self):  # a method a later cell set on this class: its super() call (see there)
-            with overrides.entered(self):
+        if overrides.current_of(self) or overrides.own_method_running(self, "sample"):  # a method a later cell set
+            with overrides.entered(self):  # on this class or instance: this is its super() call (see there)
                 return Distribution.sample(self, x_dict, batch_n, sample_shape, return_all, reparam, sample_mean,
                                            **kwargs)
         expected = None
@@ -1024,8 +1031,8 @@ class Distribution(YieldingModule):
         >>> round(float(p.get_log_prob({"x": torch.zeros(1, 2)})), 4)
         -1.8379
         """
-        if overrides.current_of(self):  # a method a later cell set on this class: its super() call (see there)
-            with overrides.entered(self):
+        if overrides.current_of(self) or overrides.own_method_running(self, "get_log_prob"):  # a method a later
+            with overrides.entered(self):  # cell set on this class or instance: this is its super() call (see there)
                 return Distribution.get_log_prob(self, x_dict, sum_features, feature_dims, **kwargs)
         total = self._dgm_get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
         if sum_features and feature_dims is None and total.dim() > 1 and not self._dgm_factor_sums(True, None):

@@ -21,7 +21,7 @@ from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import (PYRO_STACK, copy_plates, data_batch_ndim, given_event_dim,
                                                has_forward_hooks, ignores_sites, run_bound_network, run_network)
-from pyro_dgm.distributions.overrides import current, fn_via_set_dist
+from pyro_dgm.distributions.overrides import current, sets_dist, unshadow
 from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adopt, pyro_class, reduce_made
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
@@ -297,7 +297,7 @@ class DistributionBase(Distribution):
 
     def _dgm_late_keys_params(self, *args: Any, **kwargs: Any) -> Any:
         slot = "_dgm_inner_params" if self._dgm_user_get_params else "_dgm_params"
-        self.__dict__.pop(slot, None)
+        unshadow(self, slot)
         try:
             keys = self.params_keys
         except AttributeError:
@@ -346,7 +346,7 @@ class DistributionBase(Distribution):
         accepted = [n for g in self.param_groups for n in g]
         for slot in ("_dgm_params", "_dgm_inner_params"):  # the error of the old binding, if any, is found anew
             if getattr(self.__dict__.get(slot), "_dgm_unusable", False):
-                del self.__dict__[slot]
+                unshadow(self, slot)
         try:
             fwd_pos, fwd_kw = forward_binding(self, [v for _, v in b.param_vars], accepted[-1] if accepted else "loc")
         except (ValueError, TypeError) as e:
@@ -884,7 +884,7 @@ class DistributionBase(Distribution):
         """The ``pyro.distributions`` object given the inputs; feature dims are its event dims (``dist(...)``)."""
         values = self._dgm_input_dict(x_dict, self._dgm_b.input_var)
         fn, base = self._dgm_fn(self._dgm_b, values, CallState(batch_n=batch_n, kwargs=kwargs))
-        if type(self)._dgm_fn is not fn_via_set_dist:  # (a set_dist of the user's has set Pixyz's dist itself)
+        if not sets_dist(self):  # (a set_dist of the user's has set Pixyz's dist itself)
             self._dgm_set_last(base, True)  # as Pixyz's set_dist(x_dict, batch_n) (the analytic KL builds here)
         return fn
 
@@ -1358,7 +1358,7 @@ class DistributionBase(Distribution):
         current(type(self))  # (a get_params a later cell set on the class)
         values = self._dgm_input_dict(x_dict, self._dgm_b.input_var)
         fn, base = self._dgm_fn(self._dgm_b, values, CallState(kwargs=kwargs), expand=False)
-        if type(self)._dgm_fn is not fn_via_set_dist:  # (a set_dist of the user's has set Pixyz's dist itself)
+        if not sets_dist(self):  # (a set_dist of the user's has set Pixyz's dist itself)
             self._dgm_set_last(base, True)  # Pixyz's moments and entropy call set_dist(x_dict) (not sampling)
         return fn, base
 

@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -136,6 +137,8 @@ def _entering(fn: Any) -> Any:
     return method
 
 
+_INSTALLS = itertools.count()
+
 #: The public methods whose user versions :func:`install` routes the hooks through.
 _PUBLIC = ("get_params", "sample", "get_log_prob", "set_dist", "get_sample", "dist")
 
@@ -184,6 +187,9 @@ def current_of(dist: Any) -> bool:
             core = core._modules["p"]
         if current(type(core)) and core is dist:
             mine = True
+        routes = core.__dict__.get("_dgm_instance_saved")
+        if routes is not None and routes["_dgm_installed"] != type(core).__dict__.get("_dgm_installed"):
+            instance_method_set(core, "sample")  # (its class's methods changed since: the routes anew)
     return mine
 
 
@@ -229,6 +235,7 @@ def install(cls: Any) -> None:
             _unroute(cls, "_dgm_draw_with", "_dgm_inner_draw_with", _draw_via_sample)
     now = _methods(cls)
     type.__setattr__(cls, "_dgm_methods", now)  # (what current() compares)
+    type.__setattr__(cls, "_dgm_installed", next(_INSTALLS))  # (what an instance's routes compare: current_of)
     type.__setattr__(cls, "_dgm_methods_static", _static_methods(cls) if now != _methods(cls) else None)
 
 
@@ -250,6 +257,131 @@ def _route(cls: Any, hook: str, inner: str, via: Any) -> None:
             own = getattr(cls, inner)
     setattr(cls, inner, own)
     setattr(cls, hook, via)
+
+
+# ---------------------------------------------------------------------- methods set on one instance
+#: The public methods that a later notebook cell may set on one distribution (``q.get_log_prob = fn``): Pixyz calls
+#: ``q.get_log_prob(...)``, which finds the instance's before the class's, and so for the others.
+INSTANCE_METHODS = frozenset({"get_params", "sample", "get_log_prob", "set_dist", "get_sample"})
+
+#: The hooks that :func:`install` and :func:`instance_method_set` route, each route with the slot of what it wraps.
+_WRAPS = {"_draw_via_sample": "_dgm_inner_draw_with", "_draw_via_set_dist": "_dgm_inner_set_dist_draw",
+          "_params_via_get_params": "_dgm_inner_params", "_score_via_get_log_prob": "_dgm_inner_score_with"}
+
+#: What :func:`instance_method_set` writes in an instance's ``__dict__`` (besides the hooks it saves first).
+_INSTANCE_SLOTS = ("_dgm_inner_draw_with", "_dgm_inner_set_dist_draw", "_dgm_inner_params", "_dgm_inner_score_with",
+                   "_dgm_user_get_params", "_dgm_user_sample", "_dgm_user_log_prob", "_dgm_user_set_dist")
+
+
+def _own(dist: Any, name: str) -> bool:
+    """Whether ``dist`` has its own ``name``: set on the instance, or the user's on its class (:func:`install`)."""
+    return callable(dist.__dict__.get(name)) or _user_defined(type(dist), name)
+
+
+def instance_method_set(dist: Any, name: str) -> None:
+    """``dist.<name>`` was set (or deleted): route ``dist``'s hooks through its public methods, as :func:`install`
+    routes a class's, with the methods on the instance and the user's on the class together (Pixyz's calls find the
+    instance's first: one set on the instance calls the class's as a subclass calls ``super()``, and that call runs
+    with the class's hooks, :func:`own_method_running`). The hooks sit in the instance's ``__dict__`` over the class's
+    own (:class:`_ClassHook`), so other instances pay nothing; the user's function keeps its place there
+    (``q.get_log_prob`` is it). Routed anew when the class's methods change (:func:`current_of`)."""
+    if name not in INSTANCE_METHODS:
+        return
+    d, cls = dist.__dict__, type(dist)
+    saved = d.pop("_dgm_instance_saved", None)
+    if saved is not None:  # tear the last routing down: the instance's own slots as they were
+        for slot in _INSTANCE_SLOTS:
+            d.pop(slot, None)
+        saved.pop("_dgm_installed")
+        for slot, value in saved.items():
+            d.pop(slot, None)
+            if not (isinstance(value, str) and value == _ABSENT):
+                d[slot] = value
+    here = [n for n in INSTANCE_METHODS if callable(d.get(n))]
+    if not here or not hasattr(cls, "_dgm_draw_with"):
+        return
+    saved = {}
+
+    def route(hook: str, via: Any, inner: str | None) -> None:
+        if hook not in saved:
+            saved[hook] = d.get(hook, _ABSENT)
+        if inner is not None:
+            below = d.get(hook)
+            d[inner] = below if below is not None else _ClassHook(dist, hook)
+        d[hook] = functools.partial(via, dist)
+
+    if hasattr(cls, "get_sample") and hasattr(cls, "set_dist") and (_own(dist, "set_dist") or
+                                                                     _own(dist, "get_sample") or cls._dgm_user_dist):
+        route("_dgm_draw_with", _draw_via_set_dist, "_dgm_inner_set_dist_draw")
+        d["_dgm_user_set_dist"] = True
+        if _own(dist, "set_dist") or cls._dgm_user_dist:
+            route("_dgm_score_with", _score_via_set_dist, None)
+            route("_dgm_fn", fn_via_set_dist, None)
+            for slot in ("_dgm_plain", "_dgm_closed_lp", "_dgm_closed_rs"):  # (its closed forms: not Pixyz's dist)
+                saved[slot] = d.get(slot, _ABSENT)
+            d["_dgm_plain"], d["_dgm_closed_lp"], d["_dgm_closed_rs"] = False, None, None
+    if _own(dist, "get_params") and hasattr(cls, "_dgm_params"):
+        route("_dgm_params", _params_via_get_params, "_dgm_inner_params")
+        d["_dgm_user_get_params"] = True
+    if _own(dist, "sample") or _own(dist, "get_log_prob"):
+        route("_dgm_draw_with", _draw_via_sample, "_dgm_inner_draw_with")
+        d["_dgm_user_sample"] = _own(dist, "sample")
+    if _own(dist, "get_log_prob"):
+        route("_dgm_score_with", _score_via_get_log_prob, "_dgm_inner_score_with")
+        d["_dgm_user_log_prob"] = True
+    saved["_dgm_installed"] = cls.__dict__.get("_dgm_installed")  # (what they were routed with: current_of)
+    d["_dgm_instance_saved"] = saved
+
+
+_ABSENT = "(absent)"  # (a slot the instance did not have: pickled as it is)
+
+
+def own_method_running(dist: Any, name: str) -> bool:
+    """Whether the class's public ``name`` runs on ``dist`` whose own ``name`` (set on the instance) is not running:
+    it is that method's call of the class's (its ``super()``), so it runs with the class's hooks (:func:`entered`);
+    else the instance's hook would call the instance's method again."""
+    return name in dist.__dict__ and id(dist) not in _inside()
+
+
+def unshadow(dist: Any, slot: str) -> None:
+    """Take the instance's ``slot`` (``_dgm_params`` or ``_dgm_inner_params``: a binding's error, late
+    ``params_keys``) off, where it shadowed the parameters' hook: the class's again, or, where it was what an
+    instance's ``get_params`` route wraps, the class's under that route."""
+    d = dist.__dict__
+    d.pop(slot, None)
+    if slot == "_dgm_inner_params" and isinstance(d.get("_dgm_params"), functools.partial):
+        d[slot] = _ClassHook(dist, "_dgm_params")
+
+
+def sets_dist(dist: Any) -> bool:
+    """Whether ``dist``'s distribution object is made by the user's ``set_dist`` (or read from its ``dist``
+    property): Pixyz's record of it is the user's, not made anew."""
+    fn = dist.__dict__.get("_dgm_fn")
+    return (type(dist)._dgm_fn if fn is None else getattr(fn, "func", None)) is fn_via_set_dist
+
+
+class _ClassHook:
+    """The family's own hook ``hook`` of ``dist``'s class, under the routes :func:`install` made there (the
+    instance's routes stand for them), looked up at each call (a class patched later)."""
+
+    __slots__ = ("dist", "hook")
+
+    def __init__(self, dist: Any, hook: str) -> None:
+        self.dist, self.hook = dist, hook
+
+    def _target(self) -> Any:
+        cls = type(self.dist)
+        fn = getattr(cls, self.hook)
+        while getattr(fn, "__name__", None) in _WRAPS and getattr(fn, "__module__", None) == __name__:
+            fn = getattr(cls, _WRAPS[fn.__name__])
+        return fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target()(self.dist, *args, **kwargs)
+
+    @property
+    def _dgm_no_draw(self) -> bool:
+        return bool(getattr(self._target(), "_dgm_no_draw", False))
 
 
 def _local_inputs(self: Any, b: Binding, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from torch.distributions import Independent, kl_divergence
 
 from pyro_dgm.distributions.base import site_builder
 from pyro_dgm.distributions.exponential import scored_distribution
-from pyro_dgm.distributions.overrides import fn_via_set_dist
+from pyro_dgm.distributions.overrides import sets_dist
 from pyro_dgm.distributions.pixyz_protocol import LiveTorchClass
 from pyro_dgm.distributions.family import DistributionBase, pixyz_dist
 from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
@@ -396,8 +396,8 @@ def _pixyz_batch_shape(d: Any, values: dict[str, Any], kwargs: dict[str, Any]) -
     """The batch shape of the torch object Pixyz's ``set_dist`` makes for ``d``: the element-wise distribution of our
     site distribution, or, for a family written the Pixyz way (whose torch class or function may make an
     ``Independent`` of its own), that object itself."""
-    if isinstance(getattr(d, "pyro_dist", None), LiveTorchClass) or getattr(type(d), "_dgm_fn", None) is \
-            fn_via_set_dist:  # (or whose set_dist is the user's: read what the KL's own call set, not set again)
+    if isinstance(getattr(d, "pyro_dist", None), LiveTorchClass) or (hasattr(type(d), "_dgm_fn") and sets_dist(
+            d)):  # (or whose set_dist is the user's: read what the KL's own call set, not set again)
         obj = d.dist if type(d)._dgm_user_dist else pixyz_dist(d)
         if obj is not None:
             return obj.batch_shape  # type: ignore[no-any-return]
