@@ -492,6 +492,7 @@ class Distribution(YieldingModule):
         if not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a string, got {name!r}")
         overrides.current(type(self))  # (a method a later cell set on the class: a new instance uses it)
+        self._dgm_installed_at = type(self).__dict__.get("_dgm_installed")  # (later changes: _dgm_class_changed)
         owner = f"{type(self).__name__} {name}"
         self._var = _VarList(as_var_list(var, owner, "var"), self, "_var")
         if not self._var:
@@ -530,6 +531,10 @@ class Distribution(YieldingModule):
         else:
             super().__setattr__(name, value)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        overrides.copied(self)  # (methods set on the instance: their routes are the copy's own)
+
     def __delattr__(self, name: str) -> None:
         super().__delattr__(name)
         if name == "forward":  # (del p.forward: the class's forward again, as in Pixyz)
@@ -539,6 +544,13 @@ class Distribution(YieldingModule):
 
     def _dgm_torch_class_set(self) -> None:
         """``distribution_torch_class`` assigned to the instance: a family reads it from now on (``family.py``)."""
+
+    def _dgm_class_changed(self) -> None:
+        """The methods (or ``distribution_torch_class``) of this distribution's class changed since it was built,
+        or since the last call (``overrides.current_of``): the routes of methods set on the instance anew."""
+        self._dgm_installed_at = type(self).__dict__.get("_dgm_installed")
+        if "_dgm_instance_saved" in self.__dict__:
+            overrides.instance_method_set(self, "sample")
 
     def _dgm_forward_set(self) -> None:
         """A ``forward`` set on this instance (``p.forward = ...``, in a later notebook cell) or deleted from it:

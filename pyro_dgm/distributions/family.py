@@ -17,7 +17,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import Distribution, ValuesLike, _broadcasts, _one_hot_support, has_network
-from pyro_dgm.utils.attributes import Yielding
+from pyro_dgm.utils.attributes import Yielding, users_own
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import (PYRO_STACK, copy_plates, data_batch_ndim, given_event_dim,
                                                has_forward_hooks, ignores_sites, run_bound_network, run_network)
@@ -270,11 +270,28 @@ class DistributionBase(Distribution):
         if self._dgm_user_get_params:
             self._dgm_const_only = False  # the subclass's get_params may change the constants
         self._dgm_b = Binding(self._var, self._cond_var, self._dgm_input_var, fwd_pos, fwd_kw, var_params)
-        # the closed forms of this family (closed_forms.py), unless a subclass builds its distribution its own way
+        self._dgm_closed_forms()
+
+    def _dgm_closed_forms(self) -> None:
+        """The closed forms of this family (``closed_forms.py``), unless a subclass (or a ``set_dist`` set on this
+        instance) builds its distribution its own way."""
         cls = type(self)
-        self._dgm_plain = cls._dgm_fn is DistributionBase._dgm_fn and cls._dgm_parts is DistributionBase._dgm_parts
+        self._dgm_plain = (cls._dgm_fn is DistributionBase._dgm_fn and cls._dgm_parts is DistributionBase._dgm_parts
+                           and not sets_dist(self))
         self._dgm_closed_lp = closed_forms.LOG_PROB.get(self.pyro_dist) if self._dgm_plain else None
         self._dgm_closed_rs = closed_forms.RSAMPLE.get(self.pyro_dist) if self._dgm_plain else None
+
+    def _dgm_class_changed(self) -> None:
+        """Also a ``distribution_torch_class`` a later cell set on the class of a built family's subclass
+        (``B.distribution_torch_class = Laplace``): read at each call from now on, as on the instance; and the
+        closed forms, which a ``set_dist`` set on the class later turns off."""
+        super()._dgm_class_changed()
+        if "_dgm_b" not in self.__dict__:
+            return
+        if type(self.__dict__.get("pyro_dist")) is not LiveTorchClass and users_own(type(self),
+                                                                                    "distribution_torch_class"):
+            self._dgm_torch_class_set()
+        self._dgm_closed_forms()  # (none once the class has a set_dist of the user's, Q.set_dist = ...)
 
     def _dgm_torch_class_set(self) -> None:
         """``distribution_torch_class`` assigned to this instance (a subclass that made it a class attribute, then a

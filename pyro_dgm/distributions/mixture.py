@@ -329,7 +329,10 @@ class MixtureModel(_Mixture):
     @property
     def prob_factorized_text(self) -> str:
         x, z = self._var[0], self._hidden_var[0]
-        return " + ".join(f"{d.name}({x}|{z}={k}){self.prior.name}({z}={k})" for k, d in enumerate(self.distributions))
+        c = "".join(f",{v}" for v in self._cond_var)  # (components conditioned on more: pyro_dgm's, p(x|z=0,y))
+        pc = "".join(f"|{','.join(self.prior.cond_var)}" if self.prior.cond_var else "")
+        return " + ".join(f"{d.name}({x}|{z}={k}{c}){self.prior.name}({z}={k}{pc})"
+                          for k, d in enumerate(self.distributions))
 
     def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         m = self._dgm_mapping(b)
@@ -520,7 +523,8 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
     @property
     def prob_factorized_text(self) -> str:
         z, x = self._hidden_var[0], self._var[0]
-        return f"\\frac{{{self._name}({z},{x})}}{{{self._name}({x})}}"
+        c = f"|{','.join(self.p._cond_var)}" if self.p._cond_var else ""  # (conditional components: p(z,x|y))
+        return f"\\frac{{{self._name}({z},{x}{c})}}{{{self._name}({x}{c})}}"
 
     def _dgm_log_post(self, values: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Tensor:
         r""":math:`\log p(z=k|x)`, shape ``(..., K)``."""

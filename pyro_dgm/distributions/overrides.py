@@ -142,15 +142,18 @@ _INSTALLS = itertools.count()
 #: The public methods whose user versions :func:`install` routes the hooks through.
 _PUBLIC = ("get_params", "sample", "get_log_prob", "set_dist", "get_sample", "dist")
 
+#: What :func:`current` compares: those, and the torch class (a later cell's ``B.distribution_torch_class = ...``).
+_WATCHED = _PUBLIC + ("distribution_torch_class",)
+
 
 def _methods(cls: Any) -> tuple[Any, ...]:
-    return tuple([getattr(cls, n, None) for n in _PUBLIC])
+    return tuple([getattr(cls, n, None) for n in _WATCHED])
 
 
 def _static_methods(cls: Any) -> tuple[Any, ...]:
     """The objects in the classes' dicts behind :func:`_methods` (for a class where ``getattr`` makes a new object at
     each read: a ``functools.partialmethod``)."""
-    return tuple([next((vars(k)[n] for k in cls.__mro__ if n in vars(k)), None) for n in _PUBLIC])
+    return tuple([next((vars(k)[n] for k in cls.__mro__ if n in vars(k)), None) for n in _WATCHED])
 
 
 def current(cls: Any) -> bool:
@@ -187,9 +190,8 @@ def current_of(dist: Any) -> bool:
             core = core._modules["p"]
         if current(type(core)) and core is dist:
             mine = True
-        routes = core.__dict__.get("_dgm_instance_saved")
-        if routes is not None and routes["_dgm_installed"] != type(core).__dict__.get("_dgm_installed"):
-            instance_method_set(core, "sample")  # (its class's methods changed since: the routes anew)
+        if core.__dict__.get("_dgm_installed_at") != type(core).__dict__.get("_dgm_installed"):
+            core._dgm_class_changed()  # (its class changed since it was built: see there)
     return mine
 
 
@@ -235,7 +237,7 @@ def install(cls: Any) -> None:
             _unroute(cls, "_dgm_draw_with", "_dgm_inner_draw_with", _draw_via_sample)
     now = _methods(cls)
     type.__setattr__(cls, "_dgm_methods", now)  # (what current() compares)
-    type.__setattr__(cls, "_dgm_installed", next(_INSTALLS))  # (what an instance's routes compare: current_of)
+    type.__setattr__(cls, "_dgm_installed", next(_INSTALLS))  # (what its instances compare: current_of)
     type.__setattr__(cls, "_dgm_methods_static", _static_methods(cls) if now != _methods(cls) else None)
 
 
@@ -273,9 +275,14 @@ _INSTANCE_SLOTS = ("_dgm_inner_draw_with", "_dgm_inner_set_dist_draw", "_dgm_inn
                    "_dgm_user_get_params", "_dgm_user_sample", "_dgm_user_log_prob", "_dgm_user_set_dist")
 
 
-def _own(dist: Any, name: str) -> bool:
-    """Whether ``dist`` has its own ``name``: set on the instance, or the user's on its class (:func:`install`)."""
-    return callable(dist.__dict__.get(name)) or _user_defined(type(dist), name)
+#: The slots of an instance's ``__dict__`` that its routes write (the hooks, what they wrap, flags, the record).
+_MANAGED = _INSTANCE_SLOTS + ("_dgm_draw_with", "_dgm_score_with", "_dgm_params", "_dgm_fn", "_dgm_instance_saved")
+
+
+def _own(dist: Any, d: Mapping[str, Any], name: str) -> bool:
+    """Whether ``dist`` has its own ``name``: set on the instance (``d`` its state; a value that is no function
+    too, which Pixyz's call then fails on), or the user's on its class (:func:`install`)."""
+    return name in d or _user_defined(type(dist), name)
 
 
 def instance_method_set(dist: Any, name: str) -> None:
@@ -284,53 +291,76 @@ def instance_method_set(dist: Any, name: str) -> None:
     instance's first: one set on the instance calls the class's as a subclass calls ``super()``, and that call runs
     with the class's hooks, :func:`own_method_running`). The hooks sit in the instance's ``__dict__`` over the class's
     own (:class:`_ClassHook`), so other instances pay nothing; the user's function keeps its place there
-    (``q.get_log_prob`` is it). Routed anew when the class's methods change (:func:`current_of`)."""
-    if name not in INSTANCE_METHODS:
+    (``q.get_log_prob`` is it). Routed anew when the class's methods change (:func:`current_of`) and in a copy
+    (``Distribution.__setstate__``). Not for a product, renaming or marginal (``_atomic`` false): Pixyz's products
+    are made of their factors, whose own methods they call. The new routes replace the old ones in one update of
+    the instance's ``__dict__`` (another thread reads the old or the new ones)."""
+    if name not in INSTANCE_METHODS or not type(dist)._atomic:
         return
-    d, cls = dist.__dict__, type(dist)
+    real, cls = dist.__dict__, type(dist)
+    d = dict(real)  # (the new state is made here, then written at once)
     saved = d.pop("_dgm_instance_saved", None)
-    if saved is not None:  # tear the last routing down: the instance's own slots as they were
+    if saved is not None:  # the last routing taken down: the instance's own slots as they were
         for slot in _INSTANCE_SLOTS:
             d.pop(slot, None)
-        saved.pop("_dgm_installed")
         for slot, value in saved.items():
             d.pop(slot, None)
             if not (isinstance(value, str) and value == _ABSENT):
                 d[slot] = value
-    here = [n for n in INSTANCE_METHODS if callable(d.get(n))]
-    if not here or not hasattr(cls, "_dgm_draw_with"):
-        return
-    saved = {}
+    if any(n in d for n in INSTANCE_METHODS) and hasattr(cls, "_dgm_draw_with"):
+        _routes(dist, d)
+    sets = {k: d[k] for k in _MANAGED if k in d and real.get(k, _ABSENT) is not d[k]}
+    gone = [k for k in _MANAGED if k in real and k not in d]
+    real.update(sets)  # (only the slots the routes use: a draw in another thread writes its own records)
+    for k in gone:
+        real.pop(k, None)
+    if hasattr(cls, "_dgm_closed_forms") and "_dgm_b" in real:
+        dist._dgm_closed_forms()  # (none where the user's set_dist makes the distribution)
+
+
+def _routes(dist: Any, d: dict[str, Any]) -> None:
+    """Write into ``d`` (``dist``'s state to be) the routes of :func:`instance_method_set`."""
+    cls = type(dist)
+    saved: dict[str, Any] = {}
 
     def route(hook: str, via: Any, inner: str | None) -> None:
-        if hook not in saved:
-            saved[hook] = d.get(hook, _ABSENT)
+        first = hook not in saved
+        for slot in (hook, inner):
+            if slot is not None and slot not in saved:
+                saved[slot] = d.get(slot, _ABSENT)
         if inner is not None:
             below = d.get(hook)
+            if below is None and first and inner in d:
+                below = d[inner]  # (the instance's own, under its class's route: late params_keys, an error)
             d[inner] = below if below is not None else _ClassHook(dist, hook)
         d[hook] = functools.partial(via, dist)
 
-    if hasattr(cls, "get_sample") and hasattr(cls, "set_dist") and (_own(dist, "set_dist") or
-                                                                     _own(dist, "get_sample") or cls._dgm_user_dist):
+    if hasattr(cls, "get_sample") and hasattr(cls, "set_dist") and (
+            _own(dist, d, "set_dist") or _own(dist, d, "get_sample") or cls._dgm_user_dist):
         route("_dgm_draw_with", _draw_via_set_dist, "_dgm_inner_set_dist_draw")
         d["_dgm_user_set_dist"] = True
-        if _own(dist, "set_dist") or cls._dgm_user_dist:
+        if _own(dist, d, "set_dist") or cls._dgm_user_dist:
             route("_dgm_score_with", _score_via_set_dist, None)
             route("_dgm_fn", fn_via_set_dist, None)
-            for slot in ("_dgm_plain", "_dgm_closed_lp", "_dgm_closed_rs"):  # (its closed forms: not Pixyz's dist)
-                saved[slot] = d.get(slot, _ABSENT)
-            d["_dgm_plain"], d["_dgm_closed_lp"], d["_dgm_closed_rs"] = False, None, None
-    if _own(dist, "get_params") and hasattr(cls, "_dgm_params"):
+    if _own(dist, d, "get_params") and hasattr(cls, "_dgm_params"):
         route("_dgm_params", _params_via_get_params, "_dgm_inner_params")
         d["_dgm_user_get_params"] = True
-    if _own(dist, "sample") or _own(dist, "get_log_prob"):
+    if _own(dist, d, "sample") or _own(dist, d, "get_log_prob"):
         route("_dgm_draw_with", _draw_via_sample, "_dgm_inner_draw_with")
-        d["_dgm_user_sample"] = _own(dist, "sample")
-    if _own(dist, "get_log_prob"):
+        d["_dgm_user_sample"] = _own(dist, d, "sample")
+    if _own(dist, d, "get_log_prob"):
         route("_dgm_score_with", _score_via_get_log_prob, "_dgm_inner_score_with")
         d["_dgm_user_log_prob"] = True
-    saved["_dgm_installed"] = cls.__dict__.get("_dgm_installed")  # (what they were routed with: current_of)
     d["_dgm_instance_saved"] = saved
+
+
+def copied(dist: Any) -> None:
+    """``dist`` was made from a state (``copy.copy``, ``copy.deepcopy``, a pickle): routes of methods set on the
+    instance that the state holds are made anew for it (a shallow copy's are the original's, bound to it)."""
+    saved = dist.__dict__.get("_dgm_instance_saved")
+    if saved is not None:
+        dist.__dict__["_dgm_instance_saved"] = dict(saved)  # (not the original's record)
+        instance_method_set(dist, "sample")
 
 
 _ABSENT = "(absent)"  # (a slot the instance did not have: pickled as it is)
@@ -339,8 +369,11 @@ _ABSENT = "(absent)"  # (a slot the instance did not have: pickled as it is)
 def own_method_running(dist: Any, name: str) -> bool:
     """Whether the class's public ``name`` runs on ``dist`` whose own ``name`` (set on the instance) is not running:
     it is that method's call of the class's (its ``super()``), so it runs with the class's hooks (:func:`entered`);
-    else the instance's hook would call the instance's method again."""
-    return name in dist.__dict__ and id(dist) not in _inside()
+    else the instance's hook would call the instance's method again. (So too on an instance with routes whose method
+    is not ``name``: its hooks are its class's then.)"""
+    d = dist.__dict__
+    return (name in d or "_dgm_instance_saved" in d) and id(dist) not in _inside()  # (also where a program took
+    # the method out of __dict__ itself: the routes then reach the class's)
 
 
 def unshadow(dist: Any, slot: str) -> None:
@@ -348,9 +381,14 @@ def unshadow(dist: Any, slot: str) -> None:
     ``params_keys``) off, where it shadowed the parameters' hook: the class's again, or, where it was what an
     instance's ``get_params`` route wraps, the class's under that route."""
     d = dist.__dict__
-    d.pop(slot, None)
-    if slot == "_dgm_inner_params" and isinstance(d.get("_dgm_params"), functools.partial):
-        d[slot] = _ClassHook(dist, "_dgm_params")
+    was = d.pop(slot, None)
+    saved = d.get("_dgm_instance_saved")
+    if saved is not None:
+        for key in ("_dgm_params", "_dgm_inner_params"):  # (not put back when the routes are taken down)
+            if was is not None and saved.get(key) is was:
+                saved[key] = _ABSENT
+        if slot == "_dgm_inner_params" and isinstance(d.get("_dgm_params"), functools.partial):
+            d[slot] = _ClassHook(dist, "_dgm_params")
 
 
 def sets_dist(dist: Any) -> bool:

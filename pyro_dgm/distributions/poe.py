@@ -22,6 +22,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
 from pyro_dgm.utils.checks import ShapeError, describe, ordered_union
+from pyro_dgm.utils.latex import latex_name
 from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
 __all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal", "Experts", "product_of_experts"]
@@ -355,8 +356,10 @@ class ElementWiseProductOfNormal(ProductOfNormal):
     @property
     def prob_factorized_text(self) -> str:
         e = self.p[0]
-        x = e.cond_var[0]
-        return f"p({','.join(self._var)})\\prod_{{i}}{e.name}({','.join(e.var)}|{x}_{{i}})"
+        x = latex_name(e.cond_var[0])
+        x = f"{{{x}}}" if "_" in x or "^" in x else x  # (x_{1}: its element {x_{1}}_{i}, not a double subscript)
+        z = ",".join(map(latex_name, self._var))
+        return f"p({z})\\prod_{{i}}{e.name}({','.join(map(latex_name, e.var))}|{x}_{{i}})"
 
     def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
                           ) -> list[tuple[Tensor, Tensor, Tensor, bool]]:

@@ -17,7 +17,7 @@ from torch.distributions import Independent, kl_divergence
 
 from pyro_dgm.distributions.base import site_builder
 from pyro_dgm.distributions.exponential import scored_distribution
-from pyro_dgm.distributions.overrides import sets_dist
+from pyro_dgm.distributions.overrides import current_of, sets_dist
 from pyro_dgm.distributions.pixyz_protocol import LiveTorchClass
 from pyro_dgm.distributions.family import DistributionBase, pixyz_dist
 from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
@@ -305,6 +305,8 @@ class KullbackLeibler(Loss):
             return self._dgm_mc.eval(x_dict, return_dict=True, return_all=False, **kwargs)
         total: Tensor | None = None
         dim = self._dgm_dim()
+        current_of(self.p)  # (a method a later cell set on a class: Pixyz's KL calls set_dist of the moment)
+        current_of(self.q)
         pairs = self._dgm_pairs()
         if len(pairs) > 1 and not getattr(self, "sum_features", True):
             raise ValueError(f"KullbackLeibler {self.latex}: sum_features=False gives the element-wise divergence of "
