@@ -60,6 +60,7 @@ import contextlib
 import functools
 import inspect
 import itertools
+import operator
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -146,8 +147,14 @@ _PUBLIC = ("get_params", "sample", "get_log_prob", "set_dist", "get_sample", "di
 _WATCHED = _PUBLIC + ("distribution_torch_class",)
 
 
+_READ = operator.attrgetter(*_WATCHED)
+
+
 def _methods(cls: Any) -> tuple[Any, ...]:
-    return tuple([getattr(cls, n, None) for n in _WATCHED])
+    try:
+        return _READ(cls)  # type: ignore[no-any-return]  # (one C call: current() runs at every public call)
+    except AttributeError:  # (a class without some of them: a product's)
+        return tuple([getattr(cls, n, None) for n in _WATCHED])
 
 
 def _static_methods(cls: Any) -> tuple[Any, ...]:
@@ -162,8 +169,10 @@ def current(cls: Any) -> bool:
     distribution is built, at its public ``sample``, ``get_log_prob``, moments and entropy, and for a composite's
     parts (a mixture's components, a flow's prior: :func:`~pyro_dgm.distributions.composite.own_site`), about
     0.5 us each. Whether it did (never while torch.compile traces)."""
-    if is_compiling():
-        return False
+    return False if is_compiling() else _current(cls)
+
+
+def _current(cls: Any) -> bool:
     d = cls.__dict__
     if d.get("_dgm_methods_static") is not None:  # (a method read anew at each getattr: compared in the dicts)
         if d["_dgm_methods_static"] == _static_methods(cls):
@@ -183,14 +192,14 @@ def current_of(dist: Any) -> bool:
     if is_compiling():
         return False
     mine = False
-    for f in dist._dgm_order:
-        core = f
-        while isinstance(core.__dict__.get("_modules", {}).get("p"), torch.nn.Module) and hasattr(
-                core._modules["p"], "_dgm_order"):  # (a renaming's distribution)
-            core = core._modules["p"]
-        if current(type(core)) and core is dist:
+    for core in dist._dgm_order:
+        inner = core.__dict__["_modules"].get("p")
+        while isinstance(inner, torch.nn.Module) and hasattr(inner, "_dgm_order"):  # (a renaming's distribution)
+            core, inner = inner, inner.__dict__["_modules"].get("p")
+        cls = type(core)
+        if _current(cls) and core is dist:
             mine = True
-        if core.__dict__.get("_dgm_installed_at") != type(core).__dict__.get("_dgm_installed"):
+        if core.__dict__.get("_dgm_installed_at") != cls.__dict__.get("_dgm_installed"):
             core._dgm_class_changed()  # (its class changed since it was built: see there)
     return mine
 
