@@ -541,6 +541,8 @@ class Distribution(YieldingModule):
             self._dgm_forward_set()
         elif name in _INSTANCE_METHODS:
             overrides.instance_method_set(self, name)
+        elif name == "distribution_torch_class":  # (the class's again)
+            self._dgm_class_changed()
 
     def _dgm_torch_class_set(self) -> None:
         """``distribution_torch_class`` assigned to the instance: a family reads it from now on (``family.py``)."""
@@ -1149,6 +1151,7 @@ class Distribution(YieldingModule):
     # ------------------------------------------------------------------ Pyro model / guide
     def _dgm_run_pyro(self, data: Mapping[str, Any] | None, kwargs: Mapping[str, Any],
                       guide: bool = False) -> dict[str, Tensor]:
+        overrides.current_of(self)  # (a method or torch class a later cell set on a factor's class)
         values = dict(data) if data is not None else {}
         values.update(kwargs)
         if any(v is None for v in values.values()):  # Pyro's idiom: None is "not given" (a model samples it)

@@ -17,7 +17,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
-from pyro_dgm.distributions.overrides import current, own_methods
+from pyro_dgm.distributions.overrides import current_of, own_methods
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import ArgumentError, DTypeError, clearer, describe, users_own_error
 from pyro_dgm.utils.modules import PlainBuffers
@@ -94,7 +94,7 @@ def own_site(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, A
     ``mapping``, drawn and scored by ``d``'s own ``sample`` and ``get_log_prob`` where its class has them
     (:func:`~pyro_dgm.distributions.overrides.own_methods`): Pixyz's composites call their parts' public methods."""
     core, b = unwrap(d)
-    current(type(core))  # (a method a later cell set on its class)
+    current_of(core)  # (a method a later cell set on its class)
     return own_methods(core, b.renamed(mapping) if mapping else b, values, ctx, fn)
 
 

@@ -21,7 +21,7 @@ from pyro_dgm.utils.attributes import Yielding, users_own
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import (PYRO_STACK, copy_plates, data_batch_ndim, given_event_dim,
                                                has_forward_hooks, ignores_sites, run_bound_network, run_network)
-from pyro_dgm.distributions.overrides import current, sets_dist, unshadow
+from pyro_dgm.distributions.overrides import current_of, sets_dist, unshadow
 from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adopt, pyro_class, reduce_made
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
@@ -286,11 +286,17 @@ class DistributionBase(Distribution):
         (``B.distribution_torch_class = Laplace``): read at each call from now on, as on the instance; and the
         closed forms, which a ``set_dist`` set on the class later turns off."""
         super()._dgm_class_changed()
-        if "_dgm_b" not in self.__dict__:
+        d = self.__dict__
+        if "_dgm_b" not in d:
             return
-        if type(self.__dict__.get("pyro_dist")) is not LiveTorchClass and users_own(type(self),
-                                                                                    "distribution_torch_class"):
+        cls = type(self)
+        live = type(d.get("pyro_dist")) is LiveTorchClass
+        own = users_own(cls, "distribution_torch_class") or "distribution_torch_class" in d
+        if own and not live:
             self._dgm_torch_class_set()
+        elif live and not own and cls.pyro_dist is not None:  # (taken back, del B.distribution_torch_class: the
+            del d["pyro_dist"]  # family's class again; its constants are checked at each call from now on)
+            self._dgm_base_cache = self._dgm_standard_cache = None
         self._dgm_closed_forms()  # (none once the class has a set_dist of the user's, Q.set_dist = ...)
 
     def _dgm_torch_class_set(self) -> None:
@@ -1010,6 +1016,7 @@ class DistributionBase(Distribution):
         >>> p.dist.log_prob(torch.zeros(3, 2)).shape
         torch.Size([3, 2])
         """
+        current_of(self)  # (a torch class a later cell set on the class)
         self._dgm_set_torch_dist(x_dict, batch_n, False, kwargs)
 
     def _dgm_set_torch_dist(self, x_dict: ValuesLike, batch_n: int | None, hard: bool, kwargs: Mapping[str, Any]
@@ -1372,7 +1379,7 @@ class DistributionBase(Distribution):
 
     # ------------------------------------------------------------------ moments
     def _dgm_moment(self, x_dict: ValuesLike, kwargs: Mapping[str, Any]) -> Any:
-        current(type(self))  # (a get_params a later cell set on the class)
+        current_of(self)  # (a get_params, set_dist or torch class a later cell set on the class)
         values = self._dgm_input_dict(x_dict, self._dgm_b.input_var)
         fn, base = self._dgm_fn(self._dgm_b, values, CallState(kwargs=kwargs), expand=False)
         if not sets_dist(self):  # (a set_dist of the user's has set Pixyz's dist itself)

@@ -24,6 +24,7 @@ from pyro_dgm.distributions.early_options import check_early_shape, early_sampli
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
 from pyro_dgm.distributions.family import _one_hot_support, observed_refusal
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
+from pyro_dgm.distributions.overrides import UserScored
 from pyro_dgm.distributions.poe import expert_given
 from pyro_dgm.utils.checks import ShapeError, describe, ordered_union, sample_batch_n
 from pyro_dgm.utils.latex import prob_text as _prob_text
@@ -45,6 +46,10 @@ class MixtureDistribution(TorchDistribution):
     validate_args : bool, optional
         Taken for torch's signature and not used: the mixture checks nothing itself, and each component scores a
         value under its own validation.
+    normalize : bool, optional
+        ``False``: the log-density is :math:`\log \sum_k e^{l_k} p_k(x)` with the weights as given (a prior's own
+        ``get_log_prob`` that is not normalized, as Pixyz's mixture adds it); the draws and moments use the
+        normalized weights.
 
     Examples
     --------
@@ -60,7 +65,8 @@ class MixtureDistribution(TorchDistribution):
     arg_constraints: dict = {}
     has_rsample = False
 
-    def __init__(self, logits: Tensor, components: Sequence[Any], validate_args: bool | None = None) -> None:
+    def __init__(self, logits: Tensor, components: Sequence[Any], validate_args: bool | None = None,
+                 normalize: bool = True) -> None:
         if logits.shape[-1] != len(components):
             raise ValueError(f"MixtureDistribution: {logits.shape[-1]} weights for {len(components)} components")
         event = components[0].event_shape
@@ -71,7 +77,9 @@ class MixtureDistribution(TorchDistribution):
             components = [c if c.event_shape == event else _with_event(c, event) for c in components]
         batch = torch.broadcast_shapes(logits.shape[:-1], *(c.batch_shape for c in components))
         self.components = [c if c.batch_shape == batch else c.expand(batch) for c in components]
-        self.logits = (logits - logits.logsumexp(-1, keepdim=True)).expand(*batch, logits.shape[-1])
+        total = logits.logsumexp(-1, keepdim=True)
+        self.logits = (logits - total).expand(*batch, logits.shape[-1])
+        self._dgm_total = None if normalize else total.expand(*batch, 1)  # (added back to the log-density)
         super().__init__(batch, event, validate_args=False)
 
     @property
@@ -80,8 +88,10 @@ class MixtureDistribution(TorchDistribution):
 
     def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> "MixtureDistribution":
         batch_shape = torch.Size(batch_shape)
-        return MixtureDistribution(self.logits.expand(*batch_shape, self.logits.shape[-1]),
-                                   [c.expand(batch_shape) for c in self.components])
+        total = self._dgm_total
+        logits = self.logits if total is None else self.logits + total
+        return MixtureDistribution(logits.expand(*batch_shape, self.logits.shape[-1]),
+                                   [c.expand(batch_shape) for c in self.components], normalize=total is None)
 
     def component_log_prob(self, value: Tensor) -> Tensor:
         r"""The joint :math:`\log \pi_k + \log p_k(x)`, shape ``(..., K)``."""
@@ -93,7 +103,8 @@ class MixtureDistribution(TorchDistribution):
             # an empty batch: torch's Independent cannot sum over event dims of no rows (reshape to [0, -1]);
             # Pixyz scores it as an empty tensor
             lps = [_log_prob_of_none(c, value) for c in self.components]
-        return torch.stack(lps, dim=-1) + self.logits
+        lp = torch.stack(lps, dim=-1) + self.logits
+        return lp if self._dgm_total is None else lp + self._dgm_total
 
     def log_prob(self, value: Tensor) -> Tensor:
         ev = self.event_shape
@@ -329,17 +340,16 @@ class MixtureModel(_Mixture):
     @property
     def prob_factorized_text(self) -> str:
         x, z = self._var[0], self._hidden_var[0]
-        c = "".join(f",{v}" for v in self._cond_var)  # (components conditioned on more: pyro_dgm's, p(x|z=0,y))
-        pc = "".join(f"|{','.join(self.prior.cond_var)}" if self.prior.cond_var else "")
-        return " + ".join(f"{d.name}({x}|{z}={k}{c}){self.prior.name}({z}={k}{pc})"
-                          for k, d in enumerate(self.distributions))
+        pc = f"|{','.join(self.prior.cond_var)}" if self.prior.cond_var else ""  # (conditional parts: pyro_dgm's,
+        return " + ".join(f"{d.name}({x}|{z}={k}{''.join(f',{v}' for v in d.cond_var)}){self.prior.name}({z}={k}{pc})"
+                          for k, d in enumerate(self.distributions))  # each with its own condition, p(x|z=0,y))
 
     def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         m = self._dgm_mapping(b)
         comps = [own_site(d, m, values, ctx, _features_as_event(d, site_fn(d, m, values, ctx, False)[0]))
                  for d in self.distributions]
-        prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
-        k = len(comps)
+        prior_fn = own_site(self.prior, m, values, ctx, site_fn(self.prior, m, values, ctx, False)[0])  # (its own
+        k = len(comps)  # get_log_prob, if any, scores the weights: Pixyz's mixture calls it)
         nb = len(prior_fn.batch_shape)
         if getattr(unwrap(self.prior)[0], "one_hot", True):
             if prior_fn.event_shape[-1:] != (k,):
@@ -356,7 +366,7 @@ class MixtureModel(_Mixture):
             # constant components of features () scoring x of shape [N, D...]: as in Pixyz, one component per row,
             # whose features are iid (p(x_n) = sum_k pi_k prod_d p_k(x_nd)), not one per feature
             comps = [_with_event(c, x.shape[1:]) for c in comps]
-        return MixtureDistribution(logits, comps)
+        return MixtureDistribution(logits, comps, normalize=not isinstance(prior_fn, UserScored))
 
     def get_log_prob(self, x_dict: ValuesLike, return_hidden: bool = False, sum_features: bool = True,
                      feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -385,8 +395,8 @@ class MixtureModel(_Mixture):
             with seeded_draws(self):
                 return self._dgm_pixyz_draw(b, values, ctx)
         m = self._dgm_mapping(b)
-        prior_fn = site_fn(self.prior, m, values, ctx, False)[0]
-        one_hot = getattr(unwrap(self.prior)[0], "one_hot", True)
+        prior_fn = own_site(self.prior, m, values, ctx, site_fn(self.prior, m, values, ctx, False)[0])  # (its own
+        one_hot = getattr(unwrap(self.prior)[0], "one_hot", True)  # sample, if any, draws the components)
         k = len(self.distributions)
         if one_hot and prior_fn.event_shape[-1:] != (k,):  # (as the mixture's density says: a draw would index
             raise ValueError(f"{describe(self)}: the prior has {tuple(prior_fn.event_shape)[-1:]} categories but "
@@ -521,6 +531,12 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
         return _prob_text(self._name, self._hidden_var, [*self._var, *self._cond_var])
 
     @property
+    def _dgm_factor_text(self) -> str:
+        """As a factor of a product, Pixyz's text from the name and the variables (``p(x)``; its variable is the
+        mixture's ``x``)."""
+        return _prob_text(self._name, self._var, self._cond_var)
+
+    @property
     def prob_factorized_text(self) -> str:
         z, x = self._hidden_var[0], self._var[0]
         c = f"|{','.join(self.p._cond_var)}" if self.p._cond_var else ""  # (conditional components: p(z,x|y))
@@ -547,6 +563,12 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
         if z is None:
             return logp.movedim(-1, 0)
         if self._one_hot:
+            if not isinstance(z, Tensor) or z.dim() == 0 or z.shape[-1] != logp.shape[-1]:
+                shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+                raise ShapeError(f"{describe(self)}: the value of {self._hidden_var[0]!r} has shape {shape}, but the "
+                                 f"posterior is over {logp.shape[-1]} components (one-hot values of shape "
+                                 f"{tuple(logp.shape)}: batch shape {tuple(logp.shape[:-1])}, feature shape "
+                                 f"({logp.shape[-1]},))")
             return (logp * z).sum(-1)
         return logp.gather(-1, z.long().unsqueeze(-1)).squeeze(-1)
 

@@ -217,8 +217,14 @@ def install(cls: Any) -> None:
                 and not cls._dgm_user_set_dist:
             cls._dgm_inner_set_dist_draw = cls._dgm_draw_with  # for Pyro model runs with data (observed sites)
             cls._dgm_draw_with, cls._dgm_user_set_dist = _draw_via_set_dist, True
-            if _user_defined(cls, "set_dist") or own_dist:  # scoring, moments, entropy and KL see what it sets
-                cls._dgm_score_with, cls._dgm_fn = _score_via_set_dist, fn_via_set_dist
+        if (_user_defined(cls, "set_dist") or own_dist) and cls._dgm_fn is not fn_via_set_dist:
+            # scoring, moments, entropy and KL see what it sets (also a set_dist a later cell adds to a class
+            # that drew by its own get_sample already); under a get_log_prob of the user's, as what that wraps
+            if cls._dgm_score_with is _score_via_get_log_prob:
+                cls._dgm_inner_score_with = _score_via_set_dist
+            else:
+                cls._dgm_score_with = _score_via_set_dist
+            cls._dgm_fn = fn_via_set_dist
     for public, hook, inner, flag, via in (
             ("get_params", "_dgm_params", "_dgm_inner_params", "_dgm_user_get_params", _params_via_get_params),
             ("sample", "_dgm_draw_with", "_dgm_inner_draw_with", "_dgm_user_sample", _draw_via_sample),
@@ -453,6 +459,13 @@ def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx
     if not isinstance(params, Mapping):
         raise TypeError(f"{describe(self)}: get_params() must return a dict of parameters, got "
                         f"{type(params).__name__}")
+    groups = getattr(self, "param_groups", None) or ()
+    missing = [g for g in groups if not any(n in params for n in g)] if type(groups) is tuple else []  # (not
+    # LateKeys: params_keys is read at the first call of the family's own get_params)
+    if missing:  # (Pixyz's set_dist: "... class requires following parameters")
+        raise ValueError(f"{describe(self)}: get_params() returned {sorted(params)}, without "
+                         f"{' and '.join(' or '.join(map(repr, g)) for g in missing)}; {type(self).__name__} needs "
+                         f"the parameters {[n for g in groups for n in g[:1]]}")
     return dict(params)
 
 

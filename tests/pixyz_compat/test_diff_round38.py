@@ -583,3 +583,233 @@ def test_a_mixture_of_conditional_components_prints_its_condition_on_both_sides(
 
     ref, ours = run_both(program)
     assert ref == ours
+
+
+# ---------------------------------------------------------------------- the attack on the class-level changes (p176)
+def test_a_torch_class_taken_back_from_the_class_gives_the_family_again() -> None:
+    """``B.distribution_torch_class = Laplace`` then ``del B.distribution_torch_class`` (recursed: the instance
+    read its own torch class); also a class that named torch's ``Normal`` in its body: Pixyz's Normal again."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class B(Normal):
+            pass
+
+        class B2(Normal):
+            distribution_torch_class = torch.distributions.Normal
+
+        v = {"x": torch.full((1, 2), 0.3)}
+        out = []
+        for cls in (B, B2):
+            b = cls(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="b")
+            out.append(b.get_log_prob(v))
+            cls.distribution_torch_class = torch.distributions.Laplace
+            out.append(b.get_log_prob(v))
+            del cls.distribution_torch_class
+            out.append(b.get_log_prob(v))
+        return out
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    normal = torch.distributions.Normal(0., 1.).log_prob(torch.full((2,), 0.3)).sum().reshape(1)
+    laplace = torch.distributions.Laplace(0., 1.).log_prob(torch.full((2,), 0.3)).sum().reshape(1)
+    for got, want in zip(ours, [normal, laplace, normal] * 2):
+        torch.testing.assert_close(got, want)
+
+
+def test_the_entropy_variance_and_dist_read_a_torch_class_set_on_the_class_first() -> None:
+    """Right after the later cell (no draw or score in between): Pixyz's Laplace entropy, variance and object."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import Entropy
+
+        class B(Normal):
+            pass
+
+        b = B(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="b")
+        b.get_log_prob({"x": torch.zeros(1, 2)})
+        B.distribution_torch_class = torch.distributions.Laplace
+        out = {"entropy": Entropy(b).eval(), "get_entropy": b.get_entropy(), "variance": b.sample_variance()}
+        b.set_dist()
+        return {**out, "dist": type(b.dist).__name__.endswith("Laplace")}
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    laplace = torch.distributions.Laplace(torch.zeros(2), torch.ones(2))
+    torch.testing.assert_close(ours["get_entropy"], laplace.entropy().sum().reshape(1))
+    torch.testing.assert_close(ours["variance"], laplace.variance.reshape(1, 2))
+
+
+@pytest.mark.parametrize("what", ["get_params", "set_dist", "distribution_torch_class"])
+@pytest.mark.parametrize("used", [False, True])
+def test_a_pyro_site_reads_a_class_change_made_after_the_instance(what: str, used: bool) -> None:
+    """``q.model``'s site right after a later cell's ``Q.get_params`` (loc 2), ``Q.set_dist`` (loc + 2) or
+    ``Q.distribution_torch_class = Laplace``: the closed form of the new distribution (the site kept the old one
+    until a public call)."""
+    from pyro_dgm.distributions import Normal
+
+    def get_params(self: Any, params_dict: Any = {}, **kw: Any) -> Any:  # noqa: B006
+        return {"loc": torch.full((1, 2), 2.), "scale": torch.ones(1, 2)}
+
+    def set_dist(self: Any, x_dict: Any = {}, batch_n: Any = None, **kw: Any) -> None:  # noqa: B006
+        Normal.set_dist(self, x_dict, batch_n, **kw)
+        self._dist = torch.distributions.Normal(self._dist.loc + 2., self._dist.scale)
+
+    class Q(Normal):
+        pass
+
+    x = torch.full((3, 2), 0.3)
+    q = Q(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="q")
+    if used:
+        poutine.trace(q.model).get_trace(x=x)
+    setattr(Q, what, {"get_params": get_params, "set_dist": set_dist,
+                      "distribution_torch_class": torch.distributions.Laplace}[what])
+    ref = (torch.distributions.Laplace(0., 1.) if what == "distribution_torch_class"
+           else torch.distributions.Normal(2., 1.)).log_prob(x).sum()
+    torch.testing.assert_close(poutine.trace(q.model).get_trace(x=x).log_prob_sum(), ref)
+
+
+def test_a_mixture_posterior_in_a_product_prints_pixyzs_factor() -> None:
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Categorical, MixtureModel, Normal
+
+        comps = [Normal(loc=torch.zeros(1) + k, scale=torch.ones(1), var=["x"], name=f"p_{k}") for k in range(2)]
+        post = MixtureModel(comps, Categorical(probs=torch.tensor([.3, .7]), var=["z"], name="pi")).posterior()
+        q = Normal(var=["y"], loc=torch.zeros(1), scale=torch.ones(1), name="q")
+        return [post.prob_joint_factorized_and_text, (post * q).prob_joint_factorized_and_text,
+                (q * post).prob_joint_factorized_and_text]
+
+    ref, ours = run_both(program)
+    assert ref == ours
+
+
+def test_a_mixture_prints_each_components_own_condition() -> None:
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    comps = [Normal(loc="a", scale=torch.tensor(1.), var=["x"], cond_var=["a"], name="p_{0}"),
+             Normal(loc="b", scale=torch.tensor(1.), var=["x"], cond_var=["b"], name="p_{1}")]
+    m = MixtureModel(comps, Categorical(probs=torch.tensor([.5, .5]), var=["z"], name="\\pi"))
+    assert m.prob_factorized_text == "p_{0}(x|z=0,a)\\pi(z=0) + p_{1}(x|z=1,b)\\pi(z=1)"
+    prior = Categorical(probs="c", var=["z"], cond_var=["c"], name="\\pi")
+    plain = [Normal(loc=torch.zeros(1) + k, scale=torch.ones(1), var=["x"], name=f"p_{{{k}}}") for k in (0, 1)]
+    assert MixtureModel(plain, prior).prob_factorized_text == "p_{0}(x|z=0)\\pi(z=0|c) + p_{1}(x|z=1)\\pi(z=1|c)"
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1), (1, 3)])
+def test_a_mixture_posterior_refuses_a_component_value_of_the_wrong_shape(shape: tuple) -> None:
+    """2 components: a one-hot value of another size was broadcast over both (the sum of both log-posteriors;
+    Pixyz returns a table); refused as the Categorical refuses it, naming the variable and the shapes."""
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    prior = Categorical(probs=torch.tensor([.3, .7]), var=["k"], name="c")
+    comps = [Normal(loc=torch.zeros(1) + k, scale=torch.ones(1), var=["x"], name=f"p_{k}") for k in range(2)]
+    post = MixtureModel(comps, prior).posterior()
+    with pytest.raises(ValueError, match=r"'k' has shape \(1,( [13])?\).*2 components"):
+        post.get_log_prob({"x": torch.tensor([[3.]]), "k": torch.ones(shape)})
+    good = post.get_log_prob({"x": torch.tensor([[3.]]), "k": torch.tensor([[0., 1.]])})
+    w = torch.tensor([.3, .7]) * torch.distributions.Normal(torch.tensor([0., 1.]), 1.).log_prob(torch.tensor(3.)).exp()
+    torch.testing.assert_close(good, (w / w.sum()).log()[1:])
+
+
+# ---------------------------------------------------------------------- generated programs (p177)
+def test_a_set_dist_set_on_a_class_with_its_own_get_sample_scores() -> None:
+    """``C.set_dist`` (loc + 10) from a later cell on a class with its own ``get_sample``: the density and the mean
+    follow it, as the draws did (the scores kept the family's)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class C(Normal):
+            def get_sample(self, reparam: bool = False, sample_shape: Any = torch.Size()) -> Any:
+                return super().get_sample(reparam, sample_shape)
+
+        def set_dist(self: Any, x_dict: Any = {}, batch_n: Any = None, **kw: Any) -> None:  # noqa: B006
+            Normal.set_dist(self, x_dict, batch_n, **kw)
+            self._dist = torch.distributions.Normal(self._dist.loc + 10., self._dist.scale)
+
+        before = C(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="p")
+        C.set_dist = set_dist
+        after = C(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="p")
+        v = {"x": torch.zeros(1, 2)}
+        return [before.get_log_prob(v), before.sample_mean(), after.get_log_prob(v), after.sample_mean()]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    torch.testing.assert_close(ours[0], torch.distributions.Normal(10., 1.).log_prob(torch.zeros(2)).sum().reshape(1))
+
+
+@pytest.mark.parametrize("where", ["instance", "class"])
+def test_a_mixture_scores_and_draws_by_its_priors_own_methods(where: str) -> None:
+    """A prior whose own ``get_log_prob`` subtracts 1 and whose ``sample`` always picks component 1: Pixyz's
+    mixture density :math:`\\log \\sum_k \\pi_k e^{-1} p_k(y)` (the shift is not normalized away) and draws."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Categorical, MixtureModel, Normal
+
+        def always_one(x_dict: Any = {}, *a: Any, **kw: Any) -> Any:  # noqa: B006
+            return {"k": torch.tensor([[0., 1.]]).expand(kw.get("batch_n") or 1, 2)}
+
+        if where == "class":
+            class Pk(Categorical):
+                def get_log_prob(self, x_dict: Any, *a: Any, **kw: Any) -> Any:
+                    return super().get_log_prob(x_dict, *a, **kw) - 1.
+
+                def sample(self, x_dict: Any = {}, *a: Any, **kw: Any) -> Any:  # noqa: B006
+                    return always_one(x_dict, *a, **kw)
+
+            pk = Pk(var=["k"], probs=torch.tensor([0.4, 0.6]), name="pk")
+        else:
+            pk = Categorical(var=["k"], probs=torch.tensor([0.4, 0.6]), name="pk")
+            og = pk.get_log_prob
+            pk.get_log_prob = lambda x_dict, *a, **kw: og(x_dict, *a, **kw) - 1.
+            pk.sample = always_one
+        c0 = Normal(var=["y"], loc=torch.zeros(2), scale=torch.ones(2), name="c0")
+        c1 = Normal(var=["y"], loc=torch.full((2,), 10.), scale=torch.ones(2), name="c1")
+        m = MixtureModel([c0, c1], pk)
+        return {"log_prob": m.get_log_prob({"y": torch.ones(1, 2)}), "from_c1": bool((m.sample(batch_n=4)["y"] > 5).all())}
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    n = torch.distributions.Normal
+    lps = torch.stack([n(0., 1.).log_prob(torch.ones(2)).sum() + torch.tensor(0.4).log(),
+                       n(10., 1.).log_prob(torch.ones(2)).sum() + torch.tensor(0.6).log()]) - 1.
+    torch.testing.assert_close(ours["log_prob"], lps.logsumexp(0).reshape(1))
+    assert ours["from_c1"]
+
+
+@pytest.mark.parametrize("where", ["instance", "class"])
+@pytest.mark.parametrize("call", ["get_log_prob", "sample", "product"])
+def test_a_get_params_without_a_parameter_is_named(where: str, call: str) -> None:
+    """Pixyz's ``set_dist`` raises a ValueError saying the class requires ``loc`` and ``scale``; here too (a bare
+    ``KeyError: 'scale'`` or torch's ``Normal.__init__`` error before), naming the distribution and the key."""
+    from pyro_dgm.distributions import Normal
+
+    def loc_only(params_dict: Any = {}, **kw: Any) -> Any:  # noqa: B006
+        return {"loc": torch.zeros(1, 2)}
+
+    if where == "class":
+        class C(Normal):
+            def get_params(self, params_dict: Any = {}, **kw: Any) -> Any:  # noqa: B006
+                return loc_only(params_dict, **kw)
+
+        p = C(var=["x"], cond_var=["z"], loc="z", scale=1., name="px")
+    else:
+        p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1., name="px")
+        p.get_params = loc_only
+    prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="pz")
+    v = {"x": torch.zeros(1, 2), "z": torch.zeros(1, 2)}
+    with pytest.raises(ValueError, match=r"px\(x\|z\): get_params\(\) returned \['loc'\], without 'scale'"):
+        if call == "get_log_prob":
+            p.get_log_prob(v)
+        elif call == "sample":
+            p.sample({"z": torch.zeros(1, 2)})
+        else:
+            (p * prior).get_log_prob(v)
