@@ -774,7 +774,8 @@ def test_a_mixture_scores_and_draws_by_its_priors_own_methods(where: str) -> Non
         c0 = Normal(var=["y"], loc=torch.zeros(2), scale=torch.ones(2), name="c0")
         c1 = Normal(var=["y"], loc=torch.full((2,), 10.), scale=torch.ones(2), name="c1")
         m = MixtureModel([c0, c1], pk)
-        return {"log_prob": m.get_log_prob({"y": torch.ones(1, 2)}), "from_c1": bool((m.sample(batch_n=4)["y"] > 5).all())}
+        return {"log_prob": m.get_log_prob({"y": torch.ones(1, 2)}),
+                "from_c1": bool((m.sample(batch_n=4)["y"] > 5).all())}
 
     ref, ours = run_both(program)
     assert_same(ref, ours)
