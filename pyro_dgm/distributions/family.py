@@ -25,8 +25,9 @@ from pyro_dgm.distributions.overrides import current_of, sets_dist, unshadow
 from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adopt, pyro_class, reduce_made
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
-from pyro_dgm.utils.checks import (STRICT_SHAPES, DimensionError, DTypeError, NoClosedFormError, NotATensorError,
-                                   NotOneHotError, OutOfRangeError, ShapeError, clearer, describe, value_shape_problem)
+from pyro_dgm.utils.checks import (STRICT_SHAPES, DeviceError, DimensionError, DTypeError, NoClosedFormError,
+                                   NotATensorError, NotOneHotError, OutOfRangeError, ShapeError, clearer, describe,
+                                   value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
@@ -90,7 +91,16 @@ def pixyz_dist(d: Any) -> Any:
 
 
 def _shape_text(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else v!r}" for k, v in params.items())
+    return ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else _what(v)}" for k, v in params.items())
+
+
+def _what(v: Any) -> str:
+    """A parameter that is not a tensor, in a message: a number as it is; an array by its type and shape (not its
+    values, which may be many)."""
+    if isinstance(v, (int, float, bool)) or v is None:
+        return repr(v)
+    shape = getattr(v, "shape", None)
+    return f"{type(v).__module__}.{type(v).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
 
 
 def _constants_lead(params: Mapping[str, Any], consts: Sequence[str], ndim: int) -> int:
@@ -208,6 +218,11 @@ class DistributionBase(Distribution):
             self.pyro_dist, self.param_groups = adopted
         accepted = [n for g in self.param_groups for n in g]
         unknown = [k for k in params if k not in accepted]
+        if unknown and adopted is not None and users_own(type(self), "params_keys") and not any(
+                isinstance(params[k], str) for k in unknown):  # a family's own arguments (Normal's loc, scale)
+            for k in unknown:  # that a subclass's own params_keys leaves out: Pixyz keeps them as buffers, unread
+                self.register_buffer(k, self._dgm_as_tensor(k, params.pop(k)))
+            unknown = []
         if unknown:
             raise TypeError(f"{describe(self)}: unknown parameter {unknown[0]!r}; {self.distribution_name} takes "
                             f"{', '.join(accepted)}")
@@ -617,6 +632,24 @@ class DistributionBase(Distribution):
                     return self.pyro_dist(**params, validate_args=False)  # categorical's); nothing to check
                 except (ValueError, RuntimeError):
                     pass  # (parameters that do not broadcast: said below)
+            meta = [k for k, v in params.items() if isinstance(v, Tensor) and v.is_meta]
+            if meta:  # (a network built under torch.device("meta") and never materialized: no values to use)
+                k = meta[0]
+                var = dict(self._dgm_b.param_vars).get(k)
+                fix = ("give the constant values" if k in self._dgm_const_names else
+                       f"give {var!r} values" if var is not None else
+                       "materialize the network (module.to_empty(device=...), then load its weights)")
+                raise DeviceError(f"{describe(self)}: parameter {k} is on the 'meta' device (shape "
+                                  f"{tuple(params[k].shape)}, no values): {fix} before drawing or scoring") from e
+            arrays = [k for k, v in params.items() if type(v).__module__ == "numpy"]
+            if arrays:  # (a network's numpy output, or a variable's: torch's distributions take tensors, as Pixyz's)
+                k = arrays[0]
+                var = dict(self._dgm_b.param_vars).get(k)
+                where = (f"the value of {var!r} given as {k} must be a tensor (a distribution that computes {var!r}, "
+                         f"a Deterministic's forward(), must return one)") if var is not None else \
+                    "the network's forward() must return tensors (torch.as_tensor(...))"
+                raise NotATensorError(f"{describe(self)}: parameter {k} is a numpy array ({_what(params[k])}); "
+                                      f"{where}") from e
             raise clearer(e, f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
         except (AttributeError, TypeError) as e:  # a network's number or list where the family needs a tensor (.dim())
             unknown = [k for k in params if k not in self._dgm_accepted]

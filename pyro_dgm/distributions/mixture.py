@@ -26,7 +26,8 @@ from pyro_dgm.distributions.family import _one_hot_support, observed_refusal
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import UserScored
 from pyro_dgm.distributions.poe import expert_given
-from pyro_dgm.utils.checks import ShapeError, describe, ordered_union, sample_batch_n
+from pyro_dgm.utils.checks import NotATensorError, OutOfRangeError, ShapeError, describe, ordered_union, sample_batch_n
+from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call, seeded_draws
@@ -48,8 +49,11 @@ class MixtureDistribution(TorchDistribution):
         value under its own validation.
     normalize : bool, optional
         ``False``: the log-density is :math:`\log \sum_k e^{l_k} p_k(x)` with the weights as given (a prior's own
-        ``get_log_prob`` that is not normalized, as Pixyz's mixture adds it); the draws and moments use the
-        normalized weights.
+        ``get_log_prob`` that is not normalized, as Pixyz's mixture adds it); the moments use the normalized
+        weights.
+    prior : distribution, optional
+        Draws the components (one-hot or index values) where given: a prior's own ``sample``, as Pixyz's mixture
+        calls it; else they are drawn from the weights.
 
     Examples
     --------
@@ -66,7 +70,7 @@ class MixtureDistribution(TorchDistribution):
     has_rsample = False
 
     def __init__(self, logits: Tensor, components: Sequence[Any], validate_args: bool | None = None,
-                 normalize: bool = True) -> None:
+                 normalize: bool = True, prior: Any = None) -> None:
         if logits.shape[-1] != len(components):
             raise ValueError(f"MixtureDistribution: {logits.shape[-1]} weights for {len(components)} components")
         event = components[0].event_shape
@@ -80,6 +84,7 @@ class MixtureDistribution(TorchDistribution):
         total = logits.logsumexp(-1, keepdim=True)
         self.logits = (logits - total).expand(*batch, logits.shape[-1])
         self._dgm_total = None if normalize else total.expand(*batch, 1)  # (added back to the log-density)
+        self._dgm_prior = prior
         super().__init__(batch, event, validate_args=False)
 
     @property
@@ -91,7 +96,8 @@ class MixtureDistribution(TorchDistribution):
         total = self._dgm_total
         logits = self.logits if total is None else self.logits + total
         return MixtureDistribution(logits.expand(*batch_shape, self.logits.shape[-1]),
-                                   [c.expand(batch_shape) for c in self.components], normalize=total is None)
+                                   [c.expand(batch_shape) for c in self.components], normalize=total is None,
+                                   prior=self._dgm_prior)
 
     def component_log_prob(self, value: Tensor) -> Tensor:
         r"""The joint :math:`\log \pi_k + \log p_k(x)`, shape ``(..., K)``."""
@@ -120,9 +126,24 @@ class MixtureDistribution(TorchDistribution):
         shape = sample_shape + self.batch_shape
         with torch.no_grad():  # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
             xs = torch.stack([seeded_call(c, c.sample, sample_shape) for c in self.components], dim=len(shape))
-            k = seeded_call(self, _TorchCategorical(logits=self.logits).sample, sample_shape)
+            k = self._dgm_components(sample_shape, shape)
             idx = k.reshape(*shape, 1, *([1] * len(self.event_shape))).expand(*shape, 1, *self.event_shape)
             return xs.gather(len(shape), idx).squeeze(len(shape))
+
+    def _dgm_components(self, sample_shape: torch.Size, shape: torch.Size) -> Tensor:
+        """The component index of each draw: from the prior's own ``sample`` where given, else the weights."""
+        prior = self._dgm_prior
+        if prior is None:
+            return seeded_call(self, _TorchCategorical(logits=self.logits).sample, sample_shape)
+        if prior.batch_shape != self.batch_shape:  # (the mixture's rows: batch_n, plates, inputs)
+            prior = prior.expand(self.batch_shape)
+        z = prior.sample(sample_shape)
+        k = z.argmax(-1) if prior.event_shape else z.long()
+        try:
+            return k.expand(shape)
+        except RuntimeError:
+            raise ShapeError(f"MixtureDistribution: the prior's own sample drew components of shape "
+                             f"{tuple(k.shape)}, which do not broadcast to the draw's shape {tuple(shape)}") from None
 
     def _weights(self) -> Tensor:
         return self.logits.exp().reshape(*self.logits.shape, *([1] * len(self.event_shape)))
@@ -366,7 +387,8 @@ class MixtureModel(_Mixture):
             # constant components of features () scoring x of shape [N, D...]: as in Pixyz, one component per row,
             # whose features are iid (p(x_n) = sum_k pi_k prod_d p_k(x_nd)), not one per feature
             comps = [_with_event(c, x.shape[1:]) for c in comps]
-        return MixtureDistribution(logits, comps, normalize=not isinstance(prior_fn, UserScored))
+        own = isinstance(prior_fn, UserScored)  # (a prior with its own get_log_prob or sample: Pixyz's mixture calls
+        return MixtureDistribution(logits, comps, normalize=not own, prior=prior_fn if own else None)  # them)
 
     def get_log_prob(self, x_dict: ValuesLike, return_hidden: bool = False, sum_features: bool = True,
                      feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
@@ -562,15 +584,34 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
         z = values.get(self._hidden_var[0])
         if z is None:
             return logp.movedim(-1, 0)
+        return self._dgm_score_component(logp, z)
+
+    def _dgm_score_component(self, logp: Tensor, z: Any) -> Tensor:
+        """:math:`\log p(z|x)` of a given component value ``z`` (one-hot, or an index), from the table ``logp`` of
+        shape ``(*batch, K)``; a value of another shape or out of range is refused, naming it (torch's broadcasting
+        would sum several classes' log-posteriors, or its gather fail naming nothing)."""
+        name, k, batch = self._hidden_var[0], logp.shape[-1], logp.shape[:-1]
+        if not isinstance(z, Tensor):
+            raise NotATensorError(f"{describe(self)}: the value of {name!r} must be a tensor, got {type(z).__name__}")
+        want = (f"one-hot values of shape {tuple(logp.shape)}: batch shape {tuple(batch)}, feature shape ({k},)"
+                if self._one_hot else f"component indices 0..{k - 1} of shape {tuple(batch)}")
+        if self._one_hot and (z.dim() == 0 or z.shape[-1] != k) or not self._one_hot and (
+                z.dim() > len(batch) and z.shape[-1] == 1 and (not batch or batch[-1] != 1)):
+            raise ShapeError(f"{describe(self)}: the value of {name!r} has shape {tuple(z.shape)}, but the posterior "
+                             f"is over {k} components ({want})")
+        try:
+            shape = torch.broadcast_shapes(z.shape[:-1] if self._one_hot else z.shape, batch)
+        except RuntimeError:
+            raise ShapeError(f"{describe(self)}: the value of {name!r} has shape {tuple(z.shape)}, which does not "
+                             f"broadcast with the batch shape {tuple(batch)} of the other inputs ({want})") from None
         if self._one_hot:
-            if not isinstance(z, Tensor) or z.dim() == 0 or z.shape[-1] != logp.shape[-1]:
-                shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
-                raise ShapeError(f"{describe(self)}: the value of {self._hidden_var[0]!r} has shape {shape}, but the "
-                                 f"posterior is over {logp.shape[-1]} components (one-hot values of shape "
-                                 f"{tuple(logp.shape)}: batch shape {tuple(logp.shape[:-1])}, feature shape "
-                                 f"({logp.shape[-1]},))")
             return (logp * z).sum(-1)
-        return logp.gather(-1, z.long().unsqueeze(-1)).squeeze(-1)
+        index = z.long()
+        if not is_compiling() and index.numel() and bool(((index < 0) | (index >= k)).any()):
+            bad = index[(index < 0) | (index >= k)].flatten()[0].item()
+            raise OutOfRangeError(f"{describe(self)}: the value of {name!r} holds the index {bad}, but there are {k} "
+                                  f"components ({want})")
+        return logp.expand(*shape, k).gather(-1, index.expand(shape).unsqueeze(-1)).squeeze(-1)
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:

@@ -75,6 +75,7 @@ from torch.distributions import Independent, constraints
 
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim
 from pyro_dgm.distributions.pixyz_protocol import as_pyro
+from pyro_dgm.utils.attributes import users_own
 from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe
 from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.dicts import sum_samples
@@ -215,8 +216,14 @@ def install(cls: Any) -> None:
             cls._dgm_user_dist = True
         if (_user_defined(cls, "set_dist") or _user_defined(cls, "get_sample") or own_dist) \
                 and not cls._dgm_user_set_dist:
-            cls._dgm_inner_set_dist_draw = cls._dgm_draw_with  # for Pyro model runs with data (observed sites)
-            cls._dgm_draw_with, cls._dgm_user_set_dist = _draw_via_set_dist, True
+            if cls._dgm_draw_with is _draw_via_sample:  # (routed for a sample or get_log_prob of the user's at an
+                # earlier install: the set_dist draw goes beneath that route, as a first install puts it)
+                cls._dgm_inner_set_dist_draw = cls._dgm_inner_draw_with
+                cls._dgm_inner_draw_with = _draw_via_set_dist
+            else:
+                cls._dgm_inner_set_dist_draw = cls._dgm_draw_with  # for Pyro model runs with data (observed sites)
+                cls._dgm_draw_with = _draw_via_set_dist
+            cls._dgm_user_set_dist = True
         if (_user_defined(cls, "set_dist") or own_dist) and cls._dgm_fn is not fn_via_set_dist:
             # scoring, moments, entropy and KL see what it sets (also a set_dist a later cell adds to a class
             # that drew by its own get_sample already); under a get_log_prob of the user's, as what that wraps
@@ -387,8 +394,14 @@ def own_method_running(dist: Any, name: str) -> bool:
     else the instance's hook would call the instance's method again. (So too on an instance with routes whose method
     is not ``name``: its hooks are its class's then.)"""
     d = dist.__dict__
-    return (name in d or "_dgm_instance_saved" in d) and id(dist) not in _inside()  # (also where a program took
-    # the method out of __dict__ itself: the routes then reach the class's)
+    return (name in d or "_dgm_instance_saved" in d or getattr(dist, _FLAG[name])) and id(dist) not in _inside()
+    # (also where a program took the method out of __dict__ itself: the routes then reach the class's; and where the
+    # class's method is the user's and this call is not from the hooks, which call that method, not this one: its
+    # super() call, made before the method was marked, when a later cell set it and it ran before the class was
+    # installed again, or an explicit call of a parent's method, as Pixyz's runs its own)
+
+
+_FLAG = {"sample": "_dgm_user_sample", "get_log_prob": "_dgm_user_log_prob"}
 
 
 def unshadow(dist: Any, slot: str) -> None:
@@ -460,8 +473,9 @@ def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx
         raise TypeError(f"{describe(self)}: get_params() must return a dict of parameters, got "
                         f"{type(params).__name__}")
     groups = getattr(self, "param_groups", None) or ()
-    missing = [g for g in groups if not any(n in params for n in g)] if type(groups) is tuple else []  # (not
-    # LateKeys: params_keys is read at the first call of the family's own get_params)
+    missing = [g for g in groups if not any(n in params for n in g)] if type(groups) is tuple and not \
+        users_own(type(self), "params_keys") else []  # (not a params_keys of the user's, which a later cell
+    # may change, nor LateKeys: params_keys is read at the first call of the family's own get_params)
     if missing:  # (Pixyz's set_dist: "... class requires following parameters")
         raise ValueError(f"{describe(self)}: get_params() returned {sorted(params)}, without "
                          f"{' and '.join(' or '.join(map(repr, g)) for g in missing)}; {type(self).__name__} needs "

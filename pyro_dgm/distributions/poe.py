@@ -21,7 +21,7 @@ from pyro_dgm.distributions.composite import (ExpertWeights, OptionalInputs, che
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
-from pyro_dgm.utils.checks import ShapeError, describe, ordered_union
+from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe, ordered_union
 from pyro_dgm.utils.latex import latex_name
 from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
@@ -244,6 +244,12 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
             if not expert_given(self, e, m, values):
                 continue
             params = site_params(e, m, values, ctx)
+            for k in ("loc", "scale"):
+                if not isinstance(params.get(k), (Tensor, int, float)):  # (a network's numpy array: no product)
+                    got = params.get(k)
+                    raise NotATensorError(f"{describe(self)}: expert {i} ({describe(e)}) gave {k} as "
+                                          f"{type(got).__module__}.{type(got).__name__}; an expert's parameters must "
+                                          "be tensors (its forward() must return tensors: torch.as_tensor(...))")
             w = self.weight_modalities[i + 1]
             terms.append((w, params["scale"], params["loc"], False))
         return terms

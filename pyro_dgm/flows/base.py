@@ -44,7 +44,7 @@ from torch.distributions import Transform, constraints
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
-from pyro_dgm.utils.checks import ShapeError
+from pyro_dgm.utils.checks import NotATensorError, ShapeError
 from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
 from pyro_dgm.utils.versions import version
 from pyro_dgm.utils.modules import hooks_state, submodules
@@ -311,6 +311,10 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
                 _store(flow, m.logdet, m.parts)
             return m.x if inverse else m.z
         raise
+    if not isinstance(out, Tensor):  # (a numpy array: torch's machinery after it fails unnamed, as under Pixyz)
+        raise NotATensorError(f"{type(flow).__name__}: its {'inverse' if inverse else 'forward'}() returned "
+                              f"{type(out).__module__}.{type(out).__name__}; a flow must return a tensor "
+                              "(torch.as_tensor(...))")
     if flow._dgm_keep:
         x, z = (out, value) if inverse else (value, out)
         _remember(flow, x, z, ld, context, inverse, parts)

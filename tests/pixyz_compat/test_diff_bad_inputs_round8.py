@@ -166,7 +166,8 @@ def test_a_constant_the_check_cannot_read_gets_the_named_error() -> None:
     from pyro_dgm.distributions import Normal
 
     p = Normal(loc="y", scale=torch.ones(3).to("meta"), var=["x"], cond_var=["y"])
-    with pytest.raises(RuntimeError, match=r"Normal p\(x\|y\): invalid parameters"):
+    with pytest.raises(RuntimeError, match=r"Normal p\(x\|y\): parameter scale is on the 'meta' device .*give the "
+                                           r"constant values"):
         p.get_log_prob({"x": torch.zeros(5, 3), "y": torch.zeros(5, 3)})
 
 

@@ -814,3 +814,225 @@ def test_a_get_params_without_a_parameter_is_named(where: str, call: str) -> Non
             p.sample({"z": torch.zeros(1, 2)})
         else:
             (p * prior).get_log_prob(v)
+
+
+# ---------------------------------------------------------------------- errors from user code (p171's leftovers)
+def _numpy_program(where: str) -> Any:
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Deterministic, Normal, ProductOfNormal, TransformedDistribution
+        from pixyz.flows import Flow
+
+        x, y = torch.randn(3, 2), torch.randn(3, 2)
+        if where == "expert":
+            class E(Normal):
+                def __init__(self, name: str, cv: str, bad: bool) -> None:
+                    super().__init__(var=["z"], cond_var=[cv], name=name)
+                    self.cv, self.bad = cv, bad
+
+                def forward(self, **kw: Any) -> Any:
+                    h = kw[self.cv]
+                    return {"loc": h, "scale": torch.ones_like(h).numpy() if self.bad else torch.ones_like(h)}
+
+            return ProductOfNormal([E("q1", "x", False), E("q2", "y", True)], name="q").sample({"x": x, "y": y})
+        if where == "flow":
+            class NpFlow(Flow):
+                def __init__(self) -> None:
+                    super().__init__(2)
+
+                def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
+                    if compute_jacobian:
+                        self._logdet_jacobian = torch.zeros(x.shape[0])
+                    return (x + 1).numpy()
+
+            prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2))
+            return TransformedDistribution(prior, NpFlow(), var=["x"]).sample(batch_n=3)
+
+        class Det(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+
+            def forward(self, x: Any) -> Any:
+                return {"h": (x + 1).numpy()}
+
+        p = Normal(var=["y"], cond_var=["h"], loc="h", scale=torch.tensor(1.), features_shape=[2], name="p")
+        return (p * Det()).sample({"x": x})
+
+    return program
+
+
+@pytest.mark.parametrize("where,named", [
+    ("expert", r"ProductOfNormal q\(z\|x,y\): expert 1 \(E q_\{2\}\(z\|y\)\) gave scale as numpy.ndarray"),
+    ("flow", r"NpFlow: its forward\(\) returned numpy.ndarray; a flow must return a tensor"),
+    ("deterministic", r"Normal p\(y\|h\): parameter loc is a numpy array .*the value of 'h' given as loc must be a "
+                      r"tensor")])
+def test_a_numpy_array_from_user_code_in_a_composite_is_named(where: str, named: str) -> None:
+    """Pixyz fails on each (torch's errors about tensors); so does pyro_dgm, naming the distribution, the part and
+    the parameter or variable (before: "unsupported operand type(s) for &", "no attribute '_version'", the whole
+    array printed)."""
+    from pixyz_harness import run_pyro_dgm, raises_same
+
+    theirs, ours = raises_same(_numpy_program(where))
+    assert issubclass(ours, TypeError)
+    with pytest.raises(TypeError, match=named):
+        run_pyro_dgm(_numpy_program(where))
+
+
+def test_parameters_on_the_meta_device_are_named_as_such() -> None:
+    from pyro_dgm.distributions import Normal
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": self.fc(x).to("meta"), "scale": torch.ones(4, 2, device="meta")}
+
+    with pytest.raises(RuntimeError, match=r"q\(z\|x\): parameter loc is on the 'meta' device \(shape \(4, 2\)"):
+        Q().sample({"x": torch.randn(4, 3)})
+
+
+# ---------------------------------------------------------------------- the attack on the third batch (p178)
+@pytest.mark.parametrize("between", ["sample", "get_log_prob"])
+@pytest.mark.parametrize("target", ["C", "P"])
+def test_a_set_dist_added_after_a_routed_sample_keeps_pyro_runs_finite(between: str, target: str) -> None:
+    """A later cell's ``C.sample`` (+1000) or ``C.get_log_prob``, a call, then ``set_dist`` (loc + 10) on the class
+    or its parent: a Pyro model run recursed without end. Its site is now the set_dist's Normal(10, 1) (observed)
+    and its draw goes through the class's own ``sample`` (+1000)."""
+    from pyro_dgm.distributions import Normal
+
+    def sample(self: Any, x_dict: Any = {}, *a: Any, **kw: Any) -> Any:  # noqa: B006
+        return {k: v + 1000. for k, v in Normal.sample(self, x_dict, *a, **kw).items()}
+
+    def get_log_prob(self: Any, x_dict: Any, *a: Any, **kw: Any) -> Any:
+        return Normal.get_log_prob(self, x_dict, *a, **kw)
+
+    def set_dist(self: Any, x_dict: Any = {}, batch_n: Any = None, **kw: Any) -> None:  # noqa: B006
+        Normal.set_dist(self, x_dict, batch_n, **kw)
+        self._dist = torch.distributions.Normal(self._dist.loc + 10., self._dist.scale)
+
+    class P(Normal):
+        pass
+
+    class C(P):
+        pass
+
+    c = C(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="p")
+    setattr(C, between, sample if between == "sample" else get_log_prob)
+    x = torch.full((1, 2), 0.5)
+    c.get_log_prob({"x": x})
+    setattr({"C": C, "P": P}[target], "set_dist", set_dist)
+    ref = torch.distributions.Normal(10., 1.).log_prob(x).sum()
+    torch.testing.assert_close(poutine.trace(c.model).get_trace(x=x).log_prob_sum(), ref)
+    drawn = poutine.trace(c.model).get_trace().nodes["x"]["value"]
+    assert bool((drawn > 500).all()) == (between == "sample") and bool((drawn > 5).all())
+
+
+def test_a_method_set_later_that_calls_a_moment_before_its_super_call_runs_once() -> None:
+    """``C.get_log_prob`` from a later cell calls ``self.sample_mean`` (which installs the class again) before its
+    ``super()`` call: the shift was counted twice on the first call (the super() call ran the user's method again)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class C(Normal):
+            pass
+
+        def get_log_prob(self: Any, x_dict: Any, *a: Any, **kw: Any) -> Any:
+            m = self.sample_mean({"z": x_dict["z"]})
+            return Normal.get_log_prob(self, x_dict, *a, **kw) - m.sum(-1)
+
+        c = C(var=["x"], cond_var=["z"], loc="z", scale=torch.ones(2), name="p")
+        v = {"x": torch.full((1, 2), 0.5), "z": torch.ones(1, 2)}
+        c.get_log_prob(v)
+        C.get_log_prob = get_log_prob
+        return [c.get_log_prob(v), c.get_log_prob(v)]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    closed = (torch.distributions.Normal(1., 1.).log_prob(torch.tensor(0.5)) * 2 - 2.).reshape(1)
+    torch.testing.assert_close(ours[0], closed)
+
+
+@pytest.mark.parametrize("case", ["later_cell", "body"])
+def test_a_subclass_with_its_own_torch_class_and_params_keys_scores(case: str) -> None:
+    """A ``Normal`` subclass made an ``Exponential`` with ``params_keys = ["rate"]`` and a ``get_params`` giving it,
+    by a later cell (refused by the new get_params check) or in its body (refused as "unknown parameter 'loc'":
+    Pixyz keeps the ``loc`` and ``scale`` it is built with as buffers, unread): Exponential(2)'s density."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        def rate(self: Any, params_dict: Any = {}, **kw: Any) -> Any:  # noqa: B006
+            return {"rate": torch.full((1, 2), 2.)}
+
+        class E(Normal):
+            if case == "body":
+                distribution_torch_class = torch.distributions.Exponential
+                params_keys = ["rate"]
+                get_params = rate
+
+        v = {"x": torch.full((1, 2), 0.5)}
+        p = E(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="p")
+        if case == "later_cell":
+            p.get_log_prob(v)
+            E.distribution_torch_class = torch.distributions.Exponential
+            E.params_keys = ["rate"]
+            E.get_params = rate
+        return [p.get_log_prob(v), E(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="q").get_log_prob(v)]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    expected = torch.distributions.Exponential(2.).log_prob(torch.full((2,), 0.5)).sum().reshape(1)
+    torch.testing.assert_close(ours[0], expected)
+
+
+@pytest.mark.parametrize("how", ["sample_shape", "model", "conditional"])
+def test_every_mixture_draw_picks_components_by_the_priors_own_sample(how: str) -> None:
+    """A prior whose own ``sample`` always picks component 1 (at 10): draws with ``sample_shape``, from
+    ``m.model()`` and of a mixture of conditional components took the prior's probabilities (half from 0)."""
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    class AlwaysOne(Categorical):
+        def sample(self, x_dict: Any = {}, batch_n: Any = None, sample_shape: Any = torch.Size(),  # noqa: B006
+                   return_all: bool = True, **kw: Any) -> Any:
+            return {"k": torch.tensor([[0., 1.]]).expand(*sample_shape, batch_n or 1, 2)}
+
+    pk = AlwaysOne(var=["k"], probs=torch.tensor([0.5, 0.5]), name="pk")
+    if how == "conditional":
+        comps = [Normal(var=["y"], cond_var=["a"], loc="a", scale=torch.ones(1), name="d0"),
+                 Normal(var=["y"], cond_var=["b"], loc="b", scale=torch.ones(1), name="d1")]
+        y = MixtureModel(comps, pk).sample({"a": torch.zeros(1, 1), "b": torch.full((1, 1), 10.)}, batch_n=200)["y"]
+    else:
+        comps = [Normal(var=["y"], loc=torch.zeros(1), scale=torch.ones(1), name="c0"),
+                 Normal(var=["y"], loc=torch.full((1,), 10.), scale=torch.ones(1), name="c1")]
+        m = MixtureModel(comps, pk)
+        y = (m.sample(sample_shape=[200])["y"] if how == "sample_shape" else
+             torch.cat([poutine.trace(m.model).get_trace().nodes["y"]["value"] for _ in range(50)]))
+    assert bool((y > 5).all())  # (10 − 5 is 5 standard deviations: a draw from component 0 above 5 has p < 3e-7)
+
+
+def test_a_mixture_posterior_scores_index_values_and_names_wrong_ones() -> None:
+    """An index-valued prior (``one_hot=False``): the posterior's own ``sample_shape`` draw fed back scores as the
+    one-hot twin's does; values of shape (N, 1), out of range, or of another batch are named (torch's gather and
+    broadcast errors before)."""
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    comps = [Normal(loc=torch.zeros(2) + k, scale=torch.ones(2), var=["x"], name=f"p_{k}") for k in range(3)]
+    x = torch.randn(4, 2)
+    posts = {h: MixtureModel(comps, Categorical(probs=torch.tensor([.2, .3, .5]), var=["z"], name="pi",
+                                                one_hot=h)).posterior() for h in (True, False)}
+    s = posts[False].sample({"x": x}, sample_shape=[5])
+    onehot = torch.nn.functional.one_hot(s["z"].long(), 3).float()
+    torch.testing.assert_close(posts[False].get_log_prob(s), posts[True].get_log_prob({"x": x, "z": onehot}))
+    for z, match in ((torch.zeros(4, 1), r"shape \(4, 1\).*indices 0\.\.2 of shape \(4,\)"),
+                     (torch.tensor([0, 1, 2, 5]), "holds the index 5, but there are 3 components"),
+                     (torch.zeros(3), r"shape \(3,\), which does not broadcast with the batch shape \(4,\)")):
+        with pytest.raises(ValueError, match=match):
+            posts[False].get_log_prob({"x": x, "z": z})
+    with pytest.raises(ValueError, match=r"shape \(3, 3\), which does not broadcast with the batch shape \(4,\)"):
+        posts[True].get_log_prob({"x": x, "z": torch.eye(3)})
