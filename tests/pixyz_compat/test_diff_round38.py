@@ -879,6 +879,7 @@ def test_a_numpy_array_from_user_code_in_a_composite_is_named(where: str, named:
         run_pyro_dgm(_numpy_program(where))
 
 
+@pytest.mark.needs_validation  # (without torch's check of the parameters nothing reads their values: meta draws)
 def test_parameters_on_the_meta_device_are_named_as_such() -> None:
     from pyro_dgm.distributions import Normal
 
