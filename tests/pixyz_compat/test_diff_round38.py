@@ -20,6 +20,19 @@ from pyro import poutine
 from pixyz_harness import assert_same, run_both
 
 
+def _encoder(normal: Any) -> Any:
+    """q(z|x), a linear encoder, as a subclass of ``normal`` (Pixyz's Normal or ours, as the harness imports it)."""
+    class Q(normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, x: Any) -> Any:
+            return {"loc": self.lin(x), "scale": torch.ones_like(x)}
+
+    return Q()
+
+
 def _shifted_log_prob_program(where: str) -> Any:
     def program() -> Any:
         import torch
@@ -27,15 +40,7 @@ def _shifted_log_prob_program(where: str) -> Any:
         from pixyz.distributions import MixtureModel, Categorical, Normal
         from pixyz.losses import Expectation, LogProb
 
-        class Q(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["z"], cond_var=["x"], name="q")
-                self.lin = torch.nn.Linear(2, 2)
-
-            def forward(self, x: Any) -> Any:
-                return {"loc": self.lin(x), "scale": torch.ones_like(x)}
-
-        q = Q()
+        q = _encoder(Normal)
         x, z = torch.randn(3, 2), torch.randn(3, 2)
         orig = q.get_log_prob
         q.get_log_prob = lambda x_dict, **kw: orig(x_dict, **kw) - 1.
@@ -73,15 +78,7 @@ def _params_program() -> Any:
     from pixyz.distributions import Normal
     from pixyz.losses import KullbackLeibler
 
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.lin = torch.nn.Linear(2, 2)
-
-        def forward(self, x: Any) -> Any:
-            return {"loc": self.lin(x), "scale": torch.ones_like(x)}
-
-    q = Q()
+    q = _encoder(Normal)
     x, z = torch.randn(3, 2), torch.randn(3, 2)
     q.get_params = lambda params_dict, **kw: {"loc": torch.zeros(3, 2), "scale": torch.full((3, 2), 2.)}
     prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="p")
