@@ -11,6 +11,7 @@ import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
+from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
@@ -131,10 +132,26 @@ class MixtureDistribution(TorchDistribution):
             return xs.gather(len(shape), idx).squeeze(len(shape))
 
     def _dgm_components(self, sample_shape: torch.Size, shape: torch.Size) -> Tensor:
-        """The component index of each draw: from the prior's own ``sample`` where given, else the weights."""
+        """The component index of each draw (``shape``): from the prior's own ``sample`` where given, else the
+        weights. A prior without inputs is asked for one row per draw (``batch_n``, as Pixyz's mixture asks it:
+        plates and ``sample_shape`` are rows to it), one with inputs draws as its site does."""
         prior = self._dgm_prior
         if prior is None:
             return seeded_call(self, _TorchCategorical(logits=self.logits).sample, sample_shape)
+        if getattr(prior, "sampler", None) is not None and not prior.inputs:
+            rows = shape.numel()
+            with poutine.block():  # (the sites its super().sample() makes are not this draw's)
+                out = prior.owner.sample({}, batch_n=rows, return_all=False)
+            z = out.get(prior.var) if isinstance(out, Mapping) else None
+            if not isinstance(z, Tensor):
+                raise TypeError(f"{describe(prior.owner)}: sample() must return {{{prior.var!r}: tensor}}, got "
+                                f"{sorted(out) if isinstance(out, Mapping) else type(out).__name__}")
+            k = (z.argmax(-1) if prior.event_shape else z.long()).reshape(-1)
+            if k.numel() not in (rows, 1):
+                raise ShapeError(f"{describe(prior.owner)}: its own sample(batch_n={rows}) drew {k.numel()} "
+                                 f"components ({prior.var!r} of shape {tuple(z.shape)}), where the mixture draws "
+                                 f"{rows} (shape {tuple(shape)}): draw batch_n rows")
+            return k.reshape(shape) if k.numel() == rows else k.reshape(()).expand(shape)
         if prior.batch_shape != self.batch_shape:  # (the mixture's rows: batch_n, plates, inputs)
             prior = prior.expand(self.batch_shape)
         z = prior.sample(sample_shape)
@@ -587,7 +604,7 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
         return self._dgm_score_component(logp, z)
 
     def _dgm_score_component(self, logp: Tensor, z: Any) -> Tensor:
-        """:math:`\log p(z|x)` of a given component value ``z`` (one-hot, or an index), from the table ``logp`` of
+        r""":math:`\log p(z|x)` of a given component value ``z`` (one-hot, or an index), from the table ``logp`` of
         shape ``(*batch, K)``; a value of another shape or out of range is refused, naming it (torch's broadcasting
         would sum several classes' log-posteriors, or its gather fail naming nothing)."""
         name, k, batch = self._hidden_var[0], logp.shape[-1], logp.shape[:-1]
@@ -606,6 +623,8 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
                              f"broadcast with the batch shape {tuple(batch)} of the other inputs ({want})") from None
         if self._one_hot:
             return (logp * z).sum(-1)
+        if not is_compiling() and z.is_floating_point() and z.numel() and bool(z.isnan().any()):
+            raise OutOfRangeError(f"{describe(self)}: the value of {name!r} holds NaN ({want})")
         index = z.long()
         if not is_compiling() and index.numel() and bool(((index < 0) | (index >= k)).any()):
             bad = index[(index < 0) | (index >= k)].flatten()[0].item()

@@ -121,8 +121,8 @@ def _user_defined(cls: type, name: str) -> bool:
             raw = vars(klass)[name]
             if isinstance(raw, property):
                 raw = raw.fget
-            while isinstance(raw, functools.partial):  # (a callable attribute, called without self)
-                raw = raw.func
+            while isinstance(raw, (functools.partial, functools.partialmethod)):  # (a callable attribute, called
+                raw = raw.func  # without self; or a partialmethod, with it)
             code = getattr(inspect.unwrap(raw), "__code__", None)
             return code is not None and not os.path.abspath(code.co_filename).startswith(_LIBRARY + os.sep)
     return False

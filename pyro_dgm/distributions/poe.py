@@ -245,8 +245,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
                 continue
             params = site_params(e, m, values, ctx)
             for k in ("loc", "scale"):
-                if not isinstance(params.get(k), (Tensor, int, float)):  # (a network's numpy array: no product)
-                    got = params.get(k)
+                if not isinstance(params.get(k), Tensor):  # (a network's numpy array or number: Pixyz stacks the
+                    got = params.get(k)  # experts' tensors, and fails on them too)
                     raise NotATensorError(f"{describe(self)}: expert {i} ({describe(e)}) gave {k} as "
                                           f"{type(got).__module__}.{type(got).__name__}; an expert's parameters must "
                                           "be tensors (its forward() must return tensors: torch.as_tensor(...))")

@@ -1034,3 +1034,114 @@ def test_a_mixture_posterior_scores_index_values_and_names_wrong_ones() -> None:
             posts[False].get_log_prob({"x": x, "z": z})
     with pytest.raises(ValueError, match=r"shape \(3, 3\), which does not broadcast with the batch shape \(4,\)"):
         posts[True].get_log_prob({"x": x, "z": torch.eye(3)})
+
+
+# ---------------------------------------------------------------------- the attack on the fourth batch (p179)
+@pytest.mark.parametrize("how", ["batch_n", "plate", "predictive", "sample_shape"])
+def test_a_mixtures_prior_with_its_own_sample_draws_under_plates_and_sample_shape(how: str) -> None:
+    """Under ``pyro.plate`` and ``Predictive(parallel=True)`` such a mixture was refused (the prior expanded to the
+    plate, then asked for one row); the prior is asked for one row per draw (``batch_n``), as Pixyz's mixture asks
+    it. Of 400 draws from c1 with probability 0.9, between 300 and 390 (a binomial's 5-sigma band: 360 ± 30)."""
+    import pyro
+    from pyro.infer import Predictive
+
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    class Flip(Categorical):
+        def sample(self, x_dict: Any = {}, batch_n: Any = None, sample_shape: Any = torch.Size(),  # noqa: B006
+                   return_all: bool = True, **kw: Any) -> Any:
+            out = super().sample(x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=False, **kw)
+            return {"k": out["k"].flip(-1)}
+
+    comps = [Normal(var=["y"], loc=torch.zeros(1), scale=torch.ones(1), name="c0"),
+             Normal(var=["y"], loc=torch.full((1,), 10.), scale=torch.ones(1), name="c1")]
+    m = MixtureModel(comps, Flip(var=["k"], probs=torch.tensor([0.1, 0.9]).flip(0), name="pk"))
+    torch.manual_seed(0)
+    if how == "batch_n":
+        y = m.sample(batch_n=400)["y"]
+    elif how == "sample_shape":
+        y = m.sample(sample_shape=[400])["y"]
+    elif how == "plate":
+        with pyro.plate("data", 400):
+            y = poutine.trace(m.model).get_trace().nodes["y"]["value"]
+    else:
+        y = Predictive(m.model, num_samples=400, parallel=True)()["y"]
+    assert y.numel() == 400 and 300 <= int((y > 5).sum()) <= 390
+
+
+def test_a_priors_own_sample_without_sample_shape_serves_a_mixtures_sample_shape_draw() -> None:
+    """A prior's ``sample(x_dict, batch_n, **kw)`` (no ``sample_shape``, which Pixyz's mixture never passes): a
+    ``sample_shape`` draw was refused with a message about Pyro sites and plates."""
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    class One(Categorical):
+        def sample(self, x_dict: Any = {}, batch_n: Any = None, return_all: bool = True, **kw: Any) -> Any:  # noqa
+            return {"k": torch.tensor([[0., 1.]]).expand(batch_n or 1, 2)}
+
+    comps = [Normal(var=["y"], loc=torch.zeros(1), scale=torch.ones(1), name="c0"),
+             Normal(var=["y"], loc=torch.full((1,), 10.), scale=torch.ones(1), name="c1")]
+    y = MixtureModel(comps, One(var=["k"], probs=torch.tensor([0.5, 0.5]), name="pk")).sample(
+        sample_shape=[3], batch_n=2)["y"]
+    assert y.shape == (3, 2, 1) and bool((y > 5).all())
+
+
+@pytest.mark.parametrize("method", ["get_log_prob", "sample"])
+def test_a_partialmethod_of_a_class_is_called_by_its_products(method: str) -> None:
+    def program() -> Any:
+        import functools
+
+        import torch
+
+        from pixyz.distributions import Normal
+
+        def glp(self: Any, x_dict: Any, *a: Any, shift: float = 0., **kw: Any) -> Any:
+            return Normal.get_log_prob(self, x_dict, *a, **kw) - shift
+
+        def smp(self: Any, x_dict: Any = {}, *a: Any, shift: float = 0., **kw: Any) -> Any:  # noqa: B006
+            return {k: v + shift if k == "x" else v for k, v in Normal.sample(self, x_dict, *a, **kw).items()}
+
+        class C(Normal):
+            pass
+
+        if method == "get_log_prob":
+            C.get_log_prob = functools.partialmethod(glp, shift=1.)
+        else:
+            C.sample = functools.partialmethod(smp, shift=100.)
+        c = C(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="c")
+        prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="pz")
+        v = {"x": torch.full((1, 2), 0.5), "z": torch.zeros(1, 2)}
+        return {"own": c.get_log_prob(v), "product": (c * prior).get_log_prob(v),
+                "drawn_shifted": bool(((c * prior).sample(batch_n=2)["x"] > 50).all())}
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("value", [2.0, 2, True])
+def test_a_number_from_an_expert_is_named(value: Any) -> None:
+    """Pixyz stacks the experts' tensors and fails on a number; here too, naming the expert (a bare
+    ``AttributeError: 'float' object has no attribute 'shape'`` before)."""
+    from pyro_dgm.distributions import Normal, ProductOfNormal
+
+    class E(Normal):
+        def __init__(self, name: str, cv: str, number: bool) -> None:
+            super().__init__(var=["z"], cond_var=[cv], name=name)
+            self.cv, self.number = cv, number
+
+        def forward(self, **kw: Any) -> Any:
+            h = kw[self.cv]
+            return {"loc": h, "scale": value if self.number else torch.ones_like(h)}
+
+    poe = ProductOfNormal([E("q1", "x", False), E("q2", "y", True)], name="q")
+    with pytest.raises(TypeError, match=r"expert 1 \(E q_\{2\}\(z\|y\)\) gave scale as builtins\."):
+        poe.sample({"x": torch.randn(3, 2), "y": torch.randn(3, 2)})
+
+
+def test_a_nan_component_index_is_named() -> None:
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    comps = [Normal(loc=torch.zeros(2) + k, scale=torch.ones(2), var=["x"], name=f"p_{k}") for k in range(3)]
+    post = MixtureModel(comps, Categorical(probs=torch.tensor([.2, .3, .5]), var=["z"], name="pi",
+                                           one_hot=False)).posterior()
+    with pytest.raises(ValueError, match="the value of 'z' holds NaN"):
+        post.get_log_prob({"x": torch.randn(2, 2), "z": torch.tensor([0., float("nan")])})
