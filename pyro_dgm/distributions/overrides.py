@@ -296,9 +296,13 @@ _WRAPS = {"_draw_via_sample": "_dgm_inner_draw_with", "_draw_via_set_dist": "_dg
 _INSTANCE_SLOTS = ("_dgm_inner_draw_with", "_dgm_inner_set_dist_draw", "_dgm_inner_params", "_dgm_inner_score_with",
                    "_dgm_user_get_params", "_dgm_user_sample", "_dgm_user_log_prob", "_dgm_user_set_dist")
 
-
 #: The slots of an instance's ``__dict__`` that its routes write (the hooks, what they wrap, flags, the record).
 _MANAGED = _INSTANCE_SLOTS + ("_dgm_draw_with", "_dgm_score_with", "_dgm_params", "_dgm_fn", "_dgm_instance_saved")
+
+_ABSENT = "(absent)"  # (a slot the instance did not have, in the record of what the routes replaced: pickled as is)
+
+#: The flag saying that a public method is the user's (the class's, or one set on the instance).
+_FLAG = {"sample": "_dgm_user_sample", "get_log_prob": "_dgm_user_log_prob"}
 
 
 def _own(dist: Any, d: Mapping[str, Any], name: str) -> bool:
@@ -385,23 +389,14 @@ def copied(dist: Any) -> None:
         instance_method_set(dist, "sample")
 
 
-_ABSENT = "(absent)"  # (a slot the instance did not have: pickled as it is)
-
-
 def own_method_running(dist: Any, name: str) -> bool:
-    """Whether the class's public ``name`` runs on ``dist`` whose own ``name`` (set on the instance) is not running:
-    it is that method's call of the class's (its ``super()``), so it runs with the class's hooks (:func:`entered`);
-    else the instance's hook would call the instance's method again. (So too on an instance with routes whose method
-    is not ``name``: its hooks are its class's then.)"""
-    d = dist.__dict__
-    return (name in d or "_dgm_instance_saved" in d or getattr(dist, _FLAG[name])) and id(dist) not in _inside()
-    # (also where a program took the method out of __dict__ itself: the routes then reach the class's; and where the
-    # class's method is the user's and this call is not from the hooks, which call that method, not this one: its
-    # super() call, made before the method was marked, when a later cell set it and it ran before the class was
-    # installed again, or an explicit call of a parent's method, as Pixyz's runs its own)
-
-
-_FLAG = {"sample": "_dgm_user_sample", "get_log_prob": "_dgm_user_log_prob"}
+    """Whether the library's public ``name`` runs on ``dist`` whose ``name`` is the user's (set on the instance, or
+    on its class: its flag) while that method is not marked as running: the hooks call the user's method, never
+    this one, so this is that method's ``super()`` call (one set on the instance; one set on the class by a later
+    cell that ran before the class was installed again), or an explicit call of a parent's method, as Pixyz's runs
+    its own; it runs with the class's hooks (:func:`entered`), else the hooks would call the user's method again.
+    Also where a program took the method out of ``__dict__`` itself (the flag stays: the routes reach the class's)."""
+    return getattr(dist, _FLAG[name]) and id(dist) not in _inside()  # type: ignore[no-any-return]
 
 
 def unshadow(dist: Any, slot: str) -> None:

@@ -239,25 +239,35 @@ def test_a_get_log_prob_that_sums_the_batch_is_refused_in_a_product_as_pixyz_ref
     assert ref[0] == ours[0] == "ValueError" and ours[1]
 
 
+def _user_loss(loss_base: Any, forward: Any) -> Any:
+    """A user's ``Loss`` over ``x`` (class ``My``, symbol ``my``) whose ``forward`` returns ``forward(x_dict)``,
+    on ``loss_base``: Pixyz's ``Loss`` or ours, whichever the harness imports."""
+    import sympy
+
+    class My(loss_base):
+        def __init__(self) -> None:
+            super().__init__(input_var=["x"])
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("my")
+
+        def forward(self, x_dict: Any, **kw: Any) -> Any:
+            return forward(x_dict)
+
+    return My()
+
+
 def _numpy_terms() -> Any:
     import numpy as np
-    import sympy
     import torch
 
     from pixyz.distributions import Normal
     from pixyz.losses import LogProb
     from pixyz.losses.losses import Loss
 
-    class SqNorm(Loss):
-        def __init__(self) -> None:
-            super().__init__(input_var=["x"])
-
-        @property
-        def _symbol(self) -> Any:
-            return sympy.Symbol("S")
-
-        def forward(self, x_dict: Any, **kwargs: Any) -> Any:
-            return (x_dict["x"].numpy() ** 2).sum(-1), {}
+    def sq_norm() -> Any:
+        return _user_loss(Loss, lambda x_dict: ((x_dict["x"].numpy() ** 2).sum(-1), {}))
 
     class P(Normal):
         def get_log_prob(self, x_dict: Any, *args: Any, **kwargs: Any) -> Any:
@@ -265,7 +275,7 @@ def _numpy_terms() -> Any:
 
     x = torch.tensor([[1., 2.], [0.5, -1.], [3., 0.]])
     p = P(var=["x"], loc=torch.zeros(2), scale=torch.ones(2))
-    return [float(SqNorm().mean().eval({"x": x})), float(SqNorm().sum().eval({"x": x})),
+    return [float(sq_norm().mean().eval({"x": x})), float(sq_norm().sum().eval({"x": x})),
             float(LogProb(p).mean().eval({"x": x}))]
 
 
@@ -277,28 +287,14 @@ def test_numpy_values_of_user_terms_reduce_as_under_pixyz() -> None:
 
 
 def test_bad_results_of_user_code_name_the_loss_or_the_distribution() -> None:
-    import sympy
-
     from pyro_dgm.distributions import Distribution, Normal
     from pyro_dgm.losses import Loss
 
-    class My(Loss):
-        def __init__(self, out: Any) -> None:
-            super().__init__(input_var=["x"])
-            self.out = out
-
-        @property
-        def _symbol(self) -> Any:
-            return sympy.Symbol("my")
-
-        def forward(self, x_dict: Any, **kwargs: Any) -> Any:
-            return self.out
-
     x = {"x": torch.zeros(2, 2), "z": torch.zeros(2, 2)}
     with pytest.raises(TypeError, match=r"My my: forward\(\) returned a loss value of type NoneType"):
-        My((None, {})).eval(x)
+        _user_loss(Loss, lambda x_dict: (None, {})).eval(x)
     with pytest.raises(ValueError, match=r"My my: forward\(\) must return \(loss, x_dict\), got a tuple of 3"):
-        My((torch.zeros(()), {}, 1)).eval(x)
+        _user_loss(Loss, lambda x_dict: (torch.zeros(()), {}, 1)).eval(x)
 
     class Shift(Distribution):
         def __init__(self) -> None:
@@ -381,27 +377,18 @@ def _pairs_returned_by_a_loss(kind: str) -> Any:
     def program() -> Any:
         import collections
 
-        import sympy
         import torch
 
         from pixyz.losses.losses import Loss
 
         pair = collections.namedtuple("pair", "loss x_dict")
 
-        class My(Loss):
-            def __init__(self) -> None:
-                super().__init__(input_var=["x"])
-
-            @property
-            def _symbol(self) -> Any:
-                return sympy.Symbol("my")
-
-            def forward(self, x_dict: Any, **kw: Any) -> Any:
-                value = x_dict["x"].sum()
-                return [value, {}] if kind == "list" else pair(value, {})
+        def my() -> Any:
+            return _user_loss(Loss, lambda x_dict: [x_dict["x"].sum(), {}] if kind == "list" else
+                              pair(x_dict["x"].sum(), {}))
 
         x = {"x": torch.arange(6.).reshape(3, 2)}
-        return [My().eval(x), (My() + 1).eval(x), (2 * My()).eval(x), My().mean().eval(x)]
+        return [my().eval(x), (my() + 1).eval(x), (2 * my()).eval(x), my().mean().eval(x)]
 
     return program
 
@@ -414,23 +401,12 @@ def test_a_loss_returning_its_pair_as_a_list_or_named_tuple_is_unpacked_as_pixyz
 
 
 def _named_result_loss() -> Any:
-    import sympy
     import torch
 
     from pixyz.losses.losses import Loss
 
-    class My(Loss):
-        def __init__(self) -> None:
-            super().__init__(input_var=["x"])
-
-        @property
-        def _symbol(self) -> Any:
-            return sympy.Symbol("my")
-
-        def forward(self, x_dict: Any, **kw: Any) -> Any:
-            return x_dict["x"].max(0)  # (values and indices: Pixyz unpacks them as (loss, x_dict))
-
-    return My().eval({"x": torch.arange(6.).reshape(3, 2)})
+    # (values and indices: Pixyz unpacks them as (loss, x_dict))
+    return _user_loss(Loss, lambda x_dict: x_dict["x"].max(0)).eval({"x": torch.arange(6.).reshape(3, 2)})
 
 
 def test_a_torch_named_result_as_a_loss_is_its_values_as_pixyz_unpacks_it() -> None:
@@ -441,14 +417,8 @@ def test_a_torch_named_result_as_a_loss_is_its_values_as_pixyz_unpacks_it() -> N
     assert_same(ref, ours)
     from pyro_dgm.losses import Loss
 
-    class Max(Loss):
-        def __init__(self) -> None:
-            super().__init__(input_var=["x"])
-
-        def forward(self, x_dict: Any, **kw: Any) -> Any:
-            return x_dict["x"].max(0)
-
-    torch.testing.assert_close(Max().mean().eval({"x": torch.arange(6.).reshape(3, 2)}), torch.tensor(4.5))
+    loss = _user_loss(Loss, lambda x_dict: x_dict["x"].max(0))
+    torch.testing.assert_close(loss.mean().eval({"x": torch.arange(6.).reshape(3, 2)}), torch.tensor(4.5))
 
 
 def test_a_flow_that_reshapes_and_keeps_the_batch_dim_draws() -> None:

@@ -814,6 +814,21 @@ def test_a_get_params_without_a_parameter_is_named(where: str, call: str) -> Non
 
 
 # ---------------------------------------------------------------------- errors from user code (p171's leftovers)
+def _poe_with_a_bad_scale(normal: Any, product: Any, scale: Any) -> Any:
+    """``product`` of experts ``E q_{1}(z|x)`` and ``E q_{2}(z|y)`` (subclasses of ``normal``, Pixyz's or ours),
+    the second's scale ``scale(h)`` of its input ``h``."""
+    class E(normal):
+        def __init__(self, name: str, cv: str, bad: bool) -> None:
+            super().__init__(var=["z"], cond_var=[cv], name=name)
+            self.cv, self.bad = cv, bad
+
+        def forward(self, **kw: Any) -> Any:
+            h = kw[self.cv]
+            return {"loc": h, "scale": scale(h) if self.bad else torch.ones_like(h)}
+
+    return product([E("q1", "x", False), E("q2", "y", True)], name="q")
+
+
 def _numpy_program(where: str) -> Any:
     def program() -> Any:
         import torch
@@ -823,16 +838,8 @@ def _numpy_program(where: str) -> Any:
 
         x, y = torch.randn(3, 2), torch.randn(3, 2)
         if where == "expert":
-            class E(Normal):
-                def __init__(self, name: str, cv: str, bad: bool) -> None:
-                    super().__init__(var=["z"], cond_var=[cv], name=name)
-                    self.cv, self.bad = cv, bad
-
-                def forward(self, **kw: Any) -> Any:
-                    h = kw[self.cv]
-                    return {"loc": h, "scale": torch.ones_like(h).numpy() if self.bad else torch.ones_like(h)}
-
-            return ProductOfNormal([E("q1", "x", False), E("q2", "y", True)], name="q").sample({"x": x, "y": y})
+            poe = _poe_with_a_bad_scale(Normal, ProductOfNormal, lambda h: torch.ones_like(h).numpy())
+            return poe.sample({"x": x, "y": y})
         if where == "flow":
             class NpFlow(Flow):
                 def __init__(self) -> None:
@@ -1123,16 +1130,7 @@ def test_a_number_from_an_expert_is_named(value: Any) -> None:
     ``AttributeError: 'float' object has no attribute 'shape'`` before)."""
     from pyro_dgm.distributions import Normal, ProductOfNormal
 
-    class E(Normal):
-        def __init__(self, name: str, cv: str, number: bool) -> None:
-            super().__init__(var=["z"], cond_var=[cv], name=name)
-            self.cv, self.number = cv, number
-
-        def forward(self, **kw: Any) -> Any:
-            h = kw[self.cv]
-            return {"loc": h, "scale": value if self.number else torch.ones_like(h)}
-
-    poe = ProductOfNormal([E("q1", "x", False), E("q2", "y", True)], name="q")
+    poe = _poe_with_a_bad_scale(Normal, ProductOfNormal, lambda h: value)
     with pytest.raises(TypeError, match=r"expert 1 \(E q_\{2\}\(z\|y\)\) gave scale as builtins\."):
         poe.sample({"x": torch.randn(3, 2), "y": torch.randn(3, 2)})
 
