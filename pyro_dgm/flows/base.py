@@ -187,7 +187,9 @@ def _state(flow: nn.Module, keep: list | None = None) -> tuple:
 
 def _dgm_memory(flow: "Flow") -> _Memory | None:
     """The flow's last computation: within a loss evaluation, the evaluation's (kept by its memoizing scope,
-    compared by identity), else the module's. While torch.compile traces, only the evaluation's: a traced attribute
+    compared by identity), else the module's in this thread (a draw in another thread does not replace the one this
+    thread scores next; the module's ``_dgm_memory`` is the last of any thread, what Pixyz's ``stored_x`` reads).
+    While torch.compile traces, only the evaluation's: a traced attribute
     that outlived the evaluation would make the compiled code guard on its tensors. An evaluation that runs partly
     compiled and partly eagerly (a graph break in a network) so shares one memory: a dequantizing flow's noise is
     drawn once per evaluation whichever part draws it."""
@@ -198,7 +200,8 @@ def _dgm_memory(flow: "Flow") -> _Memory | None:
             return m
     if is_compiling():
         return None
-    return flow._dgm_memory
+    own = flow.__dict__.get("_dgm_threads")
+    return None if own is None else getattr(own, "memory", None)
 
 
 def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool,
@@ -208,8 +211,13 @@ def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context
         memo.note(flow, _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled(), parts))
     if not is_compiling():
         kept: list[Tensor] = []
-        flow._dgm_memory = _Memory(x, z, logdet, context, by_inverse, _state(flow, kept), parts)
-        flow._dgm_memory.kept = kept
+        m = _Memory(x, z, logdet, context, by_inverse, _state(flow, kept), parts)
+        m.kept = kept
+        d = flow.__dict__
+        if "_dgm_threads" not in d:  # (a flow unpickled, or built before this record existed)
+            d["_dgm_threads"] = threading.local()
+        d["_dgm_threads"].memory = m  # this thread's: freed with the thread
+        d["_dgm_memory"] = m
 
 
 def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | None = None,
@@ -570,7 +578,8 @@ class Flow(TransformModule, ConditionalTransform):
         self._dgm_domain_event_dim = int(event_dim or 1)
         self._dgm_codomain_event_dim = int(codomain_event_dim or self._dgm_domain_event_dim)
         self._dgm_keep = bool(cache_size)
-        self._dgm_memory: _Memory | None = None
+        self._dgm_memory: _Memory | None = None  # the last computation in any thread (stored_x)
+        self._dgm_threads = threading.local()  # each thread's last computation (what a score recalls)
         self._logdet_jacobian: Tensor | int | None = 0 if self._dgm_volume_preserving else None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -580,6 +589,7 @@ class Flow(TransformModule, ConditionalTransform):
         state = super().__getstate__()
         m = state.get("_dgm_memory")
         state["_dgm_memory"] = None
+        state.pop("_dgm_threads", None)  # (made again at the copy's first run)
         if m is not None and isinstance(m.z, Tensor):  # the last draw's value, for a check (flow_distribution.py)
             state["_dgm_copied_z"] = m.z.detach()
         ld = state.get("_logdet_jacobian")
