@@ -197,6 +197,9 @@ class RelaxedOneHotCategoricalHardScore(_PositiveTemperature, dist.RelaxedOneHot
         return self._hard().entropy()
 
 
+_LOG_FLOOR = math.exp(-100.0)  # (float64: the probability below which a class scores -100)
+
+
 def categorical_log_pmf(categorical: Any) -> Tensor:
     """The normalized log-probabilities of a torch ``Categorical``: from its probabilities, each logarithm clamped
     at -100 as ``binary_cross_entropy`` clamps it (torch's logits clamp a probability to float's eps first: a
@@ -212,9 +215,12 @@ def categorical_log_pmf(categorical: Any) -> Tensor:
         # probabilities (see RelaxedBernoulli's _hard)
         work = probs if probs.dtype in (torch.float32, torch.float64) else probs.float()
         safe = work.clamp_min(torch.finfo(work.dtype).tiny).log()
-        out = torch.where(work == 0, torch.full((), -100.0, dtype=safe.dtype, device=safe.device), safe)  # (NaN
-        # stays NaN)
-        return out.clamp_min(-100.0).to(probs.dtype)
+        # -100 at and below e^-100 (float64; in float32 the clamp above stops at -87.3, so at 0 alone); NaN stays
+        # NaN. (One where, no clamp of its result: torch 2.13's inductor gives a zero backward to a clamp_min after
+        # this where at some batch sizes.)
+        floor = _LOG_FLOOR if work.dtype == torch.float64 else 0.0
+        return torch.where(work <= floor, torch.full((), -100.0, dtype=safe.dtype, device=safe.device),
+                           safe).to(probs.dtype)
     return categorical.logits
 
 

@@ -44,6 +44,8 @@ from torch import Tensor
 from torch.distributions import Distribution as _Distribution
 
 from pyro_dgm.distributions.closed_forms import validating
+from pyro_dgm.distributions import overrides
+from pyro_dgm.distributions.overrides import current_of
 from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin
 from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
 
@@ -295,6 +297,8 @@ def _own_code(fn: Any) -> Any:
     would take an entry of one cache (its guards name the model), and from the ninth model in a process on
     (a notebook cell run again, a sweep) the evaluation would silently run eagerly."""
     def call(*args: Any) -> Any:
+        if overrides.CHANGED < 0:  # (never: read so that the compiled code guards on it, see there)
+            raise AssertionError
         return fn(*args)
 
     call.__code__ = call.__code__.replace()  # a copy: the same code, a cache of its own
@@ -347,12 +351,14 @@ class _FirstCallEager:
         self._eager = eager
         self._dgm_fn: Any = None
         self._frozen: list[Tensor] = []
+        self._dists: list[Any] = []
         self.calls = 0
         self._graphs = False
 
     def _build(self) -> None:
         self.loss._dgm_term_names  # the terms' names are built (by sympy) here, once, not while tracing
         self._frozen = _frozen_of(self.loss)
+        self._dists = list(self.loss.distributions)
         self._graphs = uses_cuda_graphs(self.options)
         self._dgm_fn = _dgm_compile(_own_code(self._eager), self.options)
 
@@ -362,6 +368,8 @@ class _FirstCallEager:
             return self._eager(*args)
         if self._dgm_fn is None:
             self._build()
+        for d in self._dists:  # a class changed since (a later cell's Q.get_log_prob = ...): installed here, eagerly,
+            current_of(d)  # where the compiled code's guards on the class's hooks see it (never while tracing)
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
         with without_validation(), frozen(self._frozen):
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)

@@ -430,8 +430,9 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
             p.copy_(value)
     for i, d in enumerate(others):
         d.load_state_dict(saved_others[str(i)])
-    for name, opt in optimizers.items():
-        opt.load_state_dict(saved_optimizers[name])
+    for name, opt in optimizers.items():  # (copies: torch's optimizer would keep the given tensors, so that a model
+        # loaded from another's state_dict() would update the other's moments in place)
+        opt.load_state_dict(torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, saved_optimizers[name]))
     for key, entry in state["loss_terms"].items():
         terms[int(key)].load_term_state_dict(entry["state"])
     model.step = step

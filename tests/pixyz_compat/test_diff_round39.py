@@ -70,13 +70,13 @@ def test_a_flows_draw_in_another_thread_leaves_this_threads_score_as_alone(inver
 
     q = _planar(invertible)
     with generator(torch.Generator().manual_seed(1)):
-        z = q.sample(batch_n=16)["z"]
+        z = q.sample(batch_n=64)["z"]
     alone = q.get_log_prob({"z": z}).detach()
     drew, other_drew, out = threading.Event(), threading.Event(), []
 
     def first() -> None:
         with generator(torch.Generator().manual_seed(1)):
-            mine = q.sample(batch_n=16)["z"]
+            mine = q.sample(batch_n=64)["z"]
         drew.set()
         other_drew.wait(10)
         try:
@@ -87,7 +87,7 @@ def test_a_flows_draw_in_another_thread_leaves_this_threads_score_as_alone(inver
     def second() -> None:
         drew.wait(10)
         with generator(torch.Generator().manual_seed(2)):
-            q.sample(batch_n=16)
+            q.sample(batch_n=64)
         other_drew.set()
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
@@ -115,3 +115,56 @@ def test_a_flows_memory_per_thread_is_not_pickled() -> None:
         z = other.sample(batch_n=3)["z"]
         assert other.flow._dgm_memory.z is z
         assert torch.allclose(other.get_log_prob({"z": z}), q.get_log_prob({"z": z.clone()}), atol=1e-5)
+
+
+def test_a_model_loaded_from_anothers_state_dict_keeps_its_own_optimizer_moments() -> None:
+    """``m2.load_state_dict(m1.state_dict())`` left m2's Adam moments the very tensors of m1's (torch's optimizer
+    keeps the tensors it is given when no cast is needed): training m2 changed m1's next steps. Each model must
+    resume from the state as it was when loaded, as from a copy of it."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from pyro_dgm.distributions import Bernoulli, Normal
+    from pyro_dgm.losses import ELBO
+    from pyro_dgm.models import Model
+
+    def build() -> Any:
+        torch.manual_seed(0)
+        q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(1.0), name="q")
+
+        class P(Bernoulli):
+            def __init__(self) -> None:
+                super().__init__(var=["x"], cond_var=["z"], name="p")
+                self.net = nn.Linear(3, 3)
+
+            def forward(self, z: Any) -> Any:
+                return {"probs": torch.sigmoid(self.net(z))}
+
+        p = P()
+        return Model(-ELBO(p, q).mean(), distributions=[p, q], optimizer=torch.optim.Adam,
+                     optimizer_params={"lr": 0.05})
+
+    def batch(s: int) -> dict[str, torch.Tensor]:
+        return {"x": torch.rand(5, 3, generator=torch.Generator().manual_seed(s)).round()}
+
+    m1 = build()
+    m1.train(batch(0))
+    saved = copy.deepcopy(m1.state_dict())
+    m2 = build()
+    m2.load_state_dict(m1.state_dict())
+    for s in range(1, 4):
+        torch.manual_seed(s)
+        m2.train(batch(s))
+    after_m2 = []
+    for s in range(1, 4):
+        torch.manual_seed(s)
+        after_m2.append(float(m1.train(batch(s))))
+    alone = build()
+    alone.load_state_dict(saved)
+    reference = []
+    for s in range(1, 4):
+        torch.manual_seed(s)
+        reference.append(float(alone.train(batch(s))))
+    assert after_m2 == reference

@@ -1,0 +1,137 @@
+"""Compiled training steps against eager ones, fourth round (p180): a Categorical likelihood under inductor, and
+classes changed by a later notebook cell after the model was compiled."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+
+from compile_models import fresh_dynamo  # noqa: F401  (the compile tests' autouse set-up)
+from pyro_dgm.distributions import Bernoulli, Categorical, Normal
+from pyro_dgm.losses import ELBO
+from pyro_dgm.models import ML, Model
+
+
+def _classifier() -> Any:
+    class Classifier(Categorical):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["x"], name="f")
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+
+        def forward(self, x: Any) -> Any:
+            return {"probs": torch.softmax(self.net(x), -1)}
+
+    return Classifier()
+
+
+def _labelled(seed: int, rows: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.rand(rows, 12, generator=g).round(), "y": torch.eye(4)[torch.arange(rows) % 4]}
+
+
+@pytest.mark.parametrize("rows", [8, 12])
+def test_a_categorical_likelihood_compiled_with_inductor_has_the_eager_gradients(rows: int) -> None:
+    """The Categorical's log-probabilities clamped a `torch.where`'s result at -100 (`clamp_min`); torch 2.13's
+    inductor compiles that pair to a zero backward at some batch sizes (8 and 12 rows here): every compiled step
+    after the first (eager) one had zero gradients and the weights never moved."""
+    import torch._inductor.config as inductor
+
+    runs = []
+    for compile in (False, True):
+        f = _classifier()
+        model = ML(f, optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1}, compile=compile)
+        steps = []
+        with inductor.patch(fallback_random=True):
+            for s in range(3):
+                loss = float(model.train(_labelled(s, rows)))
+                steps.append((loss, [p.grad.clone() for p in f.parameters()]))
+        runs.append(steps)
+    for (le, ge), (lc, gc) in zip(*runs):
+        assert lc == pytest.approx(le, rel=1e-5, abs=1e-6)
+        for a, b in zip(ge, gc):
+            assert float(a.abs().sum()) > 0
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def _vae() -> tuple[Any, Any, Any]:
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.net = nn.Linear(6, 4)
+
+        def forward(self, x: Any) -> Any:
+            h = self.net(x)
+            return {"loc": h[..., :2], "scale": nn.functional.softplus(h[..., 2:]) + 0.1}
+
+    class P(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = nn.Linear(2, 6)
+
+        def forward(self, z: Any) -> Any:
+            return {"probs": torch.sigmoid(self.net(z))}
+
+    torch.manual_seed(0)
+    q, p = Q(), P()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_z")
+    return q, p, -ELBO(p * prior, q).mean()
+
+
+def _shifted(self: Any, x_dict: Any, **kw: Any) -> Any:  # log q - 1: the -ELBO goes down by exactly 1
+    return Normal.get_log_prob(self, x_dict, **kw) - 1.0
+
+
+def _at_five(self: Any, x_dict: Any = {}, *args: Any, **kw: Any) -> Any:  # every z is 5
+    out = Normal.sample(self, x_dict, *args, **kw)
+    out["z"] = out["z"] * 0 + 5.0
+    return out
+
+
+@pytest.mark.parametrize("change", ["get_log_prob", "sample", "distribution_torch_class"])
+@pytest.mark.parametrize("how", ["model", "loss"])
+def test_a_class_changed_after_compiled_steps_is_what_the_next_compiled_step_uses(change: str, how: str) -> None:
+    """A later cell sets a method or the torch class on the encoder's class after two compiled steps. The eager
+    model uses it from the next step (as Pixyz calls the method of the moment); the compiled code kept the old one
+    and did not compile again (Dynamo does not guard on a class's attributes), so the losses silently stayed."""
+    runs = []
+    for compile in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        q, p, loss = _vae()
+        if compile and how == "loss":
+            loss.compile(backend="aot_eager")
+        model = Model(loss, distributions=[q, p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0},
+                      compile={"backend": "aot_eager"} if compile and how == "model" else False)
+        values = []
+        for s in range(5):
+            if s == 3:
+                if change == "distribution_torch_class":
+                    type(q).distribution_torch_class = torch.distributions.Laplace
+                else:
+                    setattr(type(q), change, _shifted if change == "get_log_prob" else _at_five)
+            torch.manual_seed(100 + s)
+            values.append(float(model.train({"x": torch.rand(8, 6, generator=torch.Generator().manual_seed(s))
+                                             .round()})))
+        runs.append(values)
+        if compile:
+            assert counters["stats"]["unique_graphs"] == 2  # traced again once, after the change
+    eager, compiled = runs
+    assert eager[3] != pytest.approx(eager[2], abs=0.5)  # the change changes the loss
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-5)
+
+
+def test_a_new_class_defined_after_compiling_does_not_compile_again() -> None:
+    """Only a class changed after it was made makes compiled code trace again: a new distribution class (a later
+    cell building another model) holds nothing that the compiled code traced."""
+    q, p, loss = _vae()
+    model = Model(loss, distributions=[q, p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0},
+                  compile={"backend": "aot_eager"})
+    for s in range(6):
+        if s == 3:
+            _vae()  # new classes Q and P, with instances
+        model.train({"x": torch.rand(8, 6, generator=torch.Generator().manual_seed(s)).round()})
+    assert counters["stats"]["unique_graphs"] == 1
