@@ -1605,13 +1605,19 @@ class Distribution(YieldingModule):
         return self._dgm_score_with(self._dgm_binding, values, ctx, sum_features, feature_dims)
 
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
-        raise NotImplementedError(f"{describe(self)} cannot be sampled")
+        raise NotImplementedError(f"{describe(self)} cannot be sampled: {type(self).__name__} is no family and "
+                                  "defines no sample(); define sample(self, x_dict={}, batch_n=None, "
+                                  "sample_shape=torch.Size(), return_all=True, reparam=False) returning a dict "
+                                  f"with {list(b.var)}, and get_log_prob(self, x_dict, sum_features=True, "
+                                  "feature_dims=None) to score them")
 
     _dgm_draw_with._dgm_no_draw = True  # type: ignore[attr-defined]  # (overrides: no draw of the class's own)
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
-        raise NotImplementedError(f"{describe(self)} has no log-density")
+        raise NotImplementedError(f"{describe(self)} has no log-density: {type(self).__name__} is no family and "
+                                  "defines no get_log_prob(); define get_log_prob(self, x_dict, sum_features=True, "
+                                  f"feature_dims=None) scoring {list(b.var)}")
 
     _dgm_score_with._dgm_no_density = True  # type: ignore[attr-defined]
 

@@ -1222,7 +1222,7 @@ class DistributionBase(Distribution):
             # (a Normal's formula would give a complex "log-density", as Pixyz's does; its standard form would take
             # a bool value as 0/1 where its general form, and Pixyz's, refuse it)
             self._dgm_not_real(b.var[0], x)
-        if self._dgm_closed_lp is not None and (b.input_var or self._features_shape):
+        if self._dgm_closed_lp is not None:
             got = self._dgm_closed_params(b, values, ctx)
             if got is not None and _TorchDistribution._validate_args and not closed_forms.valid_value(
                     self.pyro_dist, x):

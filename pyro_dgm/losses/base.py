@@ -104,6 +104,34 @@ def _assigned_first(fget: Callable[[Any], str]) -> Callable[[Any], str]:
     return latex
 
 
+class _TextAndMethod(str):
+    """The formula's text (what the library reads as ``loss.latex``) that is also the user's method of that name
+    (``loss.latex()`` calls it): a Pixyz subclass's own helper ``latex`` (Pixyz's terms print from ``_symbol``)."""
+
+    def __new__(cls, text: str, method: Callable[..., Any]) -> "_TextAndMethod":
+        out = super().__new__(cls, text)
+        out._dgm_method = method  # type: ignore[attr-defined]
+        return out
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._dgm_method(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+class _LatexMethod:
+    """A subclass's own method (or other non-property attribute) named ``latex``: read on an instance, the formula's
+    text of the class above (its ``latex`` property), callable as the user's method."""
+
+    def __init__(self, cls: type, own: Any) -> None:
+        self.cls, self.own = cls, own
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        method = self.own.__get__(obj, owner) if hasattr(self.own, "__get__") else self.own
+        if obj is None:
+            return method
+        text = next(vars(k)["latex"] for k in self.cls.__mro__[1:] if isinstance(vars(k).get("latex"), property))
+        return _TextAndMethod(text.__get__(obj, owner), method)
+
+
 def _latex_text(loss: Any, value: Any) -> str:
     """The formula text assigned to a loss's ``latex``: a string, or a sympy expression's LaTeX."""
     if isinstance(value, str):
@@ -177,6 +205,8 @@ class Loss(YieldingModule, _PyroELBO):
         own = cls.__dict__.get("latex")
         if isinstance(own, property) and own.fget is not None and not hasattr(own.fget, "_dgm_assigned_first"):
             cls.latex = property(_assigned_first(own.fget), own.fset, doc=own.__doc__)  # (an assigned text first)
+        elif callable(own) or isinstance(own, (staticmethod, classmethod)):  # a helper method of a Pixyz subclass
+            cls.latex = _LatexMethod(cls, own)  # (Pixyz prints from _symbol): the text above, and callable
 
     # ------------------------------------------------------------------ nn.Module plumbing
     def __setattr__(self, name: str, value: Any) -> None:

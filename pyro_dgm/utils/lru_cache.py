@@ -125,7 +125,7 @@ class _Entries:
         versions (an optimizer step or any in-place change bumps them), its submodules' train/eval modes and
         ``forward`` functions (one replaced in a later cell), and which forward hooks they (and the global ones)
         hold (a hook added, removed or replaced changes the results). Not a plain attribute that ``forward`` reads
-        (``q.k = 3.0``): that needs ``cache_clear()``, as under Pixyz."""
+        (``q.k = 3.0``): that needs ``q.get_params.cache_clear()`` (neither sees it under Pixyz)."""
         if not isinstance(owner, nn.Module):
             return None
         structure = _STRUCTURE[0]
@@ -231,6 +231,12 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
                     t.register_hook(forget)
             return _copy(result)
 
-        return cached  # type: ignore[return-value]
+        def cache_clear() -> None:
+            """Forget every entry (of every instance): for a change the cache cannot see, a plain attribute that
+            ``forward`` reads (``q.k = 3.0``), as ``functools.lru_cache``'s ``cache_clear``."""
+            caches.clear()
+
+        cached.cache_clear = cache_clear  # type: ignore[attr-defined]  # (also on the bound method:
+        return cached  # type: ignore[return-value]  # q.get_params.cache_clear())
 
     return decorate

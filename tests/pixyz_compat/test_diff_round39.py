@@ -168,3 +168,149 @@ def test_a_model_loaded_from_anothers_state_dict_keeps_its_own_optimizer_moments
         torch.manual_seed(s)
         reference.append(float(alone.train(batch(s))))
     assert after_m2 == reference
+
+
+def _loss_with_a_latex_method() -> Any:
+    import torch
+
+    from pixyz import distributions, losses
+
+    p = distributions.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+
+    class MyLoss(losses.LogProb):
+        def latex(self) -> str:  # a Pixyz program's own helper
+            return "mine"
+
+    class Deeper(MyLoss):
+        pass
+
+    out = []
+    for cls in (MyLoss, Deeper):
+        loss = cls(p)
+        out += [str(loss), loss.latex(), loss.eval({"x": torch.zeros(1, 2)}), str(loss * 2)]
+    return out
+
+
+def test_a_loss_subclass_with_a_method_named_latex_runs_as_under_pixyz() -> None:
+    """A method named ``latex`` of a Pixyz subclass of ``LogProb`` is its own helper there (Pixyz prints from
+    ``_symbol``); here the library read it as the formula's text and sympy raised ``name should be a string``."""
+    ref, ours = run_both(_loss_with_a_latex_method)
+    assert_same(ref, ours)
+
+
+def _flow_with_a_condition_attribute() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz import distributions, flows
+
+    class MyFlow(flows.Flow):
+        def __init__(self) -> None:
+            super().__init__(2)
+            self.condition = 3  # the user's own attribute
+            self.w = nn.Parameter(torch.tensor([2.0, 0.5]))
+
+        def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
+            if compute_jacobian:
+                self._logdet_jacobian = torch.log(self.w.abs()).sum().expand(x.shape[0])
+            return x * self.w
+
+        def inverse(self, z: Any, y: Any = None) -> Any:
+            return z / self.w
+
+    prior = distributions.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2])
+    x = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+    inverse = distributions.InverseTransformedDistribution(prior, MyFlow(), var=["x"])
+    return inverse.get_log_prob({"x": x}), inverse.sample({"x": x}, return_all=False)
+
+
+def test_a_flow_subclass_with_an_attribute_named_condition_is_scored_as_under_pixyz() -> None:
+    """``self.condition = 3`` in a Pixyz flow subclass is the user's own attribute; the flow distributions called
+    ``flow.condition(y)`` (Pyro's conditional interface) and failed with ``'int' object is not callable``. The
+    inverse flow's density: log N(x * w; 0, I) + sum(log |w|)."""
+    import torch
+
+    ref, (inv, hidden) = run_both(_flow_with_a_condition_attribute)
+    assert_same(ref, (inv, hidden))
+    x, w = torch.tensor([[1.0, -1.0], [0.5, 2.0]]), torch.tensor([2.0, 0.5])
+    closed = torch.distributions.Normal(0.0, 1.0).log_prob(x * w).sum(-1) + torch.log(w).sum()
+    torch.testing.assert_close(inv, closed)
+
+
+def test_a_distribution_that_can_be_neither_drawn_nor_scored_says_what_to_define() -> None:
+    """A ``Distribution`` subclass with neither ``sample`` nor ``get_log_prob`` in a Pyro model: the message said
+    only "cannot be sampled", where the docs promise it says what to do."""
+    import torch
+    from pyro import poutine
+
+    from pyro_dgm.distributions import Distribution, Normal
+
+    class Nothing(Distribution):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+
+    joint = Nothing() * Normal(var=["z"], loc=torch.tensor(0.), scale=torch.tensor(1.), features_shape=[2])
+    for given in ({"x": torch.ones(3, 2)}, {}):
+        with pytest.raises(NotImplementedError, match=r"Nothing p\(x\|z\) cannot be sampled: Nothing .*define "
+                                                      r"sample\(.*\['x'\].*get_log_prob"):
+            poutine.trace(joint.model).get_trace(**given)
+    with pytest.raises(NotImplementedError, match=r"Nothing p\(x\|z\) has no log-density: .*get_log_prob\("):
+        Nothing().get_log_prob({"x": torch.ones(3, 2), "z": torch.ones(3, 2)})
+
+
+@pytest.mark.parametrize("form", ["scalars", "vector", "features_shape", "conditional"])
+def test_a_normal_whose_scales_square_underflows_is_finite_in_every_spelling(form: str) -> None:
+    """porting.md: where a float32 scale's square underflows (1e-30), the Normal's log-density is finite, 69.08 -
+    0.92 at the mean (Pixyz's, torch's arrangement: NaN). A constant Normal of scalars without ``features_shape``
+    (the commonest spelling) still took torch's formula: NaN from ``get_log_prob``, ``LogProb`` and the Monte Carlo
+    losses."""
+    import math
+
+    import torch
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import LogProb
+
+    tiny = torch.tensor(1e-30)
+    p = {"scalars": lambda: Normal(loc=torch.tensor(0.), scale=tiny, var=["x"]),
+         "vector": lambda: Normal(loc=torch.zeros(1), scale=torch.full((1,), 1e-30), var=["x"]),
+         "features_shape": lambda: Normal(loc=torch.tensor(0.), scale=tiny, var=["x"], features_shape=[1]),
+         "conditional": lambda: Normal(loc="z", scale=tiny, var=["x"], cond_var=["z"])}[form]()
+    std = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x"])
+    given = {"x": torch.zeros(2, 1), "z": torch.zeros(2, 1)}
+    closed = 30 * math.log(10) - 0.5 * math.log(2 * math.pi)  # -log(1e-30) - log(2 pi) / 2
+    assert p.get_log_prob(given).tolist() == pytest.approx([closed] * 2, rel=1e-6)
+    assert LogProb(p).eval(given).tolist() == pytest.approx([closed] * 2, rel=1e-6)
+    assert (LogProb(p) - LogProb(std)).eval(given).tolist() == pytest.approx([30 * math.log(10)] * 2, rel=1e-6)
+
+
+def test_cache_clear_forgets_what_the_sample_dict_cache_cannot_see() -> None:
+    """porting.md tells a user whose ``forward`` reads a plain attribute (``q.k = 3.0``) to call ``cache_clear()``
+    after changing it; no such function existed. ``q.get_params.cache_clear()`` now forgets the entries, so the
+    next call gives the undecorated value."""
+    import torch
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils import lru_cache_for_sample_dict
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.k = 1.0
+
+        def forward(self, x: Any) -> Any:
+            return {"loc": self.k * x, "scale": torch.ones_like(x)}
+
+        @lru_cache_for_sample_dict()
+        def get_params(self, params_dict: Any = {}, **kwargs: Any) -> Any:
+            return super().get_params(params_dict, **kwargs)
+
+    q, other = Q(), Q()
+    x = torch.ones(2, 1)
+    assert q.get_params({"x": x})["loc"].tolist() == [[1.0], [1.0]]
+    other.get_params({"x": x})
+    q.k = other.k = 3.0
+    assert q.get_params({"x": x})["loc"].tolist() == [[1.0], [1.0]]  # not seen (as under Pixyz)
+    q.get_params.cache_clear()
+    assert q.get_params({"x": x})["loc"].tolist() == [[3.0], [3.0]]
+    assert other.get_params({"x": x})["loc"].tolist() == [[3.0], [3.0]]  # every instance's entries
