@@ -7,6 +7,7 @@ Networks run through :func:`run_network`, the effect ``"dgm_params"`` that the m
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
 from typing import Any, Mapping
@@ -87,6 +88,16 @@ def _memo_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
 
 
 _effectful_network = effectful(_call_network, type="dgm_params")
+
+
+_NO_HANDLER = contextlib.nullcontext()
+
+
+def sites_hidden() -> Any:
+    """``poutine.block()`` where a Pyro handler is listening (the sites a user's own method makes inside a draw are
+    not the draw's); nothing otherwise, where it would change nothing (and torch.compile cannot trace a handler:
+    the draw would split the graph)."""
+    return BlockMessenger() if PYRO_STACK else _NO_HANDLER
 
 
 def ignores_sites(stack: list[Any]) -> bool:

@@ -140,7 +140,7 @@ class MixtureDistribution(TorchDistribution):
             return seeded_call(self, _TorchCategorical(logits=self.logits).sample, sample_shape)
         if getattr(prior, "sampler", None) is not None and not prior.inputs:
             rows = shape.numel()
-            with poutine.block():  # (the sites its super().sample() makes are not this draw's)
+            with sites_hidden():  # (the sites its super().sample() makes are not this draw's)
                 out = prior.owner.sample({}, batch_n=rows, return_all=False)
             z = out.get(prior.var) if isinstance(out, Mapping) else None
             if not isinstance(z, Tensor):

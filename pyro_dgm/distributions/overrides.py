@@ -73,7 +73,7 @@ from pyro.poutine.reparam_messenger import ReparamMessenger
 from torch import Tensor
 from torch.distributions import Independent, constraints
 
-from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim
+from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, sites_hidden
 from pyro_dgm.distributions.pixyz_protocol import as_pyro
 from pyro_dgm.utils.attributes import users_own
 from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe
@@ -796,7 +796,7 @@ def _user_sampler(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallSta
     def draw(sample_shape: torch.Size, reparam: bool, flat: Mapping[str, Any] | None = None) -> Any:
         """``flat``: the inputs broadcast to the site's plates and flattened (:meth:`UserScored._dgm_user_draw`)."""
         given = inputs if flat is None else {o: flat[o] for o in inputs}
-        with poutine.block():
+        with sites_hidden():
             out = self.sample(dict(given), batch_n=batch_n, sample_shape=sample_shape, return_all=False,
                               reparam=reparam, **ctx.kwargs)
         if not isinstance(out, Mapping):

@@ -287,6 +287,14 @@ def _dgm_compile(fn: Any, options: Mapping[str, Any]) -> Any:
     return compiled
 
 
+def _first_lines(error: BaseException) -> str:
+    """Dynamo's reason, with its explanation where it gives one (``Failed to trace builtin operator`` / ``Explanation:
+    Dynamo does not know how to trace builtin operator `print` ...``): what the user's code did."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    said = lines[:1] + [line for line in lines[1:3] if line.startswith("Explanation:")]
+    return "; ".join(said)[:400]
+
+
 def _no_op() -> None:
     return None
 
@@ -393,7 +401,7 @@ class _FirstCallEager:
         fullgraph = isinstance(self.options, Mapping) and bool(self.options.get("fullgraph"))
         if isinstance(failed, (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)) and fullgraph:
             raise RuntimeError(f"{self.loss.loss_text}: torch.compile cannot trace this loss's evaluation in one "
-                               f"graph ({str(failed).strip().splitlines()[0][:300]}), which compile="
+                               f"graph ({_first_lines(failed)}), which compile="
                                f"{self.options} forbids with fullgraph=True; drop fullgraph=True (the parts it "
                                "cannot trace then run eagerly), or train without compile=") from failed
         if isinstance(failed, torch._dynamo.exc.BackendCompilerFailed):

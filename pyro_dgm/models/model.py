@@ -353,8 +353,11 @@ class Model:
         ``torch.compile``: ``True`` for torch's defaults, or a dict of ``torch.compile`` options
         (``{"mode": "max-autotune"}``, ``{"dynamic": True}``...). Compiled and eager steps give the same values and
         gradients (random draws aside: compiled code draws from the compiler's generator unless
-        ``torch._inductor.config.fallback_random`` is set); the first step compiles (seconds), later batches of the
-        same shapes reuse the code (see :mod:`pyro_dgm.losses.compiled`). On a GPU, ``{"mode": "reduce-overhead"}``
+        ``torch._inductor.config.fallback_random`` is set); the first step runs eagerly and the second compiles
+        (seconds); later batches of the same shapes, dtypes and keys in the same order reuse the code (a dict
+        listing its keys in another order, a last batch of another size, compile once more; see
+        :mod:`pyro_dgm.losses.compiled`). A method or torch class set on a distribution's class after compiling is
+        seen from the next step, which compiles again. On a GPU, ``{"mode": "reduce-overhead"}``
         replays CUDA graphs (the fastest step there, see ``benchmarks/README.md``); the losses returned stay valid
         after later steps. Under torch.distributed the compiled evaluation runs inside ``DistributedDataParallel``'s
         forward, which averages its gradients.

@@ -135,3 +135,75 @@ def test_a_new_class_defined_after_compiling_does_not_compile_again() -> None:
             _vae()  # new classes Q and P, with instances
         model.train({"x": torch.rand(8, 6, generator=torch.Generator().manual_seed(s)).round()})
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_mixture_posterior_with_a_component_of_its_own_sample_compiles_once() -> None:
+    """A component whose class has its own ``sample`` drew under ``poutine.block()`` even with no Pyro handler
+    listening: Dynamo cannot trace the handler, so the graph split there and the resumed frames guarded on the
+    batch tensor's identity: every new batch of the same shape compiled again (8 times, then eagerly)."""
+    from pyro_dgm.distributions import MixtureModel
+
+    class Clamped(Normal):
+        def __init__(self, name: str) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name=name)
+            self.net = nn.Linear(6, 4)
+
+        def forward(self, x: Any) -> Any:
+            h = self.net(x)
+            return {"loc": h[..., :2], "scale": nn.functional.softplus(h[..., 2:]) + 0.1}
+
+        def sample(self, x_dict: Any = {}, *args: Any, **kwargs: Any) -> Any:
+            out = super().sample(x_dict, *args, **kwargs)
+            out["z"] = out["z"].clamp(-1, 1)
+            return out
+
+    def run(compile: Any) -> tuple[list[float], list[int], int]:
+        torch.manual_seed(0)
+        q1, q2, (_, p, _) = Clamped("q1"), Clamped("q2"), _vae()
+        q = MixtureModel([q1, q2], Categorical(probs=torch.tensor([0.4, 0.6]), var=["c"], name="w"), name="q")
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_z")
+        model = Model(-ELBO(p * prior, q).mean(), distributions=[q1, q2, p], optimizer_params={"lr": 1e-2},
+                      compile=compile)
+        torch._dynamo.reset()
+        counters.clear()
+        out, graphs = [], []
+        for s in range(6):
+            torch.manual_seed(100 + s)
+            out.append(float(model.train({"x": torch.rand(8, 6, generator=torch.Generator().manual_seed(s))
+                                          .round()})))
+            graphs.append(counters["stats"]["unique_graphs"])
+        return out, graphs, sum(counters["graph_break"].values())
+
+    eager, _, _ = run(False)
+    compiled, graphs, breaks = run({"backend": "aot_eager"})
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-5)
+    assert graphs == [0, 1, 1, 1, 1, 1]
+    assert breaks == 0
+
+
+def test_fullgraph_names_what_the_users_code_did() -> None:
+    """With ``fullgraph=True``, a ``print`` in a user's ``get_log_prob`` was reported as "Failed to trace builtin
+    operator" alone: Dynamo's explanation, which names ``print``, is now in the message."""
+    class Talking(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.net = nn.Linear(6, 4)
+
+        def forward(self, x: Any) -> Any:
+            h = self.net(x)
+            return {"loc": h[..., :2], "scale": nn.functional.softplus(h[..., 2:]) + 0.1}
+
+        def get_log_prob(self, x_dict: Any, **kwargs: Any) -> Any:
+            print("scoring", sorted(x_dict))
+            return super().get_log_prob(x_dict, **kwargs)
+
+    torch.manual_seed(0)
+    q, (_, p, _) = Talking(), _vae()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_z")
+    model = Model(-ELBO(p * prior, q).mean(), distributions=[q, p],
+                  compile={"backend": "aot_eager", "fullgraph": True})
+    batch = {"x": torch.ones(4, 6)}
+    model.train(batch)  # (the first step runs eagerly)
+    with pytest.raises(RuntimeError) as e:
+        model.train(batch)
+    assert "`print`" in str(e.value) and "fullgraph=True" in str(e.value)
