@@ -22,7 +22,7 @@ from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
-from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
+from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, sites_hidden
 from pyro_dgm.distributions.family import _one_hot_support, observed_refusal
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import UserScored
