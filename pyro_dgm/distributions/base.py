@@ -1816,6 +1816,11 @@ class Distribution(YieldingModule):
                     f"{flat[0]}.unsqueeze(0) for one example" if flat else "")
             raise DimensionError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each "
                                  f"is the batch){hint}: {text}") from e
+        if type(e) is TypeError and "expected np.ndarray (got Tensor)" in text:  # torch.from_numpy(x) in forward()
+            raise TypeError(f"{describe(self)}: forward() failed on the inputs {shapes}: torch.from_numpy was given "
+                            "a tensor; pyro_dgm converts numpy inputs to tensors before a network runs (Pixyz hands "
+                            "a Deterministic's on as they are): use torch.as_tensor(x), which takes both "
+                            f"({text})") from e
         if (type(e) is TypeError and "multiple values for argument" in text and "_call_impl()" in text):
             arg = text.rsplit("argument", 1)[-1].strip(" '\"")  # a variable named as an argument of the network's
             if arg in names:  # call itself (``self``)

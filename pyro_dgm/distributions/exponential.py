@@ -269,11 +269,12 @@ def integer_one_hot_score(d: Any, value: Tensor, lp: Tensor, k: int, indices: bo
     bad = ((value != 0) & (value != 1)).any(-1) | (value.sum(-1) != 1)
     if d._validate_args and bool(bad.any()):
         row = value.reshape(-1, value.shape[-1])[bad.reshape(-1).nonzero()[0, 0]] if bad.dim() else value
-        raise NotOneHotError(f"{type(d).__name__}: the value of shape {tuple(value.shape)} and dtype {value.dtype} holds "
-                         f"the vector {row.tolist()}, which is not one-hot (one 1, the rest 0): a one-hot categorical "
-                         f"scores one-hot vectors of {k} classes; class indices y are one-hot as "
-                         f"F.one_hot(y, {k}).float()"
-                         + (" (or score indices with Categorical(..., one_hot=False))" if indices else ""))
+        # (the value's shape is in the caller's message: here it may be broadcast against the batch)
+        raise NotOneHotError(f"{type(d).__name__}: the value of dtype {value.dtype} holds the vector {row.tolist()}, "
+                             "which is not one-hot (one 1, the rest 0): a one-hot categorical "
+                             f"scores one-hot vectors of {k} classes; class indices y are one-hot as "
+                             f"F.one_hot(y, {k}).float()"
+                             + (" (or score indices with Categorical(..., one_hot=False))" if indices else ""))
     return torch.where(bad, lp.new_full((), math.nan), lp)
 
 

@@ -563,7 +563,10 @@ class DistributionBase(Distribution):
             if isinstance(out, dict):
                 params.update(out)  # (then the constants, as there)
         for p, v in b.param_vars:
-            params[p] = values[v]
+            t = params[p] = values[v]
+            if isinstance(t, Tensor) and t.is_complex():  # as a complex constant is refused (at construction)
+                raise DTypeError(f"{describe(self)}: parameter {p} (the input {v!r}) must be real, got a complex "
+                                 f"tensor of dtype {t.dtype}")
         try:
             if PYRO_STACK and self._dgm_const_names and not ignores_sites(PYRO_STACK):
                 # a Pyro handler sees the site (an autoguide's init_to_mean keeps its mean as a parameter that the

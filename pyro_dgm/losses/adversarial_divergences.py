@@ -222,16 +222,17 @@ class AdversarialKullbackLeibler(AdversarialLoss):
 
 def _check_positive(name: str, value: Any) -> Any:
     """``value`` as it is given (a Python or numpy number, or a one-element real tensor, as Pixyz takes it: a tensor
-    changed in place later changes the clipping, as there), ``None`` kept; anything else, or a number that is not
-    positive, raises an :class:`ArgumentError` (a ValueError and a TypeError) naming the argument."""
+    changed in place later changes the clipping, as there), ``None`` kept; anything else, or a negative number,
+    raises an :class:`ArgumentError` (a ValueError and a TypeError) naming the argument (0 is Pixyz's: every critic
+    weight clamped to 0)."""
     if value is None:
         return None
     if not isinstance(value, bool) and (isinstance(value, numbers.Real) or (
             isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()
             and value.dtype != torch.bool)):
-        if float(value) > 0:
+        if float(value) >= 0:
             return value
-    raise ArgumentError(f"AdversarialWassersteinDistance: {name} must be a positive number or None, got {value!r}")
+    raise ArgumentError(f"AdversarialWassersteinDistance: {name} must be a number >= 0 or None, got {value!r}")
 
 
 class AdversarialWassersteinDistance(AdversarialLoss):
@@ -264,7 +265,7 @@ class AdversarialWassersteinDistance(AdversarialLoss):
     Raises
     ------
     ValueError
-        If ``clip_value`` or ``gradient_penalty`` is not positive.
+        If ``clip_value`` or ``gradient_penalty`` is negative.
 
     Examples
     --------

@@ -314,3 +314,85 @@ def test_cache_clear_forgets_what_the_sample_dict_cache_cannot_see() -> None:
     q.get_params.cache_clear()
     assert q.get_params({"x": x})["loc"].tolist() == [[3.0], [3.0]]
     assert other.get_params({"x": x})["loc"].tolist() == [[3.0], [3.0]]  # every instance's entries
+
+
+def test_a_complex_parameter_from_an_input_is_refused_as_a_complex_constant_is() -> None:
+    """porting.md refuses a complex constant (Pixyz computes a complex "log-density"); the same parameter given by
+    an input (``Normal(loc="y")`` with a complex ``y``) drew complex samples and a complex density."""
+    import torch
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import DTypeError
+
+    q = Normal(loc="y", scale=torch.ones(3), var=["x"], cond_var=["y"], name="q")
+    y = torch.zeros(2, 3) + 1j
+    with pytest.raises(DTypeError, match=r"q\(x\|y\): parameter loc \(the input 'y'\) must be real"):
+        q.get_log_prob({"x": torch.zeros(2, 3), "y": y})
+    with pytest.raises(DTypeError, match=r"parameter loc \(the input 'y'\) must be real"):
+        q.sample({"y": y})
+
+
+def _wgan_clipped_to_zero() -> Any:
+    import torch
+
+    from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pixyz.losses import AdversarialWassersteinDistance
+
+    class Critic(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.lin = torch.nn.Linear(2, 1)
+
+        def forward(self, x: Any) -> Any:
+            return {"t": self.lin(x)}
+
+    torch.manual_seed(0)
+    critic = Critic()
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], features_shape=[2], name="p")
+    loss = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), p, critic, clip_value=0.)
+    x = torch.randn(4, 2)
+    torch.manual_seed(1)
+    trained = loss.loss_train({"x": x})
+    return float(trained), [w.detach().clone() for w in critic.parameters()], float(loss.eval({"x": x}))
+
+
+def test_a_wasserstein_critic_clipped_to_zero_runs_as_under_pixyz() -> None:
+    """``AdversarialWassersteinDistance(clip_value=0)`` runs under Pixyz (every critic weight clamped to 0, so the
+    critic's output and the distance are 0 after its step); it was refused here as not positive."""
+    ref, ours = run_both(_wgan_clipped_to_zero)
+    assert_same(ref, ours)
+    assert all(float(w.abs().sum()) == 0.0 for w in ours[1]) and ours[2] == 0.0
+
+
+@pytest.mark.parametrize("weights", [[float("nan"), 1.0], [float("inf"), 1.0]])
+def test_a_mixture_of_normals_refuses_a_weight_that_is_not_finite(weights: list[float]) -> None:
+    """``MixtureOfNormal`` took a NaN or infinite weight and failed later with torch's Categorical message (or gave
+    NaN without validation); Pixyz raises at its first draw. Refused when built, naming the weights."""
+    import torch
+
+    from pyro_dgm.distributions import MixtureOfNormal, Normal
+
+    experts = [Normal(loc="a", scale=torch.ones(2), var=["z"], cond_var=["a"]),
+               Normal(loc="b", scale=torch.ones(2), var=["z"], cond_var=["b"])]
+    with pytest.raises(ValueError, match=r"MixtureOfNormal .*expected 2 finite non-negative weights"):
+        MixtureOfNormal(experts, weight_modalities=weights)
+
+
+def test_torch_from_numpy_in_a_forward_is_named() -> None:
+    """pyro_dgm converts numpy inputs to tensors before a network runs; a ``forward`` calling ``torch.from_numpy``
+    got torch's bare "expected np.ndarray (got Tensor)". The message names the distribution and the way out."""
+    import numpy as np
+    import torch
+
+    from pyro_dgm.distributions import Deterministic
+
+    class Det(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["y"], name="d")
+
+        def forward(self, y: Any) -> Any:
+            return {"h": torch.from_numpy(y) * 2}
+
+    with pytest.raises(TypeError, match=r"Det d\(h\|y\): forward\(\) failed on the inputs 'y': \(3, 2\): "
+                                        r"torch.from_numpy .*torch.as_tensor"):
+        Det().sample({"y": np.ones((3, 2), dtype=np.float32)})
