@@ -411,7 +411,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
         AdversarialJensenShannon(data, p, d, optimizer=torch.optim.Adam(d.parameters()))
     with pytest.raises(TypeError, match="cannot build the discriminator's optimizer"):
         AdversarialJensenShannon(data, p, d, optimizer_params={"learning_rate": 1e-3})
-    with pytest.raises(ValueError, match="clip_value must be a positive number"):
+    with pytest.raises(ValueError, match="clip_value must be a number >= 0"):
         AdversarialWassersteinDistance(data, p, d, clip_value=-1.)
     loss = AdversarialJensenShannon(data, p, d)
     with pytest.raises(ValueError, match="missing input variable 'x'"):

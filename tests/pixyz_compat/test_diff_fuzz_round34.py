@@ -74,7 +74,7 @@ def test_a_module_as_clip_value_is_refused_when_built() -> None:
     ``AttributeError``; now a ``TypeError``/``ValueError`` naming the argument."""
     from pyro_dgm.utils.checks import ArgumentError
 
-    with pytest.raises(ArgumentError, match="AdversarialWassersteinDistance: clip_value must be a positive number"):
+    with pytest.raises(ArgumentError, match="AdversarialWassersteinDistance: clip_value must be a number >= 0"):
         run_pyro_dgm(lambda: _wasserstein(nn.Identity()))
 
 
