@@ -213,5 +213,5 @@ def test_errors() -> None:
     qx, qy = _experts()
     with pytest.raises(ValueError, match="no expert has its inputs"):
         MixtureOfNormal([qx, qy]).get_log_prob({"z": torch.zeros(1, 2)})
-    with pytest.raises(ValueError, match="expected 2 non-negative weights"):
+    with pytest.raises(ValueError, match="expected 2 finite non-negative weights"):
         MixtureOfNormal([qx, qy], weight_modalities=[1.0])
