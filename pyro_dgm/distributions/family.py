@@ -129,22 +129,6 @@ def _rows_differ(t: Tensor) -> bool:
         return bool((t != t[:1]).any())
 
 
-def _in_input_order(params: dict[str, Any], named: Sequence[tuple[str, str]], inputs: list[str]) -> dict[str, Any]:
-    """``params`` with the parameters given by an input's name (``named``: pairs of parameter and variable) in the
-    order of their variables in ``inputs`` (the caller's dict), as Pixyz's ``get_params`` lists them; the other keys
-    keep their places."""
-    pos = {v: i for i, v in enumerate(inputs)}
-    var = dict(named)
-    keys = list(params)
-    slots = [i for i, k in enumerate(keys) if k in var]
-    moved = sorted((keys[i] for i in slots), key=lambda k: pos.get(var[k], len(pos)))
-    if [keys[i] for i in slots] == moved:
-        return params
-    for i, k in zip(slots, moved):
-        keys[i] = k
-    return {k: params[k] for k in keys}
-
-
 def _library_distribution(fn: Any) -> bool:
     """Whether a site's distribution ``fn`` (inside ``Independent`` or a mask) is torch's, Pyro's or pyro_dgm's:
     one that draws no bool value and scores deterministically. A user's own class may do either (a mask sampler,
@@ -562,7 +546,11 @@ class DistributionBase(Distribution):
             out = run_network(self)
             if isinstance(out, dict):
                 params.update(out)  # (then the constants, as there)
-        for p, v in b.param_vars:
+        named = b.param_vars
+        if ctx.extra_params and len(named) > 1:  # (the public get_params: Pixyz lists them in the caller's order,
+            order = {v: i for i, v in enumerate(values)}  # a network's output of that name keeping its place)
+            named = sorted(named, key=lambda pv: order.get(pv[1], len(order)))
+        for p, v in named:
             t = params[p] = values[v]
             if isinstance(t, Tensor) and t.is_complex():  # as a complex constant is refused (at construction)
                 raise DTypeError(f"{describe(self)}: parameter {p} (the input {v!r}) must be real, got a complex "
@@ -1131,11 +1119,7 @@ class DistributionBase(Distribution):
         inner = self._dgm_inner_params if self._dgm_user_get_params else self._dgm_params
         ctx = CallState(kwargs=kwargs)
         ctx.extra_params = True  # Pixyz's get_params hands back what forward() returned, other keys too
-        out = inner(self._dgm_b, values, ctx)
-        named = self._dgm_b.param_vars
-        if len(named) > 1 and isinstance(params_dict, Mapping) and isinstance(out, dict):
-            out = _in_input_order(out, named, list(params_dict))
-        return out
+        return inner(self._dgm_b, values, ctx)
 
     # ------------------------------------------------------------------ the factor hooks
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:

@@ -431,7 +431,7 @@ class TransformedDistribution(_FlowDistribution):
                         feature_dims: Sequence[int] | None) -> Tensor:
         z = values[b.var[0]]
         if self.flow.training and isinstance(z, Tensor):
-            m = _dgm_memory(self.flow)
+            m = _dgm_memory(self.flow, z=z)
             if m is None or m.z is not z:  # scored by inverting the flow
                 self._dgm_check_invertible(b.var[0], z, m.z if m is not None else
                                            self.flow.__dict__.get("_dgm_copied_z"))

@@ -77,6 +77,12 @@ def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
     return out
 
 
+
+def _input_order(values: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``values`` with the variables ``names`` first, in that order: the dict that Pixyz's graph hands a factor (its
+    ``get_params`` lists parameters given by inputs in this order; a plain distribution's, in the caller's)."""
+    return {**{k: values[k] for k in names if k in values}, **values}
+
 class _PassesThrough(Distribution):
     """Pixyz's wrappers (renamed, marginalized): a public attribute the wrapper lacks is the wrapped distribution's
     ``p`` (e.g. ``params_keys``, ``set_dist``; under the wrapped distribution's own variable names)."""
@@ -249,7 +255,7 @@ class ReplaceVarDistribution(_PassesThrough):
         return {inverse.get(k, k): v for k, v in values.items() if k in inverse or k not in self.replace_dict}
 
     def get_params(self, params_dict: Any = None, **kwargs: Any) -> dict[str, Tensor]:
-        return self.p.get_params(self._dgm_inner(params_dict), **kwargs)
+        return self.p.get_params(_input_order(self._dgm_inner(params_dict), self.p.input_var), **kwargs)
 
     def _dgm_site_dist(self, x_dict: Any = None, batch_n: int | None = None, **kwargs: Any) -> Any:
         return site_builder(self.p)(self._dgm_inner(x_dict), batch_n=batch_n, **kwargs)
@@ -426,7 +432,10 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     def get_params(self, params_dict: Any = None, **kwargs: Any) -> dict[str, Tensor]:
         """The parameters of the one factor this marginal is (when the marginalized variables are read by no other
         factor: they integrate to one)."""
-        return self._dgm_kept_factor("get_params").get_params(params_dict, **kwargs)
+        factor = self._dgm_kept_factor("get_params")
+        if isinstance(params_dict, Mapping):
+            params_dict = _input_order(params_dict, factor.input_var)
+        return factor.get_params(params_dict, **kwargs)
 
     def get_entropy(self, x_dict: Any = None, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
                     **kwargs: Any) -> Tensor:

@@ -141,12 +141,6 @@ def _entering(fn: Any) -> Any:
 
 _INSTALLS = itertools.count()
 
-#: The number of the last :func:`install` of a class changed after it was made (:func:`current`): compiled code reads
-#: it while it is traced, and so guards on it; a class whose hooks change after compiling makes the next compiled
-#: call trace again (Dynamo does not guard on a class's attributes). A new class does not change it: no compiled code
-#: holds it yet. See :func:`pyro_dgm.losses.compiled._own_code`.
-CHANGED = 0
-
 #: The public methods whose user versions :func:`install` routes the hooks through.
 _PUBLIC = ("get_params", "sample", "get_log_prob", "set_dist", "get_sample", "dist")
 
@@ -187,8 +181,6 @@ def _current(cls: Any) -> bool:
     elif d.get("_dgm_methods") == _methods(cls):
         return False
     install(cls)
-    global CHANGED
-    CHANGED = cls.__dict__["_dgm_installed"]
     return True
 
 

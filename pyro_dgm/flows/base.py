@@ -185,14 +185,16 @@ def _state(flow: nn.Module, keep: list | None = None) -> tuple:
     return tuple(out)
 
 
-def _dgm_memory(flow: "Flow") -> _Memory | None:
+def _dgm_memory(flow: "Flow", x: Tensor | None = None, z: Tensor | None = None) -> _Memory | None:
     """The flow's last computation: within a loss evaluation, the evaluation's (kept by its memoizing scope,
-    compared by identity), else the module's in this thread (a draw in another thread does not replace the one this
-    thread scores next; the module's ``_dgm_memory`` is the last of any thread, what Pixyz's ``stored_x`` reads).
-    While torch.compile traces, only the evaluation's: a traced attribute
-    that outlived the evaluation would make the compiled code guard on its tensors. An evaluation that runs partly
-    compiled and partly eagerly (a graph break in a network) so shares one memory: a dequantizing flow's noise is
-    drawn once per evaluation whichever part draws it."""
+    compared by identity), else the module's in this thread, else the module's last in any thread (what Pixyz's
+    ``stored_x`` reads): a draw in another thread does not replace the one this thread scores next, and a draw made
+    in one thread is still scored from its memory in another (a pool scoring what the main thread drew). Given ``x``
+    or ``z``, the first of these that holds that tensor (the input, or the output).
+    While torch.compile traces, only the evaluation's: a traced attribute that outlived the evaluation would make the
+    compiled code guard on its tensors. An evaluation that runs partly compiled and partly eagerly (a graph break in
+    a network) so shares one memory: a dequantizing flow's noise is drawn once per evaluation whichever part draws
+    it."""
     memo = active_memo()
     if memo is not None:
         m = memo.noted(flow)
@@ -201,7 +203,13 @@ def _dgm_memory(flow: "Flow") -> _Memory | None:
     if is_compiling():
         return None
     own = flow.__dict__.get("_dgm_threads")
-    return None if own is None else getattr(own, "memory", None)
+    m = None if own is None else getattr(own, "memory", None)
+    if x is None and z is None:
+        return m if m is not None else flow.__dict__.get("_dgm_memory")
+    if m is not None and (x is None or m.x is x) and (z is None or m.z is z):
+        return m
+    last = flow.__dict__.get("_dgm_memory")
+    return last if last is not None and (x is None or last.x is x) and (z is None or last.z is z) else m
 
 
 def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool,
@@ -224,7 +232,7 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
             by_inverse: bool | None = None) -> _Memory | None:
     """The flow's memory if it answers this query and is still valid: same tensors and context, parameters unchanged
     since, and it carries gradients if they are wanted now."""
-    m = _dgm_memory(flow)
+    m = _dgm_memory(flow, x, z)
     if m is None or m.context is not context or (x is not None and m.x is not x) or (z is not None and m.z is not z):
         return None
     if by_inverse is not None and m.by_inverse != by_inverse:
@@ -313,7 +321,8 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
     try:
         out, ld, parts = flow._dgm_run(value, context, inverse)
     except NotImplementedError:
-        m = _dgm_memory(flow)  # no inverse to recompute with: what it remembers is the only answer
+        m = _dgm_memory(flow, *((None, value) if inverse else (value, None)))  # no inverse to recompute with:
+        # what it remembers is the only answer
         if m is not None and m.context is context and (m.z if inverse else m.x) is value:
             if store and m.logdet is not None:
                 _store(flow, m.logdet, m.parts)
@@ -751,6 +760,18 @@ class Flow(TransformModule, ConditionalTransform):
     def condition(self, context: Tensor) -> "ConditionedFlow":
         """This flow with its context fixed: a ``torch.distributions.Transform`` (Pyro's conditional interface)."""
         return ConditionedFlow(self, context)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "condition" and isinstance(value, nn.Module):  # a Pixyz flow's conditioning network of that
+            self.__dict__["condition"] = value  # name: nn.Module keeps it in _modules, behind the method above
+
+    def __delattr__(self, name: str) -> None:
+        if name == "condition":
+            self.__dict__.pop("condition", None)
+            if "condition" not in self._modules:  # (the user's plain value, kept in __dict__: gone)
+                return
+        super().__delattr__(name)
 
     # ------------------------------------------------------------------ torch.distributions.Transform hooks
     def _call(self, x: Tensor) -> Tensor:

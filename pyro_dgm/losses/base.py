@@ -116,6 +116,9 @@ class _TextAndMethod(str):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._dgm_method(*args, **kwargs)  # type: ignore[attr-defined]
 
+    def __reduce__(self) -> tuple[Any, ...]:  # (copied and pickled with its method, as a bound method is)
+        return _TextAndMethod, (str(self), self._dgm_method)  # type: ignore[attr-defined]
+
 
 class _LatexMethod:
     """A subclass's own method (or other non-property attribute) named ``latex``: read on an instance, the formula's

@@ -44,7 +44,6 @@ from torch import Tensor
 from torch.distributions import Distribution as _Distribution
 
 from pyro_dgm.distributions.closed_forms import validating
-from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.overrides import current_of
 from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin
 from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
@@ -304,12 +303,15 @@ def _own_code(fn: Any) -> Any:
     object, with at most ``recompile_limit`` (8) entries: every model's evaluation compiled through one shared method
     would take an entry of one cache (its guards name the model), and from the ninth model in a process on
     (a notebook cell run again, a sweep) the evaluation would silently run eagerly."""
+    classes = [0]  # the version of the loss's distribution classes (see _FirstCallEager.__call__)
+
     def call(*args: Any) -> Any:
-        if overrides.CHANGED < 0:  # (never: read so that the compiled code guards on it, see there)
+        if classes[0] < 0:  # (never: read while tracing, so that the compiled code guards on its value)
             raise AssertionError
         return fn(*args)
 
     call.__code__ = call.__code__.replace()  # a copy: the same code, a cache of its own
+    call._dgm_classes = classes  # type: ignore[attr-defined]
     return call
 
 
@@ -360,15 +362,25 @@ class _FirstCallEager:
         self._dgm_fn: Any = None
         self._frozen: list[Tensor] = []
         self._dists: list[Any] = []
+        self._cores: list[Any] = []
+        self._installed: tuple[Any, ...] | None = None
+        self._classes_version = [0]
         self.calls = 0
         self._graphs = False
 
     def _build(self) -> None:
         self.loss._dgm_term_names  # the terms' names are built (by sympy) here, once, not while tracing
         self._frozen = _frozen_of(self.loss)
-        self._dists = list(self.loss.distributions)
+        # every distribution the loss reaches as a module (a user Loss's attribute, a distribution inside another's
+        # network), besides those it lists; their classes are checked before each compiled call
+        self._dists = list(dict.fromkeys([*self.loss.distributions,
+                                          *(m for m in self.loss.modules() if hasattr(m, "_dgm_order"))]))
+        self._cores = [c for d in self._dists for c in d._dgm_order]
+        self._installed = None
         self._graphs = uses_cuda_graphs(self.options)
-        self._dgm_fn = _dgm_compile(_own_code(self._eager), self.options)
+        code = _own_code(self._eager)
+        self._classes_version = code._dgm_classes
+        self._dgm_fn = _dgm_compile(code, self.options)
 
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
@@ -376,8 +388,7 @@ class _FirstCallEager:
             return self._eager(*args)
         if self._dgm_fn is None:
             self._build()
-        for d in self._dists:  # a class changed since (a later cell's Q.get_log_prob = ...): installed here, eagerly,
-            current_of(d)  # where the compiled code's guards on the class's hooks see it (never while tracing)
+        self._dgm_classes_current()
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
         with without_validation(), frozen(self._frozen):
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
@@ -420,6 +431,20 @@ class _FirstCallEager:
                                "compile= (compiled kernels check some values that the eager formulas take, e.g. a "
                                "Bernoulli's values outside [0, 1])") from failed
         raise failed
+
+    def _dgm_classes_current(self) -> None:
+        """Install again the hooks of the loss's distribution classes that changed since the last call (a later
+        cell's ``Q.get_log_prob = ...``: :func:`~pyro_dgm.distributions.overrides.current_of`, which the traced
+        code skips), and count a new version of them if any did: the compiled code guards on that count, which is
+        this loss's own (Dynamo does not guard on a class's attributes; a change to another model's classes does not
+        make this one compile again)."""
+        for d in self._dists:
+            current_of(d)
+        now = tuple(type(d).__dict__.get("_dgm_installed") for d in self._cores)
+        if now != self._installed:
+            if self._installed is not None:
+                self._classes_version[0] += 1
+            self._installed = now
 
     def __getstate__(self) -> dict[str, Any]:  # the compiled code is not pickled: it is compiled again after
         return {"loss": self.loss, "eager": self._eager, "options": self.options}

@@ -207,3 +207,57 @@ def test_fullgraph_names_what_the_users_code_did() -> None:
     with pytest.raises(RuntimeError) as e:
         model.train(batch)
     assert "`print`" in str(e.value) and "fullgraph=True" in str(e.value)
+
+
+def test_a_class_change_of_a_distribution_inside_another_is_seen_compiled() -> None:
+    """A distribution that scores with another one it holds as a submodule (not listed in ``loss.distributions``):
+    a class change of the inner one was checked by no eager call, so the compiled steps kept the old method."""
+    class Outer(Normal):
+        def __init__(self, inner: Any) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="o")
+            self.inner = inner
+
+        def get_log_prob(self, x_dict: Any, **kw: Any) -> Any:
+            return self.inner.get_log_prob(x_dict, **kw)
+
+    from pyro_dgm.losses import LogProb
+
+    runs = []
+    for compile in (False, {"backend": "aot_eager"}):
+        torch._dynamo.reset()
+        q, _, _ = _vae()
+        model = Model(-LogProb(Outer(q)).mean(), distributions=[q], optimizer=torch.optim.SGD,
+                      optimizer_params={"lr": 0.0}, compile=compile)
+        values = []
+        for s in range(5):
+            if s == 3:
+                type(q).get_log_prob = _shifted
+            g = torch.Generator().manual_seed(s)
+            values.append(float(model.train({"x": torch.rand(4, 6, generator=g), "z": torch.rand(4, 2, generator=g)})))
+        runs.append(values)
+    eager, compiled = runs
+    assert eager[3] - eager[2] != pytest.approx(0.0, abs=0.5)
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-5)
+
+
+def test_a_class_change_in_one_compiled_model_leaves_another_compiled_model_alone() -> None:
+    """One counter for the whole process made every compiled model trace again at any class change, so a model
+    whose classes never changed hit the recompile limit (8) after a few notebook cells and ran eagerly after."""
+    qa, pa, la = _vae()
+    qb, pb, lb = _vae()
+    models = [Model(loss, distributions=[q, p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0},
+                    compile={"backend": "eager"}) for q, p, loss in ((qa, pa, la), (qb, pb, lb))]
+    batch = {"x": torch.rand(8, 6, generator=torch.Generator().manual_seed(0)).round()}
+    for m in models:
+        m.train(batch)
+        m.train(batch)
+    assert counters["stats"]["unique_graphs"] == 2
+    for i in range(10):
+        if i % 2 == 0:
+            type(qb).get_log_prob = _shifted
+        else:
+            del type(qb).get_log_prob
+        models[1].train(batch)
+        before = counters["stats"]["unique_graphs"]
+        models[0].train(batch)
+        assert counters["stats"]["unique_graphs"] == before

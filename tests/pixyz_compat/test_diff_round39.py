@@ -10,6 +10,8 @@ import pytest
 
 from pixyz_harness import assert_same, run_both
 
+from pyro_dgm.losses import LogProb
+
 
 def _params_order_program(family: str, first: str, second: str, inputs: tuple[str, str]) -> Any:
     def program() -> Any:
@@ -396,3 +398,159 @@ def test_torch_from_numpy_in_a_forward_is_named() -> None:
     with pytest.raises(TypeError, match=r"Det d\(h\|y\): forward\(\) failed on the inputs 'y': \(3, 2\): "
                                         r"torch.from_numpy .*torch.as_tensor"):
         Det().sample({"y": np.ones((3, 2), dtype=np.float32)})
+
+
+def _planar_drawn_in_one_thread_scored_in_another() -> Any:
+    import threading
+
+    import torch
+
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import PlanarFlow
+
+    torch.manual_seed(0)
+    flow = PlanarFlow(2)  # w.u = -3 < -1: no inverse; the draw's memory is the only way to score it
+    with torch.no_grad():
+        flow.w.copy_(torch.tensor([[1.0, 0.0]]))
+        flow.u.copy_(torch.tensor([[-3.0, 0.0]]))
+        flow.b.zero_()
+    q = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], name="p0"), flow,
+                                var=["z"])
+    out: list[Any] = []
+
+    def worker(task: Any) -> None:
+        try:
+            out.append(task())
+        except Exception as e:  # noqa: BLE001 (compared)
+            out.append(repr(e))
+
+    torch.manual_seed(1)
+    main = q.sample(batch_n=4)
+    t = threading.Thread(target=worker, args=(lambda: q.get_log_prob({"z": main["z"]}).detach(),))
+    t.start()
+    t.join()
+    torch.manual_seed(2)
+    t = threading.Thread(target=worker, args=(lambda: q.sample(batch_n=4),))
+    t.start()
+    t.join()
+    other = out[-1]
+    return out[0], q.get_log_prob({"z": other["z"]}).detach(), main["x"], other["x"]
+
+
+def test_a_flows_draw_in_one_thread_is_scored_in_another_as_under_pixyz() -> None:
+    """A pool scoring what the main thread drew (and the reverse): Pixyz's memory of the draw is one per module.
+    The per-thread memory of 4d2acb5 alone made the other thread invert the flow: a ValueError for a planar map
+    without an inverse. Closed form: log N(x) - log|1 + u.h'(w.x + b) w|, at the hidden x of each draw."""
+    import torch
+
+    ref, ours = run_both(_planar_drawn_in_one_thread_scored_in_another)
+    assert_same(ref, ours)
+    w, u = torch.tensor([1.0, 0.0]), torch.tensor([-3.0, 0.0])
+    for score, x in ((ours[0], ours[2]), (ours[1], ours[3])):
+        a = x @ w
+        closed = (torch.distributions.Normal(0., 1.).log_prob(x).sum(-1)
+                  - torch.log((1 + (1 - torch.tanh(a) ** 2) * (u @ w)).abs()))
+        torch.testing.assert_close(score, closed)
+
+
+def _flow_with_a_network_named_condition() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz import distributions, flows
+
+    class CondFlow(flows.Flow):
+        def __init__(self) -> None:
+            super().__init__(2)
+            torch.manual_seed(0)
+            self.condition = nn.Linear(1, 2)  # the conditioning network
+
+        def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
+            s = self.condition(y)
+            if compute_jacobian:
+                self._logdet_jacobian = s.sum(-1)
+            return x * torch.exp(s)
+
+        def inverse(self, z: Any, y: Any = None) -> Any:
+            return z * torch.exp(-self.condition(y))
+
+    prior = distributions.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2])
+    f = CondFlow()
+    y, x = torch.tensor([[0.5], [1.0]]), torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+    d = distributions.InverseTransformedDistribution(prior, f, var=["x"], cond_var=["y"])
+    with torch.no_grad():
+        s = f.condition(y)
+    return f.forward(x, y), d.get_log_prob({"x": x, "y": y}), s
+
+
+def test_a_flows_conditioning_network_named_condition_is_that_network() -> None:
+    """A Pixyz flow whose conditioning network is a submodule named ``condition``: ``self.condition(y)`` called
+    Pyro's ``ConditionalTransform.condition`` (a method of the class, which ``nn.Module`` keeps ahead of a
+    submodule) and failed with "'ConditionedFlow' object has no attribute 'sum'". Closed form of the inverse flow's
+    density: log N(x * exp(s); 0, I) + sum(s), s = condition(y)."""
+    import torch
+
+    ref, ours = run_both(_flow_with_a_network_named_condition)
+    assert_same(ref, ours)
+    _, score, s = ours
+    x = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+    closed = torch.distributions.Normal(0., 1.).log_prob(x * torch.exp(s)).sum(-1) + s.sum(-1)
+    torch.testing.assert_close(score.detach(), closed)
+
+
+def test_a_loss_latex_method_copies_and_pickles_as_a_bound_method() -> None:
+    """``loss.latex`` of a subclass with its own ``latex`` method is the formula's text and the method; copies and
+    pickles of it raised (``__new__`` missing an argument), where Pixyz's bound method copies and pickles."""
+    import copy
+    import pickle
+
+    import torch
+
+    from pyro_dgm.distributions import Normal
+
+    loss = _LatexLoss(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"]))
+    for other in (copy.copy({"f": loss.latex})["f"], copy.deepcopy({"f": loss.latex})["f"],
+                  pickle.loads(pickle.dumps({"f": loss.latex}))["f"]):
+        assert other("!") == "mine!"
+        assert str(other) == str(loss.latex) == r"\log p(x)"
+    assert isinstance(loss, LogProb)
+
+
+class _LatexLoss(LogProb):  # (module level: pickled by reference)
+    def latex(self, end: str = "") -> str:
+        return "mine" + end
+
+
+def _params_order_through_graphs() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+
+    a, b = torch.zeros(2, 1), torch.ones(2, 1)
+    p = Normal(loc="a", scale="b", var=["x"], cond_var=["a", "b"])
+    q = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["w"])
+
+    class Half(Normal):  # a network returning a parameter that an input also names
+        def __init__(self) -> None:
+            super().__init__(loc="a", scale="b", var=["x"], cond_var=["a", "b", "h"])
+
+        def forward(self, h: Any) -> Any:
+            return {"scale": h.abs() + 1}
+
+    h = torch.full((2, 1), 3.0)
+    out = []
+    for params in (p.get_params({"b": b, "a": a}), p.replace_var(x="y").get_params({"b": b, "a": a}),
+                   p.replace_var(a="u").get_params({"b": b, "u": a}),
+                   (q * p).marginalize_var(["w"]).get_params({"b": b, "a": a}),
+                   Half().get_params({"b": b, "h": h, "a": a}), Half().get_params({"a": a, "h": h, "b": b})):
+        out.append((list(params), params))
+    return out
+
+
+def test_parameters_given_by_inputs_keep_pixyzs_order_through_renamings_marginals_and_networks() -> None:
+    """Pixyz's graph hands a renamed or marginalized factor its inputs in the factor's ``input_var`` order (so its
+    ``get_params`` lists them so), and a network's output keeps its place when an input names the same parameter.
+    ee3dd91's caller's order was right for a plain distribution alone."""
+    ref, ours = run_both(_params_order_through_graphs)
+    assert [keys for keys, _ in ours] == [keys for keys, _ in ref]
+    assert_same(ref, ours)
