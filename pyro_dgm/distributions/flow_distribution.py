@@ -253,7 +253,7 @@ class _FlowDistribution(OneSiteDistribution):
                     if isinstance(t, Flow):
                         values[hidden] = drawn_input(t, value)
                     elif isinstance(inv, Flow):
-                        values[hidden] = type(inv).condition(inv, None)._dgm_map(value)
+                        values[hidden] = Flow.condition(inv, None)._dgm_map(value)
                     elif isinstance(inv, ConditionedFlow):
                         values[hidden] = inv._dgm_map(value)
                     else:
@@ -575,10 +575,10 @@ class InverseTransformedDistribution(_FlowDistribution):
             # would not reach the log-det); one object, kept (see _dgm_init_flow)
             kept = self.__dict__.get("_dgm_flow_map")
             if kept is None or kept[0] is not self.flow:
-                kept = self.__dict__["_dgm_flow_map"] = (self.flow, type(self.flow).condition(self.flow, None).inv)
+                kept = self.__dict__["_dgm_flow_map"] = (self.flow, Flow.condition(self.flow, None).inv)
             return kept[1]
         y = values[self._dgm_mapping(b).get(self._dgm_flow_cond_var[0], self._dgm_flow_cond_var[0])]
-        return type(self.flow).condition(self.flow, y).inv  # (the class's: an attribute `condition` is the user's)
+        return Flow.condition(self.flow, y).inv  # (the library's: a Pixyz flow's own `condition` is the user's)
 
     def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
         """:math:`z = f(x, y)` (the flow's ``forward``; stores ``logdet_jacobian``)."""

@@ -137,6 +137,11 @@ def _real(event_dim: int) -> constraints.Constraint:
     return constraints.real if event_dim == 0 else constraints.independent(constraints.real, event_dim)
 
 
+class NotInvertibleError(ValueError):
+    """A flow's map has no inverse at its current parameters (a planar map with w.u < -1): a value it drew is still
+    mapped back from its memory of the draw, as Pixyz's flows look their draws up."""
+
+
 class _Memory:
     """A flow's last computation ``x <-> z`` with its log-det, the context, and the state of its parameters.
 
@@ -320,9 +325,10 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
         return m.x if inverse else m.z
     try:
         out, ld, parts = flow._dgm_run(value, context, inverse)
-    except NotImplementedError:
-        m = _dgm_memory(flow, *((None, value) if inverse else (value, None)))  # no inverse to recompute with:
-        # what it remembers is the only answer
+    except (NotImplementedError, NotInvertibleError):
+        m = _dgm_memory(flow, *((None, value) if inverse else (value, None)))  # no inverse to recompute with (or
+        # none at the current weights: a planar map folded since the draw): what it remembers is the only answer,
+        # Pixyz's (its stored_x)
         if m is not None and m.context is context and (m.z if inverse else m.x) is value:
             if store and m.logdet is not None:
                 _store(flow, m.logdet, m.parts)
@@ -761,17 +767,52 @@ class Flow(TransformModule, ConditionalTransform):
         """This flow with its context fixed: a ``torch.distributions.Transform`` (Pyro's conditional interface)."""
         return ConditionedFlow(self, context)
 
+    # A Pixyz flow's own member named ``condition`` (a conditioning network, a parameter, a buffer): nn.Module keeps
+    # it in _modules/_parameters/_buffers, behind the method above, and refuses to register one over the method.
+    # It is mirrored in the instance's __dict__, where the user's code reads it first (Pixyz has no such method);
+    # pyro_dgm's distributions call Flow.condition itself.
+    def _dgm_mirror_condition(self) -> None:
+        d = self.__dict__
+        for kind in ("_modules", "_parameters", "_buffers"):
+            own = d.get(kind)
+            if own is not None and "condition" in own:
+                d["condition"] = own["condition"]
+                return
+
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if name == "condition" and isinstance(value, nn.Module):  # a Pixyz flow's conditioning network of that
-            self.__dict__["condition"] = value  # name: nn.Module keeps it in _modules, behind the method above
+        if name == "condition":
+            self._dgm_mirror_condition()
 
     def __delattr__(self, name: str) -> None:
         if name == "condition":
-            self.__dict__.pop("condition", None)
-            if "condition" not in self._modules:  # (the user's plain value, kept in __dict__: gone)
-                return
+            d = self.__dict__
+            d.pop("condition", None)
+            if not any("condition" in d.get(kind, ()) for kind in ("_modules", "_parameters", "_buffers")):
+                return  # (the user's plain value, kept in __dict__: gone)
         super().__delattr__(name)
+
+    def _dgm_make_room(self, kind: str, name: str) -> None:
+        if name == "condition" and "condition" not in self.__dict__.get(kind, {}) and kind in self.__dict__:
+            self.__dict__[kind]["condition"] = None  # (torch refuses a name the class has: the method, here)
+
+    def register_parameter(self, name: str, param: Any) -> None:
+        self._dgm_make_room("_parameters", name)
+        super().register_parameter(name, param)
+        if name == "condition":
+            self._dgm_mirror_condition()
+
+    def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
+        self._dgm_make_room("_buffers", name)
+        super().register_buffer(name, tensor, persistent)
+        if name == "condition":
+            self._dgm_mirror_condition()
+
+    def add_module(self, name: str, module: Any) -> None:
+        self._dgm_make_room("_modules", name)
+        super().add_module(name, module)
+        if name == "condition":
+            self._dgm_mirror_condition()
 
     # ------------------------------------------------------------------ torch.distributions.Transform hooks
     def _call(self, x: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_dgm.flows.base import Flow, positive_int
+from pyro_dgm.flows.base import Flow, NotInvertibleError, positive_int
 from pyro_dgm.utils.settings import epsilon
 
 __all__ = ["PlanarFlow"]
@@ -99,8 +99,8 @@ class PlanarFlow(Flow):
         u = self.u_hat()
         wu = (self.w * u).sum()
         if float(wu.detach()) < -1.0:
-            raise ValueError(f"{self._dgm_describe()}: the map is not invertible because w.u = {float(wu.detach()):.4g} "
-                             "< -1; build it with constraint_u=True")
+            raise NotInvertibleError(f"{self._dgm_describe()}: the map is not invertible because w.u = "
+                                     f"{float(wu.detach()):.4g} < -1; build it with constraint_u=True")
         c = F.linear(z, self.w)  # w^T z = alpha + wu * tanh(alpha + b), alpha = w^T x
         b = self.b
         with torch.no_grad():

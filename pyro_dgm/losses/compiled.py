@@ -45,6 +45,7 @@ from torch.distributions import Distribution as _Distribution
 
 from pyro_dgm.distributions.closed_forms import validating
 from pyro_dgm.distributions.overrides import current_of
+from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
 from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin
 from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
 
@@ -303,10 +304,11 @@ def _own_code(fn: Any) -> Any:
     object, with at most ``recompile_limit`` (8) entries: every model's evaluation compiled through one shared method
     would take an entry of one cache (its guards name the model), and from the ninth model in a process on
     (a notebook cell run again, a sweep) the evaluation would silently run eagerly."""
-    classes = [0]  # the version of the loss's distribution classes (see _FirstCallEager.__call__)
+    classes = ["0"]  # the version of the loss's distribution classes (see _FirstCallEager.__call__); a string,
+    # which Dynamo guards on by value (an int that changed would become a symbolic one, guarded no more)
 
     def call(*args: Any) -> Any:
-        if classes[0] < 0:  # (never: read while tracing, so that the compiled code guards on its value)
+        if classes[0] == "":  # (never: read while tracing, so that the compiled code guards on its value)
             raise AssertionError
         return fn(*args)
 
@@ -364,19 +366,15 @@ class _FirstCallEager:
         self._dists: list[Any] = []
         self._cores: list[Any] = []
         self._installed: tuple[Any, ...] | None = None
-        self._classes_version = [0]
+        self._classes_version = ["0"]
+        self._structure: int | None = None
         self.calls = 0
         self._graphs = False
 
     def _build(self) -> None:
         self.loss._dgm_term_names  # the terms' names are built (by sympy) here, once, not while tracing
         self._frozen = _frozen_of(self.loss)
-        # every distribution the loss reaches as a module (a user Loss's attribute, a distribution inside another's
-        # network), besides those it lists; their classes are checked before each compiled call
-        self._dists = list(dict.fromkeys([*self.loss.distributions,
-                                          *(m for m in self.loss.modules() if hasattr(m, "_dgm_order"))]))
-        self._cores = [c for d in self._dists for c in d._dgm_order]
-        self._installed = None
+        self._dgm_find_distributions()
         self._graphs = uses_cuda_graphs(self.options)
         code = _own_code(self._eager)
         self._classes_version = code._dgm_classes
@@ -432,18 +430,30 @@ class _FirstCallEager:
                                "Bernoulli's values outside [0, 1])") from failed
         raise failed
 
+    def _dgm_find_distributions(self) -> None:
+        """Every distribution the loss reaches as a module (a user Loss's attribute, a distribution inside another's
+        network), besides those it lists: their classes are checked before each compiled call. Found again when a
+        module, parameter or buffer was registered anywhere since (one added to the loss after compiling)."""
+        _watch_structure()
+        self._structure = _STRUCTURE[0]
+        self._dists = list(dict.fromkeys([*self.loss.distributions,
+                                          *(m for m in self.loss.modules() if hasattr(m, "_dgm_order"))]))
+        self._cores = [c for d in self._dists for c in d._dgm_order]
+
     def _dgm_classes_current(self) -> None:
         """Install again the hooks of the loss's distribution classes that changed since the last call (a later
         cell's ``Q.get_log_prob = ...``: :func:`~pyro_dgm.distributions.overrides.current_of`, which the traced
         code skips), and count a new version of them if any did: the compiled code guards on that count, which is
         this loss's own (Dynamo does not guard on a class's attributes; a change to another model's classes does not
         make this one compile again)."""
+        if self._structure != _STRUCTURE[0] or self._structure is None:  # a module added anywhere since
+            self._dgm_find_distributions()
         for d in self._dists:
             current_of(d)
         now = tuple(type(d).__dict__.get("_dgm_installed") for d in self._cores)
         if now != self._installed:
             if self._installed is not None:
-                self._classes_version[0] += 1
+                self._classes_version[0] = str(int(self._classes_version[0]) + 1)
             self._installed = now
 
     def __getstate__(self) -> dict[str, Any]:  # the compiled code is not pickled: it is compiled again after

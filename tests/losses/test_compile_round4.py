@@ -261,3 +261,61 @@ def test_a_class_change_in_one_compiled_model_leaves_another_compiled_model_alon
         before = counters["stats"]["unique_graphs"]
         models[0].train(batch)
         assert counters["stats"]["unique_graphs"] == before
+
+
+def test_every_later_class_change_is_seen_compiled_not_only_the_first() -> None:
+    """The compiled code guarded on an int counting the classes' versions; Dynamo turns an int that changed once
+    into a symbolic one, guarded no more, so a second change (a method set back, another cell) was missed."""
+    runs = []
+    for compile in (False, {"backend": "eager"}):
+        torch._dynamo.reset()
+        q, p, loss = _vae()
+        model = Model(loss, distributions=[q, p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0},
+                      compile=compile)
+        values = []
+        for s in range(8):
+            if s in (3, 5):
+                type(q).get_log_prob = _shifted
+            elif s in (4, 6):
+                del type(q).get_log_prob
+            torch.manual_seed(100)  # (the same draws and data at every step: only the changes move the loss)
+            values.append(float(model.train({"x": torch.rand(8, 6, generator=torch.Generator().manual_seed(0))
+                                             .round()})))
+        runs.append(values)
+    eager, compiled = runs
+    assert eager[3] == pytest.approx(eager[2] - 1, abs=1e-4) and eager[4] == pytest.approx(eager[2], abs=1e-4)
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-5)
+
+
+def test_a_distribution_put_into_the_loss_after_compiling_is_watched_too() -> None:
+    """The distributions whose classes are checked were found once, when the code compiled: one put inside another
+    distribution later (``outer.inner = q2``) was not watched, so a later change of its class was missed."""
+    class Outer(Normal):
+        def __init__(self, inner: Any) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="o")
+            self.inner = inner
+
+        def get_log_prob(self, x_dict: Any, **kw: Any) -> Any:
+            return self.inner.get_log_prob(x_dict, **kw)
+
+    from pyro_dgm.losses import LogProb
+
+    runs = []
+    for compile in (False, {"backend": "eager"}):
+        torch._dynamo.reset()
+        q1, _, _ = _vae()
+        q2, _, _ = _vae()  # (another class, the same weights)
+        outer = Outer(q1)
+        model = Model(-LogProb(outer).mean(), distributions=[q1], optimizer=torch.optim.SGD,
+                      optimizer_params={"lr": 0.0}, compile=compile)
+        values = []
+        for s in range(6):
+            if s == 3:
+                outer.inner = q2
+            if s == 4:
+                type(q2).get_log_prob = _shifted
+            g = torch.Generator().manual_seed(s)
+            values.append(float(model.train({"x": torch.rand(4, 6, generator=g), "z": torch.rand(4, 2, generator=g)})))
+        runs.append(values)
+    eager, compiled = runs
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-5)
