@@ -319,7 +319,7 @@ def check_var_name(name: str, owner: str, arg: str = "var") -> None:
     Names are Python identifiers in practice (they are ``forward``'s argument names); every name a Pixyz program
     may use (``z'``, ``x_{t}``, ``h-1``) is taken. Pixyz also runs programs whose names hold the formula's own
     syntax, ``,``, ``|``, ``(``, ``)``, ``$`` and white space, whose formulas then read as something else (``p(x,y)``
-    for one variable ``'x,y'``): those warn.
+    for one variable ``'x,y'``), or unbalanced braces (``'x{'``, whose LaTeX is not valid): those warn.
 
     Examples
     --------
@@ -332,15 +332,26 @@ def check_var_name(name: str, owner: str, arg: str = "var") -> None:
 something else; use an identifier such as 'x_y'
     """
     bad = _FORMULA_SYNTAX.intersection(name)
-    if bad or not name:
-        fix = "".join("_" if ch in _FORMULA_SYNTAX else ch for ch in name).strip("_") or "x"
+    if bad or not name or ("{" in name or "}" in name) and not _braces_balanced(name):
+        fix = "".join("_" if ch in _FORMULA_SYNTAX or ch in "{}" else ch for ch in name).strip("_") or "x"
         text = (f"{owner}: {arg} name {name!r} holds {sorted(bad)[0]!r}, which formulas use as syntax (p(x,y|z)), so "
                 f"it would print as something else; use an identifier such as {fix!r}" if bad else
+                f"{owner}: {arg} name {name!r} has unbalanced braces, so its LaTeX text is not valid LaTeX; use an "
+                f"identifier such as {fix!r}" if name else
                 f"{owner}: {arg} name '' is empty, so formulas would print it as nothing (p()); use an identifier "
                 "such as 'x'")
         if STRICT_NAMES[0]:
             raise ValueError(text)
         warnings.warn(text, UserWarning, stacklevel=user_stacklevel())
+
+
+def _braces_balanced(name: str) -> bool:
+    depth = 0
+    for ch in name:
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def check_present(owner: Any, given: Iterable[str], needed: Sequence[str], what: str = "input") -> None:

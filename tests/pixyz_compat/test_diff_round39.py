@@ -665,3 +665,27 @@ def test_a_planar_flow_without_an_inverse_scores_its_draw_after_its_weights_chan
     closed = torch.distributions.Normal(0., 1.).log_prob(x).sum(-1) - torch.log((1 + (1 - torch.tanh(a) ** 2) * -3.0)
                                                                                  .abs())
     torch.testing.assert_close(score, closed)
+
+
+@pytest.mark.parametrize("name", ["x{", "x}", "}x{"])
+def test_a_variable_name_with_unbalanced_braces_warns_and_runs(name: str) -> None:
+    """Names holding a formula's syntax warn (their LaTeX reads as something else); unbalanced braces, whose LaTeX
+    text is not valid LaTeX at all, passed silently, even under ``strict_names()``. Pixyz runs them: so do we, with
+    the warning; ``strict_names()`` refuses them."""
+    import warnings
+
+    import torch
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import strict_names
+
+    with pytest.warns(UserWarning, match="unbalanced braces"):
+        p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert p.get_log_prob({name: torch.zeros(2)}).tolist() == pytest.approx([-0.9189385] * 2)
+    with strict_names(), pytest.raises(ValueError, match="unbalanced braces"):
+        Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x_{t}"])  # balanced: no warning
