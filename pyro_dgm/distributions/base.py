@@ -29,7 +29,8 @@ from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, data_plate,
                                            given_event_dim, ignores_sites, mark_own_observed, outer_plates_ndim,
                                            plate_trace, site_data_size)
-from pyro_dgm.utils.attributes import MISSING, Yielding, YieldingModule, users_own, users_value
+from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up_subclasses, users_own,
+                                       users_value)
 from pyro_dgm.utils.checks import (ArgumentError, DeviceError, DimensionError, DTypeError, DuplicateSiteError,
                                    EmptyBatchError, NotATensorError, OutOfRangeError, ShapeError, as_var_list,
                                    check_present, describe, keyed_values, numpy_tensor, sample_batch_n,
@@ -482,12 +483,14 @@ class Distribution(YieldingModule):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        type.__setattr__(cls, "_dgm_dist_set_up", True)  # (see set_up_subclasses)
         overrides.install(cls)
         if not cls.__module__.startswith("pyro_dgm."):  # a user's class, whose forward a later cell may replace
             cls._dgm_b = _WATCHED_BINDING
 
     def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = (), name: str = "p",
                  features_shape: Iterable[int] = torch.Size(), atomic: bool = True) -> None:
+        set_up_subclasses(self, Distribution, "_dgm_dist_set_up")
         super().__init__()
         if not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a string, got {name!r}")

@@ -213,9 +213,16 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
         except (TypeError, ValueError):  # (no signature: a builtin, not a callable) Pixyz's call passes names
             return (), tuple((v, v) for v in cond if v not in used)
     else:
-        params = list(inspect.signature(fn).parameters.values())
-        if not isinstance(inspect.getattr_static(type(dist), "forward", None), (staticmethod, classmethod)):
-            params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod has neither)
+        raw = inspect.getattr_static(type(dist), "forward", None)
+        if inspect.isfunction(raw) or isinstance(raw, (staticmethod, classmethod)) or not hasattr(raw, "__get__"):
+            params = list(inspect.signature(fn).parameters.values())
+            if not isinstance(raw, (staticmethod, classmethod)):
+                params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod has neither)
+        else:  # a decorator of the user's written as a descriptor: what it gives the instance, as Python calls it
+            try:
+                params = list(inspect.signature(raw.__get__(dist, type(dist))).parameters.values())
+            except (TypeError, ValueError):  # (no signature: Pixyz's call passes names)
+                return (), tuple((v, v) for v in cond if v not in used)
     # Pixyz calls forward(**inputs): positional passing is only a shortcut for the leading arguments, so an
     # argument after one that is skipped (it has a default and is not in cond_var), or a keyword-only one, goes
     # by name

@@ -123,8 +123,17 @@ def _user_defined(cls: type, name: str) -> bool:
                 raw = raw.fget
             while isinstance(raw, (functools.partial, functools.partialmethod)):  # (a callable attribute, called
                 raw = raw.func  # without self; or a partialmethod, with it)
-            code = getattr(inspect.unwrap(raw), "__code__", None)
-            return code is not None and not os.path.abspath(code.co_filename).startswith(_LIBRARY + os.sep)
+            seen = 0
+            while raw is not None and seen < 100:  # the user's if any layer is: a decorator of the user's around
+                seen += 1  # the library's method (functools.wraps: __wrapped__), or a decorator written as a class
+                code = getattr(raw, "__code__", None)
+                if code is None and not isinstance(raw, type):  # (an object: its class's __get__ or __call__)
+                    code = next((c for c in (getattr(getattr(type(raw), a, None), "__code__", None)
+                                             for a in ("__get__", "__call__")) if c is not None), None)
+                if code is not None and not os.path.abspath(code.co_filename).startswith(_LIBRARY + os.sep):
+                    return True
+                raw = getattr(raw, "__wrapped__", getattr(raw, "__func__", None))
+            return False
     return False
 
 

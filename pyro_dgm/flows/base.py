@@ -44,6 +44,7 @@ from torch.distributions import Transform, constraints
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
+from pyro_dgm.utils.attributes import set_up_subclasses
 from pyro_dgm.utils.checks import NotATensorError, ShapeError
 from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
 from pyro_dgm.utils.versions import version
@@ -135,6 +136,12 @@ def zero_logdet(v: Tensor, event_dim: int) -> Tensor:
 
 def _real(event_dim: int) -> constraints.Constraint:
     return constraints.real if event_dim == 0 else constraints.independent(constraints.real, event_dim)
+
+
+def _no_tensor_named_condition(flow: Any, kind: str) -> None:
+    raise KeyError(f"{type(flow).__name__}: a flow's {kind} cannot be named 'condition', the method of Pyro's "
+                   "conditional interface (flow.condition(y)) that pyro_dgm's flows have; name it otherwise (a "
+                   "submodule named condition, a conditioning network, is taken)")
 
 
 class NotInvertibleError(ValueError):
@@ -332,7 +339,9 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
         if m is not None and m.context is context and (m.z if inverse else m.x) is value:
             if store and m.logdet is not None:
                 _store(flow, m.logdet, m.parts)
-            return m.x if inverse else m.z
+            if flow._dgm_keep and type(m.state) is not bool:  # the draw's log-det goes with its input (the score
+                _remember(flow, m.x, m.z, m.logdet, context, m.by_inverse, m.parts)  # asks for it next): Pixyz's
+            return m.x if inverse else m.z  # draw-time density, not the log-det at weights that no longer map x to z
         raise
     if not isinstance(out, Tensor):  # (a numpy array: torch's machinery after it fails unnamed, as under Pixyz)
         raise NotATensorError(f"{type(flow).__name__}: its {'inverse' if inverse else 'forward'}() returned "
@@ -557,6 +566,7 @@ class Flow(TransformModule, ConditionalTransform):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        type.__setattr__(cls, "_dgm_flow_set_up", True)  # (see set_up_subclasses)
         for old, hook, public in (("_forward_logdet", "_dgm_forward_logdet", "forward"),
                                   ("_inverse_logdet", "_dgm_inverse_logdet", "inverse")):
             # a flow written against the hooks' names before their _dgm_ prefix (a Pixyz-style flow overrides the
@@ -581,6 +591,7 @@ class Flow(TransformModule, ConditionalTransform):
 
     def __init__(self, in_features: int | None = None, event_dim: int | None = 1,
                  codomain_event_dim: int | None = None, cache_size: int = 1) -> None:
+        set_up_subclasses(self, Flow, "_dgm_flow_set_up")
         super().__init__(cache_size=0)  # Pyro's (x, y) memory is replaced by ours, which also keeps the log-det
         if cache_size not in (0, 1):
             raise ValueError(f"{type(self).__name__}: cache_size must be 0 or 1, got {cache_size!r}")
@@ -767,17 +778,16 @@ class Flow(TransformModule, ConditionalTransform):
         """This flow with its context fixed: a ``torch.distributions.Transform`` (Pyro's conditional interface)."""
         return ConditionedFlow(self, context)
 
-    # A Pixyz flow's own member named ``condition`` (a conditioning network, a parameter, a buffer): nn.Module keeps
-    # it in _modules/_parameters/_buffers, behind the method above, and refuses to register one over the method.
-    # It is mirrored in the instance's __dict__, where the user's code reads it first (Pixyz has no such method);
-    # pyro_dgm's distributions call Flow.condition itself.
+    # A Pixyz flow's own submodule named ``condition`` (a conditioning network, or None): nn.Module keeps it in
+    # _modules, behind the method above, and refuses to register one over the method. It is mirrored in the
+    # instance's __dict__, where the user's code reads it first (Pixyz has no such method); pyro_dgm's distributions
+    # call Flow.condition itself. A parameter or buffer of that name is refused, naming it: a tensor mirrored so
+    # would go stale when .to() or torch.func.functional_call put another tensor in its place.
     def _dgm_mirror_condition(self) -> None:
         d = self.__dict__
-        for kind in ("_modules", "_parameters", "_buffers"):
-            own = d.get(kind)
-            if own is not None and "condition" in own:
-                d["condition"] = own["condition"]
-                return
+        own = d.get("_modules")
+        if own is not None and "condition" in own:  # (a module is changed in place by .to(), so the mirror holds)
+            d["condition"] = own["condition"]
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -792,24 +802,20 @@ class Flow(TransformModule, ConditionalTransform):
                 return  # (the user's plain value, kept in __dict__: gone)
         super().__delattr__(name)
 
-    def _dgm_make_room(self, kind: str, name: str) -> None:
-        if name == "condition" and "condition" not in self.__dict__.get(kind, {}) and kind in self.__dict__:
-            self.__dict__[kind]["condition"] = None  # (torch refuses a name the class has: the method, here)
-
     def register_parameter(self, name: str, param: Any) -> None:
-        self._dgm_make_room("_parameters", name)
-        super().register_parameter(name, param)
         if name == "condition":
-            self._dgm_mirror_condition()
+            _no_tensor_named_condition(self, "parameter")
+        super().register_parameter(name, param)
 
     def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
-        self._dgm_make_room("_buffers", name)
-        super().register_buffer(name, tensor, persistent)
         if name == "condition":
-            self._dgm_mirror_condition()
+            _no_tensor_named_condition(self, "buffer")
+        super().register_buffer(name, tensor, persistent)
 
     def add_module(self, name: str, module: Any) -> None:
-        self._dgm_make_room("_modules", name)
+        if name == "condition" and "condition" not in self._modules and not any(
+                "condition" in self.__dict__.get(k, ()) for k in ("_parameters", "_buffers")):
+            self._modules["condition"] = None  # (torch refuses a name the class has: the method, here)
         super().add_module(name, module)
         if name == "condition":
             self._dgm_mirror_condition()

@@ -36,7 +36,7 @@ from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import _CURRENT, TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.losses.steps import clear_grads
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
-from pyro_dgm.utils.attributes import Yielding, YieldingModule
+from pyro_dgm.utils.attributes import Yielding, YieldingModule, set_up_subclasses
 from pyro_dgm.utils.checks import as_var_list, check_present, describe, keyed_values, numpy_tensor, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
@@ -198,13 +198,20 @@ class Loss(YieldingModule, _PyroELBO):
         return super().__new__(cls)
 
     def __init__(self, input_var: Sequence[str] | None = None) -> None:
+        set_up_subclasses(self, Loss, "_dgm_loss_set_up")
         if "_modules" not in self.__dict__:  # a subclass may have set attributes first (see __setattr__)
             nn.Module.__init__(self)
         _PyroELBO.__init__(self, num_particles=1)
         self._input_var = list(input_var) if input_var is not None else []
 
+    #: whether the class has a ``__call__`` of the user's (Pixyz's ``eval`` and operators call each term, so its
+    #: override runs: a clamp, an offset); set by ``__init_subclass__``
+    _dgm_own_call: bool = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        type.__setattr__(cls, "_dgm_loss_set_up", True)  # (see set_up_subclasses)
+        cls._dgm_own_call = cls.__call__ is not Loss.__call__
         own = cls.__dict__.get("latex")
         if isinstance(own, property) and own.fget is not None and not hasattr(own.fget, "_dgm_assigned_first"):
             cls.latex = property(_assigned_first(own.fget), own.fset, doc=own.__doc__)  # (an assigned text first)
@@ -697,7 +704,9 @@ class Loss(YieldingModule, _PyroELBO):
         recorder = ctx.recorder
         if recorder is not None and id(self) in recorder:
             return self._dgm_evaluate_term(values, ctx, kwargs)
-        if has_forward_hooks(self):
+        if self._dgm_own_call:
+            out = self(values, **kwargs)  # (a __call__ of the user's: Pixyz's eval calls it)
+        elif has_forward_hooks(self):
             out = nn.Module.__call__(self, values, **kwargs)  # as Pixyz's eval calls each term: hooks run
         else:
             out = self.forward(values, **kwargs)
@@ -711,7 +720,9 @@ class Loss(YieldingModule, _PyroELBO):
         recorder = ctx.recorder
         ctx.recorder = None
         try:
-            if has_forward_hooks(self):
+            if self._dgm_own_call:
+                out = self(values, **kwargs)
+            elif has_forward_hooks(self):
                 out = nn.Module.__call__(self, values, **kwargs)
             else:
                 out = self.forward(values, **kwargs)
@@ -733,7 +744,9 @@ class Loss(YieldingModule, _PyroELBO):
             ctx.recorder = None  # nothing it evaluates inside is recorded
         try:
             with ctx:
-                if has_forward_hooks(self):
+                if self._dgm_own_call:
+                    out = self(inputs, **kwargs)
+                elif has_forward_hooks(self):
                     out = nn.Module.__call__(self, inputs, **kwargs)
                 else:
                     out = self.forward(inputs, **kwargs)

@@ -1111,15 +1111,24 @@ class Model:
         return out
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume training exactly (see :func:`pyro_dgm.models.checkpoint.model_state`)."""
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Everything needed to resume training exactly (see :func:`pyro_dgm.models.checkpoint.model_state`).
+
+        A subclass that is also an ``nn.Module`` (``class M(Model, nn.Module)``, Pixyz's ``Model`` being none) gets
+        ``nn.Module``'s: its tensors by name, as under Pixyz (``save``/``load`` keep this checkpoint)."""
+        if isinstance(self, torch.nn.Module):
+            return torch.nn.Module.state_dict(self, *args, **kwargs)  # type: ignore[no-any-return]
         from pyro_dgm.models.checkpoint import model_state
         return model_state(self)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` (shapes checked first; a mismatch names the tensor and both shapes)."""
+    def load_state_dict(self, state: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        """Restore :meth:`state_dict` (shapes checked first; a mismatch names the tensor and both shapes);
+        ``nn.Module``'s for a subclass that is one."""
+        if isinstance(self, torch.nn.Module):
+            return torch.nn.Module.load_state_dict(self, state, *args, **kwargs)
         from pyro_dgm.models.checkpoint import load_model_state
         load_model_state(self, state)
+        return None
 
     def save(self, path: Any) -> None:
         """Save a checkpoint that resumes exactly (``load(path, resume=True)``): networks and buffers of every

@@ -101,3 +101,16 @@ class YieldingModule(nn.Module):
 
     def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
         self._dgm_register("_buffers", name, super().register_buffer, tensor, persistent)
+
+
+def set_up_subclasses(obj: Any, base: type, marker: str) -> None:
+    """Run ``base.__init_subclass__`` now for the classes of ``obj`` below ``base`` whose creation skipped it: a
+    user's mixin before ``base`` whose own ``__init_subclass__`` does not call ``super()`` (a registry's) stops the
+    chain there (Pixyz's classes set nothing up at that time, so such a program runs under Pixyz). ``marker`` is the
+    name that ``base.__init_subclass__`` sets in each class's ``__dict__``."""
+    cls = type(obj)
+    if marker in cls.__dict__:
+        return
+    for k in reversed(cls.__mro__):
+        if k is not base and issubclass(k, base) and marker not in k.__dict__:
+            base.__dict__["__init_subclass__"].__func__(k)

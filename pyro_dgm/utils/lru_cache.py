@@ -73,7 +73,8 @@ _WATCHING = [False]
 
 
 def _structure_changed(*_: Any) -> None:
-    _STRUCTURE[0] += 1
+    if not is_compiling():  # (traced code that assigns a buffer, an EMA statistic in a forward, would mutate this
+        _STRUCTURE[0] += 1  # global and guard on its value: every call would compile again)
 
 
 def _watch_structure() -> None:

@@ -319,3 +319,28 @@ def test_a_distribution_put_into_the_loss_after_compiling_is_watched_too() -> No
         runs.append(values)
     eager, compiled = runs
     assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-5)
+
+
+def test_a_compiled_network_that_assigns_a_buffer_compiles_once_after_pyro_dgm_watches_modules() -> None:
+    """pyro_dgm's process-wide registration hooks (which count module changes for its caches) ran inside traced
+    code: a compiled module assigning a buffer in its forward (an EMA statistic) mutated their counter and guarded
+    on it, so it compiled again at every call, even plain torch code, once a compiled Model or a flow had started
+    the hooks."""
+    from pyro_dgm.utils.lru_cache import _watch_structure
+
+    class Ema(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.register_buffer("avg", torch.zeros(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.avg = 0.9 * self.avg + 0.1 * x.mean(0).detach()  # a new tensor assigned: a registration
+            return self.lin(x) - self.avg
+
+    _watch_structure()
+    m = Ema()
+    compiled = torch.compile(m, backend="eager")
+    for s in range(6):
+        compiled(torch.rand(4, 3, generator=torch.Generator().manual_seed(s)))
+    assert counters["stats"]["unique_graphs"] == 1
