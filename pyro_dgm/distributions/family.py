@@ -129,6 +129,18 @@ def _rows_differ(t: Tensor) -> bool:
         return bool((t != t[:1]).any())
 
 
+class _Unusable:
+    """A family's parameter hook that raises the error its binding met (``_dgm_set_unusable``)."""
+
+    _dgm_unusable = True
+
+    def __init__(self, err: BaseException) -> None:
+        self.kind, self.args = type(err), err.args
+
+    def __call__(self, *_: Any, **__: Any) -> Any:
+        raise self.kind(*self.args)
+
+
 def _library_distribution(fn: Any) -> bool:
     """Whether a site's distribution ``fn`` (inside ``Independent`` or a mask) is torch's, Pyro's or pyro_dgm's:
     one that draws no bool value and scores deterministically. A user's own class may do either (a mask sampler,
@@ -353,11 +365,9 @@ class DistributionBase(Distribution):
     def _dgm_set_unusable(self, err: BaseException) -> None:
         """Make this distribution raise ``err`` at its first call, as Pixyz's fails there (it is built, prints and
         multiplies)."""
-        def _dgm_params(*_: Any, **__: Any) -> Any:  # shadows the method on this instance only: no cost for others
-            raise type(err)(*err.args)
-
-        _dgm_params._dgm_unusable = True  # type: ignore[attr-defined]
-        self.__dict__["_dgm_inner_params" if self._dgm_user_get_params else "_dgm_params"] = _dgm_params
+        # shadows the method on this instance only (no cost for others); an object, so that it pickles (a
+        # distribution whose forward a later cell attaches is saved as Pixyz's is)
+        self.__dict__["_dgm_inner_params" if self._dgm_user_get_params else "_dgm_params"] = _Unusable(err)
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
         super().register_buffer(name, tensor, persistent)

@@ -942,3 +942,23 @@ def test_a_planar_flow_folded_after_its_draw_scores_the_draw_time_density() -> N
     closed = torch.distributions.Normal(0., 1.).log_prob(x).sum(-1) - torch.log((1 + (1 - torch.tanh(a) ** 2) * 0.5)
                                                                                  .abs())
     torch.testing.assert_close(score, closed)
+
+
+def _pickled_before_its_forward() -> Any:
+    import pickle
+
+    import torch
+
+    from pixyz.distributions import Normal
+
+    q = Normal(var=["z"], cond_var=["x"], name="q")  # its network is attached later
+    copy = pickle.loads(pickle.dumps(q))
+    copy.forward = lambda x: {"loc": x, "scale": torch.ones_like(x)}
+    return copy.get_log_prob({"x": torch.zeros(1, 1), "z": torch.ones(1, 1)})
+
+
+def test_a_distribution_whose_forward_comes_later_pickles() -> None:
+    """A distribution built before its ``forward`` is attached (the docs allow it) could not be pickled ("Can't
+    pickle local object ..."): its not-yet-usable hook was a closure. Pixyz pickles it."""
+    ref, ours = run_both(_pickled_before_its_forward)
+    assert_same(ref, ours)
