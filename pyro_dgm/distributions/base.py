@@ -535,6 +535,7 @@ class Distribution(YieldingModule):
             super().__setattr__(name, value)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        set_up_subclasses(self, Distribution, "_dgm_dist_set_up")  # (unpickled in a new process: no __init__ ran)
         super().__setstate__(state)
         overrides.copied(self)  # (methods set on the instance: their routes are the copy's own)
 

@@ -4,6 +4,7 @@ writes (:class:`Binding`, which ``replace_var`` renames), and how ``forward``'s 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -214,13 +215,15 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
             return (), tuple((v, v) for v in cond if v not in used)
     else:
         raw = inspect.getattr_static(type(dist), "forward", None)
-        if inspect.isfunction(raw) or isinstance(raw, (staticmethod, classmethod)) or not hasattr(raw, "__get__"):
+        if inspect.isfunction(raw) or not hasattr(raw, "__get__") or isinstance(raw, (
+                staticmethod, classmethod, functools.partialmethod, functools.singledispatchmethod)):
             params = list(inspect.signature(fn).parameters.values())
             if not isinstance(raw, (staticmethod, classmethod)):
                 params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod has neither)
         else:  # a decorator of the user's written as a descriptor: what it gives the instance, as Python calls it
             try:
-                params = list(inspect.signature(raw.__get__(dist, type(dist))).parameters.values())
+                params = list(inspect.signature(raw.__get__(dist, type(dist)), follow_wrapped=False)
+                              .parameters.values())  # (what it gives: __wrapped__ would be the unbound function)
             except (TypeError, ValueError):  # (no signature: Pixyz's call passes names)
                 return (), tuple((v, v) for v in cond if v not in used)
     # Pixyz calls forward(**inputs): positional passing is only a shortcut for the leading arguments, so an

@@ -608,6 +608,10 @@ class Flow(TransformModule, ConditionalTransform):
         self._dgm_threads = threading.local()  # each thread's last computation (what a score recalls)
         self._logdet_jacobian: Tensor | int | None = 0 if self._dgm_volume_preserving else None
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        set_up_subclasses(self, Flow, "_dgm_flow_set_up")  # (unpickled in a new process: no __init__ ran)
+        super().__setstate__(state)
+
     def __getstate__(self) -> dict[str, Any]:
         """The module's state without its memory of the last draw, and with the stored log-determinant detached:
         both may be intermediate results of a graph, which ``copy.deepcopy`` refuses (a copy of a model kept as

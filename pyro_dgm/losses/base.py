@@ -197,6 +197,10 @@ class Loss(YieldingModule, _PyroELBO):
                         "wrap a Pyro ELBO in a term: PyroELBO(model, guide, elbo=Trace_ELBO(num_particles=K))")
         return super().__new__(cls)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        set_up_subclasses(self, Loss, "_dgm_loss_set_up")  # (unpickled in a new process: no __init__ ran)
+        super().__setstate__(state)
+
     def __init__(self, input_var: Sequence[str] | None = None) -> None:
         set_up_subclasses(self, Loss, "_dgm_loss_set_up")
         if "_modules" not in self.__dict__:  # a subclass may have set attributes first (see __setattr__)
@@ -204,14 +208,9 @@ class Loss(YieldingModule, _PyroELBO):
         _PyroELBO.__init__(self, num_particles=1)
         self._input_var = list(input_var) if input_var is not None else []
 
-    #: whether the class has a ``__call__`` of the user's (Pixyz's ``eval`` and operators call each term, so its
-    #: override runs: a clamp, an offset); set by ``__init_subclass__``
-    _dgm_own_call: bool = False
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         type.__setattr__(cls, "_dgm_loss_set_up", True)  # (see set_up_subclasses)
-        cls._dgm_own_call = cls.__call__ is not Loss.__call__
         own = cls.__dict__.get("latex")
         if isinstance(own, property) and own.fget is not None and not hasattr(own.fget, "_dgm_assigned_first"):
             cls.latex = property(_assigned_first(own.fget), own.fset, doc=own.__doc__)  # (an assigned text first)
@@ -704,8 +703,8 @@ class Loss(YieldingModule, _PyroELBO):
         recorder = ctx.recorder
         if recorder is not None and id(self) in recorder:
             return self._dgm_evaluate_term(values, ctx, kwargs)
-        if self._dgm_own_call:
-            out = self(values, **kwargs)  # (a __call__ of the user's: Pixyz's eval calls it)
+        if type(self).__call__ is not _LOSS_CALL:  # a __call__ of the user's (also one a later cell set): Pixyz's
+            out = self(values, **kwargs)  # eval calls it
         elif has_forward_hooks(self):
             out = nn.Module.__call__(self, values, **kwargs)  # as Pixyz's eval calls each term: hooks run
         else:
@@ -720,7 +719,7 @@ class Loss(YieldingModule, _PyroELBO):
         recorder = ctx.recorder
         ctx.recorder = None
         try:
-            if self._dgm_own_call:
+            if type(self).__call__ is not _LOSS_CALL:  # (a __call__ of the user's, also one a later cell set)
                 out = self(values, **kwargs)
             elif has_forward_hooks(self):
                 out = nn.Module.__call__(self, values, **kwargs)
@@ -744,7 +743,7 @@ class Loss(YieldingModule, _PyroELBO):
             ctx.recorder = None  # nothing it evaluates inside is recorded
         try:
             with ctx:
-                if self._dgm_own_call:
+                if type(self).__call__ is not _LOSS_CALL:  # (a __call__ of the user's, also one a later cell set)
                     out = self(inputs, **kwargs)
                 elif has_forward_hooks(self):
                     out = nn.Module.__call__(self, inputs, **kwargs)
@@ -941,6 +940,9 @@ class Loss(YieldingModule, _PyroELBO):
 
 
 _INPUT_VAR = Loss.__dict__["input_var"]  # (a subclass that overrides the property: see Loss.eval)
+
+
+_LOSS_CALL = Loss.__call__  # (a subclass whose __call__ is another is evaluated by calling it, as Pixyz's eval does)
 
 
 class _Terms:

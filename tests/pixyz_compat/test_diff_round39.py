@@ -4,6 +4,7 @@ plain-Pyro twins and closed forms.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -755,6 +756,17 @@ def _decorated_methods() -> Any:
         def get_log_prob(self, x_dict: Any, *args: Any, **kwargs: Any) -> Any:
             return super(QC, self).get_log_prob(x_dict, *args, **kwargs) + 1.0
 
+    class wrapped_counted(counted):  # the same, its bound function under functools.wraps (the usual way)
+        def __get__(self, obj: Any, objtype: Any = None) -> Any:
+            if obj is None:
+                return self
+
+            @functools.wraps(self.fn)
+            def bound(*a: Any, **k: Any) -> Any:
+                self.n += 1
+                return self.fn(obj, *a, **k)
+            return bound
+
     class QF(Normal):
         def __init__(self) -> None:
             super().__init__(var=["z"], cond_var=["w"], name="f")
@@ -764,6 +776,11 @@ def _decorated_methods() -> Any:
         def forward(self, w: Any) -> Any:
             return {"loc": self.lin(w), "scale": torch.ones_like(w)}
 
+    class QW(QF):
+        @wrapped_counted
+        def forward(self, w: Any) -> Any:
+            return {"loc": self.lin(w) + 1, "scale": torch.ones_like(w)}
+
     w, z = torch.zeros(2, 1), torch.tensor([[0.3], [-2.0]])
     prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["w"], features_shape=[1])
     out = []
@@ -771,8 +788,9 @@ def _decorated_methods() -> Any:
         q = cls(loc="w", scale=1.0, var=["z"], cond_var=["w"])
         out += [q.get_log_prob({"z": z, "w": w}), (q * prior).get_log_prob({"z": z, "w": w}),
                 q.replace_var(z="u").get_log_prob({"u": z, "w": w})]
-    torch.manual_seed(0)
-    out.append(QF().get_log_prob({"z": z, "w": w}))
+    for cls in (QF, QW):
+        torch.manual_seed(0)
+        out.append(cls().get_log_prob({"z": z, "w": w}))
     return out
 
 
@@ -813,9 +831,20 @@ def _loss_with_its_own_call() -> Any:
             loss, samples = super().__call__(x_dict, **kwargs)
             return loss + 100.0, samples
 
+    class Later(LogProb):
+        pass
+
+    def clamped_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        loss, samples = LogProb.__call__(self, *args, **kwargs)
+        return loss.clamp(min=-1.0), samples
+
     p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["x"], features_shape=[2], name="p")
     x = {"x": torch.tensor([[0.0, 0.0], [3.0, 0.0]])}
-    return (Clamped(p).eval(x), Clamped(p).mean().eval(x), Penalty().eval(x), (2 * Penalty()).sum().eval(x))
+    later = Later(p)
+    before = (later + later).eval(x)
+    Later.__call__ = clamped_call  # a later notebook cell
+    return (Clamped(p).eval(x), Clamped(p).mean().eval(x), Penalty().eval(x), (2 * Penalty()).sum().eval(x),
+            before, later.eval(x), (later + later).eval(x))
 
 
 def test_a_loss_subclasss_own_call_runs_as_under_pixyz() -> None:
@@ -962,3 +991,48 @@ def test_a_distribution_whose_forward_comes_later_pickles() -> None:
     pickle local object ..."): its not-yet-usable hook was a closure. Pixyz pickles it."""
     ref, ours = run_both(_pickled_before_its_forward)
     assert_same(ref, ours)
+
+
+_SWALLOWING = """
+import torch
+from torch import nn
+from pyro_dgm.distributions import Normal, TransformedDistribution
+from pyro_dgm.flows import Flow
+
+class Registered:
+    def __init_subclass__(cls, **kwargs):
+        pass
+
+class Affine(Registered, Flow):
+    def __init__(self):
+        super().__init__(2)
+        self.s = nn.Parameter(torch.tensor([0.3, 0.3]))
+
+    def forward(self, x, y=None, compute_jacobian=True):
+        if compute_jacobian:
+            self._logdet_jacobian = self.s.sum().expand(x.shape[0])
+        return x * torch.exp(self.s) + 0.5
+
+    def inverse(self, z, y=None):
+        return (z - 0.5) * torch.exp(-self.s)
+"""
+
+
+def test_objects_of_a_class_whose_set_up_a_mixin_swallowed_unpickle_whole_in_a_new_process(tmp_path: Any) -> None:
+    """The set-up that a swallowing mixin skipped ran at the first ``__init__``; an object unpickled in a new
+    process never runs ``__init__``, so its flow drew x = z again (-2.088 for the closed form -2.438)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "swallowing.py").write_text(_SWALLOWING)
+    save = (f"import sys, torch; sys.path.insert(0, {str(tmp_path)!r}); import swallowing as s; "
+            "p = s.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=['z'], features_shape=[2], name='p0'); "
+            f"torch.save(s.TransformedDistribution(p, s.Affine(), var=['x']), {str(tmp_path / 'q.pt')!r})")
+    load = (f"import sys, torch; sys.path.insert(0, {str(tmp_path)!r}); import swallowing; "
+            f"q = torch.load({str(tmp_path / 'q.pt')!r}, weights_only=False); "
+            "print(float(q.get_log_prob({'x': torch.full((1, 2), 0.5)})))")
+    for code in (save, load):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    # closed form: x = z exp(s) + 0.5, so at x = 0.5, z = 0: log N(0; 0, I) - 2 * 0.3
+    assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(-math.log(2 * math.pi) - 0.6, abs=1e-5)
