@@ -722,7 +722,8 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
         weights = [1.0 / len(experts)] * len(experts) if weight_modalities is None else weight_list(
             owner, weight_modalities, len(experts), "one per expert")
         if len(weights) != len(experts) or not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"{owner}: expected {len(experts)} finite non-negative weights (one per expert), got {weights}")
+            raise ValueError(f"{owner}: expected {len(experts)} finite non-negative weights (one per expert), "
+                             f"got {weights}")
         # the experts' inputs in the order of Python's set of them, as Pixyz's (it depends on the strings' hashes, so
         # on the process's hash seed): the formula p(z|x,y) reads as Pixyz's in the same process
         cond_var = list(set(v for e in experts for v in e.cond_var))
