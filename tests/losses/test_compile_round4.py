@@ -57,15 +57,22 @@ def test_a_categorical_likelihood_compiled_with_inductor_has_the_eager_gradients
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
-def _vae() -> tuple[Any, Any, Any]:
+def _encoder_class() -> Any:
+    """A new class of q(z|x) (a test may change its methods): 6 inputs, 2 latents."""
     class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
+        def __init__(self, name: str = "q") -> None:
+            super().__init__(var=["z"], cond_var=["x"], name=name)
             self.net = nn.Linear(6, 4)
 
         def forward(self, x: Any) -> Any:
             h = self.net(x)
             return {"loc": h[..., :2], "scale": nn.functional.softplus(h[..., 2:]) + 0.1}
+
+    return Q
+
+
+def _vae() -> tuple[Any, Any, Any]:
+    Q = _encoder_class()
 
     class P(Bernoulli):
         def __init__(self) -> None:
@@ -143,15 +150,7 @@ def test_a_mixture_posterior_with_a_component_of_its_own_sample_compiles_once() 
     batch tensor's identity: every new batch of the same shape compiled again (8 times, then eagerly)."""
     from pyro_dgm.distributions import MixtureModel
 
-    class Clamped(Normal):
-        def __init__(self, name: str) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name=name)
-            self.net = nn.Linear(6, 4)
-
-        def forward(self, x: Any) -> Any:
-            h = self.net(x)
-            return {"loc": h[..., :2], "scale": nn.functional.softplus(h[..., 2:]) + 0.1}
-
+    class Clamped(_encoder_class()):
         def sample(self, x_dict: Any = {}, *args: Any, **kwargs: Any) -> Any:
             out = super().sample(x_dict, *args, **kwargs)
             out["z"] = out["z"].clamp(-1, 1)
@@ -184,15 +183,7 @@ def test_a_mixture_posterior_with_a_component_of_its_own_sample_compiles_once() 
 def test_fullgraph_names_what_the_users_code_did() -> None:
     """With ``fullgraph=True``, a ``print`` in a user's ``get_log_prob`` was reported as "Failed to trace builtin
     operator" alone: Dynamo's explanation, which names ``print``, is now in the message."""
-    class Talking(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.net = nn.Linear(6, 4)
-
-        def forward(self, x: Any) -> Any:
-            h = self.net(x)
-            return {"loc": h[..., :2], "scale": nn.functional.softplus(h[..., 2:]) + 0.1}
-
+    class Talking(_encoder_class()):
         def get_log_prob(self, x_dict: Any, **kwargs: Any) -> Any:
             print("scoring", sorted(x_dict))
             return super().get_log_prob(x_dict, **kwargs)
@@ -209,24 +200,29 @@ def test_fullgraph_names_what_the_users_code_did() -> None:
     assert "`print`" in str(e.value) and "fullgraph=True" in str(e.value)
 
 
-def test_a_class_change_of_a_distribution_inside_another_is_seen_compiled() -> None:
-    """A distribution that scores with another one it holds as a submodule (not listed in ``loss.distributions``):
-    a class change of the inner one was checked by no eager call, so the compiled steps kept the old method."""
+def _outer(inner: Any) -> Any:
+    """A distribution that scores with another one it holds as a submodule (not in ``loss.distributions``)."""
     class Outer(Normal):
-        def __init__(self, inner: Any) -> None:
+        def __init__(self) -> None:
             super().__init__(var=["z"], cond_var=["x"], name="o")
             self.inner = inner
 
         def get_log_prob(self, x_dict: Any, **kw: Any) -> Any:
             return self.inner.get_log_prob(x_dict, **kw)
 
+    return Outer()
+
+
+def test_a_class_change_of_a_distribution_inside_another_is_seen_compiled() -> None:
+    """A distribution that scores with another one it holds as a submodule (not listed in ``loss.distributions``):
+    a class change of the inner one was checked by no eager call, so the compiled steps kept the old method."""
     from pyro_dgm.losses import LogProb
 
     runs = []
     for compile in (False, {"backend": "aot_eager"}):
         torch._dynamo.reset()
         q, _, _ = _vae()
-        model = Model(-LogProb(Outer(q)).mean(), distributions=[q], optimizer=torch.optim.SGD,
+        model = Model(-LogProb(_outer(q)).mean(), distributions=[q], optimizer=torch.optim.SGD,
                       optimizer_params={"lr": 0.0}, compile=compile)
         values = []
         for s in range(5):
@@ -290,14 +286,6 @@ def test_every_later_class_change_is_seen_compiled_not_only_the_first() -> None:
 def test_a_distribution_put_into_the_loss_after_compiling_is_watched_too() -> None:
     """The distributions whose classes are checked were found once, when the code compiled: one put inside another
     distribution later (``outer.inner = q2``) was not watched, so a later change of its class was missed."""
-    class Outer(Normal):
-        def __init__(self, inner: Any) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="o")
-            self.inner = inner
-
-        def get_log_prob(self, x_dict: Any, **kw: Any) -> Any:
-            return self.inner.get_log_prob(x_dict, **kw)
-
     from pyro_dgm.losses import LogProb
 
     runs = []
@@ -305,7 +293,7 @@ def test_a_distribution_put_into_the_loss_after_compiling_is_watched_too() -> No
         torch._dynamo.reset()
         q1, _, _ = _vae()
         q2, _, _ = _vae()  # (another class, the same weights)
-        outer = Outer(q1)
+        outer = _outer(q1)
         model = Model(-LogProb(outer).mean(), distributions=[q1], optimizer=torch.optim.SGD,
                       optimizer_params={"lr": 0.0}, compile=compile)
         values = []

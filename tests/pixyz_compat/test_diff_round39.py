@@ -454,17 +454,20 @@ def test_a_flows_draw_in_one_thread_is_scored_in_another_as_under_pixyz() -> Non
         torch.testing.assert_close(score, closed)
 
 
-def _flow_with_a_network_named_condition() -> Any:
+def _scaling_flow(flows: Any, how: str) -> Any:
+    """x * exp(s(y)), a Pixyz flow conditioned by a linear network of y: a submodule named ``condition``
+    (``how="network"``), or a helper method named ``condition`` over a submodule ``net`` (``"helper"``)."""
     import torch
     from torch import nn
-
-    from pixyz import distributions, flows
 
     class CondFlow(flows.Flow):
         def __init__(self) -> None:
             super().__init__(2)
             torch.manual_seed(0)
-            self.condition = nn.Linear(1, 2)  # the conditioning network
+            if how == "network":
+                self.condition = nn.Linear(1, 2)
+            else:
+                self.net = nn.Linear(1, 2)
 
         def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
             s = self.condition(y)
@@ -475,8 +478,20 @@ def _flow_with_a_network_named_condition() -> Any:
         def inverse(self, z: Any, y: Any = None) -> Any:
             return z * torch.exp(-self.condition(y))
 
+    class HelperFlow(CondFlow):
+        def condition(self, y: Any) -> Any:  # the user's helper: the conditioning network's output
+            return self.net(y)
+
+    return CondFlow() if how == "network" else HelperFlow()
+
+
+def _flow_with_a_network_named_condition() -> Any:
+    import torch
+
+    from pixyz import distributions, flows
+
     prior = distributions.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2])
-    f = CondFlow()
+    f = _scaling_flow(flows, "network")
     y, x = torch.tensor([[0.5], [1.0]]), torch.tensor([[1.0, -1.0], [0.5, 2.0]])
     d = distributions.InverseTransformedDistribution(prior, f, var=["x"], cond_var=["y"])
     with torch.no_grad():
@@ -619,30 +634,12 @@ def test_a_flows_tensor_named_condition_is_refused_naming_it(kind: str) -> None:
 
 def _helper_named_condition() -> Any:
     import torch
-    from torch import nn
 
     from pixyz import distributions, flows
 
-    class CondFlow(flows.Flow):
-        def __init__(self) -> None:
-            super().__init__(2)
-            torch.manual_seed(0)
-            self.net = nn.Linear(1, 2)
-
-        def condition(self, y: Any) -> Any:  # the user's helper: the conditioning network's output
-            return self.net(y)
-
-        def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
-            s = self.condition(y)
-            if compute_jacobian:
-                self._logdet_jacobian = s.sum(-1)
-            return x * torch.exp(s)
-
-        def inverse(self, z: Any, y: Any = None) -> Any:
-            return z * torch.exp(-self.condition(y))
-
     prior = distributions.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2])
-    d = distributions.InverseTransformedDistribution(prior, CondFlow(), var=["x"], cond_var=["y"])
+    d = distributions.InverseTransformedDistribution(prior, _scaling_flow(flows, "helper"), var=["x"],
+                                                     cond_var=["y"])
     return d.get_log_prob({"x": torch.tensor([[1.0, -1.0], [0.5, 2.0]]), "y": torch.tensor([[0.5], [1.0]])})
 
 
