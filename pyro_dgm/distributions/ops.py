@@ -77,11 +77,11 @@ def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
     return out
 
 
-
 def _input_order(values: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """``values`` with the variables ``names`` first, in that order: the dict that Pixyz's graph hands a factor (its
     ``get_params`` lists parameters given by inputs in this order; a plain distribution's, in the caller's)."""
     return {**{k: values[k] for k in names if k in values}, **values}
+
 
 class _PassesThrough(Distribution):
     """Pixyz's wrappers (renamed, marginalized): a public attribute the wrapper lacks is the wrapped distribution's
