@@ -215,11 +215,12 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
             return (), tuple((v, v) for v in cond if v not in used)
     else:
         raw = inspect.getattr_static(type(dist), "forward", None)
-        if inspect.isfunction(raw) or not hasattr(raw, "__get__") or isinstance(raw, (
-                staticmethod, classmethod, functools.partialmethod, functools.singledispatchmethod)):
+        binds = inspect.isfunction(raw) or isinstance(raw, (functools.partialmethod, functools.singledispatchmethod))
+        if binds or not hasattr(raw, "__get__") or isinstance(raw, (staticmethod, classmethod, functools.partial)):
             params = list(inspect.signature(fn).parameters.values())
-            if not isinstance(raw, (staticmethod, classmethod)):
-                params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod has neither)
+            if binds:
+                params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod, a partial or
+                # a callable object, which Python does not bind, have neither)
         else:  # a decorator of the user's written as a descriptor: what it gives the instance, as Python calls it
             try:
                 params = list(inspect.signature(raw.__get__(dist, type(dist)), follow_wrapped=False)

@@ -72,9 +72,11 @@ _STRUCTURE = [0]
 _WATCHING = [False]
 
 
-@torch.compiler.disable  # (traced code that assigns a buffer, an EMA statistic in a forward, would mutate this
-def _structure_changed(*_: Any) -> None:  # global and guard on its value: every call would compile again; so it
-    _STRUCTURE[0] += 1  # runs eagerly, a split of the graph where a forward registers something)
+def _structure_changed(*_: Any) -> None:
+    if not is_compiling():  # (traced code that assigns a buffer, an EMA statistic in a forward, would mutate this
+        _STRUCTURE[0] += 1  # global and guard on its value: every call would compile again. Run eagerly instead
+        # (torch.compiler.disable), the hook would split every such graph and refuse fullgraph=True in any program,
+        # pyro_dgm's or not. So a module registered inside compiled code is counted at the next registration)
 
 
 def _watch_structure() -> None:

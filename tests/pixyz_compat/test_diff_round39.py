@@ -1033,3 +1033,47 @@ def test_objects_of_a_class_whose_set_up_a_mixin_swallowed_unpickle_whole_in_a_n
         assert done.returncode == 0, done.stderr
     # closed form: x = z exp(s) + 0.5, so at x = 0.5, z = 0: log N(0; 0, I) - 2 * 0.3
     assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(-math.log(2 * math.pi) - 0.6, abs=1e-5)
+
+
+def _forward_python_does_not_bind() -> Any:
+    import functools
+
+    import torch
+
+    from pixyz.distributions import Normal
+
+    def body(z: Any, w: Any = None) -> Any:
+        return {"loc": z * 2, "scale": torch.ones_like(z) * 1.5}
+
+    class Fwd:  # a callable object: no __get__, so p.forward(z=...) calls it without self
+        def __call__(self, z: Any) -> Any:
+            return body(z)
+
+    class ByObject(Normal):
+        forward = Fwd()
+
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+
+    class ByPartial(Normal):
+        forward = functools.partial(body)  # (no __get__ before Python 3.14)
+
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+
+    x, z = torch.tensor([[0.0, 1.0], [3.0, -1.0]]), torch.tensor([[0.5, -1.0], [2.0, 0.3]])
+    return ByObject().get_log_prob({"x": x, "z": z}), ByPartial().get_log_prob({"x": x, "z": z})
+
+
+def test_a_forward_that_python_does_not_bind_takes_its_arguments_as_they_are() -> None:
+    """A ``forward`` given as a class attribute that is a callable object or a ``functools.partial``: Python passes
+    no ``self``, but the binding skipped its first parameter as if it were one ("cond_var 'z' is not an argument of
+    forward()"). Closed form: N(x; 2z, 1.5^2) summed over the features."""
+    import torch
+
+    ref, ours = run_both(_forward_python_does_not_bind)
+    assert_same(ref, ours)
+    x, z = torch.tensor([[0.0, 1.0], [3.0, -1.0]]), torch.tensor([[0.5, -1.0], [2.0, 0.3]])
+    closed = torch.distributions.Normal(2 * z, 1.5).log_prob(x).sum(-1)
+    for score in ours:
+        torch.testing.assert_close(score, closed)
