@@ -807,16 +807,20 @@ class Flow(TransformModule, ConditionalTransform):
         super().__delattr__(name)
 
     def register_parameter(self, name: str, param: Any) -> None:
+        """``nn.Module``'s; a parameter named ``condition`` is refused, naming it (see the class's ``condition``)."""
         if name == "condition":
             _no_tensor_named_condition(self, "parameter")
         super().register_parameter(name, param)
 
     def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
+        """``nn.Module``'s; a buffer named ``condition`` is refused, naming it (see the class's ``condition``)."""
         if name == "condition":
             _no_tensor_named_condition(self, "buffer")
         super().register_buffer(name, tensor, persistent)
 
     def add_module(self, name: str, module: Any) -> None:
+        """``nn.Module``'s; a submodule named ``condition`` (a Pixyz flow's conditioning network) is the flow's own,
+        which its code reads as ``self.condition``."""
         if name == "condition" and "condition" not in self._modules and not any(
                 "condition" in self.__dict__.get(k, ()) for k in ("_parameters", "_buffers")):
             self._modules["condition"] = None  # (torch refuses a name the class has: the method, here)
