@@ -755,13 +755,15 @@ class Distribution(YieldingModule):
     @property
     def prob_factorized_text(self) -> str:
         """The formula's right side, e.g. ``p(x|z)p_{prior}(z)`` for a joint."""
+        if users_own(type(self), "name"):  # (Pixyz's factor reads the name property, its left side the given name)
+            return self._dgm_factor_text
         return self.prob_text
 
     @property
     def _dgm_factor_text(self) -> str:
         """This distribution's formula as a factor of a product (Pixyz's ``Factor.prob_text``: from the name and the
-        variables, also where a subclass prints its own ``prob_text``)."""
-        if users_own(type(self), "prob_text"):
+        variables, also where a subclass prints its own ``prob_text`` or ``name``)."""
+        if users_own(type(self), "prob_text") or users_own(type(self), "name"):
             return _prob_text(self.name, self._var, self._cond_var)
         return self.prob_text
 
@@ -782,9 +784,9 @@ class Distribution(YieldingModule):
         return build_graph(self._dgm_factors, self)
 
     def extra_repr(self) -> str:
-        lines = [f"name={self._name}, distribution_name={self.distribution_name},",
+        lines = [f"name={self.name}, distribution_name={self.distribution_name},",
                  f"var={self._var}, cond_var={self._cond_var}, input_var={self._dgm_input_var}, "
-                 f"features_shape={self._features_shape}"]
+                 f"features_shape={self.features_shape}"]
         hidden = self._dgm_repr_hidden_buffers
         lines += [f"({k}): {v.shape}" for k, v in self._buffers.items() if v is not None and k not in hidden]
         return "\n".join(lines)
@@ -839,12 +841,12 @@ class Distribution(YieldingModule):
         """Pixyz's protected helper: a constant parameter checked against ``features_shape`` (a scalar is expanded
         to it; an unset ``features_shape`` becomes the parameter's shape), with a batch dim of 1 in front."""
         if features.dim() == 0:
-            features = features.expand(self._features_shape)
-        if not self._features_shape:
+            features = features.expand(self.features_shape)
+        if not self.features_shape:
             self._features_shape = features.shape
-        if features.shape != self._features_shape:
+        if features.shape != self.features_shape:
             raise ValueError(f"{describe(self)}: a parameter of shape {tuple(features.shape)} does not match "
-                             f"features_shape {tuple(self._features_shape)}")
+                             f"features_shape {tuple(self.features_shape)}")
         return features.unsqueeze(0)
 
     # ------------------------------------------------------------------ inputs

@@ -460,7 +460,7 @@ class DistributionBase(Distribution):
         if self.buffer_order:
             consts = {k: consts[k] for k in sorted(consts, key=lambda k: (
                 self.buffer_order.index(k) if k in self.buffer_order else len(self.buffer_order)))}
-        shape = self._features_shape
+        shape = self.features_shape  # (a subclass's own features_shape property is Pixyz's shape too)
         # Pixyz infers features_shape from the parameters in order: a number before the first tensor parameter
         # is stored with shape [1] (it broadcasts; only print shows it), later ones with the inferred shape
         scalar_first = not shape and bool(consts) and next(iter(consts.values())).dim() == 0
@@ -491,6 +491,8 @@ class DistributionBase(Distribution):
     def prob_factorized_text(self) -> str:
         """The formula's right side: as Pixyz's (its graph's), from the name and the variables, also where a
         subclass prints its own ``prob_text`` (the left side); under its graph's name (``graph.name``)."""
+        if users_own(type(self), "name"):  # (Pixyz's factor reads a subclass's name property)
+            return _prob_text(self.name, self._var, self._cond_var)
         return _prob_text(graph_name(self), self._var, self._cond_var)
 
     @property

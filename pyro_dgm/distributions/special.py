@@ -77,7 +77,8 @@ class Deterministic(Distribution):
             raise TypeError(f"{type(self).__name__} {name} (var={var!r:.60}): {e}; a Deterministic takes var, "
                             "cond_var, name and features_shape (its network's settings go to its own __init__)"
                             ) from None
-        self._dgm_rebind()
+        if type(self)._dgm_rebind is Deterministic._dgm_rebind:  # (not a family first in the bases: it binds itself)
+            self._dgm_rebind()
 
     def _dgm_rebind(self) -> None:
         # as Pixyz (and our families), a Deterministic that cannot run (no forward, or forward's arguments not the
