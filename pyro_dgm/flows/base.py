@@ -46,7 +46,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.attributes import set_up_subclasses
 from pyro_dgm.utils.checks import NotATensorError, ShapeError
-from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
+from pyro_dgm.utils.lru_cache import _watch_structure, current_structure
 from pyro_dgm.utils.versions import version
 from pyro_dgm.utils.modules import hooks_state, submodules
 from pyro_dgm.utils.settings import epsilon
@@ -142,6 +142,13 @@ def _no_tensor_named_condition(flow: Any, kind: str) -> None:
     raise KeyError(f"{type(flow).__name__}: a flow's {kind} cannot be named 'condition', the method of Pyro's "
                    "conditional interface (flow.condition(y)) that pyro_dgm's flows have; name it otherwise (a "
                    "submodule named condition, a conditioning network, is taken)")
+
+
+def _no_torch_transform_name(flow: Any, kind: str, name: str) -> None:
+    what = "a method" if callable(getattr(type(flow), name, None)) else "an attribute"
+    raise KeyError(f"{type(flow).__name__}: a flow's {kind} cannot be named {name!r}: pyro_dgm's flows are torch "
+                   f"Transforms, and {name!r} is {what} of theirs that torch, Pyro and pyro_dgm use (Pixyz's flows "
+                   f"lack it); name it otherwise")
 
 
 class NotInvertibleError(ValueError):
@@ -276,7 +283,7 @@ def _batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
     if is_compiling():
         return _find_batch_layers(flow)
     _watch_structure()
-    structure = _STRUCTURE[0]
+    structure = current_structure()
     found = flow.__dict__.get("_dgm_batch_layers_at")  # (not the name of the earlier cache, a plain tuple of
     if found is None or found[0] != structure or structure is None:  # layers, which a flow pickled before holds)
         found = flow.__dict__["_dgm_batch_layers_at"] = (structure, _find_batch_layers(flow))
@@ -794,6 +801,9 @@ class Flow(TransformModule, ConditionalTransform):
             d["condition"] = own["condition"]
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in _TRANSFORM_NAMES and isinstance(value, (nn.Module, nn.Parameter)):  # (nn.Module would keep it
+            _no_torch_transform_name(self, "submodule" if isinstance(value, nn.Module) else "parameter", name)
+            # where the class's attribute hides it: the flow's own code would read torch's)
         super().__setattr__(name, value)
         if name == "condition":
             self._dgm_mirror_condition()
@@ -807,20 +817,29 @@ class Flow(TransformModule, ConditionalTransform):
         super().__delattr__(name)
 
     def register_parameter(self, name: str, param: Any) -> None:
-        """``nn.Module``'s; a parameter named ``condition`` is refused, naming it (see the class's ``condition``)."""
+        """``nn.Module``'s; a parameter named ``condition`` is refused, naming it (see the class's ``condition``), as
+        is one named as an attribute of torch's ``Transform`` (``sign``, ``bijective``, ...)."""
         if name == "condition":
             _no_tensor_named_condition(self, "parameter")
+        if name in _TRANSFORM_NAMES:
+            _no_torch_transform_name(self, "parameter", name)
         super().register_parameter(name, param)
 
     def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
-        """``nn.Module``'s; a buffer named ``condition`` is refused, naming it (see the class's ``condition``)."""
+        """``nn.Module``'s; a buffer named ``condition`` is refused, naming it (see the class's ``condition``), as
+        is one named as an attribute of torch's ``Transform`` (``sign``, ``bijective``, ...)."""
         if name == "condition":
             _no_tensor_named_condition(self, "buffer")
+        if name in _TRANSFORM_NAMES:
+            _no_torch_transform_name(self, "buffer", name)
         super().register_buffer(name, tensor, persistent)
 
     def add_module(self, name: str, module: Any) -> None:
         """``nn.Module``'s; a submodule named ``condition`` (a Pixyz flow's conditioning network) is the flow's own,
-        which its code reads as ``self.condition``."""
+        which its code reads as ``self.condition``; one named as an attribute of torch's ``Transform`` (``sign``,
+        ``bijective``, ...) is refused, naming it."""
+        if name in _TRANSFORM_NAMES:
+            _no_torch_transform_name(self, "submodule", name)
         if name == "condition" and "condition" not in self._modules and not any(
                 "condition" in self.__dict__.get(k, ()) for k in ("_parameters", "_buffers")):
             self._modules["condition"] = None  # (torch refuses a name the class has: the method, here)
@@ -843,6 +862,14 @@ class Flow(TransformModule, ConditionalTransform):
         if cache_size not in (0, 1):
             raise ValueError(f"{self._dgm_describe()}: cache_size must be 0 or 1, got {cache_size!r}")
         return self
+
+
+#: The public names of torch's and Pyro's ``Transform`` that Pixyz's flows lack (torch and Pyro read them from a
+#: transform, so a flow's own value cannot take their place). A Pixyz flow subclass's parameter, buffer or submodule
+#: of such a name is refused, naming it. (pyro_dgm's own names, ``forward_with_logdet`` and the rest, are the user's
+#: to take; so is ``condition``, see ``Flow.condition``.)
+_TRANSFORM_NAMES = frozenset(n for c in (Transform, TransformModule) for n in dir(c) if not n.startswith("_")) - (
+    frozenset(dir(nn.Module)) | {"condition"}) | {"domain", "codomain"}
 
 
 class ChannelOrFeatureFlow(Flow):

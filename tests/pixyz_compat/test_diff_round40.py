@@ -1,0 +1,142 @@
+"""Fortieth round: subclasses that override ``name`` or ``features_shape`` with a property, and a family mixed with
+``Deterministic`` by multiple inheritance, under Pixyz and here (:mod:`pixyz_harness`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pixyz_harness import assert_same, run_both
+
+
+def _features_shape_property_program() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+
+    class Wide(Normal):
+        @property
+        def features_shape(self) -> torch.Size:
+            return torch.Size([3])
+
+    p = Wide(loc=torch.tensor(0.5), scale=torch.tensor(2.0), var=["z"])
+    z = p.sample(batch_n=4)["z"]
+    return {"shape": tuple(z.shape), "z": z, "log_prob": p.get_log_prob({"z": z}),
+            "loc": p.get_params()["loc"], "repr": repr(p)}
+
+
+def test_a_features_shape_property_of_a_subclass_shapes_the_constants() -> None:
+    """Pixyz expands a scalar constant to ``self.features_shape``, which a subclass may define as a property: the
+    draws then have 3 features. Here the constant kept the shape given at construction, so each draw had one feature
+    and the log-density summed one term instead of three (WRONG, silent)."""
+    ref, ours = run_both(_features_shape_property_program)
+    assert ours["shape"] == ref["shape"] == (4, 3)
+    assert_same(ref, ours)
+
+
+def _name_property_program() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler, LogProb
+
+    class Renamed(Normal):
+        @property
+        def name(self) -> str:
+            return "r"
+
+        @name.setter
+        def name(self, value: str) -> None:
+            pass
+
+    p = Renamed(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
+    q = Normal(loc="z", scale=1.0, var=["x"], cond_var=["z"], name="q")
+    joint = q * p
+    return {"str": str(p), "texts": (p.prob_text, p.prob_factorized_text, p.prob_joint_factorized_and_text),
+            "joint": (joint.prob_text, joint.prob_factorized_text),
+            "losses": (LogProb(p).loss_text, LogProb(joint).loss_text, KullbackLeibler(p, p).loss_text),
+            "log_prob": joint.get_log_prob({"x": torch.full((1, 2), 0.5), "z": torch.zeros(1, 2)})}
+
+
+def test_a_name_property_of_a_subclass_prints_where_pixyz_prints_it() -> None:
+    """Pixyz's left side (``prob_text``) keeps the name given at construction, while the right side and the factor
+    in a product read the subclass's ``name`` property: ``p(z) = r(z)``. Here both sides printed ``p(z)`` and the
+    network's repr said ``name=p``."""
+    ref, ours = run_both(_name_property_program)
+    assert "p(z) = r(z)" in ref["str"]
+    assert_same(ref, ours)
+
+
+def _family_and_deterministic_program(order: str) -> Any:
+    import torch
+
+    from pixyz.distributions import Deterministic, Normal
+
+    if order == "family first":
+        class Mixed(Normal, Deterministic):  # a Normal: Normal's methods come first
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"])
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"loc": x, "scale": torch.ones_like(x)}
+    else:
+        class Mixed(Deterministic, Normal):  # type: ignore[no-redef]  # a Deterministic
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"])
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"z": x + 1}
+
+    d = Mixed()
+    x = torch.tensor([[0.5, -1.0]])
+    out = {"z": d.sample({"x": x})["z"]}
+    if order == "family first":
+        out["log_prob"] = d.get_log_prob({"x": x, "z": torch.ones(1, 2)})
+    return out
+
+
+def test_a_family_first_in_the_bases_with_deterministic_is_that_family() -> None:
+    """``class Mixed(Normal, Deterministic)`` runs under Pixyz as a Normal (Normal's ``__init__`` reaches
+    Deterministic's through ``super()``). Here Deterministic's ``__init__`` bound the class as a Deterministic before
+    the family had set up, and construction failed with an AttributeError (REFUSED)."""
+    ref, ours = run_both(lambda: _family_and_deterministic_program("family first"))
+    assert_same(ref, ours)
+
+
+def test_deterministic_first_in_the_bases_with_a_family_stays_deterministic() -> None:
+    """The other order, ``class Mixed(Deterministic, Normal)``, is a Deterministic under both (a control)."""
+    ref, ours = run_both(lambda: _family_and_deterministic_program("deterministic first"))
+    assert_same(ref, ours)
+
+
+_TRANSFORM_NAMES = ["inv", "sign", "domain", "codomain", "event_dim", "bijective", "forward_shape", "inverse_shape",
+                    "log_abs_det_jacobian", "with_cache", "clear_cache"]
+
+
+@pytest.mark.parametrize("kind", ["parameter", "buffer", "submodule", "assigned submodule"])
+@pytest.mark.parametrize("name", _TRANSFORM_NAMES)
+def test_a_flow_subclass_taking_a_torch_transform_name_is_refused_naming_it(name: str, kind: str) -> None:
+    """pyro_dgm's flows are torch Transforms (``docs/porting.md`` lists the names Pixyz's flows lack). A parameter or
+    buffer of such a name failed with torch's bare "attribute already exists" or, for ``sign``, a
+    ``NotImplementedError`` without a message; a submodule was accepted and then hidden by the class's attribute, so
+    the flow's own ``self.bijective(x)`` called a bool. Each is refused when registered, naming the name."""
+    import torch
+    from torch import nn
+
+    from pyro_dgm.flows import Flow
+
+    class Named(Flow):
+        def __init__(self) -> None:
+            super().__init__(2)
+            if kind == "parameter":
+                self.register_parameter(name, nn.Parameter(torch.ones(2)))
+            elif kind == "buffer":
+                self.register_buffer(name, torch.ones(2))
+            elif kind == "submodule":
+                self.add_module(name, nn.Linear(2, 2))
+            else:
+                setattr(self, name, nn.Linear(2, 2))
+
+    with pytest.raises(KeyError, match=rf"Named: a flow's {kind.split()[-1]} cannot be named '{name}'.*Transform"):
+        Named()
