@@ -45,7 +45,7 @@ from torch.distributions import Distribution as _Distribution
 
 from pyro_dgm.distributions.closed_forms import validating
 from pyro_dgm.distributions.overrides import current_of
-from pyro_dgm.utils.lru_cache import _STRUCTURE, _watch_structure
+from pyro_dgm.utils.lru_cache import _watch_structure, current_structure
 from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin
 from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
 
@@ -381,9 +381,11 @@ class _FirstCallEager:
         self._dgm_fn = _dgm_compile(code, self.options)
 
     def __call__(self, *args: Any) -> Any:
+        if not self.calls:  # the first call's lazy initializations run eagerly (see CompiledEval); a first call
+            out = self._eager(*args)  # that raised (a user's error, a refused batch) left them undone, and does
+            self.calls = 1  # not count: the next call is the eager first one
+            return out
         self.calls += 1
-        if self.calls == 1:  # the first call's lazy initializations run eagerly (see CompiledEval)
-            return self._eager(*args)
         if self._dgm_fn is None:
             self._build()
         self._dgm_classes_current()
@@ -435,7 +437,7 @@ class _FirstCallEager:
         network), besides those it lists: their classes are checked before each compiled call. Found again when a
         module, parameter or buffer was registered anywhere since (one added to the loss after compiling)."""
         _watch_structure()
-        self._structure = _STRUCTURE[0]
+        self._structure = current_structure()
         self._dists = list(dict.fromkeys([*self.loss.distributions,
                                           *(m for m in self.loss.modules() if hasattr(m, "_dgm_order"))]))
         self._cores = [c for d in self._dists for c in d._dgm_order]
@@ -446,7 +448,7 @@ class _FirstCallEager:
         code skips), and count a new version of them if any did: the compiled code guards on that count, which is
         this loss's own (Dynamo does not guard on a class's attributes; a change to another model's classes does not
         make this one compile again)."""
-        if self._structure != _STRUCTURE[0] or self._structure is None:  # a module added anywhere since
+        if self._structure != current_structure() or self._structure is None:  # a module added anywhere since
             self._dgm_find_distributions()
         for d in self._dists:
             current_of(d)

@@ -72,11 +72,31 @@ _STRUCTURE = [0]
 _WATCHING = [False]
 
 
+class _Pending:
+    """A registration made inside compiled code, not counted yet (:func:`current_structure` counts it)."""
+
+    changed = False
+
+
+_PENDING = _Pending()
+
+
 def _structure_changed(*_: Any) -> None:
-    if not is_compiling():  # (traced code that assigns a buffer, an EMA statistic in a forward, would mutate this
-        _STRUCTURE[0] += 1  # global and guard on its value: every call would compile again. Run eagerly instead
-        # (torch.compiler.disable), the hook would split every such graph and refuse fullgraph=True in any program,
-        # pyro_dgm's or not. So a module registered inside compiled code is counted at the next registration)
+    if is_compiling():  # traced code that assigns a buffer (an EMA statistic in a forward) only stores a flag: a
+        _PENDING.changed = True  # read of the count would make the compiled code guard on its value, and every call
+        return  # compile again; run eagerly (torch.compiler.disable), the hook would split every such graph and
+        # refuse fullgraph=True in any program, pyro_dgm's or not. The store is replayed after the compiled call
+    _STRUCTURE[0] += 1
+
+
+def current_structure() -> int | None:
+    """The count of registrations anywhere (``None`` where torch has no registration hooks), with those made inside
+    compiled code since the last read. Read it outside compiled code."""
+    if _PENDING.changed:
+        _PENDING.changed = False
+        if _STRUCTURE[0] is not None:
+            _STRUCTURE[0] += 1
+    return _STRUCTURE[0]
 
 
 def _watch_structure() -> None:
@@ -131,7 +151,7 @@ class _Entries:
         (``q.k = 3.0``): that needs ``q.get_params.cache_clear()`` (neither sees it under Pixyz)."""
         if not isinstance(owner, nn.Module):
             return None
-        structure = _STRUCTURE[0]
+        structure = current_structure()
         if structure is None or structure != self.structure:
             self.structure = structure
             self.modules = list(owner.modules())[1:]  # (its submodules: the owner itself, the weak key of these
