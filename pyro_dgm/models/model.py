@@ -317,6 +317,19 @@ _OWN_STATE = frozenset({"_dgm_ddp", "_dgm_compile", "_dgm_compiled", "_dgm_clip_
                         *(name for name, _ in _PUBLIC_DEFAULTS)})
 
 
+def _state_follows_params(optimizer: Any) -> None:
+    """Cast a torch optimizer's per-parameter state (Adam's moments) to its parameter's device and dtype, as
+    ``Optimizer.load_state_dict`` does (its ``step`` count stays as it is); anything else is left alone."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return
+    for param, state in optimizer.state.items():
+        if not isinstance(param, torch.Tensor) or not isinstance(state, dict):
+            continue
+        for key, value in state.items():
+            if key != "step" and isinstance(value, torch.Tensor) and value.is_floating_point():
+                state[key] = value.to(device=param.device, dtype=param.dtype)
+
+
 def _check_values(model: Any, method: str, arg: str, values: Any) -> None:
     """Refuse data that is no dict of values (a tensor, a list), naming the model's method and the argument (the
     loss would name one of its inner terms)."""
@@ -1203,12 +1216,17 @@ class Model:
 
     def to(self, *args: Any, **kwargs: Any) -> "Model":
         """Move the distributions (those trained and those the losses hold, discriminators of adversarial terms
-        included) like ``nn.Module.to``; do it before training, as the optimizer state already built is not moved."""
+        included) like ``nn.Module.to``. The optimizers' state built by earlier steps (Adam's moments) follows its
+        parameters' device and dtype, as ``torch.optim.Optimizer.load_state_dict`` casts it."""
         self.distributions.to(*args, **kwargs)
         for d in self.loss_cls._dgm_distributions + self.test_loss_cls._dgm_distributions:
             d.to(*args, **kwargs)
+        optimizers = [self.optimizer]
         for term in self.loss_cls.loss_terms() + self.test_loss_cls.loss_terms():
             move = getattr(term, "to", None)
             if callable(move):
                 move(*args, **kwargs)
+            optimizers.append(getattr(term, "d_optimizer", None))
+        for opt in optimizers:
+            _state_follows_params(opt)
         return self

@@ -1,0 +1,160 @@
+"""Reliability round 15 (probe p199): ``Model.to`` after training steps. The optimizers' state that the steps built
+(Adam's moments) stayed in the old dtype, and the next step failed inside torch's Adam with a message that named
+neither. It now follows its parameters, as ``torch.optim.Optimizer.load_state_dict`` casts it: the reference here is
+torch's own cast (the distributions moved with ``nn.Module.to``, the optimizer's state dict loaded back)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dgm_model_helpers import digits, make_vae
+from pyro_dgm.distributions import Deterministic, Normal
+from pyro_dgm.models import GAN
+
+
+def _gan() -> GAN:
+    class Generator(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 2))
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"x": self.net(z)}
+
+    class Discriminator(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.net = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1), nn.Sigmoid())
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.net(x)}
+
+    prior = Normal(loc=0., scale=1., var=["z"], features_shape=[2], name="p_{prior}")
+    return GAN((Generator() * prior).marginalize_var("z"), Discriminator(), optimizer_params={"lr": 1e-2},
+               d_optimizer_params={"lr": 1e-2})
+
+
+def _torch_cast(model: Any) -> None:
+    """torch's way: move the modules, then load each optimizer's state dict back (which casts its state)."""
+    model.distributions.double()
+    for term in model.loss_cls.loss_terms():
+        if isinstance(getattr(term, "d_optimizer", None), torch.optim.Optimizer):
+            term.to(torch.float64)
+            term.d_optimizer.load_state_dict(term.d_optimizer.state_dict())
+    model.optimizer.load_state_dict(model.optimizer.state_dict())
+
+
+def _run(build: Callable[[], Any], data: Callable[[int], dict], move: Callable[[Any], None]) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = build()
+    values = [model.train(data(s)) for s in range(2)]  # Adam's moments built in float32
+    move(model)
+    values += [model.train({k: v.double() for k, v in data(s).items()}) for s in range(2, 5)]
+    return [*(torch.as_tensor(v).detach() for v in values),
+            *(p.detach() for p in model.distributions.parameters())]
+
+
+def _digits(s: int) -> dict:
+    return {"x": digits()[0][16 * s:16 * (s + 1)]}
+
+
+def _points(s: int) -> dict:
+    return {"x": torch.randn(16, 2, generator=torch.Generator().manual_seed(s))}
+
+
+@pytest.mark.parametrize("build, data", [(make_vae, _digits), (_gan, _points)], ids=["VAE", "GAN"])
+def test_model_to_after_training_steps_casts_the_optimizer_state_as_torch_does(build: Any, data: Any) -> None:
+    ours = _run(build, data, lambda m: m.to(torch.float64))
+    reference = _run(build, data, _torch_cast)
+    assert [t.dtype for t in ours] == [t.dtype for t in reference]
+    assert ours[-1].dtype == torch.float64
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- p197: ActNorm2d and a failed step
+def _actnorm_model(fail: list[bool]) -> tuple[Any, Any]:
+    from pyro_dgm.distributions import InverseTransformedDistribution
+    from pyro_dgm.flows import ActNorm2d, AffineCoupling, FlowList
+    from pyro_dgm.models import ML
+
+    class ScaleTranslate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if fail[0]:
+                fail[0] = False
+                raise RuntimeError("the user's network failed")
+            a, b = torch.chunk(self.conv(x), 2, dim=1)
+            return torch.tanh(a), b
+
+    torch.manual_seed(0)
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2, 4, 4], name="p_z")
+    norm = ActNorm2d(2)
+    flow = FlowList([norm, AffineCoupling(2, mask_type="checkerboard", scale_translate_net=ScaleTranslate())])
+    p = InverseTransformedDistribution(prior=prior, flow=flow, var=["x"], name="p")
+    return norm, ML(p, optimizer=torch.optim.SGD, optimizer_params={"lr": 1e-2})
+
+
+@pytest.mark.parametrize("fault", ["user error", "outlier batch"])
+def test_an_actnorm_initialized_by_a_failed_step_initializes_from_the_next_batch(fault: str) -> None:
+    """``ActNorm2d`` sets its parameters from its first training batch. A step that then raised put its
+    ``initialized`` flag back (False) but not the layer's note that the flag was set, so the layer never initialized
+    again: the next step differed from a twin's first step on that batch (81.58 for 48.92), and after an outlier
+    batch refused as non-finite (its ``logs`` set to -inf) every later clean step was refused too. The next batch
+    must give what it gives to a twin that never saw the failed one."""
+    from pyro_dgm.models import NonFiniteLossError
+
+    g = torch.Generator().manual_seed(1)
+    bad = torch.randn(4, 2, 4, 4, generator=g) * (1e20 if fault == "outlier batch" else 5.0) + 3
+    good = [torch.randn(4, 2, 4, 4, generator=g) for _ in range(2)]
+    _, twin = _actnorm_model([False])
+    reference = [twin.train({"x": x}) for x in good]
+    fail = [fault == "user error"]
+    norm, model = _actnorm_model(fail)
+    with pytest.raises(RuntimeError if fault == "user error" else NonFiniteLossError):
+        model.train({"x": bad})
+    assert not norm.inited
+    assert [model.train({"x": x}) for x in good] == reference
+    assert norm.inited
+
+
+def test_a_compiled_models_first_call_that_raised_leaves_the_next_call_eager() -> None:
+    """``Model(compile=...)`` runs its first call eagerly, so that lazy set-ups (an ``ActNorm2d`` initialized by its
+    first batch) run outside the compiled code. A first call that raised (a refused batch) counted as that call: the
+    next, the first good one, compiled the set-up, split into 12 graphs with 20 breaks for the rest of the run. It
+    must compile as after a first call that succeeded: one graph, no break, the same values."""
+    import sys
+    from pathlib import Path
+
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    from pyro_dgm.models import Model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "losses"))
+    import compile_models  # (the compile tests' models)
+
+    runs = []
+    for refused_first in (False, True):
+        dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        np.random.seed(0)  # (ChannelConv draws its initial rotation with numpy)
+        loss, batch = compile_models.glow(initialize=False)
+        model = Model(loss, distributions=list(loss.distributions), optimizer_params={"lr": 1e-2},
+                      compile={"backend": "eager"})
+        if refused_first:
+            with pytest.raises(ValueError, match="'x'"):
+                model.train({"x": batch(0)["x"][..., :7]})  # a batch one pixel too narrow
+        values = [model.train(batch(s)) for s in range(3)]
+        runs.append((values, counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())))
+    dynamo.reset()
+    assert runs[1] == runs[0]
+    assert runs[0][1:] == (1, 0)
