@@ -670,6 +670,11 @@ def load(model: "Model", path: Any, resume: bool = False) -> None:
     state = _read(path, device)
     if not resume and isinstance(state, Mapping) and state.get("format") == FORMAT:
         state = {"distributions": state["distributions"]}  # Pixyz's load: the optimizer and RNG states stay
+    elif resume and isinstance(state, Mapping) and set(state) == {"distributions"}:  # (Pixyz wrote it)
+        warnings.warn(f"Model.load({str(path)!r}, resume=True): the file holds the distributions' state only (as "
+                      "Pixyz's Model.save writes it), which is loaded; the optimizers, step counters and random "
+                      "states go on as they are, so the run does not resume as the one that saved it would go on",
+                      UserWarning, stacklevel=3)
     if isinstance(state, Mapping) and "rng" in state:  # RNG states live on the CPU whatever the model's device
         state = dict(state)
         state["rng"] = _to_cpu(state["rng"])

@@ -158,3 +158,20 @@ def test_a_compiled_models_first_call_that_raised_leaves_the_next_call_eager() -
     dynamo.reset()
     assert runs[1] == runs[0]
     assert runs[0][1:] == (1, 0)
+
+
+def test_resuming_from_a_file_pixyz_wrote_warns_that_only_the_distributions_load(tmp_path: Any) -> None:
+    """A file written by Pixyz's ``Model.save`` holds ``{"distributions": state_dict}`` only. ``load(path,
+    resume=True)`` loaded the weights and said nothing, so a run the caller believed resumed went on with fresh
+    optimizer moments (3.50874 where the saved run gives 3.49785). It warns now; the weights load as before."""
+    torch.manual_seed(0)
+    saved = make_vae()
+    saved.train(_digits(0))
+    path = tmp_path / "pixyz.pt"
+    torch.save({"distributions": saved.distributions.state_dict()}, path)  # what Pixyz's Model.save writes
+    torch.manual_seed(1)
+    model = make_vae()
+    with pytest.warns(UserWarning, match=r"resume=True\): the file holds the distributions' state only"):
+        model.load(path, resume=True)
+    for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
