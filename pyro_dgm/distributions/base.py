@@ -187,7 +187,11 @@ def has_network(owner: Any) -> bool:
     """Whether a distribution class's ``forward`` is its own network (the base classes' ``forward`` is none: it
     raises, or, for a family, hands back its keyword arguments as Pixyz's does). Given a distribution, the
     ``forward`` its call finds: one set on the instance (``p.forward = ...``) before the class's."""
-    return not getattr(owner.forward, "_dgm_no_network", False)
+    try:
+        forward = owner.forward
+    except AttributeError:  # a forward property that reads a network __init__ has not set yet: the user's own
+        return True
+    return not getattr(forward, "_dgm_no_network", False)
 
 
 def _get_binding(self: "Distribution") -> Binding:

@@ -183,6 +183,16 @@ def expand_batch_n(owner: Any, d: Any, batch_n: int) -> Any:
     return d.expand(torch.Size([batch_n]) + batch[1:])
 
 
+def _parameters(fn: Any) -> list[inspect.Parameter]:
+    """``inspect.signature(fn)``'s parameters; of a callable object whose ``__call__`` is a staticmethod, that
+    function's (Python 3.11's ``signature`` drops its first parameter, taking it for ``self``)."""
+    if not isinstance(fn, type) and not inspect.isroutine(fn):
+        call = inspect.getattr_static(type(fn), "__call__", None)
+        if isinstance(call, staticmethod):
+            fn = call.__func__
+    return list(inspect.signature(fn).parameters.values())
+
+
 def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
                     example_param: str = "loc") -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """Bind ``forward``'s arguments (the instance's, where one is set on it) to ``cond_var``; raise naming the
@@ -210,14 +220,14 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
     dist.__dict__["_dgm_forward_fn"] = BoundForward(fn)  # the forward these arguments are bound to
     if on_instance:  # a lambda, a partial, another object's method: no self to skip
         try:
-            params = list(inspect.signature(fn).parameters.values())
+            params = _parameters(fn)
         except (TypeError, ValueError):  # (no signature: a builtin, not a callable) Pixyz's call passes names
             return (), tuple((v, v) for v in cond if v not in used)
     else:
         raw = inspect.getattr_static(type(dist), "forward", None)
         binds = inspect.isfunction(raw) or isinstance(raw, (functools.partialmethod, functools.singledispatchmethod))
         if binds or not hasattr(raw, "__get__") or isinstance(raw, (staticmethod, classmethod, functools.partial)):
-            params = list(inspect.signature(fn).parameters.values())
+            params = _parameters(fn)
             if binds:
                 params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod, a partial or
                 # a callable object, which Python does not bind, have neither)
@@ -225,8 +235,8 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
             try:
                 params = list(inspect.signature(raw.__get__(dist, type(dist)), follow_wrapped=False)
                               .parameters.values())  # (what it gives: __wrapped__ would be the unbound function)
-            except (TypeError, ValueError):  # (no signature: Pixyz's call passes names)
-                return (), tuple((v, v) for v in cond if v not in used)
+            except (TypeError, ValueError, AttributeError):  # (no signature, or a property that reads a network
+                return (), tuple((v, v) for v in cond if v not in used)  # not set yet: Pixyz's call passes names)
     # Pixyz calls forward(**inputs): positional passing is only a shortcut for the leading arguments, so an
     # argument after one that is skipped (it has a default and is not in cond_var), or a keyword-only one, goes
     # by name

@@ -140,3 +140,61 @@ def test_a_flow_subclass_taking_a_torch_transform_name_is_refused_naming_it(name
 
     with pytest.raises(KeyError, match=rf"Named: a flow's {kind.split()[-1]} cannot be named '{name}'.*Transform"):
         Named()
+
+
+def _unusual_forward_program(kind: str, family: str) -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Deterministic, Normal
+
+    class Net(nn.Module):
+        def forward(self, z: torch.Tensor, y: torch.Tensor) -> dict:
+            if family == "Deterministic":
+                return {"x": 2 * z + y}
+            return {"loc": 2 * z + y, "scale": torch.ones_like(z) * 1.5}
+
+    class StaticCall:
+        @staticmethod
+        def __call__(y: torch.Tensor, z: torch.Tensor) -> dict:  # Python 3.11's signature drops ``y``
+            return Net()(z, y)
+
+    base = Deterministic if family == "Deterministic" else Normal
+
+    class P(base):  # type: ignore[valid-type, misc]
+        if kind == "static __call__":
+            forward = StaticCall()
+
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z", "y"], name="p")
+            self.net = Net()
+
+        if kind == "property":
+            @property
+            def forward(self) -> nn.Module:  # reads a network set after super().__init__
+                return self.net
+
+    p = P()
+    z, y = torch.tensor([[0.5, -1.0], [2.0, 0.3]]), torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    out = {"x": p.sample({"z": z, "y": y})["x"]}
+    if family != "Deterministic":
+        out["log_prob"] = p.get_log_prob({"x": torch.tensor([[0.0, 1.0], [3.0, -1.0]]), "z": z, "y": y})
+    return out
+
+
+@pytest.mark.parametrize("family", ["Normal", "Deterministic"])
+@pytest.mark.parametrize("kind", ["static __call__", "property"])
+def test_a_forward_that_python_binds_unusually_runs_as_under_pixyz(kind: str, family: str) -> None:
+    """Pixyz calls ``self.forward(**inputs)`` and reads nothing at construction. Here a callable object whose
+    ``__call__`` is a staticmethod was refused ("cond_var 'y' is not an argument of forward(z)": Python 3.11's
+    ``inspect.signature`` drops its first parameter), and a ``forward`` property returning a network set after
+    ``super().__init__`` failed at construction with "'P' object has no attribute 'forward'"."""
+    import torch
+
+    ref, ours = run_both(lambda: _unusual_forward_program(kind, family))
+    if "log_prob" in ref:
+        x, z, y = torch.tensor([[0.0, 1.0], [3.0, -1.0]]), torch.tensor([[0.5, -1.0], [2.0, 0.3]]), \
+            torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+        closed = torch.distributions.Normal(2 * z + y, 1.5).log_prob(x).sum(-1)
+        torch.testing.assert_close(ref["log_prob"], closed)
+    assert_same(ref, ours)
