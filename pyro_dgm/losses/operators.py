@@ -264,7 +264,7 @@ class SubLoss(LossOperator):
 
 
 class MulLoss(LossOperator):
-    r"""``a * b``, printed as ``a b`` (``a \cdot b`` when ``b`` is a number).
+    r"""``a * b``, printed as ``a b`` (``a \cdot b`` when ``b`` prints with a number first).
 
     Examples
     --------
@@ -289,8 +289,8 @@ class MulLoss(LossOperator):
         a, b = self.loss1, self.loss2
         left = _wrap(a, PREC_MUL)
         right = _wrap(b, PREC_MUL)
-        if isinstance(b, ValueLoss) and b.is_number:
-            return rf"{left} \cdot {right}"
+        if isinstance(b, ValueLoss) and b.is_number or right[:1].isdigit() or right[:1] == ".":  # (2 \cdot 3 d:
+            return rf"{left} \cdot {right}"  # side by side, two numbers would read as one, 23)
         return f"{left} {right}"
 
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:

@@ -148,3 +148,27 @@ def test_every_loss_is_a_loss(vae) -> None:  # type: ignore[no-untyped-def]
     assert torch.allclose(lp.eval(values), ref, atol=1e-5)
     assert torch.allclose(pr.eval(values), ref.exp(), atol=1e-6)
     assert torch.allclose((2 * lp - pr).mean().eval(values), (2 * ref - ref.exp()).mean(), atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(numbers=st.lists(st.sampled_from([2, 3, 0.5, 10]), min_size=1, max_size=4), x=finite)
+def test_latex_of_numbers_multiplied_never_puts_two_numbers_side_by_side(numbers: list[float], x: float) -> None:
+    """``2 * (3 * d)`` printed ``2 3 d``, which reads as 23 d (probe p200): a factor whose text starts with a number
+    is joined by ``\\cdot``. Every number printed must be followed by an operator, a variable or the end, and the
+    value must be the product."""
+    import re
+
+    d = Parameter("d")
+    loss, value = d, x
+    for n in numbers:
+        loss, value = n * loss, n * value
+    assert not re.search(r"[0-9.] +[0-9.]", loss.latex), loss.latex
+    assert loss.latex.count(r"\cdot") == len(numbers) - 1
+    assert float(loss.eval({"d": torch.tensor(x, dtype=torch.float64)})) == pytest.approx(value, rel=1e-6, abs=1e-6)
+
+
+def test_latex_of_a_number_times_a_product_that_starts_with_a_number() -> None:
+    d = Parameter("d")
+    assert (2 * (ValueLoss(3) * d)).latex == r"2 \cdot 3 d"
+    assert (3 * (3 * (5 - d))).latex == r"3 \cdot 3 \left(5 - d\right)"
+    assert (2 * d).latex == "2 d" and (d * 2).latex == r"d \cdot 2"  # (unchanged)
