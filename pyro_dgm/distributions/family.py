@@ -258,7 +258,7 @@ class DistributionBase(Distribution):
         if PYRO_STACK and consts:
             self._dgm_check_no_plate_dims(consts)
         self._dgm_store_constants(consts)
-        if self._dgm_class_params and not self._features_shape:  # probs=0.2: a distribution of one class
+        if self._dgm_class_params and not self.features_shape:  # probs=0.2: a distribution of one class
             self._dgm_scalar_classes = next((n for n in self._dgm_class_params if n in consts), None)
         # Pixyz builds a distribution that cannot compute (a parameter missing, a cond_var that reaches nothing,
         # forward's arguments not the cond_var, an invalid constant): it prints, multiplies and has a graph, and

@@ -29,6 +29,7 @@ import torch
 from torch.nn.modules.module import _addindent
 
 from pyro_dgm.distributions.factor import Factor, factor_head
+from pyro_dgm.utils.attributes import users_own
 from pyro_dgm.utils.checks import ArgumentError, describe
 from pyro_dgm.utils.latex import NAMES_VERSION
 
@@ -46,8 +47,12 @@ SCORE_OPTIONS = ("sum_features", "feature_dims")
 def graph_name(d: "Distribution") -> str:
     """The name of ``d``'s graph, which a product or renaming of ``d`` prints on its formula's left side (Pixyz's
     ``DistGraph.name``): a product's, renaming's or marginal's formula name; a single distribution's own name, unless
-    its ``graph.name`` was set since (Pixyz's setter of a single distribution's ``name`` sets both)."""
-    return d.__dict__.get("_dgm_graph_name", d._name)
+    its ``graph.name`` was set since (Pixyz's setter of a single distribution's ``name`` sets both); a subclass's
+    own ``name`` property gives it, as Pixyz names a graph after its first factor's ``name``."""
+    own = d.__dict__.get("_dgm_graph_name")
+    if own is not None:
+        return own
+    return d.name if users_own(type(d), "name") else d._name
 
 
 def factors_network_text(order: Sequence["Distribution"]) -> str:

@@ -144,11 +144,18 @@ def _no_tensor_named_condition(flow: Any, kind: str) -> None:
                    "submodule named condition, a conditioning network, is taken)")
 
 
-def _no_torch_transform_name(flow: Any, kind: str, name: str) -> None:
+def _no_torch_transform_name(flow: Any, kind: str, name: str, error: type[Exception] = KeyError) -> None:
     what = "a method" if callable(getattr(type(flow), name, None)) else "an attribute"
-    raise KeyError(f"{type(flow).__name__}: a flow's {kind} cannot be named {name!r}: pyro_dgm's flows are torch "
-                   f"Transforms, and {name!r} is {what} of theirs that torch, Pyro and pyro_dgm use (Pixyz's flows "
-                   f"lack it); name it otherwise")
+    raise error(f"{type(flow).__name__}: a flow's {kind} cannot be named {name!r}: pyro_dgm's flows are torch "
+                f"Transforms, and {name!r} is {what} of theirs that torch, Pyro and pyro_dgm use (Pixyz's flows "
+                f"lack it); name it otherwise")
+
+
+def _own_transform_name(cls: type, name: str) -> bool:
+    """Whether a flow class defines the Transform attribute ``name`` itself (a user's subclass, not torch, Pyro or
+    pyro_dgm): its own property or value, which it may set."""
+    owner = next((k for k in cls.__mro__ if name in vars(k)), None)
+    return owner is not None and not owner.__module__.startswith(("pyro_dgm.", "torch.", "pyro."))
 
 
 class NotInvertibleError(ValueError):
@@ -801,9 +808,10 @@ class Flow(TransformModule, ConditionalTransform):
             d["condition"] = own["condition"]
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _TRANSFORM_NAMES and isinstance(value, (nn.Module, nn.Parameter)):  # (nn.Module would keep it
-            _no_torch_transform_name(self, "submodule" if isinstance(value, nn.Module) else "parameter", name)
-            # where the class's attribute hides it: the flow's own code would read torch's)
+        if name in _TRANSFORM_NAMES and not _own_transform_name(type(self), name):  # (a submodule would be kept
+            kind = ("submodule" if isinstance(value, nn.Module) else  # where the class's attribute hides it from the
+                    "parameter" if isinstance(value, nn.Parameter) else "attribute")  # flow's own code; a plain
+            _no_torch_transform_name(self, kind, name, AttributeError)  # value would replace what torch calls)
         super().__setattr__(name, value)
         if name == "condition":
             self._dgm_mirror_condition()

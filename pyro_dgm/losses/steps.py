@@ -250,8 +250,9 @@ def restore_buffers(taken: TakenBuffers, error: BaseException | None = None) -> 
                     changed.append(f"{type(m).__name__}.{n} ({b.numel()} elements)")
             elif values is not None:
                 b.copy_(values)
-                if m.__dict__.get("_dgm_known_initialized"):  # (an ActNorm's note that its flag is set, which a
-                    m.__dict__["_dgm_known_initialized"] = False  # call then skips reading: read the flag again)
+                if n == "initialized" and m.__dict__.get("_dgm_known_initialized") and not bool(values):
+                    m.__dict__["_dgm_known_initialized"] = False  # (an ActNorm that the failed step initialized:
+                    # its note that the flag is set, which a call then skips reading, goes with the flag)
     if changed and error is not None:
         error.add_note(f"the failed step changed the buffer(s) {', '.join(changed)} in place, which are not put "
                        f"back: a step copies the buffers of at most {COPY_LIMIT} elements only")

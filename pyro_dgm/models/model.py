@@ -318,16 +318,30 @@ _OWN_STATE = frozenset({"_dgm_ddp", "_dgm_compile", "_dgm_compiled", "_dgm_clip_
 
 
 def _state_follows_params(optimizer: Any) -> None:
-    """Cast a torch optimizer's per-parameter state (Adam's moments) to its parameter's device and dtype, as
-    ``Optimizer.load_state_dict`` does (its ``step`` count stays as it is); anything else is left alone."""
+    """Cast a torch optimizer's per-parameter state (Adam's moments) to its parameter's device and dtype, by the
+    rule of ``Optimizer.load_state_dict``: every tensor, also inside lists and dicts, to the parameter's device, and
+    to its dtype where the parameter is floating; a ``step`` count stays as it is (a fused or capturable
+    optimizer's: float32 on the parameter's device). Anything but a torch optimizer is left alone."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         return
-    for param, state in optimizer.state.items():
-        if not isinstance(param, torch.Tensor) or not isinstance(state, dict):
-            continue
-        for key, value in state.items():
-            if key != "step" and isinstance(value, torch.Tensor) and value.is_floating_point():
-                state[key] = value.to(device=param.device, dtype=param.dtype)
+    special = {id(p) for g in optimizer.param_groups if g.get("fused") or g.get("capturable") for p in g["params"]}
+
+    def cast(param: Tensor, value: Any, key: Any) -> Any:
+        if isinstance(value, Tensor):
+            if key == "step":
+                return value.to(dtype=torch.float32, device=param.device) if id(param) in special else value
+            if param.is_floating_point():
+                return value.to(dtype=param.dtype, device=param.device)
+            return value.to(device=param.device)
+        if isinstance(value, dict):
+            return {k: cast(param, v, k) for k, v in value.items()}
+        if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+            return type(value)(cast(param, v, key) for v in value)
+        return value
+
+    for param, state in list(optimizer.state.items()):
+        if isinstance(param, Tensor) and isinstance(state, dict):
+            optimizer.state[param] = {k: cast(param, v, k) for k, v in state.items()}
 
 
 def _check_values(model: Any, method: str, arg: str, values: Any) -> None:

@@ -10,27 +10,32 @@ import pytest
 from pixyz_harness import assert_same, run_both
 
 
-def _features_shape_property_program() -> Any:
+def _features_shape_property_program(family: str) -> Any:
     import torch
 
-    from pixyz.distributions import Normal
+    from pixyz import distributions
 
-    class Wide(Normal):
+    class Wide(getattr(distributions, family)):  # type: ignore[misc]
         @property
         def features_shape(self) -> torch.Size:
             return torch.Size([3])
 
-    p = Wide(loc=torch.tensor(0.5), scale=torch.tensor(2.0), var=["z"])
+    if family == "Normal":
+        p = Wide(loc=torch.tensor(0.5), scale=torch.tensor(2.0), var=["z"])
+    else:
+        p = Wide(probs=torch.tensor([0.2, 0.3, 0.5]), var=["z"])
     z = p.sample(batch_n=4)["z"]
-    return {"shape": tuple(z.shape), "z": z, "log_prob": p.get_log_prob({"z": z}),
-            "loc": p.get_params()["loc"], "repr": repr(p)}
+    return {"shape": tuple(z.shape), "z": z, "log_prob": p.get_log_prob({"z": z}), "params": p.get_params(),
+            "repr": repr(p)}
 
 
-def test_a_features_shape_property_of_a_subclass_shapes_the_constants() -> None:
+@pytest.mark.parametrize("family", ["Normal", "Categorical"])
+def test_a_features_shape_property_of_a_subclass_shapes_the_constants(family: str) -> None:
     """Pixyz expands a scalar constant to ``self.features_shape``, which a subclass may define as a property: the
     draws then have 3 features. Here the constant kept the shape given at construction, so each draw had one feature
-    and the log-density summed one term instead of three (WRONG, silent)."""
-    ref, ours = run_both(_features_shape_property_program)
+    and the log-density summed one term instead of three (WRONG, silent); a Categorical's probabilities of 3 classes
+    (my first fix, p201) were taken for a scalar of one class and ``batch_n`` refused."""
+    ref, ours = run_both(lambda: _features_shape_property_program(family))
     assert ours["shape"] == ref["shape"] == (4, 3)
     assert_same(ref, ours)
 
@@ -52,19 +57,23 @@ def _name_property_program() -> Any:
 
     p = Renamed(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
     q = Normal(loc="z", scale=1.0, var=["x"], cond_var=["z"], name="q")
-    joint = q * p
+    joint, first = q * p, p * q  # (a product is named after its first factor's graph)
     return {"str": str(p), "texts": (p.prob_text, p.prob_factorized_text, p.prob_joint_factorized_and_text),
-            "joint": (joint.prob_text, joint.prob_factorized_text),
-            "losses": (LogProb(p).loss_text, LogProb(joint).loss_text, KullbackLeibler(p, p).loss_text),
+            "joint": (joint.prob_text, joint.prob_factorized_text), "first": str(first).splitlines()[1],
+            "marginal": first.marginalize_var("z").prob_joint_factorized_and_text,
+            "renamed": p.replace_var(z="w").prob_text, "graph": p.graph.name,
+            "losses": (LogProb(p).loss_text, LogProb(joint).loss_text, LogProb(first).loss_text,
+                       KullbackLeibler(p, p).loss_text),
             "log_prob": joint.get_log_prob({"x": torch.full((1, 2), 0.5), "z": torch.zeros(1, 2)})}
 
 
 def test_a_name_property_of_a_subclass_prints_where_pixyz_prints_it() -> None:
     """Pixyz's left side (``prob_text``) keeps the name given at construction, while the right side and the factor
-    in a product read the subclass's ``name`` property: ``p(z) = r(z)``. Here both sides printed ``p(z)`` and the
-    network's repr said ``name=p``."""
+    in a product read the subclass's ``name`` property: ``p(z) = r(z)``, and a product it comes first in, its
+    marginal, its renaming and its ``graph.name`` are named ``r`` (my first fix left those ``p``, p201). Here both
+    sides printed ``p(z)`` and the network's repr said ``name=p``."""
     ref, ours = run_both(_name_property_program)
-    assert "p(z) = r(z)" in ref["str"]
+    assert "p(z) = r(z)" in ref["str"] and ref["graph"] == "r"
     assert_same(ref, ours)
 
 
@@ -114,13 +123,15 @@ _TRANSFORM_NAMES = ["inv", "sign", "domain", "codomain", "event_dim", "bijective
                     "log_abs_det_jacobian", "with_cache", "clear_cache"]
 
 
-@pytest.mark.parametrize("kind", ["parameter", "buffer", "submodule", "assigned submodule"])
+@pytest.mark.parametrize("kind", ["parameter", "buffer", "submodule", "assigned submodule", "assigned attribute"])
 @pytest.mark.parametrize("name", _TRANSFORM_NAMES)
 def test_a_flow_subclass_taking_a_torch_transform_name_is_refused_naming_it(name: str, kind: str) -> None:
     """pyro_dgm's flows are torch Transforms (``docs/porting.md`` lists the names Pixyz's flows lack). A parameter or
     buffer of such a name failed with torch's bare "attribute already exists" or, for ``sign``, a
     ``NotImplementedError`` without a message; a submodule was accepted and then hidden by the class's attribute, so
-    the flow's own ``self.bijective(x)`` called a bool. Each is refused when registered, naming the name."""
+    the flow's own ``self.bijective(x)`` called a bool; a plain value failed with torch's "property has no setter",
+    or replaced a method torch calls (``log_abs_det_jacobian = 0.0``: "'float' object is not callable" at the first
+    draw). Each is refused when registered or assigned, naming the name."""
     import torch
     from torch import nn
 
@@ -135,11 +146,40 @@ def test_a_flow_subclass_taking_a_torch_transform_name_is_refused_naming_it(name
                 self.register_buffer(name, torch.ones(2))
             elif kind == "submodule":
                 self.add_module(name, nn.Linear(2, 2))
-            else:
+            elif kind == "assigned submodule":
                 setattr(self, name, nn.Linear(2, 2))
+            else:
+                setattr(self, name, 0.0)
 
-    with pytest.raises(KeyError, match=rf"Named: a flow's {kind.split()[-1]} cannot be named '{name}'.*Transform"):
+    error = AttributeError if kind.startswith("assigned") else KeyError
+    with pytest.raises(error, match=rf"Named: a flow's {kind.split()[-1]} cannot be named '{name}'.*Transform"):
         Named()
+
+
+def test_a_flow_subclass_with_its_own_property_of_a_transform_name_keeps_it() -> None:
+    """A flow subclass that defines such a name itself (an ``event_dim`` property with a setter) sets it as before:
+    the name is the subclass's own, which torch and Pyro then read."""
+    import torch
+
+    from pyro_dgm.flows import Flow
+
+    class Own(Flow):
+        def __init__(self) -> None:
+            super().__init__(2)
+            self.event_dim = 1
+
+        @property
+        def event_dim(self) -> int:
+            return self._dims
+
+        @event_dim.setter
+        def event_dim(self, value: int) -> None:
+            self._dims = value
+
+        def forward(self, x: torch.Tensor, y: Any = None, compute_jacobian: bool = True) -> torch.Tensor:
+            return x + 1
+
+    assert Own().event_dim == 1
 
 
 def _unusual_forward_program(kind: str, family: str) -> Any:
