@@ -647,7 +647,9 @@ class Distribution(YieldingModule):
         parameters are ``<pyro_name>$$$<parameter>``); settable.
 
         By default it is the formula, e.g. ``p(x|z)``: the same in every process and after rebuilding a model, so a
-        param store saved in one process loads into a fresh one by name. Two live distributions whose networks are in
+        param store saved in one process loads into a fresh one by name. A renaming (``replace_var``) shares the
+        networks of the distribution it renames, and so its ``pyro_name``; a marginal's networks are its joint's
+        factors', each under its own name (setting a product's raises, naming its factors). Two live distributions whose networks are in
         the param store under the same name are refused at registration (give one its own name); a name held by a
         distribution that no longer exists passes to the new one.
 
@@ -668,6 +670,10 @@ class Distribution(YieldingModule):
         if not isinstance(name, str) or not name or "$$$" in name:
             raise TypeError(f"{describe(self)}: pyro_name must be a non-empty string without '$$$' (Pyro's "
                             f"separator of module and parameter names), got {name!r}")
+        if self._dgm_factors != (self,):
+            raise TypeError(f"{describe(self)}: a product's networks are in Pyro's param store under its factors' "
+                            f"names; set pyro_name on the factor whose networks to name (of "
+                            f"{', '.join(f.prob_text for f in self._dgm_factors)})")
         self._dgm_pyro_name = name
 
     @property
@@ -1586,8 +1592,11 @@ class Distribution(YieldingModule):
                 raise ValueError(f"{describe(self)}: Pyro's param store holds {full!r} with shape "
                                  f"{tuple(cur.shape)}, but this distribution's parameter has shape "
                                  f"{tuple(prm.shape)}; the stored parameters belong to another network")
-            with torch.no_grad():
-                prm.copy_(store[full])  # its value (a pyro.param's constrained one): a network's weight is real
+            held = store._param_to_name.get(prm)
+            if held is None or store._params.get(held) is not prm:  # (not when the store holds it under another
+                with torch.no_grad():  # name already: a network shared by two distributions took its value at the
+                    prm.copy_(store[full])  # first, and a second copy would change it after a forward pass used it)
+                # its value (a pyro.param's constrained one): a network's weight is real
             store._constraints[full] = constraints.real
         # The store's own bookkeeping, as its setitem does for a real parameter, but without keeping the replaced
         # tensor in its map of tensors to names (and so alive with its gradient) unless another name holds it (one

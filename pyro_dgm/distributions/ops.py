@@ -221,6 +221,16 @@ class ReplaceVarDistribution(_PassesThrough):
     def _dgm_register_params(self) -> None:
         self.p._dgm_register_params()
 
+    @property
+    def pyro_name(self) -> str:
+        """The name of its networks in Pyro's param store: those of the distribution it renames, whose name this is
+        (setting it names them, e.g. two renamed encoders of one class in one guide: ``q1.pyro_name = "enc1"``)."""
+        return self.p.pyro_name
+
+    @pyro_name.setter
+    def pyro_name(self, name: str) -> None:
+        self.p.pyro_name = name
+
     #: the network text already starts with this factor's formula (a product prints no second header)
     network_text_headed = True
 
@@ -391,6 +401,18 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     def _dgm_register_params(self) -> None:
         for f in self.p._dgm_sampling_order:
             f._dgm_register_params()
+
+    @property
+    def pyro_name(self) -> str:
+        """Its formula; its networks are in Pyro's param store under the names of the joint's factors (setting it
+        raises, naming them)."""
+        return self._dgm_pyro_name or self.prob_text
+
+    @pyro_name.setter
+    def pyro_name(self, name: str) -> None:
+        raise TypeError(f"{describe(self)}: a marginal's networks are in Pyro's param store under its joint's "
+                        f"factors' names; set pyro_name on the factor whose networks to name (of "
+                        f"{', '.join(f.prob_text for f in self.p._dgm_sampling_order)})")
 
     def _dgm_draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
         # the marginalized variables are internal: a value of the same name given from outside passes through as is
