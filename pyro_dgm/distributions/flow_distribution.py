@@ -29,7 +29,7 @@ from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFl
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept,
                                  own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
-from pyro_dgm.utils.checks import DTypeError, ShapeError, as_var_list, describe
+from pyro_dgm.utils.checks import DTypeError, ShapeError, as_var_list, clearer, describe, users_own_error
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
@@ -232,9 +232,15 @@ class _FlowDistribution(OneSiteDistribution):
                 drawn = base.mean.dtype
             except (NotImplementedError, AttributeError, RuntimeError, ValueError):  # (a base without a mean)
                 drawn = None
-            if (isinstance(e, ValueError) or own is None or drawn is None or drawn == own
-                    or "type" not in str(e).lower()):
+            if isinstance(e, ValueError):
                 raise
+            if own is None or drawn is None or drawn == own or "type" not in str(e).lower():
+                if users_own_error(e) or not any(w in str(e) for w in ("shape", "size", "dimension")):
+                    e.add_note(f"(while {describe(self)} drew {name!r})")  # (a flow's own check, which Pixyz
+                    raise  # raises as it is, or no shape error: kept, with a note)
+                shape = tuple(base.batch_shape + base.event_shape)  # torch's error inside the flow (conv2d's, of a
+                raise clearer(e, f"{describe(self)}: cannot draw {name!r}: its flow cannot take the prior's draw "
+                                 f"of shape {shape}: {e}") from e  # draw with a sample_shape) names nothing
             raise DTypeError(f"{describe(self)}: cannot draw {name!r}: the prior draws {drawn} values and the flow's "
                              f"parameters are {own}; convert one of them (e.g. the prior with .to({own})) "
                              f"(torch: {e})") from e

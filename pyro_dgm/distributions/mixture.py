@@ -299,6 +299,13 @@ class _Mixture(OneSiteDistribution):
                                   "from samples")
 
 
+
+def _per_first_dim(table: Tensor) -> Tensor:
+    """A ``(*batch, K)`` table of per-point log-densities summed over the batch dims after the first, as Pixyz sums
+    each component's log-density of ``x`` with extra leading dims (``(L, B, D)``: ``(L, K)``, which ``get_log_prob``'s
+    ``(L,)`` matches)."""
+    return table.flatten(1, -2).sum(1) if table.dim() > 2 else table
+
 class MixtureModel(_Mixture):
     r"""A mixture model :math:`p(x) = \sum_k p(x|z=k)\,p(z=k)` with a categorical prior over the component ``z``.
 
@@ -409,7 +416,8 @@ class MixtureModel(_Mixture):
 
     def get_log_prob(self, x_dict: ValuesLike, return_hidden: bool = False, sum_features: bool = True,
                      feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
-        r""":math:`\log p(x)`, or with ``return_hidden=True`` the joint :math:`\log p(x, z=k)` of shape ``(K, batch)``.
+        r""":math:`\log p(x)`, or with ``return_hidden=True`` the joint :math:`\log p(x, z=k)` of shape ``(K, batch)``
+        (``(K, L)`` for ``x`` of shape ``(L, B, D)``: each row's points summed, Pixyz's shape).
         """
         if not return_hidden:
             if not sum_features or feature_dims is not None:
@@ -419,7 +427,7 @@ class MixtureModel(_Mixture):
             return super().get_log_prob(x_dict, **kwargs)
         values = self._dgm_input_dict(x_dict, self._var + self._dgm_input_var)
         fn = self._dgm_mixture(self._dgm_binding, values, CallState(kwargs=kwargs))
-        return fn.component_log_prob(values[self._var[0]]).movedim(-1, 0)
+        return _per_first_dim(fn.component_log_prob(values[self._var[0]])).movedim(-1, 0)
 
     def _dgm_pixyz_order(self, b: Binding, ctx: CallState) -> bool:
         """Whether this draw can take Pixyz's order of random numbers (:meth:`_dgm_pixyz_draw`): no inputs, no
@@ -600,7 +608,7 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
         logp = self._dgm_log_post(values, kwargs)
         z = values.get(self._hidden_var[0])
         if z is None:
-            return logp.movedim(-1, 0)
+            return _per_first_dim(logp).movedim(-1, 0)
         return self._dgm_score_component(logp, z)
 
     def _dgm_score_component(self, logp: Tensor, z: Any) -> Tensor:

@@ -238,3 +238,79 @@ def test_a_forward_that_python_binds_unusually_runs_as_under_pixyz(kind: str, fa
         closed = torch.distributions.Normal(2 * z + y, 1.5).log_prob(x).sum(-1)
         torch.testing.assert_close(ref["log_prob"], closed)
     assert_same(ref, ours)
+
+
+def _mixture_of_points_with_a_leading_dim_program() -> Any:
+    import torch
+
+    from pixyz.distributions import Categorical, MixtureModel, Normal
+
+    comps = [Normal(loc=torch.full([3], k - 1.), scale=torch.full([3], 0.5 + k), var=["x"], name=f"p_{k}")
+             for k in range(3)]
+    prior = Categorical(probs=torch.softmax(torch.arange(3).float(), 0), var=["z"], name="prior")
+    m = MixtureModel(distributions=comps, prior=prior)
+    out = {}
+    for shape in ((4, 3), (2, 4, 3), (2, 1, 4, 3)):
+        x = torch.randn(*shape)
+        out[shape] = {"x": x, "log_prob": m.get_log_prob({"x": x}),
+                      "hidden": m.get_log_prob({"x": x}, return_hidden=True),
+                      "posterior": m.posterior().get_log_prob({"x": x})}
+    return out
+
+
+def test_a_mixtures_hidden_table_of_points_with_a_leading_dim_has_pixyzs_shape() -> None:
+    """For ``x`` of shape ``(L, B, D)`` Pixyz's ``get_log_prob`` is ``(L,)``, and its ``return_hidden=True`` table
+    and posterior table ``(K, L)``. Here the two tables kept the points, ``(K, L, B)``, which Pixyz-style
+    ``lh - lp`` broadcast the wrong way. They have Pixyz's shapes now; their values are those of each point a
+    mixture point of its own (``docs/porting.md``: Pixyz gives a whole row one component), checked against the
+    closed form: the per-point joint and posterior summed over the row's points."""
+    import torch
+
+    ref, ours = run_both(_mixture_of_points_with_a_leading_dim_program)
+    log_pi = torch.log_softmax(torch.arange(3).float(), 0)
+    for shape, out in ours.items():
+        assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in ref[shape].items()}
+        x = out["x"]
+        per_point = torch.stack([torch.distributions.Normal(torch.full([3], k - 1.), torch.full([3], 0.5 + k))
+                                 .log_prob(x).sum(-1) + log_pi[k] for k in range(3)])  # (K, *batch)
+        post = per_point - per_point.logsumexp(0, keepdim=True)
+        if x.dim() > 2:
+            per_point, post = per_point.flatten(2).sum(-1), post.flatten(2).sum(-1)
+        torch.testing.assert_close(out["hidden"], per_point)
+        torch.testing.assert_close(out["posterior"], post)
+        if x.dim() == 2:  # (one point per row: the same as Pixyz's)
+            assert_same(ref[shape], out)
+
+
+def _image_flow_drawn_with_a_sample_shape_program() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Normal, TransformedDistribution
+    from pixyz.flows import AffineCoupling
+
+    class ScaleTranslate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.conv(x)
+            return torch.tanh(out[:, :2]), out[:, 2:]
+
+    flow = AffineCoupling(in_features=2, mask_type="checkerboard", scale_translate_net=ScaleTranslate())
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2, 4, 4])
+    return TransformedDistribution(prior=prior, flow=flow, var=["x"]).sample(batch_n=3, sample_shape=[2])
+
+
+def test_an_image_flow_that_cannot_take_a_draw_with_a_sample_shape_names_the_distribution() -> None:
+    """A conv net cannot take the prior's 5-d draw: Pixyz raises a ``ValueError``; here torch's bare conv2d
+    ``RuntimeError`` came out, naming nothing (scoring the same value was named). It is a ``ShapeError`` (both a
+    ``ValueError`` and a ``RuntimeError``) naming the distribution, the variable and the draw's shape."""
+    from pixyz_harness import run_pixyz, run_pyro_dgm
+
+    with pytest.raises(ValueError):
+        run_pixyz(_image_flow_drawn_with_a_sample_shape_program)
+    with pytest.raises(ValueError, match=r"TransformedDistribution p\(x\): cannot draw 'x'.*\(2, 3, 2, 4, 4\)") as info:
+        run_pyro_dgm(_image_flow_drawn_with_a_sample_shape_program)
+    assert isinstance(info.value, RuntimeError)
