@@ -183,13 +183,20 @@ def site_builder(d: Any) -> Any:
     return d.dist
 
 
+def _store_name(d: "Distribution") -> str:
+    """The name of ``d``'s networks in Pyro's param store: its ``pyro_name`` (a subclass's own, a class attribute or
+    property, too), or its formula where that is no name (not a non-empty string)."""
+    name = d.pyro_name
+    return name if isinstance(name, str) and name else d._dgm_pyro_name or d.prob_text
+
+
 def has_network(owner: Any) -> bool:
     """Whether a distribution class's ``forward`` is its own network (the base classes' ``forward`` is none: it
     raises, or, for a family, hands back its keyword arguments as Pixyz's does). Given a distribution, the
     ``forward`` its call finds: one set on the instance (``p.forward = ...``) before the class's."""
     try:
         forward = owner.forward
-    except AttributeError:  # a forward property that reads a network __init__ has not set yet: the user's own
+    except Exception:  # noqa: BLE001  (a forward property that reads what __init__ has not set yet: the user's own)
         return True
     return not getattr(forward, "_dgm_no_network", False)
 
@@ -1544,7 +1551,7 @@ class Distribution(YieldingModule):
         is replaced by ours, and one that no distribution registered (``param_store.load(...)``) is loaded into our
         parameter (shapes checked), which then takes its place, so the module and the store share one tensor.
         """
-        name = self._dgm_pyro_name or self.prob_text
+        name = _store_name(self)
         store = None
         judged: dict[int, bool] = {}  # owners already judged dead in this pass (one collection for all parameters)
         for pname, prm in self.named_parameters():
@@ -1565,7 +1572,7 @@ class Distribution(YieldingModule):
         entry = _REGISTERED.get(id(cur))
         if entry is not None and entry[0]() is cur:  # a distribution of this process put it there
             owner = entry[1]()
-            if owner is not None and (owner._dgm_pyro_name or owner.prob_text) != full.split("$$$")[0]:
+            if owner is not None and _store_name(owner) != full.split("$$$")[0]:
                 owner = None  # a live one holds the tensor under another name (it reuses a dead one's network)
             if owner is not None and judged.get(id(owner)):
                 owner = None  # (judged dead for an earlier parameter of this pass)
@@ -1592,11 +1599,11 @@ class Distribution(YieldingModule):
                 raise ValueError(f"{describe(self)}: Pyro's param store holds {full!r} with shape "
                                  f"{tuple(cur.shape)}, but this distribution's parameter has shape "
                                  f"{tuple(prm.shape)}; the stored parameters belong to another network")
-            held = store._param_to_name.get(prm)
-            if held is None or store._params.get(held) is not prm:  # (not when the store holds it under another
-                with torch.no_grad():  # name already: a network shared by two distributions took its value at the
-                    prm.copy_(store[full])  # first, and a second copy would change it after a forward pass used it)
-                # its value (a pyro.param's constrained one): a network's weight is real
+            value = store[full]  # (a pyro.param's constrained value: a network's weight is real)
+            if not (value.dtype == prm.dtype and torch.equal(prm.detach(), value.detach().to(prm.device))):
+                with torch.no_grad():  # (not when it holds the value already: a network shared by two distributions
+                    prm.copy_(value)  # took it at the first name, and a second copy would change its version after
+                # a forward pass used it, which backward refuses)
             store._constraints[full] = constraints.real
         # The store's own bookkeeping, as its setitem does for a real parameter, but without keeping the replaced
         # tensor in its map of tensors to names (and so alive with its gradient) unless another name holds it (one

@@ -184,12 +184,14 @@ def expand_batch_n(owner: Any, d: Any, batch_n: int) -> Any:
 
 
 def _parameters(fn: Any) -> list[inspect.Parameter]:
-    """``inspect.signature(fn)``'s parameters; of a callable object whose ``__call__`` is a staticmethod, that
-    function's (Python 3.11's ``signature`` drops its first parameter, taking it for ``self``)."""
+    """``inspect.signature(fn)``'s parameters; of a callable object whose ``__call__`` is a staticmethod or a
+    classmethod, the function's as the call binds it (Python 3.11's ``signature`` drops one parameter too many)."""
     if not isinstance(fn, type) and not inspect.isroutine(fn):
         call = inspect.getattr_static(type(fn), "__call__", None)
         if isinstance(call, staticmethod):
             fn = call.__func__
+        elif isinstance(call, classmethod):
+            fn = call.__get__(fn, type(fn))  # (bound to the class, as the object's call binds it)
     return list(inspect.signature(fn).parameters.values())
 
 
@@ -231,12 +233,14 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
             if binds:
                 params = params[1:]  # skip self (a classmethod's cls is bound already; a staticmethod, a partial or
                 # a callable object, which Python does not bind, have neither)
+        elif isinstance(raw, property):  # (it may give another callable at each call, whose arguments may come in
+            return (), tuple((v, v) for v in cond if v not in used)  # another order: Pixyz's call passes names)
         else:  # a decorator of the user's written as a descriptor: what it gives the instance, as Python calls it
             try:
                 params = list(inspect.signature(raw.__get__(dist, type(dist)), follow_wrapped=False)
                               .parameters.values())  # (what it gives: __wrapped__ would be the unbound function)
-            except (TypeError, ValueError, AttributeError):  # (no signature, or a property that reads a network
-                return (), tuple((v, v) for v in cond if v not in used)  # not set yet: Pixyz's call passes names)
+            except Exception:  # noqa: BLE001  (no signature, or a descriptor that reads what __init__ has not
+                return (), tuple((v, v) for v in cond if v not in used)  # set yet: Pixyz's call passes names)
     # Pixyz calls forward(**inputs): positional passing is only a shortcut for the leading arguments, so an
     # argument after one that is skipped (it has a default and is not in cond_var), or a keyword-only one, goes
     # by name

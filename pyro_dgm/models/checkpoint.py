@@ -354,16 +354,17 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         If a tensor's shape differs (the message names the tensor and both shapes), if tensors are missing or
         unexpected, or if the checkpoint holds other optimizers or loss-term states than this model.
     """
-    if isinstance(state, Mapping) and set(state) == {"distributions"}:
+    if _pixyz_written(state):
         # Pixyz's Model.save: the distributions' state dict alone (Pixyz saves no optimizer, counters or RNG
-        # states), which Pixyz's Model.load loads into model.distributions; so does this
+        # states), which Pixyz's Model.load loads into model.distributions, whatever else the dict holds (a user's
+        # own {"distributions": ..., "epoch": 3}); so does this
         _check_module("distributions", model.distributions, state["distributions"])
         model.distributions.load_state_dict(state["distributions"])
         return
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
         version = state.get("format") if isinstance(state, Mapping) else None
         raise ValueError("Model.load: not a pyro_dgm Model checkpoint (written by Model.save) nor a Pixyz one (a "
-                         "dict with the key 'distributions' alone)" + (
+                         "dict with the key 'distributions')" + (
                              f"; it says it is of format {version!r}, this pyro_dgm reads format {FORMAT}"
                              if isinstance(version, int) else ""))
     lacking = [k for k in _REQUIRED if k not in state]
@@ -656,6 +657,12 @@ def _detail(text: str) -> str:
     return (reason or lines or [""])[0]
 
 
+def _pixyz_written(state: Any) -> bool:
+    """Whether a checkpoint is Pixyz's kind: a dict with the distributions' state dict under ``"distributions"``
+    (and whatever a user's own save added), not written by :func:`save` (which says its ``"format"``)."""
+    return isinstance(state, Mapping) and "distributions" in state and "format" not in state
+
+
 def load(model: "Model", path: Any, resume: bool = False) -> None:
     """Read a checkpoint written by :func:`save` into ``model``: its distributions' parameters and buffers, as
     Pixyz's ``Model.load`` reads them; with ``resume``, everything (see :func:`load_model_state`).
@@ -670,7 +677,7 @@ def load(model: "Model", path: Any, resume: bool = False) -> None:
     state = _read(path, device)
     if not resume and isinstance(state, Mapping) and state.get("format") == FORMAT:
         state = {"distributions": state["distributions"]}  # Pixyz's load: the optimizer and RNG states stay
-    elif resume and isinstance(state, Mapping) and set(state) == {"distributions"}:  # (Pixyz wrote it)
+    elif resume and _pixyz_written(state):
         warnings.warn(f"Model.load({str(path)!r}, resume=True): the file holds the distributions' state only (as "
                       "Pixyz's Model.save writes it), which is loaded; the optimizers, step counters and random "
                       "states go on as they are, so the run does not resume as the one that saved it would go on",

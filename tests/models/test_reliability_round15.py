@@ -206,3 +206,23 @@ def test_resuming_from_a_file_pixyz_wrote_warns_that_only_the_distributions_load
         model.load(path, resume=True)
     for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_pixyz_style_checkpoint_with_keys_of_the_users_loads_its_distributions(tmp_path: Any) -> None:
+    """Pixyz's ``Model.load`` reads ``checkpoint["distributions"]`` whatever else the dict holds (a user's own
+    ``torch.save({"distributions": ..., "epoch": 3})``); it was refused, with and without ``resume=True``."""
+    torch.manual_seed(0)
+    saved = make_vae()
+    saved.train(_digits(0))
+    path = tmp_path / "own.pt"
+    torch.save({"distributions": saved.distributions.state_dict(), "epoch": 3}, path)
+    for resume in (False, True):
+        torch.manual_seed(1)
+        model = make_vae()
+        if resume:
+            with pytest.warns(UserWarning, match="holds the distributions' state only"):
+                model.load(path, resume=True)
+        else:
+            model.load(path)
+        for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

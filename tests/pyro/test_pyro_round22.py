@@ -147,3 +147,40 @@ def test_a_store_of_a_network_shared_by_two_distributions_trains_on_after_loadin
         torch.manual_seed(2)
         resumed.append(SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO()).step(*args, **kw))
     assert resumed[0] == pytest.approx(resumed[1], rel=1e-6)
+
+
+def test_a_store_loaded_over_a_network_pyro_module_registered_first_is_loaded() -> None:
+    """My first fix of the shared network (probe p203) skipped the copy wherever the store already held the tensor
+    under another name: a network that ``pyro.module`` had registered kept its untrained weights, and the loaded
+    entry was overwritten with them. The copy is skipped only where the tensor holds the stored value already."""
+    from torch.distributions import constraints
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    q = _Encoder()
+    pyro.module("nets", q.net)  # (a mixed Pyro / pyro_dgm script)
+    stored = {"q(z|x)$$$net.weight": torch.full((4, 6), 7.0), "q(z|x)$$$net.bias": torch.zeros(4)}
+    pyro.get_param_store().set_state({"params": stored, "constraints": {k: constraints.real for k in stored}})
+    q.guide(x=torch.rand(3, 6))
+    assert torch.equal(q.net.weight, stored["q(z|x)$$$net.weight"])
+    assert pyro.get_param_store()["q(z|x)$$$net.weight"] is q.net.weight
+
+
+def test_a_subclasss_own_pyro_name_names_its_networks_in_the_store() -> None:
+    """A class attribute ``pyro_name = "enc1"`` was reported by ``q.pyro_name`` (and now by its renamings) but the
+    store used the formula: two such encoders collided, the error naming ``'q(z|x)'``."""
+
+    class Enc1(_Encoder):
+        pyro_name = "enc1"
+
+    class Enc2(_Encoder):
+        @property
+        def pyro_name(self) -> str:  # type: ignore[override]
+            return "enc2"
+
+    pyro.clear_param_store()
+    q1, q2 = Enc1().replace_var(z="z1"), Enc2().replace_var(z="z2")
+    pyro.poutine.trace((q1 * q2).guide).get_trace(x=torch.rand(3, 6))
+    assert (q1.pyro_name, q2.pyro_name) == ("enc1", "enc2")
+    assert sorted(pyro.get_param_store().keys()) == ["enc1$$$net.bias", "enc1$$$net.weight", "enc2$$$net.bias",
+                                                     "enc2$$$net.weight"]
