@@ -185,9 +185,12 @@ def site_builder(d: Any) -> Any:
 
 def _store_name(d: "Distribution") -> str:
     """The name of ``d``'s networks in Pyro's param store: its ``pyro_name`` (a subclass's own, a class attribute or
-    property, too), or its formula where that is no name (not a non-empty string)."""
+    property, too), checked as the setter checks it."""
     name = d.pyro_name
-    return name if isinstance(name, str) and name else d._dgm_pyro_name or d.prob_text
+    if not isinstance(name, str) or not name or "$$$" in name:  # (a subclass's own, which the setter did not check)
+        raise TypeError(f"{describe(d)}: pyro_name must be a non-empty string without '$$$' (Pyro's separator of "
+                        f"module and parameter names), got {name!r}")
+    return name
 
 
 def has_network(owner: Any) -> bool:
@@ -1599,8 +1602,8 @@ class Distribution(YieldingModule):
                 raise ValueError(f"{describe(self)}: Pyro's param store holds {full!r} with shape "
                                  f"{tuple(cur.shape)}, but this distribution's parameter has shape "
                                  f"{tuple(prm.shape)}; the stored parameters belong to another network")
-            value = store[full]  # (a pyro.param's constrained value: a network's weight is real)
-            if not (value.dtype == prm.dtype and torch.equal(prm.detach(), value.detach().to(prm.device))):
+            value = store[full].detach().to(prm)  # (a pyro.param's constrained value: a network's weight is real)
+            if not torch.allclose(prm.detach(), value, rtol=0, atol=0, equal_nan=True):
                 with torch.no_grad():  # (not when it holds the value already: a network shared by two distributions
                     prm.copy_(value)  # took it at the first name, and a second copy would change its version after
                 # a forward pass used it, which backward refuses)

@@ -14,6 +14,7 @@ closed-form inverse scores its own samples.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 import pyro.distributions as dist
@@ -29,7 +30,7 @@ from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFl
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept,
                                  own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
-from pyro_dgm.utils.checks import DTypeError, ShapeError, as_var_list, clearer, describe, users_own_error
+from pyro_dgm.utils.checks import DTypeError, ShapeError, as_var_list, clearer, describe
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
@@ -60,6 +61,20 @@ def _features_shape(flow: Flow) -> torch.Size:
     what ``print`` shows; the shapes of samples come from the prior)."""
     return torch.Size([flow.in_features]) if flow.in_features else torch.Size()
 
+
+
+def _torch_shape_error(e: BaseException) -> bool:
+    """Whether ``e`` is torch's own error about shapes (raised in torch's code, not a flow's, and not running out
+    of memory): what a draw through a flow that cannot take the prior's shape meets."""
+    if isinstance(e, torch.OutOfMemoryError) or not any(w in str(e) for w in ("shape", "size", "dimension")):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_TORCH_ROOT)
+
+
+_TORCH_ROOT = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 class _FlowSite(dist.TransformedDistribution):
     """Pyro's ``TransformedDistribution`` whose ``sample()`` (a draw with ``reparam=False``) keeps the flow in the
@@ -235,9 +250,9 @@ class _FlowDistribution(OneSiteDistribution):
             if isinstance(e, ValueError):
                 raise
             if own is None or drawn is None or drawn == own or "type" not in str(e).lower():
-                if users_own_error(e) or not any(w in str(e) for w in ("shape", "size", "dimension")):
-                    e.add_note(f"(while {describe(self)} drew {name!r})")  # (a flow's own check, which Pixyz
-                    raise  # raises as it is, or no shape error: kept, with a note)
+                if not _torch_shape_error(e):  # (a flow's own error, which Pixyz raises as it is, or not
+                    e.add_note(f"(while {describe(self)} drew {name!r})")  # one of shapes: kept, with a note)
+                    raise
                 shape = tuple(base.batch_shape + base.event_shape)  # torch's error inside the flow (conv2d's, of a
                 raise clearer(e, f"{describe(self)}: cannot draw {name!r}: its flow cannot take the prior's draw "
                                  f"of shape {shape}: {e}") from e  # draw with a sample_shape) names nothing

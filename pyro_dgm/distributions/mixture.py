@@ -609,7 +609,8 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
         z = values.get(self._hidden_var[0])
         if z is None:
             return _per_first_dim(logp).movedim(-1, 0)
-        return self._dgm_score_component(logp, z)
+        out = self._dgm_score_component(logp, z)
+        return out.flatten(1).sum(1) if out.dim() > 1 else out  # (points with a leading dim: each row's summed)
 
     def _dgm_score_component(self, logp: Tensor, z: Any) -> Tensor:
         r""":math:`\log p(z|x)` of a given component value ``z`` (one-hot, or an index), from the table ``logp`` of

@@ -203,6 +203,9 @@ def _shape_text(t: Any) -> str:
 
 
 def _check_module(where: str, module: nn.Module, saved: Mapping[str, Any]) -> None:
+    if not isinstance(saved, Mapping):  # (torch's load_state_dict: "Expected state_dict to be dict-like")
+        raise ValueError(f"Model.load: {where} of the checkpoint is a {type(saved).__name__}, not a state dict "
+                         "(module.state_dict()'s dict of tensors)")
     own = module.state_dict()
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
@@ -659,8 +662,10 @@ def _detail(text: str) -> str:
 
 def _pixyz_written(state: Any) -> bool:
     """Whether a checkpoint is Pixyz's kind: a dict with the distributions' state dict under ``"distributions"``
-    (and whatever a user's own save added), not written by :func:`save` (which says its ``"format"``)."""
-    return isinstance(state, Mapping) and "distributions" in state and "format" not in state
+    (and whatever a user's own save added, a ``"format"`` key of theirs too), not written by :func:`save` (which
+    says its format, a number, next to the optimizers)."""
+    return (isinstance(state, Mapping) and "distributions" in state
+            and not (isinstance(state.get("format"), int) and "optimizers" in state))
 
 
 def load(model: "Model", path: Any, resume: bool = False) -> None:

@@ -226,3 +226,22 @@ def test_a_pixyz_style_checkpoint_with_keys_of_the_users_loads_its_distributions
             model.load(path)
         for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("extra", [{"format": "v2"}, {"format": 7}, {"distributions": None}, {"distributions": [1]}])
+def test_a_users_own_checkpoint_dict_loads_or_names_what_is_wrong(extra: dict, tmp_path: Any) -> None:
+    """A user's ``{"distributions": ..., "format": "v2"}`` was refused as "not a dict with the key 'distributions'"
+    (Pixyz loads it), and a ``"distributions"`` that is no state dict gave ``'NoneType' is not iterable`` (probe
+    p205)."""
+    torch.manual_seed(0)
+    saved = make_vae()
+    path = tmp_path / "own.pt"
+    torch.save({"distributions": saved.distributions.state_dict(), **extra}, path)
+    model = make_vae()
+    if "distributions" in extra:
+        with pytest.raises(ValueError, match=r"distributions of the checkpoint is a \w+, not a state dict"):
+            model.load(path)
+        return
+    model.load(path)
+    for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -377,3 +377,45 @@ def test_a_forward_property_or_object_is_called_by_name_as_pixyz_calls_it(case: 
     for value, expected in zip(ours, closed):
         torch.testing.assert_close(value, expected)
     assert_same(ref, ours)
+
+
+def test_a_mixture_posteriors_score_of_given_components_with_a_leading_dim_sums_each_row() -> None:
+    """With ``x`` and ``z`` of shape ``(L, B, ...)`` the posterior's score of given components was per point,
+    ``(L, B)``, where every other score of such values sums each row (``(L,)``, ``(K, L)``, probe p205). It is the
+    closed form's per-point log-posterior summed over the row."""
+    import torch
+
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    probs = torch.softmax(torch.arange(3).float(), 0)
+    comps = [Normal(loc=torch.full([3], k - 1.), scale=torch.full([3], 0.5 + k), var=["x"], name=f"p_{k}")
+             for k in range(3)]
+    m = MixtureModel(distributions=comps, prior=Categorical(probs=probs, var=["z"], name="prior"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, generator=g)
+    z = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 4), generator=g), 3).float()
+    joint = torch.stack([torch.distributions.Normal(k - 1., 0.5 + k).log_prob(x).sum(-1) + probs.log()[k]
+                         for k in range(3)], -1)
+    per_point = ((joint - joint.logsumexp(-1, keepdim=True)) * z).sum(-1)
+    torch.testing.assert_close(m.posterior().get_log_prob({"x": x, "z": z}), per_point.sum(-1))
+    torch.testing.assert_close(m.posterior().get_log_prob({"x": x[0], "z": z[0]}), per_point[0])  # (unchanged)
+
+
+@pytest.mark.parametrize("text", ["batch size must be even", "input out of range"])
+def test_a_flows_own_error_while_drawing_reaches_the_caller_as_it_is(text: str) -> None:
+    """``porting.md``: a flow's own error reaches the caller as it is, with a note naming the distribution. A draw
+    rewrote one whose text said "size" into a ``ShapeError`` blaming the draw's shape (probe p205)."""
+    import torch
+
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+    from pyro_dgm.flows import Flow
+
+    class Checked(Flow):
+        def forward(self, x: torch.Tensor, y: Any = None, compute_jacobian: bool = True) -> torch.Tensor:
+            raise RuntimeError(text)
+
+    p = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"]), Checked(2), var=["x"])
+    with pytest.raises(RuntimeError) as info:
+        p.sample(batch_n=3)
+    assert type(info.value) is RuntimeError and str(info.value) == text
+    assert any("TransformedDistribution p(x)" in note for note in info.value.__notes__)
