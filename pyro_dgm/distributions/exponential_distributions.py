@@ -33,6 +33,8 @@ from torch.distributions import Normal as NormalTorch  # noqa: F401
 from torch.distributions import RelaxedBernoulli as RelaxedBernoulliTorch  # noqa: F401
 from torch.distributions import RelaxedOneHotCategorical as RelaxedOneHotCategoricalTorch  # noqa: F401
 from torch.distributions.one_hot_categorical import OneHotCategorical as CategoricalTorch  # noqa: F401
+from torch.distributions.utils import broadcast_all  # noqa: F401
+from torch.nn.functional import binary_cross_entropy_with_logits  # noqa: F401
 
 __all__ = ["Normal", "BernoulliTorchOld", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli",
            "CategoricalTorchOld", "Categorical", "RelaxedCategorical", "Multinomial", "Dirichlet", "Beta", "Laplace",

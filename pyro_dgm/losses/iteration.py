@@ -12,6 +12,7 @@ from pyro_dgm.losses.base import PREC_MUL, Loss, ordered_union
 from pyro_dgm.losses.special import LossArgumentError
 from pyro_dgm.utils.checks import ArgumentError, DimensionError
 from pyro_dgm.utils import get_dict_values, replace_dict_keys  # noqa: F401  (helpers Pixyz's module namespace has)
+from copy import deepcopy  # noqa: F401,E402  (Pixyz's module imports it too)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution

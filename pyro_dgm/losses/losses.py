@@ -18,6 +18,8 @@ from pyro_dgm.losses.operators import (AbsLoss, AddLoss, BatchMean, BatchSum, De
 from pyro_dgm.losses.special import ConstantVar, Parameter, ValueLoss
 from pyro_dgm.models.distributed import DataParalleledLoss
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
+from copy import deepcopy  # noqa: F401,E402  (what else Pixyz's module imports, which programs import from it)
+from torch.nn.parallel import DataParallel, DistributedDataParallel  # noqa: F401,E402
 
 __all__ = ["Loss", "Divergence", "ValueLoss", "Parameter", "ConstantVar", "LossOperator", "AddLoss", "SubLoss",
            "MulLoss", "DivLoss", "MinLoss", "MaxLoss", "LossSelfOperator", "NegLoss", "AbsLoss", "BatchMean",

@@ -17,3 +17,12 @@ __all__ = ["print_latex", "convert_latex_name", "set_epsilon", "epsilon", "set_c
            "get_dict_values", "delete_dict_values", "detach_dict", "replace_dict_keys", "replace_dict_keys_split",
            "FrozenSampleDict", "lru_cache_for_sample_dict", "tolist", "sum_samples", "generator", "current_generator",
            "uniform"]
+
+
+def __getattr__(name: str) -> object:
+    """``Math``, IPython's, which Pixyz's module imports (here on first use: IPython is optional)."""
+    if name == "Math":
+        from IPython.display import Math
+
+        return Math
+    raise AttributeError(f"module 'pyro_dgm.utils' has no attribute {name!r}")

@@ -100,7 +100,7 @@ def tolist(a: Any) -> list[Any]:
 def sum_samples(samples: Tensor, sum_dims: Sequence[int] | None = None) -> Tensor:
     """Sum ``samples`` over ``sum_dims``; by default over every dim but the first (the batch dim).
 
-    An empty ``sum_dims`` sums nothing; a one-dim tensor is returned as it is by default.
+    An empty ``sum_dims`` sums nothing; a one-dim tensor is returned as it is by default (a 0-d one as a new tensor).
 
     Examples
     --------
@@ -113,9 +113,9 @@ def sum_samples(samples: Tensor, sum_dims: Sequence[int] | None = None) -> Tenso
     """
     if sum_dims is not None:
         return torch.sum(samples, dim=list(sum_dims)) if len(sum_dims) else samples
-    if samples.dim() <= 1:
+    if samples.dim() == 1:
         return samples
-    return torch.sum(samples, dim=list(range(1, samples.dim())))
+    return torch.sum(samples, dim=list(range(1, samples.dim())))  # (a 0-d tensor: a new one, as Pixyz's sum)
 
 
 class FrozenSampleDict:

@@ -80,7 +80,9 @@ def cache_maxsize() -> int | None:
     """The size last set with :func:`set_cache_maxsize` (``None`` means no limit).
 
     Our default (128 network results per loss evaluation) differs from Pixyz's (20 entries of its global cache):
-    the two caches do not count the same things, and the value changes no result, only how often networks rerun.
+    the two caches do not count the same things, and the value changes no result of a deterministic network, only
+    how often it reruns (a network that draws, dropout in training mode, draws anew when it reruns: with ``0``, an
+    encoder read by two terms of one loss gives each its own dropout mask, as Pixyz's uncached networks do).
     As in Pixyz, it is read from the module global ``_CACHE_MAXSIZE``, so ``mock.patch`` of it works.
 
     Examples
