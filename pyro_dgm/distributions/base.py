@@ -659,9 +659,9 @@ class Distribution(YieldingModule):
         By default it is the formula, e.g. ``p(x|z)``: the same in every process and after rebuilding a model, so a
         param store saved in one process loads into a fresh one by name. A renaming (``replace_var``) shares the
         networks of the distribution it renames, and so its ``pyro_name``; a marginal's networks are its joint's
-        factors', each under its own name (setting a product's raises, naming its factors). Two live distributions whose networks are in
-        the param store under the same name are refused at registration (give one its own name); a name held by a
-        distribution that no longer exists passes to the new one.
+        factors', each under its own name (setting a product's raises, naming its factors). Two live distributions
+        whose networks are in the param store under the same name are refused at registration (give one its own
+        name); a name held by a distribution that no longer exists passes to the new one.
 
         Examples
         --------
@@ -1554,12 +1554,14 @@ class Distribution(YieldingModule):
         is replaced by ours, and one that no distribution registered (``param_store.load(...)``) is loaded into our
         parameter (shapes checked), which then takes its place, so the module and the store share one tensor.
         """
-        name = _store_name(self)
+        name = None  # (read at the first parameter to register: a distribution without any needs no name)
         store = None
         judged: dict[int, bool] = {}  # owners already judged dead in this pass (one collection for all parameters)
         for pname, prm in self.named_parameters():
             if not prm.requires_grad:
                 continue  # as pyro.module: frozen parameters are not Pyro's to optimize
+            if name is None:
+                name = _store_name(self)
             full = f"{name}$$${pname}"
             if store is None:
                 store = pyro.get_param_store()

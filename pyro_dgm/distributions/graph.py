@@ -45,10 +45,18 @@ SCORE_OPTIONS = ("sum_features", "feature_dims")
 
 
 class UnknownVariableError(KeyError, ValueError):
-    """A variable the graph does not hold: a ``KeyError`` (Pixyz's graph lookup raises one) and a ``ValueError``."""
+    """A variable the graph does not hold: a ``KeyError`` (Pixyz's graph lookup raises one), whose ``args[0]`` is
+    the variable's name as in Pixyz's, and a ``ValueError``; it prints as a sentence."""
+
+    def __init__(self, var_name: Any, message: str = "") -> None:
+        super().__init__(var_name)
+        self.message = message or f"There is no distribution about {var_name}."
 
     def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+        return self.message
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.args[0] if self.args else None, self.message)
 
 
 def graph_name(d: "Distribution") -> str:
@@ -160,7 +168,7 @@ class DistGraph(nx.DiGraph):
             if var_name in f.var:
                 return f.dist
         if not any(var_name in f.cond_var for f in self.factors()):  # (not in the graph: Pixyz's graph lookup
-            raise UnknownVariableError(f"There is no distribution about {var_name}.")  # raises a KeyError there)
+            raise UnknownVariableError(var_name)  # raises a KeyError there)
         raise ValueError(f"There is no distribution about {var_name}.")
 
     @property

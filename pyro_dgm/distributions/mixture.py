@@ -21,13 +21,15 @@ from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution
                                              distribution_list, expand_root, own_site, site_fn, unwrap, weight_list)
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
+from pyro_dgm.distributions.closed_forms import validating
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites, sites_hidden
 from pyro_dgm.distributions.family import _one_hot_support, observed_refusal
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import UserScored
 from pyro_dgm.distributions.poe import expert_given
-from pyro_dgm.utils.checks import NotATensorError, OutOfRangeError, ShapeError, describe, ordered_union, sample_batch_n
+from pyro_dgm.utils.checks import (NotATensorError, NotOneHotError, OutOfRangeError, ShapeError, describe,
+                                   ordered_union, sample_batch_n)
 from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
@@ -631,6 +633,11 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
             raise ShapeError(f"{describe(self)}: the value of {name!r} has shape {tuple(z.shape)}, which does not "
                              f"broadcast with the batch shape {tuple(batch)} of the other inputs ({want})") from None
         if self._one_hot:
+            if (not z.is_floating_point() and not is_compiling() and validating() and z.numel()
+                    and not bool(((z == 0) | (z == 1)).all() and (z.sum(-1) == 1).all())):
+                raise NotOneHotError(f"{describe(self)}: the value of {name!r} holds integer vectors that are not "
+                                     f"one-hot ({want}); for component indices z of shape {tuple(batch)}, give "
+                                     f"F.one_hot(z, {k}).float()")  # (as a one-hot Categorical refuses them)
             return (logp * z).sum(-1)
         if not is_compiling() and z.is_floating_point() and z.numel() and bool(z.isnan().any()):
             raise OutOfRangeError(f"{describe(self)}: the value of {name!r} holds NaN ({want})")

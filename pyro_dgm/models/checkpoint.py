@@ -665,7 +665,7 @@ def _pixyz_written(state: Any) -> bool:
     (and whatever a user's own save added, a ``"format"`` key of theirs too), not written by :func:`save` (which
     says its format, a number, next to the optimizers)."""
     return (isinstance(state, Mapping) and "distributions" in state
-            and not (isinstance(state.get("format"), int) and "optimizers" in state))
+            and not (isinstance(state.get("format"), int) and {"optimizers", "loss_terms", "rng"} <= set(state)))
 
 
 def load(model: "Model", path: Any, resume: bool = False) -> None:

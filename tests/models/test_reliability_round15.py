@@ -245,3 +245,16 @@ def test_a_users_own_checkpoint_dict_loads_or_names_what_is_wrong(extra: dict, t
     model.load(path)
     for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_users_dict_with_an_int_format_and_an_optimizers_entry_is_still_pixyzs_kind(tmp_path: Any) -> None:
+    """Only a file that holds what ``Model.save`` writes (its format, optimizers, loss terms and random states) is
+    read as ours; a user's ``{"distributions", "format": 2, "optimizers"}`` was refused (probe p207)."""
+    torch.manual_seed(0)
+    saved = make_vae()
+    path = tmp_path / "own.pt"
+    torch.save({"distributions": saved.distributions.state_dict(), "format": 2, "optimizers": [{}]}, path)
+    model = make_vae()
+    model.load(path)
+    for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -474,3 +474,52 @@ def test_names_pixyz_modules_import_from_elsewhere_import_from_ours(module: str,
 
     assert getattr(importlib.import_module(f"pyro_dgm.{module}"), name) is \
         getattr(importlib.import_module(f"pixyz.{module}"), name)
+
+
+def test_a_mixture_posterior_refuses_integer_component_values_that_are_not_one_hot() -> None:
+    """With the default one-hot prior, integer indices ``z = [0, 2, 1]`` for ``K = 3`` components were read as
+    one-hot weights (``0·log p(0|x) + 2·log p(1|x) + 1·log p(2|x)``, silently, probe p207); a one-hot
+    Categorical refuses them under validation, and so does the posterior now, naming the variable."""
+    import torch
+
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+    from pyro_dgm.utils.checks import NotOneHotError
+
+    comps = [Normal(loc=torch.full([2], float(k)), scale=torch.ones(2), var=["x"], name=f"p_{k}") for k in range(3)]
+    post = MixtureModel(distributions=comps, prior=Categorical(probs=torch.ones(3) / 3, var=["z"])).posterior()
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NotOneHotError, match=r"p\(z\|x\): the value of 'z' holds integer vectors that are not one-hot"):
+        post.get_log_prob({"x": x, "z": torch.tensor([0, 2, 1])})
+    one_hot = torch.nn.functional.one_hot(torch.tensor([0, 2, 1]), 3)
+    table = post.get_log_prob({"x": x})  # (K, B)
+    torch.testing.assert_close(post.get_log_prob({"x": x, "z": one_hot}), table.T.gather(1, torch.tensor(
+        [[0], [2], [1]])).squeeze(1))  # (integer one-hot values still score as the float ones)
+
+
+def test_an_unknown_variables_error_holds_its_name_as_pixyzs_key_error_does() -> None:
+    """``e.args[0]`` of Pixyz's ``KeyError`` is the variable's name; ours held the sentence (probe p207)."""
+    import pickle
+
+    from pyro_dgm.distributions import Normal
+
+    p = Normal(loc="z", scale=1., var=["x"], cond_var=["z"], name="p") * \
+        Normal(loc=0., scale=1., var=["z"], features_shape=[1])
+    with pytest.raises(KeyError) as info:
+        p.graph.distribution("w")
+    assert info.value.args == ("w",) and str(info.value) == "There is no distribution about w."
+    again = pickle.loads(pickle.dumps(info.value))
+    assert again.args == ("w",) and str(again) == str(info.value)
+
+
+def test_a_distribution_without_networks_registers_no_name_in_the_store() -> None:
+    """A constant distribution over a variable whose name holds ``$$$`` has nothing for Pyro's param store; my
+    check of store names refused its model (probe p207) although no name is registered."""
+    import pyro
+    import torch
+
+    from pyro_dgm.distributions import Normal
+
+    pyro.clear_param_store()
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z$$$"])
+    trace = pyro.poutine.trace(prior.model).get_trace()
+    assert "z$$$" in trace.nodes and not list(pyro.get_param_store().keys())
