@@ -476,6 +476,7 @@ def test_names_pixyz_modules_import_from_elsewhere_import_from_ours(module: str,
         getattr(importlib.import_module(f"pixyz.{module}"), name)
 
 
+@pytest.mark.needs_validation
 def test_a_mixture_posterior_refuses_integer_component_values_that_are_not_one_hot() -> None:
     """With the default one-hot prior, integer indices ``z = [0, 2, 1]`` for ``K = 3`` components were read as
     one-hot weights (``0·log p(0|x) + 2·log p(1|x) + 1·log p(2|x)``, silently, probe p207); a one-hot
