@@ -187,6 +187,8 @@ def _store_name(d: "Distribution") -> str:
     """The name of ``d``'s networks in Pyro's param store: its ``pyro_name`` (a subclass's own, a class attribute or
     property, too), checked as the setter checks it."""
     name = d.pyro_name
+    if name == (d._dgm_pyro_name or d.prob_text):  # (the setter's, or the formula: as ever)
+        return name
     if not isinstance(name, str) or not name or "$$$" in name:  # (a subclass's own, which the setter did not check)
         raise TypeError(f"{describe(d)}: pyro_name must be a non-empty string without '$$$' (Pyro's separator of "
                         f"module and parameter names), got {name!r}")

@@ -664,8 +664,12 @@ def _pixyz_written(state: Any) -> bool:
     """Whether a checkpoint is Pixyz's kind: a dict with the distributions' state dict under ``"distributions"``
     (and whatever a user's own save added, a ``"format"`` key of theirs too), not written by :func:`save` (which
     says its format, a number, next to the optimizers)."""
-    return (isinstance(state, Mapping) and "distributions" in state
-            and not (isinstance(state.get("format"), int) and {"optimizers", "loss_terms", "rng"} <= set(state)))
+    if not isinstance(state, Mapping) or "distributions" not in state:
+        return False
+    version = state.get("format")
+    ours = (version == FORMAT and bool({"optimizers", "other_distributions", "loss_terms", "rng"} & set(state))
+            or isinstance(version, int) and set(_REQUIRED) <= set(state))
+    return not ours  # (one of ours, damaged or of another format, gets its own error)
 
 
 def load(model: "Model", path: Any, resume: bool = False) -> None:

@@ -258,3 +258,18 @@ def test_a_users_dict_with_an_int_format_and_an_optimizers_entry_is_still_pixyzs
     model.load(path)
     for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lacking", ["optimizers", "rng", "loss_terms"])
+def test_a_damaged_checkpoint_of_ours_is_refused_naming_what_it_lacks(lacking: str, tmp_path: Any) -> None:
+    """A file ``Model.save`` wrote that lost an entry was read as Pixyz's kind (the distributions only, with a
+    warning that they were all it held) once user dicts with a format key of their own loaded (probe p208)."""
+    torch.manual_seed(0)
+    model = make_vae()
+    model.train(_digits(0))
+    model.save(tmp_path / "ours.pt")
+    state = torch.load(tmp_path / "ours.pt", weights_only=False)
+    del state[lacking]
+    torch.save(state, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match=rf"lacks \['{lacking}'\]; it is damaged"):
+        make_vae().load(tmp_path / "damaged.pt", resume=True)

@@ -524,3 +524,47 @@ def test_a_distribution_without_networks_registers_no_name_in_the_store() -> Non
     prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z$$$"])
     trace = pyro.poutine.trace(prior.model).get_trace()
     assert "z$$$" in trace.nodes and not list(pyro.get_param_store().keys())
+
+
+def test_without_validation_a_mixture_posterior_scores_integer_values_that_are_not_one_hot_nan() -> None:
+    """Without validation the posterior read integer indices as weights and gave finite wrong scores (probe p208);
+    as a one-hot Categorical, it scores such a value NaN, and one-hot rows as before."""
+    import pyro
+    import torch
+
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    pyro.enable_validation(False)  # (the test set-up restores the setting)
+    comps = [Normal(loc=torch.full([2], float(k)), scale=torch.ones(2), var=["x"], name=f"p_{k}") for k in range(3)]
+    prior = Categorical(probs=torch.ones(3) / 3, var=["z"])
+    post = MixtureModel(distributions=comps, prior=prior).posterior()
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    z = torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, 1]])
+    score = post.get_log_prob({"x": x, "z": z})
+    table = post.get_log_prob({"x": x}).T  # (B, K)
+    assert torch.isnan(score[0]) and torch.isnan(prior.get_log_prob({"z": z})[0])
+    torch.testing.assert_close(score[1:], torch.stack([table[1, 1], table[2, 2]]))
+
+
+def test_a_variable_named_with_dollars_keeps_its_networks_default_store_name() -> None:
+    """The default store name is the formula, as ever, even where a variable's name holds ``$$$``; my check of
+    store names refused it, blaming a ``pyro_name`` the user never set (probe p208)."""
+    import pyro
+    import torch
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x$$$"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"loc": self.fc(z), "scale": torch.ones_like(z)}
+
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning, match="holds '\\$'"):
+        p = P()
+    pyro.poutine.trace(p.model).get_trace(z=torch.zeros(3, 2))
+    assert sorted(pyro.get_param_store().keys()) == ["p(x$$$|z)$$$fc.bias", "p(x$$$|z)$$$fc.weight"]
