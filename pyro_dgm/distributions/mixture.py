@@ -633,14 +633,15 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
             raise ShapeError(f"{describe(self)}: the value of {name!r} has shape {tuple(z.shape)}, which does not "
                              f"broadcast with the batch shape {tuple(batch)} of the other inputs ({want})") from None
         if self._one_hot:
-            if z.is_floating_point():
-                return (logp * z).sum(-1)
+            weighted = torch.where(z == 0, 0.0, logp) * z  # (a component of log-posterior -inf that z leaves out
+            if z.is_floating_point():  # adds 0, not -inf * 0 = NaN)
+                return weighted.sum(-1)
             one_hot = ((z == 0) | (z == 1)).all(-1) & (z.sum(-1) == 1)  # (integer values: indices would be read as
             if not is_compiling() and validating() and z.numel() and not bool(one_hot.all()):  # weights)
                 raise NotOneHotError(f"{describe(self)}: the value of {name!r} holds integer vectors that are not "
                                      f"one-hot ({want}); for component indices z of shape {tuple(batch)}, give "
                                      f"F.one_hot(z, {k}).float()")  # (as a one-hot Categorical refuses them)
-            score = (logp * z).sum(-1)  # without validation, NaN where a vector is not one-hot, as the Categorical
+            score = weighted.sum(-1)  # without validation, NaN where a vector is not one-hot, as the Categorical
             return torch.where(one_hot, score, torch.full_like(score, float("nan")))
         if not is_compiling() and z.is_floating_point() and z.numel() and bool(z.isnan().any()):
             raise OutOfRangeError(f"{describe(self)}: the value of {name!r} holds NaN ({want})")

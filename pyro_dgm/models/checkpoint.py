@@ -364,7 +364,7 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         _check_module("distributions", model.distributions, state["distributions"])
         model.distributions.load_state_dict(state["distributions"])
         return
-    if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+    if not isinstance(state, Mapping) or not _is_ours(state.get("format")):
         version = state.get("format") if isinstance(state, Mapping) else None
         raise ValueError("Model.load: not a pyro_dgm Model checkpoint (written by Model.save) nor a Pixyz one (a "
                          "dict with the key 'distributions')" + (
@@ -660,6 +660,11 @@ def _detail(text: str) -> str:
     return (reason or lines or [""])[0]
 
 
+def _is_ours(version: Any) -> bool:
+    """Whether a checkpoint's ``"format"`` is this library's (a user's own may be anything, a tensor too)."""
+    return isinstance(version, int) and not isinstance(version, bool) and version == FORMAT
+
+
 def _pixyz_written(state: Any) -> bool:
     """Whether a checkpoint is Pixyz's kind: a dict with the distributions' state dict under ``"distributions"``
     (and whatever a user's own save added, a ``"format"`` key of theirs too), not written by :func:`save` (which
@@ -667,7 +672,7 @@ def _pixyz_written(state: Any) -> bool:
     if not isinstance(state, Mapping) or "distributions" not in state:
         return False
     version = state.get("format")
-    ours = (version == FORMAT and bool({"optimizers", "other_distributions", "loss_terms", "rng"} & set(state))
+    ours = (_is_ours(version) and bool({"optimizers", "other_distributions", "loss_terms", "rng"} & set(state))
             or isinstance(version, int) and set(_REQUIRED) <= set(state))
     return not ours  # (one of ours, damaged or of another format, gets its own error)
 
@@ -684,7 +689,7 @@ def load(model: "Model", path: Any, resume: bool = False) -> None:
     """
     device = next((p.device for p in model.distributions.parameters()), torch.device("cpu"))
     state = _read(path, device)
-    if not resume and isinstance(state, Mapping) and state.get("format") == FORMAT:
+    if not resume and isinstance(state, Mapping) and _is_ours(state.get("format")) and "distributions" in state:
         state = {"distributions": state["distributions"]}  # Pixyz's load: the optimizer and RNG states stay
     elif resume and _pixyz_written(state):
         warnings.warn(f"Model.load({str(path)!r}, resume=True): the file holds the distributions' state only (as "

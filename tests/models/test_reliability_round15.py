@@ -273,3 +273,23 @@ def test_a_damaged_checkpoint_of_ours_is_refused_naming_what_it_lacks(lacking: s
     torch.save(state, tmp_path / "damaged.pt")
     with pytest.raises(ValueError, match=rf"lacks \['{lacking}'\]; it is damaged"):
         make_vae().load(tmp_path / "damaged.pt", resume=True)
+
+
+def test_a_users_checkpoint_with_a_tensor_format_and_ours_without_distributions_are_handled(tmp_path: Any) -> None:
+    """A user's ``"format"`` that is a tensor of several elements raised torch's "ambiguous" error, and a file of
+    ours that lost ``"distributions"`` a bare ``KeyError`` from ``load(path)`` (probe p210)."""
+    torch.manual_seed(0)
+    saved = make_vae()
+    torch.save({"distributions": saved.distributions.state_dict(), "format": torch.tensor([28, 28])},
+               tmp_path / "own.pt")
+    model = make_vae()
+    model.load(tmp_path / "own.pt")
+    for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    saved.save(tmp_path / "ours.pt")
+    state = torch.load(tmp_path / "ours.pt", weights_only=False)
+    del state["distributions"]
+    torch.save(state, tmp_path / "damaged.pt")
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=r"lacks \['distributions'\]"):
+            make_vae().load(tmp_path / "damaged.pt", resume=resume)

@@ -568,3 +568,23 @@ def test_a_variable_named_with_dollars_keeps_its_networks_default_store_name() -
         p = P()
     pyro.poutine.trace(p.model).get_trace(z=torch.zeros(3, 2))
     assert sorted(pyro.get_param_store().keys()) == ["p(x$$$|z)$$$fc.bias", "p(x$$$|z)$$$fc.weight"]
+
+
+def test_a_one_hot_posterior_score_leaves_out_components_of_zero_posterior() -> None:
+    """A component whose log-posterior is -inf (a prior weight of 0) made every one-hot row NaN, as -inf * 0 (probe
+    p210); the score is the table's entry of the row's component, and its gradient is finite."""
+    import torch
+
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    comps = [Normal(loc=torch.full([2], float(k)), scale=torch.ones(2), var=["x"], name=f"p_{k}") for k in range(3)]
+    prior = Categorical(probs=torch.tensor([0.5, 0.5, 0.0]), var=["z"])
+    post = MixtureModel(distributions=comps, prior=prior).posterior()
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    index = torch.tensor([0, 1, 0])
+    table = post.get_log_prob({"x": x}).T  # (B, K)
+    for z in (torch.nn.functional.one_hot(index, 3), torch.nn.functional.one_hot(index, 3).float()):
+        score = post.get_log_prob({"x": x, "z": z})
+        torch.testing.assert_close(score, table.gather(1, index[:, None]).squeeze(1))
+        (grad,) = torch.autograd.grad(score.sum(), x)
+        assert torch.isfinite(grad).all()

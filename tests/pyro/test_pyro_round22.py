@@ -226,3 +226,23 @@ def test_a_subclasss_own_pyro_name_that_is_no_name_is_refused_naming_it(name: An
     pyro.clear_param_store()
     with pytest.raises(TypeError, match=r"Named q\(z\|x\): pyro_name must be a non-empty string without '\$\$\$'"):
         Named().guide(x=torch.rand(3, 6))
+
+
+def test_two_live_distributions_of_one_formula_with_dollars_are_refused_as_any_others() -> None:
+    """The check of a name's owner cut the store name at its first ``$$$``: two live distributions whose formula
+    holds ``$$$`` (a variable named ``x$$$``) silently shared their store names (probe p210)."""
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x$$$"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"loc": self.fc(z), "scale": torch.ones_like(z)}
+
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning):
+        first, second = P(), P()
+    pyro.poutine.trace(first.model).get_trace(z=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"already holds 'p\(x\$\$\$\|z\)\$\$\$fc.weight' for another live"):
+        pyro.poutine.trace(second.model).get_trace(z=torch.zeros(3, 2))
