@@ -138,10 +138,16 @@ def _real(event_dim: int) -> constraints.Constraint:
     return constraints.real if event_dim == 0 else constraints.independent(constraints.real, event_dim)
 
 
-def _no_tensor_named_condition(flow: Any, kind: str) -> None:
-    raise KeyError(f"{type(flow).__name__}: a flow's {kind} cannot be named 'condition', the method of Pyro's "
-                   "conditional interface (flow.condition(y)) that pyro_dgm's flows have; name it otherwise (a "
-                   "submodule named condition, a conditioning network, is taken)")
+def _no_tensor_named_condition(flow: Any, kind: str, name: str = "condition") -> None:
+    what = ("the method of Pyro's conditional interface (flow.condition(y))" if name == "condition" else
+            "a method")
+    raise KeyError(f"{type(flow).__name__}: a flow's {kind} cannot be named {name!r}, {what} that pyro_dgm's "
+                   f"flows have; name it otherwise (a submodule named {name}, or a plain value, is taken)")
+
+
+#: pyro_dgm's method names that a Pixyz flow subclass may take for a submodule or a plain value of its own (its code
+#: reads its own; pyro_dgm calls the class's method)
+_USERS_TO_TAKE = frozenset({"condition", "forward_with_logdet", "inverse_with_logdet"})
 
 
 def _no_torch_transform_name(flow: Any, kind: str, name: str, error: type[Exception] = KeyError) -> None:
@@ -390,7 +396,7 @@ def _quiet_logdet(flow: "Flow", x: Tensor, context: Any) -> Tensor:
 def _dgm_logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
     m = _recall(flow, context, x=x, z=z)
     if m is None:
-        return flow.forward_with_logdet(x, context)[1]
+        return type(flow).forward_with_logdet(flow, x, context)[1]  # (the class's: a user's value may hide it)
     if m.logdet is None:
         m.logdet = _quiet_logdet(flow, x, context)
     return m.logdet
@@ -801,11 +807,11 @@ class Flow(TransformModule, ConditionalTransform):
     # instance's __dict__, where the user's code reads it first (Pixyz has no such method); pyro_dgm's distributions
     # call Flow.condition itself. A parameter or buffer of that name is refused, naming it: a tensor mirrored so
     # would go stale when .to() or torch.func.functional_call put another tensor in its place.
-    def _dgm_mirror_condition(self) -> None:
+    def _dgm_mirror_condition(self, name: str = "condition") -> None:
         d = self.__dict__
         own = d.get("_modules")
-        if own is not None and "condition" in own:  # (a module is changed in place by .to(), so the mirror holds)
-            d["condition"] = own["condition"]
+        if own is not None and name in own:  # (a module is changed in place by .to(), so the mirror holds)
+            d[name] = own[name]
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _TRANSFORM_NAMES and not _own_transform_name(type(self), name):  # (a submodule would be kept
@@ -813,22 +819,22 @@ class Flow(TransformModule, ConditionalTransform):
                     "parameter" if isinstance(value, nn.Parameter) else "attribute")  # flow's own code; a plain
             _no_torch_transform_name(self, kind, name, AttributeError)  # value would replace what torch calls)
         super().__setattr__(name, value)
-        if name == "condition":
-            self._dgm_mirror_condition()
+        if name in _USERS_TO_TAKE:
+            self._dgm_mirror_condition(name)
 
     def __delattr__(self, name: str) -> None:
-        if name == "condition":
+        if name in _USERS_TO_TAKE:
             d = self.__dict__
-            d.pop("condition", None)
-            if not any("condition" in d.get(kind, ()) for kind in ("_modules", "_parameters", "_buffers")):
+            d.pop(name, None)
+            if not any(name in d.get(kind, ()) for kind in ("_modules", "_parameters", "_buffers")):
                 return  # (the user's plain value, kept in __dict__: gone)
         super().__delattr__(name)
 
     def register_parameter(self, name: str, param: Any) -> None:
         """``nn.Module``'s; a parameter named ``condition`` is refused, naming it (see the class's ``condition``), as
         is one named as an attribute of torch's ``Transform`` (``sign``, ``bijective``, ...)."""
-        if name == "condition":
-            _no_tensor_named_condition(self, "parameter")
+        if name in _USERS_TO_TAKE:
+            _no_tensor_named_condition(self, "parameter", name)
         if name in _TRANSFORM_NAMES:
             _no_torch_transform_name(self, "parameter", name)
         super().register_parameter(name, param)
@@ -836,24 +842,25 @@ class Flow(TransformModule, ConditionalTransform):
     def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
         """``nn.Module``'s; a buffer named ``condition`` is refused, naming it (see the class's ``condition``), as
         is one named as an attribute of torch's ``Transform`` (``sign``, ``bijective``, ...)."""
-        if name == "condition":
-            _no_tensor_named_condition(self, "buffer")
+        if name in _USERS_TO_TAKE:
+            _no_tensor_named_condition(self, "buffer", name)
         if name in _TRANSFORM_NAMES:
             _no_torch_transform_name(self, "buffer", name)
         super().register_buffer(name, tensor, persistent)
 
     def add_module(self, name: str, module: Any) -> None:
-        """``nn.Module``'s; a submodule named ``condition`` (a Pixyz flow's conditioning network) is the flow's own,
-        which its code reads as ``self.condition``; one named as an attribute of torch's ``Transform`` (``sign``,
-        ``bijective``, ...) is refused, naming it."""
+        """``nn.Module``'s; a submodule named ``condition`` (a Pixyz flow's conditioning network), or
+        ``forward_with_logdet`` / ``inverse_with_logdet``, is the flow's own, which its code reads as
+        ``self.condition``; one named as an attribute of torch's ``Transform`` (``sign``, ``bijective``, ...) is
+        refused, naming it."""
         if name in _TRANSFORM_NAMES:
             _no_torch_transform_name(self, "submodule", name)
-        if name == "condition" and "condition" not in self._modules and not any(
-                "condition" in self.__dict__.get(k, ()) for k in ("_parameters", "_buffers")):
-            self._modules["condition"] = None  # (torch refuses a name the class has: the method, here)
+        if name in _USERS_TO_TAKE and name not in self._modules and not any(
+                name in self.__dict__.get(k, ()) for k in ("_parameters", "_buffers")):
+            self._modules[name] = None  # (torch refuses a name the class has: the method, here)
         super().add_module(name, module)
-        if name == "condition":
-            self._dgm_mirror_condition()
+        if name in _USERS_TO_TAKE:
+            self._dgm_mirror_condition(name)
 
     # ------------------------------------------------------------------ torch.distributions.Transform hooks
     def _call(self, x: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pixyz_harness import assert_same, run_both
+from pixyz_harness import assert_same, run_both, same
 
 
 def _features_shape_property_program(family: str) -> Any:
@@ -588,3 +588,38 @@ def test_a_one_hot_posterior_score_leaves_out_components_of_zero_posterior() -> 
         torch.testing.assert_close(score, table.gather(1, index[:, None]).squeeze(1))
         (grad,) = torch.autograd.grad(score.sum(), x)
         assert torch.isfinite(grad).all()
+
+
+def _flow_with_a_submodule_named_as_our_method_program(name: str) -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import InverseTransformedDistribution, Normal
+    from pixyz.flows import Flow
+
+    class Shift(Flow):  # a Pixyz flow whose network is named as a method pyro_dgm's flows have
+        def __init__(self) -> None:
+            super().__init__(2)
+            setattr(self, name, nn.Linear(2, 2))
+
+        def forward(self, x: torch.Tensor, y: Any = None, compute_jacobian: bool = True) -> torch.Tensor:
+            if compute_jacobian:
+                self._logdet_jacobian = torch.zeros(x.shape[0])
+            return x + torch.tanh(getattr(self, name)(torch.ones_like(x)))
+
+        def inverse(self, z: torch.Tensor, y: Any = None) -> torch.Tensor:
+            return z - torch.tanh(getattr(self, name)(torch.ones_like(z)))
+
+    torch.manual_seed(0)
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
+    p = InverseTransformedDistribution(prior, flow=Shift(), var=["x"])
+    x = torch.randn(4, 2)
+    return {"log_prob": p.get_log_prob({"x": x}), "sample": p.sample(batch_n=3)["x"]}
+
+
+@pytest.mark.parametrize("name", ["forward_with_logdet", "inverse_with_logdet"])
+def test_a_flow_submodule_named_as_our_method_is_the_flows_own(name: str) -> None:
+    """``porting.md``: pyro_dgm's own names yield to a subclass's value. A submodule named ``forward_with_logdet``
+    stayed hidden behind our method: the flow's own ``forward`` called our method, which called ``forward``, until
+    a ``RecursionError`` (probe p209). The flow's code reads its submodule; pyro_dgm calls the class's method."""
+    same(lambda: _flow_with_a_submodule_named_as_our_method_program(name))
