@@ -571,14 +571,16 @@ def test_a_variable_named_with_dollars_keeps_its_networks_default_store_name() -
 
 
 def test_a_one_hot_posterior_score_leaves_out_components_of_zero_posterior() -> None:
-    """A component whose log-posterior is -inf (a prior weight of 0) made every one-hot row NaN, as -inf * 0 (probe
-    p210); the score is the table's entry of the row's component, and its gradient is finite."""
+    """A component whose log-posterior is -inf (a Normal of scale 1e-20 away from its mean: about -5e39, -inf in
+    float32) made every one-hot row NaN, as -inf * 0 (probe p210); the score is the table's entry of the row's
+    component, and its gradient is finite."""
     import torch
 
     from pyro_dgm.distributions import Categorical, MixtureModel, Normal
 
-    comps = [Normal(loc=torch.full([2], float(k)), scale=torch.ones(2), var=["x"], name=f"p_{k}") for k in range(3)]
-    prior = Categorical(probs=torch.tensor([0.5, 0.5, 0.0]), var=["z"])
+    comps = [Normal(loc=torch.full([2], float(k)), scale=torch.full([2], 1e-20 if k == 2 else 1.0), var=["x"],
+                    name=f"p_{k}") for k in range(3)]
+    prior = Categorical(probs=torch.ones(3) / 3, var=["z"])
     post = MixtureModel(distributions=comps, prior=prior).posterior()
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), requires_grad=True)
     index = torch.tensor([0, 1, 0])
