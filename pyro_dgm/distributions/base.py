@@ -1579,7 +1579,7 @@ class Distribution(YieldingModule):
         entry = _REGISTERED.get(id(cur))
         if entry is not None and entry[0]() is cur:  # a distribution of this process put it there
             owner = entry[1]()
-            if owner is not None and _store_name(owner) != full.rsplit("$$$", 1)[0]:
+            if owner is not None and not full.startswith(_store_name(owner) + "$$$"):
                 owner = None  # a live one holds the tensor under another name (it reuses a dead one's network)
             if owner is not None and judged.get(id(owner)):
                 owner = None  # (judged dead for an earlier parameter of this pass)
@@ -1598,7 +1598,7 @@ class Distribution(YieldingModule):
             if owner is not None and owner is not self:
                 raise ValueError(f"{describe(self)}: Pyro's param store already holds {full!r} for another live "
                                  f"distribution, {describe(owner)}, with the same pyro_name "
-                                 f"{full.rsplit('$$$', 1)[0]!r}; give one of them its own name (dist.pyro_name = "
+                                 f"{_store_name(self)!r}; give one of them its own name (dist.pyro_name = "
                                  "'decoder', or pyro_name='decoder' when building a family), or call "
                                  "pyro.clear_param_store() if the other one is no longer used")
         else:  # loaded from a file (or set by pyro.param): its value is this parameter's

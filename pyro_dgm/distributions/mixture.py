@@ -633,9 +633,9 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
             raise ShapeError(f"{describe(self)}: the value of {name!r} has shape {tuple(z.shape)}, which does not "
                              f"broadcast with the batch shape {tuple(batch)} of the other inputs ({want})") from None
         if self._one_hot:
-            weighted = torch.where(z == 0, 0.0, logp) * z  # (a component of log-posterior -inf that z leaves out
-            if z.is_floating_point():  # adds 0, not -inf * 0 = NaN)
-                return weighted.sum(-1)
+            weighted = torch.where((z == 0) & logp.isneginf(), 0.0, logp) * z  # (a component of log-posterior
+            if z.is_floating_point():  # -inf that z leaves out adds 0, not -inf * 0 = NaN; elsewhere the gradient
+                return weighted.sum(-1)  # with respect to z is the log-posterior)
             one_hot = ((z == 0) | (z == 1)).all(-1) & (z.sum(-1) == 1)  # (integer values: indices would be read as
             if not is_compiling() and validating() and z.numel() and not bool(one_hot.all()):  # weights)
                 raise NotOneHotError(f"{describe(self)}: the value of {name!r} holds integer vectors that are not "

@@ -673,7 +673,7 @@ def _pixyz_written(state: Any) -> bool:
         return False
     version = state.get("format")
     ours = (_is_ours(version) and bool({"optimizers", "other_distributions", "loss_terms", "rng"} & set(state))
-            or isinstance(version, int) and set(_REQUIRED) <= set(state))
+            or isinstance(version, int) and not isinstance(version, bool) and set(_REQUIRED) <= set(state))
     return not ours  # (one of ours, damaged or of another format, gets its own error)
 
 

@@ -228,7 +228,10 @@ def test_a_pixyz_style_checkpoint_with_keys_of_the_users_loads_its_distributions
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("extra", [{"format": "v2"}, {"format": 7}, {"distributions": None}, {"distributions": [1]}])
+@pytest.mark.parametrize("extra", [
+    {"format": "v2"}, {"format": 7}, {"distributions": None}, {"distributions": [1]},
+    {"format": True, "other_distributions": [], "optimizers": [], "loss_terms": [], "step": 0, "epoch": 0, "rng": {}}],
+    ids=["str format", "int format", "None", "list", "bool format and our keys"])
 def test_a_users_own_checkpoint_dict_loads_or_names_what_is_wrong(extra: dict, tmp_path: Any) -> None:
     """A user's ``{"distributions": ..., "format": "v2"}`` was refused as "not a dict with the key 'distributions'"
     (Pixyz loads it), and a ``"distributions"`` that is no state dict gave ``'NoneType' is not iterable`` (probe

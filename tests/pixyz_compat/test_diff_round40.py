@@ -625,3 +625,19 @@ def test_a_flow_submodule_named_as_our_method_is_the_flows_own(name: str) -> Non
     stayed hidden behind our method: the flow's own ``forward`` called our method, which called ``forward``, until
     a ``RecursionError`` (probe p209). The flow's code reads its submodule; pyro_dgm calls the class's method."""
     same(lambda: _flow_with_a_submodule_named_as_our_method_program(name))
+
+
+def test_a_one_hot_posterior_scores_gradient_with_respect_to_z_is_the_log_posterior() -> None:
+    """Leaving out -inf components zeroed the gradient with respect to ``z`` at every zero entry, where the closed
+    form's ``d/dz_k sum_k z_k log p(k|x)`` is ``log p(k|x)``: a straight-through Gumbel-softmax got wrong gradients
+    (probe p211)."""
+    import torch
+
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    comps = [Normal(loc=torch.full([2], float(k)), scale=torch.ones(2), var=["x"], name=f"p_{k}") for k in range(3)]
+    post = MixtureModel(distributions=comps, prior=Categorical(probs=torch.ones(3) / 3, var=["z"])).posterior()
+    x = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
+    z = torch.nn.functional.one_hot(torch.tensor([0, 2]), 3).float().requires_grad_()
+    (grad,) = torch.autograd.grad(post.get_log_prob({"x": x, "z": z}).sum(), z)
+    torch.testing.assert_close(grad, post.get_log_prob({"x": x}).T)

@@ -246,3 +246,23 @@ def test_two_live_distributions_of_one_formula_with_dollars_are_refused_as_any_o
     pyro.poutine.trace(first.model).get_trace(z=torch.zeros(3, 2))
     with pytest.raises(ValueError, match=r"already holds 'p\(x\$\$\$\|z\)\$\$\$fc.weight' for another live"):
         pyro.poutine.trace(second.model).get_trace(z=torch.zeros(3, 2))
+
+
+def test_two_live_distributions_whose_parameter_paths_hold_dollars_are_refused() -> None:
+    """A parameter path with ``$$$`` (an ``nn.ModuleDict`` key ``"a$$$b"``) made the owner check cut the store name
+    at the wrong ``$$$``: a second live distribution of the same name silently took the first one's entries (probe
+    p211). It is refused as any other."""
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.nets = nn.ModuleDict({"a$$$b": nn.Linear(2, 2)})
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"loc": self.nets["a$$$b"](z), "scale": torch.ones_like(z)}
+
+    pyro.clear_param_store()
+    first, second = P(), P()
+    pyro.poutine.trace(first.model).get_trace(z=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"for another live distribution, P p\(x\|z\), with the same pyro_name"):
+        pyro.poutine.trace(second.model).get_trace(z=torch.zeros(3, 2))
