@@ -62,7 +62,6 @@ def _features_shape(flow: Flow) -> torch.Size:
     return torch.Size([flow.in_features]) if flow.in_features else torch.Size()
 
 
-
 def _torch_shape_error(e: BaseException) -> bool:
     """Whether ``e`` is torch's own error about shapes (raised in torch's code, not a flow's, and not running out
     of memory): what a draw through a flow that cannot take the prior's shape meets."""
@@ -75,6 +74,7 @@ def _torch_shape_error(e: BaseException) -> bool:
 
 
 _TORCH_ROOT = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
 
 class _FlowSite(dist.TransformedDistribution):
     """Pyro's ``TransformedDistribution`` whose ``sample()`` (a draw with ``reparam=False``) keeps the flow in the

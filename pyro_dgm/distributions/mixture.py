@@ -301,12 +301,12 @@ class _Mixture(OneSiteDistribution):
                                   "from samples")
 
 
-
 def _per_first_dim(table: Tensor) -> Tensor:
     """A ``(*batch, K)`` table of per-point log-densities summed over the batch dims after the first, as Pixyz sums
     each component's log-density of ``x`` with extra leading dims (``(L, B, D)``: ``(L, K)``, which ``get_log_prob``'s
     ``(L,)`` matches)."""
     return table.flatten(1, -2).sum(1) if table.dim() > 2 else table
+
 
 class MixtureModel(_Mixture):
     r"""A mixture model :math:`p(x) = \sum_k p(x|z=k)\,p(z=k)` with a categorical prior over the component ``z``.
