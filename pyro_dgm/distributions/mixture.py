@@ -623,7 +623,8 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
             raise NotATensorError(f"{describe(self)}: the value of {name!r} must be a tensor, got {type(z).__name__}")
         want = (f"one-hot values of shape {tuple(logp.shape)}: batch shape {tuple(batch)}, feature shape ({k},)"
                 if self._one_hot else f"component indices 0..{k - 1} of shape {tuple(batch)}")
-        if self._one_hot and (z.dim() == 0 or z.shape[-1] != k) or not self._one_hot and (
+        if self._one_hot and (z.dim() == 0 or z.shape[-1] != k or z.dim() > len(batch) + 1 and z.shape[-2] == 1
+                              and (not batch or batch[-1] != 1)) or not self._one_hot and (
                 z.dim() > len(batch) and z.shape[-1] == 1 and (not batch or batch[-1] != 1)):
             raise ShapeError(f"{describe(self)}: the value of {name!r} has shape {tuple(z.shape)}, but the posterior "
                              f"is over {k} components ({want})")

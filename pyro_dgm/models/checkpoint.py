@@ -366,10 +366,11 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         return
     if not isinstance(state, Mapping) or not _is_ours(state.get("format")):
         version = state.get("format") if isinstance(state, Mapping) else None
+        if isinstance(version, int) and not isinstance(version, bool) and isinstance(state, Mapping):
+            raise ValueError(f"Model.load: a pyro_dgm Model checkpoint of format {version!r} (it holds what "
+                             f"Model.save writes); this pyro_dgm reads format {FORMAT}")
         raise ValueError("Model.load: not a pyro_dgm Model checkpoint (written by Model.save) nor a Pixyz one (a "
-                         "dict with the key 'distributions')" + (
-                             f"; it says it is of format {version!r}, this pyro_dgm reads format {FORMAT}"
-                             if isinstance(version, int) else ""))
+                         "dict with the key 'distributions')")
     lacking = [k for k in _REQUIRED if k not in state]
     if lacking:
         raise ValueError(f"Model.load: the checkpoint lacks {lacking}; it is damaged or was not written by "

@@ -296,3 +296,16 @@ def test_a_users_checkpoint_with_a_tensor_format_and_ours_without_distributions_
     for resume in (False, True):
         with pytest.raises(ValueError, match=r"lacks \['distributions'\]"):
             make_vae().load(tmp_path / "damaged.pt", resume=resume)
+
+
+def test_a_checkpoint_of_ours_of_another_format_says_so(tmp_path: Any) -> None:
+    """A file holding what ``Model.save`` writes, with another format number, was refused as "not ... a dict with
+    the key 'distributions'", which it is (probe p212); it says which format it is and which this library reads."""
+    torch.manual_seed(0)
+    model = make_vae()
+    model.save(tmp_path / "ours.pt")
+    state = torch.load(tmp_path / "ours.pt", weights_only=False)
+    state["format"] = 2
+    torch.save(state, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match=r"a pyro_dgm Model checkpoint of format 2 .*reads format 1"):
+        make_vae().load(tmp_path / "newer.pt", resume=True)

@@ -641,3 +641,22 @@ def test_a_one_hot_posterior_scores_gradient_with_respect_to_z_is_the_log_poster
     z = torch.nn.functional.one_hot(torch.tensor([0, 2]), 3).float().requires_grad_()
     (grad,) = torch.autograd.grad(post.get_log_prob({"x": x, "z": z}).sum(), z)
     torch.testing.assert_close(grad, post.get_log_prob({"x": x}).T)
+
+
+def test_a_one_hot_posterior_value_with_a_stray_dim_of_one_is_refused_naming_it() -> None:
+    """One-hot ``z`` of shape ``(N, 1, K)`` was spread against the batch into an ``(N, N)`` grid and summed
+    (WRONG, silent: -1.93 for -0.92, probe p212); indices of shape ``(N, 1)`` and a Categorical given ``(N, 1, K)``
+    are refused, and so is it."""
+    import torch
+
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+    from pyro_dgm.utils.checks import ShapeError
+
+    comps = [Normal(loc=torch.full([2], float(k)), scale=torch.ones(2), var=["x"], name=f"p_{k}") for k in range(3)]
+    post = MixtureModel(distributions=comps, prior=Categorical(probs=torch.ones(3) / 3, var=["z"])).posterior()
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    z = torch.nn.functional.one_hot(torch.tensor([0, 2, 1, 0]), 3).float()
+    with pytest.raises(ShapeError, match=r"the value of 'z' has shape \(4, 1, 3\)"):
+        post.get_log_prob({"x": x, "z": z[:, None]})
+    torch.testing.assert_close(post.get_log_prob({"x": x, "z": z}),
+                               post.get_log_prob({"x": x}).T.gather(1, torch.tensor([[0], [2], [1], [0]])).squeeze(1))
