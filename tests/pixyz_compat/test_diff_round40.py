@@ -546,29 +546,6 @@ def test_without_validation_a_mixture_posterior_scores_integer_values_that_are_n
     torch.testing.assert_close(score[1:], torch.stack([table[1, 1], table[2, 2]]))
 
 
-def test_a_variable_named_with_dollars_keeps_its_networks_default_store_name() -> None:
-    """The default store name is the formula, as ever, even where a variable's name holds ``$$$``; my check of
-    store names refused it, blaming a ``pyro_name`` the user never set (probe p208)."""
-    import pyro
-    import torch
-    from torch import nn
-
-    from pyro_dgm.distributions import Normal
-
-    class P(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x$$$"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 2)
-
-        def forward(self, z: torch.Tensor) -> dict:
-            return {"loc": self.fc(z), "scale": torch.ones_like(z)}
-
-    pyro.clear_param_store()
-    with pytest.warns(UserWarning, match="holds '\\$'"):
-        p = P()
-    pyro.poutine.trace(p.model).get_trace(z=torch.zeros(3, 2))
-    assert sorted(pyro.get_param_store().keys()) == ["p(x$$$|z)$$$fc.bias", "p(x$$$|z)$$$fc.weight"]
-
 
 def test_a_one_hot_posterior_score_leaves_out_components_of_zero_posterior() -> None:
     """A component whose log-posterior is -inf (a Normal of scale 1e-20 away from its mean: about -5e39, -inf in

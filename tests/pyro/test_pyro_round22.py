@@ -228,21 +228,34 @@ def test_a_subclasss_own_pyro_name_that_is_no_name_is_refused_naming_it(name: An
         Named().guide(x=torch.rand(3, 6))
 
 
+class _Dollars(Normal):
+    """p(x$$$|z): a network over a variable whose name holds Pyro's separator (the library warns when building)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["x$$$"], cond_var=["z"], name="p")
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, z: torch.Tensor) -> dict:
+        return {"loc": self.fc(z), "scale": torch.ones_like(z)}
+
+
+def test_a_variable_named_with_dollars_keeps_its_networks_default_store_name() -> None:
+    """The default store name is the formula, as ever, even where a variable's name holds ``$$$``; my check of
+    store names refused it, blaming a ``pyro_name`` the user never set (probe p208)."""
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning, match="holds '\\$'"):
+        p = _Dollars()
+    pyro.poutine.trace(p.model).get_trace(z=torch.zeros(3, 2))
+    assert sorted(pyro.get_param_store().keys()) == ["p(x$$$|z)$$$fc.bias", "p(x$$$|z)$$$fc.weight"]
+
+
 def test_two_live_distributions_of_one_formula_with_dollars_are_refused_as_any_others() -> None:
     """The check of a name's owner cut the store name at its first ``$$$``: two live distributions whose formula
     holds ``$$$`` (a variable named ``x$$$``) silently shared their store names (probe p210)."""
 
-    class P(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x$$$"], cond_var=["z"], name="p")
-            self.fc = nn.Linear(2, 2)
-
-        def forward(self, z: torch.Tensor) -> dict:
-            return {"loc": self.fc(z), "scale": torch.ones_like(z)}
-
     pyro.clear_param_store()
     with pytest.warns(UserWarning):
-        first, second = P(), P()
+        first, second = _Dollars(), _Dollars()
     pyro.poutine.trace(first.model).get_trace(z=torch.zeros(3, 2))
     with pytest.raises(ValueError, match=r"already holds 'p\(x\$\$\$\|z\)\$\$\$fc.weight' for another live"):
         pyro.poutine.trace(second.model).get_trace(z=torch.zeros(3, 2))
