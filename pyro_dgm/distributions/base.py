@@ -186,8 +186,11 @@ def site_builder(d: Any) -> Any:
 def _store_name(d: "Distribution") -> str:
     """The name of ``d``'s networks in Pyro's param store: its ``pyro_name`` (a subclass's own, a class attribute or
     property, too), checked as the setter checks it."""
+    default = d._dgm_pyro_name or d.prob_text  # (the setter's, or the formula: as ever)
+    if type(d).pyro_name is _PYRO_NAME:  # (no subclass's own: the formula is built once per registration)
+        return default
     name = d.pyro_name
-    if name == (d._dgm_pyro_name or d.prob_text):  # (the setter's, or the formula: as ever)
+    if name == default:
         return name
     if not isinstance(name, str) or not name or "$$$" in name:  # (a subclass's own, which the setter did not check)
         raise TypeError(f"{describe(d)}: pyro_name must be a non-empty string without '$$$' (Pyro's separator of "
@@ -2018,3 +2021,6 @@ class Distribution(YieldingModule):
                                   "e.g. Trace_ELBO()(joint.model, q.guide) or SVI(joint.model, q.guide, ...))")
 
     forward._dgm_no_network = True  # type: ignore[attr-defined]
+
+
+_PYRO_NAME = Distribution.__dict__["pyro_name"]  # (the property a subclass may replace: see _store_name)

@@ -138,7 +138,7 @@ def _real(event_dim: int) -> constraints.Constraint:
     return constraints.real if event_dim == 0 else constraints.independent(constraints.real, event_dim)
 
 
-def _no_tensor_named_condition(flow: Any, kind: str, name: str = "condition") -> None:
+def _no_tensor_named_own(flow: Any, kind: str, name: str = "condition") -> None:
     what = ("the method of Pyro's conditional interface (flow.condition(y))" if name == "condition" else
             "a method")
     raise KeyError(f"{type(flow).__name__}: a flow's {kind} cannot be named {name!r}, {what} that pyro_dgm's "
@@ -807,7 +807,7 @@ class Flow(TransformModule, ConditionalTransform):
     # instance's __dict__, where the user's code reads it first (Pixyz has no such method); pyro_dgm's distributions
     # call Flow.condition itself. A parameter or buffer of that name is refused, naming it: a tensor mirrored so
     # would go stale when .to() or torch.func.functional_call put another tensor in its place.
-    def _dgm_mirror_condition(self, name: str = "condition") -> None:
+    def _dgm_mirror_own(self, name: str = "condition") -> None:
         d = self.__dict__
         own = d.get("_modules")
         if own is not None and name in own:  # (a module is changed in place by .to(), so the mirror holds)
@@ -820,7 +820,7 @@ class Flow(TransformModule, ConditionalTransform):
             _no_torch_transform_name(self, kind, name, AttributeError)  # value would replace what torch calls)
         super().__setattr__(name, value)
         if name in _USERS_TO_TAKE:
-            self._dgm_mirror_condition(name)
+            self._dgm_mirror_own(name)
 
     def __delattr__(self, name: str) -> None:
         if name in _USERS_TO_TAKE:
@@ -834,7 +834,7 @@ class Flow(TransformModule, ConditionalTransform):
         """``nn.Module``'s; a parameter named ``condition`` is refused, naming it (see the class's ``condition``), as
         is one named as an attribute of torch's ``Transform`` (``sign``, ``bijective``, ...)."""
         if name in _USERS_TO_TAKE:
-            _no_tensor_named_condition(self, "parameter", name)
+            _no_tensor_named_own(self, "parameter", name)
         if name in _TRANSFORM_NAMES:
             _no_torch_transform_name(self, "parameter", name)
         super().register_parameter(name, param)
@@ -843,7 +843,7 @@ class Flow(TransformModule, ConditionalTransform):
         """``nn.Module``'s; a buffer named ``condition`` is refused, naming it (see the class's ``condition``), as
         is one named as an attribute of torch's ``Transform`` (``sign``, ``bijective``, ...)."""
         if name in _USERS_TO_TAKE:
-            _no_tensor_named_condition(self, "buffer", name)
+            _no_tensor_named_own(self, "buffer", name)
         if name in _TRANSFORM_NAMES:
             _no_torch_transform_name(self, "buffer", name)
         super().register_buffer(name, tensor, persistent)
@@ -860,7 +860,7 @@ class Flow(TransformModule, ConditionalTransform):
             self._modules[name] = None  # (torch refuses a name the class has: the method, here)
         super().add_module(name, module)
         if name in _USERS_TO_TAKE:
-            self._dgm_mirror_condition(name)
+            self._dgm_mirror_own(name)
 
     # ------------------------------------------------------------------ torch.distributions.Transform hooks
     def _call(self, x: Tensor) -> Tensor:
