@@ -111,9 +111,10 @@ def get_cache_maxsize() -> int:
 
 def _arg_key(a: Any, depth: int = 0) -> Hashable:
     if isinstance(a, torch.Tensor):
-        if a.is_inference():  # made under torch.inference_mode: no version counter, and changed in place only
-            return (id(a), "inference")  # inside inference mode, which no evaluation does within its scope
-        return (id(a), a._version)  # an in-place change bumps _version: a new key, never a stale hit
+        if a.is_inference():  # made under torch.inference_mode: no version counter (an entry keeps a copy of its
+            return (id(a), "inference", a.requires_grad)  # values instead: _inference_snapshot)
+        return (id(a), a._version, a.requires_grad)  # an in-place change bumps _version: a new key, never a stale
+        # hit; requires_grad_() between two uses (a gradient penalty's input): a pass with a graph to it
     if isinstance(a, (tuple, list)) and depth < 8:  # an RNN's state (h, c), a PackedSequence: each tensor by
         return (type(a), tuple(_arg_key(v, depth + 1) for v in a))  # identity and version
     if isinstance(a, dict) and depth < 8:
@@ -127,6 +128,27 @@ def _arg_key(a: Any, depth: int = 0) -> Hashable:
     if type(a) is float:  # 0.0 == -0.0
         return (float, a, math.copysign(1.0, a))
     return (type(a), a)  # (True == 1 == 1.0: a mask [True, False] is not the indices [1, 0])
+
+
+_any_autocast = torch._C._is_any_autocast_enabled
+
+
+def _autocast_key() -> tuple[Any, ...]:
+    """Which devices' autocast is on, and in which dtype (an entry made outside ``torch.autocast`` answers no call
+    inside it: the layers would compute in another dtype)."""
+    return tuple((d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda", "xpu", "mps")
+                 if torch.is_autocast_enabled(d))
+
+
+def _inference_snapshot(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, Any], ...]:
+    """``(tensor, copy)`` of each argument made under ``torch.inference_mode`` (which has no version counter to
+    show an in-place change, ``x.div_(2)`` in a forward): an entry answers only while each still equals its copy."""
+    given = (*args, *kwargs.values()) if kwargs else args
+    return tuple((a, a.clone()) for a in given if isinstance(a, torch.Tensor) and a.is_inference())
+
+
+def _same_snapshot(snapshot: tuple[tuple[Any, Any], ...]) -> bool:
+    return all(a.shape == c.shape and a.dtype == c.dtype and torch.equal(a, c) for a, c in snapshot)
 
 
 def _numpy_mark() -> Any:
@@ -304,7 +326,8 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
         keys: list[Any] = []
         held: list[Any] = []
         params: list[Any] = []
-        for m in module.modules():
+        modules = list(module.modules())
+        for m in modules:
             mods, ps, post, pre = m._modules, m._parameters, m._forward_hooks, m._forward_pre_hooks
             dicts += (mods, ps, post, pre)
             if post:
@@ -324,16 +347,16 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
                     owners.append(bs), keys.append(k), held.append(t)
                     if t is not None:
                         params.append(t)
-        versions = [t._version for t in params]
+        versions = [(t._version, t.requires_grad) for t in params]  # (a frozen layer unfrozen: a graph to it)
         return (tuple(dicts), tuple(map(len, dicts)), tuple(ends), tuple(owners), tuple(keys), tuple(held),
-                tuple(params), versions, data_ptrs(params))
+                tuple(params), versions, data_ptrs(params), modules, [m.training for m in modules])
     except RuntimeError:
         return None
 
 
 def _same_params(state: tuple[Any, ...]) -> bool:
-    dicts, sizes, ends, owners, keys, held, params, versions, ptrs = state
-    if tuple(map(len, dicts)) != sizes:
+    dicts, sizes, ends, owners, keys, held, params, versions, ptrs, modules, modes = state
+    if tuple(map(len, dicts)) != sizes or [m.training for m in modules] != modes:  # (q.bn.eval() alone)
         return False
     for d, first, last in ends:  # (usually none: a module without hooks; the lengths are the same here)
         if next(iter(d)) != first or next(reversed(d)) != last:
@@ -343,7 +366,7 @@ def _same_params(state: tuple[Any, ...]) -> bool:
             return False
     except KeyError:
         return False
-    return [t._version for t in params] == versions and data_ptrs(params) == ptrs
+    return [(t._version, t.requires_grad) for t in params] == versions and data_ptrs(params) == ptrs
 
 
 def draws_in_forward(module: Any) -> bool:
@@ -360,8 +383,8 @@ def draws_in_forward(module: Any) -> bool:
         if isinstance(m, _DropoutNd):
             if m.training and m.p > 0:
                 return True
-        elif m.__dict__.get("_pyro_samples"):
-            return True
+        elif m.__dict__.get("_pyro_samples") or m.__dict__.get("_pyro_params"):  # (a PyroParam: its value is
+            return True  # the param store's, which poutine.substitute or lift replace)
     return False
 
 
@@ -378,11 +401,11 @@ def _handlers_kept() -> tuple[Any, ...]:
 
 
 def _buffer_versions(module: Any) -> tuple[Any, ...]:
-    """The identity and version of every buffer of ``module``: a forward pass that changes them (a batch norm in
-    training mode, a spectral norm's power iteration) has side effects, which Pixyz repeats on every use of a
-    ``Deterministic``."""
+    """The identity and version of every buffer and parameter of ``module``: a forward pass that changes them (a
+    batch norm in training mode, a spectral norm's power iteration, a weight scaled in place) has side effects,
+    which Pixyz repeats on every use of a ``Deterministic``."""
     try:
-        return tuple((id(t), t._version) for t in module.buffers())
+        return tuple((id(t), t._version) for t in (*module.buffers(), *module.parameters()))
     except (RuntimeError, AttributeError):
         return ()
 
@@ -405,7 +428,7 @@ class _SiteSpy(Messenger):
         self.seen = False
 
     def _process_message(self, msg: Any) -> None:
-        if msg["type"] == "sample":
+        if msg["type"] in ("sample", "param"):  # (pyro.param in a forward: a handler may substitute its value)
             self.seen = True
 
 
@@ -516,7 +539,7 @@ class MemoizeMessenger(Messenger):
         keys = []
         try:
             for a in args:
-                keys.append((id(a), a._version) if type(a) is torch.Tensor else _arg_key(a))
+                keys.append((id(a), a._version, a.requires_grad) if type(a) is torch.Tensor else _arg_key(a))
         except RuntimeError:  # an inference tensor (torch.inference_mode) has no _version
             keys = [_arg_key(a) for a in args]
         # (a TorchScript trace, Pyro's JIT ELBOs', cannot take an output computed before it began, or in another
@@ -524,7 +547,10 @@ class MemoizeMessenger(Messenger):
         # itself, the Pyro handlers around the call (the entry holds them: store): another particle's trace, or a
         # poutine.condition of a Bayesian network's weights, runs it again, as Pyro does; any other network's
         # output is the same under any handlers, and is shared)
-        return (id(module), module.training, torch.is_grad_enabled(), torch._C._get_tracing_state(), tuple(keys), kw,
+        # (inference mode: its outputs are inference tensors, which a later call outside it cannot change in place
+        # or differentiate; autocast: the dtype the layers compute in)
+        return (id(module), module.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+                _autocast_key() if _any_autocast() else (), torch._C._get_tracing_state(), tuple(keys), kw,
                 handlers_key() if _PYRO_STACK and draws_in_forward(module) else ())
 
     def _forget_traced_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -570,17 +596,20 @@ class MemoizeMessenger(Messenger):
             # step in another thread must not make it run a network again; read here, not in __init__, where
             # torch.compile would guard on it)
         hit = self._cache.get(key)
-        if hit is None or (hit[2] is not None and not _same_params(hit[2])):
-            return key, None
+        if (hit is None or (hit[2] is not None and not _same_params(hit[2]))
+                or (hit[3] is not None and hit[3]() is not module) or (hit[4] and not _same_snapshot(hit[4]))):
+            return key, None  # (hit[3]: a network freed and another made at its address, a MAML task's copy)
         self._cache.move_to_end(key)
         return key, hit[0]
 
-    def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None) -> None:
+    def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None,
+              snapshot: tuple[tuple[Any, Any], ...] = ()) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword, and the Pyro handlers
         active where the key names them: the key holds their ids, which an object made later in the scope could
-        reuse if they were freed while cached). With ``module``, the
-        network that computed it, the entry answers only while its submodules and parameters are the same objects
-        and its parameters unchanged (:func:`_param_state`)."""
+        reuse if they were freed while cached). With ``module``, the network that computed it, the entry answers
+        only while it is alive (a new network may take its address), its submodules and parameters are the same
+        objects, its parameters unchanged and its submodules in the same train/eval modes (:func:`_param_state`),
+        and while the arguments in ``snapshot`` (:func:`_inference_snapshot`) hold the values copied there."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
@@ -588,7 +617,8 @@ class MemoizeMessenger(Messenger):
             self._traced.append((key.module, key.mode, key.args, key.kwargs, value))
             del self._traced[:-maxsize]
             return
-        self._cache[key] = (value, (keep, _handlers_kept()) if key[-1] else keep, self._state(module))
+        ref = weakref.ref(module) if isinstance(module, torch.nn.Module) else None
+        self._cache[key] = (value, (keep, _handlers_kept()) if key[-1] else keep, self._state(module), ref, snapshot)
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
         if self._pyro_stack and torch.is_grad_enabled():  # a scope the user opened around several backward passes
@@ -650,13 +680,15 @@ class MemoizeMessenger(Messenger):
             if transformed():  # (under torch.func the generators' states cannot be read: it runs on every use)
                 return module(*args, **kwargs)
             before, buffers, given = rng_marks(), _buffer_versions(module), _given_generators(args, kwargs)
+            snapshot = _inference_snapshot(args, kwargs)
             value = module(*args, **kwargs)
             if (not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key
-                    or _buffer_versions(module) != buffers or not _same_states(given)):
-                return value  # it drew random numbers, changed its input or its buffers (a batch norm's statistics,
-                # a spectral norm's power iteration): each use runs it again, as under Pixyz
-            self.store(key, value, (args, kwargs) if kwargs else args, module)  # runs a Deterministic each time
-            return value
+                    or _buffer_versions(module) != buffers or not _same_states(given)
+                    or (snapshot and not _same_snapshot(snapshot))):
+                return value  # it drew random numbers, changed its input, its buffers (a batch norm's statistics,
+                # a spectral norm's power iteration) or its weights: each use runs it again, as under Pixyz
+            self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot)  # runs a Deterministic
+            return value  # each time
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):
             with _SiteSpy() as spy:  # (under Pyro handlers only: the SVI path, about 2 us per miss)
                 value = module(*args, **kwargs)
@@ -668,12 +700,13 @@ class MemoizeMessenger(Messenger):
         keep = (args, kwargs) if kwargs else args
         if self._traced:  # (only while torch.compile traces: any network, memoized or not, may change its inputs)
             self._forget_traced_inputs(args, kwargs)
-        self.store(key, value, keep, module)
+        snapshot = _inference_snapshot(args, kwargs) if type(key) is tuple and _MAXSIZE[0] else ()  # (the values
+        self.store(key, value, keep, module, snapshot)  # after the pass: those of the next call it answers)
         if type(key) is tuple:
             after = self._key(module, args, kwargs)
             if after != key:  # the network changed an input in place (x /= 255): its next call in this scope is
-                self.store(after, value, keep, module)  # this one, as under Pixyz's cache (else it runs again)
-        return value
+                self.store(after, value, keep, module, snapshot)  # this one, as under Pixyz's cache (else it runs
+        return value  # again)
 
     # The "dgm_params" effect is answered by the effect's own function (``calls._call_network``), which asks this
     # thread's innermost scope (:func:`active_memo`): a handler method here would also answer other threads' calls,
