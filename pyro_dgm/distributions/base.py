@@ -190,7 +190,7 @@ def _store_name(d: "Distribution") -> str:
     if type(d).pyro_name is _PYRO_NAME:  # (no subclass's own: the formula is built once per registration)
         return default
     name = d.pyro_name
-    if name == default:
+    if isinstance(name, str) and name == default:  # (the formula may hold '$$$': a variable's name)
         return name
     if not isinstance(name, str) or not name or "$$$" in name:  # (a subclass's own, which the setter did not check)
         raise TypeError(f"{describe(d)}: pyro_name must be a non-empty string without '$$$' (Pyro's separator of "
@@ -1739,20 +1739,26 @@ class Distribution(YieldingModule):
         try:
             value = pyro.sample(name, fn, **kwargs)
         except RuntimeError as e:
-            if str(e) != f"Multiple sample sites named '{name}'":
-                raise
-            raise DuplicateSiteError(
-                f"{describe(self)}: the Pyro trace already holds a sample site named {name!r}, and this call draws "
-                f"{name!r} again inside the same trace. Pyro names each site once per trace, while sample(), "
-                "get_log_prob(), the losses and Model.train draw a variable at each use (two expectations over one "
-                "distribution, two calls or two training steps draw it twice). Trace one call at a time (one "
-                "poutine.trace() per evaluation or step), or give the draws different names (replace_var)") from e
+            self._dgm_duplicate_site(name, e)
+            raise
         except ValueError as e:
             self._dgm_plate_mismatch(name, kwargs.get("obs"), e, fn)
             raise
         if not isinstance(value, Tensor):
             self._dgm_site_not_a_tensor(name, value)
         return value
+
+    def _dgm_duplicate_site(self, name: str, e: RuntimeError) -> None:
+        """Raise a :class:`DuplicateSiteError` naming this distribution for Pyro's bare error of a second site
+        named ``name`` in one trace, saying why a Pixyz-style program meets it; else nothing."""
+        if str(e) != f"Multiple sample sites named '{name}'":
+            return
+        raise DuplicateSiteError(
+            f"{describe(self)}: the Pyro trace already holds a sample site named {name!r}, and this call draws "
+            f"{name!r} again inside the same trace. Pyro names each site once per trace, while sample(), "
+            "get_log_prob(), the losses and Model.train draw a variable at each use (two expectations over one "
+            "distribution, two calls or two training steps draw it twice). Trace one call at a time (one "
+            "poutine.trace() per evaluation or step), or give the draws different names (replace_var)") from e
 
     def _dgm_plate_mismatch(self, name: str, value: Any, e: ValueError, fn: Any = None, computed: bool = False
                             ) -> None:
@@ -1846,8 +1852,9 @@ class Distribution(YieldingModule):
             # torch refused a shape (a layer's, or torch.cat's "Tensors must have same number of dimensions")
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each is "
                              f"the batch): {text}") from e
-        if type(e) is IndexError and "Dimension out of range" in text:  # (torch.cat(..., 1), o[:, :k] on a value
-            flat = [v for v in names if isinstance(values[v], Tensor) and values[v].dim() <= 1]  # without its batch)
+        if type(e) is IndexError and ("Dimension out of range" in text or "too many indices" in text):
+            # (torch.cat(..., 1), o[:, :k] on a value without its batch dim)
+            flat = [v for v in names if isinstance(values[v], Tensor) and values[v].dim() <= 1]
             hint = (f"; {', '.join(repr(v) for v in flat)} {'has' if len(flat) == 1 else 'have'} no batch dim: give "
                     f"{flat[0]}.unsqueeze(0) for one example" if flat else "")
             raise DimensionError(f"{describe(self)}: forward() failed on the inputs {shapes} (the first dim of each "
@@ -1907,6 +1914,9 @@ class Distribution(YieldingModule):
                 out = pyro.deterministic(name, value, event_dim=event_dim)
             except ValueError as e:
                 self._dgm_plate_mismatch(name, value, e, computed=not given)
+                raise
+            except RuntimeError as e:  # (a deterministic site is a sample site: one per name in a trace)
+                self._dgm_duplicate_site(name, e)
                 raise
             if not isinstance(out, Tensor) and isinstance(value, Tensor):
                 self._dgm_site_not_a_tensor(name, out)

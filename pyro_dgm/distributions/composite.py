@@ -19,7 +19,8 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import current_of, own_methods
 from pyro_dgm.distributions.special import drawn_in_pass
-from pyro_dgm.utils.checks import ArgumentError, DTypeError, clearer, describe, users_own_error
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, clearer, describe, dtype_matter, non_float_param,
+                                   param_dtype_error, users_own_error)
 from pyro_dgm.utils.modules import PlainBuffers
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",
@@ -131,6 +132,14 @@ def inputs_of(d: Distribution, mapping: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(mapping.get(v, v) for v in d.input_var)
 
 
+def refuse_bool_value(owner: Distribution, name: str, x: Any, e: BaseException) -> None:
+    """Raise a :class:`DTypeError` for torch's error ``e`` where the value ``x`` of ``name`` that ``owner`` failed
+    to score is a bool tensor (torch's densities refuse bool arithmetic); return otherwise."""
+    if isinstance(x, Tensor) and x.dtype == torch.bool and isinstance(e, RuntimeError):
+        raise DTypeError(f"{describe(owner)}: cannot score {name!r} of dtype torch.bool: it scores numbers "
+                         f"(convert with {name}.float()) (torch: {e})") from e
+
+
 class OneSiteDistribution(Distribution):
     """Base of composite distributions drawn at one Pyro site whose density does not factorize over features
     (flows, mixtures): the renaming passed to the inner distributions, and scoring through the site distribution.
@@ -186,6 +195,10 @@ class OneSiteDistribution(Distribution):
         except (ValueError, RuntimeError) as e:  # torch's validation of the value, a dtype the flow refuses...
             if isinstance(e, DTypeError):  # the flow site's own, naming this distribution
                 raise
+            refuse_bool_value(self, b.var[0], x, e)
+            found = non_float_param(fn) if dtype_matter(e) else None
+            if found is not None:  # (an expert given integer or bool inputs)
+                raise param_dtype_error(self, e, found, f"score {b.var[0]!r}") from e
             own = self._dgm_weights_dtype()
             if (isinstance(e, RuntimeError) and not isinstance(e, ValueError) and own is not None and x.dtype != own
                     and "type" in str(e).lower()):

@@ -27,7 +27,7 @@ from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DeviceError, DimensionError, DTypeError, NoClosedFormError,
                                    NotATensorError, NotOneHotError, OutOfRangeError, ShapeError, clearer, describe,
-                                   value_shape_problem)
+                                   dtype_matter, non_float_param, param_dtype_error, value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
@@ -170,11 +170,6 @@ def _scores(fn: Any, x: Tensor) -> bool:
     except Exception:  # noqa: BLE001
         return False
     return True
-
-
-class _SamplerDTypeError(DTypeError, NotImplementedError):
-    """A parameter of an integer dtype that torch's sampler has no kernel for: a :class:`DTypeError`, and the
-    NotImplementedError torch raises there (Pixyz's)."""
 
 
 class DistributionBase(Distribution):
@@ -676,6 +671,10 @@ class DistributionBase(Distribution):
                 raise ValueError(f"{describe(self)}: get_params() returned unknown parameter {unknown[0]!r}; "
                                  f"{self.distribution_name} takes {', '.join(sorted(self._dgm_accepted))}") from e
             others = [k for k, t in params.items() if not isinstance(t, Tensor)]
+            ints = [k for k, t in params.items() if isinstance(t, Tensor) and not t.is_floating_point()
+                    and not t.is_complex()]
+            if not others and ints and dtype_matter(e):  # (torch.finfo of an integer probs: a relaxed family)
+                raise param_dtype_error(self, e, (ints[0], params[ints[0]].dtype), "build its distribution") from e
             if not others:
                 raise
             return self._dgm_base({k: self._dgm_param_tensor(k, t) for k, t in params.items()}, validate)
@@ -1263,7 +1262,12 @@ class DistributionBase(Distribution):
         ctx.event_dims[b.var[0]] = ev + len(base.event_shape)
         try:
             lp = base.log_prob(x)
-        except (ValueError, RuntimeError) as e:
+        except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
+            found = non_float_param(base) if dtype_matter(e) else None
+            if found is not None:  # (an input given as integers or bools, which the parameter came from)
+                raise param_dtype_error(self, e, found, f"score {b.var[0]!r}") from e
+            if not isinstance(e, (ValueError, RuntimeError)):
+                raise
             bad = self._dgm_diagnosis(base, x, b.var[0])
             if bad:  # not a matter of shapes: a NaN in the data, or a parameter that the network gave out of range
                 raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {bad} ({e})") from e
@@ -1351,13 +1355,9 @@ class DistributionBase(Distribution):
         if ((isinstance(e, NotImplementedError) and "not implemented for" in str(e))  # ("normal_kernel_cpu" not
                 or (isinstance(e, TypeError) and "floating point" in str(e))):  # implemented for 'Long', or
             # torch.finfo of an integer dtype: a Laplace's sampler; another TypeError, a user's own, as it is)
-            ints = [k for k in getattr(base, "arg_constraints", {}) if isinstance(base.__dict__.get(k), Tensor)
-                    and not base.__dict__[k].is_floating_point() and not base.__dict__[k].is_complex()]
-            if ints:
-                raise _SamplerDTypeError(f"{describe(self)}: cannot draw {name!r}: its parameter {ints[0]!r} is of "
-                                         f"dtype {base.__dict__[ints[0]].dtype}, which torch's sampler does not "
-                                         f"take; give the value it comes from as floats (.float()) (torch: {e})") \
-                    from e
+            found = non_float_param(base)
+            if found is not None:
+                raise param_dtype_error(self, e, found, f"draw {name!r}") from e
             raise e
         bad = self._dgm_diagnosis(base, torch.zeros(()), name)
         if bad:
@@ -1450,11 +1450,18 @@ class DistributionBase(Distribution):
         True
         """
         fn, base = self._dgm_moment(x_dict, kwargs)
+        try:
+            h = base.entropy()
+        except (RuntimeError, TypeError, NotImplementedError) as e:
+            found = non_float_param(base) if dtype_matter(e) else None
+            if found is None:
+                raise
+            raise param_dtype_error(self, e, found, "compute the entropy") from e
         if sum_features and feature_dims is None:
             # the sum over the feature (event) dims; not fn.entropy(): torch's Independent cannot sum an empty batch
             n = len(fn.event_shape) - len(base.event_shape)
-            return base.entropy().sum(tuple(range(-n, 0))) if n else base.entropy()
-        return self._dgm_sum_dims(base.entropy(), sum_features, feature_dims, "entropy")
+            return h.sum(tuple(range(-n, 0))) if n else h
+        return self._dgm_sum_dims(h, sum_features, feature_dims, "entropy")
 
     def sample_mean(self, x_dict: ValuesLike = None, **kwargs: Any) -> Tensor:
         """The mean of the variable given the inputs.

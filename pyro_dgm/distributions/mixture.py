@@ -18,7 +18,8 @@ from torch.distributions import Categorical as _TorchCategorical
 from torch.distributions import Distribution as _TorchDistribution
 
 from pyro_dgm.distributions.composite import (ExpertWeights, OneSiteDistribution, OptionalInputs, check_inner,
-                                             distribution_list, expand_root, own_site, site_fn, unwrap, weight_list)
+                                              distribution_list, expand_root, own_site, refuse_bool_value, site_fn,
+                                              unwrap, weight_list)
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.closed_forms import validating
@@ -29,7 +30,7 @@ from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import UserScored
 from pyro_dgm.distributions.poe import expert_given
 from pyro_dgm.utils.checks import (NotATensorError, NotOneHotError, OutOfRangeError, ShapeError, describe,
-                                   ordered_union, sample_batch_n)
+                                   dtype_matter, non_float_param, ordered_union, param_dtype_error, sample_batch_n)
 from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
@@ -274,7 +275,13 @@ class _Mixture(OneSiteDistribution):
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         fn, _ = self._dgm_fn(b, values, ctx)
         name = b.var[0]
-        value = self._dgm_record(name, fn.mean, fn.event_dim) if ctx.sample_mean else self._dgm_site(name, fn, ctx)
+        try:
+            value = self._dgm_record(name, fn.mean, fn.event_dim) if ctx.sample_mean else self._dgm_site(name, fn, ctx)
+        except (RuntimeError, NotImplementedError, TypeError) as e:  # (a component given integer or bool inputs)
+            found = non_float_param(fn) if dtype_matter(e) else None
+            if found is None:
+                raise
+            raise param_dtype_error(self, e, found, f"draw {name!r}") from e
         if (isinstance(value, Tensor) and not value.is_floating_point() and _TorchDistribution._validate_args
                 and _one_hot_support(fn) and not torch.jit.is_tracing()):
             observed_refusal(self, name, fn, value)  # class indices observed under one-hot components: named now,
@@ -596,7 +603,11 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
         mixture = self.p._dgm_mixture(self.p._dgm_binding, values, CallState(kwargs=kwargs))
         x = values[self._var[0]]
         self.p._dgm_check_features(self._var[0], x, mixture.event_shape)  # as the mixture's density checks it
-        joint = mixture.component_log_prob(x)
+        try:
+            joint = mixture.component_log_prob(x)
+        except RuntimeError as e:
+            refuse_bool_value(self, self._var[0], x, e)
+            raise
         return joint - joint.logsumexp(-1, keepdim=True)
 
     def _dgm_values(self, x_dict: ValuesLike) -> dict[str, Any]:
@@ -822,6 +833,12 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
                 logw.append(torch.log(self.weight_modalities[i]))
         if not comps:
             raise ValueError(f"{describe(self)}: no expert has its inputs; give at least one of {self._cond_var}")
+        try:
+            torch.broadcast_shapes(*(c.batch_shape + c.event_shape for c in comps))
+        except RuntimeError as e:  # (experts given inputs of other batch sizes)
+            shapes = ", ".join(f"{tuple(c.batch_shape + c.event_shape)}" for c in comps)
+            raise ShapeError(f"{describe(self)}: the experts' distributions do not broadcast (their shapes: {shapes}); "
+                             "each expert must give the same feature shape, for inputs of one batch size") from e
         return MixtureDistribution(torch.stack(logw), comps)
 
 

@@ -328,6 +328,7 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
             if v not in p.var:
                 raise ValueError(f"{describe(p)}.marginalize_var: {v!r} is not a variable of {p.prob_text}; "
                                  f"it can marginalize {p.var}")
+        names = given = list(dict.fromkeys(names))  # (a name given twice is integrated once, as Pixyz's set has it)
         kept = [v for v in p.var if v not in names]
         if not kept:
             raise ValueError(f"{describe(p)}.marginalize_var: marginalizing every variable {names} leaves nothing")

@@ -374,14 +374,24 @@ class ElementWiseProductOfNormal(ProductOfNormal):
         if xname not in values:
             return []
         x = values[xname]
+        if not isinstance(x, Tensor) or x.dim() < 1:
+            error = ShapeError if isinstance(x, Tensor) else NotATensorError
+            got = "a 0-d tensor" if isinstance(x, Tensor) else f"a {type(x).__name__}"
+            raise error(f"{describe(self)}: the value of {xname!r} must be a tensor of shape (..., features), one "
+                        f"expert per feature; got {got}")
         d = x.shape[-1]
         lead = x.shape[:-1]
         eye = torch.eye(d, dtype=x.dtype, device=x.device)
         masked = (x.unsqueeze(-2) * eye).movedim(-2, 0).reshape(-1, d)  # expert i sees only x_i
         params = site_params(e, m, {**values, xname: masked}, ctx)
-        loc, scale = torch.broadcast_tensors(params["loc"], params["scale"])
-        loc = loc.reshape(d, *lead, *loc.shape[1:])
-        scale = scale.reshape(d, *lead, *scale.shape[1:])
+        try:
+            loc, scale = torch.broadcast_tensors(params["loc"], params["scale"])
+            loc = loc.reshape(d, *lead, *loc.shape[1:])
+            scale = scale.reshape(d, *lead, *scale.shape[1:])
+        except RuntimeError as err:  # (an input of other features than the expert's parameters have)
+            shapes = ", ".join(f"{k} {tuple(params[k].shape)}" for k in ("loc", "scale"))
+            raise ShapeError(f"{describe(self)}: {describe(e)} given {xname!r} of shape {tuple(x.shape)} (one row "
+                             f"per feature: {tuple(masked.shape)}) gave {shapes}, which do not fit: {err}") from err
         present = (x != 0).movedim(-1, 0).to(loc.dtype)
         present = present.reshape(*present.shape, *([1] * (loc.dim() - present.dim())))
         return [(self.weight_modalities[1] * present, scale, loc, True)]  # the D experts along dim 0

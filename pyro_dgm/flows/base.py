@@ -396,7 +396,7 @@ def _quiet_logdet(flow: "Flow", x: Tensor, context: Any) -> Tensor:
 def _dgm_logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
     m = _recall(flow, context, x=x, z=z)
     if m is None:
-        return type(flow).forward_with_logdet(flow, x, context)[1]  # (the class's: a user's value may hide it)
+        return Flow.forward_with_logdet(flow, x, context)[1]  # (ours: a subclass's of that name is its own)
     if m.logdet is None:
         m.logdet = _quiet_logdet(flow, x, context)
     return m.logdet

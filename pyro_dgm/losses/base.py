@@ -566,6 +566,11 @@ class Loss(YieldingModule, _PyroELBO):
         (:func:`~pyro_dgm.losses.context.current_context`). The context is per thread: separate losses may be
         evaluated in several threads at once.
 
+        Its draws are ``pyro.sample`` sites, as every draw is: under ``poutine.trace`` they are recorded, and inside
+        a Pyro model (``pyro.factor("elbo", loss.eval(...))``) they are that model's latent sites, which Pyro's
+        ELBOs score and ``poutine.condition`` sets. To use a loss that draws (an ELBO, an ``Expectation``, a Monte
+        Carlo KL) as a factor alone, evaluate it under ``pyro.poutine.block()``.
+
         Examples
         --------
         >>> import torch

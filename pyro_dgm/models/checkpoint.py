@@ -365,9 +365,8 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         model.distributions.load_state_dict(state["distributions"])
         return
     if not isinstance(state, Mapping) or not _is_ours(state.get("format")):
-        version = state.get("format") if isinstance(state, Mapping) else None
-        if isinstance(version, int) and not isinstance(version, bool) and isinstance(state, Mapping):
-            raise ValueError(f"Model.load: a pyro_dgm Model checkpoint of format {version!r} (it holds what "
+        if _looks_ours(state):
+            raise ValueError(f"Model.load: a pyro_dgm Model checkpoint of format {state['format']!r} (it holds what "
                              f"Model.save writes); this pyro_dgm reads format {FORMAT}")
         raise ValueError("Model.load: not a pyro_dgm Model checkpoint (written by Model.save) nor a Pixyz one (a "
                          "dict with the key 'distributions')")
@@ -375,6 +374,7 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     if lacking:
         raise ValueError(f"Model.load: the checkpoint lacks {lacking}; it is damaged or was not written by "
                          "Model.save")
+    _check_entries(state)
     _check_module("distributions", model.distributions, state["distributions"])
     others = _other_distributions(model)
     saved_others = state["other_distributions"]
@@ -666,16 +666,52 @@ def _is_ours(version: Any) -> bool:
     return isinstance(version, int) and not isinstance(version, bool) and version == FORMAT
 
 
+#: Keys only :func:`save` writes (with a ``"format"`` number): a dict of this format holding one is ours (damaged,
+#: if it lacks others).
+_OURS_KEYS = frozenset({"optimizers", "other_distributions", "loss_terms", "rng"})
+#: The keys :func:`model_state` always writes: a dict of another format number holding most of them is ours too.
+_SAVED_KEYS = frozenset({"model", "distributions", "other_distributions", "optimizers", "optimizer_types",
+                         "pyro_params", "loss_terms", "step", "epoch", "history", "rng", "data_rng"})
+
+
+def _looks_ours(state: Any) -> bool:
+    """Whether ``state`` was written by :func:`save`, whole or damaged: it says its format, a number, next to one
+    of the keys only ours hold (this format), or next to most of what ours hold (another format: a user's own dict
+    with a format number and an ``"optimizers"`` entry is not ours)."""
+    if not isinstance(state, Mapping):
+        return False
+    version = state.get("format")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return False
+    if version == FORMAT:
+        return bool(_OURS_KEYS & set(state))
+    return 2 * len(_SAVED_KEYS & set(state)) > len(_SAVED_KEYS)
+
+
+def _check_entries(state: Mapping[str, Any]) -> None:
+    """Name an entry of a checkpoint of ours that is not of the kind :func:`save` writes (a damaged file)."""
+    kinds = {"distributions": Mapping, "other_distributions": Mapping, "optimizers": Mapping,
+             "loss_terms": Mapping, "optimizer_types": (Mapping, type(None))}
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"Model.load: the checkpoint's {key!r} is a {type(state.get(key)).__name__}, not "
+                             "what Model.save writes; it is damaged")
+    for key, entry in state["loss_terms"].items():
+        if not (isinstance(entry, Mapping) and isinstance(entry.get("type"), str) and "state" in entry):
+            raise ValueError(f"Model.load: the checkpoint's loss_terms[{key!r}] is not a dict with a 'type' and a "
+                             "'state'; it is damaged")
+        if not (isinstance(key, str) and key.isdigit()):
+            raise ValueError(f"Model.load: the checkpoint's loss_terms key {key!r} is not a term number; it is "
+                             "damaged")
+
+
 def _pixyz_written(state: Any) -> bool:
     """Whether a checkpoint is Pixyz's kind: a dict with the distributions' state dict under ``"distributions"``
     (and whatever a user's own save added, a ``"format"`` key of theirs too), not written by :func:`save` (which
     says its format, a number, next to the optimizers)."""
     if not isinstance(state, Mapping) or "distributions" not in state:
         return False
-    version = state.get("format")
-    ours = (_is_ours(version) and bool({"optimizers", "other_distributions", "loss_terms", "rng"} & set(state))
-            or isinstance(version, int) and not isinstance(version, bool) and set(_REQUIRED) <= set(state))
-    return not ours  # (one of ours, damaged or of another format, gets its own error)
+    return not _looks_ours(state)  # (one of ours, damaged or of another format, gets its own error)
 
 
 def load(model: "Model", path: Any, resume: bool = False) -> None:

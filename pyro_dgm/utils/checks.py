@@ -495,3 +495,44 @@ def ordered_union(*lists: Sequence[str]) -> list[str]:
     for names in lists:
         out += [n for n in names if n not in out]
     return out
+
+
+class SamplerDTypeError(DTypeError, NotImplementedError):
+    """A parameter of an integer dtype that torch's sampler has no kernel for: a :class:`DTypeError`, and the
+    NotImplementedError torch raises there (Pixyz's)."""
+
+
+def non_float_param(base: Any, depth: int = 2) -> tuple[str, Any] | None:
+    """The first parameter of a torch distribution (or of one it wraps: a Beta's Dirichlet, a relaxed family's
+    base) held as an integer or bool tensor, as ``(name, dtype)``; ``None`` if there is none."""
+    import torch
+
+    for k, v in vars(base).items():
+        if (isinstance(v, torch.Tensor) and not v.is_floating_point() and not v.is_complex()
+                and k in getattr(base, "arg_constraints", {})):
+            return k, v.dtype
+    for v in vars(base).values() if depth else ():
+        for inner in v if isinstance(v, (list, tuple)) else (v,):  # (a mixture's components)
+            if isinstance(inner, torch.distributions.Distribution):
+                found = non_float_param(inner, depth - 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def dtype_matter(e: BaseException) -> bool:
+    """Whether torch's error ``e`` is one of a tensor's dtype: a kernel missing for it (``"normal_kernel_cpu" not
+    implemented for 'Long'``), ``torch.finfo`` of an integer dtype, or arithmetic torch refuses on bools."""
+    text = str(e)
+    return ("not implemented for" in text or "floating point" in text or "with a bool tensor" in text
+            or "bool tensor is not supported" in text)
+
+
+def param_dtype_error(owner: Any, e: BaseException, found: tuple[str, Any], doing: str) -> Exception:
+    """The error of ``doing`` (``"draw 'x'"``, ``"score 'x'"``, ...) that ``e``, torch's, raised because the
+    parameter ``found`` is of an integer or bool dtype: it names the distribution, the parameter and the fix, and
+    is also the class of torch's error (Pixyz's programs see that one)."""
+    name, dtype = found
+    cls = SamplerDTypeError if isinstance(e, NotImplementedError) else DTypeError
+    return cls(f"{describe(owner)}: cannot {doing}: its parameter {name!r} is of dtype {dtype}, which torch's "
+               f"distribution does not take there; give the value it comes from as floats (.float()) (torch: {e})")

@@ -622,8 +622,9 @@ def test_a_one_hot_posterior_scores_gradient_with_respect_to_z_is_the_log_poster
 
 def test_a_one_hot_posterior_value_with_a_stray_dim_of_one_is_refused_naming_it() -> None:
     """One-hot ``z`` of shape ``(N, 1, K)`` was spread against the batch into an ``(N, N)`` grid and summed
-    (WRONG, silent: -1.93 for -0.92, probe p212); indices of shape ``(N, 1)`` and a Categorical given ``(N, 1, K)``
-    are refused, and so is it."""
+    (WRONG, silent: -1.93 for -0.92, probe p212); indices of shape ``(N, 1)`` and a constant Categorical given
+    ``(N, 1, K)`` are refused, and so is it. (Pixyz's posterior ignores a given ``z`` and returns its table; a
+    conditional Categorical broadcasts such a value over the batch, which the posterior does not.)"""
     import torch
 
     from pyro_dgm.distributions import Categorical, MixtureModel, Normal

@@ -1,0 +1,198 @@
+"""Sixteenth reliability round: damaged checkpoints of ours name what is wrong (probe p213), and parameters or values
+of an integer or bool dtype, inputs of the wrong shape to products and mixtures of experts, and inputs without their
+batch dim get errors that name the distribution, the variable or parameter, and the fix (probe p215). Where Pixyz
+runs the same call, it fails with torch's own error there too (checked in each test).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import nn
+
+from dgm_model_helpers import digits, make_vae
+from pyro_dgm.utils.checks import DTypeError, ShapeError
+
+pixyz_distributions = pytest.importorskip("pixyz.distributions")
+
+
+def _saved(tmp_path: Any) -> dict:
+    torch.manual_seed(0)
+    model = make_vae()
+    model.train({"x": digits()[0][:16]})
+    model.save(tmp_path / "ours.pt")
+    return torch.load(tmp_path / "ours.pt", weights_only=False)
+
+
+def _load(state: dict, tmp_path: Any, resume: bool = True) -> None:
+    torch.save(state, tmp_path / "t.pt")
+    make_vae().load(tmp_path / "t.pt", resume=resume)
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("optimizers", None, "'optimizers' is a NoneType"),
+    ("loss_terms", None, "'loss_terms' is a NoneType"),
+    ("loss_terms", {"0": {}}, r"loss_terms\['0'\] is not a dict with a 'type' and a 'state'"),
+    ("optimizer_types", [1], "'optimizer_types' is a list")])
+def test_a_checkpoint_of_ours_with_an_entry_of_the_wrong_kind_names_it(key: str, value: Any, said: str,
+                                                                       tmp_path: Any) -> None:
+    """A file ``Model.save`` wrote whose entry was damaged raised a bare ``TypeError``, ``AttributeError`` or
+    ``KeyError`` naming neither the file's kind nor the entry."""
+    state = _saved(tmp_path)
+    state[key] = value
+    with pytest.raises(ValueError, match=said + ".*damaged"):
+        _load(state, tmp_path)
+
+
+def test_a_checkpoint_of_ours_of_another_format_that_lacks_an_entry_says_its_format(tmp_path: Any) -> None:
+    """Format 2 without ``"rng"`` was read as a file Pixyz wrote: with ``resume=True`` it loaded the distributions
+    and warned that they were all the file held, which is false. The same file of format 1 is refused naming what it
+    lacks (the control)."""
+    state = _saved(tmp_path)
+    del state["rng"]
+    with pytest.raises(ValueError, match="lacks .'rng'."):
+        _load(state, tmp_path)
+    state["format"] = 2
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="a pyro_dgm Model checkpoint of format 2"):
+            _load(state, tmp_path, resume)
+
+
+def test_a_users_dict_with_an_int_format_and_no_distributions_is_not_called_ours(tmp_path: Any) -> None:
+    """A user's own ``{"format": 3, "weights": ...}`` was called "a pyro_dgm Model checkpoint of format 3 (it holds
+    what Model.save writes)"; it holds nothing Model.save writes (Pixyz's load raises ``KeyError:
+    'distributions'``)."""
+    with pytest.raises(ValueError, match="not a pyro_dgm Model checkpoint .* nor a Pixyz one"):
+        _load({"format": 3, "weights": torch.zeros(2)}, tmp_path)
+
+
+def _conditional(family: str, dtype: torch.dtype, lib: Any) -> Any:
+    """``family`` whose parameter is the input ``y`` itself (Pixyz's ``loc="y"`` style)."""
+    param = {"Normal": dict(loc="y", scale=1.0), "Laplace": dict(loc="y", scale=1.0),
+             "Gamma": dict(concentration="y", rate=1.0), "Dirichlet": dict(concentration="y"),
+             "Bernoulli": dict(probs="y"), "RelaxedBernoulli": dict(probs="y", temperature=torch.tensor(0.5)),
+             "Beta": dict(concentration1="y", concentration0="y")}[family]
+    return getattr(lib, family)(var=["x"], cond_var=["y"], name="p", **param)
+
+
+_DTYPE_CASES = [("Normal", torch.bool, "get_log_prob", "loc"), ("Laplace", torch.bool, "get_log_prob", "loc"),
+                ("Gamma", torch.bool, "get_log_prob", "concentration"),
+                ("Dirichlet", torch.bool, "get_entropy", "concentration"),
+                ("Bernoulli", torch.int64, "get_entropy", "probs"),
+                ("RelaxedBernoulli", torch.int64, "sample", "probs"),
+                ("RelaxedBernoulli", torch.int64, "get_log_prob", "probs"),
+                ("Beta", torch.int64, "sample", "concentration")]
+
+
+@pytest.mark.parametrize("family, dtype, method, param", _DTYPE_CASES,
+                         ids=[f"{f}-{str(d)[6:]}-{m}" for f, d, m, _ in _DTYPE_CASES])
+def test_a_parameter_of_an_integer_or_bool_dtype_is_named(family: str, dtype: torch.dtype, method: str,
+                                                          param: str) -> None:
+    """An input of an integer or bool dtype that a parameter comes from: torch's ``finfo`` TypeError, its "bool
+    tensor is not supported" RuntimeError or its "not implemented for 'Long'" came out as they were, naming nothing.
+    Pixyz fails with the same error of torch's; ours names the distribution, the parameter and its dtype, and is
+    still of the class of torch's error."""
+    y = torch.ones(3, 2, dtype=dtype)
+    x = torch.full((3, 2), 0.5)
+    calls: dict[str, Callable[[Any], Any]] = {"sample": lambda d: d.sample({"y": y}),
+                                              "get_log_prob": lambda d: d.get_log_prob({"y": y, "x": x}),
+                                              "get_entropy": lambda d: d.get_entropy({"y": y})}
+    with pytest.raises(Exception) as reference:
+        calls[method](_conditional(family, dtype, pixyz_distributions))
+    import pyro_dgm.distributions as ours
+    with pytest.raises(type(reference.value)) as e:
+        calls[method](_conditional(family, dtype, ours))
+    assert isinstance(e.value, DTypeError)
+    assert "p(x|y): cannot" in str(e.value) and f"parameter {param!r} is of dtype {dtype}" in str(e.value)
+
+
+class _Expert(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+
+def _experts(lib: Any) -> tuple[Any, Any]:
+    qx = lib.Normal(loc="x", scale=torch.ones(2), var=["z"], cond_var=["x"], name="q_x")
+    qy = lib.Normal(loc="y", scale=torch.ones(2), var=["z"], cond_var=["y"], name="q_y")
+    return qx, qy
+
+
+def test_a_mixture_of_experts_given_inputs_of_other_batch_sizes_names_them() -> None:
+    """``MixtureOfNormal`` of experts given ``x`` of 3 rows and ``y`` of 4 raised torch's "Attempting to broadcast a
+    dimension" (Pixyz: torch's stack error); ``ProductOfNormal`` named the experts already."""
+    import pyro_dgm.distributions as ours
+    mix = ours.MixtureOfNormal(list(_experts(ours)), name="q")
+    given = {"x": torch.zeros(3, 2), "y": torch.zeros(4, 2)}
+    for call in (lambda: mix.sample(given), lambda: mix.get_log_prob({**given, "z": torch.zeros(4, 2)})):
+        with pytest.raises(ShapeError, match=r"MixtureOfNormal q\(z\|.*\): the experts' distributions do not "
+                                             r"broadcast \(their shapes: \(3, 2\), \(4, 2\)\)"):
+            call()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_a_mixture_of_experts_given_integer_inputs_names_the_parameter(dtype: torch.dtype) -> None:
+    """An integer or bool ``x`` made ``MixtureOfNormal.sample`` raise torch's bare ``"normal_kernel_cpu" not
+    implemented``, and a bool one made its ``get_log_prob`` say the shape of ``z`` was wrong."""
+    import pyro_dgm.distributions as ours
+    mix = ours.MixtureOfNormal(list(_experts(ours)), name="q")
+    given = {"x": torch.ones(4, 2, dtype=dtype), "y": torch.ones(4, 2, dtype=dtype)}
+    with pytest.raises(NotImplementedError) as e:
+        mix.sample(given)
+    assert isinstance(e.value, DTypeError)
+    assert f"cannot draw 'z': its parameter 'loc' is of dtype {dtype}" in str(e.value)
+    if dtype == torch.bool:
+        with pytest.raises(DTypeError, match="cannot score 'z': its parameter 'loc' is of dtype torch.bool"):
+            mix.get_log_prob({**given, "z": torch.zeros(4, 2)})
+    else:  # (an integer loc scores: torch's density promotes it, as Pixyz's does)
+        expected = torch.stack([torch.distributions.Normal(given[v].float(), 1.0).log_prob(torch.zeros(4, 2)).sum(-1)
+                                for v in ("x", "y")]).logsumexp(0) - torch.log(torch.tensor(2.0))
+        torch.testing.assert_close(mix.get_log_prob({**given, "z": torch.zeros(4, 2)}), expected)
+
+
+def test_a_mixture_posterior_given_bool_data_names_its_dtype() -> None:
+    """``MixtureModel.posterior()`` given a bool ``x`` raised torch's bare "Subtraction ... bool" error (Pixyz too),
+    and the mixture itself a ``ShapeError``: both raise a :class:`DTypeError` naming ``x`` now."""
+    import pyro_dgm.distributions as ours
+    comps = [ours.Normal(loc=torch.full((2,), float(k)), scale=torch.ones(2), var=["x"], name=f"p_{k}")
+             for k in range(2)]
+    mix = ours.MixtureModel(comps, ours.Categorical(probs=torch.tensor([0.3, 0.7]), var=["z"], name="p_{prior}"))
+    x = torch.ones(4, 2, dtype=torch.bool)
+    for call in (lambda: mix.get_log_prob({"x": x}), lambda: mix.posterior().get_log_prob({"x": x}),
+                 lambda: mix.posterior().sample({"x": x})):
+        with pytest.raises(DTypeError, match="cannot score 'x' of dtype torch.bool"):
+            call()
+
+
+@pytest.mark.parametrize("x, error, said", [
+    (torch.zeros(4, 3), ShapeError, r"given 'x' of shape \(4, 3\) .* gave loc \(12, 3\), scale \(1, 2\)"),
+    (torch.tensor(0.5), ShapeError, "must be a tensor of shape .*; got a 0-d tensor"),
+    ([[0.0, 1.0]] * 4, TypeError, "must be a tensor of shape .*; got a list")],
+    ids=["features", "0-d", "list"])
+def test_an_elementwise_product_of_experts_given_a_wrong_input_names_it(x: Any, error: type, said: str) -> None:
+    """``ElementWiseProductOfNormal`` read ``x.shape[-1]`` and broadcast its expert's parameters unchecked: torch's
+    RuntimeError, an IndexError or an AttributeError came out (Pixyz cannot run the class at all)."""
+    import pyro_dgm.distributions as ours
+    expert = ours.Normal(loc="x", scale=torch.ones(2), var=["z"], cond_var=["x"], name="q_1")
+    with pytest.raises(error, match=r"ElementWiseProductOfNormal q\(z\|x\): .*" + said):
+        ours.ElementWiseProductOfNormal(expert, name="q").sample({"x": x})
+
+
+def test_an_input_without_its_batch_dim_indexed_by_the_network_is_named() -> None:
+    """A network that reads ``x[:, 0]`` given ``x`` of shape ``(3,)``: torch's bare "too many indices" came out
+    of ``loss.eval`` (Pixyz's too), where a shape error of the same network is restated with the names."""
+    import pyro_dgm.distributions as ours
+
+    class Q(ours.Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": x[:, :1], "scale": torch.ones(x.shape[0], 1)}
+
+    with pytest.raises(IndexError) as e:
+        Q().sample({"x": torch.zeros(3)})
+    assert isinstance(e.value, ValueError)
+    assert "Q q(z|x): forward() failed on the inputs 'x': (3,)" in str(e.value)
+    assert "give x.unsqueeze(0) for one example" in str(e.value)
