@@ -49,7 +49,7 @@ def test_a_network_freed_and_another_made_at_its_address_is_run(maxsize: int) ->
     torch.manual_seed(0)
     q, x = Enc(nn.Linear(4, 2)), torch.randn(3, 4)
     with memoize():
-        for i in range(30):
+        for i in range(15):
             task = copy.deepcopy(q)
             with torch.no_grad():
                 task.net.bias.add_(float(i))
