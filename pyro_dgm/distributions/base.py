@@ -32,9 +32,9 @@ from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_
 from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up_subclasses, users_own,
                                        users_value)
 from pyro_dgm.utils.checks import (ArgumentError, DeviceError, DimensionError, DTypeError, DuplicateSiteError,
-                                   EmptyBatchError, NotATensorError, OutOfRangeError, ShapeError, as_var_list,
-                                   check_present, describe, keyed_values, numpy_tensor, sample_batch_n,
-                                   sample_shape_of)
+                                   EmptyBatchError, LayoutError, NotATensorError, OutOfRangeError, ShapeError,
+                                   as_var_list, check_present, describe, keyed_values, numpy_tensor, sample_batch_n,
+                                   sample_shape_of, unusual_tensor)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -1827,6 +1827,11 @@ class Distribution(YieldingModule):
                 note += f"; {', '.join(ranges)}: an index out of the range of a lookup in the network (an " \
                         "nn.Embedding's num_embeddings?)"
                 other = []
+        unusual = [v for v in names if isinstance(values[v], Tensor) and unusual_tensor(values[v])]
+        if unusual and isinstance(e, (TypeError, NotImplementedError, RuntimeError)):  # (torch's dispatch refused it)
+            v = unusual[0]
+            raise LayoutError(f"{describe(self)}: forward() cannot take {v!r}, {unusual_tensor(values[v])}: its "
+                              f"network takes dense tensors ({v}.to_dense()) (torch: {e})") from e
         complex_ = [v for v in names if isinstance(values[v], Tensor) and values[v].is_complex() and own is not None
                     and not own.is_complex]
         if (complex_ and isinstance(e, RuntimeError) and not isinstance(e, ValueError)

@@ -27,7 +27,8 @@ from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DeviceError, DimensionError, DTypeError, NoClosedFormError,
                                    NotATensorError, NotOneHotError, OutOfRangeError, ShapeError, clearer, describe,
-                                   dtype_matter, non_float_param, param_dtype_error, value_shape_problem)
+                                   LayoutError, dtype_matter, non_float_param, param_dtype_error, unusual_tensor,
+                                   value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
@@ -1216,6 +1217,9 @@ class DistributionBase(Distribution):
         x = values[b.var[0]]
         if not isinstance(x, Tensor):
             x = self._dgm_value_tensor(b.var[0], x)
+        if x.layout is not torch.strided or (type(x) is not Tensor and unusual_tensor(x)):
+            raise LayoutError(f"{describe(self)}: cannot score {b.var[0]!r}, {unusual_tensor(x)}: the densities take "
+                              f"dense tensors ({b.var[0]}.to_dense())")
         if x.is_complex() or (x.dtype == torch.bool and getattr(self.pyro_dist, "support", None) is constraints.real):
             # (a Normal's formula would give a complex "log-density", as Pixyz's does; its standard form would take
             # a bool value as 0/1 where its general form, and Pixyz's, refuse it)

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 __all__ = ["ShapeError", "OutOfRangeError", "DimensionError", "NotATensorError", "MissingVariableError", "DTypeError",
            "DeviceError", "EmptyBatchError", "NoClosedFormError", "NotSupportedError", "DuplicateSiteError",
-           "ArgumentError", "NotOneHotError", "strict_names", "strict_shapes", "ordered_union"]
+           "ArgumentError", "NotOneHotError", "LayoutError", "strict_names", "strict_shapes", "ordered_union"]
 
 
 class ShapeError(ValueError, RuntimeError):
@@ -495,6 +495,21 @@ def ordered_union(*lists: Sequence[str]) -> list[str]:
     for names in lists:
         out += [n for n in names if n not in out]
     return out
+
+
+class LayoutError(TypeError, NotImplementedError):
+    """A TypeError for a tensor of a kind the densities and networks do not take (a sparse tensor, a
+    ``torch.masked.MaskedTensor``): also the NotImplementedError torch raises there for a sparse one."""
+
+
+def unusual_tensor(x: Any) -> str:
+    """What kind of tensor ``x`` is when it is not a dense one (``"a sparse_coo tensor"``, ``"a MaskedTensor"``);
+    ``""`` for a dense tensor."""
+    import torch
+
+    if x.layout is not torch.strided:
+        return f"a {str(x.layout).rpartition('.')[2]} tensor"
+    return f"a {type(x).__name__}" if type(x).__name__ == "MaskedTensor" else ""
 
 
 class SamplerDTypeError(DTypeError, NotImplementedError):

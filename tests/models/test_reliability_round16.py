@@ -196,3 +196,44 @@ def test_an_input_without_its_batch_dim_indexed_by_the_network_is_named() -> Non
     assert isinstance(e.value, ValueError)
     assert "Q q(z|x): forward() failed on the inputs 'x': (3,)" in str(e.value)
     assert "give x.unsqueeze(0) for one example" in str(e.value)
+
+
+def _masked(x: torch.Tensor) -> Any:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch.masked is a prototype: it warns when used)
+        from torch.masked import masked_tensor
+        return masked_tensor(x, torch.ones_like(x, dtype=torch.bool))
+
+
+@pytest.mark.filterwarnings("ignore:.*MaskedTensor:UserWarning")  # (torch.masked's notes on its prototype)
+@pytest.mark.parametrize("kind", ["sparse", "masked"])
+def test_a_sparse_or_masked_value_or_input_is_named(kind: str) -> None:
+    """A sparse COO value raised torch's raw "Could not run 'aten::eq.Tensor' ... 'SparseCPU'", and a
+    ``MaskedTensor`` its raw dispatch ``TypeError``, scored or given to a network (Pixyz fails with the same errors);
+    each names the distribution, the variable and the fix now, and is of the class of torch's error (probe p218)."""
+    import pyro_dgm.distributions as ours
+    from pyro_dgm.utils.checks import LayoutError
+
+    z = torch.randn(3, 2)
+    value = z.to_sparse() if kind == "sparse" else _masked(z)
+    p = ours.Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p")
+    what = "a sparse_coo tensor" if kind == "sparse" else "a MaskedTensor"
+    with pytest.raises(NotImplementedError if kind == "sparse" else TypeError) as e:
+        p.get_log_prob({"z": value})
+    assert isinstance(e.value, LayoutError) and f"p(z): cannot score 'z', {what}" in str(e.value)
+    if kind == "masked":  # (nn.Linear takes a sparse input: only a masked one fails there)
+
+        class Q(ours.Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["y"], cond_var=["x"], name="q")
+                self.fc = nn.Linear(2, 2)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"loc": self.fc(x), "scale": torch.ones(2)}
+
+        with pytest.raises(LayoutError, match=r"q\(y\|x\): forward\(\) cannot take 'x', a MaskedTensor"):
+            Q().sample({"x": value})
+    torch.testing.assert_close(p.get_log_prob({"z": z}),  # the dense value scores as torch's Normal
+                               torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1))
