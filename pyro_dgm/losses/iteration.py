@@ -10,7 +10,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_MUL, Loss, ordered_union
 from pyro_dgm.losses.special import LossArgumentError
-from pyro_dgm.utils.checks import ArgumentError, DimensionError
+from pyro_dgm.utils.checks import ArgumentError, DimensionError, DuplicateSiteError
 from pyro_dgm.utils import get_dict_values, replace_dict_keys  # noqa: F401  (helpers Pixyz's module namespace has)
 from copy import deepcopy  # noqa: F401,E402  (Pixyz's module imports it too)
 
@@ -379,6 +379,13 @@ class IterativeLoss(Loss):
                     x.update(self.slice_step_fn(t, series))
                 value, samples = self.step_loss.eval(x, return_dict=True, return_all=False, **kwargs)
             except Exception as error:  # (no cost unless raised) the step it failed at, e.g. a NaN in x_t at that t
+                if isinstance(error, DuplicateSiteError) and t > 0:  # (a trace around the whole sequence)
+                    raise DuplicateSiteError(
+                        f"IterativeLoss {self.loss_text}: time step t={t} of {steps} draws the variables of step 0 "
+                        f"again, under the same Pyro site names, and one Pyro trace holds one site per name: a trace "
+                        f"(poutine.trace, replay, condition) around the whole sequence cannot record it. Trace the "
+                        f"step loss at one time step at a time (its eval on that step's values), or evaluate the "
+                        f"sequence without a trace ({str(error).partition('. ')[0]})") from error
                 _note_step(error, t, steps)
                 raise
             x.update(samples)

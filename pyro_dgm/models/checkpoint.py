@@ -669,15 +669,15 @@ def _is_ours(version: Any) -> bool:
 #: Keys only :func:`save` writes (with a ``"format"`` number): a dict of this format holding one is ours (damaged,
 #: if it lacks others).
 _OURS_KEYS = frozenset({"optimizers", "other_distributions", "loss_terms", "rng"})
-#: The keys :func:`model_state` always writes: a dict of another format number holding most of them is ours too.
-_SAVED_KEYS = frozenset({"model", "distributions", "other_distributions", "optimizers", "optimizer_types",
-                         "pyro_params", "loss_terms", "step", "epoch", "history", "rng", "data_rng"})
+#: Keys :func:`model_state` writes that a user's own dict is unlikely to hold (not "optimizers", "step", "rng"...): a
+#: dict of another format number holding two of them is ours too.
+_DISTINCT_KEYS = frozenset({"other_distributions", "loss_terms", "optimizer_types", "pyro_params", "data_rng"})
 
 
 def _looks_ours(state: Any) -> bool:
     """Whether ``state`` was written by :func:`save`, whole or damaged: it says its format, a number, next to one
-    of the keys only ours hold (this format), or next to most of what ours hold (another format: a user's own dict
-    with a format number and an ``"optimizers"`` entry is not ours)."""
+    of the keys only ours hold (this format), or next to two of the keys a user's own dict is unlikely to hold
+    (another format: a user's dict with a format number, ``"optimizers"``, ``"step"`` and ``"rng"`` is not ours)."""
     if not isinstance(state, Mapping):
         return False
     version = state.get("format")
@@ -685,7 +685,7 @@ def _looks_ours(state: Any) -> bool:
         return False
     if version == FORMAT:
         return bool(_OURS_KEYS & set(state))
-    return 2 * len(_SAVED_KEYS & set(state)) > len(_SAVED_KEYS)
+    return len(_DISTINCT_KEYS & set(state)) >= 2
 
 
 def _check_entries(state: Mapping[str, Any]) -> None:

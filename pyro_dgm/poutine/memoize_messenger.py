@@ -148,7 +148,14 @@ def _inference_snapshot(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
 
 
 def _same_snapshot(snapshot: tuple[tuple[Any, Any], ...]) -> bool:
-    return all(a.shape == c.shape and a.dtype == c.dtype and torch.equal(a, c) for a, c in snapshot)
+    """Whether each tensor still holds the values of its copy (a NaN where the copy has one: missing data)."""
+    for a, c in snapshot:
+        if a.shape != c.shape or a.dtype != c.dtype:
+            return False
+        if not torch.equal(a, c) and not (
+                (a.is_floating_point() or a.is_complex()) and bool(((a == c) | (a.isnan() & c.isnan())).all())):
+            return False
+    return True
 
 
 def _numpy_mark() -> Any:
@@ -348,8 +355,9 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
                     if t is not None:
                         params.append(t)
         versions = [(t._version, t.requires_grad) for t in params]  # (a frozen layer unfrozen: a graph to it)
+        subs = modules[1:]  # (not the network itself, whose mode the key holds: an entry must not keep it alive)
         return (tuple(dicts), tuple(map(len, dicts)), tuple(ends), tuple(owners), tuple(keys), tuple(held),
-                tuple(params), versions, data_ptrs(params), modules, [m.training for m in modules])
+                tuple(params), versions, data_ptrs(params), subs, [m.training for m in subs])
     except RuntimeError:
         return None
 
@@ -457,14 +465,17 @@ class MemoizeMessenger(Messenger):
     pass drops the entries of such a scope that it went through. An entry answers only while the module's submodules,
     parameters and forward hooks are the ones it ran with, and its parameters unchanged (version counters): weights
     swapped by ``torch.func.functional_call`` (an ensemble, a MAML step), a submodule replaced or appended, a hook
-    added, removed or replaced by another (also a global one), or weights changed in place within the scope make it
-    run again; a change through ``.data``, or to a buffer
-    (as a batch norm's forward updates its statistics), is not seen. Keys read no tensor data, so a lookup never
-    synchronizes with a GPU. A module with ``memoizable = False`` (e.g. one with dropout) always runs. A module with
-    ``memoize_unless_random=True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is
-    reused only when its forward drew nothing from the global random generators (:func:`rng_marks`) and changed no input
-    and no buffer in place: a forward that picks random time steps, adds noise, edits its input or updates a batch
-    norm's statistics runs again on each use, as under Pixyz. Draws from a generator the forward holds itself (a
+    added, removed or replaced by another (also a global one), weights changed in place within the scope, a submodule
+    switched between training and eval mode, ``requires_grad_`` of an input or a weight, ``torch.autocast`` and
+    ``torch.inference_mode`` make it run again; a change through ``.data``, or to a buffer (as a batch norm's forward
+    updates its statistics), is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU, but for
+    an input made under ``torch.inference_mode``, which has no version counter: an entry keeps a copy of its values
+    and a hit compares them (NaN equal to NaN). A module with ``memoizable = False`` (e.g. one with dropout) always
+    runs. A module with ``memoize_unless_random=True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz
+    runs on every use) is reused only when its forward drew nothing from the global random generators
+    (:func:`rng_marks`) and changed no input, no buffer and no weight in place: a forward that picks random time
+    steps, adds noise, edits its input or weights or updates a batch norm's statistics runs again on each use, as
+    under Pixyz. Draws from a generator the forward holds itself (a
     ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's ``RandomState`` kept from its last ``randn``,
     change no global state: such a module needs ``memoizable = False``.
 

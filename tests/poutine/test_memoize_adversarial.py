@@ -163,3 +163,40 @@ def test_each_kind_of_change_keeps_sharing_where_nothing_changed() -> None:
                     _loc(q, x)
                 assert q.calls == 1
     pyro.clear_param_store()
+
+
+def test_a_network_dropped_inside_a_scope_is_freed() -> None:
+    """An entry holds its network by a weak reference: a network made and dropped inside a scope the user opened is
+    freed at once (my first version held every module of the network in the entry, and so the network itself, until
+    the scope ended, probe p217)."""
+    import weakref
+
+    x = torch.randn(4, 3)
+    with memoize():
+        refs = []
+        for _ in range(3):
+            q = Enc(nn.Linear(3, 2))
+            refs.append(weakref.ref(q))
+            q.sample({"x": x})
+            del q
+            gc.collect()
+        assert all(r() is None for r in refs)
+
+
+def test_an_inference_input_holding_nan_is_shared_as_any_other() -> None:
+    """An input made under inference mode with a NaN (missing data that the network fills in): its copy compared
+    unequal to it (NaN != NaN), so each use ran the network again and a draw was scored under another pass (my first
+    version, probe p217). A NaN equals a NaN in the comparison: one pass, as for a tensor with a version counter."""
+    torch.manual_seed(0)
+
+    class Filler(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.where(x.isnan(), torch.randn_like(x), x)[:, :2]
+
+    q = Enc(Filler())
+    with torch.inference_mode():
+        x = torch.tensor([[float("nan"), 1.0, 2.0], [0.0, float("nan"), 1.0]])
+        with memoize():
+            first, second = _loc(q, x), _loc(q, x)
+    assert q.calls == 1
+    torch.testing.assert_close(first, second)

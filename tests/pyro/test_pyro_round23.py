@@ -129,3 +129,23 @@ def test_a_pyro_name_property_returning_an_array_is_refused_as_a_non_string() ->
     with pytest.raises(TypeError, match=r"q\(z\|x\): pyro_name must be a non-empty string .*got array"):
         poutine.trace(Named().guide).get_trace({"x": torch.zeros(2, X)})
     pyro.clear_param_store()
+
+
+def test_a_trace_around_a_whole_sequence_says_the_time_steps_clash() -> None:
+    """``poutine.trace`` around one ``IterativeLoss`` evaluation: step 1 draws ``z`` again under step 0's site name.
+    The error advised tracing one call at a time, which the program did, or renaming with ``replace_var``, which
+    cannot give each step a name of its own; the time step was only in a note (probe p219). It names the loss, the
+    step and what to do now."""
+    from pyro_dgm.losses import Expectation, IterativeLoss, LogProb
+
+    q = Normal(loc="z_prev", scale=torch.tensor(1.0), var=["z"], cond_var=["z_prev"], name="q")
+    d = Normal(loc="z", scale=torch.tensor(1.0), var=["x"], cond_var=["z"], name="d")
+    loss = IterativeLoss(Expectation(q, LogProb(d)), series_var=["x"], update_value={"z": "z_prev"})
+    data = {"x": torch.randn(3, 2, 2), "z_prev": torch.zeros(2, 2)}
+    with pytest.raises(DuplicateSiteError, match=r"IterativeLoss .*: time step t=1 of 3 draws the variables of step "
+                                                 r"0 again.*Trace the step loss at one time step") as e:
+        poutine.trace(lambda: loss.eval(dict(data))).get_trace()
+    assert "q(z|z_{prev}): the Pyro trace already holds a sample site named 'z'" in str(e.value)
+    with poutine.trace() as tr:  # one step's loss traced alone records its sites
+        Expectation(q, LogProb(d)).eval({"x": data["x"][0], "z_prev": data["z_prev"]})
+    assert tr.trace.nodes["z"]["type"] == "sample"
