@@ -34,7 +34,7 @@ from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up
 from pyro_dgm.utils.checks import (ArgumentError, DeviceError, DimensionError, DTypeError, DuplicateSiteError,
                                    EmptyBatchError, LayoutError, NotATensorError, OutOfRangeError, ShapeError,
                                    as_var_list, check_present, describe, keyed_values, numpy_tensor, sample_batch_n,
-                                   sample_shape_of, unusual_tensor)
+                                   sample_shape_of, unusual_tensor, users_own_error)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -1828,10 +1828,11 @@ class Distribution(YieldingModule):
                         "nn.Embedding's num_embeddings?)"
                 other = []
         unusual = [v for v in names if isinstance(values[v], Tensor) and unusual_tensor(values[v])]
-        if unusual and isinstance(e, (TypeError, NotImplementedError, RuntimeError)):  # (torch's dispatch refused it)
+        if (unusual and isinstance(e, (TypeError, NotImplementedError, RuntimeError))
+                and not users_own_error(e)):  # (torch's dispatch refused it; a user's own error stays theirs)
             v = unusual[0]
-            raise LayoutError(f"{describe(self)}: forward() cannot take {v!r}, {unusual_tensor(values[v])}: its "
-                              f"network takes dense tensors ({v}.to_dense()) (torch: {e})") from e
+            raise LayoutError(f"{describe(self)}: forward() cannot take {v!r}, {unusual_tensor(values[v], v)}: its "
+                              f"network takes dense tensors (torch: {e})") from e
         complex_ = [v for v in names if isinstance(values[v], Tensor) and values[v].is_complex() and own is not None
                     and not own.is_complex]
         if (complex_ and isinstance(e, RuntimeError) and not isinstance(e, ValueError)

@@ -1217,9 +1217,10 @@ class DistributionBase(Distribution):
         x = values[b.var[0]]
         if not isinstance(x, Tensor):
             x = self._dgm_value_tensor(b.var[0], x)
-        if x.layout is not torch.strided or (type(x) is not Tensor and unusual_tensor(x)):
-            raise LayoutError(f"{describe(self)}: cannot score {b.var[0]!r}, {unusual_tensor(x)}: the densities take "
-                              f"dense tensors ({b.var[0]}.to_dense())")
+        if x.layout is not torch.strided or x.is_nested or x.is_quantized or (type(x) is not Tensor
+                                                                               and unusual_tensor(x)):
+            raise LayoutError(f"{describe(self)}: cannot score {b.var[0]!r}, {unusual_tensor(x, b.var[0])}: the "
+                              "densities take dense tensors")
         if x.is_complex() or (x.dtype == torch.bool and getattr(self.pyro_dist, "support", None) is constraints.real):
             # (a Normal's formula would give a complex "log-density", as Pixyz's does; its standard form would take
             # a bool value as 0/1 where its general form, and Pixyz's, refuse it)

@@ -44,7 +44,8 @@ from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.losses.special import LossArgumentError
-from pyro_dgm.losses.steps import HALF_DTYPES, SIGNALS, WatchedBuffers, finite_sum, optimizer_arguments
+from pyro_dgm.losses.steps import (HALF_DTYPES, SIGNALS, WatchedBuffers, finite_sum, needs_closure,
+                                   optimizer_arguments)
 from pyro_dgm.losses.steps import restore_buffers
 from pyro_dgm.utils.checks import (DTypeError, NotSupportedError, OutOfRangeError, ShapeError, check_present,
                                    describe)
@@ -355,6 +356,14 @@ class AdversarialLoss(Loss):
             self._dgm_sync()
         d.train()
         opt = self.d_optimizer
+        if type(opt) is not self.__dict__.get("_dgm_d_stepper"):  # (checked once per optimizer class)
+            if needs_closure(opt):
+                raise TypeError(f"{self._dgm_step_name()}: the discriminator's optimizer {type(opt).__name__} needs "
+                                "a closure (step(closure) evaluates the loss again, several times per step), which "
+                                "loss_train does not pass: it calls step() once per batch, as Pixyz does (whose step "
+                                "raises TypeError there too); use an optimizer without one (torch.optim.Adam, "
+                                "SGD...). No weight was changed")
+            self.__dict__["_dgm_d_stepper"] = type(opt)
         if isinstance(opt, torch.optim.Optimizer):
             opt.zero_grad(set_to_none=True)
         else:  # an object that only steps (Pixyz takes any): its own zero_grad
@@ -628,9 +637,10 @@ def _build_optimizer(owner: str, optimizer: Any, d: nn.Module, params: Mapping[s
                         f"f(params, **optimizer_params), got {optimizer!r:.100}")
     try:
         made = optimizer(list(d.parameters()), **params)
-    except TypeError as e:
-        raise TypeError(f"{owner}: cannot build the discriminator's optimizer {optimizer!r:.80} with "
-                        f"optimizer_params={dict(params)}: {e}") from e
+    except (TypeError, ValueError) as e:  # (an unknown keyword; torch's "Invalid learning rate: -0.1")
+        error = TypeError if isinstance(e, TypeError) else ValueError
+        raise error(f"{owner}: cannot build the discriminator's optimizer {optimizer!r:.80} with "
+                    f"optimizer_params={dict(params)}: {e}") from e
     if not isinstance(made, torch.optim.Optimizer) and not (callable(getattr(made, "step", None))
                                                             and callable(getattr(made, "zero_grad", None))):
         raise TypeError(f"{owner}: optimizer(params, **optimizer_params) must return a torch.optim.Optimizer, got "

@@ -67,6 +67,19 @@ float 0.001
                 f"{type(value).__name__} {value!r:.80}")
 
 
+def needs_closure(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` needs a closure (``torch.optim.LBFGS``: ``step(closure)`` evaluates the loss again,
+    several times per step), which a training step that calls ``step()`` once per batch, as Pixyz's does, cannot
+    give."""
+    import inspect
+
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):  # (a step without a signature: a builtin's)
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
 def autograd_leaves(t: Tensor) -> list[Tensor]:
     """The leaf tensors (parameters) that ``t``'s autograd graph accumulates gradients into, each once. The graph's
     structure outlives a ``backward`` that freed its saved tensors, or that raised half-way."""

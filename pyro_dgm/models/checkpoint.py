@@ -726,8 +726,9 @@ def load(model: "Model", path: Any, resume: bool = False) -> None:
     """
     device = next((p.device for p in model.distributions.parameters()), torch.device("cpu"))
     state = _read(path, device)
-    if not resume and isinstance(state, Mapping) and _is_ours(state.get("format")) and "distributions" in state:
-        state = {"distributions": state["distributions"]}  # Pixyz's load: the optimizer and RNG states stay
+    if not resume and isinstance(state, Mapping) and "distributions" in state:
+        state = {"distributions": state["distributions"]}  # Pixyz's load: the optimizer and RNG states stay (of a
+        # file of ours of any format, or a user's dict with keys of ours, as Pixyz's reads any dict)
     elif resume and _pixyz_written(state):
         warnings.warn(f"Model.load({str(path)!r}, resume=True): the file holds the distributions' state only (as "
                       "Pixyz's Model.save writes it), which is loaded; the optimizers, step counters and random "

@@ -17,7 +17,6 @@ the loss and its named terms) and reads or sets its public attributes (``loss_cl
 """
 from __future__ import annotations
 
-import inspect
 import math
 import operator
 import re
@@ -31,7 +30,7 @@ from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, WatchedBuffers, autograd_leaves, restore_buffers
-from pyro_dgm.losses.steps import _ADDED, _watch_additions, optimizer_arguments
+from pyro_dgm.losses.steps import _ADDED, _watch_additions, needs_closure, optimizer_arguments
 from pyro_dgm.losses.steps import SIGNALS as _SIGNALS
 from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_check.py imports it from here)
 from pyro_dgm.losses.base import Loss
@@ -945,8 +944,7 @@ class Model:
         """Refuse an optimizer whose ``step`` needs a closure (``torch.optim.LBFGS``), which ``train`` does not pass
         (it steps once per batch, as Pixyz's does: torch's ``TypeError`` there), before it changes a weight; checked
         once per optimizer class."""
-        closure = inspect.signature(optimizer.step).parameters.get("closure")
-        if closure is not None and closure.default is inspect.Parameter.empty:
+        if needs_closure(optimizer):
             raise TypeError(f"{type(self).__name__}: the optimizer {type(optimizer).__name__} needs a closure "
                             "(step(closure) evaluates the loss again, several times per step), which Model.train "
                             "does not pass: it calls optimizer.step() once per batch, as Pixyz does (whose step "

@@ -112,7 +112,7 @@ def get_cache_maxsize() -> int:
 def _arg_key(a: Any, depth: int = 0) -> Hashable:
     if isinstance(a, torch.Tensor):
         if a.is_inference():  # made under torch.inference_mode: no version counter (an entry keeps a copy of its
-            return (id(a), "inference", a.requires_grad)  # values instead: _inference_snapshot)
+            return (id(a), "inference", a.requires_grad)  # values instead: MemoizeMessenger._snapshot)
         return (id(a), a._version, a.requires_grad)  # an in-place change bumps _version: a new key, never a stale
         # hit; requires_grad_() between two uses (a gradient penalty's input): a pass with a graph to it
     if isinstance(a, (tuple, list)) and depth < 8:  # an RNN's state (h, c), a PackedSequence: each tensor by
@@ -140,22 +140,32 @@ def _autocast_key() -> tuple[Any, ...]:
                  if torch.is_autocast_enabled(d))
 
 
-def _inference_snapshot(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, Any], ...]:
-    """``(tensor, copy)`` of each argument made under ``torch.inference_mode`` (which has no version counter to
-    show an in-place change, ``x.div_(2)`` in a forward): an entry answers only while each still equals its copy."""
-    given = (*args, *kwargs.values()) if kwargs else args
-    return tuple((a, a.clone()) for a in given if isinstance(a, torch.Tensor) and a.is_inference())
+def _inference_tensors(a: Any, out: list[Any], depth: int = 0) -> None:
+    """Append to ``out`` the tensors made under ``torch.inference_mode`` in ``a`` (also inside the tuples, lists and
+    dicts that :func:`_arg_key` reads: an RNN's state ``(h, c)``)."""
+    if isinstance(a, torch.Tensor):
+        if a.is_inference():
+            out.append(a)
+    elif isinstance(a, (tuple, list)) and depth < 8:
+        for v in a:
+            _inference_tensors(v, out, depth + 1)
+    elif isinstance(a, dict) and depth < 8:
+        for v in a.values():
+            _inference_tensors(v, out, depth + 1)
 
 
-def _same_snapshot(snapshot: tuple[tuple[Any, Any], ...]) -> bool:
-    """Whether each tensor still holds the values of its copy (a NaN where the copy has one: missing data)."""
-    for a, c in snapshot:
-        if a.shape != c.shape or a.dtype != c.dtype:
-            return False
-        if not torch.equal(a, c) and not (
-                (a.is_floating_point() or a.is_complex()) and bool(((a == c) | (a.isnan() & c.isnan())).all())):
-            return False
-    return True
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values as integers of the same width: equal exactly when they are the same bits (a NaN equals the same
+    NaN, -0.0 differs from 0.0)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.is_floating_point():
+        t = t.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[t.element_size()])
+    return t
+
+
+def _same_bits(a: torch.Tensor, c: torch.Tensor) -> bool:
+    return a.shape == c.shape and a.dtype == c.dtype and torch.equal(_bits(a), _bits(c))
 
 
 def _numpy_mark() -> Any:
@@ -517,6 +527,7 @@ class MemoizeMessenger(Messenger):
         self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (weakref to it, its last _param_state): _state
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
+        self._copies: dict[int, tuple[Any, Any]] = {}  # id -> (an inference-mode input, a copy): see _snapshot
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
         self._steps: int | None = None  # the optimizer steps counted when the entries were made (set by lookup)
         if pyro_stack and not _COUNTED:  # a scope the user opens may outlive optimizer steps (see lookup)
@@ -533,6 +544,7 @@ class MemoizeMessenger(Messenger):
         self._states.clear()
         self._traced.clear()
         self._notes.clear()
+        self._copies.clear()
         stack = MEMO_SCOPES.stack
         if stack and stack[-1] is self:
             stack.pop()
@@ -608,7 +620,8 @@ class MemoizeMessenger(Messenger):
             # torch.compile would guard on it)
         hit = self._cache.get(key)
         if (hit is None or (hit[2] is not None and not _same_params(hit[2]))
-                or (hit[3] is not None and hit[3]() is not module) or (hit[4] and not _same_snapshot(hit[4]))):
+                or (hit[3] is not None and hit[3]() is not module)
+                or (hit[4] and not all(_same_bits(a, c) for a, c in hit[4]))):
             return key, None  # (hit[3]: a network freed and another made at its address, a MAML task's copy)
         self._cache.move_to_end(key)
         return key, hit[0]
@@ -620,7 +633,7 @@ class MemoizeMessenger(Messenger):
         reuse if they were freed while cached). With ``module``, the network that computed it, the entry answers
         only while it is alive (a new network may take its address), its submodules and parameters are the same
         objects, its parameters unchanged and its submodules in the same train/eval modes (:func:`_param_state`),
-        and while the arguments in ``snapshot`` (:func:`_inference_snapshot`) hold the values copied there."""
+        and while the arguments in ``snapshot`` (:meth:`_snapshot`) hold the values copied there."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
@@ -651,6 +664,22 @@ class MemoizeMessenger(Messenger):
         if len(states) > max(_MAXSIZE[0], 1):  # (as many networks as the cache holds entries: a scope around a loop
             del states[next(iter(states))]  # that makes and drops networks keeps no more of their weights alive)
         return state
+
+    def _snapshot(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, Any], ...]:
+        """``(tensor, copy)`` of each argument made under ``torch.inference_mode`` (which has no version counter to
+        show an in-place change, ``x.div_(2)`` in a forward): an entry answers only while each still holds its
+        copy's values. One copy of a tensor serves every entry while it holds (eight encoders of one input)."""
+        found: list[Any] = []
+        _inference_tensors(args, found)
+        if kwargs:
+            _inference_tensors(kwargs, found)
+        out = []
+        for a in found:
+            known = self._copies.get(id(a))
+            if known is None or known[0] is not a or not _same_bits(a, known[1]):
+                known = self._copies[id(a)] = (a, a.clone())
+            out.append(known)
+        return tuple(out)
 
     def _forget_after_backward(self, key: Hashable, value: Any) -> None:
         """Drop the entry once a backward pass goes through it: that pass frees its graph."""
@@ -691,11 +720,11 @@ class MemoizeMessenger(Messenger):
             if transformed():  # (under torch.func the generators' states cannot be read: it runs on every use)
                 return module(*args, **kwargs)
             before, buffers, given = rng_marks(), _buffer_versions(module), _given_generators(args, kwargs)
-            snapshot = _inference_snapshot(args, kwargs)
+            snapshot = self._snapshot(args, kwargs)
             value = module(*args, **kwargs)
             if (not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key
                     or _buffer_versions(module) != buffers or not _same_states(given)
-                    or (snapshot and not _same_snapshot(snapshot))):
+                    or not all(_same_bits(a, c) for a, c in snapshot)):
                 return value  # it drew random numbers, changed its input, its buffers (a batch norm's statistics,
                 # a spectral norm's power iteration) or its weights: each use runs it again, as under Pixyz
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot)  # runs a Deterministic
@@ -711,7 +740,7 @@ class MemoizeMessenger(Messenger):
         keep = (args, kwargs) if kwargs else args
         if self._traced:  # (only while torch.compile traces: any network, memoized or not, may change its inputs)
             self._forget_traced_inputs(args, kwargs)
-        snapshot = _inference_snapshot(args, kwargs) if type(key) is tuple and _MAXSIZE[0] else ()  # (the values
+        snapshot = self._snapshot(args, kwargs) if type(key) is tuple and _MAXSIZE[0] else ()  # (the values
         self.store(key, value, keep, module, snapshot)  # after the pass: those of the next call it answers)
         if type(key) is tuple:
             after = self._key(module, args, kwargs)

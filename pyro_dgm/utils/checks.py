@@ -502,14 +502,21 @@ class LayoutError(TypeError, NotImplementedError):
     ``torch.masked.MaskedTensor``): also the NotImplementedError torch raises there for a sparse one."""
 
 
-def unusual_tensor(x: Any) -> str:
-    """What kind of tensor ``x`` is when it is not a dense one (``"a sparse_coo tensor"``, ``"a MaskedTensor"``);
-    ``""`` for a dense tensor."""
+def unusual_tensor(x: Any, name: str = "x") -> str:
+    """What kind of tensor ``x`` is when it is not a dense one, and how to make it one (``"a sparse_coo tensor"``,
+    ``"a nested tensor"``, ``"a quantized tensor"``, ``"a MaskedTensor"``, each with its conversion); ``""`` for a
+    dense tensor."""
     import torch
 
+    if x.is_nested:
+        return f"a nested tensor ({name}.to_padded_tensor(0.0) makes a dense one)"
     if x.layout is not torch.strided:
-        return f"a {str(x.layout).rpartition('.')[2]} tensor"
-    return f"a {type(x).__name__}" if type(x).__name__ == "MaskedTensor" else ""
+        return f"a {str(x.layout).rpartition('.')[2]} tensor ({name}.to_dense() makes a dense one)"
+    if x.is_quantized:
+        return f"a quantized tensor ({name}.dequantize() makes a dense one)"
+    if type(x).__name__ == "MaskedTensor":
+        return f"a MaskedTensor ({name}.get_data() is its values)"
+    return ""
 
 
 class SamplerDTypeError(DTypeError, NotImplementedError):

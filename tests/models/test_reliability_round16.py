@@ -5,6 +5,7 @@ runs the same call, it fails with torch's own error there too (checked in each t
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import pytest
@@ -48,15 +49,22 @@ def test_a_checkpoint_of_ours_with_an_entry_of_the_wrong_kind_names_it(key: str,
 def test_a_checkpoint_of_ours_of_another_format_that_lacks_an_entry_says_its_format(tmp_path: Any) -> None:
     """Format 2 without ``"rng"`` was read as a file Pixyz wrote: with ``resume=True`` it loaded the distributions
     and warned that they were all the file held, which is false. The same file of format 1 is refused naming what it
-    lacks (the control)."""
+    lacks (the control). Without ``resume`` either loads its distributions, as Pixyz's ``load`` reads any dict that
+    holds them (our files of formats 0 and 2 were refused there, probe p220)."""
     state = _saved(tmp_path)
     del state["rng"]
     with pytest.raises(ValueError, match="lacks .'rng'."):
         _load(state, tmp_path)
     state["format"] = 2
-    for resume in (False, True):
-        with pytest.raises(ValueError, match="a pyro_dgm Model checkpoint of format 2"):
-            _load(state, tmp_path, resume)
+    with pytest.raises(ValueError, match="a pyro_dgm Model checkpoint of format 2"):
+        _load(state, tmp_path)
+    for fmt in (0, 1, 2):
+        state["format"] = fmt
+        torch.save(state, tmp_path / "t.pt")
+        model = make_vae()
+        model.load(tmp_path / "t.pt")
+        for name, value in model.distributions.state_dict().items():
+            torch.testing.assert_close(value, state["distributions"][name], rtol=0, atol=0)
 
 
 def test_a_users_dict_with_an_int_format_and_no_distributions_is_not_called_ours(tmp_path: Any) -> None:
@@ -252,4 +260,80 @@ def test_a_users_dict_with_a_format_number_and_the_usual_training_keys_loads_as_
     model = make_vae()
     model.load(tmp_path / "own.pt")
     for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_users_own_error_from_a_network_given_a_sparse_input_is_kept() -> None:
+    """A network that raises its own ``RuntimeError`` subclass while an input is sparse: my first version replaced
+    it by a ``LayoutError`` saying torch refused the layout, which ``except TheirError`` does not catch; Pixyz passes
+    it on as it is (probe p220)."""
+    import pyro_dgm.distributions as ours
+
+    class TooSparse(RuntimeError):
+        pass
+
+    class Q(ours.Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x: torch.Tensor) -> dict:
+            raise TooSparse("x has too many zeros for this model")
+
+    with pytest.raises(TooSparse, match="too many zeros"):
+        Q().sample({"x": torch.eye(3).to_sparse()})
+
+
+@pytest.mark.parametrize("kind, fix", [("nested", r"x.to_padded_tensor\(0.0\)"), ("quantized", r"x.dequantize\(\)")])
+def test_a_nested_or_quantized_value_is_named_with_its_own_conversion(kind: str, fix: str) -> None:
+    """A nested tensor was told to use ``to_dense()``, which torch refuses for it, and one of the strided layout and
+    a quantized tensor passed the check to fail in torch with errors naming nothing (Pixyz's too, probe p220)."""
+    import pyro_dgm.distributions as ours
+    from pyro_dgm.utils.checks import LayoutError
+
+    if kind == "nested":
+        x = torch.nested.nested_tensor([torch.zeros(3), torch.ones(3)])
+    else:
+        x = torch.quantize_per_tensor(torch.zeros(2, 3), 0.1, 0, torch.qint8)
+    p = ours.Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["x"], name="p")
+    with pytest.raises(RuntimeError) as e:  # (torch's class there; a LayoutError is also a TypeError)
+        p.get_log_prob({"x": x})
+    assert isinstance(e.value, LayoutError) and f"p(x): cannot score 'x', a {kind} tensor" in str(e.value)
+    assert re.search(fix, str(e.value))
+
+
+def test_a_gans_discriminator_optimizer_with_a_bad_rate_or_a_closure_is_named() -> None:
+    """``d_optimizer_params={"lr": -0.1}`` raised torch's bare "Invalid learning rate", and
+    ``d_optimizer=torch.optim.LBFGS`` torch's "step() missing ... 'closure'" at the first ``train`` (Pixyz's
+    errors too); the generator's optimizer was named in both cases (probe p221). Both name the discriminator's
+    optimizer now, and the refused step changes no weight."""
+    import pyro_dgm.distributions as ours
+    from pyro_dgm.models import GAN
+
+    class Generator(ours.Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = nn.Linear(2, 2)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"x": self.net(z)}
+
+    class Discriminator(ours.Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.net = nn.Sequential(nn.Linear(2, 1), nn.Sigmoid())
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.net(x)}
+
+    def gan(**options: Any) -> GAN:
+        prior = ours.Normal(loc=0.0, scale=1.0, var=["z"], features_shape=[2], name="p_{prior}")
+        return GAN((Generator() * prior).marginalize_var("z"), Discriminator(), **options)
+
+    with pytest.raises(ValueError, match="cannot build the discriminator's optimizer .*Invalid learning rate"):
+        gan(d_optimizer_params={"lr": -0.1})
+    model = gan(d_optimizer=torch.optim.LBFGS)
+    before = [t.detach().clone() for t in model.distributions.parameters()]
+    with pytest.raises(TypeError, match="the discriminator's optimizer LBFGS needs a closure"):
+        model.train({"x": torch.randn(8, 2)})
+    for a, b in zip(model.distributions.parameters(), before):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -200,3 +200,45 @@ def test_an_inference_input_holding_nan_is_shared_as_any_other() -> None:
             first, second = _loc(q, x), _loc(q, x)
     assert q.calls == 1
     torch.testing.assert_close(first, second)
+
+
+class _FirstOfPair(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["hc"], name="q")
+
+    def forward(self, hc: tuple) -> dict:
+        return {"loc": hc[0] * 1.0, "scale": torch.ones(1, 1)}
+
+
+class _Angle(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"loc": torch.atan2(x, torch.tensor(-1.0)), "scale": torch.ones(1, 1)}
+
+
+@pytest.mark.parametrize("case", ["pair", "signed zero"])
+def test_an_inference_input_changed_in_place_is_seen_inside_a_pair_and_to_its_sign(case: str) -> None:
+    """An RNN's state ``(h, c)`` made under inference mode, ``h.add_(1)`` between two calls: only arguments at the
+    top level were copied, so the second call got the first pass (-1.42 for -2.92). And ``x.neg_()`` of a 0.0,
+    which ``atan2`` reads as +pi or -pi: ``==`` calls the two zeros equal (probe p220). The values are the closed
+    forms, log N(0; loc, 1)."""
+    normal = torch.distributions.Normal
+    with torch.inference_mode():
+        if case == "pair":
+            q, h = _FirstOfPair(), torch.ones(1, 1)
+            given, z, expected = {"hc": (h, h.clone())}, torch.zeros(1, 1), normal(2.0, 1.0).log_prob(torch.tensor(0.0))
+
+            def change() -> None:
+                h.add_(1.0)
+        else:
+            q, x = _Angle(), torch.zeros(1, 1)
+            given, z, expected = {"x": x}, torch.full((1, 1), 3.0), normal(-torch.pi, 1.0).log_prob(torch.tensor(3.0))
+
+            def change() -> None:
+                x.neg_()
+        with memoize():
+            q.get_log_prob({**given, "z": z})
+            change()
+            torch.testing.assert_close(q.get_log_prob({**given, "z": z}), expected.reshape(1))
