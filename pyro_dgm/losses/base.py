@@ -1001,8 +1001,9 @@ def _record_again(recorder: dict[Any, Any], key: int, value: Any) -> None:
 def _empty_inputs(inputs: Mapping[str, Any]) -> list[str] | None:
     """The input variables given with zero rows (an empty batch), or None (the common case: one cheap loop)."""
     for v in inputs.values():
-        if isinstance(v, Tensor) and v.dim() and not v.shape[0]:
-            return [k for k, w in inputs.items() if isinstance(w, Tensor) and w.dim() and not w.shape[0]]
+        if isinstance(v, Tensor) and v.dim() and not v.is_nested and not v.shape[0]:  # (a nested tensor has no
+            return [k for k, w in inputs.items()  # shape; a network may pad it)
+                    if isinstance(w, Tensor) and w.dim() and not w.is_nested and not w.shape[0]]
     return None
 
 

@@ -202,6 +202,12 @@ def _shape_text(t: Any) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else repr(t)
 
 
+class StateDictError(ValueError, RuntimeError):
+    """A checkpoint's state dict that does not fit the model (tensors missing, unexpected, of another shape, or
+    not tensors): a ValueError that names them, and the RuntimeError torch's ``load_state_dict`` raises there (what
+    a Pixyz program's ``Model.load`` meets)."""
+
+
 def _check_module(where: str, module: nn.Module, saved: Mapping[str, Any]) -> None:
     if not isinstance(saved, Mapping):  # (torch's load_state_dict: "Expected state_dict to be dict-like")
         raise ValueError(f"Model.load: {where} of the checkpoint is a {type(saved).__name__}, not a state dict "
@@ -210,17 +216,21 @@ def _check_module(where: str, module: nn.Module, saved: Mapping[str, Any]) -> No
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
     if missing or unexpected:
-        raise ValueError(f"Model.load: {where} of the checkpoint does not match this model: "
-                         + (f"missing tensors {missing}" if missing else "")
-                         + ("; " if missing and unexpected else "")
-                         + (f"unexpected tensors {unexpected}" if unexpected else "")
-                         + "; was the checkpoint saved from a model built the same way?")
+        raise StateDictError(f"Model.load: {where} of the checkpoint does not match this model: "
+                             + (f"missing tensors {missing}" if missing else "")
+                             + ("; " if missing and unexpected else "")
+                             + (f"unexpected tensors {unexpected}" if unexpected else "")
+                             + "; was the checkpoint saved from a model built the same way?")
     for key, value in own.items():
         other = saved[key]
-        if isinstance(value, Tensor) and (not isinstance(other, Tensor) or other.shape != value.shape):
-            raise ValueError(f"Model.load: tensor {where}.{key} has shape {_shape_text(other)} in the checkpoint but "
-                             f"{_shape_text(value)} in this model; build the model with the same sizes as the one "
-                             "that was saved")
+        if isinstance(value, Tensor) and not isinstance(other, Tensor):
+            raise StateDictError(f"Model.load: {where}.{key} is a {type(other).__name__} ({other!r:.60}) in the "
+                                 f"checkpoint, not a tensor (this model's is of shape {_shape_text(value)}); the file "
+                                 "is damaged or was not written from a state_dict()")
+        if isinstance(value, Tensor) and other.shape != value.shape:
+            raise StateDictError(f"Model.load: tensor {where}.{key} has shape {_shape_text(other)} in the checkpoint "
+                                 f"but {_shape_text(value)} in this model; build the model with the same sizes as the "
+                                 "one that was saved")
 
 
 # Optimizer state entries that torch's optimizers keep in the shape of their parameter (others, like LBFGS's flat

@@ -164,8 +164,14 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _same_bits(a: torch.Tensor, c: torch.Tensor) -> bool:
-    return a.shape == c.shape and a.dtype == c.dtype and torch.equal(_bits(a), _bits(c))
+def _same_bits(a: torch.Tensor, c: torch.Tensor | None) -> bool:
+    """Whether ``a`` holds the bits of its copy ``c`` (``None``: a tensor that cannot be compared, a sparse, nested,
+    quantized or meta one, which never matches: its network runs at each call)."""
+    return c is not None and a.shape == c.shape and a.dtype == c.dtype and torch.equal(_bits(a), _bits(c))
+
+
+def _comparable(a: torch.Tensor) -> bool:
+    return a.layout is torch.strided and not (a.is_nested or a.is_quantized or a.is_meta)
 
 
 def _numpy_mark() -> Any:
@@ -527,7 +533,8 @@ class MemoizeMessenger(Messenger):
         self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (weakref to it, its last _param_state): _state
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
-        self._copies: dict[int, tuple[Any, Any]] = {}  # id -> (an inference-mode input, a copy): see _snapshot
+        self._copies: dict[int, tuple[Any, Any]] = {}  # id -> weak references to an inference-mode input and its
+        # copy (the entries hold both: an evicted one frees them): see _snapshot
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
         self._steps: int | None = None  # the optimizer steps counted when the entries were made (set by lookup)
         if pyro_stack and not _COUNTED:  # a scope the user opens may outlive optimizer steps (see lookup)
@@ -674,11 +681,20 @@ class MemoizeMessenger(Messenger):
         if kwargs:
             _inference_tensors(kwargs, found)
         out = []
+        copies = self._copies
         for a in found:
-            known = self._copies.get(id(a))
-            if known is None or known[0] is not a or not _same_bits(a, known[1]):
-                known = self._copies[id(a)] = (a, a.clone())
-            out.append(known)
+            if not _comparable(a):
+                out.append((a, None))
+                continue
+            known = copies.get(id(a))
+            c = known[1]() if known is not None and known[0]() is a else None
+            if c is None or not _same_bits(a, c):
+                c = a.clone()
+                copies[id(a)] = (weakref.ref(a), weakref.ref(c))
+                if len(copies) > 2 * max(_MAXSIZE[0], 1):  # (inputs of evicted entries: their copies are freed)
+                    for k in [k for k, (r, rc) in copies.items() if r() is None or rc() is None]:
+                        del copies[k]
+            out.append((a, c))
         return tuple(out)
 
     def _forget_after_backward(self, key: Hashable, value: Any) -> None:

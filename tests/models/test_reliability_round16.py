@@ -337,3 +337,45 @@ def test_a_gans_discriminator_optimizer_with_a_bad_rate_or_a_closure_is_named() 
         model.train({"x": torch.randn(8, 2)})
     for a, b in zip(model.distributions.parameters(), before):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_state_dict_holding_a_number_for_a_tensor_is_named_as_torch_raises(tmp_path: Any) -> None:
+    """A weight saved as ``1.0``: the message said the tensor "has shape 1.0" and advised building the model with
+    the sizes of the saved one, as a plain ``ValueError``, where Pixyz's load raises torch's ``RuntimeError``
+    (probe p222). It says the entry is a float, not a tensor, and is both."""
+    from pyro_dgm.models.checkpoint import StateDictError
+
+    torch.manual_seed(0)
+    model = make_vae()
+    state = model.distributions.state_dict()
+    key = next(iter(state))
+    state[key] = 1.0
+    torch.save({"distributions": state}, tmp_path / "bad.pt")
+    for resume in (False, True):
+        with pytest.raises(RuntimeError, match=rf"distributions\.{re.escape(key)} is a float \(1\.0\) in the "
+                                               r"checkpoint, not a tensor") as e:
+            make_vae().load(tmp_path / "bad.pt", resume=resume)
+        assert isinstance(e.value, (StateDictError, ValueError))
+
+
+def test_a_nested_tensor_that_the_network_pads_is_taken_by_a_loss() -> None:
+    """``LogProb(q).eval`` of a nested input that ``q``'s network pads itself raised torch's "NestedTensorImpl
+    doesn't support sizes" from the loss's check of empty batches, where ``q.get_log_prob`` of the same input works
+    (Pixyz's loss fails in its cache; probe p222). The loss gives ``get_log_prob``'s value."""
+    import pyro_dgm.distributions as ours
+    from pyro_dgm.losses import LogProb
+
+    class Q(ours.Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.w = nn.Parameter(torch.full((3, 2), 0.5))
+
+        def forward(self, x: torch.Tensor) -> dict:
+            h = (x.to_padded_tensor(0.0) if x.is_nested else x) @ self.w
+            return {"loc": h, "scale": torch.ones_like(h)}
+
+    q = Q()
+    x, z = torch.nested.nested_tensor(list(torch.eye(4, 3))), torch.zeros(4, 2)
+    expected = torch.distributions.Normal(torch.eye(4, 3) @ q.w, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(LogProb(q).eval({"x": x, "z": z}), expected)
+    torch.testing.assert_close(q.get_log_prob({"x": x, "z": z}), expected)
