@@ -485,13 +485,13 @@ class MemoizeMessenger(Messenger):
     switched between training and eval mode, ``requires_grad_`` of an input or a weight, ``torch.autocast`` and
     ``torch.inference_mode`` make it run again; a change through ``.data``, or to a buffer (as a batch norm's forward
     updates its statistics), is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU, but for
-    an input made under ``torch.inference_mode``, which has no version counter: an entry keeps a copy of its values
-    and a hit compares them (NaN equal to NaN). A module with ``memoizable = False`` (e.g. one with dropout) always
-    runs. A module with ``memoize_unless_random=True`` (a :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz
-    runs on every use) is reused only when its forward drew nothing from the global random generators
-    (:func:`rng_marks`) and changed no input, no buffer and no weight in place: a forward that picks random time
-    steps, adds noise, edits its input or weights or updates a batch norm's statistics runs again on each use, as
-    under Pixyz. Draws from a generator the forward holds itself (a
+    an input made under ``torch.inference_mode``, which has no version counter: an entry keeps a copy of its values and
+    a hit compares them bit by bit (a sparse, nested, quantized or meta one is never reused). A module with
+    ``memoizable = False`` (e.g. one with dropout) always runs. A module with ``memoize_unless_random=True`` (a
+    :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is reused only when its forward drew
+    nothing from the global random generators (:func:`rng_marks`) and changed no input, no buffer and no weight in
+    place: a forward that picks random time steps, adds noise, edits its input or weights or updates a batch norm's
+    statistics runs again on each use, as under Pixyz. Draws from a generator the forward holds itself (a
     ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's ``RandomState`` kept from its last ``randn``,
     change no global state: such a module needs ``memoizable = False``.
 
