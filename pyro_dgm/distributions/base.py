@@ -198,6 +198,18 @@ def _store_name(d: "Distribution") -> str:
     return name
 
 
+#: Words of torch's errors where an operation has no kernel for a tensor's layout or kind.
+_LAYOUT_WORDS = ("could not run", "dispatch", "layout", "sparse", "nested", "quantized", "not implemented",
+                 "not supported", "doesn't support", "does not support")
+
+
+def _input_text(value: Any) -> str:
+    """A network input's shape for an error message (a nested tensor has none: its kind), or its type."""
+    if isinstance(value, Tensor):
+        return "a nested tensor" if value.is_nested else str(tuple(value.shape))
+    return str(type(value))
+
+
 def has_network(owner: Any) -> bool:
     """Whether a distribution class's ``forward`` is its own network (the base classes' ``forward`` is none: it
     raises, or, for a family, hands back its keyword arguments as Pixyz's does). Given a distribution, the
@@ -1810,8 +1822,7 @@ class Distribution(YieldingModule):
         """Say which distribution's network failed, and on which inputs (the error keeps its type); a dtype error
         of torch's caused by an input whose dtype is not the weights' becomes a :class:`DTypeError` naming it."""
         names = (*b.fwd_pos, *(v for _, v in b.fwd_kw))
-        shapes = ", ".join(f"{v!r}: {tuple(values[v].shape) if isinstance(values[v], Tensor) else type(values[v])}"
-                           for v in names)
+        shapes = ", ".join(f"{v!r}: {_input_text(values[v])}" for v in names)
         note = f"while {describe(self)} ran forward() on {shapes}"
         own = self._dgm_weights_dtype()
         other = [v for v in names if isinstance(values[v], Tensor) and own is not None and values[v].dtype != own
@@ -1828,8 +1839,9 @@ class Distribution(YieldingModule):
                         "nn.Embedding's num_embeddings?)"
                 other = []
         unusual = [v for v in names if isinstance(values[v], Tensor) and unusual_tensor(values[v])]
-        if (unusual and isinstance(e, (TypeError, NotImplementedError, RuntimeError))
-                and not users_own_error(e)):  # (torch's dispatch refused it; a user's own error stays theirs)
+        if (unusual and isinstance(e, (TypeError, NotImplementedError, RuntimeError)) and not users_own_error(e)
+                and any(w in str(e).lower() for w in _LAYOUT_WORDS)):  # (torch's dispatch refused it; a user's own
+            # error, or one of shapes in a network that pads a nested input itself, stays as it is)
             v = unusual[0]
             raise LayoutError(f"{describe(self)}: forward() cannot take {v!r}, {unusual_tensor(values[v], v)}: its "
                               f"network takes dense tensors (torch: {e})") from e

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from pyro_dgm.losses.steps import StepRandomState
 from pyro_dgm.models import distributed as _dist
@@ -202,6 +203,11 @@ def _shape_text(t: Any) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else repr(t)
 
 
+class NotAStateDictError(TypeError, ValueError):
+    """A checkpoint's entry that should be a state dict and is not: a ValueError, and the TypeError torch's
+    ``load_state_dict`` raises there ("Expected state_dict to be dict-like")."""
+
+
 class StateDictError(ValueError, RuntimeError):
     """A checkpoint's state dict that does not fit the model (tensors missing, unexpected, of another shape, or
     not tensors): a ValueError that names them, and the RuntimeError torch's ``load_state_dict`` raises there (what
@@ -210,8 +216,8 @@ class StateDictError(ValueError, RuntimeError):
 
 def _check_module(where: str, module: nn.Module, saved: Mapping[str, Any]) -> None:
     if not isinstance(saved, Mapping):  # (torch's load_state_dict: "Expected state_dict to be dict-like")
-        raise ValueError(f"Model.load: {where} of the checkpoint is a {type(saved).__name__}, not a state dict "
-                         "(module.state_dict()'s dict of tensors)")
+        raise NotAStateDictError(f"Model.load: {where} of the checkpoint is a {type(saved).__name__}, not a state "
+                                 "dict (module.state_dict()'s dict of tensors)")
     own = module.state_dict()
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
@@ -223,11 +229,15 @@ def _check_module(where: str, module: nn.Module, saved: Mapping[str, Any]) -> No
                              + "; was the checkpoint saved from a model built the same way?")
     for key, value in own.items():
         other = saved[key]
+        if is_lazy(value):  # (a lazy layer that has not run: torch's load gives it the saved shape)
+            continue
         if isinstance(value, Tensor) and not isinstance(other, Tensor):
             raise StateDictError(f"Model.load: {where}.{key} is a {type(other).__name__} ({other!r:.60}) in the "
                                  f"checkpoint, not a tensor (this model's is of shape {_shape_text(value)}); the file "
                                  "is damaged or was not written from a state_dict()")
-        if isinstance(value, Tensor) and other.shape != value.shape:
+        if isinstance(value, Tensor) and other.shape != value.shape and not (value.dim() == 0
+                                                                             and other.shape == (1,)):
+            # (torch loads a shape-(1,) tensor into a 0-d one: files from before torch 0.4)
             raise StateDictError(f"Model.load: tensor {where}.{key} has shape {_shape_text(other)} in the checkpoint "
                                  f"but {_shape_text(value)} in this model; build the model with the same sizes as the "
                                  "one that was saved")

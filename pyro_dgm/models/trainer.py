@@ -165,6 +165,10 @@ class _Batches:
             data = torch.as_tensor(data)
         if isinstance(data, (Tensor, Mapping)):
             table = _as_dict(data, input_var, what)
+            nested = [k for k, v in table.items() if isinstance(v, Tensor) and v.is_nested]
+            if nested:
+                raise ValueError(f"fit: {nested[0]!r} in {what} is a nested tensor, which fit cannot cut into "
+                                 "batches of rows; pass the data as a list of batches (dicts), or a DataLoader")
             sizes = {k: v.shape[0] for k, v in table.items() if isinstance(v, Tensor) and v.dim() > 0}
             timed = [k for k in sizes if k in self.series]
             steps = next(iter(sizes.values()), 0)

@@ -157,6 +157,7 @@ def _inference_tensors(a: Any, out: list[Any], depth: int = 0) -> None:
 def _bits(t: torch.Tensor) -> torch.Tensor:
     """``t``'s values as integers of the same width: equal exactly when they are the same bits (a NaN equals the same
     NaN, -0.0 differs from 0.0)."""
+    t = t.resolve_conj().resolve_neg()  # (a conjugate or negative view: its values, copied; else t itself)
     if t.is_complex():
         t = torch.view_as_real(t)
     if t.is_floating_point():
@@ -167,7 +168,12 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 def _same_bits(a: torch.Tensor, c: torch.Tensor | None) -> bool:
     """Whether ``a`` holds the bits of its copy ``c`` (``None``: a tensor that cannot be compared, a sparse, nested,
     quantized or meta one, which never matches: its network runs at each call)."""
-    return c is not None and a.shape == c.shape and a.dtype == c.dtype and torch.equal(_bits(a), _bits(c))
+    if c is None or a.shape != c.shape or a.dtype != c.dtype:
+        return False
+    try:
+        return torch.equal(_bits(a), _bits(c))
+    except (RuntimeError, TypeError, NotImplementedError):  # (a dtype torch cannot compare, torch.bits8: never
+        return False  # reused)
 
 
 def _comparable(a: torch.Tensor) -> bool:

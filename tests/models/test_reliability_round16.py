@@ -379,3 +379,78 @@ def test_a_nested_tensor_that_the_network_pads_is_taken_by_a_loss() -> None:
     expected = torch.distributions.Normal(torch.eye(4, 3) @ q.w, 1.0).log_prob(z).sum(-1)
     torch.testing.assert_close(LogProb(q).eval({"x": x, "z": z}), expected)
     torch.testing.assert_close(q.get_log_prob({"x": x, "z": z}), expected)
+
+
+class _Buffered(nn.Module):
+    def __init__(self, lazy: bool = False) -> None:
+        super().__init__()
+        self.fc = nn.LazyLinear(2) if lazy else nn.Linear(3, 2)
+        self.register_buffer("t", torch.tensor(1.0))
+
+
+def _model_of(net: nn.Module) -> Any:
+    import pyro_dgm.distributions as ours
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.models import Model
+
+    class Q(ours.Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": self.net.fc(x) * self.net.t, "scale": torch.ones(x.shape[0], 2)}
+
+    q = Q()
+    return Model(-LogProb(q).mean(), distributions=[q], optimizer=torch.optim.Adam, optimizer_params={"lr": 0.1})
+
+
+def test_state_dicts_torch_loads_load_and_a_non_dict_is_a_type_error(tmp_path: Any) -> None:
+    """Three cases where our check of a state dict differed from torch's ``load_state_dict`` (and so from Pixyz's
+    ``Model.load``), probe p223: a 0-d buffer saved with shape ``(1,)`` (torch loads it, for files of before torch
+    0.4) was refused; a lazy layer that has not run made the check read an uninitialized shape (torch gives it the
+    saved one); and a ``distributions`` entry that is a list raised a ``ValueError`` where torch raises a
+    ``TypeError``. The loaded values are the file's."""
+    torch.manual_seed(0)
+    state = _model_of(_Buffered()).distributions.state_dict()
+    state["0.net.t"] = torch.tensor([2.0])
+    torch.save({"distributions": state}, tmp_path / "old.pt")
+    model = _model_of(_Buffered())
+    model.load(tmp_path / "old.pt")
+    assert model.distributions[0].net.t.shape == () and float(model.distributions[0].net.t) == 2.0
+    lazy = _model_of(_Buffered(lazy=True))
+    lazy.load(tmp_path / "old.pt")
+    torch.testing.assert_close(lazy.distributions[0].net.fc.weight, state["0.net.fc.weight"], rtol=0, atol=0)
+    torch.save({"distributions": [1]}, tmp_path / "list.pt")
+    with pytest.raises(TypeError, match="distributions of the checkpoint is a list, not a state dict") as e:
+        _model_of(_Buffered()).load(tmp_path / "list.pt")
+    assert isinstance(e.value, ValueError)
+
+
+def test_nested_inputs_in_fit_and_a_networks_own_shape_error_are_named() -> None:
+    """A nested input: ``fit`` failed with torch's "NestedTensorImpl doesn't support sizes" naming nothing (it
+    cuts tables into rows), and a network that pads it but then fails on a shape had its error replaced by the same
+    torch error, raised while the message read the input's shape (probe p223)."""
+    import pyro_dgm.distributions as ours
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.models import Model
+
+    class Q(ours.Normal):
+        def __init__(self, width: int) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.w = nn.Parameter(torch.full((width, 2), 0.5))
+
+        def forward(self, x: torch.Tensor) -> dict:
+            h = x.to_padded_tensor(0.0) @ self.w
+            return {"loc": h, "scale": torch.ones_like(h)}
+
+    x, z = torch.nested.nested_tensor(list(torch.eye(4, 3))), torch.zeros(4, 2)
+    with pytest.raises(ShapeError, match=r"q\(z\|x\): forward\(\) failed on the inputs 'x': a nested tensor .*mat1 "
+                                         "and mat2 shapes cannot be multiplied"):
+        Q(4).get_params({"x": x})
+    q = Q(3)
+    model = Model(-LogProb(q).mean(), distributions=[q], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0})
+    expected = -torch.distributions.Normal(torch.eye(4, 3) @ q.w, 1.0).log_prob(z).sum(-1).mean()
+    torch.testing.assert_close(model.train({"x": x, "z": z}), expected.detach())
+    with pytest.raises(ValueError, match="fit: 'x' in .* is a nested tensor, which fit cannot cut into batches"):
+        model.fit({"x": x, "z": z}, epochs=1, batch_size=2)

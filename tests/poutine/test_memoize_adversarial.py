@@ -287,3 +287,17 @@ def test_a_sparse_inference_input_of_a_network_that_takes_it_is_run_at_each_use(
     torch.testing.assert_close(first, expected)
     torch.testing.assert_close(second, expected)
     assert q.calls == 2
+
+
+def test_an_inference_input_with_a_conjugate_or_negative_bit_is_compared_by_its_values() -> None:
+    """``x.conj()`` of a complex tensor, or its ``.imag`` (a negative view), made under inference mode: the bit
+    comparison of its copy raised torch's raw error at the second call (probe p223). The values are compared, and
+    the second call is shared."""
+    q = Enc(nn.Identity())
+    q.forward = lambda x: {"loc": x * 1.0, "scale": torch.ones_like(x)}  # type: ignore[method-assign]
+    with torch.inference_mode():
+        x = torch.complex(torch.ones(2, 2), torch.full((2, 2), 2.0)).conj().imag  # a negative view: -2
+        with memoize():
+            first, second = _loc(q, x), _loc(q, x)
+    torch.testing.assert_close(first, torch.full((2, 2), -2.0))
+    torch.testing.assert_close(second, first)
