@@ -199,8 +199,8 @@ def _store_name(d: "Distribution") -> str:
 
 
 #: Words of torch's errors where an operation has no kernel for a tensor's layout or kind.
-_LAYOUT_WORDS = ("could not run", "dispatch", "layout", "sparse", "nested", "quantized", "not implemented",
-                 "not supported", "doesn't support", "does not support")
+_LAYOUT_WORDS = ("could not run", "multiple dispatch", "layout", "doesn't support", "does not support",
+                 "not implemented for")
 
 
 def _input_text(value: Any) -> str:

@@ -229,12 +229,13 @@ def _check_module(where: str, module: nn.Module, saved: Mapping[str, Any]) -> No
                              + "; was the checkpoint saved from a model built the same way?")
     for key, value in own.items():
         other = saved[key]
+        if isinstance(value, Tensor) and not isinstance(other, Tensor):
+            shape = "uninitialized (a lazy layer)" if is_lazy(value) else f"of shape {_shape_text(value)}"
+            raise StateDictError(f"Model.load: {where}.{key} is a {type(other).__name__} ({other!r:.60}) in the "
+                                 f"checkpoint, not a tensor (this model's is {shape}); the file is damaged or was not "
+                                 "written from a state_dict()")
         if is_lazy(value):  # (a lazy layer that has not run: torch's load gives it the saved shape)
             continue
-        if isinstance(value, Tensor) and not isinstance(other, Tensor):
-            raise StateDictError(f"Model.load: {where}.{key} is a {type(other).__name__} ({other!r:.60}) in the "
-                                 f"checkpoint, not a tensor (this model's is of shape {_shape_text(value)}); the file "
-                                 "is damaged or was not written from a state_dict()")
         if isinstance(value, Tensor) and other.shape != value.shape and not (value.dim() == 0
                                                                              and other.shape == (1,)):
             # (torch loads a shape-(1,) tensor into a 0-d one: files from before torch 0.4)

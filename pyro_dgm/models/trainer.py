@@ -142,7 +142,7 @@ def _rows(batch: Mapping[str, Any], series: Mapping[str, int] | None = None) -> 
         if isinstance(v, Tensor) and v.dim() > 0:
             d = series.get(k, 0) if series else 0
             if v.dim() > d:
-                return int(v.shape[d])
+                return int(v.size(d))  # (size(): a nested tensor has no shape, but its rows)
     return 1
 
 

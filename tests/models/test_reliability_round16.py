@@ -421,6 +421,10 @@ def test_state_dicts_torch_loads_load_and_a_non_dict_is_a_type_error(tmp_path: A
     lazy = _model_of(_Buffered(lazy=True))
     lazy.load(tmp_path / "old.pt")
     torch.testing.assert_close(lazy.distributions[0].net.fc.weight, state["0.net.fc.weight"], rtol=0, atol=0)
+    state["0.net.fc.weight"] = 7  # damaged, for a lazy layer: named as for any layer (probe p225)
+    torch.save({"distributions": state}, tmp_path / "bad.pt")
+    with pytest.raises(RuntimeError, match=r"0\.net\.fc\.weight is a int \(7\) .*uninitialized \(a lazy layer\)"):
+        _model_of(_Buffered(lazy=True)).load(tmp_path / "bad.pt")
     torch.save({"distributions": [1]}, tmp_path / "list.pt")
     with pytest.raises(TypeError, match="distributions of the checkpoint is a list, not a state dict") as e:
         _model_of(_Buffered()).load(tmp_path / "list.pt")
@@ -454,3 +458,5 @@ def test_nested_inputs_in_fit_and_a_networks_own_shape_error_are_named() -> None
     torch.testing.assert_close(model.train({"x": x, "z": z}), expected.detach())
     with pytest.raises(ValueError, match="fit: 'x' in .* is a nested tensor, which fit cannot cut into batches"):
         model.fit({"x": x, "z": z}, epochs=1, batch_size=2)
+    model.fit([{"x": x, "z": z}], epochs=1)  # as the error says (it read the nested tensor's shape, probe p225)
+    torch.testing.assert_close(model.test({"x": x, "z": z}), expected.detach())
