@@ -19,8 +19,8 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import current_of, own_methods
 from pyro_dgm.distributions.special import drawn_in_pass
-from pyro_dgm.utils.checks import (ArgumentError, DTypeError, clearer, describe, dtype_matter, non_float_param,
-                                   param_dtype_error, users_own_error)
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, clearer, describe, refuse_param_dtype,
+                                   users_own_error)
 from pyro_dgm.utils.modules import PlainBuffers
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",
@@ -196,9 +196,7 @@ class OneSiteDistribution(Distribution):
             if isinstance(e, DTypeError):  # the flow site's own, naming this distribution
                 raise
             refuse_bool_value(self, b.var[0], x, e)
-            found = non_float_param(fn) if dtype_matter(e) else None
-            if found is not None:  # (an expert given integer or bool inputs)
-                raise param_dtype_error(self, e, found, f"score {b.var[0]!r}") from e
+            refuse_param_dtype(self, e, fn, f"score {b.var[0]!r}")  # (an expert given integer or bool inputs)
             own = self._dgm_weights_dtype()
             if (isinstance(e, RuntimeError) and not isinstance(e, ValueError) and own is not None and x.dtype != own
                     and "type" in str(e).lower()):

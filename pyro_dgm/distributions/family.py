@@ -27,7 +27,7 @@ from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DeviceError, DimensionError, DTypeError, NoClosedFormError,
                                    NotATensorError, NotOneHotError, OutOfRangeError, ShapeError, clearer, describe,
-                                   LayoutError, dtype_matter, non_float_param, param_dtype_error, unusual_tensor,
+                                   LayoutError, dtype_matter, param_dtype_error, refuse_param_dtype, unusual_tensor,
                                    value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
@@ -1268,9 +1268,7 @@ class DistributionBase(Distribution):
         try:
             lp = base.log_prob(x)
         except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
-            found = non_float_param(base) if dtype_matter(e) else None
-            if found is not None:  # (an input given as integers or bools, which the parameter came from)
-                raise param_dtype_error(self, e, found, f"score {b.var[0]!r}") from e
+            refuse_param_dtype(self, e, base, f"score {b.var[0]!r}")  # (an input given as integers or bools)
             if not isinstance(e, (ValueError, RuntimeError)):
                 raise
             bad = self._dgm_diagnosis(base, x, b.var[0])
@@ -1360,9 +1358,7 @@ class DistributionBase(Distribution):
         if ((isinstance(e, NotImplementedError) and "not implemented for" in str(e))  # ("normal_kernel_cpu" not
                 or (isinstance(e, TypeError) and "floating point" in str(e))):  # implemented for 'Long', or
             # torch.finfo of an integer dtype: a Laplace's sampler; another TypeError, a user's own, as it is)
-            found = non_float_param(base)
-            if found is not None:
-                raise param_dtype_error(self, e, found, f"draw {name!r}") from e
+            refuse_param_dtype(self, e, base, f"draw {name!r}")
             raise e
         bad = self._dgm_diagnosis(base, torch.zeros(()), name)
         if bad:
@@ -1458,10 +1454,8 @@ class DistributionBase(Distribution):
         try:
             h = base.entropy()
         except (RuntimeError, TypeError, NotImplementedError) as e:
-            found = non_float_param(base) if dtype_matter(e) else None
-            if found is None:
-                raise
-            raise param_dtype_error(self, e, found, "compute the entropy") from e
+            refuse_param_dtype(self, e, base, "compute the entropy")
+            raise
         if sum_features and feature_dims is None:
             # the sum over the feature (event) dims; not fn.entropy(): torch's Independent cannot sum an empty batch
             n = len(fn.event_shape) - len(base.event_shape)

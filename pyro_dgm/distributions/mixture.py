@@ -30,7 +30,7 @@ from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import UserScored
 from pyro_dgm.distributions.poe import expert_given
 from pyro_dgm.utils.checks import (NotATensorError, NotOneHotError, OutOfRangeError, ShapeError, describe,
-                                   dtype_matter, non_float_param, ordered_union, param_dtype_error, sample_batch_n)
+                                   ordered_union, refuse_param_dtype, sample_batch_n)
 from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
@@ -278,10 +278,8 @@ class _Mixture(OneSiteDistribution):
         try:
             value = self._dgm_record(name, fn.mean, fn.event_dim) if ctx.sample_mean else self._dgm_site(name, fn, ctx)
         except (RuntimeError, NotImplementedError, TypeError) as e:  # (a component given integer or bool inputs)
-            found = non_float_param(fn) if dtype_matter(e) else None
-            if found is None:
-                raise
-            raise param_dtype_error(self, e, found, f"draw {name!r}") from e
+            refuse_param_dtype(self, e, fn, f"draw {name!r}")
+            raise
         if (isinstance(value, Tensor) and not value.is_floating_point() and _TorchDistribution._validate_args
                 and _one_hot_support(fn) and not torch.jit.is_tracing()):
             observed_refusal(self, name, fn, value)  # class indices observed under one-hot components: named now,

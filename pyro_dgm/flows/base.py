@@ -145,8 +145,8 @@ def _no_tensor_named_own(flow: Any, kind: str, name: str = "condition") -> None:
                    f"flows have; name it otherwise (a submodule named {name}, or a plain value, is taken)")
 
 
-#: pyro_dgm's method names that a Pixyz flow subclass may take for a submodule or a plain value of its own (its code
-#: reads its own; pyro_dgm calls the class's method)
+#: pyro_dgm's method names that a Pixyz flow subclass may take for a submodule, a plain value or a method of its own
+#: (its code reads its own; pyro_dgm calls ``Flow``'s)
 _USERS_TO_TAKE = frozenset({"condition", "forward_with_logdet", "inverse_with_logdet"})
 
 

@@ -550,6 +550,15 @@ def dtype_matter(e: BaseException) -> bool:
             or "bool tensor is not supported" in text)
 
 
+def refuse_param_dtype(owner: Any, e: BaseException, base: Any, doing: str) -> None:
+    """Raise :func:`param_dtype_error` from ``e`` where torch's error ``e`` is one of a dtype (:func:`dtype_matter`)
+    and a parameter of ``base``, a torch distribution, is of an integer or bool dtype (:func:`non_float_param`);
+    return otherwise (the caller goes on with ``e``)."""
+    found = non_float_param(base) if dtype_matter(e) else None
+    if found is not None:
+        raise param_dtype_error(owner, e, found, doing) from e
+
+
 def param_dtype_error(owner: Any, e: BaseException, found: tuple[str, Any], doing: str) -> Exception:
     """The error of ``doing`` (``"draw 'x'"``, ``"score 'x'"``, ...) that ``e``, torch's, raised because the
     parameter ``found`` is of an integer or bool dtype: it names the distribution, the parameter and the fix, and
