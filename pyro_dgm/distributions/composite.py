@@ -19,7 +19,7 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import current_of, own_methods
 from pyro_dgm.distributions.special import drawn_in_pass
-from pyro_dgm.utils.checks import (ArgumentError, DTypeError, clearer, describe, refuse_param_dtype,
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, ShapeError, clearer, describe, refuse_param_dtype,
                                    users_own_error)
 from pyro_dgm.utils.modules import PlainBuffers
 
@@ -165,8 +165,8 @@ class OneSiteDistribution(Distribution):
         """Refuse a value ``x`` of variable ``name`` whose trailing dims are not the event shape ``ev``."""
         if not isinstance(x, Tensor) or x.dim() < len(ev) or x.shape[x.dim() - len(ev):] != ev:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{describe(self)}: expected {name!r} of shape (..., {', '.join(map(str, ev))}), "
-                             f"got {got}")
+            error = ShapeError if isinstance(x, Tensor) else ValueError  # (where Pixyz meets torch's RuntimeError)
+            raise error(f"{describe(self)}: expected {name!r} of shape (..., {', '.join(map(str, ev))}), got {got}")
         if x.is_complex():  # (a mixture of Normals would give a complex "log-density", as Pixyz's does)
             raise DTypeError(f"{describe(self)}: cannot score {name!r} of dtype {x.dtype}: it scores real numbers "
                              f"(convert with {name}.real)")

@@ -278,12 +278,14 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
         w0 = self.weight_modalities[0]
         if self.prior is None:
-            zero = torch.zeros((1, *self._prior_shape), dtype=w0.dtype, device=w0.device)
+            terms = self._dgm_expert_terms(m, values, ctx)  # (no expert given and no feature shape known: 0-d
+            zero = torch.zeros((1, *self._prior_shape) if terms or self._prior_shape else (), dtype=w0.dtype,  # as
+                               device=w0.device)  # Pixyz's, not a batch of one)
             prior_term = (w0, torch.ones_like(zero), zero, False)
         else:
             pp = site_params(self.prior, m, values, ctx)
             prior_term = (w0, pp["scale"], pp["loc"], False)
-        terms = self._dgm_expert_terms(m, values, ctx)
+            terms = self._dgm_expert_terms(m, values, ctx)
         if len(terms) > 1:
             conditional = [bool(inputs_of(e, m)) for e in self.p if expert_given(self, e, m, values)]
             self._dgm_check_expert_shapes(terms, conditional)
@@ -295,6 +297,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
             raise ShapeError(f"{describe(self)}: the experts' parameters do not broadcast (their locations: {shapes}; "
                              f"{prior}); each expert must give the same feature shape, for inputs of one batch "
                              f"size") from e
+        if scale.dim() < loc.dim():  # (a constant scale beside inputs: Pixyz's product gives it the location's
+            scale = scale.reshape((1,) * (loc.dim() - scale.dim()) + tuple(scale.shape))  # number of dims, of 1s)
         return {"loc": loc, "scale": scale}  # each its own shape, as Pixyz's (they broadcast)
 
     def _dgm_fn(self, b: Binding, values: Mapping[str, Any], ctx: CallState, expand: bool = True,

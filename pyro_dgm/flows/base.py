@@ -1143,7 +1143,10 @@ class FlowList(Flow):
             learn = getattr(p, "_dgm_sizes_from", None)
             if learn is not None:
                 learn(shape)
-            shape = p.forward_shape(shape) if hasattr(p, "forward_shape") else shape
+            try:
+                shape = p.forward_shape(shape) if hasattr(p, "forward_shape") else shape
+            except (ValueError, IndexError):  # a shape this layer cannot take (a Squeeze given (N, D)): nothing
+                return  # more to learn; the flow's own check names the variable and the shape it expects
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         for p in self._dgm_parts:

@@ -628,6 +628,17 @@ def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution
 
 
 def _build_optimizer(owner: str, optimizer: Any, d: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+    from pyro.optim import PyroOptim
+
+    if isinstance(optimizer, PyroOptim) or (callable(optimizer) and not isinstance(optimizer, type) and (
+            getattr(optimizer, "__module__", "") or "").startswith("pyro.optim")):  # pyro.optim.Adam, or its
+        from pyro_dgm.models.model import build_optimizer  # instance: as a Model takes them (Pixyz takes neither)
+
+        made, clip = build_optimizer(owner, optimizer, list(d.parameters()), params)
+        if clip:
+            raise ValueError(f"{owner}: the discriminator's pyro.optim optimizer carries clip_args={clip}, which the "
+                             "term does not apply; pass it without clip_args (clip_value clips a critic's weights)")
+        return made
     if isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"{owner}: optimizer must be an optimizer class such as torch.optim.Adam (the term builds it "
                         "over the discriminator's parameters), got an instance; pass its class and "
@@ -644,6 +655,5 @@ def _build_optimizer(owner: str, optimizer: Any, d: nn.Module, params: Mapping[s
     if not isinstance(made, torch.optim.Optimizer) and not (callable(getattr(made, "step", None))
                                                             and callable(getattr(made, "zero_grad", None))):
         raise TypeError(f"{owner}: optimizer(params, **optimizer_params) must return a torch.optim.Optimizer, got "
-                        f"{type(made).__name__} (a pyro.optim optimizer is not supported for discriminators; pass "
-                        "the torch class, e.g. torch.optim.Adam)")
+                        f"{type(made).__name__}")
     return made
