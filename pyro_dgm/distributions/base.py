@@ -928,6 +928,31 @@ class Distribution(YieldingModule):
         dev = next((t.device for t in self.buffers()), None) or next((t.device for t in self.parameters()), None)
         return numpy_tensor(self, name, v, dev)
 
+    def _dgm_numbers_tensor(self, x: Any) -> Tensor | None:
+        """A Python number or a (nested) list of numbers as a tensor of this distribution's float dtype and device
+        (the default dtype without parameters), or ``None`` for anything else."""
+        if not isinstance(x, (int, float, list, tuple)):
+            return None
+        ref = next((t for t in (*self.buffers(), *self.parameters()) if t.is_floating_point()), None)
+        try:
+            return torch.as_tensor(x, dtype=torch.get_default_dtype() if ref is None else ref.dtype,
+                                   device=None if ref is None else ref.device)
+        except (TypeError, ValueError, RuntimeError):  # a list of strings, of tensors of several elements...
+            return None
+
+    def _dgm_value_tensor(self, name: str, x: Any) -> Tensor:
+        """A scored value that is not a tensor: a numpy array becomes one (``torch.as_tensor``, dtype kept, on the
+        device of the parameters); a Python number or a (nested) list of numbers too, in the parameters' float dtype
+        (torch's ``Gamma.log_prob`` and Pixyz's Bernoulli take them so); anything else raises
+        :class:`NotATensorError` (a ``TypeError``, and the ``ValueError`` torch's validation raises under Pixyz)."""
+        if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
+            return self._dgm_from_numpy(x, name)
+        out = self._dgm_numbers_tensor(x)
+        if out is not None:
+            return out
+        raise NotATensorError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array, a "
+                              f"number or a list of numbers), got {type(x).__name__}")
+
     # ------------------------------------------------------------------ the generic ancestral loop
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None,
                sample_shape: Iterable[int] = torch.Size(), return_all: bool = True, reparam: bool = False,

@@ -174,7 +174,10 @@ class OneSiteDistribution(Distribution):
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
         x = values[b.var[0]]
-        fn = self._dgm_fn(b, values, ctx, expand=False, value=x if isinstance(x, Tensor) else None)[0]
+        if not isinstance(x, Tensor):  # a numpy array, a number or a list of numbers: the tensor it spells, as a
+            x = self._dgm_value_tensor(b.var[0], x)  # family takes it (anything else: a NotATensorError)
+            values = {**values, b.var[0]: x}
+        fn = self._dgm_fn(b, values, ctx, expand=False, value=x)[0]
         ev = fn.event_shape
         self._dgm_check_features(b.var[0], x, ev)
         if (not sum_features or feature_dims is not None) and not _all_features(feature_dims, sum_features, x, ev):

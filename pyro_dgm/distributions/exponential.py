@@ -24,7 +24,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.family import DistributionBase
-from pyro_dgm.utils.checks import NotOneHotError, OutOfRangeError, ShapeError, describe
+from pyro_dgm.utils.checks import DTypeError, NotOneHotError, OutOfRangeError, ShapeError, describe
 from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["Normal", "Bernoulli", "RelaxedBernoulli", "FactorizedBernoulli", "Categorical", "RelaxedCategorical",
@@ -403,6 +403,34 @@ class _Relaxed(DistributionBase):
                  **kwargs: Any) -> None:
         """Pixyz's ``set_dist``: the relaxed distribution when ``sampling``, else the hard one it scores under."""
         self._dgm_set_torch_dist(x_dict, batch_n, not sampling, kwargs)
+
+    def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
+        """The mean of the hard distribution it scores under (its probabilities)."""
+        try:
+            return super().sample_mean(x_dict, **kwargs)
+        except DTypeError:
+            probs = self._dgm_integer_probs(x_dict, kwargs)
+            if probs is None:
+                raise
+            return probs  # (integer probabilities, 0 and 1 from an input: Pixyz's hard distribution takes them and
+            # gives them back as they are, where torch's relaxed one cannot be built)
+
+    def sample_variance(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
+        """The variance of the hard distribution it scores under, ``probs * (1 - probs)`` per class."""
+        try:
+            return super().sample_variance(x_dict, **kwargs)
+        except DTypeError:
+            probs = self._dgm_integer_probs(x_dict, kwargs)
+            if probs is None:
+                raise
+            return probs * (1 - probs)
+
+    def _dgm_integer_probs(self, x_dict: Any, kwargs: Any) -> Tensor | None:
+        probs = self.get_params(x_dict, **kwargs).get("probs")
+        if isinstance(probs, Tensor) and not (probs.is_floating_point() or probs.is_complex()
+                                              or probs.dtype == torch.bool):
+            return probs
+        return None
 
 
 class RelaxedBernoulli(_Relaxed):

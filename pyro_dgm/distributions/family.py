@@ -690,18 +690,6 @@ class DistributionBase(Distribution):
                                   f"numbers), got {type(t).__name__}")
         return out
 
-    def _dgm_numbers_tensor(self, x: Any) -> Tensor | None:
-        """A Python number or a (nested) list of numbers as a tensor of this distribution's float dtype and device
-        (the default dtype without parameters), or ``None`` for anything else."""
-        if not isinstance(x, (int, float, list, tuple)):
-            return None
-        ref = next((t for t in (*self.buffers(), *self.parameters()) if t.is_floating_point()), None)
-        try:
-            return torch.as_tensor(x, dtype=torch.get_default_dtype() if ref is None else ref.dtype,
-                                   device=None if ref is None else ref.device)
-        except (TypeError, ValueError, RuntimeError):  # a list of strings, of tensors of several elements...
-            return None
-
     def _dgm_closed_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState
                            ) -> closed_forms.ClosedParams | None:
         """The one gate to the closed forms of :mod:`.closed_forms`: the parameters and their largest number of
@@ -1402,19 +1390,6 @@ class DistributionBase(Distribution):
                          f"{name!r} should have shape {tuple(shape)} (leading sample dims allowed): {why}. A "
                          "value's features are never broadcast over the parameters' (they would be scored more than "
                          "once)")
-
-    def _dgm_value_tensor(self, name: str, x: Any) -> Tensor:
-        """A scored value that is not a tensor: a numpy array becomes one (``torch.as_tensor``, dtype kept, on the
-        device of the parameters); a Python number or a (nested) list of numbers too, in the parameters' float dtype
-        (torch's ``Gamma.log_prob`` and Pixyz's Bernoulli take them so); anything else raises
-        :class:`NotATensorError` (a ``TypeError``, and the ``ValueError`` torch's validation raises under Pixyz)."""
-        if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
-            return self._dgm_from_numpy(x, name)
-        out = self._dgm_numbers_tensor(x)
-        if out is not None:
-            return out
-        raise NotATensorError(f"{describe(self)}: the value of {name!r} must be a tensor (or a numpy array, a "
-                              f"number or a list of numbers), got {type(x).__name__}")
 
     def _dgm_sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:
         """Sum the element-wise ``t`` over ``feature_dims``; an out-of-range dim raises naming this distribution."""

@@ -198,7 +198,11 @@ class _FlowDistribution(OneSiteDistribution):
         if self.flow._dgm_auto:  # flows that take their event dims from the input: from the prior's event shape here
             if not self.flow.__dict__.get("_dgm_dist_dims"):
                 own_event_dims(self.flow)
-            self.flow._dgm_adapt(torch.Size([1]) + base.event_shape, self._dgm_flow_inverted)
+            try:
+                self.flow._dgm_adapt(torch.Size([1]) + base.event_shape, self._dgm_flow_inverted)
+            except ValueError as e:
+                self._dgm_unlearned(b, value, e)
+                raise
         if expand and b.input_var:  # a context given to the flow only (not to the prior) sets the batch shape too
             batch = torch.broadcast_shapes(base.batch_shape, *(self._dgm_input_batch_shape(v, values, ctx)
                                                                for v in b.input_var))
@@ -210,13 +214,24 @@ class _FlowDistribution(OneSiteDistribution):
         except ValueError:  # torch's shape bookkeeping asks a layer for its input shape before any forward ran (a
             learn = getattr(self.flow, "_dgm_sizes_from", None)  # Flatten without in_size): the flow runs forward on
             if self._dgm_flow_inverted or learn is None:  # the prior's draws, of its event shape, which Pixyz's
-                raise  # forward records
+                self._dgm_unlearned(b, value, None)  # forward records
+                raise
             learn(torch.Size([1]) + base.event_shape)
             fn = _FlowSite(base, [t])
         fn._dgm_owner = (self, b.var[0])
         if expand:
             fn = expand_root(self, fn, b, ctx)
         return fn, fn.base_dist
+
+    def _dgm_unlearned(self, b: Binding, value: Any, error: ValueError | None) -> None:
+        """Refuse a value to score whose shape the flow's layers do not take (a ``Squeeze`` given ``(N, D)``), so
+        that a layer whose sizes come from its input (a ``Flatten`` without ``in_size``) could not learn them: named,
+        where the layer's own error would say only that its size is unknown."""
+        if self._dgm_flow_inverted and isinstance(value, Tensor):
+            raise ShapeError(f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(value.shape)}: the flow's "
+                             "layers do not take that shape, so the shape they take is not known (give a value of "
+                             "the shape the flow was built for, e.g. (N, C, H, W) for an image flow, or give its "
+                             "Flatten in_size=(C, H, W))") from error
 
     @staticmethod
     def _dgm_input_batch_shape(v: str, values: Mapping[str, Any], ctx: CallState) -> torch.Size:

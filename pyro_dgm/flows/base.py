@@ -1139,14 +1139,17 @@ class FlowList(Flow):
             self.__dict__["_dgm_adapted_for"] = key  # (a plain value: no Module setattr per call)
 
     def _dgm_sizes_from(self, shape: Sequence[int]) -> None:
-        for p in self._dgm_parts:
+        steps = []  # (layer, the shape it is given): all of them first, and only then learned, so that a shape some
+        for p in self._dgm_parts:  # layer cannot take (a Squeeze given (N, D) or an odd height) leaves every layer
+            steps.append((p, shape))  # as it was (a Flatten's in_size from the last valid value); the flow
+            try:  # distribution's check then names the variable and the shape it takes
+                shape = p.forward_shape(shape) if hasattr(p, "forward_shape") else shape
+            except (ValueError, IndexError):
+                return
+        for p, shape in steps:
             learn = getattr(p, "_dgm_sizes_from", None)
             if learn is not None:
                 learn(shape)
-            try:
-                shape = p.forward_shape(shape) if hasattr(p, "forward_shape") else shape
-            except (ValueError, IndexError):  # a shape this layer cannot take (a Squeeze given (N, D)): nothing
-                return  # more to learn; the flow's own check names the variable and the shape it expects
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         for p in self._dgm_parts:

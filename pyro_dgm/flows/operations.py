@@ -82,12 +82,24 @@ class Squeeze(Flow):
         return not inverse
 
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
-        *lead, c, h, w = shape
+        *lead, c, h, w = self._dgm_image_shape(shape)
+        if h % 2 or w % 2:
+            raise ShapeError(f"{self._dgm_describe()}: expected an even height and width, i.e. shape "
+                             f"(..., C, 2H, 2W), got shape {tuple(shape)}")
         return torch.Size([*lead, c * 4, h // 2, w // 2])
 
     def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
-        *lead, c, h, w = shape
+        *lead, c, h, w = self._dgm_image_shape(shape)
+        if c % 4:
+            raise ShapeError(f"{self._dgm_describe()}: expected a number of channels divisible by 4, i.e. shape "
+                             f"(..., 4C, H, W), got shape {tuple(shape)}")
         return torch.Size([*lead, c // 4, h * 2, w * 2])
+
+    def _dgm_image_shape(self, shape: Sequence[int]) -> Sequence[int]:
+        if len(shape) < 3:
+            raise ShapeError(f"{self._dgm_describe()}: expected an image shape (..., C, H, W), got shape "
+                             f"{tuple(shape)}")
+        return shape
 
     def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return _squeeze(x), zero_logdet(x, 3)

@@ -381,7 +381,7 @@ class AdversarialLoss(Loss):
             else:  # DistributedDataParallel sees the forward pass and averages the gradients in backward
                 try:
                     loss = replicated.run(self.eval, train_x_dict, discriminator=True)
-                except Exception as e:  # the other processes learn it at _dgm_check_d_loss's synchronization
+                except (Exception, SystemExit) as e:  # the others learn it at _dgm_check_d_loss's synchronization
                     from pyro_dgm.models import distributed as _dist
 
                     _dist.fail_together(e, self._dgm_step_name())
@@ -634,7 +634,8 @@ def _build_optimizer(owner: str, optimizer: Any, d: nn.Module, params: Mapping[s
             getattr(optimizer, "__module__", "") or "").startswith("pyro.optim")):  # pyro.optim.Adam, or its
         from pyro_dgm.models.model import build_optimizer  # instance: as a Model takes them (Pixyz takes neither)
 
-        made, clip = build_optimizer(owner, optimizer, list(d.parameters()), params)
+        made, clip = build_optimizer(owner, optimizer, list(d.parameters()), params,
+                                     held_by="the term's d_optimizer")
         if clip:
             raise ValueError(f"{owner}: the discriminator's pyro.optim optimizer carries clip_args={clip}, which the "
                              "term does not apply; pass it without clip_args (clip_value clips a critic's weights)")

@@ -258,9 +258,7 @@ class Loss(YieldingModule, _PyroELBO):
                 _raise_missing(self, dict(given), [v])
             raise
         value, samples = out if type(out) is tuple else (out, {})
-        if isinstance(value, (int, float)):  # a ValueLoss keeps a number inside formulas; called, Pixyz's is a tensor
-            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
-        return value, samples
+        return value, samples  # (a number stays one: Parameter("beta")({"beta": 3.0}) is 3.0, as Pixyz's)
 
     # ------------------------------------------------------------------ names and text
     @property

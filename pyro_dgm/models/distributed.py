@@ -60,6 +60,7 @@ from pyro_dgm.losses.steps import clear_grads
 
 __all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT",
            "wrap", "broadcast_module", "broadcast_coalesced", "broadcast_tensor", "all_reduce_mean", "all_reduce_max",
+           "average_gradients",
            "all_gather_int", "gather_to_rank0", "shard", "fail_together", "check_outcomes",
            "DataParalleledLoss", "Replicated", "PyroParams", "DistributedELBO"]
 
@@ -235,12 +236,13 @@ def fail_together(error: BaseException, what: str) -> None:
     :class:`~pyro_dgm.models.errors.RankFailedError` there instead of taking the step, then note on ``error`` that
     they did; the caller raises ``error`` again. Without a process group, for Ctrl-C (``KeyboardInterrupt`` reaches
     every process: none waits for another) or for an error of torch.distributed itself (another collective would
-    wait for the timeout), nothing is done.
+    wait for the timeout), nothing is done; a ``SystemExit`` (``sys.exit()`` in a network's forward on one process) is
+    told as an error is.
 
     Call it only where the step's own synchronization (:func:`all_gather_int` of :data:`STEP_FINE`...) has not been
     reached yet: in its place.
     """
-    if not isinstance(error, Exception) or not is_distributed() or _collective_broke(error):
+    if not isinstance(error, (Exception, SystemExit)) or not is_distributed() or _collective_broke(error):
         return
     try:
         outcomes = all_gather_int(STEP_RAISED)
@@ -341,6 +343,24 @@ class _Call(nn.Module):
         return fn(*args, **kwargs)
 
 
+def _no_buffer_sync_option() -> str:
+    """DistributedDataParallel's keyword that turns off its copy of rank 0's buffers at each forward (the wrapper
+    copies them after each training evaluation itself): ``forward_sync_buffers`` where torch has it (it deprecates
+    ``broadcast_buffers``, with a warning), else ``broadcast_buffers``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    try:
+        names = inspect.signature(DistributedDataParallel.__init__).parameters
+    except (TypeError, ValueError):
+        return "broadcast_buffers"
+    return "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
+
+
+_NO_BUFFER_SYNC = _no_buffer_sync_option()
+
+
 class Replicated:
     """A loss evaluated as the forward of ``DistributedDataParallel`` over the networks it trains and the Pyro-side
     parameters it creates: what :class:`~pyro_dgm.models.Model`, the adversarial terms' discriminators and
@@ -370,7 +390,7 @@ class Replicated:
 
     def __init__(self, networks: nn.Module, watch_param_store: bool = True, **ddp_kwargs: Any) -> None:
         self.networks = networks
-        self._options: dict[str, Any] = {"find_unused_parameters": True, "broadcast_buffers": False, **ddp_kwargs}
+        self._options: dict[str, Any] = {"find_unused_parameters": True, _NO_BUFFER_SYNC: False, **ddp_kwargs}
         self._watch = watch_param_store
         self._covered: dict[str, Tensor] = {}
         self._store: Any = None
@@ -450,7 +470,7 @@ class Replicated:
                 self._build()
         try:
             out = self._run(fn, args, kwargs)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             # the other processes' evaluation may have gone well: they copy rank 0's buffers next, then meet at the
             # caller's synchronization point; this process takes part in the copy too, so that its report of the
             # failure there (fail_together) meets theirs, not the copy
@@ -604,7 +624,7 @@ class DistributedELBO(ELBO):
         try:
             value = self.differentiable_loss(model, guide, *args, **kwargs)
             loss = float(value.detach())
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             fail_together(e, what)
             raise
         outcomes = all_gather_int(STEP_FINE if math.isfinite(loss) else STEP_NON_FINITE)
@@ -734,6 +754,29 @@ def all_reduce_mean(value: Tensor) -> Tensor:
     out = value.detach().clone()
     tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
     return out / tdist.get_world_size()
+
+
+def average_gradients(params: Sequence[Tensor]) -> None:
+    """Average the gradients of ``params`` over the processes, in place: parameters that
+    ``DistributedDataParallel`` does not hold (a group added to a model's optimizer with ``add_param_group``), so
+    that every process takes the same step with them. A parameter with a gradient on some process gets the mean
+    (the others' counted as 0); one with none anywhere keeps none. No-op without a process group."""
+    if not params or not is_distributed():
+        return
+    has = all_reduce_max(torch.tensor([float(p.grad is not None) for p in params]))
+    kept = [p for p, h in zip(params, has.tolist()) if h]
+    if not kept:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in kept]
+    nccl = tdist.get_backend() == "nccl"
+    with torch.no_grad():
+        flat = torch.cat([g.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for g in grads])
+        if nccl:
+            flat = flat.cuda()
+        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+        flat = flat / tdist.get_world_size()
+        for p, g, part in zip(kept, grads, flat.split([g.numel() for g in grads])):
+            p.grad = part.view_as(g).to(device=p.device, dtype=g.dtype).clone()
 
 
 def all_gather_int(value: int) -> list[int]:

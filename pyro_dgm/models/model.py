@@ -111,7 +111,7 @@ got 'a'
 
 
 def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
-                    optimizer_params: Mapping[str, Any] | None = None,
+                    optimizer_params: Mapping[str, Any] | None = None, held_by: str = "model.optimizer",
                     ) -> tuple[torch.optim.Optimizer, dict[str, float]]:
     """A torch optimizer over ``params`` from a torch optimizer class, a ``pyro.optim`` optimizer or a factory.
 
@@ -143,7 +143,7 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
     kwargs = optimizer_arguments(owner, "optimizer_params", optimizer_params, ModelArgumentError)
     if isinstance(optimizer, PyroLRScheduler):
         raise TypeError(f"{owner}: a pyro.optim learning-rate scheduler ({type(optimizer).__name__}) is not "
-                        "supported; pass its optimizer and step a torch scheduler on model.optimizer")
+                        f"supported; pass its optimizer and step a torch scheduler on {held_by}")
     if isinstance(optimizer, PyroOptim):
         if kwargs:
             raise ValueError(f"{owner}: optimizer_params={kwargs} cannot be combined with a pyro.optim optimizer, "
@@ -152,16 +152,23 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
         if callable(args):  # per-parameter arguments: one group per parameter (pyro calls it with the param name)
             names = {id(p): n for n, p in _named(params)}
             groups = [dict(args(names[id(p)], p), params=[p]) for p in params]
-            torch_optim = optimizer.pt_optim_constructor(groups)
+            torch_optim = _construct(owner, optimizer.pt_optim_constructor, groups, {})
+            for g in groups:  # (torch keeps any key of a group; Pyro passes them as keywords, which torch refuses)
+                unknown = sorted(set(g) - set(torch_optim.defaults) - {"params"})
+                if unknown:
+                    raise TypeError(f"{owner}: the pyro.optim optimizer's per-parameter arguments for "
+                                    f"{names[id(g['params'][0])]!r} hold {', '.join(map(repr, unknown))}, which "
+                                    f"{type(torch_optim).__name__} does not take (it takes "
+                                    f"{', '.join(sorted(torch_optim.defaults))})")
         else:
-            torch_optim = optimizer.pt_optim_constructor(params, **dict(args))
+            torch_optim = _construct(owner, optimizer.pt_optim_constructor, params, dict(args))
         clip = dict(optimizer.pt_clip_args or {})
         return torch_optim, clip
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         return _construct(owner, optimizer, params, kwargs), {}
     if callable(optimizer) and (getattr(optimizer, "__module__", "") or "").startswith("pyro.optim"):
         made = optimizer(kwargs)  # pyro.optim.Adam: a factory taking one dict of arguments
-        return build_optimizer(owner, made, params)
+        return build_optimizer(owner, made, params, held_by=held_by)
     if callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
         made = _construct(owner, optimizer, params, kwargs)
         if isinstance(made, torch.optim.Optimizer) or (callable(getattr(made, "step", None))
@@ -806,8 +813,8 @@ class Model:
         """The body of :meth:`train`."""
         try:
             loss, terms = self._dgm_evaluate_step(x_dict, kwargs)
-        except Exception as e:  # under torch.distributed: the other processes learn it at the check below, in its place
-            _dist.fail_together(e, self._dgm_step_name("training"))
+        except (Exception, SystemExit) as e:  # under torch.distributed: the other processes learn it at the check
+            _dist.fail_together(e, self._dgm_step_name("training"))  # below, in its place
             raise
         self.last_terms = terms
         overflowed = self._dgm_check_finite(loss, terms, "training")  # (under torch.distributed: the processes meet)
@@ -886,6 +893,8 @@ class Model:
                              f"{tuple(loss.shape)}; it must be one number to train on: reduce it over the batch "
                              "(loss.mean() or loss.sum())")
         loss.backward(retain_graph=self.retain_graph)
+        if self._dgm_ddp is not None and self.__dict__.get("_dgm_extra_params"):  # the optimizer's parameters
+            _dist.average_gradients(self._dgm_extra_params)  # outside the wrapped networks (add_param_group)
         if overflowed:
             self._dgm_overflowed_step(loss, terms)
         clipped = False
@@ -1221,8 +1230,8 @@ class Model:
         """
         try:
             loss = self.test(x_dict, **kwargs)
-        except Exception as e:  # under torch.distributed: the other processes learn it at the check below
-            _dist.fail_together(e, self._dgm_step_name("test"))
+        except (Exception, SystemExit) as e:  # under torch.distributed: the other processes learn it at the check
+            _dist.fail_together(e, self._dgm_step_name("test"))  # below
             raise
         self._dgm_check_finite(loss, self.last_terms, "test")
         return loss, self.last_terms

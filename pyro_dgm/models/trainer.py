@@ -34,7 +34,9 @@ than processes is dropped (on every process, for the training data: one step few
 test data: those rows do not count in the test metrics; a data set with fewer rows than processes raises). Only rank 0
 shows the progress bar and writes TensorBoard events and checkpoints (``Model.save`` is still called on every process:
 each adds its random state). A ``DataLoader`` you pass must give the same batches on every process (``shuffle=False``,
-or a seeded ``generator``); loaders whose lengths differ between processes raise a ``ValueError`` naming each rank's
+or a seeded ``generator``), except one whose sampler is a ``DistributedSampler``, which gives each process its own
+rows: its batches are used as they are (each process's batch is its part of the global batch, not cut again), and
+``fit`` calls the sampler's ``set_epoch`` at each epoch, as a training loop over it does; loaders whose lengths differ between processes raise a ``ValueError`` naming each rank's
 count at the start of the epoch. A batch norm normalizes with the statistics of each process's slice, as under DDP
 (``torch.nn.SyncBatchNorm`` on GPUs for the global batch's); its running statistics are rank 0's on every process after
 each step.
@@ -146,6 +148,16 @@ def _rows(batch: Mapping[str, Any], series: Mapping[str, int] | None = None) -> 
     return 1
 
 
+def _distributed_sampler(loader: Any) -> Any:
+    """The ``DistributedSampler`` of a ``DataLoader`` (its sampler, or its batch sampler's), or ``None``."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    for s in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if isinstance(s, DistributedSampler):
+            return s
+    return None
+
+
 class _Batches:
     """The batches of one data argument of ``fit``, as dicts of this process's rows; iterable once per epoch."""
 
@@ -158,6 +170,7 @@ class _Batches:
         self.table: dict[str, Any] | None = None
         self.dataset: Any = None
         self.iterable: Iterable[Any] | None = None
+        self.sampler: Any = None  # a DataLoader's DistributedSampler (its batches are this process's rows)
         if batch_size is not None:
             batch_size = _count(batch_size, "batch_size", "a positive integer or None", 1)
         self.batch_size, self.shuffle = batch_size, shuffle
@@ -197,6 +210,7 @@ class _Batches:
                             "list of batches or a dict of tensors")
         elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
             self.iterable = data
+            self.sampler = _distributed_sampler(data)
             if batch_size is not None and _loader_batch_size(data, input_var, what, self.series) not in (None,
                                                                                                     batch_size):
                 warnings.warn(f"fit: batch_size={batch_size} applies to a dict of tensors, a tensor or a Dataset; "
@@ -205,6 +219,12 @@ class _Batches:
         else:
             raise TypeError(f"fit: {what} must be a DataLoader, an iterable of batches, a Dataset, a dict of tensors "
                             f"or a tensor, got {type(data).__name__}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell a loader's ``DistributedSampler`` the epoch (its shuffled order changes with it), as a training loop
+        over such a loader calls ``sampler.set_epoch(epoch)``."""
+        if self.sampler is not None and callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         if self.iterable is None:
@@ -236,6 +256,9 @@ class _Batches:
             n, first = _dist.world_size(), True
             for batch in self.iterable:
                 batch = _as_dict(batch, self.input_var, self.what)
+                if self.sampler is not None:  # (a DistributedSampler's loader: this process's rows already)
+                    yield batch
+                    continue
                 if n > 1 and not first and _rows(batch, self.series) < n:
                     continue  # a (last) batch with fewer rows than processes is dropped, as for a dict of tensors
                     # (every process is given the same batches: the same on every process)
@@ -591,6 +614,7 @@ def _train_epoch(model: "Model", state: _FitState) -> _Accumulator:
     total = len(state.train) if _has_len(state.train) else None
     if start is not None:
         start.acc, start.batches = acc, total
+    state.train.set_epoch(state.epoch)
     batches: Iterable[dict[str, Any]] = state.train
     bar = None
     if state.tqdm is not None:

@@ -30,7 +30,7 @@ from torch.nn.modules import module as _nn_module
 from torch.nn.modules.dropout import _DropoutNd
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from pyro_dgm.utils.modules import hook_ends
+from pyro_dgm.utils.modules import hook_ends, submodules
 from pyro_dgm.utils.random import STATE as _RANDOM
 from pyro_dgm.utils.versions import data_ptrs
 from pyro_dgm.utils.compat import is_compiling, transformed
@@ -355,7 +355,7 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
         keys: list[Any] = []
         held: list[Any] = []
         params: list[Any] = []
-        modules = module_list(module)
+        modules = submodules(module)
         for m in modules:
             mods, ps, post, pre = m._modules, m._parameters, m._forward_hooks, m._forward_pre_hooks
             dicts += (mods, ps, post, pre)
@@ -409,7 +409,7 @@ def draws_in_forward(module: Any) -> bool:
         return False
     if module.__dict__.get("_dgm_makes_sites"):
         return True
-    for m in module_list(module):
+    for m in submodules(module):
         if isinstance(m, _DropoutNd):
             if m.training and m.p > 0:
                 return True
@@ -436,7 +436,10 @@ def _buffer_versions(module: Any) -> tuple[Any, ...]:
     which Pixyz repeats on every use of a ``Deterministic``."""
     out: list[tuple[int, int]] = []
     try:
-        for m in module_list(module):
+        mods = submodules(module)
+        if not all(_plain_members(type(m)) for m in mods):  # (a class's own parameters() or buffers(): theirs)
+            return tuple((id(t), t._version) for t in (*module.buffers(), *module.parameters()))
+        for m in mods:
             for t in m._parameters.values():
                 if t is not None:
                     out.append((id(t), t._version))
@@ -449,23 +452,14 @@ def _buffer_versions(module: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def module_list(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """``list(module.modules())``, each module once, in the same order (``module`` first), at a fraction of its cost:
-    ``modules()`` goes through ``named_modules``, a recursive generator that builds every submodule's name, and a
-    miss of the memoizer reads a network's modules two to four times."""
-    out: list[torch.nn.Module] = []
-    seen: set[int] = set()
-    stack = [module]
-    while stack:
-        m = stack.pop()
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
-        out.append(m)
-        children = m._modules
-        if children:
-            stack.extend(c for c in reversed(children.values()) if c is not None)
-    return out
+_MEMBERS = tuple(getattr(torch.nn.Module, n) for n in ("parameters", "buffers", "named_parameters", "named_buffers",
+                                                        "_named_members"))
+
+
+def _plain_members(cls: type) -> bool:
+    """Whether ``cls`` lists its parameters and buffers as ``nn.Module`` does (from ``_parameters`` and
+    ``_buffers``)."""
+    return (cls.parameters, cls.buffers, cls.named_parameters, cls.named_buffers, cls._named_members) == _MEMBERS
 
 
 def _same_mode(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

@@ -81,7 +81,14 @@ def submodules(root: nn.Module) -> list[nn.Module]:
         children = m._modules
         if children:
             stack.extend(reversed(children.values()))
+    for m in out:
+        cls = type(m)
+        if cls.named_modules is not _NAMED_MODULES or cls.modules is not _MODULES:  # a class's own walk (one
+            return list(root.modules())  # that lists a module held in a plain list): what torch's methods give
     return out
+
+
+_NAMED_MODULES, _MODULES = nn.Module.named_modules, nn.Module.modules
 
 
 class PlainBuffers:

@@ -137,3 +137,158 @@ def test_a_product_of_normals_given_no_expert_is_the_0_d_prior_as_under_pixyz() 
     ref, ours = run_both(_product_of_normal_with_no_expert_given)
     assert_same(ref, ours)
     assert ours["entropy"].item() == pytest.approx(0.5 * math.log(2 * math.pi * math.e))
+
+
+def _called_terms_of_numbers() -> Any:
+    from pixyz.losses import Parameter, ValueLoss
+
+    beta = Parameter("beta")
+    out = {}
+    for name, loss in {"beta": beta, "beta + beta": beta + beta, "-beta": -beta, "beta * 2": beta * 2,
+                       "2.5": ValueLoss(2.5), "2.5 + beta": ValueLoss(2.5) + beta}.items():
+        called, _ = loss({"beta": 3.0})
+        out[name] = (type(called).__name__, float(called), type(loss.eval({"beta": 3.0})).__name__)
+    return out
+
+
+def test_a_called_term_whose_value_is_a_number_returns_the_number_as_pixyz_does() -> None:
+    """``Parameter("beta")({"beta": 3.0})``: Pixyz's term returns the value it is given, the number 3.0 (and so
+    ``beta + beta`` and ``-beta`` give numbers), while a term holding a constant (``ValueLoss``, and ``beta * 2``,
+    whose 2 Pixyz holds as one) gives a tensor. Here every called term's number was made a tensor (a conversion
+    kept from when ``ValueLoss`` held a Python number; probe p229's notes). ``eval`` agreed already."""
+    ref, ours = run_both(_called_terms_of_numbers)
+    assert ref == ours
+    assert ours["beta"][0] == "float" and ours["2.5"][0] == "Tensor"
+
+
+def _relaxed_moments_of_integer_probabilities() -> Any:
+    import torch
+
+    from pixyz.distributions import RelaxedBernoulli
+
+    p = RelaxedBernoulli(probs="y", var=["x"], cond_var=["y"], temperature=torch.tensor(0.5))
+    y = torch.tensor([[1, 0], [0, 1]])
+    return {"mean": p.sample_mean({"y": y}), "variance": p.sample_variance({"y": y})}
+
+
+def test_a_relaxed_bernoullis_moments_of_integer_probabilities_are_those_of_its_hard_bernoulli() -> None:
+    """A ``RelaxedBernoulli`` whose probabilities come from an input of 0s and 1s of an integer dtype: Pixyz's
+    moments are those of the hard Bernoulli it scores under, built from the integers, which returns them (the mean)
+    and ``p (1 - p)`` (the variance), as integers. Here the relaxed torch distribution was built first, which cannot
+    take integers: a ``DTypeError`` (torch's ``finfo`` error before the last session; probe p215's §3 item)."""
+    ref, ours = run_both(_relaxed_moments_of_integer_probabilities)
+    assert_same(ref, ours)
+    assert ours["mean"].dtype == torch.int64
+
+
+def _flow_after_a_refused_value() -> Any:
+    import torch
+
+    from pixyz.distributions import InverseTransformedDistribution, Normal
+    from pixyz.flows import Flatten, FlowList, Squeeze, Unsqueeze
+
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[16])
+    p = InverseTransformedDistribution(prior=prior, flow=FlowList([Squeeze(), Unsqueeze(), Flatten()]), var=["x"])
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    first = p.get_log_prob({"x": x})
+    try:
+        p.get_log_prob({"x": torch.rand(2, 1, 3, 4)})  # an odd height: refused
+        refused = False
+    except ValueError:
+        refused = True
+    draw = p.sample(batch_n=2)["x"]
+    return {"first": first, "refused": refused, "draw": draw.shape, "again": p.get_log_prob({"x": x})}
+
+
+def test_a_refused_value_leaves_the_flows_sizes_as_they_were() -> None:
+    """``FlowList([Squeeze(), Unsqueeze(), Flatten()])`` under an ``InverseTransformedDistribution``: a value of
+    odd height is refused (both), and the flow still draws and scores images of the shape it had. Here the list's
+    shape bookkeeping had taken the ``Flatten``'s size from the refused value (``Squeeze`` computed a shape for odd
+    sizes), so the error named the wrong shape and the next ``sample()`` raised (probe p231)."""
+    ref, ours = run_both(_flow_after_a_refused_value)
+    assert_same(ref, ours)
+
+
+def test_a_flat_value_given_first_to_an_image_flow_names_the_variable() -> None:
+    """``FlowList([Squeeze(), Flatten()])`` whose ``Flatten`` has no size yet, given a flat ``(2, 16)`` value: a
+    ``ShapeError`` naming the distribution and ``'x'`` (it was the ``Flatten``'s own "unknown until forward() has
+    run", naming neither; Pixyz fails in Python's unpacking)."""
+    import pyro_dgm.distributions as D
+    import pyro_dgm.flows as F
+
+    prior = D.Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[16])
+    p = D.InverseTransformedDistribution(prior=prior, flow=F.FlowList([F.Squeeze(), F.Flatten()]), var=["x"])
+    with pytest.raises(RuntimeError) as info:
+        p.get_log_prob({"x": torch.rand(2, 16)})
+    assert isinstance(info.value, ValueError)
+    assert "InverseTransformedDistribution" in str(info.value) and "'x' of shape (2, 16)" in str(info.value)
+    assert p.get_log_prob({"x": torch.rand(2, 1, 4, 4)}).shape == (2,)  # the right shape still works after
+
+
+def test_a_network_with_its_own_module_walk_is_run_at_each_use_when_it_changes_itself() -> None:
+    """A ``Deterministic`` whose network overrides ``named_modules()`` to list a layer held in a plain list, and
+    whose forward changes that layer's bias in place: Pixyz runs it at each use, and the memoizer must see the
+    change (it read ``module.parameters()``, which goes through the override; the walk of ``_modules`` this session
+    wrote did not, and reused a stale pass; probe p231). Two uses in one scope: two runs, two outputs."""
+    from pyro_dgm.distributions import Deterministic
+    from pyro_dgm.poutine import memoize
+
+    calls = [0]
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(2, 2)
+            self.hidden = [torch.nn.Linear(2, 2)]
+
+        def named_modules(self, memo: Any = None, prefix: str = "", remove_duplicate: bool = True) -> Any:
+            yield prefix, self
+            yield prefix + ".a", self.a
+            yield prefix + ".hidden0", self.hidden[0]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            with torch.no_grad():
+                self.hidden[0].bias.add_(1.0)
+            return self.a(x) + self.hidden[0](x)
+
+    class Dt(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="d")
+            self.net = Net()
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"z": self.net(x)}
+
+    d, x = Dt(), torch.randn(3, 2)
+    with memoize():
+        a, b = d.sample({"x": x})["z"], d.sample({"x": x})["z"]
+    assert calls[0] == 2
+    torch.testing.assert_close(b - a, torch.ones(3, 2))  # each run adds 1 to the bias first: +1 per output
+
+
+def test_a_pyro_optim_optimizers_per_parameter_arguments_are_checked_and_errors_name_the_term() -> None:
+    """``d_optimizer=pyro.optim.Adam(lambda name, param: {"learning_rate": 0.5})``: Pyro refuses the misspelt key
+    (torch's ``TypeError``); here torch's parameter groups kept it and trained at the default rate, silently. And
+    ``d_optimizer_params={"lrr": 0.1}`` with ``pyro.optim.Adam`` gave torch's bare ``TypeError``: both name the
+    term now (probe p231)."""
+    import pyro.optim
+
+    with pytest.raises(TypeError, match=r"'learning_rate', which Adam does not take"):
+        _gan_steps(pyro.optim.Adam(lambda name, param: {"learning_rate": 0.5}), None)
+    with pytest.raises(TypeError, match=r"^AdversarialJensenShannon: cannot build the optimizer Adam.*'lrr'"):
+        _gan_steps(pyro.optim.Adam, {"lrr": 0.1})
+    with pytest.raises(ValueError, match=r"^AdversarialJensenShannon: .*Invalid learning rate"):
+        _gan_steps(pyro.optim.Adam, {"lr": -1.0})
+
+
+def test_a_mixture_scores_a_list_of_numbers_as_the_tensor_it_spells() -> None:
+    """``MixtureModel.get_log_prob({"x": [0.1, 0.2]})``: a number or a list of numbers is the tensor it spells, as
+    for every family (``docs/porting.md``); the mixture said its *shape* was wrong ("got list"). Pixyz fails with an
+    ``AttributeError`` on a list."""
+    from pyro_dgm.distributions import Categorical, MixtureModel, Normal
+
+    comps = [Normal(loc=torch.tensor(float(k)), scale=torch.tensor(1.0), var=["x"], name=f"p{k}") for k in (0, 2)]
+    mix = MixtureModel(comps, Categorical(probs=torch.tensor([0.3, 0.7]), var=["z"], name="pz"))
+    torch.testing.assert_close(mix.get_log_prob({"x": [0.1, 0.2]}), mix.get_log_prob({"x": torch.tensor([0.1, 0.2])}))
+    torch.testing.assert_close(mix.get_log_prob({"x": 0.5}), mix.get_log_prob({"x": torch.tensor(0.5)}))
