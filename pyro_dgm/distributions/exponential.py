@@ -406,31 +406,24 @@ class _Relaxed(DistributionBase):
 
     def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
         """The mean of the hard distribution it scores under (its probabilities)."""
-        try:
-            return super().sample_mean(x_dict, **kwargs)
-        except DTypeError:
-            probs = self._dgm_integer_probs(x_dict, kwargs)
-            if probs is None:
-                raise
-            return probs  # (integer probabilities, 0 and 1 from an input: Pixyz's hard distribution takes them and
-            # gives them back as they are, where torch's relaxed one cannot be built)
+        return self._dgm_hard_moment(super().sample_mean, x_dict, kwargs, lambda p: p, True)
 
     def sample_variance(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
         """The variance of the hard distribution it scores under, ``probs * (1 - probs)`` per class."""
-        try:
-            return super().sample_variance(x_dict, **kwargs)
-        except DTypeError:
-            probs = self._dgm_integer_probs(x_dict, kwargs)
-            if probs is None:
-                raise
-            return probs * (1 - probs)
+        return self._dgm_hard_moment(super().sample_variance, x_dict, kwargs, lambda p: p * (1 - p), False)
 
-    def _dgm_integer_probs(self, x_dict: Any, kwargs: Any) -> Tensor | None:
-        probs = self.get_params(x_dict, **kwargs).get("probs")
-        if isinstance(probs, Tensor) and not (probs.is_floating_point() or probs.is_complex()
-                                              or probs.dtype == torch.bool):
-            return probs
-        return None
+    def _dgm_hard_moment(self, moment: Any, x_dict: Any, kwargs: Any, of_probs: Any, bools: bool) -> Tensor:
+        """``moment(x_dict, **kwargs)``; for integer probabilities (0 and 1 from an input; also bool ones where
+        ``bools``), which torch's relaxed distribution cannot take, ``of_probs(probs)`` in their dtype: Pixyz's hard
+        distribution takes them and gives its mean (the probabilities) and variance so."""
+        try:
+            return moment(x_dict, **kwargs)
+        except DTypeError:
+            probs = self.get_params(x_dict, **kwargs).get("probs")
+            if not isinstance(probs, Tensor) or probs.is_floating_point() or probs.is_complex() or (
+                    probs.dtype == torch.bool and not bools):  # (1 - p of bools: torch refuses it, as under Pixyz)
+                raise
+            return of_probs(probs)
 
 
 class RelaxedBernoulli(_Relaxed):

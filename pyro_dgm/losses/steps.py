@@ -36,6 +36,8 @@ def finite_sum(grads: Sequence[Tensor]) -> bool:
     plain sum per tensor (the ``max(abs(g))`` and 2-norm reductions cost 2-80x more there, see
     ``benchmarks/README.md``), elsewhere torch's fused multi-tensor 2-norm (a few kernel launches for any number of
     tensors), and one synchronization either way."""
+    if any(g.is_complex() for g in grads):  # (a complex parameter: its real and imaginary parts, as reals)
+        grads = [torch.view_as_real(g) if g.is_complex() else g for g in grads]
     if grads[0].device.type == "cpu":
         return math.isfinite(sum(g.sum().item() for g in grads))
     return math.isfinite(get_total_norm(grads, 2.0).item())

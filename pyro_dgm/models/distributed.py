@@ -768,15 +768,17 @@ def average_gradients(params: Sequence[Tensor]) -> None:
     if not kept:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in kept]
+    parts = [torch.view_as_real(g) if g.is_complex() else g for g in grads]  # (a complex one: both parts)
     nccl = tdist.get_backend() == "nccl"
     with torch.no_grad():
-        flat = torch.cat([g.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for g in grads])
+        flat = torch.cat([g.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for g in parts])
         if nccl:
             flat = flat.cuda()
         tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
         flat = flat / tdist.get_world_size()
-        for p, g, part in zip(kept, grads, flat.split([g.numel() for g in grads])):
-            p.grad = part.view_as(g).to(device=p.device, dtype=g.dtype).clone()
+        for p, g, r, part in zip(kept, grads, parts, flat.split([r.numel() for r in parts])):
+            mean = part.view_as(r).to(device=p.device, dtype=r.dtype)
+            p.grad = (torch.view_as_complex(mean.contiguous()) if g.is_complex() else mean).clone()
 
 
 def all_gather_int(value: int) -> list[int]:

@@ -112,12 +112,14 @@ got 'a'
 
 def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
                     optimizer_params: Mapping[str, Any] | None = None, held_by: str = "model.optimizer",
-                    ) -> tuple[torch.optim.Optimizer, dict[str, float]]:
+                    names: Mapping[int, str] | None = None) -> tuple[torch.optim.Optimizer, dict[str, float]]:
     """A torch optimizer over ``params`` from a torch optimizer class, a ``pyro.optim`` optimizer or a factory.
 
     Accepted: a subclass of :class:`torch.optim.Optimizer` (called with ``optimizer_params``), a
     :class:`pyro.optim.PyroOptim` instance such as ``pyro.optim.Adam({"lr": 1e-3})`` (its torch class and arguments
-    are used; a callable ``optim_args`` gives each parameter its own group; its ``clip_args`` are returned), a
+    are used; a callable ``optim_args`` gives each parameter its own group, called as Pyro calls it, with the name
+    the parameter has in Pyro's param store (``names``, by ``id``: ``<pyro_name>$$$<parameter>`` for a
+    distribution's, :func:`param_names`); its ``clip_args`` are returned), a
     ``pyro.optim`` factory such as ``pyro.optim.Adam`` (called with ``optimizer_params``), or any callable
     ``f(params, **optimizer_params)`` returning a torch optimizer.
 
@@ -149,10 +151,12 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
             raise ValueError(f"{owner}: optimizer_params={kwargs} cannot be combined with a pyro.optim optimizer, "
                              "which carries its own arguments")
         args = optimizer.pt_optim_args
-        if callable(args):  # per-parameter arguments: one group per parameter (pyro calls it with the param name)
-            names = {id(p): n for n, p in _named(params)}
-            groups = [dict(args(names[id(p)], p), params=[p]) for p in params]
+        if callable(args):  # per-parameter arguments: one group per parameter, named as in Pyro's param store
+            known = names or {}
+            named = [(known.get(id(p), f"param_{i}"), p) for i, p in enumerate(params)]
+            groups = pyro_optim_groups(owner, optimizer, named)
             torch_optim = _construct(owner, optimizer.pt_optim_constructor, groups, {})
+            names = {id(p): n for n, p in named}
             for g in groups:  # (torch keeps any key of a group; Pyro passes them as keywords, which torch refuses)
                 unknown = sorted(set(g) - set(torch_optim.defaults) - {"params"})
                 if unknown:
@@ -168,7 +172,7 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
         return _construct(owner, optimizer, params, kwargs), {}
     if callable(optimizer) and (getattr(optimizer, "__module__", "") or "").startswith("pyro.optim"):
         made = optimizer(kwargs)  # pyro.optim.Adam: a factory taking one dict of arguments
-        return build_optimizer(owner, made, params, held_by=held_by)
+        return build_optimizer(owner, made, params, held_by=held_by, names=names)
     if callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
         made = _construct(owner, optimizer, params, kwargs)
         if isinstance(made, torch.optim.Optimizer) or (callable(getattr(made, "step", None))
@@ -249,8 +253,36 @@ def loss_plain_networks(loss: Any) -> list[nn.Module]:
     return list(out.values())
 
 
-def _named(params: Sequence[nn.Parameter]) -> list[tuple[str, nn.Parameter]]:
-    return [(f"param_{i}", p) for i, p in enumerate(params)]
+def pyro_optim_groups(owner: str, optimizer: Any, named: Sequence[tuple[str, Tensor]]) -> list[dict[str, Any]]:
+    """One parameter group per ``(name, parameter)`` from a ``pyro.optim`` optimizer's callable ``optim_args``,
+    called as Pyro's ``PyroOptim`` calls it: with one argument, the parameter's name in ``named_parameters()``'s
+    form (``"p.fc.weight"``); with two, the module's name and the parameter's (``"p"``, ``"fc.weight"``)."""
+    from pyro.params.param_store import module_from_param_with_module_name, normalize_param_name, user_param_name
+
+    args, groups = optimizer.pt_optim_args, []
+    one = getattr(optimizer, "pt_optim_args_argc", 2) == 1
+    for name, p in named:
+        got = args(normalize_param_name(name)) if one else args(module_from_param_with_module_name(name),
+                                                                  user_param_name(name))
+        if not isinstance(got, dict):
+            raise TypeError(f"{owner}: the pyro.optim optimizer's per-parameter arguments must be a dict (of the "
+                            f"optimizer's arguments), got {type(got).__name__} for {name!r}")
+        groups.append(dict(got, params=[p]))
+    return groups
+
+
+def param_names(distributions: Iterable[nn.Module]) -> dict[int, str]:
+    """The names the distributions' parameters have in Pyro's param store (``<pyro_name>$$$<parameter>``, as
+    ``pyro.module`` names them), by ``id``: what a ``pyro.optim`` optimizer's per-parameter arguments are called
+    with."""
+    out: dict[int, str] = {}
+    for d in distributions:
+        if not isinstance(d, nn.Module):  # (None among a Pixyz model's distributions)
+            continue
+        prefix = getattr(d, "pyro_name", None)
+        for n, p in d.named_parameters():
+            out.setdefault(id(p), f"{prefix}$$${n}" if isinstance(prefix, str) and prefix else n)
+    return out
 
 
 def _autoguides(terms: Sequence[Loss]) -> list[nn.Module]:
@@ -502,7 +534,8 @@ class Model:
         if not self._dgm_params and self._dgm_pyro_terms:  # an autoguide alone: its parameters appear at the first step
             self.optimizer = None
         else:
-            self.optimizer, clip = build_optimizer(owner, optimizer, self._dgm_params, optimizer_params)
+            self.optimizer, clip = build_optimizer(owner, optimizer, self._dgm_params, optimizer_params,
+                                                   names=param_names(self.distributions))
         # (a pyro.optim optimizer's clipping fills in what is not given; None or ML's False stays when it has none)
         self.clip_norm = (clip_grad_norm if clip_grad_norm not in (None, False)
                           else clip.get("clip_norm", clip_grad_norm))
@@ -1034,11 +1067,12 @@ class Model:
             from pyro.optim import PyroOptim
 
             if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_optim_args):
-                self.optimizer = optimizer.pt_optim_constructor(
-                    [dict(optimizer.pt_optim_args(n, p), params=[p]) for n, p in new.items()])
+                self.optimizer = _construct(owner, optimizer.pt_optim_constructor,
+                                            pyro_optim_groups(owner, optimizer, list(new.items())), {})
                 clip = dict(optimizer.pt_clip_args or {})
             else:
-                self.optimizer, clip = build_optimizer(owner, optimizer, params, optimizer_params)
+                self.optimizer, clip = build_optimizer(owner, optimizer, params, optimizer_params,
+                                                       names={id(p): n for n, p in new.items()})
             if self.clip_norm in (None, False) and "clip_norm" in clip:
                 self._dgm_clip_each = True
             self.clip_norm = self.clip_norm if self.clip_norm not in (None, False) else clip.get("clip_norm",
@@ -1049,8 +1083,8 @@ class Model:
             from pyro.optim import PyroOptim
 
             if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_optim_args):
-                for n, p in new.items():
-                    self.optimizer.add_param_group(dict(optimizer.pt_optim_args(n, p), params=[p]))
+                for group in pyro_optim_groups(owner, optimizer, list(new.items())):
+                    self.optimizer.add_param_group(group)
             else:
                 self.optimizer.add_param_group({"params": params})
         self._dgm_params.extend(params)

@@ -140,7 +140,8 @@ def test_pyro_optim_instance_and_factory() -> None:
     # pyro.optim's clip_args become the model's clipping; per-parameter arguments become groups
     clipped = ML(Classifier(), optimizer=pyro.optim.SGD({"lr": 0.1}, {"clip_norm": 0.25}))
     assert clipped.clip_norm == 0.25
-    per_param = ML(Classifier(), optimizer=pyro.optim.SGD(lambda name, p: {"lr": 0.5 if p.dim() == 2 else 0.0}))
+    per_param = ML(Classifier(), optimizer=pyro.optim.SGD(  # called as Pyro calls it: (module's name, parameter's)
+        lambda module_name, param_name: {"lr": 0.5 if param_name.endswith("weight") else 0.0}))
     bias = per_param.distributions[0].net.bias.detach().clone()
     per_param.train(data)
     assert torch.equal(per_param.distributions[0].net.bias, bias)  # lr 0 for the 1-d parameter

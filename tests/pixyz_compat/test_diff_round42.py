@@ -292,3 +292,60 @@ def test_a_mixture_scores_a_list_of_numbers_as_the_tensor_it_spells() -> None:
     mix = MixtureModel(comps, Categorical(probs=torch.tensor([0.3, 0.7]), var=["z"], name="pz"))
     torch.testing.assert_close(mix.get_log_prob({"x": [0.1, 0.2]}), mix.get_log_prob({"x": torch.tensor([0.1, 0.2])}))
     torch.testing.assert_close(mix.get_log_prob({"x": 0.5}), mix.get_log_prob({"x": torch.tensor(0.5)}))
+
+
+def _relaxed_mean_of_bool_probabilities() -> Any:
+    import torch
+
+    from pixyz.distributions import RelaxedBernoulli
+
+    class P(RelaxedBernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y"], temperature=torch.tensor(0.5))
+
+        def forward(self, y: torch.Tensor) -> dict:
+            return {"probs": y > 0}
+
+    return P().sample_mean({"y": torch.tensor([[-1.0, 2.0, 3.0]])})
+
+
+def test_a_relaxed_bernoullis_mean_of_bool_probabilities_is_them() -> None:
+    """A network returning bool probabilities (``y > 0``): Pixyz's mean is the bool tensor, as a plain Bernoulli's
+    is here too; the integer fallback above left bools out, and raised (probe p233)."""
+    ref, ours = run_both(_relaxed_mean_of_bool_probabilities)
+    assert_same(ref, ours)
+
+
+def _complex_parameter_added_to_the_optimizer() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal
+    from pixyz.models import Model
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)
+    gamma = torch.nn.Parameter(torch.tensor(0.3 + 0.2j))
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y"], name="p")
+            self.fc = torch.nn.Linear(2, 3)
+
+        def forward(self, y: torch.Tensor) -> dict:
+            return {"loc": self.fc(y) + (gamma * gamma.conj()).real.float(), "scale": torch.ones(1)}
+
+    torch.manual_seed(0)
+    p = P()
+    model = Model((-p.log_prob()).mean(), distributions=[p], optimizer=torch.optim.Adam, optimizer_params={"lr": 0.1})
+    model.optimizer.add_param_group({"params": [gamma]})
+    losses = [model.train({"x": x.clone(), "y": y.clone()}) for _ in range(3)]  # (new tensors: Pixyz's cache)
+    return {"losses": [float(v) for v in losses], "gamma": gamma.detach().clone(), "bias": p.fc.bias.detach()}
+
+
+def test_a_complex_parameter_added_to_the_optimizer_trains_as_under_pixyz() -> None:
+    """A complex parameter in a group added with ``add_param_group``: Pixyz trains it (Adam takes complex
+    parameters); the finiteness check of ``Model.train`` summed its gradient into a Python float and raised a bare
+    "must be real number, not complex" (probe p233). It reads the real and imaginary parts now."""
+    ref, ours = run_both(_complex_parameter_added_to_the_optimizer)
+    assert_same(ref, ours)
+    assert ours["gamma"].imag != 0.2  # it trained
