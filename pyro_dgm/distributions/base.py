@@ -15,7 +15,7 @@ import textwrap
 import threading
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 import networkx as nx
 import pyro
@@ -1587,6 +1587,11 @@ class Distribution(YieldingModule):
     register_params = Yielding("_dgm_register_params")
     network_text = Yielding("_dgm_network_text")
     score_factor = Yielding("_dgm_score_factor")
+
+    def _dgm_registering(self) -> Iterator["Distribution"]:
+        """The distributions whose networks Pyro's param store holds under their own names when this one registers
+        its parameters: itself (a composite's factors, for a product, a marginal or a renaming)."""
+        yield self
 
     def _dgm_register_params(self) -> None:
         """Register this factor's networks in Pyro's param store (once per model/guide call), as

@@ -6,7 +6,7 @@ raises. The topological order of the factors is fixed then, so sampling, scoring
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import networkx as nx
 from torch import nn
@@ -222,6 +222,10 @@ class MultiplyDistribution(LabelledComposite, Distribution):
     def _dgm_register_params(self) -> None:
         for f in self._dgm_factor_tuple:
             f._dgm_register_params()
+
+    def _dgm_registering(self) -> Iterator[Distribution]:
+        for f in self._dgm_factor_tuple:
+            yield from f._dgm_registering()
 
     def sample_mean(self, x_dict=None, **kwargs):  # type: ignore[no-untyped-def]
         """The mean of a product is not a product of means: draw with ``sample(..., sample_mean=True)``."""

@@ -2,7 +2,7 @@ r"""Graph operations that return new distributions: renaming variables and margi
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import networkx as nx
 from torch import Tensor, nn
@@ -221,6 +221,9 @@ class ReplaceVarDistribution(_PassesThrough):
     def _dgm_register_params(self) -> None:
         self.p._dgm_register_params()
 
+    def _dgm_registering(self) -> Iterator[Distribution]:
+        yield from self.p._dgm_registering()
+
     @property
     def pyro_name(self) -> str:
         """The name of its networks in Pyro's param store: those of the distribution it renames, whose name this is
@@ -402,6 +405,10 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     def _dgm_register_params(self) -> None:
         for f in self.p._dgm_sampling_order:
             f._dgm_register_params()
+
+    def _dgm_registering(self) -> Iterator[Distribution]:
+        for f in self.p._dgm_sampling_order:
+            yield from f._dgm_registering()
 
     @property
     def pyro_name(self) -> str:

@@ -390,7 +390,8 @@ class Replicated:
 
     def __init__(self, networks: nn.Module, watch_param_store: bool = True, **ddp_kwargs: Any) -> None:
         self.networks = networks
-        self._options: dict[str, Any] = {"find_unused_parameters": True, _NO_BUFFER_SYNC: False, **ddp_kwargs}
+        no_sync = {} if "broadcast_buffers" in ddp_kwargs else {_NO_BUFFER_SYNC: False}  # (the user's own kept)
+        self._options: dict[str, Any] = {"find_unused_parameters": True, **no_sync, **ddp_kwargs}
         self._watch = watch_param_store
         self._covered: dict[str, Tensor] = {}
         self._store: Any = None

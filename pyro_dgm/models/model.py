@@ -151,23 +151,15 @@ def build_optimizer(owner: str, optimizer: Any, params: Sequence[nn.Parameter],
             raise ValueError(f"{owner}: optimizer_params={kwargs} cannot be combined with a pyro.optim optimizer, "
                              "which carries its own arguments")
         args = optimizer.pt_optim_args
+        known = names or {}
+        named = [(known.get(id(p), f"param_{i}"), p) for i, p in enumerate(params)]
         if callable(args):  # per-parameter arguments: one group per parameter, named as in Pyro's param store
-            known = names or {}
-            named = [(known.get(id(p), f"param_{i}"), p) for i, p in enumerate(params)]
             groups = pyro_optim_groups(owner, optimizer, named)
             torch_optim = _construct(owner, optimizer.pt_optim_constructor, groups, {})
-            names = {id(p): n for n, p in named}
-            for g in groups:  # (torch keeps any key of a group; Pyro passes them as keywords, which torch refuses)
-                unknown = sorted(set(g) - set(torch_optim.defaults) - {"params"})
-                if unknown:
-                    raise TypeError(f"{owner}: the pyro.optim optimizer's per-parameter arguments for "
-                                    f"{names[id(g['params'][0])]!r} hold {', '.join(map(repr, unknown))}, which "
-                                    f"{type(torch_optim).__name__} does not take (it takes "
-                                    f"{', '.join(sorted(torch_optim.defaults))})")
+            check_group_keys(owner, torch_optim, groups, named)
         else:
             torch_optim = _construct(owner, optimizer.pt_optim_constructor, params, dict(args))
-        clip = dict(optimizer.pt_clip_args or {})
-        return torch_optim, clip
+        return torch_optim, pyro_clip_args(owner, optimizer, named)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         return _construct(owner, optimizer, params, kwargs), {}
     if callable(optimizer) and (getattr(optimizer, "__module__", "") or "").startswith("pyro.optim"):
@@ -271,17 +263,70 @@ def pyro_optim_groups(owner: str, optimizer: Any, named: Sequence[tuple[str, Ten
     return groups
 
 
+def check_group_keys(owner: str, optimizer: torch.optim.Optimizer, groups: Sequence[Mapping[str, Any]],
+                     named: Sequence[tuple[str, Tensor]]) -> None:
+    """Refuse a key of a per-parameter group that the optimizer does not take: torch keeps any key of a group,
+    while Pyro passes them as keywords, which torch refuses (a misspelt ``"learning_rate"`` would train at the
+    default rate, silently)."""
+    names = {id(p): n for n, p in named}
+    for g in groups:
+        unknown = sorted(set(g) - set(optimizer.defaults) - {"params"})
+        if unknown:
+            raise TypeError(f"{owner}: the pyro.optim optimizer's per-parameter arguments for "
+                            f"{names.get(id(g['params'][0]), '?')!r} hold {', '.join(map(repr, unknown))}, which "
+                            f"{type(optimizer).__name__} does not take (it takes "
+                            f"{', '.join(sorted(optimizer.defaults))})")
+
+
+def pyro_clip_args(owner: str, optimizer: Any, named: Sequence[tuple[str, Tensor]]) -> dict[str, float]:
+    """A ``pyro.optim`` optimizer's ``clip_args`` as one dict for the model's clipping; a callable one is called
+    as Pyro calls it (module's name, parameter's), and must give every parameter the same clipping."""
+    clip = optimizer.pt_clip_args
+    if not callable(clip):
+        return dict(clip or {})
+    from pyro.params.param_store import module_from_param_with_module_name, user_param_name
+
+    got = [(n, clip(module_from_param_with_module_name(n), user_param_name(n))) for n, _ in named]
+    bad = next(((n, c) for n, c in got if not isinstance(c, dict)), None)
+    if bad is not None:
+        raise TypeError(f"{owner}: the pyro.optim optimizer's per-parameter clip_args must be a dict, got "
+                        f"{type(bad[1]).__name__} for {bad[0]!r}")
+    kinds = {tuple(sorted(c.items())) for _, c in got}
+    if len(kinds) > 1:
+        raise ValueError(f"{owner}: the pyro.optim optimizer's per-parameter clip_args differ between parameters "
+                         f"({', '.join(f'{n!r}: {c}' for n, c in got[:4])}); a Model clips every parameter alike: "
+                         "give clip_args as one dict, or clip_grad_norm= / clip_grad_value=")
+    return dict(got[0][1]) if got else {}
+
+
+def init_eager_state(optimizer: Any, params: Sequence[Tensor]) -> None:
+    """Give ``params``, just added with ``add_param_group``, the state that an optimizer which makes it in its
+    ``__init__`` (Pyro's ``AdagradRMSProp``, whose ``step`` reads it) made for its first parameters."""
+    from pyro.optim.adagrad_rmsprop import AdagradRMSProp
+
+    if isinstance(optimizer, AdagradRMSProp):
+        for p in params:
+            optimizer.state[p].setdefault("step", 0)
+            optimizer.state[p].setdefault("sum", torch.zeros_like(p.data))
+
+
 def param_names(distributions: Iterable[nn.Module]) -> dict[int, str]:
     """The names the distributions' parameters have in Pyro's param store (``<pyro_name>$$$<parameter>``, as
     ``pyro.module`` names them), by ``id``: what a ``pyro.optim`` optimizer's per-parameter arguments are called
     with."""
+    from pyro_dgm.distributions.base import _store_name
+
     out: dict[int, str] = {}
     for d in distributions:
         if not isinstance(d, nn.Module):  # (None among a Pixyz model's distributions)
             continue
-        prefix = getattr(d, "pyro_name", None)
-        for n, p in d.named_parameters():
-            out.setdefault(id(p), f"{prefix}$$${n}" if isinstance(prefix, str) and prefix else n)
+        registering = getattr(d, "_dgm_registering", None)
+        for f in registering() if registering is not None else ():  # (a product's, a marginal's, a renaming's
+            name = _store_name(f)  # factors: each under its own name, as they register; the last one to
+            for n, p in f.named_parameters():  # register a shared network names it, as in the store)
+                out[id(p)] = f"{name}$$${n}"
+        for n, p in d.named_parameters():  # (a plain module's: its own names)
+            out.setdefault(id(p), n)
     return out
 
 
@@ -1067,9 +1112,10 @@ class Model:
             from pyro.optim import PyroOptim
 
             if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_optim_args):
-                self.optimizer = _construct(owner, optimizer.pt_optim_constructor,
-                                            pyro_optim_groups(owner, optimizer, list(new.items())), {})
-                clip = dict(optimizer.pt_clip_args or {})
+                groups = pyro_optim_groups(owner, optimizer, list(new.items()))
+                self.optimizer = _construct(owner, optimizer.pt_optim_constructor, groups, {})
+                check_group_keys(owner, self.optimizer, groups, list(new.items()))
+                clip = pyro_clip_args(owner, optimizer, list(new.items()))
             else:
                 self.optimizer, clip = build_optimizer(owner, optimizer, params, optimizer_params,
                                                        names={id(p): n for n, p in new.items()})
@@ -1083,10 +1129,13 @@ class Model:
             from pyro.optim import PyroOptim
 
             if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_optim_args):
-                for group in pyro_optim_groups(owner, optimizer, list(new.items())):
+                groups = pyro_optim_groups(owner, optimizer, list(new.items()))
+                check_group_keys(owner, self.optimizer, groups, list(new.items()))
+                for group in groups:
                     self.optimizer.add_param_group(group)
             else:
                 self.optimizer.add_param_group({"params": params})
+            init_eager_state(self.optimizer, params)
         self._dgm_params.extend(params)
         self._dgm_pyro_named.update(new)
         known.update(id(p) for p in params)

@@ -36,7 +36,9 @@ shows the progress bar and writes TensorBoard events and checkpoints (``Model.sa
 each adds its random state). A ``DataLoader`` you pass must give the same batches on every process (``shuffle=False``,
 or a seeded ``generator``), except one whose sampler is a ``DistributedSampler``, which gives each process its own
 rows: its batches are used as they are (each process's batch is its part of the global batch, not cut again), and
-``fit`` calls the sampler's ``set_epoch`` at each epoch, as a training loop over it does; loaders whose lengths differ between processes raise a ``ValueError`` naming each rank's
+``fit`` calls the sampler's ``set_epoch`` at each epoch, as a training loop over it does (a sampler that pads the
+data, whose size the number of processes does not divide, repeats rows, which then count in the metrics: for test
+data ``fit`` warns); loaders whose lengths differ between processes raise a ``ValueError`` naming each rank's
 count at the start of the epoch. A batch norm normalizes with the statistics of each process's slice, as under DDP
 (``torch.nn.SyncBatchNorm`` on GPUs for the global batch's); its running statistics are rank 0's on every process after
 each step.
@@ -158,6 +160,23 @@ def _distributed_sampler(loader: Any) -> Any:
     return None
 
 
+def _warn_padding(sampler: Any) -> None:
+    """Warn when the test data's ``DistributedSampler`` pads the data set (its size is not a multiple of the number
+    of processes): the copies it adds count in the test metrics, which one process would not count."""
+    try:
+        pad = 0 if sampler.drop_last else int(sampler.total_size) - len(sampler.dataset)
+    except (AttributeError, TypeError):
+        return
+    if pad > 0:
+        warnings.warn(f"fit: test_data's DistributedSampler pads its {len(sampler.dataset)} rows with {pad} "
+                      f"repeated row(s) (its first ones), to give each of the {sampler.num_replicas} processes as "
+                      "many, and they "
+                      "count in the test metrics (one process would not count them); pass the test data "
+                      "without a sampler (a Dataset, a dict of tensors or a loader that gives every process the "
+                      "same batches: fit cuts them), or a number of rows that the number of processes divides",
+                      UserWarning, stacklevel=6)
+
+
 class _Batches:
     """The batches of one data argument of ``fit``, as dicts of this process's rows; iterable once per epoch."""
 
@@ -211,6 +230,8 @@ class _Batches:
         elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
             self.iterable = data
             self.sampler = _distributed_sampler(data)
+            if self.sampler is not None and what == "test_data":
+                _warn_padding(self.sampler)
             if batch_size is not None and _loader_batch_size(data, input_var, what, self.series) not in (None,
                                                                                                     batch_size):
                 warnings.warn(f"fit: batch_size={batch_size} applies to a dict of tensors, a tensor or a Dataset; "

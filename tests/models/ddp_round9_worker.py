@@ -85,10 +85,26 @@ def exit_step() -> list[tuple[str, float]]:
     return out
 
 
+def padded_test() -> list[str]:
+    """``fit`` with test data of 7 rows through a ``DistributedSampler`` (which pads them to 8): the warnings."""
+    import warnings
+
+    torch.manual_seed(0)
+    p = P(1, 1)
+    model = Model((-p.log_prob()).mean(), distributions=[p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0})
+    test = TensorDataset(2 * ROWS[:7] + 1, ROWS[:7])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model.fit({"x": 2 * ROWS + 1, "y": ROWS}, epochs=1, progress=False,
+                  test_data=DataLoader(test, batch_size=2, sampler=DistributedSampler(test, shuffle=False)))
+    return [str(w.message) for w in seen if "DistributedSampler" in str(w.message)]
+
+
 def main() -> None:
     dist_utils.setup_from_env()
     r = dist_utils.rank()
-    out: dict[str, Any] = {"extra": extra(slice(4 * r, 4 * r + 4)), "sampler": sampler_fit(), "exit": exit_step()}
+    out: dict[str, Any] = {"extra": extra(slice(4 * r, 4 * r + 4)), "sampler": sampler_fit(), "exit": exit_step(),
+                           "padded": padded_test()}
     torch.save(out, f"{sys.argv[1]}/round9_rank{r}.pt")
     dist_utils.shutdown()
 

@@ -62,3 +62,139 @@ def test_per_parameter_arguments_get_the_names_pyros_svi_gives_them(argc: int) -
     assert sorted(lr_ours.items()) == sorted(lr_pyro.items())
     assert sorted(lr_ours.values()) == [0.01, 0.01, 0.1, 0.1]
     pyro.clear_param_store()
+
+
+class Dec(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["y"], name="p")
+        self.dec = torch.nn.Linear(2, 3)
+
+    def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.dec(y), "scale": torch.ones(3)}
+
+
+class PY(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["y"], name="py", features_shape=[2])
+        self.m = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return {"loc": self.m[None], "scale": torch.ones(1, 2)}
+
+
+@pytest.mark.parametrize("case", ["product", "replace_var", "marginal"])
+def test_a_composites_factors_get_their_own_names_as_in_pyros_param_store(case: str) -> None:
+    """A product, a renaming or a marginal in ``distributions=[...]``: its factors register their networks under
+    their own names (``p(x|y)$$$dec.weight``, ``py(y)$$$m``), and Pyro's ``SVI`` calls the per-parameter arguments
+    with those; pyro_dgm called them with the composite's formula and its internal path (``'p(x,y)'``,
+    ``'_graph.0.dec.weight'``), so the decoder got another learning rate (probe p234). Five steps of each give the
+    same weights."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 3, generator=g), torch.randn(6, 2, generator=g)
+    calls: list[tuple[str, str]] = []
+
+    def rate(module_name: str, param_name: str) -> dict[str, float]:
+        calls.append((module_name, param_name))
+        return {"lr": 0.1 if param_name.startswith("dec.") else 0.001}
+
+    torch.manual_seed(0)
+    p, py = Dec(), PY()
+    if case == "product":
+        d, data = p * py, {"x": x, "y": y}
+    elif case == "replace_var":
+        d, data = p.replace_var(y="w"), {"x": x, "w": y}
+    else:
+        d, data = (p * py).marginalize_var("y"), {"x": x}
+    start = {k: v.clone() for k, v in d.state_dict().items()}
+    pyro.clear_param_store()
+    model = Model(-LogProb(d).sum() if case != "marginal" else -LogProb(p * py).sum(), distributions=[d],
+                  optimizer=pyro.optim.Adam(rate))
+    ours_calls = sorted(calls)
+    if case == "marginal":  # (its factors' names; trained on the joint's log-density)
+        data = {"x": x, "y": y}
+    for _ in range(5):
+        model.train(data)
+    ours = p.dec.weight.detach().clone()
+
+    d.load_state_dict(start)
+    d.zero_grad(set_to_none=True)
+    pyro.clear_param_store()
+    calls.clear()
+    joint = p * py if case == "marginal" else d
+    svi = SVI(joint.model, lambda **kw: None, pyro.optim.Adam(rate), Trace_ELBO())
+    for _ in range(5):
+        svi.step(**data)
+    assert ours_calls == sorted(set(calls))
+    torch.testing.assert_close(ours, p.dec.weight.detach(), rtol=1e-6, atol=1e-7)
+    pyro.clear_param_store()
+
+
+def test_a_callable_clip_args_is_called_as_pyro_calls_it() -> None:
+    """``pyro.optim.SGD({...}, clip_args=lambda module_name, param_name: {...})``: Pyro's ``SVI`` takes it; a
+    ``Model`` raised a bare "'function' object is not iterable" (probe p234). The same clipping for every parameter
+    is the model's clipping (the weights after 3 steps are those of the same dict given as ``clip_args``);
+    different clippings per parameter, which a model cannot apply, raise a ``ValueError`` naming them."""
+    g = torch.Generator().manual_seed(2)
+    x, y = 5 * torch.randn(6, 3, generator=g), torch.randn(6, 2, generator=g)
+    weights = []
+    for clip in ({"clip_norm": 0.3}, lambda module_name, param_name: {"clip_norm": 0.3}):
+        torch.manual_seed(0)
+        p = Dec()
+        model = Model(-LogProb(p).sum(), distributions=[p], optimizer=pyro.optim.SGD({"lr": 0.05}, clip))
+        for _ in range(3):
+            model.train({"x": x, "y": y})
+        weights.append(p.dec.weight.detach().clone())
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"per-parameter clip_args differ between parameters.*dec\.weight"):
+        Model(-LogProb(Dec()).sum(), distributions=[Dec()], optimizer=pyro.optim.SGD(
+            {"lr": 0.05}, lambda m, n: {"clip_norm": 0.3 if n.endswith("weight") else 10.0}))
+
+
+def test_adagrad_rmsprop_trains_an_autoguide_adopted_by_a_model_as_svi_does() -> None:
+    """``pyro.optim.AdagradRMSProp`` with an ``AutoNormal`` in a ``PyroELBO`` term: the model adds the autoguide's
+    parameters to its optimizer at the first step, and this optimizer makes its state in ``__init__`` only, so its
+    step raised a bare ``KeyError: 'step'`` (probe p234). Three steps give Pyro's ``SVI`` losses and weights, from the
+    same seeds; and a misspelt per-parameter key for those parameters is refused, as Pyro refuses it."""
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_dgm.losses import PyroELBO
+
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    pz = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.dec = torch.nn.Linear(2, 3)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.dec(z), "scale": torch.ones(3)}
+
+    results = []
+    for which in ("svi", "model"):
+        torch.manual_seed(0)
+        p = Q()
+        joint = p * pz
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        opt = pyro.optim.AdagradRMSProp({"eta": 0.1})
+        if which == "svi":
+            svi = SVI(joint.model, AutoNormal(joint.model), opt, Trace_ELBO())
+            losses = [svi.step(x=x) for _ in range(3)]
+        else:
+            model = Model(PyroELBO(joint.model, AutoNormal(joint.model), input_var=["x"]), distributions=[p],
+                          optimizer=opt)
+            losses = [float(model.train({"x": x})) for _ in range(3)]
+        results.append((losses, p.dec.weight.detach().clone()))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
+
+    pyro.clear_param_store()
+    p = Q()
+    joint = p * pz
+    model = Model(PyroELBO(joint.model, AutoNormal(joint.model), input_var=["x"]), distributions=[p],
+                  optimizer=pyro.optim.Adam(lambda name: {"lr": 0.01, **({"momentum_typo": 0.9} if name.startswith(
+                      "AutoNormal") else {})}))  # (the autoguide's, adopted at the first step)
+    with pytest.raises(TypeError, match=r"'momentum_typo', which Adam does not take"):
+        model.train({"x": x})
+    pyro.clear_param_store()
