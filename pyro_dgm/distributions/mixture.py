@@ -749,6 +749,12 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
             if list(e.var) != var:
                 raise ValueError(f"{owner}: every expert must generate {var}, but expert {i} {e.prob_text} generates "
                                  f"{e.var}")
+            groups = getattr(type(e), "param_groups", None)
+            names = {n for g in groups for n in g} if isinstance(groups, tuple) else None
+            if names is not None and not {"loc", "scale"} <= names:  # (a Bernoulli: a mass mixed with densities;
+                raise ValueError(f"{owner}: experts must be location-scale distributions (a Normal, as Pixyz's "
+                                 f"MixtureOfNormal reads their loc and scale), but expert {i} {e.prob_text} is a "
+                                 f"{e.distribution_name}")  # Pixyz's KeyError 'loc' at the first use)
         weights = [1.0 / len(experts)] * len(experts) if weight_modalities is None else weight_list(
             owner, weight_modalities, len(experts), "one per expert")
         if len(weights) != len(experts) or not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0:

@@ -283,7 +283,7 @@ def pyro_clip_args(owner: str, optimizer: Any, named: Sequence[tuple[str, Tensor
     as Pyro calls it (module's name, parameter's), and must give every parameter the same clipping."""
     clip = optimizer.pt_clip_args
     if not callable(clip):
-        return dict(clip or {})
+        return _clip_dict(owner, dict(clip or {}), None)
     from pyro.params.param_store import module_from_param_with_module_name, user_param_name
 
     got = [(n, clip(module_from_param_with_module_name(n), user_param_name(n))) for n, _ in named]
@@ -291,12 +291,35 @@ def pyro_clip_args(owner: str, optimizer: Any, named: Sequence[tuple[str, Tensor
     if bad is not None:
         raise TypeError(f"{owner}: the pyro.optim optimizer's per-parameter clip_args must be a dict, got "
                         f"{type(bad[1]).__name__} for {bad[0]!r}")
-    kinds = {tuple(sorted(c.items())) for _, c in got}
-    if len(kinds) > 1:
+    got = [(n, _clip_dict(owner, c, n)) for n, c in got]
+    if len({tuple(sorted(c.items())) for _, c in got}) > 1:
         raise ValueError(f"{owner}: the pyro.optim optimizer's per-parameter clip_args differ between parameters "
                          f"({', '.join(f'{n!r}: {c}' for n, c in got[:4])}); a Model clips every parameter alike: "
                          "give clip_args as one dict, or clip_grad_norm= / clip_grad_value=")
     return dict(got[0][1]) if got else {}
+
+
+def _clip_dict(owner: str, clip: Mapping[str, Any], name: str | None) -> dict[str, float]:
+    """A ``pyro.optim`` optimizer's clipping, checked as Pyro's ``_clip_grad`` takes it (``clip_norm`` and
+    ``clip_value`` only), with numbers (a 0-d tensor read), and positive: Pyro clips to 0 where a Model's 0 means no
+    clipping."""
+    where = f" for {name!r}" if name is not None else ""
+    unknown = sorted(set(clip) - {"clip_norm", "clip_value"})
+    if unknown:
+        raise TypeError(f"{owner}: the pyro.optim optimizer's clip_args{where} hold {', '.join(map(repr, unknown))}; "
+                        "Pyro's clipping takes clip_norm and clip_value")
+    out = {}
+    for k, v in clip.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{owner}: the pyro.optim optimizer's clip_args{where}: {k} must be a number, got "
+                            f"{v!r:.80}") from None
+        if not out[k] > 0:
+            raise ValueError(f"{owner}: the pyro.optim optimizer's clip_args{where}: {k}={out[k]} clips every "
+                             "gradient to 0 under Pyro, where a Model's 0 means no clipping; give a positive value, "
+                             "or leave the key out for no clipping")
+    return out
 
 
 def init_eager_state(optimizer: Any, params: Sequence[Tensor]) -> None:
@@ -320,13 +343,17 @@ def param_names(distributions: Iterable[nn.Module]) -> dict[int, str]:
     for d in distributions:
         if not isinstance(d, nn.Module):  # (None among a Pixyz model's distributions)
             continue
-        registering = getattr(d, "_dgm_registering", None)
-        for f in registering() if registering is not None else ():  # (a product's, a marginal's, a renaming's
-            name = _store_name(f)  # factors: each under its own name, as they register; the last one to
-            for n, p in f.named_parameters():  # register a shared network names it, as in the store)
-                out[id(p)] = f"{name}$$${n}"
+        own: dict[int, str] = {}
+        for top in getattr(d, "_dgm_order", None) or ():  # the factors in the order d.model registers them, each
+            registering = getattr(top, "_dgm_registering", None)  # (a product's, a marginal's, a renaming's) under
+            for f in registering() if registering is not None else ():  # its own name; the last one to register
+                name = _store_name(f)  # a network shared by two factors names it, as in the store
+                for n, p in f.named_parameters():
+                    own[id(p)] = f"{name}$$${n}"
         for n, p in d.named_parameters():  # (a plain module's: its own names)
-            out.setdefault(id(p), n)
+            own.setdefault(id(p), n)
+        for k, v in own.items():  # (a network shared by two distributions of the list: the first one's name; Pyro
+            out.setdefault(k, v)  # names it after whichever registers last, the model's in an SVI step)
     return out
 
 
@@ -1136,9 +1163,22 @@ class Model:
             else:
                 self.optimizer.add_param_group({"params": params})
             init_eager_state(self.optimizer, params)
+            if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_clip_args):
+                self._dgm_same_clipping(owner, optimizer, list(new.items()))
         self._dgm_params.extend(params)
         self._dgm_pyro_named.update(new)
         known.update(id(p) for p in params)
+
+    def _dgm_same_clipping(self, owner: str, optimizer: Any, named: Sequence[tuple[str, Tensor]]) -> None:
+        """Refuse, by name, a callable ``clip_args`` that gives the parameters adopted from Pyro's param store another
+        clipping than the model's (which clips every parameter alike)."""
+        clip = pyro_clip_args(owner, optimizer, named)
+        now = {k: v for k, v in (("clip_norm", self.clip_norm), ("clip_value", self.clip_value)) if v}
+        if clip != now:
+            raise ValueError(f"{owner}: the pyro.optim optimizer's per-parameter clip_args give the parameters of "
+                             f"Pyro's param store ({', '.join(n for n, _ in named[:3])}) the clipping {clip}, and "
+                             f"the distributions' {now}; a Model clips every parameter alike: give clip_args as one "
+                             "dict, or clip_grad_norm= / clip_grad_value=")
 
     def _dgm_check_gradients(self, loss: Tensor, grads: Sequence[Tensor]) -> None:
         """Raise :class:`NonFiniteGradientError` if a gradient holds a NaN or an infinity (the slow path, taken only

@@ -349,3 +349,38 @@ def test_a_complex_parameter_added_to_the_optimizer_trains_as_under_pixyz() -> N
     ref, ours = run_both(_complex_parameter_added_to_the_optimizer)
     assert_same(ref, ours)
     assert ours["gamma"].imag != 0.2  # it trained
+
+
+def _weighted_product_given(given: str) -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, ProductOfNormal
+
+    e1 = Normal(var=["z"], cond_var=["a"], loc="a", scale=torch.tensor(1.0), name="p1")
+    e2 = Normal(var=["z"], cond_var=["b"], loc="b", scale=torch.tensor(1.0), name="p2")
+    poe = ProductOfNormal([e1, e2], weight_modalities=[0.5, 1.0, 1.0])
+    return poe.get_params({"a": torch.zeros(3, 1)} if given == "a" else {})["scale"]
+
+
+def test_a_weighted_products_prior_alone_is_the_prior_to_its_weight() -> None:
+    """``ProductOfNormal`` with prior weight w0 = 0.5: given one expert (scale 1), both libraries give the product's
+    scale 1/sqrt(w0 + 1); given none, Pixyz ignores w0 and gives 1, while the prior raised to w0 has scale
+    1/sqrt(w0) = 1.4142, which pyro_dgm gives (probe p237; ``docs/porting.md``'s table)."""
+    ref, ours = run_both(lambda: _weighted_product_given("a"))
+    assert_same(ref, ours)
+    assert float(ours.flatten()[0]) == pytest.approx(1 / math.sqrt(1.5), rel=1e-6)
+    ref, ours = run_both(lambda: _weighted_product_given("none"))
+    assert float(ref.flatten()[0]) == pytest.approx(1.0)  # Pixyz's
+    assert float(ours.flatten()[0]) == pytest.approx(1 / math.sqrt(0.5), rel=1e-6)
+
+
+def test_a_mixture_of_normal_refuses_an_expert_without_a_location_and_scale() -> None:
+    """``MixtureOfNormal([Normal, Bernoulli])``: Pixyz fails at the first use (``KeyError: 'loc'``); here it mixed a
+    probability mass with a density and drew 0/1 values for half the rows (probe p237). Refused when built, naming
+    the expert, as ``ProductOfNormal`` refuses it."""
+    from pyro_dgm.distributions import Bernoulli, MixtureOfNormal, Normal
+
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(1.0), name="q")
+    b = Bernoulli(var=["z"], cond_var=["y"], probs="y", name="b")
+    with pytest.raises(ValueError, match=r"expert 1 b\(z\|y\) is a Bernoulli"):
+        MixtureOfNormal([q, b], name="m")
