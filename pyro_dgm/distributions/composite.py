@@ -46,7 +46,7 @@ def check_inner(owner: str, d: Any, what: str, need: str = "_dgm_fn") -> None:
                         "single distribution")
     core, _ = unwrap(d)
     if not hasattr(core, need):
-        kind = "a Pyro distribution" if need == "_dgm_fn" else "parameters"
+        kind = "Pyro distribution" if need == "_dgm_fn" else "parameters"
         raise TypeError(f"{owner}: {what} {describe(d)} has no {kind} to build on; use a parametric family "
                         "(Normal, ...) or a flow, product or mixture distribution")
 

@@ -749,8 +749,8 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
             if list(e.var) != var:
                 raise ValueError(f"{owner}: every expert must generate {var}, but expert {i} {e.prob_text} generates "
                                  f"{e.var}")
-            groups = getattr(type(e), "param_groups", None)
-            names = {n for g in groups for n in g} if isinstance(groups, tuple) else None
+            groups = getattr(e, "param_groups", None)  # (a Pixyz-style family's are its instance's)
+            names = {n for g in groups for n in g} if isinstance(groups, (tuple, list)) and groups else None
             if names is not None and not {"loc", "scale"} <= names:  # (a Bernoulli: a mass mixed with densities;
                 raise ValueError(f"{owner}: experts must be location-scale distributions (a Normal, as Pixyz's "
                                  f"MixtureOfNormal reads their loc and scale), but expert {i} {e.prob_text} is a "

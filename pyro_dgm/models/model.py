@@ -310,6 +310,8 @@ def _clip_dict(owner: str, clip: Mapping[str, Any], name: str | None) -> dict[st
                         "Pyro's clipping takes clip_norm and clip_value")
     out = {}
     for k, v in clip.items():
+        if v is None:  # (Pyro's "no clipping of this kind")
+            continue
         try:
             out[k] = float(v)
         except (TypeError, ValueError, RuntimeError):
@@ -320,6 +322,12 @@ def _clip_dict(owner: str, clip: Mapping[str, Any], name: str | None) -> dict[st
                              "gradient to 0 under Pyro, where a Model's 0 means no clipping; give a positive value, "
                              "or leave the key out for no clipping")
     return out
+
+
+def _callable_clip(optimizer: Any) -> bool:
+    from pyro.optim import PyroOptim
+
+    return isinstance(optimizer, PyroOptim) and callable(optimizer.pt_clip_args)
 
 
 def init_eager_state(optimizer: Any, params: Sequence[Tensor]) -> None:
@@ -333,27 +341,36 @@ def init_eager_state(optimizer: Any, params: Sequence[Tensor]) -> None:
             optimizer.state[p].setdefault("sum", torch.zeros_like(p.data))
 
 
-def param_names(distributions: Iterable[nn.Module]) -> dict[int, str]:
+def param_names(distributions: Iterable[nn.Module], loss: Any = None) -> dict[int, str]:
     """The names the distributions' parameters have in Pyro's param store (``<pyro_name>$$$<parameter>``, as
     ``pyro.module`` names them), by ``id``: what a ``pyro.optim`` optimizer's per-parameter arguments are called
-    with."""
+    with. A product's, a marginal's or a renaming's factors register under their own names. A network shared by two
+    factors or distributions is named as ``SVI`` with ``loss`` names it: after the last to register it, in the order
+    the loss registers its distributions (and a product its factors); then the other distributions, in their order
+    (the first to name a network keeps it); a plain module's parameters keep their own names."""
     from pyro_dgm.distributions.base import _store_name
 
-    out: dict[int, str] = {}
+    def registered(ds: Iterable[Any]) -> dict[int, str]:
+        own: dict[int, str] = {}
+        for d in ds:
+            registering = getattr(d, "_dgm_registering", None)
+            for f in registering() if registering is not None else ():
+                name = _store_name(f)
+                for n, p in f.named_parameters():
+                    own[id(p)] = f"{name}$$${n}"
+        return own
+
+    try:
+        out = registered(getattr(loss, "_dgm_distributions", None) or ())
+    except Exception:  # noqa: BLE001 (a user's loss whose distributions cannot be listed: the list's order alone)
+        out = {}
     for d in distributions:
         if not isinstance(d, nn.Module):  # (None among a Pixyz model's distributions)
             continue
-        own: dict[int, str] = {}
-        for top in getattr(d, "_dgm_order", None) or ():  # the factors in the order d.model registers them, each
-            registering = getattr(top, "_dgm_registering", None)  # (a product's, a marginal's, a renaming's) under
-            for f in registering() if registering is not None else ():  # its own name; the last one to register
-                name = _store_name(f)  # a network shared by two factors names it, as in the store
-                for n, p in f.named_parameters():
-                    own[id(p)] = f"{name}$$${n}"
+        for k, v in registered([d]).items():
+            out.setdefault(k, v)
         for n, p in d.named_parameters():  # (a plain module's: its own names)
-            own.setdefault(id(p), n)
-        for k, v in own.items():  # (a network shared by two distributions of the list: the first one's name; Pyro
-            out.setdefault(k, v)  # names it after whichever registers last, the model's in an SVI step)
+            out.setdefault(id(p), n)
     return out
 
 
@@ -606,8 +623,11 @@ class Model:
         if not self._dgm_params and self._dgm_pyro_terms:  # an autoguide alone: its parameters appear at the first step
             self.optimizer = None
         else:
+            names = param_names(self.distributions, self.loss_cls)
             self.optimizer, clip = build_optimizer(owner, optimizer, self._dgm_params, optimizer_params,
-                                                   names=param_names(self.distributions))
+                                                   names=names)
+            if _callable_clip(optimizer):  # (what it gave the distributions: the adopted parameters must get it)
+                self.__dict__["_dgm_given_clip"] = clip
         # (a pyro.optim optimizer's clipping fills in what is not given; None or ML's False stays when it has none)
         self.clip_norm = (clip_grad_norm if clip_grad_norm not in (None, False)
                           else clip.get("clip_norm", clip_grad_norm))
@@ -1173,8 +1193,8 @@ class Model:
         """Refuse, by name, a callable ``clip_args`` that gives the parameters adopted from Pyro's param store another
         clipping than the model's (which clips every parameter alike)."""
         clip = pyro_clip_args(owner, optimizer, named)
-        now = {k: v for k, v in (("clip_norm", self.clip_norm), ("clip_value", self.clip_value)) if v}
-        if clip != now:
+        now = self.__dict__.get("_dgm_given_clip")
+        if now is not None and clip != now:
             raise ValueError(f"{owner}: the pyro.optim optimizer's per-parameter clip_args give the parameters of "
                              f"Pyro's param store ({', '.join(n for n, _ in named[:3])}) the clipping {clip}, and "
                              f"the distributions' {now}; a Model clips every parameter alike: give clip_args as one "

@@ -384,3 +384,39 @@ def test_a_mixture_of_normal_refuses_an_expert_without_a_location_and_scale() ->
     b = Bernoulli(var=["z"], cond_var=["y"], probs="y", name="b")
     with pytest.raises(ValueError, match=r"expert 1 b\(z\|y\) is a Bernoulli"):
         MixtureOfNormal([q, b], name="m")
+
+
+def _mixture_of_a_user_family() -> Any:
+    import torch
+
+    from pixyz.distributions import MixtureOfNormal, Normal
+    from pixyz.distributions.exponential_distributions import DistributionBase
+
+    class MyNormal(DistributionBase):
+        def __init__(self, var: list, cond_var: list, name: str, **kwargs: Any) -> None:
+            super().__init__(var=var, cond_var=cond_var, name=name, **kwargs)
+
+        @property
+        def params_keys(self) -> list:
+            return ["loc", "scale"]
+
+        @property
+        def distribution_torch_class(self) -> Any:
+            return torch.distributions.Normal
+
+        @property
+        def distribution_name(self) -> str:
+            return "MyNormal"
+
+    q = Normal(var=["z"], cond_var=["a"], loc="a", scale=torch.tensor(1.0), name="q")
+    u = MyNormal(var=["z"], cond_var=["b"], name="u", loc="b", scale=torch.tensor(2.0))
+    m = MixtureOfNormal([q, u], name="m")
+    return m.get_log_prob({"a": torch.zeros(4, 1), "b": torch.ones(4, 1), "z": torch.full((4, 1), 0.5)}).shape
+
+
+def test_a_mixture_of_normal_takes_a_pixyz_style_family_of_location_and_scale() -> None:
+    """A user family written as Pixyz's (``params_keys = ["loc", "scale"]`` and a torch ``Normal``) as an expert
+    of ``MixtureOfNormal``: Pixyz builds and scores it; the check of the last round read the class's parameter
+    groups, which such a family sets on its instance, and refused it (probe p238)."""
+    ref, ours = run_both(_mixture_of_a_user_family)
+    assert ref == ours == (4,)

@@ -200,11 +200,10 @@ def test_adagrad_rmsprop_trains_an_autoguide_adopted_by_a_model_as_svi_does() ->
     pyro.clear_param_store()
 
 
-def test_a_network_shared_by_two_factors_is_named_after_the_last_to_register_it() -> None:
-    """``py(y|x) * px(x|z) * pz(z)`` sharing one trunk: ``d.model`` registers the factors in the order they are
-    drawn (z, then x, then y), so Pyro's store, and ``SVI``'s per-parameter arguments, name the trunk after
-    ``py(y|x)``; the first version of the fix walked the factors in the order they were multiplied, and gave it
-    ``px(x|z)``'s learning rate (probe p236). Three steps give ``SVI``'s weights."""
+def _shared_trunk_twin(order: str) -> tuple[Any, ...]:
+    """A loss over distributions sharing one trunk, trained 3 steps by ``Model`` and by its twin ``SVI(None, None,
+    optimizer, loss)``, with learning rates chosen by module name; the names each was called with, and the
+    trunk's weights."""
     torch.manual_seed(0)
     trunk = torch.nn.Linear(2, 2)
 
@@ -224,7 +223,13 @@ def test_a_network_shared_by_two_factors_is_named_after_the_last_to_register_it(
         def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"loc": self.t(z), "scale": torch.ones(2)}
 
-    d = PYX() * PXZ() * Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+    py, px = PYX(), PXZ()
+    if order == "product":
+        dists: list[Any] = [py * px * Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")]
+        loss = -LogProb(dists[0]).sum()
+    else:
+        loss = -(LogProb(px) + LogProb(py)).sum()
+        dists = [px, py] if order == "loss order" else [py, px]
     g = torch.Generator().manual_seed(0)
     data = {k: torch.randn(5, 2, generator=g) for k in "xyz"}
     calls: list[tuple[str, str]] = []
@@ -235,7 +240,7 @@ def test_a_network_shared_by_two_factors_is_named_after_the_last_to_register_it(
 
     start = {k: v.clone() for k, v in trunk.state_dict().items()}
     pyro.clear_param_store()
-    model = Model(-LogProb(d).sum(), distributions=[d], optimizer=pyro.optim.Adam(rate))
+    model = Model(loss, distributions=dists, optimizer=pyro.optim.Adam(rate))
     for _ in range(3):
         model.train(data)
     ours, ours_calls = trunk.weight.detach().clone(), sorted(set(calls))
@@ -243,12 +248,25 @@ def test_a_network_shared_by_two_factors_is_named_after_the_last_to_register_it(
     trunk.zero_grad(set_to_none=True)
     pyro.clear_param_store()
     calls.clear()
-    svi = SVI(d.model, lambda **kw: None, pyro.optim.Adam(rate), Trace_ELBO())
+    svi = SVI(None, None, pyro.optim.Adam(rate), loss)
     for _ in range(3):
-        svi.step(**data)
-    assert ours_calls == sorted(set(calls)) == [("py(y|x)", "t.bias"), ("py(y|x)", "t.weight")]
-    torch.testing.assert_close(ours, trunk.weight.detach(), rtol=1e-6, atol=1e-7)
+        svi.step(data)
     pyro.clear_param_store()
+    return ours_calls, sorted(set(calls)), ours, trunk.weight.detach().clone()
+
+
+@pytest.mark.parametrize("order", ["product", "loss order", "reversed list"])
+def test_a_shared_network_is_named_as_svi_with_the_same_loss_names_it(order: str) -> None:
+    """A trunk shared by two factors of a product, or by two distributions of the loss: ``SVI(None, None, opt,
+    loss)``, the ``Model``'s twin, names it after the last distribution the loss registers (a product's factors in
+    the order they were multiplied), and so does the ``Model``, whatever the order of ``distributions=[...]``. One
+    version of the fix named it after the first in that list (the numbers changed with the list's order), the next
+    after the last in the product's drawing order, which is ``SVI(d.model)``'s and not the loss's (probes p236,
+    p238). Three steps give the twin's weights."""
+    ours_calls, svi_calls, ours, theirs = _shared_trunk_twin(order)
+    assert ours_calls == svi_calls
+    assert {m for m, _ in ours_calls} == ({"px(x|z)"} if order == "product" else {"py(y|x)"})
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
 def test_clip_args_are_checked_as_pyros_clipping_takes_them() -> None:
@@ -299,4 +317,51 @@ def test_a_callable_clip_args_that_clips_an_autoguides_parameters_apart_is_refus
                       "AutoNormal") else {}))
     with pytest.raises(ValueError, match=r"give the parameters of Pyro's param store \(AutoNormal"):
         model.train({"x": torch.randn(6, 3)})
+    pyro.clear_param_store()
+
+
+def test_clip_args_of_none_mean_no_clipping_as_in_pyro() -> None:
+    """``clip_args={"clip_norm": None}`` (or a callable giving ``{"clip_value": None}``): Pyro's clipping skips a
+    ``None``; the check of the last round refused it as "must be a number" (probe p238). Two steps give the
+    weights of no clipping."""
+    g = torch.Generator().manual_seed(2)
+    x, y = 5 * torch.randn(6, 3, generator=g), torch.randn(6, 2, generator=g)
+    weights = []
+    for clip in (None, {"clip_norm": None}, lambda m, n: {"clip_value": None}):
+        torch.manual_seed(0)
+        p = Dec()
+        opt = pyro.optim.SGD({"lr": 0.05}) if clip is None else pyro.optim.SGD({"lr": 0.05}, clip)
+        model = Model(-LogProb(p).sum(), distributions=[p], optimizer=opt)
+        for _ in range(2):
+            model.train({"x": x, "y": y})
+        weights.append(p.dec.weight.detach().clone())
+    for w in weights[1:]:
+        torch.testing.assert_close(w, weights[0], rtol=0, atol=0)
+
+
+def test_a_callable_clip_args_alike_for_every_parameter_with_a_models_own_clipping_is_taken() -> None:
+    """``clip_args=lambda m, n: {}`` with ``clip_grad_norm=5.0`` and an autoguide whose parameters the model adopts
+    at its first step: the callable gives those parameters what it gave the distributions', so it is taken (the
+    check compared with the model's clipping, which ``clip_grad_norm=`` had set, and refused; probe p238)."""
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_dgm.losses import PyroELBO
+
+    pz = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.dec = torch.nn.Linear(2, 3)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.dec(z), "scale": torch.ones(3)}
+
+    pyro.clear_param_store()
+    p = Q()
+    joint = p * pz
+    model = Model(PyroELBO(joint.model, AutoNormal(joint.model), input_var=["x"]), distributions=[p],
+                  optimizer=pyro.optim.SGD({"lr": 0.05}, lambda m, n: {}), clip_grad_norm=5.0)
+    assert torch.isfinite(model.train({"x": torch.randn(6, 3)}))
+    assert model.clip_norm == 5.0
     pyro.clear_param_store()
