@@ -362,6 +362,11 @@ def param_names(distributions: Iterable[nn.Module], loss: Any = None) -> dict[in
 
     try:
         out = registered(getattr(loss, "_dgm_distributions", None) or ())
+        for term in _pyro_side_terms(loss) if isinstance(loss, Loss) else ():  # then a Pyro-side term's guide and
+            for fn in (getattr(term, "guide", None), getattr(term, "model", None)):  # model, as SVI runs them: a
+                owner = getattr(fn, "__self__", None)  # distribution's .model registers its factors in the order
+                if isinstance(owner, Distribution):  # they are drawn
+                    out.update(registered(owner._dgm_order))
     except Exception:  # noqa: BLE001 (a user's loss whose distributions cannot be listed: the list's order alone)
         out = {}
     for d in distributions:
@@ -1166,6 +1171,8 @@ class Model:
             else:
                 self.optimizer, clip = build_optimizer(owner, optimizer, params, optimizer_params,
                                                        names={id(p): n for n, p in new.items()})
+            if _callable_clip(optimizer):  # (the parameters adopted later must get the same)
+                self.__dict__["_dgm_given_clip"] = clip
             if self.clip_norm in (None, False) and "clip_norm" in clip:
                 self._dgm_clip_each = True
             self.clip_norm = self.clip_norm if self.clip_norm not in (None, False) else clip.get("clip_norm",
@@ -1197,8 +1204,8 @@ class Model:
         if now is not None and clip != now:
             raise ValueError(f"{owner}: the pyro.optim optimizer's per-parameter clip_args give the parameters of "
                              f"Pyro's param store ({', '.join(n for n, _ in named[:3])}) the clipping {clip}, and "
-                             f"the distributions' {now}; a Model clips every parameter alike: give clip_args as one "
-                             "dict, or clip_grad_norm= / clip_grad_value=")
+                             f"the parameters trained before them {now}; a Model clips every parameter alike: give "
+                             "clip_args as one dict, or clip_grad_norm= / clip_grad_value=")
 
     def _dgm_check_gradients(self, loss: Tensor, grads: Sequence[Tensor]) -> None:
         """Raise :class:`NonFiniteGradientError` if a gradient holds a NaN or an infinity (the slow path, taken only
