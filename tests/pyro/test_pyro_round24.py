@@ -129,21 +129,29 @@ def test_a_composites_factors_get_their_own_names_as_in_pyros_param_store(case: 
     pyro.clear_param_store()
 
 
+def _clipped_weights(clips: list[Any], steps: int) -> list[torch.Tensor]:
+    """The decoder's weights after ``steps`` SGD steps of a ``Model`` with each ``clip_args`` (None: none given),
+    from the same initial weights and data."""
+    g = torch.Generator().manual_seed(2)
+    x, y = 5 * torch.randn(6, 3, generator=g), torch.randn(6, 2, generator=g)
+    weights = []
+    for clip in clips:
+        torch.manual_seed(0)
+        p = Dec()
+        opt = pyro.optim.SGD({"lr": 0.05}) if clip is None else pyro.optim.SGD({"lr": 0.05}, clip)
+        model = Model(-LogProb(p).sum(), distributions=[p], optimizer=opt)
+        for _ in range(steps):
+            model.train({"x": x, "y": y})
+        weights.append(p.dec.weight.detach().clone())
+    return weights
+
+
 def test_a_callable_clip_args_is_called_as_pyro_calls_it() -> None:
     """``pyro.optim.SGD({...}, clip_args=lambda module_name, param_name: {...})``: Pyro's ``SVI`` takes it; a
     ``Model`` raised a bare "'function' object is not iterable" (probe p234). The same clipping for every parameter
     is the model's clipping (the weights after 3 steps are those of the same dict given as ``clip_args``);
     different clippings per parameter, which a model cannot apply, raise a ``ValueError`` naming them."""
-    g = torch.Generator().manual_seed(2)
-    x, y = 5 * torch.randn(6, 3, generator=g), torch.randn(6, 2, generator=g)
-    weights = []
-    for clip in ({"clip_norm": 0.3}, lambda module_name, param_name: {"clip_norm": 0.3}):
-        torch.manual_seed(0)
-        p = Dec()
-        model = Model(-LogProb(p).sum(), distributions=[p], optimizer=pyro.optim.SGD({"lr": 0.05}, clip))
-        for _ in range(3):
-            model.train({"x": x, "y": y})
-        weights.append(p.dec.weight.detach().clone())
+    weights = _clipped_weights([{"clip_norm": 0.3}, lambda module_name, param_name: {"clip_norm": 0.3}], 3)
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"per-parameter clip_args differ between parameters.*dec\.weight"):
         Model(-LogProb(Dec()).sum(), distributions=[Dec()], optimizer=pyro.optim.SGD(
@@ -200,10 +208,8 @@ def test_adagrad_rmsprop_trains_an_autoguide_adopted_by_a_model_as_svi_does() ->
     pyro.clear_param_store()
 
 
-def _shared_trunk_twin(order: str) -> tuple[Any, ...]:
-    """A loss over distributions sharing one trunk, trained 3 steps by ``Model`` and by its twin ``SVI(None, None,
-    optimizer, loss)``, with learning rates chosen by module name; the names each was called with, and the
-    trunk's weights."""
+def _shared_trunk_factors() -> tuple[torch.nn.Linear, Normal, Normal]:
+    """``(trunk, py(y|x), px(x|z))``: two factors whose networks are one ``Linear`` trunk."""
     torch.manual_seed(0)
     trunk = torch.nn.Linear(2, 2)
 
@@ -223,7 +229,14 @@ def _shared_trunk_twin(order: str) -> tuple[Any, ...]:
         def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"loc": self.t(z), "scale": torch.ones(2)}
 
-    py, px = PYX(), PXZ()
+    return trunk, PYX(), PXZ()
+
+
+def _shared_trunk_twin(order: str) -> tuple[Any, ...]:
+    """A loss over distributions sharing one trunk, trained 3 steps by ``Model`` and by its twin ``SVI(None, None,
+    optimizer, loss)``, with learning rates chosen by module name; the names each was called with, and the
+    trunk's weights."""
+    trunk, py, px = _shared_trunk_factors()
     if order == "product":
         dists: list[Any] = [py * px * Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")]
         loss = -LogProb(dists[0]).sum()
@@ -274,16 +287,7 @@ def test_clip_args_are_checked_as_pyros_clipping_takes_them() -> None:
     ``{"clip_norm": torch.tensor(0.01)}`` was refused as "differing" clippings; the dict form took it); a misspelt
     key (``"clipnorm"``), which Pyro's clipping refuses, was ignored, and ``clip_norm=0``, which Pyro applies (every
     gradient to 0), meant no clipping here: both are refused by name (probe p236)."""
-    g = torch.Generator().manual_seed(2)
-    x, y = 5 * torch.randn(6, 3, generator=g), torch.randn(6, 2, generator=g)
-    weights = []
-    for clip in ({"clip_norm": 0.01}, lambda m, n: {"clip_norm": torch.tensor(0.01)}):
-        torch.manual_seed(0)
-        p = Dec()
-        model = Model(-LogProb(p).sum(), distributions=[p], optimizer=pyro.optim.SGD({"lr": 0.05}, clip))
-        for _ in range(2):
-            model.train({"x": x, "y": y})
-        weights.append(p.dec.weight.detach().clone())
+    weights = _clipped_weights([{"clip_norm": 0.01}, lambda m, n: {"clip_norm": torch.tensor(0.01)}], 2)
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
     with pytest.raises(TypeError, match=r"clip_args.* hold 'clipnorm'"):
         Model(-LogProb(Dec()).sum(), distributions=[Dec()], optimizer=pyro.optim.SGD({"lr": 0.05}, {"clipnorm": 1.0}))
@@ -291,15 +295,12 @@ def test_clip_args_are_checked_as_pyros_clipping_takes_them() -> None:
         Model(-LogProb(Dec()).sum(), distributions=[Dec()], optimizer=pyro.optim.SGD({"lr": 0.05}, {"clip_norm": 0}))
 
 
-def test_a_callable_clip_args_that_clips_an_autoguides_parameters_apart_is_refused() -> None:
-    """``clip_args`` clipping only the ``AutoNormal`` parameters a ``Model`` adopts at its first step: it was never
-    called for them, so they trained unclipped where ``SVI`` clips them (WRONG, probe p236). A model clips every
-    parameter alike: refused by name at that step."""
+def _autoguide_model(optimizer: Any, **kwargs: Any) -> Model:
+    """A ``Model`` of a ``PyroELBO`` term with an ``AutoNormal`` over ``p(x|z) p(z)``, training ``p``'s decoder: the
+    autoguide's parameters are adopted at the first step."""
     from pyro.infer.autoguide import AutoNormal
 
     from pyro_dgm.losses import PyroELBO
-
-    pz = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
 
     class Q(Normal):
         def __init__(self) -> None:
@@ -309,11 +310,18 @@ def test_a_callable_clip_args_that_clips_an_autoguides_parameters_apart_is_refus
         def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"loc": self.dec(z), "scale": torch.ones(3)}
 
-    pyro.clear_param_store()
     p = Q()
-    joint = p * pz
-    model = Model(PyroELBO(joint.model, AutoNormal(joint.model), input_var=["x"]), distributions=[p],
-                  optimizer=pyro.optim.SGD({"lr": 0.05}, lambda m, n: {"clip_norm": 0.001} if m.startswith(
+    joint = p * Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+    return Model(PyroELBO(joint.model, AutoNormal(joint.model), input_var=["x"]), distributions=[p],
+                 optimizer=optimizer, **kwargs)
+
+
+def test_a_callable_clip_args_that_clips_an_autoguides_parameters_apart_is_refused() -> None:
+    """``clip_args`` clipping only the ``AutoNormal`` parameters a ``Model`` adopts at its first step: it was never
+    called for them, so they trained unclipped where ``SVI`` clips them (WRONG, probe p236). A model clips every
+    parameter alike: refused by name at that step."""
+    pyro.clear_param_store()
+    model = _autoguide_model(pyro.optim.SGD({"lr": 0.05}, lambda m, n: {"clip_norm": 0.001} if m.startswith(
                       "AutoNormal") else {}))
     with pytest.raises(ValueError, match=r"give the parameters of Pyro's param store \(AutoNormal"):
         model.train({"x": torch.randn(6, 3)})
@@ -324,17 +332,7 @@ def test_clip_args_of_none_mean_no_clipping_as_in_pyro() -> None:
     """``clip_args={"clip_norm": None}`` (or a callable giving ``{"clip_value": None}``): Pyro's clipping skips a
     ``None``; the check of the last round refused it as "must be a number" (probe p238). Two steps give the
     weights of no clipping."""
-    g = torch.Generator().manual_seed(2)
-    x, y = 5 * torch.randn(6, 3, generator=g), torch.randn(6, 2, generator=g)
-    weights = []
-    for clip in (None, {"clip_norm": None}, lambda m, n: {"clip_value": None}):
-        torch.manual_seed(0)
-        p = Dec()
-        opt = pyro.optim.SGD({"lr": 0.05}) if clip is None else pyro.optim.SGD({"lr": 0.05}, clip)
-        model = Model(-LogProb(p).sum(), distributions=[p], optimizer=opt)
-        for _ in range(2):
-            model.train({"x": x, "y": y})
-        weights.append(p.dec.weight.detach().clone())
+    weights = _clipped_weights([None, {"clip_norm": None}, lambda m, n: {"clip_value": None}], 2)
     for w in weights[1:]:
         torch.testing.assert_close(w, weights[0], rtol=0, atol=0)
 
@@ -343,25 +341,8 @@ def test_a_callable_clip_args_alike_for_every_parameter_with_a_models_own_clippi
     """``clip_args=lambda m, n: {}`` with ``clip_grad_norm=5.0`` and an autoguide whose parameters the model adopts
     at its first step: the callable gives those parameters what it gave the distributions', so it is taken (the
     check compared with the model's clipping, which ``clip_grad_norm=`` had set, and refused; probe p238)."""
-    from pyro.infer.autoguide import AutoNormal
-
-    from pyro_dgm.losses import PyroELBO
-
-    pz = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
-
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.dec = torch.nn.Linear(2, 3)
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.dec(z), "scale": torch.ones(3)}
-
     pyro.clear_param_store()
-    p = Q()
-    joint = p * pz
-    model = Model(PyroELBO(joint.model, AutoNormal(joint.model), input_var=["x"]), distributions=[p],
-                  optimizer=pyro.optim.SGD({"lr": 0.05}, lambda m, n: {}), clip_grad_norm=5.0)
+    model = _autoguide_model(pyro.optim.SGD({"lr": 0.05}, lambda m, n: {}), clip_grad_norm=5.0)
     assert torch.isfinite(model.train({"x": torch.randn(6, 3)}))
     assert model.clip_norm == 5.0
     pyro.clear_param_store()
@@ -375,26 +356,8 @@ def test_a_pyro_elbo_terms_shared_network_is_named_as_its_model_registers_it() -
     weights."""
     from pyro_dgm.losses import PyroELBO
 
-    torch.manual_seed(0)
-    trunk = torch.nn.Linear(2, 2)
-
-    class PYX(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["y"], cond_var=["x"], name="py")
-            self.t = trunk
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.t(x), "scale": torch.ones(2)}
-
-    class PXZ(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="px")
-            self.t = trunk
-
-        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": self.t(z), "scale": torch.ones(2)}
-
-    joint = PYX() * PXZ() * Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+    trunk, py, px = _shared_trunk_factors()
+    joint = py * px * Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
     g = torch.Generator().manual_seed(0)
     data = {k: torch.randn(5, 2, generator=g) for k in "xyz"}
     calls: list[tuple[str, str]] = []
