@@ -632,10 +632,10 @@ def _build_optimizer(owner: str, optimizer: Any, d: nn.Module, params: Mapping[s
 
     if isinstance(optimizer, PyroOptim) or (callable(optimizer) and not isinstance(optimizer, type) and (
             getattr(optimizer, "__module__", "") or "").startswith("pyro.optim")):  # pyro.optim.Adam, or its
-        from pyro_dgm.models.model import build_optimizer, param_names  # instance: as a Model takes them (Pixyz
-        # takes neither)
-        made, clip = build_optimizer(owner, optimizer, list(d.parameters()), params,
-                                     held_by="the term's d_optimizer", names=param_names([d]))
+        from pyro_dgm.models.model import build_optimizer, param_names, per_parameter  # instance: as a Model
+        # takes them (Pixyz takes neither)
+        made, clip = build_optimizer(owner, optimizer, list(d.parameters()), params, held_by="the term's d_optimizer",
+                                     names=param_names([d]) if per_parameter(optimizer) else None)
         if clip:
             raise ValueError(f"{owner}: the discriminator's pyro.optim optimizer carries clip_args={clip}, which the "
                              "term does not apply; pass it without clip_args (clip_value clips a critic's weights)")

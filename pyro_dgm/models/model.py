@@ -324,6 +324,14 @@ def _clip_dict(owner: str, clip: Mapping[str, Any], name: str | None) -> dict[st
     return out
 
 
+def per_parameter(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is a ``pyro.optim`` optimizer with per-parameter arguments or clipping (callables),
+    which are called with the parameters' names (:func:`param_names`)."""
+    from pyro.optim import PyroOptim
+
+    return isinstance(optimizer, PyroOptim) and (callable(optimizer.pt_optim_args) or callable(optimizer.pt_clip_args))
+
+
 def _callable_clip(optimizer: Any) -> bool:
     from pyro.optim import PyroOptim
 
@@ -628,7 +636,7 @@ class Model:
         if not self._dgm_params and self._dgm_pyro_terms:  # an autoguide alone: its parameters appear at the first step
             self.optimizer = None
         else:
-            names = param_names(self.distributions, self.loss_cls)
+            names = param_names(self.distributions, self.loss_cls) if per_parameter(optimizer) else None
             self.optimizer, clip = build_optimizer(owner, optimizer, self._dgm_params, optimizer_params,
                                                    names=names)
             if _callable_clip(optimizer):  # (what it gave the distributions: the adopted parameters must get it)
