@@ -161,8 +161,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
     >>> print(q.prob_joint_factorized_and_text)
     q(z|x,y) \propto p(z)q_{x}(z|x)q_{y}(z|y)
     >>> params = q.get_params({"x": torch.tensor([[3.0]]), "y": torch.tensor([[1.0]])})
-    >>> params["loc"], params["scale"] ** 2  # precisions 1 + 1 + 4, mean (3 + 4) / 6 (each its own shape)
-    (tensor([[1.1667]]), tensor([0.1667]))
+    >>> params["loc"], params["scale"] ** 2  # precisions 1 + 1 + 4, mean (3 + 4) / 6
+    (tensor([[1.1667]]), tensor([[0.1667]]))
     >>> q.get_params({"x": torch.tensor([[3.0]])})["loc"]  # y missing: prior and q_x only
     tensor([[1.5000]])
     """
