@@ -220,7 +220,7 @@ class MultiplyDistribution(LabelledComposite, Distribution):
         return factors_network_text(self._dgm_order)
 
     def _dgm_register_params(self) -> None:
-        for f in self._dgm_factor_tuple:
+        for f in self._dgm_registering():
             f._dgm_register_params()
 
     def _dgm_registering(self) -> Iterator[Distribution]:

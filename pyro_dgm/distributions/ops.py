@@ -219,7 +219,8 @@ class ReplaceVarDistribution(_PassesThrough):
         return self.p._dgm_score_with(b, values, ctx, sum_features, feature_dims)
 
     def _dgm_register_params(self) -> None:
-        self.p._dgm_register_params()
+        for f in self._dgm_registering():
+            f._dgm_register_params()
 
     def _dgm_registering(self) -> Iterator[Distribution]:
         yield from self.p._dgm_registering()
@@ -403,7 +404,7 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         return self
 
     def _dgm_register_params(self) -> None:
-        for f in self.p._dgm_sampling_order:
+        for f in self._dgm_registering():
             f._dgm_register_params()
 
     def _dgm_registering(self) -> Iterator[Distribution]:

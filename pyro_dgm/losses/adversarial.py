@@ -628,12 +628,9 @@ def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution
 
 
 def _build_optimizer(owner: str, optimizer: Any, d: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:
-    from pyro.optim import PyroOptim
+    from pyro_dgm.models.model import build_optimizer, is_pyro_optim, param_names, per_parameter
 
-    if isinstance(optimizer, PyroOptim) or (callable(optimizer) and not isinstance(optimizer, type) and (
-            getattr(optimizer, "__module__", "") or "").startswith("pyro.optim")):  # pyro.optim.Adam, or its
-        from pyro_dgm.models.model import build_optimizer, param_names, per_parameter  # instance: as a Model
-        # takes them (Pixyz takes neither)
+    if is_pyro_optim(optimizer):  # pyro.optim.Adam, or its instance: as a Model takes them (Pixyz takes neither)
         made, clip = build_optimizer(owner, optimizer, list(d.parameters()), params, held_by="the term's d_optimizer",
                                      names=param_names([d]) if per_parameter(optimizer) else None)
         if clip:

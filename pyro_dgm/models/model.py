@@ -324,6 +324,15 @@ def _clip_dict(owner: str, clip: Mapping[str, Any], name: str | None) -> dict[st
     return out
 
 
+def is_pyro_optim(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is a ``pyro.optim`` optimizer (``pyro.optim.Adam({...})``) or one of its factories
+    (``pyro.optim.Adam``), which :func:`build_optimizer` turns into the torch optimizer they wrap."""
+    from pyro.optim import PyroOptim
+
+    return isinstance(optimizer, PyroOptim) or (callable(optimizer) and not isinstance(optimizer, type) and (
+        getattr(optimizer, "__module__", "") or "").startswith("pyro.optim"))
+
+
 def per_parameter(optimizer: Any) -> bool:
     """Whether ``optimizer`` is a ``pyro.optim`` optimizer with per-parameter arguments or clipping (callables),
     which are called with the parameters' names (:func:`param_names`)."""
@@ -1169,16 +1178,8 @@ class Model:
         owner = type(self).__name__
         optimizer, optimizer_params = self._dgm_optimizer_spec
         if self.optimizer is None:
-            from pyro.optim import PyroOptim
-
-            if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_optim_args):
-                groups = pyro_optim_groups(owner, optimizer, list(new.items()))
-                self.optimizer = _construct(owner, optimizer.pt_optim_constructor, groups, {})
-                check_group_keys(owner, self.optimizer, groups, list(new.items()))
-                clip = pyro_clip_args(owner, optimizer, list(new.items()))
-            else:
-                self.optimizer, clip = build_optimizer(owner, optimizer, params, optimizer_params,
-                                                       names={id(p): n for n, p in new.items()})
+            self.optimizer, clip = build_optimizer(owner, optimizer, params, optimizer_params,
+                                                   names={id(p): n for n, p in new.items()})
             if _callable_clip(optimizer):  # (the parameters adopted later must get the same)
                 self.__dict__["_dgm_given_clip"] = clip
             if self.clip_norm in (None, False) and "clip_norm" in clip:
@@ -1190,15 +1191,15 @@ class Model:
         else:
             from pyro.optim import PyroOptim
 
-            if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_optim_args):
-                groups = pyro_optim_groups(owner, optimizer, list(new.items()))
+            if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_optim_args):  # (the optimizer built: the
+                groups = pyro_optim_groups(owner, optimizer, list(new.items()))  # new ones as groups of their own)
                 check_group_keys(owner, self.optimizer, groups, list(new.items()))
                 for group in groups:
                     self.optimizer.add_param_group(group)
             else:
                 self.optimizer.add_param_group({"params": params})
             init_eager_state(self.optimizer, params)
-            if isinstance(optimizer, PyroOptim) and callable(optimizer.pt_clip_args):
+            if _callable_clip(optimizer):
                 self._dgm_same_clipping(owner, optimizer, list(new.items()))
         self._dgm_params.extend(params)
         self._dgm_pyro_named.update(new)

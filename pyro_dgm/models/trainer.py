@@ -170,9 +170,8 @@ def _warn_padding(sampler: Any) -> None:
     if pad > 0:
         warnings.warn(f"fit: test_data's DistributedSampler pads its {len(sampler.dataset)} rows with {pad} "
                       f"repeated row(s) (its first ones), to give each of the {sampler.num_replicas} processes as "
-                      "many, and they "
-                      "count in the test metrics (one process would not count them); pass the test data "
-                      "without a sampler (a Dataset, a dict of tensors or a loader that gives every process the "
+                      "many, and they count in the test metrics (one process would not count them); pass the test "
+                      "data without a sampler (a Dataset, a dict of tensors or a loader that gives every process the "
                       "same batches: fit cuts them), or a number of rows that the number of processes divides",
                       UserWarning, stacklevel=6)
 
