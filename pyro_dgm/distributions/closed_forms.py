@@ -326,6 +326,15 @@ def in_unit_interval(t: Tensor) -> bool:
     return bool((low >= 0) & (high <= 1))
 
 
+def _in_unit_interval_if_known(t: Tensor) -> bool:
+    """:func:`in_unit_interval`, or ``True`` where the values cannot be read (under ``torch.func.vmap``, a
+    batched tensor)."""
+    try:
+        return in_unit_interval(t)
+    except RuntimeError:
+        return True
+
+
 def _differentiated(x: Tensor) -> bool:
     """Whether a derivative for the scored value itself is asked for (a generated value, a gradient for the data):
     the fused kernel's is ``log p - log(1 - p)`` unclamped, infinite where a probability is 0 or 1."""
@@ -364,15 +373,21 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
             raise RuntimeError(_OUT_OF_RANGE)
         return _sum(bernoulli_cross_entropy(probs, x), dims)
     if probs.is_cpu:
-        if (probs.dtype in _FULL_DTYPES and (probs.numel() > _FUSED_UP_TO or _differentiated(x))
-                and not is_compiling()
-                and not torch._C._are_functorch_transforms_active()):
+        if probs.dtype not in _FULL_DTYPES:  # low precision: torch operations (see bernoulli_cross_entropy), whose
+            # gradients are finite where a probability is 0 or 1 (the kernel's floor of 1e-12 is 0 in float16)
+            if not is_compiling() and not _in_unit_interval_if_known(probs):
+                raise RuntimeError(_OUT_OF_RANGE)
+            return _sum(bernoulli_cross_entropy(probs, x), dims)
+        functorch = torch._C._are_functorch_transforms_active()
+        if (probs.numel() > _FUSED_UP_TO or _differentiated(x)) and not is_compiling() and not functorch:
             if not in_unit_interval(probs):
                 raise RuntimeError(_OUT_OF_RANGE)
             return _sum(_CrossEntropy.apply(probs, x), dims)
-        if is_compiling():  # no try in a graph, and the kernel that the aot_eager and eager backends
+        if is_compiling() or functorch:  # no try in a graph, and the kernel that the aot_eager and eager backends
             # run refuses values outside [0, 1]: its value is linear in the value, so it is given only 0 and 1 (the
-            # same value and gradients; the probabilities are checked as before, inductor's kernel checks none)
+            # same value and gradients; the probabilities are checked as before, inductor's kernel checks none).
+            # Under torch.func too: the kernel's gradient for the value is unclamped (infinite where a probability
+            # is 0 or 1), the two kernels' difference is the clamped one, and their kernels check the probabilities
             lp_1 = F.binary_cross_entropy(probs, torch.ones_like(probs), reduction="none")
             lp_0 = F.binary_cross_entropy(probs, torch.zeros_like(probs), reduction="none")
             return -_sum(torch.lerp(lp_0, lp_1, x), dims)

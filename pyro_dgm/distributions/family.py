@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from typing import Any, ClassVar, Iterable, Mapping, NoReturn, Sequence
 
 import torch
@@ -129,6 +130,17 @@ def _rows_differ(t: Tensor) -> bool:
     with torch.no_grad():
         return bool((t != t[:1]).any())
 
+
+def _empty_batch_like(base: Any) -> Tensor | None:
+    """``base``'s mean when its batch is empty (``None`` otherwise): what an empty batch's entropy takes its dtype
+    and device from."""
+    if math.prod(base.batch_shape):
+        return None
+    try:
+        mean = base.mean
+    except (RuntimeError, NotImplementedError):
+        return None
+    return mean if mean.is_floating_point() else None
 
 class _Unusable:
     """A family's parameter hook that raises the error its binding met (``_dgm_set_unusable``)."""
@@ -1430,7 +1442,10 @@ class DistributionBase(Distribution):
             h = base.entropy()
         except (RuntimeError, TypeError, NotImplementedError) as e:
             refuse_param_dtype(self, e, base, "compute the entropy")
-            raise
+            like = _empty_batch_like(base)
+            if like is None:
+                raise
+            h = like.new_zeros(base.batch_shape)  # (torch's Multinomial takes a max over no rows)
         if sum_features and feature_dims is None:
             # the sum over the feature (event) dims; not fn.entropy(): torch's Independent cannot sum an empty batch
             n = len(fn.event_shape) - len(base.event_shape)
