@@ -35,7 +35,7 @@ from pyro_dgm.distributions.effects import has_forward_hooks
 from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import _CURRENT, TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.losses.steps import clear_grads
-from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
+from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES, MissLog, MissLogs
 from pyro_dgm.utils.attributes import Yielding, YieldingModule, set_up_subclasses
 from pyro_dgm.utils.checks import as_var_list, check_present, describe, keyed_values, numpy_tensor, ordered_union
 from pyro_dgm.utils.latex import NAMES_VERSION
@@ -665,12 +665,26 @@ class Loss(YieldingModule, _PyroELBO):
                               ) -> tuple[Any, Any, dict[int, Any] | None]:
         """The outermost evaluation: its context, then ``(value, samples, recorder)`` (what :meth:`compile`
         compiles)."""
-        ctx = EvalContext.build(kwargs, return_terms)
+        ctx = EvalContext.build(kwargs, return_terms, None if is_compiling() else self._dgm_miss_log(inputs))
         recorder = None
         if return_terms:
             recorder = ctx.recorder = self._dgm_new_recorder()
         loss, samples = self._dgm_evaluate_outer(inputs, ctx, kwargs)
         return loss, samples, recorder
+
+    def _dgm_miss_log(self, inputs: Mapping[str, Any]) -> MissLog:
+        """The :class:`~pyro_dgm.poutine.memoize_messenger.MissLog` of this loss's evaluations given inputs of these
+        names (which networks run, and with what, follows from the formula and the names given)."""
+        logs = self.__dict__.get("_dgm_miss_logs")
+        if logs is None:
+            logs = self.__dict__["_dgm_miss_logs"] = MissLogs()
+        names = frozenset(inputs)
+        log = logs.get(names)
+        if log is None:
+            if len(logs) > 16:
+                logs.clear()
+            log = logs[names] = MissLog()
+        return log
 
     def compile(self, *args: Any, **options: Any) -> None:
         """Evaluate this loss compiled by ``torch.compile`` from now on (``options`` are ``torch.compile``'s:
@@ -1083,7 +1097,7 @@ def _result(loss: Loss, out: Any) -> tuple[Any, Any]:
     operators fail on it)."""
     if isinstance(out, (tuple, list)):
         if len(out) == 2:
-            return out[0], out[1] if isinstance(out[1], Mapping) else {}
+            return out[0], out[1] if type(out[1]) is dict or isinstance(out[1], Mapping) else {}
         raise ValueError(f"{describe(loss)}: forward() must return (loss, x_dict), got a {type(out).__name__} of "
                          f"{len(out)} values")
     return out, {}

@@ -29,7 +29,7 @@ import threading
 from typing import Any, Mapping
 
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS
-from pyro_dgm.poutine.memoize_messenger import MemoizeMessenger
+from pyro_dgm.poutine.memoize_messenger import MemoizeMessenger, MissLog
 
 __all__ = ["EvalContext", "current_context", "TERM_OPTIONS", "SAMPLER_OPTIONS", "sampler_options"]
 
@@ -107,14 +107,16 @@ class EvalContext:
         self._outer: EvalContext | None = None
 
     @classmethod
-    def build(cls, options: Mapping[str, Any], record: bool) -> "EvalContext":
-        """The context of an evaluation given the keywords of ``eval`` (split here, once)."""
+    def build(cls, options: Mapping[str, Any], record: bool, misses: MissLog | None = None) -> "EvalContext":
+        """The context of an evaluation given the keywords of ``eval`` (split here, once); ``misses``: the loss's
+        :class:`~pyro_dgm.poutine.memoize_messenger.MissLog` for its memoizing scope."""
+        memo = MemoizeMessenger(pyro_stack=False, misses=misses)
         if not options:
-            return cls({} if record else None, MemoizeMessenger(pyro_stack=False), _EMPTY, _EMPTY, _EMPTY, _EMPTY)
+            return cls({} if record else None, memo, _EMPTY, _EMPTY, _EMPTY, _EMPTY)
         term = {k: v for k, v in options.items() if k in TERM_OPTIONS}
         sampler = {k: v for k, v in options.items() if k not in TERM_OPTIONS} if term else dict(options)
         network = {k: v for k, v in sampler.items() if k not in SAMPLER_OPTIONS}
-        return cls({} if record else None, MemoizeMessenger(pyro_stack=False), dict(options), term, sampler, network)
+        return cls({} if record else None, memo, dict(options), term, sampler, network)
 
     def with_recorder(self) -> "EvalContext":
         """The same evaluation (memoizing scope, options) with a recorder of its own: a nested

@@ -9,9 +9,11 @@ same process, the step draws anew, as under Pixyz.
 """
 from __future__ import annotations
 
+import _signal
 import math
 import random
 import signal
+import struct
 import threading
 from typing import Any, Sequence
 
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedBuffer
 
-from pyro_dgm.poutine.memoize_messenger import _numpy_mark
+from pyro_dgm.poutine.memoize_messenger import _numpy_mark, _python_mark
 from pyro_dgm.utils.compat import get_total_norm
 from pyro_dgm.utils.modules import register_registration_hooks, submodules
 from pyro_dgm.utils.random import current_generator
@@ -287,15 +289,24 @@ class StepRandomState:
     drew from it, which a checkpoint cannot then undo.
     """
 
-    __slots__ = ("cpu", "cuda", "own", "own_state", "python", "numpy")
+    __slots__ = ("cpu", "cuda", "own", "own_state", "_python", "numpy")
 
     def __init__(self) -> None:
         self.cpu = torch.default_generator.get_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         own = self.own = current_generator()
         self.own_state = own.get_state() if own is not None else None
-        self.python = random.getstate()
+        self._python = _python_mark()  # (its bytes: random.getstate() builds 625 ints, which a failed step needs)
         self.numpy = _numpy_mark()
+
+    @property
+    def python(self) -> tuple[Any, ...]:
+        """Python's ``random`` state, as ``random.getstate()`` gave it when the step began."""
+        mark = self._python
+        if len(mark) == 3:  # (random.getstate() itself, where CPython's layout is not known)
+            return mark
+        words = struct.unpack("=i624I", mark[0])  # (the position, then the key: see _python_mark)
+        return (random.Random.VERSION, (*words[1:], words[0]), mark[1])
 
     def numpy_note(self, error: BaseException, what: str) -> str | None:
         """``None``, or, when ``what`` (e.g. ``"Model.train (step 3)"``), which raised ``error``, drew from numpy's
@@ -362,7 +373,8 @@ class SignalDeferral:
         or outside the main thread)."""
         if self.owner is not None or threading.current_thread() is not threading.main_thread():
             return
-        saved = [(s, h) for s in _DEFERRED if callable(h := signal.getsignal(s))]
+        saved = [(s, h) for s in _DEFERRED if callable(h := _signal.getsignal(s))]  # (signal's own getsignal
+        # wraps the answer in an enum: 2 us a signal)
         if not saved:
             return
         self.saved, self.owner = [], owner
@@ -396,11 +408,11 @@ class SignalDeferral:
         self.saved, self.owner, self.due = None, None, False
         try:
             for s, h in saved:
-                if signal.getsignal(s) == self._record:  # (a handler the program set meanwhile stays)
+                if _signal.getsignal(s) == self._record:  # (a handler the program set meanwhile stays)
                     signal.signal(s, h)
         finally:
             for s, h in saved:  # (again, should a signal's handler put back above have raised half-way)
-                if signal.getsignal(s) == self._record:
+                if _signal.getsignal(s) == self._record:
                     signal.signal(s, h)
             pending, self.pending = self.pending, []  # (after: none can be recorded any more)
             # each signal that came, once, as the OS delivers it: all made pending together (blocked while raised),

@@ -35,7 +35,7 @@ from pyro_dgm.utils.random import STATE as _RANDOM
 from pyro_dgm.utils.versions import data_ptrs
 from pyro_dgm.utils.compat import is_compiling, transformed
 
-__all__ = ["MemoizeMessenger", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
+__all__ = ["MemoizeMessenger", "MissLog", "MissLogs", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
            "same_marks", "draws_in_forward", "handlers_key"]
 
 _MAXSIZE = [128]  # a setting (Pixyz's knob), not evaluation state: the same for every thread
@@ -484,6 +484,74 @@ class _SiteSpy(Messenger):
             self.seen = True
 
 
+class MissLog:
+    """Which networks one loss's evaluations never reuse: a network that missed in every lookup of
+    :attr:`MISSES` evaluations in a row (the encoder whose one pass serves two terms hits; a decoder, a generator or a
+    discriminator given new inputs at each use does not) then runs without the memoizer's bookkeeping (its key, the
+    random generators' marks of a ``Deterministic``, the stored entry) for the next :attr:`IDLE` evaluations, after
+    which it is looked up again. Reuse only saves work: a network run again gives what it gave (a forward that
+    draws, or changes its input, its weights or its buffers, is never reused anyway, and a network with buffers
+    never idles: a batch norm's statistics would be updated once more), so the log changes the time a step takes,
+    not its values. ``Loss.eval`` keeps one log per loss and set of input names; a scope the user opens
+    (:func:`~pyro_dgm.poutine.memoize`) has none, and none is read or written while ``torch.compile`` traces, where
+    the memoizer costs nothing. A copy or a pickle of a loss starts a new, empty log.
+
+    Examples
+    --------
+    >>> import torch
+    >>> log, net = MissLog(), torch.nn.Linear(2, 2)
+    >>> for _ in range(MissLog.MISSES):
+    ...     log.close({id(net): (net, 0)})  # an evaluation in which ``net`` ran without a hit
+    >>> log.idle(net)
+    True
+    """
+
+    __slots__ = ("entries",)
+
+    MISSES = 3  #: evaluations in a row without a hit after which a network idles
+    IDLE = 100  #: evaluations a network then runs without the memoizer
+
+    def __init__(self) -> None:
+        self.entries: dict[int, list[Any]] = {}  # id(module) -> [weakref to it, evaluations missed, idle ones left]
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (a copy of the loss starts afresh: the entries hold weak references)
+        return (MissLog, ())
+
+    def idle(self, module: Any) -> bool:
+        """Whether ``module`` runs without the memoizer in this evaluation."""
+        e = self.entries.get(id(module))
+        return e is not None and e[2] > 0 and e[0]() is module
+
+    def close(self, seen: dict[int, tuple[Any, int]]) -> None:
+        """Count an evaluation's network calls: ``seen`` maps ``id(module)`` to ``(module, 1)`` for one that hit,
+        ``(module, 0)`` for one that only missed, ``(module, -1)`` for one that idled."""
+        entries = self.entries
+        if len(entries) > 4 * max(_MAXSIZE[0], 64):  # (networks made and dropped between evaluations)
+            for k in [k for k, e in entries.items() if e[0]() is None]:
+                del entries[k]
+        for mid, (module, hit) in seen.items():
+            e = entries.get(mid)
+            if e is None or e[0]() is not module:
+                e = entries[mid] = [weakref.ref(module), 0, 0]
+            if hit < 0:
+                e[2] -= 1
+            elif hit:
+                e[1] = 0
+            else:
+                e[1] += 1
+                if e[1] >= self.MISSES:
+                    e[1] = 0
+                    if not any(m._buffers for m in submodules(module)):
+                        e[2] = self.IDLE
+
+
+class MissLogs(dict):
+    """A loss's :class:`MissLog` for each set of input names (a copy or a pickle of the loss starts empty)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MissLogs, ())
+
+
 class _Traced(NamedTuple):
     """A miss while torch.compile traces: what :meth:`MemoizeMessenger.store` keeps, compared by identity."""
     module: Any
@@ -531,6 +599,10 @@ class MemoizeMessenger(Messenger):
     pyro_stack : bool, default True
         Also enter Pyro's handler stack (as any ``pyro.poutine`` handler; the stack is one for the process, see the
         module's notes on threads). ``False`` opens a scope of this thread only, which is what ``Loss.eval`` does.
+    misses : MissLog, optional
+        The log of the networks that this scope's loss never reuses (``Loss.eval`` passes its own): those that only
+        missed in several evaluations in a row run without the memoizer (see :class:`MissLog`). ``None``: every
+        network is looked up.
 
     Examples
     --------
@@ -555,8 +627,10 @@ class MemoizeMessenger(Messenger):
     #: scope): pyro_dgm takes its direct path under it (``distributions.effects``).
     observes_sites = False
 
-    def __init__(self, pyro_stack: bool = True) -> None:
+    def __init__(self, pyro_stack: bool = True, misses: MissLog | None = None) -> None:
         super().__init__()
+        self._misses = misses  # the evaluated loss's MissLog (Loss.eval's scope), or None
+        self._seen: dict[int, tuple[Any, int]] = {}  # id(module) -> (module, hit?) of this scope: MissLog.close
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
         self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (weakref to it, its last _param_state): _state
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
@@ -575,6 +649,10 @@ class MemoizeMessenger(Messenger):
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._seen:
+            seen, self._seen = self._seen, {}
+            if self._misses is not None:
+                self._misses.close(seen)
         self._cache.clear()
         self._states.clear()
         self._traced.clear()
@@ -757,7 +835,19 @@ class MemoizeMessenger(Messenger):
 
     def call(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``module(*args, **kwargs)`` through the cache (the path taken when this is the only handler)."""
-        key, hit = self.lookup(module, args, kwargs)
+        misses = self._misses
+        if misses is not None and isinstance(module, torch.nn.Module) and not is_compiling():
+            if misses.idle(module):
+                self._seen[id(module)] = (module, -1)
+                return module(*args, **kwargs)
+            key, hit = self.lookup(module, args, kwargs)
+            if key is not None:
+                if hit is not None:
+                    self._seen[id(module)] = (module, 1)
+                    return hit
+                self._seen.setdefault(id(module), (module, 0))
+        else:
+            key, hit = self.lookup(module, args, kwargs)
         if hit is not None:
             return hit
         if key is not None and getattr(module, "memoize_unless_random", False):
