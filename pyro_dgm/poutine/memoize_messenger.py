@@ -485,16 +485,18 @@ class _SiteSpy(Messenger):
 
 
 class MissLog:
-    """Which networks one loss's evaluations never reuse: a network that missed in every lookup of
-    :attr:`MISSES` evaluations in a row (the encoder whose one pass serves two terms hits; a decoder, a generator or a
-    discriminator given new inputs at each use does not) then runs without the memoizer's bookkeeping (its key, the
-    random generators' marks of a ``Deterministic``, the stored entry) for the next :attr:`IDLE` evaluations, after
-    which it is looked up again. Reuse only saves work: a network run again gives what it gave (a forward that
-    draws, or changes its input, its weights or its buffers, is never reused anyway, and a network with buffers
-    never idles: a batch norm's statistics would be updated once more), so the log changes the time a step takes,
-    not its values. ``Loss.eval`` keeps one log per loss and set of input names; a scope the user opens
-    (:func:`~pyro_dgm.poutine.memoize`) has none, and none is read or written while ``torch.compile`` traces, where
-    the memoizer costs nothing. A copy or a pickle of a loss starts a new, empty log.
+    """Which ``Deterministic`` networks one loss's evaluations never reuse: one that missed in every lookup of
+    :attr:`MISSES` evaluations in a row (a GAN's generator and discriminator, given new inputs at each use) then runs
+    without the memoizer's bookkeeping (its key, the random generators' marks before and after its forward, its
+    buffers' versions, the stored entry: more than an 8-wide network's forward pass) for the next :attr:`IDLE`
+    evaluations, after which it is looked up again. Pixyz runs a ``Deterministic``'s forward on every use, and this
+    memoizer reuses one only where running it again would give the same values with no side effect (it drew
+    nothing, changed no input, weight or buffer): so running it gives Pixyz's values, draws and calls. Only such
+    networks (``memoize_unless_random``) idle: a distribution's network whose pass Pixyz's cache shares between
+    uses (one dropout mask, one pass over an input its forward changes in place) is always looked up. A network
+    with buffers never idles. ``Loss.eval`` keeps one log per loss and set of input names; a scope the user opens
+    (:func:`~pyro_dgm.poutine.memoize`) has none, and none is read or written while ``torch.compile`` traces,
+    where the memoizer costs nothing. A copy or a pickle of a loss starts a new, empty log.
 
     Examples
     --------
@@ -600,9 +602,9 @@ class MemoizeMessenger(Messenger):
         Also enter Pyro's handler stack (as any ``pyro.poutine`` handler; the stack is one for the process, see the
         module's notes on threads). ``False`` opens a scope of this thread only, which is what ``Loss.eval`` does.
     misses : MissLog, optional
-        The log of the networks that this scope's loss never reuses (``Loss.eval`` passes its own): those that only
-        missed in several evaluations in a row run without the memoizer (see :class:`MissLog`). ``None``: every
-        network is looked up.
+        The log of the ``Deterministic`` networks that this scope's loss never reuses (``Loss.eval`` passes its
+        own): those that only missed in several evaluations in a row run without the memoizer (see
+        :class:`MissLog`). ``None``: every network is looked up.
 
     Examples
     --------
@@ -836,7 +838,7 @@ class MemoizeMessenger(Messenger):
     def call(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``module(*args, **kwargs)`` through the cache (the path taken when this is the only handler)."""
         misses = self._misses
-        if misses is not None and isinstance(module, torch.nn.Module) and not is_compiling():
+        if misses is not None and getattr(module, "memoize_unless_random", False) and not is_compiling():
             if misses.idle(module):
                 self._seen[id(module)] = (module, -1)
                 return module(*args, **kwargs)
