@@ -42,6 +42,7 @@ from pyro.distributions.transforms import BatchNorm as PyroBatchNorm
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import _global_buffer_registration_hooks as _global_buffer_hooks
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.attributes import set_up_subclasses
@@ -186,6 +187,13 @@ class _Memory:
         self.eps = epsilon()  # (the object: set_epsilon puts another in its place)
         # the module's memory outlives the evaluation: an in-place change of x or z (z.mul_(2)) invalidates it
         self.versions = None if type(state) is bool else (version(x), version(z))
+
+
+def _only_our_buffer_hooks() -> bool:
+    """Whether every global buffer registration hook installed is one of pyro_dgm's that a buffer assigned anew under
+    its name means nothing to (marked ``_dgm_new_names_only``: they watch for layers and buffers added)."""
+    hooks = _global_buffer_hooks
+    return not hooks or all(getattr(h, "_dgm_new_names_only", False) for h in hooks.values())
 
 
 def _storage(t: Tensor) -> int:
@@ -814,6 +822,15 @@ class Flow(TransformModule, ConditionalTransform):
             d[name] = own[name]
 
     def __setattr__(self, name: str, value: Any) -> None:
+        buffers = self.__dict__.get("_buffers")
+        if (type(value) is Tensor and buffers is not None and name in buffers and name not in _TRANSFORM_NAMES
+                and name not in _USERS_TO_TAKE and _only_our_buffer_hooks()):
+            # a registered buffer given a new tensor (a batch norm's statistics, four per forward): what
+            # nn.Module.register_buffer does; nn.Module.__setattr__ would first inspect this class's register_buffer
+            # signature (it overrides it), about 10 us per assignment. (Not a registration: pyro_dgm's hooks watch
+            # for layers and buffers added; a user's global buffer hook still sees it, through torch's path)
+            buffers[name] = value
+            return
         if name in _TRANSFORM_NAMES and not _own_transform_name(type(self), name):  # (a submodule would be kept
             kind = ("submodule" if isinstance(value, nn.Module) else  # where the class's attribute hides it from the
                     "parameter" if isinstance(value, nn.Parameter) else "attribute")  # flow's own code; a plain

@@ -196,6 +196,9 @@ def _buffer_added(module: nn.Module, name: str, _: Any) -> None:
         _ADDED[0] += 1
 
 
+_buffer_added._dgm_new_names_only = True  # type: ignore[attr-defined]  # (see flows.base.Flow.__setattr__)
+
+
 def _watch_additions() -> None:
     if _ADDED_WATCHED[0]:
         return

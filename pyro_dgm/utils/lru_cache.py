@@ -89,6 +89,10 @@ def _structure_changed(*_: Any) -> None:
     _STRUCTURE[0] += 1
 
 
+_structure_changed._dgm_new_names_only = True  # type: ignore[attr-defined]  # (a buffer assigned anew under its name
+# changes no structure: a flow skips torch's registration path for it, see flows.base.Flow.__setattr__)
+
+
 def current_structure() -> int | None:
     """The count of registrations anywhere (``None`` where torch has no registration hooks), with those made inside
     compiled code since the last read. Read it outside compiled code."""

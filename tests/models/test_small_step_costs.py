@@ -1,0 +1,154 @@
+"""What this round changed to make small models' steps cheaper (probe p244) keeps their behaviour: a flow's buffer
+assigned anew skips torch's registration path only where that path would do nothing more, and ``Model.test`` lists
+the networks it puts in eval mode again when the loss or its networks change."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pyro_dgm.distributions import Normal
+from pyro_dgm.flows import BatchNorm1d
+from pyro_dgm.losses import ELBO, KullbackLeibler
+from pyro_dgm.models import Model
+
+
+def test_a_flows_statistics_assigned_at_each_step_still_reach_a_users_global_buffer_hook() -> None:
+    """torch's global buffer registration hooks see every buffer assignment (``nn.Module.__setattr__`` calls
+    ``register_buffer``): a user's hook still sees a flow batch norm's four statistics per forward pass, and what
+    it returns is what the flow keeps, as for any module."""
+    seen = []
+
+    def hook(module: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        seen.append((type(module).__name__, name))
+        return tensor.clone()
+
+    bn = BatchNorm1d(3)
+    handle = nn.modules.module.register_module_buffer_registration_hook(hook)
+    try:
+        bn(torch.randn(5, 3))
+    finally:
+        handle.remove()
+    assert sorted(n for _, n in seen) == ["batch_mean", "batch_var", "running_mean", "running_var"]
+    assert {c for c, _ in seen} == {"BatchNorm1d"}
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_a_flows_buffer_assigned_anew_keeps_its_persistence_as_torch_keeps_it(persistent: bool) -> None:
+    """A buffer registered (non-)persistent and assigned a new tensor stays (non-)persistent: ``state_dict`` lists it
+    exactly when it lists a plain module's, and the new tensor is the buffer."""
+    bn, plain = BatchNorm1d(2), nn.Module()
+    for m in (bn, plain):
+        m.register_buffer("extra", torch.zeros(2), persistent=persistent)
+        new = torch.ones(2)
+        m.extra = new
+        assert m.extra is new and m._buffers["extra"] is new
+    assert ("extra" in bn.state_dict()) == ("extra" in plain.state_dict()) == persistent
+
+
+@pytest.mark.parametrize("value", [nn.Parameter(torch.zeros(2)), None, "text", nn.Buffer(torch.zeros(2))])
+def test_a_flows_buffer_given_anything_but_a_plain_tensor_goes_through_torch(value: object) -> None:
+    """A parameter, ``None``, a non-tensor or an ``nn.Buffer`` assigned to a flow's buffer name is what torch makes
+    of it on any module: the same outcome (the error's class, or where the value ends up)."""
+    def outcome(m: nn.Module) -> object:
+        m.register_buffer("extra", torch.zeros(2))
+        try:
+            setattr(m, "extra", value)
+        except Exception as e:  # noqa: BLE001
+            return type(e)
+        return ("extra" in m._buffers, "extra" in m._parameters, type(getattr(m, "extra")))
+
+    assert outcome(BatchNorm1d(2)) == outcome(nn.Module())
+
+
+def test_a_flow_batch_norm_trains_to_the_statistics_of_its_formula() -> None:
+    """The running statistics after three training passes follow the flow's update rule exactly (momentum times the
+    old, plus one minus momentum times the batch's; the batch variance biased, plus eps), assigned anew each
+    time."""
+    torch.manual_seed(0)
+    bn = BatchNorm1d(3, momentum=0.9)
+    mean, var = bn.running_mean.clone(), bn.running_var.clone()
+    for _ in range(3):
+        x = torch.randn(8, 3)
+        bn(x)
+        mean = 0.9 * mean + 0.1 * x.mean(0)
+        var = 0.9 * var + 0.1 * (x.var(0, unbiased=False) + bn.eps)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+
+
+class Enc(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.net = nn.Sequential(nn.Linear(4, 4))
+
+    def forward(self, x: torch.Tensor) -> dict:
+        h = self.net(x)
+        return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:]) + 1e-3}
+
+
+def test_model_test_puts_a_layer_added_to_an_untrained_network_in_eval_mode() -> None:
+    """``Model.test`` puts the test loss's networks that it does not train in eval mode for the call (the list is
+    kept between tests now): a dropout layer appended to such a network after a first test is off in the next
+    tests (two tests give the same value), and back in training mode after."""
+    torch.manual_seed(0)
+    q, fixed = Enc(), Enc()  # ``fixed``: read by the test loss, not trained
+    prior = Normal(loc=0.0, scale=1.0, var=["z"], features_shape=[2], name="p_{prior}")
+    train_loss = KullbackLeibler(q, prior).mean()
+    test_loss = (KullbackLeibler(q, prior) + KullbackLeibler(fixed, prior)).mean()
+    model = Model(train_loss, test_loss=test_loss, distributions=[q], optimizer=torch.optim.SGD,
+                  optimizer_params={"lr": 0.0})
+    x = torch.randn(64, 4)
+    model.test({"x": x})
+    fixed.net.append(nn.Dropout(0.9))
+    a, b = model.test({"x": x}), model.test({"x": x})
+    assert torch.equal(a, b)
+    assert fixed.net[-1].training
+    with torch.no_grad():
+        fixed.net.eval()
+        ref = test_loss.eval({"x": x})
+    torch.testing.assert_close(a, ref)
+
+
+def test_model_test_follows_a_test_loss_replaced_between_tests() -> None:
+    """A test loss put in another's place: its networks are the ones put in eval mode."""
+    torch.manual_seed(0)
+    q, other = Enc(), Enc()
+    other.net.append(nn.Dropout(0.9))
+    prior = Normal(loc=0.0, scale=1.0, var=["z"], features_shape=[2], name="p_{prior}")
+    model = Model(KullbackLeibler(q, prior).mean(), distributions=[q], optimizer=torch.optim.SGD,
+                  optimizer_params={"lr": 0.0})
+    x = torch.randn(64, 4)
+    model.test({"x": x})
+    model.test_loss_cls = KullbackLeibler(other, prior).mean()
+    assert torch.equal(model.test({"x": x}), model.test({"x": x}))
+    assert other.net[-1].training
+
+
+def test_an_elbo_model_tests_as_before_across_training() -> None:
+    """A VAE's test loss between training steps: the value ``loss.eval`` gives under ``no_grad`` with the networks
+    in eval mode."""
+    torch.manual_seed(0)
+    q = Enc()
+
+    class Dec(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = nn.Linear(2, 4)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"loc": self.net(z), "scale": torch.ones(1)}
+
+    p = Dec()
+    prior = Normal(loc=0.0, scale=1.0, var=["z"], features_shape=[2], name="p_{prior}")
+    loss = -ELBO(p * prior, q).mean()
+    model = Model(loss, distributions=[q, p], optimizer=torch.optim.Adam)
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        model.train({"x": x})
+        torch.manual_seed(1)
+        got = model.test({"x": x})
+        torch.manual_seed(1)
+        with torch.no_grad():
+            ref = loss.eval({"x": x})
+        assert torch.equal(got, ref)
