@@ -824,11 +824,13 @@ class Flow(TransformModule, ConditionalTransform):
     def __setattr__(self, name: str, value: Any) -> None:
         buffers = self.__dict__.get("_buffers")
         if (type(value) is Tensor and buffers is not None and name in buffers and name not in _TRANSFORM_NAMES
-                and name not in _USERS_TO_TAKE and _only_our_buffer_hooks()):
+                and name not in _USERS_TO_TAKE and type(self).register_buffer is Flow.register_buffer
+                and _only_our_buffer_hooks()):
             # a registered buffer given a new tensor (a batch norm's statistics, four per forward): what
             # nn.Module.register_buffer does; nn.Module.__setattr__ would first inspect this class's register_buffer
             # signature (it overrides it), about 10 us per assignment. (Not a registration: pyro_dgm's hooks watch
-            # for layers and buffers added; a user's global buffer hook still sees it, through torch's path)
+            # for layers and buffers added; a user's global buffer hook, or a subclass's own register_buffer, still
+            # sees it, through torch's path)
             buffers[name] = value
             return
         if name in _TRANSFORM_NAMES and not _own_transform_name(type(self), name):  # (a submodule would be kept

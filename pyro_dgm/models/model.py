@@ -221,9 +221,26 @@ def loss_networks(loss: Any) -> list[nn.Module]:
     train), each once: what a failed step puts back and a test puts in eval mode besides the trained ones."""
     if not isinstance(loss, Loss):
         return []
-    out = list(loss._dgm_distributions)
-    seen = {id(d) for d in out}
-    for term in loss.loss_terms():
+    out: list[nn.Module] = []  # (one walk of the tree: Loss._dgm_distributions's, whose nodes come in loss_terms's
+    seen: set[int] = set()  # order; Model.test lists them at each call)
+    nodes: list[Any] = []
+    visited: set[int] = set()
+    stack: list[Any] = [loss]
+    while stack:
+        node = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        nodes.append(node)
+        found = []
+        for child in node._dgm_children():
+            if isinstance(child, Distribution) and id(child) not in seen:
+                seen.add(id(child))
+                out.append(child)
+            elif isinstance(child, Loss):
+                found.append(child)
+        stack.extend(reversed(found))
+    for term in nodes:
         d = term.__dict__.get("_dgm_d")
         if isinstance(d, nn.Module) and id(d) not in seen:
             seen.add(id(d))
@@ -739,8 +756,7 @@ class Model:
         # (decided here, once), else when the param store grows during a step (one len() before and after).
         self._dgm_pyro_terms = _pyro_side_terms(loss) if loss is not None else []
         self._dgm_autoguides = _autoguides(self._dgm_pyro_terms)  # what a failed first step must put back
-        for name in ("_dgm_known_ids", "_dgm_net_buffers", "_dgm_test_modules"):  # (the losses' distributions and
-            # buffers, made again)
+        for name in ("_dgm_known_ids", "_dgm_net_buffers"):  # (the losses' distributions and buffers, made again)
             self.__dict__.pop(name, None)
         if "_dgm_params" in self.__dict__:
             self._dgm_share_trained()
@@ -778,7 +794,7 @@ class Model:
         ids = {id(p) for p in self._dgm_params}
         groups = getattr(self.optimizer, "param_groups", None) or ()
         self._dgm_extra_params = [p for g in groups for p in g["params"] if id(p) not in ids]
-        for name in ("_dgm_known_ids", "_dgm_net_buffers", "_dgm_test_modules"):
+        for name in ("_dgm_known_ids", "_dgm_net_buffers"):
             self.__dict__.pop(name, None)
         self._dgm_share_trained()
         self._dgm_seen = self._dgm_params_key()
@@ -1274,7 +1290,10 @@ class Model:
         if _PYRO_STACK:  # as in train()
             self.test_loss_cls._dgm_refuse_weighting_around(f"{type(self).__name__}.test: the test loss")
         self.distributions.eval()
-        modes = [(m, m.training) for m in self._dgm_test_networks()]
+        trained = {id(m) for m in self.distributions.modules()}  # (listed at each call: a layer inserted into a
+        # network, or a distribution put in a plain list of a loss, registers nothing that a cache could watch)
+        modules = [m for d in loss_networks(self.test_loss_cls) for m in d.modules() if id(m) not in trained]
+        modes = [(m, m.training) for m in dict.fromkeys(modules)]
         try:
             for m, _ in modes:
                 m.training = False
@@ -1290,18 +1309,6 @@ class Model:
                 m.training = mode
         self.last_terms = terms
         return loss
-
-    def _dgm_test_networks(self) -> list[nn.Module]:
-        """The modules of the test loss's networks that are not trained here (put in eval mode for a test only),
-        listed again when the distributions, the optimizer or the test loss changed or a module was registered
-        anywhere since (:meth:`_dgm_params_key`): a loss's tree is not walked at every test."""
-        key = (*self._dgm_params_key(), id(self.test_loss_cls))
-        cached = self.__dict__.get("_dgm_test_modules")
-        if cached is None or cached[0] != key or _ADDED[0] is None:
-            trained = {id(m) for m in self.distributions.modules()}
-            modules = [m for d in loss_networks(self.test_loss_cls) for m in d.modules() if id(m) not in trained]
-            cached = self.__dict__["_dgm_test_modules"] = (key, list(dict.fromkeys(modules)))
-        return cached[1]
 
     def _dgm_test_with_samples(self, x_dict: Any, kwargs: dict[str, Any]) -> Any:
         """``test(x, return_dict=True)``: the test loss's ``eval(x, **kwargs)`` as Pixyz's ``Model.test`` returns it

@@ -1,6 +1,6 @@
 """What this round changed to make small models' steps cheaper (probe p244) keeps their behaviour: a flow's buffer
-assigned anew skips torch's registration path only where that path would do nothing more, and ``Model.test`` lists
-the networks it puts in eval mode again when the loss or its networks change."""
+assigned anew skips torch's registration path only where that path would do nothing more, and ``Model.test``, which
+walks its loss's tree once instead of twice, still puts every network the test loss reads in eval mode."""
 from __future__ import annotations
 
 import pytest
@@ -88,9 +88,9 @@ class Enc(Normal):
 
 
 def test_model_test_puts_a_layer_added_to_an_untrained_network_in_eval_mode() -> None:
-    """``Model.test`` puts the test loss's networks that it does not train in eval mode for the call (the list is
-    kept between tests now): a dropout layer appended to such a network after a first test is off in the next
-    tests (two tests give the same value), and back in training mode after."""
+    """``Model.test`` puts the test loss's networks that it does not train in eval mode for the call: a dropout
+    layer appended to such a network after a first test is off in the next tests (two tests give the same value),
+    and back in training mode after."""
     torch.manual_seed(0)
     q, fixed = Enc(), Enc()  # ``fixed``: read by the test loss, not trained
     prior = Normal(loc=0.0, scale=1.0, var=["z"], features_shape=[2], name="p_{prior}")
@@ -152,3 +152,82 @@ def test_an_elbo_model_tests_as_before_across_training() -> None:
         with torch.no_grad():
             ref = loss.eval({"x": x})
         assert torch.equal(got, ref)
+
+
+def test_a_flow_subclass_with_its_own_register_buffer_gets_every_assignment() -> None:
+    """A subclass of a flow whose ``register_buffer`` changes what it stores (a clamp) is called for a buffer
+    assigned anew, as torch calls it for any module (and Pixyz's flows, plain modules, do): a first version of this
+    round's shortcut stored the raw tensor (probe p245)."""
+    from pyro_dgm.flows import Flow
+
+    calls = []
+
+    class Clamped(Flow):
+        def __init__(self) -> None:
+            super().__init__(2)
+            self.register_buffer("stat", torch.zeros(2))
+
+        def register_buffer(self, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+            calls.append(name)
+            super().register_buffer(name, None if tensor is None else tensor.clamp(max=1.0), persistent)
+
+    f = Clamped()
+    f.stat = torch.tensor([5.0, -1.0])
+    assert calls == ["stat", "stat"]
+    assert f.stat.tolist() == [1.0, -1.0]
+
+
+class Teacher(Normal):
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="t")
+        self.net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(p))
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"loc": self.net(x), "scale": torch.ones_like(x)}
+
+
+def test_model_test_puts_a_layer_inserted_without_registration_in_eval_mode() -> None:
+    """``nn.Sequential.insert`` registers nothing: a dropout layer inserted into a network the test loss reads (not
+    trained) after a first test is still off in the next tests, which give one value (a first version of this
+    round kept the list of networks between tests, keyed on registrations: probe p245)."""
+    torch.manual_seed(0)
+    q, t = Teacher(), Teacher()
+    model = Model(-q.log_prob().mean(), test_loss=(-q.log_prob() - t.log_prob()).mean(), distributions=[q],
+                  optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0})
+    x, z = torch.randn(8, 4), torch.randn(8, 4)
+    model.test({"x": x, "z": z})
+    t.net.insert(1, nn.Dropout(0.5))
+    values = [model.test({"x": x.clone(), "z": z}) for _ in range(3)]
+    assert all(torch.equal(v, values[0]) for v in values)
+    assert t.net[1].training
+
+
+def test_model_test_puts_a_distribution_swapped_into_a_plain_list_in_eval_mode() -> None:
+    """A user's ``Loss`` that keeps its distributions in a plain list (as Pixyz users write): one swapped in after a
+    first test, with dropout, is in eval mode in the next tests."""
+    import sympy
+
+    from pyro_dgm.losses import Loss
+
+    class Teach(Loss):
+        def __init__(self, dists: list) -> None:
+            super().__init__(["x", "z"])
+            self.dists = dists
+
+        @property
+        def _symbol(self) -> sympy.Symbol:
+            return sympy.Symbol("T")
+
+        def forward(self, x_dict: dict, **kwargs: object) -> tuple:
+            return -self.dists[0].get_log_prob(x_dict).mean(), {}
+
+    torch.manual_seed(0)
+    q = Teacher()
+    teach = Teach([Teacher()])
+    model = Model(-q.log_prob().mean(), test_loss=teach, distributions=[q], optimizer=torch.optim.SGD,
+                  optimizer_params={"lr": 0.0})
+    x, z = torch.randn(8, 4), torch.randn(8, 4)
+    model.test({"x": x, "z": z})
+    teach.dists[0] = Teacher(0.5)
+    values = [model.test({"x": x.clone(), "z": z}) for _ in range(3)]
+    assert all(torch.equal(v, values[0]) for v in values)
