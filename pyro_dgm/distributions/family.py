@@ -142,6 +142,7 @@ def _empty_batch_like(base: Any) -> Tensor | None:
         return None
     return mean if mean.is_floating_point() else None
 
+
 class _Unusable:
     """A family's parameter hook that raises the error its binding met (``_dgm_set_unusable``)."""
 

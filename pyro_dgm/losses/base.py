@@ -368,6 +368,30 @@ class Loss(YieldingModule, _PyroELBO):
             if name not in _MODULE_INTERNALS:  # (nn.Module's own dicts: _modules, _parameters, the hooks...)
                 yield from _held(value, 0)
 
+    def _dgm_walk(self) -> tuple[list["Loss"], list["Distribution"]]:
+        """The loss nodes of this formula (itself first, parents before children) and the distributions they hold,
+        each once in the order met: one walk of the tree (:attr:`_dgm_distributions`, :meth:`loss_terms`)."""
+        nodes: list[Loss] = []
+        out: list[Distribution] = []
+        seen: set[int] = set()
+        stack: list[Any] = [self]
+        visited: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            nodes.append(node)
+            found: list[Any] = []
+            for child in node._dgm_children():
+                if isinstance(child, Distribution) and id(child) not in seen:
+                    seen.add(id(child))
+                    out.append(child)
+                elif isinstance(child, Loss):
+                    found.append(child)
+            stack.extend(reversed(found))
+        return nodes, out
+
     @property
     def _dgm_distributions(self) -> list["Distribution"]:
         """Every distribution in this loss (each once, in the order met), e.g. for an optimizer or ``pyro.module``.
@@ -379,24 +403,7 @@ class Loss(YieldingModule, _PyroELBO):
         >>> [d.prob_text for d in (p.log_prob() - q.log_prob() + p.log_prob()).distributions]
         ['p(x)', 'q(x)']
         """
-        out: list[Distribution] = []
-        seen: set[int] = set()
-        stack: list[Any] = [self]
-        visited: set[int] = set()
-        while stack:
-            node = stack.pop()
-            if id(node) in visited:
-                continue
-            visited.add(id(node))
-            found: list[Any] = []
-            for child in node._dgm_children():
-                if isinstance(child, Distribution) and id(child) not in seen:
-                    seen.add(id(child))
-                    out.append(child)
-                elif isinstance(child, Loss):
-                    found.append(child)
-            stack.extend(reversed(found))
-        return out
+        return self._dgm_walk()[1]
 
     # pyro_dgm's public names that Pixyz's Loss lacks: a Pixyz subclass may assign them for its own use
     term_names = Yielding("_dgm_term_names")
@@ -423,17 +430,7 @@ class Loss(YieldingModule, _PyroELBO):
 
     def loss_terms(self) -> list["Loss"]:
         """Every loss node of this formula (itself included), each once, parents before children."""
-        out: list[Loss] = []
-        stack: list[Loss] = [self]
-        seen: set[int] = set()
-        while stack:
-            node = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            out.append(node)
-            stack.extend(reversed([c for c in node._dgm_children() if isinstance(c, Loss)]))
-        return out
+        return self._dgm_walk()[0]
 
     def term_state_dict(self) -> dict[str, Any]:
         """State this term owns beyond its distributions' networks (e.g. an adversarial term's discriminator

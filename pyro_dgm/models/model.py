@@ -221,25 +221,9 @@ def loss_networks(loss: Any) -> list[nn.Module]:
     train), each once: what a failed step puts back and a test puts in eval mode besides the trained ones."""
     if not isinstance(loss, Loss):
         return []
-    out: list[nn.Module] = []  # (one walk of the tree: Loss._dgm_distributions's, whose nodes come in loss_terms's
-    seen: set[int] = set()  # order; Model.test lists them at each call)
-    nodes: list[Any] = []
-    visited: set[int] = set()
-    stack: list[Any] = [loss]
-    while stack:
-        node = stack.pop()
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        nodes.append(node)
-        found = []
-        for child in node._dgm_children():
-            if isinstance(child, Distribution) and id(child) not in seen:
-                seen.add(id(child))
-                out.append(child)
-            elif isinstance(child, Loss):
-                found.append(child)
-        stack.extend(reversed(found))
+    nodes, distributions = loss._dgm_walk()  # (one walk of the tree: Model.test lists them at each call)
+    out: list[nn.Module] = list(distributions)
+    seen = {id(d) for d in out}
     for term in nodes:
         d = term.__dict__.get("_dgm_d")
         if isinstance(d, nn.Module) and id(d) not in seen:

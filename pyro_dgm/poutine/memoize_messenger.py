@@ -35,8 +35,8 @@ from pyro_dgm.utils.random import STATE as _RANDOM
 from pyro_dgm.utils.versions import data_ptrs
 from pyro_dgm.utils.compat import is_compiling, transformed
 
-__all__ = ["MemoizeMessenger", "MissLog", "MissLogs", "get_cache_maxsize", "set_cache_maxsize", "active_memo", "MEMO_SCOPES", "rng_marks",
-           "same_marks", "draws_in_forward", "handlers_key"]
+__all__ = ["MemoizeMessenger", "MissLog", "MissLogs", "get_cache_maxsize", "set_cache_maxsize", "active_memo",
+           "MEMO_SCOPES", "rng_marks", "same_marks", "draws_in_forward", "handlers_key"]
 
 _MAXSIZE = [128]  # a setting (Pixyz's knob), not evaluation state: the same for every thread
 
