@@ -362,7 +362,7 @@ class SignalDeferral:
     __slots__ = ("saved", "pending", "keep", "owner", "due")
 
     def __init__(self) -> None:
-        self.saved: list[tuple[int, Any]] | None = None
+        self.saved: list[tuple[int, Any, Any]] | None = None  # (signal, the handler, what getsignal says of ours)
         self.pending: list[tuple[int, Any]] = []
         self.keep = 0
         self.owner: Any = None
@@ -376,17 +376,20 @@ class SignalDeferral:
         or outside the main thread)."""
         if self.owner is not None or threading.current_thread() is not threading.main_thread():
             return
-        saved = [(s, h) for s in _DEFERRED if callable(h := _signal.getsignal(s))]  # (signal's own getsignal
-        # wraps the answer in an enum: 2 us a signal)
-        if not saved:
+        held = [s for s in _DEFERRED if callable(_signal.getsignal(s))]  # (the handlers in place at the C level,
+        # read without signal.getsignal's enum wrapping, 2 us a signal: only those that are Python functions count)
+        if not held:
             return
         self.saved, self.owner = [], owner
-        for s, h in saved:
+        for s in held:
+            h = signal.getsignal(s)  # (the handler as the program sees it: a library that wraps handlers, patching
+            if not callable(h):  # signal.signal and signal.getsignal, answers with the program's own)
+                continue
             try:
                 signal.signal(s, self._record)
             except (ValueError, OSError):  # (a sub-interpreter, or a signal this platform does not let us set)
                 continue
-            self.saved.append((s, h))
+            self.saved.append((s, h, signal.getsignal(s)))  # (and what it says of ours: _record, or its wrapper)
 
     def release(self, owner: Any) -> None:
         """If ``owner`` holds the handlers and no caller keeps them: put them back and run those of the signals that
@@ -410,12 +413,12 @@ class SignalDeferral:
         saved = self.saved or []
         self.saved, self.owner, self.due = None, None, False
         try:
-            for s, h in saved:
-                if _signal.getsignal(s) == self._record:  # (a handler the program set meanwhile stays)
+            for s, h, ours in saved:
+                if signal.getsignal(s) == ours:  # ours still in place (a handler the program set meanwhile stays)
                     signal.signal(s, h)
         finally:
-            for s, h in saved:  # (again, should a signal's handler put back above have raised half-way)
-                if _signal.getsignal(s) == self._record:
+            for s, h, ours in saved:  # (again, should a signal's handler put back above have raised half-way)
+                if signal.getsignal(s) == ours:
                     signal.signal(s, h)
             pending, self.pending = self.pending, []  # (after: none can be recorded any more)
             # each signal that came, once, as the OS delivers it: all made pending together (blocked while raised),

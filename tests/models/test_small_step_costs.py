@@ -231,3 +231,49 @@ def test_model_test_puts_a_distribution_swapped_into_a_plain_list_in_eval_mode()
     teach.dists[0] = noisy
     values = [model.test({"x": x.clone(), "z": z}) for _ in range(3)]
     assert all(torch.equal(v, values[0]) for v in values)
+
+
+@pytest.mark.parametrize("reports_own", [True, False])
+def test_a_users_signal_handler_comes_back_after_a_step_under_a_library_that_wraps_handlers(monkeypatch,
+                                                                                             reports_own: bool
+                                                                                             ) -> None:
+    """A library that wraps signal handlers patches ``signal.signal`` (installing its wrapper) and, with
+    ``reports_own``, ``signal.getsignal`` (answering with the program's own handler). The step's deferral of the
+    handlers reads them as the program sees them and puts the user's back when what ``getsignal`` says of its own
+    is still in place: after a step, the user's handler is the one in place and Ctrl-C raises (this round's first
+    faster read of the handlers compared C-level ones, never equal to the wrapper, and left its recorder in place
+    for good: Ctrl-C swallowed, probe p247; before this round a library patching ``signal.signal`` alone did so)."""
+    import os
+    import signal
+    import time
+
+    original_signal, original_get = signal.signal, signal.getsignal
+    shown: dict = {}
+
+    def wrapping_signal(s: int, h: object) -> object:
+        previous = shown.get(s, original_get(s))
+        original_signal(s, (lambda n, f, _h=h: _h(n, f)) if callable(h) else h)
+        shown[s] = h
+        return previous
+
+    before = original_get(signal.SIGINT)
+    monkeypatch.setattr(signal, "signal", wrapping_signal)
+    if reports_own:
+        monkeypatch.setattr(signal, "getsignal", lambda s: shown.get(s, original_get(s)))
+
+    def interrupt(n: int, f: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, interrupt)
+        p = Teacher()
+        model = Model(-p.log_prob().mean(), distributions=[p], optimizer=torch.optim.SGD,
+                      optimizer_params={"lr": 0.1})
+        model.train({"x": torch.randn(4, 4), "z": torch.randn(4, 4)})
+        if reports_own:
+            assert signal.getsignal(signal.SIGINT) is interrupt
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    finally:
+        original_signal(signal.SIGINT, before)
