@@ -359,11 +359,13 @@ class SignalDeferral:
     raised after the step
     """
 
-    __slots__ = ("saved", "pending", "keep", "owner", "due")
+    __slots__ = ("saved", "pending", "keep", "owner", "due", "recorder")
 
     def __init__(self) -> None:
-        self.saved: list[tuple[int, Any, Any]] | None = None  # (signal, the handler, what getsignal says of ours)
+        self.saved: list[tuple[int, Any]] | None = None  # (signal, the handler in place at the C level)
         self.pending: list[tuple[int, Any]] = []
+        self.recorder = self._record  # (one bound method, compared by identity: an object put in place meanwhile,
+        # whatever its __eq__, is not taken for it)
         self.keep = 0
         self.owner: Any = None
         self.due = False  # the owner's step is over: its release waits for the callers that keep it
@@ -376,20 +378,21 @@ class SignalDeferral:
         or outside the main thread)."""
         if self.owner is not None or threading.current_thread() is not threading.main_thread():
             return
-        held = [s for s in _DEFERRED if callable(_signal.getsignal(s))]  # (the handlers in place at the C level,
-        # read without signal.getsignal's enum wrapping, 2 us a signal: only those that are Python functions count)
+        # The handlers are read and swapped at the C level (``_signal``), under any library that patches
+        # ``signal.signal``/``getsignal`` (to wrap handlers, or to report the program's own): the library's wrapper
+        # is what stays in place, and what it reports of the handlers is left as it was. (Swapping through a patched
+        # ``signal.signal`` wrapped the handler put back once more at each step, a RecursionError after a thousand,
+        # or never put it back; p247, p249.)
+        held = [(s, h) for s in _DEFERRED if callable(h := _signal.getsignal(s))]
         if not held:
             return
         self.saved, self.owner = [], owner
-        for s in held:
-            h = signal.getsignal(s)  # (the handler as the program sees it: a library that wraps handlers, patching
-            if not callable(h):  # signal.signal and signal.getsignal, answers with the program's own)
-                continue
+        for s, h in held:
             try:
-                signal.signal(s, self._record)
+                _signal.signal(s, self.recorder)
             except (ValueError, OSError):  # (a sub-interpreter, or a signal this platform does not let us set)
                 continue
-            self.saved.append((s, h, signal.getsignal(s)))  # (and what it says of ours: _record, or its wrapper)
+            self.saved.append((s, h))
 
     def release(self, owner: Any) -> None:
         """If ``owner`` holds the handlers and no caller keeps them: put them back and run those of the signals that
@@ -413,13 +416,13 @@ class SignalDeferral:
         saved = self.saved or []
         self.saved, self.owner, self.due = None, None, False
         try:
-            for s, h, ours in saved:
-                if signal.getsignal(s) == ours:  # ours still in place (a handler the program set meanwhile stays)
-                    signal.signal(s, h)
+            for s, h in saved:
+                if _signal.getsignal(s) is self.recorder:  # (a handler the program set meanwhile stays)
+                    _signal.signal(s, h)
         finally:
-            for s, h, ours in saved:  # (again, should a signal's handler put back above have raised half-way)
-                if signal.getsignal(s) == ours:
-                    signal.signal(s, h)
+            for s, h in saved:  # (again, should a signal's handler put back above have raised half-way)
+                if _signal.getsignal(s) is self.recorder:
+                    _signal.signal(s, h)
             pending, self.pending = self.pending, []  # (after: none can be recorded any more)
             # each signal that came, once, as the OS delivers it: all made pending together (blocked while raised),
             # then Python runs the handlers now in place at once; if one raises, the others stay pending and run
