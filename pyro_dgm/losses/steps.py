@@ -330,6 +330,23 @@ _DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "S
                                                 "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
 
 
+class _Recorder:
+    """What a step puts in a signal's handler's place: while the step holds the handlers it records the signal;
+    after, it calls the handler it replaced (code that ran in the step, a library set up lazily, may have kept it as
+    the handler to chain to: it then hands the signal on, as that handler would have got it)."""
+
+    __slots__ = ("pending", "replaced", "live")
+
+    def __init__(self, pending: list[tuple[int, Any]], replaced: Any) -> None:
+        self.pending, self.replaced, self.live = pending, replaced, True
+
+    def __call__(self, signum: int, frame: Any) -> Any:
+        if self.live:
+            self.pending.append((signum, frame))  # (the frame is not kept past the release)
+            return None
+        return self.replaced(signum, frame)
+
+
 class SignalDeferral:
     """Holds back the Python-level signal handlers (Ctrl-C's ``KeyboardInterrupt``, a timer's handler) while an
     optimizer updates the weights, so that a step is taken whole or not at all: torch's optimizers update the
@@ -359,19 +376,15 @@ class SignalDeferral:
     raised after the step
     """
 
-    __slots__ = ("saved", "pending", "keep", "owner", "due", "recorder")
+    __slots__ = ("saved", "pending", "keep", "owner", "due")
 
     def __init__(self) -> None:
-        self.saved: list[tuple[int, Any]] | None = None  # (signal, the handler in place at the C level)
+        self.saved: list[tuple[int, Any, _Recorder]] | None = None  # (signal, the handler in place at the C level,
+        # the recorder put in its place)
         self.pending: list[tuple[int, Any]] = []
-        self.recorder = self._record  # (one bound method, compared by identity: an object put in place meanwhile,
-        # whatever its __eq__, is not taken for it)
         self.keep = 0
         self.owner: Any = None
         self.due = False  # the owner's step is over: its release waits for the callers that keep it
-
-    def _record(self, signum: int, frame: Any) -> None:
-        self.pending.append((signum, frame))  # (the frame is not kept past the release)
 
     def hold(self, owner: Any) -> None:
         """Defer the Python-level handlers until ``owner``'s :meth:`release` (a no-op if held already, by anyone,
@@ -388,11 +401,12 @@ class SignalDeferral:
             return
         self.saved, self.owner = [], owner
         for s, h in held:
+            recorder = _Recorder(self.pending, h)
             try:
-                _signal.signal(s, self.recorder)
+                _signal.signal(s, recorder)
             except (ValueError, OSError):  # (a sub-interpreter, or a signal this platform does not let us set)
                 continue
-            self.saved.append((s, h))
+            self.saved.append((s, h, recorder))
 
     def release(self, owner: Any) -> None:
         """If ``owner`` holds the handlers and no caller keeps them: put them back and run those of the signals that
@@ -415,13 +429,15 @@ class SignalDeferral:
     def _restore(self) -> None:
         saved = self.saved or []
         self.saved, self.owner, self.due = None, None, False
+        for _, _, recorder in saved:  # (one that code running in the step kept, to chain to it, hands on from now)
+            recorder.live = False
         try:
-            for s, h in saved:
-                if _signal.getsignal(s) is self.recorder:  # (a handler the program set meanwhile stays)
+            for s, h, recorder in saved:
+                if _signal.getsignal(s) is recorder:  # (a handler the program set meanwhile stays)
                     _signal.signal(s, h)
         finally:
-            for s, h in saved:  # (again, should a signal's handler put back above have raised half-way)
-                if _signal.getsignal(s) is self.recorder:
+            for s, h, recorder in saved:  # (again, should a signal's handler put back above have raised half-way)
+                if _signal.getsignal(s) is recorder:
                     _signal.signal(s, h)
             pending, self.pending = self.pending, []  # (after: none can be recorded any more)
             # each signal that came, once, as the OS delivers it: all made pending together (blocked while raised),

@@ -304,3 +304,52 @@ def test_a_users_signal_handler_is_in_place_after_steps_under_a_library_that_pat
     finally:
         for s, h in before.items():
             original_signal(s, h)
+
+
+def test_a_library_set_up_during_a_step_that_chains_to_the_handler_in_place_reaches_the_users() -> None:
+    """A library set up lazily in the first step (an optimizer hook) installs a handler that chains to the one it
+    finds in place, which is the step's recorder. After the step a signal goes to the library, then to the user's
+    handler, once, as under Pixyz (which never swaps handlers); later steps replay nothing. (The recorder, called
+    after its step, recorded the signal: the user's handler never ran, and each later step raised it again into the
+    library's handler, Ctrl-C included; p250.)"""
+    import os
+    import signal
+    import time
+
+    log: list[str] = []
+    before = signal.getsignal(signal.SIGUSR1)
+
+    def user(n: int, f: object) -> None:
+        log.append("user")
+
+    def set_up_library(*_: object) -> None:
+        if log.count("set up"):
+            return
+        log.append("set up")
+        previous = signal.getsignal(signal.SIGUSR1)
+
+        def library(n: int, f: object) -> None:
+            log.append("library")
+            if callable(previous):
+                previous(n, f)
+
+        signal.signal(signal.SIGUSR1, library)
+
+    signal.signal(signal.SIGUSR1, user)
+    try:
+        p = Teacher()
+        model = Model(-p.log_prob().mean(), distributions=[p], optimizer=torch.optim.SGD,
+                      optimizer_params={"lr": 0.01})
+        handle = model.optimizer.register_step_post_hook(set_up_library)
+        x, z = torch.randn(4, 4), torch.randn(4, 4)
+        model.train({"x": x, "z": z})
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+        assert log == ["set up", "library", "user"]
+        for _ in range(5):
+            model.train({"x": x, "z": z})
+        time.sleep(0.05)
+        assert log == ["set up", "library", "user"]
+        handle.remove()
+    finally:
+        signal.signal(signal.SIGUSR1, before)
