@@ -346,6 +346,13 @@ class _Recorder:
             return None
         return self.replaced(signum, frame)
 
+    def __eq__(self, other: object) -> bool:  # (code that runs in the step and compares the handler in place with
+        return other is self or self.replaced == other  # its own, a library installing itself once, sees the
+        # handler the recorder stands for: it does not install itself again, chained to the recorder, p251)
+
+    def __hash__(self) -> int:
+        return id(self)
+
 
 class SignalDeferral:
     """Holds back the Python-level signal handlers (Ctrl-C's ``KeyboardInterrupt``, a timer's handler) while an
@@ -448,13 +455,17 @@ class SignalDeferral:
                 # (the wakeup fd, asyncio's, got each signal as it came: not again)
                 fd = signal.set_wakeup_fd(-1)
                 try:
-                    mask = signal.pthread_sigmask(signal.SIG_BLOCK, nums) if _SIGMASK else None
+                    # the mask as it is, read before blocking anything: a handler of another signal may run and raise
+                    # as any call returns, and what is blocked must be unblocked then too (p251)
+                    mask = _signal.pthread_sigmask(signal.SIG_BLOCK, ()) if _SIGMASK else None
                     try:
+                        if mask is not None:
+                            _signal.pthread_sigmask(signal.SIG_BLOCK, nums)
                         for signum in nums:
                             signal.raise_signal(signum)
                     finally:
                         if mask is not None:
-                            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                            _signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 finally:
                     if fd != -1:
                         signal.set_wakeup_fd(fd)

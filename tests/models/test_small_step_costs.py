@@ -353,3 +353,50 @@ def test_a_library_set_up_during_a_step_that_chains_to_the_handler_in_place_reac
         handle.remove()
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+def test_a_library_that_installs_its_handler_once_does_not_chain_to_itself() -> None:
+    """A library run at every step (an optimizer hook) installs its handler only where ``signal.getsignal`` does not
+    already answer it, chaining to the handler it replaces. During a step the handler in place is the step's
+    recorder: it compares equal to the handler it stands for, so the library installs itself once, as under Pixyz,
+    and a signal reaches the library, then the user's handler. (It installed itself again at each step, chained to
+    a recorder standing for its own handler: a signal then went round until a ``RecursionError``, Ctrl-C included,
+    p251.)"""
+    import os
+    import signal
+    import time
+
+    log: list[str] = []
+    before = signal.getsignal(signal.SIGUSR1)
+
+    class Library:
+        installs = 0
+        previous: object = None
+
+        def handler(self, n: int, f: object) -> None:
+            log.append("library")
+            if callable(self.previous):
+                self.previous(n, f)
+
+        def ensure(self, *_: object) -> None:
+            if signal.getsignal(signal.SIGUSR1) != self.handler:
+                Library.installs += 1
+                self.previous = signal.signal(signal.SIGUSR1, self.handler)
+
+    library = Library()
+    signal.signal(signal.SIGUSR1, lambda n, f: log.append("user"))
+    try:
+        p = Teacher()
+        model = Model(-p.log_prob().mean(), distributions=[p], optimizer=torch.optim.SGD,
+                      optimizer_params={"lr": 0.01})
+        handle = model.optimizer.register_step_post_hook(library.ensure)
+        x, z = torch.randn(4, 4), torch.randn(4, 4)
+        for _ in range(3):
+            model.train({"x": x, "z": z})
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+        assert Library.installs == 1
+        assert log == ["library", "user"]
+        handle.remove()
+    finally:
+        signal.signal(signal.SIGUSR1, before)
