@@ -838,18 +838,13 @@ class MemoizeMessenger(Messenger):
     def call(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``module(*args, **kwargs)`` through the cache (the path taken when this is the only handler)."""
         misses = self._misses
-        if misses is not None and getattr(module, "memoize_unless_random", False) and not is_compiling():
-            if misses.idle(module):
-                self._seen[id(module)] = (module, -1)
-                return module(*args, **kwargs)
-            key, hit = self.lookup(module, args, kwargs)
-            if key is not None:
-                if hit is not None:
-                    self._seen[id(module)] = (module, 1)
-                    return hit
-                self._seen.setdefault(id(module), (module, 0))
-        else:
-            key, hit = self.lookup(module, args, kwargs)
+        logged = misses is not None and getattr(module, "memoize_unless_random", False) and not is_compiling()
+        if logged and misses.idle(module):
+            self._seen[id(module)] = (module, -1)
+            return module(*args, **kwargs)
+        key, hit = self.lookup(module, args, kwargs)
+        if logged and key is not None and (hit is not None or id(module) not in self._seen):
+            self._seen[id(module)] = (module, int(hit is not None))  # (a hit counts over the scope's misses)
         if hit is not None:
             return hit
         if key is not None and getattr(module, "memoize_unless_random", False):

@@ -126,6 +126,7 @@ def test_idle_evaluations_give_the_values_and_gradients_of_the_memoizer_without_
         model = Model(loss, distributions=[a, b], optimizer=torch.optim.Adam, optimizer_params={"lr": 0.01})
         x = torch.randn(5, 4)
         losses = [model.train({"x": x}) for _ in range(10)]
+        assert _log(loss).idle(b) == (MissLog.MISSES == 3)  # (b idled in the run with the log at work)
         return losses, [t.detach().clone() for t in (*a.parameters(), *b.parameters())]
 
     on = run()
