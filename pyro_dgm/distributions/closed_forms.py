@@ -46,8 +46,9 @@ from torch.autograd import forward_ad
 from pyro_dgm.utils.shapes import broadcast_shape
 from pyro_dgm.utils.compat import is_compiling
 
-__all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "register_log_prob",
-           "register_rsample", "register_kl", "register_standard", "ClosedParams", "validating",
+__all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "EVENT_DIM",
+           "register_log_prob", "register_rsample", "register_kl", "register_standard", "ClosedParams", "GeneralPath",
+           "validating",
            "valid_params", "valid_value", "disabled", "bernoulli_log_prob", "bernoulli_cross_entropy",
            "in_unit_interval"]
 
@@ -61,6 +62,12 @@ ENABLED = [True]
 #: Pyro class -> ``f(params, value, dims)``: the log-density of ``value``, summed over ``dims``
 #: (:func:`register_log_prob`).
 LOG_PROB: dict[type, Callable[[Params, Tensor, tuple[int, ...]], Tensor]] = {}
+#: Pyro class -> the number of its parameters' right dims that one value's score consumes (a one-hot categorical's
+#: class dim: 1), where it is not 0: its :data:`LOG_PROB` sums over ``dims`` that count them (``register_log_prob``).
+EVENT_DIM: dict[type, int] = {}
+#: Pyro classes whose :data:`LOG_PROB` checks the value itself (raising :class:`GeneralPath` where the class's
+#: ``log_prob`` would raise or treat the value apart), so that :func:`valid_value` does not check its support.
+OWN_VALUE_CHECK: set[type] = set()
 #: Pyro class -> ``f(params, generator)``: a reparameterized draw, with the random stream of the class's ``rsample``
 #: (``generator=None``: torch's default generator; see :func:`pyro_dgm.utils.random.generator`;
 #: :func:`register_rsample`).
@@ -80,9 +87,13 @@ KL_TO_STANDARD: dict[type, Callable[[Params], Tensor]] = {}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def register_log_prob(*classes: type) -> Callable[[_F], _F]:
+def register_log_prob(*classes: type, event_dim: int = 0, checks_value: bool = False) -> Callable[[_F], _F]:
     """Register ``f(params, value, dims)`` as the log-density of the Pyro classes ``classes``, summed over ``dims``
     (the decorator of a family's scoring formula, as ``torch.distributions.kl.register_kl`` is of a KL).
+
+    ``event_dim``: how many of the parameters' right dims one value's score consumes (:data:`EVENT_DIM`; ``dims``
+    counts them, and the function is used only where the scores are summed over every feature dim).
+    ``checks_value``: the function checks the value itself (:data:`OWN_VALUE_CHECK`).
 
     Examples
     --------
@@ -98,6 +109,10 @@ def register_log_prob(*classes: type) -> Callable[[_F], _F]:
     def register(f: _F) -> _F:
         for cls in classes:
             LOG_PROB[cls] = f
+            if event_dim:
+                EVENT_DIM[cls] = event_dim
+            if checks_value:
+                OWN_VALUE_CHECK.add(cls)
         return f
     return register
 
@@ -135,14 +150,17 @@ def register_standard(cls: type, log_prob: Callable[[Params, Tensor, tuple[int, 
     return register
 
 
+class GeneralPath(ValueError):
+    """Raised by a closed form for an input it leaves to the general path (the distribution object's own
+    ``log_prob``), which scores it or reports it as torch does."""
+
+
 class ClosedParams(NamedTuple):
     """What the closed forms take from a distribution (``DistributionBase``'s one gate to them): its parameters by
     name and the largest number of dims among them."""
 
     params: dict[str, Tensor]
     ndim: int
-
-
 
 
 def validating() -> bool:
@@ -187,7 +205,10 @@ def valid_params(cls: type, params: Params, skip: tuple[str, ...] = ()) -> bool:
 
 
 def valid_value(cls: type, value: Tensor) -> bool:
-    """Whether ``value`` lies in ``cls.support``, as ``log_prob`` checks it under validation."""
+    """Whether ``value`` lies in ``cls.support``, as ``log_prob`` checks it under validation (a class whose closed form
+    checks the value itself, :data:`OWN_VALUE_CHECK`: ``True``)."""
+    if cls in OWN_VALUE_CHECK:
+        return True
     support = cls.support
     if torch.distributions.constraints.is_dependent(support):
         return False  # a support that depends on the parameters: let the object check it

@@ -21,6 +21,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 from torch.distributions import constraints
+from torch.distributions.utils import probs_to_logits
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.family import DistributionBase
@@ -202,31 +203,49 @@ _LOG_FLOOR = math.exp(-100.0)  # (float64: the probability below which a class s
 
 def categorical_log_pmf(categorical: Any) -> Tensor:
     """The normalized log-probabilities of a torch ``Categorical``: from its probabilities, each logarithm clamped
-    at -100 as ``binary_cross_entropy`` clamps it (torch's logits clamp a probability to float's eps first: a
-    class of probability 1e-30 would score log(eps) = -15.94, also inside a mixture, instead of -69.08); from
-    logits, torch's own. Computed in float32 at least (bfloat16's). A probability of exactly 0 scores -100, and in
-    float32 or bfloat16 one below float32's smallest normal number (1.2e-38) the logarithm of that number, -87.3
-    (in float64, down to e^-100), each with a gradient of 0 (the logarithm's derivative there is 1/0 or overflows:
-    a softmax that underflows would make every gradient NaN); a NaN probability scores NaN. float16 probabilities
-    keep torch's logits, clamped at float16's eps (9.8e-4, Pixyz's numbers): below it the derivative 1/p overflows
-    float16 (a NaN gradient through a softmax)."""
+    at -100 as ``binary_cross_entropy`` clamps it (:func:`log_of_probs`); from logits, torch's own."""
     probs = categorical.__dict__.get("probs")
     if probs is not None and categorical._param is probs and probs.dtype != torch.float16:  # built from
         # probabilities (see RelaxedBernoulli's _hard)
-        work = probs if probs.dtype in (torch.float32, torch.float64) else probs.float()
-        safe = work.clamp_min(torch.finfo(work.dtype).tiny).log()
-        # -100 at and below e^-100 (float64; in float32 the clamp above stops at -87.3, so at 0 alone); NaN stays
-        # NaN. (One where, no clamp of its result: torch 2.13's inductor gives a zero backward to a clamp_min after
-        # this where at some batch sizes.)
-        floor = _LOG_FLOOR if work.dtype == torch.float64 else 0.0
-        return torch.where(work <= floor, torch.full((), -100.0, dtype=safe.dtype, device=safe.device),
-                           safe).to(probs.dtype)
+        return log_of_probs(probs)
     return categorical.logits
+
+
+def log_of_probs(probs: Tensor) -> Tensor:
+    """The logarithms of normalized probabilities, each clamped at -100 as ``binary_cross_entropy`` clamps it
+    (torch's logits clamp a probability to float's eps first: a class of probability 1e-30 would score log(eps) =
+    -15.94, also inside a mixture, instead of -69.08). Computed in float32 at least (bfloat16's). A probability of
+    exactly 0 scores -100, and in float32 or bfloat16 one below float32's smallest normal number (1.2e-38) the
+    logarithm of that number, -87.3 (in float64, down to e^-100), each with a gradient of 0 (the logarithm's
+    derivative there is 1/0 or overflows: a softmax that underflows would make every gradient NaN); a NaN
+    probability scores NaN. float16 probabilities keep torch's logits, clamped at float16's eps (9.8e-4, Pixyz's
+    numbers): below it the derivative 1/p overflows float16 (a NaN gradient through a softmax).
+
+    Examples
+    --------
+    >>> log_of_probs(torch.tensor([0.0, 0.25, 0.75]))
+    tensor([-100.0000,   -1.3863,   -0.2877])
+    """
+    if probs.dtype == torch.float16:
+        return probs_to_logits(probs)
+    work = probs if probs.dtype in (torch.float32, torch.float64) else probs.float()
+    safe = work.clamp_min(torch.finfo(work.dtype).tiny).log()
+    # -100 at and below e^-100 (float64; in float32 the clamp above stops at -87.3, so at 0 alone); NaN stays
+    # NaN. (One where, no clamp of its result: torch 2.13's inductor gives a zero backward to a clamp_min after
+    # this where at some batch sizes.)
+    floor = _LOG_FLOOR if work.dtype == torch.float64 else 0.0
+    return torch.where(work <= floor, torch.full((), -100.0, dtype=safe.dtype, device=safe.device),
+                       safe).to(probs.dtype)
 
 
 def _categorical_score(categorical: Any, index: Tensor) -> Tensor:
     """torch's ``Categorical.log_prob`` of class indices (broadcast alike), with :func:`categorical_log_pmf`."""
-    index, log_pmf = torch.broadcast_tensors(index.long().unsqueeze(-1), categorical_log_pmf(categorical))
+    return _score_index(categorical_log_pmf(categorical), index)
+
+
+def _score_index(log_pmf: Tensor, index: Tensor) -> Tensor:
+    """The entries of ``log_pmf`` at the class indices ``index`` (broadcast alike), as torch's ``log_prob``."""
+    index, log_pmf = torch.broadcast_tensors(index.long().unsqueeze(-1), log_pmf)
     return log_pmf.gather(-1, index[..., :1]).squeeze(-1)
 
 
@@ -254,10 +273,41 @@ class OneHotCategoricalArgMax(dist.OneHotCategorical):
         lp = _categorical_score(self._categorical, value.max(-1)[1])
         if not value.is_floating_point():  # (the float one-hot labels of training pay nothing here)
             return integer_one_hot_score(self, value, lp, self._categorical._num_events)
-        finite = value.isfinite().all(-1)  # a NaN has no arg-max (max would call it class 0): NaN, or an error
-        if self._validate_args and not torch._is_all_true(finite):  # (as torch checks: also under vmap)
-            raise ValueError("The value argument must be finite: a NaN or infinite entry has no arg-max")
-        return torch.where(finite, lp, lp.new_full((), math.nan))
+        return _finite_arg_max_score(lp, value, self._validate_args)
+
+
+def _finite_arg_max_score(lp: Tensor, value: Tensor, validate: bool) -> Tensor:
+    """``lp``, the scores of the float ``value``'s arg-maxes, NaN where a vector holds a NaN or infinite entry, which
+    has no arg-max (``max`` would call it class 0); refused under validation (``validate``), as torch refuses it
+    (also under ``vmap``)."""
+    finite = value.isfinite().all(-1)
+    if validate and not torch._is_all_true(finite):
+        raise ValueError("The value argument must be finite: a NaN or infinite entry has no arg-max")
+    return torch.where(finite, lp, lp.new_full((), math.nan))
+
+
+@closed_forms.register_log_prob(OneHotCategoricalArgMax, event_dim=1, checks_value=True)
+def _one_hot_categorical_log_prob(params: closed_forms.Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """:class:`OneHotCategoricalArgMax`'s score of the float one-hot (or relaxed) value ``x``, summed over ``dims``
+    (the class dim, -1, among them), without its objects: torch's normalization of ``probs`` or ``logits``, then
+    :func:`categorical_log_pmf`'s logarithms. Integer values, a last dim of another size and, under validation, a
+    NaN or infinite value go to the object's ``log_prob`` (:class:`~.closed_forms.GeneralPath`), which scores or
+    refuses them."""
+    probs = params.get("probs")
+    if probs is not None:
+        if probs.dim() == 0:
+            raise closed_forms.GeneralPath
+        log_pmf = log_of_probs(probs / probs.sum(-1, keepdim=True))
+    else:
+        logits = params["logits"]
+        if logits.dim() == 0:
+            raise closed_forms.GeneralPath
+        log_pmf = logits - logits.logsumexp(dim=-1, keepdim=True)
+    if not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != log_pmf.shape[-1]:
+        raise closed_forms.GeneralPath
+    lp = _finite_arg_max_score(_score_index(log_pmf, x.max(-1)[1]), x, closed_forms.validating())
+    rest = tuple(d + 1 for d in dims if d != -1)  # (the class dim is consumed)
+    return lp.sum(rest) if rest else lp
 
 
 def integer_one_hot_score(d: Any, value: Tensor, lp: Tensor, k: int, indices: bool = True) -> Tensor:
@@ -467,6 +517,17 @@ class Categorical(DistributionBase):
                  one_hot: bool = True, **kwargs: Any) -> None:
         self.one_hot = one_hot
         super().__init__(var, cond_var, name, features_shape, probs=probs, logits=logits, **kwargs)
+
+    @property
+    def one_hot(self) -> bool:
+        """Whether values are one-hot vectors (else class indices); settable."""
+        return self.__dict__["_dgm_one_hot"]
+
+    @one_hot.setter
+    def one_hot(self, value: bool) -> None:
+        self.__dict__["_dgm_one_hot"] = value
+        if "_dgm_b" in self.__dict__:  # built: the closed forms are the other class's now
+            self._dgm_closed_forms()
 
     @property
     def pyro_dist(self) -> Any:  # type: ignore[override]

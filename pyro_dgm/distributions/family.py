@@ -1226,7 +1226,8 @@ class DistributionBase(Distribution):
             # (a Normal's formula would give a complex "log-density", as Pixyz's does; its standard form would take
             # a bool value as 0/1 where its general form, and Pixyz's, refuse it)
             self._dgm_not_real(b.var[0], x)
-        if self._dgm_closed_lp is not None:
+        whole = sum_features and feature_dims is None
+        if self._dgm_closed_lp is not None and (whole or self.pyro_dist not in closed_forms.EVENT_DIM):
             got = self._dgm_closed_params(b, values, ctx)
             if got is not None and _TorchDistribution._validate_args and not closed_forms.valid_value(
                     self.pyro_dist, x):
@@ -1247,7 +1248,6 @@ class DistributionBase(Distribution):
                             self._dgm_params_do_not_broadcast(got.params)
                         self._dgm_check_value(b.var[0], xs, shape, ev, sum_features)
                         break
-                whole = sum_features and feature_dims is None
                 fn = self._dgm_closed_lp
                 if self._dgm_const_only and self._dgm_is_standard():
                     fn = closed_forms.LOG_PROB_STANDARD[self.pyro_dist]

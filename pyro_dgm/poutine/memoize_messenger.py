@@ -176,6 +176,37 @@ def _same_bits(a: torch.Tensor, c: torch.Tensor | None) -> bool:
         return False  # reused)
 
 
+def _output_marks(value: Any) -> tuple[tuple[torch.Tensor, Any], ...]:
+    """``(tensor, version)`` of each tensor that a ``Deterministic``'s forward returned (``(tensor, copy)`` for one
+    made under ``torch.inference_mode``, which counts no versions; ``(tensor, None)`` for one that cannot be
+    compared): another network that changes it in place (``h.mul_(2)``, ``nn.ReLU(inplace=True)``) between two uses
+    makes the second use run the forward again, as every use does under Pixyz, instead of reading the changed
+    tensor (probe p252)."""
+    found: list[Any] = []
+    _tensors(value, found)
+    return tuple((t, (t.clone() if _comparable(t) else None) if t.is_inference() else t._version) for t in found)
+
+
+def _tensors(a: Any, out: list[Any], depth: int = 0) -> None:
+    """Append to ``out`` the tensors in ``a`` (also inside tuples, lists and dicts)."""
+    if isinstance(a, torch.Tensor):
+        out.append(a)
+    elif isinstance(a, (tuple, list)) and depth < 8:
+        for v in a:
+            _tensors(v, out, depth + 1)
+    elif isinstance(a, dict) and depth < 8:
+        for v in a.values():
+            _tensors(v, out, depth + 1)
+
+
+def _same_outputs(marks: tuple[tuple[torch.Tensor, Any], ...]) -> bool:
+    """Whether the tensors of :func:`_output_marks` are as they were."""
+    for t, mark in marks:
+        if mark is None or (t._version != mark if type(mark) is int else not _same_bits(t, mark)):
+            return False
+    return True
+
+
 def _comparable(a: torch.Tensor) -> bool:
     return a.layout is torch.strided and not (a.is_nested or a.is_quantized or a.is_meta)
 
@@ -736,19 +767,21 @@ class MemoizeMessenger(Messenger):
         hit = self._cache.get(key)
         if (hit is None or (hit[2] is not None and not _same_params(hit[2]))
                 or (hit[3] is not None and hit[3]() is not module)
-                or (hit[4] and not all(_same_bits(a, c) for a, c in hit[4]))):
+                or (hit[4] and not all(_same_bits(a, c) for a, c in hit[4]))
+                or (hit[5] and not _same_outputs(hit[5]))):
             return key, None  # (hit[3]: a network freed and another made at its address, a MAML task's copy)
         self._cache.move_to_end(key)
         return key, hit[0]
 
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None,
-              snapshot: tuple[tuple[Any, Any], ...] = ()) -> None:
+              snapshot: tuple[tuple[Any, Any], ...] = (), outputs: tuple[tuple[Any, Any], ...] = ()) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword, and the Pyro handlers
         active where the key names them: the key holds their ids, which an object made later in the scope could
         reuse if they were freed while cached). With ``module``, the network that computed it, the entry answers
         only while it is alive (a new network may take its address), its submodules and parameters are the same
         objects, its parameters unchanged and its submodules in the same train/eval modes (:func:`_param_state`),
-        and while the arguments in ``snapshot`` (:meth:`_snapshot`) hold the values copied there."""
+        and while the arguments in ``snapshot`` (:meth:`_snapshot`) hold the values copied there, and the tensors of
+        ``outputs`` (:func:`_output_marks`) are unchanged."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
@@ -757,7 +790,8 @@ class MemoizeMessenger(Messenger):
             del self._traced[:-maxsize]
             return
         ref = weakref.ref(module) if isinstance(module, torch.nn.Module) else None
-        self._cache[key] = (value, (keep, _handlers_kept()) if key[-1] else keep, self._state(module), ref, snapshot)
+        self._cache[key] = (value, (keep, _handlers_kept()) if key[-1] else keep, self._state(module), ref, snapshot,
+                            outputs)
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
         if self._pyro_stack and torch.is_grad_enabled():  # a scope the user opened around several backward passes
@@ -858,8 +892,8 @@ class MemoizeMessenger(Messenger):
                     or not all(_same_bits(a, c) for a, c in snapshot)):
                 return value  # it drew random numbers, changed its input, its buffers (a batch norm's statistics,
                 # a spectral norm's power iteration) or its weights: each use runs it again, as under Pixyz
-            self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot)  # runs a Deterministic
-            return value  # each time
+            self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))
+            return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):
             with _SiteSpy() as spy:  # (under Pyro handlers only: the SVI path, about 2 us per miss)
                 value = module(*args, **kwargs)
