@@ -334,7 +334,8 @@ _OUT_OF_RANGE = "all elements of input should be between 0 and 1"  # (binary_cro
 
 
 def in_unit_interval(t: Tensor) -> bool:
-    """Whether every entry of ``t`` lies in [0, 1] (``False`` for ``nan``): one reduction and one wait for the device.
+    """Whether every entry of ``t`` lies in [0, 1] (``False`` for ``nan``): one reduction and one wait for the device
+    (off the CPU).
 
     Examples
     --------
@@ -344,6 +345,8 @@ def in_unit_interval(t: Tensor) -> bool:
     if not t.numel():
         return True
     low, high = torch.aminmax(t.detach())
+    if t.is_cpu:  # two reads of a number cost less than two comparisons of tiny tensors (2 us against 12)
+        return low.item() >= 0 and high.item() <= 1  # (NaN: aminmax gives NaN, which compares False)
     return bool((low >= 0) & (high <= 1))
 
 

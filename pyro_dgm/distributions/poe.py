@@ -11,6 +11,7 @@ scale, so that one of them near the float's range neither overflows nor is cut (
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -22,6 +23,7 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
 from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe, ordered_union
+from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.latex import latex_name
 from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
@@ -34,7 +36,14 @@ def _combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tens
     convention), ``sum(T loc) / sum(T)`` and ``1 / sqrt(sum(T))``. Computed relative to the smallest positive scale
     ``s`` of each element, ``T s**2 = w (s / scale)**2`` (at most ``w``): the same numbers, but a scale whose square
     underflows (1e-30 in float32) or whose precision would overflow is exact to the float's precision. ``s`` is
-    detached: the product does not depend on it."""
+    detached: the product does not depend on it. On the CPU the plain formula is tried first
+    (:func:`_plain_combine`), a third of the operations."""
+    plain = _plain_combine(terms)
+    return plain if plain is not None else _relative_combine(terms)
+
+
+def _relative_combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor]:
+    """:func:`_combine` by the precisions relative to the smallest scale."""
     ref: Tensor | None = None
     kept = []  # where each term counts: a scale other than 0 and a weight other than 0
     for w, scale, _, stacked in terms:
@@ -57,6 +66,35 @@ def _combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tens
         num, den = (n, r) if num is None or den is None else (num + n, den + r)
     assert num is not None and den is not None
     return num / den, ref * torch.rsqrt(den)
+
+
+def _plain_combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor] | None:
+    """:func:`_combine`'s product by the plain formula, ``T = w (1 / scale)**2``, on the CPU outside compiled graphs
+    and ``torch.func`` transforms (it reads two numbers), where it gives the same numbers to rounding: each
+    precision sum a normal positive float (no scale of 0, a missing expert; no precision that overflows or whose sum
+    underflows) and the product's location finite; else ``None``, and the relative formula answers (also in a
+    TorchScript trace, which would keep the branch taken)."""
+    if is_compiling() or torch._C._are_functorch_transforms_active() or torch.jit.is_tracing():
+        return None
+    num: Tensor | None = None
+    den: Tensor | None = None
+    for w, scale, loc, stacked in terms:
+        if not scale.is_cpu:  # (elsewhere each read would wait for the device)
+            return None
+        inv = scale.reciprocal()
+        r = w * (inv * inv)
+        n = r * loc
+        if stacked:
+            n, r = n.sum(0), r.sum(0)
+        num, den = (n, r) if num is None or den is None else (num + n, den + r)
+    assert num is not None and den is not None
+    low, high = torch.aminmax(den.detach())
+    if not (low.item() >= torch.finfo(den.dtype).tiny and high.item() < math.inf):  # (NaN: False)
+        return None
+    loc = num / den
+    if not math.isfinite(loc.detach().sum().item()):
+        return None
+    return loc, den.rsqrt()
 
 
 def product_of_experts(loc: Tensor, scale: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:

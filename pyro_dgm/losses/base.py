@@ -80,15 +80,23 @@ def _all_equal(value: Any, target: Any) -> bool:
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
+#: Types of values that are no module and hold none (a loss's names, options and caches): not looked into.
+_NO_MODULES = frozenset({str, int, float, bool, complex, bytes, type(None), Tensor, torch.Size, torch.dtype,
+                         torch.device, frozenset, set})
+
+
 def _held(value: Any, depth: int) -> Iterator[Any]:
     """``value`` itself, or what a container holds (lists, tuples, dicts, ``nn.ModuleList``, ``nn.ModuleDict``),
-    nested up to a few levels (``{"all": [q, p]}``, ``[(q, p)]``)."""
+    nested up to a few levels (``{"all": [q, p]}``, ``[(q, p)]``); values of :data:`_NO_MODULES`'s types left out
+    (every reader looks for modules: losses, distributions, networks)."""
     if depth < 4 and isinstance(value, (list, tuple, nn.ModuleList)):
         for v in value:
-            yield from _held(v, depth + 1)
+            if type(v) not in _NO_MODULES:
+                yield from _held(v, depth + 1)
     elif depth < 4 and isinstance(value, (dict, nn.ModuleDict)):
         for v in value.values():
-            yield from _held(v, depth + 1)
+            if type(v) not in _NO_MODULES:
+                yield from _held(v, depth + 1)
     else:
         yield value
 
@@ -365,8 +373,8 @@ class Loss(YieldingModule, _PyroELBO):
         dicts, ``nn.ModuleList``s and ``nn.ModuleDict``s among them, nested too, as a Pixyz subclass may keep
         them)."""
         for name, value in vars(self).items():
-            if name not in _MODULE_INTERNALS:  # (nn.Module's own dicts: _modules, _parameters, the hooks...)
-                yield from _held(value, 0)
+            if type(value) not in _NO_MODULES and name not in _MODULE_INTERNALS:  # (nn.Module's own dicts:
+                yield from _held(value, 0)  # _modules, _parameters, the hooks...)
 
     def _dgm_walk(self) -> tuple[list["Loss"], list["Distribution"]]:
         """The loss nodes of this formula (itself first, parents before children) and the distributions they hold,

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyro.infer import Trace_ELBO
 from torch import nn
 
 from pyro_dgm.distributions import Categorical, Normal
+from pyro_dgm.distributions import poe as poe_module
 from pyro_dgm.distributions.poe import ElementWiseProductOfNormal, NormalPoE, ProductOfNormal
 
 
@@ -180,3 +184,86 @@ def test_errors(experts) -> None:
         ProductOfNormal([two]).get_params({"a": torch.zeros(1, 1)})
     with pytest.raises(ValueError, match="one conditioning variable"):
         ElementWiseProductOfNormal(two)
+
+
+# ------------------------------------------------------------------ the plain formula and the relative one
+def _terms(scales: list[torch.Tensor], locs: list[torch.Tensor], weights: list[float]) -> list[Any]:
+    return [(torch.tensor(w, dtype=s.dtype), s, m, False) for s, m, w in zip(scales, locs, weights)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), k=st.integers(1, 4), log10=st.floats(-15, 15), stacked=st.booleans())
+def test_the_plain_formula_is_the_relative_one_to_rounding(seed, k, log10, stacked):  # type: ignore[no-untyped-def]
+    # float32 scales around 10**log10 (a decade either side: precisions up to 1e32, below float32's 3.4e38), with
+    # weights from 0.5 to 2: the plain formula answers, and gives the relative formula's numbers and gradients to a
+    # few float32 ulps; both give the float64 closed form's
+    g = torch.Generator().manual_seed(seed)
+    scales = [(10 ** (log10 + 2 * torch.rand(3, 2, generator=g) - 1)).float().requires_grad_() for _ in range(k)]
+    locs = [torch.randn(3, 2, generator=g).requires_grad_() for _ in range(k)]
+    weights = (0.5 + 1.5 * torch.rand(k, generator=g)).tolist()
+    terms = _terms(scales, locs, weights)
+    if stacked and k > 1:  # (several experts along dim 0, as a product given a stacked expert gives them)
+        terms = [(torch.tensor(weights[0]), torch.stack(scales), torch.stack(locs), True)]
+        weights = [weights[0]] * k
+    plain = poe_module._plain_combine(terms)
+    assert plain is not None
+    relative = poe_module._relative_combine(terms)
+    ref = _closed_form([(m.double(), s.double()) for m, s in zip(locs, scales)], weights)
+    for a, b, c in zip(plain, relative, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+        torch.testing.assert_close(a.double(), c, rtol=1e-5, atol=1e-6 * float(c.detach().abs().max()))
+    # the gradients, in float64: the location's derivative for a scale is a difference of terms of size
+    # |loc| / scale that cancel (0 for one expert), which float32 leaves at about 1e-7 of those terms in either formula
+    scales64 = [t.detach().double().requires_grad_() for t in scales]
+    locs64 = [t.detach().double().requires_grad_() for t in locs]
+    terms64 = [(torch.tensor(w, dtype=torch.float64), s, m, False) for s, m, w in zip(scales64, locs64, weights)]
+    if stacked and k > 1:
+        terms64 = [(torch.tensor(weights[0], dtype=torch.float64), torch.stack(scales64), torch.stack(locs64), True)]
+    leaves = [*scales64, *locs64]
+    grads = torch.autograd.grad(sum(t.sum() for t in poe_module._plain_combine(terms64)), leaves)
+    ref_grads = torch.autograd.grad(sum(t.sum() for t in poe_module._relative_combine(terms64)), leaves)
+    cancelled = 32 * torch.finfo(torch.float64).eps * (1 + max(float(m.detach().abs().max()) for m in locs64)) / min(
+        float(s.detach().min()) for s in scales64)  # (the size of the cancelling terms, times a few ulps)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max()) + cancelled)
+
+
+@pytest.mark.parametrize("case", ["scale 0 (a missing expert)", "square underflows (1e-30)",
+                                  "precision overflows (1e-20)", "precisions sum to a subnormal (1e20)",
+                                  "weight 0 and scale 0", "NaN scale", "location overflows"])
+def test_where_the_plain_formula_is_not_exact_the_relative_one_answers(case):  # type: ignore[no-untyped-def]
+    one = torch.ones(1, 2)
+    scales, locs, weights = [one.clone(), one.clone()], [torch.zeros(1, 2), torch.ones(1, 2)], [1.0, 1.0]
+    if case == "scale 0 (a missing expert)":
+        scales[1][0, 0] = 0.0
+    elif case == "square underflows (1e-30)":
+        scales[1][0, 0] = 1e-30
+    elif case == "precision overflows (1e-20)":
+        scales[1][0, 0] = 1e-20
+    elif case == "precisions sum to a subnormal (1e20)":
+        scales = [one * 1e20, one * 1e20]
+    elif case == "weight 0 and scale 0":
+        weights[1], scales[1][0, 0] = 0.0, 0.0
+    elif case == "NaN scale":
+        scales[1][0, 0] = float("nan")
+    else:
+        scales[1][0, 0], locs[1][0, 0] = 1e-18, 1e3  # precision 1e36 times 1e3 overflows float32
+    terms = _terms(scales, locs, weights)
+    assert poe_module._plain_combine(terms) is None
+    assert all(torch.equal(a, b) or (a.isnan() == b.isnan()).all()
+               for a, b in zip(poe_module._combine(terms), poe_module._relative_combine(terms)))
+    if case == "location overflows":  # the relative formula is exact there: the certain expert's location
+        assert poe_module._combine(terms)[0][0, 0] == pytest.approx(1e3)
+
+
+def test_the_plain_formula_is_not_used_off_the_cpu_paths() -> None:
+    terms = _terms([torch.ones(1, 2)], [torch.zeros(1, 2)], [1.0])
+    assert poe_module._plain_combine(terms) is not None
+    assert torch.func.vmap(lambda s: poe_module._combine(_terms([s], [torch.zeros(2)], [1.0]))[1])(
+        torch.ones(3, 2)).shape == (3, 2)  # (under vmap it cannot read numbers: the relative formula)
+    def scale_of_product(s: torch.Tensor) -> torch.Tensor:
+        return poe_module._combine(_terms([s, torch.ones(2)], [torch.zeros(2), torch.zeros(2)], [1.0, 1.0]))[1]
+
+    traced = torch.jit.trace(scale_of_product, torch.ones(2))
+    # a trace keeps the relative formula, which leaves an expert of scale 0 out where the plain one would give NaN
+    torch.testing.assert_close(traced(torch.tensor([0.0, 1.0])), torch.tensor([1.0, 2 ** -0.5]))
