@@ -531,7 +531,16 @@ class Categorical(DistributionBase):
 
     @property
     def pyro_dist(self) -> Any:  # type: ignore[override]
+        """The Pyro class: :class:`OneHotCategoricalArgMax` or, with ``one_hot=False``, :class:`CategoricalIndex`;
+        or the class set on this instance (a subclass's ``distribution_torch_class``, as for every family)."""
+        own = self.__dict__.get("pyro_dist")
+        if own is not None:
+            return own
         return OneHotCategoricalArgMax if self.one_hot else CategoricalIndex
+
+    @pyro_dist.setter
+    def pyro_dist(self, value: Any) -> None:
+        self.__dict__["pyro_dist"] = value
 
 
 class RelaxedCategorical(_Relaxed):

@@ -1158,9 +1158,13 @@ class Model:
 
     def _dgm_compiled_eval(self, loss: Loss) -> CompiledEval:
         """The compiled evaluation of ``loss`` (the training or the test loss), built at its first use."""
-        ev = self._dgm_compiled.get(id(loss))
+        compiled = self._dgm_compiled
+        ev = compiled.get(id(loss))
         if ev is None or ev.loss is not loss:
-            ev = self._dgm_compiled[id(loss)] = CompiledEval(loss, self._dgm_compile or {})
+            live = {id(self.loss_cls), id(self.test_loss_cls)}  # (a loss replaced by set_loss, or by assigning
+            for key in [k for k, e in compiled.items() if k not in live or e.loss is not loss and k == id(loss)]:
+                del compiled[key]  # loss_cls, is dropped with its compiled evaluation: probe p255)
+            ev = compiled[id(loss)] = CompiledEval(loss, self._dgm_compile or {})
         return ev
 
     def _dgm_adopt_pyro_params(self, found: Mapping[str, Tensor]) -> None:

@@ -38,6 +38,7 @@ from pyro_dgm.utils.compat import is_compiling, transformed
 __all__ = ["MemoizeMessenger", "MissLog", "MissLogs", "get_cache_maxsize", "set_cache_maxsize", "active_memo",
            "MEMO_SCOPES", "rng_marks", "same_marks", "draws_in_forward", "handlers_key"]
 
+_NOTES_KEPT = 128  # owners whose notes an eager scope keeps (MemoizeMessenger.note)
 _MAXSIZE = [128]  # a setting (Pixyz's knob), not evaluation state: the same for every thread
 
 
@@ -855,12 +856,18 @@ class MemoizeMessenger(Messenger):
 
     def note(self, owner: Any, value: Any) -> None:
         """Keep ``value`` for ``owner`` until the scope ends (a flow's last computation while torch.compile
-        traces, instead of an attribute of the module that would outlive the traced evaluation)."""
-        for i, (o, _) in enumerate(self._notes):
+        traces, instead of an attribute of the module that would outlive the traced evaluation). In eager code at
+        most :data:`_NOTES_KEPT` owners, the latest: a scope the user opened around a loop that makes and drops
+        flows keeps no more of them alive (probe p255); a flow whose note was dropped answers from its module's
+        memory, kept beside it in eager code."""
+        notes = self._notes
+        for i, (o, _) in enumerate(notes):
             if o is owner:
-                self._notes[i] = (owner, value)
+                notes[i] = (owner, value)
                 return
-        self._notes.append((owner, value))
+        notes.append((owner, value))
+        if len(notes) > _NOTES_KEPT and not is_compiling():
+            del notes[0]
 
     def noted(self, owner: Any) -> Any:
         """What :meth:`note` kept for ``owner`` in this scope, or ``None`` (compared by identity: no hashing)."""

@@ -202,3 +202,52 @@ def test_a_network_whose_input_another_changed_in_place_runs_on_the_changed_inpu
     torch.testing.assert_close(ours[0], ours[1])
     torch.testing.assert_close(ref[0], ref[2])
     assert not torch.allclose(ours[1], ours[2])
+
+
+def _categorical_with_its_own_torch_class(as_property: bool) -> Any:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from pixyz.distributions import Categorical
+
+    class Doubled(torch.distributions.OneHotCategorical):
+        def log_prob(self, value):  # type: ignore[no-untyped-def]
+            return super().log_prob(value) * 2
+
+    class ByProperty(Categorical):
+        @property
+        def distribution_torch_class(self):  # type: ignore[no-untyped-def]
+            return Doubled
+
+    class ByAttribute(Categorical):
+        distribution_torch_class = Doubled
+
+    base = ByProperty if as_property else ByAttribute
+
+    class C(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["x"], name="p")
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return {"probs": F.softmax(self.fc(x), -1)}
+
+    torch.manual_seed(0)
+    p = C()
+    x, y = torch.randn(3, 3), torch.eye(4)[:3]
+    lp = p.get_log_prob({"x": x, "y": y})
+    with torch.no_grad():
+        ref = 2 * torch.distributions.OneHotCategorical(probs=F.softmax(p.fc(x), -1)).log_prob(y)
+    return lp.detach(), ref
+
+
+@pytest.mark.parametrize("as_property", [True, False])
+def test_a_categorical_subclass_scores_with_its_own_torch_class(as_property: bool) -> None:
+    """A ``Categorical`` subclass that sets ``distribution_torch_class`` (a property or a class attribute) was
+    refused when built ("property 'pyro_dist' ... has no setter", probe p254): the family's Pyro class was a
+    read-only property there. Scored with the user's class now, as under Pixyz and as any other family."""
+    ref, ours = run_both(lambda: _categorical_with_its_own_torch_class(as_property))
+    assert_same(ref, ours)
+    torch = pytest.importorskip("torch")
+    torch.testing.assert_close(ours[0], ours[1])
