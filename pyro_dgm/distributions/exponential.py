@@ -234,8 +234,8 @@ def log_of_probs(probs: Tensor) -> Tensor:
     # NaN. (One where, no clamp of its result: torch 2.13's inductor gives a zero backward to a clamp_min after
     # this where at some batch sizes.)
     floor = _LOG_FLOOR if work.dtype == torch.float64 else 0.0
-    return torch.where(work <= floor, torch.full((), -100.0, dtype=safe.dtype, device=safe.device),
-                       safe).to(probs.dtype)
+    out = torch.where(work <= floor, -100.0, safe)
+    return out if out.dtype == probs.dtype else out.to(probs.dtype)
 
 
 def _categorical_score(categorical: Any, index: Tensor) -> Tensor:
@@ -245,6 +245,8 @@ def _categorical_score(categorical: Any, index: Tensor) -> Tensor:
 
 def _score_index(log_pmf: Tensor, index: Tensor) -> Tensor:
     """The entries of ``log_pmf`` at the class indices ``index`` (broadcast alike), as torch's ``log_prob``."""
+    if index.dtype == torch.int64 and index.shape == log_pmf.shape[:-1]:  # (one index per row: nothing to broadcast)
+        return log_pmf.gather(-1, index.unsqueeze(-1)).squeeze(-1)
     index, log_pmf = torch.broadcast_tensors(index.long().unsqueeze(-1), log_pmf)
     return log_pmf.gather(-1, index[..., :1]).squeeze(-1)
 

@@ -257,6 +257,10 @@ def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context
     memo = active_memo()
     if memo is not None:  # valid for the rest of the evaluation: its state is the grad mode alone
         memo.note(flow, _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled(), parts))
+        if by_inverse:  # a value scored within an evaluation (training data): kept for the evaluation only. The
+            return  # module's memory, read by later calls, would cost a walk of the weights here (a fifth of a small
+            # flow's step); it would only spare an inverse run again later, which Pixyz runs (and its stored_x keeps
+            # the last forward run, a draw)
     if not is_compiling():
         kept: list[Tensor] = []
         m = _Memory(x, z, logdet, context, by_inverse, _state(flow, kept), parts)

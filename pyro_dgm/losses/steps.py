@@ -44,7 +44,8 @@ def finite_sum(grads: Sequence[Tensor]) -> bool:
         grads = [torch.view_as_real(g) if g.is_complex() else g for g in grads]
     if grads[0].device.type == "cpu" and sum(g.numel() for g in grads) <= _PER_TENSOR_COST * len(grads):
         found = torch.zeros(1)
-        try:  # (it multiplies each tensor by 1 in place: the same values, no version counted)
+        try:  # (it multiplies each tensor by 1 in place: the same values, no version counted; under
+            # torch.set_flush_denormal(True) a subnormal gradient reads 0 afterwards, as the optimizer reads it)
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found, _ONE)
         except (AttributeError, RuntimeError, NotImplementedError, TypeError):  # a sparse, integer or expanded one,
             pass  # or another device among them
