@@ -71,11 +71,11 @@ def _relative_combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> t
 def _plain_combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor] | None:
     """:func:`_combine`'s product by the plain formula, ``T = w (1 / scale)**2``, on the CPU in float32 and float64
     outside compiled graphs and ``torch.func`` transforms (it reads numbers), where it gives the relative formula's
-    values and gradients to rounding: every term's precision a normal float (no scale of 0, a missing expert, nor a
-    weight of 0; none whose precision is subnormal, which would keep only a few bits: probe p256), their sum at most
-    :func:`_largest_sum` (the derivative of ``sum(T) ** -1/2`` multiplies by its cube, which must not underflow), and
-    the product's location finite; else ``None``, and the relative formula answers (also in a TorchScript trace,
-    which would keep the branch taken)."""
+    values and gradients to rounding: every expert's precision ``(1 / scale)**2`` and weighted precision ``T`` a
+    normal float (no scale of 0, a missing expert, nor a weight of 0; none subnormal, which would keep only a few
+    bits: probes p256, p258), their sum within :func:`_sum_range` (the derivative of ``sum(T) ** -1/2`` multiplies
+    by its cube, which must neither underflow nor overflow), and the product's location finite; else ``None``, and
+    the relative formula answers (also in a TorchScript trace, which would keep the branch taken)."""
     if is_compiling() or torch._C._are_functorch_transforms_active() or torch.jit.is_tracing():
         return None
     num: Tensor | None = None
@@ -83,19 +83,32 @@ def _plain_combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tupl
     for w, scale, loc, stacked in terms:
         if not scale.is_cpu or scale.dtype not in _PLAIN_DTYPES:  # (elsewhere each read would wait for the device;
             return None  # in half precision the range is too narrow)
+        tiny, big = _NORMAL[scale.dtype]
         inv = scale.reciprocal()
-        r = w * (inv * inv)
+        p2 = inv * inv
+        low, high = torch.aminmax(p2.detach())
+        lo, hi = low.item(), high.item()
+        if not (lo >= tiny and hi <= big):  # (NaN: False)
+            return None
+        r = w * p2
         if r.dtype != scale.dtype:
             return None
-        low, high = torch.aminmax(r.detach())
-        if not (low.item() >= _TINY[r.dtype] and high.item() < math.inf):  # (NaN: False)
-            return None
+        if isinstance(w, Tensor) and w.dim() == 0 or isinstance(w, (int, float)):  # one weight: its range in Python
+            wv = float(w.detach()) if isinstance(w, Tensor) else float(w)
+            if not (wv > 0 and wv * lo >= tiny and wv * hi <= big):
+                return None
+        else:
+            low, high = torch.aminmax(r.detach())
+            if not (low.item() >= tiny and high.item() <= big):
+                return None
         n = r * loc
         if stacked:
             n, r = n.sum(0), r.sum(0)
         num, den = (n, r) if num is None or den is None else (num + n, den + r)
     assert num is not None and den is not None
-    if not den.detach().amax().item() <= _largest_sum(den.dtype):
+    low, high = torch.aminmax(den.detach())
+    smallest, largest = _sum_range(den.dtype)
+    if not (low.item() >= smallest and high.item() <= largest):
         return None
     loc = num / den
     if not math.isfinite(loc.detach().sum().item()):
@@ -104,14 +117,14 @@ def _plain_combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tupl
 
 
 _PLAIN_DTYPES = (torch.float32, torch.float64)
-_TINY = {t: torch.finfo(t).tiny for t in _PLAIN_DTYPES}
+_NORMAL = {t: (torch.finfo(t).tiny, torch.finfo(t).max) for t in _PLAIN_DTYPES}
 
 
-def _largest_sum(dtype: torch.dtype) -> float:
-    """The largest precision sum whose ``** -3/2`` (the derivative of the product's scale) is above the float's
-    smallest normal number by the float's precision: 4.6e20 in float32, 1.3e194 in float64."""
+def _sum_range(dtype: torch.dtype) -> tuple[float, float]:
+    """The precision sums whose ``** -3/2`` (in the derivative of the product's scale) is a normal float, with the
+    float's precision to spare either way: from 8.5e-22 to 4.6e20 in float32, 1.3e-194 to 1.3e194 in float64."""
     f = torch.finfo(dtype)
-    return (f.tiny / f.eps) ** (-2.0 / 3.0)
+    return (f.max * f.eps) ** (-2.0 / 3.0), (f.tiny / f.eps) ** (-2.0 / 3.0)
 
 
 def product_of_experts(loc: Tensor, scale: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:

@@ -303,3 +303,26 @@ def test_an_expert_of_subnormal_precision_keeps_its_weight_in_the_location(dtype
     rel = 8 * torch.finfo(dtype).eps
     assert float(got["loc"]) == pytest.approx((M1 + q * M2) / (1 + q), rel=rel)
     assert float(got["scale"]) == pytest.approx(S1 / (1 + q) ** 0.5, rel=rel)
+
+
+@pytest.mark.parametrize("big", [1e13, 1e15, 1e18])
+def test_the_product_scales_derivative_is_finite_at_large_scales(big):  # type: ignore[no-untyped-def]
+    # a prior N(0, big) and one expert of scale s = big: the product's scale is s / sqrt(2) at s = big, and its
+    # derivative in s is 1 / (2 sqrt 2) = 0.35355. The precisions' sum (2 / big^2) is so small that its power -3/2 in
+    # rsqrt's backward overflows float32 (inf, probe p258): the relative formula answers there
+    prior = Normal(loc=0.0, scale=big, var=["z"], name="p0")
+    e = Normal(loc="x", scale="s", var=["z"], cond_var=["x", "s"], name="e")
+    s = torch.tensor([[big]], requires_grad=True)
+    scale = NormalPoE(prior, [e]).get_params({"x": torch.ones(1, 1), "s": s})["scale"]
+    (g,) = torch.autograd.grad(scale.sum(), s)
+    assert float(g) == pytest.approx(0.5 ** 1.5, rel=1e-5)
+
+
+def test_an_unweighted_subnormal_precision_is_not_lifted_by_a_large_weight() -> None:
+    # prior N(0, 1e22) and an expert N(1, 2e22), both weighted 1e7: (1 / 2e22)^2 is subnormal in float32 (a few
+    # bits), and the weight lifted it past the check of the weighted precision (location 0.222 for 0.2, probe p258)
+    prior = Normal(loc=0.0, scale=1e22, var=["z"], name="p0")
+    e = Normal(loc="x", scale=2e22, var=["z"], cond_var=["x"], name="e")
+    got = NormalPoE(prior, [e], weight_modalities=[1e7, 1e7]).get_params({"x": torch.tensor([[1.0]])})
+    assert float(got["loc"]) == pytest.approx(0.2, rel=1e-6)
+    assert float(got["scale"]) == pytest.approx(1e22 / 1.25e7 ** 0.5, rel=1e-6)
