@@ -447,6 +447,14 @@ class _SelfOrder:
         return self if obj is None else (obj,)
 
 
+def _binary_integers(fn: Any) -> bool:
+    """Whether a site's distribution refuses integer values other than 0 and 1 (a Bernoulli scored by
+    cross-entropy: :func:`~pyro_dgm.distributions.closed_forms.check_binary`)."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return getattr(fn, "_dgm_binary_integers", False)
+
+
 def _one_hot_support(fn: Any) -> bool:
     """Whether a site's distribution scores one-hot vectors or points of the simplex (a one-hot or relaxed
     categorical), whose integer values may be class indices."""

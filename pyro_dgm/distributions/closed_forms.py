@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from pyro_dgm.utils.checks import NotBinaryError
 from pyro_dgm.utils.shapes import broadcast_shape
 from pyro_dgm.utils.compat import is_compiling
 
@@ -50,7 +51,7 @@ __all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "
            "register_log_prob", "register_rsample", "register_kl", "register_standard", "ClosedParams", "GeneralPath",
            "validating",
            "valid_params", "valid_value", "disabled", "bernoulli_log_prob", "bernoulli_cross_entropy",
-           "in_unit_interval"]
+           "in_unit_interval", "check_binary"]
 
 Params = Mapping[str, Tensor]
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
@@ -365,6 +366,30 @@ def _differentiated(x: Tensor) -> bool:
     return x.requires_grad or forward_ad._current_level >= 0  # (a dual level open: x may carry a tangent)
 
 
+def check_binary(x: Tensor) -> None:
+    """Refuse integer values other than 0 and 1 (:class:`~pyro_dgm.utils.checks.NotBinaryError`): an image of uint8
+    pixels 0..255 scored under a Bernoulli without scaling it (Pixyz raises torch's error for every integer value; a
+    float value, any real one, is scored by the cross-entropy as Pixyz scores it). Not where the values cannot be
+    read (while torch.compile traces, under ``torch.func`` transforms).
+
+    Examples
+    --------
+    >>> check_binary(torch.tensor([0, 1, 1]))
+    >>> check_binary(torch.tensor([0, 255], dtype=torch.uint8))
+    Traceback (most recent call last):
+    ...
+    pyro_dgm.utils.checks.NotBinaryError: the integer value holds 255 (dtype torch.uint8): a Bernoulli scores integer \
+values 0 and 1; scale other integers to [0, 1] first (uint8 pixels: x.float() / 255)
+    """
+    if is_compiling() or torch._C._are_functorch_transforms_active() or not x.numel():
+        return
+    bad = (x != 0) & (x != 1)
+    if bool(bad.any()):
+        v = x[bad].flatten()[0].item()
+        raise NotBinaryError(f"the integer value holds {v} (dtype {x.dtype}): a Bernoulli scores integer values 0 and "
+                             "1; scale other integers to [0, 1] first (uint8 pixels: x.float() / 255)")
+
+
 def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:
     """A Bernoulli scored by cross-entropy, for any real value as Pixyz scores it, from ``probs`` or ``logits``.
 
@@ -377,6 +402,8 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
     ``F.binary_cross_entropy`` itself (whose kernel checks the probabilities without a branch in Python); a
     TorchScript trace records torch operations that give ``nan`` for probabilities outside ``[0, 1]``.
     """
+    if not x.is_floating_point() and x.dtype is not torch.bool:
+        check_binary(x)
     probs = params.get("probs")
     if probs is None:
         logits = params["logits"]

@@ -76,6 +76,7 @@ class BernoulliBCE(dist.Bernoulli):
     """
 
     support = _ScoredAsReal()  # Pixyz scores any real value by the cross-entropy; {0, 1} for Pyro's inference
+    _dgm_binary_integers = True  # integer values other than 0 and 1 are refused (closed_forms.check_binary)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

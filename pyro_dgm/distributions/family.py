@@ -17,7 +17,8 @@ from torch.distributions import Distribution as _TorchDistribution
 from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
-from pyro_dgm.distributions.base import Distribution, ValuesLike, _broadcasts, _one_hot_support, has_network
+from pyro_dgm.distributions.base import (Distribution, ValuesLike, _binary_integers, _broadcasts, _one_hot_support,
+                                        has_network)
 from pyro_dgm.utils.attributes import Yielding, users_own
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import (PYRO_STACK, copy_plates, data_batch_ndim, given_event_dim,
@@ -27,9 +28,9 @@ from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adop
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, DeviceError, DimensionError, DTypeError, NoClosedFormError,
-                                   NotATensorError, NotOneHotError, OutOfRangeError, ShapeError, clearer, describe,
-                                   LayoutError, dtype_matter, param_dtype_error, refuse_param_dtype, unusual_tensor,
-                                   value_shape_problem)
+                                   NotATensorError, NotBinaryError, NotOneHotError, OutOfRangeError, ShapeError,
+                                   clearer, describe, LayoutError, dtype_matter, param_dtype_error, refuse_param_dtype,
+                                   unusual_tensor, value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
@@ -172,6 +173,8 @@ def observed_refusal(owner: Any, name: str, fn: Any, x: Tensor) -> Exception | N
         fn.log_prob(x)
     except NotOneHotError as e:
         raise NotOneHotError(f"{describe(owner)}: cannot score {name!r} of shape {tuple(x.shape)}: {e}") from e
+    except NotBinaryError as e:
+        raise NotBinaryError(f"{describe(owner)}: cannot score {name!r}: {e}") from e
     except Exception as e:  # noqa: BLE001 (a user's Pyro distribution may raise anything: the caller decides)
         return e
     return None
@@ -1205,7 +1208,8 @@ class DistributionBase(Distribution):
                 # probs of 1.5, unvalidated; an integer one)
                 self._dgm_draw_error(e, base, name)
             if (isinstance(value, Tensor) and not value.is_floating_point() and not self._dgm_user_log_prob
-                    and (value.dtype == torch.bool or (fn._validate_args and _one_hot_support(fn)))
+                    and (value.dtype == torch.bool or (fn._validate_args and _one_hot_support(fn))
+                         or _binary_integers(fn))
                     and _library_distribution(fn) and not torch.jit.is_tracing()):
                 self._dgm_check_observed(name, fn, value)  # (observed: data, or pyro.condition; the library's
                 # families draw no bool values, and a one-hot family draws floats; a class with its own
@@ -1269,6 +1273,8 @@ class DistributionBase(Distribution):
         try:
             lp = base.log_prob(x)
         except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
+            if isinstance(e, NotBinaryError):  # (integers other than 0 and 1 under a Bernoulli: unscaled pixels)
+                raise NotBinaryError(f"{describe(self)}: cannot score {b.var[0]!r}: {e}") from e
             refuse_param_dtype(self, e, base, f"score {b.var[0]!r}")  # (an input given as integers or bools)
             if not isinstance(e, (ValueError, RuntimeError)):
                 raise

@@ -10,7 +10,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 __all__ = ["ShapeError", "OutOfRangeError", "DimensionError", "NotATensorError", "MissingVariableError", "DTypeError",
            "DeviceError", "EmptyBatchError", "NoClosedFormError", "NotSupportedError", "DuplicateSiteError",
-           "ArgumentError", "NotOneHotError", "LayoutError", "strict_names", "strict_shapes", "ordered_union"]
+           "ArgumentError", "NotOneHotError", "NotBinaryError", "LayoutError", "strict_names", "strict_shapes",
+           "ordered_union"]
 
 
 class ShapeError(ValueError, RuntimeError):
@@ -103,6 +104,12 @@ _SHAPE_WORDS = ("shape", "size", "dimension", "must match", "broadcast")
 class NotOneHotError(ValueError):
     """An integer or bool value scored by a one-hot family holds a vector that is not one-hot (class indices, a
     multi-hot vector): a ``ValueError``, as torch's validation raises for a value out of the support."""
+
+
+class NotBinaryError(OutOfRangeError):
+    """An integer value scored by a Bernoulli holds entries other than 0 and 1 (uint8 pixels 0..255 not scaled):
+    Pixyz raises torch's ``RuntimeError`` for any integer value there; float values, any real ones, are scored by
+    the cross-entropy as Pixyz scores them."""
 
 
 def users_own_error(e: BaseException) -> bool:

@@ -208,3 +208,35 @@ def test_a_torchscript_trace_made_on_probabilities_out_of_range_names_them():
             torch.jit.trace(lambda h, x: p.get_log_prob({"h": h, "x": x}), (h, x), check_trace=False)
     finally:
         pyro.enable_validation(was)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64])
+def test_integer_values_0_and_1_are_scored_others_refused(dtype):  # type: ignore[no-untyped-def]
+    # integers 0 and 1 score as the same floats; any other integer (unscaled pixels) is refused naming the
+    # distribution and the variable, by get_log_prob and in a Pyro model run by SVI (its site's observed value)
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro_dgm.distributions import Bernoulli, Normal
+    from pyro_dgm.utils.checks import NotBinaryError
+
+    p = Bernoulli(probs=torch.tensor([0.2, 0.7, 0.5]), var=["x"])
+    ints = torch.tensor([[0, 1, 1], [1, 0, 0]], dtype=dtype)
+    torch.testing.assert_close(p.get_log_prob({"x": ints}), p.get_log_prob({"x": ints.float()}))
+    bad = torch.tensor([[0, 255, 1]], dtype=dtype)
+    with pytest.raises(NotBinaryError, match=r"Bernoulli p\(x\): cannot score 'x': the integer value holds 255"):
+        p.get_log_prob({"x": bad})
+    q = Normal(loc=torch.zeros(1), scale=torch.ones(1), var=["z"], name="q")
+    dec = Bernoulli(probs="z", var=["x"], cond_var=["z"], name="p")
+
+    def model(x):  # type: ignore[no-untyped-def]
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(0.5, 0.1).expand([x.shape[0], 3]).to_event(1))
+            dec.model(x=x, z=z.clamp(0.01, 0.99))  # (x given: observed)
+
+    def guide(x):  # type: ignore[no-untyped-def]
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(0.5, 0.1).expand([x.shape[0], 3]).to_event(1))
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    with pytest.raises(ValueError, match=r"p\(x\|z\)?.*'x'.*255|255.*'x'"):
+        svi.step(bad)

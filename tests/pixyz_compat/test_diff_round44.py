@@ -251,3 +251,42 @@ def test_a_categorical_subclass_scores_with_its_own_torch_class(as_property: boo
     assert_same(ref, ours)
     torch = pytest.importorskip("torch")
     torch.testing.assert_close(ours[0], ours[1])
+
+
+def _bernoulli_scores_integers(kind: str) -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Bernoulli
+
+    torch.manual_seed(0)
+
+    class Decoder(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 6)
+
+        def forward(self, z):  # type: ignore[no-untyped-def]
+            return {"probs": torch.sigmoid(self.fc(z))}
+
+    p = Decoder()
+    image = torch.randint(0, 256, (4, 6), dtype=torch.uint8)
+    x = {"unscaled uint8": image, "int64 in {0, 2}": (image > 127).long() * 2,
+         "scaled": image.float() / 255}[kind]
+    return p.get_log_prob({"z": torch.randn(4, 2), "x": x}).detach()
+
+
+@pytest.mark.parametrize("kind", ["unscaled uint8", "int64 in {0, 2}"])
+def test_a_bernoulli_refuses_integers_other_than_0_and_1(kind: str) -> None:
+    """An image of uint8 pixels 0..255 scored under a Bernoulli decoder without scaling (probe p259): Pixyz raises
+    torch's RuntimeError (it takes no integer value); pyro_dgm scored it by the cross-entropy, log-probabilities of
+    -210 and +12, and trained on them. Refused now, naming the distribution and the variable (a RuntimeError too)."""
+    from pixyz_harness import run_pixyz, run_pyro_dgm
+
+    with pytest.raises(RuntimeError):
+        run_pixyz(lambda: _bernoulli_scores_integers(kind))
+    with pytest.raises(RuntimeError, match=r"Decoder p\(x\|z\): cannot score 'x': the integer value holds \d+ .*"
+                                           r"scale other integers to \[0, 1\]"):
+        run_pyro_dgm(lambda: _bernoulli_scores_integers(kind))
+    ref, ours = run_both(lambda: _bernoulli_scores_integers("scaled"))  # the scaled image: the same numbers
+    assert_same(ref, ours)
