@@ -18,7 +18,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.distributions import closed_forms
 from pyro_dgm.distributions.base import (Distribution, ValuesLike, _binary_integers, _broadcasts, _one_hot_support,
-                                        has_network)
+                                         has_network)
 from pyro_dgm.utils.attributes import Yielding, users_own
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import (PYRO_STACK, copy_plates, data_batch_ndim, given_event_dim,

@@ -11,7 +11,6 @@ scale, so that one of them near the float's range neither overflows nor is cut (
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -23,7 +22,6 @@ from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
 from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe, ordered_union
-from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.latex import latex_name
 from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
 
@@ -36,14 +34,7 @@ def _combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tens
     convention), ``sum(T loc) / sum(T)`` and ``1 / sqrt(sum(T))``. Computed relative to the smallest positive scale
     ``s`` of each element, ``T s**2 = w (s / scale)**2`` (at most ``w``): the same numbers, but a scale whose square
     underflows (1e-30 in float32) or whose precision would overflow is exact to the float's precision. ``s`` is
-    detached: the product does not depend on it. On the CPU the plain formula is tried first
-    (:func:`_plain_combine`), a third of the operations."""
-    plain = _plain_combine(terms)
-    return plain if plain is not None else _relative_combine(terms)
-
-
-def _relative_combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor]:
-    """:func:`_combine` by the precisions relative to the smallest scale."""
+    detached: the product does not depend on it."""
     ref: Tensor | None = None
     kept = []  # where each term counts: a scale other than 0 and a weight other than 0
     for w, scale, _, stacked in terms:
@@ -66,65 +57,6 @@ def _relative_combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> t
         num, den = (n, r) if num is None or den is None else (num + n, den + r)
     assert num is not None and den is not None
     return num / den, ref * torch.rsqrt(den)
-
-
-def _plain_combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor] | None:
-    """:func:`_combine`'s product by the plain formula, ``T = w (1 / scale)**2``, on the CPU in float32 and float64
-    outside compiled graphs and ``torch.func`` transforms (it reads numbers), where it gives the relative formula's
-    values and gradients to rounding: every expert's precision ``(1 / scale)**2`` and weighted precision ``T`` a
-    normal float (no scale of 0, a missing expert, nor a weight of 0; none subnormal, which would keep only a few
-    bits: probes p256, p258), their sum within :func:`_sum_range` (the derivative of ``sum(T) ** -1/2`` multiplies
-    by its cube, which must neither underflow nor overflow), and the product's location finite; else ``None``, and
-    the relative formula answers (also in a TorchScript trace, which would keep the branch taken)."""
-    if is_compiling() or torch._C._are_functorch_transforms_active() or torch.jit.is_tracing():
-        return None
-    num: Tensor | None = None
-    den: Tensor | None = None
-    for w, scale, loc, stacked in terms:
-        if not scale.is_cpu or scale.dtype not in _PLAIN_DTYPES:  # (elsewhere each read would wait for the device;
-            return None  # in half precision the range is too narrow)
-        tiny, big = _NORMAL[scale.dtype]
-        inv = scale.reciprocal()
-        p2 = inv * inv
-        low, high = torch.aminmax(p2.detach())
-        lo, hi = low.item(), high.item()
-        if not (lo >= tiny and hi <= big):  # (NaN: False)
-            return None
-        r = w * p2
-        if r.dtype != scale.dtype:
-            return None
-        if isinstance(w, Tensor) and w.dim() == 0 or isinstance(w, (int, float)):  # one weight: its range in Python
-            wv = float(w.detach()) if isinstance(w, Tensor) else float(w)
-            if not (wv > 0 and wv * lo >= tiny and wv * hi <= big):
-                return None
-        else:
-            low, high = torch.aminmax(r.detach())
-            if not (low.item() >= tiny and high.item() <= big):
-                return None
-        n = r * loc
-        if stacked:
-            n, r = n.sum(0), r.sum(0)
-        num, den = (n, r) if num is None or den is None else (num + n, den + r)
-    assert num is not None and den is not None
-    low, high = torch.aminmax(den.detach())
-    smallest, largest = _sum_range(den.dtype)
-    if not (low.item() >= smallest and high.item() <= largest):
-        return None
-    loc = num / den
-    if not math.isfinite(loc.detach().sum().item()):
-        return None
-    return loc, den.rsqrt()
-
-
-_PLAIN_DTYPES = (torch.float32, torch.float64)
-_NORMAL = {t: (torch.finfo(t).tiny, torch.finfo(t).max) for t in _PLAIN_DTYPES}
-
-
-def _sum_range(dtype: torch.dtype) -> tuple[float, float]:
-    """The precision sums whose ``** -3/2`` (in the derivative of the product's scale) is a normal float, with the
-    float's precision to spare either way: from 8.5e-22 to 4.6e20 in float32, 1.3e-194 to 1.3e194 in float64."""
-    f = torch.finfo(dtype)
-    return (f.max * f.eps) ** (-2.0 / 3.0), (f.tiny / f.eps) ** (-2.0 / 3.0)
 
 
 def product_of_experts(loc: Tensor, scale: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
