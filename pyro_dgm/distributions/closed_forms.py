@@ -48,10 +48,9 @@ from pyro_dgm.utils.shapes import broadcast_shape
 from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "EVENT_DIM",
-           "register_log_prob", "register_rsample", "register_kl", "register_standard", "ClosedParams", "GeneralPath",
-           "validating",
-           "valid_params", "valid_value", "disabled", "bernoulli_log_prob", "bernoulli_cross_entropy",
-           "in_unit_interval", "check_binary"]
+           "OWN_VALUE_CHECK", "register_log_prob", "register_rsample", "register_kl", "register_standard",
+           "ClosedParams", "GeneralPath", "validating", "valid_params", "valid_value", "disabled", "bernoulli_log_prob",
+           "bernoulli_cross_entropy", "in_unit_interval", "check_binary"]
 
 Params = Mapping[str, Tensor]
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))

@@ -524,7 +524,9 @@ class Categorical(DistributionBase):
     @property
     def one_hot(self) -> bool:
         """Whether values are one-hot vectors (else class indices); settable."""
-        return self.__dict__["_dgm_one_hot"]
+        d = self.__dict__
+        return d["_dgm_one_hot"] if "_dgm_one_hot" in d else d.get("one_hot", True)  # (a pickle of an older version
+        # keeps it under its own name)
 
     @one_hot.setter
     def one_hot(self, value: bool) -> None:

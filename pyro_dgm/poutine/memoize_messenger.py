@@ -144,15 +144,7 @@ def _autocast_key() -> tuple[Any, ...]:
 def _inference_tensors(a: Any, out: list[Any], depth: int = 0) -> None:
     """Append to ``out`` the tensors made under ``torch.inference_mode`` in ``a`` (also inside the tuples, lists and
     dicts that :func:`_arg_key` reads: an RNN's state ``(h, c)``)."""
-    if isinstance(a, torch.Tensor):
-        if a.is_inference():
-            out.append(a)
-    elif isinstance(a, (tuple, list)) and depth < 8:
-        for v in a:
-            _inference_tensors(v, out, depth + 1)
-    elif isinstance(a, dict) and depth < 8:
-        for v in a.values():
-            _inference_tensors(v, out, depth + 1)
+    _tensors(a, out, depth, inference_only=True)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -188,16 +180,18 @@ def _output_marks(value: Any) -> tuple[tuple[torch.Tensor, Any], ...]:
     return tuple((t, (t.clone() if _comparable(t) else None) if t.is_inference() else t._version) for t in found)
 
 
-def _tensors(a: Any, out: list[Any], depth: int = 0) -> None:
-    """Append to ``out`` the tensors in ``a`` (also inside tuples, lists and dicts)."""
+def _tensors(a: Any, out: list[Any], depth: int = 0, inference_only: bool = False) -> None:
+    """Append to ``out`` the tensors in ``a`` (also inside tuples, lists and dicts), or only those made under
+    ``torch.inference_mode``."""
     if isinstance(a, torch.Tensor):
-        out.append(a)
+        if not inference_only or a.is_inference():
+            out.append(a)
     elif isinstance(a, (tuple, list)) and depth < 8:
         for v in a:
-            _tensors(v, out, depth + 1)
+            _tensors(v, out, depth + 1, inference_only)
     elif isinstance(a, dict) and depth < 8:
         for v in a.values():
-            _tensors(v, out, depth + 1)
+            _tensors(v, out, depth + 1, inference_only)
 
 
 def _same_outputs(marks: tuple[tuple[torch.Tensor, Any], ...]) -> bool:
