@@ -368,8 +368,9 @@ def _differentiated(x: Tensor) -> bool:
 def check_binary(x: Tensor) -> None:
     """Refuse integer values other than 0 and 1 (:class:`~pyro_dgm.utils.checks.NotBinaryError`): an image of uint8
     pixels 0..255 scored under a Bernoulli without scaling it (Pixyz raises torch's error for every integer value; a
-    float value, any real one, is scored by the cross-entropy as Pixyz scores it). Not where the values cannot be
-    read (while torch.compile traces, under ``torch.func`` transforms).
+    float value, any real one, is scored by the cross-entropy as Pixyz scores it). Also under ``torch.func``
+    transforms; while torch.compile traces, an assertion in the graph (a ``RuntimeError`` with this text, without
+    the distribution's name: the graph is reused for later batches, which a check made while tracing would not see).
 
     Examples
     --------
@@ -380,13 +381,22 @@ def check_binary(x: Tensor) -> None:
     pyro_dgm.utils.checks.NotBinaryError: the integer value holds 255 (dtype torch.uint8): a Bernoulli scores integer \
 values 0 and 1; scale other integers to [0, 1] first (uint8 pixels: x.float() / 255)
     """
-    if is_compiling() or torch._C._are_functorch_transforms_active() or not x.numel():
+    if not x.numel():
         return
-    bad = (x != 0) & (x != 1)
-    if bool(bad.any()):
-        v = x[bad].flatten()[0].item()
-        raise NotBinaryError(f"the integer value holds {v} (dtype {x.dtype}): a Bernoulli scores integer values 0 and "
-                             "1; scale other integers to [0, 1] first (uint8 pixels: x.float() / 255)")
+    binary = ((x == 0) | (x == 1)).all()
+    if is_compiling():
+        torch._assert_async(binary, f"an integer value other than 0 and 1: {_NOT_BINARY}")
+        return
+    if not torch._is_all_true(binary):  # (also under vmap, where a batched tensor has no bool)
+        try:
+            held = f"holds {x[(x != 0) & (x != 1)].flatten()[0].item()}"
+        except RuntimeError:  # (under a torch.func transform: no value to read)
+            held = "holds values other than 0 and 1"
+        raise NotBinaryError(f"the integer value {held} (dtype {x.dtype}): {_NOT_BINARY}")
+
+
+_NOT_BINARY = "a Bernoulli scores integer values 0 and 1; scale other integers to [0, 1] first (uint8 pixels: " \
+    "x.float() / 255)"
 
 
 def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tensor:

@@ -666,7 +666,8 @@ class DistributionBase(Distribution):
             meta = [k for k, v in params.items() if isinstance(v, Tensor) and v.is_meta]
             if meta:  # (a network built under torch.device("meta") and never materialized: no values to use)
                 k = meta[0]
-                var = dict(self._dgm_b.param_vars).get(k)
+                b = self.__dict__.get("_dgm_b")  # (None while __init__ checks the constants: probe p261)
+                var = dict(b.param_vars).get(k) if b is not None else None
                 fix = ("give the constant values" if k in self._dgm_const_names else
                        f"give {var!r} values" if var is not None else
                        "materialize the network (module.to_empty(device=...), then load its weights)")

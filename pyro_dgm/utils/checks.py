@@ -83,8 +83,8 @@ class ArgumentError(TypeError, ValueError, AttributeError):
 
 def clearer(e: BaseException, message: str) -> ValueError:
     """The ValueError to raise ``from e`` with ``message``: a :class:`ShapeError` when ``e`` is a RuntimeError, so
-    that ``except RuntimeError`` (torch's and Pixyz's type there) still catches it; a :class:`NotOneHotError` stays
-    one.
+    that ``except RuntimeError`` (torch's and Pixyz's type there) still catches it; a :class:`NotOneHotError` or
+    :class:`NotBinaryError` stays one.
 
     Examples
     --------
@@ -93,8 +93,8 @@ def clearer(e: BaseException, message: str) -> ValueError:
     >>> type(clearer(ValueError("bad scale"), "q(z|x): ...")).__name__
     'ValueError'
     """
-    if isinstance(e, NotOneHotError):
-        return NotOneHotError(message)
+    if isinstance(e, (NotOneHotError, NotBinaryError)):
+        return type(e)(message)
     return ShapeError(message) if isinstance(e, RuntimeError) else ValueError(message)
 
 

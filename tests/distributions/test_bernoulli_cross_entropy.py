@@ -240,3 +240,63 @@ def test_integer_values_0_and_1_are_scored_others_refused(dtype):  # type: ignor
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     with pytest.raises(ValueError, match=r"p\(x\|z\)?.*'x'.*255|255.*'x'"):
         svi.step(bad)
+
+
+def test_integers_other_than_0_and_1_are_refused_in_every_path() -> None:
+    # (probe p261) under torch.func.vmap (where a batched tensor has no bool); by a MixtureModel of Bernoullis (its
+    # error kept its class, NotBinaryError); by a compiled Model after a compiled step on 0/1 data (the check made
+    # while tracing skipped the graph, which later batches then ran without it: pixels 0..255 trained on silently)
+    from torch import nn
+
+    from pyro_dgm.distributions import Bernoulli, MixtureModel, Normal, Categorical
+    from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb
+    from pyro_dgm.models import Model
+    from pyro_dgm.utils.checks import NotBinaryError
+
+    p = Bernoulli(probs=torch.tensor([0.2, 0.7]), var=["x"])
+    pixels = torch.tensor([[0, 255], [1, 0]], dtype=torch.uint8)
+    with pytest.raises(NotBinaryError, match=r"Bernoulli p\(x\): cannot score 'x'"):
+        torch.func.vmap(lambda v: p.get_log_prob({"x": v[None]}))(pixels)
+    mixture = MixtureModel([Bernoulli(probs=torch.tensor([0.2, 0.7]), var=["x"], name=f"p_{i}") for i in range(2)],
+                           Categorical(probs=torch.tensor([0.5, 0.5]), var=["z"], name="p_z"))
+    with pytest.raises(NotBinaryError, match=r"MixtureModel p\(x\).*255"):
+        mixture.get_log_prob({"x": pixels})
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return {"loc": self.fc(x.float()), "scale": torch.ones(1)}
+
+    class P(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, z):  # type: ignore[no-untyped-def]
+            return {"probs": torch.sigmoid(self.fc(z))}
+
+    q, dec = Q(), P()
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2], name="p_z")
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(dec))).mean()
+    model = Model(loss, distributions=[q, dec], compile={"backend": "eager"})
+    binary = torch.tensor([[0, 1], [1, 1]], dtype=torch.uint8)
+    for _ in range(3):  # (the first call runs eagerly, the second compiles, the third reuses the graph)
+        model.train({"x": binary})
+    with pytest.raises(RuntimeError, match=r"integer value.*0 and 1"):
+        model.train({"x": pixels})
+    with pytest.raises(RuntimeError, match=r"integer value.*0 and 1"):
+        model.test({"x": pixels})
+
+
+def test_a_bernoulli_on_the_meta_device_is_built_and_refuses_to_score_by_name() -> None:
+    # (probe p261) its constant's check read the binding before the constructor had made it: AttributeError
+    # '_dgm_b' at construction, where Pixyz builds it and fails when scoring
+    from pyro_dgm.distributions import Bernoulli
+    from pyro_dgm.utils.checks import DeviceError
+
+    p = Bernoulli(probs=torch.tensor([0.3, 0.6], device="meta"), var=["x"], name="p")
+    with pytest.raises(DeviceError, match=r"Bernoulli p\(x\): parameter probs is on the 'meta' device"):
+        p.get_log_prob({"x": torch.tensor([[0.0, 1.0]], device="meta")})
