@@ -447,7 +447,8 @@ class _Relaxed(DistributionBase):
         super().__init__(var, cond_var, name, features_shape, temperature=temperature, probs=probs, logits=logits,
                          **kwargs)
         t = self._buffers.get("temperature")  # a constant (not a cond_var's name): Pixyz draws from a temperature
-        if isinstance(t, Tensor) and t.is_floating_point() and not bool((t > 0).all()):  # <= 0: NaN or mirrored
+        if (isinstance(t, Tensor) and t.is_floating_point() and not t.is_meta  # (no values yet: probe p262)
+                and not bool((t > 0).all())):  # <= 0: NaN or mirrored
             bad = t[~(t > 0)].flatten()[0].item()  # samples, silently
             raise ValueError(f"{describe(self)}: temperature must be positive, got {bad} (the relaxation's "
                              "temperature: small values, e.g. 0.1, approach the discrete distribution)")

@@ -300,3 +300,29 @@ def test_a_bernoulli_on_the_meta_device_is_built_and_refuses_to_score_by_name() 
     p = Bernoulli(probs=torch.tensor([0.3, 0.6], device="meta"), var=["x"], name="p")
     with pytest.raises(DeviceError, match=r"Bernoulli p\(x\): parameter probs is on the 'meta' device"):
         p.get_log_prob({"x": torch.tensor([[0.0, 1.0]], device="meta")})
+
+
+@pytest.mark.parametrize("family", ["RelaxedBernoulli", "RelaxedCategorical"])
+def test_a_relaxed_family_built_on_the_meta_device_is_materialized_as_built_on_the_cpu(family):  # type: ignore
+    # (probe p262) built under torch.device("meta") (a large model before its weights are loaded), its temperature's
+    # positivity check read the meta tensor: torch's bare "Tensor.item() cannot be called on meta tensors" at
+    # construction, where Pixyz builds it. After to_empty and the CPU twin's weights it scores as the twin
+    import pyro_dgm.distributions as D
+    from torch import nn
+
+    class Dec(getattr(D, family)):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p", temperature=torch.tensor(0.5))
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z):  # type: ignore[no-untyped-def]
+            return {"probs": torch.softmax(self.fc(z), -1)}
+
+    torch.manual_seed(0)
+    twin = Dec()
+    with torch.device("meta"):
+        built = Dec()
+    built.to_empty(device="cpu")
+    built.load_state_dict(twin.state_dict())
+    values = {"x": torch.tensor([[0.2, 0.3, 0.5]]), "z": torch.tensor([[0.4, -1.0]])}
+    assert torch.equal(built.get_log_prob(values), twin.get_log_prob(values))
