@@ -206,9 +206,8 @@ def categorical_log_pmf(categorical: Any) -> Tensor:
     """The normalized log-probabilities of a torch ``Categorical``: from its probabilities, each logarithm clamped
     at -100 as ``binary_cross_entropy`` clamps it (:func:`log_of_probs`); from logits, torch's own."""
     probs = categorical.__dict__.get("probs")
-    if probs is not None and categorical._param is probs and probs.dtype != torch.float16:  # built from
-        # probabilities (see RelaxedBernoulli's _hard)
-        return log_of_probs(probs)
+    if probs is not None and categorical._param is probs:  # built from probabilities (see RelaxedBernoulli's _hard)
+        return log_of_probs(probs)  # (float16: torch's logits, as log_of_probs says)
     return categorical.logits
 
 
