@@ -6,8 +6,9 @@ The product of Gaussians :math:`\mathcal N(\mu_k, \sigma_k^2)` with weights :mat
 whose inputs are not given is left out of the product (a missing modality); an expert with scale 0 counts as missing
 for that element (Pixyz's convention, which :class:`ElementWiseProductOfNormal` uses per sample). The test is on the
 scale the expert gives, not on its square: a tiny positive scale whose square underflows (1e-30 in float32) is the
-most certain expert, not a missing one (Pixyz drops it), and the precisions are combined relative to the smallest
-scale, so that one of them near the float's range neither overflows nor is cut (:func:`_combine`).
+most certain expert, not a missing one (Pixyz drops it), and the precisions are combined relative to the largest
+weighted one, so that neither one near the float's range nor a weight far from 1 overflows or cuts another
+(:func:`_combine`).
 """
 from __future__ import annotations
 
@@ -28,29 +29,42 @@ from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz
 __all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal", "Experts", "product_of_experts"]
 
 
-def _combine(terms: Sequence[tuple[Tensor, Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor]:
-    """The product's ``(loc, scale)`` from ``(w, scale, loc, stacked)`` terms (``stacked``: several experts along dim
-    0, summed): with precisions ``T = w / scale**2`` (0 where the scale is exactly 0: a missing expert, Pixyz's
-    convention), ``sum(T loc) / sum(T)`` and ``1 / sqrt(sum(T))``. Computed relative to the smallest positive scale
-    ``s`` of each element, ``T s**2 = w (s / scale)**2`` (at most ``w``): the same numbers, but a scale whose square
-    underflows (1e-30 in float32) or whose precision would overflow is exact to the float's precision. ``s`` is
-    detached: the product does not depend on it."""
+def _combine(terms: Sequence[tuple[float | Tensor, Tensor, Tensor, bool]]) -> tuple[Tensor, Tensor]:
+    """The product's ``(loc, scale)`` from ``(w, scale, loc, stacked)`` terms (``w`` a number or a tensor;
+    ``stacked``: several experts along dim 0, summed): with precisions ``T = w / scale**2`` (0 where the scale or the
+    weight is exactly 0: a missing expert, Pixyz's convention), ``sum(T loc) / sum(T)`` and ``1 / sqrt(sum(T))``.
+
+    Computed relative to the largest precision of each element: with ``e = scale / sqrt(w)`` (the scale of an expert
+    of weight 1 and that precision) and ``s`` the smallest ``e`` there, ``T s**2 = w (s / scale)**2`` is at most 1
+    and 1 for the most certain expert. The same numbers, but neither a scale whose square underflows (1e-30 in
+    float32) or whose precision would overflow, nor a weight far from 1 beside another (1e-30 and 1e30), cuts an
+    expert that counts or lets one that does not swamp it. ``s`` is detached: the product does not depend on it."""
+    terms = [(scale.new_zeros(()), scale, loc, st) if not isinstance(w, Tensor) and w == 0 else (w, scale, loc, st)
+             for w, scale, loc, st in terms]  # (a weight of 0 as a tensor: its expert stays in the graph, as Pixyz's)
     ref: Tensor | None = None
     kept = []  # where each term counts: a scale other than 0 and a weight other than 0
     for w, scale, _, stacked in terms:
-        k = (scale != 0) & (torch.as_tensor(w) != 0)
+        a = scale.detach().abs()
+        if isinstance(w, Tensor):
+            k = (scale != 0) & (w != 0)
+            e = a * torch.rsqrt(w.detach())
+        else:
+            k = scale != 0
+            e = a if w == 1 else a * (float(w) ** -0.5)
         kept.append(k)
-        pos = torch.where(k, scale.abs(), torch.full_like(scale, float("inf")))
+        pos = torch.where(k, e, float("inf"))
         t = pos.amin(0) if stacked else pos
         ref = t if ref is None else torch.minimum(ref, t)
     assert ref is not None
-    ref = ref.detach()
-    ref = torch.where(torch.isinf(ref), torch.ones_like(ref), ref)  # (every expert missing here: no product)
+    fi = torch.finfo(ref.dtype)  # (inf where every expert is missing: 0 / 0 below, as before; an e beyond the
+    ref = ref.clamp(fi.smallest_normal * fi.eps, fi.max)  # float's range gives the nearest reference)
     num: Tensor | None = None
     den: Tensor | None = None
     for (w, scale, loc, stacked), k in zip(terms, kept):
-        q = ref / torch.where(k, scale.abs(), ref)  # at most 1 where it counts (elsewhere a finite stand-in: no NaN
-        r = torch.where(k, w * (q * q), torch.zeros_like(q))  # in the gradient)
+        c = ref if not isinstance(w, Tensor) and w == 1 else ref * (torch.sqrt(w) if isinstance(w, Tensor) else
+                                                                     float(w) ** 0.5)
+        q = c / torch.where(k, scale.abs(), 1.0)  # sqrt(w) s / scale, at most 1 where it counts (c at
+        r = torch.where(k, q * q, 0.0)  # most scale; elsewhere a stand-in: no NaN in the gradient)
         n = r * loc
         if stacked:
             n, r = n.sum(0), r.sum(0)
@@ -236,10 +250,27 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         return self.get_params(inputs)
 
     # ------------------------------------------------------------------ the product
+    def _dgm_weights(self) -> Sequence[float] | Tensor:
+        """The weights as numbers, read once per change of the buffer (a number multiplies no tensor, and a weight of
+        1 not at all); while torch.compile traces, the buffer itself (its entries are tensors)."""
+        buf = self.weight_modalities
+        if torch.compiler.is_compiling():
+            return buf
+        seen = self.__dict__.get("_dgm_weights_read")
+        try:
+            version = buf._version
+        except RuntimeError:  # (an inference-mode buffer has no version: read it each time)
+            return buf.tolist()
+        if seen is None or seen[0] is not buf or seen[1] != version:
+            seen = (buf, version, buf.tolist())
+            self.__dict__["_dgm_weights_read"] = seen
+        return seen[2]
+
     def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
                           ) -> list[tuple[Tensor, Tensor, Tensor, bool]]:
         """``(w, scale, loc, stacked)`` of each expert whose inputs are given (see :func:`_combine`)."""
         terms = []
+        weights = self._dgm_weights()
         for i, e in enumerate(self.p):
             if not expert_given(self, e, m, values):
                 continue
@@ -250,7 +281,7 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
                     raise NotATensorError(f"{describe(self)}: expert {i} ({describe(e)}) gave {k} as "
                                           f"{type(got).__module__}.{type(got).__name__}; an expert's parameters must "
                                           "be tensors (its forward() must return tensors: torch.as_tensor(...))")
-            w = self.weight_modalities[i + 1]
+            w = weights[i + 1]
             terms.append((w, params["scale"], params["loc"], False))
         return terms
 
@@ -276,11 +307,12 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
 
     def _dgm_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
-        w0 = self.weight_modalities[0]
+        buf = self.weight_modalities
+        w0 = self._dgm_weights()[0]
         if self.prior is None:
             terms = self._dgm_expert_terms(m, values, ctx)  # (no expert given and no feature shape known: 0-d
-            zero = torch.zeros((1, *self._prior_shape) if terms or self._prior_shape else (), dtype=w0.dtype,  # as
-                               device=w0.device)  # Pixyz's, not a batch of one)
+            zero = torch.zeros((1, *self._prior_shape) if terms or self._prior_shape else (), dtype=buf.dtype,  # as
+                               device=buf.device)  # Pixyz's, not a batch of one)
             prior_term = (w0, torch.ones_like(zero), zero, False)
         else:
             pp = site_params(self.prior, m, values, ctx)
@@ -398,4 +430,6 @@ class ElementWiseProductOfNormal(ProductOfNormal):
                              f"per feature: {tuple(masked.shape)}) gave {shapes}, which do not fit: {err}") from err
         present = (x != 0).movedim(-1, 0).to(loc.dtype)
         present = present.reshape(*present.shape, *([1] * (loc.dim() - present.dim())))
-        return [(self.weight_modalities[1] * present, scale, loc, True)]  # the D experts along dim 0
+        w = self._dgm_weights()[1]
+        return [(present if not isinstance(w, Tensor) and w == 1 else w * present, scale, loc, True)]  # the D experts
+        # along dim 0

@@ -1,0 +1,175 @@
+"""Forty-fifth round: a product of experts whose weights are far from 1 (probe p260's fuzzer), under Pixyz and here
+(:mod:`pixyz_harness`), and against the closed form in float64.
+
+The product of ``N(mu_k, s_k^2)`` with weights ``w_k`` has precision ``sum_k w_k / s_k^2``. Pixyz computes each
+precision directly, which is right wherever every ``w_k / s_k^2`` is a normal float32; pyro_dgm computes them relative
+to the largest one, so it stays right beyond that range too.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pixyz_harness import run_both
+
+from pyro_dgm.distributions.poe import _combine
+
+WEIGHTS = [1e-30, 1e-10, 1e-3, 1.0, 1e3, 1e10, 1e30]
+SCALES = [1e-15, 1e-3, 1.0, 1e3, 1e15]
+CASES = list(itertools.product(WEIGHTS, WEIGHTS, [1.0, 1e-3], SCALES, SCALES))
+
+
+def _exact(wa: float, wb: float, w0: float, sa: float, sb: float) -> tuple[float, float]:
+    """The product of the standard prior (weight w0), N(5, sa^2) (weight wa) and N(1, sb^2) (weight wb), in float64."""
+    t = [w0, wa / sa ** 2, wb / sb ** 2]
+    total = sum(t)
+    return (t[1] * 5.0 + t[2] * 1.0) / total, total ** -0.5
+
+
+def _products() -> Any:
+    import torch
+
+    from pixyz.distributions import Normal, ProductOfNormal
+
+    out = []
+    for wa, wb, w0, sa, sb in CASES:
+        a = Normal(loc="xa", scale=torch.tensor([sa]), var=["z"], cond_var=["xa"], name="a")
+        b = Normal(loc="xb", scale=torch.tensor([sb]), var=["z"], cond_var=["xb"], name="b")
+        p = ProductOfNormal([a, b], weight_modalities=[w0, wa, wb])
+        params = p.get_params({"xa": torch.tensor([[5.0]]), "xb": torch.tensor([[1.0]])})
+        out.append((float(params["loc"].reshape(-1)[0]), float(params["scale"].reshape(-1)[0])))
+    return out
+
+
+def _close(got: float, want: float) -> bool:
+    return abs(got - want) <= 1e-5 * abs(want) + 1e-37  # float32's rounding of a few operations, with room (and
+    # an exact value below float32's normal numbers, 6e-60 with two tiny weights, is 0 or a subnormal)
+
+
+def test_weights_far_from_1_give_pixyzs_product_wherever_pixyzs_is_right_and_the_exact_one_elsewhere() -> None:
+    ref, ours = run_both(_products)
+    pixyz_right = 0
+    for case, (pl, ps), (ol, os_) in zip(CASES, ref, ours):
+        loc, scale = _exact(*case)
+        assert _close(ol, loc) and _close(os_, scale), (case, (ol, os_), (loc, scale))
+        if _close(pl, loc) and _close(ps, scale):
+            pixyz_right += 1
+            assert _close(ol, pl) and _close(os_, ps), (case, (ol, os_), (pl, ps))
+    assert pixyz_right > 2000  # (Pixyz's precisions leave float32's range in the rest: 0 or inf)
+
+
+@pytest.mark.parametrize("wa, wb, w0", [(1e-30, 1e30, 1.0), (1e-30, 1e30, 1e-3), (1e30, 1e-30, 1.0)])
+def test_a_tiny_weight_on_the_most_certain_expert_does_not_cut_a_heavily_weighted_one(wa, wb, w0) -> None:
+    # (the reference was the smallest scale whatever its weight: the other expert's relative precision, 1e30 *
+    # (1e-15 / 1e15)**2 = 1e-30, underflowed in float32, and the mean was 2.5 where it is 2)
+    sa, sb = (1e-15, 1e15) if wa < wb else (1e15, 1e-15)
+    terms = [(torch.tensor(w0), torch.ones(1, 1), torch.zeros(1, 1), False),
+             (torch.tensor(wa), torch.tensor([[sa]]), torch.tensor([[5.0]]), False),
+             (torch.tensor(wb), torch.tensor([[sb]]), torch.tensor([[1.0]]), False)]
+    loc, scale = _combine(terms)
+    want_loc, want_scale = _exact(wa, wb, w0, sa, sb)
+    assert _close(float(loc), want_loc) and _close(float(scale), want_scale)
+
+
+def _float64_product(ws: list[float], ss: list[float], ms: list[float]) -> tuple[Any, Any]:
+    t = [w / s ** 2 for w, s in zip(ws, ss)]
+    total = math.fsum(t)
+    return math.fsum(ti * m for ti, m in zip(t, ms)) / total, total ** -0.5, t, total
+
+
+@settings(max_examples=200, deadline=None)
+@given(logw=st.lists(st.floats(-30, 30), min_size=1, max_size=4), logs=st.lists(st.floats(-15, 15), min_size=4,
+                                                                                     max_size=4),
+       ms=st.lists(st.floats(-10, 10), min_size=4, max_size=4), as_numbers=st.booleans())
+def test_weighted_products_and_their_derivatives_are_the_closed_forms(logw, logs, ms, as_numbers) -> None:
+    """Weights from 1e-30 to 1e30 and scales from 1e-15 to 1e15 in float32 (every precision, 1e-60 to 1e60, is a
+    float64 number): the location and scale to float32's rounding, measured against the locations' spread (a mean of
+    values of opposite signs loses their digits, in any formula), and the derivatives to 1e-4."""
+    ws = [10.0 ** x for x in logw]
+    ss = [10.0 ** x for x in logs[:len(ws)]]
+    ms = ms[:len(ws)]
+    s = [torch.tensor([ss[i]], requires_grad=True) for i in range(len(ws))]
+    m = [torch.tensor([ms[i]], requires_grad=True) for i in range(len(ws))]
+    ws32 = [float(torch.tensor(w)) for w in ws]  # (the weights as float32 holds them)
+    ss = [float(x.detach()) for x in s]
+    ms = [float(x.detach()) for x in m]
+    terms = [(w if as_numbers else torch.tensor(w), s[i], m[i], False) for i, w in enumerate(ws32)]
+    loc, scale = _combine(terms)
+    want_loc, want_scale, t, total = _float64_product(ws32, ss, ms)
+    spread = math.fsum(ti * abs(mi) for ti, mi in zip(t, ms)) / total
+    assert abs(loc.item() - want_loc) <= 4e-6 * spread + 1e-30
+    assert abs(scale.item() - want_scale) <= 4e-6 * want_scale
+    grads = torch.autograd.grad(loc.sum() + scale.sum() / want_scale, [*m, *s])
+    for i, (w, si, mi) in enumerate(zip(ws32, ss, ms)):
+        d_m = t[i] / total  # d loc / d m_i
+        assert abs(float(grads[i]) - d_m) <= 1e-4 * max(d_m, 1e-30) + 1e-6
+        d_t = -2 * t[i] / si  # d T_i / d s_i
+        d_loc = d_t * (mi - want_loc) / total
+        d_scale = -0.5 * total ** -1.5 * d_t / want_scale
+        want = d_loc + d_scale
+        bound = abs(d_t) / total * (spread + abs(mi) + 1.0)
+        assert abs(float(grads[len(ws) + i]) - want) <= 1e-4 * bound + 1e-30, (i, float(grads[len(ws) + i]), want)
+
+
+def test_a_weight_given_as_a_number_gives_the_same_product_as_the_same_weight_as_a_tensor() -> None:
+    torch.manual_seed(0)
+    s, m = torch.rand(3, 4, 2) + 0.05, torch.randn(3, 4, 2)
+    for ws in ([1.0, 1.0, 1.0], [0.5, 2.0, 1.0], [0.0, 3.0, 1e-3]):
+        by_number = _combine([(w, s[i], m[i], False) for i, w in enumerate(ws)])
+        by_tensor = _combine([(torch.tensor(w), s[i], m[i], False) for i, w in enumerate(ws)])
+        for a, b in zip(by_number, by_tensor):
+            torch.testing.assert_close(a, b, rtol=2e-7, atol=0)
+
+
+def test_an_expert_of_weight_0_gets_a_gradient_of_0_as_under_pixyz() -> None:
+    # (Pixyz multiplies its precision by 0: the expert's network gets a zero gradient, not none, which matters to
+    # an optimizer with momentum)
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Normal, ProductOfNormal
+
+        torch.manual_seed(0)
+
+        class E(Normal):
+            def __init__(self, v: str) -> None:
+                super().__init__(var=["z"], cond_var=[v], name="q_" + v)
+                self.fc = nn.Linear(2, 4)
+
+            def forward(self, **x: Any) -> Any:
+                loc, s = self.fc(next(iter(x.values()))).chunk(2, -1)
+                return {"loc": loc, "scale": nn.functional.softplus(s)}
+
+        a, b = E("x"), E("y")
+        p = ProductOfNormal([a, b], weight_modalities=[1.0, 0.0, 2.0])
+        params = p.get_params({"x": torch.randn(3, 2), "y": torch.randn(3, 2)})
+        (params["loc"].sum() + params["scale"].sum()).backward()
+        return [None if q.grad is None else q.grad.abs().sum() for q in a.parameters()], params["loc"]
+
+    ref, ours = run_both(program)
+    assert all(g is not None and float(g) == 0.0 for g in ref[0])
+    assert all(g is not None and float(g) == 0.0 for g in ours[0])
+    torch.testing.assert_close(ours[1], ref[1])
+
+
+def test_a_changed_weight_buffer_is_read_again() -> None:
+    from pyro_dgm.distributions import Normal, ProductOfNormal
+
+    a = Normal(loc="xa", scale=torch.tensor([1.0]), var=["z"], cond_var=["xa"], name="a")
+    b = Normal(loc="xb", scale=torch.tensor([1.0]), var=["z"], cond_var=["xb"], name="b")
+    p = ProductOfNormal([a, b], weight_modalities=[1.0, 1.0, 1.0])
+    x = {"xa": torch.tensor([[3.0]]), "xb": torch.tensor([[6.0]])}
+    assert float(p.get_params(x)["loc"]) == pytest.approx(3.0)  # (0 + 3 + 6) / 3
+    p.weight_modalities[2] = 4.0  # in place
+    assert float(p.get_params(x)["loc"]) == pytest.approx(27.0 / 6.0)
+    p.weight_modalities = torch.tensor([1.0, 0.0, 1.0])  # a new buffer
+    assert float(p.get_params(x)["loc"]) == pytest.approx(3.0)
+    p.double()
+    assert p.get_params({k: v.double() for k, v in x.items()})["loc"].dtype == torch.float64
