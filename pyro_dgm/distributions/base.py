@@ -1237,7 +1237,7 @@ class Distribution(YieldingModule):
                 values[k] = self._dgm_from_numpy(v, k)  # (as sample() and get_log_prob() take numpy arrays)
         unknown = [k for k in values if k not in self._dgm_known_names]
         if unknown:
-            self._dgm_warn_unknown(unknown, values)
+            self._dgm_warn_unknown(unknown, values, guide)
         required = self._dgm_required_input_var
         if any(v not in values for v in required):
             check_present(self, values, required)
@@ -1434,14 +1434,18 @@ class Distribution(YieldingModule):
             names = self.__dict__["_dgm_known_cache"] = frozenset(found)
         return names
 
-    def _dgm_warn_unknown(self, unknown: Sequence[str], values: Mapping[str, Any]) -> None:
+    def _dgm_warn_unknown(self, unknown: Sequence[str], values: Mapping[str, Any], guide: bool = False) -> None:
         """Warn of a keyword that names no variable but nearly names one that is not given (``model(X=x)`` or
-        Pyro's plural ``ys=`` for ``y``): that variable would be drawn instead of observed; and of ``sample()``'s
-        ``batch_n`` (``model(batch_n=5)`` draws one row). Other keywords pass silently (SVI gives the model the
-        guide's inputs too)."""
+        Pyro's plural ``ys=`` for ``y``): that variable would be drawn instead of observed; of a model's keyword
+        that holds a tensor while a variable that no factor takes as input (the data a model observes) is not given
+        (``model(data=x)``, ``model(obs=x)``, which Pyro's own models refuse); and of ``sample()``'s ``batch_n``
+        (``model(batch_n=5)`` draws one row). Other keywords pass silently (SVI gives the model the guide's inputs
+        too: a guide's extra input, beside the model's data)."""
         import difflib
 
         free = [v for v in self._dgm_known_names if v not in values]
+        inputs = {v for f in self._dgm_order for v in f.input_var}
+        leaves = [] if guide else [v for v in self._var if v not in values and v not in inputs]
         for k in unknown:
             if k in _SAMPLE_OPTIONS:  # (Pixyz's sample() option: a model or guide takes data only)
                 warnings.warn(f"{describe(self)}: {k}= is an option of sample(), not data; model() and guide() ignore "
@@ -1453,6 +1457,11 @@ class Distribution(YieldingModule):
             if close:
                 warnings.warn(f"{describe(self)}: the keyword {k!r} names no variable; {close[0]!r} is not given, so "
                               f"it is drawn, not observed (did you mean {close[0]}=...?)", UserWarning, stacklevel=4)
+            elif leaves and isinstance(values[k], Tensor):
+                warnings.warn(f"{describe(self)}: the keyword {k!r} names no variable of this model (its variables: "
+                              f"{sorted(self._dgm_known_names)}); {leaves} not given, so drawn, not observed (give "
+                              f"the data by its variable's name: {leaves[0]}=...)", UserWarning, stacklevel=4)
+                leaves = []  # (once per call)
 
     def _dgm_positional_data(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], role: str) -> dict[str, Any]:
         """The data of ``model(*args, **kwargs)``: a dict (or ``None``) as the only positional argument, or tensors

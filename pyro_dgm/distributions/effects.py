@@ -175,9 +175,9 @@ def outer_plates_ndim(value: torch.Tensor) -> int:
         return 0
     lead = -min(sizes) - 1
     shape = value.shape
-    if len(shape) <= lead or any(sizes.get(i - lead - 1, shape[i]) != shape[i] for i in range(lead)):
-        return 0
-    return lead
+    if len(shape) < lead + 2 or any(sizes.get(i - lead - 1, shape[i]) != shape[i] for i in range(lead)):
+        return 0  # (the data keep their rows and features beside the plates' dims: x of (5, 4) in an outer plate of
+    return lead  # 5 at dim -2 is 5 rows, drawn once per copy, not 5 copies of 4 rows)
 
 
 def data_batch_ndim(value: Any) -> int:
@@ -329,14 +329,18 @@ def _event_dim_by_plates(value: torch.Tensor, data: bool = False) -> int | None:
             return 0
         inner = sizes.get(-1)
         return 1 if inner is not None and shape[0] not in (inner, 1) else None
-    for n in range(min(-min(sizes), len(shape)), 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1
+    top = min(-min(sizes), len(shape))
+    own_rows = data and any(getattr(m, "_dgm_data_plate", False) and m.dim == -1 for m in PYRO_STACK)
+    if data and -1 not in sizes:  # (data beside plates only outside the rows: a row dim and a feature dim stay
+        top = min(top, len(shape) - 1)  # beside the plates' dims, as in :func:`outer_plates_ndim`)
+    for n in range(top, 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1
         exact = False
         for i in range(n):
             size = sizes.get(i - n)
             if size is None or shape[i] == size:
                 exact = exact or size is not None
-            elif shape[i] != 1:
-                break
+            elif shape[i] != 1 or (own_rows and i == n - 1):  # (the data's rows sized the model's own plate
+                break  # at dim -1: they match it, and a dim of 1 there is a feature dim, x of (5, 1) in 5 copies)
         else:
             if exact:
                 return len(shape) - n

@@ -1,0 +1,135 @@
+"""Twenty-fifth round on the Pyro side (probe p265): a model and guide called inside a user's outer plate whose size
+happens to be the batch size, and a model given its data under a keyword that names no variable; against plain-Pyro
+twins of the same model.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_dgm.distributions import Normal
+
+Z = 2
+
+
+class Q(Normal):
+    def __init__(self, d: int) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.fc = nn.Linear(d, 2 * Z)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = self.fc(x)
+        return {"loc": h[..., :Z], "scale": nn.functional.softplus(h[..., Z:]) + 0.1}
+
+
+class P(Normal):
+    def __init__(self, d: int) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.fc = nn.Linear(Z, d)
+
+    def forward(self, z):  # type: ignore[no-untyped-def]
+        return {"loc": self.fc(z), "scale": torch.ones(self.fc.out_features)}
+
+
+def _vae(d: int) -> tuple[Q, P, Normal]:
+    torch.manual_seed(0)
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[Z], name="p_{prior}")
+    return Q(d), P(d), prior
+
+
+def _twins(q: Q, p: P) -> tuple:
+    def model(x):  # type: ignore[no-untyped-def]
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], Z), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(p.fc(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):  # type: ignore[no-untyped-def]
+        h = q.fc(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(h[..., :Z], nn.functional.softplus(h[..., Z:]) + 0.1).to_event(1))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("d", [1, 4])
+@pytest.mark.parametrize("k", [3, 5])
+def test_an_outer_plate_the_size_of_the_batch_is_a_plate_of_copies_as_in_plain_pyro(d: int, k: int) -> None:
+    """``pyro.plate("outer", K, dim=-2)`` around the model and guide of 5 rows: K copies of the 5-row model. With
+    K = 5 the data's rows were read as the copies: one z shared by the rows (d = 1, the ELBO of another model) or a
+    ShapeError (d = 4)."""
+    q, p, prior = _vae(d)
+    joint = p * prior
+    model, guide = _twins(q, p)
+    torch.manual_seed(1)
+    x = torch.randn(5, d)
+    zc = torch.linspace(-1, 1, k * 5 * Z).reshape(k, 5, Z)
+    results = []
+    for m, g in ((model, guide), (joint.model, q.guide)):
+        with pyro.plate("outer", k, dim=-2):
+            mt = poutine.trace(poutine.condition(m, {"z": zc})).get_trace(x)
+            gt = poutine.trace(poutine.condition(g, {"z": zc})).get_trace(x)
+        mt.compute_log_prob()
+        results.append((mt.log_prob_sum(), gt.log_prob_sum(), mt.nodes["x"]["log_prob"].shape,
+                        mt.nodes["z"]["log_prob"].shape))
+    (m0, g0, xs0, zs0), (m1, g1, xs1, zs1) = results
+    assert (xs1, zs1) == (xs0, zs0) == ((k, 5), (k, 5))
+    torch.testing.assert_close(m1, m0)
+    torch.testing.assert_close(g1, g0)
+
+
+def test_free_draws_in_an_outer_plate_the_size_of_the_batch_give_the_plain_pyro_elbo() -> None:
+    q, p, prior = _vae(1)
+    joint = p * prior
+    model, guide = _twins(q, p)
+    x = torch.randn(5, 1)
+    elbos = []
+    for m, g in ((model, guide), (joint.model, q.guide)):
+        torch.manual_seed(3)
+        with pyro.plate("outer", 5, dim=-2):
+            gt = poutine.trace(g).get_trace(x)
+            mt = poutine.trace(poutine.replay(m, trace=gt)).get_trace(x)
+        assert gt.nodes["z"]["value"].shape == (5, 5, Z)  # one z per copy and row
+        elbos.append(mt.log_prob_sum() - gt.log_prob_sum())
+    torch.testing.assert_close(elbos[1], elbos[0])
+
+
+def test_data_of_one_row_broadcast_in_the_users_own_plates_still_broadcasts() -> None:
+    """The user's own ``pyro.plate("data", 5, dim=-1)``, with x of (3, 1): one row per group, broadcast over the
+    rows, as Pyro broadcasts it (only the rows of the model's own data plate are the data's)."""
+    p = Normal(loc=torch.tensor(0.5), scale=torch.tensor(2.0), var=["x"])
+    x = torch.randn(3, 1)
+
+    def run(call):  # type: ignore[no-untyped-def]
+        with pyro.plate("groups", 3, dim=-2), pyro.plate("data", 5, dim=-1):
+            call(x)
+
+    ours = poutine.trace(lambda: run(lambda v: p.model(x=v))).get_trace()
+    twin = poutine.trace(lambda: run(lambda v: pyro.sample("x", dist.Normal(0.5, 2.0), obs=v))).get_trace()
+    torch.testing.assert_close(ours.log_prob_sum(), twin.log_prob_sum())
+    torch.testing.assert_close(ours.log_prob_sum(), torch.distributions.Normal(0.5, 2.0).log_prob(x).sum() * 5)
+
+
+@pytest.mark.parametrize("keyword", ["data", "obs", "x_obs"])
+def test_data_under_a_keyword_that_names_no_variable_warns_that_the_data_is_drawn(keyword: str) -> None:
+    """A plain-Pyro model refuses ``model(data=x)`` (an unexpected keyword); ours drew x and trained on no data,
+    silently. It warns now, naming the keyword and the variable; a tensor beside the data passes silently."""
+    q, p, prior = _vae(4)
+    joint = p * prior
+    x = torch.randn(5, 4)
+    with pytest.warns(UserWarning, match=rf"p\(x,z\): the keyword '{keyword}' names no variable of this model \(its "
+                                         r"variables: \['x', 'z'\]\); \['x'\] not given, so drawn, not observed "
+                                         r"\(give the data by its variable's name: x=\.\.\.\)"):
+        tr = poutine.trace(joint.model).get_trace(**{keyword: x})
+    assert not tr.nodes["x"]["is_observed"]  # (what the warning says)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr = poutine.trace(joint.model).get_trace(x=x, idx=torch.arange(5))  # (a guide's extra input)
+        assert tr.nodes["x"]["is_observed"]
+        poutine.trace(joint.model).get_trace(annealing=0.5)  # (a number: not data)
+        poutine.trace(q.guide).get_trace(x=x, idx=torch.arange(5))  # (a guide draws its variables)
