@@ -117,14 +117,25 @@ def test_weighted_products_and_their_derivatives_are_the_closed_forms(logw, logs
         assert abs(float(grads[len(ws) + i]) - want) <= 1e-4 * bound + 1e-30, (i, float(grads[len(ws) + i]), want)
 
 
-def test_a_weight_given_as_a_number_gives_the_same_product_as_the_same_weight_as_a_tensor() -> None:
+@pytest.mark.parametrize("shapes", [[(4, 2)] * 3, [(1, 2), (4, 2), (4, 2)], [(2,), (4, 2), (1, 1)]])
+def test_a_weight_given_as_a_number_gives_the_same_product_as_the_same_weight_as_a_tensor(shapes) -> None:
+    # (numbers take the stacked path, tensors the term-by-term one: the same formula, and the same shapes: each
+    # scale's and each location's own, broadcast)
     torch.manual_seed(0)
-    s, m = torch.rand(3, 4, 2) + 0.05, torch.randn(3, 4, 2)
-    for ws in ([1.0, 1.0, 1.0], [0.5, 2.0, 1.0], [0.0, 3.0, 1e-3]):
-        by_number = _combine([(w, s[i], m[i], False) for i, w in enumerate(ws)])
-        by_tensor = _combine([(torch.tensor(w), s[i], m[i], False) for i, w in enumerate(ws)])
+    scales = [torch.rand(sh) + 0.05 for sh in shapes]
+    locs = [torch.randn(4, 2) for _ in shapes]
+    for ws in ([1.0, 1.0, 1.0], [0.5, 2.0, 1.0], [0.0, 3.0, 1e-3], [1e-30, 1.0, 1e30]):
+        by_number = _combine([(w, scales[i], locs[i], False) for i, w in enumerate(ws)])
+        by_tensor = _combine([(torch.tensor(w), scales[i], locs[i], False) for i, w in enumerate(ws)])
         for a, b in zip(by_number, by_tensor):
-            torch.testing.assert_close(a, b, rtol=2e-7, atol=0)
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=4e-7, atol=0)
+        exact = _float64_product  # (and the closed form, element by element, in float64)
+        for idx in itertools.product(range(4), range(2)):
+            sc = [float(x.expand(4, 2)[idx]) for x in scales]
+            want_loc, want_scale, _, _ = exact([float(torch.tensor(w)) for w in ws], sc, [float(x[idx]) for x in locs])
+            assert by_number[0][idx].item() == pytest.approx(want_loc, rel=1e-5, abs=1e-6)
+            assert by_number[1].expand(4, 2)[idx].item() == pytest.approx(want_scale, rel=1e-5)
 
 
 def test_an_expert_of_weight_0_gets_a_gradient_of_0_as_under_pixyz() -> None:
