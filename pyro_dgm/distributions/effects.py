@@ -155,29 +155,37 @@ def run_bound_network(module: nn.Module, names: tuple[str, ...], args: list[Any]
     return run_network(module, *args, **kwargs)
 
 
-def _plate_sizes(data: bool) -> dict[int, Any]:
+def _plate_sizes(data: bool, own: bool = True) -> dict[int, Any]:
     """The active plates' sizes by dim (a subsampled plate's subsample size); for the ``data`` of a model or guide
-    call, without the plates over copies of the model (:data:`_COPY_PLATES`)."""
+    call, without the plates over copies of the model (:data:`_COPY_PLATES`); with ``own=False``, without the data
+    plate that a model or guide opened (:func:`data_plate`)."""
     sizes = {}
     for m in PYRO_STACK:
-        if isinstance(m, IndepMessenger) and m.dim is not None and not (data and m.name in _COPY_PLATES):
+        if isinstance(m, IndepMessenger) and m.dim is not None and not (data and m.name in _COPY_PLATES) and (
+                own or not getattr(m, "_dgm_data_plate", False)):
             sub = getattr(m, "subsample_size", None)
             sizes[m.dim] = m.size if sub is None else sub
     return sizes
 
 
-def outer_plates_ndim(value: torch.Tensor) -> int:
-    """How many leading dims of the data ``value`` the caller's plates (not those over copies of the model) cover
-    when none of them is at dim -1: 0 when one is, when there is none, or when ``value``'s leading dims do not have
-    their sizes (plates over copies the user opened, e.g. particles at dim -2: the data has no dims for them)."""
-    sizes = _plate_sizes(True)
+def _outer_lead(shape: torch.Size, sizes: Mapping[int, Any]) -> int:
+    """How many leading dims of data of ``shape`` the plates ``sizes`` cover, none of them at dim -1: as many as
+    reach the outermost plate, where each has its plate's size and a row dim and a feature dim stay beside them (x
+    of (5, 4) in an outer plate of 5 at dim -2 is 5 rows, drawn once per copy, not 5 copies of 4 rows); else 0."""
     if not sizes or -1 in sizes:
         return 0
     lead = -min(sizes) - 1
-    shape = value.shape
     if len(shape) < lead + 2 or any(sizes.get(i - lead - 1, shape[i]) != shape[i] for i in range(lead)):
-        return 0  # (the data keep their rows and features beside the plates' dims: x of (5, 4) in an outer plate of
-    return lead  # 5 at dim -2 is 5 rows, drawn once per copy, not 5 copies of 4 rows)
+        return 0
+    return lead
+
+
+def outer_plates_ndim(value: torch.Tensor) -> int:
+    """How many leading dims of the data ``value`` the caller's plates (not those over copies of the model, nor a
+    model's own data plate) cover when none of them is at dim -1: 0 when one is, when there is none, or when
+    ``value``'s leading dims do not have their sizes (plates over copies the user opened, e.g. particles at dim -2:
+    the data has no dims for them); see :func:`_outer_lead`."""
+    return _outer_lead(value.shape, _plate_sizes(True, own=False))
 
 
 def data_batch_ndim(value: Any) -> int:
@@ -329,18 +337,19 @@ def _event_dim_by_plates(value: torch.Tensor, data: bool = False) -> int | None:
             return 0
         inner = sizes.get(-1)
         return 1 if inner is not None and shape[0] not in (inner, 1) else None
-    top = min(-min(sizes), len(shape))
-    own_rows = data and any(getattr(m, "_dgm_data_plate", False) and m.dim == -1 for m in PYRO_STACK)
-    if data and -1 not in sizes:  # (data beside plates only outside the rows: a row dim and a feature dim stay
-        top = min(top, len(shape) - 1)  # beside the plates' dims, as in :func:`outer_plates_ndim`)
-    for n in range(top, 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1
+    if data:
+        outer = _plate_sizes(True, own=False)
+        if -1 not in outer:  # (data inside plates outside its rows, whose dim 0 sized a model's own data plate
+            lead = _outer_lead(shape, outer)  # at dim -1: the dims of those plates, then the rows, as when the
+            return None if lead == 0 else len(shape) - lead - 1  # plate was sized; the rest are features)
+    for n in range(min(-min(sizes), len(shape)), 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1
         exact = False
         for i in range(n):
             size = sizes.get(i - n)
             if size is None or shape[i] == size:
                 exact = exact or size is not None
-            elif shape[i] != 1 or (own_rows and i == n - 1):  # (the data's rows sized the model's own plate
-                break  # at dim -1: they match it, and a dim of 1 there is a feature dim, x of (5, 1) in 5 copies)
+            elif shape[i] != 1:
+                break
         else:
             if exact:
                 return len(shape) - n

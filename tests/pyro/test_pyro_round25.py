@@ -133,3 +133,61 @@ def test_data_under_a_keyword_that_names_no_variable_warns_that_the_data_is_draw
         assert tr.nodes["x"]["is_observed"]
         poutine.trace(joint.model).get_trace(annealing=0.5)  # (a number: not data)
         poutine.trace(q.guide).get_trace(x=x, idx=torch.arange(5))  # (a guide draws its variables)
+
+
+@pytest.mark.parametrize("dim, b, k, d", [(-2, 5, 5, 5), (-2, 3, 3, 3), (-2, 2, 2, 2), (-3, 3, 2, 3)])
+def test_data_whose_feature_size_is_the_batch_size_in_an_outer_plate_keeps_its_features(dim, b, k, d) -> None:
+    """Probe p266: x of (B, D) with D = B, inside an outer plate and the model's own data plate: its features were
+    read as the data plate's dim (z of event dim 0, a wrong log-density; or a ShapeError). The plain-Pyro twin's
+    numbers and shapes, for the guide and the ELBO."""
+    q, p, prior = _vae(d)
+    joint = p * prior
+    model, guide = _twins(q, p)
+    x = torch.randn(b, d)
+    out = []
+    for m, g in ((model, guide), (joint.model, q.guide)):
+        torch.manual_seed(3)
+        with pyro.plate("outer", k, dim=dim):
+            gt = poutine.trace(g).get_trace(x)
+            mt = poutine.trace(poutine.replay(m, trace=gt)).get_trace(x)
+        gt.compute_log_prob()
+        out.append((gt.nodes["z"]["value"].shape, gt.nodes["z"]["log_prob"].shape, gt.log_prob_sum(),
+                    mt.log_prob_sum()))
+    assert out[1][:2] == out[0][:2]
+    torch.testing.assert_close(out[1][2], out[0][2])
+    torch.testing.assert_close(out[1][3], out[0][3])
+
+
+@pytest.mark.parametrize("z_features", [4, 3])
+def test_a_conditionals_input_whose_feature_size_is_the_batch_size_is_scored_once(z_features: int) -> None:
+    """Probe p266: ``p(x|z).model(x=x, z=z)`` inside a plate at dim -3, x carrying the plate's dims and z (4, 4)
+    only rows and features: z's features were read as the data plate's dim, and x scored 16 times (-415.0 where
+    the twin gives -25.9)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(z_features, 1)
+
+    class Cond(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = lin
+
+        def forward(self, z):  # type: ignore[no-untyped-def]
+            return {"loc": self.fc(z), "scale": torch.ones(1)}
+
+    ours = Cond()
+    x, z = torch.randn(4, 1, 4, 1), torch.randn(4, z_features)
+
+    def twin() -> None:
+        with pyro.plate("data", 4, dim=-1):
+            pyro.sample("x", dist.Normal(lin(z), 1.0).to_event(1), obs=x)
+
+    def run(f):  # type: ignore[no-untyped-def]
+        with pyro.plate("g", 4, dim=-3):
+            f()
+
+    got = poutine.trace(lambda: run(lambda: ours.model(x=x, z=z))).get_trace()
+    want = poutine.trace(lambda: run(twin)).get_trace()
+    got.compute_log_prob()
+    want.compute_log_prob()
+    assert got.nodes["x"]["log_prob"].shape == want.nodes["x"]["log_prob"].shape == (4, 1, 4)
+    torch.testing.assert_close(got.log_prob_sum(), want.log_prob_sum())
