@@ -1355,6 +1355,17 @@ class Distribution(YieldingModule):
             del given[v]
         return self._dgm_data_batch_n(given) if given else None
 
+    def _dgm_scalar_root(self, v: str) -> bool:
+        """Whether the factor that draws ``v`` has no inputs and scalar parameters (its feature dims are the data's
+        trailing dims, whatever their number: none, inside plates that cover the others)."""
+        f = next((f for f in self._dgm_order if v in f.var), None)
+        if f is None or f.input_var or len(f.var) != 1:
+            return False
+        try:
+            return not site_builder(f)().event_shape and not getattr(f, "_features_shape", None)
+        except Exception:  # noqa: BLE001 (no distribution object to ask: data with features, as before)
+            return False
+
     def _dgm_root_rows(self, v: str, x: Tensor) -> int | None:
         """The rows of a value ``x`` of ``v`` if the factor that draws ``v`` has no inputs and feature dims (the dim
         left of them; 1 if ``x`` has none), else ``None``."""
@@ -1437,15 +1448,17 @@ class Distribution(YieldingModule):
     def _dgm_warn_unknown(self, unknown: Sequence[str], values: Mapping[str, Any], guide: bool = False) -> None:
         """Warn of a keyword that names no variable but nearly names one that is not given (``model(X=x)`` or
         Pyro's plural ``ys=`` for ``y``): that variable would be drawn instead of observed; of a model's keyword
-        that holds a tensor while a variable that no factor takes as input (the data a model observes) is not given
-        (``model(data=x)``, ``model(obs=x)``, which Pyro's own models refuse); and of ``sample()``'s ``batch_n``
+        that holds a tensor while none of the variables that no factor takes as input (the data a model observes)
+        is given (``model(data=x)``, ``model(obs=x)``, which Pyro's own models refuse); and of ``sample()``'s ``batch_n``
         (``model(batch_n=5)`` draws one row). Other keywords pass silently (SVI gives the model the guide's inputs
         too: a guide's extra input, beside the model's data)."""
         import difflib
 
         free = [v for v in self._dgm_known_names if v not in values]
         inputs = {v for f in self._dgm_order for v in f.input_var}
-        leaves = [] if guide else [v for v in self._var if v not in values and v not in inputs]
+        leaves = [] if guide else [v for v in self._var if v not in inputs]
+        if any(v in values for v in leaves):  # (some data given: a missing modality is a latent, and the keyword
+            leaves = []  # a guide's input)
         for k in unknown:
             if k in _SAMPLE_OPTIONS:  # (Pixyz's sample() option: a model or guide takes data only)
                 warnings.warn(f"{describe(self)}: {k}= is an option of sample(), not data; model() and guide() ignore "
@@ -1527,7 +1540,7 @@ class Distribution(YieldingModule):
                         if unbatched is None:
                             unbatched = x.shape[0]
                         continue
-                    n = x.shape[outer_plates_ndim(x)]
+                    n = x.shape[outer_plates_ndim(x, 0 if v in self._var and self._dgm_scalar_root(v) else 1)]
                 if not _size_is_one(n):
                     return n if unbatched is None else unbatched
                 found = 1

@@ -168,32 +168,35 @@ def _plate_sizes(data: bool, own: bool = True) -> dict[int, Any]:
     return sizes
 
 
-def _outer_lead(shape: torch.Size, sizes: Mapping[int, Any]) -> int:
+def _outer_lead(shape: torch.Size, sizes: Mapping[int, Any], features_ndim: int = 1) -> int:
     """How many leading dims of data of ``shape`` the plates ``sizes`` cover, none of them at dim -1: as many as
-    reach the outermost plate, where each has its plate's size and a row dim and a feature dim stay beside them (x
-    of (5, 4) in an outer plate of 5 at dim -2 is 5 rows, drawn once per copy, not 5 copies of 4 rows); else 0."""
+    reach the outermost plate, where each has its plate's size and a row dim and ``features_ndim`` feature dims stay
+    beside them (x of (5, 4) in an outer plate of 5 at dim -2 is 5 rows, drawn once per copy, not 5 copies of 4
+    rows; a variable of scalar constants takes its features from the data, and its (5, 4) is 5 copies of 4 rows);
+    else 0."""
     if not sizes or -1 in sizes:
         return 0
     lead = -min(sizes) - 1
-    if len(shape) < lead + 2 or any(sizes.get(i - lead - 1, shape[i]) != shape[i] for i in range(lead)):
+    if len(shape) < lead + 1 + features_ndim or any(sizes.get(i - lead - 1, shape[i]) != shape[i]
+                                                    for i in range(lead)):
         return 0
     return lead
 
 
-def outer_plates_ndim(value: torch.Tensor) -> int:
+def outer_plates_ndim(value: torch.Tensor, features_ndim: int = 1) -> int:
     """How many leading dims of the data ``value`` the caller's plates (not those over copies of the model, nor a
     model's own data plate) cover when none of them is at dim -1: 0 when one is, when there is none, or when
     ``value``'s leading dims do not have their sizes (plates over copies the user opened, e.g. particles at dim -2:
     the data has no dims for them); see :func:`_outer_lead`."""
-    return _outer_lead(value.shape, _plate_sizes(True, own=False))
+    return _outer_lead(value.shape, _plate_sizes(True, own=False), features_ndim)
 
 
-def data_batch_ndim(value: Any) -> int:
+def data_batch_ndim(value: Any, features_ndim: int = 1) -> int:
     """How many leading dims of a model's or guide's data the caller's plates cover (1 when they cover at most
-    one: Pixyz's one batch dim)."""
+    one: Pixyz's one batch dim); ``features_ndim``: at least so many of its trailing dims are features."""
     if not isinstance(value, torch.Tensor) or value.dim() <= 1:
         return 1
-    e = _event_dim_by_plates(value, data=True)
+    e = _event_dim_by_plates(value, data=True, features_ndim=features_ndim)
     return 1 if e is None else value.dim() - e
 
 
@@ -320,7 +323,7 @@ def copy_plates() -> list[Any]:
     return [m for m in PYRO_STACK if isinstance(m, IndepMessenger) and m.name in _COPY_PLATES and m.dim is not None]
 
 
-def _event_dim_by_plates(value: torch.Tensor, data: bool = False) -> int | None:
+def _event_dim_by_plates(value: torch.Tensor, data: bool = False, features_ndim: int = 1) -> int | None:
     """The event dims of a value that no trace holds, from the plates: its leading dims are batch dims as far as
     they have the sizes of the plates at their positions (a subsampled plate's subsample size; a dim of size 1
     broadcasts, as in Pyro, if another matches its plate exactly); ``None`` when that is one dim (Pixyz's rule).
@@ -340,7 +343,7 @@ def _event_dim_by_plates(value: torch.Tensor, data: bool = False) -> int | None:
     if data:
         outer = _plate_sizes(True, own=False)
         if -1 not in outer:  # (data inside plates outside its rows, whose dim 0 sized a model's own data plate
-            lead = _outer_lead(shape, outer)  # at dim -1: the dims of those plates, then the rows, as when the
+            lead = _outer_lead(shape, outer, features_ndim)  # at dim -1: those plates' dims, the rows, as when the
             return None if lead == 0 else len(shape) - lead - 1  # plate was sized; the rest are features)
     for n in range(min(-min(sizes), len(shape)), 1, -1):  # n batch dims: shape[:n] sits at dims -n..-1
         exact = False

@@ -903,14 +903,16 @@ class DistributionBase(Distribution):
                     pass  # scoring raises below, naming the shapes
                 batch_shape = base.batch_shape
                 if ctx.obs is not None and PYRO_STACK and len(vb) > 1:  # inside nested plates that cover several
-                    bn = min(data_batch_ndim(value), len(batch_shape))  # of the data's dims: so many batch dims
+                    bn = min(data_batch_ndim(value, 0), len(batch_shape))  # of the data's dims: so many batch dims
+                    # (scalar constants: the data may have no feature dim)
         ev = len(batch_shape) - bn
         root = expand and not drawn_in_pass(b.input_var, ctx)  # (a Deterministic's outputs of given inputs: given)
         if expand and ctx.batch_n is not None and bn >= 1:
             if self._dgm_scalar_classes is not None and ctx.obs is None:
                 self._dgm_no_class_dim(ctx.batch_n)
             if root and not b.input_var:
-                base = expand_batch_n(self, base, ctx.batch_n)
+                if not (bn > 1 and base.batch_shape[bn - 1:bn] == (ctx.batch_n,)):  # (inside plates of copies: the
+                    base = expand_batch_n(self, base, ctx.batch_n)  # rows after the copies' dims are the data's)
             elif ctx.obs is None and base.batch_shape[:1] == (1,) and (root or bn == 1):
                 # Pixyz: sample(inputs of batch 1, batch_n=N) draws N values; so does a factor whose parent was
                 # drawn with batch 1 (by its own graph.set_option(dict(batch_n=1), ...))

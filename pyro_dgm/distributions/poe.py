@@ -290,17 +290,20 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
     # ------------------------------------------------------------------ the product
     def _dgm_weights(self) -> Sequence[float] | Tensor:
         """The weights as numbers, read once per change of the buffer (a number multiplies no tensor, and a weight of
-        1 not at all); while torch.compile traces, the buffer itself (its entries are tensors)."""
+        1 not at all): another tensor, storage or version. The buffer itself (its entries are tensors) while
+        torch.compile traces, for weights that take gradients (an ``nn.Parameter`` put in its place) and under
+        ``torch.func``'s transforms (``functional_call`` of other weights, batched by ``vmap``)."""
         buf = self.weight_modalities
-        if torch.compiler.is_compiling():
+        if (torch.compiler.is_compiling() or buf.requires_grad
+                or torch._C._functorch.is_functorch_wrapped_tensor(buf)):
             return buf
         seen = self.__dict__.get("_dgm_weights_read")
         try:
-            version = buf._version
+            key = (buf._version, buf.data_ptr())
         except RuntimeError:  # (an inference-mode buffer has no version: read it each time)
             return buf.tolist()
-        if seen is None or seen[0] is not buf or seen[1] != version:
-            seen = (buf, version, buf.tolist())
+        if seen is None or seen[0] is not buf or seen[1] != key:
+            seen = (buf, key, buf.tolist())
             self.__dict__["_dgm_weights_read"] = seen
         return seen[2]
 

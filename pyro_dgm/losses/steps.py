@@ -199,9 +199,10 @@ def _buffer(m: nn.Module, name: str) -> "Tensor | None":
     return buffers[name] if name in buffers else None
 
 
-#: bumped when any module registers a submodule (a new one or in another's place) or a buffer of a new name (torch's
-#: global registration hooks, installed by the first :class:`WatchedBuffers`); a buffer assigned anew under its name
-#: (a flow's batch norm's statistics, at each training step) does not bump it. None: a torch without the hooks
+#: bumped when any module registers a submodule (a new one or in another's place), a parameter (a new one or in
+#: another's place: ``net.weight = nn.Parameter(...)``) or a buffer of a new name (torch's global registration hooks,
+#: installed by the first :class:`WatchedBuffers` or ``Model``); a buffer assigned anew under its name (a flow's
+#: batch norm's statistics, at each training step) does not bump it. None: a torch without the hooks
 _ADDED: list[int | None] = [0]
 _ADDED_WATCHED = [False]
 
@@ -219,11 +220,16 @@ def _buffer_added(module: nn.Module, name: str, _: Any) -> None:
 _buffer_added._dgm_new_names_only = True  # type: ignore[attr-defined]  # (see flows.base.Flow.__setattr__)
 
 
+def _parameter_added(*_: Any) -> None:
+    if _ADDED[0] is not None:
+        _ADDED[0] += 1
+
+
 def _watch_additions() -> None:
     if _ADDED_WATCHED[0]:
         return
     _ADDED_WATCHED[0] = True
-    if not register_registration_hooks(module=_module_added, buffer=_buffer_added):
+    if not register_registration_hooks(module=_module_added, buffer=_buffer_added, parameter=_parameter_added):
         _ADDED[0] = None  # an older torch: the buffers are listed again at every step
 
 

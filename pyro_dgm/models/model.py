@@ -669,6 +669,7 @@ class Model:
         self.step = 0
         self._dgm_public_defaults()
         _watch_additions()  # (torch's registration hooks, once per process: a layer replaced later is seen)
+        self._dgm_take_containers()
         self._dgm_seen = self._dgm_params_key()
 
     def _dgm_public_defaults(self) -> None:
@@ -754,18 +755,24 @@ class Model:
                 self, "test_loss_cls", None):
             self._dgm_take_losses()
 
-    def _dgm_params_key(self) -> tuple[int, ...]:
+    def _dgm_params_key(self) -> tuple[Any, ...]:
         """What tells that the trained parameters changed since the last step: the distributions list (replaced, a
-        network appended or put in another's place), the optimizer (replaced, or a parameter group added), and a
-        module registered anywhere (a layer replaced inside a network: Pixyz clips
-        ``self.distributions.parameters()`` as they are at each step; torch's registration hooks count them, see
-        :class:`~pyro_dgm.losses.steps.WatchedBuffers`). Not seen: a parameter put in another's place
-        (``net.weight = nn.Parameter(...)``) or a layer inserted in an ``nn.Sequential`` (neither registers a
-        module)."""
+        network appended or put in another's place), the optimizer (replaced, or a parameter group added), a module
+        or a parameter registered anywhere (a layer replaced inside a network, ``net.weight = nn.Parameter(...)``,
+        a new parameter: Pixyz clips ``self.distributions.parameters()`` as they are at each step; torch's
+        registration hooks count them, see :class:`~pyro_dgm.losses.steps.WatchedBuffers`), and the number of
+        modules each container of the distributions holds (``nn.Sequential.insert``, which registers nothing). Not
+        seen: a module put in a container's ``_modules`` by hand in another's place."""
         d = self.distributions
         opt = self.optimizer
         groups = getattr(opt, "param_groups", None) or ()
-        return (id(d), *map(id, d), id(opt), len(groups), sum(len(g["params"]) for g in groups), _ADDED[0])
+        sizes = tuple([len(m._modules) for m in self.__dict__.get("_dgm_containers", ())])
+        return (id(d), *map(id, d), id(opt), len(groups), sum(len(g["params"]) for g in groups), _ADDED[0], sizes)
+
+    def _dgm_take_containers(self) -> None:
+        """The modules of the distributions that hold modules, whose numbers :meth:`_dgm_params_key` reads."""
+        self._dgm_containers = [m for d in self.distributions if isinstance(d, nn.Module) for m in submodules(d)
+                                if m._modules or isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
 
     def _dgm_follow_changes(self) -> None:
         """Take the parameters of the distributions as they are now (Pixyz's steps clip
@@ -781,6 +788,7 @@ class Model:
         for name in ("_dgm_known_ids", "_dgm_net_buffers"):
             self.__dict__.pop(name, None)
         self._dgm_share_trained()
+        self._dgm_take_containers()
         self._dgm_seen = self._dgm_params_key()
 
     def _dgm_share_trained(self) -> None:

@@ -184,3 +184,99 @@ def test_a_changed_weight_buffer_is_read_again() -> None:
     assert float(p.get_params(x)["loc"]) == pytest.approx(3.0)
     p.double()
     assert p.get_params({k: v.double() for k, v in x.items()})["loc"].dtype == torch.float64
+
+
+def _two_experts() -> Any:
+    from pyro_dgm.distributions import Normal, ProductOfNormal
+
+    a = Normal(loc="xa", scale=torch.tensor([1.0]), var=["z"], cond_var=["xa"], name="a")
+    b = Normal(loc="xb", scale=torch.tensor([0.5]), var=["z"], cond_var=["xb"], name="b")
+    p = ProductOfNormal([a, b], weight_modalities=[1.0, 1.0, 1.0])
+    return p, {"xa": torch.tensor([[3.0]]), "xb": torch.tensor([[1.0]])}
+
+
+def _loc(w0: float, wa: float, wb: float) -> float:
+    """The closed form for :func:`_two_experts`: precisions w0, wa, 4 wb; locations 0, 3, 1."""
+    return (3.0 * wa + 4.0 * wb) / (w0 + wa + 4.0 * wb)
+
+
+def test_weights_that_take_gradients_or_come_through_torch_func_are_tensors_with_their_derivatives() -> None:
+    # (probe p268: weights read as numbers lost their gradient, an nn.Parameter put in the buffer's place or weights
+    # given by functional_call, and vmap over them failed with torch's "Cannot access data pointer")
+    from torch import nn
+    from torch.func import functional_call, grad, vmap
+
+    p, x = _two_experts()
+    want = torch.tensor([(0 - _loc(1, 2, 1)) / 7, (3 - _loc(1, 2, 1)) / 7, 4 * (1 - _loc(1, 2, 1)) / 7])  # d loc / d w
+    p.weight_modalities = nn.Parameter(torch.tensor([1.0, 2.0, 1.0]))
+    loc = p.get_params(x)["loc"]
+    assert loc.item() == pytest.approx(_loc(1, 2, 1))
+    torch.testing.assert_close(torch.autograd.grad(loc.sum(), p.weight_modalities)[0], want)
+
+    p, x = _two_experts()
+
+    def loc_of(w: torch.Tensor) -> torch.Tensor:  # (a distribution's call gives its parameters, as Pixyz's forward)
+        return functional_call(p, {"weight_modalities": w}, (), x)["loc"].sum()
+
+    torch.testing.assert_close(grad(loc_of)(torch.tensor([1.0, 2.0, 1.0])), want)
+    ws = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0]])
+    torch.testing.assert_close(vmap(loc_of)(ws), torch.tensor([_loc(1, 1, 1), _loc(1, 5, 1)]))
+    assert p.get_params(x)["loc"].item() == pytest.approx(_loc(1, 1, 1))  # (its own weights again)
+
+
+def test_weights_changed_in_place_or_given_another_storage_are_read_again() -> None:
+    p, x = _two_experts()
+    assert p.get_params(x)["loc"].item() == pytest.approx(_loc(1, 1, 1))
+    p.weight_modalities.data = torch.tensor([1.0, 5.0, 1.0])  # (another storage, the same tensor object)
+    assert p.get_params(x)["loc"].item() == pytest.approx(_loc(1, 5, 1))
+    p.weight_modalities.fill_(1.0)
+    assert p.get_params(x)["loc"].item() == pytest.approx(_loc(1, 1, 1))
+    p.load_state_dict({**p.state_dict(), "weight_modalities": torch.tensor([2.0, 1.0, 3.0])})
+    assert p.get_params(x)["loc"].item() == pytest.approx(_loc(2, 1, 3))
+
+
+@pytest.mark.parametrize("change", ["insert", "addparam"])
+def test_a_gradient_norm_clips_the_parameters_as_they_are_at_each_step_as_under_pixyz(change: str) -> None:
+    """Probe p269: ``clip_grad_norm`` clipped the parameters listed when the model was built or last changed: a
+    layer inserted into an ``nn.Sequential`` or a parameter added afterwards was left out of the norm, and the other
+    weights were scaled otherwise than by Pixyz, which clips ``distributions.parameters()`` at each step."""
+    def program() -> Any:
+        import torch
+        from torch import nn, optim
+
+        from pixyz.distributions import Categorical
+        from pixyz.models import ML
+
+        torch.manual_seed(0)
+
+        class C(Categorical):
+            def __init__(self) -> None:
+                super().__init__(var=["y"], cond_var=["x"], name="c")
+                self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+            def forward(self, x):  # type: ignore[no-untyped-def]
+                return {"probs": torch.softmax(self.net(x) + getattr(self, "b2", 0), -1)}
+
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(16, 4, generator=g)
+        y = nn.functional.one_hot(torch.randint(0, 3, (16,), generator=g), 3).float()
+        c = C()
+        m = ML(c, optimizer=optim.SGD, optimizer_params={"lr": 0.5}, clip_grad_norm=0.1)
+        m.train({"x": x.clone(), "y": y.clone()})
+        torch.manual_seed(1)
+        if change == "insert":
+            c.net.insert(2, nn.Linear(8, 8))
+        else:
+            c.b2 = nn.Parameter(torch.randn(3) * 3)
+        kept = []  # (each batch a new tensor kept alive: Pixyz's cache, keyed by id, would answer a reused id)
+        losses = []
+        for _ in range(3):
+            kept.append({"x": x.clone(), "y": y.clone()})
+            losses.append(m.train(kept[-1]))
+        return losses, [p.detach().clone() for p in c.net[0].parameters()]
+
+    ref, ours = run_both(program)
+    for a, b in zip(ref[0], ours[0]):
+        torch.testing.assert_close(torch.as_tensor(b), torch.as_tensor(a))
+    for a, b in zip(ref[1], ours[1]):
+        torch.testing.assert_close(b, a)

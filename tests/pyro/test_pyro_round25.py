@@ -191,3 +191,48 @@ def test_a_conditionals_input_whose_feature_size_is_the_batch_size_is_scored_onc
     want.compute_log_prob()
     assert got.nodes["x"]["log_prob"].shape == want.nodes["x"]["log_prob"].shape == (4, 1, 4)
     torch.testing.assert_close(got.log_prob_sum(), want.log_prob_sum())
+
+
+@pytest.mark.parametrize("k, b, dim", [(3, 3, -2), (3, 4, -2), (2, 3, -3), (1, 4, -2)])
+def test_a_scalar_variables_data_in_an_outer_plate_is_scored_once(k: int, b: int, dim: int) -> None:
+    """Probe p268: ``Normal(loc=0.5, scale=2., var=["x"]).model(x=x)`` with x of (K, B) (or (K, 1, B) at dim -3)
+    inside an outer plate of K: a variable of scalar constants takes its features from the data, so the dims after
+    the copies' are rows, as in the plain-Pyro twin (the rows were read as K rows of B features and scored K times,
+    or refused when K != B)."""
+    p = Normal(loc=torch.tensor(0.5), scale=torch.tensor(2.0), var=["x"])
+    x = torch.randn((k, b) if dim == -2 else (k, 1, b))
+
+    def run(f):  # type: ignore[no-untyped-def]
+        with pyro.plate("outer", k, dim=dim):
+            f()
+
+    got = poutine.trace(lambda: run(lambda: p.model(x=x))).get_trace()
+    want = poutine.trace(lambda: run(lambda: pyro.sample("x", dist.Normal(0.5, 2.0), obs=x))).get_trace()
+    closed = torch.distributions.Normal(0.5, 2.0).log_prob(x).sum()
+    torch.testing.assert_close(want.log_prob_sum(), closed)
+    torch.testing.assert_close(got.log_prob_sum(), closed)
+
+
+def test_a_guides_extra_input_beside_a_missing_modality_does_not_warn() -> None:
+    """Probe p268: a multimodal model trained on x alone (y missing: a latent here) given a guide's extra tensor
+    (``svi.step(x=x, weight=w)``) warned that the data was drawn; some data is given, so it does not."""
+    torch.manual_seed(0)
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[Z], name="p_{prior}")
+    px = P(3)
+
+    class PY(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(Z, 2)
+
+        def forward(self, z):  # type: ignore[no-untyped-def]
+            return {"loc": self.fc(z), "scale": torch.ones(2)}
+
+    joint = px * PY() * prior
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr = poutine.trace(joint.model).get_trace(x=torch.randn(5, 3), weight=torch.ones(5))
+    assert tr.nodes["x"]["is_observed"] and not tr.nodes["y"]["is_observed"]
+    with pytest.warns(UserWarning, match=r"the keyword 'data' names no variable of this model .*\['x', 'y'\] not "
+                                         r"given, so drawn"):
+        poutine.trace(joint.model).get_trace(data=torch.randn(5, 3))
