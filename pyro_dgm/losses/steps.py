@@ -15,6 +15,7 @@ import random
 import signal
 import struct
 import threading
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -220,8 +221,13 @@ def _buffer_added(module: nn.Module, name: str, _: Any) -> None:
 _buffer_added._dgm_new_names_only = True  # type: ignore[attr-defined]  # (see flows.base.Flow.__setattr__)
 
 
-def _parameter_added(*_: Any) -> None:
-    if _ADDED[0] is not None:
+#: the modules of the distributions that ``Model``s train (see ``Model._dgm_take_containers``): a parameter registered
+#: on one of them bumps :data:`_ADDED`; one registered on any other module (a network built anywhere) does not
+PARAMETERS_WATCHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def _parameter_added(module: nn.Module, *_: Any) -> None:
+    if _ADDED[0] is not None and module in PARAMETERS_WATCHED:
         _ADDED[0] += 1
 
 

@@ -30,7 +30,7 @@ from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, WatchedBuffers, autograd_leaves, restore_buffers
-from pyro_dgm.losses.steps import _ADDED, _watch_additions, needs_closure, optimizer_arguments
+from pyro_dgm.losses.steps import PARAMETERS_WATCHED, _ADDED, _watch_additions, needs_closure, optimizer_arguments
 from pyro_dgm.losses.steps import SIGNALS as _SIGNALS
 from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_check.py imports it from here)
 from pyro_dgm.losses.base import Loss
@@ -770,8 +770,12 @@ class Model:
         return (id(d), *map(id, d), id(opt), len(groups), sum(len(g["params"]) for g in groups), _ADDED[0], sizes)
 
     def _dgm_take_containers(self) -> None:
-        """The modules of the distributions that hold modules, whose numbers :meth:`_dgm_params_key` reads."""
-        self._dgm_containers = [m for d in self.distributions if isinstance(d, nn.Module) for m in submodules(d)
+        """The modules of the distributions that hold modules, whose numbers :meth:`_dgm_params_key` reads; and
+        every module of them watched for a parameter registered on it (:data:`~pyro_dgm.losses.steps.
+        PARAMETERS_WATCHED`: a network built elsewhere, not trained here, does not count)."""
+        mods = [m for d in self.distributions if isinstance(d, nn.Module) for m in submodules(d)]
+        PARAMETERS_WATCHED.update(mods)
+        self._dgm_containers = [m for m in mods
                                 if m._modules or isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
 
     def _dgm_follow_changes(self) -> None:
@@ -790,6 +794,17 @@ class Model:
         self._dgm_share_trained()
         self._dgm_take_containers()
         self._dgm_seen = self._dgm_params_key()
+
+    def _dgm_clip_current(self) -> None:
+        """Before clipping: take the distributions' parameters again if they are not those listed (one walk of
+        them, as Pixyz's clipping of ``self.distributions.parameters()`` at each step makes). The key of
+        :meth:`_dgm_params_key` misses a parameter made by ``forward`` in this step, a module put back in a
+        container (``pop`` then ``insert`` of one made earlier) and parameters written into ``_parameters`` (by hand,
+        or by a conversion under ``torch.__future__.set_overwrite_module_params_on_conversion(True)``)."""
+        now = list(self.distributions.parameters())
+        had = self._dgm_params
+        if len(now) > len(had) or any(a is not b for a, b in zip(now, had)):
+            self._dgm_follow_changes()
 
     def _dgm_share_trained(self) -> None:
         """Tell the loss's adversarial terms which parameters this model trains (their ``_dgm_trained_with``); a
@@ -1053,6 +1068,8 @@ class Model:
             _dist.average_gradients(self._dgm_extra_params)  # outside the wrapped networks (add_param_group)
         if overflowed:
             self._dgm_overflowed_step(loss, terms)
+        if self.clip_norm or self.clip_value:
+            self._dgm_clip_current()
         clipped = False
         if self.check_gradients:
             grads = [p.grad for p in self._dgm_params if p.grad is not None]
