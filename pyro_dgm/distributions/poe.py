@@ -291,12 +291,13 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
     def _dgm_weights(self) -> Sequence[float] | Tensor:
         """The weights as numbers, read once per change of the buffer (a number multiplies no tensor, and a weight of
         1 not at all): another tensor, storage or version. The buffer itself (its entries are tensors) while
-        torch.compile traces, for weights that take gradients (an ``nn.Parameter`` put in its place) and under
-        ``torch.func``'s transforms (``functional_call`` of other weights, batched by ``vmap``)."""
+        torch.compile traces, for weights that take gradients (an ``nn.Parameter`` put in its place), under
+        ``torch.func``'s transforms (``functional_call`` of other weights, batched by ``vmap``) and on the meta
+        device."""
         buf = self.weight_modalities
-        if (torch.compiler.is_compiling() or buf.requires_grad
+        if (torch.compiler.is_compiling() or buf.requires_grad or buf.is_meta
                 or torch._C._functorch.is_functorch_wrapped_tensor(buf)):
-            return buf
+            return buf  # (nor weights on the meta device, which have no values to read)
         seen = self.__dict__.get("_dgm_weights_read")
         try:
             key = (buf._version, buf.data_ptr())

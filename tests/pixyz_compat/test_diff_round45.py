@@ -362,3 +362,25 @@ def test_a_network_built_elsewhere_at_each_step_does_not_make_the_model_list_its
     c.extra = nn.Parameter(torch.zeros(2))  # (on a trained network: seen)
     m.train(data)
     assert calls and any(p is c.extra for p in m._dgm_params)
+
+
+def test_a_product_on_the_meta_device_gives_its_parameters_shapes() -> None:
+    # (weights read as numbers: a meta tensor has none, "Cannot copy out of meta tensor"; the session's start gave
+    # the shapes, as torch's modules do on the meta device)
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal, ProductOfNormal
+
+    class E(Normal):
+        def __init__(self, v: str) -> None:
+            super().__init__(var=["z"], cond_var=[v], name="q" + v)
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, **x: Any) -> Any:
+            loc, s = self.fc(next(iter(x.values()))).chunk(2, -1)
+            return {"loc": loc, "scale": nn.functional.softplus(s)}
+
+    with torch.device("meta"):
+        q = ProductOfNormal([E("x"), E("y")], weight_modalities=[1.0, 0.5, 2.0])
+        params = q.get_params({"x": torch.randn(5, 3), "y": torch.randn(5, 3)})
+    assert params["loc"].is_meta and params["loc"].shape == params["scale"].shape == (5, 2)
