@@ -1540,7 +1540,10 @@ class Distribution(YieldingModule):
                         if unbatched is None:
                             unbatched = x.shape[0]
                         continue
-                    n = x.shape[outer_plates_ndim(x, 0 if v in self._var and self._dgm_scalar_root(v) else 1)]
+                    lead = outer_plates_ndim(x, 0)
+                    if lead and x.dim() == lead + 1 and not (v in self._var and self._dgm_scalar_root(v)):
+                        lead = 0  # (no dim left for features: only a variable of scalar constants has none)
+                    n = x.shape[lead]
                 if not _size_is_one(n):
                     return n if unbatched is None else unbatched
                 found = 1
