@@ -148,10 +148,6 @@ class AdversarialLoss(Loss):
         self.p, self.q = p, q
         self.input_dist = p if p.input_var else q  # Pixyz's: the distribution whose input gives the batch size
         self.d = discriminator  # a sub-module named as in Pixyz (``loss.d``, ``loss.to(device)`` moves it)
-        self.__dict__["_dgm_d"] = discriminator
-        compared = {id(t) for t in [*p.parameters(), *q.parameters()]}
-        self.__dict__["_dgm_d_only"] = [t for t in discriminator.parameters() if id(t) not in compared]
-        self.__dict__["_dgm_frozen"] = list(self._dgm_d_only)
         self.d_optimizer = _build_optimizer(owner, optimizer, discriminator,
                                             optimizer_arguments(owner, "optimizer_params", optimizer_params,
                                                                 LossArgumentError))
@@ -161,6 +157,26 @@ class AdversarialLoss(Loss):
         self.d_steps = 0
         self._dgm_synced = False  # whether the data-parallel wrapper was decided (at the first step)
         self._dgm_replicated: Any = None  # DistributedDataParallel around the discriminator, under a process group
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "d" and value is not self.__dict__.get("_dgm_d"):
+            self._dgm_take_discriminator(value)
+
+    def _dgm_take_discriminator(self, d: "Distribution") -> None:
+        """Use ``d`` as the discriminator, set at construction or later (``loss.d = d2``, which Pixyz's term reads at
+        each evaluation and step; its ``d_optimizer`` is left as it is, as there)."""
+        owner = type(self).__name__
+        _check_discriminator(owner, d, self.p, self.q, ordered_union(self.p.input_var, self.q.input_var))
+        d_ = self.__dict__
+        d_["_dgm_d"] = d
+        compared = {id(t) for t in [*self.p.parameters(), *self.q.parameters()]}
+        d_["_dgm_d_only"] = [t for t in d.parameters() if id(t) not in compared]
+        d_["_dgm_frozen"] = list(d_["_dgm_d_only"])
+        d_.pop("_dgm_sharer", None)  # (a Model that trains some of them tells the term again at its next step)
+        if "_dgm_synced" in d_:  # (a data-parallel wrapper of the old one: decided again at the next step)
+            self._dgm_synced = False
+            self._dgm_replicated = None
 
     # ------------------------------------------------------------------ the discriminator
     @property

@@ -638,6 +638,7 @@ class Model:
         self._dgm_ddp = _dist.wrap(self.distributions)
         # every parameter, as Pixyz gives the optimizer: one frozen now (requires_grad=False) is trained once unfrozen
         self._dgm_params = list(self.distributions.parameters())
+        self._dgm_own_count = len(self._dgm_params)  # (the distributions' own, first; Pyro's adopted ones follow)
         self._dgm_share_trained()
         self._dgm_pyro_named: dict[str, Tensor] = {}
         self._dgm_optimizer_spec = (optimizer, optimizer_params)
@@ -785,7 +786,9 @@ class Model:
         added with ``add_param_group``)."""
         known = {id(p) for p in self.distributions.parameters()}
         adopted = [p for p in self._dgm_pyro_named.values() if id(p) not in known]
-        self._dgm_params = list(self.distributions.parameters()) + adopted
+        own = list(self.distributions.parameters())
+        self._dgm_params = own + adopted
+        self._dgm_own_count = len(own)
         ids = {id(p) for p in self._dgm_params}
         groups = getattr(self.optimizer, "param_groups", None) or ()
         self._dgm_extra_params = [p for g in groups for p in g["params"] if id(p) not in ids]
@@ -799,12 +802,13 @@ class Model:
         """Before clipping: take the distributions' parameters again if they are not those listed (one walk of
         them, as Pixyz's clipping of ``self.distributions.parameters()`` at each step makes). The key of
         :meth:`_dgm_params_key` misses a parameter made by ``forward`` in this step, a module put back in a
-        container (``pop`` then ``insert`` of one made earlier) and parameters written into ``_parameters`` (by hand,
-        or by a conversion under ``torch.__future__.set_overwrite_module_params_on_conversion(True)``)."""
+        container (``pop`` then ``insert`` of one made earlier), parameters written into ``_parameters`` (by hand,
+        or by a conversion under ``torch.__future__.set_overwrite_module_params_on_conversion(True)``) and a
+        parameter deleted (``del net.b``)."""
         now = list(self.distributions.parameters())
         had = self._dgm_params
-        if len(now) > len(had) or any(a is not b for a, b in zip(now, had)):
-            self._dgm_follow_changes()
+        if len(now) != self.__dict__.get("_dgm_own_count") or any(a is not b for a, b in zip(now, had)):
+            self._dgm_follow_changes()  # (a parameter added, deleted, or another in its place)
 
     def _dgm_share_trained(self) -> None:
         """Tell the loss's adversarial terms which parameters this model trains (their ``_dgm_trained_with``); a

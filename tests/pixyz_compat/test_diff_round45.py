@@ -384,3 +384,94 @@ def test_a_product_on_the_meta_device_gives_its_parameters_shapes() -> None:
         q = ProductOfNormal([E("x"), E("y")], weight_modalities=[1.0, 0.5, 2.0])
         params = q.get_params({"x": torch.randn(5, 3), "y": torch.randn(5, 3)})
     assert params["loc"].is_meta and params["loc"].shape == params["scale"].shape == (5, 2)
+
+
+def test_a_discriminator_put_in_place_between_steps_is_the_one_used_and_trained_as_under_pixyz() -> None:
+    """Probe p271: ``loss.d = d2`` (with its own ``d_optimizer``) between GAN steps: the term kept evaluating and
+    training the discriminator it was built with (Pixyz's reads ``self.d`` at each evaluation and step)."""
+    def program() -> Any:
+        import torch
+        from torch import nn, optim
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.models import GAN
+
+        torch.manual_seed(0)
+
+        class G(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["x"], cond_var=["z"], name="p")
+                self.net = nn.Linear(3, 2)
+
+            def forward(self, z):  # type: ignore[no-untyped-def]
+                return {"x": self.net(z)}
+
+        class Dc(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1), nn.Sigmoid())
+
+            def forward(self, x):  # type: ignore[no-untyped-def]
+                return {"t": self.net(x)}
+
+        prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[3], name="p_{prior}")
+        m = GAN((G() * prior).marginalize_var("z"), Dc(), optimizer=optim.SGD, optimizer_params={"lr": 0.1},
+                d_optimizer=optim.SGD, d_optimizer_params={"lr": 0.1})
+        d2 = Dc()
+        gen = torch.Generator().manual_seed(1)
+        kept, out = [], []
+        for step in range(4):
+            if step == 2:
+                m.loss_cls.d = d2
+                m.loss_cls.d_optimizer = optim.SGD(d2.parameters(), lr=0.1)
+            kept.append({"x": torch.randn(16, 2, generator=gen) + 2})
+            out.append(m.train(kept[-1]))
+        return out, [p.detach().clone() for p in d2.parameters()]
+
+    ref, ours = run_both(program)
+    for a, b in zip(ref[0], ours[0]):
+        torch.testing.assert_close(torch.as_tensor(b[0]), torch.as_tensor(a[0]))
+        torch.testing.assert_close(torch.as_tensor(b[1]), torch.as_tensor(a[1]))
+    for a, b in zip(ref[1], ours[1]):
+        torch.testing.assert_close(b, a)
+
+
+def test_a_deleted_parameter_leaves_the_clipped_norm_as_under_pixyz() -> None:
+    """Probe p271: a parameter outside the optimizer (its gradient never cleared) deleted when it came last in
+    ``parameters()``: its old gradient stayed in the clipped norm."""
+    def program() -> Any:
+        import torch
+        from torch import nn, optim
+
+        from pixyz.distributions import Normal
+        from pixyz.models import ML
+
+        torch.manual_seed(0)
+
+        class C(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["y"], cond_var=["x"], name="c")
+                self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+
+            def forward(self, x):  # type: ignore[no-untyped-def]
+                return {"loc": self.net(x) + getattr(self.net[2], "b", 0), "scale": torch.ones(2)}
+
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(16, 4, generator=g), torch.randn(16, 2, generator=g) * 3
+        c = C()
+        m = ML(c, optimizer=optim.SGD, optimizer_params={"lr": 0.3}, clip_grad_norm=1.0)
+        kept, losses = [], []
+        for step in range(7):
+            if step == 2:
+                c.net[2].b = nn.Parameter(torch.full((2,), 0.5))  # (not in the optimizer)
+            if step == 5:
+                del c.net[2].b
+            kept.append({"x": x.clone(), "y": y.clone()})
+            losses.append(m.train(kept[-1]))
+        return losses, [p.detach().clone() for p in c.net[0].parameters()]
+
+    ref, ours = run_both(program)
+    for a, b in zip(ref[0], ours[0]):
+        torch.testing.assert_close(torch.as_tensor(b), torch.as_tensor(a))
+    for a, b in zip(ref[1], ours[1]):
+        torch.testing.assert_close(b, a)
