@@ -148,6 +148,7 @@ class AdversarialLoss(Loss):
         self.p, self.q = p, q
         self.input_dist = p if p.input_var else q  # Pixyz's: the distribution whose input gives the batch size
         self.d = discriminator  # a sub-module named as in Pixyz (``loss.d``, ``loss.to(device)`` moves it)
+        self._dgm_take_discriminator(discriminator)
         self.d_optimizer = _build_optimizer(owner, optimizer, discriminator,
                                             optimizer_arguments(owner, "optimizer_params", optimizer_params,
                                                                 LossArgumentError))
@@ -159,19 +160,31 @@ class AdversarialLoss(Loss):
         self._dgm_replicated: Any = None  # DistributedDataParallel around the discriminator, under a process group
 
     def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name == "d" and value is not self.__dict__.get("_dgm_d"):
-            self._dgm_take_discriminator(value)
-
-    def _dgm_take_discriminator(self, d: "Distribution") -> None:
-        """Use ``d`` as the discriminator, set at construction or later (``loss.d = d2``, which Pixyz's term reads at
-        each evaluation and step; its ``d_optimizer`` is left as it is, as there)."""
-        owner = type(self).__name__
-        _check_discriminator(owner, d, self.p, self.q, ordered_union(self.p.input_var, self.q.input_var))
         d_ = self.__dict__
-        d_["_dgm_d"] = d
+        if name == "d" and "q" in d_ and value is not d_.get("_dgm_d_seen"):  # (checked before it is set: a refused
+            # discriminator leaves the term as it was; one without parameters is let in, as Pixyz's term takes it,
+            # whose optimizer, built at construction, needs some)
+            _check_discriminator(type(self).__name__, value, self.p, self.q,
+                                 ordered_union(self.p.input_var, self.q.input_var), needs_parameters=False)
+        super().__setattr__(name, value)
+
+    @property
+    def _dgm_d(self) -> "Distribution":
+        """The discriminator in use: ``self.d`` as it is now, however it was put there (``loss.d = d2``,
+        ``add_module("d", d2)``), as Pixyz's term reads ``self.d`` at each evaluation and step (its ``d_optimizer`` is
+        left as it is, as there)."""
+        d = self._modules.get("d")
+        if d is not self.__dict__.get("_dgm_d_seen"):
+            self._dgm_take_discriminator(d)
+        return d
+
+    def _dgm_take_discriminator(self, d: Any) -> None:
+        """Note ``d`` as the discriminator in use: its own parameters (not the compared distributions'), which the
+        generator-side value does not train."""
+        d_ = self.__dict__
+        d_["_dgm_d_seen"] = d
         compared = {id(t) for t in [*self.p.parameters(), *self.q.parameters()]}
-        d_["_dgm_d_only"] = [t for t in d.parameters() if id(t) not in compared]
+        d_["_dgm_d_only"] = [t for t in d.parameters() if id(t) not in compared] if isinstance(d, nn.Module) else []
         d_["_dgm_frozen"] = list(d_["_dgm_d_only"])
         d_.pop("_dgm_sharer", None)  # (a Model that trains some of them tells the term again at its next step)
         if "_dgm_synced" in d_:  # (a data-parallel wrapper of the old one: decided again at the next step)
@@ -279,6 +292,7 @@ class AdversarialLoss(Loss):
     def frozen_parameters(self) -> list[Tensor]:
         """The discriminator's own parameters: the generator-side value does not train them (:meth:`loss_train`
         does), except those a ``Model`` of this loss trains too (see ``_dgm_trained_with``)."""
+        self._dgm_d  # (the discriminator in use now, noted)
         return list(self._dgm_frozen)
 
     def _dgm_trained_with(self, params: Iterable[Tensor], sharer: Any = None) -> None:
@@ -287,6 +301,7 @@ class AdversarialLoss(Loss):
         discriminator steps it on that value, too); the others stay out of its autograd graph (only
         :meth:`loss_train`, which clears their gradients first, trains them: the same numbers either way)."""
         trained = {id(t) for t in params}
+        self._dgm_d  # (the discriminator in use now, noted)
         self.__dict__["_dgm_frozen"] = [t for t in self._dgm_d_only if id(t) not in trained]
         self.__dict__["_dgm_sharer"] = id(sharer)  # (an id: the term stays picklable)
 
@@ -309,6 +324,7 @@ class AdversarialLoss(Loss):
                 xp = self._dgm_samples(self.p, values, n, False, kwargs)
                 xq = self._dgm_samples(self.q, values, n, False, kwargs)
             return self._dgm_d_loss(xp, xq, kwargs)
+        self._dgm_d  # (the discriminator in use now, noted)
         with frozen(self._dgm_frozen):
             return self._dgm_g_loss(values, n, kwargs)
 
@@ -618,7 +634,8 @@ class AdversarialLoss(Loss):
 
 
 # ---------------------------------------------------------------------- construction checks
-def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution", input_var: list[str]) -> None:
+def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution", input_var: list[str],
+                         needs_parameters: bool = True) -> None:
     if d is None:
         raise TypeError(f"{owner}: a discriminator is required: a pyro_dgm Distribution d(t|{','.join(p.var)}) (e.g. a "
                         "Deterministic subclass whose forward returns {'t': torch.sigmoid(net(x))})")
@@ -639,7 +656,7 @@ def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution
     if foreign:
         raise ValueError(f"{owner}: the discriminator {describe(d)} is conditioned on {foreign[0]!r}, which is neither "
                          f"a compared variable ({list(p.var)}) nor an input of the term ({input_var})")
-    if not any(True for _ in d.parameters()):
+    if needs_parameters and not any(True for _ in d.parameters()):
         raise ValueError(f"{owner}: the discriminator {describe(d)} has no parameters to train; give it a network")
 
 

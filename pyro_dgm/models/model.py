@@ -225,7 +225,7 @@ def loss_networks(loss: Any) -> list[nn.Module]:
     out: list[nn.Module] = list(distributions)
     seen = {id(d) for d in out}
     for term in nodes:
-        d = term.__dict__.get("_dgm_d")
+        d = term._dgm_d if hasattr(type(term), "_dgm_d") else None  # (an adversarial term's discriminator)
         if isinstance(d, nn.Module) and id(d) not in seen:
             seen.add(id(d))
             out.append(d)

@@ -386,9 +386,11 @@ def test_a_product_on_the_meta_device_gives_its_parameters_shapes() -> None:
     assert params["loc"].is_meta and params["loc"].shape == params["scale"].shape == (5, 2)
 
 
-def test_a_discriminator_put_in_place_between_steps_is_the_one_used_and_trained_as_under_pixyz() -> None:
-    """Probe p271: ``loss.d = d2`` (with its own ``d_optimizer``) between GAN steps: the term kept evaluating and
-    training the discriminator it was built with (Pixyz's reads ``self.d`` at each evaluation and step)."""
+@pytest.mark.parametrize("how", ["setattr", "add_module"])
+def test_a_discriminator_put_in_place_between_steps_is_the_one_used_and_trained_as_under_pixyz(how: str) -> None:
+    """Probes p271, p272: ``loss.d = d2`` (or ``add_module("d", d2)``), with its own ``d_optimizer``, between GAN
+    steps: the term kept evaluating and training the discriminator it was built with (Pixyz's reads ``self.d`` at
+    each evaluation and step)."""
     def program() -> Any:
         import torch
         from torch import nn, optim
@@ -422,7 +424,10 @@ def test_a_discriminator_put_in_place_between_steps_is_the_one_used_and_trained_
         kept, out = [], []
         for step in range(4):
             if step == 2:
-                m.loss_cls.d = d2
+                if how == "setattr":
+                    m.loss_cls.d = d2
+                else:
+                    m.loss_cls.add_module("d", d2)
                 m.loss_cls.d_optimizer = optim.SGD(d2.parameters(), lr=0.1)
             kept.append({"x": torch.randn(16, 2, generator=gen) + 2})
             out.append(m.train(kept[-1]))
@@ -475,3 +480,88 @@ def test_a_deleted_parameter_leaves_the_clipped_norm_as_under_pixyz() -> None:
         torch.testing.assert_close(torch.as_tensor(b), torch.as_tensor(a))
     for a, b in zip(ref[1], ours[1]):
         torch.testing.assert_close(b, a)
+
+
+def test_a_discriminator_without_parameters_put_in_place_is_taken_and_a_refused_one_changes_nothing() -> None:
+    """Probe p272: a fixed critic (no parameters) assigned to a term was refused, where Pixyz's term takes it and
+    evaluates with it; and a refused assignment had set ``loss.d`` while the term kept the old one."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+        from pixyz.losses import AdversarialJensenShannon
+
+        torch.manual_seed(0)
+
+        class G(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["x"], cond_var=["z"], name="p")
+                self.net = nn.Linear(3, 2)
+
+            def forward(self, z):  # type: ignore[no-untyped-def]
+                return {"x": self.net(z)}
+
+        class Dc(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1), nn.Sigmoid())
+
+            def forward(self, x):  # type: ignore[no-untyped-def]
+                return {"t": self.net(x)}
+
+        class Fixed(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d_0")
+
+            def forward(self, x):  # type: ignore[no-untyped-def]
+                return {"t": torch.sigmoid(x.sum(-1, keepdim=True))}
+
+        prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[3], name="p_{prior}")
+        term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"), Dc())
+        x = torch.randn(8, 2) + 2
+        before = term.eval({"x": x})
+        term.d = Fixed()
+        return before, term.eval({"x": x}), type(term.d).__name__
+
+    ref, ours = run_both(program)
+    torch.testing.assert_close(ours[0], ref[0])
+    torch.testing.assert_close(ours[1], ref[1])
+    assert ours[2] == ref[2] == "Fixed"
+
+
+def test_a_refused_discriminator_leaves_the_term_as_it_was() -> None:
+    from torch import nn
+
+    from pyro_dgm.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pyro_dgm.losses import AdversarialJensenShannon
+
+    class G(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = nn.Linear(3, 2)
+
+        def forward(self, z):  # type: ignore[no-untyped-def]
+            return {"x": self.net(z)}
+
+    class Dc(Deterministic):
+        def __init__(self, cond: str = "x") -> None:
+            super().__init__(var=["t"], cond_var=[cond], name="d")
+            self.net = nn.Sequential(nn.Linear(2, 1), nn.Sigmoid())
+
+        def forward(self, **x: Any) -> Any:
+            return {"t": self.net(next(iter(x.values())))}
+
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[3], name="p_{prior}")
+    torch.manual_seed(0)
+    d = Dc()
+    term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"), d)
+    x = {"x": torch.randn(8, 2) + 2}
+    torch.manual_seed(1)
+    before = term.eval(x)
+    with pytest.raises(ValueError, match=r"the discriminator .* is conditioned on \['y'\], but the compared variables "
+                                         r"are \['x'\]"):
+        term.d = Dc("y")
+    assert term.d is d and term.discriminator is d
+    torch.manual_seed(1)
+    torch.testing.assert_close(term.eval(x), before)
