@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pixyz_harness import run_both
+from pixyz_harness import run_both, run_pyro_dgm
 
 from pyro_dgm.distributions.poe import _combine
 
@@ -386,6 +386,34 @@ def test_a_product_on_the_meta_device_gives_its_parameters_shapes() -> None:
     assert params["loc"].is_meta and params["loc"].shape == params["scale"].shape == (5, 2)
 
 
+def _gan_parts(hidden: int = 8) -> Any:
+    """A generator ``p(x) = int p(x|z) p(z) dz`` and the class of a discriminator ``d(t|x)``, as a Pixyz program
+    writes them (imported from ``pixyz`` when called: pyro_dgm's inside the harness's programs)."""
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Deterministic, Normal
+
+    class G(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = nn.Linear(3, 2)
+
+        def forward(self, z):  # type: ignore[no-untyped-def]
+            return {"x": self.net(z)}
+
+    class Dc(Deterministic):
+        def __init__(self, cond: str = "x") -> None:
+            super().__init__(var=["t"], cond_var=[cond], name="d")
+            self.net = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 1), nn.Sigmoid())
+
+        def forward(self, **x: Any) -> Any:
+            return {"t": self.net(next(iter(x.values())))}
+
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[3], name="p_{prior}")
+    return (G() * prior).marginalize_var("z"), Dc
+
+
 @pytest.mark.parametrize("how", ["setattr", "add_module"])
 def test_a_discriminator_put_in_place_between_steps_is_the_one_used_and_trained_as_under_pixyz(how: str) -> None:
     """Probes p271, p272: ``loss.d = d2`` (or ``add_module("d", d2)``), with its own ``d_optimizer``, between GAN
@@ -393,31 +421,13 @@ def test_a_discriminator_put_in_place_between_steps_is_the_one_used_and_trained_
     each evaluation and step)."""
     def program() -> Any:
         import torch
-        from torch import nn, optim
+        from torch import optim
 
-        from pixyz.distributions import Deterministic, Normal
         from pixyz.models import GAN
 
         torch.manual_seed(0)
-
-        class G(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["z"], name="p")
-                self.net = nn.Linear(3, 2)
-
-            def forward(self, z):  # type: ignore[no-untyped-def]
-                return {"x": self.net(z)}
-
-        class Dc(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["t"], cond_var=["x"], name="d")
-                self.net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1), nn.Sigmoid())
-
-            def forward(self, x):  # type: ignore[no-untyped-def]
-                return {"t": self.net(x)}
-
-        prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[3], name="p_{prior}")
-        m = GAN((G() * prior).marginalize_var("z"), Dc(), optimizer=optim.SGD, optimizer_params={"lr": 0.1},
+        generator, Dc = _gan_parts()
+        m = GAN(generator, Dc(), optimizer=optim.SGD, optimizer_params={"lr": 0.1},
                 d_optimizer=optim.SGD, d_optimizer_params={"lr": 0.1})
         d2 = Dc()
         gen = torch.Generator().manual_seed(1)
@@ -482,33 +492,16 @@ def test_a_deleted_parameter_leaves_the_clipped_norm_as_under_pixyz() -> None:
         torch.testing.assert_close(b, a)
 
 
-def test_a_discriminator_without_parameters_put_in_place_is_taken_and_a_refused_one_changes_nothing() -> None:
+def test_a_discriminator_without_parameters_put_in_place_is_taken_as_under_pixyz() -> None:
     """Probe p272: a fixed critic (no parameters) assigned to a term was refused, where Pixyz's term takes it and
-    evaluates with it; and a refused assignment had set ``loss.d`` while the term kept the old one."""
+    evaluates with it."""
     def program() -> Any:
         import torch
-        from torch import nn
 
-        from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+        from pixyz.distributions import Deterministic, EmpiricalDistribution
         from pixyz.losses import AdversarialJensenShannon
 
         torch.manual_seed(0)
-
-        class G(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["x"], cond_var=["z"], name="p")
-                self.net = nn.Linear(3, 2)
-
-            def forward(self, z):  # type: ignore[no-untyped-def]
-                return {"x": self.net(z)}
-
-        class Dc(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["t"], cond_var=["x"], name="d")
-                self.net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1), nn.Sigmoid())
-
-            def forward(self, x):  # type: ignore[no-untyped-def]
-                return {"t": self.net(x)}
 
         class Fixed(Deterministic):
             def __init__(self) -> None:
@@ -517,8 +510,8 @@ def test_a_discriminator_without_parameters_put_in_place_is_taken_and_a_refused_
             def forward(self, x):  # type: ignore[no-untyped-def]
                 return {"t": torch.sigmoid(x.sum(-1, keepdim=True))}
 
-        prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[3], name="p_{prior}")
-        term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"), Dc())
+        generator, Dc = _gan_parts(4)
+        term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), generator, Dc())
         x = torch.randn(8, 2) + 2
         before = term.eval({"x": x})
         term.d = Fixed()
@@ -531,37 +524,25 @@ def test_a_discriminator_without_parameters_put_in_place_is_taken_and_a_refused_
 
 
 def test_a_refused_discriminator_leaves_the_term_as_it_was() -> None:
-    from torch import nn
+    # (probe p272: the refusal came after the assignment, so loss.d was the refused one while the term used the old)
+    def program() -> Any:
+        import torch
 
-    from pyro_dgm.distributions import Deterministic, EmpiricalDistribution, Normal
-    from pyro_dgm.losses import AdversarialJensenShannon
+        from pixyz.distributions import EmpiricalDistribution
+        from pixyz.losses import AdversarialJensenShannon
 
-    class G(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["z"], name="p")
-            self.net = nn.Linear(3, 2)
+        torch.manual_seed(0)
+        generator, Dc = _gan_parts(4)
+        d = Dc()
+        term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), generator, d)
+        x = {"x": torch.randn(8, 2) + 2}
+        torch.manual_seed(1)
+        before = term.eval(x)
+        with pytest.raises(ValueError, match=r"the discriminator .* is conditioned on \['y'\], but the compared "
+                                             r"variables are \['x'\]"):
+            term.d = Dc("y")
+        assert term.d is d and term.discriminator is d
+        torch.manual_seed(1)
+        torch.testing.assert_close(term.eval(x), before)
 
-        def forward(self, z):  # type: ignore[no-untyped-def]
-            return {"x": self.net(z)}
-
-    class Dc(Deterministic):
-        def __init__(self, cond: str = "x") -> None:
-            super().__init__(var=["t"], cond_var=[cond], name="d")
-            self.net = nn.Sequential(nn.Linear(2, 1), nn.Sigmoid())
-
-        def forward(self, **x: Any) -> Any:
-            return {"t": self.net(next(iter(x.values())))}
-
-    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[3], name="p_{prior}")
-    torch.manual_seed(0)
-    d = Dc()
-    term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (G() * prior).marginalize_var("z"), d)
-    x = {"x": torch.randn(8, 2) + 2}
-    torch.manual_seed(1)
-    before = term.eval(x)
-    with pytest.raises(ValueError, match=r"the discriminator .* is conditioned on \['y'\], but the compared variables "
-                                         r"are \['x'\]"):
-        term.d = Dc("y")
-    assert term.d is d and term.discriminator is d
-    torch.manual_seed(1)
-    torch.testing.assert_close(term.eval(x), before)
+    run_pyro_dgm(program)
