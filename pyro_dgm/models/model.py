@@ -759,11 +759,12 @@ class Model:
     def _dgm_params_key(self) -> tuple[Any, ...]:
         """What tells that the trained parameters changed since the last step: the distributions list (replaced, a
         network appended or put in another's place), the optimizer (replaced, or a parameter group added), a module
-        or a parameter registered anywhere (a layer replaced inside a network, ``net.weight = nn.Parameter(...)``,
-        a new parameter: Pixyz clips ``self.distributions.parameters()`` as they are at each step; torch's
-        registration hooks count them, see :class:`~pyro_dgm.losses.steps.WatchedBuffers`), and the number of
-        modules each container of the distributions holds (``nn.Sequential.insert``, which registers nothing). Not
-        seen: a module put in a container's ``_modules`` by hand in another's place."""
+        registered anywhere or a parameter registered on a module of the distributions (a layer replaced inside a
+        network, ``net.weight = nn.Parameter(...)``, a new parameter: Pixyz clips ``self.distributions.parameters()``
+        as they are at each step; torch's registration hooks count them, see
+        :class:`~pyro_dgm.losses.steps.WatchedBuffers`), and the number of modules each container of the
+        distributions holds (``nn.Sequential.insert``, which registers nothing). Not seen: a module put in a
+        container's ``_modules`` by hand in another's place (a clipping step sees it: :meth:`_dgm_clip_current`)."""
         d = self.distributions
         opt = self.optimizer
         groups = getattr(opt, "param_groups", None) or ()
