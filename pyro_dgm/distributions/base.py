@@ -1355,29 +1355,30 @@ class Distribution(YieldingModule):
             del given[v]
         return self._dgm_data_batch_n(given) if given else None
 
+    def _dgm_root_event_ndim(self, v: str) -> tuple[Any, int] | None:
+        """``(factor, its event dims)`` of the factor that draws ``v`` alone and has no inputs, else ``None`` (also
+        when it has no distribution object to ask)."""
+        f = next((f for f in self._dgm_order if v in f.var), None)
+        if f is None or f.input_var or len(f.var) != 1:
+            return None
+        try:
+            return f, len(site_builder(f)().event_shape)
+        except Exception:  # noqa: BLE001 (no distribution object to ask: the data's dim 0, as before)
+            return None
+
     def _dgm_scalar_root(self, v: str) -> bool:
         """Whether the factor that draws ``v`` has no inputs and scalar parameters (its feature dims are the data's
         trailing dims, whatever their number: none, inside plates that cover the others)."""
-        f = next((f for f in self._dgm_order if v in f.var), None)
-        if f is None or f.input_var or len(f.var) != 1:
-            return False
-        try:
-            return not site_builder(f)().event_shape and not getattr(f, "_features_shape", None)
-        except Exception:  # noqa: BLE001 (no distribution object to ask: data with features, as before)
-            return False
+        root = self._dgm_root_event_ndim(v)
+        return root is not None and not root[1] and not getattr(root[0], "_features_shape", None)
 
     def _dgm_root_rows(self, v: str, x: Tensor) -> int | None:
         """The rows of a value ``x`` of ``v`` if the factor that draws ``v`` has no inputs and feature dims (the dim
         left of them; 1 if ``x`` has none), else ``None``."""
-        f = next((f for f in self._dgm_order if v in f.var), None)
-        if f is None or f.input_var or len(f.var) != 1:
-            return None
-        try:
-            e = len(site_builder(f)().event_shape)
-        except Exception:  # noqa: BLE001 (no distribution object to ask: the data's dim 0, as before)
-            return None
-        if not e:  # scalar parameters: the data's trailing dims are features (Pixyz's one batch dim), as with x=x
-            return None
+        root = self._dgm_root_event_ndim(v)
+        if root is None or not root[1]:  # scalar parameters: the data's trailing dims are features (Pixyz's one batch
+            return None  # dim), as with x=x
+        e = root[1]
         return int(x.shape[x.dim() - e - 1]) if x.dim() > e else 1
 
     def _dgm_check_plate_size(self, plate: Any, batch_n: int, values: Mapping[str, Any]) -> None:
@@ -1449,8 +1450,8 @@ class Distribution(YieldingModule):
         """Warn of a keyword that names no variable but nearly names one that is not given (``model(X=x)`` or
         Pyro's plural ``ys=`` for ``y``): that variable would be drawn instead of observed; of a model's keyword
         that holds a tensor while none of the variables that no factor takes as input (the data a model observes)
-        is given (``model(data=x)``, ``model(obs=x)``, which Pyro's own models refuse); and of ``sample()``'s ``batch_n``
-        (``model(batch_n=5)`` draws one row). Other keywords pass silently (SVI gives the model the guide's inputs
+        is given (``model(data=x)``, ``model(obs=x)``, which Pyro's own models refuse); and of ``sample()``'s
+        ``batch_n`` (``model(batch_n=5)`` draws one row). Other keywords pass silently (SVI gives the model the guide's inputs
         too: a guide's extra input, beside the model's data)."""
         import difflib
 

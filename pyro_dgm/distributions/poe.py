@@ -308,11 +308,11 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
             self.__dict__["_dgm_weights_read"] = seen
         return seen[2]
 
-    def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
-                          ) -> list[tuple[Tensor, Tensor, Tensor, bool]]:
-        """``(w, scale, loc, stacked)`` of each expert whose inputs are given (see :func:`_combine`)."""
+    def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState,
+                          weights: Sequence[float] | Tensor) -> list[tuple[Tensor, Tensor, Tensor, bool]]:
+        """``(w, scale, loc, stacked)`` of each expert whose inputs are given (see :func:`_combine`), ``weights``
+        those of :meth:`_dgm_weights`."""
         terms = []
-        weights = self._dgm_weights()
         for i, e in enumerate(self.p):
             if not expert_given(self, e, m, values):
                 continue
@@ -350,16 +350,17 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
     def _dgm_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
         buf = self.weight_modalities
-        w0 = self._dgm_weights()[0]
+        weights = self._dgm_weights()
+        w0 = weights[0]
         if self.prior is None:
-            terms = self._dgm_expert_terms(m, values, ctx)  # (no expert given and no feature shape known: 0-d
+            terms = self._dgm_expert_terms(m, values, ctx, weights)  # (no expert given and no feature shape known: 0-d
             zero = torch.zeros((1, *self._prior_shape) if terms or self._prior_shape else (), dtype=buf.dtype,  # as
                                device=buf.device)  # Pixyz's, not a batch of one)
             prior_term = (w0, torch.ones_like(zero), zero, False)
         else:
             pp = site_params(self.prior, m, values, ctx)
             prior_term = (w0, pp["scale"], pp["loc"], False)
-            terms = self._dgm_expert_terms(m, values, ctx)
+            terms = self._dgm_expert_terms(m, values, ctx, weights)
         if len(terms) > 1:
             conditional = [bool(inputs_of(e, m)) for e in self.p if expert_given(self, e, m, values)]
             self._dgm_check_expert_shapes(terms, conditional)
@@ -445,8 +446,8 @@ class ElementWiseProductOfNormal(ProductOfNormal):
         z = ",".join(map(latex_name, self._var))
         return f"p({z})\\prod_{{i}}{e.name}({','.join(map(latex_name, e.var))}|{x}_{{i}})"
 
-    def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState
-                          ) -> list[tuple[Tensor, Tensor, Tensor, bool]]:
+    def _dgm_expert_terms(self, m: Mapping[str, str], values: Mapping[str, Any], ctx: CallState,
+                          weights: Sequence[float] | Tensor) -> list[tuple[Tensor, Tensor, Tensor, bool]]:
         e = self.p[0]
         xname = inputs_of(e, m)[0]
         if xname not in values:
@@ -472,6 +473,6 @@ class ElementWiseProductOfNormal(ProductOfNormal):
                              f"per feature: {tuple(masked.shape)}) gave {shapes}, which do not fit: {err}") from err
         present = (x != 0).movedim(-1, 0).to(loc.dtype)
         present = present.reshape(*present.shape, *([1] * (loc.dim() - present.dim())))
-        w = self._dgm_weights()[1]
+        w = weights[1]
         return [(present if not isinstance(w, Tensor) and w == 1 else w * present, scale, loc, True)]  # the D experts
         # along dim 0
