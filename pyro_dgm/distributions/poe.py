@@ -60,15 +60,13 @@ def _combine(terms: Sequence[tuple[float | Tensor, Tensor, Tensor, bool]]) -> tu
         t = pos.amin(0) if stacked else pos
         ref = t if ref is None else torch.minimum(ref, t)
     assert ref is not None
-    fi = torch.finfo(ref.dtype)  # (inf where every expert is missing: 0 / 0 below, as before; an e beyond the
-    ref = ref.clamp(fi.smallest_normal * fi.eps, fi.max)  # float's range gives the nearest reference)
+    ref = _in_range(ref)
     num: Tensor | None = None
     den: Tensor | None = None
     for (w, scale, loc, stacked), k in zip(terms, kept):
         c = ref if not isinstance(w, Tensor) and w == 1 else ref * (torch.sqrt(w) if isinstance(w, Tensor) else
                                                                      float(w) ** 0.5)
-        q = c / torch.where(k, scale.abs(), 1.0)  # sqrt(w) s / scale, at most 1 where it counts (c at
-        r = torch.where(k, q * q, 0.0)  # most scale; elsewhere a stand-in: no NaN in the gradient)
+        r = _relative_precision(c, scale.abs(), k)
         n = r * loc
         if stacked:
             n, r = n.sum(0), r.sum(0)
@@ -100,15 +98,27 @@ def _stacked(terms: Sequence[tuple[float | Tensor, Tensor, Tensor, bool]]) -> tu
     with torch.no_grad():
         e = a if all(w == 1 for w in ws) else a * torch.tensor([w ** -0.5 for w in ws], dtype=a.dtype,
                                                               device=a.device).reshape(lead)
-        ref = torch.where(k, e, float("inf")).amin(0)
-        fi = torch.finfo(ref.dtype)
-        ref = ref.clamp(fi.smallest_normal * fi.eps, fi.max)
+        ref = _in_range(torch.where(k, e, float("inf")).amin(0))
         c = ref if all(w == 1 for w in ws) else ref * torch.tensor([w ** 0.5 for w in ws], dtype=a.dtype,
                                                                    device=a.device).reshape(lead)
-    q = c / torch.where(k, a, 1.0)
-    r = torch.where(k, q * q, 0.0)
+    r = _relative_precision(c, a, k)
     den = r.sum(0)
     return (r * m).sum(0) / den, ref * torch.rsqrt(den)
+
+
+def _in_range(ref: Tensor) -> Tensor:
+    """The reference scale clamped into the float's range: inf where every expert is missing (0 / 0 in the product,
+    as Pixyz's), and an ``e`` beyond the range gives the nearest reference."""
+    fi = torch.finfo(ref.dtype)
+    return ref.clamp(fi.smallest_normal * fi.eps, fi.max)
+
+
+def _relative_precision(c: Tensor, a: Tensor, k: Tensor) -> Tensor:
+    """``(c / a)**2`` where the term counts (``k``), else 0: an expert's precision times the reference's variance,
+    at most 1 where it counts (``c = sqrt(w) s`` is at most ``a``, the scale); the stand-in 1 where it does not keeps
+    NaN out of the gradient."""
+    q = c / torch.where(k, a, 1.0)
+    return torch.where(k, q * q, 0.0)
 
 
 def product_of_experts(loc: Tensor, scale: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
