@@ -49,8 +49,8 @@ from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["LOG_PROB", "LOG_PROB_STANDARD", "RSAMPLE", "KL", "KL_TO_STANDARD", "IS_STANDARD", "EVENT_DIM",
            "OWN_VALUE_CHECK", "register_log_prob", "register_rsample", "register_kl", "register_standard",
-           "ClosedParams", "GeneralPath", "validating", "valid_params", "valid_value", "disabled", "bernoulli_log_prob",
-           "bernoulli_cross_entropy", "in_unit_interval", "check_binary"]
+           "ClosedParams", "GeneralPath", "validating", "valid_params", "valid_value", "holds", "disabled",
+           "bernoulli_log_prob", "bernoulli_cross_entropy", "in_unit_interval", "check_binary"]
 
 Params = Mapping[str, Tensor]
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
@@ -199,9 +199,55 @@ def valid_params(cls: type, params: Params, skip: tuple[str, ...] = ()) -> bool:
         c = constraints.get(name)
         if c is None or name in skip or torch.distributions.constraints.is_dependent(c):
             continue
-        if not torch._is_all_true(c.check(value)):
+        if not holds(c, value):
             return False
     return True
+
+
+_C = torch.distributions.constraints
+_BOUNDS = {_C._Real: (False, False), _C._GreaterThan: (True, False), _C._GreaterThanEq: (True, False),
+           _C._LessThan: (False, True), _C._Interval: (True, True), _C._HalfOpenInterval: (True, True)}
+
+
+def holds(c: Any, value: Tensor) -> bool:
+    """``torch._is_all_true(c.check(value))``: whether every entry of ``value`` satisfies the constraint ``c``; for
+    the elementwise constraints with number bounds (real, positive, an interval...) on a float tensor, from its
+    smallest and largest entries: one reduction where the check makes a tensor of booleans per comparison (117 us
+    against 24 for the probabilities of a 128 x 784 Bernoulli decoder). ``nan`` reads as neither: ``amin`` and
+    ``aminmax`` give ``nan`` where an entry is ``nan``, which compares ``False``, as the check's comparisons do.
+
+    Examples
+    --------
+    >>> from torch.distributions import constraints
+    >>> holds(constraints.positive, torch.tensor([0.5, 2.0])), holds(constraints.unit_interval, torch.tensor([1.5]))
+    (True, False)
+    >>> holds(constraints.real, torch.tensor([0.0, float("nan")])), holds(constraints.real, torch.tensor(-math.inf))
+    (False, True)
+    """
+    low, high = _BOUNDS.get(type(c), (None, None))
+    if low is None or not value.is_floating_point() or not value.numel():
+        return bool(torch._is_all_true(c.check(value)))
+    lb, ub = getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)
+    if not isinstance(lb, (int, float, type(None))) or not isinstance(ub, (int, float, type(None))):
+        return bool(torch._is_all_true(c.check(value)))  # (bounds that are tensors: the check broadcasts them)
+    v = value.detach()
+    if low and high:
+        lo_t, hi_t = torch.aminmax(v)
+    else:
+        lo_t = hi_t = v.amax() if high else v.amin()
+    if not v.is_cpu:  # one wait for the device
+        t = _C.real.check(lo_t) if not (low or high) else lo_t.new_ones((), dtype=torch.bool)
+        if low:
+            t = t & (lo_t > lb if type(c) is _C._GreaterThan else lo_t >= lb)
+        if high:
+            t = t & (hi_t < ub if type(c) in (_C._LessThan, _C._HalfOpenInterval) else hi_t <= ub)
+        return bool(t)
+    lo, hi = lo_t.item(), hi_t.item()  # (two reads of a number cost less than comparisons of tiny tensors)
+    if not (low or high):
+        return lo == lo
+    if low and not (lo > lb if type(c) is _C._GreaterThan else lo >= lb):
+        return False
+    return not high or (hi < ub if type(c) in (_C._LessThan, _C._HalfOpenInterval) else hi <= ub)
 
 
 def valid_value(cls: type, value: Tensor) -> bool:
@@ -212,7 +258,7 @@ def valid_value(cls: type, value: Tensor) -> bool:
     support = cls.support
     if torch.distributions.constraints.is_dependent(support):
         return False  # a support that depends on the parameters: let the object check it
-    return bool(torch._is_all_true(support.check(value)))
+    return holds(support, value)
 
 
 def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:

@@ -1,0 +1,90 @@
+"""``closed_forms.holds``: the constraint checks of the closed forms' gate, read from a reduction, against torch's
+own ``constraint.check`` (the reference: the general path builds the distribution object, which checks by it)."""
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch.distributions import constraints
+
+from pyro_dgm.distributions import closed_forms
+from pyro_dgm.distributions import Bernoulli, Normal
+
+CONSTRAINTS = [constraints.real, constraints.positive, constraints.nonnegative, constraints.unit_interval,
+               constraints.greater_than(-2.0), constraints.greater_than_eq(1.0), constraints.less_than(0.5),
+               constraints.interval(-1.0, 3.0), constraints.half_open_interval(0.0, 1.0)]
+SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, 3.0, -2.0, 1e-45, -1e-45, 1e38, -1e38, math.inf, -math.inf, math.nan]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@settings(max_examples=400, deadline=None)
+@given(c=st.sampled_from(CONSTRAINTS), dtype=st.sampled_from(DTYPES),
+       values=st.lists(st.one_of(st.sampled_from(SPECIAL), st.floats(-4, 4)), min_size=0, max_size=12),
+       shape0=st.booleans())
+def test_holds_is_the_checks_all(c, dtype, values, shape0):
+    """For every elementwise constraint of number bounds, values at and beyond the bounds, infinities and nan (which
+    satisfies none), in every float dtype: the reduction's answer is the check's."""
+    t = torch.tensor(values[:1] if shape0 and values else values, dtype=dtype)
+    if shape0 and values:
+        t = t.reshape(())
+    expected = bool(torch._is_all_true(c.check(t)))
+    assert closed_forms.holds(c, t) is expected
+
+
+@pytest.mark.parametrize("c", [constraints.boolean, constraints.simplex, constraints.nonnegative_integer,
+                               constraints.interval(torch.tensor(0.0), torch.tensor(2.0))])
+def test_holds_other_constraints_use_their_check(c):
+    """Constraints outside the table (and bounds that are tensors) answer by their own check."""
+    for t in (torch.tensor([0.0, 1.0]), torch.tensor([0.3, 0.7]), torch.tensor([2.5, -1.0]), torch.tensor([1, 0])):
+        assert closed_forms.holds(c, t) is bool(torch._is_all_true(c.check(t)))
+
+
+def test_integer_values_use_the_check():
+    t = torch.tensor([0, 1, 2])
+    assert closed_forms.holds(constraints.unit_interval, t) is False
+    assert closed_forms.holds(constraints.nonnegative, t) is True
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.25, math.nan])
+def test_a_decoders_probabilities_out_of_range_are_refused_by_name(bad):
+    """Through the gate: a Bernoulli decoder's probabilities outside [0, 1] (or nan) take the general path, whose
+    torch validation refuses them, named (as at the start of this change); valid ones score as torch does."""
+    class P(Bernoulli):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+
+        def forward(self, z):
+            return {"probs": z}
+
+    z = torch.full((3, 5000), 0.25)
+    x = (torch.arange(15000).reshape(3, 5000) % 2).float()
+    ref = dist.Bernoulli(probs=z).log_prob(x).sum(-1)
+    assert torch.allclose(P().get_log_prob({"z": z, "x": x}), ref, rtol=1e-6)
+    z[1, 7] = bad
+    with pytest.raises(ValueError, match="probs"):
+        P().get_log_prob({"z": z, "x": x})
+
+
+def test_a_nan_location_and_a_scale_of_zero_are_refused():
+    """A network's location of nan breaks ``real``; a constant scale set to 0 in place breaks ``positive``."""
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x):
+            return {"loc": x, "scale": x.abs() + 1}
+
+    x = torch.randn(4, 3)
+    assert torch.allclose(Q().get_log_prob({"x": x, "z": x}), dist.Normal(x, x.abs() + 1).log_prob(x).sum(-1))
+    y = x.clone()
+    y[2, 1] = math.nan
+    with pytest.raises(ValueError, match="loc"):
+        Q().get_log_prob({"x": y, "z": x})
+    p = Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["z"])
+    with torch.no_grad():
+        p.scale[..., 1] = 0.0
+    with pytest.raises(ValueError, match="scale"):
+        p.get_log_prob({"z": x})
