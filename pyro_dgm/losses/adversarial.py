@@ -175,8 +175,17 @@ class AdversarialLoss(Loss):
         left as it is, as there)."""
         d = self._modules.get("d")
         if d is not self.__dict__.get("_dgm_d_seen"):
+            if d is None:  # (deleted: __getattr__ below says so)
+                raise AttributeError("_dgm_d")
             self._dgm_take_discriminator(d)
         return d
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_dgm_d", "discriminator", "discriminators", "d") and "q" in self.__dict__ and \
+                self._modules.get("d") is None:
+            raise AttributeError(f"{type(self).__name__} {self.latex}: it has no discriminator d (it was deleted); "
+                                 "put one in its place (loss.d = ...) before evaluating or training the term")
+        return super().__getattr__(name)
 
     def _dgm_take_discriminator(self, d: Any) -> None:
         """Note ``d`` as the discriminator in use: its own parameters (not the compared distributions'), which the

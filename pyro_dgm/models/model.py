@@ -225,7 +225,8 @@ def loss_networks(loss: Any) -> list[nn.Module]:
     out: list[nn.Module] = list(distributions)
     seen = {id(d) for d in out}
     for term in nodes:
-        d = term._dgm_d if hasattr(type(term), "_dgm_d") else None  # (an adversarial term's discriminator)
+        d = term._dgm_d if hasattr(type(term), "_dgm_d") and term._modules.get("d") is not None else None  # (an
+        # adversarial term's discriminator)
         if isinstance(d, nn.Module) and id(d) not in seen:
             seen.add(id(d))
             out.append(d)
