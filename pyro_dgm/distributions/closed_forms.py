@@ -209,6 +209,27 @@ _BOUNDS = {_C._Real: (False, False), _C._GreaterThan: (True, False), _C._Greater
            _C._LessThan: (False, True), _C._Interval: (True, True), _C._HalfOpenInterval: (True, True)}
 
 
+_EXACT: dict[tuple[Any, ...], bool] = {}
+
+
+def _exact_bounds(c: Any, dtype: torch.dtype) -> bool:
+    """Whether ``c``'s bounds are numbers that ``dtype`` holds exactly (0 and 1; not 0.1): the check compares them
+    in the value's dtype, a number read from the value compares with them as they are, which agree only then."""
+    lb, ub = getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)
+    key = (type(c), lb, ub, dtype)
+    try:
+        return _EXACT[key]
+    except KeyError:
+        pass
+    except TypeError:  # (a bound that is a tensor: unhashable)
+        return False
+    ok = all(b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)
+                           and torch.tensor(b, dtype=dtype).item() == b) for b in (lb, ub))
+    if len(_EXACT) < 4096:
+        _EXACT[key] = ok
+    return ok
+
+
 def holds(c: Any, value: Tensor) -> bool:
     """``torch._is_all_true(c.check(value))``: whether every entry of ``value`` satisfies the constraint ``c``; for
     the elementwise constraints with number bounds (real, positive, an interval...) on a float tensor, from its
@@ -225,11 +246,10 @@ def holds(c: Any, value: Tensor) -> bool:
     (False, True)
     """
     low, high = _BOUNDS.get(type(c), (None, None))
-    if low is None or not value.is_floating_point() or not value.numel():
+    if (low is None or not value.is_floating_point() or not value.numel() or not _exact_bounds(c, value.dtype)
+            or torch._C._are_functorch_transforms_active()):  # (a number cannot be read under vmap)
         return bool(torch._is_all_true(c.check(value)))
     lb, ub = getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)
-    if not isinstance(lb, (int, float, type(None))) or not isinstance(ub, (int, float, type(None))):
-        return bool(torch._is_all_true(c.check(value)))  # (bounds that are tensors: the check broadcasts them)
     v = value.detach()
     if low and high:
         lo_t, hi_t = torch.aminmax(v)
@@ -242,12 +262,13 @@ def holds(c: Any, value: Tensor) -> bool:
         if high:
             t = t & (hi_t < ub if type(c) in (_C._LessThan, _C._HalfOpenInterval) else hi_t <= ub)
         return bool(t)
-    lo, hi = lo_t.item(), hi_t.item()  # (two reads of a number cost less than comparisons of tiny tensors)
+    # (reading a number costs less than comparing tiny tensors)
     if not (low or high):
+        lo = lo_t.item()
         return lo == lo
-    if low and not (lo > lb if type(c) is _C._GreaterThan else lo >= lb):
+    if low and not (lo_t.item() > lb if type(c) is _C._GreaterThan else lo_t.item() >= lb):
         return False
-    return not high or (hi < ub if type(c) in (_C._LessThan, _C._HalfOpenInterval) else hi <= ub)
+    return not high or (hi_t.item() < ub if type(c) in (_C._LessThan, _C._HalfOpenInterval) else hi_t.item() <= ub)
 
 
 def valid_value(cls: type, value: Tensor) -> bool:
