@@ -88,3 +88,79 @@ def test_a_nan_location_and_a_scale_of_zero_are_refused():
         p.scale[..., 1] = 0.0
     with pytest.raises(ValueError, match="scale"):
         p.get_log_prob({"z": x})
+
+
+class _DirectScale(Normal):
+    """A network's location and a parameter returned as it is for the scale (the same tensor at every call)."""
+
+    def __init__(self):
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.s = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return {"loc": x, "scale": self.s}
+
+
+@pytest.mark.parametrize("how", ["in place", "data", "vector_to_parameters"])
+def test_a_parameter_returned_as_is_is_checked_again_after_a_change(how):
+    """The gate skips the check of tensors it checked last (the memoizer's outputs given again, for a KL and then for
+    a draw), unless changed since: in place (a new version) or given other data (``.data =``,
+    ``vector_to_parameters``), then torch's validation refuses a scale of -1 as at the first call."""
+    q = _DirectScale()
+    x = torch.randn(4, 3)
+    want = dist.Normal(x, torch.ones(3)).log_prob(x).sum(-1)
+    assert torch.allclose(q.get_log_prob({"x": x, "z": x}), want)
+    assert torch.allclose(q.get_log_prob({"x": x, "z": x}), want)
+    with torch.no_grad():
+        if how == "in place":
+            q.s.fill_(-1.0)
+        elif how == "data":
+            q.s.data = -torch.ones(3)
+        else:
+            torch.nn.utils.vector_to_parameters(-torch.ones(3), [q.s])
+    with pytest.raises(ValueError, match="scale"):
+        q.get_log_prob({"x": x, "z": x})
+
+
+def test_a_distribution_checked_by_the_gate_pickles_and_copies():
+    """The record of the checked tensors (weak references) stays out of a pickle and a deep copy."""
+    import copy
+    import pickle
+
+    q = _DirectScale()
+    x = torch.randn(4, 3)
+    lp = q.get_log_prob({"x": x, "z": x})
+    for twin in (pickle.loads(pickle.dumps(q)), copy.deepcopy(q)):
+        assert torch.allclose(twin.get_log_prob({"x": x, "z": x}), lp)
+
+
+@pytest.mark.parametrize("c", [constraints.greater_than(0.1), constraints.greater_than_eq(0.1),
+                               constraints.interval(0.1, 0.7), constraints.less_than(1e-8)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bounds_that_the_dtype_does_not_hold_exactly_answer_as_the_check(c, dtype):
+    """Probe p276: a bound such as 0.1 is rounded to the value's dtype by the check; a number read from the value and
+    compared with the bound as a double disagreed at the rounded bound (float32 0.1 > 0.1: the check says False)."""
+    for b in (0.1, 0.7, 1e-8):
+        for t in (torch.tensor([b], dtype=dtype), torch.tensor([b], dtype=dtype).nextafter(torch.tensor(2.0, dtype=dtype))
+                  if dtype in (torch.float32, torch.float64) else torch.tensor([b * 1.01], dtype=dtype)):
+            assert closed_forms.holds(c, t) is bool(torch._is_all_true(c.check(t)))
+
+
+def test_vmap_over_the_scored_value_under_validation():
+    """Probe p276: ``torch.func.vmap`` over the value a Normal of constant parameters scores, and a per-example
+    score (``vmap(grad(...))``), under validation: torch.distributions' numbers (the check read a number, which vmap
+    cannot); a nan value is refused by name, as torch refuses it."""
+    from torch.func import grad, vmap
+
+    p = Normal(loc="m", scale="s", var=["x"], cond_var=["m", "s"])
+    m, s = torch.randn(3), torch.rand(3) + 0.5
+    xs = torch.randn(4, 3)
+    got = vmap(lambda xv: p.get_log_prob({"x": xv[None], "m": m[None], "s": s[None]})[0])(xs)
+    assert torch.allclose(got, dist.Normal(m, s).log_prob(xs).sum(-1))
+    prior = Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["x"])
+    score = vmap(grad(lambda x: prior.get_log_prob({"x": x[None]}).sum()))(xs)
+    assert torch.allclose(score, -xs)
+    bad = xs.clone()
+    bad[1, 2] = math.nan
+    with pytest.raises(ValueError, match="'x'"):
+        vmap(lambda xv: p.get_log_prob({"x": xv[None], "m": m[None], "s": s[None]})[0])(bad)
