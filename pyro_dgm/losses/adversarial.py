@@ -161,7 +161,8 @@ class AdversarialLoss(Loss):
 
     def __setattr__(self, name: str, value: Any) -> None:
         d_ = self.__dict__
-        if name == "d" and "q" in d_ and value is not d_.get("_dgm_d_seen"):  # (checked before it is set: a refused
+        if name == "d" and "q" in d_ and value is not d_.get("_dgm_d_seen") and value is not None:  # (checked
+            # before it is set (None is taken, as Pixyz takes it; an evaluation then says so): a refused
             # discriminator leaves the term as it was; one without parameters is let in, as Pixyz's term takes it,
             # whose optimizer, built at construction, needs some)
             _check_discriminator(type(self).__name__, value, self.p, self.q,
@@ -181,10 +182,12 @@ class AdversarialLoss(Loss):
         return d
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("_dgm_d", "discriminator", "discriminators", "d") and "q" in self.__dict__ and \
-                self._modules.get("d") is None:
-            raise AttributeError(f"{type(self).__name__} {self.latex}: it has no discriminator d (it was deleted); "
-                                 "put one in its place (loss.d = ...) before evaluating or training the term")
+        if name in ("_dgm_d", "discriminator", "discriminators", "d") and "q" in self.__dict__:
+            held = self._modules
+            if held.get("d") is None and (name != "d" or "d" not in held):  # (loss.d set to None reads None)
+                how = "it was set to None" if "d" in held else "it was deleted"
+                raise AttributeError(f"{type(self).__name__} {self.latex}: it has no discriminator d ({how}); put "
+                                     "one in its place (loss.d = ...) before evaluating or training the term")
         return super().__getattr__(name)
 
     def _dgm_take_discriminator(self, d: Any) -> None:
@@ -309,6 +312,9 @@ class AdversarialLoss(Loss):
         them get the generator-side value's gradient, as under Pixyz (a ``Model`` whose ``distributions`` hold the
         discriminator steps it on that value, too); the others stay out of its autograd graph (only
         :meth:`loss_train`, which clears their gradients first, trains them: the same numbers either way)."""
+        if self._modules.get("d") is None:  # (deleted: the model tells the term again once one is put back)
+            self.__dict__.pop("_dgm_sharer", None)
+            return
         trained = {id(t) for t in params}
         self._dgm_d  # (the discriminator in use now, noted)
         self.__dict__["_dgm_frozen"] = [t for t in self._dgm_d_only if id(t) not in trained]

@@ -240,10 +240,23 @@ class Loss(YieldingModule, _PyroELBO):
         nn.Module.__setattr__(self, name, value)
         if isinstance(value, nn.Module):
             d[name] = value  # registered in _modules and readable without nn.Module.__getattr__ (hot path)
+        elif value is None and name in d["_modules"]:  # (a module's place set to None, which nn.Module keeps there)
+            d.pop(name, None)
 
     def __delattr__(self, name: str) -> None:
         nn.Module.__delattr__(self, name)
         self.__dict__.pop(name, None)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        """``nn.Module.add_module``, keeping the attribute that :meth:`__setattr__` sets beside ``_modules`` (so
+        ``loss.add_module("p", q)`` then ``loss.p`` gives ``q``, as under Pixyz)."""
+        nn.Module.add_module(self, name, module)
+        if isinstance(module, nn.Module):
+            self.__dict__[name] = module
+        else:
+            self.__dict__.pop(name, None)
+
+    register_module = add_module
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """``loss(x_dict, **kwargs)`` (or ``loss(x_dict=...)``; ``loss()``: no values) runs :meth:`forward` through
