@@ -1953,9 +1953,11 @@ class Distribution(YieldingModule):
                                     f"which is also an argument of the call; name the variable otherwise "
                                     f"(replace_var, or var/cond_var) ({text})") from e
         loose = [v for v in names if not isinstance(values[v], Tensor) and (
-            f"not {type(values[v]).__name__}" in text or f"but got {type(values[v]).__name__}" in text)]
+            f"not {type(values[v]).__name__}" in text or (f"but got {type(values[v]).__name__}" in text and
+                                                          not isinstance(values[v], (int, float, complex))))]
         if loose and type(e) is TypeError:  # a list where the network takes a tensor ("must be Tensor, not list";
-            # torch.cat's "expected Tensor as element 0 in argument 0, but got str")
+            # torch.cat's "expected Tensor as element 0 in argument 0, but got str", not for a number, which a
+            # network may well multiply by while its own constant is what torch.cat refused)
             v = loose[0]
             give = (f"give torch.as_tensor({v})" if isinstance(values[v], (list, tuple, int, float)) else
                     f"give a tensor for {v!r}")
