@@ -118,14 +118,37 @@ def check_temperature(d: Any, temperature: Any) -> None:
 
 
 class _PositiveTemperature:
-    """Draws that refuse a temperature that is not positive (:func:`check_temperature`)."""
+    """Draws that refuse a temperature that is not positive (:func:`check_temperature`), and draw a row of noise for
+    each row of a batch that only the temperature has (torch's relaxed families take their batch shape from the
+    probabilities alone: a temperature of shape ``(N, 1)`` beside constant probabilities scaled one draw, the same
+    for all N rows, as Pixyz's do; a Pyro site, expanded to its plates, drew N)."""
+
+    def _dgm_full_batch(self) -> Any:
+        """This distribution, or one expanded to the batch shape its temperature broadcasts it to."""
+        t = self.temperature  # type: ignore[attr-defined]
+        if not isinstance(t, Tensor) or t.dim() == 0:
+            return self
+        logits = self.logits  # type: ignore[attr-defined]
+        try:
+            shape = torch.broadcast_shapes(t.shape, logits.shape)
+        except RuntimeError:  # (torch's own error at the draw)
+            return self
+        if shape == logits.shape:
+            return self
+        return self.expand(shape[:len(shape) - len(self.event_shape)])  # type: ignore[attr-defined]
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         check_temperature(self, self.temperature)  # type: ignore[attr-defined]
+        full = self._dgm_full_batch()
+        if full is not self:
+            return full.rsample(sample_shape)
         return super().rsample(sample_shape)  # type: ignore[misc]
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         check_temperature(self, self.temperature)  # type: ignore[attr-defined]
+        full = self._dgm_full_batch()
+        if full is not self:
+            return full.sample(sample_shape)
         return super().sample(sample_shape)  # type: ignore[misc]
 
 
