@@ -54,12 +54,7 @@ def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str,
     class's method, or set one on the instance); its signature is read once per function."""
     if not kwargs:
         return kwargs
-    return named_keywords(module.forward, kwargs)  # as the call finds it: a bound method, or a plain callable
-
-
-def named_keywords(f: Any, kwargs: Mapping[str, Any], skip: int = 0) -> Mapping[str, Any]:
-    """The keywords of ``kwargs`` that the callable ``f`` names as parameters (not through ``**kwargs``), after its
-    first ``skip`` ones (besides a bound method's ``self``): see :func:`forward_extras`."""
+    f = module.forward  # as the call finds it: a bound method (self or cls bound), or a plain callable
     fn = getattr(f, "__func__", f)
     try:
         names = _FORWARD_KEYWORDS.get(fn)
@@ -76,8 +71,6 @@ def named_keywords(f: Any, kwargs: Mapping[str, Any], skip: int = 0) -> Mapping[
             _FORWARD_KEYWORDS[fn] = names
     if fn is not f and getattr(f, "__self__", None) is not None:  # a method: its first parameter is bound
         names = names[1:]
-    if skip:
-        names = names[skip:]
     return {k: v for k, v in kwargs.items() if k and k in names}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import weakref
 from typing import Any, ClassVar, Iterable, Mapping, NoReturn, Sequence
 
 import torch
@@ -28,10 +27,10 @@ from pyro_dgm.distributions.overrides import current_of, sets_dist, unshadow
 from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adopt, pyro_class, reduce_made
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
-from pyro_dgm.utils.checks import (STRICT_SHAPES, DeviceError, DimensionError, DTypeError, NoClosedFormError,
-                                   NotATensorError, NotBinaryError, NotOneHotError, OutOfRangeError, ShapeError,
-                                   clearer, describe, LayoutError, dtype_matter, param_dtype_error, refuse_param_dtype,
-                                   unusual_tensor, value_shape_problem)
+from pyro_dgm.utils.checks import (STRICT_SHAPES, ArgumentError, DeviceError, DimensionError, DTypeError,
+                                   NoClosedFormError, NotATensorError, NotBinaryError, NotOneHotError, OutOfRangeError,
+                                   ShapeError, clearer, describe, LayoutError, dtype_matter, param_dtype_error,
+                                   refuse_param_dtype, unusual_tensor, value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
@@ -143,27 +142,6 @@ def _empty_batch_like(base: Any) -> Tensor | None:
     except (RuntimeError, NotImplementedError):
         return None
     return mean if mean.is_floating_point() else None
-
-
-def _tensor_record(params: Mapping[str, Tensor]) -> tuple[tuple[Any, int, int], ...] | None:
-    """Weak references to ``params``' tensors, their versions and where their data lie (``None`` where a tensor has
-    no version or no storage: an inference tensor, one under a ``torch.func`` transform): what :func:`_same_tensors`
-    compares with."""
-    try:
-        return tuple((weakref.ref(t), t._version, t.data_ptr()) for t in params.values())
-    except (RuntimeError, TypeError, ValueError):
-        return None
-
-
-def _same_tensors(record: tuple[tuple[Any, int, int], ...], params: Mapping[str, Tensor]) -> bool:
-    """Whether ``params`` holds the tensors of ``record`` (:func:`_tensor_record`), in its order, none changed in place
-    or given other data (``p.data = t``) since."""
-    if len(record) != len(params):
-        return False
-    for (ref, v, ptr), t in zip(record, params.values()):
-        if ref() is not t or t._version != v or t.data_ptr() != ptr:
-            return False
-    return True
 
 
 class _Unusable:
@@ -576,7 +554,7 @@ class DistributionBase(Distribution):
                 self._dgm_note_inputs(e, b, values)
                 raise
             if not isinstance(out, dict):
-                raise TypeError(f"{describe(self)}: forward() must return a dict of parameters, e.g. "
+                raise ArgumentError(f"{describe(self)}: forward() must return a dict of parameters, e.g. "
                                 f"{{'{self.param_groups[0][0]}': ...}}, got {type(out).__name__}")
             if not self._dgm_accepted.issuperset(out) and not ctx.extra_params:
                 bad = [k for k in out if k not in self._dgm_accepted]
@@ -754,10 +732,6 @@ class DistributionBase(Distribution):
             if t.dim() > nd:
                 nd = t.dim()
         if _TorchDistribution._validate_args:
-            state = self.__dict__
-            last = state.get("_dgm_valid_last")  # (the same tensors, unchanged, checked last time: a network's
-            if last is not None and _same_tensors(last, params):  # outputs the memoizer gives again, for the
-                return closed_forms.ClosedParams(params, nd)  # KL and then for the draw)
             # the constants are checked once per set of buffers (built beside a network or a variable, they were not
             # checked when the distribution was built; an in-place change or a new buffer is checked again)
             names = self._dgm_const_names
@@ -770,8 +744,7 @@ class DistributionBase(Distribution):
             except RuntimeError:  # (a value the check cannot read, a meta tensor: the general path names it)
                 return None
             if key is not None and not ok:  # (the buffers kept with their key: a freed one's id is not reused)
-                state["_dgm_consts_checked"] = (key, tuple(self._buffers[n] for n in names))
-            state["_dgm_valid_last"] = _tensor_record(params)
+                self.__dict__["_dgm_consts_checked"] = (key, tuple(self._buffers[n] for n in names))
         return closed_forms.ClosedParams(params, nd)
 
     def _dgm_closed_form_kl(self, other: Distribution, values: Mapping[str, Any],
@@ -1068,7 +1041,6 @@ class DistributionBase(Distribution):
         or the object an explicit ``set_dist`` set, which is kept."""
         state = super().__getstate__()
         state.pop("_dgm_last", None)
-        state.pop("_dgm_valid_last", None)  # (weak references, which pickle refuses)
         return state
 
     # ------------------------------------------------------------------ Pixyz's torch-object API

@@ -73,11 +73,10 @@ from pyro.poutine.reparam_messenger import ReparamMessenger
 from torch import Tensor
 from torch.distributions import Independent, constraints
 
-from pyro_dgm.distributions.bindings import named_keywords
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, sites_hidden
 from pyro_dgm.distributions.pixyz_protocol import as_pyro
 from pyro_dgm.utils.attributes import users_own
-from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe
+from pyro_dgm.utils.checks import ArgumentError, NotATensorError, ShapeError, describe
 from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.dicts import sum_samples
 
@@ -470,15 +469,13 @@ def _dgm_record(values: dict[str, Any], ctx: CallState, name: str, value: Any) -
 
 
 def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Any]:
-    """A family's parameters from the user's ``get_params``, called as Pixyz's ``set_dist`` calls it (with the
-    inputs under the distribution's own names; of a call's keyword arguments only those it names, as a network's
-    ``forward`` gets them: Pixyz's passes none); its ``super().get_params()`` computes them with the original hook
-    (``_dgm_inner_params``)."""
-    get_params = self.get_params
-    params = get_params(_local_inputs(self, b, values), **named_keywords(get_params, ctx.kwargs, skip=1)) \
-        if ctx.kwargs else get_params(_local_inputs(self, b, values))
+    """A family's parameters from the user's ``get_params``, called as Pixyz's ``set_dist`` calls it: with the
+    inputs under the distribution's own names, and none of the call's keyword arguments (an override that names one,
+    ``get_params(self, params_dict={}, beta=1.0)``, keeps its default, as under Pixyz); its ``super().get_params()``
+    computes them with the original hook (``_dgm_inner_params``)."""
+    params = self.get_params(_local_inputs(self, b, values))
     if not isinstance(params, Mapping):
-        raise TypeError(f"{describe(self)}: get_params() must return a dict of parameters, got "
+        raise ArgumentError(f"{describe(self)}: get_params() must return a dict of parameters, got "
                         f"{type(params).__name__}")
     groups = getattr(self, "param_groups", None) or ()
     missing = [g for g in groups if not any(n in params for n in g)] if type(groups) is tuple and not \

@@ -101,11 +101,12 @@ class _DirectScale(Normal):
         return {"loc": x, "scale": self.s}
 
 
-@pytest.mark.parametrize("how", ["in place", "data", "vector_to_parameters"])
+@pytest.mark.parametrize("how", ["in place", "data", "vector_to_parameters", "data in place", "numpy",
+                                 "aliased data"])
 def test_a_parameter_returned_as_is_is_checked_again_after_a_change(how):
-    """The gate skips the check of tensors it checked last (the memoizer's outputs given again, for a KL and then for
-    a draw), unless changed since: in place (a new version) or given other data (``.data =``,
-    ``vector_to_parameters``), then torch's validation refuses a scale of -1 as at the first call."""
+    """A tensor the gate checked is checked again at the next call, however it was changed since (probe p278: a
+    shortcut that skipped tensors checked last, unchanged by their version and storage, let ``.data`` and numpy
+    changes through, silently NaN): torch's validation refuses a scale of -1 as at the first call."""
     q = _DirectScale()
     x = torch.randn(4, 3)
     want = dist.Normal(x, torch.ones(3)).log_prob(x).sum(-1)
@@ -116,14 +117,23 @@ def test_a_parameter_returned_as_is_is_checked_again_after_a_change(how):
             q.s.fill_(-1.0)
         elif how == "data":
             q.s.data = -torch.ones(3)
-        else:
+        elif how == "vector_to_parameters":
             torch.nn.utils.vector_to_parameters(-torch.ones(3), [q.s])
+        elif how == "data in place":
+            q.s.data.mul_(-1)
+        elif how == "numpy":
+            q.s.detach().numpy()[:] = -1
+        else:
+            a = torch.ones(3)
+            q.s.data = a
+            q.get_log_prob({"x": x, "z": x})
+            a.fill_(-1)
     with pytest.raises(ValueError, match="scale"):
         q.get_log_prob({"x": x, "z": x})
 
 
 def test_a_distribution_checked_by_the_gate_pickles_and_copies():
-    """The record of the checked tensors (weak references) stays out of a pickle and a deep copy."""
+    """A distribution scored through the gate pickles and copies, and scores alike."""
     import copy
     import pickle
 
