@@ -160,14 +160,25 @@ class AdversarialLoss(Loss):
         self._dgm_replicated: Any = None  # DistributedDataParallel around the discriminator, under a process group
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "d":
+            self._dgm_check_new_d(value)
+        super().__setattr__(name, value)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        if name == "d":
+            self._dgm_check_new_d(module)
+        super().add_module(name, module)
+
+    register_module = add_module
+
+    def _dgm_check_new_d(self, value: Any) -> None:
+        """Check a discriminator before it takes ``d``'s place (``loss.d = d2``, ``add_module("d", d2)``): a refused
+        one leaves the term as it was. ``None`` is taken, as Pixyz takes it (an evaluation then says so); one without
+        parameters is let in, as Pixyz's term takes it, whose optimizer, built at construction, needs some."""
         d_ = self.__dict__
-        if name == "d" and "q" in d_ and value is not d_.get("_dgm_d_seen") and value is not None:  # (checked
-            # before it is set (None is taken, as Pixyz takes it; an evaluation then says so): a refused
-            # discriminator leaves the term as it was; one without parameters is let in, as Pixyz's term takes it,
-            # whose optimizer, built at construction, needs some)
+        if "q" in d_ and value is not d_.get("_dgm_d_seen") and value is not None:
             _check_discriminator(type(self).__name__, value, self.p, self.q,
                                  ordered_union(self.p.input_var, self.q.input_var), needs_parameters=False)
-        super().__setattr__(name, value)
 
     @property
     def _dgm_d(self) -> "Distribution":

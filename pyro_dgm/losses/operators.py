@@ -171,11 +171,13 @@ class LossOperator(Loss):
 
     @property
     def operands(self) -> tuple[Loss, ...]:
-        """The operands, in order."""
-        return (self.loss1, self.loss2)
+        """The operands, in order (not one set to ``None`` since, which counts as 0)."""
+        return tuple(x for x in (self.loss1, self.loss2) if x is not None)
 
     def _dgm_both(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
         a, b = self.loss1, self.loss2
+        if a is None or b is None:  # an operand set to None after the operator was made: 0, as under Pixyz
+            return self._dgm_with_none(a, b, values, kwargs)
         v1, s1 = a.eval(values, return_dict=True, return_all=False, **kwargs)
         if type(a).eval is not _LOSS_EVAL:  # a class's own eval: the value it gives the formula is the term's
             record_own_eval(a, v1)
@@ -186,6 +188,22 @@ class LossOperator(Loss):
             _check_broadcast(self, v1, v2)
         s1.update(s2)
         return v1, v2, s1
+
+    def _dgm_with_none(self, a: Loss | None, b: Loss | None, values: dict[str, Any], kwargs: dict[str, Any]
+                       ) -> tuple[Any, Any, dict[str, Any]]:
+        """:meth:`_dgm_both` where an operand is ``None``: its value 0 and no samples."""
+        out: list[Any] = []
+        samples: dict[str, Any] = {}
+        for x in (a, b):
+            if x is None:
+                out.append(0)
+                continue
+            v, s = x.eval(values, return_dict=True, return_all=False, **kwargs)
+            if type(x).eval is not _LOSS_EVAL:
+                record_own_eval(x, v)
+            out.append(v)
+            samples.update(s)
+        return out[0], out[1], samples
 
     def _dgm_fail(self, error: Exception, v1: Any, v2: Any, verb: str = "combine") -> NoReturn:
         """Raise the clear form of torch's ``error`` combining the two values (the error path only)."""
