@@ -538,7 +538,7 @@ class Distribution(YieldingModule):
         owner = f"{type(self).__name__} {name}"
         self._var = _VarList(as_var_list(var, owner, "var"), self, "_var")
         if not self._var:
-            raise ValueError(f"{owner}: var must name at least one variable, e.g. var=['x']")
+            raise ArgumentError(f"{owner}: var must name at least one variable, e.g. var=['x']")
         self._cond_var = _VarList(as_var_list(cond_var, owner, "cond_var"), self, "_cond_var")
         both = [v for v in self._var if v in self._cond_var]
         if both:
@@ -2048,8 +2048,8 @@ class Distribution(YieldingModule):
         from pyro_dgm.distributions.joint import MultiplyDistribution, distinct_modules
 
         if not isinstance(other, Distribution):
-            raise TypeError(f"{describe(self)} * {type(other).__name__}: a distribution multiplies only with another "
-                            "distribution (a product p(x|z)p(z) is a joint distribution)")
+            raise ArgumentError(f"{describe(self)} * {type(other).__name__}: a distribution multiplies only with "
+                                "another distribution (a product p(x|z)p(z) is a joint distribution)")
         from pyro_dgm.distributions.ops import MarginalizeVarDistribution
 
         marginals = [d for d in (self, other) if isinstance(d, MarginalizeVarDistribution)]

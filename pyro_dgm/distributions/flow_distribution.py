@@ -263,6 +263,8 @@ class _FlowDistribution(OneSiteDistribution):
             except (NotImplementedError, AttributeError, RuntimeError, ValueError):  # (a base without a mean)
                 drawn = None
             if isinstance(e, ValueError):
+                if isinstance(e, ShapeError) and describe(self) not in str(e):  # (a flow's check of its input,
+                    raise type(e)(f"{describe(self)}: cannot draw {name!r}: {e}") from e  # naming only the flow)
                 raise
             if own is None or drawn is None or drawn == own or "type" not in str(e).lower():
                 if not _torch_shape_error(e):  # (a flow's own error, which Pixyz raises as it is, or not

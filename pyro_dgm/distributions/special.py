@@ -11,7 +11,7 @@ from torch import Tensor
 from pyro_dgm.distributions.base import Distribution, has_network, sum_samples
 from pyro_dgm.distributions.bindings import Binding, CallState, forward_binding, forward_extras
 from pyro_dgm.distributions.effects import conditioned_value, run_bound_network
-from pyro_dgm.utils.checks import DimensionError, NotATensorError, ShapeError, describe
+from pyro_dgm.utils.checks import ArgumentError, DimensionError, NotATensorError, ShapeError, describe
 
 __all__ = ["Deterministic", "EmpiricalDistribution", "CustomProb", "DataDistribution", "CustomLikelihoodDistribution"]
 
@@ -128,7 +128,7 @@ class Deterministic(Distribution):
             raise
         if not isinstance(out, dict) or set(out) != set(self._var):
             got = sorted(out) if isinstance(out, dict) else type(out).__name__
-            raise ValueError(f"{describe(self)}: forward() must return a dict with exactly the keys {self._var}, "
+            raise ArgumentError(f"{describe(self)}: forward() must return a dict with exactly the keys {self._var}, "
                              f"got {got}")
         bn = self._dgm_batch_ndim(b, values, ctx)
         given = not drawn_in_pass(b.input_var, ctx)  # (its outputs then hold no draw of the pass either)

@@ -46,7 +46,7 @@ from torch.nn.modules.module import _global_buffer_registration_hooks as _global
 
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.attributes import set_up_subclasses
-from pyro_dgm.utils.checks import NotATensorError, ShapeError
+from pyro_dgm.utils.checks import EmptyListError, NotATensorError, ShapeError, SizeArgumentError
 from pyro_dgm.utils.lru_cache import _watch_structure, current_structure
 from pyro_dgm.utils.versions import version
 from pyro_dgm.utils.modules import hooks_state, submodules
@@ -136,7 +136,15 @@ def zero_logdet(v: Tensor, event_dim: int) -> Tensor:
 
 
 def _real(event_dim: int) -> constraints.Constraint:
-    return constraints.real if event_dim == 0 else constraints.independent(constraints.real, event_dim)
+    """The reals with ``event_dim`` event dims (made once for up to 8 dims: a flow's ``domain`` and ``codomain``
+    are read several times per evaluation; the table never changes, so torch.compile's guards on it hold)."""
+    if 0 <= event_dim < len(_REALS):
+        return _REALS[event_dim]
+    return constraints.independent(constraints.real, event_dim)
+
+
+_REALS: tuple[constraints.Constraint, ...] = (constraints.real,) + tuple(
+    constraints.independent(constraints.real, n) for n in range(1, 9))
 
 
 def _no_tensor_named_own(flow: Any, kind: str, name: str = "condition") -> None:
@@ -218,7 +226,10 @@ def _state(flow: nn.Module, keep: list | None = None) -> tuple:
         for tensors in (m._parameters, m._buffers):
             for t in tensors.values():
                 if t is not None:
-                    out.append((id(t), version(t), _storage(t)))
+                    try:  # (the common case inline: a tensor with a version and storage)
+                        out.append((id(t), t._version, t.data_ptr()))
+                    except (RuntimeError, ValueError):
+                        out.append((id(t), version(t), _storage(t)))
                     if keep is not None:
                         keep.append(t)
     out.append(hooks_state(mods))  # (a forward hook added, removed or replaced: the networks compute otherwise)
@@ -540,7 +551,7 @@ def positive_int(owner: str, arg: str, value: Any) -> int:
             and not value.is_complex() and value.dtype != torch.bool:
         value = int(value)
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {arg} must be a positive int, got {value!r}")
+        raise SizeArgumentError(f"{owner}: {arg} must be a positive int, got {value!r}")
     return int(value)
 
 
@@ -1063,7 +1074,7 @@ class FlowList(Flow):
             raise TypeError(f"FlowList: flow_list must be a list of flows, got {type(flow_list).__name__} "
                             f"{flow_list!r:.60}") from None
         if not parts:
-            raise ValueError("FlowList: expected at least one flow, got an empty list")
+            raise EmptyListError("FlowList: expected at least one flow, got an empty list")
         for i, p in enumerate(parts):
             if not isinstance(p, (Transform, ConditionalTransform)):
                 raise TypeError(f"FlowList: part {i} must be a flow or a torch/Pyro transform, got "
@@ -1116,7 +1127,7 @@ class FlowList(Flow):
                 fresh.insert(next(j for j, f in enumerate(fresh) if f is after) if after is not None else len(fresh),
                              p)
         if not fresh:
-            raise ValueError("FlowList: expected at least one flow, but flow_list is empty now")
+            raise EmptyListError("FlowList: expected at least one flow, but flow_list is empty now")
         self._dgm_set_parts(fresh)
         _EPOCH[0] += 1  # (the flows' event dims are decided again)
 

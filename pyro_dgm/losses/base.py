@@ -37,7 +37,8 @@ from pyro_dgm.losses.context import _CURRENT, TERM_OPTIONS, EvalContext, current
 from pyro_dgm.losses.steps import clear_grads
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES, MissLog, MissLogs
 from pyro_dgm.utils.attributes import Yielding, YieldingModule, set_up_subclasses
-from pyro_dgm.utils.checks import as_var_list, check_present, describe, keyed_values, numpy_tensor, ordered_union
+from pyro_dgm.utils.checks import (ArgumentError, as_var_list, check_present, describe, keyed_values, numpy_tensor,
+                                   ordered_union)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.compat import is_compiling
@@ -618,7 +619,7 @@ class Loss(YieldingModule, _PyroELBO):
         elif (keyed := keyed_values(x_dict)) is not None:  # a dict-like object that is no Mapping (Pixyz reads its
             given = keyed  # keys)
         else:
-            raise TypeError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
+            raise ArgumentError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
                             f"got {type(x_dict).__name__}")
         names = self._input_var if type(self).input_var is _INPUT_VAR else self.input_var  # (a subclass's own)
         # as Pixyz's eval: the variables of _input_var are required, then the values are filtered by input_var (a

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ATOM, PREC_FUNC, Loss, with_input_var
 from pyro_dgm.losses.special import DimsArgumentError
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import ArgumentError, describe
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -20,7 +20,7 @@ def check_distribution(p: Any, owner: str, arg: str = "p") -> None:
     from pyro_dgm.distributions.base import Distribution
 
     if not isinstance(p, Distribution):
-        raise TypeError(f"{owner}: {arg} must be a pyro_dgm Distribution, got {type(p).__name__}")
+        raise ArgumentError(f"{owner}: {arg} must be a pyro_dgm Distribution, got {type(p).__name__}")
 
 
 def as_dims(owner: Any, arg: str, dims: Any, allow_int: bool = True) -> list[int]:

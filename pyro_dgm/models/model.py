@@ -38,7 +38,7 @@ from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
-from pyro_dgm.utils.checks import ShapeError, keyed_values
+from pyro_dgm.utils.checks import ArgumentError, ShapeError, keyed_values
 from pyro_dgm.utils.compat import clip_grads_with_norm_, get_total_norm
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.modules import submodules
@@ -75,7 +75,7 @@ def check_distributions(owner: str, distributions: Any) -> list[nn.Module | None
 
 def check_loss(owner: str, loss: Any, arg: str) -> Loss:
     if not isinstance(loss, Loss):
-        raise TypeError(f"{owner}: {arg} must be a pyro_dgm Loss (e.g. (-p.log_prob()).mean()), got "
+        raise ArgumentError(f"{owner}: {arg} must be a pyro_dgm Loss (e.g. (-p.log_prob()).mean()), got "
                         f"{type(loss).__module__}.{type(loss).__qualname__}")
     return loss
 
@@ -500,7 +500,7 @@ def _check_values(model: Any, method: str, arg: str, values: Any) -> None:
     loss would name one of its inner terms)."""
     if (values is not None and type(values) is not dict and not isinstance(values, Mapping)
             and keyed_values(values) is None):  # (a home-made dict-like batch, which Pixyz reads by its keys, is taken)
-        raise TypeError(f"{type(model).__name__}.{method}: {arg} must be a dict of values by variable name, e.g. "
+        raise ArgumentError(f"{type(model).__name__}.{method}: {arg} must be a dict of values by variable name, e.g. "
                         f"{{'x': x}}, got {type(values).__name__}")
 
 

@@ -75,10 +75,21 @@ class DuplicateSiteError(ValueError, RuntimeError):
 
 
 class ArgumentError(TypeError, ValueError, AttributeError):
-    """A TypeError for a constructor argument of the wrong kind (a number where a list of distributions is expected,
-    one distribution where a list is, a string where weights are), naming the class and the argument: also the
-    ValueError or AttributeError that Pixyz raises there (its own checks, or its code reading ``.var`` of a number),
-    so that a Pixyz program's ``except`` still catches it."""
+    """A TypeError for an argument of the wrong kind (a number where a list of distributions is expected, one
+    distribution where a list is, a string where weights are, a tensor where a dict of values is, a ``forward``
+    that returns no dict), naming the class and the argument: also the ValueError or AttributeError that Pixyz raises
+    there (its own checks, or its code reading ``.var`` or ``.keys()`` of the value), so that a Pixyz program's
+    ``except`` still catches it."""
+
+
+class SizeArgumentError(ArgumentError, ZeroDivisionError):
+    """An :class:`ArgumentError` for a size that is not a positive int (``PlanarFlow(0)``, ``PlanarFlow("2")``):
+    also the ZeroDivisionError Pixyz's initialization raises for a size of 0."""
+
+
+class EmptyListError(ValueError, IndexError):
+    """A ValueError for an empty list where items are expected (``FlowList([])``): also the IndexError Pixyz's code
+    raises reading its first item."""
 
 
 def clearer(e: BaseException, message: str) -> ValueError:

@@ -149,10 +149,12 @@ def test_a_number_input_is_not_blamed_for_a_networks_own_constant_given_to_torch
     assert ref == ours == "expected Tensor as element 1 in argument 0, but got float"
 
 
-def test_a_users_get_params_gets_only_the_keywords_it_names() -> None:
-    """Probe p277: a ``get_params(self, params_dict={})`` override (a floor on the scale), and a loss evaluated or
-    trained with an extra keyword (``beta=0.5``): Pixyz calls the override with the inputs alone; pyro_dgm passed it
-    the keyword (``TypeError: got an unexpected keyword argument 'beta'``)."""
+@pytest.mark.parametrize("names_beta", [False, True])
+def test_a_users_get_params_gets_no_keywords_as_under_pixyz(names_beta: bool) -> None:
+    """Probes p277, p278: a ``get_params(self, params_dict={})`` override (a floor on the scale), and a loss evaluated
+    or trained with an extra keyword (``beta=0.5``): Pixyz calls the override with the inputs alone; pyro_dgm passed
+    it the keyword (``TypeError: got an unexpected keyword argument 'beta'``), and an override that names ``beta``
+    must keep its default (Pixyz's numbers), not take the call's."""
     def program() -> Any:
         import torch
         import torch.nn.functional as F
@@ -171,13 +173,20 @@ def test_a_users_get_params_gets_only_the_keywords_it_names() -> None:
                 h = self.fc(x)
                 return {"loc": h[..., :2], "scale": F.softplus(h[..., 2:])}
 
+        class Floor(Q):
             def get_params(self, params_dict={}):  # type: ignore[no-untyped-def]  # noqa: B006 (as users write it)
                 out = dict(super().get_params(params_dict))
                 out["scale"] = out["scale"] + 0.1
                 return out
 
+        class FloorBeta(Q):
+            def get_params(self, params_dict={}, beta=1.0):  # type: ignore[no-untyped-def]  # noqa: B006
+                out = dict(super().get_params(params_dict))
+                out["scale"] = out["scale"] + 0.1 * beta
+                return out
+
         torch.manual_seed(0)
-        q = Q()
+        q = FloorBeta() if names_beta else Floor()
         prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="pz")
         x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
         kl = KullbackLeibler(q, prior)
@@ -189,3 +198,139 @@ def test_a_users_get_params_gets_only_the_keywords_it_names() -> None:
     ref, ours = run_both(program)
     for a, b in zip(ref, ours):
         torch.testing.assert_close(b, a)
+
+
+def test_an_operand_set_to_none_after_the_operator_was_made_counts_as_0() -> None:
+    """Probe p278: ``s = lp + lp; s.loss2 = None`` (and ``(lp - 2).loss1 = None``): Pixyz's operator evaluates a
+    ``None`` operand as 0; pyro_dgm kept evaluating the operand it was built with (-3.81 where Pixyz gives -1.90),
+    then, once a module's place set to None was read as None, raised ``'NoneType' object has no attribute 'eval'``."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        p = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["x"], features_shape=[2])
+        lp = p.log_prob()
+        x = torch.tensor([[0.1, -0.3]])
+        s = lp + lp
+        s.loss2 = None
+        d = lp - 2
+        d.loss1 = None
+        return [float(s.eval({"x": x})), float(d.eval({"x": x}))]
+
+    ref, ours = run_both(program)
+    assert ours == pytest.approx(ref, rel=1e-6)
+
+
+def test_a_discriminator_added_by_add_module_is_checked_as_one_assigned() -> None:
+    """Probe p278: ``loss.add_module("d", Dis(cond_var=["w"]))``, a discriminator of another variable than the
+    compared ones: Pixyz raises ``ValueError: Input keys are not valid`` at the next evaluation; pyro_dgm took it and
+    raised a bare ``KeyError: 'w'``. It is refused as ``loss.d = ...`` refuses it (a ``ValueError`` naming the term,
+    the discriminator and the variables), leaving the term with its discriminator."""
+    def program() -> Any:
+        import torch
+        from torch import optim
+
+        from pixyz.distributions import EmpiricalDistribution
+        from pixyz.losses import AdversarialJensenShannon
+
+        torch.manual_seed(0)
+        generator, Dc = _gan_parts()
+        term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), generator, Dc(), optimizer=optim.SGD,
+                                        optimizer_params={"lr": 0.1})
+        x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1)) + 2
+        out = []
+        for how in ("add_module", "register_module"):
+            try:
+                getattr(term, how)("d", Dc("w"))
+                term.eval({"x": x})
+                out.append(None)
+            except Exception as e:  # noqa: BLE001 (compared below)
+                out.append((type(e).__name__, isinstance(e, ValueError), str(e)))
+        return out
+
+    ref, ours = run_both(program)
+    for pixyz_error, error in zip(ref, ours):
+        assert pixyz_error[1] and "Input keys are not valid" in pixyz_error[2]
+        assert error[1] and "AdversarialJensenShannon" in error[2] and "'w'" in error[2]
+
+
+def _mistakes() -> Any:
+    """Newcomers' mistakes (probe p280), each run and its error's classes (the MRO's names) and text kept."""
+    import torch
+    from torch import nn
+
+    from pixyz import flows
+    from pixyz.distributions import Deterministic, Normal
+    from pixyz.losses import KullbackLeibler, LogProb
+    from pixyz.models import Model
+
+    class Q(Normal):
+        def __init__(self, out: Any) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.out = out
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.out(x)
+
+    class Det(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="p")
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return x * 2
+
+    prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2], name="p_{prior}")
+    x = torch.zeros(3, 2)
+    q = Q(lambda x: {"loc": x, "scale": torch.ones_like(x)})
+    q.net = nn.Linear(2, 2)  # (something to train)
+    model = Model(q.log_prob().mean(), distributions=[q])
+    cases = {
+        "forward returns a tuple": lambda: Q(lambda x: (x, x.exp())).sample({"x": x}),
+        "forward returns a tensor": lambda: Q(lambda x: x).sample({"x": x}),
+        "Deterministic returns a tensor": lambda: Det().sample({"x": x}),
+        "prior * 2": lambda: prior * 2,
+        "eval of a tensor": lambda: LogProb(prior).eval(x),
+        "train of a list": lambda: model.train([x]),
+        "KL of a torch distribution": lambda: KullbackLeibler(prior, torch.distributions.Normal(0.0, 1.0)),
+        "Model of a function": lambda: Model(lambda d: 0, distributions=[prior]),
+        "PlanarFlow of 0 features": lambda: flows.PlanarFlow(0),
+        "an empty FlowList": lambda: flows.FlowList([]),
+        "Expectation of a layer": lambda: LogProb(nn.Linear(2, 2)),
+    }
+    out = {}
+    for name, call in cases.items():
+        try:
+            call()
+            out[name] = None
+        except Exception as e:  # noqa: BLE001 (compared below)
+            out[name] = ([k.__name__ for k in type(e).__mro__], str(e))
+    return out
+
+
+def test_a_newcomers_mistake_raises_an_error_of_pixyzs_class_naming_things() -> None:
+    """Probe p280: where Pixyz's code fails on a mistake with ``AttributeError`` (reading ``.keys()`` or ``.var``
+    of the wrong kind of value), ``IndexError`` or ``ZeroDivisionError``, pyro_dgm's error named the distribution or
+    loss but was a plain ``TypeError``/``ValueError``, which a Pixyz program's ``except`` did not catch: it is also
+    of Pixyz's class now."""
+    ref, ours = run_both(_mistakes)
+    assert ref.keys() == ours.keys()
+    for name in ref:
+        pixyz_classes, pixyz_text = ref[name]
+        classes, text = ours[name]
+        assert pixyz_classes[0] in classes, (name, pixyz_classes[0], classes)
+        assert "TypeError" in classes or "ValueError" in classes, (name, classes)
+        assert text != pixyz_text and ":" in text, (name, text)  # (ours, naming the class or term first)
+
+
+def test_a_flow_that_refuses_the_priors_draw_names_the_distribution_and_the_variable() -> None:
+    """Probe p280: a flow of 3 features under a prior of 2 refused the draw naming the flow only (its score named the
+    distribution and the variable)."""
+    from pyro_dgm import flows
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
+    p = TransformedDistribution(prior, flows.PlanarFlow(3), var=["x"])
+    with pytest.raises(ValueError, match=r"p\(x\): cannot draw 'x': PlanarFlow") as e:
+        p.sample(batch_n=2)
+    assert isinstance(e.value, RuntimeError)  # (torch's class for the shapes it cannot multiply, Pixyz's error)
