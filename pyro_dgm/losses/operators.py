@@ -89,9 +89,12 @@ def _check_broadcast(op: Loss, v1: Tensor, v2: Tensor) -> None:
                          + "; reduce one of them (.mean(), .sum()) or give both the same batch shape")
 
 
-def _operand_text(loss: Loss, value: Any) -> str:
-    """How an error names an operand: its formula (Pixyz's text) and its value's shape or type."""
-    if isinstance(loss, ValueLoss) and not loss.is_number:
+def _operand_text(loss: Loss | None, value: Any) -> str:
+    """How an error names an operand: its formula (Pixyz's text) and its value's shape or type (an operand set to
+    ``None``, which counts as 0: "None")."""
+    if loss is None:
+        text = "None"
+    elif isinstance(loss, ValueLoss) and not loss.is_number:
         text = f"the tensor operand {loss.loss_text}"
     elif isinstance(loss, Parameter):
         text = f"Parameter {loss.input_var[0]!r}"

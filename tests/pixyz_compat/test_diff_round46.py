@@ -216,10 +216,20 @@ def test_an_operand_set_to_none_after_the_operator_was_made_counts_as_0() -> Non
         s.loss2 = None
         d = lp - 2
         d.loss1 = None
-        return [float(s.eval({"x": x})), float(d.eval({"x": x}))]
+        values = [float(s.eval({"x": x})), float(d.eval({"x": x}))]
+        from pixyz.losses import Parameter
+
+        bad = Parameter("x") + Parameter("y")
+        bad.loss2 = None
+        try:  # (probe p281: a value that cannot be added to the 0 of the None operand)
+            bad.eval({"x": "abc", "y": 1.0})
+        except TypeError as e:
+            return values, str(e)
+        return values, None
 
     ref, ours = run_both(program)
-    assert ours == pytest.approx(ref, rel=1e-6)
+    assert ours[0] == pytest.approx(ref[0], rel=1e-6)
+    assert ref[1] is not None and ours[1] is not None and "None" in ours[1] and "'x'" in ours[1]
 
 
 def test_a_discriminator_added_by_add_module_is_checked_as_one_assigned() -> None:
