@@ -68,6 +68,7 @@ def test_a_decoders_probabilities_out_of_range_are_refused_by_name(bad):
         P().get_log_prob({"z": z, "x": x})
 
 
+@pytest.mark.needs_validation
 def test_a_nan_location_and_a_scale_of_zero_are_refused():
     """A network's location of nan breaks ``real``; a constant scale set to 0 in place breaks ``positive``."""
     class Q(Normal):
@@ -101,6 +102,7 @@ class _DirectScale(Normal):
         return {"loc": x, "scale": self.s}
 
 
+@pytest.mark.needs_validation
 @pytest.mark.parametrize("how", ["in place", "data", "vector_to_parameters", "data in place", "numpy",
                                  "aliased data"])
 def test_a_parameter_returned_as_is_is_checked_again_after_a_change(how):
@@ -156,6 +158,7 @@ def test_bounds_that_the_dtype_does_not_hold_exactly_answer_as_the_check(c, dtyp
             assert closed_forms.holds(c, t) is bool(torch._is_all_true(c.check(t)))
 
 
+@pytest.mark.needs_validation
 def test_vmap_over_the_scored_value_under_validation():
     """Probe p276: ``torch.func.vmap`` over the value a Normal of constant parameters scores, and a per-example
     score (``vmap(grad(...))``), under validation: torch.distributions' numbers (the check read a number, which vmap
