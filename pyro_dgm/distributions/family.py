@@ -555,7 +555,7 @@ class DistributionBase(Distribution):
                 raise
             if not isinstance(out, dict):
                 raise ArgumentError(f"{describe(self)}: forward() must return a dict of parameters, e.g. "
-                                f"{{'{self.param_groups[0][0]}': ...}}, got {type(out).__name__}")
+                                    f"{{'{self.param_groups[0][0]}': ...}}, got {type(out).__name__}")
             if not self._dgm_accepted.issuperset(out) and not ctx.extra_params:
                 bad = [k for k in out if k not in self._dgm_accepted]
                 raise ValueError(f"{describe(self)}: forward() returned unknown parameter {bad[0]!r}; "

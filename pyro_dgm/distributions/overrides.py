@@ -476,7 +476,7 @@ def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx
     params = self.get_params(_local_inputs(self, b, values))
     if not isinstance(params, Mapping):
         raise ArgumentError(f"{describe(self)}: get_params() must return a dict of parameters, got "
-                        f"{type(params).__name__}")
+                            f"{type(params).__name__}")
     groups = getattr(self, "param_groups", None) or ()
     missing = [g for g in groups if not any(n in params for n in g)] if type(groups) is tuple and not \
         users_own(type(self), "params_keys") else []  # (not a params_keys of the user's, which a later cell

@@ -129,7 +129,7 @@ class Deterministic(Distribution):
         if not isinstance(out, dict) or set(out) != set(self._var):
             got = sorted(out) if isinstance(out, dict) else type(out).__name__
             raise ArgumentError(f"{describe(self)}: forward() must return a dict with exactly the keys {self._var}, "
-                             f"got {got}")
+                                f"got {got}")
         bn = self._dgm_batch_ndim(b, values, ctx)
         given = not drawn_in_pass(b.input_var, ctx)  # (its outputs then hold no draw of the pass either)
         own_var = self._var

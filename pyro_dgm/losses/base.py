@@ -620,7 +620,7 @@ class Loss(YieldingModule, _PyroELBO):
             given = keyed  # keys)
         else:
             raise ArgumentError(f"{type(self).__name__}.eval: x_dict must be a dict of values by variable name, "
-                            f"got {type(x_dict).__name__}")
+                                f"got {type(x_dict).__name__}")
         names = self._input_var if type(self).input_var is _INPUT_VAR else self.input_var  # (a subclass's own)
         # as Pixyz's eval: the variables of _input_var are required, then the values are filtered by input_var (a
         # subclass's property may list optional ones that its forward reads with x_dict.get)

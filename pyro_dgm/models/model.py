@@ -76,7 +76,7 @@ def check_distributions(owner: str, distributions: Any) -> list[nn.Module | None
 def check_loss(owner: str, loss: Any, arg: str) -> Loss:
     if not isinstance(loss, Loss):
         raise ArgumentError(f"{owner}: {arg} must be a pyro_dgm Loss (e.g. (-p.log_prob()).mean()), got "
-                        f"{type(loss).__module__}.{type(loss).__qualname__}")
+                            f"{type(loss).__module__}.{type(loss).__qualname__}")
     return loss
 
 
@@ -501,7 +501,7 @@ def _check_values(model: Any, method: str, arg: str, values: Any) -> None:
     if (values is not None and type(values) is not dict and not isinstance(values, Mapping)
             and keyed_values(values) is None):  # (a home-made dict-like batch, which Pixyz reads by its keys, is taken)
         raise ArgumentError(f"{type(model).__name__}.{method}: {arg} must be a dict of values by variable name, e.g. "
-                        f"{{'x': x}}, got {type(values).__name__}")
+                            f"{{'x': x}}, got {type(values).__name__}")
 
 
 class Model:
