@@ -33,7 +33,7 @@ def model_distributions(owner: str, other_distributions: Any, **named: Distribut
     >>> model_distributions("ML", None, p="not a distribution")
     Traceback (most recent call last):
     ...
-    TypeError: ML: p must be a pyro_dgm Distribution, got str
+    pyro_dgm.utils.checks.ArgumentError: ML: p must be a pyro_dgm Distribution, got str
     """
     for what, d in named.items():
         check_distribution(d, owner, what)
