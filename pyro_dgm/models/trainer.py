@@ -450,6 +450,12 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     epochs = _count(epochs, "epochs", "a non-negative integer", 0)
     if getattr(model, "loss_cls", 0) is None:
         model._dgm_no_loss()  # built with loss=None and no set_loss since
+    from pyro_dgm.models.model import check_loss
+
+    for arg in ("loss_cls", "test_loss_cls"):  # (a subclass that set Pixyz's attributes itself: named as train names
+        held = model.__dict__.get(arg)  # them, before the batches read their input_var)
+        if held is not None:
+            check_loss(type(model).__name__, held, arg)
     from pyro_dgm.models.callbacks import AFTER_CALLBACKS
 
     # a fit run by a callback of a fit of this model: the outer one goes on as it was afterwards (its stop request,

@@ -344,3 +344,30 @@ def test_a_flow_that_refuses_the_priors_draw_names_the_distribution_and_the_vari
     with pytest.raises(ValueError, match=r"p\(x\): cannot draw 'x': PlanarFlow") as e:
         p.sample(batch_n=2)
     assert isinstance(e.value, RuntimeError)  # (torch's class for the shapes it cannot multiply, Pixyz's error)
+
+
+def test_fit_names_a_loss_that_is_no_loss_set_by_a_subclass_as_train_names_it() -> None:
+    """Probe p282: a ``Model`` subclass that sets Pixyz's attributes itself (no ``Model.__init__``) with
+    ``loss_cls = p.log_prob().mean`` (the call left off): ``train`` named it; ``fit`` raised a bare
+    ``'function' object has no attribute 'input_var'``."""
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.models import Model
+    from pyro_dgm.utils.checks import ArgumentError
+
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+    p.net = nn.Linear(1, 1)
+
+    class My(Model):
+        def __init__(self, loss: Any) -> None:  # (Pixyz's attributes, as a subclass of its Model sets them)
+            self.loss_cls = self.test_loss_cls = loss
+            self.distributions = nn.ModuleList([p])
+            self.optimizer = torch.optim.Adam(self.distributions.parameters())
+            self.clip_norm = self.clip_value = None
+            self.retain_graph = False
+
+    x = {"x": torch.randn(4, 2)}
+    for run in (lambda m: m.train(x), lambda m: m.fit([x], epochs=1)):
+        with pytest.raises(ArgumentError, match="My: loss_cls must be a pyro_dgm Loss"):
+            run(My(p.log_prob().mean))
