@@ -12,22 +12,31 @@ from pixyz_harness import run_both
 from test_diff_round45 import _gan_parts
 
 
+def _js_term() -> Any:
+    """An adversarial Jensen-Shannon term between data and a generator, with the discriminator's class and a batch
+    (Pixyz's imports when called: pyro_dgm's inside the harness's programs)."""
+    import torch
+    from torch import optim
+
+    from pixyz.distributions import EmpiricalDistribution
+    from pixyz.losses import AdversarialJensenShannon
+
+    torch.manual_seed(0)
+    generator, Dc = _gan_parts()
+    term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), generator, Dc(), optimizer=optim.SGD,
+                                    optimizer_params={"lr": 0.1})
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1)) + 2
+    return term, generator, Dc, x
+
+
 def test_a_deleted_discriminator_is_named_and_one_put_back_trains_as_under_pixyz() -> None:
     """Probe p273: ``del loss.d``, then an evaluation and a discriminator step: Pixyz raises ``AttributeError``
     naming ``d``; pyro_dgm raised one about ``None`` (``'NoneType' object has no attribute 'input_var'``) naming
     neither the term nor ``d``. A discriminator put back afterwards is the one used, as under Pixyz."""
     def program() -> Any:
-        import torch
         from torch import optim
 
-        from pixyz.losses import AdversarialJensenShannon
-        from pixyz.distributions import EmpiricalDistribution
-
-        torch.manual_seed(0)
-        generator, Dc = _gan_parts()
-        term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), generator, Dc(), optimizer=optim.SGD,
-                                        optimizer_params={"lr": 0.1})
-        x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1)) + 2
+        term, _, Dc, x = _js_term()
         del term.d
         errors = []
         for call in (lambda: term.eval({"x": x}), lambda: term.loss_train({"x": x}), lambda: term.d):
@@ -90,19 +99,12 @@ def test_a_model_built_while_the_discriminator_is_deleted_trains_once_one_is_put
     """Probe p276: ``del term.d``, then ``Model(term, ...)``, then a discriminator put back: Pixyz builds the model
     and trains; pyro_dgm refused the model (the check of which parameters it trains read the missing ``d``)."""
     def program() -> Any:
-        import torch
         from torch import optim
 
-        from pixyz.distributions import EmpiricalDistribution
-        from pixyz.losses import AdversarialJensenShannon
         from pixyz.models import Model
 
-        torch.manual_seed(0)
-        generator, Dc = _gan_parts()
-        d0 = Dc()
-        term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), generator, d0, optimizer=optim.SGD,
-                                        optimizer_params={"lr": 0.1})
-        x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1)) + 2
+        term, generator, _, x = _js_term()
+        d0 = term.d
         del term.d
         model = Model(term, distributions=[generator], optimizer=optim.SGD, optimizer_params={"lr": 0.1})
         term.d = d0
@@ -238,17 +240,7 @@ def test_a_discriminator_added_by_add_module_is_checked_as_one_assigned() -> Non
     raised a bare ``KeyError: 'w'``. It is refused as ``loss.d = ...`` refuses it (a ``ValueError`` naming the term,
     the discriminator and the variables), leaving the term with its discriminator."""
     def program() -> Any:
-        import torch
-        from torch import optim
-
-        from pixyz.distributions import EmpiricalDistribution
-        from pixyz.losses import AdversarialJensenShannon
-
-        torch.manual_seed(0)
-        generator, Dc = _gan_parts()
-        term = AdversarialJensenShannon(EmpiricalDistribution(["x"]), generator, Dc(), optimizer=optim.SGD,
-                                        optimizer_params={"lr": 0.1})
-        x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1)) + 2
+        term, _, Dc, x = _js_term()
         out = []
         for how in ("add_module", "register_module"):
             try:
