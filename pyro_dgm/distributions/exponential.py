@@ -131,8 +131,10 @@ class _PositiveTemperature:
         logits = self.logits  # type: ignore[attr-defined]
         try:
             shape = torch.broadcast_shapes(t.shape, logits.shape)
-        except RuntimeError:  # (torch's own error at the draw)
-            return self
+        except RuntimeError as e:  # (batch_n rows of probabilities beside another number of temperatures)
+            raise ShapeError(f"the temperature of shape {tuple(t.shape)} does not broadcast with the probabilities "
+                             f"of shape {tuple(logits.shape)} (give one temperature, or one per row of the "
+                             f"batch)") from e
         if shape == logits.shape:
             return self
         return self.expand(shape[:len(shape) - len(self.event_shape)])  # type: ignore[attr-defined]

@@ -1373,8 +1373,9 @@ class DistributionBase(Distribution):
         bad = self._dgm_diagnosis(base, torch.zeros(()), name)
         if bad:
             raise OutOfRangeError(f"{describe(self)}: cannot draw {name!r}: {bad} ({e})") from e
-        if isinstance(e, OutOfRangeError):  # (a check of the site distribution's own: a relaxed temperature)
-            raise OutOfRangeError(f"{describe(self)}: cannot draw {name!r}: {e}") from e
+        if isinstance(e, (OutOfRangeError, ShapeError)) and describe(self) not in str(e):  # (a check of the site
+            # distribution's own: a relaxed temperature, out of range or of another batch than batch_n asks for)
+            raise type(e)(f"{describe(self)}: cannot draw {name!r}: {e}") from e
         raise e
 
     def _dgm_params_do_not_broadcast(self, params: Mapping[str, Tensor]) -> NoReturn:

@@ -55,3 +55,14 @@ def test_temperatures_of_the_probabilities_shape_draw_as_before(cls, reference, 
         got = p.sample({"t": t, "q": probs})["x"]
         torch.manual_seed(7)
         assert torch.equal(got, reference(t, probs=probs).rsample())
+
+
+@pytest.mark.parametrize("cls, reference, probs", FAMILIES)
+def test_a_batch_n_other_than_the_temperatures_rows_is_named(cls, reference, probs):
+    """Probe p281: 4 temperatures and ``batch_n=2``: torch's bare "The size of tensor a (2) must match the size of
+    tensor b (4)" (Pixyz's too); a ``ShapeError`` (also that RuntimeError) naming the distribution, the variable and
+    the temperature's shape."""
+    p = cls(temperature="t", probs=torch.tensor(probs), var=["x"], cond_var=["t"])
+    with pytest.raises(RuntimeError, match=r"p\(x\|t\): cannot draw 'x': the temperature of shape \(4, 1\)"):
+        p.sample({"t": torch.full((4, 1), 0.5)}, batch_n=2)
+    assert p.sample({"t": torch.full((4, 1), 0.5)}, batch_n=4)["x"].shape == (4, len(probs))
