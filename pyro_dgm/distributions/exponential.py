@@ -135,8 +135,9 @@ class _PositiveTemperature:
             raise ShapeError(f"the temperature of shape {tuple(t.shape)} does not broadcast with the probabilities "
                              f"of shape {tuple(logits.shape)} (give one temperature, or one per row of the "
                              f"batch)") from e
-        if shape == logits.shape:
-            return self
+        pad = len(shape) - logits.dim()
+        if shape[pad:] == logits.shape and all(n == 1 for n in shape[:pad]):  # (no rows the temperature adds: leading
+            return self  # 1s of a constant's batch dim, which torch's draw broadcasts as Pixyz's does)
         return self.expand(shape[:len(shape) - len(self.event_shape)])  # type: ignore[attr-defined]
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:

@@ -99,7 +99,10 @@ def _operand_text(loss: Loss | None, value: Any) -> str:
     elif isinstance(loss, Parameter):
         text = f"Parameter {loss.input_var[0]!r}"
     else:
-        text = loss.loss_text
+        try:
+            text = loss.loss_text
+        except AttributeError:  # (an operator holding an operand set to None, whose text Pixyz cannot print either)
+            text = type(loss).__name__
     if isinstance(value, Tensor):
         return f"{text} of shape {tuple(value.shape)}"
     if isinstance(value, numbers.Number) and not isinstance(value, bool):

@@ -453,9 +453,11 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     from pyro_dgm.models.model import check_loss
 
     for arg in ("loss_cls", "test_loss_cls"):  # (a subclass that set Pixyz's attributes itself: named as train names
-        held = model.__dict__.get(arg)  # them, before the batches read their input_var)
+        held = getattr(model, arg, None)  # them, before the batches read their input_var)
         if held is not None:
             check_loss(type(model).__name__, held, arg)
+        elif arg == "test_loss_cls" and test_data is not None:  # (set to None since: as test says)
+            model._dgm_no_loss()
     from pyro_dgm.models.callbacks import AFTER_CALLBACKS
 
     # a fit run by a callback of a fit of this model: the outer one goes on as it was afterwards (its stop request,

@@ -363,3 +363,85 @@ def test_fit_names_a_loss_that_is_no_loss_set_by_a_subclass_as_train_names_it() 
     for run in (lambda m: m.train(x), lambda m: m.fit([x], epochs=1)):
         with pytest.raises(ArgumentError, match="My: loss_cls must be a pyro_dgm Loss"):
             run(My(p.log_prob().mean))
+
+
+def test_relaxed_draws_with_a_sample_shape_have_pixyzs_shape() -> None:
+    """Probe p284: a relaxed family with a constant temperature of shape (1, K) or (N, 1) (kept with Pixyz's leading
+    batch dim of 1) beside probabilities of N rows, drawn with ``sample_shape=(2,)``: Pixyz's (2, N, K) and the same
+    numbers; the draw of a batch of temperatures (probe p279) expanded the distribution to (1, N, K) first, which
+    gave (2, 1, N, K)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import RelaxedBernoulli, RelaxedCategorical
+
+        out = []
+        for cls in (RelaxedBernoulli, RelaxedCategorical):
+            for shape in [(1, 4), (3, 1)]:
+                p = cls(var=["x"], cond_var=["pp"], name="p", probs="pp", temperature=torch.full(shape, 0.5))
+                torch.manual_seed(1)
+                pp = torch.softmax(torch.randn(3, 4), -1)
+                out.append(p.sample({"pp": pp}, sample_shape=torch.Size([2]))["x"])
+                out.append(p.sample({"pp": pp})["x"])
+        return out
+
+    ref, ours = run_both(program)
+    for a, b in zip(ref, ours):
+        assert b.shape == a.shape
+        torch.testing.assert_close(b, a)
+
+
+def test_an_operator_holding_a_none_operand_inside_another_is_named_in_its_error() -> None:
+    """Probe p284: ``inner.loss1 = None`` inside ``AddLoss(inner, ValueLoss(torch.ones(4)))`` whose values do not
+    broadcast (3 against 4): Pixyz raises torch's ``RuntimeError``; pyro_dgm raised a bare ``AttributeError``
+    reading the inner operator's text. A ``ShapeError`` (also that RuntimeError) naming both now."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses.losses import AddLoss, ValueLoss
+
+        p = Normal(var=["x"], loc=torch.zeros(2), scale=torch.ones(2), name="p")
+        inner = AddLoss(-p.log_prob(), -p.log_prob())
+        inner.loss1 = None
+        try:
+            AddLoss(inner, ValueLoss(torch.ones(4))).eval({"x": torch.zeros(3, 2)})
+        except RuntimeError as e:
+            return str(e)
+        return None
+
+    ref, ours = run_both(program)
+    assert ref is not None and ours is not None and "AddLoss" in ours and "(4,)" in ours
+
+
+def test_fit_names_a_test_loss_set_to_none_and_a_loss_held_as_a_module() -> None:
+    """Probe p284: ``fit(test_data=...)`` after ``model.test_loss_cls = None`` gave ``'NoneType' object has no
+    attribute 'input_var'`` (``test`` named it), and a ``Model`` subclass that is an ``nn.Module`` holding an
+    ``nn.Linear`` as its ``loss_cls`` escaped the check of ``fit`` (kept in ``_modules``, not ``__dict__``)."""
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.models import Model
+    from pyro_dgm.models.errors import ModelArgumentError
+    from pyro_dgm.utils.checks import ArgumentError
+
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+    p.net = nn.Linear(1, 1)
+    x = {"x": torch.randn(4, 2)}
+    model = Model(p.log_prob().mean(), distributions=[p])
+    model.test_loss_cls = None
+    with pytest.raises(ModelArgumentError, match="Model: "):
+        model.fit([x], epochs=1, test_data=[x])
+
+    class B(Model, nn.Module):
+        def __init__(self) -> None:
+            nn.Module.__init__(self)
+            self.loss_cls = self.test_loss_cls = nn.Linear(2, 2)
+            self.distributions = nn.ModuleList([p])
+            self.optimizer = torch.optim.Adam(self.distributions.parameters())
+            self.clip_norm = self.clip_value = None
+            self.retain_graph = False
+
+    for run in (lambda m: m.train(x), lambda m: m.fit([x], epochs=1)):
+        with pytest.raises(ArgumentError, match="B: loss_cls must be a pyro_dgm Loss"):
+            run(B())
