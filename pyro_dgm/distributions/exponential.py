@@ -140,18 +140,31 @@ class _PositiveTemperature:
             return self  # 1s of a constant's batch dim, which torch's draw broadcasts as Pixyz's does)
         return self.expand(shape[:len(shape) - len(self.event_shape)])  # type: ignore[attr-defined]
 
+    def _dgm_torch_shape(self, x: Tensor, sample_shape: torch.Size) -> Tensor:
+        """``x``, drawn from :meth:`_dgm_full_batch`, in the shape torch's (and Pixyz's) draw has, where the two
+        differ only by dims of 1 (a temperature of shape ``(1, N, 1)``: its leading 1 goes left of ``sample_shape``
+        there, right of it in the expanded draw)."""
+        try:
+            want = torch.broadcast_shapes(tuple(sample_shape) + tuple(self.logits.shape),  # type: ignore[attr-defined]
+                                          tuple(self.temperature.shape))  # type: ignore[attr-defined]
+        except RuntimeError:
+            return x
+        if x.shape != want and [n for n in x.shape if n != 1] == [n for n in want if n != 1]:
+            return x.reshape(want)
+        return x
+
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         check_temperature(self, self.temperature)  # type: ignore[attr-defined]
         full = self._dgm_full_batch()
         if full is not self:
-            return full.rsample(sample_shape)
+            return self._dgm_torch_shape(full.rsample(sample_shape), sample_shape)
         return super().rsample(sample_shape)  # type: ignore[misc]
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         check_temperature(self, self.temperature)  # type: ignore[attr-defined]
         full = self._dgm_full_batch()
         if full is not self:
-            return full.sample(sample_shape)
+            return self._dgm_torch_shape(full.sample(sample_shape), sample_shape)
         return super().sample(sample_shape)  # type: ignore[misc]
 
 

@@ -82,27 +82,34 @@ def _check_broadcast(op: Loss, v1: Tensor, v2: Tensor) -> None:
     except ValueError:
         shape = None
     if shape != v1.shape and shape != v2.shape:
-        raise ValueError(f"{type(op).__name__}: cannot combine {op.loss1.latex} of shape {tuple(v1.shape)} with "
-                         f"{op.loss2.latex} of shape {tuple(v2.shape)}: "
+        raise ValueError(f"{type(op).__name__}: cannot combine {_formula(op.loss1)} of shape {tuple(v1.shape)} "
+                         f"with {_formula(op.loss2)} of shape {tuple(v2.shape)}: "
                          + (f"broadcasting would give {tuple(shape)}, a shape neither term has"
                             if shape is not None else "the shapes do not broadcast")
                          + "; reduce one of them (.mean(), .sum()) or give both the same batch shape")
 
 
+def _formula(loss: Loss | None, attr: str = "latex") -> str:
+    """An operand's formula (``latex`` or ``loss_text``) for an error; "None" for an operand set to ``None`` (it
+    counts as 0), and the class of one whose formula fails because it holds such an operand (Pixyz cannot print it
+    either)."""
+    if loss is None:
+        return "None"
+    try:
+        return getattr(loss, attr)
+    except AttributeError:
+        return type(loss).__name__
+
+
 def _operand_text(loss: Loss | None, value: Any) -> str:
     """How an error names an operand: its formula (Pixyz's text) and its value's shape or type (an operand set to
     ``None``, which counts as 0: "None")."""
-    if loss is None:
-        text = "None"
-    elif isinstance(loss, ValueLoss) and not loss.is_number:
+    if isinstance(loss, ValueLoss) and not loss.is_number:
         text = f"the tensor operand {loss.loss_text}"
     elif isinstance(loss, Parameter):
         text = f"Parameter {loss.input_var[0]!r}"
     else:
-        try:
-            text = loss.loss_text
-        except AttributeError:  # (an operator holding an operand set to None, whose text Pixyz cannot print either)
-            text = type(loss).__name__
+        text = _formula(loss, "loss_text")
     if isinstance(value, Tensor):
         return f"{text} of shape {tuple(value.shape)}"
     if isinstance(value, numbers.Number) and not isinstance(value, bool):

@@ -445,3 +445,41 @@ def test_fit_names_a_test_loss_set_to_none_and_a_loss_held_as_a_module() -> None
     for run in (lambda m: m.train(x), lambda m: m.fit([x], epochs=1)):
         with pytest.raises(ArgumentError, match="B: loss_cls must be a pyro_dgm Loss"):
             run(B())
+
+
+def test_a_batch_of_temperatures_with_a_leading_1_draws_in_pixyzs_shape() -> None:
+    """Probe p285: temperatures of shape (1, N, 1) beside probabilities of one row, drawn with ``sample_shape`` (2,)
+    and (2, 3): Pixyz's (2, N, K) and (2, 3, N, K) (its leading 1 lies left of the sample dims in torch's
+    broadcasting); the draw of independent rows (probe p279) gave (2, 1, N, K). The rows stay independent."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import RelaxedBernoulli, RelaxedCategorical
+
+        out = []
+        for cls in (RelaxedBernoulli, RelaxedCategorical):
+            p = cls(var=["x"], cond_var=["t"], name="p", probs=torch.tensor([0.2, 0.3, 0.5]), temperature="t")
+            for shape in ([], [2], [2, 3]):
+                out.append(tuple(p.sample({"t": torch.full((1, 4, 1), 0.5)}, sample_shape=shape)["x"].shape))
+        return out
+
+    ref, ours = run_both(program)
+    assert ours == ref
+
+
+def test_strict_broadcasting_names_an_operator_holding_a_none_operand() -> None:
+    """Probe p285: under ``strict_broadcasting()``, an operator holding an operand set to ``None`` inside another whose
+    values would broadcast to a shape neither has: a bare ``'AddLoss' object has no attribute 'latex'``; the
+    ``ValueError`` naming both, as without the ``None``."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses.operators import strict_broadcasting
+
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"])
+    inner = p.log_prob() + p.log_prob()
+    inner.loss2 = None
+    x = torch.zeros(4, 2)
+    assert torch.allclose(inner.eval({"x": x}), p.log_prob().eval({"x": x}))
+    with strict_broadcasting():
+        for loss in (inner + torch.ones(4, 1), torch.ones(4, 1) * inner):
+            with pytest.raises(ValueError, match=r"cannot combine .*AddLoss of shape \(4,\)"):
+                loss.eval({"x": x})
