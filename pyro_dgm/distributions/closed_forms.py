@@ -212,10 +212,10 @@ _BOUNDS = {_C._Real: (False, False), _C._GreaterThan: (True, False), _C._Greater
 _EXACT: dict[tuple[Any, ...], bool] = {}
 
 
-def _exact_bounds(c: Any, dtype: torch.dtype) -> bool:
-    """Whether ``c``'s bounds are numbers that ``dtype`` holds exactly (0 and 1; not 0.1): the check compares them
-    in the value's dtype, a number read from the value compares with them as they are, which agree only then."""
-    lb, ub = getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)
+def _exact_bounds(c: Any, lb: Any, ub: Any, dtype: torch.dtype) -> bool:
+    """Whether ``c``'s bounds ``lb`` and ``ub`` are numbers that ``dtype`` holds exactly (0 and 1; not 0.1): the check
+    compares them in the value's dtype, a number read from the value compares with them as they are, which agree
+    only then."""
     key = (type(c), lb, ub, dtype)
     try:
         return _EXACT[key]
@@ -246,10 +246,11 @@ def holds(c: Any, value: Tensor) -> bool:
     (False, True)
     """
     low, high = _BOUNDS.get(type(c), (None, None))
-    if (low is None or not value.is_floating_point() or not value.numel() or not _exact_bounds(c, value.dtype)
-            or torch._C._are_functorch_transforms_active()):  # (a number cannot be read under vmap)
+    if low is None or not value.is_floating_point() or not value.numel():
         return bool(torch._is_all_true(c.check(value)))
     lb, ub = getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)
+    if not _exact_bounds(c, lb, ub, value.dtype) or torch._C._are_functorch_transforms_active():  # (a number
+        return bool(torch._is_all_true(c.check(value)))  # cannot be read under vmap)
     v = value.detach()
     if low and high:
         lo_t, hi_t = torch.aminmax(v)

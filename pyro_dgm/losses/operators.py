@@ -171,6 +171,14 @@ def _wrap(loss: Loss, below: int) -> str:
     return _paren(loss.latex) if loss._dgm_prec < below else loss.latex
 
 
+def _operand_value(loss: Loss, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """An operand's value and samples (``eval(..., return_dict=True, return_all=False)``)."""
+    out = loss.eval(values, return_dict=True, return_all=False, **kwargs)
+    if type(loss).eval is not _LOSS_EVAL:  # a class's own eval: the value it gives the formula is the term's
+        record_own_eval(loss, out[0])
+    return out
+
+
 class LossOperator(Loss):
     """Base of the binary operators: two operands (losses, numbers or tensors) evaluated on the same values."""
 
@@ -188,35 +196,13 @@ class LossOperator(Loss):
         return tuple(x for x in (self.loss1, self.loss2) if x is not None)
 
     def _dgm_both(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        a, b = self.loss1, self.loss2
-        if a is None or b is None:  # an operand set to None after the operator was made: 0, as under Pixyz
-            return self._dgm_with_none(a, b, values, kwargs)
-        v1, s1 = a.eval(values, return_dict=True, return_all=False, **kwargs)
-        if type(a).eval is not _LOSS_EVAL:  # a class's own eval: the value it gives the formula is the term's
-            record_own_eval(a, v1)
-        v2, s2 = b.eval(values, return_dict=True, return_all=False, **kwargs)
-        if type(b).eval is not _LOSS_EVAL:
-            record_own_eval(b, v2)
+        a, b = self.loss1, self.loss2  # (an operand set to None after the operator was made: 0, as under Pixyz)
+        v1, s1 = (0, {}) if a is None else _operand_value(a, values, kwargs)
+        v2, s2 = (0, {}) if b is None else _operand_value(b, values, kwargs)
         if _STRICT[0] and isinstance(v1, Tensor) and isinstance(v2, Tensor) and v1.shape != v2.shape:
             _check_broadcast(self, v1, v2)
         s1.update(s2)
         return v1, v2, s1
-
-    def _dgm_with_none(self, a: Loss | None, b: Loss | None, values: dict[str, Any], kwargs: dict[str, Any]
-                       ) -> tuple[Any, Any, dict[str, Any]]:
-        """:meth:`_dgm_both` where an operand is ``None``: its value 0 and no samples."""
-        out: list[Any] = []
-        samples: dict[str, Any] = {}
-        for x in (a, b):
-            if x is None:
-                out.append(0)
-                continue
-            v, s = x.eval(values, return_dict=True, return_all=False, **kwargs)
-            if type(x).eval is not _LOSS_EVAL:
-                record_own_eval(x, v)
-            out.append(v)
-            samples.update(s)
-        return out[0], out[1], samples
 
     def _dgm_fail(self, error: Exception, v1: Any, v2: Any, verb: str = "combine") -> NoReturn:
         """Raise the clear form of torch's ``error`` combining the two values (the error path only)."""
@@ -471,11 +457,7 @@ class LossSelfOperator(Loss):
         return self.loss1.loss_test({} if x_dict is None else x_dict, **kwargs)
 
     def _dgm_one(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        a = self.loss1
-        out = a.eval(values, return_dict=True, return_all=False, **kwargs)
-        if type(a).eval is not _LOSS_EVAL:  # (see LossOperator._dgm_both)
-            record_own_eval(a, out[0])
-        return out
+        return _operand_value(self.loss1, values, kwargs)
 
 
 class NegLoss(LossSelfOperator):

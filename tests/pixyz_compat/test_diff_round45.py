@@ -235,6 +235,15 @@ def test_weights_changed_in_place_or_given_another_storage_are_read_again() -> N
     assert p.get_params(x)["loc"].item() == pytest.approx(_loc(2, 1, 3))
 
 
+def _same_steps(ref: Any, ours: Any) -> None:
+    """Pixyz's ``(losses of each step, parameters at the end)`` (``ref``) and pyro_dgm's are the same."""
+    assert len(ours[0]) == len(ref[0]) and len(ours[1]) == len(ref[1])
+    for a, b in zip(ref[0], ours[0]):
+        torch.testing.assert_close(torch.as_tensor(b), torch.as_tensor(a))
+    for a, b in zip(ref[1], ours[1]):
+        torch.testing.assert_close(b, a)
+
+
 @pytest.mark.parametrize("change", ["insert", "addparam"])
 def test_a_gradient_norm_clips_the_parameters_as_they_are_at_each_step_as_under_pixyz(change: str) -> None:
     """Probe p269: ``clip_grad_norm`` clipped the parameters listed when the model was built or last changed: a
@@ -276,10 +285,7 @@ def test_a_gradient_norm_clips_the_parameters_as_they_are_at_each_step_as_under_
         return losses, [p.detach().clone() for p in c.net[0].parameters()]
 
     ref, ours = run_both(program)
-    for a, b in zip(ref[0], ours[0]):
-        torch.testing.assert_close(torch.as_tensor(b), torch.as_tensor(a))
-    for a, b in zip(ref[1], ours[1]):
-        torch.testing.assert_close(b, a)
+    _same_steps(ref, ours)
 
 
 def _changing_network(change: str) -> Any:
@@ -326,10 +332,7 @@ def _changing_network(change: str) -> Any:
 @pytest.mark.parametrize("change", ["made by forward", "put back", "by hand"])
 def test_parameters_that_the_registration_counter_misses_are_clipped_as_under_pixyz(change: str) -> None:
     ref, ours = run_both(lambda: _changing_network(change))
-    for a, b in zip(ref[0], ours[0]):
-        torch.testing.assert_close(torch.as_tensor(b), torch.as_tensor(a))
-    for a, b in zip(ref[1], ours[1]):
-        torch.testing.assert_close(b, a)
+    _same_steps(ref, ours)
 
 
 def test_a_network_built_elsewhere_at_each_step_does_not_make_the_model_list_its_parameters_again(monkeypatch) -> None:
@@ -486,10 +489,7 @@ def test_a_deleted_parameter_leaves_the_clipped_norm_as_under_pixyz() -> None:
         return losses, [p.detach().clone() for p in c.net[0].parameters()]
 
     ref, ours = run_both(program)
-    for a, b in zip(ref[0], ours[0]):
-        torch.testing.assert_close(torch.as_tensor(b), torch.as_tensor(a))
-    for a, b in zip(ref[1], ours[1]):
-        torch.testing.assert_close(b, a)
+    _same_steps(ref, ours)
 
 
 def test_a_discriminator_without_parameters_put_in_place_is_taken_as_under_pixyz() -> None:
