@@ -95,8 +95,9 @@ class _EntryPoint(property):
         return self.fn(*args, **kwargs)
 
 
-#: id of a tensor that a distribution put in Pyro's param store -> (the tensor, the distribution), both weakly held
-_REGISTERED: dict[int, tuple["weakref.ref[Tensor]", "weakref.ref[Distribution]"]] = {}
+#: id of a tensor that a distribution put in Pyro's param store -> (the tensor, the distribution), both weakly held,
+#: and the name it gave the tensor there
+_REGISTERED: dict[int, tuple["weakref.ref[Tensor]", "weakref.ref[Distribution]", str]] = {}
 
 
 def _forget(key: int) -> Any:
@@ -1027,7 +1028,7 @@ class Distribution(YieldingModule):
         drawn_var = d.get("_dgm_drawn_var")
         if drawn_var is None:  # var and input_var are fixed at construction
             drawn_var = d["_dgm_drawn_var"] = self._dgm_drawn_names()
-        drawn, redrawn = drawn_var
+        drawn, redrawn, dropped = drawn_var
         given = hidden = None
         if redrawn is not None and not redrawn.isdisjoint(values):  # (rare: values given for the product's own
             given = list(values)  # variables; Pixyz's pass starts from the inputs only, and draws those anew)
@@ -1042,6 +1043,9 @@ class Distribution(YieldingModule):
         if expected is not None:
             check_early_shape(self, values, expected)
         if return_all:
+            if dropped:  # a marginalized variable that is also an input (an EmpiricalDistribution's): Pixyz's graph
+                for k in dropped:  # leaves it out, as it leaves out the marginalized variables it draws
+                    values.pop(k, None)
             if given is not None:
                 if hidden:
                     for k, v in hidden.items():
@@ -1054,17 +1058,21 @@ class Distribution(YieldingModule):
             return self._dgm_written(before, values, drawn)
         return {k: v for k, v in values.items() if k in drawn}  # in the order drawn, as Pixyz's; not the inputs
 
-    def _dgm_drawn_names(self) -> tuple[list[str], frozenset[str] | None]:
-        """The variables :meth:`sample` returns with ``return_all=False`` and, for a product (renaming, marginal),
-        the names its pass writes (those and the marginalized variables), which a given value may hold. In a
-        product, Pixyz's graph leaves the inputs out, which an EmpiricalDistribution's variable is (alone, it
-        returns it)."""
+    def _dgm_drawn_names(self) -> tuple[list[str], frozenset[str] | None, list[str]]:
+        """The variables :meth:`sample` returns with ``return_all=False``; for a product (renaming, marginal), the
+        names its pass writes (those and the marginalized variables), which a given value may hold; and the
+        marginalized variables (its own or a factor's) that are inputs, which Pixyz's graph leaves out of what
+        ``return_all`` returns. In a product, Pixyz's graph leaves the inputs out, which an EmpiricalDistribution's
+        variable is (alone, it returns it)."""
         if not self._dgm_graph_call:
-            return self._var, None
+            return self._var, None, []
         inputs = self.input_var
         drawn = [v for v in self._var if v not in inputs]
         hidden = [h for f in self._dgm_order for h in _hidden_names(f) if h not in inputs]
-        return drawn, frozenset(drawn + list(self.__dict__.get("_dgm_marginalized", ())) + hidden)
+        marginalized = [*self.__dict__.get("_dgm_marginalized", ()),
+                        *(m for f in self._dgm_order for m in f.__dict__.get("_dgm_marginalized", ()))]
+        return (drawn, frozenset(drawn + [m for m in marginalized if m not in inputs] + hidden),
+                [m for m in inputs if m in marginalized])
 
     def _dgm_written(self, before: Mapping[str, Any], values: Mapping[str, Any], drawn: Sequence[str]
                      ) -> dict[str, Any]:
@@ -1649,10 +1657,19 @@ class Distribution(YieldingModule):
             cur = store._params.get(full)
             if cur is not None and cur is not prm:
                 self._dgm_take_name(store, full, prm, cur, judged)
-            pyro.param(full, prm)
             entry = _REGISTERED.get(id(prm))
-            if entry is None or entry[1]() is None:  # (a network a dead distribution registered is this one's now)
-                _REGISTERED[id(prm)] = (weakref.ref(prm, _forget(id(prm))), weakref.ref(self))
+            owner = entry[1]() if entry is not None else None
+            if owner is None or (owner is self and entry[2] != full):  # (a network a dead distribution registered
+                _REGISTERED[id(prm)] = (weakref.ref(prm, _forget(id(prm))), weakref.ref(self), full)  # is ours now)
+            elif owner is not self and store._params.get(entry[2]) is prm:
+                # a network shared with another live distribution: the store holds it under both names (as two
+                # pyro.module calls put it there), but Pyro's sites name it once, by its first owner's name: one
+                # tensor under two site names makes Pyro's JIT ELBOs fail (their trace takes it as two inputs)
+                if cur is not prm:
+                    store.setdefault(full, prm)
+                pyro.param(entry[2], prm)
+                continue
+            pyro.param(full, prm)
 
     def _dgm_take_name(self, store: Any, full: str, prm: Tensor, cur: Tensor, judged: dict[int, bool]) -> None:
         entry = _REGISTERED.get(id(cur))

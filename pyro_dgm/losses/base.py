@@ -70,6 +70,16 @@ _PYRO_ELBO_OPTIONS = frozenset({"num_particles", "max_plate_nesting", "max_iaran
                                 "tail_adaptive_beta"})
 
 
+_NO_MODULE = object()  # (a name that _modules does not hold)
+
+
+def _formula_changed() -> None:
+    """A loss's operand or distribution was replaced, set to None or deleted after the loss was made (Pixyz's
+    losses read their attributes at each evaluation): the formulas' cached terms, variables and distributions
+    (:meth:`Loss._dgm_leaves`, the SVI path's registered distributions) are out of date, as after a renaming."""
+    NAMES_VERSION[0] += 1
+
+
 def _all_equal(value: Any, target: Any) -> bool:
     """Whether a handler's scale or mask (a number, a bool or a tensor) is ``target`` everywhere."""
     if isinstance(value, Tensor):
@@ -238,24 +248,34 @@ class Loss(YieldingModule, _PyroELBO):
             return
         if "_modules" not in d:  # an attribute set before Loss.__init__: nn.Module must exist first
             nn.Module.__init__(self)
+        mods = d["_modules"]
+        old = mods.get(name, _NO_MODULE)
         nn.Module.__setattr__(self, name, value)
         if isinstance(value, nn.Module):
             d[name] = value  # registered in _modules and readable without nn.Module.__getattr__ (hot path)
-        elif value is None and name in d["_modules"]:  # (a module's place set to None, which nn.Module keeps there)
+        elif value is None and name in mods:  # (a module's place set to None, which nn.Module keeps there)
             d.pop(name, None)
+        if old is not _NO_MODULE and mods.get(name, _NO_MODULE) is not old:
+            _formula_changed()
 
     def __delattr__(self, name: str) -> None:
+        had = name in self.__dict__.get("_modules", ())
         nn.Module.__delattr__(self, name)
         self.__dict__.pop(name, None)
+        if had:
+            _formula_changed()
 
     def add_module(self, name: str, module: nn.Module | None) -> None:
         """``nn.Module.add_module``, keeping the attribute that :meth:`__setattr__` sets beside ``_modules`` (so
         ``loss.add_module("p", q)`` then ``loss.p`` gives ``q``, as under Pixyz)."""
+        old = self.__dict__["_modules"].get(name, _NO_MODULE)
         nn.Module.add_module(self, name, module)
         if isinstance(module, nn.Module):
             self.__dict__[name] = module
         else:
             self.__dict__.pop(name, None)
+        if old is not _NO_MODULE and old is not module:
+            _formula_changed()
 
     register_module = add_module
 
@@ -437,12 +457,12 @@ class Loss(YieldingModule, _PyroELBO):
         """Input variables that may be missing: those of distributions that do without them (the experts of a
         product of experts)."""
         cached = self.__dict__.get("_dgm_optional_cache")
-        if cached is None:
+        if type(cached) is not tuple or cached[0] != NAMES_VERSION[0]:  # (see _formula_changed)
             opt: set[str] = set()
             for d in self._dgm_distributions:
                 opt |= set(d.input_var) - set(d._dgm_required_input_var)
-            cached = self._dgm_optional_cache = frozenset(opt)
-        return cached
+            cached = self._dgm_optional_cache = (NAMES_VERSION[0], frozenset(opt))
+        return cached[1]
 
     def frozen_parameters(self) -> list[Tensor]:
         """Parameters this term reads without training them through its value (an adversarial term's discriminator,
@@ -807,10 +827,11 @@ class Loss(YieldingModule, _PyroELBO):
         ``eval`` returns the value as computed from the given values (``Parameter("x").eval({"x": 2})`` is ``2``);
         any other formula gives a tensor."""
         cached = self.__dict__.get("_dgm_params_only")
-        if cached is None:
+        if type(cached) is not tuple or cached[0] != NAMES_VERSION[0]:  # (see _formula_changed)
             leaves = [n for n in self.loss_terms() if not any(isinstance(c, Loss) for c in n._dgm_children())]
-            cached = self._dgm_params_only = all(isinstance(n, _special.Parameter) for n in leaves)
-        return cached
+            cached = self._dgm_params_only = (NAMES_VERSION[0], all(isinstance(n, _special.Parameter)
+                                                                    for n in leaves))
+        return cached[1]
 
     def _dgm_leaves(self) -> "_Terms":
         """The terms of the top-level arithmetic, with their names (unique: ``" (2)"``...)."""
@@ -828,7 +849,7 @@ class Loss(YieldingModule, _PyroELBO):
             elif not isinstance(node, _special.ValueLoss):
                 leaves.append(node)
 
-        walk(self)  # the formula is fixed once built; only the distributions' names may change (NAMES_VERSION)
+        walk(self)  # (NAMES_VERSION counts the distributions' renamings and the formulas' replaced operands)
         names: list[str] = []
         for leaf in leaves:
             name, n = leaf._dgm_term_name, 1
@@ -872,9 +893,10 @@ class Loss(YieldingModule, _PyroELBO):
         if not kwargs:
             return data, {}
         names = self.__dict__.get("_dgm_variable_names")
-        if names is None:  # the formula, and so its variables, is fixed once built
-            names = self._dgm_variable_names = frozenset(self.input_var).union(
-                *(v for d in self._dgm_distributions for v in (d.var, d.cond_var)))
+        if type(names) is not tuple or names[0] != NAMES_VERSION[0]:  # (see _formula_changed)
+            names = self._dgm_variable_names = (NAMES_VERSION[0], frozenset(self.input_var).union(
+                *(v for d in self._dgm_distributions for v in (d.var, d.cond_var))))
+        names = names[1]
         options = {}
         for k, v in kwargs.items():
             (data if k in names else options)[k] = v
@@ -904,9 +926,9 @@ class Loss(YieldingModule, _PyroELBO):
                     or (isinstance(m, MaskMessenger) and not _all_equal(m.mask, True))):
                 self._dgm_refuse_weighting(m)
         dists = self.__dict__.get("_dgm_registered")
-        if dists is None:  # the formula, and so its distributions, is fixed once built
-            dists = self._dgm_registered = self._dgm_distributions
-        for d in dists:
+        if type(dists) is not tuple or dists[0] != NAMES_VERSION[0]:  # (see _formula_changed)
+            dists = self._dgm_registered = (NAMES_VERSION[0], self._dgm_distributions)
+        for d in dists[1]:
             d._dgm_register_params()
         value = self.eval(data, **options)
         if not isinstance(value, Tensor):

@@ -372,7 +372,8 @@ class _FirstCallEager:
         self._graphs = False
 
     def _build(self) -> None:
-        self.loss._dgm_term_names  # the terms' names are built (by sympy) here, once, not while tracing
+        self.loss._dgm_leaves()  # the terms' names are built (by sympy) here, once, not while tracing (a method,
+        # not the property: an operand deleted since raises its own AttributeError, which a property's would hide)
         self._frozen = _frozen_of(self.loss)
         self._dgm_find_distributions()
         self._graphs = uses_cuda_graphs(self.options)

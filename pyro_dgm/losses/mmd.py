@@ -11,7 +11,7 @@ from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
-from pyro_dgm.utils.checks import NotSupportedError
+from pyro_dgm.utils.checks import ArgumentError, NotSupportedError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -85,6 +85,17 @@ class SampleDivergence(Loss):
             raise ValueError(f"{type(self).__name__} {self.latex}: neither distribution takes an input; the batch "
                              f"size is batch_n={self.batch_n}")
         return int(x_dict[self.input_dist.input_var[0]].shape[0])
+
+    def _dgm_draws(self, values: dict[str, Any], n: int | None, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """A draw of ``p``'s and of ``q``'s variable, ``n`` rows each. ``eval``'s keyword arguments go to the draws
+        but ``batch_n``, which the loss sets (Pixyz's draws failed on it with Python's bare "got multiple values for
+        keyword argument 'batch_n'")."""
+        if "batch_n" in kwargs:
+            name = type(self).__name__
+            raise ArgumentError(f"{name} {self.latex}: eval got batch_n={kwargs['batch_n']!r}, but the number of "
+                                f"draws is the loss's own: the first dim of the input where a distribution takes "
+                                f"one, else {name}(p, q, batch_n=...) (here {self.batch_n!r})")
+        return draw_joint_sample(self.p, values, n, kwargs), draw_joint_sample(self.q, values, n, kwargs)
 
 
 class MMD(SampleDivergence):
@@ -160,7 +171,7 @@ class MMD(SampleDivergence):
 
     def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
         n = self._dgm_batch_n(values)
-        x, y = draw_joint_sample(self.p, values, n, kwargs), draw_joint_sample(self.q, values, n, kwargs)
+        x, y = self._dgm_draws(values, n, kwargs)
         if x.shape != y.shape:
             raise ValueError(f"MMD {self.latex}: the samples have different shapes {tuple(x.shape)} and "
                              f"{tuple(y.shape)}")

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union, record_own_eval
 from pyro_dgm.losses.special import LossArgumentError, Parameter, ValueLoss
-from pyro_dgm.utils.checks import ShapeError, switched
+from pyro_dgm.utils.checks import ArgumentError, ShapeError, switched
 from pyro_dgm.utils.shapes import broadcast_shape
 
 _LOSS_EVAL = Loss.eval
@@ -192,8 +192,10 @@ class LossOperator(Loss):
 
     @property
     def operands(self) -> tuple[Loss, ...]:
-        """The operands, in order (not one set to ``None`` since, which counts as 0)."""
-        return tuple(x for x in (self.loss1, self.loss2) if x is not None)
+        """The operands, in order (not one set to ``None`` or deleted since: evaluating raises for a deleted one,
+        as under Pixyz, and counts one set to ``None`` as 0)."""
+        m = self._modules  # (not the attributes: an AttributeError raised in a property is hidden by nn.Module's)
+        return tuple(x for x in (m.get("loss1"), m.get("loss2")) if x is not None)
 
     def _dgm_both(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
         a, b = self.loss1, self.loss2  # (an operand set to None after the operator was made: 0, as under Pixyz)
@@ -444,8 +446,9 @@ class LossSelfOperator(Loss):
 
     @property
     def operands(self) -> tuple[Loss, ...]:
-        """The operand."""
-        return (self.loss1,)
+        """The operand (none if it was set to ``None`` or deleted since: evaluating then raises)."""
+        x = self._modules.get("loss1")
+        return () if x is None else (x,)
 
     def loss_train(self, x_dict: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """The operand's ``loss_train`` (Pixyz's: ``adversarial_term.mean().loss_train(x)`` trains the
@@ -457,7 +460,12 @@ class LossSelfOperator(Loss):
         return self.loss1.loss_test({} if x_dict is None else x_dict, **kwargs)
 
     def _dgm_one(self, values: dict[str, Any], kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        return _operand_value(self.loss1, values, kwargs)
+        a = self.loss1
+        if a is None:  # (Pixyz's unary operators fail reading None's eval: AttributeError, which this is too)
+            name = type(self).__name__
+            raise ArgumentError(f"{name}: its operand loss1 was set to None after it was made; a {name} needs a "
+                                "loss to evaluate (only a binary operator counts a None operand as 0, as Pixyz's do)")
+        return _operand_value(a, values, kwargs)
 
 
 class NegLoss(LossSelfOperator):

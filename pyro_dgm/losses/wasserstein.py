@@ -8,7 +8,7 @@ from torch.nn import PairwiseDistance
 
 from pyro_dgm.losses.base import ordered_union
 from pyro_dgm.losses.divergences import Divergence  # noqa: F401  (Pixyz's module exposes it)
-from pyro_dgm.losses.mmd import SampleDivergence, draw_joint_sample
+from pyro_dgm.losses.mmd import SampleDivergence
 from pyro_dgm.losses.pdf import check_distribution
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
@@ -66,7 +66,7 @@ class WassersteinDistance(SampleDivergence):
             if isinstance(x, Tensor) and x.dim() >= 1:
                 n = x.shape[0]
                 break
-        a, b = draw_joint_sample(self.p, values, n, kwargs), draw_joint_sample(self.q, values, n, kwargs)
+        a, b = self._dgm_draws(values, n, kwargs)
         if a.shape != b.shape:
             raise ValueError(f"WassersteinDistance {self.latex}: the samples have different shapes "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")

@@ -402,16 +402,15 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
                     owners.append(bs), keys.append(k), held.append(t)
                     if t is not None:
                         params.append(t)
-        versions = [(t._version, t.requires_grad) for t in params]  # (a frozen layer unfrozen: a graph to it)
         subs = modules[1:]  # (not the network itself, whose mode the key holds: an entry must not keep it alive)
         return (tuple(dicts), tuple(map(len, dicts)), tuple(ends), tuple(owners), tuple(keys), tuple(held),
-                tuple(params), versions, data_ptrs(params), subs, [m.training for m in subs])
+                tuple(params), _marks(params), subs, [m.training for m in subs])
     except RuntimeError:
         return None
 
 
 def _same_params(state: tuple[Any, ...]) -> bool:
-    dicts, sizes, ends, owners, keys, held, params, versions, ptrs, modules, modes = state
+    dicts, sizes, ends, owners, keys, held, params, marks, modules, modes = state
     if tuple(map(len, dicts)) != sizes or [m.training for m in modules] != modes:  # (q.bn.eval() alone)
         return False
     for d, first, last in ends:  # (usually none: a module without hooks; the lengths are the same here)
@@ -422,7 +421,17 @@ def _same_params(state: tuple[Any, ...]) -> bool:
             return False
     except KeyError:
         return False
-    return [(t._version, t.requires_grad) for t in params] == versions and data_ptrs(params) == ptrs
+    return _marks(params) == marks
+
+
+def _marks(params: list[Any]) -> list[tuple[Any, ...]]:
+    """``(version, requires_grad, data_ptr)`` of each tensor: an in-place change, a frozen layer unfrozen (a graph to
+    it) and an assignment of ``.data`` (``vector_to_parameters``, which counts no version) each change it. Raises
+    ``RuntimeError`` for an inference tensor (no version), as :func:`_param_state` expects."""
+    try:  # (one pass; data_ptr raises for a lazy module's uninitialized parameter: its slow path)
+        return [(t._version, t.requires_grad, t.data_ptr()) for t in params]
+    except (RuntimeError, ValueError):
+        return [(t._version, t.requires_grad, p) for t, p in zip(params, data_ptrs(params))]
 
 
 def draws_in_forward(module: Any) -> bool:

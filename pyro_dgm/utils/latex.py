@@ -4,7 +4,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-#: Bumped whenever a distribution is renamed, so that text cached from formulas knows it is out of date.
+#: Bumped whenever a distribution is renamed (or a loss's operand replaced), so that text and terms cached from
+#: formulas know they are out of date.
 NAMES_VERSION = [0]
 
 
