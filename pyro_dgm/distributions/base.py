@@ -95,9 +95,8 @@ class _EntryPoint(property):
         return self.fn(*args, **kwargs)
 
 
-#: id of a tensor that a distribution put in Pyro's param store -> (the tensor, the distribution), both weakly held,
-#: and the name it gave the tensor there
-_REGISTERED: dict[int, tuple["weakref.ref[Tensor]", "weakref.ref[Distribution]", str]] = {}
+#: id of a tensor that a distribution put in Pyro's param store -> (the tensor, the distribution), both weakly held
+_REGISTERED: dict[int, tuple["weakref.ref[Tensor]", "weakref.ref[Distribution]"]] = {}
 
 
 def _forget(key: int) -> Any:
@@ -1657,19 +1656,10 @@ class Distribution(YieldingModule):
             cur = store._params.get(full)
             if cur is not None and cur is not prm:
                 self._dgm_take_name(store, full, prm, cur, judged)
-            entry = _REGISTERED.get(id(prm))
-            owner = entry[1]() if entry is not None else None
-            if owner is None or (owner is self and entry[2] != full):  # (a network a dead distribution registered
-                _REGISTERED[id(prm)] = (weakref.ref(prm, _forget(id(prm))), weakref.ref(self), full)  # is ours now)
-            elif owner is not self and store._params.get(entry[2]) is prm:
-                # a network shared with another live distribution: the store holds it under both names (as two
-                # pyro.module calls put it there), but Pyro's sites name it once, by its first owner's name: one
-                # tensor under two site names makes Pyro's JIT ELBOs fail (their trace takes it as two inputs)
-                if cur is not prm:
-                    store.setdefault(full, prm)
-                pyro.param(entry[2], prm)
-                continue
             pyro.param(full, prm)
+            entry = _REGISTERED.get(id(prm))
+            if entry is None or entry[1]() is None:  # (a network a dead distribution registered is this one's now)
+                _REGISTERED[id(prm)] = (weakref.ref(prm, _forget(id(prm))), weakref.ref(self))
 
     def _dgm_take_name(self, store: Any, full: str, prm: Tensor, cur: Tensor, judged: dict[int, bool]) -> None:
         entry = _REGISTERED.get(id(cur))
