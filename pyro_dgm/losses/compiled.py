@@ -427,10 +427,12 @@ class _FirstCallEager:
                                "too: this may be an error that the eager evaluation meets only at backward(), such "
                                "as a tensor that the gradient needs, changed in place.)") from failed
         if type(failed) is RuntimeError or isinstance(failed, torch._dynamo.exc.TorchDynamoException):
-            raise RuntimeError(f"{self.loss.loss_text}: the compiled evaluation failed where the eager one runs on "
-                               f"these inputs ({type(failed).__name__}: {str(failed)[:300]}); train without "
-                               "compile= (compiled kernels check some values that the eager formulas take, e.g. a "
-                               "Bernoulli's values outside [0, 1])") from failed
+            raise RuntimeError(f"{self.loss.loss_text}: the compiled evaluation failed where an eager one then ran on "
+                               f"these inputs ({type(failed).__name__}: {str(failed)[:300]}): either the error is "
+                               "your code's and did not come again (a hook or forward that failed once: the step was "
+                               "not taken and may be run again), or the compiled code fails where the eager formulas "
+                               "run (compiled kernels check some values that they take, e.g. a Bernoulli's values "
+                               "outside [0, 1]): then train without compile=") from failed
         raise failed
 
     def _dgm_find_distributions(self) -> None:

@@ -497,6 +497,13 @@ def _plain_members(cls: type) -> bool:
     return (cls.parameters, cls.buffers, cls.named_parameters, cls.named_buffers, cls._named_members) == _MEMBERS
 
 
+def _traced_mode(module: Any) -> tuple[Any, ...]:
+    """What a traced entry answers under besides its module and inputs: the module's mode, grad mode and, for a
+    network that draws by itself, the Pyro handlers around the call."""
+    return (module.training, torch.is_grad_enabled(),
+            _handlers_kept() if _PYRO_STACK and draws_in_forward(module) else ())
+
+
 def _same_mode(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     """Two traced entries' modes: train/eval and grad modes equal, and the same handlers (by identity)."""
     return (a[0] == b[0] and a[1] == b[1] and len(a[2]) == len(b[2])
@@ -671,6 +678,8 @@ class MemoizeMessenger(Messenger):
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
         self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (weakref to it, its last _param_state): _state
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
+        self._compiled = is_compiling()  # made by a compiled evaluation: a frame of it that Dynamo runs eagerly (past
+        # its recompile limit) shares the traced entries (see lookup and call)
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
         self._copies: dict[int, tuple[Any, Any]] = {}  # id -> weak references to an inference-mode input and its
         # copy (the entries hold both: an evicted one frees them): see _snapshot
@@ -744,14 +753,20 @@ class MemoizeMessenger(Messenger):
         # is not reused while tracing: the generators' state cannot be read without breaking the graph.
         if not getattr(module, "memoizable", True) or getattr(module, "memoize_unless_random", False):
             return None, None
-        mode = (module.training, torch.is_grad_enabled(),
-                _handlers_kept() if _PYRO_STACK and draws_in_forward(module) else ())
+        mode = _traced_mode(module)
+        hit = self._traced_hit(module, mode, args, kwargs)
+        if hit is not None:
+            return None, hit
+        return _Traced(module, mode, args, kwargs), None
+
+    def _traced_hit(self, module: Any, mode: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The value of the traced entry of this call (compared by identity), or ``None``."""
         for entry in self._traced:
             if (entry[0] is module and _same_mode(entry[1], mode) and len(entry[2]) == len(args)
                     and all(a is b for a, b in zip(entry[2], args)) and entry[3].keys() == kwargs.keys()
                     and all(entry[3][k] is v for k, v in kwargs.items())):
-                return None, entry[4]
-        return _Traced(module, mode, args, kwargs), None
+                return entry[4]
+        return None
 
     def lookup(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Hashable | None, Any]:
         """The key of a call and its cached value (``None`` on a miss or when memoization is off)."""
@@ -762,6 +777,10 @@ class MemoizeMessenger(Messenger):
         key = self._key(module, args, kwargs)
         if key is None:
             return None, None
+        if self._traced and not getattr(module, "memoize_unless_random", False):  # a compiled evaluation's frame
+            hit = self._traced_hit(module, _traced_mode(module), args, kwargs)  # that Dynamo runs eagerly: what
+            if hit is not None:  # its traced frames computed answers here too (else a network with dropout ran
+                return None, hit  # twice in one evaluation: two masks)
         if self._pyro_stack and self._steps != _OPTIMIZER_STEPS[0]:  # a scope the user opened around a training
             self._cache.clear()  # loop, and an optimizer stepped since the entries were made: their parameters
             self._states.clear()
@@ -917,6 +936,9 @@ class MemoizeMessenger(Messenger):
             self._forget_traced_inputs(args, kwargs)
         snapshot = self._snapshot(args, kwargs) if type(key) is tuple and _MAXSIZE[0] else ()  # (the values
         self.store(key, value, keep, module, snapshot)  # after the pass: those of the next call it answers)
+        if self._compiled and type(key) is tuple:  # a compiled evaluation's frame run eagerly: its traced frames
+            self._traced.append((module, _traced_mode(module), args, kwargs, value))  # look up by identity
+            del self._traced[:-max(_MAXSIZE[0], 1)]
         if type(key) is tuple:
             after = self._key(module, args, kwargs)
             if after != key:  # the network changed an input in place (x /= 255): its next call in this scope is

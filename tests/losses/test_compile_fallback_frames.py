@@ -1,0 +1,76 @@
+"""A compiled evaluation some of whose frames Dynamo runs eagerly (past its ``recompile_limit``, after graph breaks
+inside the networks): the memoizer's traced and eager entries are one cache (probe p296). The reference is the
+same model trained eagerly from the same seed (``backend="eager"`` runs the same operations in the same order)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+from torch import nn
+
+from pyro_dgm.distributions import Normal
+from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb
+from pyro_dgm.models import Model
+
+
+class _Q(Normal):
+    calls = 0
+
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.fc, self.drop, self.out = nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 4)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        _Q.calls += 1
+        h = self.drop(torch.relu(self.fc(x)))
+        dynamo.graph_break()  # (as batch norm's float(num_batches_tracked) with momentum=None breaks the graph)
+        out = self.out(h)
+        return {"loc": out[..., :2], "scale": nn.functional.softplus(out[..., 2:]) + 0.1}
+
+
+class _P(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.fc = nn.Linear(2, 4)
+
+    def forward(self, z):  # type: ignore[no-untyped-def]
+        return {"loc": self.fc(z), "scale": torch.ones(4)}
+
+
+def _model(compile: Any) -> Model:
+    torch.manual_seed(0)
+    q, p = _Q(), _P()
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2], name="p_{prior}")
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
+    return Model(loss, distributions=[p, q], optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-2},
+                 compile=compile)
+
+
+def _train(model: Model, steps: int = 4) -> tuple[list[float], list[int]]:
+    xs = [torch.randn(8, 4, generator=torch.Generator().manual_seed(s)) for s in range(steps)]
+    torch.manual_seed(5)
+    losses, calls = [], []
+    for x in xs:
+        before = _Q.calls
+        losses.append(float(model.train({"x": x})))
+        calls.append(_Q.calls - before)
+    return losses, calls
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_an_encoder_with_dropout_runs_once_per_step_when_dynamo_falls_back_to_eager_frames() -> None:
+    """Probe p296: models compiled one after another in a process (a sweep, a run resumed after a failed step) take
+    Dynamo past its recompile limit for the frames it compiles apart after a graph break (``Loss._dgm_evaluate``):
+    those frames then run eagerly inside the compiled evaluation. The eager memoizer did not see what the traced
+    frames had stored (nor these what it stored), so the encoder, used by the KL and by the expectation, ran twice in
+    one evaluation: two dropout masks, other numbers than the eager model's (7.60 for 6.95 in the probe). Each model
+    trains as its eager twin does, the encoder once per evaluation."""
+    eager_losses, eager_calls = _train(_model(False))
+    assert eager_calls == [1, 1, 1, 1]  # (the first step's evaluation: the KL and the expectation share one pass)
+    with dynamo.config.patch(recompile_limit=2):
+        for _ in range(4):  # the later models run their _dgm_evaluate frames eagerly
+            losses, calls = _train(_model({"backend": "eager"}))
+            assert losses == pytest.approx(eager_losses, rel=1e-6, abs=1e-6)
+            assert calls == eager_calls
