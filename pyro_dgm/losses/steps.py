@@ -1,11 +1,13 @@
 """What a training step checks and puts back when it fails: shared by ``Model.train`` and the discriminator's step
 of the adversarial terms (:meth:`~pyro_dgm.losses.adversarial.AdversarialLoss.loss_train`), and, for the gradients
-of a ``backward`` that raised (:func:`clear_grads`), by the losses' ``loss_and_grads`` (``SVI.step``).
+of a ``backward`` that raised (:func:`clear_grads`), by the losses' ``loss_and_grads`` (``SVI.step``: there only the
+gradients are cleared; the networks' buffers, a batch norm's statistics, keep the failed batch's update, as under
+Pyro's own ELBOs).
 
-A step that raises (an error, Ctrl-C) leaves the weights, the optimizer and the networks' buffers as they were
-before it, and a checkpoint saved after it records the random states of its start, so that a run resumed from it
-goes on as the uninterrupted run would have. The live generators keep the failed step's draws: taken again in the
-same process, the step draws anew, as under Pixyz.
+A ``Model`` step (or a discriminator's) that raises (an error, Ctrl-C) leaves the weights, the optimizer and the
+networks' buffers as they were before it, and a checkpoint saved after it records the random states of its start,
+so that a run resumed from it goes on as the uninterrupted run would have. The live generators keep the failed
+step's draws: taken again in the same process, the step draws anew, as under Pixyz.
 """
 from __future__ import annotations
 

@@ -443,6 +443,9 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         if not isinstance(resume, Mapping) or not {"steps", "rng", "data_rng", "rows", "sums"} <= set(resume):
             raise ValueError("Model.load: the checkpoint's epoch_resume is not what Model.save writes; it is damaged")
         _check_rng(resume["rng"])
+    steps = _counter({"epoch_steps": state.get("epoch_steps") or 0}, "epoch_steps")
+    data_rng = state.get("data_rng") or []
+    _check_data_rng(data_rng)
     if _dist.is_distributed() and not same_world and _dist.rank() == 0:
         saved = len(ranks_rng) if isinstance(ranks_rng, (list, tuple)) else 1
         warnings.warn(f"Model.load: the checkpoint holds the random states of {saved} process(es), this run has "
@@ -479,15 +482,12 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
                       "discriminator takes one step more than the uninterrupted run", UserWarning, stacklevel=4)
     elif done is not None:
         model._dgm_d_done = dict(done)  # GAN.train skips that discriminator step
-    data_rng = state.get("data_rng") or []
     if data_rng:  # given to the data loader's generators at the next fit (trainer._data_generators)
         model._dgm_pending_data_rng = list(data_rng)
     else:
         model.__dict__.pop("_dgm_pending_data_rng", None)
     model.__dict__.pop("_dgm_epoch_start", None)
     model.__dict__.pop("_dgm_pending_epoch", None)
-    steps = int(state.get("epoch_steps") or 0)
-    resume = state.get("epoch_resume")
     if isinstance(resume, Mapping) and not _dist.is_distributed():
         model._dgm_pending_epoch = dict(resume)  # fit continues the epoch where it stopped (trainer._resume_epoch)
     elif steps:
@@ -515,6 +515,19 @@ def _counter(state: Mapping[str, Any], key: str) -> int:
         raise ValueError(f"Model.load: the checkpoint's {key} is {value!r}, not a non-negative integer; it is "
                          "damaged")
     return n
+
+
+def _check_data_rng(states: Any) -> None:
+    """Check the data loaders' generator states that the next ``fit`` would restore (a list of
+    ``torch.Generator.get_state()`` tensors), by setting each on a scratch generator; ``ValueError`` if damaged."""
+    try:
+        if not isinstance(states, (list, tuple)):
+            raise TypeError(f"a {type(states).__name__}, not a list")
+        for s in states:
+            torch.Generator().set_state(s)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"Model.load: the checkpoint's data_rng (the data loaders' generator states) cannot be "
+                         f"restored ({type(e).__name__}: {e}); it is damaged") from e
 
 
 def _check_rng(rng: Any) -> None:
