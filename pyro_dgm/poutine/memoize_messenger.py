@@ -32,7 +32,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pyro_dgm.utils.modules import hook_ends, submodules
 from pyro_dgm.utils.random import STATE as _RANDOM
-from pyro_dgm.utils.versions import data_ptrs
+from pyro_dgm.utils.versions import data_ptrs, version
 from pyro_dgm.utils.compat import is_compiling, transformed
 
 __all__ = ["MemoizeMessenger", "MissLog", "MissLogs", "get_cache_maxsize", "set_cache_maxsize", "active_memo",
@@ -497,6 +497,11 @@ def _plain_members(cls: type) -> bool:
     return (cls.parameters, cls.buffers, cls.named_parameters, cls.named_buffers, cls._named_members) == _MEMBERS
 
 
+def _versions(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The versions of a call's tensor arguments (``None`` for the others)."""
+    return tuple(version(a) if isinstance(a, torch.Tensor) else None for a in (*args, *kwargs.values()))
+
+
 def _traced_mode(module: Any) -> tuple[Any, ...]:
     """What a traced entry answers under besides its module and inputs: the module's mode, grad mode and, for a
     network that draws by itself, the Pyro handlers around the call."""
@@ -760,11 +765,15 @@ class MemoizeMessenger(Messenger):
         return _Traced(module, mode, args, kwargs), None
 
     def _traced_hit(self, module: Any, mode: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The value of the traced entry of this call (compared by identity), or ``None``."""
+        """The value of the traced entry of this call (compared by identity), or ``None``. An entry that a frame run
+        eagerly stored records its inputs' versions, which are compared too (an input the loss's own code changed in
+        place since: in a traced frame Dynamo guards on them, which only such mixed evaluations meet; an entry a
+        traced frame stored has none, as versions cannot be read there without those guards)."""
         for entry in self._traced:
             if (entry[0] is module and _same_mode(entry[1], mode) and len(entry[2]) == len(args)
                     and all(a is b for a, b in zip(entry[2], args)) and entry[3].keys() == kwargs.keys()
-                    and all(entry[3][k] is v for k, v in kwargs.items())):
+                    and all(entry[3][k] is v for k, v in kwargs.items())
+                    and (len(entry) == 5 or entry[5] == _versions(args, kwargs))):
                 return entry[4]
         return None
 
@@ -916,6 +925,8 @@ class MemoizeMessenger(Messenger):
             before, buffers, given = rng_marks(), _buffer_versions(module), _given_generators(args, kwargs)
             snapshot = self._snapshot(args, kwargs)
             value = module(*args, **kwargs)
+            if self._traced:  # (a compiled evaluation's frame run eagerly: it may have changed its inputs in place)
+                self._forget_traced_inputs(args, kwargs)
             if (not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key
                     or _buffer_versions(module) != buffers or not _same_states(given)
                     or not all(_same_bits(a, c) for a, c in snapshot)):
@@ -932,12 +943,12 @@ class MemoizeMessenger(Messenger):
         else:
             value = module(*args, **kwargs)
         keep = (args, kwargs) if kwargs else args
-        if self._traced:  # (only while torch.compile traces: any network, memoized or not, may change its inputs)
+        if self._traced:  # (a compiled evaluation, traced or in a frame run eagerly: any network may change its inputs)
             self._forget_traced_inputs(args, kwargs)
         snapshot = self._snapshot(args, kwargs) if type(key) is tuple and _MAXSIZE[0] else ()  # (the values
         self.store(key, value, keep, module, snapshot)  # after the pass: those of the next call it answers)
         if self._compiled and type(key) is tuple:  # a compiled evaluation's frame run eagerly: its traced frames
-            self._traced.append((module, _traced_mode(module), args, kwargs, value))  # look up by identity
+            self._traced.append((module, _traced_mode(module), args, kwargs, value, _versions(args, kwargs)))
             del self._traced[:-max(_MAXSIZE[0], 1)]
         if type(key) is tuple:
             after = self._key(module, args, kwargs)

@@ -6,13 +6,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sympy
 import torch
 import torch._dynamo as dynamo
 from torch import nn
 
-from pyro_dgm.distributions import Normal
-from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb
+from pyro_dgm.distributions import Deterministic, Normal
+from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb, Loss
 from pyro_dgm.models import Model
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> Any:
+    """Each test starts from Dynamo's empty caches (which frames run eagerly depends on what was compiled before)."""
+    dynamo.reset()
+    yield
+    dynamo.reset()
 
 
 class _Q(Normal):
@@ -24,7 +33,7 @@ class _Q(Normal):
 
     def forward(self, x):  # type: ignore[no-untyped-def]
         _Q.calls += 1
-        h = self.drop(torch.relu(self.fc(x)))
+        h = self.drop(torch.relu(self.fc(x * 1.0)))  # (a copy: autograd keeps it when x is changed in place)
         dynamo.graph_break()  # (as batch norm's float(num_batches_tracked) with momentum=None breaks the graph)
         out = self.out(h)
         return {"loc": out[..., :2], "scale": nn.functional.softplus(out[..., 2:]) + 0.1}
@@ -72,5 +81,61 @@ def test_an_encoder_with_dropout_runs_once_per_step_when_dynamo_falls_back_to_ea
     with dynamo.config.patch(recompile_limit=2):
         for _ in range(4):  # the later models run their _dgm_evaluate frames eagerly
             losses, calls = _train(_model({"backend": "eager"}))
+            assert losses == pytest.approx(eager_losses, rel=1e-6, abs=1e-6)
+            assert calls == eager_calls
+
+
+class _D(Deterministic):
+    def __init__(self) -> None:
+        super().__init__(var=["y"], cond_var=["x"], name="d")
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        x.mul_(2)  # changes its input in place: the encoder's next use of x must run again
+        return {"y": x.sum(-1, keepdim=True)}
+
+
+class _Touch(Loss):
+    """A user term between two uses of the encoder: samples the ``Deterministic`` (``mode="det"``) or changes the data
+    in place itself (``mode="user"``)."""
+
+    def __init__(self, d: Any, mode: str) -> None:
+        super().__init__(input_var=["x"])
+        self.d, self.mode = d, mode
+
+    @property
+    def _symbol(self) -> Any:
+        return sympy.Symbol("t")
+
+    def forward(self, x_dict, **kwargs):  # type: ignore[no-untyped-def]
+        if self.mode == "user":
+            x_dict["x"].mul_(2)
+            return 0 * x_dict["x"].sum(-1), {}
+        s = self.d.sample(x_dict, return_all=False)
+        return 0 * s["y"].sum(-1), {}
+
+
+def _touching_model(compile: Any, mode: str) -> Model:
+    torch.manual_seed(0)
+    q, d = _Q(), _D()
+    q.drop.p = 0.0  # (no dropout here: the count of passes is what differs)
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2], name="p_{prior}")
+    loss = (KullbackLeibler(q, prior) + _Touch(d, mode) + 3 * KullbackLeibler(q, prior)).mean()
+    return Model(loss, distributions=[q, d], optimizer=torch.optim.SGD, optimizer_params={"lr": 1e-2},
+                 compile=compile)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("mode", ["det", "user"])
+def test_an_input_changed_in_place_between_two_uses_is_not_reused_by_frames_run_eagerly(mode: str) -> None:
+    """Probe p297, on the first version of the shared cache: a frame run eagerly answered the encoder's second use
+    from the traced entry, compared by identity only, after a ``Deterministic`` (or the loss's own code) had doubled
+    the data in place: one pass where the eager model runs two, other losses (0.15 for 0.34). An entry a frame run
+    eagerly stored records its inputs' versions, and a ``Deterministic``'s call drops the traced entries of its
+    inputs, as any network's does."""
+    eager_losses, eager_calls = _train(_touching_model(False, mode))
+    assert eager_calls == [2, 2, 2, 2]
+    with dynamo.config.patch(recompile_limit=2):
+        for _ in range(3):
+            losses, calls = _train(_touching_model({"backend": "eager"}, mode))
             assert losses == pytest.approx(eager_losses, rel=1e-6, abs=1e-6)
             assert calls == eager_calls
