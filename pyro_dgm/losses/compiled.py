@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
+import sys
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
@@ -354,6 +355,26 @@ def _kept(out: Any) -> Any:
     return torch.utils._pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_cuda else t, out)
 
 
+#: The recursion limit while a compiled evaluation runs: Dynamo inlines the loss tree's evaluation frame by frame,
+#: about a hundred Python levels per term of a sum, so a loss of 13 terms went past Python's default 1000
+#: (``InternalTorchDynamoError: RecursionError``, probe p297); 60 terms compile within this one.
+_COMPILE_RECURSION = 20000
+
+
+@contextlib.contextmanager
+def _deep_recursion() -> Iterator[None]:
+    """Raise the recursion limit to :data:`_COMPILE_RECURSION` (never lower it) for the compiled call."""
+    before = sys.getrecursionlimit()
+    if before >= _COMPILE_RECURSION:
+        yield
+        return
+    sys.setrecursionlimit(_COMPILE_RECURSION)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
 class _FirstCallEager:
     """A call run eagerly the first time and compiled by ``torch.compile`` (built at the second call) after."""
 
@@ -391,7 +412,7 @@ class _FirstCallEager:
             self._build()
         self._dgm_classes_current()
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
-        with without_validation(), frozen(self._frozen):
+        with without_validation(), frozen(self._frozen), _deep_recursion():
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 if not self._graphs:
                     return self._dgm_fn(*args)

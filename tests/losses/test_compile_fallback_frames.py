@@ -1,6 +1,8 @@
-"""A compiled evaluation some of whose frames Dynamo runs eagerly (past its ``recompile_limit``, after graph breaks
-inside the networks): the memoizer's traced and eager entries are one cache (probe p296). The reference is the
-same model trained eagerly from the same seed (``backend="eager"`` runs the same operations in the same order)."""
+"""Compiled evaluations at Dynamo's limits: frames that Dynamo runs eagerly (past its ``recompile_limit``, after graph
+breaks inside the networks), whose memoizer entries are one cache with the traced frames' (probes p296, p297), and
+loss trees deep enough to exceed Python's default recursion limit while Dynamo inlines them (p297). The reference is
+the same model trained eagerly from the same seed (``backend="eager"`` runs the same operations in the same
+order)."""
 from __future__ import annotations
 
 from typing import Any
@@ -139,3 +141,29 @@ def test_an_input_changed_in_place_between_two_uses_is_not_reused_by_frames_run_
             losses, calls = _train(_touching_model({"backend": "eager"}, mode))
             assert losses == pytest.approx(eager_losses, rel=1e-6, abs=1e-6)
             assert calls == eager_calls
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_loss_of_sixteen_terms_compiles_as_it_evaluates_eagerly() -> None:
+    """Probe p297: a left-nested sum of 13 KL terms failed every compiled step (``InternalTorchDynamoError:
+    RecursionError: maximum recursion depth exceeded``: Dynamo inlines the tree's evaluation frame by frame); the
+    compiled call raises the recursion limit while it runs, and puts it back."""
+    import sys
+
+    def build(compile: Any) -> Model:
+        torch.manual_seed(0)
+        q = _Q()
+        q.drop.p = 0.0
+        loss = KullbackLeibler(q, Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2]))
+        for k in range(1, 16):
+            prior = Normal(loc=torch.full((2,), 0.1 * k), scale=torch.ones(2), var=["z"], features_shape=[2],
+                           name=f"p_{{{k}}}")
+            loss = loss + 0.1 * KullbackLeibler(q, prior)
+        return Model(loss.mean(), distributions=[q], optimizer=torch.optim.SGD, optimizer_params={"lr": 1e-2},
+                     compile=compile)
+
+    limit = sys.getrecursionlimit()
+    eager_losses, _ = _train(build(False), steps=3)
+    losses, _ = _train(build({"backend": "eager"}), steps=3)
+    assert losses == pytest.approx(eager_losses, rel=1e-6, abs=1e-6)
+    assert sys.getrecursionlimit() == limit
