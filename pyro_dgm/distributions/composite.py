@@ -22,6 +22,7 @@ from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, ShapeError, clearer, describe, refuse_param_dtype,
                                    users_own_error)
 from pyro_dgm.utils.modules import PlainBuffers
+from pyro_dgm.utils.versions import version
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",
            "ExpertWeights", "OptionalInputs", "OneSiteDistribution"]
@@ -65,6 +66,13 @@ def distribution_list(owner: str, arg: str, given: Any, what: str, one: bool) ->
     except TypeError:
         raise ArgumentError(f"{owner}: {arg} must be a list of distributions (the {what}s), got "
                             f"{type(given).__name__} {given!r}") from None
+
+
+def _weights_of(given: Any) -> list[float]:
+    """The numbers a weights object holds now, in order."""
+    if isinstance(given, Tensor):
+        return [float(w) for w in given.detach().reshape(-1).tolist()]
+    return [float(w) for w in given]
 
 
 def weight_list(owner: str, weight_modalities: Any, n: int, what: str) -> list[float]:
@@ -237,6 +245,50 @@ class ExpertWeights(PlainBuffers):
 
     weight_modalities: Tensor
     _dgm_plain_buffers = ("weight_modalities",)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "weight_modalities":  # (Pixyz's attribute is then the object assigned: its changes are followed)
+            self._dgm_keep_given(value)
+
+    def _dgm_keep_given(self, given: Any) -> None:
+        """Follow ``given``, the weights object the user gave (a list, a numpy array or a tensor other than the
+        buffer): Pixyz keeps that object and reads it at each use, so a change made to it in place afterwards
+        (``w[1] = 5.``) weighs the experts from then on; the buffer takes it (:meth:`_dgm_follow_given`)."""
+        d = self.__dict__
+        if given is None or isinstance(given, (tuple, str)) or given is d.get("_buffers", {}).get("weight_modalities") \
+                or not (isinstance(given, (list, Tensor)) or type(given).__module__ == "numpy"):
+            d.pop("_dgm_given_weights", None)  # (a tuple cannot change; the buffer's own changes are its own)
+            return
+        d["_dgm_given_weights"] = [given, _weights_of(given), version(given) if isinstance(given, Tensor) else None]
+
+    def _dgm_follow_given(self) -> None:
+        """Copy into the buffer the weights that changed in the object the user gave since it was last read (see
+        :meth:`_dgm_keep_given`): nothing when none changed (a tensor's version, a list's values)."""
+        kept = self.__dict__.get("_dgm_given_weights")
+        if kept is None or torch.compiler.is_compiling():
+            return
+        given, last, ver = kept
+        if isinstance(given, Tensor):
+            now_ver = version(given)
+            if now_ver == ver:
+                return
+            kept[2] = now_ver
+        try:
+            now = _weights_of(given)
+        except (TypeError, ValueError, RuntimeError):
+            return
+        if now == last:
+            return
+        buf = self.weight_modalities
+        if len(now) != buf.numel() or not all(0 <= w < float("inf") for w in now) or not sum(now) > 0:
+            raise ValueError(f"{describe(self)}: the weight_modalities given ({given!r}) were changed to {now}, but "
+                             f"must stay {buf.numel()} finite non-negative numbers, not all 0")
+        with torch.no_grad():
+            for i, (a, b) in enumerate(zip(now, last)):
+                if a != b:
+                    buf[i] = a
+        kept[1] = now
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:

@@ -767,6 +767,7 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
                          features_shape=features_shape)  # as given (Pixyz's; the experts decide the shapes)
         self.p = nn.ModuleList(experts)
         self.register_buffer("weight_modalities", torch.tensor(weights))
+        self._dgm_keep_given(weight_modalities)
 
     _dgm_repr_hidden_buffers = ("weight_modalities",)  # a plain attribute in Pixyz, not printed
 
@@ -821,6 +822,7 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
 
     @property
     def prob_factorized_text(self) -> str:
+        self._dgm_follow_given()
         w = self.weight_modalities.tolist()
         if all(math.isclose(v, w[0]) for v in w):
             k = len(w)
@@ -829,6 +831,7 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
         return " + ".join(f"{v / total:.3g}{e.prob_text}" for v, e in zip(w, self.p))
 
     def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
+        self._dgm_follow_given()
         m = self._dgm_mapping(b)
         comps, logw = [], []
         for i, e in enumerate(self.p):

@@ -267,6 +267,7 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         self.p = nn.ModuleList(experts)
         self.prior = prior
         self.register_buffer("weight_modalities", torch.tensor(weights))
+        self._dgm_keep_given(weight_modalities)
 
     @property
     def experts(self) -> Experts:
@@ -304,6 +305,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         torch.compile traces, for weights that take gradients (an ``nn.Parameter`` put in its place), under
         ``torch.func``'s transforms (``functional_call`` of other weights, batched by ``vmap``) and on the meta
         device."""
+        if "_dgm_given_weights" in self.__dict__:
+            self._dgm_follow_given()
         buf = self.weight_modalities
         if (torch.compiler.is_compiling() or buf.requires_grad or buf.is_meta
                 or torch._C._functorch.is_functorch_wrapped_tensor(buf)):

@@ -440,11 +440,11 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     _check_d_step_done(done)
     resume = state.get("epoch_resume")
     if resume is not None:
-        if not isinstance(resume, Mapping) or not {"steps", "rng", "data_rng", "rows", "sums"} <= set(resume):
-            raise ValueError("Model.load: the checkpoint's epoch_resume is not what Model.save writes; it is damaged")
-        _check_rng(resume["rng"])
-    steps = _counter({"epoch_steps": state.get("epoch_steps") or 0}, "epoch_steps")
-    data_rng = state.get("data_rng") or []
+        _check_epoch_resume(resume)
+    steps = state.get("epoch_steps")  # (not `or`: a damaged entry may be a tensor of several values)
+    steps = 0 if steps is None else _counter({"epoch_steps": steps}, "epoch_steps")
+    data_rng = state.get("data_rng")
+    data_rng = [] if data_rng is None else data_rng
     _check_data_rng(data_rng)
     if _dist.is_distributed() and not same_world and _dist.rank() == 0:
         saved = len(ranks_rng) if isinstance(ranks_rng, (list, tuple)) else 1
@@ -517,7 +517,32 @@ def _counter(state: Mapping[str, Any], key: str) -> int:
     return n
 
 
-def _check_data_rng(states: Any) -> None:
+def _check_epoch_resume(resume: Any) -> None:
+    """Check the state ``fit`` continues an interrupted epoch from (:meth:`~pyro_dgm.models.trainer.EpochStart.
+    resume_state`): its steps, random states, data loaders' generator states, rows and running sums; ``ValueError``
+    naming the entry if damaged."""
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"Model.load: the checkpoint's epoch_resume{what} is not what Model.save writes; it is "
+                          "damaged")
+
+    if not isinstance(resume, Mapping) or not {"steps", "rng", "data_rng", "rows", "sums"} <= set(resume):
+        raise damaged("")
+    for key in ("steps", "batches"):
+        if key == "steps" or resume.get(key) is not None:
+            _counter({f"epoch_resume[{key!r}]": resume[key]}, f"epoch_resume[{key!r}]")
+    _check_rng(resume["rng"], "epoch_resume['rng']")
+    _check_data_rng(resume["data_rng"], "epoch_resume['data_rng']")
+    if resume.get("test_rng") is not None:
+        _check_rng(resume["test_rng"], "epoch_resume['test_rng']")
+    rows, sums = resume["rows"], resume["sums"]
+    if isinstance(rows, bool) or not isinstance(rows, (int, float)) or not 0 <= rows < float("inf"):
+        raise damaged(f"['rows'] ({rows!r})")
+    if not isinstance(sums, Mapping) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                                and not isinstance(v, bool) for k, v in sums.items()):
+        raise damaged(f"['sums'] ({sums!r})")
+
+
+def _check_data_rng(states: Any, what: str = "data_rng") -> None:
     """Check the data loaders' generator states that the next ``fit`` would restore (a list of
     ``torch.Generator.get_state()`` tensors), by setting each on a scratch generator; ``ValueError`` if damaged."""
     try:
@@ -526,11 +551,11 @@ def _check_data_rng(states: Any) -> None:
         for s in states:
             torch.Generator().set_state(s)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"Model.load: the checkpoint's data_rng (the data loaders' generator states) cannot be "
+        raise ValueError(f"Model.load: the checkpoint's {what} (the data loaders' generator states) cannot be "
                          f"restored ({type(e).__name__}: {e}); it is damaged") from e
 
 
-def _check_rng(rng: Any) -> None:
+def _check_rng(rng: Any, what: str = "random states") -> None:
     """Check that the random states :func:`set_rng_state` would restore are valid, by restoring them and then the
     current ones; a damaged state raises ``ValueError`` (before the model is changed)."""
     current = rng_state()
@@ -539,8 +564,8 @@ def _check_rng(rng: Any) -> None:
             raise TypeError(f"a {type(rng).__name__}, not a dict")
         set_rng_state(rng)
     except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, IndexError, AttributeError) as e:
-        raise ValueError(f"Model.load: the checkpoint's random states cannot be restored ({type(e).__name__}: "
-                         f"{e}); it is damaged") from e
+        raise ValueError(f"Model.load: the checkpoint's {what} cannot be restored ({type(e).__name__}: {e}); it is "
+                         "damaged") from e
     finally:
         set_rng_state(current)
 

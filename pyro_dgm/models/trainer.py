@@ -714,6 +714,11 @@ def _resume_epoch(model: "Model", numbered: Iterator[tuple[int, dict[str, Any]]]
     if len(generators) == len(pending["data_rng"]):
         for g, st in zip(generators, pending["data_rng"]):
             g.set_state(st)
+    else:
+        warnings.warn(f"fit: the checkpoint loaded with resume=True holds the epoch's start states of "
+                      f"{len(pending['data_rng'])} data-loader random generator(s), train_data has "
+                      f"{len(generators)}; the epoch's order is drawn afresh, so the resumed run trains on other "
+                      "batches than the uninterrupted one", UserWarning, stacklevel=4)
     try:
         for _ in range(pending["steps"]):
             if next(numbered, None) is None:

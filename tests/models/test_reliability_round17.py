@@ -50,3 +50,66 @@ def test_a_damaged_mid_epoch_entry_is_refused_before_the_model_changes(key: str,
     assert model.step == saved.step == 2
     for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _interrupted_mid_epoch(tmp_path: Any) -> Any:
+    """A checkpoint saved after a ``KeyboardInterrupt`` in the third step of a shuffled ``fit``'s first epoch (it holds
+    ``epoch_resume``, the state that continues that epoch)."""
+    x = digits()[0][:48]
+    torch.manual_seed(0)
+    model = make_vae()
+    calls = [0]
+
+    def interrupt(module: Any, args: Any, out: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+
+    hook = model.distributions[0].register_forward_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit({"x": x}, epochs=2, batch_size=8, shuffle=True, progress=False)
+    hook.remove()
+    model.save(tmp_path / "mid.pt")
+    state = torch.load(tmp_path / "mid.pt", weights_only=False)
+    assert state["epoch_resume"]["steps"] == state["epoch_steps"] == model.step >= 1
+    return state, x
+
+
+@pytest.mark.parametrize("entry, value, what", [
+    ("steps", "3", r"epoch_resume\['steps'\] is '3', not a non-negative integer"),
+    ("steps", -1, r"epoch_resume\['steps'\] is -1, not a non-negative integer"),
+    ("data_rng", "xx", r"epoch_resume\['data_rng'\] .*cannot be restored"),
+    ("data_rng", [torch.zeros(3)], r"epoch_resume\['data_rng'\] .*cannot be restored"),
+    ("sums", [1], r"epoch_resume\['sums'\] \(\[1\]\) is not what Model.save writes"),
+    ("rows", "8", r"epoch_resume\['rows'\] \('8'\) is not what Model.save writes"),
+    ("test_rng", torch.zeros(3), r"epoch_resume\['test_rng'\] cannot be restored"),
+    ("", None, r"epoch_steps is tensor\(\[1, 2\]\), not a non-negative integer"),
+    ("", "data_rng", r"data_rng .*cannot be restored .*a Tensor, not a list"),
+])
+def test_a_damaged_epoch_resume_or_a_tensor_entry_is_refused_before_the_model_changes(
+        entry: str, value: Any, what: str, tmp_path: Any) -> None:
+    """Probe p300: of ``epoch_resume`` only the keys and the random states were checked, so a damaged one loaded
+    (the model's weights, step and random states replaced) and the next ``fit`` failed with a bare error (``RNG
+    state must be a torch.ByteTensor``, ``'str' object cannot be interpreted as an integer``) or resumed on other
+    batches without a word; and ``epoch_steps`` or ``data_rng`` saved as a tensor of several values raised torch's
+    "Boolean value of Tensor with more than one value is ambiguous". Each is refused with the others now."""
+    state, x = _interrupted_mid_epoch(tmp_path)
+    steps = state["epoch_steps"]
+    if entry:
+        state["epoch_resume"][entry] = value
+    elif value is None:
+        state["epoch_steps"] = torch.tensor([1, 2])
+    else:
+        state["data_rng"] = torch.zeros(5)
+    torch.save(state, tmp_path / "damaged.pt")
+    torch.manual_seed(1)
+    model = make_vae()
+    model.train({"x": x[:16]})
+    before = _state(model)
+    with pytest.raises(ValueError, match=rf"Model.load: the checkpoint's {what}.*damaged"):
+        model.load(tmp_path / "damaged.pt", resume=True)
+    after = _state(model)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+    assert before[1:3] == after[1:3] and torch.equal(before[3], after[3])
+    model.load(tmp_path / "mid.pt", resume=True)  # the undamaged file loads
+    assert model.step == steps

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from pixyz_harness import assert_same, run_both
 
@@ -130,3 +131,56 @@ def test_batch_n_given_to_a_sample_divergences_eval_is_named_in_pixyzs_error_cla
     ref, ours = run_both(program)
     assert ref[1] and ours[1]
     assert ours[2].startswith(cls) and "batch_n=5" in ours[2] and "first dim of the input" in ours[2]
+
+
+@pytest.mark.parametrize("kind", ["list", "tensor", "assigned list"])
+def test_a_product_of_experts_follows_the_weights_object_it_was_given_as_pixyzs_does(kind: str) -> None:
+    """Probe p301: Pixyz's ``ProductOfNormal`` keeps the ``weight_modalities`` object it is given and reads it at each
+    use, so ``w[1] = 5.`` afterwards weighs the first expert 5 times; pyro_dgm copied the weights into a buffer and
+    went on with [1, 1, 1] (a loc summing to 0.67 where Pixyz's, the closed form's, sums to 2.0)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal, ProductOfNormal
+
+        ex = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="qx", features_shape=[2])
+        ey = Normal(loc="y", scale=torch.tensor(0.5), var=["z"], cond_var=["y"], name="qy", features_shape=[2])
+        w = torch.ones(3) if kind == "tensor" else [1., 1., 1.]
+        poe = ProductOfNormal([ex, ey], weight_modalities=w)
+        x, y = torch.tensor([[3., 1.]]), torch.tensor([[1., -1.]])
+        out = [poe.get_params({"x": x, "y": y})["loc"]]
+        if kind == "assigned list":  # (Pixyz's attribute is then the new list)
+            w = [1., 2., 1.]
+            poe.weight_modalities = w
+            out.append(poe.get_params({"x": x.clone(), "y": y.clone()})["loc"])
+        w[1] = 5.
+        out.append(poe.get_params({"x": x.clone(), "y": y.clone()})["loc"])
+        return out
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    x, y = torch.tensor([[3., 1.]]), torch.tensor([[1., -1.]])
+    torch.testing.assert_close(ours[-1], (5 * x + 4 * y) / 10)  # precisions 1 + 5 + 4: the closed form
+
+
+def test_a_mixture_of_normals_follows_its_weights_object_and_refuses_a_change_to_negative_weights() -> None:
+    """The same for ``MixtureOfNormal`` (whose density is the mixture's here, by design: ``docs/porting.md``): after
+    ``w[0] = 0.75`` its log-density is that of a mixture built with [0.75, 0.25]; a change that makes a weight
+    negative is refused by name at the next use (as at construction)."""
+    from pyro_dgm.distributions import MixtureOfNormal, Normal
+
+    def mixture(w: Any) -> Any:
+        a = Normal(loc="x", scale=torch.ones(2), var=["z"], cond_var=["x"], name="a")
+        b = Normal(loc="y", scale=torch.ones(2), var=["z"], cond_var=["y"], name="b")
+        return MixtureOfNormal([a, b], weight_modalities=w)
+
+    values = {"x": torch.zeros(4, 2), "y": torch.ones(4, 2), "z": torch.linspace(-1, 2, 8).reshape(4, 2)}
+    w = [0.5, 0.5]
+    m = mixture(w)
+    torch.testing.assert_close(m.get_log_prob(values), mixture([0.5, 0.5]).get_log_prob(values))
+    w[0] = 0.75
+    w[1] = 0.25
+    torch.testing.assert_close(m.get_log_prob(values), mixture([0.75, 0.25]).get_log_prob(values))
+    w[1] = -1.
+    with pytest.raises(ValueError, match=r"MixtureOfNormal.*weight_modalities given .*changed to \[0.75, -1.0\]"):
+        m.get_log_prob(values)
