@@ -22,7 +22,6 @@ from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, ShapeError, clearer, describe, refuse_param_dtype,
                                    users_own_error)
 from pyro_dgm.utils.modules import PlainBuffers
-from pyro_dgm.utils.versions import version
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",
            "ExpertWeights", "OptionalInputs", "OneSiteDistribution"]
@@ -68,11 +67,33 @@ def distribution_list(owner: str, arg: str, given: Any, what: str, one: bool) ->
                             f"{type(given).__name__} {given!r}") from None
 
 
-def _weights_of(given: Any) -> list[float]:
-    """The numbers a weights object holds now, in order."""
+def _weights_of(owner: Any, given: Any) -> list[float]:
+    """The numbers a weights object holds now, in order; a ``TypeError`` naming ``owner`` for an entry that is no
+    number (Pixyz's ``must be real number, not str`` at its next use)."""
+    try:
+        if isinstance(given, Tensor):
+            return [float(w) for w in given.detach().reshape(-1).tolist()]
+        return [_number(w) for w in given]
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ArgumentError(f"{describe(owner)}: weight_modalities must hold numbers, one per weight, got {given!r} "
+                            f"({e})") from None
+
+
+def _number(w: Any) -> float:
+    if isinstance(w, (str, bytes)):  # (float("2.5") would read it; Pixyz's arithmetic refuses it)
+        raise TypeError(f"must be real number, not {type(w).__name__}")
+    return float(w)
+
+
+def _set_weight(given: Any, i: int, value: float) -> None:
+    """Write weight ``i`` of the object the user gave (a list, a tensor or a numpy array)."""
     if isinstance(given, Tensor):
-        return [float(w) for w in given.detach().reshape(-1).tolist()]
-    return [float(w) for w in given]
+        with torch.no_grad():
+            given.view(-1)[i] = value
+    elif isinstance(given, list):
+        given[i] = value
+    else:
+        given.reshape(-1)[i] = value
 
 
 def weight_list(owner: str, weight_modalities: Any, n: int, what: str) -> list[float]:
@@ -247,47 +268,62 @@ class ExpertWeights(PlainBuffers):
     _dgm_plain_buffers = ("weight_modalities",)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "weight_modalities" and value is not None and not isinstance(value, Tensor):
+            try:  # (as the constructor checks them; what is no list of numbers, or of another length, the
+                now = _weights_of(self, value)  # buffer's assignment refuses by its own error)
+            except TypeError:
+                now = []
+            if len(now) == self._buffers["weight_modalities"].numel():
+                self._dgm_check_weights(now, value, "assigned")
         super().__setattr__(name, value)
         if name == "weight_modalities":  # (Pixyz's attribute is then the object assigned: its changes are followed)
             self._dgm_keep_given(value)
 
+    def _dgm_check_weights(self, now: list[float], given: Any, how: str) -> None:
+        if not all(0 <= w < float("inf") for w in now) or not sum(now) > 0:
+            raise ValueError(f"{describe(self)}: the weight_modalities {how} ({given!r}) are {now}, but must be "
+                             "finite non-negative numbers, not all 0 (each scales an expert)")
+
     def _dgm_keep_given(self, given: Any) -> None:
-        """Follow ``given``, the weights object the user gave (a list, a numpy array or a tensor other than the
-        buffer): Pixyz keeps that object and reads it at each use, so a change made to it in place afterwards
-        (``w[1] = 5.``) weighs the experts from then on; the buffer takes it (:meth:`_dgm_follow_given`)."""
+        """Follow ``given``, the weights object the user gave (a list or a numpy array; a tensor other than the
+        buffer): Pixyz keeps that object as its attribute and reads it at each use, so a change made to it in place
+        afterwards (``w[1] = 5.``) weighs the experts from then on, and a change made through the attribute
+        (``poe.weight_modalities[1] = 5.``) is one of the object too (:meth:`_dgm_follow_given`)."""
         d = self.__dict__
-        if given is None or isinstance(given, (tuple, str)) or given is d.get("_buffers", {}).get("weight_modalities") \
-                or not (isinstance(given, (list, Tensor)) or type(given).__module__ == "numpy"):
-            d.pop("_dgm_given_weights", None)  # (a tuple cannot change; the buffer's own changes are its own)
-            return
-        d["_dgm_given_weights"] = [given, _weights_of(given), version(given) if isinstance(given, Tensor) else None]
+        buf = d.get("_buffers", {}).get("weight_modalities")
+        if (given is None or buf is None or isinstance(given, (tuple, str)) or given is buf
+                or not (isinstance(given, (list, Tensor)) or type(given).__module__ == "numpy")):
+            d.pop("_dgm_given_weights", None)  # (a tuple cannot change; the buffer's own changes are its own; an
+            return  # nn.Parameter assigned is the weights itself)
+        d["_dgm_given_weights"] = [given, _weights_of(self, given)]
 
     def _dgm_follow_given(self) -> None:
-        """Copy into the buffer the weights that changed in the object the user gave since it was last read (see
-        :meth:`_dgm_keep_given`): nothing when none changed (a tensor's version, a list's values)."""
+        """Make the buffer and the object the user gave (see :meth:`_dgm_keep_given`) hold the same weights, as
+        Pixyz's one object does: a change made to the buffer since the last use (``poe.weight_modalities[1] = 5.``,
+        through ``.data``, ``load_state_dict``) is written into the object, and a change made to the object is
+        copied into the buffer (for a weight changed both ways, the object's)."""
         kept = self.__dict__.get("_dgm_given_weights")
-        if kept is None or torch.compiler.is_compiling():
+        if kept is None or torch.compiler.is_compiling():  # (a compiled call: followed before it, by CompiledEval)
             return
-        given, last, ver = kept
-        if isinstance(given, Tensor):
-            now_ver = version(given)
-            if now_ver == ver:
-                return
-            kept[2] = now_ver
-        try:
-            now = _weights_of(given)
-        except (TypeError, ValueError, RuntimeError):
-            return
-        if now == last:
-            return
-        buf = self.weight_modalities
-        if len(now) != buf.numel() or not all(0 <= w < float("inf") for w in now) or not sum(now) > 0:
-            raise ValueError(f"{describe(self)}: the weight_modalities given ({given!r}) were changed to {now}, but "
-                             f"must stay {buf.numel()} finite non-negative numbers, not all 0")
-        with torch.no_grad():
-            for i, (a, b) in enumerate(zip(now, last)):
-                if a != b:
-                    buf[i] = a
+        buf = self.__dict__["_buffers"].get("weight_modalities")
+        if (buf is None or buf.is_meta or buf.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(buf)
+                or buf.is_inference()):
+            return  # (weights that are no plain buffer now: an nn.Parameter, torch.func's, the meta device's)
+        given, last = kept
+        now = _weights_of(self, given)
+        held = buf.tolist()
+        if held != last:  # the buffer was changed since: Pixyz's one object holds the change
+            for i, v in enumerate(held):
+                if i < len(now) and i < len(last) and now[i] == last[i] and v != now[i]:
+                    _set_weight(given, i, v)
+                    now[i] = v
+        if now != held:
+            if len(now) != len(held):
+                raise ValueError(f"{describe(self)}: the weight_modalities given ({given!r}) now hold {len(now)} "
+                                 f"weights, but the product has {len(held)}")
+            self._dgm_check_weights(now, given, "given, changed since,")
+            with torch.no_grad():
+                buf.copy_(torch.tensor(now, dtype=buf.dtype, device=buf.device))
         kept[1] = now
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,

@@ -411,6 +411,9 @@ class _FirstCallEager:
         if self._dgm_fn is None:
             self._build()
         self._dgm_classes_current()
+        for d in self._dists:  # (the weights objects the user gave a product or mixture of experts: followed here,
+            if "_dgm_given_weights" in d.__dict__:  # where the compiled graph cannot)
+                d._dgm_follow_given()
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
         with without_validation(), frozen(self._frozen), _deep_recursion():
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)

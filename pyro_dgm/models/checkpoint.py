@@ -439,10 +439,10 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     done = state.get("d_step_done")
     _check_d_step_done(done)
     resume = state.get("epoch_resume")
-    if resume is not None:
-        _check_epoch_resume(resume)
     steps = state.get("epoch_steps")  # (not `or`: a damaged entry may be a tensor of several values)
     steps = 0 if steps is None else _counter({"epoch_steps": steps}, "epoch_steps")
+    if resume is not None:
+        _check_epoch_resume(resume, steps)
     data_rng = state.get("data_rng")
     data_rng = [] if data_rng is None else data_rng
     _check_data_rng(data_rng)
@@ -517,19 +517,21 @@ def _counter(state: Mapping[str, Any], key: str) -> int:
     return n
 
 
-def _check_epoch_resume(resume: Any) -> None:
+def _check_epoch_resume(resume: Any, epoch_steps: int) -> None:
     """Check the state ``fit`` continues an interrupted epoch from (:meth:`~pyro_dgm.models.trainer.EpochStart.
-    resume_state`): its steps, random states, data loaders' generator states, rows and running sums; ``ValueError``
-    naming the entry if damaged."""
+    resume_state`): its steps (``epoch_steps``, at most its batches), random states, data loaders' generator
+    states, rows and running sums; ``ValueError`` naming the entry if damaged."""
     def damaged(what: str) -> ValueError:
         return ValueError(f"Model.load: the checkpoint's epoch_resume{what} is not what Model.save writes; it is "
                           "damaged")
 
     if not isinstance(resume, Mapping) or not {"steps", "rng", "data_rng", "rows", "sums"} <= set(resume):
         raise damaged("")
-    for key in ("steps", "batches"):
-        if key == "steps" or resume.get(key) is not None:
-            _counter({f"epoch_resume[{key!r}]": resume[key]}, f"epoch_resume[{key!r}]")
+    n = {key: _counter({f"epoch_resume[{key!r}]": resume[key]}, f"epoch_resume[{key!r}]")
+         for key in ("steps", "batches") if key == "steps" or resume.get(key) is not None}
+    if n["steps"] != epoch_steps or n["steps"] > n.get("batches", n["steps"]):
+        raise damaged(f"['steps'] ({n['steps']}, with epoch_steps {epoch_steps} and {n.get('batches', '?')} "
+                      "batches)")
     _check_rng(resume["rng"], "epoch_resume['rng']")
     _check_data_rng(resume["data_rng"], "epoch_resume['data_rng']")
     if resume.get("test_rng") is not None:

@@ -83,6 +83,8 @@ def _interrupted_mid_epoch(tmp_path: Any) -> Any:
     ("sums", [1], r"epoch_resume\['sums'\] \(\[1\]\) is not what Model.save writes"),
     ("rows", "8", r"epoch_resume\['rows'\] \('8'\) is not what Model.save writes"),
     ("test_rng", torch.zeros(3), r"epoch_resume\['test_rng'\] cannot be restored"),
+    ("steps", 1000, r"epoch_resume\['steps'\] \(1000, with epoch_steps \d+ and 6 batches\)"),
+    ("batches", "6", r"epoch_resume\['batches'\] is '6', not a non-negative integer"),
     ("", None, r"epoch_steps is tensor\(\[1, 2\]\), not a non-negative integer"),
     ("", "data_rng", r"data_rng .*cannot be restored .*a Tensor, not a list"),
 ])

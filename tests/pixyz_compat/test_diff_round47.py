@@ -182,5 +182,77 @@ def test_a_mixture_of_normals_follows_its_weights_object_and_refuses_a_change_to
     w[1] = 0.25
     torch.testing.assert_close(m.get_log_prob(values), mixture([0.75, 0.25]).get_log_prob(values))
     w[1] = -1.
-    with pytest.raises(ValueError, match=r"MixtureOfNormal.*weight_modalities given .*changed to \[0.75, -1.0\]"):
+    with pytest.raises(ValueError, match=r"MixtureOfNormal.*weight_modalities given, changed since, \(\[0.75, -1"):
         m.get_log_prob(values)
+
+
+@pytest.mark.parametrize("kind", ["list", "tensor", "numpy"])
+def test_a_change_made_through_the_product_is_one_of_the_weights_object_as_under_pixyz(kind: str) -> None:
+    """Probe p302: in Pixyz ``poe.weight_modalities`` is the object given, so ``poe.weight_modalities[1] = 5.`` then
+    ``w[1] = 1.`` weighs that expert 1 again; the first version of item 4 copied only the object's own changes
+    and kept 5. A change made through the product is written into the object at the next use."""
+    def program() -> Any:
+        import numpy as np
+        import torch
+
+        from pixyz.distributions import Normal, ProductOfNormal
+
+        ex = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="qx", features_shape=[2])
+        ey = Normal(loc="y", scale=torch.tensor(0.5), var=["z"], cond_var=["y"], name="qy", features_shape=[2])
+        w = {"list": [1., 1., 1.], "tensor": torch.ones(3), "numpy": np.ones(3)}[kind]
+        poe = ProductOfNormal([ex, ey], weight_modalities=w)
+        x, y = torch.tensor([[3., 1.]]), torch.tensor([[1., -1.]])
+        poe.weight_modalities[1] = 5.
+        out = [poe.get_params({"x": x, "y": y})["loc"], float(w[1])]
+        w[1] = 1.
+        out.append(poe.get_params({"x": x.clone(), "y": y.clone()})["loc"])
+        return out
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[1] == 5.  # (the object given holds the change made through the product)
+
+
+def test_the_weights_objects_changes_reach_a_compiled_model_and_bad_values_are_named() -> None:
+    """Probe p302: a compiled ``Model`` (whose graph runs no Python) kept training with the first weights after
+    ``w[k] = v`` (0.52 where Pixyz, and the eager model, give 1.23); a non-number put into the list was ignored,
+    the old weights kept (Pixyz raises ``must be real number, not str``); weights assigned to the product were not
+    checked (a negative one gave a bare ``must be real number, not complex`` at the next use)."""
+    from pyro_dgm.distributions import Normal, ProductOfNormal
+    from pyro_dgm.losses import KullbackLeibler
+    from pyro_dgm.models import Model
+
+    def run(compile: Any) -> list[float]:
+        torch.manual_seed(0)
+        ex = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="qx", features_shape=[2])
+        net = torch.nn.Linear(2, 2)
+
+        class Ey(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["y"], name="qy")
+                self.net = net
+
+            def forward(self, y):  # type: ignore[no-untyped-def]
+                return {"loc": self.net(y), "scale": torch.ones_like(y)}
+
+        w = [1., 1., 1.]
+        poe = ProductOfNormal([ex, Ey()], weight_modalities=w)
+        prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], features_shape=[2], name="r")
+        model = Model(KullbackLeibler(poe, prior).mean(), distributions=[poe], optimizer=torch.optim.SGD,
+                      optimizer_params={"lr": 0.1}, compile=compile)
+        x, y = torch.randn(4, 2, generator=torch.Generator().manual_seed(1)), torch.ones(4, 2)
+        out = []
+        for k, v in [(None, None), (1, 4.), (2, 0.5), (0, 2.)]:
+            if k is not None:
+                w[k] = v
+            out.append(float(model.train({"x": x.clone(), "y": y.clone()})))
+        w[1] = "a"
+        with pytest.raises(TypeError, match=r"ProductOfNormal .*weight_modalities must hold numbers.*not str"):
+            poe.get_params({"x": x, "y": y})
+        with pytest.raises(ValueError, match=r"weight_modalities assigned .*finite non-negative"):
+            poe.weight_modalities = [1., -3., 1.]
+        return out
+
+    eager = run(False)
+    assert eager[1] != pytest.approx(eager[0], rel=1e-3)  # (the weights changed the loss)
+    assert run({"backend": "eager"}) == pytest.approx(eager, rel=1e-6)
