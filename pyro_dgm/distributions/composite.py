@@ -85,17 +85,6 @@ def _number(w: Any) -> float:
     return float(w)
 
 
-def _set_weight(given: Any, i: int, value: float) -> None:
-    """Write weight ``i`` of the object the user gave (a list, a tensor or a numpy array)."""
-    if isinstance(given, Tensor):
-        with torch.no_grad():
-            given.view(-1)[i] = value
-    elif isinstance(given, list):
-        given[i] = value
-    else:
-        given.reshape(-1)[i] = value
-
-
 def weight_list(owner: str, weight_modalities: Any, n: int, what: str) -> list[float]:
     """``weight_modalities`` as a list of floats; anything else (a number, a string) raises an
     :class:`~pyro_dgm.utils.checks.ArgumentError` naming ``owner``, expecting ``n`` numbers (``what``: which)."""
@@ -287,8 +276,7 @@ class ExpertWeights(PlainBuffers):
     def _dgm_keep_given(self, given: Any) -> None:
         """Follow ``given``, the weights object the user gave (a list or a numpy array; a tensor other than the
         buffer): Pixyz keeps that object as its attribute and reads it at each use, so a change made to it in place
-        afterwards (``w[1] = 5.``) weighs the experts from then on, and a change made through the attribute
-        (``poe.weight_modalities[1] = 5.``) is one of the object too (:meth:`_dgm_follow_given`)."""
+        afterwards (``w[1] = 5.``) weighs the experts from then on (:meth:`_dgm_follow_given`)."""
         d = self.__dict__
         buf = d.get("_buffers", {}).get("weight_modalities")
         if (given is None or buf is None or isinstance(given, (tuple, str)) or given is buf
@@ -298,10 +286,10 @@ class ExpertWeights(PlainBuffers):
         d["_dgm_given_weights"] = [given, _weights_of(self, given)]
 
     def _dgm_follow_given(self) -> None:
-        """Make the buffer and the object the user gave (see :meth:`_dgm_keep_given`) hold the same weights, as
-        Pixyz's one object does: a change made to the buffer since the last use (``poe.weight_modalities[1] = 5.``,
-        through ``.data``, ``load_state_dict``) is written into the object, and a change made to the object is
-        copied into the buffer (for a weight changed both ways, the object's)."""
+        """Copy into the buffer the weights that changed in the object the user gave (see :meth:`_dgm_keep_given`)
+        since it was last read; the object itself is never written. (Pixyz has one object: a change made through the
+        product, ``poe.weight_modalities[1] = 5.``, is the buffer's alone here, and the object's later changes of
+        other weights leave it; a change of the object back to the value it had when last read is not seen.)"""
         kept = self.__dict__.get("_dgm_given_weights")
         if kept is None or torch.compiler.is_compiling():  # (a compiled call: followed before it, by CompiledEval)
             return
@@ -311,19 +299,18 @@ class ExpertWeights(PlainBuffers):
             return  # (weights that are no plain buffer now: an nn.Parameter, torch.func's, the meta device's)
         given, last = kept
         now = _weights_of(self, given)
+        if now == last:
+            return
+        if len(now) != len(last) or len(now) != buf.numel():
+            raise ValueError(f"{describe(self)}: the weight_modalities given ({given!r}) now hold {len(now)} weights, "
+                             f"but the product has {buf.numel()}")
         held = buf.tolist()
-        if held != last:  # the buffer was changed since: Pixyz's one object holds the change
-            for i, v in enumerate(held):
-                if i < len(now) and i < len(last) and now[i] == last[i] and v != now[i]:
-                    _set_weight(given, i, v)
-                    now[i] = v
-        if now != held:
-            if len(now) != len(held):
-                raise ValueError(f"{describe(self)}: the weight_modalities given ({given!r}) now hold {len(now)} "
-                                 f"weights, but the product has {len(held)}")
-            self._dgm_check_weights(now, given, "given, changed since,")
-            with torch.no_grad():
-                buf.copy_(torch.tensor(now, dtype=buf.dtype, device=buf.device))
+        for i, (a, b) in enumerate(zip(now, last)):
+            if a != b:
+                held[i] = a
+        self._dgm_check_weights(held, given, "given, changed since,")
+        with torch.no_grad():
+            buf.copy_(torch.tensor(held, dtype=buf.dtype, device=buf.device))
         kept[1] = now
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
