@@ -251,7 +251,9 @@ class ExpertWeights(PlainBuffers):
     """Mixin for the products and mixtures of experts, whose ``weight_modalities`` is a buffer (it moves with the
     module, and state dicts hold it). Pixyz keeps a list attribute that its state dicts lack: a state dict saved
     by Pixyz loads with the weights given at construction (``strict=True`` refused it, a missing key); a list
-    assigned to it (``poe.weight_modalities = [1., 0., 1.]``, leaving an expert out) sets the buffer."""
+    assigned to it (``poe.weight_modalities = [1., 0., 1.]``, leaving an expert out) sets the buffer. The list,
+    array or tensor given (at construction or so assigned) is read again at each use, as Pixyz reads its attribute:
+    the weights it changed since are copied into the buffer (:meth:`_dgm_follow_given`)."""
 
     weight_modalities: Tensor
     _dgm_plain_buffers = ("weight_modalities",)
@@ -262,7 +264,8 @@ class ExpertWeights(PlainBuffers):
                 now = _weights_of(self, value)  # buffer's assignment refuses by its own error)
             except TypeError:
                 now = []
-            if len(now) == self._buffers["weight_modalities"].numel():
+            buf = self.__dict__.get("_buffers", {}).get("weight_modalities")
+            if buf is not None and len(now) == buf.numel():
                 self._dgm_check_weights(now, value, "assigned")
         super().__setattr__(name, value)
         if name == "weight_modalities":  # (Pixyz's attribute is then the object assigned: its changes are followed)
