@@ -12,7 +12,7 @@ import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
@@ -259,6 +259,14 @@ class ExpertWeights(PlainBuffers):
     _dgm_plain_buffers = ("weight_modalities",)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "weight_modalities" and "_buffers" not in self.__dict__:
+            return  # (a subclass's before Module.__init__: the constructor's weights replace it, as Pixyz's do)
+        given = value
+        if name == "weight_modalities" and isinstance(value, Tensor) and not isinstance(value, nn.Parameter):
+            buf = self.__dict__["_buffers"].get("weight_modalities")
+            if buf is not None and (value.dtype != buf.dtype or value.device != buf.device):
+                value = value.detach().to(dtype=buf.dtype, device=buf.device)  # (Pixyz's product takes its weights
+                # as torch.Tensor(w), of the default dtype: a float64 tensor must not make it float64)
         if name == "weight_modalities" and value is not None and not isinstance(value, Tensor):
             try:  # (as the constructor checks them; what is no list of numbers, or of another length, the
                 now = _weights_of(self, value)  # buffer's assignment refuses by its own error)
@@ -269,7 +277,7 @@ class ExpertWeights(PlainBuffers):
                 self._dgm_check_weights(now, value, "assigned")
         super().__setattr__(name, value)
         if name == "weight_modalities":  # (Pixyz's attribute is then the object assigned: its changes are followed)
-            self._dgm_keep_given(value)
+            self._dgm_keep_given(given)
 
     def _dgm_check_weights(self, now: list[float], given: Any, how: str) -> None:
         if not all(0 <= w < float("inf") for w in now) or not sum(now) > 0:
@@ -282,11 +290,11 @@ class ExpertWeights(PlainBuffers):
         afterwards (``w[1] = 5.``) weighs the experts from then on (:meth:`_dgm_follow_given`)."""
         d = self.__dict__
         buf = d.get("_buffers", {}).get("weight_modalities")
-        if (given is None or buf is None or isinstance(given, (tuple, str)) or given is buf
+        if (given is None or buf is None or isinstance(given, (tuple, str)) or isinstance(given, nn.Parameter)
                 or not (isinstance(given, (list, Tensor)) or type(given).__module__ == "numpy")):
-            d.pop("_dgm_given_weights", None)  # (a tuple cannot change; the buffer's own changes are its own; an
-            return  # nn.Parameter assigned is the weights itself)
-        d["_dgm_given_weights"] = [given, _weights_of(self, given)]
+            d.pop("_dgm_given_weights", None)  # (a tuple cannot change; an nn.Parameter assigned is the weights
+            return  # itself; a tensor assigned is followed even while it is the buffer: .to() replaces the buffer)
+        d["_dgm_given_weights"] = [given, _weights_of(self, given)[:buf.numel()]]
 
     def _dgm_follow_given(self) -> None:
         """Copy into the buffer the weights that changed in the object the user gave (see :meth:`_dgm_keep_given`)
@@ -301,12 +309,13 @@ class ExpertWeights(PlainBuffers):
                 or buf.is_inference()):
             return  # (weights that are no plain buffer now: an nn.Parameter, torch.func's, the meta device's)
         given, last = kept
-        now = _weights_of(self, given)
+        n = buf.numel()
+        now = _weights_of(self, given)[:n]  # (Pixyz reads the first n of a list that grew)
         if now == last:
             return
-        if len(now) != len(last) or len(now) != buf.numel():
+        if len(now) < n:
             raise ValueError(f"{describe(self)}: the weight_modalities given ({given!r}) now hold {len(now)} weights, "
-                             f"but the product has {buf.numel()}")
+                             f"but the product has {n}")
         held = buf.tolist()
         for i, (a, b) in enumerate(zip(now, last)):
             if a != b:

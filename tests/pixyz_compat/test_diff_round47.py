@@ -260,3 +260,46 @@ def test_the_weights_objects_changes_reach_a_compiled_model_and_bad_values_are_n
     eager = run(False)
     assert eager[1] != pytest.approx(eager[0], rel=1e-3)  # (the weights changed the loss)
     assert run({"backend": "eager"}) == pytest.approx(eager, rel=1e-6)
+
+
+@pytest.mark.parametrize("case", ["assigned then double", "float64 assigned", "list grown", "set before init"])
+def test_weights_objects_at_the_edges_give_pixyzs_numbers(case: str) -> None:
+    """Probe p304: a tensor assigned as the weights was no longer followed after ``.double()`` (which replaces the
+    buffer); a float64 tensor assigned made the product float64 (a float32 decoder then refused its draw; Pixyz's
+    product takes ``torch.Tensor(w)``); a list that grew after construction was refused (Pixyz reads its first
+    weights); a subclass setting ``self.weight_modalities`` before ``super().__init__`` raised torch's bare "no
+    attribute '_buffers'" (Pixyz's constructor then replaces it)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal, ProductOfNormal
+
+        ex = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="qx", features_shape=[2])
+        ey = Normal(loc="y", scale=torch.tensor(0.5), var=["z"], cond_var=["y"], name="qy", features_shape=[2])
+        x, y = torch.tensor([[3., 1.]]), torch.tensor([[1., -1.]])
+        if case == "set before init":
+            class Sub(ProductOfNormal):
+                def __init__(self) -> None:
+                    self.weight_modalities = [1., 9., 1.]
+                    super().__init__([ex, ey], weight_modalities=[1., 2., 1.])
+
+            return Sub().get_params({"x": x, "y": y})["loc"]
+        w = [1., 1., 1.]
+        poe = ProductOfNormal([ex, ey], weight_modalities=w)
+        out = [poe.get_params({"x": x, "y": y})["loc"]]
+        if case == "assigned then double":
+            t = torch.ones(3)
+            poe.weight_modalities = t
+            poe.double()
+            t[1] = 5.
+            out.append(poe.get_params({"x": x.double(), "y": y.double()})["loc"].float())
+        elif case == "float64 assigned":
+            poe.weight_modalities = torch.tensor([1., 2., 1.], dtype=torch.float64)
+            out.append(poe.get_params({"x": x.clone(), "y": y.clone()})["loc"])
+        else:
+            w.append(2.)
+            out.append(poe.get_params({"x": x.clone(), "y": y.clone()})["loc"])
+        return out
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
