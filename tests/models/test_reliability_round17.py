@@ -15,6 +15,22 @@ def _state(model: Any) -> tuple[Any, ...]:
             repr(model.optimizer.state_dict()), torch.get_rng_state().clone())
 
 
+def _refused_unchanged(state: dict, x: torch.Tensor, what: str, tmp_path: Any) -> Any:
+    """Save the damaged ``state``, load it into a model trained one step: a ``ValueError`` naming ``what``, and the
+    model's weights, step counter, optimizer state and random state as before. Returns the model."""
+    torch.save(state, tmp_path / "damaged.pt")
+    torch.manual_seed(1)
+    model = make_vae()
+    model.train({"x": x[:16]})
+    before = _state(model)
+    with pytest.raises(ValueError, match=rf"Model.load: the checkpoint's {what}.*damaged"):
+        model.load(tmp_path / "damaged.pt", resume=True)
+    after = _state(model)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+    assert before[1:3] == after[1:3] and torch.equal(before[3], after[3])
+    return model
+
+
 @pytest.mark.parametrize("key, value, what", [
     ("epoch_steps", "garbage", "epoch_steps is 'garbage', not a non-negative integer"),
     ("epoch_steps", [1], "epoch_steps is \\[1\\], not a non-negative integer"),
@@ -36,16 +52,7 @@ def test_a_damaged_mid_epoch_entry_is_refused_before_the_model_changes(key: str,
     saved.save(tmp_path / "ours.pt")
     state = torch.load(tmp_path / "ours.pt", weights_only=False)
     state[key] = value
-    torch.save(state, tmp_path / "damaged.pt")
-    torch.manual_seed(1)
-    model = make_vae()
-    model.train({"x": x[:16]})
-    before = _state(model)
-    with pytest.raises(ValueError, match=rf"Model.load: the checkpoint's {what}.*damaged"):
-        model.load(tmp_path / "damaged.pt", resume=True)
-    after = _state(model)
-    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
-    assert before[1:3] == after[1:3] and torch.equal(before[3], after[3])
+    model = _refused_unchanged(state, x, what, tmp_path)
     model.load(tmp_path / "ours.pt", resume=True)  # the undamaged file loads: the saved model's weights and step
     assert model.step == saved.step == 2
     for a, b in zip(model.distributions.parameters(), saved.distributions.parameters()):
@@ -103,15 +110,6 @@ def test_a_damaged_epoch_resume_or_a_tensor_entry_is_refused_before_the_model_ch
         state["epoch_steps"] = torch.tensor([1, 2])
     else:
         state["data_rng"] = torch.zeros(5)
-    torch.save(state, tmp_path / "damaged.pt")
-    torch.manual_seed(1)
-    model = make_vae()
-    model.train({"x": x[:16]})
-    before = _state(model)
-    with pytest.raises(ValueError, match=rf"Model.load: the checkpoint's {what}.*damaged"):
-        model.load(tmp_path / "damaged.pt", resume=True)
-    after = _state(model)
-    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
-    assert before[1:3] == after[1:3] and torch.equal(before[3], after[3])
+    model = _refused_unchanged(state, x, what, tmp_path)
     model.load(tmp_path / "mid.pt", resume=True)  # the undamaged file loads
     assert model.step == steps
