@@ -91,7 +91,7 @@ def weight_list(owner: str, weight_modalities: Any, n: int, what: str) -> list[f
     try:
         if isinstance(weight_modalities, str):
             raise TypeError
-        return [float(w) for w in weight_modalities]
+        return [_number(w) for w in weight_modalities]
     except (TypeError, ValueError):
         raise ArgumentError(f"{owner}: weight_modalities must be a list of {n} number{'s' if n != 1 else ''} "
                             f"({what}), got {weight_modalities!r}") from None
@@ -259,25 +259,25 @@ class ExpertWeights(PlainBuffers):
     _dgm_plain_buffers = ("weight_modalities",)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "weight_modalities" and "_buffers" not in self.__dict__:
+        if name != "weight_modalities":
+            super().__setattr__(name, value)
+            return
+        if "_buffers" not in self.__dict__:
             return  # (a subclass's before Module.__init__: the constructor's weights replace it, as Pixyz's do)
-        given = value
-        if name == "weight_modalities" and isinstance(value, Tensor) and not isinstance(value, nn.Parameter):
-            buf = self.__dict__["_buffers"].get("weight_modalities")
-            if buf is not None and (value.dtype != buf.dtype or value.device != buf.device):
+        given, buf = value, self._buffers.get("weight_modalities")
+        if buf is not None and isinstance(value, Tensor):
+            if not isinstance(value, nn.Parameter) and (value.dtype != buf.dtype or value.device != buf.device):
                 value = value.detach().to(dtype=buf.dtype, device=buf.device)  # (Pixyz's product takes its weights
                 # as torch.Tensor(w), of the default dtype: a float64 tensor must not make it float64)
-        if name == "weight_modalities" and value is not None and not isinstance(value, Tensor):
+        elif buf is not None and value is not None:
             try:  # (as the constructor checks them; what is no list of numbers, or of another length, the
                 now = _weights_of(self, value)  # buffer's assignment refuses by its own error)
             except TypeError:
                 now = []
-            buf = self.__dict__.get("_buffers", {}).get("weight_modalities")
-            if buf is not None and len(now) == buf.numel():
+            if len(now) == buf.numel():
                 self._dgm_check_weights(now, value, "assigned")
         super().__setattr__(name, value)
-        if name == "weight_modalities":  # (Pixyz's attribute is then the object assigned: its changes are followed)
-            self._dgm_keep_given(given)
+        self._dgm_keep_given(given)  # (Pixyz's attribute is then the object assigned: its changes are followed)
 
     def _dgm_check_weights(self, now: list[float], given: Any, how: str) -> None:
         if not all(0 <= w < float("inf") for w in now) or not sum(now) > 0:

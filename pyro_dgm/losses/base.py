@@ -456,13 +456,17 @@ class Loss(YieldingModule, _PyroELBO):
     def _dgm_optional_var(self) -> frozenset[str]:
         """Input variables that may be missing: those of distributions that do without them (the experts of a
         product of experts)."""
-        cached = self.__dict__.get("_dgm_optional_cache")
-        if type(cached) is not tuple or cached[0] != NAMES_VERSION[0]:  # (see _formula_changed)
-            opt: set[str] = set()
-            for d in self._dgm_distributions:
-                opt |= set(d.input_var) - set(d._dgm_required_input_var)
-            cached = self._dgm_optional_cache = (NAMES_VERSION[0], frozenset(opt))
-        return cached[1]
+        return self._dgm_formula_cached("_dgm_optional_cache", lambda: frozenset().union(
+            *(set(d.input_var) - set(d._dgm_required_input_var) for d in self._dgm_distributions)))
+
+    def _dgm_formula_cached(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()``, kept in ``__dict__[key]`` while the formula is as it was: a distribution renamed, or an
+        operand or distribution replaced, set to ``None`` or deleted anywhere (:func:`_formula_changed`), makes it
+        again."""
+        kept = self.__dict__.get(key)
+        if type(kept) is not tuple or kept[0] != NAMES_VERSION[0]:  # (also a bare value pickled by an older version)
+            kept = self.__dict__[key] = (NAMES_VERSION[0], make())
+        return kept[1]
 
     def frozen_parameters(self) -> list[Tensor]:
         """Parameters this term reads without training them through its value (an adversarial term's discriminator,
@@ -826,12 +830,9 @@ class Loss(YieldingModule, _PyroELBO):
         """Whether every leaf of the formula is a :class:`~pyro_dgm.losses.special.Parameter`: then, as in Pixyz,
         ``eval`` returns the value as computed from the given values (``Parameter("x").eval({"x": 2})`` is ``2``);
         any other formula gives a tensor."""
-        cached = self.__dict__.get("_dgm_params_only")
-        if type(cached) is not tuple or cached[0] != NAMES_VERSION[0]:  # (see _formula_changed)
-            leaves = [n for n in self.loss_terms() if not any(isinstance(c, Loss) for c in n._dgm_children())]
-            cached = self._dgm_params_only = (NAMES_VERSION[0], all(isinstance(n, _special.Parameter)
-                                                                    for n in leaves))
-        return cached[1]
+        return self._dgm_formula_cached("_dgm_params_only", lambda: all(
+            isinstance(n, _special.Parameter) for n in self.loss_terms()
+            if not any(isinstance(c, Loss) for c in n._dgm_children())))
 
     def _dgm_leaves(self) -> "_Terms":
         """The terms of the top-level arithmetic, with their names (unique: ``" (2)"``...)."""
@@ -892,11 +893,8 @@ class Loss(YieldingModule, _PyroELBO):
         data = dict(args[0]) if args else {}
         if not kwargs:
             return data, {}
-        names = self.__dict__.get("_dgm_variable_names")
-        if type(names) is not tuple or names[0] != NAMES_VERSION[0]:  # (see _formula_changed)
-            names = self._dgm_variable_names = (NAMES_VERSION[0], frozenset(self.input_var).union(
-                *(v for d in self._dgm_distributions for v in (d.var, d.cond_var))))
-        names = names[1]
+        names = self._dgm_formula_cached("_dgm_variable_names", lambda: frozenset(self.input_var).union(
+            *(v for d in self._dgm_distributions for v in (d.var, d.cond_var))))
         options = {}
         for k, v in kwargs.items():
             (data if k in names else options)[k] = v
@@ -925,10 +923,7 @@ class Loss(YieldingModule, _PyroELBO):
             if (isinstance(m, IndepMessenger) or (isinstance(m, ScaleMessenger) and not _all_equal(m.scale, 1))
                     or (isinstance(m, MaskMessenger) and not _all_equal(m.mask, True))):
                 self._dgm_refuse_weighting(m)
-        dists = self.__dict__.get("_dgm_registered")
-        if type(dists) is not tuple or dists[0] != NAMES_VERSION[0]:  # (see _formula_changed)
-            dists = self._dgm_registered = (NAMES_VERSION[0], self._dgm_distributions)
-        for d in dists[1]:
+        for d in self._dgm_formula_cached("_dgm_registered", lambda: self._dgm_distributions):
             d._dgm_register_params()
         value = self.eval(data, **options)
         if not isinstance(value, Tensor):

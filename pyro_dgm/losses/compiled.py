@@ -411,9 +411,6 @@ class _FirstCallEager:
         if self._dgm_fn is None:
             self._build()
         self._dgm_classes_current()
-        for d in self._dists:  # (the weights objects the user gave a product or mixture of experts: followed here,
-            if "_dgm_given_weights" in d.__dict__:  # where the compiled graph cannot)
-                d._dgm_follow_given()
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
         with without_validation(), frozen(self._frozen), _deep_recursion():
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
@@ -470,7 +467,9 @@ class _FirstCallEager:
         self._cores = [c for d in self._dists for c in d._dgm_order]
 
     def _dgm_classes_current(self) -> None:
-        """Install again the hooks of the loss's distribution classes that changed since the last call (a later
+        """Follow the weights objects that the user gave the loss's products and mixtures of experts
+        (``ExpertWeights._dgm_follow_given``), and install again the hooks of the loss's distribution classes that
+        changed since the last call (a later
         cell's ``Q.get_log_prob = ...``: :func:`~pyro_dgm.distributions.overrides.current_of`, which the traced
         code skips), and count a new version of them if any did: the compiled code guards on that count, which is
         this loss's own (Dynamo does not guard on a class's attributes; a change to another model's classes does not
@@ -479,6 +478,8 @@ class _FirstCallEager:
             self._dgm_find_distributions()
         for d in self._dists:
             current_of(d)
+            if "_dgm_given_weights" in d.__dict__:  # (the weights object the user gave a product or mixture of
+                d._dgm_follow_given()  # experts: followed here, where the compiled graph cannot)
         now = tuple(type(d).__dict__.get("_dgm_installed") for d in self._cores)
         if now != self._installed:
             if self._installed is not None:

@@ -51,8 +51,9 @@ def test_return_terms_leave_out_an_operand_set_to_none_which_counts_as_zero() ->
 
 def test_a_formula_of_parameters_only_that_gets_a_distributions_term_gives_a_tensor_as_built_afresh() -> None:
     """``Parameter("x") + Parameter("y")`` evaluates to the number computed from the given values (Pixyz's); with its
-    second operand replaced by a log-density it gives the tensor that ``Parameter("x") + p.log_prob()`` gives (the
-    "parameters only" answer was cached once)."""
+    second operand replaced by a log-density it gives the tensor that ``Parameter("x") + p.log_prob()`` gives; and a
+    formula with a constant among its leaves, made of parameters only by a replacement, the number (the "parameters
+    only" answer was cached once)."""
     p = Normal(loc=0., scale=1., var=["x"])
     s = Parameter("x") + Parameter("y")
     assert s.eval({"x": 2., "y": 3.}) == 5.
@@ -63,6 +64,11 @@ def test_a_formula_of_parameters_only_that_gets_a_distributions_term_gives_a_ten
     assert isinstance(out, torch.Tensor) and isinstance(fresh, torch.Tensor)
     torch.testing.assert_close(out, fresh)
     torch.testing.assert_close(out, x + torch.distributions.Normal(0., 1.).log_prob(x))
+    t = Parameter("x") * 2 + Parameter("y")  # a constant among its leaves: a tensor (the answer cached: no)
+    assert isinstance(t.eval({"x": 2., "y": 3.}), torch.Tensor)
+    t.loss1 = Parameter("x")  # parameters only now: the number, as built afresh
+    assert t.eval({"x": 2., "y": 3.}) == (Parameter("x") + Parameter("y")).eval({"x": 2., "y": 3.}) == 5.
+    assert not isinstance(t.eval({"x": 2., "y": 3.}), torch.Tensor)
 
 
 def test_deleting_an_operand_of_a_compiled_loss_raises_pixyzs_attribute_error_as_eagerly() -> None:
