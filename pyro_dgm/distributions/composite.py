@@ -91,6 +91,8 @@ def weight_list(owner: str, weight_modalities: Any, n: int, what: str) -> list[f
     try:
         if isinstance(weight_modalities, str):
             raise TypeError
+        if isinstance(weight_modalities, Tensor):  # (an nn.Parameter's numbers, read without its gradient)
+            weight_modalities = weight_modalities.detach()
         return [_number(w) for w in weight_modalities]
     except (TypeError, ValueError):
         raise ArgumentError(f"{owner}: weight_modalities must be a list of {n} number{'s' if n != 1 else ''} "
@@ -266,18 +268,38 @@ class ExpertWeights(PlainBuffers):
             return  # (a subclass's before Module.__init__: the constructor's weights replace it, as Pixyz's do)
         given, buf = value, self._buffers.get("weight_modalities")
         if buf is not None and isinstance(value, Tensor):
-            if not isinstance(value, nn.Parameter) and (value.dtype != buf.dtype or value.device != buf.device):
-                value = value.detach().to(dtype=buf.dtype, device=buf.device)  # (Pixyz's product takes its weights
-                # as torch.Tensor(w), of the default dtype: a float64 tensor must not make it float64)
+            if value.dim() != 1 and not (value.dim() > 1 and value.numel() == value.shape[0]):
+                raise ValueError(f"{describe(self)}: the weight_modalities assigned must be one weight per expert, "
+                                 f"a tensor of shape ({buf.numel()},), got shape {tuple(value.shape)}")
+            if not isinstance(value, nn.Parameter):
+                if value.dim() != 1:  # (Pixyz reads weights[i] of a (k, 1) tensor as the i-th weight)
+                    value = value.reshape(value.shape[0])
+                if value.dtype != buf.dtype or value.device != buf.device:
+                    value = value.detach().to(dtype=buf.dtype, device=buf.device)  # (Pixyz's product takes its
+                    # weights as torch.Tensor(w), of the default dtype: a float64 tensor must not make it float64)
         elif buf is not None and value is not None:
             try:  # (as the constructor checks them; what is no list of numbers, or of another length, the
                 now = _weights_of(self, value)  # buffer's assignment refuses by its own error)
             except TypeError:
                 now = []
-            if len(now) == buf.numel():
+            if len(now) >= buf.numel():
+                now = now[:buf.numel()]  # (Pixyz reads the first n of a longer list)
                 self._dgm_check_weights(now, value, "assigned")
+                value = now
         super().__setattr__(name, value)
         self._dgm_keep_given(given)  # (Pixyz's attribute is then the object assigned: its changes are followed)
+
+    def _dgm_weights_buffer(self) -> Tensor:
+        """The weights' buffer (or the ``nn.Parameter`` assigned in its place); an
+        :class:`~pyro_dgm.utils.checks.ArgumentError` naming the distribution if ``None`` was assigned (Pixyz's
+        ``TypeError`` at the next use)."""
+        buf = self._buffers.get("weight_modalities")
+        if buf is None:
+            buf = self._parameters.get("weight_modalities")
+        if buf is None:
+            raise ArgumentError(f"{describe(self)}: weight_modalities is None; assign the weights, a list, an array "
+                                "or a tensor of numbers, one per weight")
+        return buf
 
     def _dgm_check_weights(self, now: list[float], given: Any, how: str) -> None:
         if not all(0 <= w < float("inf") for w in now) or not sum(now) > 0:
@@ -327,7 +349,8 @@ class ExpertWeights(PlainBuffers):
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
-        state_dict.setdefault(prefix + "weight_modalities", self.weight_modalities)
+        if self._buffers.get("weight_modalities") is not None:
+            state_dict.setdefault(prefix + "weight_modalities", self.weight_modalities)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,  # type: ignore[misc]
                                       missing_keys, unexpected_keys, error_msgs)
 

@@ -768,6 +768,8 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
         self.p = nn.ModuleList(experts)
         self.register_buffer("weight_modalities", torch.tensor(weights))
         self._dgm_keep_given(weight_modalities)
+        if isinstance(weight_modalities, nn.Parameter):  # (Pixyz's attribute is the Parameter: it is trained)
+            self.weight_modalities = weight_modalities
 
     _dgm_repr_hidden_buffers = ("weight_modalities",)  # a plain attribute in Pixyz, not printed
 
@@ -823,7 +825,7 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
     @property
     def prob_factorized_text(self) -> str:
         self._dgm_follow_given()
-        w = self.weight_modalities.tolist()
+        w = self._dgm_weights_buffer().tolist()
         if all(math.isclose(v, w[0]) for v in w):
             k = len(w)
             return " + ".join(f"\\frac{{1}}{{{k}}}{e.prob_text}" for e in self.p)
@@ -832,12 +834,13 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
 
     def _dgm_mixture(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> MixtureDistribution:
         self._dgm_follow_given()
+        weights = self._dgm_weights_buffer()
         m = self._dgm_mapping(b)
         comps, logw = [], []
         for i, e in enumerate(self.p):
             if expert_given(self, e, m, values):  # (a product expert takes a subset of its inputs)
                 comps.append(site_fn(e, m, values, ctx, False)[0])
-                logw.append(torch.log(self.weight_modalities[i]))
+                logw.append(torch.log(weights[i]))
         if not comps:
             raise ValueError(f"{describe(self)}: no expert has its inputs; give at least one of {self._cond_var}")
         try:

@@ -268,6 +268,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         self.prior = prior
         self.register_buffer("weight_modalities", torch.tensor(weights))
         self._dgm_keep_given(weight_modalities)
+        if isinstance(weight_modalities, nn.Parameter):  # (Pixyz's attribute is the Parameter: it is trained)
+            self.weight_modalities = weight_modalities
 
     @property
     def experts(self) -> Experts:
@@ -307,7 +309,7 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         device."""
         if "_dgm_given_weights" in self.__dict__:
             self._dgm_follow_given()
-        buf = self.weight_modalities
+        buf = self._dgm_weights_buffer()
         if (torch.compiler.is_compiling() or buf.requires_grad or buf.is_meta
                 or torch._C._functorch.is_functorch_wrapped_tensor(buf)):
             return buf  # (nor weights on the meta device, which have no values to read)
@@ -362,8 +364,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
 
     def _dgm_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
-        buf = self.weight_modalities
         weights = self._dgm_weights()
+        buf = self.weight_modalities
         w0 = weights[0]
         if self.prior is None:
             terms = self._dgm_expert_terms(m, values, ctx, weights)  # (no expert given and no feature shape known: 0-d

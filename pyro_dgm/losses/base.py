@@ -112,6 +112,40 @@ def _held(value: Any, depth: int) -> Iterator[Any]:
         yield value
 
 
+def _holds_terms(value: Any) -> bool:
+    """Whether ``value`` is a list, tuple or dict holding (nested, as :func:`_held` reads them) a loss or a
+    distribution."""
+    return type(value) in (list, tuple, dict) and any(isinstance(v, (Loss, Distribution)) for v in _held(value, 0))
+
+
+def _containers(loss: "Loss") -> tuple[tuple[Any, tuple[Any, ...]], ...]:
+    """``(container, its items)`` of each list, dict, ``nn.ModuleList`` and ``nn.ModuleDict`` among the attributes of
+    the formula's nodes that holds a module (a loss, a distribution, a network), nested too, as :func:`_held` reads
+    them: what a change in place (``loss.ps[0] = p2``) would change without any ``setattr`` of the loss."""
+    out: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def watch(value: Any, depth: int) -> None:
+        if depth >= 4 or not isinstance(value, (list, tuple, dict, nn.ModuleList, nn.ModuleDict)):
+            return
+        items = tuple(value.values() if isinstance(value, (dict, nn.ModuleDict)) else value)
+        held = [v for v in items if type(v) not in _NO_MODULES]
+        if held and not isinstance(value, tuple):
+            out.append((value, items))
+        for v in held:
+            watch(v, depth + 1)
+
+    for node in loss._dgm_walk()[0]:
+        for name, value in vars(node).items():
+            if type(value) not in _NO_MODULES and name not in _MODULE_INTERNALS:
+                watch(value, 0)
+    return tuple(out)
+
+
+def _same_items(container: Any, items: tuple[Any, ...]) -> bool:
+    now = tuple(container.values() if isinstance(container, (dict, nn.ModuleDict)) else container)
+    return len(now) == len(items) and all(a is b for a, b in zip(now, items))
+
+
 def _assigned_first(fget: Callable[[Any], str]) -> Callable[[Any], str]:
     """A loss class's ``latex`` getter, giving first the text assigned to the instance's ``latex``."""
 
@@ -250,6 +284,7 @@ class Loss(YieldingModule, _PyroELBO):
             nn.Module.__init__(self)
         mods = d["_modules"]
         old = mods.get(name, _NO_MODULE)
+        plain = d.get(name, _NO_MODULE) if old is _NO_MODULE else _NO_MODULE
         nn.Module.__setattr__(self, name, value)
         if isinstance(value, nn.Module):
             d[name] = value  # registered in _modules and readable without nn.Module.__getattr__ (hot path)
@@ -257,9 +292,11 @@ class Loss(YieldingModule, _PyroELBO):
             d.pop(name, None)
         if old is not _NO_MODULE and mods.get(name, _NO_MODULE) is not old:
             _formula_changed()
+        elif plain is not value and (_holds_terms(plain) or _holds_terms(value)):
+            _formula_changed()  # (a list, tuple or dict of terms, as a Pixyz subclass keeps them: self.ps = [p2])
 
     def __delattr__(self, name: str) -> None:
-        had = name in self.__dict__.get("_modules", ())
+        had = name in self.__dict__.get("_modules", ()) or _holds_terms(self.__dict__.get(name))
         nn.Module.__delattr__(self, name)
         self.__dict__.pop(name, None)
         if had:
@@ -378,6 +415,7 @@ class Loss(YieldingModule, _PyroELBO):
         out = copy.copy(self)
         out.__dict__.pop("_dgm_leaf_names", None)
         out.__dict__.pop("_dgm_registered", None)
+        out.__dict__.pop("_dgm_watch", None)
         out.__dict__.pop("_dgm_compiled_outer", None)  # compiled for the original node
         out._dgm_given_name = name
         return out
@@ -464,9 +502,22 @@ class Loss(YieldingModule, _PyroELBO):
         operand or distribution replaced, set to ``None`` or deleted anywhere (:func:`_formula_changed`), makes it
         again."""
         kept = self.__dict__.get(key)
-        if type(kept) is not tuple or kept[0] != NAMES_VERSION[0]:  # (also a bare value pickled by an older version)
-            kept = self.__dict__[key] = (NAMES_VERSION[0], make())
+        version = self._dgm_formula_version()
+        if type(kept) is not tuple or kept[0] != version:  # (also a bare value pickled by an older version)
+            kept = self.__dict__[key] = (version, make())
         return kept[1]
+
+    def _dgm_formula_version(self) -> int:
+        """``NAMES_VERSION``, counted up first if a list or dict of terms among the formula's attributes (a Pixyz
+        subclass's ``self.ps``) was changed in place since the formula's caches were made (:func:`_containers`)."""
+        d = self.__dict__
+        watch = d.get("_dgm_watch")
+        if watch is not None and watch[0] == NAMES_VERSION[0]:
+            if all(_same_items(c, items) for c, items in watch[1]):
+                return NAMES_VERSION[0]
+            _formula_changed()
+        d["_dgm_watch"] = (NAMES_VERSION[0], _containers(self))
+        return NAMES_VERSION[0]
 
     def frozen_parameters(self) -> list[Tensor]:
         """Parameters this term reads without training them through its value (an adversarial term's discriminator,
@@ -837,7 +888,7 @@ class Loss(YieldingModule, _PyroELBO):
     def _dgm_leaves(self) -> "_Terms":
         """The terms of the top-level arithmetic, with their names (unique: ``" (2)"``...)."""
         cached = self.__dict__.get("_dgm_leaf_names")
-        if cached is not None and cached.version == NAMES_VERSION[0]:
+        if cached is not None and cached.version == self._dgm_formula_version():
             return cached
 
         leaves: list[Loss] = []

@@ -177,6 +177,48 @@ def _mc_attribute(name: str, doc: str) -> property:
     return property(get, put, doc=doc)
 
 
+def _estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """``state_dict`` hook of a Monte Carlo term (``analytical=False``): its keys are those of the estimate it holds,
+    Pixyz's object (``p.*`` and ``f.*`` of the ``Expectation``, ``loss1.*`` of the entropy's negation), so that a
+    Pixyz program loads it (the term's own ``p`` and ``q`` hold the same tensors)."""
+    inner = prefix + "_dgm_mc."
+    mine = [k for k in state_dict if k.startswith(prefix)]
+    kept = {prefix + k[len(inner):]: state_dict[k] for k in mine if k.startswith(inner)}
+    for k in mine:
+        del state_dict[k]
+    state_dict.update(kept)
+
+
+def _load_estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, *rest: Any) -> None:
+    """``load_state_dict`` pre-hook of a Monte Carlo term: a state dict of Pixyz's keys (see :func:`_estimate_keys`)
+    loads into the estimate, and the term's own ``p`` and ``q`` take the same tensors (a state dict of the estimate's
+    keys and the term's, an older pyro_dgm's, loads as it is)."""
+    mc = loss.__dict__.get("_dgm_mc")
+    inner = prefix + "_dgm_mc."
+    mine = [k for k in state_dict if k.startswith(prefix)]
+    if mc is None or any(k.startswith(inner) for k in mine):
+        return
+    for k in mine:
+        state_dict[inner + k[len(prefix):]] = state_dict[k]
+    source = {id(t): name for name, t in mc.state_dict(keep_vars=True).items()}
+    for name, child in loss._modules.items():
+        if child is mc or child is None:
+            continue
+        for key, t in child.state_dict(prefix=name + ".", keep_vars=True).items():
+            found = source.get(id(t))
+            if found is not None and prefix + found in state_dict:
+                state_dict.setdefault(prefix + key, state_dict[prefix + found])
+    for k in mine:
+        if k[len(prefix):].split(".", 1)[0] not in loss._modules:
+            del state_dict[k]
+
+
+def _pixyz_state_keys(loss: Loss) -> None:
+    """Give the Monte Carlo term ``loss`` Pixyz's state-dict keys (:func:`_estimate_keys`)."""
+    loss._register_state_dict_hook(_estimate_keys)
+    loss._register_load_state_dict_pre_hook(_load_estimate_keys, with_module=True)
+
+
 _MISSING = object()
 
 
@@ -263,6 +305,7 @@ class KullbackLeibler(Loss):
             check_sample_shape(sample_shape, f"KullbackLeibler (analytical=False) of {p.prob_text} and {q.prob_text}")
             self._dgm_mc = Expectation(p, LogProb(p) - LogProb(q), sample_shape=sample_shape)
             super().__init__(self._dgm_mc.input_var)
+            _pixyz_state_keys(self)
 
     @property
     def latex(self) -> str:
@@ -462,6 +505,7 @@ class Entropy(Loss):
             check_sample_shape(sample_shape, f"Entropy (analytical=False) of {p.prob_text}")
             self._dgm_mc = -Expectation(p, LogProb(p), sample_shape=sample_shape)
             super().__init__(self._dgm_mc.input_var)
+            _pixyz_state_keys(self)
         with_input_var(self, input_var, "Entropy")
 
     @property

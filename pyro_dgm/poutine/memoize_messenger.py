@@ -497,6 +497,21 @@ def _plain_members(cls: type) -> bool:
     return (cls.parameters, cls.buffers, cls.named_parameters, cls.named_buffers, cls._named_members) == _MEMBERS
 
 
+def _note_kept_inputs(module: Any, kept: bool) -> None:
+    """Record whether an eager run of ``module`` left its inputs as they were (``False`` for good once one changed
+    one in place): a compiled evaluation takes a network that always did to keep them (:func:`_kept_inputs`)."""
+    d = getattr(module, "__dict__", None)
+    if d is not None and (not kept or "_dgm_keeps_inputs" not in d):
+        d["_dgm_keeps_inputs"] = kept
+
+
+def _kept_inputs(module: Any) -> bool:
+    """Whether every eager run of ``module`` left its inputs as they were (see :func:`_note_kept_inputs`): a traced
+    run cannot compare versions, and the compiled call's first, eager, call runs each network of the formula."""
+    d = getattr(module, "__dict__", None)
+    return d is not None and d.get("_dgm_keeps_inputs") is True
+
+
 def _versions(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """The versions of a call's tensor arguments (``None`` for the others)."""
     return tuple(version(a) if isinstance(a, torch.Tensor) else None for a in (*args, *kwargs.values()))
@@ -743,8 +758,9 @@ class MemoizeMessenger(Messenger):
     def _forget_traced_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Drop the traced entries that hold a tensor that a network has just been given: it may have changed it in
         place (eager keys see that by its version, which a traced evaluation cannot branch on), and the next use of
-        those entries' networks then runs them again on the current values. A duplicate forward pass that the
-        network did not need is merged by the compiler (AOTAutograd's common-subexpression elimination)."""
+        those entries' networks then runs them again on the current values. Called only for a network that changed an
+        input in its eager runs, or has had none (:func:`_kept_inputs`): the compilers do not merge a forward pass
+        run twice."""
         given = [a for a in args if isinstance(a, torch.Tensor)] + [v for v in kwargs.values()
                                                                     if isinstance(v, torch.Tensor)]
         if given:
@@ -925,9 +941,11 @@ class MemoizeMessenger(Messenger):
             before, buffers, given = rng_marks(), _buffer_versions(module), _given_generators(args, kwargs)
             snapshot = self._snapshot(args, kwargs)
             value = module(*args, **kwargs)
-            if self._traced:  # (a compiled evaluation's frame run eagerly: it may have changed its inputs in place)
+            changed = self._key(module, args, kwargs) != key
+            _note_kept_inputs(module, not changed)
+            if self._traced and changed:  # (a compiled evaluation's frame run eagerly, which changed its inputs)
                 self._forget_traced_inputs(args, kwargs)
-            if (not same_marks(before, rng_marks()) or self._key(module, args, kwargs) != key
+            if (not same_marks(before, rng_marks()) or changed
                     or _buffer_versions(module) != buffers or not _same_states(given)
                     or not all(_same_bits(a, c) for a, c in snapshot)):
                 return value  # it drew random numbers, changed its input, its buffers (a batch norm's statistics,
@@ -943,15 +961,18 @@ class MemoizeMessenger(Messenger):
         else:
             value = module(*args, **kwargs)
         keep = (args, kwargs) if kwargs else args
-        if self._traced:  # (a compiled evaluation, traced or in a frame run eagerly: any network may change its inputs)
-            self._forget_traced_inputs(args, kwargs)
+        after = self._key(module, args, kwargs) if type(key) is tuple else None
+        if after is not None:
+            _note_kept_inputs(module, after == key)
+        if self._traced and (after != key if after is not None else not _kept_inputs(module)):  # (a compiled
+            self._forget_traced_inputs(args, kwargs)  # evaluation: a network may have changed its inputs in place;
+            # a traced one is taken to keep them if it did in every eager run, the first call's (CompiledEval))
         snapshot = self._snapshot(args, kwargs) if type(key) is tuple and _MAXSIZE[0] else ()  # (the values
         self.store(key, value, keep, module, snapshot)  # after the pass: those of the next call it answers)
         if self._compiled and type(key) is tuple:  # a compiled evaluation's frame run eagerly: its traced frames
             self._traced.append((module, _traced_mode(module), args, kwargs, value, _versions(args, kwargs)))
             del self._traced[:-max(_MAXSIZE[0], 1)]
-        if type(key) is tuple:
-            after = self._key(module, args, kwargs)
+        if after is not None:
             if after != key:  # the network changed an input in place (x /= 255): its next call in this scope is
                 self.store(after, value, keep, module, snapshot)  # this one, as under Pixyz's cache (else it runs
         return value  # again)

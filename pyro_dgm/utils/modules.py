@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pyro_dgm.utils.checks import ArgumentError, describe
+
 __all__ = ["PlainBuffers", "submodules", "hook_ends", "hooks_state", "register_registration_hooks"]
 
 
@@ -116,12 +118,13 @@ class PlainBuffers:
     def __setattr__(self, name: str, value: Any) -> None:
         if name in self._dgm_plain_buffers and value is not None and not isinstance(value, Tensor):
             old = self._buffers.get(name)  # type: ignore[attr-defined]
-            what = f"{type(self).__name__}.{name}"
+            what = f"{describe(self)}: {name}"
             try:
                 new = torch.as_tensor(np.asarray(value), dtype=None if old is None else old.dtype,
                                       device=None if old is None else old.device)
-            except (TypeError, ValueError, RuntimeError) as e:
-                raise TypeError(f"{what}: expected a list, an array or a tensor of numbers, got {value!r} ({e})") from e
+            except (TypeError, ValueError, RuntimeError) as e:  # (also Pixyz's ValueError: an ArgumentError is both)
+                raise ArgumentError(f"{what}: expected a list, an array or a tensor of numbers, got {value!r} "
+                                    f"({e})") from e
             if old is not None and new.shape != old.shape:
                 raise ValueError(f"{what}: expected {old.numel()} values (shape {tuple(old.shape)}), got "
                                  f"{new.numel()} (shape {tuple(new.shape)})")

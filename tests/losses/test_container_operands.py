@@ -1,0 +1,97 @@
+"""A loss subclass that keeps its distributions in a list or a dict (as Pixyz subclasses do) and changes them in place
+after the loss was used (probe p305): the formula's cached lists (here the distributions SVI registers) follow, as
+they follow an operand replaced by ``setattr`` (``test_replaced_operands.py``). The reference is the same program in
+which the new distribution was there from the start."""
+from __future__ import annotations
+
+from typing import Any
+
+import pyro
+import pytest
+import sympy
+import torch
+from pyro.infer import SVI
+
+from pyro_dgm.distributions import Normal
+from pyro_dgm.losses import Loss
+
+
+class Net(Normal):
+    def __init__(self, name: str) -> None:
+        super().__init__(var=["x"], cond_var=["y"], name=name)
+        self.lin = torch.nn.Linear(1, 1)
+
+    def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.lin(y), "scale": torch.ones_like(y)}
+
+
+class Held(Loss):
+    """``-sum log p(x|y)`` over the distributions it holds in ``self.ps`` (a list, a ``ModuleList`` or a dict)."""
+
+    def __init__(self, ps: Any) -> None:
+        super().__init__(input_var=["x", "y"])
+        self.ps = ps
+
+    @property
+    def _symbol(self) -> Any:
+        return sympy.Symbol("L")
+
+    def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        ps = self.ps.values() if isinstance(self.ps, dict) else self.ps
+        ps = [q for p in ps for q in (p if isinstance(p, list) else [p])]  # (a list in the list)
+        return -sum(p.get_log_prob(x_dict) for p in ps).mean(), {}
+
+
+def _container(how: str, p: Net) -> Any:
+    if how.startswith("ModuleList"):
+        return torch.nn.ModuleList([p])
+    if how.startswith("dict"):
+        return {"a": p}
+    if how.startswith("nested"):
+        return [[p]]
+    return [p]
+
+
+def _replace(loss: Held, how: str, p2: Net) -> None:
+    if how == "list assigned":
+        loss.ps = [p2]
+    elif how == "list item":
+        loss.ps[0] = p2
+    elif how == "list appended":
+        loss.ps.append(p2)
+    elif how == "ModuleList item":
+        loss.ps[0] = p2
+    elif how == "dict item":
+        loss.ps["a"] = p2
+    elif how == "nested list item":
+        loss.ps[0][0] = p2
+
+
+def _train(how: str, step_first: bool) -> tuple[float, float, list[float]]:
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    p1, p2 = Net("p1"), Net("p2")
+    loss = Held(_container(how, p1))
+    data = {"x": torch.randn(8, 1), "y": torch.randn(8, 1)}
+    svi = SVI(lambda **k: None, lambda **k: None, pyro.optim.SGD({"lr": 0.1}), loss=loss)
+    if step_first:
+        svi.step(**data)
+    _replace(loss, how, p2)
+    values = [svi.step(**data) for _ in range(3)]
+    return p2.lin.weight.item(), p2.lin.bias.item(), values
+
+
+@pytest.mark.parametrize("how", ["list assigned", "list item", "list appended", "ModuleList item", "dict item",
+                                 "nested list item"])
+def test_svi_trains_a_distribution_put_in_place_in_a_losss_list_after_a_step(how: str) -> None:
+    """Probe p305: after one ``svi.step``, ``loss.ps = [p2]`` or ``loss.ps[0] = p2`` (a plain list, or an item of a
+    ``ModuleList``) left SVI registering the old distributions: ``p2``'s weight stayed where it was and the loss
+    stayed 1.5756 at every step (the fresh program: 1.5756, 1.5607, 1.5471)."""
+    w_ref, b_ref, _ = _train(how, step_first=False)
+    torch.manual_seed(0)
+    untrained = (Net("p1"), Net("p2"))[1].lin.weight.item()
+    w, b, values = _train(how, step_first=True)
+    assert w != pytest.approx(untrained)  # p2 was trained
+    if how != "list appended":  # (p1, trained once more in the stepped run, is no longer in the sum)
+        assert (w, b) == pytest.approx((w_ref, b_ref), rel=1e-6)
+    assert values[2] < values[0]

@@ -1,0 +1,225 @@
+"""Forty-eighth round: the weights objects of the products and mixtures of experts given or assigned in other forms
+(an ``nn.Parameter``, a longer list, a ``(k, 1)`` tensor, ``None``, a string; probe p305), and the state dicts of the
+Monte Carlo ``KullbackLeibler`` and ``Entropy`` terms, loaded across the two libraries (probe p307), under Pixyz and
+here (:mod:`pixyz_harness`)."""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+import torch
+
+from pixyz_harness import assert_same, raises_same, run_both, run_pixyz, run_pyro_dgm
+
+
+def _experts() -> Any:
+    """Two constant-scale experts of ``z`` and the values they are given (Pixyz's imports when called)."""
+    import torch
+
+    from pixyz.distributions import Normal
+
+    ex = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="qx", features_shape=[2])
+    ey = Normal(loc="y", scale=torch.tensor(0.5), var=["z"], cond_var=["y"], name="qy", features_shape=[2])
+    return ex, ey, {"x": torch.tensor([[3., 1.]]), "y": torch.tensor([[1., -1.]])}
+
+
+def _closed_form(w: list[float]) -> torch.Tensor:
+    """The weighted product's mean: precisions ``w0 * 1`` (the standard prior), ``w1 * 1`` and ``w2 * 4``."""
+    x, y = torch.tensor([[3., 1.]]), torch.tensor([[1., -1.]])
+    return (w[1] * x + 4 * w[2] * y) / (w[0] + w[1] + 4 * w[2])
+
+
+@pytest.mark.parametrize("cls", ["ProductOfNormal", "MixtureOfNormal"])
+def test_an_nn_parameter_given_as_the_weights_is_the_weights_as_under_pixyz(cls: str) -> None:
+    """Probe p305: an ``nn.Parameter`` given to the constructor was copied into a buffer once: not a parameter of the
+    product (Pixyz's ``named_parameters()`` lists it, so an optimizer trains it) and a change made to it afterwards
+    was not seen (Pixyz's loc [1.9, 0.1] after ``w[1] = 5.``; here it stayed [1.43, -0.29])."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        import pixyz.distributions as D
+
+        ex, ey, values = _experts()
+        if cls == "ProductOfNormal":
+            w = nn.Parameter(torch.tensor([1., 2., 1.]))
+            d = D.ProductOfNormal([ex, ey], weight_modalities=w)
+            first = d.get_params(values)["loc"]
+            with torch.no_grad():
+                w[1] = 5.
+            again = {k: v.clone() for k, v in values.items()}  # (Pixyz's cache answers the same tensors)
+            return [n for n, _ in d.named_parameters()], first, d.get_params(again)["loc"]
+        w = nn.Parameter(torch.tensor([0.25, 0.75]))
+        d = D.MixtureOfNormal([ex, ey], weight_modalities=w)
+        return ([n for n, _ in d.named_parameters()],)
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[0] == ["weight_modalities"]
+    if cls == "ProductOfNormal":
+        torch.testing.assert_close(ours[1], _closed_form([1., 2., 1.]))
+        torch.testing.assert_close(ours[2], _closed_form([1., 5., 1.]))
+
+
+@pytest.mark.parametrize("case", ["longer list", "longer array", "(3, 1) tensor", "(3, 1) tensor changed"])
+def test_weights_assigned_in_other_forms_give_pixyzs_numbers(case: str) -> None:
+    """Probe p305: a longer list or array assigned was refused (Pixyz reads its first weights, as it reads a longer
+    tensor or a list that grew); a ``(3, 1)`` tensor assigned became the buffer with that shape and the next use
+    raised Python's bare ``float() argument must be ... not 'list'`` (Pixyz reads ``w[i]``, one weight each)."""
+    def program() -> Any:
+        import numpy as np
+        import torch
+
+        from pixyz.distributions import ProductOfNormal
+
+        ex, ey, values = _experts()
+        poe = ProductOfNormal([ex, ey], weight_modalities=[1., 1., 1.])
+        out = [poe.get_params(values)["loc"]]
+        if case == "longer list":
+            poe.weight_modalities = [1., 2., 1., 7.]
+        elif case == "longer array":
+            poe.weight_modalities = np.array([1., 2., 1., 7.])
+        else:
+            t = torch.tensor([[1.], [2.], [1.]])
+            poe.weight_modalities = t
+            if case == "(3, 1) tensor changed":
+                out.append(poe.get_params({k: v.clone() for k, v in values.items()})["loc"])
+                t[1] = 5.
+        out.append(poe.get_params({k: v.clone() for k, v in values.items()})["loc"])
+        return out
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    torch.testing.assert_close(ours[-1], _closed_form([1., 5. if case.endswith("changed") else 2., 1.]))
+
+
+@pytest.mark.parametrize("value", ["None", "string"])
+def test_weights_assigned_that_are_no_weights_raise_pixyzs_error_class_naming_the_product(value: str) -> None:
+    """Probe p305: ``poe.weight_modalities = None`` gave ``AttributeError: 'NoneType' object has no attribute
+    'requires_grad'`` at the next use (Pixyz: a ``TypeError`` there); a string assigned raised a bare ``TypeError``
+    (Pixyz: ``ValueError``). Both are an ``ArgumentError`` (a ``TypeError`` and a ``ValueError``) naming the
+    product now."""
+    def program() -> Any:
+        from pixyz.distributions import ProductOfNormal
+
+        ex, ey, values = _experts()
+        poe = ProductOfNormal([ex, ey], weight_modalities=[1., 1., 1.])
+        poe.get_params(values)
+        poe.weight_modalities = None if value == "None" else "abc"
+        poe.get_params({k: v.clone() for k, v in values.items()})  # (Pixyz's cache answers the same tensors)
+
+    ref_cls, our_cls = raises_same(program)
+    assert issubclass(our_cls, ref_cls)
+    with pytest.raises(ref_cls, match=r"ProductOfNormal p\(z\|x,y\).*weight_modalities"):
+        run_pyro_dgm(program)
+
+
+def _mc_terms() -> dict[str, Any]:
+    """A Monte Carlo KL, a Monte Carlo entropy and an ELBO-like formula holding the first (Pixyz's imports when
+    called), of an encoder with a network."""
+    import torch
+    from torch import nn
+
+    import pixyz.distributions as D
+    import pixyz.losses as L
+
+    class Q(D.Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: Any) -> Any:
+            loc, s = self.fc(x).chunk(2, -1)
+            return {"loc": loc, "scale": nn.functional.softplus(s) + 0.1}
+
+    class P(D.Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(2, 4)
+
+        def forward(self, z: Any) -> Any:
+            return {"probs": torch.sigmoid(self.fc(z))}
+
+    q = Q()
+    prior = D.Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p_{prior}")
+    return {"kl": L.KullbackLeibler(q, prior, analytical=False), "entropy": L.Entropy(q, analytical=False),
+            "elbo": (-L.LogProb(P()).expectation(q) + L.KullbackLeibler(q, prior, analytical=False)).mean()}
+
+
+def _saved(states: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(states, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("direction", ["pixyz to pyro_dgm", "pyro_dgm to pixyz"])
+def test_monte_carlo_terms_state_dicts_load_across_the_libraries_with_their_numbers(direction: str) -> None:
+    """Probe p307: the state dict of a Monte Carlo ``KullbackLeibler`` or ``Entropy`` term (and of a formula holding
+    one) had other keys than Pixyz's objects (``p.*``, ``q.*`` and the estimate's ``_dgm_mc.*``, where Pixyz's
+    ``Expectation`` has ``p.*`` and ``f.*``, its ``NegLoss`` ``loss1.*``): neither library loaded the other's with
+    ``strict=True``. The keys are Pixyz's now, and the loaded terms give the saving side's values."""
+    def save() -> Any:
+        terms = _mc_terms()
+        return {k: (list(t.state_dict()), t.state_dict()) for k, t in terms.items()}
+
+    def load(blob: bytes) -> Any:
+        def program() -> Any:
+            import torch
+
+            states = torch.load(io.BytesIO(blob))
+            torch.manual_seed(5)  # (other weights than the saved ones)
+            terms = _mc_terms()
+            x = (torch.randn(3, 4, generator=torch.Generator().manual_seed(2)) > 0).float()
+            out = {}
+            for k, t in terms.items():
+                t.load_state_dict(states[k], strict=True)
+                torch.manual_seed(4)
+                out[k] = t.eval({"x": x})
+            return out
+        return program
+
+    def values(states: dict[str, Any]) -> Any:
+        def program() -> Any:
+            import torch
+
+            terms = _mc_terms()
+            x = (torch.randn(3, 4, generator=torch.Generator().manual_seed(2)) > 0).float()
+            out = {}
+            for k, t in terms.items():
+                t.load_state_dict(states[k])
+                torch.manual_seed(4)
+                out[k] = t.eval({"x": x})
+            return out
+        return program
+
+    ref, ours = run_pixyz(save), run_pyro_dgm(save)
+    assert {k: v[0] for k, v in ours.items()} == {k: v[0] for k, v in ref.items()}  # Pixyz's keys, in its order
+    if direction == "pixyz to pyro_dgm":
+        saved = {k: v[1] for k, v in ref.items()}
+        loaded, expected = run_pyro_dgm(load(_saved(saved))), run_pixyz(values(saved))
+    else:
+        saved = {k: v[1] for k, v in ours.items()}
+        loaded, expected = run_pixyz(load(_saved(saved))), run_pyro_dgm(values(saved))
+    assert_same(expected, loaded)
+
+
+def test_an_older_pyro_dgm_state_dict_of_a_monte_carlo_term_still_loads() -> None:
+    """A state dict saved before the keys were Pixyz's (the term's ``p.*`` and ``q.*`` and the estimate's
+    ``_dgm_mc.*``) loads as it is, with the same values."""
+    from pyro_dgm.losses import KullbackLeibler
+
+    from pixyz_harness import renamed_import
+
+    with renamed_import():
+        torch.manual_seed(0)
+        kl = _mc_terms()["kl"]
+        old = {**{f"p.{k}": v for k, v in kl.p.state_dict().items()},
+               **{f"q.{k}": v for k, v in kl.q.state_dict().items()},
+               **{f"_dgm_mc.{k}": v for k, v in kl._dgm_mc.state_dict().items()}}
+        torch.manual_seed(1)
+        other = _mc_terms()["kl"]
+        other.load_state_dict(old, strict=True)
+    assert isinstance(other, KullbackLeibler)
+    for a, b in zip(kl.parameters(), other.parameters()):
+        torch.testing.assert_close(a, b)
