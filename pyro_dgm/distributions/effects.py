@@ -27,8 +27,8 @@ from torch.nn.modules import module as _nn_module
 from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
-__all__ = ["data_plate", "run_network", "run_bound_network", "has_forward_hooks", "ignores_sites", "given_event_dim",
-           "site_event_dim", "site_data_size", "data_batch_ndim", "conditioned_value", "plate_trace",
+__all__ = ["data_plate", "run_network", "run_bound_network", "has_forward_hooks", "has_call_hooks", "ignores_sites",
+           "given_event_dim", "site_event_dim", "site_data_size", "data_batch_ndim", "conditioned_value", "plate_trace",
            "outer_plates_ndim", "mark_own_observed", "copy_plates", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
@@ -131,6 +131,17 @@ def has_forward_hooks(module: nn.Module) -> bool:
     """Whether a forward pre-hook or forward hook (the module's own, or a global one) will see ``module``'s call."""
     return bool(module._forward_pre_hooks or module._forward_hooks or _nn_module._global_forward_pre_hooks
                 or _nn_module._global_forward_hooks)
+
+
+def has_call_hooks(module: nn.Module) -> bool:
+    """Whether a hook that ``nn.Module.__call__`` runs or attaches will see ``module``'s call: a forward pre-hook or
+    hook (:func:`has_forward_hooks`), or a full backward hook or pre-hook, the module's own or a global one (a loss
+    term with one runs through ``__call__``, as Pixyz's ``eval`` calls each term, so that its gradient goes through
+    them)."""
+    return bool(module._forward_pre_hooks or module._forward_hooks or module._backward_hooks
+                or module._backward_pre_hooks or _nn_module._global_forward_pre_hooks
+                or _nn_module._global_forward_hooks or _nn_module._global_backward_hooks
+                or _nn_module._global_backward_pre_hooks)
 
 
 def forward_replaced(module: nn.Module) -> bool:

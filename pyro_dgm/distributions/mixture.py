@@ -768,8 +768,8 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
         self.p = nn.ModuleList(experts)
         self.register_buffer("weight_modalities", torch.tensor(weights))
         self._dgm_keep_given(weight_modalities)
-        if isinstance(weight_modalities, nn.Parameter):  # (Pixyz's attribute is the Parameter: it is trained)
-            self.weight_modalities = weight_modalities
+        if isinstance(weight_modalities, nn.Parameter):  # (Pixyz's attribute is the Parameter, among the
+            self.weight_modalities = weight_modalities  # parameters; its gradient reaches it here: see porting.md)
 
     _dgm_repr_hidden_buffers = ("weight_modalities",)  # a plain attribute in Pixyz, not printed
 

@@ -268,8 +268,8 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         self.prior = prior
         self.register_buffer("weight_modalities", torch.tensor(weights))
         self._dgm_keep_given(weight_modalities)
-        if isinstance(weight_modalities, nn.Parameter):  # (Pixyz's attribute is the Parameter: it is trained)
-            self.weight_modalities = weight_modalities
+        if isinstance(weight_modalities, nn.Parameter):  # (Pixyz's attribute is the Parameter, among the
+            self.weight_modalities = weight_modalities  # parameters; its gradient reaches it here: see porting.md)
 
     @property
     def experts(self) -> Experts:

@@ -31,7 +31,7 @@ from pyro.util import warn_if_nan
 from torch import Tensor, nn
 
 from pyro_dgm.distributions.base import Distribution
-from pyro_dgm.distributions.effects import has_forward_hooks
+from pyro_dgm.distributions.effects import has_call_hooks
 from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import _CURRENT, TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.losses.steps import clear_grads
@@ -120,18 +120,19 @@ def _holds_terms(value: Any) -> bool:
 
 def _containers(loss: "Loss") -> tuple[tuple[Any, tuple[Any, ...]], ...]:
     """``(container, its items)`` of each list, dict, ``nn.ModuleList`` and ``nn.ModuleDict`` among the attributes of
-    the formula's nodes that holds a module (a loss, a distribution, a network), nested too, as :func:`_held` reads
-    them: what a change in place (``loss.ps[0] = p2``) would change without any ``setattr`` of the loss."""
+    the formula's nodes that holds a loss or a distribution, nested too, as :func:`_held` reads them: what a change
+    in place (``loss.ps[0] = p2``) would change without any ``setattr`` of the loss."""
     out: list[tuple[Any, tuple[Any, ...]]] = []
 
     def watch(value: Any, depth: int) -> None:
         if depth >= 4 or not isinstance(value, (list, tuple, dict, nn.ModuleList, nn.ModuleDict)):
             return
         items = tuple(value.values() if isinstance(value, (dict, nn.ModuleDict)) else value)
-        held = [v for v in items if type(v) not in _NO_MODULES]
-        if held and not isinstance(value, tuple):
+        if not any(isinstance(v, (Loss, Distribution)) for v in _held(value, depth)):
+            return  # (records, numbers, names: no term to follow)
+        if not isinstance(value, tuple):
             out.append((value, items))
-        for v in held:
+        for v in items:
             watch(v, depth + 1)
 
     for node in loss._dgm_walk()[0]:
@@ -414,8 +415,7 @@ class Loss(YieldingModule, _PyroELBO):
             raise TypeError(f"{type(self).__name__}.named: name must be a non-empty string, got {name!r}")
         out = copy.copy(self)
         out.__dict__.pop("_dgm_leaf_names", None)
-        out.__dict__.pop("_dgm_registered", None)
-        out.__dict__.pop("_dgm_watch", None)
+        out.__dict__.pop("_dgm_caches", None)
         out.__dict__.pop("_dgm_compiled_outer", None)  # compiled for the original node
         out._dgm_given_name = name
         return out
@@ -498,25 +498,28 @@ class Loss(YieldingModule, _PyroELBO):
             *(set(d.input_var) - set(d._dgm_required_input_var) for d in self._dgm_distributions)))
 
     def _dgm_formula_cached(self, key: str, make: Callable[[], Any]) -> Any:
-        """``make()``, kept in ``__dict__[key]`` while the formula is as it was: a distribution renamed, or an
-        operand or distribution replaced, set to ``None`` or deleted anywhere (:func:`_formula_changed`), makes it
-        again."""
-        kept = self.__dict__.get(key)
+        """``make()``, kept under ``key`` while the formula is as it was: a distribution renamed, or an operand or
+        distribution replaced, set to ``None`` or deleted anywhere (:func:`_formula_changed`), or a list of terms
+        changed in place (:meth:`_dgm_formula_version`), makes it again."""
         version = self._dgm_formula_version()
-        if type(kept) is not tuple or kept[0] != version:  # (also a bare value pickled by an older version)
-            kept = self.__dict__[key] = (version, make())
-        return kept[1]
+        kept = self.__dict__["_dgm_caches"].kept
+        found = kept.get(key)
+        if found is None or found[0] != version:
+            found = kept[key] = (version, make())
+        return found[1]
 
     def _dgm_formula_version(self) -> int:
         """``NAMES_VERSION``, counted up first if a list or dict of terms among the formula's attributes (a Pixyz
         subclass's ``self.ps``) was changed in place since the formula's caches were made (:func:`_containers`)."""
-        d = self.__dict__
-        watch = d.get("_dgm_watch")
+        caches = self.__dict__.get("_dgm_caches")
+        if type(caches) is not _FormulaCaches:  # (also a loss pickled by an older version)
+            caches = self.__dict__["_dgm_caches"] = _FormulaCaches()
+        watch = caches.watch
         if watch is not None and watch[0] == NAMES_VERSION[0]:
             if all(_same_items(c, items) for c, items in watch[1]):
                 return NAMES_VERSION[0]
             _formula_changed()
-        d["_dgm_watch"] = (NAMES_VERSION[0], _containers(self))
+        caches.watch = (NAMES_VERSION[0], _containers(self))
         return NAMES_VERSION[0]
 
     def frozen_parameters(self) -> list[Tensor]:
@@ -816,7 +819,7 @@ class Loss(YieldingModule, _PyroELBO):
             return self._dgm_evaluate_term(values, ctx, kwargs)
         if type(self).__call__ is not _LOSS_CALL:  # a __call__ of the user's (also one a later cell set): Pixyz's
             out = self(values, **kwargs)  # eval calls it
-        elif has_forward_hooks(self):
+        elif has_call_hooks(self):
             out = nn.Module.__call__(self, values, **kwargs)  # as Pixyz's eval calls each term: hooks run
         else:
             out = self.forward(values, **kwargs)
@@ -832,7 +835,7 @@ class Loss(YieldingModule, _PyroELBO):
         try:
             if type(self).__call__ is not _LOSS_CALL:  # (a __call__ of the user's, also one a later cell set)
                 out = self(values, **kwargs)
-            elif has_forward_hooks(self):
+            elif has_call_hooks(self):
                 out = nn.Module.__call__(self, values, **kwargs)
             else:
                 out = self.forward(values, **kwargs)
@@ -856,7 +859,7 @@ class Loss(YieldingModule, _PyroELBO):
             with ctx:
                 if type(self).__call__ is not _LOSS_CALL:  # (a __call__ of the user's, also one a later cell set)
                     out = self(inputs, **kwargs)
-                elif has_forward_hooks(self):
+                elif has_call_hooks(self):
                     out = nn.Module.__call__(self, inputs, **kwargs)
                 else:
                     out = self.forward(inputs, **kwargs)
@@ -1047,6 +1050,19 @@ _INPUT_VAR = Loss.__dict__["input_var"]  # (a subclass that overrides the proper
 
 
 _LOSS_CALL = Loss.__call__  # (a subclass whose __call__ is another is evaluated by calling it, as Pixyz's eval does)
+
+
+class _FormulaCaches:
+    """What a formula keeps while it is as it was (:meth:`Loss._dgm_formula_cached`): ``kept``, key to ``(version,
+    value)``, and ``watch``, the version and the lists of terms it was made with (:func:`_containers`). One object
+    that is no list, tuple or dict, so that the walks over a loss's attributes (:meth:`Loss._dgm_children`) do not
+    take the distributions it keeps for terms of the formula."""
+
+    __slots__ = ("kept", "watch")
+
+    def __init__(self) -> None:
+        self.kept: dict[str, tuple[int, Any]] = {}
+        self.watch: tuple[int, tuple[tuple[Any, tuple[Any, ...]], ...]] | None = None
 
 
 class _Terms:

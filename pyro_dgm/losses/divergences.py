@@ -196,27 +196,52 @@ def _load_estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, *re
     mc = loss.__dict__.get("_dgm_mc")
     inner = prefix + "_dgm_mc."
     mine = [k for k in state_dict if k.startswith(prefix)]
+    loss.__dict__["_dgm_loaded_names"] = None
     if mc is None or any(k.startswith(inner) for k in mine):
         return
     for k in mine:
         state_dict[inner + k[len(prefix):]] = state_dict[k]
     source = {id(t): name for name, t in mc.state_dict(keep_vars=True).items()}
+    aliases = {}
     for name, child in loss._modules.items():
         if child is mc or child is None:
             continue
         for key, t in child.state_dict(prefix=name + ".", keep_vars=True).items():
             found = source.get(id(t))
-            if found is not None and prefix + found in state_dict:
-                state_dict.setdefault(prefix + key, state_dict[prefix + found])
+            if found is not None:
+                aliases[key] = found
+                if prefix + found in state_dict:
+                    state_dict.setdefault(prefix + key, state_dict[prefix + found])
     for k in mine:
         if k[len(prefix):].split(".", 1)[0] not in loss._modules:
             del state_dict[k]
+    loss.__dict__["_dgm_loaded_names"] = (prefix, aliases)
+
+
+def _loaded_estimate_keys(loss: Loss, incompatible: Any) -> None:
+    """``load_state_dict`` post-hook of a Monte Carlo term: the missing and unexpected keys it reports under their
+    names in the state dict given (Pixyz's, see :func:`_load_estimate_keys`), each once."""
+    names = loss.__dict__.pop("_dgm_loaded_names", None)
+    if names is None:
+        return
+    prefix, aliases = names
+    for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
+        out: list[str] = []
+        for k in keys:
+            if k.startswith(prefix):
+                rest = k[len(prefix):]
+                rest = rest[len("_dgm_mc."):] if rest.startswith("_dgm_mc.") else aliases.get(rest, rest)
+                k = prefix + rest
+            if k not in out:
+                out.append(k)
+        keys[:] = out
 
 
 def _pixyz_state_keys(loss: Loss) -> None:
     """Give the Monte Carlo term ``loss`` Pixyz's state-dict keys (:func:`_estimate_keys`)."""
     loss._register_state_dict_hook(_estimate_keys)
     loss._register_load_state_dict_pre_hook(_load_estimate_keys, with_module=True)
+    loss.register_load_state_dict_post_hook(_loaded_estimate_keys)
 
 
 _MISSING = object()

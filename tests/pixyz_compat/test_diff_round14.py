@@ -334,9 +334,9 @@ def test_the_experts_weights_refuse_a_value_of_another_length_naming_it() -> Non
     from pyro_dgm.distributions import Normal, ProductOfNormal
 
     poe = ProductOfNormal([Normal(loc="x", scale=1.0, var=["z"], cond_var=["x"])])
-    with pytest.raises(ValueError, match=r"ProductOfNormal.weight_modalities: expected 2 values"):
-        poe.weight_modalities = [1.0, 1.0, 1.0]
-    with pytest.raises(TypeError, match=r"ProductOfNormal.weight_modalities: expected a list"):
+    with pytest.raises(ValueError, match=r"ProductOfNormal p\(z\|x\): weight_modalities: expected 2 values"):
+        poe.weight_modalities = [1.0]  # (a longer list is read to the product's length, as Pixyz reads it)
+    with pytest.raises(TypeError, match=r"ProductOfNormal p\(z\|x\): weight_modalities: expected a list"):
         poe.weight_modalities = ["a", "b"]
 
 
