@@ -512,8 +512,8 @@ class Loss(YieldingModule, _PyroELBO):
         """``NAMES_VERSION``, counted up first if a list or dict of terms among the formula's attributes (a Pixyz
         subclass's ``self.ps``) was changed in place since the formula's caches were made (:func:`_containers`)."""
         caches = self.__dict__.get("_dgm_caches")
-        if type(caches) is not _FormulaCaches:  # (also a loss pickled by an older version)
-            caches = self.__dict__["_dgm_caches"] = _FormulaCaches()
+        if type(caches) is not _FormulaCaches or caches.owner != id(self):  # (a loss pickled by an older version;
+            caches = self.__dict__["_dgm_caches"] = _FormulaCaches(id(self))  # a copy.copy sharing its __dict__'s)
         watch = caches.watch
         if watch is not None and watch[0] == NAMES_VERSION[0]:
             if all(_same_items(c, items) for c, items in watch[1]):
@@ -1058,9 +1058,10 @@ class _FormulaCaches:
     that is no list, tuple or dict, so that the walks over a loss's attributes (:meth:`Loss._dgm_children`) do not
     take the distributions it keeps for terms of the formula."""
 
-    __slots__ = ("kept", "watch")
+    __slots__ = ("owner", "kept", "watch")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: int) -> None:
+        self.owner = owner  # (the id of the loss they belong to: a copy.copy of the loss makes its own)
         self.kept: dict[str, tuple[int, Any]] = {}
         self.watch: tuple[int, tuple[tuple[Any, tuple[Any, ...]], ...]] | None = None
 

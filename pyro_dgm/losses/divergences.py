@@ -189,7 +189,8 @@ def _estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, local_me
     state_dict.update(kept)
 
 
-def _load_estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, *rest: Any) -> None:
+def _load_estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
+                        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
     """``load_state_dict`` pre-hook of a Monte Carlo term: a state dict of Pixyz's keys (see :func:`_estimate_keys`)
     loads into the estimate, and the term's own ``p`` and ``q`` take the same tensors (a state dict of the estimate's
     keys and the term's, an older pyro_dgm's, loads as it is)."""
@@ -215,7 +216,7 @@ def _load_estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, *re
     for k in mine:
         if k[len(prefix):].split(".", 1)[0] not in loss._modules:
             del state_dict[k]
-    loss.__dict__["_dgm_loaded_names"] = (prefix, aliases)
+    loss.__dict__["_dgm_loaded_names"] = (prefix, aliases, error_msgs, len(error_msgs))
 
 
 def _loaded_estimate_keys(loss: Loss, incompatible: Any) -> None:
@@ -224,17 +225,28 @@ def _loaded_estimate_keys(loss: Loss, incompatible: Any) -> None:
     names = loss.__dict__.pop("_dgm_loaded_names", None)
     if names is None:
         return
-    prefix, aliases = names
+    prefix, aliases, error_msgs, first = names
+
+    def given(k: str) -> str:
+        rest = k[len(prefix):]
+        return prefix + (rest[len("_dgm_mc."):] if rest.startswith("_dgm_mc.") else aliases.get(rest, rest))
+
     for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
         out: list[str] = []
         for k in keys:
-            if k.startswith(prefix):
-                rest = k[len(prefix):]
-                rest = rest[len("_dgm_mc."):] if rest.startswith("_dgm_mc.") else aliases.get(rest, rest)
-                k = prefix + rest
+            k = given(k) if k.startswith(prefix) else k
             if k not in out:
                 out.append(k)
         keys[:] = out
+    msgs: list[str] = []  # (torch's "size mismatch for <key>: ..." of each tensor, named once as given)
+    for msg in error_msgs[first:]:
+        head, sep, tail = msg.partition(": ")
+        words = head.split(" ")
+        if sep and words[-1].startswith(prefix):
+            msg = " ".join(words[:-1] + [given(words[-1])]) + sep + tail
+        if msg not in msgs:
+            msgs.append(msg)
+    error_msgs[first:] = msgs
 
 
 def _pixyz_state_keys(loss: Loss) -> None:
@@ -347,6 +359,12 @@ class KullbackLeibler(Loss):
     @property
     def _symbol(self) -> Any:
         return self._dgm_mc._symbol if self._dgm_mc is not None else super()._symbol
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        mc = self.__dict__.get("_dgm_mc") if name == "p" else None
+        if mc is not None and mc.p is not value:  # Pixyz's Monte Carlo KL is the Expectation: its p is the one
+            mc.p = value  # it draws from (the integrand keeps the log-densities it was built with)
 
     def _dgm_pairs(self) -> list[tuple["Distribution", "Distribution"]]:
         p, q = self.p, self.q

@@ -164,7 +164,7 @@ def REINFORCE(p: "Distribution", f: Loss, b: Loss | float = 0.0, sample_shape: S
     >>> print(REINFORCE(p, reward))
     \mathbb{E}_{p(a)} \left[\log p(a) detach \left(\log r(a) \right) + \log r(a) \right]
     """
-    diff = f if isinstance(b, numbers.Number) and b == 0 else f - b
+    diff = f - b  # (also b = 0: Pixyz's default baseline, ValueLoss(0), whose state-dict keys it has)
     return Expectation(p, diff.detach() * p.log_prob() + diff, sample_shape=sample_shape, reparam=reparam)
 
 

@@ -153,3 +153,28 @@ def test_records_a_loss_appends_to_its_own_list_at_each_step_leave_the_formula_a
     for _ in range(5):
         model.train(data)
     assert NAMES_VERSION[0] == before
+
+
+def test_a_shallow_copy_of_a_used_loss_changed_in_the_copy_leaves_what_the_original_trains() -> None:
+    """Probe p310: ``copy.copy`` of a loss SVI had run shares the original's ``__dict__`` entries, the formula's
+    caches among them: ``b = copy.copy(a); b.ps = [p2]`` then made SVI on ``a`` register ``p2`` and never train
+    ``p1``. A copy makes caches of its own; the reference is ``a`` trained with no copy made."""
+    import copy
+
+    def train(with_copy: bool) -> float:
+        torch.manual_seed(0)
+        pyro.clear_param_store()
+        p1, p2 = Net("p1"), Net("p2")
+        a = Held([p1])
+        data = {"x": torch.randn(8, 1), "y": torch.randn(8, 1)}
+        svi = SVI(lambda **k: None, lambda **k: None, pyro.optim.SGD({"lr": 0.1}), loss=a)
+        svi.step(**data)
+        if with_copy:
+            b = copy.copy(a)
+            b.ps = [p2]
+            SVI(lambda **k: None, lambda **k: None, pyro.optim.SGD({"lr": 0.0}), loss=b).step(**data)
+        for _ in range(3):
+            svi.step(**data)
+        return p1.lin.weight.item()
+
+    assert train(True) == pytest.approx(train(False), rel=1e-6)
