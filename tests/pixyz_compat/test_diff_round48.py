@@ -301,12 +301,12 @@ def test_the_distribution_a_monte_carlo_kl_draws_from_is_replaced_as_pixyzs_expe
         class Q(D.Normal):
             def __init__(self, c: float, name: str) -> None:
                 super().__init__(var=["z"], cond_var=["x"], name=name)
-                self.l = nn.Linear(1, 1)
-                nn.init.constant_(self.l.weight, c)
-                nn.init.zeros_(self.l.bias)
+                self.fc = nn.Linear(1, 1)
+                nn.init.constant_(self.fc.weight, c)
+                nn.init.zeros_(self.fc.bias)
 
             def forward(self, x: Any) -> Any:
-                return {"loc": self.l(x), "scale": torch.ones_like(x)}
+                return {"loc": self.fc(x), "scale": torch.ones_like(x)}
 
         q, p, r = Q(1., "q"), Q(0., "p"), Q(3., "r")
         kl = L.KullbackLeibler(q, p, analytical=False, sample_shape=[4000])
@@ -320,7 +320,7 @@ def test_the_distribution_a_monte_carlo_kl_draws_from_is_replaced_as_pixyzs_expe
     ref, ours = run_both(program)
     assert_same(ref, ours)
     assert float(ours[1]) == pytest.approx(2.5, abs=0.1)  # (1/sqrt(4000) draws of a unit-variance integrand: 0.016)
-    assert float(ours[3]["p.l.weight"]) == 3.0
+    assert float(ours[3]["p.fc.weight"]) == 3.0
 
 
 def test_a_monte_carlo_terms_size_mismatch_names_the_key_of_the_state_dict_given() -> None:
@@ -357,10 +357,10 @@ def test_reinforce_without_a_baseline_has_pixyzs_state_dict_and_values() -> None
         class R(D.Normal):
             def __init__(self) -> None:
                 super().__init__(var=["a"], name="r")
-                self.l = nn.Linear(1, 1)
+                self.fc = nn.Linear(1, 1)
 
             def forward(self) -> Any:
-                return {"loc": self.l.weight.reshape(1), "scale": torch.ones(1)}
+                return {"loc": self.fc.weight.reshape(1), "scale": torch.ones(1)}
 
         p = D.Bernoulli(probs=torch.tensor([0.3]), var=["a"])
         loss = L.REINFORCE(p, R().log_prob(), sample_shape=[50])
