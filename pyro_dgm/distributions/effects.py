@@ -47,7 +47,7 @@ def data_plate(name: str, size: int) -> Any:
     return plate
 
 
-def _call_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+def _call_network(module: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
     """The network call itself, through this thread's innermost memoizing scope if one is open (the function of
     the ``"dgm_params"`` effect: what runs when no handler on Pyro's stack gives the value). A dict of parameters
     (also an ``OrderedDict`` or another dict subclass) is handed on as a shallow copy: a handler may replace its
@@ -90,6 +90,16 @@ def _memo_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
 _effectful_network = effectful(_call_network, type="dgm_params")
 
 
+def _call_network_packed(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """:func:`_call_network` with the inputs in one tuple and one dict: the effect's form for inputs named
+    ``name``, ``infer`` or ``obs``, which Pyro's ``effectful`` takes as its own keywords."""
+    return _call_network(module, *args, **kwargs)
+
+
+_effectful_packed = effectful(_call_network_packed, type="dgm_params")
+_PYRO_KEYWORDS = frozenset({"name", "infer", "obs"})
+
+
 _NO_HANDLER = contextlib.nullcontext()
 
 
@@ -110,7 +120,7 @@ def ignores_sites(stack: list[Any]) -> bool:
     return True
 
 
-def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+def run_network(module: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
     """Run a distribution's network: the effect ``"dgm_params"`` that a memoizing handler answers.
 
     With no Pyro handler active, or only handlers that ignore it (see :func:`ignores_sites`), it asks this thread's
@@ -124,6 +134,8 @@ def run_network(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         if scopes:
             return scopes[-1].call(module, args, kwargs)
         return module(*args, **kwargs)
+    if kwargs and not _PYRO_KEYWORDS.isdisjoint(kwargs):  # (inputs that Pyro's effectful would take as its own)
+        return _effectful_packed(module, args, kwargs)
     return _effectful_network(module, *args, **kwargs)
 
 

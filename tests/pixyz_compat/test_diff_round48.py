@@ -369,3 +369,32 @@ def test_reinforce_without_a_baseline_has_pixyzs_state_dict_and_values() -> None
 
     ref, ours = run_both(program)
     assert_same(ref, ours)
+
+
+def test_a_variable_named_module_reaches_a_network_that_reads_its_inputs_by_name_as_under_pixyz() -> None:
+    """Probe p313: a variable named ``module`` given to a ``forward(self, **kw)`` raised ``run_network() got
+    multiple values for argument 'module'`` (the network's parameter name in pyro_dgm's call path); Pixyz runs it."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import KullbackLeibler
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["module"], name="q")
+                self.fc = nn.Linear(3, 4)
+
+            def forward(self, **kw: Any) -> Any:
+                h = self.fc(kw["module"])
+                return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:]) + 0.1}
+
+        q = Q()
+        prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="p_{prior}", features_shape=[2])
+        x = torch.randn(4, 3)
+        z = q.sample({"module": x})["z"]
+        return z, q.get_log_prob({"module": x, "z": z}), KullbackLeibler(q, prior).mean().eval({"module": x.clone()})
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
