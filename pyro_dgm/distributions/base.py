@@ -18,6 +18,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 import networkx as nx
+import numpy as np
 import pyro
 import torch
 from torch import Tensor
@@ -923,9 +924,9 @@ class Distribution(YieldingModule):
         for k in needed:
             if k not in values:
                 check_present(self, values, needed)
-        for k, v in values.items():
-            if not isinstance(v, Tensor) and type(v).__module__ == "numpy" and hasattr(v, "__array__"):
-                values[k] = self._dgm_from_numpy(v, k)
+        for k, v in values.items():  # (a numpy array of a variable; a numpy scalar, like a Python number, and an
+            if not isinstance(v, Tensor) and isinstance(v, np.ndarray) and k in self._dgm_known_names:  # extra
+                values[k] = self._dgm_from_numpy(v, k)  # key's value are handed on as given, as Pixyz does)
         return values
 
     def _dgm_from_numpy(self, v: Any, name: str | None = None) -> Tensor:
@@ -953,8 +954,10 @@ class Distribution(YieldingModule):
         device of the parameters); a Python number or a (nested) list of numbers too, in the parameters' float dtype
         (torch's ``Gamma.log_prob`` and Pixyz's Bernoulli take them so); anything else raises
         :class:`NotATensorError` (a ``TypeError``, and the ``ValueError`` torch's validation raises under Pixyz)."""
-        if type(x).__module__ == "numpy" and hasattr(x, "__array__"):
+        if isinstance(x, np.ndarray):
             return self._dgm_from_numpy(x, name)
+        if isinstance(x, np.generic):  # a numpy scalar, scored as the Python number it holds (as Pixyz does)
+            x = x.item()
         out = self._dgm_numbers_tensor(x)
         if out is not None:
             return out
@@ -1240,7 +1243,7 @@ class Distribution(YieldingModule):
         if any(v is None for v in values.values()):  # Pyro's idiom: None is "not given" (a model samples it)
             values = {k: v for k, v in values.items() if v is not None}
         for k, v in values.items():
-            if not isinstance(v, Tensor) and type(v).__module__ == "numpy" and hasattr(v, "__array__"):
+            if not isinstance(v, Tensor) and isinstance(v, np.ndarray) and k in self._dgm_known_names:
                 values[k] = self._dgm_from_numpy(v, k)  # (as sample() and get_log_prob() take numpy arrays)
         unknown = [k for k in values if k not in self._dgm_known_names]
         if unknown:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from pyro_dgm.utils.checks import NotBinaryError
+from pyro_dgm.utils.checks import NotBinaryError, switched
 from pyro_dgm.utils.shapes import broadcast_shape
 from pyro_dgm.utils.compat import is_compiling
 
@@ -181,12 +181,7 @@ def disabled() -> Iterator[None]:
     >>> bool(torch.allclose(general, p.get_log_prob({"x": torch.ones(1, 2)})))
     True
     """
-    was = ENABLED[0]
-    ENABLED[0] = False
-    try:
-        yield
-    finally:
-        ENABLED[0] = was
+    yield from switched(ENABLED, False)  # (blocks of several threads may end in any order)
 
 
 def valid_params(cls: type, params: Params, skip: tuple[str, ...] = ()) -> bool:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import inspect
 import numbers
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from pyro.infer import ELBO as _PyroELBO
 from pyro.poutine.indep_messenger import IndepMessenger
@@ -136,10 +137,19 @@ def _containers(loss: "Loss") -> tuple[tuple[Any, tuple[Any, ...]], ...]:
             watch(v, depth + 1)
 
     for node in loss._dgm_walk()[0]:
-        for name, value in vars(node).items():
+        for name, value in _attributes(node):
             if type(value) not in _NO_MODULES and name not in _MODULE_INTERNALS:
                 watch(value, 0)
     return tuple(out)
+
+
+def _attributes(loss: "Loss") -> Iterable[tuple[str, Any]]:
+    """The loss's attributes: its ``__dict__``'s, and the modules of the registry it shares with a shallow copy
+    (:meth:`Loss.__copy__`), which are not copied into its ``__dict__``."""
+    d = loss.__dict__
+    if "_dgm_shared_modules" not in d:
+        return d.items()
+    return [*d.items(), *((k, v) for k, v in d["_modules"].items() if k not in d)]
 
 
 def _same_items(container: Any, items: tuple[Any, ...]) -> bool:
@@ -287,7 +297,7 @@ class Loss(YieldingModule, _PyroELBO):
         old = mods.get(name, _NO_MODULE)
         plain = d.get(name, _NO_MODULE) if old is _NO_MODULE else _NO_MODULE
         nn.Module.__setattr__(self, name, value)
-        if isinstance(value, nn.Module):
+        if isinstance(value, nn.Module) and "_dgm_shared_modules" not in d:
             d[name] = value  # registered in _modules and readable without nn.Module.__getattr__ (hot path)
         elif value is None and name in mods:  # (a module's place set to None, which nn.Module keeps there)
             d.pop(name, None)
@@ -308,7 +318,7 @@ class Loss(YieldingModule, _PyroELBO):
         ``loss.add_module("p", q)`` then ``loss.p`` gives ``q``, as under Pixyz)."""
         old = self.__dict__["_modules"].get(name, _NO_MODULE)
         nn.Module.add_module(self, name, module)
-        if isinstance(module, nn.Module):
+        if isinstance(module, nn.Module) and "_dgm_shared_modules" not in self.__dict__:
             self.__dict__[name] = module
         else:
             self.__dict__.pop(name, None)
@@ -399,6 +409,20 @@ class Loss(YieldingModule, _PyroELBO):
         """Show the formula as LaTeX (rendered in a notebook, printed elsewhere)."""
         return _print_latex(self)
 
+    def __copy__(self) -> "Loss":
+        """The shallow copy that ``copy.copy`` makes of any ``nn.Module`` (of Pixyz's losses too): the same
+        attributes, and the same registries of modules, parameters and buffers, so that an operand replaced in the
+        copy or in the original is the other's too. Both then read their operands from the shared registry (not from
+        the copy of each kept beside it for speed); the formula's caches are each one's own."""
+        d = self.__dict__
+        for name in d.get("_modules", ()):
+            d.pop(name, None)
+        d["_dgm_shared_modules"] = True
+        out = type(self).__new__(type(self))
+        out.__dict__.update(d)
+        out.__dict__.pop("_dgm_caches", None)
+        return out
+
     def named(self, name: str) -> "Loss":
         r"""A copy of this term that ``eval(..., return_terms=True)`` reports under ``name`` instead of its formula.
 
@@ -444,7 +468,7 @@ class Loss(YieldingModule, _PyroELBO):
         """The losses and distributions this node holds (found among its attributes, and in the lists, tuples,
         dicts, ``nn.ModuleList``s and ``nn.ModuleDict``s among them, nested too, as a Pixyz subclass may keep
         them)."""
-        for name, value in vars(self).items():
+        for name, value in _attributes(self):
             if type(value) not in _NO_MODULES and name not in _MODULE_INTERNALS:  # (nn.Module's own dicts:
                 yield from _held(value, 0)  # _modules, _parameters, the hooks...)
 
@@ -708,7 +732,7 @@ class Loss(YieldingModule, _PyroELBO):
         inputs = {k: given[k] for k in names if k in given}
         if ctx is None:  # the entry: one context for the whole evaluation (memoizing scope, recorder, options)
             for k, v in inputs.items():
-                if type(v) is not Tensor and type(v).__module__ == "numpy":
+                if type(v) is not Tensor and isinstance(v, np.ndarray):
                     inputs = _from_numpy(self, inputs)  # the networks get tensors (as a distribution's call does)
                     break
             compiled = self.__dict__.get("_dgm_compiled_outer")
@@ -1145,8 +1169,8 @@ def _from_numpy(loss: Loss, inputs: dict[str, Any]) -> dict[str, Any]:
     device = next((v.device for v in inputs.values() if isinstance(v, Tensor)), None)
     if device is None:
         device = next((t.device for d in loss._dgm_distributions for t in (*d.parameters(), *d.buffers())), None)
-    return {k: numpy_tensor(loss, k, v, device) if type(v) is not Tensor and type(v).__module__ == "numpy" else v
-            for k, v in inputs.items()}
+    return {k: numpy_tensor(loss, k, v, device) if type(v) is not Tensor and isinstance(v, np.ndarray) else v
+            for k, v in inputs.items()}  # (a numpy scalar is handed on as given, as a Python number: Pixyz's)
 
 
 def with_input_var(loss: Loss, input_var: Sequence[str] | None, owner: str) -> Loss:

@@ -12,7 +12,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Independent, kl_divergence
 
 from pyro_dgm.distributions.base import site_builder
@@ -183,10 +183,18 @@ def _estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, local_me
     Pixyz program loads it (the term's own ``p`` and ``q`` hold the same tensors)."""
     inner = prefix + "_dgm_mc."
     mine = [k for k in state_dict if k.startswith(prefix)]
+    estimate = {_storage(state_dict[k]) for k in mine if k.startswith(inner)}
     kept = {prefix + k[len(inner):]: state_dict[k] for k in mine if k.startswith(inner)}
+    kept.update((k, state_dict[k]) for k in mine  # (a module set on the term since, not the estimate's: its own
+                if not k.startswith(inner) and _storage(state_dict[k]) not in estimate)  # keys, as Pixyz's)
     for k in mine:
         del state_dict[k]
     state_dict.update(kept)
+
+
+def _storage(t: Any) -> Any:
+    """What tells the tensors of two state-dict entries apart (``state_dict()`` gives detached views)."""
+    return (t.data_ptr(), t.shape, t.dtype) if isinstance(t, Tensor) and t.device.type != "meta" else id(t)
 
 
 def _load_estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
@@ -201,7 +209,8 @@ def _load_estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, loc
     if mc is None or any(k.startswith(inner) for k in mine):
         return
     for k in mine:
-        state_dict[inner + k[len(prefix):]] = state_dict[k]
+        if k[len(prefix):].split(".", 1)[0] in mc._modules:  # (the estimate's p and f, not a module set since)
+            state_dict[inner + k[len(prefix):]] = state_dict[k]
     source = {id(t): name for name, t in mc.state_dict(keep_vars=True).items()}
     aliases = {}
     for name, child in loss._modules.items():
@@ -213,8 +222,9 @@ def _load_estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, loc
                 aliases[key] = found
                 if prefix + found in state_dict:
                     state_dict.setdefault(prefix + key, state_dict[prefix + found])
-    for k in mine:
-        if k[len(prefix):].split(".", 1)[0] not in loss._modules:
+    for k in mine:  # (the estimate's own keys, f.*, now under _dgm_mc.; any other key is torch's to report)
+        head = k[len(prefix):].split(".", 1)[0]
+        if head in mc._modules and head not in loss._modules:
             del state_dict[k]
     loss.__dict__["_dgm_loaded_names"] = (prefix, aliases, error_msgs, len(error_msgs))
 
@@ -362,9 +372,28 @@ class KullbackLeibler(Loss):
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
+        if name == "p":
+            self._dgm_estimate_draws_from(value)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        super().add_module(name, module)
+        if name == "p":
+            self._dgm_estimate_draws_from(module)
+
+    register_module = add_module
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
         mc = self.__dict__.get("_dgm_mc") if name == "p" else None
-        if mc is not None and mc.p is not value:  # Pixyz's Monte Carlo KL is the Expectation: its p is the one
-            mc.p = value  # it draws from (the integrand keeps the log-densities it was built with)
+        if mc is not None and "p" in mc._modules:
+            del mc.p
+
+    def _dgm_estimate_draws_from(self, p: Any) -> None:
+        """Pixyz's Monte Carlo KL is the ``Expectation``: its ``p`` is the one it draws from (the integrand keeps
+        the log-densities it was built with)."""
+        mc = self.__dict__.get("_dgm_mc")
+        if mc is not None and mc._modules.get("p") is not p:
+            mc.p = p
 
     def _dgm_pairs(self) -> list[tuple["Distribution", "Distribution"]]:
         p, q = self.p, self.q

@@ -5,6 +5,7 @@ import contextlib
 import operator
 import os
 import sys
+import threading
 import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -298,14 +299,30 @@ def user_stacklevel() -> int:
     return level
 
 
+#: The open blocks of each switch (:func:`switched`), by the id of its flag: the flag's value before the first of them
+#: opened, and ``(block, value)`` of each in the order opened.
+_SWITCHES: dict[int, tuple[bool, list[tuple[object, bool]]]] = {}
+_SWITCHES_LOCK = threading.Lock()
+
+
 def switched(flag: list[bool], enabled: bool) -> Iterator[None]:
-    """The body of an opt-in block: ``flag`` set to ``enabled`` within it, then put back."""
-    was = flag[0]
-    flag[0] = bool(enabled)
+    """The body of an opt-in block: ``flag`` (process-wide) set to ``enabled`` within it. When a block ends the
+    flag is the value of the latest block still open, else the value it had before the first opened: blocks opened
+    in several threads may end in any order (one thread's block ending must not put back the value another thread's
+    block set, nor leave it set once all have ended)."""
+    block = object()
+    with _SWITCHES_LOCK:
+        base, blocks = _SWITCHES.setdefault(id(flag), (flag[0], []))
+        blocks.append((block, bool(enabled)))
+        flag[0] = bool(enabled)
     try:
         yield
     finally:
-        flag[0] = was
+        with _SWITCHES_LOCK:
+            blocks[:] = [b for b in blocks if b[0] is not block]
+            flag[0] = blocks[-1][1] if blocks else base
+            if not blocks:
+                del _SWITCHES[id(flag)]
 
 
 #: Whether a variable name holding a formula's syntax is refused (see :func:`strict_names`); Pixyz's default: no.

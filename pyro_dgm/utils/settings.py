@@ -72,7 +72,11 @@ def set_cache_maxsize(cache_maxsize: int | None) -> None:
     """
     from pyro_dgm.poutine.memoize_messenger import set_cache_maxsize as _set
 
-    _set(sys.maxsize if cache_maxsize is None else cache_maxsize)
+    if isinstance(cache_maxsize, int) and cache_maxsize < 0:  # (functools.lru_cache, which Pixyz's sizes, reads a
+        _set(0)  # negative size as 0, and True as 1)
+    else:
+        _set(sys.maxsize if cache_maxsize is None else int(cache_maxsize) if isinstance(cache_maxsize, bool)
+             else cache_maxsize)
     sys.modules["pyro_dgm.utils"]._CACHE_MAXSIZE = cache_maxsize  # type: ignore[attr-defined]
 
 

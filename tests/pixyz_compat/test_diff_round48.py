@@ -398,3 +398,127 @@ def test_a_variable_named_module_reaches_a_network_that_reads_its_inputs_by_name
 
     ref, ours = run_both(program)
     assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("how", ["add_module", "register_module", "del", "q replaced"])
+def test_a_monte_carlo_kls_operands_replaced_in_other_ways_as_under_pixyz(how: str) -> None:
+    """Probe p312: ``kl.add_module("p", r)`` and ``register_module`` on a Monte Carlo KL left the estimate drawing
+    from the old ``p`` (1.3331 where Pixyz gives -11.0068); ``del kl.p`` went on evaluating (Pixyz: an
+    ``AttributeError``); ``kl.q = r`` left ``q.*`` out of the state dict (Pixyz's object registers it)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import KullbackLeibler
+
+        p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], name="p")
+        q = Normal(loc=torch.tensor(1.), scale=torch.tensor(2.), var=["z"], name="q")
+        r = Normal(loc=torch.tensor(3.), scale=torch.tensor(0.5), var=["z"], name="r")
+        kl = KullbackLeibler(p, q, analytical=False, sample_shape=[500])
+        if how == "del":
+            del kl.p
+            try:
+                kl.eval()
+            except AttributeError:
+                return "AttributeError"
+            return "ran"
+        if how == "q replaced":
+            kl.q = r
+        else:
+            getattr(kl, how)("p", r)
+        torch.manual_seed(0)
+        return kl.eval(), str(kl), {k: v.clone() for k, v in kl.state_dict().items()}
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+def test_an_operand_replaced_in_a_shallow_copy_is_the_originals_too_as_under_pixyz() -> None:
+    """Probe p312: ``copy.copy`` of a loss shares ``nn.Module``'s registry of modules, under Pixyz and here, so
+    ``B.p = r`` in the copy replaces ``p`` in the original too; pyro_dgm's original went on evaluating ``p`` (0.5
+    where Pixyz gives 2.0) while its state dict held ``r``'s."""
+    def program() -> Any:
+        import copy
+
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import KullbackLeibler
+
+        p = Normal(loc=torch.tensor([0.]), scale=torch.tensor([1.]), var=["z"], name="p")
+        q = Normal(loc=torch.tensor([1.]), scale=torch.tensor([1.]), var=["z"], name="q")
+        r = Normal(loc=torch.tensor([3.]), scale=torch.tensor([1.]), var=["z"], name="r")
+        a = KullbackLeibler(p, q)
+        before = a.eval()
+        b = copy.copy(a)
+        b.p = r
+        out = [before, a.eval(), b.eval(), a.p.name, a.state_dict()["p.loc"].clone()]
+        a.q = p
+        return out + [a.eval(), b.eval()]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("case", ["np.float64 read", "np.int64 key", "np.str_ option", "extra keys", "scored"])
+def test_numpy_scalars_and_extra_numpy_values_are_handed_on_as_under_pixyz(case: str) -> None:
+    """Probe p314: every numpy value of a values dict became a tensor, numpy scalars too and values of keys no
+    distribution reads: a ``forward`` testing ``isinstance(temp, float)`` of an ``np.float64`` took the other branch
+    (other log-densities, silently), an ``np.int64`` used as a key of an ``nn.ModuleDict`` raised a ``KeyError``, an
+    ``np.str_`` option and an extra array of strings were refused, and an ``np.float64`` scored value gave a float64
+    log-density (Pixyz's: the default dtype, as for a Python number)."""
+    def program() -> Any:
+        import numpy as np
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Bernoulli, Normal
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x", "t", "mode"], name="q")
+                self.heads = nn.ModuleDict({str(i): nn.Linear(3, 2) for i in range(3)})
+
+            def forward(self, x: Any, t: Any, mode: Any) -> Any:
+                h = self.heads[str(t)](x)
+                scale = mode if isinstance(mode, float) else 1.0
+                return {"loc": h * (2 if mode == "double" else 1), "scale": torch.ones_like(h) * scale}
+
+        q = Q()
+        x, z = torch.randn(2, 3), torch.zeros(2, 2)
+        if case == "scored":
+            lp = Bernoulli(probs=torch.tensor([0.3]), var=["x"]).get_log_prob({"x": np.float64(1.)})
+            return lp, lp.dtype
+        given = {"np.float64 read": {"t": 1, "mode": np.float64(0.5)},
+                 "np.int64 key": {"t": np.arange(3)[1], "mode": "double"},
+                 "np.str_ option": {"t": 1, "mode": np.array(["plain", "double"])[1]},
+                 "extra keys": {"t": 1, "mode": "double", "meta": np.array(["a.png", "b.png"]),
+                                "n": np.int64(3)}}[case]
+        out = q.sample({"x": x, **given})
+        lp = q.get_log_prob({"x": x, "z": z, **given})
+        return lp, sorted(out), {k: type(v).__name__ for k, v in out.items() if k not in ("x", "z")}
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("size", [-1, True])
+def test_a_cache_size_that_functools_reads_is_taken_as_under_pixyz(size: Any) -> None:
+    """Probe p315: ``set_cache_maxsize(-1)`` and ``set_cache_maxsize(True)`` were refused; Pixyz keeps the value
+    and ``functools.lru_cache`` reads it (a negative size as 0, ``True`` as 1)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.utils import cache_maxsize, set_cache_maxsize
+
+        old = cache_maxsize()
+        set_cache_maxsize(size)
+        try:
+            p = Normal(loc=torch.tensor([0.]), scale=torch.tensor([1.]), var=["x"])
+            return cache_maxsize(), p.get_log_prob({"x": torch.zeros(1, 1)})
+        finally:
+            set_cache_maxsize(old)
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
