@@ -47,7 +47,7 @@ from pyro_dgm.losses.special import LossArgumentError
 from pyro_dgm.losses.steps import (HALF_DTYPES, SIGNALS, WatchedBuffers, finite_sum, needs_closure,
                                    optimizer_arguments)
 from pyro_dgm.losses.steps import restore_buffers
-from pyro_dgm.utils.checks import (DTypeError, NotSupportedError, OutOfRangeError, ShapeError, check_present,
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, NotSupportedError, OutOfRangeError, ShapeError, check_present,
                                    describe)
 from pyro_dgm.utils.compat import is_compiling
 
@@ -663,10 +663,10 @@ class AdversarialLoss(Loss):
 def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution", input_var: list[str],
                          needs_parameters: bool = True) -> None:
     if d is None:
-        raise TypeError(f"{owner}: a discriminator is required: a pyro_dgm Distribution d(t|{','.join(p.var)}) (e.g. a "
+        raise ArgumentError(f"{owner}: a discriminator is required: a pyro_dgm Distribution d(t|{','.join(p.var)}) (e.g. a "
                         "Deterministic subclass whose forward returns {'t': torch.sigmoid(net(x))})")
     if not isinstance(d, Distribution):
-        raise TypeError(f"{owner}: discriminator must be a pyro_dgm Distribution d(t|{','.join(p.var)}), got "
+        raise ArgumentError(f"{owner}: discriminator must be a pyro_dgm Distribution d(t|{','.join(p.var)}), got "
                         f"{type(d).__module__}.{type(d).__qualname__}; wrap the network in a Deterministic subclass")
     if d is p or d is q:
         raise ValueError(f"{owner}: the discriminator {describe(d)} is one of the compared distributions")

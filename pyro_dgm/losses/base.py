@@ -297,7 +297,8 @@ class Loss(YieldingModule, _PyroELBO):
         old = mods.get(name, _NO_MODULE)
         plain = d.get(name, _NO_MODULE) if old is _NO_MODULE else _NO_MODULE
         nn.Module.__setattr__(self, name, value)
-        if isinstance(value, nn.Module) and "_dgm_shared_modules" not in d:
+        if isinstance(value, nn.Module) and ("_dgm_shared_modules" not in d or name.startswith("_dgm_")) and (
+                not hasattr(type(self), name)):  # (a class attribute of the name is what nn.Module's lookup finds)
             d[name] = value  # registered in _modules and readable without nn.Module.__getattr__ (hot path)
         elif value is None and name in mods:  # (a module's place set to None, which nn.Module keeps there)
             d.pop(name, None)
@@ -318,7 +319,8 @@ class Loss(YieldingModule, _PyroELBO):
         ``loss.add_module("p", q)`` then ``loss.p`` gives ``q``, as under Pixyz)."""
         old = self.__dict__["_modules"].get(name, _NO_MODULE)
         nn.Module.add_module(self, name, module)
-        if isinstance(module, nn.Module) and "_dgm_shared_modules" not in self.__dict__:
+        if isinstance(module, nn.Module) and ("_dgm_shared_modules" not in self.__dict__ or name.startswith("_dgm_")) \
+                and not hasattr(type(self), name):
             self.__dict__[name] = module
         else:
             self.__dict__.pop(name, None)
@@ -416,7 +418,8 @@ class Loss(YieldingModule, _PyroELBO):
         the copy of each kept beside it for speed); the formula's caches are each one's own."""
         d = self.__dict__
         for name in d.get("_modules", ()):
-            d.pop(name, None)
+            if not name.startswith("_dgm_"):  # (the library's own modules, an estimate: read from __dict__)
+                d.pop(name, None)
         d["_dgm_shared_modules"] = True
         out = type(self).__new__(type(self))
         out.__dict__.update(d)

@@ -10,8 +10,8 @@ from torch import Tensor
 from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
 from pyro_dgm.losses.context import sampler_options
 from pyro_dgm.losses.pdf import LogProb, check_distribution
-from pyro_dgm.losses.special import LossArgumentError
-from pyro_dgm.utils.checks import ShapeError
+from pyro_dgm.losses.special import LossArgumentError, ValueLoss
+from pyro_dgm.utils.checks import ArgumentError, ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -100,7 +100,7 @@ class Expectation(Loss):
                  reparam: bool = True, num_samples: int | None = None) -> None:
         check_distribution(p, "Expectation")
         if not isinstance(f, Loss):
-            raise TypeError(f"Expectation: f must be a Loss (e.g. p.log_prob()), got {type(f).__name__}")
+            raise ArgumentError(f"Expectation: f must be a Loss (e.g. p.log_prob()), got {type(f).__name__}")
         self.sample_shape = _sample_shape(sample_shape, num_samples, f"Expectation over {p.prob_text}")  # Pixyz's
         self.num_samples = self.sample_shape.numel()
         super().__init__(ordered_union(p.input_var, [v for v in f.input_var if v not in p.var]))
@@ -146,7 +146,7 @@ class Expectation(Loss):
 E = Expectation
 
 
-def REINFORCE(p: "Distribution", f: Loss, b: Loss | float = 0.0, sample_shape: Sequence[int] = torch.Size([1]),
+def REINFORCE(p: "Distribution", f: Loss, b: Loss | float = 0, sample_shape: Sequence[int] = torch.Size([1]),
               reparam: bool = True) -> Expectation:
     r"""The surrogate loss of the score-function (policy-gradient) estimator with reward ``f`` and baseline ``b``:
     :math:`\mathbb{E}_{p(x)}[detach(f(x) - b(x)) \log p(x) + f(x) - b(x)]`.
@@ -164,7 +164,9 @@ def REINFORCE(p: "Distribution", f: Loss, b: Loss | float = 0.0, sample_shape: S
     >>> print(REINFORCE(p, reward))
     \mathbb{E}_{p(a)} \left[\log p(a) detach \left(\log r(a) \right) + \log r(a) \right]
     """
-    diff = f - b  # (also b = 0: Pixyz's default baseline, ValueLoss(0), whose state-dict keys it has)
+    if not isinstance(b, Loss):  # (a number, 0 by default: Pixyz's default baseline is ValueLoss(0), whose
+        b = ValueLoss(b)  # state-dict keys it has; so a reward that is a number is a loss too)
+    diff = f - b
     return Expectation(p, diff.detach() * p.log_prob() + diff, sample_shape=sample_shape, reparam=reparam)
 
 

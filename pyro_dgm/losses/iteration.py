@@ -197,7 +197,7 @@ class IterativeLoss(Loss):
                  update_value: Mapping[str, str] | None = None, slice_step: "Distribution | None" = None,
                  timestep_var: Sequence[str] | str | None = None, input_var: Sequence[str] | None = None) -> None:
         if not isinstance(step_loss, Loss):
-            raise TypeError(f"IterativeLoss: step_loss must be a Loss, got {type(step_loss).__name__}")
+            raise ArgumentError(f"IterativeLoss: step_loss must be a Loss, got {type(step_loss).__name__}")
         series = _names("series_var", series_var)
         updates = _update_dict(update_value)
         timestep = _names("timestep_var", timestep_var)

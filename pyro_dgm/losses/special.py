@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_ATOM, PREC_NEG, Loss
+from pyro_dgm.utils.checks import ArgumentError
 
 __all__ = ["ValueLoss", "Parameter", "ConstantVar", "LossArgumentError", "DimsArgumentError"]
 
@@ -255,9 +256,9 @@ class ConstantVar(Loss):
 
     def __init__(self, base_loss: Loss, constant_dict: Mapping[str, Any]) -> None:
         if not isinstance(base_loss, Loss):
-            raise TypeError(f"ConstantVar: base_loss must be a Loss, got {type(base_loss).__name__}")
+            raise ArgumentError(f"ConstantVar: base_loss must be a Loss, got {type(base_loss).__name__}")
         if not isinstance(constant_dict, Mapping):
-            raise TypeError(f"ConstantVar: constant_dict must be a dict, got {type(constant_dict).__name__}")
+            raise ArgumentError(f"ConstantVar: constant_dict must be a dict, got {type(constant_dict).__name__}")
         super().__init__([v for v in base_loss.input_var if v not in constant_dict])
         self.base_loss = base_loss
         self.constant_dict = dict(constant_dict)

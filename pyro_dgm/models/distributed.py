@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.losses.steps import clear_grads
+from pyro_dgm.utils.checks import ArgumentError
 
 __all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT",
            "wrap", "broadcast_module", "broadcast_coalesced", "broadcast_tensor", "all_reduce_mean", "all_reduce_max",
@@ -866,7 +867,7 @@ class DataParalleledLoss(Loss):
 
     def __init__(self, loss: Loss, distributed: bool = False, **kwargs: Any) -> None:
         if not isinstance(loss, Loss):
-            raise TypeError(f"DataParalleledLoss: loss must be a pyro_dgm Loss, got {type(loss).__name__}")
+            raise ArgumentError(f"DataParalleledLoss: loss must be a pyro_dgm Loss, got {type(loss).__name__}")
         super().__init__(input_var=loss.input_var)
         self.paralleled = _Paralleled(loss)  # where Pixyz keeps nn.DataParallel(loss): Pixyz's state-dict keys
         self._dgm_prec = loss._dgm_prec

@@ -215,6 +215,11 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
     from pyro_dgm.utils.settings import cache_maxsize
 
     maxsize = cache_maxsize()
+    if maxsize is not None:  # (as functools.lru_cache reads Pixyz's: a negative size is 0, True is 1; anything
+        if not isinstance(maxsize, int):  # but a Python int is refused when decorating, a numpy int too)
+            raise TypeError(f"lru_cache_for_sample_dict: the cache size set by set_cache_maxsize must be an integer "
+                            f"or None, got {maxsize!r}")
+        maxsize = max(int(maxsize), 0)
 
     def decorate(fn: F) -> F:
         if maxsize == 0:

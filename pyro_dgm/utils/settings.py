@@ -8,6 +8,7 @@ cache).
 """
 from __future__ import annotations
 
+import operator
 import sys
 
 import torch
@@ -72,11 +73,13 @@ def set_cache_maxsize(cache_maxsize: int | None) -> None:
     """
     from pyro_dgm.poutine.memoize_messenger import set_cache_maxsize as _set
 
-    if isinstance(cache_maxsize, int) and cache_maxsize < 0:  # (functools.lru_cache, which Pixyz's sizes, reads a
-        _set(0)  # negative size as 0, and True as 1)
+    if cache_maxsize is None:
+        _set(sys.maxsize)
     else:
-        _set(sys.maxsize if cache_maxsize is None else int(cache_maxsize) if isinstance(cache_maxsize, bool)
-             else cache_maxsize)
+        try:  # (as functools.lru_cache, which Pixyz's sizes, reads it: a negative size is 0, True is 1, numpy ints
+            _set(max(operator.index(cache_maxsize), 0))  # are ints; Pixyz keeps anything else, and functools
+        except TypeError:  # refuses it when lru_cache_for_sample_dict decorates next: the memoizer keeps its size)
+            pass
     sys.modules["pyro_dgm.utils"]._CACHE_MAXSIZE = cache_maxsize  # type: ignore[attr-defined]
 
 

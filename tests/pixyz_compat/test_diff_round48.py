@@ -522,3 +522,149 @@ def test_a_cache_size_that_functools_reads_is_taken_as_under_pixyz(size: Any) ->
 
     ref, ours = run_both(program)
     assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("how", ["copy.copy", "named"])
+def test_a_copy_of_a_monte_carlo_kl_leaves_the_estimate_to_both_as_under_pixyz(how: str) -> None:
+    """Probe p316: after ``copy.copy`` (or ``.named()``, which copies) of a Monte Carlo KL, ``c.p = q2`` no longer
+    changed what either draws from (2.05 where Pixyz's gives -8.46 for both), ``sample_shape`` raised an
+    ``AttributeError`` and ``load_state_dict(l.state_dict())`` of the original was refused: the shallow copy had
+    taken the estimate out of the terms' attributes."""
+    def program() -> Any:
+        import copy
+
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import KullbackLeibler
+
+        q = Normal(loc=torch.tensor([0.]), scale=torch.tensor([1.]), var=["z"], name="q")
+        q2 = Normal(loc=torch.tensor([4.]), scale=torch.tensor([1.]), var=["z"], name="r")
+        prior = Normal(loc=torch.tensor([1.]), scale=torch.tensor([2.]), var=["z"], name="p")
+        kl = KullbackLeibler(q, prior, analytical=False, sample_shape=[7])
+        c = kl.named("kl") if how == "named" and hasattr(kl, "named") else copy.copy(kl)  # (Pixyz has no named)
+        kl.load_state_dict(kl.state_dict())
+        shape = c.sample_shape, kl.sample_shape, c.reparam
+        c.p = q2
+        torch.manual_seed(0)
+        first = kl.eval()
+        torch.manual_seed(0)
+        return shape, first, c.eval(), sorted(kl.state_dict())
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+def test_a_class_attribute_named_like_an_operand_is_what_the_term_reads_as_under_pixyz() -> None:
+    """Probe p316: a subclass declaring ``p = None`` at class level then setting ``self.p`` to a distribution reads
+    ``None`` under Pixyz (``nn.Module`` keeps the module in its registry, and the class attribute is found first);
+    here the term read the module (its copy kept beside the registry for speed), and a shallow copy of it the
+    class attribute: two numbers for one program."""
+    def program() -> Any:
+        import copy
+
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses.losses import Loss
+
+        class Odd(Loss):
+            p = None
+
+            def __init__(self, p: Any) -> None:
+                super().__init__(["x"])
+                self.p = p
+
+            @property
+            def _symbol(self) -> Any:
+                import sympy
+
+                return sympy.Symbol("L")
+
+            def forward(self, x_dict: Any, **kwargs: Any) -> Any:
+                if self.p is None:
+                    return torch.zeros(1), {}
+                return self.p.get_log_prob(x_dict), {}
+
+        p = Normal(loc=torch.tensor([0.]), scale=torch.tensor([1.]), var=["x"])
+        loss = Odd(p)
+        x = {"x": torch.ones(1, 1)}
+        return loss.eval(x), copy.copy(loss).eval(x)
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("size", ["np.int64", "2.5"])
+def test_a_cache_size_pixyz_keeps_is_kept(size: str) -> None:
+    """Probe p316: ``set_cache_maxsize(np.int64(20))`` and ``(2.5)`` were refused at once; Pixyz keeps them (its
+    built-in cache was sized at import; a later ``lru_cache_for_sample_dict`` refuses 2.5 with a ``TypeError``)."""
+    def program() -> Any:
+        import numpy as np
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.utils import cache_maxsize, lru_cache_for_sample_dict, set_cache_maxsize
+
+        old = cache_maxsize()
+        set_cache_maxsize(np.int64(20) if size == "np.int64" else 2.5)
+        try:
+            p = Normal(loc=torch.tensor([0.]), scale=torch.tensor([1.]), var=["x"])
+            out = [cache_maxsize(), p.get_log_prob({"x": torch.zeros(1, 1)})]
+            try:
+                lru_cache_for_sample_dict()
+                out.append("decorated")
+            except TypeError:
+                out.append("TypeError")
+            return out
+        finally:
+            set_cache_maxsize(old)
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+def test_reinforce_of_a_number_as_under_pixyz() -> None:
+    """Probe p317: ``REINFORCE(q, 3)`` raised Python's bare ``'float' object has no attribute 'detach'`` (the
+    default baseline was the number 0, so the reward minus it was a number); Pixyz's default baseline is a
+    ``ValueLoss(0)``, and the term evaluates."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import REINFORCE
+
+        q = Normal(loc="x", scale=torch.tensor([1.]), var=["z"], cond_var=["x"], name="q")
+        loss = REINFORCE(q, 3, sample_shape=[4])
+        torch.manual_seed(0)
+        return str(loss), loss.eval({"x": torch.zeros(3, 1)})
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("call", ["Expectation", "ConstantVar", "ConstantVar dict", "IterativeLoss",
+                                  "DataParalleledLoss", "AdversarialJensenShannon"])
+def test_arguments_that_are_no_losses_raise_pixyzs_attribute_error_class(call: str) -> None:
+    """Probe p317: these constructors raised a plain ``TypeError`` for an argument of the wrong kind, where Pixyz's
+    code fails with an ``AttributeError`` reading it (``'int' object has no attribute 'input_var'``): an
+    ``ArgumentError`` now, which is both, and names the class and the argument."""
+    def program() -> Any:
+        import torch
+
+        import pixyz.losses as L
+        from pixyz.distributions import Normal
+
+        p = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p")
+        q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], features_shape=[2], name="q")
+        lp = L.LogProb(p)
+        {"Expectation": lambda: L.Expectation(p, 3), "ConstantVar": lambda: L.ConstantVar(3, {}),
+         "ConstantVar dict": lambda: L.ConstantVar(lp, None),
+         "IterativeLoss": lambda: L.IterativeLoss(3, series_var=["z"]),
+         "DataParalleledLoss": lambda: L.DataParalleledLoss(3),
+         "AdversarialJensenShannon": lambda: L.AdversarialJensenShannon(q, p, 3)}[call]()
+
+    ref_cls, our_cls = raises_same(program)
+    assert ref_cls is AttributeError and issubclass(our_cls, AttributeError)
+    with pytest.raises(AttributeError, match=call.split()[0]):
+        run_pyro_dgm(program)
