@@ -47,8 +47,8 @@ from pyro_dgm.losses.special import LossArgumentError
 from pyro_dgm.losses.steps import (HALF_DTYPES, SIGNALS, WatchedBuffers, finite_sum, needs_closure,
                                    optimizer_arguments)
 from pyro_dgm.losses.steps import restore_buffers
-from pyro_dgm.utils.checks import (ArgumentError, DTypeError, NotSupportedError, OutOfRangeError, ShapeError, check_present,
-                                   describe)
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, NotSupportedError, OutOfRangeError, ShapeError,
+                                   check_present, describe)
 from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["AdversarialLoss", "log_clamped", "log1m_clamped"]
@@ -176,7 +176,7 @@ class AdversarialLoss(Loss):
         one leaves the term as it was. ``None`` is taken, as Pixyz takes it (an evaluation then says so); one without
         parameters is let in, as Pixyz's term takes it, whose optimizer, built at construction, needs some."""
         d_ = self.__dict__
-        if "q" in d_ and value is not d_.get("_dgm_d_seen") and value is not None:
+        if "q" in d_.get("_modules", ()) and value is not d_.get("_dgm_d_seen") and value is not None:
             _check_discriminator(type(self).__name__, value, self.p, self.q,
                                  ordered_union(self.p.input_var, self.q.input_var), needs_parameters=False)
 
@@ -193,7 +193,7 @@ class AdversarialLoss(Loss):
         return d
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("_dgm_d", "discriminator", "discriminators", "d") and "q" in self.__dict__:
+        if name in ("_dgm_d", "discriminator", "discriminators", "d") and "q" in self.__dict__.get("_modules", ()):
             held = self._modules
             if held.get("d") is None and (name != "d" or "d" not in held):  # (loss.d set to None reads None)
                 how = "it was set to None" if "d" in held else "it was deleted"
@@ -663,11 +663,12 @@ class AdversarialLoss(Loss):
 def _check_discriminator(owner: str, d: Any, p: "Distribution", q: "Distribution", input_var: list[str],
                          needs_parameters: bool = True) -> None:
     if d is None:
-        raise ArgumentError(f"{owner}: a discriminator is required: a pyro_dgm Distribution d(t|{','.join(p.var)}) (e.g. a "
-                        "Deterministic subclass whose forward returns {'t': torch.sigmoid(net(x))})")
+        raise ArgumentError(f"{owner}: a discriminator is required: a pyro_dgm Distribution d(t|{','.join(p.var)}) "
+                            "(e.g. a Deterministic subclass whose forward returns {'t': torch.sigmoid(net(x))})")
     if not isinstance(d, Distribution):
         raise ArgumentError(f"{owner}: discriminator must be a pyro_dgm Distribution d(t|{','.join(p.var)}), got "
-                        f"{type(d).__module__}.{type(d).__qualname__}; wrap the network in a Deterministic subclass")
+                            f"{type(d).__module__}.{type(d).__qualname__}; wrap the network in a Deterministic "
+                            "subclass")
     if d is p or d is q:
         raise ValueError(f"{owner}: the discriminator {describe(d)} is one of the compared distributions")
     compared = set(p.var)

@@ -185,8 +185,10 @@ def _estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, local_me
     mine = [k for k in state_dict if k.startswith(prefix)]
     estimate = {_storage(state_dict[k]) for k in mine if k.startswith(inner)}
     kept = {prefix + k[len(inner):]: state_dict[k] for k in mine if k.startswith(inner)}
+    built = loss.__dict__.get("_dgm_built_ids", frozenset())
     kept.update((k, state_dict[k]) for k in mine  # (a module set on the term since, not the estimate's: its own
-                if not k.startswith(inner) and _storage(state_dict[k]) not in estimate)  # keys, as Pixyz's)
+                if not k.startswith(inner) and _storage(state_dict[k]) not in estimate  # keys, as Pixyz's object
+                and id(loss._modules.get(k[len(prefix):].split(".", 1)[0])) not in built)  # registers it)
     for k in mine:
         del state_dict[k]
     state_dict.update(kept)
@@ -260,10 +262,24 @@ def _loaded_estimate_keys(loss: Loss, incompatible: Any) -> None:
 
 
 def _pixyz_state_keys(loss: Loss) -> None:
-    """Give the Monte Carlo term ``loss`` Pixyz's state-dict keys (:func:`_estimate_keys`)."""
+    """Give the Monte Carlo term ``loss`` Pixyz's state-dict keys (:func:`_estimate_keys`); the ids of the modules it
+    was built with (its own ``p`` and ``q``, which Pixyz's object has not) are recorded, a number set being no
+    attribute the walks over its attributes read."""
+    loss.__dict__["_dgm_built_ids"] = frozenset(id(m) for k, m in loss._modules.items() if k != "_dgm_mc")
     loss._register_state_dict_hook(_estimate_keys)
     loss._register_load_state_dict_pre_hook(_load_estimate_keys, with_module=True)
     loss.register_load_state_dict_post_hook(_loaded_estimate_keys)
+
+
+def _set_on_estimate(loss: Loss, name: str, value: Any, parts: tuple[str, ...]) -> bool:
+    """Set ``name``, one of the Monte Carlo estimate's ``parts``, on the estimate (Pixyz's term is that object:
+    ``kl.f = LogProb(r)``, ``kl.sample_shape = ...``, ``h.loss1 = ...`` change what it computes); whether it did
+    (not for an analytic term, whose attribute of that name is its own)."""
+    mc = loss.__dict__.get("_dgm_mc") if name in parts else None
+    if mc is None:
+        return False
+    setattr(mc, name, value)
+    return True
 
 
 _MISSING = object()
@@ -371,9 +387,10 @@ class KullbackLeibler(Loss):
         return self._dgm_mc._symbol if self._dgm_mc is not None else super()._symbol
 
     def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name == "p":
-            self._dgm_estimate_draws_from(value)
+        if not _set_on_estimate(self, name, value, ("f", "sample_shape", "reparam")):
+            super().__setattr__(name, value)
+            if name == "p":
+                self._dgm_estimate_draws_from(value)
 
     def add_module(self, name: str, module: nn.Module | None) -> None:
         super().add_module(name, module)
@@ -583,6 +600,10 @@ class Entropy(Loss):
     @property
     def _dgm_prec(self) -> int:  # type: ignore[override]
         return self._dgm_mc._dgm_prec if self._dgm_mc is not None else super()._dgm_prec
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not _set_on_estimate(self, name, value, ("loss1",)):
+            super().__setattr__(name, value)
 
     loss1 = _mc_attribute("loss1", r"The Monte Carlo estimate's expectation :math:`E_p[\log p]` "
                                    "(``analytical=False``: Pixyz's ``Entropy(..., analytical=False)`` is its "

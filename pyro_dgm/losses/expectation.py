@@ -102,11 +102,20 @@ class Expectation(Loss):
         if not isinstance(f, Loss):
             raise ArgumentError(f"Expectation: f must be a Loss (e.g. p.log_prob()), got {type(f).__name__}")
         self.sample_shape = _sample_shape(sample_shape, num_samples, f"Expectation over {p.prob_text}")  # Pixyz's
-        self.num_samples = self.sample_shape.numel()
         super().__init__(ordered_union(p.input_var, [v for v in f.input_var if v not in p.var]))
         self.p = p
         self.f = f
         self.reparam = reparam
+
+    @property
+    def num_samples(self) -> int:
+        """How many draws the estimate averages: ``sample_shape.numel()``, read at each evaluation (as Pixyz reads its
+        ``sample_shape``: ``e.sample_shape = torch.Size([100])`` takes 100); setting it sets ``sample_shape``."""
+        return self.sample_shape.numel()
+
+    @num_samples.setter
+    def num_samples(self, value: int) -> None:
+        self.sample_shape = _sample_shape(None, value, f"Expectation over {self.p.prob_text}")
 
     @property
     def latex(self) -> str:
@@ -164,8 +173,8 @@ def REINFORCE(p: "Distribution", f: Loss, b: Loss | float = 0, sample_shape: Seq
     >>> print(REINFORCE(p, reward))
     \mathbb{E}_{p(a)} \left[\log p(a) detach \left(\log r(a) \right) + \log r(a) \right]
     """
-    if not isinstance(b, Loss):  # (a number, 0 by default: Pixyz's default baseline is ValueLoss(0), whose
-        b = ValueLoss(b)  # state-dict keys it has; so a reward that is a number is a loss too)
+    if isinstance(b, numbers.Number):  # (0 by default: Pixyz's default baseline is ValueLoss(0), whose state-dict
+        b = ValueLoss(b)  # keys it has; so a reward that is a number is a loss too)
     diff = f - b
     return Expectation(p, diff.detach() * p.log_prob() + diff, sample_shape=sample_shape, reparam=reparam)
 

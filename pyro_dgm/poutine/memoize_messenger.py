@@ -497,6 +497,13 @@ def _plain_members(cls: type) -> bool:
     return (cls.parameters, cls.buffers, cls.named_parameters, cls.named_buffers, cls._named_members) == _MEMBERS
 
 
+def _plain_attributes(module: Any) -> tuple[tuple[str, int], ...]:
+    """``(name, id)`` of each attribute of ``module``'s own ``__dict__`` but pyro_dgm's (``_dgm_*``): a forward that
+    sets one (``self.calls += 1``, ``self.last = h``) may give another output at its next call, which Pixyz makes."""
+    d = getattr(module, "__dict__", None)
+    return () if d is None else tuple((k, id(v)) for k, v in d.items() if not k.startswith("_dgm_"))
+
+
 def _note_kept_inputs(module: Any, kept: bool) -> None:
     """Record whether an eager run of ``module`` left its inputs as they were (``False`` for good once one changed
     one in place): a compiled evaluation takes a network that always did to keep them (:func:`_kept_inputs`)."""
@@ -940,6 +947,7 @@ class MemoizeMessenger(Messenger):
                 return module(*args, **kwargs)
             before, buffers, given = rng_marks(), _buffer_versions(module), _given_generators(args, kwargs)
             snapshot = self._snapshot(args, kwargs)
+            attrs = _plain_attributes(module)
             value = module(*args, **kwargs)
             changed = self._key(module, args, kwargs) != key
             _note_kept_inputs(module, not changed)
@@ -947,9 +955,10 @@ class MemoizeMessenger(Messenger):
                 self._forget_traced_inputs(args, kwargs)
             if (not same_marks(before, rng_marks()) or changed
                     or _buffer_versions(module) != buffers or not _same_states(given)
-                    or not all(_same_bits(a, c) for a, c in snapshot)):
+                    or not all(_same_bits(a, c) for a, c in snapshot) or _plain_attributes(module) != attrs):
                 return value  # it drew random numbers, changed its input, its buffers (a batch norm's statistics,
-                # a spectral norm's power iteration) or its weights: each use runs it again, as under Pixyz
+                # a spectral norm's power iteration), its weights or an attribute of its own (a count of its
+                # calls that its output reads): each use runs it again, as under Pixyz
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))
             return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):

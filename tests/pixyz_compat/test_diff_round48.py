@@ -668,3 +668,140 @@ def test_arguments_that_are_no_losses_raise_pixyzs_attribute_error_class(call: s
     assert ref_cls is AttributeError and issubclass(our_cls, AttributeError)
     with pytest.raises(AttributeError, match=call.split()[0]):
         run_pyro_dgm(program)
+
+
+@pytest.mark.parametrize("how", ["kl.f", "kl.sample_shape", "entropy.loss1", "expectation.sample_shape"])
+def test_the_parts_of_a_monte_carlo_estimate_set_after_construction_as_under_pixyz(how: str) -> None:
+    """Probe p318: Pixyz's Monte Carlo KL is an ``Expectation`` and its Monte Carlo entropy a ``NegLoss``, so
+    ``kl.f = LogProb(r)``, ``kl.sample_shape = ...`` and ``h.loss1 = ...`` change what they compute; here they were
+    ignored (``kl.f``: 0.438 where Pixyz gives -5.88; ``sample_shape`` read back but one draw was taken), and an
+    ``Expectation``'s ``sample_shape`` set after construction was ignored too (its draws were counted once)."""
+    def program() -> Any:
+        import torch
+
+        import pixyz.losses as L
+        from pixyz.distributions import Normal
+
+        q = Normal(loc=torch.tensor([0.]), scale=torch.tensor([1.]), var=["z"], name="q")
+        p = Normal(loc=torch.tensor([1.]), scale=torch.tensor([2.]), var=["z"], name="p")
+        r = Normal(loc=torch.tensor([3.]), scale=torch.tensor([0.5]), var=["z"], name="r")
+        if how.startswith("kl"):
+            term = L.KullbackLeibler(q, p, analytical=False)
+        elif how.startswith("entropy"):
+            term = L.Entropy(q, analytical=False)
+        else:
+            term = L.Expectation(q, L.LogProb(p))
+        if how == "kl.f":
+            term.f = L.LogProb(r)
+        elif how == "entropy.loss1":
+            term.loss1 = L.Expectation(q, L.LogProb(p))
+        else:
+            term.sample_shape = torch.Size([50])
+        torch.manual_seed(0)
+        return term.eval(), str(term), sorted(term.state_dict())
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("how", ["copy.copy", "named"])
+def test_an_adversarial_terms_discriminator_is_checked_after_a_copy(how: str) -> None:
+    """Probe p318: after ``copy.copy`` (or ``.named()``) of an adversarial term the discriminator's checks were
+    skipped, in the original too: a discriminator of the wrong variables set then gave a bare ``KeyError: 'y'``, and
+    ``loss.d = None`` an ``AttributeError`` about ``_dgm_d``; as without a copy, they are named."""
+    import copy
+
+    from pyro_dgm.distributions import Deterministic, EmpiricalDistribution, Normal
+    from pyro_dgm.losses import AdversarialJensenShannon
+
+    class Disc(Deterministic):
+        def __init__(self, cond: str) -> None:
+            super().__init__(var=["t"], cond_var=[cond], name="d")
+            self.fc = torch.nn.Linear(1, 1)
+
+        def forward(self, **kw: Any) -> Any:
+            return {"t": torch.sigmoid(self.fc(next(iter(kw.values()))))}
+
+    p_data = EmpiricalDistribution(var=["x"], name="p_{data}")
+    p = Normal(loc=torch.tensor([1.]), scale=torch.tensor([1.]), var=["x"], name="p")
+    loss = AdversarialJensenShannon(p_data, p, discriminator=Disc("x"))
+    c = loss.named("adv") if how == "named" else copy.copy(loss)
+    for term in (loss, c):
+        with pytest.raises(ValueError, match=r"AdversarialJensenShannon.*conditioned on \['y'\]"):
+            term.d = Disc("y")
+    loss.d = None
+    with pytest.raises(AttributeError, match=r"AdversarialJensenShannon.*no discriminator d \(it was set to None\)"):
+        c.eval({"x": torch.zeros(2, 1)})
+
+
+def test_a_reinforce_baseline_of_the_wrong_kind_raises_pixyzs_value_error() -> None:
+    """Probe p318: ``REINFORCE(p, f, b="b")`` raised a plain ``TypeError`` after the number baseline became a
+    ``ValueLoss`` (Pixyz: ``ValueError: <class 'str'> cannot be operated with ...``)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import REINFORCE, LogProb
+
+        q = Normal(loc=torch.tensor([0.]), scale=torch.tensor([1.]), var=["z"], name="q")
+        REINFORCE(q, LogProb(q), b="b")
+
+    ref_cls, our_cls = raises_same(program)
+    assert ref_cls is ValueError and issubclass(our_cls, ValueError)
+
+
+def _counting_feature_program() -> Any:
+    """A ``Deterministic`` whose output reads a count of its calls (an annealing schedule kept on the module), read
+    by two terms that each run it under Pixyz; its value, three ``Model.train`` steps and the count."""
+    import torch
+    from torch import nn
+
+    import pixyz.distributions as D
+    import pixyz.losses as L
+    from pixyz.models import Model
+
+    class Feat(D.Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+            self.fc = nn.Linear(3, 2)
+            self.calls = 0
+
+        def forward(self, x: Any) -> Any:
+            self.calls += 1
+            return {"h": self.fc(x) * self.calls}
+
+    class Qz(D.Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["h"], name="q")
+
+        def forward(self, h: Any) -> Any:
+            return {"loc": h, "scale": torch.ones_like(h)}
+
+    f, qz = Feat(), Qz()
+    prior = D.Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p0")
+    loss = L.KullbackLeibler(qz, prior).expectation(f).mean() + L.KullbackLeibler(qz, prior).expectation(f).mean()
+    x = torch.randn(4, 3)
+    first = loss.eval({"x": x})
+    f.calls = 0
+    model = Model(loss, distributions=[f, qz], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0},
+                  **_COMPILE[0])
+    return first, [model.train({"x": x}) for _ in range(3)], f.calls
+
+
+_COMPILE: list[dict[str, Any]] = [{}]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_deterministic_whose_output_reads_its_own_attributes_runs_at_each_use_as_under_pixyz(compiled: bool) -> None:
+    """Probe p319: a ``Deterministic`` counting its calls in ``self.calls`` and scaling its output by the count ran
+    once per evaluation here (its output reused: 0.708 where Pixyz, which runs it at each use, gives 1.770), and
+    compiled gave a third set of numbers (the first, eager, step reused it; the traced ones did not). A forward that
+    rebinds an attribute of its own now runs at each use, eager and compiled."""
+    ref = run_pixyz(_counting_feature_program)
+    _COMPILE[0] = {"compile": {"backend": "eager"}} if compiled else {}
+    try:
+        ours = run_pyro_dgm(_counting_feature_program)
+    finally:
+        _COMPILE[0] = {}
+    assert_same(ref, ours)
+    assert ours[2] == 6

@@ -20,16 +20,25 @@ from pyro_dgm.poutine.memoize_messenger import MissLog
 
 
 class Net(Deterministic):
-    """h = f(x), counting its forward passes; optionally with a batch norm."""
+    """h = f(x), counting its forward passes in a list it keeps (an attribute it rebinds, ``self.calls += 1``, would be
+    state its output may read, which makes it run at each use); optionally with a batch norm."""
 
     def __init__(self, var: str = "h", bn: bool = False) -> None:
         super().__init__(var=[var], cond_var=["x"], name=var)
         self.fc = nn.Linear(4, 4)
         self.bn = nn.BatchNorm1d(4) if bn else nn.Identity()
-        self.calls = 0
+        self.count = [0]
+
+    @property
+    def calls(self) -> int:
+        return self.count[0]
+
+    @calls.setter
+    def calls(self, value: int) -> None:
+        self.count[0] = value
 
     def forward(self, x: torch.Tensor) -> dict:
-        self.calls += 1
+        self.count[0] += 1
         return {self.var[0]: self.bn(self.fc(x))}
 
 
