@@ -16,6 +16,7 @@ attributes, so reading ``self.p`` on the training path never goes through ``nn.M
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import numbers
 import weakref
@@ -424,6 +425,9 @@ class Loss(YieldingModule, _PyroELBO):
         out = type(self).__new__(type(self))
         out.__dict__.update(d)
         out.__dict__.pop("_dgm_caches", None)
+        mc = d.get("_dgm_mc")
+        if isinstance(mc, Loss):  # (a Monte Carlo term's estimate, Pixyz's object: a copy of it too, whose plain
+            out.__dict__["_dgm_mc"] = copy.copy(mc)  # attributes, sample_shape, are the copy's own)
         return out
 
     def named(self, name: str) -> "Loss":

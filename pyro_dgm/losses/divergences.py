@@ -183,20 +183,20 @@ def _estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, local_me
     Pixyz program loads it (the term's own ``p`` and ``q`` hold the same tensors)."""
     inner = prefix + "_dgm_mc."
     mine = [k for k in state_dict if k.startswith(prefix)]
-    estimate = {_storage(state_dict[k]) for k in mine if k.startswith(inner)}
     kept = {prefix + k[len(inner):]: state_dict[k] for k in mine if k.startswith(inner)}
     built = loss.__dict__.get("_dgm_built_ids", frozenset())
-    kept.update((k, state_dict[k]) for k in mine  # (a module set on the term since, not the estimate's: its own
-                if not k.startswith(inner) and _storage(state_dict[k]) not in estimate  # keys, as Pixyz's object
-                and id(loss._modules.get(k[len(prefix):].split(".", 1)[0])) not in built)  # registers it)
+    kept.update((k, state_dict[k]) for k in mine  # (a module set on the term since: its own keys, as Pixyz's
+                if not k.startswith(inner)  # object registers it; the p and q it was built with are no attribute of
+                and _head(k, prefix, loss) not in built)  # Pixyz's object)
     for k in mine:
         del state_dict[k]
     state_dict.update(kept)
 
 
-def _storage(t: Any) -> Any:
-    """What tells the tensors of two state-dict entries apart (``state_dict()`` gives detached views)."""
-    return (t.data_ptr(), t.shape, t.dtype) if isinstance(t, Tensor) and t.device.type != "meta" else id(t)
+def _head(key: str, prefix: str, loss: Loss) -> tuple[str, int]:
+    """``(name, id)`` of the term's own module that a state-dict key under ``prefix`` belongs to."""
+    name = key[len(prefix):].split(".", 1)[0]
+    return name, id(loss._modules.get(name))
 
 
 def _load_estimate_keys(loss: Loss, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
@@ -265,7 +265,7 @@ def _pixyz_state_keys(loss: Loss) -> None:
     """Give the Monte Carlo term ``loss`` Pixyz's state-dict keys (:func:`_estimate_keys`); the ids of the modules it
     was built with (its own ``p`` and ``q``, which Pixyz's object has not) are recorded, a number set being no
     attribute the walks over its attributes read."""
-    loss.__dict__["_dgm_built_ids"] = frozenset(id(m) for k, m in loss._modules.items() if k != "_dgm_mc")
+    loss.__dict__["_dgm_built_ids"] = frozenset((k, id(m)) for k, m in loss._modules.items() if k != "_dgm_mc")
     loss._register_state_dict_hook(_estimate_keys)
     loss._register_load_state_dict_pre_hook(_load_estimate_keys, with_module=True)
     loss.register_load_state_dict_post_hook(_loaded_estimate_keys)
@@ -393,6 +393,8 @@ class KullbackLeibler(Loss):
                 self._dgm_estimate_draws_from(value)
 
     def add_module(self, name: str, module: nn.Module | None) -> None:
+        if _set_on_estimate(self, name, module, ("f",)):
+            return
         super().add_module(name, module)
         if name == "p":
             self._dgm_estimate_draws_from(module)
@@ -400,8 +402,12 @@ class KullbackLeibler(Loss):
     register_module = add_module
 
     def __delattr__(self, name: str) -> None:
+        mc = self.__dict__.get("_dgm_mc")
+        if mc is not None and name in ("f", "sample_shape", "reparam"):
+            delattr(mc, name)  # (Pixyz's object is the estimate)
+            return
         super().__delattr__(name)
-        mc = self.__dict__.get("_dgm_mc") if name == "p" else None
+        mc = mc if name == "p" else None
         if mc is not None and "p" in mc._modules:
             del mc.p
 
@@ -604,6 +610,13 @@ class Entropy(Loss):
     def __setattr__(self, name: str, value: Any) -> None:
         if not _set_on_estimate(self, name, value, ("loss1",)):
             super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        mc = self.__dict__.get("_dgm_mc")
+        if mc is not None and name == "loss1":
+            delattr(mc, name)  # (Pixyz's object is the estimate's negation)
+            return
+        super().__delattr__(name)
 
     loss1 = _mc_attribute("loss1", r"The Monte Carlo estimate's expectation :math:`E_p[\log p]` "
                                    "(``analytical=False``: Pixyz's ``Entropy(..., analytical=False)`` is its "

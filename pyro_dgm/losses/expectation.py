@@ -102,20 +102,11 @@ class Expectation(Loss):
         if not isinstance(f, Loss):
             raise ArgumentError(f"Expectation: f must be a Loss (e.g. p.log_prob()), got {type(f).__name__}")
         self.sample_shape = _sample_shape(sample_shape, num_samples, f"Expectation over {p.prob_text}")  # Pixyz's
+        self.num_samples = self.sample_shape.numel()  # (the draws are sample_shape's, read at each evaluation)
         super().__init__(ordered_union(p.input_var, [v for v in f.input_var if v not in p.var]))
         self.p = p
         self.f = f
         self.reparam = reparam
-
-    @property
-    def num_samples(self) -> int:
-        """How many draws the estimate averages: ``sample_shape.numel()``, read at each evaluation (as Pixyz reads its
-        ``sample_shape``: ``e.sample_shape = torch.Size([100])`` takes 100); setting it sets ``sample_shape``."""
-        return self.sample_shape.numel()
-
-    @num_samples.setter
-    def num_samples(self, value: int) -> None:
-        self.sample_shape = _sample_shape(None, value, f"Expectation over {self.p.prob_text}")
 
     @property
     def latex(self) -> str:
@@ -135,7 +126,7 @@ class Expectation(Loss):
         # every draw of p first, then f at each: Pixyz's order, so that an f that draws too (a nested expectation, a
         # sampled KL) takes the same random numbers
         draws = [self.p.sample(x_dict, reparam=self.reparam, return_all=False, **sampler_kwargs)
-                 for _ in range(self.num_samples)]
+                 for _ in range(self.sample_shape.numel())]  # (as Pixyz reads it: one set since counts)
         for i, drawn in enumerate(draws):
             inputs = dict(x_dict)
             inputs.update(drawn)

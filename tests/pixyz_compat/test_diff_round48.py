@@ -805,3 +805,62 @@ def test_a_deterministic_whose_output_reads_its_own_attributes_runs_at_each_use_
         _COMPILE[0] = {}
     assert_same(ref, ours)
     assert ours[2] == 6
+
+
+@pytest.mark.parametrize("how", ["copy sample_shape", "copy reparam", "subclass num_samples", "add_module f",
+                                 "del f", "module set since"])
+def test_a_monte_carlo_terms_attributes_at_the_edges_as_under_pixyz(how: str) -> None:
+    """Probe p320: ``c.sample_shape``/``c.reparam`` set on a shallow copy of a Monte Carlo KL reached the original
+    (Pixyz's are the copy's plain attributes); an ``Expectation`` subclass keeping its own ``num_samples`` changed
+    the number of draws (Pixyz's has no such attribute); ``kl.add_module("f", ...)`` and ``del kl.f`` were refused;
+    a module set on the term since that holds the estimate's tensors (``kl.enc = q``) lost its state-dict keys."""
+    def program() -> Any:
+        import copy
+
+        import torch
+        from torch import nn
+
+        import pixyz.losses as L
+        from pixyz.distributions import Normal
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.fc = nn.Linear(1, 1)
+
+            def forward(self, x: Any) -> Any:
+                return {"loc": self.fc(x), "scale": torch.ones_like(x)}
+
+        q = Q()
+        p = Normal(loc=torch.tensor([1.]), scale=torch.tensor([2.]), var=["z"], name="p")
+        r = Normal(loc=torch.tensor([3.]), scale=torch.tensor([0.5]), var=["z"], name="r")
+        x = {"x": torch.ones(2, 1)}
+        kl = L.KullbackLeibler(q, p, analytical=False, sample_shape=[5])
+        if how.startswith("copy"):
+            c = copy.copy(kl)
+            setattr(c, how.split()[1], torch.Size([40]) if how.endswith("shape") else False)
+            torch.manual_seed(0)
+            a = kl.eval(x)
+            torch.manual_seed(0)
+            return a, c.eval(x), kl.sample_shape, kl.reparam
+        if how == "subclass num_samples":
+            class E(L.Expectation):
+                def __init__(self, *args: Any, **kwargs: Any) -> None:
+                    super().__init__(*args, **kwargs)
+                    self.num_samples = 3
+
+            e = E(q, L.LogProb(p), sample_shape=[7])
+            torch.manual_seed(0)
+            return e.eval(x), e.sample_shape
+        if how == "add_module f":
+            kl.add_module("f", L.LogProb(r) - L.LogProb(p))
+        elif how == "del f":
+            del kl.f
+            kl.f = L.LogProb(r)
+        else:
+            kl.enc = q
+        torch.manual_seed(0)
+        return kl.eval(x), str(kl), sorted(kl.state_dict())
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
