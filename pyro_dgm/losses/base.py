@@ -114,10 +114,15 @@ def _held(value: Any, depth: int) -> Iterator[Any]:
         yield value
 
 
-def _holds_terms(value: Any) -> bool:
-    """Whether ``value`` is a list, tuple or dict holding (nested, as :func:`_held` reads them) a loss or a
+def _has_terms(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is or holds (nested, as :func:`_held` reads containers from ``depth``) a loss or a
     distribution."""
-    return type(value) in (list, tuple, dict) and any(isinstance(v, (Loss, Distribution)) for v in _held(value, 0))
+    return any(isinstance(v, (Loss, Distribution)) for v in _held(value, depth))
+
+
+def _holds_terms(value: Any) -> bool:
+    """Whether ``value`` is a list, tuple or dict holding a loss or a distribution (:func:`_has_terms`)."""
+    return type(value) in (list, tuple, dict) and _has_terms(value)
 
 
 def _containers(loss: "Loss") -> tuple[tuple[Any, tuple[Any, ...]], ...]:
@@ -130,7 +135,7 @@ def _containers(loss: "Loss") -> tuple[tuple[Any, tuple[Any, ...]], ...]:
         if depth >= 4 or not isinstance(value, (list, tuple, dict, nn.ModuleList, nn.ModuleDict)):
             return
         items = tuple(value.values() if isinstance(value, (dict, nn.ModuleDict)) else value)
-        if not any(isinstance(v, (Loss, Distribution)) for v in _held(value, depth)):
+        if not _has_terms(value, depth):
             return  # (records, numbers, names: no term to follow)
         if not isinstance(value, tuple):
             out.append((value, items))

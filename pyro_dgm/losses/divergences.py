@@ -271,14 +271,18 @@ def _pixyz_state_keys(loss: Loss) -> None:
     loss.register_load_state_dict_post_hook(_loaded_estimate_keys)
 
 
-def _set_on_estimate(loss: Loss, name: str, value: Any, parts: tuple[str, ...]) -> bool:
-    """Set ``name``, one of the Monte Carlo estimate's ``parts``, on the estimate (Pixyz's term is that object:
-    ``kl.f = LogProb(r)``, ``kl.sample_shape = ...``, ``h.loss1 = ...`` change what it computes); whether it did
-    (not for an analytic term, whose attribute of that name is its own)."""
-    mc = loss.__dict__.get("_dgm_mc") if name in parts else None
+def _on_estimate(loss: Loss, name: str, *value: Any) -> bool:
+    """Set ``name`` to ``value`` (or delete it, with no value) on the Monte Carlo estimate, if it is one of the
+    estimate's parts the term's class lists (``_dgm_estimate_parts``): Pixyz's term is that object, so ``kl.f =
+    LogProb(r)``, ``kl.sample_shape = ...``, ``del h.loss1`` change what it computes. Whether it did (not for an
+    analytic term, whose attribute of that name is its own)."""
+    mc = loss.__dict__.get("_dgm_mc") if name in type(loss)._dgm_estimate_parts else None
     if mc is None:
         return False
-    setattr(mc, name, value)
+    if value:
+        setattr(mc, name, value[0])
+    else:
+        delattr(mc, name)
     return True
 
 
@@ -386,28 +390,27 @@ class KullbackLeibler(Loss):
     def _symbol(self) -> Any:
         return self._dgm_mc._symbol if self._dgm_mc is not None else super()._symbol
 
+    _dgm_estimate_parts = ("f", "sample_shape", "reparam")  # (the Expectation's own attributes: _on_estimate)
+
     def __setattr__(self, name: str, value: Any) -> None:
-        if not _set_on_estimate(self, name, value, ("f", "sample_shape", "reparam")):
+        if not _on_estimate(self, name, value):
             super().__setattr__(name, value)
             if name == "p":
                 self._dgm_estimate_draws_from(value)
 
     def add_module(self, name: str, module: nn.Module | None) -> None:
-        if _set_on_estimate(self, name, module, ("f",)):
-            return
-        super().add_module(name, module)
-        if name == "p":
-            self._dgm_estimate_draws_from(module)
+        if not _on_estimate(self, name, module):
+            super().add_module(name, module)
+            if name == "p":
+                self._dgm_estimate_draws_from(module)
 
     register_module = add_module
 
     def __delattr__(self, name: str) -> None:
-        mc = self.__dict__.get("_dgm_mc")
-        if mc is not None and name in ("f", "sample_shape", "reparam"):
-            delattr(mc, name)  # (Pixyz's object is the estimate)
+        if _on_estimate(self, name):
             return
         super().__delattr__(name)
-        mc = mc if name == "p" else None
+        mc = self.__dict__.get("_dgm_mc") if name == "p" else None
         if mc is not None and "p" in mc._modules:
             del mc.p
 
@@ -607,16 +610,15 @@ class Entropy(Loss):
     def _dgm_prec(self) -> int:  # type: ignore[override]
         return self._dgm_mc._dgm_prec if self._dgm_mc is not None else super()._dgm_prec
 
+    _dgm_estimate_parts = ("loss1",)  # (the NegLoss's own attribute: _on_estimate)
+
     def __setattr__(self, name: str, value: Any) -> None:
-        if not _set_on_estimate(self, name, value, ("loss1",)):
+        if not _on_estimate(self, name, value):
             super().__setattr__(name, value)
 
     def __delattr__(self, name: str) -> None:
-        mc = self.__dict__.get("_dgm_mc")
-        if mc is not None and name == "loss1":
-            delattr(mc, name)  # (Pixyz's object is the estimate's negation)
-            return
-        super().__delattr__(name)
+        if not _on_estimate(self, name):
+            super().__delattr__(name)
 
     loss1 = _mc_attribute("loss1", r"The Monte Carlo estimate's expectation :math:`E_p[\log p]` "
                                    "(``analytical=False``: Pixyz's ``Entropy(..., analytical=False)`` is its "
