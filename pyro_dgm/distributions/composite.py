@@ -289,6 +289,15 @@ class ExpertWeights(PlainBuffers):
         super().__setattr__(name, value)
         self._dgm_keep_given(given)  # (Pixyz's attribute is then the object assigned: its changes are followed)
 
+    def _dgm_init_weights(self, weights: list[float], given: Any) -> None:
+        """The constructor's part: the buffer of the checked ``weights``, following ``given``, the object the user
+        gave (:meth:`_dgm_keep_given`); an ``nn.Parameter`` given is the weights itself, as Pixyz's attribute is
+        (among the parameters; its gradient reaches it here: see porting.md)."""
+        self.register_buffer("weight_modalities", torch.tensor(weights))  # type: ignore[attr-defined]
+        self._dgm_keep_given(given)
+        if isinstance(given, nn.Parameter):
+            self.weight_modalities = given
+
     def _dgm_weights_buffer(self) -> Tensor:
         """The weights' buffer (or the ``nn.Parameter`` assigned in its place); an
         :class:`~pyro_dgm.utils.checks.ArgumentError` naming the distribution if ``None`` was assigned (Pixyz's

@@ -766,10 +766,7 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
         super().__init__(var=var, cond_var=cond_var, name=name,
                          features_shape=features_shape)  # as given (Pixyz's; the experts decide the shapes)
         self.p = nn.ModuleList(experts)
-        self.register_buffer("weight_modalities", torch.tensor(weights))
-        self._dgm_keep_given(weight_modalities)
-        if isinstance(weight_modalities, nn.Parameter):  # (Pixyz's attribute is the Parameter, among the
-            self.weight_modalities = weight_modalities  # parameters; its gradient reaches it here: see porting.md)
+        self._dgm_init_weights(weights, weight_modalities)
 
     _dgm_repr_hidden_buffers = ("weight_modalities",)  # a plain attribute in Pixyz, not printed
 

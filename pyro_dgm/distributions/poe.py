@@ -266,10 +266,7 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         self._prior_shape = prior_shape
         self.p = nn.ModuleList(experts)
         self.prior = prior
-        self.register_buffer("weight_modalities", torch.tensor(weights))
-        self._dgm_keep_given(weight_modalities)
-        if isinstance(weight_modalities, nn.Parameter):  # (Pixyz's attribute is the Parameter, among the
-            self.weight_modalities = weight_modalities  # parameters; its gradient reaches it here: see porting.md)
+        self._dgm_init_weights(weights, weight_modalities)
 
     @property
     def experts(self) -> Experts:

@@ -445,8 +445,6 @@ class Loss(YieldingModule, _PyroELBO):
         >>> print(nll.named("nll").term_name, "|", nll.term_name)
         nll | - \log p(x)
         """
-        import copy
-
         if not isinstance(name, str) or not name:
             raise TypeError(f"{type(self).__name__}.named: name must be a non-empty string, got {name!r}")
         out = copy.copy(self)
