@@ -300,8 +300,8 @@ class DistributionBase(Distribution):
             bufs = self._buffers
             try:
                 self._dgm_base({n: bufs[n] for n in self._dgm_const_names}, validate=None)
-            except ValueError as e:
-                self._dgm_const_only, unusable = False, e
+            except ValueError:  # (an invalid constant, under validation: each call checks it under the validation
+                self._dgm_const_only = False  # of its moment, and raises then, as Pixyz's first call does)
         if unusable is not None:
             self._dgm_set_unusable(unusable)
         elif type(self.param_groups) is LateKeys:

@@ -2,7 +2,10 @@ r"""Mixtures: :class:`MixtureModel` :math:`p(x) = \sum_k p(x|z=k)p(z=k)` with it
 and :class:`MixtureOfNormal` :math:`q(z|x,y) = \sum_k w_k q_k(z|x_k)` (mixture of experts, Shi et al. 2019, MMVAE).
 
 A mixture is one Pyro site whose distribution marginalizes the component exactly (log-sum-exp over the components),
-so ``model``/``guide`` need no enumeration; samples pick a component, then draw from it.
+so ``model``/``guide`` need no enumeration; samples pick a component, then draw from it. Asked for the component
+too (``sample(return_hidden=True)``, or the option set on a graph) inside a Pyro handler, it makes two sites, the
+component ``z`` and then ``x`` from the component it chose (``ChosenComponent``), so that ``poutine.condition``
+on ``z`` chooses ``x``'s component; the posterior's draw of ``z`` is a site too.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from pyro import poutine
+from pyro.distributions import Categorical as _PyroCategorical
+from pyro.distributions import OneHotCategorical as _PyroOneHot
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Categorical as _TorchCategorical
@@ -179,6 +184,79 @@ class MixtureDistribution(TorchDistribution):
         means = torch.stack([c.mean for c in self.components], dim=d)
         second = torch.stack([c.variance for c in self.components], dim=d) + means ** 2
         return (self._weights() * second).sum(d) - self.mean ** 2
+
+
+class ChosenComponent(TorchDistribution):
+    r"""The component of a :class:`MixtureDistribution` that each draw's component value ``z`` chose:
+    :math:`p_{z}(x)`, the site of ``x`` after the site of ``z`` in a Pyro model that draws the component first (a
+    mixture's ``sample(return_hidden=True)`` inside a handler).
+
+    Examples
+    --------
+    >>> import pyro.distributions as dist
+    >>> m = MixtureDistribution(torch.zeros(2), [dist.Normal(torch.tensor(-5.), 1.), dist.Normal(torch.tensor(5.), 1.)])
+    >>> d = ChosenComponent(m, torch.tensor([0., 1.]))
+    >>> round(float(d.log_prob(torch.tensor(5.))), 4) == round(float(dist.Normal(5., 1.).log_prob(torch.tensor(5.))), 4)
+    True
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, mixture: MixtureDistribution, z: Tensor, validate_args: bool | None = None) -> None:
+        k = len(mixture.components)
+        one_hot = z.is_floating_point() and z.shape[-1:] == (k,)
+        self._dgm_index = (z.argmax(-1) if one_hot else z.long())
+        self._dgm_mixture = mixture
+        batch = torch.broadcast_shapes(self._dgm_index.shape, mixture.batch_shape)
+        super().__init__(batch, mixture.event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        return all(c.has_rsample for c in self._dgm_mixture.components)
+
+    @property
+    def support(self) -> Any:  # type: ignore[override]
+        return self._dgm_mixture.support
+
+    def _pick(self, per_component: Tensor) -> Tensor:
+        """Each element's entry of a ``(*batch, K, *event)`` stack."""
+        d = len(self.batch_shape)
+        index = self._dgm_index.expand(self.batch_shape)
+        index = index.reshape(*self.batch_shape, 1, *([1] * (per_component.dim() - d - 1)))
+        index = index.expand(*self.batch_shape, 1, *per_component.shape[d + 1:])
+        return per_component.expand(*self.batch_shape, *per_component.shape[d:]).gather(d, index).squeeze(d)
+
+    def _stack(self, fn: Any) -> Tensor:
+        return torch.stack([fn(c) for c in self._dgm_mixture.components], dim=len(self._dgm_mixture.batch_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        lps = torch.stack([c.log_prob(value) for c in self._dgm_mixture.components], dim=-1)
+        index = self._dgm_index.expand(lps.shape[:-1]).unsqueeze(-1)
+        return lps.gather(-1, index).squeeze(-1)
+
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape) if self.has_rsample else self._draw(sample_shape, False)
+
+    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        return self._draw(sample_shape, True)
+
+    def _draw(self, sample_shape: Sequence[int], reparam: bool) -> Tensor:
+        if torch.Size(sample_shape):
+            return self.expand(torch.Size(sample_shape) + self.batch_shape)._draw((), reparam)
+        return self._pick(self._stack(lambda c: seeded_call(c, c.rsample if reparam else c.sample, torch.Size())))
+
+    def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> "ChosenComponent":
+        batch_shape = torch.Size(batch_shape)
+        return ChosenComponent(self._dgm_mixture.expand(batch_shape), self._dgm_index.expand(batch_shape))
+
+    @property
+    def mean(self) -> Tensor:
+        return self._pick(self._stack(lambda c: c.mean))
+
+    @property
+    def variance(self) -> Tensor:
+        return self._pick(self._stack(lambda c: c.variance))
 
 
 def _log_prob_of_none(c: Any, value: Tensor) -> Tensor:
@@ -474,16 +552,48 @@ class MixtureModel(_Mixture):
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
         hidden = bool(ctx.kwargs.get("return_hidden")) if ctx.kwargs else False  # graph.set_option(...)
         if not self._dgm_pixyz_order(b, ctx):
-            super()._dgm_draw_with(b, values, ctx)
             if hidden:
-                z = self._hidden_var[0]
-                values[z] = self.posterior().sample({**values, self._var[0]: values[b.var[0]]}, return_all=False)[z]
+                self._dgm_draw_both(b, values, ctx)
+            else:
+                super()._dgm_draw_with(b, values, ctx)
             return
         x, z, ev = self._dgm_pixyz_draw(b, values, ctx)
         values[b.var[0]] = x
         ctx.event_dims[b.var[0]] = ev
         if hidden:
             values[self._hidden_var[0]] = z
+
+    def _dgm_draw_both(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
+        """Draw ``x`` and its component ``z`` as two Pyro sites (every random choice is one): ``z`` from the weights
+        and then ``x`` from the component it chose, so that a handler sees both (``poutine.condition`` on ``z``
+        chooses ``x``'s component, as in a Pyro model that draws the component first). Where ``x`` is given (a
+        model run with data), or the mean is asked for, or the prior draws the components itself, ``x`` is the
+        mixture's site as without ``return_hidden`` and ``z`` a site drawn from the posterior :math:`p(z|x)`: a
+        draw from the same joint."""
+        fn, _ = self._dgm_fn(b, values, ctx)
+        x_name, z_name = b.var[0], self._hidden_var[0]
+        one_hot = getattr(unwrap(self.prior)[0], "one_hot", True)
+        given = ctx.obs is not None and x_name in ctx.obs
+        if given or ctx.sample_mean or fn._dgm_prior is not None or fn._dgm_total is not None:
+            super()._dgm_draw_with(b, values, ctx)
+            x = values[x_name]
+            if not isinstance(x, Tensor):
+                return
+            logits = fn.component_log_prob(x)
+            logits = logits - logits.logsumexp(-1, keepdim=True)
+        else:
+            logits = fn.logits
+        z_fn = (_PyroOneHot if one_hot else _PyroCategorical)(logits=logits, validate_args=False)
+        with torch.no_grad():
+            z = self._dgm_site(z_name, z_fn, CallState(None, (), False, False, ctx.obs, ctx.kwargs))
+        values[z_name] = z
+        ctx.event_dims[z_name] = 1 if one_hot else 0
+        if given or ctx.sample_mean or fn._dgm_prior is not None or fn._dgm_total is not None:
+            return
+        x_fn = ChosenComponent(fn, z)
+        value = self._dgm_site(x_name, x_fn, ctx)
+        values[x_name] = value
+        ctx.event_dims[x_name] = fn.event_dim
 
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None, sample_shape: Sequence[int] = torch.Size(),
                return_all: bool = True, return_hidden: bool = False, sample_mean: bool = False, reparam: bool = False,
@@ -512,13 +622,11 @@ class MixtureModel(_Mixture):
                 x, z, _ = self._dgm_pixyz_draw(self._dgm_binding, values, ctx)
                 out = {self._var[0]: x, self._hidden_var[0]: z}
                 return {**values, **out} if return_all else out
+        if return_hidden:  # (both drawn as sites: _dgm_draw_both)
+            kwargs = {**kwargs, "return_hidden": True}
         out = super().sample(x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=True, reparam=reparam,
                              sample_mean=sample_mean, **kwargs)
-        keep = list(self._var)
-        if return_hidden:
-            z = self._hidden_var[0]
-            out[z] = self.posterior().sample(out, return_all=False)[z]
-            keep.append(z)
+        keep = [*self._var, *self._hidden_var] if return_hidden else list(self._var)
         return out if return_all else {v: out[v] for v in keep}
 
     def posterior(self, name: str | None = None) -> "PosteriorMixtureModel":
@@ -687,13 +795,14 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
                             f"sample_shape, return_all, reparam, sample_mean), got {6 + len(args)}")
         values = self._dgm_values(x_dict)
         logits = self._dgm_log_post(values, kwargs)
-        if self._one_hot:
-            d: Any = torch.distributions.OneHotCategorical(logits=logits, validate_args=False)
-        else:
-            d = _TorchCategorical(logits=logits, validate_args=False)
-        # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
-        z = d.probs if sample_mean and self._one_hot else seeded_call(self, d.sample, torch.Size(sample_shape))
+        d: Any = (_PyroOneHot if self._one_hot else _PyroCategorical)(logits=logits, validate_args=False)
         name = self._hidden_var[0]
+        if sample_mean and self._one_hot:
+            z = d.probs
+        else:  # a Pyro site, as every draw (from the generator of pyro_dgm.utils.generator(...), if one is set)
+            shape = torch.Size(sample_shape)
+            with torch.no_grad():
+                z = self._dgm_site(name, d.expand(shape + d.batch_shape) if shape else d, CallState())
         return {**values, name: z} if return_all else {name: z}
 
 

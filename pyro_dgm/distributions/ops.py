@@ -25,6 +25,17 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
     Renaming a renamed distribution wraps it again, as Pixyz does (its state dict holds both wrappers' keys, and
     each renaming moves its variables to the end of the order); renaming a marginal renames the joint inside it.
     """
+    _check_renaming(d, replace_dict)
+    out = _renamed(d, replace_dict)
+    g_opt = d.global_options
+    if g_opt:  # Pixyz's renamed graph keeps the global options (graph.set_option(opts))
+        out.global_options = {**out.global_options, **g_opt}
+    return out
+
+
+def _check_renaming(d: Distribution, replace_dict: Mapping[str, str]) -> None:
+    """Refuse a renaming of a variable ``d`` lacks, a new name that is no string, and two variables given one name
+    (what Pixyz checks when its ``ReplaceVarDistribution`` is built)."""
     names = set(d.var) | set(d.cond_var) | set(d.input_var)
     hidden = set(d.marginalize_list) if isinstance(d, MarginalizeVarDistribution) else set()
     for old, new in replace_dict.items():
@@ -42,11 +53,6 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
                 if any(replace_dict.get(v, v) == clash[0] for v in hidden) else "")
         raise ValueError(f"{describe(d)}.replace_var({dict(replace_dict)}): two variables would both be named "
                          f"{clash[0]!r}{what}; pick a new name")
-    out = _renamed(d, replace_dict)
-    g_opt = d.global_options
-    if g_opt:  # Pixyz's renamed graph keeps the global options (graph.set_option(opts))
-        out.global_options = {**out.global_options, **g_opt}
-    return out
 
 
 def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
@@ -124,6 +130,7 @@ class ReplaceVarDistribution(_PassesThrough):
         if p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution):
             raise TypeError(f"ReplaceVarDistribution: {describe(p)} is not a single distribution; use "
                             "p.replace_var(...) instead")
+        _check_renaming(p, replace_dict)  # (built directly, as Pixyz's users may: the names checked as replace_var's)
         m = dict(replace_dict)
         super().__init__(var=[m.get(v, v) for v in p.var], cond_var=[m.get(v, v) for v in p.cond_var],
                          name=p.name, features_shape=p.features_shape)

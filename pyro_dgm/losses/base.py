@@ -121,8 +121,9 @@ def _has_terms(value: Any, depth: int = 0) -> bool:
 
 
 def _holds_terms(value: Any) -> bool:
-    """Whether ``value`` is a list, tuple or dict holding a loss or a distribution (:func:`_has_terms`)."""
-    return type(value) in (list, tuple, dict) and _has_terms(value)
+    """Whether ``value`` is a list, tuple or dict (or a subclass: an ``OrderedDict``) holding a loss or a
+    distribution (:func:`_has_terms`)."""
+    return isinstance(value, (list, tuple, dict)) and _has_terms(value)
 
 
 def _containers(loss: "Loss") -> tuple[tuple[Any, tuple[Any, ...]], ...]:

@@ -24,6 +24,7 @@ from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
 from pyro_dgm.losses.expectation import Expectation, check_sample_shape
 from pyro_dgm.losses.pdf import LogProb, as_dims, check_distribution
 from pyro_dgm.utils.checks import DimensionError, NoClosedFormError, ShapeError, clearer, describe
+from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,18 +140,25 @@ def _builder(d: Any) -> Any:
 def _kl(pd: Any, qd: Any) -> Tensor:
     """``kl_divergence(pd, qd)``; where torch's closed form fails on batch shapes that broadcast (its Bernoulli
     pair indexes one with the other's mask: a batch of 5 against a prior of batch 1 raises ``IndexError``), both
-    expanded to the broadcast batch shape first."""
+    expanded to the broadcast batch shape first. While torch.compile traces, they are expanded before (the failure
+    may come only when the compiled code runs, where nothing catches it: another batch size)."""
+    if is_compiling() and pd.batch_shape != qd.batch_shape:
+        return _kl_expanded(pd, qd)
     try:
         return kl_divergence(pd, qd)
     except (IndexError, RuntimeError):
         if pd.batch_shape == qd.batch_shape:
             raise
-        try:
-            shape = torch.broadcast_shapes(pd.batch_shape, qd.batch_shape)
-        except RuntimeError:
-            raise ShapeError(f"batch shapes {tuple(pd.batch_shape)} and {tuple(qd.batch_shape)} do not "
-                             "broadcast") from None  # (also torch's RuntimeError, which Pixyz programs catch)
-        return kl_divergence(pd.expand(shape), qd.expand(shape))
+        return _kl_expanded(pd, qd)
+
+
+def _kl_expanded(pd: Any, qd: Any) -> Tensor:
+    try:
+        shape = torch.broadcast_shapes(pd.batch_shape, qd.batch_shape)
+    except RuntimeError:
+        raise ShapeError(f"batch shapes {tuple(pd.batch_shape)} and {tuple(qd.batch_shape)} do not "
+                         "broadcast") from None  # (also torch's RuntimeError, which Pixyz programs catch)
+    return kl_divergence(pd.expand(shape), qd.expand(shape))
 
 
 def _mc_part(loss: Loss, name: str) -> Any:

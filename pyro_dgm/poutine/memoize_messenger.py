@@ -763,15 +763,15 @@ class MemoizeMessenger(Messenger):
                 handlers_key() if _PYRO_STACK and draws_in_forward(module) else ())
 
     def _forget_traced_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Drop the traced entries that hold a tensor that a network has just been given: it may have changed it in
-        place (eager keys see that by its version, which a traced evaluation cannot branch on), and the next use of
-        those entries' networks then runs them again on the current values. Called only for a network that changed an
-        input in its eager runs, or has had none (:func:`_kept_inputs`): the compilers do not merge a forward pass
-        run twice."""
-        given = [a for a in args if isinstance(a, torch.Tensor)] + [v for v in kwargs.values()
-                                                                    if isinstance(v, torch.Tensor)]
-        if given:
-            self._traced = [e for e in self._traced if not any(a is g for a in (*e[2], *e[3].values()) for g in given)]
+        """Drop the traced entries once a network has been given tensors: it may have changed one in place (eager keys
+        see that by its version, which a view shares with its base, but a traced evaluation cannot branch on it),
+        and the next use of those entries' networks then runs them again on the current values. Called only for a
+        network that changed an input in its eager runs, or has had none (:func:`_kept_inputs`): the compilers do not
+        merge a forward pass run twice."""
+        if any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())):
+            self._traced = []  # every entry: not only those holding these tensors, as one of them may be a view of
+            # another entry's input (a Deterministic's h = x.view(...), then h.mul_(...) changes x), which a traced
+            # evaluation cannot tell
 
     def _traced_lookup(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                        ) -> tuple[Hashable | None, Any]:

@@ -4,6 +4,7 @@ they follow an operand replaced by ``setattr`` (``test_replaced_operands.py``). 
 which the new distribution was there from the start."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import pyro
@@ -42,7 +43,15 @@ class Held(Loss):
         return -sum(p.get_log_prob(x_dict) for p in ps).mean(), {}
 
 
+class PList(list):
+    """A list subclass (a user's container)."""
+
+
 def _container(how: str, p: Net) -> Any:
+    if how.startswith("OrderedDict"):
+        return OrderedDict(a=p)
+    if how.startswith("list subclass"):
+        return PList([p])
     if how.startswith("ModuleList"):
         return torch.nn.ModuleList([p])
     if how.startswith("dict"):
@@ -65,6 +74,10 @@ def _replace(loss: Held, how: str, p2: Net) -> None:
         loss.ps["a"] = p2
     elif how == "nested list item":
         loss.ps[0][0] = p2
+    elif how == "OrderedDict assigned":
+        loss.ps = OrderedDict(a=p2)
+    elif how == "list subclass assigned":
+        loss.ps = PList([p2])
 
 
 def _train(how: str, step_first: bool) -> tuple[float, float, list[float]]:
@@ -82,11 +95,13 @@ def _train(how: str, step_first: bool) -> tuple[float, float, list[float]]:
 
 
 @pytest.mark.parametrize("how", ["list assigned", "list item", "list appended", "ModuleList item", "dict item",
-                                 "nested list item"])
+                                 "nested list item", "OrderedDict assigned", "list subclass assigned"])
 def test_svi_trains_a_distribution_put_in_place_in_a_losss_list_after_a_step(how: str) -> None:
     """Probe p305: after one ``svi.step``, ``loss.ps = [p2]`` or ``loss.ps[0] = p2`` (a plain list, or an item of a
     ``ModuleList``) left SVI registering the old distributions: ``p2``'s weight stayed where it was and the loss
-    stayed 1.5756 at every step (the fresh program: 1.5756, 1.5607, 1.5471)."""
+    stayed 1.5756 at every step (the fresh program: 1.5756, 1.5607, 1.5471). Probe p321: so did an ``OrderedDict``
+    or a list subclass assigned (only the exact types ``list``, ``tuple`` and ``dict`` counted as containers of
+    terms when assigned)."""
     w_ref, b_ref, _ = _train(how, step_first=False)
     torch.manual_seed(0)
     untrained = (Net("p1"), Net("p2"))[1].lin.weight.item()

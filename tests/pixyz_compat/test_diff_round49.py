@@ -1,0 +1,105 @@
+"""Forty-ninth round: Pixyz's public building blocks used directly (probe p322) and the session's other findings,
+under Pixyz and here (:mod:`pixyz_harness`)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from pixyz_harness import raises_same, run_both, run_pyro_dgm
+
+
+@pytest.mark.parametrize("renaming", [{"zz": "y"}, {"z": "y", "q": "w"}])
+def test_a_renaming_built_directly_refuses_a_variable_the_distribution_lacks(renaming: dict) -> None:
+    """Probe p322: ``ReplaceVarDistribution(p, {...})`` built directly (Pixyz's public class) skipped the checks that
+    ``p.replace_var`` makes: an unknown name was ignored (``p(x|z)`` renamed ``{"zz": "y"}`` was built, and failed
+    only when scored; with ``{"z": "y", "q": "w"}`` it scored as if ``q`` were not there). Pixyz raises
+    ``ValueError`` when it is built; so does ours, naming the variable and the distribution."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.distributions.distributions import ReplaceVarDistribution
+
+        p = Normal(loc="z", scale=torch.tensor(1.), var=["x"], cond_var=["z"], name="p", features_shape=[2])
+        return ReplaceVarDistribution(p, renaming)
+
+    assert raises_same(program) == (ValueError, ValueError)
+    with pytest.raises(ValueError, match=r"p\(x\|z\).*no variable '(zz|q)'; its variables are \['x', 'z'\]"):
+        run_pyro_dgm(program)
+
+
+def test_a_renaming_built_directly_scores_as_replace_var_does() -> None:
+    """The valid renaming built directly is the one ``replace_var`` builds (the check does not refuse it)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.distributions.distributions import ReplaceVarDistribution
+
+        p = Normal(loc="z", scale=torch.tensor(1.), var=["x"], cond_var=["z"], name="p", features_shape=[2])
+        r = ReplaceVarDistribution(p, {"z": "y"})
+        values = {"x": torch.tensor([[0.5, -1.]]), "y": torch.tensor([[1., 0.]])}
+        return r.prob_text, r.get_log_prob(values), p.replace_var(z="y").get_log_prob(values)
+
+    ref, ours = run_both(program)
+    assert ref[0] == ours[0] == "p(x|y)"
+    closed = torch.distributions.Normal(torch.tensor([[1., 0.]]), 1.).log_prob(torch.tensor([[0.5, -1.]])).sum(-1)
+    for got in (*ref[1:], *ours[1:]):
+        torch.testing.assert_close(got, closed)
+
+
+def test_a_flow_batch_norm_given_three_dims_normalizes_each_feature_over_the_others() -> None:
+    """Probe p322 (a documented difference, ``docs/porting.md``): Pixyz's ``BatchNorm1d`` given ``(L, N, D)`` in
+    training mode takes statistics over dim 0 alone, so its log-det has shape ``(N,)`` and its running mean becomes
+    ``(N, D)`` (a buffer that changes shape); ours takes them per feature over every other dim, as torch's batch
+    norm does, with one log-det that every value shares."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.flows import BatchNorm1d
+
+        f = BatchNorm1d(4, momentum=0.5)
+        x = torch.randn(3, 5, 4)
+        z = f(x, compute_jacobian=True)
+        return x, z, f.logdet_jacobian, f.running_mean
+
+    ref, ours = run_both(program)
+    assert ref[3].shape == (5, 4) and ref[2].shape == (5,)  # Pixyz's buffer changed shape
+    x, z, logdet, running_mean = ours
+    mean = x.mean(dim=(0, 1))
+    var = x.var(dim=(0, 1), unbiased=False) + 1e-12  # (pyro_dgm's epsilon(), 1e-12 by default, as Pixyz's)
+    torch.testing.assert_close(z, (x - mean) / var.sqrt())  # log_gamma = beta = 0 at construction
+    torch.testing.assert_close(logdet, -0.5 * var.log().sum())
+    torch.testing.assert_close(running_mean, 0.5 * mean)  # momentum 0.5 from zeros
+    assert running_mean.shape == (4,)
+
+
+def test_a_constant_refused_under_validation_scores_once_validation_is_off() -> None:
+    """Probe p324: ``Normal(scale=-1.)`` built under validation (torch's default) kept the error its constant met when
+    built, and raised it at every call, after ``set_default_validate_args(False)`` too, where Pixyz (and a
+    distribution built with validation off) gives NaN. The constant is checked at each call under the validation of
+    its moment: refused while validation is on, NaN once it is off (the Normal's log-density at a negative scale is
+    ``log`` of a negative number), and refused again when it is back on."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        bad = Normal(loc=torch.tensor(0.), scale=torch.tensor(-1.), var=["x"], features_shape=[2], name="p")
+        x = torch.randn(3, 2)
+        out = []
+        for on in (True, False, True):
+            torch.distributions.Distribution.set_default_validate_args(on)
+            try:
+                out.append(bad.get_log_prob({"x": x}))
+            except ValueError:
+                out.append("refused")
+            finally:
+                torch.distributions.Distribution.set_default_validate_args(True)
+        return out
+
+    ref, ours = run_both(program)
+    assert ref[0] == ours[0] == ref[2] == ours[2] == "refused"
+    assert torch.isnan(ref[1]).all() and torch.isnan(ours[1]).all() and ours[1].shape == ref[1].shape == (3,)
