@@ -195,17 +195,16 @@ class ChosenComponent(TorchDistribution):
     --------
     >>> import pyro.distributions as dist
     >>> m = MixtureDistribution(torch.zeros(2), [dist.Normal(torch.tensor(-5.), 1.), dist.Normal(torch.tensor(5.), 1.)])
-    >>> d = ChosenComponent(m, torch.tensor([0., 1.]))
+    >>> d = ChosenComponent(m, torch.tensor([0., 1.]), one_hot=True)
     >>> round(float(d.log_prob(torch.tensor(5.))), 4) == round(float(dist.Normal(5., 1.).log_prob(torch.tensor(5.))), 4)
     True
     """
 
     arg_constraints: dict = {}
 
-    def __init__(self, mixture: MixtureDistribution, z: Tensor, validate_args: bool | None = None) -> None:
-        k = len(mixture.components)
-        one_hot = z.is_floating_point() and z.shape[-1:] == (k,)
-        self._dgm_index = (z.argmax(-1) if one_hot else z.long())
+    def __init__(self, mixture: MixtureDistribution, z: Tensor, one_hot: bool, validate_args: bool | None = None
+                 ) -> None:
+        self._dgm_index = (z.argmax(-1) if one_hot else z.long())  # (one-hot values of any dtype; indices too)
         self._dgm_mixture = mixture
         batch = torch.broadcast_shapes(self._dgm_index.shape, mixture.batch_shape)
         super().__init__(batch, mixture.event_shape, validate_args=False)
@@ -248,7 +247,7 @@ class ChosenComponent(TorchDistribution):
 
     def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> "ChosenComponent":
         batch_shape = torch.Size(batch_shape)
-        return ChosenComponent(self._dgm_mixture.expand(batch_shape), self._dgm_index.expand(batch_shape))
+        return ChosenComponent(self._dgm_mixture.expand(batch_shape), self._dgm_index.expand(batch_shape), False)
 
     @property
     def mean(self) -> Tensor:
@@ -574,6 +573,15 @@ class MixtureModel(_Mixture):
         x_name, z_name = b.var[0], self._hidden_var[0]
         one_hot = getattr(unwrap(self.prior)[0], "one_hot", True)
         given = ctx.obs is not None and x_name in ctx.obs
+        if z_name == x_name:  # (the component named as the data, as Pixyz allows: the component is what is
+            super()._dgm_draw_with(b, values, ctx)  # returned under that name, drawn from the posterior; one site)
+            x = values[x_name]
+            if isinstance(x, Tensor):
+                lp = fn.component_log_prob(x)
+                post = (_PyroOneHot if one_hot else _PyroCategorical)(logits=lp - lp.logsumexp(-1, keepdim=True),
+                                                                      validate_args=False)
+                values[z_name] = seeded_call(self, post.sample, torch.Size())
+            return
         if given or ctx.sample_mean or fn._dgm_prior is not None or fn._dgm_total is not None:
             super()._dgm_draw_with(b, values, ctx)
             x = values[x_name]
@@ -590,7 +598,7 @@ class MixtureModel(_Mixture):
         ctx.event_dims[z_name] = 1 if one_hot else 0
         if given or ctx.sample_mean or fn._dgm_prior is not None or fn._dgm_total is not None:
             return
-        x_fn = ChosenComponent(fn, z)
+        x_fn = ChosenComponent(fn, z, one_hot)
         value = self._dgm_site(x_name, x_fn, ctx)
         values[x_name] = value
         ctx.event_dims[x_name] = fn.event_dim

@@ -36,6 +36,9 @@ def replace_var(d: Distribution, replace_dict: Mapping[str, str]) -> Distributio
 def _check_renaming(d: Distribution, replace_dict: Mapping[str, str]) -> None:
     """Refuse a renaming of a variable ``d`` lacks, a new name that is no string, and two variables given one name
     (what Pixyz checks when its ``ReplaceVarDistribution`` is built)."""
+    if not isinstance(replace_dict, Mapping):
+        raise TypeError(f"{describe(d)}.replace_var: the renaming must be a dict {{old name: new name}}, got "
+                        f"{type(replace_dict).__name__} {replace_dict!r}")
     names = set(d.var) | set(d.cond_var) | set(d.input_var)
     hidden = set(d.marginalize_list) if isinstance(d, MarginalizeVarDistribution) else set()
     for old, new in replace_dict.items():
@@ -66,7 +69,7 @@ def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
         out.__dict__["p"] = out_joint  # one integrates the renamed joint directly, read as the attribute p
         return out
     if d._dgm_factors == (d,):
-        return ReplaceVarDistribution(d, replace_dict)
+        return ReplaceVarDistribution._dgm_new(d, replace_dict)
     factors = [f if not set(replace_dict) & (set(f.var) | set(f.input_var)) else
                replace_var(f, {k: v for k, v in replace_dict.items() if k in set(f.var) | set(f.input_var)})
                for f in d._dgm_factors]
@@ -125,6 +128,31 @@ class ReplaceVarDistribution(_PassesThrough):
     """
 
     _dgm_graph_call = True
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Built directly (``ReplaceVarDistribution(p, {...})``, as Pixyz's users may), the renaming that
+        ``p.replace_var(...)`` gives: of a joint or a marginal, the renamed joint (Pixyz's class renames those too);
+        of a distribution whose class renames in its own way (a posterior mixture, scored as its table), that."""
+        p = args[0] if args else kwargs.get("p")
+        replace_dict = args[1] if len(args) > 1 else kwargs.get("replace_dict", {})
+        if cls is ReplaceVarDistribution and isinstance(p, Distribution):
+            if p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution):
+                return replace_var(p, replace_dict)  # (not an instance: __init__ is not called on it)
+            own = type(p).__dict__.get("replace_var") or next(
+                (c.__dict__["replace_var"] for c in type(p).__mro__ if "replace_var" in c.__dict__), None)
+            if own is not None and own is not Distribution.__dict__.get("replace_var"):
+                if not isinstance(replace_dict, Mapping):
+                    _check_renaming(p, replace_dict)  # (its TypeError)
+                return p.replace_var(**replace_dict)
+        return super().__new__(cls)
+
+    @classmethod
+    def _dgm_new(cls, p: Distribution, replace_dict: Mapping[str, str]) -> "ReplaceVarDistribution":
+        """The renaming of the single distribution ``p`` itself (what ``replace_var`` builds), whatever its class
+        renames otherwise."""
+        out = _PassesThrough.__new__(cls)
+        out.__init__(p, replace_dict)
+        return out
 
     def __init__(self, p: Distribution, replace_dict: Mapping[str, str]) -> None:
         if p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution):

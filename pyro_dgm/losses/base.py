@@ -98,16 +98,32 @@ _NO_MODULES = frozenset({str, int, float, bool, complex, bytes, type(None), Tens
                          torch.device, frozenset, set})
 
 
+#: A plain list, tuple or dict longer than this is looked into at its first and last half of this many items only.
+_LOOKED_INTO = 128
+
+
+def _ends(items: Sequence[Any]) -> Sequence[Any]:
+    """The items of a plain container that the walks look at: all of them, or the first and last ``_LOOKED_INTO / 2``
+    of a long one (records a loss appends at each step, which a walk of the whole would make cost more at each step;
+    a formula's terms are not kept among thousands of records)."""
+    if len(items) <= _LOOKED_INTO:
+        return items
+    half = _LOOKED_INTO // 2
+    return [*items[:half], *items[-half:]]
+
+
 def _held(value: Any, depth: int) -> Iterator[Any]:
     """``value`` itself, or what a container holds (lists, tuples, dicts, ``nn.ModuleList``, ``nn.ModuleDict``),
     nested up to a few levels (``{"all": [q, p]}``, ``[(q, p)]``); values of :data:`_NO_MODULES`'s types left out
-    (every reader looks for modules: losses, distributions, networks)."""
+    (every reader looks for modules: losses, distributions, networks), and of a long plain container only its ends
+    (:func:`_ends`)."""
     if depth < 4 and isinstance(value, (list, tuple, nn.ModuleList)):
-        for v in value:
+        for v in (value if isinstance(value, nn.ModuleList) else _ends(value)):
             if type(v) not in _NO_MODULES:
                 yield from _held(v, depth + 1)
     elif depth < 4 and isinstance(value, (dict, nn.ModuleDict)):
-        for v in value.values():
+        for v in (value.values() if isinstance(value, nn.ModuleDict) or len(value) <= _LOOKED_INTO else
+                  _ends(list(value.values()))):
             if type(v) not in _NO_MODULES:
                 yield from _held(v, depth + 1)
     else:

@@ -298,8 +298,10 @@ def test_replace_var_unknown_or_bad_name(p, prior):
         p.replace_var(z="x")
     with pytest.raises(TypeError, match=names("Normal p(x|z)", "'z'", "string", "3")):
         p.replace_var(z=3)
-    with pytest.raises(TypeError, match=names("ReplaceVarDistribution", "p(x,z)", "replace_var")):
-        ReplaceVarDistribution(p * prior, {"z": "w"})
+    # (a joint renamed by the class built directly is the joint's replace_var, as Pixyz's class renames it: p325)
+    assert ReplaceVarDistribution(p * prior, {"z": "w"}).prob_text == (p * prior).replace_var(z="w").prob_text
+    with pytest.raises(TypeError, match=names("Normal p(x|z)", "dict", "list")):
+        ReplaceVarDistribution(p, ["z"])
 
 
 def test_replace_var_on_a_marginal_cannot_reuse_the_hidden_name(p, prior):

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from pixyz_harness import raises_same, run_both, run_pyro_dgm
+from pixyz_harness import assert_same, raises_same, run_both, run_pyro_dgm
 
 
 @pytest.mark.parametrize("renaming", [{"zz": "y"}, {"z": "y", "q": "w"}])
@@ -103,3 +103,48 @@ def test_a_constant_refused_under_validation_scores_once_validation_is_off() -> 
     ref, ours = run_both(program)
     assert ref[0] == ours[0] == ref[2] == ours[2] == "refused"
     assert torch.isnan(ref[1]).all() and torch.isnan(ours[1]).all() and ours[1].shape == ref[1].shape == (3,)
+
+
+def test_the_renaming_class_built_directly_renames_joints_and_posteriors_as_pixyz() -> None:
+    """Probe p325: ``ReplaceVarDistribution(p * py, {"y": "w"})`` was refused here (``TypeError``: "not a single
+    distribution"), where Pixyz's class renames the joint; and built on a mixture's posterior it scored a row of
+    neither the posterior's ``(K, N)`` table nor the renamed density ([-1.448, -1.448] where Pixyz gives the table).
+    Built directly, the class gives what ``replace_var`` gives, as Pixyz's."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Categorical, MixtureModel, Normal
+        from pixyz.distributions.distributions import ReplaceVarDistribution
+
+        p = Normal(loc="y", scale=torch.tensor(1.), var=["x"], cond_var=["y"], name="p", features_shape=[1])
+        py = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["y"], name="py", features_shape=[1])
+        joint = ReplaceVarDistribution(p * py, {"y": "w"})
+        comps = [Normal(loc=torch.tensor([float(k)]), scale=torch.tensor([1.]), var=["x"], name=f"c{k}",
+                        features_shape=[1]) for k in range(2)]
+        post = MixtureModel(comps, Categorical(probs=torch.tensor([.5, .5]), var=["z"], name="pz")).posterior()
+        u = torch.tensor([[0.], [1.]])
+        return (joint.get_log_prob({"x": torch.tensor([[0.5], [1.]]), "w": torch.tensor([[0.], [1.]])}),
+                ReplaceVarDistribution(post, {"x": "u"}).get_log_prob({"u": u}),
+                post.replace_var(x="u").get_log_prob({"u": u}))
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    torch.testing.assert_close(ours[1], ours[2])  # the posterior's table, (K, N)
+    assert ours[1].shape == (2, 2)
+
+
+def test_a_renaming_that_is_no_dict_is_refused_naming_the_distribution() -> None:
+    """Probe p325: ``ReplaceVarDistribution(p, ["x"])`` raised a bare ``AttributeError: 'list' object has no
+    attribute 'items'``; Pixyz raises ``TypeError``, and so does ours, naming the distribution."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+        from pixyz.distributions.distributions import ReplaceVarDistribution
+
+        p = Normal(loc="y", scale=torch.tensor(1.), var=["x"], cond_var=["y"], name="p")
+        return ReplaceVarDistribution(p, ["x"])
+
+    assert raises_same(program) == (TypeError, TypeError)
+    with pytest.raises(TypeError, match=r"Normal p\(x\|y\).*must be a dict"):
+        run_pyro_dgm(program)
