@@ -497,7 +497,8 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
                 raise RuntimeError(_OUT_OF_RANGE)
             return _sum(bernoulli_cross_entropy(probs, x), dims)
         functorch = torch._C._are_functorch_transforms_active()
-        if (probs.numel() > _FUSED_UP_TO or _differentiated(x)) and not is_compiling() and not functorch:
+        if not is_compiling() and not functorch and (probs.numel() > _FUSED_UP_TO or _differentiated(x)):  # (the
+            # size last: read while tracing, it would make the compiled code guard on it, one graph more)
             if not in_unit_interval(probs):
                 raise RuntimeError(_OUT_OF_RANGE)
             return _sum(_CrossEntropy.apply(probs, x), dims)

@@ -319,8 +319,8 @@ def _own_code(fn: Any) -> Any:
 
 
 def _hooks_mark(terms: Sequence[Any]) -> tuple[tuple[int, ...], ...]:
-    """The handles of the hooks that ``nn.Module.__call__`` runs for the loss terms ``terms`` (their own and the
-    global ones): another value after one is added or removed."""
+    """The handles of the hooks that ``nn.Module.__call__`` runs for the modules ``terms`` (loss terms,
+    distributions, networks: their own and the global ones): another value after one is added or removed."""
     g = torch.nn.modules.module
     dicts = [g._global_forward_pre_hooks, g._global_forward_hooks, g._global_backward_hooks,
              g._global_backward_pre_hooks]
@@ -397,7 +397,7 @@ class _FirstCallEager:
         self._frozen: list[Tensor] = []
         self._dists: list[Any] = []
         self._cores: list[Any] = []
-        self._terms: list[Any] = []
+        self._hooked: list[Any] = []
         self._installed: tuple[Any, ...] | None = None
         self._classes_version = ["0"]
         self._structure: int | None = None
@@ -477,7 +477,8 @@ class _FirstCallEager:
         self._dists = list(dict.fromkeys([*self.loss.distributions,
                                           *(m for m in self.loss.modules() if hasattr(m, "_dgm_order"))]))
         self._cores = [c for d in self._dists for c in d._dgm_order]
-        self._terms = [m for m in self.loss.modules() if hasattr(m, "_dgm_walk")]  # (the loss terms)
+        self._hooked = list(dict.fromkeys([*self.loss.modules(), *(m for d in self._dists for m in d.modules())]))
+        # (the loss terms, the distributions and their networks: whose hooks nn.Module.__call__ runs)
 
     def _dgm_classes_current(self) -> None:
         """Follow the weights objects that the user gave the loss's products and mixtures of experts
@@ -485,16 +486,17 @@ class _FirstCallEager:
         changed since the last call (a later
         cell's ``Q.get_log_prob = ...``: :func:`~pyro_dgm.distributions.overrides.current_of`, which the traced
         code skips), and count a new version of them if any did, or if a hook was added to or removed from a loss
-        term (or a global module hook: torch's Dynamo does not guard on them, and a term with one runs through
-        ``nn.Module.__call__``): the compiled code guards on that count, which is this loss's own (Dynamo does not
-        guard on a class's attributes; a change to another model's classes does not make this one compile again)."""
+        term, a distribution or a network (or a global module hook: torch's Dynamo does not guard on them, and a
+        term or a distribution with one runs through ``nn.Module.__call__``): the compiled code guards on that count,
+        which is this loss's own (Dynamo does not guard on a class's attributes; a change to another model's classes
+        does not make this one compile again)."""
         if self._structure != current_structure() or self._structure is None:  # a module added anywhere since
             self._dgm_find_distributions()
         for d in self._dists:
             current_of(d)
             if "_dgm_given_weights" in d.__dict__:  # (the weights object the user gave a product or mixture of
                 d._dgm_follow_given()  # experts: followed here, where the compiled graph cannot)
-        now = (tuple(type(d).__dict__.get("_dgm_installed") for d in self._cores), _hooks_mark(self._terms))
+        now = (tuple(type(d).__dict__.get("_dgm_installed") for d in self._cores), _hooks_mark(self._hooked))
         if now != self._installed:
             if self._installed is not None:
                 self._classes_version[0] = str(int(self._classes_version[0]) + 1)

@@ -189,3 +189,84 @@ def test_a_bernoulli_kl_against_a_constant_prior_trains_compiled_as_eagerly() ->
         return out
 
     assert train({"backend": "eager"}) == pytest.approx(train(None), rel=1e-6)
+
+
+class Wide(Bernoulli):
+    """``p(x|z)`` over 64 features: a batch of more than 64 rows holds more than 4,096 probabilities."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.out = nn.Linear(Z, 64)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"probs": torch.sigmoid(self.out(z))}
+
+
+class WideEnc(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.fc = nn.Linear(64, 2 * Z)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        a, b = self.fc(x).chunk(2, -1)
+        return {"loc": a, "scale": F.softplus(b) + .1}
+
+
+def _wide_model(compile: Any) -> tuple[Model, WideEnc, Wide]:
+    torch.manual_seed(0)
+    q, p = WideEnc(), Wide()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[Z], name="pr")
+    loss = (KullbackLeibler(q, prior) - p.log_prob().expectation(q)).mean()
+    return Model(loss, distributions=[q, p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1},
+                 **({"compile": compile} if compile else {})), q, p
+
+
+def test_batch_sizes_on_both_sides_of_the_fused_bernoulli_size_compile_one_dynamic_graph() -> None:
+    """Probe p328: the Bernoulli log-density compared the number of probabilities with 4,096 (its fused kernel's
+    size) before asking whether it was being traced, so the compiled code guarded on the batch size: batches on both
+    sides of 64 rows (64 features) made two dynamic graphs besides the first (guards ``2 <= B <= 64`` and
+    ``B >= 65``), where the hand-written step makes one. One static graph and one dynamic now, and the values are
+    the eager model's."""
+    from torch._dynamo.utils import counters
+
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(700, 64, generator=g) > .5).float()
+    sizes = [128, 37, 124, 21, 100, 50, 90, 30]
+    values = {}
+    for compile in (None, {"backend": "aot_eager"}):
+        model = _wide_model(compile)[0]
+        start, i, out = counters["stats"]["unique_graphs"], 0, []
+        for n in sizes:
+            torch.manual_seed(i)
+            out.append(float(model.train({"x": x[i:i + n]})))
+            i += n
+        values[bool(compile)] = out
+    assert counters["stats"]["unique_graphs"] - start == 2
+    assert values[True] == pytest.approx(values[False], rel=1e-5)
+
+
+@pytest.mark.parametrize("where", ["distribution", "network"])
+def test_a_hook_added_to_a_distribution_or_its_network_after_compiling_is_run(where: str) -> None:
+    """Probe p328: a forward hook registered after the model compiled, on a distribution (which pyro_dgm runs, as
+    Pixyz's ``__call__`` does) or on one of its networks, was never run by the compiled ``test``/``train`` (46.02
+    where eager gives 54.07 and 71.75): torch's Dynamo does not guard on hook dicts. The compiled call watches the
+    hooks of the distributions and their networks too, and compiles again when they change."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(32, 64, generator=g) > .5).float()
+    got = {}
+    for compile in (None, {"backend": "aot_eager"}):
+        model, q, p = _wide_model(compile)
+        for _ in range(3):
+            torch.manual_seed(9)
+            model.test({"x": x})
+        if where == "distribution":
+            handle = p.register_forward_hook(lambda m, i, o: {"probs": o["probs"] * 0.5})
+        else:
+            handle = p.out.register_forward_hook(lambda m, i, o: o - 2.0)
+        torch.manual_seed(9)
+        hooked = float(model.test({"x": x}))
+        handle.remove()
+        torch.manual_seed(9)
+        got[bool(compile)] = (hooked, float(model.test({"x": x})))
+    assert got[True] == pytest.approx(got[False], rel=1e-5)
+    assert got[False][0] != pytest.approx(got[False][1], rel=1e-3)  # (the hook changes the value)
