@@ -26,7 +26,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, BoundForward, CallState, draw_factors
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
-from pyro_dgm.distributions.unreparameterized import Unreparameterized
+from pyro_dgm.distributions.unreparameterized import unreparameterized
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, data_plate,
                                            given_event_dim, ignores_sites, mark_own_observed, outer_plates_ndim,
@@ -1815,7 +1815,7 @@ class Distribution(YieldingModule):
                 return self._dgm_pyro_sample(name, fn, **opts)
             # a draw without a gradient (Pixyz's default reparam=False) in a Pyro model or guide: a site that says
             # so, scored by its score function (the site's distribution keeps its graph to the networks)
-            return self._dgm_pyro_sample(name, Unreparameterized(fn), **opts)
+            return self._dgm_pyro_sample(name, unreparameterized(fn), **opts)
         # what pyro.sample does when no handler is active (or only ones that ignore sample sites, see ignores_sites)
         if ctx.reparam:
             return fn.rsample() if fn.has_rsample else fn.sample()

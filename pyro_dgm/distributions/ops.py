@@ -135,9 +135,10 @@ class ReplaceVarDistribution(_PassesThrough):
         of a distribution whose class renames in its own way (a posterior mixture, scored as its table), that."""
         p = args[0] if args else kwargs.get("p")
         replace_dict = args[1] if len(args) > 1 else kwargs.get("replace_dict", {})
+        if isinstance(p, Distribution) and (p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution)):
+            return replace_var(p, replace_dict)  # (not an instance, also of a user's subclass: __init__ is not
+            # called on it; the renamed joint is no ReplaceVarDistribution, where Pixyz's wraps the joint)
         if cls is ReplaceVarDistribution and isinstance(p, Distribution):
-            if p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution):
-                return replace_var(p, replace_dict)  # (not an instance: __init__ is not called on it)
             own = type(p).__dict__.get("replace_var") or next(
                 (c.__dict__["replace_var"] for c in type(p).__mro__ if "replace_var" in c.__dict__), None)
             if own is not None and own is not Distribution.__dict__.get("replace_var"):

@@ -3,64 +3,57 @@ hands Pyro inside a handler, so that an inference algorithm scores the site by i
 gradient that the value (drawn without a graph) does not carry."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import torch
-from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
+from torch.distributions import TransformedDistribution
 
-__all__ = ["Unreparameterized"]
+__all__ = ["unreparameterized"]
+
+#: ``(class, kind) -> its subclass``: kind ``"score"`` has no reparameterized sampler, kind ``"detached"`` draws its
+#: reparameterized samples without a graph (a flow's base)
+_SUBCLASSES: dict[tuple[type, str], type] = {}
 
 
-class Unreparameterized(TorchDistribution):
-    r"""``base`` with ``has_rsample = False``: its draws carry no gradient, and Pyro's ELBOs give the site's
-    parameters the score-function term :math:`\nabla \log q(z)` (``Trace_ELBO``'s surrogate), as for any
-    distribution without a reparameterized sampler. Log-densities, shapes and moments are ``base``'s.
+def _detached_rsample(self: Any, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+    return self.sample(torch.Size(sample_shape))
+
+
+def _subclass(cls: type, kind: str) -> type:
+    key = (cls, kind)
+    out = _SUBCLASSES.get(key)
+    if out is None:  # (the class's own name and module: labels, render_model, messages read them)
+        attrs: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                 "_dgm_unreparameterized": kind}
+        attrs.update({"has_rsample": False} if kind == "score" else {"rsample": _detached_rsample})
+        out = _SUBCLASSES[key] = type(cls)(cls.__name__, (cls,), attrs)
+    return out
+
+
+def unreparameterized(fn: Any) -> Any:
+    r"""``fn`` as the site of a draw without a gradient: a shallow copy of its class's subclass with
+    ``has_rsample = False`` (its draws carry no gradient, and Pyro's ELBOs give its parameters the score-function
+    term, as for any distribution without a reparameterized sampler). A flow's distribution (a
+    ``TransformedDistribution``) keeps its pathwise gradient through the flow and draws its base without one, as
+    Pixyz's ``sample()`` applies the flow to a prior's draw. Everything else (its class for ``isinstance`` and the KL
+    registry, its parameters, ``expand``) is ``fn``'s.
 
     Examples
     --------
     >>> import pyro.distributions as dist
     >>> loc = torch.zeros(2, requires_grad=True)
-    >>> d = Unreparameterized(dist.Normal(loc, 1.))
-    >>> d.has_rsample, d.sample().requires_grad, d.log_prob(torch.ones(2)).requires_grad
-    (False, False, True)
+    >>> fn = dist.Normal(loc, 1.).to_event(1)
+    >>> d = unreparameterized(fn)
+    >>> d.has_rsample, d.sample().requires_grad, d.log_prob(torch.ones(2)).requires_grad, isinstance(d, type(fn))
+    (False, False, True, True)
     """
-
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(self, base: Any, validate_args: bool | None = None) -> None:
-        self.base = base
-        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
-
-    @property
-    def support(self) -> Any:  # type: ignore[override]
-        return self.base.support
-
-    @property
-    def has_enumerate_support(self) -> bool:  # type: ignore[override]
-        return self.base.has_enumerate_support
-
-    def enumerate_support(self, expand: bool = True) -> Tensor:
-        return self.base.enumerate_support(expand)
-
-    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.base.sample(torch.Size(sample_shape))
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return self.base.log_prob(value)
-
-    def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> "Unreparameterized":
-        return Unreparameterized(self.base.expand(torch.Size(batch_shape)))
-
-    @property
-    def mean(self) -> Tensor:
-        return self.base.mean
-
-    @property
-    def variance(self) -> Tensor:
-        return self.base.variance
-
-    def entropy(self) -> Tensor:
-        return self.base.entropy()
+    out = copy.copy(fn)
+    if isinstance(fn, TransformedDistribution):
+        base = copy.copy(fn.base_dist)
+        base.__class__ = _subclass(type(base), "detached")
+        out.base_dist = base
+        return out
+    out.__class__ = _subclass(type(fn), "score")
+    return out

@@ -112,34 +112,36 @@ def _ends(items: Sequence[Any]) -> Sequence[Any]:
     return [*items[:half], *items[-half:]]
 
 
-def _held(value: Any, depth: int) -> Iterator[Any]:
+def _held(value: Any, depth: int, ends: bool = False) -> Iterator[Any]:
     """``value`` itself, or what a container holds (lists, tuples, dicts, ``nn.ModuleList``, ``nn.ModuleDict``),
     nested up to a few levels (``{"all": [q, p]}``, ``[(q, p)]``); values of :data:`_NO_MODULES`'s types left out
-    (every reader looks for modules: losses, distributions, networks), and of a long plain container only its ends
-    (:func:`_ends`)."""
+    (every reader looks for modules: losses, distributions, networks). With ``ends``, only the ends of a long plain
+    container (:func:`_ends`)."""
     if depth < 4 and isinstance(value, (list, tuple, nn.ModuleList)):
-        for v in (value if isinstance(value, nn.ModuleList) else _ends(value)):
+        for v in (_ends(value) if ends and not isinstance(value, nn.ModuleList) else value):
             if type(v) not in _NO_MODULES:
-                yield from _held(v, depth + 1)
+                yield from _held(v, depth + 1, ends)
     elif depth < 4 and isinstance(value, (dict, nn.ModuleDict)):
-        for v in (value.values() if isinstance(value, nn.ModuleDict) or len(value) <= _LOOKED_INTO else
-                  _ends(list(value.values()))):
+        for v in (_ends(list(value.values())) if ends and not isinstance(value, nn.ModuleDict)
+                  and len(value) > _LOOKED_INTO else value.values()):
             if type(v) not in _NO_MODULES:
-                yield from _held(v, depth + 1)
+                yield from _held(v, depth + 1, ends)
     else:
         yield value
 
 
-def _has_terms(value: Any, depth: int = 0) -> bool:
+def _has_terms(value: Any, depth: int = 0, ends: bool = False) -> bool:
     """Whether ``value`` is or holds (nested, as :func:`_held` reads containers from ``depth``) a loss or a
     distribution."""
-    return any(isinstance(v, (Loss, Distribution)) for v in _held(value, depth))
+    return any(isinstance(v, (Loss, Distribution)) for v in _held(value, depth, ends))
 
 
 def _holds_terms(value: Any) -> bool:
     """Whether ``value`` is a list, tuple or dict (or a subclass: an ``OrderedDict``) holding a loss or a
-    distribution (:func:`_has_terms`)."""
-    return isinstance(value, (list, tuple, dict)) and _has_terms(value)
+    distribution (:func:`_has_terms`), looked for at the ends of a long one only: an attribute assigned at each
+    step (a loss's growing list of records) is not walked whole at each step (terms in the middle of thousands of
+    records are not seen to arrive; the walks that register and train the terms read every item)."""
+    return isinstance(value, (list, tuple, dict)) and _has_terms(value, ends=True)
 
 
 def _containers(loss: "Loss") -> tuple[tuple[Any, tuple[Any, ...]], ...]:

@@ -203,7 +203,33 @@ def test_a_long_list_of_records_is_looked_into_at_its_ends_only() -> None:
     from pyro_dgm.losses.base import _has_terms, _held
 
     records = [{"v": object(), "w": [object()]} for _ in range(10_000)]
-    assert len(list(_held(records, 0))) <= 2 * 128
-    assert not _has_terms(records)
-    assert _has_terms([*records, Net("p")])
-    assert _has_terms({"a": Net("p"), **{str(i): r for i, r in enumerate(records)}})
+    assert len(list(_held(records, 0, ends=True))) <= 2 * 128
+    assert not _has_terms(records, ends=True)
+    assert _has_terms([*records, Net("p")], ends=True)
+    assert _has_terms({"a": Net("p"), **{str(i): r for i, r in enumerate(records)}}, ends=True)
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_svi_trains_every_distribution_of_a_long_list(kind: str) -> None:
+    """Probe p329: the ends of a long container were the only items every walk read (the fix of the records above
+    went too far), so SVI registered 128 of a loss's 200 distributions kept in a plain list or dict and left 72
+    untrained. The walks that register and train the terms read every item: the same weights as the program that
+    keeps them in an ``nn.ModuleList``."""
+    def train(container: str) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        pyro.clear_param_store()
+        ps = [Net(f"p{i}") for i in range(200)]
+        held = (torch.nn.ModuleList(ps) if container == "ModuleList" else
+                {str(i): p for i, p in enumerate(ps)} if container == "dict" else ps)
+        loss = Held(held)
+        data = {"x": torch.randn(8, 1), "y": torch.randn(8, 1)}
+        svi = SVI(lambda **k: None, lambda **k: None, pyro.optim.SGD({"lr": 0.1}), loss=loss)
+        for _ in range(2):
+            svi.step(**data)
+        return [p.lin.weight.detach().clone() for p in ps]
+
+    got, ref = train(kind), train("ModuleList")
+    torch.testing.assert_close(torch.stack(got), torch.stack(ref))
+    torch.manual_seed(0)
+    untrained = torch.stack([Net(f"p{i}").lin.weight.detach() for i in range(200)])
+    assert bool((torch.stack(got) != untrained).flatten(1).any(1).all())  # every one moved

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from pixyz_harness import assert_same, raises_same, run_both, run_pyro_dgm
+from pixyz_harness import assert_same, raises_same, run_both, run_pyro_dgm, same
 
 
 @pytest.mark.parametrize("renaming", [{"zz": "y"}, {"z": "y", "q": "w"}])
@@ -148,3 +148,52 @@ def test_a_renaming_that_is_no_dict_is_refused_naming_the_distribution() -> None
     assert raises_same(program) == (TypeError, TypeError)
     with pytest.raises(TypeError, match=r"Normal p\(x\|y\).*must be a dict"):
         run_pyro_dgm(program)
+
+
+def test_a_flows_draw_in_a_pyro_handler_keeps_its_gradient_to_the_flow_as_under_pixyz() -> None:
+    """Probe p329: Pixyz's flow distribution draws its prior and applies the flow with autograd on, so the draw
+    carries a gradient to the flow's parameters; here it did, but not inside a Pyro handler (``poutine.trace``),
+    where the whole site was drawn without a graph. The flow keeps its pathwise gradient there too (its base is
+    drawn without one): Pixyz's gradients, with and without the trace."""
+    def program() -> Any:
+        import torch
+        from pyro import poutine
+
+        from pixyz.distributions import Normal, TransformedDistribution
+        from pixyz.flows import PlanarFlow
+
+        flow = PlanarFlow(3)
+        p = TransformedDistribution(prior=Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["z"],
+                                                 features_shape=[3]), flow=flow, var=["x"])
+        out = []
+        for traced in (False, True):
+            torch.manual_seed(1)
+            draw = (poutine.trace(lambda: p.sample(batch_n=2)).get_trace().nodes["_RETURN"]["value"] if traced else
+                    p.sample(batch_n=2))
+            grads = torch.autograd.grad(draw["x"].pow(2).sum(), list(flow.parameters()))
+            out.append((draw["x"], grads))
+        return out
+
+    ref, ours = run_both(program)
+    assert_same(ref[0], ours[0])  # (Pixyz ignores handlers: its traced run is its plain one)
+    assert_same(ours[0], ours[1])
+
+
+def test_a_users_renaming_class_renames_a_joint_as_pixyzs_does() -> None:
+    """Probe p329: a user's subclass of ``ReplaceVarDistribution`` given a joint was refused (``TypeError``: not a
+    single distribution) where Pixyz renames the joint: the same variables and log-densities now (the result is the
+    renamed joint, which is no instance of the subclass, a documented difference)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal, ReplaceVarDistribution
+
+        class MyRenaming(ReplaceVarDistribution):
+            pass
+
+        p = Normal(loc="z", scale=torch.ones(2), var=["x"], cond_var=["z"], name="p")
+        prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="pz")
+        r = MyRenaming(p * prior, {"x": "y"})
+        return r.var, r.get_log_prob({"y": torch.randn(3, 2), "z": torch.randn(3, 2)})
+
+    same(program)

@@ -227,3 +227,77 @@ def test_a_draw_without_reparameterization_in_a_model_keeps_the_priors_gradient(
         loss = Trace_ELBO().differentiable_loss(lambda x: model(x, plain), guide, x)
         got.append(torch.autograd.grad(loss, pnet.bias)[0])
     torch.testing.assert_close(got[1], got[0])
+
+
+class _NoRsample(pdist.Normal):
+    """The plain-Pyro twin of a draw without reparameterization."""
+
+    has_rsample = False
+
+
+def _prior_program() -> tuple[Any, Any, torch.nn.Module, torch.Tensor]:
+    """A learnable prior ``p(z|c)`` drawn with ``pz.sample(...)`` (or the twin's ``_NoRsample`` site) in a model."""
+    torch.manual_seed(0)
+    pnet, enc = torch.nn.Linear(1, 2), torch.nn.Linear(3, 4)
+    c, x = torch.ones(5, 1), torch.randn(5, 3)
+
+    class PZ(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["c"], name="p_z")
+            self.net = pnet
+
+        def forward(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.net(c), "scale": torch.ones(c.shape[0], 2)}
+
+    pz = PZ()
+
+    def guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", 5):
+            h = enc(x)
+            pyro.sample("z", pdist.Normal(h[..., :2], torch.nn.functional.softplus(h[..., 2:]) + 0.1).to_event(1))
+
+    def model(x: torch.Tensor, twin: bool) -> None:
+        with pyro.plate("data", 5):
+            z = (pyro.sample("z", _NoRsample(pnet(c), torch.ones(5, 2)).to_event(1)) if twin else
+                 pz.sample({"c": c})["z"])
+            pyro.sample("x", pdist.Normal(z.sum(-1, keepdim=True), 1.).to_event(1), obs=x[:, :1])
+
+    return model, guide, pnet, x
+
+
+def test_the_mean_field_elbo_finds_the_analytic_kl_of_a_site_drawn_without_reparameterization() -> None:
+    """Probe p329: the site's distribution was a wrapper that ``kl_divergence`` has no rule for, so
+    ``TraceMeanField_ELBO`` fell back to a Monte Carlo KL silently (17.881 where the twin, whose site is a Normal
+    without ``rsample``, gives 18.606). The site's distribution is of the family's class (a subclass without
+    ``rsample``): the twin's loss and gradient, for five seeds."""
+    from pyro.infer import TraceMeanField_ELBO
+
+    model, guide, pnet, x = _prior_program()
+    for seed in range(5):
+        got = []
+        for twin in (True, False):
+            pyro.set_rng_seed(seed)
+            loss = TraceMeanField_ELBO().differentiable_loss(lambda x: model(x, twin), guide, x)
+            got.append((loss.detach(), torch.autograd.grad(loss, pnet.bias)[0]))
+        torch.testing.assert_close(got[1], got[0])
+
+
+def test_autoguides_and_reparameterizers_see_the_family_of_a_site_drawn_without_reparameterization() -> None:
+    """Probe p329: ``AutoDelta``/``AutoDiagonalNormal`` started from 0 where the twin starts from the prior's median
+    (``init_to_median`` did not see a univariate family through the wrapper), and ``LocScaleReparam`` raised
+    ``AttributeError: 'Unreparameterized' object has no attribute 'loc'``. Both see the family now, as the twin's."""
+    from pyro.infer.autoguide import AutoDelta
+    from pyro.infer.reparam import LocScaleReparam
+
+    model, _, _, x = _prior_program()
+    inits = []
+    for twin in (True, False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoDelta(lambda x: model(x, twin))
+        guide(x)
+        inits.append(pyro.param("AutoDelta.z").detach().clone())
+        tr = poutine.trace(poutine.reparam(lambda x: model(x, twin), config={"z": LocScaleReparam(0.)})).get_trace(x)
+        assert [n for n, s in tr.nodes.items() if s["type"] == "sample"] == ["data", "z_decentered", "z", "x"]
+    torch.testing.assert_close(inits[1], inits[0])
+    pyro.clear_param_store()
