@@ -20,7 +20,7 @@ from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import current_of, own_methods
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, ShapeError, clearer, describe, refuse_param_dtype,
-                                   users_own_error)
+                                   user_stacklevel, users_own_error)
 from pyro_dgm.utils.modules import PlainBuffers
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",
@@ -200,14 +200,15 @@ class OneSiteDistribution(Distribution):
         fn = self._dgm_fn(b, values, ctx, expand=False, value=x)[0]
         ev = fn.event_shape
         self._dgm_check_features(b.var[0], x, ev)
-        if (not sum_features or feature_dims is not None) and not _all_features(feature_dims, sum_features, x, ev):
+        if ((not sum_features or feature_dims is not None) and not _all_features(feature_dims, sum_features, x, ev)
+                and (ev or feature_dims)):  # (a value without feature dims: each element's is the whole, as asked)
             if not self._dgm_ignores_feature_options:
                 raise ValueError(f"{describe(self)}: the log-density of a {self._dgm_kind} does not factorize over "
                                  f"features; score {b.var[0]!r} with sum_features=True and no feature_dims (or "
                                  "feature_dims listing every feature dim)")
             warnings.warn(f"{describe(self)}: the log-density of a {self._dgm_kind} does not factorize over features; "
                           f"sum_features=False and feature_dims are ignored, as in Pixyz: this is log p({b.var[0]})",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=user_stacklevel())
         ctx.event_dims[b.var[0]] = fn.event_dim  # as when drawing: later factors see x's event dims
         if x.dtype in (torch.float16, torch.bfloat16):  # half-precision data into full-precision layers: promoted, as
             own = self._dgm_weights_dtype()  # Pixyz's flows promote it (its coupling's mask is float32)

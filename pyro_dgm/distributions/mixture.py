@@ -10,7 +10,6 @@ on ``z`` chooses ``x``'s component; the posterior's draw of ``z`` is a site too.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -503,12 +502,8 @@ class MixtureModel(_Mixture):
         r""":math:`\log p(x)`, or with ``return_hidden=True`` the joint :math:`\log p(x, z=k)` of shape ``(K, batch)``
         (``(K, L)`` for ``x`` of shape ``(L, B, D)``: each row's points summed, Pixyz's shape).
         """
-        if not return_hidden:
-            if not sum_features or feature_dims is not None:
-                warnings.warn(f"{describe(self)}: the log-density of a mixture does not factorize over features; "
-                              "sum_features=False and feature_dims are ignored, as in Pixyz: this is log p("
-                              f"{self._var[0]})", UserWarning, stacklevel=2)
-            return super().get_log_prob(x_dict, **kwargs)
+        if not return_hidden:  # (options that would change log p(x) are ignored, with a warning, as one site's)
+            return super().get_log_prob(x_dict, sum_features=sum_features, feature_dims=feature_dims, **kwargs)
         values = self._dgm_input_dict(x_dict, self._var + self._dgm_input_var)
         fn = self._dgm_mixture(self._dgm_binding, values, CallState(kwargs=kwargs))
         return _per_first_dim(fn.component_log_prob(values[self._var[0]])).movedim(-1, 0)

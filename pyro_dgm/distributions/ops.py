@@ -129,12 +129,12 @@ class ReplaceVarDistribution(_PassesThrough):
 
     _dgm_graph_call = True
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+    def __new__(cls, p: Any = None, replace_dict: Any = None) -> Any:
         """Built directly (``ReplaceVarDistribution(p, {...})``, as Pixyz's users may), the renaming that
         ``p.replace_var(...)`` gives: of a joint or a marginal, the renamed joint (Pixyz's class renames those too);
-        of a distribution whose class renames in its own way (a posterior mixture, scored as its table), that."""
-        p = args[0] if args else kwargs.get("p")
-        replace_dict = args[1] if len(args) > 1 else kwargs.get("replace_dict", {})
+        of a distribution whose class renames in its own way (a posterior mixture, scored as its table), that.
+        (``p`` is left out where ``copy`` and ``pickle`` make the object.)"""
+        replace_dict = {} if replace_dict is None else replace_dict
         if isinstance(p, Distribution) and (p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution)):
             return replace_var(p, replace_dict)  # (not an instance, also of a user's subclass: __init__ is not
             # called on it; the renamed joint is no ReplaceVarDistribution, where Pixyz's wraps the joint)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_MUL, Loss, ordered_union
 from pyro_dgm.losses.special import LossArgumentError
-from pyro_dgm.utils.checks import ArgumentError, DimensionError, DuplicateSiteError
+from pyro_dgm.utils.checks import ArgumentError, DimensionError, DuplicateSiteError, user_stacklevel
 from pyro_dgm.utils import get_dict_values, replace_dict_keys  # noqa: F401  (helpers Pixyz's module namespace has)
 from copy import deepcopy  # noqa: F401,E402  (Pixyz's module imports it too)
 
@@ -338,7 +338,7 @@ class IterativeLoss(Loss):
                 warnings.warn(f"IterativeLoss: update_value renames {k!r} to {v!r} after each step, but there is no "
                               f"value named {k!r} after the first step (there are {sorted(x)}), so {v!r} is never "
                               f"updated (as in Pixyz); name a variable the step loss samples", UserWarning,
-                              stacklevel=2)
+                              stacklevel=user_stacklevel())
 
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         x = dict(x_dict)

@@ -264,7 +264,8 @@ def as_var_list(names: Any, owner: str, arg: str) -> list[str]:
     if isinstance(names, str):  # Pixyz iterates it (var="x", cond_var="y" runs there): one variable per character
         if len(names) > 1:
             warnings.warn(f"{owner}: {arg}={names!r} is a string, read as Pixyz reads it: one variable per "
-                          f"character, {list(names)}; write {arg}=[{names!r}] for one variable", stacklevel=4)
+                          f"character, {list(names)}; write {arg}=[{names!r}] for one variable",
+                          stacklevel=user_stacklevel())
         names = list(names)
     try:
         out = list(names)

@@ -197,3 +197,63 @@ def test_a_users_renaming_class_renames_a_joint_as_pixyzs_does() -> None:
         return r.var, r.get_log_prob({"y": torch.randn(3, 2), "z": torch.randn(3, 2)})
 
     same(program)
+
+
+def test_a_mixtures_options_that_leave_log_p_whole_give_no_warning_as_under_pixyz() -> None:
+    """Probe p330: ``MixtureModel.get_log_prob`` warned "sum_features=False and feature_dims are ignored" whenever
+    either was given, also where they ask for log p(x) itself (``feature_dims`` naming every feature dim, or
+    ``sum_features=False`` of a scalar variable): a valid Pixyz program, silent under Pixyz, failed under warnings
+    as errors. Same values, no warning; a real drop of the options (two features, ``sum_features=False``) still
+    warns, pointing at the caller's line."""
+    def program() -> Any:
+        import warnings
+
+        import torch
+
+        from pixyz.distributions import Categorical, MixtureModel, Normal
+
+        def mixture(d: int) -> Any:  # (d = 0: a scalar variable, constants of shape ())
+            comps = [Normal(loc=torch.full((d,), float(k)) if d else torch.tensor(float(k)),
+                            scale=torch.ones(d) if d else torch.tensor(1.), var=["x"], name=f"c{k}")
+                     for k in range(2)]
+            return MixtureModel(comps, Categorical(probs=torch.tensor([.3, .7]), var=["z"], name="pz"))
+
+        out = []
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            scalar, two = mixture(0), mixture(2)
+            x1, x2 = torch.tensor([0.5, 2., -1.]), torch.tensor([[0.5, 1.], [2., 0.], [-1., 1.]])
+            out.append(scalar.get_log_prob({"x": x1}, sum_features=False))
+            out.append(two.get_log_prob({"x": x2}, feature_dims=[-1]))
+            out.append(two.get_log_prob({"x": x2}, sum_features=True, feature_dims=[1]))
+            quiet = len([w for w in seen if "factorize" in str(w.message)])
+            out.append(two.get_log_prob({"x": x2}, sum_features=False))
+        loud = [w for w in seen if "factorize" in str(w.message)]
+        return out, quiet, len(loud) > 0, [w.filename for w in loud]
+
+    ref, ours = run_both(program)
+    assert_same(ref[0], ours[0])
+    assert ref[1] == ours[1] == 0
+    assert ours[2] and all(f == __file__ for f in ours[3])  # (Pixyz says nothing there; ours names the caller)
+
+
+def test_warnings_about_a_programs_own_lines_point_at_those_lines() -> None:
+    """Probe p330: the warnings for ``cond_var="zh"`` given to a family (Pixyz reads one variable per character) and
+    for an ``update_value`` whose variable no step draws pointed into pyro_dgm's source (``exponential.py``,
+    ``iteration.py``), not at the user's line: they point at the line of this file that made the object or
+    evaluated the loss."""
+    import warnings
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import IterativeLoss, KullbackLeibler
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        Normal(loc="y", scale=torch.tensor(1.), var=["x"], cond_var="yw", name="p")
+        q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="q")
+        p = Normal(loc="z_prev", scale=torch.tensor(1.), var=["z"], cond_var=["z_prev"], name="p")
+        loss = IterativeLoss(KullbackLeibler(q, p), max_iter=2, series_var=["x"], update_value={"z": "z_prev"})
+        loss.eval({"x": torch.zeros(2, 3, 1), "z_prev": torch.zeros(3, 1)})
+    said = {("string" if "is a string" in str(w.message) else "update"): w.filename for w in seen
+            if "is a string" in str(w.message) or "update_value" in str(w.message)}
+    assert said == {"string": __file__, "update": __file__}
