@@ -21,12 +21,31 @@ def _detached_rsample(self: Any, sample_shape: Sequence[int] = torch.Size()) -> 
     return self.sample(torch.Size(sample_shape))
 
 
+def _rebuilt(cls: type, kind: str, state: dict[str, Any]) -> Any:
+    """An object of ``cls``'s subclass of ``kind`` with the attributes ``state`` (what pickling keeps of one: the
+    subclass is made at run time, so it is pickled as its class and its kind)."""
+    out = cls.__new__(cls)
+    out.__dict__.update(state)
+    out.__class__ = _subclass(cls, kind)
+    return out
+
+
 def _subclass(cls: type, kind: str) -> type:
     key = (cls, kind)
     out = _SUBCLASSES.get(key)
     if out is None:  # (the class's own name and module: labels, render_model, messages read them)
+
+        def expand(self: Any, batch_shape: Sequence[int], _instance: Any = None) -> Any:
+            new = cls.expand(self, batch_shape, _instance)  # (a class whose expand builds its own class: the
+            if type(new) is cls:  # subclass kept, as Pyro's plates expand a site's distribution)
+                new.__class__ = out
+            return new
+
+        def __reduce_ex__(self: Any, protocol: Any) -> Any:
+            return _rebuilt, (cls, kind, self.__dict__)
+
         attrs: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                                 "_dgm_unreparameterized": kind}
+                                 "_dgm_unreparameterized": kind, "expand": expand, "__reduce_ex__": __reduce_ex__}
         attrs.update({"has_rsample": False} if kind == "score" else {"rsample": _detached_rsample})
         out = _SUBCLASSES[key] = type(cls)(cls.__name__, (cls,), attrs)
     return out

@@ -301,3 +301,47 @@ def test_autoguides_and_reparameterizers_see_the_family_of_a_site_drawn_without_
         assert [n for n, s in tr.nodes.items() if s["type"] == "sample"] == ["data", "z_decentered", "z", "x"]
     torch.testing.assert_close(inits[1], inits[0])
     pyro.clear_param_store()
+
+
+def test_a_site_drawn_without_reparameterization_keeps_its_kind_when_a_plate_expands_it() -> None:
+    """Probe p331: a mixture's component draw with ``reparam=False`` under an outer plate (``Trace_ELBO``'s
+    vectorized particles) failed: the plate expands the site's distribution, whose class built a plain
+    ``ChosenComponent`` (with a reparameterized sampler) and Pyro's copy of ``has_rsample`` onto it raised
+    ``AttributeError``. The expanded distribution keeps the kind: the vectorized loss is the mean of the particles'
+    log-density ratios, computed from the same traces."""
+    from pyro.infer import Trace_ELBO
+
+    mix = _mixture()
+
+    def model() -> None:
+        with pyro.plate("N", 4):
+            pyro.sample("c", pdist.OneHotCategorical(WEIGHTS))
+            pyro.sample("x", pdist.Normal(torch.zeros(2), 1.).to_event(1))
+
+    def guide() -> None:
+        mix.sample(batch_n=4, return_hidden=True, reparam=False)
+
+    tr = poutine.trace(pyro.plate("particles", 3, dim=-2)(guide)).get_trace()
+    assert tr.nodes["x"]["fn"].has_rsample is False and tr.nodes["x"]["fn"].batch_shape == (3, 4)
+    pyro.set_rng_seed(0)
+    loss = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1).loss(model, guide)
+    pyro.set_rng_seed(0)
+    g = poutine.trace(pyro.plate("particles", 3, dim=-2)(guide)).get_trace()
+    m = poutine.trace(poutine.replay(pyro.plate("particles", 3, dim=-2)(model), trace=g)).get_trace()
+    expected = -(m.log_prob_sum() - g.log_prob_sum()) / 3
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_trace_holding_a_site_drawn_without_reparameterization_pickles() -> None:
+    """Probe p331: such a site's distribution is of a subclass made at run time, which ``pickle`` looked up by the
+    family's name (``PicklingError: ... not the same object``): traces could not be saved. It pickles as its family
+    and kind; the loaded site scores as the original and still has no reparameterized sampler."""
+    import pickle
+
+    q = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"])
+    x = torch.randn(3, 2)
+    tr = poutine.trace(lambda: q.sample({"x": x})).get_trace()
+    back = pickle.loads(pickle.dumps(tr))
+    fn, value = back.nodes["z"]["fn"], back.nodes["z"]["value"]
+    assert fn.has_rsample is False and type(fn).__name__ == type(tr.nodes["z"]["fn"]).__name__
+    torch.testing.assert_close(fn.log_prob(value), tr.nodes["z"]["fn"].log_prob(tr.nodes["z"]["value"]))
