@@ -2,6 +2,7 @@ r"""Graph operations that return new distributions: renaming variables and margi
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Iterator, Mapping, Sequence
 
 import networkx as nx
@@ -15,6 +16,7 @@ from pyro_dgm.distributions.joint import (LabelledComposite, MultiplyDistributio
                                          rename_nodes)
 from pyro_dgm.utils.checks import ArgumentError, NoClosedFormError, check_var_name, describe
 from pyro_dgm.utils.latex import latex_name, prob_text
+from pyro_dgm.utils.attributes import MISSING
 
 __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
 
@@ -129,12 +131,13 @@ class ReplaceVarDistribution(_PassesThrough):
 
     _dgm_graph_call = True
 
-    def __new__(cls, p: Any = None, replace_dict: Any = None) -> Any:
+    def __new__(cls, p: Any = MISSING, replace_dict: Any = MISSING) -> Any:
         """Built directly (``ReplaceVarDistribution(p, {...})``, as Pixyz's users may), the renaming that
         ``p.replace_var(...)`` gives: of a joint or a marginal, the renamed joint (Pixyz's class renames those too);
         of a distribution whose class renames in its own way (a posterior mixture, scored as its table), that.
-        (``p`` is left out where ``copy`` and ``pickle`` make the object.)"""
-        replace_dict = {} if replace_dict is None else replace_dict
+        (Both are left out where ``copy`` and ``pickle`` make the object.)"""
+        if p is not MISSING and replace_dict is MISSING:
+            raise TypeError(f"{cls.__name__}() missing 1 required positional argument: 'replace_dict'")
         if isinstance(p, Distribution) and (p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution)):
             return replace_var(p, replace_dict)  # (not an instance, also of a user's subclass: __init__ is not
             # called on it; the renamed joint is no ReplaceVarDistribution, where Pixyz's wraps the joint)
@@ -146,6 +149,11 @@ class ReplaceVarDistribution(_PassesThrough):
                     _check_renaming(p, replace_dict)  # (its TypeError)
                 return p.replace_var(**replace_dict)
         return super().__new__(cls)
+
+    __new__.__signature__ = inspect.Signature([  # type: ignore[attr-defined]  # (what inspect and help show:
+        inspect.Parameter("cls", inspect.Parameter.POSITIONAL_OR_KEYWORD),  # Pixyz's, p and replace_dict required)
+        inspect.Parameter("p", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Distribution"),
+        inspect.Parameter("replace_dict", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Mapping[str, str]")])
 
     @classmethod
     def _dgm_new(cls, p: Distribution, replace_dict: Mapping[str, str]) -> "ReplaceVarDistribution":

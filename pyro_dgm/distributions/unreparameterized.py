@@ -17,10 +17,6 @@ __all__ = ["unreparameterized"]
 _SUBCLASSES: dict[tuple[type, str], type] = {}
 
 
-def _detached_rsample(self: Any, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
-    return self.sample(torch.Size(sample_shape))
-
-
 def _rebuilt(cls: type, kind: str, state: dict[str, Any]) -> Any:
     """An object of ``cls``'s subclass of ``kind`` with the attributes ``state`` (what pickling keeps of one: the
     subclass is made at run time, so it is pickled as its class and its kind)."""
@@ -44,9 +40,13 @@ def _subclass(cls: type, kind: str) -> type:
         def __reduce_ex__(self: Any, protocol: Any) -> Any:
             return _rebuilt, (cls, kind, self.__dict__)
 
+        def rsample(self: Any, sample_shape: Sequence[int] = torch.Size()) -> Tensor:  # (the family's own, without
+            with torch.no_grad():  # a graph: its sample() may be this very rsample, as torch's default is)
+                return cls.rsample(self, torch.Size(sample_shape))
+
         attrs: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
                                  "_dgm_unreparameterized": kind, "expand": expand, "__reduce_ex__": __reduce_ex__}
-        attrs.update({"has_rsample": False} if kind == "score" else {"rsample": _detached_rsample})
+        attrs.update({"has_rsample": False} if kind == "score" else {"rsample": rsample})
         out = _SUBCLASSES[key] = type(cls)(cls.__name__, (cls,), attrs)
     return out
 

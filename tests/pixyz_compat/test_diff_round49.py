@@ -257,3 +257,19 @@ def test_warnings_about_a_programs_own_lines_point_at_those_lines() -> None:
     said = {("string" if "is a string" in str(w.message) else "update"): w.filename for w in seen
             if "is a string" in str(w.message) or "update_value" in str(w.message)}
     assert said == {"string": __file__, "update": __file__}
+
+
+@pytest.mark.parametrize("given", ["nothing", "None"])
+def test_a_renaming_of_a_joint_without_its_renaming_is_refused(given: str) -> None:
+    """Probe p333: ``ReplaceVarDistribution(joint)`` (or with ``None``) gave the joint back unrenamed, where Pixyz
+    raises ``TypeError`` (a missing argument; ``None`` is not iterable): so does ours."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal, ReplaceVarDistribution
+
+        p = Normal(loc="z", scale=torch.tensor(1.), var=["x"], cond_var=["z"], name="p")
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], name="pz")
+        return ReplaceVarDistribution(p * prior) if given == "nothing" else ReplaceVarDistribution(p * prior, None)
+
+    assert raises_same(program) == (TypeError, TypeError)

@@ -345,3 +345,20 @@ def test_a_trace_holding_a_site_drawn_without_reparameterization_pickles() -> No
     fn, value = back.nodes["z"]["fn"], back.nodes["z"]["value"]
     assert fn.has_rsample is False and type(fn).__name__ == tr.nodes["z"]["fn"].__class__.__name__
     torch.testing.assert_close(fn.log_prob(value), tr.nodes["z"]["fn"].log_prob(tr.nodes["z"]["value"]))
+
+
+def test_a_relaxed_draw_without_reparameterization_in_a_handler_is_drawn() -> None:
+    """Probe p333: ``sample()`` of a ``RelaxedCategorical`` (or a ``RelaxedBernoulli`` over scalars) inside a Pyro
+    handler recursed without end: the flow-like site drew its base through an ``rsample`` that called ``sample``,
+    which torch's relaxed bases define as ``rsample``. It draws (one-hot-like rows on the simplex, no gradient), with
+    the same values as outside the handler for the same seed."""
+    from pyro_dgm.distributions import RelaxedCategorical
+
+    d = RelaxedCategorical(probs=torch.tensor([0.2, 0.3, 0.5]), temperature=torch.tensor(0.5), var=["z"],
+                           features_shape=[3])
+    torch.manual_seed(0)
+    plain = d.sample(batch_n=2)["z"]
+    torch.manual_seed(0)
+    traced = poutine.trace(lambda: d.sample(batch_n=2)).get_trace().nodes["z"]["value"]
+    torch.testing.assert_close(traced, plain)
+    assert not traced.requires_grad and torch.allclose(traced.sum(-1), torch.ones(2))
