@@ -250,9 +250,11 @@ class _FlowDistribution(OneSiteDistribution):
                 value = self._dgm_record(name, mean, fn.event_dim)
             else:
                 value = self._dgm_site(name, fn, ctx)
-                batch = fn.batch_shape  # (a dim of 1 a Pyro plate around the site may broadcast)
-                if isinstance(value, Tensor) and (value.dim() < len(batch) or any(
-                        n != m and m != 1 for n, m in zip(value.shape, batch))):
+                batch = fn.batch_shape  # (a dim of 1 a Pyro plate around the site may broadcast; the plates may
+                # add dims on the left: vectorized particles)
+                drawn = value.shape[:max(value.dim() - fn.event_dim, 0)] if isinstance(value, Tensor) else ()
+                if isinstance(value, Tensor) and (len(drawn) < len(batch) or any(
+                        n != m and m != 1 for n, m in zip(drawn[len(drawn) - len(batch):], batch))):
                     raise ShapeError(f"{describe(self)}: the flow turned the prior's draw (batch shape "
                                      f"{tuple(fn.batch_shape)}) into {name!r} of shape {tuple(value.shape)}: a flow "
                                      "must keep the batch dims of its input (its forward() dropped one)")

@@ -131,13 +131,17 @@ class ReplaceVarDistribution(_PassesThrough):
 
     _dgm_graph_call = True
 
-    def __new__(cls, p: Any = MISSING, replace_dict: Any = MISSING) -> Any:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         """Built directly (``ReplaceVarDistribution(p, {...})``, as Pixyz's users may), the renaming that
         ``p.replace_var(...)`` gives: of a joint or a marginal, the renamed joint (Pixyz's class renames those too);
-        of a distribution whose class renames in its own way (a posterior mixture, scored as its table), that.
-        (Both are left out where ``copy`` and ``pickle`` make the object.)"""
-        if p is not MISSING and replace_dict is MISSING:
-            raise TypeError(f"{cls.__name__}() missing 1 required positional argument: 'replace_dict'")
+        of a distribution whose class renames in its own way (a posterior mixture, scored as its table), that. A
+        subclass with an ``__init__`` of its own is built by it (its arguments are its own)."""
+        if not (args or kwargs) or cls.__init__ is not ReplaceVarDistribution.__init__:
+            return super().__new__(cls)  # (copy and pickle make the object without arguments)
+        p = args[0] if args else kwargs.get("p", MISSING)
+        replace_dict = args[1] if len(args) > 1 else kwargs.get("replace_dict", MISSING)
+        if p is MISSING or replace_dict is MISSING or len(args) + len(kwargs) > 2:
+            return super().__new__(cls)  # (__init__ raises Python's TypeError for the arguments)
         if isinstance(p, Distribution) and (p._dgm_factors != (p,) or isinstance(p, MarginalizeVarDistribution)):
             return replace_var(p, replace_dict)  # (not an instance, also of a user's subclass: __init__ is not
             # called on it; the renamed joint is no ReplaceVarDistribution, where Pixyz's wraps the joint)

@@ -273,3 +273,34 @@ def test_a_renaming_of_a_joint_without_its_renaming_is_refused(given: str) -> No
         return ReplaceVarDistribution(p * prior) if given == "nothing" else ReplaceVarDistribution(p * prior, None)
 
     assert raises_same(program) == (TypeError, TypeError)
+
+
+def test_renaming_subclasses_with_their_own_arguments_are_built_by_their_init() -> None:
+    """Probe p334: ``ReplaceVarDistribution.__new__`` took Pixyz's two arguments only, so a user's subclass whose
+    ``__init__`` takes other ones (``Fixed(p)`` fixing the renaming, ``Extra(p, d, note=2.)``, ``Named(dist=p,
+    mapping=d)``) was refused with a ``TypeError`` about ``__new__``; Pixyz builds them all. They are built by their
+    own ``__init__``: Pixyz's variables and log-densities."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal, ReplaceVarDistribution
+
+        class Fixed(ReplaceVarDistribution):
+            def __init__(self, p: Any) -> None:
+                super().__init__(p, {"x": "y"})
+
+        class Extra(ReplaceVarDistribution):
+            def __init__(self, p: Any, replace_dict: Any, note: float = 1.) -> None:
+                super().__init__(p, replace_dict)
+                self.note = note
+
+        class Named(ReplaceVarDistribution):
+            def __init__(self, dist: Any, mapping: Any) -> None:
+                super().__init__(dist, mapping)
+
+        p = Normal(loc="z", scale=torch.tensor(1.), var=["x"], cond_var=["z"], name="p")
+        values = {"y": torch.tensor([[0.5]]), "z": torch.tensor([[1.]])}
+        made = [Fixed(p), Extra(p, {"x": "y"}, 2.), Extra(p, {"x": "y"}, note=2.), Named(dist=p, mapping={"x": "y"})]
+        return [(type(r).__name__, list(r.var), r.get_log_prob(values)) for r in made]
+
+    same(program)
