@@ -20,12 +20,14 @@ from typing import Any, Mapping, Sequence
 import pyro.distributions as dist
 import torch
 from pyro.distributions.conditional import ConditionalTransform
+from pyro.poutine.runtime import get_plates
 from torch import Tensor
 from torch.distributions import Transform
 
 from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, expand_root, own_site, site_fn
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
+from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept,
                                  own_event_dims, refresh_logdet)
@@ -74,6 +76,23 @@ def _torch_shape_error(e: BaseException) -> bool:
 
 
 _TORCH_ROOT = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+def _plated(batch: torch.Size) -> list[int]:
+    """``batch`` with the sizes of the enclosing Pyro plates at their dims (where it has 1 or no dim there): the batch
+    shape a site drawn under them has, which a flow's output must keep."""
+    if not PYRO_STACK or ignores_sites(PYRO_STACK):
+        return list(batch)
+    out = list(batch)
+    for frame in get_plates():
+        if frame.dim is None:
+            continue
+        d = -frame.dim
+        while len(out) < d:
+            out.insert(0, 1)
+        if out[-d] == 1:
+            out[-d] = frame.size
+    return out
 
 
 class _FlowSite(dist.TransformedDistribution):
@@ -250,13 +269,13 @@ class _FlowDistribution(OneSiteDistribution):
                 value = self._dgm_record(name, mean, fn.event_dim)
             else:
                 value = self._dgm_site(name, fn, ctx)
-                batch = fn.batch_shape  # (a dim of 1 a Pyro plate around the site may broadcast; the plates may
-                # add dims on the left: vectorized particles)
+                batch = _plated(fn.batch_shape)  # (a dim of 1 a Pyro plate around the site may broadcast; the
+                # plates may add dims on the left: vectorized particles, nested plates)
                 drawn = value.shape[:max(value.dim() - fn.event_dim, 0)] if isinstance(value, Tensor) else ()
                 if isinstance(value, Tensor) and (len(drawn) < len(batch) or any(
                         n != m and m != 1 for n, m in zip(drawn[len(drawn) - len(batch):], batch))):
                     raise ShapeError(f"{describe(self)}: the flow turned the prior's draw (batch shape "
-                                     f"{tuple(fn.batch_shape)}) into {name!r} of shape {tuple(value.shape)}: a flow "
+                                     f"{tuple(batch)}) into {name!r} of shape {tuple(value.shape)}: a flow "
                                      "must keep the batch dims of its input (its forward() dropped one)")
         except RuntimeError as e:  # the prior draws in a dtype the flow's layers refuse (a float64 prior)
             own = self._dgm_weights_dtype()

@@ -587,8 +587,9 @@ class MixtureModel(_Mixture):
         else:
             logits = fn.logits
         z_fn = (_PyroOneHot if one_hot else _PyroCategorical)(logits=logits, validate_args=False)
-        with torch.no_grad():
-            z = self._dgm_site(z_name, z_fn, CallState(None, (), False, False, ctx.obs, ctx.kwargs))
+        # (the draw has no graph, as a categorical's; the site's distribution keeps its graph to the weights, which
+        # a plate's expansion inside pyro.sample must not lose)
+        z = self._dgm_site(z_name, z_fn, CallState(None, (), False, False, ctx.obs, ctx.kwargs))
         values[z_name] = z
         ctx.event_dims[z_name] = 1 if one_hot else 0
         if given or ctx.sample_mean or fn._dgm_prior is not None or fn._dgm_total is not None:
@@ -803,9 +804,8 @@ class PosteriorMixtureModel(_ScoresItsTable, Distribution):
         if sample_mean and self._one_hot:
             z = d.probs
         else:  # a Pyro site, as every draw (from the generator of pyro_dgm.utils.generator(...), if one is set)
-            shape = torch.Size(sample_shape)
-            with torch.no_grad():
-                z = self._dgm_site(name, d.expand(shape + d.batch_shape) if shape else d, CallState())
+            shape = torch.Size(sample_shape)  # (the site's distribution keeps its graph: see _dgm_draw_both)
+            z = self._dgm_site(name, d.expand(shape + d.batch_shape) if shape else d, CallState())
         return {**values, name: z} if return_all else {name: z}
 
 

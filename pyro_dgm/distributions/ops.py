@@ -146,12 +146,11 @@ class ReplaceVarDistribution(_PassesThrough):
             return replace_var(p, replace_dict)  # (not an instance, also of a user's subclass: __init__ is not
             # called on it; the renamed joint is no ReplaceVarDistribution, where Pixyz's wraps the joint)
         if cls is ReplaceVarDistribution and isinstance(p, Distribution):
-            own = type(p).__dict__.get("replace_var") or next(
-                (c.__dict__["replace_var"] for c in type(p).__mro__ if "replace_var" in c.__dict__), None)
-            if own is not None and own is not Distribution.__dict__.get("replace_var"):
-                if not isinstance(replace_dict, Mapping):
-                    _check_renaming(p, replace_dict)  # (its TypeError)
-                return p.replace_var(**replace_dict)
+            own = next((c.__dict__["replace_var"] for c in type(p).__mro__  # (the library's own renaming of
+                        if "replace_var" in c.__dict__ and c.__module__.startswith("pyro_dgm.")), None)  # its kind:
+            if own is not None and own is not Distribution.__dict__.get("replace_var"):  # a user's override is
+                _check_renaming(p, replace_dict)  # not called, as Pixyz's class calls none)
+                return own(p, **replace_dict)
         return super().__new__(cls)
 
     __new__.__signature__ = inspect.Signature([  # type: ignore[attr-defined]  # (what inspect and help show:

@@ -304,3 +304,32 @@ def test_renaming_subclasses_with_their_own_arguments_are_built_by_their_init() 
         return [(type(r).__name__, list(r.var), r.get_log_prob(values)) for r in made]
 
     same(program)
+
+
+def test_the_renaming_class_calls_no_users_replace_var_and_names_a_bad_key() -> None:
+    """Probe p335: ``ReplaceVarDistribution(p, d)`` called a user's own ``replace_var`` override on ``p`` and returned
+    whatever it gave (an unrelated distribution), where Pixyz's class calls none; and a key that is no name (``1``)
+    on a mixture's posterior raised Python's bare ``TypeError: keywords must be strings`` where Pixyz raises
+    ``ValueError``. The override is not called; the key is refused by name, as Pixyz's class refuses it."""
+    def program(case: str) -> Any:
+        def run() -> Any:
+            import torch
+
+            from pixyz.distributions import Categorical, MixtureModel, Normal, ReplaceVarDistribution
+
+            class Mine(Normal):
+                def replace_var(self, **kw: Any) -> Any:
+                    return Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["other"])
+
+            if case == "override":
+                p = Mine(loc="z", scale=torch.tensor(1.), var=["x"], cond_var=["z"], name="p")
+                r = ReplaceVarDistribution(p, {"x": "y"})
+                return type(r).__name__, list(r.var), list(r.cond_var)
+            comps = [Normal(loc=torch.tensor([float(k)]), scale=torch.tensor([1.]), var=["x"], name=f"c{k}")
+                     for k in range(2)]
+            post = MixtureModel(comps, Categorical(probs=torch.tensor([.5, .5]), var=["z"], name="pz")).posterior()
+            return ReplaceVarDistribution(post, {1: "y"})
+        return run
+
+    same(program("override"))
+    assert raises_same(program("key")) == (ValueError, ValueError)

@@ -397,3 +397,114 @@ def test_a_flow_guide_runs_under_vectorized_particles(reparam: bool) -> None:
     assert g.nodes["z"]["value"].shape == (3, 4, 2)
     m = poutine.trace(poutine.replay(pyro.plate("particles", 3, dim=-2)(model), trace=g)).get_trace()
     assert loss == pytest.approx(float(-(m.log_prob_sum() - g.log_prob_sum()) / 3), rel=1e-5)
+
+
+class _Weights(torch.nn.Module):
+    """A Gaussian mixture's learnable parameters (three components in two dimensions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.locs = torch.nn.Parameter(torch.randn(3, 2) * 2)
+        self.raw_scales = torch.nn.Parameter(torch.zeros(3, 2))
+        self.logits = torch.nn.Parameter(torch.randn(3))
+
+    def scales(self) -> torch.Tensor:
+        return torch.nn.functional.softplus(self.raw_scales) + 0.2
+
+
+def _learnable_mixture(w: _Weights) -> MixtureModel:
+    class Comp(Normal):
+        def __init__(self, k: int) -> None:
+            super().__init__(var=["x"], name=f"c_{k}", features_shape=[2])
+            self.k = k
+
+        def forward(self) -> dict[str, torch.Tensor]:
+            return {"loc": w.locs[self.k], "scale": w.scales()[self.k]}
+
+    class Prior(Categorical):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], name="p_z", features_shape=[3])
+
+        def forward(self) -> dict[str, torch.Tensor]:
+            return {"probs": torch.nn.functional.softmax(w.logits, -1)}
+
+    return MixtureModel([Comp(k) for k in range(3)], Prior())
+
+
+def test_the_component_site_in_a_plate_keeps_its_gradient_to_the_weights() -> None:
+    """Probe p336: inside ``pyro.plate`` the component site's distribution was made under ``torch.no_grad()``, and
+    the plate expands it inside ``pyro.sample``, so ``TraceEnum_ELBO`` over the enumerated component gave the weights
+    no gradient (``None``; the twin's is [-1.52, 2.95, -1.43]) and SVI never learnt the weights of a GMM. Only the
+    draw has no graph: the twin's loss and every gradient, the weights' too."""
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    w = _Weights()
+    mix = _learnable_mixture(w)
+    torch.manual_seed(0)
+    x = torch.randn(7, 2) * 2
+
+    def ours(x: torch.Tensor) -> None:
+        with pyro.plate("data", 7):
+            poutine.condition(lambda: mix.sample(return_hidden=True), data={"x": x})()
+
+    def twin(x: torch.Tensor) -> None:
+        with pyro.plate("data", 7):
+            z = pyro.sample("z", pdist.OneHotCategorical(torch.nn.functional.softmax(w.logits, -1)))
+            pyro.sample("x", pdist.Normal(z @ w.locs, z @ w.scales()).to_event(1), obs=x)
+
+    got = []
+    for model in (twin, ours):
+        loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(config_enumerate(model), lambda x: None, x)
+        got.append((loss.detach(), *torch.autograd.grad(loss, list(w.parameters()))))
+    for a, b in zip(got[1], got[0]):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_posterior_guide_in_a_plate_keeps_its_gradient() -> None:
+    """Probe p336: a guide drawing ``posterior().sample({"x": x})`` inside ``pyro.plate`` gave its parameters no
+    gradient at all (the same ``no_grad``); the site's log-density has its gradient to the components now, as
+    outside a plate."""
+    w = _Weights()
+    post = _learnable_mixture(w).posterior()
+    torch.manual_seed(0)
+    x = torch.randn(7, 2) * 2
+    grads = []
+    for plate in (False, True):
+        def guide() -> Any:
+            if plate:
+                with pyro.plate("data", 7):
+                    return post.sample({"x": x})
+            return post.sample({"x": x})
+
+        torch.manual_seed(1)
+        tr = poutine.trace(guide).get_trace()
+        tr.compute_log_prob()
+        grads.append(torch.autograd.grad(tr.nodes["z"]["log_prob"].sum(), [w.locs, w.logits]))
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_flow_that_drops_a_plates_dim_is_refused_under_nested_plates() -> None:
+    """Probe p335: a flow whose ``forward`` drops dim 0 was refused eagerly and inside one plate, but not when a
+    plate adds a dim on the left (nested plates, vectorized particles): ``z`` came back ``(4, 2)`` where ``(3, 4,
+    2)`` is drawn, and every particle got the same value. The check compares the value's batch dims with the
+    plates' sizes too."""
+    from pyro_dgm.distributions import TransformedDistribution
+    from pyro_dgm.flows import Flow
+    from pyro_dgm.utils.checks import ShapeError
+
+    class Drop0(Flow):
+        def forward(self, x: torch.Tensor, y: Any = None, compute_jacobian: bool = True) -> torch.Tensor:
+            if compute_jacobian:
+                self._logdet_jacobian = torch.zeros(x[0].shape[:-1])
+            return x[0]
+
+        def inverse(self, z: torch.Tensor, y: Any = None) -> torch.Tensor:
+            return z
+
+    q = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["h"], name="q0"),
+                                Drop0(2), var=["z"], name="q")
+    with pytest.raises(ShapeError, match=r"q\(z\).*batch shape \(3, 4\).*dropped one"):
+        with pyro.plate("e", 3, dim=-2), pyro.plate("d", 4, dim=-1):
+            q.sample(batch_n=4)
