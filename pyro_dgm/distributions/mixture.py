@@ -566,38 +566,29 @@ class MixtureModel(_Mixture):
         draw from the same joint."""
         fn, _ = self._dgm_fn(b, values, ctx)
         x_name, z_name = b.var[0], self._hidden_var[0]
-        one_hot = getattr(unwrap(self.prior)[0], "one_hot", True)
-        given = ctx.obs is not None and x_name in ctx.obs
-        if z_name == x_name:  # (the component named as the data, as Pixyz allows: the component is what is
-            super()._dgm_draw_with(b, values, ctx)  # returned under that name, drawn from the posterior; one site)
-            x = values[x_name]
-            if isinstance(x, Tensor):
-                lp = fn.component_log_prob(x)
-                post = (_PyroOneHot if one_hot else _PyroCategorical)(logits=lp - lp.logsumexp(-1, keepdim=True),
-                                                                      validate_args=False)
-                values[z_name] = seeded_call(self, post.sample, torch.Size())
-            return
-        if given or ctx.sample_mean or fn._dgm_prior is not None or fn._dgm_total is not None:
+        kind = _PyroOneHot if getattr(unwrap(self.prior)[0], "one_hot", True) else _PyroCategorical
+        from_x = (z_name == x_name or ctx.sample_mean or fn._dgm_prior is not None or fn._dgm_total is not None
+                  or (ctx.obs is not None and x_name in ctx.obs))
+        if from_x:  # x first, then z from p(z|x)
             super()._dgm_draw_with(b, values, ctx)
             x = values[x_name]
             if not isinstance(x, Tensor):
                 return
-            logits = fn.component_log_prob(x)
-            logits = logits - logits.logsumexp(-1, keepdim=True)
+            lp = fn.component_log_prob(x)
+            z_fn = kind(logits=lp - lp.logsumexp(-1, keepdim=True), validate_args=False)
+            if z_name == x_name:  # (the component named as the data, as Pixyz allows: returned under that name,
+                values[z_name] = seeded_call(self, z_fn.sample, torch.Size())  # no second site of one name)
+                return
         else:
-            logits = fn.logits
-        z_fn = (_PyroOneHot if one_hot else _PyroCategorical)(logits=logits, validate_args=False)
+            z_fn = kind(logits=fn.logits, validate_args=False)
         # (the draw has no graph, as a categorical's; the site's distribution keeps its graph to the weights, which
         # a plate's expansion inside pyro.sample must not lose)
         z = self._dgm_site(z_name, z_fn, CallState(None, (), False, False, ctx.obs, ctx.kwargs))
         values[z_name] = z
-        ctx.event_dims[z_name] = 1 if one_hot else 0
-        if given or ctx.sample_mean or fn._dgm_prior is not None or fn._dgm_total is not None:
-            return
-        x_fn = ChosenComponent(fn, z, one_hot)
-        value = self._dgm_site(x_name, x_fn, ctx)
-        values[x_name] = value
-        ctx.event_dims[x_name] = fn.event_dim
+        ctx.event_dims[z_name] = 1 if kind is _PyroOneHot else 0
+        if not from_x:
+            values[x_name] = self._dgm_site(x_name, ChosenComponent(fn, z, kind is _PyroOneHot), ctx)
+            ctx.event_dims[x_name] = fn.event_dim
 
     def sample(self, x_dict: ValuesLike = None, batch_n: int | None = None, sample_shape: Sequence[int] = torch.Size(),
                return_all: bool = True, return_hidden: bool = False, sample_mean: bool = False, reparam: bool = False,
