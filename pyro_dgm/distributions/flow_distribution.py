@@ -20,14 +20,12 @@ from typing import Any, Mapping, Sequence
 import pyro.distributions as dist
 import torch
 from pyro.distributions.conditional import ConditionalTransform
-from pyro.poutine.runtime import get_plates
 from torch import Tensor
 from torch.distributions import Transform
 
 from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, expand_root, own_site, site_fn
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
-from pyro_dgm.distributions.effects import PYRO_STACK, ignores_sites
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept,
                                  own_event_dims, refresh_logdet)
@@ -78,23 +76,6 @@ def _torch_shape_error(e: BaseException) -> bool:
 _TORCH_ROOT = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
-def _plated(batch: torch.Size) -> list[int]:
-    """``batch`` with the sizes of the enclosing Pyro plates at their dims (where it has 1 or no dim there): the batch
-    shape a site drawn under them has, which a flow's output must keep."""
-    if not PYRO_STACK or ignores_sites(PYRO_STACK):
-        return list(batch)
-    out = list(batch)
-    for frame in get_plates():
-        if frame.dim is None:
-            continue
-        d = -frame.dim
-        while len(out) < d:
-            out.insert(0, 1)
-        if out[-d] == 1:
-            out[-d] = frame.size
-    return out
-
-
 class _FlowSite(dist.TransformedDistribution):
     """Pyro's ``TransformedDistribution`` whose ``sample()`` (a draw with ``reparam=False``) keeps the flow in the
     autograd graph: only the base draw carries no gradient, as in Pixyz, so the flow's parameters learn from samples
@@ -110,17 +91,24 @@ class _FlowSite(dist.TransformedDistribution):
     seeds_its_draws = True
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        x = seeded_call(self.base_dist, self.base_dist.sample, sample_shape)
-        with event_dims_fixed():
-            for t in self.transforms:
-                x = _step(t, x)
-        return x
+        return self._dgm_flowed(seeded_call(self.base_dist, self.base_dist.sample, sample_shape))
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        x = seeded_call(self.base_dist, self.base_dist.rsample, sample_shape)
+        return self._dgm_flowed(seeded_call(self.base_dist, self.base_dist.rsample, sample_shape))
+
+    def _dgm_flowed(self, drawn: Tensor) -> Tensor:
+        """The flow applied to the base's draw, which must keep the draw's batch dims (those of the site as drawn:
+        the Pyro plates around it, vectorized particles, included; a value a handler gives the site is not drawn)."""
+        x = drawn
         with event_dims_fixed():
             for t in self.transforms:
                 x = _step(t, x)
+        batch = drawn.shape[:max(drawn.dim() - len(self.base_dist.event_shape), 0)]
+        if isinstance(x, Tensor) and (x.dim() < len(batch) or any(n != m and m != 1 for n, m in zip(x.shape, batch))):
+            owner, name = self._dgm_owner if self._dgm_owner is not None else (None, "its variable")
+            raise ShapeError(f"{describe(owner) if owner is not None else 'TransformedDistribution'}: the flow turned "
+                             f"the prior's draw (batch shape {tuple(batch)}) into {name!r} of shape {tuple(x.shape)}: "
+                             "a flow must keep the batch dims of its input (its forward() dropped one)")
         return x
 
     #: the distribution and the variable of this site, named by an error of torch's about the value's dtype
@@ -268,15 +256,7 @@ class _FlowDistribution(OneSiteDistribution):
                     mean = t(base.mean)
                 value = self._dgm_record(name, mean, fn.event_dim)
             else:
-                value = self._dgm_site(name, fn, ctx)
-                batch = _plated(fn.batch_shape)  # (a dim of 1 a Pyro plate around the site may broadcast; the
-                # plates may add dims on the left: vectorized particles, nested plates)
-                drawn = value.shape[:max(value.dim() - fn.event_dim, 0)] if isinstance(value, Tensor) else ()
-                if isinstance(value, Tensor) and (len(drawn) < len(batch) or any(
-                        n != m and m != 1 for n, m in zip(drawn[len(drawn) - len(batch):], batch))):
-                    raise ShapeError(f"{describe(self)}: the flow turned the prior's draw (batch shape "
-                                     f"{tuple(batch)}) into {name!r} of shape {tuple(value.shape)}: a flow "
-                                     "must keep the batch dims of its input (its forward() dropped one)")
+                value = self._dgm_site(name, fn, ctx)  # (_FlowSite checks the flow kept its input's batch dims)
         except RuntimeError as e:  # the prior draws in a dtype the flow's layers refuse (a float64 prior)
             own = self._dgm_weights_dtype()
             try:

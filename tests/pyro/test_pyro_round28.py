@@ -484,3 +484,21 @@ def test_a_flow_that_drops_a_plates_dim_is_refused_under_nested_plates() -> None
     with pytest.raises(ShapeError, match=r"q\(z\).*batch shape \(3, 4\).*dropped one"):
         with pyro.plate("e", 3, dim=-2), pyro.plate("d", 4, dim=-1):
             q.sample(batch_n=4)
+
+
+def test_a_flow_site_hidden_from_a_plate_or_conditioned_is_not_refused() -> None:
+    """Probe p337: the plates' sizes read from ``get_plates()`` counted a plate that ``poutine.block`` hid the site
+    from, and the check ran on a value ``poutine.condition`` gave the site (the flow never ran): both refused
+    (``ShapeError``), where plain Pyro and the parent commit give ``(1, 2)``. The flow's output is checked against
+    its input where the flow runs (the site's own draw, the plates' dims included)."""
+    from pyro_dgm.distributions import TransformedDistribution
+    from pyro_dgm.flows import PlanarFlow
+
+    q = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["h"], name="q0"),
+                                PlanarFlow(2), var=["z"], name="q")
+    with pyro.plate("d", 4):
+        hidden = poutine.block(lambda: q.sample(), hide=["z"])()
+    assert hidden["z"].shape == (1, 2)
+    with pyro.plate("d", 4):
+        given = poutine.condition(lambda: q.sample(), data={"z": torch.zeros(1, 2)})()
+    assert given["z"].shape == (1, 2) and bool((given["z"] == 0).all())
