@@ -4,6 +4,7 @@ handler draws the component ``c`` and then ``x`` from the component it chose, bo
 first (``OneHotCategorical``, then the chosen component's ``Normal``)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pyro
@@ -502,3 +503,40 @@ def test_a_flow_site_hidden_from_a_plate_or_conditioned_is_not_refused() -> None
     with pyro.plate("d", 4):
         given = poutine.condition(lambda: q.sample(), data={"z": torch.zeros(1, 2)})()
     assert given["z"].shape == (1, 2) and bool((given["z"] == 0).all())
+
+
+def test_a_conditional_flow_under_nested_plates_and_enumeration_draws_as_a_family() -> None:
+    """Probe p337: a flow whose prior reads ``y`` drawn upstream with more than one batch dim (nested plates, or an
+    enumerated ``y``) took ``y``'s first dim for a context's batch: a bare torch ``RuntimeError`` under nested plates
+    and a ``ShapeError`` under ``TraceEnum_ELBO``, where the same model with a ``Normal`` in place of the flow runs.
+    The prior's own inputs are left to its batch shape: the flow's draw has the ``Normal``'s shape, and the
+    enumerated model's loss is finite."""
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    from pyro_dgm.distributions import TransformedDistribution
+    from pyro_dgm.flows import PlanarFlow
+
+    torch.manual_seed(0)
+    locs = torch.randn(3, 2)
+    py = Categorical(probs=torch.ones(3) / 3, var=["y"], name="py")
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["y"], name="q0", features_shape=[2])
+
+        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": y @ locs, "scale": torch.ones(2)}
+
+    q = TransformedDistribution(P(), PlanarFlow(2), var=["z"], name="q")
+    with pyro.plate("a", 3, dim=-2), pyro.plate("b", 4, dim=-1):
+        out = q.sample({"y": py.sample(batch_n=4)["y"]})
+    assert out["z"].shape == out["h"].shape == (3, 4, 2)
+    x = torch.randn(5, 2)
+
+    def model() -> None:
+        with pyro.plate("data", 5):
+            z = q.sample({"y": py.sample(batch_n=5)["y"]})["z"]
+            pyro.sample("x", pdist.Normal(z, 1.).to_event(1), obs=x)
+
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(config_enumerate(model), lambda: None)
+    assert math.isfinite(loss)
