@@ -26,6 +26,7 @@ from torch.distributions import Transform
 from pyro_dgm.distributions.composite import OneSiteDistribution, check_inner, expand_root, own_site, site_fn
 from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
+from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept,
                                  own_event_dims, refresh_logdet)
@@ -246,6 +247,8 @@ class _FlowDistribution(OneSiteDistribution):
     def _dgm_input_batch_shape(v: str, values: Mapping[str, Any], ctx: CallState) -> torch.Size:
         x = values[v]
         ev = ctx.event_dims.get(v)
+        if ev is None and PYRO_STACK and not ignores_sites(PYRO_STACK):  # (inside Pyro: the event dims of the
+            ev = given_event_dim(x, ctx)  # site whose value it is, or as many batch dims as fit the plates)
         return x.shape[:x.dim() - ev] if ev is not None else x.shape[:1]
 
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:

@@ -540,3 +540,42 @@ def test_a_conditional_flow_under_nested_plates_and_enumeration_draws_as_a_famil
 
     loss = TraceEnum_ELBO(max_plate_nesting=1).loss(config_enumerate(model), lambda: None)
     assert math.isfinite(loss)
+
+
+def test_a_context_given_to_the_flow_alone_under_nested_plates_and_enumeration() -> None:
+    """Probe p339: a context read by the flow only (not by its prior) with more than one batch dim inside Pyro
+    (drawn upstream under nested plates, or enumerated) set the base's batch shape by its first dim and was refused
+    (``ShapeError ... does not fit the plates``), where the same model whose prior reads it too runs. Inside Pyro
+    the context's batch dims are those of the site whose value it is: the flow's draw has the plates' shape, and
+    the enumerated model's loss is finite."""
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    from pyro_dgm.distributions import InverseTransformedDistribution
+    from pyro_dgm.flows import AffineCoupling
+
+    class ST(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2 + 3, 4)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            shape = torch.broadcast_shapes(x.shape[:-1], y.shape[:-1])
+            h = self.lin(torch.cat([x.expand(*shape, 2), y.expand(*shape, 3)], -1))
+            return torch.tanh(h[..., :2]), h[..., 2:]
+
+    torch.manual_seed(1)
+    q = InverseTransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["h"]),
+                                       AffineCoupling(2, mask_type="channel_wise", scale_translate_net=ST()),
+                                       var=["z"], cond_var=["y"])
+    py = Categorical(probs=torch.ones(3) / 3, var=["y"], name="py")
+    with pyro.plate("a", 3, dim=-2), pyro.plate("b", 4, dim=-1):
+        out = q.sample({"y": py.sample(batch_n=4)["y"]})
+    assert out["z"].shape == (3, 4, 2)
+    x = torch.randn(4, 2)
+
+    def model() -> None:
+        with pyro.plate("data", 4):
+            z = q.sample({"y": py.sample(batch_n=4)["y"]})["z"]
+            pyro.sample("x", pdist.Normal(z, 1.).to_event(1), obs=x)
+
+    assert math.isfinite(TraceEnum_ELBO(max_plate_nesting=1).loss(config_enumerate(model), lambda: None))
