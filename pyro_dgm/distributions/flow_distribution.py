@@ -211,13 +211,14 @@ class _FlowDistribution(OneSiteDistribution):
             except ValueError as e:
                 self._dgm_unlearned(b, value, e)
                 raise
-        own = {m.get(v, v) for v in self.prior.input_var}  # (the prior's inputs: its batch shape has them)
-        context = [v for v in b.input_var if v not in own]
-        if expand and context:  # a context given to the flow only (not to the prior) sets the batch shape too
-            batch = torch.broadcast_shapes(base.batch_shape, *(self._dgm_input_batch_shape(v, values, ctx)
-                                                               for v in context))
-            if batch != base.batch_shape:
-                base = base.expand(batch)
+        if expand and b.input_var:  # a context given to the flow only (not to the prior) sets the batch shape too
+            own = {m.get(v, v) for v in self.prior.input_var}  # (the prior's inputs: its batch shape has them)
+            context = [v for v in b.input_var if v not in own]
+            if context:
+                batch = torch.broadcast_shapes(base.batch_shape, *(self._dgm_input_batch_shape(v, values, ctx)
+                                                                   for v in context))
+                if batch != base.batch_shape:
+                    base = base.expand(batch)
         t = self._dgm_transform(b, values)
         try:
             fn = _FlowSite(base, [t])

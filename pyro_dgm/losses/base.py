@@ -98,7 +98,8 @@ _NO_MODULES = frozenset({str, int, float, bool, complex, bytes, type(None), Tens
                          torch.device, frozenset, set})
 
 
-#: A plain list, tuple or dict longer than this is looked into at its first and last half of this many items only.
+#: A plain list, tuple or dict longer than this is looked into, at an assignment, at its first and last half of this
+#: many items and at the terms among the others (:func:`_ends`).
 _LOOKED_INTO = 128
 
 

@@ -762,7 +762,7 @@ class MemoizeMessenger(Messenger):
                 _autocast_key() if _any_autocast() else (), torch._C._get_tracing_state(), tuple(keys), kw,
                 handlers_key() if _PYRO_STACK and draws_in_forward(module) else ())
 
-    def _forget_traced_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _forget_traced(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Drop the traced entries once a network has been given tensors: it may have changed one in place (eager keys
         see that by its version, which a view shares with its base, but a traced evaluation cannot branch on it),
         and the next use of those entries' networks then runs them again on the current values. Called only for a
@@ -952,7 +952,7 @@ class MemoizeMessenger(Messenger):
             changed = self._key(module, args, kwargs) != key
             _note_kept_inputs(module, not changed)
             if self._traced and changed:  # (a compiled evaluation's frame run eagerly, which changed its inputs)
-                self._forget_traced_inputs(args, kwargs)
+                self._forget_traced(args, kwargs)
             if (not same_marks(before, rng_marks()) or changed
                     or _buffer_versions(module) != buffers or not _same_states(given)
                     or not all(_same_bits(a, c) for a, c in snapshot) or _plain_attributes(module) != attrs):
@@ -974,7 +974,7 @@ class MemoizeMessenger(Messenger):
         if after is not None:
             _note_kept_inputs(module, after == key)
         if self._traced and (after != key if after is not None else not _kept_inputs(module)):  # (a compiled
-            self._forget_traced_inputs(args, kwargs)  # evaluation: a network may have changed its inputs in place;
+            self._forget_traced(args, kwargs)  # evaluation: a network may have changed its inputs in place;
             # a traced one is taken to keep them if it did in every eager run, the first call's (CompiledEval))
         snapshot = self._snapshot(args, kwargs) if type(key) is tuple and _MAXSIZE[0] else ()  # (the values
         self.store(key, value, keep, module, snapshot)  # after the pass: those of the next call it answers)
