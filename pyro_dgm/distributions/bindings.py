@@ -78,7 +78,7 @@ class CallState:
     """The state of one ancestral pass: the options of the call and the event dims of what it drew so far."""
 
     __slots__ = ("batch_n", "sample_shape", "reparam", "sample_mean", "obs", "event_dims", "kwargs", "given_dims",
-                 "own_shape", "extra_params", "rows_from", "rows_kind")
+                 "own_shape", "extra_params", "rows_from", "rows_kind", "spare")
 
     def __init__(self, batch_n: int | None = None, sample_shape: Iterable[int] = _NO_SHAPE, reparam: bool = False,
                  sample_mean: bool = False, obs: Mapping[str, Any] | None = None,
@@ -97,6 +97,8 @@ class CallState:
         self.rows_from: tuple[str, ...] = ()  # a model/guide run: the given variables whose dim 0 sized its data
         # plate, none of the inputs' (see Distribution._dgm_given_rows), and what their sites found them to be
         self.rows_kind: dict[str, tuple[Any, ...]] | None = None
+        self.spare: tuple[Any, Any, dict[str, Any]] | None = None  # (factor, binding, parameters) that the closed
+        # forms computed and declined: the general path that follows takes them instead of running the network again
 
     def override(self, option: Mapping[str, Any]) -> tuple[Any, ...]:
         """Apply one factor's options (``graph.set_option``) for its draw; returns what :meth:`restore` needs."""

@@ -724,11 +724,11 @@ class DistributionBase(Distribution):
                 return None
         params = self._dgm_params(b, values, ctx)
         if len(params) > len(self.param_groups):  # two of one group (probs and logits): the general path raises
-            return None
+            return self._dgm_decline(b, params, ctx)
         nd = 0
         for t in params.values():
             if not isinstance(t, Tensor):
-                return None
+                return self._dgm_decline(b, params, ctx)
             if t.dim() > nd:
                 nd = t.dim()
         if _TorchDistribution._validate_args:
@@ -740,12 +740,18 @@ class DistributionBase(Distribution):
             ok = key is not None and checked is not None and checked[0] == key
             try:
                 if not closed_forms.valid_params(self.pyro_dist, params, names if ok else ()):
-                    return None
+                    return self._dgm_decline(b, params, ctx)
             except RuntimeError:  # (a value the check cannot read, a meta tensor: the general path names it)
-                return None
+                return self._dgm_decline(b, params, ctx)
             if key is not None and not ok:  # (the buffers kept with their key: a freed one's id is not reused)
                 self.__dict__["_dgm_consts_checked"] = (key, tuple(self._buffers[n] for n in names))
         return closed_forms.ClosedParams(params, nd)
+
+    def _dgm_decline(self, b: Binding, params: dict[str, Any], ctx: CallState) -> None:
+        """The closed forms decline parameters the network gave: the general path takes them (``ctx.spare``), so that
+        the network runs once, as in Pixyz (a random network's output, or the random numbers it draws, are those
+        the general path scores or refuses)."""
+        ctx.spare = (self, b, params)
 
     def _dgm_closed_form_kl(self, other: Distribution, values: Mapping[str, Any],
                             options: Mapping[str, Any] | None = None) -> Tensor | None:
@@ -882,7 +888,13 @@ class DistributionBase(Distribution):
             base = self._dgm_const_base()
             bn = self._dgm_batch_ndim(b, values, ctx)
         else:
-            params = self._dgm_params(b, values, ctx)
+            spare = ctx.spare
+            if spare is not None:  # (the closed forms declined this factor's parameters just now)
+                ctx.spare = None
+            if spare is not None and spare[0] is self and spare[1] is b:
+                params = spare[2]
+            else:
+                params = self._dgm_params(b, values, ctx)
             try:
                 base = self._dgm_base(params)
             except ValueError as e:  # parameters torch refuses: a NaN in an input gives NaN parameters
@@ -1151,7 +1163,8 @@ class DistributionBase(Distribution):
                 try:
                     value = self._dgm_closed_rs(got.params, _RNG.generator)
                 except (RuntimeError, ValueError):
-                    pass  # the general path below reports it, naming this distribution and the shapes
+                    self._dgm_decline(b, got.params, ctx)  # the general path below reports it, naming this
+                    # distribution and the shapes
                 else:
                     values[name] = value
                     ctx.event_dims[name] = max(got.ndim - self._dgm_batch_ndim(b, values, ctx), 0)
@@ -1238,7 +1251,7 @@ class DistributionBase(Distribution):
             got = self._dgm_closed_params(b, values, ctx)
             if got is not None and _TorchDistribution._validate_args and not closed_forms.valid_value(
                     self.pyro_dist, x):
-                got = None  # the general path raises torch's error about the value
+                got = self._dgm_decline(b, got.params, ctx)  # the general path raises torch's error about the value
             if got is not None:
                 self._dgm_set_last(got.params, True)  # Pixyz's get_log_prob sets dist (the hard one of a relaxed
                 # family), built if read
@@ -1261,7 +1274,7 @@ class DistributionBase(Distribution):
                 try:
                     lp = fn(got.params, x, tuple(range(-ev, 0)) if whole else ())
                 except (RuntimeError, ValueError):
-                    pass  # the general path below reports it, naming the shapes
+                    self._dgm_decline(b, got.params, ctx)  # the general path below reports it, naming the shapes
                 else:
                     ctx.event_dims[b.var[0]] = ev
                     return lp if whole else self._dgm_sum_dims(lp, sum_features, feature_dims, "log-density")

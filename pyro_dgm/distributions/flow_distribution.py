@@ -90,6 +90,8 @@ class _FlowSite(dist.TransformedDistribution):
 
     #: the site does not wrap this sampler in seeded_draws: the base draw is wrapped alone (Distribution._dgm_site)
     seeds_its_draws = True
+    #: a draw without reparameterization keeps the flow's gradient (see unreparameterized)
+    _dgm_flow_site = True
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         return self._dgm_flowed(seeded_call(self.base_dist, self.base_dist.sample, sample_shape))

@@ -8,7 +8,6 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torch.distributions import TransformedDistribution
 
 __all__ = ["unreparameterized"]
 
@@ -44,9 +43,13 @@ def _subclass(cls: type, kind: str) -> type:
             with torch.no_grad():  # a graph: its sample() may be this very rsample, as torch's default is)
                 return cls.rsample(self, torch.Size(sample_shape))
 
+        def to_event(self: Any, reinterpreted_batch_ndims: int | None = None) -> Any:
+            new = cls.to_event(self, reinterpreted_batch_ndims)  # (an Independent rebuilds itself from its base,
+            return unreparameterized(new) if new.has_rsample else new  # which has a reparameterized sampler)
+
         attrs: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
                                  "_dgm_unreparameterized": kind, "expand": expand, "__reduce_ex__": __reduce_ex__}
-        attrs.update({"has_rsample": False} if kind == "score" else {"rsample": rsample})
+        attrs.update({"has_rsample": False, "to_event": to_event} if kind == "score" else {"rsample": rsample})
         out = _SUBCLASSES[key] = type(cls)(cls.__name__, (cls,), attrs)
     return out
 
@@ -54,8 +57,9 @@ def _subclass(cls: type, kind: str) -> type:
 def unreparameterized(fn: Any) -> Any:
     r"""``fn`` as the site of a draw without a gradient: a shallow copy of its class's subclass with
     ``has_rsample = False`` (its draws carry no gradient, and Pyro's ELBOs give its parameters the score-function
-    term, as for any distribution without a reparameterized sampler). A flow's distribution (a
-    ``TransformedDistribution``) keeps its pathwise gradient through the flow and draws its base without one, as
+    term, as for any distribution without a reparameterized sampler). A flow's site (a ``TransformedDistribution``
+    of :mod:`pyro_dgm.distributions.flow_distribution`; not the relaxed families', which torch builds as
+    transformed distributions too) keeps its pathwise gradient through the flow and draws its base without one, as
     Pixyz's ``sample()`` applies the flow to a prior's draw. Everything else (its class for ``isinstance`` and the KL
     registry, its parameters, ``expand``) is ``fn``'s.
 
@@ -69,7 +73,7 @@ def unreparameterized(fn: Any) -> Any:
     (False, False, True, True)
     """
     out = copy.copy(fn)
-    if isinstance(fn, TransformedDistribution):
+    if getattr(fn, "_dgm_flow_site", False):
         base = copy.copy(fn.base_dist)
         base.__class__ = _subclass(type(base), "detached")
         out.base_dist = base

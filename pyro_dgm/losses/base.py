@@ -17,6 +17,7 @@ attributes, so reading ``self.p`` on the training path never goes through ``nn.M
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import numbers
 import weakref
@@ -24,9 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 
 import numpy as np
 import torch
+from pyro import poutine
 from pyro.infer import ELBO as _PyroELBO
 from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.mask_messenger import MaskMessenger
+from pyro.poutine.messenger import _context_wrap
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.util import warn_if_nan
@@ -80,6 +83,13 @@ def _formula_changed() -> None:
     losses read their attributes at each evaluation): the formulas' cached terms, variables and distributions
     (:meth:`Loss._dgm_leaves`, the SVI path's registered distributions) are out of date, as after a renaming."""
     NAMES_VERSION[0] += 1
+
+
+#: Pyro's handlers that change what an ELBO of the model or guide they wrap is (not merely how it is estimated)
+_CHANGES_TARGET = (poutine.block_messenger.BlockMessenger, poutine.condition_messenger.ConditionMessenger,
+                   poutine.do_messenger.DoMessenger, poutine.uncondition_messenger.UnconditionMessenger,
+                   poutine.substitute_messenger.SubstituteMessenger, poutine.replay_messenger.ReplayMessenger,
+                   poutine.lift_messenger.LiftMessenger, IndepMessenger)
 
 
 def _all_equal(value: Any, target: Any) -> bool:
@@ -1023,7 +1033,8 @@ class Loss(YieldingModule, _PyroELBO):
         ``model`` and ``guide`` are not run: the loss is its own formula. So Pyro's handlers that weight or batch
         sites (``pyro.plate``, ``poutine.scale``, ``poutine.mask``) cannot reach it from around the step: inside one,
         it raises (a ``ValueError`` naming the handler) instead of ignoring it; a scale of 1 and a mask of ``True``
-        pass, as around ``Model.train``.
+        pass, as around ``Model.train``. It raises too for a ``model`` or ``guide`` wrapped in a handler that
+        changes what their ELBO is (``poutine.scale(model, 0.1)``, ``poutine.condition``, ``poutine.block``...).
 
         Raises
         ------
@@ -1031,6 +1042,8 @@ class Loss(YieldingModule, _PyroELBO):
             If the value is not a scalar (SVI minimizes a number; take ``.mean()`` or ``.sum()``).
         """
         data, options = self._dgm_data(args, kwargs)
+        if model is not None or guide is not None:
+            self._dgm_refuse_wrapped(model, guide)
         for m in _PYRO_STACK:  # (a plate would batch a Pyro ELBO's sites, of any size; a scale of 1 and a mask of
             # True weigh nothing, as Model.train lets them through)
             if (isinstance(m, IndepMessenger) or (isinstance(m, ScaleMessenger) and not _all_equal(m.scale, 1))
@@ -1045,6 +1058,29 @@ class Loss(YieldingModule, _PyroELBO):
             raise ValueError(f"{type(self).__name__} {self.loss_text}: the loss has shape {tuple(value.shape)}, but "
                              "SVI minimizes a scalar; use loss.mean() or loss.sum()")
         return value.reshape(())
+
+    def _dgm_refuse_wrapped(self, model: Any, guide: Any) -> None:
+        """Refuse a model or guide given to SVI wrapped in a Pyro handler that changes what an ELBO of them is
+        (``SVI(poutine.scale(model, 0.1), guide, ...)``, ``poutine.condition``, ``poutine.block``...): the loss does
+        not run them, so the handler would be silently ignored; a scale of 1, a mask of ``True`` and handlers that
+        change no value (``config_enumerate``, ``poutine.seed``, ``poutine.reparam``...) pass."""
+        for role, fn in (("model", model), ("guide", guide)):
+            for _ in range(64):  # (a chain of wrappers, each partial(_context_wrap, handler, fn), maybe bound)
+                inner = getattr(fn, "func", None)
+                if isinstance(inner, functools.partial):
+                    fn = inner
+                if not (isinstance(fn, functools.partial) and fn.func is _context_wrap and len(fn.args) >= 2):
+                    break
+                m = fn.args[0]
+                if (isinstance(m, _CHANGES_TARGET) or (isinstance(m, ScaleMessenger) and not _all_equal(m.scale, 1))
+                        or (isinstance(m, MaskMessenger) and not _all_equal(m.mask, True))):
+                    what = f"poutine.{type(m).__name__.replace('Messenger', '').lower()}"
+                    raise ValueError(f"{type(self).__name__} {self.loss_text}: the {role} given to it is wrapped in "
+                                     f"{what}, which a pyro_dgm loss would ignore: the loss is its own formula and "
+                                     f"does not run the {role}; weight or condition the loss itself (e.g. 0.5 * "
+                                     "loss, or the data given to the step), or put the handler inside a PyroELBO "
+                                     "term's model and guide")
+                fn = fn.args[1]
 
     def _dgm_refuse_weighting(self, handler: Any, how: str = "evaluated as a Pyro ELBO") -> None:
         what = (f"pyro.plate({handler.name!r})" if isinstance(handler, IndepMessenger) else

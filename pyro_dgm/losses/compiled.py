@@ -386,6 +386,20 @@ def _deep_recursion() -> Iterator[None]:
         sys.setrecursionlimit(before)
 
 
+@contextlib.contextmanager
+def _hook_guards() -> Iterator[None]:
+    """Dynamo guards on the hooks of the modules it traces while the compiled call compiles (by default it does
+    not: a hook added to a network that no distribution registers, one kept in a list or a global, would never run
+    in the compiled code; :func:`_hooks_mark` sees those of the modules the loss reaches)."""
+    config = torch._dynamo.config
+    before = config.skip_nnmodule_hook_guards
+    config.skip_nnmodule_hook_guards = False
+    try:
+        yield
+    finally:
+        config.skip_nnmodule_hook_guards = before
+
+
 class _FirstCallEager:
     """A call run eagerly the first time and compiled by ``torch.compile`` (built at the second call) after."""
 
@@ -424,7 +438,7 @@ class _FirstCallEager:
             self._build()
         self._dgm_classes_current()
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
-        with without_validation(), frozen(self._frozen), _deep_recursion():
+        with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards():
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 if not self._graphs:
                     return self._dgm_fn(*args)
