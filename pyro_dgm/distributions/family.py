@@ -289,7 +289,7 @@ class DistributionBase(Distribution):
         # parameters that are all constants are checked here, once (torch's validation, if on), not at every call
         # (not a torch class read at each call, LiveTorchClass: its distribution may change, and is built each time)
         self._dgm_const_only = (not self._dgm_has_network and not var_params and unusable is None
-                                and type(self.pyro_dist) is not LiveTorchClass)
+                                and not self._dgm_missing_groups and type(self.pyro_dist) is not LiveTorchClass)
         self._dgm_base_cache: tuple[Any, ...] | None = None
         self._dgm_standard_cache: tuple[Any, ...] | None = None
         # a constant that requires grad (Pixyz's buffer is a clone of the tensor given, so gradients reach that
@@ -395,8 +395,8 @@ class DistributionBase(Distribution):
 
     def _dgm_missing_error(self) -> ValueError | None:
         """The error of a parameter that is neither given nor returned by a ``forward``, if one is."""
-        if not self._dgm_missing_groups or self._dgm_has_network:
-            return None
+        if not self._dgm_missing_groups or self._dgm_has_network or self._dgm_user_get_params:
+            return None  # (a get_params of the user's may add it after super().get_params: what it returns is checked)
         g = self._dgm_missing_groups[0]
         return ValueError(f"{describe(self)}: parameter {' or '.join(g)} is not given; pass {g[0]}=<number, tensor or "
                           f"cond_var name>, or subclass {type(self).__name__} with a forward() that returns it")
@@ -595,6 +595,8 @@ class DistributionBase(Distribution):
                 if n in params:
                     break
             else:
+                if self._dgm_user_get_params:  # (super().get_params of the user's get_params, which may add it, as
+                    break  # under Pixyz: what that method returns is checked, _params_via_get_params)
                 raise ValueError(f"{describe(self)}: forward() did not return {' or '.join(g)}; it returned "
                                  f"{sorted(params)}")
         return params

@@ -29,7 +29,10 @@ from pyro import poutine
 from pyro.infer import ELBO as _PyroELBO
 from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.mask_messenger import MaskMessenger
+from pyro.poutine.condition_messenger import ConditionMessenger
 from pyro.poutine.messenger import _context_wrap
+from pyro.poutine.substitute_messenger import SubstituteMessenger
+from pyro.poutine.trace_messenger import TraceHandler
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.util import warn_if_nan
@@ -86,10 +89,30 @@ def _formula_changed() -> None:
 
 
 #: Pyro's handlers that change what an ELBO of the model or guide they wrap is (not merely how it is estimated)
-_CHANGES_TARGET = (poutine.block_messenger.BlockMessenger, poutine.condition_messenger.ConditionMessenger,
+_CHANGES_TARGET = (poutine.block_messenger.BlockMessenger, ConditionMessenger,
                    poutine.do_messenger.DoMessenger, poutine.uncondition_messenger.UnconditionMessenger,
-                   poutine.substitute_messenger.SubstituteMessenger, poutine.replay_messenger.ReplayMessenger,
+                   SubstituteMessenger, poutine.replay_messenger.ReplayMessenger,
                    poutine.lift_messenger.LiftMessenger, IndepMessenger)
+
+
+def _handlers_around(fn: Any) -> Iterator[Any]:
+    """The Pyro handlers wrapped around the callable ``fn`` (``poutine.scale(model, 0.1)`` is a partial of the handler
+    and the model), also through ``poutine.trace``, ``functools.partial`` and ``functools.wraps`` wrappers."""
+    for _ in range(64):
+        if isinstance(fn, functools.partial):  # (Pyro's bound partial is one too)
+            if fn.func is _context_wrap and len(fn.args) >= 2:
+                yield fn.args[0]
+                fn = fn.args[1]
+            else:
+                fn = fn.func
+        elif isinstance(fn, TraceHandler):
+            yield fn.msngr
+            fn = fn.fn
+        else:
+            inner = getattr(fn, "__wrapped__", None)
+            if inner is None or not callable(inner):
+                return
+            fn = inner
 
 
 def _all_equal(value: Any, target: Any) -> bool:
@@ -1065,22 +1088,17 @@ class Loss(YieldingModule, _PyroELBO):
         not run them, so the handler would be silently ignored; a scale of 1, a mask of ``True`` and handlers that
         change no value (``config_enumerate``, ``poutine.seed``, ``poutine.reparam``...) pass."""
         for role, fn in (("model", model), ("guide", guide)):
-            for _ in range(64):  # (a chain of wrappers, each partial(_context_wrap, handler, fn), maybe bound)
-                inner = getattr(fn, "func", None)
-                if isinstance(inner, functools.partial):
-                    fn = inner
-                if not (isinstance(fn, functools.partial) and fn.func is _context_wrap and len(fn.args) >= 2):
-                    break
-                m = fn.args[0]
+            for m in _handlers_around(fn):
                 if (isinstance(m, _CHANGES_TARGET) or (isinstance(m, ScaleMessenger) and not _all_equal(m.scale, 1))
                         or (isinstance(m, MaskMessenger) and not _all_equal(m.mask, True))):
+                    if isinstance(m, (ConditionMessenger, SubstituteMessenger)) and not m.data:
+                        continue  # (no values given: it changes nothing)
                     what = f"poutine.{type(m).__name__.replace('Messenger', '').lower()}"
                     raise ValueError(f"{type(self).__name__} {self.loss_text}: the {role} given to it is wrapped in "
                                      f"{what}, which a pyro_dgm loss would ignore: the loss is its own formula and "
                                      f"does not run the {role}; weight or condition the loss itself (e.g. 0.5 * "
                                      "loss, or the data given to the step), or put the handler inside a PyroELBO "
                                      "term's model and guide")
-                fn = fn.args[1]
 
     def _dgm_refuse_weighting(self, handler: Any, how: str = "evaluated as a Pyro ELBO") -> None:
         what = (f"pyro.plate({handler.name!r})" if isinstance(handler, IndepMessenger) else

@@ -38,6 +38,7 @@ import contextlib
 import inspect
 import numbers
 import sys
+import threading
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
@@ -392,12 +393,23 @@ def _hook_guards() -> Iterator[None]:
     not: a hook added to a network that no distribution registers, one kept in a list or a global, would never run
     in the compiled code; :func:`_hooks_mark` sees those of the modules the loss reaches)."""
     config = torch._dynamo.config
-    before = config.skip_nnmodule_hook_guards
-    config.skip_nnmodule_hook_guards = False
+    with _HOOK_GUARDS_LOCK:  # (compiled calls in several threads: the first sets it, the last puts it back)
+        if not _HOOK_GUARDS[0]:
+            _HOOK_GUARDS[1] = config.skip_nnmodule_hook_guards
+            config.skip_nnmodule_hook_guards = False
+        _HOOK_GUARDS[0] += 1
     try:
         yield
     finally:
-        config.skip_nnmodule_hook_guards = before
+        with _HOOK_GUARDS_LOCK:
+            _HOOK_GUARDS[0] -= 1
+            if not _HOOK_GUARDS[0]:
+                config.skip_nnmodule_hook_guards = _HOOK_GUARDS[1]
+
+
+#: ``[compiled calls running, the setting before the first]`` (see :func:`_hook_guards`)
+_HOOK_GUARDS: list[Any] = [0, True]
+_HOOK_GUARDS_LOCK = threading.Lock()
 
 
 class _FirstCallEager:

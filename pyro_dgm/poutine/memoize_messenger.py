@@ -710,6 +710,8 @@ class MemoizeMessenger(Messenger):
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
         self._copies: dict[int, tuple[Any, Any]] = {}  # id -> weak references to an inference-mode input and its
         # copy (the entries hold both: an evicted one frees them): see _snapshot
+        self._uses: dict[int, list[Any]] = {}  # id -> [weak reference to a reused Deterministic's output, how many
+        # times it was reused]: see _note_uses
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
         self._steps: int | None = None  # the optimizer steps counted when the entries were made (set by lookup)
         if pyro_stack and not _COUNTED:  # a scope the user opens may outlive optimizer steps (see lookup)
@@ -731,6 +733,7 @@ class MemoizeMessenger(Messenger):
         self._traced.clear()
         self._notes.clear()
         self._copies.clear()
+        self._uses.clear()
         stack = MEMO_SCOPES.stack
         if stack and stack[-1] is self:
             stack.pop()
@@ -823,20 +826,23 @@ class MemoizeMessenger(Messenger):
         if (hit is None or (hit[2] is not None and not _same_params(hit[2]))
                 or (hit[3] is not None and hit[3]() is not module)
                 or (hit[4] and not all(_same_bits(a, c) for a, c in hit[4]))
-                or (hit[5] and not _same_outputs(hit[5]))):
+                or (hit[5] and not _same_outputs(hit[5]))
+                or (hit[6] and not all(u[1] == n for u, n in hit[6]))):
             return key, None  # (hit[3]: a network freed and another made at its address, a MAML task's copy)
         self._cache.move_to_end(key)
         return key, hit[0]
 
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None,
-              snapshot: tuple[tuple[Any, Any], ...] = (), outputs: tuple[tuple[Any, Any], ...] = ()) -> None:
+              snapshot: tuple[tuple[Any, Any], ...] = (), outputs: tuple[tuple[Any, Any], ...] = (),
+              uses: tuple[tuple[list[Any], int], ...] = ()) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword, and the Pyro handlers
         active where the key names them: the key holds their ids, which an object made later in the scope could
         reuse if they were freed while cached). With ``module``, the network that computed it, the entry answers
         only while it is alive (a new network may take its address), its submodules and parameters are the same
         objects, its parameters unchanged and its submodules in the same train/eval modes (:func:`_param_state`),
-        and while the arguments in ``snapshot`` (:meth:`_snapshot`) hold the values copied there, and the tensors of
-        ``outputs`` (:func:`_output_marks`) are unchanged."""
+        and while the arguments in ``snapshot`` (:meth:`_snapshot`) hold the values copied there, the tensors of
+        ``outputs`` (:func:`_output_marks`) are unchanged, and the reused outputs of ``Deterministic``s in ``uses``
+        (:meth:`_uses_of`) were not reused again since."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
@@ -846,7 +852,7 @@ class MemoizeMessenger(Messenger):
             return
         ref = weakref.ref(module) if isinstance(module, torch.nn.Module) else None
         self._cache[key] = (value, (keep, _handlers_kept()) if key[-1] else keep, self._state(module), ref, snapshot,
-                            outputs)
+                            outputs, uses)
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
         if self._pyro_stack and torch.is_grad_enabled():  # a scope the user opened around several backward passes
@@ -908,6 +914,32 @@ class MemoizeMessenger(Messenger):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 t.register_hook(forget)
 
+    def _note_uses(self, value: Any, reused: bool) -> None:
+        """Count the uses of a ``Deterministic``'s outputs: Pixyz runs it at every use, so each use hands the networks
+        after it new tensors, and their cache (keyed by the tensors) runs them again. A network after it whose pass
+        draws or changes state (dropout, a batch norm's statistics) therefore runs again at each reuse here too
+        (:meth:`_uses_of`); any other is shared, which changes no value."""
+        found: list[Any] = []
+        _tensors(value, found)
+        uses = self._uses
+        for t in found:
+            known = uses.get(id(t))
+            if known is not None and known[0]() is t:
+                known[1] += reused
+            else:
+                uses[id(t)] = [weakref.ref(t), 0]
+
+    def _uses_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[list[Any], int], ...]:
+        """The counts of :meth:`_note_uses` of the ``Deterministic`` outputs among a call's arguments, as they are
+        now."""
+        uses = self._uses
+        out = []
+        for a in (*args, *kwargs.values()):
+            known = uses.get(id(a))
+            if known is not None and known[0]() is a:
+                out.append((known, known[1]))
+        return tuple(out)
+
     def note(self, owner: Any, value: Any) -> None:
         """Keep ``value`` for ``owner`` until the scope ends (a flow's last computation while torch.compile
         traces, instead of an attribute of the module that would outlive the traced evaluation). In eager code at
@@ -941,6 +973,8 @@ class MemoizeMessenger(Messenger):
         if logged and key is not None and (hit is not None or id(module) not in self._seen):
             self._seen[id(module)] = (module, int(hit is not None))  # (a hit counts over the scope's misses)
         if hit is not None:
+            if self._uses and getattr(module, "memoize_unless_random", False):
+                self._note_uses(hit, True)  # (a Deterministic reused: another use, Pixyz's new tensors)
             return hit
         if key is not None and getattr(module, "memoize_unless_random", False):
             if transformed():  # (under torch.func the generators' states cannot be read: it runs on every use)
@@ -960,7 +994,11 @@ class MemoizeMessenger(Messenger):
                 # a spectral norm's power iteration), its weights or an attribute of its own (a count of its
                 # calls that its output reads): each use runs it again, as under Pixyz
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))
+            self._note_uses(value, False)
             return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
+        uses = self._uses_of(args, kwargs) if self._uses and type(key) is tuple else ()
+        if uses:  # (a reused Deterministic's output: see _note_uses)
+            marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):
             with _SiteSpy() as spy:  # (under Pyro handlers only: the SVI path, about 2 us per miss)
                 value = module(*args, **kwargs)
@@ -969,6 +1007,9 @@ class MemoizeMessenger(Messenger):
                 key = self._key(module, args, kwargs)
         else:
             value = module(*args, **kwargs)
+        if uses and (same_marks(marks[0], rng_marks()) and _buffer_versions(module) == marks[1]
+                     and _plain_attributes(module) == marks[2]):
+            uses = ()  # it drew nothing and changed nothing: every use of the Deterministic may share its pass
         keep = (args, kwargs) if kwargs else args
         after = self._key(module, args, kwargs) if type(key) is tuple else None
         if after is not None:
@@ -977,14 +1018,16 @@ class MemoizeMessenger(Messenger):
             self._forget_traced(args, kwargs)  # evaluation: a network may have changed its inputs in place;
             # a traced one is taken to keep them if it did in every eager run, the first call's (CompiledEval))
         snapshot = self._snapshot(args, kwargs) if type(key) is tuple and _MAXSIZE[0] else ()  # (the values
-        self.store(key, value, keep, module, snapshot)  # after the pass: those of the next call it answers)
+        self.store(key, value, keep, module, snapshot, uses=uses)  # after the pass: those of the next call it
+        # answers)
         if self._compiled and type(key) is tuple:  # a compiled evaluation's frame run eagerly: its traced frames
             self._traced.append((module, _traced_mode(module), args, kwargs, value, _versions(args, kwargs)))
             del self._traced[:-max(_MAXSIZE[0], 1)]
         if after is not None:
             if after != key:  # the network changed an input in place (x /= 255): its next call in this scope is
-                self.store(after, value, keep, module, snapshot)  # this one, as under Pixyz's cache (else it runs
-        return value  # again)
+                # this one, as under Pixyz's cache (else it runs again)
+                self.store(after, value, keep, module, snapshot, uses=uses)
+        return value
 
     # The "dgm_params" effect is answered by the effect's own function (``calls._call_network``), which asks this
     # thread's innermost scope (:func:`active_memo`): a handler method here would also answer other threads' calls,

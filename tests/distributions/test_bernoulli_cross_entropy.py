@@ -333,3 +333,19 @@ def test_a_relaxed_family_built_on_the_meta_device_is_materialized_as_built_on_t
     built.load_state_dict(twin.state_dict())
     values = {"x": torch.tensor([[0.2, 0.3, 0.5]]), "z": torch.tensor([[0.4, -1.0]])}
     assert torch.equal(built.get_log_prob(values), twin.get_log_prob(values))
+
+
+def test_bfloat16_gradients_at_tiny_probabilities_are_binary_cross_entropys():  # type: ignore[no-untyped-def]
+    # probe p347: bfloat16 took the formula path of float16, whose 1/p overflows bfloat16 for p below about 3e-39
+    # (gradients [inf, inf, 1e38]); bfloat16 holds the floor of 1e-12, so it takes the function's: the value and the
+    # gradient of torch's binary_cross_entropy (about 1e12, finite)
+    probs = torch.tensor([9.18e-41, 1.01e-39, 1.0e-38], dtype=torch.bfloat16)
+    x = torch.ones(3, dtype=torch.bfloat16)
+    ours, ref = probs.clone().requires_grad_(), probs.clone().requires_grad_()
+    value = bce(ours, x)
+    expected = -F.binary_cross_entropy(ref, x, reduction="none")
+    torch.testing.assert_close(value, expected)
+    (g,) = torch.autograd.grad(value.sum(), ours)
+    (g_ref,) = torch.autograd.grad(expected.sum(), ref)
+    assert torch.isfinite(g).all()
+    torch.testing.assert_close(g, g_ref, rtol=1e-2, atol=0.)

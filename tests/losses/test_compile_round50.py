@@ -86,3 +86,25 @@ def test_a_hook_on_a_network_no_distribution_registers_runs_in_compiled_steps(wh
     assert eager[3] > eager[4] + 1.  # (the hook changes the loss)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     assert torch._dynamo.config.skip_nnmodule_hook_guards == before
+
+
+def test_overlapping_compiled_calls_put_dynamos_setting_back() -> None:
+    """Probe p344: each compiled call saved torch's ``skip_nnmodule_hook_guards`` and put it back on leaving, so two
+    calls that overlap (two threads: A enters, B enters, A leaves, B leaves) left it off for the whole process. The
+    first call in sets it, the last one out puts it back; also when a call raises."""
+    from pyro_dgm.losses.compiled import _hook_guards
+
+    config = torch._dynamo.config
+    before = config.skip_nnmodule_hook_guards
+    a, b = _hook_guards(), _hook_guards()
+    a.__enter__()
+    b.__enter__()
+    assert config.skip_nnmodule_hook_guards is False
+    a.__exit__(None, None, None)
+    assert config.skip_nnmodule_hook_guards is False  # (B still runs)
+    b.__exit__(None, None, None)
+    assert config.skip_nnmodule_hook_guards == before
+    with pytest.raises(KeyError):
+        with _hook_guards():
+            raise KeyError("x")
+    assert config.skip_nnmodule_hook_guards == before

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
-from pixyz_harness import assert_same, run_both
+from pixyz_harness import assert_same, raises_same, run_both, run_pyro_dgm
 
 
 def test_a_network_returning_a_number_runs_once_per_call_as_under_pixyz() -> None:
@@ -82,3 +83,156 @@ def test_parameters_refused_once_are_refused_not_asked_of_the_network_again(bad:
     ref, ours = run_both(program)
     assert ref[:2] == ours[:2] == ("ValueError", 1)
     assert ours[2].startswith("Q q(z|x): invalid parameters")
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_a_network_after_a_reused_deterministic_runs_at_each_use_as_under_pixyz(dropout: float) -> None:
+    """Probe p345: Pixyz runs a ``Deterministic`` ``h(x)`` at each use, so each term hands ``q(z|h)``'s network new
+    tensors, which its cache runs again; here ``h``'s pass was reused, and with it ``q``'s, so a batch norm in
+    training mode moved its statistics once where Pixyz moves them twice (running mean [-0.060, -0.056] against
+    [-0.114, -0.107]), and with dropout the loss was -1.60 against -4.62. A network after a reused
+    ``Deterministic`` whose pass draws or changes state now runs at each reuse: the loss, the statistics, the
+    random stream after it, and the test loss after three training steps are Pixyz's."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Expectation, KullbackLeibler
+        from pixyz.models import Model
+
+        calls = []
+
+        class H(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.fc = nn.Linear(3, 2)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"h": self.fc(x)}
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name="q")
+                self.fc, self.bn, self.drop = nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(dropout)
+
+            def forward(self, h: torch.Tensor) -> dict:
+                calls.append(1)
+                o = self.drop(self.bn(self.fc(h)))
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q = H(), Q()
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        loss = (Expectation(h, q.log_prob()) + KullbackLeibler(q, prior).expectation(h)).mean()
+        value = loss.eval({"x": torch.randn(8, 3), "z": torch.randn(8, 2)}).detach()
+        first = (len(calls), value, q.bn.running_mean.clone(), torch.rand(2))
+        model = Model(loss, distributions=[h, q], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.01})
+        for _ in range(3):
+            model.train({"x": torch.randn(8, 3) * 3 + 1, "z": torch.randn(8, 2)})
+        test = model.test({"x": torch.randn(8, 3), "z": torch.randn(8, 2)})
+        return first, test, q.bn.running_mean.clone(), int(q.bn.num_batches_tracked)
+
+    ref, ours = run_both(program)
+    assert ref[0][0] == 2 and ref[3] == 2 + 3 * 2  # (Pixyz: q runs at both terms' uses of h; not in test)
+    assert_same(ref, ours)
+
+
+def test_a_network_after_a_deterministic_in_an_iterative_loss_runs_at_each_use_as_under_pixyz() -> None:
+    """Probe p345: the same in a sequence model's step (an ``IterativeLoss`` of three steps whose two terms read
+    ``h``): Pixyz runs ``q``'s batch norm six times, this library ran it three times (loss 49.12 against 56.60)."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Entropy, IterativeLoss, KullbackLeibler
+
+        class H(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.fc = nn.Linear(3, 2)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"h": self.fc(x)}
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name="q")
+                self.fc, self.bn = nn.Linear(2, 2), nn.BatchNorm1d(2)
+
+            def forward(self, h: torch.Tensor) -> dict:
+                o = self.bn(self.fc(h))
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q = H(), Q()
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        step = KullbackLeibler(q, prior).expectation(h) + Entropy(q).expectation(h)
+        value = IterativeLoss(step, max_iter=3, series_var=["x"]).eval({"x": torch.randn(3, 4, 3)})
+        return value.detach(), q.bn.running_mean.clone(), int(q.bn.num_batches_tracked)
+
+    ref, ours = run_both(program)
+    assert ref[2] == 6
+    assert_same(ref, ours)
+
+
+def test_a_get_params_override_may_add_a_parameter_after_super_get_params_as_under_pixyz() -> None:
+    """Probe p346: Pixyz's ``get_params`` returns what ``forward`` gave and the constants, and only building the
+    distribution checks the parameters, so an override that adds a missing ``scale`` after
+    ``super().get_params(...)`` is valid there; here the inner call refused it ("forward() did not return scale"),
+    and a class without a network was refused when built. Both run now, with Pixyz's numbers."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import KullbackLeibler
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.lin = nn.Linear(2, 2)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"loc": self.lin(x)}
+
+            def get_params(self, params_dict: dict = {}, **kwargs: Any) -> dict:
+                out = super().get_params(params_dict, **kwargs)
+                out["scale"] = torch.full_like(out["loc"], 0.5)
+                return out
+
+        class T(Normal):
+            def get_params(self, params_dict: dict = {}, **kwargs: Any) -> dict:
+                out = super().get_params(params_dict, **kwargs)
+                out["scale"] = torch.full_like(out["loc"], 2.0)
+                return out
+
+        q, x = Q(), torch.randn(4, 2)
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="pz")
+        t = T(loc=torch.tensor(0.), var=["x"], features_shape=[2])
+        return (sorted(q.get_params({"x": x})), q.get_log_prob({"x": x, "z": torch.zeros(4, 2)}),
+                KullbackLeibler(q, prior).eval({"x": x}), t.get_log_prob({"x": torch.ones(3, 2)}))
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[3].allclose(torch.distributions.Normal(0., 2.).log_prob(torch.ones(3, 2)).sum(-1))
+
+
+def test_a_get_params_override_that_leaves_a_parameter_out_is_still_refused_by_name() -> None:
+    """The check moved to what the override returns: one that does not add the parameter is refused, naming it
+    (Pixyz's ``set_dist`` raises ``ValueError`` too)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class T(Normal):
+            def get_params(self, params_dict: dict = {}, **kwargs: Any) -> dict:
+                return super().get_params(params_dict, **kwargs)
+
+        return T(loc=torch.tensor(0.), var=["x"], features_shape=[2]).get_log_prob({"x": torch.ones(3, 2)})
+
+    assert raises_same(program) == (ValueError, ValueError)
+    with pytest.raises(ValueError, match=r"p\(x\): get_params\(\) returned \['loc'\], without 'scale'"):
+        run_pyro_dgm(program)

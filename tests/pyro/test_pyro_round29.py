@@ -4,6 +4,7 @@ guide given to SVI wrapped in a handler that a pyro_dgm loss would ignore is ref
 are plain-Pyro twins."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import pyro
@@ -159,3 +160,35 @@ def test_a_model_wrapped_in_handlers_that_change_no_value_passes() -> None:
                     poutine.seed(poutine.scale(model, scale=torch.ones(())), rng_seed=0)):
         torch.manual_seed(3)
         torch.testing.assert_close(loss.differentiable_loss(wrapped, poutine.mask(guide, mask=True), x=x), plain)
+
+
+def _user_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+@pytest.mark.parametrize("outer", ["poutine.trace", "functools.partial", "two partials", "functools.wraps"])
+def test_a_handler_behind_another_wrapper_is_found(outer: str) -> None:
+    """Probe p344: the refusal looked through Pyro's own wrapper only, so ``poutine.trace(poutine.scale(model, .1))``,
+    a ``functools.partial`` of a scaled or conditioned model, or a user's ``functools.wraps`` wrapper around one ran
+    with the unscaled value (the twin's ``Trace_ELBO`` applies the scale: -9.31 against 16.48)."""
+    loss, model, guide, x = _vae()
+    wrap = {"poutine.trace": poutine.trace, "functools.partial": functools.partial,
+            "two partials": lambda f: functools.partial(functools.partial(f)), "functools.wraps": _user_wrapper}[outer]
+    for inner, name in ((lambda m: poutine.scale(m, scale=0.1), "scale"),
+                        (lambda m: poutine.condition(m, data={"z": torch.zeros(5, 2)}), "condition")):
+        with pytest.raises(ValueError, match=f"model .* poutine.{name}"):
+            loss.differentiable_loss(wrap(inner(model)), guide, x=x)
+
+
+def test_handlers_that_are_given_nothing_to_change_pass() -> None:
+    """Probe p344: ``poutine.condition(model, data={})`` (and ``poutine.substitute`` with no values) change nothing,
+    yet were refused by their type: they pass now, with the unwrapped value."""
+    loss, model, guide, x = _vae()
+    torch.manual_seed(3)
+    plain = loss.differentiable_loss(model, guide, x=x)
+    torch.manual_seed(3)
+    got = loss.differentiable_loss(poutine.condition(model, data={}), poutine.substitute(guide, data={}), x=x)
+    torch.testing.assert_close(got, plain)
