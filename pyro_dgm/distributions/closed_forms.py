@@ -374,7 +374,7 @@ def bernoulli_cross_entropy(probs: Tensor, x: Tensor) -> Tensor:
     >>> p.grad  # 0 where p is right, binary_cross_entropy's -1e12 where it is sure and wrong
     tensor([ 0.0000e+00, -1.0000e+12])
     """
-    if probs.dtype in _FULL_DTYPES and not torch.jit.is_tracing() and not is_compiling():
+    if probs.dtype in _FLOOR_DTYPES and not torch.jit.is_tracing() and not is_compiling():
         return _CrossEntropy.apply(probs, x)
     # float16 (1e-12 is 0 there: the gradient's floor would not hold), TorchScript traces (Pyro's JIT
     # ELBOs fail on a traced autograd.Function) and torch.compile (Dynamo does not trace a custom jvp): torch
@@ -386,7 +386,8 @@ def bernoulli_cross_entropy(probs: Tensor, x: Tensor) -> Tensor:
     return torch.lerp(log_q, log_p, x)
 
 
-_FULL_DTYPES = (torch.float32, torch.float64, torch.bfloat16)  # (dtypes in which the gradient's floor, 1e-12, is not 0)
+_FULL_DTYPES = (torch.float32, torch.float64)
+_FLOOR_DTYPES = (*_FULL_DTYPES, torch.bfloat16)  # (dtypes in which the gradient's floor, 1e-12, is not 0)
 #: Up to this many elements, F.binary_cross_entropy's one kernel costs less than the autograd function's Python
 #: (measured at 16 x 8: 9 us against 28 us forward); above, its unvectorized CPU kernels cost more (128 x 784:
 #: 1.5 ms against 0.45 ms forward and backward). The values and gradients are the same.
@@ -491,8 +492,9 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
             raise RuntimeError(_OUT_OF_RANGE)
         return _sum(bernoulli_cross_entropy(probs, x), dims)
     if probs.is_cpu:
-        if probs.dtype not in _FULL_DTYPES:  # float16: torch operations (see bernoulli_cross_entropy), whose
-            # gradients are finite where a probability is 0 or 1 (the kernel's floor of 1e-12 is 0 in float16)
+        if probs.dtype not in _FULL_DTYPES:  # low precision, at every size in the probabilities' dtype (the kernel
+            # would compute in float32 under autocast): the function in bfloat16, torch operations in float16 (see
+            # bernoulli_cross_entropy), whose gradients are finite where a probability is 0 or 1
             if not is_compiling() and not _in_unit_interval_if_known(probs):
                 raise RuntimeError(_OUT_OF_RANGE)
             return _sum(bernoulli_cross_entropy(probs, x), dims)

@@ -478,9 +478,13 @@ def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx
         raise ArgumentError(f"{describe(self)}: get_params() must return a dict of parameters, got "
                             f"{type(params).__name__}")
     groups = getattr(self, "param_groups", None) or ()
-    missing = [g for g in groups if not any(n in params for n in g)] if type(groups) is tuple and not \
-        users_own(type(self), "params_keys") else []  # (not a params_keys of the user's, which a later cell
-    # may change, nor LateKeys: params_keys is read at the first call of the family's own get_params)
+    if users_own(type(self), "params_keys"):  # (read now, as Pixyz's set_dist reads it: a later cell may change it)
+        try:
+            groups = tuple((k,) for k in self.params_keys)
+        except (AttributeError, TypeError):
+            groups = ()
+    missing = [g for g in groups if not any(n in params for n in g)] if type(groups) is tuple else []  # (not
+    # LateKeys: params_keys is read at the first call of the family's own get_params)
     if missing:  # (Pixyz's set_dist: "... class requires following parameters")
         raise ValueError(f"{describe(self)}: get_params() returned {sorted(params)}, without "
                          f"{' and '.join(' or '.join(map(repr, g)) for g in missing)}; {type(self).__name__} needs "

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dgm.flows.base import Flow, positive_int
+from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.settings import epsilon
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "ActNorm2d"]
@@ -107,6 +108,10 @@ class BatchNorm1d(Flow):
     def _dgm_stats(self, x: Tensor | None) -> tuple[Tensor, Tensor]:
         if x is None:  # inverse: the last batch's statistics in training mode, else the running ones
             if self.training and self.batch_mean is not None:
+                memo = active_memo()
+                got = memo.noted(self._dgm_stats_owner()) if memo is not None else None
+                if got is not None:  # computed in this evaluation: with their graph, as Pixyz keeps them, so that
+                    return got  # the inverse of a draw is the draw, also for the gradients (probe p349)
                 return self.batch_mean, self.batch_var
             return self.running_mean, self.running_var
         if not self.training:
@@ -115,12 +120,24 @@ class BatchNorm1d(Flow):
         mean = x.mean(dim=dims, keepdim=True)
         var = ((x - mean) ** 2).mean(dim=dims) + self.eps
         mean, var = mean.reshape(self.running_mean.shape), var.reshape(self.running_var.shape)
+        memo = active_memo()
+        if memo is not None:
+            memo.note(self._dgm_stats_owner(), (mean, var))
         with torch.no_grad():
             self.batch_mean, self.batch_var = mean.detach(), var.detach()
             m = self.momentum
             self.running_mean = m * self.running_mean + (1 - m) * self.batch_mean
             self.running_var = m * self.running_var + (1 - m) * self.batch_var
         return mean, var
+
+    def _dgm_stats_owner(self) -> Any:
+        """What the batch statistics of a training-mode forward pass are noted under in the evaluation's memoizing
+        scope (:meth:`~pyro_dgm.poutine.memoize_messenger.MemoizeMessenger.note`), with their graph; the buffers hold
+        them detached, for calls after the evaluation."""
+        owner = self.__dict__.get("_dgm_stats_key")
+        if owner is None:
+            owner = self.__dict__["_dgm_stats_key"] = _StatsKey()
+        return owner
 
     def _dgm_logdet(self, v: Tensor, var: Tensor) -> Tensor:
         ld = (self.log_gamma - 0.5 * torch.log(var)).sum() * self._dgm_pixels(v)
@@ -135,6 +152,12 @@ class BatchNorm1d(Flow):
         mean, var = self._dgm_stats(None)
         x = (z - self.beta) / torch.exp(self.log_gamma) * var.sqrt() + mean
         return x, self._dgm_logdet(z, var)
+
+
+class _StatsKey:
+    """An identity for :meth:`BatchNorm1d._dgm_stats_owner` (copied with the flow: ``deepcopy`` gives a new one)."""
+
+    __slots__ = ()
 
 
 class BatchNorm2d(BatchNorm1d):

@@ -28,10 +28,59 @@ def _required_args(fn: Callable[..., Any]) -> list[str]:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty]
 
 
+def _check_takes(fn: Callable[..., Any], role: str, names: Sequence[str]) -> None:
+    """Refuse data names that ``fn``'s signature cannot take (Pyro calls model and guide with the same data)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        return
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if _in_order(fn, names):
+        return
+    for v in names:
+        if v not in named:
+            raise ValueError(f"PyroELBO: the {role} takes no argument {v!r} (input_var={list(names)}, its arguments "
+                             f"{[p.name for p in params]}); input_var names the data that both model and guide "
+                             "take")
+
+
+def _in_order(fn: Callable[..., Any], names: Sequence[str]) -> bool:
+    """Whether ``fn`` takes ``names`` as its first positional arguments, in that order."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= len(names):
+        return positional[:len(names)] == list(names)
+    kinds = {p.kind for p in params}  # (a *args without **kwargs takes the rest by position only; a wrapper's
+    # (*args, **kwargs) is called by name, as it may hand them to a function that takes them so)
+    return inspect.Parameter.VAR_POSITIONAL in kinds and inspect.Parameter.VAR_KEYWORD not in kinds and \
+        positional == list(names)[:len(positional)]
+
+
+class _ByPosition:
+    """``fn`` called with the data given by position, as Pyro's scripts pass it to ``svi.step(x)``: Pyro's JIT
+    ELBOs key their compiled traces by the keyword arguments' values (a tensor's identity: every new batch would be
+    traced again and kept) and by the number of positional ones. ``fn`` gets them by position if it takes them so,
+    in that order, else by name."""
+
+    def __init__(self, fn: Callable[..., Any], names: Sequence[str]) -> None:
+        self.fn, self.names = fn, tuple(names)
+        self.positional = _in_order(fn, names)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.positional:
+            return self.fn(*args, **kwargs)
+        return self.fn(**dict(zip(self.names, args)), **kwargs)
+
+
 class PyroELBO(Loss):
     r"""Pyro's loss (the negative ELBO) of a plain Pyro ``model`` and ``guide`` as a loss term.
 
-    Its value is ``elbo.differentiable_loss(model, guide, **data)``, with ``data`` the values of :attr:`input_var`
+    Its value is ``elbo.differentiable_loss(model, guide, *data)``, with ``data`` the values of :attr:`input_var`
     (default: the arguments of ``model`` and ``guide`` that have no default; for a pyro_dgm distribution's
     ``.model``/``.guide``, its required inputs), so its gradients are Pyro's own (surrogate terms for
     non-reparameterized sites included). Pyro's ELBOs with a ``differentiable_loss`` work (``Trace_ELBO``,
@@ -45,7 +94,7 @@ class PyroELBO(Loss):
     Parameters
     ----------
     model, guide : callable
-        Pyro model and guide functions taking the data by name.
+        Pyro model and guide functions taking the data by name (or by position, in the order of ``input_var``).
     elbo : pyro.infer.ELBO, default ``Trace_ELBO()``
     input_var : list of str, optional
         The data names passed to ``model``/``guide``.
@@ -87,8 +136,12 @@ class PyroELBO(Loss):
             if not input_var:
                 raise ValueError("PyroELBO: cannot tell which data model and guide take (neither has a required "
                                  "argument); pass input_var=[...] naming them")
+        else:
+            for fn, role in ((model, "model"), (guide, "guide")):
+                _check_takes(fn, role, list(input_var))
         super().__init__(list(input_var))
         self.model, self.guide, self.elbo = model, guide, elbo
+        self._dgm_callers: tuple[_ByPosition, _ByPosition] | None = None
 
     @property
     def _dgm_prec(self) -> int:  # type: ignore[override]
@@ -102,10 +155,16 @@ class PyroELBO(Loss):
         return rf"-\mathrm{{ELBO}}_{{{name}}} \left[{m}, {g} \right]"
 
     def _dgm_value(self, values: dict[str, Any], **kwargs: Any) -> Tensor:
-        data = {v: values[v] for v in self._input_var}  # the values of a larger formula may hold other variables
+        data = tuple(values[v] for v in self._input_var)  # (the values of a larger formula may hold others)
         elbo = self.elbo
+        callers = self.__dict__.get("_dgm_callers")
+        if (callers is None or callers[0].fn is not self.model or callers[1].fn is not self.guide
+                or callers[0].names != tuple(self._input_var)):  # (made once: a JIT ELBO keys its trace by them)
+            callers = self.__dict__["_dgm_callers"] = (_ByPosition(self.model, self._input_var),
+                                                       _ByPosition(self.guide, self._input_var))
+        model, guide = callers
         if isinstance(elbo, TraceGraph_ELBO):  # the loss, with the gradient of Pyro's surrogate
-            value, surrogate = elbo._loss_and_surrogate_loss(self.model, self.guide, (), {**data, **kwargs})
+            value, surrogate = elbo._loss_and_surrogate_loss(model, guide, data, kwargs)
             value, surrogate = torch.as_tensor(value), torch.as_tensor(surrogate)
             return surrogate - surrogate.detach() - value.detach()
-        return elbo.differentiable_loss(self.model, self.guide, **data, **kwargs)
+        return elbo.differentiable_loss(model, guide, *data, **kwargs)

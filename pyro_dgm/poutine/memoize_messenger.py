@@ -914,20 +914,31 @@ class MemoizeMessenger(Messenger):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 t.register_hook(forget)
 
-    def _note_uses(self, value: Any, reused: bool) -> None:
+    def _note_uses(self, value: Any, reused: bool, module: Any = None, args: Any = ()) -> None:
         """Count the uses of a ``Deterministic``'s outputs: Pixyz runs it at every use, so each use hands the networks
         after it new tensors, and their cache (keyed by the tensors) runs them again. A network after it whose pass
         draws or changes state (dropout, a batch norm's statistics) therefore runs again at each reuse here too
-        (:meth:`_uses_of`); any other is shared, which changes no value."""
+        (:meth:`_uses_of`); any other is shared, which changes no value. Only the tensors its pass made count (at
+        its first use: given ``module`` and its ``args``): one it returns as it was given or holds it (``x.float()``
+        of float data, a parameter) is the same tensor at each of Pixyz's runs too."""
         found: list[Any] = []
         _tensors(value, found)
         uses = self._uses
+        if not reused:
+            given: list[Any] = []
+            _tensors(args, given)
+            if isinstance(module, torch.nn.Module):
+                given += [*module.parameters(), *module.buffers()]
+                _tensors(list(vars(module).values()), given)
+            old = {id(t) for t in given}
+            for t in found:
+                if id(t) not in old:
+                    uses[id(t)] = [weakref.ref(t), 0]
+            return
         for t in found:
             known = uses.get(id(t))
             if known is not None and known[0]() is t:
-                known[1] += reused
-            else:
-                uses[id(t)] = [weakref.ref(t), 0]
+                known[1] += 1
 
     def _uses_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[list[Any], int], ...]:
         """The counts of :meth:`_note_uses` of the ``Deterministic`` outputs among a call's arguments, as they are
@@ -994,7 +1005,7 @@ class MemoizeMessenger(Messenger):
                 # a spectral norm's power iteration), its weights or an attribute of its own (a count of its
                 # calls that its output reads): each use runs it again, as under Pixyz
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))
-            self._note_uses(value, False)
+            self._note_uses(value, False, module, (args, kwargs))
             return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
         uses = self._uses_of(args, kwargs) if self._uses and type(key) is tuple else ()
         if uses:  # (a reused Deterministic's output: see _note_uses)

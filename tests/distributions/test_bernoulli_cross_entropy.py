@@ -349,3 +349,20 @@ def test_bfloat16_gradients_at_tiny_probabilities_are_binary_cross_entropys():  
     (g_ref,) = torch.autograd.grad(expected.sum(), ref)
     assert torch.isfinite(g).all()
     torch.testing.assert_close(g, g_ref, rtol=1e-2, atol=0.)
+
+
+@pytest.mark.parametrize("n", [800, 1000])  # 4,000 and 5,000 elements: either side of the fused kernel's bound
+def test_bfloat16_scores_under_autocast_keep_their_dtype_at_every_size(n):  # type: ignore[no-untyped-def]
+    # probe p348: with bfloat16 taking the function, the small batches went to the kernel, which autocast runs in
+    # float32, and the large ones to the function in bfloat16: the dtype depended on the batch size. Both are
+    # bfloat16 (as before), each within bfloat16's rounding of the float64 sum (about n * 2**-8 relative per row)
+    p = Decoder(torch.sigmoid)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(5, n, generator=g) * 8
+    x = torch.bernoulli(torch.full((5, n), 0.5), generator=g).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = p.get_log_prob({"h": h.to(torch.bfloat16), "x": x})
+    probs = torch.sigmoid(h.to(torch.bfloat16)).double()
+    exact = -F.binary_cross_entropy(probs, x.double(), reduction="none").sum(-1)
+    assert lp.dtype == torch.bfloat16
+    torch.testing.assert_close(lp.double(), exact, rtol=2e-2, atol=1.)

@@ -236,3 +236,73 @@ def test_a_get_params_override_that_leaves_a_parameter_out_is_still_refused_by_n
     assert raises_same(program) == (ValueError, ValueError)
     with pytest.raises(ValueError, match=r"p\(x\): get_params\(\) returned \['loc'\], without 'scale'"):
         run_pyro_dgm(program)
+
+
+@pytest.mark.parametrize("returns", ["its input", "a parameter"])
+def test_a_deterministic_handing_on_a_tensor_it_was_given_or_holds_shares_the_next_pass_as_under_pixyz(
+        returns: str) -> None:
+    """Probe p348 (a regression of the reuse count above): a ``Deterministic`` returning ``x.float()`` of float data
+    (the same tensor) or a parameter hands the next network the same tensor at each of Pixyz's runs, so Pixyz's
+    cache shares the next pass; the count took them for new tensors and ran ``q``'s batch norm twice per step (and,
+    as the data itself was counted, also a network that reads ``x`` directly). Only tensors its pass made count."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Entropy, KullbackLeibler
+
+        class Pre(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="pre")
+                self.w = nn.Parameter(torch.randn(8, 2))
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"h": x.float() if returns == "its input" else self.w}
+
+        class Q(Normal):
+            def __init__(self, cv: str, var: str, name: str) -> None:
+                super().__init__(var=[var], cond_var=[cv], name=name)
+                self.fc, self.bn = nn.Linear(2, 2), nn.BatchNorm1d(2)
+
+            def forward(self, **kw: torch.Tensor) -> dict:
+                o = self.bn(self.fc(*kw.values()))
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        pre, q, r = Pre(), Q("h", "z", "q"), Q("x", "y", "r")
+        py = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["y"], features_shape=[2])
+        loss = (Entropy(q).expectation(pre) + KullbackLeibler(r, py) + Entropy(q).expectation(pre)
+                + Entropy(r)).mean()
+        value = loss.eval({"x": torch.randn(8, 2)})
+        return (value.detach(), int(q.bn.num_batches_tracked), int(r.bn.num_batches_tracked), q.bn.running_mean,
+                r.bn.running_mean)
+
+    ref, ours = run_both(program)
+    assert ref[1:3] == (1, 1)
+    assert_same(ref, ours)
+
+
+def test_a_users_params_keys_with_a_get_params_that_leaves_a_key_out_is_refused_by_name() -> None:
+    """Probe p348 (a regression of the ``get_params`` change above): with ``params_keys`` overridden too, nothing
+    checked what the override returned, and a missing ``scale`` came out as a bare ``KeyError``. Pixyz's
+    ``set_dist`` reads ``params_keys`` and raises ``ValueError``; so does ours, naming the distribution and the
+    parameter."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class T(Normal):
+            @property
+            def params_keys(self) -> list:
+                return ["loc", "scale"]
+
+            def get_params(self, params_dict: dict = {}, **kwargs: Any) -> dict:
+                return super().get_params(params_dict, **kwargs)
+
+        return T(loc=torch.tensor(0.), var=["x"], features_shape=[2]).get_log_prob({"x": torch.ones(3, 2)})
+
+    assert raises_same(program) == (ValueError, ValueError)
+    with pytest.raises(ValueError, match=r"T p\(x\): get_params\(\) returned \['loc'\], without 'scale'"):
+        run_pyro_dgm(program)
