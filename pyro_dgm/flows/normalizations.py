@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pyro_dgm.flows.base import Flow, positive_int
 from pyro_dgm.poutine.memoize_messenger import active_memo
+from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.settings import epsilon
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "ActNorm2d"]
@@ -108,7 +109,7 @@ class BatchNorm1d(Flow):
     def _dgm_stats(self, x: Tensor | None) -> tuple[Tensor, Tensor]:
         if x is None:  # inverse: the last batch's statistics in training mode, else the running ones
             if self.training and self.batch_mean is not None:
-                memo = active_memo()
+                memo = _eager_memo()
                 got = memo.noted(self._dgm_stats_owner()) if memo is not None else None
                 if got is not None:  # computed in this evaluation: with their graph, as Pixyz keeps them, so that
                     return got  # the inverse of a draw is the draw, also for the gradients (probe p349)
@@ -120,7 +121,7 @@ class BatchNorm1d(Flow):
         mean = x.mean(dim=dims, keepdim=True)
         var = ((x - mean) ** 2).mean(dim=dims) + self.eps
         mean, var = mean.reshape(self.running_mean.shape), var.reshape(self.running_var.shape)
-        memo = active_memo()
+        memo = _eager_memo()
         if memo is not None:
             memo.note(self._dgm_stats_owner(), (mean, var))
         with torch.no_grad():
@@ -152,6 +153,14 @@ class BatchNorm1d(Flow):
         mean, var = self._dgm_stats(None)
         x = (z - self.beta) / torch.exp(self.log_gamma) * var.sqrt() + mean
         return x, self._dgm_logdet(z, var)
+
+
+def _eager_memo() -> Any:
+    """The memoizing scope of an eager evaluation, where a batch norm notes its batch statistics (see
+    ``BatchNorm1d._dgm_stats_owner``); ``None`` in a compiled one (probe p351: with a graph break between two batch
+    norms, a compiled evaluation read the wrong statistics), which inverts with the buffers' detached copies."""
+    memo = active_memo()
+    return None if memo is None or memo._compiled or is_compiling() else memo
 
 
 class _StatsKey:
