@@ -478,11 +478,13 @@ def _params_via_get_params(self: Any, b: Binding, values: Mapping[str, Any], ctx
         raise ArgumentError(f"{describe(self)}: get_params() must return a dict of parameters, got "
                             f"{type(params).__name__}")
     groups = getattr(self, "param_groups", None) or ()
-    if users_own(type(self), "params_keys"):  # (read now, as Pixyz's set_dist reads it: a later cell may change it)
-        try:
-            groups = tuple((k,) for k in self.params_keys)
-        except (AttributeError, TypeError):
-            groups = ()
+    if users_own(type(self), "params_keys"):  # (read now, as Pixyz's set_dist reads it: a later cell may change it;
+        keys = list(self.params_keys)  # its errors are the user's, raised as there)
+        extra = [k for k in params if k not in keys]
+        if extra:  # (Pixyz's set_dist: the keys must be params_keys)
+            raise ValueError(f"{describe(self)}: get_params() returned {sorted(params)}, with {extra[0]!r}, which "
+                             f"its params_keys {keys} does not name")
+        groups = tuple((k,) for k in keys)
     missing = [g for g in groups if not any(n in params for n in g)] if type(groups) is tuple else []  # (not
     # LateKeys: params_keys is read at the first call of the family's own get_params)
     if missing:  # (Pixyz's set_dist: "... class requires following parameters")

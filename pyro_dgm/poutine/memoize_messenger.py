@@ -169,6 +169,12 @@ def _same_bits(a: torch.Tensor, c: torch.Tensor | None) -> bool:
         return False  # reused)
 
 
+def _a_global(module: Any, t: torch.Tensor) -> bool:
+    """Whether ``t`` is a global of the module that defines ``module``'s ``forward`` (the same tensor at each run)."""
+    g = getattr(getattr(type(module), "forward", None), "__globals__", None)
+    return g is not None and any(v is t for v in g.values())
+
+
 def _output_marks(value: Any) -> tuple[tuple[torch.Tensor, Any], ...]:
     """``(tensor, version)`` of each tensor that a ``Deterministic``'s forward returned (``(tensor, copy)`` for one
     made under ``torch.inference_mode``, which counts no versions; ``(tensor, None)`` for one that cannot be
@@ -930,9 +936,11 @@ class MemoizeMessenger(Messenger):
             old = {id(t) for t in given}
             held = getattr(module, "__dict__", None) or {}
             own = held.get("_buffers") or {}
-            for t in found:  # (not one it was given, a parameter, or a buffer or attribute of its own: a leaf)
-                if id(t) in old or (t.grad_fn is None and (isinstance(t, torch.nn.Parameter) or any(
-                        v is t for v in own.values()) or any(v is t for v in held.values()))):
+            for t in found:  # (not one it was given, a parameter, or a buffer, attribute or global of its own: a
+                # leaf)
+                if id(t) in old or (t.grad_fn is None and t._base is None and (
+                        isinstance(t, torch.nn.Parameter) or any(v is t for v in own.values())
+                        or any(v is t for v in held.values()) or _a_global(module, t))):
                     continue
                 uses[id(t)] = [weakref.ref(t), 0]
             return
@@ -947,9 +955,10 @@ class MemoizeMessenger(Messenger):
         uses = self._uses
         out = []
         for a in (*args, *kwargs.values()):
-            known = uses.get(id(a))
-            if known is not None and known[0]() is a:
-                out.append((known, known[1]))
+            for t in (a if type(a) in (tuple, list) else (a,)):  # (a variable's tuple of tensors: an RNN's state)
+                known = uses.get(id(t))
+                if known is not None and known[0]() is t:
+                    out.append((known, known[1]))
         return tuple(out)
 
     def note(self, owner: Any, value: Any) -> None:

@@ -306,3 +306,91 @@ def test_a_users_params_keys_with_a_get_params_that_leaves_a_key_out_is_refused_
     assert raises_same(program) == (ValueError, ValueError)
     with pytest.raises(ValueError, match=r"T p\(x\): get_params\(\) returned \['loc'\], without 'scale'"):
         run_pyro_dgm(program)
+
+
+@pytest.mark.parametrize("returns", ["a global tensor", "a tuple of new tensors"])
+def test_what_a_deterministic_hands_on_decides_whether_a_random_network_after_it_runs_again(returns: str) -> None:
+    """Probe p354: a ``Deterministic`` returning a global tensor hands the next network the same tensor at each of
+    Pixyz's runs (Pixyz's cache shares the next pass: one dropout mask), where the reuse count took it for a new one
+    and ran ``q`` twice; one whose variable is a tuple of new tensors (an RNN's state) hands new ones at each run
+    (Pixyz runs ``q`` twice), where the count did not look inside the tuple. Both are Pixyz's now: the forward
+    counts, the values and the random stream after them."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Expectation, KullbackLeibler
+
+        calls = []
+
+        class H(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.fc = nn.Linear(3, 2)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                if returns == "a global tensor":
+                    return {"h": GLOBAL_H}
+                a = self.fc(x)
+                return {"h": (a, a * 2)}
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name="q")
+                self.fc, self.drop = nn.Linear(2, 2), nn.Dropout(0.5)
+
+            def forward(self, h: Any) -> dict:
+                calls.append(1)
+                o = self.drop(self.fc(h if isinstance(h, torch.Tensor) else h[0] + h[1]))
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q = H(), Q()
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        loss = (Expectation(h, q.log_prob()) + KullbackLeibler(q, prior).expectation(h)).mean()
+        value = loss.eval({"x": torch.randn(8, 3), "z": torch.randn(8, 2)})
+        return len(calls), value.detach(), torch.rand(2)
+
+    ref, ours = run_both(program)
+    assert ref[0] == (1 if returns == "a global tensor" else 2)
+    assert_same(ref, ours)
+
+
+GLOBAL_H = torch.randn(8, 2, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("keys", ["raises", "none", "drops scale"])
+def test_a_users_params_keys_is_read_as_pixyzs_set_dist_reads_it(keys: str) -> None:
+    """Probe p354: a user's ``params_keys`` that raised or returned ``None`` was ignored (the check turned off), and
+    one that no longer named a parameter the override returns was not compared with it: Pixyz's ``set_dist`` raises
+    the property's own ``AttributeError``/``TypeError``, and a ``ValueError`` where the keys differ; so does ours."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Normal
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.lin = nn.Linear(2, 2)
+
+            @property
+            def params_keys(self) -> Any:
+                if keys == "raises":
+                    raise AttributeError("no keys")
+                return None if keys == "none" else ["loc"]
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"loc": self.lin(x)}
+
+            def get_params(self, params_dict: dict = {}, **kwargs: Any) -> dict:
+                out = super().get_params(params_dict, **kwargs)
+                out["scale"] = torch.full_like(out["loc"], 0.5)
+                return out
+
+        return Q().get_log_prob({"x": torch.randn(4, 2), "z": torch.zeros(4, 2)})
+
+    expected = {"raises": AttributeError, "none": TypeError, "drops scale": ValueError}[keys]
+    assert raises_same(program) == (expected, expected)
