@@ -23,7 +23,8 @@ computation that filled it, for the same tensor objects and context, while the p
 unchanged (an optimizer step, ``z.mul_(2)``, a parameter replaced or loaded by ``vector_to_parameters`` invalidates
 it) and, when gradients are wanted, only if it was filled with gradients; a flow with a batch norm in training mode
 runs again on a value it has produced (its batch's statistics change the map, as when Pixyz scores the value; the
-prior's value of the draw is still remembered). A change made in place through ``.data``
+prior's value of the draw is still remembered), unless the value is its last draw and its batch norms are the flows'
+own (their inverse with the draw's statistics gives the draw back: :func:`_latest_draw`). A change made in place through ``.data``
 (``p.data.mul_(2)``), which torch does not count as a change, is not seen: after one, score a copy (``x.clone()``).
 """
 from __future__ import annotations
@@ -338,6 +339,23 @@ def _batch_dependent(flow: "Flow") -> bool:
     return any(m.training or getattr(m, "track_running_stats", True) is False for m in _batch_layers(flow))
 
 
+def _latest_draw(flow: "Flow", m: _Memory) -> bool:
+    """Whether ``m`` is the flow's last computation, a forward pass, in an eager evaluation: then a batch norm in
+    training mode inverts with the statistics that made the draw, and the inverse of the draw is the draw (what
+    Pixyz's inverse gives with its attached statistics, or its ``stored_x`` for a layer it cannot invert), without
+    running the flow's inverse (a planar layer's numerical one) or detaching the statistics outside an evaluation."""
+    if is_compiling():
+        return False
+    memo = active_memo()
+    if memo is not None and memo._compiled:
+        return False
+    from pyro_dgm.flows.normalizations import BatchNorm1d  # (a later layer)
+
+    # (only the flows' batch norms, whose inverse reads stored statistics: one in a network, a coupling's, runs
+    # again in Pixyz's inverse and moves its running statistics)
+    return _dgm_memory(flow) is m and all(isinstance(b, BatchNorm1d) for b in _batch_layers(flow))
+
+
 def _store(flow: "Flow", logdet: Tensor, parts: tuple | None) -> None:
     """Store a log-det as :attr:`Flow.logdet_jacobian`, and those of a FlowList's layers in them, as Pixyz's
     ``forward(..., compute_jacobian=True)`` leaves them."""
@@ -359,7 +377,7 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
     ``get_log_prob`` runs it (new statistics), unless ``rerun`` is False."""
     m = _recall(flow, context, z=value, by_inverse=False) if inverse else _recall(flow, context, x=value,
                                                                                    by_inverse=True)
-    if m is not None and rerun and _batch_dependent(flow):
+    if m is not None and rerun and _batch_dependent(flow) and not (inverse and _latest_draw(flow, m)):
         m = None
     if m is not None and not (store and m.logdet is None):  # (a missing log-det: forward runs for it, as in Pixyz)
         if store:

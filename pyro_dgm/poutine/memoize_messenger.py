@@ -934,13 +934,14 @@ class MemoizeMessenger(Messenger):
             given: list[Any] = []
             _tensors(args, given)
             old = {id(t) for t in given}
-            held = getattr(module, "__dict__", None) or {}
-            own = held.get("_buffers") or {}
-            for t in found:  # (not one it was given, a parameter, or a buffer, attribute or global of its own: a
-                # leaf)
-                if id(t) in old or (t.grad_fn is None and t._base is None and (
-                        isinstance(t, torch.nn.Parameter) or any(v is t for v in own.values())
-                        or any(v is t for v in held.values()) or _a_global(module, t))):
+            if isinstance(module, torch.nn.Module):  # (what it holds: parameters, buffers, attributes, also in
+                given += [*module.parameters(), *module.buffers()]  # its submodules and in containers)
+                for m in submodules(module):
+                    _tensors(list(vars(m).values()), given)
+                _tensors([v for v in vars(type(module)).values() if isinstance(v, torch.Tensor)], given)
+            old = {id(t) for t in given}
+            for t in found:  # (not one it was given or holds, nor a global of its module)
+                if id(t) in old or isinstance(t, torch.nn.Parameter) or _a_global(module, t):
                     continue
                 uses[id(t)] = [weakref.ref(t), 0]
             return
@@ -953,12 +954,13 @@ class MemoizeMessenger(Messenger):
         """The counts of :meth:`_note_uses` of the ``Deterministic`` outputs among a call's arguments, as they are
         now."""
         uses = self._uses
+        found: list[Any] = []
+        _tensors((args, kwargs), found)  # (also inside a variable's tuple of tensors: an RNN's state)
         out = []
-        for a in (*args, *kwargs.values()):
-            for t in (a if type(a) in (tuple, list) else (a,)):  # (a variable's tuple of tensors: an RNN's state)
-                known = uses.get(id(t))
-                if known is not None and known[0]() is t:
-                    out.append((known, known[1]))
+        for t in found:
+            known = uses.get(id(t))
+            if known is not None and known[0]() is t:
+                out.append((known, known[1]))
         return tuple(out)
 
     def note(self, owner: Any, value: Any) -> None:
@@ -1018,16 +1020,8 @@ class MemoizeMessenger(Messenger):
             self._note_uses(value, False, module, (args, kwargs))
             return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
         uses = self._uses_of(args, kwargs) if self._uses and type(key) is tuple else ()
-        measure = False
-        if uses:  # (a reused Deterministic's output: see _note_uses) whether this network's pass draws or changes
-            # state, measured once per training mode (the generators' marks cost more than a small network's pass)
-            known = module.__dict__.get("_dgm_pure_pass") if isinstance(module, torch.nn.Module) else None
-            if known is not None and known[0] == module.training:
-                if known[1]:
-                    uses = ()
-            else:
-                measure = True
-                marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))
+        if uses:  # (a reused Deterministic's output: see _note_uses) whether this pass draws or changes state
+            marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):
             with _SiteSpy() as spy:  # (under Pyro handlers only: the SVI path, about 2 us per miss)
                 value = module(*args, **kwargs)
@@ -1036,13 +1030,9 @@ class MemoizeMessenger(Messenger):
                 key = self._key(module, args, kwargs)
         else:
             value = module(*args, **kwargs)
-        if measure:
-            pure = (same_marks(marks[0], rng_marks()) and _buffer_versions(module) == marks[1]
-                    and _plain_attributes(module) == marks[2])
-            if isinstance(module, torch.nn.Module):
-                module.__dict__["_dgm_pure_pass"] = (module.training, pure)
-            if pure:
-                uses = ()  # it drew nothing and changed nothing: every use of the Deterministic may share its pass
+        if uses and (same_marks(marks[0], rng_marks()) and _buffer_versions(module) == marks[1]
+                     and _plain_attributes(module) == marks[2]):
+            uses = ()  # it drew nothing and changed nothing: every use of the Deterministic may share its pass
         keep = (args, kwargs) if kwargs else args
         after = self._key(module, args, kwargs) if type(key) is tuple else None
         if after is not None:

@@ -394,3 +394,144 @@ def test_a_users_params_keys_is_read_as_pixyzs_set_dist_reads_it(keys: str) -> N
 
     expected = {"raises": AttributeError, "none": TypeError, "drops scale": ValueError}[keys]
     assert raises_same(program) == (expected, expected)
+
+
+@pytest.mark.parametrize("held", ["a submodule's buffer", "a dict attribute", "a held view", "a held non-leaf",
+                                  "a class attribute", "a nested tuple of new tensors"])
+def test_tensors_a_deterministic_holds_are_no_new_tensors_as_under_pixyz(held: str) -> None:
+    """Probe p356 (regressions of the reuse count's cheaper version, now reverted): a ``Deterministic`` returning a
+    tensor it holds anywhere (a submodule's buffer, a dict attribute, a view or a tensor with a graph kept on it, a
+    class attribute) hands Pixyz's cache the same tensor at each run, so a batch norm after it runs once; a nested
+    tuple of new tensors is new at each run, so it runs twice. The counts and statistics are Pixyz's."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Expectation, KullbackLeibler
+
+        class H(Deterministic):
+            C = torch.randn(8, 2)
+
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.sub = nn.Module()
+                self.sub.register_buffer("c", torch.randn(8, 2))
+                self.store = {"h": torch.randn(8, 2)}
+                self.view = torch.randn(16, 2)[:8]
+                self.lin = nn.Linear(3, 2)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                got = {"a submodule's buffer": lambda: self.sub.c, "a dict attribute": lambda: self.store["h"],
+                       "a held view": lambda: self.view, "a held non-leaf": lambda: self.held,
+                       "a class attribute": lambda: self.C,
+                       "a nested tuple of new tensors": lambda: ((self.lin(x), self.lin(x) * 2),)}[held]()
+                return {"h": got}
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name="q")
+                self.fc, self.bn = nn.Linear(2, 2), nn.BatchNorm1d(2)
+
+            def forward(self, h: Any) -> dict:
+                o = self.bn(self.fc(h if isinstance(h, torch.Tensor) else h[0][0] + h[0][1]))
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q = H(), Q()
+        h.held = nn.Linear(2, 2)(torch.randn(8, 2))
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        loss = (Expectation(h, q.log_prob()) + KullbackLeibler(q, prior).expectation(h)).mean()
+        value = loss.eval({"x": torch.randn(8, 3), "z": torch.randn(8, 2)}).detach()
+        return value, int(q.bn.num_batches_tracked), q.bn.running_mean
+
+    ref, ours = run_both(program)
+    assert ref[1] == (2 if held == "a nested tuple of new tensors" else 1)
+    assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("change", ["the batch norm alone back in training", "the dropout's rate"])
+def test_a_network_whose_randomness_changes_between_evaluations_runs_as_under_pixyz(change: str) -> None:
+    """Probe p356 (a regression of a cache of whether a network draws, now removed): the verdict was kept per
+    ``training`` flag of the network, so a submodule switched alone (``q.bn.eval()`` then ``.train()``) or a dropout
+    whose rate went from 0 to 0.5 was still shared after a reused ``Deterministic``; Pixyz runs it at each use."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Expectation, KullbackLeibler
+
+        class H(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.fc = nn.Linear(3, 2)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"h": self.fc(x)}
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name="q")
+                self.fc, self.bn, self.drop = nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.0)
+
+            def forward(self, h: torch.Tensor) -> dict:
+                o = self.drop(self.bn(self.fc(h)))
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q = H(), Q()
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        loss = (Expectation(h, q.log_prob()) + KullbackLeibler(q, prior).expectation(h)).mean()
+        if change == "the dropout's rate":
+            q.bn.eval()
+        out = []
+        for step in range(3):
+            if change == "the batch norm alone back in training":
+                (q.bn.eval if step == 0 else q.bn.train)()
+            elif step > 0:
+                q.drop.p = 0.5
+            out.append(loss.eval({"x": torch.randn(8, 3), "z": torch.randn(8, 2)}).detach())
+        return out, int(q.bn.num_batches_tracked), q.bn.running_mean, torch.rand(2)
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("how", ["get_log_prob", "a loss term evaluated alone"])
+def test_a_flow_batch_norm_scores_its_draw_outside_an_evaluation_with_pixyzs_gradients(how: str) -> None:
+    """Probe p354: ``tq.sample(...)`` and then ``tq.get_log_prob(...)`` called directly (no loss evaluation around
+    both) inverted the training-mode batch norm with detached statistics, so the planar layer's gradients differed
+    from Pixyz's (its ``b``: 0.926 against 0.157); p355 found the same inversion ran the planar layer's numerical
+    inverse at each step (2.2× Pixyz's step). The draw the flow last made is now mapped back from its memory (what
+    Pixyz's inverse with its attached statistics gives, or its ``stored_x`` for the planar layer)."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz import flows as Fl
+        from pixyz.distributions import Normal, TransformedDistribution
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.fc = nn.Linear(3, 4)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                o = self.fc(x)
+                return {"loc": o[:, :2], "scale": F.softplus(o[:, 2:]) + .1}
+
+        q, planar, norm = Q(), Fl.PlanarFlow(2), Fl.BatchNorm1d(2)
+        with torch.no_grad():
+            norm.log_gamma.fill_(0.3)
+            norm.beta.fill_(0.1)
+        flow = Fl.FlowList([planar, norm])
+        tq = TransformedDistribution(q, flow, var=["zk"], name="tq")
+        params = [*q.parameters(), *flow.parameters()]
+        s = tq.sample({"x": torch.rand(6, 3)})  # (reparam=False: Pixyz ignores it, porting.md)
+        lp = (tq.get_log_prob(s) if how == "get_log_prob" else tq.log_prob().eval(s)).sum()
+        return lp.detach(), torch.autograd.grad(lp, params, allow_unused=True)
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours, rtol=1e-4, atol=1e-5)
