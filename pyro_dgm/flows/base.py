@@ -186,7 +186,7 @@ class _Memory:
     ``forward`` alone gives it: it runs when the log-det is asked for, as in Pixyz). ``parts`` holds the log-dets of
     a :class:`FlowList`'s layers, ``((layer, logdet), ...)``, stored in them when the memory answers a ``forward``."""
 
-    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts", "versions", "kept", "eps")
+    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts", "versions", "kept", "eps", "stats")
 
     def __init__(self, x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool, state: tuple,
                  parts: tuple | None = None) -> None:
@@ -196,6 +196,7 @@ class _Memory:
         self.eps = epsilon()  # (the object: set_epsilon puts another in its place)
         # the module's memory outlives the evaluation: an in-place change of x or z (z.mul_(2)) invalidates it
         self.versions = None if type(state) is bool else (version(x), version(z))
+        self.stats: tuple | None = None  # the flows' batch norms' batch statistics it was made with (_latest_draw)
 
 
 def _only_our_buffer_hooks() -> bool:
@@ -267,8 +268,11 @@ def _dgm_memory(flow: "Flow", x: Tensor | None = None, z: Tensor | None = None) 
 def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool,
               parts: tuple | None) -> None:
     memo = active_memo()
+    stats = _batch_stats(flow) if not by_inverse and not is_compiling() else None
     if memo is not None:  # valid for the rest of the evaluation: its state is the grad mode alone
-        memo.note(flow, _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled(), parts))
+        m = _Memory(x, z, logdet, context, by_inverse, torch.is_grad_enabled(), parts)
+        m.stats = stats
+        memo.note(flow, m)
         if by_inverse:  # a value scored within an evaluation (training data): kept for the evaluation only. The
             return  # module's memory, read by later calls, would cost a walk of the weights here (a fifth of a small
             # flow's step); it would only spare an inverse run again later, which Pixyz runs (and its stored_x keeps
@@ -277,6 +281,7 @@ def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context
         kept: list[Tensor] = []
         m = _Memory(x, z, logdet, context, by_inverse, _state(flow, kept), parts)
         m.kept = kept
+        m.stats = stats
         d = flow.__dict__
         if "_dgm_threads" not in d:  # (a flow unpickled, or built before this record existed)
             d["_dgm_threads"] = threading.local()
@@ -352,8 +357,21 @@ def _latest_draw(flow: "Flow", m: _Memory) -> bool:
     from pyro_dgm.flows.normalizations import BatchNorm1d  # (a later layer)
 
     # (only the flows' batch norms, whose inverse reads stored statistics: one in a network, a coupling's, runs
-    # again in Pixyz's inverse and moves its running statistics)
-    return _dgm_memory(flow) is m and all(isinstance(b, BatchNorm1d) for b in _batch_layers(flow))
+    # again in Pixyz's inverse and moves its running statistics; and only while they hold the draw's statistics:
+    # one shared with another flow may have run since, p357)
+    layers = _batch_layers(flow)
+    now = _batch_stats(flow)
+    return (_dgm_memory(flow) is m and all(isinstance(b, BatchNorm1d) for b in layers) and m.stats is not None
+            and now is not None and len(now) == len(m.stats) and all(a is b for a, b in zip(now, m.stats)))
+
+
+def _batch_stats(flow: "Flow") -> tuple | None:
+    """The batch statistics the batch norms of ``flow`` hold now (each forward pass in training mode assigns new
+    ones; held, so that their ids are not reused), or ``None`` where it has none."""
+    layers = _batch_layers(flow)
+    if not layers:
+        return None
+    return tuple(getattr(b, "batch_mean", None) for b in layers)
 
 
 def _store(flow: "Flow", logdet: Tensor, parts: tuple | None) -> None:

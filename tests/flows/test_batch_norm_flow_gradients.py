@@ -64,3 +64,38 @@ def test_the_monte_carlo_kl_through_a_training_batch_norm_has_the_gradients_of_t
                                    rtol=1e-4, atol=1e-5)
     if not planar_first:
         assert grads[1][:2].abs().max() < 1e-5  # (the location's gradient: the batch norm removes it)
+
+
+def test_a_draw_scored_after_a_shared_batch_norm_ran_again_is_scored_at_the_new_statistics() -> None:
+    """Probe p357: a flow's last draw is mapped back from its memory only while its batch norms hold the draw's
+    statistics; a batch norm shared with another flow that ran since (``Expectation(q1, Expectation(q2,
+    LogProb(q1)))``) gave the draw's own density inside the evaluation and the inverse at the new statistics outside
+    it. Both are the inverse at the new statistics now (as at the session's start), the same inside and outside."""
+    from pyro_dgm.flows.base import FlowList
+    from pyro_dgm.losses import Expectation, LogProb
+
+    torch.manual_seed(0)
+    bn = BatchNorm1d(2)
+    f1, f2 = FlowList([bn, BatchNorm1d(2)]), FlowList([bn])
+    with torch.no_grad():
+        bn.log_gamma.fill_(0.3)
+        bn.beta.fill_(0.2)
+    p1 = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x1"], features_shape=[2], name="p1")
+    p2 = Normal(loc=torch.ones(2) * 3, scale=torch.ones(2) * 2, var=["x2"], features_shape=[2], name="p2")
+    q1 = TransformedDistribution(p1, f1, var=["z1"], name="q1")
+    q2 = TransformedDistribution(p2, f2, var=["z2"], name="q2")
+    torch.manual_seed(1)
+    inside = Expectation(q1, Expectation(q2, LogProb(q1))).eval({}, batch_n=5)
+    torch.manual_seed(1)
+    s = q1.sample(batch_n=5)
+    q2.sample(batch_n=5)
+    outside = q1.get_log_prob(s)
+    torch.testing.assert_close(inside, outside)
+    # the inverse at the new statistics: x = f1^-1(z1), scored by p1, plus f1's log-det at x (torch by hand)
+    norm2 = f1[1] if hasattr(f1, "__getitem__") else list(f1.modules())[2]
+    z = s["z1"]
+    h = (z - norm2.beta) / torch.exp(norm2.log_gamma) * norm2.batch_var.sqrt() + norm2.batch_mean
+    x = (h - bn.beta) / torch.exp(bn.log_gamma) * bn.batch_var.sqrt() + bn.batch_mean
+    logdet = sum((b.log_gamma - 0.5 * b.batch_var.log()).sum() for b in (bn, norm2))
+    expected = torch.distributions.Normal(0., 1.).log_prob(x).sum(-1) - logdet
+    torch.testing.assert_close(outside, expected, rtol=1e-4, atol=1e-4)
