@@ -81,8 +81,10 @@ def test_parameters_refused_once_are_refused_not_asked_of_the_network_again(bad:
         return "no error", len(calls), ""
 
     ref, ours = run_both(program)
-    assert ref[:2] == ours[:2] == ("ValueError", 1)
-    assert ours[2].startswith("Q q(z|x): invalid parameters")
+    assert ref[:2] == ours[:2]
+    assert ours[1] == 1  # (one pass, whatever the outcome)
+    if ref[0] == "ValueError":  # (with torch's validation off, a negative scale is no error in either library)
+        assert ours[2].startswith("Q q(z|x): invalid parameters")
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
