@@ -24,8 +24,9 @@ unchanged (an optimizer step, ``z.mul_(2)``, a parameter replaced or loaded by `
 it) and, when gradients are wanted, only if it was filled with gradients; a flow with a batch norm in training mode
 runs again on a value it has produced (its batch's statistics change the map, as when Pixyz scores the value; the
 prior's value of the draw is still remembered), unless the value is its last draw and its batch norms are the flows'
-own (their inverse with the draw's statistics gives the draw back: :func:`_latest_draw`). A change made in place through ``.data``
-(``p.data.mul_(2)``), which torch does not count as a change, is not seen: after one, score a copy (``x.clone()``).
+own (their inverse with the draw's statistics gives the draw back: :func:`_latest_draw`). A change made in place
+through ``.data`` (``p.data.mul_(2)``), which torch does not count as a change, is not seen: after one, score a copy
+(``x.clone()``).
 """
 from __future__ import annotations
 
@@ -359,10 +360,11 @@ def _latest_draw(flow: "Flow", m: _Memory) -> bool:
     # (only the flows' batch norms, whose inverse reads stored statistics: one in a network, a coupling's, runs
     # again in Pixyz's inverse and moves its running statistics; and only while they hold the draw's statistics:
     # one shared with another flow may have run since, p357)
+    if m.stats is None or _dgm_memory(flow) is not m:
+        return False
     layers = _batch_layers(flow)
-    now = _batch_stats(flow)
-    return (_dgm_memory(flow) is m and all(isinstance(b, BatchNorm1d) for b in layers) and m.stats is not None
-            and now is not None and len(now) == len(m.stats) and all(a is b for a, b in zip(now, m.stats)))
+    return (all(isinstance(b, BatchNorm1d) for b in layers) and len(layers) == len(m.stats)
+            and all(getattr(b, "batch_mean", None) is s for b, s in zip(layers, m.stats)))
 
 
 def _batch_stats(flow: "Flow") -> tuple | None:

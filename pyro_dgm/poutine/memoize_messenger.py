@@ -925,15 +925,15 @@ class MemoizeMessenger(Messenger):
         after it new tensors, and their cache (keyed by the tensors) runs them again. A network after it whose pass
         draws or changes state (dropout, a batch norm's statistics) therefore runs again at each reuse here too
         (:meth:`_uses_of`); any other is shared, which changes no value. Only the tensors its pass made count (at
-        its first use: given ``module`` and its ``args``): one it returns as it was given or holds it (``x.float()``
-        of float data, a parameter) is the same tensor at each of Pixyz's runs too."""
+        its first use: given ``module`` and its ``args``): one it returns as it was given or holds it anywhere
+        (``x.float()`` of float data, a parameter, a submodule's buffer, a tensor in an attribute or its class, a
+        global of its module) is the same tensor at each of Pixyz's runs too."""
         found: list[Any] = []
         _tensors(value, found)
         uses = self._uses
         if not reused:
             given: list[Any] = []
             _tensors(args, given)
-            old = {id(t) for t in given}
             if isinstance(module, torch.nn.Module):  # (what it holds: parameters, buffers, attributes, also in
                 given += [*module.parameters(), *module.buffers()]  # its submodules and in containers)
                 for m in submodules(module):

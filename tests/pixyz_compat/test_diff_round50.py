@@ -10,6 +10,38 @@ import torch
 from pixyz_harness import assert_same, raises_same, run_both, run_pyro_dgm
 
 
+def _feature_and_encoder(deterministic: type, normal: type, dropout: float | None = None,
+                         calls: list | None = None) -> tuple[Any, Any]:
+    """``h(h|x)``, a linear ``Deterministic``, and ``q(z|h)``, whose network has a batch norm (and a dropout) in
+    training mode, built on the classes a program imported (Pixyz's or, renamed, this library's); ``calls`` counts
+    ``q``'s passes."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class H(deterministic):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            super().__init__(var=["h"], cond_var=["x"], name="f")
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"h": self.fc(x)}
+
+    class Q(normal):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["h"], name="q")
+            self.fc, self.bn = nn.Linear(2, 2), nn.BatchNorm1d(2)
+            self.drop = nn.Dropout(dropout) if dropout is not None else nn.Identity()
+
+        def forward(self, h: torch.Tensor) -> dict:
+            if calls is not None:
+                calls.append(1)
+            o = self.drop(self.bn(self.fc(h)))
+            return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+    return H(), Q()
+
+
 def test_a_network_returning_a_number_runs_once_per_call_as_under_pixyz() -> None:
     """Probe p343: a network returning a Python number as a parameter (``"scale": 1.0``) made the closed forms
     decline its parameters, and the general path ran the network again: with dropout, ``get_log_prob`` scored the
@@ -97,8 +129,6 @@ def test_a_network_after_a_reused_deterministic_runs_at_each_use_as_under_pixyz(
     random stream after it, and the test loss after three training steps are Pixyz's."""
     def program() -> Any:
         import torch
-        from torch import nn
-        from torch.nn import functional as F
 
         from pixyz.distributions import Deterministic, Normal
         from pixyz.losses import Expectation, KullbackLeibler
@@ -106,25 +136,7 @@ def test_a_network_after_a_reused_deterministic_runs_at_each_use_as_under_pixyz(
 
         calls = []
 
-        class H(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["h"], cond_var=["x"], name="f")
-                self.fc = nn.Linear(3, 2)
-
-            def forward(self, x: torch.Tensor) -> dict:
-                return {"h": self.fc(x)}
-
-        class Q(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["z"], cond_var=["h"], name="q")
-                self.fc, self.bn, self.drop = nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(dropout)
-
-            def forward(self, h: torch.Tensor) -> dict:
-                calls.append(1)
-                o = self.drop(self.bn(self.fc(h)))
-                return {"loc": o, "scale": F.softplus(o) + 0.5}
-
-        h, q = H(), Q()
+        h, q = _feature_and_encoder(Deterministic, Normal, dropout, calls)
         prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
         loss = (Expectation(h, q.log_prob()) + KullbackLeibler(q, prior).expectation(h)).mean()
         value = loss.eval({"x": torch.randn(8, 3), "z": torch.randn(8, 2)}).detach()
@@ -145,30 +157,11 @@ def test_a_network_after_a_deterministic_in_an_iterative_loss_runs_at_each_use_a
     ``h``): Pixyz runs ``q``'s batch norm six times, this library ran it three times (loss 49.12 against 56.60)."""
     def program() -> Any:
         import torch
-        from torch import nn
-        from torch.nn import functional as F
 
         from pixyz.distributions import Deterministic, Normal
         from pixyz.losses import Entropy, IterativeLoss, KullbackLeibler
 
-        class H(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["h"], cond_var=["x"], name="f")
-                self.fc = nn.Linear(3, 2)
-
-            def forward(self, x: torch.Tensor) -> dict:
-                return {"h": self.fc(x)}
-
-        class Q(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["z"], cond_var=["h"], name="q")
-                self.fc, self.bn = nn.Linear(2, 2), nn.BatchNorm1d(2)
-
-            def forward(self, h: torch.Tensor) -> dict:
-                o = self.bn(self.fc(h))
-                return {"loc": o, "scale": F.softplus(o) + 0.5}
-
-        h, q = H(), Q()
+        h, q = _feature_and_encoder(Deterministic, Normal)
         prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
         step = KullbackLeibler(q, prior).expectation(h) + Entropy(q).expectation(h)
         value = IterativeLoss(step, max_iter=3, series_var=["x"]).eval({"x": torch.randn(3, 4, 3)})
@@ -459,30 +452,11 @@ def test_a_network_whose_randomness_changes_between_evaluations_runs_as_under_pi
     whose rate went from 0 to 0.5 was still shared after a reused ``Deterministic``; Pixyz runs it at each use."""
     def program() -> Any:
         import torch
-        from torch import nn
-        from torch.nn import functional as F
 
         from pixyz.distributions import Deterministic, Normal
         from pixyz.losses import Expectation, KullbackLeibler
 
-        class H(Deterministic):
-            def __init__(self) -> None:
-                super().__init__(var=["h"], cond_var=["x"], name="f")
-                self.fc = nn.Linear(3, 2)
-
-            def forward(self, x: torch.Tensor) -> dict:
-                return {"h": self.fc(x)}
-
-        class Q(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["z"], cond_var=["h"], name="q")
-                self.fc, self.bn, self.drop = nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.0)
-
-            def forward(self, h: torch.Tensor) -> dict:
-                o = self.drop(self.bn(self.fc(h)))
-                return {"loc": o, "scale": F.softplus(o) + 0.5}
-
-        h, q = H(), Q()
+        h, q = _feature_and_encoder(Deterministic, Normal, 0.0)
         prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
         loss = (Expectation(h, q.log_prob()) + KullbackLeibler(q, prior).expectation(h)).mean()
         if change == "the dropout's rate":
