@@ -893,10 +893,9 @@ class DistributionBase(Distribution):
             spare = ctx.spare
             if spare is not None:  # (the closed forms declined this factor's parameters just now)
                 ctx.spare = None
-            if spare is not None and spare[0] is self and spare[1] is b:
-                params = spare[2]
-            else:
-                params = self._dgm_params(b, values, ctx)
+                if spare[0] is not self or spare[1] is not b:
+                    spare = None
+            params = spare[2] if spare is not None else self._dgm_params(b, values, ctx)
             try:
                 base = self._dgm_base(params)
             except ValueError as e:  # parameters torch refuses: a NaN in an input gives NaN parameters

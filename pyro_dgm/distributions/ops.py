@@ -14,9 +14,9 @@ from pyro_dgm.distributions.factor import factor_head
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.joint import (LabelledComposite, MultiplyDistribution, distinct_modules, pixyz_graph,
                                          rename_nodes)
+from pyro_dgm.utils.attributes import MISSING
 from pyro_dgm.utils.checks import ArgumentError, NoClosedFormError, check_var_name, describe
 from pyro_dgm.utils.latex import latex_name, prob_text
-from pyro_dgm.utils.attributes import MISSING
 
 __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
 
