@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import warnings
 from typing import Any, ClassVar, Iterable, Mapping, NoReturn, Sequence
 
 import torch
@@ -30,7 +31,8 @@ from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.utils.checks import (STRICT_SHAPES, ArgumentError, DeviceError, DimensionError, DTypeError,
                                    NoClosedFormError, NotATensorError, NotBinaryError, NotOneHotError, OutOfRangeError,
                                    ShapeError, clearer, describe, LayoutError, dtype_matter, param_dtype_error,
-                                   refuse_param_dtype, unusual_tensor, value_shape_problem)
+                                   refuse_param_dtype, unusual_tensor, user_stacklevel, value_shape_doubt,
+                                   value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call
@@ -1417,16 +1419,26 @@ class DistributionBase(Distribution):
         if why is None:
             if not memo:
                 return
+            doubt = value_shape_doubt(value_shape, shape, n_features) if summed else None
+            if doubt is not None:
+                warnings.warn(f"{describe(self)}: the value of {name!r} has shape {tuple(value_shape)} under "
+                              f"parameters of shape {tuple(shape)}: {doubt}", UserWarning,
+                              stacklevel=user_stacklevel())
             if seen is None or len(seen) > 64:
                 seen = self.__dict__["_dgm_shapes_ok"] = set()
             seen.add(key)
             return
         k = len(shape) - min(n_features, len(shape))
+        copies = [m for m in copy_plates() if len(value_shape) > len(shape) and value_shape[0] == m.size]
+        hint = (f". Data given to a model or guide under Pyro's plate {copies[0].name!r} (vectorized particles, "
+                "a parallel Predictive) has no dim for its copies: observed data computed from a global latent, "
+                "one per copy, is not supported there (run the copies one by one: vectorize_particles=False, "
+                "Predictive(parallel=False))") if copies else ""
         raise ShapeError(f"{describe(self)}: the value of {name!r} has shape {tuple(value_shape)}, but the "
                          f"distribution has batch shape {tuple(shape[:k])} and feature shape {tuple(shape[k:])}, so "
                          f"{name!r} should have shape {tuple(shape)} (leading sample dims allowed): {why}. A "
-                         "value's features are never broadcast over the parameters' (they would be scored more than "
-                         "once)")
+                         f"value's features are never broadcast over the parameters' (they would be scored more than "
+                         f"once){hint}")
 
     def _dgm_sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:
         """Sum the element-wise ``t`` over ``feature_dims``; an out-of-range dim raises naming this distribution."""

@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from operator import getitem, is_
-from typing import Any, Hashable, NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple
 
 import torch
 from pyro.poutine.messenger import Messenger
@@ -198,6 +198,24 @@ def _tensors(a: Any, out: list[Any], depth: int = 0, inference_only: bool = Fals
     elif isinstance(a, dict) and depth < 8:
         for v in a.values():
             _tensors(v, out, depth + 1, inference_only)
+
+
+def _swapped(a: Any, swap: Callable[[torch.Tensor], torch.Tensor], depth: int = 0) -> Any:
+    """``a`` with each tensor ``t`` in it replaced by ``swap(t)`` (also inside plain tuples, lists and dicts, which
+    are copied where one changed); ``a`` itself where none did."""
+    if isinstance(a, torch.Tensor):
+        return swap(a)
+    if depth < 8:
+        kind = type(a)
+        if kind is tuple or kind is list:
+            new = [_swapped(v, swap, depth + 1) for v in a]
+            if any(n is not v for n, v in zip(new, a)):
+                return kind(new)
+        elif kind is dict:
+            out = {k: _swapped(v, swap, depth + 1) for k, v in a.items()}
+            if any(out[k] is not v for k, v in a.items()):
+                return out
+    return a
 
 
 def _same_outputs(marks: tuple[tuple[torch.Tensor, Any], ...]) -> bool:
@@ -716,8 +734,8 @@ class MemoizeMessenger(Messenger):
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
         self._copies: dict[int, tuple[Any, Any]] = {}  # id -> weak references to an inference-mode input and its
         # copy (the entries hold both: an evicted one frees them): see _snapshot
-        self._uses: dict[int, list[Any]] = {}  # id -> [weak reference to a reused Deterministic's output, how many
-        # times it was reused]: see _note_uses
+        self._uses: dict[int, tuple[Any, Any]] = {}  # id -> (weak reference to a tensor a Deterministic's pass made,
+        # or to an alias of it that a reuse handed on; None, or the tensor the alias stands for): see _note_uses
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
         self._steps: int | None = None  # the optimizer steps counted when the entries were made (set by lookup)
         if pyro_stack and not _COUNTED:  # a scope the user opens may outlive optimizer steps (see lookup)
@@ -809,8 +827,10 @@ class MemoizeMessenger(Messenger):
                 return entry[4]
         return None
 
-    def lookup(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Hashable | None, Any]:
-        """The key of a call and its cached value (``None`` on a miss or when memoization is off)."""
+    def lookup(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], shared_only: bool = False
+               ) -> tuple[Hashable | None, Any]:
+        """The key of a call and its cached value (``None`` on a miss or when memoization is off); ``shared_only``:
+        not an entry that answers only its own arguments (:meth:`store`'s ``own``)."""
         if _MAXSIZE[0] == 0:
             return None, None
         if is_compiling():
@@ -833,22 +853,23 @@ class MemoizeMessenger(Messenger):
                 or (hit[3] is not None and hit[3]() is not module)
                 or (hit[4] and not all(_same_bits(a, c) for a, c in hit[4]))
                 or (hit[5] and not _same_outputs(hit[5]))
-                or (hit[6] and not all(u[1] == n for u, n in hit[6]))):
+                or (hit[6] and shared_only)):
             return key, None  # (hit[3]: a network freed and another made at its address, a MAML task's copy)
         self._cache.move_to_end(key)
         return key, hit[0]
 
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None,
               snapshot: tuple[tuple[Any, Any], ...] = (), outputs: tuple[tuple[Any, Any], ...] = (),
-              uses: tuple[tuple[list[Any], int], ...] = ()) -> None:
+              own: bool = False) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword, and the Pyro handlers
         active where the key names them: the key holds their ids, which an object made later in the scope could
         reuse if they were freed while cached). With ``module``, the network that computed it, the entry answers
         only while it is alive (a new network may take its address), its submodules and parameters are the same
         objects, its parameters unchanged and its submodules in the same train/eval modes (:func:`_param_state`),
         and while the arguments in ``snapshot`` (:meth:`_snapshot`) hold the values copied there, the tensors of
-        ``outputs`` (:func:`_output_marks`) are unchanged, and the reused outputs of ``Deterministic``s in ``uses``
-        (:meth:`_uses_of`) were not reused again since."""
+        ``outputs`` (:func:`_output_marks`) are unchanged. ``own``: the pass drew or changed state given a
+        ``Deterministic``'s output (:meth:`_note_uses`): the entry answers only a call given the same tensors, not
+        one given an alias of them (another use)."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
@@ -858,7 +879,7 @@ class MemoizeMessenger(Messenger):
             return
         ref = weakref.ref(module) if isinstance(module, torch.nn.Module) else None
         self._cache[key] = (value, (keep, _handlers_kept()) if key[-1] else keep, self._state(module), ref, snapshot,
-                            outputs, uses)
+                            outputs, own)
         while len(self._cache) > maxsize:
             self._cache.popitem(last=False)
         if self._pyro_stack and torch.is_grad_enabled():  # a scope the user opened around several backward passes
@@ -920,48 +941,65 @@ class MemoizeMessenger(Messenger):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 t.register_hook(forget)
 
-    def _note_uses(self, value: Any, reused: bool, module: Any = None, args: Any = ()) -> None:
-        """Count the uses of a ``Deterministic``'s outputs: Pixyz runs it at every use, so each use hands the networks
-        after it new tensors, and their cache (keyed by the tensors) runs them again. A network after it whose pass
-        draws or changes state (dropout, a batch norm's statistics) therefore runs again at each reuse here too
-        (:meth:`_uses_of`); any other is shared, which changes no value. Only the tensors its pass made count (at
-        its first use: given ``module`` and its ``args``): one it returns as it was given or holds it anywhere
+    def _note_uses(self, value: Any, module: Any, args: Any) -> None:
+        """Note the tensors a ``Deterministic``'s first pass made (given ``module`` and its ``args``). Pixyz runs it
+        at every use, so each use hands the networks after it new tensors, and their cache (keyed by the tensors)
+        runs them again; here a reuse hands on aliases of these tensors (:meth:`_reused`), new objects as under
+        Pixyz. A network given an alias whose pass with the tensors themselves drew nothing and changed nothing is
+        shared (the same values); one whose pass draws or changes state (dropout, a batch norm's statistics) runs
+        again for each alias, and a later call given the tensors of an earlier use gets that use's pass, as from
+        Pixyz's cache. Only tensors the pass made count: one it returns as it was given or holds it anywhere
         (``x.float()`` of float data, a parameter, a submodule's buffer, a tensor in an attribute or its class, a
         global of its module) is the same tensor at each of Pixyz's runs too."""
         found: list[Any] = []
         _tensors(value, found)
+        given: list[Any] = []
+        _tensors(args, given)
+        if isinstance(module, torch.nn.Module):  # (what it holds: parameters, buffers, attributes, also in its
+            given += [*module.parameters(), *module.buffers()]  # submodules and in containers)
+            for m in submodules(module):
+                _tensors(list(vars(m).values()), given)
+            _tensors([v for v in vars(type(module)).values() if isinstance(v, torch.Tensor)], given)
+        old = {id(t) for t in given}
         uses = self._uses
-        if not reused:
-            given: list[Any] = []
-            _tensors(args, given)
-            if isinstance(module, torch.nn.Module):  # (what it holds: parameters, buffers, attributes, also in
-                given += [*module.parameters(), *module.buffers()]  # its submodules and in containers)
-                for m in submodules(module):
-                    _tensors(list(vars(m).values()), given)
-                _tensors([v for v in vars(type(module)).values() if isinstance(v, torch.Tensor)], given)
-            old = {id(t) for t in given}
-            for t in found:  # (not one it was given or holds, nor a global of its module)
-                if id(t) in old or isinstance(t, torch.nn.Parameter) or _a_global(module, t):
-                    continue
-                uses[id(t)] = [weakref.ref(t), 0]
-            return
-        for t in found:
-            known = uses.get(id(t))
-            if known is not None and known[0]() is t:
-                known[1] += 1
+        for t in found:  # (not one it was given or holds, nor a global of its module)
+            if id(t) in old or isinstance(t, torch.nn.Parameter) or _a_global(module, t):
+                continue
+            uses[id(t)] = (weakref.ref(t), None)
 
-    def _uses_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[list[Any], int], ...]:
-        """The counts of :meth:`_note_uses` of the ``Deterministic`` outputs among a call's arguments, as they are
-        now."""
+    def _reused(self, value: Any) -> Any:
+        """A reused ``Deterministic``'s value with each tensor its pass made (:meth:`_note_uses`) replaced by a new
+        alias of it (a view of the whole tensor: the same values, graph and version counter): Pixyz's next run."""
         uses = self._uses
-        found: list[Any] = []
-        _tensors((args, kwargs), found)  # (also inside a variable's tuple of tensors: an RNN's state)
-        out = []
-        for t in found:
+
+        def alias(t: torch.Tensor) -> torch.Tensor:
             known = uses.get(id(t))
-            if known is not None and known[0]() is t:
-                out.append((known, known[1]))
-        return tuple(out)
+            if known is None or known[0]() is not t:
+                return t
+            base = t if known[1] is None else known[1]
+            new = base.view_as(base)
+            uses[id(new)] = (weakref.ref(new), base)
+            return new
+        return _swapped(value, alias)
+
+    def _bases(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
+        """Whether a call's arguments hold a ``Deterministic``'s output or an alias of one (:meth:`_note_uses`),
+        and the arguments with each alias replaced by the tensor it stands for (``None`` where none is an
+        alias)."""
+        uses = self._uses
+        seen = [False, False]
+
+        def base(t: torch.Tensor) -> torch.Tensor:
+            known = uses.get(id(t))
+            if known is None or known[0]() is not t:
+                return t
+            seen[0] = True
+            if known[1] is None:
+                return t
+            seen[1] = True
+            return known[1]
+        swapped = _swapped((args, kwargs), base)
+        return seen[0], (swapped if seen[1] else None)
 
     def note(self, owner: Any, value: Any) -> None:
         """Keep ``value`` for ``owner`` until the scope ends (a flow's last computation while torch.compile
@@ -997,8 +1035,15 @@ class MemoizeMessenger(Messenger):
             self._seen[id(module)] = (module, int(hit is not None))  # (a hit counts over the scope's misses)
         if hit is not None:
             if self._uses and getattr(module, "memoize_unless_random", False):
-                self._note_uses(hit, True)  # (a Deterministic reused: another use, Pixyz's new tensors)
+                return self._reused(hit)  # (a Deterministic reused: another use, new tensors as under Pixyz)
             return hit
+        reads, bases = self._bases(args, kwargs) if self._uses and type(key) is tuple else (False, None)
+        if bases is not None:  # (aliases of reused Deterministic outputs: the pass given the tensors themselves
+            key_of_bases, hit = self.lookup(module, *bases, shared_only=True)  # answers, unless it drew or
+            if hit is not None:  # changed state: see _note_uses)
+                if logged:
+                    self._seen[id(module)] = (module, 1)
+                return self._reused(hit) if getattr(module, "memoize_unless_random", False) else hit
         if key is not None and getattr(module, "memoize_unless_random", False):
             if transformed():  # (under torch.func the generators' states cannot be read: it runs on every use)
                 return module(*args, **kwargs)
@@ -1016,12 +1061,13 @@ class MemoizeMessenger(Messenger):
                 return value  # it drew random numbers, changed its input, its buffers (a batch norm's statistics,
                 # a spectral norm's power iteration), its weights or an attribute of its own (a count of its
                 # calls that its output reads): each use runs it again, as under Pixyz
+            if bases is not None:  # (shared by the other uses: stored as given the tensors the aliases stand for)
+                key, args, kwargs = key_of_bases, *bases
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))
-            self._note_uses(value, False, module, (args, kwargs))
+            self._note_uses(value, module, (args, kwargs))
             return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
-        uses = self._uses_of(args, kwargs) if self._uses and type(key) is tuple else ()
-        if uses:  # (a reused Deterministic's output: see _note_uses) whether this pass draws or changes state
-            marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))
+        if reads:  # (a Deterministic's output, or an alias of one: see _note_uses) whether this pass draws or
+            marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))  # changes state
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):
             with _SiteSpy() as spy:  # (under Pyro handlers only: the SVI path, about 2 us per miss)
                 value = module(*args, **kwargs)
@@ -1030,9 +1076,9 @@ class MemoizeMessenger(Messenger):
                 key = self._key(module, args, kwargs)
         else:
             value = module(*args, **kwargs)
-        if uses and (same_marks(marks[0], rng_marks()) and _buffer_versions(module) == marks[1]
-                     and _plain_attributes(module) == marks[2]):
-            uses = ()  # it drew nothing and changed nothing: every use of the Deterministic may share its pass
+        own = reads and not (same_marks(marks[0], rng_marks()) and _buffer_versions(module) == marks[1]
+                             and _plain_attributes(module) == marks[2])  # (it drew or changed something: it
+        # answers only the tensors it was given; else every use of the Deterministic may share its pass)
         keep = (args, kwargs) if kwargs else args
         after = self._key(module, args, kwargs) if type(key) is tuple else None
         if after is not None:
@@ -1041,15 +1087,18 @@ class MemoizeMessenger(Messenger):
             self._forget_traced(args, kwargs)  # evaluation: a network may have changed its inputs in place;
             # a traced one is taken to keep them if it did in every eager run, the first call's (CompiledEval))
         snapshot = self._snapshot(args, kwargs) if type(key) is tuple and _MAXSIZE[0] else ()  # (the values
-        self.store(key, value, keep, module, snapshot, uses=uses)  # after the pass: those of the next call it
-        # answers)
+        # after the pass: those of the next call it answers)
+        if bases is not None and not own:  # (shared by every use: stored as given the tensors themselves)
+            self.store(key_of_bases, value, (bases[0], bases[1]) if bases[1] else bases[0], module, snapshot)
+        else:
+            self.store(key, value, keep, module, snapshot, own=own)
         if self._compiled and type(key) is tuple:  # a compiled evaluation's frame run eagerly: its traced frames
             self._traced.append((module, _traced_mode(module), args, kwargs, value, _versions(args, kwargs)))
             del self._traced[:-max(_MAXSIZE[0], 1)]
         if after is not None:
             if after != key:  # the network changed an input in place (x /= 255): its next call in this scope is
                 # this one, as under Pixyz's cache (else it runs again)
-                self.store(after, value, keep, module, snapshot, uses=uses)
+                self.store(after, value, keep, module, snapshot, own=own)
         return value
 
     # The "dgm_params" effect is answered by the effect's own function (``calls._call_network``), which asks this

@@ -488,6 +488,11 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     while core and core[0] == 1:
         core = core[1:]
     c = len(core)
+    for i in range(1, min(nf, c) + 1):  # (the batch of one broadcast, a dim of the rest lines up with a feature
+        if ps[-i] == 1 and core[-i] != 1 and c < m:  # dim of size 1: x.unsqueeze(0) for x.unsqueeze(1))
+            return (f"without its leading dims of size 1 it has {c} dim{'s' if c != 1 else ''} where the distribution has {m} (batch and "
+                    f"features {ps[m - nf:]}), so its dim {n - i} of size {core[-i]} lines up with a feature dim of "
+                    f"size 1 and each element would be scored against all {core[-i]} of them")
     for i in range(nf + 1, min(c, m) + 1):
         v, p = core[-i], ps[-i]
         if v != p and p != 1:
@@ -499,6 +504,35 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
                 if k >= 0:
                     return f"its dim {k} has size 1 where the distribution has a batch of {ps[j]}"
                 return f"it has no dim for the distribution's batch dim {j} of size {ps[j]}"
+    return None
+
+
+def value_shape_doubt(value_shape: Sequence[int], shape: Sequence[int], n_features: int) -> str | None:
+    """Why a value that :func:`value_shape_problem` lets pass (Pixyz scores it so) is likely laid out wrong, or
+    ``None``: its batch dim of size 1 is broadcast over the parameters' batch of B while a dim of size B of it lines
+    up with a feature dim of size 1 (``x.unsqueeze(0)`` of shape ``(1, B, 8, 8)`` under parameters of
+    ``(B, 1, 8, 8)``, ``z.T`` under a one-dim latent): each of the B scores then sums all B values.
+
+    Examples
+    --------
+    >>> value_shape_doubt((1, 5, 8, 8), (5, 1, 8, 8), 3)[:40]
+    'its dim 0 of size 1 is broadcast over th'
+    >>> value_shape_doubt((5, 1, 8, 8), (5, 1, 8, 8), 3) is None, value_shape_doubt((1, 3), (5, 1), 1) is None
+    (True, True)
+    """
+    vs, ps = tuple(value_shape), tuple(shape)
+    n, m = len(vs), len(ps)
+    nf = min(n_features, m)
+    if n != m:
+        return None
+    for j in range(m - nf):
+        if vs[j] == 1 and ps[j] != 1:
+            for i in range(m - nf, m):
+                if ps[i] == 1 and vs[i] == ps[j]:
+                    return (f"its dim {j} of size 1 is broadcast over the distribution's batch of {ps[j]} while its "
+                            f"dim {i} of size {vs[i]} lines up with a feature dim of size 1, so each of the "
+                            f"{ps[j]} scores sums all {vs[i]} of its values (as Pixyz scores it); if dim {i} is the "
+                            f"batch, move it to dim {j} (pyro_dgm.utils.checks.strict_shapes() refuses this)")
     return None
 
 

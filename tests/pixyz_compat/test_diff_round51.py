@@ -1,0 +1,224 @@
+"""Fifty-first round: a term after a nested reuse of a ``Deterministic`` reads its own use's pass (probe p359), a
+``get_params`` override that changes its parent's dict in place, and values whose batch dim lines up with a size-1
+feature dim (probe p360), under Pixyz and here (:mod:`pixyz_harness`)."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
+
+
+def _nested_program(kind: str, draws: bool = True) -> Callable[[], Any]:
+    """A ``Deterministic`` ``h(h|x)`` used by an outer and an inner ``Expectation``, and ``q(z|h)`` after it with a
+    dropout (and a batch norm): Pixyz runs ``h`` at each use, so the inner use hands ``q`` a new tensor and ``q``
+    runs again, while a term of the outer use after the inner one reads the outer pass from Pixyz's cache. With
+    ``draws=False`` ``q`` is pure (no dropout, no batch norm): every use may share its pass."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Entropy, Expectation, IterativeLoss, KullbackLeibler
+
+        calls = []
+
+        class H(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.fc = nn.Linear(3, 3)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"h": self.fc(x)}
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name="q")
+                self.fc = nn.Linear(3, 2)
+                self.drop = nn.Dropout(0.5) if draws else nn.Identity()
+                self.bn = nn.BatchNorm1d(2) if draws and kind != "plain" else nn.Identity()
+
+            def forward(self, h: torch.Tensor) -> dict:
+                calls.append(1)
+                o = self.drop(self.bn(self.fc(h)))
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q = H(), Q()
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        step = Expectation(h, KullbackLeibler(q, prior) + Expectation(h, KullbackLeibler(q, prior)) + Entropy(q))
+        if kind == "iterative":
+            loss = IterativeLoss(step, max_iter=2, series_var=["x"]).mean()
+            x = torch.randn(2, 8, 3)
+        else:
+            loss = step.mean()
+            x = torch.randn(8, 3)
+        v = loss.eval({"x": x})
+        grads = torch.autograd.grad(v, list(q.fc.parameters()))
+        running = q.bn.running_mean.clone() if isinstance(q.bn, nn.BatchNorm1d) else torch.zeros(2)
+        return v.detach(), [g for g in grads], running, len(calls), torch.rand(2)
+    return program
+
+
+@pytest.mark.parametrize("kind", ["plain", "batch_norm", "iterative"])
+def test_a_term_after_a_nested_reuse_of_a_deterministic_reads_its_own_uses_pass(kind: str) -> None:
+    """Probe p359: in ``E_h[KL(q|h) + E_h[KL(q|h)] + H(q|h)]`` with a dropout in ``q``, the inner use of ``h`` ran
+    ``q`` again (as Pixyz does) but its pass replaced the outer one in the cache, so the outer entropy read the
+    inner use's mask: the loss 3.7296 where Pixyz (and hand-written torch with the first mask) gives 3.7913, and in
+    an ``IterativeLoss`` other gradients of ``q``. A reuse of a ``Deterministic`` now hands on aliases of its
+    tensors (new objects, as Pixyz's new run), so each use's passes are its own: the value, ``q``'s gradients, its
+    batch norm's statistics, its pass count and the random stream after them are Pixyz's."""
+    ref, ours = run_both(_nested_program(kind))
+    assert_same(ref, ours)
+
+
+def test_a_term_after_a_nested_reuse_reads_the_first_mask_as_hand_written_torch() -> None:
+    """The same loss written with torch alone, from the same seed: the outer entropy is the first pass's (the first
+    dropout mask), the inner KL the second's; the library's value is that one, not the one with the second mask."""
+    def hand() -> Any:
+        import torch
+        import torch.distributions as D
+        from torch import nn
+        from torch.nn import functional as F
+
+        fc_h, fc_q, drop = nn.Linear(3, 3), nn.Linear(3, 2), nn.Dropout(0.5)
+        x = torch.randn(8, 3)
+        h = fc_h(x)
+
+        def q() -> Any:
+            o = drop(fc_q(h))
+            return D.Normal(o, F.softplus(o) + 0.5)
+        prior = D.Normal(torch.zeros(2), torch.ones(2))
+        q1, q2 = q(), q()
+        kl = D.kl_divergence(q1, prior).sum(-1) + D.kl_divergence(q2, prior).sum(-1)
+        return (kl + q1.entropy().sum(-1)).mean(), (kl + q2.entropy().sum(-1)).mean()
+    first, second = run_pyro_dgm(hand)
+    ours = run_pyro_dgm(_nested_program("plain"))
+    assert not torch.allclose(first, second)  # (the two masks give two values: the test tells them apart)
+    torch.testing.assert_close(ours[0], first.detach())
+
+
+def test_a_pure_network_after_a_reused_deterministic_still_runs_once() -> None:
+    """The aliases do not make a pure network run again: ``q`` without dropout or batch norm runs once for the
+    two uses of ``h`` (Pixyz runs it once per use, with the same values), and the value and gradients are
+    Pixyz's."""
+    ref, ours = run_both(_nested_program("plain", draws=False))
+    assert ref[3] == 2 and ours[3] == 1
+    assert_same(ref[:3], ours[:3])
+
+
+def test_a_get_params_override_changing_the_dict_in_place_gives_its_formula_at_every_call() -> None:
+    """Probe p359: an override that changes the dict its parent's ``get_params`` returned (``out["loc"] =
+    out["loc"] * 2``) changes Pixyz's cached dict, so its second call with the same inputs gives ``loc * 4``. Each
+    call here gets its own dict (the network still runs once per call): ``loc * 2`` every time, the override's
+    formula, computed here from the network's weights by hand (``porting.md``)."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Normal
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.lin = nn.Linear(3, 2)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"loc": self.lin(x)}
+
+            def get_params(self, params_dict: dict = {}, **kwargs: Any) -> dict:
+                out = super().get_params(params_dict, **kwargs)
+                out["scale"] = torch.nn.functional.softplus(out["loc"]) + 0.1
+                out["loc"] = out["loc"] * 2
+                return out
+
+        q = Q()
+        x = torch.randn(2, 3)
+        first = q.get_params({"x": x})["loc"].detach().clone()
+        second = q.get_params({"x": x})["loc"].detach().clone()
+        return first, second, (q.lin(x) * 2).detach()
+    ref = run_pixyz(program)
+    ours = run_pyro_dgm(program)
+    torch.testing.assert_close(ours[0], ours[2])
+    torch.testing.assert_close(ours[1], ours[2])
+    torch.testing.assert_close(ref[0], ref[2])  # (Pixyz's first call is the formula; its second is not)
+    torch.testing.assert_close(ref[1], ref[2] * 2)
+
+
+def _transposed_program() -> Any:
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Bernoulli, Normal
+
+    class P(Bernoulli):  # a decoder of probabilities of shape (B, 1, 8, 8)
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.fc = nn.Linear(4, 64)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"probs": torch.sigmoid(self.fc(z)).view(-1, 1, 8, 8)}
+
+    class Q(Normal):  # an encoder of a one-dim latent: parameters of shape (B, 1)
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            h = self.fc(x)
+            return {"loc": h[:, :1], "scale": h[:, 1:].exp()}
+
+    p, q = P(), Q()
+    z, imgs = torch.randn(5, 4), (torch.rand(5, 8, 8) > 0.5).float()
+    xs, zs = torch.randn(5, 3), torch.randn(5, 1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        images = p.get_log_prob({"z": z, "x": imgs.unsqueeze(0)})  # (1, 5, 8, 8): unsqueeze(1) meant
+        latent = q.get_log_prob({"x": xs, "z": zs.T})  # (1, 5)
+    rows = torch.stack([p.get_log_prob({"z": z, "x": imgs[j].expand(5, 1, 8, 8)}) for j in range(5)]).sum(0)
+    return images, latent, rows, [str(w.message) for w in seen]
+
+
+def test_a_value_whose_batch_lines_up_with_a_size_one_feature_dim_warns_and_scores_as_pixyz() -> None:
+    """Probe p360: ``x.unsqueeze(0)``, shape ``(1, B, 8, 8)``, under Bernoulli parameters of ``(B, 1, 8, 8)`` (and
+    ``z.T`` under a one-dim latent) is scored by both libraries against every batch row: each of the B scores sums
+    all B images (checked here against the sum of each image scored under every row). The shapes also fit a valid
+    program with B features, so the number stays Pixyz's; a warning names the variable and the dims."""
+    ref, ours = run_both(_transposed_program)
+    assert_same(ref[:3], ours[:3])
+    torch.testing.assert_close(ours[0], ours[2])
+    assert not ref[3]
+    assert len(ours[3]) == 2
+    assert "'x' has shape (1, 5, 8, 8)" in ours[3][0] and "move it to dim 0" in ours[3][0]
+    assert "'z' has shape (1, 5)" in ours[3][1] and "P p(x|z)" in ours[3][0] and "Q q(z|x)" in ours[3][1]
+
+
+def test_strict_shapes_refuses_a_value_whose_batch_lines_up_with_a_size_one_feature_dim() -> None:
+    """Under ``strict_shapes()`` (opt-in) the same values are refused, naming the distribution, the variable and
+    the expected shape; the right layouts pass and give the scores of each row."""
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import ShapeError, strict_shapes
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            h = self.fc(x)
+            return {"loc": h[:, :1], "scale": h[:, 1:].exp()}
+
+    q, x, z = Q(), torch.randn(5, 3), torch.randn(5, 1)
+    with strict_shapes():
+        right = q.get_log_prob({"x": x, "z": z})
+        with pytest.raises(ShapeError, match=r"Q q\(z\|x\): the value of 'z' has shape \(1, 5\).*should have shape "
+                                             r"\(5, 1\).*lines up with a feature dim of size 1"):
+            q.get_log_prob({"x": x, "z": z.T})
+    h = q.fc(x)
+    expected = torch.distributions.Normal(h[:, :1], h[:, 1:].exp()).log_prob(z).sum(-1)
+    torch.testing.assert_close(right, expected)
