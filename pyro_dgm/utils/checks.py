@@ -490,7 +490,8 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     c = len(core)
     for i in range(1, min(nf, c) + 1):  # (the batch of one broadcast, a dim of the rest lines up with a feature
         if ps[-i] == 1 and core[-i] != 1 and c < m:  # dim of size 1: x.unsqueeze(0) for x.unsqueeze(1))
-            return (f"without its leading dims of size 1 it has {c} dim{'s' if c != 1 else ''} where the distribution has {m} (batch and "
+            dims = f"{c} dim{'s' if c != 1 else ''}"
+            return (f"without its leading dims of size 1 it has {dims} where the distribution has {m} (batch and "
                     f"features {ps[m - nf:]}), so its dim {n - i} of size {core[-i]} lines up with a feature dim of "
                     f"size 1 and each element would be scored against all {core[-i]} of them")
     for i in range(nf + 1, min(c, m) + 1):

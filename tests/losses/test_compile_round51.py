@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import torch
 import torch._dynamo as dynamo
 import torch._inductor.config as inductor_config
 
