@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import operator
 import warnings
 from typing import Any, ClassVar, Iterable, Mapping, NoReturn, Sequence
 
@@ -1198,7 +1199,8 @@ class DistributionBase(Distribution):
             # get_log_prob, which scores its site and decides what values it takes): pyro.sample must not broadcast its
             # features over the parameters' (when it has no dim beyond the event dims, _dgm_site says why)
             shape = fn.batch_shape + fn.event_shape
-            if x.shape != shape and x.dim() > len(fn.event_shape):
+            if x.shape != shape and (x.dim() > len(fn.event_shape) or x.dim() == 0):  # (a 0-dim value under
+                # features: scored once per feature)
                 try:
                     self._dgm_check_value(name, x.shape, shape, len(fn.event_shape))
                 except ShapeError as e:
@@ -1226,6 +1228,11 @@ class DistributionBase(Distribution):
             except (RuntimeError, NotImplementedError, TypeError) as e:  # (torch's sampler refused a parameter:
                 # probs of 1.5, unvalidated; an integer one)
                 self._dgm_draw_error(e, base, name)
+            ev = fn.event_shape
+            if (x is None and ev and isinstance(value, Tensor) and value.shape[max(value.dim() - len(ev), 0):] != ev
+                    and not self._dgm_user_log_prob and not torch.jit.is_tracing()):  # a value that a handler gave
+                # the site (poutine.condition, replay) without the features: checked as an observed one
+                self._dgm_check_value(name, value.shape, fn.batch_shape + ev, len(ev))
             if (isinstance(value, Tensor) and not value.is_floating_point() and not self._dgm_user_log_prob
                     and (value.dtype == torch.bool or (fn._validate_args and _one_hot_support(fn))
                          or _binary_integers(fn))
@@ -1269,7 +1276,7 @@ class DistributionBase(Distribution):
                                          else broadcast_shape(shape, t.shape))
                         except ValueError:
                             self._dgm_params_do_not_broadcast(got.params)
-                        self._dgm_check_value(b.var[0], xs, shape, ev, sum_features)
+                        self._dgm_check_value(b.var[0], xs, shape, ev, sum_features, feature_dims)
                         break
                 fn = self._dgm_closed_lp
                 if self._dgm_const_only and self._dgm_is_standard():
@@ -1285,7 +1292,7 @@ class DistributionBase(Distribution):
         ev = max(ev, 0)
         shape = base.batch_shape + base.event_shape
         if x.shape != shape:
-            self._dgm_check_value(b.var[0], x.shape, shape, ev + len(base.event_shape), sum_features)
+            self._dgm_check_value(b.var[0], x.shape, shape, ev + len(base.event_shape), sum_features, feature_dims)
         # as when drawing: later factors conditioned on x see its event dims, so its leading dims (sample_shape and
         # batch) stay batch dims of theirs too, and the factors' log-densities have one shape
         ctx.event_dims[b.var[0]] = ev + len(base.event_shape)
@@ -1400,26 +1407,35 @@ class DistributionBase(Distribution):
                          "the batch and feature shape of the others, or 1 there")
 
     def _dgm_check_value(self, name: str, value_shape: torch.Size, shape: torch.Size, n_features: int,
-                         summed: bool = True) -> None:
+                         summed: bool = True, feature_dims: Sequence[int] | None = None) -> None:
         """Raise ``ValueError`` (a :class:`~pyro_dgm.utils.checks.ShapeError`, also the RuntimeError that torch
         raises where the shapes do not broadcast at all) if a value of ``value_shape`` would be broadcast over
         parameters of full shape ``shape`` (of which the last ``n_features`` dims are feature dims); see
-        :func:`~pyro_dgm.utils.checks.value_shape_problem` (``summed``: ``sum_features``)."""
+        :func:`~pyro_dgm.utils.checks.value_shape_problem` (``summed``: ``sum_features``; ``feature_dims``: the dims
+        it sums, of the broadcast log-density). A value that passes but is likely laid out wrong warns, once per
+        distribution and shapes (:func:`~pyro_dgm.utils.checks.value_shape_doubt`)."""
         # (no memo while torch.compile traces: the check costs nothing in the graph, and the memo would hash the
         # symbolic batch size, so Dynamo would guard on its value: a graph per batch size)
         memo = not is_compiling()
         if type(summed) is not bool:  # (Pixyz reads sum_features by its truth: [] or [1] too)
             summed = bool(summed)
+        dims = None
+        if summed and isinstance(feature_dims, (list, tuple)):  # (else _dgm_sum_dims names what is wrong)
+            size = max(len(value_shape), len(shape))
+            try:
+                dims = frozenset(-d if d < 0 else size - d for d in map(operator.index, feature_dims))
+            except TypeError:
+                dims = None
         if memo:
-            key = (value_shape, shape, n_features, STRICT_SHAPES[0], summed)
+            key = (value_shape, shape, n_features, STRICT_SHAPES[0], summed, dims)
             seen = self.__dict__.get("_dgm_shapes_ok")
             if seen is not None and key in seen:
                 return
-        why = value_shape_problem(value_shape, shape, n_features, summed=summed)
+        why = value_shape_problem(value_shape, shape, n_features, summed=summed, summed_dims=dims)
         if why is None:
             if not memo:
                 return
-            doubt = value_shape_doubt(value_shape, shape, n_features) if summed else None
+            doubt = value_shape_doubt(value_shape, shape, n_features) if summed and dims is None else None
             if doubt is not None:
                 warnings.warn(f"{describe(self)}: the value of {name!r} has shape {tuple(value_shape)} under "
                               f"parameters of shape {tuple(shape)}: {doubt}", UserWarning,
@@ -1436,9 +1452,9 @@ class DistributionBase(Distribution):
                 "Predictive(parallel=False))") if copies else ""
         raise ShapeError(f"{describe(self)}: the value of {name!r} has shape {tuple(value_shape)}, but the "
                          f"distribution has batch shape {tuple(shape[:k])} and feature shape {tuple(shape[k:])}, so "
-                         f"{name!r} should have shape {tuple(shape)} (leading sample dims allowed): {why}. A "
-                         f"value's features are never broadcast over the parameters' (they would be scored more than "
-                         f"once){hint}")
+                         f"{name!r} should have shape {tuple(shape)} (leading sample dims allowed): {why}"
+                         + (". A value's features are never broadcast over the parameters' (they would be scored more "
+                            "than once)" if "feature" in why else "") + hint)
 
     def _dgm_sum_dims(self, t: Tensor, sum_features: bool, feature_dims: Sequence[int] | None, what: str) -> Tensor:
         """Sum the element-wise ``t`` over ``feature_dims``; an out-of-range dim raises naming this distribution."""

@@ -377,8 +377,10 @@ class Replicated:
       values broadcast), the random state is put back to what it was before the call and the call runs again, so the
       step is the one every process would have taken had the parameters existed before it, with rank 0's values
       (once per new set of parameters); after it the random state is the first run's, as in one process, whose
-      call drew the initial values too. Every process must create the same parameters in the same call, as it runs
-      the same program; a process that does not hangs the others until the timeout.
+      call drew the initial values too, and so are the buffers of the modules that ran (a batch norm's statistics
+      are updated once); those not among ``networks`` (a network that ``model`` registers with ``pyro.module``) are
+      copied from rank 0 with the networks' from then on. Every process must create the same parameters in the
+      same call, as it runs the same program; a process that does not hangs the others until the timeout.
     * ``watch_param_store=False`` (the discriminators' steps) skips that: one attribute check per call.
     * **Buffers** (a batch norm's running statistics): each process updates them from its own slice of the batch, as
       under DDP; after every evaluation with gradients, rank 0's are copied to every process (one broadcast per
@@ -395,6 +397,8 @@ class Replicated:
         self._options: dict[str, Any] = {"find_unused_parameters": True, **no_sync, **ddp_kwargs}
         self._watch = watch_param_store
         self._covered: dict[str, Tensor] = {}
+        self._extra: list[nn.Module] = []  # modules with buffers that ran in a call that covered new parameters,
+        # not among the networks (see _run): their buffers are copied from rank 0 too
         self._store: Any = None
         self._seen = -1
         self.ddp: nn.Module | None = None
@@ -430,8 +434,12 @@ class Replicated:
         self.sync_buffers()  # DDP copies rank 0's buffers only with broadcast_buffers=True
 
     def sync_buffers(self) -> None:
-        """Copy rank 0's buffers of the networks to every process (a no-op for networks without buffers)."""
+        """Copy rank 0's buffers of the networks (and of the modules found by :meth:`_run`) to every process (a
+        no-op for networks without buffers)."""
         buffers = [b for b in self.networks.buffers()]
+        if self._extra:
+            known = {id(b) for b in buffers}
+            buffers += [b for m in self._extra for b in m.buffers() if id(b) not in known and not known.add(id(b))]
         if buffers:
             broadcast_coalesced(buffers)
 
@@ -505,8 +513,18 @@ class Replicated:
                 after = _rng_state()  # what one process's generator holds after the call (initial values drawn)
                 self._cover(new)
                 _set_rng_state(state)
-                out = self._forward(fn, args, kwargs)
-                _set_rng_state(after)  # the second run does not draw the initial values again
+                ran: dict[int, tuple[nn.Module, list[tuple[Tensor, Tensor]]]] = {}
+                with _noting_buffers(ran):
+                    out = self._forward(fn, args, kwargs)
+                _set_rng_state(after)  # the second run does not draw the initial values again, nor update the
+                known = {id(b) for b in self.networks.buffers()}  # buffers again (a batch norm's statistics)
+                with torch.no_grad():
+                    for module, first in ran.values():
+                        for b, value in first:
+                            b.data.copy_(value)  # (not counted as a change: the second run's graph saved them;
+                            # a training batch norm's backward reads its batch statistics, not these)
+                        if any(id(b) not in known for b, _ in first) and all(m is not module for m in self._extra):
+                            self._extra.append(module)
         return out
 
     def __call__(self, loss: Any, x_dict: Any, kwargs: Mapping[str, Any]) -> Any:
@@ -657,6 +675,29 @@ class DistributedELBO(ELBO):
 def _rng_state() -> Any:
     cuda = (torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
     return torch.get_rng_state(), cuda
+
+
+class _noting_buffers:
+    """Within the block, ``ran`` maps each module with buffers that runs to the module and its buffers' values
+    before its first run (a global forward pre-hook; the second run of :meth:`Replicated._run`, once per new set
+    of parameters)."""
+
+    def __init__(self, ran: dict[int, Any]) -> None:
+        self.ran = ran
+        self.handle: Any = None
+
+    def _hook(self, module: nn.Module, args: Any) -> None:
+        if module._buffers and id(module) not in self.ran:
+            self.ran[id(module)] = (module, [(b, b.detach().clone()) for b in module._buffers.values()
+                                             if b is not None])
+
+    def __enter__(self) -> None:
+        from torch.nn.modules.module import register_module_forward_pre_hook
+
+        self.handle = register_module_forward_pre_hook(self._hook)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.remove()
 
 
 def _set_rng_state(state: Any) -> None:

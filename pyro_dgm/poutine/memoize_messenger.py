@@ -12,6 +12,7 @@ on separate models.
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 import random
@@ -201,21 +202,45 @@ def _tensors(a: Any, out: list[Any], depth: int = 0, inference_only: bool = Fals
 
 
 def _swapped(a: Any, swap: Callable[[torch.Tensor], torch.Tensor], depth: int = 0) -> Any:
-    """``a`` with each tensor ``t`` in it replaced by ``swap(t)`` (also inside plain tuples, lists and dicts, which
-    are copied where one changed); ``a`` itself where none did."""
+    """``a`` with each tensor ``t`` in it replaced by ``swap(t)`` (also inside tuples, lists and dicts, their
+    subclasses too: a named tuple, an ``OrderedDict``, which are copied where one changed); ``a`` itself where none
+    did. Only the containers it can copy are looked into (:meth:`MemoizeMessenger._note_uses` notes the tensors
+    this reaches)."""
     if isinstance(a, torch.Tensor):
         return swap(a)
-    if depth < 8:
+    if depth < 8 and isinstance(a, (tuple, list, dict)):
+        if isinstance(a, dict):
+            items = [(k, _swapped(v, swap, depth + 1)) for k, v in a.items()]
+            if all(n is v for (_, n), v in zip(items, a.values())):
+                return a
+            if type(a) is dict:
+                return dict(items)
+            try:
+                out = copy.copy(a)
+                out.update(items)
+                return out
+            except Exception:  # (a dict subclass that cannot be copied: not looked into)
+                return a
+        new = [_swapped(v, swap, depth + 1) for v in a]
+        if all(n is v for n, v in zip(new, a)):
+            return a
         kind = type(a)
         if kind is tuple or kind is list:
-            new = [_swapped(v, swap, depth + 1) for v in a]
-            if any(n is not v for n, v in zip(new, a)):
-                return kind(new)
-        elif kind is dict:
-            out = {k: _swapped(v, swap, depth + 1) for k, v in a.items()}
-            if any(out[k] is not v for k, v in a.items()):
-                return out
+            return kind(new)
+        try:
+            return kind._make(new) if hasattr(kind, "_make") else kind(new)  # (a named tuple: its fields)
+        except Exception:  # (a container subclass that cannot be rebuilt so: not looked into)
+            return a
     return a
+
+
+def _version_of(t: torch.Tensor) -> int | None:
+    """``t._version``, or ``None`` for an inference tensor (which has none, and cannot be changed in place outside
+    ``torch.inference_mode``)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _same_outputs(marks: tuple[tuple[torch.Tensor, Any], ...]) -> bool:
@@ -734,8 +759,9 @@ class MemoizeMessenger(Messenger):
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
         self._copies: dict[int, tuple[Any, Any]] = {}  # id -> weak references to an inference-mode input and its
         # copy (the entries hold both: an evicted one frees them): see _snapshot
-        self._uses: dict[int, tuple[Any, Any]] = {}  # id -> (weak reference to a tensor a Deterministic's pass made,
-        # or to an alias of it that a reuse handed on; None, or the tensor the alias stands for): see _note_uses
+        self._uses: dict[int, tuple[Any, Any, Any]] = {}  # id -> (weak reference to a tensor a Deterministic's pass
+        # made, or to a copy of it that a reuse handed on; None, or the tensor copied; the copy's version): see
+        # _note_uses
         self._pyro_stack = pyro_stack  # False: a scope of this thread only, not a handler on Pyro's global stack
         self._steps: int | None = None  # the optimizer steps counted when the entries were made (set by lookup)
         if pyro_stack and not _COUNTED:  # a scope the user opens may outlive optimizer steps (see lookup)
@@ -869,7 +895,7 @@ class MemoizeMessenger(Messenger):
         and while the arguments in ``snapshot`` (:meth:`_snapshot`) hold the values copied there, the tensors of
         ``outputs`` (:func:`_output_marks`) are unchanged. ``own``: the pass drew or changed state given a
         ``Deterministic``'s output (:meth:`_note_uses`): the entry answers only a call given the same tensors, not
-        one given an alias of them (another use)."""
+        one given a copy of them (another use)."""
         maxsize = _MAXSIZE[0]
         if key is None or maxsize == 0:
             return
@@ -944,15 +970,17 @@ class MemoizeMessenger(Messenger):
     def _note_uses(self, value: Any, module: Any, args: Any) -> None:
         """Note the tensors a ``Deterministic``'s first pass made (given ``module`` and its ``args``). Pixyz runs it
         at every use, so each use hands the networks after it new tensors, and their cache (keyed by the tensors)
-        runs them again; here a reuse hands on aliases of these tensors (:meth:`_reused`), new objects as under
-        Pixyz. A network given an alias whose pass with the tensors themselves drew nothing and changed nothing is
+        runs them again; here a reuse hands on copies of these tensors (:meth:`_reused`), new objects as under
+        Pixyz. A network given a copy whose pass with the tensors themselves drew nothing and changed nothing is
         shared (the same values); one whose pass draws or changes state (dropout, a batch norm's statistics) runs
-        again for each alias, and a later call given the tensors of an earlier use gets that use's pass, as from
+        again for each copy, and a later call given the tensors of an earlier use gets that use's pass, as from
         Pixyz's cache. Only tensors the pass made count: one it returns as it was given or holds it anywhere
         (``x.float()`` of float data, a parameter, a submodule's buffer, a tensor in an attribute or its class, a
         global of its module) is the same tensor at each of Pixyz's runs too."""
         found: list[Any] = []
-        _tensors(value, found)
+        _swapped(value, lambda t: found.append(t) or t)  # (the tensors a reuse can hand on as copies: _reused)
+        if not found:
+            return
         given: list[Any] = []
         _tensors(args, given)
         if isinstance(module, torch.nn.Module):  # (what it holds: parameters, buffers, attributes, also in its
@@ -965,27 +993,29 @@ class MemoizeMessenger(Messenger):
         for t in found:  # (not one it was given or holds, nor a global of its module)
             if id(t) in old or isinstance(t, torch.nn.Parameter) or _a_global(module, t):
                 continue
-            uses[id(t)] = (weakref.ref(t), None)
+            uses[id(t)] = (weakref.ref(t), None, None)
 
     def _reused(self, value: Any) -> Any:
-        """A reused ``Deterministic``'s value with each tensor its pass made (:meth:`_note_uses`) replaced by a new
-        alias of it (a view of the whole tensor: the same values, graph and version counter): Pixyz's next run."""
+        """A reused ``Deterministic``'s value with each tensor its pass made (:meth:`_note_uses`) replaced by a copy
+        (``clone``: the same values and graph in storage of its own, as Pixyz's next run computes them: a later
+        term that changes its copy in place, ``h.mul_(2)`` or an in-place ReLU, leaves the tensors an earlier
+        term's graph saved as they were)."""
         uses = self._uses
 
-        def alias(t: torch.Tensor) -> torch.Tensor:
+        def copied(t: torch.Tensor) -> torch.Tensor:
             known = uses.get(id(t))
             if known is None or known[0]() is not t:
                 return t
             base = t if known[1] is None else known[1]
-            new = base.view_as(base)
-            uses[id(new)] = (weakref.ref(new), base)
+            new = base.clone()
+            uses[id(new)] = (weakref.ref(new), base, _version_of(new))
             return new
-        return _swapped(value, alias)
+        return _swapped(value, copied)
 
     def _bases(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
-        """Whether a call's arguments hold a ``Deterministic``'s output or an alias of one (:meth:`_note_uses`),
-        and the arguments with each alias replaced by the tensor it stands for (``None`` where none is an
-        alias)."""
+        """Whether a call's arguments hold a ``Deterministic``'s output or a copy of one that a reuse handed on
+        (:meth:`_reused`), and the arguments with each such copy that is unchanged since replaced by the output it
+        copies (``None`` where none is one)."""
         uses = self._uses
         seen = [False, False]
 
@@ -994,7 +1024,7 @@ class MemoizeMessenger(Messenger):
             if known is None or known[0]() is not t:
                 return t
             seen[0] = True
-            if known[1] is None:
+            if known[1] is None or _version_of(t) != known[2]:  # (a copy changed in place: a value of its own)
                 return t
             seen[1] = True
             return known[1]
@@ -1038,7 +1068,7 @@ class MemoizeMessenger(Messenger):
                 return self._reused(hit)  # (a Deterministic reused: another use, new tensors as under Pixyz)
             return hit
         reads, bases = self._bases(args, kwargs) if self._uses and type(key) is tuple else (False, None)
-        if bases is not None:  # (aliases of reused Deterministic outputs: the pass given the tensors themselves
+        if bases is not None:  # (copies of reused Deterministic outputs: the pass given the tensors themselves
             key_of_bases, hit = self.lookup(module, *bases, shared_only=True)  # answers, unless it drew or
             if hit is not None:  # changed state: see _note_uses)
                 if logged:
@@ -1061,12 +1091,12 @@ class MemoizeMessenger(Messenger):
                 return value  # it drew random numbers, changed its input, its buffers (a batch norm's statistics,
                 # a spectral norm's power iteration), its weights or an attribute of its own (a count of its
                 # calls that its output reads): each use runs it again, as under Pixyz
-            if bases is not None:  # (shared by the other uses: stored as given the tensors the aliases stand for)
+            if bases is not None:  # (shared by the other uses: stored as given the tensors copied)
                 key, args, kwargs = key_of_bases, *bases
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))
             self._note_uses(value, module, (args, kwargs))
             return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
-        if reads:  # (a Deterministic's output, or an alias of one: see _note_uses) whether this pass draws or
+        if reads:  # (a Deterministic's output, or a copy of one: see _note_uses) whether this pass draws or
             marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))  # changes state
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):
             with _SiteSpy() as spy:  # (under Pyro handlers only: the SVI path, about 2 us per miss)

@@ -431,7 +431,8 @@ def strict_shapes(enabled: bool = True) -> Iterator[None]:
 
 
 def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_features: int,
-                        strict: bool | None = None, summed: bool = True) -> str | None:
+                        strict: bool | None = None, summed: bool = True,
+                        summed_dims: frozenset[int] | None = None) -> str | None:
     """Why a value of ``value_shape``, scored under parameters of full shape ``shape`` whose last ``n_features``
     dims are feature dims, would be silently broadcast into a wrong number, or ``None`` if it is scored as it should.
 
@@ -446,6 +447,10 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     caller compares the two shapes first. Not ``summed`` (``sum_features=False``: each element of the broadcast
     result is a score of its own), a value's feature dim of size 1 may broadcast too (log q(z_i|x_j) of every pair:
     ``z`` of shape ``[B, 1, Z]`` under parameters of ``[1, B, Z]``); a value that lacks dims still may not.
+    ``summed_dims``: the feature dims that are summed (``feature_dims``), as offsets from the right (1: the last);
+    the others are not summed. A value of two dims or more that has the trailing dims of the parameters exactly and
+    lacks only their leading feature dims (data ``[B, D]`` under a draw of ``sample_shape=[3, 2]``, read with one
+    batch dim: features ``[2, B, D]``) is scored under each of them, as Pixyz does (not when ``strict``).
 
     Examples
     --------
@@ -463,21 +468,21 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     vs, ps = tuple(value_shape), tuple(shape)
     n, m = len(vs), len(ps)
     nf = min(n_features, m)
+    if strict is None:
+        strict = STRICT_SHAPES[0]
     for i in range(1, nf + 1):  # feature dims, from the right
         p = ps[-i]
         if i > n:
-            if p != 1:
+            if p != 1 and (n < 2 or strict or vs != ps[m - n:]):  # (see above: leading dims of draws)
                 return f"it has no dim for the distribution's feature dim {m - i} of size {p}"
             continue
         v = vs[-i]
-        if v != p and p != 1 and (summed or v != 1):
+        if v != p and p != 1 and ((summed if summed_dims is None else i in summed_dims) or v != 1):
             return f"its dim {n - i} has size {v} where the distribution has {p} features"
         if p == 1 and v != 1 and n < m:  # the value lacks dims: its batch dim lines up with a feature dim of size 1
             return (f"it has {n} dims where the distribution has {m} (batch and features {ps[m - nf:]}), so its dim "
                     f"{n - i} of size {v} lines up with a feature dim of size 1 and each element would be scored "
                     f"against all {v} of them")
-    if strict is None:
-        strict = STRICT_SHAPES[0]
     if not strict:  # batch dims: torch's broadcasting, as Pixyz (a mismatch torch refuses is reported here)
         for i in range(nf + 1, min(n, m) + 1):
             v, p = vs[-i], ps[-i]

@@ -64,14 +64,14 @@ def _program(compile: bool) -> Callable[[], Any]:
     return program
 
 
-def test_a_nested_reuse_of_a_deterministic_trains_compiled_as_eagerly_and_as_under_pixyz(monkeypatch: Any) -> None:
+def test_a_nested_reuse_of_a_deterministic_trains_compiled_as_eagerly_and_as_under_pixyz() -> None:
     """Probe p359: eagerly, the outer entropy read the inner use's dropout mask (step losses 8.5771, 5.6901, 4.2643
     where Pixyz gives 8.8514, 5.3751, 4.3010), and the compiled model, whose traced steps run ``h`` at each use,
     gave a third series. Now the eager steps are Pixyz's and the compiled ones (with inductor's eager random
     numbers) the eager ones: losses, the batch norm's running mean, the parameters and the random stream after."""
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     ref = run_pixyz(_program(False))
     eager = run_pyro_dgm(_program(False))
-    compiled = run_pyro_dgm(_program(True))
+    with inductor_config.patch(fallback_random=True):
+        compiled = run_pyro_dgm(_program(True))
     assert_same(ref, eager)
     assert_same(eager, compiled, rtol=1e-4, atol=1e-5)

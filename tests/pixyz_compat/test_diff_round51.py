@@ -222,3 +222,65 @@ def test_strict_shapes_refuses_a_value_whose_batch_lines_up_with_a_size_one_feat
     h = q.fc(x)
     expected = torch.distributions.Normal(h[:, :1], h[:, 1:].exp()).log_prob(z).sum(-1)
     torch.testing.assert_close(right, expected)
+
+
+def test_feature_dims_leave_the_dims_outside_them_unsummed_as_under_pixyz() -> None:
+    """Probe p364: ``log q(z_i|x_j)`` of every pair (``z`` of shape ``(B, 1, Z)`` under parameters of
+    ``(1, B, Z)``, the minibatch-weighted estimates of beta-TCVAE) summed over the latent dim only
+    (``feature_dims=[-1]`` or ``[2]``) was refused as a feature broadcast, though only the dim that is not summed
+    broadcasts (``sum_features=False`` passed). Now each gives Pixyz's matrix, which is the pairs' hand-computed
+    log-densities."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        q = Normal(loc="m", scale="s", var=["z"], cond_var=["m", "s"])
+        m, s, z = torch.randn(1, 4, 3), torch.rand(1, 4, 3) + .5, torch.randn(4, 1, 3)
+        hand = torch.distributions.Normal(m, s).log_prob(z).sum(-1)
+        return hand, [q.get_log_prob({"z": z, "m": m, "s": s}, feature_dims=d) for d in ([-1], [2])]
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    for got in ours[1]:
+        torch.testing.assert_close(got, ours[0])
+
+
+def test_data_scored_under_draws_of_a_two_dim_sample_shape_gives_pixyzs_sums() -> None:
+    """Probe p364: ``p(x|z)`` scoring data ``x`` of ``(B, D)`` under ``z`` drawn with ``sample_shape=[3, 2]``
+    (``(3, 2, B, Z)``, read with one batch dim: features ``(2, B, D)``) was refused as lacking a feature dim of
+    size 2. Pixyz scores ``x`` under each draw and sums every dim after the first; so does the library now (a
+    one-dim ``sample_shape`` was taken already), equal to the hand-computed sums."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Bernoulli, Normal
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.f = nn.Linear(3, 2)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"loc": self.f(x), "scale": torch.ones(x.shape[:-1] + (2,))}
+
+        class P(Bernoulli):
+            def __init__(self) -> None:
+                super().__init__(var=["x"], cond_var=["z"], name="p")
+                self.f = nn.Linear(2, 3)
+
+            def forward(self, z: torch.Tensor) -> dict:
+                return {"probs": torch.sigmoid(self.f(z))}
+
+        q, p = Q(), P()
+        x = torch.bernoulli(torch.full((4, 3), .5))
+        out = []
+        for shape in ([2], [3, 2]):
+            z = q.sample({"x": x}, sample_shape=shape)["z"]
+            hand = torch.distributions.Bernoulli(probs=torch.sigmoid(p.f(z))).log_prob(x).flatten(1).sum(1)
+            out.append((p.get_log_prob({"z": z, "x": x}), hand.detach()))
+        return out
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    for got, hand in ours:
+        torch.testing.assert_close(got.detach(), hand)

@@ -1,7 +1,10 @@
 """Pyro-side findings of the fifty-first round (probe p361): a scalar pyro_dgm ``Bernoulli`` enumerated in a model
 by ``TraceEnum_ELBO`` gives the plain-Pyro twin's loss and gradients (what ``porting.md`` says), and observed data
-that carries a dim of Pyro's vectorized particles is refused naming that plate."""
+that carries a dim of Pyro's vectorized particles is refused naming that plate; values that ``poutine.condition``
+gives a site, and 0-dim data, are checked as observed values (probe p364)."""
 from __future__ import annotations
+
+import re
 
 import pyro
 import pyro.distributions as pdist
@@ -83,3 +86,44 @@ def test_observed_data_with_a_vectorized_particle_dim_is_refused_naming_the_plat
         pyro.set_rng_seed(0)
         values.append(Trace_ELBO(num_particles=3, max_plate_nesting=1).differentiable_loss(model, AutoNormal(model), x))
     torch.testing.assert_close(values[1], values[0])
+
+
+class PD(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.f = nn.Linear(2, 3)
+
+    def forward(self, z: torch.Tensor) -> dict:
+        return {"loc": self.f(z), "scale": torch.ones(z.shape[:-1] + (3,))}
+
+
+@pytest.mark.parametrize("shape", [(4, 1), (1, 1), (1,), ()])
+def test_a_conditioned_value_without_the_features_is_refused_as_an_observed_one(shape: tuple) -> None:
+    """Probe p364: a value that ``poutine.condition`` gives ``x`` (3 features) with a feature dim of size 1, or
+    none, was scored once per feature with no error (the site's log-density of ``(4, 1)`` was each ``x[b, 0]``
+    scored against all 3 features), where the same value given as data or to ``get_log_prob`` is refused. It is
+    refused now, naming the distribution, the variable and the expected shape; a value with the features is scored
+    as the plain-Pyro twin scores it."""
+    p = PD()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+    joint = p * prior
+    with pytest.raises(ShapeError, match=r"PD p\(x\|z\): the value of 'x' has shape " + re.escape(str(tuple(shape)))
+                       + r".*feature shape \(3,\)"):
+        pyro.poutine.trace(pyro.poutine.condition(joint.model, data={"x": torch.randn(shape)})).get_trace()
+    x = torch.randn(4, 3)
+    pyro.set_rng_seed(0)
+    trace = pyro.poutine.trace(pyro.poutine.condition(lambda: joint.model(batch_n=4), data={"x": x})).get_trace()
+    z = trace.nodes["z"]["value"]
+    expected = pdist.Normal(p.f(z), 1.).to_event(1).log_prob(x)
+    torch.testing.assert_close(trace.nodes["x"]["fn"].log_prob(x), expected)
+
+
+def test_a_zero_dim_observed_value_under_features_is_refused() -> None:
+    """Probe p364: ``joint.model(x=torch.tensor(0.7))`` with 3 features scored the number once per feature (the
+    site's log-density the hand score of 0.7 taken 3 times), where ``get_log_prob`` refuses it. Refused now,
+    naming the variable and the feature shape."""
+    p = PD()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+    with pytest.raises(ShapeError, match=r"the value of 'x' has shape \(\).*feature shape \(3,\).*no dim for the "
+                                         r"distribution's feature dim"):
+        pyro.poutine.trace((p * prior).model).get_trace(x=torch.tensor(0.7))
