@@ -284,3 +284,108 @@ def test_data_scored_under_draws_of_a_two_dim_sample_shape_gives_pixyzs_sums() -
     assert_same(ref, ours)
     for got, hand in ours:
         torch.testing.assert_close(got.detach(), hand)
+
+
+def test_a_deterministic_returning_a_named_tuple_hands_each_use_its_own_tensors() -> None:
+    """Probe p363: with ``h`` returning a named tuple (an RNN state's kind), the reuse handed ``q`` the first use's
+    tensors (only plain containers were copied), so the inner use of the nested loss shared the outer use's dropout
+    mask: loss 3.6234, ``q`` run once, where Pixyz gives 4.5238 and runs it twice. The named tuple's tensors are
+    copied now: the value, the gradient, the pass count and the random stream after are Pixyz's."""
+    def program() -> Any:
+        import collections
+
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Entropy, Expectation, KullbackLeibler
+
+        State = collections.namedtuple("State", "a b")
+        calls = []
+
+        class H(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.fc = nn.Linear(3, 3)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                a = self.fc(x)
+                return {"h": State(a, torch.tanh(a))}
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name="q")
+                self.fc, self.drop = nn.Linear(3, 2), nn.Dropout(0.5)
+
+            def forward(self, h: Any) -> dict:
+                calls.append(1)
+                o = self.drop(self.fc(h.a + h.b))
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q = H(), Q()
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        loss = Expectation(h, KullbackLeibler(q, prior) + Expectation(h, KullbackLeibler(q, prior))
+                           + Entropy(q)).mean()
+        v = loss.eval({"x": torch.randn(8, 3)})
+        return v.detach(), torch.autograd.grad(v, q.fc.weight)[0], len(calls), torch.rand(2)
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+def _two_uses_program(kind: str) -> Callable[[], Any]:
+    """``E_h[KL(q1|h)] + E_h[KL(q2|h)]`` where ``q2`` changes its copy of ``h`` in place (an in-place ReLU, or
+    ``detach_`` before a dropout), or ``h`` is sparse: Pixyz's second run of ``h`` gives each term tensors of its
+    own."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Expectation, KullbackLeibler
+
+        class H(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.fc = nn.Linear(3, 3)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                h = F.relu(self.fc(x)) if kind != "relu" else self.fc(x)
+                return {"h": h.to_sparse() if kind == "sparse" else h}
+
+        class Q(Normal):
+            def __init__(self, second: bool, name: str) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name=name)
+                self.w = nn.Parameter(torch.randn(3, 2))
+                self.second = second
+
+            def forward(self, h: torch.Tensor) -> dict:
+                if kind == "sparse":
+                    o = torch.sparse.mm(h, self.w)
+                elif kind == "relu" and self.second:
+                    o = F.relu(h, inplace=True) @ self.w
+                elif kind == "detach" and self.second:
+                    h.detach_()
+                    o = F.dropout(h @ self.w, 0.3)
+                else:
+                    o = h @ self.w
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q1, q2 = H(), Q(False, "q1"), Q(True, "q2")
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        loss = (Expectation(h, KullbackLeibler(q1, prior)) + Expectation(h, KullbackLeibler(q2, prior))).mean()
+        v = loss.eval({"x": torch.randn(4, 3)})
+        return v.detach(), list(torch.autograd.grad(v, [h.fc.weight, q1.w, q2.w], allow_unused=True))
+    return program
+
+
+@pytest.mark.parametrize("kind", ["relu", "detach", "sparse"])
+def test_a_later_uses_in_place_change_or_a_sparse_output_of_a_reused_deterministic_as_under_pixyz(kind: str
+                                                                                                   ) -> None:
+    """Probe p363: the second use's in-place ReLU changed the tensor the first term's graph had saved (backward
+    raised "modified by an inplace operation", at the session's start too), ``detach_`` of a view raised, and a
+    sparse output could not be viewed. Each use gets a copy now: the loss and the gradients are Pixyz's (the
+    unused gradients, ``None``, alike)."""
+    ref, ours = run_both(_two_uses_program(kind))
+    assert_same(ref, ours)
