@@ -26,7 +26,7 @@ from torch.distributions import constraints
 
 from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, BoundForward, CallState, draw_factors
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
-from pyro_dgm.distributions.unreparameterized import unreparameterized
+from pyro_dgm.distributions.unreparameterized import plain_sample, unreparameterized
 from pyro_dgm.distributions import overrides
 from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, data_plate,
                                            given_event_dim, ignores_sites, mark_own_observed, outer_plates_ndim,
@@ -1819,7 +1819,7 @@ class Distribution(YieldingModule):
         # what pyro.sample does when no handler is active (or only ones that ignore sample sites, see ignores_sites)
         if ctx.reparam:
             return fn.rsample() if fn.has_rsample else fn.sample()
-        return fn.sample()
+        return plain_sample(fn)
 
     def _dgm_pyro_sample(self, name: str, fn: Any, **kwargs: Any) -> Tensor:
         """``pyro.sample(name, fn, **kwargs)``; Pyro's bare error for a second site of one name names this

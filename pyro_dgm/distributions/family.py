@@ -29,6 +29,7 @@ from pyro_dgm.distributions.overrides import current_of, sets_dist, unshadow
 from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adopt, pyro_class, reduce_made
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
+from pyro_dgm.distributions.unreparameterized import plain_sample
 from pyro_dgm.utils.checks import (STRICT_SHAPES, ArgumentError, DeviceError, DimensionError, DTypeError,
                                    NoClosedFormError, NotATensorError, NotBinaryError, NotOneHotError, OutOfRangeError,
                                    ShapeError, clearer, describe, LayoutError, dtype_matter, param_dtype_error,
@@ -42,6 +43,15 @@ from pyro_dgm.utils.versions import version
 from pyro_dgm.utils.compat import is_compiling, transformed
 
 __all__ = ["DistributionBase"]
+
+
+def _lacks_features(shape: torch.Size, event_shape: torch.Size) -> bool:
+    """Whether a value of ``shape`` lacks features of ``event_shape`` that torch would broadcast it over: a trailing
+    dim of size 1 (or none) where the event has more."""
+    k = len(event_shape)
+    tail = (1,) * max(k - len(shape), 0) + tuple(shape[max(len(shape) - k, 0):])
+    return tail != tuple(event_shape) and all(v == 1 or v == e for v, e in zip(tail, event_shape))
+
 
 def _call_builder(self: Any, *args: Any, **kwargs: Any) -> Any:
     return self._dgm_owner._dgm_site_dist(*args, **kwargs)
@@ -1183,7 +1193,8 @@ class DistributionBase(Distribution):
                 fn = base.to_event(ev) if ev > 0 else base
                 # seeded_call: from the generator of pyro_dgm.utils.generator(...), if one is set
                 try:
-                    value = seeded_call(self, fn.rsample if ctx.reparam and fn.has_rsample else fn.sample,
+                    value = seeded_call(self, fn.rsample if ctx.reparam and fn.has_rsample
+                                        else functools.partial(plain_sample, fn),
                                         ctx.sample_shape)
                 except (RuntimeError, NotImplementedError, TypeError) as e:  # (torch's sampler refused a parameter:
                 # probs of 1.5, unvalidated; an integer one)
@@ -1229,9 +1240,10 @@ class DistributionBase(Distribution):
                 # probs of 1.5, unvalidated; an integer one)
                 self._dgm_draw_error(e, base, name)
             ev = fn.event_shape
-            if (x is None and ev and isinstance(value, Tensor) and value.shape[max(value.dim() - len(ev), 0):] != ev
-                    and not self._dgm_user_log_prob and not torch.jit.is_tracing()):  # a value that a handler gave
-                # the site (poutine.condition, replay) without the features: checked as an observed one
+            if (x is None and ev and isinstance(value, Tensor) and not torch.jit.is_tracing()
+                    and not self._dgm_user_log_prob and _lacks_features(value.shape, ev)):  # a value that a handler
+                # gave the site (poutine.condition, replay) whose features torch's validation would broadcast (size
+                # 1, or none): checked as an observed one (other sizes: Pyro's trace refuses them under validation)
                 self._dgm_check_value(name, value.shape, fn.batch_shape + ev, len(ev))
             if (isinstance(value, Tensor) and not value.is_floating_point() and not self._dgm_user_log_prob
                     and (value.dtype == torch.bool or (fn._validate_args and _one_hot_support(fn))

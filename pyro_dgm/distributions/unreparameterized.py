@@ -80,3 +80,28 @@ def unreparameterized(fn: Any) -> Any:
         return out
     out.__class__ = _subclass(type(fn), "score")
     return out
+
+
+def _normal_based(fn: Any) -> bool:
+    """Whether ``fn`` draws through a ``torch.distributions.Normal`` (itself, or its base: ``Independent``, an
+    expanded or transformed one)."""
+    for _ in range(8):
+        if isinstance(fn, torch.distributions.Normal):
+            return True
+        fn = getattr(fn, "base_dist", None)
+        if fn is None:
+            return False
+    return False
+
+
+def plain_sample(fn: Any, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+    """``fn.sample(sample_shape)``: a draw without a graph. While ``torch.compile`` traces, a Normal's is
+    ``fn.rsample(sample_shape).detach()``, the same numbers from the same random stream in eager code: inductor
+    merged two ``torch.normal(loc, scale)`` calls of the same parameters in one training graph into one, so an
+    ``Expectation`` of ``reparam=False`` over two samples drew one (probe p369; torch 2.13)."""
+    if fn.has_rsample and _normal_based(fn):
+        from pyro_dgm.utils.compat import is_compiling
+
+        if is_compiling():
+            return fn.rsample(sample_shape).detach()
+    return fn.sample(sample_shape)

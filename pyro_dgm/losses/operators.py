@@ -358,8 +358,8 @@ class PowLoss(LossOperator):
     --------
     >>> from pyro_dgm.losses import Parameter
     >>> x = Parameter("x")
-    >>> print((x ** 2).latex, "|", ((x + 1) ** 2).latex, "|", (2 ** x).latex)
-    x^{2} | \left(x + 1\right)^{2} | 2^{x}
+    >>> print((x ** 2).latex, "|", ((x + 1) ** 2).latex, "|", (2 ** x).latex, "|", ((x ** 2) ** 3).latex)
+    x^{2} | \left(x + 1\right)^{2} | 2^{x} | \left(x^{2}\right)^{3}
     >>> float(((x + 1) ** 2).eval({"x": 2.}))
     9.0
     """
@@ -372,7 +372,9 @@ class PowLoss(LossOperator):
 
     @property
     def latex(self) -> str:
-        return f"{_wrap(self.loss1, PREC_ATOM)}^{{{self.loss2.latex}}}"
+        base = self.loss1  # (a power as the base is parenthesized too: a^{b}^{c} is no formula)
+        text = _paren(base.latex) if isinstance(base, PowLoss) else _wrap(base, PREC_ATOM)
+        return f"{text}^{{{self.loss2.latex}}}"
 
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         v1, v2, s = self._dgm_both(x_dict, kwargs)

@@ -399,6 +399,8 @@ class Replicated:
         self._covered: dict[str, Tensor] = {}
         self._extra: list[nn.Module] = []  # modules with buffers that ran in a call that covered new parameters,
         # not among the networks (see _run): their buffers are copied from rank 0 too
+        self.watched: Any = None  # a Model's WatchedBuffers (losses.steps): the buffers of the networks its loss
+        # reads without training them (a discriminator, a fixed encoder) are copied from rank 0 too
         self._store: Any = None
         self._seen = -1
         self.ddp: nn.Module | None = None
@@ -434,12 +436,18 @@ class Replicated:
         self.sync_buffers()  # DDP copies rank 0's buffers only with broadcast_buffers=True
 
     def sync_buffers(self) -> None:
-        """Copy rank 0's buffers of the networks (and of the modules found by :meth:`_run`) to every process (a
-        no-op for networks without buffers)."""
+        """Copy rank 0's buffers of the networks (of the modules found by :meth:`_run`, and those of
+        :attr:`watched`) to every process (a no-op for networks without buffers)."""
         buffers = [b for b in self.networks.buffers()]
-        if self._extra:
+        extra = [b for m in self._extra for b in m.buffers()]
+        if self.watched is not None:
+            extra += [m._buffers[n] for m, n, _ in self.watched.pairs if n in m._buffers]
+        if extra:
             known = {id(b) for b in buffers}
-            buffers += [b for m in self._extra for b in m.buffers() if id(b) not in known and not known.add(id(b))]
+            for b in extra:
+                if b is not None and id(b) not in known:
+                    known.add(id(b))
+                    buffers.append(b)
         if buffers:
             broadcast_coalesced(buffers)
 
@@ -513,17 +521,20 @@ class Replicated:
                 after = _rng_state()  # what one process's generator holds after the call (initial values drawn)
                 self._cover(new)
                 _set_rng_state(state)
-                ran: dict[int, tuple[nn.Module, list[tuple[Tensor, Tensor]]]] = {}
+                ran: dict[int, tuple[nn.Module, list[tuple[str, Tensor, Tensor]]]] = {}
                 with _noting_buffers(ran):
                     out = self._forward(fn, args, kwargs)
                 _set_rng_state(after)  # the second run does not draw the initial values again, nor update the
                 known = {id(b) for b in self.networks.buffers()}  # buffers again (a batch norm's statistics)
                 with torch.no_grad():
                     for module, first in ran.values():
-                        for b, value in first:
-                            b.data.copy_(value)  # (not counted as a change: the second run's graph saved them;
-                            # a training batch norm's backward reads its batch statistics, not these)
-                        if any(id(b) not in known for b, _ in first) and all(m is not module for m in self._extra):
+                        for name, b, value in first:
+                            if module._buffers.get(name) is b:
+                                b.data.copy_(value)  # (not counted as a change: the second run's graph saved
+                                # them; a training batch norm's backward reads its batch statistics, not these)
+                            else:  # (rebound by the second run, self.avg = ...: the first run's value)
+                                module._buffers[name] = value
+                        if any(id(b) not in known for _, b, _ in first) and all(m is not module for m in self._extra):
                             self._extra.append(module)
         return out
 
@@ -688,7 +699,7 @@ class _noting_buffers:
 
     def _hook(self, module: nn.Module, args: Any) -> None:
         if module._buffers and id(module) not in self.ran:
-            self.ran[id(module)] = (module, [(b, b.detach().clone()) for b in module._buffers.values()
+            self.ran[id(module)] = (module, [(n, b, b.detach().clone()) for n, b in module._buffers.items()
                                              if b is not None])
 
     def __enter__(self) -> None:

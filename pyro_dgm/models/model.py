@@ -966,6 +966,8 @@ class Model:
             watched = self._dgm_net_buffers = WatchedBuffers(self.distributions, *loss_networks(self.loss_cls),
                                                              *loss_plain_networks(self.loss_cls))
         buffers = watched.take()
+        if self._dgm_ddp is not None:  # (under torch.distributed: these buffers are rank 0's after the step too)
+            self._dgm_ddp.watched = watched
         rng = StepRandomState()
         pyro_side = _PyroSideState(self) if self._dgm_pyro_terms else None
         try:

@@ -234,6 +234,38 @@ def _swapped(a: Any, swap: Callable[[torch.Tensor], torch.Tensor], depth: int = 
     return a
 
 
+#: values that hold no tensor (what a Deterministic's output may hold besides tensors and containers)
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device)
+
+
+def _opaque(a: Any, depth: int = 0) -> bool:
+    """Whether a ``Deterministic``'s output ``a`` holds something a reuse cannot hand on as a copy
+    (:meth:`MemoizeMessenger._reused`): an object of another kind (a user's class with tensor attributes), a tuple
+    subclass that cannot be rebuilt from its items (its own ``__new__``), containers nested deeper than
+    :func:`_swapped` looks, or a tensor with gradient hooks (``register_hook``, ``retain_grad``: Pixyz's run at each
+    use registers them on each use's tensor, which each use's gradient reaches alone). Such a ``Deterministic``
+    runs at every use, as under Pixyz."""
+    if isinstance(a, torch.Tensor):
+        return bool(a._backward_hooks) or (a.requires_grad and a.retains_grad)
+    if isinstance(a, _PLAIN) or type(a).__module__ == "numpy":
+        return False
+    if depth >= 8:
+        return isinstance(a, (tuple, list, dict))
+    if isinstance(a, dict):
+        return any(_opaque(v, depth + 1) for v in a.values())
+    if isinstance(a, (tuple, list)):
+        kind = type(a)
+        if kind is not tuple and kind is not list and not hasattr(kind, "_make"):
+            try:
+                again = kind(list(a))
+            except Exception:
+                return True
+            if len(again) != len(a) or any(x is not y for x, y in zip(again, a)):
+                return True
+        return any(_opaque(v, depth + 1) for v in a)
+    return True
+
+
 def _version_of(t: torch.Tensor) -> int | None:
     """``t._version``, or ``None`` for an inference tensor (which has none, and cannot be changed in place outside
     ``torch.inference_mode``)."""
@@ -1091,6 +1123,8 @@ class MemoizeMessenger(Messenger):
                 return value  # it drew random numbers, changed its input, its buffers (a batch norm's statistics,
                 # a spectral norm's power iteration), its weights or an attribute of its own (a count of its
                 # calls that its output reads): each use runs it again, as under Pixyz
+            if _opaque(value):  # (its output cannot be handed on as copies: it runs at each use, as under Pixyz)
+                return value
             if bases is not None:  # (shared by the other uses: stored as given the tensors copied)
                 key, args, kwargs = key_of_bases, *bases
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))

@@ -448,9 +448,7 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     result is a score of its own), a value's feature dim of size 1 may broadcast too (log q(z_i|x_j) of every pair:
     ``z`` of shape ``[B, 1, Z]`` under parameters of ``[1, B, Z]``); a value that lacks dims still may not.
     ``summed_dims``: the feature dims that are summed (``feature_dims``), as offsets from the right (1: the last);
-    the others are not summed. A value of two dims or more that has the trailing dims of the parameters exactly and
-    lacks only their leading feature dims (data ``[B, D]`` under a draw of ``sample_shape=[3, 2]``, read with one
-    batch dim: features ``[2, B, D]``) is scored under each of them, as Pixyz does (not when ``strict``).
+    the others are not summed.
 
     Examples
     --------
@@ -473,8 +471,14 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     for i in range(1, nf + 1):  # feature dims, from the right
         p = ps[-i]
         if i > n:
-            if p != 1 and (n < 2 or strict or vs != ps[m - n:]):  # (see above: leading dims of draws)
-                return f"it has no dim for the distribution's feature dim {m - i} of size {p}"
+            if p != 1:
+                why = f"it has no dim for the distribution's feature dim {m - i} of size {p}"
+                if n >= 2 and vs == ps[m - n:]:  # (data [B, D] under draws of sample_shape=[3, 2], features
+                    # [2, B, D]; or an image of one channel under three: the shapes cannot tell them apart)
+                    why += (" (if the parameters' leading dims are the sample dims of an input drawn with a "
+                            "sample_shape of several dims, which an input given from outside is read with one of, "
+                            "give that input with one sample dim: z.flatten(0, 1))")
+                return why
             continue
         v = vs[-i]
         if v != p and p != 1 and ((summed if summed_dims is None else i in summed_dims) or v != 1):

@@ -4,7 +4,12 @@
   parameter), and a batch norm in its network updated its running statistics at both runs (``num_batches_tracked``
   2 after one step; WRONG, silent);
 - ``DistributedELBO`` over Pyro's ``Trace_ELBO`` with a network that the model registers with ``pyro.module`` never
-  copied that network's buffers from rank 0, so the processes' batch-norm statistics drifted apart (WRONG, silent).
+  copied that network's buffers from rank 0, so the processes' batch-norm statistics drifted apart (WRONG, silent);
+
+and probe p368's: buffers that the network rebinds were updated twice at that step (the fix restored the old
+objects), and the buffers of networks the loss reads without training them (a distribution left out of
+``distributions``, a GAN's discriminator run by the generator's step) were never copied from rank 0, so ``test``
+gave each process another number (WRONG, silent).
 
 References: one process (plain Pyro for the SVI scenario) stepping on rank 0's rows, whose buffers the processes
 keep (``design.md``); every process holds the same buffers.
@@ -65,3 +70,35 @@ def test_a_pyro_module_networks_buffers_are_rank_zeros_on_every_process(ranks: l
         for k, v in ranks[0]["svi"][step].items():
             torch.testing.assert_close(ranks[1]["svi"][step][k], v, rtol=0, atol=0)
     assert int(ranks[0]["svi"][2]["1.num_batches_tracked"]) == 3
+
+
+@needs_gloo
+def test_buffers_that_the_network_rebinds_are_updated_once_at_the_first_step(ranks: list[dict]) -> None:
+    """``self.avg = 0.5 * self.avg + 0.5 * mean`` at the step that runs twice: one update, as one process on rank 0's
+    rows (before: count 2, avg [-0.552, ...] against [-0.368, ...])."""
+    import ddp_round10_worker as worker
+
+    expected = worker.ema_step(slice(0, 4))
+    for r in (0, 1):
+        assert int(ranks[r]["ema"]["count"]) == 1
+        torch.testing.assert_close(ranks[r]["ema"]["avg"], expected["avg"], rtol=1e-5, atol=1e-6)
+
+
+@needs_gloo
+@pytest.mark.parametrize("scenario", ["untrained", "gan"])
+def test_the_buffers_of_networks_the_loss_reads_are_rank_zeros_on_every_process(ranks: list[dict],
+                                                                                 scenario: str) -> None:
+    """A distribution the loss reads that ``distributions`` leaves out, and a GAN's discriminator (which the
+    generator's step runs in training mode on each process's rows): the same buffers on both processes after the
+    steps, and the same test loss of the same batch (before: rank 0 [0.025, 0.156, ...] and rank 1 [0.213, 0.344,
+    ...]; the GAN's test 1.1703 against 1.1657). For the untrained distribution they are one process's on rank 0's
+    rows."""
+    import ddp_round10_worker as worker
+
+    for k, v in ranks[0][scenario][0].items():
+        torch.testing.assert_close(ranks[1][scenario][0][k], v, rtol=0, atol=0)
+    assert ranks[0][scenario][1] == ranks[1][scenario][1]
+    if scenario == "untrained":
+        expected = worker.untrained_steps(slice(0, 4))[0]
+        for k in ("1.running_mean", "1.running_var"):
+            torch.testing.assert_close(ranks[0][scenario][0][k], expected[k], rtol=1e-5, atol=1e-6)

@@ -245,11 +245,9 @@ def test_feature_dims_leave_the_dims_outside_them_unsummed_as_under_pixyz() -> N
         torch.testing.assert_close(got, ours[0])
 
 
-def test_data_scored_under_draws_of_a_two_dim_sample_shape_gives_pixyzs_sums() -> None:
-    """Probe p364: ``p(x|z)`` scoring data ``x`` of ``(B, D)`` under ``z`` drawn with ``sample_shape=[3, 2]``
-    (``(3, 2, B, Z)``, read with one batch dim: features ``(2, B, D)``) was refused as lacking a feature dim of
-    size 2. Pixyz scores ``x`` under each draw and sums every dim after the first; so does the library now (a
-    one-dim ``sample_shape`` was taken already), equal to the hand-computed sums."""
+def _draws_program(shape: list[int]) -> Callable[[], Any]:
+    """``p(x|z)`` scoring data ``x`` of ``(B, D)`` under ``z`` drawn from ``q(z|x)`` with ``sample_shape``, and the
+    hand-computed sum of every dim after the first (Pixyz's)."""
     def program() -> Any:
         import torch
         from torch import nn
@@ -274,16 +272,43 @@ def test_data_scored_under_draws_of_a_two_dim_sample_shape_gives_pixyzs_sums() -
 
         q, p = Q(), P()
         x = torch.bernoulli(torch.full((4, 3), .5))
-        out = []
-        for shape in ([2], [3, 2]):
-            z = q.sample({"x": x}, sample_shape=shape)["z"]
-            hand = torch.distributions.Bernoulli(probs=torch.sigmoid(p.f(z))).log_prob(x).flatten(1).sum(1)
-            out.append((p.get_log_prob({"z": z, "x": x}), hand.detach()))
-        return out
-    ref, ours = run_both(program)
+        z = q.sample({"x": x}, sample_shape=shape)["z"]
+        hand = torch.distributions.Bernoulli(probs=torch.sigmoid(p.f(z))).log_prob(x).flatten(1).sum(1)
+        return p.get_log_prob({"z": z, "x": x}), hand.detach(), p.get_log_prob({"z": z.flatten(0, len(shape) - 1),
+                                                                                 "x": x})
+    return program
+
+
+def test_data_scored_under_draws_of_a_sample_shape_as_pixyz_or_refused_with_the_way_out() -> None:
+    """Probe p364: data ``x`` of ``(B, D)`` under ``z`` drawn with ``sample_shape=[2]`` is scored as Pixyz scores it
+    (each draw's sum, hand-computed). With ``sample_shape=[3, 2]`` (read with one batch dim: features
+    ``(2, B, D)``) the value lacks a leading feature dim, which the shapes cannot tell from an image of one channel
+    under three (probe p367: each pixel would be scored three times), so it is refused as before (Pixyz scores it:
+    ``porting.md``), and the message says to give ``z`` one sample dim; ``z.flatten(0, 1)`` gives the six draws'
+    sums."""
+    ref, ours = run_both(_draws_program([2]))
     assert_same(ref, ours)
-    for got, hand in ours:
-        torch.testing.assert_close(got.detach(), hand)
+    torch.testing.assert_close(ours[0].detach(), ours[1])
+    from pyro_dgm.utils.checks import ShapeError
+    with pytest.raises(ShapeError, match=r"P p\(x\|z\): the value of 'x' has shape \(4, 3\).*no dim for the "
+                                         r"distribution's feature dim 1 of size 2.*z.flatten\(0, 1\)"):
+        run_pyro_dgm(_draws_program([3, 2]))
+    ref = run_pixyz(_draws_program([3, 2]))
+    torch.testing.assert_close(ref[0].detach(), ref[1])
+
+
+def test_a_value_lacking_a_real_leading_feature_dim_is_refused() -> None:
+    """Probe p367: an image of one channel, ``(H, W)`` or ``(1, H, W)``, under a distribution of three channels
+    (``features_shape=[3, H, W]``): Pixyz scores each pixel three times (the hand-computed sum over the broadcast
+    channels), here it is refused, naming the variable and the missing dim."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import ShapeError
+
+    loc = torch.randn(4, 3, 2, 5)
+    p = Normal(loc="m", scale=torch.tensor(1.), var=["x"], cond_var=["m"], features_shape=[3, 2, 5])
+    for value in (torch.randn(2, 5), torch.randn(1, 2, 5)):
+        with pytest.raises(ShapeError, match=r"the value of 'x' has shape \((1, )?2, 5\)"):
+            p.get_log_prob({"m": loc, "x": value})
 
 
 def test_a_deterministic_returning_a_named_tuple_hands_each_use_its_own_tensors() -> None:
@@ -388,4 +413,89 @@ def test_a_later_uses_in_place_change_or_a_sparse_output_of_a_reused_determinist
     sparse output could not be viewed. Each use gets a copy now: the loss and the gradients are Pixyz's (the
     unused gradients, ``None``, alike)."""
     ref, ours = run_both(_two_uses_program(kind))
+    assert_same(ref, ours)
+
+
+def _held_program(kind: str) -> Callable[[], Any]:
+    """``h``'s output in a container a copy cannot be made of (a user's object, a tuple subclass with its own
+    ``__new__``, tuples nested nine deep), or with a gradient hook (per-use gradient clipping), read by two uses
+    with ``q`` (dropout) after it."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Entropy, Expectation, KullbackLeibler
+
+        class Obj:
+            def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+                self.a, self.b = a, b
+
+        class Pair(tuple):
+            def __new__(cls, a: torch.Tensor, b: torch.Tensor) -> "Pair":
+                return super().__new__(cls, (a, b))
+
+        hooks, calls = [], []
+
+        def wrap(a: torch.Tensor) -> Any:
+            if kind == "object":
+                return Obj(a, torch.tanh(a))
+            if kind == "tuple_subclass":
+                return Pair(a, torch.tanh(a))
+            if kind == "deep":
+                out: Any = a
+                for _ in range(9):
+                    out = (out,)
+                return out
+            if a.requires_grad:
+                a.register_hook(lambda g: (hooks.append(1), g.clamp(-0.01, 0.01))[1])
+            return a
+
+        def unwrap(h: Any) -> torch.Tensor:
+            if kind in ("object",):
+                return h.a + h.b
+            if kind == "tuple_subclass":
+                return h[0] + h[1]
+            if kind == "deep":
+                for _ in range(9):
+                    h = h[0]
+            return h
+
+        class H(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.fc = nn.Linear(3, 3)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"h": wrap(self.fc(x))}
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name="q")
+                self.fc, self.drop = nn.Linear(3, 2), nn.Dropout(0.5)
+
+            def forward(self, h: Any) -> dict:
+                calls.append(1)
+                o = self.drop(self.fc(unwrap(h)))
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q = H(), Q()
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        loss = Expectation(h, KullbackLeibler(q, prior) + Expectation(h, KullbackLeibler(q, prior))
+                           + Entropy(q)).mean()
+        v = loss.eval({"x": torch.randn(8, 3)})
+        grads = torch.autograd.grad(v, [h.fc.weight, q.fc.weight])
+        return v.detach(), list(grads), len(calls), len(hooks), torch.rand(2)
+    return program
+
+
+@pytest.mark.parametrize("kind", ["object", "tuple_subclass", "deep", "hook"])
+def test_a_deterministic_whose_output_cannot_be_copied_or_has_hooks_runs_at_each_use(kind: str) -> None:
+    """Probe p367: a reuse handed every use the same tensors where they sit in a container a copy cannot be made of
+    (``q``'s dropout mask shared: loss 4.6729 where Pixyz gives 5.1186), and the copies of a tensor with a gradient
+    hook sent the uses' summed gradient through the hook once (``h``'s weight gradient -0.0240 where Pixyz's
+    per-use clipping gives -0.0668). Such a ``Deterministic`` runs at each use now, as under Pixyz: the value,
+    both networks' gradients, the pass and hook counts and the random stream after are Pixyz's."""
+    ref, ours = run_both(_held_program(kind))
     assert_same(ref, ours)
