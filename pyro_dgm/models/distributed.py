@@ -401,6 +401,8 @@ class Replicated:
         # not among the networks (see _run): their buffers are copied from rank 0 too
         self.watched: Any = None  # a Model's WatchedBuffers (losses.steps): the buffers of the networks its loss
         # reads without training them (a discriminator, a fixed encoder) are copied from rank 0 too
+        self.taken: Any = None  # what its take() found at the start of the training step being taken (or None):
+        # put back before a second run of the step (see _run)
         self._store: Any = None
         self._seen = -1
         self.ddp: nn.Module | None = None
@@ -521,6 +523,12 @@ class Replicated:
                 after = _rng_state()  # what one process's generator holds after the call (initial values drawn)
                 self._cover(new)
                 _set_rng_state(state)
+                taken, restored = self.taken, set()
+                if taken:  # (a Model's step: its networks' buffers as the step found them, so that the second
+                    from pyro_dgm.losses.steps import restore_buffers  # run computes with them and updates them once)
+
+                    restore_buffers(taken)
+                    restored = {(id(m), n) for m, n, _, values in taken if values is not None}
                 ran: dict[int, tuple[nn.Module, list[tuple[str, Tensor, Tensor]]]] = {}
                 with _noting_buffers(ran):
                     out = self._forward(fn, args, kwargs)
@@ -529,6 +537,8 @@ class Replicated:
                 with torch.no_grad():
                     for module, first in ran.values():
                         for name, b, value in first:
+                            if (id(module), name) in restored:
+                                continue  # (put back before the second run, which updated it once)
                             if module._buffers.get(name) is b:
                                 b.data.copy_(value)  # (not counted as a change: the second run's graph saved
                                 # them; a training batch norm's backward reads its batch statistics, not these)

@@ -966,8 +966,9 @@ class Model:
             watched = self._dgm_net_buffers = WatchedBuffers(self.distributions, *loss_networks(self.loss_cls),
                                                              *loss_plain_networks(self.loss_cls))
         buffers = watched.take()
-        if self._dgm_ddp is not None:  # (under torch.distributed: these buffers are rank 0's after the step too)
-            self._dgm_ddp.watched = watched
+        ddp = self._dgm_ddp
+        if ddp is not None:  # (under torch.distributed: these buffers are rank 0's after the step too, and a step
+            ddp.watched, ddp.taken = watched, buffers  # run twice runs the second time from them)
         rng = StepRandomState()
         pyro_side = _PyroSideState(self) if self._dgm_pyro_terms else None
         try:
@@ -986,6 +987,8 @@ class Model:
                 self._dgm_rng_lost = lost  # Model.save warns (until the next step)
             raise
         finally:  # a Ctrl-C (or a timer's handler) that came while the optimizer stepped: raised now, after the step
+            if ddp is not None:
+                ddp.taken = None
             _SIGNALS.release(self)
 
     def _dgm_step(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:

@@ -1031,15 +1031,35 @@ class MemoizeMessenger(Messenger):
         """A reused ``Deterministic``'s value with each tensor its pass made (:meth:`_note_uses`) replaced by a copy
         (``clone``: the same values and graph in storage of its own, as Pixyz's next run computes them: a later
         term that changes its copy in place, ``h.mul_(2)`` or an in-place ReLU, leaves the tensors an earlier
-        term's graph saved as they were)."""
+        term's graph saved as they were). Outputs that share memory share it in the copies, as in Pixyz's run: one
+        tensor under two names is one copy, and views of one tensor (``h`` and ``h[:, :2]``) are views of its
+        copy."""
         uses = self._uses
+        made: dict[int, torch.Tensor] = {}  # id of a tensor the pass made (or of a view's base) -> its copy
+
+        def copy_of(t: torch.Tensor) -> torch.Tensor:
+            new = made.get(id(t))
+            if new is None:
+                root = t._base
+                if root is not None and t.layout is torch.strided and not t.is_nested:
+                    copied_root = made.get(id(root))
+                    if copied_root is None:
+                        copied_root = made[id(root)] = root.clone(memory_format=torch.preserve_format)
+                    if copied_root.stride() == root.stride():  # (a view of the copy of its base)
+                        new = copied_root.as_strided(t.size(), t.stride(),
+                                                     t.storage_offset() - root.storage_offset()
+                                                     + copied_root.storage_offset())
+                if new is None:
+                    new = t.clone()
+                made[id(t)] = new
+            return new
 
         def copied(t: torch.Tensor) -> torch.Tensor:
             known = uses.get(id(t))
             if known is None or known[0]() is not t:
                 return t
             base = t if known[1] is None else known[1]
-            new = base.clone()
+            new = copy_of(base)
             uses[id(new)] = (weakref.ref(new), base, _version_of(new))
             return new
         return _swapped(value, copied)

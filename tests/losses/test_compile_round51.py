@@ -111,12 +111,11 @@ def test_two_draws_without_reparameterization_stay_two_when_compiled() -> None:
     """Probe p369: compiled, ``Expectation(q, ..., sample_shape=[2], reparam=False)`` drew one value twice from
     the second step on (inductor merged the two ``torch.normal(loc, scale)`` calls of one training graph; torch
     2.13): step losses -1.0476, -1.7873 where eagerly they are -1.4125, -1.1693, and the random stream after was
-    shorter. A Normal's draw without a graph is ``rsample().detach()`` while compiling now: with inductor's
-    ``fallback_random`` (torch's kernels draw the random numbers) the compiled steps' losses, the trained bias and
-    the random numbers after are the eager ones."""
+    shorter. A Normal's draw without a graph is ``rsample().detach()`` while compiling now: the compiled steps'
+    losses, the trained bias and the random numbers after are the eager ones (inductor leaves these draws to
+    torch's kernels, which take the eager random stream: no ``fallback_random`` needed)."""
     eager = _expectation_run(False)
-    with inductor_config.patch(fallback_random=True):
-        compiled = _expectation_run(True)
+    compiled = _expectation_run(True)
     assert_same(list(eager), list(compiled), rtol=1e-5, atol=1e-6)
 
 

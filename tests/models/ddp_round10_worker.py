@@ -8,7 +8,8 @@ network holding a ``BatchNorm1d`` (momentum 0.5):
 
 and probe p368's three:
 
-- ``ema``: as ``model``, with a network whose forward rebinds its buffers (``self.avg = 0.5 * self.avg + ...``);
+- ``ema``: as ``model``, with a network whose forward rebinds its buffers (``self.avg = 0.5 * self.avg + ...``)
+  and reads them after (``y - self.avg``); ``ema_same``: the same with rank 0's rows on both processes;
 - ``untrained``: a distribution ``q`` with a batch norm that the loss reads but ``distributions=[p]`` leaves out;
 - ``gan``: a ``GAN`` with a batch norm in the generator and in the discriminator, one ``train``.
 
@@ -102,13 +103,14 @@ def model_step(rows: slice) -> dict[str, torch.Tensor]:
 
 
 def ema_step(rows: slice) -> dict[str, torch.Tensor]:
+    """One step; the buffers, the loss (``"loss"``) and the trained weights (``"lin.*"``)."""
     torch.manual_seed(0)
     pyro.clear_param_store()
     p = PE()
     model = Model((-p.log_prob()).mean() + Bias().mean(), distributions=[p], optimizer=torch.optim.SGD,
                   optimizer_params={"lr": 0.05})
-    model.train({"x": X8[rows], "y": Y8[rows]})
-    return buffers(p.ema)
+    loss = model.train({"x": X8[rows], "y": Y8[rows]})
+    return {**buffers(p.ema), "loss": loss.detach().clone(), **{f"lin.{k}": v for k, v in buffers(p.lin).items()}}
 
 
 def untrained_steps(rows: slice) -> tuple[dict[str, torch.Tensor], float]:
@@ -179,7 +181,7 @@ def main() -> None:
     dist_utils.setup_from_env()
     r = dist_utils.rank()
     rows = slice(4 * r, 4 * r + 4)
-    out = {"model": model_step(rows), "svi": svi_steps(rows, True), "ema": ema_step(rows),
+    out = {"model": model_step(rows), "svi": svi_steps(rows, True), "ema": ema_step(rows), "ema_same": ema_step(slice(0, 4)),
            "untrained": untrained_steps(rows), "gan": gan_step(rows)}
     torch.save(out, f"{sys.argv[1]}/round10_rank{r}.pt")
     dist_utils.shutdown()

@@ -102,3 +102,18 @@ def test_the_buffers_of_networks_the_loss_reads_are_rank_zeros_on_every_process(
         expected = worker.untrained_steps(slice(0, 4))[0]
         for k in ("1.running_mean", "1.running_var"):
             torch.testing.assert_close(ranks[0][scenario][0][k], expected[k], rtol=1e-5, atol=1e-6)
+
+
+@needs_gloo
+def test_the_second_run_of_a_first_step_computes_with_the_buffers_the_step_found(ranks: list[dict]) -> None:
+    """Probe p371: a network that reads the buffer it has just updated (``y - self.avg``) computed the second run of
+    the first step with the buffer the first run had updated: with rank 0's rows on both processes (the step must
+    be one process's exactly), loss 3.690 and other weights where one process gives 3.716. The second run starts
+    from the buffers as the step found them now: the loss, the weights and the buffers are one process's."""
+    import ddp_round10_worker as worker
+
+    expected = worker.ema_step(slice(0, 4))
+    for r in (0, 1):
+        got = ranks[r]["ema_same"]
+        for k, v in expected.items():
+            torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
