@@ -181,8 +181,8 @@ def main() -> None:
     dist_utils.setup_from_env()
     r = dist_utils.rank()
     rows = slice(4 * r, 4 * r + 4)
-    out = {"model": model_step(rows), "svi": svi_steps(rows, True), "ema": ema_step(rows), "ema_same": ema_step(slice(0, 4)),
-           "untrained": untrained_steps(rows), "gan": gan_step(rows)}
+    out = {"model": model_step(rows), "svi": svi_steps(rows, True), "ema": ema_step(rows),
+           "ema_same": ema_step(slice(0, 4)), "untrained": untrained_steps(rows), "gan": gan_step(rows)}
     torch.save(out, f"{sys.argv[1]}/round10_rank{r}.pt")
     dist_utils.shutdown()
 

@@ -406,8 +406,8 @@ def _two_uses_program(kind: str) -> Callable[[], Any]:
 
 
 @pytest.mark.parametrize("kind", ["relu", "detach", "sparse"])
-def test_a_later_uses_in_place_change_or_a_sparse_output_of_a_reused_deterministic_as_under_pixyz(kind: str
-                                                                                                   ) -> None:
+def test_a_later_uses_in_place_change_or_a_sparse_output_of_a_reused_deterministic_as_under_pixyz(
+        kind: str) -> None:
     """Probe p363: the second use's in-place ReLU changed the tensor the first term's graph had saved (backward
     raised "modified by an inplace operation", at the session's start too), ``detach_`` of a view raised, and a
     sparse output could not be viewed. Each use gets a copy now: the loss and the gradients are Pixyz's (the
