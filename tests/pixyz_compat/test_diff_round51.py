@@ -274,8 +274,9 @@ def _draws_program(shape: list[int]) -> Callable[[], Any]:
         x = torch.bernoulli(torch.full((4, 3), .5))
         z = q.sample({"x": x}, sample_shape=shape)["z"]
         hand = torch.distributions.Bernoulli(probs=torch.sigmoid(p.f(z))).log_prob(x).flatten(1).sum(1)
-        return p.get_log_prob({"z": z, "x": x}), hand.detach(), p.get_log_prob({"z": z.flatten(0, len(shape) - 1),
-                                                                                 "x": x})
+        flat = z.flatten(0, len(shape) - 1)  # (one sample dim: the draws' sums, each under its draw)
+        flat_hand = torch.distributions.Bernoulli(probs=torch.sigmoid(p.f(flat))).log_prob(x).flatten(1).sum(1)
+        return p.get_log_prob({"z": flat, "x": x}), flat_hand.detach(), p.get_log_prob({"z": z, "x": x}), hand
     return program
 
 
@@ -284,17 +285,18 @@ def test_data_scored_under_draws_of_a_sample_shape_as_pixyz_or_refused_with_the_
     (each draw's sum, hand-computed). With ``sample_shape=[3, 2]`` (read with one batch dim: features
     ``(2, B, D)``) the value lacks a leading feature dim, which the shapes cannot tell from an image of one channel
     under three (probe p367: each pixel would be scored three times), so it is refused as before (Pixyz scores it:
-    ``porting.md``), and the message says to give ``z`` one sample dim; ``z.flatten(0, 1)`` gives the six draws'
-    sums."""
+    ``porting.md``), and the message says to give ``z`` one sample dim (``z.flatten(0, 1)``, scored first in the
+    program: each draw's sum, hand-computed, in both libraries)."""
     ref, ours = run_both(_draws_program([2]))
     assert_same(ref, ours)
     torch.testing.assert_close(ours[0].detach(), ours[1])
+    torch.testing.assert_close(ours[2].detach(), ours[3].detach())
     from pyro_dgm.utils.checks import ShapeError
     with pytest.raises(ShapeError, match=r"P p\(x\|z\): the value of 'x' has shape \(4, 3\).*no dim for the "
                                          r"distribution's feature dim 1 of size 2.*z.flatten\(0, 1\)"):
         run_pyro_dgm(_draws_program([3, 2]))
     ref = run_pixyz(_draws_program([3, 2]))
-    torch.testing.assert_close(ref[0].detach(), ref[1])
+    torch.testing.assert_close(ref[2].detach(), ref[3].detach())
 
 
 def test_a_value_lacking_a_real_leading_feature_dim_is_refused() -> None:
