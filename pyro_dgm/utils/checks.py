@@ -466,8 +466,6 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
     vs, ps = tuple(value_shape), tuple(shape)
     n, m = len(vs), len(ps)
     nf = min(n_features, m)
-    if strict is None:
-        strict = STRICT_SHAPES[0]
     for i in range(1, nf + 1):  # feature dims, from the right
         p = ps[-i]
         if i > n:
@@ -487,6 +485,8 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
             return (f"it has {n} dims where the distribution has {m} (batch and features {ps[m - nf:]}), so its dim "
                     f"{n - i} of size {v} lines up with a feature dim of size 1 and each element would be scored "
                     f"against all {v} of them")
+    if strict is None:
+        strict = STRICT_SHAPES[0]
     if not strict:  # batch dims: torch's broadcasting, as Pixyz (a mismatch torch refuses is reported here)
         for i in range(nf + 1, min(n, m) + 1):
             v, p = vs[-i], ps[-i]
