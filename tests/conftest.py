@@ -21,6 +21,9 @@ def pytest_addoption(parser):  # type: ignore[no-untyped-def]
 def pytest_configure(config):  # type: ignore[no-untyped-def]
     config.addinivalue_line("markers", "needs_validation: asserts an error that only torch's argument validation "
                                        "raises (skipped under --validate-args=off)")
+    config.addinivalue_line("markers", "other_processes: its work runs in worker processes (torch.distributed), "
+                                       "which --validate-args does not reach: skipped under --validate-args=off, "
+                                       "where it would repeat the first run")
 
 
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
@@ -37,6 +40,10 @@ def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def
         for item in items:
             if "needs_validation" in item.keywords:
                 item.add_marker(skip)
+        again = pytest.mark.skip(reason="its workers run with their own argument validation: the first run ran it")
+        for item in items:
+            if "other_processes" in item.keywords:
+                item.add_marker(again)
 
 
 @pytest.fixture(autouse=True)

@@ -946,12 +946,16 @@ class Model:
         :mod:`pyro_dgm.models.distributed`). An error after that point (in ``backward`` on one process only) is
         not covered: the others wait for it until the timeout.
         """
-        _check_values(self, "train", "train_x_dict", train_x_dict)
-        if kwargs and kwargs.get("return_dict"):
-            raise TypeError(f"{type(self).__name__}.train: return_dict=True would make the loss a (loss, samples) pair, "
-                            "and a training step needs the loss alone (Pixyz fails there too: 'tuple' object has no "
-                            "attribute 'backward'); draw the samples with loss.eval(x, return_dict=True), or "
-                            "model.test(x, return_dict=True)")
+        try:
+            _check_values(self, "train", "train_x_dict", train_x_dict)
+            if kwargs and kwargs.get("return_dict"):
+                raise TypeError(f"{type(self).__name__}.train: return_dict=True would make the loss a (loss, samples) "
+                                "pair, and a training step needs the loss alone (Pixyz fails there too: 'tuple' object "
+                                "has no attribute 'backward'); draw the samples with loss.eval(x, return_dict=True), "
+                                "or model.test(x, return_dict=True)")
+        except TypeError as e:  # (under torch.distributed: the other processes learn it where they synchronize)
+            _dist.fail_together(e, self._dgm_step_name("training"))
+            raise
         if self._dgm_params_key() != self.__dict__.get("_dgm_seen"):
             self._dgm_follow_changes()
         self._dgm_follow_losses()

@@ -20,6 +20,8 @@ from dgm_model_helpers import digits, make_ml
 
 from pyro_dgm.models import distributed as dist_utils
 
+pytestmark = pytest.mark.other_processes  # (workers: not rerun under --validate-args=off)
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 needs_gloo = pytest.mark.skipif(not tdist.is_available() or not tdist.is_gloo_available(),
                                 reason="torch.distributed with gloo")

@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_ddp import (WORKER, _free_port, check_ranks_match_one_process, needs_gloo, worker_env, worker_output,
                       write_data)
+
+pytestmark = pytest.mark.other_processes  # (workers: not rerun under --validate-args=off)
 
 
 @needs_gloo

@@ -25,6 +25,8 @@ import torch
 
 from test_ddp import _free_port, needs_gloo, worker_env, worker_output
 
+pytestmark = pytest.mark.other_processes  # (workers: not rerun under --validate-args=off)
+
 WORKER = Path(__file__).with_name("ddp_round10_worker.py")
 sys.path.insert(0, str(WORKER.parent))
 

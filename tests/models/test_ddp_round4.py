@@ -16,6 +16,8 @@ from ddp_round4_models import (BATCH, batches, build_bn_model, build_iterative_m
                                series_batches)
 from test_ddp import _free_port, needs_gloo, worker_env, worker_output
 
+pytestmark = pytest.mark.other_processes  # (workers: not rerun under --validate-args=off)
+
 WORKER = Path(__file__).with_name("ddp_round4_worker.py")
 
 

@@ -51,6 +51,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return sorted(a) == sorted(b) and all(torch.equal(v, b[k]) for k, v in a.items())
 
 
+@pytest.mark.other_processes  # (its workers: not rerun under --validate-args=off)
 @needs_gloo
 @pytest.mark.parametrize("mode, error", [("raise", "RuntimeError"), ("badval", "ValueError"),
                                          ("timeout_text", "RuntimeError")])
@@ -73,6 +74,7 @@ def test_a_model_step_raising_on_one_rank_raises_on_every_rank_and_none_takes_it
     assert not torch.equal(run[0]["state"]["0.net.1.running_mean"], torch.zeros(4))  # the statistics moved
 
 
+@pytest.mark.other_processes  # (its workers: not rerun under --validate-args=off)
 @needs_gloo
 @pytest.mark.parametrize("mode", ["raise", "nan"])
 def test_a_discriminator_step_raising_on_one_rank_raises_on_every_rank_and_none_takes_it(
@@ -92,6 +94,7 @@ def test_a_discriminator_step_raising_on_one_rank_raises_on_every_rank_and_none_
         assert _same(run[r]["state"], skip[r]["state"])
 
 
+@pytest.mark.other_processes  # (its workers: not rerun under --validate-args=off)
 @needs_gloo
 def test_a_test_step_raising_on_one_rank_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     name, _, notes, _ = ranks[1]["model_raise"]["test"]
@@ -102,6 +105,7 @@ def test_a_test_step_raising_on_one_rank_raises_on_every_rank(ranks: list[dict[s
     assert _same(ranks[0]["model_raise"]["after_test"], ranks[1]["model_raise"]["after_test"])
 
 
+@pytest.mark.other_processes  # (its workers: not rerun under --validate-args=off)
 @needs_gloo
 def test_an_svi_step_raising_on_one_rank_raises_on_every_rank_and_none_takes_it(ranks: list[dict[str, Any]]) -> None:
     skip, run = [r["svi_skip"] for r in ranks], [r["svi_raise"] for r in ranks]
@@ -116,6 +120,7 @@ def test_an_svi_step_raising_on_one_rank_raises_on_every_rank_and_none_takes_it(
         assert _same(run[r]["params"], skip[r]["params"])
 
 
+@pytest.mark.other_processes  # (its workers: not rerun under --validate-args=off)
 @needs_gloo
 def test_an_svi_loss_nan_on_one_rank_warns_and_is_nan_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     for r in (0, 1):

@@ -18,6 +18,8 @@ from test_ddp import _free_port, needs_gloo, worker_env
 
 from pyro_dgm.models.distributed import DistributedELBO, PyroParams
 
+pytestmark = pytest.mark.other_processes  # (workers: not rerun under --validate-args=off)
+
 WORKER = Path(__file__).with_name("ddp_svi_worker.py")
 
 
