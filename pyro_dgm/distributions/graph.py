@@ -400,9 +400,10 @@ def build_graph(factors: Sequence["Distribution"], owner: "Distribution | None" 
     g = DistGraph()
     g._owner = owner
     for f in factors:
-        for v in f.var:
+        own = f.var
+        for v in own:
             g.add_node(v)
             for c in f.input_var:
-                if c != v:
+                if c not in own:  # (a density over its own inputs, CustomProb(var=["x", "y"]): no edge x -> y)
                     g.add_edge(c, v, factor=f.prob_text)
     return g

@@ -535,7 +535,15 @@ class MixtureModel(_Mixture):
         comps = [own_site(d, m, values, row, site_fn(d, m, values, row, False)[0])  # d.sample() does: also one
                  for d in self.distributions]  # whose own set_dist would expand to batch_n)
         use_r = ctx.reparam
-        xs = [comps[k].rsample() if use_r and comps[k].has_rsample else comps[k].sample() for k in index]
+
+        def draw(k: int) -> Tensor:
+            d = self.distributions[k]
+            if isinstance(d, MixtureModel) and d._dgm_pixyz_order(d._dgm_binding, row):  # (a mixture as a component
+                return d._dgm_pixyz_draw(d._dgm_binding, values, row)[0]  # draws as Pixyz's sample(): its component
+                # first, then that component's value only)
+            return comps[k].rsample() if use_r and comps[k].has_rsample else comps[k].sample()
+
+        xs = [draw(k) for k in index]
         if len({x.shape[1:] for x in xs}) > 1:  # (torch.cat's raw error, as under Pixyz, which draws rows apart)
             shapes = ", ".join(f"{describe(d)}: {tuple((c.batch_shape + c.event_shape)[1:])}"
                                for d, c in zip(self.distributions, comps))

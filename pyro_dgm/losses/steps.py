@@ -30,7 +30,8 @@ from pyro_dgm.utils.modules import register_registration_hooks, submodules
 from pyro_dgm.utils.random import current_generator
 
 __all__ = ["HALF_DTYPES", "SIGNALS", "SignalDeferral", "StepRandomState", "WatchedBuffers", "autograd_leaves",
-           "clear_grads", "finite_sum", "network_buffers", "optimizer_arguments", "restore_buffers", "take_buffers"]
+           "clear_grads", "finite_sum", "network_buffers", "noting_buffers", "optimizer_arguments", "restore_buffers",
+           "take_buffers"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # a loss in these may overflow to inf while its gradients are finite
 
@@ -287,6 +288,48 @@ class WatchedBuffers:
             self.lengths = [len(m._modules) for m in self.containers]
             self.pairs = network_buffers(*self.roots)
         return take_buffers(self.pairs) if self.pairs else []
+
+
+class noting_buffers:
+    """Within the block, ``ran`` maps the id of each module with buffers that runs (a forward call), but those whose
+    ids are in ``skip``, to the module and its buffers as they were before its first call in the block, listed as
+    :func:`take_buffers` lists them (with ``whole``, a copy of every buffer, also of a non-persistent or large one),
+    for :func:`restore_buffers`. For the networks a step cannot list before it runs them: those the Pyro-side terms
+    of a loss run (a guide's network registered by ``pyro.module``). A global forward pre-hook while the block runs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net, ran = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), {}
+    >>> with noting_buffers(ran):
+    ...     _ = net(torch.randn(4, 2))
+    >>> [type(m).__name__ for m, _ in ran.values()], int(net[1].num_batches_tracked)
+    (['BatchNorm1d'], 1)
+    >>> restore_buffers([entry for _, entries in ran.values() for entry in entries])
+    >>> int(net[1].num_batches_tracked)
+    0
+    """
+
+    def __init__(self, ran: dict[int, Any], skip: "set[int] | frozenset[int]" = frozenset(), whole: bool = False
+                 ) -> None:
+        self.ran, self.skip, self.whole = ran, skip, whole
+        self.handle: Any = None
+
+    def _hook(self, module: nn.Module, args: Any) -> None:
+        if module._buffers and id(module) not in self.ran and id(module) not in self.skip:
+            passing = module._non_persistent_buffers_set
+            self.ran[id(module)] = (module, [
+                (module, n, b, b.detach().clone() if self.whole else _kept_values(b) if n not in passing else None)
+                for n, b in module._buffers.items() if b is not None or not self.whole])
+
+    def __enter__(self) -> None:
+        from torch.nn.modules.module import register_module_forward_pre_hook
+
+        self.handle = register_module_forward_pre_hook(self._hook)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.remove()
 
 
 def restore_buffers(taken: TakenBuffers, error: BaseException | None = None) -> None:

@@ -12,7 +12,8 @@ A checkpoint holds
   are those an uninterrupted run would have made.
 
 - the Pyro-side parameters the model trains (an autoguide's, by param-store name; see
-  :class:`~pyro_dgm.models.Model`);
+  :class:`~pyro_dgm.models.Model`), and the persistent buffers of the networks its Pyro-side terms run (a guide's
+  network registered by ``pyro.module``, with a batch norm), in the order the steps found them;
 - for a :class:`~pyro_dgm.models.GAN` whose generator step failed after the discriminator's (Ctrl-C), that this
   batch's discriminator step is done (``d_step_done``: the batch's digest, the discriminator's loss and the random
   states that followed its step), so the resumed run takes the generator's step only on that batch, as the
@@ -159,7 +160,51 @@ def model_state(model: "Model") -> dict[str, Any]:
         "data_rng": [g.get_state() for g in model.__dict__.get("_dgm_data_generators", ())],
         **_epoch_state(model),
         **_d_step_state(model),
+        **_pyro_modules_state(model),
     }
+
+
+def _own_buffers(m: nn.Module) -> dict[str, Tensor]:
+    return {n: b for n, b in m._buffers.items() if b is not None and n not in m._non_persistent_buffers_set}
+
+
+def _pyro_modules_state(model: "Model") -> dict[str, Any]:
+    """``pyro_modules``: the persistent buffers of the networks the loss's Pyro-side terms ran (found by the steps,
+    ``Model._dgm_pyro_modules``), by the order they were found in, where there are any."""
+    found = model.__dict__.get("_dgm_pyro_modules")
+    if not found:
+        return {}
+    return {"pyro_modules": {str(i): {n: b.detach().clone() for n, b in _own_buffers(m).items()}
+                             for i, m in enumerate(found)}}
+
+
+def _check_pyro_modules(model: "Model", saved: Any) -> list[tuple[Tensor, Tensor]]:
+    """The buffers of the networks the Pyro-side terms ran (:func:`_pyro_modules_state`) against the checkpoint's:
+    as many networks, the same buffers, the same shapes. Returns ``(buffer, saved value)`` pairs to copy."""
+    if saved is None:  # (written before these were saved: they stay as they are)
+        return []
+    found = model.__dict__.get("_dgm_pyro_modules") or []
+    if not isinstance(saved, Mapping) or len(saved) != len(found):
+        count = len(saved) if isinstance(saved, Mapping) else saved
+        hint = ("; they are found by its training steps: take one training step with this model, then load"
+                if not found else "")
+        raise ValueError(f"Model.load: the checkpoint holds the buffers of {count} network(s) that the loss's "
+                         f"Pyro-side terms run (registered by pyro.module), this model {len(found)}{hint}")
+    out = []
+    for i, m in enumerate(found):
+        own, theirs = _own_buffers(m), saved.get(str(i))
+        if not isinstance(theirs, Mapping) or sorted(own) != sorted(theirs):
+            names = sorted(theirs) if isinstance(theirs, Mapping) else theirs
+            raise ValueError(f"Model.load: the checkpoint's network {i} of the Pyro-side terms ({type(m).__name__}) "
+                             f"holds the buffers {names}, this model's {sorted(own)}")
+        for n, b in own.items():
+            value = theirs[n]
+            if not isinstance(value, Tensor) or value.shape != b.shape:
+                raise ValueError(f"Model.load: buffer {n!r} of the Pyro-side terms' network {i} "
+                                 f"({type(m).__name__}) has shape {_shape_text(value)} in the checkpoint but "
+                                 f"{_shape_text(b)} in this model")
+            out.append((b, value))
+    return out
 
 
 def _d_step_state(model: "Model") -> dict[str, Any]:
@@ -406,6 +451,7 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         _check_module(f"other_distributions.{i} ({getattr(d, 'prob_text', type(d).__name__)})", d,
                       saved_others[str(i)])
     pyro_params = _check_pyro_params(model, state.get("pyro_params") or {})
+    pyro_buffers = _check_pyro_modules(model, state.get("pyro_modules"))
     optimizers = _optimizers(model)
     if "optimizer" in state["optimizers"] and getattr(model, "optimizer", 0) is None:
         raise ValueError("Model.load: this model's optimizer does not exist yet (its only parameters are created by "
@@ -455,7 +501,7 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
     # every check passed: change the model
     model.distributions.load_state_dict(state["distributions"])
     with torch.no_grad():
-        for p, value in pyro_params:
+        for p, value in (*pyro_params, *pyro_buffers):
             p.copy_(value)
     for i, d in enumerate(others):
         d.load_state_dict(saved_others[str(i)])

@@ -56,7 +56,7 @@ from pyro.util import warn_if_nan
 from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss
-from pyro_dgm.losses.steps import clear_grads
+from pyro_dgm.losses.steps import clear_grads, noting_buffers
 from pyro_dgm.utils.checks import ArgumentError
 
 __all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT",
@@ -529,14 +529,14 @@ class Replicated:
 
                     restore_buffers(taken)
                     restored = {(id(m), n) for m, n, _, values in taken if values is not None}
-                ran: dict[int, tuple[nn.Module, list[tuple[str, Tensor, Tensor]]]] = {}
-                with _noting_buffers(ran):
+                ran: dict[int, tuple[nn.Module, list[tuple[nn.Module, str, Tensor, Tensor]]]] = {}
+                with noting_buffers(ran, whole=True):
                     out = self._forward(fn, args, kwargs)
                 _set_rng_state(after)  # the second run does not draw the initial values again, nor update the
                 known = {id(b) for b in self.networks.buffers()}  # buffers again (a batch norm's statistics)
                 with torch.no_grad():
                     for module, first in ran.values():
-                        for name, b, value in first:
+                        for _, name, b, value in first:
                             if (id(module), name) in restored:
                                 continue  # (put back before the second run, which updated it once)
                             if module._buffers.get(name) is b:
@@ -544,7 +544,8 @@ class Replicated:
                                 # them; a training batch norm's backward reads its batch statistics, not these)
                             else:  # (rebound by the second run, self.avg = ...: the first run's value)
                                 module._buffers[name] = value
-                        if any(id(b) not in known for _, b, _ in first) and all(m is not module for m in self._extra):
+                        if (any(id(b) not in known for _, _, b, _ in first)
+                                and all(m is not module for m in self._extra)):
                             self._extra.append(module)
         return out
 
@@ -696,29 +697,6 @@ class DistributedELBO(ELBO):
 def _rng_state() -> Any:
     cuda = (torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
     return torch.get_rng_state(), cuda
-
-
-class _noting_buffers:
-    """Within the block, ``ran`` maps each module with buffers that runs to the module and its buffers' values
-    before its first run (a global forward pre-hook; the second run of :meth:`Replicated._run`, once per new set
-    of parameters)."""
-
-    def __init__(self, ran: dict[int, Any]) -> None:
-        self.ran = ran
-        self.handle: Any = None
-
-    def _hook(self, module: nn.Module, args: Any) -> None:
-        if module._buffers and id(module) not in self.ran:
-            self.ran[id(module)] = (module, [(n, b, b.detach().clone()) for n, b in module._buffers.items()
-                                             if b is not None])
-
-    def __enter__(self) -> None:
-        from torch.nn.modules.module import register_module_forward_pre_hook
-
-        self.handle = register_module_forward_pre_hook(self._hook)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.handle.remove()
 
 
 def _set_rng_state(state: Any) -> None:

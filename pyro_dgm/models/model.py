@@ -31,6 +31,7 @@ from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, WatchedBuffers, autograd_leaves, restore_buffers
 from pyro_dgm.losses.steps import PARAMETERS_WATCHED, _ADDED, _watch_additions, needs_closure, optimizer_arguments
+from pyro_dgm.losses.steps import noting_buffers
 from pyro_dgm.losses.steps import SIGNALS as _SIGNALS
 from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_check.py imports it from here)
 from pyro_dgm.losses.base import Loss
@@ -421,13 +422,20 @@ class _PyroSideState:
     fails, so that a checkpoint saved then holds none of them: a run resumed from it (with the random states of the
     step's start) creates them with the draws of the uninterrupted run.
 
+    The buffers of the networks that the Pyro-side terms run and the step does not list beforehand (a guide's network
+    registered by ``pyro.module``, with a batch norm) are noted as each first runs in the step (``ran``, see
+    :func:`~pyro_dgm.losses.steps.noting_buffers`; ``skip``: the modules the step lists), and put back too; a step
+    that succeeds adds them to the model's ``_dgm_pyro_modules``, whose buffers its checkpoints hold.
+
     Only for losses with Pyro-side terms, which train in one thread at a time (Pyro's param store is one per
     process): another thread's entries created meanwhile would be taken for this step's.
     """
 
-    __slots__ = ("size", "n_params", "n_groups", "clip", "guides")
+    __slots__ = ("size", "n_params", "n_groups", "clip", "guides", "ran", "skip")
 
-    def __init__(self, model: "Model") -> None:
+    def __init__(self, model: "Model", watched: WatchedBuffers) -> None:
+        self.ran: dict[int, Any] = {}
+        self.skip = {id(m) for m, _, _ in watched.pairs}
         self.size = len(_param_store())
         self.n_params = len(model._dgm_params)
         self.n_groups = None if model.optimizer is None else len(model.optimizer.param_groups)
@@ -435,7 +443,9 @@ class _PyroSideState:
         self.guides = [(g, {k: v.copy() if isinstance(v, dict) else v for k, v in g.__dict__.items()})
                        for g in model.__dict__.get("_dgm_autoguides", ()) if g.prototype_trace is None]
 
-    def restore(self, model: "Model") -> None:
+    def restore(self, model: "Model", error: BaseException) -> None:
+        if self.ran:
+            restore_buffers([entry for _, entries in self.ran.values() for entry in entries], error)
         store = _param_store()
         for name in list(store.keys())[self.size:]:  # (the store keeps its entries in the order they were made)
             del store[name]
@@ -974,14 +984,21 @@ class Model:
         if ddp is not None:  # (under torch.distributed: these buffers are rank 0's after the step too, and a step
             ddp.watched, ddp.taken = watched, buffers  # run twice runs the second time from them)
         rng = StepRandomState()
-        pyro_side = _PyroSideState(self) if self._dgm_pyro_terms else None
+        pyro_side = _PyroSideState(self, watched) if self._dgm_pyro_terms else None
         try:
-            return self._dgm_step(train_x_dict, kwargs)
+            if pyro_side is None:
+                return self._dgm_step(train_x_dict, kwargs)
+            with noting_buffers(pyro_side.ran, pyro_side.skip):  # (the networks the Pyro-side terms run)
+                loss = self._dgm_step(train_x_dict, kwargs)
+            if pyro_side.ran:
+                found = self.__dict__.setdefault("_dgm_pyro_modules", [])
+                found.extend(m for m, _ in pyro_side.ran.values() if all(m is not f for f in found))
+            return loss
         except BaseException as e:  # a NaN batch, a network that raised, Ctrl-C: as if the step had not started
             if buffers:
                 restore_buffers(buffers, e)
             if pyro_side is not None:
-                pyro_side.restore(self)
+                pyro_side.restore(self, e)
             # a checkpoint saved before the next step (except KeyboardInterrupt: save) records the random states of
             # this step's start, so it resumes as the uninterrupted run; the live generators keep the draws made (the
             # step taken again draws anew, as under Pixyz)

@@ -386,7 +386,11 @@ def fit(model: "Model", train_data: Any, epochs: int = 1, test_data: Any = None,
     train_data : DataLoader, iterable of batches, Dataset, dict of tensors or tensor
         See the module docstring.
     epochs : int, default 1
-        Epochs to run now (``model.epoch`` counts on from where it is, so a loaded checkpoint continues).
+        Epochs to run now (``model.epoch`` counts on from where it is, so a loaded checkpoint continues). An epoch
+        that an earlier call left unfinished (Ctrl-C, an error) is not continued by the next call, which may be
+        given other data: that call begins the epoch of the same number again from its first batch (the steps the
+        interrupted call took stay taken). To continue it where it stopped, as the uninterrupted run, save the model
+        then and load the checkpoint with ``resume=True`` (into this model or a new one) before calling ``fit``.
     test_data : same kinds as ``train_data``, optional
         Evaluated with ``model.test_step`` (``model.test``, checked to be finite) after each epoch.
     batch_size : int, optional

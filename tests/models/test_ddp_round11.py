@@ -33,8 +33,8 @@ def run(tmp_path: Path, scenario: str) -> list[tuple]:
 @pytest.mark.parametrize("scenario, bad_rank, error, call", [("list_first", 1, "ArgumentError", 0),
                                                              ("list_later", 1, "ArgumentError", 1),
                                                              ("return_dict", 0, "TypeError", 1)])
-def test_a_call_one_process_refuses_is_refused_on_every_process_at_once(tmp_path: Path, scenario: str,
-                                                                       bad_rank: int, error: str, call: int) -> None:
+def test_a_call_one_process_refuses_is_refused_on_every_process_at_once(tmp_path: Path, scenario: str, bad_rank: int,
+                                                                        error: str, call: int) -> None:
     """The refusing process raises its error and the other ``RankFailedError``, well before the timeout (before:
     the other process waited 40 s and raised gloo's timeout error); the other calls train on both processes, and
     the weights after them are equal on both and equal to one process that took only those steps on the whole
