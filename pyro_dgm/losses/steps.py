@@ -317,11 +317,26 @@ class noting_buffers:
         self.handle: Any = None
 
     def _hook(self, module: nn.Module, args: Any) -> None:
-        if module._buffers and id(module) not in self.ran and id(module) not in self.skip:
-            passing = module._non_persistent_buffers_set
-            self.ran[id(module)] = (module, [
-                (module, n, b, b.detach().clone() if self.whole else _kept_values(b) if n not in passing else None)
-                for n, b in module._buffers.items() if b is not None or not self.whole])
+        if id(module) in self.ran or id(module) in self.skip:
+            return
+        if isinstance(module, torch.jit.ScriptModule):  # (its submodules run inside TorchScript, where no hook fires:
+            self.ran[id(module)] = (module, [])  # every one of them now)
+            for m in module.modules():
+                if m is not module and id(m) not in self.ran and id(m) not in self.skip and len(m._buffers):
+                    self._note(m)
+        elif module._buffers:
+            self._note(module)
+
+    def _note(self, m: nn.Module) -> None:
+        passing = getattr(m, "_non_persistent_buffers_set", ())
+        entries = []
+        for n in m._buffers.keys():  # (keys(): a TorchScript module's wrapper, see network_buffers)
+            b = _buffer(m, n)
+            if b is None and self.whole:
+                continue
+            entries.append((m, n, b, b.detach().clone() if self.whole else
+                            _kept_values(b) if n not in passing else None))
+        self.ran[id(m)] = (m, entries)
 
     def __enter__(self) -> None:
         from torch.nn.modules.module import register_module_forward_pre_hook

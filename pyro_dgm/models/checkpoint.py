@@ -13,7 +13,7 @@ A checkpoint holds
 
 - the Pyro-side parameters the model trains (an autoguide's, by param-store name; see
   :class:`~pyro_dgm.models.Model`), and the persistent buffers of the networks its Pyro-side terms run (a guide's
-  network registered by ``pyro.module``, with a batch norm), in the order the steps found them;
+  network registered by ``pyro.module``, with a batch norm), by their param-store names;
 - for a :class:`~pyro_dgm.models.GAN` whose generator step failed after the discriminator's (Ctrl-C), that this
   batch's discriminator step is done (``d_step_done``: the batch's digest, the discriminator's loss and the random
   states that followed its step), so the resumed run takes the generator's step only on that batch, as the
@@ -165,42 +165,75 @@ def model_state(model: "Model") -> dict[str, Any]:
 
 
 def _own_buffers(m: nn.Module) -> dict[str, Tensor]:
-    return {n: b for n, b in m._buffers.items() if b is not None and n not in m._non_persistent_buffers_set}
+    passing = getattr(m, "_non_persistent_buffers_set", ())
+    out = {}
+    for n in m._buffers.keys():  # (keys(): a TorchScript module's wrapper)
+        b = m._buffers[n]
+        if b is not None and n not in passing:
+            out[n] = b
+    return out
+
+
+def _pyro_module_keys(model: "Model") -> dict[str, nn.Module]:
+    """The networks the loss's Pyro-side terms ran (:func:`~pyro_dgm.models.model.pyro_modules`) by a name that does
+    not depend on the order a run found them in: the param-store name of the module's own parameters without the
+    parameter's (``"encoder$$$1"`` for the batch norm ``encoder[1]`` that ``pyro.module("encoder", encoder)``
+    registers), else ``"#<k>"``, its place among those without (a batch norm without affine weights)."""
+    from pyro_dgm.models.model import pyro_modules
+
+    named = {}
+    for name, p in getattr(model, "_dgm_pyro_named", {}).items():
+        try:
+            named[p.data_ptr()] = name
+        except (RuntimeError, ValueError):  # (a tensor without storage)
+            continue
+    out: dict[str, nn.Module] = {}
+    unnamed = 0
+    for m in pyro_modules(model):
+        key = None
+        for pname, p in m.named_parameters(recurse=False):
+            full = named.get(p.data_ptr()) if p is not None else None
+            if full is not None and full.endswith(pname):
+                key = full[:len(full) - len(pname)].rstrip(".")
+                break
+        if key is None or key in out:
+            key, unnamed = f"#{unnamed}", unnamed + 1
+        out[key] = m
+    return out
 
 
 def _pyro_modules_state(model: "Model") -> dict[str, Any]:
-    """``pyro_modules``: the persistent buffers of the networks the loss's Pyro-side terms ran (found by the steps,
-    ``Model._dgm_pyro_modules``), by the order they were found in, where there are any."""
-    found = model.__dict__.get("_dgm_pyro_modules")
+    """``pyro_modules``: the persistent buffers of the networks the loss's Pyro-side terms ran (found by the steps),
+    by :func:`_pyro_module_keys`, where there are any."""
+    found = _pyro_module_keys(model)
     if not found:
         return {}
-    return {"pyro_modules": {str(i): {n: b.detach().clone() for n, b in _own_buffers(m).items()}
-                             for i, m in enumerate(found)}}
+    return {"pyro_modules": {k: {n: b.detach().clone() for n, b in _own_buffers(m).items()} for k, m in found.items()}}
 
 
 def _check_pyro_modules(model: "Model", saved: Any) -> list[tuple[Tensor, Tensor]]:
     """The buffers of the networks the Pyro-side terms ran (:func:`_pyro_modules_state`) against the checkpoint's:
-    as many networks, the same buffers, the same shapes. Returns ``(buffer, saved value)`` pairs to copy."""
+    the same networks by name, the same buffers, the same shapes. Returns ``(buffer, saved value)`` pairs to copy."""
     if saved is None:  # (written before these were saved: they stay as they are)
         return []
-    found = model.__dict__.get("_dgm_pyro_modules") or []
-    if not isinstance(saved, Mapping) or len(saved) != len(found):
-        count = len(saved) if isinstance(saved, Mapping) else saved
+    found = _pyro_module_keys(model)
+    if not isinstance(saved, Mapping) or sorted(saved) != sorted(found):
+        names = sorted(saved) if isinstance(saved, Mapping) else saved
         hint = ("; they are found by its training steps: take one training step with this model, then load"
                 if not found else "")
-        raise ValueError(f"Model.load: the checkpoint holds the buffers of {count} network(s) that the loss's "
-                         f"Pyro-side terms run (registered by pyro.module), this model {len(found)}{hint}")
+        raise ValueError(f"Model.load: the checkpoint holds the buffers of the networks {names} that the loss's "
+                         f"Pyro-side terms run (registered by pyro.module), this model of {sorted(found)}{hint}")
     out = []
-    for i, m in enumerate(found):
-        own, theirs = _own_buffers(m), saved.get(str(i))
+    for key, m in found.items():
+        own, theirs = _own_buffers(m), saved[key]
         if not isinstance(theirs, Mapping) or sorted(own) != sorted(theirs):
             names = sorted(theirs) if isinstance(theirs, Mapping) else theirs
-            raise ValueError(f"Model.load: the checkpoint's network {i} of the Pyro-side terms ({type(m).__name__}) "
-                             f"holds the buffers {names}, this model's {sorted(own)}")
+            raise ValueError(f"Model.load: the checkpoint's network {key!r} of the Pyro-side terms "
+                             f"({type(m).__name__}) holds the buffers {names}, this model's {sorted(own)}")
         for n, b in own.items():
             value = theirs[n]
             if not isinstance(value, Tensor) or value.shape != b.shape:
-                raise ValueError(f"Model.load: buffer {n!r} of the Pyro-side terms' network {i} "
+                raise ValueError(f"Model.load: buffer {n!r} of the Pyro-side terms' network {key!r} "
                                  f"({type(m).__name__}) has shape {_shape_text(value)} in the checkpoint but "
                                  f"{_shape_text(b)} in this model")
             out.append((b, value))

@@ -425,7 +425,7 @@ class _PyroSideState:
     The buffers of the networks that the Pyro-side terms run and the step does not list beforehand (a guide's network
     registered by ``pyro.module``, with a batch norm) are noted as each first runs in the step (``ran``, see
     :func:`~pyro_dgm.losses.steps.noting_buffers`; ``skip``: the modules the step lists), and put back too; a step
-    that succeeds adds them to the model's ``_dgm_pyro_modules``, whose buffers its checkpoints hold.
+    that succeeds adds them to the model's ``_dgm_pyro_modules`` (weakly), whose buffers its checkpoints hold.
 
     Only for losses with Pyro-side terms, which train in one thread at a time (Pyro's param store is one per
     process): another thread's entries created meanwhile would be taken for this step's.
@@ -503,6 +503,17 @@ def _state_follows_params(optimizer: Any) -> None:
     for param, state in list(optimizer.state.items()):
         if isinstance(param, Tensor) and isinstance(state, dict):
             optimizer.state[param] = {k: cast(param, v, k) for k, v in state.items()}
+
+
+def pyro_modules(model: Any) -> list[nn.Module]:
+    """The live modules with buffers that the Pyro-side terms of ``model``'s loss ran in its steps, in the order
+    found (``Model._dgm_pyro_modules``: weak references, or the modules in a copy)."""
+    out = []
+    for r in model.__dict__.get("_dgm_pyro_modules", ()):
+        m = r if isinstance(r, nn.Module) else r()
+        if m is not None:
+            out.append(m)
+    return out
 
 
 def _check_values(model: Any, method: str, arg: str, values: Any) -> None:
@@ -991,8 +1002,7 @@ class Model:
             with noting_buffers(pyro_side.ran, pyro_side.skip):  # (the networks the Pyro-side terms run)
                 loss = self._dgm_step(train_x_dict, kwargs)
             if pyro_side.ran:
-                found = self.__dict__.setdefault("_dgm_pyro_modules", [])
-                found.extend(m for m, _ in pyro_side.ran.values() if all(m is not f for f in found))
+                self._dgm_found_pyro_modules(pyro_side.ran)
             return loss
         except BaseException as e:  # a NaN batch, a network that raised, Ctrl-C: as if the step had not started
             if buffers:
@@ -1011,6 +1021,16 @@ class Model:
             if ddp is not None:
                 ddp.taken = None
             _SIGNALS.release(self)
+
+    def _dgm_found_pyro_modules(self, ran: Mapping[int, tuple[nn.Module, list]]) -> None:
+        """Keep the modules with buffers that the Pyro-side terms ran in a step (weakly: a guide that builds a
+        network at each call holds none of them after it), whose buffers checkpoints hold."""
+        import weakref
+
+        found = pyro_modules(self)
+        known = {id(m) for m in found}
+        found.extend(m for m, entries in ran.values() if entries and id(m) not in known)
+        self._dgm_pyro_modules = [weakref.ref(m) for m in found]
 
     def _dgm_step(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:
         """The body of :meth:`train`."""
@@ -1211,6 +1231,8 @@ class Model:
         state = dict(self.__dict__)
         state["_dgm_compiled"] = {}  # keyed by the losses' ids, which a copy does not keep: built again
         state.pop("_dgm_data_generators", None)  # the last fit's data loader's (torch.Generator does not pickle)
+        if "_dgm_pyro_modules" in state:  # (weak references do not pickle: the copy holds its copies of them)
+            state["_dgm_pyro_modules"] = pyro_modules(self)
         return state
 
     def _dgm_compiled_eval(self, loss: Loss) -> CompiledEval:
