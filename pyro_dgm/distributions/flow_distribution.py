@@ -28,7 +28,7 @@ from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
-from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept,
+from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept, memory_mark,
                                  own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import DTypeError, ShapeError, as_var_list, clearer, describe
@@ -264,6 +264,7 @@ class _FlowDistribution(OneSiteDistribution):
                     mean = t(base.mean)
                 value = self._dgm_record(name, mean, fn.event_dim)
             else:
+                mark = memory_mark()  # (the hidden value below reads this draw's memory without checking the weights)
                 value = self._dgm_site(name, fn, ctx)  # (_FlowSite checks the flow kept its input's batch dims)
         except RuntimeError as e:  # the prior draws in a dtype the flow's layers refuse (a float64 prior)
             own = self._dgm_weights_dtype()
@@ -297,12 +298,13 @@ class _FlowDistribution(OneSiteDistribution):
             try:
                 with torch.set_grad_enabled(ctx.reparam and torch.is_grad_enabled()), event_dims_fixed():
                     inv = t.inv  # from the flow's memory, leaving logdet_jacobian as it was (Pixyz's sample does)
+                    since = None if ctx.sample_mean else mark
                     if isinstance(t, Flow):
-                        values[hidden] = drawn_input(t, value)
+                        values[hidden] = drawn_input(t, value, since)
                     elif isinstance(inv, Flow):
-                        values[hidden] = Flow.condition(inv, None)._dgm_map(value)
+                        values[hidden] = Flow.condition(inv, None)._dgm_map(value, since)
                     elif isinstance(inv, ConditionedFlow):
-                        values[hidden] = inv._dgm_map(value)
+                        values[hidden] = inv._dgm_map(value, since)
                     else:
                         values[hidden] = inv(value)
             except NotImplementedError:

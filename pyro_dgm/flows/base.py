@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import numbers
 import threading
 import weakref
@@ -187,7 +188,8 @@ class _Memory:
     ``forward`` alone gives it: it runs when the log-det is asked for, as in Pixyz). ``parts`` holds the log-dets of
     a :class:`FlowList`'s layers, ``((layer, logdet), ...)``, stored in them when the memory answers a ``forward``."""
 
-    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts", "versions", "kept", "eps", "stats")
+    __slots__ = ("x", "z", "logdet", "context", "by_inverse", "state", "parts", "versions", "kept", "eps", "stats",
+                 "serial")
 
     def __init__(self, x: Tensor, z: Tensor, logdet: Tensor | None, context: Any, by_inverse: bool, state: tuple,
                  parts: tuple | None = None) -> None:
@@ -198,6 +200,17 @@ class _Memory:
         # the module's memory outlives the evaluation: an in-place change of x or z (z.mul_(2)) invalidates it
         self.versions = None if type(state) is bool else (version(x), version(z))
         self.stats: tuple | None = None  # the flows' batch norms' batch statistics it was made with (_latest_draw)
+        self.serial = next(_SERIALS)  # (made after a memory_mark(): by the draw that took the mark)
+
+
+#: numbers the memories in the order they are made (:func:`memory_mark`)
+_SERIALS = itertools.count()
+
+
+def memory_mark() -> int:
+    """A number that every flow memory made from now on exceeds: a draw takes one before it runs its flow, so that
+    :func:`drawn_input` knows the memory it finds was made by that draw (the parameters have not changed since)."""
+    return next(_SERIALS)
 
 
 def _only_our_buffer_hooks() -> bool:
@@ -291,9 +304,10 @@ def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context
 
 
 def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | None = None,
-            by_inverse: bool | None = None) -> _Memory | None:
+            by_inverse: bool | None = None, since: int | None = None) -> _Memory | None:
     """The flow's memory if it answers this query and is still valid: same tensors and context, parameters unchanged
-    since, and it carries gradients if they are wanted now."""
+    since (not looked at for a memory made after the mark ``since``: by the draw that took it), and it carries
+    gradients if they are wanted now."""
     m = _dgm_memory(flow, x, z)
     if m is None or m.context is not context or (x is not None and m.x is not x) or (z is not None and m.z is not z):
         return None
@@ -307,7 +321,7 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
         ref = m.logdet if m.logdet is not None else (m.x if m.by_inverse else m.z)  # (a missing log-det: its input)
         if not ref.requires_grad:
             return None
-    if m.state != _state(flow):
+    if (since is None or m.serial <= since) and m.state != _state(flow):
         return None
     if m.eps is not epsilon():  # set_epsilon since (a planar flow's log-det, a batch norm's map read it): a draw's
         if m.by_inverse:  # log-det is computed again from the input it remembers, which Pixyz's sample dict holds
@@ -385,8 +399,8 @@ def _store(flow: "Flow", logdet: Tensor, parts: tuple | None) -> None:
     flow._dgm_store_logdet(logdet)
 
 
-def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool = False, rerun: bool = True
-           ) -> Tensor:
+def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool = False, rerun: bool = True,
+           since: int | None = None) -> Tensor:
     """``flow`` (or its inverse) applied to ``value``; with ``store`` (forward only) the log-determinant is stored
     as Pixyz's ``forward(..., compute_jacobian=True)`` stores it. A value this flow has just *produced* is mapped back
     from its memory (a sample is scored without inverting the flow); an input is always recomputed, so data given
@@ -395,8 +409,8 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
     draw, which Pixyz's ``sample`` returns without inverting). Likewise a flow that normalizes with its batch's
     statistics (a batch norm in training mode) runs again on a value it has produced, either way, as Pixyz's
     ``get_log_prob`` runs it (new statistics), unless ``rerun`` is False."""
-    m = _recall(flow, context, z=value, by_inverse=False) if inverse else _recall(flow, context, x=value,
-                                                                                   by_inverse=True)
+    m = (_recall(flow, context, z=value, by_inverse=False, since=since) if inverse else
+         _recall(flow, context, x=value, by_inverse=True, since=since))
     if m is not None and rerun and _batch_dependent(flow) and not (inverse and _latest_draw(flow, m)):
         m = None
     if m is not None and not (store and m.logdet is None):  # (a missing log-det: forward runs for it, as in Pixyz)
@@ -463,10 +477,11 @@ def _dgm_logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
     return m.logdet
 
 
-def drawn_input(flow: "Flow", z: Tensor) -> Tensor:
+def drawn_input(flow: "Flow", z: Tensor, since: int | None = None) -> Tensor:
     """:math:`f^{-1}(z)` for a value ``z`` the flow has just drawn: the input it remembers (no inverse runs, none is
-    stored), else the inverse."""
-    return _apply(flow, None, z, True, rerun=False)
+    stored), else the inverse. ``since``: the :func:`memory_mark` the draw took (its memory's parameters need no
+    check)."""
+    return _apply(flow, None, z, True, rerun=False, since=since)
 
 
 def refresh_logdet(flow: "Flow", z: Tensor, context: Any = None) -> None:
@@ -1014,10 +1029,11 @@ class ConditionedFlow(Transform):
         InverseTransformedDistribution's ``get_log_prob`` leaves it as Pixyz's does)."""
         return _apply(self.flow, self.context, x, False, True)
 
-    def _dgm_map(self, x: Tensor) -> Tensor:
+    def _dgm_map(self, x: Tensor, since: int | None = None) -> Tensor:
         """:math:`z = f(x, y)`, leaving ``logdet_jacobian`` as it is (the prior's value of a draw: from the flow's
-        memory when it drew ``x``, even where a batch norm in training mode would map it elsewhere now)."""
-        return _apply(self.flow, self.context, x, False, rerun=False)
+        memory when it drew ``x``, even where a batch norm in training mode would map it elsewhere now; ``since``:
+        the :func:`memory_mark` the draw took)."""
+        return _apply(self.flow, self.context, x, False, rerun=False, since=since)
 
     def _inverse(self, z: Tensor) -> Tensor:
         return _apply(self.flow, self.context, z, True)
