@@ -200,17 +200,19 @@ class _Memory:
         # the module's memory outlives the evaluation: an in-place change of x or z (z.mul_(2)) invalidates it
         self.versions = None if type(state) is bool else (version(x), version(z))
         self.stats: tuple | None = None  # the flows' batch norms' batch statistics it was made with (_latest_draw)
-        self.serial = next(_SERIALS)  # (made after a memory_mark(): by the draw that took the mark)
+        self.serial = 0 if is_compiling() else next(_SERIALS)  # (made after a memory_mark(): by the draw that took
+        # the mark; not while torch.compile traces, where a new number each time would be a new constant to guard on)
 
 
 #: numbers the memories in the order they are made (:func:`memory_mark`)
 _SERIALS = itertools.count()
 
 
-def memory_mark() -> int:
+def memory_mark() -> int | None:
     """A number that every flow memory made from now on exceeds: a draw takes one before it runs its flow, so that
-    :func:`drawn_input` knows the memory it finds was made by that draw (the parameters have not changed since)."""
-    return next(_SERIALS)
+    :func:`drawn_input` knows the memory it finds was made by that draw (the parameters have not changed since).
+    None while torch.compile traces (an evaluation's memories are looked up without the walk there anyway)."""
+    return None if is_compiling() else next(_SERIALS)
 
 
 def _only_our_buffer_hooks() -> bool:

@@ -295,7 +295,8 @@ class noting_buffers:
     ids are in ``skip``, to the module and its buffers as they were before its first call in the block, listed as
     :func:`take_buffers` lists them (with ``whole``, a copy of every buffer, also of a non-persistent or large one),
     for :func:`restore_buffers`. For the networks a step cannot list before it runs them: those the Pyro-side terms
-    of a loss run (a guide's network registered by ``pyro.module``). A global forward pre-hook while the block runs.
+    of a loss run (a guide's network registered by ``pyro.module``). ``called``, where given, maps the id of every
+    module called in the block to it. A global forward pre-hook while the block runs.
 
     Examples
     --------
@@ -311,19 +312,23 @@ class noting_buffers:
     0
     """
 
-    def __init__(self, ran: dict[int, Any], skip: "set[int] | frozenset[int]" = frozenset(), whole: bool = False
-                 ) -> None:
-        self.ran, self.skip, self.whole = ran, skip, whole
+    def __init__(self, ran: dict[int, Any], skip: "set[int] | frozenset[int]" = frozenset(), whole: bool = False,
+                 called: dict[int, nn.Module] | None = None) -> None:
+        self.ran, self.skip, self.whole, self.called = ran, skip, whole, called
         self.handle: Any = None
 
     def _hook(self, module: nn.Module, args: Any) -> None:
+        if self.called is not None and id(module) not in self.called:  # (every module called: where the noted ones
+            self.called[id(module)] = module  # sit, to name them)
         if id(module) in self.ran or id(module) in self.skip:
             return
         if isinstance(module, torch.jit.ScriptModule):  # (its submodules run inside TorchScript, where no hook fires:
-            self.ran[id(module)] = (module, [])  # every one of them now)
-            for m in module.modules():
-                if m is not module and id(m) not in self.ran and id(m) not in self.skip and len(m._buffers):
-                    self._note(m)
+            for m in module.modules():  # itself and every one of them, now)
+                if id(m) not in self.ran and id(m) not in self.skip:
+                    if len(m._buffers):
+                        self._note(m)
+                    else:
+                        self.ran[id(m)] = (m, [])
         elif module._buffers:
             self._note(module)
 

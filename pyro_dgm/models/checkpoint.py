@@ -174,38 +174,12 @@ def _own_buffers(m: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def _pyro_module_keys(model: "Model") -> dict[str, nn.Module]:
-    """The networks the loss's Pyro-side terms ran (:func:`~pyro_dgm.models.model.pyro_modules`) by a name that does
-    not depend on the order a run found them in: the param-store name of the module's own parameters without the
-    parameter's (``"encoder$$$1"`` for the batch norm ``encoder[1]`` that ``pyro.module("encoder", encoder)``
-    registers), else ``"#<k>"``, its place among those without (a batch norm without affine weights)."""
-    from pyro_dgm.models.model import pyro_modules
-
-    named = {}
-    for name, p in getattr(model, "_dgm_pyro_named", {}).items():
-        try:
-            named[p.data_ptr()] = name
-        except (RuntimeError, ValueError):  # (a tensor without storage)
-            continue
-    out: dict[str, nn.Module] = {}
-    unnamed = 0
-    for m in pyro_modules(model):
-        key = None
-        for pname, p in m.named_parameters(recurse=False):
-            full = named.get(p.data_ptr()) if p is not None else None
-            if full is not None and full.endswith(pname):
-                key = full[:len(full) - len(pname)].rstrip(".")
-                break
-        if key is None or key in out:
-            key, unnamed = f"#{unnamed}", unnamed + 1
-        out[key] = m
-    return out
-
-
 def _pyro_modules_state(model: "Model") -> dict[str, Any]:
     """``pyro_modules``: the persistent buffers of the networks the loss's Pyro-side terms ran (found by the steps),
-    by :func:`_pyro_module_keys`, where there are any."""
-    found = _pyro_module_keys(model)
+    by their names (:func:`~pyro_dgm.models.model.pyro_module_key`), where there are any."""
+    from pyro_dgm.models.model import pyro_modules
+
+    found = pyro_modules(model)
     if not found:
         return {}
     return {"pyro_modules": {k: {n: b.detach().clone() for n, b in _own_buffers(m).items()} for k, m in found.items()}}
@@ -214,15 +188,31 @@ def _pyro_modules_state(model: "Model") -> dict[str, Any]:
 def _check_pyro_modules(model: "Model", saved: Any) -> list[tuple[Tensor, Tensor]]:
     """The buffers of the networks the Pyro-side terms ran (:func:`_pyro_modules_state`) against the checkpoint's:
     the same networks by name, the same buffers, the same shapes. Returns ``(buffer, saved value)`` pairs to copy."""
+    from pyro_dgm.models.model import pyro_modules
+
+    found = pyro_modules(model)
     if saved is None:  # (written before these were saved: they stay as they are)
+        if found:
+            warnings.warn(f"Model.load: the checkpoint holds no buffers of the networks the loss's Pyro-side terms "
+                          f"run ({sorted(found)}: written by an earlier pyro_dgm); their batch-norm statistics stay "
+                          "as they are, so the resumed run differs from the uninterrupted one there", UserWarning,
+                          stacklevel=4)
         return []
-    found = _pyro_module_keys(model)
     if not isinstance(saved, Mapping) or sorted(saved) != sorted(found):
         names = sorted(saved) if isinstance(saved, Mapping) else saved
-        hint = ("; they are found by its training steps: take one training step with this model, then load"
-                if not found else "")
+        lacking = [k for k in names if k not in found] if isinstance(saved, Mapping) else []
+        hint = (f"; this model finds them as its training steps run them and has not run {lacking} yet: take "
+                "training steps that run each of them (the guide's branches that call them), then load"
+                if lacking and all(k in saved for k in found) else "")
         raise ValueError(f"Model.load: the checkpoint holds the buffers of the networks {names} that the loss's "
                          f"Pyro-side terms run (registered by pyro.module), this model of {sorted(found)}{hint}")
+    unnamed = [k for k in found if k.startswith("#")]
+    if len(unnamed) > 1:
+        warnings.warn(f"Model.load: {len(unnamed)} networks the loss's Pyro-side terms run hold no parameter of "
+                      "Pyro's param store (a batch norm without weights, outside any network registered with "
+                      "pyro.module), so the checkpoint matches them by the order the runs found them in: this run "
+                      "must have run them in the saving run's order (register each with pyro.module, or call it "
+                      "inside a registered network, to match it by name)", UserWarning, stacklevel=4)
     out = []
     for key, m in found.items():
         own, theirs = _own_buffers(m), saved[key]

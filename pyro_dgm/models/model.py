@@ -431,10 +431,11 @@ class _PyroSideState:
     process): another thread's entries created meanwhile would be taken for this step's.
     """
 
-    __slots__ = ("size", "n_params", "n_groups", "clip", "guides", "ran", "skip")
+    __slots__ = ("size", "n_params", "n_groups", "clip", "guides", "ran", "skip", "called")
 
     def __init__(self, model: "Model", watched: WatchedBuffers) -> None:
         self.ran: dict[int, Any] = {}
+        self.called: dict[int, nn.Module] = {}
         self.skip = {id(m) for m, _, _ in watched.pairs}
         self.size = len(_param_store())
         self.n_params = len(model._dgm_params)
@@ -505,15 +506,52 @@ def _state_follows_params(optimizer: Any) -> None:
             optimizer.state[param] = {k: cast(param, v, k) for k, v in state.items()}
 
 
-def pyro_modules(model: Any) -> list[nn.Module]:
-    """The live modules with buffers that the Pyro-side terms of ``model``'s loss ran in its steps, in the order
-    found (``Model._dgm_pyro_modules``: weak references, or the modules in a copy)."""
-    out = []
-    for r in model.__dict__.get("_dgm_pyro_modules", ()):
+def pyro_modules(model: Any) -> dict[str, nn.Module]:
+    """The live modules with buffers that the Pyro-side terms of ``model``'s loss ran in its steps, by the names
+    :func:`pyro_module_key` gave them when found (``Model._dgm_pyro_modules``: pairs of the name and a weak reference,
+    or the module itself in a copy)."""
+    out = {}
+    for key, r in model.__dict__.get("_dgm_pyro_modules", ()):
         m = r if isinstance(r, nn.Module) else r()
         if m is not None:
-            out.append(m)
+            out[key] = m
     return out
+
+
+def pyro_module_key(m: nn.Module, called: Iterable[nn.Module]) -> str | None:
+    """A name for a module the Pyro-side terms ran that does not depend on the order a run finds the modules in:
+    its place under the nearest module among ``m`` and the modules ``called`` that holds it and whose parameters
+    Pyro's param store holds, all under one prefix (``"encoder$$$1"`` for ``encoder[1]`` after
+    ``pyro.module("encoder", encoder)``, a batch norm with or without its own weights); None if there is none."""
+    from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER as divider
+
+    store = _param_store()
+    names: dict[int, set[str]] = {}
+    for n in list(store.keys()):
+        for t in (store._params.get(n), store.get_param(n)):
+            try:
+                names.setdefault(t.data_ptr(), set()).add(n)
+            except (AttributeError, RuntimeError, ValueError):  # (a tensor without storage)
+                continue
+    holders = [a for a in called if a is not m and any(x is m for x in a.modules())]
+    for a in [m, *sorted(holders, key=lambda a: sum(1 for _ in a.modules()))]:  # the nearest first
+        prefixes: set[str] | None = None
+        for path, p in a.named_parameters():
+            try:
+                held = names.get(p.data_ptr())
+            except (RuntimeError, ValueError):
+                continue
+            if not held:  # (frozen: not in the store)
+                continue
+            ends = {n[:len(n) - len(path)] for n in held if n.endswith(path)}
+            ends = {e for e in ends if e.endswith((".", divider))}
+            prefixes = ends if prefixes is None else prefixes & ends
+            if not prefixes:
+                break
+        if prefixes:
+            place = "" if a is m else next(name for name, x in a.named_modules() if x is m)
+            return (min(prefixes) + place).rstrip(".")
+    return None
 
 
 def _check_values(model: Any, method: str, arg: str, values: Any) -> None:
@@ -999,10 +1037,11 @@ class Model:
         try:
             if pyro_side is None:
                 return self._dgm_step(train_x_dict, kwargs)
-            with noting_buffers(pyro_side.ran, pyro_side.skip):  # (the networks the Pyro-side terms run)
+            with noting_buffers(pyro_side.ran, pyro_side.skip, called=pyro_side.called):  # (the networks the
+                # Pyro-side terms run)
                 loss = self._dgm_step(train_x_dict, kwargs)
             if pyro_side.ran:
-                self._dgm_found_pyro_modules(pyro_side.ran)
+                self._dgm_found_pyro_modules(pyro_side.ran, pyro_side.called)
             return loss
         except BaseException as e:  # a NaN batch, a network that raised, Ctrl-C: as if the step had not started
             if buffers:
@@ -1022,15 +1061,27 @@ class Model:
                 ddp.taken = None
             _SIGNALS.release(self)
 
-    def _dgm_found_pyro_modules(self, ran: Mapping[int, tuple[nn.Module, list]]) -> None:
+    def _dgm_found_pyro_modules(self, ran: Mapping[int, tuple[nn.Module, list]], called: Mapping[int, nn.Module]
+                                ) -> None:
         """Keep the modules with buffers that the Pyro-side terms ran in a step (weakly: a guide that builds a
-        network at each call holds none of them after it), whose buffers checkpoints hold."""
+        network at each call holds none of them after it), by :func:`pyro_module_key` (else ``"#<k>"``, the k-th
+        found without one), whose buffers checkpoints hold."""
         import weakref
 
         found = pyro_modules(self)
-        known = {id(m) for m in found}
-        found.extend(m for m, entries in ran.values() if entries and id(m) not in known)
-        self._dgm_pyro_modules = [weakref.ref(m) for m in found]
+        known = {id(m) for m in found.values()}
+        new = [m for m, entries in ran.values() if entries and id(m) not in known]
+        if not new:
+            if len(found) != len(self.__dict__.get("_dgm_pyro_modules", ())):
+                self._dgm_pyro_modules = [(k, weakref.ref(m)) for k, m in found.items()]
+            return
+        unnamed = sum(k.startswith("#") for k in found)
+        for m in new:
+            key = pyro_module_key(m, called.values())
+            if key is None or key in found:
+                key, unnamed = f"#{unnamed}", unnamed + 1
+            found[key] = m
+        self._dgm_pyro_modules = [(k, weakref.ref(m)) for k, m in found.items()]
 
     def _dgm_step(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:
         """The body of :meth:`train`."""
@@ -1232,7 +1283,7 @@ class Model:
         state["_dgm_compiled"] = {}  # keyed by the losses' ids, which a copy does not keep: built again
         state.pop("_dgm_data_generators", None)  # the last fit's data loader's (torch.Generator does not pickle)
         if "_dgm_pyro_modules" in state:  # (weak references do not pickle: the copy holds its copies of them)
-            state["_dgm_pyro_modules"] = pyro_modules(self)
+            state["_dgm_pyro_modules"] = list(pyro_modules(self).items())
         return state
 
     def _dgm_compiled_eval(self, loss: Loss) -> CompiledEval:
@@ -1253,7 +1304,12 @@ class Model:
         known = self.__dict__.get("_dgm_known_ids")
         if known is None:
             known = self._dgm_known_ids = {id(p) for p in self._dgm_params} | _distribution_param_ids(self)
-        new = {n: p for n, p in found.items() if id(p) not in known and p.requires_grad}
+        new: dict[str, Tensor] = {}
+        taken: set[int] = set()
+        for n, p in found.items():  # (a tensor under two names, pyro.module of one network twice or an autoguide's
+            if id(p) not in known and id(p) not in taken and p.requires_grad:  # prototype: one entry, under its
+                taken.add(id(p))  # first name, as SVI steps each tensor once)
+                new[n] = p
         if not new:
             return
         params = list(new.values())

@@ -155,11 +155,12 @@ def test_a_checkpoint_with_the_buffers_of_other_networks_is_refused_naming_them(
         assert_same_state(before, state(net2, p2))
 
 
-def _two_encoders(script: bool = False) -> tuple[Model, dict[str, nn.Module], dict[str, str]]:
-    """A VAE whose guide registers two encoders (each with a batch norm) and runs the one ``which["k"]`` names."""
+def _two_encoders(script: bool = False, affine: bool = True) -> tuple[Model, dict[str, nn.Module], dict[str, str]]:
+    """A VAE whose guide registers two encoders (each with a batch norm, with weights or without) and runs the one
+    ``which["k"]`` names."""
     torch.manual_seed(0)
     pyro.clear_param_store()
-    nets = {k: nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4)) for k in "AB"}
+    nets = {k: nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4, affine=affine)) for k in "AB"}
     if script:
         nets = {k: torch.jit.script(v) for k, v in nets.items()}
     dec = nn.Linear(2, 5)
@@ -188,12 +189,14 @@ def _bn(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "tracked" in k}
 
 
-def test_a_checkpoint_matches_the_networks_by_their_names_not_the_order_a_run_found_them() -> None:
-    """Encoder A runs at the saving program's first step and B at its second; the loading program's step (which
-    ``load`` asks for) runs B: the batch norms were matched by the order found, so A's saved statistics went into
-    B and B's into A, silently (p376: A's running mean [-0.0813, ...] after two resumed steps where the
-    uninterrupted run has [0.0471, ...]). They are matched by their param-store names now: the uninterrupted run's."""
-    model, nets, which = _two_encoders()
+@pytest.mark.parametrize("affine", [True, False])
+def test_a_checkpoint_matches_the_networks_by_their_names_not_the_order_a_run_found_them(affine: bool) -> None:
+    """Encoder A runs at the saving program's first step and B at its second; the loading program's steps (which
+    ``load`` asks for) run B, then A: the batch norms were matched by the order found, so A's saved statistics
+    went into B and B's into A, silently (p376: A's running mean [-0.0813, ...] after two resumed steps where the
+    uninterrupted run has [0.0471, ...]; p377: the same for batch norms without weights). They are matched by
+    their place under the network ``pyro.module`` registered (``"encA$$$1"``): the uninterrupted run's."""
+    model, nets, which = _two_encoders(affine=affine)
     buf = io.BytesIO()
     for i, x in enumerate(DATA):
         which["k"] = "AB"[i % 2]
@@ -201,7 +204,7 @@ def test_a_checkpoint_matches_the_networks_by_their_names_not_the_order_a_run_fo
         model.train({"x": x})
         if i == 3:
             model.save(buf)
-    resumed, nets2, which2 = _two_encoders()
+    resumed, nets2, which2 = _two_encoders(affine=affine)
     for k in "BA":
         which2["k"] = k
         resumed.train({"x": DATA[0]})
@@ -259,3 +262,139 @@ def test_a_network_built_at_each_call_is_not_kept_alive_by_the_model() -> None:
     buf = io.BytesIO()
     m.save(buf)
     assert "pyro_modules" not in torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+
+
+def test_a_scripted_batch_norm_registered_alone_is_put_back_and_saved() -> None:
+    """``torch.jit.script(nn.BatchNorm1d(4))`` as the guide's network: the module called is the batch norm itself,
+    whose own buffers were skipped (p377: ``running_mean`` NaN after a refused NaN batch, and no checkpoint entry)."""
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    bn = torch.jit.script(nn.BatchNorm1d(5))
+    dec = nn.Linear(5, 5)
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 5), 1.).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        pyro.module("bn", bn)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(bn(x), 1.).to_event(1))
+
+    model_ = Model(PyroELBO(model, guide), optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-2})
+    model_.train({"x": DATA[0]})
+    before = _bn(bn)
+    with pytest.raises((ValueError, NonFiniteLossError)):
+        model_.train({"x": torch.full((6, 5), float("nan"))})
+    assert_same_state(before, _bn(bn))
+    buf = io.BytesIO()
+    model_.save(buf)
+    assert list(torch.load(io.BytesIO(buf.getvalue()), weights_only=True)["pyro_modules"]) == ["bn$$$"]
+
+
+def test_one_network_registered_under_two_names_is_stepped_once_as_by_svi() -> None:
+    """``pyro.module("first", enc)`` and ``pyro.module("second", enc)``: each tensor joined the optimizer under both
+    names and was stepped twice (p377: weight row 0 [0.7839, ...] where SVI and w - 0.1 grad give [0.3903, ...]);
+    once now, as plain Pyro's SVI steps it."""
+    def build() -> tuple[Any, Any, nn.Module]:
+        torch.manual_seed(0)
+        pyro.clear_param_store()
+        enc, dec = nn.Linear(5, 2), nn.Linear(2, 5)
+
+        def model(x: torch.Tensor) -> None:
+            pyro.module("dec", dec)
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.).to_event(1))
+                pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+
+        def guide(x: torch.Tensor) -> None:
+            pyro.module("first", enc)
+            pyro.module("second", enc)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(enc(x), 1.).to_event(1))
+
+        return model, guide, enc
+
+    model, guide, enc = build()
+    m = Model(PyroELBO(model, guide), optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1})
+    torch.manual_seed(3)
+    m.train({"x": DATA[0]})
+    held = [id(p) for g in m.optimizer.param_groups for p in g["params"]]
+    assert len(held) == len(set(held)) == 4  # (enc's and dec's weight and bias, each once)
+    model2, guide2, enc2 = build()
+    svi = pyro.infer.SVI(model2, guide2, pyro.optim.SGD({"lr": 0.1}), pyro.infer.Trace_ELBO())
+    torch.manual_seed(3)
+    svi.step(DATA[0])
+    torch.testing.assert_close(enc.weight, enc2.weight, rtol=0, atol=1e-7)
+
+
+def test_a_checkpoint_without_these_buffers_or_run_before_every_network_ran_is_said_so() -> None:
+    """A checkpoint written before these buffers were saved loads with a warning that they stay as they are
+    (p377: silently); one that holds a network this run has not run yet is refused, saying which and what to do
+    (p377: the message named both lists only)."""
+    model, nets, which = _two_encoders()
+    for k in "AB":
+        which["k"] = k
+        model.train({"x": DATA[0]})
+    buf = io.BytesIO()
+    model.save(buf)
+    state = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    del state["pyro_modules"]
+    old = io.BytesIO()
+    torch.save(state, old)
+    other, _, which2 = _two_encoders()
+    for k in "AB":
+        which2["k"] = k
+        other.train({"x": DATA[1]})
+    old.seek(0)
+    with pytest.warns(UserWarning, match=r"holds no buffers of the networks .*'encA\$\$\$1', 'encB\$\$\$1'"):
+        other.load(old, resume=True)
+    partial, _, which3 = _two_encoders()
+    partial.train({"x": DATA[1]})  # (runs A only)
+    buf.seek(0)
+    with pytest.raises(ValueError, match=r"has not run \['encB\$\$\$1'\] yet: take training steps that run each"):
+        partial.load(buf, resume=True)
+
+
+def test_batch_norms_outside_any_registered_network_are_matched_by_order_with_a_warning() -> None:
+    """Two batch norms without weights that the guide calls outside any network ``pyro.module`` registered have
+    no name a new program could find them by: matched by the order found, with a warning that says so (p377:
+    silently swapped when the loading run found them in another order)."""
+    def build() -> tuple[Model, dict[str, nn.Module], dict[str, str]]:
+        torch.manual_seed(0)
+        pyro.clear_param_store()
+        lin, dec = nn.Linear(5, 4), nn.Linear(2, 5)
+        bns = {k: nn.BatchNorm1d(4, affine=False) for k in "AB"}
+        which = {"k": "A"}
+
+        def model(x: torch.Tensor) -> None:
+            pyro.module("dec", dec)
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.).to_event(1))
+                pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+
+        def guide(x: torch.Tensor) -> None:
+            pyro.module("lin", lin)
+            h = bns[which["k"]](lin(x))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+        return Model(PyroELBO(model, guide), optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-2}), bns, which
+
+    model, bns, which = build()
+    for k in "AB":
+        which["k"] = k
+        model.train({"x": DATA[0]})
+    buf = io.BytesIO()
+    model.save(buf)
+    other, bns2, which2 = build()
+    for k in "AB":
+        which2["k"] = k
+        other.train({"x": DATA[1]})
+    buf.seek(0)
+    with pytest.warns(UserWarning, match="matches them by the order the runs found them in"):
+        other.load(buf, resume=True)
+    for k in "AB":  # (found in the saving run's order here: each its own)
+        assert_same_state(_bn(bns[k]), _bn(bns2[k]))
