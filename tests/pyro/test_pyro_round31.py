@@ -155,6 +155,18 @@ def test_a_checkpoint_with_the_buffers_of_other_networks_is_refused_naming_them(
         assert_same_state(before, state(net2, p2))
 
 
+def decoder_model(dec: nn.Module, z_dim: int) -> Any:
+    """The model of the VAEs below: ``z ~ N(0, I)`` of ``z_dim`` per row, ``x ~ N(dec(z), I)``, ``dec`` registered
+    by ``pyro.module``."""
+    def model(x: torch.Tensor) -> None:
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], z_dim), 1.).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+
+    return model
+
+
 def _two_encoders(script: bool = False, affine: bool = True) -> tuple[Model, dict[str, nn.Module], dict[str, str]]:
     """A VAE whose guide registers two encoders (each with a batch norm, with weights or without) and runs the one
     ``which["k"]`` names."""
@@ -166,11 +178,7 @@ def _two_encoders(script: bool = False, affine: bool = True) -> tuple[Model, dic
     dec = nn.Linear(2, 5)
     which = {"k": "A"}
 
-    def model(x: torch.Tensor) -> None:
-        pyro.module("dec", dec)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.).to_event(1))
-            pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+    model = decoder_model(dec, 2)
 
     def guide(x: torch.Tensor) -> None:
         pyro.module("encA", nets["A"])
@@ -241,11 +249,7 @@ def test_a_network_built_at_each_call_is_not_kept_alive_by_the_model() -> None:
     made: list[weakref.ref] = []
     dec = nn.Linear(2, 5)
 
-    def model(x: torch.Tensor) -> None:
-        pyro.module("dec", dec)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.).to_event(1))
-            pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+    model = decoder_model(dec, 2)
 
     def guide(x: torch.Tensor) -> None:
         bn = nn.BatchNorm1d(5, affine=False)
@@ -272,11 +276,7 @@ def test_a_scripted_batch_norm_registered_alone_is_put_back_and_saved() -> None:
     bn = torch.jit.script(nn.BatchNorm1d(5))
     dec = nn.Linear(5, 5)
 
-    def model(x: torch.Tensor) -> None:
-        pyro.module("dec", dec)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 5), 1.).to_event(1))
-            pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+    model = decoder_model(dec, 5)
 
     def guide(x: torch.Tensor) -> None:
         pyro.module("bn", bn)
@@ -303,11 +303,7 @@ def test_one_network_registered_under_two_names_is_stepped_once_as_by_svi() -> N
         pyro.clear_param_store()
         enc, dec = nn.Linear(5, 2), nn.Linear(2, 5)
 
-        def model(x: torch.Tensor) -> None:
-            pyro.module("dec", dec)
-            with pyro.plate("data", x.shape[0]):
-                z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.).to_event(1))
-                pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+        model = decoder_model(dec, 2)
 
         def guide(x: torch.Tensor) -> None:
             pyro.module("first", enc)
@@ -369,11 +365,7 @@ def test_batch_norms_outside_any_registered_network_are_matched_by_order_with_a_
         bns = {k: nn.BatchNorm1d(4, affine=False) for k in "AB"}
         which = {"k": "A"}
 
-        def model(x: torch.Tensor) -> None:
-            pyro.module("dec", dec)
-            with pyro.plate("data", x.shape[0]):
-                z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.).to_event(1))
-                pyro.sample("x", dist.Normal(dec(z), 1.).to_event(1), obs=x)
+        model = decoder_model(dec, 2)
 
         def guide(x: torch.Tensor) -> None:
             pyro.module("lin", lin)
