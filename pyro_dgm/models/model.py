@@ -522,7 +522,8 @@ def pyro_module_key(m: nn.Module, called: Iterable[nn.Module]) -> str | None:
     """A name for a module the Pyro-side terms ran that does not depend on the order a run finds the modules in:
     its place under the nearest module among ``m`` and the modules ``called`` that holds it and whose parameters
     Pyro's param store holds, all under one prefix (``"encoder$$$1"`` for ``encoder[1]`` after
-    ``pyro.module("encoder", encoder)``, a batch norm with or without its own weights); None if there is none."""
+    ``pyro.module("encoder", encoder)``, a batch norm with or without its own weights; of two such modules of one
+    size, the first name); None if there is none."""
     from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER as divider
 
     store = _param_store()
@@ -534,7 +535,8 @@ def pyro_module_key(m: nn.Module, called: Iterable[nn.Module]) -> str | None:
             except (AttributeError, RuntimeError, ValueError):  # (a tensor without storage)
                 continue
     holders = [a for a in called if a is not m and any(x is m for x in a.modules())]
-    for a in [m, *sorted(holders, key=lambda a: sum(1 for _ in a.modules()))]:  # the nearest first
+    keys = []  # (the nearest holder's; of holders of one size, the first name: not the order they were called in)
+    for a in [m, *holders]:
         prefixes: set[str] | None = None
         for path, p in a.named_parameters():
             try:
@@ -549,9 +551,11 @@ def pyro_module_key(m: nn.Module, called: Iterable[nn.Module]) -> str | None:
             if not prefixes:
                 break
         if prefixes:
-            place = "" if a is m else next(name for name, x in a.named_modules() if x is m)
-            return (min(prefixes) + place).rstrip(".")
-    return None
+            if a is m:
+                return min(prefixes).rstrip(".")
+            place = next(name for name, x in a.named_modules() if x is m)
+            keys.append((sum(1 for _ in a.modules()), (min(prefixes) + place).rstrip(".")))
+    return min(keys)[1] if keys else None
 
 
 def _check_values(model: Any, method: str, arg: str, values: Any) -> None:

@@ -390,3 +390,36 @@ def test_batch_norms_outside_any_registered_network_are_matched_by_order_with_a_
         other.load(buf, resume=True)
     for k in "AB":  # (found in the saving run's order here: each its own)
         assert_same_state(_bn(bns[k]), _bn(bns2[k]))
+
+
+def test_a_batch_norm_two_registered_networks_share_has_one_name_whatever_order_they_run_in() -> None:
+    """One batch norm (without weights) inside two networks of one size, ``e1`` and ``e2``, each registered by
+    ``pyro.module``: the name came from the one called first, so a program calling ``e2`` first could not load the
+    checkpoint of one calling ``e1`` first (p380: ``['e1$$$1']`` against ``['e2$$$1']``); it is the first name of
+    the two now, and the saved statistics are restored."""
+    def build(order: str) -> tuple[Model, dict[str, nn.Module]]:
+        torch.manual_seed(0)
+        pyro.clear_param_store()
+        nets = {k: nn.Sequential(nn.Linear(5, 5), nn.BatchNorm1d(5, affine=False), nn.Linear(5, 2)) for k in "12"}
+        nets["2"][1] = nets["1"][1]
+        model = decoder_model(nn.Linear(2, 5), 2)
+
+        def guide(x: torch.Tensor) -> None:
+            for k in "12":
+                pyro.module(f"e{k}", nets[k])
+            h = {k: nets[k](x) for k in order}
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(h["1"], h["2"].exp()).to_event(1))
+
+        return Model(PyroELBO(model, guide), optimizer=torch.optim.Adam, optimizer_params={"lr": 0.05}), nets
+
+    first, nets = build("12")
+    for i in range(3):
+        first.train({"x": DATA[i] * (1 + i)})
+    buf = io.BytesIO()
+    first.save(buf)
+    second, nets2 = build("21")
+    second.train({"x": DATA[5]})
+    buf.seek(0)
+    second.load(buf, resume=True)
+    assert_same_state(_bn(nets["1"]), _bn(nets2["1"]))
