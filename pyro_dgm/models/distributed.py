@@ -56,7 +56,7 @@ from pyro.util import warn_if_nan
 from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss
-from pyro_dgm.losses.steps import clear_grads, noting_buffers
+from pyro_dgm.losses.steps import _buffer, clear_grads, noting_buffers
 from pyro_dgm.utils.checks import ArgumentError
 
 __all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT",
@@ -539,7 +539,7 @@ class Replicated:
                         for _, name, b, value in first:
                             if (id(module), name) in restored:
                                 continue  # (put back before the second run, which updated it once)
-                            if module._buffers.get(name) is b:
+                            if _buffer(module, name) is b:  # (a TorchScript module's wrapper has no get)
                                 b.data.copy_(value)  # (not counted as a change: the second run's graph saved
                                 # them; a training batch norm's backward reads its batch statistics, not these)
                             else:  # (rebound by the second run, self.avg = ...: the first run's value)
