@@ -13,7 +13,8 @@ A checkpoint holds
 
 - the Pyro-side parameters the model trains (an autoguide's, by param-store name; see
   :class:`~pyro_dgm.models.Model`), and the persistent buffers of the networks its Pyro-side terms run (a guide's
-  network registered by ``pyro.module``, with a batch norm), by their param-store names;
+  network registered by ``pyro.module``, with a batch norm), each by its place under the network registered
+  (:func:`~pyro_dgm.models.model.pyro_module_key`);
 - for a :class:`~pyro_dgm.models.GAN` whose generator step failed after the discriminator's (Ctrl-C), that this
   batch's discriminator step is done (``d_step_done``: the batch's digest, the discriminator's loss and the random
   states that followed its step), so the resumed run takes the generator's step only on that batch, as the
