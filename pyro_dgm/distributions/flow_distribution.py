@@ -258,13 +258,14 @@ class _FlowDistribution(OneSiteDistribution):
         fn, base = self._dgm_fn(b, values, ctx)
         t = fn.transforms[0]
         name = b.var[0]
+        mark = None  # (a draw's: the hidden value below reads the memory it makes without checking the weights)
         try:
             if ctx.sample_mean:
                 with event_dims_fixed():
                     mean = t(base.mean)
                 value = self._dgm_record(name, mean, fn.event_dim)
             else:
-                mark = memory_mark()  # (the hidden value below reads this draw's memory without checking the weights)
+                mark = memory_mark()
                 value = self._dgm_site(name, fn, ctx)  # (_FlowSite checks the flow kept its input's batch dims)
         except RuntimeError as e:  # the prior draws in a dtype the flow's layers refuse (a float64 prior)
             own = self._dgm_weights_dtype()
@@ -298,13 +299,12 @@ class _FlowDistribution(OneSiteDistribution):
             try:
                 with torch.set_grad_enabled(ctx.reparam and torch.is_grad_enabled()), event_dims_fixed():
                     inv = t.inv  # from the flow's memory, leaving logdet_jacobian as it was (Pixyz's sample does)
-                    since = None if ctx.sample_mean else mark
                     if isinstance(t, Flow):
-                        values[hidden] = drawn_input(t, value, since)
+                        values[hidden] = drawn_input(t, value, mark)
                     elif isinstance(inv, Flow):
-                        values[hidden] = Flow.condition(inv, None)._dgm_map(value, since)
+                        values[hidden] = Flow.condition(inv, None)._dgm_map(value, mark)
                     elif isinstance(inv, ConditionedFlow):
-                        values[hidden] = inv._dgm_map(value, since)
+                        values[hidden] = inv._dgm_map(value, mark)
                     else:
                         values[hidden] = inv(value)
             except NotImplementedError:

@@ -1041,8 +1041,7 @@ class Model:
         try:
             if pyro_side is None:
                 return self._dgm_step(train_x_dict, kwargs)
-            with noting_buffers(pyro_side.ran, pyro_side.skip, called=pyro_side.called):  # (the networks the
-                # Pyro-side terms run)
+            with noting_buffers(pyro_side.ran, pyro_side.skip, called=pyro_side.called):  # (the Pyro-side networks)
                 loss = self._dgm_step(train_x_dict, kwargs)
             if pyro_side.ran:
                 self._dgm_found_pyro_modules(pyro_side.ran, pyro_side.called)
