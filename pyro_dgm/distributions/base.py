@@ -28,7 +28,7 @@ from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS, Binding, BoundForw
 from pyro_dgm.distributions.early_options import check_early_shape, early_sampling_options
 from pyro_dgm.distributions.unreparameterized import plain_sample, unreparameterized
 from pyro_dgm.distributions import overrides
-from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, data_batch_ndim, data_plate,
+from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, copies_ndim, data_batch_ndim, data_plate,
                                            given_event_dim, ignores_sites, mark_own_observed, outer_plates_ndim,
                                            plate_trace, site_data_size)
 from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up_subclasses, users_own,
@@ -1119,7 +1119,8 @@ class Distribution(YieldingModule):
             Values of ``var`` and ``input_var``.
         sum_features : bool, default True
             Sum over every dim but the first (Pixyz's convention: one value per batch element; a value drawn with
-            ``sample_shape`` ``[L, B, ...]`` gives ``[L]``); else element-wise.
+            ``sample_shape`` ``[L, B, ...]`` gives ``[L]``; inside Pyro plates over copies of the model, at dims
+            left of -1, their dims and the rows stay: ``[K, B]``); else element-wise.
         feature_dims : list of int, optional
             Sum over these dims of the element-wise log-density instead.
         **kwargs
@@ -1137,8 +1138,11 @@ class Distribution(YieldingModule):
                 return Distribution.get_log_prob(self, x_dict, sum_features, feature_dims, **kwargs)
         total = self._dgm_get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
         if sum_features and feature_dims is None and total.dim() > 1 and not self._dgm_factor_sums(True, None):
-            # Pixyz sums every dim but the first: a sample_shape draw [L, B, ...] scores to [L]
-            total = total.sum(tuple(range(1, total.dim())))
+            # Pixyz sums every dim but the first: a sample_shape draw [L, B, ...] scores to [L]; inside Pyro plates
+            # over copies of the model ([K, B, ...] drawn in a plate of K at dim -2) the copies' dims stay too
+            keep = 1 + copies_ndim(total) if PYRO_STACK else 1
+            if total.dim() > keep:
+                total = total.sum(tuple(range(keep, total.dim())))
         return total
 
     def _dgm_factor_sums(self, sum_features: bool, feature_dims: Sequence[int] | None) -> bool:

@@ -29,7 +29,7 @@ from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
 
 __all__ = ["data_plate", "run_network", "run_bound_network", "has_forward_hooks", "has_call_hooks", "ignores_sites",
            "given_event_dim", "site_event_dim", "site_data_size", "data_batch_ndim", "conditioned_value", "plate_trace",
-           "outer_plates_ndim", "mark_own_observed", "copy_plates", "PYRO_STACK"]
+           "outer_plates_ndim", "copies_ndim", "mark_own_observed", "copy_plates", "PYRO_STACK"]
 
 #: Pyro's handler stack (one list for the process; Pyro keeps it private, this is the same object).
 PYRO_STACK = _PYRO_STACK
@@ -212,6 +212,14 @@ def outer_plates_ndim(value: torch.Tensor, features_ndim: int = 1) -> int:
     ``value``'s leading dims do not have their sizes (plates over copies the user opened, e.g. particles at dim -2:
     the data has no dims for them); see :func:`_outer_lead`."""
     return _outer_lead(value.shape, _plate_sizes(True, own=False), features_ndim)
+
+
+def copies_ndim(lp: torch.Tensor) -> int:
+    """How many leading dims of a log-density ``lp`` (one value per row, or per draw and row) the active plates cover
+    when none of them is at dim -1 (copies of the model: ``pyro.plate("outer", K, dim=-2)``, vectorized particles):
+    those dims and the rows' after them are batch dims, not features to sum (0 when a plate is at dim -1, when there
+    is none, or when ``lp``'s leading dims do not have their sizes); see :func:`_outer_lead`."""
+    return _outer_lead(lp.shape, _plate_sizes(False), 0)
 
 
 def data_batch_ndim(value: Any, features_ndim: int = 1) -> int:
