@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, kl_divergence
 
 from pyro_dgm.distributions.base import site_builder
+from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS
 from pyro_dgm.distributions.exponential import scored_distribution
 from pyro_dgm.distributions.overrides import current_of, sets_dist
 from pyro_dgm.distributions.pixyz_protocol import LiveTorchClass
@@ -452,6 +453,7 @@ class KullbackLeibler(Loss):
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> Any:
         if self._dgm_mc is not None:
             return self._dgm_mc.eval(x_dict, return_dict=True, return_all=False, **kwargs)
+        kwargs = _network_options(kwargs)
         total: Tensor | None = None
         dim = self._dgm_dim()
         current_of(self.p)  # (a method a later cell set on a class: Pixyz's KL calls set_dist of the moment)
@@ -541,6 +543,15 @@ class KullbackLeibler(Loss):
         except (AttributeError, NotImplementedError, TypeError, ValueError):  # no torch distribution: keep the shape
             return False
         return all(len(s) <= 1 for s in shapes)
+
+
+def _network_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The options of an analytic term's ``eval`` that go to the networks: Pixyz's analytic KL and entropy build
+    their distributions without the sampling options a loss passes along (``batch_n``, ``sample_shape``...), so a
+    ``batch_n`` given to ``eval`` or ``Model.train`` draws nothing and expands nothing there."""
+    if not kwargs or SAMPLING_OPTIONS.isdisjoint(kwargs):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k not in SAMPLING_OPTIONS}
 
 
 def _pixyz_batch_shape(d: Any, values: dict[str, Any], kwargs: dict[str, Any]) -> torch.Size:
@@ -645,6 +656,7 @@ class Entropy(Loss):
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> Any:
         if self._dgm_mc is not None:
             return self._dgm_mc.eval(x_dict, return_dict=True, return_all=False, **kwargs)
+        kwargs = _network_options(kwargs)
         p = self.p
         factors = (p,) if p._dgm_factors == (p,) else _mean_field(
             p, f"Entropy {self.latex}", "pass analytical=False for a Monte Carlo estimate")
