@@ -311,8 +311,8 @@ def _standard_normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) 
 
 class _CrossEntropy(torch.autograd.Function):
     r""":math:`x \log p + (1 - x) \log(1 - p)` with ``binary_cross_entropy``'s value (each logarithm clamped at
-    :math:`-100`) and gradients (for ``p``, :math:`(x - p) / \max(p (1 - p), 10^{-12})`: finite where ``p`` is 0 or
-    1), for any real ``x``. On the CPU it costs about a third of that function's forward and backward, whose kernels
+    :math:`-100`) and gradients (for ``p``, :math:`(x - p) / \max(p (1 - p), 10^{-12})`, in float64 with a floor of
+    about :math:`1.5 \cdot 10^{-154}`: finite where ``p`` is 0 or 1), for any real ``x``. On the CPU it costs about a third of that function's forward and backward, whose kernels
     are not vectorized; its backward is made of torch operations, so it has a second derivative too."""
 
     generate_vmap_rule = True  # torch.func.vmap / grad / jacrev work through it
@@ -347,8 +347,15 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def _d_probs(probs: Tensor, x: Tensor) -> Tensor:
-    """binary_cross_entropy's derivative for the probabilities, negated: (x - p) / max(p (1 - p), 1e-12)."""
-    return (x - probs) / ((1 - probs) * probs).clamp_min(1e-12)  # torch's arrangement: its rounding
+    """binary_cross_entropy's derivative for the probabilities, negated: (x - p) / max(p (1 - p), 1e-12); in
+    float64 the floor is the square root of the smallest normal number (about 1.5e-154), so that the derivative is
+    exact wherever the logarithms are not clamped (p of 1e-13 from a sigmoid of -30: 1e13, where the function's
+    1e-12 gives 1e12), as Pixyz's and Pyro's are there, and still finite (at most |x| 6.7e153) where p is 0 or 1."""
+    floor = _FLOOR_64 if probs.dtype == torch.float64 else 1e-12
+    return (x - probs) / ((1 - probs) * probs).clamp_min(floor)  # torch's arrangement: its rounding
+
+
+_FLOOR_64 = torch.finfo(torch.float64).tiny ** 0.5
 
 
 def _d_x(probs: Tensor) -> Tensor:
@@ -492,9 +499,11 @@ def bernoulli_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) -> Tens
             raise RuntimeError(_OUT_OF_RANGE)
         return _sum(bernoulli_cross_entropy(probs, x), dims)
     if probs.is_cpu:
-        if probs.dtype not in _FULL_DTYPES:  # low precision, at every size in the probabilities' dtype (the kernel
-            # would compute in float32 under autocast): the function in bfloat16, torch operations in float16 (see
-            # bernoulli_cross_entropy), whose gradients are finite where a probability is 0 or 1
+        if probs.dtype not in _FULL_DTYPES or probs.dtype == torch.float64:  # low precision, at every size in the
+            # probabilities' dtype (the kernel would compute in float32 under autocast): the function in bfloat16, torch
+            # operations in float16 (see bernoulli_cross_entropy), whose gradients are finite where a probability is
+            # 0 or 1; float64: the function with its float64 floor (the kernel's gradient for the probabilities is
+            # floored at 1e-12 in float64 too; compiled, torch operations whose gradient has no floor)
             if not is_compiling() and not _in_unit_interval_if_known(probs):
                 raise RuntimeError(_OUT_OF_RANGE)
             return _sum(bernoulli_cross_entropy(probs, x), dims)
