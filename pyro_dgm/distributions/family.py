@@ -1317,6 +1317,8 @@ class DistributionBase(Distribution):
             if not isinstance(e, (ValueError, RuntimeError)):
                 raise
             bad = self._dgm_diagnosis(base, x, b.var[0])
+            if not bad and isinstance(e, OutOfRangeError):  # (the scoring's own check: negative probabilities)
+                raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {e}") from e
             if bad:  # not a matter of shapes: a NaN in the data, or a parameter that the network gave out of range
                 raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {bad} ({e})") from e
             if x.dtype == torch.bool and not isinstance(e, NotOneHotError):  # not a matter of shapes either (a

@@ -487,7 +487,11 @@ class MixtureModel(_Mixture):
             support = support.reshape(k, *([1] * nb), k)
         else:
             support = torch.arange(k, device=comps[0].mean.device).reshape(k, *([1] * nb))
-        logits = prior_fn.log_prob(support).movedim(0, -1)
+        try:
+            logits = prior_fn.log_prob(support).movedim(0, -1)
+        except OutOfRangeError as e:  # (weights that no softmax made, built without validation)
+            raise OutOfRangeError(f"{describe(self)}: cannot score the weights of its prior {describe(self.prior)}: "
+                                  f"{e}") from e
         x = values.get(b.var[0])
         if (isinstance(x, Tensor) and x.dim() >= 2 and ctx.obs is None and (not PYRO_STACK or ignores_sites(PYRO_STACK))
                 and all(not c.event_shape and all(n == 1 for n in c.batch_shape) for c in comps)):
