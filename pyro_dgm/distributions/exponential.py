@@ -268,9 +268,11 @@ def log_of_probs(probs: Tensor) -> Tensor:
     if probs.dtype == torch.float16:
         return probs_to_logits(probs)
     if probs.is_cpu and not is_compiling() and not torch.jit.is_tracing() and not (
-            torch._C._are_functorch_transforms_active()) and not torch._is_all_true((probs >= 0) | probs.isnan()):  # (built without validation: a network without its softmax) one
-        # reduction on the CPU, as the Bernoulli's check; the caller names the distribution
-        raise OutOfRangeError(f"the probabilities hold a negative value (e.g. {probs[probs < 0].flatten()[0].item():g})")
+            torch._C._are_functorch_transforms_active()) and not torch._is_all_true((probs >= 0) | probs.isnan()):
+        # (built without validation: a network without its softmax) one reduction on the CPU, as the Bernoulli's
+        # check; the caller names the distribution
+        bad = probs[probs < 0].flatten()[0].item()
+        raise OutOfRangeError(f"the probabilities hold a negative value (e.g. {bad:g})")
     work = probs if probs.dtype in (torch.float32, torch.float64) else probs.float()
     safe = work.clamp_min(torch.finfo(work.dtype).tiny).log()
     # -100 at and below e^-100 (float64; in float32 the clamp above stops at -87.3, so at 0 alone); NaN stays

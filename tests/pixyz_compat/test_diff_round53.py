@@ -42,9 +42,10 @@ def test_batch_n_given_to_an_analytic_kl_changes_nothing_as_under_pixyz() -> Non
         out["ce_3"] = CrossEntropy(q, prior, analytical=True).eval({"x": x}, batch_n=3)
         out["h_3"] = Entropy(q, analytical=True).eval({"x": x}, batch_n=3)
         out["net_3"] = KullbackLeibler(Q(), prior).eval({"x": x}, batch_n=3)
-        a, b = Bernoulli(probs=torch.tensor([0.3, 0.2]), var=["y"]), Bernoulli(probs=torch.tensor([0.5, 0.5]), var=["y"])
-        c, d = Categorical(probs=torch.tensor([0.3, 0.7]), var=["y"]), Categorical(probs=torch.tensor([0.5, 0.5]),
-                                                                                  var=["y"])
+        a = Bernoulli(probs=torch.tensor([0.3, 0.2]), var=["y"])
+        b = Bernoulli(probs=torch.tensor([0.5, 0.5]), var=["y"])
+        c = Categorical(probs=torch.tensor([0.3, 0.7]), var=["y"])
+        d = Categorical(probs=torch.tensor([0.5, 0.5]), var=["y"])
         out["bern_2"] = KullbackLeibler(a, b).eval({}, batch_n=2)
         out["cat_2"] = KullbackLeibler(c, d).eval({}, batch_n=2)
         return out
