@@ -1139,8 +1139,10 @@ class Distribution(YieldingModule):
         total = self._dgm_get_log_prob(x_dict, sum_features, feature_dims, **kwargs)
         if sum_features and feature_dims is None and total.dim() > 1 and not self._dgm_factor_sums(True, None):
             # Pixyz sums every dim but the first: a sample_shape draw [L, B, ...] scores to [L]; inside Pyro plates
-            # over copies of the model ([K, B, ...] drawn in a plate of K at dim -2) the copies' dims stay too
-            keep = 1 + copies_ndim(total) if PYRO_STACK else 1
+            # over copies of the model (a value of [K, B, ...] drawn in a plate of K at dim -2) the copies' dims stay
+            keep = 1
+            if PYRO_STACK and isinstance(x_dict, Mapping):
+                keep += copies_ndim(x_dict.get(v) for v in (*self._var, *self.input_var))
             if total.dim() > keep:
                 total = total.sum(tuple(range(keep, total.dim())))
         return total

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import weakref
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pyro
 import torch
@@ -214,12 +214,24 @@ def outer_plates_ndim(value: torch.Tensor, features_ndim: int = 1) -> int:
     return _outer_lead(value.shape, _plate_sizes(True, own=False), features_ndim)
 
 
-def copies_ndim(lp: torch.Tensor) -> int:
-    """How many leading dims of a log-density ``lp`` (one value per row, or per draw and row) the active plates cover
-    when none of them is at dim -1 (copies of the model: ``pyro.plate("outer", K, dim=-2)``, vectorized particles):
-    those dims and the rows' after them are batch dims, not features to sum (0 when a plate is at dim -1, when there
-    is none, or when ``lp``'s leading dims do not have their sizes); see :func:`_outer_lead`."""
-    return _outer_lead(lp.shape, _plate_sizes(False), 0)
+def copies_ndim(values: Iterable[Any]) -> int:
+    """How many leading dims of scored ``values`` the active plates left of dim -1 cover (copies of the model:
+    ``pyro.plate("outer", K, dim=-2)``, vectorized particles), a row dim and a feature dim after them (``z`` of
+    ``(K, N, Z)`` drawn there, with or without a data plate of N at dim -1): the most of any value; those dims and the
+    rows' after them are batch dims of the log-density, not features to sum. 0 when there are no such plates, or
+    when no value's leading dims have their sizes (``z`` of ``(K, Z)`` given in a plate of K alone is K rows)."""
+    sizes = _plate_sizes(False)
+    if not sizes or min(sizes) == -1:
+        return 0
+    lead = -min(sizes) - 1
+    rows = sizes.get(-1)
+    best = 0
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.dim() >= lead + 2 and all(
+                sizes.get(i - lead - 1, v.shape[i]) == v.shape[i] for i in range(lead)) and (
+                rows is None or v.shape[lead] == rows):
+            best = lead
+    return best
 
 
 def data_batch_ndim(value: Any, features_ndim: int = 1) -> int:

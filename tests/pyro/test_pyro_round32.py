@@ -119,3 +119,48 @@ def test_outside_plates_a_sample_shape_draw_still_scores_to_pixyz_shape() -> Non
     torch.testing.assert_close(lp, _twin_terms(z, x, dec, enc)[2].sum(-1))
     with pyro.plate("rows", N):  # a plate at dim -1: the data plate's, not copies
         assert q.get_log_prob({"x": x, "z": z[0]}).shape == (N,)
+
+
+@pytest.mark.parametrize("copies", [2, N])
+def test_a_value_of_rows_given_in_a_plate_of_copies_is_summed_over_its_features(copies: int) -> None:
+    """``z`` of ``(N, Z)`` given (not drawn) in a plate of K copies is N rows: one value per row, also when K = N
+    (probe p385: the first fix took the rows for the copies there and kept the features, ``(N, Z)``)."""
+    p, q, prior, x, dec, enc = _vae()
+    z = torch.randn(N, Z)
+    with pyro.plate("outer", copies, dim=-2):
+        lp = q.get_log_prob({"x": x, "z": z})
+    torch.testing.assert_close(lp, _twin_terms(z, x, dec, enc)[2])
+
+
+@pytest.mark.parametrize("particles", [2, N])
+def test_a_factor_of_get_log_prob_under_vectorized_particles_and_a_data_plate_is_plain_pyros(particles: int) -> None:
+    """A plain-Pyro model ``pyro.factor("f", p.get_log_prob({"x": x, "z": z}))`` inside its data plate, under
+    ``Trace_ELBO(vectorize_particles=True)``: ``z`` is ``(P, N, Z)`` and the score ``(P, N)``, the twin's ``dist``
+    score and loss (probe p386: the rows were summed, ``(P,)``: Pyro's shape error for P other than N, and for
+    P = N a loss of 73.8 where the twin's is 15.6)."""
+    p, q, prior, x, dec, enc = _vae()
+
+    def make(ours: bool) -> tuple:
+        def model(x: torch.Tensor) -> None:
+            with pyro.plate("data", N):
+                z = pyro.sample("z", dist.Normal(torch.zeros(N, Z), 1.).to_event(1))
+                lp = (p.get_log_prob({"x": x, "z": z}) if ours
+                      else dist.Bernoulli(torch.sigmoid(dec(z))).to_event(1).log_prob(x))
+                pyro.factor("f", lp)
+
+        def guide(x: torch.Tensor) -> None:
+            h = enc(x)
+            with pyro.plate("data", N):
+                pyro.sample("z", dist.Normal(h[..., :Z], F.softplus(h[..., Z:]) + 0.3).to_event(1))
+        return model, guide
+
+    losses = []
+    for ours in (True, False):
+        pyro.set_rng_seed(3)
+        elbo = pyro.infer.Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
+        losses.append(elbo.differentiable_loss(*make(ours), x))
+    torch.testing.assert_close(losses[0], losses[1])
+    with pyro.plate("copies", particles, dim=-2), pyro.plate("data", N):
+        z = pyro.sample("z", dist.Normal(torch.zeros(N, Z), 1.).to_event(1))
+        torch.testing.assert_close(p.get_log_prob({"x": x, "z": z}),
+                                   dist.Bernoulli(torch.sigmoid(dec(z))).to_event(1).log_prob(x))
