@@ -311,9 +311,11 @@ def _standard_normal_log_prob(params: Params, x: Tensor, dims: tuple[int, ...]) 
 
 class _CrossEntropy(torch.autograd.Function):
     r""":math:`x \log p + (1 - x) \log(1 - p)` with ``binary_cross_entropy``'s value (each logarithm clamped at
-    :math:`-100`) and gradients (for ``p``, :math:`(x - p) / \max(p (1 - p), 10^{-12})`, in float64 with a floor of
-    about :math:`1.5 \cdot 10^{-154}`: finite where ``p`` is 0 or 1), for any real ``x``. On the CPU it costs about a third of that function's forward and backward, whose kernels
-    are not vectorized; its backward is made of torch operations, so it has a second derivative too."""
+    :math:`-100`) and gradients (for ``p``, :math:`(x - p) / \max(p (1 - p), 10^{-12})`, finite where ``p`` is 0
+    or 1; in float64 the exact :math:`x / p - (1 - x) / (1 - p)` where the logarithms are not clamped, see
+    :func:`_d_probs`), for any real ``x``. On the CPU it costs about a third of that function's forward and
+    backward, whose kernels are not vectorized; its backward is made of torch operations, so it has a second
+    derivative too."""
 
     generate_vmap_rule = True  # torch.func.vmap / grad / jacrev work through it
 
@@ -347,12 +349,14 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def _d_probs(probs: Tensor, x: Tensor) -> Tensor:
-    """binary_cross_entropy's derivative for the probabilities, negated: (x - p) / max(p (1 - p), 1e-12); in
-    float64 the floor is the square root of the smallest normal number (about 1.5e-154), so that the derivative is
-    exact wherever the logarithms are not clamped (p of 1e-13 from a sigmoid of -30: 1e13, where the function's
-    1e-12 gives 1e12), as Pixyz's and Pyro's are there, and still finite (at most |x| 6.7e153) where p is 0 or 1."""
-    floor = _FLOOR_64 if probs.dtype == torch.float64 else 1e-12
-    return (x - probs) / ((1 - probs) * probs).clamp_min(floor)  # torch's arrangement: its rounding
+    """binary_cross_entropy's derivative for the probabilities, negated: (x - p) / max(p (1 - p), 1e-12). In float64
+    it is x / max(p, f) - (1 - x) / max(1 - p, f) with f the square root of the smallest normal number (about
+    1.5e-154): exact, with its own derivative, wherever the logarithms are not clamped (p of 1e-13 from a sigmoid of
+    -30: 1e13, where the function's floor gives 1e12; x = 0 at p of 1e-300: -1, where one quotient's floor gave 0),
+    as Pixyz's and Pyro's are there, and still finite (at most |x| 6.7e153) where p is 0 or 1."""
+    if probs.dtype == torch.float64:
+        return x / probs.clamp_min(_FLOOR_64) - (1 - x) / (1 - probs).clamp_min(_FLOOR_64)
+    return (x - probs) / ((1 - probs) * probs).clamp_min(1e-12)  # torch's arrangement: its rounding
 
 
 _FLOOR_64 = torch.finfo(torch.float64).tiny ** 0.5

@@ -177,3 +177,18 @@ def test_negative_categorical_probs_unvalidated_are_named_where_pixyz_scores_a_n
     for kind in ("categorical", "relaxed", "mixture"):
         with pytest.raises(OutOfRangeError, match=r"(?s)c\(.*negative value \(e\.g\. -0\.[23]\)"):
             run_pyro_dgm(lambda: program(kind))
+
+
+@pytest.mark.parametrize("p", [1e-300, 1e-200, 1e-20, 1e-13])
+def test_the_float64_bernoulli_derivatives_of_a_zero_pixel_are_exact_at_tiny_probabilities(p: float) -> None:
+    """log(1 - p) for x = 0 at a tiny float64 probability: first derivative -1/(1 - p), second -1/(1 - p)^2, both
+    about -1 (probe p385: with one quotient over a floored p (1 - p) they were -6.7e-147 and -6.7e153 at 1e-300,
+    and the second -0.998 at 1e-13)."""
+    from pyro_dgm.distributions import Bernoulli
+
+    probs = torch.tensor([p], dtype=torch.float64, requires_grad=True)
+    lp = Bernoulli(probs=probs, var=["x"]).get_log_prob({"x": torch.zeros(1, 1, dtype=torch.float64)})
+    (d1,) = torch.autograd.grad(lp.sum(), probs, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), probs)
+    torch.testing.assert_close(d1.detach(), torch.tensor([-1 / (1 - p)], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(d2, torch.tensor([-1 / (1 - p) ** 2], dtype=torch.float64), rtol=1e-12, atol=0)
