@@ -249,13 +249,13 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
     pos: list[str] = []
     kw: list[tuple[str, str]] = []
     var_kw, in_order = False, True
+    var_pos: str | None = None
     for prm in params:
         if prm.kind is prm.VAR_KEYWORD:
             var_kw = True
-        elif prm.kind is prm.VAR_POSITIONAL:  # (a wrapper's *args, **kwargs: Pixyz passes the inputs by name)
-            if not any(q.kind is q.VAR_KEYWORD for q in params):
-                raise TypeError(f"{describe(dist)}: forward(*{prm.name}) cannot be bound to cond_var {cond} (Pixyz "
-                                "passes them by name); name forward's arguments after cond_var")
+        elif prm.kind is prm.VAR_POSITIONAL:  # (a wrapper's *args, **kwargs: Pixyz passes the inputs by name; a
+            # forward(x, *args) whose cond_var are all named takes them so, its *args empty)
+            var_pos = prm.name
             in_order = False
         elif prm.name in cond:
             if in_order and prm.kind is not prm.KEYWORD_ONLY:
@@ -271,6 +271,9 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
     if var_kw:
         kw += [(v, v) for v in cond if v not in pos and v not in used and (v, v) not in kw]
     unused = [v for v in cond if v not in pos and v not in used and (v, v) not in kw]
+    if unused and var_pos is not None:
+        raise ArgumentError(f"{describe(dist)}: forward(*{var_pos}) cannot be bound to cond_var {unused[0]!r} "
+                            "(Pixyz passes the inputs by name); name forward's arguments after cond_var")
     if unused:
         raise ArgumentError(f"{describe(dist)}: cond_var {unused[0]!r} is not an argument of forward("
                             f"{', '.join(p.name for p in params)}) nor a parameter given by name; "

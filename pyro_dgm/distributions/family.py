@@ -258,7 +258,9 @@ class DistributionBase(Distribution):
         if unknown and adopted is not None and users_own(type(self), "params_keys") and not any(
                 isinstance(params[k], str) for k in unknown):  # a family's own arguments (Normal's loc, scale)
             for k in unknown:  # that a subclass's own params_keys leaves out: Pixyz keeps them as buffers, unread
-                self.register_buffer(k, self._dgm_as_tensor(k, params.pop(k)))
+                value = params.pop(k)  # (unset, None: Pixyz drops it, as a subclass that passes none on gives)
+                if value is not None:
+                    self.register_buffer(k, self._dgm_as_tensor(k, value))
             unknown = []
         if unknown:
             raise TypeError(f"{describe(self)}: unknown parameter {unknown[0]!r}; {self.distribution_name} takes "
