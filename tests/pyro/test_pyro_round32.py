@@ -164,3 +164,38 @@ def test_a_factor_of_get_log_prob_under_vectorized_particles_and_a_data_plate_is
         z = pyro.sample("z", dist.Normal(torch.zeros(N, Z), 1.).to_event(1))
         torch.testing.assert_close(p.get_log_prob({"x": x, "z": z}),
                                    dist.Bernoulli(torch.sigmoid(dec(z))).to_event(1).log_prob(x))
+
+
+def _scalar_elbo() -> tuple:
+    """A VAE of scalar variables (no feature dim): x of (N,) is N scalars, as Pixyz reads a value of one dim."""
+    torch.manual_seed(0)
+    x = torch.randn(N)
+    p = Normal(loc="z", scale=torch.tensor(1.), var=["x"], cond_var=["z"], name="p")
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], name="prior")
+    q = Normal(loc="x", scale=torch.tensor(0.5), var=["z"], cond_var=["x"], name="q")
+
+    def twin(z: torch.Tensor) -> torch.Tensor:
+        return dist.Normal(z, 1.).log_prob(x) + dist.Normal(0., 1.).log_prob(z) - dist.Normal(x, 0.5).log_prob(z)
+    return ELBO(p * prior, q), x, twin
+
+
+@pytest.mark.parametrize("data_plate", [True, False])
+def test_a_scalar_variables_draws_in_a_plate_of_copies_keep_one_value_per_copy_and_row(data_plate: bool) -> None:
+    """A scalar latent's draws ``(K, N)`` inside the plate of copies (with a data plate of N, or traced without
+    one): the ELBO is the twin's ``(K, N)``, and a ``pyro.factor`` of it weighs each copy and row once (probe p388:
+    ``(K,)``, the row sums; a factor counted each copy K times, or met Pyro's shape error in the data plate)."""
+    elbo, x, twin = _scalar_elbo()
+
+    def model() -> None:
+        with pyro.plate("outer", K, dim=-2):
+            if data_plate:
+                with pyro.plate("data", N, dim=-1):
+                    pyro.factor("elbo", elbo.eval({"x": x}))
+            else:
+                pyro.factor("elbo", elbo.eval({"x": x}))
+
+    trace = poutine.trace(model).get_trace()
+    trace.compute_log_prob()
+    z = trace.nodes["z"]["value"]
+    assert z.shape == (K, N)
+    torch.testing.assert_close(trace.nodes["elbo"]["log_prob"], twin(z))
