@@ -186,15 +186,18 @@ def expand_batch_n(owner: Any, d: Any, batch_n: int) -> Any:
 
 
 def _parameters(fn: Any) -> list[inspect.Parameter]:
-    """``inspect.signature(fn)``'s parameters; of a callable object whose ``__call__`` is a staticmethod or a
-    classmethod, the function's as the call binds it (Python 3.11's ``signature`` drops one parameter too many)."""
+    """``inspect.signature(fn)``'s parameters, of ``fn`` itself (a ``functools.wraps`` decorator's wrapper, not the
+    function it wraps: a ``wrapper(self, *args, **kwargs)`` then takes the inputs by name, as Pixyz's
+    ``forward(**inputs)`` passes them, where the wrapped function's order would pass them into ``*args``); of a
+    callable object whose ``__call__`` is a staticmethod or a classmethod, the function's as the call binds it
+    (Python 3.11's ``signature`` drops one parameter too many)."""
     if not isinstance(fn, type) and not inspect.isroutine(fn):
         call = inspect.getattr_static(type(fn), "__call__", None)
         if isinstance(call, staticmethod):
             fn = call.__func__
         elif isinstance(call, classmethod):
             fn = call.__get__(fn, type(fn))  # (bound to the class, as the object's call binds it)
-    return list(inspect.signature(fn).parameters.values())
+    return list(inspect.signature(fn, follow_wrapped=False).parameters.values())
 
 
 def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
@@ -272,8 +275,8 @@ def forward_binding(dist: "Distribution", used_by_params: Iterable[str],
         kw += [(v, v) for v in cond if v not in pos and v not in used and (v, v) not in kw]
     unused = [v for v in cond if v not in pos and v not in used and (v, v) not in kw]
     if unused and var_pos is not None:
-        raise ArgumentError(f"{describe(dist)}: forward(*{var_pos}) cannot be bound to cond_var {unused[0]!r} "
-                            "(Pixyz passes the inputs by name); name forward's arguments after cond_var")
+        raise ArgumentError(f"{describe(dist)}: forward(*{var_pos}) cannot be bound to cond_var {unused} (Pixyz "
+                            "passes the inputs by name); name forward's arguments after cond_var")
     if unused:
         raise ArgumentError(f"{describe(dist)}: cond_var {unused[0]!r} is not an argument of forward("
                             f"{', '.join(p.name for p in params)}) nor a parameter given by name; "

@@ -255,12 +255,14 @@ class DistributionBase(Distribution):
             self.pyro_dist, self.param_groups = adopted
         accepted = [n for g in self.param_groups for n in g]
         unknown = [k for k in params if k not in accepted]
+        order = list(params)
+        unread: dict[str, Tensor] = {}
         if unknown and adopted is not None and users_own(type(self), "params_keys") and not any(
                 isinstance(params[k], str) for k in unknown):  # a family's own arguments (Normal's loc, scale)
-            for k in unknown:  # that a subclass's own params_keys leaves out: Pixyz keeps them as buffers, unread
-                value = params.pop(k)  # (unset, None: Pixyz drops it, as a subclass that passes none on gives)
-                if value is not None:
-                    self.register_buffer(k, self._dgm_as_tensor(k, value))
+            for k in unknown:  # that a subclass's own params_keys leaves out: Pixyz keeps them as buffers, unread,
+                value = params.pop(k)  # stored as the others (with the features' shape and a batch dim, in the
+                if value is not None:  # order given); unset ones (None) it drops
+                    unread[k] = self._dgm_as_tensor(k, value)
             unknown = []
         if unknown:
             raise TypeError(f"{describe(self)}: unknown parameter {unknown[0]!r}; {self.distribution_name} takes "
@@ -284,7 +286,8 @@ class DistributionBase(Distribution):
                 raise ValueError(f"{describe(self)}: give one of {', '.join(group)}, not {' and '.join(given)}")
         if PYRO_STACK and consts:
             self._dgm_check_no_plate_dims(consts)
-        self._dgm_store_constants(consts)
+        self._dgm_store_constants({k: v for k in order for v in (consts.get(k, unread.get(k)),) if v is not None}
+                                  if unread else consts)
         if self._dgm_class_params and not self.features_shape:  # probs=0.2: a distribution of one class
             self._dgm_scalar_classes = next((n for n in self._dgm_class_params if n in consts), None)
         # Pixyz builds a distribution that cannot compute (a parameter missing, a cond_var that reaches nothing,
