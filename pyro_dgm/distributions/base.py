@@ -33,10 +33,10 @@ from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, copie
                                            plate_trace, site_data_size)
 from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up_subclasses, users_own,
                                        users_value)
-from pyro_dgm.utils.checks import (ArgumentError, DeviceError, DimensionError, DTypeError, DuplicateSiteError,
-                                   EmptyBatchError, LayoutError, NotATensorError, OutOfRangeError, ShapeError,
-                                   as_var_list, check_present, describe, keyed_values, numpy_tensor, sample_batch_n,
-                                   sample_shape_of, unusual_tensor, users_own_error)
+from pyro_dgm.utils.checks import (STRICT_SHAPES, ArgumentError, DeviceError, DimensionError, DTypeError,
+                                   DuplicateSiteError, EmptyBatchError, LayoutError, NotATensorError, OutOfRangeError,
+                                   ShapeError, as_var_list, check_present, describe, keyed_values, numpy_tensor,
+                                   sample_batch_n, sample_shape_of, unusual_tensor, users_own_error)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -1222,7 +1222,7 @@ class Distribution(YieldingModule):
                 return a + b
         absorbed = (_absorbed_batch(total, lp, before, values, feature_dims, event_dims)
                     or _absorbed_batch(lp, total, (f,), values, feature_dims, event_dims))
-        if absorbed is None and _broadcasts(total, lp):
+        if absorbed is None and _broadcasts(total, lp) and not STRICT_SHAPES[0]:  # (strict_shapes(): Pixyz's error)
             return total + lp
         self._dgm_refuse_sizes(before, f, total, lp, True, absorbed)
 

@@ -1276,9 +1276,14 @@ class DistributionBase(Distribution):
         whole = sum_features and feature_dims is None
         if self._dgm_closed_lp is not None and (whole or self.pyro_dist not in closed_forms.EVENT_DIM):
             got = self._dgm_closed_params(b, values, ctx)
-            if got is not None and _TorchDistribution._validate_args and not closed_forms.valid_value(
-                    self.pyro_dist, x):
-                got = self._dgm_decline(b, got.params, ctx)  # the general path raises torch's error about the value
+            if got is not None and _TorchDistribution._validate_args:
+                try:
+                    valid = closed_forms.valid_value(self.pyro_dist, x)
+                except RuntimeError as e:  # (a value on the meta device: no value to read)
+                    self._dgm_value_device(b.var[0], x, got.params.values(), e)
+                    raise
+                if not valid:
+                    got = self._dgm_decline(b, got.params, ctx)  # the general path raises torch's error about it
             if got is not None:
                 self._dgm_set_last(got.params, True)  # Pixyz's get_log_prob sets dist (the hard one of a relaxed
                 # family), built if read
@@ -1321,6 +1326,7 @@ class DistributionBase(Distribution):
             refuse_param_dtype(self, e, base, f"score {b.var[0]!r}")  # (an input given as integers or bools)
             if not isinstance(e, (ValueError, RuntimeError)):
                 raise
+            self._dgm_value_device(b.var[0], x, base.__dict__.values(), e)
             bad = self._dgm_diagnosis(base, x, b.var[0])
             if not bad and isinstance(e, OutOfRangeError):  # (the scoring's own check: negative probabilities)
                 raise OutOfRangeError(f"{describe(self)}: cannot score {b.var[0]!r}: {e}") from e
@@ -1418,7 +1424,18 @@ class DistributionBase(Distribution):
         if isinstance(e, (OutOfRangeError, ShapeError)) and describe(self) not in str(e):  # (a check of the site
             # distribution's own: a relaxed temperature, out of range or of another batch than batch_n asks for)
             raise type(e)(f"{describe(self)}: cannot draw {name!r}: {e}") from e
+        if isinstance(e, RuntimeError) and "n_sample <= 0" in str(e):  # (torch.multinomial: a sample_shape of 0)
+            raise ShapeError(f"{describe(self)}: cannot draw {name!r}: its sampler draws at least one value, and "
+                             f"sample_shape or batch_n asks for none ({e})") from e
         raise e
+
+    def _dgm_value_device(self, name: str, x: Tensor, params: Iterable[Any], error: Exception) -> None:
+        """Raise a :class:`DeviceError` for the error torch raised scoring ``x`` when ``x`` is on another device
+        than the parameters (tensors among ``params``), naming both; else nothing."""
+        own = next((t.device for t in params if isinstance(t, Tensor)), None)
+        if own is not None and x.device != own:
+            raise DeviceError(f"{describe(self)}: cannot score {name!r} on device {x.device}: the parameters are on "
+                              f"device {own}; move the value with {name}.to({str(own)!r}) (torch: {error})") from error
 
     def _dgm_params_do_not_broadcast(self, params: Mapping[str, Tensor]) -> NoReturn:
         shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in params.items())
