@@ -579,6 +579,11 @@ class Distribution(YieldingModule):
         set_up_subclasses(self, Distribution, "_dgm_dist_set_up")  # (unpickled in a new process: no __init__ ran)
         super().__setstate__(state)
         overrides.copied(self)  # (methods set on the instance: their routes are the copy's own)
+        d = self.__dict__
+        for name in ("_var", "_cond_var"):  # the copy's own lists, which tell the copy of a change in place (a
+            names = d.get(name)  # pickle's are plain lists; a shallow copy's are the original's)
+            if isinstance(names, list) and not (isinstance(names, _VarList) and names._owner() is self):
+                d[name] = _VarList(names, self, name)
 
     def __delattr__(self, name: str) -> None:
         super().__delattr__(name)

@@ -1,0 +1,49 @@
+"""Fifty-sixth round (probe p390), under Pixyz and here (:mod:`pixyz_harness`): a copy of a distribution (deep,
+shallow, pickled) whose ``var``/``cond_var`` a program changes in place, as Pixyz programs add a conditioning
+variable."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pixyz_harness import assert_same, run_both
+
+
+@pytest.mark.parametrize("how", ["original", "deepcopy", "copy", "pickle"])
+def test_a_copys_variables_changed_in_place_are_read_as_under_pixyz(how: str) -> None:
+    """``c._cond_var.append("y")`` and ``c.var[0] = "w"`` on a copy of ``q(z|x)`` whose ``forward(x, y=None)``
+    adds ``y``: the copy draws ``w`` with ``y`` passed on (x + y = 10 + noise) and scores ``w`` (Pixyz's numbers).
+    The copy's lists were plain lists (a pickle's) or the original's (a shallow copy's): the text changed, but the
+    copy drew ``z`` without ``y`` and scored -101.8 (probe p390)."""
+    def program() -> Any:
+        import copy
+        import pickle
+        import sys
+
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+
+            def forward(self, x: torch.Tensor, y: Any = None) -> dict:
+                return {"loc": x + (0. if y is None else y), "scale": torch.ones_like(x)}
+
+        Q.__qualname__ = "_Q"  # (pickled by reference to the module's name: the program's own class, each run)
+        setattr(sys.modules[Q.__module__], "_Q", Q)
+        q = Q()
+        c = {"original": lambda: q, "deepcopy": lambda: copy.deepcopy(q), "copy": lambda: copy.copy(q),
+             "pickle": lambda: pickle.loads(pickle.dumps(q))}[how]()
+        c._cond_var.append("y")
+        c.var[0] = "w"
+        x, y = torch.zeros(1, 2), torch.full((1, 2), 10.)
+        s = c.sample({"x": x, "y": y})
+        lp = c.get_log_prob({"x": x, "y": y, "w": torch.full((1, 2), 10.)})
+        return c.prob_text, sorted(s), s["w"], lp
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[1] == ["w", "x", "y"] and abs(float(ours[3]) + 1.8379) < 1e-4  # 2 * log N(0; 0, 1)
