@@ -1147,8 +1147,7 @@ class Distribution(YieldingModule):
             # over copies of the model (a value of [K, B, ...] drawn in a plate of K at dim -2) the copies' dims stay
             keep = 1
             if PYRO_STACK and isinstance(x_dict, Mapping):
-                keep += copies_ndim((x_dict.get(v), 0 if v in self._var and self._dgm_scalar_root(v) else 1)
-                                    for v in (*self._var, *self.input_var))
+                keep += copies_ndim(x_dict.get(v) for v in (*self._var, *self.input_var))
             if total.dim() > keep:
                 total = total.sum(tuple(range(keep, total.dim())))
         return total

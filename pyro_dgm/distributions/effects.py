@@ -214,26 +214,22 @@ def outer_plates_ndim(value: torch.Tensor, features_ndim: int = 1) -> int:
     return _outer_lead(value.shape, _plate_sizes(True, own=False), features_ndim)
 
 
-def copies_ndim(values: Iterable[tuple[Any, int]]) -> int:
-    """How many leading dims of scored values the active plates left of dim -1 cover (copies of the model:
-    ``pyro.plate("outer", K, dim=-2)``, vectorized particles), a row dim after them (of the data plate's size when
-    one is at dim -1) and, without a data plate, the value's ``features_ndim`` feature dims, or its site's event
-    dims where an active trace holds it (``z`` of ``(K, N, Z)`` drawn there; a scalar variable's ``(K, N)``): the most of any ``(value, features_ndim)`` pair; those dims and the
-    rows' after them are batch dims of the log-density, not features to sum. 0 when there are no such plates, or
-    when no value's leading dims have their sizes (``z`` of ``(K, Z)`` given in a plate of K alone is K rows)."""
+def copies_ndim(values: Iterable[Any]) -> int:
+    """How many leading dims of scored ``values`` the active plates left of dim -1 cover (copies of the model:
+    ``pyro.plate("outer", K, dim=-2)``, vectorized particles) with a row dim after them: of the data plate's size
+    when one is at dim -1 (``z`` of ``(K, N, Z)``, or a scalar variable's ``(K, N)``, drawn there), else followed by a
+    feature dim (``(K, N, Z)``); the most of any value. Those dims and the rows' are batch dims of the log-density,
+    not features to sum. 0 when there are no such plates, or when no value's leading dims have their sizes (``z`` of
+    ``(K, Z)`` given in a plate of K alone is K rows; a scalar variable's ``(K, N)`` there too, without a data plate
+    that says which dim holds the rows)."""
     sizes = _plate_sizes(False)
     if not sizes or min(sizes) == -1:
         return 0
     lead = -min(sizes) - 1
     rows = sizes.get(-1)
     best = 0
-    for v, features_ndim in values:
-        if not isinstance(v, torch.Tensor):
-            continue
-        if rows is None:  # (a site of an active trace knows its event dims: a scalar variable's (K, N) draw)
-            e = site_event_dim(v)
-            features_ndim = features_ndim if e is None else e
-        if v.dim() >= lead + 1 + (0 if rows is not None else features_ndim) and all(
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.dim() >= lead + (1 if rows is not None else 2) and all(
                 sizes.get(i - lead - 1, v.shape[i]) == v.shape[i] for i in range(lead)) and (
                 rows is None or v.shape[lead] == rows):
             best = lead
