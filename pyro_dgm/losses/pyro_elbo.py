@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from pyro.infer import ELBO as _PyroELBOBase
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceTailAdaptive_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceTailAdaptive_ELBO
 from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_NEG, Loss
@@ -167,4 +167,7 @@ class PyroELBO(Loss):
             value, surrogate = elbo._loss_and_surrogate_loss(model, guide, data, kwargs)
             value, surrogate = torch.as_tensor(value), torch.as_tensor(surrogate)
             return surrogate - surrogate.detach() - value.detach()
+        if not torch.is_grad_enabled() and isinstance(elbo, TraceEnum_ELBO):  # (its differentiable_loss refuses a
+            # value without a gradient: Model.test, SVI.evaluate_loss, an eval under no_grad; Pyro's loss there)
+            return torch.as_tensor(elbo.loss(model, guide, *data, **kwargs))
         return elbo.differentiable_loss(model, guide, *data, **kwargs)

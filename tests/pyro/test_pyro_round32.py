@@ -200,3 +200,43 @@ def test_a_scalar_variables_draws_in_plates_of_copies_and_data_keep_one_value_pe
         else:
             with pyro.plate("outer", K, dim=-2), pyro.plate("data", N, dim=-1):
                 assert elbo.eval({"x": x}).shape == (K, N)
+
+
+def test_an_enumerating_pyro_term_evaluates_without_gradients_as_pyros_loss() -> None:
+    """A ``PyroELBO`` term of ``TraceEnum_ELBO`` evaluated without gradients (under ``torch.no_grad()``, by
+    ``Model.test``, by ``SVI.evaluate_loss``): Pyro's ``loss`` of the same seed (probe p392: Pyro's
+    ``differentiable_loss`` refuses a value without a gradient, "ELBO is cannot be differentiated")."""
+    from pyro.infer import SVI, TraceEnum_ELBO
+
+    from pyro_dgm.losses import PyroELBO
+
+    torch.manual_seed(0)
+    dec = nn.Linear(2, 3)
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(torch.tensor([0.3, 0.7])), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z) + y.unsqueeze(-1).float(), 1.).to_event(1), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        m = pyro.param("m", torch.zeros(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(m, 1.).to_event(1))
+
+    x = torch.randn(5, 3)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    ref = TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, x)
+    term = PyroELBO(model, guide, elbo=TraceEnum_ELBO(max_plate_nesting=1))
+    pyro.set_rng_seed(1)
+    with torch.no_grad():
+        assert abs(float(term.eval({"x": x})) - ref) < 1e-5
+    model_ = Model(term, distributions=[Normal(loc=0., scale=1., var=["w"])], optimizer=torch.optim.SGD,
+                   optimizer_params={"lr": 0.0})
+    pyro.set_rng_seed(1)
+    assert abs(float(model_.test({"x": x})) - ref) < 1e-5
+    svi = SVI(model, guide, pyro.optim.SGD({"lr": 0.0}), loss=term)
+    pyro.set_rng_seed(1)
+    assert abs(svi.evaluate_loss(x=x) - ref) < 1e-5
