@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyro
 import pytest
 import torch
 
@@ -28,11 +29,13 @@ def test_a_value_on_the_meta_device_is_named_where_pixyz_raises_torchs_error(fam
             family, {"loc": torch.zeros(3), "scale": torch.ones(3)}))
         return d.get_log_prob({"z": torch.full((4, 3), 0.3, device="meta")})
 
-    with pytest.raises(RuntimeError):
-        run_pixyz(program)
-    with pytest.raises(DeviceError, match=r"d\(z\): cannot score 'z' on device meta: the parameters are on device "
-                                          r"cpu"):
-        run_pyro_dgm(program)
+    with pyro.validation_enabled(True):  # (torch's value check reads the value: without it torch computes a
+        # meta tensor from the CPU constants, in both)
+        with pytest.raises(RuntimeError):
+            run_pixyz(program)
+        with pytest.raises(DeviceError, match=r"d\(z\): cannot score 'z' on device meta: the parameters are on "
+                                              r"device cpu"):
+            run_pyro_dgm(program)
 
 
 def test_a_categorical_draw_of_no_samples_is_named_where_pixyz_raises_torchs_error() -> None:
