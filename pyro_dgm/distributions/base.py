@@ -386,20 +386,28 @@ def _only_in_last_error(ref: Any) -> bool:
 
 
 class _VarList(list):
-    """A distribution's ``_var`` or ``_cond_var``: a list that tells its distribution when a subclass changes it in
+    """A distribution's ``_var`` or ``_cond_var``: a list that tells its distributions when a subclass changes it in
     place (``self._cond_var.append("y")``; Pixyz reads the list at every call), as an assignment does
-    (:meth:`Distribution._dgm_set_vars`). A copy or a pickle of it is a plain list."""
+    (:meth:`Distribution._dgm_set_vars`). A deep copy or a pickle of it is a plain list; a shallow copy of the
+    distribution shares it, as Pixyz's does, and both are told (:meth:`Distribution.__setstate__`)."""
 
-    __slots__ = ("_owner", "_attr")
+    __slots__ = ("_owners", "_attr")
 
     def __init__(self, names: Iterable[str], owner: Any, attr: str) -> None:
         super().__init__(names)
-        self._owner, self._attr = weakref.ref(owner), attr
+        self._owners, self._attr = [weakref.ref(owner)], attr
+
+    def _owned_by(self, obj: Any) -> bool:
+        return any(ref() is obj for ref in self._owners)
+
+    def _share(self, owner: Any) -> None:
+        self._owners = [ref for ref in self._owners if ref() is not None] + [weakref.ref(owner)]
 
     def _changed(self) -> None:
-        owner = self._owner()
-        if owner is not None and owner.__dict__.get(self._attr) is self:
-            owner._dgm_set_vars(self._attr, list(self))
+        for ref in list(self._owners):
+            owner = ref()
+            if owner is not None and owner.__dict__.get(self._attr) is self:
+                owner._dgm_set_vars(self._attr, list(self), self)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         return list, (list(self),)
@@ -561,8 +569,9 @@ class Distribution(YieldingModule):
         self._dgm_pyro_infer: dict[str, Any] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("_var", "_cond_var") and name in self.__dict__:
-            self._dgm_set_vars(name, value)
+        if name in ("_var", "_cond_var") and name in self.__dict__:  # (its own list again, after += changed it in
+            # place: kept, so that a shallow copy still shares it)
+            self._dgm_set_vars(name, value, value if isinstance(value, _VarList) and value._owned_by(self) else None)
         elif name == "forward":
             super().__setattr__(name, value)
             self._dgm_forward_set()
@@ -580,9 +589,12 @@ class Distribution(YieldingModule):
         super().__setstate__(state)
         overrides.copied(self)  # (methods set on the instance: their routes are the copy's own)
         d = self.__dict__
-        for name in ("_var", "_cond_var"):  # the copy's own lists, which tell the copy of a change in place (a
-            names = d.get(name)  # pickle's are plain lists; a shallow copy's are the original's)
-            if isinstance(names, list) and not (isinstance(names, _VarList) and names._owner() is self):
+        for name in ("_var", "_cond_var"):  # lists that tell the copy of a change in place: a pickle's or a deep
+            names = d.get(name)  # copy's are plain lists, made its own; a shallow copy shares the original's (a
+            if isinstance(names, _VarList):  # change through either is both's, as under Pixyz)
+                if not names._owned_by(self):
+                    names._share(self)
+            elif isinstance(names, list):
                 d[name] = _VarList(names, self, name)
 
     def __delattr__(self, name: str) -> None:
@@ -624,11 +636,13 @@ class Distribution(YieldingModule):
         if was is not None and was == self._dgm_const_names and not _unusable(d):
             d["_dgm_const_only"] = True  # (the forward deleted again: the constants' cached distribution)
 
-    def _dgm_set_vars(self, name: str, value: Any) -> None:
+    def _dgm_set_vars(self, name: str, value: Any, same: "_VarList | None" = None) -> None:
         """A subclass that sets ``self._cond_var`` (or ``self._var``) after ``__init__``, as Pixyz programs do to
         add a conditioning variable: ``input_var`` follows ``cond_var`` (Pixyz's reads it) where it did before, and
-        ``forward``'s arguments are bound again (:meth:`_dgm_rebind`)."""
-        new = _VarList(as_var_list(value, describe(self), name[1:]), self, name)
+        ``forward``'s arguments are bound again (:meth:`_dgm_rebind`). ``same``: the list changed in place, kept
+        (a shallow copy may share it)."""
+        names = as_var_list(value, describe(self), name[1:])
+        new = same if same is not None else _VarList(names, self, name)
         d = self.__dict__
         # (the list itself may be changed already: self._cond_var += [...] extends it, then sets it)
         tracks = name == "_cond_var" and tuple(d["_dgm_input_var"]) == d.get("_dgm_cond_seen", ())

@@ -47,3 +47,37 @@ def test_a_copys_variables_changed_in_place_are_read_as_under_pixyz(how: str) ->
     ref, ours = run_both(program)
     assert_same(ref, ours)
     assert ours[1] == ["w", "x", "y"] and abs(float(ours[3]) + 1.8379) < 1e-4  # 2 * log N(0; 0, 1)
+
+
+def test_a_shallow_copy_shares_its_variables_with_the_original_as_under_pixyz() -> None:
+    """``copy.copy(q)`` shares the lists, as Pixyz's (a Python shallow copy) does: a conditioning variable added and
+    a variable renamed in place through the copy are the original's too, text, draw and score (probe p395: the
+    first fix gave the copy lists of its own, and the original stayed ``q(z|x)``)."""
+    def program() -> Any:
+        import copy
+
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+
+            def forward(self, x: torch.Tensor, y: Any = None) -> dict:
+                return {"loc": x + (0. if y is None else y), "scale": torch.ones_like(x)}
+
+        q = Q()
+        c = copy.copy(q)
+        c._cond_var.append("y")
+        c.var[0] = "w"
+        x, y = torch.zeros(1, 2), torch.full((1, 2), 10.)
+        out = []
+        for d in (q, c):
+            s = d.sample({"x": x, "y": y})
+            out.append((d.prob_text, sorted(s), s["w"], d.get_log_prob({"x": x, "y": y, "w": y})))
+        return out
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[0][0] == "q(w|x,y)" and ours[0][1] == ["w", "x", "y"]
