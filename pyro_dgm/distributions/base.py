@@ -570,8 +570,12 @@ class Distribution(YieldingModule):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("_var", "_cond_var") and name in self.__dict__:  # (its own list again, after += changed it in
-            # place: kept, so that a shallow copy still shares it)
-            self._dgm_set_vars(name, value, value if isinstance(value, _VarList) and value._owned_by(self) else None)
+            # place: kept, so that a shallow copy still shares it; another distribution's list: shared, as the one
+            # list object two Pixyz distributions then hold)
+            shared = isinstance(value, _VarList) and value._attr == name
+            if shared and not value._owned_by(self):
+                value._share(self)
+            self._dgm_set_vars(name, value, value if shared else None)
         elif name == "forward":
             super().__setattr__(name, value)
             self._dgm_forward_set()
@@ -1923,6 +1927,14 @@ class Distribution(YieldingModule):
         """Say which distribution's network failed, and on which inputs (the error keeps its type); a dtype error
         of torch's caused by an input whose dtype is not the weights' becomes a :class:`DTypeError` naming it."""
         names = (*b.fwd_pos, *(v for _, v in b.fwd_kw))
+        missing = [v for v in names if v not in values]
+        if missing:  # (a cond_var added in place after a product of this distribution was built: the product's
+            # inputs are those of then, Pixyz's "lack of some variables")
+            from pyro_dgm.utils.checks import MissingVariableError
+
+            raise MissingVariableError(f"{describe(self)}: no value for its input {missing[0]!r} (its cond_var "
+                                       f"{list(self.cond_var)}); give it, or build the product again after "
+                                       f"changing cond_var") from e
         shapes = ", ".join(f"{v!r}: {_input_text(values[v])}" for v in names)
         note = f"while {describe(self)} ran forward() on {shapes}"
         own = self._dgm_weights_dtype()

@@ -20,7 +20,6 @@ from typing import Any, ClassVar, Iterable, Sequence
 import pyro.distributions as dist
 import torch
 from torch import Tensor
-from torch.distributions import Distribution as _TorchDistribution
 from torch.distributions import constraints
 from torch.distributions.utils import probs_to_logits
 
@@ -268,10 +267,11 @@ def log_of_probs(probs: Tensor) -> Tensor:
     """
     if probs.dtype == torch.float16:
         return probs_to_logits(probs)
-    if not _TorchDistribution._validate_args and probs.is_cpu and not is_compiling() and not (
-            torch.jit.is_tracing()) and not torch._C._are_functorch_transforms_active() and not torch._is_all_true(
-            (probs >= 0) | probs.isnan()):  # (built without validation, which refuses them: a network without its
-        # softmax) one reduction on the CPU, as the Bernoulli's check; the caller names the distribution
+    if probs.is_cpu and not is_compiling() and not torch.jit.is_tracing() and not (
+            torch._C._are_functorch_transforms_active()) and not torch._is_all_true((probs >= 0) | probs.isnan()):
+        # (built without validation: a network without its softmax; also under validation, as a distribution of
+        # constants built once without it is reused) one reduction on the CPU, as the Bernoulli's check; the
+        # caller names the distribution
         bad = probs[probs < 0].flatten()[0].item()
         raise OutOfRangeError(f"the probabilities hold a negative value (e.g. {bad:g})")
     work = probs if probs.dtype in (torch.float32, torch.float64) else probs.float()

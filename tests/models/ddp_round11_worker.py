@@ -23,24 +23,27 @@ Y8, X8 = torch.randn(8, 3, generator=G), torch.randn(8, 2, generator=G)
 
 
 class P(Normal):
-    def __init__(self) -> None:
+    def __init__(self, batch_norm: bool = False) -> None:
         super().__init__(var=["x"], cond_var=["y"], name="p")
-        self.net = nn.Linear(3, 2)
+        self.net = (nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)) if batch_norm
+                    else nn.Linear(3, 2))
 
     def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loc": self.net(y), "scale": torch.ones(y.shape[0], 2)}
 
 
-def build() -> Model:
+def build(batch_norm: bool = False) -> Model:
     torch.manual_seed(0)
-    p = P()
+    p = P(batch_norm)
     return Model(-p.log_prob().mean(), distributions=[p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1})
 
 
-def steps(rows: slice, bad: dict[int, tuple[str, Any]] | None) -> tuple[list[tuple[str, float]], dict[str, Any]]:
+def steps(rows: slice, bad: dict[int, tuple[str, Any]] | None,
+          batch_norm: bool = False) -> tuple[list[tuple[str, float]], dict[str, Any]]:
     """Three calls of ``train``; ``bad`` maps a call's index to (what this process passes, how): ``("list", ...)``
-    a list of the batch, ``("return_dict", ...)`` ``return_dict=True``."""
-    model = build()
+    a list of the batch, ``("return_dict", ...)`` ``return_dict=True``; ``batch_norm``: a network with a batch norm
+    (whose buffers the processes copy from rank 0 after each evaluation)."""
+    model = build(batch_norm)
     calls = []
     for i in range(3):
         data: Any = {"x": X8[rows], "y": Y8[rows]}
@@ -64,8 +67,9 @@ def main() -> None:
     r = dist_utils.rank()
     rows = slice(4 * r, 4 * r + 4)
     scenario = sys.argv[2]
-    bad = {"list_first": {0: "list"}, "list_later": {1: "list"}, "return_dict": {1: "return_dict"}}[scenario]
-    out = steps(rows, bad if r == (1 if scenario != "return_dict" else 0) else None)
+    bad = {"list_first": {0: "list"}, "list_later": {1: "list"}, "return_dict": {1: "return_dict"},
+           "list_later_bn": {1: "list"}}[scenario]
+    out = steps(rows, bad if r == (1 if scenario != "return_dict" else 0) else None, scenario.endswith("_bn"))
     torch.save(out, f"{sys.argv[1]}/round11_{scenario}_rank{r}.pt")
     dist_utils.shutdown()
 

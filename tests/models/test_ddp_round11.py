@@ -54,3 +54,18 @@ def test_a_call_one_process_refuses_is_refused_on_every_process_at_once(tmp_path
     for r in (0, 1):
         for k, v in one.distributions.state_dict().items():
             torch.testing.assert_close(ranks[r][1][k], v, rtol=1e-5, atol=1e-6)
+
+
+@needs_gloo
+def test_a_refused_call_is_told_at_once_also_when_the_networks_have_buffers(tmp_path: Path) -> None:
+    """With a batch norm, the other process's evaluation copies rank 0's buffers before it synchronizes: the
+    refusing process takes part in that copy first (probe p394: it announced its refusal into the copy, and both
+    waited for the timeout, then raised gloo's error); both raise at once, and the weights and statistics after
+    the valid calls are equal on both."""
+    ranks = run(tmp_path, "list_later_bn")
+    for r in (0, 1):
+        calls, _ = ranks[r]
+        assert [c[0] for c in calls] == ["ok", "ArgumentError" if r == 1 else "RankFailedError", "ok"], calls
+        assert calls[1][1] < TIMEOUT_S / 2, calls
+    for k, v in ranks[0][1].items():
+        torch.testing.assert_close(ranks[1][1][k], v)

@@ -192,3 +192,34 @@ def test_the_float64_bernoulli_derivatives_of_a_zero_pixel_are_exact_at_tiny_pro
     (d2,) = torch.autograd.grad(d1.sum(), probs)
     torch.testing.assert_close(d1.detach(), torch.tensor([-1 / (1 - p)], dtype=torch.float64), rtol=1e-12, atol=0)
     torch.testing.assert_close(d2, torch.tensor([-1 / (1 - p) ** 2], dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_a_constant_categorical_first_used_without_validation_is_still_refused_with_it() -> None:
+    """A constant ``Categorical`` with a negative probability, scored once with torch's validation off (refused),
+    then with it on: refused again, as Pixyz refuses it (probe p397: with the sign check limited to validation off,
+    the distribution of constants built once without validation was reused and scored -1.5606)."""
+    from torch.distributions import Distribution as TorchDistribution
+
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Categorical
+
+        k = Categorical(probs=torch.tensor([[-0.2, 0.7, 0.5], [0.3, 0.3, 0.4]]), var=["z"], name="k")
+        TorchDistribution.set_default_validate_args(False)
+        try:
+            k.get_log_prob({"z": torch.eye(3)[[1, 0]]})
+        except ValueError:
+            pass
+        finally:
+            TorchDistribution.set_default_validate_args(True)
+        return k.get_log_prob({"z": torch.eye(3)[[1, 0]]})
+
+    before = TorchDistribution._validate_args
+    try:
+        with pytest.raises(ValueError):
+            run_pixyz(program)
+        with pytest.raises(ValueError, match=r"k\(z\)"):
+            run_pyro_dgm(program)
+    finally:
+        TorchDistribution.set_default_validate_args(before)

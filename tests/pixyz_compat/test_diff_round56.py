@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from pixyz_harness import assert_same, run_both
 
@@ -81,3 +82,51 @@ def test_a_shallow_copy_shares_its_variables_with_the_original_as_under_pixyz() 
     ref, ours = run_both(program)
     assert_same(ref, ours)
     assert ours[0][0] == "q(w|x,y)" and ours[0][1] == ["w", "x", "y"]
+
+
+def test_a_list_assigned_from_another_distribution_is_shared_as_under_pixyz() -> None:
+    """``q2._cond_var = q1._cond_var`` makes both hold one list under Pixyz: a variable appended through ``q1`` is
+    ``q2``'s too (probe p397: ``q2`` stayed ``q(z|x)`` and scored -101.84)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+
+            def forward(self, x: torch.Tensor, y: Any = None) -> dict:
+                return {"loc": x + (0. if y is None else y), "scale": torch.ones_like(x)}
+
+        q1, q2 = Q(), Q()
+        q2._cond_var = q1._cond_var
+        q1._cond_var.append("y")
+        x, y = torch.zeros(1, 2), torch.full((1, 2), 10.)
+        return q2.prob_text, q2.get_log_prob({"x": x, "y": y, "z": y})
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[0] == "q(z|x,y)"
+
+
+def test_a_product_built_before_a_cond_var_was_added_names_the_missing_input() -> None:
+    """``j = q * p`` built before ``q._cond_var.append("y")``: ``j.sample()`` without ``y`` raised a bare
+    ``KeyError: 'y'`` from the code describing the inputs (probe p397; Pixyz: "lack of some variables"); a
+    ``MissingVariableError`` (a ``ValueError``) naming the distribution and ``y``."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import MissingVariableError
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x: Any, y: Any = None) -> dict:
+            return {"loc": x + (0. if y is None else y), "scale": torch.ones_like(x)}
+
+    q = Q()
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], name="p")
+    j = q * p
+    q._cond_var.append("y")
+    with pytest.raises(MissingVariableError, match=r"q\(z\|x,y\): no value for its input 'y'"):
+        j.sample()
