@@ -205,9 +205,9 @@ def test_a_constant_categorical_first_used_without_validation_is_still_refused_w
 
         from pixyz.distributions import Categorical
 
-        k = Categorical(probs=torch.tensor([[-0.2, 0.7, 0.5], [0.3, 0.3, 0.4]]), var=["z"], name="k")
         TorchDistribution.set_default_validate_args(False)
         try:
+            k = Categorical(probs=torch.tensor([[-0.2, 0.7, 0.5], [0.3, 0.3, 0.4]]), var=["z"], name="k")
             k.get_log_prob({"z": torch.eye(3)[[1, 0]]})
         except ValueError:
             pass
