@@ -11,6 +11,18 @@ import torch
 from pixyz_harness import assert_same, run_both
 
 
+def adding_y(normal: Any) -> Any:
+    """``q(z|x)`` of the given ``Normal`` class (Pixyz's or ours) whose ``forward(x, y=None)`` adds ``y`` to the
+    mean: a program that appends ``"y"`` to ``cond_var`` sees it reach the network."""
+    class Q(normal):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x: torch.Tensor, y: Any = None) -> dict:
+            return {"loc": x + (0. if y is None else y), "scale": torch.ones_like(x)}
+    return Q
+
+
 @pytest.mark.parametrize("how", ["original", "deepcopy", "copy", "pickle"])
 def test_a_copys_variables_changed_in_place_are_read_as_under_pixyz(how: str) -> None:
     """``c._cond_var.append("y")`` and ``c.var[0] = "w"`` on a copy of ``q(z|x)`` whose ``forward(x, y=None)``
@@ -26,13 +38,7 @@ def test_a_copys_variables_changed_in_place_are_read_as_under_pixyz(how: str) ->
 
         from pixyz.distributions import Normal
 
-        class Q(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["z"], cond_var=["x"], name="q")
-
-            def forward(self, x: torch.Tensor, y: Any = None) -> dict:
-                return {"loc": x + (0. if y is None else y), "scale": torch.ones_like(x)}
-
+        Q = adding_y(Normal)
         Q.__qualname__ = "_Q"  # (pickled by reference to the module's name: the program's own class, each run)
         setattr(sys.modules[Q.__module__], "_Q", Q)
         q = Q()
@@ -61,13 +67,7 @@ def test_a_shallow_copy_shares_its_variables_with_the_original_as_under_pixyz() 
 
         from pixyz.distributions import Normal
 
-        class Q(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["z"], cond_var=["x"], name="q")
-
-            def forward(self, x: torch.Tensor, y: Any = None) -> dict:
-                return {"loc": x + (0. if y is None else y), "scale": torch.ones_like(x)}
-
+        Q = adding_y(Normal)
         q = Q()
         c = copy.copy(q)
         c._cond_var.append("y")
@@ -92,13 +92,7 @@ def test_a_list_assigned_from_another_distribution_is_shared_as_under_pixyz() ->
 
         from pixyz.distributions import Normal
 
-        class Q(Normal):
-            def __init__(self) -> None:
-                super().__init__(var=["z"], cond_var=["x"], name="q")
-
-            def forward(self, x: torch.Tensor, y: Any = None) -> dict:
-                return {"loc": x + (0. if y is None else y), "scale": torch.ones_like(x)}
-
+        Q = adding_y(Normal)
         q1, q2 = Q(), Q()
         q2._cond_var = q1._cond_var
         q1._cond_var.append("y")
@@ -117,13 +111,7 @@ def test_a_product_built_before_a_cond_var_was_added_names_the_missing_input() -
     from pyro_dgm.distributions import Normal
     from pyro_dgm.utils.checks import MissingVariableError
 
-    class Q(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["x"], name="q")
-
-        def forward(self, x: Any, y: Any = None) -> dict:
-            return {"loc": x + (0. if y is None else y), "scale": torch.ones_like(x)}
-
+    Q = adding_y(Normal)
     q = Q()
     p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], name="p")
     j = q * p
