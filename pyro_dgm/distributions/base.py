@@ -569,7 +569,7 @@ class Distribution(YieldingModule):
         self._dgm_pyro_infer: dict[str, Any] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("_var", "_cond_var") and name in self.__dict__:  # (its own list again, after += changed it in
+        if name in ("_var", "_cond_var") and "_dgm_cond_seen" in self.__dict__:  # (its own list again, after += changed it in
             # place: kept, so that a shallow copy still shares it; another distribution's list: shared, as the one
             # list object two Pixyz distributions then hold)
             shared = isinstance(value, _VarList) and value._attr == name

@@ -561,14 +561,14 @@ class DistributionBase(Distribution):
         params: dict[str, Tensor] = {}
         if self._dgm_has_network:
             extra = forward_extras(self, ctx.kwargs) if ctx.kwargs else ctx.kwargs
-            if b.fwd_kw:
-                kw = {k: values[v] for k, v in b.fwd_kw}
-                kw.update(extra)
-            else:
-                kw = extra
             try:
+                if b.fwd_kw:
+                    kw = {k: values[v] for k, v in b.fwd_kw}
+                    kw.update(extra)
+                else:
+                    kw = extra
                 out = run_bound_network(self, self._dgm_b.fwd_pos, [values[v] for v in b.fwd_pos], kw)
-            except Exception as e:  # noqa: BLE001 (named, with its type kept)
+            except Exception as e:  # noqa: BLE001 (named, with its type kept; an input missing: named too)
                 self._dgm_note_inputs(e, b, values)
                 raise
             if not isinstance(out, dict):

@@ -118,10 +118,10 @@ class Deterministic(Distribution):
         return True
 
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
-        kw = {k: values[v] for k, v in b.fwd_kw}
-        if ctx.kwargs:
-            kw.update(forward_extras(self, ctx.kwargs))
         try:
+            kw = {k: values[v] for k, v in b.fwd_kw}
+            if ctx.kwargs:
+                kw.update(forward_extras(self, ctx.kwargs))
             out = run_bound_network(self, self._dgm_b.fwd_pos, [values[v] for v in b.fwd_pos], kw)
         except Exception as e:  # noqa: BLE001 (named, with its type kept)
             self._dgm_note_inputs(e, b, values)

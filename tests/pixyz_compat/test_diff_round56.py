@@ -118,3 +118,48 @@ def test_a_product_built_before_a_cond_var_was_added_names_the_missing_input() -
     q._cond_var.append("y")
     with pytest.raises(MissingVariableError, match=r"q\(z\|x,y\): no value for its input 'y'"):
         j.sample()
+
+
+def test_a_subclass_may_set_its_variables_before_the_base_init_as_under_pixyz() -> None:
+    """A subclass that sets ``self._cond_var`` (another distribution's list, or a plain one) before
+    ``super().__init__``: the base's ``__init__`` sets it again, as Pixyz's does (probe p398: a bare
+    ``KeyError: '_dgm_input_var'``, the assignment taken for a change of a built distribution)."""
+    def program() -> Any:
+        from pixyz.distributions import Normal
+
+        class Q2(Normal):
+            def __init__(self, before: Any) -> None:
+                self._cond_var = before
+                super().__init__(var=["w"], cond_var=["x"], loc="x", scale=1., name="q2")
+
+        q1 = Normal(loc="x", scale=1., var=["z"], cond_var=["x"], name="q1")
+        return [(list(q.cond_var), q.prob_text) for q in (Q2(q1._cond_var), Q2(["q"]))]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert [c for c, _ in ours] == [["x"], ["x"]]
+
+
+@pytest.mark.parametrize("kind", ["family", "deterministic"])
+def test_a_stale_product_of_a_keyword_forward_names_the_missing_input(kind: str) -> None:
+    """The stale product of the last test, for a ``forward(**kw)`` (a family and a ``Deterministic``): the
+    keywords were looked up before the network's call, outside the code that names a missing input (probe p398:
+    a bare ``KeyError: 'y'``)."""
+    from pyro_dgm.distributions import Deterministic, Normal
+    from pyro_dgm.utils.checks import MissingVariableError
+
+    base = Normal if kind == "family" else Deterministic
+
+    class A(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__(var=["a"], cond_var=["x"], name="qa")
+
+        def forward(self, **kw: Any) -> dict:
+            loc = sum(kw.values())
+            return {"loc": loc, "scale": torch.ones_like(loc)} if kind == "family" else {"a": loc}
+
+    a = A()
+    j = a * Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], name="p")
+    a._cond_var.append("y")
+    with pytest.raises(MissingVariableError, match=r"qa\(a\|x,y\): no value for its input 'y'"):
+        j.sample()
