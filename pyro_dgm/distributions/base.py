@@ -569,9 +569,10 @@ class Distribution(YieldingModule):
         self._dgm_pyro_infer: dict[str, Any] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("_var", "_cond_var") and "_dgm_cond_seen" in self.__dict__:  # (its own list again, after += changed it in
-            # place: kept, so that a shallow copy still shares it; another distribution's list: shared, as the one
-            # list object two Pixyz distributions then hold)
+        if name in ("_var", "_cond_var") and "_dgm_cond_seen" in self.__dict__:  # (a built distribution's: its own
+            # list again, after += changed it in place, is kept, so that a shallow copy still shares it; another
+            # distribution's list is shared, as the one list object two Pixyz distributions then hold; one set
+            # before the base __init__ is set again there, as Pixyz's __init__ does)
             shared = isinstance(value, _VarList) and value._attr == name
             if shared and not value._owned_by(self):
                 value._share(self)
