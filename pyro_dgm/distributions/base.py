@@ -34,9 +34,10 @@ from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, copie
 from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up_subclasses, users_own,
                                        users_value)
 from pyro_dgm.utils.checks import (STRICT_SHAPES, ArgumentError, DeviceError, DimensionError, DTypeError,
-                                   DuplicateSiteError, EmptyBatchError, LayoutError, NotATensorError, OutOfRangeError,
-                                   ShapeError, as_var_list, check_present, describe, keyed_values, numpy_tensor,
-                                   sample_batch_n, sample_shape_of, unusual_tensor, users_own_error)
+                                   DuplicateSiteError, EmptyBatchError, LayoutError, MissingVariableError,
+                                   NotATensorError, OutOfRangeError, ShapeError, as_var_list, check_present, describe,
+                                   keyed_values, numpy_tensor, sample_batch_n, sample_shape_of, unusual_tensor,
+                                   users_own_error)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -1931,8 +1932,6 @@ class Distribution(YieldingModule):
         missing = [v for v in names if v not in values]
         if missing:  # (a cond_var added in place after a product of this distribution was built: the product's
             # inputs are those of then, Pixyz's "lack of some variables")
-            from pyro_dgm.utils.checks import MissingVariableError
-
             raise MissingVariableError(f"{describe(self)}: no value for its input {missing[0]!r} (its cond_var "
                                        f"{list(self.cond_var)}); give it, or build the product again after "
                                        f"changing cond_var") from e

@@ -200,10 +200,13 @@ def _outer_lead(shape: torch.Size, sizes: Mapping[int, Any], features_ndim: int 
     if not sizes or -1 in sizes:
         return 0
     lead = -min(sizes) - 1
-    if len(shape) < lead + 1 + features_ndim or any(sizes.get(i - lead - 1, shape[i]) != shape[i]
-                                                    for i in range(lead)):
-        return 0
-    return lead
+    return lead if _fits(shape, sizes, lead, 1 + features_ndim) else 0
+
+
+def _fits(shape: torch.Size, sizes: Mapping[int, Any], lead: int, after: int) -> bool:
+    """Whether ``shape``'s first ``lead`` dims have the sizes of the plates left of the one at ``-lead - 1``... -2
+    (``sizes`` by dim), with at least ``after`` dims after them."""
+    return len(shape) >= lead + after and all(sizes.get(i - lead - 1, shape[i]) == shape[i] for i in range(lead))
 
 
 def outer_plates_ndim(value: torch.Tensor, features_ndim: int = 1) -> int:
@@ -227,13 +230,11 @@ def copies_ndim(values: Iterable[Any]) -> int:
         return 0
     lead = -min(sizes) - 1
     rows = sizes.get(-1)
-    best = 0
     for v in values:
-        if isinstance(v, torch.Tensor) and v.dim() >= lead + (1 if rows is not None else 2) and all(
-                sizes.get(i - lead - 1, v.shape[i]) == v.shape[i] for i in range(lead)) and (
+        if isinstance(v, torch.Tensor) and _fits(v.shape, sizes, lead, 2 if rows is None else 1) and (
                 rows is None or v.shape[lead] == rows):
-            best = lead
-    return best
+            return lead
+    return 0
 
 
 def data_batch_ndim(value: Any, features_ndim: int = 1) -> int:

@@ -268,10 +268,10 @@ def log_of_probs(probs: Tensor) -> Tensor:
     if probs.dtype == torch.float16:
         return probs_to_logits(probs)
     if probs.is_cpu and not is_compiling() and not torch.jit.is_tracing() and not (
-            torch._C._are_functorch_transforms_active()) and not torch._is_all_true((probs >= 0) | probs.isnan()):
+            torch._C._are_functorch_transforms_active()) and torch._is_any_true(probs < 0):
         # (built without validation: a network without its softmax; also under validation, as a distribution of
-        # constants built once without it is reused) one reduction on the CPU, as the Bernoulli's check; the
-        # caller names the distribution
+        # constants built once without it is reused; a NaN passes: it scores NaN) one reduction on the CPU, as the
+        # Bernoulli's check; the caller names the distribution
         bad = probs[probs < 0].flatten()[0].item()
         raise OutOfRangeError(f"the probabilities hold a negative value (e.g. {bad:g})")
     work = probs if probs.dtype in (torch.float32, torch.float64) else probs.float()

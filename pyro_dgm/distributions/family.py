@@ -286,8 +286,11 @@ class DistributionBase(Distribution):
                 raise ValueError(f"{describe(self)}: give one of {', '.join(group)}, not {' and '.join(given)}")
         if PYRO_STACK and consts:
             self._dgm_check_no_plate_dims(consts)
-        self._dgm_store_constants({k: v for k in order for v in (consts.get(k, unread.get(k)),) if v is not None}
-                                  if unread else consts)
+        if unread:  # (stored with the others, in the order given)
+            merged = {**consts, **unread}
+            self._dgm_store_constants({k: merged[k] for k in order if k in merged})
+        else:
+            self._dgm_store_constants(consts)
         if self._dgm_class_params and not self.features_shape:  # probs=0.2: a distribution of one class
             self._dgm_scalar_classes = next((n for n in self._dgm_class_params if n in consts), None)
         # Pixyz builds a distribution that cannot compute (a parameter missing, a cond_var that reaches nothing,

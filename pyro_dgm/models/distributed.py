@@ -453,6 +453,16 @@ class Replicated:
         if buffers:
             broadcast_coalesced(buffers)
 
+    def sync_buffers_failing(self) -> None:
+        """:meth:`sync_buffers` from a process whose training call failed (its evaluation raised, or the call was
+        refused before it): the others' evaluation copies rank 0's buffers before they meet at the step's
+        synchronization point, so this process takes part in the copy before it tells them (:func:`fail_together`);
+        if the others are gone, nothing (the call's own error is the one to show)."""
+        try:
+            self.sync_buffers()
+        except Exception:  # noqa: BLE001
+            pass
+
     def _cover(self, new: Mapping[str, Tensor]) -> None:
         """Cover ``new`` parameters too: the wrapper is rebuilt (rank 0's values of every covered parameter are
         broadcast); covered parameters that left the store (``pyro.clear_param_store()``) are dropped."""
@@ -495,10 +505,7 @@ class Replicated:
             # caller's synchronization point; this process takes part in the copy too, so that its report of the
             # failure there (fail_together) meets theirs, not the copy
             if torch.is_grad_enabled() and not _collective_broke(e):
-                try:
-                    self.sync_buffers()
-                except Exception:  # (the others are gone) the evaluation's error is the one to show
-                    pass
+                self.sync_buffers_failing()
             raise
         if torch.is_grad_enabled():  # a training evaluation: the buffers it updated become rank 0's everywhere
             self.sync_buffers()

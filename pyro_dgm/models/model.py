@@ -1017,13 +1017,9 @@ class Model:
                                 "has no attribute 'backward'); draw the samples with loss.eval(x, return_dict=True), "
                                 "or model.test(x, return_dict=True)")
         except TypeError as e:  # (under torch.distributed: the other processes learn it where they synchronize,
-            # after their evaluation copied rank 0's buffers: this process takes part in that copy first, as a
-            # failed evaluation does)
+            # after their evaluation copied rank 0's buffers, which this process takes part in first)
             if self._dgm_ddp is not None and _dist.is_distributed():
-                try:
-                    self._dgm_ddp.sync_buffers()
-                except Exception:  # noqa: BLE001 (the others are gone: the refusal is the error to show)
-                    pass
+                self._dgm_ddp.sync_buffers_failing()
             _dist.fail_together(e, self._dgm_step_name("training"))
             raise
         if self._dgm_params_key() != self.__dict__.get("_dgm_seen"):

@@ -167,6 +167,13 @@ def decoder_model(dec: nn.Module, z_dim: int) -> Any:
     return model
 
 
+def _train_each(model: Model, which: dict[str, str], x: torch.Tensor) -> None:
+    """One training step with each of the guide's two networks (``which["k"]`` = "A", then "B")."""
+    for k in "AB":
+        which["k"] = k
+        model.train({"x": x})
+
+
 def _two_encoders(script: bool = False, affine: bool = True) -> tuple[Model, dict[str, nn.Module], dict[str, str]]:
     """A VAE whose guide registers two encoders (each with a batch norm, with weights or without) and runs the one
     ``which["k"]`` names."""
@@ -331,9 +338,7 @@ def test_a_checkpoint_without_these_buffers_or_run_before_every_network_ran_is_s
     (p377: silently); one that holds a network this run has not run yet is refused, saying which and what to do
     (p377: the message named both lists only)."""
     model, nets, which = _two_encoders()
-    for k in "AB":
-        which["k"] = k
-        model.train({"x": DATA[0]})
+    _train_each(model, which, DATA[0])
     buf = io.BytesIO()
     model.save(buf)
     state = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
@@ -341,9 +346,7 @@ def test_a_checkpoint_without_these_buffers_or_run_before_every_network_ran_is_s
     old = io.BytesIO()
     torch.save(state, old)
     other, _, which2 = _two_encoders()
-    for k in "AB":
-        which2["k"] = k
-        other.train({"x": DATA[1]})
+    _train_each(other, which2, DATA[1])
     old.seek(0)
     with pytest.warns(UserWarning, match=r"holds no buffers of the networks .*'encA\$\$\$1', 'encB\$\$\$1'"):
         other.load(old, resume=True)
@@ -376,15 +379,11 @@ def test_batch_norms_outside_any_registered_network_are_matched_by_order_with_a_
         return Model(PyroELBO(model, guide), optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-2}), bns, which
 
     model, bns, which = build()
-    for k in "AB":
-        which["k"] = k
-        model.train({"x": DATA[0]})
+    _train_each(model, which, DATA[0])
     buf = io.BytesIO()
     model.save(buf)
     other, bns2, which2 = build()
-    for k in "AB":
-        which2["k"] = k
-        other.train({"x": DATA[1]})
+    _train_each(other, which2, DATA[1])
     buf.seek(0)
     with pytest.warns(UserWarning, match="matches them by the order the runs found them in"):
         other.load(buf, resume=True)
