@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_dgm.distributions.closed_forms import bernoulli_cross_entropy, in_unit_interval
+from pyro_dgm.distributions.effects import sites_hidden
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
@@ -258,9 +259,12 @@ class AdversarialLoss(Loss):
         given = {k: values[k] for k in dist.input_var}
         drawn = dist.sample(given, batch_n=batch_n, **{"reparam": reparam, **kwargs, "return_all": False})
         out = {}
+        # a batch of another size: Pixyz's cross-entropies against (batch_n, 1) labels refuse it; a critic's means
+        # (Wasserstein) or a user's own d_loss/g_loss take it, as there
+        same_n = self._dgm_probability_output and self._dgm_default_losses()
         for v in self._dgm_d.input_var:
             x = drawn[v] if v in drawn else values[v]
-            if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] != batch_n:
+            if not isinstance(x, Tensor) or x.dim() == 0 or (same_n and x.shape[0] != batch_n):
                 got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
                 raise ValueError(f"{type(self).__name__} {self.latex}: {describe(dist)} gave {v!r} of shape {got}; "
                                  f"expected a batch of {batch_n} (the batch size of the inputs)")
@@ -271,7 +275,9 @@ class AdversarialLoss(Loss):
         """The discriminator's output for a batch of inputs, shape ``(batch_n, ...)`` (the evaluation's options reach
         it as in Pixyz: ``sample_mean`` too)."""
         d = self._dgm_d
-        y = d.sample(dict(inputs), **{"sample_mean": True, **kwargs, "return_all": False})[d.var[0]]
+        with sites_hidden():  # (its output is no random choice, and it runs on each side: under Pyro's handlers
+            # not a site, nor are its parameters, which its own optimizer trains)
+            y = d.sample(dict(inputs), **{"sample_mean": True, **kwargs, "return_all": False})[d.var[0]]
         self._dgm_check_output(y)
         if self._dgm_probability_output and isinstance(y, Tensor) and self._dgm_default_losses():
             n = next((x.shape[0] for x in inputs.values() if isinstance(x, Tensor) and x.dim() > 0), None)
@@ -364,7 +370,18 @@ class AdversarialLoss(Loss):
     def d_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
         r"""The discriminator's loss given its outputs on samples of ``p`` and ``q``:
         :math:`-\text{mean}\log y_p - \text{mean}\log(1 - y_q)` (binary cross-entropy, labels 1 for ``p``)."""
-        return (-log_clamped(y_p).mean()) + (-log1m_clamped(y_q).mean())  # a sum of two BCEs, as Pixyz (same bits, AddBackward)
+        return self._dgm_bce(y_p, 1.0) + self._dgm_bce(y_q, 0.0)  # a sum of two BCEs, as Pixyz (same bits, AddBackward)
+
+    def _dgm_bce(self, y: Tensor, label: float) -> Tensor:
+        """``self.bce_loss(y, labels)``, Pixyz's binary cross-entropy of the discriminator's outputs against labels
+        of 1 or 0: the default ``nn.BCELoss()`` by :func:`log_clamped`/:func:`log1m_clamped` (its numbers, also under
+        autocast and in half precision); one replaced or changed by the user (another reduction, weights, a hook, a
+        subclass) is called, as Pixyz calls it."""
+        b = self.bce_loss
+        if type(b) is nn.BCELoss and b.reduction == "mean" and b.weight is None and not (
+                b._forward_hooks or b._forward_pre_hooks):
+            return -(log_clamped(y) if label == 1.0 else log1m_clamped(y)).mean()
+        return b(y, torch.full_like(y, label))
 
     def g_loss(self, y_p: Tensor, y_q: Tensor, batch_n: int | None = None) -> Tensor:
         """The generator's loss given the discriminator's outputs on samples of ``p`` and ``q``; each divergence

