@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_dgm.distributions.closed_forms import bernoulli_cross_entropy, in_unit_interval
-from pyro_dgm.distributions.effects import sites_hidden
+from pyro_dgm.distributions.effects import has_call_hooks, sites_hidden
 from pyro_dgm.losses.base import Loss, ordered_union
 from pyro_dgm.losses.compiled import frozen
 from pyro_dgm.distributions.base import Distribution
@@ -80,6 +80,9 @@ def _minus_bce(y: Tensor, label: float) -> Tensor:
     if y.dtype not in HALF_DTYPES and not (autocast and device != "cpu"):
         return -F.binary_cross_entropy(y, torch.full_like(y, label), reduction="none")
     return bernoulli_cross_entropy(y, torch.full_like(y, label))
+
+
+_BCE_FORWARD = nn.BCELoss.forward  # (the one the built-in cross-entropies compute: a replaced one is called)
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -378,8 +381,9 @@ class AdversarialLoss(Loss):
         autocast and in half precision); one replaced or changed by the user (another reduction, weights, a hook, a
         subclass) is called, as Pixyz calls it."""
         b = self.bce_loss
-        if type(b) is nn.BCELoss and b.reduction == "mean" and b.weight is None and not (
-                b._forward_hooks or b._forward_pre_hooks):
+        if (type(b) is nn.BCELoss and b.reduction == "mean" and b.weight is None and not has_call_hooks(b)
+                and "forward" not in b.__dict__ and nn.BCELoss.forward is _BCE_FORWARD):  # (hooks, global ones
+            # too, and a forward set on it or its class: they see or change the call)
             return -(log_clamped(y) if label == 1.0 else log1m_clamped(y)).mean()
         return b(y, torch.full_like(y, label))
 

@@ -101,3 +101,55 @@ def test_a_wasserstein_critic_takes_batches_of_two_sizes_as_pixyz(sizes: tuple) 
 
     ref, ours = run_both(program)
     assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("change", ["backward_hook", "old_backward_hook", "global_forward_hook",
+                                    "global_backward_hook", "instance_forward", "class_forward"])
+def test_a_hooked_or_patched_bce_loss_is_called_as_pixyz_calls_it(change: str) -> None:
+    """The default ``bce_loss`` with a backward hook that scales its input's gradient by 5 (full or old-style, its
+    own or a global one), a global forward hook that triples its output, or its ``forward`` replaced on the
+    instance or on ``nn.BCELoss`` (doubling it): the generator's loss, its gradient and the discriminator's loss
+    are Pixyz's, which calls the module. The term took its own cross-entropy when the module had no forward hook
+    of its own, and the hooks and patches never ran (probe p402)."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn.modules import module as nn_module
+
+        from pixyz.distributions import Deterministic, EmpiricalDistribution, Normal
+        from pixyz.losses import AdversarialJensenShannon
+
+        torch.manual_seed(2)
+        p, d = _generator_and_critic(Deterministic, Normal)
+        adv = AdversarialJensenShannon(EmpiricalDistribution(["x"]), p, discriminator=d)
+        b = adv.bce_loss
+        scale_grad = lambda m, gi, go: (gi[0] * 5, None)  # noqa: E731
+        triple = lambda m, i, o: o * 3 if isinstance(m, nn.BCELoss) else None  # noqa: E731
+        original = nn.BCELoss.forward
+        handle = None
+        if change == "backward_hook":
+            handle = b.register_full_backward_hook(scale_grad)
+        elif change == "old_backward_hook":
+            handle = b.register_backward_hook(scale_grad)
+        elif change == "global_forward_hook":
+            handle = nn_module.register_module_forward_hook(triple)
+        elif change == "global_backward_hook":
+            handle = nn_module.register_module_full_backward_hook(
+                lambda m, gi, go: (gi[0] * 5, None) if isinstance(m, nn.BCELoss) else None)
+        elif change == "instance_forward":
+            b.forward = lambda i, t: 2 * original(b, i, t)
+        else:
+            nn.BCELoss.forward = lambda self, i, t: 2 * original(self, i, t)
+        try:
+            x = torch.randn(5, 3)
+            g = adv.eval({"x": x})
+            g.backward()
+            return {"g": g.detach(), "grad": p.parameters().__next__().grad.clone(),
+                    "d": adv.eval({"x": x}, discriminator=True).detach()}
+        finally:
+            nn.BCELoss.forward = original
+            if handle is not None:
+                handle.remove()
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
