@@ -254,8 +254,8 @@ class DistGraph(nx.DiGraph):
         for v in var:
             hit = [f for f in inner if v in f.var]
             if not hit:
-                raise ValueError(f"{owner.prob_text}: set_option: no factor generates {v!r}; the variables are "
-                                 f"{owner.var}")
+                raise UnknownVariableError(v, f"{owner.prob_text}: set_option: no factor generates {v!r}; the "
+                                              f"variables are {owner.var}")  # (Pixyz's lookup: a KeyError)
             for f in hit:
                 if option_dict:
                     opts[id(f)] = dict(option_dict)

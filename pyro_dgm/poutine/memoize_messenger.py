@@ -170,6 +170,30 @@ def _same_bits(a: torch.Tensor, c: torch.Tensor | None) -> bool:
         return False  # reused)
 
 
+def _held_tensors(module: Any) -> list[Any]:
+    """The tensors a ``Deterministic`` holds before a pass (:meth:`MemoizeMessenger._note_uses`): its parameters,
+    buffers and attributes (also in its submodules and in containers), its class's tensors, and what its
+    ``forward`` reads from its closure or from the globals it names (a tensor, or one in a list, tuple or dict):
+    the same objects at each of Pixyz's runs."""
+    held: list[Any] = []
+    if isinstance(module, torch.nn.Module):
+        held += [*module.parameters(), *module.buffers()]
+        for m in submodules(module):
+            _tensors(list(vars(m).values()), held)
+        _tensors([v for v in vars(type(module)).values() if isinstance(v, torch.Tensor)], held)
+    fn = getattr(type(module), "forward", None)
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        for cell in fn.__closure__ or ():
+            try:
+                _tensors(cell.cell_contents, held)
+            except ValueError:  # (a cell not yet filled)
+                pass
+        g = fn.__globals__
+        _tensors([g[n] for n in code.co_names if n in g], held)
+    return held
+
+
 def _a_global(module: Any, t: torch.Tensor) -> bool:
     """Whether ``t`` is a global of the module that defines ``module``'s ``forward`` (the same tensor at each run)."""
     g = getattr(getattr(type(module), "forward", None), "__globals__", None)
@@ -999,28 +1023,25 @@ class MemoizeMessenger(Messenger):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 t.register_hook(forget)
 
-    def _note_uses(self, value: Any, module: Any, args: Any) -> None:
-        """Note the tensors a ``Deterministic``'s first pass made (given ``module`` and its ``args``). Pixyz runs it
-        at every use, so each use hands the networks after it new tensors, and their cache (keyed by the tensors)
-        runs them again; here a reuse hands on copies of these tensors (:meth:`_reused`), new objects as under
-        Pixyz. A network given a copy whose pass with the tensors themselves drew nothing and changed nothing is
-        shared (the same values); one whose pass draws or changes state (dropout, a batch norm's statistics) runs
-        again for each copy, and a later call given the tensors of an earlier use gets that use's pass, as from
-        Pixyz's cache. Only tensors the pass made count: one it returns as it was given or holds it anywhere
-        (``x.float()`` of float data, a parameter, a submodule's buffer, a tensor in an attribute or its class, a
-        global of its module) is the same tensor at each of Pixyz's runs too."""
+    def _note_uses(self, value: Any, module: Any, args: Any, held: list[Any]) -> None:
+        """Note the tensors a ``Deterministic``'s first pass made (given ``module``, its ``args`` and the tensors it
+        ``held`` before the pass: :func:`_held_tensors`). Pixyz runs it at every use, so each use hands the networks
+        after it new tensors, and their cache (keyed by the tensors) runs them again; here a reuse hands on copies of
+        these tensors (:meth:`_reused`), new objects as under Pixyz. A network given a copy whose pass with the
+        tensors themselves drew nothing and changed nothing is shared (the same values); one whose pass draws or
+        changes state (dropout, a batch norm's statistics) runs again for each copy, and a later call given the
+        tensors of an earlier use gets that use's pass, as from Pixyz's cache. Only tensors the pass made count: one
+        it returns as it was given or as it held it before the pass (``x.float()`` of float data, a parameter, a
+        submodule's buffer, a tensor in an attribute or its class, a global of its module, a tensor its
+        ``forward`` reads from its closure or from a global list or dict) is the same tensor at each of Pixyz's
+        runs too; one it keeps during the pass (``self.history.append(h)``) is new at each of them."""
         found: list[Any] = []
         _swapped(value, lambda t: found.append(t) or t)  # (the tensors a reuse can hand on as copies: _reused)
         if not found:
             return
         given: list[Any] = []
         _tensors(args, given)
-        if isinstance(module, torch.nn.Module):  # (what it holds: parameters, buffers, attributes, also in its
-            given += [*module.parameters(), *module.buffers()]  # submodules and in containers)
-            for m in submodules(module):
-                _tensors(list(vars(m).values()), given)
-            _tensors([v for v in vars(type(module)).values() if isinstance(v, torch.Tensor)], given)
-        old = {id(t) for t in given}
+        old = {id(t) for t in given} | {id(t) for t in held}
         uses = self._uses
         for t in found:  # (not one it was given or holds, nor a global of its module)
             if id(t) in old or isinstance(t, torch.nn.Parameter) or _a_global(module, t):
@@ -1132,6 +1153,7 @@ class MemoizeMessenger(Messenger):
             before, buffers, given = rng_marks(), _buffer_versions(module), _given_generators(args, kwargs)
             snapshot = self._snapshot(args, kwargs)
             attrs = _plain_attributes(module)
+            held = _held_tensors(module)
             value = module(*args, **kwargs)
             changed = self._key(module, args, kwargs) != key
             _note_kept_inputs(module, not changed)
@@ -1148,7 +1170,7 @@ class MemoizeMessenger(Messenger):
             if bases is not None:  # (shared by the other uses: stored as given the tensors copied)
                 key, args, kwargs = key_of_bases, *bases
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))
-            self._note_uses(value, module, (args, kwargs))
+            self._note_uses(value, module, (args, kwargs), held)
             return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
         if reads:  # (a Deterministic's output, or a copy of one: see _note_uses) whether this pass draws or
             marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))  # changes state
