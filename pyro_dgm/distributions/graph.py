@@ -167,9 +167,12 @@ class DistGraph(nx.DiGraph):
         for f in self.factors():
             if var_name in f.var:
                 return f.dist
+        owner = self._owner
+        where = (f" ({owner.prob_text}: its variables are {list(owner.var)}, its inputs {list(owner.cond_var)})"
+                 if owner is not None else "")
         if not any(var_name in f.cond_var for f in self.factors()):  # (not in the graph: Pixyz's graph lookup
-            raise UnknownVariableError(var_name)  # raises a KeyError there)
-        raise ValueError(f"There is no distribution about {var_name}.")
+            raise UnknownVariableError(var_name, f"There is no distribution about {var_name}{where}.")  # raises
+        raise ValueError(f"There is no distribution about {var_name}{where}.")  # (a KeyError there)
 
     @property
     def var(self) -> list[str]:

@@ -170,28 +170,69 @@ def _same_bits(a: torch.Tensor, c: torch.Tensor | None) -> bool:
         return False  # reused)
 
 
+_HELD_ITEMS = 4096  # the most items of containers looked at per pass (a global list of a dataset's tensors
+# that a forward names would otherwise be walked at each evaluation)
+
+
 def _held_tensors(module: Any) -> list[Any]:
-    """The tensors a ``Deterministic`` holds before a pass (:meth:`MemoizeMessenger._note_uses`): its parameters,
-    buffers and attributes (also in its submodules and in containers), its class's tensors, and what its
-    ``forward`` reads from its closure or from the globals it names (a tensor, or one in a list, tuple or dict):
-    the same objects at each of Pixyz's runs."""
+    """The tensors a ``Deterministic`` holds before a pass (:meth:`MemoizeMessenger._note_uses`): its parameters and
+    buffers; what its ``forward`` (the class's, one set on the instance, the function a decorator wraps) reads from
+    its closure, its defaults or the globals it names (a tensor, or one in a list, tuple or dict); the tensors of
+    its classes (their own, not the library's); its attributes (also in its submodules and in containers): the same
+    objects at each of Pixyz's runs. Containers are looked into up to :data:`_HELD_ITEMS` items in all (beyond, a
+    tensor counts as made: the networks after it run at each use, as under Pixyz when they draw)."""
     held: list[Any] = []
-    if isinstance(module, torch.nn.Module):
+    left = [_HELD_ITEMS]
+    is_module = isinstance(module, torch.nn.Module)
+    if is_module:
         held += [*module.parameters(), *module.buffers()]
+    fns = [getattr(type(module), "forward", None), getattr(module, "__dict__", {}).get("forward")]
+    for fn in fns:
+        for _ in range(8):  # (functools.wraps chains)
+            fn = getattr(fn, "__func__", fn)
+            code = getattr(fn, "__code__", None)
+            if code is not None:
+                for cell in fn.__closure__ or ():
+                    try:
+                        _walk_held(cell.cell_contents, held, left)
+                    except ValueError:  # (a cell not yet filled)
+                        pass
+                _walk_held(fn.__defaults__, held, left)
+                _walk_held(fn.__kwdefaults__, held, left)
+                g = fn.__globals__
+                _walk_held([g[n] for n in code.co_names if n in g], held, left)
+            fn = getattr(fn, "__wrapped__", None)
+            if fn is None:
+                break
+    for klass in type(module).__mro__:
+        if not klass.__module__.startswith(("pyro_dgm.", "torch.", "pyro.", "builtins")):
+            held += [v for v in vars(klass).values() if isinstance(v, torch.Tensor)]
+    if is_module:
         for m in submodules(module):
-            _tensors(list(vars(m).values()), held)
-        _tensors([v for v in vars(type(module)).values() if isinstance(v, torch.Tensor)], held)
-    fn = getattr(type(module), "forward", None)
-    code = getattr(fn, "__code__", None)
-    if code is not None:
-        for cell in fn.__closure__ or ():
-            try:
-                _tensors(cell.cell_contents, held)
-            except ValueError:  # (a cell not yet filled)
-                pass
-        g = fn.__globals__
-        _tensors([g[n] for n in code.co_names if n in g], held)
+            _walk_held([v for k, v in vars(m).items() if k not in _MODULE_STATE and not k.startswith("_dgm_")],
+                       held, left)
     return held
+
+
+_MODULE_STATE = frozenset(vars(torch.nn.Module()))  # (nn.Module's own attributes: parameters, buffers, hooks)
+
+
+def _walk_held(a: Any, out: list[Any], left: list[int], depth: int = 0) -> None:
+    """Append to ``out`` the tensors in ``a`` (also inside tuples, lists and dicts), looking at no more than
+    ``left[0]`` items (counted down)."""
+    if isinstance(a, torch.Tensor):
+        out.append(a)
+    elif isinstance(a, (tuple, list)) and depth < 8:
+        if left[0] < len(a):
+            a = a[:max(left[0], 0)]
+        left[0] -= len(a)
+        for v in a:
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif isinstance(v, (tuple, list, dict)):
+                _walk_held(v, out, left, depth + 1)
+    elif isinstance(a, dict) and depth < 8:
+        _walk_held(list(a.values()), out, left, depth)
 
 
 def _a_global(module: Any, t: torch.Tensor) -> bool:

@@ -507,7 +507,8 @@ def test_an_unknown_variables_error_holds_its_name_as_pixyzs_key_error_does() ->
         Normal(loc=0., scale=1., var=["z"], features_shape=[1])
     with pytest.raises(KeyError) as info:
         p.graph.distribution("w")
-    assert info.value.args == ("w",) and str(info.value) == "There is no distribution about w."
+    assert info.value.args == ("w",) and str(info.value) == (
+        "There is no distribution about w (p(x,z): its variables are ['x', 'z'], its inputs []).")
     again = pickle.loads(pickle.dumps(info.value))
     assert again.args == ("w",) and str(again) == str(info.value)
 

@@ -3,7 +3,8 @@ one loss, whose output is a tensor it held before the pass (from its closure or 
 object at each of Pixyz's runs, so the dropout encoder after it hits Pixyz's cache and runs once) or a tensor it
 made and kept during the pass (``self.history.append(h)``: new at each of Pixyz's runs, so the encoder runs at
 each use). The memoizer took the first for new tensors and the second for held ones: other dropout masks, other
-values and another random stream than Pixyz's."""
+values and another random stream than Pixyz's. Also reached through a decorator, a base class, a forward set on
+the instance and a default argument (probe p405)."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,13 +17,16 @@ TABLE: dict = {}
 
 
 @pytest.mark.parametrize("kind", ["closure_tensor", "closure_list", "global_dict", "attribute_dict",
-                                  "history_list", "history_detached"])
+                                  "history_list", "history_detached", "decorated", "base_class_attribute",
+                                  "instance_forward", "default_argument"])
 def test_a_reused_deterministics_held_or_kept_outputs_reach_the_encoder_as_under_pixyz(kind: str) -> None:
     """``E(d, KL(q, prior)) + 2 * E(d, KL(q, prior))`` with ``q(z|e)`` behind a dropout: the loss per row, how many
     times ``q``'s network runs, and the next ``torch.rand`` are Pixyz's (probe p403: with a closure's tensor q ran
     twice where Pixyz runs it once, 3.5187 against 2.1259 in one row; with ``history.append(h)`` once where Pixyz
     runs it twice)."""
     def program() -> Any:
+        import functools
+
         import torch
         import torch.nn.functional as F
         from torch import nn
@@ -37,11 +41,19 @@ def test_a_reused_deterministics_held_or_kept_outputs_reach_the_encoder_as_under
         TABLE["e"] = torch.randn(5, 4)
         runs = {"q": 0}
 
+        def logged(fn: Any) -> Any:
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return fn(*args, **kwargs)
+            return wrapper
+
         class D(Deterministic):
             def __init__(self) -> None:
                 super().__init__(var=["e"], cond_var=["x"], name="d")
                 self.last: dict = {}
                 self.history: list = []
+                if kind == "instance_forward":
+                    self.forward = lambda x: {"e": emb}
 
             def forward(self, x: torch.Tensor) -> dict:
                 if kind == "closure_tensor":
@@ -57,6 +69,23 @@ def test_a_reused_deterministics_held_or_kept_outputs_reach_the_encoder_as_under
                     self.history.append(h.detach() if kind == "history_detached" else h)
                 return {"e": h}
 
+        class Decorated(D):  # (the closure is the decorator's function's)
+            @logged
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"e": emb}
+
+        class Base(D):
+            held = emb
+
+        class FromBase(Base):
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"e": type(self).held}
+
+        class Default(D):
+            def forward(self, x: torch.Tensor, e: torch.Tensor = emb) -> dict:
+                return {"e": e}
+
+        d = {"decorated": Decorated, "base_class_attribute": FromBase, "default_argument": Default}.get(kind, D)()
         class Q(Normal):
             def __init__(self) -> None:
                 super().__init__(var=["z"], cond_var=["e"], name="q")
@@ -67,7 +96,7 @@ def test_a_reused_deterministics_held_or_kept_outputs_reach_the_encoder_as_under
                 h = self.out(self.drop(torch.relu(self.fc(e))))
                 return {"loc": h[:, :2], "scale": F.softplus(h[:, 2:])}
 
-        d, q = D(), Q()
+        q = Q()
         prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2], name="p")
         loss = E(d, KullbackLeibler(q, prior)) + 2 * E(d, KullbackLeibler(q, prior))
         value = loss.eval({"x": torch.randn(5, 4)})
