@@ -1058,7 +1058,11 @@ class Model:
             # this step's start, so it resumes as the uninterrupted run; the live generators keep the draws made (the
             # step taken again draws anew, as under Pixyz)
             self._dgm_failed_rng = rng
-            lost = rng.numpy_note(e, f"{type(self).__name__}.train (step {self.step + 1})")
+            where = f"{type(self).__name__}.train (step {self.step + 1})"
+            if isinstance(e, Exception) and f"step {self.step + 1}" not in str(e) and not any(
+                    where in n for n in getattr(e, "__notes__", ())):  # (a network's or a loss term's own error)
+                e.add_note(f"(raised in {where}; the step was not taken)")
+            lost = rng.numpy_note(e, where)
             if lost is not None:
                 self._dgm_rng_lost = lost  # Model.save warns (until the next step)
             raise

@@ -758,7 +758,11 @@ def _numbered(batches: Iterable[dict[str, Any]], epoch: int, what: str) -> Itera
 
 
 def _note(e: BaseException, text: str) -> None:
-    """Add ``text`` to what ``e`` says (a non-finite loss names its epoch in its message already)."""
+    """Add ``text`` to what ``e`` says (a non-finite loss names its epoch in its message already), in place of
+    ``Model.train``'s note naming the step (``text`` names it with the epoch and batch)."""
+    notes = getattr(e, "__notes__", None)
+    if notes and "(step " in text:
+        e.__notes__ = [n for n in notes if not n.endswith("; the step was not taken)")]
     if not isinstance(e, NonFiniteLossError) and text not in getattr(e, "__notes__", ()):
         e.add_note(text)
 

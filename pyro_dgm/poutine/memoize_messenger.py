@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import dis
+import functools
 import math
 import random
 import struct
 import threading
+import types
 import weakref
 from collections import OrderedDict
 from operator import getitem, is_
@@ -170,25 +173,37 @@ def _same_bits(a: torch.Tensor, c: torch.Tensor | None) -> bool:
         return False  # reused)
 
 
-_HELD_ITEMS = 4096  # the most items of containers looked at per pass (a global list of a dataset's tensors
-# that a forward names would otherwise be walked at each evaluation)
+_HELD_ITEMS = 4096  # the most items of containers looked at per pass, for the module's attributes and again for
+# what its forward reads (a global list of a dataset's tensors would otherwise be walked at each evaluation)
 
 
 def _held_tensors(module: Any) -> list[Any]:
     """The tensors a ``Deterministic`` holds before a pass (:meth:`MemoizeMessenger._note_uses`): its parameters and
-    buffers; what its ``forward`` (the class's, one set on the instance, the function a decorator wraps) reads from
-    its closure, its defaults or the globals it names (a tensor, or one in a list, tuple or dict); the tensors of
-    its classes (their own, not the library's); its attributes (also in its submodules and in containers): the same
-    objects at each of Pixyz's runs. Containers are looked into up to :data:`_HELD_ITEMS` items in all (beyond, a
-    tensor counts as made: the networks after it run at each use, as under Pixyz when they draw)."""
+    buffers; its attributes (also in its submodules and in containers) and its classes' (their own, not the
+    library's); what its ``forward`` (the class's, one set on the instance, a ``functools.partial``, the function a
+    decorator wraps) reads from its closure, its arguments bound before, its defaults or the globals it loads (a
+    tensor, or one in a list, tuple or dict): the same objects at each of Pixyz's runs. Containers are looked into
+    up to :data:`_HELD_ITEMS` items for the attributes and as many for what the forward reads (beyond, a tensor
+    counts as made: the networks after it run at each use, as under Pixyz when they draw)."""
     held: list[Any] = []
-    left = [_HELD_ITEMS]
     is_module = isinstance(module, torch.nn.Module)
+    left = [_HELD_ITEMS]
     if is_module:
         held += [*module.parameters(), *module.buffers()]
-    fns = [getattr(type(module), "forward", None), getattr(module, "__dict__", {}).get("forward")]
-    for fn in fns:
-        for _ in range(8):  # (functools.wraps chains)
+        for m in submodules(module):
+            _walk_held([v for k, v in vars(m).items() if isinstance(v, torch.Tensor) or (
+                k not in _MODULE_STATE and not k.startswith("_dgm_"))], held, left)
+    for klass in type(module).__mro__:
+        if not klass.__module__.startswith(("pyro_dgm.", "torch.", "pyro.")) and klass is not object:
+            _walk_held([v for v in vars(klass).values() if isinstance(v, (torch.Tensor, list, tuple, dict))], held,
+                       left)
+    left = [_HELD_ITEMS]
+    for fn in (getattr(type(module), "forward", None), getattr(module, "__dict__", {}).get("forward")):
+        for _ in range(8):  # (functools.wraps chains, partials)
+            if isinstance(fn, functools.partial):
+                _walk_held([fn.args, fn.keywords], held, left)
+                fn = fn.func
+                continue
             fn = getattr(fn, "__func__", fn)
             code = getattr(fn, "__code__", None)
             if code is not None:
@@ -197,24 +212,34 @@ def _held_tensors(module: Any) -> list[Any]:
                         _walk_held(cell.cell_contents, held, left)
                     except ValueError:  # (a cell not yet filled)
                         pass
-                _walk_held(fn.__defaults__, held, left)
-                _walk_held(fn.__kwdefaults__, held, left)
+                _walk_held([fn.__defaults__, fn.__kwdefaults__], held, left)
                 g = fn.__globals__
-                _walk_held([g[n] for n in code.co_names if n in g], held, left)
+                _walk_held([g[n] for n in _global_names(code) if n in g], held, left)
             fn = getattr(fn, "__wrapped__", None)
             if fn is None:
                 break
-    for klass in type(module).__mro__:
-        if not klass.__module__.startswith(("pyro_dgm.", "torch.", "pyro.", "builtins")):
-            held += [v for v in vars(klass).values() if isinstance(v, torch.Tensor)]
-    if is_module:
-        for m in submodules(module):
-            _walk_held([v for k, v in vars(m).items() if k not in _MODULE_STATE and not k.startswith("_dgm_")],
-                       held, left)
     return held
 
 
 _MODULE_STATE = frozenset(vars(torch.nn.Module()))  # (nn.Module's own attributes: parameters, buffers, hooks)
+_GLOBAL_NAMES: dict[Any, tuple[str, ...]] = {}
+
+
+def _global_names(code: Any) -> tuple[str, ...]:
+    """The names a function's code (and the code it defines: comprehensions, lambdas) loads as globals (not the
+    attribute names that ``co_names`` also holds), read from its bytecode once per code object."""
+    names = _GLOBAL_NAMES.get(code)
+    if names is None:
+        found: set[str] = set()
+        todo = [code]
+        while todo:
+            c = todo.pop()
+            found.update(i.argval for i in dis.get_instructions(c) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME"))
+            todo += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+        if len(_GLOBAL_NAMES) > 4096:
+            _GLOBAL_NAMES.clear()
+        names = _GLOBAL_NAMES[code] = tuple(sorted(found))
+    return names
 
 
 def _walk_held(a: Any, out: list[Any], left: list[int], depth: int = 0) -> None:

@@ -4,7 +4,8 @@ object at each of Pixyz's runs, so the dropout encoder after it hits Pixyz's cac
 made and kept during the pass (``self.history.append(h)``: new at each of Pixyz's runs, so the encoder runs at
 each use). The memoizer took the first for new tensors and the second for held ones: other dropout masks, other
 values and another random stream than Pixyz's. Also reached through a decorator, a base class, a forward set on
-the instance and a default argument (probe p405)."""
+the instance, a default argument (probe p405), a ``functools.partial``, a list of its class, and an attribute
+whose name a long global list shares (probe p408: the walk's budget spent on the global)."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,11 +15,13 @@ import pytest
 from pixyz_harness import assert_same, run_both
 
 TABLE: dict = {}
+table = list(range(5000))  # (a global that shares its name with an attribute, longer than the walk's budget)
 
 
 @pytest.mark.parametrize("kind", ["closure_tensor", "closure_list", "global_dict", "attribute_dict",
                                   "history_list", "history_detached", "decorated", "base_class_attribute",
-                                  "instance_forward", "default_argument"])
+                                  "instance_forward", "default_argument", "name_clash", "partial_forward",
+                                  "class_list"])
 def test_a_reused_deterministics_held_or_kept_outputs_reach_the_encoder_as_under_pixyz(kind: str) -> None:
     """``E(d, KL(q, prior)) + 2 * E(d, KL(q, prior))`` with ``q(z|e)`` behind a dropout: the loss per row, how many
     times ``q``'s network runs, and the next ``torch.rand`` are Pixyz's (probe p403: with a closure's tensor q ran
@@ -85,7 +88,24 @@ def test_a_reused_deterministics_held_or_kept_outputs_reach_the_encoder_as_under
             def forward(self, x: torch.Tensor, e: torch.Tensor = emb) -> dict:
                 return {"e": e}
 
-        d = {"decorated": Decorated, "base_class_attribute": FromBase, "default_argument": Default}.get(kind, D)()
+        class NameClash(D):  # (reads the attribute table; the global table fills the walk's budget)
+            def __init__(self) -> None:
+                super().__init__()
+                self.table = emb
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"e": self.table}
+
+        class ClassList(D):
+            bank = [emb]
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"e": self.bank[0]}
+
+        d = {"decorated": Decorated, "base_class_attribute": FromBase, "default_argument": Default,
+             "name_clash": NameClash, "class_list": ClassList}.get(kind, D)()
+        if kind == "partial_forward":
+            d.forward = functools.partial(lambda e, x: {"e": e}, holder[0])
         class Q(Normal):
             def __init__(self) -> None:
                 super().__init__(var=["z"], cond_var=["e"], name="q")
