@@ -33,6 +33,7 @@ from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, copie
                                            plate_trace, site_data_size)
 from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up_subclasses, users_own,
                                        users_value)
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.utils.checks import (STRICT_SHAPES, ArgumentError, DeviceError, DimensionError, DTypeError,
                                    DuplicateSiteError, EmptyBatchError, LayoutError, MissingVariableError,
                                    NotATensorError, OutOfRangeError, ShapeError, as_var_list, check_present, describe,
@@ -1971,7 +1972,10 @@ class Distribution(YieldingModule):
                 raise DTypeError(f"{describe(self)}: forward() cannot take {said}: the network's parameters are "
                                  f"{own}; convert the value with {other[0]}.to({own}) (torch: {e})") from e
             note += f"; {said} while the network's parameters are {own} (convert with {other[0]}.to({own}))"
-        text = str(e)
+        try:
+            text = str(e)
+        except Exception:  # noqa: BLE001 (a user's exception whose text fails: raised as it is, noted)
+            text = ""
         if type(e) is ValueError and "Expected more than 1 value per channel when training" in text:
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes}: a batch norm in training "
                              "mode needs more than one row (under torch.distributed, fit gives each process its "
@@ -2013,7 +2017,7 @@ class Distribution(YieldingModule):
             raise NotATensorError(f"{describe(self)}: forward() cannot take {v!r} of type "
                                   f"{type(values[v]).__name__}: its network takes tensors; {give} (torch: {text})"
                                   ) from e
-        e.add_note(note)
+        add_note(e, note)
 
     def _dgm_scalar_or_device(self, e: RuntimeError, text: str, names: Sequence[str], values: Mapping[str, Any],
                               shapes: str) -> None:

@@ -19,6 +19,7 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import current_of, own_methods
 from pyro_dgm.distributions.special import drawn_in_pass
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, ShapeError, clearer, describe, refuse_param_dtype,
                                    user_stacklevel, users_own_error)
 from pyro_dgm.utils.modules import PlainBuffers
@@ -227,7 +228,7 @@ class OneSiteDistribution(Distribution):
                 raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: its parameters "
                                  f"are {own}; convert the value with {b.var[0]}.to({own}) (torch: {e})") from e
             if users_own_error(e):  # a flow's own check (Pixyz raises it as it is): kept, with a note
-                e.add_note(f"(while {describe(self)} scored {b.var[0]!r} of shape {tuple(x.shape)})")
+                add_note(e, f"(while {describe(self)} scored {b.var[0]!r} of shape {tuple(x.shape)})")
                 raise
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} and dtype "
                              f"{x.dtype}: {e}") from e

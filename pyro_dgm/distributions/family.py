@@ -30,6 +30,7 @@ from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adop
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.distributions.unreparameterized import plain_sample
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.utils.checks import (STRICT_SHAPES, ArgumentError, DeviceError, DimensionError, DTypeError,
                                    NoClosedFormError, NotATensorError, NotBinaryError, NotOneHotError, OutOfRangeError,
                                    ShapeError, clearer, describe, LayoutError, dtype_matter, param_dtype_error,
@@ -1339,7 +1340,7 @@ class DistributionBase(Distribution):
                 self._dgm_not_real(b.var[0], x, e)  # complex value was refused above); a bool multi-hot vector is no
                 # matter of dtype: converted to float, it would be scored by its arg-max
             if x.shape == shape and not isinstance(e, ValueError):  # not a matter of shapes (an operation torch
-                e.add_note(f"(while {describe(self)} scored {b.var[0]!r})")  # does not support there): its error
+                add_note(e, f"(while {describe(self)} scored {b.var[0]!r})")  # does not support there): its error
                 raise
             bs = base.batch_shape
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "

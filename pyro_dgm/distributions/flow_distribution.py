@@ -31,6 +31,7 @@ from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFl
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept, memory_mark,
                                  own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.utils.checks import DTypeError, ShapeError, as_var_list, clearer, describe
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.random import seeded_call
@@ -279,7 +280,7 @@ class _FlowDistribution(OneSiteDistribution):
                 raise
             if own is None or drawn is None or drawn == own or "type" not in str(e).lower():
                 if not _torch_shape_error(e):  # (a flow's own error, which Pixyz raises as it is, or not
-                    e.add_note(f"(while {describe(self)} drew {name!r})")  # one of shapes: kept, with a note)
+                    add_note(e, f"(while {describe(self)} drew {name!r})")  # one of shapes: kept, with a note)
                     raise
                 shape = tuple(base.batch_shape + base.event_shape)  # torch's error inside the flow (conv2d's, of a
                 raise clearer(e, f"{describe(self)}: cannot draw {name!r}: its flow cannot take the prior's draw "

@@ -48,6 +48,7 @@ from pyro_dgm.losses.special import LossArgumentError
 from pyro_dgm.losses.steps import (HALF_DTYPES, SIGNALS, WatchedBuffers, finite_sum, needs_closure,
                                    optimizer_arguments)
 from pyro_dgm.losses.steps import restore_buffers
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, NotSupportedError, OutOfRangeError, ShapeError,
                                    check_present, describe)
 from pyro_dgm.utils.compat import is_compiling
@@ -478,7 +479,7 @@ class AdversarialLoss(Loss):
             try:
                 self.d_optimizer.step()
             except BaseException as e:  # (its own step, a hook of it: its updates are not undone, as Model.train's)
-                e.add_note(f"{self._dgm_where()}discriminator step {self.d_steps + 1}: the optimizer "
+                add_note(e, f"{self._dgm_where()}discriminator step {self.d_steps + 1}: the optimizer "
                            f"{type(self.d_optimizer).__name__} raised during its step, which may have updated some of "
                            "the discriminator's weights and their optimizer state before it raised; they are left as "
                            "it left them (the buffers are put back, and the step is not counted)")

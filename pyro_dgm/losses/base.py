@@ -35,6 +35,8 @@ from pyro.poutine.substitute_messenger import SubstituteMessenger
 from pyro.poutine.trace_messenger import TraceHandler
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.scale_messenger import ScaleMessenger
+from pyro.poutine.seed_messenger import SeedMessenger
+from pyro.util import get_rng_state, set_rng_seed, set_rng_state
 from pyro.util import warn_if_nan
 from torch import Tensor, nn
 
@@ -1074,7 +1076,16 @@ class Loss(YieldingModule, _PyroELBO):
                 self._dgm_refuse_weighting(m)
         for d in self._dgm_formula_cached("_dgm_registered", lambda: self._dgm_distributions):
             d._dgm_register_params()
-        value = self.eval(data, **options)
+        seed = next((m.rng_seed for m in _handlers_around(guide) if isinstance(m, SeedMessenger)), None)
+        if seed is None:
+            value = self.eval(data, **options)
+        else:  # a guide in poutine.seed draws from the seeded generators, which are put back after it, as there
+            old = get_rng_state()
+            set_rng_seed(seed)
+            try:
+                value = self.eval(data, **options)
+            finally:
+                set_rng_state(old)
         if not isinstance(value, Tensor):
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
         if value.numel() != 1:
@@ -1086,7 +1097,8 @@ class Loss(YieldingModule, _PyroELBO):
         """Refuse a model or guide given to SVI wrapped in a Pyro handler that changes what an ELBO of them is
         (``SVI(poutine.scale(model, 0.1), guide, ...)``, ``poutine.condition``, ``poutine.block``...): the loss does
         not run them, so the handler would be silently ignored; a scale of 1, a mask of ``True`` and handlers that
-        change no value (``config_enumerate``, ``poutine.seed``, ``poutine.reparam``...) pass."""
+        change no value (``config_enumerate``, ``poutine.reparam``...) pass, and a guide's ``poutine.seed`` seeds the
+        loss's draws (:meth:`differentiable_loss`)."""
         for role, fn in (("model", model), ("guide", guide)):
             for m in _handlers_around(fn):
                 if (isinstance(m, _CHANGES_TARGET) or (isinstance(m, ScaleMessenger) and not _all_equal(m.scale, 1))

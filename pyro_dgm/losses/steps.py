@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedBuffer
 
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.poutine.memoize_messenger import _numpy_mark, _python_mark
 from pyro_dgm.utils.compat import get_total_norm
 from pyro_dgm.utils.modules import register_registration_hooks, submodules
@@ -371,7 +372,7 @@ def restore_buffers(taken: TakenBuffers, error: BaseException | None = None) -> 
                     m.__dict__["_dgm_known_initialized"] = False  # (an ActNorm that the failed step initialized:
                     # its note that the flag is set, which a call then skips reading, goes with the flag)
     if changed and error is not None:
-        error.add_note(f"the failed step changed the buffer(s) {', '.join(changed)} in place, which are not put "
+        add_note(error, f"the failed step changed the buffer(s) {', '.join(changed)} in place, which are not put "
                        f"back: a step copies the buffers of at most {COPY_LIMIT} elements only")
 
 
@@ -418,7 +419,7 @@ class StepRandomState:
                 "the next step records torch's and Python's random states as they were before this step, numpy's "
                 "as it is now: a run resumed from it does not draw what the uninterrupted run drew")
         if text not in getattr(error, "__notes__", ()):
-            error.add_note(text)
+            add_note(error, text)
         return text
 
 

@@ -790,16 +790,23 @@ def _read(path: Any, device: Any) -> Any:
 def _check_records(path: Any) -> None:
     """Raise ``zipfile.BadZipFile`` naming the first record of a checkpoint file whose CRC-32 does not match its
     bytes (a flipped bit, which ``torch.load`` reads without checking: weights silently wrong). One more pass over
-    the file; a file object, or a file in torch's older format, is not checked."""
+    the file (p411: 0.04 s for 115 MB); a file object, a file in torch's older format and a record saved without
+    its CRC-32 (``torch.serialization.set_crc32_options(False)``) are not checked."""
     import zipfile
 
     if not isinstance(path, (str, os.PathLike)) or not zipfile.is_zipfile(path):
         return
     with zipfile.ZipFile(path) as archive:
-        bad = archive.testzip()
-    if bad is not None:
-        raise zipfile.BadZipFile(f"the record {bad!r} does not match its CRC-32 (the file was damaged after it was "
-                                 "written)")
+        for info in archive.infolist():
+            if info.CRC == 0 and info.file_size:  # (torch.serialization.set_crc32_options(False) writes 0: not
+                continue  # checked, as torch does not)
+            try:
+                with archive.open(info) as record:  # (reading to the end checks the CRC-32)
+                    while record.read(1 << 24):
+                        pass
+            except zipfile.BadZipFile:
+                raise zipfile.BadZipFile(f"the record {info.filename!r} does not match its CRC-32 (the file was "
+                                         "damaged after it was written)") from None
 
 
 def _detail(text: str) -> str:

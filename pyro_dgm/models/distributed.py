@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.losses.steps import _buffer, clear_grads, noting_buffers
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.utils.checks import ArgumentError
 
 __all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT",
@@ -251,7 +252,7 @@ def fail_together(error: BaseException, what: str) -> None:
         return
     me = rank()
     also = [r for r, o in enumerate(outcomes) if o == STEP_RAISED and r != me]
-    error.add_note(f"{what} raised on rank {me} (of {len(outcomes)}) before the processes synchronized; the other "
+    add_note(error, f"{what} raised on rank {me} (of {len(outcomes)}) before the processes synchronized; the other "
                    "processes were told there and raised RankFailedError, so none took the step"
                    + (f" (rank(s) {', '.join(map(str, also))} raised too)" if also else ""))
 

@@ -237,6 +237,13 @@ class GAN(Model):
                 pending["batch"] = str(pending["batch"])
             raise
 
+    @property
+    def _dgm_not_taken(self) -> str:  # (the note of an error in the generator's step: Model.train)
+        if "_dgm_d_done_pending" in self.__dict__:
+            return ("the generator's step was not taken; this batch's discriminator step was (a checkpoint saved now "
+                    "records it, so a run resumed from it takes the generator's step alone)")
+        return "the step was not taken"
+
     def _dgm_two_steps(self, train_x_dict: Any, adversarial_loss: bool, kwargs: dict[str, Any]) -> Any:
         """The body of :meth:`train`."""
         done = self.__dict__.pop("_dgm_d_done", None)  # (set by load(resume=True) only)

@@ -39,6 +39,7 @@ from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.utils.checks import ArgumentError, ShapeError, keyed_values
 from pyro_dgm.utils.compat import clip_grads_with_norm_, get_total_norm
 from pyro_dgm.utils.latex import print_latex as _print_latex
@@ -187,8 +188,17 @@ def _construct(owner: str, optimizer: Any, params: list[nn.Parameter], kwargs: d
         if type(e) in (TypeError, ValueError) and len(e.args) == 1 and isinstance(e.args[0], str):
             e.args = (f"{prefix}: {e.args[0]}",)  # torch's errors: one message
         else:  # a user's own exception (its arguments, its __str__, a read-only args): left as it is
-            e.add_note(f"({prefix})")
+            add_note(e, f"({prefix})")
         raise
+
+
+def _names_step(e: BaseException, step: str, where: str) -> bool:
+    """Whether ``e``'s text names ``step`` or one of its notes names ``where`` (an exception whose ``str`` fails
+    names nothing)."""
+    try:
+        return step in str(e) or any(where in n for n in getattr(e, "__notes__", ()))
+    except Exception:  # noqa: BLE001 (the user's exception stays the one raised)
+        return True
 
 
 def _param_store() -> Any:
@@ -683,6 +693,8 @@ class Model:
     (True, 51)
     """
 
+    _dgm_not_taken = "the step was not taken"  # (what a failed train's note says happened: a GAN's says more)
+
     def __init__(self, loss: Loss, test_loss: Loss | None = None, distributions: Sequence[nn.Module] | None = None,
                  optimizer: Any = torch.optim.Adam, optimizer_params: Mapping[str, Any] | None = None,
                  clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
@@ -1059,9 +1071,8 @@ class Model:
             # step taken again draws anew, as under Pixyz)
             self._dgm_failed_rng = rng
             where = f"{type(self).__name__}.train (step {self.step + 1})"
-            if isinstance(e, Exception) and f"step {self.step + 1}" not in str(e) and not any(
-                    where in n for n in getattr(e, "__notes__", ())):  # (a network's or a loss term's own error)
-                e.add_note(f"(raised in {where}; the step was not taken)")
+            if isinstance(e, Exception) and not _names_step(e, f"step {self.step + 1}", where):  # (a network's or
+                add_note(e, f"(raised in {where}; {self._dgm_not_taken})")  # a loss term's own error)
             lost = rng.numpy_note(e, where)
             if lost is not None:
                 self._dgm_rng_lost = lost  # Model.save warns (until the next step)
@@ -1233,7 +1244,7 @@ class Model:
                 "during its step, which may have updated some weights and their optimizer state before it raised; "
                 "they are left as it left them (the networks' buffers are put back, and the step is not counted)")
         if note not in getattr(error, "__notes__", ()):
-            error.add_note(note)
+            add_note(error, note)
 
     def _dgm_check_stepper(self, optimizer: Any) -> None:
         """Refuse an optimizer whose ``step`` needs a closure (``torch.optim.LBFGS``), which ``train`` does not pass

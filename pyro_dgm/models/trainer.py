@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import torch
 from torch import Tensor
 
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.losses.steps import SIGNALS
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models.errors import NonFiniteLossError
@@ -762,9 +763,13 @@ def _note(e: BaseException, text: str) -> None:
     ``Model.train``'s note naming the step (``text`` names it with the epoch and batch)."""
     notes = getattr(e, "__notes__", None)
     if notes and "(step " in text:
-        e.__notes__ = [n for n in notes if not n.endswith("; the step was not taken)")]
+        try:
+            e.__notes__ = [n for n in notes if not (isinstance(n, str) and n.startswith("(raised in ")
+                                                    and ".train (step " in n)]
+        except Exception:  # noqa: BLE001 (an exception that refuses: its notes stay)
+            pass
     if not isinstance(e, NonFiniteLossError) and text not in getattr(e, "__notes__", ()):
-        e.add_note(text)
+        add_note(e, text)
 
 
 def _log_epoch(model: "Model", state: _FitState, record: dict[str, Any]) -> None:

@@ -180,11 +180,13 @@ _HELD_ITEMS = 4096  # the most items of containers looked at per pass, for the m
 def _held_tensors(module: Any) -> list[Any]:
     """The tensors a ``Deterministic`` holds before a pass (:meth:`MemoizeMessenger._note_uses`): its parameters and
     buffers; its attributes (also in its submodules and in containers) and its classes' (their own, not the
-    library's); what its ``forward`` (the class's, one set on the instance, a ``functools.partial``, the function a
-    decorator wraps) reads from its closure, its arguments bound before, its defaults or the globals it loads (a
-    tensor, or one in a list, tuple or dict): the same objects at each of Pixyz's runs. Containers are looked into
-    up to :data:`_HELD_ITEMS` items for the attributes and as many for what the forward reads (beyond, a tensor
-    counts as made: the networks after it run at each use, as under Pixyz when they draw)."""
+    library's); the tensors among the globals of its ``forward``'s module; what its ``forward`` (the class's, one
+    set on the instance, a ``functools.partial``, the function a decorator wraps) reads from its closure, its
+    arguments bound before, its defaults or the globals it loads (a tensor, or one in a list, tuple or dict): the
+    same objects at each of Pixyz's runs. Containers are looked into up to :data:`_HELD_ITEMS` items for the
+    attributes and classes and as many for what the forward reads (beyond, a tensor counts as made: the networks
+    after it run at each use, as under Pixyz when they draw); a tensor that is itself an attribute, a class's, a
+    global, or in a closure cell or a default is always counted."""
     held: list[Any] = []
     is_module = isinstance(module, torch.nn.Module)
     left = [_HELD_ITEMS]
@@ -199,7 +201,7 @@ def _held_tensors(module: Any) -> list[Any]:
                        left)
     left = [_HELD_ITEMS]
     for fn in (getattr(type(module), "forward", None), getattr(module, "__dict__", {}).get("forward")):
-        for _ in range(8):  # (functools.wraps chains, partials)
+        for depth in range(8):  # (functools.wraps chains, partials)
             if isinstance(fn, functools.partial):
                 _walk_held([fn.args, fn.keywords], held, left)
                 fn = fn.func
@@ -207,14 +209,17 @@ def _held_tensors(module: Any) -> list[Any]:
             fn = getattr(fn, "__func__", fn)
             code = getattr(fn, "__code__", None)
             if code is not None:
+                cells = []
                 for cell in fn.__closure__ or ():
                     try:
-                        _walk_held(cell.cell_contents, held, left)
+                        cells.append(cell.cell_contents)
                     except ValueError:  # (a cell not yet filled)
                         pass
-                _walk_held([fn.__defaults__, fn.__kwdefaults__], held, left)
                 g = fn.__globals__
-                _walk_held([g[n] for n in _global_names(code) if n in g], held, left)
+                if depth == 0:  # (a global tensor of its module: a helper it calls may read it)
+                    held += [v for v in g.values() if isinstance(v, torch.Tensor)]
+                _walk_held([*cells, *(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values(),
+                            *(g[n] for n in _global_names(code) if n in g)], held, left)
             fn = getattr(fn, "__wrapped__", None)
             if fn is None:
                 break
@@ -242,28 +247,30 @@ def _global_names(code: Any) -> tuple[str, ...]:
     return names
 
 
-def _walk_held(a: Any, out: list[Any], left: list[int], depth: int = 0) -> None:
-    """Append to ``out`` the tensors in ``a`` (also inside tuples, lists and dicts), looking at no more than
-    ``left[0]`` items (counted down)."""
-    if isinstance(a, torch.Tensor):
-        out.append(a)
-    elif isinstance(a, (tuple, list)) and depth < 8:
-        if left[0] < len(a):
-            a = a[:max(left[0], 0)]
-        left[0] -= len(a)
-        for v in a:
-            if isinstance(v, torch.Tensor):
-                out.append(v)
-            elif isinstance(v, (tuple, list, dict)):
-                _walk_held(v, out, left, depth + 1)
-    elif isinstance(a, dict) and depth < 8:
-        _walk_held(list(a.values()), out, left, depth)
+def _walk_held(roots: list[Any], out: list[Any], left: list[int]) -> None:
+    """Append to ``out`` the tensors among ``roots`` and inside the tuples, lists and dicts among them (8 levels
+    deep, the shortest first), looking at no more than ``left[0]`` items of those containers (counted down)."""
+    containers = []
+    for v in roots:
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (tuple, list, dict)):
+            containers.append(v)
+    for v in sorted(containers, key=len) if len(containers) > 1 else containers:
+        _walk_container(v, out, left, 1)
 
 
-def _a_global(module: Any, t: torch.Tensor) -> bool:
-    """Whether ``t`` is a global of the module that defines ``module``'s ``forward`` (the same tensor at each run)."""
-    g = getattr(getattr(type(module), "forward", None), "__globals__", None)
-    return g is not None and any(v is t for v in g.values())
+def _walk_container(a: Any, out: list[Any], left: list[int], depth: int) -> None:
+    if isinstance(a, dict):
+        a = list(a.values())
+    if left[0] < len(a):
+        a = a[:max(left[0], 0)]
+    left[0] -= len(a)
+    for v in a:
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (tuple, list, dict)) and depth < 8:
+            _walk_container(v, out, left, depth + 1)
 
 
 def _output_marks(value: Any) -> tuple[tuple[torch.Tensor, Any], ...]:
@@ -1109,8 +1116,8 @@ class MemoizeMessenger(Messenger):
         _tensors(args, given)
         old = {id(t) for t in given} | {id(t) for t in held}
         uses = self._uses
-        for t in found:  # (not one it was given or holds, nor a global of its module)
-            if id(t) in old or isinstance(t, torch.nn.Parameter) or _a_global(module, t):
+        for t in found:  # (not one it was given or held before the pass)
+            if id(t) in old or isinstance(t, torch.nn.Parameter):
                 continue
             uses[id(t)] = (weakref.ref(t), None, None)
 

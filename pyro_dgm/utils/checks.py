@@ -93,6 +93,15 @@ class EmptyListError(ValueError, IndexError):
     raises reading its first item."""
 
 
+def add_note(error: BaseException, text: str) -> None:
+    """``error.add_note(text)``, unless the exception cannot take a note (a frozen dataclass, a ``__setattr__`` that
+    refuses, ``__notes__`` made a tuple): then the error is raised as it is, never replaced by the note's failure."""
+    try:
+        error.add_note(text)
+    except Exception:  # noqa: BLE001 (the user's exception stays the one raised)
+        pass
+
+
 def clearer(e: BaseException, message: str) -> ValueError:
     """The ValueError to raise ``from e`` with ``message``: a :class:`ShapeError` when ``e`` is a RuntimeError, so
     that ``except RuntimeError`` (torch's and Pixyz's type there) still catches it; a :class:`NotOneHotError` or

@@ -5,7 +5,8 @@ made and kept during the pass (``self.history.append(h)``: new at each of Pixyz'
 each use). The memoizer took the first for new tensors and the second for held ones: other dropout masks, other
 values and another random stream than Pixyz's. Also reached through a decorator, a base class, a forward set on
 the instance, a default argument (probe p405), a ``functools.partial``, a list of its class, and an attribute
-whose name a long global list shares (probe p408: the walk's budget spent on the global)."""
+whose name a long global list shares (probe p408: the walk's budget spent on the global), a class tensor after a
+long attribute list, and a tensor the pass keeps in a global (probe p411)."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,12 +17,13 @@ from pixyz_harness import assert_same, run_both
 
 TABLE: dict = {}
 table = list(range(5000))  # (a global that shares its name with an attribute, longer than the walk's budget)
+H: Any = None  # (set by a forward through a global statement)
 
 
 @pytest.mark.parametrize("kind", ["closure_tensor", "closure_list", "global_dict", "attribute_dict",
                                   "history_list", "history_detached", "decorated", "base_class_attribute",
                                   "instance_forward", "default_argument", "name_clash", "partial_forward",
-                                  "class_list"])
+                                  "class_list", "class_after_big_attribute", "global_statement"])
 def test_a_reused_deterministics_held_or_kept_outputs_reach_the_encoder_as_under_pixyz(kind: str) -> None:
     """``E(d, KL(q, prior)) + 2 * E(d, KL(q, prior))`` with ``q(z|e)`` behind a dropout: the loss per row, how many
     times ``q``'s network runs, and the next ``torch.rand`` are Pixyz's (probe p403: with a closure's tensor q ran
@@ -102,8 +104,20 @@ def test_a_reused_deterministics_held_or_kept_outputs_reach_the_encoder_as_under
             def forward(self, x: torch.Tensor) -> dict:
                 return {"e": self.bank[0]}
 
+        class BigAttribute(FromBase):  # (its attributes spend the walk's budget before its class is looked at)
+            def __init__(self) -> None:
+                super().__init__()
+                self.big = list(range(5000))
+
+        class GlobalStatement(D):  # (a tensor made by the pass, kept in a global)
+            def forward(self, x: torch.Tensor) -> dict:
+                global H
+                H = torch.tanh(x)
+                return {"e": H}
+
         d = {"decorated": Decorated, "base_class_attribute": FromBase, "default_argument": Default,
-             "name_clash": NameClash, "class_list": ClassList}.get(kind, D)()
+             "name_clash": NameClash, "class_list": ClassList, "class_after_big_attribute": BigAttribute,
+             "global_statement": GlobalStatement}.get(kind, D)()
         if kind == "partial_forward":
             d.forward = functools.partial(lambda e, x: {"e": e}, holder[0])
         class Q(Normal):
