@@ -33,10 +33,9 @@ from pyro_dgm.distributions.effects import (PYRO_STACK, conditioned_value, copie
                                            plate_trace, site_data_size)
 from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up_subclasses, users_own,
                                        users_value)
-from pyro_dgm.utils.checks import add_note
-from pyro_dgm.utils.checks import (STRICT_SHAPES, ArgumentError, DeviceError, DimensionError, DTypeError,
-                                   DuplicateSiteError, EmptyBatchError, LayoutError, MissingVariableError,
-                                   NotATensorError, OutOfRangeError, ShapeError, as_var_list, check_present, describe,
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DeviceError, DimensionError, DuplicateSiteError,
+                                   EmptyBatchError, LayoutError, MissingVariableError, NotATensorError, OutOfRangeError,
+                                   STRICT_SHAPES, ShapeError, add_note, as_var_list, check_present, describe,
                                    keyed_values, numpy_tensor, sample_batch_n, sample_shape_of, unusual_tensor,
                                    users_own_error)
 from pyro_dgm.utils.latex import NAMES_VERSION

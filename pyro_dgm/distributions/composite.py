@@ -19,9 +19,8 @@ from pyro_dgm.distributions.bindings import Binding, CallState, expand_batch_n
 from pyro_dgm.distributions.ops import ReplaceVarDistribution
 from pyro_dgm.distributions.overrides import current_of, own_methods
 from pyro_dgm.distributions.special import drawn_in_pass
-from pyro_dgm.utils.checks import add_note
-from pyro_dgm.utils.checks import (ArgumentError, DTypeError, ShapeError, clearer, describe, refuse_param_dtype,
-                                   user_stacklevel, users_own_error)
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, ShapeError, add_note, clearer, describe,
+                                   refuse_param_dtype, user_stacklevel, users_own_error)
 from pyro_dgm.utils.modules import PlainBuffers
 
 __all__ = ["unwrap", "site_fn", "site_params", "check_inner", "distribution_list", "weight_list", "expand_root",

@@ -30,12 +30,11 @@ from pyro_dgm.distributions.pixyz_protocol import LateKeys, LiveTorchClass, adop
 from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.distributions.unreparameterized import plain_sample
-from pyro_dgm.utils.checks import add_note
-from pyro_dgm.utils.checks import (STRICT_SHAPES, ArgumentError, DeviceError, DimensionError, DTypeError,
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DeviceError, DimensionError, LayoutError,
                                    NoClosedFormError, NotATensorError, NotBinaryError, NotOneHotError, OutOfRangeError,
-                                   ShapeError, clearer, describe, LayoutError, dtype_matter, param_dtype_error,
-                                   refuse_param_dtype, unusual_tensor, user_stacklevel, value_shape_doubt,
-                                   value_shape_problem)
+                                   STRICT_SHAPES, ShapeError, add_note, clearer, describe, dtype_matter,
+                                   param_dtype_error, refuse_param_dtype, unusual_tensor, user_stacklevel,
+                                   value_shape_doubt, value_shape_problem)
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call

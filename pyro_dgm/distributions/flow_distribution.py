@@ -31,8 +31,7 @@ from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFl
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept, memory_mark,
                                  own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
-from pyro_dgm.utils.checks import add_note
-from pyro_dgm.utils.checks import DTypeError, ShapeError, as_var_list, clearer, describe
+from pyro_dgm.utils.checks import DTypeError, ShapeError, add_note, as_var_list, clearer, describe
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)

@@ -48,8 +48,7 @@ from pyro_dgm.losses.special import LossArgumentError
 from pyro_dgm.losses.steps import (HALF_DTYPES, SIGNALS, WatchedBuffers, finite_sum, needs_closure,
                                    optimizer_arguments)
 from pyro_dgm.losses.steps import restore_buffers
-from pyro_dgm.utils.checks import add_note
-from pyro_dgm.utils.checks import (ArgumentError, DTypeError, NotSupportedError, OutOfRangeError, ShapeError,
+from pyro_dgm.utils.checks import (ArgumentError, DTypeError, NotSupportedError, OutOfRangeError, ShapeError, add_note,
                                    check_present, describe)
 from pyro_dgm.utils.compat import is_compiling
 
@@ -480,9 +479,9 @@ class AdversarialLoss(Loss):
                 self.d_optimizer.step()
             except BaseException as e:  # (its own step, a hook of it: its updates are not undone, as Model.train's)
                 add_note(e, f"{self._dgm_where()}discriminator step {self.d_steps + 1}: the optimizer "
-                           f"{type(self.d_optimizer).__name__} raised during its step, which may have updated some of "
-                           "the discriminator's weights and their optimizer state before it raised; they are left as "
-                           "it left them (the buffers are put back, and the step is not counted)")
+                         f"{type(self.d_optimizer).__name__} raised during its step, which may have updated some of "
+                         "the discriminator's weights and their optimizer state before it raised; they are left as "
+                         "it left them (the buffers are put back, and the step is not counted)")
                 raise
         except BaseException as e:  # the networks as before the step (Model.train does the same for its step); the
             restore_buffers(buffers, e)  # draws made stay drawn (GAN.train records the random states for its checkpoint)

@@ -373,7 +373,7 @@ def restore_buffers(taken: TakenBuffers, error: BaseException | None = None) -> 
                     # its note that the flag is set, which a call then skips reading, goes with the flag)
     if changed and error is not None:
         add_note(error, f"the failed step changed the buffer(s) {', '.join(changed)} in place, which are not put "
-                       f"back: a step copies the buffers of at most {COPY_LIMIT} elements only")
+                 f"back: a step copies the buffers of at most {COPY_LIMIT} elements only")
 
 
 class StepRandomState:

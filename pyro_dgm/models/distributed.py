@@ -57,8 +57,7 @@ from torch import Tensor, nn
 
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.losses.steps import _buffer, clear_grads, noting_buffers
-from pyro_dgm.utils.checks import add_note
-from pyro_dgm.utils.checks import ArgumentError
+from pyro_dgm.utils.checks import ArgumentError, add_note
 
 __all__ = ["is_distributed", "rank", "world_size", "setup_from_env", "shutdown", "DEFAULT_TIMEOUT",
            "wrap", "broadcast_module", "broadcast_coalesced", "broadcast_tensor", "all_reduce_mean", "all_reduce_max",
@@ -253,8 +252,8 @@ def fail_together(error: BaseException, what: str) -> None:
     me = rank()
     also = [r for r, o in enumerate(outcomes) if o == STEP_RAISED and r != me]
     add_note(error, f"{what} raised on rank {me} (of {len(outcomes)}) before the processes synchronized; the other "
-                   "processes were told there and raised RankFailedError, so none took the step"
-                   + (f" (rank(s) {', '.join(map(str, also))} raised too)" if also else ""))
+             "processes were told there and raised RankFailedError, so none took the step"
+             + (f" (rank(s) {', '.join(map(str, also))} raised too)" if also else ""))
 
 
 def check_outcomes(outcomes: Sequence[int], what: str) -> None:

@@ -39,8 +39,7 @@ from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
-from pyro_dgm.utils.checks import add_note
-from pyro_dgm.utils.checks import ArgumentError, ShapeError, keyed_values
+from pyro_dgm.utils.checks import ArgumentError, ShapeError, add_note, keyed_values
 from pyro_dgm.utils.compat import clip_grads_with_norm_, get_total_norm
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.modules import submodules

@@ -39,8 +39,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pyro_dgm.utils.checks import add_note
-from pyro_dgm.utils.checks import describe
+from pyro_dgm.utils.checks import add_note, describe
 
 __all__ = ["generator", "current_generator", "seeded_draws", "seeded_call", "uniform"]
 
@@ -203,7 +202,7 @@ class _SeededMode(TorchDispatchMode):
             if "generator" in str(e):  # e.g. a CPU generator for a CUDA draw
                 who = describe(self.owner) if self.owner is not None else "a draw"
                 add_note(e, f"while {who} drew from the generator of pyro_dgm.utils.generator(...), which is on "
-                           f"{self.g.device}: it must be on the device of the draws")
+                         f"{self.g.device}: it must be on the device of the draws")
             raise
 
 
