@@ -36,8 +36,8 @@ from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DeviceError, DimensionError, DuplicateSiteError,
                                    EmptyBatchError, LayoutError, MissingVariableError, NotATensorError, OutOfRangeError,
                                    STRICT_SHAPES, ShapeError, add_note, as_var_list, check_present, describe,
-                                   keyed_values, numpy_tensor, sample_batch_n, sample_shape_of, unusual_tensor,
-                                   users_own_error)
+                                   error_text, keyed_values, numpy_tensor, sample_batch_n, sample_shape_of,
+                                   unusual_tensor, users_own_error)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -1937,10 +1937,11 @@ class Distribution(YieldingModule):
                                        f"changing cond_var") from e
         shapes = ", ".join(f"{v!r}: {_input_text(values[v])}" for v in names)
         note = f"while {describe(self)} ran forward() on {shapes}"
+        text = error_text(e)  # ("" for a user's exception whose text fails: raised as it is, noted)
         own = self._dgm_weights_dtype()
         other = [v for v in names if isinstance(values[v], Tensor) and own is not None and values[v].dtype != own
                  and not values[v].is_complex()]
-        if other and isinstance(e, IndexError) and "index out of range" in str(e):  # integers used as indices (an
+        if other and isinstance(e, IndexError) and "index out of range" in text:  # integers used as indices (an
             # nn.Embedding's rows): their dtype is right, their range is not
             try:
                 ranges = [f"{v!r} holds integers from {int(values[v].min())} to {int(values[v].max())}"
@@ -1953,7 +1954,7 @@ class Distribution(YieldingModule):
                 other = []
         unusual = [v for v in names if isinstance(values[v], Tensor) and unusual_tensor(values[v])]
         if (unusual and isinstance(e, (TypeError, NotImplementedError, RuntimeError)) and not users_own_error(e)
-                and any(w in str(e).lower() for w in _LAYOUT_WORDS)):  # (torch's dispatch refused it; a user's own
+                and any(w in text.lower() for w in _LAYOUT_WORDS)):  # (torch's dispatch refused it; a user's own
             # error, or one of shapes in a network that pads a nested input itself, stays as it is)
             v = unusual[0]
             raise LayoutError(f"{describe(self)}: forward() cannot take {v!r}, {unusual_tensor(values[v], v)}: its "
@@ -1961,20 +1962,16 @@ class Distribution(YieldingModule):
         complex_ = [v for v in names if isinstance(values[v], Tensor) and values[v].is_complex() and own is not None
                     and not own.is_complex]
         if (complex_ and isinstance(e, RuntimeError) and not isinstance(e, ValueError)
-                and "type" in str(e).lower()):  # (no conversion to advise: it would drop the imaginary parts)
+                and "type" in text.lower()):  # (no conversion to advise: it would drop the imaginary parts)
             raise DTypeError(f"{describe(self)}: forward() cannot take {complex_[0]!r} of dtype "
                              f"{values[complex_[0]].dtype}: the network's parameters are {own}, real numbers; give "
                              f"it real values (its .real, .abs()...) (torch: {e})") from e
         if other:  # values keep their dtype (docs/design.md): a float64 or int64 input meets float32 weights
             said = ", ".join(f"{v!r} of dtype {values[v].dtype}" for v in other)
-            if isinstance(e, RuntimeError) and not isinstance(e, ValueError) and "type" in str(e).lower():
+            if isinstance(e, RuntimeError) and not isinstance(e, ValueError) and "type" in text.lower():
                 raise DTypeError(f"{describe(self)}: forward() cannot take {said}: the network's parameters are "
                                  f"{own}; convert the value with {other[0]}.to({own}) (torch: {e})") from e
             note += f"; {said} while the network's parameters are {own} (convert with {other[0]}.to({own}))"
-        try:
-            text = str(e)
-        except Exception:  # noqa: BLE001 (a user's exception whose text fails: raised as it is, noted)
-            text = ""
         if type(e) is ValueError and "Expected more than 1 value per channel when training" in text:
             raise ShapeError(f"{describe(self)}: forward() failed on the inputs {shapes}: a batch norm in training "
                              "mode needs more than one row (under torch.distributed, fit gives each process its "

@@ -1076,10 +1076,12 @@ class Loss(YieldingModule, _PyroELBO):
                 self._dgm_refuse_weighting(m)
         for d in self._dgm_formula_cached("_dgm_registered", lambda: self._dgm_distributions):
             d._dgm_register_params()
-        seed = next((m.rng_seed for m in _handlers_around(guide) if isinstance(m, SeedMessenger)), None)
+        seeds = [m.rng_seed for m in _handlers_around(guide) if isinstance(m, SeedMessenger)]
+        seed = seeds[-1] if seeds else None  # (the innermost seeds last, as in Pyro)
         if seed is None:
             value = self.eval(data, **options)
         else:  # a guide in poutine.seed draws from the seeded generators, which are put back after it, as there
+            # (the whole evaluation runs seeded: a draw the model side makes, a decoder's dropout, is not the twin's)
             old = get_rng_state()
             set_rng_seed(seed)
             try:

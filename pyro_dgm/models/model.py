@@ -39,7 +39,7 @@ from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
-from pyro_dgm.utils.checks import ArgumentError, ShapeError, add_note, keyed_values
+from pyro_dgm.utils.checks import ArgumentError, ShapeError, add_note, error_notes, keyed_values
 from pyro_dgm.utils.compat import clip_grads_with_norm_, get_total_norm
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.modules import submodules
@@ -1242,7 +1242,7 @@ class Model:
         note = (f"{type(self).__name__}.train (step {self.step + 1}): the optimizer {type(optimizer).__name__} raised "
                 "during its step, which may have updated some weights and their optimizer state before it raised; "
                 "they are left as it left them (the networks' buffers are put back, and the step is not counted)")
-        if note not in getattr(error, "__notes__", ()):
+        if note not in error_notes(error):
             add_note(error, note)
 
     def _dgm_check_stepper(self, optimizer: Any) -> None:

@@ -180,13 +180,13 @@ _HELD_ITEMS = 4096  # the most items of containers looked at per pass, for the m
 def _held_tensors(module: Any) -> list[Any]:
     """The tensors a ``Deterministic`` holds before a pass (:meth:`MemoizeMessenger._note_uses`): its parameters and
     buffers; its attributes (also in its submodules and in containers) and its classes' (their own, not the
-    library's); the tensors among the globals of its ``forward``'s module; what its ``forward`` (the class's, one
-    set on the instance, a ``functools.partial``, the function a decorator wraps) reads from its closure, its
-    arguments bound before, its defaults or the globals it loads (a tensor, or one in a list, tuple or dict): the
-    same objects at each of Pixyz's runs. Containers are looked into up to :data:`_HELD_ITEMS` items for the
+    library's); what its ``forward`` (the class's, one set on the instance, a ``functools.partial``, the function
+    a decorator wraps) reads from its closure, its arguments bound before, its defaults or the globals it loads (a
+    tensor, or one in a list, tuple or dict): the same objects at each of Pixyz's runs (a global tensor of its
+    module that a helper reads is found after the pass: :func:`_a_global`). Containers are looked into up to :data:`_HELD_ITEMS` items for the
     attributes and classes and as many for what the forward reads (beyond, a tensor counts as made: the networks
     after it run at each use, as under Pixyz when they draw); a tensor that is itself an attribute, a class's, a
-    global, or in a closure cell or a default is always counted."""
+    global it loads, or in a closure cell or a default is always counted."""
     held: list[Any] = []
     is_module = isinstance(module, torch.nn.Module)
     left = [_HELD_ITEMS]
@@ -201,7 +201,7 @@ def _held_tensors(module: Any) -> list[Any]:
                        left)
     left = [_HELD_ITEMS]
     for fn in (getattr(type(module), "forward", None), getattr(module, "__dict__", {}).get("forward")):
-        for depth in range(8):  # (functools.wraps chains, partials)
+        for _ in range(8):  # (functools.wraps chains, partials)
             if isinstance(fn, functools.partial):
                 _walk_held([fn.args, fn.keywords], held, left)
                 fn = fn.func
@@ -216,10 +216,8 @@ def _held_tensors(module: Any) -> list[Any]:
                     except ValueError:  # (a cell not yet filled)
                         pass
                 g = fn.__globals__
-                if depth == 0:  # (a global tensor of its module: a helper it calls may read it)
-                    held += [v for v in g.values() if isinstance(v, torch.Tensor)]
                 _walk_held([*cells, *(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values(),
-                            *(g[n] for n in _global_names(code) if n in g)], held, left)
+                            *(g[n] for n in _global_names(code)[0] if n in g)], held, left)
             fn = getattr(fn, "__wrapped__", None)
             if fn is None:
                 break
@@ -230,21 +228,40 @@ _MODULE_STATE = frozenset(vars(torch.nn.Module()))  # (nn.Module's own attribute
 _GLOBAL_NAMES: dict[Any, tuple[str, ...]] = {}
 
 
-def _global_names(code: Any) -> tuple[str, ...]:
+def _global_names(code: Any) -> tuple[tuple[str, ...], frozenset[str]]:
     """The names a function's code (and the code it defines: comprehensions, lambdas) loads as globals (not the
-    attribute names that ``co_names`` also holds), read from its bytecode once per code object."""
+    attribute names that ``co_names`` also holds), and those it assigns (``global h; h = ...``), read from its
+    bytecode once per code object."""
     names = _GLOBAL_NAMES.get(code)
     if names is None:
-        found: set[str] = set()
+        loads: set[str] = set()
+        stores: set[str] = set()
         todo = [code]
         while todo:
             c = todo.pop()
-            found.update(i.argval for i in dis.get_instructions(c) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME"))
+            for i in dis.get_instructions(c):
+                if i.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                    loads.add(i.argval)
+                elif i.opname in ("STORE_GLOBAL", "STORE_NAME"):
+                    stores.add(i.argval)
             todo += [k for k in c.co_consts if isinstance(k, types.CodeType)]
         if len(_GLOBAL_NAMES) > 4096:
             _GLOBAL_NAMES.clear()
-        names = _GLOBAL_NAMES[code] = tuple(sorted(found))
+        names = _GLOBAL_NAMES[code] = (tuple(sorted(loads)), frozenset(stores))
     return names
+
+
+def _a_global(module: Any, t: torch.Tensor) -> bool:
+    """Whether ``t`` is a global of the module that defines ``module``'s ``forward`` (the same tensor at each run:
+    a helper it calls may read it), other than one its ``forward`` assigns (a tensor the pass made). Looked at after
+    the pass, for a tensor not found held otherwise."""
+    fn = getattr(type(module), "forward", None)
+    g = getattr(fn, "__globals__", None)
+    if g is None:
+        return False
+    code = getattr(fn, "__code__", None)
+    stores = _global_names(code)[1] if code is not None else frozenset()
+    return any(v is t and k not in stores for k, v in g.items())
 
 
 def _walk_held(roots: list[Any], out: list[Any], left: list[int]) -> None:
@@ -1116,8 +1133,8 @@ class MemoizeMessenger(Messenger):
         _tensors(args, given)
         old = {id(t) for t in given} | {id(t) for t in held}
         uses = self._uses
-        for t in found:  # (not one it was given or held before the pass)
-            if id(t) in old or isinstance(t, torch.nn.Parameter):
+        for t in found:  # (not one it was given or held before the pass, nor a global of its module)
+            if id(t) in old or isinstance(t, torch.nn.Parameter) or _a_global(module, t):
                 continue
             uses[id(t)] = (weakref.ref(t), None, None)
 

@@ -93,6 +93,22 @@ class EmptyListError(ValueError, IndexError):
     raises reading its first item."""
 
 
+def error_text(error: BaseException) -> str:
+    """``str(error)``, or ``""`` for an exception whose ``__str__`` raises (a user's: it is raised as it is)."""
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def error_notes(error: BaseException) -> tuple:
+    """``error``'s notes (``()`` when it has none, or when reading them raises)."""
+    try:
+        return tuple(getattr(error, "__notes__", ()))
+    except Exception:  # noqa: BLE001
+        return ()
+
+
 def add_note(error: BaseException, text: str) -> None:
     """``error.add_note(text)``, unless the exception cannot take a note (a frozen dataclass, a ``__setattr__`` that
     refuses, ``__notes__`` made a tuple): then the error is raised as it is, never replaced by the note's failure."""
@@ -151,7 +167,7 @@ def users_own_error(e: BaseException) -> bool:
     home = type(e).__module__.partition(".")[0]
     if home not in ("builtins", "torch", "pyro", "pyro_dgm"):  # a class of the user's own: theirs, whatever it says
         return True
-    text = str(e)
+    text = error_text(e)
     if any(w in text for w in _SHAPE_WORDS):
         return False
     tb = e.__traceback__

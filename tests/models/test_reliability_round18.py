@@ -173,3 +173,31 @@ def test_an_exception_that_takes_no_note_or_has_no_text_is_raised_as_it_is(error
         model.train(DATA)
     hook.remove()
     assert all(torch.equal(v, after_first[k]) for k, v in p.state_dict().items())
+
+
+class _BadStrRuntime(RuntimeError):
+    def __str__(self) -> str:
+        raise AttributeError("no message")
+
+
+class _NotesFail(Exception):
+    @property
+    def __notes__(self) -> list:  # type: ignore[override]
+        raise LookupError("no notes")
+
+
+@pytest.mark.parametrize("error", [_BadStrRuntime, _NotesFail])
+def test_a_networks_odd_exception_on_integer_inputs_is_raised_as_it_is(error: type) -> None:
+    """A network given int64 inputs (its weights float32) that raises a ``RuntimeError`` whose ``str`` fails, or an
+    exception whose ``__notes__`` cannot be read, under ``sample`` and ``Model.train``: that exception comes out
+    (p414: a ``LookupError`` of the library's checks of its text replaced it)."""
+    class PI(P):
+        def forward(self, y: torch.Tensor) -> dict:
+            raise error()
+
+    p = PI()
+    with pytest.raises(error):
+        p.sample({"y": torch.ones(4, 3, dtype=torch.long)})
+    model = Model((-p.log_prob()).mean(), distributions=[p])
+    with pytest.raises(error):
+        model.train({"y": torch.ones(4, 3, dtype=torch.long), "x": torch.zeros(4, 2)})
