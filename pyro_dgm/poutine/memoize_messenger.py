@@ -173,7 +173,7 @@ def _same_bits(a: torch.Tensor, c: torch.Tensor | None) -> bool:
         return False  # reused)
 
 
-_HELD_ITEMS = 4096  # the most items of containers looked at per pass, for the module's attributes and again for
+_HELD_ITEMS = 1024  # the most items of containers looked at per pass, for the module's attributes and again for
 # what its forward reads (a global list of a dataset's tensors would otherwise be walked at each evaluation)
 
 
@@ -183,10 +183,10 @@ def _held_tensors(module: Any) -> list[Any]:
     library's); what its ``forward`` (the class's, one set on the instance, a ``functools.partial``, the function
     a decorator wraps) reads from its closure, its arguments bound before, its defaults or the globals it loads (a
     tensor, or one in a list, tuple or dict): the same objects at each of Pixyz's runs (a global tensor of its
-    module that a helper reads is found after the pass: :func:`_a_global`). Containers are looked into up to :data:`_HELD_ITEMS` items for the
-    attributes and classes and as many for what the forward reads (beyond, a tensor counts as made: the networks
-    after it run at each use, as under Pixyz when they draw); a tensor that is itself an attribute, a class's, a
-    global it loads, or in a closure cell or a default is always counted."""
+    module that a helper reads is found after the pass: :func:`_a_global`). Containers are looked into up to
+    :data:`_HELD_ITEMS` items for the attributes and classes and as many for what the forward reads (beyond, a
+    tensor counts as made: the networks after it run at each use, as under Pixyz when they draw); a tensor that is
+    itself an attribute, a class's, a global it loads, or in a closure cell or a default is always counted."""
     held: list[Any] = []
     is_module = isinstance(module, torch.nn.Module)
     left = [_HELD_ITEMS]

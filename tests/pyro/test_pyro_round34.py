@@ -70,9 +70,10 @@ def _twin() -> tuple:
 @pytest.mark.parametrize("seeded", ["guide", "model", "both", "neither", "nested"])
 def test_a_seeded_guide_seeds_the_losss_draws_as_pyros_handler_does(seeded: str) -> None:
     """Four Adam steps from ``pyro.set_rng_seed(3)``, the guide (or the model, or both) in ``poutine.seed(...,
-    rng_seed=0)``, or the guide in two nested seeds: the losses and the trained encoder are the plain-Pyro twin's under ``Trace_ELBO`` (before, with
-    the guide seeded: 22.51454, 22.26791, ... where the twin gives 21.10834, 18.91821, ...); then the next draw of
-    the global generator is the twin's (the seed's state put back after each step)."""
+    rng_seed=0)``, or the guide in two nested seeds: the losses and the trained encoder are the plain-Pyro twin's
+    under ``Trace_ELBO`` (before, with the guide seeded: 22.51454, 22.26791, ... where the twin gives 21.10834,
+    18.91821, ...); then the next draw of the global generator is the twin's (the seed's state put back after each
+    step)."""
     x = torch.bernoulli(torch.full((N, XD), 0.5), generator=torch.Generator().manual_seed(1))
 
     def wrap(role: str, fn: object) -> object:
