@@ -1067,8 +1067,7 @@ class Loss(YieldingModule, _PyroELBO):
             If the value is not a scalar (SVI minimizes a number; take ``.mean()`` or ``.sum()``).
         """
         data, options = self._dgm_data(args, kwargs)
-        if model is not None or guide is not None:
-            self._dgm_refuse_wrapped(model, guide)
+        seed = self._dgm_refuse_wrapped(model, guide) if model is not None or guide is not None else None
         for m in _PYRO_STACK:  # (a plate would batch a Pyro ELBO's sites, of any size; a scale of 1 and a mask of
             # True weigh nothing, as Model.train lets them through)
             if (isinstance(m, IndepMessenger) or (isinstance(m, ScaleMessenger) and not _all_equal(m.scale, 1))
@@ -1076,8 +1075,6 @@ class Loss(YieldingModule, _PyroELBO):
                 self._dgm_refuse_weighting(m)
         for d in self._dgm_formula_cached("_dgm_registered", lambda: self._dgm_distributions):
             d._dgm_register_params()
-        seeds = [m.rng_seed for m in _handlers_around(guide) if isinstance(m, SeedMessenger)]
-        seed = seeds[-1] if seeds else None  # (the innermost seeds last, as in Pyro)
         if seed is None:
             value = self.eval(data, **options)
         else:  # a guide in poutine.seed draws from the seeded generators, which are put back after it, as there
@@ -1095,15 +1092,19 @@ class Loss(YieldingModule, _PyroELBO):
                              "SVI minimizes a scalar; use loss.mean() or loss.sum()")
         return value.reshape(())
 
-    def _dgm_refuse_wrapped(self, model: Any, guide: Any) -> None:
+    def _dgm_refuse_wrapped(self, model: Any, guide: Any) -> int | None:
         """Refuse a model or guide given to SVI wrapped in a Pyro handler that changes what an ELBO of them is
         (``SVI(poutine.scale(model, 0.1), guide, ...)``, ``poutine.condition``, ``poutine.block``...): the loss does
         not run them, so the handler would be silently ignored; a scale of 1, a mask of ``True`` and handlers that
-        change no value (``config_enumerate``, ``poutine.reparam``...) pass, and a guide's ``poutine.seed`` seeds the
-        loss's draws (:meth:`differentiable_loss`)."""
+        change no value (``config_enumerate``, ``poutine.reparam``...) pass. Returns the seed of the innermost
+        ``poutine.seed`` around the guide (it seeds last, as in Pyro), which seeds the loss's draws
+        (:meth:`differentiable_loss`), or ``None``."""
+        seed = None
         for role, fn in (("model", model), ("guide", guide)):
             for m in _handlers_around(fn):
-                if (isinstance(m, _CHANGES_TARGET) or (isinstance(m, ScaleMessenger) and not _all_equal(m.scale, 1))
+                if role == "guide" and isinstance(m, SeedMessenger):
+                    seed = m.rng_seed
+                elif (isinstance(m, _CHANGES_TARGET) or (isinstance(m, ScaleMessenger) and not _all_equal(m.scale, 1))
                         or (isinstance(m, MaskMessenger) and not _all_equal(m.mask, True))):
                     if isinstance(m, (ConditionMessenger, SubstituteMessenger)) and not m.data:
                         continue  # (no values given: it changes nothing)
@@ -1113,6 +1114,7 @@ class Loss(YieldingModule, _PyroELBO):
                                      f"does not run the {role}; weight or condition the loss itself (e.g. 0.5 * "
                                      "loss, or the data given to the step), or put the handler inside a PyroELBO "
                                      "term's model and guide")
+        return seed
 
     def _dgm_refuse_weighting(self, handler: Any, how: str = "evaluated as a Pyro ELBO") -> None:
         what = (f"pyro.plate({handler.name!r})" if isinstance(handler, IndepMessenger) else

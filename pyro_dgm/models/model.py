@@ -39,7 +39,7 @@ from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
 from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
-from pyro_dgm.utils.checks import ArgumentError, ShapeError, add_note, error_notes, keyed_values
+from pyro_dgm.utils.checks import ArgumentError, ShapeError, add_note, error_notes, error_text, keyed_values
 from pyro_dgm.utils.compat import clip_grads_with_norm_, get_total_norm
 from pyro_dgm.utils.latex import print_latex as _print_latex
 from pyro_dgm.utils.modules import submodules
@@ -192,12 +192,9 @@ def _construct(owner: str, optimizer: Any, params: list[nn.Parameter], kwargs: d
 
 
 def _names_step(e: BaseException, step: str, where: str) -> bool:
-    """Whether ``e``'s text names ``step`` or one of its notes names ``where`` (an exception whose ``str`` fails
-    names nothing)."""
-    try:
-        return step in str(e) or any(where in n for n in getattr(e, "__notes__", ()))
-    except Exception:  # noqa: BLE001 (the user's exception stays the one raised)
-        return True
+    """Whether ``e``'s text names ``step`` or one of its notes names ``where`` (read safely: an exception whose
+    ``str`` or notes fail names nothing)."""
+    return step in error_text(e) or any(isinstance(n, str) and where in n for n in error_notes(e))
 
 
 def _param_store() -> Any:
