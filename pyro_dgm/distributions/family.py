@@ -705,6 +705,13 @@ class DistributionBase(Distribution):
                     "the network's forward() must return tensors (torch.as_tensor(...))"
                 raise NotATensorError(f"{describe(self)}: parameter {k} is a numpy array ({_what(params[k])}); "
                                       f"{where}") from e
+            b = self.__dict__.get("_dgm_b")
+            named = dict(b.param_vars) if b is not None else {}
+            given = [k for k, v in params.items() if k in named and not isinstance(v, (Tensor, int, float))]
+            if given:  # (a variable's value of the wrong kind: name the variable, which the caller gave)
+                k = given[0]
+                raise NotATensorError(f"{describe(self)}: the value of {named[k]!r} (given as parameter {k}) is "
+                                      f"{_what(params[k])}; give a tensor") from e
             raise clearer(e, f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
         except (AttributeError, TypeError) as e:  # a network's number or list where the family needs a tensor (.dim())
             unknown = [k for k in params if k not in self._dgm_accepted]

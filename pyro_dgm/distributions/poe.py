@@ -332,6 +332,11 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
             for k in ("loc", "scale"):
                 if not isinstance(params.get(k), Tensor):  # (a network's numpy array or number: Pixyz stacks the
                     got = params.get(k)  # experts' tensors, and fails on them too)
+                    var = dict(e._dgm_b.param_vars).get(k) if hasattr(e, "_dgm_b") else None
+                    if var is not None:  # (the caller's value of a variable, not the expert's forward)
+                        raise NotATensorError(f"{describe(self)}: expert {i} ({describe(e)}): the value of {var!r} "
+                                              f"(given as parameter {k}) is {type(got).__module__}."
+                                              f"{type(got).__name__}; give a tensor")
                     raise NotATensorError(f"{describe(self)}: expert {i} ({describe(e)}) gave {k} as "
                                           f"{type(got).__module__}.{type(got).__name__}; an expert's parameters must "
                                           "be tensors (its forward() must return tensors: torch.as_tensor(...))")

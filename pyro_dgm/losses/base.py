@@ -20,6 +20,7 @@ import copy
 import functools
 import inspect
 import numbers
+import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -78,6 +79,18 @@ LOSS_OPTIONS = TERM_OPTIONS
 _PYRO_ELBO_OPTIONS = frozenset({"num_particles", "max_plate_nesting", "max_iarange_nesting", "vectorize_particles",
                                 "strict_enumeration_warning", "ignore_jit_warnings", "jit_options", "retain_graph",
                                 "tail_adaptive_beta"})
+_IGNORED_PARTICLES = {"num_particles": 1, "vectorize_particles": False}  # Pyro's particle options, and their values
+
+
+def _warn_particles(loss: "Loss", name: str, value: Any) -> None:
+    """Warns that ``loss.num_particles = K`` (or ``vectorize_particles``), set after construction, changes nothing
+    (a Pyro user's habit; a plain attribute under Pixyz, so not refused), unless the class takes the option."""
+    if name in inspect.signature(type(loss).__init__).parameters:
+        return
+    warnings.warn(f"{type(loss).__name__}.{name} = {value!r} has no effect: a pyro_dgm loss is Pixyz's formula, "
+                  "evaluated once per call. For several draws, average the term over samples "
+                  "(Expectation(..., sample_shape=[K]) or IWELBO), or wrap a Pyro ELBO in a term: "
+                  f"PyroELBO(model, guide, elbo=Trace_ELBO({name}=...))", UserWarning, stacklevel=3)
 
 
 _NO_MODULE = object()  # (a name that _modules does not hold)
@@ -350,6 +363,9 @@ class Loss(YieldingModule, _PyroELBO):
     # ------------------------------------------------------------------ nn.Module plumbing
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
+        if name in _IGNORED_PARTICLES and "_input_var" in d and value is not _IGNORED_PARTICLES[name] \
+                and value != _IGNORED_PARTICLES[name]:
+            _warn_particles(self, name, value)
         if name == "latex":  # a subclass's own formula text (a plain attribute under Pixyz), read by the formulas
             own = getattr(type(self), "latex", None)
             if isinstance(own, property) and own.fset is not None:  # (a subclass's own setter)

@@ -560,9 +560,10 @@ class CompiledEval(_FirstCallEager):
     compiled would not share the flows' memory of the call (a dequantizing flow would draw its noise twice).
     Pickled (``torch.save(model)``, ``copy.deepcopy``), it keeps the loss and the options, not the compiled code.
 
-    Random draws in compiled code come from the compiler's own generator (the inductor backend), so they differ
-    from the eager draws of the same seed unless ``torch._inductor.config.fallback_random = True``; their
-    distribution is the same.
+    Random operations in compiled code (a network's dropout; with the inductor backend) come from the compiler's
+    own generator, and the compiler may order two draws differently, so they can differ from the eager draws of the
+    same seed unless ``torch._inductor.config.fallback_random = True``; their distribution is the same (design.md,
+    "Random numbers").
 
     The compiled evaluation runs without torch's argument validation (``Distribution.set_default_validate_args``),
     as Pyro's JIT-compiled ELBOs recommend: each check reads values, which would split the graph. (``torch.compile``

@@ -63,12 +63,12 @@ _KERNELS: dict[str, Callable[..., Tensor]] = {"gaussian": gaussian_rbf_kernel,
                                               "inv-multiquadratic": inverse_multiquadratic_rbf_kernel}
 
 
-def draw_joint_sample(d: "Distribution", values: dict[str, Any], batch_n: int | None, kwargs: dict[str, Any]
-                      ) -> Tensor:
-    """A reparameterized draw of ``d``'s variable, flattened to ``(batch, features)`` (what MMD and Wasserstein
-    compare)."""
+def draw_joint_sample(d: "Distribution", values: dict[str, Any], batch_n: int | None, kwargs: dict[str, Any],
+                      flat: bool = True) -> Tensor:
+    """A reparameterized draw of ``d``'s variable, flattened to ``(batch, features)`` (what MMD compares) unless
+    ``flat`` is false (Wasserstein's metric gets the draws as they are, as under Pixyz)."""
     x = d.sample(values, batch_n=batch_n, reparam=True, return_all=False, **kwargs)[d.var[0]]
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], -1) if flat else x
 
 
 class SampleDivergence(Loss):
@@ -86,16 +86,17 @@ class SampleDivergence(Loss):
                              f"size is batch_n={self.batch_n}")
         return int(x_dict[self.input_dist.input_var[0]].shape[0])
 
-    def _dgm_draws(self, values: dict[str, Any], n: int | None, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """A draw of ``p``'s and of ``q``'s variable, ``n`` rows each. ``eval``'s keyword arguments go to the draws
-        but ``batch_n``, which the loss sets (Pixyz's draws failed on it with Python's bare "got multiple values for
-        keyword argument 'batch_n'")."""
+    def _dgm_draws(self, values: dict[str, Any], n: int | None, kwargs: dict[str, Any], flat: bool = True
+                   ) -> tuple[Tensor, Tensor]:
+        """A draw of ``p``'s and of ``q``'s variable, ``n`` rows each (flattened to ``(n, features)`` if ``flat``).
+        ``eval``'s keyword arguments go to the draws but ``batch_n``, which the loss sets (Pixyz's draws failed on it
+        with Python's bare "got multiple values for keyword argument 'batch_n'")."""
         if "batch_n" in kwargs:
             name = type(self).__name__
             raise ArgumentError(f"{name} {self.latex}: eval got batch_n={kwargs['batch_n']!r}, but the number of "
                                 f"draws is the loss's own: the first dim of the input where a distribution takes "
                                 f"one, else {name}(p, q, batch_n=...) (here {self.batch_n!r})")
-        return draw_joint_sample(self.p, values, n, kwargs), draw_joint_sample(self.q, values, n, kwargs)
+        return draw_joint_sample(self.p, values, n, kwargs, flat), draw_joint_sample(self.q, values, n, kwargs, flat)
 
 
 class MMD(SampleDivergence):

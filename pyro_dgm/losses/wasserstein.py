@@ -22,8 +22,10 @@ class WassersteinDistance(SampleDivergence):
     r"""The distance between samples, :math:`W'(p, q) = \mathbb{E}_{x_p \sim p, x_q \sim q}[d(x_p, x_q)]`.
 
     One sample of each per batch element and the ``metric`` between them (default: the Euclidean norm of the
-    difference, ``torch.nn.PairwiseDistance(p=2)``), one value per batch element. :math:`W'` bounds the Wasserstein
-    distance from above and equals it when both distributions are deterministic (as in Pixyz).
+    difference, ``torch.nn.PairwiseDistance(p=2)``), one value per batch element. The metric gets the draws as
+    they are, as in Pixyz (``PairwiseDistance`` of draws ``(N, C, D)``: a norm over the last dim, ``(N, C)``); a
+    scalar variable's draws ``(N,)`` get one distance per row from it. :math:`W'` bounds the Wasserstein distance
+    from above and equals it when both distributions are deterministic (as in Pixyz).
 
     Examples
     --------
@@ -66,8 +68,10 @@ class WassersteinDistance(SampleDivergence):
             if isinstance(x, Tensor) and x.dim() >= 1:
                 n = x.shape[0]
                 break
-        a, b = self._dgm_draws(values, n, kwargs)
+        a, b = self._dgm_draws(values, n, kwargs, flat=False)  # (the metric gets the draws' own shape)
         if a.shape != b.shape:
             raise ValueError(f"WassersteinDistance {self.latex}: the samples have different shapes "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
+        if a.dim() == 1 and isinstance(self.metric, PairwiseDistance):  # a scalar variable: one distance per row
+            a, b = a.unsqueeze(-1), b.unsqueeze(-1)  # (Pixyz's is one norm over the batch, which estimates no W')
         return self.metric(a, b)
