@@ -804,6 +804,25 @@ class Distribution(YieldingModule):
     def factor_options(self, options: Mapping[int, Mapping[str, Any]] | None) -> None:
         self.__dict__["_dgm_dg_options"] = {k: dict(v) for k, v in options.items()} if options else None
 
+    def _dgm_live_option(self, key: int, option_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The options dict of factor ``key`` itself (``graph.set_option(opts, var)`` stores ``opts``, and a factor's
+        ``option`` is that dict): changed in place, it changes the calls that follow, as Pixyz's graph keeps the
+        dict it is given. ``option_dict`` replaces it; without one an empty dict is stored if there is none."""
+        d = self.__dict__
+        opts = d.get("_dgm_dg_options")
+        if opts is None:
+            opts = d["_dgm_dg_options"] = {}
+        if option_dict is not None:
+            opts[key] = option_dict
+        return opts.setdefault(key, {})
+
+    def _dgm_live_global_option(self, option_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The global options dict itself (``graph.global_option``), stored as given (see :meth:`_dgm_live_option`)."""
+        d = self.__dict__
+        if option_dict is not None or d.get("_dgm_dg_global_option") is None:
+            d["_dgm_dg_global_option"] = option_dict if option_dict is not None else {}
+        return d["_dgm_dg_global_option"]
+
     #: Whether this distribution's own calls read its global options, as Pixyz's products, renamings and marginals
     #: do (their calls run through Pixyz's graph); a single distribution's own calls ignore them in Pixyz, and they
     #: reach it only as a factor of a product.
@@ -1051,7 +1070,8 @@ class Distribution(YieldingModule):
         if g_opt and self._dgm_graph_call:  # Pixyz: global options reach the factors as keywords the call lacks
             kwargs = {**{k: v for k, v in g_opt.items() if k not in SAMPLING_OPTIONS}, **kwargs}
         ctx = CallState(batch_n, sample_shape, reparam, sample_mean, None, kwargs)
-        if f_opts and id(self) in f_opts:  # (Pixyz: options hold in products; an atomic one's own calls ignore them)
+        if f_opts and id(self) in f_opts and not self._dgm_graph_call:  # (Pixyz: options hold in products and
+            # renamings, whose calls run through the graph; an atomic one's own calls ignore them)
             f_opts = {k: v for k, v in f_opts.items() if k != id(self)}
         drawn_var = d.get("_dgm_drawn_var")
         if drawn_var is None:  # var and input_var are fixed at construction
@@ -1181,7 +1201,7 @@ class Distribution(YieldingModule):
             return False
         fd = None if feature_dims is None else list(feature_dims)
         for k, o in f_opts.items():
-            if k != id(self) and (bool(o.get("sum_features", sum_features)) != bool(sum_features) or (
+            if (k != id(self) or self._dgm_graph_call) and (bool(o.get("sum_features", sum_features)) != bool(sum_features) or (
                     None if o.get("feature_dims", fd) is None else list(o.get("feature_dims", fd))) != fd):
                 return True
         return False
@@ -1205,7 +1225,7 @@ class Distribution(YieldingModule):
         f_opts = self.__dict__.get("_dgm_dg_options")
         own = bool(f_opts) and self._dgm_factor_sums(sum_features, feature_dims)
         for i, f in enumerate(self._dgm_order):
-            o = f_opts.get(id(f)) if f_opts and f is not self else None
+            o = f_opts.get(id(f)) if f_opts and (f is not self or self._dgm_graph_call) else None
             if o is None:
                 sf, fd = sum_features, feature_dims
             else:  # graph.set_option(..., var): the factor's own sum_features/feature_dims

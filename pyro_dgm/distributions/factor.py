@@ -56,8 +56,10 @@ class Factor:
                  sink: "tuple[Any, int] | None" = None) -> None:
         self.dist = atom_dist
         self.name_dict: dict[str, str] = {}
-        self._option: dict[str, Any] = dict(option) if option else {}
         self._sink = sink
+        self._option: dict[str, Any] = dict(option) if option else {}
+        if sink is not None:  # a factor of dist.graph: its option is the distribution's dict itself (live)
+            self._option = sink[0]._dgm_live_option(sink[1])
 
     @property
     def option(self) -> dict[str, Any]:
@@ -67,14 +69,9 @@ class Factor:
     @option.setter
     def option(self, option_dict: dict[str, Any]) -> None:
         self._option = option_dict
-        if self._sink is not None:  # a factor of dist.graph: the distribution keeps its options
+        if self._sink is not None:  # a factor of dist.graph: the distribution keeps the dict (as Pixyz's node)
             owner, key = self._sink
-            opts = owner.factor_options
-            if option_dict:
-                opts[key] = dict(option_dict)
-            else:
-                opts.pop(key, None)
-            owner.factor_options = opts
+            owner._dgm_live_option(key, option_dict)
 
     def copy(self) -> "Factor":
         """A factor of the same distribution with copies of the renaming and the options."""

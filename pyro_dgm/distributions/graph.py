@@ -32,6 +32,7 @@ from pyro_dgm.distributions.factor import Factor, factor_head
 from pyro_dgm.utils.attributes import users_own
 from pyro_dgm.utils.checks import ArgumentError, describe
 from pyro_dgm.utils.latex import NAMES_VERSION
+from pyro_dgm.utils.latex import prob_text as _prob_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -74,7 +75,6 @@ def factors_network_text(order: Sequence["Distribution"]) -> str:
     """The factors' networks in order, each under its formula (Pixyz's network text of a joint)."""
     return "\n".join(f._dgm_network_text() if getattr(f, "network_text_headed", False)
                      else f"{factor_head(f._dgm_factor_text, f)}:\n{f._dgm_network_text()}" for f in order)
-
 
 
 class DistGraph(nx.DiGraph):
@@ -146,7 +146,7 @@ class DistGraph(nx.DiGraph):
         from pyro_dgm.distributions.ops import ReplaceVarDistribution
 
         renamed = isinstance(f, ReplaceVarDistribution)
-        factor = Factor(f._dgm_original if renamed else f, opts.get(id(f)), (self._owner, id(f)))
+        factor = Factor(f._dgm_original if renamed else f, None, (self._owner, id(f)))
         if renamed:
             factor.name_dict = {new: old for old, new in f._dgm_renamed_from.items()}
         return factor
@@ -199,8 +199,11 @@ class DistGraph(nx.DiGraph):
 
     @property
     def global_option(self) -> dict[str, Any]:
-        """The options every call uses for the keywords it does not give (see :meth:`set_option`)."""
-        return self._owner.global_options if self._owner is not None else {}
+        """The options every call uses for the keywords it does not give (see :meth:`set_option`): the dict
+        itself, as in Pixyz (``graph.global_option["return_hidden"] = True`` sets one)."""
+        if self._owner is None:
+            return self.graph.setdefault("global_option", {})
+        return self._owner._dgm_live_global_option()
 
     @global_option.setter
     def global_option(self, option_dict: Mapping[str, Any]) -> None:
@@ -213,7 +216,8 @@ class DistGraph(nx.DiGraph):
 
     @property
     def prob_text(self) -> str:
-        return self._owner.prob_text if self._owner is not None else ""
+        """Pixyz's: the graph's :attr:`name` over its variables (``graph.name = "q"`` gives ``q(z)``)."""
+        return _prob_text(self.name, self.var, self.cond_var)
 
     @property
     def prob_factorized_text(self) -> str:
@@ -239,7 +243,9 @@ class DistGraph(nx.DiGraph):
         override the call's own options for those factors (``batch_n``, ``sample_shape``, ``reparam``,
         ``sample_mean`` when sampling, ``sum_features``, ``feature_dims`` when scoring; other keys reach the
         factor as keywords). Without ``var`` it replaces the global options, which (as in Pixyz) pass keywords the
-        call does not give. ``{}`` resets.
+        call does not give. ``{}`` resets. As in Pixyz, the graph keeps ``option_dict`` itself (a change to it
+        later changes the calls), an input variable of the graph has no factor to set (nothing happens), and a
+        string ``var`` that names no variable is read letter by letter (``"zx"``: ``z`` and ``x``).
         """
         owner = self._owner
         if owner is None:
@@ -247,24 +253,21 @@ class DistGraph(nx.DiGraph):
         if not isinstance(option_dict, Mapping):
             raise TypeError(f"{owner.prob_text}: set_option expects a dict of options, got "
                             f"{type(option_dict).__name__}")
-        if isinstance(var, str):
-            var = [var]
         if not var:
-            owner.global_options = option_dict
+            owner._dgm_live_global_option(option_dict)  # type: ignore[arg-type]
             return
-        opts = owner.factor_options
         inner = getattr(owner, "_dgm_option_factors", owner._dgm_sampling_order)
+        if isinstance(var, str) and not any(var in f.var for f in inner):
+            var = list(var)  # (Pixyz iterates the string)
+        elif isinstance(var, str):
+            var = [var]
         for v in var:
             hit = [f for f in inner if v in f.var]
-            if not hit:
+            if not hit and v not in self.all_var:
                 raise UnknownVariableError(v, f"{owner.prob_text}: set_option: no factor generates {v!r}; the "
                                               f"variables are {owner.var}")  # (Pixyz's lookup: a KeyError)
-            for f in hit:
-                if option_dict:
-                    opts[id(f)] = dict(option_dict)
-                else:
-                    opts.pop(id(f), None)
-        owner.factor_options = opts
+            for f in hit:  # (none for an input variable: Pixyz's graph has no factor before it either)
+                owner._dgm_live_option(id(f), option_dict)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ Pixyz's graph operations
     def appended(self, atom_dist: "Distribution") -> "DistGraph":
@@ -314,6 +317,10 @@ class DistGraph(nx.DiGraph):
         return self._owner
 
     # ------------------------------------------------------------------ Pixyz's computations (the distribution's)
+    def __call__(self, mode: str, kwargs: Mapping[str, Any]) -> Any:
+        """``graph(mode, kwargs)``: :meth:`forward` (Pixyz's graph is an ``nn.Module``, called so)."""
+        return self.forward(mode, kwargs)
+
     def forward(self, mode: str, kwargs: Mapping[str, Any]) -> Any:
         """Pixyz's ``DistGraph.forward``: ``mode`` is ``"sample"`` or ``"get_log_prob"``."""
         if mode == "sample":

@@ -15,7 +15,7 @@ from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.joint import (LabelledComposite, MultiplyDistribution, distinct_modules, pixyz_graph,
                                          rename_nodes)
 from pyro_dgm.utils.attributes import MISSING
-from pyro_dgm.utils.checks import ArgumentError, NoClosedFormError, check_var_name, describe
+from pyro_dgm.utils.checks import ArgumentError, NoClosedFormError, add_note, check_var_name, describe, error_notes
 from pyro_dgm.utils.latex import latex_name, prob_text
 
 __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
@@ -108,6 +108,9 @@ class _PassesThrough(Distribution):
             if item.startswith("_") or inner is None:
                 raise
             return getattr(inner, item)
+
+
+_RENAMING_NOTE = "(raised in the renamed distribution"
 
 
 class ReplaceVarDistribution(_PassesThrough):
@@ -259,11 +262,35 @@ class ReplaceVarDistribution(_PassesThrough):
         return self.p.has_reparam
 
     def _dgm_draw_with(self, b: Binding, values: dict[str, Any], ctx: CallState) -> None:
-        self.p._dgm_draw_with(b, values, ctx)
+        try:
+            self.p._dgm_draw_with(b, values, ctx)
+        except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
+            self._dgm_note_names(e)
+            raise
 
     def _dgm_score_with(self, b: Binding, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                         feature_dims: Sequence[int] | None) -> Tensor:
-        return self.p._dgm_score_with(b, values, ctx, sum_features, feature_dims)
+        try:
+            return self.p._dgm_score_with(b, values, ctx, sum_features, feature_dims)
+        except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
+            self._dgm_note_names(e)
+            raise
+
+    def _dgm_note_names(self, e: BaseException) -> None:
+        """A note on an error the renamed distribution raised, whose message uses its own names: which names the
+        caller used for them (the outermost renaming's note only, through renamings of renamings)."""
+        renamed = self._dgm_renamed_from
+        if not renamed:
+            return
+        notes = error_notes(e)
+        if any(n.startswith(_RENAMING_NOTE) for n in notes if isinstance(n, str)):
+            try:  # (an inner renaming's: this one's names are the caller's)
+                e.__notes__[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(_RENAMING_NOTE))]
+            except Exception:  # noqa: BLE001
+                return
+        pairs = ", ".join(f"{old} is {new!r}" for old, new in renamed.items())
+        add_note(e, f"{_RENAMING_NOTE} {self.prob_text}, which renames {self._dgm_original.prob_text}'s variables: "
+                    f"{pairs})")
 
     def _dgm_register_params(self) -> None:
         for f in self._dgm_registering():

@@ -84,8 +84,9 @@ _IGNORED_PARTICLES = {"num_particles": 1, "vectorize_particles": False}  # Pyro'
 
 def _warn_particles(loss: "Loss", name: str, value: Any) -> None:
     """Warns that ``loss.num_particles = K`` (or ``vectorize_particles``), set after construction, changes nothing
-    (a Pyro user's habit; a plain attribute under Pixyz, so not refused), unless the class takes the option."""
-    if name in inspect.signature(type(loss).__init__).parameters:
+    (a Pyro user's habit; a plain attribute under Pixyz, so not refused): for this library's classes only (a
+    user's subclass may read the attribute itself)."""
+    if not type(loss).__module__.startswith("pyro_dgm."):
         return
     warnings.warn(f"{type(loss).__name__}.{name} = {value!r} has no effect: a pyro_dgm loss is Pixyz's formula, "
                   "evaluated once per call. For several draws, average the term over samples "
@@ -346,9 +347,12 @@ class Loss(YieldingModule, _PyroELBO):
 
     def __init__(self, input_var: Sequence[str] | None = None) -> None:
         set_up_subclasses(self, Loss, "_dgm_loss_set_up")
-        if "_modules" not in self.__dict__:  # a subclass may have set attributes first (see __setattr__)
+        d = self.__dict__
+        if "_modules" not in d:  # a subclass may have set attributes first (see __setattr__)
             nn.Module.__init__(self)
+        kept = {k: d[k] for k in _PYRO_ELBO_OPTIONS if k in d}  # (a subclass's own num_particles, set first: its)
         _PyroELBO.__init__(self, num_particles=1)
+        d.update(kept)
         self._input_var = list(input_var) if input_var is not None else []
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -32,7 +32,14 @@ def get_dict_values(dicts: Mapping[str, Any], keys: Sequence[str], return_dict: 
     >>> get_dict_values({"a": 1, "b": 2, "c": 3}, ["c", "b", "d"], True)
     {'c': 3, 'b': 2}
     """
-    found = {k: dicts[k] for k in keys if k in dicts}
+    keys_of = dicts.keys()  # (a list or another object without keys: Pixyz's AttributeError)
+    found = {}
+    for k in keys:
+        try:
+            if k in keys_of:
+                found[k] = dicts[k]
+        except TypeError:  # an unhashable key (a list) is no key of a dict: skipped, as Pixyz's list test skips it
+            continue
     return list(found.values()) if return_dict is False else found  # (Pixyz's test: None or 0 give the dict too)
 
 
