@@ -419,6 +419,11 @@ class _VarList(list):
         return self
 
 
+class _FactorKeyed(list):
+    """The graph's options of a copied or pickled distribution: ``(factor, options)`` pairs (see
+    ``Distribution.__getstate__``)."""
+
+
 def _mutator(name: str) -> Any:
     base = getattr(list, name)
 
@@ -590,8 +595,25 @@ class Distribution(YieldingModule):
         else:
             super().__setattr__(name, value)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """nn.Module's state, with the options set on the graph keyed by the factors themselves (they are kept by
+        the factors' ids, which a copy or a pickle does not keep: :meth:`__setstate__` keys them by the copies')."""
+        state = super().__getstate__()
+        opts = state.get("_dgm_dg_options")
+        if opts:
+            factors = (*self._dgm_sampling_order, *getattr(self, "_dgm_option_factors", ()))
+            by_id = {id(f): f for f in factors}
+            by_id[id(self)] = "self"  # (a renamed single distribution's own: the copy's is the copy)
+            state = dict(state)
+            state["_dgm_dg_options"] = _FactorKeyed([(by_id[k], v) for k, v in opts.items() if k in by_id])
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         set_up_subclasses(self, Distribution, "_dgm_dist_set_up")  # (unpickled in a new process: no __init__ ran)
+        opts = state.get("_dgm_dg_options")
+        if isinstance(opts, _FactorKeyed):
+            state = dict(state)
+            state["_dgm_dg_options"] = {id(self if isinstance(f, str) else f): v for f, v in opts} or None
         super().__setstate__(state)
         overrides.copied(self)  # (methods set on the instance: their routes are the copy's own)
         d = self.__dict__

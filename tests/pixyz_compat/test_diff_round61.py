@@ -179,3 +179,52 @@ def test_get_dict_values_of_a_list_and_of_an_unhashable_key() -> None:
     ref, ours = run_both(program)
     assert_same(ref, ours)
     assert ours == ("AttributeError", [1], {})
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch_save", "copy"])
+def test_a_copy_keeps_the_graphs_options(how: str) -> None:
+    """Options set on a joint's graph (``batch_n`` 3 for ``z``, global ``sample_mean``) and on a renamed single
+    distribution's, then the distributions copied: Pixyz's copy keeps its graph, so the copy draws 3 rows (the
+    options were keyed by the factors' ids here, which a copy does not keep: it drew 1). Changing the copy's
+    options leaves the original's."""
+    def program() -> Any:
+        import copy
+        import io
+        import pickle
+
+        import torch
+
+        from pixyz.distributions import Normal
+
+        j = Normal(loc="z", scale=torch.ones(2), var=["x"], cond_var=["z"], name="p") * Normal(
+            loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="q")
+        j.graph.set_option({"batch_n": 3}, ["z"])
+        j.graph.set_option({"sample_mean": True})
+        r = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"]).replace_var(z="h")
+        r.graph.set_option({"batch_n": 4}, ["h"])
+
+        def copied(d: Any) -> Any:
+            if how == "deepcopy":
+                return copy.deepcopy(d)
+            if how == "copy":
+                return copy.copy(d)
+            if how == "pickle":
+                return pickle.loads(pickle.dumps(d))
+            buf = io.BytesIO()
+            torch.save(d, buf)
+            buf.seek(0)
+            return torch.load(buf, weights_only=False)
+
+        cj, cr = copied(j), copied(r)
+        out = {"joint": _shapes(cj.sample()), "renamed": _shapes(cr.sample()), "global": cj.graph.global_option}
+        if how != "copy":  # (a shallow copy shares the graph's dicts, in both)
+            cj.graph.set_option({"batch_n": 5}, ["z"])
+            out["original_after"] = _shapes(j.sample())
+        return out
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours["joint"] == {"z": (3, 2), "x": (3, 2)} and ours["renamed"] == {"h": (4, 2)}
+    assert ours["global"] == {"sample_mean": True}
+    if how != "copy":
+        assert ours["original_after"] == {"z": (3, 2), "x": (3, 2)}
