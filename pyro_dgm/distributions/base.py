@@ -1222,8 +1222,9 @@ class Distribution(YieldingModule):
         if not f_opts:
             return False
         fd = None if feature_dims is None else list(feature_dims)
+        own = id(self) if not self._dgm_graph_call else None  # (a renamed single's own options count)
         for k, o in f_opts.items():
-            if (k != id(self) or self._dgm_graph_call) and (bool(o.get("sum_features", sum_features)) != bool(sum_features) or (
+            if k != own and (bool(o.get("sum_features", sum_features)) != bool(sum_features) or (
                     None if o.get("feature_dims", fd) is None else list(o.get("feature_dims", fd))) != fd):
                 return True
         return False
