@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pyro_dgm.utils.checks import ArgumentError, describe
+from pyro_dgm.utils.compat import is_compiling
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyro_dgm.distributions.base import Distribution
@@ -26,6 +27,7 @@ _NO_SHAPE = torch.Size()
 #: that draw, and they are never a network's argument (one definition for the distributions and the losses).
 SAMPLING_OPTIONS = frozenset({"batch_n", "sample_shape", "reparam", "sample_mean", "return_all"})
 _FORWARD_KEYWORDS: "weakref.WeakKeyDictionary[Any, tuple[str, ...]]" = weakref.WeakKeyDictionary()
+_FORWARD_KEYWORDS_TRACED: dict[Any, tuple[str, ...]] = {}  # (the forwards a compiled evaluation traced: few)
 
 
 class BoundForward:
@@ -56,8 +58,8 @@ def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str,
         return kwargs
     f = module.forward  # as the call finds it: a bound method (self or cls bound), or a plain callable
     fn = getattr(f, "__func__", f)
-    try:
-        names = _FORWARD_KEYWORDS.get(fn)
+    try:  # (while torch.compile traces: the plain dict of the functions seen, as Dynamo cannot trace the weak one's
+        names = _FORWARD_KEYWORDS_TRACED.get(fn) if is_compiling() else _FORWARD_KEYWORDS.get(fn)  # references)
     except TypeError:  # (a callable that takes no weak reference)
         names = None
     if names is None:
@@ -68,7 +70,10 @@ def forward_extras(module: nn.Module, kwargs: Mapping[str, Any]) -> Mapping[str,
         names = tuple(n if k in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) else ""
                       for n, k in prms)
         with contextlib.suppress(TypeError):
-            _FORWARD_KEYWORDS[fn] = names
+            if is_compiling():
+                _FORWARD_KEYWORDS_TRACED[fn] = names
+            else:
+                _FORWARD_KEYWORDS[fn] = names
     if fn is not f and getattr(f, "__self__", None) is not None:  # a method: its first parameter is bound
         names = names[1:]
     return {k: v for k, v in kwargs.items() if k and k in names}

@@ -257,10 +257,9 @@ class DistGraph(nx.DiGraph):
             owner._dgm_live_global_option(option_dict)  # type: ignore[arg-type]
             return
         inner = getattr(owner, "_dgm_option_factors", owner._dgm_sampling_order)
-        if isinstance(var, str) and not any(var in f.var for f in inner):
-            var = list(var)  # (Pixyz iterates the string)
-        elif isinstance(var, str):
-            var = [var]
+        if isinstance(var, str):  # (Pixyz iterates the string: its letters where each is a variable, else the name
+            names = self.all_var  # itself where it is one, which Pixyz refuses)
+            var = list(var) if all(c in names for c in var) or not any(var in f.var for f in inner) else [var]
         for v in var:
             hit = [f for f in inner if v in f.var]
             if not hit and v not in self.all_var:

@@ -65,13 +65,21 @@ def _renamed(d: Distribution, replace_dict: Mapping[str, str]) -> Distribution:
     if isinstance(d, MarginalizeVarDistribution):
         out_joint = replace_var(d.p, replace_dict)
         out = MarginalizeVarDistribution(out_joint, [replace_dict.get(v, v) for v in d.marginalize_list])
+        own = d.__dict__.get("_dgm_dg_options")
+        if own:  # the marginal's own options (copied from its joint, or set on it since), on the renamed factors
+            new_id = {id(o): id(n) for o, n in zip(d.p._dgm_factors, out_joint._dgm_factors)}
+            out.factor_options = {new_id.get(k, k): v for k, v in own.items()}
         out._dgm_integrals = {replace_dict.get(v, v) for v in d._dgm_integrals}  # (Pixyz's set comprehension)
         out.name = latex_name(d.name)  # Pixyz's renamed distribution takes its operand's label, the marginal's
         out._modules["p"] = d  # and holds it as its module "p" (state-dict keys "p.<the marginal's keys>"); this
         out.__dict__["p"] = out_joint  # one integrates the renamed joint directly, read as the attribute p
         return out
     if d._dgm_factors == (d,):
-        return ReplaceVarDistribution._dgm_new(d, replace_dict)
+        out = ReplaceVarDistribution._dgm_new(d, replace_dict)
+        own = (d.__dict__.get("_dgm_dg_options") or {}).get(id(d))
+        if own is not None:  # its options (graph.set_option) follow it, copied, as Pixyz's renamed graph's factor's
+            out.factor_options = {id(out): own}
+        return out
     factors = [f if not set(replace_dict) & (set(f.var) | set(f.input_var)) else
                replace_var(f, {k: v for k, v in replace_dict.items() if k in set(f.var) | set(f.input_var)})
                for f in d._dgm_factors]
@@ -436,6 +444,9 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
         self._dgm_input_var = list(p.input_var)
         if g_opt:
             self.global_options = g_opt
+        opts = operand.__dict__.get("_dgm_dg_options")
+        if opts:  # Pixyz's marginalized graph copies the factors with their options (a copy of each dict: set on
+            self.factor_options = opts  # the joint later, or changed in place there, they are the joint's alone)
 
     @property
     def marginalize_list(self) -> list[str]:
@@ -500,10 +511,10 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     def _dgm_draw_factor(self, values: dict[str, Any], ctx: CallState) -> None:
         # the marginalized variables are internal: a value of the same name given from outside passes through as is
         given = {v: (values[v], ctx.event_dims.get(v)) for v in self._dgm_marginalized if v in values}
-        # the options set on the joint's graph or on this marginal's (Pixyz's marginalized graph keeps its factors'
-        # options, and set_option on it reaches every factor, the integrated ones too)
-        opts = {**(self.p.__dict__.get("_dgm_dg_options") or {}), **(self.__dict__.get("_dgm_dg_options") or {})}
-        draw_factors(self.p._dgm_sampling_order, values, ctx, opts)
+        # the options of this marginal's graph (its joint's when it was made, copied, and those set on it since: Pixyz's
+        # marginalized graph keeps its factors' options, and set_option on it reaches every factor, the integrated
+        # ones too)
+        draw_factors(self.p._dgm_sampling_order, values, ctx, self.__dict__.get("_dgm_dg_options"))
         for v in self._dgm_marginalized:
             values.pop(v, None)
             ctx.event_dims.pop(v, None)

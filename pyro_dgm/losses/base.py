@@ -353,6 +353,9 @@ class Loss(YieldingModule, _PyroELBO):
         kept = {k: d[k] for k in _PYRO_ELBO_OPTIONS if k in d}  # (a subclass's own num_particles, set first: its)
         _PyroELBO.__init__(self, num_particles=1)
         d.update(kept)
+        for k in _PYRO_ELBO_OPTIONS.difference(kept):  # (one its class defines: the class's, as under Pixyz)
+            if hasattr(type(self), k):
+                d.pop(k, None)
         self._input_var = list(input_var) if input_var is not None else []
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
