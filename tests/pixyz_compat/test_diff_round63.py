@@ -125,10 +125,10 @@ def test_compiled_elbo_with_a_renamed_guide_that_has_a_feature_dims_option() -> 
     class Q(Normal):
         def __init__(self) -> None:
             super().__init__(var=["z"], cond_var=["x"], name="q")
-            self.l = torch.nn.Linear(2, 2)
+            self.lin = torch.nn.Linear(2, 2)
 
         def forward(self, x: torch.Tensor) -> dict:
-            return {"loc": self.l(x), "scale": torch.ones_like(x)}
+            return {"loc": self.lin(x), "scale": torch.ones_like(x)}
 
     runs = []
     for compile_ in (False, True):
