@@ -9,7 +9,8 @@ Pixyz and here (:mod:`pixyz_harness`), on the options set on a distribution's gr
   it);
 * ``Model(compile=True)`` of an ELBO whose guide is a renamed distribution with a ``feature_dims`` option raised
   ``TypeError: weak object has gone away`` (the network's keyword lookup, a weak dictionary, traced by Dynamo);
-* a loss subclass's class attribute ``num_particles`` was shadowed by Pyro's instance attribute of 1.
+* (a loss subclass's class attribute ``num_particles``, shadowed by Pyro's instance attribute of 1: in
+  ``test_diff_round62.py``).
 """
 from __future__ import annotations
 
@@ -150,37 +151,3 @@ def test_compiled_elbo_with_a_renamed_guide_that_has_a_feature_dims_option() -> 
     for a, b in zip(we, wc):
         torch.testing.assert_close(a, b)
 
-
-def test_a_class_attribute_num_particles_is_the_subclasss() -> None:
-    """A Pixyz subclass declaring ``num_particles = 7`` in its class body and drawing that many: 7 and Pixyz's
-    value (Pyro's ``ELBO.__init__`` set an instance attribute of 1 over it: one draw, 2.9404 against 2.7488)."""
-    def program() -> Any:
-        import sympy
-        import torch
-
-        from pixyz.distributions import Normal
-        from pixyz.losses.losses import Loss
-
-        q = Normal(loc=torch.tensor([0.3, -0.2]), scale=torch.tensor([0.8, 1.1]), var=["z"], name="q")
-
-        class MCEntropy(Loss):
-            num_particles = 7
-
-            def __init__(self, p: Any) -> None:
-                super().__init__(p.input_var)
-                self.p = p
-
-            @property
-            def _symbol(self) -> Any:
-                return sympy.Symbol("H_{MC}")
-
-            def forward(self, x_dict: dict, **kwargs: Any) -> Any:
-                z = self.p.sample(batch_n=self.num_particles)["z"]
-                return -self.p.get_log_prob({"z": z}).mean(), {}
-
-        loss = MCEntropy(q)
-        return {"particles": loss.num_particles, "value": loss.eval({})}
-
-    ref, ours = run_both(program)
-    assert_same(ref, ours)
-    assert ours["particles"] == 7
