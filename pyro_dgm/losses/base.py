@@ -88,6 +88,11 @@ def _warn_particles(loss: "Loss", name: str, value: Any) -> None:
     user's subclass may read the attribute itself)."""
     if not type(loss).__module__.startswith("pyro_dgm."):
         return
+    try:
+        if value is _IGNORED_PARTICLES[name] or bool(value == _IGNORED_PARTICLES[name]):
+            return  # (Pyro's default: nothing to say)
+    except Exception:  # noqa: BLE001 (a value that does not compare: warned about)
+        pass
     warnings.warn(f"{type(loss).__name__}.{name} = {value!r} has no effect: a pyro_dgm loss is Pixyz's formula, "
                   "evaluated once per call. For several draws, average the term over samples "
                   "(Expectation(..., sample_shape=[K]) or IWELBO), or wrap a Pyro ELBO in a term: "
@@ -370,8 +375,7 @@ class Loss(YieldingModule, _PyroELBO):
     # ------------------------------------------------------------------ nn.Module plumbing
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
-        if name in _IGNORED_PARTICLES and "_input_var" in d and value is not _IGNORED_PARTICLES[name] \
-                and value != _IGNORED_PARTICLES[name]:
+        if name in _IGNORED_PARTICLES and "_input_var" in d:
             _warn_particles(self, name, value)
         if name == "latex":  # a subclass's own formula text (a plain attribute under Pixyz), read by the formulas
             own = getattr(type(self), "latex", None)
