@@ -58,12 +58,14 @@ class Factor:
         self.name_dict: dict[str, str] = {}
         self._sink = sink
         self._option: dict[str, Any] = dict(option) if option else {}
-        if sink is not None:  # a factor of dist.graph: its option is the distribution's dict itself (live)
-            self._option = sink[0]._dgm_live_option(sink[1])
 
     @property
     def option(self) -> dict[str, Any]:
-        """Options (``batch_n``...) that override the call's for this factor (Pixyz's ``Factor.option``)."""
+        """Options (``batch_n``...) that override the call's for this factor (Pixyz's ``Factor.option``): for a
+        factor of ``dist.graph``, the distribution's dict itself, as it is now (changed in place, it changes the
+        calls; replaced by ``set_option`` since this factor was listed, the new one)."""
+        if self._sink is not None:
+            return self._sink[0]._dgm_live_option(self._sink[1])
         return self._option
 
     @option.setter

@@ -151,3 +151,27 @@ def test_compiled_elbo_with_a_renamed_guide_that_has_a_feature_dims_option() -> 
     for a, b in zip(we, wc):
         torch.testing.assert_close(a, b)
 
+
+
+def test_a_factor_listed_before_set_option_reads_the_new_options() -> None:
+    """Factors taken from ``graph.factors()``, then ``set_option({"batch_n": 2}, ["z", "w"])``, then each factor's
+    ``option["batch_n"] = 4`` (p423): Pixyz's factor is the graph's node, whose option is the new dict, so 4 rows
+    (here the listed factor kept the dict of before: 2 rows)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal
+
+        e = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[1])
+        d = Normal(loc="z", scale=torch.tensor(1.), var=["w"], cond_var=["z"], features_shape=[1])
+        p = e * d
+        fs = list(p.graph.factors())
+        p.graph.set_option({"batch_n": 2}, ["z", "w"])
+        before = _shapes(p.sample())
+        for f in fs:
+            f.option["batch_n"] = 4
+        return before, _shapes(p.sample()), [dict(f.option) for f in fs]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours == ({"z": (2, 1), "w": (2, 1)}, {"z": (4, 1), "w": (4, 1)}, [{"batch_n": 4}, {"batch_n": 4}])
