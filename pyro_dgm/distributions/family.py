@@ -705,13 +705,7 @@ class DistributionBase(Distribution):
                     "the network's forward() must return tensors (torch.as_tensor(...))"
                 raise NotATensorError(f"{describe(self)}: parameter {k} is a numpy array ({_what(params[k])}); "
                                       f"{where}") from e
-            b = self.__dict__.get("_dgm_b")
-            named = dict(b.param_vars) if b is not None else {}
-            given = [k for k, v in params.items() if k in named and not isinstance(v, (Tensor, int, float))]
-            if given:  # (a variable's value of the wrong kind: name the variable, which the caller gave)
-                k = given[0]
-                raise NotATensorError(f"{describe(self)}: the value of {named[k]!r} (given as parameter {k}) is "
-                                      f"{_what(params[k])}; give a tensor") from e
+            self._dgm_name_given(params, e)
             raise clearer(e, f"{describe(self)}: invalid parameters ({_shape_text(params)}): {e}") from e
         except (AttributeError, TypeError) as e:  # a network's number or list where the family needs a tensor (.dim())
             unknown = [k for k in params if k not in self._dgm_accepted]
@@ -725,7 +719,24 @@ class DistributionBase(Distribution):
                 raise param_dtype_error(self, e, (ints[0], params[ints[0]].dtype), "build its distribution") from e
             if not others:
                 raise
-            return self._dgm_base({k: self._dgm_param_tensor(k, t) for k, t in params.items()}, validate)
+            try:
+                return self._dgm_base({k: self._dgm_param_tensor(k, t) for k, t in params.items()}, validate)
+            except (ValueError, TypeError) as again:  # (a variable's text or number, still refused: named)
+                self._dgm_name_given(params, again, numbers=True)
+                raise
+
+    def _dgm_name_given(self, params: Mapping[str, Any], e: BaseException, numbers: bool = False) -> None:
+        """Raise a :class:`NotATensorError` naming the variable whose value, given for a parameter, is of the wrong
+        kind (a text, a dict; with ``numbers``, a number too), as the cause of ``e``; nothing if there is none."""
+        b = self.__dict__.get("_dgm_b")
+        named = dict(b.param_vars) if b is not None else {}
+        kinds = (Tensor,) if numbers else (Tensor, int, float)
+        given = [k for k, v in params.items() if k in named and not isinstance(v, kinds)]
+        if given:  # (the caller gave it: name the variable)
+            k = given[0]
+            shape = " of the parameter's shape" if isinstance(params[k], (int, float)) else ""
+            raise NotATensorError(f"{describe(self)}: the value of {named[k]!r} (given as parameter {k}) is "
+                                  f"{_what(params[k])}; give a tensor{shape}") from e
 
     def _dgm_param_tensor(self, name: str, t: Any) -> Tensor:
         """A parameter given as a number or a (nested) list of numbers, as a tensor of the others' float dtype."""

@@ -110,3 +110,28 @@ def test_an_error_of_a_renamed_distribution_names_the_callers_variables(how: str
     else:
         assert f"x is {caller}" in ours["text"] and "z is 'w'" in ours["text"]
         assert ours["text"].count("(raised in the renamed distribution") == 1
+
+
+@pytest.mark.parametrize("family", ["Categorical", "Dirichlet"])
+@pytest.mark.parametrize("value", ["abc", 0.3])
+def test_a_categorical_or_dirichlet_variable_given_as_text_or_a_number_is_named(family: str, value: Any) -> None:
+    """``Categorical(probs="x")`` (``Dirichlet(concentration="x")``) given ``{"x": "abc"}`` or ``{"x": 0.3}``:
+    Pixyz raises torch's ``AttributeError`` (``.dim()`` of the value); here an error that names the variable ``'x'``
+    and the parameter (it named the parameter alone, or gave torch's text about a 0-d parameter)."""
+    def program() -> Any:
+        import torch
+
+        import pixyz.distributions as pd
+
+        kw = {"probs": "x"} if family == "Categorical" else {"concentration": "x"}
+        q = getattr(pd, family)(var=["z"], cond_var=["x"], name="q", **kw)
+        try:
+            q.sample({"x": value})
+        except Exception as e:
+            return {"type": type(e).__name__, "text": str(e)}
+        return {}
+
+    ref, ours = run_both(program)
+    assert ref["type"] == "AttributeError"
+    param = "probs" if family == "Categorical" else "concentration"
+    assert f"the value of 'x' (given as parameter {param})" in ours["text"]
