@@ -1,11 +1,12 @@
 """Sixty-second round (probe p419, an attack round on ``65964d9``), under Pixyz and here (:mod:`pixyz_harness`):
 
 * a Pixyz ``Loss`` subclass that sets ``self.num_particles`` (or ``vectorize_particles``) before
-  ``super().__init__()`` (or in its class body, p421) had it reset to 1 by Pyro's ``ELBO.__init__`` (a Monte Carlo term drew 1 particle where
-  Pixyz draws 7: 2.9404 against 2.7488); a subclass that reads its own ``num_particles`` got the warning meant for
-  this library's classes, which ignore it;
+  ``super().__init__()`` (or in its class body, p421) had it reset to 1 by Pyro's ``ELBO.__init__`` (a Monte Carlo
+  term drew 1 particle where Pixyz draws 7: 2.9404 against 2.7488); a subclass that reads its own
+  ``num_particles`` got the warning meant for this library's classes, which ignore it;
 * an error raised by a renamed distribution (``replace_var``) named its variables by their old names only: a note
-  gives the names the caller used.
+  gives the names the caller used; a ``Categorical`` or ``Dirichlet`` variable given as text or a number (p424) was
+  named by its parameter alone.
 """
 from __future__ import annotations
 
@@ -119,8 +120,6 @@ def test_a_categorical_or_dirichlet_variable_given_as_text_or_a_number_is_named(
     Pixyz raises torch's ``AttributeError`` (``.dim()`` of the value); here an error that names the variable ``'x'``
     and the parameter (it named the parameter alone, or gave torch's text about a 0-d parameter)."""
     def program() -> Any:
-        import torch
-
         import pixyz.distributions as pd
 
         kw = {"probs": "x"} if family == "Categorical" else {"concentration": "x"}
