@@ -110,6 +110,14 @@ def _shape_text(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else _what(v)}" for k, v in params.items())
 
 
+def given_value_error(where: str, var: str, param: str, value: Any) -> NotATensorError:
+    """The error for a variable's value of the wrong kind (a text, a dict, a number where the family needs a
+    tensor) given for the parameter ``param``: it names the variable, which the caller gave."""
+    shape = " of the parameter's shape" if isinstance(value, (int, float)) else ""
+    return NotATensorError(f"{where}: the value of {var!r} (given as parameter {param}) is {_what(value)}; give a "
+                           f"tensor{shape}")
+
+
 def _what(v: Any) -> str:
     """A parameter that is not a tensor, in a message: a number as it is; an array by its type and shape (not its
     values, which may be many)."""
@@ -733,10 +741,7 @@ class DistributionBase(Distribution):
         kinds = (Tensor,) if numbers else (Tensor, int, float)
         given = [k for k, v in params.items() if k in named and not isinstance(v, kinds)]
         if given:  # (the caller gave it: name the variable)
-            k = given[0]
-            shape = " of the parameter's shape" if isinstance(params[k], (int, float)) else ""
-            raise NotATensorError(f"{describe(self)}: the value of {named[k]!r} (given as parameter {k}) is "
-                                  f"{_what(params[k])}; give a tensor{shape}") from e
+            raise given_value_error(describe(self), named[given[0]], given[0], params[given[0]]) from e
 
     def _dgm_param_tensor(self, name: str, t: Any) -> Tensor:
         """A parameter given as a number or a (nested) list of numbers, as a tensor of the others' float dtype."""

@@ -22,6 +22,7 @@ from pyro_dgm.distributions.composite import (ExpertWeights, OptionalInputs, che
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
+from pyro_dgm.distributions.family import given_value_error
 from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe, ordered_union
 from pyro_dgm.utils.latex import latex_name
 from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
@@ -334,9 +335,7 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
                     got = params.get(k)  # experts' tensors, and fails on them too)
                     var = dict(e._dgm_b.param_vars).get(k) if hasattr(e, "_dgm_b") else None
                     if var is not None:  # (the caller's value of a variable, not the expert's forward)
-                        raise NotATensorError(f"{describe(self)}: expert {i} ({describe(e)}): the value of {var!r} "
-                                              f"(given as parameter {k}) is {type(got).__module__}."
-                                              f"{type(got).__name__}; give a tensor")
+                        raise given_value_error(f"{describe(self)}: expert {i} ({describe(e)})", var, k, got)
                     raise NotATensorError(f"{describe(self)}: expert {i} ({describe(e)}) gave {k} as "
                                           f"{type(got).__module__}.{type(got).__name__}; an expert's parameters must "
                                           "be tensors (its forward() must return tensors: torch.as_tensor(...))")
