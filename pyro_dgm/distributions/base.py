@@ -36,7 +36,7 @@ from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DeviceError, DimensionError, DuplicateSiteError,
                                    EmptyBatchError, LayoutError, MissingVariableError, NotATensorError, OutOfRangeError,
                                    STRICT_SHAPES, ShapeError, add_note, as_var_list, check_present, describe,
-                                   error_text, keyed_values, numpy_tensor, sample_batch_n, sample_shape_of,
+                                   error_notes, error_text, keyed_values, numpy_tensor, sample_batch_n, sample_shape_of,
                                    unusual_tensor, users_own_error)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
@@ -2056,7 +2056,8 @@ class Distribution(YieldingModule):
             raise NotATensorError(f"{describe(self)}: forward() cannot take {v!r} of type "
                                   f"{type(values[v]).__name__}: its network takes tensors; {give} (torch: {text})"
                                   ) from e
-        add_note(e, note)
+        if note not in error_notes(e):  # (an exception instance raised again: noted once)
+            add_note(e, note)
 
     def _dgm_scalar_or_device(self, e: RuntimeError, text: str, names: Sequence[str], values: Mapping[str, Any],
                               shapes: str) -> None:

@@ -15,7 +15,8 @@ from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.joint import (LabelledComposite, MultiplyDistribution, distinct_modules, pixyz_graph,
                                          rename_nodes)
 from pyro_dgm.utils.attributes import MISSING
-from pyro_dgm.utils.checks import ArgumentError, NoClosedFormError, add_note, check_var_name, describe, error_notes
+from pyro_dgm.utils.checks import (ArgumentError, NoClosedFormError, add_note, check_var_name, describe, drop_notes,
+                                   error_notes)
 from pyro_dgm.utils.latex import latex_name, prob_text
 
 __all__ = ["ReplaceVarDistribution", "MarginalizeVarDistribution", "replace_var"]
@@ -290,12 +291,9 @@ class ReplaceVarDistribution(_PassesThrough):
         renamed = self._dgm_renamed_from
         if not renamed:
             return
-        notes = error_notes(e)
-        if any(n.startswith(_RENAMING_NOTE) for n in notes if isinstance(n, str)):
-            try:  # (an inner renaming's: this one's names are the caller's)
-                e.__notes__[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(_RENAMING_NOTE))]
-            except Exception:  # noqa: BLE001
-                return
+        inner = any(isinstance(n, str) and n.startswith(_RENAMING_NOTE) for n in error_notes(e))
+        if inner and not drop_notes(e, lambda n: n.startswith(_RENAMING_NOTE)):  # (an inner renaming's: this one's
+            return  # names are the caller's; an exception whose notes cannot change keeps the inner one)
         pairs = ", ".join(f"{old} is {new!r}" for old, new in renamed.items())
         add_note(e, f"{_RENAMING_NOTE} {self.prob_text}, which renames {self._dgm_original.prob_text}'s variables: "
                     f"{pairs})")

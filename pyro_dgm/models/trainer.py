@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import torch
 from torch import Tensor
 
-from pyro_dgm.utils.checks import add_note, error_notes
+from pyro_dgm.utils.checks import add_note, drop_notes, error_notes
 from pyro_dgm.losses.steps import SIGNALS
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models.errors import NonFiniteLossError
@@ -761,13 +761,8 @@ def _numbered(batches: Iterable[dict[str, Any]], epoch: int, what: str) -> Itera
 def _note(e: BaseException, text: str) -> None:
     """Add ``text`` to what ``e`` says (a non-finite loss names its epoch in its message already), in place of
     ``Model.train``'s note naming the step (``text`` names it with the epoch and batch)."""
-    notes = error_notes(e)
-    kept = [n for n in notes if not (isinstance(n, str) and n.startswith("(raised in ") and ".train (step " in n)]
-    if len(kept) < len(notes) and "(step " in text:
-        try:
-            e.__notes__ = kept
-        except Exception:  # noqa: BLE001 (an exception that refuses: its notes stay)
-            pass
+    if "(step " in text:
+        drop_notes(e, lambda n: n.startswith("(raised in ") and ".train (step " in n)
     if not isinstance(e, NonFiniteLossError) and text not in error_notes(e):
         add_note(e, text)
 

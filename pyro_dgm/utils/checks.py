@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import warnings
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 __all__ = ["ShapeError", "OutOfRangeError", "DimensionError", "NotATensorError", "MissingVariableError", "DTypeError",
            "DeviceError", "EmptyBatchError", "NoClosedFormError", "NotSupportedError", "DuplicateSiteError",
@@ -107,6 +107,20 @@ def error_notes(error: BaseException) -> tuple:
         return tuple(getattr(error, "__notes__", ()))
     except Exception:  # noqa: BLE001
         return ()
+
+
+def drop_notes(error: BaseException, drop: Callable[[str], bool]) -> bool:
+    """Remove ``error``'s notes for which ``drop`` is true (a note another one replaces); whether any was removed.
+    An exception whose notes cannot be changed keeps them (and ``False``)."""
+    notes = error_notes(error)
+    kept = [n for n in notes if not (isinstance(n, str) and drop(n))]
+    if len(kept) == len(notes):
+        return False
+    try:
+        error.__notes__ = kept
+    except Exception:  # noqa: BLE001 (an exception that refuses: its notes stay)
+        return False
+    return True
 
 
 def add_note(error: BaseException, text: str) -> None:
