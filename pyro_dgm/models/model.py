@@ -603,9 +603,9 @@ class Model:
         generator and may reorder draws, unless ``torch._inductor.config.fallback_random`` is set); the first step
         runs eagerly and the second compiles (seconds); later batches of the same shapes, dtypes and keys in the
         same order reuse the code (a dict listing its keys in another order, a last batch of another size, compile
-        once more; see :mod:`pyro_dgm.losses.compiled`). A method or torch class set on a distribution's class after compiling is
-        seen from the next step, which compiles again (for the distributions the loss holds as modules; one reached
-        only through a plain attribute of a user's object is not looked at). On a GPU, ``{"mode": "reduce-overhead"}``
+        once more; see :mod:`pyro_dgm.losses.compiled`). A method or torch class set on a distribution's class
+        after compiling is seen from the next step, which compiles again (for the distributions the loss holds as
+        modules; one reached only through a plain attribute of a user's object is not looked at). On a GPU, ``{"mode": "reduce-overhead"}``
         replays CUDA graphs (the fastest step there, see ``benchmarks/README.md``); the losses returned stay valid
         after later steps. Under torch.distributed the compiled evaluation runs inside ``DistributedDataParallel``'s
         forward, which averages its gradients.
