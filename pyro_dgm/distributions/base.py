@@ -36,8 +36,8 @@ from pyro_dgm.utils.attributes import (MISSING, Yielding, YieldingModule, set_up
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DeviceError, DimensionError, DuplicateSiteError,
                                    EmptyBatchError, LayoutError, MissingVariableError, NotATensorError, OutOfRangeError,
                                    STRICT_SHAPES, ShapeError, add_note, as_var_list, check_present, describe,
-                                   error_notes, error_text, keyed_values, numpy_tensor, sample_batch_n, sample_shape_of,
-                                   unusual_tensor, users_own_error)
+                                   error_text, keyed_values, numpy_tensor, raised_by_statement, sample_batch_n,
+                                   sample_shape_of, unusual_tensor, users_own_error)
 from pyro_dgm.utils.latex import NAMES_VERSION
 from pyro_dgm.utils.latex import latex_name as _latex_name
 from pyro_dgm.utils.latex import math_escape as _math_escape
@@ -1980,6 +1980,9 @@ class Distribution(YieldingModule):
                                        f"changing cond_var") from e
         shapes = ", ".join(f"{v!r}: {_input_text(values[v])}" for v in names)
         note = f"while {describe(self)} ran forward() on {shapes}"
+        if raised_by_statement(e):  # the network's own raise (whatever its text says): as it is, noted (Pixyz's)
+            add_note(e, note, ("forward", id(self)))
+            return
         text = error_text(e)  # ("" for a user's exception whose text fails: raised as it is, noted)
         own = self._dgm_weights_dtype()
         other = [v for v in names if isinstance(values[v], Tensor) and own is not None and values[v].dtype != own
@@ -2056,8 +2059,7 @@ class Distribution(YieldingModule):
             raise NotATensorError(f"{describe(self)}: forward() cannot take {v!r} of type "
                                   f"{type(values[v]).__name__}: its network takes tensors; {give} (torch: {text})"
                                   ) from e
-        if note not in error_notes(e):  # (an exception instance raised again: noted once)
-            add_note(e, note)
+        add_note(e, note, ("forward", id(self)))  # (an exception instance raised again: noted once, as now)
 
     def _dgm_scalar_or_device(self, e: RuntimeError, text: str, names: Sequence[str], values: Mapping[str, Any],
                               shapes: str) -> None:

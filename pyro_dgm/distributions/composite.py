@@ -227,7 +227,8 @@ class OneSiteDistribution(Distribution):
                 raise DTypeError(f"{describe(self)}: cannot score {b.var[0]!r} of dtype {x.dtype}: its parameters "
                                  f"are {own}; convert the value with {b.var[0]}.to({own}) (torch: {e})") from e
             if users_own_error(e):  # a flow's own check (Pixyz raises it as it is): kept, with a note
-                add_note(e, f"(while {describe(self)} scored {b.var[0]!r} of shape {tuple(x.shape)})")
+                add_note(e, f"(while {describe(self)} scored {b.var[0]!r} of shape {tuple(x.shape)})",
+                         ("score", id(self)))
                 raise
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} and dtype "
                              f"{x.dtype}: {e}") from e

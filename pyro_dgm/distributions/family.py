@@ -31,7 +31,8 @@ from pyro_dgm.distributions.graph import graph_name
 from pyro_dgm.distributions.special import drawn_in_pass
 from pyro_dgm.distributions.unreparameterized import plain_sample
 from pyro_dgm.utils.checks import (ArgumentError, DTypeError, DeviceError, DimensionError, LayoutError,
-                                   NoClosedFormError, NotATensorError, NotBinaryError, NotOneHotError, OutOfRangeError,
+                                   NoClosedFormError, NotATensorAttributeError, NotATensorError, NotBinaryError,
+                                   NotOneHotError, OutOfRangeError,
                                    STRICT_SHAPES, ShapeError, add_note, clearer, describe, dtype_matter,
                                    param_dtype_error, refuse_param_dtype, unusual_tensor, user_stacklevel,
                                    value_shape_doubt, value_shape_problem)
@@ -110,12 +111,13 @@ def _shape_text(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else _what(v)}" for k, v in params.items())
 
 
-def given_value_error(where: str, var: str, param: str, value: Any) -> NotATensorError:
+def given_value_error(where: str, var: str, param: str, value: Any, attribute: bool = False) -> NotATensorError:
     """The error for a variable's value of the wrong kind (a text, a dict, a number where the family needs a
-    tensor) given for the parameter ``param``: it names the variable, which the caller gave."""
+    tensor) given for the parameter ``param``: it names the variable, which the caller gave. With ``attribute``
+    (torch's distribution raised an AttributeError for it, as under Pixyz), also an AttributeError."""
     shape = " of the parameter's shape" if isinstance(value, (int, float)) else ""
-    return NotATensorError(f"{where}: the value of {var!r} (given as parameter {param}) is {_what(value)}; give a "
-                           f"tensor{shape}")
+    cls = NotATensorAttributeError if attribute else NotATensorError
+    return cls(f"{where}: the value of {var!r} (given as parameter {param}) is {_what(value)}; give a tensor{shape}")
 
 
 def _what(v: Any) -> str:
@@ -730,18 +732,20 @@ class DistributionBase(Distribution):
             try:
                 return self._dgm_base({k: self._dgm_param_tensor(k, t) for k, t in params.items()}, validate)
             except (ValueError, TypeError) as again:  # (a variable's text or number, still refused: named)
-                self._dgm_name_given(params, again, numbers=True)
+                self._dgm_name_given(params, again, numbers=True, attribute=isinstance(e, AttributeError))
                 raise
 
-    def _dgm_name_given(self, params: Mapping[str, Any], e: BaseException, numbers: bool = False) -> None:
+    def _dgm_name_given(self, params: Mapping[str, Any], e: BaseException, numbers: bool = False,
+                        attribute: bool = False) -> None:
         """Raise a :class:`NotATensorError` naming the variable whose value, given for a parameter, is of the wrong
-        kind (a text, a dict; with ``numbers``, a number too), as the cause of ``e``; nothing if there is none."""
+        kind (a text, a dict; with ``numbers``, a number too), as the cause of ``e`` (``attribute``: also an
+        AttributeError); nothing if there is none."""
         b = self.__dict__.get("_dgm_b")
         named = dict(b.param_vars) if b is not None else {}
         kinds = (Tensor,) if numbers else (Tensor, int, float)
         given = [k for k, v in params.items() if k in named and not isinstance(v, kinds)]
         if given:  # (the caller gave it: name the variable)
-            raise given_value_error(describe(self), named[given[0]], given[0], params[given[0]]) from e
+            raise given_value_error(describe(self), named[given[0]], given[0], params[given[0]], attribute) from e
 
     def _dgm_param_tensor(self, name: str, t: Any) -> Tensor:
         """A parameter given as a number or a (nested) list of numbers, as a tensor of the others' float dtype."""
@@ -1362,7 +1366,8 @@ class DistributionBase(Distribution):
                 self._dgm_not_real(b.var[0], x, e)  # complex value was refused above); a bool multi-hot vector is no
                 # matter of dtype: converted to float, it would be scored by its arg-max
             if x.shape == shape and not isinstance(e, ValueError):  # not a matter of shapes (an operation torch
-                add_note(e, f"(while {describe(self)} scored {b.var[0]!r})")  # does not support there): its error
+                add_note(e, f"(while {describe(self)} scored {b.var[0]!r})", ("score", id(self)))  # does not
+                # support there): its error
                 raise
             bs = base.batch_shape
             raise clearer(e, f"{describe(self)}: cannot score {b.var[0]!r} of shape {tuple(x.shape)} under "

@@ -279,7 +279,8 @@ class _FlowDistribution(OneSiteDistribution):
                 raise
             if own is None or drawn is None or drawn == own or "type" not in str(e).lower():
                 if not _torch_shape_error(e):  # (a flow's own error, which Pixyz raises as it is, or not
-                    add_note(e, f"(while {describe(self)} drew {name!r})")  # one of shapes: kept, with a note)
+                    add_note(e, f"(while {describe(self)} drew {name!r})", ("draw", id(self)))  # one of shapes:
+                    # kept, with a note)
                     raise
                 shape = tuple(base.batch_shape + base.event_shape)  # torch's error inside the flow (conv2d's, of a
                 raise clearer(e, f"{describe(self)}: cannot draw {name!r}: its flow cannot take the prior's draw "

@@ -349,10 +349,18 @@ class ReplaceVarDistribution(_PassesThrough):
         return {inverse.get(k, k): v for k, v in values.items() if k in inverse or k not in self.replace_dict}
 
     def get_params(self, params_dict: Any = None, **kwargs: Any) -> dict[str, Tensor]:
-        return self.p.get_params(_input_order(self._dgm_inner(params_dict), self.p.input_var), **kwargs)
+        try:  # (the analytic terms' path: noted as the draws' and scores')
+            return self.p.get_params(_input_order(self._dgm_inner(params_dict), self.p.input_var), **kwargs)
+        except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
+            self._dgm_note_names(e)
+            raise
 
     def _dgm_site_dist(self, x_dict: Any = None, batch_n: int | None = None, **kwargs: Any) -> Any:
-        return site_builder(self.p)(self._dgm_inner(x_dict), batch_n=batch_n, **kwargs)
+        try:
+            return site_builder(self.p)(self._dgm_inner(x_dict), batch_n=batch_n, **kwargs)
+        except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
+            self._dgm_note_names(e)
+            raise
 
     @property
     def dist(self) -> Any:
@@ -370,13 +378,25 @@ class ReplaceVarDistribution(_PassesThrough):
 
     def get_entropy(self, x_dict: Any = None, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
                     **kwargs: Any) -> Tensor:
-        return self.p.get_entropy(self._dgm_inner(x_dict), sum_features, feature_dims, **kwargs)
+        try:
+            return self.p.get_entropy(self._dgm_inner(x_dict), sum_features, feature_dims, **kwargs)
+        except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
+            self._dgm_note_names(e)
+            raise
 
     def sample_mean(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
-        return self.p.sample_mean(self._dgm_inner(x_dict), **kwargs)
+        try:
+            return self.p.sample_mean(self._dgm_inner(x_dict), **kwargs)
+        except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
+            self._dgm_note_names(e)
+            raise
 
     def sample_variance(self, x_dict: Any = None, **kwargs: Any) -> Tensor:
-        return self.p.sample_variance(self._dgm_inner(x_dict), **kwargs)
+        try:
+            return self.p.sample_variance(self._dgm_inner(x_dict), **kwargs)
+        except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
+            self._dgm_note_names(e)
+            raise
 
 
 class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
@@ -524,8 +544,16 @@ class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):
     def _dgm_score_factor(self, values: Mapping[str, Any], ctx: CallState, sum_features: bool,
                           feature_dims: Sequence[int] | None) -> Tensor:
         # (not the kept factor's even where the marginal is one: Pixyz documents that a marginal's is not computed)
-        raise NotImplementedError(f"{describe(self)}: the marginal log-density {self.prob_joint_factorized_and_text}"
-                                  " is not computed (as in Pixyz); estimate it with an importance-weighted bound")
+        raise self._dgm_no_density()
+
+    def _dgm_get_log_prob(self, x_dict: Any, sum_features: bool = True, feature_dims: Sequence[int] | None = None,
+                          **kwargs: Any) -> Tensor:
+        """Raises, whatever the values given (Pixyz's ``NotImplementedError``, also before a missing variable)."""
+        raise self._dgm_no_density()
+
+    def _dgm_no_density(self) -> NotImplementedError:
+        return NotImplementedError(f"{describe(self)}: the marginal log-density {self.prob_joint_factorized_and_text}"
+                                   " is not computed (as in Pixyz); estimate it with an importance-weighted bound")
 
     def _dgm_kept_factor(self, what: str) -> Distribution:
         """The factor this marginal is. When no factor of the kept variables reads a marginalized one, the

@@ -481,7 +481,7 @@ class AdversarialLoss(Loss):
                 add_note(e, f"{self._dgm_where()}discriminator step {self.d_steps + 1}: the optimizer "
                          f"{type(self.d_optimizer).__name__} raised during its step, which may have updated some of "
                          "the discriminator's weights and their optimizer state before it raised; they are left as "
-                         "it left them (the buffers are put back, and the step is not counted)")
+                         "it left them (the buffers are put back, and the step is not counted)", ("d_step", id(self)))
                 raise
         except BaseException as e:  # the networks as before the step (Model.train does the same for its step); the
             restore_buffers(buffers, e)  # draws made stay drawn (GAN.train records the random states for its checkpoint)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from pyro_dgm.losses.base import PREC_MUL, Loss, ordered_union
 from pyro_dgm.losses.special import LossArgumentError
-from pyro_dgm.utils.checks import ArgumentError, DimensionError, DuplicateSiteError, user_stacklevel
+from pyro_dgm.utils.checks import ArgumentError, DimensionError, DuplicateSiteError, add_note, user_stacklevel
 from pyro_dgm.utils import get_dict_values, replace_dict_keys  # noqa: F401  (helpers Pixyz's module namespace has)
 from copy import deepcopy  # noqa: F401,E402  (Pixyz's module imports it too)
 
@@ -386,7 +386,7 @@ class IterativeLoss(Loss):
                         f"(poutine.trace, replay, condition) around the whole sequence cannot record it. Trace the "
                         f"step loss at one time step at a time (its eval on that step's values), or evaluate the "
                         f"sequence without a trace ({str(error).partition('. ')[0]})") from error
-                _note_step(error, t, steps)
+                _note_step(self, error, t, steps)
                 raise
             x.update(samples)
             if check:
@@ -401,11 +401,10 @@ class IterativeLoss(Loss):
         return total, x
 
 
-def _note_step(error: Exception, t: int, steps: int) -> None:
-    """Say in ``error`` at which time step the step loss raised (Python 3.11's notes; a nested loss adds its own)."""
-    add_note = getattr(error, "add_note", None)
-    if add_note is not None:
-        add_note(f"(in IterativeLoss, at time step t={t} of {steps})")
+def _note_step(loss: IterativeLoss, error: Exception, t: int, steps: int) -> None:
+    """Say in ``error`` at which time step the step loss raised (Python 3.11's notes; a nested loss adds its own; an
+    exception that cannot take one is raised as it is; raised again, its note is this call's only)."""
+    add_note(error, f"(in IterativeLoss, at time step t={t} of {steps})", ("IterativeLoss", id(loss)))
 
 
 def _steps(series: Mapping[str, Any], v: str) -> int:

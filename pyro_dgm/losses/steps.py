@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedBuffer
 
-from pyro_dgm.utils.checks import add_note, error_notes
+from pyro_dgm.utils.checks import add_note
 from pyro_dgm.poutine.memoize_messenger import _numpy_mark, _python_mark
 from pyro_dgm.utils.compat import get_total_norm
 from pyro_dgm.utils.modules import register_registration_hooks, submodules
@@ -373,7 +373,7 @@ def restore_buffers(taken: TakenBuffers, error: BaseException | None = None) -> 
                     # its note that the flag is set, which a call then skips reading, goes with the flag)
     if changed and error is not None:
         add_note(error, f"the failed step changed the buffer(s) {', '.join(changed)} in place, which are not put "
-                 f"back: a step copies the buffers of at most {COPY_LIMIT} elements only")
+                 f"back: a step copies the buffers of at most {COPY_LIMIT} elements only", "buffers")
 
 
 class StepRandomState:
@@ -418,8 +418,7 @@ class StepRandomState:
         text = (f"{what} drew from numpy's global generator (np.random) before it failed; a checkpoint saved before "
                 "the next step records torch's and Python's random states as they were before this step, numpy's "
                 "as it is now: a run resumed from it does not draw what the uninterrupted run drew")
-        if text not in error_notes(error):
-            add_note(error, text)
+        add_note(error, text, "numpy")
         return text
 
 

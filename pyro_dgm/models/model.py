@@ -1068,7 +1068,8 @@ class Model:
             self._dgm_failed_rng = rng
             where = f"{type(self).__name__}.train (step {self.step + 1})"
             if isinstance(e, Exception) and not _names_step(e, f"step {self.step + 1}", where):  # (a network's or
-                add_note(e, f"(raised in {where}; {self._dgm_not_taken})")  # a loss term's own error)
+                add_note(e, f"(raised in {where}; {self._dgm_not_taken})", ("train", id(self)))  # a loss term's
+                # own error; raised again at a later step: this step's note only)
             lost = rng.numpy_note(e, where)
             if lost is not None:
                 self._dgm_rng_lost = lost  # Model.save warns (until the next step)
@@ -1239,8 +1240,7 @@ class Model:
         note = (f"{type(self).__name__}.train (step {self.step + 1}): the optimizer {type(optimizer).__name__} raised "
                 "during its step, which may have updated some weights and their optimizer state before it raised; "
                 "they are left as it left them (the networks' buffers are put back, and the step is not counted)")
-        if note not in error_notes(error):
-            add_note(error, note)
+        add_note(error, note, ("optimizer", id(self)))
 
     def _dgm_check_stepper(self, optimizer: Any) -> None:
         """Refuse an optimizer whose ``step`` needs a closure (``torch.optim.LBFGS``), which ``train`` does not pass

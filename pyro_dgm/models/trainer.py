@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import torch
 from torch import Tensor
 
-from pyro_dgm.utils.checks import add_note, drop_notes, error_notes
+from pyro_dgm.utils.checks import add_note, drop_notes
 from pyro_dgm.losses.steps import SIGNALS
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models.errors import NonFiniteLossError
@@ -763,8 +763,8 @@ def _note(e: BaseException, text: str) -> None:
     ``Model.train``'s note naming the step (``text`` names it with the epoch and batch)."""
     if "(step " in text:
         drop_notes(e, lambda n: n.startswith("(raised in ") and ".train (step " in n)
-    if not isinstance(e, NonFiniteLossError) and text not in error_notes(e):
-        add_note(e, text)
+    if not isinstance(e, NonFiniteLossError):
+        add_note(e, text, "fit")  # (raised again at a later batch: this one's note only)
 
 
 def _log_epoch(model: "Model", state: _FitState, record: dict[str, Any]) -> None:

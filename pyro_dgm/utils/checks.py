@@ -9,10 +9,10 @@ import threading
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-__all__ = ["ShapeError", "OutOfRangeError", "DimensionError", "NotATensorError", "MissingVariableError", "DTypeError",
-           "DeviceError", "EmptyBatchError", "NoClosedFormError", "NotSupportedError", "DuplicateSiteError",
-           "ArgumentError", "NotOneHotError", "NotBinaryError", "LayoutError", "strict_names", "strict_shapes",
-           "ordered_union"]
+__all__ = ["ShapeError", "OutOfRangeError", "DimensionError", "NotATensorError", "NotATensorAttributeError",
+           "MissingVariableError", "DTypeError", "DeviceError", "EmptyBatchError", "NoClosedFormError",
+           "NotSupportedError", "DuplicateSiteError", "ArgumentError", "NotOneHotError", "NotBinaryError",
+           "LayoutError", "strict_names", "strict_shapes", "ordered_union"]
 
 
 class ShapeError(ValueError, RuntimeError):
@@ -33,6 +33,12 @@ class DimensionError(ValueError, IndexError):
 class NotATensorError(TypeError, ValueError):
     """A TypeError for a scored value that is not a tensor (a list, a float): also the ValueError torch's argument
     validation raises there, which is what Pixyz programs see."""
+
+
+class NotATensorAttributeError(NotATensorError, AttributeError):
+    """A :class:`NotATensorError` for a parameter of a family that takes tensors only (``Categorical``,
+    ``Dirichlet``...) given a text or a number: also the AttributeError torch's distribution raises there (``.dim()``
+    of it), which is what Pixyz programs see."""
 
 
 class MissingVariableError(ValueError, TypeError):
@@ -123,12 +129,41 @@ def drop_notes(error: BaseException, drop: Callable[[str], bool]) -> bool:
     return True
 
 
-def add_note(error: BaseException, text: str) -> None:
+def add_note(error: BaseException, text: str, key: Any = None) -> None:
     """``error.add_note(text)``, unless the exception cannot take a note (a frozen dataclass, a ``__setattr__`` that
-    refuses, ``__notes__`` made a tuple): then the error is raised as it is, never replaced by the note's failure."""
+    refuses, ``__notes__`` made a tuple): then the error is raised as it is, never replaced by the note's failure.
+
+    With ``key`` (who notes, e.g. ``("forward", id(distribution))``), the note replaces the one noted under the same
+    key before: an exception instance raised again (a network that keeps one) gets one note per layer, the last
+    call's, not one more at each call.
+
+    Examples
+    --------
+    >>> e = ValueError("bad")
+    >>> for step in (1, 2, 3):
+    ...     add_note(e, f"(in step {step})", key="step")
+    >>> e.__notes__
+    ['(in step 3)']
+    """
     try:
         error.add_note(text)
     except Exception:  # noqa: BLE001 (the user's exception stays the one raised)
+        return
+    if key is None:
+        return
+    try:
+        own = error.__dict__
+        noted = own.get("_dgm_noted")
+        if noted is None:
+            noted = own["_dgm_noted"] = {}
+        old, noted[key] = noted.get(key), text
+        notes = error.__notes__
+        if old is not None:  # (the earlier one, not the one just added at the end)
+            for i in range(len(notes) - 2, -1, -1):
+                if notes[i] == old:
+                    del notes[i]
+                    break
+    except Exception:  # noqa: BLE001 (an exception that refuses: the note added, as without a key)
         pass
 
 
@@ -167,6 +202,7 @@ def users_own_error(e: BaseException) -> bool:
     """Whether ``e`` is an error a user's code raised itself (a flow's own range check: ``raise RuntimeError("input
     out of range")``), which is re-raised as it is, not one of torch's, Pyro's or pyro_dgm's (raised in their code,
     or a torch operation's shape error, raised from C++ at the user's line), which is reported with what did not fit.
+    A text about shapes raised at the user's line is theirs where that line is a ``raise`` statement.
 
     Examples
     --------
@@ -176,21 +212,37 @@ def users_own_error(e: BaseException) -> bool:
     ...     users_own_error(e)
     True
     """
-    import os
-
     home = type(e).__module__.partition(".")[0]
     if home not in ("builtins", "torch", "pyro", "pyro_dgm"):  # a class of the user's own: theirs, whatever it says
         return True
-    text = error_text(e)
-    if any(w in text for w in _SHAPE_WORDS):
-        return False
+    if not any(w in error_text(e) for w in _SHAPE_WORDS):
+        return _raised_where(e) != "library"
+    return raised_by_statement(e)
+
+
+def raised_by_statement(e: BaseException) -> bool:
+    """Whether ``e`` was raised by a ``raise`` statement in the user's code (its traceback's innermost line, outside
+    torch, Pyro and pyro_dgm, is one), not by a torch operation on that line: the user's own error, whatever its
+    text says (``raise RuntimeError("batch size must be even")``)."""
+    return _raised_where(e) == "raise"
+
+
+def _raised_where(e: BaseException) -> str:
+    """``"library"`` (raised in torch's, Pyro's or pyro_dgm's code, or no traceback), ``"raise"`` (a ``raise``
+    statement of the user's) or ``"user"`` (another line of the user's: a torch operation raised from C++ there)."""
+    import linecache
+    import os
+
     tb = e.__traceback__
     if tb is None:
-        return False
+        return "library"
     while tb.tb_next is not None:
         tb = tb.tb_next
     where = os.path.abspath(tb.tb_frame.f_code.co_filename)
-    return not any(where.startswith(root) for root in _library_roots())
+    if any(where.startswith(root) for root in _library_roots()):
+        return "library"
+    line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip()
+    return "raise" if line.startswith("raise ") or line.rstrip() == "raise" else "user"
 
 
 def _library_roots() -> tuple[str, ...]:
