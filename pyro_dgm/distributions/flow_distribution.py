@@ -14,7 +14,6 @@ closed-form inverse scores its own samples.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping, Sequence
 
 import pyro.distributions as dist
@@ -31,7 +30,8 @@ from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFl
 from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept, memory_mark,
                                  own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
-from pyro_dgm.utils.checks import DTypeError, ShapeError, add_note, as_var_list, clearer, describe
+from pyro_dgm.utils.checks import (DTypeError, ShapeError, add_note, as_var_list, clearer, describe,
+                                   users_own_error)
 from pyro_dgm.utils.modules import submodules
 from pyro_dgm.utils.random import seeded_call
 from pyro_dgm.utils import get_dict_values  # noqa: F401  (helpers Pixyz's module namespace has)
@@ -64,17 +64,12 @@ def _features_shape(flow: Flow) -> torch.Size:
 
 
 def _torch_shape_error(e: BaseException) -> bool:
-    """Whether ``e`` is torch's own error about shapes (raised in torch's code, not a flow's, and not running out
-    of memory): what a draw through a flow that cannot take the prior's shape meets."""
+    """Whether ``e`` is torch's own error about shapes (raised in torch's code, or by a torch operation in a flow's
+    code: not by the flow's own ``raise``, and not running out of memory): what a draw through a flow that cannot
+    take the prior's shape meets."""
     if isinstance(e, torch.OutOfMemoryError) or not any(w in str(e) for w in ("shape", "size", "dimension")):
         return False
-    tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_TORCH_ROOT)
-
-
-_TORCH_ROOT = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+    return not users_own_error(e)
 
 
 class _FlowSite(dist.TransformedDistribution):

@@ -194,7 +194,8 @@ def _construct(owner: str, optimizer: Any, params: list[nn.Parameter], kwargs: d
 def _names_step(e: BaseException, step: str, where: str) -> bool:
     """Whether ``e``'s text names ``step`` or one of its notes names ``where`` (read safely: an exception whose
     ``str`` or notes fail names nothing)."""
-    return step in error_text(e) or any(isinstance(n, str) and where in n for n in error_notes(e))
+    named = re.compile(re.escape(step) + r"(?!\d)")  # ("step 1" is not named by "step 17")
+    return bool(named.search(error_text(e))) or any(isinstance(n, str) and where in n for n in error_notes(e))
 
 
 def _param_store() -> Any:

@@ -221,16 +221,17 @@ def users_own_error(e: BaseException) -> bool:
 
 
 def raised_by_statement(e: BaseException) -> bool:
-    """Whether ``e`` was raised by a ``raise`` statement in the user's code (its traceback's innermost line, outside
-    torch, Pyro and pyro_dgm, is one), not by a torch operation on that line: the user's own error, whatever its
-    text says (``raise RuntimeError("batch size must be even")``)."""
+    """Whether ``e`` was raised by a ``raise`` statement in the user's code (the instruction its traceback's innermost
+    entry, outside torch, Pyro and pyro_dgm, stopped at is a raise: also on a one-line ``if ...: raise``, or in code
+    without a source file), not by a torch operation on that line: the user's own error, whatever its text says
+    (``raise RuntimeError("batch size must be even")``)."""
     return _raised_where(e) == "raise"
 
 
 def _raised_where(e: BaseException) -> str:
     """``"library"`` (raised in torch's, Pyro's or pyro_dgm's code, or no traceback), ``"raise"`` (a ``raise``
-    statement of the user's) or ``"user"`` (another line of the user's: a torch operation raised from C++ there)."""
-    import linecache
+    statement of the user's) or ``"user"`` (another instruction of the user's: a torch operation raised from C++)."""
+    import dis
     import os
 
     tb = e.__traceback__
@@ -238,11 +239,14 @@ def _raised_where(e: BaseException) -> str:
         return "library"
     while tb.tb_next is not None:
         tb = tb.tb_next
-    where = os.path.abspath(tb.tb_frame.f_code.co_filename)
-    if any(where.startswith(root) for root in _library_roots()):
+    code = tb.tb_frame.f_code
+    if any(os.path.abspath(code.co_filename).startswith(root) for root in _library_roots()):
         return "library"
-    line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip()
-    return "raise" if line.startswith("raise ") or line.rstrip() == "raise" else "user"
+    try:
+        op = next((i.opname for i in dis.get_instructions(code) if i.offset == tb.tb_lasti), None)
+    except Exception:  # noqa: BLE001 (code dis cannot read: taken as an operation's)
+        op = None
+    return "raise" if op in ("RAISE_VARARGS", "RERAISE") else "user"
 
 
 def _library_roots() -> tuple[str, ...]:

@@ -7,6 +7,10 @@ under Pixyz and here (:mod:`pixyz_harness`):
   note at each call, ``Model.train``'s stale "(step 2)" beside "(step 3)", the network's note once per input shape;
 * a user's own ``raise RuntimeError("batch size must be even")`` in ``forward`` became a ``ShapeError`` with another
   message (its text spoke of a size): Pixyz raises it as it is;
+  (also on a one-line ``if ...: raise``, ``raise(...)``, or in code without a source file: p427);
+* a torch shape error inside a flow while drawing was not named (scoring named it): a ``ShapeError`` now, as
+  porting.md says (p427);
+* a user's error whose text says "step 17" got no ``Model.train`` note at step 1 (p427);
 * ``get_log_prob({})`` of a marginal raised a ``MissingVariableError`` that ``except NotImplementedError`` (Pixyz's
   type for any marginal's log-density) did not catch;
 * the analytic paths of a renamed distribution (analytic KL, entropy, ``sample_mean``) lost the renaming note;
@@ -163,6 +167,90 @@ def test_a_users_own_runtime_error_about_a_size_reaches_the_caller_as_it_is() ->
     ref, ours = run_both(program)
     assert ref[0] == ("RuntimeError", ("batch size must be even for my pairing layer",))
     assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("form", ["one_line_if", "else", "parenthesized", "exec"])
+def test_a_users_raise_in_any_form_reaches_the_caller_as_it_is(form: str) -> None:
+    """The raise is read from the instruction the traceback stopped at, not from the source line."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Normal
+
+        scope: dict = {}
+        exec("def check(x):\n    raise RuntimeError('input size must be even')", scope)
+
+        class P(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="p")
+                self.lin = nn.Linear(3, 2)
+
+            def forward(self, x: Any) -> dict:
+                if form == "one_line_if":
+                    if x.shape[0] % 2 == 0: raise RuntimeError("input size must be even")  # noqa: E701
+                elif form == "else":
+                    if x.shape[0] < 0:
+                        pass
+                    else: raise RuntimeError("input size must be even")  # noqa: E701
+                elif form == "parenthesized":
+                    raise(RuntimeError("input size must be even"))
+                else:
+                    scope["check"](x)
+                return {"loc": self.lin(x), "scale": 1.}
+
+        try:
+            P().sample({"x": torch.ones(2, 3)})
+        except RuntimeError as e:
+            return type(e).__name__, e.args
+
+    ref, ours = run_both(program)
+    assert ref == ("RuntimeError", ("input size must be even",))
+    assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("how", ["draw", "score"])
+def test_a_torch_shape_error_inside_a_flow_is_named_drawing_and_scoring(how: str) -> None:
+    """Pixyz raises torch's ``RuntimeError``; here a ``ShapeError`` (also a ``RuntimeError``) naming the
+    distribution and the variable, as porting.md says."""
+    from pyro_dgm.distributions import InverseTransformedDistribution, Normal, TransformedDistribution
+    from pyro_dgm.flows import Flow
+    from pyro_dgm.utils.checks import ShapeError
+
+    class Bad(Flow):
+        def __init__(self) -> None:
+            super().__init__(3)
+
+        def forward(self, x, y=None, compute_jacobian=True):  # type: ignore[no-untyped-def]
+            x = x.view(7, 5)
+            self._logdet_jacobian = torch.zeros(x.shape[0])
+            return x
+
+        def inverse(self, z, y=None):  # type: ignore[no-untyped-def]
+            return z.view(7, 5)
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[3])
+    with pytest.raises(ShapeError, match=r"p\(x\).*'x'.*shape '\[7, 5\]' is invalid") as info:
+        if how == "draw":
+            TransformedDistribution(prior, Bad(), var=["x"]).sample(batch_n=2)
+        else:
+            InverseTransformedDistribution(prior, Bad(), var=["x"]).get_log_prob({"x": torch.ones(2, 3)})
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_a_step_number_inside_a_longer_number_does_not_stand_for_the_step() -> None:
+    """A user's error saying "step 17" raised at step 1 still gets ``Model.train``'s note for step 1."""
+    from pyro_dgm.losses import KullbackLeibler
+    from pyro_dgm.models import Model
+
+    q, prior, shared = _shared_error_model()
+    model = Model(KullbackLeibler(q, prior).mean(), distributions=[q], optimizer=torch.optim.SGD)
+    for text, noted in (("failed at step 17", True), ("failed at step 1", False)):
+        shared["e"] = ValueError(text)
+        with pytest.raises(ValueError) as info:
+            model.train({"x": torch.rand(4, 2)})
+        notes = [n for n in getattr(info.value, "__notes__", []) if "Model.train (step 1)" in n]
+        assert len(notes) == (1 if noted else 0), info.value.__notes__
 
 
 def test_a_torch_shape_error_in_forward_is_still_named() -> None:
