@@ -577,9 +577,14 @@ def value_shape_problem(value_shape: Sequence[int], shape: Sequence[int], n_feat
         if v != p and p != 1 and ((summed if summed_dims is None else i in summed_dims) or v != 1):
             return f"its dim {n - i} has size {v} where the distribution has {p} features"
         if p == 1 and v != 1 and n < m:  # the value lacks dims: its batch dim lines up with a feature dim of size 1
-            return (f"it has {n} dims where the distribution has {m} (batch and features {ps[m - nf:]}), so its dim "
+            feats = ps[m - nf:]
+            core = feats[next((k for k, d in enumerate(feats) if d != 1), len(feats)):]
+            hint = (f"; if the parameters' leading dim of 1 was meant as a batch of one (constants of shape "
+                    f"{(1, *core)}), give them shape {core} (or features_shape={list(core)})"
+                    if core and len(core) < len(feats) and vs[n - len(core):] == core else "")
+            return (f"it has {n} dims where the distribution has {m} (batch and features {feats}), so its dim "
                     f"{n - i} of size {v} lines up with a feature dim of size 1 and each element would be scored "
-                    f"against all {v} of them")
+                    f"against all {v} of them{hint}")
     if strict is None:
         strict = STRICT_SHAPES[0]
     if not strict:  # batch dims: torch's broadcasting, as Pixyz (a mismatch torch refuses is reported here)

@@ -359,3 +359,16 @@ def test_a_tensor_only_family_given_text_or_a_number_raises_pixyzs_attribute_err
     assert ref[0] == ["AttributeError"] * 2
     assert_same(ref[0], ours[0])
     assert "'x'" in ours[1] and family in ours[1], ours[1]  # (the variable and the distribution named)
+
+
+def test_constants_of_shape_1_by_d_scoring_several_rows_are_refused_with_the_fix() -> None:
+    """Pixyz sums the rows into one number (documented); here a ``ShapeError`` (p429) whose advice works: the
+    constants of shape ``(D,)`` score each row (a hand-written sum of ``torch.distributions.Normal``'s)."""
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils.checks import ShapeError
+
+    y = torch.tensor([[0.5, -1.0], [0.0, 2.0], [1.5, 0.25]])
+    with pytest.raises(ShapeError, match=r"give them shape \(2,\) \(or features_shape=\[2\]\)"):
+        Normal(loc=torch.zeros(1, 2), scale=torch.ones(1, 2), var=["y"]).get_log_prob({"y": y})
+    fixed = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["y"]).get_log_prob({"y": y})
+    torch.testing.assert_close(fixed, torch.distributions.Normal(0., 1.).log_prob(y).sum(-1))
