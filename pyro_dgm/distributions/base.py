@@ -689,18 +689,20 @@ class Distribution(YieldingModule):
     # ------------------------------------------------------------------ names and text
     @property
     def var(self) -> list[str]:
-        """The variables this distribution generates."""
-        return self._var
+        """The variables this distribution generates: an atomic distribution's own list (``_var``, as Pixyz's),
+        a new list for a product, renaming or marginal (Pixyz's are built from its graph at each read)."""
+        return self._var if self._atomic else list(self._var)
 
     @property
     def cond_var(self) -> list[str]:
-        """The variables this distribution is conditioned on."""
-        return self._cond_var
+        """The variables this distribution is conditioned on (as :attr:`var`: a new list where not atomic)."""
+        return self._cond_var if self._atomic else list(self._cond_var)
 
     @property
     def input_var(self) -> list[str]:
-        """The variables a call needs as input (normally ``cond_var``)."""
-        return self._dgm_input_var
+        """The variables a call needs as input (normally ``cond_var``; as :attr:`var`: a new list where not
+        atomic)."""
+        return self._dgm_input_var if self._atomic else list(self._dgm_input_var)
 
     @property
     def _dgm_required_input_var(self) -> list[str]:

@@ -120,6 +120,30 @@ def given_value_error(where: str, var: str, param: str, value: Any, attribute: b
     return cls(f"{where}: the value of {var!r} (given as parameter {param}) is {_what(value)}; give a tensor{shape}")
 
 
+#: the most elements of constants whose values :func:`_values_copy` keeps
+_VALUES_KEPT = 4096
+
+
+def _values_copy(bufs: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """A copy of a distribution's constants on the CPU (a few thousand elements at most), to tell a change made
+    through ``.data`` (which torch's version counter does not count) from none: the caches of the standard form and
+    of the base distribution compare it at each use (:func:`_values_same`; a comparison on a GPU would wait for it);
+    ``None`` elsewhere."""
+    if all(t.device.type == "cpu" and t.numel() <= _VALUES_KEPT and not t.is_meta for t in bufs.values()):
+        return {n: t.detach().clone() for n, t in bufs.items()}
+    return None
+
+
+def _values_same(copy: Mapping[str, Tensor] | None, bufs: Mapping[str, Tensor]) -> bool:
+    """Whether the constants ``bufs`` hold the values of ``copy`` (``True`` where none was kept)."""
+    if copy is None:
+        return True
+    try:
+        return all(torch.equal(copy[n], t) for n, t in bufs.items())
+    except RuntimeError:  # (a tensor that cannot be read now: taken as changed)
+        return False
+
+
 def _what(v: Any) -> str:
     """A parameter that is not a tensor, in a message: a number as it is; an array by its type and shape (not its
     values, which may be many)."""
@@ -787,14 +811,16 @@ class DistributionBase(Distribution):
             names = self._dgm_const_names
             checked = self.__dict__.get("_dgm_consts_checked")
             key = self._dgm_const_key() if names else None
-            ok = key is not None and checked is not None and checked[0] == key
+            ok = (key is not None and checked is not None and checked[0] == key
+                  and _values_same(checked[2], dict(zip(names, checked[1]))))  # (also a change through .data)
             try:
                 if not closed_forms.valid_params(self.pyro_dist, params, names if ok else ()):
                     return self._dgm_decline(b, params, ctx)
             except RuntimeError:  # (a value the check cannot read, a meta tensor: the general path names it)
                 return self._dgm_decline(b, params, ctx)
             if key is not None and not ok:  # (the buffers kept with their key: a freed one's id is not reused)
-                self.__dict__["_dgm_consts_checked"] = (key, tuple(self._buffers[n] for n in names))
+                kept = tuple(self._buffers[n] for n in names)
+                self.__dict__["_dgm_consts_checked"] = (key, kept, _values_copy(dict(zip(names, kept))))
         return closed_forms.ClosedParams(params, nd)
 
     def _dgm_decline(self, b: Binding, params: dict[str, Any], ctx: CallState) -> None:
@@ -885,9 +911,10 @@ class DistributionBase(Distribution):
             return False  # the gradient)
         key = self._dgm_const_key()
         cached = self._dgm_standard_cache
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0] != key or not _values_same(cached[3], cached[2]):
             bufs = {n: self._buffers[n] for n in self._dgm_const_names}  # kept with the answer: the key holds their
-            cached = self._dgm_standard_cache = (key, test(bufs), bufs)  # ids, which a new buffer could reuse
+            cached = self._dgm_standard_cache = (key, test(bufs), bufs, _values_copy(bufs))  # ids, which a new
+            # buffer could reuse
         return cached[1]
 
     def _dgm_const_base(self) -> Any:
@@ -902,9 +929,10 @@ class DistributionBase(Distribution):
             return self._dgm_base({n: bufs[n] for n in self._dgm_const_names})
         key = self._dgm_const_key()
         cached = self._dgm_base_cache
-        if cached is None or cached[0] != key:  # a new set of buffers (assigned, loaded, changed in place) is checked
+        if cached is None or cached[0] != key or not _values_same(cached[3], cached[2]):  # a new set of buffers
+            # (assigned, loaded, changed in place, also through .data on the CPU) is checked as torch checks it
             kept = {n: bufs[n] for n in self._dgm_const_names}  # kept with the base (the key holds their ids)
-            cached = self._dgm_base_cache = (key, self._dgm_base(kept), kept)  # as torch checks it, under validation
+            cached = self._dgm_base_cache = (key, self._dgm_base(kept), kept, _values_copy(kept))
         if PYRO_STACK and not ignores_sites(PYRO_STACK):  # a Pyro handler sees the site: copies (see _dgm_params)
             base = self._dgm_base({n: bufs[n].clone() for n in self._dgm_const_names}, validate=False)
         else:

@@ -39,6 +39,7 @@ from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.latex import prob_text as _prob_text
 from pyro_dgm.utils.random import STATE as _RNG
 from pyro_dgm.utils.random import seeded_call, seeded_draws
+from pyro_dgm.utils.attributes import refuse_pixyz_hooks
 
 __all__ = ["MixtureModel", "PosteriorMixtureModel", "MixtureOfNormal", "MixtureDistribution"]
 
@@ -840,6 +841,11 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
     >>> bool(torch.allclose(q.get_log_prob(v).exp(), 0.5 * (qx.get_log_prob(v).exp() + qy.get_log_prob(v).exp())))
     True
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        refuse_pixyz_hooks(cls, MixtureOfNormal, ("_get_expert_params", "_compute_expert_params"),
+                           "override sample and get_log_prob, which its products and losses call")
 
     @property
     def replace_params_dict(self) -> dict[str, list[str]]:

@@ -26,6 +26,7 @@ from pyro_dgm.distributions.family import given_value_error
 from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe, ordered_union
 from pyro_dgm.utils.latex import latex_name
 from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
+from pyro_dgm.utils.attributes import refuse_pixyz_hooks
 
 __all__ = ["ProductOfNormal", "NormalPoE", "ElementWiseProductOfNormal", "Experts", "product_of_experts"]
 
@@ -363,7 +364,61 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
                                  "expert must give its parameters one shape (batch, *features), with the same "
                                  "features")
 
+    # ------------------------------------------------------------------ Pixyz's hooks
+    def _get_expert_params(self, params_dict: Mapping[str, Any] = {}, **kwargs: Any  # noqa: B006 (Pixyz's)
+                           ) -> tuple[Tensor, Tensor, Tensor]:
+        """Pixyz's hook: the given experts' ``loc`` and ``scale``, broadcast to one shape, stacked along a new dim 0
+        (an expert is given when one of its inputs is in ``params_dict``), and the weights of the prior and those experts, with as many
+        dims as ``loc``. Called (with :meth:`_compute_expert_params`) where a subclass overrides either, as
+        Pixyz's ``get_params`` calls them; the product is computed otherwise without them (the same numbers)."""
+        buf = self.weight_modalities
+        locs, scales, weights = [], [], [buf[0]]
+        for i, e in enumerate(self.p):
+            inputs = {v: params_dict[v] for v in e.cond_var if v in params_dict}
+            if inputs:
+                out = e.get_params(inputs, **kwargs)
+                locs.append(out["loc"])
+                scales.append(out["scale"])
+                weights.append(buf[i + 1])
+        if not locs:
+            raise ValueError(f"{describe(self)}: _get_expert_params: no expert's input is given "
+                             f"(the experts' inputs: {list(self.input_var)})")
+        both = torch.broadcast_tensors(*locs, *scales)  # (a constant scale of shape () beside a batch of locations)
+        loc, scale = torch.stack(both[:len(locs)]), torch.stack(both[len(locs):])
+        weight = torch.stack(weights).to(scale.device)
+        return loc, scale, weight.reshape(-1, *([1] * (loc.dim() - 1)))
+
+    @staticmethod
+    def _compute_expert_params(loc: Tensor, scale: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixyz's hook: the product's ``loc`` and ``scale`` from the experts' (stacked along dim 0) and the weights
+        (the prior N(0, 1)'s first): precisions summed with their weights, an expert of scale 0
+        left out."""
+        var = scale ** 2
+        given = var != 0
+        prec = torch.where(given, 1 / torch.where(given, var, torch.ones_like(var)), torch.zeros_like(var))
+        out_var = 1 / ((weight[1:] * prec).sum(0) + weight[0])
+        return (weight[1:] * prec * loc).sum(0) * out_var, out_var.sqrt()
+
+    def _dgm_hooked(self) -> bool:
+        """Whether this class overrides Pixyz's hooks (read at each call: a later cell may set one)."""
+        cls = type(self)
+        return (cls._get_expert_params is not ProductOfNormal._get_expert_params
+                or cls._compute_expert_params is not ProductOfNormal._compute_expert_params)
+
+    def _dgm_hooked_params(self, b: Binding, values: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The parameters as Pixyz's ``get_params`` computes them, through the hooks of :meth:`_dgm_hooked`."""
+        m = dict(zip(self._cond_var, b.cond_var))
+        given = {own: values[new] for own, new in m.items() if new in values}
+        if given:
+            loc, scale, weight = self._get_expert_params(given)
+        else:  # (no expert: Pixyz's prior alone)
+            loc, scale, weight = torch.zeros(1), torch.zeros(1), torch.ones(1)
+        loc, scale = self._compute_expert_params(loc, scale, weight)
+        return {"loc": loc, "scale": scale}
+
     def _dgm_params(self, b: Binding, values: Mapping[str, Any], ctx: CallState) -> dict[str, Tensor]:
+        if self._dgm_hooked():
+            return self._dgm_hooked_params(b, values)
         m = {own: new for own, new in zip(self._cond_var, b.cond_var) if own != new}
         weights = self._dgm_weights()
         buf = self.weight_modalities
@@ -444,6 +499,13 @@ class ElementWiseProductOfNormal(ProductOfNormal):
     tensor([[1.0000],
             [1.3333]])
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        refuse_pixyz_hooks(cls, ElementWiseProductOfNormal, ("_get_mask", "_get_params_with_masking",
+                                                             "_get_expert_params", "_compute_expert_params"),
+                           "subclass ProductOfNormal (whose _get_expert_params and _compute_expert_params are called "
+                           "where overridden), or override get_params")
 
     def __init__(self, p: Distribution, name: str = "p", features_shape: Sequence[int] = torch.Size()) -> None:
         if not isinstance(p, Distribution):  # (ProductOfNormal takes a list of experts; this takes one network)

@@ -11,6 +11,7 @@ from pyro_dgm.flows.base import Flow, positive_int
 from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.settings import epsilon
+from pyro_dgm.utils.attributes import refuse_pixyz_hooks
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "ActNorm2d"]
 
@@ -186,6 +187,10 @@ class BatchNorm2d(BatchNorm1d):
     (True, (5,))
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        refuse_pixyz_hooks(cls, BatchNorm2d, ("_unsqueeze",), "override forward and inverse")
+
     _dgm_feature_name = "channels"
 
     @staticmethod
@@ -229,6 +234,10 @@ class ActNorm2d(Flow):
     >>> bool(torch.allclose(f.inverse(z), x, atol=1e-4))
     True
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        refuse_pixyz_hooks(cls, ActNorm2d, ("_center", "_scale"), "override forward and inverse")
 
     _dgm_feature_name = "channels"
     _dgm_constant_logdet = True

@@ -195,7 +195,7 @@ class IterativeLoss(Loss):
 
     def __init__(self, step_loss: Loss, max_iter: int | None = None, series_var: Sequence[str] | None = None,
                  update_value: Mapping[str, str] | None = None, slice_step: "Distribution | None" = None,
-                 timestep_var: Sequence[str] | str | None = None, input_var: Sequence[str] | None = None) -> None:
+                 timestep_var: Sequence[str] | str | None = (), input_var: Sequence[str] | None = None) -> None:
         if not isinstance(step_loss, Loss):
             raise ArgumentError(f"IterativeLoss: step_loss must be a Loss, got {type(step_loss).__name__}")
         series = _names("series_var", series_var)
@@ -232,7 +232,8 @@ class IterativeLoss(Loss):
         self.series_var = series_var if isinstance(series_var, (list, tuple)) else (series or ())
         self.update_value = update_value if type(update_value) is dict else updates
         self.slice_step = slice_step
-        self.timestep_var = timestep_var if isinstance(timestep_var, (list, tuple)) else (timestep or ())
+        self.timestep_var = timestep_var if isinstance(timestep_var, (list, tuple)) or timestep_var is None else (
+            timestep or ())  # (None as given: Pixyz's attribute)
 
     @property
     def timpstep_symbol(self) -> Any:
@@ -342,7 +343,7 @@ class IterativeLoss(Loss):
 
     def forward(self, x_dict: dict[str, Any], **kwargs: Any) -> tuple[Tensor, dict[str, Any]]:
         x = dict(x_dict)
-        both = [v for v in self.timestep_var if v in self.series_var]
+        both = [v for v in self.timestep_var or () if v in self.series_var]
         if both:  # (Pixyz fails later, scoring the time step's number)
             raise LossArgumentError(f"IterativeLoss: {both[0]!r} is both a timestep_var (given the step's number t) "
                                     "and a series_var (sliced at each step); name the time step another variable")

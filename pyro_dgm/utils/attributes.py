@@ -20,7 +20,7 @@ Examples
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -114,3 +114,13 @@ def set_up_subclasses(obj: Any, base: type, marker: str) -> None:
     for k in reversed(cls.__mro__):
         if k is not base and issubclass(k, base) and marker not in k.__dict__:
             base.__dict__["__init_subclass__"].__func__(k)
+
+
+def refuse_pixyz_hooks(cls: type, base: type, names: Sequence[str], instead: str) -> None:
+    """Raise a ``TypeError`` naming the method when ``cls`` (a user's subclass of ``base``) defines one of Pixyz's
+    private methods ``names``, which ``base`` computes without calling: overriding one changes Pixyz's numbers, and
+    would be ignored here silently. ``instead`` says what to override."""
+    own = [n for n in names if n in cls.__dict__]
+    if own:
+        raise TypeError(f"{cls.__name__}: overrides {own[0]}, a private method of Pixyz's {base.__name__} that "
+                        f"pyro_dgm's {base.__name__} does not call (it would be ignored); {instead}")
