@@ -121,11 +121,11 @@ def given_value_error(where: str, var: str, param: str, value: Any, attribute: b
 
 
 #: the most elements of constants whose values :func:`_values_copy` keeps
-_VALUES_KEPT = 4096
+_VALUES_KEPT = 1 << 16  # (256 KiB of float32: compared in a few microseconds)
 
 
 def _values_copy(bufs: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
-    """A copy of a distribution's constants on the CPU (a few thousand elements at most), to tell a change made
+    """A copy of a distribution's constants on the CPU (65536 elements each at most), to tell a change made
     through ``.data`` (which torch's version counter does not count) from none: the caches of the standard form and
     of the base distribution compare it at each use (:func:`_values_same`; a comparison on a GPU would wait for it);
     ``None`` elsewhere."""

@@ -844,7 +844,7 @@ class MixtureOfNormal(ExpertWeights, OptionalInputs, _Mixture):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        refuse_pixyz_hooks(cls, MixtureOfNormal, ("_get_expert_params", "_compute_expert_params"),
+        refuse_pixyz_hooks(cls, MixtureOfNormal, ("_get_expert_params", "_compute_expert_params"), ("get_params",),
                            "override sample and get_log_prob, which its products and losses call")
 
     @property

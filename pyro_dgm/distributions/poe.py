@@ -368,9 +368,10 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
     def _get_expert_params(self, params_dict: Mapping[str, Any] = {}, **kwargs: Any  # noqa: B006 (Pixyz's)
                            ) -> tuple[Tensor, Tensor, Tensor]:
         """Pixyz's hook: the given experts' ``loc`` and ``scale``, broadcast to one shape, stacked along a new dim 0
-        (an expert is given when one of its inputs is in ``params_dict``), and the weights of the prior and those experts, with as many
-        dims as ``loc``. Called (with :meth:`_compute_expert_params`) where a subclass overrides either, as
-        Pixyz's ``get_params`` calls them; the product is computed otherwise without them (the same numbers)."""
+        (an expert is given when one of its inputs is in ``params_dict``), and the weights of the prior and those
+        experts, with as many dims as ``loc``. Called (with :meth:`_compute_expert_params`) where a subclass
+        overrides either, as Pixyz's ``get_params`` calls them; the product is computed otherwise without them (the
+        same numbers)."""
         buf = self.weight_modalities
         locs, scales, weights = [], [], [buf[0]]
         for i, e in enumerate(self.p):
@@ -406,7 +407,12 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
                 or cls._compute_expert_params is not ProductOfNormal._compute_expert_params)
 
     def _dgm_hooked_params(self, b: Binding, values: Mapping[str, Any]) -> dict[str, Tensor]:
-        """The parameters as Pixyz's ``get_params`` computes them, through the hooks of :meth:`_dgm_hooked`."""
+        """The parameters as Pixyz's ``get_params`` computes them, through the hooks of :meth:`_dgm_hooked` (whose
+        prior is N(0, 1): a product given another ``prior`` is refused, which the hooks would drop)."""
+        if self.prior is not None:
+            raise TypeError(f"{describe(self)}: overrides {type(self).__name__}._get_expert_params or "
+                            "_compute_expert_params, Pixyz's hooks, whose prior expert is N(0, 1); with prior="
+                            f"{self.prior.prob_text} given, override get_params instead")
         m = dict(zip(self._cond_var, b.cond_var))
         given = {own: values[new] for own, new in m.items() if new in values}
         if given:
@@ -502,10 +508,20 @@ class ElementWiseProductOfNormal(ProductOfNormal):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls._dgm_refuse_hooks()
+
+    @classmethod
+    def _dgm_refuse_hooks(cls) -> None:
         refuse_pixyz_hooks(cls, ElementWiseProductOfNormal, ("_get_mask", "_get_params_with_masking",
                                                              "_get_expert_params", "_compute_expert_params"),
-                           "subclass ProductOfNormal (whose _get_expert_params and _compute_expert_params are called "
-                           "where overridden), or override get_params")
+                           ("get_params",), "subclass ProductOfNormal (whose _get_expert_params and "
+                           "_compute_expert_params are called where overridden), or override get_params")
+
+    def _dgm_hooked(self) -> bool:
+        """Never: Pixyz's hooks of this product are not called (one set on the class since it was made, or by a
+        mixin, is refused here, at each call)."""
+        type(self)._dgm_refuse_hooks()
+        return False
 
     def __init__(self, p: Distribution, name: str = "p", features_shape: Sequence[int] = torch.Size()) -> None:
         if not isinstance(p, Distribution):  # (ProductOfNormal takes a list of experts; this takes one network)

@@ -189,7 +189,7 @@ class BatchNorm2d(BatchNorm1d):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        refuse_pixyz_hooks(cls, BatchNorm2d, ("_unsqueeze",), "override forward and inverse")
+        refuse_pixyz_hooks(cls, BatchNorm2d, ("_unsqueeze",), ("forward", "inverse"), "override forward and inverse")
 
     _dgm_feature_name = "channels"
 
@@ -237,12 +237,18 @@ class ActNorm2d(Flow):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        refuse_pixyz_hooks(cls, ActNorm2d, ("_center", "_scale"), "override forward and inverse")
+        cls._dgm_refuse_hooks()
+
+    @classmethod
+    def _dgm_refuse_hooks(cls) -> None:
+        refuse_pixyz_hooks(cls, ActNorm2d, ("_center", "_scale"), ("forward", "inverse"),
+                           "override forward and inverse")
 
     _dgm_feature_name = "channels"
     _dgm_constant_logdet = True
 
     def __init__(self, in_features: int, scale: float = 1.0, cache_size: int = 1) -> None:
+        type(self)._dgm_refuse_hooks()  # (also a hook set on the class since it was made)
         super().__init__(in_features, event_dim=3, cache_size=cache_size)
         self.bias = nn.Parameter(torch.zeros(1, in_features, 1, 1))
         self.logs = nn.Parameter(torch.zeros(1, in_features, 1, 1))

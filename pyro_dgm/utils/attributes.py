@@ -116,11 +116,29 @@ def set_up_subclasses(obj: Any, base: type, marker: str) -> None:
             base.__dict__["__init_subclass__"].__func__(k)
 
 
-def refuse_pixyz_hooks(cls: type, base: type, names: Sequence[str], instead: str) -> None:
-    """Raise a ``TypeError`` naming the method when ``cls`` (a user's subclass of ``base``) defines one of Pixyz's
-    private methods ``names``, which ``base`` computes without calling: overriding one changes Pixyz's numbers, and
-    would be ignored here silently. ``instead`` says what to override."""
-    own = [n for n in names if n in cls.__dict__]
-    if own:
-        raise TypeError(f"{cls.__name__}: overrides {own[0]}, a private method of Pixyz's {base.__name__} that "
-                        f"pyro_dgm's {base.__name__} does not call (it would be ignored); {instead}")
+def refuse_pixyz_hooks(cls: type, base: type, names: Sequence[str], callers: Sequence[str], instead: str) -> None:
+    """Raise a ``TypeError`` naming the method when ``cls`` (a user's subclass of ``base``) has, from its own body or
+    a mixin, one of Pixyz's private methods ``names`` that ``base`` computes without calling: in Pixyz, ``base``'s
+    ``callers`` call it, so overriding it changes Pixyz's numbers, and here it would be ignored silently. A class
+    that overrides every one of ``callers`` itself is left alone (its helper of that name is its own). ``instead``
+    says what to override.
+
+    Examples
+    --------
+    >>> class Base:
+    ...     def forward(self): return 1
+    >>> def _scale(self): return 3
+    >>> refuse_pixyz_hooks(type("Own", (Base,), {"forward": lambda self: 2, "_scale": _scale}), Base, ("_scale",),
+    ...                    ("forward",), "override forward")
+    >>> refuse_pixyz_hooks(type("Hooked", (Base,), {"_scale": _scale}), Base, ("_scale",), ("forward",),
+    ...                    "override forward")
+    Traceback (most recent call last):
+    ...
+    TypeError: Hooked: overrides _scale, a private method of Pixyz's Base that pyro_dgm's Base does not call (it \
+would be ignored); override forward
+    """
+    own = [n for n in names if getattr(cls, n, None) is not getattr(base, n, None)]
+    if not own or all(getattr(cls, c, None) is not getattr(base, c, None) for c in callers):
+        return
+    raise TypeError(f"{cls.__name__}: overrides {own[0]}, a private method of Pixyz's {base.__name__} that "
+                    f"pyro_dgm's {base.__name__} does not call (it would be ignored); {instead}")

@@ -220,3 +220,77 @@ def test_a_family_whose_torch_object_copies_its_constants_sees_a_change_through_
     ref, ours = run_both(program)
     torch.testing.assert_close(ours[1], ours[2])  # (the new values', as a distribution built from them scores)
     assert_same(ref, ours)
+
+
+def test_hooks_from_a_mixin_or_set_later_are_refused_and_a_subclass_with_its_own_callers_is_not() -> None:
+    """(probe p432) A mixin's hook is refused when the class is made, one set on the class later when the product
+    is next used; a flow that overrides ``forward`` and ``inverse`` itself may keep a helper named ``_scale``."""
+    from torch import nn
+
+    from pyro_dgm.distributions import ElementWiseProductOfNormal, Normal
+    from pyro_dgm.flows import ActNorm2d
+
+    class Mixin:
+        @staticmethod
+        def _compute_expert_params(loc, scale, weight):  # type: ignore[no-untyped-def]
+            return loc.mean(0), scale[0]
+
+    with pytest.raises(TypeError, match="ViaMixin: overrides _compute_expert_params"):
+        type("ViaMixin", (Mixin, ElementWiseProductOfNormal), {})
+
+    class Net(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": self.lin(x), "scale": torch.ones_like(x)}
+
+    later = type("Later", (ElementWiseProductOfNormal,), {})
+    q = later(Net())
+    assert q.get_params({"x": torch.ones(3, 2)})["loc"].shape == (3, 2)
+    later._compute_expert_params = Mixin._compute_expert_params
+    with pytest.raises(TypeError, match="Later: overrides _compute_expert_params"):
+        q.get_params({"x": torch.ones(3, 2)})
+    with pytest.raises(TypeError, match="C: overrides _center"):
+        type("C", (type("M", (), {"_center": lambda self, x: x}), ActNorm2d), {})
+
+    class OwnFlow(ActNorm2d):  # (its own forward and inverse: its _scale is its own helper)
+        def _scale(self, x):  # type: ignore[no-untyped-def]
+            return x * 2
+
+        def forward(self, x, y=None, compute_jacobian=True):  # type: ignore[no-untyped-def]
+            return self._scale(x)
+
+        def inverse(self, z, y=None):  # type: ignore[no-untyped-def]
+            return z / 2
+
+    torch.testing.assert_close(OwnFlow(2)(torch.ones(1, 2, 1, 1)), torch.full((1, 2, 1, 1), 2.0))
+
+
+def test_a_product_with_its_own_prior_refuses_the_hooks_whose_prior_is_standard() -> None:
+    from pyro_dgm.distributions import Normal, ProductOfNormal
+
+    class Same(ProductOfNormal):
+        @staticmethod
+        def _compute_expert_params(loc, scale, weight):  # type: ignore[no-untyped-def]
+            return ProductOfNormal._compute_expert_params(loc, scale, weight)
+
+    e = Normal(loc="x", scale=torch.tensor(1.), var=["z"], cond_var=["x"], name="e")
+    prior = Normal(loc=torch.tensor(1.), scale=torch.tensor(0.5), var=["z"], name="pz")
+    with pytest.raises(TypeError, match=r"whose prior expert is N\(0, 1\); with prior=pz\(z\) given"):
+        Same([e], prior=prior).get_params({"x": torch.full((1, 1), 3.0)})
+    plain = ProductOfNormal([e], prior=prior).get_params({"x": torch.full((1, 1), 3.0)})  # precisions 4 and 1
+    torch.testing.assert_close(plain["loc"], torch.tensor([[7.0 / 5]]))
+
+
+def test_an_image_sized_standard_prior_changed_through_data_is_seen() -> None:
+    """3 x 64 x 64 constants (12288 elements, p432): N(0, I) changed to N(0, 4 I) scores as N(0, 4 I)."""
+    from pyro_dgm.distributions import Normal
+
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[3, 64, 64])
+    z = torch.ones(1, 3, 64, 64)
+    prior.get_log_prob({"z": z})
+    prior.scale.data.fill_(2.0)
+    expected = torch.distributions.Normal(0., 2.).log_prob(z).sum()
+    torch.testing.assert_close(prior.get_log_prob({"z": z}), expected.reshape(1))
