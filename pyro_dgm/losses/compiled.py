@@ -39,6 +39,7 @@ import inspect
 import numbers
 import sys
 import threading
+import warnings
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
@@ -50,6 +51,7 @@ from pyro_dgm.distributions.overrides import current_of
 from pyro_dgm.utils.lru_cache import _watch_structure, current_structure
 from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin
 from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
+from pyro_dgm.utils.checks import user_stacklevel
 
 __all__ = ["CompiledEval", "CompiledOuter", "OwnEval", "compile_options", "eval_form", "eval_with_terms", "frozen",
            "uses_cuda_graphs", "without_validation"]
@@ -319,6 +321,43 @@ def _own_code(fn: Any) -> Any:
     return call
 
 
+#: what ``_FirstCallEager._dgm_fn`` holds for a loss evaluated eagerly (see :func:`_differentiates`)
+_EAGER_ONLY = object()
+
+#: names in the code of a method that differentiates (``torch.autograd.grad``, ``.backward()``, ``create_graph=``)
+_AUTOGRAD_NAMES = frozenset({"autograd", "backward", "create_graph"})
+
+
+def _differentiates(terms: Sequence[Any], modules: Sequence[Any]) -> str | None:
+    """The name of a user's loss term, distribution or network class whose methods call ``torch.autograd`` (or
+    ``backward``, or pass ``create_graph``), read from their code (nested functions and lambdas included), or
+    ``None``. This library's own classes are not read (an adversarial term's gradient penalty runs in its own,
+    eager, discriminator step)."""
+    seen: set[type] = set()
+    for obj in (*terms, *modules):
+        for cls in type(obj).__mro__:
+            if cls in seen or cls.__module__.partition(".")[0] in ("pyro_dgm", "torch", "pyro", "builtins"):
+                continue
+            seen.add(cls)
+            for attr in vars(cls).values():
+                fn = attr.fget if isinstance(attr, property) else getattr(attr, "__func__", attr)
+                code = getattr(fn, "__code__", None)
+                if code is not None and _code_differentiates(code):
+                    return cls.__name__
+    return None
+
+
+def _code_differentiates(code: Any) -> bool:
+    if _AUTOGRAD_NAMES.intersection(code.co_names):
+        return True
+    for c in code.co_consts:
+        if isinstance(c, tuple) and "create_graph" in c:  # (a call's keyword names)
+            return True
+        if hasattr(c, "co_names") and _code_differentiates(c):
+            return True
+    return False
+
+
 def _hooks_mark(terms: Sequence[Any]) -> tuple[tuple[int, ...], ...]:
     """The handles of the hooks that ``nn.Module.__call__`` runs for the modules ``terms`` (loss terms,
     distributions, networks: their own and the global ones): another value after one is added or removed."""
@@ -435,6 +474,15 @@ class _FirstCallEager:
         # not the property: an operand deleted since raises its own AttributeError, which a property's would hide)
         self._frozen = _frozen_of(self.loss)
         self._dgm_find_distributions()
+        who = _differentiates(self.loss.loss_terms(), self._hooked)  # (terms, distributions, their networks)
+        if who is not None:  # a gradient penalty, score matching: AOT autograd has no double backward (a compiled
+            # step would fail in backward(), or while tracing)
+            warnings.warn(f"{self.loss.loss_text}: compile=: {who} calls torch.autograd (or backward) inside the "
+                          "evaluation, which torch.compile's AOT autograd cannot differentiate again (a gradient "
+                          "penalty: a double backward); this loss is evaluated eagerly", RuntimeWarning,
+                          stacklevel=user_stacklevel())
+            self._dgm_fn = _EAGER_ONLY
+            return
         self._graphs = uses_cuda_graphs(self.options)
         code = _own_code(self._eager)
         self._classes_version = code._dgm_classes
@@ -448,6 +496,8 @@ class _FirstCallEager:
         self.calls += 1
         if self._dgm_fn is None:
             self._build()
+        if self._dgm_fn is _EAGER_ONLY:  # (a loss that differentiates inside its evaluation: see _build)
+            return self._eager(*args)
         self._dgm_classes_current()
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
         with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards():

@@ -826,6 +826,37 @@ class _Traced(NamedTuple):
     kwargs: dict[str, Any]
 
 
+#: per autograd node class, the name of a tensor it saves for backward (``_saved_result``), or None (see
+#: :func:`_graph_freed`)
+_SAVED_NAME: dict[type, str | None] = {}
+
+
+def _graph_freed(value: Any) -> bool:
+    """Whether a backward pass without ``retain_graph`` (``torch.autograd.grad`` inside a loss evaluation, a
+    gradient penalty's) went through the graph of a cached pass's output tensors and freed it: reusing the pass
+    would fail in the next backward ("Trying to backward through the graph a second time"), where Pixyz runs the
+    network again. Read from the first node on each output's graph that saves a tensor (reading a freed one
+    raises); about 0.5 us an output."""
+    parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
+    for t in parts:
+        fn = t.grad_fn if isinstance(t, torch.Tensor) else None
+        for _ in range(4):  # (a view or a sum saves nothing: the node before it)
+            if fn is None:
+                break
+            name = _SAVED_NAME.get(type(fn), 0)
+            if name == 0:
+                name = _SAVED_NAME[type(fn)] = next((a[4:] for a in dir(fn) if a.startswith("_raw_saved_")), None)
+            if name is not None:
+                try:
+                    getattr(fn, name)
+                except RuntimeError:
+                    return True
+                break
+            nxt = fn.next_functions
+            fn = nxt[0][0] if nxt else None
+    return False
+
+
 class MemoizeMessenger(Messenger):
     """Reuse a distribution's parameters (its network's forward pass) for the same inputs within one scope.
 
@@ -1025,7 +1056,8 @@ class MemoizeMessenger(Messenger):
                 or (hit[3] is not None and hit[3]() is not module)
                 or (hit[4] and not all(_same_bits(a, c) for a, c in hit[4]))
                 or (hit[5] and not _same_outputs(hit[5]))
-                or (hit[6] and shared_only)):
+                or (hit[6] and shared_only)
+                or _graph_freed(hit[0])):  # (a backward inside the evaluation, autograd.grad, freed its graph)
             return key, None  # (hit[3]: a network freed and another made at its address, a MAML task's copy)
         self._cache.move_to_end(key)
         return key, hit[0]

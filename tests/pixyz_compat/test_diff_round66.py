@@ -1,0 +1,211 @@
+"""Sixty-sixth round (probe p433, higher-order gradients through distributions and losses), under Pixyz and here
+(:mod:`pixyz_harness`):
+
+* within one loss evaluation, a network's pass whose graph ``torch.autograd.grad`` (without ``retain_graph``) had
+  freed was reused at the same input, and the next gradient raised "Trying to backward through the graph a second
+  time"; Pixyz runs the network at each use (a gradient norm logged before a gradient penalty, a first-order inner
+  step on the weights);
+* ``Model(compile=True)`` of a loss that differentiates inside its evaluation (a WGAN-GP penalty written as a
+  ``Loss``) failed at its first compiled step (torch.compile's AOT autograd has no double backward): it is
+  evaluated eagerly now, with a warning, and trains as the eager model and Pixyz do.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from pixyz_harness import assert_same, run_both
+
+
+def _reuse_program(scenario: str) -> Any:
+    def program() -> Any:
+        import sympy
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Deterministic
+        from pixyz.losses.losses import Loss
+
+        torch.manual_seed(1)
+
+        class D(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.net = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 1))
+
+            def forward(self, x: Any) -> dict:
+                return {"t": self.net(x)}
+
+        d = D()
+
+        class L(Loss):
+            def __init__(self) -> None:
+                super().__init__(input_var=["x"])
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("L")
+
+            def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+                x = x_dict["x"]
+                if scenario == "input":  # a logged gradient norm, then the gradient penalty at the same input
+                    xh = x.clone().requires_grad_()
+                    g1, = torch.autograd.grad(d.sample({"x": xh})["t"].sum(), xh)
+                    g2, = torch.autograd.grad(d.sample({"x": xh})["t"].sum(), xh, create_graph=True)
+                    return (g2.norm(dim=1) - 1).pow(2).mean() + 0 * g1.sum(), {}
+                gw = torch.autograd.grad(d.sample({"x": x})["t"].mean(), list(d.parameters()))  # an inner step's
+                return d.sample({"x": x})["t"].mean() + sum((q ** 2).sum() for q in gw), {}
+
+        x = torch.randn(4, 3)
+        value = L().eval({"x": x})
+        value.backward()
+        return value.detach(), d.net[0].weight.grad
+
+    return program
+
+
+@pytest.mark.parametrize("scenario", ["input", "weights"])
+def test_a_pass_whose_graph_a_gradient_freed_runs_again(scenario: str) -> None:
+    ref, ours = run_both(_reuse_program(scenario))
+    assert_same(ref, ours)
+
+
+def test_the_reuse_stays_where_the_graph_is_kept() -> None:
+    """Within one evaluation, ``retain_graph=True`` keeps the graph: the pass is reused (the network runs once);
+    without it, the network runs again."""
+    import sympy
+    from torch import nn
+
+    from pyro_dgm.distributions import Deterministic
+    from pyro_dgm.losses.losses import Loss
+
+    calls = []
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.net = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            calls.append(1)
+            return {"t": self.net(x)}
+
+    d = D()
+
+    class L(Loss):
+        def __init__(self, retain: bool) -> None:
+            super().__init__(input_var=["x"])
+            self.retain = retain
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("L")
+
+        def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+            x = x_dict["x"]
+            g, = torch.autograd.grad(d.sample({"x": x})["t"].sum(), x, retain_graph=self.retain)
+            return d.sample({"x": x})["t"].sum() + g.sum(), {}
+
+    for retain, runs in ((True, 1), (False, 2)):
+        calls.clear()
+        L(retain).eval({"x": torch.randn(4, 3, requires_grad=True)}).backward()
+        assert len(calls) == runs
+
+
+def _penalty_model(compile: bool) -> tuple[list[float], Any]:
+    import sympy
+    from torch import nn
+
+    from pyro_dgm.distributions import Deterministic
+    from pyro_dgm.losses.losses import Loss
+    from pyro_dgm.models import Model
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.net(x)}
+
+    class GP(Loss):
+        def __init__(self, d: Any) -> None:
+            super().__init__(input_var=["x", "y", "eps"])
+            self.d = d
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("GP")
+
+        def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+            x, y, eps = x_dict["x"], x_dict["y"], x_dict["eps"]
+            xh = (eps * x + (1 - eps) * y).requires_grad_(True)
+            g, = torch.autograd.grad(self.d.sample({"x": xh})["t"].sum(), xh, create_graph=True)
+            critic = self.d.sample({"x": y})["t"].mean() - self.d.sample({"x": x})["t"].mean()
+            return critic + 10 * ((g.norm(dim=1) - 1) ** 2).mean(), x_dict
+
+    torch.manual_seed(3)
+    d = D()
+    model = Model(GP(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05},
+                  compile=compile)
+    torch.manual_seed(4)
+    losses = [float(model.train({"x": torch.randn(4, 3) + 1, "y": torch.randn(4, 3), "eps": torch.rand(4, 1)}))
+              for _ in range(3)]
+    return losses, d.net[0].weight.detach()
+
+
+def test_a_compiled_model_whose_loss_differentiates_runs_it_eagerly_with_a_warning() -> None:
+    eager = _penalty_model(False)
+    with pytest.warns(RuntimeWarning, match="GP calls torch.autograd .* this loss is evaluated eagerly"):
+        compiled = _penalty_model(True)
+    assert compiled[0] == pytest.approx(eager[0], rel=1e-6)
+    torch.testing.assert_close(compiled[1], eager[1])
+
+
+def test_a_gradient_penalty_in_a_loss_trains_as_under_pixyz() -> None:
+    """The eager model above, against Pixyz's (3 SGD steps)."""
+    def program() -> Any:
+        import sympy
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Deterministic
+        from pixyz.losses.losses import Loss
+        from pixyz.models import Model
+
+        class D(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+            def forward(self, x: Any) -> dict:
+                return {"t": self.net(x)}
+
+        class GP(Loss):
+            def __init__(self, d: Any) -> None:
+                super().__init__(input_var=["x", "y", "eps"])
+                self.d = d
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("GP")
+
+            def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+                x, y, eps = x_dict["x"], x_dict["y"], x_dict["eps"]
+                xh = (eps * x + (1 - eps) * y).requires_grad_(True)
+                g, = torch.autograd.grad(self.d.sample({"x": xh})["t"].sum(), xh, create_graph=True)
+                critic = self.d.sample({"x": y})["t"].mean() - self.d.sample({"x": x})["t"].mean()
+                return critic + 10 * ((g.norm(dim=1) - 1) ** 2).mean(), x_dict
+
+        torch.manual_seed(3)
+        d = D()
+        model = Model(GP(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05})
+        torch.manual_seed(4)
+        losses = [model.train({"x": torch.randn(4, 3) + 1, "y": torch.randn(4, 3), "eps": torch.rand(4, 1)})
+                  for _ in range(3)]
+        return losses, d.net[0].weight
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
