@@ -401,10 +401,12 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         return (weight[1:] * prec * loc).sum(0) * out_var, out_var.sqrt()
 
     def _dgm_hooked(self) -> bool:
-        """Whether this class overrides Pixyz's hooks (read at each call: a later cell may set one)."""
-        cls = type(self)
+        """Whether this class, or this product itself, overrides Pixyz's hooks (read at each call: a later cell may
+        set one; Pixyz calls ``self``'s)."""
+        cls, d = type(self), self.__dict__
         return (cls._get_expert_params is not ProductOfNormal._get_expert_params
-                or cls._compute_expert_params is not ProductOfNormal._compute_expert_params)
+                or cls._compute_expert_params is not ProductOfNormal._compute_expert_params
+                or "_get_expert_params" in d or "_compute_expert_params" in d)
 
     def _dgm_hooked_params(self, b: Binding, values: Mapping[str, Any]) -> dict[str, Tensor]:
         """The parameters as Pixyz's ``get_params`` computes them, through the hooks of :meth:`_dgm_hooked` (whose
@@ -476,6 +478,10 @@ class NormalPoE(ProductOfNormal):
         super().__init__(list(dists), prior=prior, **kwargs)
 
 
+#: Pixyz's private hooks of its element-wise product, which this one computes without
+_ELEMENTWISE_HOOKS = ("_get_mask", "_get_params_with_masking", "_get_expert_params", "_compute_expert_params")
+
+
 class ElementWiseProductOfNormal(ProductOfNormal):
     r"""A product of Normal experts, one per element of the input vector, all given by one network ``p(z|x)``:
 
@@ -512,14 +518,18 @@ class ElementWiseProductOfNormal(ProductOfNormal):
 
     @classmethod
     def _dgm_refuse_hooks(cls) -> None:
-        refuse_pixyz_hooks(cls, ElementWiseProductOfNormal, ("_get_mask", "_get_params_with_masking",
-                                                             "_get_expert_params", "_compute_expert_params"),
-                           ("get_params",), "subclass ProductOfNormal (whose _get_expert_params and "
-                           "_compute_expert_params are called where overridden), or override get_params")
+        refuse_pixyz_hooks(cls, ElementWiseProductOfNormal, _ELEMENTWISE_HOOKS, ("get_params",),
+                           "subclass ProductOfNormal (whose _get_expert_params and _compute_expert_params are called "
+                           "where overridden), or override get_params")
 
     def _dgm_hooked(self) -> bool:
         """Never: Pixyz's hooks of this product are not called (one set on the class since it was made, or by a
         mixin, is refused here, at each call)."""
+        own = next((n for n in _ELEMENTWISE_HOOKS if n in self.__dict__), None)
+        if own is not None:
+            raise TypeError(f"{describe(self)}: {own} set on the product, a private method of Pixyz's "
+                            "ElementWiseProductOfNormal that pyro_dgm's does not call (it would be ignored); "
+                            "override get_params")
         type(self)._dgm_refuse_hooks()
         return False
 

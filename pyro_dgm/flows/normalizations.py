@@ -311,7 +311,20 @@ class ActNorm2d(Flow):
     def _dgm_logdet(self, v: Tensor) -> Tensor:
         return (self.logs.sum() * v.shape[-1] * v.shape[-2]).to(v.dtype).expand(v.shape[:-3])
 
+    def _dgm_check_hooks(self) -> None:
+        """Refuse Pixyz's hooks set on this flow or its class since it was made (see :meth:`_dgm_refuse_hooks`)."""
+        if is_compiling():
+            return
+        d = self.__dict__
+        own = next((n for n in ("_center", "_scale") if n in d), None)
+        if own is not None:
+            raise TypeError(f"{type(self).__name__}: {own} set on the flow, a private method of Pixyz's ActNorm2d "
+                            "that pyro_dgm's ActNorm2d does not call (it would be ignored); override forward and "
+                            "inverse")
+        type(self)._dgm_refuse_hooks()
+
     def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        self._dgm_check_hooks()
         if self.training and self._dgm_needs_init():
             self.initialize_parameters(x)
         return (x + self.bias) * torch.exp(self.logs), self._dgm_logdet(x)
@@ -321,6 +334,7 @@ class ActNorm2d(Flow):
         return super().inverse(x, y)
 
     def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        self._dgm_check_hooks()
         if self.training and self._dgm_needs_init():  # Pixyz initializes from whichever side comes first
             self.initialize_parameters(z)
         return z * torch.exp(-self.logs) - self.bias, self._dgm_logdet(z)

@@ -49,7 +49,7 @@ from torch.distributions import Distribution as _Distribution
 from pyro_dgm.distributions.closed_forms import validating
 from pyro_dgm.distributions.overrides import current_of
 from pyro_dgm.utils.lru_cache import _watch_structure, current_structure
-from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin
+from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin, transformed
 from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
 from pyro_dgm.utils.checks import user_stacklevel
 
@@ -321,41 +321,30 @@ def _own_code(fn: Any) -> Any:
     return call
 
 
-#: what ``_FirstCallEager._dgm_fn`` holds for a loss evaluated eagerly (see :func:`_differentiates`)
+#: what ``_FirstCallEager._dgm_fn`` holds for a loss evaluated eagerly (see :func:`_watching_backward`)
 _EAGER_ONLY = object()
 
-#: names in the code of a method that differentiates (``torch.autograd.grad``, ``.backward()``, ``create_graph=``)
-_AUTOGRAD_NAMES = frozenset({"autograd", "backward", "create_graph"})
 
+def _watching_backward(fn: Any, args: tuple[Any, ...]) -> tuple[Any, bool]:
+    """``fn(*args)``, and whether a backward pass ran inside it (``torch.autograd.grad`` in a user's loss term: a
+    gradient penalty), seen by a saved-tensor hook that a backward pass calls (the first, eager, call of a compiled
+    evaluation only)."""
+    seen = [False, True]  # (a backward ran inside, still inside)
 
-def _differentiates(terms: Sequence[Any], modules: Sequence[Any]) -> str | None:
-    """The name of a user's loss term, distribution or network class whose methods call ``torch.autograd`` (or
-    ``backward``, or pass ``create_graph``), read from their code (nested functions and lambdas included), or
-    ``None``. This library's own classes are not read (an adversarial term's gradient penalty runs in its own,
-    eager, discriminator step)."""
-    seen: set[type] = set()
-    for obj in (*terms, *modules):
-        for cls in type(obj).__mro__:
-            if cls in seen or cls.__module__.partition(".")[0] in ("pyro_dgm", "torch", "pyro", "builtins"):
-                continue
-            seen.add(cls)
-            for attr in vars(cls).values():
-                fn = attr.fget if isinstance(attr, property) else getattr(attr, "__func__", attr)
-                code = getattr(fn, "__code__", None)
-                if code is not None and _code_differentiates(code):
-                    return cls.__name__
-    return None
+    def pack(t: Tensor) -> Tensor:
+        return t
 
+    def unpack(t: Tensor) -> Tensor:
+        if seen[1]:
+            seen[0] = True
+        return t
 
-def _code_differentiates(code: Any) -> bool:
-    if _AUTOGRAD_NAMES.intersection(code.co_names):
-        return True
-    for c in code.co_consts:
-        if isinstance(c, tuple) and "create_graph" in c:  # (a call's keyword names)
-            return True
-        if hasattr(c, "co_names") and _code_differentiates(c):
-            return True
-    return False
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        try:
+            out = fn(*args)
+        finally:
+            seen[1] = False  # (the backward after the evaluation unpacks these tensors too)
+    return out, seen[0]
 
 
 def _hooks_mark(terms: Sequence[Any]) -> tuple[tuple[int, ...], ...]:
@@ -468,19 +457,19 @@ class _FirstCallEager:
         self._structure: int | None = None
         self.calls = 0
         self._graphs = False
+        self._differentiates = False  # a backward ran inside the first (eager) evaluation: see _build
 
     def _build(self) -> None:
         self.loss._dgm_leaves()  # the terms' names are built (by sympy) here, once, not while tracing (a method,
         # not the property: an operand deleted since raises its own AttributeError, which a property's would hide)
         self._frozen = _frozen_of(self.loss)
         self._dgm_find_distributions()
-        who = _differentiates(self.loss.loss_terms(), self._hooked)  # (terms, distributions, their networks)
-        if who is not None:  # a gradient penalty, score matching: AOT autograd has no double backward (a compiled
-            # step would fail in backward(), or while tracing)
-            warnings.warn(f"{self.loss.loss_text}: compile=: {who} calls torch.autograd (or backward) inside the "
-                          "evaluation, which torch.compile's AOT autograd cannot differentiate again (a gradient "
-                          "penalty: a double backward); this loss is evaluated eagerly", RuntimeWarning,
-                          stacklevel=user_stacklevel())
+        if self._differentiates:  # a gradient penalty, score matching: AOT autograd has no double backward (a
+            # compiled step would fail in backward(), or while tracing)
+            warnings.warn(f"{self.loss.loss_text}: compile=: its evaluation ran a backward pass inside (a user's "
+                          "loss term calls torch.autograd.grad: a gradient penalty), which torch.compile's AOT "
+                          "autograd cannot differentiate again (a double backward); this loss is evaluated eagerly",
+                          RuntimeWarning, stacklevel=user_stacklevel())
             self._dgm_fn = _EAGER_ONLY
             return
         self._graphs = uses_cuda_graphs(self.options)
@@ -490,8 +479,14 @@ class _FirstCallEager:
 
     def __call__(self, *args: Any) -> Any:
         if not self.calls:  # the first call's lazy initializations run eagerly (see CompiledEval); a first call
-            out = self._eager(*args)  # that raised (a user's error, a refused batch) left them undone, and does
-            self.calls = 1  # not count: the next call is the eager first one
+            # that raised (a user's error, a refused batch) left them undone, and does not count: the next call is
+            # the eager first one. A user's loss term may differentiate inside it (watched: see _build)
+            if torch.is_grad_enabled() and not transformed() and any(
+                    not type(t).__module__.startswith("pyro_dgm.") for t in self.loss.loss_terms()):
+                out, self._differentiates = _watching_backward(self._eager, args)
+            else:
+                out = self._eager(*args)
+            self.calls = 1
             return out
         self.calls += 1
         if self._dgm_fn is None:

@@ -826,34 +826,41 @@ class _Traced(NamedTuple):
     kwargs: dict[str, Any]
 
 
-#: per autograd node class, the name of a tensor it saves for backward (``_saved_result``), or None (see
-#: :func:`_graph_freed`)
-_SAVED_NAME: dict[type, str | None] = {}
+#: per autograd node class, the attributes that read the tensors it saves for backward (see :func:`_graph_freed`)
+_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def _graph_freed(value: Any) -> bool:
-    """Whether a backward pass without ``retain_graph`` (``torch.autograd.grad`` inside a loss evaluation, a
-    gradient penalty's) went through the graph of a cached pass's output tensors and freed it: reusing the pass
-    would fail in the next backward ("Trying to backward through the graph a second time"), where Pixyz runs the
-    network again. Read from the first node on each output's graph that saves a tensor (reading a freed one
-    raises); about 0.5 us an output."""
+def _saved_names(node: Any) -> tuple[str, ...]:
+    names = _SAVED_NAMES.get(type(node))
+    if names is None:
+        raw = [a[len("_raw"):] for a in dir(node) if a.startswith("_raw_saved_")]
+        names = _SAVED_NAMES[type(node)] = tuple("saved_tensors" if n == "_saved_tensors" else n for n in raw)
+    return names  # (a custom autograd.Function's node reads its tensors as saved_tensors)
+
+
+def _graph_freed(value: Any, limit: int = 64) -> bool:
+    """Whether a backward pass without ``retain_graph`` (``torch.autograd.grad`` inside a user's loss term: a
+    gradient norm before a gradient penalty, a first-order inner step) went through the graph of a cached pass's
+    output tensors and freed it: reusing the pass would fail in the next backward ("Trying to backward through the
+    graph a second time"), where Pixyz runs the network again. Read from the tensors the graph's nodes save (reading
+    a freed one raises), breadth first, up to ``limit`` nodes: a backward through any part of it (a residual
+    branch, one of two outputs) frees that part."""
     parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
-    for t in parts:
-        fn = t.grad_fn if isinstance(t, torch.Tensor) else None
-        for _ in range(4):  # (a view or a sum saves nothing: the node before it)
-            if fn is None:
-                break
-            name = _SAVED_NAME.get(type(fn), 0)
-            if name == 0:
-                name = _SAVED_NAME[type(fn)] = next((a[4:] for a in dir(fn) if a.startswith("_raw_saved_")), None)
-            if name is not None:
-                try:
-                    getattr(fn, name)
-                except RuntimeError:
-                    return True
-                break
-            nxt = fn.next_functions
-            fn = nxt[0][0] if nxt else None
+    todo = [t.grad_fn for t in parts if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    seen: set[int] = set()
+    while todo and len(seen) < limit:
+        node = todo.pop(0)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for name in _saved_names(node):
+            try:
+                getattr(node, name)
+            except RuntimeError:  # ("Trying to backward through the graph a second time, or ... already freed")
+                return True
+            except Exception:  # noqa: BLE001 (a slot that cannot be read otherwise: says nothing)
+                pass
+        todo.extend(n for n, _ in node.next_functions if n is not None)
     return False
 
 
@@ -931,6 +938,9 @@ class MemoizeMessenger(Messenger):
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
         self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (weakref to it, its last _param_state): _state
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
+        #: a user's loss term ran in this scope (it may differentiate inside the evaluation: a gradient penalty), so a
+        #: hit is checked for a graph a backward freed (:func:`_graph_freed`); pyro_dgm's own terms do not
+        self.check_graphs = False
         self._compiled = is_compiling()  # made by a compiled evaluation: a frame of it that Dynamo runs eagerly (past
         # its recompile limit) shares the traced entries (see lookup and call)
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
@@ -1057,7 +1067,8 @@ class MemoizeMessenger(Messenger):
                 or (hit[4] and not all(_same_bits(a, c) for a, c in hit[4]))
                 or (hit[5] and not _same_outputs(hit[5]))
                 or (hit[6] and shared_only)
-                or _graph_freed(hit[0])):  # (a backward inside the evaluation, autograd.grad, freed its graph)
+                or (self.check_graphs and _graph_freed(hit[0]))):  # (a backward inside the evaluation,
+            # autograd.grad in a user's term, freed its graph)
             return key, None  # (hit[3]: a network freed and another made at its address, a MAML task's copy)
         self._cache.move_to_end(key)
         return key, hit[0]

@@ -158,7 +158,7 @@ def _penalty_model(compile: bool) -> tuple[list[float], Any]:
 
 def test_a_compiled_model_whose_loss_differentiates_runs_it_eagerly_with_a_warning() -> None:
     eager = _penalty_model(False)
-    with pytest.warns(RuntimeWarning, match="GP calls torch.autograd .* this loss is evaluated eagerly"):
+    with pytest.warns(RuntimeWarning, match="ran a backward pass inside .* this loss is evaluated eagerly"):
         compiled = _penalty_model(True)
     assert compiled[0] == pytest.approx(eager[0], rel=1e-6)
     torch.testing.assert_close(compiled[1], eager[1])
@@ -209,3 +209,146 @@ def test_a_gradient_penalty_in_a_loss_trains_as_under_pixyz() -> None:
 
     ref, ours = run_both(program)
     assert_same(ref, ours)
+
+
+# ---- probe p434, an attack round on the above and on the hooks of test_diff_round65.py
+
+
+def _residual_program(kind: str) -> Any:
+    def program() -> Any:
+        import sympy
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Deterministic
+        from pixyz.losses.losses import Loss
+
+        torch.manual_seed(2)
+
+        class STE(torch.autograd.Function):  # a straight-through estimator (a custom Function's node)
+            @staticmethod
+            def forward(ctx: Any, x: Any) -> Any:
+                return x.round()
+
+            @staticmethod
+            def backward(ctx: Any, g: Any) -> Any:
+                return g
+
+        class D(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.net = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+                self.register_buffer("b", torch.full((3,), 2.0))
+
+            def forward(self, x: Any) -> dict:
+                h = self.net(x)
+                out = {"residual": x + h, "buffer": self.b * h, "cat": torch.cat([x, h], -1),
+                       "ste": x + STE.apply(h * 4) / 4}[kind]
+                return {"t": out}
+
+        d = D()
+
+        class L(Loss):
+            def __init__(self) -> None:
+                super().__init__(input_var=["x"])
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("L")
+
+            def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+                x = x_dict["x"]
+                gw = torch.autograd.grad(d.sample({"x": x})["t"].mean(), list(d.net.parameters()))
+                return d.sample({"x": x})["t"].mean() + sum((q ** 2).sum() for q in gw), {}
+
+        value = L().eval({"x": torch.randn(4, 3)})
+        value.backward()
+        return value.detach(), d.net[0].weight.grad
+
+    return program
+
+
+@pytest.mark.parametrize("kind", ["residual", "buffer", "cat", "ste"])
+def test_a_freed_graph_is_found_beyond_the_outputs_first_node(kind: str) -> None:
+    """The output's first node may save nothing or sit off the freed path (a residual ``x + h``, ``b * h``,
+    ``torch.cat``), or be a custom ``autograd.Function``'s: the graph is searched breadth first."""
+    ref, ours = run_both(_residual_program(kind))
+    assert_same(ref, ours)
+
+
+def test_a_penalty_in_a_helper_function_is_seen_when_the_first_evaluation_runs_it() -> None:
+    """A gradient penalty computed by a module-level helper (no name in the loss's code): the first, eager,
+    evaluation saw a backward pass inside, so the compiled model evaluates eagerly."""
+    import sympy
+    from torch import nn
+
+    from pyro_dgm.distributions import Deterministic
+    from pyro_dgm.losses.losses import Loss
+    from pyro_dgm.models import Model
+
+    def penalty(d: Any, xh: torch.Tensor) -> torch.Tensor:
+        from torch.autograd import grad as differentiate
+        g, = differentiate(d.sample({"x": xh})["t"].sum(), xh, None, True, True)
+        return ((g.norm(dim=1) - 1) ** 2).mean()
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.net(x)}
+
+    class GP(Loss):
+        def __init__(self, d: Any) -> None:
+            super().__init__(input_var=["x"])
+            self.d = d
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("GP")
+
+        def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+            x = x_dict["x"]
+            return self.d.sample({"x": x})["t"].mean() + penalty(self.d, x.clone().requires_grad_(True)), x_dict
+
+    results = []
+    for compile in (False, True):
+        torch.manual_seed(3)
+        d = D()
+        model = Model(GP(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05},
+                      compile=compile)
+        torch.manual_seed(4)
+        with pytest.warns(RuntimeWarning, match="ran a backward pass inside") if compile else _no_warning():
+            results.append([float(model.train({"x": torch.randn(4, 3)})) for _ in range(3)])
+    assert results[1] == pytest.approx(results[0], rel=1e-6)
+
+
+def _no_warning() -> Any:
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def test_pixyzs_hooks_set_on_an_instance() -> None:
+    """``poe._compute_expert_params = ...`` on the product is called, as Pixyz calls ``self``'s; on an
+    ``ActNorm2d`` (whose hooks this library does not call) it is refused at the next use."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import Normal, ProductOfNormal
+
+        e1 = Normal(loc="a", scale="sa", var=["z"], cond_var=["a", "sa"], name="e1")
+        poe = ProductOfNormal([e1])
+        poe._compute_expert_params = lambda loc, scale, weight: (loc.mean(0), scale[0] * 1.5)
+        d = {"a": torch.tensor([[0.5, -1.0]]), "sa": torch.ones(1, 2)}
+        params = poe.get_params(d)
+        return params["loc"], params["scale"]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    from pyro_dgm.flows import ActNorm2d
+
+    f = ActNorm2d(2)
+    f._center = lambda x, reverse=False: x
+    with pytest.raises(TypeError, match="_center set on the flow"):
+        f(torch.randn(3, 2, 2, 2))
