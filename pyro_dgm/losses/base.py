@@ -47,7 +47,7 @@ from pyro_dgm.losses.compiled import CompiledOuter, compile_options
 from pyro_dgm.losses.context import _CURRENT, TERM_OPTIONS, EvalContext, current_context
 from pyro_dgm.losses.steps import clear_grads
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES, MissLog, MissLogs, active_memo
-from pyro_dgm.utils.attributes import Yielding, YieldingModule, set_up_subclasses
+from pyro_dgm.utils.attributes import Yielding, YieldingModule, set_up_subclasses, users_class
 from pyro_dgm.utils.checks import (ArgumentError, as_var_list, check_present, describe, keyed_values, numpy_tensor,
                                    ordered_union)
 from pyro_dgm.utils.latex import NAMES_VERSION
@@ -936,10 +936,8 @@ class Loss(YieldingModule, _PyroELBO):
             if v not in values and v not in self._dgm_optional_var:
                 _raise_missing(self, values, [v])
         recorder = ctx.recorder
-        if _users_term(type(self)):  # (it may differentiate inside the evaluation: the memoizer checks its hits)
-            memo = active_memo()
-            if memo is not None:
-                memo.check_graphs = True
+        if users_class(type(self)):
+            _user_term_runs()
         if recorder is not None and id(self) in recorder:
             return self._dgm_evaluate_term(values, ctx, kwargs)
         if type(self).__call__ is not _LOSS_CALL:  # a __call__ of the user's (also one a later cell set): Pixyz's
@@ -982,10 +980,8 @@ class Loss(YieldingModule, _PyroELBO):
             ctx.recorder = None  # nothing it evaluates inside is recorded
         try:
             with ctx:
-                if _users_term(type(self)):  # (see _dgm_evaluate)
-                    memo = active_memo()
-                    if memo is not None:
-                        memo.check_graphs = True
+                if users_class(type(self)):
+                    _user_term_runs()
                 if type(self).__call__ is not _LOSS_CALL:  # (a __call__ of the user's, also one a later cell set)
                     out = self(inputs, **kwargs)
                 elif has_call_hooks(self):
@@ -1358,15 +1354,12 @@ def _values_parameter(cls: type) -> str | None:
     return _VALUES_PARAMETER[cls]
 
 
-#: per loss class, whether it is a user's (defined outside pyro_dgm): see Loss._dgm_evaluate
-_USERS_TERMS: dict[type, bool] = {}
-
-
-def _users_term(cls: type) -> bool:
-    own = _USERS_TERMS.get(cls)
-    if own is None:
-        own = _USERS_TERMS[cls] = not cls.__module__.startswith("pyro_dgm.")
-    return own
+def _user_term_runs() -> None:
+    """A user's loss term runs in this evaluation: it may differentiate inside it (a gradient penalty), so the
+    memoizing scope checks its hits for graphs a backward pass freed (pyro_dgm's own terms never do)."""
+    memo = active_memo()
+    if memo is not None:
+        memo.check_graphs = True
 
 
 def _result(loss: Loss, out: Any) -> tuple[Any, Any]:

@@ -51,6 +51,7 @@ from pyro_dgm.distributions.overrides import current_of
 from pyro_dgm.utils.lru_cache import _watch_structure, current_structure
 from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin, transformed
 from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
+from pyro_dgm.utils.attributes import users_class
 from pyro_dgm.utils.checks import user_stacklevel
 
 __all__ = ["CompiledEval", "CompiledOuter", "OwnEval", "compile_options", "eval_form", "eval_with_terms", "frozen",
@@ -481,8 +482,8 @@ class _FirstCallEager:
         if not self.calls:  # the first call's lazy initializations run eagerly (see CompiledEval); a first call
             # that raised (a user's error, a refused batch) left them undone, and does not count: the next call is
             # the eager first one. A user's loss term may differentiate inside it (watched: see _build)
-            if torch.is_grad_enabled() and not transformed() and any(
-                    not type(t).__module__.startswith("pyro_dgm.") for t in self.loss.loss_terms()):
+            if torch.is_grad_enabled() and not transformed() and any(users_class(type(t))
+                                                                      for t in self.loss.loss_terms()):
                 out, self._differentiates = _watching_backward(self._eager, args)
             else:
                 out = self._eager(*args)

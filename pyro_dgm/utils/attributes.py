@@ -47,6 +47,19 @@ def users_own(cls: type, name: str) -> bool:
     return owner is not None and not owner.__module__.startswith("pyro_dgm.")
 
 
+#: per class, whether it is defined outside pyro_dgm (see users_class)
+_USERS_CLASSES: dict[type, bool] = {}
+
+
+def users_class(cls: type) -> bool:
+    """Whether ``cls`` is defined outside pyro_dgm (a user's loss term or distribution class); read once per
+    class."""
+    own = _USERS_CLASSES.get(cls)
+    if own is None:
+        own = _USERS_CLASSES[cls] = not cls.__module__.startswith("pyro_dgm.")
+    return own
+
+
 class Yielding:
     """A public attribute of pyro_dgm's (``factors``, ``binding``, ...) that yields to a user's value of that name.
 
