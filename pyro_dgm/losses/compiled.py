@@ -328,17 +328,22 @@ _EAGER_ONLY = object()
 
 def _watching_backward(fn: Any, args: tuple[Any, ...]) -> tuple[Any, bool]:
     """``fn(*args)``, and whether a backward pass ran inside it (``torch.autograd.grad`` in a user's loss term: a
-    gradient penalty), seen by a saved-tensor hook that a backward pass calls (the first, eager, call of a compiled
-    evaluation only)."""
+    gradient penalty), seen by a saved-tensor hook that the autograd engine calls while it runs a backward pass (a
+    saved tensor read otherwise, by the memoizer's freed-graph check, does not count). Saved-tensor hooks of the
+    user's around the call (``save_on_cpu``, a compression) keep packing and unpacking: ours calls them. For the
+    first, eager, call of a compiled evaluation only."""
     seen = [False, True]  # (a backward ran inside, still inside)
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    outer = top(False) if top is not None else None
+    outer_pack, outer_unpack = outer if outer is not None else (None, None)
 
-    def pack(t: Tensor) -> Tensor:
-        return t
+    def pack(t: Tensor) -> Any:
+        return t if outer_pack is None else outer_pack(t)
 
-    def unpack(t: Tensor) -> Tensor:
-        if seen[1]:
+    def unpack(packed: Any) -> Tensor:
+        if seen[1] and torch._C._current_graph_task_id() != -1:
             seen[0] = True
-        return t
+        return packed if outer_unpack is None else outer_unpack(packed)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         try:
@@ -482,8 +487,9 @@ class _FirstCallEager:
         if not self.calls:  # the first call's lazy initializations run eagerly (see CompiledEval); a first call
             # that raised (a user's error, a refused batch) left them undone, and does not count: the next call is
             # the eager first one. A user's loss term may differentiate inside it (watched: see _build)
-            if torch.is_grad_enabled() and not transformed() and any(users_class(type(t))
-                                                                      for t in self.loss.loss_terms()):
+            if any(users_class(type(t)) for t in self.loss.loss_terms()):
+                if not torch.is_grad_enabled() or transformed():  # (a test() first, a torch.func transform: not
+                    return self._eager(*args)  # counted, the first call with gradients is watched)
                 out, self._differentiates = _watching_backward(self._eager, args)
             else:
                 out = self._eager(*args)

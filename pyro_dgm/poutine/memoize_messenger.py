@@ -838,13 +838,13 @@ def _saved_names(node: Any) -> tuple[str, ...]:
     return names  # (a custom autograd.Function's node reads its tensors as saved_tensors)
 
 
-def _graph_freed(value: Any, limit: int = 64) -> bool:
+def _graph_freed(value: Any, limit: int = 256) -> bool:
     """Whether a backward pass without ``retain_graph`` (``torch.autograd.grad`` inside a user's loss term: a
     gradient norm before a gradient penalty, a first-order inner step) went through the graph of a cached pass's
     output tensors and freed it: reusing the pass would fail in the next backward ("Trying to backward through the
     graph a second time"), where Pixyz runs the network again. Read from the tensors the graph's nodes save (reading
-    a freed one raises), breadth first, up to ``limit`` nodes: a backward through any part of it (a residual
-    branch, one of two outputs) frees that part."""
+    a freed one raises), breadth first, up to ``limit`` nodes (leaves' accumulators not counted): a backward
+    through any part of it (a residual branch, one of two outputs) frees that part."""
     parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
     todo = [t.grad_fn for t in parts if isinstance(t, torch.Tensor) and t.grad_fn is not None]
     seen: set[int] = set()
@@ -860,8 +860,12 @@ def _graph_freed(value: Any, limit: int = 64) -> bool:
                 return True
             except Exception:  # noqa: BLE001 (a slot that cannot be read otherwise: says nothing)
                 pass
-        todo.extend(n for n, _ in node.next_functions if n is not None)
+        todo.extend(n for n, _ in node.next_functions if n is not None and type(n) is not _ACCUMULATE)
     return False
+
+
+_ACCUMULATE = type(torch.ones(1, requires_grad=True).expand(1).grad_fn.next_functions[0][0])  # (a leaf's
+# accumulator: it saves nothing and leads nowhere)
 
 
 class MemoizeMessenger(Messenger):

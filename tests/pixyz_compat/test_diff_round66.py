@@ -352,3 +352,196 @@ def test_pixyzs_hooks_set_on_an_instance() -> None:
     f._center = lambda x, reverse=False: x
     with pytest.raises(TypeError, match="_center set on the flow"):
         f(torch.randn(3, 2, 2, 2))
+
+
+# ---- probe p436, an attack round on the above
+
+
+def _vae_with_user_term(first: bool, compile: bool) -> Any:
+    import sympy
+    from torch import nn
+
+    from pyro_dgm.distributions import Bernoulli, Normal
+    from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb
+    from pyro_dgm.losses.losses import Loss
+    from pyro_dgm.models import Model
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.lin, self.sc = nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": self.lin(x), "scale": nn.functional.softplus(self.sc(x)) + 0.1}
+
+    class P(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.lin = nn.Linear(4, 8)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"probs": torch.sigmoid(self.lin(z))}
+
+    class Penalty(Loss):
+        def __init__(self, q: Any) -> None:
+            super().__init__(input_var=["x"])
+            self.q = q
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("R")
+
+        def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+            return 1e-3 * (self.q.lin.weight ** 2).sum(), {}
+
+    torch.manual_seed(0)
+    q, p = Q(), P()
+    prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[4], name="prior")
+    elbo = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
+    loss = Penalty(q) + elbo if first else elbo + Penalty(q)
+    return Model(loss, distributions=[q, p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.01},
+                 compile=compile), q
+
+
+def test_a_users_term_that_does_not_differentiate_is_compiled() -> None:
+    """The memoizer's freed-graph check reads saved tensors too: not taken for a backward pass (p436: the loss ran
+    eagerly, with a false warning, when the user's term came first)."""
+    import warnings
+
+    losses = []
+    for compile in (False, True):
+        model, _ = _vae_with_user_term(True, compile)
+        torch.manual_seed(1)
+        x = torch.bernoulli(torch.rand(16, 8))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            losses.append([float(model.train({"x": x})) for _ in range(3)])
+        if compile:
+            assert model._dgm_compiled and not _went_eager(model)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def _went_eager(model: Any) -> bool:
+    from pyro_dgm.losses import compiled
+
+    return any(f._dgm_fn is compiled._EAGER_ONLY or f._dgm_fn is None for f in model._dgm_compiled.values())
+
+
+def test_the_users_saved_tensor_hooks_still_pack_in_the_first_compiled_step() -> None:
+    """(p436) The watch of the first evaluation calls the user's own saved-tensor hooks (a compression, CPU
+    offloading) instead of hiding them: the first step's weights are the eager step's."""
+    weights, packed = [], []
+    for compile in (False, True):
+        model, q = _vae_with_user_term(True, compile)
+        count = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            count[0] += 1
+            return t.to(torch.bfloat16) if t.is_floating_point() else t
+
+        def unpack(t: torch.Tensor) -> torch.Tensor:
+            return t.float() if t.dtype == torch.bfloat16 else t
+
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            model.train({"x": torch.bernoulli(torch.rand(16, 8))})
+        weights.append(q.lin.weight.detach().clone())
+        packed.append(count[0])
+    assert packed[0] > 0 and packed[1] == packed[0]
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=0)
+
+
+def test_a_penalty_is_watched_at_the_first_evaluation_with_gradients() -> None:
+    """A ``test()`` (under ``no_grad``) first is not the watched evaluation: the first ``train()`` is (p436: the
+    penalty went unseen and the compiled step failed)."""
+    import sympy
+    from torch import nn
+
+    from pyro_dgm.distributions import Deterministic
+    from pyro_dgm.losses.losses import Loss
+    from pyro_dgm.models import Model
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.net(x)}
+
+    class GP(Loss):
+        def __init__(self, d: Any) -> None:
+            super().__init__(input_var=["x"])
+            self.d = d
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("GP")
+
+        def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+            with torch.enable_grad():
+                xh = x_dict["x"].clone().requires_grad_(True)
+                g, = torch.autograd.grad(self.d.sample({"x": xh})["t"].sum(), xh, create_graph=True)
+            return self.d.sample({"x": x_dict["x"]})["t"].mean() + ((g.norm(dim=1) - 1) ** 2).mean(), x_dict
+
+    runs = []
+    for compile in (False, True):
+        torch.manual_seed(3)
+        d = D()
+        model = Model(GP(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05},
+                      compile=compile)
+        torch.manual_seed(4)
+        x = torch.randn(4, 3)
+        with pytest.warns(RuntimeWarning, match="ran a backward pass inside") if compile else _no_warning():
+            runs.append([float(model.test({"x": x}))] + [float(model.train({"x": x})) for _ in range(3)])
+    assert runs[1] == pytest.approx(runs[0], rel=1e-6)
+
+
+def _deep_program(layers: int) -> Any:
+    def program() -> Any:
+        import sympy
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Deterministic
+        from pixyz.losses.losses import Loss
+
+        torch.manual_seed(5)
+
+        class D(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.lin = nn.Linear(3, 3)
+                self.shifts = nn.ParameterList([nn.Parameter(torch.full((3,), 0.01)) for _ in range(layers)])
+
+            def forward(self, x: Any) -> dict:
+                h = torch.tanh(self.lin(x))
+                for b in self.shifts:  # (nodes that save nothing)
+                    h = h + b
+                return {"t": h}
+
+        d = D()
+
+        class L(Loss):
+            def __init__(self) -> None:
+                super().__init__(input_var=["x"])
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("L")
+
+            def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+                x = x_dict["x"]
+                g = torch.autograd.grad(d.sample({"x": x})["t"].mean(), [d.lin.weight])
+                return d.sample({"x": x})["t"].mean() + (g[0] ** 2).sum(), {}
+
+        value = L().eval({"x": torch.randn(4, 3)})
+        value.backward()
+        return value.detach(), d.lin.weight.grad
+
+    return program
+
+
+def test_a_freed_graph_behind_forty_nodes_that_save_nothing() -> None:
+    ref, ours = run_both(_deep_program(40))
+    assert_same(ref, ours)
