@@ -936,8 +936,8 @@ class Loss(YieldingModule, _PyroELBO):
             if v not in values and v not in self._dgm_optional_var:
                 _raise_missing(self, values, [v])
         recorder = ctx.recorder
-        if users_class(type(self)):
-            _user_term_runs()
+        if not is_compiling() and users_class(type(self)):  # (traced code reuses no eager entry: no guard on
+            _user_term_runs()  # the classes seen)
         if recorder is not None and id(self) in recorder:
             return self._dgm_evaluate_term(values, ctx, kwargs)
         if type(self).__call__ is not _LOSS_CALL:  # a __call__ of the user's (also one a later cell set): Pixyz's
@@ -980,7 +980,7 @@ class Loss(YieldingModule, _PyroELBO):
             ctx.recorder = None  # nothing it evaluates inside is recorded
         try:
             with ctx:
-                if users_class(type(self)):
+                if not is_compiling() and users_class(type(self)):
                     _user_term_runs()
                 if type(self).__call__ is not _LOSS_CALL:  # (a __call__ of the user's, also one a later cell set)
                     out = self(inputs, **kwargs)
