@@ -1356,10 +1356,10 @@ def _values_parameter(cls: type) -> str | None:
 
 def _user_term_runs() -> None:
     """A user's loss term runs in this evaluation: it may differentiate inside it (a gradient penalty), so the
-    memoizing scope checks its hits for graphs a backward pass freed (pyro_dgm's own terms never do)."""
+    memoizing scope drops what a backward pass frees (pyro_dgm's own terms never run one)."""
     memo = active_memo()
     if memo is not None:
-        memo.check_graphs = True
+        memo.watch_backward()
 
 
 def _result(loss: Loss, out: Any) -> tuple[Any, Any]:

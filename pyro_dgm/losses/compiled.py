@@ -51,6 +51,7 @@ from pyro_dgm.distributions.overrides import current_of
 from pyro_dgm.utils.lru_cache import _watch_structure, current_structure
 from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin, transformed
 from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
+from pyro_dgm.poutine.memoize_messenger import watching_backward
 from pyro_dgm.utils.attributes import users_class
 from pyro_dgm.utils.checks import user_stacklevel
 
@@ -328,29 +329,11 @@ _EAGER_ONLY = object()
 
 def _watching_backward(fn: Any, args: tuple[Any, ...]) -> tuple[Any, bool]:
     """``fn(*args)``, and whether a backward pass ran inside it (``torch.autograd.grad`` in a user's loss term: a
-    gradient penalty), seen by a saved-tensor hook that the autograd engine calls while it runs a backward pass (a
-    saved tensor read otherwise, by the memoizer's freed-graph check, does not count). Saved-tensor hooks of the
-    user's around the call (``save_on_cpu``, a compression) keep packing and unpacking: ours calls them. For the
-    first, eager, call of a compiled evaluation only."""
-    seen = [False, True]  # (a backward ran inside, still inside)
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    outer = top(False) if top is not None else None
-    outer_pack, outer_unpack = outer if outer is not None else (None, None)
-
-    def pack(t: Tensor) -> Any:
-        return t if outer_pack is None else outer_pack(t)
-
-    def unpack(packed: Any) -> Tensor:
-        if seen[1] and torch._C._current_graph_task_id() != -1:
-            seen[0] = True
-        return packed if outer_unpack is None else outer_unpack(packed)
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        try:
-            out = fn(*args)
-        finally:
-            seen[1] = False  # (the backward after the evaluation unpacks these tensors too)
-    return out, seen[0]
+    gradient penalty; :class:`~pyro_dgm.poutine.memoize_messenger.watching_backward`). For the first, eager, call of
+    a compiled evaluation only."""
+    with watching_backward() as ran:
+        out = fn(*args)
+    return out, ran[0]
 
 
 def _hooks_mark(terms: Sequence[Any]) -> tuple[tuple[int, ...], ...]:

@@ -40,7 +40,7 @@ from pyro_dgm.utils.versions import data_ptrs, version
 from pyro_dgm.utils.compat import is_compiling, transformed
 
 __all__ = ["MemoizeMessenger", "MissLog", "MissLogs", "get_cache_maxsize", "set_cache_maxsize", "active_memo",
-           "MEMO_SCOPES", "rng_marks", "same_marks", "draws_in_forward", "handlers_key"]
+           "watching_backward", "MEMO_SCOPES", "rng_marks", "same_marks", "draws_in_forward", "handlers_key"]
 
 _NOTES_KEPT = 128  # owners whose notes an eager scope keeps (MemoizeMessenger.note)
 _MAXSIZE = [128]  # a setting (Pixyz's knob), not evaluation state: the same for every thread
@@ -838,13 +838,16 @@ def _saved_names(node: Any) -> tuple[str, ...]:
     return names  # (a custom autograd.Function's node reads its tensors as saved_tensors)
 
 
-def _graph_freed(value: Any, limit: int = 256) -> bool:
+def _graph_freed(value: Any, limit: int = 4096) -> bool:
     """Whether a backward pass without ``retain_graph`` (``torch.autograd.grad`` inside a user's loss term: a
     gradient norm before a gradient penalty, a first-order inner step) went through the graph of a cached pass's
     output tensors and freed it: reusing the pass would fail in the next backward ("Trying to backward through the
     graph a second time"), where Pixyz runs the network again. Read from the tensors the graph's nodes save (reading
     a freed one raises), breadth first, up to ``limit`` nodes (leaves' accumulators not counted): a backward
-    through any part of it (a residual branch, one of two outputs) frees that part."""
+    through any part of it (a residual branch, one of two outputs) frees that part. Run after each backward pass
+    inside an evaluation that watches them (:meth:`MemoizeMessenger.watch_backward`), not at each hit."""
+    if not isinstance(value, (torch.Tensor, dict, tuple, list)):
+        return False
     parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
     todo = [t.grad_fn for t in parts if isinstance(t, torch.Tensor) and t.grad_fn is not None]
     seen: set[int] = set()
@@ -866,6 +869,56 @@ def _graph_freed(value: Any, limit: int = 256) -> bool:
 
 _ACCUMULATE = type(torch.ones(1, requires_grad=True).expand(1).grad_fn.next_functions[0][0])  # (a leaf's
 # accumulator: it saves nothing and leads nowhere)
+
+
+#: how many scopes watch backward passes (see watching_backward), torch's own engine entry while they do
+_WATCHERS: list[Any] = [0, None]
+_WATCH_LOCK = threading.Lock()
+_WATCH_LOCAL = threading.local()  # .flags: this thread's watchers' flags
+
+
+def _watched_engine(*args: Any, **kwargs: Any) -> Any:
+    """torch's ``_engine_run_backward`` (which ``backward`` and ``torch.autograd.grad`` call), noting in this thread's
+    watchers that a backward pass ran and dropping the entries it freed from this thread's memoizing scope."""
+    try:
+        return _WATCHERS[1](*args, **kwargs)
+    finally:
+        for flag in getattr(_WATCH_LOCAL, "flags", ()):
+            flag[0] = True
+        memo = active_memo()
+        if memo is not None and memo._watch is not None:
+            memo.drop_freed()
+
+
+class watching_backward:
+    """Within the block, a backward pass run in this thread sets ``flag[0]`` (``with watching_backward() as flag``)
+    and drops the entries it freed from the innermost memoizing scope that watches (a scope where a user's loss
+    term runs). torch's ``torch.autograd._engine_run_backward`` is wrapped while any thread watches, and put back
+    when none does."""
+
+    def __enter__(self) -> list[bool]:
+        import torch.autograd as autograd
+
+        with _WATCH_LOCK:
+            if _WATCHERS[0] == 0:
+                _WATCHERS[1] = autograd._engine_run_backward
+                autograd._engine_run_backward = _watched_engine
+            _WATCHERS[0] += 1
+        flags = _WATCH_LOCAL.__dict__.setdefault("flags", [])
+        self.flag = [False]
+        flags.append(self.flag)
+        return self.flag
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch.autograd as autograd
+
+        flags = _WATCH_LOCAL.__dict__.get("flags", [])
+        if any(f is self.flag for f in flags):
+            flags[:] = [f for f in flags if f is not self.flag]
+        with _WATCH_LOCK:
+            _WATCHERS[0] -= 1
+            if _WATCHERS[0] == 0 and autograd._engine_run_backward is _watched_engine:
+                autograd._engine_run_backward = _WATCHERS[1]
 
 
 class MemoizeMessenger(Messenger):
@@ -942,9 +995,7 @@ class MemoizeMessenger(Messenger):
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
         self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (weakref to it, its last _param_state): _state
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
-        #: a user's loss term ran in this scope (it may differentiate inside the evaluation: a gradient penalty), so a
-        #: hit is checked for a graph a backward freed (:func:`_graph_freed`); pyro_dgm's own terms do not
-        self.check_graphs = False
+        self._watch: Any = None  # watching_backward() while a user's loss term may differentiate (watch_backward)
         self._compiled = is_compiling()  # made by a compiled evaluation: a frame of it that Dynamo runs eagerly (past
         # its recompile limit) shares the traced entries (see lookup and call)
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
@@ -965,6 +1016,9 @@ class MemoizeMessenger(Messenger):
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._watch is not None:
+            watch, self._watch = self._watch, None
+            watch.__exit__(None, None, None)
         if self._seen:
             seen, self._seen = self._seen, {}
             if self._misses is not None:
@@ -1070,9 +1124,7 @@ class MemoizeMessenger(Messenger):
                 or (hit[3] is not None and hit[3]() is not module)
                 or (hit[4] and not all(_same_bits(a, c) for a, c in hit[4]))
                 or (hit[5] and not _same_outputs(hit[5]))
-                or (hit[6] and shared_only)
-                or (self.check_graphs and _graph_freed(hit[0]))):  # (a backward inside the evaluation,
-            # autograd.grad in a user's term, freed its graph)
+                or (hit[6] and shared_only)):
             return key, None  # (hit[3]: a network freed and another made at its address, a MAML task's copy)
         self._cache.move_to_end(key)
         return key, hit[0]
@@ -1240,6 +1292,22 @@ class MemoizeMessenger(Messenger):
             return known[1]
         swapped = _swapped((args, kwargs), base)
         return seen[0], (swapped if seen[1] else None)
+
+    def watch_backward(self) -> None:
+        """A user's loss term runs in this scope: it may run a backward pass inside the evaluation (a gradient norm
+        before a gradient penalty, a first-order inner step: ``torch.autograd.grad`` without ``retain_graph``),
+        which frees the graphs of some cached passes; after each such pass those entries are dropped
+        (:meth:`drop_freed`), so that their networks run again on their next use, as Pixyz runs them. pyro_dgm's
+        own terms never run one, so their evaluations watch nothing."""
+        if self._watch is None:
+            self._watch = watching_backward()
+            self._watch.__enter__()
+
+    def drop_freed(self) -> None:
+        """Drop the entries whose output graphs a backward pass freed (:func:`_graph_freed`)."""
+        cache = self._cache
+        for key in [k for k, e in cache.items() if _graph_freed(e[0])]:
+            del cache[key]
 
     def note(self, owner: Any, value: Any) -> None:
         """Keep ``value`` for ``owner`` until the scope ends (a flow's last computation while torch.compile

@@ -194,7 +194,7 @@ def test_a_users_raise_in_any_form_reaches_the_caller_as_it_is(form: str) -> Non
                         pass
                     else: raise RuntimeError("input size must be even")  # noqa: E701
                 elif form == "parenthesized":
-                    raise(RuntimeError("input size must be even"))
+                    raise(RuntimeError("input size must be even"))  # noqa: E275 (the form under test)
                 else:
                     scope["check"](x)
                 return {"loc": self.lin(x), "scale": 1.}

@@ -545,3 +545,167 @@ def _deep_program(layers: int) -> Any:
 def test_a_freed_graph_behind_forty_nodes_that_save_nothing() -> None:
     ref, ours = run_both(_deep_program(40))
     assert_same(ref, ours)
+
+
+# ---- probe p438, an attack round on the above: the watch is now of torch's backward entry, not saved tensors
+
+
+def _users_hooks_program() -> Any:
+    def program() -> Any:
+        import sympy
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Deterministic
+        from pixyz.losses.losses import Loss
+        from pixyz.models import Model
+
+        store: dict = {}
+
+        def pack(t: Any) -> Any:  # (an offloading pair that hands each tensor back once)
+            key = object()
+            store[key] = t
+            return key
+
+        def unpack(key: Any) -> Any:
+            return store.pop(key)
+
+        class D(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+            def forward(self, x: Any) -> dict:
+                return {"t": self.net(x)}
+
+        class L(Loss):
+            def __init__(self, d: Any) -> None:
+                super().__init__(input_var=["x"])
+                self.d = d
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("L")
+
+            def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+                x = x_dict["x"]
+                return self.d.sample({"x": x})["t"].mean() + (self.d.sample({"x": x})["t"] ** 2).mean(), {}
+
+        torch.manual_seed(3)
+        d = D()
+        model = Model(L(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05})
+        torch.manual_seed(4)
+        losses = []
+        for _ in range(3):
+            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                losses.append(model.train({"x": torch.randn(4, 3)}))
+        return losses, d.net[0].weight
+
+    return program
+
+
+def test_the_users_saved_tensor_hooks_are_not_run_by_the_library() -> None:
+    """(p438) Hooks that hand each saved tensor back once: the library reads no saved tensor of a reused pass
+    where no backward ran inside the evaluation (a ``KeyError`` in ``backward`` before)."""
+    ref, ours = run_both(_users_hooks_program())
+    assert_same(ref, ours)
+
+
+def test_torch_func_inside_a_users_term_trains_compiled_as_eagerly() -> None:
+    """(p438) ``torch.func.grad`` inside a user's term refused the watch's saved-tensor hooks; the term is seen to
+    differentiate now and the compiled model evaluates it eagerly, with the eager numbers."""
+    import warnings
+
+    import sympy
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses.losses import Loss
+    from pyro_dgm.models import Model
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["c"], name="p")
+            self.lin = nn.Linear(2, 4)
+
+        def forward(self, c: torch.Tensor) -> dict:
+            h = self.lin(c)
+            return {"loc": h[..., :2], "scale": nn.functional.softplus(h[..., 2:]) + 0.1}
+
+    class Score(Loss):
+        def __init__(self, p: Any) -> None:
+            super().__init__(input_var=["x", "c"])
+            self.p = p
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("S")
+
+        def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+            x, c = x_dict["x"], x_dict["c"]
+
+            def logp(xi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
+                return self.p.get_log_prob({"x": xi[None], "c": ci[None]}).sum()
+
+            g = torch.func.vmap(torch.func.grad(logp))(x, c)
+            return 0.5 * (g ** 2).sum(1).mean(), x_dict
+
+    runs = []
+    for compile in (False, True):
+        torch.manual_seed(1)
+        p = P()
+        model = Model(Score(p), distributions=[p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.01},
+                      compile=compile)
+        torch.manual_seed(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            runs.append([float(model.train({"x": torch.randn(6, 2), "c": torch.randn(6, 2)})) for _ in range(3)])
+    assert runs[1] == pytest.approx(runs[0], rel=1e-6)
+
+
+def _wide_program() -> Any:
+    def program() -> Any:
+        import sympy
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Deterministic
+        from pixyz.losses.losses import Loss
+
+        torch.manual_seed(7)
+
+        class D(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.w = nn.ParameterList([nn.Parameter(torch.randn(3) * 0.3) for _ in range(100)])
+
+            def forward(self, x: Any) -> dict:
+                return {"t": torch.cat([(torch.tanh(x @ w) + 1).view(-1, 1) for w in self.w], dim=1)}
+
+        d = D()
+
+        class L(Loss):
+            def __init__(self) -> None:
+                super().__init__(input_var=["x"])
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("L")
+
+            def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+                x = x_dict["x"]
+                g, = torch.autograd.grad(d.sample({"x": x})["t"][:, 99].sum(), [d.w[99]])
+                return d.sample({"x": x})["t"].sum() + (g ** 2).sum(), {}
+
+        value = L().eval({"x": torch.randn(4, 3)})
+        value.backward()
+        return value.detach(), d.w[0].grad
+
+    return program
+
+
+def test_a_freed_branch_of_a_wide_graph_is_found() -> None:
+    """(p438) ``torch.cat`` of 100 branches, the last one's graph freed: found behind the 256 nodes the search
+    stopped at."""
+    ref, ours = run_both(_wide_program())
+    assert_same(ref, ours)
