@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from pixyz_harness import assert_same, run_both
+from pixyz_harness import assert_same, run_both, run_pyro_dgm
 
 
 def _reuse_program(scenario: str) -> Any:
@@ -114,58 +114,8 @@ def test_the_reuse_stays_where_the_graph_is_kept() -> None:
         assert len(calls) == runs
 
 
-def _penalty_model(compile: bool) -> tuple[list[float], Any]:
-    import sympy
-    from torch import nn
-
-    from pyro_dgm.distributions import Deterministic
-    from pyro_dgm.losses.losses import Loss
-    from pyro_dgm.models import Model
-
-    class D(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def forward(self, x: torch.Tensor) -> dict:
-            return {"t": self.net(x)}
-
-    class GP(Loss):
-        def __init__(self, d: Any) -> None:
-            super().__init__(input_var=["x", "y", "eps"])
-            self.d = d
-
-        @property
-        def _symbol(self) -> Any:
-            return sympy.Symbol("GP")
-
-        def forward(self, x_dict: dict, **kwargs: Any) -> Any:
-            x, y, eps = x_dict["x"], x_dict["y"], x_dict["eps"]
-            xh = (eps * x + (1 - eps) * y).requires_grad_(True)
-            g, = torch.autograd.grad(self.d.sample({"x": xh})["t"].sum(), xh, create_graph=True)
-            critic = self.d.sample({"x": y})["t"].mean() - self.d.sample({"x": x})["t"].mean()
-            return critic + 10 * ((g.norm(dim=1) - 1) ** 2).mean(), x_dict
-
-    torch.manual_seed(3)
-    d = D()
-    model = Model(GP(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05},
-                  compile=compile)
-    torch.manual_seed(4)
-    losses = [float(model.train({"x": torch.randn(4, 3) + 1, "y": torch.randn(4, 3), "eps": torch.rand(4, 1)}))
-              for _ in range(3)]
-    return losses, d.net[0].weight.detach()
-
-
-def test_a_compiled_model_whose_loss_differentiates_runs_it_eagerly_with_a_warning() -> None:
-    eager = _penalty_model(False)
-    with pytest.warns(RuntimeWarning, match="ran a backward pass inside .* this loss is evaluated eagerly"):
-        compiled = _penalty_model(True)
-    assert compiled[0] == pytest.approx(eager[0], rel=1e-6)
-    torch.testing.assert_close(compiled[1], eager[1])
-
-
-def test_a_gradient_penalty_in_a_loss_trains_as_under_pixyz() -> None:
-    """The eager model above, against Pixyz's (3 SGD steps)."""
+def _gp_program(compile: bool | None) -> Any:
+    """A WGAN-GP critic written as a ``Loss``, trained 3 SGD steps (``compile=`` given unless ``None``, Pixyz's)."""
     def program() -> Any:
         import sympy
         import torch
@@ -201,14 +151,45 @@ def test_a_gradient_penalty_in_a_loss_trains_as_under_pixyz() -> None:
 
         torch.manual_seed(3)
         d = D()
-        model = Model(GP(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05})
+        options = {} if compile is None else {"compile": compile}
+        model = Model(GP(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05},
+                      **options)
         torch.manual_seed(4)
         losses = [model.train({"x": torch.randn(4, 3) + 1, "y": torch.randn(4, 3), "eps": torch.rand(4, 1)})
                   for _ in range(3)]
         return losses, d.net[0].weight
 
-    ref, ours = run_both(program)
+    return program
+
+
+def test_a_compiled_model_whose_loss_differentiates_runs_it_eagerly_with_a_warning() -> None:
+    eager = run_pyro_dgm(_gp_program(False))
+    with pytest.warns(RuntimeWarning, match="ran a backward pass inside .* this loss is evaluated eagerly"):
+        compiled = run_pyro_dgm(_gp_program(True))
+    assert_same(eager, compiled)
+
+
+def test_a_gradient_penalty_in_a_loss_trains_as_under_pixyz() -> None:
+    """The eager model above, against Pixyz's (3 SGD steps)."""
+    ref, ours = run_both(_gp_program(None))
     assert_same(ref, ours)
+
+
+def _critic() -> Any:
+    """A small critic network ``d(t|x)`` (3 -> 8 -> 1), as the pyro_dgm-only penalty tests below use it."""
+    from torch import nn
+
+    from pyro_dgm.distributions import Deterministic
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"t": self.net(x)}
+
+    return D()
 
 
 # ---- probe p434, an attack round on the above and on the hooks of test_diff_round65.py
@@ -280,9 +261,7 @@ def test_a_penalty_in_a_helper_function_is_seen_when_the_first_evaluation_runs_i
     """A gradient penalty computed by a module-level helper (no name in the loss's code): the first, eager,
     evaluation saw a backward pass inside, so the compiled model evaluates eagerly."""
     import sympy
-    from torch import nn
 
-    from pyro_dgm.distributions import Deterministic
     from pyro_dgm.losses.losses import Loss
     from pyro_dgm.models import Model
 
@@ -290,14 +269,6 @@ def test_a_penalty_in_a_helper_function_is_seen_when_the_first_evaluation_runs_i
         from torch.autograd import grad as differentiate
         g, = differentiate(d.sample({"x": xh})["t"].sum(), xh, None, True, True)
         return ((g.norm(dim=1) - 1) ** 2).mean()
-
-    class D(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def forward(self, x: torch.Tensor) -> dict:
-            return {"t": self.net(x)}
 
     class GP(Loss):
         def __init__(self, d: Any) -> None:
@@ -315,7 +286,7 @@ def test_a_penalty_in_a_helper_function_is_seen_when_the_first_evaluation_runs_i
     results = []
     for compile in (False, True):
         torch.manual_seed(3)
-        d = D()
+        d = _critic()
         model = Model(GP(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05},
                       compile=compile)
         torch.manual_seed(4)
@@ -455,19 +426,9 @@ def test_a_penalty_is_watched_at_the_first_evaluation_with_gradients() -> None:
     """A ``test()`` (under ``no_grad``) first is not the watched evaluation: the first ``train()`` is (p436: the
     penalty went unseen and the compiled step failed)."""
     import sympy
-    from torch import nn
 
-    from pyro_dgm.distributions import Deterministic
     from pyro_dgm.losses.losses import Loss
     from pyro_dgm.models import Model
-
-    class D(Deterministic):
-        def __init__(self) -> None:
-            super().__init__(var=["t"], cond_var=["x"], name="d")
-            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def forward(self, x: torch.Tensor) -> dict:
-            return {"t": self.net(x)}
 
     class GP(Loss):
         def __init__(self, d: Any) -> None:
@@ -487,7 +448,7 @@ def test_a_penalty_is_watched_at_the_first_evaluation_with_gradients() -> None:
     runs = []
     for compile in (False, True):
         torch.manual_seed(3)
-        d = D()
+        d = _critic()
         model = Model(GP(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05},
                       compile=compile)
         torch.manual_seed(4)
