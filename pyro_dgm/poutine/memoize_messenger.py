@@ -878,16 +878,30 @@ _WATCH_LOCAL = threading.local()  # .flags: this thread's watchers' flags
 
 
 def _watched_engine(*args: Any, **kwargs: Any) -> Any:
-    """torch's ``_engine_run_backward`` (which ``backward`` and ``torch.autograd.grad`` call), noting in this thread's
-    watchers that a backward pass ran and dropping the entries it freed from this thread's memoizing scope."""
+    """torch's ``_engine_run_backward`` (which ``backward`` and ``torch.autograd.grad`` call, ``retain_graph`` their
+    third argument), noting in this thread's watchers that a backward pass ran and, where it freed the graph,
+    dropping the entries it freed from this thread's memoizing scope. A wrapper of the user's installed before the
+    watch is called; one that calls back into this one (installed during a watch) reaches torch's own."""
+    local = _WATCH_LOCAL
+    if getattr(local, "inside", False):  # (a wrapper of the user's calling this one again: torch's own now)
+        return _torch_engine()(*args, **kwargs)
+    local.inside = True
     try:
-        return _WATCHERS[1](*args, **kwargs)
+        return (_WATCHERS[1] or _torch_engine())(*args, **kwargs)
     finally:
-        for flag in getattr(_WATCH_LOCAL, "flags", ()):
+        local.inside = False
+        for flag in getattr(local, "flags", ()):
             flag[0] = True
         memo = active_memo()
-        if memo is not None and memo._watch is not None:
-            memo.drop_freed()
+        if memo is not None and memo._watch is not None and not (len(args) > 2 and args[2]):  # (retain_graph:
+            memo.drop_freed()  # nothing freed)
+
+
+def _torch_engine() -> Any:
+    """torch's own backward entry (``torch.autograd.graph._engine_run_backward``)."""
+    from torch.autograd import graph
+
+    return graph._engine_run_backward
 
 
 class watching_backward:
@@ -1296,17 +1310,21 @@ class MemoizeMessenger(Messenger):
     def watch_backward(self) -> None:
         """A user's loss term runs in this scope: it may run a backward pass inside the evaluation (a gradient norm
         before a gradient penalty, a first-order inner step: ``torch.autograd.grad`` without ``retain_graph``),
-        which frees the graphs of some cached passes; after each such pass those entries are dropped
-        (:meth:`drop_freed`), so that their networks run again on their next use, as Pixyz runs them. pyro_dgm's
-        own terms never run one, so their evaluations watch nothing."""
+        which frees the graphs of some cached passes; after each such pass the ``Deterministic`` entries it freed are
+        dropped (:meth:`drop_freed`), so that their networks run again on their next use, as Pixyz runs them.
+        pyro_dgm's own terms never run one, so their evaluations watch nothing. (A backward run in another thread,
+        a pool's worker, is not seen.)"""
         if self._watch is None:
             self._watch = watching_backward()
             self._watch.__enter__()
 
     def drop_freed(self) -> None:
-        """Drop the entries whose output graphs a backward pass freed (:func:`_graph_freed`)."""
+        """Drop the entries of ``Deterministic`` networks whose output graphs a backward pass freed
+        (:func:`_graph_freed`): Pixyz runs those at each use. A family's parameters Pixyz reuses from its own cache
+        (the same dropout mask, a freed graph too), so their entries stay (p439)."""
         cache = self._cache
-        for key in [k for k, e in cache.items() if _graph_freed(e[0])]:
+        for key in [k for k, e in cache.items()
+                    if e[3] is not None and getattr(e[3](), "memoize_unless_random", False) and _graph_freed(e[0])]:
             del cache[key]
 
     def note(self, owner: Any, value: Any) -> None:

@@ -670,3 +670,98 @@ def test_a_freed_branch_of_a_wide_graph_is_found() -> None:
     stopped at."""
     ref, ours = run_both(_wide_program())
     assert_same(ref, ours)
+
+
+# ---- probe p439, an attack round on the watch of torch's backward entry
+
+
+def _dropout_program() -> Any:
+    def program() -> Any:
+        import sympy
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Normal
+        from pixyz.losses.losses import Loss
+
+        torch.manual_seed(11)
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.lin = nn.Linear(3, 2)
+                self.drop = nn.Dropout(0.5)
+
+            def forward(self, x: Any) -> dict:
+                return {"loc": self.drop(self.lin(x)), "scale": torch.ones(x.shape[0], 2)}
+
+        q = Q()
+
+        class L(Loss):
+            def __init__(self) -> None:
+                super().__init__(input_var=["x", "z"])
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("L")
+
+            def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+                lp = q.get_log_prob({"x": x_dict["x"], "z": x_dict["z"]}).sum()
+                norm = torch.autograd.grad(lp, q.lin.weight)[0].norm()  # (a logged gradient norm: frees the graph)
+                return q.sample_mean({"x": x_dict["x"]}).detach().sum() + 0 * norm, {}
+
+        value = L().eval({"x": torch.randn(4, 3), "z": torch.randn(4, 2)})
+        return value, torch.rand(1)
+
+    return program
+
+
+def test_a_familys_pass_is_reused_after_a_backward_as_pixyzs_cache_reuses_it() -> None:
+    """(p439) Only a ``Deterministic``'s freed pass runs again (Pixyz runs those at each use); a ``Normal`` with
+    dropout is answered from the pass Pixyz's ``get_params`` cache reuses too: the same mask, the same stream."""
+    ref, ours = run_both(_dropout_program())
+    assert_same(ref, ours)
+
+
+def test_a_users_wrapper_of_the_backward_entry_installed_during_a_watch() -> None:
+    """(p439) A profiler-style wrapper of ``torch.autograd._engine_run_backward`` installed inside a user's term
+    (so it wraps the library's watch) and kept: no infinite recursion at the next step; torch's own is put back
+    under it."""
+    import sympy
+    import torch.autograd as autograd
+
+    from pyro_dgm.losses.losses import Loss
+    from pyro_dgm.models import Model
+
+    calls = [0]
+    before = autograd._engine_run_backward
+
+    class Profiled(Loss):
+        def __init__(self, d: Any) -> None:
+            super().__init__(input_var=["x"])
+            self.d = d
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("P")
+
+        def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+            if not getattr(autograd._engine_run_backward, "_profiled", False):
+                inner = autograd._engine_run_backward
+
+                def counted(*args: Any, **kw: Any) -> Any:
+                    calls[0] += 1
+                    return inner(*args, **kw)
+
+                counted._profiled = True
+                autograd._engine_run_backward = counted
+            return self.d.sample({"x": x_dict["x"]})["t"].pow(2).mean(), x_dict
+
+    try:
+        torch.manual_seed(3)
+        d = _critic()
+        model = Model(Profiled(d), distributions=[d], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05})
+        losses = [float(model.train({"x": torch.randn(4, 3)})) for _ in range(3)]
+    finally:
+        autograd._engine_run_backward = before
+    assert len(losses) == 3 and calls[0] >= 2
