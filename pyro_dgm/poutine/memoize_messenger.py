@@ -843,8 +843,9 @@ def _graph_freed(value: Any, limit: int = 4096) -> bool:
     gradient norm before a gradient penalty, a first-order inner step) went through the graph of a cached pass's
     output tensors and freed it: reusing the pass would fail in the next backward ("Trying to backward through the
     graph a second time"), where Pixyz runs the network again. Read from the tensors the graph's nodes save (reading
-    a freed one raises), breadth first, up to ``limit`` nodes (leaves' accumulators not counted): a backward
-    through any part of it (a residual branch, one of two outputs) frees that part. Run after each backward pass
+    a freed one raises), breadth first, up to ``limit`` nodes (leaves' accumulators not counted; a graph not
+    searched to its end is taken as freed): a backward through any part of it (a residual branch, one of two
+    outputs) frees that part. Run after each backward pass
     inside an evaluation that watches them (:meth:`MemoizeMessenger.watch_backward`), not at each hit."""
     if not isinstance(value, (torch.Tensor, dict, tuple, list)):
         return False
@@ -864,7 +865,7 @@ def _graph_freed(value: Any, limit: int = 4096) -> bool:
             except Exception:  # noqa: BLE001 (a slot that cannot be read otherwise: says nothing)
                 pass
         todo.extend(n for n, _ in node.next_functions if n is not None and type(n) is not _ACCUMULATE)
-    return False
+    return bool(todo)  # (not searched to its end: taken as freed, the network runs again)
 
 
 _ACCUMULATE = type(torch.ones(1, requires_grad=True).expand(1).grad_fn.next_functions[0][0])  # (a leaf's
@@ -881,15 +882,17 @@ def _watched_engine(*args: Any, **kwargs: Any) -> Any:
     """torch's ``_engine_run_backward`` (which ``backward`` and ``torch.autograd.grad`` call, ``retain_graph`` their
     third argument), noting in this thread's watchers that a backward pass ran and, where it freed the graph,
     dropping the entries it freed from this thread's memoizing scope. A wrapper of the user's installed before the
-    watch is called; one that calls back into this one (installed during a watch) reaches torch's own."""
+    watch is called, also for a backward pass a hook starts inside another; one that calls back into this one
+    (installed during a watch: the same backward context as the call that reached it) gets torch's own."""
     local = _WATCH_LOCAL
-    if getattr(local, "inside", False):  # (a wrapper of the user's calling this one again: torch's own now)
-        return _torch_engine()(*args, **kwargs)
-    local.inside = True
+    task = torch._C._current_graph_task_id()  # (-1 outside a running backward pass; a hook's pass: the outer's)
+    outer = getattr(local, "task", None)
+    engine = _torch_engine() if outer == task else (_WATCHERS[1] or _torch_engine())
+    local.task = task
     try:
-        return (_WATCHERS[1] or _torch_engine())(*args, **kwargs)
+        return engine(*args, **kwargs)
     finally:
-        local.inside = False
+        local.task = outer
         for flag in getattr(local, "flags", ()):
             flag[0] = True
         memo = active_memo()

@@ -765,3 +765,66 @@ def test_a_users_wrapper_of_the_backward_entry_installed_during_a_watch() -> Non
     finally:
         autograd._engine_run_backward = before
     assert len(losses) == 3 and calls[0] >= 2
+
+
+# ---- probe p440, an attack round on the above
+
+
+def _reentry_program(depth: int) -> Any:
+    def program() -> Any:
+        import sympy
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Deterministic
+        from pixyz.losses.losses import Loss
+
+        torch.manual_seed(5)
+
+        class D(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["t"], cond_var=["x"], name="d")
+                self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+            def forward(self, x: Any) -> dict:
+                h = self.net(x)
+                for _ in range(depth):  # (nodes that save nothing, more than the search reads)
+                    h = h + 0.0
+                return {"t": h}
+
+        d = D()
+
+        class L(Loss):
+            def __init__(self) -> None:
+                super().__init__(input_var=["x"])
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("L")
+
+            def forward(self, x_dict: dict, **kwargs: Any) -> Any:
+                x = x_dict["x"]
+                s = d.sample({"x": x})["t"].sum()
+                if depth:
+                    torch.autograd.grad(s, x)
+                else:  # a backward hook that differentiates (frees d's graph) inside a pass that keeps its own
+                    a = torch.ones(1, requires_grad=True)
+                    b = a * 2
+                    b.register_hook(lambda g: (torch.autograd.grad(s, x), None)[1])
+                    (b * 3).sum().backward(retain_graph=True)
+                return d.sample({"x": x})["t"].pow(2).mean(), {}
+
+        x = torch.randn(4, 3, requires_grad=True)
+        value = L().eval({"x": x})
+        value.backward()
+        return value.detach(), x.grad
+
+    return program
+
+
+@pytest.mark.parametrize("depth", [0, 5000], ids=["hook", "deep"])
+def test_a_pass_freed_by_a_hooks_backward_or_below_a_deep_graph_runs_again(depth: int) -> None:
+    """(p440) A backward a hook starts inside another frees the pass; a graph deeper than the search is taken as
+    freed: the network runs again, as under Pixyz."""
+    ref, ours = run_both(_reentry_program(depth))
+    assert_same(ref, ours)
