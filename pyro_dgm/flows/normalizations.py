@@ -12,6 +12,7 @@ from pyro_dgm.poutine.memoize_messenger import active_memo
 from pyro_dgm.utils.compat import is_compiling
 from pyro_dgm.utils.settings import epsilon
 from pyro_dgm.utils.attributes import refuse_pixyz_hooks
+from pyro_dgm.utils.checks import ShapeError
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "ActNorm2d"]
 
@@ -235,20 +236,10 @@ class ActNorm2d(Flow):
     True
     """
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._dgm_refuse_hooks()
-
-    @classmethod
-    def _dgm_refuse_hooks(cls) -> None:
-        refuse_pixyz_hooks(cls, ActNorm2d, ("_center", "_scale"), ("forward", "inverse"),
-                           "override forward and inverse")
-
     _dgm_feature_name = "channels"
     _dgm_constant_logdet = True
 
     def __init__(self, in_features: int, scale: float = 1.0, cache_size: int = 1) -> None:
-        type(self)._dgm_refuse_hooks()  # (also a hook set on the class since it was made)
         super().__init__(in_features, event_dim=3, cache_size=cache_size)
         self.bias = nn.Parameter(torch.zeros(1, in_features, 1, 1))
         self.logs = nn.Parameter(torch.zeros(1, in_features, 1, 1))
@@ -311,22 +302,44 @@ class ActNorm2d(Flow):
     def _dgm_logdet(self, v: Tensor) -> Tensor:
         return (self.logs.sum() * v.shape[-1] * v.shape[-2]).to(v.dtype).expand(v.shape[:-3])
 
-    def _dgm_check_hooks(self) -> None:
-        """Refuse Pixyz's hooks set on this flow or its class since it was made (see :meth:`_dgm_refuse_hooks`)."""
-        if is_compiling():
-            return
-        d = self.__dict__
-        own = next((n for n in ("_center", "_scale") if n in d), None)
-        if own is not None:
-            raise TypeError(f"{type(self).__name__}: {own} set on the flow, a private method of Pixyz's ActNorm2d "
-                            "that pyro_dgm's ActNorm2d does not call (it would be ignored); override forward and "
-                            "inverse")
-        type(self)._dgm_refuse_hooks()
+    # ------------------------------------------------------------------ Pixyz's hooks
+    def _center(self, x: Tensor, inverse: bool = False) -> Tensor:
+        """Pixyz's hook: :math:`x + b` (:math:`x - b` for the inverse). Called, with :meth:`_scale`, where a subclass
+        or the flow itself overrides either, as Pixyz's ``forward`` and ``inverse`` call them; the map is computed
+        otherwise without them (the same numbers)."""
+        return x - self.bias if inverse else x + self.bias
+
+    def _scale(self, x: Tensor, compute_jacobian: bool = True, inverse: bool = False) -> tuple[Tensor, Tensor | None]:
+        r"""Pixyz's hook: :math:`x e^{\log s}` (:math:`x e^{-\log s}` for the inverse) and, with
+        ``compute_jacobian``, the log-determinant :math:`H W \sum \log s` (one number), else ``None``."""
+        x = x * torch.exp(-self.logs if inverse else self.logs)
+        return x, self.logs.sum() * x.shape[-1] * x.shape[-2] if compute_jacobian else None
+
+    def _dgm_hooked(self) -> bool:
+        """Whether this flow's class or the flow itself overrides Pixyz's hooks (read at each call: a later cell may
+        set one; Pixyz calls ``self``'s)."""
+        cls, d = type(self), self.__dict__
+        return (cls._center is not ActNorm2d._center or cls._scale is not ActNorm2d._scale
+                or "_center" in d or "_scale" in d)
+
+    def _dgm_hooked_logdet(self, logdet: Any, x: Tensor) -> Tensor:
+        """The log-det a user's ``_scale`` gave, as one per sample of ``x``."""
+        if not isinstance(logdet, Tensor):
+            raise TypeError(f"{self._dgm_describe()}: _scale(x, compute_jacobian=True) must return (x, logdet) with "
+                            f"logdet a tensor, got {type(logdet).__name__}")
+        try:
+            return logdet.to(x.dtype).expand(x.shape[:-3])
+        except RuntimeError as e:
+            raise ShapeError(f"{self._dgm_describe()}: the log-det that _scale returned, of shape "
+                             f"{tuple(logdet.shape)}, must be one number or one per sample of the batch "
+                             f"{tuple(x.shape[:-3])}") from e
 
     def _dgm_forward_logdet(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        self._dgm_check_hooks()
         if self.training and self._dgm_needs_init():
             self.initialize_parameters(x)
+        if self._dgm_hooked():  # Pixyz's forward
+            z, logdet = self._scale(self._center(x, inverse=False), True, inverse=False)
+            return z, self._dgm_hooked_logdet(logdet, x)
         return (x + self.bias) * torch.exp(self.logs), self._dgm_logdet(x)
 
     def inverse(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -334,7 +347,9 @@ class ActNorm2d(Flow):
         return super().inverse(x, y)
 
     def _dgm_inverse_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        self._dgm_check_hooks()
         if self.training and self._dgm_needs_init():  # Pixyz initializes from whichever side comes first
             self.initialize_parameters(z)
+        if self._dgm_hooked():  # Pixyz's inverse; the log-det, where one is wanted, from the forward at x
+            x, _ = self._scale(z, compute_jacobian=False, inverse=True)
+            return self._center(x, inverse=True), None  # type: ignore[return-value]
         return z * torch.exp(-self.logs) - self.bias, self._dgm_logdet(z)
