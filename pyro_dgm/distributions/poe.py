@@ -318,7 +318,7 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         except RuntimeError:  # (an inference-mode buffer has no version: read it each time)
             return buf.tolist()
         if seen is None or seen[0] is not buf or seen[1] != key:
-            seen = (buf, key, buf.tolist())
+            seen = (buf, key, buf.tolist(), buf.untyped_storage())  # (its storage held: the address is not reused)
             self.__dict__["_dgm_weights_read"] = seen
         return seen[2]
 

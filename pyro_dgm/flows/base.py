@@ -234,9 +234,10 @@ def _state(flow: nn.Module, keep: list | None = None) -> tuple:
     """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it, and so does
     a new tensor or storage put in their place: ``p.data = t``, ``vector_to_parameters``), its modules' train/eval
     modes (a batch norm computes with other statistics after ``eval()``), their ``forward`` functions (one replaced
-    on the class or the instance) and forward hooks (:func:`~pyro_dgm.utils.modules.hooks_state`). The tensors are
-    appended to ``keep``: a memory holds them, so that their ids, which the state holds, are not reused while it
-    lives. (Not :func:`~pyro_dgm.utils.epsilon`: see :func:`_recall`.)"""
+    on the class or the instance) and forward hooks (:func:`~pyro_dgm.utils.modules.hooks_state`). The tensors and
+    their storages are appended to ``keep``: a memory holds them, so that their ids and data addresses, which the
+    state holds, are not reused while it lives (new values put in place through ``.data`` twice could otherwise
+    land at the address the first replacement freed). (Not :func:`~pyro_dgm.utils.epsilon`: see :func:`_recall`.)"""
     out: list[Any] = []
     mods = submodules(flow)  # one walk
     for m in mods:
@@ -245,9 +246,12 @@ def _state(flow: nn.Module, keep: list | None = None) -> tuple:
             for t in tensors.values():
                 if t is not None:
                     try:  # (the common case inline: a tensor with a version and storage)
-                        out.append((id(t), t._version, t.data_ptr()))
-                    except (RuntimeError, ValueError):
-                        out.append((id(t), version(t), _storage(t)))
+                        entry = (id(t), t._version, t.data_ptr())
+                        if keep is not None:  # (its storage too: values put in place through .data twice
+                            keep.append(t.untyped_storage())  # might come back at the address first freed)
+                    except (RuntimeError, ValueError, NotImplementedError):
+                        entry = (id(t), version(t), _storage(t))
+                    out.append(entry)
                     if keep is not None:
                         keep.append(t)
     out.append(hooks_state(mods))  # (a forward hook added, removed or replaced: the networks compute otherwise)

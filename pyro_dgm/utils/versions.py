@@ -30,6 +30,28 @@ def version(t: Tensor) -> Hashable:
         return object()
 
 
+def storages(tensors: Sequence[Tensor]) -> list[Any]:
+    """The storages of the tensors that have one: held beside their :func:`data_ptrs`, they keep those addresses
+    from being handed to other values while the holder lives (values put in place through ``p.data = t`` twice may
+    otherwise land where the first replacement's were freed, at the same address as before).
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(1024))
+    >>> held = storages([p]); p.data = torch.ones(1024); p.data = torch.zeros(1024)
+    >>> held[0].data_ptr() != p.data_ptr()
+    True
+    """
+    out = []
+    for t in tensors:
+        try:
+            out.append(t.untyped_storage())
+        except (RuntimeError, ValueError, NotImplementedError):  # (no storage: a lazy or wrapper tensor)
+            pass
+    return out
+
+
 def data_ptrs(tensors: Sequence[Tensor]) -> list[Any]:
     """Where each tensor's data lies: assigning ``p.data`` (``vector_to_parameters``, ``module.double()``) moves it
     without a new version. ``None`` for a tensor without storage (an uninitialized lazy parameter).

@@ -107,3 +107,80 @@ def test_an_actnorm_scale_hook_returning_no_log_det_is_named() -> None:
 
     with pytest.raises(TypeError, match=r"Bad\(.*_scale\(x, compute_jacobian=True\) must return \(x, logdet\)"):
         Bad(2).eval().forward_with_logdet(torch.randn(1, 2, 2, 2))
+
+
+# ---- probe p443, object lifetime and identity: weights put in place through .data twice
+
+
+def _rescale_twice(w: torch.Tensor) -> None:
+    """New values through ``.data`` twice: the second often lands at the address the first freed, the one the
+    weights had (torch's CPU allocator gives a freed block of 8 KiB back)."""
+    w.data = w.data * 3.0
+    w.data = w.data / 2.0
+
+
+def test_a_flow_scores_its_draw_at_weights_put_in_place_through_data_twice() -> None:
+    """A flow's memory of its draw is not answered at new weights that landed at the old weights' address: the
+    log-density equals the change of variables computed by hand (the inverse, and the autograd Jacobian's log-det).
+    Pixyz's own default (``compute_jacobian=False``) subtracts the draw's log-det, a known error of Pixyz's."""
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+    from pyro_dgm.flows import AffineCoupling
+
+    torch.manual_seed(0)
+    d = 32
+
+    class ST(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(d, 2 * d)
+
+        def forward(self, x: torch.Tensor) -> tuple:
+            h = self.lin(x)
+            return torch.tanh(h[:, :d]), h[:, d:]
+
+    f = AffineCoupling(d, scale_translate_net=ST())
+    p = TransformedDistribution(Normal(loc=torch.zeros(d), scale=torch.ones(d), var=["z"], features_shape=[d]), f,
+                                var=["x"])
+    for _ in range(3):
+        x = p.sample(batch_n=3)["x"]
+        _rescale_twice(f.scale_translate_net.lin.weight)
+        with torch.no_grad():
+            z = f.inverse(x)
+        jac = torch.autograd.functional.jacobian(lambda v: f.forward(v, compute_jacobian=False).sum(0), z)
+        logdet = torch.stack([torch.linalg.slogdet(jac[:, b, :])[1] for b in range(3)])
+        expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) - logdet
+        torch.testing.assert_close(p.get_log_prob({"x": x}).detach(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_sample_dict_cache_sees_weights_put_in_place_through_data_twice() -> None:
+    """``lru_cache_for_sample_dict`` drops its entries when the weights are new values, also where they landed at
+    the old address (Pixyz's cache, keyed by the inputs alone, answers with the old weights' parameters)."""
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.utils import lru_cache_for_sample_dict
+
+    torch.manual_seed(0)
+
+    class Encoder(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.lin = nn.Linear(32, 32)
+
+        @lru_cache_for_sample_dict()
+        def get_params(self, params_dict: dict = {}, **kwargs: Any) -> dict:  # noqa: B006 (Pixyz's signature)
+            return super().get_params(params_dict, **kwargs)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": self.lin(x), "scale": torch.ones_like(x)}
+
+    q = Encoder()
+    x = torch.randn(4, 32)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            for _ in range(3):
+                q.get_params({"x": x})
+                _rescale_twice(q.lin.weight)
+                torch.testing.assert_close(q.get_params({"x": x})["loc"], q.lin(x))
