@@ -36,7 +36,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pyro_dgm.utils.modules import hook_ends, submodules
 from pyro_dgm.utils.random import STATE as _RANDOM
-from pyro_dgm.utils.versions import data_ptrs, version
+from pyro_dgm.utils.versions import data_ptrs, storages, version
 from pyro_dgm.utils.compat import is_compiling, transformed
 
 __all__ = ["MemoizeMessenger", "MissLog", "MissLogs", "get_cache_maxsize", "set_cache_maxsize", "active_memo",
@@ -599,13 +599,14 @@ def _param_state(module: Any) -> tuple[Any, ...] | None:
                         params.append(t)
         subs = modules[1:]  # (not the network itself, whose mode the key holds: an entry must not keep it alive)
         return (tuple(dicts), tuple(map(len, dicts)), tuple(ends), tuple(owners), tuple(keys), tuple(held),
-                tuple(params), _marks(params), subs, [m.training for m in subs])
+                tuple(params), _marks(params), subs, [m.training for m in subs], storages(params))  # (the storages
+        # held, so that new values put in place through .data twice do not land at the address the marks hold)
     except RuntimeError:
         return None
 
 
 def _same_params(state: tuple[Any, ...]) -> bool:
-    dicts, sizes, ends, owners, keys, held, params, marks, modules, modes = state
+    dicts, sizes, ends, owners, keys, held, params, marks, modules, modes, _ = state
     if tuple(map(len, dicts)) != sizes or [m.training for m in modules] != modes:  # (q.bn.eval() alone)
         return False
     for d, first, last in ends:  # (usually none: a module without hooks; the lengths are the same here)

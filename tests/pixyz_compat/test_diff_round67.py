@@ -184,3 +184,51 @@ def test_the_sample_dict_cache_sees_weights_put_in_place_through_data_twice() ->
                 q.get_params({"x": x})
                 _rescale_twice(q.lin.weight)
                 torch.testing.assert_close(q.get_params({"x": x})["loc"], q.lin(x))
+
+
+def test_an_evaluation_sees_weights_put_in_place_through_data_twice_between_two_uses() -> None:
+    """Within one loss evaluation, a user's term that puts new weights in place through ``.data`` twice between two
+    uses of an encoder: the second use computes with the new weights (hand-written), also where they landed at the
+    old address (Pixyz's cache, keyed by the inputs, gives the old weights' value there)."""
+    import sympy
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.losses.losses import Loss
+
+    torch.manual_seed(0)
+
+    class Encoder(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.lin = nn.Linear(32, 32)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": self.lin(x), "scale": torch.ones_like(x)}
+
+    q = Encoder()
+
+    class Rescale(Loss):
+        def __init__(self) -> None:
+            super().__init__(["x"])
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("r")
+
+        def forward(self, x_dict: dict = {}, **kwargs: Any) -> tuple:  # noqa: B006 (Pixyz's signature)
+            _rescale_twice(q.lin.weight)
+            return torch.zeros(()), {}
+
+    x, z = torch.randn(4, 32), torch.randn(4, 32)
+    for _ in range(3):
+        w_before = q.lin.weight.detach().clone()
+        got = (LogProb(q) + Rescale() + 10 * LogProb(q)).eval({"x": x, "z": z})
+
+        def log_q(w: torch.Tensor) -> torch.Tensor:
+            loc = x @ w.T + q.lin.bias.detach()
+            return torch.distributions.Normal(loc, 1.0).log_prob(z).sum(-1)
+
+        expected = log_q(w_before) + 10 * log_q(q.lin.weight.detach())
+        torch.testing.assert_close(got.detach(), expected)
