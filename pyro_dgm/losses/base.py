@@ -1356,10 +1356,11 @@ def _values_parameter(cls: type) -> str | None:
 
 def _user_term_runs() -> None:
     """A user's loss term runs in this evaluation: it may differentiate inside it (a gradient penalty), so the
-    memoizing scope drops what a backward pass frees (pyro_dgm's own terms never run one)."""
+    memoizing scope shares no ``Deterministic`` pass from now on (pyro_dgm's own terms never differentiate).
+    Evaluations without one keep sharing them."""
     memo = active_memo()
     if memo is not None:
-        memo.watch_backward()
+        memo.user_term_runs()
 
 
 def _result(loss: Loss, out: Any) -> tuple[Any, Any]:

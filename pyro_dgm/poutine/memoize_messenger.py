@@ -827,52 +827,6 @@ class _Traced(NamedTuple):
     kwargs: dict[str, Any]
 
 
-#: per autograd node class, the attributes that read the tensors it saves for backward (see :func:`_graph_freed`)
-_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _saved_names(node: Any) -> tuple[str, ...]:
-    names = _SAVED_NAMES.get(type(node))
-    if names is None:
-        raw = [a[len("_raw"):] for a in dir(node) if a.startswith("_raw_saved_")]
-        names = _SAVED_NAMES[type(node)] = tuple("saved_tensors" if n == "_saved_tensors" else n for n in raw)
-    return names  # (a custom autograd.Function's node reads its tensors as saved_tensors)
-
-
-def _graph_freed(value: Any, limit: int = 4096) -> bool:
-    """Whether a backward pass without ``retain_graph`` (``torch.autograd.grad`` inside a user's loss term: a
-    gradient norm before a gradient penalty, a first-order inner step) went through the graph of a cached pass's
-    output tensors and freed it: reusing the pass would fail in the next backward ("Trying to backward through the
-    graph a second time"), where Pixyz runs the network again. Read from the tensors the graph's nodes save (reading
-    a freed one raises), breadth first, up to ``limit`` nodes (leaves' accumulators not counted; a graph not
-    searched to its end is taken as freed): a backward through any part of it (a residual branch, one of two
-    outputs) frees that part. Run after each backward pass
-    inside an evaluation that watches them (:meth:`MemoizeMessenger.watch_backward`), not at each hit."""
-    if not isinstance(value, (torch.Tensor, dict, tuple, list)):
-        return False
-    parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
-    todo = [t.grad_fn for t in parts if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-    seen: set[int] = set()
-    while todo and len(seen) < limit:
-        node = todo.pop(0)
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        for name in _saved_names(node):
-            try:
-                getattr(node, name)
-            except RuntimeError:  # ("Trying to backward through the graph a second time, or ... already freed")
-                return True
-            except Exception:  # noqa: BLE001 (a slot that cannot be read otherwise: says nothing)
-                pass
-        todo.extend(n for n, _ in node.next_functions if n is not None and type(n) is not _ACCUMULATE)
-    return bool(todo)  # (not searched to its end: taken as freed, the network runs again)
-
-
-_ACCUMULATE = type(torch.ones(1, requires_grad=True).expand(1).grad_fn.next_functions[0][0])  # (a leaf's
-# accumulator: it saves nothing and leads nowhere)
-
-
 #: how many scopes watch backward passes (see watching_backward), torch's own engine entry while they do
 _WATCHERS: list[Any] = [0, None]
 _WATCH_LOCK = threading.Lock()
@@ -880,11 +834,10 @@ _WATCH_LOCAL = threading.local()  # .flags: this thread's watchers' flags
 
 
 def _watched_engine(*args: Any, **kwargs: Any) -> Any:
-    """torch's ``_engine_run_backward`` (which ``backward`` and ``torch.autograd.grad`` call, ``retain_graph`` their
-    third argument), noting in this thread's watchers that a backward pass ran and, where it freed the graph,
-    dropping the entries it freed from this thread's memoizing scope. A wrapper of the user's installed before the
-    watch is called, also for a backward pass a hook starts inside another; one that calls back into this one
-    (installed during a watch: the same backward context as the call that reached it) gets torch's own."""
+    """torch's ``_engine_run_backward`` (which ``backward`` and ``torch.autograd.grad`` call), noting in this thread's
+    watchers that a backward pass ran. A wrapper of the user's installed before the watch is called, also for a
+    backward pass a hook starts inside another; one that calls back into this one (installed during a watch: the
+    same backward context as the call that reached it) gets torch's own."""
     local = _WATCH_LOCAL
     task = torch._C._current_graph_task_id()  # (-1 outside a running backward pass; a hook's pass: the outer's)
     outer = getattr(local, "task", None)
@@ -896,9 +849,6 @@ def _watched_engine(*args: Any, **kwargs: Any) -> Any:
         local.task = outer
         for flag in getattr(local, "flags", ()):
             flag[0] = True
-        memo = active_memo()
-        if memo is not None and memo._watch is not None and not (len(args) > 2 and args[2]):  # (retain_graph:
-            memo.drop_freed()  # nothing freed)
 
 
 def _torch_engine() -> Any:
@@ -909,9 +859,9 @@ def _torch_engine() -> Any:
 
 
 class watching_backward:
-    """Within the block, a backward pass run in this thread sets ``flag[0]`` (``with watching_backward() as flag``)
-    and drops the entries it freed from the innermost memoizing scope that watches (a scope where a user's loss
-    term runs). torch's ``torch.autograd._engine_run_backward`` is wrapped while any thread watches, and put back
+    """Within the block, a backward pass run in this thread sets ``flag[0]`` (``with watching_backward() as flag``):
+    whether a loss differentiates inside its evaluation (a gradient penalty), which torch.compile's first call
+    looks for. torch's ``torch.autograd._engine_run_backward`` is wrapped while any thread watches, and put back
     when none does."""
 
     def __enter__(self) -> list[bool]:
@@ -1013,7 +963,7 @@ class MemoizeMessenger(Messenger):
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
         self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (weakref to it, its last _param_state): _state
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
-        self._watch: Any = None  # watching_backward() while a user's loss term may differentiate (watch_backward)
+        self._user_term = False  # a user's loss term runs in this scope (see user_term_runs)
         self._compiled = is_compiling()  # made by a compiled evaluation: a frame of it that Dynamo runs eagerly (past
         # its recompile limit) shares the traced entries (see lookup and call)
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
@@ -1034,9 +984,6 @@ class MemoizeMessenger(Messenger):
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._watch is not None:
-            watch, self._watch = self._watch, None
-            watch.__exit__(None, None, None)
         if self._seen:
             seen, self._seen = self._seen, {}
             if self._misses is not None:
@@ -1124,6 +1071,8 @@ class MemoizeMessenger(Messenger):
             return None, None
         if is_compiling():
             return self._traced_lookup(module, args, kwargs)
+        if self._user_term and getattr(module, "memoize_unless_random", False):  # (see user_term_runs)
+            return None, None
         key = self._key(module, args, kwargs)
         if key is None:
             return None, None
@@ -1311,25 +1260,15 @@ class MemoizeMessenger(Messenger):
         swapped = _swapped((args, kwargs), base)
         return seen[0], (swapped if seen[1] else None)
 
-    def watch_backward(self) -> None:
-        """A user's loss term runs in this scope: it may run a backward pass inside the evaluation (a gradient norm
-        before a gradient penalty, a first-order inner step: ``torch.autograd.grad`` without ``retain_graph``),
-        which frees the graphs of some cached passes; after each such pass the ``Deterministic`` entries it freed are
-        dropped (:meth:`drop_freed`), so that their networks run again on their next use, as Pixyz runs them.
-        pyro_dgm's own terms never run one, so their evaluations watch nothing. (A backward run in another thread,
-        a pool's worker, is not seen.)"""
-        if self._watch is None:
-            self._watch = watching_backward()
-            self._watch.__enter__()
-
-    def drop_freed(self) -> None:
-        """Drop the entries of ``Deterministic`` networks whose output graphs a backward pass freed
-        (:func:`_graph_freed`): Pixyz runs those at each use. A family's parameters Pixyz reuses from its own cache
-        (the same dropout mask, a freed graph too), so their entries stay (p439)."""
-        cache = self._cache
-        for key in [k for k, e in cache.items()
-                    if e[3] is not None and getattr(e[3](), "memoize_unless_random", False) and _graph_freed(e[0])]:
-            del cache[key]
+    def user_term_runs(self) -> None:
+        """A user's loss term runs in this scope: from now on, ``Deterministic`` networks run at each use, as Pixyz
+        runs them. The term may differentiate inside the evaluation (a gradient norm before a gradient penalty, a
+        first-order inner step: ``torch.autograd.grad`` without ``retain_graph``), which frees the graph of the pass
+        it went through: a pass shared with another use would fail in the next backward ("Trying to backward
+        through the graph a second time") where Pixyz's two passes do not. A family's parameters Pixyz reuses from
+        its own cache (the same graph, freed too), so their entries stay (p439). pyro_dgm's own terms never run a
+        backward pass, so their evaluations reuse every pass."""
+        self._user_term = True
 
     def note(self, owner: Any, value: Any) -> None:
         """Keep ``value`` for ``owner`` until the scope ends (a flow's last computation while torch.compile

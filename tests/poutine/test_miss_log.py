@@ -8,12 +8,11 @@ import io
 import pickle
 
 import pytest
-import sympy
 import torch
 from torch import nn
 
 from pyro_dgm.distributions import Deterministic, Normal
-from pyro_dgm.losses import Loss
+from pyro_dgm.losses import Expectation, Loss, LogProb, ValueLoss
 from pyro_dgm.models import Model
 from pyro_dgm.poutine import get_cache_maxsize, memoize, set_cache_maxsize
 from pyro_dgm.poutine.memoize_messenger import MissLog
@@ -42,29 +41,19 @@ class Net(Deterministic):
         return {self.var[0]: self.bn(self.fc(x))}
 
 
-class Uses(Loss):
-    """``sum_k mean(h_k ** 2)`` over ``uses[net]`` uses of each net at the same inputs (a second use of a network
-    at the same inputs is what the memoizer reuses), plus the squared mean of a draw of ``q(z|x)`` when given."""
-
-    def __init__(self, nets: dict, q: Normal | None = None) -> None:
-        super().__init__(["x"])
-        self.nets = nn.ModuleList(nets)
-        self.uses = list(nets.values())
-        self.q = q
-
-    @property
-    def _symbol(self) -> sympy.Symbol:
-        return sympy.Symbol("L")
-
-    def forward(self, x_dict: dict, **kwargs: object) -> tuple:
-        total = 0
-        for net, k in zip(self.nets, self.uses):
-            for _ in range(k):
-                total = total + net.sample(x_dict)[net.var[0]].pow(2).mean()
-        if self.q is not None:
-            for _ in range(2):
-                total = total + self.q.sample(x_dict)["z"].mean() ** 2
-        return total, {}
+def Uses(nets: dict, q: Normal | None = None) -> Loss:
+    """``sum_k E_h[log N(h; 0, I)]`` over ``nets[net]`` uses of each net at the same inputs (a second use of a network
+    at the same inputs is what the memoizer reuses), plus two uses of ``q(z|x)`` when given: pyro_dgm's own terms (in
+    an evaluation where a user's term runs, a ``Deterministic`` runs at each use, and no log is kept of it)."""
+    terms = []
+    for net, k in nets.items():
+        prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=[net.var[0]], features_shape=[4],
+                       name=f"p_{net.var[0]}")
+        terms += [Expectation(net, LogProb(prior)).mean() for _ in range(k)]
+    if q is not None:
+        prior = Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2], name="p_z")
+        terms += [Expectation(q, LogProb(prior)).mean() for _ in range(2)]
+    return sum(terms[1:], terms[0])
 
 
 class Q(Normal):
@@ -110,19 +99,17 @@ def test_a_distributions_network_never_idles_however_often_it_misses() -> None:
     torch.manual_seed(0)
     q = Q()
     loss = Uses({}, q)
-    loss.uses, loss.q = [], q
     x = torch.randn(5, 4)
     for _ in range(2 * MissLog.MISSES + 1):
         q.calls = 0
         loss.eval({"x": x})
         assert q.calls == 1
     assert not _log(loss).idle(q)
-    b = Net("b")
-    once = Uses({b: 1})
-    once.q = Q()
+    b, q = Net("b"), Q()
+    once = Uses({b: 1}, q)
     for _ in range(MissLog.MISSES):
         once.eval({"x": x})
-    assert _log(once).idle(b) and not _log(once).idle(once.q)
+    assert _log(once).idle(b) and not _log(once).idle(q)
 
 
 def test_idle_evaluations_give_the_values_and_gradients_of_the_memoizer_without_a_log(monkeypatch) -> None:
@@ -164,13 +151,13 @@ def test_an_idle_deterministic_that_a_later_evaluation_would_reuse_runs_again_as
     again."""
     torch.manual_seed(0)
     b = Net("b")
-    loss = Uses({b: 1})
+    loss = Uses({b: 1}) + ValueLoss(0.0)
     x = torch.randn(3, 4)
     for _ in range(MissLog.MISSES):
         loss.eval({"x": x})
     log = _log(loss)
     assert log.idle(b)
-    loss.uses = [2]
+    loss.loss2 = Uses({b: 1})  # (a second use: Pixyz's operator's attribute)
     b.calls = 0
     value = loss.eval({"x": x})
     (grad,) = torch.autograd.grad(value, b.fc.weight)
