@@ -26,6 +26,7 @@ from torch.nn.modules import module as _nn_module
 
 from pyro_dgm.distributions.bindings import CallState
 from pyro_dgm.poutine.memoize_messenger import MEMO_SCOPES
+from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["data_plate", "run_network", "run_bound_network", "has_forward_hooks", "has_call_hooks", "ignores_sites",
            "given_event_dim", "site_event_dim", "site_data_size", "data_batch_ndim", "conditioned_value", "plate_trace",
@@ -128,6 +129,17 @@ def run_network(module: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
     Pyro message; otherwise it goes through Pyro's handler stack, whose default answer is the same. The memoizing
     scopes are per thread (:func:`pyro_dgm.poutine.memoize_messenger.active_memo`): another thread's never answers.
     """
+    scopes = MEMO_SCOPES
+    if not scopes.stack or is_compiling():  # (no memoizing scope: nothing to count)
+        return _run_network(module, args, kwargs)
+    scopes.depth += 1  # (a network called inside another's forward: see MemoizeMessenger.lookup)
+    try:
+        return _run_network(module, args, kwargs)
+    finally:
+        scopes.depth -= 1
+
+
+def _run_network(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     stack = PYRO_STACK
     if not stack or ignores_sites(stack):
         scopes = MEMO_SCOPES.stack

@@ -400,6 +400,9 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         out_var = 1 / ((weight[1:] * prec).sum(0) + weight[0])
         return (weight[1:] * prec * loc).sum(0) * out_var, out_var.sqrt()
 
+    #: Pixyz's hooks, called where overridden (see :meth:`_dgm_hooked`; a compiled loss follows them)
+    _dgm_hook_names = ("_get_expert_params", "_compute_expert_params")
+
     def _dgm_hooked(self) -> bool:
         """Whether this class, or this product itself, overrides Pixyz's hooks (read at each call: a later cell may
         set one; Pixyz calls ``self``'s)."""

@@ -234,22 +234,25 @@ def _state(flow: nn.Module, keep: list | None = None) -> tuple:
     """Identifies the current values of the flow's parameters and buffers (an optimizer step changes it, and so does
     a new tensor or storage put in their place: ``p.data = t``, ``vector_to_parameters``), its modules' train/eval
     modes (a batch norm computes with other statistics after ``eval()``), their ``forward`` functions (one replaced
-    on the class or the instance) and forward hooks (:func:`~pyro_dgm.utils.modules.hooks_state`). The tensors and
-    their storages are appended to ``keep``: a memory holds them, so that their ids and data addresses, which the
-    state holds, are not reused while it lives (new values put in place through ``.data`` twice could otherwise
-    land at the address the first replacement freed). (Not :func:`~pyro_dgm.utils.epsilon`: see :func:`_recall`.)"""
+    on the class or the instance; Pixyz's hooks a layer calls, :attr:`Flow._dgm_hook_names`) and forward hooks
+    (:func:`~pyro_dgm.utils.modules.hooks_state`). The tensors are appended to ``keep``: a memory holds them, so that
+    their ids, which the state holds, are not reused while it lives; their storages are held weakly (a new value put
+    at a freed storage's address, through ``.data`` twice, is another storage; a converted model's old weights are
+    freed). (Not :func:`~pyro_dgm.utils.epsilon`: see :func:`_recall`.)"""
     out: list[Any] = []
     mods = submodules(flow)  # one walk
     for m in mods:
         out.append((m.training, type(m).forward, m.__dict__.get("forward")))  # (a forward replaced in a later cell)
+        hooks = getattr(type(m), "_dgm_hook_names", ())
+        if hooks:  # (a Pixyz hook set on the class or the layer since: ActNorm2d's _center and _scale)
+            out.append(tuple((getattr(type(m), n, None), m.__dict__.get(n)) for n in hooks))
         for tensors in (m._parameters, m._buffers):
             for t in tensors.values():
                 if t is not None:
-                    try:  # (the common case inline: a tensor with a version and storage)
-                        entry = (id(t), t._version, t.data_ptr())
-                        if keep is not None:  # (its storage too: values put in place through .data twice
-                            keep.append(t.untyped_storage())  # might come back at the address first freed)
-                    except (RuntimeError, ValueError, NotImplementedError):
+                    try:  # (the common case inline: a tensor with a version and storage; its storage, weakly:
+                        # values put in place through .data twice may land at the address first freed)
+                        entry = (id(t), t._version, t.data_ptr(), weakref.ref(t.untyped_storage()))
+                    except (RuntimeError, ValueError, NotImplementedError, TypeError):
                         entry = (id(t), version(t), _storage(t))
                     out.append(entry)
                     if keep is not None:
@@ -665,6 +668,7 @@ class Flow(TransformModule, ConditionalTransform):
     _dgm_constant_logdet = False  # the log-det is one number for the whole batch (Pixyz stores it unexpanded)
     _dgm_volume_preserving = False  # the log-det is 0 (Pixyz's logdet_jacobian is 0 before any call)
     _dgm_pixyz_inverse_missing = False  # Pixyz's layer has no inverse (its distributions score only their last draw)
+    _dgm_hook_names: tuple[str, ...] = ()  # Pixyz's private methods that the layer calls where overridden (see _state)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -238,6 +238,7 @@ class ActNorm2d(Flow):
 
     _dgm_feature_name = "channels"
     _dgm_constant_logdet = True
+    _dgm_hook_names = ("_center", "_scale")
 
     def __init__(self, in_features: int, scale: float = 1.0, cache_size: int = 1) -> None:
         super().__init__(in_features, event_dim=3, cache_size=cache_size)

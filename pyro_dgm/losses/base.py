@@ -16,6 +16,7 @@ attributes, so reading ``self.p`` on the training path never goes through ``nn.M
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -935,9 +936,16 @@ class Loss(YieldingModule, _PyroELBO):
         for v in self._input_var:
             if v not in values and v not in self._dgm_optional_var:
                 _raise_missing(self, values, [v])
-        recorder = ctx.recorder
         if not is_compiling() and users_class(type(self)):  # (traced code reuses no eager entry: no guard on
-            _user_term_runs()  # the classes seen)
+            memo = active_memo()  # the classes seen)
+            if memo is not None:
+                with memo.user_term():
+                    return self._dgm_evaluate_node(values, ctx, kwargs)
+        return self._dgm_evaluate_node(values, ctx, kwargs)
+
+    def _dgm_evaluate_node(self, values: dict[str, Any], ctx: EvalContext, kwargs: Mapping[str, Any]
+                           ) -> tuple[Any, Any]:
+        recorder = ctx.recorder
         if recorder is not None and id(self) in recorder:
             return self._dgm_evaluate_term(values, ctx, kwargs)
         if type(self).__call__ is not _LOSS_CALL:  # a __call__ of the user's (also one a later cell set): Pixyz's
@@ -980,14 +988,14 @@ class Loss(YieldingModule, _PyroELBO):
             ctx.recorder = None  # nothing it evaluates inside is recorded
         try:
             with ctx:
-                if not is_compiling() and users_class(type(self)):
-                    _user_term_runs()
-                if type(self).__call__ is not _LOSS_CALL:  # (a __call__ of the user's, also one a later cell set)
-                    out = self(inputs, **kwargs)
-                elif has_call_hooks(self):
-                    out = nn.Module.__call__(self, inputs, **kwargs)
-                else:
-                    out = self.forward(inputs, **kwargs)
+                memo = active_memo() if not is_compiling() and users_class(type(self)) else None
+                with memo.user_term() if memo is not None else contextlib.nullcontext():
+                    if type(self).__call__ is not _LOSS_CALL:  # (a __call__ of the user's, also one a later cell
+                        out = self(inputs, **kwargs)  # set)
+                    elif has_call_hooks(self):
+                        out = nn.Module.__call__(self, inputs, **kwargs)
+                    else:
+                        out = self.forward(inputs, **kwargs)
         except Exception as error:
             if empty:
                 _raise_empty(self, inputs, empty, f"evaluating it raised {type(error).__name__}: {error}", error)
@@ -1352,15 +1360,6 @@ def _values_parameter(cls: type) -> str | None:
         _VALUES_PARAMETER[cls] = first.name if first is not None and first.kind is first.POSITIONAL_OR_KEYWORD \
             else None
     return _VALUES_PARAMETER[cls]
-
-
-def _user_term_runs() -> None:
-    """A user's loss term runs in this evaluation: it may differentiate inside it (a gradient penalty), so the
-    memoizing scope shares no ``Deterministic`` pass from now on (pyro_dgm's own terms never differentiate).
-    Evaluations without one keep sharing them."""
-    memo = active_memo()
-    if memo is not None:
-        memo.user_term_runs()
 
 
 def _result(loss: Loss, out: Any) -> tuple[Any, Any]:

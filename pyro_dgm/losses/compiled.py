@@ -336,15 +336,22 @@ def _watching_backward(fn: Any, args: tuple[Any, ...]) -> tuple[Any, bool]:
     return out, ran[0]
 
 
-def _hooks_mark(terms: Sequence[Any]) -> tuple[tuple[int, ...], ...]:
+def _hooks_mark(terms: Sequence[Any]) -> tuple[Any, ...]:
     """The handles of the hooks that ``nn.Module.__call__`` runs for the modules ``terms`` (loss terms,
-    distributions, networks: their own and the global ones): another value after one is added or removed."""
+    distributions, networks: their own and the global ones), and the Pixyz hooks that those of them whose class names
+    some (``_dgm_hook_names``: ``ActNorm2d._scale``, ``ProductOfNormal._compute_expert_params``) call, set on the
+    class or the module: another value after one is added, removed or replaced (Dynamo does not guard on a key of a
+    module's ``__dict__``)."""
     g = torch.nn.modules.module
     dicts = [g._global_forward_pre_hooks, g._global_forward_hooks, g._global_backward_hooks,
              g._global_backward_pre_hooks]
+    own = []
     for t in terms:
         dicts += [t._forward_pre_hooks, t._forward_hooks, t._backward_hooks, t._backward_pre_hooks]
-    return tuple(tuple(d) for d in dicts)
+        names = getattr(type(t), "_dgm_hook_names", ())
+        if names:
+            own.append(tuple((getattr(type(t), n, None), t.__dict__.get(n)) for n in names))
+    return (*(tuple(d) for d in dicts), tuple(own))
 
 
 def _frozen_of(loss: Any) -> list[Tensor]:

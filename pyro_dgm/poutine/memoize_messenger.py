@@ -68,12 +68,15 @@ def _count_steps() -> None:
 
 class _Scopes(threading.local):
     stack: "list[MemoizeMessenger]"
+    depth: int
 
     def __init__(self) -> None:  # runs once in each thread that touches it
         self.stack = []
+        self.depth = 0
 
 
-#: This thread's open memoizing scopes, innermost last (`MEMO_SCOPES.stack`): read on the hot path by
+#: This thread's open memoizing scopes, innermost last (`MEMO_SCOPES.stack`), and how many network calls run in
+#: them now (`MEMO_SCOPES.depth`: 2 inside a network's forward that calls another's): read on the hot path by
 #: :func:`pyro_dgm.distributions.effects.run_network`.
 MEMO_SCOPES = _Scopes()
 
@@ -889,6 +892,21 @@ class watching_backward:
                 autograd._engine_run_backward = _WATCHERS[1]
 
 
+class _UserTerm:
+    """:meth:`MemoizeMessenger.user_term`'s context."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self, memo: "MemoizeMessenger") -> None:
+        self.memo = memo
+
+    def __enter__(self) -> None:
+        self.memo._user_terms += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self.memo._user_terms -= 1
+
+
 class MemoizeMessenger(Messenger):
     """Reuse a distribution's parameters (its network's forward pass) for the same inputs within one scope.
 
@@ -963,7 +981,7 @@ class MemoizeMessenger(Messenger):
         self._cache: OrderedDict[Hashable, tuple[Any, tuple[Any, ...]]] = OrderedDict()
         self._states: dict[int, tuple[Any, Any]] = {}  # id(module) -> (weakref to it, its last _param_state): _state
         self._traced: list[tuple[Any, ...]] = []  # the entries of a scope traced by torch.compile
-        self._user_term = False  # a user's loss term runs in this scope (see user_term_runs)
+        self._user_terms = 0  # how many user's loss terms run in this scope now (see user_term)
         self._compiled = is_compiling()  # made by a compiled evaluation: a frame of it that Dynamo runs eagerly (past
         # its recompile limit) shares the traced entries (see lookup and call)
         self._notes: list[tuple[Any, Any]] = []  # (owner, value): see note()
@@ -1071,8 +1089,8 @@ class MemoizeMessenger(Messenger):
             return None, None
         if is_compiling():
             return self._traced_lookup(module, args, kwargs)
-        if self._user_term and getattr(module, "memoize_unless_random", False):  # (see user_term_runs)
-            return None, None
+        if (self._user_terms or MEMO_SCOPES.depth > 1) and getattr(module, "memoize_unless_random", False):
+            return None, None  # (see user_term: also a Deterministic called in another network's forward)
         key = self._key(module, args, kwargs)
         if key is None:
             return None, None
@@ -1260,15 +1278,18 @@ class MemoizeMessenger(Messenger):
         swapped = _swapped((args, kwargs), base)
         return seen[0], (swapped if seen[1] else None)
 
-    def user_term_runs(self) -> None:
-        """A user's loss term runs in this scope: from now on, ``Deterministic`` networks run at each use, as Pixyz
-        runs them. The term may differentiate inside the evaluation (a gradient norm before a gradient penalty, a
-        first-order inner step: ``torch.autograd.grad`` without ``retain_graph``), which frees the graph of the pass
-        it went through: a pass shared with another use would fail in the next backward ("Trying to backward
-        through the graph a second time") where Pixyz's two passes do not. A family's parameters Pixyz reuses from
-        its own cache (the same graph, freed too), so their entries stay (p439). pyro_dgm's own terms never run a
-        backward pass, so their evaluations reuse every pass."""
-        self._user_term = True
+    def user_term(self) -> "_UserTerm":
+        """``with scope.user_term():`` around a user's loss term: while it runs, ``Deterministic`` networks run at
+        each use, as Pixyz runs them, and their passes are not kept. The term may differentiate inside the evaluation
+        (a gradient norm before a gradient penalty, a first-order inner step: ``torch.autograd.grad`` without
+        ``retain_graph``), which frees the graph of the pass it went through: a pass shared with a use outside it
+        (a pyro_dgm term's before it) or with another use inside it would fail in the next backward ("Trying to
+        backward through the graph a second time") where Pixyz's passes are each their own (p441). The passes of
+        pyro_dgm's own terms, which never differentiate, are shared before and after it. A family's parameters
+        Pixyz reuses from its own cache (the same graph, freed too), so they are shared inside it too (p439). (A
+        ``Deterministic`` called inside another network's ``forward``, which may differentiate through it too: a
+        proposal that follows an energy's gradient, runs at each such call in any evaluation: see :meth:`lookup`.)"""
+        return _UserTerm(self)
 
     def note(self, owner: Any, value: Any) -> None:
         """Keep ``value`` for ``owner`` until the scope ends (a flow's last computation while torch.compile

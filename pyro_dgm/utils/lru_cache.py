@@ -35,7 +35,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import Tensor, nn
 from pyro_dgm.utils.modules import hooks_state, register_registration_hooks
-from pyro_dgm.utils.versions import data_ptrs, storages, version
+from pyro_dgm.utils.versions import data_ptrs, storage_refs, version
 from pyro_dgm.utils.compat import is_compiling
 
 __all__ = ["lru_cache_for_sample_dict"]
@@ -137,12 +137,11 @@ def _copy(value: Any) -> Any:
 class _Entries:
     """One owner's entries, valid for one state of the owner (:meth:`state_of`)."""
 
-    __slots__ = ("structure", "tensors", "storages", "modules", "state", "items", "__weakref__")
+    __slots__ = ("structure", "tensors", "modules", "state", "items", "__weakref__")
 
     def __init__(self) -> None:
         self.structure: int | None = -1
         self.tensors: list[Tensor] = []
-        self.storages: list[Any] = []
         self.modules: list[nn.Module] = []
         self.state: Any = None
         self.items: OrderedDict[Any, tuple[list[Any], Any]] = OrderedDict()
@@ -162,16 +161,15 @@ class _Entries:
             self.modules = list(owner.modules())[1:]  # (its submodules: the owner itself, the weak key of these
             # entries, must not be held by them, or it is never freed)
         modules = [owner, *self.modules]
-        # read afresh at every call, and kept with their storages (so an id or a data address in the state is not
-        # reused while the entries live)
+        # read afresh at every call, and kept (so an id in the state is not reused while the entries live); their
+        # storages weakly (new values put at a freed storage's address, through .data twice, are another storage)
         tensors = self.tensors = [t for m in modules for d in (m._parameters, m._buffers) for t in d.values()
                                   if t is not None]
-        self.storages = storages(tensors)
         try:
             versions = tuple(map(_VERSION, tensors))
         except RuntimeError:  # a module built under torch.inference_mode: a new state at every call
             versions = tuple(map(version, tensors))
-        return (structure, tuple(map(id, tensors)), versions, tuple(data_ptrs(tensors)),
+        return (structure, tuple(map(id, tensors)), versions, tuple(data_ptrs(tensors)), storage_refs(tensors),
                 tuple((m.training, type(m).forward, m.__dict__.get("forward")) for m in modules), hooks_state(modules))
 
     def settle(self, owner: Any) -> None:

@@ -1,6 +1,8 @@
 """Version counters of tensors, for the caches that must notice an in-place change of what they were given."""
 from __future__ import annotations
 
+import weakref
+
 from typing import Any, Hashable, Sequence
 
 from torch import Tensor
@@ -31,9 +33,10 @@ def version(t: Tensor) -> Hashable:
 
 
 def storages(tensors: Sequence[Tensor]) -> list[Any]:
-    """The storages of the tensors that have one: held beside their :func:`data_ptrs`, they keep those addresses
-    from being handed to other values while the holder lives (values put in place through ``p.data = t`` twice may
-    otherwise land where the first replacement's were freed, at the same address as before).
+    """The storages of the tensors that have one: held beside their :func:`data_ptrs` (by a holder that lives for one
+    evaluation), they keep those addresses from being handed to other values while the holder lives (values put in
+    place through ``p.data = t`` twice may otherwise land where the first replacement's were freed, at the same
+    address as before). A long-lived holder compares :func:`storage_refs` instead, which keep no memory alive.
 
     Examples
     --------
@@ -50,6 +53,30 @@ def storages(tensors: Sequence[Tensor]) -> list[Any]:
         except (RuntimeError, ValueError, NotImplementedError):  # (no storage: a lazy or wrapper tensor)
             pass
     return out
+
+
+def storage_refs(tensors: Sequence[Tensor]) -> tuple[Any, ...]:
+    """Weak references to the tensors' storages (``None`` for a tensor without one), which compare equal only while
+    the same storages live: beside :func:`data_ptrs` they tell new values put at a freed storage's address (through
+    ``p.data = t`` twice) from the old ones, without keeping the old ones' memory (a model converted by ``.half()``
+    frees its float weights). torch keeps one Python object per live storage, so the reference lives as long as the
+    storage does.
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(1024))
+    >>> before = storage_refs([p]); p.data = torch.ones(1024); p.data = torch.zeros(1024)
+    >>> storage_refs([p]) == before
+    False
+    """
+    out = []
+    for t in tensors:
+        try:
+            out.append(weakref.ref(t.untyped_storage()))
+        except (RuntimeError, ValueError, NotImplementedError, TypeError):  # (no storage: a lazy or wrapper tensor)
+            out.append(None)
+    return tuple(out)
 
 
 def data_ptrs(tensors: Sequence[Tensor]) -> list[Any]:

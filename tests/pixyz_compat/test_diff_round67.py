@@ -358,3 +358,219 @@ def test_values_a_condition_gives_a_call_without_data_are_its_data() -> None:
     expected = poutine.trace(poutine.replay(twin, trace=given)).get_trace().log_prob_sum()
     torch.testing.assert_close(given.log_prob_sum(), expected)
     torch.testing.assert_close(conditioned.log_prob_sum(), expected)
+
+
+def test_a_deterministic_called_inside_another_networks_forward_runs_at_each_call() -> None:
+    """A proposal ``q(z|x)`` whose mean follows an energy network's gradient (``torch.autograd.grad`` inside its
+    ``forward``, without ``retain_graph``) beside a pyro_dgm term over the same energy at the same input: under Pixyz
+    two passes; a shared one failed here in the training backward (p441, documented since p436)."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Expectation, LogProb
+        from pixyz.models import Model
+
+        torch.manual_seed(5)
+
+        class E(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["e"], cond_var=["x"], name="E")
+                self.net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+
+            def forward(self, x: Any) -> dict:
+                return {"e": self.net(x)}
+
+        energy = E()
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.lin = nn.Linear(2, 2)
+
+            def forward(self, x: Any) -> dict:
+                g, = torch.autograd.grad(energy.sample({"x": x})["e"].sum(), x)
+                return {"loc": self.lin(x) - 0.1 * g, "scale": torch.ones_like(x)}
+
+        q = Q()
+        pe = Normal(loc="e", scale=torch.tensor(1.0), var=["w"], cond_var=["e"], name="pe")
+        loss = (-LogProb(q) - Expectation(energy, LogProb(pe))).mean()
+        model = Model(loss, distributions=[q, energy], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.05})
+        losses = [model.train({"x": torch.randn(4, 2, requires_grad=True), "z": torch.randn(4, 2),
+                               "w": torch.randn(4, 1)}) for _ in range(3)]
+        return losses, [p.detach().clone() for p in (*energy.parameters(), *q.parameters())]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+
+
+# ---- probe p445, an attack round on the above
+
+
+def _soft_scale(self: Any, x: torch.Tensor, compute_jacobian: bool = True, inverse: bool = False) -> tuple:
+    s = torch.nn.functional.softplus(self.logs) + 0.5
+    x = x / s if inverse else x * s
+    return (x, torch.log(s).sum() * x.shape[2] * x.shape[3]) if compute_jacobian else (x, None)
+
+
+@pytest.mark.parametrize("dist,where", [("td", "instance"), ("td", "class"), ("itd", "instance"),
+                                        ("itd", "class")])
+def test_an_actnorm_hook_set_after_a_draw_is_seen_when_the_draw_is_scored(dist: str, where: str) -> None:
+    """A hook set after the flow drew (on the layer or its class): the draw is scored with the new map, as Pixyz's
+    ``compute_jacobian=True`` and the change of variables give it (the flow's memory of the draw answered)."""
+    def program() -> Any:
+        import torch
+
+        from pixyz.distributions import InverseTransformedDistribution, Normal, TransformedDistribution
+        from pixyz.flows import ActNorm2d, FlowList
+
+        class A(ActNorm2d):
+            pass
+
+        torch.manual_seed(3)
+        a = A(2)
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2, 3, 3], name="pp")
+        cls = TransformedDistribution if dist == "td" else InverseTransformedDistribution
+        p = cls(prior=prior, flow=FlowList([a]), var=["x"])
+        kwargs = {"compute_jacobian": True} if dist == "td" else {}
+        x = p.sample(batch_n=4)["x"]
+        before = p.get_log_prob({"x": x}, **kwargs)
+        if where == "instance":
+            a._scale = _soft_scale.__get__(a)
+        else:
+            A._scale = _soft_scale
+        return before, p.get_log_prob({"x": x}, **kwargs)
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours, atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["instance", "class"])
+def test_an_actnorm_hook_set_after_the_step_was_compiled_is_called(where: str) -> None:
+    """``Model(compile=True)``: a hook set on the layer after the step was compiled is called, as eagerly (the
+    compiled step kept the built-in map: Dynamo does not guard on a key of a module's ``__dict__``)."""
+    from torch import optim
+
+    from pyro_dgm.distributions import InverseTransformedDistribution, Normal
+    from pyro_dgm.flows import ActNorm2d
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.models import Model
+
+    def run(compile: bool) -> list:
+        torch.manual_seed(1)
+        x = torch.randn(6, 3, 4, 4) * 2 + 0.5
+
+        class A(ActNorm2d):
+            pass
+
+        a = A(3)
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[3, 4, 4])
+        p = InverseTransformedDistribution(prior=prior, flow=a, var=["x"])
+        model = Model(loss=-LogProb(p).mean(), distributions=[p], optimizer=optim.SGD,
+                      optimizer_params={"lr": 0.05}, compile=compile)
+        losses = [model.train({"x": x}).item() for _ in range(2)]
+        if where == "instance":
+            a._scale = _soft_scale.__get__(a)
+        else:
+            A._scale = _soft_scale
+        return losses + [model.train({"x": x}).item() for _ in range(2)]
+
+    eager = run(False)
+    assert eager[2] != pytest.approx(eager[1])  # (the hook changes the map)
+    assert run(True) == pytest.approx(eager, rel=1e-5)
+
+
+def test_a_converted_flow_or_cached_encoder_frees_its_old_weights() -> None:
+    """The flows' memory and ``lru_cache_for_sample_dict`` tell new weights by their storages without holding them:
+    after ``.half()`` the float32 weights they saw are freed (they were held until the next call)."""
+    import gc
+    import weakref
+
+    from torch import nn
+
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+    from pyro_dgm.flows import AffineCoupling
+    from pyro_dgm.utils import lru_cache_for_sample_dict
+
+    class ST(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 8)
+
+        def forward(self, x: torch.Tensor) -> tuple:
+            h = self.lin(x)
+            return torch.tanh(h[:, :4]), h[:, 4:]
+
+    class Encoder(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.lin = nn.Linear(4, 4)
+
+        @lru_cache_for_sample_dict()
+        def get_params(self, params_dict: dict = {}, **kwargs: Any) -> dict:  # noqa: B006 (Pixyz's signature)
+            return super().get_params(params_dict, **kwargs)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": self.lin(x), "scale": torch.ones_like(x)}
+
+    f = AffineCoupling(4, scale_translate_net=ST())
+    p = TransformedDistribution(Normal(loc=torch.zeros(4), scale=torch.ones(4), var=["z"], features_shape=[4]), f,
+                                var=["x"])
+    q = Encoder()
+    x = p.sample(batch_n=3)["x"]
+    p.get_log_prob({"x": x})
+    q.get_params({"x": torch.randn(2, 4)})
+    old = [weakref.ref(w.untyped_storage()) for w in (f.scale_translate_net.lin.weight, q.lin.weight)]
+    f.half()
+    q.half()
+    gc.collect()
+    assert [r() for r in old] == [None, None]
+
+
+def test_the_terms_around_a_users_term_share_a_deterministics_pass() -> None:
+    """(p445) A user's term first in the formula: the pyro_dgm terms after it share one pass of the
+    ``Deterministic`` (they ran it at each use), and the user's term's own uses each run it, with the values of a
+    formula without sharing."""
+    import sympy
+    from torch import nn
+
+    from pyro_dgm.distributions import Deterministic, Normal
+    from pyro_dgm.losses import Expectation, LogProb
+    from pyro_dgm.losses.losses import Loss
+
+    calls = []
+
+    class D(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.net = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            calls.append(1)
+            return {"t": self.net(x)}
+
+    d = D()
+
+    class Uses(Loss):
+        def __init__(self, k: int) -> None:
+            super().__init__(input_var=["x"])
+            self.k = k
+
+        @property
+        def _symbol(self) -> Any:
+            return sympy.Symbol("U")
+
+        def forward(self, x_dict: dict, **kwargs: Any) -> tuple:
+            return sum(d.sample({"x": x_dict["x"]})["t"].sum() for _ in range(self.k)), {}
+
+    p = Normal(loc="t", scale=torch.tensor(1.0), var=["y"], cond_var=["t"], name="p")
+    x, y = torch.randn(4, 3), torch.randn(4, 2)
+    terms = [Expectation(d, LogProb(p)).mean() for _ in range(3)]
+    for k, runs in ((0, 1), (2, 3)):
+        calls.clear()
+        value = (Uses(k) + terms[0] + terms[1] + terms[2]).eval({"x": x, "y": y})
+        assert len(calls) == runs
+        t = d.net(x)
+        expected = 2 * t.sum() + 3 * torch.distributions.Normal(t, 1.0).log_prob(y).sum(-1).mean()
+        torch.testing.assert_close(value, expected if k else expected - 2 * t.sum())
