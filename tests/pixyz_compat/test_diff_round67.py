@@ -574,3 +574,39 @@ def test_the_terms_around_a_users_term_share_a_deterministics_pass() -> None:
         t = d.net(x)
         expected = 2 * t.sum() + 3 * torch.distributions.Normal(t, 1.0).log_prob(y).sum(-1).mean()
         torch.testing.assert_close(value, expected if k else expected - 2 * t.sum())
+
+
+def test_a_product_hook_set_after_the_step_was_compiled_is_called() -> None:
+    """``Model(compile=True)``: ``poe._compute_expert_params = f`` set on the product after the step was compiled is
+    called, as eagerly."""
+    from torch import nn, optim
+
+    from pyro_dgm.distributions import Normal, ProductOfNormal
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.models import Model
+
+    class Expert(Normal):
+        def __init__(self, name: str) -> None:
+            super().__init__(var=["z"], cond_var=[name], name=f"q_{name}")
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, **inputs: torch.Tensor) -> dict:
+            h = self.lin(next(iter(inputs.values())))
+            return {"loc": h, "scale": torch.ones_like(h)}
+
+    def tempered(loc: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor) -> tuple:
+        return loc.mean(0), scale[0] * 1.5
+
+    def run(compile: bool) -> list:
+        torch.manual_seed(0)
+        poe = ProductOfNormal([Expert("a"), Expert("b")], name="q")
+        model = Model(-LogProb(poe).mean(), distributions=[poe], optimizer=optim.SGD, optimizer_params={"lr": 0.1},
+                      compile=compile)
+        data = {"a": torch.randn(5, 2), "b": torch.randn(5, 2), "z": torch.randn(5, 2)}
+        losses = [model.train(data).item() for _ in range(2)]
+        poe._compute_expert_params = tempered
+        return losses + [model.train(data).item() for _ in range(2)]
+
+    eager = run(False)
+    assert eager[2] != pytest.approx(eager[1], rel=1e-3)
+    assert run(True) == pytest.approx(eager, rel=1e-5)
