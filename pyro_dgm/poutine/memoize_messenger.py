@@ -1222,6 +1222,23 @@ class MemoizeMessenger(Messenger):
                 continue
             uses[id(t)] = (weakref.ref(t), None, None)
 
+    def _first_use(self, value: Any) -> Any:
+        """The first use's value of a ``Deterministic`` pass that later uses reuse (:meth:`_reused`): each tensor the
+        pass made that takes gradients as a view of itself (a new tensor of the same storage), so that a gradient hook
+        or ``retain_grad`` that the networks after this use add to it sees this use's gradient only, as on the
+        tensor of Pixyz's own run (the later uses' copies pass their gradients to the tensor itself; p370, p446)."""
+        uses = self._uses
+
+        def viewed(t: torch.Tensor) -> torch.Tensor:
+            known = uses.get(id(t))
+            if (known is None or known[1] is not None or known[0]() is not t or not t.requires_grad
+                    or t.layout is not torch.strided or t.is_nested):
+                return t
+            new = t.view_as(t)
+            uses[id(new)] = (weakref.ref(new), t, _version_of(new))
+            return new
+        return _swapped(value, viewed)
+
     def _reused(self, value: Any) -> Any:
         """A reused ``Deterministic``'s value with each tensor its pass made (:meth:`_note_uses`) replaced by a copy
         (``clone``: the same values and graph in storage of its own, as Pixyz's next run computes them: a later
@@ -1358,7 +1375,7 @@ class MemoizeMessenger(Messenger):
                 key, args, kwargs = key_of_bases, *bases
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))
             self._note_uses(value, module, (args, kwargs), held)
-            return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
+            return self._first_use(value)  # (its output reused only while no one changed it in place)
         if reads:  # (a Deterministic's output, or a copy of one: see _note_uses) whether this pass draws or
             marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))  # changes state
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):

@@ -610,3 +610,56 @@ def test_a_product_hook_set_after_the_step_was_compiled_is_called() -> None:
     eager = run(False)
     assert eager[2] != pytest.approx(eager[1], rel=1e-3)
     assert run(True) == pytest.approx(eager, rel=1e-5)
+
+
+# ---- probe p446, a regression sweep: a carried fault
+
+
+@pytest.mark.parametrize("kind", ["hook", "retain"])
+def test_a_hook_on_a_reused_deterministics_output_sees_its_own_use(kind: str) -> None:
+    """A network after a ``Deterministic`` used twice adds a gradient hook (per-use clipping) or ``retain_grad`` to
+    the output it is given: each use's hook sees that use's gradient, as on Pixyz's two runs' tensors (the first use
+    was handed the pass's own tensor, through which the reuse's copy passes its gradient: the hook clipped the sum,
+    and the retained gradient was the sum)."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from pixyz.distributions import Deterministic, Normal
+        from pixyz.losses import Expectation, KullbackLeibler
+
+        torch.manual_seed(0)
+        saved = []
+
+        class H(Deterministic):
+            def __init__(self) -> None:
+                super().__init__(var=["h"], cond_var=["x"], name="f")
+                self.fc = nn.Linear(3, 3)
+
+            def forward(self, x: Any) -> dict:
+                return {"h": torch.tanh(self.fc(x))}
+
+        class Q(Normal):
+            def __init__(self, name: str) -> None:
+                super().__init__(var=["z"], cond_var=["h"], name=name)
+                self.fc = nn.Linear(3, 2)
+
+            def forward(self, h: Any) -> dict:
+                if kind == "retain":
+                    h.retain_grad()
+                    saved.append(h)
+                else:
+                    h.register_hook(lambda g: g.clamp(-0.02, 0.02))
+                o = self.fc(h)
+                return {"loc": o, "scale": F.softplus(o) + 0.5}
+
+        h, q1, q2 = H(), Q("q1"), Q("q2")
+        prior = Normal(loc=torch.tensor(0.), scale=torch.tensor(1.), var=["z"], features_shape=[2])
+        loss = (Expectation(h, KullbackLeibler(q1, prior)) + Expectation(h, KullbackLeibler(q2, prior))).mean()
+        value = loss.eval({"x": torch.randn(4, 3)})
+        value.backward()
+        return value, h.fc.weight.grad, [s.grad for s in saved]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
