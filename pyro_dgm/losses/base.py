@@ -619,6 +619,13 @@ class Loss(YieldingModule, _PyroELBO):
         return self._dgm_formula_cached("_dgm_optional_cache", lambda: frozenset().union(
             *(set(d.input_var) - set(d._dgm_required_input_var) for d in self._dgm_distributions)))
 
+    def _dgm_has_user_terms(self) -> bool:
+        """Whether a node of this formula is a user's term (a ``Loss`` subclass defined outside pyro_dgm): its
+        evaluation then shares no ``Deterministic`` pass (see
+        :meth:`~pyro_dgm.poutine.memoize_messenger.MemoizeMessenger.user_term`)."""
+        return self._dgm_formula_cached("_dgm_user_terms", lambda: any(
+            users_class(type(n)) for n in self._dgm_walk()[0]))
+
     def _dgm_formula_cached(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()``, kept under ``key`` while the formula is as it was: a distribution renamed, or an operand or
         distribution replaced, set to ``None`` or deleted anywhere (:func:`_formula_changed`), or a list of terms
@@ -988,7 +995,7 @@ class Loss(YieldingModule, _PyroELBO):
             ctx.recorder = None  # nothing it evaluates inside is recorded
         try:
             with ctx:
-                memo = active_memo() if not is_compiling() and users_class(type(self)) else None
+                memo = active_memo() if not is_compiling() and self._dgm_has_user_terms() else None
                 with memo.user_term() if memo is not None else contextlib.nullcontext():
                     if type(self).__call__ is not _LOSS_CALL:  # (a __call__ of the user's, also one a later cell
                         out = self(inputs, **kwargs)  # set)

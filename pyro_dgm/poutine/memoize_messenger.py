@@ -293,15 +293,17 @@ def _walk_container(a: Any, out: list[Any], left: list[int], depth: int) -> None
             _walk_container(v, out, left, depth + 1)
 
 
-def _output_marks(value: Any) -> tuple[tuple[torch.Tensor, Any], ...]:
-    """``(tensor, version)`` of each tensor that a ``Deterministic``'s forward returned (``(tensor, copy)`` for one
-    made under ``torch.inference_mode``, which counts no versions; ``(tensor, None)`` for one that cannot be
-    compared): another network that changes it in place (``h.mul_(2)``, ``nn.ReLU(inplace=True)``) between two uses
-    makes the second use run the forward again, as every use does under Pixyz, instead of reading the changed
-    tensor (probe p252)."""
+def _output_marks(value: Any) -> tuple[tuple[torch.Tensor, Any, Any], ...]:
+    """``(tensor, version, grad_fn)`` of each tensor that a ``Deterministic``'s forward returned (a copy for the
+    version of one made under ``torch.inference_mode``, which counts no versions; ``None`` for one that cannot be
+    compared): another network that changes it in place (``h.mul_(2)``, ``nn.ReLU(inplace=True)``) or detaches it
+    in place (``h.detach_()``) between two uses makes the second use run the forward again, as every use does under
+    Pixyz, instead of reading the changed tensor (probes p252, p447: a detached pass gave the later uses no
+    gradient)."""
     found: list[Any] = []
     _tensors(value, found)
-    return tuple((t, (t.clone() if _comparable(t) else None) if t.is_inference() else t._version) for t in found)
+    return tuple((t, (t.clone() if _comparable(t) else None) if t.is_inference() else t._version, t.grad_fn)
+                 for t in found)
 
 
 def _tensors(a: Any, out: list[Any], depth: int = 0, inference_only: bool = False) -> None:
@@ -392,10 +394,11 @@ def _version_of(t: torch.Tensor) -> int | None:
         return None
 
 
-def _same_outputs(marks: tuple[tuple[torch.Tensor, Any], ...]) -> bool:
+def _same_outputs(marks: tuple[tuple[torch.Tensor, Any, Any], ...]) -> bool:
     """Whether the tensors of :func:`_output_marks` are as they were."""
-    for t, mark in marks:
-        if mark is None or (t._version != mark if type(mark) is int else not _same_bits(t, mark)):
+    for t, mark, fn in marks:
+        if (mark is None or (t._version != mark if type(mark) is int else not _same_bits(t, mark))
+                or t.grad_fn is not fn):
             return False
     return True
 
@@ -1115,7 +1118,7 @@ class MemoizeMessenger(Messenger):
         return key, hit[0]
 
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None,
-              snapshot: tuple[tuple[Any, Any], ...] = (), outputs: tuple[tuple[Any, Any], ...] = (),
+              snapshot: tuple[tuple[Any, Any], ...] = (), outputs: tuple[tuple[Any, Any, Any], ...] = (),
               own: bool = False) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword, and the Pyro handlers
         active where the key names them: the key holds their ids, which an object made later in the scope could
@@ -1221,23 +1224,6 @@ class MemoizeMessenger(Messenger):
             if id(t) in old or isinstance(t, torch.nn.Parameter) or _a_global(module, t):
                 continue
             uses[id(t)] = (weakref.ref(t), None, None)
-
-    def _first_use(self, value: Any) -> Any:
-        """The first use's value of a ``Deterministic`` pass that later uses reuse (:meth:`_reused`): each tensor the
-        pass made that takes gradients as a view of itself (a new tensor of the same storage), so that a gradient hook
-        or ``retain_grad`` that the networks after this use add to it sees this use's gradient only, as on the
-        tensor of Pixyz's own run (the later uses' copies pass their gradients to the tensor itself; p370, p446)."""
-        uses = self._uses
-
-        def viewed(t: torch.Tensor) -> torch.Tensor:
-            known = uses.get(id(t))
-            if (known is None or known[1] is not None or known[0]() is not t or not t.requires_grad
-                    or t.layout is not torch.strided or t.is_nested):
-                return t
-            new = t.view_as(t)
-            uses[id(new)] = (weakref.ref(new), t, _version_of(new))
-            return new
-        return _swapped(value, viewed)
 
     def _reused(self, value: Any) -> Any:
         """A reused ``Deterministic``'s value with each tensor its pass made (:meth:`_note_uses`) replaced by a copy
@@ -1375,7 +1361,7 @@ class MemoizeMessenger(Messenger):
                 key, args, kwargs = key_of_bases, *bases
             self.store(key, value, (args, kwargs) if kwargs else args, module, snapshot, _output_marks(value))
             self._note_uses(value, module, (args, kwargs), held)
-            return self._first_use(value)  # (its output reused only while no one changed it in place)
+            return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
         if reads:  # (a Deterministic's output, or a copy of one: see _note_uses) whether this pass draws or
             marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))  # changes state
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):
