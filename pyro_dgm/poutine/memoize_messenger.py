@@ -293,17 +293,18 @@ def _walk_container(a: Any, out: list[Any], left: list[int], depth: int) -> None
             _walk_container(v, out, left, depth + 1)
 
 
-def _output_marks(value: Any) -> tuple[tuple[torch.Tensor, Any, Any], ...]:
-    """``(tensor, version, grad_fn)`` of each tensor that a ``Deterministic``'s forward returned (a copy for the
-    version of one made under ``torch.inference_mode``, which counts no versions; ``None`` for one that cannot be
-    compared): another network that changes it in place (``h.mul_(2)``, ``nn.ReLU(inplace=True)``) or detaches it
-    in place (``h.detach_()``) between two uses makes the second use run the forward again, as every use does under
-    Pixyz, instead of reading the changed tensor (probes p252, p447: a detached pass gave the later uses no
-    gradient)."""
+def _output_marks(value: Any) -> tuple[tuple[torch.Tensor, Any, Any, Any], ...]:
+    """``(tensor, version, grad_fn, data address)`` of each tensor that a ``Deterministic``'s forward returned (a
+    copy for the version of one made under ``torch.inference_mode``, which counts no versions; ``None`` for one that
+    cannot be compared): another network that changes it in place (``h.mul_(2)``, ``nn.ReLU(inplace=True)``),
+    detaches it in place (``h.detach_()``) or gives it other values through ``h.data = ...`` between two uses makes
+    the second use run the forward again, as every use does under Pixyz, instead of reading the changed tensor
+    (probes p252, p447: a detached pass gave the later uses no gradient; p448). A change in place through
+    ``.data`` (``h.data.clamp_(...)``), which torch does not count, is not seen (porting.md)."""
     found: list[Any] = []
     _tensors(value, found)
-    return tuple((t, (t.clone() if _comparable(t) else None) if t.is_inference() else t._version, t.grad_fn)
-                 for t in found)
+    return tuple((t, (t.clone() if _comparable(t) else None) if t.is_inference() else t._version, t.grad_fn, p)
+                 for t, p in zip(found, data_ptrs(found)))
 
 
 def _tensors(a: Any, out: list[Any], depth: int = 0, inference_only: bool = False) -> None:
@@ -394,13 +395,20 @@ def _version_of(t: torch.Tensor) -> int | None:
         return None
 
 
-def _same_outputs(marks: tuple[tuple[torch.Tensor, Any, Any], ...]) -> bool:
+def _same_outputs(marks: tuple[tuple[torch.Tensor, Any, Any, Any], ...]) -> bool:
     """Whether the tensors of :func:`_output_marks` are as they were."""
-    for t, mark, fn in marks:
+    for t, mark, fn, ptr in marks:
         if (mark is None or (t._version != mark if type(mark) is int else not _same_bits(t, mark))
-                or t.grad_fn is not fn):
+                or t.grad_fn is not fn or (ptr is not None and _data_ptr_of(t) != ptr)):
             return False
     return True
+
+
+def _data_ptr_of(t: torch.Tensor) -> Any:
+    try:
+        return t.data_ptr()
+    except (RuntimeError, ValueError):
+        return data_ptrs([t])[0]
 
 
 def _comparable(a: torch.Tensor) -> bool:
@@ -1118,7 +1126,7 @@ class MemoizeMessenger(Messenger):
         return key, hit[0]
 
     def store(self, key: Hashable | None, value: Any, keep: tuple[Any, ...], module: Any = None,
-              snapshot: tuple[tuple[Any, Any], ...] = (), outputs: tuple[tuple[Any, Any, Any], ...] = (),
+              snapshot: tuple[tuple[Any, Any], ...] = (), outputs: tuple[tuple[Any, ...], ...] = (),
               own: bool = False) -> None:
         """Keep ``value`` under ``key`` (and ``keep``, the arguments, positional and keyword, and the Pyro handlers
         active where the key names them: the key holds their ids, which an object made later in the scope could
