@@ -36,7 +36,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pyro_dgm.utils.modules import hook_ends, submodules
 from pyro_dgm.utils.random import STATE as _RANDOM
-from pyro_dgm.utils.versions import data_ptrs, storages, version
+from pyro_dgm.utils.versions import data_ptr, data_ptrs, storages, version
 from pyro_dgm.utils.compat import is_compiling, transformed
 
 __all__ = ["MemoizeMessenger", "MissLog", "MissLogs", "get_cache_maxsize", "set_cache_maxsize", "active_memo",
@@ -399,16 +399,10 @@ def _same_outputs(marks: tuple[tuple[torch.Tensor, Any, Any, Any], ...]) -> bool
     """Whether the tensors of :func:`_output_marks` are as they were."""
     for t, mark, fn, ptr in marks:
         if (mark is None or (t._version != mark if type(mark) is int else not _same_bits(t, mark))
-                or t.grad_fn is not fn or (ptr is not None and _data_ptr_of(t) != ptr)):
+                or t.grad_fn is not fn or (ptr is not None and data_ptr(t) != ptr)):
             return False
     return True
 
-
-def _data_ptr_of(t: torch.Tensor) -> Any:
-    try:
-        return t.data_ptr()
-    except (RuntimeError, ValueError):
-        return data_ptrs([t])[0]
 
 
 def _comparable(a: torch.Tensor) -> bool:

@@ -7,7 +7,7 @@ from typing import Any, Hashable, Sequence
 
 from torch import Tensor
 
-__all__ = ["version", "data_ptrs"]
+__all__ = ["version", "data_ptr", "data_ptrs", "storages", "storage_refs"]
 
 
 def version(t: Tensor) -> Hashable:
@@ -93,10 +93,11 @@ def data_ptrs(tensors: Sequence[Tensor]) -> list[Any]:
     try:
         return [t.data_ptr() for t in tensors]
     except (RuntimeError, ValueError):  # (a lazy module's UninitializedParameter, a tensor subclass without storage)
-        return [_data_ptr(t) for t in tensors]
+        return [data_ptr(t) for t in tensors]
 
 
-def _data_ptr(t: Tensor) -> Any:
+def data_ptr(t: Tensor) -> Any:
+    """``t.data_ptr()``, or ``None`` for a tensor without storage (see :func:`data_ptrs`)."""
     try:
         return t.data_ptr()
     except (RuntimeError, ValueError):
