@@ -1289,9 +1289,11 @@ class MemoizeMessenger(Messenger):
         (a gradient norm before a gradient penalty, a first-order inner step: ``torch.autograd.grad`` without
         ``retain_graph``), which frees the graph of the pass it went through: a pass shared with a use outside it
         (a pyro_dgm term's before it) or with another use inside it would fail in the next backward ("Trying to
-        backward through the graph a second time") where Pixyz's passes are each their own (p441). The passes of
-        pyro_dgm's own terms, which never differentiate, are shared before and after it. A family's parameters
-        Pixyz reuses from its own cache (the same graph, freed too), so they are shared inside it too (p439). (A
+        backward through the graph a second time") where Pixyz's passes are each their own (p441). The evaluation of
+        a formula with a user's term anywhere in it runs inside one from its start (``Loss._dgm_has_user_terms``: a
+        pass a pyro_dgm term draws may be handed to the term, p447); formulas of pyro_dgm's own terms, which never
+        differentiate, share their passes. A family's parameters Pixyz reuses from its own cache (the same graph,
+        freed too), so they are shared inside it too (p439). (A
         ``Deterministic`` called inside another network's ``forward``, which may differentiate through it too: a
         proposal that follows an energy's gradient, runs at each such call in any evaluation: see :meth:`lookup`.)"""
         return _UserTerm(self)
