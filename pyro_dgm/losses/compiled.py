@@ -52,7 +52,6 @@ from pyro_dgm.utils.lru_cache import _watch_structure, current_structure
 from pyro_dgm.utils.compat import COMPILE_SINCE, compiles, is_compiling, mark_step_begin, transformed
 from pyro_dgm.utils.random import STATE as _THREAD_RANDOM
 from pyro_dgm.poutine.memoize_messenger import watching_backward
-from pyro_dgm.utils.attributes import users_class
 from pyro_dgm.utils.checks import user_stacklevel
 
 __all__ = ["CompiledEval", "CompiledOuter", "OwnEval", "compile_options", "eval_form", "eval_with_terms", "frozen",
@@ -477,7 +476,7 @@ class _FirstCallEager:
         if not self.calls:  # the first call's lazy initializations run eagerly (see CompiledEval); a first call
             # that raised (a user's error, a refused batch) left them undone, and does not count: the next call is
             # the eager first one. A user's loss term may differentiate inside it (watched: see _build)
-            if any(users_class(type(t)) for t in self.loss.loss_terms()):
+            if self.loss._dgm_has_user_terms():
                 if not torch.is_grad_enabled() or transformed():  # (a test() first, a torch.func transform: not
                     return self._eager(*args)  # counted, the first call with gradients is watched)
                 out, self._differentiates = _watching_backward(self._eager, args)
