@@ -18,9 +18,17 @@ def pytest_addoption(parser):  # type: ignore[no-untyped-def]
     parser.addoption("--validate-args", choices=("on", "off"), default="on",
                      help="torch/Pyro distribution argument validation during the tests (pyro.enable_validation); "
                           "'off' runs the closed-form hot paths of pyro_dgm.distributions.closed_forms")
+    parser.addoption("--share-deterministic", choices=("on", "off"), default="off",
+                     help="'on' makes every Deterministic opt in to sharing one pass between the uses of one "
+                          "evaluation (memoizable = True), to run the suite against the opt-in memoizer; tests "
+                          "that count a Deterministic's runs under the default then fail by design")
 
 
 def pytest_configure(config):  # type: ignore[no-untyped-def]
+    if config.getoption("--share-deterministic") == "on":
+        from pyro_dgm.distributions import Deterministic
+
+        Deterministic.memoizable = True
     config.addinivalue_line("markers", "needs_validation: asserts an error that only torch's argument validation "
                                        "raises (skipped under --validate-args=off)")
     config.addinivalue_line("markers", "other_processes: its work runs in worker processes (torch.distributed), "

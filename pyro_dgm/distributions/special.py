@@ -62,9 +62,12 @@ class Deterministic(Distribution):
     """
 
     distribution_name = "Deterministic"  # type: ignore[assignment]
-    #: Within one loss evaluation its outputs are reused only when ``forward`` drew no random numbers: Pixyz runs a
-    #: Deterministic's forward on every use, so a random one (TD-VAE's sampled time steps, added noise) draws anew
-    #: each time, and a deterministic one gives the same values again (set ``memoizable = False`` to rerun it).
+    #: It runs its ``forward`` on every use, as Pixyz does. ``memoizable = True`` (on the class or the instance)
+    #: opts in to sharing one pass between the uses of one loss evaluation: the outputs are then reused only when
+    #: ``forward`` drew no random numbers and changed no input, weight, buffer or attribute (``memoize_unless_random``),
+    #: so a random one (TD-VAE's sampled time steps, added noise) still draws anew; ``docs/porting.md`` lists what
+    #: a shared pass does not see (a consumer's ``.data`` edits, a user's code differentiating through it).
+    memoizable = False
     memoize_unless_random = True
 
     def __init__(self, var: Sequence[str], cond_var: Sequence[str] | None = None, name: str = "p",

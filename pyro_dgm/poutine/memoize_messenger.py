@@ -724,8 +724,10 @@ def _kept_inputs(module: Any) -> bool:
 
 
 def _versions(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """The versions of a call's tensor arguments (``None`` for the others)."""
-    return tuple(version(a) if isinstance(a, torch.Tensor) else None for a in (*args, *kwargs.values()))
+    """The versions of a call's tensors, also inside tuple, list and dict arguments (an RNN's state), in order."""
+    found: list[Any] = []
+    _tensors((args, kwargs), found)
+    return tuple(version(t) for t in found)
 
 
 def _traced_mode(module: Any) -> tuple[Any, ...]:
@@ -758,7 +760,8 @@ class _SiteSpy(Messenger):
 
 
 class MissLog:
-    """Which ``Deterministic`` networks one loss's evaluations never reuse: one that missed in every lookup of
+    """Which ``Deterministic`` networks that opted in to sharing (``memoizable = True``) one loss's evaluations
+    never reuse: one that missed in every lookup of
     :attr:`MISSES` evaluations in a row (a GAN's generator and discriminator, given new inputs at each use) then runs
     without the memoizer's bookkeeping (its key, the random generators' marks before and after its forward, its
     buffers' versions, the stored entry: more than an 8-wide network's forward pass) for the next :attr:`IDLE`
@@ -935,9 +938,9 @@ class MemoizeMessenger(Messenger):
     updates its statistics), is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU, but for
     an input made under ``torch.inference_mode``, which has no version counter: an entry keeps a copy of its values and
     a hit compares them bit by bit (a sparse, nested, quantized or meta one is never reused). A module with
-    ``memoizable = False`` (e.g. one with dropout) always runs. A module with ``memoize_unless_random=True`` (a
-    :class:`~pyro_dgm.distributions.Deterministic`, which Pixyz runs on every use) is reused only when its forward drew
-    nothing from the global random generators (:func:`rng_marks`) and changed no input, no buffer and no weight in
+    ``memoizable = False`` (e.g. one with dropout, and a :class:`~pyro_dgm.distributions.Deterministic` by default,
+    which Pixyz runs on every use) always runs. A module with ``memoize_unless_random=True`` (a ``Deterministic``
+    that opts in with ``memoizable = True``) is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`) and changed no input, no buffer and no weight in
     place: a forward that picks random time steps, adds noise, edits its input or weights or updates a batch norm's
     statistics runs again on each use, as under Pixyz. Draws from a generator the forward holds itself (a
     ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's ``RandomState`` kept from its last ``randn``,
@@ -1054,7 +1057,9 @@ class MemoizeMessenger(Messenger):
         and the next use of those entries' networks then runs them again on the current values. Called only for a
         network that changed an input in its eager runs, or has had none (:func:`_kept_inputs`): the compilers do not
         merge a forward pass run twice."""
-        if any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())):
+        found: list[Any] = []
+        _tensors((args, kwargs), found)
+        if found:  # (also inside a tuple, list or dict argument: an RNN's state, p451)
             self._traced = []  # every entry: not only those holding these tensors, as one of them may be a view of
             # another entry's input (a Deterministic's h = x.view(...), then h.mul_(...) changes x), which a traced
             # evaluation cannot tell
@@ -1368,6 +1373,10 @@ class MemoizeMessenger(Messenger):
             return value  # (runs a Deterministic each time; its output reused only while no one changed it in place)
         if reads:  # (a Deterministic's output, or a copy of one: see _note_uses) whether this pass draws or
             marks = (rng_marks(), _buffer_versions(module), _plain_attributes(module))  # changes state
+        unkeyed = (type(key) is not tuple and getattr(module, "__dict__", {}).get("_dgm_keeps_inputs") is not False
+                   and not is_compiling())  # (a pass looked up without a key, eagerly: a Deterministic in a
+        versions = _versions(args, kwargs) if unkeyed else None  # formula with a user's term, a network with
+        # memoizable = False: whether it keeps its inputs is noted all the same, which a compiled evaluation reads)
         if _PYRO_STACK and type(key) is tuple and not key[-1] and isinstance(module, torch.nn.Module):
             with _SiteSpy() as spy:  # (under Pyro handlers only: the SVI path, about 2 us per miss)
                 value = module(*args, **kwargs)
@@ -1376,6 +1385,8 @@ class MemoizeMessenger(Messenger):
                 key = self._key(module, args, kwargs)
         else:
             value = module(*args, **kwargs)
+        if unkeyed:
+            _note_kept_inputs(module, _versions(args, kwargs) == versions)
         own = reads and not (same_marks(marks[0], rng_marks()) and _buffer_versions(module) == marks[1]
                              and _plain_attributes(module) == marks[2])  # (it drew or changed something: it
         # answers only the tensors it was given; else every use of the Deterministic may share its pass)

@@ -67,6 +67,8 @@ def test_a_deterministic_without_randomness_is_still_run_once_under_a_generator(
     calls: list[int] = []
 
     class Shift(Deterministic):
+        memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
         def __init__(self) -> None:
             super().__init__(var=["h"], cond_var=["x"], name="f")
 

@@ -293,6 +293,8 @@ def test_the_checks_are_for_transforms_only() -> None:
     calls = []
 
     class Det(Deterministic):
+        memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
         def __init__(self) -> None:
             super().__init__(var=["h"], cond_var=["x"], name="f")
 

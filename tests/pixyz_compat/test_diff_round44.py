@@ -21,6 +21,8 @@ def _shared_feature_edited_in_place(edit: str) -> Any:
     calls = []
 
     class Phi(Deterministic):
+        memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
         def __init__(self) -> None:
             super().__init__(var=["hx"], cond_var=["x"], name="phi")
             self.fc = nn.Linear(3, 3)
@@ -80,6 +82,8 @@ def _shared_feature_unchanged() -> Any:
     calls = []
 
     class Phi(Deterministic):
+        memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
         def __init__(self) -> None:
             super().__init__(var=["hx"], cond_var=["x"], name="phi")
             self.fc = nn.Linear(3, 3)

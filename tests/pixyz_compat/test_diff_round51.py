@@ -28,6 +28,8 @@ def _nested_program(kind: str, draws: bool = True) -> Callable[[], Any]:
         calls = []
 
         class H(Deterministic):
+            memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
             def __init__(self) -> None:
                 super().__init__(var=["h"], cond_var=["x"], name="f")
                 self.fc = nn.Linear(3, 3)
@@ -332,6 +334,8 @@ def test_a_deterministic_returning_a_named_tuple_hands_each_use_its_own_tensors(
         calls = []
 
         class H(Deterministic):
+            memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
             def __init__(self) -> None:
                 super().__init__(var=["h"], cond_var=["x"], name="f")
                 self.fc = nn.Linear(3, 3)
@@ -373,6 +377,8 @@ def _two_uses_program(kind: str) -> Callable[[], Any]:
         from pixyz.losses import Expectation, KullbackLeibler
 
         class H(Deterministic):
+            memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
             def __init__(self) -> None:
                 super().__init__(var=["h"], cond_var=["x"], name="f")
                 self.fc = nn.Linear(3, 3)
@@ -465,6 +471,8 @@ def _held_program(kind: str) -> Callable[[], Any]:
             return h
 
         class H(Deterministic):
+            memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
             def __init__(self) -> None:
                 super().__init__(var=["h"], cond_var=["x"], name="f")
                 self.fc = nn.Linear(3, 3)
@@ -515,6 +523,8 @@ def _aliased_program(layout: str) -> Callable[[], Any]:
         from pixyz.losses import Expectation, KullbackLeibler
 
         class H(Deterministic):
+            memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
             def __init__(self) -> None:
                 super().__init__(var=["a", "b"], cond_var=["x"], name="f")
                 self.fc = nn.Linear(3, 4)

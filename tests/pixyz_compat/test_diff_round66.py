@@ -85,6 +85,8 @@ def test_a_deterministic_runs_at_each_use_where_a_users_term_runs() -> None:
     calls = []
 
     class D(Deterministic):
+        memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
         def __init__(self) -> None:
             super().__init__(var=["t"], cond_var=["x"], name="d")
             self.net = nn.Linear(3, 1)

@@ -556,6 +556,8 @@ def test_a_formula_with_a_users_term_runs_a_deterministic_at_each_use() -> None:
     calls = []
 
     class D(Deterministic):
+        memoizable = True  # opts in to sharing one pass between uses (what this test is about)
+
         def __init__(self) -> None:
             super().__init__(var=["t"], cond_var=["x"], name="d")
             self.net = nn.Linear(3, 2)

@@ -20,7 +20,10 @@ from pyro_dgm.poutine.memoize_messenger import MissLog
 
 class Net(Deterministic):
     """h = f(x), counting its forward passes in a list it keeps (an attribute it rebinds, ``self.calls += 1``, would be
-    state its output may read, which makes it run at each use); optionally with a batch norm."""
+    state its output may read, which makes it run at each use); optionally with a batch norm. It opts in to sharing
+    its pass (the log is of such networks)."""
+
+    memoizable = True
 
     def __init__(self, var: str = "h", bn: bool = False) -> None:
         super().__init__(var=[var], cond_var=["x"], name=var)
