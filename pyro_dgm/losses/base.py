@@ -103,6 +103,12 @@ def _warn_particles(loss: "Loss", name: str, value: Any) -> None:
 _NO_MODULE = object()  # (a name that _modules does not hold)
 
 
+def _users_node(term: Any) -> bool:
+    """Whether the loss node ``term`` runs the user's code: a ``Loss`` subclass defined outside pyro_dgm, or a term
+    whose ``forward`` the user replaced on the instance (``term.forward = fn``, which Pixyz calls; p449)."""
+    return users_class(type(term)) or "forward" in term.__dict__
+
+
 def _formula_changed() -> None:
     """A loss's operand or distribution was replaced, set to None or deleted after the loss was made (Pixyz's
     losses read their attributes at each evaluation): the formulas' cached terms, variables and distributions
@@ -400,9 +406,12 @@ class Loss(YieldingModule, _PyroELBO):
             _formula_changed()
         elif plain is not value and (_holds_terms(plain) or _holds_terms(value)):
             _formula_changed()  # (a list, tuple or dict of terms, as a Pixyz subclass keeps them: self.ps = [p2])
+        elif name == "forward":  # (a term's forward replaced on the instance: the user's code, see _users_node)
+            _formula_changed()
 
     def __delattr__(self, name: str) -> None:
-        had = name in self.__dict__.get("_modules", ()) or _holds_terms(self.__dict__.get(name))
+        had = (name in self.__dict__.get("_modules", ()) or _holds_terms(self.__dict__.get(name))
+               or name == "forward")
         nn.Module.__delattr__(self, name)
         self.__dict__.pop(name, None)
         if had:
@@ -624,7 +633,7 @@ class Loss(YieldingModule, _PyroELBO):
         evaluation then shares no ``Deterministic`` pass (see
         :meth:`~pyro_dgm.poutine.memoize_messenger.MemoizeMessenger.user_term`)."""
         return self._dgm_formula_cached("_dgm_user_terms", lambda: any(
-            users_class(type(n)) for n in self._dgm_walk()[0]))
+            _users_node(n) for n in self._dgm_walk()[0]))
 
     def _dgm_formula_cached(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()``, kept under ``key`` while the formula is as it was: a distribution renamed, or an operand or
@@ -943,7 +952,7 @@ class Loss(YieldingModule, _PyroELBO):
         for v in self._input_var:
             if v not in values and v not in self._dgm_optional_var:
                 _raise_missing(self, values, [v])
-        if not is_compiling() and users_class(type(self)):  # (traced code reuses no eager entry: no guard on
+        if not is_compiling() and _users_node(self):  # (traced code reuses no eager entry: no guard on
             memo = active_memo()  # the classes seen)
             if memo is not None:
                 with memo.user_term():

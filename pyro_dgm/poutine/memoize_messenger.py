@@ -934,17 +934,19 @@ class MemoizeMessenger(Messenger):
     swapped by ``torch.func.functional_call`` (an ensemble, a MAML step), a submodule replaced or appended, a hook
     added, removed or replaced by another (also a global one), weights changed in place within the scope, a submodule
     switched between training and eval mode, ``requires_grad_`` of an input or a weight, ``torch.autocast`` and
-    ``torch.inference_mode`` make it run again; a change through ``.data``, or to a buffer (as a batch norm's forward
-    updates its statistics), is not seen. Keys read no tensor data, so a lookup never synchronizes with a GPU, but for
-    an input made under ``torch.inference_mode``, which has no version counter: an entry keeps a copy of its values and
-    a hit compares them bit by bit (a sparse, nested, quantized or meta one is never reused). A module with
-    ``memoizable = False`` (e.g. one with dropout, and a :class:`~pyro_dgm.distributions.Deterministic` by default,
-    which Pixyz runs on every use) always runs. A module with ``memoize_unless_random=True`` (a ``Deterministic``
-    that opts in with ``memoizable = True``) is reused only when its forward drew nothing from the global random generators (:func:`rng_marks`) and changed no input, no buffer and no weight in
-    place: a forward that picks random time steps, adds noise, edits its input or weights or updates a batch norm's
-    statistics runs again on each use, as under Pixyz. Draws from a generator the forward holds itself (a
-    ``torch.Generator``, ``random.Random(seed)``), and the normal numpy's ``RandomState`` kept from its last ``randn``,
-    change no global state: such a module needs ``memoizable = False``.
+    ``torch.inference_mode`` make it run again; a change through ``.data``, or to a buffer of a submodule in
+    training mode (as a batch norm's forward updates its statistics), is not seen (an eval-mode submodule's buffers
+    are). Keys read no tensor data, so a lookup never synchronizes with a GPU, but for an input made under
+    ``torch.inference_mode``, which has no version counter: an entry keeps a copy of its values and a hit compares
+    them bit by bit (a sparse, nested, quantized or meta one is never reused). A module with ``memoizable = False``
+    (e.g. one with dropout, and a :class:`~pyro_dgm.distributions.Deterministic` by default, which Pixyz runs on every
+    use) always runs. A module with ``memoize_unless_random=True`` (a ``Deterministic`` that opts in with
+    ``memoizable = True``) is reused only when its forward drew nothing from the global random generators
+    (:func:`rng_marks`) and changed no input, no buffer and no weight in place: a forward that picks random time
+    steps, adds noise, edits its input or weights or updates a batch norm's statistics runs again on each use, as
+    under Pixyz. Draws from a generator the forward holds itself (a ``torch.Generator``, ``random.Random(seed)``),
+    and the normal numpy's ``RandomState`` kept from its last ``randn``, change no global state: such a module needs
+    ``memoizable = False`` (a ``Deterministic``'s default).
 
     The open scopes are per thread: a network call is answered by the innermost scope of the thread that makes it
     (:func:`active_memo`), never by another thread's.

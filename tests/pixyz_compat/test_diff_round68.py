@@ -107,6 +107,22 @@ def test_a_deterministic_that_opts_in_shares_one_pass_with_pixyzs_values() -> No
     assert_same(ref[:3], ours[:3])
 
 
+def test_a_terms_forward_replaced_on_the_instance_is_the_users_code_for_an_opted_in_deterministic() -> None:
+    """(p449) A ``LogProb`` whose ``forward`` the user replaced on the instance (a gradient norm through ``h``
+    without ``retain_graph``) is a user's term: in its formula an opted-in f runs at each use, as under Pixyz (the
+    shared pass's graph was freed and the next backward raised)."""
+    from pyro_dgm.distributions import Deterministic
+
+    ref = run_pixyz(_consumers_program("grad_norm"))
+    default, Deterministic.memoizable = Deterministic.memoizable, True
+    try:
+        ours = run_pyro_dgm(_consumers_program("grad_norm"))
+    finally:
+        Deterministic.memoizable = default
+    assert ref[3] == ours[3] == 2
+    assert_same(ref, ours)
+
+
 def _critic_steps(compile: bool, user_term: bool, share: bool) -> Callable[[], Any]:
     """Three SGD steps of ``E_f[KL(q||p) + E_f[KL(q||p)] + H(q)]`` (f a ``Deterministic``, q with a batch norm
     and a dropout after it, so each use of f gives q new tensors and q a mask per pass), with a user's term added
