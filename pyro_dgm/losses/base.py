@@ -629,11 +629,17 @@ class Loss(YieldingModule, _PyroELBO):
             *(set(d.input_var) - set(d._dgm_required_input_var) for d in self._dgm_distributions)))
 
     def _dgm_has_user_terms(self) -> bool:
-        """Whether a node of this formula is a user's term (a ``Loss`` subclass defined outside pyro_dgm): its
-        evaluation then shares no ``Deterministic`` pass (see
-        :meth:`~pyro_dgm.poutine.memoize_messenger.MemoizeMessenger.user_term`)."""
-        return self._dgm_formula_cached("_dgm_user_terms", lambda: any(
-            _users_node(n) for n in self._dgm_walk()[0]))
+        """Whether a node of this formula is a user's term (a ``Loss`` subclass defined outside pyro_dgm, or a term
+        whose ``forward`` the user replaced on the instance): its evaluation then shares no pass of an opted-in
+        ``Deterministic`` (see :meth:`~pyro_dgm.poutine.memoize_messenger.MemoizeMessenger.user_term`)."""
+        return bool(self._dgm_user_nodes())
+
+    def _dgm_user_nodes(self) -> tuple[tuple[int, Any], ...]:
+        """``(id, forward replaced on the instance or None)`` of each user's term of this formula (cached while the
+        formula is unchanged): a compiled step whose user's terms changed since its first call watches that call
+        again (:class:`~pyro_dgm.losses.compiled.CompiledEval`)."""
+        return self._dgm_formula_cached("_dgm_user_terms", lambda: tuple(
+            (id(n), n.__dict__.get("forward")) for n in self._dgm_walk()[0] if _users_node(n)))
 
     def _dgm_formula_cached(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()``, kept under ``key`` while the formula is as it was: a distribution renamed, or an operand or
