@@ -93,16 +93,21 @@ def test_a_deterministic_runs_at_each_use_by_default_whatever_its_consumers_do(c
     assert_same(ref, ours)
 
 
-def test_a_deterministic_that_opts_in_shares_one_pass_with_pixyzs_values() -> None:
-    """The opt-in: ``memoizable = True`` runs f once for its two uses, with Pixyz's values and gradients."""
+def _opted_in(consumer: str) -> tuple[Any, Any]:
+    """Pixyz's run of :func:`_consumers_program` and ours with every ``Deterministic`` opted in to sharing."""
     from pyro_dgm.distributions import Deterministic
 
-    ref = run_pixyz(_consumers_program("none"))
+    ref = run_pixyz(_consumers_program(consumer))
     default, Deterministic.memoizable = Deterministic.memoizable, True
     try:
-        ours = run_pyro_dgm(_consumers_program("none"))
+        return ref, run_pyro_dgm(_consumers_program(consumer))
     finally:
         Deterministic.memoizable = default
+
+
+def test_a_deterministic_that_opts_in_shares_one_pass_with_pixyzs_values() -> None:
+    """The opt-in: ``memoizable = True`` runs f once for its two uses, with Pixyz's values and gradients."""
+    ref, ours = _opted_in("none")
     assert ref[3] == 2 and ours[3] == 1
     assert_same(ref[:3], ours[:3])
 
@@ -111,14 +116,7 @@ def test_a_terms_forward_replaced_on_the_instance_is_the_users_code_for_an_opted
     """(p449) A ``LogProb`` whose ``forward`` the user replaced on the instance (a gradient norm through ``h``
     without ``retain_graph``) is a user's term: in its formula an opted-in f runs at each use, as under Pixyz (the
     shared pass's graph was freed and the next backward raised)."""
-    from pyro_dgm.distributions import Deterministic
-
-    ref = run_pixyz(_consumers_program("grad_norm"))
-    default, Deterministic.memoizable = Deterministic.memoizable, True
-    try:
-        ours = run_pyro_dgm(_consumers_program("grad_norm"))
-    finally:
-        Deterministic.memoizable = default
+    ref, ours = _opted_in("grad_norm")
     assert ref[3] == ours[3] == 2
     assert_same(ref, ours)
 
