@@ -634,6 +634,13 @@ class Loss(YieldingModule, _PyroELBO):
         ``Deterministic`` (see :meth:`~pyro_dgm.poutine.memoize_messenger.MemoizeMessenger.user_term`)."""
         return bool(self._dgm_user_nodes())
 
+    def _dgm_forwards(self) -> tuple[Any, ...]:
+        """The user's terms (:meth:`_dgm_user_nodes`) and the ``forward`` of each node's class: what a compiled step
+        compares at each call with its first call's, so that a term's ``forward`` replaced on the instance or its
+        class after compiling (a later notebook cell, p457, p459) is watched and traced again."""
+        nodes = self._dgm_formula_cached("_dgm_nodes", lambda: tuple(self._dgm_walk()[0]))
+        return (self._dgm_user_nodes(), *(type(n).forward for n in nodes))
+
     def _dgm_user_nodes(self) -> tuple[tuple[int, Any], ...]:
         """``(id, forward replaced on the instance or None)`` of each user's term of this formula (cached while the
         formula is unchanged): a compiled step whose user's terms changed since its first call watches that call

@@ -453,7 +453,7 @@ class _FirstCallEager:
         self.calls = 0
         self._graphs = False
         self._differentiates = False  # a backward ran inside the first (eager) evaluation: see _build
-        self._users: tuple[tuple[int, Any], ...] = ()  # the loss's user's terms at the first call (see __call__)
+        self._users: tuple[Any, ...] = ((),)  # the loss's user's terms and forwards at the first call (__call__)
 
     def _build(self) -> None:
         self.loss._dgm_leaves()  # the terms' names are built (by sympy) here, once, not while tracing (a method,
@@ -477,8 +477,8 @@ class _FirstCallEager:
         if not self.calls:  # the first call's lazy initializations run eagerly (see CompiledEval); a first call
             # that raised (a user's error, a refused batch) left them undone, and does not count: the next call is
             # the eager first one. A user's loss term may differentiate inside it (watched: see _build)
-            self._users = self.loss._dgm_user_nodes()
-            if self._users:
+            self._users = self.loss._dgm_forwards()
+            if self._users[0]:
                 if not torch.is_grad_enabled() or transformed():  # (a test() first, a torch.func transform: not
                     return self._eager(*args)  # counted, the first call with gradients is watched)
                 out, self._differentiates = _watching_backward(self._eager, args)
@@ -486,9 +486,10 @@ class _FirstCallEager:
                 out = self._eager(*args)
             self.calls = 1
             return out
-        if self.loss._dgm_user_nodes() != self._users:  # a user's term added, or a term's forward replaced, since
-            self.calls, self._dgm_fn, self._differentiates = 0, None, False  # the first call (p457: a gradient
-            return self(*args)  # penalty set then): the next call is a watched first call again, then it compiles
+        if self.loss._dgm_forwards() != self._users:  # a user's term added, or a term's forward replaced on the
+            self.calls, self._dgm_fn, self._differentiates = 0, None, False  # instance or its class, since the
+            return self(*args)  # first call (p457: a gradient penalty set then; p459: the compiled code ran the old
+            # forward): the next call is a watched first call again, then it compiles
         self.calls += 1
         if self._dgm_fn is None:
             self._build()
