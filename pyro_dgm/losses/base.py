@@ -638,15 +638,18 @@ class Loss(YieldingModule, _PyroELBO):
         """The user's terms (:meth:`_dgm_user_nodes`) and the ``forward`` of each node's class: what a compiled step
         compares at each call with its first call's, so that a term's ``forward`` replaced on the instance or its
         class after compiling (a later notebook cell, p457, p459) is watched and traced again."""
-        nodes = self._dgm_formula_cached("_dgm_nodes", lambda: tuple(self._dgm_walk()[0]))
-        return (self._dgm_user_nodes(), *(type(n).forward for n in nodes))
+        return (self._dgm_user_nodes(), *(type(n).forward for n in self._dgm_nodes()))
+
+    def _dgm_nodes(self) -> tuple["Loss", ...]:
+        """The loss nodes of this formula (:meth:`_dgm_walk`'s), cached while the formula is unchanged."""
+        return self._dgm_formula_cached("_dgm_nodes", lambda: tuple(self._dgm_walk()[0]))
 
     def _dgm_user_nodes(self) -> tuple[tuple[int, Any], ...]:
         """``(id, forward replaced on the instance or None)`` of each user's term of this formula (cached while the
         formula is unchanged): a compiled step whose user's terms changed since its first call watches that call
         again (:class:`~pyro_dgm.losses.compiled.CompiledEval`)."""
         return self._dgm_formula_cached("_dgm_user_terms", lambda: tuple(
-            (id(n), n.__dict__.get("forward")) for n in self._dgm_walk()[0] if _users_node(n)))
+            (id(n), n.__dict__.get("forward")) for n in self._dgm_nodes() if _users_node(n)))
 
     def _dgm_formula_cached(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()``, kept under ``key`` while the formula is as it was: a distribution renamed, or an operand or
