@@ -406,8 +406,8 @@ class Loss(YieldingModule, _PyroELBO):
             _formula_changed()
         elif plain is not value and (_holds_terms(plain) or _holds_terms(value)):
             _formula_changed()  # (a list, tuple or dict of terms, as a Pixyz subclass keeps them: self.ps = [p2])
-        elif name == "forward":  # (a term's forward replaced on the instance: the user's code, see _users_node)
-            _formula_changed()
+        elif name in ("forward", "__class__"):  # (a term's forward replaced on the instance, or its class: the
+            _formula_changed()  # user's code, see _users_node; p460)
 
     def __delattr__(self, name: str) -> None:
         had = (name in self.__dict__.get("_modules", ()) or _holds_terms(self.__dict__.get(name))
@@ -635,10 +635,12 @@ class Loss(YieldingModule, _PyroELBO):
         return bool(self._dgm_user_nodes())
 
     def _dgm_forwards(self) -> tuple[Any, ...]:
-        """The user's terms (:meth:`_dgm_user_nodes`) and the ``forward`` of each node's class: what a compiled step
-        compares at each call with its first call's, so that a term's ``forward`` replaced on the instance or its
-        class after compiling (a later notebook cell, p457, p459) is watched and traced again."""
-        return (self._dgm_user_nodes(), *(type(n).forward for n in self._dgm_nodes()))
+        """The user's terms (:meth:`_dgm_user_nodes`) and the ``forward``, ``eval`` and ``__call__`` of each node's
+        class: what a compiled step compares at each call with its first call's, so that a term's ``forward``
+        replaced on the instance or its class after compiling (a later notebook cell, p457, p459), or its class's
+        ``eval`` (p460), is watched and traced again."""
+        return (self._dgm_user_nodes(), *(m for t in map(type, self._dgm_nodes()) for m in (t.forward, t.eval,
+                                                                                            t.__call__)))
 
     def _dgm_nodes(self) -> tuple["Loss", ...]:
         """The loss nodes of this formula (:meth:`_dgm_walk`'s), cached while the formula is unchanged."""

@@ -353,6 +353,32 @@ def _hooks_mark(terms: Sequence[Any]) -> tuple[Any, ...]:
     return (*(tuple(d) for d in dicts), tuple(own))
 
 
+#: packages whose classes' code a compiled call does not compare (a user patching torch's or Pyro's own classes is
+#: not followed; pyro_dgm's loss terms' ``forward`` and ``eval`` are: :meth:`~pyro_dgm.losses.base.Loss._dgm_forwards`)
+_LIBRARY_PACKAGES = frozenset({"pyro_dgm", "torch", "pyro", "builtins", "abc", "typing", "collections", "functools",
+                               "enum", "contextlib"})
+
+
+def _users_classes(objects: Sequence[Any]) -> tuple[type, ...]:
+    """The classes of ``objects`` and their bases that are the user's (defined outside pyro_dgm, torch, Pyro and the
+    standard library's base classes), each once."""
+    found: dict[type, None] = {}
+    for t in dict.fromkeys(map(type, objects)):
+        for k in t.__mro__:
+            if k not in found and str(getattr(k, "__module__", "")).partition(".")[0] not in _LIBRARY_PACKAGES:
+                found[k] = None
+    return tuple(found)
+
+
+def _code_mark(classes: Sequence[type]) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+    """``(ids, objects)`` of the methods, descriptors and other callables in the dicts of ``classes``: another
+    value after one is replaced, added or deleted on a class (a later notebook cell's ``Q.helper = fn``), which
+    Dynamo's guards do not see (p460). The objects are held so that their ids are not reused; data attributes
+    (a class's counter) are not compared."""
+    code = tuple([v for k in classes for v in vars(k).values() if callable(v) or hasattr(type(v), "__get__")])
+    return tuple(map(id, code)), code
+
+
 def _frozen_of(loss: Any) -> list[Tensor]:
     return [p for term in loss.loss_terms() for p in term.frozen_parameters()]
 
@@ -454,6 +480,9 @@ class _FirstCallEager:
         self._graphs = False
         self._differentiates = False  # a backward ran inside the first (eager) evaluation: see _build
         self._users: tuple[Any, ...] = ((),)  # the loss's user's terms and forwards at the first call (__call__)
+        self._code_classes: tuple[type, ...] = ()  # the user's classes the loss reaches, and their code (see
+        self._code: tuple[Any, ...] = ((), ())  # _code_mark): compared at each call
+        self._rewatch = False  # the next first call follows a change of the user's code: watched (see __call__)
 
     def _build(self) -> None:
         self.loss._dgm_leaves()  # the terms' names are built (by sympy) here, once, not while tracing (a method,
@@ -478,18 +507,22 @@ class _FirstCallEager:
             # that raised (a user's error, a refused batch) left them undone, and does not count: the next call is
             # the eager first one. A user's loss term may differentiate inside it (watched: see _build)
             self._users = self.loss._dgm_forwards()
-            if self._users[0]:
+            if self._users[0] or self._rewatch:
                 if not torch.is_grad_enabled() or transformed():  # (a test() first, a torch.func transform: not
                     return self._eager(*args)  # counted, the first call with gradients is watched)
                 out, self._differentiates = _watching_backward(self._eager, args)
             else:
                 out = self._eager(*args)
-            self.calls = 1
+            self.calls, self._rewatch = 1, False
+            self._dgm_find_distributions()  # (after the first call's lazy initializations: the classes it reached)
             return out
-        if self.loss._dgm_forwards() != self._users:  # a user's term added, or a term's forward replaced on the
-            self.calls, self._dgm_fn, self._differentiates = 0, None, False  # instance or its class, since the
-            return self(*args)  # first call (p457: a gradient penalty set then; p459: the compiled code ran the old
-            # forward): the next call is a watched first call again, then it compiles
+        if self.loss._dgm_forwards() != self._users or _code_mark(self._code_classes)[0] != self._code[0]:
+            # a user's term added, a term's forward or eval replaced on the instance or its class, or a method of a
+            # user's class (a loss term's, a distribution's or a network's helper) replaced since the first call
+            # (p457: a gradient penalty set then; p459, p460: the compiled code ran the old code, which Dynamo does
+            # not guard on): the next call is a watched first call again, then it compiles
+            self.calls, self._dgm_fn, self._differentiates, self._rewatch = 0, None, False, True
+            return self(*args)
         self.calls += 1
         if self._dgm_fn is None:
             self._build()
@@ -552,6 +585,8 @@ class _FirstCallEager:
         self._cores = [c for d in self._dists for c in d._dgm_order]
         self._hooked = list(dict.fromkeys([*self.loss.modules(), *(m for d in self._dists for m in d.modules())]))
         # (the loss terms, the distributions and their networks: whose hooks nn.Module.__call__ runs)
+        self._code_classes = _users_classes([*self._hooked, *self.loss._dgm_nodes()])
+        self._code = _code_mark(self._code_classes)
 
     def _dgm_classes_current(self) -> None:
         """Follow the weights objects that the user gave the loss's products and mixtures of experts
