@@ -180,9 +180,14 @@ def _hidden_names(d: "Distribution") -> list[str]:
 def site_builder(d: Any) -> Any:
     """``d``'s builder ``dist(x_dict, batch_n=None, **kwargs)`` of the site distribution: ``d.dist``, or the family's
     own builder where ``d``'s class has a ``dist`` property of its own (Pixyz's kind, an object read after
-    ``set_dist``, which the family's builder reads in turn)."""
-    if getattr(type(d), "_dgm_user_dist", False):
+    ``set_dist``, which the family's builder reads in turn) or where ``d.dist`` is the object of Pixyz's record
+    (a family's, a renamed distribution's), which calls that builder."""
+    cls = type(d)
+    if getattr(cls, "_dgm_user_dist", False):
         return d._dgm_site_dist
+    own = getattr(cls, "_dgm_own_dist", None)  # (a class of ours whose dist property, when called, is a builder:
+    if own is not None and getattr(cls, "dist", None) is own:  # that builder, without building the object of
+        return d._dgm_builder()  # Pixyz's record, which makes a class: torch.compile cannot trace that, p461)
     return d.dist
 
 

@@ -362,6 +362,16 @@ class ReplaceVarDistribution(_PassesThrough):
             self._dgm_note_names(e)
             raise
 
+    def _dgm_builder(self) -> Any:
+        """What :attr:`dist` gives when it is called (``dist(x_dict, ...)``, as the analytic KL calls it), without
+        building the object of the wrapped distribution's record of its last call, which makes a class: something
+        torch.compile cannot trace (p461: a KL of a renamed prior split a compiled step into six graphs)."""
+        atom = self._dgm_original
+        state = atom.__dict__
+        if hasattr(atom, "_dgm_set_last") and (state.get("_dgm_last") is not None or state.get("_dist") is None):
+            return self._dgm_site_dist  # (what the record's object calls, see family.callable_dist)
+        return self.dist
+
     @property
     def dist(self) -> Any:
         """The wrapped distribution's object set by ``set_dist`` or by its last call (Pixyz forwards ``dist`` to it),
@@ -397,6 +407,9 @@ class ReplaceVarDistribution(_PassesThrough):
         except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
             self._dgm_note_names(e)
             raise
+
+
+ReplaceVarDistribution._dgm_own_dist = ReplaceVarDistribution.__dict__["dist"]  # (see base.site_builder)
 
 
 class MarginalizeVarDistribution(LabelledComposite, _PassesThrough):

@@ -20,7 +20,7 @@ from pyro_dgm.distributions.bindings import SAMPLING_OPTIONS
 from pyro_dgm.distributions.exponential import scored_distribution
 from pyro_dgm.distributions.overrides import current_of, sets_dist
 from pyro_dgm.distributions.pixyz_protocol import LiveTorchClass
-from pyro_dgm.distributions.family import DistributionBase, pixyz_dist
+from pyro_dgm.distributions.family import pixyz_dist
 from pyro_dgm.losses.base import Loss, ordered_union, with_input_var
 from pyro_dgm.losses.expectation import Expectation, check_sample_shape
 from pyro_dgm.losses.pdf import LogProb, as_dims, check_distribution
@@ -122,20 +122,6 @@ def _dgm_sum_dims(x: Tensor, dim: int | Sequence[int] | None, owner: Any = "Kull
         raise kind(f"{describe(owner) if not isinstance(owner, str) else owner}: cannot sum the element-wise "
                    f"divergence of shape {tuple(x.shape)} over dim={dim!r}: it has {n} dim(s), so a dim is one of "
                    f"{list(range(-n, n))}, each once ({e})") from e
-
-
-_FAMILY_DIST = DistributionBase.__dict__["dist"]
-
-
-def _builder(d: Any) -> Any:
-    """``d.dist`` as the builder ``dist(x_dict, **kwargs)``: a family's own builder, without materializing the
-    object of Pixyz's ``dist`` record (which makes a class, something torch.compile cannot trace), unless a class
-    defines its own ``dist`` builder (a ``dist`` property of Pixyz's kind, read after ``set_dist``, is read by the
-    family's own builder, as Pixyz's KL reads it)."""
-    cls = type(d)
-    if getattr(cls, "dist", None) is _FAMILY_DIST or getattr(cls, "_dgm_user_dist", False):
-        return d._dgm_site_dist
-    return d.dist
 
 
 def _kl(pd: Any, qd: Any) -> Tensor:
@@ -470,8 +456,8 @@ class KullbackLeibler(Loss):
                 total = kl if total is None else total + kl
                 continue
             try:
-                pd, qd = scored_distribution(_builder(f)(x_dict, **kwargs)), \
-                    scored_distribution(_builder(g)(x_dict, **kwargs))
+                pd, qd = scored_distribution(site_builder(f)(x_dict, **kwargs)), \
+                    scored_distribution(site_builder(g)(x_dict, **kwargs))
             except NoClosedFormError:
                 raise
             except NotImplementedError as e:  # a marginal, a deterministic map...: no distribution object
