@@ -17,13 +17,7 @@ from pyro_dgm.distributions import Deterministic, Normal
 from pyro_dgm.losses import Expectation, KullbackLeibler, LogProb, Loss
 from pyro_dgm.models import Model
 
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Any:
-    """Each test starts from Dynamo's empty caches (which frames run eagerly depends on what was compiled before)."""
-    dynamo.reset()
-    yield
-    dynamo.reset()
+pytestmark = pytest.mark.usefixtures("reset_dynamo")  # (which frames run eagerly depends on what was compiled before)
 
 
 class _Q(Normal):

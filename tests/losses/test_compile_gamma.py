@@ -17,16 +17,10 @@ from pyro_dgm.losses import KullbackLeibler
 from pyro_dgm.models import VAE
 from pyro_dgm.utils.compat import compiles
 
-pytestmark = pytest.mark.skipif(not compiles(), reason="torch.compile of pyro_dgm needs torch 2.10 or newer")
+pytestmark = [pytest.mark.skipif(not compiles(), reason="torch.compile of pyro_dgm needs torch 2.10 or newer"),
+              pytest.mark.usefixtures("reset_dynamo")]
 
 SIZES = [8, 8, 5, 8, 8, 5, 8, 5]  # epochs of 21 rows in batches of 8
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Any:
-    dynamo.reset()
-    yield
-    dynamo.reset()
 
 
 def _train(family: str, compile: Any) -> tuple[list[float], list[torch.Tensor], int]:

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch._dynamo as dynamo
 from torch import nn
 from torch.nn import functional as F
 
@@ -17,16 +16,10 @@ from pyro_dgm.losses import IterativeLoss, KullbackLeibler
 from pyro_dgm.models import Model
 from pyro_dgm.utils.compat import compiles
 
-pytestmark = pytest.mark.skipif(not compiles(), reason="torch.compile of pyro_dgm needs torch 2.10 or newer")
+pytestmark = [pytest.mark.skipif(not compiles(), reason="torch.compile of pyro_dgm needs torch 2.10 or newer"),
+              pytest.mark.usefixtures("reset_dynamo")]
 
 T, B, X, Z = 4, 5, 3, 2
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Any:
-    dynamo.reset()
-    yield
-    dynamo.reset()
 
 
 class Enc(Normal):

@@ -17,14 +17,8 @@ from pyro_dgm.losses import KullbackLeibler
 from pyro_dgm.models import Model
 from pyro_dgm.utils.compat import compiles
 
-pytestmark = pytest.mark.skipif(not compiles(), reason="torch.compile of pyro_dgm needs torch 2.10 or newer")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Any:
-    dynamo.reset()
-    yield
-    dynamo.reset()
+pytestmark = [pytest.mark.skipif(not compiles(), reason="torch.compile of pyro_dgm needs torch 2.10 or newer"),
+              pytest.mark.usefixtures("reset_dynamo")]
 
 
 def _vae(renamed: str) -> tuple[Any, list[Any]]:

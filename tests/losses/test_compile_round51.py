@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch._dynamo as dynamo
 import torch._inductor.config as inductor_config
 
 from pyro_dgm.utils.compat import compiles
@@ -18,14 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pixyz_compat"))
 from pixyz_harness import assert_same, run_pixyz, run_pyro_dgm  # noqa: E402
 from test_diff_round68 import _critic_steps  # noqa: E402 (the program, with f opted in to sharing)
 
-pytestmark = pytest.mark.skipif(not compiles(), reason="torch.compile of pyro_dgm needs torch 2.10 or newer")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Any:
-    dynamo.reset()
-    yield
-    dynamo.reset()
+pytestmark = [pytest.mark.skipif(not compiles(), reason="torch.compile of pyro_dgm needs torch 2.10 or newer"),
+              pytest.mark.usefixtures("reset_dynamo")]
 
 
 def test_a_nested_reuse_of_a_deterministic_trains_compiled_as_eagerly_and_as_under_pixyz() -> None:

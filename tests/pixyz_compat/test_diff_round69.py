@@ -93,8 +93,9 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
 
         loss = (-Expectation(q, LogProb(p)) + R()).mean()
         outer = type(loss)
-        saved = {k: v.__dict__.get(n) for k, v, n in (("act", Net, "act"), ("enc", Q, "enc"), ("scale", R, "scale"),
-                                                     ("eval", LogProb, "eval"), ("outer", outer, "eval"))}
+        places = (("act", Net, "act"), ("enc", Q, "enc"), ("scale", R, "scale"), ("eval", LogProb, "eval"),
+                  ("outer", outer, "eval"))
+        saved = {k: v.__dict__.get(n) for k, v, n in places}
         plain_eval = LogProb.eval
 
         def change() -> None:
@@ -120,8 +121,7 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
                     change()
                 out.append(model.train({"x": torch.randn(4, 3), "y": torch.randn(4, 3)}).detach())
         finally:
-            for cls, name, key in ((Net, "act", "act"), (Q, "enc", "enc"), (R, "scale", "scale"),
-                                   (LogProb, "eval", "eval"), (outer, "eval", "outer")):
+            for key, cls, name in places:
                 if saved[key] is None:
                     if name in cls.__dict__:
                         delattr(cls, name)
