@@ -185,10 +185,10 @@ def site_builder(d: Any) -> Any:
     cls = type(d)
     if getattr(cls, "_dgm_user_dist", False):
         return d._dgm_site_dist
-    own = getattr(cls, "_dgm_own_dist", None)  # (a class of ours whose dist property, when called, is a builder:
-    if own is not None and getattr(cls, "dist", None) is own:  # that builder, without building the object of
-        return d._dgm_builder()  # Pixyz's record, which makes a class: torch.compile cannot trace that, p461)
-    return d.dist
+    own = getattr(cls, "_dgm_own_dist", None)  # (a family's or a renaming's dist property, whose object calls the
+    if own is not None and getattr(cls, "dist", None) is own:  # builder: the builder, without building the object
+        return d._dgm_site_dist  # of Pixyz's record, which makes a class: torch.compile cannot trace that, p461; a
+    return d.dist  # renaming's builder calls the user's set_dist of the moment, as Pixyz's KL does, p462)
 
 
 def _store_name(d: "Distribution") -> str:

@@ -1107,10 +1107,6 @@ class DistributionBase(Distribution):
         d = pixyz_dist(self)
         return self._dgm_site_dist if d is None else d
 
-    def _dgm_builder(self) -> Any:
-        """What :attr:`dist` gives when called: the builder (see :func:`~pyro_dgm.distributions.base.site_builder`)."""
-        return self._dgm_site_dist
-
     @property
     def _dist(self) -> Any:
         """Pixyz's attribute behind :attr:`dist` (``None`` before any call), for Pixyz code that reads or assigns

@@ -362,16 +362,6 @@ class ReplaceVarDistribution(_PassesThrough):
             self._dgm_note_names(e)
             raise
 
-    def _dgm_builder(self) -> Any:
-        """What :attr:`dist` gives when it is called (``dist(x_dict, ...)``, as the analytic KL calls it), without
-        building the object of the wrapped distribution's record of its last call, which makes a class: something
-        torch.compile cannot trace (p461: a KL of a renamed prior split a compiled step into six graphs)."""
-        atom = self._dgm_original
-        state = atom.__dict__
-        if hasattr(atom, "_dgm_set_last") and (state.get("_dgm_last") is not None or state.get("_dist") is None):
-            return self._dgm_site_dist  # (what the record's object calls, see family.callable_dist)
-        return self.dist
-
     @property
     def dist(self) -> Any:
         """The wrapped distribution's object set by ``set_dist`` or by its last call (Pixyz forwards ``dist`` to it),
@@ -379,6 +369,8 @@ class ReplaceVarDistribution(_PassesThrough):
         from pyro_dgm.distributions.family import pixyz_dist
 
         atom = self._dgm_original
+        if getattr(type(atom), "_dgm_user_dist", False):  # a dist property of the user's: Pixyz forwards to it
+            return atom.dist  # (p462)
         d = pixyz_dist(atom) if hasattr(atom, "_dgm_set_last") else atom.__dict__.get("_dist")
         if d is None:
             return self._dgm_site_dist

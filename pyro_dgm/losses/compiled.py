@@ -322,6 +322,12 @@ def _own_code(fn: Any) -> Any:
     return call
 
 
+#: after this many changes of the code a compiled evaluation follows (``_FirstCallEager.__call__``), each traced
+#: again, it is evaluated eagerly, with a warning (p462: a class attribute set to a new function at each step kept
+#: a model from ever running compiled, or traced it again every other step, 0.9 MB more each time); Dynamo's own
+#: ``recompile_limit``
+_CODE_CHANGES = 8
+
 #: what ``_FirstCallEager._dgm_fn`` holds for a loss evaluated eagerly (see :func:`_watching_backward`)
 _EAGER_ONLY = object()
 
@@ -380,15 +386,28 @@ def _gamma_drawn(d: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, _GAMMA_DRAWS)
 
 
-def _users_classes(objects: Sequence[Any]) -> tuple[type, ...]:
-    """The classes of ``objects`` and their bases that are the user's (defined outside pyro_dgm, torch, Pyro and the
+def _users_classes(types: Sequence[type]) -> tuple[type, ...]:
+    """The classes ``types`` and their bases that are the user's (defined outside pyro_dgm, torch, Pyro and the
     standard library's base classes), each once."""
     found: dict[type, None] = {}
-    for t in dict.fromkeys(map(type, objects)):
+    for t in dict.fromkeys(types):
         for k in t.__mro__:
             if k not in found and str(getattr(k, "__module__", "")).partition(".")[0] not in _LIBRARY_PACKAGES:
                 found[k] = None
     return tuple(found)
+
+
+def _held_types(modules: Sequence[Any]) -> list[type]:
+    """The classes of the objects that ``modules`` hold as plain attributes (a helper object a network calls,
+    ``self.helper = Helper()``; p462), and the classes they hold."""
+    out: list[type] = []
+    for m in modules:
+        for v in vars(m).values():
+            if isinstance(v, type):
+                out.append(v)
+            elif not isinstance(v, (torch.nn.Module, Tensor, dict, list, tuple, str, int, float)):
+                out.append(type(v))
+    return out
 
 
 def _code_mark(classes: Sequence[type]) -> tuple[tuple[int, ...], tuple[Any, ...]]:
@@ -504,6 +523,7 @@ class _FirstCallEager:
         self._code_classes: tuple[type, ...] = ()  # the user's classes the loss reaches, and their code (see
         self._code: tuple[Any, ...] = ((), ())  # _code_mark): compared at each call
         self._rewatch = False  # the next first call follows a change of the user's code: watched (see __call__)
+        self._code_changes = 0  # how many times it did (see _CODE_CHANGES)
 
     def _build(self) -> None:
         self.loss._dgm_leaves()  # the terms' names are built (by sympy) here, once, not while tracing (a method,
@@ -540,12 +560,23 @@ class _FirstCallEager:
             self.calls, self._rewatch = 1, False
             self._dgm_find_distributions()  # (after the first call's lazy initializations: the classes it reached)
             return out
+        if self._code_changes >= _CODE_CHANGES:  # (see below)
+            return self._eager(*args)
         if self.loss._dgm_forwards() != self._users or _code_mark(self._code_classes)[0] != self._code[0]:
             # a user's term added, a term's forward or eval replaced on the instance or its class, or a method of a
             # user's class (a loss term's, a distribution's or a network's helper) replaced since the first call
             # (p457: a gradient penalty set then; p459, p460: the compiled code ran the old code, which Dynamo does
             # not guard on): the next call is a watched first call again, then it compiles
             self.calls, self._dgm_fn, self._differentiates, self._rewatch = 0, None, False, True
+            self._code_changes += 1
+            if self._code_changes == _CODE_CHANGES:
+                warnings.warn(f"{self.loss.loss_text}: compile=: the code of this loss's terms or of the user's "
+                              "classes it reaches (its distributions' and networks') changed before "
+                              f"{_CODE_CHANGES} of its calls (a class attribute set to a new function, method or "
+                              "descriptor at each step?), and each change is traced again: it is evaluated "
+                              "eagerly from now on", RuntimeWarning, stacklevel=user_stacklevel())
+                self.calls, self._dgm_fn = 1, _EAGER_ONLY
+                return self._eager(*args)
             return self(*args)
         self.calls += 1
         if self._dgm_fn is None:
@@ -609,7 +640,8 @@ class _FirstCallEager:
         self._cores = [c for d in self._dists for c in d._dgm_order]
         self._hooked = list(dict.fromkeys([*self.loss.modules(), *(m for d in self._dists for m in d.modules())]))
         # (the loss terms, the distributions and their networks: whose hooks nn.Module.__call__ runs)
-        self._code_classes = _users_classes([*self._hooked, *self.loss._dgm_nodes()])
+        self._code_classes = _users_classes([*map(type, self._hooked), *map(type, self.loss._dgm_nodes()),
+                                             *_held_types(self._hooked)])
         self._code = _code_mark(self._code_classes)
 
     def _dgm_classes_current(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 import torch._dynamo as dynamo
-from pixyz_harness import assert_same, run_pixyz, run_pyro_dgm
+from pixyz_harness import assert_same, run_both, run_pixyz, run_pyro_dgm
 
 from pyro_dgm.utils.compat import compiles
 
@@ -26,7 +26,8 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
     calls a helper ``enc`` and a user's network ``Net`` whose ``forward`` calls a helper ``act``, and ``R`` a user's
     term whose ``forward`` calls a helper ``scale``. Before the third step one of them changes (restored after):
 
-    - ``"term_helper"``, ``"dist_helper"``, ``"net_helper"``: ``R.scale``, ``Q.enc`` or ``Net.act`` replaced on
+    - ``"term_helper"``, ``"dist_helper"``, ``"net_helper"``, ``"held_helper"``: ``R.scale``, ``Q.enc``,
+      ``Net.act`` or ``Helper.shift`` (a plain object's class, which ``Net`` holds as ``self.helper``) replaced on
       the class;
     - ``"inner_eval"``: ``LogProb.eval`` patched (the ``Expectation`` evaluates its integrand through it);
     - ``"outer_eval"``: the formula's outermost class's ``eval`` patched (what ``Model`` calls);
@@ -43,16 +44,20 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
         from pixyz.losses.losses import Loss
         from pixyz.models import Model
 
+        class Helper:  # (no module: an object a network holds)
+            def shift(self, h: torch.Tensor) -> torch.Tensor:
+                return h
+
         class Net(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.fc = nn.Linear(3, 2)
+                self.fc, self.helper = nn.Linear(3, 2), Helper()
 
             def act(self, h: torch.Tensor) -> torch.Tensor:
                 return torch.tanh(h)
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.act(self.fc(x))
+                return self.helper.shift(self.act(self.fc(x)))
 
         class Q(Normal):
             epoch = 0
@@ -94,7 +99,7 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
         loss = (-Expectation(q, LogProb(p)) + R()).mean()
         outer = type(loss)
         places = (("act", Net, "act"), ("enc", Q, "enc"), ("scale", R, "scale"), ("eval", LogProb, "eval"),
-                  ("outer", outer, "eval"))
+                  ("outer", outer, "eval"), ("shift", Helper, "shift"))
         saved = {k: v.__dict__.get(n) for k, v, n in places}
         plain_eval = LogProb.eval
 
@@ -105,6 +110,8 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
                 Q.enc = lambda self, x: self.net(x) + 1.0
             elif where == "net_helper":
                 Net.act = lambda self, h: torch.sigmoid(h)
+            elif where == "held_helper":
+                Helper.shift = lambda self, h: h + 1.0
             elif where == "inner_eval":
                 LogProb.eval = lambda self, *a, **kw: _doubled(plain_eval(self, *a, **kw))
             elif where == "outer_eval":
@@ -138,10 +145,12 @@ def _doubled(out: Any) -> Any:
     return 2 * out
 
 
-@pytest.mark.parametrize("where", ["term_helper", "dist_helper", "net_helper", "inner_eval", "outer_eval"])
+@pytest.mark.parametrize("where", ["term_helper", "dist_helper", "net_helper", "held_helper", "inner_eval",
+                                   "outer_eval"])
 def test_code_of_the_users_classes_changed_after_compiling_is_traced_again(where: str) -> None:
-    """(p460) A helper method replaced on a user's loss term, distribution or network class, or a loss class's
-    ``eval`` patched, kept running the old code in the compiled steps (step-3 loss 2.794 where Pixyz and the eager
+    """(p460, p462) A helper method replaced on a user's loss term, distribution or network class (or on the class
+    of a plain object a network holds), or a loss class's ``eval`` patched, kept running the old code in the
+    compiled steps (step-3 loss 2.794 where Pixyz and the eager
     step give 6.985 for a term's helper; 1.474 against 7.761 for a distribution's): the code in the dicts of the
     user's classes the loss reaches, and each node's class ``eval`` and ``__call__``, are compared at each call
     now; a change makes the next call a watched first call, then a new trace: Pixyz's losses, weights and stream."""
@@ -290,3 +299,101 @@ def test_a_terms_class_swapped_to_the_users_is_the_users_code_for_an_opted_in_de
         Deterministic.memoizable = default
     assert ref[3] == 4 and ours[3] == 3  # (shared in the first evaluation, at each use in the second)
     assert_same(ref[:3], ours[:3])
+
+
+def _new_function_at_each_step(compile: Any) -> Callable[[], Any]:
+    """Twelve SGD steps of ``-log q(y|x)``, where ``q``'s class gets a new (equal) helper function before each step
+    (a caching decorator's pattern)."""
+    def program() -> Any:
+        import torch
+        from torch import nn
+
+        from pixyz.distributions import Normal
+        from pixyz.losses import LogProb
+        from pixyz.models import Model
+
+        class Q(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["y"], cond_var=["x"], name="q")
+                self.fc = nn.Linear(3, 3)
+
+            def forward(self, x: torch.Tensor) -> dict:
+                return {"loc": self.enc(x), "scale": torch.ones(3)}
+
+        q = Q()
+        kw = {"compile": compile} if compile else {}
+        model = Model((-LogProb(q)).mean(), distributions=[q], optimizer=torch.optim.SGD,
+                      optimizer_params={"lr": 0.05}, **kw)
+        out = []
+        for _ in range(12):
+            Q.enc = lambda self, x: torch.tanh(self.fc(x))
+            out.append(model.train({"x": torch.randn(4, 3), "y": torch.randn(4, 3)}).detach())
+        return out, q.fc.weight.detach().clone(), torch.rand(2)
+    return program
+
+
+def test_code_that_changes_at_every_step_is_evaluated_eagerly_after_eight_changes_with_a_warning() -> None:
+    """(p462) A class attribute set to a new function before each step made every call a watched eager first call
+    (the model never ran compiled; with the change inside the network, a new trace every other step, 0.9 MB more
+    each time), without a word: after 8 changes the loss is evaluated eagerly, with a ``RuntimeWarning``, and
+    Pixyz's values."""
+    dynamo.reset()
+    try:
+        ref = run_pixyz(_new_function_at_each_step(False))
+        with pytest.warns(RuntimeWarning, match="evaluated eagerly from now on"):
+            ours = run_pyro_dgm(_new_function_at_each_step(_AOT))
+    finally:
+        dynamo.reset()
+    assert_same(ref, ours)
+
+
+def _renamed_with_the_users_dist() -> Any:
+    """A renamed ``q(z|x)`` (``replace_var(z="w")``) whose class overrides ``set_dist`` to keep a plain torch object
+    (its loc doubled) and, in a second class, has a ``dist`` property of its own (its loc plus 1): two analytic
+    KLs against ``p(w)`` each, and the renamed distributions' ``dist`` after."""
+    import torch
+    from torch import nn
+
+    from pixyz.distributions import Normal
+    from pixyz.losses import KullbackLeibler
+
+    class Doubled(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            h = self.fc(x)
+            return {"loc": h[..., :2], "scale": torch.nn.functional.softplus(h[..., 2:]) + 0.1}
+
+        def set_dist(self, x_dict: dict = {}, batch_n: Any = None, **kwargs: Any) -> None:  # noqa: B006
+            super().set_dist(x_dict, batch_n, **kwargs)
+            self._dist = torch.distributions.Normal(self._dist.loc * 2, self._dist.scale)
+
+    class Shifted(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": self.fc(x), "scale": torch.ones(2)}
+
+        @property
+        def dist(self) -> Any:
+            return torch.distributions.Normal(self._dist.loc + 1.0, self._dist.scale)
+
+    p = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["w"], name="p")
+    x = torch.randn(5, 3)
+    out = []
+    for q in (Doubled(), Shifted()):
+        renamed = q.replace_var(z="w")
+        out += [KullbackLeibler(renamed, p).eval({"x": x}) for _ in range(2)]
+        out += [renamed.dist.loc, renamed.dist.scale]
+    return out
+
+
+def test_a_renamed_distribution_uses_the_users_set_dist_and_dist_as_under_pixyz() -> None:
+    """(p462) The second KL of a renamed distribution whose ``set_dist`` keeps a plain torch object raised "'Normal'
+    object is not callable" (its ``dist`` was called as the builder), and a renamed distribution's ``dist`` ignored
+    the user's ``dist`` property (loc 1 away from Pixyz's): Pixyz's KLs and objects."""
+    assert_same(*run_both(_renamed_with_the_users_dist))
