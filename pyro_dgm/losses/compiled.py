@@ -361,8 +361,8 @@ def _hooks_mark(terms: Sequence[Any]) -> tuple[Any, ...]:
 
 #: packages whose classes' code a compiled call does not compare (a user patching torch's or Pyro's own classes is
 #: not followed; pyro_dgm's loss terms' ``forward`` and ``eval`` are: :meth:`~pyro_dgm.losses.base.Loss._dgm_forwards`)
-_LIBRARY_PACKAGES = frozenset({"pyro_dgm", "torch", "pyro", "builtins", "abc", "typing", "collections", "functools",
-                               "enum", "contextlib"})
+_LIBRARY_PACKAGES = frozenset({"pyro_dgm", "torch", "pyro", *sys.stdlib_module_names})  # (a mock's class is changed
+# by its use, p463)
 
 
 #: torch's families whose reparameterized draw differentiates through ``_standard_gamma`` (``_standard_gamma_grad``,
@@ -403,10 +403,11 @@ def _held_types(modules: Sequence[Any]) -> list[type]:
     out: list[type] = []
     for m in modules:
         for v in vars(m).values():
-            if isinstance(v, type):
+            t = type(v)  # (not isinstance: a weakref.proxy answers for its object, or raises if it is gone, p463)
+            if issubclass(t, type):
                 out.append(v)
-            elif not isinstance(v, (torch.nn.Module, Tensor, dict, list, tuple, str, int, float)):
-                out.append(type(v))
+            elif not issubclass(t, (torch.nn.Module, Tensor, dict, list, tuple, str, int, float)):
+                out.append(t)
     return out
 
 

@@ -544,9 +544,10 @@ def _pixyz_batch_shape(d: Any, values: dict[str, Any], kwargs: dict[str, Any]) -
     """The batch shape of the torch object Pixyz's ``set_dist`` makes for ``d``: the element-wise distribution of our
     site distribution, or, for a family written the Pixyz way (whose torch class or function may make an
     ``Independent`` of its own), that object itself."""
-    if isinstance(getattr(d, "pyro_dist", None), LiveTorchClass) or (hasattr(type(d), "_dgm_fn") and sets_dist(
-            d)):  # (or whose set_dist is the user's: read what the KL's own call set, not set again)
-        obj = d.dist if type(d)._dgm_user_dist else pixyz_dist(d)
+    atom = getattr(d, "_dgm_original", d)  # (a renaming's distribution: its batch shape is the renaming's, p463)
+    if isinstance(getattr(atom, "pyro_dist", None), LiveTorchClass) or (hasattr(type(atom), "_dgm_fn") and sets_dist(
+            atom)):  # (or whose set_dist is the user's: read what the KL's own call set, not set again)
+        obj = atom.dist if type(atom)._dgm_user_dist else pixyz_dist(atom)
         if obj is not None:
             return obj.batch_shape  # type: ignore[no-any-return]
     return _elementwise(site_builder(d)(values, **kwargs)).batch_shape  # type: ignore[no-any-return]
