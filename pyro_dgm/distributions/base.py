@@ -180,15 +180,19 @@ def _hidden_names(d: "Distribution") -> list[str]:
 def site_builder(d: Any) -> Any:
     """``d``'s builder ``dist(x_dict, batch_n=None, **kwargs)`` of the site distribution: ``d.dist``, or the family's
     own builder where ``d``'s class has a ``dist`` property of its own (Pixyz's kind, an object read after
-    ``set_dist``, which the family's builder reads in turn) or where ``d.dist`` is the object of Pixyz's record
-    (a family's, a renamed distribution's), which calls that builder."""
+    ``set_dist``, which the family's builder reads in turn).
+
+    Where ``d.dist`` is pyro_dgm's own property of a family or a renaming (``_dgm_own_dist``), whose object, when
+    called, calls the builder: the builder itself, without building that object from Pixyz's record of the last
+    call (which makes a class: torch.compile cannot trace that, p461); a renaming's builder calls the wrapped
+    distribution's, and so the user's ``set_dist`` of the moment, as Pixyz's KL does (p462)."""
     cls = type(d)
     if getattr(cls, "_dgm_user_dist", False):
         return d._dgm_site_dist
-    own = getattr(cls, "_dgm_own_dist", None)  # (a family's or a renaming's dist property, whose object calls the
-    if own is not None and getattr(cls, "dist", None) is own:  # builder: the builder, without building the object
-        return d._dgm_site_dist  # of Pixyz's record, which makes a class: torch.compile cannot trace that, p461; a
-    return d.dist  # renaming's builder calls the user's set_dist of the moment, as Pixyz's KL does, p462)
+    own = getattr(cls, "_dgm_own_dist", None)
+    if own is not None and getattr(cls, "dist", None) is own:
+        return d._dgm_site_dist
+    return d.dist
 
 
 def _store_name(d: "Distribution") -> str:

@@ -360,9 +360,9 @@ def _hooks_mark(terms: Sequence[Any]) -> tuple[Any, ...]:
 
 
 #: packages whose classes' code a compiled call does not compare (a user patching torch's or Pyro's own classes is
-#: not followed; pyro_dgm's loss terms' ``forward`` and ``eval`` are: :meth:`~pyro_dgm.losses.base.Loss._dgm_forwards`)
-_LIBRARY_PACKAGES = frozenset({"pyro_dgm", "torch", "pyro", *sys.stdlib_module_names})  # (a mock's class is changed
-# by its use, p463)
+#: not followed; pyro_dgm's loss terms' ``forward`` and ``eval`` are: :meth:`~pyro_dgm.losses.base.Loss._dgm_forwards`;
+#: the standard library's classes are not the user's code, and a ``MagicMock``'s class changes as it is used, p463)
+_LIBRARY_PACKAGES = frozenset({"pyro_dgm", "torch", "pyro", *sys.stdlib_module_names})
 
 
 #: torch's families whose reparameterized draw differentiates through ``_standard_gamma`` (``_standard_gamma_grad``,
@@ -388,7 +388,7 @@ def _gamma_drawn(d: Any) -> bool:
 
 def _users_classes(types: Sequence[type]) -> tuple[type, ...]:
     """The classes ``types`` and their bases that are the user's (defined outside pyro_dgm, torch, Pyro and the
-    standard library's base classes), each once."""
+    standard library), each once."""
     found: dict[type, None] = {}
     for t in dict.fromkeys(types):
         for k in t.__mro__:
@@ -561,7 +561,7 @@ class _FirstCallEager:
             self.calls, self._rewatch = 1, False
             self._dgm_find_distributions()  # (after the first call's lazy initializations: the classes it reached)
             return out
-        if self._code_changes >= _CODE_CHANGES:  # (see below)
+        if self._code_changes >= _CODE_CHANGES:  # (code that changed at every call: eager from then on, see below)
             return self._eager(*args)
         if self.loss._dgm_forwards() != self._users or _code_mark(self._code_classes)[0] != self._code[0]:
             # a user's term added, a term's forward or eval replaced on the instance or its class, or a method of a
@@ -576,7 +576,6 @@ class _FirstCallEager:
                               f"{_CODE_CHANGES} of its calls (a class attribute set to a new function, method or "
                               "descriptor at each step?), and each change is traced again: it is evaluated "
                               "eagerly from now on", RuntimeWarning, stacklevel=user_stacklevel())
-                self.calls, self._dgm_fn = 1, _EAGER_ONLY
                 return self._eager(*args)
             return self(*args)
         self.calls += 1
