@@ -411,12 +411,14 @@ def _held_types(modules: Sequence[Any]) -> list[type]:
     return out
 
 
-def _code_mark(classes: Sequence[type]) -> tuple[tuple[int, ...], tuple[Any, ...]]:
-    """``(ids, objects)`` of the methods, descriptors and other callables in the dicts of ``classes``: another
-    value after one is replaced, added or deleted on a class (a later notebook cell's ``Q.helper = fn``), which
-    Dynamo's guards do not see (p460). The objects are held so that their ids are not reused; data attributes
-    (a class's counter) are not compared."""
-    code = tuple([v for k in classes for v in vars(k).values() if callable(v) or hasattr(type(v), "__get__")])
+def _code_mark(classes: Sequence[type], modules: Sequence[Any]) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+    """``(ids, objects)`` of the methods, descriptors and other callables in the dicts of ``classes``, and of the
+    classes of ``modules``: another value after one is replaced, added or deleted on a class (a later notebook
+    cell's ``Q.helper = fn``), which Dynamo's guards do not see (p460), or after a module's ``__class__`` was
+    swapped (whose new class's code is then compared, p462). The objects are held so that their ids are not reused;
+    data attributes (a class's counter) are not compared."""
+    code = (*[v for k in classes for v in vars(k).values() if callable(v) or hasattr(type(v), "__get__")],
+            *map(type, modules))
     return tuple(map(id, code)), code
 
 
@@ -563,7 +565,8 @@ class _FirstCallEager:
             return out
         if self._code_changes >= _CODE_CHANGES:  # (code that changed at every call: eager from then on, see below)
             return self._eager(*args)
-        if self.loss._dgm_forwards() != self._users or _code_mark(self._code_classes)[0] != self._code[0]:
+        if (self.loss._dgm_forwards() != self._users
+                or _code_mark(self._code_classes, self._hooked)[0] != self._code[0]):
             # a user's term added, a term's forward or eval replaced on the instance or its class, or a method of a
             # user's class (a loss term's, a distribution's or a network's helper) replaced since the first call
             # (p457: a gradient penalty set then; p459, p460: the compiled code ran the old code, which Dynamo does
@@ -642,7 +645,7 @@ class _FirstCallEager:
         # (the loss terms, the distributions and their networks: whose hooks nn.Module.__call__ runs)
         self._code_classes = _users_classes([*map(type, self._hooked), *map(type, self.loss._dgm_nodes()),
                                              *_held_types(self._hooked)])
-        self._code = _code_mark(self._code_classes)
+        self._code = _code_mark(self._code_classes, self._hooked)
 
     def _dgm_classes_current(self) -> None:
         """Follow the weights objects that the user gave the loss's products and mixtures of experts

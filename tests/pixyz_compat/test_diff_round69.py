@@ -29,6 +29,8 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
     - ``"term_helper"``, ``"dist_helper"``, ``"net_helper"``, ``"held_helper"``: ``R.scale``, ``Q.enc``,
       ``Net.act`` or ``Helper.shift`` (a plain object's class, which ``Net`` holds as ``self.helper``) replaced on
       the class;
+    - ``"swap_then_patch"``: q's network's ``__class__`` swapped to ``Net2``, whose ``act`` is replaced before the
+      fourth step;
     - ``"inner_eval"``: ``LogProb.eval`` patched (the ``Expectation`` evaluates its integrand through it);
     - ``"outer_eval"``: the formula's outermost class's ``eval`` patched (what ``Model`` calls);
     - ``"class_data"``: a data attribute of ``Q``'s class set at every step (not code: nothing to trace again).
@@ -58,6 +60,10 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 return self.helper.shift(self.act(self.fc(x)))
+
+        class Net2(Net):  # (for "swap_then_patch")
+            def act(self, h: torch.Tensor) -> torch.Tensor:
+                return torch.relu(h)
 
         class Q(Normal):
             epoch = 0
@@ -112,6 +118,8 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
                 Net.act = lambda self, h: torch.sigmoid(h)
             elif where == "held_helper":
                 Helper.shift = lambda self, h: h + 1.0
+            elif where == "swap_then_patch":
+                q.net.__class__ = Net2
             elif where == "inner_eval":
                 LogProb.eval = lambda self, *a, **kw: _doubled(plain_eval(self, *a, **kw))
             elif where == "outer_eval":
@@ -126,6 +134,8 @@ def _changed_after_compiling(where: str, compile: Any) -> Callable[[], Any]:
                 Q.epoch = step  # (data: compared by no one)
                 if step == 2:
                     change()
+                if step == 3 and where == "swap_then_patch":
+                    Net2.act = lambda self, h: torch.sigmoid(h) + 1.0
                 out.append(model.train({"x": torch.randn(4, 3), "y": torch.randn(4, 3)}).detach())
         finally:
             for key, cls, name in places:
@@ -145,14 +155,15 @@ def _doubled(out: Any) -> Any:
     return 2 * out
 
 
-@pytest.mark.parametrize("where", ["term_helper", "dist_helper", "net_helper", "held_helper", "inner_eval",
-                                   "outer_eval"])
+@pytest.mark.parametrize("where", ["term_helper", "dist_helper", "net_helper", "held_helper", "swap_then_patch",
+                                   "inner_eval", "outer_eval"])
 def test_code_of_the_users_classes_changed_after_compiling_is_traced_again(where: str) -> None:
     """(p460, p462) A helper method replaced on a user's loss term, distribution or network class (or on the class
     of a plain object a network holds), or a loss class's ``eval`` patched, kept running the old code in the
     compiled steps (step-3 loss 2.794 where Pixyz and the eager
-    step give 6.985 for a term's helper; 1.474 against 7.761 for a distribution's): the code in the dicts of the
-    user's classes the loss reaches, and each node's class ``eval`` and ``__call__``, are compared at each call
+    step give 6.985 for a term's helper; 1.474 against 7.761 for a distribution's), as did a method patched on the
+    new class of a network whose ``__class__`` was swapped: the code in the dicts of the user's classes the loss
+    reaches, the classes of its modules, and each node's class ``eval`` and ``__call__``, are compared at each call
     now; a change makes the next call a watched first call, then a new trace: Pixyz's losses, weights and stream."""
     dynamo.reset()
     try:
