@@ -422,6 +422,22 @@ def _code_mark(classes: Sequence[type], modules: Sequence[Any]) -> tuple[tuple[i
     return tuple(map(id, code)), code
 
 
+def _graph_breaks() -> int:
+    """How many graph breaks Dynamo has met in this process (its counters, kept whatever the logging)."""
+    return sum(torch._dynamo.utils.counters["graph_break"].values())
+
+
+def _forget_frames() -> None:
+    """Clear the compiled code of every frame Dynamo compiled in this process (``torch._dynamo.reset_code_caches``).
+
+    A compiled evaluation with graph breaks (a Pyro handler, a ``generator`` block, code Dynamo cannot trace) runs
+    the frames after a break as frames of their own, which Dynamo compiles and keeps per code object (a network's
+    ``forward``, pyro_dgm's helpers), guarded on neither a class's methods nor ours: after the user's code changed,
+    a new trace of the evaluation alone would still run their old code (p464: a network class's method patched,
+    under ``pyro_dgm.utils.generator``). Other compiled functions of the process compile again at their next call."""
+    torch._dynamo.reset_code_caches()
+
+
 def _frozen_of(loss: Any) -> list[Tensor]:
     return [p for term in loss.loss_terms() for p in term.frozen_parameters()]
 
@@ -527,6 +543,7 @@ class _FirstCallEager:
         self._code: tuple[Any, ...] = ((), ())  # _code_mark): compared at each call
         self._rewatch = False  # the next first call follows a change of the user's code: watched (see __call__)
         self._code_changes = 0  # how many times it did (see _CODE_CHANGES)
+        self._broke = False  # whether its compiled calls compiled frames of their own (graph breaks: _forget_frames)
 
     def _build(self) -> None:
         self.loss._dgm_leaves()  # the terms' names are built (by sympy) here, once, not while tracing (a method,
@@ -573,6 +590,9 @@ class _FirstCallEager:
             # not guard on): the next call is a watched first call again, then it compiles
             self.calls, self._dgm_fn, self._differentiates, self._rewatch = 0, None, False, True
             self._code_changes += 1
+            if self._broke:
+                _forget_frames()
+                self._broke = False
             if self._code_changes == _CODE_CHANGES:
                 warnings.warn(f"{self.loss.loss_text}: compile=: the code of this loss's terms or of the user's "
                               "classes it reaches (its distributions' and networks') changed before "
@@ -588,12 +608,17 @@ class _FirstCallEager:
             return self._eager(*args)
         self._dgm_classes_current()
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
+        breaks = _graph_breaks()
         with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards():
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 if not self._graphs:
-                    return self._dgm_fn(*args)
-                mark_step_begin()  # a new step: the last one's outputs were cloned
-                return _kept(self._dgm_fn(*args))
+                    out = self._dgm_fn(*args)
+                else:
+                    mark_step_begin()  # a new step: the last one's outputs were cloned
+                    out = _kept(self._dgm_fn(*args))
+                if _graph_breaks() != breaks:  # (see _forget_frames)
+                    self._broke = True
+                return out
             except Exception as e:  # noqa: BLE001 (looked at below)
                 failed = e
         if torch.distributed.is_available() and torch.distributed.is_initialized():
