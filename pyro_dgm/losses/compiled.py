@@ -40,6 +40,7 @@ import numbers
 import sys
 import threading
 import warnings
+import weakref
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
@@ -427,15 +428,56 @@ def _graph_breaks() -> int:
     return sum(torch._dynamo.utils.counters["graph_break"].values())
 
 
-def _forget_frames() -> None:
-    """Clear the compiled code of every frame Dynamo compiled in this process (``torch._dynamo.reset_code_caches``).
+#: the code of the user's classes (:func:`_code_mark`) as it was when Dynamo compiled frames of their own for a
+#: compiled evaluation (after a graph break): see :func:`_frames_current`
+_FRAMES_CODE: "weakref.WeakKeyDictionary[type, tuple[tuple[int, ...], tuple[Any, ...]]]" = weakref.WeakKeyDictionary()
+
+
+def _frames_compiled(classes: Sequence[type]) -> None:
+    """Note the code of ``classes`` as the code that the frames a compiled call just compiled after a graph break
+    run (unless noted since the frames were last cleared)."""
+    for k in classes:
+        if k not in _FRAMES_CODE:
+            _FRAMES_CODE[k] = _code_mark([k], ())
+
+
+def _frames_current() -> bool:
+    """Whether the frames Dynamo compiled after graph breaks of compiled evaluations can be trusted: the code of the
+    user's classes they ran is as it was then. Otherwise (a method patched, or patched and put back, since) clear
+    them (``torch._dynamo.reset_code_caches``) unless another thread is inside a compiled evaluation's call (p465:
+    clearing them while another thread ran them crashed the process), and say whether they are current now. A
+    user's own compiled function running in another thread meanwhile is not known here.
 
     A compiled evaluation with graph breaks (a Pyro handler, a ``generator`` block, code Dynamo cannot trace) runs
     the frames after a break as frames of their own, which Dynamo compiles and keeps per code object (a network's
-    ``forward``, pyro_dgm's helpers), guarded on neither a class's methods nor ours: after the user's code changed,
-    a new trace of the evaluation alone would still run their old code (p464: a network class's method patched,
-    under ``pyro_dgm.utils.generator``). Other compiled functions of the process compile again at their next call."""
-    torch._dynamo.reset_code_caches()
+    ``forward``, pyro_dgm's helpers), guarded on neither a class's methods nor our marks: after the user's code
+    changed, a new trace of the evaluation, or a new model, would still run their old code (p464: a network class's
+    method patched under ``pyro_dgm.utils.generator``; p465: a new model after a method was patched and put back).
+    Other compiled functions of the process compile again at their next call. Read before each new trace."""
+    if all(_code_mark([k], ())[0] == mark[0] for k, mark in list(_FRAMES_CODE.items())):
+        return True
+    with _FLIGHT[0]:  # (no thread enters a compiled evaluation meanwhile)
+        if _FLIGHT[1]:
+            return False
+        torch._dynamo.reset_code_caches()
+        _FRAMES_CODE.clear()
+    return True
+
+
+#: (a lock, how many threads are inside a compiled evaluation's compiled call now: see _frames_current)
+_FLIGHT: list[Any] = [threading.Lock(), 0]
+
+
+@contextlib.contextmanager
+def _in_flight() -> Iterator[None]:
+    """Counts this thread among those inside a compiled call while the block runs (see :func:`_frames_current`)."""
+    with _FLIGHT[0]:
+        _FLIGHT[1] += 1
+    try:
+        yield
+    finally:
+        with _FLIGHT[0]:
+            _FLIGHT[1] -= 1
 
 
 def _frozen_of(loss: Any) -> list[Tensor]:
@@ -543,7 +585,7 @@ class _FirstCallEager:
         self._code: tuple[Any, ...] = ((), ())  # _code_mark): compared at each call
         self._rewatch = False  # the next first call follows a change of the user's code: watched (see __call__)
         self._code_changes = 0  # how many times it did (see _CODE_CHANGES)
-        self._broke = False  # whether its compiled calls compiled frames of their own (graph breaks: _forget_frames)
+        self._stale_said = False  # (see __call__: _frames_current)
 
     def _build(self) -> None:
         self.loss._dgm_leaves()  # the terms' names are built (by sympy) here, once, not while tracing (a method,
@@ -590,9 +632,6 @@ class _FirstCallEager:
             # not guard on): the next call is a watched first call again, then it compiles
             self.calls, self._dgm_fn, self._differentiates, self._rewatch = 0, None, False, True
             self._code_changes += 1
-            if self._broke:
-                _forget_frames()
-                self._broke = False
             if self._code_changes == _CODE_CHANGES:
                 warnings.warn(f"{self.loss.loss_text}: compile=: the code of this loss's terms or of the user's "
                               "classes it reaches (its distributions' and networks') changed before "
@@ -603,21 +642,29 @@ class _FirstCallEager:
             return self(*args)
         self.calls += 1
         if self._dgm_fn is None:
+            if not _frames_current():  # (stale compiled frames that other threads may be running: see there)
+                if not self._stale_said:
+                    self._stale_said = True
+                    warnings.warn(f"{self.loss.loss_text}: compile=: a method of a class that frames compiled "
+                                  "after a graph break run was changed, and another thread is running a compiled "
+                                  "evaluation, where clearing those frames is unsafe: this loss is evaluated "
+                                  "eagerly until they can be cleared", RuntimeWarning, stacklevel=user_stacklevel())
+                return self._eager(*args)
             self._build()
         if self._dgm_fn is _EAGER_ONLY:  # (a loss that differentiates inside its evaluation: see _build)
             return self._eager(*args)
         self._dgm_classes_current()
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
         breaks = _graph_breaks()
-        with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards():
+        with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards(), _in_flight():
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 if not self._graphs:
                     out = self._dgm_fn(*args)
                 else:
                     mark_step_begin()  # a new step: the last one's outputs were cloned
                     out = _kept(self._dgm_fn(*args))
-                if _graph_breaks() != breaks:  # (see _forget_frames)
-                    self._broke = True
+                if _graph_breaks() != breaks:  # frames of their own compiled after a break (see _frames_current)
+                    _frames_compiled(self._code_classes)
                 return out
             except Exception as e:  # noqa: BLE001 (looked at below)
                 failed = e
