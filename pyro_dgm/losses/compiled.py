@@ -468,16 +468,20 @@ def _frames_current() -> bool:
 _FLIGHT: list[Any] = [threading.Lock(), 0]
 
 
-@contextlib.contextmanager
-def _in_flight() -> Iterator[None]:
-    """Counts this thread among those inside a compiled call while the block runs (see :func:`_frames_current`)."""
-    with _FLIGHT[0]:
-        _FLIGHT[1] += 1
-    try:
-        yield
-    finally:
+class _InFlight:
+    """``with _IN_FLIGHT:`` counts this thread among those inside a compiled call while the block runs (see
+    :func:`_frames_current`); a class, not a generator: it runs at every compiled call."""
+
+    def __enter__(self) -> None:
+        with _FLIGHT[0]:
+            _FLIGHT[1] += 1
+
+    def __exit__(self, *exc: Any) -> None:
         with _FLIGHT[0]:
             _FLIGHT[1] -= 1
+
+
+_IN_FLIGHT = _InFlight()
 
 
 def _frozen_of(loss: Any) -> list[Tensor]:
@@ -656,7 +660,7 @@ class _FirstCallEager:
         self._dgm_classes_current()
         state = _random_state()  # (a failed compiled call's draws are undone: see below)
         breaks = _graph_breaks()
-        with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards(), _in_flight():
+        with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards(), _IN_FLIGHT:
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 if not self._graphs:
                     out = self._dgm_fn(*args)
