@@ -436,9 +436,10 @@ _FRAMES_CODE: "weakref.WeakKeyDictionary[type, tuple[tuple[int, ...], tuple[Any,
 def _frames_compiled(classes: Sequence[type]) -> None:
     """Note the code of ``classes`` as the code that the frames a compiled call just compiled after a graph break
     run (unless noted since the frames were last cleared)."""
-    for k in classes:
-        if k not in _FRAMES_CODE:
-            _FRAMES_CODE[k] = _code_mark([k], ())
+    with _FLIGHT[0]:  # (threads note and read it)
+        for k in classes:
+            if k not in _FRAMES_CODE:
+                _FRAMES_CODE[k] = _code_mark([k], ())
 
 
 def _frames_current() -> bool:
@@ -454,9 +455,9 @@ def _frames_current() -> bool:
     changed, a new trace of the evaluation, or a new model, would still run their old code (p464: a network class's
     method patched under ``pyro_dgm.utils.generator``; p465: a new model after a method was patched and put back).
     Other compiled functions of the process compile again at their next call. Read before each new trace."""
-    if all(_code_mark([k], ())[0] == mark[0] for k, mark in list(_FRAMES_CODE.items())):
-        return True
-    with _FLIGHT[0]:  # (no thread enters a compiled evaluation meanwhile)
+    with _FLIGHT[0]:  # (no thread enters a compiled evaluation, or notes frames, meanwhile)
+        if all(_code_mark([k], ())[0] == mark[0] for k, mark in list(_FRAMES_CODE.items())):
+            return True
         if _FLIGHT[1]:
             return False
         torch._dynamo.reset_code_caches()
