@@ -4,6 +4,7 @@ frames of their own and kept per code object, guarded on no class's methods, so 
 method). The reference is the same model trained eagerly from the same seed."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_dgm.distributions import Bernoulli, Normal
-from pyro_dgm.losses import KullbackLeibler
+from pyro_dgm.losses import KullbackLeibler, compiled
 from pyro_dgm.models import VAE
 from pyro_dgm.utils import generator
 from pyro_dgm.utils.compat import compiles
@@ -55,9 +56,10 @@ class _P(Bernoulli):
         return {"probs": torch.sigmoid(self.net(z))}
 
 
-def _train(compile: Any) -> tuple[list[float], list[torch.Tensor]]:
+def _train(compile: Any, busy: tuple[int, ...] = ()) -> tuple[list[float], list[torch.Tensor]]:
     """Five steps of a VAE under ``generator(g)``; ``_Enc.act`` becomes a sigmoid before the third (restored
-    after)."""
+    after). During the steps ``busy``, another thread counts as inside a compiled evaluation (held here for it:
+    ``compiled._IN_FLIGHT``)."""
     torch.manual_seed(0)
     q, p = _Q(), _P()
     prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
@@ -69,7 +71,8 @@ def _train(compile: Any) -> tuple[list[float], list[torch.Tensor]]:
             for step in range(5):
                 if step == 2:
                     _Enc.act = lambda self, h: torch.sigmoid(h)  # type: ignore[method-assign]
-                losses.append(float(model.train({"x": x})))
+                with compiled._IN_FLIGHT if step in busy else contextlib.nullcontext():
+                    losses.append(float(model.train({"x": x})))
     finally:
         _Enc.act = _PLAIN_ACT  # type: ignore[method-assign]
     return losses, [t.detach().clone() for t in (*q.parameters(), *p.parameters())]
@@ -96,4 +99,17 @@ def test_a_new_model_after_a_method_was_patched_and_put_back_runs_the_method_of_
     compiled = _train({"backend": "aot_eager"})
     assert compiled[0] == pytest.approx(eager[0], rel=1e-6, abs=1e-6)
     for a, b in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_frames_another_thread_may_run_are_not_cleared_the_loss_runs_eagerly_until_they_can_be() -> None:
+    """(p465) Clearing Dynamo's compiled frames while another thread ran them crashed the process. While another
+    thread is inside a compiled evaluation (steps 3 and 4 here), the stale frames are not cleared: the patched loss
+    is evaluated eagerly, with a warning, and compiles at the first step without one (step 5). Every step equals
+    the eager model's."""
+    eager = _train(False)
+    with pytest.warns(RuntimeWarning, match="another thread is running a compiled evaluation"):
+        ours = _train({"backend": "aot_eager"}, busy=(2, 3))
+    assert ours[0] == pytest.approx(eager[0], rel=1e-6, abs=1e-6)
+    for a, b in zip(ours[1], eager[1]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
