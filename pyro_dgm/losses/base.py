@@ -945,7 +945,10 @@ class Loss(YieldingModule, _PyroELBO):
         ``loss=`` is this loss, runs the compiled evaluation (``nn.Module.compile``'s meaning, for a loss).
 
         The first evaluation compiles; new batches of the same shapes reuse the code. The compiled evaluation runs
-        without torch's argument validation (see :class:`~pyro_dgm.losses.compiled.CompiledEval`).
+        without torch's argument validation (see :class:`~pyro_dgm.losses.compiled.CompiledEval`): a batch that
+        the eager evaluation refuses by it (a NaN value) gives a non-finite value here, with no error (checking
+        the value would synchronize a GPU at each evaluation; ``Model(..., compile=...)`` checks it, and raises
+        the eager evaluation's error).
 
         Examples
         --------

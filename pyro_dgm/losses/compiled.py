@@ -442,12 +442,14 @@ def _frames_compiled(classes: Sequence[type]) -> None:
                 _FRAMES_CODE[k] = _code_mark([k], ())
 
 
-def _frames_current() -> bool:
+def _frames_current() -> bool | None:
     """Whether the frames Dynamo compiled after graph breaks of compiled evaluations can be trusted: the code of the
     user's classes they ran is as it was then. Otherwise (a method patched, or patched and put back, since) clear
-    them (``torch._dynamo.reset_code_caches``) unless another thread is inside a compiled evaluation's call (p465:
-    clearing them while another thread ran them crashed the process), and say whether they are current now. A
-    user's own compiled function running in another thread meanwhile is not known here.
+    them (``torch._dynamo.reset_code_caches``) unless a compiled evaluation's call is running (p465: clearing them
+    while another thread ran them crashed the process); then they are cleared when the last such call ends (p466:
+    a compiled evaluation nested in another one's call, in the same thread, waited for ever). ``None``: current,
+    or cleared now; ``True``: another thread's compiled call is running; ``False``: only calls of this thread that
+    enclose this one are. A user's own compiled function running in another thread meanwhile is not known here.
 
     A compiled evaluation with graph breaks (a Pyro handler, a ``generator`` block, code Dynamo cannot trace) runs
     the frames after a break as frames of their own, which Dynamo compiles and keeps per code object (a network's
@@ -457,29 +459,43 @@ def _frames_current() -> bool:
     Other compiled functions of the process compile again at their next call. Read before each new trace."""
     with _FLIGHT[0]:  # (no thread enters a compiled evaluation, or notes frames, meanwhile)
         if all(_code_mark([k], ())[0] == mark[0] for k, mark in list(_FRAMES_CODE.items())):
-            return True
+            return None
         if _FLIGHT[1]:
-            return False
-        torch._dynamo.reset_code_caches()
-        _FRAMES_CODE.clear()
-    return True
+            _FLIGHT[2] = True  # (cleared by the last call to end: _InFlight.__exit__)
+            return _FLIGHT[1] > getattr(_DEPTH, "n", 0)
+        _clear_frames()
+    return None
 
 
-#: (a lock, how many threads are inside a compiled evaluation's compiled call now: see _frames_current)
-_FLIGHT: list[Any] = [threading.Lock(), 0]
+def _clear_frames() -> None:
+    """Clear Dynamo's compiled frames (under ``_FLIGHT``'s lock, with no compiled evaluation's call running)."""
+    torch._dynamo.reset_code_caches()
+    _FRAMES_CODE.clear()
+    _FLIGHT[2] = False
+
+
+#: (a lock, how many compiled evaluations' compiled calls are running now in all threads, whether the compiled frames
+#: are to be cleared when none is: see _frames_current)
+_FLIGHT: list[Any] = [threading.Lock(), 0, False]
+#: ``n``: how many compiled evaluations' compiled calls this thread is inside (one nested in another's)
+_DEPTH = threading.local()
 
 
 class _InFlight:
-    """``with _IN_FLIGHT:`` counts this thread among those inside a compiled call while the block runs (see
-    :func:`_frames_current`); a class, not a generator: it runs at every compiled call."""
+    """``with _IN_FLIGHT:`` counts a compiled call while the block runs, and clears stale compiled frames as the last
+    one ends (see :func:`_frames_current`); a class, not a generator: it runs at every compiled call."""
 
     def __enter__(self) -> None:
         with _FLIGHT[0]:
             _FLIGHT[1] += 1
+        _DEPTH.n = getattr(_DEPTH, "n", 0) + 1
 
     def __exit__(self, *exc: Any) -> None:
+        _DEPTH.n -= 1
         with _FLIGHT[0]:
             _FLIGHT[1] -= 1
+            if _FLIGHT[2] and not _FLIGHT[1]:
+                _clear_frames()
 
 
 _IN_FLIGHT = _InFlight()
@@ -544,14 +560,17 @@ def _deep_recursion() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _hook_guards() -> Iterator[None]:
-    """Dynamo guards on the hooks of the modules it traces while the compiled call compiles (by default it does
-    not: a hook added to a network that no distribution registers, one kept in a list or a global, would never run
-    in the compiled code; :func:`_hooks_mark` sees those of the modules the loss reaches)."""
+    """Dynamo's settings while a compiled call runs (and compiles): it guards on the hooks of the modules it traces
+    (by default it does not: a hook added to a network that no distribution registers, one kept in a list or a
+    global, would never run in the compiled code; :func:`_hooks_mark` sees those of the modules the loss reaches),
+    and it leaves numpy's random functions to numpy (by default it draws them from torch's generator, a stream
+    other than the eager one's: p471, a network's ``np.random.randn`` noise; a graph break now)."""
     config = torch._dynamo.config
-    with _HOOK_GUARDS_LOCK:  # (compiled calls in several threads: the first sets it, the last puts it back)
+    with _HOOK_GUARDS_LOCK:  # (compiled calls in several threads: the first sets them, the last puts them back)
         if not _HOOK_GUARDS[0]:
-            _HOOK_GUARDS[1] = config.skip_nnmodule_hook_guards
-            config.skip_nnmodule_hook_guards = False
+            _HOOK_GUARDS[1] = {k: getattr(config, k) for k in _DYNAMO_SETTINGS}
+            for k, v in _DYNAMO_SETTINGS.items():
+                setattr(config, k, v)
         _HOOK_GUARDS[0] += 1
     try:
         yield
@@ -559,11 +578,14 @@ def _hook_guards() -> Iterator[None]:
         with _HOOK_GUARDS_LOCK:
             _HOOK_GUARDS[0] -= 1
             if not _HOOK_GUARDS[0]:
-                config.skip_nnmodule_hook_guards = _HOOK_GUARDS[1]
+                for k, v in _HOOK_GUARDS[1].items():
+                    setattr(config, k, v)
 
 
-#: ``[compiled calls running, the setting before the first]`` (see :func:`_hook_guards`)
-_HOOK_GUARDS: list[Any] = [0, True]
+#: Dynamo's settings during compiled calls (see :func:`_hook_guards`)
+_DYNAMO_SETTINGS = {"skip_nnmodule_hook_guards": False, "use_numpy_random_stream": True}
+#: ``[compiled calls running, the settings before the first]`` (see :func:`_hook_guards`)
+_HOOK_GUARDS: list[Any] = [0, {}]
 _HOOK_GUARDS_LOCK = threading.Lock()
 
 
@@ -589,8 +611,10 @@ class _FirstCallEager:
         self._code_classes: tuple[type, ...] = ()  # the user's classes the loss reaches, and their code (see
         self._code: tuple[Any, ...] = ((), ())  # _code_mark): compared at each call
         self._rewatch = False  # the next first call follows a change of the user's code: watched (see __call__)
+        self._watch_pending = False  # the first call ran without gradients: the first call with them is watched
         self._code_changes = 0  # how many times it did (see _CODE_CHANGES)
         self._stale_said = False  # (see __call__: _frames_current)
+        self._call_state: tuple[Any, ...] | None = None  # the random state of the last call, if compiled (refuse)
 
     def _build(self) -> None:
         self.loss._dgm_leaves()  # the terms' names are built (by sympy) here, once, not while tracing (a method,
@@ -613,15 +637,34 @@ class _FirstCallEager:
             options = {**options, "dynamic": False}  # (see _gamma_drawn)
         self._dgm_fn = _dgm_compile(code, options)
 
+    def refuse(self, *args: Any) -> None:
+        """After a compiled call on ``args`` whose value is not finite, with validation on (torch's and Pyro's
+        default): run the eager evaluation on them from the call's random state, to raise its clear error where it
+        refuses them (a NaN batch, which the compiled call, run without validation, scored: p469), with the random
+        state and the loss's buffers as that error leaves them (as the eager model's); if it does not refuse them,
+        the random state stays as the compiled call left it. Nothing after an eager call."""
+        state = self._call_state
+        if state is None or not validating():
+            return
+        after = _random_state()
+        _set_random_state(state)
+        with _undone(self.loss, random=False):
+            self._eager(*args)
+        _set_random_state(after)
+
     def __call__(self, *args: Any) -> Any:
+        self._call_state = None  # (set by a compiled call: see refuse)
         if not self.calls:  # the first call's lazy initializations run eagerly (see CompiledEval); a first call
             # that raised (a user's error, a refused batch) left them undone, and does not count: the next call is
             # the eager first one. A user's loss term may differentiate inside it (watched: see _build)
             self._users = self.loss._dgm_forwards()
             if self._users[0] or self._rewatch:
-                if not torch.is_grad_enabled() or transformed():  # (a test() first, a torch.func transform: not
-                    return self._eager(*args)  # counted, the first call with gradients is watched)
+                if transformed():  # (a torch.func transform: not counted, the next call is watched)
+                    return self._eager(*args)
                 out, self._differentiates = _watching_backward(self._eager, args)
+                # a test() first (no gradients) counts, but a penalty that runs only with gradients is unseen: the
+                # first call with them is watched too (p466: a test loss, whose calls have none, never compiled)
+                self._watch_pending = not self._differentiates and not torch.is_grad_enabled()
             else:
                 out = self._eager(*args)
             self.calls, self._rewatch = 1, False
@@ -636,6 +679,7 @@ class _FirstCallEager:
             # (p457: a gradient penalty set then; p459, p460: the compiled code ran the old code, which Dynamo does
             # not guard on): the next call is a watched first call again, then it compiles
             self.calls, self._dgm_fn, self._differentiates, self._rewatch = 0, None, False, True
+            self._watch_pending = False
             self._code_changes += 1
             if self._code_changes == _CODE_CHANGES:
                 warnings.warn(f"{self.loss.loss_text}: compile=: the code of this loss's terms or of the user's "
@@ -645,10 +689,17 @@ class _FirstCallEager:
                               "eagerly from now on", RuntimeWarning, stacklevel=user_stacklevel())
                 return self._eager(*args)
             return self(*args)
+        if self._watch_pending and torch.is_grad_enabled() and not transformed():  # (see the first call)
+            out, self._differentiates = _watching_backward(self._eager, args)
+            self._watch_pending = False
+            if self._differentiates:
+                self._dgm_fn = None  # (built again: eager, with _build's warning)
+            return out
         self.calls += 1
         if self._dgm_fn is None:
-            if not _frames_current():  # (stale compiled frames that other threads may be running: see there)
-                if not self._stale_said:
+            others = _frames_current()
+            if others is not None:  # (stale compiled frames that compiled calls running may run: see there)
+                if others and not self._stale_said:
                     self._stale_said = True
                     warnings.warn(f"{self.loss.loss_text}: compile=: a method of a class that frames compiled "
                                   "after a graph break run was changed, and another thread is running a compiled "
@@ -659,7 +710,7 @@ class _FirstCallEager:
         if self._dgm_fn is _EAGER_ONLY:  # (a loss that differentiates inside its evaluation: see _build)
             return self._eager(*args)
         self._dgm_classes_current()
-        state = _random_state()  # (a failed compiled call's draws are undone: see below)
+        state = self._call_state = _random_state()  # (a failed compiled call's draws are undone: see below)
         breaks = _graph_breaks()
         with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards(), _IN_FLIGHT:
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
 from pyro_dgm.distributions.base import Distribution
+from pyro_dgm.distributions.closed_forms import validating
 from pyro_dgm.losses.steps import HALF_DTYPES, StepRandomState, WatchedBuffers, autograd_leaves, restore_buffers
 from pyro_dgm.losses.steps import PARAMETERS_WATCHED, _ADDED, _watch_additions, needs_closure, optimizer_arguments
 from pyro_dgm.losses.steps import noting_buffers
@@ -1110,8 +1111,15 @@ class Model:
             _dist.fail_together(e, self._dgm_step_name("training"))  # below, in its place
             raise
         self.last_terms = terms
-        overflowed = self._dgm_check_finite(loss, terms, "training")  # (under torch.distributed: the processes meet)
-        return self._dgm_take_step(loss, terms, overflowed)
+        try:
+            overflowed = self._dgm_check_finite(loss, terms, "training")  # (under torch.distributed: the processes
+        except NonFiniteLossError as e:  # meet)
+            non_finite = e
+        else:
+            return self._dgm_take_step(loss, terms, overflowed)
+        if self._dgm_compile is not None and self._dgm_ddp is None:  # the eager evaluation's refusal, if any (a NaN
+            self._dgm_compiled_eval(self.loss_cls).refuse(x_dict, kwargs)  # batch: see there), raised here
+        raise non_finite
 
     def _dgm_step_name(self, what: str) -> str:
         return (f"{type(self).__name__}.train (step {self.step + 1})" if what == "training" else
@@ -1442,7 +1450,11 @@ class Model:
                 if kwargs.get("return_dict"):  # Pixyz's test returns what the loss's eval returns: (loss, samples)
                     return self._dgm_test_with_samples(x_dict, kwargs)
                 if self._dgm_compile is not None:
-                    loss, terms = self._dgm_compiled_eval(self.test_loss_cls)(x_dict, kwargs)
+                    compiled = self._dgm_compiled_eval(self.test_loss_cls)
+                    loss, terms = compiled(x_dict, kwargs)
+                    if (validating() and self._dgm_ddp is None and isinstance(loss, Tensor)
+                            and not bool(torch.isfinite(loss).all())):
+                        compiled.refuse(x_dict, kwargs)  # (the eager test's refusal of a NaN batch: see there)
                 else:
                     loss, terms = eval_with_terms(self.test_loss_cls, x_dict, kwargs, self._dgm_losses[3])
         finally:

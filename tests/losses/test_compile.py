@@ -420,7 +420,8 @@ def test_batches_of_many_sizes_compile_at_most_twice(dynamic: Any) -> None:
 def test_a_bad_parameter_in_a_compiled_step_is_reported_not_trained_on() -> None:
     """The compiled evaluation runs without torch's argument validation (its checks read values; torch.compile
     itself turns validation off for the process when first called); a parameter out of its support gives a
-    non-finite loss, which ``Model`` reports before any weight changes. (The first step runs eagerly, validated.)"""
+    non-finite loss, which ``Model`` reports before any weight changes: with the eager evaluation's error where the
+    user validates (p469), a ``NonFiniteLossError`` where not. (The first step runs eagerly, validated.)"""
     from pyro_dgm.distributions import Normal
     from pyro_dgm.models import NonFiniteLossError
 
@@ -439,9 +440,17 @@ def test_a_bad_parameter_in_a_compiled_step_is_reported_not_trained_on() -> None
         model.train({"x": torch.zeros(4, 1), "y": -torch.ones(4, 1)})
     model.train({"x": torch.zeros(4, 1), "y": torch.ones(4, 1)})
     w = float(p.w)
-    with pytest.raises(NonFiniteLossError, match="the training loss is nan at step 2"):
+    with pytest.raises(ValueError, match="p\\(x\\|y\\): invalid parameters .*scale") as info:
         model.train({"x": torch.zeros(4, 1), "y": -torch.ones(4, 1)})
     assert _graphs() >= 1  # that step ran compiled
+    assert not isinstance(info.value.__context__, NonFiniteLossError)  # (the eager error alone)
+    assert float(p.w) == w and model.step == 1
+    pyro.enable_validation(False)
+    try:
+        with pytest.raises(NonFiniteLossError, match="the training loss is nan at step 2"):
+            model.train({"x": torch.zeros(4, 1), "y": -torch.ones(4, 1)})
+    finally:
+        pyro.enable_validation(True)
     assert float(p.w) == w and model.step == 1
 
 

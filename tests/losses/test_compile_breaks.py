@@ -5,7 +5,9 @@ method). The reference is the same model trained eagerly from the same seed."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import threading
+import warnings
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -56,23 +58,50 @@ class _P(Bernoulli):
         return {"probs": torch.sigmoid(self.net(z))}
 
 
-def _train(compile: Any, busy: tuple[int, ...] = ()) -> tuple[list[float], list[torch.Tensor]]:
+@contextlib.contextmanager
+def _another_thread_inside() -> Iterator[None]:
+    """Another thread counted as inside a compiled evaluation's call while the block runs (it holds
+    ``compiled._IN_FLIGHT`` until the block ends)."""
+    inside, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with compiled._IN_FLIGHT:
+            inside.set()
+            done.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    inside.wait()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _train(compile: Any, busy: tuple[int, ...] = (), holder: Any = None, model_out: list | None = None
+           ) -> tuple[list[float], list[torch.Tensor]]:
     """Five steps of a VAE under ``generator(g)``; ``_Enc.act`` becomes a sigmoid before the third (restored
-    after). During the steps ``busy``, another thread counts as inside a compiled evaluation (held here for it:
-    ``compiled._IN_FLIGHT``)."""
+    after). During the steps ``busy`` (a run of steps), ``holder()``'s block is open: another thread inside a
+    compiled evaluation, or this thread's own (``compiled._IN_FLIGHT``: a compiled call enclosing the steps')."""
     torch.manual_seed(0)
     q, p = _Q(), _P()
     prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
     model = VAE(q, p, regularizer=KullbackLeibler(q, prior), optimizer_params={"lr": 0.05}, compile=compile)
+    if model_out is not None:
+        model_out.append(model)
     x = (torch.rand(8, 4, generator=torch.Generator().manual_seed(7)) > 0.5).float()
     losses = []
     try:
-        with generator(torch.Generator().manual_seed(100)):
+        with generator(torch.Generator().manual_seed(100)), contextlib.ExitStack() as held:
             for step in range(5):
                 if step == 2:
                     _Enc.act = lambda self, h: torch.sigmoid(h)  # type: ignore[method-assign]
-                with compiled._IN_FLIGHT if step in busy else contextlib.nullcontext():
-                    losses.append(float(model.train({"x": x})))
+                if busy and step == busy[0]:
+                    held.enter_context(holder())
+                losses.append(float(model.train({"x": x})))
+                if busy and step == busy[-1]:
+                    held.close()
     finally:
         _Enc.act = _PLAIN_ACT  # type: ignore[method-assign]
     return losses, [t.detach().clone() for t in (*q.parameters(), *p.parameters())]
@@ -109,7 +138,30 @@ def test_frames_another_thread_may_run_are_not_cleared_the_loss_runs_eagerly_unt
     the eager model's."""
     eager = _train(False)
     with pytest.warns(RuntimeWarning, match="another thread is running a compiled evaluation"):
-        ours = _train({"backend": "aot_eager"}, busy=(2, 3))
+        ours = _train({"backend": "aot_eager"}, busy=(2, 3), holder=_another_thread_inside)
+    assert ours[0] == pytest.approx(eager[0], rel=1e-6, abs=1e-6)
+    for a, b in zip(ours[1], eager[1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_compiled_call_of_this_thread_around_the_steps_is_no_other_thread_and_the_frames_clear_as_it_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(p466) A compiled evaluation nested in another one's compiled call (a user's term calling a second model's
+    ``test``) counted the enclosing call, its own thread's, as another thread's: a false warning, and eager for
+    good (the frames were cleared only by a trace at top level). Here this thread holds the count during steps 3
+    and 4 (a compiled call enclosing them): no warning; the frames are cleared once, as the enclosing call ends;
+    the loss compiles again (step 5); every step equals the eager model's."""
+    eager = _train(False)
+    resets = []
+    reset = torch._dynamo.reset_code_caches
+    monkeypatch.setattr(torch._dynamo, "reset_code_caches", lambda: (resets.append(1), reset())[1])
+    models: list = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ours = _train({"backend": "aot_eager"}, busy=(2, 3), holder=lambda: compiled._IN_FLIGHT, model_out=models)
+    assert resets == [1] and compiled._FLIGHT[1:] == [0, False]
+    ev = models[0]._dgm_compiled_eval(models[0].loss_cls)
+    assert ev._dgm_fn is not None and ev._dgm_fn is not compiled._EAGER_ONLY
     assert ours[0] == pytest.approx(eager[0], rel=1e-6, abs=1e-6)
     for a, b in zip(ours[1], eager[1]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
