@@ -684,6 +684,13 @@ class Loss(YieldingModule, _PyroELBO):
         term's eager evaluation does."""
         return []
 
+    def _dgm_method(self, name: str) -> Any:
+        """This term's method ``name`` (one of pyro_dgm's that a subclass may override: ``frozen_parameters``,
+        ``term_state_dict``...), not an attribute of that name set on the instance, or on a class, for other uses
+        (Pixyz's ``Loss`` lacks the name, and a subclass written for Pixyz may have it: p473)."""
+        f = getattr(type(self), name, None)
+        return (f if callable(f) else getattr(Loss, name)).__get__(self)
+
     def loss_terms(self) -> list["Loss"]:
         """Every loss node of this formula (itself included), each once, parents before children."""
         return self._dgm_walk()[0]
@@ -871,7 +878,9 @@ class Loss(YieldingModule, _PyroELBO):
             scopes = MEMO_SCOPES.stack
             depth = len(scopes)
             try:
-                if compiled is not None and not is_compiling():
+                if compiled is not None and not is_compiling() and not kwargs.get("discriminator"):  # (an
+                    # adversarial term's discriminator step trains the parameters that the compiled evaluation
+                    # freezes: eager, as under Model(compile=...); p473)
                     loss, samples, recorder = compiled(inputs, kwargs, return_terms)
                 else:
                     loss, samples, recorder = self._dgm_outer_evaluation(inputs, kwargs, return_terms)
@@ -1055,7 +1064,7 @@ class Loss(YieldingModule, _PyroELBO):
         ``eval`` returns the value as computed from the given values (``Parameter("x").eval({"x": 2})`` is ``2``);
         any other formula gives a tensor."""
         return self._dgm_formula_cached("_dgm_params_only", lambda: all(
-            isinstance(n, _special.Parameter) for n in self.loss_terms()
+            isinstance(n, _special.Parameter) for n in self._dgm_walk()[0]
             if not any(isinstance(c, Loss) for c in n._dgm_children())))
 
     def _dgm_leaves(self) -> "_Terms":

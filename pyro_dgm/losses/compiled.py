@@ -502,7 +502,7 @@ _IN_FLIGHT = _InFlight()
 
 
 def _frozen_of(loss: Any) -> list[Tensor]:
-    return [p for term in loss.loss_terms() for p in term.frozen_parameters()]
+    return [p for term in loss._dgm_walk()[0] for p in term._dgm_method("frozen_parameters")()]
 
 
 def uses_cuda_graphs(options: Mapping[str, Any]) -> bool:
@@ -560,16 +560,15 @@ def _deep_recursion() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _hook_guards() -> Iterator[None]:
-    """Dynamo's settings while a compiled call runs (and compiles): it guards on the hooks of the modules it traces
-    (by default it does not: a hook added to a network that no distribution registers, one kept in a list or a
-    global, would never run in the compiled code; :func:`_hooks_mark` sees those of the modules the loss reaches),
-    and it leaves numpy's random functions to numpy (by default it draws them from torch's generator, a stream
+    """torch's compiler settings while a compiled call runs (and compiles): Dynamo guards on the hooks of the
+    modules it traces (by default it does not: a hook added to a network that no distribution registers, one kept in
+    a list or a global, would never run in the compiled code; :func:`_hooks_mark` sees those of the modules the loss
+    reaches); it leaves numpy's random functions to numpy (by default it draws them from torch's generator, a stream
     other than the eager one's: p471, a network's ``np.random.randn`` noise; a graph break now)."""
-    config = torch._dynamo.config
     with _HOOK_GUARDS_LOCK:  # (compiled calls in several threads: the first sets them, the last puts them back)
         if not _HOOK_GUARDS[0]:
-            _HOOK_GUARDS[1] = {k: getattr(config, k) for k in _DYNAMO_SETTINGS}
-            for k, v in _DYNAMO_SETTINGS.items():
+            _HOOK_GUARDS[1] = [(config, k, getattr(config, k)) for config, k, _ in _settings()]
+            for config, k, v in _settings():
                 setattr(config, k, v)
         _HOOK_GUARDS[0] += 1
     try:
@@ -578,14 +577,44 @@ def _hook_guards() -> Iterator[None]:
         with _HOOK_GUARDS_LOCK:
             _HOOK_GUARDS[0] -= 1
             if not _HOOK_GUARDS[0]:
-                for k, v in _HOOK_GUARDS[1].items():
+                for config, k, v in _HOOK_GUARDS[1]:
                     setattr(config, k, v)
 
 
-#: Dynamo's settings during compiled calls (see :func:`_hook_guards`)
-_DYNAMO_SETTINGS = {"skip_nnmodule_hook_guards": False, "use_numpy_random_stream": True}
+def _settings() -> list[tuple[Any, str, Any]]:
+    """torch's compiler settings during compiled calls, ``(config module, name, value)`` (see :func:`_hook_guards`)."""
+    dynamo = torch._dynamo.config
+    return [(dynamo, "skip_nnmodule_hook_guards", False), (dynamo, "use_numpy_random_stream", True)]
+
+
 #: ``[compiled calls running, the settings before the first]`` (see :func:`_hook_guards`)
-_HOOK_GUARDS: list[Any] = [0, {}]
+_HOOK_GUARDS: list[Any] = [0, []]
+
+
+@contextlib.contextmanager
+def no_donated_buffers() -> Iterator[None]:
+    """AOT autograd donates no buffers to the backward passes compiled or run in the block: a backward compiled with
+    donated buffers refuses ``retain_graph=True`` (``Model(retain_graph=True, compile=...)``: p473, its first
+    compiled step raised torch's "compiled with non-empty donated buffers"), and torch reads the setting both when it
+    compiles and when the backward runs. Process-wide while a block is open (as :func:`_hook_guards`)."""
+    import torch._functorch.config as functorch_config
+
+    with _HOOK_GUARDS_LOCK:
+        if not _DONATION[0]:
+            _DONATION[1] = functorch_config.donated_buffer
+            functorch_config.donated_buffer = False
+        _DONATION[0] += 1
+    try:
+        yield
+    finally:
+        with _HOOK_GUARDS_LOCK:
+            _DONATION[0] -= 1
+            if not _DONATION[0]:
+                functorch_config.donated_buffer = _DONATION[1]
+
+
+#: ``[blocks open, the setting before the first]`` (see :func:`no_donated_buffers`)
+_DONATION: list[Any] = [0, True]
 _HOOK_GUARDS_LOCK = threading.Lock()
 
 
@@ -640,16 +669,27 @@ class _FirstCallEager:
     def refuse(self, *args: Any) -> None:
         """After a compiled call on ``args`` whose value is not finite, with validation on (torch's and Pyro's
         default): run the eager evaluation on them from the call's random state, to raise its clear error where it
-        refuses them (a NaN batch, which the compiled call, run without validation, scored: p469), with the random
-        state and the loss's buffers as that error leaves them (as the eager model's); if it does not refuse them,
-        the random state stays as the compiled call left it. Nothing after an eager call."""
+        refuses them (a NaN batch, which the compiled call, run without validation, scored: p469), with torch's
+        random state and the loss's buffers as that error leaves them (as the eager model's); if it does not refuse
+        them, torch's random state stays as the compiled call left it. numpy's and Python's global random states
+        stay as the compiled call left them (p472: a network's numpy draws, run twice, moved them twice; taking
+        them at each call would cost 30 µs); a network's other Python-level effects (a counter) happen twice.
+        Nothing after an eager call."""
         state = self._call_state
         if state is None or not validating():
             return
-        after = _random_state()
+        import random
+
+        import numpy
+
+        after, np_after, py_after = _random_state(), numpy.random.get_state(), random.getstate()
         _set_random_state(state)
-        with _undone(self.loss, random=False):
-            self._eager(*args)
+        try:
+            with _undone(self.loss, random=False):
+                self._eager(*args)
+        finally:
+            numpy.random.set_state(np_after)
+            random.setstate(py_after)
         _set_random_state(after)
 
     def __call__(self, *args: Any) -> Any:

@@ -117,9 +117,9 @@ def _other_distributions(model: "Model") -> list[nn.Module]:
 
 
 def _loss_terms(model: "Model") -> list[Any]:
-    terms = model.loss_cls.loss_terms()
+    terms = model.loss_cls._dgm_walk()[0]
     seen = {id(t) for t in terms}
-    terms += [t for t in model.test_loss_cls.loss_terms() if id(t) not in seen]
+    terms += [t for t in model.test_loss_cls._dgm_walk()[0] if id(t) not in seen]
     return terms
 
 
@@ -142,7 +142,7 @@ def model_state(model: "Model") -> dict[str, Any]:
     """Everything :func:`load_model_state` needs to resume ``model`` exactly (see the module docstring)."""
     terms = {}
     for i, term in enumerate(_loss_terms(model)):
-        st = term.term_state_dict()
+        st = term._dgm_method("term_state_dict")()
         if st:
             terms[str(i)] = {"type": type(term).__name__, "state": st}
     return {
@@ -495,9 +495,9 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         if i >= len(terms) or type(terms[i]).__name__ != entry["type"]:
             raise ValueError(f"Model.load: the checkpoint holds the state of a {entry['type']} loss term (term {i}) "
                              "that this model's loss does not have at that place")
-        check = getattr(terms[i], "check_term_state_dict", None)
+        check = getattr(type(terms[i]), "check_term_state_dict", None)
         if callable(check):
-            check(entry["state"])
+            check(terms[i], entry["state"])
     step, epoch = _counter(state, "step"), _counter(state, "epoch")
     history = state.get("history") or {}
     if not isinstance(history, Mapping) or not all(isinstance(v, (list, tuple)) for v in history.values()):
@@ -533,7 +533,7 @@ def load_model_state(model: "Model", state: Mapping[str, Any]) -> None:
         # loaded from another's state_dict() would update the other's moments in place)
         opt.load_state_dict(torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, saved_optimizers[name]))
     for key, entry in state["loss_terms"].items():
-        terms[int(key)].load_term_state_dict(entry["state"])
+        terms[int(key)]._dgm_method("load_term_state_dict")(entry["state"])
     model.step = step
     if not hasattr(type(model), "epoch"):  # (a subclass's own epoch, a property or method, is its own)
         model.epoch = epoch

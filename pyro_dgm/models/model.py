@@ -38,7 +38,7 @@ from pyro_dgm.losses.steps import finite_sum as _finite_sum  # (benchmarks/grad_
 from pyro_dgm.losses.base import Loss
 from pyro_dgm.models import distributed as _dist
 from pyro_dgm.models import trainer
-from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms
+from pyro_dgm.losses.compiled import CompiledEval, compile_options, eval_form, eval_with_terms, no_donated_buffers
 from pyro_dgm.models.errors import ModelArgumentError, NonFiniteGradientError, NonFiniteLossError, RankFailedError
 from pyro_dgm.utils.checks import ArgumentError, ShapeError, add_note, error_notes, error_text, keyed_values
 from pyro_dgm.utils.compat import clip_grads_with_norm_, get_total_norm
@@ -210,7 +210,7 @@ def _pyro_side_terms(loss: Loss) -> list[Loss]:
     whose parameters live in Pyro's param store."""
     from pyro_dgm.losses.pyro_elbo import PyroELBO
 
-    return [t for t in loss.loss_terms() if isinstance(t, PyroELBO) or getattr(t, "pyro_side", False)]
+    return [t for t in loss._dgm_walk()[0] if isinstance(t, PyroELBO) or getattr(t, "pyro_side", False)]
 
 
 def _distribution_param_ids(model: "Model") -> set[int]:
@@ -249,7 +249,7 @@ def loss_plain_networks(loss: Any) -> list[nn.Module]:
     if not isinstance(loss, Loss):
         return []
     out: dict[int, nn.Module] = {}
-    for term in loss.loss_terms():
+    for term in loss._dgm_walk()[0]:
         for child in term._dgm_children():
             if isinstance(child, nn.Module) and not isinstance(child, (Loss, Distribution)):
                 out.setdefault(id(child), child)
@@ -891,7 +891,7 @@ class Model:
         losses = (getattr(self, "loss_cls", None), getattr(self, "test_loss_cls", None))  # (a subclass that skipped
         # Model.__init__ may set one only)
         self._dgm_sharing = [term for loss in losses if loss is not None
-                             for term in loss.loss_terms() if callable(getattr(term, "_dgm_trained_with", None))]
+                             for term in loss._dgm_walk()[0] if callable(getattr(term, "_dgm_trained_with", None))]
         for term in self._dgm_sharing:
             term._dgm_trained_with(self._dgm_params, self)
 
@@ -1104,7 +1104,14 @@ class Model:
         self._dgm_pyro_modules = [(k, weakref.ref(m)) for k, m in found.items()]
 
     def _dgm_step(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:
-        """The body of :meth:`train`."""
+        """The body of :meth:`train` (compiled with ``retain_graph``: without donated buffers, which torch's compiled
+        backward would need to free: see :func:`~pyro_dgm.losses.compiled.no_donated_buffers`)."""
+        if self.retain_graph and self._dgm_compile is not None:
+            with no_donated_buffers():
+                return self._dgm_step_taken(x_dict, kwargs)
+        return self._dgm_step_taken(x_dict, kwargs)
+
+    def _dgm_step_taken(self, x_dict: Any, kwargs: dict[str, Any]) -> Tensor:
         try:
             loss, terms = self._dgm_evaluate_step(x_dict, kwargs)
         except (Exception, SystemExit) as e:  # under torch.distributed: the other processes learn it at the check
@@ -1176,7 +1183,7 @@ class Model:
                 raise RuntimeError(f"{type(self).__name__}: train() under torch.no_grad() (or inference_mode): the "
                                    f"loss {self.loss_cls} has no gradient to train with; call train() outside it "
                                    "(test() evaluates without training)")
-            if any(p.requires_grad for term in self.loss_cls.loss_terms() for p in term.frozen_parameters()):
+            if any(p.requires_grad for term in self.loss_cls._dgm_walk()[0] for p in term._dgm_method("frozen_parameters")()):
                 # Pixyz's step runs: the loss reaches only an adversarial term's discriminator (which this
                 # optimizer does not train), so its gradient changes nothing; so does ours, saying so
                 warnings.warn(f"{type(self).__name__}: the loss {self.loss_cls} sends no gradient to the trained "
@@ -1575,7 +1582,7 @@ class Model:
         for d in self.loss_cls._dgm_distributions + self.test_loss_cls._dgm_distributions:
             d.to(*args, **kwargs)
         optimizers = [self.optimizer]
-        for term in self.loss_cls.loss_terms() + self.test_loss_cls.loss_terms():
+        for term in self.loss_cls._dgm_walk()[0] + self.test_loss_cls._dgm_walk()[0]:
             move = getattr(term, "to", None)
             if callable(move):
                 move(*args, **kwargs)

@@ -311,7 +311,7 @@ def _series_dims(loss: Any) -> dict[str, int]:
     from pyro_dgm.losses.iteration import IterativeLoss, indexes_series
 
     out: dict[str, int] = {}
-    for term in loss.loss_terms() if callable(getattr(loss, "loss_terms", None)) else []:
+    for term in loss._dgm_walk()[0] if callable(getattr(loss, "_dgm_walk", None)) else []:
         if isinstance(term, IterativeLoss) and indexes_series(term):
             out.update({v: 1 for v in term.series_var})
     return out

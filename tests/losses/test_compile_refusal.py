@@ -5,8 +5,10 @@ after drawing, so that every later step differed from the eager model's). Valida
 ``NonFiniteLossError``. The reference is the same model run eagerly from the same seed."""
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -31,6 +33,14 @@ class _Q(Normal):
         return {"loc": h[..., :2], "scale": nn.functional.softplus(h[..., 2:]) + 0.1}
 
 
+class _NoisyQ(_Q):
+    """``_Q`` with input noise drawn from numpy's and Python's global random streams."""
+
+    def forward(self, x: torch.Tensor) -> dict:
+        noise = torch.from_numpy(np.random.randn(*x.shape).astype(np.float32)) * random.random()
+        return super().forward(x + 0.1 * noise)
+
+
 class _P(Normal):
     def __init__(self) -> None:
         super().__init__(var=["x"], cond_var=["z"], name="p")
@@ -47,11 +57,14 @@ def _batch(seed: int, nan: bool = False) -> dict:
     return {"x": x}
 
 
-def _run(compile: Any, where: str) -> tuple[list[Any], list[torch.Tensor]]:
+def _run(compile: Any, where: str, q_class: type = _Q) -> tuple[list[Any], list[torch.Tensor]]:
     """Three steps, a NaN batch to ``train`` or ``test``, then two steps: what each call gave (a loss, or the error's
-    type and first line), and ``torch.rand(1)`` right after the NaN batch."""
+    type and first line), and ``torch.rand(1)``, ``np.random.rand()`` and ``random.random()`` right after the NaN
+    batch."""
     torch.manual_seed(0)
-    q, p = _Q(), _P()
+    np.random.seed(0)
+    random.seed(0)
+    q, p = q_class(), _P()
     prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_{prior}")
     loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
     model = Model(loss, distributions=[q, p], optimizer_params={"lr": 0.05}, compile=compile)
@@ -61,7 +74,7 @@ def _run(compile: Any, where: str) -> tuple[list[Any], list[torch.Tensor]]:
         out.append("no error")
     except (ValueError, FloatingPointError) as e:
         out.append((type(e).__name__, str(e).splitlines()[0]))
-    out.append(float(torch.rand(1)))
+    out += [float(torch.rand(1)), float(np.random.rand()), random.random()]
     out += [float(model.train(_batch(s))) for s in (6, 7)]
     return out, [t.detach().clone() for t in (*q.parameters(), *p.parameters())]
 
@@ -72,10 +85,14 @@ def _same(a: list[Any], b: list[Any]) -> None:
         assert u == (pytest.approx(v, rel=1e-6, abs=1e-6) if isinstance(v, float) else v)
 
 
+@pytest.mark.needs_validation
 @pytest.mark.parametrize("where", ["train", "test"])
-def test_a_nan_batch_gets_the_eager_models_validation_error_and_random_state(where: str) -> None:
-    eager = _run(False, where)
-    ours = _run({"backend": "aot_eager"}, where)
+@pytest.mark.parametrize("q_class", [_Q, _NoisyQ], ids=["plain", "numpy noise"])
+def test_a_nan_batch_gets_the_eager_models_validation_error_and_random_state(where: str, q_class: type) -> None:
+    """(With numpy noise in the encoder, p472: the eager evaluation run on the refused batch drew numpy's and
+    Python's streams a second time.)"""
+    eager = _run(False, where, q_class)
+    ours = _run({"backend": "aot_eager"}, where, q_class)
     assert eager[0][4][0] == "ValueError" and "q(z|x)" in eager[0][4][1]
     _same(ours[0], eager[0])
     for a, b in zip(ours[1], eager[1]):
