@@ -21,6 +21,7 @@ import copy
 import functools
 import inspect
 import numbers
+import types
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -687,9 +688,13 @@ class Loss(YieldingModule, _PyroELBO):
     def _dgm_method(self, name: str) -> Any:
         """This term's method ``name`` (one of pyro_dgm's that a subclass may override: ``frozen_parameters``,
         ``term_state_dict``...), not an attribute of that name set on the instance, or on a class, for other uses
-        (Pixyz's ``Loss`` lacks the name, and a subclass written for Pixyz may have it: p473)."""
-        f = getattr(type(self), name, None)
-        return (f if callable(f) else getattr(Loss, name)).__get__(self)
+        (Pixyz's ``Loss`` lacks the name, and a subclass written for Pixyz may have it: p473). An override is a
+        function, static or class method of a class; any other class attribute (a type, a ``functools.partial``, a
+        module: p475) is the class's own, and ``Loss``'s method is used."""
+        f = inspect.getattr_static(type(self), name, None)
+        if not isinstance(f, (types.FunctionType, staticmethod, classmethod)):
+            f = inspect.getattr_static(Loss, name)
+        return f.__get__(self, type(self))
 
     def loss_terms(self) -> list["Loss"]:
         """Every loss node of this formula (itself included), each once, parents before children."""

@@ -11,6 +11,7 @@ each trains or evaluates as its eager twin from the same seed.
   which freezes the discriminator: "element 0 of tensors does not require grad"."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ class _NLL(Loss):
         return -self.p.get_log_prob(x_dict), {}
 
 
-def _user_loss(compile: Any, path: Path) -> tuple[list[float], list[torch.Tensor]]:
+def _user_loss(compile: Any, path: Path, loss_class: type = _NLL) -> tuple[list[float], list[torch.Tensor]]:
     torch.manual_seed(0)
 
     class P(pd.Normal):
@@ -114,7 +115,7 @@ def _user_loss(compile: Any, path: Path) -> tuple[list[float], list[torch.Tensor
             return {"loc": self.fc(y), "scale": torch.ones(3)}
 
     p = P()
-    model = Model(_NLL(p).mean(), distributions=[p], compile=compile)
+    model = Model(loss_class(p).mean(), distributions=[p], compile=compile)
     d = {"x": torch.randn(4, 3), "y": torch.randn(4, 2)}
     losses = [float(model.train({k: v.clone() for k, v in d.items()})) for _ in range(3)]
     model.save(path)
@@ -129,6 +130,18 @@ def test_a_users_loss_may_hold_attributes_named_after_our_methods_compiled_and_s
     assert ours[0] == pytest.approx(eager[0], rel=1e-6, abs=1e-6)
     for a, b in zip(ours[1], eager[1]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("value", [dict, functools.partial(list), nn.ParameterList(), staticmethod(lambda: [])],
+                         ids=["type", "partial", "module", "staticmethod"])
+def test_class_attributes_named_after_our_methods(tmp_path: Path, value: Any) -> None:
+    """(p475) Class attributes of those names that are no methods of the class (a type, a partial, a module), or a
+    static method, were bound as methods: ``AttributeError: ... has no attribute '__get__'`` (eagerly too, in
+    ``Model.save``), or a static method given ``self``."""
+    loss_class = type("NLL", (_NLL,), {"frozen_parameters": value, "term_state_dict": value})
+    eager = _user_loss(False, tmp_path / "e.pt", loss_class)
+    ours = _user_loss(_COMPILE, tmp_path / "c.pt", loss_class)
+    assert ours[0] == pytest.approx(eager[0], rel=1e-6, abs=1e-6)
 
 
 def _adversarial(compile: bool) -> list[float]:
