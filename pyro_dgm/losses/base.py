@@ -1024,8 +1024,9 @@ class Loss(YieldingModule, _PyroELBO):
         finally:
             ctx.recorder = recorder
         loss, samples = _result(self, out)
-        if type(self).eval is Loss.eval:  # (a class with its own eval: its parent records what that eval returns,
-            _record(recorder, id(self), loss)  # see record_own_eval)
+        if type(self).eval is _LOSS_EVAL:  # (a class with its own eval, or Loss.eval replaced by a wrapper: its
+            _record(recorder, id(self), loss)  # parent records what that eval returns, see record_own_eval; p474:
+            # with Loss.eval itself wrapped, both recorded, and a term listed twice reported its first value twice)
         return loss, samples
 
     def _dgm_evaluate_outer(self, inputs: dict[str, Any], ctx: EvalContext,
@@ -1269,6 +1270,7 @@ _INPUT_VAR = Loss.__dict__["input_var"]  # (a subclass that overrides the proper
 
 
 _LOSS_CALL = Loss.__call__  # (a subclass whose __call__ is another is evaluated by calling it, as Pixyz's eval does)
+_LOSS_EVAL = Loss.eval  # (pyro_dgm's own: Loss.eval replaced later, by a user's wrapper, is a class's own eval)
 
 
 class _FormulaCaches:

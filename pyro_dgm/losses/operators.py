@@ -15,12 +15,12 @@ from typing import Any, Iterator, NoReturn
 import torch
 from torch import Tensor
 
-from pyro_dgm.losses.base import PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union, record_own_eval
+from pyro_dgm.losses.base import (_LOSS_EVAL, PREC_ADD, PREC_ATOM, PREC_MUL, PREC_NEG, Loss, ordered_union,
+                                  record_own_eval)
 from pyro_dgm.losses.special import LossArgumentError, Parameter, ValueLoss
 from pyro_dgm.utils.checks import ArgumentError, ShapeError, switched
 from pyro_dgm.utils.shapes import broadcast_shape
 
-_LOSS_EVAL = Loss.eval
 
 __all__ = ["LossOperator", "LossSelfOperator", "AddLoss", "SubLoss", "MulLoss", "DivLoss", "PowLoss", "MinLoss",
            "MaxLoss", "NegLoss", "AbsLoss", "BatchMean", "BatchSum", "Detach", "strict_broadcasting"]

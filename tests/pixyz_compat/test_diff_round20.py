@@ -252,3 +252,29 @@ def test_a_mask_reaches_an_iterative_loss_inside_a_constant_var_pixyz_drops_it()
     assert float(ours["in ConstantVar"]) == by_hand
     assert float(ref["in ConstantVar"]) == 3.0  # Pixyz's ConstantVar.forward calls eval without the keywords
 
+
+
+def test_return_terms_with_loss_eval_wrapped_by_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(p474) ``Loss.eval`` replaced by a pass-through wrapper (a user's logging or timing decorator): each term
+    listed twice still reports its own value (the second reported the first's: both the term and its parent, which
+    takes a replaced ``eval`` for a class's own, recorded it), and the value is the one without the wrapper."""
+    from pyro_dgm.losses import LogProb
+    from pyro_dgm.losses.base import Loss
+
+    def values() -> tuple[Any, dict]:
+        m = _P()
+        nll = -LogProb(m.p)
+        e = nll.expectation(m.q)
+        torch.manual_seed(1)
+        return (nll.mean() + e.mean() + e.mean()).eval(m.data, return_terms=True)
+
+    plain = values()
+    original = Loss.eval
+    monkeypatch.setattr(Loss, "eval", lambda self, *args, **kwargs: original(self, *args, **kwargs))
+    wrapped = values()
+    assert list(wrapped[1]) == list(plain[1])
+    torch.testing.assert_close(wrapped[0], plain[0])
+    for name in plain[1]:
+        torch.testing.assert_close(wrapped[1][name], plain[1][name])
+    first, second = list(plain[1].values())[1:]
+    assert not torch.equal(first, second)  # (two draws: the check above would miss a repeated value otherwise)
