@@ -206,6 +206,10 @@ def current_of(dist: Any) -> bool:
         inner = core.__dict__["_modules"].get("p")
         while isinstance(inner, torch.nn.Module) and hasattr(inner, "_dgm_order"):  # (a renaming's distribution)
             core, inner = inner, inner.__dict__["_modules"].get("p")
+        order = core._dgm_order
+        if core is not dist and (len(order) != 1 or order[0] is not core):  # a product a marginal or a renaming
+            current_of(core)  # wraps: its factors' classes (p476: a marginal drew with the sample of the class
+            continue  # before a later cell's patch)
         cls = type(core)
         if _current(cls) and core is dist:
             mine = True
