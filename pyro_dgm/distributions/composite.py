@@ -104,6 +104,8 @@ def site_fn(d: Distribution, mapping: Mapping[str, str], values: Mapping[str, An
     """``d``'s site distribution (feature dims as event dims) and its base, with ``d``'s names renamed by
     ``mapping`` (the outer distribution's renaming); ``value`` is the value to be scored, when known."""
     core, b = unwrap(d)
+    current_of(core)  # (a method a later cell set on its class, before its parameters are read: p477, a mixture's
+    # first component, a flow's prior drew with the old get_params)
     b = b.renamed(mapping) if mapping else b
     if value is None:
         return core._dgm_fn(b, values, ctx, expand)  # type: ignore[attr-defined]
@@ -124,6 +126,7 @@ def site_params(d: Distribution, mapping: Mapping[str, str], values: Mapping[str
     """``d``'s parameters (constants and network outputs) under the outer names (other keys its network returns
     are kept: the caller reads the parameters it needs, as Pixyz's products of experts read ``get_params``)."""
     core, b = unwrap(d)
+    current_of(core)  # (a get_params a later cell set on its class: p477, a product of experts read the old one)
     was = ctx.extra_params
     ctx.extra_params = True
     try:

@@ -203,9 +203,9 @@ def current_of(dist: Any) -> bool:
         return False
     mine = False
     for core in dist._dgm_order:
-        inner = core.__dict__["_modules"].get("p")
+        inner = _wrapped(core)
         while isinstance(inner, torch.nn.Module) and hasattr(inner, "_dgm_order"):  # (a renaming's distribution)
-            core, inner = inner, inner.__dict__["_modules"].get("p")
+            core, inner = inner, _wrapped(inner)
         order = core._dgm_order
         if core is not dist and (len(order) != 1 or order[0] is not core):  # a product a marginal or a renaming
             current_of(core)  # wraps: its factors' classes (p476: a marginal drew with the sample of the class
@@ -216,6 +216,13 @@ def current_of(dist: Any) -> bool:
         if core.__dict__.get("_dgm_installed_at") != cls.__dict__.get("_dgm_installed"):
             core._dgm_class_changed()  # (its class changed since it was built: see there)
     return mine
+
+
+def _wrapped(dist: Any) -> Any:
+    """The distribution a renaming or a marginal wraps (its module ``p``, or its attribute ``p`` where the module
+    holds another: a marginal of a marginal, or of a product with a marginal, p477), or None."""
+    inner = dist.__dict__["_modules"].get("p")
+    return dist.__dict__.get("p") if inner is None else inner
 
 
 def install(cls: Any) -> None:
