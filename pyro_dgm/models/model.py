@@ -1183,7 +1183,8 @@ class Model:
                 raise RuntimeError(f"{type(self).__name__}: train() under torch.no_grad() (or inference_mode): the "
                                    f"loss {self.loss_cls} has no gradient to train with; call train() outside it "
                                    "(test() evaluates without training)")
-            if any(p.requires_grad for term in self.loss_cls._dgm_walk()[0] for p in term._dgm_method("frozen_parameters")()):
+            if any(p.requires_grad for term in self.loss_cls._dgm_walk()[0]
+                   for p in term._dgm_method("frozen_parameters")()):
                 # Pixyz's step runs: the loss reaches only an adversarial term's discriminator (which this
                 # optimizer does not train), so its gradient changes nothing; so does ours, saying so
                 warnings.warn(f"{type(self).__name__}: the loss {self.loss_cls} sends no gradient to the trained "

@@ -253,7 +253,6 @@ def test_a_mask_reaches_an_iterative_loss_inside_a_constant_var_pixyz_drops_it()
     assert float(ref["in ConstantVar"]) == 3.0  # Pixyz's ConstantVar.forward calls eval without the keywords
 
 
-
 def test_return_terms_with_loss_eval_wrapped_by_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
     """(p474) ``Loss.eval`` replaced by a pass-through wrapper (a user's logging or timing decorator): each term
     listed twice still reports its own value (the second reported the first's: both the term and its parent, which

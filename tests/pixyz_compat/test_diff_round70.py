@@ -194,7 +194,7 @@ def _parts_get_params(kind: str, on_library_class: bool) -> Callable[[], Any]:
 
 
 @pytest.mark.parametrize("kind, on_library_class", [("mixture", False), ("mixture", True), ("flow", False),
-                                                   ("flow", True), ("experts", False)])
+                                                    ("flow", True), ("experts", False)])
 def test_a_get_params_set_on_a_class_after_a_composite_of_it_was_built(kind: str, on_library_class: bool) -> None:
     """(Not on ``Normal`` for the product of experts: Pixyz's ``ProductOfNormal`` is a ``Normal`` whose own
     parameters then pass through the patch too.)"""
