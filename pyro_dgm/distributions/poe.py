@@ -22,7 +22,7 @@ from pyro_dgm.distributions.composite import (ExpertWeights, OptionalInputs, che
 from pyro_dgm.distributions.base import Distribution
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.exponential import Normal
-from pyro_dgm.distributions.family import given_value_error
+from pyro_dgm.distributions.family import DistributionBase, given_value_error
 from pyro_dgm.utils.checks import NotATensorError, ShapeError, describe, ordered_union
 from pyro_dgm.utils.latex import latex_name
 from pyro_dgm.utils import get_dict_values, tolist  # noqa: F401  (helpers Pixyz's module namespace has)
@@ -285,6 +285,10 @@ class ProductOfNormal(ExpertWeights, OptionalInputs, Normal):
         (tensor([1.]), tensor([0.7071]))
         """
         return Experts(self.p)
+
+    #: the product's own, as Pixyz's class has one: a ``get_params`` a later cell sets on ``Normal`` reaches the
+    #: experts, not the product's combined parameters (p478: they went through it a second time, +3 on a mean)
+    get_params = DistributionBase.get_params
 
     @property
     def prob_factorized_text(self) -> str:
