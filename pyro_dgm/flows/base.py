@@ -504,34 +504,44 @@ def refresh_logdet(flow: "Flow", z: Tensor, context: Any = None) -> None:
     _store(flow, ld, parts)
 
 
-#: by the method (weakly: a class defined again and again, in a notebook cell or a function, is freed with its
-#: methods and what they close over; a method that takes no weak reference is looked at each time)
-_PIXYZ_SIGNATURES: "weakref.WeakKeyDictionary[Any, tuple[bool, bool, bool]]" = weakref.WeakKeyDictionary()
+_UNSEEN = object()
+
+
+def _kept_on(method: Any, name: str, make: Any) -> Any:
+    """``make(method)``, kept on the function itself as its attribute ``name``: a class defined again and again, in a
+    notebook cell or a function, is freed with its methods; and no process-wide container is read, on which compiled
+    code would guard (p479: Dynamo guarded on a weak dictionary's keys by their place, and a key freed meanwhile
+    failed the next compiled step with an ``IndexError``). A callable that takes no attribute: made each time."""
+    value = getattr(method, name, _UNSEEN)
+    if value is _UNSEEN:
+        value = make(method)
+        try:
+            setattr(method, name, value)
+        except (AttributeError, TypeError):
+            pass
+    return value
+
+
+def _pixyz_signature(method: Any, jacobian: bool) -> tuple[bool, bool, bool]:
+    """How :func:`_pixyz_call` passes ``y`` and ``compute_jacobian`` to ``method``: by name (two flags), or
+    positionally (the third)."""
+    try:
+        params = list(inspect.signature(method).parameters.values())[2:]  # after self and the value
+    except (TypeError, ValueError):
+        params = []
+    kinds = inspect.Parameter
+    names = {p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)}
+    var_kw = any(p.kind is kinds.VAR_KEYWORD for p in params)
+    positional = sum(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD) for p in params)
+    positional = positional if not any(p.kind is kinds.VAR_POSITIONAL for p in params) else 2
+    return "y" in names or var_kw, "compute_jacobian" in names or var_kw, positional >= (2 if jacobian else 1)
 
 
 def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bool) -> Tensor:
     """Call a Pixyz-style ``forward(x, y=None, compute_jacobian=True)`` (``jacobian``) or ``inverse(z, y=None)``
     with the arguments its signature takes: ``y`` and ``compute_jacobian`` by name when it names them, else
     positionally when it takes more positional arguments, else not at all (``forward(self, x)``)."""
-    try:
-        sig = _PIXYZ_SIGNATURES.get(method)
-    except TypeError:  # (no weak reference to it)
-        sig = None
-    if sig is None:
-        try:
-            params = list(inspect.signature(method).parameters.values())[2:]  # after self and the value
-        except (TypeError, ValueError):
-            params = []
-        kinds = inspect.Parameter
-        names = {p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)}
-        var_kw = any(p.kind is kinds.VAR_KEYWORD for p in params)
-        positional = sum(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD) for p in params)
-        positional = positional if not any(p.kind is kinds.VAR_POSITIONAL for p in params) else 2
-        sig = ("y" in names or var_kw, "compute_jacobian" in names or var_kw, positional >= (2 if jacobian else 1))
-        try:
-            _PIXYZ_SIGNATURES[method] = sig
-        except TypeError:  # (no weak reference to it)
-            pass
+    sig = _kept_on(method, "_dgm_pixyz_call", lambda m: _pixyz_signature(m, jacobian))
     by_name_y, by_name_jac, positional = sig
     if by_name_y or by_name_jac:
         kwargs: dict[str, Any] = {}
@@ -545,25 +555,16 @@ def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bo
     return method(flow, v)
 
 
-_FORWARD_SIGNATURES: "weakref.WeakKeyDictionary[Any, inspect.Signature | None]" = weakref.WeakKeyDictionary()
+def _signature_or_none(method: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(method)
+    except (TypeError, ValueError):
+        return None
 
 
 def _note_pixyz_call(flow: "Flow", args: tuple, kwargs: dict, z: Tensor) -> None:
     """Remember ``(x, z, logdet)`` after a call of a Pixyz-style ``forward`` that stored its log-det."""
-    method = type(flow).forward
-    try:
-        sig = _FORWARD_SIGNATURES.get(method, False)
-    except TypeError:  # (no weak reference to it)
-        sig = False
-    if sig is False:
-        try:
-            sig = inspect.signature(method)
-        except (TypeError, ValueError):
-            sig = None
-        try:
-            _FORWARD_SIGNATURES[method] = sig
-        except TypeError:
-            pass
+    sig = _kept_on(type(flow).forward, "_dgm_signature", _signature_or_none)
     if sig is None:
         return
     try:
