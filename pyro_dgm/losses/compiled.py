@@ -558,63 +558,67 @@ def _deep_recursion() -> Iterator[None]:
         sys.setrecursionlimit(before)
 
 
-@contextlib.contextmanager
-def _hook_guards() -> Iterator[None]:
-    """torch's compiler settings while a compiled call runs (and compiles): Dynamo guards on the hooks of the
-    modules it traces (by default it does not: a hook added to a network that no distribution registers, one kept in
-    a list or a global, would never run in the compiled code; :func:`_hooks_mark` sees those of the modules the loss
-    reaches); it leaves numpy's random functions to numpy (by default it draws them from torch's generator, a stream
-    other than the eager one's: p471, a network's ``np.random.randn`` noise; a graph break now)."""
-    with _HOOK_GUARDS_LOCK:  # (compiled calls in several threads: the first sets them, the last puts them back)
-        if not _HOOK_GUARDS[0]:
-            _HOOK_GUARDS[1] = [(config, k, getattr(config, k)) for config, k, _ in _settings()]
-            for config, k, v in _settings():
-                setattr(config, k, v)
-        _HOOK_GUARDS[0] += 1
-    try:
-        yield
-    finally:
+class _ProcessSettings:
+    """Settings of torch's compiler (``(config module, name, value)``, made by ``settings()`` at first use) set while
+    ``with`` blocks of it run, in any thread: the first block in sets them, the last one out puts back what was there
+    (p344: two calls that overlap). A class, not a generator: it runs at every compiled call."""
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = settings
+        self._made: list[tuple[Any, str, Any]] = []
+        self._open = 0
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> None:
         with _HOOK_GUARDS_LOCK:
-            _HOOK_GUARDS[0] -= 1
-            if not _HOOK_GUARDS[0]:
-                for config, k, v in _HOOK_GUARDS[1]:
+            if not self._open:
+                self._made = self._made or self._settings()
+                self._saved = [(config, k, getattr(config, k)) for config, k, _ in self._made]
+                for config, k, v in self._made:
+                    setattr(config, k, v)
+            self._open += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with _HOOK_GUARDS_LOCK:
+            self._open -= 1
+            if not self._open:
+                for config, k, v in self._saved:
                     setattr(config, k, v)
 
 
-def _settings() -> list[tuple[Any, str, Any]]:
-    """torch's compiler settings during compiled calls, ``(config module, name, value)`` (see :func:`_hook_guards`)."""
+def _compiled_call_settings() -> list[tuple[Any, str, Any]]:
+    """Dynamo's settings while a compiled call runs (and compiles): it guards on the hooks of the modules it traces
+    (by default it does not: a hook added to a network that no distribution registers, one kept in a list or a
+    global, would never run in the compiled code; :func:`_hooks_mark` sees those of the modules the loss reaches);
+    it leaves numpy's random functions to numpy (by default it draws them from torch's generator, a stream other than
+    the eager one's: p471, a network's ``np.random.randn`` noise; a graph break now)."""
     dynamo = torch._dynamo.config
     return [(dynamo, "skip_nnmodule_hook_guards", False), (dynamo, "use_numpy_random_stream", True)]
 
 
-#: ``[compiled calls running, the settings before the first]`` (see :func:`_hook_guards`)
-_HOOK_GUARDS: list[Any] = [0, []]
-
-
-@contextlib.contextmanager
-def no_donated_buffers() -> Iterator[None]:
-    """AOT autograd donates no buffers to the backward passes compiled or run in the block: a backward compiled with
-    donated buffers refuses ``retain_graph=True`` (``Model(retain_graph=True, compile=...)``: p473, its first
-    compiled step raised torch's "compiled with non-empty donated buffers"), and torch reads the setting both when it
-    compiles and when the backward runs. Process-wide while a block is open (as :func:`_hook_guards`)."""
+def _no_donation_settings() -> list[tuple[Any, str, Any]]:
     import torch._functorch.config as functorch_config
 
-    with _HOOK_GUARDS_LOCK:
-        if not _DONATION[0]:
-            _DONATION[1] = functorch_config.donated_buffer
-            functorch_config.donated_buffer = False
-        _DONATION[0] += 1
-    try:
-        yield
-    finally:
-        with _HOOK_GUARDS_LOCK:
-            _DONATION[0] -= 1
-            if not _DONATION[0]:
-                functorch_config.donated_buffer = _DONATION[1]
+    return [(functorch_config, "donated_buffer", False)]
 
 
-#: ``[blocks open, the setting before the first]`` (see :func:`no_donated_buffers`)
-_DONATION: list[Any] = [0, True]
+_COMPILED_CALL = _ProcessSettings(_compiled_call_settings)
+_NO_DONATION = _ProcessSettings(_no_donation_settings)
+
+
+def _hook_guards() -> _ProcessSettings:
+    """``with _hook_guards():`` Dynamo's settings of a compiled call (:func:`_compiled_call_settings`)."""
+    return _COMPILED_CALL
+
+
+def no_donated_buffers() -> _ProcessSettings:
+    """``with no_donated_buffers():`` AOT autograd donates no buffers to the backward passes compiled or run in the
+    block: a backward compiled with donated buffers refuses ``retain_graph=True`` (``Model(retain_graph=True,
+    compile=...)``: p473, its first compiled step raised torch's "compiled with non-empty donated buffers"), and torch
+    reads the setting both when it compiles and when the backward runs. Process-wide while a block is open."""
+    return _NO_DONATION
+
+
 _HOOK_GUARDS_LOCK = threading.Lock()
 
 
