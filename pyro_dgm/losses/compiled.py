@@ -544,46 +544,93 @@ def _kept(out: Any) -> Any:
 _COMPILE_RECURSION = 20000
 
 
-@contextlib.contextmanager
-def _deep_recursion() -> Iterator[None]:
-    """Raise the recursion limit to :data:`_COMPILE_RECURSION` (never lower it) for the compiled call."""
+def _raise_recursion() -> Any:
+    """Raise the recursion limit to :data:`_COMPILE_RECURSION` (never lower it); returns what puts it back."""
     before = sys.getrecursionlimit()
     if before >= _COMPILE_RECURSION:
-        yield
-        return
+        return _nothing
     sys.setrecursionlimit(_COMPILE_RECURSION)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)
+    return lambda: sys.setrecursionlimit(before)
 
 
-class _ProcessSettings:
-    """Settings of torch's compiler (``(config module, name, value)``, made by ``settings()`` at first use) set while
-    ``with`` blocks of it run, in any thread: the first block in sets them, the last one out puts back what was there
-    (p344: two calls that overlap). A class, not a generator: it runs at every compiled call."""
+def _nothing() -> None:
+    pass
 
-    def __init__(self, settings: Any) -> None:
-        self._settings = settings
-        self._made: list[tuple[Any, str, Any]] = []
+
+class _Settings:
+    """Settings in force while ``with`` blocks of it run: ``set_up()`` makes them and returns what puts the earlier
+    ones back. A setting kept per thread (``per_thread()`` says it at first use: torch's compiler settings are context
+    variables) is made by the first block of each thread and put back by its last one; a process-wide one (Python's
+    recursion limit; torch's settings where a version keeps them for the process) by the first block of any thread and
+    the last one out (p344: two calls that overlap; p480: torch's per-thread settings counted across threads left a
+    second thread's call with torch's defaults, and the first thread with the call's settings). A class, not a
+    generator: it runs at every compiled call."""
+
+    def __init__(self, set_up: Any, per_thread: Any = False) -> None:
+        self._set_up = set_up
+        self._per_thread = per_thread  # (a bool, or the function that says it at first use)
+        self._local = threading.local()
         self._open = 0
-        self._saved: list[tuple[Any, str, Any]] = []
+        self._restore: Any = None
 
     def __enter__(self) -> None:
-        with _HOOK_GUARDS_LOCK:
+        per_thread = self._per_thread
+        if per_thread is not True and per_thread is not False:
+            per_thread = self._per_thread = bool(per_thread())
+        if per_thread:
+            local = self._local
+            depth = getattr(local, "depth", 0)
+            if not depth:
+                local.restore = self._set_up()
+            local.depth = depth + 1
+            return
+        with _SETTINGS_LOCK:
             if not self._open:
-                self._made = self._made or self._settings()
-                self._saved = [(config, k, getattr(config, k)) for config, k, _ in self._made]
-                for config, k, v in self._made:
-                    setattr(config, k, v)
+                self._restore = self._set_up()
             self._open += 1
 
     def __exit__(self, *exc: Any) -> None:
-        with _HOOK_GUARDS_LOCK:
+        if self._per_thread:
+            local = self._local
+            local.depth -= 1
+            if not local.depth:
+                restore, local.restore = local.restore, None
+                restore()
+            return
+        with _SETTINGS_LOCK:
             self._open -= 1
             if not self._open:
-                for config, k, v in self._saved:
-                    setattr(config, k, v)
+                restore, self._restore = self._restore, None
+                restore()
+
+
+def _compiler_settings(settings: Any) -> _Settings:
+    """:class:`_Settings` of torch's compiler settings ``(config module, name, value)``, made by ``settings()`` at
+    first use."""
+    made: list[tuple[Any, str, Any]] = []
+
+    def set_up() -> Any:
+        if not made:
+            made.extend(settings())
+        saved = [(config, k, getattr(config, k)) for config, k, _ in made]
+        for config, k, v in made:
+            setattr(config, k, v)
+
+        def restore() -> None:
+            for config, k, v in saved:
+                setattr(config, k, v)
+        return restore
+
+    return _Settings(set_up, lambda: all(_per_thread_setting(config, k) for config, k, _ in settings()))
+
+
+def _per_thread_setting(config: Any, name: str) -> bool:
+    """Whether torch keeps the setting ``name`` of ``config`` per thread (a context variable holds a user's value, as
+    in torch 2.13's config modules; otherwise one value for the process is assumed)."""
+    import contextvars
+
+    entry = getattr(config, "_config", {}).get(name)
+    return isinstance(getattr(entry, "user_override", None), contextvars.ContextVar)
 
 
 def _compiled_call_settings() -> list[tuple[Any, str, Any]]:
@@ -602,24 +649,53 @@ def _no_donation_settings() -> list[tuple[Any, str, Any]]:
     return [(functorch_config, "donated_buffer", False)]
 
 
-_COMPILED_CALL = _ProcessSettings(_compiled_call_settings)
-_NO_DONATION = _ProcessSettings(_no_donation_settings)
+_COMPILED_CALL = _compiler_settings(_compiled_call_settings)
+_NO_DONATION = _compiler_settings(_no_donation_settings)
+#: the recursion limit of a compiled call (Python's is the process's)
+_DEEP_RECURSION = _Settings(_raise_recursion)
 
 
-def _hook_guards() -> _ProcessSettings:
-    """``with _hook_guards():`` Dynamo's settings of a compiled call (:func:`_compiled_call_settings`)."""
+def _aot_call_settings() -> list[tuple[Any, str, Any]]:
+    """:func:`_compiled_call_settings`, and AOT autograd's graph passes keep every draw (p482, under
+    ``backend="aot_eager"``): no common-subexpression pass (it merged two draws of one shape into one, two Monte Carlo
+    expectations over a Laplace ``q``: its list of random operations lacks the graph forms of ``uniform_``,
+    ``normal_``, ``exponential_`` and ``randn_like``), and draws are impure (inductor's ``fallback_random``, which
+    torch's dead-code pass reads: it dropped a draw whose value is not used, an outer expectation's ``z`` that a
+    nested one over the same ``q`` draws again, so the random stream moved on by less than eagerly). Inductor's own
+    draws are its own random operations (see ``Model``'s ``compile``)."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    return _compiled_call_settings() + [(functorch_config, "cse", False), (inductor_config, "fallback_random", True)]
+
+
+_AOT_CALL = _compiler_settings(_aot_call_settings)
+
+
+def _hook_guards(options: Mapping[str, Any] | None = None) -> _Settings:
+    """``with _hook_guards(options):`` Dynamo's settings of a compiled call (:func:`_compiled_call_settings`); with
+    a backend other than inductor, also AOT autograd's (:func:`_aot_call_settings`)."""
+    if options is not None and options.get("backend", "inductor") != "inductor":
+        return _AOT_CALL
     return _COMPILED_CALL
 
 
-def no_donated_buffers() -> _ProcessSettings:
+def _deep_recursion() -> _Settings:
+    """``with _deep_recursion():`` the recursion limit :data:`_COMPILE_RECURSION` (never lowered) for the compiled
+    call."""
+    return _DEEP_RECURSION
+
+
+def no_donated_buffers() -> _Settings:
     """``with no_donated_buffers():`` AOT autograd donates no buffers to the backward passes compiled or run in the
     block: a backward compiled with donated buffers refuses ``retain_graph=True`` (``Model(retain_graph=True,
     compile=...)``: p473, its first compiled step raised torch's "compiled with non-empty donated buffers"), and torch
-    reads the setting both when it compiles and when the backward runs. Process-wide while a block is open."""
+    reads the setting both when it compiles and when the backward runs. In this thread (torch keeps the setting per
+    thread) while a block is open."""
     return _NO_DONATION
 
 
-_HOOK_GUARDS_LOCK = threading.Lock()
+_SETTINGS_LOCK = threading.Lock()
 
 
 class _FirstCallEager:
@@ -756,7 +832,7 @@ class _FirstCallEager:
         self._dgm_classes_current()
         state = self._call_state = _random_state()  # (a failed compiled call's draws are undone: see below)
         breaks = _graph_breaks()
-        with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards(), _IN_FLIGHT:
+        with without_validation(), frozen(self._frozen), _deep_recursion(), _hook_guards(self.options), _IN_FLIGHT:
             try:  # (a call that compiles: the second, or one on inputs the guards have not seen)
                 if not self._graphs:
                     out = self._dgm_fn(*args)
