@@ -44,6 +44,7 @@ from pyro.distributions.torch_transform import TransformModule
 from pyro.distributions.transforms import BatchNorm as PyroBatchNorm
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
+from torch.distributions.transforms import _InverseTransform
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.module import _global_buffer_registration_hooks as _global_buffer_hooks
 
@@ -242,7 +243,8 @@ def _state(flow: nn.Module, keep: list | None = None) -> tuple:
     out: list[Any] = []
     mods = submodules(flow)  # one walk
     for m in mods:
-        out.append((m.training, type(m).forward, m.__dict__.get("forward")))  # (a forward replaced in a later cell)
+        d = m.__dict__
+        out.append((m.training, type(m).forward, d.get("forward"), d.get("inverse")))  # (one replaced in a later cell)
         hooks = getattr(type(m), "_dgm_hook_names", ())
         if hooks:  # (a Pixyz hook set on the class or the layer since: ActNorm2d's _center and _scale)
             out.append(tuple((getattr(type(m), n, None), m.__dict__.get(n)) for n in hooks))
@@ -425,7 +427,8 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
     if m is not None and not (store and m.logdet is None):  # (a missing log-det: forward runs for it, as in Pixyz)
         if store:
             _store(flow, m.logdet, m.parts)
-        if inverse and rerun and flow._dgm_runs_inverse:  # an inverse written for Pixyz runs anyway: Pixyz's
+        if inverse and rerun and (flow._dgm_runs_inverse or "inverse" in flow.__dict__):  # an inverse written for
+            # Pixyz (or set on the instance) runs anyway: Pixyz's
             try:  # distributions call it before they look up the value they drew
                 x = flow._dgm_run(value, context, True)[0]
             except NotImplementedError:
@@ -522,14 +525,18 @@ def _kept_on(method: Any, name: str, make: Any) -> Any:
     return value
 
 
-def _pixyz_signature(method: Any, jacobian: bool) -> tuple[bool, bool, bool]:
+def _pixyz_signature(method: Any, jacobian: bool, skip: int = 2) -> tuple[bool, bool, bool]:
     """How :func:`_pixyz_call` passes ``y`` and ``compute_jacobian`` to ``method``: by name (two flags), or
-    positionally (the third)."""
+    positionally (the third). ``skip``: the leading positional parameters it is given anyway (``self`` and the value;
+    the value alone for a function set on the instance); a ``*args`` takes them and the rest (a decorator's wrapper
+    without ``functools.wraps``: p480)."""
     try:
-        params = list(inspect.signature(method).parameters.values())[2:]  # after self and the value
+        params = list(inspect.signature(method).parameters.values())
     except (TypeError, ValueError):
         params = []
     kinds = inspect.Parameter
+    while skip and params and params[0].kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD):
+        params, skip = params[1:], skip - 1
     names = {p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)}
     var_kw = any(p.kind is kinds.VAR_KEYWORD for p in params)
     positional = sum(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD) for p in params)
@@ -537,22 +544,31 @@ def _pixyz_signature(method: Any, jacobian: bool) -> tuple[bool, bool, bool]:
     return "y" in names or var_kw, "compute_jacobian" in names or var_kw, positional >= (2 if jacobian else 1)
 
 
+#: the attribute that keeps :func:`_pixyz_signature`'s answer on a function, per role (one function may be both a
+#: flow's forward and its inverse: p480) and per kind (a class's method, or a function set on an instance)
+_CALL_KEYS = {(True, 2): "_dgm_pixyz_call", (False, 2): "_dgm_pixyz_call_inverse",
+              (True, 1): "_dgm_pixyz_call_own", (False, 1): "_dgm_pixyz_call_own_inverse"}
+
+
 def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bool) -> Tensor:
     """Call a Pixyz-style ``forward(x, y=None, compute_jacobian=True)`` (``jacobian``) or ``inverse(z, y=None)``
     with the arguments its signature takes: ``y`` and ``compute_jacobian`` by name when it names them, else
-    positionally when it takes more positional arguments, else not at all (``forward(self, x)``)."""
-    sig = _kept_on(method, "_dgm_pixyz_call", lambda m: _pixyz_signature(m, jacobian))
+    positionally when it takes more positional arguments, else not at all (``forward(self, x)``). ``flow`` is
+    ``None`` for a function set on the flow instance (called as Pixyz calls ``self.flow.forward``, without it)."""
+    skip = 1 if flow is None else 2
+    sig = _kept_on(method, _CALL_KEYS[jacobian, skip], lambda m: _pixyz_signature(m, jacobian, skip))
     by_name_y, by_name_jac, positional = sig
+    args = (v,) if flow is None else (flow, v)
     if by_name_y or by_name_jac:
         kwargs: dict[str, Any] = {}
         if by_name_y:
             kwargs["y"] = context
         if jacobian and by_name_jac:
             kwargs["compute_jacobian"] = True
-        return method(flow, v, **kwargs)
+        return method(*args, **kwargs)
     if positional:
-        return method(flow, v, context, True) if jacobian else method(flow, v, context)
-    return method(flow, v)
+        return method(*args, context, True) if jacobian else method(*args, context)
+    return method(*args)
 
 
 def _signature_or_none(method: Any) -> inspect.Signature | None:
@@ -584,6 +600,34 @@ def _note_pixyz_call(flow: "Flow", args: tuple, kwargs: dict, z: Tensor) -> None
     if x.dim() < flow._dgm_domain_event_dim:
         return
     _remember(flow, x, z, _as_logdet(ld, x, flow._dgm_domain_event_dim), named.get("y"), False, None)
+
+
+def _own_method(flow: "Flow", inverse: bool) -> Any:
+    """The ``forward`` (or ``inverse``) set on the flow instance (a later cell's ``flow.forward = ...``), which
+    Pixyz's distributions and flow lists call (``self.flow.forward(...)``), or None; None also while it runs (it may
+    call the class's method, which runs this flow: ``old = flow.forward``, then ``flow.forward = lambda x, ...:
+    old(x, ...)``)."""
+    d = flow.__dict__
+    f = d.get("inverse" if inverse else "forward")
+    return None if f is None or d.get("_dgm_own_running") else f
+
+
+def _run_own(flow: "Flow", f: Any, v: Tensor, context: Any, inverse: bool) -> tuple[Tensor, Tensor | None, None]:
+    """:meth:`Flow._dgm_run` through a method set on the instance, called as Pixyz calls it: the forward stores the
+    log-det (``flow.logdet_jacobian``), the inverse gives none (the forward runs for it when it is asked for)."""
+    d = flow.__dict__
+    d["_dgm_own_running"] = True
+    try:
+        out = _pixyz_call(f, None, v, context, not inverse)
+    finally:
+        d["_dgm_own_running"] = False
+    if inverse:
+        return out, None, None
+    ld = flow.logdet_jacobian
+    if ld is None:
+        raise ValueError(f"{type(flow).__name__}: the forward set on this flow did not store the log-determinant (set "
+                         "self._logdet_jacobian in it, as Pixyz's flows do)")
+    return out, _as_logdet(ld, v, flow._dgm_domain_event_dim), None
 
 
 def _pixyz_forward_logdet(self: "Flow", x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -700,6 +744,8 @@ class Flow(TransformModule, ConditionalTransform):
                  codomain_event_dim: int | None = None, cache_size: int = 1) -> None:
         set_up_subclasses(self, Flow, "_dgm_flow_set_up")
         super().__init__(cache_size=0)  # Pyro's (x, y) memory is replaced by ours, which also keeps the log-det
+        if getattr(type(self), "_inv", None) is not None:  # a method of the subclass's own (p480: Pixyz's flows have
+            self.__dict__.pop("_inv", None)  # no _inv; torch's None in the instance hid it): inv keeps torch's inverse
         if cache_size not in (0, 1):
             raise ValueError(f"{type(self).__name__}: cache_size must be 0 or 1, got {cache_size!r}")
         if in_features is not None:
@@ -724,6 +770,9 @@ class Flow(TransformModule, ConditionalTransform):
         both may be intermediate results of a graph, which ``copy.deepcopy`` refuses (a copy of a model kept as
         the best so far, after a training step). The copy scores values by running its flow."""
         state = super().__getstate__()
+        state.pop("_dgm_inv", None)  # (made again by the copy's inv)
+        if getattr(type(self), "_inv", None) is not None:  # (torch's __getstate__ puts its None there)
+            state.pop("_inv", None)
         m = state.get("_dgm_memory")
         state["_dgm_memory"] = None
         state.pop("_dgm_threads", None)  # (made again at the copy's first run)
@@ -818,6 +867,9 @@ class Flow(TransformModule, ConditionalTransform):
         """The checked map (or its inverse) of ``v``: ``(output, forward log-det or None, the layers' log-dets)``. The
         inverse of a flow written for Pixyz gives no log-det (its built-in parent's would not be its own)."""
         self._dgm_check(v, inverse=inverse)
+        own = _own_method(self, inverse)
+        if own is not None:
+            return _run_own(self, own, v, context, inverse)
         if inverse:
             x, ld = self._dgm_inverse_logdet(v, context)
             return x, None if self._dgm_pixyz_forward else ld, None
@@ -959,6 +1011,16 @@ class Flow(TransformModule, ConditionalTransform):
         super().add_module(name, module)
         if name in _USERS_TO_TAKE:
             self._dgm_mirror_own(name)
+
+    @property
+    def inv(self) -> Transform:
+        """The inverse transform (torch's ``Transform.inv``; kept under a name of pyro_dgm's, as a subclass written for
+        Pixyz may have a method named ``_inv``, where torch keeps it)."""
+        d = self.__dict__
+        inv = d.get("_dgm_inv")
+        if inv is None:
+            inv = d["_dgm_inv"] = _InverseTransform(self)
+        return inv
 
     # ------------------------------------------------------------------ torch.distributions.Transform hooks
     def _call(self, x: Tensor) -> Tensor:
@@ -1272,6 +1334,9 @@ class FlowList(Flow):
 
     def _dgm_run(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor | None, tuple | None]:
         self._dgm_check(v, inverse=inverse)
+        own = _own_method(self, inverse)
+        if own is not None:
+            return _run_own(self, own, v, context, inverse)
         return self._dgm_compose(v, context, inverse)
 
     def _dgm_compose(self, v: Tensor, context: Tensor | None, inverse: bool

@@ -138,3 +138,32 @@ def test_a_transformed_density_reruns_its_batch_norm_on_its_draw() -> None:
     ref, ours = run_both(_batch_norm_network_scoring_its_draw)
     assert ours[1][0] == 2  # (was 1: the score was answered from the draw's memory)
     assert_same(ref, ours)
+
+
+@pytest.mark.parametrize("first", ["score", "draw"])
+def test_one_function_as_both_forward_and_inverse_is_called_for_each_role(first: str) -> None:
+    """A self-inverse map written once, ``forward = inverse = neg`` with ``neg(self, v, cond=None)`` (the
+    signature rules take it; p480: the way to call it was kept once for both roles, so scoring first made the draw
+    call it with four arguments). Each role is called its own way, whichever runs first: the density of ``z = -x``
+    under a standard normal prior is the prior's at ``-z``."""
+    from pyro_dgm.distributions import Normal, TransformedDistribution
+    from pyro_dgm.flows import Flow
+
+    def neg(self: Any, v: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        self._logdet_jacobian = torch.zeros(v.shape[0])
+        return -v
+
+    class Neg(Flow):
+        forward = neg
+        inverse = neg
+
+    prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["x"], name="p0")
+    p = TransformedDistribution(prior, Neg(2), var=["z"])
+    z = torch.tensor([[0.5, -1.0]])
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(-z).sum(-1)
+    if first == "draw":
+        s = p.sample(batch_n=3)
+        assert torch.equal(s["z"], -s["x"])
+    assert torch.allclose(p.get_log_prob({"z": z}), expected)
+    s = p.sample(batch_n=3)
+    assert torch.equal(s["z"], -s["x"])
