@@ -74,6 +74,17 @@ class _Pinned(threading.local):
 _PINNED = _Pinned()
 
 
+class _NoJacobian(threading.local):
+    """``depth > 0`` while ``forward(x, compute_jacobian=False)`` of a flow runs in this thread: the layers written
+    for Pixyz are called with ``compute_jacobian=False`` too, as Pixyz's ``FlowList`` calls them (p484: they were
+    called with True, so they computed a log-det nobody asked for and replaced the one they had stored)."""
+
+    depth = 0
+
+
+_NO_JACOBIAN = _NoJacobian()
+
+
 #: bumped when a flow that a distribution set follows an input of its own (used alone): a FlowList's memo of the
 #: shape it adapted its parts for is stale then (its parts must take the distribution's dims again)
 _EPOCH = [0]
@@ -433,9 +444,7 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
                 x = flow._dgm_run(value, context, True)[0]
             except NotImplementedError:
                 return m.x
-            if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing)
-                _remember(flow, x, value, m.logdet, context, False, m.parts)
-            return x
+            return m.x
         return m.x if inverse else m.z
     try:
         out, ld, parts = flow._dgm_run(value, context, inverse)
@@ -550,7 +559,8 @@ _CALL_KEYS = {(True, 2): "_dgm_pixyz_call", (False, 2): "_dgm_pixyz_call_inverse
               (True, 1): "_dgm_pixyz_call_own", (False, 1): "_dgm_pixyz_call_own_inverse"}
 
 
-def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bool) -> Tensor:
+def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bool,
+                compute_jacobian: bool = True) -> Tensor:
     """Call a Pixyz-style ``forward(x, y=None, compute_jacobian=True)`` (``jacobian``) or ``inverse(z, y=None)``
     with the arguments its signature takes: ``y`` and ``compute_jacobian`` by name when it names them, else
     positionally when it takes more positional arguments, else not at all (``forward(self, x)``). ``flow`` is
@@ -564,10 +574,10 @@ def _pixyz_call(method: Any, flow: "Flow", v: Tensor, context: Any, jacobian: bo
         if by_name_y:
             kwargs["y"] = context
         if jacobian and by_name_jac:
-            kwargs["compute_jacobian"] = True
+            kwargs["compute_jacobian"] = compute_jacobian
         return method(*args, **kwargs)
     if positional:
-        return method(*args, context, True) if jacobian else method(*args, context)
+        return method(*args, context, compute_jacobian) if jacobian else method(*args, context)
     return method(*args)
 
 
@@ -602,26 +612,47 @@ def _note_pixyz_call(flow: "Flow", args: tuple, kwargs: dict, z: Tensor) -> None
     _remember(flow, x, z, _as_logdet(ld, x, flow._dgm_domain_event_dim), named.get("y"), False, None)
 
 
+class _OwnRunning(threading.local):
+    """The ids of the flows whose method set on the instance runs in this thread (see :func:`_own_method`)."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+
+
+_OWN_RUNNING = _OwnRunning()
+
+
 def _own_method(flow: "Flow", inverse: bool) -> Any:
     """The ``forward`` (or ``inverse``) set on the flow instance (a later cell's ``flow.forward = ...``), which
-    Pixyz's distributions and flow lists call (``self.flow.forward(...)``), or None; None also while it runs (it may
-    call the class's method, which runs this flow: ``old = flow.forward``, then ``flow.forward = lambda x, ...:
-    old(x, ...)``)."""
+    Pixyz's distributions and flow lists call (``self.flow.forward(...)``), or None; None also while it runs in this
+    thread (it may call the class's method, which runs this flow: ``old = flow.forward``, then ``flow.forward =
+    lambda x, ...: old(x, ...)``; other threads call it meanwhile, p483). While torch.compile traces, which cannot
+    read a thread's state, a mark in the flow says it runs."""
     d = flow.__dict__
     f = d.get("inverse" if inverse else "forward")
-    return None if f is None or d.get("_dgm_own_running") else f
+    if f is None:
+        return None
+    running = d.get("_dgm_own_running") if is_compiling() else id(flow) in _OWN_RUNNING.ids
+    return None if running else f
 
 
 def _run_own(flow: "Flow", f: Any, v: Tensor, context: Any, inverse: bool) -> tuple[Tensor, Tensor | None, None]:
     """:meth:`Flow._dgm_run` through a method set on the instance, called as Pixyz calls it: the forward stores the
     log-det (``flow.logdet_jacobian``), the inverse gives none (the forward runs for it when it is asked for)."""
-    d = flow.__dict__
-    d["_dgm_own_running"] = True
+    traced = is_compiling()
+    if traced:
+        flow.__dict__["_dgm_own_running"] = True
+    else:
+        _OWN_RUNNING.ids.add(id(flow))
+    jacobian = not (inverse or _NO_JACOBIAN.depth)
     try:
-        out = _pixyz_call(f, None, v, context, not inverse)
+        out = _pixyz_call(f, None, v, context, not inverse, jacobian)
     finally:
-        d["_dgm_own_running"] = False
-    if inverse:
+        if traced:
+            flow.__dict__["_dgm_own_running"] = False
+        else:
+            _OWN_RUNNING.ids.discard(id(flow))
+    if not jacobian:
         return out, None, None
     ld = flow.logdet_jacobian
     if ld is None:
@@ -632,6 +663,8 @@ def _run_own(flow: "Flow", f: Any, v: Tensor, context: Any, inverse: bool) -> tu
 
 def _pixyz_forward_logdet(self: "Flow", x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
     """The forward hook of a subclass written for Pixyz: its ``forward``, which stores the log-det."""
+    if _NO_JACOBIAN.depth:  # (forward(x, compute_jacobian=False) of a flow list: as Pixyz's calls it; no log-det)
+        return _pixyz_call(type(self).forward, self, x, context, True, False), None  # type: ignore[return-value]
     z = _pixyz_call(type(self).forward, self, x, context, True)
     ld = self.logdet_jacobian  # (a subclass may compute it in its own property)
     if ld is None:
@@ -918,7 +951,13 @@ class Flow(TransformModule, ConditionalTransform):
                     part._dgm_store_logdet(part_ld)
                 self._logdet_jacobian = _first(ld) if self._dgm_constant_logdet else ld
             return z
-        return _apply(self, y, x, False, compute_jacobian)
+        if compute_jacobian or is_compiling():
+            return _apply(self, y, x, False, compute_jacobian)
+        _NO_JACOBIAN.depth += 1
+        try:
+            return _apply(self, y, x, False)
+        finally:
+            _NO_JACOBIAN.depth -= 1
 
     def _dgm_draw(self, x: Tensor) -> Tensor:
         """:math:`z = f(x)` for a draw, as Pixyz's ``TransformedDistribution.sample`` runs the flow (storing
@@ -1019,7 +1058,7 @@ class Flow(TransformModule, ConditionalTransform):
         d = self.__dict__
         inv = d.get("_dgm_inv")
         if inv is None:
-            inv = d["_dgm_inv"] = _InverseTransform(self)
+            inv = d["_dgm_inv"] = _FlowInverse(self)
         return inv
 
     # ------------------------------------------------------------------ torch.distributions.Transform hooks
@@ -1037,6 +1076,15 @@ class Flow(TransformModule, ConditionalTransform):
         if cache_size not in (0, 1):
             raise ValueError(f"{self._dgm_describe()}: cache_size must be 0 or 1, got {cache_size!r}")
         return self
+
+
+class _FlowInverse(_InverseTransform):
+    """torch's inverse of a transform, made without reading the flow's ``_cache_size`` (a flow's memory is its own,
+    and a subclass written for Pixyz may keep a value of its own under that name: p483, torch refused 7)."""
+
+    def __init__(self, flow: Flow) -> None:
+        Transform.__init__(self, cache_size=0)
+        self._inv = flow
 
 
 #: The public names of torch's and Pyro's ``Transform`` that Pixyz's flows lack (torch and Pyro read them from a
@@ -1278,9 +1326,10 @@ class FlowList(Flow):
 
     def _dgm_store_logdet(self, ld: Tensor) -> None:
         # Pixyz's FlowList stores the sum of its layers' stored log-dets: a scalar when each is one (a batch of one
-        # through planar flows, whose log-det Pixyz squeezes to a scalar)
-        if ld.shape == (1,) and all(isinstance(p, Flow) and _scalar(p.logdet_jacobian) for p in self._dgm_parts):
-            ld = ld.reshape(())
+        # through planar flows, whose log-det Pixyz squeezes to a scalar; a user's layer that stores one number for
+        # the batch, p484: the sum is then the same at every row)
+        if ld.dim() > 0 and all(isinstance(p, Flow) and _scalar(p.logdet_jacobian) for p in self._dgm_parts):
+            ld = _first(ld)
         super()._dgm_store_logdet(ld)
 
     def _dgm_adapt(self, shape: torch.Size, inverse: bool) -> None:
@@ -1377,10 +1426,15 @@ class FlowList(Flow):
             for part in self._dgm_parts:
                 if isinstance(part, Flow):
                     y, ld, sub = part._dgm_run(v, context, False)
+                    d, c = part._dgm_domain_event_dim, part._dgm_codomain_event_dim
+                    if ld is None:  # (a layer written for Pixyz, called with compute_jacobian=False: see _NoJacobian)
+                        missing = True
+                        ev += c - d
+                        v = y
+                        continue
                     if sub:
                         parts.extend(sub)
                     parts.append((part, ld))  # stored in each layer as its forward stores it under Pixyz's FlowList
-                    d, c = part._dgm_domain_event_dim, part._dgm_codomain_event_dim
                 else:
                     t = _resolve(part, context)
                     if getattr(t, "_cache_size", 0) == 1:  # never answer an input from Pyro's memory (it may be stale)

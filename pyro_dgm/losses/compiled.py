@@ -416,10 +416,11 @@ def _code_mark(classes: Sequence[type], modules: Sequence[Any]) -> tuple[tuple[i
     """``(ids, objects)`` of the methods, descriptors and other callables in the dicts of ``classes``, and of the
     classes of ``modules``: another value after one is replaced, added or deleted on a class (a later notebook
     cell's ``Q.helper = fn``), which Dynamo's guards do not see (p460), or after a module's ``__class__`` was
-    swapped (whose new class's code is then compared, p462). The objects are held so that their ids are not reused;
-    data attributes (a class's counter) are not compared."""
+    swapped (whose new class's code is then compared, p462), or a ``forward``/``inverse`` set on a module instance
+    (a later cell's ``flow.forward = ...``, p483: Dynamo's guards do not see one added after the trace). The objects
+    are held so that their ids are not reused; data attributes (a class's counter) are not compared."""
     code = (*[v for k in classes for v in vars(k).values() if callable(v) or hasattr(type(v), "__get__")],
-            *map(type, modules))
+            *map(type, modules), *[vars(m).get(k) for m in modules for k in ("forward", "inverse")])
     return tuple(map(id, code)), code
 
 

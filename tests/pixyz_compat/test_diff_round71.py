@@ -175,3 +175,232 @@ def test_a_forward_set_on_a_flow_instance_that_wraps_its_own_bound_forward() -> 
 
     ref, ours = run_both(program)
     assert_same(ref, ours)
+
+
+def test_a_forward_set_on_a_flow_instance_is_called_in_every_thread() -> None:
+    """Thread A runs the flow's new forward (and waits inside it) while thread B scores through the same flow: B
+    calls the new forward too (p483: the mark that the instance's method was running was the flow's, not the
+    thread's, so B ran the class's). Events order the two threads."""
+
+    def program() -> Any:
+        import threading
+
+        import torch
+        from pixyz.distributions import InverseTransformedDistribution, Normal
+
+        Scale = _scale_flow()
+        f = Scale([0.5, -0.3])
+        p = InverseTransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_0"), f,
+                                           var=["x"])
+        x = torch.tensor([[1.0, 2.0], [0.3, -0.4]])
+        a_in, b_done = threading.Event(), threading.Event()
+
+        def forward(x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
+            if threading.current_thread().name == "A":
+                a_in.set()
+                b_done.wait(30)
+            return Scale.forward(f, x, y, compute_jacobian) + 1.0
+
+        before = p.get_log_prob({"x": x})
+        f.forward = forward
+        out: dict[str, Any] = {}
+
+        def a() -> None:
+            out["A"] = p.get_log_prob({"x": x})
+
+        def b() -> None:
+            a_in.wait(30)
+            out["B"] = p.get_log_prob({"x": x})
+            b_done.set()
+
+        threads = [threading.Thread(target=a, name="A"), threading.Thread(target=b, name="B")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return before, out["A"], out["B"]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert not ours[0].allclose(ours[2])
+
+
+def test_a_forward_set_on_a_flow_instance_after_compiling_is_followed() -> None:
+    """A compiled model (``compile={"backend": "aot_eager"}``, pyro_dgm's option) over a flow list; a later cell sets
+    a layer's ``forward``/``inverse`` after three steps, replaces it after five and deletes it after six: the
+    compiled losses are the eager ones, which are Pixyz's (p483: the compiled model ran the class's forward)."""
+    from pixyz_harness import run_pyro_dgm
+
+    from pyro_dgm.utils.compat import compiles
+
+    if not compiles():
+        pytest.skip("torch.compile of pyro_dgm needs torch 2.10 or newer")
+
+    def cell(compile: Any = None) -> Callable[[], Any]:
+        def program() -> Any:
+            import torch
+            from pixyz.distributions import InverseTransformedDistribution, Normal
+            from pixyz.flows import FlowList
+            from pixyz.losses import LogProb
+            from pixyz.models import Model
+
+            Scale = _scale_flow()
+            f, g = Scale([0.5, -0.3]), Scale([0.1, 0.2])
+            prior = Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_0")
+            p = InverseTransformedDistribution(prior, FlowList([g, f]), var=["x"])
+            options = {} if compile is None else {"compile": compile}
+            model = Model((-LogProb(p)).mean(), distributions=[p], optimizer=torch.optim.SGD,
+                          optimizer_params={"lr": 0.1}, **options)
+            x = torch.randn(6, 2)
+            out = []
+            for i in range(8):
+                if i == 3:
+                    f.forward = lambda x, y=None, compute_jacobian=True: Scale.forward(f, x, y, compute_jacobian) + 1.0
+                    f.inverse = lambda z, y=None: Scale.inverse(f, z - 1.0, y)
+                if i == 5:
+                    f.forward = lambda x, y=None, compute_jacobian=True: Scale.forward(f, x, y, compute_jacobian) * 3.0
+                if i == 6:
+                    del f.forward
+                out.append(float(model.train({"x": x}).detach()))
+            return out
+
+        return program
+
+    ref, eager = run_both(cell())
+    assert eager == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    compiled = run_pyro_dgm(cell({"backend": "aot_eager"}))
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-6)
+
+
+def test_a_flow_with_its_own_cache_size_attribute() -> None:
+    """A flow's own value under torch's name ``_cache_size`` (p483: torch's inverse transform, made when the
+    distribution was built, refused 7)."""
+
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import InverseTransformedDistribution, Normal
+
+        Scale = _scale_flow()
+        f = Scale([0.5, -0.3])
+        f._cache_size = 7
+        p = InverseTransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"], name="p_0"), f,
+                                           var=["x"])
+        return p.get_log_prob({"x": torch.tensor([[1.0, 2.0], [0.3, -0.4]])}), p.sample(batch_n=2)["x"], f._cache_size
+
+    assert_same(*run_both(program))
+
+
+def test_a_user_flow_before_a_batch_norm_scores_its_own_draw_with_pixyz_s_gradient() -> None:
+    """``TransformedDistribution`` over ``FlowList([user affine, BatchNorm1d])`` in training mode, scoring its own
+    draw: the batch norm normalizes the affine map away, so the log-density does not depend on its parameters
+    (Pixyz's gradient, and a hand-written twin's, is 0; p484: ours went through the inverse recomputed with the
+    draw's statistics held fixed, [3.02, 2.32, 7.25])."""
+
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from pixyz.distributions import Normal, TransformedDistribution
+        from pixyz.flows import BatchNorm1d, Flow, FlowList
+
+        class Affine(Flow):
+            def __init__(self) -> None:
+                super().__init__(3)
+                self.a = nn.Parameter(torch.tensor([0.3, -0.2, 0.1]))
+                self.b = nn.Parameter(torch.tensor([0.5, 0.0, -0.4]))
+
+            def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
+                if compute_jacobian:
+                    self._logdet_jacobian = self.a.sum().expand(x.shape[0])
+                return x * torch.exp(self.a) + self.b
+
+            def inverse(self, z: Any, y: Any = None) -> Any:
+                return (z - self.b) * torch.exp(-self.a)
+
+        affine = Affine()
+        q = TransformedDistribution(Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["u"],
+                                           features_shape=[3]), FlowList([affine, BatchNorm1d(3)]), var=["x"])
+        out = []
+        for compute_jacobian in (False, True):
+            s = q.sample(batch_n=4)
+            lp = q.get_log_prob(s, compute_jacobian=compute_jacobian)
+            out += [lp, *torch.autograd.grad(lp.sum(), [affine.a, affine.b])]
+        return out
+
+    import torch
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    for g in ours[1:3] + ours[4:6]:
+        assert torch.allclose(g, torch.zeros_like(g), atol=1e-4)
+
+
+def test_a_flow_list_of_layers_that_store_one_number_stores_one_number() -> None:
+    """A user's layer storing its log-det as one number for the batch (``self.a.sum()``): Pixyz's ``FlowList`` sums
+    the layers' stored values as they are, one number (p484: ours stored it expanded to the batch, and
+    ``float(flow.logdet_jacobian)`` raised)."""
+
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from pixyz.distributions import InverseTransformedDistribution, Normal
+        from pixyz.flows import Flow, FlowList, Reverse
+
+        class Scale(Flow):
+            def __init__(self) -> None:
+                super().__init__(2)
+                self.a = nn.Parameter(torch.full((2,), 0.5))
+
+            def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
+                if compute_jacobian:
+                    self._logdet_jacobian = self.a.sum()
+                return x * torch.exp(self.a)
+
+            def inverse(self, z: Any, y: Any = None) -> Any:
+                return z * torch.exp(-self.a)
+
+        x = torch.randn(3, 2)
+        flows = FlowList([Scale(), Reverse(2)])
+        flows.forward(x)
+        p = InverseTransformedDistribution(Normal(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"],
+                                                  features_shape=[2]), FlowList([Scale()]), var=["x"])
+        lp = p.get_log_prob({"x": x})
+        return flows.logdet_jacobian, float(flows.logdet_jacobian), lp, p.logdet_jacobian
+
+    assert_same(*run_both(program))
+
+
+def test_a_flow_list_run_without_the_jacobian_calls_its_layers_without_it() -> None:
+    """``FlowList.forward(x, compute_jacobian=False)`` passes ``compute_jacobian=False`` to a user's layer, which
+    keeps the log-det it stored before (p484: ours passed True, and the layer stored a new one)."""
+
+    def program() -> Any:
+        import torch
+        from torch import nn
+        from pixyz.flows import Flow, FlowList
+
+        asked: list = []
+
+        class Scale(Flow):
+            def __init__(self) -> None:
+                super().__init__(2)
+                self.a = nn.Parameter(torch.tensor([0.5, -0.2]))
+
+            def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
+                asked.append(compute_jacobian)
+                if compute_jacobian:
+                    self._logdet_jacobian = (self.a * x.abs().log().clamp(-1, 1)).sum(-1)
+                return x * torch.exp(self.a)
+
+            def inverse(self, z: Any, y: Any = None) -> Any:
+                return z * torch.exp(-self.a)
+
+        layer = Scale()
+        flows = FlowList([layer])
+        z1 = flows.forward(torch.randn(3, 2), compute_jacobian=False)
+        before = layer.logdet_jacobian
+        z2 = flows.forward(torch.randn(3, 2), compute_jacobian=True)
+        kept = layer.logdet_jacobian
+        z3 = flows.forward(torch.randn(3, 2), compute_jacobian=False)
+        return z1, before is None, z2, kept, z3, layer.logdet_jacobian, asked
+
+    assert_same(*run_both(program))
