@@ -952,8 +952,9 @@ class CompiledEval(_FirstCallEager):
 
     Random operations in compiled code (a network's dropout; with the inductor backend) come from the compiler's
     own generator, and the compiler may order two draws differently, so they can differ from the eager draws of the
-    same seed unless ``torch._inductor.config.fallback_random = True``; their distribution is the same (design.md,
-    "Random numbers").
+    same seed; ``torch._inductor.config.fallback_random = True`` draws from the eager generator, but inductor may
+    still make two draws that do not depend on each other in another order (p485); the ``aot_eager`` backend makes
+    eager's draws. Their distribution is the same (design.md, "Random numbers").
 
     The compiled evaluation runs without torch's argument validation (``Distribution.set_default_validate_args``),
     as Pyro's JIT-compiled ELBOs recommend: each check reads values, which would split the graph. (``torch.compile``
