@@ -27,8 +27,8 @@ from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
-from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, logdets_kept, memory_mark,
-                                 own_event_dims, refresh_logdet)
+from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, given_input, logdets_kept,
+                                 memory_mark, own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import (DTypeError, ShapeError, add_note, as_var_list, clearer, describe,
                                    users_own_error)
@@ -480,6 +480,10 @@ class TransformedDistribution(_FlowDistribution):
             if m is None or m.z is not z:  # scored by inverting the flow
                 self._dgm_check_invertible(b.var[0], z, m.z if m is not None else
                                            self.flow.__dict__.get("_dgm_copied_z"))
+        u = values.get(self._dgm_hidden)
+        if isinstance(u, Tensor) and isinstance(self.flow, Flow):  # (a sample dict: Pixyz scores its input)
+            with given_input(self.flow, u):
+                return super()._dgm_score_with(b, values, ctx, sum_features, feature_dims)
         return super()._dgm_score_with(b, values, ctx, sum_features, feature_dims)
 
     def _dgm_check_invertible(self, name: str, z: Tensor, last: Tensor | None) -> None:

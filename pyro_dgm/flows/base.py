@@ -374,6 +374,51 @@ def _find_batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
                  if getattr(m, "_dgm_batch_statistics", False) or isinstance(m, (_BatchNorm, PyroBatchNorm)))
 
 
+class _GivenInputs(threading.local):
+    """Per flow (by id), the input a distribution's scored values hold for it (see :class:`given_input`)."""
+
+    def __init__(self) -> None:
+        self.by_flow: dict[int, Tensor] = {}
+
+
+_GIVEN_INPUTS = _GivenInputs()
+
+
+class given_input:
+    """``with given_input(flow, x):`` the values a flow distribution scores hold ``x``, the flow's input (Pixyz's
+    ``TransformedDistribution.get_log_prob`` scores the prior at a given input, not at the inverse it computes): a
+    value the flow just drew is then mapped back to ``x`` if that is the draw's input, though an inverse written for
+    Pixyz runs (:func:`_apply`). Per thread; while torch.compile traces, kept in the flow."""
+
+    __slots__ = ("_flow", "_x", "_traced", "_before")
+
+    def __init__(self, flow: "Flow", x: Tensor) -> None:
+        self._flow, self._x = flow, x
+
+    def __enter__(self) -> None:
+        self._traced = is_compiling()
+        if self._traced:
+            d = self._flow.__dict__
+            self._before = d.get("_dgm_given_input")
+            d["_dgm_given_input"] = self._x
+        else:
+            inputs = _GIVEN_INPUTS.by_flow
+            self._before = inputs.get(id(self._flow))
+            inputs[id(self._flow)] = self._x
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._traced:
+            self._flow.__dict__["_dgm_given_input"] = self._before
+        elif self._before is None:
+            _GIVEN_INPUTS.by_flow.pop(id(self._flow), None)
+        else:
+            _GIVEN_INPUTS.by_flow[id(self._flow)] = self._before
+
+
+def _given_input(flow: "Flow") -> Tensor | None:
+    return flow.__dict__.get("_dgm_given_input") if is_compiling() else _GIVEN_INPUTS.by_flow.get(id(flow))
+
+
 def _batch_dependent(flow: "Flow") -> bool:
     """Whether ``flow`` computes with the statistics of its batch now (a batch norm in training mode): it then maps a
     value it has produced to another one than the value it came from, so its memory does not answer (Pixyz runs the
@@ -444,7 +489,11 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
                 x = flow._dgm_run(value, context, True)[0]
             except NotImplementedError:
                 return m.x
-            return m.x
+            if _given_input(flow) is m.x:  # the scored values hold the draw's input, which Pixyz scores (p484: the
+                x = m.x  # inverse's value carried a gradient through a batch norm's fixed statistics)
+            if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing)
+                _remember(flow, x, value, m.logdet, context, False, m.parts)
+            return x
         return m.x if inverse else m.z
     try:
         out, ld, parts = flow._dgm_run(value, context, inverse)
@@ -1066,6 +1115,11 @@ class Flow(TransformModule, ConditionalTransform):
         return _apply(self, None, x, False)
 
     def _inverse(self, z: Tensor) -> Tensor:
+        return _apply(self, None, z, True)
+
+    def _inv_call(self, z: Tensor) -> Tensor:
+        # (torch's reads _cache_size, Pyro's memory, which the flow's own replaces: a subclass written for Pixyz may
+        # keep a value of its own under that name, p486)
         return _apply(self, None, z, True)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:

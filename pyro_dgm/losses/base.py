@@ -500,10 +500,10 @@ class Loss(YieldingModule, _PyroELBO):
         return sympy.latex(self._symbol)
 
     def __str__(self) -> str:
-        return self.loss_text
+        return _printed(self)
 
     def __repr__(self) -> str:
-        return self.loss_text
+        return _printed(self)
 
     def _dgm_latex_text(self) -> str:
         return self.loss_text
@@ -1397,6 +1397,16 @@ def with_input_var(loss: Loss, input_var: Sequence[str] | None, owner: str) -> L
                          f"input_var is {list(loss.input_var)})")
     loss._input_var = list(dict.fromkeys(names))
     return loss
+
+
+def _printed(loss: Loss) -> str:
+    """``loss.loss_text``, or, where a user's term's formula does not print in it (a ``_symbol`` that is a plain
+    string, which a sum of sympy expressions cannot take: Pixyz's ``str`` raises there), the class's name and
+    sympy's complaint: an error message that names the loss must not raise instead of its own error (p487)."""
+    try:
+        return loss.loss_text
+    except (TypeError, AttributeError, ValueError) as e:  # (sympy's, for a formula it cannot build)
+        return f"{type(loss).__name__} (its formula does not print: {type(e).__name__}: {e})"
 
 
 _VALUES_PARAMETER: "weakref.WeakKeyDictionary[type, str | None]" = weakref.WeakKeyDictionary()  # (weakly: a class

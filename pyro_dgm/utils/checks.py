@@ -287,8 +287,13 @@ def numpy_tensor(owner: Any, name: str | None, v: Any, device: Any = None) -> An
 
 
 def describe(obj: Any) -> str:
-    """The way errors name a distribution or a loss: its class and its formula, e.g. ``Normal p(x|z)``."""
-    text = getattr(obj, "prob_text", None) or getattr(obj, "loss_text", None)
+    """The way errors name a distribution or a loss: its class and its formula, e.g. ``Normal p(x|z)``; the class
+    alone where the formula cannot be printed (a user's term whose ``_symbol`` is a plain string, which Pixyz runs
+    but cannot print in a sum: the error being raised is the one to see, p487)."""
+    try:
+        text = getattr(obj, "prob_text", None) or getattr(obj, "loss_text", None)
+    except Exception:  # noqa: BLE001 (a user's formula that does not print)
+        text = None
     return f"{type(obj).__name__} {text}" if text else type(obj).__name__
 
 
