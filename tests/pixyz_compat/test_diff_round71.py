@@ -516,3 +516,38 @@ def test_a_transformed_distribution_over_a_flow_with_its_own_cache_size() -> Non
         return s["x"], q.get_log_prob(s), q.get_log_prob({"x": torch.tensor([[1.0, 2.0]] * 3)})
 
     assert_same(*run_both(program))
+
+
+def test_a_renaming_that_moves_each_name_onto_the_next() -> None:
+    """``replace_var(a="b", b="c")`` of ``p(x|a) q(y|b)`` (probe p490): Pixyz renames one name after the other, in
+    the keywords' order, so ``a`` ends as ``c`` and its result depends on that order (its score of ``x = 10``, ``y =
+    -10`` given ``b = 10``, ``c = -10`` is -4e6 one way round); here every name is renamed at once, as written:
+    ``p(x|b) q(y|c)`` whatever the order, and the score is the exact one, two unit-scale log-densities at their
+    means (porting.md). Where Pixyz's order happens to agree (``b="c"`` first), its numbers are ours."""
+    import math
+
+    import torch
+
+    def renamed(order: dict) -> Callable[[], Any]:
+        def program() -> Any:
+            import torch
+            from pixyz.distributions import Normal
+
+            px = Normal(loc="a", scale=torch.tensor(0.01), var=["x"], cond_var=["a"], name="p")
+            py = Normal(loc="b", scale=torch.tensor(0.01), var=["y"], cond_var=["b"], name="q")
+            r = (px * py).replace_var(**order)
+            given = {"b": torch.full((1, 1), 10.0), "c": torch.full((1, 1), -10.0)}
+            s = r.sample(dict(given))
+            return (r.prob_factorized_text, sorted(r.cond_var), s["x"], s["y"],
+                    r.get_log_prob({**given, "x": torch.full((1, 1), 10.0), "y": torch.full((1, 1), -10.0)}))
+
+        return program
+
+    exact = 2 * (-0.5 * math.log(2 * math.pi) - math.log(0.01))
+    ref_agree, ours_agree = run_both(renamed({"b": "c", "a": "b"}))
+    assert_same(ref_agree, ours_agree)
+    ref, ours = run_both(renamed({"a": "b", "b": "c"}))
+    assert ref[0] == "p(x|c)q(y|b)" and float(ref[4]) < -1e6  # (Pixyz's chained renaming)
+    assert ours[0] == ours_agree[0] == "p(x|b)q(y|c)"
+    assert float(ours[4]) == pytest.approx(exact, rel=1e-5)
+    assert torch.allclose(ours[2], torch.full((1, 1), 10.0), atol=0.1)
