@@ -335,8 +335,9 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
         return None
     if by_inverse is not None and m.by_inverse != by_inverse:
         return None
-    if type(m.state) is bool:  # the evaluation's: the parameters cannot change within it
-        return m if m.state == torch.is_grad_enabled() else None
+    if type(m.state) is bool:  # the evaluation's: the parameters cannot change within it; one made with gradients
+        return m if m.state or not torch.is_grad_enabled() else None  # answers a query without them too (p489: a
+        # draw's input looked up without gradients, a user's term's q.sample(), ran the inverse instead)
     if m.versions != (version(m.x), version(m.z)):  # changed in place since
         return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in flow.parameters()):
@@ -419,6 +420,11 @@ def _given_input(flow: "Flow") -> Tensor | None:
     return flow.__dict__.get("_dgm_given_input") if is_compiling() else _GIVEN_INPUTS.by_flow.get(id(flow))
 
 
+def _no_pixyz_inverse(flow: "Flow") -> bool:
+    """Whether ``flow`` has a layer that Pixyz's flows cannot invert (a planar layer): Pixyz's inverse raises there."""
+    return any(getattr(f, "_dgm_pixyz_inverse_missing", False) for f in submodules(flow))
+
+
 def _batch_dependent(flow: "Flow") -> bool:
     """Whether ``flow`` computes with the statistics of its batch now (a batch norm in training mode): it then maps a
     value it has produced to another one than the value it came from, so its memory does not answer (Pixyz runs the
@@ -489,8 +495,12 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
                 x = flow._dgm_run(value, context, True)[0]
             except NotImplementedError:
                 return m.x
-            if _given_input(flow) is m.x:  # the scored values hold the draw's input, which Pixyz scores (p484: the
-                x = m.x  # inverse's value carried a gradient through a batch norm's fixed statistics)
+            given = _given_input(flow)
+            if given is not None and given.shape == m.x.shape:  # the scored values hold the flow's input, which
+                x = given  # Pixyz scores (p484: the inverse's value carried a gradient through a batch norm's fixed
+                # statistics; p489: a copy of it too)
+            elif _no_pixyz_inverse(flow):  # Pixyz's inverse raises at a planar layer and answers its stored_x
+                x = m.x  # (p489: the rest of ours, numerical, is not what it answers)
             if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing)
                 _remember(flow, x, value, m.logdet, context, False, m.parts)
             return x

@@ -500,10 +500,13 @@ class Loss(YieldingModule, _PyroELBO):
         return sympy.latex(self._symbol)
 
     def __str__(self) -> str:
-        return _printed(self)
+        return self.loss_text  # (as Pixyz's: a formula that does not print raises, where the user prints it)
 
     def __repr__(self) -> str:
         return _printed(self)
+
+    def __format__(self, spec: str) -> str:  # (the f-strings of error messages: see _printed)
+        return format(_printed(self), spec)
 
     def _dgm_latex_text(self) -> str:
         return self.loss_text
@@ -568,8 +571,15 @@ class Loss(YieldingModule, _PyroELBO):
 
     @property
     def _dgm_term_name(self) -> str:
-        """The key of this term in ``eval(..., return_terms=True)``: its :meth:`named` name, else its formula."""
-        return getattr(self, "_dgm_given_name", None) or self.loss_text
+        """The key of this term in ``eval(..., return_terms=True)``: its :meth:`named` name, else its formula, else
+        (a user's ``_symbol`` that does not print, which Pixyz trains with: p489) its class's name."""
+        given = getattr(self, "_dgm_given_name", None)
+        if given:
+            return given
+        try:
+            return self.loss_text
+        except Exception:  # noqa: BLE001 (a user's _symbol: anything it raises)
+            return type(self).__name__
 
     # ------------------------------------------------------------------ the tree
     def _dgm_children(self) -> Iterator[Any]:
@@ -1401,11 +1411,12 @@ def with_input_var(loss: Loss, input_var: Sequence[str] | None, owner: str) -> L
 
 def _printed(loss: Loss) -> str:
     """``loss.loss_text``, or, where a user's term's formula does not print in it (a ``_symbol`` that is a plain
-    string, which a sum of sympy expressions cannot take: Pixyz's ``str`` raises there), the class's name and
-    sympy's complaint: an error message that names the loss must not raise instead of its own error (p487)."""
+    string, which a sum of sympy expressions cannot take, or one that raises: Pixyz's ``str`` raises there), the
+    class's name and the complaint: what ``repr`` and the error messages' f-strings show, which must not raise
+    instead of the error being raised (p487, p489). ``str(loss)`` and ``loss.loss_text`` raise, as Pixyz's."""
     try:
         return loss.loss_text
-    except (TypeError, AttributeError, ValueError) as e:  # (sympy's, for a formula it cannot build)
+    except Exception as e:  # noqa: BLE001 (a user's _symbol: anything it raises)
         return f"{type(loss).__name__} (its formula does not print: {type(e).__name__}: {e})"
 
 

@@ -62,11 +62,56 @@ def test_a_non_finite_gradient_is_reported_and_the_weights_are_kept() -> None:
 
 
 def test_the_loss_prints_its_class_and_sympy_s_complaint_where_its_formula_does_not_print() -> None:
-    """``str`` of the sum (Pixyz's raises sympy's error); the term alone prints as under Pixyz (sympy's LaTeX of a
-    string)."""
+    """``repr`` and the f-strings of error messages show the class and sympy's complaint; ``str`` of the sum raises
+    sympy's error, as Pixyz's does (the user asked to print it); the term alone prints as under Pixyz (sympy's
+    LaTeX of a string)."""
     import sympy
 
     model, p = _model()
     assert str(_Zero(p)) == sympy.latex("u")
-    text = str(model.loss_cls)
-    assert text.startswith("AddLoss (its formula does not print: TypeError")
+    assert repr(model.loss_cls).startswith("AddLoss (its formula does not print: TypeError")
+    assert f"{model.loss_cls}" == repr(model.loss_cls)
+    with pytest.raises(TypeError):
+        str(model.loss_cls)
+
+
+class _Unprintable(Loss):
+    """A user's term whose ``_symbol`` raises (a typo in it, or its own error)."""
+
+    def __init__(self, how: str, vector: bool = False) -> None:
+        super().__init__(["x", "y"])
+        self.how, self.vector = how, vector
+
+    @property
+    def _symbol(self) -> Any:
+        if self.how == "raise":
+            raise RuntimeError("my symbol failed")
+        import sympy
+
+        return sympy.Symbol(self.nmae)  # type: ignore[attr-defined]  (the typo)
+
+    def forward(self, x_dict: Any, **kwargs: Any) -> Any:
+        v = x_dict["x"].sum(-1) * 0
+        return (v if self.vector else v.sum()), {}
+
+
+@pytest.mark.parametrize("how", ["raise", "typo"])
+def test_a_term_whose_formula_raises_trains_and_its_errors_keep_their_own_message(how: str) -> None:
+    """Pixyz needs the formula only when the user prints it (p489: ours raised in ``Model.train`` for the
+    terms' names, and a loss of shape (3,) got the symbol's error instead of its own)."""
+    torch.manual_seed(0)
+    p = _P()
+    data = {"x": torch.randn(6, 2), "y": torch.randn(6, 3)}
+    model = Model((-p.log_prob()).mean() + _Unprintable(how), distributions=[p],
+                  optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1})
+    twin = _P()
+    twin.load_state_dict(p.state_dict())
+    first = -torch.distributions.Normal(twin.net(data["y"]), 1.0).log_prob(data["x"]).sum(-1).mean()
+    assert float(model.train(data)) == pytest.approx(float(first), rel=1e-6)
+    vector = Model((-p.log_prob()).mean() + _Unprintable(how, vector=True), distributions=[p])
+    from pyro_dgm.utils.checks import ShapeError
+
+    with pytest.raises(ShapeError, match="has shape"):
+        vector.train(data)
+    with pytest.raises(AttributeError if how == "typo" else RuntimeError):
+        str(model.loss_cls)  # (printing, which the user asks for, raises as under Pixyz)

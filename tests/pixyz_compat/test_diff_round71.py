@@ -551,3 +551,96 @@ def test_a_renaming_that_moves_each_name_onto_the_next() -> None:
     assert ours[0] == ours_agree[0] == "p(x|b)q(y|c)"
     assert float(ours[4]) == pytest.approx(exact, rel=1e-5)
     assert torch.allclose(ours[2], torch.full((1, 1), 10.0), atol=0.1)
+
+
+def test_a_draw_scored_with_a_copy_of_its_input() -> None:
+    """The draw's dict rebuilt with ``u.clone()`` or ``u.detach()``: Pixyz scores the prior at the dict's ``u``,
+    whatever the tensor object (p489: the first ``given_input`` took only the draw's own tensor)."""
+
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal, TransformedDistribution
+
+        f = _approximate_inverse_flow()()
+        q = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["u"]), f, var=["x"])
+        out = []
+        for copy in (lambda t: t.clone(), lambda t: t.detach()):
+            s = q.sample(batch_n=3)
+            lp = q.get_log_prob({"x": s["x"], "u": copy(s["u"])})
+            out += [lp, torch.autograd.grad(lp.sum(), f.a)[0]]
+        return out
+
+    assert_same(*run_both(program))
+
+
+def test_a_flow_list_with_a_planar_layer_scores_its_draw_as_pixyz() -> None:
+    """``FlowList([PlanarFlow, approximate flow])`` (either order) scoring its draw from ``x`` alone: Pixyz's list
+    inverse raises at the planar layer and answers the draw's input, the exact density (p489: ours inverted every
+    layer numerically); an ELBO-like loss scores so at each step."""
+
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal, TransformedDistribution
+        from pixyz.flows import FlowList, PlanarFlow
+        from pixyz.losses import Expectation, LogProb
+        from pixyz.models import Model
+
+        Approx = _approximate_inverse_flow()
+        out = []
+        for planar_first in (True, False):
+            layers = [PlanarFlow(2), Approx()]
+            flow = FlowList(layers if planar_first else layers[::-1])
+            q = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["u"]), flow, var=["x"])
+            s = q.sample(batch_n=3)
+            out.append(q.get_log_prob({"x": s["x"]}))
+        flow = FlowList([PlanarFlow(2), Approx()])
+        q = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["u"]), flow, var=["x"],
+                                    name="q")
+        prior = Normal(loc=torch.ones(2), scale=torch.ones(2), var=["x"], name="p")
+        model = Model(Expectation(q, LogProb(q) - LogProb(prior)).mean(), distributions=[q],
+                      optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1})
+        out.append([float(model.train({})) for _ in range(4)])
+        return out
+
+    assert_same(*run_both(program))
+
+
+def test_a_draw_inside_a_user_s_term_keeps_its_input() -> None:
+    """``q.sample()`` and ``q.get_log_prob`` of it inside a user's ``Loss.forward`` (p489: within a loss evaluation
+    the draw's input was looked up without gradients, missed the evaluation's memory, and came from the approximate
+    inverse: ``f(u) != x``)."""
+
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal, TransformedDistribution
+        from pixyz.losses.losses import Loss
+
+        f = _approximate_inverse_flow()()
+        q = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["u"]), f, var=["x"],
+                                    name="q")
+        got: list = []
+
+        class K(Loss):
+            def __init__(self) -> None:
+                super().__init__(input_var=["x"])
+
+            @property
+            def _symbol(self) -> Any:
+                import sympy
+
+                return sympy.Symbol("k")
+
+            def forward(self, x_dict: Any, **kwargs: Any) -> Any:
+                s = q.sample(batch_n=3)
+                lp = q.get_log_prob(s)
+                got.extend([s["u"].detach(), s["x"].detach(), lp.detach()])
+                return lp.mean(), {}
+
+        K().eval({"x": torch.zeros(1)})
+        u, x, lp = got
+        with torch.no_grad():
+            return u, f.forward(u, compute_jacobian=False) - x, lp
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert float(ours[1].abs().max()) == 0.0
