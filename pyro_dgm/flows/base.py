@@ -375,49 +375,59 @@ def _find_batch_layers(flow: "Flow") -> tuple[nn.Module, ...]:
                  if getattr(m, "_dgm_batch_statistics", False) or isinstance(m, (_BatchNorm, PyroBatchNorm)))
 
 
-class _GivenInputs(threading.local):
-    """Per flow (by id), the input a distribution's scored values hold for it (see :class:`given_input`)."""
+class _Marks(threading.local):
+    """Per thread, the marks that code running a flow leaves on it, by ``(id(flow), key)`` (see :class:`_FlowMark`)."""
 
     def __init__(self) -> None:
-        self.by_flow: dict[int, Tensor] = {}
+        self.of: dict[tuple[int, str], Any] = {}
 
 
-_GIVEN_INPUTS = _GivenInputs()
+_MARKS = _Marks()
 
 
-class given_input:
-    """``with given_input(flow, x):`` the values a flow distribution scores hold ``x``, the flow's input (Pixyz's
-    ``TransformedDistribution.get_log_prob`` scores the prior at a given input, not at the inverse it computes): a
-    value the flow just drew is then mapped back to ``x`` if that is the draw's input, though an inverse written for
-    Pixyz runs (:func:`_apply`). Per thread; while torch.compile traces, kept in the flow."""
+class _FlowMark:
+    """``with _FlowMark(flow, key, value):`` :func:`_mark_of` ``(flow, key)`` is ``value`` within the block, in this
+    thread (another thread running the flow meanwhile does not see it: p483); while torch.compile traces, which
+    cannot read a thread's state, it is kept in the flow under ``key``."""
 
-    __slots__ = ("_flow", "_x", "_traced", "_before")
+    __slots__ = ("_flow", "_key", "_value", "_traced", "_before")
 
-    def __init__(self, flow: "Flow", x: Tensor) -> None:
-        self._flow, self._x = flow, x
+    def __init__(self, flow: "Flow", key: str, value: Any) -> None:
+        self._flow, self._key, self._value = flow, key, value
 
     def __enter__(self) -> None:
         self._traced = is_compiling()
         if self._traced:
             d = self._flow.__dict__
-            self._before = d.get("_dgm_given_input")
-            d["_dgm_given_input"] = self._x
+            self._before = d.get(self._key)
+            d[self._key] = self._value
         else:
-            inputs = _GIVEN_INPUTS.by_flow
-            self._before = inputs.get(id(self._flow))
-            inputs[id(self._flow)] = self._x
+            k, marks = (id(self._flow), self._key), _MARKS.of
+            self._before = marks.get(k)
+            marks[k] = self._value
 
     def __exit__(self, *exc: Any) -> None:
         if self._traced:
-            self._flow.__dict__["_dgm_given_input"] = self._before
+            self._flow.__dict__[self._key] = self._before
         elif self._before is None:
-            _GIVEN_INPUTS.by_flow.pop(id(self._flow), None)
+            _MARKS.of.pop((id(self._flow), self._key), None)
         else:
-            _GIVEN_INPUTS.by_flow[id(self._flow)] = self._before
+            _MARKS.of[(id(self._flow), self._key)] = self._before
+
+
+def _mark_of(flow: "Flow", key: str) -> Any:
+    return flow.__dict__.get(key) if is_compiling() else _MARKS.of.get((id(flow), key))
+
+
+def given_input(flow: "Flow", x: Tensor) -> _FlowMark:
+    """``with given_input(flow, x):`` the values a flow distribution scores hold ``x``, the flow's input (Pixyz's
+    ``TransformedDistribution.get_log_prob`` scores the prior at a given input, not at the inverse it computes): a
+    value the flow just drew is then mapped back to ``x``, though an inverse written for Pixyz runs (:func:`_apply`)."""
+    return _FlowMark(flow, "_dgm_given_input", x)
 
 
 def _given_input(flow: "Flow") -> Tensor | None:
-    return flow.__dict__.get("_dgm_given_input") if is_compiling() else _GIVEN_INPUTS.by_flow.get(id(flow))
+    return _mark_of(flow, "_dgm_given_input")
 
 
 def _no_pixyz_inverse(flow: "Flow") -> bool:
@@ -671,46 +681,21 @@ def _note_pixyz_call(flow: "Flow", args: tuple, kwargs: dict, z: Tensor) -> None
     _remember(flow, x, z, _as_logdet(ld, x, flow._dgm_domain_event_dim), named.get("y"), False, None)
 
 
-class _OwnRunning(threading.local):
-    """The ids of the flows whose method set on the instance runs in this thread (see :func:`_own_method`)."""
-
-    def __init__(self) -> None:
-        self.ids: set[int] = set()
-
-
-_OWN_RUNNING = _OwnRunning()
-
-
 def _own_method(flow: "Flow", inverse: bool) -> Any:
     """The ``forward`` (or ``inverse``) set on the flow instance (a later cell's ``flow.forward = ...``), which
     Pixyz's distributions and flow lists call (``self.flow.forward(...)``), or None; None also while it runs in this
     thread (it may call the class's method, which runs this flow: ``old = flow.forward``, then ``flow.forward =
-    lambda x, ...: old(x, ...)``; other threads call it meanwhile, p483). While torch.compile traces, which cannot
-    read a thread's state, a mark in the flow says it runs."""
-    d = flow.__dict__
-    f = d.get("inverse" if inverse else "forward")
-    if f is None:
-        return None
-    running = d.get("_dgm_own_running") if is_compiling() else id(flow) in _OWN_RUNNING.ids
-    return None if running else f
+    lambda x, ...: old(x, ...)``; other threads call it meanwhile, p483: see :class:`_FlowMark`)."""
+    f = flow.__dict__.get("inverse" if inverse else "forward")
+    return None if f is None or _mark_of(flow, "_dgm_own_running") else f
 
 
 def _run_own(flow: "Flow", f: Any, v: Tensor, context: Any, inverse: bool) -> tuple[Tensor, Tensor | None, None]:
     """:meth:`Flow._dgm_run` through a method set on the instance, called as Pixyz calls it: the forward stores the
     log-det (``flow.logdet_jacobian``), the inverse gives none (the forward runs for it when it is asked for)."""
-    traced = is_compiling()
-    if traced:
-        flow.__dict__["_dgm_own_running"] = True
-    else:
-        _OWN_RUNNING.ids.add(id(flow))
     jacobian = not (inverse or _NO_JACOBIAN.depth)
-    try:
+    with _FlowMark(flow, "_dgm_own_running", True):
         out = _pixyz_call(f, None, v, context, not inverse, jacobian)
-    finally:
-        if traced:
-            flow.__dict__["_dgm_own_running"] = False
-        else:
-            _OWN_RUNNING.ids.discard(id(flow))
     if not jacobian:
         return out, None, None
     ld = flow.logdet_jacobian
