@@ -326,7 +326,7 @@ def _remember(flow: "Flow", x: Tensor, z: Tensor, logdet: Tensor | None, context
 
 
 def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | None = None,
-            by_inverse: bool | None = None, since: int | None = None) -> _Memory | None:
+            by_inverse: bool | None = None, since: int | None = None, any_grad: bool = False) -> _Memory | None:
     """The flow's memory if it answers this query and is still valid: same tensors and context, parameters unchanged
     since (not looked at for a memory made after the mark ``since``: by the draw that took it), and it carries
     gradients if they are wanted now."""
@@ -335,9 +335,9 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
         return None
     if by_inverse is not None and m.by_inverse != by_inverse:
         return None
-    if type(m.state) is bool:  # the evaluation's: the parameters cannot change within it; one made with gradients
-        return m if m.state or not torch.is_grad_enabled() else None  # answers a query without them too (p489: a
-        # draw's input looked up without gradients, a user's term's q.sample(), ran the inverse instead)
+    if type(m.state) is bool:  # the evaluation's: the parameters cannot change within it (any_grad: one made with
+        return m if m.state == torch.is_grad_enabled() or (any_grad and m.state) else None  # gradients answers
+        # a query without them, whose caller detaches what it reads: see drawn_input)
     if m.versions != (version(m.x), version(m.z)):  # changed in place since
         return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in flow.parameters()):
@@ -483,7 +483,7 @@ def _store(flow: "Flow", logdet: Tensor, parts: tuple | None) -> None:
 
 
 def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool = False, rerun: bool = True,
-           since: int | None = None) -> Tensor:
+           since: int | None = None, any_grad: bool = False) -> Tensor:
     """``flow`` (or its inverse) applied to ``value``; with ``store`` (forward only) the log-determinant is stored
     as Pixyz's ``forward(..., compute_jacobian=True)`` stores it. A value this flow has just *produced* is mapped back
     from its memory (a sample is scored without inverting the flow); an input is always recomputed, so data given
@@ -492,8 +492,8 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
     draw, which Pixyz's ``sample`` returns without inverting). Likewise a flow that normalizes with its batch's
     statistics (a batch norm in training mode) runs again on a value it has produced, either way, as Pixyz's
     ``get_log_prob`` runs it (new statistics), unless ``rerun`` is False."""
-    m = (_recall(flow, context, z=value, by_inverse=False, since=since) if inverse else
-         _recall(flow, context, x=value, by_inverse=True, since=since))
+    m = (_recall(flow, context, z=value, by_inverse=False, since=since, any_grad=any_grad) if inverse else
+         _recall(flow, context, x=value, by_inverse=True, since=since, any_grad=any_grad))
     if m is not None and rerun and _batch_dependent(flow) and not (inverse and _latest_draw(flow, m)):
         m = None
     if m is not None and not (store and m.logdet is None):  # (a missing log-det: forward runs for it, as in Pixyz)
@@ -514,7 +514,10 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
             if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing)
                 _remember(flow, x, value, m.logdet, context, False, m.parts)
             return x
-        return m.x if inverse else m.z
+        if inverse:
+            given = _given_input(flow)  # (as above: Pixyz puts the scored values' input over its inverse's value)
+            return given if given is not None and given.shape == m.x.shape else m.x
+        return m.z
     try:
         out, ld, parts = flow._dgm_run(value, context, inverse)
     except (NotImplementedError, NotInvertibleError):
@@ -570,8 +573,10 @@ def _dgm_logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
 def drawn_input(flow: "Flow", z: Tensor, since: int | None = None) -> Tensor:
     """:math:`f^{-1}(z)` for a value ``z`` the flow has just drawn: the input it remembers (no inverse runs, none is
     stored), else the inverse. ``since``: the :func:`memory_mark` the draw took (its memory's parameters need no
-    check)."""
-    return _apply(flow, None, z, True, rerun=False, since=since)
+    check). Looked up without gradients (a draw without ``reparam``), a memory made with them answers, detached
+    (p489: a user's term's ``q.sample()`` within a loss evaluation missed it and ran an approximate inverse)."""
+    x = _apply(flow, None, z, True, rerun=False, since=since, any_grad=True)
+    return x.detach() if x.requires_grad and not torch.is_grad_enabled() else x
 
 
 def refresh_logdet(flow: "Flow", z: Tensor, context: Any = None) -> None:

@@ -644,3 +644,75 @@ def test_a_draw_inside_a_user_s_term_keeps_its_input() -> None:
     ref, ours = run_both(program)
     assert_same(ref, ours)
     assert float(ours[1].abs().max()) == 0.0
+
+
+def test_an_inverse_under_no_grad_inside_a_user_s_term_carries_no_gradient() -> None:
+    """``q.inverse(x)`` of a draw under ``torch.no_grad()`` inside a user's term (p491: a first fix of p489 let the
+    evaluation's memory, made with gradients, answer it with the draw's input, which carried one into the prior's
+    network)."""
+
+    def program() -> Any:
+        import sympy
+        import torch
+        from pixyz.distributions import Normal, TransformedDistribution
+        from pixyz.flows import BatchNorm1d
+        from pixyz.losses.losses import Loss
+
+        flow = BatchNorm1d(2)
+        flow.eval()
+        lin = torch.nn.Linear(1, 2)
+
+        class Prior(Normal):
+            def __init__(self) -> None:
+                super().__init__(var=["u"], cond_var=["c"], name="r")
+                self.l = lin
+
+            def forward(self, c: Any) -> dict:
+                return {"loc": self.l(c), "scale": torch.ones(2)}
+
+        q = TransformedDistribution(Prior(), flow, var=["x"], name="q")
+        seen: list = []
+
+        class K(Loss):
+            def __init__(self) -> None:
+                super().__init__(input_var=["c"])
+
+            @property
+            def _symbol(self) -> Any:
+                return sympy.Symbol("k")
+
+            def forward(self, x_dict: Any, **kwargs: Any) -> Any:
+                s = q.sample(x_dict, reparam=True)
+                with torch.no_grad():
+                    u = q.inverse(s["x"])
+                seen.append(u.requires_grad)
+                return (u ** 2).sum(-1).mean(), {}
+
+        value = K().eval({"c": torch.ones(3, 1)})
+        return seen[0], value.requires_grad, value.detach()
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[:2] == (False, False)
+
+
+def test_a_stale_input_in_the_values_is_scored_as_pixyz_for_library_and_user_flows() -> None:
+    """The last draw's ``x`` scored with the previous draw's ``u`` (same shape): Pixyz puts the dict's ``u`` over its
+    inverse for any flow; ours did for a flow with an inverse written for Pixyz but not for a library flow (p491)."""
+
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal, TransformedDistribution
+        from pixyz.flows import BatchNorm1d
+
+        out = []
+        for flow in (BatchNorm1d(2), _approximate_inverse_flow()()):
+            flow.eval()
+            q = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["u"]), flow, var=["x"])
+            q.sample(batch_n=3)  # (a batch norm's statistics: its eval-mode running ones)
+            s1 = q.sample(batch_n=3)
+            s2 = q.sample(batch_n=3)
+            out.append(q.get_log_prob({"x": s2["x"], "u": s1["u"]}))
+        return out
+
+    assert_same(*run_both(program))
