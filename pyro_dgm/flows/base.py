@@ -499,25 +499,25 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
     if m is not None and not (store and m.logdet is None):  # (a missing log-det: forward runs for it, as in Pixyz)
         if store:
             _store(flow, m.logdet, m.parts)
-        if inverse and rerun and (flow._dgm_runs_inverse or "inverse" in flow.__dict__):  # an inverse written for
-            # Pixyz (or set on the instance) runs anyway: Pixyz's
-            try:  # distributions call it before they look up the value they drew
+        if not inverse:
+            return m.z
+        given = _given_input(flow)  # the scored values' input of the draw's shape, which Pixyz puts over the value
+        if given is not None and given.shape != m.x.shape:  # its inverse gives (p484: the inverse's value carried a
+            given = None  # gradient through a batch norm's fixed statistics; p489: a copy of the input; p491: any flow)
+        if rerun and (flow._dgm_runs_inverse or "inverse" in flow.__dict__):  # an inverse written for Pixyz (or set
+            # on the instance) runs anyway: Pixyz's distributions call it before they look up the value they drew
+            try:
                 x = flow._dgm_run(value, context, True)[0]
             except NotImplementedError:
-                return m.x
-            given = _given_input(flow)
-            if given is not None and given.shape == m.x.shape:  # the scored values hold the flow's input, which
-                x = given  # Pixyz scores (p484: the inverse's value carried a gradient through a batch norm's fixed
-                # statistics; p489: a copy of it too)
+                return m.x if given is None else given
+            if given is not None:
+                x = given
             elif _no_pixyz_inverse(flow):  # Pixyz's inverse raises at a planar layer and answers its stored_x
                 x = m.x  # (p489: the rest of ours, numerical, is not what it answers)
             if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing)
                 _remember(flow, x, value, m.logdet, context, False, m.parts)
             return x
-        if inverse:
-            given = _given_input(flow)  # (as above: Pixyz puts the scored values' input over its inverse's value)
-            return given if given is not None and given.shape == m.x.shape else m.x
-        return m.z
+        return m.x if given is None else given
     try:
         out, ld, parts = flow._dgm_run(value, context, inverse)
     except (NotImplementedError, NotInvertibleError):
