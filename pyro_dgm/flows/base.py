@@ -335,6 +335,9 @@ def _recall(flow: "Flow", context: Any, x: Tensor | None = None, z: Tensor | Non
         return None
     if by_inverse is not None and m.by_inverse != by_inverse:
         return None
+    if m.x.numel() != m.z.numel():  # a run that broadcast its input over a batch of contexts (Pyro's conditional
+        return None  # transformed distribution over a base of batch shape ()): the inverse of its output is not
+        # that input, and its log-det is not the output's (p489); the flow runs again, as on a copy of the value
     if type(m.state) is bool:  # the evaluation's: the parameters cannot change within it (any_grad: one made with
         return m if m.state == torch.is_grad_enabled() or (any_grad and m.state) else None  # gradients answers
         # a query without them, whose caller detaches what it reads: see drawn_input)
@@ -563,6 +566,9 @@ def _quiet_logdet(flow: "Flow", x: Tensor, context: Any) -> Tensor:
 
 def _dgm_logdet(flow: "Flow", context: Any, x: Tensor, z: Tensor) -> Tensor:
     m = _recall(flow, context, x=x, z=z)
+    if m is None and x is _given_input(flow):  # the scored values' input, put over a remembered draw's by _apply:
+        m = _recall(flow, context, z=z, by_inverse=False)  # Pixyz scores it with the draw's log-det, the one its
+        # flow stored (or computes again at its inverse of z: the draw's input) (p492)
     if m is None:
         return Flow.forward_with_logdet(flow, x, context)[1]  # (ours: a subclass's of that name is its own)
     if m.logdet is None:

@@ -603,9 +603,10 @@ class Model:
         ``{"dynamic": True}``...). Compiled and eager steps give the same values and gradients (random draws aside: the
         compiler draws a network's random operations, e.g. dropout, from its own generator and may reorder draws;
         ``torch._inductor.config.fallback_random`` draws from the eager generator, though inductor may still reorder two
-        independent draws; with ``{"backend": "aot_eager"}`` they are eager's); the first step runs eagerly and the
-        second compiles (seconds); later batches of the same shapes, dtypes and keys in the same order reuse the code (a
-        dict listing its keys in another order, a last batch of another size, compile once more; see
+        independent draws; with ``{"backend": "aot_eager"}`` they are eager's; a flow with a batch norm in training mode
+        scoring its own draw: the same values, not gradients, see ``docs/design.md``); the first step runs eagerly and
+        the second compiles (seconds); later batches of the same shapes, dtypes and keys in the same order reuse the
+        code (a dict listing its keys in another order, a last batch of another size, compile once more; see
         :mod:`pyro_dgm.losses.compiled`). A method or torch class set on a distribution's class after compiling is seen
         from the next step, which compiles again (for the distributions the loss holds as modules; one reached only
         through a plain attribute of a user's object is not looked at). On a GPU, ``{"mode": "reduce-overhead"}``

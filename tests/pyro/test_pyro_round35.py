@@ -1,0 +1,84 @@
+"""Thirty-fifth round (probe p489): Pyro's ``ConditionalTransformedDistribution`` over a pyro_dgm conditional flow,
+with a base of batch shape ``()`` conditioned on a batch of contexts. The flow broadcasts the base's draw over the
+contexts; the flow's memory of that run answered the inverse of the draw with the base's unbroadcast draw, and the
+score raised a shape error (the flow's log-det, written with dim 0 as the batch as Pixyz's flows are, was the one of
+the unbroadcast run; before that, the score had the base's batch shape). A run whose output has more numbers than
+its input is not answered from memory now: the inverse runs, as for a copy of the draw, and the scores are a
+hand-written torch twin's."""
+from __future__ import annotations
+
+import pyro.distributions as pdist
+import pytest
+import torch
+from pyro.distributions.conditional import ConditionalTransform
+from torch.distributions import Transform, constraints
+
+from pyro_dgm.flows import Flow
+
+S0 = [0.5, -0.3]
+
+
+class _Shift(Flow):
+    """z = x exp(s) + y (y: the context), written as Pixyz's flows are: dim 0 of ``x`` is the batch."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.s = torch.nn.Parameter(torch.tensor(S0))
+
+    def forward(self, x, y=None, compute_jacobian=True):
+        if compute_jacobian:
+            self._logdet_jacobian = self.s.sum().expand(x.shape[0])
+        return x * torch.exp(self.s) + y
+
+    def inverse(self, z, y=None):
+        return (z - y) * torch.exp(-self.s)
+
+
+class _Twin(Transform):
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, s, y) -> None:
+        super().__init__()
+        self.s, self.y = s, y
+
+    def _call(self, x):
+        return x * torch.exp(self.s) + self.y
+
+    def _inverse(self, z):
+        return (z - self.y) * torch.exp(-self.s)
+
+    def log_abs_det_jacobian(self, x, z):
+        return self.s.sum().expand(z.shape[:-1])
+
+
+class _TwinC(ConditionalTransform):
+    def __init__(self) -> None:
+        self.s = torch.nn.Parameter(torch.tensor(S0))
+
+    def condition(self, y):
+        return _Twin(self.s, y)
+
+
+def _score_own_draw(transform, base_batch: tuple) -> tuple:
+    base = pdist.Normal(torch.zeros(base_batch + (2,)), torch.ones(base_batch + (2,))).to_event(1)
+    y = torch.linspace(-1.0, 1.0, 8).reshape(4, 2)
+    torch.manual_seed(1)
+    cd = pdist.ConditionalTransformedDistribution(base, [transform]).condition(y)
+    z = cd.rsample()
+    lp = cd.log_prob(z)
+    (grad,) = torch.autograd.grad(lp.sum(), transform.s)
+    return z.detach(), lp.detach(), grad
+
+
+@pytest.mark.parametrize("base_batch", [(), (4,)], ids=["broadcast", "batched"])
+def test_conditional_transformed_draw_scored_as_torch_twin(base_batch):
+    ours = _Shift()
+    z, lp, grad = _score_own_draw(ours, base_batch)
+    z_t, lp_t, grad_t = _score_own_draw(_TwinC(), base_batch)
+    assert z.shape == z_t.shape == (4, 2)
+    assert lp.shape == (4,)
+    torch.testing.assert_close(z, z_t)
+    torch.testing.assert_close(lp, lp_t)
+    torch.testing.assert_close(grad, grad_t)
