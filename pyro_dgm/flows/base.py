@@ -438,6 +438,30 @@ def _no_pixyz_inverse(flow: "Flow") -> bool:
     return any(getattr(f, "_dgm_pixyz_inverse_missing", False) for f in submodules(flow))
 
 
+def _raises_first(flow: "Flow") -> bool:
+    """Whether Pixyz's inverse of ``flow`` raises before it runs any inverse written for Pixyz: its list inverts
+    from the last layer and raises at a layer it cannot invert (a planar one), so the layers before that one are
+    never called (p496: ours ran them, and the planar layer's numerical inverse, which splits a compiled step)."""
+    parts = getattr(flow, "_dgm_parts", None)
+    if not parts:
+        return False
+    for part in reversed(parts):
+        if isinstance(part, Flow) and _no_pixyz_inverse(part):
+            return True
+        if getattr(part, "_dgm_runs_inverse", False) or "inverse" in getattr(part, "__dict__", {}):
+            return False
+    return False
+
+
+def _identity_inverse(flow: "Flow") -> bool:
+    """Whether ``flow`` has a layer written for Pixyz without an inverse: Pixyz's default, the identity, stands for
+    it, so running the flow's inverse again does not map a draw back to its input (p496: a compiled evaluation, which
+    does not look at :func:`_latest_draw`, scored such a flow's draw at the identity's value); the memory answers."""
+    return any(type(f)._dgm_pixyz_forward and not type(f)._dgm_pixyz_inverse and "inverse" not in f.__dict__
+               and type(f)._dgm_inverse_logdet is Flow._dgm_inverse_logdet
+               for f in submodules(flow) if isinstance(f, Flow))
+
+
 def _batch_dependent(flow: "Flow") -> bool:
     """Whether ``flow`` computes with the statistics of its batch now (a batch norm in training mode): it then maps a
     value it has produced to another one than the value it came from, so its memory does not answer (Pixyz runs the
@@ -497,7 +521,8 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
     ``get_log_prob`` runs it (new statistics), unless ``rerun`` is False."""
     m = (_recall(flow, context, z=value, by_inverse=False, since=since, any_grad=any_grad) if inverse else
          _recall(flow, context, x=value, by_inverse=True, since=since, any_grad=any_grad))
-    if m is not None and rerun and _batch_dependent(flow) and not (inverse and _latest_draw(flow, m)):
+    if m is not None and rerun and _batch_dependent(flow) and not (inverse and (_latest_draw(flow, m) or
+                                                                                _identity_inverse(flow))):
         m = None
     if m is not None and not (store and m.logdet is None):  # (a missing log-det: forward runs for it, as in Pixyz)
         if store:
@@ -507,8 +532,9 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
         given = _given_input(flow)  # the scored values' input of the draw's shape, which Pixyz puts over the value
         if given is not None and given.shape != m.x.shape:  # its inverse gives (p484: the inverse's value carried a
             given = None  # gradient through a batch norm's fixed statistics; p489: a copy of the input; p491: any flow)
-        if rerun and (flow._dgm_runs_inverse or "inverse" in flow.__dict__):  # an inverse written for Pixyz (or set
-            # on the instance) runs anyway: Pixyz's distributions call it before they look up the value they drew
+        if rerun and (flow._dgm_runs_inverse or "inverse" in flow.__dict__) and not _raises_first(flow):
+            # an inverse written for Pixyz (or set on the instance) runs anyway: Pixyz's distributions call it before
+            # they look up the value they drew
             try:
                 x = flow._dgm_run(value, context, True)[0]
             except NotImplementedError:
@@ -517,8 +543,9 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
                 x = given
             elif _no_pixyz_inverse(flow):  # Pixyz's inverse raises at a planar layer and answers its stored_x
                 x = m.x  # (p489: the rest of ours, numerical, is not what it answers)
-            if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing)
-                _remember(flow, x, value, m.logdet, context, False, m.parts)
+            if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing) and its
+                # input, not the scored values' (p498: a log-det refreshed, stored_x, read at a given input)
+                _remember(flow, x if given is None else m.x, value, m.logdet, context, False, m.parts)
             return x
         return m.x if given is None else given
     try:
@@ -528,6 +555,13 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
         # none at the current weights: a planar map folded since the draw): what it remembers is the only answer,
         # Pixyz's (its stored_x)
         if m is not None and m.context is context and (m.z if inverse else m.x) is value:
+            if inverse and m.x.numel() != m.z.numel():  # a draw that broadcast its input over a batch of contexts
+                try:  # (p498; see _recall): that input, broadcast; its log-det is computed at it
+                    return m.x.expand(value.shape)
+                except RuntimeError:
+                    raise NotImplementedError(f"{type(flow).__name__}: no inverse, and its draw of shape "
+                                              f"{tuple(value.shape)} is not its input {tuple(m.x.shape)} "
+                                              "broadcast") from None
             if store and m.logdet is not None:
                 _store(flow, m.logdet, m.parts)
             if flow._dgm_keep and type(m.state) is not bool:  # the draw's log-det goes with its input (the score

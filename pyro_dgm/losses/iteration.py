@@ -258,18 +258,17 @@ class IterativeLoss(Loss):
                                     f"the text, e.g. sympy.Symbol('s')), got {type(symbol).__name__} {symbol!r:.80}")
         self.__dict__["_dgm_timestep_symbol"] = symbol
 
-    def _dgm_index_text(self) -> str:
-        given = self.__dict__.get("_dgm_timestep_symbol")
-        if given is not None:
-            import sympy
-
-            return sympy.latex(given)
-        return self.timestep_var[0] if self.timestep_var else "t"
-
     @property
     def latex(self) -> str:
-        t = self._dgm_index_text()
-        top = str(self.max_iter - 1) if self.max_iter else f"{t}_{{max}} - 1"
+        import sympy
+
+        t = sympy.latex(self.timpstep_symbol)  # typeset as the text typesets it (tau: \tau, t_step: t_{step}: p493)
+        top = f"{t}_{{max}} - 1"
+        if self.max_iter:
+            try:  # (a one-element tensor prints as its number, 2.0, as in the text)
+                top = sympy.latex(sympy.sympify(self.max_iter - 1))
+            except (TypeError, ValueError, sympy.SympifyError):
+                top = f"{self.max_iter!r:.40} - 1"
         body = self.step_loss.latex
         if self.step_loss._dgm_prec < PREC_MUL:
             body = rf"\left({body}\right)"

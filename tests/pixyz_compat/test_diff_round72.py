@@ -103,7 +103,7 @@ def test_an_inverse_draw_through_batch_norm_statistics_of_an_earlier_call() -> N
 
         affine = Affine()
         p = InverseTransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"]),
-                                          FlowList([affine, BatchNorm1d(2)]), var=["x"])
+                                           FlowList([affine, BatchNorm1d(2)]), var=["x"])
         data = torch.randn(5, 2)
         p.get_log_prob({"x": data})
         out: list = [data]
@@ -134,3 +134,66 @@ def test_an_inverse_draw_through_batch_norm_statistics_of_an_earlier_call() -> N
         torch.testing.assert_close(ga, want[0])
         torch.testing.assert_close(gb, want[1])
     assert not torch.allclose(ref[4], ours[3])  # Pixyz's first gradient goes through the data's statistics too
+
+
+@pytest.mark.parametrize("name", ["tau", "t_step", "alpha", "t"])
+@pytest.mark.parametrize("max_iter", [None, "tensor"])
+def test_iterative_loss_latex_typesets_its_index_as_the_text_does(name: str, max_iter: Any) -> None:
+    """``IterativeLoss.latex`` (ours: the written-order text that error messages quote) put the time step's name and a
+    tensor ``max_iter`` raw into the sum (``\\sum_{tau=0}^{tau_{max} - 1}``, ``^{tensor(2)}``) where Pixyz's text,
+    and the body, typeset them (p493). For one term the two texts are the same."""
+
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal
+        from pixyz.losses import IterativeLoss
+
+        p = Normal(var=["x"], cond_var=["z", name], loc="z", scale=1.0)
+        steps = None if max_iter is None else torch.tensor(3)
+        it = IterativeLoss(p.log_prob().mean(), series_var=["x", "z"], timestep_var=[name], max_iter=steps)
+        return [str(it), getattr(it, "latex", str(it)), str(it + 1), getattr(it + 1, "latex", str(it + 1))]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    assert ours[1] == ours[0] and ours[3] == ours[2]
+
+
+def test_a_given_input_leaves_the_draw_remembered_for_a_flow_with_its_own_inverse() -> None:
+    """A flow with an inverse written for Pixyz, its last draw scored with a shifted ``u`` and
+    ``compute_jacobian=True``: the flow remembered the given ``u`` as the draw's input, so its ``logdet_jacobian`` was
+    the forward's at that ``u`` and ``stored_x`` held it (p498); Pixyz's are at its inverse of ``x``, the draw's
+    input (the closed form below), and ``stored_x`` is what the draw stored."""
+
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal, TransformedDistribution
+        from pixyz.flows import Flow
+
+        class Coupled(Flow):  # z1 = x1 + b0, z2 = x2 exp(a1 tanh(x1 + a0)) + b1
+            def __init__(self) -> None:
+                super().__init__(2)
+                self.a = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
+                self.b = torch.nn.Parameter(torch.tensor([0.5, -0.4]))
+
+            def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
+                s = self.a[1] * torch.tanh(x[..., :1] + self.a[0])
+                if compute_jacobian:
+                    self._logdet_jacobian = s.sum(-1)
+                return torch.cat([x[..., :1] + self.b[0], x[..., 1:] * torch.exp(s) + self.b[1]], -1)
+
+            def inverse(self, z: Any, y: Any = None) -> Any:
+                x1 = z[..., :1] - self.b[0]
+                s = self.a[1] * torch.tanh(x1 + self.a[0])
+                return torch.cat([x1, (z[..., 1:] - self.b[1]) * torch.exp(-s)], -1)
+
+        flow = Coupled()
+        q = TransformedDistribution(Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["u"]), flow, var=["x"])
+        s = q.sample(batch_n=3)
+        lp = q.get_log_prob({"x": s["x"], "u": s["u"] + 1.0}, compute_jacobian=True)
+        return [s["u"], lp, flow.logdet_jacobian, list(q.stored_x.values())[0]]
+
+    ref, ours = run_both(program)
+    assert_same(ref, ours)
+    u = ours[0]
+    torch.testing.assert_close(ours[2], -0.2 * torch.tanh(u[:, 0] + 0.3))
+    torch.testing.assert_close(ours[3], u)

@@ -4,7 +4,8 @@ contexts; the flow's memory of that run answered the inverse of the draw with th
 score raised a shape error (the flow's log-det, written with dim 0 as the batch as Pixyz's flows are, was the one of
 the unbroadcast run; before that, the score had the base's batch shape). A run whose output has more numbers than
 its input is not answered from memory now: the inverse runs, as for a copy of the draw, and the scores are a
-hand-written torch twin's."""
+hand-written torch twin's. A flow without an inverse (Pixyz-style, scoring only its draws) answers the broadcast
+input (p498: its fallback to the memory gave a score of the base's batch shape)."""
 from __future__ import annotations
 
 import pyro.distributions as pdist
@@ -32,6 +33,13 @@ class _Shift(Flow):
 
     def inverse(self, z, y=None):
         return (z - y) * torch.exp(-self.s)
+
+
+class _NoInverse(_Shift):
+    """The same map, its inverse not written (Pixyz's flows that score only their own draws)."""
+
+    def inverse(self, z, y=None):
+        raise NotImplementedError()
 
 
 class _Twin(Transform):
@@ -72,9 +80,10 @@ def _score_own_draw(transform, base_batch: tuple) -> tuple:
     return z.detach(), lp.detach(), grad
 
 
+@pytest.mark.parametrize("flow", [_Shift, _NoInverse])
 @pytest.mark.parametrize("base_batch", [(), (4,)], ids=["broadcast", "batched"])
-def test_conditional_transformed_draw_scored_as_torch_twin(base_batch):
-    ours = _Shift()
+def test_conditional_transformed_draw_scored_as_torch_twin(base_batch, flow):
+    ours = flow()
     z, lp, grad = _score_own_draw(ours, base_batch)
     z_t, lp_t, grad_t = _score_own_draw(_TwinC(), base_batch)
     assert z.shape == z_t.shape == (4, 2)
