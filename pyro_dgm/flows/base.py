@@ -509,6 +509,31 @@ def _store(flow: "Flow", logdet: Tensor, parts: tuple | None) -> None:
     flow._dgm_store_logdet(logdet)
 
 
+def _drawn(flow: "Flow", context: Any, z: Tensor) -> bool:
+    """Whether ``z`` is the output of the computation ``flow`` remembers (a draw), with this context."""
+    m = _dgm_memory(flow, None, z)
+    return m is not None and m.context is context and m.z is z
+
+
+def _held(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool) -> Tensor | None:
+    """The remembered input of ``value`` (its output, forward), whatever the memory's state: the answer of a flow that
+    cannot map ``value`` again, at the draw's log-det (Pixyz's draw-time density, not the log-det at weights that no
+    longer map x to z); ``None`` where the memory does not hold ``value``."""
+    m = _dgm_memory(flow, *((None, value) if inverse else (value, None)))
+    if m is None or m.context is not context or (m.z if inverse else m.x) is not value:
+        return None
+    if inverse and m.x.numel() != m.z.numel():  # a draw that broadcast its input over a batch of contexts (p498;
+        try:  # see _recall): that input, broadcast; its log-det is computed at it
+            return m.x.expand(value.shape)
+        except RuntimeError:
+            return None
+    if store and m.logdet is not None:
+        _store(flow, m.logdet, m.parts)
+    if flow._dgm_keep and type(m.state) is not bool:  # the draw's log-det goes with its input (the score asks for
+        _remember(flow, m.x, m.z, m.logdet, context, m.by_inverse, m.parts)  # it next)
+    return m.x if inverse else m.z
+
+
 def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool = False, rerun: bool = True,
            since: int | None = None, any_grad: bool = False) -> Tensor:
     """``flow`` (or its inverse) applied to ``value``; with ``store`` (forward only) the log-determinant is stored
@@ -541,32 +566,24 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
                 return m.x if given is None else given
             if given is not None:
                 x = given
-            elif _no_pixyz_inverse(flow):  # Pixyz's inverse raises at a planar layer and answers its stored_x
-                x = m.x  # (p489: the rest of ours, numerical, is not what it answers)
+            elif _no_pixyz_inverse(flow) or _identity_inverse(flow):  # Pixyz's inverse raises at a planar layer
+                x = m.x  # and answers its stored_x (p489: the rest of ours, numerical, is not what it answers); or
+                # a layer has none, and the identity stood for it (p500)
             if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing) and its
                 # input, not the scored values' (p498: a log-det refreshed, stored_x, read at a given input)
                 _remember(flow, x if given is None else m.x, value, m.logdet, context, False, m.parts)
             return x
         return m.x if given is None else given
+    if inverse and _drawn(flow, context, value) and _identity_inverse(flow):  # a draw of a flow with a layer without
+        answered = _held(flow, context, value, True, store)  # an inverse (Pixyz's identity stands for it): as when an
+        if answered is not None:  # inverse raises, its input (p500: the identity's value was scored, where a batch
+            return answered  # norm's rerun, a Pyro score without the values' u, or a broadcast draw missed the memory)
     try:
         out, ld, parts = flow._dgm_run(value, context, inverse)
     except (NotImplementedError, NotInvertibleError):
-        m = _dgm_memory(flow, *((None, value) if inverse else (value, None)))  # no inverse to recompute with (or
-        # none at the current weights: a planar map folded since the draw): what it remembers is the only answer,
-        # Pixyz's (its stored_x)
-        if m is not None and m.context is context and (m.z if inverse else m.x) is value:
-            if inverse and m.x.numel() != m.z.numel():  # a draw that broadcast its input over a batch of contexts
-                try:  # (p498; see _recall): that input, broadcast; its log-det is computed at it
-                    return m.x.expand(value.shape)
-                except RuntimeError:
-                    raise NotImplementedError(f"{type(flow).__name__}: no inverse, and its draw of shape "
-                                              f"{tuple(value.shape)} is not its input {tuple(m.x.shape)} "
-                                              "broadcast") from None
-            if store and m.logdet is not None:
-                _store(flow, m.logdet, m.parts)
-            if flow._dgm_keep and type(m.state) is not bool:  # the draw's log-det goes with its input (the score
-                _remember(flow, m.x, m.z, m.logdet, context, m.by_inverse, m.parts)  # asks for it next): Pixyz's
-            return m.x if inverse else m.z  # draw-time density, not the log-det at weights that no longer map x to z
+        answered = _held(flow, context, value, inverse, store)  # no inverse to recompute with (or none at the
+        if answered is not None:  # current weights: a planar map folded since the draw): what it remembers is the
+            return answered  # only answer, Pixyz's (its stored_x)
         raise
     if not isinstance(out, Tensor):  # (a numpy array: torch's machinery after it fails unnamed, as under Pixyz)
         raise NotATensorError(f"{type(flow).__name__}: its {'inverse' if inverse else 'forward'}() returned "
