@@ -510,9 +510,11 @@ def _store(flow: "Flow", logdet: Tensor, parts: tuple | None) -> None:
 
 
 def _drawn(flow: "Flow", context: Any, z: Tensor) -> bool:
-    """Whether ``z`` is the output of the computation ``flow`` remembers (a draw), with this context."""
+    """Whether ``z`` is the output of the computation ``flow`` remembers (a draw), with this context, not changed in
+    place since (p501: a draw changed in place is another value, which goes through the identity, as in Pixyz)."""
     m = _dgm_memory(flow, None, z)
-    return m is not None and m.context is context and m.z is z
+    return (m is not None and m.context is context and m.z is z
+            and (m.versions is None or m.versions == (version(m.x), version(m.z))))
 
 
 def _held(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool) -> Tensor | None:

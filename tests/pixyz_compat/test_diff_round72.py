@@ -197,3 +197,45 @@ def test_a_given_input_leaves_the_draw_remembered_for_a_flow_with_its_own_invers
     u = ours[0]
     torch.testing.assert_close(ours[2], -0.2 * torch.tanh(u[:, 0] + 0.3))
     torch.testing.assert_close(ours[3], u)
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_flow_without_inverse_scores_its_draw_unless_changed_in_place(changed: bool) -> None:
+    """A flow written for Pixyz without an inverse (Pixyz's identity stands for it): its own draw, scored alone, is
+    the draw's density here (Pixyz's is the identity's value); a draw changed in place since is another value, which
+    goes through the identity as in Pixyz (p501: it was scored as the draw before the change)."""
+
+    def program() -> Any:
+        import torch
+        from pixyz.distributions import Normal, TransformedDistribution
+        from pixyz.flows import Flow
+
+        class NoInverse(Flow):  # z = x exp(a) + c
+            def __init__(self) -> None:
+                super().__init__(3)
+                self.a = torch.nn.Parameter(torch.full((3,), -0.2))
+                self.c = torch.nn.Parameter(torch.full((3,), 1.0))
+
+            def forward(self, x: Any, y: Any = None, compute_jacobian: bool = True) -> Any:
+                if compute_jacobian:
+                    self._logdet_jacobian = (self.a * torch.ones_like(x)).sum(-1)
+                return x * self.a.exp() + self.c
+
+        p = TransformedDistribution(Normal(loc=torch.zeros(3), scale=torch.ones(3), var=["x"]), NoInverse(),
+                                    var=["z"])
+        s = p.sample(batch_n=3)
+        if changed:
+            with torch.no_grad():
+                s["z"].add_(1.0)
+        return [s["x"], s["z"], p.get_log_prob({"z": s["z"]})]
+
+    ref, ours = run_both(program)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    x, z, lp = ours
+    if changed:
+        assert_same(ref, ours)
+        torch.testing.assert_close(lp, normal.log_prob(z).sum(-1) + 0.6)  # the identity's value, minus the log-det
+    else:
+        assert_same(ref[:2], ours[:2])
+        torch.testing.assert_close(lp, normal.log_prob(x).sum(-1) + 0.6)  # the draw's density
+        assert not torch.allclose(ref[2], lp)  # Pixyz's: the identity's value
