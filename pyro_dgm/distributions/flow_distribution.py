@@ -27,8 +27,8 @@ from pyro_dgm.distributions.base import Distribution, ValuesLike
 from pyro_dgm.distributions.bindings import Binding, CallState
 from pyro_dgm.distributions.effects import PYRO_STACK, given_event_dim, ignores_sites
 from pyro_dgm.flows import AffineCoupling, BatchNorm1d, Flow, FlowList, PlanarFlow, Squeeze, Unsqueeze
-from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, drawn_input, event_dims_fixed, given_input, logdets_kept,
-                                 memory_mark, own_event_dims, refresh_logdet)
+from pyro_dgm.flows.base import (ConditionedFlow, _dgm_memory, _uninvertible_layer, drawn_input, event_dims_fixed,
+                                 given_input, logdets_kept, memory_mark, own_event_dims, refresh_logdet)
 from pyro_dgm.layers import MLP, ResNet, ScaleTranslate
 from pyro_dgm.utils.checks import (DTypeError, ShapeError, add_note, as_var_list, clearer, describe,
                                    users_own_error)
@@ -494,7 +494,7 @@ class TransformedDistribution(_FlowDistribution):
         the map that drew the value. (A flow that Pixyz inverts is scored as Pixyz scores it.)"""
         layers = submodules(self.flow)
         norm = next((f for f in layers if isinstance(f, BatchNorm1d) and f.training), None)
-        other = next((f for f in layers if getattr(f, "_dgm_pixyz_inverse_missing", False)), None)
+        other = next(filter(_uninvertible_layer, layers), None) if norm is not None else None
         if (norm is not None and other is not None
                 and not (last is not None and last.shape == z.shape and torch.equal(last.detach(), z.detach()))):
             raise ValueError(

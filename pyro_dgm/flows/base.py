@@ -433,9 +433,22 @@ def _given_input(flow: "Flow") -> Tensor | None:
     return _mark_of(flow, "_dgm_given_input")
 
 
+def _uninvertible_layer(f: nn.Module) -> bool:
+    """Whether Pixyz's flows cannot invert the layer ``f`` (a planar layer): Pixyz's inverse raises there. (Read on
+    the class: a missing attribute read on a module goes through ``nn.Module.__getattr__``, slow.)"""
+    return getattr(type(f), "_dgm_pixyz_inverse_missing", False)
+
+
+def _identity_layer(f: nn.Module) -> bool:
+    """Whether ``f`` is a layer written for Pixyz without an inverse: Pixyz's default, the identity, stands for it."""
+    t = type(f)
+    return (issubclass(t, Flow) and t._dgm_pixyz_forward and not t._dgm_pixyz_inverse and "inverse" not in f.__dict__
+            and t._dgm_inverse_logdet is Flow._dgm_inverse_logdet)
+
+
 def _no_pixyz_inverse(flow: "Flow") -> bool:
     """Whether ``flow`` has a layer that Pixyz's flows cannot invert (a planar layer): Pixyz's inverse raises there."""
-    return any(getattr(f, "_dgm_pixyz_inverse_missing", False) for f in submodules(flow))
+    return any(map(_uninvertible_layer, submodules(flow)))
 
 
 def _raises_first(flow: "Flow") -> bool:
@@ -457,9 +470,7 @@ def _identity_inverse(flow: "Flow") -> bool:
     """Whether ``flow`` has a layer written for Pixyz without an inverse: Pixyz's default, the identity, stands for
     it, so running the flow's inverse again does not map a draw back to its input (p496: a compiled evaluation, which
     does not look at :func:`_latest_draw`, scored such a flow's draw at the identity's value); the memory answers."""
-    return any(type(f)._dgm_pixyz_forward and not type(f)._dgm_pixyz_inverse and "inverse" not in f.__dict__
-               and type(f)._dgm_inverse_logdet is Flow._dgm_inverse_logdet
-               for f in submodules(flow) if isinstance(f, Flow))
+    return any(map(_identity_layer, submodules(flow)))
 
 
 def _batch_dependent(flow: "Flow") -> bool:
@@ -568,9 +579,9 @@ def _apply(flow: "Flow", context: Any, value: Tensor, inverse: bool, store: bool
                 return m.x if given is None else given
             if given is not None:
                 x = given
-            elif _no_pixyz_inverse(flow) or _identity_inverse(flow):  # Pixyz's inverse raises at a planar layer
-                x = m.x  # and answers its stored_x (p489: the rest of ours, numerical, is not what it answers); or
-                # a layer has none, and the identity stood for it (p500)
+            elif any(_uninvertible_layer(f) or _identity_layer(f) for f in submodules(flow)):  # Pixyz's inverse
+                x = m.x  # raises at a planar layer and answers its stored_x (p489: the rest of ours, numerical, is
+                # not what it answers); or a layer has none, and the identity stood for it (p500)
             if flow._dgm_keep:  # still the draw, with its log-det (the one Pixyz's flow stored when drawing) and its
                 # input, not the scored values' (p498: a log-det refreshed, stored_x, read at a given input)
                 _remember(flow, x if given is None else m.x, value, m.logdet, context, False, m.parts)
